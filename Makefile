@@ -1,0 +1,40 @@
+# confide — two commands on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: all venv demo test lint typecheck unit bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { apt-get update && apt-get install -y python3 python3-venv; }
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || { apt-get update && apt-get install -y python3-venv && $(PY) -m venv $(VENV); }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m confide.demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict src
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --cov=confide --cov-report=term --cov-report=xml:coverage.xml
+
+test: lint typecheck unit
+
+bench: $(STAMP)
+	$(BIN)/python bench/verify_dcap.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache coverage.xml .coverage

@@ -1,0 +1,163 @@
+"""The ``confide`` command.
+
+Errors are :class:`~confide.errors.ConfideError` subclasses; each maps to its own exit code
+(see ``confide.errors``). Nothing else is caught: a traceback is a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from confide import __version__
+from confide.errors import ConfideError, UsageError
+from confide.evidence._reader import decode_evidence_text
+from confide.platforms import VerifyRequest, detect_platform, verify_request
+from confide.verify.result import Platform, VerifiedEvidence
+
+__all__ = ["main", "parse_time"]
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an ISO 8601 time (``Z`` allowed); naive times are taken as UTC."""
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"--at: got {text!r}, expected an ISO 8601 time such as 2025-06-19T10:57:11Z"
+        ) from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _read_file(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot read {str(path)!r}: {exc.strerror or exc}") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="confide")
+def cli() -> None:
+    """confide: attestation, policies, secrets and transparency for confidential computing."""
+
+
+@cli.group()
+def evidence() -> None:
+    """Parse and verify attestation evidence."""
+
+
+_PLATFORM_CHOICE = click.Choice([p.value for p in Platform], case_sensitive=False)
+_PATH = click.Path(path_type=Path)
+
+
+@evidence.command("verify")
+@click.argument("evidence_file", metavar="EVIDENCE", type=_PATH)
+@click.option("--platform", type=_PLATFORM_CHOICE, help="Evidence platform (detected when omitted).")
+@click.option("--collateral", type=_PATH, help="DCAP collateral: dcap-qvl JSON bundle or PCS directory.")
+@click.option("--at", "at_text", metavar="ISO8601", help="Verification time (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--vcek", type=_PATH, help="SEV-SNP: VCEK/VLEK (DER or PEM; PEM may hold VCEK+ASK+ARK).")
+@click.option("--chain", type=_PATH, help="SEV-SNP: ASK/ASVK+ARK PEM (default: embedded AMD roots).")
+@click.option("--cert-chain", type=_PATH, help="NVIDIA: the GPU's PEM certificate chain.")
+@click.option("--root", type=_PATH, help="Override the pinned root certificate (tests only).")
+@click.option("--nonce", metavar="HEX", help="Expected nonce (NVIDIA, Nitro).")
+@click.option("--event-log", type=_PATH, help="TDX: directory with the CCEL table and event log to replay.")
+def evidence_verify(  # noqa: PLR0917 - click passes options positionally
+    evidence_file: Path,
+    platform: str | None,
+    collateral: Path | None,
+    at_text: str | None,
+    as_json: bool,
+    vcek: Path | None,
+    chain: Path | None,
+    cert_chain: Path | None,
+    root: Path | None,
+    nonce: str | None,
+    event_log: Path | None,
+) -> None:
+    """Verify EVIDENCE (binary, or hex text with or without 0x); exit 0 only when verified."""
+    chosen: Platform | None = Platform(platform.lower()) if platform else None
+    try:
+        at = parse_time(at_text) if at_text else datetime.now(UTC)
+        raw = decode_evidence_text(_read_file(evidence_file, "EVIDENCE"))
+        if chosen is None:
+            chosen = detect_platform(raw)
+        nonce_bytes: bytes | None = None
+        if nonce is not None:
+            text = nonce[2:] if nonce.lower().startswith("0x") else nonce
+            try:
+                nonce_bytes = bytes.fromhex(text)
+            except ValueError:
+                raise UsageError(f"--nonce: got {nonce!r}, expected hex") from None
+        request = VerifyRequest(
+            evidence=raw,
+            platform=chosen,
+            at=at,
+            collateral=collateral,
+            vcek=vcek,
+            chain=chain,
+            cert_chain=cert_chain,
+            root=root,
+            nonce=nonce_bytes,
+            event_log=event_log,
+        )
+        result = verify_request(request)
+    except ConfideError as exc:
+        _fail(exc, chosen, as_json)
+        return
+    _succeed(result, as_json)
+
+
+def _succeed(result: VerifiedEvidence, as_json: bool) -> None:
+    if as_json:
+        out = result.to_json()
+        out["error"] = None
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(f"verified: {result.platform.value}" + (" (SIMULATED)" if result.simulated else ""))
+    if result.tcb_status is not None:
+        click.echo(f"tcb_status: {result.tcb_status.value}")
+    if result.advisory_ids:
+        click.echo(f"advisory_ids: {', '.join(result.advisory_ids)}")
+    for name, value in result.claims.items():
+        click.echo(f"  {name}: {json.dumps(value) if not isinstance(value, str) else value}")
+
+
+def _fail(exc: ConfideError, platform: Platform | None, as_json: bool) -> None:
+    if as_json:
+        out: dict[str, Any] = {
+            "verified": False,
+            "platform": platform.value if platform else None,
+            "tcb_status": None,
+            "advisory_ids": [],
+            "claims": {},
+            "error": {"class": exc.kind, "message": exc.message, "exit_code": exc.exit_code},
+        }
+        click.echo(json.dumps(out, indent=2))
+    else:
+        click.echo(f"error: {exc.diagnostics()}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(UsageError.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except ConfideError as exc:
+        click.echo(f"error: {exc.diagnostics()}", err=True)
+        sys.exit(exc.exit_code)

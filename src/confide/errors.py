@@ -1,0 +1,161 @@
+"""The one error hierarchy of confide.
+
+Every error that confide raises on purpose is a :class:`ConfideError`. The CLI catches only
+that class and maps each subclass to its own exit code (``exit_code``), so scripts can tell
+*why* something failed without parsing messages. Messages say "got X, expected Y" and never
+contain secret values.
+
+::
+
+    ConfideError (1)
+    ├── UsageError (2)                      bad command-line input, unreadable files
+    ├── ParseError (10)                     malformed evidence / collateral / documents
+    ├── VerificationError (20)              evidence is not genuine, or cannot be shown to be
+    │   ├── SignatureError (21)             a signature or MAC does not verify
+    │   ├── CertificateChainError (22)      chain does not lead to the pinned root, bad dates
+    │   ├── RevocationError (23)            a certificate of the chain is revoked
+    │   ├── CollateralError (24)            collateral unusable (bad signature chain, mismatch)
+    │   │   ├── CollateralMissingError (25) a needed piece of collateral is absent
+    │   │   └── CollateralExpiredError (26) collateral not valid at the verification time
+    │   ├── TcbLevelNotFoundError (27)      no TCB level of the TCB Info matches the platform
+    │   ├── BindingError (28)               report data / nonce / key binding mismatch
+    │   └── MeasurementError (29)           event-log replay or reference-measurement mismatch
+    ├── PolicyError (30)                    a policy document is invalid
+    │   └── AppraisalError (31)             verified evidence does not satisfy the policy
+    ├── NetworkError (40)                   a remote service could not be reached or answered badly
+    └── StorageError (50)                   the database or a file store failed
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AppraisalError",
+    "BindingError",
+    "CertificateChainError",
+    "CollateralError",
+    "CollateralExpiredError",
+    "CollateralMissingError",
+    "ConfideError",
+    "MeasurementError",
+    "NetworkError",
+    "ParseError",
+    "PolicyError",
+    "RevocationError",
+    "SignatureError",
+    "StorageError",
+    "TcbLevelNotFoundError",
+    "UsageError",
+    "VerificationError",
+]
+
+
+class ConfideError(Exception):
+    """Base class of every error confide raises on purpose."""
+
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def kind(self) -> str:
+        """Stable machine-readable name of the error class (used in JSON output)."""
+        return type(self).__name__
+
+    def diagnostics(self) -> str:
+        """A human-readable explanation for the CLI."""
+        return f"{self.kind}: {self.message}"
+
+
+class UsageError(ConfideError):
+    exit_code = 2
+
+
+class ParseError(ConfideError):
+    """Input bytes do not have the expected structure.
+
+    ``structure`` names what was being parsed, ``field`` the field that failed and ``offset``
+    the byte offset (within the parsed buffer) where it starts, when known.
+    """
+
+    exit_code = 10
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        structure: str | None = None,
+        field: str | None = None,
+        offset: int | None = None,
+    ) -> None:
+        where = []
+        if structure:
+            where.append(structure)
+        if field:
+            where.append(f"field {field}")
+        if offset is not None:
+            where.append(f"offset {offset:#x}")
+        full = f"{', '.join(where)}: {message}" if where else message
+        super().__init__(full)
+        self.structure = structure
+        self.field = field
+        self.offset = offset
+
+
+class VerificationError(ConfideError):
+    exit_code = 20
+
+
+class SignatureError(VerificationError):
+    exit_code = 21
+
+
+class CertificateChainError(VerificationError):
+    exit_code = 22
+
+
+class RevocationError(VerificationError):
+    exit_code = 23
+
+
+class CollateralError(VerificationError):
+    exit_code = 24
+
+
+class CollateralMissingError(CollateralError):
+    exit_code = 25
+
+
+class CollateralExpiredError(CollateralError):
+    exit_code = 26
+
+
+class TcbLevelNotFoundError(VerificationError):
+    exit_code = 27
+
+
+class BindingError(VerificationError):
+    exit_code = 28
+
+
+class MeasurementError(VerificationError):
+    exit_code = 29
+
+
+class PolicyError(ConfideError):
+    exit_code = 30
+
+
+class AppraisalError(PolicyError):
+    exit_code = 31
+
+
+class NetworkError(ConfideError):
+    exit_code = 40
+
+
+class StorageError(ConfideError):
+    exit_code = 50

@@ -1,0 +1,88 @@
+"""Front ends that turn command-line/file inputs into calls of the pure verifiers.
+
+Each platform has one module here exposing ``verify_request(VerifyRequest) -> VerifiedEvidence``.
+This layer may read files (collateral bundles, certificate files); ``confide.verify`` may not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import cast
+
+from confide.errors import ParseError, UsageError
+from confide.verify.result import Platform, VerifiedEvidence
+
+__all__ = ["PLATFORM_MODULES", "VerifyRequest", "detect_platform", "verify_request"]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyRequest:
+    """Everything ``confide evidence verify`` was given."""
+
+    evidence: bytes
+    platform: Platform
+    at: datetime
+    collateral: Path | None = None
+    vcek: Path | None = None
+    chain: Path | None = None
+    cert_chain: Path | None = None
+    root: Path | None = None
+    nonce: bytes | None = None
+    event_log: Path | None = None
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.evidence).hexdigest()
+
+
+PLATFORM_MODULES: dict[Platform, str] = {
+    Platform.SGX: "confide.platforms.dcap",
+    Platform.TDX: "confide.platforms.dcap",
+    Platform.SEV_SNP: "confide.platforms.sev_snp",
+    Platform.NVIDIA_GPU: "confide.platforms.nvidia",
+    Platform.AWS_NITRO: "confide.platforms.nitro",
+    Platform.SIMULATED: "confide.platforms.sim",
+}
+
+
+def verify_request(request: VerifyRequest) -> VerifiedEvidence:
+    module_name = PLATFORM_MODULES[request.platform]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise UsageError(f"platform {request.platform.value!r} is not supported by this build") from None
+    fn = cast(Callable[[VerifyRequest], VerifiedEvidence], module.verify_request)
+    return fn(request)
+
+
+# Intel DCAP quote header: version (u16) and TEE type (u32 at offset 4).
+# Intel SGX DCAP Quote Library API, "Quote Header"; TDX DCAP Quote Generation Library, A.3.
+_TEE_TYPE_SGX = 0x00000000
+_TEE_TYPE_TDX = 0x00000081
+# AMD SEV-SNP ABI, Table 23 (ATTESTATION_REPORT): 0x4A0 bytes.
+_SNP_REPORT_SIZE = 0x4A0
+
+
+def detect_platform(evidence: bytes) -> Platform:
+    """Guess the platform of raw evidence from its leading bytes (used when --platform is absent)."""
+    if len(evidence) >= 8:
+        version = int.from_bytes(evidence[0:2], "little")
+        tee_type = int.from_bytes(evidence[4:8], "little")
+        if version in (3, 4, 5) and tee_type == _TEE_TYPE_SGX and len(evidence) > 436:
+            return Platform.SGX
+        if version in (4, 5) and tee_type == _TEE_TYPE_TDX:
+            return Platform.TDX
+    if evidence[:1] in (b"\x84", b"\xd2"):
+        return Platform.AWS_NITRO
+    if len(evidence) == _SNP_REPORT_SIZE:
+        return Platform.SEV_SNP
+    if evidence[:1] == b"\x11" and len(evidence) > 40:
+        return Platform.NVIDIA_GPU
+    raise ParseError("cannot tell the evidence's platform from its content; pass --platform")

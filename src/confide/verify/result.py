@@ -1,0 +1,91 @@
+"""The typed result of verification: :class:`VerifiedEvidence`.
+
+Verification (``confide.verify``) is the only producer of this type; appraisal
+(``confide.policy``) accepts nothing else. A ``VerifiedEvidence`` means: the signatures and
+certificate chains checked out against pinned roots at time ``verified_at``, the collateral was
+valid then, and ``claims`` are what the hardware vouched for. It does *not* mean the claims are
+acceptable: debug mode, outdated TCB and the like are reported here and judged by a policy.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import TypeAlias, Union
+
+__all__ = ["ClaimValue", "Platform", "TcbStatus", "VerifiedEvidence"]
+
+# A claim is JSON-shaped: byte strings are normalised to lower-case hex text.
+ClaimValue: TypeAlias = Union[str, int, bool, list["ClaimValue"], dict[str, "ClaimValue"], None]  # noqa: UP007
+
+
+class Platform(enum.StrEnum):
+    SGX = "sgx"
+    TDX = "tdx"
+    SEV_SNP = "sev-snp"
+    NVIDIA_GPU = "nvidia-gpu"
+    AWS_NITRO = "aws-nitro"
+    SIMULATED = "sim"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class TcbStatus(enum.StrEnum):
+    """Intel's TCB status values (Intel PCS API v4, TCB Info ``tcbStatus``), in the order
+    from best to worst that Intel's QVL uses when combining statuses."""
+
+    UP_TO_DATE = "UpToDate"
+    SW_HARDENING_NEEDED = "SWHardeningNeeded"
+    CONFIGURATION_NEEDED = "ConfigurationNeeded"
+    CONFIGURATION_AND_SW_HARDENING_NEEDED = "ConfigurationAndSWHardeningNeeded"
+    OUT_OF_DATE = "OutOfDate"
+    OUT_OF_DATE_CONFIGURATION_NEEDED = "OutOfDateConfigurationNeeded"
+    REVOKED = "Revoked"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _frozen(claims: Mapping[str, ClaimValue]) -> Mapping[str, ClaimValue]:
+    return MappingProxyType(dict(claims))
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedEvidence:
+    """Evidence whose signatures, chains and collateral were verified."""
+
+    platform: Platform
+    claims: Mapping[str, ClaimValue]
+    verified_at: datetime
+    evidence_digest: str
+    """SHA-256 of the raw evidence bytes, lower-case hex (for the ledger and replay checks)."""
+    tcb_status: TcbStatus | None = None
+    advisory_ids: tuple[str, ...] = ()
+    simulated: bool = False
+    """True only for the development simulator: policies must tolerate ``simulation``."""
+    details: Mapping[str, ClaimValue] = field(default_factory=dict)
+    """Verification details that are not claims (collateral dates, matched TCB level, ...)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "claims", _frozen(self.claims))
+        object.__setattr__(self, "details", _frozen(self.details))
+        if self.simulated != (self.platform is Platform.SIMULATED):
+            raise ValueError("simulated must be set exactly for the simulated platform")
+
+    def to_json(self) -> dict[str, ClaimValue]:
+        """The CLI's ``--json`` object (without the ``error`` key)."""
+        return {
+            "verified": True,
+            "platform": self.platform.value,
+            "tcb_status": self.tcb_status.value if self.tcb_status else None,
+            "advisory_ids": list(self.advisory_ids),
+            "claims": dict(self.claims),
+            "simulated": self.simulated,
+            "evidence_digest": self.evidence_digest,
+            "verified_at": self.verified_at.isoformat().replace("+00:00", "Z"),
+            "details": dict(self.details),
+        }
