@@ -1,0 +1,4 @@
+"""Collateral sources: fetching and caching what verifiers need (vendor certificates, CRLs).
+
+Everything here may do I/O (files, HTTP); ``confide.verify`` never does.
+"""
