@@ -228,11 +228,10 @@ def make_fake_amd(
     ark = ca(f"ARK-{product}", f"ARK-{product}", ark_key, ark_key, 0x30000)
     ask = ca(kind.intermediate_cn(product), f"ARK-{product}", ask_key, ark_key, 0x30001)
     vek_key = ec.generate_private_key(ec.SECP384R1())
+    default_name = str(product) if product is Product.TURIN else f"{product}-B0"
     exts = [
         _ext(f"{_AMD}.1", _der_int(1 if product is Product.TURIN else 0)),
-        _ext(
-            f"{_AMD}.2", _ia5(product_name or (str(product) if product is Product.TURIN else f"{product}-B0"))
-        ),
+        _ext(f"{_AMD}.2", _ia5(product_name or default_name)),
         _ext(f"{_AMD}.3.1", _der_int(tcb.bootloader)),
         _ext(f"{_AMD}.3.2", _der_int(tcb.tee)),
         _ext(f"{_AMD}.3.3", _der_int(tcb.snp)),
