@@ -21,6 +21,7 @@ exactly); judging them, and every signature, is :mod:`confide.verify.sev_snp`'s 
 from __future__ import annotations
 
 import enum
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -68,6 +69,21 @@ RESERVED_208_V5_SIZE = 152  # 0x208..0x29F (v5)
 SIGNATURE_FIELD_SIZE = 0x200
 ECDSA_COMPONENT_SIZE = 72
 SIGNATURE_RESERVED_SIZE = SIGNATURE_FIELD_SIZE - 2 * ECDSA_COMPONENT_SIZE
+
+# Table 23 as struct formats: up to REPORTED_TCB, then the version-specific parts.
+_HEAD = "<IIQ16s16sIIQQI4s64s48s32s48s48s32s32sQ"
+_CPUID_V2 = f"{RESERVED_188_V2_SIZE}s"
+_CPUID_V3 = f"BBB{RESERVED_18B_V3_SIZE}s"
+_MIDDLE = "64sQBBBBBBBBQ"
+_TAIL_V2 = f"{RESERVED_1F8_V2_SIZE}s"
+_TAIL_V5 = f"QQ{RESERVED_208_V5_SIZE}s"
+_SIGNATURE = f"{ECDSA_COMPONENT_SIZE}s{ECDSA_COMPONENT_SIZE}s{SIGNATURE_RESERVED_SIZE}s"
+_LAYOUTS = {
+    2: struct.Struct(_HEAD + _CPUID_V2 + _MIDDLE + _TAIL_V2 + _SIGNATURE),
+    3: struct.Struct(_HEAD + _CPUID_V3 + _MIDDLE + _TAIL_V2 + _SIGNATURE),
+    5: struct.Struct(_HEAD + _CPUID_V3 + _MIDDLE + _TAIL_V5 + _SIGNATURE),
+}
+assert all(layout.size == REPORT_SIZE for layout in _LAYOUTS.values())
 
 # 0x048 (Table 23): bit 0 AUTHOR_KEY_EN, bit 1 MASK_CHIP_KEY, bits 4:2 SIGNING_KEY.
 _AUTHOR_KEY_EN_BIT = 0
@@ -168,10 +184,10 @@ class TcbVersion:
         return cls(int.from_bytes(raw, "little"), fmc is not None)
 
     def to_dict(self) -> dict[str, int]:
-        out = {"bootloader": self.bootloader, "tee": self.tee, "snp": self.snp, "microcode": self.microcode}
-        if self.fmc is not None:
-            out = {"fmc": self.fmc, **out}
-        return out
+        b = self.raw.to_bytes(8, "little")
+        if self.turin:
+            return {"fmc": b[0], "bootloader": b[1], "tee": b[2], "snp": b[3], "microcode": b[7]}
+        return {"bootloader": b[0], "tee": b[1], "snp": b[6], "microcode": b[7]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,20 +267,21 @@ class GuestPolicy:
         return self.raw & ~self.KNOWN_BITS
 
     def to_dict(self) -> dict[str, int | bool]:
+        raw = self.raw
         return {
-            "abi_minor": self.abi_minor,
-            "abi_major": self.abi_major,
-            "smt": self.smt,
-            "migrate_ma": self.migrate_ma,
-            "debug": self.debug,
-            "single_socket": self.single_socket,
-            "cxl_allow": self.cxl_allow,
-            "mem_aes_256_xts": self.mem_aes_256_xts,
-            "rapl_dis": self.rapl_dis,
-            "ciphertext_hiding_dram": self.ciphertext_hiding_dram,
-            "page_swap_disable": self.page_swap_disable,
-            "reserved_bit17_one": self.reserved_one,
-            "unknown_bits": self.unknown_bits,
+            "abi_minor": raw & 0xFF,
+            "abi_major": raw >> 8 & 0xFF,
+            "smt": bool(raw >> self.SMT_BIT & 1),
+            "migrate_ma": bool(raw >> self.MIGRATE_MA_BIT & 1),
+            "debug": bool(raw >> self.DEBUG_BIT & 1),
+            "single_socket": bool(raw >> self.SINGLE_SOCKET_BIT & 1),
+            "cxl_allow": bool(raw >> self.CXL_ALLOW_BIT & 1),
+            "mem_aes_256_xts": bool(raw >> self.MEM_AES_256_XTS_BIT & 1),
+            "rapl_dis": bool(raw >> self.RAPL_DIS_BIT & 1),
+            "ciphertext_hiding_dram": bool(raw >> self.CIPHERTEXT_HIDING_DRAM_BIT & 1),
+            "page_swap_disable": bool(raw >> self.PAGE_SWAP_DISABLE_BIT & 1),
+            "reserved_bit17_one": bool(raw >> self.RESERVED_ONE_BIT & 1),
+            "unknown_bits": raw & ~self.KNOWN_BITS,
         }
 
 
@@ -287,15 +304,16 @@ class PlatformInfo:
         return bool(self.raw >> n & 1)
 
     def to_dict(self) -> dict[str, int | bool]:
+        raw = self.raw
         return {
-            "smt_en": self._bit(self.SMT_EN_BIT),
-            "tsme_en": self._bit(self.TSME_EN_BIT),
-            "ecc_en": self._bit(self.ECC_EN_BIT),
-            "rapl_dis": self._bit(self.RAPL_DIS_BIT),
-            "ciphertext_hiding_en": self._bit(self.CIPHERTEXT_HIDING_EN_BIT),
-            "alias_check_complete": self._bit(self.ALIAS_CHECK_COMPLETE_BIT),
-            "tio_en": self._bit(self.TIO_EN_BIT),
-            "unknown_bits": self.raw & ~self.KNOWN_BITS,
+            "smt_en": bool(raw >> self.SMT_EN_BIT & 1),
+            "tsme_en": bool(raw >> self.TSME_EN_BIT & 1),
+            "ecc_en": bool(raw >> self.ECC_EN_BIT & 1),
+            "rapl_dis": bool(raw >> self.RAPL_DIS_BIT & 1),
+            "ciphertext_hiding_en": bool(raw >> self.CIPHERTEXT_HIDING_EN_BIT & 1),
+            "alias_check_complete": bool(raw >> self.ALIAS_CHECK_COMPLETE_BIT & 1),
+            "tio_en": bool(raw >> self.TIO_EN_BIT & 1),
+            "unknown_bits": raw & ~self.KNOWN_BITS,
         }
 
 
@@ -423,100 +441,16 @@ class AttestationReport:
                 "VERSION",
                 0,
             )
-        guest_svn = r.u32("GUEST_SVN")
-        policy = GuestPolicy(r.u64("POLICY"))
-        family_id = r.take(FAMILY_ID_SIZE, "FAMILY_ID")
-        image_id = r.take(IMAGE_ID_SIZE, "IMAGE_ID")
-        vmpl = r.u32("VMPL")
-        signature_algo = r.u32("SIGNATURE_ALGO")
-        current_tcb = r.u64("CURRENT_TCB")
-        platform_info = PlatformInfo(r.u64("PLATFORM_INFO"))
-        key_info = r.u32("KEY_INFO")
-        reserved_04c = r.take(RESERVED_4C_SIZE, "reserved 0x04C")
-        report_data = r.take(REPORT_DATA_SIZE, "REPORT_DATA")
-        measurement = r.take(MEASUREMENT_SIZE, "MEASUREMENT")
-        host_data = r.take(HOST_DATA_SIZE, "HOST_DATA")
-        id_key_digest = r.take(ID_KEY_DIGEST_SIZE, "ID_KEY_DIGEST")
-        author_key_digest = r.take(AUTHOR_KEY_DIGEST_SIZE, "AUTHOR_KEY_DIGEST")
-        report_id = r.take(REPORT_ID_SIZE, "REPORT_ID")
-        report_id_ma = r.take(REPORT_ID_MA_SIZE, "REPORT_ID_MA")
-        reported_tcb = r.u64("REPORTED_TCB")
-        fam: int | None = None
-        mod: int | None = None
-        step: int | None = None
-        if version >= VERSION_CPUID:
-            fam = r.u8("CPUID_FAM_ID")
-            mod = r.u8("CPUID_MOD_ID")
-            step = r.u8("CPUID_STEP")
-            reserved_188 = r.take(RESERVED_18B_V3_SIZE, "reserved 0x18B")
-        else:
-            reserved_188 = r.take(RESERVED_188_V2_SIZE, "reserved 0x188")
-        chip_id = r.take(CHIP_ID_SIZE, "CHIP_ID")
-        committed_tcb = r.u64("COMMITTED_TCB")
-        current_build = r.u8("CURRENT_BUILD")
-        current_minor = r.u8("CURRENT_MINOR")
-        current_major = r.u8("CURRENT_MAJOR")
-        reserved_1eb = r.u8("reserved 0x1EB")
-        committed_build = r.u8("COMMITTED_BUILD")
-        committed_minor = r.u8("COMMITTED_MINOR")
-        committed_major = r.u8("COMMITTED_MAJOR")
-        reserved_1ef = r.u8("reserved 0x1EF")
-        launch_tcb = r.u64("LAUNCH_TCB")
-        launch_mit: int | None = None
-        current_mit: int | None = None
-        if version >= VERSION_MIT_VECTOR:
-            launch_mit = r.u64("LAUNCH_MIT_VECTOR")
-            current_mit = r.u64("CURRENT_MIT_VECTOR")
-            reserved_1f8 = r.take(RESERVED_208_V5_SIZE, "reserved 0x208")
-        else:
-            reserved_1f8 = r.take(RESERVED_1F8_V2_SIZE, "reserved 0x1F8")
-        assert r.pos == SIGNED_SIZE
-        signature_r = r.take(ECDSA_COMPONENT_SIZE, "SIGNATURE.R")
-        signature_s = r.take(ECDSA_COMPONENT_SIZE, "SIGNATURE.S")
-        signature_reserved = r.take(SIGNATURE_RESERVED_SIZE, "SIGNATURE reserved")
-        r.expect_end()
-        return cls(
-            version=version,
-            guest_svn=guest_svn,
-            policy=policy,
-            family_id=family_id,
-            image_id=image_id,
-            vmpl=vmpl,
-            signature_algo=signature_algo,
-            current_tcb_raw=current_tcb,
-            platform_info=platform_info,
-            key_info=key_info,
-            reserved_04c=reserved_04c,
-            report_data=report_data,
-            measurement=measurement,
-            host_data=host_data,
-            id_key_digest=id_key_digest,
-            author_key_digest=author_key_digest,
-            report_id=report_id,
-            report_id_ma=report_id_ma,
-            reported_tcb_raw=reported_tcb,
-            cpuid_fam_id=fam,
-            cpuid_mod_id=mod,
-            cpuid_step=step,
-            reserved_188=reserved_188,
-            chip_id=chip_id,
-            committed_tcb_raw=committed_tcb,
-            current_build=current_build,
-            current_minor=current_minor,
-            current_major=current_major,
-            reserved_1eb=reserved_1eb,
-            committed_build=committed_build,
-            committed_minor=committed_minor,
-            committed_major=committed_major,
-            reserved_1ef=reserved_1ef,
-            launch_tcb_raw=launch_tcb,
-            launch_mit_vector=launch_mit,
-            current_mit_vector=current_mit,
-            reserved_1f8=reserved_1f8,
-            signature_r=signature_r,
-            signature_s=signature_s,
-            signature_reserved=signature_reserved,
-        )
+        # The length is exact and the version known, so every field below is in bounds: one
+        # precompiled struct per layout reads them all (field order and widths of Table 23).
+        values = list(_LAYOUTS[version].unpack(data))
+        if version < VERSION_CPUID:
+            values[19:19] = [None, None, None]
+        if version < VERSION_MIT_VECTOR:
+            values[34:34] = [None, None]
+        values[2] = GuestPolicy(values[2])
+        values[8] = PlatformInfo(values[8])
+        return cls(*values)
 
     def signed_bytes(self) -> bytes:
         """Bytes 0x000..0x29F: what the ECDSA signature covers."""
