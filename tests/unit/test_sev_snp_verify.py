@@ -8,6 +8,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from snp_fakes import AT, NOT_BEFORE, make_fake_amd
 
 from confide.errors import (
@@ -445,3 +447,28 @@ def test_chain_length_is_checked() -> None:
 def test_garbage_certificate_is_a_parse_error() -> None:
     with pytest.raises(ParseError):
         load_certificates(b"not a certificate", "--vcek")
+
+
+def test_vek_as_bytes_is_parsed_once(verifier: SnpVerifier) -> None:
+    v = VECTORS[0]
+    der = read(v.vek)
+    fresh = SnpVerifier(embedded_roots(), cache_size=4)
+    assert fresh.verify(read(v.report), der, at=v.at).claims["product"] == "Milan"
+    fresh.verify(read(v.report), der, at=v.at)
+    assert len(fresh._certs) == 1 and len(fresh._cache) == 1
+    with pytest.raises(CertificateChainError, match="got 2 certificates"):
+        fresh.verify(read(v.report), read("amd-roots/ask_ark_milan.pem"), at=v.at)
+    with pytest.raises(ParseError):
+        fresh.verify(read(v.report), b"garbage", at=v.at)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=0x4A0, max_size=0x4A0), st.sampled_from([2, 3, 5]))
+def test_arbitrary_reports_raise_only_confide_errors(body: bytes, version: int) -> None:
+    v = VECTORS[0]
+    data = version.to_bytes(4, "little") + body[4:]
+    with pytest.raises(ConfideError):
+        _HYPOTHESIS_VERIFIER.verify(data, vek_of(v.vek), at=v.at)
+
+
+_HYPOTHESIS_VERIFIER = SnpVerifier(embedded_roots())

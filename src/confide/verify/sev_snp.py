@@ -688,6 +688,22 @@ class SnpVerifier:
         self.roots = roots
         self.cache_size = cache_size
         self._cache: OrderedDict[_CacheKey, VekInfo] = OrderedDict()
+        self._certs: OrderedDict[bytes, x509.Certificate] = OrderedDict()
+
+    def _load_vek(self, der_or_pem: bytes) -> x509.Certificate:
+        """The VEK certificate of ``der_or_pem``, parsed once per distinct content (bounded)."""
+        digest = hashlib.sha256(der_or_pem).digest()
+        cert = self._certs.get(digest)
+        if cert is None:
+            certs = load_certificates(der_or_pem, "VEK certificate")
+            if len(certs) != 1:
+                raise CertificateChainError(f"VEK: got {len(certs)} certificates, expected 1")
+            cert = certs[0]
+            if self.cache_size:
+                self._certs[digest] = cert
+                while len(self._certs) > self.cache_size:
+                    self._certs.popitem(last=False)
+        return cert
 
     def vek_info(
         self,
@@ -715,14 +731,19 @@ class SnpVerifier:
     def verify(
         self,
         evidence: bytes,
-        vek: x509.Certificate,
+        vek: x509.Certificate | bytes,
         *,
         at: datetime,
         chain: AmdChain | None = None,
         crl: x509.CertificateRevocationList | None = None,
     ) -> VerifiedEvidence:
-        """Verify one report (steps 1-5) and return its claims."""
+        """Verify one report (steps 1-5) and return its claims.
+
+        ``vek`` is the VCEK/VLEK certificate, or its DER/PEM bytes (parsed once per content).
+        """
         report = AttestationReport.from_bytes(evidence)
+        if isinstance(vek, bytes):
+            vek = self._load_vek(vek)
         signing_key = _check_report_header(report)
         info = self.vek_info(vek, at, chain=chain, crl=crl)
         masked = _check_report_against_vek(report, signing_key, info)
