@@ -32,6 +32,7 @@ from confide.verify.sev_snp import (
     load_certificates,
     parse_vek_extensions,
     verify_report,
+    verify_vek_chain,
 )
 
 ASSETS = Path(__file__).parent.parent / "assets" / "sev-snp"
@@ -472,3 +473,19 @@ def test_arbitrary_reports_raise_only_confide_errors(body: bytes, version: int) 
 
 
 _HYPOTHESIS_VERIFIER = SnpVerifier(embedded_roots())
+
+
+def test_real_turin_vcek_chains_to_the_embedded_turin_root() -> None:
+    vek = vek_of("virtee-sev/vcek_turin.der")
+    info = verify_vek_chain(vek, embedded_roots(), datetime(2025, 1, 1, tzinfo=UTC))
+    assert info.product is Product.TURIN
+    assert info.kind is VekKind.VCEK
+    assert info.extensions.fmc_spl == 0
+    assert info.extensions.hwid == bytes.fromhex("1e550a8ee5cf9f4d")
+    assert TcbVersion(info.expected_tcb_raw, True).to_dict() == {
+        "fmc": 0, "bootloader": 0, "tee": 0, "snp": 0, "microcode": 9
+    }  # fmt: skip
+    # The Milan chain does not issue it.
+    with pytest.raises(CertificateChainError, match="VCEK issuer"):
+        verify_vek_chain(vek, embedded_roots(), datetime(2025, 1, 1, tzinfo=UTC),
+                         chain=chain_of("amd-roots/ask_ark_milan.pem"))  # fmt: skip
