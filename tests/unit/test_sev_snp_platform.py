@@ -11,7 +11,7 @@ from snp_fakes import AT, make_fake_amd
 
 from confide.errors import CertificateChainError, ParseError, RevocationError, UsageError
 from confide.evidence.sev_snp import Product
-from confide.platforms import VerifyRequest
+from confide.platforms import VerifyRequest, detect_platform
 from confide.platforms import verify_request as dispatch
 from confide.platforms.sev_snp import verify_request
 from confide.verify.result import Platform
@@ -110,3 +110,8 @@ def test_root_override_must_be_an_ark(tmp_path: Path) -> None:
         verify_request(
             req(GO_REPORT, vcek=ASSETS / "google-go-sev-guest/vcek.testcer", root=tmp_path / "ask.pem")
         )
+
+
+@pytest.mark.parametrize("path", sorted(ASSETS.rglob("*.bin")), ids=lambda p: p.name)
+def test_reports_are_detected_as_sev_snp(path: Path) -> None:
+    assert detect_platform(path.read_bytes()) is Platform.SEV_SNP
