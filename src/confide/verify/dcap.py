@@ -284,7 +284,10 @@ class DcapVerifier:
 
     # -- PCK chain --------------------------------------------------------------------------
     def pck_chain(self, quote: Quote) -> PckChain:
-        key = quote.signature_data.qe.certification.data
+        certification = quote.signature_data.qe.certification
+        if certification.cert_type != CERT_TYPE_PCK_CHAIN:
+            _parse_pck_chain(quote)  # raises the precise error
+        key = certification.data
         cached = self._chains.get(key)
         if cached is not None:
             return cached

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from confide.errors import (
@@ -35,17 +35,40 @@ __all__ = [
 
 
 def load_der_certificate(der: bytes, what: str) -> x509.Certificate:
+    """Load a certificate and parse every field now: ``cryptography`` parses lazily, and a
+    malformed field must be a ParseError here, not a ValueError later."""
     try:
-        return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
-        raise ParseError(f"not a DER X.509 certificate ({exc})", structure=what) from None
+        cert = x509.load_der_x509_certificate(der)
+        cert.subject.rfc4514_string()
+        cert.issuer.rfc4514_string()
+        _ = cert.extensions, cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number
+        cert.public_key()
+        _ = cert.signature_hash_algorithm
+    except (
+        ValueError,
+        UnsupportedAlgorithm,
+        x509.DuplicateExtension,
+        x509.UnsupportedGeneralNameType,
+    ) as exc:
+        raise ParseError(f"not a valid DER X.509 certificate ({exc})", structure=what) from None
+    return cert
 
 
 def load_der_crl(der: bytes, what: str) -> x509.CertificateRevocationList:
     try:
-        return x509.load_der_x509_crl(der)
-    except ValueError as exc:
-        raise ParseError(f"not a DER X.509 CRL ({exc})", structure=what) from None
+        crl = x509.load_der_x509_crl(der)
+        crl.issuer.rfc4514_string()
+        _ = crl.last_update_utc, crl.next_update_utc, crl.extensions, len(crl)
+        for revoked in crl:
+            _ = revoked.serial_number
+    except (
+        ValueError,
+        UnsupportedAlgorithm,
+        x509.DuplicateExtension,
+        x509.UnsupportedGeneralNameType,
+    ) as exc:
+        raise ParseError(f"not a valid DER X.509 CRL ({exc})", structure=what) from None
+    return crl
 
 
 def _is_ca(cert: x509.Certificate) -> tuple[bool, int | None]:
