@@ -9,8 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from confide.errors import MeasurementError
+from confide.errors import MeasurementError, ParseError
 from confide.evidence.ccel import CcelTable, Event, EventLog, HeaderEvent, SpecIdEvent
 from confide.verify.eventlog import compare_rtmrs, replay, verify_event_log
 
@@ -269,3 +271,24 @@ def test_log_of_another_td_does_not_match_its_quote() -> None:
         if e["index"] == 1:
             value = hashlib.sha384(value + bytes.fromhex(e["digests"][0]["digest"])).digest()
     assert replay(_trustee_log())[0] == value
+
+
+# --- property test: a corrupted log gives only ParseError or MeasurementError ---------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(min_value=0, max_value=18100), st.integers(min_value=1, max_value=255))
+def test_corrupted_log_never_verifies_silently(offset: int, xor: int) -> None:
+    raw = bytearray(DATA)
+    raw[offset] ^= xor
+    try:
+        log = EventLog.from_bytes(bytes(raw), table=TABLE)
+        claims = verify_event_log(log, RTMRS)
+    except (ParseError, MeasurementError):
+        return
+    # It verified: then no digest, MR index or event type that matters was changed, and any
+    # bound kernel command line is still the genuine one.
+    assert list(replay(log)) == RTMRS
+    if claims.kernel_cmdline is not None:
+        assert claims.kernel_cmdline.startswith(GRUB_CMDLINE_START)
+        assert claims.kernel_cmdline == verify_event_log(_log(), RTMRS).kernel_cmdline
