@@ -2,7 +2,7 @@
 
 Two inputs, both read by the guest from firmware:
 
-* the **CCEL ACPI table** (ACPI 6.5, section 5.2.34 "Confidential Computing Event Log
+* the **CCEL ACPI table** (ACPI 6.5, section 5.2.34 "CC Event Log ACPI
   Table"): a 56-byte table with the standard 36-byte ACPI header, the CC type (2 = Intel
   TDX), a subtype, and the log area's minimum length (LAML) and start address (LASA);
 * the **event log** found in that area: TCG PC Client Platform Firmware Profile (PFP)
@@ -13,7 +13,7 @@ Two inputs, both read by the guest from firmware:
   (count + (algorithm id, digest) pairs), event size and event data.
 
 In a CC event log the "PCR index" field holds the **CC measurement-register index** (UEFI
-spec 2.10, section 38.4 ``EFI_CC_MEASUREMENT_PROTOCOL``; Intel TDX GHCI 1.5, section 4.3.3
+spec 2.10 ``EFI_CC_MEASUREMENT_PROTOCOL`` (``MapPcrToMrIndex``); Intel TDX GHCI 1.5, section 4.3.3
 "CC Event Log"): 0 = MRTD, 1 = RTMR0, 2 = RTMR1, 3 = RTMR2, 4 = RTMR3.
 
 The log area has a fixed size (LAML, usually 64 KiB or 256 KiB) and the log is followed by
@@ -59,7 +59,7 @@ CREATOR_ID_SIZE = 4
 CCEL_RESERVED_SIZE = 2
 CCEL_TABLE_SIZE = 56  # header 36 + CC type 1 + subtype 1 + reserved 2 + LAML 8 + LASA 8
 
-# ACPI 6.5, Table 5.160 "CC Type".
+# ACPI 6.5, 5.2.34: the "CC Type" field.
 CC_TYPE_TDX = 0x02
 CC_TYPE_NAMES = {0x00: "reserved", 0x01: "AMD SEV", 0x02: "Intel TDX"}
 
@@ -93,7 +93,7 @@ ALG_NAMES = {
     TPM_ALG_SM3_256: "sm3_256",
 }
 
-# CC measurement-register index -> name (UEFI 2.10, 38.4; TDX GHCI 1.5, 4.3.3).
+# CC measurement-register index -> name (UEFI 2.10 EFI_CC_MEASUREMENT_PROTOCOL; TDX GHCI 1.5, 4.3.3).
 MR_NAMES = {0: "mrtd", 1: "rtmr0", 2: "rtmr1", 3: "rtmr2", 4: "rtmr3"}
 END_OF_LOG_MR_INDEX = 0xFFFFFFFF
 
@@ -112,7 +112,7 @@ def _acpi_checksum_ok(data: bytes) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class CcelTable:
-    """The CCEL ACPI table (ACPI 6.5, 5.2.34, Table 5.159)."""
+    """The CCEL ACPI table (ACPI 6.5, 5.2.34 "CC Event Log ACPI Table")."""
 
     signature: bytes
     length: int
@@ -191,7 +191,7 @@ class CcelTable:
 
 @dataclass(frozen=True, slots=True)
 class SpecIdEvent:
-    """``TCG_EfiSpecIdEvent`` (TCG PFP, 10.4.5.1, Table 20): the crypto-agile log header."""
+    """``TCG_EfiSpecIdEvent`` (TCG PFP, 10.4.5.1): the crypto-agile log header."""
 
     signature: bytes
     platform_class: int
