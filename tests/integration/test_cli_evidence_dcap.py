@@ -114,3 +114,30 @@ def test_collateral_from_environment() -> None:
 def test_missing_file() -> None:
     r = confide("evidence", "verify", "/nonexistent/quote", "--json")
     assert r.returncode == errors.UsageError.exit_code
+
+
+def test_tdx_event_log_replay(tmp_path: Path) -> None:
+    c = next(c for c in CASES if "cos-113" in c.quote and "1025" in c.collateral)
+    args = [
+        "evidence",
+        "verify",
+        str(ASSETS / c.quote),
+        "--collateral",
+        str(ASSETS / c.collateral),
+        "--at",
+        c.at,
+        "--json",
+    ]
+    r = confide(*args, "--event-log", str(ASSETS / "tdx-eventlog"))
+    assert r.returncode == 0, r.stdout
+    claims = json.loads(r.stdout)["claims"]
+    assert claims["event_log"]["matches"] == {f"rtmr{i}": True for i in range(4)}
+    assert "root=/dev/dm-0" in claims["kernel_cmdline"]
+    # one digest byte of the log changed -> the replay no longer matches the quote
+    data = bytearray((ASSETS / "tdx-eventlog/ccel_data.dat").read_bytes())
+    (tmp_path / "ccel_table.dat").write_bytes((ASSETS / "tdx-eventlog/ccel_table.dat").read_bytes())
+    data[200] ^= 0x01
+    (tmp_path / "ccel_data.dat").write_bytes(bytes(data))
+    r = confide(*args, "--event-log", str(tmp_path))
+    assert r.returncode in (errors.MeasurementError.exit_code, errors.ParseError.exit_code), r.stdout
+    assert json.loads(r.stdout)["verified"] is False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -10,9 +11,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from confide.collateral.dcap import source_for
 from confide.errors import ParseError, UsageError
-from confide.evidence.dcap import Quote
+from confide.evidence.dcap import Quote, TdReport
 from confide.evidence.dcap_collateral import DcapCollateral
+from confide.platforms.tdx_eventlog import load_event_log
 from confide.verify.dcap import DcapVerifier
+from confide.verify.eventlog import verify_event_log
 from confide.verify.result import Platform, VerifiedEvidence
 
 from . import VerifyRequest
@@ -53,5 +56,13 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
         )
     result = verifier.verify_parsed(quote, req.evidence, collateral, at=req.at)
     if req.event_log is not None:
-        raise UsageError("--event-log is not supported by this build")
+        if not isinstance(quote.report, TdReport):
+            raise UsageError("--event-log: event-log replay applies to TDX quotes only")
+        report = quote.report
+        log = load_event_log(req.event_log)
+        replayed = verify_event_log(log, [report.rtmr0, report.rtmr1, report.rtmr2, report.rtmr3])
+        claims = dict(result.claims)
+        claims["event_log"] = replayed.to_json()
+        claims["kernel_cmdline"] = replayed.kernel_cmdline
+        result = dataclasses.replace(result, claims=claims)
     return result
