@@ -20,6 +20,7 @@ Bytes after the signature data (zero padding from quote buffers, test appendices
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
 
 from confide.errors import ParseError
@@ -70,6 +71,20 @@ INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
 
 # Hard ceiling on a quote: real quotes are a few KiB (8 KiB buffers at most in practice).
 MAX_QUOTE_SIZE = 1 << 20
+
+
+# Field layouts as struct formats; lengths are always checked before unpacking.
+# SGX REPORTBODY: cpu_svn, misc_select, reserved1, isv_ext_prod_id, attributes, mr_enclave,
+# reserved2, mr_signer, reserved3, config_id, isv_prod_id, isv_svn, config_svn, reserved4,
+# isv_family_id, report_data.
+_ENCLAVE_REPORT = struct.Struct("<16sI12s16s16s32s32s32s32s64sHHH42s16s64s")
+# TD report 1.0: tee_tcb_svn, mr_seam, mr_signer_seam, seam_attributes, td_attributes, xfam,
+# mr_td, mr_config_id, mr_owner, mr_owner_config, rtmr0..3, report_data; 1.5 adds
+# tee_tcb_svn2 and mr_servicetd.
+_TD_REPORT10 = struct.Struct("<16s48s48s8s8s8s48s48s48s48s48s48s48s48s64s")
+_TD_REPORT15 = struct.Struct("<16s48s48s8s8s8s48s48s48s48s48s48s48s48s64s16s48s")
+assert _ENCLAVE_REPORT.size == ENCLAVE_REPORT_SIZE
+assert _TD_REPORT10.size == TD_REPORT10_SIZE and _TD_REPORT15.size == TD_REPORT15_SIZE
 
 
 class TeeType(enum.IntEnum):
@@ -154,27 +169,11 @@ class EnclaveReport:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, base: int = 0, name: str = "enclave_report") -> EnclaveReport:
-        r = Reader(data, name, base=base)
-        out = cls(
-            cpu_svn=r.take(CPUSVN_SIZE, "cpu_svn"),
-            misc_select=r.u32("misc_select"),
-            reserved1=r.take(12, "reserved1"),
-            isv_ext_prod_id=r.take(EXT_PROD_ID_SIZE, "isv_ext_prod_id"),
-            attributes=r.take(ATTRIBUTES_SIZE, "attributes"),
-            mr_enclave=r.take(MEASUREMENT_SIZE, "mr_enclave"),
-            reserved2=r.take(32, "reserved2"),
-            mr_signer=r.take(MEASUREMENT_SIZE, "mr_signer"),
-            reserved3=r.take(32, "reserved3"),
-            config_id=r.take(CONFIG_ID_SIZE, "config_id"),
-            isv_prod_id=r.u16("isv_prod_id"),
-            isv_svn=r.u16("isv_svn"),
-            config_svn=r.u16("config_svn"),
-            reserved4=r.take(42, "reserved4"),
-            isv_family_id=r.take(FAMILY_ID_SIZE, "isv_family_id"),
-            report_data=r.take(REPORT_DATA_SIZE, "report_data"),
-        )
-        r.expect_end()
-        return out
+        if len(data) != ENCLAVE_REPORT_SIZE:
+            raise ParseError(
+                f"got {len(data)} bytes, expected {ENCLAVE_REPORT_SIZE}", structure=name, offset=base
+            )
+        return cls(*_ENCLAVE_REPORT.unpack(data))
 
     def to_bytes(self) -> bytes:
         return b"".join(
@@ -233,35 +232,15 @@ class TdReport:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, base: int = 0) -> TdReport:
-        if len(data) not in (TD_REPORT10_SIZE, TD_REPORT15_SIZE):
-            raise ParseError(
-                f"got {len(data)} bytes, expected {TD_REPORT10_SIZE} or {TD_REPORT15_SIZE}",
-                structure="td_report",
-                offset=base,
-            )
-        r = Reader(data, "td_report", base=base)
-        m = TD_MEASUREMENT_SIZE
-        out = cls(
-            tee_tcb_svn=r.take(TEE_TCB_SVN_SIZE, "tee_tcb_svn"),
-            mr_seam=r.take(m, "mr_seam"),
-            mr_signer_seam=r.take(m, "mr_signer_seam"),
-            seam_attributes=r.take(8, "seam_attributes"),
-            td_attributes=r.take(8, "td_attributes"),
-            xfam=r.take(8, "xfam"),
-            mr_td=r.take(m, "mr_td"),
-            mr_config_id=r.take(m, "mr_config_id"),
-            mr_owner=r.take(m, "mr_owner"),
-            mr_owner_config=r.take(m, "mr_owner_config"),
-            rtmr0=r.take(m, "rtmr0"),
-            rtmr1=r.take(m, "rtmr1"),
-            rtmr2=r.take(m, "rtmr2"),
-            rtmr3=r.take(m, "rtmr3"),
-            report_data=r.take(REPORT_DATA_SIZE, "report_data"),
-            tee_tcb_svn2=r.take(TEE_TCB_SVN_SIZE, "tee_tcb_svn2") if r.remaining else None,
-            mr_servicetd=r.take(m, "mr_servicetd") if r.remaining else None,
+        if len(data) == TD_REPORT10_SIZE:
+            return cls(*_TD_REPORT10.unpack(data))
+        if len(data) == TD_REPORT15_SIZE:
+            return cls(*_TD_REPORT15.unpack(data))
+        raise ParseError(
+            f"got {len(data)} bytes, expected {TD_REPORT10_SIZE} or {TD_REPORT15_SIZE}",
+            structure="td_report",
+            offset=base,
         )
-        r.expect_end()
-        return out
 
     def to_bytes(self) -> bytes:
         parts = [

@@ -13,6 +13,7 @@ strict DER reader for exactly that structure. Hostile input raises ParseError.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from confide.errors import ParseError
@@ -98,24 +99,34 @@ def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def _oid(data: bytes, start: int, end: int) -> tuple[int, ...]:
-    if start == end:
-        raise _err("empty OID", start)
+@functools.lru_cache(maxsize=512)
+def _decode_oid(raw: bytes) -> tuple[int, ...] | tuple[str, int]:
+    """Decode OID contents; on error return (message, index). Memoised: the SGX extension
+    repeats the same few dozen OIDs in every certificate."""
+    if not raw:
+        return ("empty OID", 0)
     arcs: list[int] = []
     value = 0
-    for i in range(start, end):
-        b = data[i]
+    for i, b in enumerate(raw):
         if value == 0 and b == 0x80:
-            raise _err("non-minimal OID arc", i)
+            return ("non-minimal OID arc", i)
         value = (value << 7) | (b & 0x7F)
         if not b & 0x80:
             arcs.append(value)
             value = 0
-    if data[end - 1] & 0x80:
-        raise _err("truncated OID", end - 1)
+    if raw[-1] & 0x80:
+        return ("truncated OID", len(raw) - 1)
     first = arcs[0]
     head = (0, first) if first < 40 else (1, first - 40) if first < 80 else (2, first - 80)
     return (*head, *arcs[1:])
+
+
+def _oid(data: bytes, start: int, end: int) -> tuple[int, ...]:
+    decoded = _decode_oid(data[start:end])
+    if decoded and isinstance(decoded[0], str):
+        message, index = decoded
+        raise _err(str(message), start + int(index))
+    return decoded
 
 
 def _uint(data: bytes, tag: int, start: int, end: int, field: str, want_tag: int = _TAG_INTEGER) -> int:

@@ -42,7 +42,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from confide.errors import (
     CertificateChainError,
@@ -75,9 +74,11 @@ from confide.verify.result import ClaimValue, Platform, TcbStatus, VerifiedEvide
 from confide.verify.roots import INTEL_SGX_ROOT_CA_DER
 from confide.verify.x509util import (
     check_crl,
+    check_pinned_root,
     check_validity,
     load_der_certificate,
     load_der_crl,
+    name_of,
     verify_chain_signatures,
 )
 
@@ -121,9 +122,13 @@ class PckChain:
     """A PCK chain whose signatures link to the pinned root (dates not yet checked)."""
 
     certificates: tuple[x509.Certificate, ...]
+    """Leaf and issuing CA (the root is the verifier's pinned one)."""
     extension: PckExtension
     ca: str  # "platform" or "processor"
     leaf_key: ec.EllipticCurvePublicKey
+    leaf_der: bytes
+    intermediate_der: bytes
+    root_der: bytes
 
     @property
     def leaf(self) -> x509.Certificate:
@@ -147,13 +152,23 @@ class VerifiedCollateral:
 
 
 def _ca_kind(intermediate: x509.Certificate) -> str:
-    cn = intermediate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    try:
+        cn = intermediate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    except ValueError:
+        raise ParseError("malformed subject", structure="pck_cert_chain[1]") from None
     name = str(cn[0].value) if cn else ""
     if name == "Intel SGX PCK Platform CA":
         return "platform"
     if name == "Intel SGX PCK Processor CA":
         return "processor"
     raise CertificateChainError(f"PCK issuer is {name!r}, expected Intel SGX PCK Platform CA or Processor CA")
+
+
+def _revoked(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> bool:
+    try:
+        return crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+    except ValueError:
+        raise ParseError("malformed revoked-certificate entry", structure="crl") from None
 
 
 def _raw_sig(sig: bytes) -> bytes:
@@ -248,7 +263,7 @@ def _parse_pck_chain(quote: Quote) -> PckChain:
     ders = parse_pem_chain(cert.data)
     if len(ders) != _PCK_CHAIN_LENGTH:
         raise CertificateChainError(f"PCK chain has {len(ders)} certificates, expected {_PCK_CHAIN_LENGTH}")
-    certs = tuple(load_der_certificate(d, f"pck_cert_chain[{i}]") for i, d in enumerate(ders))
+    certs = tuple(load_der_certificate(d, f"pck_cert_chain[{i}]") for i, d in enumerate(ders[:2]))
     try:
         ext = certs[0].extensions.get_extension_for_oid(_SGX_EXT).value
     except x509.ExtensionNotFound:
@@ -258,7 +273,7 @@ def _parse_pck_chain(quote: Quote) -> PckChain:
     key = certs[0].public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise CertificateChainError("PCK leaf key is not a P-256 key")
-    return PckChain(certs, parse_pck_extension(ext.value), _ca_kind(certs[1]), key)
+    return PckChain(certs, parse_pck_extension(ext.value), _ca_kind(certs[1]), key, ders[0], ders[1], ders[2])
 
 
 class DcapVerifier:
@@ -278,9 +293,14 @@ class DcapVerifier:
     ) -> None:
         self._root_der = root_ca_der
         self._root_sha256 = hashlib.sha256(root_ca_der).digest()
+        self._root = load_der_certificate(root_ca_der, "pinned root")
         self._chains: _Lru[bytes, PckChain] = _Lru(chain_cache_size)
-        self._qe_ok: _Lru[bytes, bool] = _Lru(chain_cache_size)
-        self._collateral: _Lru[bytes, VerifiedCollateral] = _Lru(collateral_cache_size)
+        self._qe_ok: _Lru[tuple[bytes, ...], bool] = _Lru(chain_cache_size)
+        self._att_keys: _Lru[bytes, ec.EllipticCurvePublicKey] = _Lru(chain_cache_size)
+        self._signing_chains: _Lru[tuple[bytes, ...], tuple[x509.Certificate, ...]] = _Lru(
+            collateral_cache_size
+        )
+        self._collateral: _Lru[tuple[DcapCollateral, bytes], VerifiedCollateral] = _Lru(collateral_cache_size)
 
     # -- PCK chain --------------------------------------------------------------------------
     def pck_chain(self, quote: Quote) -> PckChain:
@@ -292,74 +312,60 @@ class DcapVerifier:
         if cached is not None:
             return cached
         chain = _parse_pck_chain(quote)
-        verify_chain_signatures(chain.certificates, self._root_sha256, "PCK chain", self._root_der)
+        check_pinned_root(chain.root_der, self._root_der, self._root_sha256, "PCK chain")
+        verify_chain_signatures(chain.certificates, self._root, self._root_der, "PCK chain")
         self._chains.put(key, chain)
         return chain
 
     # -- collateral -------------------------------------------------------------------------
-    def verified_collateral(
-        self, collateral: DcapCollateral, pck_issuer: x509.Certificate
-    ) -> VerifiedCollateral:
-        h = hashlib.sha256()
-        for part in (
-            pck_issuer.public_bytes(Encoding.DER),
-            collateral.root_ca_crl,
-            collateral.pck_crl,
-            collateral.tcb_info,
-            collateral.tcb_info_signature,
-            collateral.qe_identity,
-            collateral.qe_identity_signature,
-            *collateral.tcb_info_issuer_chain,
-            b"|",
-            *collateral.qe_identity_issuer_chain,
-            b"|",
-            *collateral.pck_crl_issuer_chain,
-        ):
-            h.update(len(part).to_bytes(4, "big"))
-            h.update(part)
-        key = h.digest()
+    def verified_collateral(self, collateral: DcapCollateral, chain: PckChain) -> VerifiedCollateral:
+        key = (collateral, chain.intermediate_der)
         cached = self._collateral.get(key)
         if cached is not None:
             return cached
-        verified = self._verify_collateral(collateral, pck_issuer)
+        verified = self._verify_collateral(collateral, chain.intermediate)
         self._collateral.put(key, verified)
         return verified
+
+    def _signing_chain(self, chain_der: tuple[bytes, ...], what: str) -> tuple[x509.Certificate, ...]:
+        """An issuer chain (signer first, root last) verified once per verifier (LRU)."""
+        cached = self._signing_chains.get(chain_der)
+        if cached is not None:
+            return cached
+        if len(chain_der) < 2:
+            raise CollateralError(f"{what} has {len(chain_der)} certificate(s), expected signer and root")
+        try:
+            check_pinned_root(chain_der[-1], self._root_der, self._root_sha256, what)
+            chain = tuple(load_der_certificate(d, what) for d in chain_der[:-1])
+            verify_chain_signatures(chain, self._root, self._root_der, what)
+        except CertificateChainError as exc:
+            raise CollateralError(exc.message) from None
+        self._signing_chains.put(chain_der, chain)
+        return chain
 
     def _signed_json(
         self, chain_der: tuple[bytes, ...], text: bytes, sig: bytes, what: str
     ) -> tuple[x509.Certificate, ...]:
-        chain = tuple(load_der_certificate(d, f"{what} issuer chain") for d in chain_der)
-        if len(chain) < 2:
-            raise CollateralError(
-                f"{what} issuer chain has {len(chain)} certificate(s), expected signer and root"
-            )
-        try:
-            verify_chain_signatures(chain, self._root_sha256, f"{what} issuer chain", self._root_der)
-        except CertificateChainError as exc:
-            raise CollateralError(exc.message) from None
+        chain = self._signing_chain(chain_der, f"{what} issuer chain")
         key = chain[0].public_key()
         if (
             len(sig) != 64
             or not isinstance(key, ec.EllipticCurvePublicKey)
             or not _verify_p256(key, sig, text)
         ):
-            raise SignatureError(f"{what} signature does not verify with {chain[0].subject.rfc4514_string()}")
-        return chain
+            raise SignatureError(f"{what} signature does not verify with {name_of(chain[0])}")
+        return (*chain, self._root)
 
     def _verify_collateral(self, c: DcapCollateral, pck_issuer: x509.Certificate) -> VerifiedCollateral:
-        root = load_der_certificate(self._root_der, "root")
         root_crl = load_der_crl(c.root_ca_crl, "root_ca_crl")
-        check_crl(root_crl, root, "Root CA CRL")
+        check_crl(root_crl, self._root, "Root CA CRL")
         pck_crl = load_der_crl(c.pck_crl, "pck_crl")
         check_crl(pck_crl, pck_issuer, "PCK CRL")
         tcb_chain = self._signed_json(c.tcb_info_issuer_chain, c.tcb_info, c.tcb_info_signature, "TCB Info")
         qe_chain = self._signed_json(
             c.qe_identity_issuer_chain, c.qe_identity, c.qe_identity_signature, "QE Identity"
         )
-        revoked = any(
-            root_crl.get_revoked_certificate_by_serial_number(ch[0].serial_number) is not None
-            for ch in (tcb_chain, qe_chain)
-        )
+        revoked = any(_revoked(root_crl, ch[0]) for ch in (tcb_chain, qe_chain))
         return VerifiedCollateral(
             tcb_info=TcbInfo.from_json_text(c.tcb_info),
             qe_identity=EnclaveIdentity.from_json_text(c.qe_identity),
@@ -389,19 +395,16 @@ class DcapVerifier:
 
         # Step 2: PCK chain (signatures cached, dates now).
         chain = self.pck_chain(quote)
-        check_validity(chain.certificates, at, "PCK chain")
+        check_validity((*chain.certificates, self._root), at, "PCK chain")
 
         # Step 3: QE report signed by the PCK key and binding the attestation key.
-        qe_key = hashlib.sha256()
-        for part in (
-            chain.leaf.fingerprint(hashes.SHA256()),
+        qe_cache_key = (
+            chain.leaf_der,
             qe.qe_report_raw,
             qe.qe_report_signature,
             sig.attestation_key,
             qe.qe_auth_data,
-        ):
-            qe_key.update(part)
-        qe_cache_key = qe_key.digest()
+        )
         if self._qe_ok.get(qe_cache_key) is None:
             if not _verify_p256(chain.leaf_key, qe.qe_report_signature, qe.qe_report_raw):
                 raise SignatureError("QE report signature does not verify with the PCK certificate's key")
@@ -414,7 +417,11 @@ class DcapVerifier:
             self._qe_ok.put(qe_cache_key, True)
 
         # Step 4: the quote signed by the attestation key.
-        if not _verify_p256(_attestation_key(sig.attestation_key), sig.signature, quote.signed_bytes(raw)):
+        att_key = self._att_keys.get(sig.attestation_key)
+        if att_key is None:
+            att_key = _attestation_key(sig.attestation_key)
+            self._att_keys.put(sig.attestation_key, att_key)
+        if not _verify_p256(att_key, sig.signature, quote.signed_bytes(raw)):
             raise SignatureError("quote signature does not verify with the attestation key")
 
         # Step 5: collateral.
@@ -422,7 +429,7 @@ class DcapVerifier:
             raise CollateralMissingError(
                 "no collateral given (TCB Info, QE Identity, CRLs): pass --collateral or configure a source"
             )
-        vc = self.verified_collateral(collateral, chain.intermediate)
+        vc = self.verified_collateral(collateral, chain)
         info, ident = vc.tcb_info, vc.qe_identity
         _in_window("TCB Info", info.issue_date, info.next_update, at)
         _in_window("QE Identity", ident.issue_date, ident.next_update, at)
@@ -434,11 +441,9 @@ class DcapVerifier:
         # Step 6: revocation.
         if vc.tcb_signing_revoked:
             raise RevocationError("the TCB signing certificate is revoked by the Root CA CRL")
-        if vc.root_crl.get_revoked_certificate_by_serial_number(chain.intermediate.serial_number) is not None:
-            raise RevocationError(
-                f"PCK issuer {chain.intermediate.subject.rfc4514_string()} is revoked by the Root CA CRL"
-            )
-        if vc.pck_crl.get_revoked_certificate_by_serial_number(chain.leaf.serial_number) is not None:
+        if _revoked(vc.root_crl, chain.intermediate):
+            raise RevocationError(f"PCK issuer {name_of(chain.intermediate)} is revoked by the Root CA CRL")
+        if _revoked(vc.pck_crl, chain.leaf):
             raise RevocationError(
                 f"PCK certificate serial {chain.leaf.serial_number:x} is revoked by the PCK CRL"
             )

@@ -15,7 +15,6 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from confide.errors import (
     CertificateChainError,
@@ -27,20 +26,20 @@ from confide.errors import (
 
 __all__ = [
     "check_crl",
+    "check_pinned_root",
     "check_validity",
     "load_der_certificate",
     "load_der_crl",
+    "name_of",
     "verify_chain_signatures",
 ]
 
 
 def load_der_certificate(der: bytes, what: str) -> x509.Certificate:
-    """Load a certificate and parse every field now: ``cryptography`` parses lazily, and a
-    malformed field must be a ParseError here, not a ValueError later."""
+    """Load a certificate and parse the fields verification uses now: ``cryptography`` parses
+    lazily, and a malformed field must be a ParseError here, not a ValueError later."""
     try:
         cert = x509.load_der_x509_certificate(der)
-        cert.subject.rfc4514_string()
-        cert.issuer.rfc4514_string()
         _ = cert.extensions, cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number
         cert.public_key()
         _ = cert.signature_hash_algorithm
@@ -54,13 +53,18 @@ def load_der_certificate(der: bytes, what: str) -> x509.Certificate:
     return cert
 
 
+def name_of(cert: x509.Certificate) -> str:
+    """The subject for messages; never raises (a malformed name is reported as such)."""
+    try:
+        return cert.subject.rfc4514_string()
+    except ValueError:
+        return "<malformed subject>"
+
+
 def load_der_crl(der: bytes, what: str) -> x509.CertificateRevocationList:
     try:
         crl = x509.load_der_x509_crl(der)
-        crl.issuer.rfc4514_string()
-        _ = crl.last_update_utc, crl.next_update_utc, crl.extensions, len(crl)
-        for revoked in crl:
-            _ = revoked.serial_number
+        _ = crl.issuer, crl.last_update_utc, crl.next_update_utc, crl.extensions
     except (
         ValueError,
         UnsupportedAlgorithm,
@@ -88,46 +92,46 @@ def _may_sign_certs(cert: x509.Certificate) -> bool:
 
 
 def verify_chain_signatures(
-    chain: Sequence[x509.Certificate], root_sha256: bytes, what: str, root_der: bytes | None = None
+    chain: Sequence[x509.Certificate], root: x509.Certificate, root_der: bytes, what: str
 ) -> None:
-    """Check that ``chain`` (leaf first, root last) links up to the pinned root.
+    """Check that ``chain`` (leaf first, *without* the root) links up to the pinned ``root``.
 
-    Raises CertificateChainError naming the failing link. Dates are not checked here.
+    The caller has compared the chain's root bytes with the pinned root (``root_der``) or
+    supplies none; the root's self-signature is not re-checked: it is pinned by value. Raises
+    CertificateChainError naming the failing link. Dates are not checked here.
     """
-    if len(chain) < 2:
-        raise CertificateChainError(
-            f"{what}: got {len(chain)} certificate(s), expected a leaf and a root at least"
-        )
-    root = chain[-1]
-    root_bytes = root.public_bytes(Encoding.DER)
-    got = hashlib.sha256(root_bytes).digest()
-    if got != root_sha256 or (root_der is not None and root_bytes != root_der):
-        raise CertificateChainError(
-            f"{what}: root certificate {root.subject.rfc4514_string()} with SHA-256 {got.hex()} "
-            f"is not the pinned root {root_sha256.hex()}"
-        )
-    for depth in range(len(chain) - 1):
-        child, issuer = chain[depth], chain[depth + 1]
-        is_ca, path_len = _is_ca(issuer)
-        if not is_ca or not _may_sign_certs(issuer):
+    if not chain:
+        raise CertificateChainError(f"{what}: no certificate below the root")
+    full = [*chain, root]
+    for depth in range(len(chain)):
+        child, issuer = full[depth], full[depth + 1]
+        try:
+            is_ca, path_len = _is_ca(issuer)
+            may_sign = _may_sign_certs(issuer)
+        except (ValueError, x509.DuplicateExtension) as exc:
+            raise ParseError(f"malformed extensions ({exc})", structure=what) from None
+        if not is_ca or not may_sign:
             raise CertificateChainError(
-                f"{what}: issuer {issuer.subject.rfc4514_string()} is not a CA allowed to sign certificates"
+                f"{what}: issuer {name_of(issuer)} is not a CA allowed to sign certificates"
             )
         if path_len is not None and path_len < depth:
-            raise CertificateChainError(
-                f"{what}: path length constraint of {issuer.subject.rfc4514_string()} exceeded"
-            )
+            raise CertificateChainError(f"{what}: path length constraint of {name_of(issuer)} exceeded")
         try:
             child.verify_directly_issued_by(issuer)
         except (ValueError, TypeError, InvalidSignature) as exc:
             raise CertificateChainError(
-                f"{what}: {child.subject.rfc4514_string()} is not signed by {issuer.subject.rfc4514_string()}"
+                f"{what}: {name_of(child)} is not signed by {name_of(issuer)}"
                 f" ({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})"
             ) from None
-    try:
-        root.verify_directly_issued_by(root)
-    except (ValueError, TypeError, InvalidSignature):
-        raise CertificateChainError(f"{what}: pinned root's self-signature does not verify") from None
+
+
+def check_pinned_root(root_der_in_chain: bytes, root_der: bytes, root_sha256: bytes, what: str) -> None:
+    """The root certificate carried in evidence must be the pinned one, byte for byte."""
+    if root_der_in_chain != root_der:
+        got = hashlib.sha256(root_der_in_chain).hexdigest()
+        raise CertificateChainError(
+            f"{what}: root certificate with SHA-256 {got} is not the pinned root {root_sha256.hex()}"
+        )
 
 
 def check_validity(
@@ -138,7 +142,7 @@ def check_validity(
     for cert in chain:
         if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
             raise error(
-                f"{what}: {cert.subject.rfc4514_string()} is valid from "
+                f"{what}: {name_of(cert)} is valid from "
                 f"{cert.not_valid_before_utc.isoformat()} to {cert.not_valid_after_utc.isoformat()}, "
                 f"not at {at.isoformat()}"
             )
@@ -146,13 +150,15 @@ def check_validity(
 
 def check_crl(crl: x509.CertificateRevocationList, issuer: x509.Certificate, what: str) -> None:
     """The CRL must be issued and signed by ``issuer`` (its dates are checked by the caller)."""
-    if crl.issuer != issuer.subject:
-        raise CollateralError(
-            f"{what}: issued by {crl.issuer.rfc4514_string()}, expected {issuer.subject.rfc4514_string()}"
-        )
+    try:
+        same = crl.issuer == issuer.subject
+    except ValueError:
+        raise ParseError("malformed issuer name", structure=what) from None
+    if not same:
+        raise CollateralError(f"{what}: not issued by {name_of(issuer)}")
     try:
         ok = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise SignatureError(f"{what}: signature does not verify with {issuer.subject.rfc4514_string()}")
+        raise SignatureError(f"{what}: signature does not verify with {name_of(issuer)}")
