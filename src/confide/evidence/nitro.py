@@ -65,11 +65,14 @@ _COSE = "COSE_Sign1"
 _DOC = "Nitro attestation document"
 
 
-def _refuse_tag(structure: str) -> Callable[[Any, Any], Any]:
-    def hook(_decoder: Any, tag: Any) -> Any:
-        if tag.tag == COSE_SIGN1_TAG and structure == _COSE:
+def _refuse_tag(structure: str) -> Callable[..., Any]:
+    # cbor2 5 calls tag_hook(decoder, tag); cbor2 6 calls tag_hook(tag, immutable).
+    def hook(*args: Any) -> Any:
+        tag = next((a for a in args if isinstance(a, cbor2.CBORTag)), None)
+        if tag is not None and tag.tag == COSE_SIGN1_TAG and structure == _COSE:
             return tag
-        raise ParseError(f"unexpected CBOR tag {tag.tag}", structure=structure)
+        number = tag.tag if tag is not None else "?"
+        raise ParseError(f"unexpected CBOR tag {number}", structure=structure)
 
     return hook
 
@@ -216,7 +219,7 @@ class CoseSign1:
         tagged = isinstance(item, cbor2.CBORTag)
         if tagged:
             item = item.value
-        if not isinstance(item, list) or len(item) != COSE_ARRAY_LENGTH:
+        if not isinstance(item, (list, tuple)) or len(item) != COSE_ARRAY_LENGTH:  # tuple inside a tag
             raise ParseError("expected an array of 4 items", structure=_COSE)
         protected, unprotected, payload, signature = item
         for name, value in (("protected", protected), ("payload", payload), ("signature", signature)):
@@ -224,7 +227,7 @@ class CoseSign1:
                 raise ParseError(
                     f"got {type(value).__name__}, expected a byte string", structure=_COSE, field=name
                 )
-        if not isinstance(unprotected, dict):
+        if not isinstance(unprotected, Mapping):
             raise ParseError(
                 f"got {type(unprotected).__name__}, expected a map", structure=_COSE, field="unprotected"
             )

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from confide.errors import CertificateChainError
 
-__all__ = ["fingerprint", "load_pinned_root", "subject_cn", "verify_pinned_chain"]
+__all__ = ["extensions", "fingerprint", "load_pinned_root", "subject_cn", "verify_pinned_chain"]
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -30,9 +30,20 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 def subject_cn(cert: x509.Certificate) -> str:
-    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    try:
+        names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    except ValueError:
+        return "<malformed subject>"
     value = names[0].value if names else cert.subject.rfc4514_string()
     return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
+def extensions(cert: x509.Certificate) -> x509.Extensions:
+    """The certificate's extensions; a malformed one is a chain error (parsed lazily)."""
+    try:
+        return cert.extensions
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+        raise CertificateChainError(f"certificate {subject_cn(cert)!r}: malformed extension: {exc}") from None
 
 
 def load_pinned_root(filename: str, expected_sha256: str) -> x509.Certificate:
@@ -63,7 +74,7 @@ def _check_dates(cert: x509.Certificate, at: datetime, what: str) -> None:
 def _check_issuer_is_ca(issuer: x509.Certificate, below: int) -> None:
     """``below`` = number of CA certificates between ``issuer`` and the leaf."""
     try:
-        bc = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
+        bc = extensions(issuer).get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         raise CertificateChainError(
             f"issuer {subject_cn(issuer)!r} has no BasicConstraints extension: not a CA"
@@ -76,7 +87,7 @@ def _check_issuer_is_ca(issuer: x509.Certificate, below: int) -> None:
             f" {bc.path_length}"
         )
     try:
-        ku = issuer.extensions.get_extension_for_class(x509.KeyUsage).value
+        ku = extensions(issuer).get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         return
     if not ku.key_cert_sign:

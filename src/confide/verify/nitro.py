@@ -24,7 +24,7 @@ import hmac
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -101,7 +101,10 @@ def verify_nitro_document(
         raise SignatureError(
             f"signature: got {len(parsed.cose.signature)} bytes, expected {SIGNATURE_SIZE} (r‖s)"
         )
-    key = leaf.public_key()
+    try:
+        key = leaf.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CertificateChainError(f"leaf certificate: unusable public key: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
         raise CertificateChainError("leaf certificate: expected an ECDSA P-384 key")
     sig = parsed.cose.signature

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -35,7 +35,13 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from confide.errors import BindingError, CertificateChainError, MeasurementError, SignatureError
 from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
 from confide.evidence.nvidia_rim import ReferenceManifest
-from confide.verify._pinned_chain import fingerprint, load_pinned_root, subject_cn, verify_pinned_chain
+from confide.verify._pinned_chain import (
+    extensions,
+    fingerprint,
+    load_pinned_root,
+    subject_cn,
+    verify_pinned_chain,
+)
 from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
 
 __all__ = [
@@ -99,7 +105,7 @@ def _der_children(data: bytes) -> list[tuple[int, bytes, bytes]]:
 def leaf_fwid(leaf: x509.Certificate) -> bytes:
     """The FWID (SHA-384 digest) from the leaf's extension 2.23.133.5.4.1."""
     try:
-        ext = leaf.extensions.get_extension_for_oid(FWID_EXTENSION_OID).value
+        ext = extensions(leaf).get_extension_for_oid(FWID_EXTENSION_OID).value
     except x509.ExtensionNotFound:
         raise CertificateChainError(
             f"leaf {subject_cn(leaf)!r} has no FWID extension {FWID_EXTENSION_OID.dotted_string}:"
@@ -123,8 +129,15 @@ def leaf_fwid(leaf: x509.Certificate) -> bytes:
     return digest[2]
 
 
+def _public_key(cert: x509.Certificate) -> object:
+    try:
+        return cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CertificateChainError(f"leaf {subject_cn(cert)!r}: unusable public key: {exc}") from None
+
+
 def _verify_signature(report: NvidiaAttestationReport, leaf: x509.Certificate) -> None:
-    key = leaf.public_key()
+    key = _public_key(leaf)
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
         raise CertificateChainError(f"leaf {subject_cn(leaf)!r}: got a non-P-384 key, expected ECDSA P-384")
     r = int.from_bytes(report.signature[:COORDINATE_SIZE], "big")
@@ -162,7 +175,7 @@ def _vbios_version(value: bytes | None) -> str | None:
 def _gpu_model(chain: Sequence[x509.Certificate]) -> tuple[str | None, str | None]:
     """(model, device id) from the leaf's SAN otherName ``NVIDIA:<model>:<id>`` when present."""
     try:
-        san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        san = extensions(chain[0]).get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return None, None
     for other in san.get_values_for_type(x509.OtherName):
