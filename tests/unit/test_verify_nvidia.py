@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from confide.errors import (
@@ -20,9 +21,13 @@ from confide.errors import (
     MeasurementError,
     ParseError,
     SignatureError,
+    UsageError,
 )
 from confide.evidence.nvidia import NvidiaAttestationReport
 from confide.evidence.nvidia_rim import SHA384_NS, SWID_NS, ReferenceManifest
+from confide.platforms import VerifyRequest
+from confide.platforms.nvidia import verify_request
+from confide.verify._pinned_chain import load_pinned_root
 from confide.verify.nvidia import (
     NVIDIA_DEVICE_ROOT_SHA256,
     RimMismatchError,
@@ -300,3 +305,29 @@ def test_non_ca_issuer_is_refused(test_pki) -> None:  # type: ignore[no-untyped-
     leaf, key = _leaf((middle, middle_key), fwid)
     with pytest.raises(CertificateChainError, match="not a CA"):
         verify_nvidia_report(_resign(REPORT, key), [leaf, middle, ica[0], root[0]], at=NOW, root=root[0])
+
+
+def test_tampered_embedded_root_is_detected() -> None:
+    assert load_pinned_root("nvidia_device_identity_ca.pem", NVIDIA_DEVICE_ROOT_SHA256) == CHAIN[-1]
+    with pytest.raises(CertificateChainError, match="fingerprint"):
+        load_pinned_root("nvidia_device_identity_ca.pem", "00" * 32)
+
+
+def test_platform_loads_single_rim_file_and_refuses_empty_dir(tmp_path: Path) -> None:
+    rim = tmp_path / "driver.swidtag"
+    rim.write_bytes(_rim_matching_report("Driver_RIM_test_no_gpu.swidtag", "550.90.07"))
+    base = {
+        "evidence": REPORT,
+        "platform": Platform.NVIDIA_GPU,
+        "at": AT,
+        "cert_chain": ASSETS / "hopperCertChain.txt",
+    }
+    result = verify_request(VerifyRequest(**base, collateral=rim))  # type: ignore[arg-type]
+    assert result.claims["rims_compared"] is True
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UsageError, match=r"no \*\.swidtag"):
+        verify_request(VerifyRequest(**base, collateral=empty))  # type: ignore[arg-type]
+    der_root = tmp_path / "root.der"
+    der_root.write_bytes(CHAIN[-1].public_bytes(Encoding.DER))
+    assert verify_request(VerifyRequest(**base, root=der_root)).details["root_overridden"] is True  # type: ignore[arg-type]

@@ -57,7 +57,15 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     chain = load_pem_chain(req.cert_chain, "--cert-chain")
     root: x509.Certificate | None = None
     if req.root is not None:
-        roots = load_pem_chain(req.root, "--root")
+        data = _read(req.root, "--root")
+        try:
+            roots = (
+                x509.load_pem_x509_certificates(data)
+                if b"-----BEGIN" in data
+                else [x509.load_der_x509_certificate(data)]
+            )
+        except ValueError as exc:
+            raise ParseError(f"--root: not a PEM or DER certificate: {exc}") from None
         if len(roots) != 1:
             raise UsageError(f"--root: got {len(roots)} certificates, expected exactly one")
         root = roots[0]

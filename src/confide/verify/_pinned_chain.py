@@ -48,7 +48,7 @@ def extensions(cert: x509.Certificate) -> x509.Extensions:
 
 def load_pinned_root(filename: str, expected_sha256: str) -> x509.Certificate:
     """Load a root shipped in ``confide/roots/`` and check its pinned SHA-256 fingerprint."""
-    data = resources.files("confide").joinpath("roots", filename).read_bytes()
+    data = (resources.files("confide") / "roots" / filename).read_bytes()
     cert = x509.load_pem_x509_certificate(data)
     got = fingerprint(cert)
     if got != expected_sha256:
