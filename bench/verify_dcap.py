@@ -22,13 +22,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).parents[1] / "src"))
 
-import dcap_qvl  # noqa: E402
-from cryptography.hazmat.primitives import hashes  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from dcap_cases import CASES  # noqa: E402
+import dcap_qvl
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from confide.evidence.dcap_collateral import DcapCollateral  # noqa: E402
-from confide.verify.dcap import DcapVerifier  # noqa: E402
+from confide.evidence.dcap_collateral import DcapCollateral
+from confide.verify.dcap import DcapVerifier
+from dcap_cases import CASES
 
 
 def rate(fn: Callable[[], object], seconds: float, batch: int = 50) -> float:
