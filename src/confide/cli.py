@@ -70,7 +70,7 @@ _PATH = click.Path(path_type=Path)
 @click.option("--root", type=_PATH, help="Override the pinned root certificate (tests only).")
 @click.option("--nonce", metavar="HEX", help="Expected nonce (NVIDIA, Nitro).")
 @click.option("--event-log", type=_PATH, help="TDX: directory with the CCEL table and event log to replay.")
-def evidence_verify(  # noqa: PLR0917 - click passes options positionally
+def evidence_verify(
     evidence_file: Path,
     platform: str | None,
     collateral: Path | None,

@@ -1,4 +1,1 @@
-"""Collateral sources: fetching and caching what verifiers need (vendor certificates, CRLs).
-
-Everything here may do I/O (files, HTTP); ``confide.verify`` never does.
-"""
+"""Collateral sources: the I/O side of verification (files, vendor web services, caches)."""
