@@ -188,6 +188,7 @@ def make_fake_amd(
     chip_id: bytes | None = None,
     vek_not_after: datetime | None = None,
     product_name: str | None = None,
+    hwid: bytes | None = None,
 ) -> FakeAmd:
     if tcb is None:
         if product is Product.TURIN:
@@ -240,7 +241,8 @@ def make_fake_amd(
     if tcb.fmc is not None:
         exts.append(_ext(f"{_AMD}.3.9", _der_int(tcb.fmc)))
     if kind is VekKind.VCEK:
-        exts.append(_ext(f"{_AMD}.4", chip_id[:8] if product is Product.TURIN else chip_id))
+        default_hwid = chip_id[:8] if product is Product.TURIN else chip_id
+        exts.append(_ext(f"{_AMD}.4", hwid if hwid is not None else default_hwid))
     else:
         exts.append(_ext(f"{_AMD}.5", _ia5("CN=example-csp")))
     builder = (

@@ -489,3 +489,10 @@ def test_real_turin_vcek_chains_to_the_embedded_turin_root() -> None:
     with pytest.raises(CertificateChainError, match="VCEK issuer"):
         verify_vek_chain(vek, embedded_roots(), datetime(2025, 1, 1, tzinfo=UTC),
                          chain=chain_of("amd-roots/ask_ark_milan.pem"))  # fmt: skip
+
+
+def test_hwid_length_must_fit_the_product() -> None:
+    # A Milan VCEK with a Turin-sized (8-byte) hwID would compare only part of CHIP_ID.
+    fake = make_fake_amd(Product.MILAN, hwid=bytes(range(1, 9)))
+    with pytest.raises(CertificateChainError, match=r"hwID: got 8 bytes, expected 64 for Milan"):
+        verify_report(fake.sign(fake.report()), fake.vek, fake.roots(), at=AT)

@@ -552,8 +552,14 @@ def verify_vek_chain(
             f"{vek_role} fmcSPL: {'present' if ext.fmc_spl is not None else 'absent'}, "
             f"expected it {'present' if product is Product.TURIN else 'absent'} for {product}"
         )
-    if kind is VekKind.VCEK and ext.hwid is None:
-        raise CertificateChainError("VCEK lacks the hwID extension (1.3.6.1.4.1.3704.1.4)")
+    if kind is VekKind.VCEK:
+        if ext.hwid is None:
+            raise CertificateChainError("VCEK lacks the hwID extension (1.3.6.1.4.1.3704.1.4)")
+        want = HWID_SIZE_TURIN if product is Product.TURIN else HWID_SIZE
+        if len(ext.hwid) != want:
+            raise CertificateChainError(
+                f"VCEK hwID: got {len(ext.hwid)} bytes, expected {want} for {product}"
+            )
     not_after = min(c.not_valid_after_utc for c in (vek, inter, ark))
     crl_next: datetime | None = None
     if crl is not None:
@@ -567,7 +573,8 @@ def verify_vek_chain(
         extensions=ext,
         expected_tcb_raw=ext.tcb().raw,
         not_before=max(
-            [c.not_valid_before_utc for c in (vek, inter, ark)] + ([crl.last_update_utc] if crl else [])
+            [c.not_valid_before_utc for c in (vek, inter, ark)]
+            + ([crl.last_update_utc] if crl is not None else [])
         ),
         not_after=not_after,
         vek_sha256=_sha256(vek),
