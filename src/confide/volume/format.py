@@ -215,7 +215,7 @@ class ChunkCodec:
         return bytes(plaintext) + tag
 
     def open_into(
-        self, record: bytes | bytearray | memoryview, index: int, last: bool, out: bytearray
+        self, record: bytes | bytearray | memoryview, index: int, last: bool, out: bytearray | memoryview
     ) -> int:
         """Authenticate ``record`` and write the plaintext into ``out``; return its length.
 
