@@ -5,7 +5,9 @@
 One file of --size-mib MiB (pseudo-random, incompressible) is put
   * in a plain directory                      -> "plain page-cache read" (warm, 1 MiB reads)
   * in a confide protected volume (encrypted)  -> "confide tmpfs": `open_volume` decrypts and
-    authenticates it into /dev/shm, then the decrypted file is read back (both timed)
+    authenticates it into /dev/shm, then the decrypted file is read back (both timed: the
+    "first read"); "steady state" is a later read of the decrypted copy (what the application
+    sees after start-up)
   * in a gocryptfs file system (Debian package `gocryptfs`, FUSE) -> mounted, remounted to
     drop the FUSE page cache, read through the mount with 1 MiB reads.
 All backing files are warm in the page cache, so the numbers compare CPU paths, not disks.
@@ -59,7 +61,7 @@ def _timed_read(path: Path) -> float:
     return n / dt
 
 
-def _gocryptfs(work: Path, source: Path) -> tuple[float | None, str]:
+def _gocryptfs(work: Path, source: Path, runs: int) -> tuple[float | None, str]:
     exe = shutil.which("gocryptfs")
     if exe is None:
         return None, "gocryptfs not installed (apt-get install -y gocryptfs)"
@@ -90,13 +92,15 @@ def _gocryptfs(work: Path, source: Path) -> tuple[float | None, str]:
     finally:
         umount()
     _read_all(next(p for p in cipher.iterdir() if not p.name.startswith("gocryptfs")))  # warm backing file
-    err = mount()
-    if err:
-        return None, err
-    try:
-        speed = _timed_read(mnt / "data")
-    finally:
-        umount()
+    speed = 0.0
+    for _ in range(runs):  # remount each time: nothing served from the FUSE page cache
+        err = mount()
+        if err:
+            return None, err
+        try:
+            speed = max(speed, _timed_read(mnt / "data"))
+        finally:
+            umount()
     return speed, "ok"
 
 
@@ -106,6 +110,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2, help="decryption threads for confide")
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
     ap.add_argument("--shm", type=Path, default=Path("/dev/shm"))
+    ap.add_argument("--runs", type=int, default=3, help="best of N runs (the machine is shared)")
     args = ap.parse_args()
     size = args.size_mib * MiB
     work = Path(tempfile.mkdtemp(prefix="confide-bench-", dir=args.workdir))
@@ -114,10 +119,13 @@ def main() -> int:
         src = work / "src"
         src.mkdir()
         _write_source(src / "data", size)
-        print(f"data: {args.size_mib} MiB, {os.cpu_count()} CPUs, confide workers={args.workers}")
+        print(
+            f"data: {args.size_mib} MiB, {os.cpu_count()} CPUs, confide workers={args.workers}, "
+            f"best of {args.runs} runs"
+        )
 
         _read_all(src / "data")
-        plain = _timed_read(src / "data")
+        plain = max(_timed_read(src / "data") for _ in range(args.runs))
 
         key = VolumeKey.generate()
         vol = work / "vol"
@@ -128,18 +136,21 @@ def main() -> int:
         enc = size / (time.perf_counter() - t)
         for obj in (vol / "objects").iterdir():
             _read_all(obj)  # warm
-        out = shm / "out"
-        t = time.perf_counter()
-        open_volume(vol, key, out, tag, workers=args.workers)
-        t_open = time.perf_counter() - t
-        t = time.perf_counter()
-        _read_all(out / "data")
-        t_read = time.perf_counter() - t
-        confide = size / (t_open + t_read)
-        decrypt_only = size / t_open
-        shutil.rmtree(out)
+        confide = decrypt_only = steady = 0.0
+        for _ in range(args.runs):
+            out = shm / "out"
+            t = time.perf_counter()
+            open_volume(vol, key, out, tag, workers=args.workers)
+            t_open = time.perf_counter() - t
+            t = time.perf_counter()
+            _read_all(out / "data")
+            t_read = time.perf_counter() - t
+            confide = max(confide, size / (t_open + t_read))
+            decrypt_only = max(decrypt_only, size / t_open)
+            steady = max(steady, _timed_read(out / "data"))  # the app reading the decrypted copy
+            shutil.rmtree(out)
 
-        gcfs, why = _gocryptfs(work, src / "data")
+        gcfs, why = _gocryptfs(work, src / "data", args.runs)
 
         def row(name: str, bps: float) -> None:
             print(f"  {name:<44} {bps / 1e9:7.2f} GB/s  ({bps / (1 << 30):6.2f} GiB/s)")
@@ -148,6 +159,7 @@ def main() -> int:
         row("plain page-cache read", plain)
         row("confide tmpfs (decrypt+verify into shm, read)", confide)
         row("  of which decrypt+verify into shm only", decrypt_only)
+        row("confide tmpfs, later reads (steady state)", steady)
         if gcfs is not None:
             row("gocryptfs (FUSE, remounted, warm backing)", gcfs)
         else:
@@ -158,7 +170,8 @@ def main() -> int:
         if gcfs is not None:
             ratio = confide / gcfs
             verdict = "meets" if ratio >= 2.5 else "MISSES"
-            print(f"  confide tmpfs / gocryptfs = {ratio:5.2f}  ({verdict} the >= 2.5x target)")
+            print(f"  confide tmpfs first read / gocryptfs   = {ratio:5.2f}  ({verdict} the >= 2.5x target)")
+            print(f"  confide tmpfs steady read / gocryptfs  = {steady / gcfs:5.2f}")
         else:
             print("  confide tmpfs / gocryptfs = not computed (gocryptfs did not run)")
     finally:
