@@ -143,7 +143,7 @@ def _zero(chunk_size: int) -> bytes:
     return z
 
 
-def _flush(  # noqa: PLR0917
+def _flush(
     out_fd: int, pmv: memoryview, first: int, a: int, b: int, chunk_size: int, size: int | None = None
 ) -> None:
     lo = (a - first) * chunk_size

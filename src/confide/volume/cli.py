@@ -77,7 +77,7 @@ def volume() -> None:
     help="Region of paths that match no rule.",
 )  # fmt: skip
 @_with_regions
-def create_cmd(  # noqa: PLR0917 - click passes options positionally
+def create_cmd(
     directory: Path,
     key_out: Path,
     chunk_size: int,
@@ -110,7 +110,7 @@ def create_cmd(  # noqa: PLR0917 - click passes options positionally
 @click.option("--dest", default="", metavar="PATH", help="Volume directory to add under (default: the root).")
 @click.option("--deterministic", is_flag=True, help="File ids from path+content (reproducible).")
 @_with_regions
-def add_cmd(  # noqa: PLR0917 - click passes options positionally
+def add_cmd(
     directory: Path,
     sources: tuple[Path, ...],
     key_file: Path | None,
