@@ -19,7 +19,9 @@ contain secret values.
     │   │   └── CollateralExpiredError (26) collateral not valid at the verification time
     │   ├── TcbLevelNotFoundError (27)      no TCB level of the TCB Info matches the platform
     │   ├── BindingError (28)               report data / nonce / key binding mismatch
-    │   └── MeasurementError (29)           event-log replay or reference-measurement mismatch
+    │   ├── MeasurementError (29)           event-log replay or reference-measurement mismatch
+    │   └── RollbackError (60)              authentic, but older than the recorded version
+    │                                       (e.g. a protected volume presented with an old tag)
     ├── PolicyError (30)                    a policy document is invalid
     │   └── AppraisalError (31)             verified evidence does not satisfy the policy
     ├── NetworkError (40)                   a remote service could not be reached or answered badly
@@ -43,6 +45,7 @@ __all__ = [
     "ParseError",
     "PolicyError",
     "RevocationError",
+    "RollbackError",
     "SignatureError",
     "StorageError",
     "TcbLevelNotFoundError",
@@ -159,3 +162,9 @@ class NetworkError(ConfideError):
 
 class StorageError(ConfideError):
     exit_code = 50
+
+
+class RollbackError(VerificationError):
+    """Authentic data, but not the version recorded as current (a replay of an old state)."""
+
+    exit_code = 60
