@@ -39,7 +39,7 @@ MAX_BYTES = 1 << 20
 """Largest policy document accepted (1 MiB)."""
 MAX_DEPTH = 64
 """Deepest nesting of mappings and sequences accepted."""
-MAX_NODES = 100_000
+MAX_NODES = 20_000
 """Most YAML nodes accepted in one document."""
 
 

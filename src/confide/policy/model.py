@@ -774,7 +774,9 @@ class RequireAtLeast(_Model):
     @model_serializer(mode="wrap")
     def _to_key(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data = handler(self)
-        return {f"require-at-least-{self.n}": data["rules"]}
+        if isinstance(data, dict) and "rules" in data:
+            return {f"require-at-least-{self.n}": data["rules"]}
+        return data  # type: ignore[no-any-return]
 
 
 def _rule_tag(value: Any) -> str | None:
