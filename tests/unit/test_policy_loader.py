@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -31,7 +32,9 @@ def test_minimal_policy_loads_from_text_and_bytes() -> None:
 
 def test_billion_laughs_is_refused_at_the_first_anchor() -> None:
     lol = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
-    lol += "".join(f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    lol += "".join(
+        f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+    )
     p = refused(lol)
     assert "anchor" in p.message and (p.line, p.column) == (1, 4)
 
@@ -107,7 +110,8 @@ def test_yaml_1_2_keeps_no_as_a_string() -> None:
 
 def test_integer_keys_become_strings_where_indices_are_expected() -> None:
     text = MINIMAL.replace(
-        f"mrenclave: {MRE}", "aws-nitro:\n        pcrs:\n          0: " + "ab" * 48 + "\n          0x1: " + "cd" * 48
+        f"mrenclave: {MRE}",
+        "aws-nitro:\n        pcrs:\n          0: " + "ab" * 48 + "\n          0x1: " + "cd" * 48,
     )
     policy = loads_policy(text)
     variant = policy.service("web").variants()[0]
@@ -125,7 +129,12 @@ def test_unreadable_file_is_a_usage_error(tmp_path: Path) -> None:
 
 
 _yaml_scalars = st.one_of(
-    st.text(max_size=20), st.integers(), st.booleans(), st.none(), st.floats(allow_nan=True), st.just("$$SCONE::")
+    st.text(max_size=20),
+    st.integers(),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=True),
+    st.just("$$SCONE::"),
 )
 _yaml_trees = st.recursive(
     _yaml_scalars,
@@ -133,9 +142,33 @@ _yaml_trees = st.recursive(
         st.lists(children, max_size=4),
         st.dictionaries(
             st.sampled_from(
-                ["name", "version", "services", "secrets", "attestation", "mrenclave", "kind", "value", "command",
-                 "environment", "access_policy", "update", "require-all", "require-at-least-2", "signer", "tdx",
-                 "security", "tolerate", "images", "injection_files", "path", "content", "export", "import", "x"]
+                [
+                    "name",
+                    "version",
+                    "services",
+                    "secrets",
+                    "attestation",
+                    "mrenclave",
+                    "kind",
+                    "value",
+                    "command",
+                    "environment",
+                    "access_policy",
+                    "update",
+                    "require-all",
+                    "require-at-least-2",
+                    "signer",
+                    "tdx",
+                    "security",
+                    "tolerate",
+                    "images",
+                    "injection_files",
+                    "path",
+                    "content",
+                    "export",
+                    "import",
+                    "x",
+                ]
             ),
             children,
             max_size=5,
@@ -152,19 +185,15 @@ def _to_yaml(value: object) -> str:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=300))
 def test_random_text_only_raises_policy_error(text: str) -> None:
-    try:
+    with contextlib.suppress(PolicyError):
         loads_policy(text)
-    except PolicyError:
-        pass
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300))
 def test_random_bytes_only_raise_policy_error(data: bytes) -> None:
-    try:
+    with contextlib.suppress(PolicyError):
         loads_policy(data)
-    except PolicyError:
-        pass
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

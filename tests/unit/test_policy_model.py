@@ -75,7 +75,13 @@ def test_examples_cover_the_promised_features() -> None:
     assert {s.kind for s in sgx.secrets} >= {SecretKind.ASCII, SecretKind.BINARY, SecretKind.X509_CA}
     vms = load_policy(EXAMPLES / "confidential-vms.yaml")
     platforms = {v.platform for s in vms.services for v in s.variants()}
-    assert platforms == {Platform.TDX, Platform.SEV_SNP, Platform.SIMULATED, Platform.NVIDIA_GPU, Platform.AWS_NITRO}
+    assert platforms == {
+        Platform.TDX,
+        Platform.SEV_SNP,
+        Platform.SIMULATED,
+        Platform.NVIDIA_GPU,
+        Platform.AWS_NITRO,
+    }
 
 
 def test_multi_stakeholder_export_is_pinned_to_the_importers_hash() -> None:
@@ -146,10 +152,14 @@ def test_wrong_type_reports_yaml_type_names() -> None:
 
 def test_boolean_is_not_an_integer_and_integer_is_not_a_string() -> None:
     found = problems(
-        MINIMAL + "    environment:\n      PORT: 8080\n" + "secrets:\n  - name: s\n    kind: ascii\n    size: true\n"
+        MINIMAL
+        + "    environment:\n      PORT: 8080\n"
+        + "secrets:\n  - name: s\n    kind: ascii\n    size: true\n"
     )
     messages = {p.path: p.message for p in found}
-    assert messages[("services", 0, "environment", "PORT")] == "got integer 8080, expected a string"
+    assert messages[("services", 0, "environment", "PORT")] == (
+        "got integer 8080, expected a string (quote values that look like numbers)"
+    )
     assert messages[("secrets", 0, "size")] == "got boolean True, expected an integer"
 
 
@@ -241,7 +251,8 @@ def test_cross_reference_problems_have_locations() -> None:
 
 def test_secret_values_are_never_echoed_in_errors() -> None:
     text = MINIMAL + "secrets:\n  - name: k\n    kind: private-key\n    value: TOPSECRETKEYMATERIAL\n"
-    text += "  - name: b\n    kind: binary\n    value: TOPSECRETNOTHEX\n  - name: c\n    kind: ascii\n    value: [TOPSECRETLIST]\n"
+    text += "  - name: b\n    kind: binary\n    value: TOPSECRETNOTHEX\n"
+    text += "  - name: c\n    kind: ascii\n    value: [TOPSECRETLIST]\n"
     with pytest.raises(PolicyError) as info:
         loads_policy(text)
     assert "TOPSECRET" not in str(info.value)
@@ -254,7 +265,9 @@ def test_secret_values_are_never_echoed_in_errors() -> None:
 def test_single_values_and_lists_mean_the_same() -> None:
     one_value = loads_policy(MINIMAL)
     as_list = loads_policy(MINIMAL.replace(f"mrenclave: {MRE}", f"mrenclave: [{MRE.upper()}]"))
-    listed_variant = loads_policy(MINIMAL.replace("attestation:\n      mrenclave", "attestation:\n      - mrenclave"))
+    listed_variant = loads_policy(
+        MINIMAL.replace("attestation:\n      mrenclave", "attestation:\n      - mrenclave")
+    )
     assert one_value == as_list == listed_variant
     assert policy_hash(one_value) == policy_hash(as_list) == policy_hash(listed_variant)
 
@@ -280,12 +293,18 @@ def test_a_service_needs_attestation_and_sim_needs_the_simulation_tolerance() ->
 
 
 def test_signer_rules() -> None:
-    ok = loads_policy(MINIMAL.replace(f"mrenclave: {MRE}", f"signer: {{mrsigner: {MRE}, isvprodid: 1, isvsvn_min: 3}}"))
+    ok = loads_policy(
+        MINIMAL.replace(f"mrenclave: {MRE}", f"signer: {{mrsigner: {MRE}, isvprodid: 1, isvsvn_min: 3}}")
+    )
     signer = ok.service("web").variants()[0].signer
     assert signer is not None and (signer.isvprodid, signer.isvsvn_min, signer.isvsvn) == (1, 3, None)
-    both = MINIMAL.replace(f"mrenclave: {MRE}", f"signer: {{mrsigner: {MRE}, isvprodid: 1, isvsvn: 2, isvsvn_min: 1}}")
+    both = MINIMAL.replace(
+        f"mrenclave: {MRE}", f"signer: {{mrsigner: {MRE}, isvprodid: 1, isvsvn: 2, isvsvn_min: 1}}"
+    )
     assert "one or the other" in one(both).message
-    rng = MINIMAL.replace(f"mrenclave: {MRE}", f"signer: {{mrsigner: {MRE}, isvprodid: 1, isvsvn_min: 5, isvsvn_max: 2}}")
+    rng = MINIMAL.replace(
+        f"mrenclave: {MRE}", f"signer: {{mrsigner: {MRE}, isvprodid: 1, isvsvn_min: 5, isvsvn_max: 2}}"
+    )
     assert "min <= max" in one(rng).message
     big = MINIMAL.replace(f"mrenclave: {MRE}", f"signer: {{mrsigner: {MRE}, isvprodid: 70000}}")
     assert one(big).message == "got integer 70000, expected <= 65535"
@@ -304,10 +323,14 @@ def test_wildcard_advisories_need_debug_mode() -> None:
 
 
 def test_tolerances_and_advisories_are_sets() -> None:
-    a = loads_policy(MINIMAL + "security:\n  attestation:\n    tolerate: [outdated-tcb, hyperthreading]\n"
-                     "    ignore_advisories: [intel-sa-00161, INTEL-SA-00081]\n")
-    b = loads_policy(MINIMAL + "security:\n  attestation:\n    tolerate: [hyperthreading, outdated-tcb, outdated-tcb]\n"
-                     "    ignore_advisories: [INTEL-SA-00081, INTEL-SA-00161]\n")
+    a = loads_policy(
+        MINIMAL + "security:\n  attestation:\n    tolerate: [outdated-tcb, hyperthreading]\n"
+        "    ignore_advisories: [intel-sa-00161, INTEL-SA-00081]\n"
+    )
+    b = loads_policy(
+        MINIMAL + "security:\n  attestation:\n    tolerate: [hyperthreading, outdated-tcb, outdated-tcb]\n"
+        "    ignore_advisories: [INTEL-SA-00081, INTEL-SA-00161]\n"
+    )
     assert a == b
     assert a.security.attestation.tolerate == (Tolerance.HYPERTHREADING, Tolerance.OUTDATED_TCB)
     bad = one(MINIMAL + "security:\n  attestation:\n    tolerate: [debugmode]\n")
@@ -356,10 +379,16 @@ def test_access_policy_errors(update: str, expected: str) -> None:
 
 
 def test_board_not_allowed_in_read() -> None:
-    assert "boards only in update" in one(MINIMAL + "access_policy:\n  read:\n    require-all: [{signer: a}]\n").message
+    assert (
+        "boards only in update"
+        in one(MINIMAL + "access_policy:\n  read:\n    require-all: [{signer: a}]\n").message
+    )
 
 
 # --- secrets ---------------------------------------------------------------------------------
+
+
+KEY = "- name: k\n  kind: private-key\n"
 
 
 def _secret(body: str) -> str:
@@ -381,7 +410,9 @@ def test_explicit_keys_are_checked_against_key_type() -> None:
 
 def test_public_key_secret_from_private_key_or_value() -> None:
     pub = ed25519.Ed25519PrivateKey.generate().public_key()
-    pem = pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    pem = pub.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
     loads_policy(_secret("- name: p\n  kind: public-key\n  value: |\n") + textwrap.indent(pem, "      "))
     loads_policy(_secret("- name: k\n  kind: private-key\n- name: p\n  kind: public-key\n  private_key: k\n"))
     assert "exactly one" in one(_secret("- name: p\n  kind: public-key\n")).message
@@ -395,22 +426,35 @@ def test_public_key_secret_from_private_key_or_value() -> None:
         ("- name: s\n  kind: binary\n  size: 4\n  value: ab\n", "one or the other"),
         ("- name: s\n  kind: binary\n  value: xyz\n", "expected hex-encoded bytes"),
         ("- name: s\n  kind: x509\n", "expected a private-key secret name"),
-        ("- name: k\n  kind: private-key\n- name: s\n  kind: x509\n  private_key: k\n  endpoint: client\n  dns: a.b\n",
-         "only for server"),
-        ("- name: k\n  kind: private-key\n- name: s\n  kind: x509-ca\n  private_key: k\n  endpoint: server\n",
-         "got endpoint for a x509-ca secret"),
-        ("- name: k\n  kind: private-key\n- name: s\n  kind: x509\n  private_key: k\n  valid_for: 3 fortnights\n",
-         "expected a duration"),
-        ("- name: k\n  kind: private-key\n- name: s\n  kind: x509\n  private_key: k\n  valid_for: 1d\n  renew_before: 2d\n",
-         "renew_before shorter"),
+        (
+            KEY + "- name: s\n  kind: x509\n  private_key: k\n  endpoint: client\n  dns: a.b\n",
+            "only for server",
+        ),
+        (
+            KEY + "- name: s\n  kind: x509-ca\n  private_key: k\n  endpoint: server\n",
+            "got endpoint for a x509-ca secret",
+        ),
+        (
+            KEY + "- name: s\n  kind: x509\n  private_key: k\n  valid_for: 3 fortnights\n",
+            "expected a duration",
+        ),
+        (
+            KEY + "- name: s\n  kind: x509\n  private_key: k\n  valid_for: 1d\n  renew_before: 2d\n",
+            "renew_before shorter",
+        ),
         ("- name: s\n  import: {session: other, secret: x}\n  size: 3\n", "imported secret"),
-        ("- name: s\n  import: {session: other, secret: x}\n  export: {session: third}\n", "cannot be re-exported"),
+        (
+            "- name: s\n  import: {session: other, secret: x}\n  export: {session: third}\n",
+            "cannot be re-exported",
+        ),
         ("- name: s\n  kind: ascii\n  export: {session: a, namespace: b}\n", "exactly one"),
         ("- name: s\n  size: 3\n", "got no kind"),
         ("- name: s.crt\n  kind: ascii\n", "expected 1-128 characters"),
         ("- name: k\n  kind: private-key\n  migrate: yes\n", "expected a boolean"),
-        ("- name: k\n  kind: private-key\n- name: s\n  kind: x509\n  private_key: k\n  dns: [-bad-.com]\n",
-         "expected a DNS name"),
+        (
+            KEY + "- name: s\n  kind: x509\n  private_key: k\n  dns: [-bad-.com]\n",
+            "expected a DNS name",
+        ),
     ],
 )
 def test_secret_rules(body: str, expected: str) -> None:
@@ -463,23 +507,22 @@ def test_issuer_cycle_is_refused() -> None:
 
 def test_volumes_and_images() -> None:
     good = MINIMAL + doc(
-        """
+        f"""
         volumes:
           - name: v
           - name: w
             export:
               - session: other
-              - to: {session: third, session_hash: %s}
+              - to: {{session: third, session_hash: {MRE}}}
                 update_policy: ephemeral
         images:
           - name: img
-            volumes: [{name: v, path: /data}]
+            volumes: [{{name: v, path: /data}}]
             injection_files:
               - /etc/app.conf
               - path: /etc/other.conf
                 content: "x"
         """
-        % MRE
     )
     p = loads_policy(good)
     assert p.image("img").injection_files[0].content is None
@@ -489,8 +532,14 @@ def test_volumes_and_images() -> None:
     found = problems(bad.replace("path: data", "path: /data"))
     assert found[0].message == "got 'nope', expected the name of a volume"
     assert "fspf" in one(MINIMAL + "volumes:\n  - name: v\n    fspf_key: " + MRE + "\n").message
-    assert "fspf_key" in one(MINIMAL + f"volumes:\n  - name: v\n    fspf_key: '$$SCONE::k$$'\n    fspf_tag: {MRE[:32]}\n"
-                                   + "secrets:\n  - name: k\n    kind: ascii\n").message
+    assert (
+        "fspf_key"
+        in one(
+            MINIMAL
+            + f"volumes:\n  - name: v\n    fspf_key: '$$SCONE::k$$'\n    fspf_tag: {MRE[:32]}\n"
+            + "secrets:\n  - name: k\n    kind: ascii\n"
+        ).message
+    )
 
 
 def test_round_trip_through_the_canonical_form() -> None:
@@ -499,3 +548,10 @@ def test_round_trip_through_the_canonical_form() -> None:
         again = Policy.model_validate(policy.model_dump(mode="json", by_alias=True, exclude_defaults=True))
         assert again == policy
         assert policy_hash(again) == policy_hash(policy)
+
+
+def test_unquoted_numeric_hex_gets_a_quoting_hint() -> None:
+    p = one(MINIMAL.replace(f"mrenclave: {MRE}", "mrenclave: " + "1" * 64))
+    assert "quote values that look like numbers" in p.message
+    p = one(MINIMAL.replace(f"mrenclave: {MRE}", "signer: {mrsigner: " + "1" * 64 + ", isvprodid: 1}"))
+    assert p.message.endswith("expected a string (quote values that look like numbers)")

@@ -31,8 +31,17 @@ def test_find_placeholders_with_and_without_format() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["$$SCONE::", "$$SCONE::name", "$$SCONE::$$", "$$SCONE::a b$$", "$$SCONE::a:$$", "$$SCONE::a:HEX$$",
-     "$$SCONE::a.$$", "$$SCONE::" + "a" * 300 + "$$", "x $$SCONE::a:b:$$"],
+    [
+        "$$SCONE::",
+        "$$SCONE::name",
+        "$$SCONE::$$",
+        "$$SCONE::a b$$",
+        "$$SCONE::a:$$",
+        "$$SCONE::a:HEX$$",
+        "$$SCONE::a.$$",
+        "$$SCONE::" + "a" * 300 + "$$",
+        "x $$SCONE::a:b:$$",
+    ],
 )
 def test_malformed_placeholders_are_errors_not_literals(text: str) -> None:
     with pytest.raises(PlaceholderSyntaxError) as info:
@@ -76,7 +85,14 @@ def test_formats_per_kind_in_files(kind: str, fmt: str | None, encoding: Encodin
 
 
 @pytest.mark.parametrize(
-    ("kind", "fmt"), [("ascii", "hex"), ("binary", "crt"), ("private-key", "chain"), ("x509", "hex"), ("public-key", "pkcs8:pem")]
+    ("kind", "fmt"),
+    [
+        ("ascii", "hex"),
+        ("binary", "crt"),
+        ("private-key", "chain"),
+        ("x509", "hex"),
+        ("public-key", "pkcs8:pem"),
+    ],
 )
 def test_format_the_kind_does_not_have(kind: str, fmt: str) -> None:
     with pytest.raises(ValueError, match=f"got format '{fmt}' for a {kind} secret, expected"):
@@ -84,7 +100,9 @@ def test_format_the_kind_does_not_have(kind: str, fmt: str) -> None:
 
 
 @pytest.mark.parametrize("context", [Context.COMMAND, Context.ENVIRONMENT])
-@pytest.mark.parametrize(("kind", "fmt"), [("binary", None), ("binary", "bin"), ("private-key", "der"), ("x509", "crt:der")])
+@pytest.mark.parametrize(
+    ("kind", "fmt"), [("binary", None), ("binary", "bin"), ("private-key", "der"), ("x509", "crt:der")]
+)
 def test_binary_encodings_only_in_files(context: Context, kind: str, fmt: str | None) -> None:
     with pytest.raises(ValueError, match="binary values only go into injected files"):
         encoding_for(kind, fmt, context)

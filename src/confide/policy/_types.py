@@ -101,6 +101,10 @@ def _hex_checker(*sizes: int) -> Callable[[str], str]:
 
 def _one_or_many(value: object) -> object:
     """A single scalar stands for a list of one: ``mrenclave: abc`` == ``mrenclave: [abc]``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(
+            f"got the number {short(value)}, expected a string (quote values that look like numbers)"
+        )
     return [value] if isinstance(value, str) else value
 
 

@@ -289,7 +289,10 @@ def _message(err: Any, path: Sequence[str | int]) -> str:
     if kind in ("enum", "literal_error"):
         return f"got {_got(value, redact)}, expected {ctx.get('expected', 'another value')}"
     if kind in _EXPECTED_TYPE:
-        return f"got {_got(value, redact)}, expected {_EXPECTED_TYPE[kind]}"
+        hint = ""
+        if kind == "string_type" and isinstance(value, int | float) and not isinstance(value, bool):
+            hint = " (quote values that look like numbers)"
+        return f"got {_got(value, redact)}, expected {_EXPECTED_TYPE[kind]}{hint}"
     if kind in ("too_short", "too_long"):
         return f"got {ctx.get('actual_length', '?')} items, expected {err['msg'].split('should have ')[-1]}"
     if kind in _BOUNDS:
