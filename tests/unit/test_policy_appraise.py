@@ -9,6 +9,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from confide.errors import AppraisalError
 from confide.policy import (
@@ -414,3 +416,55 @@ def test_raise_for_result() -> None:
     assert info.value.problems == bad.reasons
     assert all(str(r) in str(info.value) for r in bad.reasons)
     assert info.value.exit_code == 31
+
+
+_claim_values = st.recursive(
+    st.one_of(
+        st.none(), st.booleans(), st.integers(), st.text(max_size=100), st.sampled_from(list(H48.values()))
+    ),
+    lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=5), c, max_size=3)),
+    max_leaves=6,
+)
+_claim_names = st.sampled_from(
+    [
+        "mr_enclave",
+        "mr_signer",
+        "isv_prod_id",
+        "isv_svn",
+        "debug",
+        "mr_td",
+        "rtmr1",
+        "xfam",
+        "sept_ve_disable",
+        "measurement",
+        "host_data",
+        "policy",
+        "vmpl",
+        "guest_svn",
+        "family_id",
+        "driver_version",
+        "vbios_version",
+        "measurements",
+        "pcr0",
+        "pcr8",
+    ]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(list(Platform)),
+    st.dictionaries(_claim_names, _claim_values, max_size=12),
+    st.sampled_from([None, *TcbStatus]),
+    st.lists(st.text(max_size=20), max_size=3),
+)
+def test_arbitrary_claims_never_crash_and_never_pass_unchecked(
+    platform: Platform, claims: dict[str, ClaimValue], tcb: TcbStatus | None, advisories: list[str]
+) -> None:
+    ev = evidence(platform, claims, tcb=tcb, advisories=tuple(advisories))
+    for pol in (SGX_POLICY, TDX_POLICY, SNP_POLICY, GPU_POLICY, SIM_POLICY):
+        result = appraise(ev, pol, "svc", at=AT)
+        assert result.accepted == (not result.reasons)
+        if result.accepted:
+            assert result.matched_variant is not None
+            assert pol.service("svc").variants()[result.matched_variant].platform is platform
