@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from confide.errors import PolicyError
 from confide.policy import Problem, load_policy, loads_policy, policy_hash
+from confide.policy.access import is_authorized
 from confide.policy.model import (
     Policy,
     RequireAll,
@@ -555,3 +556,43 @@ def test_unquoted_numeric_hex_gets_a_quoting_hint() -> None:
     assert "quote values that look like numbers" in p.message
     p = one(MINIMAL.replace(f"mrenclave: {MRE}", "signer: {mrsigner: " + "1" * 64 + ", isvprodid: 1}"))
     assert p.message.endswith("expected a string (quote values that look like numbers)")
+
+
+def test_board_members_must_be_distinct() -> None:
+    p = one(MINIMAL + "access_policy:\n  update:\n    require-at-least-2: [{signer: a}, a, {signer: b}]\n")
+    assert "listed twice" in p.message
+
+
+def test_is_authorized_evaluates_boards() -> None:
+    text = MINIMAL + doc(
+        """
+        access_policy:
+          read: [CREATOR, "$$SCONE::auditor$$"]
+          update:
+            require-all:
+              - require-at-least-2: [{signer: v1}, {signer: v2}, {signer: v3}]
+              - signer: veto
+          create_sessions: NONE
+        secrets:
+          - name: auditor
+            kind: ascii
+            value: audit-key
+        """
+    )
+    ap = loads_policy(text).access_policy
+    assert is_authorized(ap.update, {"v1", "v3", "veto"}, creator="c")
+    assert not is_authorized(ap.update, {"v1", "veto"}, creator="c")
+    assert not is_authorized(ap.update, {"v1", "v2", "v3"}, creator="c")
+    assert not is_authorized(ap.update, set(), creator=None)
+    assert is_authorized(ap.read, {"c"}, creator="c")
+    assert not is_authorized(ap.read, {"c"}, creator="someone-else")
+    assert not is_authorized(ap.read, {"audit-key"}, creator="c")  # no resolver: ignored
+    assert is_authorized(ap.read, {"audit-key"}, creator="c", resolve={"auditor": "audit-key"}.get)
+    assert not is_authorized(ap.read, {"x"}, creator="c", resolve={}.get)
+    assert not is_authorized(ap.effective_create_sessions, {"c", "v1"}, creator="c")
+    anyone = loads_policy(MINIMAL + "access_policy:\n  read: ANY\n").access_policy
+    assert is_authorized(anyone.read, set(), creator=None)
+    default = loads_policy(MINIMAL).access_policy
+    assert is_authorized(default.update, {"me"}, creator="me")
+    assert is_authorized(default.effective_create_sessions, {"me"}, creator="me")
+    assert not is_authorized(default.update, {"me"}, creator="other")

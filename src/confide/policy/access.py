@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Collection, Sequence
 from typing import Annotated, Any
 
 from pydantic import (
@@ -36,6 +37,7 @@ __all__ = [
     "RequireAll",
     "RequireAtLeast",
     "SignerRule",
+    "is_authorized",
 ]
 
 
@@ -91,6 +93,12 @@ class RequireAtLeast(_Model):
             raise ValueError(
                 f"got require-at-least-{self.n} of {len(self.rules)} rules, expected N <= {len(self.rules)}"
             )
+        identities = [_identity_of(r) for r in self.rules if _identity_of(r) is not None]
+        if len(set(identities)) != len(identities):
+            raise ValueError(
+                f"got an identity listed twice in require-at-least-{self.n}, expected distinct members "
+                "(one signature must not count twice)"
+            )
         return self
 
     @model_serializer(mode="wrap")
@@ -99,6 +107,14 @@ class RequireAtLeast(_Model):
         if isinstance(data, dict) and "rules" in data:
             return {f"require-at-least-{self.n}": data["rules"]}
         return data  # type: ignore[no-any-return]
+
+
+def _identity_of(rule: Any) -> str | None:
+    if isinstance(rule, str):
+        return rule
+    if isinstance(rule, SignerRule):
+        return rule.signer
+    return None
 
 
 def _rule_tag(value: Any) -> str | None:
@@ -168,3 +184,49 @@ class AccessPolicy(_Model):
     @property
     def effective_create_sessions(self) -> tuple[Any, ...]:
         return self.create_sessions if self.create_sessions is not None else self.update
+
+
+def is_authorized(
+    rules: Sequence[Any],
+    identities: Collection[str],
+    *,
+    creator: str | None,
+    resolve: Callable[[str], str | None] | None = None,
+) -> bool:
+    """Whether the ``identities`` that authenticated or signed a request satisfy ``rules``
+    (one operation's list: any entry suffices, as in SCONE).
+
+    ``CREATOR`` is satisfied by ``creator``; ``ANY`` always, ``NONE`` never; ``signer: X`` and a
+    plain ``X`` by X; ``require-all`` by all its rules; ``require-at-least-N`` by N of them. A
+    ``$$SCONE::name$$`` entry is replaced by ``resolve(name)`` (the secret's value: an identity
+    or ``CREATOR``); an entry that cannot be resolved is ignored, as SCONE documents.
+    """
+    have = frozenset(identities)
+    return any(_satisfied(r, have, creator, resolve) for r in rules)
+
+
+def _satisfied(
+    rule: Any, have: frozenset[str], creator: str | None, resolve: Callable[[str], str | None] | None
+) -> bool:
+    if isinstance(rule, RequireAll):
+        return all(_satisfied(r, have, creator, resolve) for r in rule.require_all)
+    if isinstance(rule, RequireAtLeast):
+        return sum(_satisfied(r, have, creator, resolve) for r in rule.rules) >= rule.n
+    identity = _identity_of(rule)
+    if identity is None:
+        return False
+    found = ph.find_placeholders(identity)
+    if found:
+        if resolve is None or len(found) != 1 or found[0].start != 0 or found[0].end != len(identity):
+            return False
+        resolved = resolve(found[0].name)
+        if resolved is None or ph.find_placeholders(resolved):
+            return False
+        identity = resolved
+    if identity == "ANY":
+        return True
+    if identity == "NONE":
+        return False
+    if identity == "CREATOR":
+        return creator is not None and creator in have
+    return identity in have
