@@ -468,3 +468,10 @@ def test_arbitrary_claims_never_crash_and_never_pass_unchecked(
         if result.accepted:
             assert result.matched_variant is not None
             assert pol.service("svc").variants()[result.matched_variant].platform is platform
+
+
+def test_a_tcb_status_unknown_to_appraisal_is_refused() -> None:
+    ev = evidence(Platform.SGX, sgx(), tcb="TDRelaunchAdvised")  # type: ignore[arg-type]
+    result = appraise(ev, SGX_POLICY, "svc", at=AT)
+    assert not result.accepted and fields(result) == ["tcb_status"]
+    assert result.reasons[0].got == "TDRelaunchAdvised"

@@ -206,6 +206,9 @@ def _check_tcb(
         if evidence.platform in _TCB_PLATFORMS:
             reasons.append(Reason("tcb_status", "none", f"a TCB status in {evidence.platform} evidence"))
         return
+    if status not in TCB_TOLERANCES:  # a status added to the verifier but not judged here yet
+        reasons.append(Reason("tcb_status", str(status), f"one of {', '.join(TCB_TOLERANCES)}"))
+        return
     needed = TCB_TOLERANCES[status]
     if needed is None:
         reasons.append(
