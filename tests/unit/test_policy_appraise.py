@@ -475,3 +475,30 @@ def test_a_tcb_status_unknown_to_appraisal_is_refused() -> None:
     result = appraise(ev, SGX_POLICY, "svc", at=AT)
     assert not result.accepted and fields(result) == ["tcb_status"]
     assert result.reasons[0].got == "TDRelaunchAdvised"
+
+
+def test_hyperthreading_shortcut_stands_for_its_configuration_category() -> None:
+    pol = policy(
+        f"      mrenclave: {H32['b']}\n",
+        "    tolerate: [hyperthreading]\n    ignore_advisories: [INTEL-SA-00615]\n",
+    )
+    only_ht = evidence(
+        Platform.SGX, sgx(), tcb=TcbStatus.CONFIGURATION_NEEDED, advisories=("INTEL-SA-00233",)
+    )
+    result = appraise(only_ht, pol, "svc", at=AT)
+    assert result.accepted and result.tolerated == (Tolerance.HYPERTHREADING,)
+    more = evidence(
+        Platform.SGX,
+        sgx(),
+        tcb=TcbStatus.CONFIGURATION_NEEDED,
+        advisories=("INTEL-SA-00233", "INTEL-SA-00615"),
+    )
+    result = appraise(more, pol, "svc", at=AT)
+    assert [str(r) for r in result.reasons] == [
+        "tcb_status: got ConfigurationNeeded, "
+        "expected security.attestation.tolerate to include 'configuration-needed'"
+    ]
+    no_advisory = evidence(Platform.SGX, sgx(), tcb=TcbStatus.CONFIGURATION_NEEDED)
+    assert fields(appraise(no_advisory, pol, "svc", at=AT)) == ["tcb_status"]
+    outdated = evidence(Platform.SGX, sgx(), tcb=TcbStatus.OUT_OF_DATE, advisories=("INTEL-SA-00233",))
+    assert fields(appraise(outdated, pol, "svc", at=AT)) == ["tcb_status"]

@@ -10,7 +10,8 @@ evidence had and what the policy expected. It checks, independently:
 4. the TCB status against the tolerances (Intel's statuses; see :data:`TCB_TOLERANCES`);
 5. every advisory ID of the evidence is ignored (``ignore_advisories``, or ``"*"``, or the
    shortcuts ``hyperthreading`` = INTEL-SA-00233 and ``insecure-igpu`` = INTEL-SA-00219, as
-   SCONE documents them);
+   SCONE documents them; when *all* advisories are covered by tolerated shortcuts, the
+   shortcut also stands for the ``configuration-needed`` category);
 6. at least one attestation variant of the service matches: same platform, and every factor
    of the variant holds (hex compared case-insensitively, integers exactly, SVN ranges
    inclusive). When no variant matches, the mismatches of every variant are reported.
@@ -216,7 +217,16 @@ def _check_tcb(
         )
         return
     for t in needed:
+        if t is Tolerance.CONFIGURATION_NEEDED and _shortcuts_cover(evidence, security):
+            continue  # e.g. ConfigurationNeeded only because of Hyper-Threading: the shortcut suffices
         _need(t, security, tolerated, reasons, "tcb_status", status.value)
+
+
+def _shortcuts_cover(evidence: VerifiedEvidence, security: AttestationSecurity) -> bool:
+    """True when every advisory is one that a tolerated shortcut (``hyperthreading``,
+    ``insecure-igpu``) names: SCONE's shortcuts stand for the configuration category too."""
+    shortcuts = [ADVISORY_SHORTCUTS.get(a.upper()) for a in evidence.advisory_ids]
+    return bool(shortcuts) and all(t is not None and security.tolerates(t) for t in shortcuts)
 
 
 def _check_advisories(
