@@ -205,3 +205,23 @@ def test_random_structures_only_raise_policy_error(tree: object) -> None:
     except PolicyError as exc:
         assert exc.problems
         assert all(isinstance(p, Problem) and p.line is not None for p in exc.problems), exc.problems
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_yaml_trees, _yaml_trees, _yaml_trees, _yaml_trees)
+def test_random_sections_of_a_valid_skeleton_only_raise_policy_error(
+    service: object, secret: object, access: object, security: object
+) -> None:
+    document = {
+        "name": "app",
+        "version": "0.3",
+        "services": [service if isinstance(service, dict) else {"name": "s", "attestation": service}],
+        "secrets": [secret],
+        "access_policy": access,
+        "security": {"attestation": security},
+    }
+    try:
+        loads_policy(_to_yaml(document))
+    except PolicyError as exc:
+        assert exc.problems
+        assert all(isinstance(p, Problem) and p.line is not None for p in exc.problems), exc.problems
