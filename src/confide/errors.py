@@ -30,6 +30,7 @@ contain secret values.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 __all__ = [
@@ -149,7 +150,14 @@ class MeasurementError(VerificationError):
 
 
 class PolicyError(ConfideError):
+    """A policy document is invalid. ``problems`` lists every problem found (each one's ``str``
+    is a self-contained "where: got X, expected Y" line); the message joins them."""
+
     exit_code = 30
+
+    def __init__(self, message: str, *, problems: Sequence[object] = ()) -> None:
+        super().__init__(message)
+        self.problems: tuple[object, ...] = tuple(problems)
 
 
 class AppraisalError(PolicyError):
