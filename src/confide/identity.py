@@ -84,9 +84,7 @@ class Identity:
     def __init__(self, private_key: Ed25519PrivateKey, name: str = "") -> None:
         self._key = private_key
         self.name = name
-        self.public = PublicIdentity(
-            private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        )
+        self.public = PublicIdentity(private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
 
     def __repr__(self) -> str:
         return f"Identity(name={self.name!r}, fingerprint={self.fingerprint[:16]}…)"
@@ -151,5 +149,6 @@ def load_identity(path: Path) -> Identity:
     except OSError as exc:
         raise UsageError(f"--identity: cannot read {path}: {exc.strerror}") from None
     if st.st_mode & 0o077:
-        raise UsageError(f"--identity: {path} is readable by others (mode {st.st_mode & 0o777:o}); chmod 600 it")
+        mode = st.st_mode & 0o777
+        raise UsageError(f"--identity: {path} is readable by others (mode {mode:o}); chmod 600 it")
     return Identity.from_json(data)

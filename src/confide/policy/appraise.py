@@ -162,7 +162,7 @@ def appraise(
 # ---------------------------------------------------------------------------------------------
 
 
-def _need(  # noqa: PLR0917 - a private helper called in five places
+def _need(
     t: Tolerance,
     security: AttestationSecurity,
     tolerated: set[Tolerance],
