@@ -72,6 +72,8 @@ _SNP_REPORT_SIZE = 0x4A0
 
 def detect_platform(evidence: bytes) -> Platform:
     """Guess the platform of raw evidence from its leading bytes (used when --platform is absent)."""
+    if evidence.startswith(b"CONFIDE-SIM"):  # confide.evidence.sim.MAGIC
+        return Platform.SIMULATED
     if len(evidence) >= 8:
         version = int.from_bytes(evidence[0:2], "little")
         tee_type = int.from_bytes(evidence[4:8], "little")
