@@ -83,7 +83,7 @@ def test_bad_fields_are_parse_errors_naming_the_field(offset: int, value: bytes,
 @pytest.mark.parametrize("length", [0, 1, 11, 267, 269, 1000])
 def test_wrong_length_is_a_parse_error(length: int) -> None:
     raw = (_sample().to_bytes() * 4)[:length]
-    with pytest.raises(ParseError, match="268|magic"):
+    with pytest.raises(ParseError, match=r"268|magic"):
         SimEvidence.from_bytes(raw)
 
 

@@ -106,4 +106,4 @@ def test_platform_key_id_is_sha256_of_the_raw_key(platform: SimPlatform) -> None
 
 def test_naive_time_is_refused(platform: SimPlatform, evidence: bytes) -> None:
     with pytest.raises(ValueError, match="timezone"):
-        verify_sim(evidence, platform.public_key, at=datetime(2026, 1, 1))  # noqa: DTZ001
+        verify_sim(evidence, platform.public_key, at=datetime(2026, 1, 1))
