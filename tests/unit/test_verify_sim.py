@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from confide.errors import ParseError, SignatureError
 from confide.evidence.sim import SIGNED_SIZE, SIM_EVIDENCE_SIZE, SimEvidence
-from confide.sim.platform import SimPlatform
+from confide.sim.platform import SimPlatform, load_platform_public_key
 from confide.verify.result import Platform
 from confide.verify.sim import platform_key_id, verify_sim
 
@@ -107,3 +110,43 @@ def test_platform_key_id_is_sha256_of_the_raw_key(platform: SimPlatform) -> None
 def test_naive_time_is_refused(platform: SimPlatform, evidence: bytes) -> None:
     with pytest.raises(ValueError, match="timezone"):
         verify_sim(evidence, platform.public_key, at=datetime(2026, 1, 1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400))
+def test_arbitrary_bytes_never_verify(data: bytes) -> None:
+    key = SimPlatform.generate().public_key
+    with pytest.raises((ParseError, SignatureError)):
+        verify_sim(data, key, at=AT)
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=200))
+def test_arbitrary_public_key_bytes_raise_only_parse_error(data: bytes) -> None:
+    try:
+        key = load_platform_public_key(data)
+    except ParseError:
+        return
+    assert len(key.public_bytes_raw()) == 32
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "confide.evidence.sim",
+        "confide.verify.sim",
+        "confide.sim",
+        "confide.sim.platform",
+        "confide.sim.measure",
+        "confide.sim.cli",
+        "confide.runtime.quote",
+        "confide.platforms.sim",
+    ],
+)
+def test_public_names_are_sorted_and_exist(module: str) -> None:
+    mod = importlib.import_module(module)
+    # isort style, as ruff's RUF022 enforces: CONSTANTS, then Classes, then functions.
+    assert mod.__all__ == sorted(
+        mod.__all__, key=lambda n: (0 if n.isupper() else 1 if n[0].isupper() else 2, n)
+    )
+    assert all(hasattr(mod, name) for name in mod.__all__)
