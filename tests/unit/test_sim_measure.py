@@ -209,3 +209,14 @@ def test_missing_non_executable_and_non_regular_programs_are_usage_errors(tmp_pa
         measure_command([])
     with pytest.raises(UsageError, match="empty command"):
         measure_command([""])
+
+
+def test_env_as_the_program_measures_the_program_it_starts(tmp_path: Path, interp: Path) -> None:
+    env = os.path.realpath(shutil.which("env") or "/usr/bin/env")
+    path = str(interp.parent)
+    m = measure_command([env, "-i", "A=1", "myshell", "-c", "true"], search_path=path, cwd=tmp_path)
+    assert [c.role for c in m.chain] == ["program", "env-target"]
+    assert m.chain[1].path == str(interp)
+    assert measure_command([env, "A=1"], search_path=path, cwd=tmp_path).chain[-1].role == "program"
+    with pytest.raises(UsageError, match="not supported"):
+        measure_command([env, "-u", "A", "myshell"], search_path=path, cwd=tmp_path)

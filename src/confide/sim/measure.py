@@ -10,8 +10,8 @@ simulator measures the *launch* of a command the way the Linux kernel would exec
 2. **Interpreters.** If the file starts with ``#!`` (``binfmt_script``), the interpreter named on
    that line (symlinks followed) is hashed too, recursively (at most 4 levels, as the kernel).
    For ``#!/usr/bin/env NAME`` (or ``env -S NAME ...``) the program ``env`` would start, NAME
-   looked up in ``PATH``, is hashed as well. The shebang line itself, with its interpreter path
-   and argument, is part of the script's bytes.
+   looked up in ``PATH``, is hashed as well; likewise for a command ``env [-i] [VAR=val] NAME``.
+   The shebang line itself, with its interpreter path and argument, is part of the script.
 3. **Arguments.** The base name of ``argv[0]`` (so ``python3`` and ``/usr/bin/python3`` agree,
    while busybox-style programs that dispatch on their name differ) and ``argv[1:]`` verbatim.
 4. **Argument files.** Every argument that names an existing regular file (relative to the
@@ -206,6 +206,19 @@ def _env_target(arg: str | None, path: Path) -> str | None:
     return None
 
 
+def _env_command(args: Sequence[str]) -> str | None:
+    """The program ``env [-i] [NAME=VALUE ...] PROGRAM ...`` starts (None: env only prints)."""
+    for arg in args:
+        if arg in ("-i", "--ignore-environment", "-"):
+            continue
+        if arg.startswith("-"):
+            raise UsageError(f"env option {arg!r} is not supported by the measurement; use -i or NAME=VALUE")
+        if "=" in arg:
+            continue
+        return arg
+    return None
+
+
 def _walk_chain(
     program: Path, *, search_path: str | None, cwd: Path, chain: list[ChainLink], role: str, depth: int
 ) -> None:
@@ -254,6 +267,11 @@ def measure_command(
     program = resolve_command(argv[0], search_path=search_path, cwd=base)
     chain: list[ChainLink] = []
     _walk_chain(program, search_path=search_path, cwd=base, chain=chain, role="program", depth=0)
+    if os.path.basename(argv[0]) == "env" or program.name == "env":
+        target = _env_command(argv[1:])
+        if target is not None:
+            resolved = resolve_command(target, search_path=search_path, cwd=base)
+            _walk_chain(resolved, search_path=search_path, cwd=base, chain=chain, role="env-target", depth=1)
     files: list[ArgumentFile] = []
     for index, arg in enumerate(argv[1:], start=1):
         real = _argument_file(arg, base)
