@@ -70,7 +70,7 @@ _PATH = click.Path(path_type=Path)
 @click.option("--root", type=_PATH, help="Override the pinned root certificate (tests only).")
 @click.option("--nonce", metavar="HEX", help="Expected nonce (NVIDIA, Nitro).")
 @click.option("--event-log", type=_PATH, help="TDX: directory with the CCEL table and event log to replay.")
-def evidence_verify(  # noqa: PLR0917 - click passes options positionally
+def evidence_verify(
     evidence_file: Path,
     platform: str | None,
     collateral: Path | None,
@@ -162,6 +162,10 @@ def main() -> None:
         click.echo(f"error: {exc.diagnostics()}", err=True)
         sys.exit(exc.exit_code)
 
+
+from confide.volume.cli import volume as _volume_group  # noqa: E402
+
+cli.add_command(_volume_group)
 
 from confide.sim.cli import sim as _sim_group  # noqa: E402
 

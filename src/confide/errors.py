@@ -19,7 +19,9 @@ contain secret values.
     │   │   └── CollateralExpiredError (26) collateral not valid at the verification time
     │   ├── TcbLevelNotFoundError (27)      no TCB level of the TCB Info matches the platform
     │   ├── BindingError (28)               report data / nonce / key binding mismatch
-    │   └── MeasurementError (29)           event-log replay or reference-measurement mismatch
+    │   ├── MeasurementError (29)           event-log replay or reference-measurement mismatch
+    │   └── RollbackError (60)              authentic, but older than the recorded version
+    │                                       (e.g. a protected volume presented with an old tag)
     ├── PolicyError (30)                    a policy document is invalid
     │   └── AppraisalError (31)             verified evidence does not satisfy the policy
     ├── NetworkError (40)                   a remote service could not be reached or answered badly
@@ -28,6 +30,7 @@ contain secret values.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 __all__ = [
@@ -43,6 +46,7 @@ __all__ = [
     "ParseError",
     "PolicyError",
     "RevocationError",
+    "RollbackError",
     "SignatureError",
     "StorageError",
     "TcbLevelNotFoundError",
@@ -146,7 +150,14 @@ class MeasurementError(VerificationError):
 
 
 class PolicyError(ConfideError):
+    """A policy document is invalid. ``problems`` lists every problem found (each one's ``str``
+    is a self-contained "where: got X, expected Y" line); the message joins them."""
+
     exit_code = 30
+
+    def __init__(self, message: str, *, problems: Sequence[object] = ()) -> None:
+        super().__init__(message)
+        self.problems: tuple[object, ...] = tuple(problems)
 
 
 class AppraisalError(PolicyError):
@@ -159,3 +170,9 @@ class NetworkError(ConfideError):
 
 class StorageError(ConfideError):
     exit_code = 50
+
+
+class RollbackError(VerificationError):
+    """Authentic data, but not the version recorded as current (a replay of an old state)."""
+
+    exit_code = 60

@@ -74,6 +74,15 @@ def detect_platform(evidence: bytes) -> Platform:
     """Guess the platform of raw evidence from its leading bytes (used when --platform is absent)."""
     if evidence.startswith(b"CONFIDE-SIM"):  # confide.evidence.sim.MAGIC
         return Platform.SIMULATED
+    # SEV-SNP first: a v2/v3/v5 report of exactly 0x4A0 bytes with SIGNATURE_ALGO 1 (ECDSA
+    # P-384) at 0x34. Its GUEST_SVN (bytes 4..7) is often 0, which the SGX test below would
+    # otherwise take for an SGX quote's TEE type.
+    if (
+        len(evidence) == _SNP_REPORT_SIZE
+        and int.from_bytes(evidence[0:4], "little") in (2, 3, 5)
+        and int.from_bytes(evidence[0x34:0x38], "little") == 1
+    ):
+        return Platform.SEV_SNP
     if len(evidence) >= 8:
         version = int.from_bytes(evidence[0:2], "little")
         tee_type = int.from_bytes(evidence[4:8], "little")

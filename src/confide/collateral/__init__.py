@@ -1,0 +1,1 @@
+"""Collateral sources: the I/O side of verification (files, vendor web services, caches)."""

@@ -1,0 +1,68 @@
+"""``confide evidence verify`` for Intel SGX and TDX quotes."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from confide.collateral.dcap import source_for
+from confide.errors import ParseError, UsageError
+from confide.evidence.dcap import Quote, TdReport
+from confide.evidence.dcap_collateral import DcapCollateral
+from confide.platforms.tdx_eventlog import load_event_log
+from confide.verify.dcap import DcapVerifier
+from confide.verify.eventlog import verify_event_log
+from confide.verify.result import Platform, VerifiedEvidence
+
+from . import VerifyRequest
+
+__all__ = ["verify_request"]
+
+_DEFAULT_VERIFIER = DcapVerifier()
+COLLATERAL_ENV = "CONFIDE_DCAP_COLLATERAL"
+
+
+def _root_der(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--root: cannot read {path}: {exc.strerror}") from None
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
+        return x509.load_der_x509_certificate(data).public_bytes(Encoding.DER)
+    except ValueError:
+        raise ParseError("not an X.509 certificate (PEM or DER)", structure="--root") from None
+
+
+def verify_request(req: VerifyRequest) -> VerifiedEvidence:
+    quote = Quote.from_bytes(req.evidence)
+    got = Platform.TDX if quote.is_tdx else Platform.SGX
+    if got is not req.platform:
+        raise ParseError(
+            f"got a {got.value.upper()} quote, expected {req.platform.value.upper()}", structure="quote"
+        )
+    verifier = DcapVerifier(root_ca_der=_root_der(req.root)) if req.root else _DEFAULT_VERIFIER
+    location = str(req.collateral) if req.collateral else os.environ.get(COLLATERAL_ENV)
+    collateral: DcapCollateral | None = None
+    if location:
+        chain = verifier.pck_chain(quote)
+        collateral = source_for(location).get_collateral(
+            fmspc=chain.extension.fmspc, ca=chain.ca, tee=quote.tee
+        )
+    result = verifier.verify_parsed(quote, req.evidence, collateral, at=req.at)
+    if req.event_log is not None:
+        if not isinstance(quote.report, TdReport):
+            raise UsageError("--event-log: event-log replay applies to TDX quotes only")
+        report = quote.report
+        log = load_event_log(req.event_log)
+        replayed = verify_event_log(log, [report.rtmr0, report.rtmr1, report.rtmr2, report.rtmr3])
+        claims = dict(result.claims)
+        claims["event_log"] = replayed.to_json()
+        claims["kernel_cmdline"] = replayed.kernel_cmdline
+        result = dataclasses.replace(result, claims=claims)
+    return result

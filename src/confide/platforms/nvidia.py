@@ -1,0 +1,75 @@
+"""CLI glue for ``confide evidence verify --platform nvidia-gpu``.
+
+Reads the GPU's PEM certificate chain (``--cert-chain``, leaf first), an optional root override
+(``--root``, tests only) and optional RIMs (``--collateral``: one ``.swidtag``/``.xml`` file or a
+directory of them), then calls :func:`confide.verify.nvidia.verify_nvidia_report`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography import x509
+
+from confide.errors import ParseError, UsageError
+from confide.evidence.nvidia_rim import ReferenceManifest
+from confide.platforms import VerifyRequest
+from confide.verify.nvidia import verify_nvidia_report
+from confide.verify.result import VerifiedEvidence
+
+__all__ = ["load_pem_chain", "load_rims", "verify_request"]
+
+RIM_SUFFIXES = (".swidtag", ".xml")
+MAX_RIM_FILES = 16
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot read {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def load_pem_chain(path: Path, what: str) -> list[x509.Certificate]:
+    data = _read(path, what)
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise ParseError(f"{what}: {str(path)!r} is not a PEM certificate list: {exc}") from None
+    return certs
+
+
+def load_rims(path: Path) -> list[ReferenceManifest]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in RIM_SUFFIXES and p.is_file())
+        if not files:
+            raise UsageError(f"--collateral: no *.swidtag or *.xml RIM in {str(path)!r}")
+        if len(files) > MAX_RIM_FILES:
+            raise UsageError(f"--collateral: got {len(files)} RIM files, expected at most {MAX_RIM_FILES}")
+    else:
+        files = [path]
+    return [ReferenceManifest.from_bytes(_read(f, "--collateral")) for f in files]
+
+
+def verify_request(req: VerifyRequest) -> VerifiedEvidence:
+    if req.cert_chain is None:
+        raise UsageError("--platform nvidia-gpu needs --cert-chain FILE (the GPU's PEM chain, leaf first)")
+    chain = load_pem_chain(req.cert_chain, "--cert-chain")
+    root: x509.Certificate | None = None
+    if req.root is not None:
+        data = _read(req.root, "--root")
+        try:
+            roots = (
+                x509.load_pem_x509_certificates(data)
+                if b"-----BEGIN" in data
+                else [x509.load_der_x509_certificate(data)]
+            )
+        except ValueError as exc:
+            raise ParseError(f"--root: not a PEM or DER certificate: {exc}") from None
+        if len(roots) != 1:
+            raise UsageError(f"--root: got {len(roots)} certificates, expected exactly one")
+        root = roots[0]
+    rims = load_rims(req.collateral) if req.collateral is not None else []
+    return verify_nvidia_report(
+        req.evidence, chain, at=req.at, expected_nonce=req.nonce, root=root, rims=rims
+    )

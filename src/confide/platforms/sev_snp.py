@@ -1,0 +1,142 @@
+"""``confide evidence verify --platform sev-snp``: files in, :class:`VerifiedEvidence` out.
+
+Inputs:
+
+* EVIDENCE: the raw 0x4A0-byte ``ATTESTATION_REPORT`` (binary or hex text).
+* ``--vcek FILE``: the VCEK or VLEK, DER or PEM; a PEM may hold VEK, ASK/ASVK, ARK (in that
+  order, as AMD KDS and ``snpguest`` write them). A supplied ARK must equal the pinned one.
+* ``--chain FILE``: ASK/ASVK then ARK (PEM, as AMD KDS ``cert_chain`` serves it); may also
+  hold the ARK-signed CRL as a ``X509 CRL`` PEM block. Default: the embedded chain chosen
+  from the VEK's issuer.
+* ``--collateral DIR``: a directory laid out like AMD KDS (see
+  :class:`confide.collateral.amd_kds.LocalKdsCollateral`); used to find the VCEK when
+  ``--vcek`` is absent and the CRL when present.
+* ``--root FILE``: replaces the pinned ARK of its product (tests with a private PKI only).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from confide.collateral.amd_kds import AmdCollateralRequest, LocalKdsCollateral
+from confide.errors import CertificateChainError, CollateralMissingError, ParseError, UsageError
+from confide.evidence.sev_snp import AttestationReport, Product, SigningKey
+from confide.platforms import VerifyRequest
+from confide.roots import read_root
+from confide.verify.result import VerifiedEvidence
+from confide.verify.sev_snp import (
+    PINNED_ARK_SHA256,
+    AmdChain,
+    AmdRootStore,
+    SnpVerifier,
+    VekKind,
+    load_certificates,
+)
+
+__all__ = ["embedded_roots", "load_crl", "verify_request"]
+
+_PEM_CRL = b"-----BEGIN X509 CRL-----"
+
+
+def _chain_file(product: Product, kind: VekKind) -> str:
+    return f"amd_{product.value.lower()}_{kind.value}_chain.pem"
+
+
+@functools.cache
+def embedded_roots() -> AmdRootStore:
+    """The AMD chains shipped in ``confide/roots`` (ARKs checked against the pinned fingerprints)."""
+    return AmdRootStore.from_pem({(p, k): read_root(_chain_file(p, k)) for p in Product for k in VekKind})
+
+
+@functools.cache
+def _embedded_verifier() -> SnpVerifier:
+    return SnpVerifier(embedded_roots())
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot read {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def load_crl(data: bytes) -> x509.CertificateRevocationList:
+    try:
+        if _PEM_CRL in data:
+            return x509.load_pem_x509_crl(data[data.index(_PEM_CRL) :])
+        return x509.load_der_x509_crl(data)
+    except ValueError as exc:
+        raise ParseError(f"not a DER or PEM X.509 CRL: {exc}", structure="AMD CRL") from None
+
+
+def _roots_with_override(root_file: Path) -> AmdRootStore:
+    certs = load_certificates(_read(root_file, "--root"), "--root")
+    pinned = dict(PINNED_ARK_SHA256)
+    chains: dict[tuple[Product, VekKind], AmdChain] = {}
+    for cert in certs:
+        cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        name = str(cn[0].value) if cn else ""
+        product = next((p for p in Product if name == f"ARK-{p}"), None)
+        if product is None:
+            raise UsageError(f"--root: got a certificate for {name!r}, expected an ARK-Milan/-Genoa/-Turin")
+        pinned[product] = cert.fingerprint(hashes.SHA256()).hex()
+    # Keep the shipped chains of the other products.
+    for p in Product:
+        for k in VekKind:
+            chain = AmdChain.from_certificates(load_certificates(read_root(_chain_file(p, k)), "embedded"))
+            if pinned[p] == chain.ark.fingerprint(hashes.SHA256()).hex():
+                chains[(p, k)] = chain
+    return AmdRootStore(chains, pinned=pinned)
+
+
+def verify_request(req: VerifyRequest) -> VerifiedEvidence:
+    report = AttestationReport.from_bytes(req.evidence)
+    crl: x509.CertificateRevocationList | None = None
+    chain: AmdChain | None = None
+
+    vek_certs: list[x509.Certificate]
+    if req.vcek is not None:
+        vek_certs = load_certificates(_read(req.vcek, "--vcek"), "--vcek")
+    elif req.collateral is not None:
+        if report.signing_key is not SigningKey.VCEK:
+            raise UsageError("the report is signed by a VLEK: pass it with --vcek (KDS serves VCEKs only)")
+        product = report.cpuid_product
+        if product is None:
+            raise UsageError(
+                "a v2 report does not name its product: pass --vcek (or a v3+ report) with --collateral"
+            )
+        collateral = LocalKdsCollateral(req.collateral).fetch(
+            AmdCollateralRequest.for_report(report, product)
+        )
+        vek_certs = load_certificates(collateral.vek_der, "VCEK from --collateral")
+        chain = AmdChain.from_certificates(load_certificates(collateral.chain_pem, "cert_chain"))
+        if collateral.crl_der is not None:
+            crl = load_crl(collateral.crl_der)
+    else:
+        raise CollateralMissingError(
+            "SEV-SNP verification needs the VCEK/VLEK: pass --vcek FILE (DER or PEM), "
+            "or --collateral DIR holding an AMD KDS mirror"
+        )
+
+    if len(vek_certs) == 3:
+        if req.chain is not None:
+            raise UsageError("--vcek already holds VEK+ASK+ARK; drop --chain or pass the VEK alone")
+        chain = AmdChain.from_certificates(vek_certs[1:], "--vcek (VEK, ASK/ASVK, ARK)")
+    elif len(vek_certs) != 1:
+        raise CertificateChainError(
+            f"--vcek: got {len(vek_certs)} certificates, expected 1 (the VEK) or 3 (VEK, ASK/ASVK, ARK)"
+        )
+    vek = vek_certs[0]
+
+    if req.chain is not None:
+        data = _read(req.chain, "--chain")
+        chain = AmdChain.from_certificates(load_certificates(data, "--chain"), "--chain")
+        if _PEM_CRL in data:
+            crl = load_crl(data)
+
+    verifier = SnpVerifier(_roots_with_override(req.root), cache_size=0) if req.root else _embedded_verifier()
+    return verifier.verify(req.evidence, vek, at=req.at, chain=chain, crl=crl)

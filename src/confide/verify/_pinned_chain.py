@@ -1,0 +1,125 @@
+"""Certificate chains that end at a pinned root, checked link by link.
+
+Used where ``cryptography``'s Web-PKI path builder does not fit (device identity chains with
+no SAN/EKU conventions, short-lived AWS Nitro leaves). RFC 5280 §6.1 in the small: for each
+link the issuer's name and signature, every certificate's validity period at ``at``, that
+every issuer is a CA (BasicConstraints cA, §4.2.1.9) allowed to sign certificates (KeyUsage
+keyCertSign when present, §4.2.1.3) within its path length, and that the last certificate is
+byte-for-byte the pinned root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import datetime
+from importlib import resources
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from confide.errors import CertificateChainError
+
+__all__ = ["extensions", "fingerprint", "load_pinned_root", "subject_cn", "verify_pinned_chain"]
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the DER encoding, lower-case hex."""
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+def subject_cn(cert: x509.Certificate) -> str:
+    try:
+        names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    except ValueError:
+        return "<malformed subject>"
+    value = names[0].value if names else cert.subject.rfc4514_string()
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
+def extensions(cert: x509.Certificate) -> x509.Extensions:
+    """The certificate's extensions; a malformed one is a chain error (parsed lazily)."""
+    try:
+        return cert.extensions
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+        raise CertificateChainError(f"certificate {subject_cn(cert)!r}: malformed extension: {exc}") from None
+
+
+def load_pinned_root(filename: str, expected_sha256: str) -> x509.Certificate:
+    """Load a root shipped in ``confide/roots/`` and check its pinned SHA-256 fingerprint."""
+    data = (resources.files("confide") / "roots" / filename).read_bytes()
+    cert = x509.load_pem_x509_certificate(data)
+    got = fingerprint(cert)
+    if got != expected_sha256:
+        raise CertificateChainError(
+            f"embedded root {filename}: got fingerprint {got}, expected {expected_sha256} (package tampered?)"
+        )
+    return cert
+
+
+def _check_dates(cert: x509.Certificate, at: datetime, what: str) -> None:
+    if at < cert.not_valid_before_utc:
+        raise CertificateChainError(
+            f"{what} {subject_cn(cert)!r} is not yet valid at {at.isoformat()}"
+            f" (valid from {cert.not_valid_before_utc.isoformat()})"
+        )
+    if at > cert.not_valid_after_utc:
+        raise CertificateChainError(
+            f"{what} {subject_cn(cert)!r} expired at {cert.not_valid_after_utc.isoformat()}"
+            f" (verification time {at.isoformat()})"
+        )
+
+
+def _check_issuer_is_ca(issuer: x509.Certificate, below: int) -> None:
+    """``below`` = number of CA certificates between ``issuer`` and the leaf."""
+    try:
+        bc = extensions(issuer).get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        raise CertificateChainError(
+            f"issuer {subject_cn(issuer)!r} has no BasicConstraints extension: not a CA"
+        ) from None
+    if not bc.ca:
+        raise CertificateChainError(f"issuer {subject_cn(issuer)!r} is not a CA (BasicConstraints cA false)")
+    if bc.path_length is not None and below > bc.path_length:
+        raise CertificateChainError(
+            f"issuer {subject_cn(issuer)!r}: got {below} CA certificates below it, path length allows"
+            f" {bc.path_length}"
+        )
+    try:
+        ku = extensions(issuer).get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if not ku.key_cert_sign:
+        raise CertificateChainError(f"issuer {subject_cn(issuer)!r}: KeyUsage lacks keyCertSign")
+
+
+def verify_pinned_chain(chain: Sequence[x509.Certificate], root: x509.Certificate, at: datetime) -> None:
+    """Check ``chain`` (leaf first, root last) against the pinned ``root`` at time ``at``.
+
+    Raises :class:`CertificateChainError` naming the failing certificate.
+    """
+    if len(chain) < 2:
+        raise CertificateChainError(f"got {len(chain)} certificate(s), expected at least a leaf and the root")
+    if chain[-1] != root:
+        raise CertificateChainError(
+            f"chain ends at {subject_cn(chain[-1])!r} (SHA-256 {fingerprint(chain[-1])}),"
+            f" expected the pinned root {subject_cn(root)!r} (SHA-256 {fingerprint(root)})"
+        )
+    for position, cert in enumerate(chain):
+        what = "leaf" if position == 0 else ("root" if position == len(chain) - 1 else "intermediate")
+        _check_dates(cert, at, what)
+        if position == 0:
+            continue
+        _check_issuer_is_ca(cert, below=position - 1)
+    for position in range(len(chain)):
+        subject = chain[position]
+        issuer = chain[min(position + 1, len(chain) - 1)]
+        try:
+            subject.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
+            kind = "self-signature" if subject is issuer else "signature"
+            reason = "signature does not verify" if isinstance(exc, InvalidSignature) else str(exc)
+            raise CertificateChainError(
+                f"{kind} of {subject_cn(subject)!r} by {subject_cn(issuer)!r}: {reason}"
+            ) from None

@@ -1,0 +1,664 @@
+"""Verification of Intel DCAP quotes (SGX v3/v4, TDX v4/v5) against Intel collateral.
+
+The steps follow Intel's DCAP Quote Verification Library (QVL, ``QuoteVerifier::verify`` and
+``Checks/TcbLevelCheck``, ``Checks/TdxModuleCheck``) and the Intel PCS API v4 collateral model:
+
+1. parse the quote (``confide.evidence.dcap``);
+2. the PCK certificate chain from certification data type 5 leads to the pinned Intel SGX Root
+   CA, and is valid at ``at``;
+3. the QE report is signed by the PCK key, and its report data is
+   SHA-256(attestation key || QE authentication data) followed by 32 zero bytes;
+4. the quote (header and body) is signed by the attestation key;
+5. the collateral: Root CA CRL signed by the root; PCK CRL signed by the quote's PCK issuer CA;
+   TCB Info and QE Identity signed by the Intel SGX TCB Signing certificate, which chains to the
+   root; all of them, and their issuer chains, valid at ``at``;
+6. revocation: the PCK issuer CA and the TCB signing certificate against the Root CA CRL, the
+   PCK leaf against the PCK CRL;
+7. TCB Info matches the platform (FMSPC, PCE-ID, SGX vs TDX), QE Identity matches the QE
+   (MRSIGNER, ISVPRODID, masked MISCSELECT and ATTRIBUTES) and gives the QE TCB status;
+8. TCB level matching (QVL ``matchTcbLevels``): the first level whose SGX components and PCESVN
+   are at most the PCK certificate's; for TDX the first such level whose TDX components are at
+   most the TEE TCB SVN (skipping the first two when the TDX module version is non-zero); the
+   TDX module identity ``TDX_<version>`` checks MRSIGNER_SEAM and SEAM_ATTRIBUTES and gives
+   the module's TCB status;
+9. statuses are converged as in QVL (module, then QE) and advisory IDs collected from every
+   level that contributed.
+
+Nothing here reads the clock or does I/O. Claims are reported, never judged: debug enclaves,
+TDs without SEPT_VE_DISABLE or with MRSERVICETD are verified and flagged for the policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from confide.errors import (
+    CertificateChainError,
+    CollateralError,
+    CollateralExpiredError,
+    CollateralMissingError,
+    ParseError,
+    RevocationError,
+    SignatureError,
+    TcbLevelNotFoundError,
+    VerificationError,
+)
+from confide.evidence.dcap import (
+    CERT_TYPE_PCK_CHAIN,
+    INTEL_QE_VENDOR_ID,
+    EnclaveReport,
+    Quote,
+    TdReport,
+)
+from confide.evidence.dcap_collateral import (
+    DcapCollateral,
+    EnclaveIdentity,
+    IdentityTcbLevel,
+    TcbInfo,
+    TcbLevel,
+)
+from confide.evidence.pck import SGX_EXTENSION_OID, PckExtension, parse_pck_extension
+from confide.evidence.pem import parse_pem_chain
+from confide.verify.result import ClaimValue, Platform, TcbStatus, VerifiedEvidence
+from confide.verify.roots import INTEL_SGX_ROOT_CA_DER
+from confide.verify.x509util import (
+    check_crl,
+    check_pinned_root,
+    check_validity,
+    load_der_certificate,
+    load_der_crl,
+    name_of,
+    verify_chain_signatures,
+)
+
+__all__ = ["DcapVerifier", "PckChain", "VerifiedCollateral", "pck_info", "verify_quote"]
+
+_SGX_EXT = x509.ObjectIdentifier(SGX_EXTENSION_OID)
+_PCK_CHAIN_LENGTH = 3
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Lru(Generic[K, V]):
+    """A small thread-safe LRU map: the verifier's memory is bounded by ``size`` entries."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self._size:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+@dataclass(frozen=True, slots=True)
+class PckChain:
+    """A PCK chain whose signatures link to the pinned root (dates not yet checked)."""
+
+    certificates: tuple[x509.Certificate, ...]
+    """Leaf and issuing CA (the root is the verifier's pinned one)."""
+    extension: PckExtension
+    ca: str  # "platform" or "processor"
+    leaf_key: ec.EllipticCurvePublicKey
+    leaf_der: bytes
+    intermediate_der: bytes
+    root_der: bytes
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.certificates[0]
+
+    @property
+    def intermediate(self) -> x509.Certificate:
+        return self.certificates[1]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedCollateral:
+    """Collateral whose signatures were checked (validity windows are checked per call)."""
+
+    tcb_info: TcbInfo
+    qe_identity: EnclaveIdentity
+    root_crl: x509.CertificateRevocationList
+    pck_crl: x509.CertificateRevocationList
+    issuer_chains: tuple[tuple[str, tuple[x509.Certificate, ...]], ...]
+    tcb_signing_revoked: bool
+
+
+def _ca_kind(intermediate: x509.Certificate) -> str:
+    try:
+        cn = intermediate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    except ValueError:
+        raise ParseError("malformed subject", structure="pck_cert_chain[1]") from None
+    name = str(cn[0].value) if cn else ""
+    if name == "Intel SGX PCK Platform CA":
+        return "platform"
+    if name == "Intel SGX PCK Processor CA":
+        return "processor"
+    raise CertificateChainError(f"PCK issuer is {name!r}, expected Intel SGX PCK Platform CA or Processor CA")
+
+
+def _revoked(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> bool:
+    try:
+        return crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+    except ValueError:
+        raise ParseError("malformed revoked-certificate entry", structure="crl") from None
+
+
+def _raw_sig(sig: bytes) -> bytes:
+    return encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+
+
+def _verify_p256(key: ec.EllipticCurvePublicKey, sig: bytes, data: bytes) -> bool:
+    try:
+        key.verify(_raw_sig(sig), data, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _attestation_key(raw: bytes) -> ec.EllipticCurvePublicKey:
+    try:
+        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + raw)
+    except ValueError:
+        raise SignatureError("attestation key is not a point on P-256") from None
+
+
+def _in_window(name: str, start: datetime, end: datetime, at: datetime) -> None:
+    if at < start:
+        raise CollateralExpiredError(
+            f"{name} is not valid yet: issued {start.isoformat()}, at {at.isoformat()}"
+        )
+    if at > end:
+        raise CollateralExpiredError(
+            f"{name} has expired: next update was {end.isoformat()}, at {at.isoformat()}"
+        )
+
+
+_STATUS_OK = TcbStatus.UP_TO_DATE
+
+
+def _converge(level_status: TcbStatus, other: TcbStatus) -> TcbStatus:
+    """QVL ``convergeTcbStatusWithQeTcbStatus`` / ``...WithTdxModuleStatus``: an OutOfDate QE or
+    TDX module makes the platform OutOfDate (keeping ConfigurationNeeded); Revoked wins."""
+    if other is TcbStatus.OUT_OF_DATE:
+        if level_status in (TcbStatus.UP_TO_DATE, TcbStatus.SW_HARDENING_NEEDED):
+            return TcbStatus.OUT_OF_DATE
+        if level_status in (TcbStatus.CONFIGURATION_NEEDED, TcbStatus.CONFIGURATION_AND_SW_HARDENING_NEEDED):
+            return TcbStatus.OUT_OF_DATE_CONFIGURATION_NEEDED
+    if other is TcbStatus.REVOKED:
+        return TcbStatus.REVOKED
+    return level_status
+
+
+def _identity_level(levels: tuple[IdentityTcbLevel, ...], isv_svn: int) -> IdentityTcbLevel | None:
+    # Levels are ordered from highest to lowest ISVSVN (PCS API v4); the first one the SVN
+    # reaches applies.
+    for level in sorted(levels, key=lambda lvl: lvl.isv_svn, reverse=True):
+        if isv_svn >= level.isv_svn:
+            return level
+    return None
+
+
+def _match_levels(
+    info: TcbInfo, pck: PckExtension, tee_tcb_svn: bytes | None
+) -> tuple[TcbLevel | None, TcbLevel | None]:
+    """QVL ``matchTcbLevels``: the SGX level and (for TDX) the TDX level."""
+    sgx_level: TcbLevel | None = None
+    start = 2 if tee_tcb_svn is not None and tee_tcb_svn[1] > 0 else 0
+    for level in info.tcb_levels:
+        if pck.pce_svn < level.pce_svn:
+            continue
+        if any(p < t for p, t in zip(pck.tcb_components, level.sgx_components, strict=True)):
+            continue
+        if tee_tcb_svn is None:
+            return level, None
+        if sgx_level is None:
+            sgx_level = level
+        tdx = level.tdx_components or ()
+        if all(tee_tcb_svn[i] >= tdx[i] for i in range(start, len(tdx))):
+            return sgx_level, level
+    return sgx_level, None
+
+
+def pck_info(quote: Quote) -> tuple[bytes, str]:
+    """FMSPC and PCK CA kind ("platform"/"processor") of a quote, for collateral lookup."""
+    chain = _parse_pck_chain(quote)
+    return chain.extension.fmspc, chain.ca
+
+
+def _parse_pck_chain(quote: Quote) -> PckChain:
+    cert = quote.signature_data.qe.certification
+    if cert.cert_type != CERT_TYPE_PCK_CHAIN:
+        raise CollateralMissingError(
+            f"quote carries certification data type {cert.cert_type}, expected {CERT_TYPE_PCK_CHAIN} "
+            "(PCK certificate chain); fetching PCK certificates by PPID is not supported"
+        )
+    ders = parse_pem_chain(cert.data)
+    if len(ders) != _PCK_CHAIN_LENGTH:
+        raise CertificateChainError(f"PCK chain has {len(ders)} certificates, expected {_PCK_CHAIN_LENGTH}")
+    certs = tuple(load_der_certificate(d, f"pck_cert_chain[{i}]") for i, d in enumerate(ders[:2]))
+    try:
+        ext = certs[0].extensions.get_extension_for_oid(_SGX_EXT).value
+    except x509.ExtensionNotFound:
+        raise CertificateChainError("PCK leaf certificate has no SGX extension") from None
+    if not isinstance(ext, x509.UnrecognizedExtension):
+        raise ParseError("unexpected SGX extension type", structure="pck_certificate")
+    key = certs[0].public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise CertificateChainError("PCK leaf key is not a P-256 key")
+    return PckChain(certs, parse_pck_extension(ext.value), _ca_kind(certs[1]), key, ders[0], ders[1], ders[2])
+
+
+class DcapVerifier:
+    """Verifies DCAP quotes; caches what repeats across quotes (bounded).
+
+    Cached: PCK chains (by the exact certification bytes), QE report checks (by the exact QE
+    report, signature, attestation key and auth data) and signature-verified collateral (by the
+    exact collateral bytes). Validity dates and revocation are re-checked at every call.
+    """
+
+    def __init__(
+        self,
+        *,
+        root_ca_der: bytes = INTEL_SGX_ROOT_CA_DER,
+        chain_cache_size: int = 1024,
+        collateral_cache_size: int = 256,
+    ) -> None:
+        self._root_der = root_ca_der
+        self._root_sha256 = hashlib.sha256(root_ca_der).digest()
+        self._root = load_der_certificate(root_ca_der, "pinned root")
+        self._chains: _Lru[bytes, PckChain] = _Lru(chain_cache_size)
+        self._qe_ok: _Lru[tuple[bytes, ...], bool] = _Lru(chain_cache_size)
+        self._att_keys: _Lru[bytes, ec.EllipticCurvePublicKey] = _Lru(chain_cache_size)
+        self._signing_chains: _Lru[tuple[bytes, ...], tuple[x509.Certificate, ...]] = _Lru(
+            collateral_cache_size
+        )
+        self._collateral: _Lru[tuple[DcapCollateral, bytes], VerifiedCollateral] = _Lru(collateral_cache_size)
+
+    # -- PCK chain --------------------------------------------------------------------------
+    def pck_chain(self, quote: Quote) -> PckChain:
+        certification = quote.signature_data.qe.certification
+        if certification.cert_type != CERT_TYPE_PCK_CHAIN:
+            _parse_pck_chain(quote)  # raises the precise error
+        key = certification.data
+        cached = self._chains.get(key)
+        if cached is not None:
+            return cached
+        chain = _parse_pck_chain(quote)
+        check_pinned_root(chain.root_der, self._root_der, self._root_sha256, "PCK chain")
+        verify_chain_signatures(chain.certificates, self._root, self._root_der, "PCK chain")
+        self._chains.put(key, chain)
+        return chain
+
+    # -- collateral -------------------------------------------------------------------------
+    def verified_collateral(self, collateral: DcapCollateral, chain: PckChain) -> VerifiedCollateral:
+        key = (collateral, chain.intermediate_der)
+        cached = self._collateral.get(key)
+        if cached is not None:
+            return cached
+        verified = self._verify_collateral(collateral, chain.intermediate)
+        self._collateral.put(key, verified)
+        return verified
+
+    def _signing_chain(self, chain_der: tuple[bytes, ...], what: str) -> tuple[x509.Certificate, ...]:
+        """An issuer chain (signer first, root last) verified once per verifier (LRU)."""
+        cached = self._signing_chains.get(chain_der)
+        if cached is not None:
+            return cached
+        if len(chain_der) < 2:
+            raise CollateralError(f"{what} has {len(chain_der)} certificate(s), expected signer and root")
+        try:
+            check_pinned_root(chain_der[-1], self._root_der, self._root_sha256, what)
+            chain = tuple(load_der_certificate(d, what) for d in chain_der[:-1])
+            verify_chain_signatures(chain, self._root, self._root_der, what)
+        except CertificateChainError as exc:
+            raise CollateralError(exc.message) from None
+        self._signing_chains.put(chain_der, chain)
+        return chain
+
+    def _signed_json(
+        self, chain_der: tuple[bytes, ...], text: bytes, sig: bytes, what: str
+    ) -> tuple[x509.Certificate, ...]:
+        chain = self._signing_chain(chain_der, f"{what} issuer chain")
+        key = chain[0].public_key()
+        if (
+            len(sig) != 64
+            or not isinstance(key, ec.EllipticCurvePublicKey)
+            or not _verify_p256(key, sig, text)
+        ):
+            raise SignatureError(f"{what} signature does not verify with {name_of(chain[0])}")
+        return (*chain, self._root)
+
+    def _verify_collateral(self, c: DcapCollateral, pck_issuer: x509.Certificate) -> VerifiedCollateral:
+        root_crl = load_der_crl(c.root_ca_crl, "root_ca_crl")
+        check_crl(root_crl, self._root, "Root CA CRL")
+        pck_crl = load_der_crl(c.pck_crl, "pck_crl")
+        check_crl(pck_crl, pck_issuer, "PCK CRL")
+        tcb_chain = self._signed_json(c.tcb_info_issuer_chain, c.tcb_info, c.tcb_info_signature, "TCB Info")
+        qe_chain = self._signed_json(
+            c.qe_identity_issuer_chain, c.qe_identity, c.qe_identity_signature, "QE Identity"
+        )
+        revoked = any(_revoked(root_crl, ch[0]) for ch in (tcb_chain, qe_chain))
+        return VerifiedCollateral(
+            tcb_info=TcbInfo.from_json_text(c.tcb_info),
+            qe_identity=EnclaveIdentity.from_json_text(c.qe_identity),
+            root_crl=root_crl,
+            pck_crl=pck_crl,
+            issuer_chains=(("TCB Info issuer chain", tcb_chain), ("QE Identity issuer chain", qe_chain)),
+            tcb_signing_revoked=revoked,
+        )
+
+    # -- the whole verification -------------------------------------------------------------
+    def verify(self, raw: bytes, collateral: DcapCollateral | None, *, at: datetime) -> VerifiedEvidence:
+        if at.tzinfo is None:
+            raise ValueError("at must be timezone-aware")
+        quote = Quote.from_bytes(raw)
+        return self.verify_parsed(quote, raw, collateral, at=at)
+
+    def verify_parsed(
+        self, quote: Quote, raw: bytes, collateral: DcapCollateral | None, *, at: datetime
+    ) -> VerifiedEvidence:
+        header = quote.header
+        if header.qe_vendor_id != INTEL_QE_VENDOR_ID:
+            raise VerificationError(
+                f"QE vendor ID is {header.qe_vendor_id.hex()}, expected Intel's {INTEL_QE_VENDOR_ID.hex()}"
+            )
+        sig = quote.signature_data
+        qe = sig.qe
+
+        # Step 2: PCK chain (signatures cached, dates now).
+        chain = self.pck_chain(quote)
+        check_validity((*chain.certificates, self._root), at, "PCK chain")
+
+        # Step 3: QE report signed by the PCK key and binding the attestation key.
+        qe_cache_key = (
+            chain.leaf_der,
+            qe.qe_report_raw,
+            qe.qe_report_signature,
+            sig.attestation_key,
+            qe.qe_auth_data,
+        )
+        if self._qe_ok.get(qe_cache_key) is None:
+            if not _verify_p256(chain.leaf_key, qe.qe_report_signature, qe.qe_report_raw):
+                raise SignatureError("QE report signature does not verify with the PCK certificate's key")
+            expected = hashlib.sha256(sig.attestation_key + qe.qe_auth_data).digest() + bytes(32)
+            if qe.qe_report.report_data != expected:
+                raise SignatureError(
+                    "QE report data is not SHA-256(attestation key || QE authentication data) || 0*32: "
+                    f"got {qe.qe_report.report_data.hex()}, expected {expected.hex()}"
+                )
+            self._qe_ok.put(qe_cache_key, True)
+
+        # Step 4: the quote signed by the attestation key.
+        att_key = self._att_keys.get(sig.attestation_key)
+        if att_key is None:
+            att_key = _attestation_key(sig.attestation_key)
+            self._att_keys.put(sig.attestation_key, att_key)
+        if not _verify_p256(att_key, sig.signature, quote.signed_bytes(raw)):
+            raise SignatureError("quote signature does not verify with the attestation key")
+
+        # Step 5: collateral.
+        if collateral is None:
+            raise CollateralMissingError(
+                "no collateral given (TCB Info, QE Identity, CRLs): pass --collateral or configure a source"
+            )
+        vc = self.verified_collateral(collateral, chain)
+        info, ident = vc.tcb_info, vc.qe_identity
+        _in_window("TCB Info", info.issue_date, info.next_update, at)
+        _in_window("QE Identity", ident.issue_date, ident.next_update, at)
+        _in_window("Root CA CRL", vc.root_crl.last_update_utc, vc.root_crl.next_update_utc or at, at)
+        _in_window("PCK CRL", vc.pck_crl.last_update_utc, vc.pck_crl.next_update_utc or at, at)
+        for name, issuer_chain in vc.issuer_chains:
+            check_validity(issuer_chain, at, name, collateral=True)
+
+        # Step 6: revocation.
+        if vc.tcb_signing_revoked:
+            raise RevocationError("the TCB signing certificate is revoked by the Root CA CRL")
+        if _revoked(vc.root_crl, chain.intermediate):
+            raise RevocationError(f"PCK issuer {name_of(chain.intermediate)} is revoked by the Root CA CRL")
+        if _revoked(vc.pck_crl, chain.leaf):
+            raise RevocationError(
+                f"PCK certificate serial {chain.leaf.serial_number:x} is revoked by the PCK CRL"
+            )
+
+        # Step 7: collateral belongs to this platform and QE.
+        pck = chain.extension
+        want_id = "TDX" if quote.is_tdx else "SGX"
+        if info.id != want_id or (quote.is_tdx and info.version < 3):
+            raise CollateralError(
+                f"TCB Info is for {info.id} v{info.version}, expected {want_id} (v3 for TDX)"
+            )
+        if info.fmspc != pck.fmspc:
+            raise CollateralError(
+                f"TCB Info is for FMSPC {info.fmspc.hex()}, the PCK certificate's is {pck.fmspc.hex()}"
+            )
+        if info.pce_id != pck.pce_id:
+            raise CollateralError(f"TCB Info is for PCE-ID {info.pce_id.hex()}, expected {pck.pce_id.hex()}")
+        want_qe = "TD_QE" if quote.is_tdx else "QE"
+        if ident.id != want_qe:
+            raise CollateralError(f"QE Identity is for {ident.id}, expected {want_qe}")
+        qe_level = self._check_qe_identity(qe.qe_report, ident)
+
+        # Step 8: TCB levels.
+        report = quote.report
+        tee_tcb_svn = report.tee_tcb_svn if isinstance(report, TdReport) else None
+        sgx_level, tdx_level = _match_levels(info, pck, tee_tcb_svn)
+        if sgx_level is None:
+            raise TcbLevelNotFoundError(
+                f"no TCB level of the TCB Info (FMSPC {info.fmspc.hex()}, evaluation data number "
+                f"{info.tcb_evaluation_data_number}) matches the platform's PCK TCB "
+                f"(components {list(pck.tcb_components)}, PCESVN {pck.pce_svn})"
+            )
+        advisories: list[str] = []
+        module_status: TcbStatus | None = None
+        if isinstance(report, TdReport):
+            if tdx_level is None:
+                raise TcbLevelNotFoundError(
+                    f"no TDX TCB level matches the TEE TCB SVN {report.tee_tcb_svn.hex()} "
+                    f"(TCB Info evaluation data number {info.tcb_evaluation_data_number})"
+                )
+            module_level = self._check_tdx_module(report, info)
+            module_status = TcbStatus(module_level.status) if module_level else _STATUS_OK
+            status = _converge(TcbStatus(tdx_level.status), module_status)
+            advisories += tdx_level.advisory_ids
+            if module_level:
+                advisories += module_level.advisory_ids
+            platform_level = tdx_level
+        else:
+            status = TcbStatus(sgx_level.status)
+            advisories += sgx_level.advisory_ids
+            platform_level = sgx_level
+        qe_status = TcbStatus(qe_level.status)
+        status = _converge(status, qe_status)
+        advisories += qe_level.advisory_ids
+
+        claims = _claims(quote, pck)
+        details: dict[str, ClaimValue] = {
+            "quote_version": header.version,
+            "pck_ca": chain.ca,
+            "pck_serial": format(chain.leaf.serial_number, "x"),
+            "tcb_evaluation_data_number": info.tcb_evaluation_data_number,
+            "tcb_info_version": info.version,
+            "tcb_info_issue_date": info.issue_date.isoformat(),
+            "tcb_level_date": platform_level.tcb_date.isoformat(),
+            "platform_tcb_status": platform_level.status,
+            "qe_tcb_status": qe_status.value,
+            "tdx_module_tcb_status": module_status.value if module_status else None,
+            "collateral_expiry": min(
+                info.next_update,
+                ident.next_update,
+                vc.root_crl.next_update_utc or info.next_update,
+                vc.pck_crl.next_update_utc or info.next_update,
+            ).isoformat(),
+            "trailing_bytes": len(quote.trailing),
+        }
+        return VerifiedEvidence(
+            platform=Platform.TDX if quote.is_tdx else Platform.SGX,
+            claims=claims,
+            verified_at=at,
+            evidence_digest=hashlib.sha256(raw).hexdigest(),
+            tcb_status=status,
+            advisory_ids=tuple(dict.fromkeys(advisories)),
+            details=details,
+        )
+
+    @staticmethod
+    def _check_qe_identity(report: EnclaveReport, ident: EnclaveIdentity) -> IdentityTcbLevel:
+        problems = []
+        if report.mr_signer != ident.mr_signer:
+            problems.append(f"MRSIGNER got {report.mr_signer.hex()}, expected {ident.mr_signer.hex()}")
+        if report.isv_prod_id != ident.isv_prod_id:
+            problems.append(f"ISVPRODID got {report.isv_prod_id}, expected {ident.isv_prod_id}")
+        if report.misc_select & ident.miscselect_mask != ident.miscselect:
+            got = report.misc_select & ident.miscselect_mask
+            problems.append(f"masked MISCSELECT got {got:08x}, expected {ident.miscselect:08x}")
+        masked = bytes(a & m for a, m in zip(report.attributes, ident.attributes_mask, strict=True))
+        if masked != ident.attributes:
+            problems.append(f"masked ATTRIBUTES got {masked.hex()}, expected {ident.attributes.hex()}")
+        if problems:
+            raise VerificationError("the quoting enclave is not Intel's: " + "; ".join(problems))
+        level = _identity_level(ident.tcb_levels, report.isv_svn)
+        if level is None:
+            raise TcbLevelNotFoundError(f"QE ISVSVN {report.isv_svn} is below every level of the QE Identity")
+        return level
+
+    @staticmethod
+    def _check_tdx_module(report: TdReport, info: TcbInfo) -> IdentityTcbLevel | None:
+        """QVL ``checkTdxModuleTcbStatus`` and the TDX module identity check."""
+        version, isv_svn = report.tee_tcb_svn[1], report.tee_tcb_svn[0]
+        if version == 0:
+            signer, attrs, mask = (
+                info.tdx_module_mr_signer,
+                info.tdx_module_attributes,
+                info.tdx_module_attributes_mask,
+            )
+            name = "tdxModule"
+        else:
+            want = f"TDX_{version:02X}"
+            found = [m for m in info.tdx_module_identities if m.id.upper() == want]
+            if not found:
+                raise TcbLevelNotFoundError(
+                    f"TCB Info has no TDX module identity {want} for TDX module version {version}"
+                )
+            ident = found[0]
+            signer, attrs, mask, name = ident.mr_signer, ident.attributes, ident.attributes_mask, want
+        if signer is None or attrs is None or mask is None:
+            raise CollateralError("TDX TCB Info lacks the tdxModule section")
+        masked = bytes(a & m for a, m in zip(report.seam_attributes, mask, strict=True))
+        if report.mr_signer_seam != signer or masked != attrs:
+            raise VerificationError(
+                f"TDX module does not match {name}: MRSIGNER_SEAM {report.mr_signer_seam.hex()} "
+                f"(expected {signer.hex()}), masked SEAM_ATTRIBUTES {masked.hex()} (expected {attrs.hex()})"
+            )
+        if version == 0:
+            return None
+        level = _identity_level(found[0].tcb_levels, isv_svn)
+        if level is None:
+            raise TcbLevelNotFoundError(f"TDX module ISVSVN {isv_svn} is below every level of {name}")
+        return level
+
+
+def _claims(quote: Quote, pck: PckExtension) -> dict[str, ClaimValue]:
+    report = quote.report
+    claims: dict[str, ClaimValue]
+    if isinstance(report, EnclaveReport):
+        claims = {
+            "mr_enclave": report.mr_enclave.hex(),
+            "mr_signer": report.mr_signer.hex(),
+            "isv_prod_id": report.isv_prod_id,
+            "isv_svn": report.isv_svn,
+            "report_data": report.report_data.hex(),
+            "debug": report.debug,
+            "mode64bit": report.mode64bit,
+            "attributes": report.attributes.hex(),
+            "misc_select": report.misc_select.to_bytes(4, "little").hex(),
+            "cpu_svn": report.cpu_svn.hex(),
+            "config_id": report.config_id.hex(),
+            "config_svn": report.config_svn,
+            "isv_ext_prod_id": report.isv_ext_prod_id.hex(),
+            "isv_family_id": report.isv_family_id.hex(),
+        }
+    else:
+        claims = {
+            "mr_td": report.mr_td.hex(),
+            "mr_config_id": report.mr_config_id.hex(),
+            "mr_owner": report.mr_owner.hex(),
+            "mr_owner_config": report.mr_owner_config.hex(),
+            "rtmr0": report.rtmr0.hex(),
+            "rtmr1": report.rtmr1.hex(),
+            "rtmr2": report.rtmr2.hex(),
+            "rtmr3": report.rtmr3.hex(),
+            "report_data": report.report_data.hex(),
+            "debug": report.debug,
+            "sept_ve_disable": report.sept_ve_disable,
+            "td_attributes": report.td_attributes.hex(),
+            "xfam": report.xfam.hex(),
+            "mr_seam": report.mr_seam.hex(),
+            "mr_signer_seam": report.mr_signer_seam.hex(),
+            "seam_attributes": report.seam_attributes.hex(),
+            "tee_tcb_svn": report.tee_tcb_svn.hex(),
+            "tdx_module_version": report.tee_tcb_svn[1],
+            "mr_servicetd": report.mr_servicetd.hex() if report.mr_servicetd is not None else None,
+            "tee_tcb_svn2": report.tee_tcb_svn2.hex() if report.tee_tcb_svn2 is not None else None,
+        }
+    claims.update(
+        {
+            "fmspc": pck.fmspc.hex(),
+            "pce_id": pck.pce_id.hex(),
+            "pce_svn": pck.pce_svn,
+            "platform_cpu_svn": pck.cpu_svn.hex(),
+            "tcb_components": list(pck.tcb_components),
+            "sgx_type": pck.sgx_type_name,
+            "qe_vendor_id": quote.header.qe_vendor_id.hex(),
+            "user_data": quote.header.user_data.hex(),
+        }
+    )
+    for name, flag in (
+        ("dynamic_platform", pck.dynamic_platform),
+        ("cached_keys", pck.cached_keys),
+        ("smt_enabled", pck.smt_enabled),
+    ):
+        if flag is not None:
+            claims[name] = flag
+    return claims
+
+
+_DEFAULT = DcapVerifier()
+
+
+def verify_quote(
+    raw: bytes,
+    collateral: DcapCollateral | None,
+    *,
+    at: datetime,
+    verifier: DcapVerifier | None = None,
+) -> VerifiedEvidence:
+    """Verify a raw DCAP quote at time ``at`` (module-level convenience, shared caches)."""
+    return (verifier or _DEFAULT).verify(raw, collateral, at=at)

@@ -1,0 +1,164 @@
+"""Certificate-chain and CRL checks shared by the verifiers.
+
+Chains are checked link by link (issuer name, signature, CA constraints, key usage) rather than
+with a Web-PKI path builder: vendor attestation PKIs (Intel PCK, AMD KDS, NVIDIA) do not follow
+Web-PKI profiles. The root is pinned by the SHA-256 of its DER encoding. Validity dates are a
+separate step (``check_validity``) so that a verified chain can be cached and only its dates
+re-checked at each verification time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+
+from confide.errors import (
+    CertificateChainError,
+    CollateralError,
+    CollateralExpiredError,
+    ParseError,
+    SignatureError,
+)
+
+__all__ = [
+    "check_crl",
+    "check_pinned_root",
+    "check_validity",
+    "load_der_certificate",
+    "load_der_crl",
+    "name_of",
+    "verify_chain_signatures",
+]
+
+
+def load_der_certificate(der: bytes, what: str) -> x509.Certificate:
+    """Load a certificate and parse the fields verification uses now: ``cryptography`` parses
+    lazily, and a malformed field must be a ParseError here, not a ValueError later."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        _ = cert.extensions, cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number
+        cert.public_key()
+        _ = cert.signature_hash_algorithm
+    except (
+        ValueError,
+        UnsupportedAlgorithm,
+        x509.DuplicateExtension,
+        x509.UnsupportedGeneralNameType,
+    ) as exc:
+        raise ParseError(f"not a valid DER X.509 certificate ({exc})", structure=what) from None
+    return cert
+
+
+def name_of(cert: x509.Certificate) -> str:
+    """The subject for messages; never raises (a malformed name is reported as such)."""
+    try:
+        return cert.subject.rfc4514_string()
+    except ValueError:
+        return "<malformed subject>"
+
+
+def load_der_crl(der: bytes, what: str) -> x509.CertificateRevocationList:
+    try:
+        crl = x509.load_der_x509_crl(der)
+        _ = crl.issuer, crl.last_update_utc, crl.next_update_utc, crl.extensions
+    except (
+        ValueError,
+        UnsupportedAlgorithm,
+        x509.DuplicateExtension,
+        x509.UnsupportedGeneralNameType,
+    ) as exc:
+        raise ParseError(f"not a valid DER X.509 CRL ({exc})", structure=what) from None
+    return crl
+
+
+def _is_ca(cert: x509.Certificate) -> tuple[bool, int | None]:
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False, None
+    return bc.ca, bc.path_length
+
+
+def _may_sign_certs(cert: x509.Certificate) -> bool:
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return True  # KeyUsage is optional; BasicConstraints decides
+    return ku.key_cert_sign
+
+
+def verify_chain_signatures(
+    chain: Sequence[x509.Certificate], root: x509.Certificate, root_der: bytes, what: str
+) -> None:
+    """Check that ``chain`` (leaf first, *without* the root) links up to the pinned ``root``.
+
+    The caller has compared the chain's root bytes with the pinned root (``root_der``) or
+    supplies none; the root's self-signature is not re-checked: it is pinned by value. Raises
+    CertificateChainError naming the failing link. Dates are not checked here.
+    """
+    if not chain:
+        raise CertificateChainError(f"{what}: no certificate below the root")
+    full = [*chain, root]
+    for depth in range(len(chain)):
+        child, issuer = full[depth], full[depth + 1]
+        try:
+            is_ca, path_len = _is_ca(issuer)
+            may_sign = _may_sign_certs(issuer)
+        except (ValueError, x509.DuplicateExtension) as exc:
+            raise ParseError(f"malformed extensions ({exc})", structure=what) from None
+        if not is_ca or not may_sign:
+            raise CertificateChainError(
+                f"{what}: issuer {name_of(issuer)} is not a CA allowed to sign certificates"
+            )
+        if path_len is not None and path_len < depth:
+            raise CertificateChainError(f"{what}: path length constraint of {name_of(issuer)} exceeded")
+        try:
+            child.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature) as exc:
+            raise CertificateChainError(
+                f"{what}: {name_of(child)} is not signed by {name_of(issuer)}"
+                f" ({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})"
+            ) from None
+
+
+def check_pinned_root(root_der_in_chain: bytes, root_der: bytes, root_sha256: bytes, what: str) -> None:
+    """The root certificate carried in evidence must be the pinned one, byte for byte."""
+    if root_der_in_chain != root_der:
+        got = hashlib.sha256(root_der_in_chain).hexdigest()
+        raise CertificateChainError(
+            f"{what}: root certificate with SHA-256 {got} is not the pinned root {root_sha256.hex()}"
+        )
+
+
+def check_validity(
+    chain: Sequence[x509.Certificate], at: datetime, what: str, *, collateral: bool = False
+) -> None:
+    """Every certificate of ``chain`` must be valid at ``at``."""
+    error = CollateralExpiredError if collateral else CertificateChainError
+    for cert in chain:
+        if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
+            raise error(
+                f"{what}: {name_of(cert)} is valid from "
+                f"{cert.not_valid_before_utc.isoformat()} to {cert.not_valid_after_utc.isoformat()}, "
+                f"not at {at.isoformat()}"
+            )
+
+
+def check_crl(crl: x509.CertificateRevocationList, issuer: x509.Certificate, what: str) -> None:
+    """The CRL must be issued and signed by ``issuer`` (its dates are checked by the caller)."""
+    try:
+        same = crl.issuer == issuer.subject
+    except ValueError:
+        raise ParseError("malformed issuer name", structure=what) from None
+    if not same:
+        raise CollateralError(f"{what}: not issued by {name_of(issuer)}")
+    try:
+        ok = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise SignatureError(f"{what}: signature does not verify with {name_of(issuer)}")

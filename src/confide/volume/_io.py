@@ -1,0 +1,212 @@
+"""Streaming chunk I/O: encrypt a source into an object, authenticate/decrypt an object.
+
+Memory stays constant (one chunk buffer per worker, plus a bounded window of batches); the
+only per-file state kept is the running root hash.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from confide.errors import SignatureError
+from confide.volume.format import (
+    TAG_SIZE,
+    ChunkCodec,
+    Entry,
+    chunk_count,
+    finish_root,
+    object_size,
+    root_hasher,
+)
+
+__all__ = ["BATCH_CHUNKS", "copy_raw", "decrypt_object", "encrypt_stream", "read_full"]
+
+BATCH_CHUNKS = 16  # chunks per unit of parallel work and per preadv (1 MiB at the default size)
+
+
+def read_full(fd: int, buf: bytearray) -> int:
+    """Fill ``buf`` from ``fd`` (short reads retried); return the byte count (< len only at EOF)."""
+    mv = memoryview(buf)
+    got = 0
+    while got < len(buf):
+        n = os.readv(fd, [mv[got:]])
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+def encrypt_stream(src_fd: int, dst_fd: int, codec: ChunkCodec, chunk_size: int) -> tuple[int, bytes]:
+    """Seal everything readable from ``src_fd`` into ``dst_fd``; return (size, root).
+
+    One chunk of read-ahead tells whether the current chunk is the last one, so files whose
+    size is unknown or changes while reading still get a correct last-chunk mark.
+    """
+    cur, nxt = bytearray(chunk_size), bytearray(chunk_size)
+    n_cur = read_full(src_fd, cur)
+    index, size = 0, 0
+    h = root_hasher()
+    while True:
+        n_nxt = read_full(src_fd, nxt) if n_cur == chunk_size else 0
+        last = n_nxt == 0
+        record = codec.seal(memoryview(cur)[:n_cur], index, last)
+        _write_all(dst_fd, record)
+        h.update(record[-TAG_SIZE:])
+        size += n_cur
+        index += 1
+        if last:
+            return size, finish_root(h, index)
+        cur, nxt, n_cur = nxt, cur, n_nxt
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    mv = memoryview(data)
+    while mv:
+        n = os.write(fd, mv)
+        mv = mv[n:]
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+_local = threading.local()
+
+
+def _buffers(size: int) -> tuple[bytearray, bytearray]:
+    """Per-thread (records, plaintext) buffers, reused across batches (no page faults per batch)."""
+    bufs: tuple[bytearray, bytearray] | None = getattr(_local, "bufs", None)
+    if bufs is None or len(bufs[0]) < size:
+        bufs = (bytearray(size), bytearray(size))
+        _local.bufs = bufs
+    return bufs
+
+
+def _batch(
+    obj_fd: int,
+    out_fd: int | None,
+    codec: ChunkCodec,
+    span: tuple[int, int],
+    geometry: tuple[int, int, int],
+) -> bytes:
+    """Authenticate chunks [first, end); write plaintext to ``out_fd`` (holes for zero chunks).
+
+    ``geometry`` is (chunk count, file size, chunk size). One ``preadv`` for the whole batch,
+    one ``pwrite`` per run of non-zero chunks: few system calls per byte.
+    """
+    first, end = span
+    n_chunks, size, chunk_size = geometry
+    rec = chunk_size + TAG_SIZE
+    start = first * rec
+    want = min(end * rec, object_size(size, chunk_size, codec.region)) - start
+    raw, plain = _buffers(BATCH_CHUNKS * rec)
+    got = os.preadv(obj_fd, [memoryview(raw)[:want]], start)
+    if got != want:
+        raise SignatureError(f"chunks {first}..{end - 1}: got {got} bytes, expected {want} (truncated)")
+    rmv, pmv = memoryview(raw), memoryview(plain)
+    zero = _zero(chunk_size)
+    tags = bytearray()
+    run_start: int | None = None  # first chunk of the current run of non-zero plaintext
+    pos = 0
+    for i in range(first, end):
+        last = i == n_chunks - 1
+        plen = size - chunk_size * i if last else chunk_size
+        k = (i - first) * chunk_size
+        out = pmv[k : k + plen]
+        codec.open_into(rmv[pos : pos + plen + TAG_SIZE], i, last, out)
+        tags += rmv[pos + plen : pos + plen + TAG_SIZE]
+        pos += plen + TAG_SIZE
+        if out_fd is None:
+            continue
+        hole = plen == chunk_size and plain.startswith(zero, k)  # memcmp, no copy
+        if hole and run_start is not None:
+            _flush(out_fd, pmv, first, run_start, i, chunk_size)
+            run_start = None
+        elif not hole and run_start is None:
+            run_start = i
+    if out_fd is not None and run_start is not None:
+        _flush(out_fd, pmv, first, run_start, end, chunk_size, size)
+    return bytes(tags)
+
+
+def _zero(chunk_size: int) -> bytes:
+    z: bytes | None = getattr(_local, "zero", None)
+    if z is None or len(z) != chunk_size:
+        z = bytes(chunk_size)
+        _local.zero = z
+    return z
+
+
+def _flush(
+    out_fd: int, pmv: memoryview, first: int, a: int, b: int, chunk_size: int, size: int | None = None
+) -> None:
+    lo = (a - first) * chunk_size
+    hi = (b - first) * chunk_size
+    if size is not None:
+        hi = min(hi, size - first * chunk_size)
+    _pwrite_all(out_fd, pmv[lo:hi], a * chunk_size)
+
+
+def decrypt_object(
+    obj_fd: int,
+    out_fd: int | None,
+    codec: ChunkCodec,
+    entry: Entry,
+    chunk_size: int,
+    *,
+    executor: ThreadPoolExecutor | None = None,
+) -> None:
+    """Authenticate the whole object of ``entry`` (and decrypt into ``out_fd`` if given).
+
+    Checks the exact object size (truncation/extension), every chunk tag with its index and
+    last-chunk mark, and the file root from the manifest. Raises :class:`SignatureError`
+    naming the first failure; plaintext of a failing chunk is never written.
+    """
+    expected = object_size(entry.size, chunk_size, entry.region)
+    actual = os.fstat(obj_fd).st_size
+    if actual != expected:
+        raise SignatureError(f"object has {actual} bytes, expected {expected} (truncated or extended)")
+    n = chunk_count(entry.size, chunk_size)
+    h = root_hasher()
+    geometry = (n, entry.size, chunk_size)
+    batches = [(a, min(n, a + BATCH_CHUNKS)) for a in range(0, n, BATCH_CHUNKS)]
+    if executor is None or len(batches) < 2:
+        for a, b in batches:
+            h.update(_batch(obj_fd, out_fd, codec, (a, b), geometry))
+    else:
+        window: deque[Future[bytes]] = deque()
+        limit = 2 * (executor._max_workers or 1)
+        it = iter(batches)
+        try:
+            for a, b in it:
+                window.append(executor.submit(_batch, obj_fd, out_fd, codec, (a, b), geometry))
+                if len(window) >= limit:
+                    h.update(window.popleft().result())
+            while window:
+                h.update(window.popleft().result())
+        finally:
+            for fut in window:
+                fut.cancel()
+            for fut in window:
+                if not fut.cancelled():
+                    fut.exception()  # wait, so no worker writes after we return
+    root = finish_root(h, n)
+    if not hmac.compare_digest(root, entry.root):
+        raise SignatureError("file root does not match the manifest (chunks replaced from another version?)")
+    if out_fd is not None:
+        os.ftruncate(out_fd, entry.size)
+
+
+def copy_raw(src_fd: int, dst_fd: int) -> int:
+    """Copy an unprotected object as is; return the byte count."""
+    total = 0
+    while chunk := os.read(src_fd, 1 << 20):
+        _write_all(dst_fd, chunk)
+        total += len(chunk)
+    return total

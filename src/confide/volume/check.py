@@ -1,0 +1,200 @@
+"""Reading whole protected volumes: verify (report every bad file) and open (extract).
+
+``open_volume`` never leaves unauthenticated bytes readable under a final name: each file is
+decrypted into a mode-0600 temporary name inside a private staging directory and renamed
+only after all its chunks and its root authenticated; the staging directory is removed on
+any error, and entries are moved into the target only after the whole volume authenticated.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confide.errors import ConfideError, SignatureError, StorageError, UsageError
+from confide.volume._io import copy_raw, decrypt_object
+from confide.volume.format import ChunkCodec, Entry, EntryKind, Manifest, Region
+from confide.volume.keys import VolumeKey
+from confide.volume.store import OBJECTS_DIR, PENDING_NAME, load_sealed, object_path
+
+__all__ = ["OpenResult", "Problem", "VerifyReport", "open_volume", "verify_volume"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    reason: str
+
+
+@dataclass
+class VerifyReport:
+    tag: str
+    generation: int
+    files: int = 0
+    bytes: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    unreferenced_objects: list[str] = field(default_factory=list)
+    pending_changes: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def raise_if_bad(self) -> None:
+        if self.problems:
+            listed = "; ".join(f"{p.path}: {p.reason}" for p in self.problems[:5])
+            more = f" (and {len(self.problems) - 5} more)" if len(self.problems) > 5 else ""
+            raise SignatureError(f"{len(self.problems)} file(s) failed verification: {listed}{more}")
+
+
+def _workers(workers: int | None) -> int:
+    return max(1, workers if workers is not None else min(4, os.cpu_count() or 1))
+
+
+def _check_file(
+    directory: Path,
+    key: VolumeKey,
+    m: Manifest,
+    e: Entry,
+    *,
+    out_fd: int | None,
+    pool: ThreadPoolExecutor | None,
+) -> None:
+    try:
+        obj_fd = os.open(object_path(directory, e.file_id), os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise SignatureError(f"object {e.file_id.hex()} is missing") from None
+    except OSError as exc:
+        raise SignatureError(f"object {e.file_id.hex()} unreadable: {exc.strerror or exc}") from None
+    try:
+        if e.region is Region.UNPROTECTED:
+            if out_fd is not None:
+                copy_raw(obj_fd, out_fd)
+            return
+        codec = ChunkCodec(key.raw, m.volume_id, e.file_id, e.region)
+        decrypt_object(obj_fd, out_fd, codec, e, m.chunk_size, executor=pool)
+    finally:
+        os.close(obj_fd)
+
+
+def verify_volume(
+    directory: Path, key: VolumeKey, expected_tag: str | None = None, *, workers: int | None = None
+) -> VerifyReport:
+    """Authenticate the manifest, check the tag, then every file; report every bad file.
+
+    Raises (without a report) when the manifest itself is unusable: :class:`SignatureError`,
+    :class:`~confide.errors.ParseError`, or :class:`~confide.errors.RollbackError` for an
+    authentic manifest whose tag is not ``expected_tag``.
+    """
+    m, tag = load_sealed(directory, key, expected_tag)
+    report = VerifyReport(tag=tag, generation=m.generation)
+    report.pending_changes = (directory / PENDING_NAME).exists()
+    live: set[str] = set()
+    with ThreadPoolExecutor(_workers(workers)) as pool:
+        for e in m.entries:
+            if e.kind is not EntryKind.FILE:
+                continue
+            live.add(e.file_id.hex())
+            report.files += 1
+            try:
+                _check_file(directory, key, m, e, out_fd=None, pool=pool)
+                report.bytes += e.size
+            except SignatureError as exc:
+                report.problems.append(Problem(e.path, exc.message))
+    try:
+        names = sorted(p.name for p in (directory / OBJECTS_DIR).iterdir())
+    except OSError as exc:
+        raise StorageError(f"cannot list objects: {exc.strerror or exc}") from None
+    report.unreferenced_objects = [n for n in names if n not in live]
+    return report
+
+
+@dataclass(frozen=True)
+class OpenResult:
+    tag: str
+    generation: int
+    files: int
+    bytes: int
+
+
+def _prepare_target(target: Path) -> None:
+    try:
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            raise UsageError(f"--to {str(target)!r}: got a non-directory, expected an empty directory")
+        if target.exists():
+            if any(target.iterdir()):
+                raise UsageError(f"--to {str(target)!r}: got a non-empty directory, expected an empty one")
+        else:
+            target.mkdir(mode=0o700, parents=True)
+    except OSError as exc:
+        raise StorageError(f"cannot prepare {str(target)!r}: {exc.strerror or exc}") from None
+
+
+def open_volume(
+    directory: Path,
+    key: VolumeKey,
+    target: Path,
+    expected_tag: str | None = None,
+    *,
+    workers: int | None = None,
+    preserve_owner: bool | None = None,
+) -> OpenResult:
+    """Decrypt the sealed volume into ``target`` (absent or empty, e.g. on a tmpfs).
+
+    Raises on the first integrity failure (:class:`SignatureError` naming the file) after
+    removing everything it wrote. ``preserve_owner`` (default: when running as root) applies
+    the recorded uid/gid. Zero chunks become holes, so sparse files stay sparse.
+    """
+    m, tag = load_sealed(directory, key, expected_tag)
+    _prepare_target(target)
+    owner = os.geteuid() == 0 if preserve_owner is None else preserve_owner
+    staging = target / f".confide-open-{secrets.token_hex(8)}"
+    staging.mkdir(mode=0o700)
+    total = files = 0
+    try:
+        with ThreadPoolExecutor(_workers(workers)) as pool:
+            for e in m.entries:
+                dest = staging / e.path
+                dest.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                if e.kind is EntryKind.DIR:
+                    dest.mkdir(mode=0o700, exist_ok=True)
+                elif e.kind is EntryKind.SYMLINK:
+                    os.symlink(e.target, dest)
+                    if owner:
+                        os.lchown(dest, e.uid, e.gid)
+                else:
+                    tmp = dest.with_name(f".confide-part-{secrets.token_hex(8)}")
+                    out_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                    try:
+                        _check_file(directory, key, m, e, out_fd=out_fd, pool=pool)
+                        if owner:
+                            os.fchown(out_fd, e.uid, e.gid)
+                        os.fchmod(out_fd, e.mode)
+                    except ConfideError as exc:
+                        raise SignatureError(f"volume file {e.path!r}: {exc.message}") from None
+                    finally:
+                        os.close(out_fd)
+                    os.rename(tmp, dest)
+                    files += 1
+                    total += e.size
+        # Everything authenticated: move the tree into place, then set directory modes.
+        for child in sorted(staging.iterdir()):
+            os.rename(child, target / child.name)
+        staging.rmdir()
+        for e in reversed(m.entries):
+            if e.kind is EntryKind.DIR:
+                path = target / e.path
+                if owner:
+                    os.lchown(path, e.uid, e.gid)
+                os.chmod(path, e.mode)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise StorageError(f"cannot write into {str(target)!r}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return OpenResult(tag=tag, generation=m.generation, files=files, bytes=total)

@@ -1,0 +1,215 @@
+"""``confide volume``: create, add, seal, verify and open protected volumes.
+
+The key comes from ``--key FILE`` (mode 0600; 64 hex digits or 32 raw bytes) or, when that is
+absent, from ``$CONFIDE_VOLUME_KEY`` (64 hex digits). It is never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from confide.errors import ConfideError, SignatureError
+from confide.volume.check import open_volume, verify_volume
+from confide.volume.format import DEFAULT_CHUNK_SIZE, Region, RegionRule
+from confide.volume.keys import KEY_ENV, VolumeKey, load_key, write_key
+from confide.volume.store import add_sources, create_volume, seal_volume
+
+__all__ = ["volume"]
+
+_PATH = click.Path(path_type=Path)
+_REGIONS = {
+    "encrypt": Region.ENCRYPTED,
+    "authenticate": Region.AUTHENTICATED,
+    "unprotected": Region.UNPROTECTED,
+}
+
+
+def _die(exc: ConfideError) -> None:
+    click.echo(f"error: {exc.diagnostics()}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _rules(
+    encrypt: tuple[str, ...], authenticate: tuple[str, ...], unprotected: tuple[str, ...]
+) -> list[RegionRule]:
+    out = [RegionRule(p.strip("/"), Region.ENCRYPTED) for p in encrypt]
+    out += [RegionRule(p.strip("/"), Region.AUTHENTICATED) for p in authenticate]
+    out += [RegionRule(p.strip("/"), Region.UNPROTECTED) for p in unprotected]
+    return out
+
+
+_key_option = click.option(
+    "--key", "key_file", type=_PATH, help=f"Volume key file (default: ${KEY_ENV} as 64 hex digits)."
+)
+_region_options = [
+    click.option("--encrypt", multiple=True, metavar="PATH", help="Encrypt files at/below PATH."),
+    click.option("--authenticate", multiple=True, metavar="PATH", help="Plaintext + MAC at/below PATH."),
+    click.option("--unprotected", multiple=True, metavar="PATH", help="Store files below PATH as they are."),
+]
+
+
+def _with_regions(f: click.decorators.FC) -> click.decorators.FC:
+    for opt in reversed(_region_options):
+        f = opt(f)
+    return f
+
+
+@click.group()
+def volume() -> None:
+    """Protected volumes: per-file AES-256-GCM chunks, an authenticated manifest, a volume tag.
+
+    Typical use: create (writes a new key), add files, seal (prints the tag), then verify or
+    open with the key and the expected tag. Region options select by volume-path prefix; the
+    longest prefix wins; paths matching no rule get the default region (encrypt).
+    """
+
+
+@volume.command("create")
+@click.argument("directory", metavar="DIR", type=_PATH)
+@click.option("--key-out", type=_PATH, required=True, help="New key file (mode 0600; must not exist).")
+@click.option("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, show_default=True, help="Chunk bytes.")
+@click.option(
+    "--default-region", type=click.Choice(sorted(_REGIONS)), default="encrypt", show_default=True,
+    help="Region of paths that match no rule.",
+)  # fmt: skip
+@_with_regions
+def create_cmd(
+    directory: Path,
+    key_out: Path,
+    chunk_size: int,
+    default_region: str,
+    encrypt: tuple[str, ...],
+    authenticate: tuple[str, ...],
+    unprotected: tuple[str, ...],
+) -> None:
+    """Create an empty volume in DIR with a new random key written to --key-out; print the tag."""
+    try:
+        key = VolumeKey.generate()
+        write_key(key_out, key)
+        tag = create_volume(
+            directory,
+            key,
+            chunk_size=chunk_size,
+            default_region=_REGIONS[default_region],
+            rules=_rules(encrypt, authenticate, unprotected),
+        )
+    except ConfideError as exc:
+        _die(exc)
+        return
+    click.echo(tag)
+
+
+@volume.command("add")
+@click.argument("directory", metavar="DIR", type=_PATH)
+@click.argument("sources", metavar="SRC...", type=_PATH, nargs=-1, required=True)
+@_key_option
+@click.option("--dest", default="", metavar="PATH", help="Volume directory to add under (default: the root).")
+@click.option("--deterministic", is_flag=True, help="File ids from path+content (reproducible).")
+@_with_regions
+def add_cmd(
+    directory: Path,
+    sources: tuple[Path, ...],
+    key_file: Path | None,
+    dest: str,
+    deterministic: bool,
+    encrypt: tuple[str, ...],
+    authenticate: tuple[str, ...],
+    unprotected: tuple[str, ...],
+) -> None:
+    """Add SRC files/directories (a directory's contents go below --dest); seal to publish."""
+    try:
+        key = load_key(key_file)
+        added = add_sources(
+            directory,
+            key,
+            list(sources),
+            dest=dest.strip("/"),
+            rules=_rules(encrypt, authenticate, unprotected),
+            deterministic=deterministic,
+        )
+    except ConfideError as exc:
+        _die(exc)
+        return
+    files = [e for e in added if e.file_id]
+    size = sum(e.size for e in files)
+    click.echo(f"added {len(added)} entries ({len(files)} files, {size} bytes); not sealed yet")
+
+
+@volume.command("seal")
+@click.argument("directory", metavar="DIR", type=_PATH)
+@_key_option
+def seal_cmd(directory: Path, key_file: Path | None) -> None:
+    """Publish the added files as a new generation; print the new volume tag."""
+    try:
+        tag = seal_volume(directory, load_key(key_file))
+    except ConfideError as exc:
+        _die(exc)
+        return
+    click.echo(tag)
+
+
+@volume.command("verify")
+@click.argument("directory", metavar="DIR", type=_PATH)
+@_key_option
+@click.option("--tag", metavar="HEX", help="Expected volume tag; another tag exits 60 (rollback).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def verify_cmd(directory: Path, key_file: Path | None, tag: str | None, as_json: bool) -> None:
+    """Check every file of the sealed volume; list every bad file. Exit 0 only if all are good."""
+    try:
+        report = verify_volume(directory, load_key(key_file), tag)
+    except ConfideError as exc:
+        if as_json:
+            err = {"class": exc.kind, "message": exc.message, "exit_code": exc.exit_code}
+            click.echo(json.dumps({"verified": False, "error": err}, indent=2))
+            sys.exit(exc.exit_code)
+        _die(exc)
+        return
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "verified": report.ok,
+                    "tag": report.tag,
+                    "generation": report.generation,
+                    "files": report.files,
+                    "bytes": report.bytes,
+                    "problems": [{"path": p.path, "reason": p.reason} for p in report.problems],
+                    "unreferenced_objects": report.unreferenced_objects,
+                    "pending_changes": report.pending_changes,
+                },
+                indent=2,
+            )
+        )
+    else:
+        for p in report.problems:
+            click.echo(f"BAD {p.path}: {p.reason}")
+        if report.pending_changes:
+            click.echo("note: unsealed changes are pending (not verified)", err=True)
+        state = "verified" if report.ok else "FAILED"
+        click.echo(f"{state}: {report.files} files, {report.bytes} bytes, generation {report.generation}")
+        click.echo(f"tag: {report.tag}")
+    if not report.ok:
+        sys.exit(SignatureError.exit_code)
+
+
+@volume.command("open")
+@click.argument("directory", metavar="DIR", type=_PATH)
+@_key_option
+@click.option("--to", "target", type=_PATH, required=True, help="Empty or absent directory (e.g. on tmpfs).")
+@click.option("--tag", metavar="HEX", help="Expected volume tag; another tag exits 60 (rollback).")
+@click.option("--workers", type=click.IntRange(1, 64), help="Decryption threads (default: CPUs, max 4).")
+def open_cmd(
+    directory: Path, key_file: Path | None, target: Path, tag: str | None, workers: int | None
+) -> None:
+    """Decrypt the sealed volume into --to; nothing unauthenticated is ever left there."""
+    try:
+        result = open_volume(directory, load_key(key_file), target, tag, workers=workers)
+    except ConfideError as exc:
+        _die(exc)
+        return
+    click.echo(f"opened: {result.files} files, {result.bytes} bytes, generation {result.generation}")
+    click.echo(f"tag: {result.tag}")

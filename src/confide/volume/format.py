@@ -1,0 +1,552 @@
+"""The on-disk format of protected volumes (version 1); see ``docs/volume-format.md``.
+
+This module is pure: it encodes, decodes and authenticates byte strings and never touches the
+file system. Everything is little-endian. The pieces:
+
+* **Key schedule** (RFC 5869 HKDF-SHA256 from the 32-byte volume key): a manifest key, a
+  manifest nonce key, a file-id key (deterministic mode) and one key per file
+  (``info`` = label || region || volume id || file id).
+* **Chunks**: a file is cut into chunks of ``chunk_size`` plaintext bytes (the last one shorter,
+  an empty file has exactly one empty chunk). Chunk ``i`` is stored as ``payload || tag[16]``
+  where payload is the AES-256-GCM ciphertext (encrypted region) or the plaintext itself
+  (authenticated region: the tag is the GMAC of the plaintext, i.e. AES-GCM with the plaintext
+  in the associated data). The associated data binds volume id, file id, region, chunk index
+  and a last-chunk flag, so chunks cannot be reordered, dropped, appended or moved between
+  files or volumes. The nonce is the chunk index: each file id (hence each file key) is used
+  for exactly one write of the file, so a (key, nonce) pair never repeats.
+* **Root**: SHA-256 over the chunk count and the chunk tags, recorded per file in the manifest.
+* **Manifest**: header (clear, authenticated) + AES-256-GCM encrypted body listing regions and
+  entries (paths, kinds, modes, owners, sizes, file ids, roots). The volume *tag* is the SHA-256
+  of the whole manifest file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from confide.errors import ParseError, SignatureError
+from confide.evidence._reader import Reader
+
+__all__ = [
+    "CHUNK_AAD_MAGIC",
+    "DEFAULT_CHUNK_SIZE",
+    "FILE_ID_SIZE",
+    "FORMAT_VERSION",
+    "KEY_SIZE",
+    "MANIFEST_HEADER_SIZE",
+    "MANIFEST_MAGIC",
+    "MAX_CHUNK_SIZE",
+    "MIN_CHUNK_SIZE",
+    "ROOT_SIZE",
+    "TAG_SIZE",
+    "VOLUME_ID_SIZE",
+    "ChunkCodec",
+    "Entry",
+    "EntryKind",
+    "Manifest",
+    "ManifestHeader",
+    "ManifestState",
+    "Region",
+    "RegionRule",
+    "check_entries",
+    "check_path",
+    "chunk_count",
+    "decode_manifest",
+    "derive_file_id",
+    "encode_manifest",
+    "encode_manifest_body",
+    "file_key",
+    "finish_root",
+    "object_size",
+    "parse_manifest_body",
+    "parse_manifest_header",
+    "region_for",
+    "root_hasher",
+    "volume_tag",
+]
+
+# --- sizes (bytes) -------------------------------------------------------------------------------
+KEY_SIZE = 32  # AES-256 volume key
+VOLUME_ID_SIZE = 16
+FILE_ID_SIZE = 16
+TAG_SIZE = 16  # AES-GCM tag (NIST SP 800-38D, full 128-bit tag)
+NONCE_SIZE = 12  # 96-bit GCM IV (SP 800-38D section 8.2.1, deterministic construction)
+ROOT_SIZE = 32  # SHA-256
+DEFAULT_CHUNK_SIZE = 64 * 1024
+MIN_CHUNK_SIZE = 256
+MAX_CHUNK_SIZE = 16 * 1024 * 1024
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+MAX_ENTRIES = 10_000_000
+MAX_FILE_SIZE = 2**62  # keeps chunk indexes and offsets far from 64-bit overflow
+
+FORMAT_VERSION = 1
+MANIFEST_MAGIC = b"CFDVOLM1"
+CHUNK_AAD_MAGIC = b"CFDVCHK1"
+ROOT_MAGIC = b"CFDVROOT"
+
+# Manifest header: magic(8) version(u16) state(u8) reserved(u8) volume_id(16) generation(u64)
+# nonce(12) body_length(u32), then body ciphertext || tag(16).
+_HEADER = struct.Struct("<8sHBB16sQ12sI")
+MANIFEST_HEADER_SIZE = _HEADER.size  # 52
+# Chunk associated data: magic(8) volume_id(16) file_id(16) region(u8) last(u8) index(u64).
+_CHUNK_AAD_PREFIX = struct.Struct("<8s16s16sB")
+_CHUNK_AAD_SUFFIX = struct.Struct("<BQ")
+
+# HKDF info labels (RFC 5869 section 3.2: "info" separates keys for different uses).
+_INFO_MANIFEST = b"confide-volume-v1 manifest key"
+_INFO_MANIFEST_NONCE = b"confide-volume-v1 manifest nonce key"
+_INFO_FILE = b"confide-volume-v1 file key"
+_INFO_FILE_ID = b"confide-volume-v1 file id key"
+
+
+class Region(IntEnum):
+    """Protection of a file's contents (as SCONE's file-system protection regions)."""
+
+    UNPROTECTED = 0  # stored as is; only its path, kind and mode are in the manifest
+    AUTHENTICATED = 1  # plaintext + a GMAC per chunk
+    ENCRYPTED = 2  # AES-256-GCM per chunk
+
+    @property
+    def label(self) -> str:
+        return {0: "unprotected", 1: "authenticated", 2: "encrypted"}[self.value]
+
+
+class EntryKind(IntEnum):
+    FILE = 1
+    DIR = 2
+    SYMLINK = 3
+
+
+class ManifestState(IntEnum):
+    PENDING = 1  # written by `add`, not yet sealed; never accepted by verify/open
+    SEALED = 2
+
+
+def _hkdf(key: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key)
+
+
+def _check_key(key: bytes) -> None:
+    if len(key) != KEY_SIZE:
+        raise ValueError(f"volume key: got {len(key)} bytes, expected {KEY_SIZE}")
+
+
+def file_key(volume_key: bytes, volume_id: bytes, file_id: bytes, region: Region) -> bytes:
+    """The per-file AES-256 key: HKDF-SHA256(volume key, info = label || region || ids)."""
+    _check_key(volume_key)
+    return _hkdf(volume_key, _INFO_FILE + bytes([region]) + volume_id + file_id)
+
+
+def derive_file_id(volume_key: bytes, volume_id: bytes, path: str, content_digest: bytes) -> bytes:
+    """A deterministic file id (reproducible builds): HMAC over the path and content digest.
+
+    Two different contents get different ids (and so different keys), and the same content
+    gives the same ciphertext: only equality of (path, content) is revealed.
+    """
+    _check_key(volume_key)
+    k = _hkdf(volume_key, _INFO_FILE_ID + volume_id)
+    msg = path.encode("utf-8") + b"\x00" + content_digest
+    return hmac.new(k, msg, hashlib.sha256).digest()[:FILE_ID_SIZE]
+
+
+def chunk_count(size: int, chunk_size: int) -> int:
+    """Number of chunks of a file of ``size`` bytes (an empty file has one empty chunk)."""
+    return max(1, -(-size // chunk_size))
+
+
+def object_size(size: int, chunk_size: int, region: Region) -> int:
+    """Exact size of the stored object of a file."""
+    if region is Region.UNPROTECTED:
+        return size
+    return size + TAG_SIZE * chunk_count(size, chunk_size)
+
+
+def root_hasher() -> hashlib._Hash:
+    """A SHA-256 hasher for a file root: feed every chunk tag in order, then :func:`finish_root`.
+
+    root = SHA-256("CFDVROOT" || tag_0 || ... || tag_{n-1} || u64le(n)); the count comes last
+    so that a writer can stream a file of unknown length.
+    """
+    return hashlib.sha256(ROOT_MAGIC)
+
+
+def finish_root(h: hashlib._Hash, n_chunks: int) -> bytes:
+    h.update(n_chunks.to_bytes(8, "little"))
+    return h.digest()
+
+
+class ChunkCodec:
+    """Seals and opens the chunks of one file (one file id, one key)."""
+
+    __slots__ = ("_aad_prefix", "_aead", "region")
+
+    def __init__(self, volume_key: bytes, volume_id: bytes, file_id: bytes, region: Region) -> None:
+        if region is Region.UNPROTECTED:
+            raise ValueError("unprotected files have no chunk codec")
+        self.region = region
+        self._aead = AESGCM(file_key(volume_key, volume_id, file_id, region))
+        self._aad_prefix = _CHUNK_AAD_PREFIX.pack(CHUNK_AAD_MAGIC, volume_id, file_id, region)
+
+    def aad(self, index: int, last: bool) -> bytes:
+        return self._aad_prefix + _CHUNK_AAD_SUFFIX.pack(1 if last else 0, index)
+
+    @staticmethod
+    def nonce(index: int) -> bytes:
+        return index.to_bytes(NONCE_SIZE, "little")
+
+    def seal(self, plaintext: bytes | bytearray | memoryview, index: int, last: bool) -> bytes:
+        """Return the stored record of a chunk: payload || tag."""
+        aad = self.aad(index, last)
+        if self.region is Region.ENCRYPTED:
+            return self._aead.encrypt(index.to_bytes(NONCE_SIZE, "little"), plaintext, aad)
+        tag = self._aead.encrypt(index.to_bytes(NONCE_SIZE, "little"), b"", aad + bytes(plaintext))
+        return bytes(plaintext) + tag
+
+    def open_into(
+        self, record: bytes | bytearray | memoryview, index: int, last: bool, out: bytearray | memoryview
+    ) -> int:
+        """Authenticate ``record`` and write the plaintext into ``out``; return its length.
+
+        Raises :class:`SignatureError` (without any plaintext) when the chunk does not
+        authenticate as chunk ``index`` (with the given last flag) of this file.
+        """
+        n = len(record) - TAG_SIZE
+        if n < 0:
+            raise SignatureError(f"chunk {index}: got {len(record)} bytes, expected at least {TAG_SIZE}")
+        aad = self.aad(index, last)
+        nonce = index.to_bytes(NONCE_SIZE, "little")
+        try:
+            if self.region is Region.ENCRYPTED:
+                self._aead.decrypt_into(nonce, record, aad, memoryview(out)[:n])
+            else:
+                mv = memoryview(record)
+                self._aead.decrypt(nonce, mv[n:], aad + bytes(mv[:n]))
+                out[:n] = mv[:n]
+        except InvalidTag:
+            raise SignatureError(f"chunk {index} does not authenticate") from None
+        return n
+
+    def open(self, record: bytes | bytearray | memoryview, index: int, last: bool) -> bytes:
+        out = bytearray(max(0, len(record) - TAG_SIZE))
+        n = self.open_into(record, index, last, out)
+        return bytes(out[:n])
+
+
+# --- paths ---------------------------------------------------------------------------------------
+
+
+def check_path(path: str, what: str = "path") -> str:
+    """Return ``path`` if it is a safe relative volume path, else raise :class:`ParseError`.
+
+    Safe: relative POSIX path, '/'-separated, no empty, '.' or '..' components, no NUL or
+    other control characters, valid UTF-8, at most 4096 bytes and 255 bytes per component.
+    """
+    if not isinstance(path, str) or not path:
+        raise ParseError(f"got {path!r}, expected a non-empty relative path", field=what)
+    try:
+        raw = path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ParseError(f"got {path!r}, expected valid UTF-8", field=what) from None
+    if len(raw) > MAX_PATH_BYTES:
+        raise ParseError(f"got {len(raw)} bytes, expected at most {MAX_PATH_BYTES}", field=what)
+    if path.startswith("/"):
+        raise ParseError(f"got absolute path {path!r}, expected a relative path", field=what)
+    if any(unicodedata.category(c) == "Cc" for c in path):
+        raise ParseError(f"got {path!r}, expected no NUL or control characters", field=what)
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            raise ParseError(f"got {path!r}, expected no empty, '.' or '..' components", field=what)
+        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+            raise ParseError(f"got a {len(part.encode())}-byte name, expected at most 255", field=what)
+    return path
+
+
+def _is_under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
+@dataclass(frozen=True)
+class RegionRule:
+    """Paths equal to ``prefix`` or below it get ``region`` (longest prefix wins)."""
+
+    prefix: str
+    region: Region
+
+
+def region_for(path: str, rules: Iterable[RegionRule], default: Region) -> Region:
+    best: RegionRule | None = None
+    for rule in rules:
+        if _is_under(path, rule.prefix) and (best is None or len(rule.prefix) > len(best.prefix)):
+            best = rule
+    return best.region if best is not None else default
+
+
+# --- manifest ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One manifest entry. ``file_id``/``size``/``root`` only for files, ``target`` for symlinks."""
+
+    path: str
+    kind: EntryKind
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    region: Region = Region.ENCRYPTED
+    file_id: bytes = b""
+    size: int = 0
+    root: bytes = b""
+    target: str = ""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    volume_id: bytes
+    generation: int
+    state: ManifestState
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    default_region: Region = Region.ENCRYPTED
+    rules: tuple[RegionRule, ...] = ()
+    entries: tuple[Entry, ...] = field(default=())
+
+    def by_path(self) -> dict[str, Entry]:
+        return {e.path: e for e in self.entries}
+
+
+def _enc_str(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return struct.pack("<H", len(raw)) + raw
+
+
+def encode_manifest_body(m: Manifest) -> bytes:
+    out = bytearray(struct.pack("<IBH", m.chunk_size, m.default_region, len(m.rules)))
+    for rule in m.rules:
+        out += bytes([rule.region]) + _enc_str(rule.prefix)
+    out += struct.pack("<I", len(m.entries))
+    for e in m.entries:
+        out += struct.pack("<BBIII", e.kind, e.region, e.mode, e.uid, e.gid) + _enc_str(e.path)
+        if e.kind is EntryKind.FILE:
+            out += e.file_id + struct.pack("<Q", e.size) + e.root
+        elif e.kind is EntryKind.SYMLINK:
+            out += _enc_str(e.target)
+    return bytes(out)
+
+
+def _read_str(r: Reader, fld: str) -> str:
+    n = r.u16(f"{fld}.length")
+    off = r.pos
+    raw = r.take(n, fld)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise r.error("not valid UTF-8", fld, off) from None
+
+
+def _enum(r: Reader, cls: type[IntEnum], fld: str) -> int:
+    off = r.pos
+    v = r.u8(fld)
+    try:
+        return int(cls(v))
+    except ValueError:
+        allowed = ", ".join(str(int(x)) for x in cls)
+        raise r.error(f"got {v}, expected one of {allowed}", fld, off) from None
+
+
+def parse_manifest_body(data: bytes, volume_id: bytes, generation: int, state: ManifestState) -> Manifest:
+    r = Reader(data, "volume manifest body")
+    off = r.pos
+    chunk_size = r.u32("chunk_size")
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        raise r.error(f"got {chunk_size}, expected {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}", "chunk_size", off)
+    default_region = Region(_enum(r, Region, "default_region"))
+    rules: list[RegionRule] = []
+    seen_prefixes: set[str] = set()
+    for i in range(r.u16("rule_count")):
+        region = Region(_enum(r, Region, f"rules[{i}].region"))
+        off = r.pos
+        prefix = _read_str(r, f"rules[{i}].prefix")
+        _wrap_path(r, prefix, f"rules[{i}].prefix", off)
+        if prefix in seen_prefixes:
+            raise r.error(f"duplicate region prefix {prefix!r}", f"rules[{i}].prefix", off)
+        seen_prefixes.add(prefix)
+        rules.append(RegionRule(prefix, region))
+    off = r.pos
+    count = r.u32("entry_count")
+    # Each entry takes at least 17 bytes: bound the count before looping (hostile input).
+    if count > MAX_ENTRIES or count * 17 > r.remaining:
+        raise r.error(f"got {count} entries, more than the {r.remaining} remaining bytes can hold", None, off)
+    entries: list[Entry] = []
+    for i in range(count):
+        f = f"entries[{i}]"
+        kind = EntryKind(_enum(r, EntryKind, f"{f}.kind"))
+        region = Region(_enum(r, Region, f"{f}.region"))
+        off = r.pos
+        mode = r.u32(f"{f}.mode")
+        if mode & ~0o7777:
+            raise r.error(f"got {mode:#o}, expected permission bits only (<= 0o7777)", f"{f}.mode", off)
+        uid = r.u32(f"{f}.uid")
+        gid = r.u32(f"{f}.gid")
+        off = r.pos
+        path = _read_str(r, f"{f}.path")
+        _wrap_path(r, path, f"{f}.path", off)
+        file_id, size, root, target = b"", 0, b"", ""
+        if kind is EntryKind.FILE:
+            file_id = r.take(FILE_ID_SIZE, f"{f}.file_id")
+            off = r.pos
+            size = r.u64(f"{f}.size")
+            if size > MAX_FILE_SIZE:
+                raise r.error(f"got {size}, expected at most 2**62", f"{f}.size", off)
+            root = r.take(ROOT_SIZE, f"{f}.root")
+        elif kind is EntryKind.SYMLINK:
+            off = r.pos
+            target = _read_str(r, f"{f}.target")
+            if not target or "\x00" in target:
+                raise r.error("expected a non-empty symlink target without NUL", f"{f}.target", off)
+        entries.append(Entry(path, kind, mode, uid, gid, region, file_id, size, root, target))
+    r.expect_end()
+    m = Manifest(volume_id, generation, state, chunk_size, default_region, tuple(rules), tuple(entries))
+    check_entries(m.entries)
+    return m
+
+
+def _wrap_path(r: Reader, path: str, fld: str, off: int) -> None:
+    try:
+        check_path(path)
+    except ParseError as exc:
+        raise r.error(exc.message.split(": ", 1)[-1], fld, off) from None
+
+
+def check_entries(entries: tuple[Entry, ...]) -> None:
+    """Entries must be sorted by path, unique, and every listed ancestor must be a directory.
+
+    A file or symlink listed as the parent of another entry would let extraction write
+    through a symlink, so it is rejected; unlisted ancestors are implicit directories.
+    """
+    kinds: dict[str, EntryKind] = {}
+    prev: bytes | None = None
+    file_ids: set[bytes] = set()
+    for i, e in enumerate(entries):
+        key = e.path.encode("utf-8")
+        if prev is not None and key <= prev:
+            what = "duplicate" if key == prev else "unsorted"
+            raise ParseError(
+                f"{what} path {e.path!r}", structure="volume manifest", field=f"entries[{i}].path"
+            )
+        prev = key
+        kinds[e.path] = e.kind
+        if e.kind is EntryKind.FILE:
+            if e.file_id in file_ids:
+                raise ParseError(
+                    f"file id of {e.path!r} used twice", structure="volume manifest", field=f"entries[{i}]"
+                )
+            file_ids.add(e.file_id)
+    for i, e in enumerate(entries):
+        parts = e.path.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            kind = kinds.get(parent)
+            if kind is not None and kind is not EntryKind.DIR:
+                raise ParseError(
+                    f"{e.path!r} lies below {parent!r}, which is a {kind.name.lower()}, expected a directory",
+                    structure="volume manifest",
+                    field=f"entries[{i}].path",
+                )
+
+
+def _manifest_keys(volume_key: bytes, volume_id: bytes) -> tuple[bytes, bytes]:
+    _check_key(volume_key)
+    return (
+        _hkdf(volume_key, _INFO_MANIFEST + volume_id),
+        _hkdf(volume_key, _INFO_MANIFEST_NONCE + volume_id),
+    )
+
+
+def encode_manifest(m: Manifest, volume_key: bytes) -> bytes:
+    """Serialise and encrypt ``m``; deterministic (same manifest and key, same bytes).
+
+    The GCM nonce is an HMAC of header and body under its own key (a synthetic IV): equal
+    manifests give equal bytes, different ones different nonces (collision ~2**-96 per pair).
+    """
+    if len(m.volume_id) != VOLUME_ID_SIZE:
+        raise ValueError("volume id must be 16 bytes")
+    check_entries(m.entries)
+    body = encode_manifest_body(m)
+    k_enc, k_nonce = _manifest_keys(volume_key, m.volume_id)
+    pre = _HEADER.pack(
+        MANIFEST_MAGIC, FORMAT_VERSION, m.state, 0, m.volume_id, m.generation, bytes(12), len(body)
+    )
+    nonce = hmac.new(k_nonce, pre + body, hashlib.sha256).digest()[:NONCE_SIZE]
+    header = _HEADER.pack(
+        MANIFEST_MAGIC, FORMAT_VERSION, m.state, 0, m.volume_id, m.generation, nonce, len(body)
+    )
+    return header + AESGCM(k_enc).encrypt(nonce, body, header)
+
+
+@dataclass(frozen=True)
+class ManifestHeader:
+    state: ManifestState
+    volume_id: bytes
+    generation: int
+    nonce: bytes
+    body_length: int
+
+
+def parse_manifest_header(data: bytes) -> ManifestHeader:
+    """Parse the clear header (not yet authenticated: do not act on it before decoding)."""
+    r = Reader(data, "volume manifest")
+    magic = r.take(len(MANIFEST_MAGIC), "magic")
+    if magic != MANIFEST_MAGIC:
+        raise r.error(f"got {magic!r}, expected {MANIFEST_MAGIC!r}", "magic", 0)
+    version = r.u16("version")
+    if version != FORMAT_VERSION:
+        raise r.error(f"got {version}, expected {FORMAT_VERSION}", "version", 8)
+    state = ManifestState(_enum(r, ManifestState, "state"))
+    off = r.pos
+    if r.u8("reserved") != 0:
+        raise r.error("expected 0", "reserved", off)
+    volume_id = r.take(VOLUME_ID_SIZE, "volume_id")
+    generation = r.u64("generation")
+    nonce = r.take(NONCE_SIZE, "nonce")
+    off = r.pos
+    body_length = r.u32("body_length")
+    if r.remaining != body_length + TAG_SIZE:
+        raise r.error(
+            f"got {r.remaining} bytes of body and tag, expected {body_length + TAG_SIZE}", "body_length", off
+        )
+    return ManifestHeader(state, volume_id, generation, nonce, body_length)
+
+
+def decode_manifest(data: bytes, volume_key: bytes) -> Manifest:
+    """Authenticate, decrypt and parse a manifest file.
+
+    Raises :class:`ParseError` for a malformed header or body, :class:`SignatureError` when it
+    does not authenticate under ``volume_key``.
+    """
+    h = parse_manifest_header(data)
+    k_enc, _ = _manifest_keys(volume_key, h.volume_id)
+    header = data[:MANIFEST_HEADER_SIZE]
+    try:
+        body = AESGCM(k_enc).decrypt(h.nonce, data[MANIFEST_HEADER_SIZE:], header)
+    except InvalidTag:
+        raise SignatureError(
+            "volume manifest does not authenticate under this key (wrong key, or the manifest was modified)"
+        ) from None
+    return parse_manifest_body(body, h.volume_id, h.generation, h.state)
+
+
+def volume_tag(manifest_bytes: bytes) -> str:
+    """The volume tag: lower-case hex SHA-256 of the manifest file."""
+    return hashlib.sha256(manifest_bytes).hexdigest()

@@ -1,0 +1,179 @@
+"""Random access to a sealed protected volume (the layer a FUSE file system sits on).
+
+``VolumeReader.read(path, offset, size)`` decrypts only the chunks covering the range, each
+checked against its index and last-chunk mark. On the first access to a file the reader also
+checks the object's exact size and the file root over all chunk tags (16 bytes per chunk are
+read, not the data), so a file whose chunks were swapped with another version of itself is
+refused before any byte is served. Thread-safe: it only uses ``pread``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import stat
+import threading
+from pathlib import Path
+from types import TracebackType
+
+from confide.errors import SignatureError, UsageError
+from confide.volume.format import (
+    TAG_SIZE,
+    ChunkCodec,
+    Entry,
+    EntryKind,
+    Manifest,
+    Region,
+    chunk_count,
+    finish_root,
+    object_size,
+    root_hasher,
+)
+from confide.volume.keys import VolumeKey
+from confide.volume.store import load_sealed, object_path
+
+__all__ = ["VolumeReader"]
+
+_TAG_BATCH = 4096  # chunk tags read per batch while checking a root
+
+
+class _Open:
+    __slots__ = ("codec", "fd", "n_chunks")
+
+    def __init__(self, fd: int, codec: ChunkCodec | None, n_chunks: int) -> None:
+        self.fd, self.codec, self.n_chunks = fd, codec, n_chunks
+
+
+class VolumeReader:
+    """Read-only view of a sealed volume; ``expected_tag`` pins the version (freshness)."""
+
+    def __init__(self, directory: Path, key: VolumeKey, expected_tag: str | None = None) -> None:
+        self.directory = directory
+        self._key = key
+        self.manifest: Manifest
+        self.manifest, self.tag = load_sealed(directory, key, expected_tag)
+        self._entries = self.manifest.by_path()
+        self._children: dict[str, set[str]] = {"": set()}
+        for p in self._entries:
+            parts = p.split("/")
+            for depth in range(1, len(parts) + 1):
+                self._children.setdefault("/".join(parts[: depth - 1]), set()).add(parts[depth - 1])
+        self._open: dict[str, _Open] = {}
+        self._lock = threading.Lock()
+
+    # --- metadata ----------------------------------------------------------------------------
+    def entry(self, path: str) -> Entry:
+        """The manifest entry of ``path`` ('' is the root); implicit directories get mode 0755."""
+        path = path.strip("/")
+        e = self._entries.get(path)
+        if e is not None:
+            return e
+        if path in self._children:
+            return Entry(path, EntryKind.DIR, 0o755, region=Region.UNPROTECTED)
+        raise UsageError(f"{path!r}: got a path that is not in the volume")
+
+    def listdir(self, path: str = "") -> list[str]:
+        path = path.strip("/")
+        if self.entry(path).kind is not EntryKind.DIR:
+            raise UsageError(f"{path!r}: got a {self.entry(path).kind.name.lower()}, expected a directory")
+        return sorted(self._children.get(path, ()))
+
+    def st_mode(self, path: str) -> int:
+        e = self.entry(path)
+        kind = {EntryKind.FILE: stat.S_IFREG, EntryKind.DIR: stat.S_IFDIR, EntryKind.SYMLINK: stat.S_IFLNK}
+        return kind[e.kind] | e.mode
+
+    def readlink(self, path: str) -> str:
+        e = self.entry(path)
+        if e.kind is not EntryKind.SYMLINK:
+            raise UsageError(f"{path!r}: got a {e.kind.name.lower()}, expected a symlink")
+        return e.target
+
+    # --- data --------------------------------------------------------------------------------
+    def _get(self, e: Entry) -> _Open:
+        with self._lock:
+            o = self._open.get(e.path)
+            if o is not None:
+                return o
+            cs = self.manifest.chunk_size
+            try:
+                fd = os.open(object_path(self.directory, e.file_id), os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError as exc:
+                raise SignatureError(f"{e.path!r}: object unreadable: {exc.strerror or exc}") from None
+            try:
+                actual = os.fstat(fd).st_size
+                if e.region is Region.UNPROTECTED:
+                    o = _Open(fd, None, 0)
+                else:
+                    expected = object_size(e.size, cs, e.region)
+                    if actual != expected:
+                        raise SignatureError(
+                            f"{e.path!r}: object has {actual} bytes, expected {expected} "
+                            "(truncated or extended)"
+                        )
+                    n = chunk_count(e.size, cs)
+                    self._check_root(fd, e, n)
+                    o = _Open(fd, ChunkCodec(self._key.raw, self.manifest.volume_id, e.file_id, e.region), n)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._open[e.path] = o
+            return o
+
+    def _check_root(self, fd: int, e: Entry, n: int) -> None:
+        cs = self.manifest.chunk_size
+        rec = cs + TAG_SIZE
+        h = root_hasher()
+        for i in range(n):
+            end = min(rec * (i + 1), object_size(e.size, cs, e.region))
+            tag = os.pread(fd, TAG_SIZE, end - TAG_SIZE)
+            h.update(tag)
+        if not hmac.compare_digest(finish_root(h, n), e.root):
+            raise SignatureError(f"{e.path!r}: file root does not match the manifest")
+
+    def read(self, path: str, offset: int, size: int) -> bytes:
+        """Return up to ``size`` bytes of ``path`` from ``offset`` (short only at end of file)."""
+        e = self.entry(path)
+        if e.kind is not EntryKind.FILE:
+            raise UsageError(f"{path!r}: got a {e.kind.name.lower()}, expected a file")
+        if offset < 0 or size < 0:
+            raise UsageError(f"read: got offset {offset}, size {size}, expected non-negative values")
+        o = self._get(e)
+        if o.codec is None:
+            return os.pread(o.fd, size, offset)
+        end = min(e.size, offset + size)
+        if offset >= end:
+            return b""
+        cs = self.manifest.chunk_size
+        rec = cs + TAG_SIZE
+        first, last_chunk = offset // cs, (end - 1) // cs
+        out = bytearray()
+        buf = bytearray(cs)
+        for i in range(first, last_chunk + 1):
+            is_last = i == o.n_chunks - 1
+            plen = e.size - cs * i if is_last else cs
+            data = os.pread(o.fd, plen + TAG_SIZE, i * rec)
+            try:
+                if len(data) != plen + TAG_SIZE:
+                    raise SignatureError(f"chunk {i}: got {len(data)} bytes, expected {plen + TAG_SIZE}")
+                o.codec.open_into(data, i, is_last, buf)
+            except SignatureError as exc:
+                raise SignatureError(f"volume file {path!r}: {exc.message}") from None
+            lo = offset - i * cs if i == first else 0
+            hi = end - i * cs if i == last_chunk else plen
+            out += memoryview(buf)[lo:hi]
+        return bytes(out)
+
+    def close(self) -> None:
+        with self._lock:
+            for o in self._open.values():
+                os.close(o.fd)
+            self._open.clear()
+
+    def __enter__(self) -> VolumeReader:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,389 @@
+"""Writing protected volumes: create, add, seal.
+
+A volume is a directory::
+
+    DIR/MANIFEST           sealed manifest (its SHA-256 is the volume tag)
+    DIR/MANIFEST.pending   manifest written by `add`, replaced into MANIFEST by `seal`
+    DIR/objects/<hex id>   one object per file, named by its random file id
+    DIR/.lock              flock(2) lock serialising writers
+
+Every write goes to a temporary name and is renamed into place after fsync, so a crash or an
+error leaves the previous state intact (at worst unreferenced objects, removed by the next
+seal). A sealed volume stays valid and unchanged while files are being added: only `seal`
+replaces MANIFEST.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from confide.errors import ParseError, RollbackError, SignatureError, StorageError, UsageError
+from confide.volume._io import encrypt_stream, read_full
+from confide.volume.format import (
+    DEFAULT_CHUNK_SIZE,
+    FILE_ID_SIZE,
+    MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
+    VOLUME_ID_SIZE,
+    ChunkCodec,
+    Entry,
+    EntryKind,
+    Manifest,
+    ManifestState,
+    Region,
+    RegionRule,
+    check_entries,
+    check_path,
+    decode_manifest,
+    derive_file_id,
+    encode_manifest,
+    region_for,
+    volume_tag,
+)
+from confide.volume.keys import VolumeKey
+
+__all__ = [
+    "MANIFEST_NAME",
+    "OBJECTS_DIR",
+    "PENDING_NAME",
+    "add_sources",
+    "create_volume",
+    "load_sealed",
+    "object_path",
+    "seal_volume",
+]
+
+MANIFEST_NAME = "MANIFEST"
+PENDING_NAME = "MANIFEST.pending"
+OBJECTS_DIR = "objects"
+LOCK_NAME = ".lock"
+_TMP_PREFIX = ".tmp-"
+
+
+def object_path(directory: Path, file_id: bytes) -> Path:
+    return directory / OBJECTS_DIR / file_id.hex()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}-{secrets.token_hex(8)}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    try:
+        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StorageError(f"volume {str(directory)!r}: cannot lock: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{str(path.parent)!r} is not a protected volume: {what} missing") from None
+    except OSError as exc:
+        raise StorageError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def load_sealed(directory: Path, key: VolumeKey, expected_tag: str | None = None) -> tuple[Manifest, str]:
+    """Read, authenticate and parse the sealed manifest; return it with the volume tag.
+
+    Order: authenticity first (:class:`SignatureError` if modified or wrong key), then the
+    tag: an authentic manifest with another tag than ``expected_tag`` is an old (or forked)
+    version of the volume, :class:`RollbackError`.
+    """
+    data = _read(directory / MANIFEST_NAME, MANIFEST_NAME)
+    manifest = decode_manifest(data, key.raw)
+    if manifest.state is not ManifestState.SEALED:
+        raise SignatureError("MANIFEST is not a sealed manifest (a pending manifest was put in its place)")
+    tag = volume_tag(data)
+    if expected_tag is not None:
+        want = expected_tag.strip().lower()
+        if not hmac.compare_digest(tag.encode(), want.encode()):
+            raise RollbackError(
+                f"volume tag: got {tag} (generation {manifest.generation}), expected {want}: "
+                "an old or different version of the volume"
+            )
+    return manifest, tag
+
+
+def create_volume(
+    directory: Path,
+    key: VolumeKey,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    default_region: Region = Region.ENCRYPTED,
+    rules: Sequence[RegionRule] = (),
+    volume_id: bytes | None = None,
+) -> str:
+    """Create an empty sealed volume (generation 0) in ``directory``; return its tag.
+
+    ``directory`` must be absent or empty. ``volume_id`` defaults to 16 random bytes (pass one
+    only for reproducible builds).
+    """
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        raise UsageError(f"chunk size: got {chunk_size}, expected {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}")
+    vid = secrets.token_bytes(VOLUME_ID_SIZE) if volume_id is None else volume_id
+    if len(vid) != VOLUME_ID_SIZE:
+        raise UsageError(f"volume id: got {len(vid)} bytes, expected {VOLUME_ID_SIZE}")
+    rules = _merge_rules((), rules)
+    try:
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if any(directory.iterdir()):
+            raise UsageError(f"{str(directory)!r}: got a non-empty directory, expected an absent/empty one")
+        (directory / OBJECTS_DIR).mkdir(mode=0o755)
+    except OSError as exc:
+        raise StorageError(f"cannot create volume {str(directory)!r}: {exc.strerror or exc}") from None
+    m = Manifest(vid, 0, ManifestState.SEALED, chunk_size, default_region, rules, ())
+    data = encode_manifest(m, key.raw)
+    _atomic_write(directory / MANIFEST_NAME, data)
+    return volume_tag(data)
+
+
+def _merge_rules(old: Sequence[RegionRule], new: Sequence[RegionRule]) -> tuple[RegionRule, ...]:
+    merged = {r.prefix: r for r in old}
+    for r in new:
+        try:
+            check_path(r.prefix, "region prefix")
+        except ParseError as exc:
+            raise UsageError(exc.message) from None
+        merged[r.prefix] = r
+    return tuple(sorted(merged.values(), key=lambda r: r.prefix.encode()))
+
+
+def _working(directory: Path, key: VolumeKey) -> Manifest:
+    sealed, _ = load_sealed(directory, key)
+    pending_path = directory / PENDING_NAME
+    if not pending_path.exists():
+        return sealed
+    pending = decode_manifest(_read(pending_path, PENDING_NAME), key.raw)
+    if pending.state is not ManifestState.PENDING or pending.volume_id != sealed.volume_id:
+        raise SignatureError(f"{PENDING_NAME} does not belong to this volume's current state")
+    if pending.generation != sealed.generation:
+        raise StorageError(
+            f"{PENDING_NAME}: got base generation {pending.generation}, expected {sealed.generation}; "
+            "remove it and add the files again"
+        )
+    return pending
+
+
+def _walk(src: Path, dest: str) -> Iterator[tuple[str, Path, os.stat_result]]:
+    """Yield (volume path, source path, lstat) for ``src`` and everything below it, no symlink followed."""
+    try:
+        st = src.lstat()
+    except OSError as exc:
+        raise UsageError(f"cannot read source {str(src)!r}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        if dest:
+            yield dest, src, st
+        stack = [(src, dest)]
+        while stack:
+            d, vpath = stack.pop()
+            try:
+                with os.scandir(d) as it:
+                    children = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                raise UsageError(f"cannot list {str(d)!r}: {exc.strerror or exc}") from None
+            for child in children:
+                cpath = f"{vpath}/{child.name}" if vpath else child.name
+                cst = child.stat(follow_symlinks=False)
+                yield cpath, Path(child.path), cst
+                if stat.S_ISDIR(cst.st_mode):
+                    stack.append((Path(child.path), cpath))
+    else:
+        name = f"{dest}/{src.name}" if dest else src.name
+        yield name, src, st
+
+
+def _content_digest(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.digest()
+
+
+def _store_file(
+    directory: Path,
+    key: VolumeKey,
+    m: Manifest,
+    vpath: str,
+    src: Path,
+    *,
+    region: Region,
+    deterministic: bool,
+) -> tuple[bytes, int, bytes]:
+    """Write the object of one file; return (file id, size, root)."""
+    if deterministic:
+        file_id = derive_file_id(key.raw, m.volume_id, vpath, _content_digest(src))
+    else:
+        file_id = secrets.token_bytes(FILE_ID_SIZE)
+    final = object_path(directory, file_id)
+    tmp = final.with_name(f"{_TMP_PREFIX}{final.name}")
+    src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        if not stat.S_ISREG(os.fstat(src_fd).st_mode):
+            raise UsageError(f"{str(src)!r} changed into a non-regular file while adding")
+        dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            if region is Region.UNPROTECTED:
+                size, root = _copy_counting(src_fd, dst_fd, m.chunk_size), b"\x00" * 32
+            else:
+                codec = ChunkCodec(key.raw, m.volume_id, file_id, region)
+                size, root = encrypt_stream(src_fd, dst_fd, codec, m.chunk_size)
+            os.fsync(dst_fd)
+        finally:
+            os.close(dst_fd)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(src_fd)
+    return file_id, size, root
+
+
+def _copy_counting(src_fd: int, dst_fd: int, chunk_size: int) -> int:
+    buf = bytearray(max(chunk_size, 1 << 20))
+    total = 0
+    while n := read_full(src_fd, buf):
+        os.write(dst_fd, memoryview(buf)[:n])
+        total += n
+        if n < len(buf):
+            break
+    return total
+
+
+def add_sources(
+    directory: Path,
+    key: VolumeKey,
+    sources: Sequence[Path],
+    *,
+    dest: str = "",
+    rules: Sequence[RegionRule] = (),
+    deterministic: bool = False,
+) -> list[Entry]:
+    """Add files, directories and symlinks from ``sources`` to the pending manifest.
+
+    A source directory's *contents* go below ``dest`` (the volume root by default); a source
+    file or symlink goes to ``dest/<name>``. ``rules`` add region rules to the volume (longest
+    prefix wins; paths matching none get the volume's default region). Files already in the
+    volume are replaced (a new file id, hence a new key). Special files are refused. Hard links
+    are stored as separate files. Returns the entries added or replaced. Nothing is visible
+    to verify/open until :func:`seal_volume`.
+    """
+    if dest:
+        try:
+            check_path(dest, "--dest")
+        except ParseError as exc:
+            raise UsageError(exc.message) from None
+    with _locked(directory):
+        m = _working(directory, key)
+        merged = _merge_rules(m.rules, rules)
+        entries = m.by_path()
+        added: list[Entry] = []
+        for src in sources:
+            for vpath, spath, st in _walk(src, dest):
+                try:
+                    check_path(vpath)
+                except ParseError as exc:
+                    raise UsageError(f"source {str(spath)!r}: {exc.message}") from None
+                mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+                old = entries.get(vpath)
+                if stat.S_ISDIR(st.st_mode):
+                    e = Entry(vpath, EntryKind.DIR, mode, uid, gid, Region.UNPROTECTED)
+                elif stat.S_ISLNK(st.st_mode):
+                    target = os.readlink(spath)
+                    try:
+                        target.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise UsageError(f"symlink {str(spath)!r}: target is not valid UTF-8") from None
+                    e = Entry(vpath, EntryKind.SYMLINK, mode, uid, gid, Region.UNPROTECTED, target=target)
+                elif stat.S_ISREG(st.st_mode):
+                    region = region_for(vpath, merged, m.default_region)
+                    fid, size, root = _store_file(
+                        directory, key, m, vpath, spath, region=region, deterministic=deterministic
+                    )
+                    e = Entry(vpath, EntryKind.FILE, mode, uid, gid, region, fid, size, root)
+                else:
+                    raise UsageError(
+                        f"source {str(spath)!r}: got a special file (mode {st.st_mode:#o}), "
+                        "expected a regular file, directory or symlink"
+                    )
+                if old is not None and old.kind is not e.kind:
+                    raise UsageError(
+                        f"{vpath!r}: got a {e.kind.name.lower()}, but the volume has a "
+                        f"{old.kind.name.lower()} there"
+                    )
+                entries[vpath] = e
+                added.append(e)
+        new = replace(
+            m,
+            state=ManifestState.PENDING,
+            rules=merged,
+            entries=tuple(sorted(entries.values(), key=lambda e: e.path.encode())),
+        )
+        try:
+            check_entries(new.entries)
+        except ParseError as exc:
+            raise UsageError(exc.message) from None
+        _atomic_write(directory / PENDING_NAME, encode_manifest(new, key.raw))
+        return added
+
+
+def seal_volume(directory: Path, key: VolumeKey) -> str:
+    """Turn the pending manifest into the sealed one (generation + 1); return the new tag.
+
+    Without pending changes, the current tag is returned unchanged. Objects no longer
+    referenced are deleted after the new manifest is in place.
+    """
+    with _locked(directory):
+        pending_path = directory / PENDING_NAME
+        if not pending_path.exists():
+            _, tag = load_sealed(directory, key)
+            return tag
+        m = _working(directory, key)
+        sealed = replace(m, state=ManifestState.SEALED, generation=m.generation + 1)
+        data = encode_manifest(sealed, key.raw)
+        _atomic_write(directory / MANIFEST_NAME, data)
+        pending_path.unlink()
+        _fsync_dir(directory)
+        live = {e.file_id.hex() for e in sealed.entries if e.kind is EntryKind.FILE}
+        for p in (directory / OBJECTS_DIR).iterdir():
+            if p.name not in live:
+                p.unlink(missing_ok=True)
+        return volume_tag(data)

@@ -1,0 +1,143 @@
+"""``confide evidence verify`` driven as scripts outside the project drive it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from confide import errors
+from dcap_cases import ASSETS, CASES
+
+ROOT = Path(__file__).parents[2]
+
+
+def confide(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "confide", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_verified_sgx_quote_json() -> None:
+    c = CASES[0]
+    r = confide("evidence", "verify", str(ASSETS / c.quote), "--collateral", str(ASSETS / c.collateral),
+                "--at", c.at, "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["verified"] is True and out["error"] is None
+    assert out["platform"] == "sgx"
+    assert out["tcb_status"] == "ConfigurationAndSWHardeningNeeded"
+    assert out["advisory_ids"] == ["INTEL-SA-00289", "INTEL-SA-00615"]
+    claims = out["claims"]
+    for key in ("mr_enclave", "mr_signer", "isv_prod_id", "isv_svn", "report_data", "debug", "fmspc"):
+        assert key in claims
+    assert claims["mr_enclave"] == claims["mr_enclave"].lower() and len(claims["mr_enclave"]) == 64
+
+
+def test_tdx_hex_quote_with_platform_and_pcs_directory() -> None:
+    r = confide("evidence", "verify", str(ASSETS / "tdx/google-go-tdx-guest/tdx_prod_quote_SPR_E4.dat"),
+                "--platform", "tdx", "--collateral", str(ASSETS / "tdx/google-go-tdx-guest"),
+                "--at", "2023-06-18T08:43:58Z", "--json")  # fmt: skip
+    assert r.returncode == errors.TcbLevelNotFoundError.exit_code
+    out = json.loads(r.stdout)
+    assert out["verified"] is False and out["error"]["class"] == "TcbLevelNotFoundError"
+
+
+@pytest.mark.parametrize("prefix", [b"0x", b""])
+def test_hex_evidence(tmp_path: Path, prefix: bytes) -> None:
+    c = next(c for c in CASES if c.quote.endswith("tdx_quote"))
+    hexfile = tmp_path / "q.hex"
+    hexfile.write_bytes(prefix + c.quote_bytes().hex().encode() + b"\n")
+    r = confide(
+        "evidence", "verify", str(hexfile), "--collateral", str(ASSETS / c.collateral), "--at", c.at, "--json"
+    )
+    assert r.returncode == 0, r.stdout
+    out = json.loads(r.stdout)
+    assert out["platform"] == "tdx" and out["tcb_status"] == "UpToDate"
+    for key in ("mr_td", "rtmr0", "rtmr3", "mr_seam", "td_attributes", "xfam", "mr_config_id", "mr_owner"):
+        assert len(out["claims"][key]) in (16, 96)
+
+
+def test_distinct_exit_codes(tmp_path: Path) -> None:
+    c = CASES[0]
+    q = str(ASSETS / c.quote)
+    coll = str(ASSETS / c.collateral)
+    flipped = tmp_path / "flipped"
+    raw = bytearray(c.quote_bytes())
+    raw[0x3C] ^= 1
+    flipped.write_bytes(bytes(raw))
+    truncated = tmp_path / "truncated"
+    truncated.write_bytes(c.quote_bytes()[:100])
+    expect = {
+        errors.SignatureError: confide(
+            "evidence", "verify", str(flipped), "--collateral", coll, "--at", c.at
+        ),
+        errors.ParseError: confide("evidence", "verify", str(truncated), "--platform", "sgx", "--at", c.at),
+        errors.CollateralExpiredError: confide(
+            "evidence", "verify", q, "--collateral", coll, "--at", "2025-08-01T00:00:00Z"
+        ),
+        errors.CollateralMissingError: confide("evidence", "verify", q, "--at", c.at),
+        errors.UsageError: confide("evidence", "verify", q, "--at", "yesterday"),
+    }
+    for cls, r in expect.items():
+        assert r.returncode == cls.exit_code, (cls, r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr
+    assert len({cls.exit_code for cls in expect}) == len(expect)
+
+
+def test_wrong_platform_flag() -> None:
+    c = CASES[0]
+    r = confide("evidence", "verify", str(ASSETS / c.quote), "--platform", "tdx", "--json")
+    assert r.returncode == errors.ParseError.exit_code
+    assert "expected TDX" in json.loads(r.stdout)["error"]["message"]
+
+
+def test_collateral_from_environment() -> None:
+    c = CASES[0]
+    r = confide("evidence", "verify", str(ASSETS / c.quote), "--at", c.at,
+                env={"CONFIDE_DCAP_COLLATERAL": str(ASSETS / c.collateral)})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "ConfigurationAndSWHardeningNeeded" in r.stdout
+
+
+def test_missing_file() -> None:
+    r = confide("evidence", "verify", "/nonexistent/quote", "--json")
+    assert r.returncode == errors.UsageError.exit_code
+
+
+def test_tdx_event_log_replay(tmp_path: Path) -> None:
+    c = next(c for c in CASES if "cos-113" in c.quote and "1025" in c.collateral)
+    args = [
+        "evidence",
+        "verify",
+        str(ASSETS / c.quote),
+        "--collateral",
+        str(ASSETS / c.collateral),
+        "--at",
+        c.at,
+        "--json",
+    ]
+    r = confide(*args, "--event-log", str(ASSETS / "tdx-eventlog"))
+    assert r.returncode == 0, r.stdout
+    claims = json.loads(r.stdout)["claims"]
+    assert claims["event_log"]["matches"] == {f"rtmr{i}": True for i in range(4)}
+    assert "root=/dev/dm-0" in claims["kernel_cmdline"]
+    # one digest byte of the log changed -> the replay no longer matches the quote
+    data = bytearray((ASSETS / "tdx-eventlog/ccel_data.dat").read_bytes())
+    (tmp_path / "ccel_table.dat").write_bytes((ASSETS / "tdx-eventlog/ccel_table.dat").read_bytes())
+    data[200] ^= 0x01
+    (tmp_path / "ccel_data.dat").write_bytes(bytes(data))
+    r = confide(*args, "--event-log", str(tmp_path))
+    assert r.returncode in (errors.MeasurementError.exit_code, errors.ParseError.exit_code), r.stdout
+    assert json.loads(r.stdout)["verified"] is False

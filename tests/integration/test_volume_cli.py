@@ -1,0 +1,85 @@
+"""`confide volume` driven as a user would: a real subprocess per command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "CONFIDE_VOLUME_KEY"}
+    full_env.update({"PYTHONPATH": str(SRC), **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "confide", "volume", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_volume_cli_end_to_end(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "models").mkdir(parents=True)
+    (src / "models" / "weights.bin").write_bytes(os.urandom(300_000))
+    (src / "public").mkdir()
+    (src / "public" / "README").write_text("hello\n")
+    vol, key = tmp_path / "vol", tmp_path / "vol.key"
+
+    r = _run("create", str(vol), "--key-out", str(key))
+    assert r.returncode == 0, r.stderr
+    key_hex = key.read_text().strip()
+    assert len(key_hex) == 64 and oct(key.stat().st_mode & 0o777) == "0o600"
+
+    r = _run("add", str(vol), str(src), "--key", str(key), "--authenticate", "public")
+    assert r.returncode == 0, r.stderr
+    r = _run("seal", str(vol), "--key", str(key))
+    assert r.returncode == 0, r.stderr
+    tag = r.stdout.strip()
+    assert len(tag) == 64
+
+    r = _run("verify", str(vol), "--key", str(key), "--tag", tag)
+    assert r.returncode == 0 and "verified: 2 files" in r.stdout, r.stdout + r.stderr
+
+    # key from the environment; the key never appears in any output
+    out = tmp_path / "out"
+    r = _run("open", str(vol), "--to", str(out), "--tag", tag, env={"CONFIDE_VOLUME_KEY": key_hex})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "public" / "README").read_text() == "hello\n"
+    assert (tmp_path / "out" / "models" / "weights.bin").read_bytes() == (
+        src / "models" / "weights.bin"
+    ).read_bytes()
+    assert key_hex not in r.stdout + r.stderr
+
+    # no key at all: usage error
+    r = _run("verify", str(vol))
+    assert r.returncode == 2 and "no volume key" in r.stderr
+
+    # rollback: an old copy presented after an update exits 60
+    old = tmp_path / "old"
+    subprocess.run(["cp", "-a", str(vol), str(old)], check=True)
+    (src / "public" / "README").write_text("v2\n")
+    assert _run("add", str(vol), str(src / "public"), "--dest", "public", "--key", str(key)).returncode == 0
+    new_tag = _run("seal", str(vol), "--key", str(key)).stdout.strip()
+    assert new_tag != tag
+    r = _run("verify", str(old), "--key", str(key), "--tag", new_tag)
+    assert r.returncode == 60 and "RollbackError" in r.stderr
+    r = _run("open", str(old), "--key", str(key), "--to", str(tmp_path / "o2"), "--tag", new_tag)
+    assert r.returncode == 60
+
+    # one flipped byte: verify names the file (exit 21), open refuses and leaves nothing
+    obj = next(p for p in (vol / "objects").iterdir() if p.stat().st_size > 1000)
+    raw = bytearray(obj.read_bytes())
+    raw[1234] ^= 1
+    obj.write_bytes(raw)
+    r = _run("verify", str(vol), "--key", str(key), "--tag", new_tag, "--json")
+    assert r.returncode == 21, r.stdout
+    assert '"path": "models/weights.bin"' in r.stdout
+    r = _run("open", str(vol), "--key", str(key), "--to", str(tmp_path / "o3"), "--tag", new_tag)
+    assert r.returncode == 21 and "models/weights.bin" in r.stderr
+    assert list((tmp_path / "o3").iterdir()) == []

@@ -1,0 +1,330 @@
+"""Verification of every real SGX/TDX quote against its collateral, and the negative twins."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from confide import errors
+from confide.evidence.dcap import Quote
+from confide.evidence.dcap_collateral import DcapCollateral
+from confide.verify.dcap import DcapVerifier, verify_quote
+from confide.verify.result import Platform, TcbStatus
+from dcap_cases import ASSETS, CASES, TDX_2023, Case
+from dcap_forge import ForgedPki
+
+
+def _coll(case: Case) -> DcapCollateral:
+    return DcapCollateral.from_dcap_qvl_json(case.collateral_bytes())
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_every_quote_verifies_to_what_the_manifest_says(case: Case) -> None:
+    raw = case.quote_bytes()
+    if isinstance(case.expected, str):
+        with pytest.raises(getattr(errors, case.expected)):
+            verify_quote(raw, _coll(case), at=case.time)
+        return
+    result = verify_quote(raw, _coll(case), at=case.time)
+    status, advisories = case.expected
+    assert result.tcb_status == TcbStatus(status)
+    assert result.advisory_ids == advisories
+    assert result.platform in (Platform.SGX, Platform.TDX)
+    assert result.verified_at == case.time
+    assert not result.simulated
+
+
+SGX = CASES[0]
+TDX = next(c for c in CASES if c.quote.endswith("tdx_quote") and c.expected == ("UpToDate", ()))
+TDX_V5 = next(c for c in CASES if c.quote.endswith("quote_v5_sample.dat"))
+
+
+def test_sgx_claims_are_normalised() -> None:
+    v = verify_quote(SGX.quote_bytes(), _coll(SGX), at=SGX.time)
+    quote = Quote.from_bytes(SGX.quote_bytes())
+    assert v.claims["mr_enclave"] == quote.report.mr_enclave.hex()  # type: ignore[union-attr]
+    assert v.claims["fmspc"] == "00a067110000"
+    assert v.claims["debug"] is False
+    assert isinstance(v.claims["isv_svn"], int)
+    assert all(c == c.lower() for c in (v.claims["mr_signer"], v.claims["report_data"]))  # type: ignore[union-attr]
+    assert v.details["pck_ca"] == "processor"
+
+
+def test_debug_and_td_properties_are_claims_not_refusals() -> None:
+    occlum = next(c for c in CASES if "occlum" in c.quote)
+    assert verify_quote(occlum.quote_bytes(), _coll(occlum), at=occlum.time).claims["debug"] is True
+    trustee = next(c for c in CASES if "tdx_quote_4" in c.quote)
+    v = verify_quote(trustee.quote_bytes(), _coll(trustee), at=trustee.time)
+    assert v.claims["debug"] is True
+    # trustee's expected parse of the same quote
+    expected = json.loads((ASSETS / "tdx/trustee/parse_tdx_claims_expected.json").read_text())["quote"][
+        "body"
+    ]
+    for ours, theirs in (("mr_td", "mr_td"), ("rtmr0", "rtmr_0"), ("rtmr1", "rtmr_1"), ("mr_seam", "mr_seam"),
+                         ("report_data", "report_data"), ("td_attributes", "td_attributes"), ("xfam", "xfam"),
+                         ("tee_tcb_svn", "tcb_svn")):  # fmt: skip
+        assert v.claims[ours] == expected[theirs]
+    azure = next(c for c in CASES if "td-quote.bin" in c.quote)
+    assert verify_quote(azure.quote_bytes(), _coll(azure), at=azure.time).claims["sept_ve_disable"] is False
+    ali = next(c for c in CASES if "alibaba" in c.quote)
+    mr = verify_quote(ali.quote_bytes(), _coll(ali), at=ali.time).claims["mr_servicetd"]
+    assert isinstance(mr, str) and mr.startswith("383c87d3")
+
+
+def test_v5_quote_claims() -> None:
+    v = verify_quote(TDX_V5.quote_bytes(), _coll(TDX_V5), at=TDX_V5.time)
+    assert v.details["quote_version"] == 5
+    assert v.claims["mr_servicetd"] == "00" * 48
+    assert len(v.claims["rtmr3"]) == 96  # type: ignore[arg-type]
+
+
+# --- time ---------------------------------------------------------------------------------
+
+
+def test_collateral_not_yet_valid_and_expired() -> None:
+    coll = _coll(SGX)
+    with pytest.raises(errors.CollateralExpiredError, match="not valid yet"):
+        verify_quote(SGX.quote_bytes(), coll, at=datetime(2025, 6, 19, 10, 0, tzinfo=UTC))
+    with pytest.raises(errors.CollateralExpiredError, match="expired"):
+        verify_quote(SGX.quote_bytes(), coll, at=datetime(2025, 7, 20, tzinfo=UTC))
+
+
+def test_pck_chain_expired_in_2053() -> None:
+    """go-tdx-guest: at 2053-07-01 the PCK chain is expired."""
+    case = next(c for c in CASES if "SPR_E4" in c.quote)
+    with pytest.raises(errors.CertificateChainError, match="not at 2053"):
+        verify_quote(case.quote_bytes(), _coll(case), at=datetime(2053, 7, 1, tzinfo=UTC))
+
+
+def test_pck_not_yet_valid() -> None:
+    case = next(c for c in CASES if "alibaba" in c.quote)  # PCK notBefore 2025-06-14T16:04:26Z
+    with pytest.raises(errors.CertificateChainError):
+        verify_quote(case.quote_bytes(), _coll(case), at=datetime(2025, 6, 14, 16, 0, tzinfo=UTC))
+
+
+def test_naive_time_is_refused() -> None:
+    with pytest.raises(ValueError, match="timezone"):
+        verify_quote(SGX.quote_bytes(), _coll(SGX), at=datetime(2025, 6, 20))
+
+
+def test_missing_collateral_after_signature_checks() -> None:
+    with pytest.raises(errors.CollateralMissingError):
+        verify_quote(SGX.quote_bytes(), None, at=SGX.time)
+
+
+# --- go-tdx-guest's TestNegativeVerification on the SPR E4 quote ----------------------------
+
+GO_NEGATIVE = [
+    (0x00, 3, errors.ParseError),  # quote format not supported
+    (0x278, 0x10, errors.ParseError),  # certification data size wrong
+    (0x1343, 0x32, (errors.CertificateChainError, errors.ParseError)),  # PCK chain invalid
+    (0x1329, 0x32, (errors.CertificateChainError, errors.ParseError)),  # root cert signature fails
+    (0xF5F, 0x32, (errors.CertificateChainError, errors.ParseError)),  # intermediate signature fails
+    (0xB77, 0x32, (errors.CertificateChainError, errors.ParseError)),  # PCK leaf signature fails
+    (0x1E, 0x32, errors.SignatureError),  # header
+    (0x3C, 0x32, errors.SignatureError),  # TD quote body
+]
+
+
+@pytest.mark.parametrize(("offset", "value", "error"), GO_NEGATIVE)
+def test_go_tdx_guest_negative_cases(offset: int, value: int, error: type[Exception]) -> None:
+    case = next(c for c in CASES if "SPR_E4" in c.quote)
+    raw = bytearray(case.quote_bytes())
+    assert raw[offset] != value
+    raw[offset] = value
+    with pytest.raises(error):
+        verify_quote(bytes(raw), _coll(case), at=case.time)
+
+
+# --- every byte flipped -------------------------------------------------------------------
+
+
+def _signed_extent(raw: bytes) -> int:
+    q = Quote.from_bytes(raw)
+    return len(raw) - len(q.trailing)
+
+
+FLIP_ALL = [SGX, TDX_V5]  # every byte of these two; a dense stride of the others
+FLIP_SAMPLED = [c for c in CASES if c.expected not in (TDX_V5.expected,) or c in (TDX,)]
+
+
+@pytest.mark.parametrize("case", FLIP_ALL, ids=lambda c: c.id)
+def test_every_byte_flipped_fails(case: Case) -> None:
+    raw = case.quote_bytes()
+    coll = _coll(case)
+    verifier = DcapVerifier()
+    assert verifier.verify(raw, coll, at=case.time)
+    for i in range(_signed_extent(raw)):
+        bad = bytearray(raw)
+        bad[i] ^= 0xFF
+        with pytest.raises(errors.ConfideError):
+            verifier.verify(bytes(bad), coll, at=case.time)
+            pytest.fail(f"byte {i:#x} flipped still verifies")
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if isinstance(c.expected, tuple)], ids=lambda c: c.id)
+def test_dense_sample_of_flips_fails(case: Case) -> None:
+    raw = case.quote_bytes()
+    coll = _coll(case)
+    verifier = DcapVerifier()
+    for i in [*range(0, _signed_extent(raw), 13), _signed_extent(raw) - 1]:
+        for mask in (0x01, 0x80):
+            bad = bytearray(raw)
+            bad[i] ^= mask
+            with pytest.raises(errors.ConfideError):
+                verifier.verify(bytes(bad), coll, at=case.time)
+                pytest.fail(f"byte {i:#x} ^ {mask:#x} still verifies")
+
+
+# --- collateral tampering -------------------------------------------------------------------
+
+
+def test_tcb_info_text_edit_breaks_its_signature() -> None:
+    coll = _coll(SGX)
+    edited = coll.tcb_info.replace(b'"tcbStatus":"OutOfDate"', b'"tcbStatus":"UpToDate"', 1)
+    assert edited != coll.tcb_info
+    with pytest.raises(errors.SignatureError, match="TCB Info"):
+        verify_quote(SGX.quote_bytes(), dataclasses.replace(coll, tcb_info=edited), at=SGX.time)
+
+
+def test_reserialised_tcb_info_breaks_its_signature() -> None:
+    coll = _coll(SGX)
+    again = json.dumps(json.loads(coll.tcb_info)).encode()
+    with pytest.raises(errors.SignatureError):
+        verify_quote(SGX.quote_bytes(), dataclasses.replace(coll, tcb_info=again), at=SGX.time)
+
+
+@pytest.mark.parametrize("field", ["tcb_info_signature", "qe_identity_signature"])
+def test_collateral_signature_byte_flip(field: str) -> None:
+    coll = _coll(SGX)
+    sig = bytearray(getattr(coll, field))
+    sig[5] ^= 1
+    with pytest.raises(errors.SignatureError):
+        verify_quote(SGX.quote_bytes(), dataclasses.replace(coll, **{field: bytes(sig)}), at=SGX.time)
+
+
+def test_qe_identity_edit() -> None:
+    coll = _coll(TDX)
+    edited = coll.qe_identity.replace(b'"isvprodid":2', b'"isvprodid":3')
+    with pytest.raises(errors.SignatureError, match="QE Identity"):
+        verify_quote(TDX.quote_bytes(), dataclasses.replace(coll, qe_identity=edited), at=TDX.time)
+
+
+def test_wrong_crl_in_root_slot() -> None:
+    coll = _coll(SGX)
+    with pytest.raises(errors.CollateralError):
+        verify_quote(SGX.quote_bytes(), dataclasses.replace(coll, root_ca_crl=coll.pck_crl), at=SGX.time)
+
+
+def test_pck_crl_byte_flip() -> None:
+    coll = _coll(SGX)
+    crl = bytearray(coll.pck_crl)
+    crl[-10] ^= 1
+    with pytest.raises((errors.SignatureError, errors.ParseError)):
+        verify_quote(SGX.quote_bytes(), dataclasses.replace(coll, pck_crl=bytes(crl)), at=SGX.time)
+
+
+def test_collateral_of_another_platform() -> None:
+    """TDX collateral for an SGX quote, and another FMSPC's TCB Info."""
+    with pytest.raises(errors.ConfideError):
+        verify_quote(SGX.quote_bytes(), _coll(TDX), at=TDX.time)
+    cos = next(c for c in CASES if "cos-113" in c.quote)
+    other = DcapCollateral.from_dcap_qvl_json((ASSETS / TDX_2023).read_bytes())
+    mixed = dataclasses.replace(
+        _coll(cos), tcb_info=other.tcb_info, tcb_info_signature=other.tcb_info_signature,
+        tcb_info_issuer_chain=other.tcb_info_issuer_chain,
+    )  # fmt: skip
+    with pytest.raises(errors.ConfideError, match=r"FMSPC|expired|valid"):
+        verify_quote(cos.quote_bytes(), mixed, at=cos.time)
+
+
+# --- revocation and roots, with a test PKI in Intel's shape -----------------------------------
+
+
+@pytest.fixture
+def pki() -> ForgedPki:
+    return ForgedPki(at=SGX.time)
+
+
+def _forged(pki: ForgedPki, **kw: object) -> tuple[bytes, DcapCollateral, DcapVerifier]:
+    raw = pki.forge_quote(SGX.quote_bytes())
+    coll = pki.forge_collateral(_coll(SGX), **kw)  # type: ignore[arg-type]
+    return raw, coll, DcapVerifier(root_ca_der=pki.root_der)
+
+
+def test_forged_baseline_verifies_under_its_own_root(pki: ForgedPki) -> None:
+    raw, coll, verifier = _forged(pki)
+    v = verifier.verify(raw, coll, at=SGX.time)
+    assert v.tcb_status is TcbStatus.CONFIGURATION_AND_SW_HARDENING_NEEDED
+
+
+def test_wrong_root_is_refused(pki: ForgedPki) -> None:
+    raw, coll, _ = _forged(pki)
+    with pytest.raises(errors.CertificateChainError, match="pinned root"):
+        verify_quote(raw, coll, at=SGX.time)
+
+
+def test_revoked_pck_leaf(pki: ForgedPki) -> None:
+    raw, coll, verifier = _forged(pki, revoked_in_pck_crl=[0x1234])
+    with pytest.raises(errors.RevocationError, match="PCK certificate"):
+        verifier.verify(raw, coll, at=SGX.time)
+
+
+def test_revoked_pck_issuer(pki: ForgedPki) -> None:
+    raw, coll, verifier = _forged(pki, revoked_in_root_crl=[2])
+    with pytest.raises(errors.RevocationError, match="PCK issuer"):
+        verifier.verify(raw, coll, at=SGX.time)
+
+
+def test_revoked_tcb_signing_certificate(pki: ForgedPki) -> None:
+    raw, coll, verifier = _forged(pki, revoked_in_root_crl=[3])
+    with pytest.raises(errors.RevocationError, match="TCB signing"):
+        verifier.verify(raw, coll, at=SGX.time)
+
+
+def test_expired_and_future_crls(pki: ForgedPki) -> None:
+    t = SGX.time
+    raw, coll, verifier = _forged(pki, pck_crl_window=(t - timedelta(days=40), t - timedelta(days=10)))
+    with pytest.raises(errors.CollateralExpiredError, match="PCK CRL"):
+        verifier.verify(raw, coll, at=t)
+    raw, coll, verifier = _forged(pki, root_crl_window=(t + timedelta(hours=1), t + timedelta(days=10)))
+    with pytest.raises(errors.CollateralExpiredError, match="Root CA CRL"):
+        verifier.verify(raw, coll, at=t)
+
+
+def test_crl_signed_by_another_key(pki: ForgedPki) -> None:
+    raw, coll, verifier = _forged(pki)
+    other = ForgedPki(at=SGX.time)
+    bad = dataclasses.replace(coll, pck_crl=other.crl(pki.ca_cn, other.ca_key, []))
+    with pytest.raises(errors.SignatureError, match="PCK CRL"):
+        verifier.verify(raw, bad, at=SGX.time)
+
+
+def test_collateral_signed_by_a_key_outside_the_root(pki: ForgedPki) -> None:
+    raw, coll, verifier = _forged(pki)
+    other = ForgedPki(at=SGX.time)
+    foreign = other.forge_collateral(_coll(SGX))
+    bad = dataclasses.replace(
+        coll,
+        tcb_info_issuer_chain=foreign.tcb_info_issuer_chain,
+        tcb_info_signature=foreign.tcb_info_signature,
+    )
+    with pytest.raises(errors.CollateralError, match="pinned root"):
+        verifier.verify(raw, bad, at=SGX.time)
+
+
+def test_caches_are_bounded() -> None:
+    verifier = DcapVerifier(chain_cache_size=2, collateral_cache_size=1)
+    for case in CASES[:6]:
+        try:
+            verifier.verify(case.quote_bytes(), _coll(case), at=case.time)
+        except errors.ConfideError:
+            pass
+    assert len(verifier._chains) <= 2
+    assert len(verifier._collateral) <= 1

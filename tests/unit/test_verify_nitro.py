@@ -1,0 +1,229 @@
+"""Verifying AWS Nitro attestation documents: real vectors, then tampered and forged twins."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from confide.errors import BindingError, CertificateChainError, ParseError, SignatureError
+from confide.evidence.nitro import NitroDocument, decode_document_text
+from confide.verify.nitro import AWS_NITRO_ROOT_SHA256, aws_nitro_root, document_time, verify_nitro_document
+from confide.verify.result import Platform
+
+ASSETS = Path(__file__).parent.parent / "assets" / "nitro"
+EXAMPLE = base64.b64decode((ASSETS / "example_attestation.b64").read_bytes())
+INVALID = base64.b64decode((ASSETS / "invalid_attestation.b64").read_bytes())
+REAL = (ASSETS / "realAttestation_repaired.cose").read_bytes()
+EXAMPLE_AT = datetime(2024, 9, 9, 19, 49, 12, 400000, tzinfo=UTC)
+REAL_AT = datetime(2026, 1, 3, 20, 41, 7, 402000, tzinfo=UTC)
+
+
+def test_example_document_verifies_at_its_timestamp() -> None:
+    result = verify_nitro_document(EXAMPLE, at=EXAMPLE_AT, expected_nonce=bytes(19) + b"\x01")
+    assert result.platform is Platform.AWS_NITRO
+    c = result.claims
+    assert c["module_id"] == "i-0bbf1bfe232b8c2ce-enc0191ba35c9d1b77a"
+    assert c["timestamp"] == 1725911352400
+    assert c["timestamp_iso"] == "2024-09-09T19:49:12.400Z"
+    assert c["digest"] == "SHA384"
+    assert c["pcr0"] == "00" * 48
+    assert c["pcr15"] == "00" * 48
+    assert c["public_key"] == b"dummy".hex()
+    assert isinstance(c["user_data"], str) and c["user_data"].startswith("1220c682")
+    assert c["nonce"] == "00" * 19 + "01"
+    assert c["nonce_checked"] is True
+    assert c["debug"] is True  # PCR0..2 all zero: a debug-mode enclave
+    assert result.details["root_sha256"] == AWS_NITRO_ROOT_SHA256
+
+
+def test_real_production_document_verifies() -> None:
+    result = verify_nitro_document(REAL, at=REAL_AT)
+    c = result.claims
+    assert c["module_id"] == "i-0368fa67e156d6d23-enc019b8596b1a9dad6"
+    assert isinstance(c["pcr0"], str) and c["pcr0"].startswith("4b8d4cf2")
+    assert c["debug"] is False
+    assert c["nonce"] is None
+    assert c["public_key"] is None
+    assert c["user_data"] == "69553adc61d6e9fcdecbe1ea49bb2b52a60238e0"
+
+
+def test_invalid_document_fails_its_signature() -> None:
+    at = document_time(NitroDocument.from_bytes(INVALID).document.timestamp)
+    with pytest.raises(SignatureError, match="COSE_Sign1 signature"):
+        verify_nitro_document(INVALID, at=at)
+
+
+def test_committed_truncated_document_is_a_parse_error() -> None:
+    raw = decode_document_text((ASSETS / "realAttestation_as_committed_truncated.b64").read_bytes())
+    with pytest.raises(ParseError):
+        verify_nitro_document(raw, at=REAL_AT)
+
+
+def test_truncated_cose_is_a_parse_error() -> None:
+    for cut in (1, 2, 50, 97, 1000, len(EXAMPLE) - 1):
+        with pytest.raises(ParseError):
+            verify_nitro_document(EXAMPLE[:cut], at=EXAMPLE_AT)
+
+
+def test_wrong_or_missing_nonce_is_a_binding_error() -> None:
+    with pytest.raises(BindingError, match="nonce: got"):
+        verify_nitro_document(EXAMPLE, at=EXAMPLE_AT, expected_nonce=bytes(20))
+    with pytest.raises(BindingError, match="has none"):
+        verify_nitro_document(REAL, at=REAL_AT, expected_nonce=b"\x01")
+
+
+def test_expired_leaf_is_refused() -> None:
+    with pytest.raises(CertificateChainError, match="expired"):
+        verify_nitro_document(EXAMPLE, at=EXAMPLE_AT + timedelta(hours=3, minutes=1))
+    with pytest.raises(CertificateChainError, match="not yet valid"):
+        verify_nitro_document(EXAMPLE, at=EXAMPLE_AT - timedelta(minutes=1))
+
+
+def test_embedded_root_is_the_published_g1_root() -> None:
+    root = aws_nitro_root()
+    assert root.public_bytes(Encoding.DER) == (ASSETS / "aws_nitro_root_from_eternis.der").read_bytes()
+    assert NitroDocument.from_bytes(EXAMPLE).document.cabundle[0] == root.public_bytes(Encoding.DER)
+
+
+def _rebuild(doc_bytes: bytes, **changes: Any) -> bytes:
+    """The document with payload fields changed (the signature then no longer matches)."""
+    cose = cbor2.loads(doc_bytes)
+    payload = dict(cbor2.loads(cose[2]))
+    payload.update(changes)
+    return cbor2.dumps([cose[0], cose[1], cbor2.dumps(payload), cose[3]])
+
+
+def test_broken_and_reordered_bundles_are_refused() -> None:
+    bundle = NitroDocument.from_bytes(EXAMPLE).document.cabundle
+    with pytest.raises(CertificateChainError, match="path length"):
+        verify_nitro_document(
+            _rebuild(EXAMPLE, cabundle=[bundle[0], bundle[2], bundle[1], bundle[3]]), at=EXAMPLE_AT
+        )
+    with pytest.raises(CertificateChainError, match="signature of"):
+        verify_nitro_document(_rebuild(EXAMPLE, cabundle=[bundle[0], bundle[1], bundle[3]]), at=EXAMPLE_AT)
+    with pytest.raises(CertificateChainError, match="pinned AWS Nitro root"):
+        verify_nitro_document(_rebuild(EXAMPLE, cabundle=list(reversed(bundle))), at=EXAMPLE_AT)
+    with pytest.raises(CertificateChainError, match="not a DER certificate"):
+        verify_nitro_document(_rebuild(EXAMPLE, cabundle=[bundle[0], b"\x30\x00"]), at=EXAMPLE_AT)
+
+
+def test_changed_payload_fails_the_signature() -> None:
+    with pytest.raises(SignatureError):
+        verify_nitro_document(_rebuild(EXAMPLE, user_data=b"evil"), at=EXAMPLE_AT)
+    # Re-encoding the same payload canonically also changes the signed bytes.
+    with pytest.raises(SignatureError):
+        verify_nitro_document(_rebuild(REAL), at=REAL_AT)
+
+
+def test_wrong_root_is_refused() -> None:
+    other, _ = _ca("Other Root")
+    with pytest.raises(CertificateChainError, match="pinned AWS Nitro root"):
+        verify_nitro_document(EXAMPLE, at=EXAMPLE_AT, root=other)
+
+
+def test_every_flipped_byte_is_rejected() -> None:
+    doc = NitroDocument.from_bytes(EXAMPLE).document
+    cert_spans = []
+    for der in (*doc.cabundle, doc.certificate):
+        start = EXAMPLE.find(der)
+        cert_spans.append(range(start, start + len(der)))
+    # Every byte outside the embedded certificates; inside them every 9th byte.
+    positions = [i for i in range(len(EXAMPLE)) if not any(i in span for span in cert_spans)]
+    positions += [i for span in cert_spans for i in span[::9]]
+    assert len(positions) > 1000
+    for pos in positions:
+        data = bytearray(EXAMPLE)
+        data[pos] ^= 0x01
+        with pytest.raises((ParseError, SignatureError, CertificateChainError)):
+            verify_nitro_document(bytes(data), at=EXAMPLE_AT)
+
+
+# --- forged documents under a test PKI (root override) ----------------------------------------
+
+NOW = datetime(2025, 1, 1, 12, tzinfo=UTC)
+
+
+def _ca(cn: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None, ca: bool = True):  # type: ignore[no-untyped-def]
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    issuer_cert, issuer_key = issuer if issuer else (None, key)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_cert.subject if issuer_cert else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(hours=1))
+        .not_valid_after(NOW + timedelta(hours=3))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .sign(issuer_key, hashes.SHA384())
+    )
+    return cert, key
+
+
+def _forge(alg: int = -35, tagged: bool = False, **changes: Any) -> tuple[bytes, x509.Certificate]:
+    root = _ca("Test Nitro Root")
+    ica = _ca("Test Nitro ICA", root)
+    leaf = _ca("Test enclave", ica, ca=False)
+    der = [c.public_bytes(Encoding.DER) for c in (root[0], ica[0], leaf[0])]
+    payload: dict[str, Any] = {
+        "module_id": "i-test-enc1",
+        "digest": "SHA384",
+        "timestamp": int(NOW.timestamp() * 1000),
+        "pcrs": {i: bytes([i]) * 48 for i in range(16)},
+        "certificate": der[2],
+        "cabundle": der[:2],
+        "public_key": None,
+        "user_data": b"hello",
+        "nonce": b"n" * 16,
+    }
+    payload.update(changes)
+    protected = cbor2.dumps({1: alg})
+    body = cbor2.dumps(payload)
+    to_sign = cbor2.dumps(["Signature1", protected, b"", body])
+    r, s = decode_dss_signature(leaf[1].sign(to_sign, ec.ECDSA(hashes.SHA384())))
+    cose = [protected, {}, body, r.to_bytes(48, "big") + s.to_bytes(48, "big")]
+    return cbor2.dumps(cbor2.CBORTag(18, cose) if tagged else cose), root[0]
+
+
+def test_forged_tagged_document_verifies_only_under_its_root() -> None:
+    doc, root = _forge(tagged=True)
+    result = verify_nitro_document(doc, at=NOW, root=root, expected_nonce=b"n" * 16)
+    assert result.details["cose_tagged"] is True
+    assert result.claims["debug"] is False
+    assert result.claims["user_data"] == b"hello".hex()
+    with pytest.raises(CertificateChainError, match="pinned AWS Nitro root"):
+        verify_nitro_document(doc, at=NOW)
+
+
+def test_other_algorithms_are_refused() -> None:
+    doc, root = _forge(alg=-7)
+    with pytest.raises(SignatureError, match="ES384"):
+        verify_nitro_document(doc, at=NOW, root=root)
+
+
+def test_timestamp_outside_leaf_validity_is_refused() -> None:
+    doc, root = _forge(timestamp=int((NOW + timedelta(hours=4)).timestamp() * 1000))
+    with pytest.raises(CertificateChainError, match="outside the leaf's validity"):
+        verify_nitro_document(doc, at=NOW, root=root)
+
+
+def test_end_entity_cannot_issue_the_leaf() -> None:
+    root = _ca("R")
+    middle = _ca("EE", root, ca=False)
+    leaf = _ca("leaf", middle, ca=False)
+    der = [c.public_bytes(Encoding.DER) for c in (root[0], middle[0], leaf[0])]
+    doc, _ = _forge(certificate=der[2], cabundle=der[:2])
+    with pytest.raises(CertificateChainError, match="not a CA"):
+        verify_nitro_document(doc, at=NOW, root=root[0])

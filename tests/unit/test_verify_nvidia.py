@@ -1,0 +1,333 @@
+"""Verifying NVIDIA H100 attestation reports: real vectors, then forged twins."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from confide.errors import (
+    BindingError,
+    CertificateChainError,
+    MeasurementError,
+    ParseError,
+    SignatureError,
+    UsageError,
+)
+from confide.evidence.nvidia import NvidiaAttestationReport
+from confide.evidence.nvidia_rim import SHA384_NS, SWID_NS, ReferenceManifest
+from confide.platforms import VerifyRequest
+from confide.platforms.nvidia import verify_request
+from confide.verify._pinned_chain import load_pinned_root
+from confide.verify.nvidia import (
+    NVIDIA_DEVICE_ROOT_SHA256,
+    RimMismatchError,
+    leaf_fwid,
+    nvidia_device_root,
+    verify_nvidia_report,
+)
+from confide.verify.result import Platform
+
+ASSETS = Path(__file__).parent.parent / "assets" / "nvidia"
+REPORT = bytes.fromhex((ASSETS / "hopperAttestationReport.txt").read_text().strip())
+CHAIN = x509.load_pem_x509_certificates((ASSETS / "hopperCertChain.txt").read_bytes())
+NONCE = bytes.fromhex("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")
+AT = datetime(2025, 6, 1, tzinfo=UTC)
+CLAIMS = json.loads((ASSETS / "hopperAttestationReport-claims.txt").read_text())
+
+
+def _load(name: str) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates((ASSETS / name).read_bytes())
+
+
+def test_sample_report_verifies_with_its_nonce() -> None:
+    result = verify_nvidia_report(REPORT, CHAIN, at=AT, expected_nonce=NONCE)
+    assert result.platform is Platform.NVIDIA_GPU
+    c = result.claims
+    assert c["nonce"] == NONCE.hex()
+    assert c["nonce_checked"] is True
+    assert c["measurements"] == CLAIMS["measurements"]
+    cfg = CLAIMS["config"]
+    for name in ("driver_version", "vbios_version", "fwid", "chip_sku", "chip_sku_mod", "project"):
+        assert c[name] == cfg[name], name
+    assert c["project_sku"] == cfg["project_sku"]
+    assert c["board_id"] == cfg["board_id"]
+    assert c["gpu_info"] == cfg["gpu_info"]
+    assert c["cpr_info"] == cfg["cpr_info"]
+    assert c["nvdec0_status"] == "55"  # ASCII "U" in trustee's claims: NVDEC0 disabled
+    counts = c["measurement_count"]
+    assert isinstance(counts, list)
+    assert {str(i + 1): n for i, n in enumerate(counts)} == cfg["measurement_count"]
+    assert c["gpu_model"] == "GH100"
+    assert c["hwmodel"] == "GH100 A01 GSP BROM"
+    assert c["rims_compared"] is False
+    assert result.details["rim_signatures_verified"] is False
+    assert result.details["root_sha256"] == NVIDIA_DEVICE_ROOT_SHA256
+
+
+def test_wrong_nonce_is_a_binding_error() -> None:
+    with pytest.raises(BindingError, match="nonce"):
+        verify_nvidia_report(REPORT, CHAIN, at=AT, expected_nonce=bytes(32))
+
+
+def test_embedded_root_is_pinned() -> None:
+    root = nvidia_device_root()
+    assert root == CHAIN[-1]
+    assert root == _load("verifier_device_root.pem")[0]
+
+
+def test_leaf_fwid_is_read_from_the_extension() -> None:
+    assert leaf_fwid(_load("hopper_signing_cert.pem")[0]).hex() == CLAIMS["config"]["fwid"]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("hopper_cert_chain_case2.txt", "expected at least a leaf and the root"),
+        ("hopper_cert_chain_case3.txt", "GH100 A01 GSP BROM"),
+        ("hopper_cert_chain_case4.txt", "no FWID extension"),
+    ],
+)
+def test_trustee_negative_chains(name: str, message: str) -> None:
+    with pytest.raises(CertificateChainError, match=message):
+        verify_nvidia_report(REPORT, _load(name), at=AT)
+
+
+def test_reordered_chain_is_refused() -> None:
+    with pytest.raises(CertificateChainError):
+        verify_nvidia_report(REPORT, list(reversed(CHAIN)), at=AT)
+    swapped = [CHAIN[0], CHAIN[2], CHAIN[1], CHAIN[3], CHAIN[4]]
+    with pytest.raises(CertificateChainError, match="signature of"):
+        verify_nvidia_report(REPORT, swapped, at=AT)
+
+
+def test_chain_without_root_is_refused() -> None:
+    with pytest.raises(CertificateChainError, match="expected the pinned root"):
+        verify_nvidia_report(REPORT, CHAIN[:-1], at=AT)
+
+
+def test_not_yet_valid_chain_is_refused() -> None:
+    with pytest.raises(CertificateChainError, match="not yet valid"):
+        verify_nvidia_report(REPORT, CHAIN, at=datetime(2021, 1, 1, tzinfo=UTC))
+
+
+def test_wrong_root_is_refused() -> None:
+    other_root, _ = _ca("Other Root")
+    with pytest.raises(CertificateChainError, match="expected the pinned root"):
+        verify_nvidia_report(REPORT, CHAIN, at=AT, root=other_root)
+
+
+def _sampled_positions() -> list[int]:
+    report = NvidiaAttestationReport.from_bytes(REPORT)
+    record_start = 37 + 8
+    record_end = record_start + sum(len(b.to_bytes()) for b in report.response.blocks)
+    # Every byte outside the measurement record (request, header, nonce, opaque data,
+    # signature); inside the record every block header and every 5th value byte.
+    out = [i for i in range(len(REPORT)) if not record_start <= i < record_end]
+    pos = record_start
+    for block in report.response.blocks:
+        size = len(block.to_bytes())
+        out.extend(range(pos, pos + 7))
+        out.extend(range(pos + 7, pos + size, 5))
+        pos += size
+    return sorted(set(out))
+
+
+def test_every_flipped_byte_of_signed_report_is_rejected() -> None:
+    positions = _sampled_positions()
+    assert len(positions) > 900
+    for pos in positions:
+        data = bytearray(REPORT)
+        data[pos] ^= 0x01
+        with pytest.raises((ParseError, SignatureError)):
+            verify_nvidia_report(bytes(data), CHAIN, at=AT)
+
+
+# --- RIM comparison -----------------------------------------------------------------------------
+
+
+def _rim_matching_report(source: str, version: str) -> bytes:
+    """A copy of a sample RIM whose active golden values are the sample report's."""
+    report = NvidiaAttestationReport.from_bytes(REPORT)
+    tree = ET.fromstring((ASSETS / source).read_bytes())
+    tree.find(f"{{{SWID_NS}}}Meta").set("colloquialVersion", version)  # type: ignore[union-attr]
+    for res in tree.iter(f"{{{SWID_NS}}}Resource"):
+        if res.get("active") == "True":
+            res.set(f"{{{SHA384_NS}}}Hash0", report.measurements[int(res.get("index", "0")) + 1].hex())
+    return ET.tostring(tree)
+
+
+def test_rims_matching_the_report_pass() -> None:
+    driver = ReferenceManifest.from_bytes(_rim_matching_report("Driver_RIM_test_no_gpu.swidtag", "550.90.07"))
+    vbios = ReferenceManifest.from_bytes(
+        _rim_matching_report("1010_0200_882_96005E0001_test_no_gpu.swidtag", "96.00.9F.00.01")
+    )
+    result = verify_nvidia_report(REPORT, CHAIN, at=AT, rims=[driver, vbios])
+    assert result.claims["rims_compared"] is True
+    assert result.details["rim_signatures_verified"] is False
+
+
+def test_sample_rims_do_not_match_the_report() -> None:
+    rims = [
+        ReferenceManifest.from_bytes((ASSETS / n).read_bytes())
+        for n in ("Driver_RIM_test_no_gpu.swidtag", "1010_0200_882_96005E0001_test_no_gpu.swidtag")
+    ]
+    with pytest.raises(RimMismatchError) as info:
+        verify_nvidia_report(REPORT, CHAIN, at=AT, rims=rims)
+    assert isinstance(info.value, MeasurementError)
+    assert "545.00 matches neither driver 550.90.07" in info.value.message
+    # Index 7 is the driver's first active measurement; 35 is skipped (NVDEC0 disabled),
+    # 33 and 38 happen to match in both.
+    assert 7 in info.value.mismatches
+    assert 35 not in info.value.mismatches
+    assert 33 not in info.value.mismatches
+
+
+def test_one_changed_golden_value_is_reported_by_index() -> None:
+    good = _rim_matching_report("Driver_RIM_test_no_gpu.swidtag", "550.90.07")
+    report = NvidiaAttestationReport.from_bytes(REPORT)
+    bad = good.replace(report.measurements[22].hex().encode(), b"ab" * 48)
+    with pytest.raises(RimMismatchError, match=r"index 21 \(SPDM block 22\)") as info:
+        verify_nvidia_report(REPORT, CHAIN, at=AT, rims=[ReferenceManifest.from_bytes(bad)])
+    assert info.value.mismatches == (21,)
+
+
+def test_same_index_in_two_rims_is_refused() -> None:
+    rim = ReferenceManifest.from_bytes(_rim_matching_report("Driver_RIM_test_no_gpu.swidtag", "550.90.07"))
+    with pytest.raises(MeasurementError, match="active in two RIMs"):
+        verify_nvidia_report(REPORT, CHAIN, at=AT, rims=[rim, rim])
+
+
+# --- forged reports under a test PKI (root override) ----------------------------------------------
+
+NOW = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _ca(cn: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None):  # type: ignore[no-untyped-def]
+    key = ec.generate_private_key(ec.SECP384R1())
+    issuer_cert, issuer_key = issuer if issuer else (None, key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(issuer_cert.subject if issuer_cert else _name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    )
+    return builder.sign(issuer_key, hashes.SHA384()), key
+
+
+def _fwid_extension(fwid: bytes) -> x509.UnrecognizedExtension:
+    inner = bytes.fromhex("0609608648016503040202") + b"\x04\x30" + fwid
+    last = b"\x30" + bytes([len(inner)]) + inner
+    body = b"\x02\x01\x01" + last
+    value = b"\x30" + bytes([len(body)]) + body
+    return x509.UnrecognizedExtension(x509.ObjectIdentifier("2.23.133.5.4.1"), value)
+
+
+def _leaf(issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], fwid: bytes | None):  # type: ignore[no-untyped-def]
+    key = ec.generate_private_key(ec.SECP384R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name("Test GPU FMC"))
+        .issuer_name(issuer[0].subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=30))
+    )
+    if fwid is not None:
+        builder = builder.add_extension(_fwid_extension(fwid), critical=False)
+    return builder.sign(issuer[1], hashes.SHA384()), key
+
+
+def _resign(report_bytes: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
+    report = NvidiaAttestationReport.from_bytes(report_bytes)
+    r, s = decode_dss_signature(key.sign(report.signed_bytes, ec.ECDSA(hashes.SHA384())))
+    return report.signed_bytes + r.to_bytes(48, "big") + s.to_bytes(48, "big")
+
+
+@pytest.fixture(scope="module")
+def test_pki():  # type: ignore[no-untyped-def]
+    root = _ca("Test Device Identity CA")
+    ica = _ca("Test ICA", root)
+    fwid = bytes.fromhex(CLAIMS["config"]["fwid"])
+    leaf, leaf_key = _leaf(ica, fwid)
+    return root, ica, leaf, leaf_key
+
+
+def test_forged_report_verifies_only_under_its_own_root(test_pki) -> None:  # type: ignore[no-untyped-def]
+    root, ica, leaf, leaf_key = test_pki
+    chain = [leaf, ica[0], root[0]]
+    forged = _resign(REPORT, leaf_key)
+    result = verify_nvidia_report(forged, chain, at=NOW, root=root[0])
+    assert result.details["root_overridden"] is True
+    with pytest.raises(CertificateChainError, match="pinned root"):
+        verify_nvidia_report(forged, chain, at=NOW)
+    # The real report under the test chain: the signature is NVIDIA's, not the test leaf's.
+    with pytest.raises(SignatureError):
+        verify_nvidia_report(REPORT, chain, at=NOW, root=root[0])
+
+
+def test_fwid_mismatch_is_a_binding_error(test_pki) -> None:  # type: ignore[no-untyped-def]
+    root, ica, _, _ = test_pki
+    leaf, key = _leaf(ica, bytes(48))
+    with pytest.raises(BindingError, match="FWID"):
+        verify_nvidia_report(_resign(REPORT, key), [leaf, ica[0], root[0]], at=NOW, root=root[0])
+
+
+def test_expired_leaf_is_refused(test_pki) -> None:  # type: ignore[no-untyped-def]
+    root, ica, leaf, key = test_pki
+    with pytest.raises(CertificateChainError, match="expired"):
+        later = NOW + timedelta(days=31)
+        verify_nvidia_report(_resign(REPORT, key), [leaf, ica[0], root[0]], at=later, root=root[0])
+
+
+def test_non_ca_issuer_is_refused(test_pki) -> None:  # type: ignore[no-untyped-def]
+    root, ica, _, _ = test_pki
+    fwid = bytes.fromhex(CLAIMS["config"]["fwid"])
+    middle, middle_key = _leaf(ica, fwid)  # an end-entity certificate used as issuer
+    leaf, key = _leaf((middle, middle_key), fwid)
+    with pytest.raises(CertificateChainError, match="not a CA"):
+        verify_nvidia_report(_resign(REPORT, key), [leaf, middle, ica[0], root[0]], at=NOW, root=root[0])
+
+
+def test_tampered_embedded_root_is_detected() -> None:
+    assert load_pinned_root("nvidia_device_identity_ca.pem", NVIDIA_DEVICE_ROOT_SHA256) == CHAIN[-1]
+    with pytest.raises(CertificateChainError, match="fingerprint"):
+        load_pinned_root("nvidia_device_identity_ca.pem", "00" * 32)
+
+
+def test_platform_loads_single_rim_file_and_refuses_empty_dir(tmp_path: Path) -> None:
+    rim = tmp_path / "driver.swidtag"
+    rim.write_bytes(_rim_matching_report("Driver_RIM_test_no_gpu.swidtag", "550.90.07"))
+    base = {
+        "evidence": REPORT,
+        "platform": Platform.NVIDIA_GPU,
+        "at": AT,
+        "cert_chain": ASSETS / "hopperCertChain.txt",
+    }
+    result = verify_request(VerifyRequest(**base, collateral=rim))  # type: ignore[arg-type]
+    assert result.claims["rims_compared"] is True
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UsageError, match=r"no \*\.swidtag"):
+        verify_request(VerifyRequest(**base, collateral=empty))  # type: ignore[arg-type]
+    der_root = tmp_path / "root.der"
+    der_root.write_bytes(CHAIN[-1].public_bytes(Encoding.DER))
+    assert verify_request(VerifyRequest(**base, root=der_root)).details["root_overridden"] is True  # type: ignore[arg-type]

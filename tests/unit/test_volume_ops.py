@@ -1,0 +1,412 @@
+"""Volume operations on real files: round trips, boundaries, tampering, rollback, reader."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from confide.errors import ParseError, RollbackError, SignatureError, UsageError
+from confide.volume import (
+    Region,
+    RegionRule,
+    VolumeKey,
+    VolumeReader,
+    add_sources,
+    create_volume,
+    load_key,
+    open_volume,
+    seal_volume,
+    verify_volume,
+    write_key,
+)
+from confide.volume.format import TAG_SIZE
+from confide.volume.store import MANIFEST_NAME, OBJECTS_DIR, load_sealed, object_path
+
+CS = 65536
+SIZES = [0, 1, CS - 1, CS, CS + 1, 2 * CS - 1, 2 * CS, 3 * CS, 3 * CS + 1]
+
+
+def _tree(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return root
+
+
+def _volume(
+    tmp: Path,
+    files: dict[str, bytes],
+    *,
+    chunk_size: int = CS,
+    rules: tuple[RegionRule, ...] = (),
+    key: VolumeKey | None = None,
+    name: str = "vol",
+) -> tuple[Path, VolumeKey, str]:
+    key = key or VolumeKey.generate()
+    src = _tree(tmp / f"src-{name}", files)
+    vol = tmp / name
+    create_volume(vol, key, chunk_size=chunk_size)
+    add_sources(vol, key, [src], rules=rules)
+    return vol, key, seal_volume(vol, key)
+
+
+def _obj(vol: Path, key: VolumeKey, path: str) -> Path:
+    m, _ = load_sealed(vol, key)
+    return object_path(vol, m.by_path()[path].file_id)
+
+
+def _pattern(n: int, seed: int = 0) -> bytes:
+    return hashlib.shake_256(f"{n}-{seed}".encode()).digest(n) if n else b""
+
+
+@pytest.mark.parametrize("region", [Region.ENCRYPTED, Region.AUTHENTICATED, Region.UNPROTECTED])
+def test_every_chunk_boundary_round_trips(tmp_path: Path, region: Region) -> None:
+    files = {f"f{n}": _pattern(n) for n in SIZES}
+    rules = tuple(RegionRule(f"f{n}", region) for n in SIZES)
+    vol, key, tag = _volume(tmp_path, files, rules=rules)
+    report = verify_volume(vol, key, tag)
+    assert report.ok and report.files == len(SIZES)
+    out = tmp_path / "out"
+    open_volume(vol, key, out, tag)
+    for rel, data in files.items():
+        assert (out / rel).read_bytes() == data
+    m, _ = load_sealed(vol, key)
+    for e in m.entries:
+        assert e.region is region
+        stored = object_path(vol, e.file_id).stat().st_size
+        if region is Region.UNPROTECTED:
+            assert stored == e.size
+        else:
+            assert stored == e.size + TAG_SIZE * max(1, -(-e.size // CS))
+
+
+def test_reader_random_access_at_boundaries(tmp_path: Path) -> None:
+    data = _pattern(3 * CS + 17)
+    vol, key, tag = _volume(tmp_path, {"d/x": data, "d/e": b""})
+    with VolumeReader(vol, key, tag) as r:
+        for off in [0, 1, CS - 1, CS, CS + 1, 2 * CS - 5, 3 * CS, 3 * CS + 16, 3 * CS + 17, 10**9]:
+            for size in [0, 1, 5, CS, 2 * CS + 3, 10**9]:
+                assert r.read("d/x", off, size) == data[off : off + size]
+        assert r.read("d/e", 0, 10) == b""
+        assert r.listdir("") == ["d"] and r.listdir("d") == ["e", "x"]
+        with pytest.raises(UsageError):
+            r.read("nope", 0, 1)
+        with pytest.raises(UsageError):
+            r.read("d", 0, 1)
+
+
+def test_reader_refuses_tampered_chunks_and_roots(tmp_path: Path) -> None:
+    data = _pattern(3 * CS)
+    vol, key, tag = _volume(tmp_path, {"x": data})
+    obj = _obj(vol, key, "x")
+    raw = bytearray(obj.read_bytes())
+    raw[CS + TAG_SIZE + 10] ^= 1  # payload of chunk 1: root still matches, chunk 1 fails
+    obj.write_bytes(raw)
+    with VolumeReader(vol, key, tag) as r:
+        assert r.read("x", 0, 100) == data[:100]  # chunk 0 is intact
+        with pytest.raises(SignatureError, match="chunk 1"):
+            r.read("x", CS, 10)
+    raw[CS + TAG_SIZE + 10] ^= 1
+    raw[-1] ^= 1  # a tag: the root no longer matches, nothing is served
+    obj.write_bytes(raw)
+    with VolumeReader(vol, key, tag) as r, pytest.raises(SignatureError, match="root"):
+        r.read("x", 0, 1)
+
+
+def test_empty_sparse_and_unicode_files(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    sparse = src / "sparse"
+    with sparse.open("wb") as f:
+        f.truncate(64 * CS)
+        f.seek(20 * CS + 3)
+        f.write(b"island")
+    (src / "empty").write_bytes(b"")
+    names = ["données", "日本語 ✓.txt", "e\u0301", "\u00e9"]  # NFD and NFC stay distinct
+    for i, n in enumerate(names):
+        (src / n).write_bytes(n.encode() * (i + 1))
+    (src / "emptydir").mkdir()
+    os.symlink("日本語 ✓.txt", src / "link")
+    key = VolumeKey.generate()
+    vol = tmp_path / "vol"
+    create_volume(vol, key)
+    add_sources(vol, key, [src])
+    tag = seal_volume(vol, key)
+    assert verify_volume(vol, key, tag).ok
+    out = tmp_path / "out"
+    open_volume(vol, key, out, tag)
+    assert (out / "sparse").read_bytes() == sparse.read_bytes()
+    assert (out / "sparse").stat().st_blocks * 512 < 8 * CS  # holes kept
+    assert (out / "empty").read_bytes() == b""
+    for i, n in enumerate(names):
+        assert (out / n).read_bytes() == n.encode() * (i + 1)
+    assert (out / "emptydir").is_dir()
+    assert os.readlink(out / "link") == "日本語 ✓.txt"
+    assert not [p for p in out.iterdir() if p.name.startswith(".confide")]
+
+
+def test_modes_are_restored(tmp_path: Path) -> None:
+    src = _tree(tmp_path / "src", {"ro/x": b"1", "exe": b"#!/bin/sh\n"})
+    (src / "exe").chmod(0o750)
+    (src / "ro").chmod(0o555)
+    key = VolumeKey.generate()
+    vol = tmp_path / "vol"
+    create_volume(vol, key)
+    add_sources(vol, key, [src])
+    tag = seal_volume(vol, key)
+    out = tmp_path / "out"
+    open_volume(vol, key, out, tag)
+    assert (out / "exe").stat().st_mode & 0o7777 == 0o750
+    assert (out / "ro").stat().st_mode & 0o7777 == 0o555
+    (src / "ro").chmod(0o755)
+
+
+def test_large_file_streams_in_constant_memory(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    big = src / "big"
+    h = hashlib.sha256()
+    block = os.urandom(1 << 20)
+    with big.open("wb") as f:
+        for i in range(64):
+            chunk = block[i:] + block[:i]
+            f.write(chunk)
+            h.update(chunk)
+    key = VolumeKey.generate()
+    vol = tmp_path / "vol"
+    create_volume(vol, key)
+    tracemalloc.start()
+    try:
+        add_sources(vol, key, [src])
+        tag = seal_volume(vol, key)
+        out = tmp_path / "out"
+        open_volume(vol, key, out, tag, workers=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"peak {peak} bytes: not streaming"
+    h2 = hashlib.sha256()
+    with (out / "big").open("rb") as f:
+        while b := f.read(1 << 20):
+            h2.update(b)
+    assert h2.digest() == h.digest()
+
+
+def _flip_all(vol: Path, key: VolumeKey, tag: str, positions: dict[Path, range]) -> int:
+    checked = 0
+    for path, rng in positions.items():
+        original = path.read_bytes()
+        for i in rng:
+            bad = bytearray(original)
+            bad[i] ^= 0x40
+            path.write_bytes(bad)
+            try:
+                report = verify_volume(vol, key)
+            except (SignatureError, ParseError):
+                pass
+            else:
+                assert not report.ok, f"flip of byte {i} in {path.name} not detected"
+            checked += 1
+        path.write_bytes(original)
+    assert verify_volume(vol, key, tag).ok
+    return checked
+
+
+def test_every_single_byte_flip_is_detected_small_volume(tmp_path: Path) -> None:
+    files = {"a": b"", "b": b"x", "c/d": _pattern(300), "c/e": _pattern(600, 1), "auth/f": _pattern(513)}
+    rules = (RegionRule("auth", Region.AUTHENTICATED),)
+    vol, key, tag = _volume(tmp_path, files, chunk_size=256, rules=rules)
+    targets = [vol / MANIFEST_NAME, *sorted((vol / OBJECTS_DIR).iterdir())]
+    n = _flip_all(vol, key, tag, {p: range(p.stat().st_size) for p in targets})
+    assert n == sum(p.stat().st_size for p in targets)
+
+
+def test_dense_sample_of_byte_flips_is_detected_larger_volume(tmp_path: Path) -> None:
+    files = {f"d{i}/f": _pattern(CS * i + 7 * i, i) for i in range(1, 6)}
+    vol, key, tag = _volume(tmp_path, files)
+    targets = [vol / MANIFEST_NAME, *sorted((vol / OBJECTS_DIR).iterdir())]
+    _flip_all(vol, key, tag, {p: range(0, p.stat().st_size, 997) for p in targets})
+
+
+def test_verify_reports_every_bad_file_with_a_reason(tmp_path: Path) -> None:
+    files = {"good": b"g" * 10, "flip": _pattern(CS + 5), "gone": b"x", "cut": _pattern(2 * CS), "long": b"y"}
+    vol, key, tag = _volume(tmp_path, files)
+    flip = _obj(vol, key, "flip")
+    raw = bytearray(flip.read_bytes())
+    raw[3] ^= 1
+    flip.write_bytes(raw)
+    _obj(vol, key, "gone").unlink()
+    cut = _obj(vol, key, "cut")
+    cut.write_bytes(cut.read_bytes()[: CS + TAG_SIZE])  # drop the last chunk
+    with _obj(vol, key, "long").open("ab") as f:
+        f.write(b"extra")
+    report = verify_volume(vol, key, tag)
+    bad = {p.path: p.reason for p in report.problems}
+    assert set(bad) == {"flip", "gone", "cut", "long"}
+    assert "chunk 0" in bad["flip"] and "missing" in bad["gone"]
+    assert "truncated" in bad["cut"] and "extended" in bad["long"]
+    with pytest.raises(SignatureError, match="4 file"):
+        report.raise_if_bad()
+
+
+def test_open_leaves_nothing_behind_on_integrity_failure(tmp_path: Path) -> None:
+    files = {"a/first": b"fine", "b/second": _pattern(3 * CS)}
+    vol, key, tag = _volume(tmp_path, files)
+    obj = _obj(vol, key, "b/second")
+    raw = bytearray(obj.read_bytes())
+    raw[-TAG_SIZE - 1] ^= 1  # last chunk: most of the file decrypts before the failure
+    obj.write_bytes(raw)
+    out = tmp_path / "out"
+    with pytest.raises(SignatureError, match="b/second"):
+        open_volume(vol, key, out, tag)
+    assert list(out.iterdir()) == []
+
+
+def test_chunk_reordering_truncation_and_extension_are_detected(tmp_path: Path) -> None:
+    vol, key, tag = _volume(tmp_path, {"x": _pattern(3 * CS)})
+    obj = _obj(vol, key, "x")
+    orig = obj.read_bytes()
+    rec = CS + TAG_SIZE
+    c = [orig[i * rec : (i + 1) * rec] for i in range(3)]
+    for bad in [
+        c[1] + c[0] + c[2],  # swap
+        c[0] + c[1],  # truncated at a chunk boundary
+        c[0] + c[1] + c[2] + c[2],  # extended by a valid-looking chunk
+        c[0] + c[0] + c[2],  # duplicated chunk
+    ]:
+        obj.write_bytes(bad)
+        assert not verify_volume(vol, key).ok
+    obj.write_bytes(orig)
+    assert verify_volume(vol, key, tag).ok
+
+
+def test_splicing_between_files_and_volumes_is_detected(tmp_path: Path) -> None:
+    key = VolumeKey.generate()  # worst case: both volumes share the key
+    same = {"a": _pattern(CS + 9), "b": _pattern(CS + 9, 1)}
+    v1, _, t1 = _volume(tmp_path, same, key=key, name="v1")
+    v2, _, t2 = _volume(tmp_path, same, key=key, name="v2")
+    a1, b1, a2 = _obj(v1, key, "a"), _obj(v1, key, "b"), _obj(v2, key, "a")
+    orig_a1 = a1.read_bytes()
+    a1.write_bytes(b1.read_bytes())  # file b's chunks presented as file a
+    assert [p.path for p in verify_volume(v1, key).problems] == ["a"]
+    a1.write_bytes(a2.read_bytes())  # the same file from another volume
+    assert [p.path for p in verify_volume(v1, key).problems] == ["a"]
+    a1.write_bytes(orig_a1[: CS + TAG_SIZE] + a2.read_bytes()[CS + TAG_SIZE :])  # mixed chunks
+    assert [p.path for p in verify_volume(v1, key).problems] == ["a"]
+    a1.write_bytes(orig_a1)
+    # a whole manifest from the other volume: refused by the tag, broken without it
+    shutil.copy(v2 / MANIFEST_NAME, v1 / MANIFEST_NAME)
+    with pytest.raises(RollbackError):
+        verify_volume(v1, key, t1)
+    assert not verify_volume(v1, key).ok
+    assert verify_volume(v2, key, t2).ok
+
+
+def test_old_volume_version_is_refused_by_tag(tmp_path: Path) -> None:
+    vol, key, t1 = _volume(tmp_path, {"balance": b"100"})
+    old = tmp_path / "old-copy"
+    shutil.copytree(vol, old)
+    src = _tree(tmp_path / "new", {"balance": b"5"})
+    add_sources(vol, key, [src])
+    t2 = seal_volume(vol, key)
+    assert t2 != t1
+    assert verify_volume(old, key).ok  # authentic on its own...
+    with pytest.raises(RollbackError):
+        verify_volume(old, key, t2)  # ...but not the current version
+    with pytest.raises(RollbackError):
+        open_volume(old, key, tmp_path / "out", t2)
+    with pytest.raises(RollbackError):
+        VolumeReader(old, key, t2)
+    open_volume(vol, key, tmp_path / "out2", t2)
+    assert (tmp_path / "out2" / "balance").read_bytes() == b"5"
+    assert load_sealed(vol, key)[0].generation == 2
+
+
+def test_pending_changes_are_invisible_until_sealed(tmp_path: Path) -> None:
+    vol, key, t1 = _volume(tmp_path, {"a": b"1"})
+    add_sources(vol, key, [_tree(tmp_path / "more", {"b": b"2"})])
+    report = verify_volume(vol, key, t1)
+    assert report.ok and report.files == 1 and report.pending_changes
+    t2 = seal_volume(vol, key)
+    assert verify_volume(vol, key, t2).files == 2
+    assert seal_volume(vol, key) == t2  # nothing pending: same tag
+    assert verify_volume(vol, key, t2).unreferenced_objects == []
+
+
+def test_replaced_file_gets_a_new_id_and_old_object_is_collected(tmp_path: Path) -> None:
+    vol, key, _ = _volume(tmp_path, {"a": b"1"})
+    old_obj = _obj(vol, key, "a")
+    add_sources(vol, key, [_tree(tmp_path / "v2", {"a": b"2"})])
+    seal_volume(vol, key)
+    assert not old_obj.exists() and _obj(vol, key, "a") != old_obj
+
+
+def test_deterministic_mode_is_reproducible(tmp_path: Path) -> None:
+    key = VolumeKey.generate()
+    tags = []
+    for name in ["r1", "r2"]:
+        vol = tmp_path / name
+        create_volume(vol, key, volume_id=b"I" * 16)
+        add_sources(vol, key, [_tree(tmp_path / "src", {"x": b"data", "y/z": b"more"})], deterministic=True)
+        tags.append(seal_volume(vol, key))
+    assert tags[0] == tags[1]
+    vol = tmp_path / "r3"
+    create_volume(vol, key, volume_id=b"I" * 16)
+    add_sources(vol, key, [_tree(tmp_path / "src3", {"x": b"datA", "y/z": b"more"})], deterministic=True)
+    assert seal_volume(vol, key) != tags[0]
+
+
+def test_wrong_key_and_pending_as_manifest_are_refused(tmp_path: Path) -> None:
+    vol, key, _ = _volume(tmp_path, {"a": b"1"})
+    with pytest.raises(SignatureError):
+        verify_volume(vol, VolumeKey.generate())
+    add_sources(vol, key, [_tree(tmp_path / "more", {"b": b"2"})])
+    shutil.copy(vol / "MANIFEST.pending", vol / MANIFEST_NAME)
+    with pytest.raises(SignatureError, match="pending"):
+        verify_volume(vol, key)
+
+
+def test_hostile_sources_are_refused(tmp_path: Path) -> None:
+    key = VolumeKey.generate()
+    vol = tmp_path / "vol"
+    create_volume(vol, key)
+    src = tmp_path / "src"
+    src.mkdir()
+    os.mkfifo(src / "fifo")
+    with pytest.raises(UsageError, match="special file"):
+        add_sources(vol, key, [src])
+    os.unlink(src / "fifo")
+    (src / os.fsdecode(b"bad-\xff-name")).write_bytes(b"x")
+    with pytest.raises(UsageError, match="UTF-8"):
+        add_sources(vol, key, [src])
+    with pytest.raises(UsageError):
+        add_sources(vol, key, [tmp_path], dest="../escape")
+    with pytest.raises(UsageError):
+        add_sources(vol, key, [tmp_path], rules=(RegionRule("/abs", Region.ENCRYPTED),))
+    with pytest.raises(UsageError, match="non-empty"):
+        create_volume(vol, key)
+
+
+def test_key_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = VolumeKey.generate()
+    kf = tmp_path / "k"
+    write_key(kf, key)
+    assert kf.stat().st_mode & 0o777 == 0o600
+    assert load_key(kf) == key
+    assert key.hex() not in repr(key) and key.hex() not in str(key)
+    with pytest.raises(UsageError, match="exists"):
+        write_key(kf, key)
+    kf.chmod(0o644)
+    with pytest.raises(UsageError, match="0644"):
+        load_key(kf)
+    assert load_key(None, env={"CONFIDE_VOLUME_KEY": key.hex()}) == key
+    with pytest.raises(UsageError, match="64 hex"):
+        load_key(None, env={"CONFIDE_VOLUME_KEY": "abcd"})
+    with pytest.raises(UsageError, match="no volume key"):
+        load_key(None, env={})
