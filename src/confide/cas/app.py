@@ -42,7 +42,7 @@ STATUS: dict[type[ConfideError], int] = {
 def status_for(exc: ConfideError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return 500
 
 
@@ -58,7 +58,9 @@ def _read_doc(header: str | None) -> Any:
 def create_app(cas: Cas, *, cas_evidence: dict[str, Any] | None = None) -> FastAPI:
     registry = CollectorRegistry()
     requests = Counter("confide_requests_total", "HTTP requests", ["route", "status"], registry=registry)
-    attestations = Counter("confide_attestations_total", "Attestation outcomes", ["verdict"], registry=registry)
+    attestations = Counter(
+        "confide_attestations_total", "Attestation outcomes", ["verdict"], registry=registry
+    )
     latency = Histogram("confide_request_seconds", "Request latency", ["route"], registry=registry)
 
     app = FastAPI(title="confide CAS", version=__version__, docs_url=None, redoc_url=None)

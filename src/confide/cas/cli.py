@@ -27,7 +27,9 @@ def cas() -> None:
 
 @cas.command("serve")
 @click.option("--data-dir", type=_PATH, required=True, help="State directory (keys, database, client.env).")
-@click.option("--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT (port 0: any free port).")
+@click.option(
+    "--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT (port 0: any free port)."
+)
 @click.option("--dev", is_flag=True, help="Development: enable the SIMULATED TEE (never in production).")
 @click.option("--db", "db_url", help="Database URL (default: SQLite in --data-dir; postgresql://...).")
 @click.option("--collateral", help="DCAP collateral source for SGX/TDX evidence (file, directory or URL).")
@@ -117,12 +119,19 @@ def policy_events(name: str, identity_file: Path) -> None:
 
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.option("--config-id", required=True, help="POLICY/SERVICE")
-@click.option("--tee", type=click.Choice(["sim", "tdx", "sev-snp", "sgx-gramine"]), default="sim", show_default=True)
+@click.option(
+    "--tee", type=click.Choice(["sim", "tdx", "sev-snp", "sgx-gramine"]), default="sim", show_default=True
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(config_id: str, tee: str, command: tuple[str, ...]) -> None:
     """Attest, receive configuration and secrets, and exec COMMAND (after --)."""
     from confide.cas.client import CasClient
-    from confide.runtime.quote import ConfigfsTsmQuoteProvider, GramineQuoteProvider, QuoteProvider, SimQuoteProvider
+    from confide.runtime.quote import (
+        ConfigfsTsmQuoteProvider,
+        GramineQuoteProvider,
+        QuoteProvider,
+        SimQuoteProvider,
+    )
     from confide.runtime.run import attest_and_prepare, launch
 
     policy_name, sep, service = config_id.partition("/")

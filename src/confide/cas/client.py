@@ -93,19 +93,25 @@ class CasClient:
 
     def approve(self, name: str, digest: str, identity: Identity) -> dict[str, str]:
         doc = sign_document(
-            {"type": APPROVAL_TYPE, "name": name, "hash": digest}, identity.sign, identity.public.public_base64
+            {"type": APPROVAL_TYPE, "name": name, "hash": digest},
+            identity.sign,
+            identity.public.public_base64,
         )
         result: dict[str, str] = self._call("POST", f"/v1/policies/{name}/approvals", json=doc)
         return result
 
     def _read_header(self, name: str, identity: Identity) -> dict[str, str]:
         doc = sign_document(
-            {"type": READ_TYPE, "name": name, "time": int(time.time())}, identity.sign, identity.public.public_base64
+            {"type": READ_TYPE, "name": name, "time": int(time.time())},
+            identity.sign,
+            identity.public.public_base64,
         )
         return {"X-Confide-Read": base64.b64encode(json.dumps(doc).encode()).decode()}
 
     def show(self, name: str, identity: Identity) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", f"/v1/policies/{name}", headers=self._read_header(name, identity))
+        result: dict[str, Any] = self._call(
+            "GET", f"/v1/policies/{name}", headers=self._read_header(name, identity)
+        )
         return result
 
     def events(self, name: str, identity: Identity) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -40,6 +41,7 @@ from confide.cas.secrets import Sealer
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral.dcap import source_for
 from confide.errors import UsageError
+from confide.sim.platform import SimPlatform
 
 __all__ = ["CAS_BINDING_PREFIX", "prepare", "serve"]
 
@@ -80,7 +82,10 @@ def _tls_identity(data_dir: Path, host: str) -> tuple[Path, Path]:
         return key_path, cert_path
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "confide CAS")])
-    sans: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    sans: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
     try:
         sans.append(x509.IPAddress(ipaddress.ip_address(host)))
     except ValueError:
@@ -100,7 +105,9 @@ def _tls_identity(data_dir: Path, host: str) -> tuple[Path, Path]:
     )
     _write_private(
         key_path,
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
     )
     _atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return key_path, cert_path
@@ -118,7 +125,9 @@ class _JsonFormatter(logging.Formatter):
         message = record.getMessage()
         if message.startswith("{"):
             return message
-        return json.dumps({"event": "log", "level": record.levelname, "logger": record.name, "message": message})
+        return json.dumps(
+            {"event": "log", "level": record.levelname, "logger": record.name, "message": message}
+        )
 
 
 def _configure_logging() -> None:
@@ -145,16 +154,18 @@ def prepare(
     sim_key = None
     cas_evidence = None
     if dev:
-        from confide.sim.platform import SimPlatform
-
         sim_dir = data_dir / "sim"
         platform = SimPlatform.load_or_create(sim_dir)
         sim_key = platform.public_key
         env["CONFIDE_SIM_DIR"] = str(sim_dir.resolve())
-        cert_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(serialization.Encoding.DER)
+        cert_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(
+            serialization.Encoding.DER
+        )
         report_data = hashlib.sha512(CAS_BINDING_PREFIX + cert_der).digest()
         measurement = hashlib.sha384(b"confide-cas/" + sys.version.encode()).digest()
-        evidence = platform.issue(report_data=report_data, measurement=measurement, timestamp=int(time.time()))
+        evidence = platform.issue(
+            report_data=report_data, measurement=measurement, timestamp=int(time.time())
+        )
         cas_evidence = {
             "platform": "sim",
             "evidence": base64.b64encode(evidence.to_bytes()).decode(),
@@ -175,8 +186,6 @@ def _cert_sha256(cert_path: Path) -> str:
 
 
 def serve(data_dir: Path, listen: str, *, dev: bool, db_url: str | None, collateral: str | None) -> None:
-    import uvicorn
-
     host, port = _parse_listen(listen)
     _configure_logging()
     cas, cas_evidence, key_path, cert_path, env = prepare(
@@ -207,6 +216,8 @@ def serve(data_dir: Path, listen: str, *, dev: bool, db_url: str | None, collate
     )
     server = uvicorn.Server(config)
     logging.getLogger("confide.cas").info(
-        json.dumps({"event": "listening", "url": env["CONFIDE_CAS_URL"], "dev": dev, "db": cas.db.redacted_url})
+        json.dumps(
+            {"event": "listening", "url": env["CONFIDE_CAS_URL"], "dev": dev, "db": cas.db.redacted_url}
+        )
     )
     server.run(sockets=[sock])

@@ -13,6 +13,7 @@ from confide.evidence.dcap import Quote
 from confide.evidence.dcap_collateral import DcapCollateral
 from confide.verify.dcap import DcapVerifier
 from confide.verify.result import Platform, VerifiedEvidence
+from confide.verify.sim import verify_sim
 
 __all__ = ["PlatformVerifier"]
 
@@ -22,17 +23,19 @@ class PlatformVerifier:
     ``dcap_source`` supplies Intel collateral (``aux["collateral"]`` may carry a dcap-qvl JSON
     bundle instead)."""
 
-    def __init__(self, *, sim_key: Ed25519PublicKey | None = None, dcap_source: DcapCollateralSource | None = None) -> None:
+    def __init__(
+        self, *, sim_key: Ed25519PublicKey | None = None, dcap_source: DcapCollateralSource | None = None
+    ) -> None:
         self.sim_key = sim_key
         self.dcap_source = dcap_source
         self.dcap = DcapVerifier()
 
-    def verify(self, platform: Platform, evidence: bytes, aux: dict[str, bytes], *, at: datetime) -> VerifiedEvidence:
+    def verify(
+        self, platform: Platform, evidence: bytes, aux: dict[str, bytes], *, at: datetime
+    ) -> VerifiedEvidence:
         if platform is Platform.SIMULATED:
             if self.sim_key is None:
                 raise UsageError("this CAS does not accept simulated evidence (start it with --dev)")
-            from confide.verify.sim import verify_sim
-
             return verify_sim(evidence, self.sim_key, at=at)
         if platform in (Platform.SGX, Platform.TDX):
             quote = Quote.from_bytes(evidence)

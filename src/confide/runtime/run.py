@@ -62,7 +62,9 @@ def is_memory_backed(path: Path) -> bool:
     target = str(path.parent.resolve())
     best, fstype = "", ""
     for mount_point, fs in _mounts():
-        if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) >= len(best):
+        if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(
+            mount_point
+        ) >= len(best):
             best, fstype = mount_point, fs
     return fstype in _MEMORY_FS
 
@@ -102,7 +104,8 @@ def attest_and_prepare(
         measured, released = shutil.which(command[0]), shutil.which(argv[0], path=environment.get("PATH"))
         if measured is None or released is None or Path(measured).resolve() != Path(released).resolve():
             raise UsageError(
-                f"the policy's command runs {argv[0]!r}, but {command[0]!r} was measured; they must be the same program"
+                f"the policy's command runs {argv[0]!r}, but {command[0]!r} was measured; "
+                "they must be the same program"
             )
     return Launch(argv, environment, files, str(pwd) if pwd else None)
 
@@ -136,7 +139,9 @@ def launch(plan: Launch) -> None:
         try:
             os.chdir(plan.pwd)
         except OSError as exc:
-            raise UsageError(f"cannot change to the service's working directory {plan.pwd}: {exc.strerror}") from None
+            raise UsageError(
+                f"cannot change to the service's working directory {plan.pwd}: {exc.strerror}"
+            ) from None
     env = dict(plan.environment)
     program = plan.argv[0]
     if "/" not in program:
@@ -149,6 +154,6 @@ def launch(plan: Launch) -> None:
         else:
             raise UsageError(f"{program}: not found on PATH")
     try:
-        os.execve(program, plan.argv, env)
+        os.execve(program, plan.argv, env)  # noqa: S606 - exec of the attested program is the point
     except OSError as exc:
         raise UsageError(f"cannot execute {program}: {exc.strerror}") from None
