@@ -80,7 +80,7 @@ def sim_measure(as_json: bool, command: tuple[str, ...]) -> None:
 @click.option("--debug", is_flag=True, help="Set the debug flag in the evidence.")
 @click.option("--svn", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @_command_argument
-def sim_quote(  # noqa: PLR0917 - click passes options positionally
+def sim_quote(
     directory: Path,
     report_data: str,
     out: Path | None,
