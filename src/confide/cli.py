@@ -167,6 +167,11 @@ from confide.volume.cli import volume as _volume_group  # noqa: E402
 
 cli.add_command(_volume_group)
 
+from confide.cas.cli import cas as _cas_group  # noqa: E402
+from confide.cas.cli import identity as _identity_group  # noqa: E402
+from confide.cas.cli import policy as _policy_group  # noqa: E402
+from confide.cas.cli import run as _run_command  # noqa: E402
 from confide.sim.cli import sim as _sim_group  # noqa: E402
 
-cli.add_command(_sim_group)
+for _command in (_cas_group, _identity_group, _policy_group, _run_command, _sim_group):
+    cli.add_command(_command)

@@ -23,7 +23,9 @@ contain secret values.
     │   └── RollbackError (60)              authentic, but older than the recorded version
     │                                       (e.g. a protected volume presented with an old tag)
     ├── PolicyError (30)                    a policy document is invalid
-    │   └── AppraisalError (31)             verified evidence does not satisfy the policy
+    │   ├── AppraisalError (31)             verified evidence does not satisfy the policy
+    │   ├── ConflictError (32)              stale predecessor, duplicate or no-longer-applicable version
+    │   └── AccessDeniedError (33)          the identity may not read/update, or a release is not allowed
     ├── NetworkError (40)                   a remote service could not be reached or answered badly
     └── StorageError (50)                   the database or a file store failed
 """
@@ -34,6 +36,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 __all__ = [
+    "AccessDeniedError",
     "AppraisalError",
     "BindingError",
     "CertificateChainError",
@@ -41,6 +44,7 @@ __all__ = [
     "CollateralExpiredError",
     "CollateralMissingError",
     "ConfideError",
+    "ConflictError",
     "MeasurementError",
     "NetworkError",
     "ParseError",
@@ -162,6 +166,14 @@ class PolicyError(ConfideError):
 
 class AppraisalError(PolicyError):
     exit_code = 31
+
+
+class ConflictError(PolicyError):
+    exit_code = 32
+
+
+class AccessDeniedError(PolicyError):
+    exit_code = 33
 
 
 class NetworkError(ConfideError):
