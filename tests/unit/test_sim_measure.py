@@ -3,12 +3,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from confide.errors import UsageError
-from confide.sim.measure import canonical_json, measure_command, resolve_command
+from confide.sim.measure import canonical_json, measure_command, measure_current_process, resolve_command
 
 SH = os.path.realpath(shutil.which("sh") or "/bin/sh")
 
@@ -220,3 +222,37 @@ def test_env_as_the_program_measures_the_program_it_starts(tmp_path: Path, inter
     assert measure_command([env, "A=1"], search_path=path, cwd=tmp_path).chain[-1].role == "program"
     with pytest.raises(UsageError, match="not supported"):
         measure_command([env, "-u", "A", "myshell"], search_path=path, cwd=tmp_path)
+
+
+def test_the_current_process_measures_as_its_command_line(tmp_path: Path) -> None:
+    child = tmp_path / "child.py"
+    child.write_text(
+        "from confide.sim.measure import measure_current_process\nprint(measure_current_process().hex)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    out = subprocess.run(
+        [sys.executable, str(child), "--flag"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    expected = measure_command([sys.executable, str(child), "--flag"], cwd=tmp_path)
+    assert out.stdout.decode().strip() == expected.hex
+    assert [f.path for f in expected.files] == [str(child)]
+    child.write_text(child.read_text() + "# changed\n")
+    again = subprocess.run(
+        [sys.executable, str(child), "--flag"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    assert again.stdout != out.stdout
+
+
+def test_current_process_without_proc_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="current process"):
+        measure_current_process(proc=tmp_path / "nope")

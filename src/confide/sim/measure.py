@@ -48,6 +48,7 @@ __all__ = [
     "Measurement",
     "canonical_json",
     "measure_command",
+    "measure_current_process",
     "resolve_command",
 ]
 
@@ -262,9 +263,31 @@ def measure_command(
     """Measure the launch of ``argv`` (see the module documentation for what is covered)."""
     if not argv:
         raise UsageError("got no command, expected CMD [ARGS...]")
-    argv = tuple(argv)
     base = cwd if cwd is not None else Path.cwd()
     program = resolve_command(argv[0], search_path=search_path, cwd=base)
+    return _measure(tuple(argv), program, search_path=search_path, cwd=base)
+
+
+def measure_current_process(*, proc: Path = Path("/proc/self")) -> Measurement:
+    """The measurement of this process as the kernel started it (for a service attesting itself).
+
+    The program is the running executable (``/proc/self/exe``) and the arguments its command
+    line (``/proc/self/cmdline``). A script started through ``#!`` runs as its interpreter with
+    the script as first argument, so it measures as ``INTERPRETER SCRIPT ARGS`` would.
+    """
+    try:
+        raw = (proc / "cmdline").read_bytes()
+        program = Path(os.path.realpath(proc / "exe", strict=True))
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read the current process from {str(proc)!r}: {exc.strerror or exc}"
+        ) from None
+    argv = tuple(os.fsdecode(a) for a in raw.split(b"\0")[:-1]) or (program.name,)
+    return _measure(argv, program, search_path=None, cwd=Path.cwd())
+
+
+def _measure(argv: tuple[str, ...], program: Path, *, search_path: str | None, cwd: Path) -> Measurement:
+    base = cwd
     chain: list[ChainLink] = []
     _walk_chain(program, search_path=search_path, cwd=base, chain=chain, role="program", depth=0)
     if os.path.basename(argv[0]) == "env" or program.name == "env":
