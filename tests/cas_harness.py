@@ -44,7 +44,18 @@ class PostgresCluster:
         if self._as_user:
             shutil.chown(self.dir, "postgres", "postgres")
         data = self.dir / "data"
-        self._run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        self._run(
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
         self._run(
             str(bindir / "pg_ctl"), "-D", str(data), "-l", str(self.dir / "log"), "-w", "-o",
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
@@ -59,7 +70,9 @@ class PostgresCluster:
     def new_database(self) -> str:
         self._n += 1
         name = f"cas_{os.getpid()}_{self._n}"
-        self._run(str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+        self._run(
+            str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name
+        )
         return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
@@ -86,8 +99,11 @@ class CasProcess:
         if self.db_url:
             args += ["--db", self.db_url]
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(  # noqa: S603
-                args, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}
+            self.proc = subprocess.Popen(
+                args,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
             )
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -109,7 +125,9 @@ class CasProcess:
 
         ctx = ssl.create_default_context(cafile=self.env["CONFIDE_CAS_CERT"])
         try:
-            with urllib.request.urlopen(self.env["CONFIDE_CAS_URL"] + "/v1/health", context=ctx, timeout=2) as r:  # noqa: S310
+            with urllib.request.urlopen(
+                self.env["CONFIDE_CAS_URL"] + "/v1/health", context=ctx, timeout=2
+            ) as r:
                 return bool(r.status == 200)
         except OSError:
             return False

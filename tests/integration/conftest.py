@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from cas_harness import CasProcess, PostgresCluster, pg_bin, running_cas  # noqa: E402
+from cas_harness import CasProcess, PostgresCluster, pg_bin, running_cas
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,13 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from cas_harness import ROOT, CasProcess  # noqa: E402
-
+from cas_harness import ROOT, CasProcess
 from confide import errors
 from confide.cas.client import CasClient
 from confide.cas.core import binding_report_data
@@ -56,7 +56,9 @@ def measure(cas: CasProcess, *cmd: str) -> str:
     return confide(cas, "sim", "measure", "--", *cmd, check=True).stdout.strip()
 
 
-def policy_yaml(name: str, measurement: str, body: str = "", *, extra_service: str = "", access: str = "") -> str:
+def policy_yaml(
+    name: str, measurement: str, body: str = "", *, extra_service: str = "", access: str = ""
+) -> str:
     return f"""
 name: {name}
 version: "0.3"
@@ -64,7 +66,7 @@ services:
   - name: app
     attestation:
       sim:
-        measurement: {measurement}
+        measurement: "{measurement}"
 {extra_service}
 {body}
 {access}
@@ -148,7 +150,7 @@ images:
     assert out.count("-----BEGIN CERTIFICATE-----") == 2  # leaf + CA chain
     assert "fixed-value-123" in out
     # only what the policy says reaches the environment: no host variables
-    env_names = {line.split("=")[0][4:] for line in out.splitlines() if line.startswith("ENV ")}
+    env_names = {m.group(1) for m in re.finditer(r"^ENV ([A-Za-z_][A-Za-z0-9_]*)=", out, re.M)}
     assert env_names <= {"HEX", "B64", "PUB", "PWD", "SHLVL", "_", "OLDPWD"}, env_names
     key_file = inject / "key.der"
     assert oct(key_file.stat().st_mode & 0o777) == "0o600"
@@ -157,7 +159,11 @@ images:
     load_der_private_key(key_file.read_bytes(), None)
     # show never prints secret values
     shown = confide(cas, "policy", "show", "kinds", "--identity", str(alice), check=True).stdout
-    assert ascii_value not in shown and hex_value not in shown and "fixed-value-123" not in shown.split('"value"')[0]
+    assert (
+        ascii_value not in shown
+        and hex_value not in shown
+        and "fixed-value-123" not in shown.split('"value"')[0]
+    )
     assert "-----BEGIN CERTIFICATE-----" in shown  # certificates are public
     # neither the database nor the CAS log contains a generated secret value
     cas.stop()
@@ -172,7 +178,9 @@ images:
 def test_wrong_measurement_and_refusals_are_recorded(cas: CasProcess, tmp_path: Path) -> None:
     alice, _ = identity(cas, tmp_path, "alice")
     script = app_script(tmp_path)
-    assert apply(cas, tmp_path, policy_yaml("meas", measure(cas, "/bin/sh", str(script))), alice).returncode == 0
+    assert (
+        apply(cas, tmp_path, policy_yaml("meas", measure(cas, "/bin/sh", str(script))), alice).returncode == 0
+    )
     ok = confide(cas, "run", "--config-id", "meas/app", "--tee", "sim", "--", "/bin/sh", str(script))
     assert ok.returncode == 0, ok.stderr
     other = app_script(tmp_path, "other.sh", "echo changed\n")
@@ -181,7 +189,12 @@ def test_wrong_measurement_and_refusals_are_recorded(cas: CasProcess, tmp_path: 
     assert "measurement" in bad.stderr and len(bad.stderr.strip().splitlines()) <= 2
     missing = confide(cas, "run", "--config-id", "nope/app", "--tee", "sim", "--", "/bin/sh", str(script))
     assert missing.returncode == errors.AccessDeniedError.exit_code
-    events = [json.loads(line) for line in confide(cas, "policy", "events", "meas", "--identity", str(alice), check=True).stdout.splitlines()]
+    events = [
+        json.loads(line)
+        for line in confide(
+            cas, "policy", "events", "meas", "--identity", str(alice), check=True
+        ).stdout.splitlines()
+    ]
     verdicts = [e["payload"]["verdict"] for e in events if e["type"] == "attestation"]
     assert verdicts == ["accepted", "refused"]
     assert any(e["type"] == "secret-release" for e in events)
@@ -194,13 +207,20 @@ def test_simulation_needs_tolerance(cas: CasProcess, tmp_path: Path) -> None:
     assert r.returncode == errors.PolicyError.exit_code  # a sim variant without tolerance is refused at load
 
 
-def test_debug_needs_tolerance(cas: CasProcess, tmp_path: Path) -> None:
+@pytest.fixture
+def client(cas: CasProcess) -> Iterator[CasClient]:
+    with CasClient(cas.env["CONFIDE_CAS_URL"], Path(cas.env["CONFIDE_CAS_CERT"])) as c:
+        yield c
+
+
+def test_debug_needs_tolerance(cas: CasProcess, client: CasClient, tmp_path: Path) -> None:
     alice, _ = identity(cas, tmp_path, "alice")
     script = app_script(tmp_path)
     m = measure(cas, "/bin/sh", str(script))
     assert apply(cas, tmp_path, policy_yaml("dbg", m), alice).returncode == 0
-    client = CasClient(cas.env["CONFIDE_CAS_URL"], Path(cas.env["CONFIDE_CAS_CERT"]))
-    provider = SimQuoteProvider.for_command(Path(cas.env["CONFIDE_SIM_DIR"]), ["/bin/sh", str(script)], debug=True)
+    provider = SimQuoteProvider.for_command(
+        Path(cas.env["CONFIDE_SIM_DIR"]), ["/bin/sh", str(script)], debug=True
+    )
     with pytest.raises(errors.AppraisalError, match="debug"):
         _attest(client, provider, "dbg", "app")
     text = policy_yaml("dbg2", m).replace("[simulation]", "[simulation, debug-mode]")
@@ -214,7 +234,9 @@ def _attest(client: CasClient, provider: SimQuoteProvider, policy: str, service:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP256R1())
-    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     nonce = nonce or client.nonce()
     raw = evidence or provider.get_evidence(binding_report_data(der, bytes.fromhex(nonce))).raw
     request = {"policy": policy, "service": service, "platform": "sim", "evidence": base64.b64encode(raw).decode(),
@@ -222,11 +244,12 @@ def _attest(client: CasClient, provider: SimQuoteProvider, policy: str, service:
     return client.attest(request), raw
 
 
-def test_replayed_nonce_and_evidence(cas: CasProcess, tmp_path: Path) -> None:
+def test_replayed_nonce_and_evidence(cas: CasProcess, client: CasClient, tmp_path: Path) -> None:
     alice, _ = identity(cas, tmp_path, "alice")
     script = app_script(tmp_path)
-    assert apply(cas, tmp_path, policy_yaml("rep", measure(cas, "/bin/sh", str(script))), alice).returncode == 0
-    client = CasClient(cas.env["CONFIDE_CAS_URL"], Path(cas.env["CONFIDE_CAS_CERT"]))
+    assert (
+        apply(cas, tmp_path, policy_yaml("rep", measure(cas, "/bin/sh", str(script))), alice).returncode == 0
+    )
     provider = SimQuoteProvider.for_command(Path(cas.env["CONFIDE_SIM_DIR"]), ["/bin/sh", str(script)])
     nonce = client.nonce()
     _, raw = _attest(client, provider, "rep", "app", nonce=nonce)
@@ -243,7 +266,10 @@ def test_other_stakeholder_cannot_read_or_update(cas: CasProcess, tmp_path: Path
     bob, _ = identity(cas, tmp_path, "bob")
     text = policy_yaml("mine", "00" * 48)
     digest = apply(cas, tmp_path, text, alice).stdout.strip()
-    assert confide(cas, "policy", "show", "mine", "--identity", str(bob)).returncode == errors.AccessDeniedError.exit_code
+    assert (
+        confide(cas, "policy", "show", "mine", "--identity", str(bob)).returncode
+        == errors.AccessDeniedError.exit_code
+    )
     update = text + f"predecessor: {digest}\n"
     update = update.replace('version: "0.3"', 'version: "0.3"\nsecrets:\n  - name: extra\n    kind: ascii')
     r = apply(cas, tmp_path, update, bob)
@@ -313,21 +339,22 @@ def test_export_import_with_pinned_hashes(cas: CasProcess, tmp_path: Path) -> No
     assert "does not export" in r.stderr
 
 
-def test_concurrent_conflicting_updates_exactly_one_wins(cas: CasProcess, tmp_path: Path) -> None:
+def test_concurrent_conflicting_updates_exactly_one_wins(
+    cas: CasProcess, client: CasClient, tmp_path: Path
+) -> None:
     alice_path, _ = identity(cas, tmp_path, "alice")
     alice = Identity.from_json(alice_path.read_text())
-    client = CasClient(cas.env["CONFIDE_CAS_URL"], Path(cas.env["CONFIDE_CAS_CERT"]))
     base = loads_policy(policy_yaml("race", "00" * 48))
     digest = client.apply(base, alice)["hash"]
     results: list[object] = []
 
     def update(i: int) -> None:
         doc = loads_policy(policy_yaml("race", f"{i:02x}" * 48) + f"predecessor: {digest}\n")
-        c = CasClient(cas.env["CONFIDE_CAS_URL"], Path(cas.env["CONFIDE_CAS_CERT"]))
-        try:
-            results.append(c.apply(doc, alice)["hash"])
-        except errors.ConflictError as exc:
-            results.append(exc)
+        with CasClient(cas.env["CONFIDE_CAS_URL"], Path(cas.env["CONFIDE_CAS_CERT"])) as c:
+            try:
+                results.append(c.apply(doc, alice)["hash"])
+            except errors.ConflictError as exc:
+                results.append(exc)
 
     threads = [threading.Thread(target=update, args=(i,)) for i in range(1, 9)]
     for t in threads:
@@ -346,26 +373,42 @@ def test_restart_loses_nothing(cas: CasProcess, tmp_path: Path) -> None:
     text = policy_yaml("keep", m, extra_service="    environment:\n      S: \"$$SCONE::s$$\"\n",
                        body="secrets:\n  - name: s\n    kind: ascii\n")  # fmt: skip
     assert apply(cas, tmp_path, text, alice).returncode == 0
-    first = confide(cas, "run", "--config-id", "keep/app", "--tee", "sim", "--", "/bin/sh", str(script), check=True)
+    first = confide(
+        cas, "run", "--config-id", "keep/app", "--tee", "sim", "--", "/bin/sh", str(script), check=True
+    )
     cas.stop()
     cas.start()
-    second = confide(cas, "run", "--config-id", "keep/app", "--tee", "sim", "--", "/bin/sh", str(script), check=True)
+    second = confide(
+        cas, "run", "--config-id", "keep/app", "--tee", "sim", "--", "/bin/sh", str(script), check=True
+    )
     value = re.search(r"ENV S=(\S+)", first.stdout).group(1)  # type: ignore[union-attr]
     assert f"ENV S={value}" in second.stdout
 
 
 def test_malformed_policy_files(cas: CasProcess, tmp_path: Path) -> None:
     alice, _ = identity(cas, tmp_path, "alice")
-    for text, where in (("name: x\nversion: '0.3'\nbogus: 1\n", ":3:"), ("name: x\nname: y\n", ":2:"), ("- [", "")):
+    for text, where in (
+        ("name: x\nversion: '0.3'\nbogus: 1\n", ":3:"),
+        ("name: x\nname: y\n", ":2:"),
+        ("- [", ""),
+    ):
         r = apply(cas, tmp_path, text, alice)
         assert r.returncode == errors.PolicyError.exit_code, r.stderr
         assert where in r.stderr
 
 
 def test_unauthenticated_and_garbage_requests(cas: CasProcess, tmp_path: Path) -> None:
+    import ssl
+
     import httpx2
 
-    client = httpx2.Client(base_url=cas.env["CONFIDE_CAS_URL"], verify=cas.env["CONFIDE_CAS_CERT"])
+    ctx = ssl.create_default_context(cafile=cas.env["CONFIDE_CAS_CERT"])
+    with httpx2.Client(base_url=cas.env["CONFIDE_CAS_URL"], verify=ctx) as client:
+        _garbage(client)
+
+
+def _garbage(client: object) -> None:
+    assert isinstance(client, __import__("httpx2").Client)
     assert client.get("/v1/policies/x").status_code == 403
     assert client.get("/v1/policies/x", headers={"X-Confide-Read": "@@@"}).status_code == 400
     assert client.post("/v1/policies", json={"type": "confide/policy/v1"}).status_code == 400

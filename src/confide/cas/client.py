@@ -80,6 +80,12 @@ class CasClient:
     def close(self) -> None:
         self.http.close()
 
+    def __enter__(self) -> CasClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self.http.request(method, path, **kwargs)
