@@ -416,3 +416,25 @@ def _garbage(client: object) -> None:
     assert client.post("/v1/policies", content=b"not json").status_code == 422
     metrics = client.get("/metrics").text
     assert "confide_requests_total" in metrics
+
+
+def test_cas_attest_pins_the_tls_identity(cas: CasProcess, tmp_path: Path) -> None:
+    pin = tmp_path / "pinned.pem"
+    r = confide(cas, "cas", "attest", cas.env["CONFIDE_CAS_URL"], "--out", str(pin))
+    assert r.returncode == 0, r.stderr
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    served = x509.load_pem_x509_certificate(Path(cas.env["CONFIDE_CAS_CERT"]).read_bytes())
+    assert (
+        r.stdout.strip()
+        == __import__("hashlib").sha256(served.public_bytes(serialization.Encoding.DER)).hexdigest()
+    )
+    assert pin.read_bytes() == Path(cas.env["CONFIDE_CAS_CERT"]).read_bytes()
+    assert "SIMULATED" in r.stderr
+    other = tmp_path / "other-sim"
+    confide(cas, "sim", "init", "--dir", str(other), check=True)
+    r = confide(
+        cas, "cas", "attest", cas.env["CONFIDE_CAS_URL"], "--sim-key", str(other / "platform-key.pub.pem")
+    )
+    assert r.returncode == errors.SignatureError.exit_code, r.stderr

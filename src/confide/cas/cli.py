@@ -40,6 +40,35 @@ def cas_serve(data_dir: Path, listen: str, dev: bool, db_url: str | None, collat
     serve(data_dir, listen, dev=dev, db_url=db_url, collateral=collateral)
 
 
+@cas.command("attest")
+@click.argument("url", required=False)
+@click.option("--sim-key", type=_PATH, help="Simulated platform public key (default: $CONFIDE_SIM_DIR).")
+@click.option("--out", type=_PATH, help="Write the verified CAS certificate here (use as CONFIDE_CAS_CERT).")
+def cas_attest(url: str | None, sim_key: Path | None, out: Path | None) -> None:
+    """Verify the CAS's own evidence, bound to its TLS certificate, and pin that certificate."""
+    from confide.cas.pin import attest_cas, write_pin
+
+    url = url or os.environ.get("CONFIDE_CAS_URL")
+    if not url:
+        raise UsageError("give the CAS URL (or set CONFIDE_CAS_URL)")
+    if sim_key is None and os.environ.get("CONFIDE_SIM_DIR"):
+        sim_key = Path(os.environ["CONFIDE_SIM_DIR"]) / "platform-key.pub.pem"
+    try:
+        key_pem = sim_key.read_bytes() if sim_key else None
+    except OSError as exc:
+        raise UsageError(f"--sim-key: cannot read {sim_key}: {exc.strerror}") from None
+    pinned = attest_cas(url, sim_key_pem=key_pem)
+    ev = pinned.evidence
+    label = " (SIMULATED)" if ev.simulated else ""
+    click.echo(f"CAS at {url} attested on {ev.platform.value}{label}", err=True)
+    click.echo(f"  measurement: {ev.claims.get('measurement')}", err=True)
+    click.echo(f"  TLS certificate SHA-256: {pinned.certificate_sha256}", err=True)
+    if out:
+        write_pin(pinned, out)
+        click.echo(f"  pinned: export CONFIDE_CAS_CERT={out}", err=True)
+    click.echo(pinned.certificate_sha256)
+
+
 @click.group()
 def identity() -> None:
     """Stakeholder identities (Ed25519 key pairs)."""

@@ -37,15 +37,15 @@ from cryptography.x509.oid import NameOID
 from confide.cas.app import create_app
 from confide.cas.core import Cas
 from confide.cas.db import Database, EventSink
+from confide.cas.pin import CAS_BINDING_PREFIX
 from confide.cas.secrets import Sealer
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral.dcap import source_for
 from confide.errors import UsageError
+from confide.sim.measure import measure_current_process
 from confide.sim.platform import SimPlatform
 
-__all__ = ["CAS_BINDING_PREFIX", "prepare", "serve"]
-
-CAS_BINDING_PREFIX = b"confide-cas/v1\x00"
+__all__ = ["prepare", "serve"]
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -162,7 +162,7 @@ def prepare(
             serialization.Encoding.DER
         )
         report_data = hashlib.sha512(CAS_BINDING_PREFIX + cert_der).digest()
-        measurement = hashlib.sha384(b"confide-cas/" + sys.version.encode()).digest()
+        measurement = measure_current_process().digest
         evidence = platform.issue(
             report_data=report_data, measurement=measurement, timestamp=int(time.time())
         )
