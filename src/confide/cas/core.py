@@ -54,6 +54,7 @@ from confide.policy.placeholders import (
     render_environment,
     render_file,
 )
+from confide.verify.dcap import _Lru
 from confide.verify.result import Platform, VerifiedEvidence
 
 __all__ = [
@@ -173,6 +174,8 @@ class Cas:
         self.verifier = verifier
         self.events = events or EventSink()
         self.clock = clock
+        self.nonce_key = sealer.derive_key(b"confide-nonce/v1")
+        self._policies: _Lru[tuple[str, str], Policy] = _Lru(256)
 
     # -- governance ---------------------------------------------------------------------------
     def apply(self, submission: Any) -> ApplyResult:
@@ -331,7 +334,17 @@ class Cas:
         ).first()
         if row is None:
             raise ConflictError(f"policy {name} version {digest} not found")
-        return loads_policy(row.document, source=f"stored policy {name}")
+        cached = self._policies.get((name, digest))
+        if cached is None:
+            # The stored document is the canonical JSON of a validated policy; a version's hash
+            # names its content, so the parsed object can be cached by (name, hash).
+            cached = loads_policy(row.document, source=f"stored policy {name}")
+            if policy_hash(cached) != digest:
+                raise ConflictError(
+                    f"stored policy {name} does not hash to {digest}: the database was altered"
+                )
+            self._policies.put((name, digest), cached)
+        return cached
 
     def _activate(self, conn: Connection, policy: Policy, digest: str, creator: str, created: bool) -> None:
         now = self.clock()
@@ -442,12 +455,27 @@ class Cas:
 
     # -- attestation --------------------------------------------------------------------------
     def new_nonce(self) -> str:
-        nonce = os.urandom(32).hex()
+        """A nonce that needs no database write: expiry (ms) || 16 random bytes || MAC. The CAS
+        checks the MAC and expiry at attestation and records the nonce as used there (single
+        use); replicas sharing the master key accept each other's nonces."""
+        expiry = int((self.clock() + NONCE_TTL) * 1000).to_bytes(8, "big")
+        body = expiry + os.urandom(16)
+        return (body + self._nonce_mac(body)).hex()
+
+    def _nonce_mac(self, body: bytes) -> bytes:
+        return hmac.new(self.nonce_key, body, hashlib.sha256).digest()[:8]
+
+    def _check_nonce(self, conn: Connection, nonce: bytes) -> None:
+        if len(nonce) != 32 or not hmac.compare_digest(self._nonce_mac(nonce[:24]), nonce[24:]):
+            raise BindingError("nonce was not issued by this CAS")
+        expires = int.from_bytes(nonce[:8], "big") / 1000
         now = self.clock()
-        with self.db.write() as conn:
-            conn.execute(t.nonces.delete().where(t.nonces.c.expires_at < now - NONCE_TTL))
-            conn.execute(insert(t.nonces).values(nonce=nonce, expires_at=now + NONCE_TTL, used=0))
-        return nonce
+        if expires < now:
+            raise BindingError("nonce has expired")
+        if conn.execute(select(t.nonces.c.nonce).where(t.nonces.c.nonce == nonce.hex())).first() is not None:
+            raise BindingError("nonce was already used")
+        conn.execute(t.nonces.delete().where(t.nonces.c.expires_at < now))
+        conn.execute(insert(t.nonces).values(nonce=nonce.hex(), expires_at=expires, used=1))
 
     def attest(self, request: Any) -> dict[str, Any]:
         """Verify, bind, appraise, release. Returns the release encrypted to the runtime key."""
@@ -489,10 +517,7 @@ class Cas:
         with self.db.write() as conn:
             try:
                 # 1. The nonce is ours, fresh and unused (single use).
-                row = conn.execute(select(t.nonces).where(t.nonces.c.nonce == nonce.hex())).first()
-                if row is None or row.used or row.expires_at < self.clock():
-                    raise BindingError("nonce is unknown, expired or already used")
-                conn.execute(update(t.nonces).where(t.nonces.c.nonce == nonce.hex()).values(used=1))
+                self._check_nonce(conn, nonce)
                 # 2. The same evidence is never accepted twice.
                 if (
                     conn.execute(select(t.evidence_seen).where(t.evidence_seen.c.digest == digest)).first()

@@ -37,7 +37,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 from confide.errors import StorageError
 
@@ -159,8 +159,14 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         try:
             if self.is_sqlite:
+                # A small pool: connections (and their PRAGMAs) are reused; SQLite serialises
+                # writers with BEGIN IMMEDIATE anyway.
                 self.engine: Engine = create_engine(
-                    url, connect_args={"check_same_thread": False, "timeout": 30}, poolclass=NullPool
+                    url,
+                    connect_args={"check_same_thread": False, "timeout": 30},
+                    poolclass=QueuePool,
+                    pool_size=4,
+                    max_overflow=8,
                 )
                 self._sqlite_hooks()
             else:

@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from confide.errors import PolicyError, SignatureError
@@ -94,6 +95,11 @@ class Sealer:
         if len(master_key) != 32:
             raise ValueError("master key must be 32 bytes")
         self._kek = AESGCM(master_key)
+        self._master = master_key
+
+    def derive_key(self, purpose: bytes) -> bytes:
+        """A 32-byte key for another purpose, derived from the master key (HKDF-SHA256)."""
+        return HKDF(hashes.SHA256(), 32, None, purpose).derive(self._master)
 
     def __repr__(self) -> str:
         return "Sealer(<master key hidden>)"
