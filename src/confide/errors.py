@@ -24,6 +24,13 @@ contain secret values.
     │   └── AppraisalError (31)             verified evidence does not satisfy the policy
     ├── NetworkError (40)                   a remote service could not be reached or answered badly
     └── StorageError (50)                   the database or a file store failed
+
+    Transparency ledger (added at the end, each with its own exit code; all VerificationError):
+    ├── UnknownKeyError (60)                a signed note carries no signature by the pinned key
+    ├── ConsistencyError (61)               a tree does not extend the one seen before (fork)
+    ├── RollbackError (62)                  a tree is smaller than one seen before
+    └── EntryMismatchError (63)             an entry does not hash to what the tree commits to
+        └── EntryMissingError (64)          an entry the tree commits to is absent
 """
 
 from __future__ import annotations
@@ -38,14 +45,19 @@ __all__ = [
     "CollateralExpiredError",
     "CollateralMissingError",
     "ConfideError",
+    "ConsistencyError",
+    "EntryMismatchError",
+    "EntryMissingError",
     "MeasurementError",
     "NetworkError",
     "ParseError",
     "PolicyError",
     "RevocationError",
+    "RollbackError",
     "SignatureError",
     "StorageError",
     "TcbLevelNotFoundError",
+    "UnknownKeyError",
     "UsageError",
     "VerificationError",
 ]
@@ -159,3 +171,33 @@ class NetworkError(ConfideError):
 
 class StorageError(ConfideError):
     exit_code = 50
+
+
+class UnknownKeyError(VerificationError):
+    """A signed note (checkpoint) has no signature line by the pinned key: wrong key."""
+
+    exit_code = 60
+
+
+class ConsistencyError(VerificationError):
+    """A tree does not extend a tree seen before (fork), or a consistency proof is invalid."""
+
+    exit_code = 61
+
+
+class RollbackError(VerificationError):
+    """A log presents a tree smaller than one it presented before."""
+
+    exit_code = 62
+
+
+class EntryMismatchError(VerificationError):
+    """An entry does not hash to what the tree commits to (or its inclusion proof fails)."""
+
+    exit_code = 63
+
+
+class EntryMissingError(EntryMismatchError):
+    """An entry that the tree commits to is absent."""
+
+    exit_code = 64

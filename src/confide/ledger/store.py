@@ -1,0 +1,411 @@
+"""The ledger's storage: entries and C2SP tiles in SQLite, appended in the caller's transaction.
+
+Tables (plain, portable SQL; parameters use sqlite3's ``?`` style)::
+
+    ledger_head(id = 1, size)                     the one head row; appends lock it
+    ledger_entries(idx PK, leaf_key, data)        entry bytes; leaf_key = first 8 bytes of
+                                                  the leaf hash (signed int64), indexed, for
+                                                  inclusion proofs by entry hash
+    ledger_tiles(level, idx, hashes)              C2SP tlog-tiles, 32-byte hashes concatenated;
+                                                  full tiles are immutable, the last tile of
+                                                  each level grows in place
+    ledger_checkpoints(size PK, note)             every checkpoint the log signed
+
+The tree is never recomputed: an append hashes its leaf into the partial level-0 tile and,
+whenever a tile fills up, that tile's 256-leaf subtree hash into the level above; a root or
+proof reads O(log n) tiles (:class:`~confide.ledger.tiles.TiledNodes`).
+
+Concurrency: on SQLite an appender holds the database write lock (``BEGIN IMMEDIATE``) for
+its whole transaction, so appends from any number of connections and processes are
+serialised and the log stays linear. On PostgreSQL the same statements work with the head
+row read as ``SELECT ... FOR UPDATE`` (``Ledger(lock_head_clause=" FOR UPDATE")``) and
+``%s`` parameters; this module is only exercised on SQLite so far.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Empty, SimpleQueue
+
+from confide.errors import ConsistencyError, RollbackError, StorageError, UsageError
+from confide.ledger.checkpoint import Checkpoint, sign_checkpoint
+from confide.ledger.merkle import (
+    EMPTY_ROOT,
+    HASH_SIZE,
+    consistency_proof,
+    hash_children,
+    hash_leaf,
+    inclusion_proof,
+    subtree_hash,
+    verify_consistency,
+)
+from confide.ledger.note import NoteSigner, parse_note
+from confide.ledger.tiles import TILE_HEIGHT, TILE_WIDTH, TiledNodes, tile_width
+
+__all__ = ["MAX_ENTRY_SIZE", "GroupCommitter", "Ledger", "connect", "write_transaction"]
+
+MAX_ENTRY_SIZE = 0xFFFF  # tlog-tiles entry bundles prefix each entry with a uint16 length
+BUSY_TIMEOUT_MS = 30_000
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS ledger_head (id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL)",
+    "INSERT INTO ledger_head (id, size) VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
+    "CREATE TABLE IF NOT EXISTS ledger_entries (idx INTEGER PRIMARY KEY, leaf_key INTEGER NOT NULL, "
+    "data BLOB NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS ledger_entries_leaf_key ON ledger_entries (leaf_key)",
+    "CREATE TABLE IF NOT EXISTS ledger_tiles (level INTEGER NOT NULL, idx INTEGER NOT NULL, "
+    "hashes BLOB NOT NULL, PRIMARY KEY (level, idx))",
+    "CREATE TABLE IF NOT EXISTS ledger_checkpoints (size INTEGER PRIMARY KEY, note BLOB NOT NULL)",
+)
+
+
+def connect(path: str | Path, *, durable: bool = True, timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
+    """An SQLite connection in autocommit mode (explicit transactions), WAL, busy timeout.
+
+    ``durable=True`` sets ``synchronous=FULL``: a commit returns only after the WAL is
+    fsynced, so an acknowledged append survives a crash of the process or the machine.
+    """
+    try:
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=timeout_ms / 1000, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'OFF'}")
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot open ledger database {str(path)!r}: {exc}") from None
+    return conn
+
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error): takes the write lock first."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot begin a write transaction: {exc}") from None
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise StorageError(f"commit failed: {exc}") from None
+
+
+class _ConnTiles:
+    """TileReader over a connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def read_tile(self, level: int, index: int, width: int) -> bytes:
+        row = self.conn.execute(
+            "SELECT hashes FROM ledger_tiles WHERE level = ? AND idx = ?", (level, index)
+        ).fetchone()
+        if row is None:
+            raise StorageError(f"tile {level}/{index} is missing from the ledger database")
+        data = bytes(row[0])
+        if len(data) < width * HASH_SIZE:
+            raise StorageError(f"tile {level}/{index} holds {len(data) // HASH_SIZE} hashes, expected {width}")
+        return data[: width * HASH_SIZE]
+
+
+def _leaf_key(leaf_hash: bytes) -> int:
+    return int(struct.unpack(">q", leaf_hash[:8])[0])
+
+
+def _tile_root(hashes: bytes) -> bytes:
+    """The hash of a full tile's 256 hashes (a perfect subtree of height 8)."""
+    level = [hashes[i : i + HASH_SIZE] for i in range(0, len(hashes), HASH_SIZE)]
+    while len(level) > 1:
+        level = [hash_children(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+    return level[0]
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """Stateless access to the ledger tables through a caller's connection."""
+
+    lock_head_clause: str = ""  # " FOR UPDATE" on PostgreSQL
+
+    # --- schema and head ---------------------------------------------------------------
+
+    @staticmethod
+    def init_schema(conn: sqlite3.Connection) -> None:
+        with write_transaction(conn):
+            for stmt in SCHEMA:
+                conn.execute(stmt)
+
+    @staticmethod
+    def size(conn: sqlite3.Connection) -> int:
+        try:
+            row = conn.execute("SELECT size FROM ledger_head WHERE id = 1").fetchone()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read the ledger head: {exc}") from None
+        if row is None:
+            raise StorageError("the ledger head row is missing")
+        return int(row[0])
+
+    # --- appending ---------------------------------------------------------------------
+
+    def append(self, conn: sqlite3.Connection, entry: bytes) -> int:
+        """Append one entry inside the caller's open write transaction; returns its index."""
+        return self.append_batch(conn, [entry])
+
+    def append_batch(self, conn: sqlite3.Connection, entries: Sequence[bytes]) -> int:
+        """Append entries inside the caller's open write transaction; returns the first index.
+
+        The caller's transaction must hold the write lock (SQLite ``BEGIN IMMEDIATE``, see
+        :func:`write_transaction`); the entries become visible, and durable, with its commit.
+        """
+        if not conn.in_transaction:
+            raise UsageError("Ledger.append needs an open transaction (BEGIN IMMEDIATE) on the connection")
+        if not entries:
+            raise UsageError("append_batch: got no entries, expected at least one")
+        for n, entry in enumerate(entries):
+            if not isinstance(entry, bytes | bytearray):
+                raise UsageError(f"entry {n}: got {type(entry).__name__}, expected bytes")
+            if len(entry) > MAX_ENTRY_SIZE:
+                raise UsageError(f"entry {n}: got {len(entry)} bytes, expected at most {MAX_ENTRY_SIZE}")
+        try:
+            row = conn.execute("SELECT size FROM ledger_head WHERE id = 1" + self.lock_head_clause).fetchone()
+            if row is None:
+                raise StorageError("the ledger head row is missing (run init_schema)")
+            start = int(row[0])
+            leaf_hashes = [hash_leaf(bytes(e)) for e in entries]
+            conn.executemany(
+                "INSERT INTO ledger_entries (idx, leaf_key, data) VALUES (?, ?, ?)",
+                [(start + i, _leaf_key(h), bytes(e)) for i, (h, e) in enumerate(zip(leaf_hashes, entries, strict=True))],
+            )
+            self._add_to_tiles(conn, start, start + len(entries), leaf_hashes)
+            cur = conn.execute(
+                "UPDATE ledger_head SET size = ? WHERE id = 1 AND size = ?", (start + len(entries), start)
+            )
+            if cur.rowcount != 1:
+                raise StorageError("the ledger head changed during the append (missing write lock?)")
+        except sqlite3.Error as exc:
+            raise StorageError(f"append failed: {exc}") from None
+        return start
+
+    @staticmethod
+    def _add_to_tiles(conn: sqlite3.Connection, old_size: int, new_size: int, leaf_hashes: list[bytes]) -> None:
+        level = 0
+        new_hashes = b"".join(leaf_hashes)
+        while new_hashes:
+            shift = TILE_HEIGHT * level
+            old_row, new_row = old_size >> shift, new_size >> shift
+            if len(new_hashes) != (new_row - old_row) * HASH_SIZE:
+                raise StorageError(f"tile level {level}: inconsistent row lengths")
+            first_tile = old_row // TILE_WIDTH
+            existing = old_row % TILE_WIDTH
+            buf = b""
+            if existing:
+                row = conn.execute(
+                    "SELECT hashes FROM ledger_tiles WHERE level = ? AND idx = ?", (level, first_tile)
+                ).fetchone()
+                if row is None or len(row[0]) != existing * HASH_SIZE:
+                    raise StorageError(f"partial tile {level}/{first_tile} is missing or has the wrong width")
+                buf = bytes(row[0])
+            buf += new_hashes
+            tile_bytes = TILE_WIDTH * HASH_SIZE
+            upserts = []
+            completed = []
+            for offset in range(0, len(buf), tile_bytes):
+                chunk = buf[offset : offset + tile_bytes]
+                upserts.append((level, first_tile + offset // tile_bytes, chunk))
+                if len(chunk) == tile_bytes:
+                    completed.append(_tile_root(chunk))
+            conn.executemany(
+                "INSERT INTO ledger_tiles (level, idx, hashes) VALUES (?, ?, ?) "
+                "ON CONFLICT (level, idx) DO UPDATE SET hashes = excluded.hashes",
+                upserts,
+            )
+            new_hashes = b"".join(completed)
+            level += 1
+
+    # --- reading -----------------------------------------------------------------------
+
+    @staticmethod
+    def nodes(conn: sqlite3.Connection, size: int) -> TiledNodes:
+        return TiledNodes(_ConnTiles(conn), size)
+
+    def _check_size(self, conn: sqlite3.Connection, size: int | None) -> int:
+        current = self.size(conn)
+        if size is None:
+            return current
+        if not 0 <= size <= current:
+            raise UsageError(f"tree size {size}: expected 0..{current}")
+        return size
+
+    def root(self, conn: sqlite3.Connection, size: int | None = None) -> bytes:
+        n = self._check_size(conn, size)
+        return EMPTY_ROOT if n == 0 else subtree_hash(self.nodes(conn, n), 0, n)
+
+    def inclusion_proof(self, conn: sqlite3.Connection, index: int, size: int | None = None) -> list[bytes]:
+        n = self._check_size(conn, size)
+        if not 0 <= index < n:
+            raise UsageError(f"leaf index {index}: expected 0..{n - 1}")
+        return inclusion_proof(self.nodes(conn, n), index, n)
+
+    def consistency_proof(self, conn: sqlite3.Connection, size1: int, size2: int | None = None) -> list[bytes]:
+        n = self._check_size(conn, size2)
+        if not 0 <= size1 <= n:
+            raise UsageError(f"first tree size {size1}: expected 0..{n}")
+        return consistency_proof(self.nodes(conn, n), size1, n)
+
+    @staticmethod
+    def entry(conn: sqlite3.Connection, index: int) -> bytes | None:
+        row = conn.execute("SELECT data FROM ledger_entries WHERE idx = ?", (index,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    @staticmethod
+    def entries(conn: sqlite3.Connection, start: int, end: int) -> list[tuple[int, bytes]]:
+        rows = conn.execute(
+            "SELECT idx, data FROM ledger_entries WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end)
+        ).fetchall()
+        return [(int(i), bytes(d)) for i, d in rows]
+
+    @staticmethod
+    def find_leaf(conn: sqlite3.Connection, leaf_hash: bytes) -> int | None:
+        """Index of the first entry whose leaf hash is ``leaf_hash`` (inclusion by hash)."""
+        if len(leaf_hash) != HASH_SIZE:
+            raise UsageError(f"leaf hash of {len(leaf_hash)} bytes, expected {HASH_SIZE}")
+        rows = conn.execute(
+            "SELECT idx, data FROM ledger_entries WHERE leaf_key = ? ORDER BY idx", (_leaf_key(leaf_hash),)
+        ).fetchall()
+        for idx, data in rows:
+            if hash_leaf(bytes(data)) == leaf_hash:
+                return int(idx)
+        return None
+
+    @staticmethod
+    def read_tile(conn: sqlite3.Connection, level: int, index: int, width: int) -> bytes:
+        return _ConnTiles(conn).read_tile(level, index, width)
+
+    # --- checkpoints -------------------------------------------------------------------
+
+    @staticmethod
+    def latest_checkpoint(conn: sqlite3.Connection) -> bytes | None:
+        row = conn.execute("SELECT note FROM ledger_checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+        return None if row is None else bytes(row[0])
+
+    def sign_checkpoint(
+        self, conn: sqlite3.Connection, signer: NoteSigner, *, origin: str | None = None
+    ) -> bytes:
+        """Sign a checkpoint of the current tree and record it; returns the signed note.
+
+        Before signing, the tree is proven consistent with the last checkpoint this log
+        signed, so a tampered database cannot make the log sign a fork or a rollback.
+        """
+        own_tx = not conn.in_transaction
+        if own_tx:
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            size = self.size(conn)
+            root = self.root(conn, size)
+            previous = self.latest_checkpoint(conn)
+            if previous is not None:
+                prev = Checkpoint.from_text(parse_note(previous).text)
+                if prev.size > size:
+                    raise RollbackError(f"the tree has {size} entries, but checkpoint {prev.size} was signed")
+                proof = self.consistency_proof(conn, prev.size, size)
+                try:
+                    verify_consistency(prev.size, size, prev.root, root, proof)
+                except ConsistencyError as exc:
+                    raise ConsistencyError(f"refusing to sign: {exc.message}") from None
+            note = sign_checkpoint(Checkpoint(origin or signer.name, size, root), signer)
+            conn.execute(
+                "INSERT INTO ledger_checkpoints (size, note) VALUES (?, ?) "
+                "ON CONFLICT (size) DO UPDATE SET note = excluded.note",
+                (size, note),
+            )
+        except BaseException:
+            if own_tx:
+                conn.execute("ROLLBACK")
+            raise
+        if own_tx:
+            conn.execute("COMMIT")
+        return note
+
+
+_STOP = object()
+
+
+class GroupCommitter:
+    """Durable appends from many threads, many entries per commit (one fsync per batch).
+
+    A writer thread owns one connection; :meth:`append` queues an entry and returns its
+    index only after the transaction containing it has committed (``synchronous=FULL``).
+    """
+
+    def __init__(self, path: str | Path, *, max_batch: int = 8192, ledger: Ledger | None = None) -> None:
+        self.path = Path(path)
+        self.max_batch = max_batch
+        self.ledger = ledger or Ledger()
+        self._queue: SimpleQueue[object] = SimpleQueue()
+        self._conn = connect(self.path, durable=True)
+        Ledger.init_schema(self._conn)
+        self.commits = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="ledger-group-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, entry: bytes) -> Future[int]:
+        if self._closed:
+            raise UsageError("the group committer is closed")
+        fut: Future[int] = Future()
+        self._queue.put((bytes(entry), fut))
+        return fut
+
+    def append(self, entry: bytes, timeout: float | None = None) -> int:
+        return self.submit(entry).result(timeout)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._conn.close()
+
+    def __enter__(self) -> GroupCommitter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch: list[tuple[bytes, Future[int]]] = [item]  # type: ignore[list-item]
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)  # type: ignore[arg-type]
+            try:
+                with write_transaction(self._conn):
+                    first = self.ledger.append_batch(self._conn, [e for e, _ in batch])
+            except BaseException as exc:
+                for _, fut in batch:
+                    fut.set_exception(exc)
+                continue
+            self.commits += 1
+            for i, (_, fut) in enumerate(batch):
+                fut.set_result(first + i)
