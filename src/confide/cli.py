@@ -161,3 +161,8 @@ def main() -> None:
     except ConfideError as exc:
         click.echo(f"error: {exc.diagnostics()}", err=True)
         sys.exit(exc.exit_code)
+
+
+from confide.ledger.cli import ledger as _ledger_group  # noqa: E402
+
+cli.add_command(_ledger_group)

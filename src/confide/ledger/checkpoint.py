@@ -39,7 +39,9 @@ class Checkpoint:
         if not 0 <= self.size <= MAX_TREE_SIZE:
             raise ParseError(f"tree size {self.size}, expected 0..2**63-1", structure=_STRUCTURE)
         if len(self.root) != HASH_SIZE:
-            raise ParseError(f"root hash is {len(self.root)} bytes, expected {HASH_SIZE}", structure=_STRUCTURE)
+            raise ParseError(
+                f"root hash is {len(self.root)} bytes, expected {HASH_SIZE}", structure=_STRUCTURE
+            )
         for ext in self.extensions:
             if not ext or "\n" in ext:
                 raise ParseError("extension lines must be non-empty single lines", structure=_STRUCTURE)
@@ -60,7 +62,9 @@ class Checkpoint:
             raise ParseError("empty origin line", structure=_STRUCTURE, field="origin")
         if not size_text.isascii() or not size_text.isdigit() or (size_text != "0" and size_text[0] == "0"):
             raise ParseError(
-                f"got {size_text[:30]!r}, expected a decimal without leading zeroes", structure=_STRUCTURE, field="size"
+                f"got {size_text[:30]!r}, expected a decimal without leading zeroes",
+                structure=_STRUCTURE,
+                field="size",
             )
         if len(size_text) > 19 or int(size_text) > MAX_TREE_SIZE:
             raise ParseError("tree size exceeds 2**63-1", structure=_STRUCTURE, field="size")

@@ -30,7 +30,7 @@ from typing import ClassVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from confide.errors import ParseError, SignatureError, UnknownKeyError
 
@@ -143,13 +143,17 @@ def parse_note(data: bytes) -> Note:
     for n, line in enumerate(lines):
         field = f"signature[{n}]"
         if not line.startswith(SIG_PREFIX):
-            raise ParseError(f"got {line[:40]!r}, expected '— <name> <base64>'", structure=_STRUCTURE, field=field)
+            raise ParseError(
+                f"got {line[:40]!r}, expected '— <name> <base64>'", structure=_STRUCTURE, field=field
+            )
         name, sep, b64 = line[len(SIG_PREFIX) :].partition(" ")
         if not sep or not _valid_name(name):
             raise ParseError(f"invalid key name {name[:40]!r}", structure=_STRUCTURE, field=field)
         blob = b64decode_strict(b64, f"{_STRUCTURE} {field}")
         if len(blob) < KEY_ID_SIZE + 1:
-            raise ParseError(f"signature is {len(blob)} bytes, expected at least 5", structure=_STRUCTURE, field=field)
+            raise ParseError(
+                f"signature is {len(blob)} bytes, expected at least 5", structure=_STRUCTURE, field=field
+            )
         sigs.append(NoteSignature(name, int.from_bytes(blob[:KEY_ID_SIZE], "big"), blob[KEY_ID_SIZE:]))
     return Note(text=text, signatures=tuple(sigs))
 
@@ -174,7 +178,8 @@ class NoteVerifier:
             )
         if len(self.public_key) != ED25519_KEY_SIZE:
             raise ParseError(
-                f"public key is {len(self.public_key)} bytes, expected {ED25519_KEY_SIZE}", structure="verifier key"
+                f"public key is {len(self.public_key)} bytes, expected {ED25519_KEY_SIZE}",
+                structure="verifier key",
             )
 
     @property
@@ -193,14 +198,17 @@ class NoteVerifier:
             raise ParseError(f"got {vkey[:80]!r}, expected <name>+<8 hex>+<base64>", structure="verifier key")
         name, hash_hex, b64 = parts
         if len(hash_hex) != 8 or any(c not in "0123456789abcdef" for c in hash_hex):
-            raise ParseError(f"key ID {hash_hex!r}, expected 8 lower-case hex digits", structure="verifier key")
+            raise ParseError(
+                f"key ID {hash_hex!r}, expected 8 lower-case hex digits", structure="verifier key"
+            )
         raw = b64decode_strict(b64, "verifier key")
         if not raw:
             raise ParseError("empty key", structure="verifier key")
         verifier = cls(name=name, sig_type=raw[0], public_key=raw[1:])
         if verifier.key_id != int(hash_hex, 16):
             raise ParseError(
-                f"key ID {hash_hex} does not match the key (computed {verifier.key_id:08x})", structure="verifier key"
+                f"key ID {hash_hex} does not match the key (computed {verifier.key_id:08x})",
+                structure="verifier key",
             )
         return verifier
 
@@ -266,7 +274,9 @@ class NoteSigner:
         except (binascii.Error, UnicodeEncodeError, ValueError):
             raise ParseError("key material is not base64", structure="signer key") from None
         if len(raw) != 1 + ED25519_KEY_SIZE or raw[0] not in NoteVerifier.SUPPORTED:
-            raise ParseError("expected 33 bytes: type 0x01 or 0x04 and a 32-byte seed", structure="signer key")
+            raise ParseError(
+                "expected 33 bytes: type 0x01 or 0x04 and a 32-byte seed", structure="signer key"
+            )
         signer = cls(name, Ed25519PrivateKey.from_private_bytes(raw[1:]), raw[0])
         if len(hash_hex) != 8 or f"{signer.key_id:08x}" != hash_hex:
             raise ParseError("key ID does not match the key", structure="signer key")
@@ -274,8 +284,6 @@ class NoteSigner:
 
     @property
     def skey(self) -> str:
-        from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
-
         seed = self._key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         b64 = base64.b64encode(bytes([self.verifier.sig_type]) + seed).decode("ascii")
         return f"PRIVATE+KEY+{self.name}+{self.key_id:08x}+{b64}"

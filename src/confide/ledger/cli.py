@@ -1,0 +1,145 @@
+"""``confide ledger``: audit a ledger, manage log keys, sign checkpoints.
+
+Exit codes are those of :mod:`confide.errors`: 0 verified, 21 bad signature, 60 checkpoint
+not signed by the pinned key, 61 fork (inconsistent), 62 rollback, 63 entry mismatch,
+64 entry missing, 10 malformed input, 50 storage.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from confide.errors import ConfideError, UsageError
+from confide.ledger.auditor import AuditorState, LocalLogClient, audit_once
+from confide.ledger.encoding import Entry
+from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, SIG_TYPE_ED25519, NoteSigner, NoteVerifier
+from confide.ledger.store import Ledger, connect
+
+__all__ = ["ledger"]
+
+_PATH = click.Path(path_type=Path)
+
+
+def _fail(exc: ConfideError) -> None:
+    click.echo(f"error: {exc.diagnostics()}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _read_key_text(value: str, what: str) -> str:
+    """A key given inline or as a path to a file holding it."""
+    path = Path(value)
+    if "+" not in value or path.is_file():
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UsageError(f"{what}: cannot read {value!r}: {exc.strerror or exc}") from None
+    return value.strip()
+
+
+def _check_entry(index: int, data: bytes) -> None:
+    Entry.from_bytes(data)  # canonical encoding and typed model, else ParseError
+
+
+@click.group("ledger")
+def ledger() -> None:
+    """Transparency ledger: audit, keys, checkpoints."""
+
+
+@ledger.command("verify")
+@click.option("--log-db", type=_PATH, required=True, help="Ledger database (SQLite) to audit.")
+@click.option("--state", type=_PATH, help="Auditor state file: the last verified checkpoint.")
+@click.option(
+    "--key", "key", required=True, metavar="VKEY", help="Pinned log key (name+hash+base64) or a file."
+)
+@click.option("--full", is_flag=True, help="Also download every entry and recompute the tree.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def verify(log_db: Path, state: Path | None, key: str, full: bool, as_json: bool) -> None:
+    """Verify the log's latest checkpoint and its consistency with the last one seen."""
+    try:
+        log_key = NoteVerifier.from_vkey(_read_key_text(key, "--key"))
+        if log_key.sig_type != SIG_TYPE_ED25519:
+            raise UsageError("--key: expected a log key (signature type 0x01)")
+        if not log_db.is_file():
+            raise UsageError(f"--log-db: {str(log_db)!r} does not exist")
+        conn = connect(log_db, durable=False)
+        try:
+            old, signed = audit_once(
+                LocalLogClient(conn),
+                log_key,
+                AuditorState(state) if state else None,
+                full=full,
+                entry_check=_check_entry if full else None,
+            )
+        finally:
+            conn.close()
+    except ConfideError as exc:
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "verified": False,
+                        "error": {"class": exc.kind, "message": exc.message, "exit_code": exc.exit_code},
+                    }
+                )
+            )
+        _fail(exc)
+        return
+    cp = signed.checkpoint
+    out = {
+        "verified": True,
+        "origin": cp.origin,
+        "size": cp.size,
+        "root": cp.root.hex(),
+        "previous_size": None if old is None else old.size,
+        "entries_checked": cp.size if full else 0,
+    }
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    click.echo(f"verified: {cp.origin} size {cp.size} root {cp.root.hex()}")
+    if old is not None:
+        click.echo(f"  consistent with the last seen size {old.size}")
+    if full:
+        click.echo(f"  all {cp.size} entries match the tree")
+
+
+@ledger.command("keygen")
+@click.option("--name", required=True, help="Key name (the log origin, or the witness name).")
+@click.option("--witness", is_flag=True, help="A witness cosigning key (type 0x04) instead of a log key.")
+@click.option("--out", type=_PATH, required=True, help="File for the private key (mode 0600).")
+def keygen(name: str, witness: bool, out: Path) -> None:
+    """Generate an Ed25519 note key; prints the verifier key (vkey)."""
+    try:
+        signer = NoteSigner.generate(name, SIG_TYPE_COSIGNATURE_V1 if witness else SIG_TYPE_ED25519)
+        out.touch(mode=0o600, exist_ok=False)
+        out.write_text(signer.skey + "\n", encoding="utf-8")
+    except FileExistsError:
+        _fail(UsageError(f"--out: {str(out)!r} exists; refusing to overwrite a key"))
+        return
+    except ConfideError as exc:
+        _fail(exc)
+        return
+    click.echo(signer.verifier.vkey)
+
+
+@ledger.command("checkpoint")
+@click.option("--log-db", type=_PATH, required=True, help="Ledger database (SQLite).")
+@click.option("--signing-key", type=_PATH, required=True, help="File with the log's private key (skey).")
+def checkpoint(log_db: Path, signing_key: Path) -> None:
+    """Sign and record a checkpoint of the current tree; prints it."""
+    try:
+        signer = NoteSigner.from_skey(_read_key_text(str(signing_key), "--signing-key"))
+        conn = connect(log_db)
+        try:
+            Ledger.init_schema(conn)
+            note = Ledger().sign_checkpoint(conn, signer)
+        finally:
+            conn.close()
+    except ConfideError as exc:
+        _fail(exc)
+        return
+    click.echo(note.decode("utf-8"), nl=False)
