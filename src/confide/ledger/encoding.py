@@ -234,8 +234,11 @@ class Entry:
             raise ParseError(
                 f"version {value['v']!r}, expected {ENTRY_VERSION}", structure=_STRUCTURE, field="v"
             )
+        type_name = value["type"]
         try:
-            etype = EntryType(value["type"])
+            if not isinstance(type_name, str):
+                raise ValueError(type_name)
+            etype = EntryType(type_name)
         except ValueError:
             raise ParseError(
                 f"unknown entry type {value['type']!r}", structure=_STRUCTURE, field="type"
