@@ -92,7 +92,7 @@ def parse_tile_path(path: str) -> TileId:
     for element in elements:
         index = index * 1000 + int(element.lstrip("x"))
     width = TILE_WIDTH if width_text is None else int(width_text)
-    if not 1 <= width < TILE_WIDTH:
+    if width_text is not None and not 1 <= width < TILE_WIDTH:
         raise ParseError(f"partial width {width}, expected 1..255", structure="tile path")
     tile = TileId(level, index, width)
     if format_tile_path(tile) != path:  # e.g. a superfluous x000/ element

@@ -1,0 +1,210 @@
+"""The SQLite tile store: appends in the caller's transaction, proofs from tiles, group commit,
+concurrent appenders in several processes, and durability across SIGKILL."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from confide.errors import StorageError, UsageError
+from confide.ledger.merkle import hash_leaf, mth, verify_consistency, verify_inclusion
+from confide.ledger.store import GroupCommitter, Ledger, connect, write_transaction
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def _db(tmp_path: Path):  # type: ignore[no-untyped-def]
+    conn = connect(tmp_path / "ledger.db")
+    Ledger.init_schema(conn)
+    return conn
+
+
+def _all_entries(conn) -> list[bytes]:  # type: ignore[no-untyped-def]
+    rows = conn.execute("SELECT idx, data FROM ledger_entries ORDER BY idx").fetchall()
+    assert [r[0] for r in rows] == list(range(len(rows))), "gap or duplicate in the log"
+    return [bytes(r[1]) for r in rows]
+
+
+def test_roots_and_proofs_from_tiles_match_the_definition(tmp_path: Path) -> None:
+    conn = _db(tmp_path)
+    ledger = Ledger()
+    entries = [f"entry {i}".encode() for i in range(66_000)]
+    with write_transaction(conn):
+        ledger.append_batch(conn, entries[:1])
+    for i in range(1, 600):  # single appends across the first tile boundaries
+        with write_transaction(conn):
+            assert ledger.append(conn, entries[i]) == i
+    with write_transaction(conn):
+        assert ledger.append_batch(conn, entries[600:]) == 600
+    assert Ledger.size(conn) == len(entries)
+    for n in (1, 2, 255, 256, 257, 511, 512, 65535, 65536, 65537, 66_000):
+        assert ledger.root(conn, n) == mth(entries[:n])
+    for n, i in ((66_000, 0), (66_000, 65_999), (65_537, 65_536), (300, 299), (257, 3)):
+        root = ledger.root(conn, n)
+        verify_inclusion(i, n, hash_leaf(entries[i]), ledger.inclusion_proof(conn, i, n), root)
+    for m, n in ((1, 66_000), (256, 65_537), (65_536, 66_000), (300, 301), (7, 7)):
+        verify_consistency(m, n, ledger.root(conn, m), ledger.root(conn, n), ledger.consistency_proof(conn, m, n))
+    # C2SP tlog-tiles example geometry at size 70,000 is checked in test_ledger_tiles.
+    assert Ledger.find_leaf(conn, hash_leaf(entries[12_345])) == 12_345
+    assert Ledger.find_leaf(conn, hash_leaf(b"never appended")) is None
+
+
+def test_append_joins_the_callers_transaction(tmp_path: Path) -> None:
+    conn = _db(tmp_path)
+    conn.execute("CREATE TABLE policies (name TEXT PRIMARY KEY)")
+    ledger = Ledger()
+    with pytest.raises(UsageError, match="open transaction"):
+        ledger.append(conn, b"outside any transaction")
+    with pytest.raises(RuntimeError), write_transaction(conn):
+        conn.execute("INSERT INTO policies VALUES ('p1')")
+        ledger.append(conn, b"policy p1 created")
+        raise RuntimeError("the state change fails")
+    assert conn.execute("SELECT count(*) FROM policies").fetchone()[0] == 0
+    assert Ledger.size(conn) == 0  # rolled back together
+    with write_transaction(conn):
+        conn.execute("INSERT INTO policies VALUES ('p1')")
+        assert ledger.append(conn, b"policy p1 created") == 0
+    assert Ledger.size(conn) == 1
+    assert Ledger.entry(conn, 0) == b"policy p1 created"
+
+
+def test_entry_limits(tmp_path: Path) -> None:
+    conn = _db(tmp_path)
+    with write_transaction(conn):
+        with pytest.raises(UsageError, match="65535"):
+            Ledger().append(conn, b"x" * 65_536)
+        Ledger().append(conn, b"x" * 65_535)
+        with pytest.raises(UsageError):
+            Ledger().append_batch(conn, [])
+
+
+def test_tampered_partial_tile_is_detected_on_append(tmp_path: Path) -> None:
+    conn = _db(tmp_path)
+    with write_transaction(conn):
+        Ledger().append_batch(conn, [b"a", b"b", b"c"])
+    conn.execute("UPDATE ledger_tiles SET hashes = substr(hashes, 1, 32) WHERE level = 0")
+    with pytest.raises(StorageError, match="partial tile"), write_transaction(conn):
+        Ledger().append(conn, b"d")
+
+
+def test_group_commit_batches_and_acknowledges_each_entry(tmp_path: Path) -> None:
+    path = tmp_path / "gc.db"
+    import threading
+
+    results: dict[bytes, int] = {}
+    lock = threading.Lock()
+    with GroupCommitter(path) as gc:
+
+        def worker(w: int) -> None:
+            for i in range(300):
+                e = f"w{w}-{i}".encode()
+                idx = gc.append(e)
+                with lock:
+                    results[e] = idx
+
+        threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        commits = gc.commits
+    assert commits < 2400  # several entries per commit
+    conn = connect(path)
+    entries = _all_entries(conn)
+    assert len(entries) == 2400
+    for e, idx in results.items():
+        assert entries[idx] == e
+    assert Ledger().root(conn) == mth(entries)
+
+
+def _appender(path: str, proc: int, rounds: int) -> None:
+    sys.path.insert(0, SRC)
+    conn = connect(path)
+    ledger = Ledger()
+    for r in range(rounds):
+        batch = [f"p{proc}-r{r}-{k}".encode() for k in range(1 + (r % 3))]
+        with write_transaction(conn):
+            ledger.append_batch(conn, batch)
+    conn.close()
+
+
+def test_concurrent_appenders_in_several_processes_leave_one_linear_log(tmp_path: Path) -> None:
+    path = tmp_path / "multi.db"
+    Ledger.init_schema(connect(path))
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_appender, args=(str(path), p, 60)) for p in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    conn = connect(path)
+    entries = _all_entries(conn)
+    per_proc = sum(1 + (r % 3) for r in range(60))
+    assert len(entries) == 4 * per_proc == Ledger.size(conn)
+    assert len(set(entries)) == len(entries)
+    for p in range(4):  # each process's own entries keep their order
+        mine = [e for e in entries if e.startswith(f"p{p}-".encode())]
+        assert mine == [f"p{p}-r{r}-{k}".encode() for r in range(60) for k in range(1 + (r % 3))]
+    assert Ledger().root(conn) == mth(entries)
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, threading
+    sys.path.insert(0, {src!r})
+    from confide.ledger.store import GroupCommitter
+    gc = GroupCommitter({path!r})
+    out_lock = threading.Lock()
+    def worker(w):
+        i = 0
+        while True:
+            e = ("w%d-%d" % (w, i)).encode()
+            idx = gc.append(e)
+            with out_lock:
+                sys.stdout.write("%d %s\\n" % (idx, e.decode()))
+                sys.stdout.flush()
+            i += 1
+    for w in range(4):
+        threading.Thread(target=worker, args=(w,), daemon=True).start()
+    threading.Event().wait()
+    """
+)
+
+
+@pytest.mark.slow
+def test_acknowledged_appends_survive_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "kill.db"
+    script = KILL_SCRIPT.format(src=SRC, path=str(path))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    acked: dict[int, str] = {}
+    deadline = time.monotonic() + 60
+    while len(acked) < 3000 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        idx, entry = line.split()
+        acked[int(idx)] = entry
+    os.kill(proc.pid, signal.SIGKILL)  # mid-load: the writer thread is between commits or in one
+    rest, _ = proc.communicate(timeout=30)
+    for line in rest.splitlines():  # acknowledgements already written before the kill
+        if line.count(" ") == 1:
+            idx, entry = line.split()
+            acked[int(idx)] = entry
+    assert proc.returncode == -signal.SIGKILL
+    assert len(acked) >= 3000
+    conn = connect(path)
+    entries = _all_entries(conn)
+    for idx, entry in acked.items():
+        assert entries[idx] == entry.encode(), f"acknowledged entry {idx} lost"
+    assert Ledger.size(conn) == len(entries)
+    assert Ledger().root(conn) == mth(entries)  # tiles and entries agree after the crash
