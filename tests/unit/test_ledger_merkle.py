@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-from functools import cache
-
 import pytest
+from _ledger_ref import MemNodes, ref_mth
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymerkle import InmemoryTree
@@ -67,35 +65,6 @@ CONSISTENCY = [
 SOME_HASH = bytes.fromhex("abacaba000000000000000000000000000000000000000000060061e00123456")
 
 
-class MemNodes:
-    """Reference NodeSource: node(h, k) straight from the RFC definition over in-memory leaves."""
-
-    def __init__(self, leaves: list[bytes]) -> None:
-        self.leaves = leaves
-        self.reads = 0
-
-    def node(self, height: int, index: int) -> bytes:
-        self.reads += 1
-        begin = index << height
-        end = begin + (1 << height)
-        assert end <= len(self.leaves), "asked for an incomplete subtree"
-        return _ref_mth(tuple(self.leaves[begin:end]))
-
-
-@cache
-def _ref_mth(leaves: tuple[bytes, ...]) -> bytes:
-    """RFC 9162 §2.1.1, literally."""
-    n = len(leaves)
-    if n == 0:
-        return hashlib.sha256(b"").digest()
-    if n == 1:
-        return hashlib.sha256(b"\x00" + leaves[0]).digest()
-    k = 1
-    while k * 2 < n:
-        k *= 2
-    return hashlib.sha256(b"\x01" + _ref_mth(leaves[:k]) + _ref_mth(leaves[k:])).digest()
-
-
 def _ref_path(m: int, d: tuple[bytes, ...]) -> list[bytes]:
     """RFC 9162 §2.1.3.1 PATH(m, D[n]), literally."""
     n = len(d)
@@ -105,21 +74,21 @@ def _ref_path(m: int, d: tuple[bytes, ...]) -> list[bytes]:
     while k * 2 < n:
         k *= 2
     if m < k:
-        return [*_ref_path(m, d[:k]), _ref_mth(d[k:])]
-    return [*_ref_path(m - k, d[k:]), _ref_mth(d[:k])]
+        return [*_ref_path(m, d[:k]), ref_mth(d[k:])]
+    return [*_ref_path(m - k, d[k:]), ref_mth(d[:k])]
 
 
 def _ref_subproof(m: int, d: tuple[bytes, ...], b: bool) -> list[bytes]:
     """RFC 9162 §2.1.4.1 SUBPROOF(m, D[n], b), literally."""
     n = len(d)
     if m == n:
-        return [] if b else [_ref_mth(d)]
+        return [] if b else [ref_mth(d)]
     k = 1
     while k * 2 < n:
         k *= 2
     if m <= k:
-        return [*_ref_subproof(m, d[:k], b), _ref_mth(d[k:])]
-    return [*_ref_subproof(m - k, d[k:], False), _ref_mth(d[:k])]
+        return [*_ref_subproof(m, d[:k], b), ref_mth(d[k:])]
+    return [*_ref_subproof(m - k, d[k:], False), ref_mth(d[:k])]
 
 
 def _leaves(n: int) -> list[bytes]:
@@ -130,7 +99,11 @@ def _leaves(n: int) -> list[bytes]:
 
 
 def test_empty_tree_root_is_sha256_of_nothing() -> None:
-    assert mth([]) == EMPTY_ROOT == bytes.fromhex("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+    assert (
+        mth([])
+        == EMPTY_ROOT
+        == bytes.fromhex("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+    )
 
 
 @pytest.mark.parametrize("size", range(1, 9))
@@ -239,7 +212,7 @@ def test_all_proofs_up_to_64_leaves_match_the_rfc_definitions() -> None:
     src = MemNodes(leaves)
     for n in range(1, 65):
         d = tuple(leaves[:n])
-        root = _ref_mth(d)
+        root = ref_mth(d)
         for m in range(n):
             proof = inclusion_proof(src, m, n)
             assert proof == _ref_path(m, d)
@@ -247,7 +220,7 @@ def test_all_proofs_up_to_64_leaves_match_the_rfc_definitions() -> None:
         for m in range(n + 1):
             proof = consistency_proof(src, m, n)
             assert proof == ([] if m in (0, n) else _ref_subproof(m, d, True))
-            verify_consistency(m, n, _ref_mth(tuple(leaves[:m])), root, proof)
+            verify_consistency(m, n, ref_mth(tuple(leaves[:m])), root, proof)
 
 
 @settings(max_examples=150, deadline=None)
@@ -259,7 +232,7 @@ def test_inclusion_proofs_property(data: st.DataObject) -> None:
     src = MemNodes(leaves)
     proof = inclusion_proof(src, m, n)
     assert src.reads <= 2 * n.bit_length() + 2  # O(log n) node reads, never the whole tree
-    root = _ref_mth(tuple(leaves))
+    root = ref_mth(tuple(leaves))
     verify_inclusion(m, n, hash_leaf(leaves[m]), proof, root)
     other = data.draw(st.integers(0, n - 1), label="other index")
     if other != m:
@@ -280,13 +253,13 @@ def test_consistency_proofs_property(data: st.DataObject) -> None:
     m = data.draw(st.integers(1, n), label="size1")
     leaves = _leaves(n)
     proof = consistency_proof(MemNodes(leaves), m, n)
-    r1, r2 = _ref_mth(tuple(leaves[:m])), _ref_mth(tuple(leaves))
+    r1, r2 = ref_mth(tuple(leaves[:m])), ref_mth(tuple(leaves))
     verify_consistency(m, n, r1, r2, proof)
     # A fork: the same sizes over a history with one entry changed must not verify.
     j = data.draw(st.integers(0, m - 1), label="forked entry")
     forked = list(leaves)
     forked[j] = b"forked"
-    fr2 = _ref_mth(tuple(forked))
+    fr2 = ref_mth(tuple(forked))
     fproof = consistency_proof(MemNodes(forked), m, n)
     with pytest.raises(ConsistencyError):
         verify_consistency(m, n, r1, fr2, fproof)

@@ -51,7 +51,9 @@ def test_roots_and_proofs_from_tiles_match_the_definition(tmp_path: Path) -> Non
         root = ledger.root(conn, n)
         verify_inclusion(i, n, hash_leaf(entries[i]), ledger.inclusion_proof(conn, i, n), root)
     for m, n in ((1, 66_000), (256, 65_537), (65_536, 66_000), (300, 301), (7, 7)):
-        verify_consistency(m, n, ledger.root(conn, m), ledger.root(conn, n), ledger.consistency_proof(conn, m, n))
+        verify_consistency(
+            m, n, ledger.root(conn, m), ledger.root(conn, n), ledger.consistency_proof(conn, m, n)
+        )
     # C2SP tlog-tiles example geometry at size 70,000 is checked in test_ledger_tiles.
     assert Ledger.find_leaf(conn, hash_leaf(entries[12_345])) == 12_345
     assert Ledger.find_leaf(conn, hash_leaf(b"never appended")) is None
