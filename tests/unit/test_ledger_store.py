@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -99,8 +100,6 @@ def test_tampered_partial_tile_is_detected_on_append(tmp_path: Path) -> None:
 
 def test_group_commit_batches_and_acknowledges_each_entry(tmp_path: Path) -> None:
     path = tmp_path / "gc.db"
-    import threading
-
     results: dict[bytes, int] = {}
     lock = threading.Lock()
     with GroupCommitter(path) as gc:

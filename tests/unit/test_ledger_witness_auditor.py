@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,8 +102,6 @@ def test_witness_refuses_forks_rollbacks_and_conflicts(witness: Witness, log: No
 def test_add_checkpoint_request_body(log: NoteSigner) -> None:
     leaves = _leaves(8)
     proof = consistency_proof(MemNodes(leaves), 3, 8)
-    import base64
-
     body = b"old 3\n" + b"".join(base64.b64encode(p) + b"\n" for p in proof) + b"\n" + _cp(log, leaves)
     old, parsed_proof, note = parse_add_checkpoint(body)
     assert (old, parsed_proof, note) == (3, proof, _cp(log, leaves))
