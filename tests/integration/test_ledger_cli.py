@@ -61,7 +61,12 @@ def _checkpoint(db: Path, key_file: Path) -> None:
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     return subprocess.run(
-        [sys.executable, "-m", "confide", "ledger", *args], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-m", "confide", "ledger", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
 
 
@@ -75,7 +80,9 @@ class Log:
     backup20: Path
 
     def verify(self, *extra: str) -> subprocess.CompletedProcess[str]:
-        return _cli("verify", "--log-db", str(self.db), "--state", str(self.state), "--key", self.vkey, *extra)
+        return _cli(
+            "verify", "--log-db", str(self.db), "--state", str(self.state), "--key", self.vkey, *extra
+        )
 
 
 @pytest.fixture
@@ -164,7 +171,11 @@ def test_checkpoint_signed_by_another_key(log: Log) -> None:
     cp = Checkpoint.from_text(parse_note(note).text)
     conn.close()
     impostor = NoteSigner.generate(ORIGIN)  # same name, different key
-    _sql(log.db, "UPDATE ledger_checkpoints SET note = ? WHERE size = ?", (sign_checkpoint(cp, impostor), cp.size))
+    _sql(
+        log.db,
+        "UPDATE ledger_checkpoints SET note = ? WHERE size = ?",
+        (sign_checkpoint(cp, impostor), cp.size),
+    )
     res = log.verify()
     assert res.returncode == UnknownKeyError.exit_code, res.stderr
 
@@ -184,7 +195,14 @@ def test_checkpoint_with_a_bad_signature(log: Log) -> None:
 def test_exit_codes_are_distinct() -> None:
     codes = [
         e.exit_code
-        for e in (EntryMismatchError, EntryMissingError, RollbackError, ConsistencyError, UnknownKeyError, SignatureError)
+        for e in (
+            EntryMismatchError,
+            EntryMissingError,
+            RollbackError,
+            ConsistencyError,
+            UnknownKeyError,
+            SignatureError,
+        )
     ]
     assert len(set(codes)) == len(codes) and 0 not in codes
 

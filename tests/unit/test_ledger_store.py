@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from confide.errors import StorageError, UsageError
-from confide.ledger.merkle import hash_leaf, mth, verify_consistency, verify_inclusion
+from confide.ledger.merkle import (
+    hash_leaf,
+    inclusion_proof,
+    mth,
+    subtree_hash,
+    verify_consistency,
+    verify_inclusion,
+)
 from confide.ledger.store import GroupCommitter, Ledger, connect, write_transaction
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -55,7 +62,12 @@ def test_roots_and_proofs_from_tiles_match_the_definition(tmp_path: Path) -> Non
         verify_consistency(
             m, n, ledger.root(conn, m), ledger.root(conn, n), ledger.consistency_proof(conn, m, n)
         )
-    # C2SP tlog-tiles example geometry at size 70,000 is checked in test_ledger_tiles.
+    # The stored interior nodes agree with what a client computes from the C2SP tiles alone.
+    for n in (300, 65_537, 66_000):
+        assert subtree_hash(Ledger.tile_nodes(conn, n), 0, n) == ledger.root(conn, n)
+        assert inclusion_proof(Ledger.tile_nodes(conn, n), n // 3, n) == ledger.inclusion_proof(
+            conn, n // 3, n
+        )
     assert Ledger.find_leaf(conn, hash_leaf(entries[12_345])) == 12_345
     assert Ledger.find_leaf(conn, hash_leaf(b"never appended")) is None
 

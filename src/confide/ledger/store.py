@@ -6,9 +6,12 @@ Tables (plain, portable SQL; parameters use sqlite3's ``?`` style)::
     ledger_entries(idx PK, leaf_key, data)        entry bytes; leaf_key = first 8 bytes of
                                                   the leaf hash (signed int64), indexed, for
                                                   inclusion proofs by entry hash
-    ledger_tiles(level, idx, hashes)              C2SP tlog-tiles, 32-byte hashes concatenated;
+    ledger_tiles(level, idx, hashes, inner)       C2SP tlog-tiles, 32-byte hashes concatenated;
                                                   full tiles are immutable, the last tile of
-                                                  each level grows in place
+                                                  each level grows in place. ``inner`` holds
+                                                  the tile's interior nodes (heights 1..7 in
+                                                  fixed slots, zero while incomplete), so a
+                                                  proof is lookups, not hashing
     ledger_checkpoints(size PK, note)             every checkpoint the log signed
 
 The tree is never recomputed: an append hashes its leaf into the partial level-0 tile and,
@@ -61,7 +64,7 @@ SCHEMA = (
     "data BLOB NOT NULL)",
     "CREATE INDEX IF NOT EXISTS ledger_entries_leaf_key ON ledger_entries (leaf_key)",
     "CREATE TABLE IF NOT EXISTS ledger_tiles (level INTEGER NOT NULL, idx INTEGER NOT NULL, "
-    "hashes BLOB NOT NULL, PRIMARY KEY (level, idx))",
+    "hashes BLOB NOT NULL, inner BLOB NOT NULL, PRIMARY KEY (level, idx))",
     "CREATE TABLE IF NOT EXISTS ledger_checkpoints (size INTEGER PRIMARY KEY, note BLOB NOT NULL)",
 )
 
@@ -130,12 +133,73 @@ def _leaf_key(leaf_hash: bytes) -> int:
     return int(struct.unpack(">q", leaf_hash[:8])[0])
 
 
-def _tile_root(hashes: bytes) -> bytes:
-    """The hash of a full tile's 256 hashes (a perfect subtree of height 8)."""
-    level = [hashes[i : i + HASH_SIZE] for i in range(0, len(hashes), HASH_SIZE)]
-    while len(level) > 1:
-        level = [hash_children(level[i], level[i + 1]) for i in range(0, len(level), 2)]
-    return level[0]
+# Interior slots of a tile: height r (1..7) has TILE_WIDTH >> r nodes, at a fixed offset.
+_INNER_OFFSET = {r: sum(TILE_WIDTH >> j for j in range(1, r)) for r in range(1, TILE_HEIGHT + 1)}
+_INNER_SIZE = _INNER_OFFSET[TILE_HEIGHT] * HASH_SIZE
+_ZERO = bytes(HASH_SIZE)
+
+
+def _grow_inner(hashes: bytes, inner: bytes, old_width: int) -> tuple[bytes, bytes | None]:
+    """Add the interior nodes completed by growing a tile from ``old_width`` to its width.
+
+    Returns the new interior blob and, when the tile is now full, its root (height 8).
+    Amortised cost: about one hash per added leaf.
+    """
+    width = len(hashes) // HASH_SIZE
+    buf = bytearray(inner)
+
+    def get(r: int, j: int) -> bytes:
+        if r == 0:
+            return hashes[j * HASH_SIZE : (j + 1) * HASH_SIZE]
+        off = (_INNER_OFFSET[r] + j) * HASH_SIZE
+        return bytes(buf[off : off + HASH_SIZE])
+
+    for r in range(1, TILE_HEIGHT):
+        for j in range(old_width >> r, width >> r):
+            off = (_INNER_OFFSET[r] + j) * HASH_SIZE
+            buf[off : off + HASH_SIZE] = hash_children(get(r - 1, 2 * j), get(r - 1, 2 * j + 1))
+    root = hash_children(get(TILE_HEIGHT - 1, 0), get(TILE_HEIGHT - 1, 1)) if width == TILE_WIDTH else None
+    return bytes(buf), root
+
+
+class _StoreNodes:
+    """NodeSource over the stored tiles and their interior nodes: one slice per node."""
+
+    def __init__(self, conn: sqlite3.Connection, size: int) -> None:
+        self.conn = conn
+        self.size = size
+        self._cache: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+
+    def _tile(self, level: int, index: int) -> tuple[bytes, bytes]:
+        key = (level, index)
+        got = self._cache.get(key)
+        if got is None:
+            row = self.conn.execute(
+                "SELECT hashes, inner FROM ledger_tiles WHERE level = ? AND idx = ?", (level, index)
+            ).fetchone()
+            if row is None:
+                raise StorageError(f"tile {level}/{index} is missing from the ledger database")
+            got = (bytes(row[0]), bytes(row[1]))
+            if len(self._cache) >= 64:
+                self._cache.clear()
+            self._cache[key] = got
+        return got
+
+    def node(self, height: int, index: int) -> bytes:
+        level, rel = divmod(height, TILE_HEIGHT)
+        if ((index + 1) << height) > self.size:
+            raise StorageError(f"node {height}/{index} is not complete in a tree of size {self.size}")
+        per_tile = TILE_WIDTH >> rel
+        tile_index, j = divmod(index, per_tile)
+        hashes, inner = self._tile(level, tile_index)
+        if rel == 0:
+            out = hashes[j * HASH_SIZE : (j + 1) * HASH_SIZE]
+        else:
+            off = (_INNER_OFFSET[rel] + j) * HASH_SIZE
+            out = inner[off : off + HASH_SIZE]
+        if len(out) != HASH_SIZE or out == _ZERO:
+            raise StorageError(f"node {height}/{index} is missing from tile {level}/{tile_index}")
+        return out
 
 
 @dataclass(frozen=True)
@@ -222,25 +286,29 @@ class Ledger:
             first_tile = old_row // TILE_WIDTH
             existing = old_row % TILE_WIDTH
             buf = b""
+            first_inner = bytes(_INNER_SIZE)
             if existing:
                 row = conn.execute(
-                    "SELECT hashes FROM ledger_tiles WHERE level = ? AND idx = ?", (level, first_tile)
+                    "SELECT hashes, inner FROM ledger_tiles WHERE level = ? AND idx = ?", (level, first_tile)
                 ).fetchone()
-                if row is None or len(row[0]) != existing * HASH_SIZE:
+                if row is None or len(row[0]) != existing * HASH_SIZE or len(row[1]) != _INNER_SIZE:
                     raise StorageError(f"partial tile {level}/{first_tile} is missing or has the wrong width")
-                buf = bytes(row[0])
+                buf, first_inner = bytes(row[0]), bytes(row[1])
             buf += new_hashes
             tile_bytes = TILE_WIDTH * HASH_SIZE
             upserts = []
             completed = []
             for offset in range(0, len(buf), tile_bytes):
                 chunk = buf[offset : offset + tile_bytes]
-                upserts.append((level, first_tile + offset // tile_bytes, chunk))
-                if len(chunk) == tile_bytes:
-                    completed.append(_tile_root(chunk))
+                inner, root = _grow_inner(
+                    chunk, first_inner if offset == 0 else bytes(_INNER_SIZE), existing if offset == 0 else 0
+                )
+                upserts.append((level, first_tile + offset // tile_bytes, chunk, inner))
+                if root is not None:
+                    completed.append(root)
             conn.executemany(
-                "INSERT INTO ledger_tiles (level, idx, hashes) VALUES (?, ?, ?) "
-                "ON CONFLICT (level, idx) DO UPDATE SET hashes = excluded.hashes",
+                "INSERT INTO ledger_tiles (level, idx, hashes, inner) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (level, idx) DO UPDATE SET hashes = excluded.hashes, inner = excluded.inner",
                 upserts,
             )
             new_hashes = b"".join(completed)
@@ -249,7 +317,13 @@ class Ledger:
     # --- reading -----------------------------------------------------------------------
 
     @staticmethod
-    def nodes(conn: sqlite3.Connection, size: int) -> TiledNodes:
+    def nodes(conn: sqlite3.Connection, size: int) -> _StoreNodes:
+        """Node source for proofs: tile hashes and stored interior nodes (O(1) per node)."""
+        return _StoreNodes(conn, size)
+
+    @staticmethod
+    def tile_nodes(conn: sqlite3.Connection, size: int) -> TiledNodes:
+        """Node source from the C2SP tiles alone (what a client can compute)."""
         return TiledNodes(_ConnTiles(conn), size)
 
     def _check_size(self, conn: sqlite3.Connection, size: int | None) -> int:
