@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from confide.errors import StorageError, UsageError
+from confide.ledger.checkpoint import open_checkpoint
 from confide.ledger.merkle import (
     hash_leaf,
     inclusion_proof,
@@ -24,6 +25,7 @@ from confide.ledger.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from confide.ledger.note import NoteSigner
 from confide.ledger.store import GroupCommitter, Ledger, connect, write_transaction
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -136,6 +138,28 @@ def test_group_commit_batches_and_acknowledges_each_entry(tmp_path: Path) -> Non
     for e, idx in results.items():
         assert entries[idx] == e
     assert Ledger().root(conn) == mth(entries)
+
+
+def test_group_commit_checkpoints_every_acknowledged_entry_within_the_interval(tmp_path: Path) -> None:
+    signer = NoteSigner.generate("example.com/log")
+    path = tmp_path / "ckpt.db"
+    reader = connect(path, durable=False)
+    with GroupCommitter(path, signer=signer, checkpoint_interval=0.2) as gc:
+        last = max(gc.append(f"e{i}".encode()) for i in range(50))
+        acked_at = time.monotonic()
+        covered = None
+        while time.monotonic() - acked_at < 1.0:
+            note = Ledger.latest_checkpoint(reader)
+            if note is not None and open_checkpoint(note, signer.verifier).checkpoint.size > last:
+                covered = time.monotonic() - acked_at
+                break
+            time.sleep(0.02)
+        assert covered is not None and covered < 0.6, "acknowledged entries not checkpointed in time"
+        assert gc.checkpoint_error is None
+    note = Ledger.latest_checkpoint(reader)
+    assert note is not None
+    cp = open_checkpoint(note, signer.verifier).checkpoint
+    assert (cp.size, cp.root) == (50, mth([f"e{i}".encode() for i in range(50)]))
 
 
 def _appender(path: str, proc: int, rounds: int) -> None:
