@@ -21,7 +21,7 @@ import os
 import sqlite3
 import struct
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -35,6 +35,7 @@ from confide.errors import (
     ParseError,
     RollbackError,
     StorageError,
+    UnknownKeyError,
     VerificationError,
 )
 from confide.ledger.checkpoint import Checkpoint, SignedCheckpoint, open_checkpoint
@@ -47,7 +48,7 @@ from confide.ledger.merkle import (
     subtree_hash,
     verify_consistency,
 )
-from confide.ledger.note import NoteVerifier
+from confide.ledger.note import NoteVerifier, open_note
 from confide.ledger.serve import CHECKPOINT_PATH, serve
 from confide.ledger.tiles import TILE_WIDTH, TiledNodes, TileId, format_tile_path, tile_width
 
@@ -103,19 +104,32 @@ def verify_checkpoint_update(
     log_key: NoteVerifier,
     *,
     origin: str | None = None,
+    witnesses: Sequence[NoteVerifier] = (),
 ) -> SignedCheckpoint:
-    """Verify a new signed checkpoint and that it extends ``old`` (pure; no I/O)."""
+    """Verify a new signed checkpoint and that it extends ``old`` (pure; no I/O).
+
+    Each of ``witnesses`` must have cosigned the checkpoint (tlog-cosignature): a missing
+    cosignature is an :class:`UnknownKeyError`, an invalid one a :class:`SignatureError`.
+    """
     # 1. Signature by the pinned key (SignatureError / UnknownKeyError / ParseError).
     signed = open_checkpoint(
         new_checkpoint, log_key, origin=origin if origin else (old.origin if old else None)
     )
     new = signed.checkpoint
+    # 2. Cosignatures by every required witness.
+    for witness in witnesses:
+        try:
+            open_note(new_checkpoint, [witness])
+        except UnknownKeyError:
+            raise UnknownKeyError(
+                f"checkpoint {new.size} has no cosignature by witness {witness.vkey}"
+            ) from None
     if old is None:
         return signed
-    # 2. The tree must not shrink.
+    # 3. The tree must not shrink.
     if new.size < old.size:
         raise RollbackError(f"the log presents tree size {new.size}, but size {old.size} was seen before")
-    # 3. The new tree must extend the old one (RFC 9162 §2.1.4.2).
+    # 4. The new tree must extend the old one (RFC 9162 §2.1.4.2).
     try:
         verify_consistency(old.size, new.size, old.root, new.root, proof)
     except ConsistencyError as exc:
@@ -146,6 +160,7 @@ class Auditor:
     client: LogClient
     log_key: NoteVerifier
     origin: str | None = None
+    witnesses: Sequence[NoteVerifier] = ()
 
     def fetch_checkpoint(self) -> bytes:
         raw = self.client.fetch(CHECKPOINT_PATH)
@@ -162,7 +177,9 @@ class Auditor:
         proof: list[bytes] = []
         if old is not None and old.size <= new.size:
             proof = consistency_proof(nodes, old.size, new.size)
-        signed = verify_checkpoint_update(old, raw, proof, self.log_key, origin=self.origin)
+        signed = verify_checkpoint_update(
+            old, raw, proof, self.log_key, origin=self.origin, witnesses=self.witnesses
+        )
         # The tiles must hash to the signed root (else the log serves a tree it did not sign).
         tiles_root = EMPTY_ROOT if new.size == 0 else subtree_hash(nodes, 0, new.size)
         if tiles_root != new.root:
@@ -307,10 +324,11 @@ def audit_once(
     *,
     full: bool = False,
     entry_check: EntryCheck | None = None,
+    witnesses: Sequence[NoteVerifier] = (),
 ) -> tuple[Checkpoint | None, SignedCheckpoint]:
     """One audit round: verify the latest checkpoint against the state, optionally all
     entries, then remember it. Returns (previous, new)."""
-    auditor = Auditor(client, log_key)
+    auditor = Auditor(client, log_key, witnesses=witnesses)
     old = state.load(log_key) if state is not None else None
     signed = auditor.update(old)
     if full:

@@ -1,4 +1,4 @@
-"""``confide ledger``: audit a ledger, manage log keys, sign checkpoints.
+"""``confide ledger``: audit a ledger, manage keys, sign checkpoints, run a witness.
 
 Exit codes are those of :mod:`confide.errors`: 0 verified, 21 bad signature, 60 checkpoint
 not signed by the pinned key, 61 fork (inconsistent), 62 rollback, 63 entry mismatch,
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -18,6 +20,8 @@ from confide.ledger.auditor import AuditorState, LocalLogClient, audit_once
 from confide.ledger.encoding import Entry
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, SIG_TYPE_ED25519, NoteSigner, NoteVerifier
 from confide.ledger.store import Ledger, connect
+from confide.ledger.witness import Witness, parse_add_checkpoint
+from confide.ledger.witness_http import WitnessServer, request_cosignatures
 
 __all__ = ["ledger"]
 
@@ -40,6 +44,13 @@ def _read_key_text(value: str, what: str) -> str:
     return value.strip()
 
 
+def _witness_key(value: str) -> NoteVerifier:
+    key = NoteVerifier.from_vkey(_read_key_text(value, "--witness"))
+    if key.sig_type != SIG_TYPE_COSIGNATURE_V1:
+        raise UsageError(f"--witness {key.name}: expected a witness key (signature type 0x04)")
+    return key
+
+
 def _check_entry(index: int, data: bytes) -> None:
     Entry.from_bytes(data)  # canonical encoding and typed model, else ParseError
 
@@ -56,10 +67,16 @@ def ledger() -> None:
     "--key", "key", required=True, metavar="VKEY", help="Pinned log key (name+hash+base64) or a file."
 )
 @click.option("--full", is_flag=True, help="Also download every entry and recompute the tree.")
+@click.option(
+    "--witness", "witness_keys", multiple=True, metavar="VKEY", help="Require this witness's cosignature."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def verify(log_db: Path, state: Path | None, key: str, full: bool, as_json: bool) -> None:
+def verify(  # noqa: PLR0917 - click passes options positionally
+    log_db: Path, state: Path | None, key: str, full: bool, witness_keys: tuple[str, ...], as_json: bool
+) -> None:
     """Verify the log's latest checkpoint and its consistency with the last one seen."""
     try:
+        witnesses = [_witness_key(w) for w in witness_keys]
         log_key = NoteVerifier.from_vkey(_read_key_text(key, "--key"))
         if log_key.sig_type != SIG_TYPE_ED25519:
             raise UsageError("--key: expected a log key (signature type 0x01)")
@@ -73,6 +90,7 @@ def verify(log_db: Path, state: Path | None, key: str, full: bool, as_json: bool
                 AuditorState(state) if state else None,
                 full=full,
                 entry_check=_check_entry if full else None,
+                witnesses=witnesses,
             )
         finally:
             conn.close()
@@ -96,6 +114,7 @@ def verify(log_db: Path, state: Path | None, key: str, full: bool, as_json: bool
         "root": cp.root.hex(),
         "previous_size": None if old is None else old.size,
         "entries_checked": cp.size if full else 0,
+        "witnesses": [w.vkey for w in witnesses],
     }
     if as_json:
         click.echo(json.dumps(out))
@@ -105,6 +124,8 @@ def verify(log_db: Path, state: Path | None, key: str, full: bool, as_json: bool
         click.echo(f"  consistent with the last seen size {old.size}")
     if full:
         click.echo(f"  all {cp.size} entries match the tree")
+    for w in witnesses:
+        click.echo(f"  cosigned by witness {w.name}")
 
 
 @ledger.command("keygen")
@@ -143,3 +164,97 @@ def checkpoint(log_db: Path, signing_key: Path) -> None:
         _fail(exc)
         return
     click.echo(note.decode("utf-8"), nl=False)
+
+
+@ledger.command("request-cosignature")
+@click.option("--log-db", type=_PATH, required=True, help="Ledger database (SQLite).")
+@click.option("--witness-url", required=True, help="The witness's submission prefix (http://host:port).")
+@click.option("--witness-key", required=True, metavar="VKEY", help="The witness's verifier key or a file.")
+def request_cosignature(log_db: Path, witness_url: str, witness_key: str) -> None:
+    """Have a witness cosign the latest checkpoint; store the cosignature with it."""
+    try:
+        key = _witness_key(witness_key)
+        conn = connect(log_db)
+        try:
+            sig = request_cosignatures(conn, witness_url, key)
+        finally:
+            conn.close()
+    except ConfideError as exc:
+        _fail(exc)
+        return
+    click.echo(sig.line(), nl=False)
+
+
+@ledger.group("witness")
+def witness_group() -> None:
+    """Run a C2SP witness (tlog-witness, cosignature/v1)."""
+
+
+def _make_witness(state: Path, key_file: Path, logs: tuple[str, ...]) -> Witness:
+    signer = NoteSigner.from_skey(_read_key_text(str(key_file), "--key"))
+    if signer.verifier.sig_type != SIG_TYPE_COSIGNATURE_V1:
+        raise UsageError("--key: expected a witness key (signature type 0x04; keygen --witness)")
+    if not logs:
+        raise UsageError("--log: give at least one log key")
+    log_keys = [NoteVerifier.from_vkey(_read_key_text(v, "--log")) for v in logs]
+    return Witness(signer, state, {k.name: k for k in log_keys})
+
+
+_WITNESS_OPTIONS = [
+    click.option(
+        "--state", type=_PATH, required=True, help="Witness state file (latest cosigned checkpoints)."
+    ),
+    click.option("--key", "key_file", type=_PATH, required=True, help="File with the witness's private key."),
+    click.option(
+        "--log", "logs", multiple=True, metavar="VKEY", help="A log key to witness (name = origin)."
+    ),
+]
+
+
+def _witness_options(f: Any) -> Any:
+    for option in reversed(_WITNESS_OPTIONS):
+        f = option(f)
+    return f
+
+
+@witness_group.command("serve")
+@_witness_options
+@click.option("--listen", default="127.0.0.1:8090", show_default=True, help="HOST:PORT to listen on.")
+def witness_serve(state: Path, key_file: Path, logs: tuple[str, ...], listen: str) -> None:
+    """Serve POST /add-checkpoint until interrupted."""
+    try:
+        witness = _make_witness(state, key_file, logs)
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError(f"--listen: got {listen!r}, expected HOST:PORT")
+        server = WitnessServer(witness, (host, int(port)))
+    except ConfideError as exc:
+        _fail(exc)
+        return
+    except OSError as exc:
+        _fail(UsageError(f"--listen {listen}: {exc.strerror or exc}"))
+        return
+    click.echo(f"witness {witness.verifier.vkey} at {server.url}/add-checkpoint", err=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+@witness_group.command("add-checkpoint")
+@_witness_options
+@click.argument("request", type=_PATH)
+def witness_add_checkpoint(state: Path, key_file: Path, logs: tuple[str, ...], request: Path) -> None:
+    """Process one add-checkpoint REQUEST body offline; print the cosignature line."""
+    try:
+        witness = _make_witness(state, key_file, logs)
+        try:
+            body = request.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"REQUEST: cannot read {str(request)!r}: {exc.strerror}") from None
+        old_size, proof, note = parse_add_checkpoint(body)
+        sig = witness.add_checkpoint(old_size, proof, note, at=datetime.now(UTC))
+    except ConfideError as exc:
+        _fail(exc)
+        return
+    click.echo(sig.line(), nl=False)
