@@ -8,12 +8,15 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from confide.errors import StorageError, UsageError
 from confide.ledger.checkpoint import open_checkpoint
@@ -245,3 +248,28 @@ def test_acknowledged_appends_survive_sigkill(tmp_path: Path) -> None:
         assert entries[idx] == entry.encode(), f"acknowledged entry {idx} lost"
     assert Ledger.size(conn) == len(entries)
     assert Ledger().root(conn) == mth(entries)  # tiles and entries agree after the crash
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.integers(1, 700), min_size=1, max_size=8), st.data())
+def test_any_batching_gives_the_same_tree(tmp_path: Path, batches: list[int], data: st.DataObject) -> None:
+    db = Path(tempfile.mkdtemp(dir=tmp_path)) / "prop.db"
+    conn = connect(db, durable=False)
+    Ledger.init_schema(conn)
+    ledger = Ledger()
+    entries: list[bytes] = []
+    for size in batches:
+        new = [f"{len(entries) + i}".encode() for i in range(size)]
+        with write_transaction(conn):
+            assert ledger.append_batch(conn, new) == len(entries)
+        entries += new
+    n = len(entries)
+    m = data.draw(st.integers(1, n), label="size")
+    i = data.draw(st.integers(0, m - 1), label="index")
+    k = data.draw(st.integers(0, m), label="old size")
+    root = ledger.root(conn, m)
+    assert root == mth(entries[:m])
+    verify_inclusion(i, m, hash_leaf(entries[i]), ledger.inclusion_proof(conn, i, m), root)
+    verify_consistency(k, m, mth(entries[:k]), root, ledger.consistency_proof(conn, k, m))
+    assert ledger.inclusion_proof(conn, i, m) == inclusion_proof(Ledger.tile_nodes(conn, m), i, m)
+    conn.close()
