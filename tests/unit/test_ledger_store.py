@@ -134,6 +134,8 @@ def test_group_commit_batches_and_acknowledges_each_entry(tmp_path: Path) -> Non
         for t in threads:
             t.join()
         commits = gc.commits
+        with pytest.raises(UsageError, match="65535"):
+            gc.submit(b"x" * 65_536)  # refused up front: it cannot fail others' batch
     assert commits < 2400  # several entries per commit
     conn = connect(path)
     entries = _all_entries(conn)

@@ -468,8 +468,16 @@ class GroupCommitter:
         self._thread.start()
 
     def submit(self, entry: bytes) -> Future[int]:
+        """Queue ``entry``; the future resolves to its index once committed.
+
+        Entries are validated here, so one caller's bad entry never fails a shared batch.
+        """
         if self._closed:
             raise UsageError("the group committer is closed")
+        if not isinstance(entry, bytes | bytearray):
+            raise UsageError(f"got {type(entry).__name__}, expected bytes")
+        if len(entry) > MAX_ENTRY_SIZE:
+            raise UsageError(f"entry of {len(entry)} bytes, expected at most {MAX_ENTRY_SIZE}")
         fut: Future[int] = Future()
         self._queue.put((bytes(entry), fut))
         return fut
