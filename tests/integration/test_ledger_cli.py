@@ -211,3 +211,52 @@ def test_usage_errors(log: Log, tmp_path: Path) -> None:
     assert _cli("verify", "--log-db", str(tmp_path / "nope.db"), "--key", log.vkey).returncode == 2
     assert _cli("verify", "--log-db", str(log.db), "--key", "not-a-key+zz+AA").returncode == 10
     assert _cli("keygen", "--name", ORIGIN, "--out", str(log.key_file)).returncode == 2  # never overwrite
+
+
+def _serve(db: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    argv = [
+        sys.executable,
+        "-m",
+        "confide",
+        "ledger",
+        "serve",
+        "--log-db",
+        str(db),
+        "--listen",
+        "127.0.0.1:0",
+    ]
+    proc = subprocess.Popen([*argv, *extra], stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert " at http://127.0.0.1:" in line, line
+    return proc, line.split(" at ", 1)[1].strip()
+
+
+def test_verify_over_http(log: Log) -> None:
+    proc, url = _serve(log.db, "--serve-entries")
+    try:
+        base = ["verify", "--url", url, "--state", str(log.state), "--key", log.vkey]
+        res = _cli(*base, "--full")
+        assert res.returncode == 0, res.stderr
+        assert "consistent with the last seen size 300" in res.stdout
+        _sql(log.db, "UPDATE ledger_entries SET data = ? WHERE idx = 42", (_entry(42, policy="team/x"),))
+        res = _cli(*base, "--full")
+        assert res.returncode == EntryMismatchError.exit_code and "entry 42" in res.stderr
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+    proc, url = _serve(log.db)  # entries not public: checkpoints and tiles still audit
+    try:
+        base = ["verify", "--url", url, "--state", str(log.state), "--key", log.vkey]
+        assert _cli(*base).returncode == 0
+        assert _cli(*base, "--full").returncode == EntryMissingError.exit_code
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+    assert _cli("verify", "--url", "http://127.0.0.1:9", "--key", log.vkey).returncode == 40  # NetworkError
+    assert _cli("verify", "--key", log.vkey).returncode == 2  # neither --log-db nor --url

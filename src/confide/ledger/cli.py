@@ -7,6 +7,7 @@ not signed by the pinned key, 61 fork (inconsistent), 62 rollback, 63 entry mism
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from datetime import UTC, datetime
@@ -16,8 +17,9 @@ from typing import Any
 import click
 
 from confide.errors import ConfideError, UsageError
-from confide.ledger.auditor import AuditorState, LocalLogClient, audit_once
+from confide.ledger.auditor import AuditorState, LocalLogClient, LogClient, audit_once
 from confide.ledger.encoding import Entry
+from confide.ledger.http import HttpLogClient, TilesServer
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, SIG_TYPE_ED25519, NoteSigner, NoteVerifier
 from confide.ledger.store import Ledger, connect
 from confide.ledger.witness import Witness, parse_add_checkpoint
@@ -61,7 +63,8 @@ def ledger() -> None:
 
 
 @ledger.command("verify")
-@click.option("--log-db", type=_PATH, required=True, help="Ledger database (SQLite) to audit.")
+@click.option("--log-db", type=_PATH, help="Ledger database (SQLite) to audit.")
+@click.option("--url", help="Or: the log's tlog-tiles prefix (http(s)://host/prefix).")
 @click.option("--state", type=_PATH, help="Auditor state file: the last verified checkpoint.")
 @click.option(
     "--key", "key", required=True, metavar="VKEY", help="Pinned log key (name+hash+base64) or a file."
@@ -72,7 +75,13 @@ def ledger() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def verify(  # noqa: PLR0917 - click passes options positionally
-    log_db: Path, state: Path | None, key: str, full: bool, witness_keys: tuple[str, ...], as_json: bool
+    log_db: Path | None,
+    url: str | None,
+    state: Path | None,
+    key: str,
+    full: bool,
+    witness_keys: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Verify the log's latest checkpoint and its consistency with the last one seen."""
     try:
@@ -80,30 +89,33 @@ def verify(  # noqa: PLR0917 - click passes options positionally
         log_key = NoteVerifier.from_vkey(_read_key_text(key, "--key"))
         if log_key.sig_type != SIG_TYPE_ED25519:
             raise UsageError("--key: expected a log key (signature type 0x01)")
-        if not log_db.is_file():
-            raise UsageError(f"--log-db: {str(log_db)!r} does not exist")
-        conn = connect(log_db, durable=False)
-        try:
+        if (log_db is None) == (url is None):
+            raise UsageError("give exactly one of --log-db FILE and --url URL")
+        with contextlib.ExitStack() as stack:
+            client: LogClient
+            if log_db is not None:
+                if not log_db.is_file():
+                    raise UsageError(f"--log-db: {str(log_db)!r} does not exist")
+                conn = connect(log_db, durable=False)
+                stack.callback(conn.close)
+                client = LocalLogClient(conn)
+            else:
+                assert url is not None
+                if not url.startswith(("http://", "https://")):
+                    raise UsageError(f"--url: got {url[:60]!r}, expected http:// or https://")
+                client = stack.enter_context(HttpLogClient(url))
             old, signed = audit_once(
-                LocalLogClient(conn),
+                client,
                 log_key,
                 AuditorState(state) if state else None,
                 full=full,
                 entry_check=_check_entry if full else None,
                 witnesses=witnesses,
             )
-        finally:
-            conn.close()
     except ConfideError as exc:
         if as_json:
-            click.echo(
-                json.dumps(
-                    {
-                        "verified": False,
-                        "error": {"class": exc.kind, "message": exc.message, "exit_code": exc.exit_code},
-                    }
-                )
-            )
+            error = {"class": exc.kind, "message": exc.message, "exit_code": exc.exit_code}
+            click.echo(json.dumps({"verified": False, "error": error}))
         _fail(exc)
         return
     cp = signed.checkpoint
@@ -126,6 +138,32 @@ def verify(  # noqa: PLR0917 - click passes options positionally
         click.echo(f"  all {cp.size} entries match the tree")
     for w in witnesses:
         click.echo(f"  cosigned by witness {w.name}")
+
+
+@ledger.command("serve")
+@click.option("--log-db", type=_PATH, required=True, help="Ledger database (SQLite).")
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to listen on.")
+@click.option("--serve-entries", is_flag=True, help="Also serve entry bundles (they reveal entry contents).")
+def serve_tiles(log_db: Path, listen: str, serve_entries: bool) -> None:
+    """Serve the log read-only as C2SP tlog-tiles (checkpoint, tiles)."""
+    try:
+        if not log_db.is_file():
+            raise UsageError(f"--log-db: {str(log_db)!r} does not exist")
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError(f"--listen: got {listen!r}, expected HOST:PORT")
+        server = TilesServer(log_db, (host, int(port)), serve_entries=serve_entries)
+    except ConfideError as exc:
+        _fail(exc)
+        return
+    except OSError as exc:
+        _fail(UsageError(f"--listen {listen}: {exc.strerror or exc}"))
+        return
+    click.echo(f"serving {log_db} at {server.url}/", err=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
 
 
 @ledger.command("keygen")
