@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sqlite3
 import struct
 import tempfile
 from collections.abc import Callable, Sequence
@@ -39,6 +38,7 @@ from confide.errors import (
     VerificationError,
 )
 from confide.ledger.checkpoint import Checkpoint, SignedCheckpoint, open_checkpoint
+from confide.ledger.db import DB_ERRORS, Conn
 from confide.ledger.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
@@ -72,13 +72,13 @@ class LogClient(Protocol):
 class LocalLogClient:
     """LogClient over a local ledger database (read-only use of the connection)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     def fetch(self, path: str) -> bytes | None:
         try:
             resource = serve(self.conn, path)
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StorageError(f"reading {path}: {exc}") from None
         return None if resource is None else resource.body
 

@@ -12,12 +12,12 @@ which entries (issue #5, "who sees what"); tiles and checkpoints are public.
 
 from __future__ import annotations
 
-import sqlite3
 import struct
 from dataclasses import dataclass
 
 from confide.errors import ParseError
 from confide.ledger.checkpoint import Checkpoint
+from confide.ledger.db import Conn
 from confide.ledger.note import parse_note
 from confide.ledger.store import Ledger
 from confide.ledger.tiles import TILE_WIDTH, TileId, parse_tile_path, tile_width
@@ -39,14 +39,14 @@ def encode_bundle(entries: list[bytes]) -> bytes:
     return b"".join(struct.pack(">H", len(e)) + e for e in entries)
 
 
-def _published_size(conn: sqlite3.Connection) -> tuple[bytes, int] | None:
+def _published_size(conn: Conn) -> tuple[bytes, int] | None:
     note = Ledger.latest_checkpoint(conn)
     if note is None:
         return None
     return note, Checkpoint.from_text(parse_note(note).text).size
 
 
-def serve(conn: sqlite3.Connection, path: str) -> Resource | None:
+def serve(conn: Conn, path: str) -> Resource | None:
     published = _published_size(conn)
     if published is None:
         return None

@@ -1,14 +1,15 @@
-"""The ledger's storage: entries and C2SP tiles in SQLite, appended in the caller's transaction.
+"""The ledger's storage: entries and C2SP tiles in SQLite or PostgreSQL, appended in the
+caller's transaction.
 
-Tables (plain, portable SQL; parameters use sqlite3's ``?`` style)::
+Tables (portable SQL, see :mod:`confide.ledger.db`)::
 
     ledger_head(id = 1, size)                     the one head row; appends lock it
     ledger_entries(idx PK, leaf_key, data)        entry bytes; leaf_key = first 8 bytes of
                                                   the leaf hash (signed int64), indexed, for
                                                   inclusion proofs by entry hash
-    ledger_tiles(level, idx, hashes, inner)       C2SP tlog-tiles, 32-byte hashes concatenated;
+    ledger_tiles(level, idx, hashes, interior)     C2SP tlog-tiles, 32-byte hashes concatenated;
                                                   full tiles are immutable, the last tile of
-                                                  each level grows in place. ``inner`` holds
+                                                  each level grows in place. ``interior`` holds
                                                   the tile's interior nodes (heights 1..7 in
                                                   fixed slots, zero while incomplete), so a
                                                   proof is lookups, not hashing
@@ -19,20 +20,17 @@ whenever a tile fills up, that tile's 256-leaf subtree hash into the level above
 proof reads O(log n) tiles (:class:`~confide.ledger.tiles.TiledNodes`).
 
 Concurrency: on SQLite an appender holds the database write lock (``BEGIN IMMEDIATE``) for
-its whole transaction, so appends from any number of connections and processes are
-serialised and the log stays linear. On PostgreSQL the same statements work with the head
-row read as ``SELECT ... FOR UPDATE`` (``Ledger(lock_head_clause=" FOR UPDATE")``) and
-``%s`` parameters; this module is only exercised on SQLite so far.
+its whole transaction; on PostgreSQL it locks the head row (``SELECT ... FOR UPDATE``). So
+appends from any number of connections, processes or CAS replicas are serialised and the
+log stays linear (see :mod:`confide.ledger.db`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,17 @@ from queue import Empty, SimpleQueue
 
 from confide.errors import ConsistencyError, RollbackError, StorageError, UsageError
 from confide.ledger.checkpoint import Checkpoint, sign_checkpoint
+from confide.ledger.db import (
+    DB_ERRORS,
+    Conn,
+    connect,
+    execute,
+    executemany,
+    in_transaction,
+    lock_clause,
+    schema,
+    write_transaction,
+)
 from confide.ledger.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
@@ -56,69 +65,17 @@ from confide.ledger.tiles import TILE_HEIGHT, TILE_WIDTH, TiledNodes
 __all__ = ["MAX_ENTRY_SIZE", "GroupCommitter", "Ledger", "connect", "write_transaction"]
 
 MAX_ENTRY_SIZE = 0xFFFF  # tlog-tiles entry bundles prefix each entry with a uint16 length
-BUSY_TIMEOUT_MS = 30_000
-
-SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS ledger_head (id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL)",
-    "INSERT INTO ledger_head (id, size) VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
-    "CREATE TABLE IF NOT EXISTS ledger_entries (idx INTEGER PRIMARY KEY, leaf_key INTEGER NOT NULL, "
-    "data BLOB NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS ledger_entries_leaf_key ON ledger_entries (leaf_key)",
-    "CREATE TABLE IF NOT EXISTS ledger_tiles (level INTEGER NOT NULL, idx INTEGER NOT NULL, "
-    "hashes BLOB NOT NULL, inner BLOB NOT NULL, PRIMARY KEY (level, idx))",
-    "CREATE TABLE IF NOT EXISTS ledger_checkpoints (size INTEGER PRIMARY KEY, note BLOB NOT NULL)",
-)
-
-
-def connect(
-    path: str | Path, *, durable: bool = True, timeout_ms: int = BUSY_TIMEOUT_MS
-) -> sqlite3.Connection:
-    """An SQLite connection in autocommit mode (explicit transactions), WAL, busy timeout.
-
-    ``durable=True`` sets ``synchronous=FULL``: a commit returns only after the WAL is
-    fsynced, so an acknowledged append survives a crash of the process or the machine.
-    """
-    try:
-        conn = sqlite3.connect(
-            str(path), isolation_level=None, timeout=timeout_ms / 1000, check_same_thread=False
-        )
-        conn.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'OFF'}")
-    except sqlite3.Error as exc:
-        raise StorageError(f"cannot open ledger database {str(path)!r}: {exc}") from None
-    return conn
-
-
-@contextlib.contextmanager
-def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error): takes the write lock first."""
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        raise StorageError(f"cannot begin a write transaction: {exc}") from None
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    try:
-        conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise StorageError(f"commit failed: {exc}") from None
 
 
 class _ConnTiles:
     """TileReader over a connection."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     def read_tile(self, level: int, index: int, width: int) -> bytes:
-        row = self.conn.execute(
-            "SELECT hashes FROM ledger_tiles WHERE level = ? AND idx = ?", (level, index)
+        row = execute(
+            self.conn, "SELECT hashes FROM ledger_tiles WHERE level = ? AND idx = ?", (level, index)
         ).fetchone()
         if row is None:
             raise StorageError(f"tile {level}/{index} is missing from the ledger database")
@@ -166,7 +123,7 @@ def _grow_inner(hashes: bytes, inner: bytes, old_width: int) -> tuple[bytes, byt
 class _StoreNodes:
     """NodeSource over the stored tiles and their interior nodes: one slice per node."""
 
-    def __init__(self, conn: sqlite3.Connection, size: int) -> None:
+    def __init__(self, conn: Conn, size: int) -> None:
         self.conn = conn
         self.size = size
         self._cache: dict[tuple[int, int], tuple[bytes, bytes]] = {}
@@ -175,8 +132,10 @@ class _StoreNodes:
         key = (level, index)
         got = self._cache.get(key)
         if got is None:
-            row = self.conn.execute(
-                "SELECT hashes, inner FROM ledger_tiles WHERE level = ? AND idx = ?", (level, index)
+            row = execute(
+                self.conn,
+                "SELECT hashes, interior FROM ledger_tiles WHERE level = ? AND idx = ?",
+                (level, index),
             ).fetchone()
             if row is None:
                 raise StorageError(f"tile {level}/{index} is missing from the ledger database")
@@ -205,23 +164,22 @@ class _StoreNodes:
 
 @dataclass(frozen=True)
 class Ledger:
-    """Stateless access to the ledger tables through a caller's connection."""
-
-    lock_head_clause: str = ""  # " FOR UPDATE" on PostgreSQL
+    """Stateless access to the ledger tables through a caller's connection (SQLite or
+    PostgreSQL, see :mod:`confide.ledger.db`)."""
 
     # --- schema and head ---------------------------------------------------------------
 
     @staticmethod
-    def init_schema(conn: sqlite3.Connection) -> None:
+    def init_schema(conn: Conn) -> None:
         with write_transaction(conn):
-            for stmt in SCHEMA:
-                conn.execute(stmt)
+            for stmt in schema(conn):
+                execute(conn, stmt)
 
     @staticmethod
-    def size(conn: sqlite3.Connection) -> int:
+    def size(conn: Conn) -> int:
         try:
-            row = conn.execute("SELECT size FROM ledger_head WHERE id = 1").fetchone()
-        except sqlite3.Error as exc:
+            row = execute(conn, "SELECT size FROM ledger_head WHERE id = 1").fetchone()
+        except DB_ERRORS as exc:
             raise StorageError(f"cannot read the ledger head: {exc}") from None
         if row is None:
             raise StorageError("the ledger head row is missing")
@@ -229,17 +187,18 @@ class Ledger:
 
     # --- appending ---------------------------------------------------------------------
 
-    def append(self, conn: sqlite3.Connection, entry: bytes) -> int:
+    def append(self, conn: Conn, entry: bytes) -> int:
         """Append one entry inside the caller's open write transaction; returns its index."""
         return self.append_batch(conn, [entry])
 
-    def append_batch(self, conn: sqlite3.Connection, entries: Sequence[bytes]) -> int:
+    def append_batch(self, conn: Conn, entries: Sequence[bytes]) -> int:
         """Append entries inside the caller's open write transaction; returns the first index.
 
-        The caller's transaction must hold the write lock (SQLite ``BEGIN IMMEDIATE``, see
-        :func:`write_transaction`); the entries become visible, and durable, with its commit.
+        The caller's transaction must be a write transaction (SQLite ``BEGIN IMMEDIATE``,
+        PostgreSQL any transaction: the head row is locked here; see :func:`write_transaction`);
+        the entries become visible, and durable, with its commit.
         """
-        if not conn.in_transaction:
+        if not in_transaction(conn):
             raise UsageError("Ledger.append needs an open transaction (BEGIN IMMEDIATE) on the connection")
         if not entries:
             raise UsageError("append_batch: got no entries, expected at least one")
@@ -249,14 +208,15 @@ class Ledger:
             if len(entry) > MAX_ENTRY_SIZE:
                 raise UsageError(f"entry {n}: got {len(entry)} bytes, expected at most {MAX_ENTRY_SIZE}")
         try:
-            row = conn.execute(  # lock_head_clause is a constant chosen by the code, not input
-                "SELECT size FROM ledger_head WHERE id = 1" + self.lock_head_clause  # noqa: S608
-            ).fetchone()
+            # lock_clause() is a constant chosen by the code ("" or " FOR UPDATE"), not input.
+            head_sql = "SELECT size FROM ledger_head WHERE id = 1" + lock_clause(conn)  # noqa: S608
+            row = execute(conn, head_sql).fetchone()
             if row is None:
                 raise StorageError("the ledger head row is missing (run init_schema)")
             start = int(row[0])
             leaf_hashes = [hash_leaf(bytes(e)) for e in entries]
-            conn.executemany(
+            executemany(
+                conn,
                 "INSERT INTO ledger_entries (idx, leaf_key, data) VALUES (?, ?, ?)",
                 [
                     (start + i, _leaf_key(h), bytes(e))
@@ -264,19 +224,19 @@ class Ledger:
                 ],
             )
             self._add_to_tiles(conn, start, start + len(entries), leaf_hashes)
-            cur = conn.execute(
-                "UPDATE ledger_head SET size = ? WHERE id = 1 AND size = ?", (start + len(entries), start)
+            cur = execute(
+                conn,
+                "UPDATE ledger_head SET size = ? WHERE id = 1 AND size = ?",
+                (start + len(entries), start),
             )
             if cur.rowcount != 1:
                 raise StorageError("the ledger head changed during the append (missing write lock?)")
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StorageError(f"append failed: {exc}") from None
         return start
 
     @staticmethod
-    def _add_to_tiles(
-        conn: sqlite3.Connection, old_size: int, new_size: int, leaf_hashes: list[bytes]
-    ) -> None:
+    def _add_to_tiles(conn: Conn, old_size: int, new_size: int, leaf_hashes: list[bytes]) -> None:
         level = 0
         new_hashes = b"".join(leaf_hashes)
         while new_hashes:
@@ -289,8 +249,10 @@ class Ledger:
             buf = b""
             first_inner = bytes(_INNER_SIZE)
             if existing:
-                row = conn.execute(
-                    "SELECT hashes, inner FROM ledger_tiles WHERE level = ? AND idx = ?", (level, first_tile)
+                row = execute(
+                    conn,
+                    "SELECT hashes, interior FROM ledger_tiles WHERE level = ? AND idx = ?",
+                    (level, first_tile),
                 ).fetchone()
                 if row is None or len(row[0]) != existing * HASH_SIZE or len(row[1]) != _INNER_SIZE:
                     raise StorageError(f"partial tile {level}/{first_tile} is missing or has the wrong width")
@@ -307,9 +269,11 @@ class Ledger:
                 upserts.append((level, first_tile + offset // tile_bytes, chunk, inner))
                 if root is not None:
                     completed.append(root)
-            conn.executemany(
-                "INSERT INTO ledger_tiles (level, idx, hashes, inner) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (level, idx) DO UPDATE SET hashes = excluded.hashes, inner = excluded.inner",
+            executemany(
+                conn,
+                "INSERT INTO ledger_tiles (level, idx, hashes, interior) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (level, idx) DO UPDATE SET hashes = excluded.hashes, "
+                "interior = excluded.interior",
                 upserts,
             )
             new_hashes = b"".join(completed)
@@ -318,16 +282,16 @@ class Ledger:
     # --- reading -----------------------------------------------------------------------
 
     @staticmethod
-    def nodes(conn: sqlite3.Connection, size: int) -> _StoreNodes:
+    def nodes(conn: Conn, size: int) -> _StoreNodes:
         """Node source for proofs: tile hashes and stored interior nodes (O(1) per node)."""
         return _StoreNodes(conn, size)
 
     @staticmethod
-    def tile_nodes(conn: sqlite3.Connection, size: int) -> TiledNodes:
+    def tile_nodes(conn: Conn, size: int) -> TiledNodes:
         """Node source from the C2SP tiles alone (what a client can compute)."""
         return TiledNodes(_ConnTiles(conn), size)
 
-    def _check_size(self, conn: sqlite3.Connection, size: int | None) -> int:
+    def _check_size(self, conn: Conn, size: int | None) -> int:
         current = self.size(conn)
         if size is None:
             return current
@@ -335,43 +299,43 @@ class Ledger:
             raise UsageError(f"tree size {size}: expected 0..{current}")
         return size
 
-    def root(self, conn: sqlite3.Connection, size: int | None = None) -> bytes:
+    def root(self, conn: Conn, size: int | None = None) -> bytes:
         n = self._check_size(conn, size)
         return EMPTY_ROOT if n == 0 else subtree_hash(self.nodes(conn, n), 0, n)
 
-    def inclusion_proof(self, conn: sqlite3.Connection, index: int, size: int | None = None) -> list[bytes]:
+    def inclusion_proof(self, conn: Conn, index: int, size: int | None = None) -> list[bytes]:
         n = self._check_size(conn, size)
         if not 0 <= index < n:
             raise UsageError(f"leaf index {index}: expected 0..{n - 1}")
         return inclusion_proof(self.nodes(conn, n), index, n)
 
-    def consistency_proof(
-        self, conn: sqlite3.Connection, size1: int, size2: int | None = None
-    ) -> list[bytes]:
+    def consistency_proof(self, conn: Conn, size1: int, size2: int | None = None) -> list[bytes]:
         n = self._check_size(conn, size2)
         if not 0 <= size1 <= n:
             raise UsageError(f"first tree size {size1}: expected 0..{n}")
         return consistency_proof(self.nodes(conn, n), size1, n)
 
     @staticmethod
-    def entry(conn: sqlite3.Connection, index: int) -> bytes | None:
-        row = conn.execute("SELECT data FROM ledger_entries WHERE idx = ?", (index,)).fetchone()
+    def entry(conn: Conn, index: int) -> bytes | None:
+        row = execute(conn, "SELECT data FROM ledger_entries WHERE idx = ?", (index,)).fetchone()
         return None if row is None else bytes(row[0])
 
     @staticmethod
-    def entries(conn: sqlite3.Connection, start: int, end: int) -> list[tuple[int, bytes]]:
-        rows = conn.execute(
-            "SELECT idx, data FROM ledger_entries WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end)
+    def entries(conn: Conn, start: int, end: int) -> list[tuple[int, bytes]]:
+        rows = execute(
+            conn, "SELECT idx, data FROM ledger_entries WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end)
         ).fetchall()
         return [(int(i), bytes(d)) for i, d in rows]
 
     @staticmethod
-    def find_leaf(conn: sqlite3.Connection, leaf_hash: bytes) -> int | None:
+    def find_leaf(conn: Conn, leaf_hash: bytes) -> int | None:
         """Index of the first entry whose leaf hash is ``leaf_hash`` (inclusion by hash)."""
         if len(leaf_hash) != HASH_SIZE:
             raise UsageError(f"leaf hash of {len(leaf_hash)} bytes, expected {HASH_SIZE}")
-        rows = conn.execute(
-            "SELECT idx, data FROM ledger_entries WHERE leaf_key = ? ORDER BY idx", (_leaf_key(leaf_hash),)
+        rows = execute(
+            conn,
+            "SELECT idx, data FROM ledger_entries WHERE leaf_key = ? ORDER BY idx",
+            (_leaf_key(leaf_hash),),
         ).fetchall()
         for idx, data in rows:
             if hash_leaf(bytes(data)) == leaf_hash:
@@ -379,53 +343,58 @@ class Ledger:
         return None
 
     @staticmethod
-    def read_tile(conn: sqlite3.Connection, level: int, index: int, width: int) -> bytes:
+    def read_tile(conn: Conn, level: int, index: int, width: int) -> bytes:
         return _ConnTiles(conn).read_tile(level, index, width)
 
     # --- checkpoints -------------------------------------------------------------------
 
     @staticmethod
-    def latest_checkpoint(conn: sqlite3.Connection) -> bytes | None:
-        row = conn.execute("SELECT note FROM ledger_checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+    def latest_checkpoint(conn: Conn) -> bytes | None:
+        row = execute(conn, "SELECT note FROM ledger_checkpoints ORDER BY size DESC LIMIT 1").fetchone()
         return None if row is None else bytes(row[0])
 
-    def sign_checkpoint(
-        self, conn: sqlite3.Connection, signer: NoteSigner, *, origin: str | None = None
-    ) -> bytes:
+    def sign_checkpoint(self, conn: Conn, signer: NoteSigner, *, origin: str | None = None) -> bytes:
         """Sign a checkpoint of the current tree and record it; returns the signed note.
 
         Before signing, the tree is proven consistent with the last checkpoint this log
         signed, so a tampered database cannot make the log sign a fork or a rollback.
         """
-        own_tx = not conn.in_transaction
-        if own_tx:
-            conn.execute("BEGIN IMMEDIATE")
-        try:
-            size = self.size(conn)
-            root = self.root(conn, size)
-            previous = self.latest_checkpoint(conn)
-            if previous is not None:
-                prev = Checkpoint.from_text(parse_note(previous).text)
-                if prev.size > size:
-                    raise RollbackError(f"the tree has {size} entries, but checkpoint {prev.size} was signed")
-                proof = self.consistency_proof(conn, prev.size, size)
-                try:
-                    verify_consistency(prev.size, size, prev.root, root, proof)
-                except ConsistencyError as exc:
-                    raise ConsistencyError(f"refusing to sign: {exc.message}") from None
-            note = sign_checkpoint(Checkpoint(origin or signer.name, size, root), signer)
-            conn.execute(
-                "INSERT INTO ledger_checkpoints (size, note) VALUES (?, ?) "
-                "ON CONFLICT (size) DO UPDATE SET note = excluded.note",
-                (size, note),
-            )
-        except BaseException:
-            if own_tx:
-                conn.execute("ROLLBACK")
-            raise
-        if own_tx:
-            conn.execute("COMMIT")
+        if not in_transaction(conn):
+            with write_transaction(conn):
+                return self._sign_checkpoint(conn, signer, origin)
+        return self._sign_checkpoint(conn, signer, origin)
+
+    def _sign_checkpoint(self, conn: Conn, signer: NoteSigner, origin: str | None) -> bytes:
+        # Lock the head first so the signed size is not a moving target (PostgreSQL).
+        head_sql = "SELECT size FROM ledger_head WHERE id = 1" + lock_clause(conn)  # noqa: S608
+        execute(conn, head_sql).fetchone()
+        size = self.size(conn)
+        root = self.root(conn, size)
+        previous = self.latest_checkpoint(conn)
+        if previous is not None:
+            prev = Checkpoint.from_text(parse_note(previous).text)
+            if prev.size > size:
+                raise RollbackError(f"the tree has {size} entries, but checkpoint {prev.size} was signed")
+            proof = self.consistency_proof(conn, prev.size, size)
+            try:
+                verify_consistency(prev.size, size, prev.root, root, proof)
+            except ConsistencyError as exc:
+                raise ConsistencyError(f"refusing to sign: {exc.message}") from None
+        note = sign_checkpoint(Checkpoint(origin or signer.name, size, root), signer)
+        execute(
+            conn,
+            "INSERT INTO ledger_checkpoints (size, note) VALUES (?, ?) "
+            "ON CONFLICT (size) DO UPDATE SET note = excluded.note",
+            (size, note),
+        )
         return note
+
+    @staticmethod
+    def store_checkpoint_note(conn: Conn, size: int, note: bytes) -> None:
+        """Replace the stored note of checkpoint ``size`` (e.g. with cosignatures added)."""
+        cur = execute(conn, "UPDATE ledger_checkpoints SET note = ? WHERE size = ?", (note, size))
+        if cur.rowcount != 1:
+            raise StorageError(f"no checkpoint of size {size} is stored")
 
 
 _STOP = object()

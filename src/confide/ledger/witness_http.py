@@ -10,7 +10,6 @@ size from a 409 reply), and attaches the returned cosignatures to the stored che
 from __future__ import annotations
 
 import base64
-import sqlite3
 import threading
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +18,7 @@ import httpx2
 
 from confide.errors import ConfideError, NetworkError, ParseError, StorageError
 from confide.ledger.checkpoint import Checkpoint
+from confide.ledger.db import Conn
 from confide.ledger.note import Note, NoteSignature, NoteVerifier, open_note, parse_note
 from confide.ledger.store import Ledger
 from confide.ledger.witness import (
@@ -105,7 +105,7 @@ def _body(old_size: int, proof: list[bytes], note: bytes) -> bytes:
 
 
 def request_cosignatures(
-    conn: sqlite3.Connection,
+    conn: Conn,
     witness_url: str,
     witness_key: NoteVerifier,
     *,
@@ -147,9 +147,7 @@ def request_cosignatures(
                 raise NetworkError(f"witness {witness_url}: malformed cosignature: {exc.message}") from None
             sig = verified[0]
             stored = Note(note.text, (*others, sig))
-            conn.execute(
-                "UPDATE ledger_checkpoints SET note = ? WHERE size = ?", (stored.to_bytes(), checkpoint.size)
-            )
+            Ledger.store_checkpoint_note(conn, checkpoint.size, stored.to_bytes())
             return sig
         raise NetworkError(f"witness {witness_url}: conflicting sizes twice")
     finally:
