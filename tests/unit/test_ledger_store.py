@@ -75,6 +75,11 @@ def test_roots_and_proofs_from_tiles_match_the_definition(tmp_path: Path) -> Non
         )
     assert Ledger.find_leaf(conn, hash_leaf(entries[12_345])) == 12_345
     assert Ledger.find_leaf(conn, hash_leaf(b"never appended")) is None
+    index, proof = ledger.inclusion_proof_by_hash(conn, hash_leaf(entries[4321]), 5000)
+    assert index == 4321
+    verify_inclusion(index, 5000, hash_leaf(entries[4321]), proof, ledger.root(conn, 5000))
+    with pytest.raises(UsageError, match="no entry"):
+        ledger.inclusion_proof_by_hash(conn, hash_leaf(entries[6000]), 5000)  # appended later than 5000
 
 
 def test_append_joins_the_callers_transaction(tmp_path: Path) -> None:

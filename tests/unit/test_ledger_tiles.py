@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from confide.errors import ParseError
 from confide.ledger.auditor import parse_bundle
@@ -13,6 +16,7 @@ from confide.ledger.note import NoteSigner
 from confide.ledger.serve import encode_bundle, serve
 from confide.ledger.store import Ledger, connect, write_transaction
 from confide.ledger.tiles import TileId, format_tile_path, parse_tile_path, tile_width
+from confide.ledger.witness import parse_add_checkpoint
 
 
 @pytest.mark.parametrize(
@@ -104,3 +108,24 @@ def test_serve_publishes_exactly_the_checkpointed_tree(tmp_path: Path) -> None:
     Ledger().sign_checkpoint(conn, signer)
     l1 = serve(conn, "tile/1/000.p/2")
     assert l1 is not None and l1.body[:HASH_SIZE] == mth(entries[:256])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="tile/entrisx0123456789.p", max_size=40) | st.text(max_size=40))
+def test_tile_path_parser_only_raises_parse_error(path: str) -> None:
+    try:
+        tile = parse_tile_path(path)
+    except ParseError:
+        return
+    assert format_tile_path(tile) == path  # whatever parses is the one canonical spelling
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_bundle_and_witness_request_parsers_only_raise_parse_error(data: bytes) -> None:
+    with contextlib.suppress(ParseError):
+        parse_bundle(data)
+    with contextlib.suppress(ParseError):
+        parse_add_checkpoint(b"old 1\n" + data)
+    with contextlib.suppress(ParseError):
+        parse_add_checkpoint(data)

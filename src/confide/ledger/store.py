@@ -342,6 +342,16 @@ class Ledger:
                 return int(idx)
         return None
 
+    def inclusion_proof_by_hash(
+        self, conn: Conn, leaf_hash: bytes, size: int | None = None
+    ) -> tuple[int, list[bytes]]:
+        """Inclusion proof for the first entry whose leaf hash is ``leaf_hash``."""
+        n = self._check_size(conn, size)
+        index = self.find_leaf(conn, leaf_hash)
+        if index is None or index >= n:
+            raise UsageError(f"no entry with leaf hash {leaf_hash.hex()} in the tree of size {n}")
+        return index, inclusion_proof(self.nodes(conn, n), index, n)
+
     @staticmethod
     def read_tile(conn: Conn, level: int, index: int, width: int) -> bytes:
         return _ConnTiles(conn).read_tile(level, index, width)
