@@ -88,7 +88,7 @@ def test_append_in_the_callers_transaction_and_proofs(pg: Any) -> None:
     Ledger.init_schema(conn)  # idempotent
     conn.execute("CREATE TABLE policies (name TEXT PRIMARY KEY)")
     ledger = Ledger()
-    with pytest.raises(UsageError, match="open transaction"):
+    with pytest.raises(UsageError, match="open write transaction"):
         ledger.append(conn, b"outside")
     with pytest.raises(RuntimeError), write_transaction(conn):
         conn.execute("INSERT INTO policies VALUES ('p1')")

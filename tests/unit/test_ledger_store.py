@@ -86,7 +86,7 @@ def test_append_joins_the_callers_transaction(tmp_path: Path) -> None:
     conn = _db(tmp_path)
     conn.execute("CREATE TABLE policies (name TEXT PRIMARY KEY)")
     ledger = Ledger()
-    with pytest.raises(UsageError, match="open transaction"):
+    with pytest.raises(UsageError, match="open write transaction"):
         ledger.append(conn, b"outside any transaction")
     with pytest.raises(RuntimeError), write_transaction(conn):
         conn.execute("INSERT INTO policies VALUES ('p1')")

@@ -199,7 +199,7 @@ class Ledger:
         the entries become visible, and durable, with its commit.
         """
         if not in_transaction(conn):
-            raise UsageError("Ledger.append needs an open transaction (BEGIN IMMEDIATE) on the connection")
+            raise UsageError("Ledger.append needs an open write transaction on the connection")
         if not entries:
             raise UsageError("append_batch: got no entries, expected at least one")
         for n, entry in enumerate(entries):
