@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import multiprocessing
 import os
 import signal
 import socket
@@ -51,7 +52,7 @@ def rss_mib(pid: int) -> float:
 
 def start_cas(work: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.Popen(  # noqa: S603
+    proc = subprocess.Popen(
         ["taskset", "-c", str(CAS_CORE), sys.executable, "-m", "confide", "cas", "serve", "--data-dir",
          str(work / "cas"), "--listen", "127.0.0.1:0", "--dev"],
         stdout=subprocess.DEVNULL, stderr=(work / "cas.log").open("wb"), env=env,
@@ -155,7 +156,9 @@ security:
 
         async def flow() -> None:
             key = ec.generate_private_key(ec.SECP256R1())
-            der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            der = key.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
             async with httpx2.AsyncClient(base_url=url, verify=ctx, timeout=60) as client:  # fresh TLS
                 nonce = (await client.post("/v1/attest/nonce")).json()["nonce"]
                 evidence = platform.issue(
@@ -182,8 +185,6 @@ security:
         rate = (n1 + n2) / args.seconds
 
         # The reference: TLS handshakes/s of the same core, same client concurrency.
-        import multiprocessing
-
         port_file = work / "tls.port"
         server = multiprocessing.Process(
             target=tls_server, args=(env["CONFIDE_CAS_CERT"], str(work / "cas" / "cas-key.pem"), port_file)
@@ -194,7 +195,9 @@ security:
         port = int(port_file.read_text())
 
         async def handshake() -> None:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost")
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=ctx, server_hostname="localhost"
+            )
             writer.write(b"GET / HTTP/1.1\r\n")
             await writer.drain()
             await reader.read()
@@ -206,11 +209,15 @@ security:
         tls_rate = nh / half
         p50 = statistics.median(lat) * 1000
         p99 = lat[int(len(lat) * 0.99) - 1] * 1000
-        print(f"clients: {args.clients}, duration: {args.seconds:.0f}s, CAS on core {CAS_CORE}, load on core {LOAD_CORE}")
+        print(
+            f"clients: {args.clients}, duration: {args.seconds:.0f}s, CAS on core {CAS_CORE}, load on core {LOAD_CORE}"
+        )
         print(f"attestations/s: {rate:,.0f}   p50 {p50:.1f} ms   p99 {p99:.1f} ms")
         print(f"TLS 1.3 handshakes/s (same core, bare ssl server): {tls_rate:,.0f}")
         print(f"ratio attestations / handshake capacity: {rate / tls_rate:.2f}x")
-        print(f"CAS peak RSS: {rss_before:.0f} MiB after warm-up, {rss_mid:.0f} MiB at half time, {rss_end:.0f} MiB at the end")
+        print(
+            f"CAS peak RSS: {rss_before:.0f} MiB after warm-up, {rss_mid:.0f} MiB at half time, {rss_end:.0f} MiB at the end"
+        )
     finally:
         cas.send_signal(signal.SIGTERM)
         cas.wait(timeout=30)

@@ -172,5 +172,13 @@ from confide.ledger.cli import ledger as _ledger_group  # noqa: E402
 from confide.sim.cli import sim as _sim_group  # noqa: E402
 from confide.volume.cli import volume as _volume_group  # noqa: E402
 
-for _command in (_cas_group, _identity_group, _policy_group, _run_command, _sim_group, _volume_group, _ledger_group):
+for _command in (
+    _cas_group,
+    _identity_group,
+    _policy_group,
+    _run_command,
+    _sim_group,
+    _volume_group,
+    _ledger_group,
+):
     cli.add_command(_command)

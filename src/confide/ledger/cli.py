@@ -74,7 +74,7 @@ def ledger() -> None:
     "--witness", "witness_keys", multiple=True, metavar="VKEY", help="Require this witness's cosignature."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def verify(  # noqa: PLR0917 - click passes options positionally
+def verify(
     log_db: Path | None,
     url: str | None,
     state: Path | None,
