@@ -20,7 +20,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from confide import __version__, errors
 from confide.cas.core import Cas
+from confide.cas.db import raw_connection
 from confide.errors import ConfideError, ParseError
+from confide.ledger.serve import serve as serve_log
 
 __all__ = ["STATUS", "create_app"]
 
@@ -120,11 +122,24 @@ def create_app(cas: Cas, *, cas_evidence: dict[str, Any] | None = None) -> FastA
         return cas.show(doc)
 
     @app.get("/v1/policies/{name}/events")
-    def policy_events(name: str, x_confide_read: str | None = Header(default=None)) -> list[dict[str, Any]]:
+    def policy_events(name: str, x_confide_read: str | None = Header(default=None)) -> dict[str, Any]:
         doc = _read_doc(x_confide_read)
         if not isinstance(doc, dict) or doc.get("name") != name:
             raise ParseError("read request names another policy than the URL", structure="read request")
         return cas.events_for(doc)
+
+    @app.get("/v1/log/{path:path}")
+    def log_resource(path: str) -> Response:
+        """C2SP tlog-tiles: the signed checkpoint and the hash tiles are public; entry bundles
+        are not served here (entries are read per policy, with inclusion proofs)."""
+        if path.startswith("tile/entries/"):
+            raise errors.AccessDeniedError("entry bundles are not public; read a policy's events instead")
+        with cas.db.read() as conn:
+            resource = serve_log(raw_connection(conn), path)
+        if resource is None:
+            return Response(status_code=404)
+        cache = "public, max-age=31536000, immutable" if resource.immutable else "no-store"
+        return Response(resource.body, media_type=resource.content_type, headers={"Cache-Control": cache})
 
     @app.post("/v1/attest/nonce")
     def nonce() -> dict[str, Any]:

@@ -63,6 +63,7 @@ def cas_attest(url: str | None, sim_key: Path | None, out: Path | None) -> None:
     click.echo(f"CAS at {url} attested on {ev.platform.value}{label}", err=True)
     click.echo(f"  measurement: {ev.claims.get('measurement')}", err=True)
     click.echo(f"  TLS certificate SHA-256: {pinned.certificate_sha256}", err=True)
+    click.echo(f"  transparency log key: {pinned.log_key}", err=True)
     if out:
         write_pin(pinned, out)
         click.echo(f"  pinned: export CONFIDE_CAS_CERT={out}", err=True)
@@ -142,7 +143,9 @@ def policy_events(name: str, identity_file: Path) -> None:
     """Show the recorded events of a policy (changes, attestations, releases)."""
     from confide.cas.client import CasClient
 
-    for ev in CasClient.from_env().events(name, load_identity(identity_file)):
+    for ev in CasClient.from_env().events(name, load_identity(identity_file))["events"]:
+        ev.pop("entry", None)
+        ev.pop("inclusion_proof", None)
         click.echo(json.dumps(ev, sort_keys=True))
 
 

@@ -120,8 +120,8 @@ class CasClient:
         )
         return result
 
-    def events(self, name: str, identity: Identity) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._call(
+    def events(self, name: str, identity: Identity) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(
             "GET", f"/v1/policies/{name}/events", headers=self._read_header(name, identity)
         )
         return result

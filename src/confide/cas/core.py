@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import Connection, and_, insert, select, update
 
 from confide.cas import db as t
-from confide.cas.db import Database, EventSink
+from confide.cas.db import Database, EventSink, raw_connection
 from confide.cas.secrets import Sealer, SecretValue, generate, render
 from confide.errors import (
     AccessDeniedError,
@@ -43,6 +43,9 @@ from confide.errors import (
     PolicyError,
 )
 from confide.identity import PublicIdentity
+from confide.ledger.checkpoint import Checkpoint
+from confide.ledger.note import parse_note
+from confide.ledger.store import Ledger
 from confide.policy import Policy, appraise, loads_policy, policy_hash
 from confide.policy.access import is_authorized
 from confide.policy.canonical import canonical_json, jcs
@@ -241,8 +244,15 @@ class Cas:
                     submitter=signer.fingerprint, creator=creator, state=state, created_at=now,
                 )
             )  # fmt: skip
-            payload = {"hash": digest, "predecessor": policy.predecessor, "signer": signer.fingerprint,
-                       "submission_sha256": hashlib.sha256(jcs(submission)).hexdigest()}  # fmt: skip
+            payload: dict[str, Any] = {
+                "hash": digest, "predecessor": policy.predecessor, "signer": signer.fingerprint,
+                "submission_sha256": hashlib.sha256(jcs(submission)).hexdigest(),
+            }  # fmt: skip
+            if any(sec.value is not None for sec in policy.secrets):
+                # The document carries explicit secret values: the ledger records its hash only.
+                payload["submission_withheld"] = "explicit secret values"
+            else:
+                payload["submission"] = jcs(submission).decode()
             if state == "active":
                 self._activate(conn, policy, digest, creator, head is None)
                 self.events.record(
@@ -676,16 +686,30 @@ class Cas:
                     config["files"][f.path] = base64.b64encode(content).decode()
         return config, sorted(released.values(), key=lambda r: (r["policy"], r["name"]))
 
-    def events_for(self, read_request: Any) -> list[dict[str, Any]]:
-        """The events of a policy, for identities that may read it."""
+    def events_for(self, read_request: Any) -> dict[str, Any]:
+        """The ledger entries of a policy, for identities that may read it, each with its
+        inclusion proof in the latest signed checkpoint (``checkpoint``, a C2SP signed note)."""
         info = self.show(read_request)
         with self.db.read() as conn:
+            raw = raw_connection(conn)
+            note = Ledger.latest_checkpoint(raw)
+            size = Checkpoint.from_text(parse_note(note).text).size if note else 0
+            ledger = Ledger()
+            out = []
             rows = conn.execute(
                 select(t.events).where(t.events.c.policy == info["name"]).order_by(t.events.c.seq)
             )
-            return [
-                {"seq": r.seq, "at": r.at, "type": r.type, "payload": json.loads(r.payload)} for r in rows
-            ]
+            for r in rows:
+                index = r.seq - 1
+                entry = Ledger.entry(raw, index)
+                event: dict[str, Any] = {"seq": r.seq, "index": index, "at": r.at, "type": r.type,
+                                         "payload": json.loads(r.payload)}  # fmt: skip
+                if entry is not None:
+                    event["entry"] = base64.b64encode(entry).decode()
+                if index < size:
+                    event["inclusion_proof"] = [h.hex() for h in ledger.inclusion_proof(raw, index, size)]
+                out.append(event)
+        return {"checkpoint": note.decode() if note else None, "size": size, "events": out}
 
 
 def _evidence_summary(v: VerifiedEvidence) -> dict[str, Any]:

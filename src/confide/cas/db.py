@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -40,6 +40,9 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
 from confide.errors import StorageError
+from confide.ledger.db import Conn
+from confide.ledger.db import execute as ledger_execute
+from confide.ledger.db import schema as ledger_schema
 
 __all__ = ["Database", "EventSink", "metadata"]
 
@@ -128,9 +131,29 @@ volume_tags = Table(
 )
 
 SCHEMA_VERSION = 1
-_MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    1: metadata.create_all,
-}
+
+
+def raw_connection(conn: Connection) -> Conn:
+    """The DB-API connection under a SQLAlchemy connection (same transaction)."""
+    raw = conn.connection.driver_connection
+    if raw is None:
+        raise StorageError("the database connection is closed")
+    return cast(Conn, raw)
+
+
+def init_ledger_schema(conn: Connection) -> None:
+    """The transparency ledger's tables live in the CAS database (same transactions)."""
+    raw = raw_connection(conn)
+    for statement in ledger_schema(raw):
+        ledger_execute(raw, statement)
+
+
+def _v1(conn: Connection) -> None:
+    metadata.create_all(conn)
+    init_ledger_schema(conn)
+
+
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1}
 
 
 class EventSink:

@@ -1,9 +1,9 @@
 """``confide cas attest URL``: verify the CAS's own evidence and pin its TLS identity.
 
 The CAS publishes evidence whose report data is SHA-512("confide-cas/v1" || 0 || DER of its TLS
-certificate). The client fetches the certificate from the TLS handshake itself (without
-trusting it yet), fetches the evidence, verifies it, checks the binding, and only then writes
-the certificate as the one to trust (``CONFIDE_CAS_CERT``).
+certificate || its transparency-log verifier key). The client fetches the certificate from the
+TLS handshake itself (without trusting it yet), fetches the evidence, verifies it, checks the
+binding, and only then writes the certificate as the one to trust (``CONFIDE_CAS_CERT``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class PinnedCas:
     url: str
     certificate_pem: bytes
     certificate_sha256: str
+    log_key: str
     evidence: VerifiedEvidence
 
 
@@ -102,6 +103,7 @@ def attest_cas(url: str, *, sim_key_pem: bytes | None, at: datetime | None = Non
         doc = json.loads(body)
         platform = doc["platform"]
         evidence = base64.b64decode(doc["evidence"], validate=True)
+        log_key = str(doc["log_key"])
     except (ValueError, KeyError, TypeError):
         raise ParseError("the CAS's evidence document is malformed", structure="CAS evidence") from None
     at = at or datetime.now(UTC)
@@ -114,11 +116,11 @@ def attest_cas(url: str, *, sim_key_pem: bytes | None, at: datetime | None = Non
             "the CAS presents SIMULATED evidence: pass --sim-key (the simulated platform's public key)"
         )
     verified = verify_sim(evidence, load_platform_public_key(sim_key_pem), at=at)
-    expected = hashlib.sha512(CAS_BINDING_PREFIX + cert_der).hexdigest()
+    expected = hashlib.sha512(CAS_BINDING_PREFIX + cert_der + log_key.encode()).hexdigest()
     if not hmac.compare_digest(str(verified.claims.get("report_data", "")), expected):
-        raise BindingError("the CAS's evidence is not bound to the TLS certificate it presented")
+        raise BindingError("the CAS's evidence is not bound to the TLS certificate and log key it presented")
     pem = x509.load_der_x509_certificate(cert_der).public_bytes(serialization.Encoding.PEM)
-    return PinnedCas(url, pem, hashlib.sha256(cert_der).hexdigest(), verified)
+    return PinnedCas(url, pem, hashlib.sha256(cert_der).hexdigest(), log_key, verified)
 
 
 def write_pin(pinned: PinnedCas, out: Path) -> None:

@@ -23,6 +23,7 @@ import shlex
 import socket
 import ssl
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,12 +37,15 @@ from cryptography.x509.oid import NameOID
 
 from confide.cas.app import create_app
 from confide.cas.core import Cas
-from confide.cas.db import Database, EventSink
+from confide.cas.db import Database, raw_connection
+from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.pin import CAS_BINDING_PREFIX
 from confide.cas.secrets import Sealer
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral.dcap import source_for
 from confide.errors import UsageError
+from confide.ledger.note import NoteSigner
+from confide.ledger.store import Ledger
 from confide.sim.measure import measure_current_process
 from confide.sim.platform import SimPlatform
 
@@ -113,6 +117,56 @@ def _tls_identity(data_dir: Path, host: str) -> tuple[Path, Path]:
     return key_path, cert_path
 
 
+def _log_signer(data_dir: Path, cert_sha256: str) -> NoteSigner:
+    """The CAS's log key (C2SP signed-note Ed25519), created on first start (mode 0600). Its
+    name is the log origin; the CAS's evidence binds the verifier key (``confide cas attest``)."""
+    path = data_dir / "log.key"
+    if not path.exists():
+        _write_private(path, NoteSigner.generate(f"confide-cas/{cert_sha256[:16]}").skey.encode())
+    return NoteSigner.from_skey(path.read_text())
+
+
+class Checkpointer:
+    """Signs a checkpoint whenever the log grew: every acknowledged entry is covered by a signed
+    checkpoint within ``interval`` seconds (default 0.5 s)."""
+
+    def __init__(self, cas: Cas, signer: NoteSigner, interval: float = 0.5) -> None:
+        self.cas, self.signer, self.interval = cas, signer, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="checkpointer", daemon=True)
+        self.signed_size = -1
+
+    def start(self) -> None:
+        self.tick()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def tick(self) -> None:
+        with self.cas.db.read() as conn:
+            size = Ledger.size(raw_connection(conn))
+        if size == self.signed_size:
+            return
+        with self.cas.db.write() as conn:
+            raw = raw_connection(conn)
+            Ledger().sign_checkpoint(raw, self.signer)
+            self.signed_size = Ledger.size(raw)
+
+    def _run(self) -> None:
+        log = logging.getLogger("confide.cas")
+        while not self._stop.wait(self.interval):
+            try:
+                self.tick()
+            except Exception as exc:  # keep signing; report once per failure
+                log.error(
+                    json.dumps(
+                        {"event": "checkpoint-failed", "error": type(exc).__name__, "detail": str(exc)[:200]}
+                    )
+                )
+
+
 def _parse_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not host:
@@ -143,7 +197,7 @@ def _configure_logging() -> None:
 
 def prepare(
     data_dir: Path, *, host: str, dev: bool, db_url: str | None, collateral: str | None
-) -> tuple[Cas, dict[str, Any] | None, Path, Path, dict[str, str]]:
+) -> tuple[Cas, dict[str, Any] | None, Path, Path, dict[str, str], NoteSigner]:
     """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (dev),
     TLS files and the client environment (without the URL)."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -151,6 +205,8 @@ def prepare(
     sealer = Sealer(_master_key(data_dir))
     key_path, cert_path = _tls_identity(data_dir, host)
     env = {"CONFIDE_CAS_CERT": str(cert_path.resolve())}
+    signer = _log_signer(data_dir, _cert_sha256(cert_path))
+    env["CONFIDE_LOG_KEY"] = signer.verifier.vkey
     sim_key = None
     cas_evidence = None
     if dev:
@@ -161,7 +217,7 @@ def prepare(
         cert_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(
             serialization.Encoding.DER
         )
-        report_data = hashlib.sha512(CAS_BINDING_PREFIX + cert_der).digest()
+        report_data = hashlib.sha512(CAS_BINDING_PREFIX + cert_der + env["CONFIDE_LOG_KEY"].encode()).digest()
         measurement = measure_current_process().digest
         evidence = platform.issue(
             report_data=report_data, measurement=measurement, timestamp=int(time.time())
@@ -169,15 +225,19 @@ def prepare(
         cas_evidence = {
             "platform": "sim",
             "evidence": base64.b64encode(evidence.to_bytes()).decode(),
-            "binding": "SHA-512('confide-cas/v1' || 0 || TLS certificate DER)",
+            "binding": "SHA-512('confide-cas/v1' || 0 || TLS certificate DER || log verifier key)",
+            "log_key": env["CONFIDE_LOG_KEY"],
         }
     database = Database(db_url or f"sqlite:///{(data_dir / 'cas.db').resolve()}")
     database.migrate()
     verifier = PlatformVerifier(sim_key=sim_key, dcap_source=source_for(collateral) if collateral else None)
-    cas = Cas(database, sealer, verifier, events=EventSink())
+    cas = Cas(database, sealer, verifier, events=LedgerEventSink())
     with database.write() as conn:
-        cas.events.record(conn, "cas-start", None, {"dev": dev, "tls_cert_sha256": _cert_sha256(cert_path)})
-    return cas, cas_evidence, key_path, cert_path, env
+        cas.events.record(
+            conn, "cas-start", None,
+            {"dev": dev, "tls_cert_sha256": _cert_sha256(cert_path), "log_key": env["CONFIDE_LOG_KEY"]},
+        )  # fmt: skip
+    return cas, cas_evidence, key_path, cert_path, env, signer
 
 
 def _cert_sha256(cert_path: Path) -> str:
@@ -188,9 +248,11 @@ def _cert_sha256(cert_path: Path) -> str:
 def serve(data_dir: Path, listen: str, *, dev: bool, db_url: str | None, collateral: str | None) -> None:
     host, port = _parse_listen(listen)
     _configure_logging()
-    cas, cas_evidence, key_path, cert_path, env = prepare(
+    cas, cas_evidence, key_path, cert_path, env, signer = prepare(
         data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral
     )
+    checkpointer = Checkpointer(cas, signer)
+    checkpointer.start()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -201,7 +263,8 @@ def serve(data_dir: Path, listen: str, *, dev: bool, db_url: str | None, collate
     sock.listen(1024)
     bound_port = sock.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host
-    env = {"CONFIDE_CAS_URL": f"https://{shown_host}:{bound_port}", **env}
+    url = f"https://{shown_host}:{bound_port}"
+    env = {"CONFIDE_CAS_URL": url, **env, "CONFIDE_LOG_URL": f"{url}/v1/log"}
     lines = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     _atomic(data_dir / "client.env", lines.encode())
     app = create_app(cas, cas_evidence=cas_evidence)
@@ -220,4 +283,7 @@ def serve(data_dir: Path, listen: str, *, dev: bool, db_url: str | None, collate
             {"event": "listening", "url": env["CONFIDE_CAS_URL"], "dev": dev, "db": cas.db.redacted_url}
         )
     )
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    finally:
+        checkpointer.stop()

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import ssl
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
+import httpx2
 
 from confide.errors import ConfideError, UsageError
 from confide.ledger.auditor import AuditorState, LocalLogClient, LogClient, audit_once
@@ -74,6 +77,9 @@ def ledger() -> None:
     "--witness", "witness_keys", multiple=True, metavar="VKEY", help="Require this witness's cosignature."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--cacert", type=_PATH, help="Trust only this certificate for --url (default: $CONFIDE_CAS_CERT)."
+)
 def verify(
     log_db: Path | None,
     url: str | None,
@@ -82,6 +88,7 @@ def verify(
     full: bool,
     witness_keys: tuple[str, ...],
     as_json: bool,
+    cacert: Path | None,
 ) -> None:
     """Verify the log's latest checkpoint and its consistency with the last one seen."""
     try:
@@ -103,7 +110,17 @@ def verify(
                 assert url is not None
                 if not url.startswith(("http://", "https://")):
                     raise UsageError(f"--url: got {url[:60]!r}, expected http:// or https://")
-                client = stack.enter_context(HttpLogClient(url))
+                ca = cacert or (
+                    Path(os.environ["CONFIDE_CAS_CERT"]) if os.environ.get("CONFIDE_CAS_CERT") else None
+                )
+                http = None
+                if ca is not None and url.startswith("https://"):
+                    try:
+                        ctx = ssl.create_default_context(cafile=str(ca))
+                    except (OSError, ssl.SSLError) as exc:
+                        raise UsageError(f"--cacert: cannot load {ca}: {exc}") from None
+                    http = stack.enter_context(httpx2.Client(verify=ctx, timeout=30.0))
+                client = stack.enter_context(HttpLogClient(url, client=http))
             old, signed = audit_once(
                 client,
                 log_key,
@@ -296,3 +313,68 @@ def witness_add_checkpoint(state: Path, key_file: Path, logs: tuple[str, ...], r
         _fail(exc)
         return
     click.echo(sig.line(), nl=False)
+
+
+def _cas_inputs(identity_file: Path, key: str | None) -> tuple[Any, Any, Any]:
+    from confide.cas.client import CasClient
+    from confide.identity import load_identity
+
+    key_text = key or os.environ.get("CONFIDE_LOG_KEY")
+    if not key_text:
+        raise UsageError("--key: give the CAS's log key (or set CONFIDE_LOG_KEY from client.env)")
+    return (
+        CasClient.from_env(),
+        load_identity(identity_file),
+        NoteVerifier.from_vkey(_read_key_text(key_text, "--key")),
+    )
+
+
+@ledger.command("history")
+@click.argument("policy")
+@click.option("--identity", "identity_file", type=_PATH, required=True)
+@click.option("--key", metavar="VKEY", help="Pinned log key (default: $CONFIDE_LOG_KEY).")
+@click.option("--json", "as_json", is_flag=True)
+def history_cmd(policy: str, identity_file: Path, key: str | None, as_json: bool) -> None:
+    """Every version of POLICY: who signed it, who approved it (entries proven in the log)."""
+    from confide.cas.audit import history, verified_events
+
+    try:
+        client, ident, log_key = _cas_inputs(identity_file, key)
+        signed, events = verified_events(client, policy, ident, log_key)
+    except ConfideError as exc:
+        _fail(exc)
+        return
+    rows = history(events)
+    if as_json:
+        click.echo(json.dumps({"checkpoint_size": signed.checkpoint.size if signed else 0, "history": rows}))
+        return
+    for r in rows:
+        mark = "" if r["included"] else " (not yet in a checkpoint)"
+        extra = f" approvers={r['approvers']}" if r["approvers"] else ""
+        click.echo(f"#{r['index']} {r['time']} {r['event']} {r['hash']} signer={r['signer']}{extra}{mark}")
+
+
+@ledger.command("accesses")
+@click.argument("target", metavar="POLICY[/SECRET]")
+@click.option("--identity", "identity_file", type=_PATH, required=True)
+@click.option("--key", metavar="VKEY", help="Pinned log key (default: $CONFIDE_LOG_KEY).")
+@click.option("--json", "as_json", is_flag=True)
+def accesses_cmd(target: str, identity_file: Path, key: str | None, as_json: bool) -> None:
+    """Which attested services received POLICY's secrets, when, under which measurement."""
+    from confide.cas.audit import accesses, verified_events
+
+    policy, _, secret = target.partition("/")
+    try:
+        client, ident, log_key = _cas_inputs(identity_file, key)
+        _, events = verified_events(client, policy, ident, log_key)
+    except ConfideError as exc:
+        _fail(exc)
+        return
+    rows = accesses(events, secret or None)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        names = ", ".join(f"{s.get('policy')}/{s.get('name')} v{s.get('version')}" for s in r["secrets"])
+        click.echo(f"#{r['index']} {r['time']} service={r['service']} measurement={r['measurement']}")
+        click.echo(f"    secrets=[{names}]")

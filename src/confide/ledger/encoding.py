@@ -52,6 +52,10 @@ class EntryType(StrEnum):
     VOLUME_TAG = "volume.tag"
     CAS_STARTED = "cas.started"
     KEY_ROTATED = "key.rotated"
+    POLICY_SUBMITTED = "policy.submitted"  # awaiting board approval
+    POLICY_STALE = "policy.stale"  # a pending version that can no longer apply
+    POLICY_REFUSED = "policy.refused"  # an update by an identity without the right
+    SECRETS_GENERATED = "secrets.generated"
 
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
