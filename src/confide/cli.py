@@ -166,3 +166,7 @@ def main() -> None:
 from confide.volume.cli import volume as _volume_group  # noqa: E402
 
 cli.add_command(_volume_group)
+
+from confide.image.cli import sconify_cmd as _sconify_cmd  # noqa: E402
+
+cli.add_command(_sconify_cmd)
