@@ -89,9 +89,16 @@ class Image:
             "architecture": self.architecture,
             "os": "linux",
             "created": "2024-01-02T03:04:05Z",
-            "config": {"Entrypoint": self.entrypoint, "Cmd": self.cmd, "Env": self.env, "WorkingDir": self.workdir},
+            "config": {
+                "Entrypoint": self.entrypoint,
+                "Cmd": self.cmd,
+                "Env": self.env,
+                "WorkingDir": self.workdir,
+            },
             "rootfs": {"type": "layers", "diff_ids": [sha(r) for r in raws]},
-            "history": [{"created": "2024-01-02T03:04:05Z", "created_by": f"layer {i}"} for i in range(len(raws))],
+            "history": [
+                {"created": "2024-01-02T03:04:05Z", "created_by": f"layer {i}"} for i in range(len(raws))
+            ],
         }
         return json.dumps(config).encode(), [(r, compress(r, self.compression)) for r in raws]
 
@@ -136,7 +143,9 @@ class Image:
                 lnames.append(f"layer{i}/layer.tar")
                 files[lnames[-1]] = r
         files[cname] = config
-        files["manifest.json"] = json.dumps([{"Config": cname, "RepoTags": ["app:1"], "Layers": lnames}]).encode()
+        files["manifest.json"] = json.dumps(
+            [{"Config": cname, "RepoTags": ["app:1"], "Layers": lnames}]
+        ).encode()
         with tarfile.open(path, "w") as tf:
             for name, data in files.items():
                 ti = tarfile.TarInfo(name)

@@ -226,7 +226,7 @@ class DecompressingReader:
 
 def _zstd_module() -> Any:
     try:
-        from backports import zstd
+        from backports import zstd  # noqa: PLC0415 - optional: only zstd layers need it
     except ImportError:  # pragma: no cover - declared dependency
         raise UsageError("zstd layers need the backports.zstd package (pip install backports.zstd)") from None
     return zstd

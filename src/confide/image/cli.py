@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from confide.errors import ConfideError, UsageError
 from confide.image.blobs import GZIP, NONE, ZSTD
@@ -33,9 +35,6 @@ def _write_private(path: Path, text: str) -> None:
 
 class _RichProgress:
     def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
         self._p = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -98,7 +97,7 @@ class _RichProgress:
 )
 @click.option("--tls-verify/--no-tls-verify", default=True, help="Verify registry TLS (skopeo).")
 @click.option("--runtime-check/--no-runtime-check", default=True,
-              help="Check that the image can run the vendored runtime (python3, architecture, libc).")  # fmt: skip
+              help="Check the image can run the vendored runtime (python3, architecture, libc).")  # fmt: skip
 @click.option("--tee", default="sim", show_default=True, help="TEE passed to confide run.")
 @click.option("--cas", metavar="URL", help="Apply the policy to this CAS (not available yet).")
 def sconify_cmd(

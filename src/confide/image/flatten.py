@@ -163,15 +163,17 @@ class FsIndex:
             elif child.kind == SYMLINK:
                 if not create:
                     return None
+                link = "/".join(parts[: i + 1])
                 raise ParseError(
-                    f"member {path!r} goes through the symlink {'/'.join(parts[: i + 1])!r} (refused: could escape)",
+                    f"member {path!r} goes through the symlink {link!r} (refused: could escape the root)",
                     structure="layer tar",
                 )
             elif child.kind != DIR:
                 if not create:
                     return None
+                parent = "/".join(parts[: i + 1])
                 raise ParseError(
-                    f"member {path!r}: parent {'/'.join(parts[: i + 1])!r} is a {child.kind}, expected a directory",
+                    f"member {path!r}: parent {parent!r} is a {child.kind}, expected a directory",
                     structure="layer tar",
                 )
             node = child
@@ -233,7 +235,7 @@ def _layer_stream(layer: Layer) -> Iterator[tuple[DecompressingReader, tarfile.T
                 structure=what,
             )
         try:
-            tf = tarfile.open(fileobj=dr, mode="r|")  # type: ignore[call-overload]
+            tf = tarfile.open(fileobj=dr, mode="r|")  # type: ignore[call-overload]  # noqa: SIM115
         except (tarfile.TarError, EOFError) as exc:
             raise ParseError(f"not a tar stream: {exc}", structure=what) from None
         try:
@@ -250,7 +252,7 @@ def _members(layer: Layer, tf: tarfile.TarFile) -> Iterator[_Member]:
             raise ParseError(f"more than {MAX_MEMBERS} members", structure=f"layer {layer.index}")
         if info.type not in _KINDS and info.type != tarfile.LNKTYPE and not info.issparse():
             raise ParseError(
-                f"member {info.name!r} has tar type {info.type!r}, expected a file, directory, link or device",
+                f"member {info.name!r} has tar type {info.type!r}, expected a file, directory, link, device",
                 structure=f"layer {layer.index}",
             )
         yield _Member(ordinal, normalize(info.name), info)
@@ -300,13 +302,14 @@ def _apply(idx: FsIndex, layer_no: int, members: list[_Member], roots: Sequence[
             target = normalize(info.linkname, "linkname")
             if _protected(target, roots) != _protected(m.path, roots):
                 raise UsageError(
-                    f"layer {layer_no}: hard link {'/' + m.path!r} -> {'/' + target!r} crosses the boundary of the "
-                    "protected paths; protect both paths or neither"
+                    f"layer {layer_no}: hard link {'/' + m.path!r} -> {'/' + target!r} crosses the "
+                    "boundary of the protected paths; protect both paths or neither"
                 )
             tnode = idx.lookup(target)
             if tnode is None or tnode.kind not in (FILE, CHAR, BLOCK, FIFO):
+                got = "missing" if tnode is None else f"a {tnode.kind}"
                 raise ParseError(
-                    f"hard link {m.path!r} -> {target!r}: target is {'missing' if tnode is None else 'a ' + tnode.kind}",
+                    f"hard link {m.path!r} -> {target!r}: target is {got}, expected an earlier file",
                     structure=f"layer {layer_no}",
                 )
             node = Node(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -158,7 +159,7 @@ Opener = Callable[[], AbstractContextManager[IO[bytes]]]
 
 @dataclass(frozen=True)
 class Layer:
-    """One layer: its descriptor (digest/size of the blob as stored, when known), its diff_id and an opener."""
+    """One layer: digest/size of the blob as stored (when known), its diff_id and an opener."""
 
     index: int
     media_type: str
@@ -276,8 +277,6 @@ def _open_blob(root: Path, digest: str, what: str) -> Iterator[IO[bytes]]:
 
 
 def _is_regular(fd: int) -> bool:
-    import stat
-
     return stat.S_ISREG(os.fstat(fd).st_mode)
 
 
@@ -450,8 +449,8 @@ def _open_archive(path: Path, ref: str | None) -> SourceImage:
         if not isinstance(entries, list) or not entries:
             raise ParseError("expected a non-empty JSON list", structure="manifest.json")
         chosen = None
-        for e in entries:
-            e = _obj(e, "manifest.json entry")
+        for raw_entry in entries:
+            e = _obj(raw_entry, "manifest.json entry")
             tags = e.get("RepoTags") or []
             if ref is None or (isinstance(tags, list) and ref in tags):
                 chosen = e
@@ -514,7 +513,7 @@ def _skopeo(args: list[str], what: str) -> None:
             f"{what}: registry references need skopeo (Debian package 'skopeo'); not found in PATH"
         )
     try:
-        proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=3600, check=False)
+        proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=3600, check=False)  # noqa: S603 - fixed argv, no shell
     except subprocess.TimeoutExpired:
         raise NetworkError(f"{what}: skopeo timed out") from None
     if proc.returncode != 0:

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from packaging.requirements import Requirement as PReq
+
 import confide
 from confide.errors import UsageError
 from confide.image.flatten import DIR, FILE, SYMLINK, FsIndex
@@ -83,8 +85,6 @@ class ImagePython:
 
 
 def _closure() -> list[md.Distribution]:
-    from packaging.requirements import Requirement as PReq  # dev/pip dependency; fallback below
-
     seen: dict[str, md.Distribution] = {}
     todo = ["confide"]
     while todo:

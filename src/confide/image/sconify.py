@@ -23,8 +23,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import hmac
+import io
 import json
 import os
+import shlex
 import shutil
 import tarfile
 import tempfile
@@ -32,6 +34,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Protocol
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
 
 from confide.errors import ParseError, StorageError, UsageError
 from confide.image.blobs import GZIP, NONE, ZSTD, CompressingWriter, HashingReader, HashingWriter
@@ -296,7 +301,7 @@ def _volume_layer(
     compression: str,
 ) -> tuple[Descriptor, str]:
     base = f"{VOLUMES_DIR}/{name}"
-    entries = _dirs(base) + [_Entry(f"{base}/objects", DIR, 0o755)]
+    entries = [*_dirs(base), _Entry(f"{base}/objects", DIR, 0o755)]
     entries.append(_Entry(f"{base}/MANIFEST", FILE, 0o644, source=vol / "MANIFEST"))
     for obj in sorted((vol / "objects").iterdir()):
         entries.append(_Entry(f"{base}/objects/{obj.name}", FILE, 0o644, source=obj))
@@ -479,8 +484,6 @@ def make_policy(
     key_hex: str | None = None,
 ) -> dict[str, Any]:
     """The policy template (SCONE session language shape; the key is added by :func:`policy_yaml`)."""
-    import shlex
-
     inner = cfg.get("config") or {}
     env: dict[str, str] = {}
     for item in inner.get("Env") or []:
@@ -514,11 +517,6 @@ def make_policy(
 
 def policy_yaml(policy: dict[str, Any], key: VolumeKey, source: str) -> str:
     """Render the policy with the volume key as YAML, with comments for what must be filled in."""
-    import io
-
-    from ruamel.yaml import YAML
-    from ruamel.yaml.comments import CommentedMap
-
     doc = CommentedMap(copy.deepcopy(policy))
     doc.yaml_set_start_comment(
         f"confide policy template written by `confide sconify` from {source}.\n"
