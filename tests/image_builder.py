@@ -152,3 +152,56 @@ class Image:
                 ti.size = len(data)
                 tf.addfile(ti, io.BytesIO(data))
         return path
+
+
+def decompressed(blob: bytes) -> bytes:
+    if blob.startswith(b"\x1f\x8b"):
+        return gzip.decompress(blob)
+    if blob.startswith(b"\x28\xb5\x2f\xfd"):
+        from backports import zstd
+
+        return zstd.decompress(blob)
+    return blob
+
+
+def all_blob_bytes(path: Path) -> list[bytes]:
+    """Every blob of an output layout or docker archive, raw and decompressed."""
+    out = []
+    if path.is_dir():
+        for p in sorted((path / "blobs" / "sha256").iterdir()):
+            raw = p.read_bytes()
+            out += [raw, decompressed(raw)]
+    else:
+        with tarfile.open(path) as tf:
+            for m in tf:
+                if m.isreg():
+                    f = tf.extractfile(m)
+                    assert f is not None
+                    raw = f.read()
+                    out += [raw, decompressed(raw)]
+    return out
+
+
+def read_layout(path: Path) -> tuple[dict, dict, list[bytes]]:
+    """(manifest, config, uncompressed layer tars) of a single-image layout."""
+    index = json.loads((path / "index.json").read_bytes())
+    blobs = path / "blobs" / "sha256"
+    manifest = json.loads((blobs / index["manifests"][0]["digest"][7:]).read_bytes())
+    config = json.loads((blobs / manifest["config"]["digest"][7:]).read_bytes())
+    layers = [decompressed((blobs / d["digest"][7:]).read_bytes()) for d in manifest["layers"]]
+    return manifest, config, layers
+
+
+def layer_names(tar_bytes: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tf:
+        return [m.name for m in tf]
+
+
+def extract_volume(path: Path, dest: Path, name: str = "image") -> Path:
+    """Extract /confide/volumes/NAME of the output layout's top layers into dest; return the volume dir."""
+    _, _, layers = read_layout(path)
+    for raw in layers:
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+            members = [m for m in tf if m.name.startswith(f"confide/volumes/{name}")]
+            tf.extractall(dest, members=members, filter="data")
+    return dest / "confide" / "volumes" / name
