@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from image_builder import PYTHON_BASE, Image, M, all_blob_bytes, extract_volume, layer_names, read_layout
-
 from confide.errors import ParseError, UsageError
 from confide.image import SconifyOptions, parse_ref, policy_yaml, sconify
 from confide.volume import VolumeKey, open_volume
+from image_builder import PYTHON_BASE, Image, M, all_blob_bytes, extract_volume, layer_names, read_layout
 
 KEY = VolumeKey(bytes(range(32)))
 S_OLD = b"SECRET-v1-overwritten-later-7d1c"
@@ -60,7 +59,9 @@ def run(tmp_path: Path, img: Image, *, out: str = "out", key: VolumeKey = KEY, *
     if not src.exists():
         img.write_layout(src)
     kw.setdefault("protect", ["/app", "/data/model.bin"])
-    opts = SconifyOptions(parse_ref(f"oci:{src}"), parse_ref(f"oci:{tmp_path / out}"), policy="pol", service="svc", **kw)  # type: ignore[arg-type]
+    opts = SconifyOptions(
+        parse_ref(f"oci:{src}"), parse_ref(f"oci:{tmp_path / out}"), policy="pol", service="svc", **kw
+    )  # type: ignore[arg-type]
     return sconify(opts, key)
 
 
@@ -186,7 +187,10 @@ def test_authenticate_region(tmp_path: Path) -> None:
     # authenticated-only files are stored in plaintext (with MACs) in the volume, by design
     assert any(b"exec cat /app/conf.txt" in b for b in blobs)
     contract = json.loads(open_contract(tmp_path / "out"))
-    assert contract["volumes"][0]["mounts"] == [{"path": "/app", "kind": "dir"}, {"path": "/data", "kind": "dir"}]
+    assert contract["volumes"][0]["mounts"] == [
+        {"path": "/app", "kind": "dir"},
+        {"path": "/data", "kind": "dir"},
+    ]
 
 
 def open_contract(path: Path) -> bytes:

@@ -564,6 +564,9 @@ class BlobStore:
         os.chmod(final, 0o644)
         return final
 
+    def read(self, digest: str) -> bytes:
+        return _blob_path(self.root, digest).read_bytes()
+
     def put(self, data: bytes) -> Descriptor:
         digest = sha256_digest(data)
         path = _blob_path(self.root, digest)

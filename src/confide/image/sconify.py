@@ -282,7 +282,22 @@ def _dirs(path: str) -> list[_Entry]:
     return [_Entry("/".join(parts[: i + 1]), DIR, 0o755) for i in range(len(parts))]
 
 
+_RUNTIME_CACHE: dict[tuple[str, str], tuple[bytes, Descriptor, str]] = {}
+
+
 def _runtime_layer(store: BlobStore, python: ImagePython, compression: str) -> tuple[Descriptor, str]:
+    """The runtime layer (deterministic: built once per process for each interpreter path and compression)."""
+    cached = _RUNTIME_CACHE.get((python.path, compression))
+    if cached is not None:
+        blob, desc, diff_id = cached
+        store.put(blob)
+        return desc, diff_id
+    desc, diff_id = _build_runtime_layer(store, python, compression)
+    _RUNTIME_CACHE[(python.path, compression)] = (store.read(desc.digest), desc, diff_id)
+    return desc, diff_id
+
+
+def _build_runtime_layer(store: BlobStore, python: ImagePython, compression: str) -> tuple[Descriptor, str]:
     files = _vendored()
     entries = _dirs("confide/bin") + _dirs(LIB_DIR)
     entries.append(_Entry(LAUNCHER, FILE, 0o755, data=launcher_script(python.path)))
