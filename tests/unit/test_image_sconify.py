@@ -100,7 +100,7 @@ def test_volume_holds_the_final_contents(tmp_path: Path, compression: str) -> No
 
 def test_unprotected_content_and_special_files_survive(tmp_path: Path) -> None:
     run(tmp_path, base_image())
-    manifest, config, layers = read_layout(tmp_path / "out")
+    _manifest, config, layers = read_layout(tmp_path / "out")
     lower = layer_names(layers[0])
     assert "data/readme" in lower and "dev/null" in lower and "run/fifo" in lower
     assert not any(n == "app" or n.startswith("app/") for n in lower)
