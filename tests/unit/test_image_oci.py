@@ -362,3 +362,26 @@ def test_named_ref_in_layout(tmp_path: Path) -> None:
     assert open_image(parse_ref(f"oci:{tmp_path / 'l'}:v1")).layers
     with pytest.raises(UsageError, match="no image named"):
         open_image(parse_ref(f"oci:{tmp_path / 'l'}:v2"))
+
+
+def test_oversized_pax_header(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("f")
+        ti.pax_headers = {"comment": "x" * (2 << 20)}
+        tf.addfile(ti, io.BytesIO(b""))
+    with pytest.raises(ParseError, match="extended header"):
+        index_of(str(_one_layer_layout(tmp_path, buf.getvalue())))
+    # negative twin: a small pax header is fine
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("f")
+        ti.pax_headers = {"comment": "x" * 1000}
+        tf.addfile(ti, io.BytesIO(b""))
+    assert index_of(str(_one_layer_layout(tmp_path / "ok", buf.getvalue()))).lookup("f") is not None
+
+
+def test_many_members_stream_without_keeping_headers(tmp_path: Path) -> None:
+    members = [M(f"d/f{i}", data=b"x") for i in range(3000)]
+    idx = index_of(str(_one_layer_layout(tmp_path, layer_tar(members))))
+    assert len(idx.lookup("d").children) == 3000  # type: ignore[union-attr, arg-type]

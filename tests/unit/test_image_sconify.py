@@ -269,3 +269,8 @@ def test_tampered_source_blob(tmp_path: Path) -> None:
     with pytest.raises(ParseError):
         run(tmp_path, img)
     assert not (tmp_path / "out").exists()
+
+
+def test_interpreter_inside_a_protected_path_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="interpreter"):
+        run(tmp_path, base_image(), protect=["/usr/bin"])

@@ -104,11 +104,46 @@ def is_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root + "/")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Member:
+    """What pass 1 keeps of a tar header (a TarInfo is several times larger)."""
+
     ordinal: int
     path: str
-    info: tarfile.TarInfo
+    type: bytes
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    linkname: str
+    sparse: bool
+
+    @classmethod
+    def of(cls, ordinal: int, path: str, info: tarfile.TarInfo) -> _Member:
+        link = info.linkname
+        if info.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+            link = f"{info.devmajor}:{info.devminor}"
+        return cls(ordinal, path, info.type, info.mode, info.uid, info.gid, info.size, link, info.issparse())
+
+
+MAX_HEADER = 1 << 20  # bytes of one pax / GNU long-name header
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses oversized pax and GNU long-name headers before tarfile reads them into memory."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _META_TYPES and self.size > MAX_HEADER:
+            raise ParseError(
+                f"got a {self.size}-byte extended header, expected at most {MAX_HEADER}",
+                structure="layer tar",
+            )
+        member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        return member
+
+
+_META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+               tarfile.GNUTYPE_LONGLINK)  # fmt: skip
 
 
 @dataclass
@@ -235,7 +270,7 @@ def _layer_stream(layer: Layer) -> Iterator[tuple[DecompressingReader, tarfile.T
                 structure=what,
             )
         try:
-            tf = tarfile.open(fileobj=dr, mode="r|")  # type: ignore[call-overload]  # noqa: SIM115
+            tf = tarfile.open(fileobj=dr, mode="r|", tarinfo=_BoundedTarInfo)  # type: ignore[call-overload]  # noqa: SIM115
         except (tarfile.TarError, EOFError) as exc:
             raise ParseError(f"not a tar stream: {exc}", structure=what) from None
         try:
@@ -246,8 +281,11 @@ def _layer_stream(layer: Layer) -> Iterator[tuple[DecompressingReader, tarfile.T
             tf.close()
 
 
-def _members(layer: Layer, tf: tarfile.TarFile) -> Iterator[_Member]:
+def _members(layer: Layer, tf: tarfile.TarFile) -> Iterator[tuple[int, str, tarfile.TarInfo]]:
     for ordinal, info in enumerate(tf):
+        kept: list[tarfile.TarInfo] = tf.members  # type: ignore[attr-defined]
+        if len(kept) >= 1024:
+            kept.clear()  # stream mode keeps every TarInfo otherwise (memory grows per member)
         if ordinal >= MAX_MEMBERS:
             raise ParseError(f"more than {MAX_MEMBERS} members", structure=f"layer {layer.index}")
         if info.type not in _KINDS and info.type != tarfile.LNKTYPE and not info.issparse():
@@ -255,7 +293,7 @@ def _members(layer: Layer, tf: tarfile.TarFile) -> Iterator[_Member]:
                 f"member {info.name!r} has tar type {info.type!r}, expected a file, directory, link, device",
                 structure=f"layer {layer.index}",
             )
-        yield _Member(ordinal, normalize(info.name), info)
+        yield ordinal, normalize(info.name), info
 
 
 def index_layers(
@@ -267,8 +305,8 @@ def index_layers(
         members: list[_Member] = []
         with _layer_stream(layer) as (dr, tf):
             before = 0
-            for m in _members(layer, tf):
-                members.append(m)
+            for ordinal, path, info in _members(layer, tf):
+                members.append(_Member.of(ordinal, path, info))
                 if progress is not None and dr.count - before > (1 << 22):
                     progress(dr.count - before)
                     before = dr.count
@@ -296,10 +334,9 @@ def _apply(idx: FsIndex, layer_no: int, members: list[_Member], roots: Sequence[
         base = m.path.rpartition("/")[2]
         if base.startswith(WH_PREFIX):
             continue
-        info = m.info
-        meta = (info.mode & 0o7777, info.uid, info.gid)
-        if info.type == tarfile.LNKTYPE:
-            target = normalize(info.linkname, "linkname")
+        meta = (m.mode & 0o7777, m.uid, m.gid)
+        if m.type == tarfile.LNKTYPE:
+            target = normalize(m.linkname, "linkname")
             if _protected(target, roots) != _protected(m.path, roots):
                 raise UsageError(
                     f"layer {layer_no}: hard link {'/' + m.path!r} -> {'/' + target!r} crosses the "
@@ -316,16 +353,14 @@ def _apply(idx: FsIndex, layer_no: int, members: list[_Member], roots: Sequence[
                 tnode.kind, tnode.mode, tnode.uid, tnode.gid, tnode.size, tnode.linkname, tnode.source
             )
         else:
-            kind = FILE if info.issparse() else _KINDS[info.type]
+            kind = FILE if m.sparse else _KINDS[m.type]
             node = Node(kind, *meta)
             if kind == FILE:
-                node.size, node.source = info.size, (layer_no, m.ordinal)
-            elif kind == SYMLINK:
-                node.linkname = info.linkname
+                node.size, node.source = m.size, (layer_no, m.ordinal)
             elif kind == DIR:
                 node.children = {}
-            elif kind in (CHAR, BLOCK):
-                node.linkname = f"{info.devmajor}:{info.devminor}"
+            else:  # symlink target, or major:minor of a device
+                node.linkname = m.linkname
         idx.put(m.path, node)
 
 
@@ -346,13 +381,12 @@ def rewrite_layer(
     with _layer_stream(layer) as (dr, tf):
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tw:  # type: ignore[call-overload]
             before = 0
-            for m in _members(layer, tf):
-                info = m.info
-                if dropped(m.path, roots):
-                    if (layer.index, m.ordinal) in wanted:
+            for ordinal, path, info in _members(layer, tf):
+                if dropped(path, roots):
+                    if (layer.index, ordinal) in wanted:
                         f = tf.extractfile(info)
                         assert f is not None
-                        sink((layer.index, m.ordinal), f, info.size)
+                        sink((layer.index, ordinal), f, info.size)
                     continue
                 if info.issparse():  # written out expanded, as a regular file
                     info.type, info.sparse = tarfile.REGTYPE, None

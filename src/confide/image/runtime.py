@@ -39,6 +39,7 @@ __all__ = [
     "find_python",
     "launcher_script",
     "requirement",
+    "resolve_path",
     "vendored_files",
 ]
 
@@ -157,7 +158,7 @@ def requirement() -> Requirement:
     return Requirement(min_v, exact, arch, libc)
 
 
-def _resolve(idx: FsIndex, path: str, hops: int = 16) -> str | None:
+def resolve_path(idx: FsIndex, path: str, hops: int = 16) -> str | None:
     """Follow symlinks (inside the image root) from ``path``; the final path or None."""
     for _ in range(hops):
         node = idx.lookup(path)
@@ -182,7 +183,7 @@ def _resolve(idx: FsIndex, path: str, hops: int = 16) -> str | None:
 
 def find_python(idx: FsIndex) -> ImagePython | None:
     for cand in PYTHON_CANDIDATES:
-        final = _resolve(idx, cand)
+        final = resolve_path(idx, cand)
         if final is None:
             continue
         node = idx.lookup(final)
@@ -205,7 +206,7 @@ def find_python(idx: FsIndex) -> ImagePython | None:
 
 def _has_loader(idx: FsIndex, libc: str, arch: str) -> bool:
     names = _LOADERS.get((libc, arch), ())
-    return any(_resolve(idx, f"{d}/{n}") is not None for d in _LOADER_DIRS for n in names)
+    return any(resolve_path(idx, f"{d}/{n}") is not None for d in _LOADER_DIRS for n in names)
 
 
 def check_image(idx: FsIndex, architecture: str) -> ImagePython:

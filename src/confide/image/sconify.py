@@ -52,7 +52,15 @@ from confide.image.oci import (
     open_image,
     write_image,
 )
-from confide.image.runtime import LAUNCHER, LIB_DIR, ImagePython, check_image, iter_lib_dirs, launcher_script
+from confide.image.runtime import (
+    LAUNCHER,
+    LIB_DIR,
+    ImagePython,
+    check_image,
+    iter_lib_dirs,
+    launcher_script,
+    resolve_path,
+)
 from confide.image.runtime import vendored_files as _vendored
 from confide.volume.format import Region, RegionRule, decode_manifest, encode_manifest
 from confide.volume.keys import VolumeKey
@@ -394,6 +402,10 @@ def sconify(
         wanted = _check_paths(idx, names, outer)
         arch = str(cfg.get("architecture", ""))
         python = check_image(idx, arch) if opts.runtime_check else ImagePython("/usr/bin/python3", None)
+        real = resolve_path(idx, python.path.lstrip("/")) or python.path.lstrip("/")
+        for r in outer:
+            if is_under(real, r) or is_under(python.path.lstrip("/"), r):
+                raise UsageError(f"protected path {'/' + r!r} holds the runtime's interpreter {'/' + real!r}")
         if progress is not None:
             progress("rewrite", 0, sum(idx.sizes[i] for i, t in enumerate(idx.touches_protected) if t))
         work = _work_dir(opts.dst)
