@@ -203,7 +203,8 @@ class DecompressingReader:
                     raise ParseError(
                         f"uncompressed size exceeds the limit of {self._limit} bytes", field=self._what
                     )
-                self._h.update(chunk)
+                if self.compression != NONE:  # uncompressed: the blob digest is the diff_id
+                    self._h.update(chunk)
                 self._buf, self._pos = chunk, 0
                 continue
             piece = self._buf[self._pos : self._pos + n]
@@ -216,12 +217,13 @@ class DecompressingReader:
         """Drain the rest; check the uncompressed digest and the blob; return (digest, diff_id)."""
         while self.read(READ_SIZE):
             pass
-        diff_id = "sha256:" + self._h.hexdigest()
+        blob = self._raw.verify() if self.compression == NONE else None
+        diff_id = blob or "sha256:" + self._h.hexdigest()
         if self._diff_id is not None and not hmac.compare_digest(diff_id, self._diff_id):
             raise ParseError(
                 f"uncompressed digest: got {diff_id}, expected diff_id {self._diff_id}", field=self._what
             )
-        return self._raw.verify(), diff_id
+        return blob or self._raw.verify(), diff_id
 
 
 def _zstd_module() -> Any:
@@ -278,7 +280,8 @@ class CompressingWriter:
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         b = bytes(data)
-        self._h.update(b)
+        if self.compression != NONE:  # uncompressed: the blob digest is the diff_id
+            self._h.update(b)
         self.count += len(b)
         if self.compression == GZIP:
             self._crc = zlib.crc32(b, self._crc)
@@ -300,4 +303,5 @@ class CompressingWriter:
         elif self.compression == ZSTD:
             self._out.write(self._z.flush(_zstd_module().ZstdCompressor.FLUSH_FRAME))
         self._out.flush()
-        return self._out.digest(), "sha256:" + self._h.hexdigest()
+        blob = self._out.digest()
+        return blob, blob if self.compression == NONE else "sha256:" + self._h.hexdigest()

@@ -564,8 +564,8 @@ class BlobStore:
         os.chmod(final, 0o644)
         return final
 
-    def read(self, digest: str) -> bytes:
-        return _blob_path(self.root, digest).read_bytes()
+    def path(self, digest: str) -> Path:
+        return _blob_path(self.root, digest)
 
     def put(self, data: bytes) -> Descriptor:
         digest = sha256_digest(data)

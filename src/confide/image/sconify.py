@@ -290,18 +290,41 @@ def _dirs(path: str) -> list[_Entry]:
     return [_Entry("/".join(parts[: i + 1]), DIR, 0o755) for i in range(len(parts))]
 
 
-_RUNTIME_CACHE: dict[tuple[str, str], tuple[bytes, Descriptor, str]] = {}
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "confide" / "runtime-layers"
+
+
+def _runtime_key(python: ImagePython, compression: str) -> str:
+    h = hashlib.sha256(f"v1\0{python.path}\0{compression}\0".encode())
+    for rel, src in _vendored():
+        st = src.stat()
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()
 
 
 def _runtime_layer(store: BlobStore, python: ImagePython, compression: str) -> tuple[Descriptor, str]:
-    """The runtime layer (deterministic: built once per process for each interpreter path and compression)."""
-    cached = _RUNTIME_CACHE.get((python.path, compression))
-    if cached is not None:
-        blob, desc, diff_id = cached
-        store.put(blob)
-        return desc, diff_id
+    """The runtime layer. It is deterministic, so it is cached (user cache directory, keyed by
+    the interpreter path, the compression and every vendored file's name, size and mtime); a
+    cached blob is used only if its SHA-256 still matches its name."""
+    cache = _cache_dir() / f"{_runtime_key(python, compression)}.json"
+    try:
+        meta = json.loads(cache.read_text())
+        data = (cache.parent / meta["digest"][7:]).read_bytes()
+        if hashlib.sha256(data).hexdigest() == meta["digest"][7:] and isinstance(meta["diff_id"], str):
+            desc = store.put(data)
+            return Descriptor(_MEDIA[compression], desc.digest, desc.size), meta["diff_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     desc, diff_id = _build_runtime_layer(store, python, compression)
-    _RUNTIME_CACHE[(python.path, compression)] = (store.read(desc.digest), desc, diff_id)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        blob = cache.parent / desc.digest[7:]
+        if not blob.exists():
+            shutil.copyfile(store.path(desc.digest), blob)
+        cache.write_text(json.dumps({"digest": desc.digest, "diff_id": diff_id}))
+    except OSError:
+        pass  # the cache is an optimisation only
     return desc, diff_id
 
 
@@ -464,7 +487,9 @@ def sconify(
         }
         for desc, diff_id in (
             _runtime_layer(store, python, opts.compression),
-            _volume_layer(store, vol, opts.volume_name, idx, outer, contract, opts.compression),
+            _volume_layer(
+                store, vol, opts.volume_name, idx, outer, contract, NONE
+            ),  # ciphertext: incompressible
         ):
             layers.append(desc)
             diff_ids.append(diff_id)
