@@ -164,14 +164,24 @@ def main() -> None:
             with p.open("rb") as f:
                 while f.read(8 * MiB):
                     pass
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-        argv = [sys.executable, "-m", "confide", "sconify", "--from", f"oci:{src}:bench",
-                "--to", f"oci:{work / 'out'}", "--protect", "/app", "--policy", "bench", "--service", "app",
-                "--policy-out", str(work / "policy.yaml")]  # fmt: skip
-        s_wall, s_rss = timed(argv, env)
-        out_size = sum(p.stat().st_size for p in (work / "out" / "blobs" / "sha256").iterdir())
-        print(f"confide sconify: {s_wall:6.2f} s  {size / MiB / s_wall:7.1f} MiB/s  "
-              f"peak RSS {s_rss / MiB:6.1f} MiB  (output {out_size / MiB:.0f} MiB)")  # fmt: skip
+        # a fresh cache directory: the first run builds the runtime layer (cold), the second reuses it (warm)
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+               "XDG_CACHE_HOME": str(work / "cache")}  # fmt: skip
+        runs = {}
+        for label in ("cold", "warm"):
+            out = work / f"out-{label}"
+            argv = [sys.executable, "-m", "confide", "sconify", "--from", f"oci:{src}:bench",
+                    "--to", f"oci:{out}", "--protect", "/app", "--policy", "bench", "--service", "app",
+                    "--policy-out", str(work / f"policy-{label}.yaml")]  # fmt: skip
+            runs[label] = timed(argv, env)
+            out_size = sum(p.stat().st_size for p in (out / "blobs" / "sha256").iterdir())
+            wall, rss = runs[label]
+            print(f"confide sconify ({label} runtime-layer cache): {wall:6.2f} s  "
+                  f"{size / MiB / wall:7.1f} MiB/s  "
+                  f"peak RSS {rss / MiB:6.1f} MiB  (output {out_size / MiB:.0f} MiB)")  # fmt: skip
+            shutil.rmtree(out)
+        s_wall = max(w for w, _ in runs.values())
+        s_rss = max(r for _, r in runs.values())
         if skopeo is None:
             print("skopeo: not installed (Debian package skopeo); no ratio")
             return
@@ -197,7 +207,7 @@ def main() -> None:
             f"skopeo ocicrypt: {k_wall:6.2f} s  {size / MiB / k_wall:7.1f} MiB/s  "
             f"peak RSS {k_rss / MiB:6.1f} MiB"
         )
-        print(f"throughput ratio sconify / skopeo-ocicrypt: {k_wall / s_wall:.2f}x (target >= 1.0x); "
+        print(f"throughput ratio sconify (cold) / skopeo-ocicrypt: {k_wall / s_wall:.2f}x (target >= 1.0x); "
               f"sconify peak RSS {s_rss / MiB:.0f} MiB (target < 300)")  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
