@@ -11,6 +11,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from confide.errors import ParseError, UsageError
@@ -385,3 +387,45 @@ def test_many_members_stream_without_keeping_headers(tmp_path: Path) -> None:
     members = [M(f"d/f{i}", data=b"x") for i in range(3000)]
     idx = index_of(str(_one_layer_layout(tmp_path, layer_tar(members))))
     assert len(idx.lookup("d").children) == 3000  # type: ignore[union-attr, arg-type]
+
+
+_VALID_TAR = layer_tar(
+    [M("a/", "d"), M("a/b", data=b"hello" * 50), M("a/l", "l", link="b"), M("a/h", "h", link="a/b")]
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_layers_only_raise_parse_error(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    """Mutated tars (with digests that match, so the tar parser itself is exercised) → ParseError or success."""
+    raw = bytearray(_VALID_TAR)
+    for _ in range(data.draw(st.integers(1, 8))):
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        raw[pos] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        raw = raw[: data.draw(st.integers(0, len(raw)))]
+    root = _one_layer_layout(tmp_path_factory.mktemp("fz"), bytes(raw))
+    try:
+        index_of(str(root))
+    except ParseError:
+        pass
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blob=st.binary(max_size=4096))
+def test_fuzzed_archives_only_raise_parse_error(
+    tmp_path_factory: pytest.TempPathFactory, blob: bytes
+) -> None:
+    path = tmp_path_factory.mktemp("fa") / "a.tar"
+    path.write_bytes(blob)
+    with pytest.raises(ParseError):
+        open_image(parse_ref(f"docker-archive:{path}"))
+
+
+def test_public_names_sorted() -> None:
+    import confide.image as pkg
+
+    assert list(pkg.__all__) == sorted(pkg.__all__)
+    assert all(hasattr(pkg, n) for n in pkg.__all__)
