@@ -274,3 +274,36 @@ def test_tampered_source_blob(tmp_path: Path) -> None:
 def test_interpreter_inside_a_protected_path_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="interpreter"):
         run(tmp_path, base_image(), protect=["/usr/bin"])
+
+
+BUSYBOX = Path("/bin/busybox")
+
+
+@pytest.mark.skipif(not BUSYBOX.exists(), reason="needs Debian's busybox-static (/bin/busybox)")
+def test_busybox_image(tmp_path: Path) -> None:
+    """A realistic base: the static busybox binary, an app script and data files."""
+    bb = BUSYBOX.read_bytes()
+    secret = b"SECRET-busybox-app-data-77aa"
+    img = Image(
+        [
+            [*PYTHON_BASE, M("bin/", "d"), M("bin/busybox", data=bb, mode=0o755), M("bin/sh", "l", link="busybox")],
+            [M("app/", "d"), M("app/main.sh", data=b"#!/bin/sh\ncat /app/data/*\n", mode=0o755),
+             M("app/data/", "d"), M("app/data/a.txt", data=secret), M("app/data/b.bin", data=secret * 1000)],
+        ],
+        entrypoint=["/bin/sh", "/app/main.sh"],
+        cmd=None,
+    )  # fmt: skip
+    res = run(tmp_path, img, protect=["/app/data"], authenticate=["/app/main.sh"])
+    _, config, layers = read_layout(tmp_path / "out")
+    assert res.rewritten_layers == [1]
+    assert config["config"]["Entrypoint"][-2:] == ["/bin/sh", "/app/main.sh"]
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(layers[0])) as tf:
+        assert tf.extractfile("bin/busybox").read() == bb  # type: ignore[union-attr]
+    assert not any(secret in b for b in all_blob_bytes(tmp_path / "out"))
+    vol = extract_volume(tmp_path / "out", tmp_path / "x")
+    open_volume(vol, KEY, tmp_path / "o", res.volume_tag)
+    assert (tmp_path / "o/app/data/b.bin").read_bytes() == secret * 1000
+    assert (tmp_path / "o/app/main.sh").stat().st_mode & 0o777 == 0o755
