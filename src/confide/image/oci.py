@@ -18,6 +18,7 @@ descriptor.md, layer.md); the docker save format (moby image/tarexport).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -644,9 +645,16 @@ def _publish_layout(src: Path, dst: Path) -> None:
                 )
             dst.rmdir()
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".blob-*", "manifest.json"))
-        os.replace(tmp, dst)
+        for leftover in src.glob(".blob-*"):
+            leftover.unlink()
+        try:
+            os.rename(src, dst)  # the work area is beside dst: usually the same file system
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+            shutil.copytree(src, tmp)
+            os.replace(tmp, dst)
     except OSError as exc:
         raise StorageError(f"cannot write {str(dst)!r}: {exc.strerror or exc}") from None
 
