@@ -10,15 +10,13 @@ STAMP := $(VENV)/.installed
 all: test
 
 # Debian packages the tests use: a PostgreSQL server (a throwaway cluster per test session),
-# FUSE (protected-volume mounts, fake quote devices).
-DEBS := postgresql fuse3 libfuse2
+# FUSE (protected-volume mounts, fake quote devices), skopeo + docker-registry + busybox-static
+# (sconify against a real local registry and a real static binary).
+DEBS := postgresql fuse3 libfuse2 skopeo busybox-static docker-registry
 APT_MARK := $(VENV)/.debs
 
 $(APT_MARK):
-	@missing=""; \
-	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
-	command -v fusermount3 >/dev/null 2>&1 || missing="$$missing fuse3"; \
-	ldconfig -p | grep -q 'libfuse.so.2' || missing="$$missing libfuse2"; \
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) || \
