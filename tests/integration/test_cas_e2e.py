@@ -486,3 +486,43 @@ def test_ledger_records_everything_and_is_auditable(cas: CasProcess, tmp_path: P
     cas.stop()
     for blob in [p.read_bytes() for p in cas.data_dir.glob("cas.db*")]:
         assert value.encode() not in blob
+
+
+def test_full_audit_rechecks_policy_signatures_and_chains(cas: CasProcess, tmp_path: Path) -> None:
+    if cas.db_url:
+        pytest.skip("--full reads the SQLite ledger database directly")
+    import sqlite3
+    import time as _time
+
+    alice, a = identity(cas, tmp_path, "alice")
+    bob, b = identity(cas, tmp_path, "bob")
+    access = f"access_policy:\n  read: [CREATOR]\n  update:\n    - require-all:\n        - signer: {a}\n        - signer: {b}\n"
+    text = policy_yaml("chain", "00" * 48, access=access)
+    digest = apply(cas, tmp_path, text, alice).stdout.strip()
+    new = apply(
+        cas, tmp_path, text.replace("00" * 48, "33" * 48) + f"predecessor: {digest}\n", alice
+    ).stdout.strip()
+    assert (
+        confide(
+            cas, "policy", "approve", "chain", "--hash", new, "--identity", str(bob), check=True
+        ).stdout.strip()
+        == "active"
+    )
+    _time.sleep(1.2)
+    db = cas.data_dir / "cas.db"
+    args = ["ledger", "verify", "--log-db", str(db), "--key", cas.env["CONFIDE_LOG_KEY"], "--full", "--json"]
+    r = confide(cas, *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    cas.stop()
+    # an administrator rewrites the stored submission of the first version: detected
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT idx, data FROM ledger_entries ORDER BY idx").fetchall()
+    idx, data = next((i, d) for i, d in rows if b'"policy.created"' in d and b'"chain"' in d)
+    conn.execute(
+        "UPDATE ledger_entries SET data = ? WHERE idx = ?", (data.replace(b"00000000", b"11111111", 1), idx)
+    )
+    conn.commit()
+    conn.close()
+    r = confide(cas, *args)
+    assert r.returncode == errors.EntryMismatchError.exit_code, r.stdout + r.stderr
+    assert f"entry {idx}" in r.stdout + r.stderr

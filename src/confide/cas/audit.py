@@ -11,19 +11,22 @@ the checkpoint are reported as such (a checkpoint covers them within a second).
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from confide.cas.client import CasClient
+from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, verify_signed
 from confide.cas.ledger_sink import ENTRY_TYPES
-from confide.errors import EntryMismatchError, ParseError
+from confide.errors import ConfideError, EntryMismatchError, ParseError
 from confide.identity import Identity
 from confide.ledger.checkpoint import SignedCheckpoint, open_checkpoint
 from confide.ledger.encoding import Entry
 from confide.ledger.merkle import hash_leaf, verify_inclusion
 from confide.ledger.note import NoteVerifier
+from confide.policy import loads_policy, policy_hash
 
-__all__ = ["VerifiedEvent", "accesses", "history", "verified_events"]
+__all__ = ["PolicyChainChecker", "VerifiedEvent", "accesses", "history", "verified_events"]
 
 
 @dataclass(frozen=True)
@@ -103,3 +106,77 @@ def accesses(events: list[VerifiedEvent], secret: str | None = None) -> list[dic
             }
         )  # fmt: skip
     return rows
+
+
+class PolicyChainChecker:
+    """``confide ledger verify --full``: re-check every policy document in the log.
+
+    Called with each entry in log order. For each policy version it checks the submitter's
+    signature over the submission, that the submission's policy hashes to the recorded hash,
+    that approvals are signed by their approvers, and that every policy's history is one linear
+    chain: a creation names no predecessor and a new name; an update names the current version.
+    Any difference is an :class:`EntryMismatchError` naming the entry.
+    """
+
+    def __init__(self) -> None:
+        self.heads: dict[str, str] = {}
+        self.submitted: dict[tuple[str, str], str] = {}
+
+    def __call__(self, index: int, data: bytes) -> None:
+        entry = Entry.from_bytes(data)
+        p = entry.payload
+        name = entry.policy or ""
+        try:
+            if entry.type.value in ("policy.created", "policy.updated", "policy.submitted"):
+                digest = str(p.get("hash"))
+                if "submission" in p:
+                    self._check_submission(index, name, digest, str(p["submission"]), str(p.get("signer")))
+                    self.submitted[(name, digest)] = str(p.get("signer"))
+                elif "submission_withheld" not in p and (name, digest) not in self.submitted:
+                    raise EntryMismatchError(
+                        f"entry {index}: policy {name} {digest[:16]}… has no signed submission"
+                    )
+                if entry.type.value == "policy.created":
+                    if name in self.heads or p.get("predecessor") is not None:
+                        raise EntryMismatchError(
+                            f"entry {index}: policy {name} created twice or with a predecessor"
+                        )
+                    self.heads[name] = digest
+                elif entry.type.value == "policy.updated":
+                    if self.heads.get(name) != p.get("predecessor"):
+                        raise EntryMismatchError(
+                            f"entry {index}: policy {name} updated from {str(p.get('predecessor'))[:16]}…, "
+                            f"but its current version is {str(self.heads.get(name))[:16]}…"
+                        )
+                    self.heads[name] = digest
+            elif entry.type.value == "policy.approved" and "approval" in p:
+                body, signer = verify_signed(_loads(str(p["approval"])), APPROVAL_TYPE)
+                if (
+                    body.get("name") != name
+                    or body.get("hash") != p.get("hash")
+                    or signer.fingerprint != p.get("signer")
+                ):
+                    raise EntryMismatchError(f"entry {index}: the approval does not match the entry")
+        except EntryMismatchError:
+            raise
+        except (ParseError, ConfideError) as exc:
+            raise EntryMismatchError(f"entry {index}: {exc.message}") from None
+
+    @staticmethod
+    def _check_submission(index: int, name: str, digest: str, text: str, signer_fp: str) -> None:
+        body, signer = verify_signed(_loads(text), POLICY_TYPE)
+        if signer.fingerprint != signer_fp:
+            raise EntryMismatchError(
+                f"entry {index}: submission signed by {signer.fingerprint[:16]}…, "
+                f"the entry names {signer_fp[:16]}…"
+            )
+        policy = loads_policy(json.dumps(body["policy"]), source=f"ledger entry {index}")
+        if policy.name != name or policy_hash(policy) != digest:
+            raise EntryMismatchError(f"entry {index}: the signed policy does not hash to {digest[:16]}…")
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ParseError("not JSON", structure="ledger entry document") from None

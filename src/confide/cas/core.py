@@ -68,6 +68,7 @@ __all__ = [
     "EvidenceVerifier",
     "binding_report_data",
     "decrypt_release",
+    "verify_signed",
 ]
 
 POLICY_TYPE = "confide/policy/v1"
@@ -94,7 +95,7 @@ def binding_report_data(public_key_der: bytes, nonce: bytes) -> bytes:
     return hashlib.sha512(BINDING_PREFIX + public_key_der + nonce).digest()
 
 
-def _verify_signed(doc: Any, expected_type: str) -> tuple[dict[str, Any], PublicIdentity]:
+def verify_signed(doc: Any, expected_type: str) -> tuple[dict[str, Any], PublicIdentity]:
     if not isinstance(doc, dict):
         raise ParseError("expected a JSON object", structure=expected_type)
     if doc.get("type") != expected_type:
@@ -182,7 +183,7 @@ class Cas:
 
     # -- governance ---------------------------------------------------------------------------
     def apply(self, submission: Any) -> ApplyResult:
-        body, signer = _verify_signed(submission, POLICY_TYPE)
+        body, signer = verify_signed(submission, POLICY_TYPE)
         policy_obj = body.get("policy")
         if not isinstance(policy_obj, dict):
             raise ParseError("policy must be a JSON object", structure=POLICY_TYPE, field="policy")
@@ -263,7 +264,7 @@ class Cas:
         return ApplyResult(policy.name, digest, state)
 
     def approve(self, approval: Any) -> ApplyResult:
-        body, signer = _verify_signed(approval, APPROVAL_TYPE)
+        body, signer = verify_signed(approval, APPROVAL_TYPE)
         name, digest = body.get("name"), body.get("hash")
         if not isinstance(name, str) or not isinstance(digest, str):
             raise ParseError("name and hash must be strings", structure=APPROVAL_TYPE)
@@ -311,7 +312,10 @@ class Cas:
                         document=json.dumps(approval, sort_keys=True), created_at=self.clock(),
                     )
                 )  # fmt: skip
-            self.events.record(conn, "policy-approved", name, {"hash": digest, "signer": signer.fingerprint})
+            self.events.record(
+                conn, "policy-approved", name,
+                {"hash": digest, "signer": signer.fingerprint, "approval": jcs(approval).decode()},
+            )  # fmt: skip
             approvers = {
                 r.signer
                 for r in conn.execute(
@@ -420,7 +424,7 @@ class Cas:
             self.events.record(conn, "secrets-generated", policy.name, {"hash": digest, "secrets": created})
 
     def show(self, read_request: Any) -> dict[str, Any]:
-        body, signer = _verify_signed(read_request, READ_TYPE)
+        body, signer = verify_signed(read_request, READ_TYPE)
         name, when = body.get("name"), body.get("time")
         if not isinstance(name, str) or not isinstance(when, int) or isinstance(when, bool):
             raise ParseError("name and time are required", structure=READ_TYPE)

@@ -21,7 +21,6 @@ import httpx2
 
 from confide.errors import ConfideError, UsageError
 from confide.ledger.auditor import AuditorState, LocalLogClient, LogClient, audit_once
-from confide.ledger.encoding import Entry
 from confide.ledger.http import HttpLogClient, TilesServer
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, SIG_TYPE_ED25519, NoteSigner, NoteVerifier
 from confide.ledger.store import Ledger, connect
@@ -56,8 +55,12 @@ def _witness_key(value: str) -> NoteVerifier:
     return key
 
 
-def _check_entry(index: int, data: bytes) -> None:
-    Entry.from_bytes(data)  # canonical encoding and typed model, else ParseError
+def _policy_checker() -> Any:
+    """Each entry must be canonical and typed; policy entries are re-checked (signatures,
+    hashes, linear predecessor chains; see confide.cas.audit.PolicyChainChecker)."""
+    from confide.cas.audit import PolicyChainChecker
+
+    return PolicyChainChecker()
 
 
 @click.group("ledger")
@@ -126,7 +129,7 @@ def verify(
                 log_key,
                 AuditorState(state) if state else None,
                 full=full,
-                entry_check=_check_entry if full else None,
+                entry_check=_policy_checker() if full else None,
                 witnesses=witnesses,
             )
     except ConfideError as exc:
