@@ -526,3 +526,50 @@ def test_full_audit_rechecks_policy_signatures_and_chains(cas: CasProcess, tmp_p
     r = confide(cas, *args)
     assert r.returncode == errors.EntryMismatchError.exit_code, r.stdout + r.stderr
     assert f"entry {idx}" in r.stdout + r.stderr
+
+
+def test_volume_keys_and_tags_stay_fresh(cas: CasProcess, client: CasClient, tmp_path: Path) -> None:
+    """The CAS releases a volume's key with its current tag; a service reports the new tag after
+    writing (compare-and-swap), so an old copy of the volume can never become current again."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from confide.cas.core import decrypt_release
+
+    alice_path, _ = identity(cas, tmp_path, "alice")
+    alice = Identity.from_json(alice_path.read_text())
+    script = app_script(tmp_path)
+    m = measure(cas, "/bin/sh", str(script))
+    key_hex, tag0 = "ab" * 32, "01" * 32
+    text = policy_yaml("vols", m, extra_service="    image_name: img\n",
+                       body=f"volumes:\n  - name: data\n    fspf_key: {key_hex}\n    fspf_tag: \"{tag0}\"\n"
+                            "images:\n  - name: img\n    volumes:\n      - name: data\n        path: /srv/data\n")  # fmt: skip
+    client.apply(loads_policy(text), alice)
+    provider = SimQuoteProvider.for_command(Path(cas.env["CONFIDE_SIM_DIR"]), ["/bin/sh", str(script)])
+
+    def release() -> dict[str, object]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        der = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        nonce = client.nonce()
+        raw = provider.get_evidence(binding_report_data(der, bytes.fromhex(nonce))).raw
+        resp = client.attest({"policy": "vols", "service": "app", "platform": "sim", "nonce": nonce,
+                              "evidence": base64.b64encode(raw).decode(), "public_key": base64.b64encode(der).decode()})  # fmt: skip
+        return decrypt_release(key, resp, bytes.fromhex(nonce))
+
+    first = release()
+    [vol] = first["volumes"]  # type: ignore[misc]
+    assert vol == {"name": "data", "path": "/srv/data", "key": key_hex, "tag": tag0, "generation": 0}
+    session = str(first["session"])
+    tag1 = "02" * 32
+    assert client.report_volume_tag("vols", "data", session, tag0, tag1)["generation"] == 1
+    with pytest.raises(errors.ConflictError):  # an update from an old state is refused
+        client.report_volume_tag("vols", "data", session, tag0, "03" * 32)
+    with pytest.raises(errors.AccessDeniedError):
+        client.report_volume_tag("vols", "data", "00" * 32, tag1, "03" * 32)
+    second = release()
+    assert second["volumes"][0]["tag"] == tag1  # type: ignore[index]
+    events = client.events("vols", alice)["events"]
+    tags = [e["payload"]["tag"] for e in events if e["type"] == "volume-tag"]
+    assert tags == [tag0, tag1]

@@ -155,6 +155,10 @@ def create_app(cas: Cas, *, cas_evidence: dict[str, Any] | None = None) -> FastA
         attestations.labels("accepted").inc()
         return out
 
+    @app.post("/v1/volumes/tag")
+    def volume_tag(request: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+        return cas.update_volume_tag(request)
+
     @app.get("/metrics")
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

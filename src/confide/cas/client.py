@@ -133,6 +133,19 @@ class CasClient:
         result: dict[str, Any] = self._call("POST", "/v1/attest", json=request)
         return result
 
+    def report_volume_tag(
+        self, policy: str, volume: str, session: str, old_tag: str, new_tag: str
+    ) -> dict[str, Any]:
+        body = {
+            "policy": policy,
+            "volume": volume,
+            "session": session,
+            "old_tag": old_tag,
+            "new_tag": new_tag,
+        }
+        result: dict[str, Any] = self._call("POST", "/v1/volumes/tag", json=body)
+        return result
+
     def cas_evidence(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/v1/cas/evidence")
         return result

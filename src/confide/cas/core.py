@@ -76,6 +76,7 @@ APPROVAL_TYPE = "confide/approval/v1"
 READ_TYPE = "confide/read/v1"
 READ_WINDOW = 300
 NONCE_TTL = 60.0
+SESSION_TTL = 24 * 3600.0
 RELEASE_INFO = b"confide-release/v1"
 BINDING_PREFIX = b"confide-attest/v1\x00"
 
@@ -384,6 +385,123 @@ class Cas:
                 .values(hash=digest, updated_at=now)
             )
         self._generate_secrets(conn, policy, digest)
+        self._prepare_volumes(conn, policy, digest)
+
+    def _prepare_volumes(self, conn: Connection, policy: Policy, digest: str) -> None:
+        """Each volume gets a key (the policy's ``fspf_key``, else generated and kept across
+        updates) and a current tag (the policy's ``fspf_tag`` when it declares a new one)."""
+        for vol in policy.volumes:
+            if vol.import_ is not None:
+                continue
+            key_name = f"volume/{vol.name}"
+            row = self._latest_secret(conn, policy.name, key_name)
+            public = json.loads(row.public) if row is not None else {}
+            declared_key = vol.fspf_key if vol.fspf_key and "$$" not in vol.fspf_key else None
+            if row is None or (declared_key and public.get("declared_key_sha256") != _sha(declared_key)):
+                value = SecretValue(
+                    "volume-key", bytes.fromhex(declared_key) if declared_key else os.urandom(32)
+                )
+                version = (row.version + 1) if row is not None else 1
+                meta = {
+                    "kind": "volume-key",
+                    "declared_key_sha256": _sha(declared_key) if declared_key else None,
+                }
+                conn.execute(
+                    insert(t.secrets).values(
+                        policy=policy.name, name=key_name, version=version, kind="volume-key",
+                        sealed=self.sealer.seal(value, policy=policy.name, name=key_name, version=version),
+                        public=json.dumps(meta), created_at=self.clock(),
+                    )
+                )  # fmt: skip
+            current = conn.execute(
+                select(t.volume_tags).where(
+                    and_(t.volume_tags.c.policy == policy.name, t.volume_tags.c.volume == vol.name)
+                )
+            ).first()
+            declared = vol.fspf_tag or ""
+            if current is None:
+                conn.execute(
+                    insert(t.volume_tags).values(
+                        policy=policy.name,
+                        volume=vol.name,
+                        tag=declared,
+                        generation=0,
+                        updated_at=self.clock(),
+                    )
+                )
+                self.events.record(
+                    conn,
+                    "volume-tag",
+                    policy.name,
+                    {"volume": vol.name, "tag": declared, "generation": 0, "by": digest},
+                )
+            elif vol.fspf_tag and vol.fspf_tag != current.tag and public.get("declared_tag") != vol.fspf_tag:
+                conn.execute(
+                    update(t.volume_tags)
+                    .where(and_(t.volume_tags.c.policy == policy.name, t.volume_tags.c.volume == vol.name))
+                    .values(tag=vol.fspf_tag, generation=current.generation + 1, updated_at=self.clock())
+                )
+                self.events.record(
+                    conn,
+                    "volume-tag",
+                    policy.name,
+                    {
+                        "volume": vol.name,
+                        "tag": vol.fspf_tag,
+                        "generation": current.generation + 1,
+                        "by": digest,
+                    },
+                )
+
+    def update_volume_tag(self, request: Any) -> dict[str, Any]:
+        """A running, attested service reports its volume's new tag (compare-and-swap on the
+        current tag, so an old copy of a volume can never become current again)."""
+        if not isinstance(request, dict):
+            raise ParseError("expected a JSON object", structure="volume tag update")
+        try:
+            policy_name, volume = str(request["policy"]), str(request["volume"])
+            token = bytes.fromhex(str(request["session"]))
+            old_tag, new_tag = str(request["old_tag"]), str(request["new_tag"])
+            bytes.fromhex(new_tag)
+        except (KeyError, ValueError, TypeError):
+            raise ParseError(
+                "expected policy, volume, session (hex), old_tag, new_tag (hex)",
+                structure="volume tag update",
+            ) from None
+        with self.db.write() as conn:
+            session = conn.execute(
+                select(t.sessions).where(t.sessions.c.token_sha256 == hashlib.sha256(token).hexdigest())
+            ).first()
+            if session is None or session.expires_at < self.clock() or session.policy != policy_name:
+                raise AccessDeniedError("no attested session of this policy presented that token")
+            head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == policy_name)).one()
+            policy = self._load(conn, policy_name, head.hash)
+            if volume not in {v.name for v in _service_volumes(policy, policy.service(session.service))}:
+                raise AccessDeniedError(f"service {session.service} does not mount volume {volume}")
+            row = conn.execute(
+                select(t.volume_tags).where(
+                    and_(t.volume_tags.c.policy == policy_name, t.volume_tags.c.volume == volume)
+                )
+            ).first()
+            if row is None:
+                raise ConflictError(f"policy {policy_name} has no volume {volume}")
+            if not hmac.compare_digest(row.tag, old_tag):
+                raise ConflictError(
+                    f"volume {volume}: the update starts from tag {old_tag[:16]}…, "
+                    f"the current tag is {row.tag[:16]}…"
+                )
+            generation = row.generation + 1
+            conn.execute(
+                update(t.volume_tags)
+                .where(and_(t.volume_tags.c.policy == policy_name, t.volume_tags.c.volume == volume))
+                .values(tag=new_tag, generation=generation, updated_at=self.clock())
+            )
+            self.events.record(
+                conn, "volume-tag", policy_name,
+                {"volume": volume, "tag": new_tag, "previous": old_tag, "generation": generation,
+                 "service": session.service, "measurement": session.measurement},
+            )  # fmt: skip
+        return {"volume": volume, "tag": new_tag, "generation": generation}
 
     def _latest_secret(self, conn: Connection, policy: str, name: str) -> Any:
         return conn.execute(
@@ -568,8 +686,18 @@ class Cas:
                         f"{len(result.reasons)} mismatch(es): " + "; ".join(str(r) for r in result.reasons),
                         problems=[str(r) for r in result.reasons],
                     )
-                # 6. Release: configuration with secrets, encrypted to the runtime key.
+                # 6. Release: configuration with secrets, encrypted to the runtime key, and a
+                #    session token with which the service reports its volumes' new tags.
                 config, released = self._render(conn, policy, head.hash, service)
+                token = os.urandom(32)
+                conn.execute(
+                    insert(t.sessions).values(
+                        token_sha256=hashlib.sha256(token).hexdigest(), policy=policy_name,
+                        service=service_name, measurement=outcome.get("measurement"),
+                        expires_at=self.clock() + SESSION_TTL,
+                    )
+                )  # fmt: skip
+                config["session"] = token.hex()
             except ConfideError as exc:
                 # A refusal is recorded too; the transaction commits the record (and the used
                 # nonce), then the error is raised.
@@ -678,6 +806,24 @@ class Cas:
             "pwd": service.pwd,
             "files": {},
         }
+        volumes = []
+        for mount in _service_volumes(policy, service):
+            key_row = self._latest_secret(conn, policy.name, f"volume/{mount.name}")
+            tag_row = conn.execute(
+                select(t.volume_tags).where(
+                    and_(t.volume_tags.c.policy == policy.name, t.volume_tags.c.volume == mount.name)
+                )
+            ).first()
+            if key_row is None or tag_row is None:
+                raise PolicyError(f"volume {mount.name} of {policy.name} has no key or tag")
+            key = _decrypt_key(self.sealer, key_row)
+            volumes.append(
+                {"name": mount.name, "path": mount.path, "key": key.data.hex(), "tag": tag_row.tag,
+                 "generation": tag_row.generation}
+            )  # fmt: skip
+            ref = {"policy": policy.name, "name": f"volume/{mount.name}", "version": key_row.version}
+            released[(policy.name, f"volume/{mount.name}")] = ref
+        config["volumes"] = volumes
         image = (
             next((i for i in policy.images if i.name == service.image_name), None)
             if service.image_name
@@ -726,6 +872,18 @@ def _evidence_summary(v: VerifiedEvidence) -> dict[str, Any]:
         "debug": c.get("debug"),
         "simulated": v.simulated,
     }
+
+
+def _sha(text: str | None) -> str | None:
+    return hashlib.sha256(text.encode()).hexdigest() if text else None
+
+
+def _service_volumes(policy: Policy, service: Any) -> list[Any]:
+    """The volumes a service mounts: those of its image (``images[].volumes``: name and path)."""
+    if not service.image_name:
+        return []
+    image = next((i for i in policy.images if i.name == service.image_name), None)
+    return list(image.volumes) if image is not None else []
 
 
 def _mentions(rules: Any, fingerprint: str, creator: str) -> bool:

@@ -130,6 +130,16 @@ volume_tags = Table(
     PrimaryKeyConstraint("policy", "volume"),
 )
 
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("token_sha256", String(64), primary_key=True),
+    Column("policy", String(128), nullable=False),
+    Column("service", String(128), nullable=False),
+    Column("measurement", String(128)),
+    Column("expires_at", Float, nullable=False),
+)
+
 SCHEMA_VERSION = 1
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "Hex8",
     "Hex16",
     "Hex16List",
+    "Hex16Or32",
     "Hex32",
     "Hex32List",
     "Hex32Or48",
@@ -110,6 +111,7 @@ def _one_or_many(value: object) -> object:
 
 Hex8 = Annotated[StrictStr, AfterValidator(_hex_checker(8))]
 Hex16 = Annotated[StrictStr, AfterValidator(_hex_checker(16))]
+Hex16Or32 = Annotated[StrictStr, AfterValidator(_hex_checker(16, 32))]
 Hex32 = Annotated[StrictStr, AfterValidator(_hex_checker(32))]
 Hex48 = Annotated[StrictStr, AfterValidator(_hex_checker(48))]
 Hex32Or48 = Annotated[StrictStr, AfterValidator(_hex_checker(32, 48))]
