@@ -60,8 +60,11 @@ def test_sconify_layout_with_key_and_policy_files(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "p.yaml").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "key").stat().st_mode) == 0o600
     policy = YAML(typ="safe").load((tmp_path / "p.yaml").read_text())
-    assert policy["volumes"][0]["key"] == (tmp_path / "key").read_text().strip()
-    assert policy["services"][0]["image_digest"] == digest
+    assert policy["volumes"][0]["fspf_key"] == (tmp_path / "key").read_text().strip()
+    assert digest.startswith("sha256:")
+    from confide.policy import load_policy
+
+    assert load_policy(tmp_path / "p.yaml").name == "pol"
     assert all(SECRET not in b for b in all_blob_bytes(tmp_path / "out"))
     assert r.stderr == ""  # no progress output when stderr is not a terminal
     # same input + same key -> identical digest

@@ -128,10 +128,19 @@ def test_entrypoint_and_policy(tmp_path: Path) -> None:
     assert svc["environment"] == {"PATH": "/usr/bin:/bin", "MODE": "prod"}
     assert svc["pwd"] == "/app"
     vol = res.policy["volumes"][0]
-    assert vol["tag"] == res.volume_tag and vol["mounts"] == ["/app", "/data/model.bin"]
+    assert vol["fspf_tag"] == res.volume_tag
+    contract = json.loads(open_contract(tmp_path / "out"))
+    assert [m["path"] for m in contract["volumes"][0]["mounts"]] == ["/app", "/data/model.bin"]
     text = policy_yaml(res.policy, KEY, "src")
     assert KEY.hex() in text and 'version: "0.3"' in text.replace("'", '"')
-    assert "measurement: null" in text
+    assert "REPLACE the measurement" in text
+    from confide.policy import loads_policy
+
+    loaded = loads_policy(text)  # the template is a valid policy as it stands
+    assert (
+        loaded.volumes[0].fspf_key == KEY.hex()
+        and loaded.images[0].volumes[0].path == "/confide/volumes/image"
+    )
 
 
 def test_runtime_layer_launcher(tmp_path: Path) -> None:
@@ -180,7 +189,9 @@ def test_authenticate_region(tmp_path: Path) -> None:
     open_volume(vol, KEY, opened, res.volume_tag)
     assert (opened / "app/run.sh").read_bytes().startswith(b"#!/bin/sh")
     assert (opened / "data/readme").read_bytes() == b"public readme"
-    regions = {r["path"]: r["region"] for r in res.policy["volumes"][0]["regions"]}
+    regions = {
+        r["path"]: r["region"] for r in json.loads(open_contract(tmp_path / "out"))["volumes"][0]["regions"]
+    }
     assert regions == {"/app": "encrypted", "/app/run.sh": "authenticated", "/data": "authenticated"}
     blobs = all_blob_bytes(tmp_path / "out")
     assert not any(S_FINAL in b for b in blobs)

@@ -99,7 +99,10 @@ class _RichProgress:
 @click.option("--runtime-check/--no-runtime-check", default=True,
               help="Check the image can run the vendored runtime (python3, architecture, libc).")  # fmt: skip
 @click.option("--tee", default="sim", show_default=True, help="TEE passed to confide run.")
-@click.option("--cas", metavar="URL", help="Apply the policy to this CAS (not available yet).")
+@click.option("--cas", metavar="URL", help="Apply the policy to this CAS (trusting $CONFIDE_CAS_CERT).")
+@click.option(
+    "--identity", "identity_file", type=_PATH, help="With --cas: the identity that signs the policy."
+)
 def sconify_cmd(
     src: str,
     dst: str,
@@ -117,6 +120,7 @@ def sconify_cmd(
     runtime_check: bool,
     tee: str,
     cas: str | None,
+    identity_file: Path | None,
 ) -> None:
     """Move the protected paths of an image into a protected volume; add the confide runtime.
 
@@ -124,10 +128,8 @@ def sconify_cmd(
     `confide run` for the original command. Prints the image digest and the volume tag.
     """
     try:
-        if cas is not None:
-            raise UsageError(
-                "--cas is not available yet: write the policy with --policy-out and apply it yourself"
-            )
+        if cas is not None and identity_file is None:
+            raise UsageError("--cas needs --identity (the stakeholder that signs the policy)")
         if key_file is not None and key_out is not None:
             raise UsageError("give either --key (reuse a key) or --key-out (write a new one), not both")
         if key_file is not None:
@@ -159,8 +161,20 @@ def sconify_cmd(
                 result = sconify(opts, key, progress=bar)
         else:
             result = sconify(opts, key)
+        text = policy_yaml(result.policy, key, str(opts.src))
         if policy_out is not None:
-            _write_private(policy_out, policy_yaml(result.policy, key, str(opts.src)))
+            _write_private(policy_out, text)
+        applied = None
+        if cas is not None and identity_file is not None:
+            from confide.cas.client import CasClient
+            from confide.identity import load_identity
+            from confide.policy import loads_policy
+
+            cert = os.environ.get("CONFIDE_CAS_CERT")
+            with CasClient(cas, Path(cert) if cert else None) as client:
+                applied = client.apply(
+                    loads_policy(text, source="sconify policy"), load_identity(identity_file)
+                )
     except ConfideError as exc:
         click.echo(f"error: {exc.diagnostics()}", err=True)
         sys.exit(exc.exit_code)
@@ -169,3 +183,5 @@ def sconify_cmd(
     click.echo(
         f"protected: {result.files} files, {result.bytes} bytes; rewritten layers: {result.rewritten_layers}"
     )
+    if applied is not None:
+        click.echo(f"policy {applied['name']}: {applied['hash']} ({applied['state']})")

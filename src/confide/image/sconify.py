@@ -525,6 +525,9 @@ def _new_config(
     return new
 
 
+PLACEHOLDER_MEASUREMENT = "00" * 48
+
+
 def make_policy(
     opts: SconifyOptions,
     cfg: dict[str, Any],
@@ -535,36 +538,40 @@ def make_policy(
     roots: Sequence[tuple[str, Region]],
     key_hex: str | None = None,
 ) -> dict[str, Any]:
-    """The policy template (SCONE session language shape; the key is added by :func:`policy_yaml`)."""
+    """The policy template in the SCONE session language (``docs/policy.md``): the service with
+    the image's command, environment and working directory; the volume with its current tag
+    (``fspf_tag``; the key is added by :func:`policy_yaml`); the image naming where the volume
+    lives. Protected paths and regions are in the image's contract (``/confide/sconify.json``)."""
     inner = cfg.get("config") or {}
     env: dict[str, str] = {}
     for item in inner.get("Env") or []:
         k, _, v = item.partition("=")
         env[k] = v
-    return {
+    image_name = f"{opts.service}-image"
+    policy: dict[str, Any] = {
         "name": opts.policy,
         "version": "0.3",
         "services": [
             {
                 "name": opts.service,
-                "image_name": str(opts.dst),
-                "image_digest": image_digest,
+                "image_name": image_name,
                 "command": shlex.join(command),
                 "environment": env,
                 "pwd": inner.get("WorkingDir") or "/",
-                "attestation": [{opts.tee: {"measurement": None}}],
+                "attestation": [{opts.tee: {"measurement": PLACEHOLDER_MEASUREMENT}}],
             }
         ],
-        "volumes": [
+        "volumes": [{"name": opts.volume_name, "fspf_tag": tag}],
+        "images": [
             {
-                "name": opts.volume_name,
-                "path": f"/{VOLUMES_DIR}/{opts.volume_name}",
-                "tag": tag,
-                "mounts": ["/" + r for r in outer],
-                "regions": [{"path": "/" + r, "region": g.label} for r, g in roots],
+                "name": image_name,
+                "volumes": [{"name": opts.volume_name, "path": f"/{VOLUMES_DIR}/{opts.volume_name}"}],
             }
         ],
     }
+    if opts.tee == "sim":
+        policy["security"] = {"attestation": {"tolerate": ["simulation"]}}
+    return policy
 
 
 def policy_yaml(policy: dict[str, Any], key: VolumeKey, source: str) -> str:
@@ -575,22 +582,20 @@ def policy_yaml(policy: dict[str, Any], key: VolumeKey, source: str) -> str:
         "It contains the volume key: keep it secret and give it only to the CAS."
     )
     vol = CommentedMap(doc["volumes"][0])
-    vol.insert(2, "key", key.hex())
+    vol.insert(1, "fspf_key", key.hex())
     doc["volumes"][0] = vol
     svc = CommentedMap(doc["services"][0])
     svc.yaml_set_comment_before_after_key(
         "attestation",
         before="REPLACE the measurement with the one of the TEE running this image\n"
-        "(`confide run --tee sim` prints it); a null measurement matches nothing.",
-        indent=2,
+        "(for the simulator: `confide sim measure -- <command>` inside the image); "
+        "the placeholder matches nothing.",
+        indent=4,
     )
     doc["services"][0] = svc
     yaml = YAML()
     yaml.default_flow_style = False
     yaml.width = 4096
-    yaml.representer.add_representer(
-        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
-    )
     out = io.StringIO()
     yaml.dump(doc, out)
     return out.getvalue()
