@@ -74,23 +74,32 @@ def create_app(cas: Cas, *, cas_evidence: dict[str, Any] | None = None) -> FastA
             content={"error": {"class": exc.kind, "message": exc.message, "exit_code": exc.exit_code}},
         )
 
-    @app.middleware("http")
-    async def _log(request: Request, call_next: Any) -> Any:
+    async def observe(scope: Any, receive: Any, send: Any, inner: Any) -> None:
+        """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): metrics and one JSON log line
+        per request, never the body."""
+        if scope["type"] != "http":
+            await inner(scope, receive, send)
+            return
         start = time.perf_counter()
-        route = request.url.path
-        response = await call_next(request)
-        elapsed = time.perf_counter() - start
-        template = request.scope.get("route")
-        route = getattr(template, "path", route)
-        requests.labels(route, str(response.status_code)).inc()
-        latency.labels(route).observe(elapsed)
-        log.info(
-            json.dumps(
-                {"event": "request", "method": request.method, "route": route, "status": response.status_code,
-                 "ms": round(elapsed * 1000, 2)}
-            )
-        )  # fmt: skip
-        return response
+        status = [500]
+
+        async def send_wrapper(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await inner(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = getattr(scope.get("route"), "path", "unmatched")
+            requests.labels(route, str(status[0])).inc()
+            latency.labels(route).observe(elapsed)
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    '{"event": "request", "method": "%s", "route": "%s", "status": %d, "ms": %.2f}',
+                    scope["method"], route, status[0], elapsed * 1000,
+                )  # fmt: skip
 
     @app.get("/v1/health")
     def health() -> dict[str, str]:
@@ -142,18 +151,18 @@ def create_app(cas: Cas, *, cas_evidence: dict[str, Any] | None = None) -> FastA
         return Response(resource.body, media_type=resource.content_type, headers={"Cache-Control": cache})
 
     @app.post("/v1/attest/nonce")
-    def nonce() -> dict[str, Any]:
-        return {"nonce": cas.new_nonce(), "expires_in": 60}
+    async def nonce() -> JSONResponse:  # no I/O: served on the event loop
+        return JSONResponse({"nonce": cas.new_nonce(), "expires_in": 60})
 
     @app.post("/v1/attest")
-    def attest(request: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+    def attest(request: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
         try:
             out = cas.attest(request)
         except ConfideError:
             attestations.labels("refused").inc()
             raise
         attestations.labels("accepted").inc()
-        return out
+        return JSONResponse(out)
 
     @app.post("/v1/volumes/tag")
     def volume_tag(request: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
@@ -163,4 +172,13 @@ def create_app(cas: Cas, *, cas_evidence: dict[str, Any] | None = None) -> FastA
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(_Observe, observe=observe)
     return app
+
+
+class _Observe:
+    def __init__(self, app: Any, observe: Any) -> None:
+        self.app, self.observe = app, observe
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.observe(scope, receive, send, self.app)

@@ -14,6 +14,7 @@ without its ``signature`` member; ``type`` names the purpose):
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -597,13 +598,17 @@ class Cas:
     def _nonce_mac(self, body: bytes) -> bytes:
         return hmac.new(self.nonce_key, body, hashlib.sha256).digest()[:8]
 
-    def _check_nonce(self, conn: Connection, nonce: bytes) -> None:
+    def _check_nonce_mac(self, nonce: bytes) -> float:
         if len(nonce) != 32 or not hmac.compare_digest(self._nonce_mac(nonce[:24]), nonce[24:]):
             raise BindingError("nonce was not issued by this CAS")
         expires = int.from_bytes(nonce[:8], "big") / 1000
-        now = self.clock()
-        if expires < now:
+        if expires < self.clock():
             raise BindingError("nonce has expired")
+        return expires
+
+    def _check_nonce(self, conn: Connection, nonce: bytes) -> None:
+        expires = self._check_nonce_mac(nonce)
+        now = self.clock()
         if conn.execute(select(t.nonces.c.nonce).where(t.nonces.c.nonce == nonce.hex())).first() is not None:
             raise BindingError("nonce was already used")
         conn.execute(t.nonces.delete().where(t.nonces.c.expires_at < now))
@@ -645,35 +650,30 @@ class Cas:
             "platform": platform.value,
             "evidence_sha256": digest,
         }
-        error: ConfideError | None = None
-        with self.db.write() as conn:
-            try:
-                # 1. The nonce is ours, fresh and unused (single use).
-                self._check_nonce(conn, nonce)
-                # 2. The same evidence is never accepted twice.
-                if (
-                    conn.execute(select(t.evidence_seen).where(t.evidence_seen.c.digest == digest)).first()
-                    is not None
-                ):
-                    raise BindingError("this evidence was presented before (replay)")
-                conn.execute(insert(t.evidence_seen).values(digest=digest, seen_at=self.clock()))
-                # 3. Verify (signatures, chains, collateral).
-                verified = self.verifier.verify(platform, evidence, aux, at=at)
-                outcome.update(_evidence_summary(verified))
-                # 4. The evidence binds the runtime's key and our nonce.
-                expected = binding_report_data(key_der, nonce).hex()
-                got = str(verified.claims.get("report_data", ""))
-                if not hmac.compare_digest(got.lower(), expected):
-                    raise BindingError(
-                        f"report data got {got[:32]}…, expected SHA-512 binding of the key and nonce"
-                    )
-                # 5. Appraise against the service's policy.
+        # Phase 1, without the write lock: everything expensive (verification, appraisal,
+        # rendering with unsealed secrets), against the versions current at the start.
+        used: dict[str, str] = {}
+        try:
+            self._check_nonce_mac(nonce)
+            # Verify (signatures, chains, collateral).
+            verified = self.verifier.verify(platform, evidence, aux, at=at)
+            outcome.update(_evidence_summary(verified))
+            # The evidence binds the runtime's key and our nonce.
+            expected = binding_report_data(key_der, nonce).hex()
+            got = str(verified.claims.get("report_data", ""))
+            if not hmac.compare_digest(got.lower(), expected):
+                raise BindingError(
+                    f"report data got {got[:32]}…, expected SHA-512 binding of the key and nonce"
+                )
+            # Appraise against the service's policy, then render its configuration.
+            with self.db.read() as conn:
                 head = conn.execute(
                     select(t.policy_heads).where(t.policy_heads.c.name == policy_name)
                 ).first()
                 if head is None:
                     raise AccessDeniedError(f"no policy {policy_name}")
                 outcome["policy_hash"] = head.hash
+                used[policy_name] = head.hash
                 policy = self._load(conn, policy_name, head.hash)
                 try:
                     service = policy.service(service_name)
@@ -686,10 +686,33 @@ class Cas:
                         f"{len(result.reasons)} mismatch(es): " + "; ".join(str(r) for r in result.reasons),
                         problems=[str(r) for r in result.reasons],
                     )
-                # 6. Release: configuration with secrets, encrypted to the runtime key, and a
-                #    session token with which the service reports its volumes' new tags.
-                config, released = self._render(conn, policy, head.hash, service)
-                token = os.urandom(32)
+                config, released = self._render(conn, policy, head.hash, service, used)
+        except ConfideError as exc:
+            self._refuse(policy_name, nonce, digest, outcome, exc)
+            raise
+        # Phase 2, one short write transaction: single use of nonce and evidence, the versions
+        # used are still current, the session, and the records of the outcome and release.
+        token = os.urandom(32)
+        error: ConfideError | None = None
+        with self.db.write() as conn:
+            try:
+                self._use_once(conn, nonce, digest)
+                for name, version in used.items():
+                    now_head = conn.execute(
+                        select(t.policy_heads.c.hash).where(t.policy_heads.c.name == name)
+                    ).scalar()
+                    if now_head != version:
+                        raise ConflictError(f"policy {name} changed during the attestation; attest again")
+                for vol in config.get("volumes", []):
+                    current = conn.execute(
+                        select(t.volume_tags.c.tag).where(
+                            and_(t.volume_tags.c.policy == policy_name, t.volume_tags.c.volume == vol["name"])
+                        )
+                    ).scalar()
+                    if current != vol["tag"]:
+                        raise ConflictError(
+                            f"volume {vol['name']} changed during the attestation; attest again"
+                        )
                 conn.execute(
                     insert(t.sessions).values(
                         token_sha256=hashlib.sha256(token).hexdigest(), policy=policy_name,
@@ -697,10 +720,7 @@ class Cas:
                         expires_at=self.clock() + SESSION_TTL,
                     )
                 )  # fmt: skip
-                config["session"] = token.hex()
             except ConfideError as exc:
-                # A refusal is recorded too; the transaction commits the record (and the used
-                # nonce), then the error is raised.
                 outcome.update({"verdict": "refused", "reason_class": exc.kind, "reason": exc.message[:500]})
                 self.events.record(conn, "attestation", policy_name, outcome)
                 error = exc
@@ -711,13 +731,33 @@ class Cas:
                     conn,
                     "secret-release",
                     policy_name,
-                    {"service": service_name, "policy_hash": head.hash, "secrets": released,
+                    {"service": service_name, "policy_hash": used[policy_name], "secrets": released,
                      "runtime_key_sha256": hashlib.sha256(key_der).hexdigest(),
                      "measurement": outcome.get("measurement")},
                 )  # fmt: skip
-                return self._encrypt(config, runtime_key, nonce)
-        assert error is not None
-        raise error
+        if error is not None:
+            raise error
+        config["session"] = token.hex()
+        return self._encrypt(config, runtime_key, nonce)
+
+    def _refuse(
+        self, policy_name: str, nonce: bytes, digest: str, outcome: dict[str, Any], exc: ConfideError
+    ) -> None:
+        """Record a refusal (the nonce and evidence are spent all the same)."""
+        outcome.update({"verdict": "refused", "reason_class": exc.kind, "reason": exc.message[:500]})
+        with self.db.write() as conn:
+            with contextlib.suppress(ConfideError):  # a replay: recorded below with the original reason
+                self._use_once(conn, nonce, digest)
+            self.events.record(conn, "attestation", policy_name, outcome)
+
+    def _use_once(self, conn: Connection, nonce: bytes, digest: str) -> None:
+        self._check_nonce(conn, nonce)
+        if (
+            conn.execute(select(t.evidence_seen).where(t.evidence_seen.c.digest == digest)).first()
+            is not None
+        ):
+            raise BindingError("this evidence was presented before (replay)")
+        conn.execute(insert(t.evidence_seen).values(digest=digest, seen_at=self.clock()))
 
     def _encrypt(
         self, config: dict[str, Any], runtime_key: ec.EllipticCurvePublicKey, nonce: bytes
@@ -777,7 +817,7 @@ class Cas:
         }
 
     def _render(
-        self, conn: Connection, policy: Policy, digest: str, service: Any
+        self, conn: Connection, policy: Policy, digest: str, service: Any, used: dict[str, str] | None = None
     ) -> tuple[dict[str, Any], list[Any]]:
         released: dict[tuple[str, str], dict[str, Any]] = {}
         cache: dict[str, SecretValue] = {}
@@ -786,6 +826,8 @@ class Cas:
             def resolve(ph: Placeholder) -> bytes:
                 if ph.name not in cache:
                     value, ref = self._secret_value(conn, policy, digest, ph.name)
+                    if used is not None and "policy_hash" in ref:
+                        used[ref["policy"]] = ref.pop("policy_hash")
                     cache[ph.name] = value
                     released[(ref["policy"], ref["name"])] = ref
                 value = cache[ph.name]

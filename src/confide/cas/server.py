@@ -176,7 +176,7 @@ def _parse_listen(listen: str) -> tuple[str, int]:
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+        message = record.getMessage()  # request lines are pre-formatted JSON
         if message.startswith("{"):
             return message
         return json.dumps(
@@ -275,6 +275,8 @@ def serve(data_dir: Path, listen: str, *, dev: bool, db_url: str | None, collate
         ssl_version=ssl.PROTOCOL_TLS_SERVER,
         log_config=None,
         access_log=False,
+        http="httptools",
+        loop="uvloop",
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
