@@ -58,7 +58,7 @@ class VolumeReader:
             parts = p.split("/")
             for depth in range(1, len(parts) + 1):
                 self._children.setdefault("/".join(parts[: depth - 1]), set()).add(parts[depth - 1])
-        self._open: dict[str, _Open] = {}
+        self._open: dict[bytes, _Open] = {}  # by file id
         self._lock = threading.Lock()
 
     # --- metadata ----------------------------------------------------------------------------
@@ -92,7 +92,7 @@ class VolumeReader:
     # --- data --------------------------------------------------------------------------------
     def _get(self, e: Entry) -> _Open:
         with self._lock:
-            o = self._open.get(e.path)
+            o = self._open.get(e.file_id)
             if o is not None:
                 return o
             cs = self.manifest.chunk_size
@@ -117,7 +117,7 @@ class VolumeReader:
             except BaseException:
                 os.close(fd)
                 raise
-            self._open[e.path] = o
+            self._open[e.file_id] = o
             return o
 
     def _check_root(self, fd: int, e: Entry, n: int) -> None:
@@ -136,6 +136,16 @@ class VolumeReader:
         e = self.entry(path)
         if e.kind is not EntryKind.FILE:
             raise UsageError(f"{path!r}: got a {e.kind.name.lower()}, expected a file")
+        return self.read_entry(e, offset, size)
+
+    def read_entry(self, e: Entry, offset: int, size: int) -> bytes:
+        """Read a file given its entry: one of this manifest's, or a later version of the file
+        written into the same volume (same key and volume id; the FUSE layer's new objects).
+
+        One ``pread`` for all the chunks of the range; each chunk is authenticated (index and
+        last-chunk mark) and decrypted straight into the result; nothing of a failing chunk is
+        returned.
+        """
         if offset < 0 or size < 0:
             raise UsageError(f"read: got offset {offset}, size {size}, expected non-negative values")
         o = self._get(e)
@@ -147,22 +157,23 @@ class VolumeReader:
         cs = self.manifest.chunk_size
         rec = cs + TAG_SIZE
         first, last_chunk = offset // cs, (end - 1) // cs
-        out = bytearray()
-        buf = bytearray(cs)
-        for i in range(first, last_chunk + 1):
-            is_last = i == o.n_chunks - 1
-            plen = e.size - cs * i if is_last else cs
-            data = os.pread(o.fd, plen + TAG_SIZE, i * rec)
-            try:
-                if len(data) != plen + TAG_SIZE:
-                    raise SignatureError(f"chunk {i}: got {len(data)} bytes, expected {plen + TAG_SIZE}")
-                o.codec.open_into(data, i, is_last, buf)
-            except SignatureError as exc:
-                raise SignatureError(f"volume file {path!r}: {exc.message}") from None
-            lo = offset - i * cs if i == first else 0
-            hi = end - i * cs if i == last_chunk else plen
-            out += memoryview(buf)[lo:hi]
-        return bytes(out)
+        stored_end = min((last_chunk + 1) * rec, object_size(e.size, cs, e.region))
+        want = stored_end - first * rec
+        raw = os.pread(o.fd, want, first * rec)
+        out = bytearray((last_chunk + 1 - first) * cs)
+        omv, rmv = memoryview(out), memoryview(raw)
+        try:
+            if len(raw) != want:
+                raise SignatureError(f"chunks {first}..{last_chunk}: got {len(raw)} bytes, expected {want}")
+            for i in range(first, last_chunk + 1):
+                is_last = i == o.n_chunks - 1
+                plen = e.size - cs * i if is_last else cs
+                k = (i - first) * rec
+                o.codec.open_into(rmv[k : k + plen + TAG_SIZE], i, is_last, omv[(i - first) * cs :])
+        except SignatureError as exc:
+            raise SignatureError(f"volume file {e.path!r}: {exc.message}") from None
+        lo = offset - first * cs
+        return bytes(omv[lo : lo + (end - offset)])
 
     def close(self) -> None:
         with self._lock:
