@@ -486,11 +486,12 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
                     existing.orphan = True
             else:
                 self._new_child(new)
-            moved = [p for p in self.nodes if p == src.path or p.startswith(src.path + "/")]
+            old_path = src.path  # src.path changes below
+            moved = [p for p in self.nodes if p == old_path or p.startswith(old_path + "/")]
             moved.sort(key=len)
             nodes = [self._remove(p) for p in reversed(moved)]
             for node in reversed(nodes):
-                node.path = dst_path + node.path[len(src.path) :]
+                node.path = dst_path + node.path[len(old_path) :]
                 self._insert(node)
                 self._reregion(node)
             self.changed = True

@@ -207,6 +207,9 @@ class _FuseMount(MountHandle):
                 self._proc.wait()
         if os.path.ismount(self.mountpoint):
             subprocess.run(_unmount_cmd(self.mountpoint, True), capture_output=True, check=False)  # noqa: S603
+        if self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
         self._status.close()
         self.closed = True
 
