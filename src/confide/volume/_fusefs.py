@@ -596,7 +596,9 @@ def _fuse_options(writable: bool) -> dict[str, Any]:
         "fsname": "confide-volume",
         "subtype": "confide",
         "default_permissions": True,  # the kernel enforces the recorded modes and owners
-        "allow_other": True,
+        # Other users (the application may drop privileges) need allow_other, which non-root
+        # users get only with user_allow_other in /etc/fuse.conf.
+        "allow_other": os.geteuid() == 0,
         "max_read": 1 << 20,
         "max_readahead": 1 << 20,
     }

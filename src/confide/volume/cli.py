@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import cast
@@ -250,12 +251,14 @@ def mount_cmd(
     except ConfideError as exc:
         _die(exc)
         return
+    stop = (signal.SIGINT, signal.SIGTERM)
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # before announcing: no signal is lost
     access = "read-write" if writable else "read-only"
     where = f" (files in {handle.path})" if handle.path != handle.mountpoint else ""
     click.echo(f"mounted {access} via {handle.mode} at {handle.mountpoint}{where}, pid {os.getpid()}")
     click.echo(f"tag: {handle.tag}", nl=True)
     sys.stdout.flush()
-    wait_for_signal()
+    wait_for_signal(stop)
     old = handle.tag
     try:
         new = handle.close()

@@ -57,6 +57,7 @@ START_TIMEOUT = 30.0  # seconds for the FUSE child to report the mount live
 STOP_TIMEOUT = 600.0  # seconds for the child to commit open files, seal and exit
 _CLONE_NEWNS = 0x00020000  # <linux/sched.h>
 _MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE = 2, 4, 0x4000, 1 << 18  # <linux/mount.h>
+_MS_RDONLY, _MS_REMOUNT = 1, 32
 _MNT_DETACH = 2
 _PR_SET_PDEATHSIG = 1
 
@@ -291,7 +292,15 @@ def _reseal_tree(
             prev = old.get(vpath)
             if p.is_symlink():
                 entries.append(
-                    Entry(vpath, EntryKind.SYMLINK, mode, st.st_uid, st.st_gid, target=os.readlink(p))
+                    Entry(
+                        vpath,
+                        EntryKind.SYMLINK,
+                        mode,
+                        st.st_uid,
+                        st.st_gid,
+                        Region.UNPROTECTED,
+                        target=os.readlink(p),
+                    )
                 )
             elif p.is_dir():
                 if prev is None and mode == 0o755 and any(p.iterdir()):
@@ -322,6 +331,48 @@ def _reseal_tree(
     return seal_entries(directory, key, manifest, entries)
 
 
+def _fork_guard(shm: Path) -> int:
+    parent = os.getpid()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; only os/signal/ctypes calls, then _exit
+        try:
+            os.close(r)
+
+            def bye(*_: object) -> None:
+                shutil.rmtree(shm, ignore_errors=True)
+                os._exit(0)
+
+            signal.signal(signal.SIGTERM, bye)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
+            _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            if os.getppid() != parent:
+                bye()
+            os.write(w, b"r")
+            os.close(w)
+            while True:
+                signal.pause()
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.read(r, 1)
+    os.close(r)
+    return pid
+
+
+class _Guard:
+    def __init__(self, pid: int, proc: subprocess.Popen[bytes] | None) -> None:
+        self.pid, self.proc = pid, proc
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        if self.proc is not None:
+            self.proc.wait()
+        else:
+            os.waitpid(self.pid, 0)
+
+
 class _TmpfsMount(MountHandle):
     def __init__(
         self,
@@ -332,11 +383,12 @@ class _TmpfsMount(MountHandle):
         writable: bool,
         manifest: Manifest,
         lock: int | None,
+        private_namespace: bool,
     ) -> None:
         self._dir, self._key, self._manifest, self._lock = volume_dir, key, manifest, lock
-        self._guard: subprocess.Popen[bytes] | None = None
+        self._guard: _Guard | None = None
         self._restore_dir = False
-        if os.geteuid() == 0:
+        if private_namespace:
             _private_namespace()
             mountpoint.mkdir(parents=True, exist_ok=True)
             libc = _libc()
@@ -351,6 +403,10 @@ class _TmpfsMount(MountHandle):
         try:
             open_volume(volume_dir, key, self.path, tag)
             self._baseline = _snapshot(self.path) if writable else {}
+            if self.mode == "tmpfs" and not writable:
+                flags = _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV
+                if _libc().mount(None, bytes(mountpoint), None, flags, None) != 0:
+                    raise StorageError(_errno_msg(f"remounting {str(mountpoint)!r} read-only failed"))
             if self.mode == "shm":
                 if mountpoint.is_dir() and not mountpoint.is_symlink():
                     mountpoint.rmdir()  # must be empty: refuses otherwise
@@ -366,8 +422,11 @@ class _TmpfsMount(MountHandle):
             raise
 
     @staticmethod
-    def _start_guard(shm: Path) -> subprocess.Popen[bytes]:
-        """A child that removes ``shm`` when we die (PR_SET_PDEATHSIG) or when told to (SIGTERM)."""
+    def _start_guard(shm: Path) -> _Guard:
+        """A child that removes ``shm`` when we die (PR_SET_PDEATHSIG) or when told to (SIGTERM).
+
+        A fresh interpreter when ours can be executed (no inherited descriptors), else a fork.
+        """
         code = (
             "import ctypes,os,shutil,signal,sys\n"
             "def bye(*a):\n"
@@ -375,16 +434,22 @@ class _TmpfsMount(MountHandle):
             "    os._exit(0)\n"
             "signal.signal(signal.SIGTERM, bye)\n"
             f"ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM, 0, 0, 0)\n"
-            "os.getppid() == int(sys.argv[2]) or os.kill(os.getpid(), signal.SIGTERM)\n"
+            "os.getppid() == int(sys.argv[2]) or bye()\n"
             "print('ready', flush=True)\n"
             "while True: signal.pause()\n"
         )
-        proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-c", code, str(shm), str(os.getpid())], stdout=subprocess.PIPE, cwd="/"
-        )
+        try:
+            proc = subprocess.Popen(  # noqa: S603
+                [sys.executable, "-I", "-c", code, str(shm), str(os.getpid())],
+                stdout=subprocess.PIPE,
+                cwd="/",
+            )
+        except OSError:
+            return _Guard(_fork_guard(shm), None)
         assert proc.stdout is not None
         proc.stdout.readline()
-        return proc
+        proc.stdout.close()
+        return _Guard(proc.pid, proc)
 
     def _teardown(self) -> None:
         if self.mode == "tmpfs":
@@ -401,8 +466,7 @@ class _TmpfsMount(MountHandle):
                     self.mountpoint.mkdir(mode=0o755)
             shutil.rmtree(self.path, ignore_errors=True)
             if self._guard is not None:
-                self._guard.terminate()
-                self._guard.wait()
+                self._guard.stop()
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
@@ -473,7 +537,7 @@ def mount_volume(
     lock = lock_volume(volume_dir, shared=not writable)
     try:
         manifest, tag = load_sealed(volume_dir, key, tag)  # unchanged while we waited for the lock
-        return _TmpfsMount(volume_dir, key, mountpoint, tag, writable, manifest, lock)
+        return _TmpfsMount(volume_dir, key, mountpoint, tag, writable, manifest, lock, os.geteuid() == 0)
     except BaseException:
         if lock is not None:
             os.close(lock)
