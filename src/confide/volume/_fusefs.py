@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import mfusepy
+import mfusepy  # the parent sets FUSE_LIBRARY_PATH to libfuse 3 (see mount.fuse3_library)
 
 from confide.errors import ConfideError, SignatureError, UsageError
 from confide.volume._io import copy_raw, decrypt_object, encrypt_stream
@@ -52,6 +52,7 @@ from confide.volume.store import lock_volume, object_path, seal_entries
 log = logging.getLogger("confide.volume.mount")
 
 _TMP_PREFIX = ".tmp-"
+READAHEAD = 4 << 20  # bytes of kernel read-ahead asked for (requests up to 1 MiB with libfuse 3)
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -246,7 +247,9 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         raise _err(errno.EIO)
 
     # --- FUSE operations: metadata -----------------------------------------------------------
-    def init(self, path: str) -> None:
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        if conn is not None:
+            conn.max_readahead = READAHEAD  # the kernel keeps the minimum with the bdi's setting
         if self.on_init is not None:
             self.on_init()
 
@@ -334,16 +337,23 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             return fh
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        out = bytearray(size)
+        n = self.read_into(path, memoryview(out), offset, fh)
+        return bytes(out[:n])
+
+    def read_into(self, path: str | None, out: memoryview, offset: int, fh: int) -> int:
+        """Fill ``out`` (libfuse's reply buffer) from ``offset``: decrypted straight into it."""
         with self._lock:
-            node = self._fh.get(fh) or self._node(path)
+            node = self._fh.get(fh) or self._node(path or "/")
             buf_fd, entry = node.buf_fd, node.entry
             if buf_fd is not None:
-                return os.pread(buf_fd, size, offset)
+                return os.preadv(buf_fd, [out], offset)
         if entry is None:
-            return b""
+            return 0
         try:
-            return self.reader.read_entry(entry, offset, size)
+            return self.reader.read_into(entry, offset, out)
         except SignatureError as exc:
+            out[:] = bytes(len(out))  # nothing of the reply buffer goes back, but be tidy
             self._integrity(entry.path, exc)
             raise  # unreachable: _integrity raises
 
@@ -582,6 +592,19 @@ def seal(fs: VolumeFS) -> str:
 # --- child process ---------------------------------------------------------------------------
 
 
+class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
+    """mfusepy's FUSE with a zero-copy read: decrypt into libfuse's reply buffer directly
+    (mfusepy's own read returns bytes that are then copied: two more copies per request)."""
+
+    def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        fh = fip.contents.fh
+        address = ctypes.cast(buf, ctypes.c_void_p).value or 0
+        out = memoryview((ctypes.c_char * size).from_address(address)).cast("B")
+        ops: VolumeFS = self.operations
+        name = None if path is None else path.decode(self.encoding, self.errors)
+        return ops.read_into(name, out, offset, fh)
+
+
 def _die_with_parent(parent: int) -> None:
     """Ask the kernel for SIGTERM when the parent dies (libfuse then unmounts and we exit)."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -599,8 +622,6 @@ def _fuse_options(writable: bool) -> dict[str, Any]:
         # Other users (the application may drop privileges) need allow_other, which non-root
         # users get only with user_allow_other in /etc/fuse.conf.
         "allow_other": os.geteuid() == 0,
-        "max_read": 1 << 20,
-        "max_readahead": 1 << 20,
     }
     if writable:
         opts.update(attr_timeout=1, entry_timeout=1)
@@ -644,7 +665,13 @@ def main(argv: list[str] | None = None) -> int:
         say(f"error {exc.exit_code} {exc.message}")
         return exc.exit_code
     fs = VolumeFS(reader, key, writable=writable)
-    fs.on_init = lambda: say("ready")
+    mounted = threading.Event()
+
+    def ready() -> None:
+        mounted.set()
+        say("ready")
+
+    fs.on_init = ready
 
     def commands() -> None:
         for line in sys.stdin:
@@ -653,10 +680,17 @@ def main(argv: list[str] | None = None) -> int:
 
     threading.Thread(target=commands, daemon=True).start()
     try:
-        mfusepy.FUSE(fs, mountpoint, **_fuse_options(writable))
-    except Exception as exc:  # the mount itself failed (no /dev/fuse, busy mountpoint, ...)
-        say(f"error 50 FUSE mount of {mountpoint!r} failed: {exc}")
-        return 50
+        _FUSE(fs, mountpoint, **_fuse_options(writable))
+    except Exception as exc:
+        if not mounted.is_set():  # the mount itself failed (no /dev/fuse, busy mountpoint, ...)
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+            say(f"error 50 FUSE mount of {mountpoint!r} failed: {exc}")
+            return 50
+        # libfuse reports a loop ended by SIGTERM/SIGHUP/SIGINT (e.g. the parent died) as an error
+        log.info("confide volume: FUSE loop ended (%s); unmounted", exc)
+    # libfuse resets SIGPIPE to SIG_DFL on the way out: a status write to the pipe of a dead
+    # parent would kill us before the session is discarded.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     parent_alive = os.getppid() == parent
     try:
         if not writable:
@@ -664,6 +698,8 @@ def main(argv: list[str] | None = None) -> int:
         elif decision["commit"] or (not parent_alive and on_parent_exit == "commit"):
             say(f"sealed {seal(fs)}")
         else:
+            why = "the mounting process exited" if not parent_alive else "the caller asked to"
+            log.warning("confide volume: discarding the changes of this session (%s)", why)
             fs.discard()
             say("discarded")
     except ConfideError as exc:

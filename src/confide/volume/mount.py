@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ctypes.util
 import logging
 import os
 import select
@@ -82,6 +83,16 @@ def _error_for(code: int, message: str) -> ConfideError:
     return StorageError(message)
 
 
+def fuse3_library() -> dict[str, str]:
+    """Environment that makes mfusepy load libfuse 3 (it picks libfuse 2 first when both are
+    installed). libfuse 2 negotiates FUSE protocol 7.19: 128 KiB requests at most; libfuse 3
+    up to 1 MiB. Empty if the caller already chose, or libfuse 3 is not installed."""
+    if "FUSE_LIBRARY_PATH" in os.environ or "FUSE_LIBRARY_NAME" in os.environ:
+        return {}
+    path = ctypes.util.find_library("fuse3")
+    return {"FUSE_LIBRARY_PATH": path} if path else {}
+
+
 def fuse_usable() -> str | None:
     """None if FUSE can be used here, else the reason (for ``auto`` and for test skips)."""
     try:
@@ -89,10 +100,13 @@ def fuse_usable() -> str | None:
     except OSError as exc:
         return f"/dev/fuse is not usable: {exc.strerror or exc}"
     os.close(fd)
-    try:
-        import mfusepy  # noqa: F401, PLC0415 - loads libfuse through ctypes
-    except (ImportError, OSError) as exc:
-        return f"libfuse cannot be loaded (apt-get install fuse3 libfuse3-3): {exc}"
+    env = {**os.environ, **fuse3_library()}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import mfusepy"], env=env, capture_output=True, text=True, check=False
+    )
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        return f"libfuse cannot be loaded (apt-get install fuse3 libfuse3-3): {last}"
     if os.geteuid() != 0 and shutil.which("fusermount3") is None and shutil.which("fusermount") is None:
         return "not root and no fusermount3 (apt-get install fuse3)"
     return None
@@ -130,6 +144,21 @@ def _package_path() -> str:
     return str(Path(confide.__file__).resolve().parent.parent)
 
 
+READAHEAD_KB = 4096
+
+
+def _raise_readahead(mountpoint: Path) -> None:
+    """Raise the FUSE mount's read-ahead window (its backing-device info in sysfs) so that
+    sequential reads arrive as 1 MiB requests instead of 128 KiB ones: ~1.5x the throughput.
+    Best effort: needs root and a writable /sys; the mount works without it."""
+    dev = os.stat(mountpoint).st_dev
+    path = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+    try:
+        path.write_text(f"{READAHEAD_KB}\n")
+    except OSError as exc:
+        log.debug("confide volume: cannot raise read-ahead via %s: %s", path, exc.strerror or exc)
+
+
 def _unmount_cmd(mountpoint: Path, lazy: bool) -> list[str]:
     exe = shutil.which("fusermount3") or shutil.which("fusermount")
     if exe is not None:
@@ -149,7 +178,7 @@ class _FuseMount(MountHandle):
     ) -> None:
         super().__init__(mountpoint, "fuse", writable, tag, mountpoint)
         r, w = os.pipe()
-        env = dict(os.environ)
+        env = {**os.environ, **fuse3_library()}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_path(), env.get("PYTHONPATH")]))
         argv = [
             sys.executable, "-m", "confide.volume._fusefs", str(volume_dir), str(mountpoint), tag,
@@ -174,6 +203,7 @@ class _FuseMount(MountHandle):
                 if time.monotonic() > deadline:
                     raise StorageError(f"FUSE server reported ready but {str(mountpoint)!r} is not mounted")
                 time.sleep(0.01)
+            _raise_readahead(mountpoint)
         except BaseException:
             self._kill()
             raise

@@ -37,6 +37,19 @@ __all__ = ["VolumeReader"]
 _TAG_BATCH = 4096  # chunk tags read per batch while checking a root
 
 
+_local = threading.local()
+
+
+def _buffers(raw_size: int, chunk_size: int) -> tuple[bytearray, memoryview]:
+    """Per-thread (records, scratch chunk) buffers, reused: no fresh pages per read."""
+    bufs: tuple[bytearray, bytearray] | None = getattr(_local, "bufs", None)
+    if bufs is None or len(bufs[0]) < raw_size or len(bufs[1]) < chunk_size:
+        size = max(raw_size, len(bufs[0]) if bufs else 0)
+        bufs = (bytearray(size), bytearray(chunk_size))
+        _local.bufs = bufs
+    return bufs[0], memoryview(bufs[1])[:chunk_size]
+
+
 class _Open:
     __slots__ = ("codec", "fd", "n_chunks")
 
@@ -141,39 +154,57 @@ class VolumeReader:
     def read_entry(self, e: Entry, offset: int, size: int) -> bytes:
         """Read a file given its entry: one of this manifest's, or a later version of the file
         written into the same volume (same key and volume id; the FUSE layer's new objects).
-
-        One ``pread`` for all the chunks of the range; each chunk is authenticated (index and
-        last-chunk mark) and decrypted straight into the result; nothing of a failing chunk is
-        returned.
         """
         if offset < 0 or size < 0:
             raise UsageError(f"read: got offset {offset}, size {size}, expected non-negative values")
+        n = max(0, min(size, e.size - offset)) if e.region is not Region.UNPROTECTED else size
+        out = bytearray(n)
+        got = self.read_into(e, offset, memoryview(out))
+        return bytes(out[:got])
+
+    def read_into(self, e: Entry, offset: int, out: memoryview) -> int:
+        """Fill ``out`` with the file's bytes from ``offset``; return the count (short at EOF).
+
+        One ``preadv`` of all the chunks of the range into a reused per-thread buffer; each
+        chunk is authenticated (index and last-chunk mark) and decrypted straight into ``out``
+        (partial chunks at the edges through a scratch chunk). On an integrity failure
+        :class:`SignatureError` is raised and ``out`` may hold plaintext of *earlier, authentic*
+        chunks only; the caller must not use it.
+        """
+        if offset < 0:
+            raise UsageError(f"read: got offset {offset}, expected a non-negative value")
         o = self._get(e)
         if o.codec is None:
-            return os.pread(o.fd, size, offset)
-        end = min(e.size, offset + size)
+            return os.preadv(o.fd, [out], offset)
+        end = min(e.size, offset + len(out))
         if offset >= end:
-            return b""
+            return 0
         cs = self.manifest.chunk_size
         rec = cs + TAG_SIZE
         first, last_chunk = offset // cs, (end - 1) // cs
-        stored_end = min((last_chunk + 1) * rec, object_size(e.size, cs, e.region))
-        want = stored_end - first * rec
-        raw = os.pread(o.fd, want, first * rec)
-        out = bytearray((last_chunk + 1 - first) * cs)
-        omv, rmv = memoryview(out), memoryview(raw)
+        want = min((last_chunk + 1) * rec, object_size(e.size, cs, e.region)) - first * rec
+        raw, scratch = _buffers(want, cs)
+        rmv = memoryview(raw)[:want]
         try:
-            if len(raw) != want:
-                raise SignatureError(f"chunks {first}..{last_chunk}: got {len(raw)} bytes, expected {want}")
+            got = os.preadv(o.fd, [rmv], first * rec)
+            if got != want:
+                raise SignatureError(f"chunks {first}..{last_chunk}: got {got} bytes, expected {want}")
             for i in range(first, last_chunk + 1):
                 is_last = i == o.n_chunks - 1
                 plen = e.size - cs * i if is_last else cs
                 k = (i - first) * rec
-                o.codec.open_into(rmv[k : k + plen + TAG_SIZE], i, is_last, omv[(i - first) * cs :])
+                record = rmv[k : k + plen + TAG_SIZE]
+                lo = max(offset, i * cs)  # file range of this chunk that is wanted
+                hi = min(end, i * cs + plen)
+                dst = lo - offset
+                if lo == i * cs and hi == i * cs + plen:
+                    o.codec.open_into(record, i, is_last, out[dst : dst + plen])
+                else:
+                    o.codec.open_into(record, i, is_last, scratch)
+                    out[dst : dst + hi - lo] = scratch[lo - i * cs : hi - i * cs]
         except SignatureError as exc:
             raise SignatureError(f"volume file {e.path!r}: {exc.message}") from None
-        lo = offset - first * cs
-        return bytes(omv[lo : lo + (end - offset)])
+        return end - offset
 
     def close(self) -> None:
         with self._lock:
