@@ -278,11 +278,44 @@ def test_writable_session_seals_a_new_generation(tmp_path: Path) -> None:
     assert by["renamed-f1"].region is Region.ENCRYPTED
 
 
+def test_auto_mode_picks_fuse_when_it_works(tmp_path: Path) -> None:
+    vol, key, tag, files = _volume(tmp_path, {"a": b"auto"})
+    mnt = _mnt(tmp_path)
+    with mount_volume(vol, key, mnt, expected_tag=tag) as h:
+        assert h.mode == "fuse" and _mounted(mnt)
+        assert (mnt / "a").read_bytes() == files["a"]
+    assert not _mounted(mnt)
+
+
+def test_overwrite_with_o_trunc_and_truncate_to_zero(tmp_path: Path) -> None:
+    vol, key, tag, _ = _volume(tmp_path, {"big": _pattern(9 * CS), "other": _pattern(3 * CS, 2), "e": b""})
+    empty_id = load_sealed(vol, key)[0].by_path()["e"].file_id
+    mnt = _mnt(tmp_path)
+    h = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=True)
+    try:
+        (mnt / "big").write_bytes(b"small now")
+        os.truncate(mnt / "other", 0)
+        with (mnt / "e").open("wb"):  # O_TRUNC of an empty file changes nothing
+            pass
+        assert (mnt / "big").read_bytes() == b"small now"
+        assert (mnt / "other").stat().st_size == 0
+    finally:
+        new = h.close()
+    out = tmp_path / "out"
+    open_volume(vol, key, out, new)
+    assert (out / "big").read_bytes() == b"small now" and (out / "other").read_bytes() == b""
+    by = load_sealed(vol, key, new)[0].by_path()
+    assert by["big"].size == 9 and by["e"].file_id == empty_id  # the empty file was not rewritten
+    assert verify_volume(vol, key, new).unreferenced_objects == []
+
+
 def test_writable_mount_without_changes_keeps_the_tag(tmp_path: Path) -> None:
     vol, key, tag, files = _volume(tmp_path, {"a": b"x" * 5000})
     mnt = _mnt(tmp_path)
     h = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=True)
     assert (mnt / "a").read_bytes() == files["a"]
+    with (mnt / "a").open("r+b"):  # opened for writing, nothing written
+        pass
     assert h.close() == tag
     assert load_sealed(vol, key, tag)[0].generation == 1
 

@@ -173,14 +173,15 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         return int(uid), int(gid)
 
     # --- file contents -----------------------------------------------------------------------
-    def _materialize(self, node: _Node) -> int:
-        """Give ``node`` a memfd holding its plaintext (decrypted from its object once)."""
+    def _materialize(self, node: _Node, *, keep_contents: bool = True) -> int:
+        """Give ``node`` a memfd holding its plaintext (decrypted from its object once);
+        ``keep_contents=False`` (truncation to 0) skips the decryption."""
         if node.buf_fd is not None:
             return node.buf_fd
         fd = os.memfd_create("confide-volume-file", os.MFD_CLOEXEC)
         try:
             e = node.entry
-            if e is not None and e.size:
+            if keep_contents and e is not None and e.size:
                 obj_fd = os.open(object_path(self.directory, e.file_id), os.O_RDONLY | os.O_NOFOLLOW)
                 try:
                     if e.region is Region.UNPROTECTED:
@@ -326,10 +327,16 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
                 raise _err(errno.EISDIR)
             if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
                 self._check_writable()
-                fd = self._materialize(node)
-                if flags & os.O_TRUNC and os.fstat(fd).st_size:
+                trunc = bool(flags & os.O_TRUNC)
+                if node.buf_fd is not None:
+                    had = os.fstat(node.buf_fd).st_size
+                else:
+                    had = node.entry.size if node.entry else 0
+                fd = self._materialize(node, keep_contents=not trunc)
+                if trunc and had:
                     os.ftruncate(fd, 0)
                     node.dirty = True
+                    self.changed = True
             node.opens += 1
             fh = self._next_fh
             self._next_fh += 1
@@ -373,7 +380,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             node = (self._fh.get(fh) if fh else None) or self._node(path)
             if node.kind is not EntryKind.FILE:
                 raise _err(errno.EISDIR)
-            fd = self._materialize(node)
+            fd = self._materialize(node, keep_contents=length > 0)
             os.ftruncate(fd, length)
             node.dirty = True
             self.changed = True
