@@ -203,3 +203,20 @@ def test_not_root_falls_back_to_a_private_shm_directory() -> None:
         assert not shm.exists()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="tmpfs in a private mount namespace needs root")
+def test_tmpfs_refuses_a_volume_with_a_corrupted_chunk(vol: tuple[Path, Path, str, Path]) -> None:
+    v, key_file, tag, mnt = vol
+    from confide.volume.store import load_sealed, object_path
+
+    entry = load_sealed(v, _key(key_file))[0].by_path()["data/model.bin"]
+    obj = object_path(v, entry.file_id)
+    raw = bytearray(obj.read_bytes())
+    raw[5000] ^= 0x04
+    obj.write_bytes(bytes(raw))
+    m = _Mount(str(v), str(mnt), "--key", str(key_file), "--tag", tag, "--mode", "tmpfs")
+    rc, out, err = m.stop()
+    assert rc == 21, out + err
+    assert "data/model.bin" in err and "does not authenticate" in err
+    assert not _mounted(mnt) and os.listdir(mnt) == []

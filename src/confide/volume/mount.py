@@ -418,18 +418,25 @@ class _TmpfsMount(MountHandle):
         self._dir, self._key, self._manifest, self._lock = volume_dir, key, manifest, lock
         self._guard: _Guard | None = None
         self._restore_dir = False
-        if private_namespace:
-            _private_namespace()
-            mountpoint.mkdir(parents=True, exist_ok=True)
-            libc = _libc()
-            opts = b"mode=0755"
-            if libc.mount(b"tmpfs", bytes(mountpoint), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts) != 0:
-                raise StorageError(_errno_msg(f"mount -t tmpfs at {str(mountpoint)!r} failed"))
-            super().__init__(mountpoint, "tmpfs", writable, tag, mountpoint)
-        else:
-            shm = Path(tempfile.mkdtemp(prefix="confide-volume-", dir="/dev/shm"))  # mode 0700
-            super().__init__(mountpoint, "shm", writable, tag, shm)
-            self._guard = self._start_guard(shm)
+        try:
+            if private_namespace:
+                _private_namespace()
+                mountpoint.mkdir(parents=True, exist_ok=True)
+                libc = _libc()
+                opts = b"mode=0755"
+                if libc.mount(b"tmpfs", bytes(mountpoint), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts) != 0:
+                    raise StorageError(_errno_msg(f"mount -t tmpfs at {str(mountpoint)!r} failed"))
+                super().__init__(mountpoint, "tmpfs", writable, tag, mountpoint)
+            else:
+                shm = Path(tempfile.mkdtemp(prefix="confide-volume-", dir="/dev/shm"))  # mode 0700
+                super().__init__(mountpoint, "shm", writable, tag, shm)
+                self._guard = self._start_guard(shm)
+        except BaseException:
+            if lock is not None:
+                os.close(lock)
+            if not private_namespace and getattr(self, "path", None) is not None:
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
         try:
             open_volume(volume_dir, key, self.path, tag)
             self._baseline = _snapshot(self.path) if writable else {}
@@ -567,11 +574,12 @@ def mount_volume(
     lock = lock_volume(volume_dir, shared=not writable)
     try:
         manifest, tag = load_sealed(volume_dir, key, tag)  # unchanged while we waited for the lock
-        return _TmpfsMount(volume_dir, key, mountpoint, tag, writable, manifest, lock, os.geteuid() == 0)
     except BaseException:
         if lock is not None:
             os.close(lock)
         raise
+    # owns the lock from here on (released by close(), or on a failure inside)
+    return _TmpfsMount(volume_dir, key, mountpoint, tag, writable, manifest, lock, os.geteuid() == 0)
 
 
 def wait_for_signal(signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> int:
