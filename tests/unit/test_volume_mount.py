@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import mmap
 import os
 import signal
 import stat
@@ -119,6 +120,12 @@ def test_fuse_serves_every_file_exactly(tmp_path: Path) -> None:
                         assert os.pread(fd, 5, off) == data[off : off + 5], (rel, off)
             finally:
                 os.close(fd)
+        big = files[f"sizes/f{40 * CS + 7}"]
+        with (
+            (mnt / "sizes" / f"f{40 * CS + 7}").open("rb") as f,
+            mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm,
+        ):
+            assert mm[CS - 3 : 3 * CS + 3] == big[CS - 3 : 3 * CS + 3] and mm[-7:] == big[-7:]
         assert stat.S_IMODE((mnt / "sizes" / "f1").stat().st_mode) == 0o600
         assert stat.S_IMODE((mnt / "unicodé").stat().st_mode) == 0o750
         assert os.readlink(mnt / "link") == "sizes/f1"
