@@ -9,6 +9,21 @@ STAMP := $(VENV)/.installed
 
 all: test
 
+# Debian packages the tests use: a PostgreSQL server (a throwaway cluster per test session),
+# FUSE (protected-volume mounts, fake quote devices), skopeo + docker-registry + busybox-static
+# (sconify against a real local registry and a real static binary).
+DEBS := postgresql fuse3 libfuse2 skopeo busybox-static docker-registry
+APT_MARK := $(VENV)/.debs
+
+$(APT_MARK):
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) || \
+	  echo "warning: could not install$$missing; the tests that need them will skip"; \
+	fi
+	@mkdir -p $(VENV) && touch $(APT_MARK)
+
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { apt-get update && apt-get install -y python3 python3-venv; }
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || { apt-get update && apt-get install -y python3-venv && $(PY) -m venv $(VENV); }
@@ -28,7 +43,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
 
-unit: $(STAMP)
+unit: $(STAMP) $(APT_MARK)
 	$(BIN)/python -m pytest -q -p no:cacheprovider --cov=confide --cov-report=term --cov-report=xml:coverage.xml
 
 test: lint typecheck unit

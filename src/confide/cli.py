@@ -163,6 +163,24 @@ def main() -> None:
         sys.exit(exc.exit_code)
 
 
+# Command groups live with their subsystems; each module's heavy imports load lazily.
+from confide.cas.cli import cas as _cas_group  # noqa: E402
+from confide.cas.cli import identity as _identity_group  # noqa: E402
+from confide.cas.cli import policy as _policy_group  # noqa: E402
+from confide.cas.cli import run as _run_command  # noqa: E402
+from confide.image.cli import sconify_cmd as _sconify_cmd  # noqa: E402
+from confide.ledger.cli import ledger as _ledger_group  # noqa: E402
+from confide.sim.cli import sim as _sim_group  # noqa: E402
 from confide.volume.cli import volume as _volume_group  # noqa: E402
 
-cli.add_command(_volume_group)
+for _command in (
+    _cas_group,
+    _identity_group,
+    _policy_group,
+    _run_command,
+    _sim_group,
+    _volume_group,
+    _ledger_group,
+    _sconify_cmd,
+):
+    cli.add_command(_command)

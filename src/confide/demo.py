@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from confide.cas_demo import run_cas_demo
 from confide.cli import parse_time
 from confide.errors import ConfideError
 from confide.evidence._reader import decode_evidence_text
@@ -98,8 +99,7 @@ def _run(item: Item, evidence: bytes) -> VerifiedEvidence | ConfideError:
         return exc
 
 
-def main() -> int:
-    console = Console(width=160)
+def evidence_demo(console: Console) -> int:
     console.rule("[bold]confide: verifying real hardware evidence")
     table = Table(show_lines=False)
     for col in ("evidence", "verified at", "verdict", "TCB status / advisories", "claims", "tampered copy"):
@@ -138,6 +138,13 @@ def main() -> int:
         "Verification reports claims (debug, SEPT_VE_DISABLE, MRSERVICETD, TCB status); "
         "deciding what is acceptable is the policy's job."
     )
+    return 1 if failures else 0
+
+
+def main() -> int:
+    console = Console(width=160)
+    failures = evidence_demo(console)
+    failures += run_cas_demo(console)
     return 1 if failures else 0
 
 

@@ -23,16 +23,26 @@ contain secret values.
     │   └── RollbackError (60)              authentic, but older than the recorded version
     │                                       (e.g. a protected volume presented with an old tag)
     ├── PolicyError (30)                    a policy document is invalid
-    │   └── AppraisalError (31)             verified evidence does not satisfy the policy
+    │   ├── AppraisalError (31)             verified evidence does not satisfy the policy
+    │   ├── ConflictError (32)              stale predecessor, duplicate or no-longer-applicable version
+    │   └── AccessDeniedError (33)          the identity may not read/update, or a release is not allowed
     ├── NetworkError (40)                   a remote service could not be reached or answered badly
     └── StorageError (50)                   the database or a file store failed
+
+    Also VerificationError, with exit codes of their own:
+    ├── ConsistencyError (61)               a log's tree does not extend the one seen before (fork)
+    ├── EntryMismatchError (63)             a log entry does not hash to what the tree commits to
+    │   └── EntryMissingError (64)          an entry the tree commits to is absent
+    └── UnknownKeyError (65)                a signed note carries no signature by the pinned key
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 __all__ = [
+    "AccessDeniedError",
     "AppraisalError",
     "BindingError",
     "CertificateChainError",
@@ -40,6 +50,10 @@ __all__ = [
     "CollateralExpiredError",
     "CollateralMissingError",
     "ConfideError",
+    "ConflictError",
+    "ConsistencyError",
+    "EntryMismatchError",
+    "EntryMissingError",
     "MeasurementError",
     "NetworkError",
     "ParseError",
@@ -49,6 +63,7 @@ __all__ = [
     "SignatureError",
     "StorageError",
     "TcbLevelNotFoundError",
+    "UnknownKeyError",
     "UsageError",
     "VerificationError",
 ]
@@ -149,11 +164,26 @@ class MeasurementError(VerificationError):
 
 
 class PolicyError(ConfideError):
+    """A policy document is invalid. ``problems`` lists every problem found (each one's ``str``
+    is a self-contained "where: got X, expected Y" line); the message joins them."""
+
     exit_code = 30
+
+    def __init__(self, message: str, *, problems: Sequence[object] = ()) -> None:
+        super().__init__(message)
+        self.problems: tuple[object, ...] = tuple(problems)
 
 
 class AppraisalError(PolicyError):
     exit_code = 31
+
+
+class ConflictError(PolicyError):
+    exit_code = 32
+
+
+class AccessDeniedError(PolicyError):
+    exit_code = 33
 
 
 class NetworkError(ConfideError):
@@ -165,6 +195,31 @@ class StorageError(ConfideError):
 
 
 class RollbackError(VerificationError):
-    """Authentic data, but not the version recorded as current (a replay of an old state)."""
+    """Authentic data, but older than the version recorded as current: a protected volume
+    presented with an old tag, or a log presenting a tree smaller than one it presented before."""
 
     exit_code = 60
+
+
+class ConsistencyError(VerificationError):
+    """A tree does not extend a tree seen before (fork), or a consistency proof is invalid."""
+
+    exit_code = 61
+
+
+class EntryMismatchError(VerificationError):
+    """An entry does not hash to what the tree commits to (or its inclusion proof fails)."""
+
+    exit_code = 63
+
+
+class EntryMissingError(EntryMismatchError):
+    """An entry that the tree commits to is absent."""
+
+    exit_code = 64
+
+
+class UnknownKeyError(VerificationError):
+    """A signed note (checkpoint) has no signature line by the pinned key: wrong key."""
+
+    exit_code = 65

@@ -12,5 +12,6 @@ def test_demo_verifies_bundled_evidence_and_refuses_tampered_copies() -> None:
                        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin", "COLUMNS": "200"}, check=False)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("verified") >= 8
+    assert "DATA_KEY  : sha256" in r.stdout and "exit 31" in r.stdout and "exit 33" in r.stdout
     assert "ACCEPTED" not in r.stdout
     assert "TcbLevelNotFoundError" in r.stdout

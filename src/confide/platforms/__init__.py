@@ -72,6 +72,8 @@ _SNP_REPORT_SIZE = 0x4A0
 
 def detect_platform(evidence: bytes) -> Platform:
     """Guess the platform of raw evidence from its leading bytes (used when --platform is absent)."""
+    if evidence.startswith(b"CONFIDE-SIM"):  # confide.evidence.sim.MAGIC
+        return Platform.SIMULATED
     # SEV-SNP first: a v2/v3/v5 report of exactly 0x4A0 bytes with SIGNATURE_ALGO 1 (ECDSA
     # P-384) at 0x34. Its GUEST_SVN (bytes 4..7) is often 0, which the SGX test below would
     # otherwise take for an SGX quote's TEE type.

@@ -1,0 +1,1 @@
+"""The Configuration and Attestation Service (CAS): policies, governance, secrets, attestation."""

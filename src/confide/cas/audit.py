@@ -1,0 +1,182 @@
+"""Client-side checks of a policy's ledger entries: ``confide ledger history`` and
+``confide ledger accesses``.
+
+The CAS returns a policy's entries (to identities that may read the policy), each with an
+inclusion proof in the latest signed checkpoint. Nothing here trusts the CAS's word: the
+checkpoint must be signed by the pinned log key, every entry must be included in it (RFC 9162
+§2.1.3.2), and every entry must say exactly what the CAS's summary of it says. Entries newer than
+the checkpoint are reported as such (a checkpoint covers them within a second).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from confide.cas.client import CasClient
+from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, verify_signed
+from confide.cas.ledger_sink import ENTRY_TYPES
+from confide.errors import ConfideError, EntryMismatchError, ParseError
+from confide.identity import Identity
+from confide.ledger.checkpoint import SignedCheckpoint, open_checkpoint
+from confide.ledger.encoding import Entry
+from confide.ledger.merkle import hash_leaf, verify_inclusion
+from confide.ledger.note import NoteVerifier
+from confide.policy import loads_policy, policy_hash
+
+__all__ = ["PolicyChainChecker", "VerifiedEvent", "accesses", "history", "verified_events"]
+
+
+@dataclass(frozen=True)
+class VerifiedEvent:
+    index: int
+    type: str
+    time: str
+    payload: dict[str, Any]
+    included: bool  # proven included in the signed checkpoint
+
+
+def verified_events(
+    client: CasClient, name: str, identity: Identity, log_key: NoteVerifier
+) -> tuple[SignedCheckpoint | None, list[VerifiedEvent]]:
+    data = client.events(name, identity)
+    signed = None
+    if data.get("checkpoint"):
+        signed = open_checkpoint(str(data["checkpoint"]).encode(), log_key)
+    out = []
+    for ev in data.get("events", []):
+        try:
+            index = int(ev["index"])
+            entry_bytes = base64.b64decode(ev["entry"], validate=True)
+        except (KeyError, ValueError, TypeError):
+            raise ParseError(
+                "the CAS returned an event without its ledger entry", structure="events"
+            ) from None
+        entry = Entry.from_bytes(entry_bytes)
+        if ENTRY_TYPES.get(str(ev.get("type"))) != entry.type or entry.policy != name:
+            raise EntryMismatchError(
+                f"entry {index}: the CAS calls it {ev.get('type')!r}, the ledger says {entry.type}"
+            )
+        if entry.payload != ev.get("payload"):
+            raise EntryMismatchError(f"entry {index}: the CAS's summary differs from the ledger entry")
+        included = False
+        if signed is not None and index < signed.checkpoint.size:
+            proof = [bytes.fromhex(h) for h in ev.get("inclusion_proof", [])]
+            verify_inclusion(
+                index, signed.checkpoint.size, hash_leaf(entry_bytes), proof, signed.checkpoint.root
+            )
+            included = True
+        out.append(VerifiedEvent(index, entry.type.value, entry.time, entry.payload, included))
+    return signed, out
+
+
+def history(events: list[VerifiedEvent]) -> list[dict[str, Any]]:
+    """Every version of the policy: who submitted it, who approved it, what became of it."""
+    rows = []
+    for ev in events:
+        p = ev.payload
+        if ev.type.startswith("policy."):
+            rows.append(
+                {
+                    "index": ev.index, "time": ev.time, "event": ev.type, "hash": p.get("hash"),
+                    "predecessor": p.get("predecessor"), "signer": p.get("signer"),
+                    "approvers": p.get("approvers"), "included": ev.included,
+                }
+            )  # fmt: skip
+    return rows
+
+
+def accesses(events: list[VerifiedEvent], secret: str | None = None) -> list[dict[str, Any]]:
+    """Which attested services received which secrets, when, under which measurement."""
+    rows = []
+    for ev in events:
+        if ev.type != "secret.released":
+            continue
+        secrets = ev.payload.get("secrets") or []
+        if secret is not None and not any(s.get("name") == secret for s in secrets):
+            continue
+        rows.append(
+            {
+                "index": ev.index, "time": ev.time, "service": ev.payload.get("service"),
+                "measurement": ev.payload.get("measurement"), "policy_hash": ev.payload.get("policy_hash"),
+                "secrets": secrets, "runtime_key_sha256": ev.payload.get("runtime_key_sha256"),
+                "included": ev.included,
+            }
+        )  # fmt: skip
+    return rows
+
+
+class PolicyChainChecker:
+    """``confide ledger verify --full``: re-check every policy document in the log.
+
+    Called with each entry in log order. For each policy version it checks the submitter's
+    signature over the submission, that the submission's policy hashes to the recorded hash,
+    that approvals are signed by their approvers, and that every policy's history is one linear
+    chain: a creation names no predecessor and a new name; an update names the current version.
+    Any difference is an :class:`EntryMismatchError` naming the entry.
+    """
+
+    def __init__(self) -> None:
+        self.heads: dict[str, str] = {}
+        self.submitted: dict[tuple[str, str], str] = {}
+
+    def __call__(self, index: int, data: bytes) -> None:
+        entry = Entry.from_bytes(data)
+        p = entry.payload
+        name = entry.policy or ""
+        try:
+            if entry.type.value in ("policy.created", "policy.updated", "policy.submitted"):
+                digest = str(p.get("hash"))
+                if "submission" in p:
+                    self._check_submission(index, name, digest, str(p["submission"]), str(p.get("signer")))
+                    self.submitted[(name, digest)] = str(p.get("signer"))
+                elif "submission_withheld" not in p and (name, digest) not in self.submitted:
+                    raise EntryMismatchError(
+                        f"entry {index}: policy {name} {digest[:16]}… has no signed submission"
+                    )
+                if entry.type.value == "policy.created":
+                    if name in self.heads or p.get("predecessor") is not None:
+                        raise EntryMismatchError(
+                            f"entry {index}: policy {name} created twice or with a predecessor"
+                        )
+                    self.heads[name] = digest
+                elif entry.type.value == "policy.updated":
+                    if self.heads.get(name) != p.get("predecessor"):
+                        raise EntryMismatchError(
+                            f"entry {index}: policy {name} updated from {str(p.get('predecessor'))[:16]}…, "
+                            f"but its current version is {str(self.heads.get(name))[:16]}…"
+                        )
+                    self.heads[name] = digest
+            elif entry.type.value == "policy.approved" and "approval" in p:
+                body, signer = verify_signed(_loads(str(p["approval"])), APPROVAL_TYPE)
+                if (
+                    body.get("name") != name
+                    or body.get("hash") != p.get("hash")
+                    or signer.fingerprint != p.get("signer")
+                ):
+                    raise EntryMismatchError(f"entry {index}: the approval does not match the entry")
+        except EntryMismatchError:
+            raise
+        except (ParseError, ConfideError) as exc:
+            raise EntryMismatchError(f"entry {index}: {exc.message}") from None
+
+    @staticmethod
+    def _check_submission(index: int, name: str, digest: str, text: str, signer_fp: str) -> None:
+        body, signer = verify_signed(_loads(text), POLICY_TYPE)
+        if signer.fingerprint != signer_fp:
+            raise EntryMismatchError(
+                f"entry {index}: submission signed by {signer.fingerprint[:16]}…, "
+                f"the entry names {signer_fp[:16]}…"
+            )
+        policy = loads_policy(json.dumps(body["policy"]), source=f"ledger entry {index}")
+        if policy.name != name or policy_hash(policy) != digest:
+            raise EntryMismatchError(f"entry {index}: the signed policy does not hash to {digest[:16]}…")
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ParseError("not JSON", structure="ledger entry document") from None

@@ -1,0 +1,189 @@
+"""CLI: ``confide cas``, ``confide identity``, ``confide policy`` and ``confide run``.
+
+Clients read the CAS location from the variables in ``client.env`` (``source DIR/client.env``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from confide.errors import UsageError
+from confide.identity import Identity, load_identity
+
+__all__ = ["cas", "identity", "policy", "run"]
+
+_PATH = click.Path(path_type=Path)
+
+
+@click.group()
+def cas() -> None:
+    """Run or inspect a Configuration and Attestation Service."""
+
+
+@cas.command("serve")
+@click.option("--data-dir", type=_PATH, required=True, help="State directory (keys, database, client.env).")
+@click.option(
+    "--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT (port 0: any free port)."
+)
+@click.option("--dev", is_flag=True, help="Development: enable the SIMULATED TEE (never in production).")
+@click.option("--db", "db_url", help="Database URL (default: SQLite in --data-dir; postgresql://...).")
+@click.option("--collateral", help="DCAP collateral source for SGX/TDX evidence (file, directory or URL).")
+def cas_serve(data_dir: Path, listen: str, dev: bool, db_url: str | None, collateral: str | None) -> None:
+    """Start the CAS over TLS and keep running until killed."""
+    from confide.cas.server import serve
+
+    serve(data_dir, listen, dev=dev, db_url=db_url, collateral=collateral)
+
+
+@cas.command("attest")
+@click.argument("url", required=False)
+@click.option("--sim-key", type=_PATH, help="Simulated platform public key (default: $CONFIDE_SIM_DIR).")
+@click.option("--out", type=_PATH, help="Write the verified CAS certificate here (use as CONFIDE_CAS_CERT).")
+def cas_attest(url: str | None, sim_key: Path | None, out: Path | None) -> None:
+    """Verify the CAS's own evidence, bound to its TLS certificate, and pin that certificate."""
+    from confide.cas.pin import attest_cas, write_pin
+
+    url = url or os.environ.get("CONFIDE_CAS_URL")
+    if not url:
+        raise UsageError("give the CAS URL (or set CONFIDE_CAS_URL)")
+    if sim_key is None and os.environ.get("CONFIDE_SIM_DIR"):
+        sim_key = Path(os.environ["CONFIDE_SIM_DIR"]) / "platform-key.pub.pem"
+    try:
+        key_pem = sim_key.read_bytes() if sim_key else None
+    except OSError as exc:
+        raise UsageError(f"--sim-key: cannot read {sim_key}: {exc.strerror}") from None
+    pinned = attest_cas(url, sim_key_pem=key_pem)
+    ev = pinned.evidence
+    label = " (SIMULATED)" if ev.simulated else ""
+    click.echo(f"CAS at {url} attested on {ev.platform.value}{label}", err=True)
+    click.echo(f"  measurement: {ev.claims.get('measurement')}", err=True)
+    click.echo(f"  TLS certificate SHA-256: {pinned.certificate_sha256}", err=True)
+    click.echo(f"  transparency log key: {pinned.log_key}", err=True)
+    if out:
+        write_pin(pinned, out)
+        click.echo(f"  pinned: export CONFIDE_CAS_CERT={out}", err=True)
+    click.echo(pinned.certificate_sha256)
+
+
+@click.group()
+def identity() -> None:
+    """Stakeholder identities (Ed25519 key pairs)."""
+
+
+@identity.command("create")
+@click.option("--out", type=_PATH, required=True, help="Identity file to write (mode 0600).")
+@click.option("--name", default="", help="A label for humans.")
+def identity_create(out: Path, name: str) -> None:
+    """Create an identity; prints its fingerprint (what policies name)."""
+    ident = Identity.generate(name)
+    ident.save(out)
+    click.echo(ident.fingerprint)
+
+
+@identity.command("show")
+@click.option("--identity", "identity_file", type=_PATH, required=True)
+def identity_show(identity_file: Path) -> None:
+    """Print an identity's fingerprint."""
+    click.echo(load_identity(identity_file).fingerprint)
+
+
+@click.group()
+def policy() -> None:
+    """Create, update, approve and read policies on the CAS."""
+
+
+@policy.command("apply")
+@click.argument("policy_file", metavar="FILE.yaml", type=_PATH)
+@click.option("--identity", "identity_file", type=_PATH, required=True)
+def policy_apply(policy_file: Path, identity_file: Path) -> None:
+    """Create or update a policy; prints the new version's hash."""
+    from confide.cas.client import CasClient
+    from confide.policy import load_policy
+
+    ident = load_identity(identity_file)
+    doc = load_policy(policy_file)
+    client = CasClient.from_env()
+    result = client.apply(doc, ident)
+    click.echo(result["hash"])
+    if result.get("state") == "pending":
+        click.echo(f"{result['name']}: pending approval by the update board", err=True)
+
+
+@policy.command("approve")
+@click.argument("name")
+@click.option("--hash", "digest", required=True, help="The version to approve.")
+@click.option("--identity", "identity_file", type=_PATH, required=True)
+def policy_approve(name: str, digest: str, identity_file: Path) -> None:
+    """Approve a pending policy version; prints its state (pending or active)."""
+    from confide.cas.client import CasClient
+
+    result = CasClient.from_env().approve(name, digest, load_identity(identity_file))
+    click.echo(result["state"])
+
+
+@policy.command("show")
+@click.argument("name")
+@click.option("--identity", "identity_file", type=_PATH, required=True)
+def policy_show(name: str, identity_file: Path) -> None:
+    """Show a policy (current version, history, public parts of secrets; never secret values)."""
+    from confide.cas.client import CasClient
+
+    click.echo(json.dumps(CasClient.from_env().show(name, load_identity(identity_file)), indent=2))
+
+
+@policy.command("events")
+@click.argument("name")
+@click.option("--identity", "identity_file", type=_PATH, required=True)
+def policy_events(name: str, identity_file: Path) -> None:
+    """Show the recorded events of a policy (changes, attestations, releases)."""
+    from confide.cas.client import CasClient
+
+    for ev in CasClient.from_env().events(name, load_identity(identity_file))["events"]:
+        ev.pop("entry", None)
+        ev.pop("inclusion_proof", None)
+        click.echo(json.dumps(ev, sort_keys=True))
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--config-id", required=True, help="POLICY/SERVICE")
+@click.option(
+    "--tee", type=click.Choice(["sim", "tdx", "sev-snp", "sgx-gramine"]), default="sim", show_default=True
+)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def run(config_id: str, tee: str, command: tuple[str, ...]) -> None:
+    """Attest, receive configuration and secrets, and exec COMMAND (after --)."""
+    from confide.cas.client import CasClient
+    from confide.runtime.quote import (
+        ConfigfsTsmQuoteProvider,
+        GramineQuoteProvider,
+        QuoteProvider,
+        SimQuoteProvider,
+    )
+    from confide.runtime.run import attest_and_prepare, launch
+
+    policy_name, sep, service = config_id.partition("/")
+    if not sep or not policy_name or not service:
+        raise UsageError(f"--config-id: got {config_id!r}, expected POLICY/SERVICE")
+    provider: QuoteProvider
+    if tee == "sim":
+        sim_dir = os.environ.get("CONFIDE_SIM_DIR")
+        if not sim_dir:
+            raise UsageError("--tee sim: CONFIDE_SIM_DIR is not set (source the CAS's client.env)")
+        if not command:
+            raise UsageError("--tee sim measures the command: give it after --")
+        provider = SimQuoteProvider.for_command(Path(sim_dir), list(command))
+        click.echo("confide run: SIMULATED TEE - no hardware protection", err=True)
+    elif tee in ("tdx", "sev-snp"):
+        provider = ConfigfsTsmQuoteProvider()
+    else:
+        provider = GramineQuoteProvider()
+    client = CasClient.from_env()
+    plan = attest_and_prepare(client, provider, policy_name, service, list(command))
+    client.close()
+    sys.stdout.flush()
+    launch(plan)

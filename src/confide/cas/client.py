@@ -1,0 +1,151 @@
+"""A client of the CAS API over TLS, trusting only the CAS certificate it was given.
+
+``CasClient.from_env()`` reads the variables ``confide cas serve`` writes to ``client.env``:
+``CONFIDE_CAS_URL`` and ``CONFIDE_CAS_CERT`` (the PEM certificate to trust; nothing else is
+trusted). Errors returned by the CAS are re-raised as the same confide error class.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+from confide import errors
+from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, READ_TYPE, sign_document
+from confide.errors import ConfideError, NetworkError, UsageError
+from confide.identity import Identity
+from confide.policy import Policy
+from confide.policy.canonical import canonical_json
+
+__all__ = ["CasClient", "policy_submission"]
+
+ENV_URL = "CONFIDE_CAS_URL"
+ENV_CERT = "CONFIDE_CAS_CERT"
+
+
+def policy_submission(policy: Policy, identity: Identity) -> dict[str, Any]:
+    body = {"type": POLICY_TYPE, "policy": json.loads(canonical_json(policy))}
+    return sign_document(body, identity.sign, identity.public.public_base64)
+
+
+def _raise_for(response: httpx2.Response) -> Any:
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if response.status_code >= 400:
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict):
+            cls = getattr(errors, str(err.get("class")), None)
+            message = str(err.get("message"))
+            if isinstance(cls, type) and issubclass(cls, ConfideError):
+                if cls is errors.ParseError:
+                    raise errors.ParseError(message)
+                raise cls(message)
+        raise NetworkError(f"CAS answered HTTP {response.status_code}")
+    return data
+
+
+class CasClient:
+    def __init__(self, url: str, cert: Path | None, *, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        if url.startswith("https://"):
+            if cert is None:
+                raise UsageError(f"{ENV_CERT} is not set: the CAS certificate to trust is required")
+            try:
+                context = ssl.create_default_context(cafile=str(cert))
+            except (OSError, ssl.SSLError) as exc:
+                raise UsageError(f"cannot load the CAS certificate {cert}: {exc}") from None
+            context.minimum_version = ssl.TLSVersion.TLSv1_3
+            verify: ssl.SSLContext | bool = context
+        else:
+            verify = False
+        self.http = httpx2.Client(base_url=self.url, verify=verify, timeout=timeout)
+
+    @classmethod
+    def from_env(cls) -> CasClient:
+        url = os.environ.get(ENV_URL)
+        if not url:
+            raise UsageError(f"{ENV_URL} is not set: source the client.env that 'confide cas serve' wrote")
+        cert = os.environ.get(ENV_CERT)
+        return cls(url, Path(cert) if cert else None)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> CasClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx2.HTTPError as exc:
+            raise NetworkError(f"cannot reach the CAS at {self.url}: {type(exc).__name__}: {exc}") from None
+        return _raise_for(response)
+
+    def apply(self, policy: Policy, identity: Identity) -> dict[str, str]:
+        result: dict[str, str] = self._call("POST", "/v1/policies", json=policy_submission(policy, identity))
+        return result
+
+    def approve(self, name: str, digest: str, identity: Identity) -> dict[str, str]:
+        doc = sign_document(
+            {"type": APPROVAL_TYPE, "name": name, "hash": digest},
+            identity.sign,
+            identity.public.public_base64,
+        )
+        result: dict[str, str] = self._call("POST", f"/v1/policies/{name}/approvals", json=doc)
+        return result
+
+    def _read_header(self, name: str, identity: Identity) -> dict[str, str]:
+        doc = sign_document(
+            {"type": READ_TYPE, "name": name, "time": int(time.time())},
+            identity.sign,
+            identity.public.public_base64,
+        )
+        return {"X-Confide-Read": base64.b64encode(json.dumps(doc).encode()).decode()}
+
+    def show(self, name: str, identity: Identity) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(
+            "GET", f"/v1/policies/{name}", headers=self._read_header(name, identity)
+        )
+        return result
+
+    def events(self, name: str, identity: Identity) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(
+            "GET", f"/v1/policies/{name}/events", headers=self._read_header(name, identity)
+        )
+        return result
+
+    def nonce(self) -> str:
+        return str(self._call("POST", "/v1/attest/nonce")["nonce"])
+
+    def attest(self, request: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/v1/attest", json=request)
+        return result
+
+    def report_volume_tag(
+        self, policy: str, volume: str, session: str, old_tag: str, new_tag: str
+    ) -> dict[str, Any]:
+        body = {
+            "policy": policy,
+            "volume": volume,
+            "session": session,
+            "old_tag": old_tag,
+            "new_tag": new_tag,
+        }
+        result: dict[str, Any] = self._call("POST", "/v1/volumes/tag", json=body)
+        return result
+
+    def cas_evidence(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/v1/cas/evidence")
+        return result

@@ -1,0 +1,893 @@
+"""The CAS itself, without HTTP: governance, secrets, attestation and release.
+
+Every public method is one transaction: it checks, changes state and records the event in the
+same database transaction (``confide.cas.db``), or changes nothing.
+
+Signed documents (all signatures are Ed25519 over RFC 8785 canonical JSON of the document
+without its ``signature`` member; ``type`` names the purpose):
+
+- ``confide/policy/v1``: ``{"type", "policy": <policy JSON>, "signer": <base64 key>}``
+- ``confide/approval/v1``: ``{"type", "name", "hash", "signer"}``
+- ``confide/read/v1``: ``{"type", "name", "time": <unix seconds>, "signer"}`` (valid 5 minutes)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import Connection, and_, insert, select, update
+
+from confide.cas import db as t
+from confide.cas.db import Database, EventSink, raw_connection
+from confide.cas.secrets import Sealer, SecretValue, generate, render
+from confide.errors import (
+    AccessDeniedError,
+    AppraisalError,
+    BindingError,
+    ConfideError,
+    ConflictError,
+    ParseError,
+    PolicyError,
+)
+from confide.identity import PublicIdentity
+from confide.ledger.checkpoint import Checkpoint
+from confide.ledger.note import parse_note
+from confide.ledger.store import Ledger
+from confide.policy import Policy, appraise, loads_policy, policy_hash
+from confide.policy.access import is_authorized
+from confide.policy.canonical import canonical_json, jcs
+from confide.policy.placeholders import (
+    Context,
+    Placeholder,
+    encoding_for,
+    render_command,
+    render_environment,
+    render_file,
+)
+from confide.verify.dcap import _Lru
+from confide.verify.result import Platform, VerifiedEvidence
+
+__all__ = [
+    "APPROVAL_TYPE",
+    "POLICY_TYPE",
+    "READ_TYPE",
+    "Cas",
+    "EvidenceVerifier",
+    "binding_report_data",
+    "decrypt_release",
+    "verify_signed",
+]
+
+POLICY_TYPE = "confide/policy/v1"
+APPROVAL_TYPE = "confide/approval/v1"
+READ_TYPE = "confide/read/v1"
+READ_WINDOW = 300
+NONCE_TTL = 60.0
+SESSION_TTL = 24 * 3600.0
+RELEASE_INFO = b"confide-release/v1"
+BINDING_PREFIX = b"confide-attest/v1\x00"
+
+
+class EvidenceVerifier(Protocol):
+    """One method: verify evidence of ``platform`` at ``at`` (collateral is the verifier's
+    business: a configured source, or ``aux`` blobs sent with the evidence)."""
+
+    def verify(
+        self, platform: Platform, evidence: bytes, aux: dict[str, bytes], *, at: datetime
+    ) -> VerifiedEvidence: ...
+
+
+def binding_report_data(public_key_der: bytes, nonce: bytes) -> bytes:
+    """The 64 bytes of report data that bind evidence to the runtime's ephemeral key and the
+    CAS nonce: SHA-512("confide-attest/v1" || 0 || SPKI DER || nonce)."""
+    return hashlib.sha512(BINDING_PREFIX + public_key_der + nonce).digest()
+
+
+def verify_signed(doc: Any, expected_type: str) -> tuple[dict[str, Any], PublicIdentity]:
+    if not isinstance(doc, dict):
+        raise ParseError("expected a JSON object", structure=expected_type)
+    if doc.get("type") != expected_type:
+        raise ParseError(
+            f"got type {doc.get('type')!r}, expected {expected_type!r}", structure="signed document"
+        )
+    sig_text = doc.get("signature")
+    if not isinstance(sig_text, str):
+        raise ParseError("missing signature", structure=expected_type, field="signature")
+    try:
+        signature = base64.b64decode(sig_text, validate=True)
+    except ValueError:
+        raise ParseError("signature is not base64", structure=expected_type, field="signature") from None
+    signer = PublicIdentity.from_base64(doc.get("signer"))
+    body = {k: v for k, v in doc.items() if k != "signature"}
+    signer.verify(signature, jcs(body))
+    return body, signer
+
+
+def sign_document(body: dict[str, Any], sign: Callable[[bytes], bytes], signer_b64: str) -> dict[str, Any]:
+    doc = {**body, "signer": signer_b64}
+    return {**doc, "signature": base64.b64encode(sign(jcs(doc))).decode()}
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    name: str
+    hash: str
+    state: str  # "active" or "pending"
+    missing: str = ""
+
+
+def _decrypt_key(sealer: Sealer, row: Any) -> SecretValue:
+    return sealer.unseal(row.sealed, policy=row.policy, name=row.name, version=row.version)
+
+
+def decrypt_release(
+    private_key: ec.EllipticCurvePrivateKey, response: dict[str, Any], nonce: bytes
+) -> dict[str, Any]:
+    """Runtime side of the release: ECDH with the CAS's ephemeral key, HKDF, AES-256-GCM."""
+    try:
+        cas_pub = serialization.load_der_public_key(base64.b64decode(response["cas_key"]))
+        iv = base64.b64decode(response["iv"])
+        ciphertext = base64.b64decode(response["ciphertext"])
+    except (KeyError, ValueError, TypeError):
+        raise ParseError("malformed release", structure="release") from None
+    if not isinstance(cas_pub, ec.EllipticCurvePublicKey):
+        raise ParseError("CAS key is not an EC key", structure="release")
+    key = _release_key(private_key.exchange(ec.ECDH(), cas_pub), cas_pub, private_key.public_key(), nonce)
+    try:
+        plain = AESGCM(key).decrypt(iv, ciphertext, RELEASE_INFO)
+    except Exception:
+        raise BindingError("the release does not decrypt with this runtime's key") from None
+    out: dict[str, Any] = json.loads(plain)
+    return out
+
+
+def _spki(key: ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _release_key(
+    shared: bytes, cas_pub: ec.EllipticCurvePublicKey, runtime_pub: ec.EllipticCurvePublicKey, nonce: bytes
+) -> bytes:
+    return HKDF(hashes.SHA256(), 32, nonce, RELEASE_INFO + _spki(cas_pub) + _spki(runtime_pub)).derive(shared)
+
+
+class Cas:
+    def __init__(
+        self,
+        database: Database,
+        sealer: Sealer,
+        verifier: EvidenceVerifier,
+        *,
+        events: EventSink | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = database
+        self.sealer = sealer
+        self.verifier = verifier
+        self.events = events or EventSink()
+        self.clock = clock
+        self.nonce_key = sealer.derive_key(b"confide-nonce/v1")
+        self._policies: _Lru[tuple[str, str], Policy] = _Lru(256)
+
+    # -- governance ---------------------------------------------------------------------------
+    def apply(self, submission: Any) -> ApplyResult:
+        body, signer = verify_signed(submission, POLICY_TYPE)
+        policy_obj = body.get("policy")
+        if not isinstance(policy_obj, dict):
+            raise ParseError("policy must be a JSON object", structure=POLICY_TYPE, field="policy")
+        policy = loads_policy(json.dumps(policy_obj), source=f"policy {policy_obj.get('name', '?')!s:.64}")
+        digest = policy_hash(policy)
+        document = canonical_json(policy).decode()
+        now = self.clock()
+        with self.db.write() as conn:
+            head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == policy.name)).first()
+            existing = conn.execute(
+                select(t.policies.c.state).where(
+                    and_(t.policies.c.name == policy.name, t.policies.c.hash == digest)
+                )
+            ).first()
+            if existing is not None:
+                raise ConflictError(
+                    f"policy {policy.name} version {digest[:16]}… was already submitted ({existing.state})"
+                )
+            if head is None:
+                if policy.predecessor is not None:
+                    raise ConflictError(
+                        f"policy {policy.name} does not exist; a new policy has no predecessor"
+                    )
+                creator = signer.fingerprint
+                state = "active"
+            else:
+                creator = head.creator
+                if policy.predecessor != head.hash:
+                    raise ConflictError(
+                        f"policy {policy.name}: predecessor is {policy.predecessor or 'absent'}, the current "
+                        f"version is {head.hash} (someone else updated it first; rebase your change)"
+                    )
+                current = self._load(conn, policy.name, head.hash)
+                rules = current.access_policy.update
+                if is_authorized(rules, {signer.fingerprint}, creator=creator):
+                    state = "active"
+                elif _mentions(rules, signer.fingerprint, creator):
+                    state = "pending"
+                else:
+                    self.events.record(
+                        conn, "policy-update-refused", policy.name, {"signer": signer.fingerprint}
+                    )
+                    raise AccessDeniedError(
+                        f"identity {signer.fingerprint[:16]}… may not update policy {policy.name}"
+                    )
+            seq = 1 + (
+                conn.execute(
+                    select(t.policies.c.seq)
+                    .where(t.policies.c.name == policy.name)
+                    .order_by(t.policies.c.seq.desc())
+                    .limit(1)
+                ).scalar()
+                or 0
+            )
+            conn.execute(
+                insert(t.policies).values(
+                    name=policy.name, hash=digest, seq=seq, predecessor=policy.predecessor,
+                    document=document, submission=json.dumps(submission, sort_keys=True),
+                    submitter=signer.fingerprint, creator=creator, state=state, created_at=now,
+                )
+            )  # fmt: skip
+            payload: dict[str, Any] = {
+                "hash": digest, "predecessor": policy.predecessor, "signer": signer.fingerprint,
+                "submission_sha256": hashlib.sha256(jcs(submission)).hexdigest(),
+            }  # fmt: skip
+            if any(sec.value is not None for sec in policy.secrets):
+                # The document carries explicit secret values: the ledger records its hash only.
+                payload["submission_withheld"] = "explicit secret values"
+            else:
+                payload["submission"] = jcs(submission).decode()
+            if state == "active":
+                self._activate(conn, policy, digest, creator, head is None)
+                self.events.record(
+                    conn, "policy-created" if head is None else "policy-updated", policy.name, payload
+                )
+            else:
+                self.events.record(conn, "policy-pending", policy.name, payload)
+        return ApplyResult(policy.name, digest, state)
+
+    def approve(self, approval: Any) -> ApplyResult:
+        body, signer = verify_signed(approval, APPROVAL_TYPE)
+        name, digest = body.get("name"), body.get("hash")
+        if not isinstance(name, str) or not isinstance(digest, str):
+            raise ParseError("name and hash must be strings", structure=APPROVAL_TYPE)
+        with self.db.write() as conn:
+            row = conn.execute(
+                select(t.policies).where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
+            ).first()
+            if row is None:
+                raise ConflictError(f"no submitted version {digest[:16]}… of policy {name}")
+            if row.state != "pending":
+                raise ConflictError(
+                    f"policy {name} version {digest[:16]}… is {row.state}, not pending approval"
+                )
+            head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).one()
+            if row.predecessor != head.hash:
+                conn.execute(
+                    update(t.policies)
+                    .where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
+                    .values(state="stale")
+                )
+                self.events.record(conn, "policy-stale", name, {"hash": digest})
+                raise ConflictError(
+                    f"policy {name} changed since version {digest[:16]}… was submitted; "
+                    "it can no longer be applied"
+                )
+            current = self._load(conn, name, head.hash)
+            rules = current.access_policy.update
+            if not _mentions(rules, signer.fingerprint, head.creator):
+                raise AccessDeniedError(
+                    f"identity {signer.fingerprint[:16]}… is not on the update board of {name}"
+                )
+            already = conn.execute(
+                select(t.approvals.c.signer).where(
+                    and_(
+                        t.approvals.c.name == name,
+                        t.approvals.c.hash == digest,
+                        t.approvals.c.signer == signer.fingerprint,
+                    )
+                )
+            ).first()
+            if already is None:
+                conn.execute(
+                    insert(t.approvals).values(
+                        name=name, hash=digest, signer=signer.fingerprint,
+                        document=json.dumps(approval, sort_keys=True), created_at=self.clock(),
+                    )
+                )  # fmt: skip
+            self.events.record(
+                conn, "policy-approved", name,
+                {"hash": digest, "signer": signer.fingerprint, "approval": jcs(approval).decode()},
+            )  # fmt: skip
+            approvers = {
+                r.signer
+                for r in conn.execute(
+                    select(t.approvals.c.signer).where(
+                        and_(t.approvals.c.name == name, t.approvals.c.hash == digest)
+                    )
+                )
+            }
+            approvers.add(row.submitter)
+            if not is_authorized(rules, approvers, creator=head.creator):
+                return ApplyResult(name, digest, "pending")
+            policy = self._load(conn, name, digest, state=None)
+            conn.execute(
+                update(t.policies)
+                .where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
+                .values(state="active")
+            )
+            self._activate(conn, policy, digest, head.creator, False)
+            self.events.record(
+                conn,
+                "policy-updated",
+                name,
+                {"hash": digest, "predecessor": row.predecessor, "approvers": sorted(approvers)},
+            )
+        return ApplyResult(name, digest, "active")
+
+    def _load(self, conn: Connection, name: str, digest: str, state: str | None = "active") -> Policy:
+        row = conn.execute(
+            select(t.policies.c.document).where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
+        ).first()
+        if row is None:
+            raise ConflictError(f"policy {name} version {digest} not found")
+        cached = self._policies.get((name, digest))
+        if cached is None:
+            # The stored document is the canonical JSON of a validated policy; a version's hash
+            # names its content, so the parsed object can be cached by (name, hash).
+            cached = loads_policy(row.document, source=f"stored policy {name}")
+            if policy_hash(cached) != digest:
+                raise ConflictError(
+                    f"stored policy {name} does not hash to {digest}: the database was altered"
+                )
+            self._policies.put((name, digest), cached)
+        return cached
+
+    def _activate(self, conn: Connection, policy: Policy, digest: str, creator: str, created: bool) -> None:
+        now = self.clock()
+        if created:
+            conn.execute(
+                insert(t.policy_heads).values(name=policy.name, hash=digest, creator=creator, updated_at=now)
+            )
+        else:
+            conn.execute(
+                update(t.policies)
+                .where(
+                    and_(
+                        t.policies.c.name == policy.name,
+                        t.policies.c.state == "active",
+                        t.policies.c.hash != digest,
+                    )
+                )
+                .values(state="superseded")
+            )
+            conn.execute(
+                update(t.policy_heads)
+                .where(t.policy_heads.c.name == policy.name)
+                .values(hash=digest, updated_at=now)
+            )
+        self._generate_secrets(conn, policy, digest)
+        self._prepare_volumes(conn, policy, digest)
+
+    def _prepare_volumes(self, conn: Connection, policy: Policy, digest: str) -> None:
+        """Each volume gets a key (the policy's ``fspf_key``, else generated and kept across
+        updates) and a current tag (the policy's ``fspf_tag`` when it declares a new one)."""
+        for vol in policy.volumes:
+            if vol.import_ is not None:
+                continue
+            key_name = f"volume/{vol.name}"
+            row = self._latest_secret(conn, policy.name, key_name)
+            public = json.loads(row.public) if row is not None else {}
+            declared_key = vol.fspf_key if vol.fspf_key and "$$" not in vol.fspf_key else None
+            if row is None or (declared_key and public.get("declared_key_sha256") != _sha(declared_key)):
+                value = SecretValue(
+                    "volume-key", bytes.fromhex(declared_key) if declared_key else os.urandom(32)
+                )
+                version = (row.version + 1) if row is not None else 1
+                meta = {
+                    "kind": "volume-key",
+                    "declared_key_sha256": _sha(declared_key) if declared_key else None,
+                }
+                conn.execute(
+                    insert(t.secrets).values(
+                        policy=policy.name, name=key_name, version=version, kind="volume-key",
+                        sealed=self.sealer.seal(value, policy=policy.name, name=key_name, version=version),
+                        public=json.dumps(meta), created_at=self.clock(),
+                    )
+                )  # fmt: skip
+            current = conn.execute(
+                select(t.volume_tags).where(
+                    and_(t.volume_tags.c.policy == policy.name, t.volume_tags.c.volume == vol.name)
+                )
+            ).first()
+            declared = vol.fspf_tag or ""
+            if current is None:
+                conn.execute(
+                    insert(t.volume_tags).values(
+                        policy=policy.name,
+                        volume=vol.name,
+                        tag=declared,
+                        generation=0,
+                        updated_at=self.clock(),
+                    )
+                )
+                self.events.record(
+                    conn,
+                    "volume-tag",
+                    policy.name,
+                    {"volume": vol.name, "tag": declared, "generation": 0, "by": digest},
+                )
+            elif vol.fspf_tag and vol.fspf_tag != current.tag and public.get("declared_tag") != vol.fspf_tag:
+                conn.execute(
+                    update(t.volume_tags)
+                    .where(and_(t.volume_tags.c.policy == policy.name, t.volume_tags.c.volume == vol.name))
+                    .values(tag=vol.fspf_tag, generation=current.generation + 1, updated_at=self.clock())
+                )
+                self.events.record(
+                    conn,
+                    "volume-tag",
+                    policy.name,
+                    {
+                        "volume": vol.name,
+                        "tag": vol.fspf_tag,
+                        "generation": current.generation + 1,
+                        "by": digest,
+                    },
+                )
+
+    def update_volume_tag(self, request: Any) -> dict[str, Any]:
+        """A running, attested service reports its volume's new tag (compare-and-swap on the
+        current tag, so an old copy of a volume can never become current again)."""
+        if not isinstance(request, dict):
+            raise ParseError("expected a JSON object", structure="volume tag update")
+        try:
+            policy_name, volume = str(request["policy"]), str(request["volume"])
+            token = bytes.fromhex(str(request["session"]))
+            old_tag, new_tag = str(request["old_tag"]), str(request["new_tag"])
+            bytes.fromhex(new_tag)
+        except (KeyError, ValueError, TypeError):
+            raise ParseError(
+                "expected policy, volume, session (hex), old_tag, new_tag (hex)",
+                structure="volume tag update",
+            ) from None
+        with self.db.write() as conn:
+            session = conn.execute(
+                select(t.sessions).where(t.sessions.c.token_sha256 == hashlib.sha256(token).hexdigest())
+            ).first()
+            if session is None or session.expires_at < self.clock() or session.policy != policy_name:
+                raise AccessDeniedError("no attested session of this policy presented that token")
+            head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == policy_name)).one()
+            policy = self._load(conn, policy_name, head.hash)
+            if volume not in {v.name for v in _service_volumes(policy, policy.service(session.service))}:
+                raise AccessDeniedError(f"service {session.service} does not mount volume {volume}")
+            row = conn.execute(
+                select(t.volume_tags).where(
+                    and_(t.volume_tags.c.policy == policy_name, t.volume_tags.c.volume == volume)
+                )
+            ).first()
+            if row is None:
+                raise ConflictError(f"policy {policy_name} has no volume {volume}")
+            if not hmac.compare_digest(row.tag, old_tag):
+                raise ConflictError(
+                    f"volume {volume}: the update starts from tag {old_tag[:16]}…, "
+                    f"the current tag is {row.tag[:16]}…"
+                )
+            generation = row.generation + 1
+            conn.execute(
+                update(t.volume_tags)
+                .where(and_(t.volume_tags.c.policy == policy_name, t.volume_tags.c.volume == volume))
+                .values(tag=new_tag, generation=generation, updated_at=self.clock())
+            )
+            self.events.record(
+                conn, "volume-tag", policy_name,
+                {"volume": volume, "tag": new_tag, "previous": old_tag, "generation": generation,
+                 "service": session.service, "measurement": session.measurement},
+            )  # fmt: skip
+        return {"volume": volume, "tag": new_tag, "generation": generation}
+
+    def _latest_secret(self, conn: Connection, policy: str, name: str) -> Any:
+        return conn.execute(
+            select(t.secrets)
+            .where(and_(t.secrets.c.policy == policy, t.secrets.c.name == name))
+            .order_by(t.secrets.c.version.desc())
+            .limit(1)
+        ).first()
+
+    def _generate_secrets(self, conn: Connection, policy: Policy, digest: str) -> None:
+        """Generate what a policy version declares; keep values whose declaration did not change
+        (secrets survive updates), create a new version where it did."""
+        resolved: dict[str, SecretValue] = {}
+        created: list[dict[str, Any]] = []
+        for spec in policy.secrets:
+            if spec.import_ is not None:
+                continue
+            fingerprint = hashlib.sha256(
+                jcs(spec.model_dump(mode="json", by_alias=True, exclude={"export", "export_public"}))
+            ).hexdigest()
+            row = self._latest_secret(conn, policy.name, spec.name)
+            if row is not None and json.loads(row.public).get("spec") == fingerprint:
+                resolved[spec.name] = _decrypt_key(self.sealer, row)
+                continue
+            value = generate(spec, resolved=resolved)
+            resolved[spec.name] = value
+            version = (row.version + 1) if row is not None else 1
+            public = {**value.public_info(), "spec": fingerprint}
+            conn.execute(
+                insert(t.secrets).values(
+                    policy=policy.name, name=spec.name, version=version, kind=value.kind,
+                    sealed=self.sealer.seal(value, policy=policy.name, name=spec.name, version=version),
+                    public=json.dumps(public), created_at=self.clock(),
+                )
+            )  # fmt: skip
+            created.append({"name": spec.name, "version": version, "kind": value.kind})
+        if created:
+            self.events.record(conn, "secrets-generated", policy.name, {"hash": digest, "secrets": created})
+
+    def show(self, read_request: Any) -> dict[str, Any]:
+        body, signer = verify_signed(read_request, READ_TYPE)
+        name, when = body.get("name"), body.get("time")
+        if not isinstance(name, str) or not isinstance(when, int) or isinstance(when, bool):
+            raise ParseError("name and time are required", structure=READ_TYPE)
+        if abs(self.clock() - when) > READ_WINDOW:
+            raise AccessDeniedError(
+                f"read request time {when} is more than {READ_WINDOW}s from the CAS clock"
+            )
+        with self.db.read() as conn:
+            head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
+            if head is None:
+                raise AccessDeniedError(f"no policy {name} readable by {signer.fingerprint[:16]}…")
+            policy = self._load(conn, name, head.hash)
+            if not is_authorized(policy.access_policy.read, {signer.fingerprint}, creator=head.creator):
+                raise AccessDeniedError(f"no policy {name} readable by {signer.fingerprint[:16]}…")
+            versions = [
+                {
+                    "hash": r.hash,
+                    "seq": r.seq,
+                    "state": r.state,
+                    "predecessor": r.predecessor,
+                    "submitter": r.submitter,
+                }
+                for r in conn.execute(
+                    select(t.policies).where(t.policies.c.name == name).order_by(t.policies.c.seq)
+                )
+            ]
+            secrets: dict[str, Any] = {}
+            for r in conn.execute(
+                select(t.secrets).where(t.secrets.c.policy == name).order_by(t.secrets.c.version)
+            ):
+                info = json.loads(r.public)
+                info.pop("spec", None)
+                secrets[r.name] = {**info, "version": r.version}
+        return {
+            "name": name,
+            "hash": head.hash,
+            "creator": head.creator,
+            "policy": json.loads(canonical_json(policy)),
+            "versions": versions,
+            "secrets": secrets,
+        }
+
+    # -- attestation --------------------------------------------------------------------------
+    def new_nonce(self) -> str:
+        """A nonce that needs no database write: expiry (ms) || 16 random bytes || MAC. The CAS
+        checks the MAC and expiry at attestation and records the nonce as used there (single
+        use); replicas sharing the master key accept each other's nonces."""
+        expiry = int((self.clock() + NONCE_TTL) * 1000).to_bytes(8, "big")
+        body = expiry + os.urandom(16)
+        return (body + self._nonce_mac(body)).hex()
+
+    def _nonce_mac(self, body: bytes) -> bytes:
+        return hmac.new(self.nonce_key, body, hashlib.sha256).digest()[:8]
+
+    def _check_nonce(self, conn: Connection, nonce: bytes) -> None:
+        if len(nonce) != 32 or not hmac.compare_digest(self._nonce_mac(nonce[:24]), nonce[24:]):
+            raise BindingError("nonce was not issued by this CAS")
+        expires = int.from_bytes(nonce[:8], "big") / 1000
+        now = self.clock()
+        if expires < now:
+            raise BindingError("nonce has expired")
+        if conn.execute(select(t.nonces.c.nonce).where(t.nonces.c.nonce == nonce.hex())).first() is not None:
+            raise BindingError("nonce was already used")
+        conn.execute(t.nonces.delete().where(t.nonces.c.expires_at < now))
+        conn.execute(insert(t.nonces).values(nonce=nonce.hex(), expires_at=expires, used=1))
+
+    def attest(self, request: Any) -> dict[str, Any]:
+        """Verify, bind, appraise, release. Returns the release encrypted to the runtime key."""
+        if not isinstance(request, dict):
+            raise ParseError("expected a JSON object", structure="attestation request")
+        try:
+            policy_name = str(request["policy"])
+            service_name = str(request["service"])
+            platform = Platform(str(request["platform"]))
+            evidence = base64.b64decode(request["evidence"], validate=True)
+            key_der = base64.b64decode(request["public_key"], validate=True)
+            nonce = bytes.fromhex(str(request["nonce"]))
+            aux = {
+                str(k): base64.b64decode(v, validate=True) for k, v in dict(request.get("aux") or {}).items()
+            }
+        except (KeyError, ValueError, TypeError):
+            raise ParseError(
+                "expected policy, service, platform, evidence (base64), public_key (base64 DER), nonce (hex)",
+                structure="attestation request",
+            ) from None
+        try:
+            runtime_key = serialization.load_der_public_key(key_der)
+        except ValueError:
+            raise ParseError(
+                "public_key is not a DER SubjectPublicKeyInfo", structure="attestation request"
+            ) from None
+        if not isinstance(runtime_key, ec.EllipticCurvePublicKey) or not isinstance(
+            runtime_key.curve, ec.SECP256R1
+        ):
+            raise ParseError("public_key must be a P-256 key", structure="attestation request")
+        at = datetime.fromtimestamp(self.clock(), UTC)
+        digest = hashlib.sha256(evidence).hexdigest()
+        outcome: dict[str, Any] = {
+            "service": service_name,
+            "platform": platform.value,
+            "evidence_sha256": digest,
+        }
+        error: ConfideError | None = None
+        with self.db.write() as conn:
+            try:
+                # 1. The nonce is ours, fresh and unused (single use).
+                self._check_nonce(conn, nonce)
+                # 2. The same evidence is never accepted twice.
+                if (
+                    conn.execute(select(t.evidence_seen).where(t.evidence_seen.c.digest == digest)).first()
+                    is not None
+                ):
+                    raise BindingError("this evidence was presented before (replay)")
+                conn.execute(insert(t.evidence_seen).values(digest=digest, seen_at=self.clock()))
+                # 3. Verify (signatures, chains, collateral).
+                verified = self.verifier.verify(platform, evidence, aux, at=at)
+                outcome.update(_evidence_summary(verified))
+                # 4. The evidence binds the runtime's key and our nonce.
+                expected = binding_report_data(key_der, nonce).hex()
+                got = str(verified.claims.get("report_data", ""))
+                if not hmac.compare_digest(got.lower(), expected):
+                    raise BindingError(
+                        f"report data got {got[:32]}…, expected SHA-512 binding of the key and nonce"
+                    )
+                # 5. Appraise against the service's policy.
+                head = conn.execute(
+                    select(t.policy_heads).where(t.policy_heads.c.name == policy_name)
+                ).first()
+                if head is None:
+                    raise AccessDeniedError(f"no policy {policy_name}")
+                outcome["policy_hash"] = head.hash
+                policy = self._load(conn, policy_name, head.hash)
+                try:
+                    service = policy.service(service_name)
+                except KeyError:
+                    raise AccessDeniedError(f"policy {policy_name} has no service {service_name}") from None
+                result = appraise(verified, policy, service_name, at=at)
+                outcome["tolerated"] = sorted(str(x) for x in getattr(result, "tolerated", ()) or ())
+                if not result.accepted:
+                    raise AppraisalError(
+                        f"{len(result.reasons)} mismatch(es): " + "; ".join(str(r) for r in result.reasons),
+                        problems=[str(r) for r in result.reasons],
+                    )
+                # 6. Release: configuration with secrets, encrypted to the runtime key, and a
+                #    session token with which the service reports its volumes' new tags.
+                config, released = self._render(conn, policy, head.hash, service)
+                token = os.urandom(32)
+                conn.execute(
+                    insert(t.sessions).values(
+                        token_sha256=hashlib.sha256(token).hexdigest(), policy=policy_name,
+                        service=service_name, measurement=outcome.get("measurement"),
+                        expires_at=self.clock() + SESSION_TTL,
+                    )
+                )  # fmt: skip
+                config["session"] = token.hex()
+            except ConfideError as exc:
+                # A refusal is recorded too; the transaction commits the record (and the used
+                # nonce), then the error is raised.
+                outcome.update({"verdict": "refused", "reason_class": exc.kind, "reason": exc.message[:500]})
+                self.events.record(conn, "attestation", policy_name, outcome)
+                error = exc
+            else:
+                outcome["verdict"] = "accepted"
+                self.events.record(conn, "attestation", policy_name, outcome)
+                self.events.record(
+                    conn,
+                    "secret-release",
+                    policy_name,
+                    {"service": service_name, "policy_hash": head.hash, "secrets": released,
+                     "runtime_key_sha256": hashlib.sha256(key_der).hexdigest(),
+                     "measurement": outcome.get("measurement")},
+                )  # fmt: skip
+                return self._encrypt(config, runtime_key, nonce)
+        assert error is not None
+        raise error
+
+    def _encrypt(
+        self, config: dict[str, Any], runtime_key: ec.EllipticCurvePublicKey, nonce: bytes
+    ) -> dict[str, Any]:
+        eph = ec.generate_private_key(ec.SECP256R1())
+        key = _release_key(eph.exchange(ec.ECDH(), runtime_key), eph.public_key(), runtime_key, nonce)
+        iv = os.urandom(12)
+        ciphertext = AESGCM(key).encrypt(iv, json.dumps(config).encode(), RELEASE_INFO)
+        return {
+            "cas_key": base64.b64encode(_spki(eph.public_key())).decode(),
+            "iv": base64.b64encode(iv).decode(),
+            "ciphertext": base64.b64encode(ciphertext).decode(),
+        }
+
+    def _secret_value(
+        self, conn: Connection, policy: Policy, digest: str, name: str
+    ) -> tuple[SecretValue, dict[str, Any]]:
+        spec = policy.secret(name)
+        if spec.import_ is None:
+            row = self._latest_secret(conn, policy.name, name)
+            if row is None:
+                raise PolicyError(f"secret {name} of {policy.name} has no value")
+            return _decrypt_key(self.sealer, row), {
+                "policy": policy.name,
+                "name": name,
+                "version": row.version,
+            }
+        imp = spec.import_
+        head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == imp.session)).first()
+        if head is None:
+            raise AccessDeniedError(f"import {name}: policy {imp.session} does not exist")
+        if imp.session_hash is not None and imp.session_hash != head.hash:
+            raise AccessDeniedError(
+                f"import {name}: policy {imp.session} is at {head.hash[:16]}…, "
+                f"the import pins {imp.session_hash[:16]}…"
+            )
+        exporter = self._load(conn, imp.session, head.hash)
+        try:
+            exported = exporter.secret(imp.secret)
+        except KeyError:
+            raise AccessDeniedError(f"import {name}: {imp.session} has no secret {imp.secret}") from None
+        allowed = any(
+            e.session == policy.name and (e.session_hash is None or e.session_hash == digest)
+            for e in exported.export
+        )
+        if not allowed:
+            raise AccessDeniedError(
+                f"import {name}: {imp.session} does not export {imp.secret} to this version of {policy.name}"
+            )
+        row = self._latest_secret(conn, imp.session, imp.secret)
+        if row is None:
+            raise PolicyError(f"import {name}: {imp.session}/{imp.secret} has no value")
+        return _decrypt_key(self.sealer, row), {
+            "policy": imp.session,
+            "name": imp.secret,
+            "version": row.version,
+        }
+
+    def _render(
+        self, conn: Connection, policy: Policy, digest: str, service: Any
+    ) -> tuple[dict[str, Any], list[Any]]:
+        released: dict[tuple[str, str], dict[str, Any]] = {}
+        cache: dict[str, SecretValue] = {}
+
+        def resolver(context: Context) -> Callable[[Placeholder], bytes]:
+            def resolve(ph: Placeholder) -> bytes:
+                if ph.name not in cache:
+                    value, ref = self._secret_value(conn, policy, digest, ph.name)
+                    cache[ph.name] = value
+                    released[(ref["policy"], ref["name"])] = ref
+                value = cache[ph.name]
+                try:
+                    encoding = encoding_for(value.kind, ph.format, context)
+                except ValueError as exc:
+                    raise PolicyError(f"$$SCONE::{ph.name}$$: {exc}") from None
+                assert encoding is not None
+                return render(value, encoding)
+
+            return resolve
+
+        config: dict[str, Any] = {
+            "command": render_command(service.command, resolver(Context.COMMAND))
+            if service.command
+            else None,
+            "environment": render_environment(service.environment, resolver(Context.ENVIRONMENT)),
+            "pwd": service.pwd,
+            "files": {},
+        }
+        volumes = []
+        for mount in _service_volumes(policy, service):
+            key_row = self._latest_secret(conn, policy.name, f"volume/{mount.name}")
+            tag_row = conn.execute(
+                select(t.volume_tags).where(
+                    and_(t.volume_tags.c.policy == policy.name, t.volume_tags.c.volume == mount.name)
+                )
+            ).first()
+            if key_row is None or tag_row is None:
+                raise PolicyError(f"volume {mount.name} of {policy.name} has no key or tag")
+            key = _decrypt_key(self.sealer, key_row)
+            volumes.append(
+                {"name": mount.name, "path": mount.path, "key": key.data.hex(), "tag": tag_row.tag,
+                 "generation": tag_row.generation}
+            )  # fmt: skip
+            ref = {"policy": policy.name, "name": f"volume/{mount.name}", "version": key_row.version}
+            released[(policy.name, f"volume/{mount.name}")] = ref
+        config["volumes"] = volumes
+        image = (
+            next((i for i in policy.images if i.name == service.image_name), None)
+            if service.image_name
+            else None
+        )
+        if image is not None:
+            for f in image.injection_files:
+                if f.content is not None:
+                    content = render_file(f.content, resolver(Context.FILE), where=f"injection file {f.path}")
+                    config["files"][f.path] = base64.b64encode(content).decode()
+        return config, sorted(released.values(), key=lambda r: (r["policy"], r["name"]))
+
+    def events_for(self, read_request: Any) -> dict[str, Any]:
+        """The ledger entries of a policy, for identities that may read it, each with its
+        inclusion proof in the latest signed checkpoint (``checkpoint``, a C2SP signed note)."""
+        info = self.show(read_request)
+        with self.db.read() as conn:
+            raw = raw_connection(conn)
+            note = Ledger.latest_checkpoint(raw)
+            size = Checkpoint.from_text(parse_note(note).text).size if note else 0
+            ledger = Ledger()
+            out = []
+            rows = conn.execute(
+                select(t.events).where(t.events.c.policy == info["name"]).order_by(t.events.c.seq)
+            )
+            for r in rows:
+                index = r.seq - 1
+                entry = Ledger.entry(raw, index)
+                event: dict[str, Any] = {"seq": r.seq, "index": index, "at": r.at, "type": r.type,
+                                         "payload": json.loads(r.payload)}  # fmt: skip
+                if entry is not None:
+                    event["entry"] = base64.b64encode(entry).decode()
+                if index < size:
+                    event["inclusion_proof"] = [h.hex() for h in ledger.inclusion_proof(raw, index, size)]
+                out.append(event)
+        return {"checkpoint": note.decode() if note else None, "size": size, "events": out}
+
+
+def _evidence_summary(v: VerifiedEvidence) -> dict[str, Any]:
+    c = v.claims
+    measurement = c.get("measurement") or c.get("mr_enclave") or c.get("mr_td") or c.get("pcr0")
+    return {
+        "measurement": measurement,
+        "tcb_status": v.tcb_status.value if v.tcb_status else None,
+        "advisories": list(v.advisory_ids),
+        "debug": c.get("debug"),
+        "simulated": v.simulated,
+    }
+
+
+def _sha(text: str | None) -> str | None:
+    return hashlib.sha256(text.encode()).hexdigest() if text else None
+
+
+def _service_volumes(policy: Policy, service: Any) -> list[Any]:
+    """The volumes a service mounts: those of its image (``images[].volumes``: name and path)."""
+    if not service.image_name:
+        return []
+    image = next((i for i in policy.images if i.name == service.image_name), None)
+    return list(image.volumes) if image is not None else []
+
+
+def _mentions(rules: Any, fingerprint: str, creator: str) -> bool:
+    """Whether ``fingerprint`` appears anywhere in the rules (as itself or as CREATOR)."""
+    dumped = [r if isinstance(r, str) else r.model_dump(mode="json", by_alias=True) for r in rules]
+    text = json.dumps(dumped)
+    return fingerprint in text or (fingerprint == creator and "CREATOR" in text)

@@ -1,0 +1,279 @@
+"""CAS storage: one code path for embedded SQLite and PostgreSQL (SQLAlchemy Core).
+
+Every state change runs in :meth:`Database.write`, a transaction that holds the CAS write lock:
+``BEGIN IMMEDIATE`` on SQLite (WAL, ``busy_timeout``), ``SELECT ... FOR UPDATE`` of the single
+``cas_lock`` row on PostgreSQL. State changes and the events that record them are written in
+the same transaction, so either both are durable or neither is. Reads use plain transactions.
+
+Schema versions are applied in order by :func:`migrate` (recorded in ``meta``), under the lock,
+so several CAS replicas starting together on one PostgreSQL migrate once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.pool import QueuePool
+
+from confide.errors import StorageError
+from confide.ledger.db import Conn
+from confide.ledger.db import execute as ledger_execute
+from confide.ledger.db import schema as ledger_schema
+
+__all__ = ["Database", "EventSink", "metadata"]
+
+metadata = MetaData()
+
+cas_lock = Table("cas_lock", metadata, Column("id", Integer, primary_key=True))
+meta = Table(
+    "meta", metadata, Column("key", String(64), primary_key=True), Column("value", Text, nullable=False)
+)
+policies = Table(
+    "policies",
+    metadata,
+    Column("name", String(128), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("predecessor", String(64)),
+    Column("document", Text, nullable=False),  # canonical policy JSON
+    Column("submission", Text, nullable=False),  # the signed submission as received
+    Column("submitter", String(64), nullable=False),
+    Column("creator", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # active | pending | superseded | stale
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("name", "hash"),
+)
+policy_heads = Table(
+    "policy_heads",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("hash", String(64), nullable=False),
+    Column("creator", String(64), nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("name", String(128), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("signer", String(64), nullable=False),
+    Column("document", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("name", "hash", "signer"),
+)
+secrets = Table(
+    "secrets",
+    metadata,
+    Column("policy", String(128), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("sealed", LargeBinary, nullable=False),
+    Column("public", Text, nullable=False),  # JSON: non-secret parts (certificate, public key)
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("policy", "name", "version"),
+)
+nonces = Table(
+    "nonces",
+    metadata,
+    Column("nonce", String(64), primary_key=True),
+    Column("expires_at", Float, nullable=False),
+    Column("used", Integer, nullable=False),
+)
+evidence_seen = Table(
+    "evidence_seen",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("seen_at", Float, nullable=False),
+)
+events = Table(
+    "events",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", Float, nullable=False),
+    Column("type", String(48), nullable=False),
+    Column("policy", String(128)),
+    Column("payload", Text, nullable=False),
+)
+volume_tags = Table(
+    "volume_tags",
+    metadata,
+    Column("policy", String(128), nullable=False),
+    Column("volume", String(128), nullable=False),
+    Column("tag", String(64), nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    PrimaryKeyConstraint("policy", "volume"),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("token_sha256", String(64), primary_key=True),
+    Column("policy", String(128), nullable=False),
+    Column("service", String(128), nullable=False),
+    Column("measurement", String(128)),
+    Column("expires_at", Float, nullable=False),
+)
+
+SCHEMA_VERSION = 1
+
+
+def raw_connection(conn: Connection) -> Conn:
+    """The DB-API connection under a SQLAlchemy connection (same transaction)."""
+    raw = conn.connection.driver_connection
+    if raw is None:
+        raise StorageError("the database connection is closed")
+    return cast(Conn, raw)
+
+
+def init_ledger_schema(conn: Connection) -> None:
+    """The transparency ledger's tables live in the CAS database (same transactions)."""
+    raw = raw_connection(conn)
+    for statement in ledger_schema(raw):
+        ledger_execute(raw, statement)
+
+
+def _v1(conn: Connection) -> None:
+    metadata.create_all(conn)
+    init_ledger_schema(conn)
+
+
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1}
+
+
+class EventSink:
+    """The narrow interface between CAS state changes and the transparency log: ``record`` is
+    called inside the write transaction of the change it describes. Values are never secret:
+    callers pass names, hashes, versions and fingerprints only."""
+
+    def record(self, conn: Connection, type_: str, policy: str | None, payload: dict[str, Any]) -> int:
+        last = conn.execute(select(events.c.seq).order_by(events.c.seq.desc()).limit(1)).scalar()
+        seq = (last or 0) + 1
+        conn.execute(
+            insert(events).values(
+                seq=seq,
+                at=time.time(),
+                type=type_,
+                policy=policy,
+                payload=json.dumps(payload, sort_keys=True),
+            )
+        )
+        return seq
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        try:
+            if self.is_sqlite:
+                # A small pool: connections (and their PRAGMAs) are reused; SQLite serialises
+                # writers with BEGIN IMMEDIATE anyway.
+                self.engine: Engine = create_engine(
+                    url,
+                    connect_args={"check_same_thread": False, "timeout": 30},
+                    poolclass=QueuePool,
+                    pool_size=4,
+                    max_overflow=8,
+                )
+                self._sqlite_hooks()
+            else:
+                if url.startswith("postgresql://"):
+                    url = "postgresql+psycopg://" + url[len("postgresql://") :]
+                self.engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=16)
+        except (SQLAlchemyError, ValueError) as exc:
+            raise StorageError(f"cannot open database {self.redacted_url}: {type(exc).__name__}") from None
+
+    @property
+    def redacted_url(self) -> str:
+        if "@" in self.url and "://" in self.url:
+            scheme, rest = self.url.split("://", 1)
+            return f"{scheme}://***@{rest.split('@', 1)[1]}"
+        return self.url
+
+    def _sqlite_hooks(self) -> None:
+        @event.listens_for(self.engine, "connect")
+        def _connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(self.engine, "begin")
+        def _begin(conn: Connection) -> None:
+            mode = "" if conn.get_execution_options().get("confide_read") else " IMMEDIATE"
+            conn.exec_driver_sql(f"BEGIN{mode}")
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A serialised read-write transaction (the CAS write lock is held until commit)."""
+        try:
+            with self.engine.begin() as conn:
+                if not self.is_sqlite:
+                    conn.execute(select(cas_lock.c.id).where(cas_lock.c.id == 1).with_for_update())
+                yield conn
+        except OperationalError as exc:
+            raise StorageError(f"database error: {type(exc.orig).__name__ if exc.orig else exc}") from None
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect().execution_options(confide_read=True) as conn, conn.begin():
+                yield conn
+        except OperationalError as exc:
+            raise StorageError(f"database error: {type(exc.orig).__name__ if exc.orig else exc}") from None
+
+    def migrate(self) -> int:
+        """Apply pending schema migrations; returns the schema version."""
+        if not self.is_sqlite:
+            with self.engine.begin() as conn:
+                conn.execute(text("CREATE TABLE IF NOT EXISTS cas_lock (id INTEGER PRIMARY KEY)"))
+                conn.execute(text("INSERT INTO cas_lock (id) VALUES (1) ON CONFLICT DO NOTHING"))
+        with self.write() as conn:
+            meta.create(conn, checkfirst=True)
+            current = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+            version = int(current) if current else 0
+            if version > SCHEMA_VERSION:
+                raise StorageError(f"database schema {version} is newer than this CAS ({SCHEMA_VERSION})")
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                _MIGRATIONS[v](conn)
+            if version == 0:
+                conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+                if self.is_sqlite:
+                    conn.execute(insert(cas_lock).values(id=1))
+            elif version != SCHEMA_VERSION:
+                conn.execute(
+                    meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
+                )
+        return SCHEMA_VERSION
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,57 @@
+"""The CAS's events, appended to the transparency ledger in the transaction of the change.
+
+The narrow interface between the CAS and the ledger is :meth:`EventSink.record`: the CAS calls
+it inside the write transaction of every state change and attestation outcome; this sink turns
+the event into a canonical ledger entry (``confide.ledger.encoding.Entry``) and appends it to
+the RFC 9162 Merkle log stored in the same database, through the same connection. The
+``events`` table keeps a per-policy index of the entries (``seq`` = ledger index + 1).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert
+
+from confide.cas import db as t
+from confide.cas.db import EventSink, raw_connection
+from confide.ledger.encoding import Entry, EntryType
+from confide.ledger.store import Ledger
+
+__all__ = ["ENTRY_TYPES", "LedgerEventSink"]
+
+ENTRY_TYPES: dict[str, EntryType] = {
+    "cas-start": EntryType.CAS_STARTED,
+    "policy-created": EntryType.POLICY_CREATED,
+    "policy-updated": EntryType.POLICY_UPDATED,
+    "policy-approved": EntryType.POLICY_APPROVED,
+    "policy-pending": EntryType.POLICY_SUBMITTED,
+    "policy-stale": EntryType.POLICY_STALE,
+    "policy-update-refused": EntryType.POLICY_REFUSED,
+    "secrets-generated": EntryType.SECRETS_GENERATED,
+    "attestation": EntryType.ATTESTATION,
+    "secret-release": EntryType.SECRET_RELEASED,
+    "volume-tag": EntryType.VOLUME_TAG,
+}
+
+
+class LedgerEventSink(EventSink):
+    def __init__(self) -> None:
+        self.ledger = Ledger()
+
+    def record(self, conn: Connection, type_: str, policy: str | None, payload: dict[str, Any]) -> int:
+        entry = Entry.create(ENTRY_TYPES[type_], datetime.now(UTC), payload, policy)
+        index = self.ledger.append(raw_connection(conn), entry.to_bytes())
+        conn.execute(
+            insert(t.events).values(
+                seq=index + 1,
+                at=time.time(),
+                type=type_,
+                policy=policy,
+                payload=json.dumps(payload, sort_keys=True),
+            )
+        )
+        return index + 1

@@ -1,0 +1,331 @@
+"""Secrets: generation, sealing at rest, and rendering into placeholders.
+
+Sealing is envelope encryption: each secret value is encrypted with a fresh data key
+(AES-256-GCM), and the data key with the CAS master key (AES-256-GCM). Both layers bind the
+policy name, the secret name and its version as associated data, so a sealed value moved to
+another row, policy or version does not decrypt. The database alone reveals nothing.
+
+Values are kept in :class:`SecretValue`; ``repr`` never shows them.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import os
+import secrets as pysecrets
+import string
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from confide.errors import PolicyError, SignatureError
+from confide.policy._types import duration_seconds
+from confide.policy.placeholders import Encoding, encode_bytes
+from confide.policy.secret import KeyType, Secret, SecretKind
+
+__all__ = ["Sealer", "SecretValue", "generate", "render"]
+
+_MAGIC = b"CSL1"
+_NONCE = 12
+_ASCII = string.ascii_letters + string.digits
+_DEFAULT_SIZE = {SecretKind.ASCII: 32, SecretKind.BINARY: 32}
+_DEFAULT_VALID = timedelta(days=365)
+
+
+@dataclass(frozen=True)
+class SecretValue:
+    """A secret's value: ``data`` is the bytes (ascii/binary), or a PKCS#8 DER private key;
+    certificates carry ``certificate`` (DER) and ``chain`` (issuer certificates, DER)."""
+
+    kind: str
+    data: bytes = field(repr=False)
+    certificate: bytes | None = None
+    chain: tuple[bytes, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"SecretValue(kind={self.kind!r}, <{len(self.data)} bytes hidden>)"
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            {
+                "kind": self.kind,
+                "data": self.data.hex(),
+                "certificate": self.certificate.hex() if self.certificate else None,
+                "chain": [c.hex() for c in self.chain],
+            }
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> SecretValue:
+        obj = json.loads(raw)
+        return cls(
+            kind=obj["kind"],
+            data=bytes.fromhex(obj["data"]),
+            certificate=bytes.fromhex(obj["certificate"]) if obj["certificate"] else None,
+            chain=tuple(bytes.fromhex(c) for c in obj["chain"]),
+        )
+
+    def public_info(self) -> dict[str, Any]:
+        """What may be shown to the policy's readers: certificates and public keys only."""
+        info: dict[str, Any] = {"kind": self.kind}
+        if self.certificate:
+            cert = x509.load_der_x509_certificate(self.certificate)
+            info["certificate"] = cert.public_bytes(serialization.Encoding.PEM).decode()
+            info["not_after"] = cert.not_valid_after_utc.isoformat()
+        if self.kind in (SecretKind.PRIVATE_KEY, SecretKind.X509, SecretKind.X509_CA):
+            info["public_key"] = _public_pem(self.data).decode()
+        if self.kind == SecretKind.PUBLIC_KEY:
+            info["public_key"] = self.data.decode()
+        return info
+
+
+class Sealer:
+    """Envelope encryption under the CAS master key (32 bytes)."""
+
+    def __init__(self, master_key: bytes) -> None:
+        if len(master_key) != 32:
+            raise ValueError("master key must be 32 bytes")
+        self._kek = AESGCM(master_key)
+        self._master = master_key
+
+    def derive_key(self, purpose: bytes) -> bytes:
+        """A 32-byte key for another purpose, derived from the master key (HKDF-SHA256)."""
+        return HKDF(hashes.SHA256(), 32, None, purpose).derive(self._master)
+
+    def __repr__(self) -> str:
+        return "Sealer(<master key hidden>)"
+
+    @staticmethod
+    def _aad(policy: str, name: str, version: int) -> bytes:
+        return (
+            b"confide-secret-v1\x00"
+            + policy.encode()
+            + b"\x00"
+            + name.encode()
+            + b"\x00"
+            + str(version).encode()
+        )
+
+    def seal(self, value: SecretValue, *, policy: str, name: str, version: int) -> bytes:
+        aad = self._aad(policy, name, version)
+        dek = AESGCM.generate_key(bit_length=256)
+        n1, n2 = os.urandom(_NONCE), os.urandom(_NONCE)
+        wrapped = self._kek.encrypt(n1, dek, aad)
+        body = AESGCM(dek).encrypt(n2, value.to_bytes(), aad)
+        return _MAGIC + n1 + wrapped + n2 + body
+
+    def unseal(self, sealed: bytes, *, policy: str, name: str, version: int) -> SecretValue:
+        aad = self._aad(policy, name, version)
+        wrapped_len = 32 + 16
+        if not sealed.startswith(_MAGIC) or len(sealed) < 4 + _NONCE + wrapped_len + _NONCE + 16:
+            raise SignatureError(f"sealed secret {policy}/{name} v{version} is malformed")
+        p = 4
+        n1 = sealed[p : p + _NONCE]
+        p += _NONCE
+        wrapped = sealed[p : p + wrapped_len]
+        p += wrapped_len
+        n2 = sealed[p : p + _NONCE]
+        p += _NONCE
+        try:
+            dek = self._kek.decrypt(n1, wrapped, aad)
+            return SecretValue.from_bytes(AESGCM(dek).decrypt(n2, sealed[p:], aad))
+        except Exception:  # InvalidTag, or a corrupt body
+            raise SignatureError(f"sealed secret {policy}/{name} v{version} does not authenticate") from None
+
+
+def _private_key(key_type: KeyType | None) -> bytes:
+    key: Any
+    match key_type:
+        case KeyType.P384:
+            key = ec.generate_private_key(ec.SECP384R1())
+        case KeyType.ED25519:
+            key = ed25519.Ed25519PrivateKey.generate()
+        case KeyType.RSA2048:
+            key = rsa.generate_private_key(65537, 2048)
+        case KeyType.RSA3072:
+            key = rsa.generate_private_key(65537, 3072)
+        case _:
+            key = ec.generate_private_key(ec.SECP256R1())
+    der: bytes = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return der
+
+
+def _load_private(der: bytes) -> Any:
+    return serialization.load_der_private_key(der, None)
+
+
+def _public_pem(private_der: bytes) -> bytes:
+    pem: bytes = (
+        _load_private(private_der)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return pem
+
+
+def _sign_algorithm(key: Any) -> hashes.SHA256 | None:
+    return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+
+
+def _duration(text: str | None) -> timedelta:
+    if not text:
+        return _DEFAULT_VALID
+    return timedelta(seconds=duration_seconds(text))
+
+
+def _certificate(
+    spec: Secret,
+    key_der: bytes,
+    *,
+    issuer: SecretValue | None,
+    now: datetime,
+    is_ca: bool,
+) -> tuple[bytes, tuple[bytes, ...]]:
+    key = _load_private(key_der)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spec.common_name or spec.name)])
+    chain: tuple[bytes, ...] = ()
+    if issuer is None:
+        issuer_name, signing_key = subject, key
+    else:
+        if issuer.certificate is None:
+            raise PolicyError(f"secret {spec.name}: issuer is not a certificate authority")
+        issuer_cert = x509.load_der_x509_certificate(issuer.certificate)
+        issuer_name, signing_key = issuer_cert.subject, _load_private(issuer.data)
+        chain = (issuer.certificate, *issuer.chain)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + _duration(spec.valid_for))
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+    )
+    if is_ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+    else:
+        names: list[x509.GeneralName] = [x509.DNSName(d) for d in (spec.dns or ())]
+        for entry in spec.san or ():
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(entry)))
+            except ValueError:
+                names.append(x509.DNSName(entry))
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        endpoint = str(spec.endpoint) if spec.endpoint else None
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH] if endpoint in (None, "server") else []
+        if endpoint in (None, "client"):
+            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    cert = builder.sign(signing_key, _sign_algorithm(signing_key))
+    return cert.public_bytes(serialization.Encoding.DER), chain
+
+
+def generate(spec: Secret, *, resolved: dict[str, SecretValue], now: datetime | None = None) -> SecretValue:
+    """Create the value of a secret declared in a policy (``resolved`` holds the values of the
+    policy's other secrets generated so far, for issuers and key references)."""
+    now = now or datetime.now(UTC)
+    kind = spec.kind
+    if spec.value is not None and kind in (SecretKind.ASCII, SecretKind.BINARY):
+        data = spec.value.encode()
+        if kind == SecretKind.BINARY:
+            try:
+                data = bytes.fromhex(spec.value)
+            except ValueError:
+                data = spec.value.encode()
+        return SecretValue(str(kind), data)
+    match kind:
+        case SecretKind.ASCII:
+            size = spec.size or _DEFAULT_SIZE[SecretKind.ASCII]
+            return SecretValue(str(kind), "".join(pysecrets.choice(_ASCII) for _ in range(size)).encode())
+        case SecretKind.BINARY:
+            return SecretValue(str(kind), os.urandom(spec.size or _DEFAULT_SIZE[SecretKind.BINARY]))
+        case SecretKind.PRIVATE_KEY:
+            if spec.value is not None:
+                key = serialization.load_pem_private_key(spec.value.encode(), None)
+                der = key.private_bytes(
+                    serialization.Encoding.DER,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+                return SecretValue(str(kind), der)
+            return SecretValue(str(kind), _private_key(spec.key_type))
+        case SecretKind.PUBLIC_KEY:
+            if spec.value is not None:
+                return SecretValue(str(kind), spec.value.encode())
+            if spec.private_key is None or spec.private_key not in resolved:
+                raise PolicyError(
+                    f"secret {spec.name}: private_key {spec.private_key!r} is not a generated key"
+                )
+            return SecretValue(str(kind), _public_pem(resolved[spec.private_key].data))
+        case SecretKind.X509_CA | SecretKind.X509:
+            if spec.private_key is not None:
+                if spec.private_key not in resolved:
+                    raise PolicyError(
+                        f"secret {spec.name}: private_key {spec.private_key!r} is not available"
+                    )
+                key_der = resolved[spec.private_key].data
+            else:
+                key_der = _private_key(spec.key_type)
+            issuer = None
+            if spec.issuer is not None:
+                if spec.issuer not in resolved:
+                    raise PolicyError(f"secret {spec.name}: issuer {spec.issuer!r} is not available")
+                issuer = resolved[spec.issuer]
+            cert, chain = _certificate(
+                spec, key_der, issuer=issuer, now=now, is_ca=kind == SecretKind.X509_CA
+            )
+            return SecretValue(str(kind), key_der, cert, chain)
+        case _:
+            raise PolicyError(f"secret {spec.name}: kind {kind!r} cannot be generated")
+
+
+def _pem(der: bytes, label: str) -> bytes:
+    b64 = base64.b64encode(der)
+    lines = b"\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
+    return b"-----BEGIN " + label.encode() + b"-----\n" + lines + b"\n-----END " + label.encode() + b"-----\n"
+
+
+def render(value: SecretValue, encoding: Encoding) -> bytes:
+    """A secret value in the encoding a placeholder asks for."""
+    match encoding:
+        case Encoding.PEM_PKCS8:
+            return _pem(value.data, "PRIVATE KEY")
+        case Encoding.DER_PKCS8:
+            return value.data
+        case Encoding.PEM_SPKI:
+            return value.data if value.kind == SecretKind.PUBLIC_KEY else _public_pem(value.data)
+        case Encoding.DER_SPKI:
+            pem = value.data if value.kind == SecretKind.PUBLIC_KEY else _public_pem(value.data)
+            der: bytes = serialization.load_pem_public_key(pem).public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            return der
+        case Encoding.CERT_PEM:
+            return _pem(_need_cert(value), "CERTIFICATE")
+        case Encoding.CERT_DER:
+            return _need_cert(value)
+        case Encoding.CHAIN_PEM | Encoding.LEGACY_CHAIN_PEM:
+            return b"".join(_pem(c, "CERTIFICATE") for c in (_need_cert(value), *value.chain))
+        case _:
+            return encode_bytes(value.data, encoding)
+
+
+def _need_cert(value: SecretValue) -> bytes:
+    if value.certificate is None:
+        raise PolicyError(f"a {value.kind} secret has no certificate")
+    return value.certificate

@@ -1,0 +1,289 @@
+"""``confide cas serve``: the CAS over TLS (uvicorn), with its state in a data directory.
+
+The data directory holds (created on first start, mode 0700/0600):
+
+- ``master.key``: the 32-byte key that seals secrets at rest (see ``docs/cas.md`` for what
+  protects it in production);
+- ``cas-key.pem`` / ``cas-cert.pem``: the CAS's TLS key and self-signed certificate;
+- ``cas.db``: the embedded SQLite database (unless ``--db`` names PostgreSQL);
+- ``sim/``: with ``--dev``, the simulated platform's key (development only);
+- ``client.env``: ``export`` lines with what a client needs (``CONFIDE_CAS_URL``,
+  ``CONFIDE_CAS_CERT``, and with ``--dev`` ``CONFIDE_SIM_DIR``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import shlex
+import socket
+import ssl
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from confide.cas.app import create_app
+from confide.cas.core import Cas
+from confide.cas.db import Database, raw_connection
+from confide.cas.ledger_sink import LedgerEventSink
+from confide.cas.pin import CAS_BINDING_PREFIX
+from confide.cas.secrets import Sealer
+from confide.cas.verifier import PlatformVerifier
+from confide.collateral.dcap import source_for
+from confide.errors import UsageError
+from confide.ledger.note import NoteSigner
+from confide.ledger.store import Ledger
+from confide.sim.measure import measure_current_process
+from confide.sim.platform import SimPlatform
+
+__all__ = ["prepare", "serve"]
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _master_key(data_dir: Path) -> bytes:
+    path = data_dir / "master.key"
+    if not path.exists():
+        _write_private(path, os.urandom(32))
+    key = path.read_bytes()
+    if len(key) != 32:
+        raise UsageError(f"{path} is not a 32-byte key")
+    return key
+
+
+def _tls_identity(data_dir: Path, host: str) -> tuple[Path, Path]:
+    key_path, cert_path = data_dir / "cas-key.pem", data_dir / "cas-cert.pem"
+    if key_path.exists() and cert_path.exists():
+        return key_path, cert_path
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "confide CAS")])
+    sans: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    try:
+        sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+    except ValueError:
+        sans.append(x509.DNSName(host))
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=365))
+        .add_extension(x509.SubjectAlternativeName(list(dict.fromkeys(sans))), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    _write_private(
+        key_path,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
+    _atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+def _log_signer(data_dir: Path, cert_sha256: str) -> NoteSigner:
+    """The CAS's log key (C2SP signed-note Ed25519), created on first start (mode 0600). Its
+    name is the log origin; the CAS's evidence binds the verifier key (``confide cas attest``)."""
+    path = data_dir / "log.key"
+    if not path.exists():
+        _write_private(path, NoteSigner.generate(f"confide-cas/{cert_sha256[:16]}").skey.encode())
+    return NoteSigner.from_skey(path.read_text())
+
+
+class Checkpointer:
+    """Signs a checkpoint whenever the log grew: every acknowledged entry is covered by a signed
+    checkpoint within ``interval`` seconds (default 0.5 s)."""
+
+    def __init__(self, cas: Cas, signer: NoteSigner, interval: float = 0.5) -> None:
+        self.cas, self.signer, self.interval = cas, signer, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="checkpointer", daemon=True)
+        self.signed_size = -1
+
+    def start(self) -> None:
+        self.tick()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def tick(self) -> None:
+        with self.cas.db.read() as conn:
+            size = Ledger.size(raw_connection(conn))
+        if size == self.signed_size:
+            return
+        with self.cas.db.write() as conn:
+            raw = raw_connection(conn)
+            Ledger().sign_checkpoint(raw, self.signer)
+            self.signed_size = Ledger.size(raw)
+
+    def _run(self) -> None:
+        log = logging.getLogger("confide.cas")
+        while not self._stop.wait(self.interval):
+            try:
+                self.tick()
+            except Exception as exc:  # keep signing; report once per failure
+                log.error(
+                    json.dumps(
+                        {"event": "checkpoint-failed", "error": type(exc).__name__, "detail": str(exc)[:200]}
+                    )
+                )
+
+
+def _parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise UsageError(f"--listen: got {listen!r}, expected HOST:PORT (e.g. 127.0.0.1:8443)")
+    return host.strip("[]"), int(port)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if message.startswith("{"):
+            return message
+        return json.dumps(
+            {"event": "log", "level": record.levelname, "logger": record.name, "message": message}
+        )
+
+
+def _configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = name != "uvicorn.access"
+
+
+def prepare(
+    data_dir: Path, *, host: str, dev: bool, db_url: str | None, collateral: str | None
+) -> tuple[Cas, dict[str, Any] | None, Path, Path, dict[str, str], NoteSigner]:
+    """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (dev),
+    TLS files and the client environment (without the URL)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    sealer = Sealer(_master_key(data_dir))
+    key_path, cert_path = _tls_identity(data_dir, host)
+    env = {"CONFIDE_CAS_CERT": str(cert_path.resolve())}
+    signer = _log_signer(data_dir, _cert_sha256(cert_path))
+    env["CONFIDE_LOG_KEY"] = signer.verifier.vkey
+    sim_key = None
+    cas_evidence = None
+    if dev:
+        sim_dir = data_dir / "sim"
+        platform = SimPlatform.load_or_create(sim_dir)
+        sim_key = platform.public_key
+        env["CONFIDE_SIM_DIR"] = str(sim_dir.resolve())
+        cert_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(
+            serialization.Encoding.DER
+        )
+        report_data = hashlib.sha512(CAS_BINDING_PREFIX + cert_der + env["CONFIDE_LOG_KEY"].encode()).digest()
+        measurement = measure_current_process().digest
+        evidence = platform.issue(
+            report_data=report_data, measurement=measurement, timestamp=int(time.time())
+        )
+        cas_evidence = {
+            "platform": "sim",
+            "evidence": base64.b64encode(evidence.to_bytes()).decode(),
+            "binding": "SHA-512('confide-cas/v1' || 0 || TLS certificate DER || log verifier key)",
+            "log_key": env["CONFIDE_LOG_KEY"],
+        }
+    database = Database(db_url or f"sqlite:///{(data_dir / 'cas.db').resolve()}")
+    database.migrate()
+    verifier = PlatformVerifier(sim_key=sim_key, dcap_source=source_for(collateral) if collateral else None)
+    cas = Cas(database, sealer, verifier, events=LedgerEventSink())
+    with database.write() as conn:
+        cas.events.record(
+            conn, "cas-start", None,
+            {"dev": dev, "tls_cert_sha256": _cert_sha256(cert_path), "log_key": env["CONFIDE_LOG_KEY"]},
+        )  # fmt: skip
+    return cas, cas_evidence, key_path, cert_path, env, signer
+
+
+def _cert_sha256(cert_path: Path) -> str:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def serve(data_dir: Path, listen: str, *, dev: bool, db_url: str | None, collateral: str | None) -> None:
+    host, port = _parse_listen(listen)
+    _configure_logging()
+    cas, cas_evidence, key_path, cert_path, env, signer = prepare(
+        data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral
+    )
+    checkpointer = Checkpointer(cas, signer)
+    checkpointer.start()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        raise UsageError(f"--listen: cannot bind {host}:{port}: {exc.strerror}") from None
+    sock.listen(1024)
+    bound_port = sock.getsockname()[1]
+    shown_host = f"[{host}]" if ":" in host else host
+    url = f"https://{shown_host}:{bound_port}"
+    env = {"CONFIDE_CAS_URL": url, **env, "CONFIDE_LOG_URL": f"{url}/v1/log"}
+    lines = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+    _atomic(data_dir / "client.env", lines.encode())
+    app = create_app(cas, cas_evidence=cas_evidence)
+    config = uvicorn.Config(
+        app,
+        ssl_keyfile=str(key_path),
+        ssl_certfile=str(cert_path),
+        ssl_version=ssl.PROTOCOL_TLS_SERVER,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    logging.getLogger("confide.cas").info(
+        json.dumps(
+            {"event": "listening", "url": env["CONFIDE_CAS_URL"], "dev": dev, "db": cas.db.redacted_url}
+        )
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        checkpointer.stop()

@@ -1,0 +1,154 @@
+"""Stakeholder identities: Ed25519 key pairs that sign policy documents, approvals and reads.
+
+An identity is named in policies by its *fingerprint*: the lower-case hex SHA-256 of the raw
+32-byte Ed25519 public key. The identity file (``confide identity create --out FILE``) is JSON,
+mode 0600::
+
+    {"type": "confide-identity/v1", "name": "...", "fingerprint": "<hex>",
+     "public_key": "<base64 raw>", "private_key": "<base64 raw seed>"}
+
+Signatures are over RFC 8785 canonical JSON (``confide.policy.canonical.jcs``) of a document
+whose ``type`` names what is signed, so a signature for one purpose never verifies for another.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+from confide.errors import ParseError, SignatureError, UsageError
+
+__all__ = ["Identity", "PublicIdentity", "fingerprint_of", "load_identity"]
+
+IDENTITY_TYPE = "confide-identity/v1"
+
+
+def fingerprint_of(public_raw: bytes) -> str:
+    return hashlib.sha256(public_raw).hexdigest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: object, what: str, size: int) -> bytes:
+    if not isinstance(text, str):
+        raise ParseError(f"got {type(text).__name__}, expected base64 text", structure="identity", field=what)
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise ParseError("invalid base64", structure="identity", field=what) from None
+    if len(raw) != size:
+        raise ParseError(f"got {len(raw)} bytes, expected {size}", structure="identity", field=what)
+    return raw
+
+
+@dataclass(frozen=True)
+class PublicIdentity:
+    """A verifier of an identity's signatures."""
+
+    public_raw: bytes
+
+    @classmethod
+    def from_base64(cls, text: object) -> PublicIdentity:
+        raw = _unb64(text, "public_key", 32)
+        return cls(raw)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint_of(self.public_raw)
+
+    @property
+    def public_base64(self) -> str:
+        return _b64(self.public_raw)
+
+    def verify(self, signature: bytes, message: bytes) -> None:
+        try:
+            Ed25519PublicKey.from_public_bytes(self.public_raw).verify(signature, message)
+        except (InvalidSignature, ValueError):
+            raise SignatureError(f"signature of identity {self.fingerprint[:16]}… does not verify") from None
+
+
+class Identity:
+    """A stakeholder's key pair. ``repr`` never shows the private key."""
+
+    def __init__(self, private_key: Ed25519PrivateKey, name: str = "") -> None:
+        self._key = private_key
+        self.name = name
+        self.public = PublicIdentity(private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+    def __repr__(self) -> str:
+        return f"Identity(name={self.name!r}, fingerprint={self.fingerprint[:16]}…)"
+
+    @classmethod
+    def generate(cls, name: str = "") -> Identity:
+        return cls(Ed25519PrivateKey.generate(), name)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.public.fingerprint
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)
+
+    def to_json(self) -> str:
+        seed = self._key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        return json.dumps(
+            {
+                "type": IDENTITY_TYPE,
+                "name": self.name,
+                "fingerprint": self.fingerprint,
+                "public_key": self.public.public_base64,
+                "private_key": _b64(seed),
+            },
+            indent=2,
+        )
+
+    def save(self, path: Path) -> None:
+        """Write the identity file with mode 0600; never overwrite an existing one."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise UsageError(f"{path} exists; refusing to overwrite an identity") from None
+        except OSError as exc:
+            raise UsageError(f"cannot create {path}: {exc.strerror}") from None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.to_json())
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Identity:
+        try:
+            obj: Any = json.loads(text)
+        except ValueError:
+            raise ParseError("not JSON", structure="identity") from None
+        if not isinstance(obj, dict) or obj.get("type") != IDENTITY_TYPE:
+            raise ParseError(f"expected type {IDENTITY_TYPE!r}", structure="identity", field="type")
+        seed = _unb64(obj.get("private_key"), "private_key", 32)
+        name = obj.get("name", "")
+        identity = cls(Ed25519PrivateKey.from_private_bytes(seed), name if isinstance(name, str) else "")
+        if obj.get("public_key") != identity.public.public_base64:
+            raise ParseError("public key does not belong to the private key", structure="identity")
+        return identity
+
+
+def load_identity(path: Path) -> Identity:
+    try:
+        st = path.stat()
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--identity: cannot read {path}: {exc.strerror}") from None
+    if st.st_mode & 0o077:
+        mode = st.st_mode & 0o777
+        raise UsageError(f"--identity: {path} is readable by others (mode {mode:o}); chmod 600 it")
+    return Identity.from_json(data)

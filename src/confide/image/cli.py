@@ -1,0 +1,187 @@
+"""``confide sconify``: turn a native OCI image into a confidential one plus a policy template."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from confide.errors import ConfideError, UsageError
+from confide.image.blobs import GZIP, NONE, ZSTD
+from confide.image.oci import parse_ref
+from confide.image.sconify import SconifyOptions, policy_yaml, sconify
+from confide.volume.keys import VolumeKey, load_key, write_key
+
+__all__ = ["sconify_cmd"]
+
+_PATH = click.Path(path_type=Path)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600 (it contains a key); never through a symlink."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise UsageError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)
+
+
+class _RichProgress:
+    def __init__(self) -> None:
+        self._p = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _RichProgress:
+        self._p.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._p.stop()
+
+    def __call__(self, phase: str, advance: int, total: int | None) -> None:
+        if phase not in self._tasks:
+            label = {"verify": "verifying layers", "rewrite": "rewriting layers"}.get(phase, phase)
+            self._tasks[phase] = self._p.add_task(label, total=total)
+        elif total is not None:
+            self._p.update(self._tasks[phase], total=total)
+        if advance:
+            self._p.advance(self._tasks[phase], advance)
+
+
+@click.command("sconify")
+@click.option(
+    "--from",
+    "src",
+    required=True,
+    metavar="SRC",
+    help="oci:DIR[:REF], docker-archive:FILE, docker://REF, DIR or FILE.",
+)
+@click.option("--to", "dst", required=True, metavar="DST", help="Output image (same forms as --from).")
+@click.option(
+    "--protect", multiple=True, metavar="PATH", help="Encrypt this file/directory of the image (repeatable)."
+)
+@click.option(
+    "--authenticate", multiple=True, metavar="PATH", help="Authenticate only (plaintext + MAC; repeatable)."
+)
+@click.option("--policy", required=True, metavar="NAME", help="Policy (session) name.")
+@click.option("--service", required=True, metavar="NAME", help="Service name in the policy.")
+@click.option(
+    "--key", "key_file", type=_PATH, help="Existing volume key (mode 0600) for a reproducible build."
+)
+@click.option("--key-out", type=_PATH, help="Write the new volume key here (mode 0600, must not exist).")
+@click.option(
+    "--policy-out", type=_PATH, help="Write the policy template (YAML, contains the key, mode 0600)."
+)
+@click.option("--volume-name", default="image", show_default=True, help="Name of the protected volume.")
+@click.option("--compression", type=click.Choice([GZIP, ZSTD, NONE]), default=GZIP, show_default=True,
+              help="Compression of the rewritten and new layers.")  # fmt: skip
+@click.option(
+    "--platform",
+    default="linux/amd64",
+    show_default=True,
+    help="Platform to pick from a multi-platform index.",
+)
+@click.option("--tls-verify/--no-tls-verify", default=True, help="Verify registry TLS (skopeo).")
+@click.option("--runtime-check/--no-runtime-check", default=True,
+              help="Check the image can run the vendored runtime (python3, architecture, libc).")  # fmt: skip
+@click.option("--tee", default="sim", show_default=True, help="TEE passed to confide run.")
+@click.option("--cas", metavar="URL", help="Apply the policy to this CAS (trusting $CONFIDE_CAS_CERT).")
+@click.option(
+    "--identity", "identity_file", type=_PATH, help="With --cas: the identity that signs the policy."
+)
+def sconify_cmd(
+    src: str,
+    dst: str,
+    protect: tuple[str, ...],
+    authenticate: tuple[str, ...],
+    policy: str,
+    service: str,
+    key_file: Path | None,
+    key_out: Path | None,
+    policy_out: Path | None,
+    volume_name: str,
+    compression: str,
+    platform: str,
+    tls_verify: bool,
+    runtime_check: bool,
+    tee: str,
+    cas: str | None,
+    identity_file: Path | None,
+) -> None:
+    """Move the protected paths of an image into a protected volume; add the confide runtime.
+
+    No plaintext copy of a protected file is left in any layer. The entrypoint becomes
+    `confide run` for the original command. Prints the image digest and the volume tag.
+    """
+    try:
+        if cas is not None and identity_file is None:
+            raise UsageError("--cas needs --identity (the stakeholder that signs the policy)")
+        if key_file is not None and key_out is not None:
+            raise UsageError("give either --key (reuse a key) or --key-out (write a new one), not both")
+        if key_file is not None:
+            key = load_key(key_file)
+        else:
+            if key_out is None and policy_out is None:
+                raise UsageError(
+                    "a new volume key would be lost: give --key-out FILE and/or --policy-out FILE"
+                )
+            key = VolumeKey.generate()
+            if key_out is not None:
+                write_key(key_out, key)
+        opts = SconifyOptions(
+            src=parse_ref(src),
+            dst=parse_ref(dst),
+            protect=protect,
+            authenticate=authenticate,
+            policy=policy,
+            service=service,
+            volume_name=volume_name,
+            compression=compression,
+            runtime_check=runtime_check,
+            platform=platform,
+            tls_verify=tls_verify,
+            tee=tee,
+        )
+        if sys.stderr.isatty():
+            with _RichProgress() as bar:
+                result = sconify(opts, key, progress=bar)
+        else:
+            result = sconify(opts, key)
+        text = policy_yaml(result.policy, key, str(opts.src))
+        if policy_out is not None:
+            _write_private(policy_out, text)
+        applied = None
+        if cas is not None and identity_file is not None:
+            from confide.cas.client import CasClient
+            from confide.identity import load_identity
+            from confide.policy import loads_policy
+
+            cert = os.environ.get("CONFIDE_CAS_CERT")
+            with CasClient(cas, Path(cert) if cert else None) as client:
+                applied = client.apply(
+                    loads_policy(text, source="sconify policy"), load_identity(identity_file)
+                )
+    except ConfideError as exc:
+        click.echo(f"error: {exc.diagnostics()}", err=True)
+        sys.exit(exc.exit_code)
+    click.echo(f"image: {result.manifest_digest}")
+    click.echo(f"volume tag: {result.volume_tag}")
+    click.echo(
+        f"protected: {result.files} files, {result.bytes} bytes; rewritten layers: {result.rewritten_layers}"
+    )
+    if applied is not None:
+        click.echo(f"policy {applied['name']}: {applied['hash']} ({applied['state']})")

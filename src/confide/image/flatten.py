@@ -1,0 +1,400 @@
+"""Apply image layers in order (OCI whiteouts, opaque directories, hard links) and rewrite them.
+
+Pass 1 (:func:`index_layers`) streams every layer once, checks blob digests, diff_ids and
+every tar member, and builds the final file-system tree (metadata only, no contents):
+
+* ``dir/.wh.NAME`` deletes ``dir/NAME`` (and everything below) from the *lower* layers;
+  ``dir/.wh..wh..opq`` hides every lower child of ``dir`` (image-spec layer.md, "Whiteouts");
+  whiteouts apply before the layer's own entries, whatever their order in the tar.
+* a hard link takes the content of its target as the target is at that point.
+* member names must be relative without ``..``; a member whose parent is a symlink or a
+  non-directory is refused (extraction would follow the symlink, possibly out of the root).
+
+Pass 2 (:func:`rewrite_layer`) streams a layer again and writes a copy without any member at
+or below a protected path (including whiteouts of protected paths), hands the bytes of the
+members that provide the protected paths' *final* contents to a sink, and checks the digests
+again. Members are copied header by header with their data streamed.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import IO
+
+from confide.errors import ParseError, UsageError
+from confide.image.blobs import (
+    CompressingWriter,
+    DecompressingReader,
+    HashingReader,
+)
+from confide.image.oci import MAX_BLOB, Layer
+
+__all__ = [
+    "MAX_LAYER_BYTES",
+    "FsIndex",
+    "Node",
+    "index_layers",
+    "is_under",
+    "normalize",
+    "rewrite_layer",
+]
+
+MAX_LAYER_BYTES = 1 << 40  # uncompressed bytes per layer
+MAX_MEMBERS = 2_000_000  # tar members per layer
+MAX_PATH = 4096
+WH_PREFIX = ".wh."
+WH_OPAQUE = ".wh..wh..opq"
+
+FILE, DIR, SYMLINK, CHAR, BLOCK, FIFO = "file", "dir", "symlink", "char", "block", "fifo"
+_KINDS = {
+    tarfile.REGTYPE: FILE,
+    tarfile.AREGTYPE: FILE,
+    tarfile.CONTTYPE: FILE,
+    tarfile.DIRTYPE: DIR,
+    tarfile.SYMTYPE: SYMLINK,
+    tarfile.CHRTYPE: CHAR,
+    tarfile.BLKTYPE: BLOCK,
+    tarfile.FIFOTYPE: FIFO,
+}
+
+
+@dataclass
+class Node:
+    """The final state of one path (no file contents: ``source`` says which member holds them)."""
+
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    size: int = 0
+    linkname: str = ""
+    source: tuple[int, int] | None = None  # (layer, member ordinal) whose data is the content
+    children: dict[str, Node] | None = None
+
+
+def _new_dir(mode: int = 0o755) -> Node:
+    return Node(DIR, mode, 0, 0, children={})
+
+
+def normalize(name: str, what: str = "member") -> str:
+    """A tar member name as a clean relative path ('' for the root); ParseError if unsafe."""
+    if "\x00" in name:
+        raise ParseError(f"got a name with NUL: {name!r}", structure="layer tar", field=what)
+    if name.startswith("/"):
+        raise ParseError(
+            f"got absolute name {name!r}, expected a relative one", structure="layer tar", field=what
+        )
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ParseError(
+            f"got {name!r} with '..', expected no parent references", structure="layer tar", field=what
+        )
+    path = "/".join(parts)
+    if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH:
+        raise ParseError(
+            f"got a {len(path)}-character name, expected at most {MAX_PATH}", structure="layer tar"
+        )
+    return path
+
+
+def is_under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + "/")
+
+
+@dataclass(slots=True)
+class _Member:
+    """What pass 1 keeps of a tar header (a TarInfo is several times larger)."""
+
+    ordinal: int
+    path: str
+    type: bytes
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    linkname: str
+    sparse: bool
+
+    @classmethod
+    def of(cls, ordinal: int, path: str, info: tarfile.TarInfo) -> _Member:
+        link = info.linkname
+        if info.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+            link = f"{info.devmajor}:{info.devminor}"
+        return cls(ordinal, path, info.type, info.mode, info.uid, info.gid, info.size, link, info.issparse())
+
+
+MAX_HEADER = 1 << 20  # bytes of one pax / GNU long-name header
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses oversized pax and GNU long-name headers before tarfile reads them into memory."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _META_TYPES and self.size > MAX_HEADER:
+            raise ParseError(
+                f"got a {self.size}-byte extended header, expected at most {MAX_HEADER}",
+                structure="layer tar",
+            )
+        member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        return member
+
+
+_META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+               tarfile.GNUTYPE_LONGLINK)  # fmt: skip
+
+
+@dataclass
+class FsIndex:
+    """The final tree plus, per layer, the facts pass 2 needs."""
+
+    root: Node = field(default_factory=_new_dir)
+    compressions: list[str] = field(default_factory=list)
+    diff_ids: list[str] = field(default_factory=list)
+    touches_protected: list[bool] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)  # uncompressed bytes per layer
+
+    def lookup(self, path: str) -> Node | None:
+        node = self.root
+        if not path:
+            return node
+        for part in path.split("/"):
+            if node.kind != DIR or node.children is None:
+                return None
+            child = node.children.get(part)
+            if child is None:
+                return None
+            node = child
+        return node
+
+    def walk(self, path: str) -> Iterator[tuple[str, Node]]:
+        """(path, node) for ``path`` and everything below it, sorted by path."""
+        top = self.lookup(path)
+        if top is None:
+            return
+        stack = [(path, top)]
+        while stack:
+            p, n = stack.pop()
+            yield p, n
+            if n.children:
+                for name in sorted(n.children, reverse=True):
+                    stack.append((f"{p}/{name}" if p else name, n.children[name]))
+
+    # -- mutation (pass 1)
+
+    def _parent(self, path: str, create: bool) -> tuple[Node, str] | None:
+        parts = path.split("/")
+        node = self.root
+        for i, part in enumerate(parts[:-1]):
+            assert node.children is not None
+            child = node.children.get(part)
+            if child is None:
+                if not create:
+                    return None
+                child = _new_dir()
+                node.children[part] = child
+            elif child.kind == SYMLINK:
+                if not create:
+                    return None
+                link = "/".join(parts[: i + 1])
+                raise ParseError(
+                    f"member {path!r} goes through the symlink {link!r} (refused: could escape the root)",
+                    structure="layer tar",
+                )
+            elif child.kind != DIR:
+                if not create:
+                    return None
+                parent = "/".join(parts[: i + 1])
+                raise ParseError(
+                    f"member {path!r}: parent {parent!r} is a {child.kind}, expected a directory",
+                    structure="layer tar",
+                )
+            node = child
+        return node, parts[-1]
+
+    def remove(self, path: str) -> None:
+        found = self._parent(path, create=False)
+        if found is not None and found[0].children is not None:
+            found[0].children.pop(found[1], None)
+
+    def clear(self, path: str) -> None:
+        node = self.lookup(path)
+        if node is not None and node.kind == DIR:
+            node.children = {}
+
+    def put(self, path: str, node: Node) -> None:
+        if not path:  # the root entry: only its metadata
+            if node.kind == DIR:
+                self.root.mode, self.root.uid, self.root.gid = node.mode, node.uid, node.gid
+            return
+        parent, name = self._parent(path, create=True) or (self.root, path)
+        assert parent.children is not None
+        old = parent.children.get(name)
+        if old is not None and old.kind == DIR and node.kind == DIR:
+            node.children = old.children  # a directory entry over a directory merges
+        parent.children[name] = node
+
+
+def _protected(path: str, roots: Sequence[str]) -> bool:
+    return any(is_under(path, r) for r in roots)
+
+
+def whiteout_target(path: str) -> str | None:
+    """For a whiteout member, the path it deletes ('' + opaque marker handled by the caller)."""
+    head, _, base = path.rpartition("/")
+    if not base.startswith(WH_PREFIX) or base.startswith(WH_PREFIX + WH_PREFIX):
+        return None
+    name = base[len(WH_PREFIX) :]
+    return f"{head}/{name}" if head else name
+
+
+def dropped(path: str, roots: Sequence[str]) -> bool:
+    """Whether a member at ``path`` is removed from the rewritten layers."""
+    if _protected(path, roots):
+        return True
+    target = whiteout_target(path)
+    return target is not None and _protected(target, roots)
+
+
+@contextmanager
+def _layer_stream(layer: Layer) -> Iterator[tuple[DecompressingReader, tarfile.TarFile]]:
+    what = f"layer {layer.index}"
+    with layer.open() as raw:
+        hr = HashingReader(raw, what, digest=layer.digest, size=layer.size, limit=MAX_BLOB)
+        dr = DecompressingReader(hr, what, diff_id=layer.diff_id, limit=MAX_LAYER_BYTES)
+        if layer.compression is not None and dr.compression != layer.compression:
+            raise ParseError(
+                f"got {dr.compression} data, expected {layer.compression} (media type {layer.media_type})",
+                structure=what,
+            )
+        try:
+            tf = tarfile.open(fileobj=dr, mode="r|", tarinfo=_BoundedTarInfo)  # type: ignore[call-overload]  # noqa: SIM115
+        except (tarfile.TarError, EOFError) as exc:
+            raise ParseError(f"not a tar stream: {exc}", structure=what) from None
+        try:
+            yield dr, tf
+        except (tarfile.TarError, EOFError) as exc:
+            raise ParseError(f"corrupt or truncated tar: {exc}", structure=what) from None
+        finally:
+            tf.close()
+
+
+def _members(layer: Layer, tf: tarfile.TarFile) -> Iterator[tuple[int, str, tarfile.TarInfo]]:
+    for ordinal, info in enumerate(tf):
+        kept: list[tarfile.TarInfo] = tf.members  # type: ignore[attr-defined]
+        if len(kept) >= 1024:
+            kept.clear()  # stream mode keeps every TarInfo otherwise (memory grows per member)
+        if ordinal >= MAX_MEMBERS:
+            raise ParseError(f"more than {MAX_MEMBERS} members", structure=f"layer {layer.index}")
+        if info.type not in _KINDS and info.type != tarfile.LNKTYPE and not info.issparse():
+            raise ParseError(
+                f"member {info.name!r} has tar type {info.type!r}, expected a file, directory, link, device",
+                structure=f"layer {layer.index}",
+            )
+        yield ordinal, normalize(info.name), info
+
+
+def index_layers(
+    layers: Sequence[Layer], roots: Sequence[str], progress: Callable[[int], None] | None = None
+) -> FsIndex:
+    """Pass 1: verify every layer and compute the final tree (see the module docstring)."""
+    idx = FsIndex()
+    for layer in layers:
+        members: list[_Member] = []
+        with _layer_stream(layer) as (dr, tf):
+            before = 0
+            for ordinal, path, info in _members(layer, tf):
+                members.append(_Member.of(ordinal, path, info))
+                if progress is not None and dr.count - before > (1 << 22):
+                    progress(dr.count - before)
+                    before = dr.count
+            _, diff_id = dr.verify()
+            if progress is not None:
+                progress(dr.count - before)
+        idx.compressions.append(dr.compression)
+        idx.diff_ids.append(diff_id)
+        idx.sizes.append(dr.count)
+        idx.touches_protected.append(any(dropped(m.path, roots) for m in members))
+        _apply(idx, layer.index, members, roots)
+    return idx
+
+
+def _apply(idx: FsIndex, layer_no: int, members: list[_Member], roots: Sequence[str]) -> None:
+    # 1. whiteouts act on the lower layers only, before this layer's entries
+    for m in members:
+        head, _, base = m.path.rpartition("/")
+        if base == WH_OPAQUE:
+            idx.clear(head)
+        elif (target := whiteout_target(m.path)) is not None:
+            idx.remove(target)
+    # 2. this layer's entries, in order
+    for m in members:
+        base = m.path.rpartition("/")[2]
+        if base.startswith(WH_PREFIX):
+            continue
+        meta = (m.mode & 0o7777, m.uid, m.gid)
+        if m.type == tarfile.LNKTYPE:
+            target = normalize(m.linkname, "linkname")
+            if _protected(target, roots) != _protected(m.path, roots):
+                raise UsageError(
+                    f"layer {layer_no}: hard link {'/' + m.path!r} -> {'/' + target!r} crosses the "
+                    "boundary of the protected paths; protect both paths or neither"
+                )
+            tnode = idx.lookup(target)
+            if tnode is None or tnode.kind not in (FILE, CHAR, BLOCK, FIFO):
+                got = "missing" if tnode is None else f"a {tnode.kind}"
+                raise ParseError(
+                    f"hard link {m.path!r} -> {target!r}: target is {got}, expected an earlier file",
+                    structure=f"layer {layer_no}",
+                )
+            node = Node(
+                tnode.kind, tnode.mode, tnode.uid, tnode.gid, tnode.size, tnode.linkname, tnode.source
+            )
+        else:
+            kind = FILE if m.sparse else _KINDS[m.type]
+            node = Node(kind, *meta)
+            if kind == FILE:
+                node.size, node.source = m.size, (layer_no, m.ordinal)
+            elif kind == DIR:
+                node.children = {}
+            else:  # symlink target, or major:minor of a device
+                node.linkname = m.linkname
+        idx.put(m.path, node)
+
+
+def rewrite_layer(
+    layer: Layer,
+    roots: Sequence[str],
+    out: CompressingWriter,
+    sink: Callable[[tuple[int, int], IO[bytes], int], None],
+    wanted: set[tuple[int, int]],
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Pass 2: copy ``layer`` into ``out`` without the members :func:`dropped` selects.
+
+    ``sink((layer, ordinal), data, size)`` receives the members in ``wanted`` (the final
+    contents of protected files). The digests are checked again at the end (a source
+    changed between the passes is refused).
+    """
+    with _layer_stream(layer) as (dr, tf):
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tw:  # type: ignore[call-overload]
+            before = 0
+            for ordinal, path, info in _members(layer, tf):
+                if dropped(path, roots):
+                    if (layer.index, ordinal) in wanted:
+                        f = tf.extractfile(info)
+                        assert f is not None
+                        sink((layer.index, ordinal), f, info.size)
+                    continue
+                if info.issparse():  # written out expanded, as a regular file
+                    info.type, info.sparse = tarfile.REGTYPE, None
+                data = tf.extractfile(info) if info.isreg() else None
+                tw.addfile(info, data)
+                if progress is not None and dr.count - before > (1 << 22):
+                    progress(dr.count - before)
+                    before = dr.count
+        dr.verify()
+        if progress is not None:
+            progress(dr.count - before)

@@ -1,0 +1,686 @@
+"""Reading and writing OCI images: image layout directories, ``docker save`` archives, registries.
+
+Every input is hostile: JSON documents are size-bounded and checked field by field, media
+types must be known, every blob's size and SHA-256 digest are checked while it is streamed,
+and each layer's uncompressed digest is checked against the config's ``rootfs.diff_ids``.
+Registry references go through ``skopeo`` (copied to a temporary OCI layout first).
+
+References (``SRC``/``DST``)::
+
+    oci:DIR[:REF]            OCI image layout (REF: org.opencontainers.image.ref.name)
+    docker-archive:FILE[:REF] docker save archive (old layout or the newer blobs/sha256 one)
+    docker://HOST/NAME:TAG   registry, through skopeo
+    DIR | FILE               a directory with oci-layout, or a tar file (docker save)
+
+Specs: OCI image-spec v1.1 (image-layout.md, image-index.md, manifest.md, config.md,
+descriptor.md, layer.md); the docker save format (moby image/tarexport).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from confide.errors import NetworkError, ParseError, StorageError, UsageError
+from confide.image.blobs import GZIP, NONE, ZSTD, check_digest, sha256_digest
+
+__all__ = [
+    "CONFIG_TYPES",
+    "LAYER_TYPES",
+    "MEDIA_OCI_CONFIG",
+    "MEDIA_OCI_INDEX",
+    "MEDIA_OCI_LAYER",
+    "MEDIA_OCI_MANIFEST",
+    "BlobStore",
+    "Descriptor",
+    "ImageRef",
+    "Layer",
+    "SourceImage",
+    "open_image",
+    "parse_ref",
+    "write_image",
+]
+
+MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MEDIA_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+MANIFEST_TYPES = (MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST)
+INDEX_TYPES = (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST)
+CONFIG_TYPES = (MEDIA_OCI_CONFIG, MEDIA_DOCKER_CONFIG)
+# layer media type -> compression it must have (image-spec layer.md, moby distribution)
+LAYER_TYPES = {
+    MEDIA_OCI_LAYER: NONE,
+    MEDIA_OCI_LAYER + "+gzip": GZIP,
+    MEDIA_OCI_LAYER + "+zstd": ZSTD,
+    "application/vnd.oci.image.layer.nondistributable.v1.tar": NONE,
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": GZIP,
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": ZSTD,
+    "application/vnd.docker.image.rootfs.diff.tar": NONE,
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": GZIP,
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": GZIP,
+}
+MAX_JSON = 4 << 20  # bytes of any JSON document (manifest, index, config)
+MAX_LAYERS = 1000
+MAX_BLOB = 1 << 40
+REF_ANNOTATION = "org.opencontainers.image.ref.name"
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A parsed SRC/DST: ``kind`` is ``oci``, ``docker-archive`` or ``docker``."""
+
+    kind: str
+    location: str
+    ref: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "docker":
+            return f"docker://{self.location}"
+        return f"{self.kind}:{self.location}" + (f":{self.ref}" if self.ref else "")
+
+
+def parse_ref(text: str) -> ImageRef:
+    """Parse an image reference (see the module docstring)."""
+    if text.startswith("docker://"):
+        rest = text[len("docker://") :]
+        if not rest:
+            raise UsageError(f"image reference {text!r}: expected docker://HOST/NAME[:TAG]")
+        return ImageRef("docker", rest)
+    for kind in ("oci", "docker-archive"):
+        if text.startswith(kind + ":"):
+            rest = text[len(kind) + 1 :]
+            loc, sep, ref = rest.partition(":")
+            if not loc:
+                raise UsageError(f"image reference {text!r}: expected {kind}:PATH[:REF]")
+            return ImageRef(kind, loc, ref if sep else None)
+    p = Path(text)
+    if p.is_dir() or (not p.exists() and not text.endswith(".tar")):
+        return ImageRef("oci", text)
+    return ImageRef("docker-archive", text)
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """An OCI content descriptor (descriptor.md)."""
+
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict[str, str] = field(default_factory=dict)
+    platform: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, obj: object, what: str) -> Descriptor:
+        d = _obj(obj, what)
+        media = d.get("mediaType")
+        if not isinstance(media, str) or not media:
+            raise ParseError(
+                f"got {media!r}, expected a media type string", structure=what, field="mediaType"
+            )
+        digest = check_digest(d.get("digest"), f"{what}.digest")
+        size = d.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_BLOB:
+            raise ParseError(f"got {size!r}, expected an integer 0..{MAX_BLOB}", structure=what, field="size")
+        ann = d.get("annotations") or {}
+        if not isinstance(ann, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in ann.items()
+        ):
+            raise ParseError("expected a string-to-string map", structure=what, field="annotations")
+        plat = d.get("platform")
+        if plat is not None and not isinstance(plat, dict):
+            raise ParseError("expected an object", structure=what, field="platform")
+        return cls(media, digest, size, dict(ann), plat)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.annotations:
+            out["annotations"] = dict(sorted(self.annotations.items()))
+        if self.platform is not None:
+            out["platform"] = self.platform
+        return out
+
+
+Opener = Callable[[], AbstractContextManager[IO[bytes]]]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer: digest/size of the blob as stored (when known), its diff_id and an opener."""
+
+    index: int
+    media_type: str
+    digest: str | None  # None for old docker-save layer.tar members (checked via diff_id)
+    size: int | None
+    diff_id: str
+    compression: str | None  # required compression (from the media type), None = any
+    open: Opener
+
+
+@dataclass
+class SourceImage:
+    """A parsed source image: config (raw and parsed) and layers, valid while ``close`` is not called."""
+
+    config: dict[str, Any]
+    config_bytes: bytes
+    layers: list[Layer]
+    description: str
+    _cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        while self._cleanup:
+            self._cleanup.pop()()
+
+
+def _obj(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ParseError(f"got {type(value).__name__}, expected a JSON object", structure=what)
+    return value
+
+
+def _json(data: bytes, what: str) -> Any:
+    if len(data) > MAX_JSON:
+        raise ParseError(f"got {len(data)} bytes, expected at most {MAX_JSON}", structure=what)
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ParseError(f"invalid JSON: {exc}", structure=what) from None
+
+
+def _read_bounded(f: IO[bytes], what: str, limit: int = MAX_JSON) -> bytes:
+    data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ParseError(f"got more than {limit} bytes, expected at most {limit}", structure=what)
+    return data
+
+
+def _check_config(config_bytes: bytes, n_layers: int) -> tuple[dict[str, Any], list[str]]:
+    """Parse the image config (config.md); return it and its diff_ids."""
+    cfg = _obj(_json(config_bytes, "image config"), "image config")
+    rootfs = _obj(cfg.get("rootfs"), "image config rootfs")
+    if rootfs.get("type") != "layers":
+        raise ParseError(
+            f"got {rootfs.get('type')!r}, expected 'layers'", structure="image config", field="rootfs.type"
+        )
+    ids = rootfs.get("diff_ids")
+    if not isinstance(ids, list):
+        raise ParseError("expected a list", structure="image config", field="rootfs.diff_ids")
+    if len(ids) != n_layers:
+        raise ParseError(
+            f"got {len(ids)} diff_ids, expected {n_layers} (one per layer)",
+            structure="image config",
+            field="rootfs.diff_ids",
+        )
+    diff_ids = [check_digest(d, f"rootfs.diff_ids[{i}]") for i, d in enumerate(ids)]
+    inner = cfg.get("config")
+    if inner is not None:
+        inner = _obj(inner, "image config .config")
+        for key in ("Entrypoint", "Cmd", "Env"):
+            v = inner.get(key)
+            if v is not None and not (isinstance(v, list) and all(isinstance(s, str) for s in v)):
+                raise ParseError(
+                    "expected a list of strings or null", structure="image config", field=f"config.{key}"
+                )
+        wd = inner.get("WorkingDir")
+        if wd is not None and not isinstance(wd, str):
+            raise ParseError("expected a string", structure="image config", field="config.WorkingDir")
+    return cfg, diff_ids
+
+
+def _layer_compression(media_type: str, what: str) -> str:
+    if "+encrypted" in media_type or media_type.endswith(".encrypted"):
+        raise ParseError(
+            f"got an encrypted layer ({media_type}), expected a plain one", structure=what, field="mediaType"
+        )
+    if media_type not in LAYER_TYPES:
+        raise ParseError(
+            f"got media type {media_type!r}, expected one of {', '.join(sorted(LAYER_TYPES))}",
+            structure=what,
+            field="mediaType",
+        )
+    return LAYER_TYPES[media_type]
+
+
+# ---------------------------------------------------------------- OCI image layout
+
+
+def _blob_path(root: Path, digest: str) -> Path:
+    return root / "blobs" / "sha256" / digest.split(":", 1)[1]
+
+
+@contextmanager
+def _open_blob(root: Path, digest: str, what: str) -> Iterator[IO[bytes]]:
+    path = _blob_path(root, digest)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise ParseError(f"blob {digest} is missing ({path})", structure=what) from None
+    except OSError as exc:
+        raise ParseError(f"cannot open blob {digest}: {exc.strerror or exc}", structure=what) from None
+    with os.fdopen(fd, "rb") as f:
+        if not _is_regular(fd):
+            raise ParseError(f"blob {digest} is not a regular file", structure=what)
+        yield f
+
+
+def _is_regular(fd: int) -> bool:
+    return stat.S_ISREG(os.fstat(fd).st_mode)
+
+
+def _read_blob(root: Path, desc: Descriptor, what: str) -> bytes:
+    if desc.size > MAX_JSON:
+        raise ParseError(f"got a {desc.size}-byte document, expected at most {MAX_JSON}", structure=what)
+    with _open_blob(root, desc.digest, what) as f:
+        data = _read_bounded(f, what)
+    if len(data) != desc.size:
+        raise ParseError(f"got {len(data)} bytes, expected {desc.size}", structure=what, field="size")
+    got = sha256_digest(data)
+    if got != desc.digest:
+        raise ParseError(f"got digest {got}, expected {desc.digest}", structure=what, field="digest")
+    return data
+
+
+def _select(manifests: list[Descriptor], ref: str | None, platform: str, what: str) -> Descriptor:
+    if ref is not None:
+        found = [m for m in manifests if m.annotations.get(REF_ANNOTATION) == ref]
+        if not found:
+            names = sorted({m.annotations.get(REF_ANNOTATION, "") for m in manifests} - {""})
+            raise UsageError(f"{what}: no image named {ref!r} (got {', '.join(names) or 'no named images'})")
+        return found[0]
+    if len(manifests) == 1:
+        return manifests[0]
+    os_, _, arch = platform.partition("/")
+    found = [
+        m
+        for m in manifests
+        if m.platform and m.platform.get("os") == os_ and m.platform.get("architecture") == arch
+    ]
+    if not found:
+        raise UsageError(
+            f"{what}: {len(manifests)} images and none for platform {platform}; name one with :REF"
+        )
+    return found[0]
+
+
+def _open_layout(root: Path, ref: str | None, platform: str) -> SourceImage:
+    what = f"OCI layout {str(root)!r}"
+    try:
+        layout = (root / "oci-layout").read_bytes()[: MAX_JSON + 1]
+        index_bytes = (root / "index.json").read_bytes()[: MAX_JSON + 1]
+    except FileNotFoundError as exc:
+        raise ParseError(
+            f"{Path(str(exc.filename)).name} missing: not an OCI image layout", structure=what
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {what}: {exc.strerror or exc}") from None
+    lv = _obj(_json(layout, "oci-layout"), "oci-layout").get("imageLayoutVersion")
+    if lv != "1.0.0":
+        raise ParseError(f"got {lv!r}, expected '1.0.0'", structure="oci-layout", field="imageLayoutVersion")
+    desc = _pick_manifest(root, _obj(_json(index_bytes, "index.json"), "index.json"), ref, platform, what)
+    manifest_bytes = _read_blob(root, desc, "image manifest")
+    manifest = _obj(_json(manifest_bytes, "image manifest"), "image manifest")
+    if manifest.get("schemaVersion") != 2:
+        raise ParseError(
+            f"got {manifest.get('schemaVersion')!r}, expected 2",
+            structure="image manifest",
+            field="schemaVersion",
+        )
+    mt = manifest.get("mediaType", desc.media_type)
+    if mt not in MANIFEST_TYPES:
+        raise ParseError(
+            f"got {mt!r}, expected an image manifest", structure="image manifest", field="mediaType"
+        )
+    cdesc = Descriptor.from_json(manifest.get("config"), "manifest config")
+    if cdesc.media_type not in CONFIG_TYPES:
+        raise ParseError(
+            f"got {cdesc.media_type!r}, expected an image config ({', '.join(CONFIG_TYPES)})",
+            structure="manifest config",
+            field="mediaType",
+        )
+    raw_layers = manifest.get("layers")
+    if not isinstance(raw_layers, list) or len(raw_layers) > MAX_LAYERS:
+        raise ParseError(
+            f"expected a list of at most {MAX_LAYERS} layers", structure="image manifest", field="layers"
+        )
+    ldescs = [Descriptor.from_json(d, f"layer {i}") for i, d in enumerate(raw_layers)]
+    config_bytes = _read_blob(root, cdesc, "image config")
+    cfg, diff_ids = _check_config(config_bytes, len(ldescs))
+    layers = []
+    for i, (ld, diff_id) in enumerate(zip(ldescs, diff_ids, strict=True)):
+        comp = _layer_compression(ld.media_type, f"layer {i}")
+
+        def opener(digest: str = ld.digest, i: int = i) -> AbstractContextManager[IO[bytes]]:
+            return _open_blob(root, digest, f"layer {i}")
+
+        layers.append(Layer(i, ld.media_type, ld.digest, ld.size, diff_id, comp, opener))
+    return SourceImage(cfg, config_bytes, layers, what)
+
+
+def _pick_manifest(
+    root: Path, index: dict[str, Any], ref: str | None, platform: str, what: str
+) -> Descriptor:
+    for depth in range(3):
+        if index.get("schemaVersion") != 2:
+            raise ParseError(
+                f"got {index.get('schemaVersion')!r}, expected 2",
+                structure="image index",
+                field="schemaVersion",
+            )
+        entries = index.get("manifests")
+        if not isinstance(entries, list) or not entries:
+            raise ParseError("expected a non-empty list", structure="image index", field="manifests")
+        descs = [Descriptor.from_json(m, f"image index manifests[{i}]") for i, m in enumerate(entries)]
+        desc = _select(descs, ref if depth == 0 else None, platform, what)
+        if desc.media_type in MANIFEST_TYPES:
+            return desc
+        if desc.media_type not in INDEX_TYPES:
+            raise ParseError(
+                f"got {desc.media_type!r}, expected an image manifest or index",
+                structure="image index",
+                field="mediaType",
+            )
+        index = _obj(_json(_read_blob(root, desc, "nested image index"), "image index"), "image index")
+    raise ParseError("image indexes nested too deeply", structure="image index")
+
+
+# ---------------------------------------------------------------- docker save archives
+
+
+def _archive_name(name: object, what: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise ParseError(
+            f"got {name!r}, expected a file name in the archive", structure="manifest.json", field=what
+        )
+    norm = name.removeprefix("./")
+    parts = norm.split("/")
+    if norm.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in norm:
+        raise ParseError(
+            f"got {name!r}, expected a relative name inside the archive",
+            structure="manifest.json",
+            field=what,
+        )
+    return norm
+
+
+def _open_archive(path: Path, ref: str | None) -> SourceImage:
+    what = f"docker archive {str(path)!r}"
+    try:
+        tf = tarfile.open(path, mode="r:*")  # noqa: SIM115 - closed by SourceImage.close
+    except FileNotFoundError:
+        raise UsageError(f"{what}: no such file") from None
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ParseError(f"not a tar archive: {exc}", structure=what) from None
+    image = None
+    try:
+        members: dict[str, tarfile.TarInfo] = {}
+        try:
+            for m in tf:
+                name = m.name.removeprefix("./")
+                if name in members:
+                    raise ParseError(f"member {name!r} appears twice", structure=what)
+                members[name] = m
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise ParseError(f"truncated or corrupt archive: {exc}", structure=what) from None
+
+        def read_member(name: str, field_: str) -> bytes:
+            m = members.get(name)
+            if m is None:
+                raise ParseError(f"{name!r} is missing", structure=what, field=field_)
+            if not m.isreg():
+                raise ParseError(f"{name!r} is not a regular file", structure=what, field=field_)
+            f = tf.extractfile(m)
+            assert f is not None
+            return _read_bounded(f, name)
+
+        entries = _json(read_member("manifest.json", "manifest.json"), "manifest.json")
+        if not isinstance(entries, list) or not entries:
+            raise ParseError("expected a non-empty JSON list", structure="manifest.json")
+        chosen = None
+        for raw_entry in entries:
+            e = _obj(raw_entry, "manifest.json entry")
+            tags = e.get("RepoTags") or []
+            if ref is None or (isinstance(tags, list) and ref in tags):
+                chosen = e
+                break
+        if chosen is None:
+            raise UsageError(f"{what}: no image tagged {ref!r}")
+        if ref is None and len(entries) > 1:
+            raise UsageError(f"{what}: {len(entries)} images; name one with docker-archive:FILE:REPO:TAG")
+        config_name = _archive_name(chosen.get("Config"), "Config")
+        config_bytes = read_member(config_name, "Config")
+        expected = _name_digest(config_name)
+        if expected is not None and sha256_digest(config_bytes) != expected:
+            raise ParseError(
+                f"got digest {sha256_digest(config_bytes)}, expected {expected}", structure="image config"
+            )
+        names = chosen.get("Layers")
+        if not isinstance(names, list) or len(names) > MAX_LAYERS:
+            raise ParseError(
+                f"expected a list of at most {MAX_LAYERS} names", structure="manifest.json", field="Layers"
+            )
+        layer_names = [_archive_name(n, f"Layers[{i}]") for i, n in enumerate(names)]
+        cfg, diff_ids = _check_config(config_bytes, len(layer_names))
+        layers = []
+        for i, (name, diff_id) in enumerate(zip(layer_names, diff_ids, strict=True)):
+            lm = members.get(name)
+            if lm is None or not lm.isreg():
+                raise ParseError(f"layer {name!r} is missing", structure=what, field=f"Layers[{i}]")
+
+            @contextmanager
+            def opener(m: tarfile.TarInfo = lm) -> Iterator[IO[bytes]]:
+                f = tf.extractfile(m)
+                assert f is not None
+                with f:
+                    yield f
+
+            digest = _name_digest(name)
+            layers.append(Layer(i, MEDIA_OCI_LAYER, digest, lm.size, diff_id, None, opener))
+        image = SourceImage(cfg, config_bytes, layers, what, [tf.close])
+        return image
+    finally:
+        if image is None:
+            tf.close()
+
+
+def _name_digest(name: str) -> str | None:
+    """The digest a docker-archive member name promises (``blobs/sha256/<hex>`` or ``<hex>.json``)."""
+    base = name.rsplit("/", 1)[-1].removesuffix(".json")
+    if len(base) == 64 and all(c in "0123456789abcdef" for c in base):
+        return "sha256:" + base
+    return None
+
+
+# ---------------------------------------------------------------- registries (skopeo)
+
+
+def _skopeo(args: list[str], what: str) -> None:
+    exe = shutil.which("skopeo")
+    if exe is None:
+        raise UsageError(
+            f"{what}: registry references need skopeo (Debian package 'skopeo'); not found in PATH"
+        )
+    try:
+        proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=3600, check=False)  # noqa: S603 - fixed argv, no shell
+    except subprocess.TimeoutExpired:
+        raise NetworkError(f"{what}: skopeo timed out") from None
+    if proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip().splitlines()
+        raise NetworkError(f"{what}: skopeo failed: {msg[-1] if msg else proc.returncode}")
+
+
+def open_image(src: ImageRef, *, platform: str = "linux/amd64", tls_verify: bool = True) -> SourceImage:
+    """Open ``src`` for reading; call :meth:`SourceImage.close` when done."""
+    if src.kind == "oci":
+        return _open_layout(Path(src.location), src.ref, platform)
+    if src.kind == "docker-archive":
+        return _open_archive(Path(src.location), src.ref)
+    tmp = Path(tempfile.mkdtemp(prefix="confide-pull-"))
+    try:
+        os_, _, arch = platform.partition("/")
+        _skopeo(
+            ["copy", "--quiet", f"--src-tls-verify={str(tls_verify).lower()}", "--override-os", os_,
+             "--override-arch", arch, str(src), f"oci:{tmp}:image"],
+            f"pull {src}",
+        )  # fmt: skip
+        image = _open_layout(tmp, "image", platform)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    image.description = str(src)
+    image._cleanup.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    return image
+
+
+# ---------------------------------------------------------------- writing
+
+
+class BlobStore:
+    """A directory of blobs (``blobs/sha256/<hex>``) being assembled into an output image."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+
+    def temp(self) -> tuple[Path, IO[bytes]]:
+        fd, name = tempfile.mkstemp(dir=self.root, prefix=".blob-")
+        return Path(name), os.fdopen(fd, "wb")
+
+    def commit(self, tmp: Path, digest: str) -> Path:
+        final = _blob_path(self.root, digest)
+        os.replace(tmp, final)
+        os.chmod(final, 0o644)
+        return final
+
+    def path(self, digest: str) -> Path:
+        return _blob_path(self.root, digest)
+
+    def put(self, data: bytes) -> Descriptor:
+        digest = sha256_digest(data)
+        path = _blob_path(self.root, digest)
+        path.write_bytes(data)
+        os.chmod(path, 0o644)
+        return Descriptor("", digest, len(data))
+
+
+def _canonical(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def write_image(
+    store: BlobStore,
+    dst: ImageRef,
+    config: dict[str, Any],
+    layers: list[Descriptor],
+    *,
+    tls_verify: bool = True,
+) -> str:
+    """Write config + manifest into ``store`` and publish the image at ``dst``; return the manifest digest.
+
+    The output is assembled next to the destination and renamed into place (layouts), or
+    written to a temporary file and renamed (archives), so a failure leaves no partial image.
+    """
+    cdesc = store.put(_canonical(config))
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_OCI_MANIFEST,
+        "config": {"mediaType": MEDIA_OCI_CONFIG, "digest": cdesc.digest, "size": cdesc.size},
+        "layers": [d.to_json() for d in layers],
+    }
+    mdesc = store.put(_canonical(manifest))
+    ref = dst.ref or ("latest" if dst.kind != "oci" else None)
+    ann = {REF_ANNOTATION: ref} if ref else {}
+    index = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_OCI_INDEX,
+        "manifests": [Descriptor(MEDIA_OCI_MANIFEST, mdesc.digest, mdesc.size, ann).to_json()],
+    }
+    (store.root / "oci-layout").write_bytes(_canonical({"imageLayoutVersion": "1.0.0"}))
+    (store.root / "index.json").write_bytes(_canonical(index))
+    if dst.kind == "oci":
+        _publish_layout(store.root, Path(dst.location))
+    elif dst.kind == "docker-archive":
+        docker_manifest = [
+            {
+                "Config": f"blobs/sha256/{cdesc.digest[7:]}",
+                "RepoTags": [dst.ref] if dst.ref and ":" in dst.ref else [],
+                "Layers": [f"blobs/sha256/{d.digest[7:]}" for d in layers],
+            }
+        ]
+        (store.root / "manifest.json").write_bytes(_canonical(docker_manifest))
+        _write_archive(store.root, Path(dst.location))
+    else:
+        _skopeo(
+            [
+                "copy",
+                "--quiet",
+                f"--dest-tls-verify={str(tls_verify).lower()}",
+                f"oci:{store.root}:{ref}",
+                str(dst),
+            ],
+            f"push {dst}",
+        )
+    return mdesc.digest
+
+
+def _publish_layout(src: Path, dst: Path) -> None:
+    try:
+        if dst.exists():
+            if not dst.is_dir() or any(dst.iterdir()):
+                raise UsageError(
+                    f"output {str(dst)!r}: got an existing non-empty path, expected an absent/empty directory"
+                )
+            dst.rmdir()
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in src.glob(".blob-*"):
+            leftover.unlink()
+        try:
+            os.rename(src, dst)  # the work area is beside dst: usually the same file system
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+            shutil.copytree(src, tmp)
+            os.replace(tmp, dst)
+    except OSError as exc:
+        raise StorageError(f"cannot write {str(dst)!r}: {exc.strerror or exc}") from None
+
+
+def _write_archive(src: Path, dst: Path) -> None:
+    """A reproducible docker-save archive (docker 25+ layout: OCI layout + manifest.json)."""
+    names = ["blobs/", "blobs/sha256/"]
+    names += sorted(f"blobs/sha256/{p.name}" for p in (src / "blobs" / "sha256").iterdir())
+    names += ["index.json", "manifest.json", "oci-layout"]
+    if dst.exists():
+        raise UsageError(f"output {str(dst)!r} exists; refusing to overwrite")
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
+            for name in names:
+                ti = tarfile.TarInfo(name.rstrip("/"))
+                ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = 0, 0, 0, "", ""
+                if name.endswith("/"):
+                    ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+                    tf.addfile(ti)
+                    continue
+                p = src / name
+                ti.size, ti.mode = p.stat().st_size, 0o644
+                with p.open("rb") as f:
+                    tf.addfile(ti, f)
+        os.replace(tmp, dst)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"cannot write {str(dst)!r}: {exc.strerror or exc}") from None

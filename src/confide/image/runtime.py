@@ -1,0 +1,260 @@
+"""The runtime layer: confide and its dependencies, vendored into ``/confide/lib/python``.
+
+What the image needs (checked at sconify time against the image's final file system):
+
+* CPython at ``/usr/local/bin/python3``, ``/usr/bin/python3`` or ``/bin/python3`` whose
+  version satisfies every vendored native wheel: ``cpXY-abi3`` wheels need >= X.Y,
+  ``cpXY-cpXY`` wheels need exactly X.Y (today: the version of the Python running sconify);
+* the CPU architecture of those wheels (the image config's ``architecture``);
+* for ``manylinux`` wheels a glibc dynamic loader (``ld-linux-*.so.*``), for ``musllinux``
+  ones musl's (``ld-musl-*.so.1``).
+
+The layer holds ``/confide/bin/confide``, a Python script whose ``#!`` line names the image's
+interpreter with ``-I`` (isolated: no ``PYTHON*`` variables, no user site, no current
+directory on ``sys.path``), which puts ``/confide/lib/python`` first on ``sys.path`` and calls
+``confide.cli:main``. No shell is needed.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata as md
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from packaging.requirements import Requirement as PReq
+
+import confide
+from confide.errors import UsageError
+from confide.image.flatten import DIR, FILE, SYMLINK, FsIndex
+
+__all__ = [
+    "LAUNCHER",
+    "LIB_DIR",
+    "ImagePython",
+    "Requirement",
+    "check_image",
+    "find_python",
+    "launcher_script",
+    "requirement",
+    "resolve_path",
+    "vendored_files",
+]
+
+LIB_DIR = "confide/lib/python"
+LAUNCHER = "confide/bin/confide"
+PYTHON_CANDIDATES = ("usr/local/bin/python3", "usr/bin/python3", "bin/python3")
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "ppc64le": "ppc64le", "s390x": "s390x"}
+_LOADERS = {
+    ("glibc", "amd64"): ("ld-linux-x86-64.so.2",),
+    ("glibc", "arm64"): ("ld-linux-aarch64.so.1",),
+    ("musl", "amd64"): ("ld-musl-x86_64.so.1",),
+    ("musl", "arm64"): ("ld-musl-aarch64.so.1",),
+}
+_LOADER_DIRS = ("lib", "lib64", "usr/lib", "usr/lib64", "lib/x86_64-linux-gnu", "lib/aarch64-linux-gnu")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """What the vendored runtime needs from the image."""
+
+    min_version: tuple[int, int]
+    exact_version: tuple[int, int] | None  # set when a cpXY-cpXY wheel is vendored
+    architecture: str | None  # OCI architecture name, None if everything is pure Python
+    libc: str | None  # "glibc" / "musl" / None
+
+    def describe(self) -> str:
+        py = (
+            f"CPython {self.exact_version[0]}.{self.exact_version[1]}"
+            if self.exact_version
+            else f"CPython >= {self.min_version[0]}.{self.min_version[1]}"
+        )
+        parts = [py]
+        if self.architecture:
+            parts.append(f"architecture {self.architecture}")
+        if self.libc:
+            parts.append(self.libc)
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ImagePython:
+    path: str  # absolute path in the image, as found (used in the #! line)
+    version: tuple[int, int] | None
+
+
+def _closure() -> list[md.Distribution]:
+    seen: dict[str, md.Distribution] = {}
+    todo = ["confide"]
+    while todo:
+        name = todo.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in seen:
+            continue
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            continue
+        seen[key] = dist
+        for text in dist.requires or []:
+            req = PReq(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    seen.pop("confide", None)  # vendored from the running source tree instead
+    return [seen[k] for k in sorted(seen)]
+
+
+@functools.lru_cache(maxsize=1)
+def vendored_files() -> tuple[tuple[str, Path], ...]:
+    """(path below LIB_DIR, source file) for confide and every runtime dependency, sorted."""
+    out: dict[str, Path] = {}
+    pkg = Path(confide.__file__).parent
+    for p in pkg.rglob("*"):
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc":
+            out[f"confide/{p.relative_to(pkg).as_posix()}"] = p
+    for dist in _closure():
+        for f in dist.files or []:
+            rel = PurePosixPath(str(f))
+            if (
+                rel.parts[0] == ".."
+                or "__pycache__" in rel.parts
+                or rel.suffix == ".pyc"
+                or rel.name == "RECORD"
+            ):
+                continue
+            src = Path(str(dist.locate_file(f)))
+            if src.is_file():
+                out[rel.as_posix()] = src
+    return tuple(sorted(out.items()))
+
+
+@functools.lru_cache(maxsize=1)
+def requirement() -> Requirement:
+    """Derive the image requirement from the wheel tags of the vendored native distributions."""
+    min_v, exact, arch, libc = (3, 11), None, None, None
+    for dist in _closure():
+        if not any(str(f).endswith(".so") for f in dist.files or []):
+            continue
+        tags = [
+            line.split(":", 1)[1].strip()
+            for line in (dist.read_text("WHEEL") or "").splitlines()
+            if line.startswith("Tag:")
+        ]
+        for tag in tags[:1]:
+            interp, abi, plat = tag.split("-", 2)
+            m = re.fullmatch(r"cp(\d)(\d+)", interp)
+            if m:
+                v = (int(m.group(1)), int(m.group(2)))
+                if abi == "abi3":
+                    min_v = max(min_v, v)
+                else:
+                    exact = v
+            for machine, oci in _ARCH.items():
+                if plat.endswith(machine):
+                    arch = oci
+            libc = "musl" if plat.startswith("musllinux") else "glibc" if "linux" in plat else libc
+    return Requirement(min_v, exact, arch, libc)
+
+
+def resolve_path(idx: FsIndex, path: str, hops: int = 16) -> str | None:
+    """Follow symlinks (inside the image root) from ``path``; the final path or None."""
+    for _ in range(hops):
+        node = idx.lookup(path)
+        if node is None:
+            return None
+        if node.kind != SYMLINK:
+            return path
+        target = node.linkname
+        base = "" if target.startswith("/") else str(PurePosixPath(path).parent)
+        parts: list[str] = []
+        for part in f"{base}/{target}".split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if parts:
+                    parts.pop()
+            else:
+                parts.append(part)
+        path = "/".join(parts)
+    return None
+
+
+def find_python(idx: FsIndex) -> ImagePython | None:
+    for cand in PYTHON_CANDIDATES:
+        final = resolve_path(idx, cand)
+        if final is None:
+            continue
+        node = idx.lookup(final)
+        if node is None or node.kind != FILE:
+            continue
+        m = re.fullmatch(r"python(\d)\.(\d+)", PurePosixPath(final).name)
+        version = (int(m.group(1)), int(m.group(2))) if m else None
+        if version is None:
+            found = set()
+            for libdir in ("usr/local/lib", "usr/lib"):
+                d = idx.lookup(libdir)
+                for name in (d.children or {}) if d is not None and d.kind == DIR else {}:
+                    mm = re.fullmatch(r"python(\d)\.(\d+)", name)
+                    if mm and idx.lookup(f"{libdir}/{name}/os.py") is not None:
+                        found.add((int(mm.group(1)), int(mm.group(2))))
+            version = found.pop() if len(found) == 1 else None
+        return ImagePython("/" + cand, version)
+    return None
+
+
+def _has_loader(idx: FsIndex, libc: str, arch: str) -> bool:
+    names = _LOADERS.get((libc, arch), ())
+    return any(resolve_path(idx, f"{d}/{n}") is not None for d in _LOADER_DIRS for n in names)
+
+
+def check_image(idx: FsIndex, architecture: str) -> ImagePython:
+    """Check the image can run the vendored runtime; return its Python. UsageError listing what is missing."""
+    req = requirement()
+    problems = []
+    py = find_python(idx)
+    if py is None:
+        problems.append(f"no python3 in {', '.join('/' + c for c in PYTHON_CANDIDATES)}")
+    elif py.version is None:
+        problems.append(f"cannot tell the version of {py.path} (no python3.N name or lib/python3.N/os.py)")
+    elif (req.exact_version is not None and py.version != req.exact_version) or py.version < req.min_version:
+        problems.append(f"got Python {py.version[0]}.{py.version[1]} at {py.path}")
+    if req.architecture is not None and architecture != req.architecture:
+        problems.append(f"got architecture {architecture!r}")
+    if (
+        req.libc is not None
+        and req.architecture is not None
+        and not _has_loader(idx, req.libc, req.architecture)
+    ):
+        problems.append(f"no {req.libc} dynamic loader")
+    if problems:
+        raise UsageError(
+            f"the image cannot run the confide runtime: {'; '.join(problems)}; expected {req.describe()} "
+            "(see docs/sconify.md; --no-runtime-check skips this check)"
+        )
+    assert py is not None
+    return py
+
+
+def launcher_script(python: str) -> bytes:
+    return (
+        f"#!{python} -I\n"
+        '"""confide runtime launcher (written by confide sconify)."""\n'
+        "import sys\n"
+        f"sys.path.insert(0, '/{LIB_DIR}')\n"
+        "from confide.cli import main\n"
+        "main()\n"
+    ).encode()
+
+
+def iter_lib_dirs(files: tuple[tuple[str, Path], ...]) -> Iterator[str]:
+    """Every directory (below LIB_DIR) that the vendored files need, parents first."""
+    seen: set[str] = set()
+    for rel, _ in files:
+        parts = rel.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in seen:
+                seen.add(d)
+                yield d

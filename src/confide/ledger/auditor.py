@@ -1,0 +1,338 @@
+"""The auditor: proves each new checkpoint of a log extends the last one it saw.
+
+The transport is one method, :meth:`LogClient.fetch` ``(path) -> bytes | None``, over the
+C2SP tlog-tiles resources (``checkpoint``, ``tile/...``, ``tile/entries/...``):
+:class:`LocalLogClient` answers from a ledger database; an HTTP client answers from a CAS.
+Proofs are computed client side from the fetched tiles and then *verified* against the
+signed roots (RFC 9162 §2.1.4.2), so nothing the server says is taken on trust.
+
+Errors, each with its own exit code: :class:`SignatureError` (bad signature by the pinned
+key), :class:`UnknownKeyError` (checkpoint not signed by the pinned key),
+:class:`ConsistencyError` (fork), :class:`RollbackError` (tree shrank),
+:class:`EntryMismatchError` / :class:`EntryMissingError` (``--full``: an entry differs from,
+or is absent from, what the tree commits to), :class:`ParseError` (malformed input).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from confide.errors import (
+    ConfideError,
+    ConsistencyError,
+    EntryMismatchError,
+    EntryMissingError,
+    NetworkError,
+    ParseError,
+    RollbackError,
+    StorageError,
+    UnknownKeyError,
+    VerificationError,
+)
+from confide.ledger.checkpoint import Checkpoint, SignedCheckpoint, open_checkpoint
+from confide.ledger.db import DB_ERRORS, Conn
+from confide.ledger.merkle import (
+    EMPTY_ROOT,
+    HASH_SIZE,
+    CompactRange,
+    consistency_proof,
+    hash_leaf,
+    subtree_hash,
+    verify_consistency,
+)
+from confide.ledger.note import NoteVerifier, open_note
+from confide.ledger.serve import CHECKPOINT_PATH, serve
+from confide.ledger.tiles import TILE_WIDTH, TiledNodes, TileId, format_tile_path, tile_width
+
+__all__ = [
+    "Auditor",
+    "AuditorState",
+    "LocalLogClient",
+    "LogClient",
+    "atomic_write",
+    "parse_bundle",
+    "verify_checkpoint_update",
+]
+
+
+class LogClient(Protocol):
+    """Fetch one tlog-tiles resource; ``None`` when the log does not have it (HTTP 404)."""
+
+    def fetch(self, path: str) -> bytes | None: ...
+
+
+class LocalLogClient:
+    """LogClient over a local ledger database (read-only use of the connection)."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    def fetch(self, path: str) -> bytes | None:
+        try:
+            resource = serve(self.conn, path)
+        except DB_ERRORS as exc:
+            raise StorageError(f"reading {path}: {exc}") from None
+        return None if resource is None else resource.body
+
+
+class _ClientTiles:
+    def __init__(self, client: LogClient) -> None:
+        self.client = client
+
+    def read_tile(self, level: int, index: int, width: int) -> bytes:
+        path = format_tile_path(TileId(level, index, width))
+        data = self.client.fetch(path)
+        if data is None:
+            raise ConsistencyError(f"the log does not serve {path}, which its checkpoint requires")
+        if len(data) != width * HASH_SIZE:
+            raise ConsistencyError(f"{path}: got {len(data)} bytes, expected {width * HASH_SIZE}")
+        return data
+
+
+def verify_checkpoint_update(
+    old: Checkpoint | None,
+    new_checkpoint: bytes,
+    proof: list[bytes],
+    log_key: NoteVerifier,
+    *,
+    origin: str | None = None,
+    witnesses: Sequence[NoteVerifier] = (),
+) -> SignedCheckpoint:
+    """Verify a new signed checkpoint and that it extends ``old`` (pure; no I/O).
+
+    Each of ``witnesses`` must have cosigned the checkpoint (tlog-cosignature): a missing
+    cosignature is an :class:`UnknownKeyError`, an invalid one a :class:`SignatureError`.
+    """
+    # 1. Signature by the pinned key (SignatureError / UnknownKeyError / ParseError).
+    signed = open_checkpoint(
+        new_checkpoint, log_key, origin=origin if origin else (old.origin if old else None)
+    )
+    new = signed.checkpoint
+    # 2. Cosignatures by every required witness.
+    for witness in witnesses:
+        try:
+            open_note(new_checkpoint, [witness])
+        except UnknownKeyError:
+            raise UnknownKeyError(
+                f"checkpoint {new.size} has no cosignature by witness {witness.vkey}"
+            ) from None
+    if old is None:
+        return signed
+    # 3. The tree must not shrink.
+    if new.size < old.size:
+        raise RollbackError(f"the log presents tree size {new.size}, but size {old.size} was seen before")
+    # 4. The new tree must extend the old one (RFC 9162 §2.1.4.2).
+    try:
+        verify_consistency(old.size, new.size, old.root, new.root, proof)
+    except ConsistencyError as exc:
+        raise ConsistencyError(f"fork: {exc.message}") from None
+    return signed
+
+
+def parse_bundle(data: bytes) -> list[bytes]:
+    """Split a tlog-tiles entry bundle (uint16 big-endian length prefixes)."""
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(data):
+        if pos + 2 > len(data):
+            raise ParseError("truncated length prefix", structure="entry bundle", offset=pos)
+        (n,) = struct.unpack_from(">H", data, pos)
+        if pos + 2 + n > len(data):
+            raise ParseError(f"entry of {n} bytes overruns the bundle", structure="entry bundle", offset=pos)
+        out.append(data[pos + 2 : pos + 2 + n])
+        pos += 2 + n
+    return out
+
+
+EntryCheck = Callable[[int, bytes], None]
+
+
+@dataclass
+class Auditor:
+    client: LogClient
+    log_key: NoteVerifier
+    origin: str | None = None
+    witnesses: Sequence[NoteVerifier] = ()
+
+    def fetch_checkpoint(self) -> bytes:
+        raw = self.client.fetch(CHECKPOINT_PATH)
+        if raw is None:
+            raise NetworkError("the log serves no checkpoint")
+        return raw
+
+    def update(self, old: Checkpoint | None) -> SignedCheckpoint:
+        """Fetch the latest checkpoint, verify it and its consistency with ``old``."""
+        raw = self.fetch_checkpoint()
+        signed = open_checkpoint(raw, self.log_key, origin=self.origin or (old.origin if old else None))
+        new = signed.checkpoint
+        nodes = TiledNodes(_ClientTiles(self.client), new.size)
+        proof: list[bytes] = []
+        if old is not None and old.size <= new.size:
+            proof = consistency_proof(nodes, old.size, new.size)
+        signed = verify_checkpoint_update(
+            old, raw, proof, self.log_key, origin=self.origin, witnesses=self.witnesses
+        )
+        # The tiles must hash to the signed root (else the log serves a tree it did not sign).
+        tiles_root = EMPTY_ROOT if new.size == 0 else subtree_hash(nodes, 0, new.size)
+        if tiles_root != new.root:
+            raise ConsistencyError(
+                f"the log's tiles give root {tiles_root.hex()} for size {new.size}, but its checkpoint "
+                f"says {new.root.hex()}"
+            )
+        return signed
+
+    def verify_entries(self, checkpoint: Checkpoint, entry_check: EntryCheck | None = None) -> int:
+        """``--full``: download every entry, recompute the root, name any differing entry.
+
+        Level-0 tiles are recomputed into the root first (so they are what the checkpoint
+        commits to); each entry is then compared with its leaf hash. Memory is O(log n).
+        """
+        size = checkpoint.size
+        rng = CompactRange()
+        first_bad: ConfideError | None = None
+        for tile_index in range((size + TILE_WIDTH - 1) // TILE_WIDTH):
+            width = tile_width(0, tile_index, size)
+            leaf_hashes = _ClientTiles(self.client).read_tile(0, tile_index, width)
+            hashes = [leaf_hashes[i * HASH_SIZE : (i + 1) * HASH_SIZE] for i in range(width)]
+            rng.extend(hashes)
+            if first_bad is not None:
+                continue
+            start = tile_index * TILE_WIDTH
+            path = format_tile_path(TileId(-1, tile_index, width))
+            bundle = self.client.fetch(path)
+            if bundle is None:
+                first_bad = EntryMissingError(f"entries {start}..{start + width - 1} are missing ({path})")
+                continue
+            try:
+                entries = parse_bundle(bundle)
+            except ParseError as exc:
+                first_bad = EntryMismatchError(f"{path}: {exc.message}")
+                continue
+            first_bad = _compare(start, hashes, entries, entry_check)
+        if rng.root() != checkpoint.root:
+            raise ConsistencyError(
+                f"the log's leaf hashes give root {rng.root().hex()} for size {size}, but its checkpoint "
+                f"says {checkpoint.root.hex()}"
+            )
+        if first_bad is not None:
+            raise first_bad
+        return size
+
+
+def _compare(
+    start: int, hashes: list[bytes], entries: list[bytes], check: EntryCheck | None
+) -> ConfideError | None:
+    for i, expected in enumerate(hashes):
+        index = start + i
+        if i >= len(entries):
+            return EntryMissingError(f"entry {index} is missing")
+        if hash_leaf(entries[i]) != expected:
+            if len(entries) < len(hashes) and i + 1 < len(hashes) and hash_leaf(entries[i]) == hashes[i + 1]:
+                return EntryMissingError(f"entry {index} is missing")
+            return EntryMismatchError(
+                f"entry {index}: content hashes to {hash_leaf(entries[i]).hex()}, the tree commits to "
+                f"{expected.hex()}"
+            )
+        if check is not None:
+            try:
+                check(index, entries[i])
+            except ConfideError as exc:
+                return EntryMismatchError(f"entry {index}: {exc.message}")
+    if len(entries) > len(hashes):
+        return EntryMismatchError(
+            f"entry bundle at {start} holds {len(entries)} entries, expected {len(hashes)}"
+        )
+    return None
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class AuditorState:
+    """The last checkpoint the auditor verified, kept as the signed note itself.
+
+    File (JSON): ``{"version": 1, "checkpoint": "<signed note text>"}``. On load the note is
+    verified again with the pinned key, so editing the state file cannot rewind the auditor.
+    """
+
+    VERSION = 1
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def load(self, log_key: NoteVerifier, *, origin: str | None = None) -> Checkpoint | None:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read state file {str(self.path)!r}: {exc.strerror}") from None
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise ParseError("not JSON", structure="auditor state file") from None
+        if (
+            not isinstance(doc, dict)
+            or doc.get("version") != self.VERSION
+            or not isinstance(doc.get("checkpoint"), str)
+        ):
+            raise ParseError('expected {"version": 1, "checkpoint": "..."}', structure="auditor state file")
+        try:
+            signed = open_checkpoint(doc["checkpoint"].encode("utf-8"), log_key, origin=origin)
+        except VerificationError as exc:
+            raise type(exc)(f"state file {str(self.path)!r}: {exc.message}") from None
+        return signed.checkpoint
+
+    def save(self, signed: SignedCheckpoint) -> None:
+        doc = {"version": self.VERSION, "checkpoint": signed.raw.decode("utf-8")}
+        try:
+            atomic_write(self.path, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
+        except OSError as exc:
+            raise StorageError(f"cannot write state file {str(self.path)!r}: {exc.strerror}") from None
+
+
+def audit_once(
+    client: LogClient,
+    log_key: NoteVerifier,
+    state: AuditorState | None,
+    *,
+    full: bool = False,
+    entry_check: EntryCheck | None = None,
+    witnesses: Sequence[NoteVerifier] = (),
+) -> tuple[Checkpoint | None, SignedCheckpoint]:
+    """One audit round: verify the latest checkpoint against the state, optionally all
+    entries, then remember it. Returns (previous, new)."""
+    auditor = Auditor(client, log_key, witnesses=witnesses)
+    old = state.load(log_key) if state is not None else None
+    signed = auditor.update(old)
+    if full:
+        auditor.verify_entries(signed.checkpoint, entry_check)
+    if state is not None:
+        state.save(signed)
+    return old, signed

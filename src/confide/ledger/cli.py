@@ -1,0 +1,383 @@
+"""``confide ledger``: audit a ledger, manage keys, sign checkpoints, run a witness.
+
+Exit codes are those of :mod:`confide.errors`: 0 verified, 21 bad signature, 60 checkpoint
+not signed by the pinned key, 61 fork (inconsistent), 62 rollback, 63 entry mismatch,
+64 entry missing, 10 malformed input, 50 storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import ssl
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx2
+
+from confide.errors import ConfideError, UsageError
+from confide.ledger.auditor import AuditorState, LocalLogClient, LogClient, audit_once
+from confide.ledger.http import HttpLogClient, TilesServer
+from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, SIG_TYPE_ED25519, NoteSigner, NoteVerifier
+from confide.ledger.store import Ledger, connect
+from confide.ledger.witness import Witness, parse_add_checkpoint
+from confide.ledger.witness_http import WitnessServer, request_cosignatures
+
+__all__ = ["ledger"]
+
+_PATH = click.Path(path_type=Path)
+
+
+def _fail(exc: ConfideError) -> None:
+    click.echo(f"error: {exc.diagnostics()}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _read_key_text(value: str, what: str) -> str:
+    """A key given inline or as a path to a file holding it."""
+    path = Path(value)
+    if "+" not in value or path.is_file():
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UsageError(f"{what}: cannot read {value!r}: {exc.strerror or exc}") from None
+    return value.strip()
+
+
+def _witness_key(value: str) -> NoteVerifier:
+    key = NoteVerifier.from_vkey(_read_key_text(value, "--witness"))
+    if key.sig_type != SIG_TYPE_COSIGNATURE_V1:
+        raise UsageError(f"--witness {key.name}: expected a witness key (signature type 0x04)")
+    return key
+
+
+def _policy_checker() -> Any:
+    """Each entry must be canonical and typed; policy entries are re-checked (signatures,
+    hashes, linear predecessor chains; see confide.cas.audit.PolicyChainChecker)."""
+    from confide.cas.audit import PolicyChainChecker
+
+    return PolicyChainChecker()
+
+
+@click.group("ledger")
+def ledger() -> None:
+    """Transparency ledger: audit, keys, checkpoints."""
+
+
+@ledger.command("verify")
+@click.option("--log-db", type=_PATH, help="Ledger database (SQLite) to audit.")
+@click.option("--url", help="Or: the log's tlog-tiles prefix (http(s)://host/prefix).")
+@click.option("--state", type=_PATH, help="Auditor state file: the last verified checkpoint.")
+@click.option(
+    "--key", "key", required=True, metavar="VKEY", help="Pinned log key (name+hash+base64) or a file."
+)
+@click.option("--full", is_flag=True, help="Also download every entry and recompute the tree.")
+@click.option(
+    "--witness", "witness_keys", multiple=True, metavar="VKEY", help="Require this witness's cosignature."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--cacert", type=_PATH, help="Trust only this certificate for --url (default: $CONFIDE_CAS_CERT)."
+)
+def verify(
+    log_db: Path | None,
+    url: str | None,
+    state: Path | None,
+    key: str,
+    full: bool,
+    witness_keys: tuple[str, ...],
+    as_json: bool,
+    cacert: Path | None,
+) -> None:
+    """Verify the log's latest checkpoint and its consistency with the last one seen."""
+    try:
+        witnesses = [_witness_key(w) for w in witness_keys]
+        log_key = NoteVerifier.from_vkey(_read_key_text(key, "--key"))
+        if log_key.sig_type != SIG_TYPE_ED25519:
+            raise UsageError("--key: expected a log key (signature type 0x01)")
+        if (log_db is None) == (url is None):
+            raise UsageError("give exactly one of --log-db FILE and --url URL")
+        with contextlib.ExitStack() as stack:
+            client: LogClient
+            if log_db is not None:
+                if not log_db.is_file():
+                    raise UsageError(f"--log-db: {str(log_db)!r} does not exist")
+                conn = connect(log_db, durable=False)
+                stack.callback(conn.close)
+                client = LocalLogClient(conn)
+            else:
+                assert url is not None
+                if not url.startswith(("http://", "https://")):
+                    raise UsageError(f"--url: got {url[:60]!r}, expected http:// or https://")
+                ca = cacert or (
+                    Path(os.environ["CONFIDE_CAS_CERT"]) if os.environ.get("CONFIDE_CAS_CERT") else None
+                )
+                http = None
+                if ca is not None and url.startswith("https://"):
+                    try:
+                        ctx = ssl.create_default_context(cafile=str(ca))
+                    except (OSError, ssl.SSLError) as exc:
+                        raise UsageError(f"--cacert: cannot load {ca}: {exc}") from None
+                    http = stack.enter_context(httpx2.Client(verify=ctx, timeout=30.0))
+                client = stack.enter_context(HttpLogClient(url, client=http))
+            old, signed = audit_once(
+                client,
+                log_key,
+                AuditorState(state) if state else None,
+                full=full,
+                entry_check=_policy_checker() if full else None,
+                witnesses=witnesses,
+            )
+    except ConfideError as exc:
+        if as_json:
+            error = {"class": exc.kind, "message": exc.message, "exit_code": exc.exit_code}
+            click.echo(json.dumps({"verified": False, "error": error}))
+        _fail(exc)
+        return
+    cp = signed.checkpoint
+    out = {
+        "verified": True,
+        "origin": cp.origin,
+        "size": cp.size,
+        "root": cp.root.hex(),
+        "previous_size": None if old is None else old.size,
+        "entries_checked": cp.size if full else 0,
+        "witnesses": [w.vkey for w in witnesses],
+    }
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    click.echo(f"verified: {cp.origin} size {cp.size} root {cp.root.hex()}")
+    if old is not None:
+        click.echo(f"  consistent with the last seen size {old.size}")
+    if full:
+        click.echo(f"  all {cp.size} entries match the tree")
+    for w in witnesses:
+        click.echo(f"  cosigned by witness {w.name}")
+
+
+@ledger.command("serve")
+@click.option("--log-db", type=_PATH, required=True, help="Ledger database (SQLite).")
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to listen on.")
+@click.option("--serve-entries", is_flag=True, help="Also serve entry bundles (they reveal entry contents).")
+def serve_tiles(log_db: Path, listen: str, serve_entries: bool) -> None:
+    """Serve the log read-only as C2SP tlog-tiles (checkpoint, tiles)."""
+    try:
+        if not log_db.is_file():
+            raise UsageError(f"--log-db: {str(log_db)!r} does not exist")
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError(f"--listen: got {listen!r}, expected HOST:PORT")
+        server = TilesServer(log_db, (host, int(port)), serve_entries=serve_entries)
+    except ConfideError as exc:
+        _fail(exc)
+        return
+    except OSError as exc:
+        _fail(UsageError(f"--listen {listen}: {exc.strerror or exc}"))
+        return
+    click.echo(f"serving {log_db} at {server.url}/", err=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+@ledger.command("keygen")
+@click.option("--name", required=True, help="Key name (the log origin, or the witness name).")
+@click.option("--witness", is_flag=True, help="A witness cosigning key (type 0x04) instead of a log key.")
+@click.option("--out", type=_PATH, required=True, help="File for the private key (mode 0600).")
+def keygen(name: str, witness: bool, out: Path) -> None:
+    """Generate an Ed25519 note key; prints the verifier key (vkey)."""
+    try:
+        signer = NoteSigner.generate(name, SIG_TYPE_COSIGNATURE_V1 if witness else SIG_TYPE_ED25519)
+        out.touch(mode=0o600, exist_ok=False)
+        out.write_text(signer.skey + "\n", encoding="utf-8")
+    except FileExistsError:
+        _fail(UsageError(f"--out: {str(out)!r} exists; refusing to overwrite a key"))
+        return
+    except ConfideError as exc:
+        _fail(exc)
+        return
+    click.echo(signer.verifier.vkey)
+
+
+@ledger.command("checkpoint")
+@click.option("--log-db", type=_PATH, required=True, help="Ledger database (SQLite).")
+@click.option("--signing-key", type=_PATH, required=True, help="File with the log's private key (skey).")
+def checkpoint(log_db: Path, signing_key: Path) -> None:
+    """Sign and record a checkpoint of the current tree; prints it."""
+    try:
+        signer = NoteSigner.from_skey(_read_key_text(str(signing_key), "--signing-key"))
+        conn = connect(log_db)
+        try:
+            Ledger.init_schema(conn)
+            note = Ledger().sign_checkpoint(conn, signer)
+        finally:
+            conn.close()
+    except ConfideError as exc:
+        _fail(exc)
+        return
+    click.echo(note.decode("utf-8"), nl=False)
+
+
+@ledger.command("request-cosignature")
+@click.option("--log-db", type=_PATH, required=True, help="Ledger database (SQLite).")
+@click.option("--witness-url", required=True, help="The witness's submission prefix (http://host:port).")
+@click.option("--witness-key", required=True, metavar="VKEY", help="The witness's verifier key or a file.")
+def request_cosignature(log_db: Path, witness_url: str, witness_key: str) -> None:
+    """Have a witness cosign the latest checkpoint; store the cosignature with it."""
+    try:
+        key = _witness_key(witness_key)
+        conn = connect(log_db)
+        try:
+            sig = request_cosignatures(conn, witness_url, key)
+        finally:
+            conn.close()
+    except ConfideError as exc:
+        _fail(exc)
+        return
+    click.echo(sig.line(), nl=False)
+
+
+@ledger.group("witness")
+def witness_group() -> None:
+    """Run a C2SP witness (tlog-witness, cosignature/v1)."""
+
+
+def _make_witness(state: Path, key_file: Path, logs: tuple[str, ...]) -> Witness:
+    signer = NoteSigner.from_skey(_read_key_text(str(key_file), "--key"))
+    if signer.verifier.sig_type != SIG_TYPE_COSIGNATURE_V1:
+        raise UsageError("--key: expected a witness key (signature type 0x04; keygen --witness)")
+    if not logs:
+        raise UsageError("--log: give at least one log key")
+    log_keys = [NoteVerifier.from_vkey(_read_key_text(v, "--log")) for v in logs]
+    return Witness(signer, state, {k.name: k for k in log_keys})
+
+
+_WITNESS_OPTIONS = [
+    click.option(
+        "--state", type=_PATH, required=True, help="Witness state file (latest cosigned checkpoints)."
+    ),
+    click.option("--key", "key_file", type=_PATH, required=True, help="File with the witness's private key."),
+    click.option(
+        "--log", "logs", multiple=True, metavar="VKEY", help="A log key to witness (name = origin)."
+    ),
+]
+
+
+def _witness_options(f: Any) -> Any:
+    for option in reversed(_WITNESS_OPTIONS):
+        f = option(f)
+    return f
+
+
+@witness_group.command("serve")
+@_witness_options
+@click.option("--listen", default="127.0.0.1:8090", show_default=True, help="HOST:PORT to listen on.")
+def witness_serve(state: Path, key_file: Path, logs: tuple[str, ...], listen: str) -> None:
+    """Serve POST /add-checkpoint until interrupted."""
+    try:
+        witness = _make_witness(state, key_file, logs)
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError(f"--listen: got {listen!r}, expected HOST:PORT")
+        server = WitnessServer(witness, (host, int(port)))
+    except ConfideError as exc:
+        _fail(exc)
+        return
+    except OSError as exc:
+        _fail(UsageError(f"--listen {listen}: {exc.strerror or exc}"))
+        return
+    click.echo(f"witness {witness.verifier.vkey} at {server.url}/add-checkpoint", err=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+@witness_group.command("add-checkpoint")
+@_witness_options
+@click.argument("request", type=_PATH)
+def witness_add_checkpoint(state: Path, key_file: Path, logs: tuple[str, ...], request: Path) -> None:
+    """Process one add-checkpoint REQUEST body offline; print the cosignature line."""
+    try:
+        witness = _make_witness(state, key_file, logs)
+        try:
+            body = request.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"REQUEST: cannot read {str(request)!r}: {exc.strerror}") from None
+        old_size, proof, note = parse_add_checkpoint(body)
+        sig = witness.add_checkpoint(old_size, proof, note, at=datetime.now(UTC))
+    except ConfideError as exc:
+        _fail(exc)
+        return
+    click.echo(sig.line(), nl=False)
+
+
+def _cas_inputs(identity_file: Path, key: str | None) -> tuple[Any, Any, Any]:
+    from confide.cas.client import CasClient
+    from confide.identity import load_identity
+
+    key_text = key or os.environ.get("CONFIDE_LOG_KEY")
+    if not key_text:
+        raise UsageError("--key: give the CAS's log key (or set CONFIDE_LOG_KEY from client.env)")
+    return (
+        CasClient.from_env(),
+        load_identity(identity_file),
+        NoteVerifier.from_vkey(_read_key_text(key_text, "--key")),
+    )
+
+
+@ledger.command("history")
+@click.argument("policy")
+@click.option("--identity", "identity_file", type=_PATH, required=True)
+@click.option("--key", metavar="VKEY", help="Pinned log key (default: $CONFIDE_LOG_KEY).")
+@click.option("--json", "as_json", is_flag=True)
+def history_cmd(policy: str, identity_file: Path, key: str | None, as_json: bool) -> None:
+    """Every version of POLICY: who signed it, who approved it (entries proven in the log)."""
+    from confide.cas.audit import history, verified_events
+
+    try:
+        client, ident, log_key = _cas_inputs(identity_file, key)
+        signed, events = verified_events(client, policy, ident, log_key)
+    except ConfideError as exc:
+        _fail(exc)
+        return
+    rows = history(events)
+    if as_json:
+        click.echo(json.dumps({"checkpoint_size": signed.checkpoint.size if signed else 0, "history": rows}))
+        return
+    for r in rows:
+        mark = "" if r["included"] else " (not yet in a checkpoint)"
+        extra = f" approvers={r['approvers']}" if r["approvers"] else ""
+        click.echo(f"#{r['index']} {r['time']} {r['event']} {r['hash']} signer={r['signer']}{extra}{mark}")
+
+
+@ledger.command("accesses")
+@click.argument("target", metavar="POLICY[/SECRET]")
+@click.option("--identity", "identity_file", type=_PATH, required=True)
+@click.option("--key", metavar="VKEY", help="Pinned log key (default: $CONFIDE_LOG_KEY).")
+@click.option("--json", "as_json", is_flag=True)
+def accesses_cmd(target: str, identity_file: Path, key: str | None, as_json: bool) -> None:
+    """Which attested services received POLICY's secrets, when, under which measurement."""
+    from confide.cas.audit import accesses, verified_events
+
+    policy, _, secret = target.partition("/")
+    try:
+        client, ident, log_key = _cas_inputs(identity_file, key)
+        _, events = verified_events(client, policy, ident, log_key)
+    except ConfideError as exc:
+        _fail(exc)
+        return
+    rows = accesses(events, secret or None)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        names = ", ".join(f"{s.get('policy')}/{s.get('name')} v{s.get('version')}" for s in r["secrets"])
+        click.echo(f"#{r['index']} {r['time']} service={r['service']} measurement={r['measurement']}")
+        click.echo(f"    secrets=[{names}]")

@@ -1,0 +1,259 @@
+"""The one canonical encoding of ledger entries: RFC 8785 (JCS) JSON over a typed model.
+
+An entry is the JSON object ::
+
+    {"v": 1, "type": <EntryType>, "time": "YYYY-MM-DDTHH:MM:SS.ffffffZ",
+     "policy": <policy name or null>, "payload": {...}}
+
+serialised per RFC 8785: no whitespace; object members sorted by the UTF-16 code units of
+their names (§3.2.3); strings with only ``"``, ``\\`` and U+0000..U+001F escaped, the
+latter as ``\\b \\t \\n \\f \\r`` or ``\\u00xx`` lower-case (§3.2.2.2), everything else as
+UTF-8; numbers as ECMAScript renders them (§3.2.2.3) — confide restricts numbers to
+integers of magnitude below 2**53, for which that is plain decimal, and rejects floats, so
+no float formatting ambiguity can arise. Lone surrogates are rejected (I-JSON, RFC 7493).
+
+Parsing (:meth:`Entry.from_bytes`) is strict: duplicate names, floats, non-canonical
+spacing/order/escapes are a :class:`ParseError`; ``from_bytes(b).to_bytes() == b`` always.
+
+Payloads never carry secret values: names that denote secret material (``value``,
+``plaintext``, ``private_key``, ``secret_value``, ``seed``, ``password``) are refused at any
+depth, as defence in depth behind the CAS, which only records names, versions and digests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from confide.errors import ParseError
+
+__all__ = ["ENTRY_VERSION", "Entry", "EntryType", "canonical_json", "parse_canonical_json"]
+
+ENTRY_VERSION = 1
+MAX_SAFE_INTEGER = (1 << 53) - 1  # RFC 8785 §3.2.2.3 / I-JSON: exactly representable
+FORBIDDEN_PAYLOAD_NAMES = frozenset({"value", "plaintext", "private_key", "secret_value", "seed", "password"})
+MAX_DEPTH = 32
+_STRUCTURE = "ledger entry"
+_TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
+
+JSONValue = None | bool | int | str | list["JSONValue"] | dict[str, "JSONValue"]
+
+
+class EntryType(StrEnum):
+    POLICY_CREATED = "policy.created"
+    POLICY_UPDATED = "policy.updated"
+    POLICY_APPROVED = "policy.approved"
+    ATTESTATION = "attestation"
+    SECRET_RELEASED = "secret.released"  # noqa: S105 - an entry type name, not a secret
+    VOLUME_TAG = "volume.tag"
+    CAS_STARTED = "cas.started"
+    KEY_ROTATED = "key.rotated"
+    POLICY_SUBMITTED = "policy.submitted"  # awaiting board approval
+    POLICY_STALE = "policy.stale"  # a pending version that can no longer apply
+    POLICY_REFUSED = "policy.refused"  # an update by an identity without the right
+    SECRETS_GENERATED = "secrets.generated"
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _string(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        code = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif code < 0x20:
+            out.append(f"\\u{code:04x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            raise ParseError(f"lone surrogate U+{code:04X} in a string", structure="canonical JSON")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _utf16_key(name: str) -> bytes:
+    return name.encode("utf-16-be", "surrogatepass")
+
+
+def _serialise(value: object, depth: int) -> str:
+    if depth > MAX_DEPTH:
+        raise ParseError(f"nesting deeper than {MAX_DEPTH}", structure="canonical JSON")
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        if abs(value) > MAX_SAFE_INTEGER:
+            raise ParseError(f"integer {value} outside ±(2**53-1)", structure="canonical JSON")
+        return str(int(value))
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_serialise(v, depth + 1) for v in value) + "]"
+    if isinstance(value, dict):
+        for k in value:
+            if not isinstance(k, str):
+                raise ParseError(f"object member name {k!r} is not a string", structure="canonical JSON")
+        items = sorted(value.items(), key=lambda kv: _utf16_key(kv[0]))
+        return "{" + ",".join(_string(k) + ":" + _serialise(v, depth + 1) for k, v in items) + "}"
+    raise ParseError(
+        f"got {type(value).__name__}, expected null, bool, int, str, list or dict (no floats)",
+        structure="canonical JSON",
+    )
+
+
+def canonical_json(value: object) -> bytes:
+    """RFC 8785 serialisation (integers only) as UTF-8 bytes."""
+    return _serialise(value, 0).encode("utf-8")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ParseError(f"duplicate member name {k[:40]!r}", structure="canonical JSON")
+        out[k] = v
+    return out
+
+
+def _reject_float(text: str) -> Any:
+    raise ParseError(f"number {text[:40]} is not an integer", structure="canonical JSON")
+
+
+def _reject_constant(text: str) -> Any:
+    raise ParseError(f"{text} is not JSON", structure="canonical JSON")
+
+
+def parse_canonical_json(data: bytes) -> JSONValue:
+    """Parse JSON and require that it is exactly its own RFC 8785 serialisation."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParseError("not UTF-8", structure="canonical JSON", offset=exc.start) from None
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_float=_reject_float,
+            parse_constant=_reject_constant,
+        )
+    except json.JSONDecodeError as exc:
+        raise ParseError(exc.msg, structure="canonical JSON", offset=exc.pos) from None
+    except RecursionError:
+        raise ParseError("nesting too deep", structure="canonical JSON") from None
+    if canonical_json(value) != data:
+        raise ParseError("not in canonical (RFC 8785) form", structure="canonical JSON")
+    return value  # type: ignore[no-any-return]
+
+
+def _check_payload(value: object, path: str) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k.lower() in FORBIDDEN_PAYLOAD_NAMES:
+                raise ParseError(
+                    f"payload member {path}.{k} would record secret material; record names, "
+                    "versions and digests only",
+                    structure=_STRUCTURE,
+                    field="payload",
+                )
+            _check_payload(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_payload(v, f"{path}[{i}]")
+
+
+def format_time(at: datetime) -> str:
+    if at.tzinfo is None:
+        raise ValueError("entry time must be timezone-aware")
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One ledger entry; ``payload`` is type specific (see docs/ledger.md)."""
+
+    type: EntryType
+    time: str
+    policy: str | None
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.type, EntryType):
+            raise ParseError(f"type {self.type!r} is not an entry type", structure=_STRUCTURE, field="type")
+        if not isinstance(self.time, str) or not _TIME_RE.fullmatch(self.time):
+            raise ParseError(
+                f"time {self.time!r}, expected YYYY-MM-DDTHH:MM:SS.ffffffZ",
+                structure=_STRUCTURE,
+                field="time",
+            )
+        try:
+            datetime.strptime(self.time, "%Y-%m-%dT%H:%M:%S.%fZ")
+        except ValueError:
+            raise ParseError(
+                f"time {self.time!r} is not a valid date", structure=_STRUCTURE, field="time"
+            ) from None
+        if self.policy is not None and (not isinstance(self.policy, str) or not self.policy):
+            raise ParseError(
+                "policy must be a non-empty string or null", structure=_STRUCTURE, field="policy"
+            )
+        if not isinstance(self.payload, dict):
+            raise ParseError("payload must be an object", structure=_STRUCTURE, field="payload")
+        _check_payload(self.payload, "payload")
+
+    @classmethod
+    def create(
+        cls, type: EntryType, at: datetime, payload: dict[str, Any], policy: str | None = None
+    ) -> Entry:
+        return cls(type=type, time=format_time(at), policy=policy, payload=payload)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": ENTRY_VERSION,
+            "type": self.type.value,
+            "time": self.time,
+            "policy": self.policy,
+            "payload": self.payload,
+        }
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.to_json())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Entry:
+        value = parse_canonical_json(data)
+        if not isinstance(value, dict):
+            raise ParseError("expected a JSON object", structure=_STRUCTURE)
+        expected = {"v", "type", "time", "policy", "payload"}
+        if set(value) != expected:
+            raise ParseError(f"members {sorted(value)}, expected {sorted(expected)}", structure=_STRUCTURE)
+        if value["v"] != ENTRY_VERSION or isinstance(value["v"], bool):
+            raise ParseError(
+                f"version {value['v']!r}, expected {ENTRY_VERSION}", structure=_STRUCTURE, field="v"
+            )
+        type_name = value["type"]
+        try:
+            if not isinstance(type_name, str):
+                raise ValueError(type_name)
+            etype = EntryType(type_name)
+        except ValueError:
+            raise ParseError(
+                f"unknown entry type {value['type']!r}", structure=_STRUCTURE, field="type"
+            ) from None
+        payload = value["payload"]
+        if not isinstance(payload, dict):
+            raise ParseError("payload must be an object", structure=_STRUCTURE, field="payload")
+        policy = value["policy"]
+        if policy is not None and not isinstance(policy, str):
+            raise ParseError("policy must be a string or null", structure=_STRUCTURE, field="policy")
+        time = value["time"]
+        if not isinstance(time, str):
+            raise ParseError("time must be a string", structure=_STRUCTURE, field="time")
+        return cls(type=etype, time=time, policy=policy, payload=payload)

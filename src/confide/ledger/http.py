@@ -1,0 +1,126 @@
+"""The ledger over HTTP as C2SP tlog-tiles: a read-only server and the auditor's client.
+
+:class:`TilesServer` serves ``<prefix>/checkpoint`` and ``<prefix>/tile/...`` from a ledger
+database through :func:`~confide.ledger.serve.serve` (entry bundles only when
+``serve_entries``: they reveal entry contents, see "who sees what" in docs/ledger.md).
+:class:`HttpLogClient` is the auditor's one-method transport for such a server (or a CAS
+serving the same paths).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx2
+
+from confide.errors import ConfideError, NetworkError
+from confide.ledger.serve import serve
+from confide.ledger.store import connect
+
+__all__ = ["HttpLogClient", "TilesServer"]
+
+MAX_RESOURCE = 1 << 24  # a full entry bundle is at most 256 * 65,537 bytes
+
+
+class HttpLogClient:
+    """``fetch(path)`` = ``GET <base_url>/<path>``; ``None`` on 404."""
+
+    def __init__(self, base_url: str, *, client: httpx2.Client | None = None, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = client or httpx2.Client(timeout=timeout)
+        self._owned = client is None
+
+    def fetch(self, path: str) -> bytes | None:
+        url = f"{self.base_url}/{path}"
+        try:
+            resp = self._client.get(url)
+        except httpx2.HTTPError as exc:
+            raise NetworkError(f"GET {url}: {exc}") from None
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise NetworkError(f"GET {url}: HTTP {resp.status_code}, expected 200")
+        if len(resp.content) > MAX_RESOURCE:
+            raise NetworkError(f"GET {url}: {len(resp.content)} bytes, expected at most {MAX_RESOURCE}")
+        return resp.content
+
+    def close(self) -> None:
+        if self._owned:
+            self._client.close()
+
+    def __enter__(self) -> HttpLogClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: TilesServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+    def _reply(self, status: int, body: bytes, content_type: str, cache: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", cache)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        prefix = self.server.prefix + "/"
+        path = self.path
+        if not path.startswith(prefix):
+            self._reply(404, b"not found\n", "text/plain; charset=utf-8", "no-store")
+            return
+        rel = path[len(prefix) :]
+        if rel.startswith("tile/entries/") and not self.server.serve_entries:
+            self._reply(404, b"entries are not public here\n", "text/plain; charset=utf-8", "no-store")
+            return
+        try:
+            conn = connect(self.server.db, durable=False)
+            try:
+                resource = serve(conn, rel)
+            finally:
+                conn.close()
+        except (ConfideError, sqlite3.Error):
+            self._reply(500, b"internal error\n", "text/plain; charset=utf-8", "no-store")
+            return
+        if resource is None:
+            self._reply(404, b"not found\n", "text/plain; charset=utf-8", "no-store")
+            return
+        # tlog-tiles: the checkpoint must not be cached beyond a few seconds; tiles are immutable.
+        cache = "public, max-age=31536000, immutable" if resource.immutable else "no-cache"
+        self._reply(200, resource.body, resource.content_type, cache)
+
+
+class TilesServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self, db: Path, address: tuple[str, int], *, prefix: str = "", serve_entries: bool = False
+    ) -> None:
+        self.db = Path(db)
+        self.prefix = prefix.rstrip("/")
+        self.serve_entries = serve_entries
+        super().__init__(address, _Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}{self.prefix}"
+
+    def serve_in_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, name="ledger-tiles", daemon=True)
+        thread.start()
+        return thread

@@ -1,0 +1,34 @@
+"""Policies: the language (a typed model of the SCONE session language v0.3, extended to more
+platforms), loading from YAML with precise error locations, the canonical hash, appraisal of
+verified evidence, and the secret placeholder rules.
+
+Public names::
+
+    load_policy(path) / loads_policy(text)   -> Policy       (PolicyError on any problem)
+    policy_hash(policy)                       -> hex SHA-256 of the RFC 8785 canonical JSON
+    appraise(evidence, policy, service, at=)  -> AppraisalResult (every mismatch listed)
+    is_authorized(rules, identities, creator=) -> bool (access lists and policy boards)
+"""
+
+from confide.policy.access import is_authorized
+from confide.policy.appraise import AppraisalResult, Reason, appraise, raise_for_result
+from confide.policy.canonical import canonical_json, policy_hash
+from confide.policy.loader import load_policy, loads_policy
+from confide.policy.model import Policy, Service, Tolerance
+from confide.policy.problems import Problem
+
+__all__ = [
+    "AppraisalResult",
+    "Policy",
+    "Problem",
+    "Reason",
+    "Service",
+    "Tolerance",
+    "appraise",
+    "canonical_json",
+    "is_authorized",
+    "load_policy",
+    "loads_policy",
+    "policy_hash",
+    "raise_for_result",
+]

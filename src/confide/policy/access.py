@@ -1,0 +1,232 @@
+"""Access control of a policy: who may read and update it, and policy boards."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Sequence
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Discriminator,
+    Field,
+    StrictInt,
+    StrictStr,
+    Tag,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core.core_schema import SerializerFunctionWrapHandler
+
+from confide.policy import placeholders as ph
+from confide.policy._base import (
+    _Model,
+    _one_or_many,
+)
+from confide.policy._types import (
+    short,
+)
+
+__all__ = [
+    "KEYWORDS",
+    "AccessList",
+    "AccessPolicy",
+    "AccessRule",
+    "Identity",
+    "RequireAll",
+    "RequireAtLeast",
+    "SignerRule",
+    "is_authorized",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Access control ("Access Control"; sconedocs "Governance" > "Policy Board")
+# --------------------------------------------------------------------------------------------
+
+KEYWORDS = frozenset({"CREATOR", "ANY", "NONE"})
+_AT_LEAST = re.compile(r"require-at-least-([0-9]{1,4})")
+
+
+def _identity(value: str) -> str:
+    if not value.strip() or "\x00" in value or len(value) > 16384:
+        raise ValueError(
+            f"got {short(value)}, expected an identity (key hash, certificate, CREATOR, ANY, NONE)"
+        )
+    ph.find_placeholders(value)
+    return value
+
+
+Identity = Annotated[StrictStr, AfterValidator(_identity)]
+
+
+class SignerRule(_Model):
+    """``signer: <public key>``: a stakeholder identity whose signature is required."""
+
+    signer: Identity
+
+
+class RequireAll(_Model):
+    require_all: Annotated[tuple[AccessRule, ...], Field(min_length=1)] = Field(alias="require-all")
+
+
+class RequireAtLeast(_Model):
+    """``require-at-least-N: [rules]`` (serialised back to that form)."""
+
+    n: Annotated[StrictInt, Field(ge=1)]
+    rules: Annotated[tuple[AccessRule, ...], Field(min_length=1)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and len(data) == 1:
+            ((key, rules),) = data.items()
+            m = _AT_LEAST.fullmatch(key) if isinstance(key, str) else None
+            if m:
+                return {"n": int(m.group(1)), "rules": rules}
+        return data
+
+    @model_validator(mode="after")
+    def _threshold(self) -> RequireAtLeast:
+        if self.n > len(self.rules):
+            raise ValueError(
+                f"got require-at-least-{self.n} of {len(self.rules)} rules, expected N <= {len(self.rules)}"
+            )
+        identities = [_identity_of(r) for r in self.rules if _identity_of(r) is not None]
+        if len(set(identities)) != len(identities):
+            raise ValueError(
+                f"got an identity listed twice in require-at-least-{self.n}, expected distinct members "
+                "(one signature must not count twice)"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _to_key(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if isinstance(data, dict) and "rules" in data:
+            return {f"require-at-least-{self.n}": data["rules"]}
+        return data  # type: ignore[no-any-return]
+
+
+def _identity_of(rule: Any) -> str | None:
+    if isinstance(rule, str):
+        return rule
+    if isinstance(rule, SignerRule):
+        return rule.signer
+    return None
+
+
+def _rule_tag(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "identity"
+    if isinstance(value, SignerRule | RequireAll | RequireAtLeast):
+        return {SignerRule: "signer", RequireAll: "require-all", RequireAtLeast: "require-at-least"}[
+            type(value)
+        ]
+    if isinstance(value, dict) and len(value) == 1:
+        key = next(iter(value))
+        if key in ("signer", "require-all"):
+            return str(key)
+        if isinstance(key, str) and _AT_LEAST.fullmatch(key):
+            return "require-at-least"
+    return None
+
+
+AccessRule = Annotated[
+    Annotated[Identity, Tag("identity")]
+    | Annotated[SignerRule, Tag("signer")]
+    | Annotated[RequireAll, Tag("require-all")]
+    | Annotated[RequireAtLeast, Tag("require-at-least")],
+    Discriminator(
+        _rule_tag,
+        custom_error_type="access_rule",
+        custom_error_message=(
+            "expected an identity string, {signer: KEY}, {require-all: [...]} or {require-at-least-N: [...]}"
+        ),
+    ),
+]
+RequireAll.model_rebuild()
+RequireAtLeast.model_rebuild()
+
+AccessList = Annotated[tuple[AccessRule, ...], BeforeValidator(_one_or_many), Field(min_length=1)]
+
+
+def _rules_have_board(rules: tuple[Any, ...]) -> bool:
+    return any(isinstance(r, RequireAll | RequireAtLeast) for r in rules)
+
+
+class AccessPolicy(_Model):
+    """Who may read, update, and create policies in the namespace of this one. ``CREATOR`` is
+    the identity that created the policy; ``ANY``/``NONE`` must stand alone; boards
+    (``require-all``, ``require-at-least-N``) are allowed in update and create_sessions."""
+
+    read: AccessList = ("CREATOR",)
+    update: AccessList = ("CREATOR",)
+    create_sessions: AccessList | None = None
+    """Defaults to the ``update`` rules."""
+
+    @model_validator(mode="after")
+    def _checks(self) -> AccessPolicy:
+        for op in ("read", "update", "create_sessions"):
+            rules = getattr(self, op)
+            if rules is None:
+                continue
+            for word in ("ANY", "NONE"):
+                if word in rules and len(rules) > 1:
+                    raise ValueError(f"got {word} with other entries in {op}, expected {word} alone")
+        if _rules_have_board(self.read):
+            raise ValueError(
+                "got a require-all/require-at-least rule in read, expected boards only in update"
+            )
+        return self
+
+    @property
+    def effective_create_sessions(self) -> tuple[Any, ...]:
+        return self.create_sessions if self.create_sessions is not None else self.update
+
+
+def is_authorized(
+    rules: Sequence[Any],
+    identities: Collection[str],
+    *,
+    creator: str | None,
+    resolve: Callable[[str], str | None] | None = None,
+) -> bool:
+    """Whether the ``identities`` that authenticated or signed a request satisfy ``rules``
+    (one operation's list: any entry suffices, as in SCONE).
+
+    ``CREATOR`` is satisfied by ``creator``; ``ANY`` always, ``NONE`` never; ``signer: X`` and a
+    plain ``X`` by X; ``require-all`` by all its rules; ``require-at-least-N`` by N of them. A
+    ``$$SCONE::name$$`` entry is replaced by ``resolve(name)`` (the secret's value: an identity
+    or ``CREATOR``); an entry that cannot be resolved is ignored, as SCONE documents.
+    """
+    have = frozenset(identities)
+    return any(_satisfied(r, have, creator, resolve) for r in rules)
+
+
+def _satisfied(
+    rule: Any, have: frozenset[str], creator: str | None, resolve: Callable[[str], str | None] | None
+) -> bool:
+    if isinstance(rule, RequireAll):
+        return all(_satisfied(r, have, creator, resolve) for r in rule.require_all)
+    if isinstance(rule, RequireAtLeast):
+        return sum(_satisfied(r, have, creator, resolve) for r in rule.rules) >= rule.n
+    identity = _identity_of(rule)
+    if identity is None:
+        return False
+    found = ph.find_placeholders(identity)
+    if found:
+        if resolve is None or len(found) != 1 or found[0].start != 0 or found[0].end != len(identity):
+            return False
+        resolved = resolve(found[0].name)
+        if resolved is None or ph.find_placeholders(resolved):
+            return False
+        identity = resolved
+    if identity == "ANY":
+        return True
+    if identity == "NONE":
+        return False
+    if identity == "CREATOR":
+        return creator is not None and creator in have
+    return identity in have

@@ -1,0 +1,430 @@
+"""Appraisal: does verified evidence satisfy a service's policy?
+
+:func:`appraise` takes only :class:`~confide.verify.result.VerifiedEvidence` (the product of a
+successful verification) and reports *every* mismatch, each naming the policy field, what the
+evidence had and what the policy expected. It checks, independently:
+
+1. the evidence is not newer than ``at`` (no evidence from the future);
+2. simulated evidence only with ``tolerate: [simulation]``;
+3. debug mode (the ``debug`` claim) only with ``tolerate: [debug-mode]``;
+4. the TCB status against the tolerances (Intel's statuses; see :data:`TCB_TOLERANCES`);
+5. every advisory ID of the evidence is ignored (``ignore_advisories``, or ``"*"``, or the
+   shortcuts ``hyperthreading`` = INTEL-SA-00233 and ``insecure-igpu`` = INTEL-SA-00219, as
+   SCONE documents them; when *all* advisories are covered by tolerated shortcuts, the
+   shortcut also stands for the ``configuration-needed`` category);
+6. at least one attestation variant of the service matches: same platform, and every factor
+   of the variant holds (hex compared case-insensitively, integers exactly, SVN ranges
+   inclusive). When no variant matches, the mismatches of every variant are reported.
+
+No clock is read, no I/O is done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from confide.errors import AppraisalError
+from confide.policy._types import short
+from confide.policy.model import (
+    AttestationSecurity,
+    AttestationVariant,
+    AwsNitroFactors,
+    NvidiaGpuFactors,
+    Policy,
+    SevSnpFactors,
+    SgxSigner,
+    SimFactors,
+    TdxFactors,
+    Tolerance,
+)
+from confide.verify.result import ClaimValue, Platform, TcbStatus, VerifiedEvidence
+
+__all__ = ["TCB_TOLERANCES", "AppraisalResult", "Reason", "appraise", "raise_for_result"]
+
+TCB_TOLERANCES: dict[TcbStatus, tuple[Tolerance, ...] | None] = {
+    TcbStatus.UP_TO_DATE: (),
+    TcbStatus.SW_HARDENING_NEEDED: (Tolerance.SOFTWARE_HARDENING_NEEDED,),
+    TcbStatus.CONFIGURATION_NEEDED: (Tolerance.CONFIGURATION_NEEDED,),
+    TcbStatus.CONFIGURATION_AND_SW_HARDENING_NEEDED: (
+        Tolerance.CONFIGURATION_NEEDED,
+        Tolerance.SOFTWARE_HARDENING_NEEDED,
+    ),
+    TcbStatus.OUT_OF_DATE: (Tolerance.OUTDATED_TCB,),
+    TcbStatus.OUT_OF_DATE_CONFIGURATION_NEEDED: (Tolerance.OUTDATED_TCB, Tolerance.CONFIGURATION_NEEDED),
+    TcbStatus.REVOKED: None,
+}
+"""The tolerances each TCB status needs (``None``: never acceptable)."""
+
+ADVISORY_SHORTCUTS: dict[str, Tolerance] = {
+    "INTEL-SA-00233": Tolerance.HYPERTHREADING,
+    "INTEL-SA-00219": Tolerance.INSECURE_IGPU,
+}
+"""Advisories that a named tolerance covers (SCONE v0.3, "Tolerating Hardware Attestation Issues")."""
+
+_DEBUG_CLAIM_PLATFORMS = frozenset({Platform.SGX, Platform.TDX, Platform.SEV_SNP, Platform.SIMULATED})
+_TCB_PLATFORMS = frozenset({Platform.SGX, Platform.TDX})
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """One mismatch: ``field`` of the policy (or of the evidence), what was found, what was wanted."""
+
+    field: str
+    got: str
+    expected: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: got {self.got}, expected {self.expected}"
+
+
+@dataclass(frozen=True, slots=True)
+class AppraisalResult:
+    """The outcome of :func:`appraise`. ``tolerated`` lists the tolerances the decision relied
+    on (for the ledger: a simulated or debug acceptance is visible)."""
+
+    accepted: bool
+    reasons: tuple[Reason, ...]
+    tolerated: tuple[Tolerance, ...]
+    matched_variant: int | None
+    service: str
+    platform: Platform
+
+    def __str__(self) -> str:
+        if self.accepted:
+            extra = f", tolerating {', '.join(self.tolerated)}" if self.tolerated else ""
+            return f"accepted by variant {self.matched_variant} of service {self.service!r}{extra}"
+        return f"rejected for service {self.service!r}: " + "; ".join(str(r) for r in self.reasons)
+
+
+def raise_for_result(result: AppraisalResult) -> AppraisalResult:
+    """Return ``result`` if accepted, else raise :class:`AppraisalError` carrying every reason."""
+    if not result.accepted:
+        raise AppraisalError(str(result), problems=result.reasons)
+    return result
+
+
+def appraise(
+    evidence: VerifiedEvidence, policy: Policy, service_name: str, *, at: datetime
+) -> AppraisalResult:
+    """Appraise verified evidence against the attestation rules of ``service_name`` in ``policy``."""
+    if not isinstance(evidence, VerifiedEvidence):
+        raise TypeError(
+            f"got {type(evidence).__name__}, expected VerifiedEvidence (verify the evidence first)"
+        )
+    if not isinstance(policy, Policy):
+        raise TypeError(f"got {type(policy).__name__}, expected a validated Policy")
+    if not isinstance(at, datetime) or at.tzinfo is None:
+        raise TypeError("at: expected a timezone-aware datetime")
+
+    reasons: list[Reason] = []
+    tolerated: set[Tolerance] = set()
+    security = policy.security.attestation
+
+    try:
+        service = policy.service(service_name)
+    except KeyError:
+        known = ", ".join(repr(s.name) for s in policy.services) or "none"
+        reason = Reason("service", short(service_name), f"a service of policy {policy.name!r} ({known})")
+        return AppraisalResult(False, (reason,), (), None, str(service_name), evidence.platform)
+
+    if evidence.verified_at.tzinfo is None or evidence.verified_at > at:
+        reasons.append(Reason("verified_at", evidence.verified_at.isoformat(), f"not after {at.isoformat()}"))
+
+    if evidence.simulated:
+        _need(Tolerance.SIMULATION, security, tolerated, reasons, "platform", "simulated evidence (sim)")
+
+    _check_debug(evidence, security, tolerated, reasons)
+    _check_tcb(evidence, security, tolerated, reasons)
+    _check_advisories(evidence, security, tolerated, reasons)
+
+    matched: int | None = None
+    variant_reasons: list[Reason] = []
+    for i, variant in enumerate(service.variants()):
+        found = _variant_mismatches(variant, evidence, f"attestation[{i}]")
+        if not found:
+            matched = i
+            break
+        variant_reasons += found
+    if matched is None:
+        reasons += variant_reasons
+    accepted = matched is not None and not reasons
+    return AppraisalResult(
+        accepted, tuple(reasons), tuple(sorted(tolerated)), matched, service.name, evidence.platform
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Platform-independent checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _need(
+    t: Tolerance,
+    security: AttestationSecurity,
+    tolerated: set[Tolerance],
+    reasons: list[Reason],
+    field: str,
+    got: str,
+) -> None:
+    if security.tolerates(t):
+        if t is Tolerance.CONFIGURATION_NEEDED and Tolerance.CONFIGURATION_NEEDED not in security.tolerate:
+            t = Tolerance.INSECURE_CONFIGURATION
+        tolerated.add(t)
+    else:
+        reasons.append(Reason(field, got, f"security.attestation.tolerate to include {t.value!r}"))
+
+
+def _check_debug(
+    evidence: VerifiedEvidence,
+    security: AttestationSecurity,
+    tolerated: set[Tolerance],
+    reasons: list[Reason],
+) -> None:
+    debug = evidence.claims.get("debug", _MISSING)
+    if debug is _MISSING:
+        if evidence.platform in _DEBUG_CLAIM_PLATFORMS:
+            reasons.append(
+                Reason("claims.debug", "no debug claim", f"a debug claim in {evidence.platform} evidence")
+            )
+    elif not isinstance(debug, bool):
+        reasons.append(Reason("claims.debug", _show(debug), "a boolean"))
+    elif debug:
+        _need(Tolerance.DEBUG_MODE, security, tolerated, reasons, "claims.debug", "true (debug mode)")
+
+
+def _check_tcb(
+    evidence: VerifiedEvidence,
+    security: AttestationSecurity,
+    tolerated: set[Tolerance],
+    reasons: list[Reason],
+) -> None:
+    status = evidence.tcb_status
+    if status is None:
+        if evidence.platform in _TCB_PLATFORMS:
+            reasons.append(Reason("tcb_status", "none", f"a TCB status in {evidence.platform} evidence"))
+        return
+    if status not in TCB_TOLERANCES:  # a status added to the verifier but not judged here yet
+        reasons.append(Reason("tcb_status", str(status), f"one of {', '.join(TCB_TOLERANCES)}"))
+        return
+    needed = TCB_TOLERANCES[status]
+    if needed is None:
+        reasons.append(
+            Reason("tcb_status", status.value, "a TCB status other than Revoked (never tolerated)")
+        )
+        return
+    for t in needed:
+        if t is Tolerance.CONFIGURATION_NEEDED and _shortcuts_cover(evidence, security):
+            continue  # e.g. ConfigurationNeeded only because of Hyper-Threading: the shortcut suffices
+        _need(t, security, tolerated, reasons, "tcb_status", status.value)
+
+
+def _shortcuts_cover(evidence: VerifiedEvidence, security: AttestationSecurity) -> bool:
+    """True when every advisory is one that a tolerated shortcut (``hyperthreading``,
+    ``insecure-igpu``) names: SCONE's shortcuts stand for the configuration category too."""
+    shortcuts = [ADVISORY_SHORTCUTS.get(a.upper()) for a in evidence.advisory_ids]
+    return bool(shortcuts) and all(t is not None and security.tolerates(t) for t in shortcuts)
+
+
+def _check_advisories(
+    evidence: VerifiedEvidence,
+    security: AttestationSecurity,
+    tolerated: set[Tolerance],
+    reasons: list[Reason],
+) -> None:
+    ignored = security.ignore_advisories
+    for advisory in evidence.advisory_ids:
+        aid = advisory.upper()
+        if ignored == "*" or aid in ignored:
+            continue
+        shortcut = ADVISORY_SHORTCUTS.get(aid)
+        if shortcut is not None and security.tolerates(shortcut):
+            tolerated.add(shortcut)
+            continue
+        hint = f" (or tolerate {shortcut.value!r})" if shortcut else ""
+        reasons.append(
+            Reason(
+                "advisory_ids", short(advisory), f"it listed in security.attestation.ignore_advisories{hint}"
+            )
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Variants
+# ---------------------------------------------------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    if value is _MISSING:
+        return "no claim"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return short(value, 110)
+
+
+def _allowed(values: tuple[Any, ...]) -> str:
+    shown = [str(v) for v in values[:4]]
+    if len(values) == 1:
+        return shown[0]
+    more = f", ... ({len(values)} values)" if len(values) > 4 else ""
+    return f"one of [{', '.join(shown)}{more}]"
+
+
+class _Checker:
+    """Collects the mismatches of one variant against one piece of evidence."""
+
+    def __init__(self, claims: Any, prefix: str) -> None:
+        self.claims = claims
+        self.prefix = prefix
+        self.reasons: list[Reason] = []
+
+    def fail(self, field: str, got: str, expected: str) -> None:
+        self.reasons.append(Reason(f"{self.prefix}.{field}", got, expected))
+
+    def hex_in(self, field: str, claim: str, allowed: tuple[str, ...] | str | None) -> None:
+        if allowed is None:
+            return
+        wanted = (allowed,) if isinstance(allowed, str) else allowed
+        value = self.claims.get(claim, _MISSING)
+        if not isinstance(value, str):
+            self.fail(field, _show(value), f"{_allowed(wanted)} (claim {claim})")
+        elif value.lower() not in wanted:
+            self.fail(field, value.lower(), _allowed(wanted))
+
+    def text_in(self, field: str, claim: str, allowed: tuple[str, ...] | None, *, fold: bool = False) -> None:
+        if allowed is None:
+            return
+        value = self.claims.get(claim, _MISSING)
+        norm: Callable[[str], str] = str.lower if fold else str
+        if not isinstance(value, str):
+            self.fail(field, _show(value), f"{_allowed(allowed)} (claim {claim})")
+        elif norm(value) not in {norm(a) for a in allowed}:
+            self.fail(field, _show(value), _allowed(allowed))
+
+    def integer(self, claim: str) -> int | None:
+        value = self.claims.get(claim, _MISSING)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        return None
+
+    def int_range(
+        self, field: str, claim: str, exact: int | None, lo: int | None = None, hi: int | None = None
+    ) -> None:
+        if exact is None and lo is None and hi is None:
+            return
+        value = self.integer(claim)
+        if exact is not None:
+            expected = str(exact)
+        elif lo is not None and hi is not None:
+            expected = f"{lo} <= {claim} <= {hi}"
+        elif lo is not None:
+            expected = f">= {lo}"
+        else:
+            expected = f"<= {hi}"
+        if value is None:
+            self.fail(
+                field, _show(self.claims.get(claim, _MISSING)), f"an integer {expected} (claim {claim})"
+            )
+        elif (
+            (exact is not None and value != exact)
+            or (lo is not None and value < lo)
+            or (hi is not None and value > hi)
+        ):
+            self.fail(field, str(value), expected)
+
+    def boolean(self, field: str, claim: str, expected: bool | None) -> None:
+        if expected is None:
+            return
+        value = self.claims.get(claim, _MISSING)
+        if value is not expected:
+            self.fail(field, _show(value), _show(expected))
+
+
+def _variant_mismatches(variant: AttestationVariant, evidence: VerifiedEvidence, prefix: str) -> list[Reason]:
+    if variant.platform is not evidence.platform:
+        return [Reason(f"{prefix}", f"{evidence.platform} evidence", f"{variant.platform} evidence")]
+    c = _Checker(evidence.claims, prefix)
+    if variant.platform is Platform.SGX:
+        c.hex_in("mrenclave", "mr_enclave", variant.mrenclave)
+        if variant.signer is not None:
+            _sgx_signer(c, variant.signer)
+    elif variant.tdx is not None:
+        _tdx(c, variant.tdx)
+    elif variant.sev_snp is not None:
+        _sev_snp(c, variant.sev_snp)
+    elif variant.nvidia_gpu is not None:
+        _nvidia(c, variant.nvidia_gpu, evidence.claims)
+    elif variant.aws_nitro is not None:
+        _nitro(c, variant.aws_nitro)
+    elif variant.sim is not None:
+        _sim(c, variant.sim)
+    return c.reasons
+
+
+def _sgx_signer(c: _Checker, s: SgxSigner) -> None:
+    c.hex_in("signer.mrsigner", "mr_signer", s.mrsigner)
+    c.int_range("signer.isvprodid", "isv_prod_id", s.isvprodid)
+    field = "signer.isvsvn" if s.isvsvn is not None else "signer.isvsvn_min/isvsvn_max"
+    c.int_range(field, "isv_svn", s.isvsvn, s.isvsvn_min, s.isvsvn_max)
+
+
+_TDX_MEASUREMENTS = (
+    "mr_td",
+    "rtmr0",
+    "rtmr1",
+    "rtmr2",
+    "rtmr3",
+    "mr_config_id",
+    "mr_owner",
+    "mr_owner_config",
+    "mr_seam",
+    "mr_servicetd",
+)
+
+
+def _tdx(c: _Checker, t: TdxFactors) -> None:
+    for name in _TDX_MEASUREMENTS:
+        c.hex_in(f"tdx.{name}", name, getattr(t, name))
+    c.hex_in("tdx.td_attributes", "td_attributes", t.td_attributes)
+    c.hex_in("tdx.xfam", "xfam", t.xfam)
+    c.boolean("tdx.sept_ve_disable", "sept_ve_disable", t.sept_ve_disable)
+
+
+def _sev_snp(c: _Checker, s: SevSnpFactors) -> None:
+    for name in ("measurement", "host_data", "family_id", "image_id"):
+        c.hex_in(f"sev-snp.{name}", name, getattr(s, name))
+    c.int_range("sev-snp.policy", "policy", s.policy)
+    c.int_range("sev-snp.vmpl", "vmpl", s.vmpl)
+    field = "sev-snp.guest_svn" if s.guest_svn is not None else "sev-snp.guest_svn_min/guest_svn_max"
+    c.int_range(field, "guest_svn", s.guest_svn, s.guest_svn_min, s.guest_svn_max)
+
+
+def _nvidia(c: _Checker, n: NvidiaGpuFactors, claims: Any) -> None:
+    c.text_in("nvidia-gpu.driver_version", "driver_version", n.driver_version)
+    c.text_in("nvidia-gpu.vbios_version", "vbios_version", n.vbios_version, fold=True)
+    if n.measurements is None:
+        return
+    found: ClaimValue | object = claims.get("measurements", _MISSING)
+    for index, allowed in n.measurements.items():
+        field = f"nvidia-gpu.measurements.{index}"
+        value: Any = _MISSING
+        if isinstance(found, list) and int(index) < len(found):
+            value = found[int(index)]
+        elif isinstance(found, dict):
+            value = found.get(index, _MISSING)
+        if not isinstance(value, str):
+            c.fail(field, _show(value), f"{_allowed(allowed)} (claim measurements[{index}])")
+        elif value.lower() not in allowed:
+            c.fail(field, value.lower(), _allowed(allowed))
+
+
+def _nitro(c: _Checker, n: AwsNitroFactors) -> None:
+    for index, allowed in sorted(n.pcrs.items(), key=lambda kv: int(kv[0])):
+        c.hex_in(f"aws-nitro.pcrs.{index}", f"pcr{index}", allowed)
+
+
+def _sim(c: _Checker, s: SimFactors) -> None:
+    c.hex_in("sim.measurement", "measurement", s.measurement)

@@ -1,0 +1,211 @@
+"""Attestation variants of a service: SCONE's SGX factors and confide's platform extensions.
+
+A map is one variant whose factors must all hold; a service lists one or more variants, any of
+which suffices (SCONE v0.3, "Combining" / "Independent Attestation Factors").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
+
+from confide.policy._base import (
+    U16,
+    U32,
+    _Model,
+)
+from confide.policy._types import (
+    Hex8,
+    Hex16List,
+    Hex32,
+    Hex32List,
+    Hex32Or48List,
+    Hex48List,
+    TextList,
+    short,
+)
+from confide.verify.result import Platform
+
+__all__ = [
+    "AttestationVariant",
+    "AwsNitroFactors",
+    "MeasurementIndex",
+    "NvidiaGpuFactors",
+    "PcrIndex",
+    "SevSnpFactors",
+    "SgxSigner",
+    "SimFactors",
+    "TdxFactors",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Attestation variants ("Service Description" > "Attestation"; confide platform extensions)
+# --------------------------------------------------------------------------------------------
+
+
+class SgxSigner(_Model):
+    """SCONE "Signer-based SGX Attestation": ``mrsigner`` and ``isvprodid`` are mandatory, the
+    security version is either exact (``isvsvn``) or an inclusive range (``isvsvn_min``/``_max``)."""
+
+    mrsigner: Hex32
+    isvprodid: U16
+    isvsvn: U16 | None = None
+    isvsvn_min: U16 | None = None
+    isvsvn_max: U16 | None = None
+
+    @model_validator(mode="after")
+    def _svn(self) -> SgxSigner:
+        if self.isvsvn is not None and (self.isvsvn_min is not None or self.isvsvn_max is not None):
+            raise ValueError("got isvsvn together with isvsvn_min/isvsvn_max, expected one or the other")
+        if self.isvsvn_min is not None and self.isvsvn_max is not None and self.isvsvn_min > self.isvsvn_max:
+            raise ValueError(
+                f"got isvsvn_min {self.isvsvn_min} > isvsvn_max {self.isvsvn_max}, expected min <= max"
+            )
+        return self
+
+
+def _require_some(model: BaseModel, what: str) -> None:
+    if not any(getattr(model, f) is not None for f in type(model).model_fields):
+        raise ValueError(f"got an empty {what} variant, expected at least one factor")
+
+
+class TdxFactors(_Model):
+    """Intel TDX TD report fields (TDX Module ABI, TDREPORT / TD Quote body). Each measurement
+    is one value or a list of allowed values; all given factors must match."""
+
+    mr_td: Hex48List | None = None
+    rtmr0: Hex48List | None = None
+    rtmr1: Hex48List | None = None
+    rtmr2: Hex48List | None = None
+    rtmr3: Hex48List | None = None
+    mr_config_id: Hex48List | None = None
+    mr_owner: Hex48List | None = None
+    mr_owner_config: Hex48List | None = None
+    mr_seam: Hex48List | None = None
+    mr_servicetd: Hex48List | None = None
+    td_attributes: Hex8 | None = None
+    xfam: Hex8 | None = None
+    sept_ve_disable: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> TdxFactors:
+        _require_some(self, "tdx")
+        return self
+
+
+class SevSnpFactors(_Model):
+    """AMD SEV-SNP attestation report fields (SEV-SNP ABI spec, Table "ATTESTATION_REPORT")."""
+
+    measurement: Hex48List | None = None
+    host_data: Hex32List | None = None
+    family_id: Hex16List | None = None
+    image_id: Hex16List | None = None
+    policy: Annotated[StrictInt, Field(ge=0, le=(1 << 53) - 1)] | None = None
+    """The guest policy, compared exactly (bits 63:25 are reserved, so 53 bits suffice)."""
+    vmpl: Annotated[StrictInt, Field(ge=0, le=3)] | None = None
+    guest_svn: U32 | None = None
+    guest_svn_min: U32 | None = None
+    guest_svn_max: U32 | None = None
+
+    @model_validator(mode="after")
+    def _checks(self) -> SevSnpFactors:
+        _require_some(self, "sev-snp")
+        if self.guest_svn is not None and (self.guest_svn_min is not None or self.guest_svn_max is not None):
+            raise ValueError(
+                "got guest_svn together with guest_svn_min/guest_svn_max, expected one or the other"
+            )
+        lo, hi = self.guest_svn_min, self.guest_svn_max
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"got guest_svn_min {lo} > guest_svn_max {hi}, expected min <= max")
+        return self
+
+
+def _index_checker(limit: int) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if not value.isascii() or not value.isdigit() or int(value) > limit:
+            raise ValueError(f"got {short(value)}, expected an index 0..{limit}")
+        return str(int(value))
+
+    return check
+
+
+PcrIndex = Annotated[StrictStr, AfterValidator(_index_checker(31))]
+MeasurementIndex = Annotated[StrictStr, AfterValidator(_index_checker(63))]
+
+
+class NvidiaGpuFactors(_Model):
+    """NVIDIA GPU (Hopper confidential computing) attestation report claims."""
+
+    driver_version: TextList | None = None
+    vbios_version: TextList | None = None
+    measurements: dict[MeasurementIndex, Hex48List] | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> NvidiaGpuFactors:
+        _require_some(self, "nvidia-gpu")
+        return self
+
+
+class AwsNitroFactors(_Model):
+    """AWS Nitro Enclaves attestation document PCRs (SHA-384), by index."""
+
+    pcrs: Annotated[dict[PcrIndex, Hex48List], Field(min_length=1)]
+
+
+class SimFactors(_Model):
+    """The confide simulated TEE: its measurement (see the simulator's documentation)."""
+
+    measurement: Hex32Or48List
+
+
+_PLATFORM_FIELDS: dict[str, Platform] = {
+    "tdx": Platform.TDX,
+    "sev_snp": Platform.SEV_SNP,
+    "nvidia_gpu": Platform.NVIDIA_GPU,
+    "aws_nitro": Platform.AWS_NITRO,
+    "sim": Platform.SIMULATED,
+}
+
+
+class AttestationVariant(_Model):
+    """One attestation variant: a map of factors that must *all* hold. SGX factors are SCONE's
+    ``mrenclave`` and ``signer``; other platforms put their factors under their own key."""
+
+    mrenclave: Hex32List | None = None
+    signer: SgxSigner | None = None
+    tdx: TdxFactors | None = None
+    sev_snp: SevSnpFactors | None = Field(default=None, alias="sev-snp")
+    nvidia_gpu: NvidiaGpuFactors | None = Field(default=None, alias="nvidia-gpu")
+    aws_nitro: AwsNitroFactors | None = Field(default=None, alias="aws-nitro")
+    sim: SimFactors | None = None
+
+    @model_validator(mode="after")
+    def _one_platform(self) -> AttestationVariant:
+        platforms = self._platforms()
+        if len(platforms) != 1:
+            got = ", ".join(p.value for p in platforms) or "no factor"
+            raise ValueError(
+                f"got {got}, expected the factors of exactly one platform (SGX: mrenclave/signer, or one "
+                "of tdx, sev-snp, nvidia-gpu, aws-nitro, sim); list several variants to allow several"
+            )
+        return self
+
+    def _platforms(self) -> list[Platform]:
+        found = [Platform.SGX] if self.mrenclave is not None or self.signer is not None else []
+        found += [p for f, p in _PLATFORM_FIELDS.items() if getattr(self, f) is not None]
+        return found
+
+    @property
+    def platform(self) -> Platform:
+        return self._platforms()[0]

@@ -1,0 +1,364 @@
+"""Loading policy YAML into a validated :class:`~confide.policy.model.Policy`.
+
+Hostile input is expected. The text is bounded (:data:`MAX_BYTES`), must be UTF-8, and is first
+scanned as a stream of parser events: anchors, aliases and explicit tags are refused (no
+"billion laughs", no constructor tricks), nesting deeper than :data:`MAX_DEPTH` and more than
+:data:`MAX_NODES` nodes are refused. Only then is it composed by ruamel.yaml's round-trip loader
+(YAML 1.2, duplicate keys are errors), which keeps the line and column of every node. Every
+pydantic validation error is mapped back to the file, line and column of the offending node,
+and all problems are raised together in one :class:`~confide.errors.PolicyError`. Nothing but
+``PolicyError`` (or ``UsageError`` for an unreadable file) escapes.
+
+Secret values are never echoed: the input of any error under ``secrets[*].value`` is redacted.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent, NodeEvent
+
+from confide.errors import PolicyError, UsageError
+from confide.policy._types import short
+from confide.policy.model import Policy
+from confide.policy.problems import Path, Problem, policy_error
+
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "load_policy", "loads_policy"]
+
+MAX_BYTES = 1 << 20
+"""Largest policy document accepted (1 MiB)."""
+MAX_DEPTH = 64
+"""Deepest nesting of mappings and sequences accepted."""
+MAX_NODES = 20_000
+"""Most YAML nodes accepted in one document."""
+
+
+def load_policy(path: str | os.PathLike[str]) -> Policy:
+    """Read and validate the policy file at ``path``."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read policy file {os.fspath(path)!r}: {exc.strerror}") from None
+    return loads_policy(data, source=os.fspath(path))
+
+
+def loads_policy(text: str | bytes, *, source: str = "<policy>") -> Policy:
+    """Validate a policy given as YAML text (or bytes, which must be UTF-8)."""
+    document, tree = parse_yaml(text, source=source)
+    try:
+        return Policy.model_validate(document)
+    except ValidationError as exc:
+        raise policy_error(_problems_from_validation(exc, tree, source), source=source) from None
+    except PolicyError as exc:  # cross-reference problems, raised by Policy's model validator
+        problems = [_locate(p, tree, source) for p in exc.problems if isinstance(p, Problem)]
+        raise policy_error(problems or [Problem((), exc.message, source)], source=source) from None
+
+
+def _fail(source: str, message: str, line: int | None = None, column: int | None = None) -> PolicyError:
+    return policy_error([Problem((), message, source, line, column)], source=source)
+
+
+def parse_yaml(text: str | bytes, *, source: str = "<policy>") -> tuple[Any, Any]:
+    """Parse YAML safely; return (plain document of dict/list/str/int/..., ruamel node tree)."""
+    if isinstance(text, bytes):
+        if len(text) > MAX_BYTES:
+            raise _fail(source, f"got more than {MAX_BYTES} bytes, expected a smaller policy")
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _fail(source, f"got invalid UTF-8 at byte {exc.start}, expected UTF-8 text") from None
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+        raise _fail(source, f"got more than {MAX_BYTES} bytes, expected a smaller policy")
+    if "\ufeff" in text[1:] or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        raise _fail(
+            source, "got a byte-order mark inside the text or a lone surrogate, expected plain UTF-8 text"
+        )
+    yaml = YAML(typ="rt", pure=True)
+    yaml.allow_duplicate_keys = False
+    try:
+        _prescan(yaml, text, source)
+        tree = yaml.load(text)
+    except PolicyError:
+        raise
+    except MarkedYAMLError as exc:
+        raise _yaml_error(exc, source) from None
+    except Exception as exc:
+        raise _fail(source, f"got malformed YAML ({type(exc).__name__}), expected a YAML mapping") from None
+    if tree is None:
+        raise _fail(source, "got an empty document, expected a YAML mapping")
+    if not isinstance(tree, CommentedMap):
+        raise _fail(source, f"got a {_type_name(tree)} at the top level, expected a YAML mapping", 1, 1)
+    problems: list[Problem] = []
+    document = _plain(tree, (), problems, source)
+    if problems:
+        raise policy_error(problems, source=source)
+    return document, tree
+
+
+def _prescan(yaml: YAML, text: str, source: str) -> None:
+    depth = nodes = 0
+    for event in yaml.parse(text):
+        mark = event.start_mark
+        where = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
+        if isinstance(event, AliasEvent):
+            raise _fail(source, "got an alias (*name), expected no anchors or aliases", *where)
+        if isinstance(event, NodeEvent):
+            if event.anchor is not None:
+                raise _fail(source, "got an anchor (&name), expected no anchors or aliases", *where)
+            tag = getattr(event, "tag", None)
+            if tag is not None:
+                raise _fail(source, f"got the tag {short(tag)}, expected no explicit YAML tags", *where)
+            nodes += 1
+            if nodes > MAX_NODES:
+                raise _fail(
+                    source, f"got more than {MAX_NODES} YAML nodes, expected a smaller policy", *where
+                )
+        if isinstance(event, CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _fail(
+                    source, f"got nesting deeper than {MAX_DEPTH}, expected a shallower policy", *where
+                )
+        elif isinstance(event, CollectionEndEvent):
+            depth -= 1
+
+
+_DUP_KEY = re.compile(r'found duplicate key "(.{0,80}?)" with value')
+
+
+def _yaml_error(exc: MarkedYAMLError, source: str) -> PolicyError:
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark is not None else None
+    column = mark.column + 1 if mark is not None else None
+    problem = str(exc.problem or exc.context or "malformed YAML")
+    dup = _DUP_KEY.search(problem)
+    if dup:
+        first = exc.context_mark.line + 1 if exc.context_mark is not None else "?"
+        # The key name only: ruamel's own message would echo both values (maybe secrets).
+        message = (
+            f"got duplicate key {dup.group(1)!r} (mapping starts at line {first}), expected each key once"
+        )
+    else:
+        message = f"got malformed YAML: {problem[:120]}"
+    return _fail(source, message, line, column)
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "mapping"
+    if isinstance(value, list | tuple):
+        return "sequence"
+    if isinstance(value, datetime.date):
+        return "timestamp"
+    return type(value).__name__
+
+
+def _plain(node: Any, path: Path, problems: list[Problem], source: str) -> Any:
+    """ruamel's tree -> plain dict/list/str/int/float/bool/None (keys: str; int keys -> str)."""
+    if isinstance(node, CommentedMap):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if isinstance(key, int) and not isinstance(key, bool):
+                skey = str(int(key))
+            elif isinstance(key, str):
+                skey = str(key)
+            else:
+                line, col = node.lc.key(key) if key in node.lc.data else (node.lc.line, node.lc.col)
+                problems.append(
+                    Problem(
+                        path, f"got a {_type_name(key)} key, expected a string key", source, line + 1, col + 1
+                    )
+                )
+                continue
+            out[skey] = _plain(value, (*path, skey), problems, source)
+        return out
+    if isinstance(node, CommentedSeq | list):
+        return [_plain(v, (*path, i), problems, source) for i, v in enumerate(node)]
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    return node  # timestamps and the like: pydantic reports the wrong type
+
+
+# ---------------------------------------------------------------------------------------------
+# Mapping validation errors to positions
+# ---------------------------------------------------------------------------------------------
+
+
+def _position(tree: Any, path: Sequence[str | int], *, key: bool = False) -> tuple[int, int]:
+    """1-based line/column of the deepest node of ``path`` found in ``tree``. Segments that are
+    not in the document (union tags, normalised forms, missing keys) are skipped."""
+    node, pos = tree, (tree.lc.line, tree.lc.col)
+    last = len(path) - 1
+    for i, seg in enumerate(path):
+        if isinstance(node, CommentedMap):
+            k: Any = seg
+            if k not in node and isinstance(seg, str) and seg.isdigit() and int(seg) in node:
+                k = int(seg)
+            if k in node:
+                try:
+                    pos = node.lc.key(k) if key and i == last else node.lc.value(k)
+                except (KeyError, TypeError):
+                    pos = (node.lc.line, node.lc.col)
+                node = node[k]
+        elif isinstance(node, CommentedSeq) and isinstance(seg, int) and 0 <= seg < len(node):
+            try:
+                pos = node.lc.item(seg)
+            except (KeyError, TypeError):
+                pos = (node.lc.line, node.lc.col)
+            node = node[seg]
+    return pos[0] + 1, pos[1] + 1
+
+
+def _locate(problem: Problem, tree: Any, source: str) -> Problem:
+    line, col = _position(tree, problem.path)
+    return Problem(problem.path, problem.message, source, line, col)
+
+
+def _redact(path: Sequence[str | int]) -> bool:
+    return len(path) >= 3 and path[0] == "secrets" and path[2] in ("value", "application_secret")
+
+
+def _got(value: Any, redact: bool) -> str:
+    if redact:
+        return f"a {_type_name(value)} (value not shown)"
+    if isinstance(value, dict | list):
+        return f"a {_type_name(value)}"
+    return f"{_type_name(value)} {short(value)}"
+
+
+_BOUNDS = {
+    "greater_than_equal": (">=", "ge"),
+    "less_than_equal": ("<=", "le"),
+    "greater_than": (">", "gt"),
+    "less_than": ("<", "lt"),
+}
+_EXPECTED_TYPE = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "bool_type": "a boolean (true/false)",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "list_type": "a sequence",
+    "tuple_type": "a sequence",
+    "model_attributes_type": "a mapping",
+    "enum": None,
+    "literal_error": None,
+}
+
+
+def _message(err: Any, path: Sequence[str | int]) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    value = err.get("input")
+    redact = _redact(path)
+    if kind == "missing":
+        return f"missing required key {str(path[-1])!r}" if path else "missing required key"
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(path[:-1])
+        hint = f", expected one of: {', '.join(allowed)}" if allowed else ""
+        return f"got unknown key {str(path[-1])!r}{hint}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    if kind in ("enum", "literal_error"):
+        return f"got {_got(value, redact)}, expected {ctx.get('expected', 'another value')}"
+    if kind in _EXPECTED_TYPE:
+        hint = ""
+        if kind == "string_type" and isinstance(value, int | float) and not isinstance(value, bool):
+            hint = " (quote values that look like numbers)"
+        return f"got {_got(value, redact)}, expected {_EXPECTED_TYPE[kind]}{hint}"
+    if kind in ("too_short", "too_long"):
+        return f"got {ctx.get('actual_length', '?')} items, expected {err['msg'].split('should have ')[-1]}"
+    if kind in _BOUNDS:
+        symbol, key = _BOUNDS[kind]
+        return f"got {_got(value, redact)}, expected {symbol} {ctx.get(key, '?')}"
+    if kind in ("string_too_short", "string_too_long"):
+        size = len(value) if isinstance(value, str) else "?"
+        return f"got a string of {size} characters, expected {err['msg'].removeprefix('String should have ')}"
+    if kind in ("union_tag_invalid", "union_tag_not_found", "access_rule"):
+        return f"got {_got(value, redact)}, {err['msg']}"
+    return f"{err['msg']}: got {_got(value, redact)}"
+
+
+def _problems_from_validation(exc: ValidationError, tree: Any, source: str) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: set[tuple[Path, str]] = set()
+    for err in exc.errors(include_url=False):
+        path: Path = tuple(seg for seg in err["loc"] if isinstance(seg, int) or _is_doc_key(seg))
+        message = _message(err, path)
+        if (path, message) in seen:
+            continue
+        seen.add((path, message))
+        line, col = _position(tree, path, key=err["type"] == "extra_forbidden")
+        problems.append(Problem(path, message, source, line, col))
+    return problems
+
+
+_TAG_LIKE = re.compile(
+    r"^(function-|tagged-union|union\[|json-or-python|lax-or-strict|literal\[|nullable|chain)"
+)
+
+
+def _is_doc_key(seg: object) -> bool:
+    """Drop pydantic's internal location segments (``function-after[...]``, union tags)."""
+    if not isinstance(seg, str):
+        return False
+    return not _TAG_LIKE.match(seg) and not seg.startswith("tuple[") and "[" not in seg
+
+
+def _model_classes(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Optional, tuple, dict, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    origin = typing.get_origin(annotation)
+    out: list[type[BaseModel]] = []
+    if origin is not None or isinstance(annotation, types.UnionType):
+        for arg in typing.get_args(annotation):
+            out += _model_classes(arg)
+    return out
+
+
+def _allowed_keys(path: Sequence[str | int]) -> list[str]:
+    """The keys allowed in the mapping at ``path`` (for "unknown key" messages)."""
+    classes: list[type[BaseModel]] = [Policy]
+    for seg in path:
+        if isinstance(seg, int) or (isinstance(seg, str) and seg.isdigit()):
+            continue
+        nxt: list[type[BaseModel]] = []
+        for cls in classes:
+            for name, field in cls.model_fields.items():
+                if (field.alias or name) == seg:
+                    nxt += _model_classes(field.annotation)
+                    for meta in field.metadata:
+                        nxt += _model_classes(meta)
+        if not nxt:
+            return []
+        classes = nxt
+    keys = {field.alias or name for cls in classes for name, field in cls.model_fields.items()}
+    return sorted(keys)

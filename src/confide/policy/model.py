@@ -1,0 +1,526 @@
+"""The typed model of a confide policy: the SCONE session language v0.3, extended.
+
+Field names follow the SCONE session language v0.3 ("SCONE Session Language (v0.3)" on
+sconedocs, sections noted on each class) so that existing session files load unchanged where
+they use supported features. Every model is frozen and rejects unknown keys. Values are
+normalised where the meaning is the same (hex to lower case, one value to a list of one, a
+command string to its argument list, ``tolerate`` sorted), so that the canonical encoding
+(:mod:`confide.policy.canonical`) does not depend on how the YAML was written.
+
+confide extensions: attestation variants for other platforms (``tdx``, ``sev-snp``,
+``nvidia-gpu``, ``aws-nitro``, ``sim``), the ``public-key`` secret kind, ``san`` and
+``renew_before`` on certificates, the ``configuration-needed`` and ``simulation`` tolerances.
+Deviations are listed in ``docs/policy.md``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
+
+from confide.policy import placeholders as ph
+from confide.policy._base import (
+    AbsPath,
+    PlaceholderText,
+    Text,
+    _check_placeholder_syntax,
+    _Model,
+    _no_nul,
+    _one_or_many,
+)
+from confide.policy._types import (
+    Hex16,
+    Hex16Or32,
+    Hex32,
+    Hex32List,
+    Name,
+    PolicyName,
+    short,
+)
+from confide.policy.access import (
+    AccessPolicy,
+    AccessRule,
+    RequireAll,
+    RequireAtLeast,
+    SignerRule,
+)
+from confide.policy.attestation import (
+    AttestationVariant,
+    AwsNitroFactors,
+    NvidiaGpuFactors,
+    SevSnpFactors,
+    SgxSigner,
+    SimFactors,
+    TdxFactors,
+)
+from confide.policy.problems import Path, Problem, policy_error
+from confide.policy.secret import Endpoint, ExportTarget, KeyType, Secret, SecretImport, SecretKind
+from confide.verify.result import Platform
+
+__all__ = [
+    "SUPPORTED_VERSION",
+    "AccessPolicy",
+    "AccessRule",
+    "AttestationSecurity",
+    "AttestationVariant",
+    "AwsNitroFactors",
+    "Endpoint",
+    "ExportTarget",
+    "Image",
+    "ImageVolume",
+    "InjectionFile",
+    "KeyType",
+    "NvidiaGpuFactors",
+    "Policy",
+    "RequireAll",
+    "RequireAtLeast",
+    "Secret",
+    "SecretImport",
+    "SecretKind",
+    "Security",
+    "Service",
+    "SevSnpFactors",
+    "SgxSigner",
+    "SignerRule",
+    "SimFactors",
+    "TdxFactors",
+    "Tolerance",
+    "UpdatePolicy",
+    "Volume",
+    "VolumeExport",
+    "VolumeExportTo",
+    "VolumeImport",
+]
+
+SUPPORTED_VERSION = "0.3"
+
+
+# --------------------------------------------------------------------------------------------
+# Services ("Service Description")
+# --------------------------------------------------------------------------------------------
+
+
+def _split_command(value: object) -> object:
+    if isinstance(value, str):
+        _no_nul(value)
+        return ph.split_command(value)
+    return value
+
+
+def _env_name(value: str) -> str:
+    if not value or "=" in value or "\x00" in value:
+        raise ValueError(f"got {short(value)}, expected a non-empty name without '=' or NUL")
+    return value
+
+
+EnvName = Annotated[StrictStr, AfterValidator(_env_name)]
+
+_FSPF_KEY_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def _fspf_key(value: str) -> str:
+    if _FSPF_KEY_HEX.fullmatch(value):
+        return value.lower()
+    found = ph.find_placeholders(value)
+    if len(found) == 1 and found[0].start == 0 and found[0].end == len(value):
+        return value
+    raise ValueError(f"got {short(value[:8] + '...')}, expected 64 hex digits or '$$SCONE::name$$'")
+
+
+FspfKey = Annotated[StrictStr, AfterValidator(_fspf_key)]
+
+
+class Service(_Model):
+    """A service: its configuration and the attestation variants allowed to get it."""
+
+    name: Name
+    image_name: Name | None = None
+    command: (
+        Annotated[tuple[PlaceholderText, ...], BeforeValidator(_split_command), Field(min_length=1)] | None
+    ) = None
+    """The argument list; a string is split as SCONE documents (whitespace, quotes)."""
+    environment: dict[EnvName, PlaceholderText] = Field(default_factory=dict)
+    pwd: Annotated[Text, Field(min_length=1, max_length=4096)] | None = None
+    fspf_path: AbsPath | None = None
+    fspf_key: FspfKey | None = None
+    fspf_tag: Hex16 | None = None
+    attestation: (
+        Annotated[
+            tuple[AttestationVariant, ...], BeforeValidator(_one_or_many), Field(min_length=1, max_length=256)
+        ]
+        | None
+    ) = None
+    """A map is one variant (all factors), a list is several variants (any of them)."""
+    mrenclaves: Hex32List | None = None
+    """Deprecated SCONE form, equivalent to ``attestation: {mrenclave: [...]}``."""
+
+    @model_validator(mode="after")
+    def _checks(self) -> Service:
+        if self.attestation is None and self.mrenclaves is None:
+            raise ValueError("got no attestation, expected 'attestation' with at least one variant")
+        if self.attestation is not None and self.mrenclaves is not None:
+            raise ValueError("got both 'attestation' and the deprecated 'mrenclaves', expected only one")
+        if (self.fspf_key is None) != (self.fspf_tag is None):
+            raise ValueError("got only one of fspf_key/fspf_tag, expected both or neither")
+        if self.fspf_key is not None and self.fspf_path is None:
+            raise ValueError("got fspf_key/fspf_tag without fspf_path, expected fspf_path too")
+        return self
+
+    def variants(self) -> tuple[AttestationVariant, ...]:
+        """The attestation variants, with the deprecated ``mrenclaves`` as one variant."""
+        if self.attestation is not None:
+            return self.attestation
+        return (AttestationVariant(mrenclave=self.mrenclaves),)
+
+
+# --------------------------------------------------------------------------------------------
+# Volumes and images ("Volumes", "Images")
+# --------------------------------------------------------------------------------------------
+
+
+class UpdatePolicy(enum.StrEnum):
+    ROLLBACK_PROTECTED = "rollback_protected"
+    EPHEMERAL = "ephemeral"
+    NO_ROLLBACK_PROTECTION = "no_rollback_protection"
+
+
+class VolumeExportTo(_Model):
+    session: PolicyName
+    session_hash: Hex32 | None = None
+
+
+class VolumeExport(_Model):
+    """``{session, session_hash}`` or ``{to: {session, session_hash}, update_policy}``."""
+
+    session: PolicyName | None = None
+    session_hash: Hex32 | None = None
+    to: VolumeExportTo | None = None
+    update_policy: UpdatePolicy | None = None
+
+    @model_validator(mode="after")
+    def _form(self) -> VolumeExport:
+        if (self.session is None) == (self.to is None):
+            raise ValueError("got neither or both of session/to, expected exactly one")
+        if self.to is None and self.update_policy is not None:
+            raise ValueError("got update_policy without 'to', expected session and session_hash under 'to'")
+        if self.session is None and self.session_hash is not None:
+            raise ValueError("got session_hash next to 'to', expected it under 'to'")
+        return self
+
+
+class VolumeImport(_Model):
+    session: PolicyName
+    volume: Name
+    session_hash: Hex32 | None = None
+
+
+class Volume(_Model):
+    """An encrypted volume; its key is generated by the CAS unless ``fspf_key``/``fspf_tag``.
+    ``fspf_tag`` is SCONE's 16-byte FSPF tag or a confide volume tag (32 bytes, the SHA-256 of
+    the volume manifest, ``docs/volume-format.md``)."""
+
+    name: Name
+    fspf_key: FspfKey | None = None
+    fspf_tag: Hex16Or32 | None = None
+    export: Annotated[tuple[VolumeExport, ...], BeforeValidator(_one_or_many)] = ()
+    import_: VolumeImport | None = Field(default=None, alias="import")
+
+    @model_validator(mode="after")
+    def _checks(self) -> Volume:
+        if (self.fspf_key is None) != (self.fspf_tag is None):
+            raise ValueError("got only one of fspf_key/fspf_tag, expected both or neither")
+        if self.import_ is not None and (self.fspf_key is not None or self.export):
+            raise ValueError("got fspf_key/fspf_tag/export on an imported volume, expected none of them")
+        return self
+
+
+class ImageVolume(_Model):
+    name: Name
+    path: AbsPath
+    update_policy: UpdatePolicy | None = None
+
+
+class InjectionFile(_Model):
+    """A file whose placeholders are substituted at start; ``content`` given here, or read from
+    the image at ``path`` when omitted."""
+
+    path: AbsPath
+    content: Annotated[StrictStr, AfterValidator(_check_placeholder_syntax)] | None = None
+
+
+def _injection_file(value: object) -> object:
+    return [{"path": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+
+
+class Image(_Model):
+    name: Name
+    volumes: tuple[ImageVolume, ...] = ()
+    injection_files: Annotated[tuple[InjectionFile, ...], BeforeValidator(_injection_file)] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> Image:
+        paths = [f.path for f in self.injection_files] + [v.path for v in self.volumes]
+        dup = sorted({p for p in paths if paths.count(p) > 1})
+        if dup:
+            raise ValueError(f"got path {dup[0]!r} more than once, expected distinct paths")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Security ("Attestation Security")
+# --------------------------------------------------------------------------------------------
+
+
+class Tolerance(enum.StrEnum):
+    """What a policy tolerates (``security.attestation.tolerate``)."""
+
+    DEBUG_MODE = "debug-mode"
+    HYPERTHREADING = "hyperthreading"
+    INSECURE_IGPU = "insecure-igpu"
+    SOFTWARE_HARDENING_NEEDED = "software-hardening-needed"
+    CONFIGURATION_NEEDED = "configuration-needed"
+    INSECURE_CONFIGURATION = "insecure-configuration"
+    """SCONE's name for ``configuration-needed``; both are accepted and mean the same."""
+    OUTDATED_TCB = "outdated-tcb"
+    SIMULATION = "simulation"
+    """confide: accept evidence from the development simulator."""
+
+
+def _advisory(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):
+        raise ValueError(f"got {short(value)}, expected an advisory ID such as INTEL-SA-00161")
+    return value.upper()
+
+
+AdvisoryId = Annotated[StrictStr, AfterValidator(_advisory)]
+
+
+def _sorted_unique(value: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(sorted(set(value)))
+
+
+def _advisories(value: Any) -> Any:
+    return [value] if isinstance(value, str) and value != "*" else value
+
+
+class AttestationSecurity(_Model):
+    mode: Literal["hardware"] = "hardware"
+    """Only hardware attestation: SCONE's ``none`` and ``maa`` are not supported."""
+    tolerate: Annotated[tuple[Tolerance, ...], AfterValidator(_sorted_unique)] = ()
+    ignore_advisories: Annotated[
+        Literal["*"] | Annotated[tuple[AdvisoryId, ...], AfterValidator(_sorted_unique)],
+        BeforeValidator(_advisories),
+    ] = ()
+    trusted_scone_qe_pubkeys: tuple[Hex32, ...] = ()
+    """Accepted for compatibility; confide has no SCONE quoting enclave, so it has no effect."""
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, value: Any) -> Any:
+        if value != "hardware":
+            raise ValueError(
+                f"got {short(value)}, expected 'hardware' "
+                "(confide never disables attestation and has no MAA mode)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _wildcard(self) -> AttestationSecurity:
+        if self.ignore_advisories == "*" and not {Tolerance.DEBUG_MODE, Tolerance.SIMULATION} & set(
+            self.tolerate
+        ):
+            raise ValueError(
+                "got ignore_advisories '*' without debug-mode, expected explicit advisory IDs in production"
+            )
+        return self
+
+    def tolerates(self, t: Tolerance) -> bool:
+        if t in (Tolerance.CONFIGURATION_NEEDED, Tolerance.INSECURE_CONFIGURATION):
+            return (
+                Tolerance.CONFIGURATION_NEEDED in self.tolerate
+                or Tolerance.INSECURE_CONFIGURATION in self.tolerate
+            )
+        return t in self.tolerate
+
+
+class Security(_Model):
+    attestation: AttestationSecurity = AttestationSecurity()
+
+
+# --------------------------------------------------------------------------------------------
+# The policy (SCONE: session description)
+# --------------------------------------------------------------------------------------------
+
+
+def _version(value: Any) -> Any:
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        raise ValueError(f'got the number {value!r}, expected the string "{SUPPORTED_VERSION}" (quote it)')
+    return value
+
+
+class Policy(_Model):
+    """A policy document (a SCONE session description)."""
+
+    name: PolicyName
+    version: Annotated[Literal["0.3"], BeforeValidator(_version)]
+    predecessor: Hex32 | None = None
+    """Hash of the policy this one replaces (absent when creating)."""
+    services: tuple[Service, ...] = ()
+    secrets: tuple[Secret, ...] = ()
+    volumes: tuple[Volume, ...] = ()
+    images: tuple[Image, ...] = ()
+    access_policy: AccessPolicy = AccessPolicy()
+    security: Security = Security()
+
+    @model_validator(mode="after")
+    def _references(self) -> Policy:
+        problems = list(_reference_problems(self))
+        if problems:
+            raise policy_error(problems)
+        return self
+
+    def service(self, name: str) -> Service:
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def secret(self, name: str) -> Secret:
+        for s in self.secrets:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def image(self, name: str) -> Image:
+        for i in self.images:
+            if i.name == name:
+                return i
+        raise KeyError(name)
+
+
+def _duplicates(path: str, names: list[str]) -> Iterator[Problem]:
+    seen: set[str] = set()
+    for i, n in enumerate(names):
+        if n in seen:
+            yield Problem((path, i, "name"), f"got duplicate name {n!r}, expected unique names")
+        seen.add(n)
+
+
+def _placeholder_problems(
+    text: str, path: Path, context: ph.Context, kinds: dict[str, SecretKind | None]
+) -> Iterator[Problem]:
+    try:
+        found = ph.find_placeholders(text)
+    except ph.PlaceholderSyntaxError as exc:  # already reported by the field validator
+        yield Problem(path, str(exc))
+        return
+    for p in found:
+        if p.name not in kinds:
+            known = ", ".join(sorted(kinds)) or "none"
+            yield Problem(path, f"got placeholder {p} naming an unknown secret, expected one of: {known}")
+            continue
+        try:
+            ph.encoding_for(kinds[p.name], p.format, context)
+        except ValueError as exc:
+            yield Problem(path, f"{p}: {exc}")
+
+
+def _reference_problems(policy: Policy) -> Iterator[Problem]:
+    """Cross-references: names unique and defined, placeholders valid, issuers and keys right."""
+    yield from _duplicates("services", [s.name for s in policy.services])
+    yield from _duplicates("secrets", [s.name for s in policy.secrets])
+    yield from _duplicates("volumes", [v.name for v in policy.volumes])
+    yield from _duplicates("images", [i.name for i in policy.images])
+
+    kinds: dict[str, SecretKind | None] = {s.name: s.kind for s in policy.secrets}
+    images = {i.name for i in policy.images}
+    volumes = {v.name for v in policy.volumes}
+    sec = policy.security.attestation
+
+    for i, s in enumerate(policy.secrets):
+        for field, want in (("private_key", SecretKind.PRIVATE_KEY), ("issuer", SecretKind.X509_CA)):
+            ref = getattr(s, field)
+            if ref is None:
+                continue
+            if ref not in kinds:
+                yield Problem(("secrets", i, field), f"got {ref!r}, expected the name of a {want} secret")
+            elif kinds[ref] not in (want, None):
+                yield Problem(
+                    ("secrets", i, field), f"got {ref!r} of kind {kinds[ref]}, expected a {want} secret"
+                )
+        if s.issuer is not None:
+            seen: set[str] = {s.name}
+            cur: str | None = s.issuer
+            while cur is not None and cur in kinds:
+                if cur in seen:
+                    yield Problem(
+                        ("secrets", i, "issuer"), f"got an issuer cycle through {cur!r}, expected a chain"
+                    )
+                    break
+                seen.add(cur)
+                cur = policy.secret(cur).issuer
+
+    for i, svc in enumerate(policy.services):
+        base: Path = ("services", i)
+        if svc.image_name is not None and svc.image_name not in images:
+            yield Problem((*base, "image_name"), f"got {svc.image_name!r}, expected the name of an image")
+        for j, arg in enumerate(svc.command or ()):
+            yield from _placeholder_problems(arg, (*base, "command", j), ph.Context.COMMAND, kinds)
+        for k, v in svc.environment.items():
+            yield from _placeholder_problems(v, (*base, "environment", k), ph.Context.ENVIRONMENT, kinds)
+        if svc.fspf_key is not None and svc.fspf_key.startswith("$$"):
+            yield from _placeholder_problems(svc.fspf_key, (*base, "fspf_key"), ph.Context.FSPF_KEY, kinds)
+        for j, variant in enumerate(svc.variants()):
+            if variant.platform is Platform.SIMULATED and not sec.tolerates(Tolerance.SIMULATION):
+                yield Problem(
+                    (*base, "attestation", j),
+                    "got a sim variant, expected security.attestation.tolerate to include 'simulation'",
+                )
+
+    for i, vol in enumerate(policy.volumes):
+        if vol.fspf_key is not None and vol.fspf_key.startswith("$$"):
+            yield from _placeholder_problems(
+                vol.fspf_key, ("volumes", i, "fspf_key"), ph.Context.FSPF_KEY, kinds
+            )
+
+    for i, img in enumerate(policy.images):
+        for j, iv in enumerate(img.volumes):
+            if iv.name not in volumes:
+                yield Problem(
+                    ("images", i, "volumes", j, "name"), f"got {iv.name!r}, expected the name of a volume"
+                )
+        for j, f in enumerate(img.injection_files):
+            if f.content is not None:
+                yield from _placeholder_problems(
+                    f.content, ("images", i, "injection_files", j, "content"), ph.Context.FILE, kinds
+                )
+
+    ap = policy.access_policy
+    for op in ("read", "update", "create_sessions"):
+        rules = getattr(ap, op)
+        for j, rule in enumerate(rules or ()):
+            yield from _access_rule_problems(rule, ("access_policy", op, j), kinds)
+
+
+def _access_rule_problems(rule: Any, path: Path, kinds: dict[str, SecretKind | None]) -> Iterator[Problem]:
+    if isinstance(rule, str):
+        yield from _placeholder_problems(rule, path, ph.Context.ACCESS_POLICY, kinds)
+    elif isinstance(rule, SignerRule):
+        yield from _placeholder_problems(rule.signer, (*path, "signer"), ph.Context.ACCESS_POLICY, kinds)
+    elif isinstance(rule, RequireAll):
+        for k, r in enumerate(rule.require_all):
+            yield from _access_rule_problems(r, (*path, "require-all", k), kinds)
+    elif isinstance(rule, RequireAtLeast):
+        for k, r in enumerate(rule.rules):
+            yield from _access_rule_problems(r, (*path, f"require-at-least-{rule.n}", k), kinds)

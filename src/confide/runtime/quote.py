@@ -1,0 +1,354 @@
+"""Where the runtime gets its evidence: the :class:`QuoteProvider` interface.
+
+One method, ``get_evidence(report_data) -> Evidence``, with three implementations:
+
+- :class:`SimQuoteProvider`: the development simulator (``docs/simulator.md``).
+- :class:`ConfigfsTsmQuoteProvider`: Linux configfs-tsm (``/sys/kernel/config/tsm/report``,
+  Linux >= 6.7; TDX and SEV-SNP guests). Follows the kernel ABI document
+  ``Documentation/ABI/testing/configfs-tsm``: a report entry per request (mkdir), write
+  ``privlevel`` (SEV-SNP VMPL, optional) and ``inblob``, read ``outblob``, ``auxblob``,
+  ``provider``, then check that ``generation`` advanced by exactly our writes, and rmdir.
+- :class:`GramineQuoteProvider`: Gramine-SGX's ``/dev/attestation`` pseudo-files: write
+  ``user_report_data``, read ``quote``.
+
+Device roots are injectable (tests run against fake trees). Every provider also checks that the
+evidence it got carries the report data it asked for (a cheap guard against a confused or
+interfering writer; the verifier checks it again).
+
+Errors (all :class:`~confide.errors.ConfideError`, one exit code each):
+
+- :class:`~confide.errors.UsageError`: the device is absent, unusable here (not a TEE guest,
+  attestation disabled, no permission) or the request is malformed (report data not 64 bytes).
+- :class:`~confide.errors.BindingError`: the ``generation`` counter shows a concurrent writer,
+  or the evidence does not carry our report data.
+- :class:`~confide.errors.ParseError`: the evidence is too short to hold report data.
+- :class:`~confide.errors.StorageError`: the device returned an I/O error.
+"""
+
+from __future__ import annotations
+
+import errno
+import hmac
+import os
+import secrets
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Protocol
+
+from confide.errors import BindingError, ParseError, StorageError, UsageError
+from confide.evidence.sim import REPORT_DATA_SIZE
+from confide.sim.measure import measure_command
+from confide.sim.platform import SimPlatform
+from confide.verify.result import Platform
+
+__all__ = [
+    "CONFIGFS_TSM_ROOT",
+    "GRAMINE_ATTESTATION_ROOT",
+    "ConfigfsTsmQuoteProvider",
+    "Evidence",
+    "GramineQuoteProvider",
+    "QuoteProvider",
+    "SimQuoteProvider",
+]
+
+CONFIGFS_TSM_ROOT = Path("/sys/kernel/config/tsm/report")
+GRAMINE_ATTESTATION_ROOT = Path("/dev/attestation")
+
+# Offsets of the 64-byte report data inside each platform's evidence.
+# AMD SEV-SNP ABI (56860), Table 23 ATTESTATION_REPORT: REPORT_DATA at 0x50.
+_SNP_REPORT_DATA_OFFSET = 0x50
+# Intel TDX DCAP Quoting Library API, A.3: 48-byte header; v4 body (TD report, Table A.3.3) has
+# REPORTDATA after TEE_TCB_SVN(16) MRSEAM(48) MRSIGNERSEAM(48) SEAMATTRIBUTES(8) TDATTRIBUTES(8)
+# XFAM(8) MRTD(48) MRCONFIGID(48) MROWNER(48) MROWNERCONFIG(48) RTMR0-3(4*48) = 520 bytes.
+# v5 inserts a body descriptor (type u16, size u32) before the body.
+_QUOTE_HEADER_SIZE = 48
+_TD_REPORT_DATA_OFFSET = 520
+_V5_BODY_DESCRIPTOR_SIZE = 6
+# Intel SGX DCAP Quote Library API, "Quote Format": 48-byte header, then the 384-byte ISV
+# enclave report body with REPORTDATA at offset 320.
+_SGX_REPORT_DATA_OFFSET = 320
+
+_CONFIGFS_PROVIDERS: dict[str, Platform] = {"sev_guest": Platform.SEV_SNP, "tdx_guest": Platform.TDX}
+_PRIVLEVEL_MAX = 3  # include/linux/tsm.h TSM_PRIVLEVEL_MAX
+_MKDIR_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """Raw evidence as the platform produced it, plus what the verifier needs beside it."""
+
+    platform: Platform
+    raw: bytes
+    provider: str
+    """Where it came from: ``sim``, ``configfs-tsm/sev_guest``, ``gramine/dcap``, ..."""
+    aux: Mapping[str, bytes] = field(default_factory=dict)
+    """Auxiliary blobs, e.g. ``{"auxblob": <SEV-SNP certificate table>}``."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "aux", MappingProxyType(dict(self.aux)))
+
+
+class QuoteProvider(Protocol):
+    """Produces evidence whose report data is exactly ``report_data`` (64 bytes)."""
+
+    def get_evidence(self, report_data: bytes) -> Evidence: ...
+
+
+def _check_report_data(report_data: bytes) -> None:
+    if len(report_data) != REPORT_DATA_SIZE:
+        raise UsageError(f"report_data: got {len(report_data)} bytes, expected {REPORT_DATA_SIZE}")
+
+
+def _check_binding(raw: bytes, offset: int, report_data: bytes, what: str) -> None:
+    end = offset + REPORT_DATA_SIZE
+    if len(raw) < end:
+        raise ParseError(
+            f"got {len(raw)} bytes, expected at least {end}", structure=what, field="report_data"
+        )
+    if not hmac.compare_digest(raw[offset:end], report_data):
+        raise BindingError(
+            f"{what}: report data in the evidence is {raw[offset:end].hex()}, expected {report_data.hex()}"
+        )
+
+
+def _tdx_report_data_offset(raw: bytes) -> int:
+    version = int.from_bytes(raw[0:2], "little") if len(raw) >= 2 else 0
+    if version == 5:
+        return _QUOTE_HEADER_SIZE + _V5_BODY_DESCRIPTOR_SIZE + _TD_REPORT_DATA_OFFSET
+    return _QUOTE_HEADER_SIZE + _TD_REPORT_DATA_OFFSET
+
+
+# --- simulator ---------------------------------------------------------------------------------
+
+
+class SimQuoteProvider:
+    """Simulated evidence for a fixed launch measurement (development only)."""
+
+    def __init__(
+        self,
+        platform: SimPlatform,
+        measurement: bytes,
+        *,
+        debug: bool = False,
+        svn: int = 0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._platform = platform
+        self._measurement = measurement
+        self._debug = debug
+        self._svn = svn
+        self._clock = clock
+
+    @classmethod
+    def for_command(
+        cls,
+        platform_dir: Path,
+        argv: Sequence[str],
+        *,
+        search_path: str | None = None,
+        cwd: Path | None = None,
+        debug: bool = False,
+        svn: int = 0,
+    ) -> SimQuoteProvider:
+        """Measure ``argv`` (see :mod:`confide.sim.measure`) with the platform key in ``platform_dir``."""
+        platform = SimPlatform.load(platform_dir)
+        measurement = measure_command(argv, search_path=search_path, cwd=cwd)
+        return cls(platform, measurement.digest, debug=debug, svn=svn)
+
+    def get_evidence(self, report_data: bytes) -> Evidence:
+        _check_report_data(report_data)
+        evidence = self._platform.issue(
+            report_data=report_data,
+            measurement=self._measurement,
+            timestamp=int(self._clock().timestamp()),
+            debug=self._debug,
+            svn=self._svn,
+        )
+        return Evidence(platform=Platform.SIMULATED, raw=evidence.to_bytes(), provider="sim")
+
+
+# --- Linux configfs-tsm ------------------------------------------------------------------------
+
+
+def _io_error(what: str, path: Path, exc: OSError) -> StorageError | UsageError:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return UsageError(f"{what}: permission denied on {str(path)!r} (attestation needs root)")
+    if exc.errno == errno.ENOENT:
+        return UsageError(f"{what}: {str(path)!r} does not exist")
+    return StorageError(f"{what}: {str(path)!r}: {exc.strerror or exc}")
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise _io_error(what, path, exc) from None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise _io_error(what, path, exc) from None
+    finally:
+        os.close(fd)
+
+
+def _write(path: Path, data: bytes, what: str) -> None:
+    # No O_CREAT: the attribute must already exist (the kernel creates them); a missing one
+    # means this is not the interface we think it is.
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError as exc:
+        raise _io_error(what, path, exc) from None
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise StorageError(f"{what}: short write to {str(path)!r}: {written} of {len(data)} bytes")
+    except OSError as exc:
+        raise _io_error(what, path, exc) from None
+    finally:
+        try:
+            os.close(fd)  # configfs binary attributes commit on release
+        except OSError as exc:
+            raise _io_error(what, path, exc) from None
+
+
+def _read_int(path: Path, what: str) -> int:
+    text = _read(path, what).strip()
+    try:
+        return int(text)
+    except ValueError:
+        raise ParseError(f"got {text[:32]!r}, expected a decimal number", structure=str(path)) from None
+
+
+class ConfigfsTsmQuoteProvider:
+    """TDX / SEV-SNP evidence through Linux configfs-tsm (one report entry per request)."""
+
+    def __init__(self, root: Path = CONFIGFS_TSM_ROOT, *, privlevel: int | None = None) -> None:
+        if privlevel is not None and not 0 <= privlevel <= _PRIVLEVEL_MAX:
+            raise UsageError(f"privlevel: got {privlevel}, expected 0..{_PRIVLEVEL_MAX}")
+        self.root = root
+        self.privlevel = privlevel
+
+    def _make_entry(self) -> Path:
+        what = "configfs-tsm"
+        if not self.root.is_dir():
+            raise UsageError(
+                f"{what}: {str(self.root)!r} not found: this is not a TDX or SEV-SNP guest with "
+                "configfs-tsm (Linux >= 6.7, configfs mounted on /sys/kernel/config)"
+            )
+        for _ in range(_MKDIR_ATTEMPTS):
+            entry = self.root / f"confide-{os.getpid()}-{secrets.token_hex(8)}"
+            try:
+                entry.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise _io_error(what, entry, exc) from None
+            return entry
+        raise StorageError(f"{what}: could not create a fresh report entry under {str(self.root)!r}")
+
+    def get_evidence(self, report_data: bytes) -> Evidence:
+        _check_report_data(report_data)
+        entry = self._make_entry()
+        failed = True
+        try:
+            evidence = self._request(entry, report_data)
+            failed = False
+        finally:
+            try:
+                entry.rmdir()
+            except OSError as exc:
+                if not failed:  # do not mask the original error
+                    raise _io_error("configfs-tsm: removing the report entry", entry, exc) from None
+        return evidence
+
+    def _request(self, entry: Path, report_data: bytes) -> Evidence:
+        what = "configfs-tsm"
+        # The ABI: "Userspace can detect conflicts by checking generation before writing to any
+        # attribute and making sure the number of writes matches expectations after reading
+        # @outblob". We own the entry, so any extra write is an interfering process.
+        before = _read_int(entry / "generation", what)
+        writes = 0
+        if self.privlevel is not None:
+            floor_path = entry / "privlevel_floor"
+            if not (entry / "privlevel").exists():
+                raise UsageError(f"{what}: this TSM has no privlevel attribute; do not set a privilege level")
+            if floor_path.exists():
+                floor = _read_int(floor_path, what)
+                if self.privlevel < floor:
+                    raise UsageError(
+                        f"privlevel: got {self.privlevel}, expected at least {floor} on this guest"
+                    )
+            _write(entry / "privlevel", f"{self.privlevel}\n".encode(), what)
+            writes += 1
+        _write(entry / "inblob", report_data, what)
+        writes += 1
+        outblob = _read(entry / "outblob", what)
+        aux: dict[str, bytes] = {}
+        if (entry / "auxblob").exists():
+            auxblob = _read(entry / "auxblob", what)
+            if auxblob:
+                aux["auxblob"] = auxblob
+        provider = _read(entry / "provider", what).strip().decode("ascii", "replace")
+        after = _read_int(entry / "generation", what)
+        if after != before + writes:
+            raise BindingError(
+                f"{what}: generation went from {before} to {after}, expected {before + writes}: another "
+                "process wrote to the report entry, so the report may not carry our report data"
+            )
+        if not outblob:
+            raise StorageError(f"{what}: the TSM returned an empty outblob")
+        platform = _CONFIGFS_PROVIDERS.get(provider)
+        if platform is None:
+            raise UsageError(
+                f"{what}: got provider {provider!r}, expected one of {', '.join(sorted(_CONFIGFS_PROVIDERS))}"
+            )
+        if platform is Platform.SEV_SNP:
+            _check_binding(outblob, _SNP_REPORT_DATA_OFFSET, report_data, "SEV-SNP report from configfs-tsm")
+        else:
+            _check_binding(
+                outblob, _tdx_report_data_offset(outblob), report_data, "TDX quote from configfs-tsm"
+            )
+        return Evidence(platform=platform, raw=outblob, provider=f"configfs-tsm/{provider}", aux=aux)
+
+
+# --- Gramine /dev/attestation ------------------------------------------------------------------
+
+
+class GramineQuoteProvider:
+    """SGX DCAP quotes inside Gramine-SGX via the ``/dev/attestation`` pseudo-files."""
+
+    def __init__(self, root: Path = GRAMINE_ATTESTATION_ROOT) -> None:
+        self.root = root
+        # The pseudo-files hold one user_report_data per process: serialise our requests.
+        self._lock = threading.Lock()
+
+    def get_evidence(self, report_data: bytes) -> Evidence:
+        _check_report_data(report_data)
+        what = "gramine /dev/attestation"
+        if not (self.root / "attestation_type").is_file():
+            raise UsageError(
+                f"{what}: {str(self.root / 'attestation_type')!r} not found: not running inside Gramine-SGX"
+            )
+        kind = _read(self.root / "attestation_type", what).strip().decode("ascii", "replace")
+        if kind == "none":
+            raise UsageError(
+                f"{what}: attestation_type is 'none': set sgx.remote_attestation = \"dcap\" in the manifest"
+            )
+        if kind != "dcap":
+            raise UsageError(f"{what}: got attestation_type {kind!r}, expected 'dcap'")
+        with self._lock:
+            _write(self.root / "user_report_data", report_data, what)
+            quote = _read(self.root / "quote", what)
+        if not quote:
+            raise StorageError(f"{what}: empty quote")
+        _check_binding(
+            quote, _QUOTE_HEADER_SIZE + _SGX_REPORT_DATA_OFFSET, report_data, "SGX quote from Gramine"
+        )
+        return Evidence(platform=Platform.SGX, raw=quote, provider="gramine/dcap")

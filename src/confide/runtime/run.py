@@ -1,0 +1,159 @@
+"""``confide run``: attest to the CAS, receive the configuration, inject it, exec the program.
+
+1. Create an ephemeral P-256 key pair and ask the CAS for a nonce.
+2. Get evidence whose report data is SHA-512("confide-attest/v1" || 0 || key SPKI || nonce)
+   from the platform's quote provider (the simulator measures the command being launched).
+3. Send evidence, public key, policy and service to the CAS over TLS (pinned certificate).
+4. Decrypt the release with the ephemeral key: command, environment, files, working directory.
+5. Write injected files (tmpfs only, mode 0600), set exactly the released environment (the
+   host environment does not leak in), and ``exec`` the program.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from confide.cas.client import CasClient
+from confide.cas.core import binding_report_data, decrypt_release
+from confide.errors import ParseError, UsageError
+from confide.runtime.quote import QuoteProvider
+
+__all__ = ["Launch", "attest_and_prepare", "is_memory_backed", "launch"]
+
+_MEMORY_FS = frozenset({"tmpfs", "ramfs"})
+
+
+@dataclass(frozen=True)
+class Launch:
+    argv: list[str]
+    environment: dict[str, str]
+    files: dict[str, bytes]
+    pwd: str | None
+
+
+def _mounts() -> list[tuple[str, str]]:
+    out = []
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        parts = line.split()
+        try:
+            sep = parts.index("-")
+        except ValueError:
+            continue
+        mount_point = parts[4].encode().decode("unicode_escape")
+        out.append((mount_point, parts[sep + 1]))
+    return out
+
+
+def is_memory_backed(path: Path) -> bool:
+    """Whether ``path`` would be stored on a memory file system (tmpfs/ramfs)."""
+    target = str(path.parent.resolve())
+    best, fstype = "", ""
+    for mount_point, fs in _mounts():
+        if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(
+            mount_point
+        ) >= len(best):
+            best, fstype = mount_point, fs
+    return fstype in _MEMORY_FS
+
+
+def attest_and_prepare(
+    client: CasClient, provider: QuoteProvider, policy: str, service: str, command: Sequence[str]
+) -> Launch:
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    nonce_hex = client.nonce()
+    nonce = bytes.fromhex(nonce_hex)
+    evidence = provider.get_evidence(binding_report_data(key_der, nonce))
+    request: dict[str, Any] = {
+        "policy": policy,
+        "service": service,
+        "platform": evidence.platform.value,
+        "evidence": base64.b64encode(evidence.raw).decode(),
+        "public_key": base64.b64encode(key_der).decode(),
+        "nonce": nonce_hex,
+    }
+    aux = getattr(evidence, "aux", None)
+    if aux:
+        request["aux"] = {k: base64.b64encode(v).decode() for k, v in dict(aux).items()}
+    config = decrypt_release(key, client.attest(request), nonce)
+    try:
+        argv = list(config["command"]) if config.get("command") else list(command)
+        environment = {str(k): str(v) for k, v in dict(config.get("environment") or {}).items()}
+        files = {str(p): base64.b64decode(c) for p, c in dict(config.get("files") or {}).items()}
+        pwd = config.get("pwd")
+    except (TypeError, ValueError):
+        raise ParseError("the CAS's configuration is malformed", structure="release") from None
+    if not argv:
+        raise UsageError("no command: give one after -- or in the policy's service")
+    if command and config.get("command"):
+        measured, released = shutil.which(command[0]), shutil.which(argv[0], path=environment.get("PATH"))
+        if measured is None or released is None or Path(measured).resolve() != Path(released).resolve():
+            raise UsageError(
+                f"the policy's command runs {argv[0]!r}, but {command[0]!r} was measured; "
+                "they must be the same program"
+            )
+    return Launch(argv, environment, files, str(pwd) if pwd else None)
+
+
+def _write_files(files: Mapping[str, bytes]) -> None:
+    for path_text, content in files.items():
+        path = Path(path_text)
+        if not path.is_absolute():
+            raise UsageError(f"injection file {path_text}: expected an absolute path")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not is_memory_backed(path):
+            raise UsageError(
+                f"injection file {path_text} would land on persistent storage; confide only writes injected "
+                "files to tmpfs (mount a tmpfs at its directory, e.g. under /dev/shm or /run)"
+            )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            view = memoryview(content)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+        finally:
+            os.close(fd)
+
+
+def launch(plan: Launch) -> None:
+    """Inject and exec; does not return on success."""
+    _write_files(plan.files)
+    if plan.pwd:
+        try:
+            os.chdir(plan.pwd)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot change to the service's working directory {plan.pwd}: {exc.strerror}"
+            ) from None
+    env = dict(plan.environment)
+    program = plan.argv[0]
+    if "/" not in program:
+        search = env.get("PATH") or os.environ.get("PATH") or "/usr/bin:/bin"
+        for directory in search.split(":"):
+            candidate = Path(directory) / program
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                program = str(candidate)
+                break
+        else:
+            raise UsageError(f"{program}: not found on PATH")
+    try:
+        os.execve(program, plan.argv, env)  # noqa: S606 - exec of the attested program is the point
+    except OSError as exc:
+        raise UsageError(f"cannot execute {program}: {exc.strerror}") from None

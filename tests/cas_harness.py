@@ -1,0 +1,151 @@
+"""Test harness: real CAS processes over TLS, on SQLite or on a throwaway PostgreSQL cluster."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+
+
+def pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster (initdb in a temp dir, run as the postgres user when root)."""
+
+    def __init__(self) -> None:
+        bindir = pg_bin()
+        if bindir is None:
+            raise RuntimeError("PostgreSQL server binaries not found (apt-get install postgresql)")
+        self.bindir = bindir
+        self.dir = Path(tempfile.mkdtemp(prefix="confide-pg-"))
+        self.port = _free_port()
+        self._as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as_user:
+            shutil.chown(self.dir, "postgres", "postgres")
+        data = self.dir / "data"
+        self._run(
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
+        self._run(
+            str(bindir / "pg_ctl"), "-D", str(data), "-l", str(self.dir / "log"), "-w", "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "start",
+        )  # fmt: skip
+        self.data = data
+        self._n = 0
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self._as_user, *args], check=True, capture_output=True, timeout=120)
+
+    def new_database(self) -> str:
+        self._n += 1
+        name = f"cas_{os.getpid()}_{self._n}"
+        self._run(
+            str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name
+        )
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        try:
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass
+class CasProcess:
+    data_dir: Path
+    db_url: str | None
+    proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    log: Path | None = None
+
+    def start(self) -> CasProcess:
+        env_file = self.data_dir / "client.env"
+        env_file.unlink(missing_ok=True)
+        self.log = self.data_dir.parent / f"{self.data_dir.name}.log"
+        args = [sys.executable, "-m", "confide", "cas", "serve", "--data-dir", str(self.data_dir),
+                "--listen", "127.0.0.1:0", "--dev"]  # fmt: skip
+        if self.db_url:
+            args += ["--db", self.db_url]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                args,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+            )
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if env_file.exists():
+                self.env = {}
+                for line in env_file.read_text().splitlines():
+                    key, _, value = line.removeprefix("export ").partition("=")
+                    self.env[key] = value.strip("'")
+                if self._ready():
+                    return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"CAS exited: {self.log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        raise RuntimeError("CAS did not start")
+
+    def _ready(self) -> bool:
+        import ssl
+        import urllib.request
+
+        ctx = ssl.create_default_context(cafile=self.env["CONFIDE_CAS_CERT"])
+        try:
+            with urllib.request.urlopen(
+                self.env["CONFIDE_CAS_URL"] + "/v1/health", context=ctx, timeout=2
+            ) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@contextmanager
+def running_cas(data_dir: Path, db_url: str | None) -> Iterator[CasProcess]:
+    cas = CasProcess(data_dir, db_url).start()
+    try:
+        yield cas
+    finally:
+        cas.stop()

@@ -1,0 +1,207 @@
+"""Build small OCI image layouts and docker-save archives for tests (tarfile + hashlib + json)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+@dataclass
+class M:
+    """One tar member: kind f (file), d (dir), l (symlink), h (hard link), c (char dev), p (fifo)."""
+
+    name: str
+    kind: str = "f"
+    data: bytes = b""
+    link: str = ""
+    mode: int | None = None
+    uid: int = 0
+    gid: int = 0
+
+
+def layer_tar(members: list[M]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for m in members:
+            ti = tarfile.TarInfo(m.name)
+            ti.mtime, ti.uid, ti.gid = 1_700_000_000, m.uid, m.gid
+            if m.kind == "f":
+                ti.size, ti.mode = len(m.data), 0o644 if m.mode is None else m.mode
+                tf.addfile(ti, io.BytesIO(m.data))
+                continue
+            ti.mode = 0o755 if m.mode is None else m.mode
+            ti.type = {"d": tarfile.DIRTYPE, "l": tarfile.SYMTYPE, "h": tarfile.LNKTYPE, "c": tarfile.CHRTYPE,
+                       "p": tarfile.FIFOTYPE}[m.kind]  # fmt: skip
+            ti.linkname = m.link
+            if m.kind == "c":
+                ti.devmajor, ti.devminor = 1, 3
+            tf.addfile(ti)
+    return buf.getvalue()
+
+
+def compress(raw: bytes, compression: str) -> bytes:
+    if compression == "gzip":
+        return gzip.compress(raw, mtime=0)
+    if compression == "zstd":
+        from backports import zstd
+
+        return zstd.compress(raw)
+    return raw
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# a fake CPython 3.11 + glibc loader, enough for the runtime check
+PYTHON_BASE = [
+    M("usr/", "d"),
+    M("usr/bin/", "d"),
+    M("usr/bin/python3.11", data=b"\x7fELF fake python", mode=0o755),
+    M("usr/bin/python3", "l", link="python3.11"),
+    M("lib64/", "d"),
+    M("lib64/ld-linux-x86-64.so.2", data=b"\x7fELF fake loader", mode=0o755),
+]
+
+
+@dataclass
+class Image:
+    layers: list[list[M]]
+    compression: str = "gzip"
+    entrypoint: list[str] = field(default_factory=lambda: ["/app/run.sh"])
+    cmd: list[str] | None = field(default_factory=lambda: ["--serve"])
+    env: list[str] = field(default_factory=lambda: ["PATH=/usr/bin:/bin", "MODE=prod"])
+    workdir: str = "/app"
+    architecture: str = "amd64"
+
+    def blobs(self) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        raws = [layer_tar(ms) for ms in self.layers]
+        config = {
+            "architecture": self.architecture,
+            "os": "linux",
+            "created": "2024-01-02T03:04:05Z",
+            "config": {
+                "Entrypoint": self.entrypoint,
+                "Cmd": self.cmd,
+                "Env": self.env,
+                "WorkingDir": self.workdir,
+            },
+            "rootfs": {"type": "layers", "diff_ids": [sha(r) for r in raws]},
+            "history": [
+                {"created": "2024-01-02T03:04:05Z", "created_by": f"layer {i}"} for i in range(len(raws))
+            ],
+        }
+        return json.dumps(config).encode(), [(r, compress(r, self.compression)) for r in raws]
+
+    def write_layout(self, root: Path, *, ref: str | None = None) -> Path:
+        config, layers = self.blobs()
+        blobs = root / "blobs" / "sha256"
+        blobs.mkdir(parents=True)
+
+        def put(data: bytes) -> str:
+            d = sha(data)
+            (blobs / d[7:]).write_bytes(data)
+            return d
+
+        media = OCI_LAYER + ({"gzip": "+gzip", "zstd": "+zstd"}.get(self.compression, ""))
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": put(config), "size": len(config)},
+            "layers": [{"mediaType": media, "digest": put(c), "size": len(c)} for _, c in layers],
+        }
+        mbytes = json.dumps(manifest).encode()
+        desc = {"mediaType": OCI_MANIFEST, "digest": put(mbytes), "size": len(mbytes)}
+        if ref:
+            desc["annotations"] = {"org.opencontainers.image.ref.name": ref}
+        (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+        (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [desc]}))
+        return root
+
+    def write_archive(self, path: Path, *, new_layout: bool = False) -> Path:
+        config, layers = self.blobs()
+        files: dict[str, bytes] = {}
+        if new_layout:
+            cname = f"blobs/sha256/{sha(config)[7:]}"
+            lnames = []
+            for _, c in layers:
+                lnames.append(f"blobs/sha256/{sha(c)[7:]}")
+                files[lnames[-1]] = c
+        else:
+            cname = f"{sha(config)[7:]}.json"
+            lnames = []
+            for i, (r, _) in enumerate(layers):
+                lnames.append(f"layer{i}/layer.tar")
+                files[lnames[-1]] = r
+        files[cname] = config
+        files["manifest.json"] = json.dumps(
+            [{"Config": cname, "RepoTags": ["app:1"], "Layers": lnames}]
+        ).encode()
+        with tarfile.open(path, "w") as tf:
+            for name, data in files.items():
+                ti = tarfile.TarInfo(name)
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+        return path
+
+
+def decompressed(blob: bytes) -> bytes:
+    if blob.startswith(b"\x1f\x8b"):
+        return gzip.decompress(blob)
+    if blob.startswith(b"\x28\xb5\x2f\xfd"):
+        from backports import zstd
+
+        return zstd.decompress(blob)
+    return blob
+
+
+def all_blob_bytes(path: Path) -> list[bytes]:
+    """Every blob of an output layout or docker archive, raw and decompressed."""
+    out = []
+    if path.is_dir():
+        for p in sorted((path / "blobs" / "sha256").iterdir()):
+            raw = p.read_bytes()
+            out += [raw, decompressed(raw)]
+    else:
+        with tarfile.open(path) as tf:
+            for m in tf:
+                if m.isreg():
+                    f = tf.extractfile(m)
+                    assert f is not None
+                    raw = f.read()
+                    out += [raw, decompressed(raw)]
+    return out
+
+
+def read_layout(path: Path) -> tuple[dict, dict, list[bytes]]:
+    """(manifest, config, uncompressed layer tars) of a single-image layout."""
+    index = json.loads((path / "index.json").read_bytes())
+    blobs = path / "blobs" / "sha256"
+    manifest = json.loads((blobs / index["manifests"][0]["digest"][7:]).read_bytes())
+    config = json.loads((blobs / manifest["config"]["digest"][7:]).read_bytes())
+    layers = [decompressed((blobs / d["digest"][7:]).read_bytes()) for d in manifest["layers"]]
+    return manifest, config, layers
+
+
+def layer_names(tar_bytes: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tf:
+        return [m.name for m in tf]
+
+
+def extract_volume(path: Path, dest: Path, name: str = "image") -> Path:
+    """Extract /confide/volumes/NAME of the output layout's top layers into dest; return the volume dir."""
+    _, _, layers = read_layout(path)
+    for raw in layers:
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+            members = [m for m in tf if m.name.startswith(f"confide/volumes/{name}")]
+            tf.extractall(dest, members=members, filter="data")
+    return dest / "confide" / "volumes" / name

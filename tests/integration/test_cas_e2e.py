@@ -1,0 +1,575 @@
+"""The CAS end to end: real processes, real TLS, SQLite and PostgreSQL (fixture ``cas``)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from cas_harness import ROOT, CasProcess
+from confide import errors
+from confide.cas.client import CasClient
+from confide.cas.core import binding_report_data
+from confide.identity import Identity
+from confide.policy import loads_policy
+from confide.runtime.quote import SimQuoteProvider
+
+SHM = Path("/dev/shm")
+
+
+def confide(cas: CasProcess, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"), **cas.env}
+    r = subprocess.run([sys.executable, "-m", "confide", *args], capture_output=True, text=True, env=env,
+                       timeout=120, check=False)  # fmt: skip
+    if check:
+        assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def identity(cas: CasProcess, tmp: Path, name: str) -> tuple[Path, str]:
+    path = tmp / f"{name}.id"
+    fp = confide(cas, "identity", "create", "--out", str(path), "--name", name, check=True).stdout.strip()
+    return path, fp
+
+
+def app_script(tmp: Path, name: str = "app.sh", extra: str = "") -> Path:
+    script = tmp / name
+    script.write_text(
+        'printf "ARGV=%s\\n" "$*"\n'
+        'env | sort | sed "s/^/ENV /"\n'
+        'for f in "$@"; do case "$f" in /dev/shm/*.pem) printf "FILE %s\\n" "$f"; cat "$f"; printf "\\n";; esac; done\n'
+        + extra
+    )
+    return script
+
+
+def measure(cas: CasProcess, *cmd: str) -> str:
+    return confide(cas, "sim", "measure", "--", *cmd, check=True).stdout.strip()
+
+
+def policy_yaml(
+    name: str, measurement: str, body: str = "", *, extra_service: str = "", access: str = ""
+) -> str:
+    return f"""
+name: {name}
+version: "0.3"
+services:
+  - name: app
+    attestation:
+      sim:
+        measurement: "{measurement}"
+{extra_service}
+{body}
+{access}
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
+def apply(cas: CasProcess, tmp: Path, text: str, ident: Path) -> subprocess.CompletedProcess[str]:
+    f = tmp / f"policy-{abs(hash(text))}.yaml"
+    f.write_text(text)
+    return confide(cas, "policy", "apply", str(f), "--identity", str(ident))
+
+
+def test_every_secret_kind_and_format_reaches_the_service(cas: CasProcess, tmp_path: Path) -> None:
+    alice, _ = identity(cas, tmp_path, "alice")
+    script = app_script(tmp_path)
+    inject = SHM / f"confide-test-{os.getpid()}-{tmp_path.name}"
+    m = measure(cas, "/bin/sh", str(script))
+    text = policy_yaml(
+        "kinds", m,
+        extra_service=f"""    image_name: img
+    command: /bin/sh {script} a=$$SCONE::ascii_s$$ {inject}/cert.pem {inject}/key.der
+    environment:
+      HEX: "$$SCONE::bin_s:hex$$"
+      B64: "$$SCONE::bin_s:base64$$"
+      PUB: "$$SCONE::pub_s$$"
+""",
+        body=f"""secrets:
+  - name: ascii_s
+    kind: ascii
+    size: 24
+  - name: bin_s
+    kind: binary
+    size: 16
+  - name: explicit_s
+    kind: ascii
+    value: "fixed-value-123"
+  - name: key_s
+    kind: private-key
+    key_type: P-384
+  - name: pub_s
+    kind: public-key
+    private_key: key_s
+  - name: ca_key
+    kind: private-key
+  - name: ca
+    kind: x509-ca
+    private_key: ca_key
+    common_name: Test CA
+  - name: srv_key
+    kind: private-key
+  - name: srv
+    kind: x509
+    private_key: srv_key
+    issuer: ca
+    common_name: srv.local
+    dns: [srv.local]
+images:
+  - name: img
+    injection_files:
+      - path: {inject}/cert.pem
+        content: "$$SCONE::srv:chain$$$$SCONE::explicit_s$$"
+      - path: {inject}/key.der
+        content: "$$SCONE::srv:privatekey:der$$"
+""",
+    )  # fmt: skip
+    r = apply(cas, tmp_path, text, alice)
+    assert r.returncode == 0, r.stderr
+    assert re.fullmatch(r"[0-9a-f]{64}", r.stdout.strip())
+    r = confide(cas, "run", "--config-id", "kinds/app", "--tee", "sim", "--", "/bin/sh", str(script))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    ascii_value = re.search(r"ARGV=a=(\S+)", out).group(1)  # type: ignore[union-attr]
+    assert len(ascii_value) == 24 and ascii_value.isalnum()
+    hex_value = re.search(r"ENV HEX=([0-9a-f]+)", out).group(1)  # type: ignore[union-attr]
+    b64_value = re.search(r"ENV B64=(\S+)", out).group(1)  # type: ignore[union-attr]
+    assert base64.b64decode(b64_value).hex() == hex_value and len(hex_value) == 32
+    assert "-----BEGIN PUBLIC KEY-----" in out
+    assert out.count("-----BEGIN CERTIFICATE-----") == 2  # leaf + CA chain
+    assert "fixed-value-123" in out
+    # only what the policy says reaches the environment: no host variables
+    env_names = {m.group(1) for m in re.finditer(r"^ENV ([A-Za-z_][A-Za-z0-9_]*)=", out, re.M)}
+    assert env_names <= {"HEX", "B64", "PUB", "PWD", "SHLVL", "_", "OLDPWD"}, env_names
+    key_file = inject / "key.der"
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    from cryptography.hazmat.primitives.serialization import load_der_private_key
+
+    load_der_private_key(key_file.read_bytes(), None)
+    # show never prints secret values
+    shown = confide(cas, "policy", "show", "kinds", "--identity", str(alice), check=True).stdout
+    assert (
+        ascii_value not in shown
+        and hex_value not in shown
+        and "fixed-value-123" not in shown.split('"value"')[0]
+    )
+    assert "-----BEGIN CERTIFICATE-----" in shown  # certificates are public
+    # neither the database nor the CAS log contains a generated secret value
+    cas.stop()
+    for blob in [p.read_bytes() for p in (cas.data_dir).glob("cas.db*")] + [cas.log.read_bytes()]:  # type: ignore[union-attr]
+        assert ascii_value.encode() not in blob
+        assert hex_value.encode() not in blob and bytes.fromhex(hex_value) not in blob
+    for f in inject.iterdir():
+        f.unlink()
+    inject.rmdir()
+
+
+def test_wrong_measurement_and_refusals_are_recorded(cas: CasProcess, tmp_path: Path) -> None:
+    alice, _ = identity(cas, tmp_path, "alice")
+    script = app_script(tmp_path)
+    assert (
+        apply(cas, tmp_path, policy_yaml("meas", measure(cas, "/bin/sh", str(script))), alice).returncode == 0
+    )
+    ok = confide(cas, "run", "--config-id", "meas/app", "--tee", "sim", "--", "/bin/sh", str(script))
+    assert ok.returncode == 0, ok.stderr
+    other = app_script(tmp_path, "other.sh", "echo changed\n")
+    bad = confide(cas, "run", "--config-id", "meas/app", "--tee", "sim", "--", "/bin/sh", str(other))
+    assert bad.returncode == errors.AppraisalError.exit_code
+    assert "measurement" in bad.stderr and len(bad.stderr.strip().splitlines()) <= 2
+    missing = confide(cas, "run", "--config-id", "nope/app", "--tee", "sim", "--", "/bin/sh", str(script))
+    assert missing.returncode == errors.AccessDeniedError.exit_code
+    events = [
+        json.loads(line)
+        for line in confide(
+            cas, "policy", "events", "meas", "--identity", str(alice), check=True
+        ).stdout.splitlines()
+    ]
+    verdicts = [e["payload"]["verdict"] for e in events if e["type"] == "attestation"]
+    assert verdicts == ["accepted", "refused"]
+    assert any(e["type"] == "secret-release" for e in events)
+
+
+def test_simulation_needs_tolerance(cas: CasProcess, tmp_path: Path) -> None:
+    alice, _ = identity(cas, tmp_path, "alice")
+    text = policy_yaml("strict", "00" * 48).replace("    tolerate: [simulation]", "    tolerate: []")
+    r = apply(cas, tmp_path, text, alice)
+    assert r.returncode == errors.PolicyError.exit_code  # a sim variant without tolerance is refused at load
+
+
+@pytest.fixture
+def client(cas: CasProcess) -> Iterator[CasClient]:
+    with CasClient(cas.env["CONFIDE_CAS_URL"], Path(cas.env["CONFIDE_CAS_CERT"])) as c:
+        yield c
+
+
+def test_debug_needs_tolerance(cas: CasProcess, client: CasClient, tmp_path: Path) -> None:
+    alice, _ = identity(cas, tmp_path, "alice")
+    script = app_script(tmp_path)
+    m = measure(cas, "/bin/sh", str(script))
+    assert apply(cas, tmp_path, policy_yaml("dbg", m), alice).returncode == 0
+    provider = SimQuoteProvider.for_command(
+        Path(cas.env["CONFIDE_SIM_DIR"]), ["/bin/sh", str(script)], debug=True
+    )
+    with pytest.raises(errors.AppraisalError, match="debug"):
+        _attest(client, provider, "dbg", "app")
+    text = policy_yaml("dbg2", m).replace("[simulation]", "[simulation, debug-mode]")
+    assert apply(cas, tmp_path, text, alice).returncode == 0
+    _attest(client, provider, "dbg2", "app")
+
+
+def _attest(client: CasClient, provider: SimQuoteProvider, policy: str, service: str, nonce: str | None = None,
+            evidence: bytes | None = None) -> tuple[dict[str, object], bytes]:  # fmt: skip
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    nonce = nonce or client.nonce()
+    raw = evidence or provider.get_evidence(binding_report_data(der, bytes.fromhex(nonce))).raw
+    request = {"policy": policy, "service": service, "platform": "sim", "evidence": base64.b64encode(raw).decode(),
+               "public_key": base64.b64encode(der).decode(), "nonce": nonce}  # fmt: skip
+    return client.attest(request), raw
+
+
+def test_replayed_nonce_and_evidence(cas: CasProcess, client: CasClient, tmp_path: Path) -> None:
+    alice, _ = identity(cas, tmp_path, "alice")
+    script = app_script(tmp_path)
+    assert (
+        apply(cas, tmp_path, policy_yaml("rep", measure(cas, "/bin/sh", str(script))), alice).returncode == 0
+    )
+    provider = SimQuoteProvider.for_command(Path(cas.env["CONFIDE_SIM_DIR"]), ["/bin/sh", str(script)])
+    nonce = client.nonce()
+    _, raw = _attest(client, provider, "rep", "app", nonce=nonce)
+    with pytest.raises(errors.BindingError, match="nonce"):
+        _attest(client, provider, "rep", "app", nonce=nonce)
+    with pytest.raises(errors.BindingError):  # same evidence, fresh nonce: binding and replay both fail
+        _attest(client, provider, "rep", "app", evidence=raw)
+    with pytest.raises(errors.BindingError, match="nonce"):
+        _attest(client, provider, "rep", "app", nonce="00" * 32)
+
+
+def test_other_stakeholder_cannot_read_or_update(cas: CasProcess, tmp_path: Path) -> None:
+    alice, _ = identity(cas, tmp_path, "alice")
+    bob, _ = identity(cas, tmp_path, "bob")
+    text = policy_yaml("mine", "00" * 48)
+    digest = apply(cas, tmp_path, text, alice).stdout.strip()
+    assert (
+        confide(cas, "policy", "show", "mine", "--identity", str(bob)).returncode
+        == errors.AccessDeniedError.exit_code
+    )
+    update = text + f"predecessor: {digest}\n"
+    update = update.replace('version: "0.3"', 'version: "0.3"\nsecrets:\n  - name: extra\n    kind: ascii')
+    r = apply(cas, tmp_path, update, bob)
+    assert r.returncode == errors.AccessDeniedError.exit_code, r.stderr
+    r = apply(cas, tmp_path, update, alice)
+    assert r.returncode == 0, r.stderr
+    stale = text.replace("00" * 48, "11" * 48) + f"predecessor: {digest}\n"
+    assert apply(cas, tmp_path, stale, alice).returncode == errors.ConflictError.exit_code
+
+
+def test_board_needs_enough_approvals(cas: CasProcess, tmp_path: Path) -> None:
+    alice, a = identity(cas, tmp_path, "alice")
+    bob, b = identity(cas, tmp_path, "bob")
+    carol, c = identity(cas, tmp_path, "carol")
+    dave, _ = identity(cas, tmp_path, "dave")
+    access = f"""access_policy:
+  read: [CREATOR, {b}, {c}]
+  update:
+    - require-at-least-2:
+        - signer: {a}
+        - signer: {b}
+        - signer: {c}
+"""
+    text = policy_yaml("board", "00" * 48, access=access)
+    digest = apply(cas, tmp_path, text, alice).stdout.strip()
+    update = text.replace("00" * 48, "22" * 48) + f"predecessor: {digest}\n"
+    r = apply(cas, tmp_path, update, alice)
+    assert r.returncode == 0 and "pending" in r.stderr
+    new = r.stdout.strip()
+    shown = json.loads(confide(cas, "policy", "show", "board", "--identity", str(bob), check=True).stdout)
+    assert shown["hash"] == digest  # one signature of a 2-of-3 board is not enough
+    r = confide(cas, "policy", "approve", "board", "--hash", new, "--identity", str(dave))
+    assert r.returncode == errors.AccessDeniedError.exit_code
+    r = confide(cas, "policy", "approve", "board", "--hash", new, "--identity", str(carol), check=True)
+    assert r.stdout.strip() == "active"
+    shown = json.loads(confide(cas, "policy", "show", "board", "--identity", str(carol), check=True).stdout)
+    assert shown["hash"] == new
+    assert [v["state"] for v in shown["versions"]] == ["superseded", "active"]
+
+
+def test_export_import_with_pinned_hashes(cas: CasProcess, tmp_path: Path) -> None:
+    owner, _ = identity(cas, tmp_path, "owner")
+    analyst, _ = identity(cas, tmp_path, "analyst")
+    script = app_script(tmp_path)
+    m = measure(cas, "/bin/sh", str(script))
+    consumer = policy_yaml(
+        "consumer", m,
+        extra_service="    environment:\n      SHARED: \"$$SCONE::shared:hex$$\"\n",
+        body="secrets:\n  - name: shared\n    import:\n      session: producer\n      secret: data_key\n",
+    )  # fmt: skip
+    consumer_hash = loads_policy(consumer).model_dump  # only to make sure it parses
+    assert consumer_hash
+    c_digest = apply(cas, tmp_path, consumer, analyst).stdout.strip()
+    producer = policy_yaml(
+        "producer", "00" * 48,
+        body=f"secrets:\n  - name: data_key\n    kind: binary\n    size: 16\n    export:\n      - session: consumer\n        session_hash: {c_digest}\n",
+    )  # fmt: skip
+    assert apply(cas, tmp_path, producer, owner).returncode == 0
+    r = confide(cas, "run", "--config-id", "consumer/app", "--tee", "sim", "--", "/bin/sh", str(script))
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"ENV SHARED=[0-9a-f]{32}", r.stdout)
+    # the consumer changes its policy: the export was pinned to the old hash, so no release
+    changed = consumer.replace("name: app", "name: app\n    pwd: /tmp") + f"predecessor: {c_digest}\n"
+    assert apply(cas, tmp_path, changed, analyst).returncode == 0
+    r = confide(cas, "run", "--config-id", "consumer/app", "--tee", "sim", "--", "/bin/sh", str(script))
+    assert r.returncode == errors.AccessDeniedError.exit_code
+    assert "does not export" in r.stderr
+
+
+def test_concurrent_conflicting_updates_exactly_one_wins(
+    cas: CasProcess, client: CasClient, tmp_path: Path
+) -> None:
+    alice_path, _ = identity(cas, tmp_path, "alice")
+    alice = Identity.from_json(alice_path.read_text())
+    base = loads_policy(policy_yaml("race", "00" * 48))
+    digest = client.apply(base, alice)["hash"]
+    results: list[object] = []
+
+    def update(i: int) -> None:
+        doc = loads_policy(policy_yaml("race", f"{i:02x}" * 48) + f"predecessor: {digest}\n")
+        with CasClient(cas.env["CONFIDE_CAS_URL"], Path(cas.env["CONFIDE_CAS_CERT"])) as c:
+            try:
+                results.append(c.apply(doc, alice)["hash"])
+            except errors.ConflictError as exc:
+                results.append(exc)
+
+    threads = [threading.Thread(target=update, args=(i,)) for i in range(1, 9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [r for r in results if isinstance(r, str)]
+    assert len(winners) == 1 and len(results) == 8
+    assert client.show("race", alice)["hash"] == winners[0]
+
+
+def test_restart_loses_nothing(cas: CasProcess, tmp_path: Path) -> None:
+    alice, _ = identity(cas, tmp_path, "alice")
+    script = app_script(tmp_path)
+    m = measure(cas, "/bin/sh", str(script))
+    text = policy_yaml("keep", m, extra_service="    environment:\n      S: \"$$SCONE::s$$\"\n",
+                       body="secrets:\n  - name: s\n    kind: ascii\n")  # fmt: skip
+    assert apply(cas, tmp_path, text, alice).returncode == 0
+    first = confide(
+        cas, "run", "--config-id", "keep/app", "--tee", "sim", "--", "/bin/sh", str(script), check=True
+    )
+    cas.stop()
+    cas.start()
+    second = confide(
+        cas, "run", "--config-id", "keep/app", "--tee", "sim", "--", "/bin/sh", str(script), check=True
+    )
+    value = re.search(r"ENV S=(\S+)", first.stdout).group(1)  # type: ignore[union-attr]
+    assert f"ENV S={value}" in second.stdout
+
+
+def test_malformed_policy_files(cas: CasProcess, tmp_path: Path) -> None:
+    alice, _ = identity(cas, tmp_path, "alice")
+    for text, where in (
+        ("name: x\nversion: '0.3'\nbogus: 1\n", ":3:"),
+        ("name: x\nname: y\n", ":2:"),
+        ("- [", ""),
+    ):
+        r = apply(cas, tmp_path, text, alice)
+        assert r.returncode == errors.PolicyError.exit_code, r.stderr
+        assert where in r.stderr
+
+
+def test_unauthenticated_and_garbage_requests(cas: CasProcess, tmp_path: Path) -> None:
+    import ssl
+
+    import httpx2
+
+    ctx = ssl.create_default_context(cafile=cas.env["CONFIDE_CAS_CERT"])
+    with httpx2.Client(base_url=cas.env["CONFIDE_CAS_URL"], verify=ctx) as client:
+        _garbage(client)
+
+
+def _garbage(client: object) -> None:
+    assert isinstance(client, __import__("httpx2").Client)
+    assert client.get("/v1/policies/x").status_code == 403
+    assert client.get("/v1/policies/x", headers={"X-Confide-Read": "@@@"}).status_code == 400
+    assert client.post("/v1/policies", json={"type": "confide/policy/v1"}).status_code == 400
+    assert client.post("/v1/attest", json={"policy": 1}).status_code == 400
+    assert client.post("/v1/policies", content=b"not json").status_code == 422
+    metrics = client.get("/metrics").text
+    assert "confide_requests_total" in metrics
+
+
+def test_cas_attest_pins_the_tls_identity(cas: CasProcess, tmp_path: Path) -> None:
+    pin = tmp_path / "pinned.pem"
+    r = confide(cas, "cas", "attest", cas.env["CONFIDE_CAS_URL"], "--out", str(pin))
+    assert r.returncode == 0, r.stderr
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    served = x509.load_pem_x509_certificate(Path(cas.env["CONFIDE_CAS_CERT"]).read_bytes())
+    assert (
+        r.stdout.strip()
+        == __import__("hashlib").sha256(served.public_bytes(serialization.Encoding.DER)).hexdigest()
+    )
+    assert pin.read_bytes() == Path(cas.env["CONFIDE_CAS_CERT"]).read_bytes()
+    assert "SIMULATED" in r.stderr
+    other = tmp_path / "other-sim"
+    confide(cas, "sim", "init", "--dir", str(other), check=True)
+    r = confide(
+        cas, "cas", "attest", cas.env["CONFIDE_CAS_URL"], "--sim-key", str(other / "platform-key.pub.pem")
+    )
+    assert r.returncode == errors.SignatureError.exit_code, r.stderr
+
+
+def test_ledger_records_everything_and_is_auditable(cas: CasProcess, tmp_path: Path) -> None:
+    """Every change, attestation and release lands in the Merkle log in its own transaction; the
+    auditor verifies checkpoints and consistency over HTTPS; stakeholders verify their entries'
+    inclusion without seeing anyone else's."""
+    import time as _time
+
+    alice, _ = identity(cas, tmp_path, "alice")
+    bob, _ = identity(cas, tmp_path, "bob")
+    script = app_script(tmp_path)
+    m = measure(cas, "/bin/sh", str(script))
+    text = policy_yaml("audited", m, extra_service="    environment:\n      S: \"$$SCONE::s$$\"\n",
+                       body="secrets:\n  - name: s\n    kind: ascii\n")  # fmt: skip
+    assert apply(cas, tmp_path, text, alice).returncode == 0
+    assert apply(cas, tmp_path, policy_yaml("other", "00" * 48), bob).returncode == 0
+    out = confide(
+        cas, "run", "--config-id", "audited/app", "--tee", "sim", "--", "/bin/sh", str(script), check=True
+    )
+    value = re.search(r"ENV S=(\S+)", out.stdout).group(1)  # type: ignore[union-attr]
+    _time.sleep(1.2)  # a checkpoint covers every acknowledged entry within a second
+    state = tmp_path / "auditor.state"
+    args = ["ledger", "verify", "--url", cas.env["CONFIDE_LOG_URL"], "--key", cas.env["CONFIDE_LOG_KEY"],
+            "--state", str(state), "--json"]  # fmt: skip
+    first = json.loads(confide(cas, *args, check=True).stdout)
+    assert first["verified"] and first["size"] >= 6
+    confide(
+        cas, "run", "--config-id", "audited/app", "--tee", "sim", "--", "/bin/sh", str(script), check=True
+    )
+    _time.sleep(1.2)
+    second = json.loads(confide(cas, *args, check=True).stdout)
+    assert second["size"] > first["size"] and second["previous_size"] == first["size"]
+    hist = json.loads(
+        confide(cas, "ledger", "history", "audited", "--identity", str(alice), "--json", check=True).stdout
+    )
+    assert [h["event"] for h in hist["history"]] == ["policy.created"] and hist["history"][0]["included"]
+    acc = json.loads(
+        confide(cas, "ledger", "accesses", "audited/s", "--identity", str(alice), "--json", check=True).stdout
+    )
+    assert len(acc) == 2 and all(a["included"] and a["measurement"] == m for a in acc)
+    assert (
+        confide(cas, "ledger", "accesses", "audited", "--identity", str(bob)).returncode
+        == errors.AccessDeniedError.exit_code
+    )
+    # the log holds names and hashes, never secret values
+    cas.stop()
+    for blob in [p.read_bytes() for p in cas.data_dir.glob("cas.db*")]:
+        assert value.encode() not in blob
+
+
+def test_full_audit_rechecks_policy_signatures_and_chains(cas: CasProcess, tmp_path: Path) -> None:
+    if cas.db_url:
+        pytest.skip("--full reads the SQLite ledger database directly")
+    import sqlite3
+    import time as _time
+
+    alice, a = identity(cas, tmp_path, "alice")
+    bob, b = identity(cas, tmp_path, "bob")
+    access = f"access_policy:\n  read: [CREATOR]\n  update:\n    - require-all:\n        - signer: {a}\n        - signer: {b}\n"
+    text = policy_yaml("chain", "00" * 48, access=access)
+    digest = apply(cas, tmp_path, text, alice).stdout.strip()
+    new = apply(
+        cas, tmp_path, text.replace("00" * 48, "33" * 48) + f"predecessor: {digest}\n", alice
+    ).stdout.strip()
+    assert (
+        confide(
+            cas, "policy", "approve", "chain", "--hash", new, "--identity", str(bob), check=True
+        ).stdout.strip()
+        == "active"
+    )
+    _time.sleep(1.2)
+    db = cas.data_dir / "cas.db"
+    args = ["ledger", "verify", "--log-db", str(db), "--key", cas.env["CONFIDE_LOG_KEY"], "--full", "--json"]
+    r = confide(cas, *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    cas.stop()
+    # an administrator rewrites the stored submission of the first version: detected
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT idx, data FROM ledger_entries ORDER BY idx").fetchall()
+    idx, data = next((i, d) for i, d in rows if b'"policy.created"' in d and b'"chain"' in d)
+    conn.execute(
+        "UPDATE ledger_entries SET data = ? WHERE idx = ?", (data.replace(b"00000000", b"11111111", 1), idx)
+    )
+    conn.commit()
+    conn.close()
+    r = confide(cas, *args)
+    assert r.returncode == errors.EntryMismatchError.exit_code, r.stdout + r.stderr
+    assert f"entry {idx}" in r.stdout + r.stderr
+
+
+def test_volume_keys_and_tags_stay_fresh(cas: CasProcess, client: CasClient, tmp_path: Path) -> None:
+    """The CAS releases a volume's key with its current tag; a service reports the new tag after
+    writing (compare-and-swap), so an old copy of the volume can never become current again."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from confide.cas.core import decrypt_release
+
+    alice_path, _ = identity(cas, tmp_path, "alice")
+    alice = Identity.from_json(alice_path.read_text())
+    script = app_script(tmp_path)
+    m = measure(cas, "/bin/sh", str(script))
+    key_hex, tag0 = "ab" * 32, "01" * 32
+    text = policy_yaml("vols", m, extra_service="    image_name: img\n",
+                       body=f"volumes:\n  - name: data\n    fspf_key: {key_hex}\n    fspf_tag: \"{tag0}\"\n"
+                            "images:\n  - name: img\n    volumes:\n      - name: data\n        path: /srv/data\n")  # fmt: skip
+    client.apply(loads_policy(text), alice)
+    provider = SimQuoteProvider.for_command(Path(cas.env["CONFIDE_SIM_DIR"]), ["/bin/sh", str(script)])
+
+    def release() -> dict[str, object]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        der = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        nonce = client.nonce()
+        raw = provider.get_evidence(binding_report_data(der, bytes.fromhex(nonce))).raw
+        resp = client.attest({"policy": "vols", "service": "app", "platform": "sim", "nonce": nonce,
+                              "evidence": base64.b64encode(raw).decode(), "public_key": base64.b64encode(der).decode()})  # fmt: skip
+        return decrypt_release(key, resp, bytes.fromhex(nonce))
+
+    first = release()
+    [vol] = first["volumes"]  # type: ignore[misc]
+    assert vol == {"name": "data", "path": "/srv/data", "key": key_hex, "tag": tag0, "generation": 0}
+    session = str(first["session"])
+    tag1 = "02" * 32
+    assert client.report_volume_tag("vols", "data", session, tag0, tag1)["generation"] == 1
+    with pytest.raises(errors.ConflictError):  # an update from an old state is refused
+        client.report_volume_tag("vols", "data", session, tag0, "03" * 32)
+    with pytest.raises(errors.AccessDeniedError):
+        client.report_volume_tag("vols", "data", "00" * 32, tag1, "03" * 32)
+    second = release()
+    assert second["volumes"][0]["tag"] == tag1  # type: ignore[index]
+    events = client.events("vols", alice)["events"]
+    tags = [e["payload"]["tag"] for e in events if e["type"] == "volume-tag"]
+    assert tags == [tag0, tag1]

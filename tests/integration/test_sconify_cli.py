@@ -1,0 +1,218 @@
+"""`confide sconify` driven as a real process: layouts, archives, key/policy files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from image_builder import PYTHON_BASE, Image, M, all_blob_bytes, read_layout
+
+SRC_DIR = Path(__file__).resolve().parents[2] / "src"
+SECRET = b"SECRET-cli-protected-payload-81f2"
+
+
+def confide(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(SRC_DIR)}
+    return subprocess.run(
+        [sys.executable, "-m", "confide", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+        check=False,
+    )
+
+
+def image() -> Image:
+    return Image(
+        [
+            [
+                *PYTHON_BASE,
+                M("app/", "d"),
+                M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755),
+                M("app/secret", data=SECRET),
+            ],
+            [M("app/.wh.secret", "f"), M("app/secret2", data=SECRET + b"-2")],
+        ]
+    )
+
+
+def test_sconify_layout_with_key_and_policy_files(tmp_path: Path) -> None:
+    image().write_layout(tmp_path / "src")
+    r = confide(
+        "sconify", "--from", f"oci:{tmp_path / 'src'}", "--to", f"oci:{tmp_path / 'out'}", "--protect", "/app",
+        "--policy", "pol", "--service", "svc", "--key-out", str(tmp_path / "key"), "--policy-out", str(tmp_path / "p.yaml"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    digest = r.stdout.split("image: ", 1)[1].split()[0]
+    assert stat.S_IMODE((tmp_path / "p.yaml").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "key").stat().st_mode) == 0o600
+    policy = YAML(typ="safe").load((tmp_path / "p.yaml").read_text())
+    assert policy["volumes"][0]["fspf_key"] == (tmp_path / "key").read_text().strip()
+    assert digest.startswith("sha256:")
+    from confide.policy import load_policy
+
+    assert load_policy(tmp_path / "p.yaml").name == "pol"
+    assert all(SECRET not in b for b in all_blob_bytes(tmp_path / "out"))
+    assert r.stderr == ""  # no progress output when stderr is not a terminal
+    # same input + same key -> identical digest
+    r2 = confide(
+        "sconify", "--from", str(tmp_path / "src"), "--to", str(tmp_path / "out2"), "--protect", "/app",
+        "--policy", "pol", "--service", "svc", "--key", str(tmp_path / "key"),
+    )  # fmt: skip
+    assert r2.returncode == 0, r2.stderr
+    assert f"image: {digest}" in r2.stdout
+    _, config, _ = read_layout(tmp_path / "out2")
+    assert config["config"]["Entrypoint"][:4] == ["/confide/bin/confide", "run", "--config-id", "pol/svc"]
+
+
+def test_sconify_docker_archive_round_trip(tmp_path: Path) -> None:
+    image().write_archive(tmp_path / "in.tar")
+    r = confide(
+        "sconify", "--from", f"docker-archive:{tmp_path / 'in.tar'}", "--to", f"docker-archive:{tmp_path / 'out.tar'}:app:conf",
+        "--protect", "/app/secret2", "--policy", "p", "--service", "s", "--policy-out", str(tmp_path / "p.yaml"),
+        "--compression", "zstd",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    blobs = all_blob_bytes(tmp_path / "out.tar")
+    assert not any(SECRET + b"-2" in b for b in blobs)
+    # the lower layer's deleted /app/secret is not protected: it stays (only protected paths are removed)
+    assert any(SECRET in b for b in blobs)
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        (["--protect", "/missing"], 2, "does not exist"),
+        (["--protect", "/app", "--cas", "https://cas"], 2, "--cas is not available"),
+        (["--protect", "/app", "--no-key"], 2, "would be lost"),
+    ],
+)
+def test_usage_errors(tmp_path: Path, extra: list[str], code: int, message: str) -> None:
+    image().write_layout(tmp_path / "src")
+    args = [
+        "sconify",
+        "--from",
+        str(tmp_path / "src"),
+        "--to",
+        str(tmp_path / "out"),
+        "--policy",
+        "p",
+        "--service",
+        "s",
+    ]
+    if "--no-key" in extra:
+        extra = [e for e in extra if e != "--no-key"]
+    else:
+        args += ["--policy-out", str(tmp_path / "p.yaml")]
+    r = confide(*args, *extra)
+    assert r.returncode == code, r.stderr
+    assert message in r.stderr
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_tampered_image_exit_code(tmp_path: Path) -> None:
+    image().write_layout(tmp_path / "src")
+    manifest, _, _ = read_layout(tmp_path / "src")
+    blob = tmp_path / "src/blobs/sha256" / manifest["layers"][1]["digest"][7:]
+    blob.write_bytes(blob.read_bytes() + b"\x00")
+    r = confide(
+        "sconify", "--from", str(tmp_path / "src"), "--to", str(tmp_path / "out"), "--protect", "/app",
+        "--policy", "p", "--service", "s", "--policy-out", str(tmp_path / "p.yaml"),
+    )  # fmt: skip
+    assert r.returncode == 10, r.stderr
+    assert "ParseError" in r.stderr and "layer 1" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ a real local registry
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def registry(tmp_path: Path):
+    exe = shutil.which("docker-registry")
+    if exe is None or shutil.which("skopeo") is None:
+        pytest.skip("needs the Debian packages docker-registry and skopeo")
+    port = _free_port()
+    cfg = tmp_path / "registry.yml"
+    cfg.write_text(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: "
+        f"{tmp_path / 'registry'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    )
+    proc = subprocess.Popen([exe, "serve", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("docker-registry did not start")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_registry_pull_and_push(tmp_path: Path, registry: str) -> None:
+    image().write_layout(tmp_path / "src", ref="v1")
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "-q",
+            "--dest-tls-verify=false",
+            f"oci:{tmp_path / 'src'}:v1",
+            f"docker://{registry}/app:1",
+        ],
+        check=True,
+    )
+    r = confide(
+        "sconify", "--from", f"docker://{registry}/app:1", "--to", f"docker://{registry}/app:conf", "--no-tls-verify",
+        "--protect", "/app", "--policy", "p", "--service", "s", "--policy-out", str(tmp_path / "p.yaml"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", f"docker://{registry}/app:conf"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    info = json.loads(out.stdout)
+    assert len(info["Layers"]) == 4
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            f"docker://{registry}/app:conf",
+            f"oci:{tmp_path / 'pulled'}:x",
+        ],
+        check=True,
+    )
+    assert all(SECRET not in b for b in all_blob_bytes(tmp_path / "pulled"))
+    # negative twin: an image that is not there
+    r = confide(
+        "sconify", "--from", f"docker://{registry}/nothing:1", "--to", str(tmp_path / "o2"), "--no-tls-verify",
+        "--protect", "/app", "--policy", "p", "--service", "s", "--policy-out", str(tmp_path / "p2.yaml"),
+    )  # fmt: skip
+    assert r.returncode == 40 and "skopeo failed" in r.stderr

@@ -1,0 +1,61 @@
+"""The --full policy checker on hand-built logs (what a log-key holder could forge)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from confide.cas.audit import PolicyChainChecker
+from confide.cas.client import policy_submission
+from confide.errors import EntryMismatchError
+from confide.identity import Identity
+from confide.ledger.encoding import Entry, EntryType
+from confide.policy import loads_policy, policy_hash
+from confide.policy.canonical import jcs
+
+BASE = 'name: p\nversion: "0.3"\nservices:\n  - name: s\n    attestation:\n      tdx:\n        mr_td: "{m}"\n'
+
+
+def _entry(type_: EntryType, payload: dict[str, object]) -> bytes:
+    return Entry.create(type_, datetime.now(UTC), payload, "p").to_bytes()
+
+
+def _version(ident: Identity, m: str, predecessor: str | None) -> tuple[str, dict[str, object]]:
+    text = BASE.format(m=m) + (f"predecessor: {predecessor}\n" if predecessor else "")
+    policy = loads_policy(text)
+    sub = policy_submission(policy, ident)
+    digest = policy_hash(policy)
+    return digest, {"hash": digest, "predecessor": predecessor, "signer": ident.fingerprint,
+                    "submission": jcs(sub).decode()}  # fmt: skip
+
+
+def test_linear_history_passes_and_forks_fail() -> None:
+    alice = Identity.generate()
+    h1, p1 = _version(alice, "aa" * 48, None)
+    h2, p2 = _version(alice, "bb" * 48, h1)
+    h3, p3 = _version(alice, "cc" * 48, h1)  # a second child of h1: a fork
+    check = PolicyChainChecker()
+    check(0, _entry(EntryType.POLICY_CREATED, p1))
+    check(1, _entry(EntryType.POLICY_UPDATED, p2))
+    with pytest.raises(EntryMismatchError, match="entry 2"):
+        check(2, _entry(EntryType.POLICY_UPDATED, p3))
+    assert h2 != h3
+
+
+def test_wrong_signer_hash_or_second_creation_fail() -> None:
+    alice, mallory = Identity.generate(), Identity.generate()
+    _, p1 = _version(alice, "aa" * 48, None)
+    with pytest.raises(EntryMismatchError, match="signed by"):
+        PolicyChainChecker()(0, _entry(EntryType.POLICY_CREATED, {**p1, "signer": mallory.fingerprint}))
+    with pytest.raises(EntryMismatchError, match="hash"):
+        PolicyChainChecker()(0, _entry(EntryType.POLICY_CREATED, {**p1, "hash": "00" * 32}))
+    sub = json.loads(str(p1["submission"]))
+    sub["signature"] = sub["signature"][:-4] + "AAA="
+    with pytest.raises(EntryMismatchError):
+        PolicyChainChecker()(0, _entry(EntryType.POLICY_CREATED, {**p1, "submission": json.dumps(sub)}))
+    check = PolicyChainChecker()
+    check(0, _entry(EntryType.POLICY_CREATED, p1))
+    with pytest.raises(EntryMismatchError, match="created twice"):
+        check(1, _entry(EntryType.POLICY_CREATED, p1))

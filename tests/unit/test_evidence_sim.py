@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from confide.errors import ParseError
+from confide.evidence.sim import (
+    MAGIC,
+    MARKER,
+    SIGNED_SIZE,
+    SIM_EVIDENCE_SIZE,
+    SimEvidence,
+)
+
+
+def _sample(**overrides: object) -> SimEvidence:
+    fields: dict[str, object] = {
+        "debug": True,
+        "svn": 0x01020304,
+        "timestamp": 0x1122334455667788,
+        "measurement": hashlib.sha384(b"m").digest(),
+        "report_data": bytes(range(64)),
+        "platform_key_id": hashlib.sha256(b"k").digest(),
+        "signature": bytes(range(100, 164)),
+    }
+    fields.update(overrides)
+    return SimEvidence(**fields)  # type: ignore[arg-type]
+
+
+def test_layout_matches_the_documented_offsets() -> None:
+    ev = _sample()
+    raw = ev.to_bytes()
+    assert len(raw) == SIM_EVIDENCE_SIZE == 268
+    assert raw[0x000:0x00B] == MAGIC == b"CONFIDE-SIM"
+    assert raw[0x00B] == 1
+    assert raw[0x00C:0x02C] == MARKER
+    assert b"SIMULATED" in MARKER
+    assert raw[0x02C:0x030] == (1).to_bytes(4, "little")
+    assert raw[0x030:0x034] == bytes.fromhex("04030201")
+    assert raw[0x034:0x03C] == bytes.fromhex("8877665544332211")
+    assert raw[0x03C:0x06C] == ev.measurement
+    assert raw[0x06C:0x0AC] == ev.report_data
+    assert raw[0x0AC:0x0CC] == ev.platform_key_id
+    assert raw[0x0CC:0x10C] == ev.signature
+    assert ev.signed_bytes() == raw[:SIGNED_SIZE]
+
+
+def test_round_trip_is_byte_exact() -> None:
+    raw = _sample().to_bytes()
+    parsed = SimEvidence.from_bytes(raw)
+    assert parsed == _sample()
+    assert parsed.to_bytes() == raw
+
+
+def test_debug_flag_clear_round_trips() -> None:
+    raw = _sample(debug=False).to_bytes()
+    assert raw[0x02C:0x030] == bytes(4)
+    assert SimEvidence.from_bytes(raw).debug is False
+
+
+@pytest.mark.parametrize(
+    ("offset", "value", "field"),
+    [
+        (0x000, b"X", "magic"),
+        (0x00B, b"\x02", "version"),
+        (0x00C, b"s", "marker"),  # the loud marker cannot be altered
+        (0x02C, b"\x02", "flags"),  # reserved flag bit
+        (0x02F, b"\x80", "flags"),
+    ],
+)
+def test_bad_fields_are_parse_errors_naming_the_field(offset: int, value: bytes, field: str) -> None:
+    raw = bytearray(_sample().to_bytes())
+    raw[offset : offset + len(value)] = value
+    with pytest.raises(ParseError) as info:
+        SimEvidence.from_bytes(bytes(raw))
+    assert info.value.field == field
+    assert info.value.offset == (offset if field != "flags" else 0x02C)
+
+
+@pytest.mark.parametrize("length", [0, 1, 11, 267, 269, 1000])
+def test_wrong_length_is_a_parse_error(length: int) -> None:
+    raw = (_sample().to_bytes() * 4)[:length]
+    with pytest.raises(ParseError, match=r"268|magic"):
+        SimEvidence.from_bytes(raw)
+
+
+def test_wrong_magic_is_named_even_for_a_wrong_length() -> None:
+    with pytest.raises(ParseError) as info:
+        SimEvidence.from_bytes(b"\x04\x00\x02\x00\x81\x00\x00\x00" + bytes(600))
+    assert info.value.field == "magic"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"measurement": bytes(32)},
+        {"report_data": bytes(63)},
+        {"platform_key_id": bytes(33)},
+        {"signature": b""},
+        {"svn": -1},
+        {"svn": 1 << 32},
+        {"timestamp": -1},
+        {"version": 2},
+    ],
+)
+def test_constructor_rejects_bad_widths(overrides: dict[str, object]) -> None:
+    with pytest.raises(ParseError):
+        _sample(**overrides)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=600))
+def test_arbitrary_bytes_raise_only_parse_error(data: bytes) -> None:
+    try:
+        parsed = SimEvidence.from_bytes(data)
+    except ParseError:
+        return
+    assert parsed.to_bytes() == data
+
+
+@settings(max_examples=300)
+@given(st.integers(0, SIM_EVIDENCE_SIZE - 1), st.binary(min_size=1, max_size=8), st.booleans())
+def test_mutated_evidence_raises_only_parse_error_or_round_trips(pos: int, patch: bytes, cut: bool) -> None:
+    raw = bytearray(_sample().to_bytes())
+    raw[pos : pos + len(patch)] = patch
+    data = bytes(raw[:pos]) if cut else bytes(raw)
+    try:
+        parsed = SimEvidence.from_bytes(data)
+    except ParseError:
+        return
+    assert parsed.to_bytes() == data
+
+
+@given(
+    debug=st.booleans(),
+    svn=st.integers(0, 2**32 - 1),
+    timestamp=st.integers(0, 2**64 - 1),
+    measurement=st.binary(min_size=48, max_size=48),
+    report_data=st.binary(min_size=64, max_size=64),
+)
+def test_any_valid_evidence_round_trips(
+    debug: bool, svn: int, timestamp: int, measurement: bytes, report_data: bytes
+) -> None:
+    ev = _sample(debug=debug, svn=svn, timestamp=timestamp, measurement=measurement, report_data=report_data)
+    assert SimEvidence.from_bytes(ev.to_bytes()) == ev

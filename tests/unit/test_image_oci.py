@@ -1,0 +1,431 @@
+"""Reading OCI layouts and docker-save archives: formats, compressions, hostile inputs."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from confide.errors import ParseError, UsageError
+from confide.image import SconifyOptions, open_image, parse_ref, sconify
+from confide.image.flatten import index_layers
+from confide.volume import VolumeKey
+from image_builder import PYTHON_BASE, Image, M, compress, layer_tar, read_layout, sha
+
+KEY = VolumeKey(b"\x07" * 32)
+
+
+def simple(compression: str = "gzip") -> Image:
+    return Image(
+        [[*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"run"), M("app/s", data=b"SECRET-oci-1")]],
+        compression=compression,
+    )
+
+
+def index_of(ref: str):
+    img = open_image(parse_ref(ref))
+    try:
+        return index_layers(img.layers, ["app"])
+    finally:
+        img.close()
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_layout_compressions(tmp_path: Path, compression: str) -> None:
+    simple(compression).write_layout(tmp_path / "l")
+    idx = index_of(f"oci:{tmp_path / 'l'}")
+    assert idx.compressions == [compression]
+    assert idx.lookup("app/s") is not None and idx.touches_protected == [True]
+
+
+@pytest.mark.parametrize("new_layout", [False, True])
+def test_docker_archive(tmp_path: Path, new_layout: bool) -> None:
+    archive = simple().write_archive(tmp_path / "a.tar", new_layout=new_layout)
+    idx = index_of(str(archive))
+    assert idx.lookup("app/run.sh") is not None
+    assert idx.compressions == ["gzip" if new_layout else "none"]
+    res = sconify(
+        SconifyOptions(parse_ref(str(archive)), parse_ref(f"docker-archive:{tmp_path / 'o.tar'}:app:2"),
+                       protect=["/app"], policy="p", service="s"),
+        KEY,
+    )  # fmt: skip
+    with tarfile.open(tmp_path / "o.tar") as tf:
+        manifest = json.loads(tf.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        names = tf.getnames()
+    assert manifest[0]["RepoTags"] == ["app:2"]
+    assert "index.json" in names and "oci-layout" in names
+    assert all(b"SECRET-oci-1" not in blob for blob in _archive_blobs(tmp_path / "o.tar"))
+    # the written archive reads back, digests checked
+    again = index_of(f"docker-archive:{tmp_path / 'o.tar'}")
+    assert again.lookup("confide/sconify.json") is not None and again.lookup("app/s") is None
+    assert res.manifest_digest.startswith("sha256:")
+
+
+def _archive_blobs(path: Path) -> list[bytes]:
+    from image_builder import all_blob_bytes
+
+    return all_blob_bytes(path)
+
+
+def test_written_layout_reads_back(tmp_path: Path) -> None:
+    simple().write_layout(tmp_path / "src")
+    sconify(
+        SconifyOptions(
+            parse_ref(str(tmp_path / "src")), parse_ref(str(tmp_path / "out")), protect=["/app/s"]
+        ),
+        KEY,
+    )
+    idx = index_of(f"oci:{tmp_path / 'out'}")
+    assert idx.lookup("app/run.sh") is not None
+    node = idx.lookup("app/s")
+    assert node is not None and node.size == 0  # the empty mount point
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo not installed (Debian package skopeo)")
+def test_skopeo_reads_the_output(tmp_path: Path) -> None:
+    simple().write_layout(tmp_path / "src")
+    res = sconify(
+        SconifyOptions(
+            parse_ref(str(tmp_path / "src")), parse_ref(f"oci:{tmp_path / 'out'}:v1"), protect=["/app"]
+        ),
+        KEY,
+    )
+    out = subprocess.run(
+        ["skopeo", "inspect", f"oci:{tmp_path / 'out'}:v1"], capture_output=True, text=True, check=True
+    )
+    info = json.loads(out.stdout)
+    assert info["Digest"] == res.manifest_digest and len(info["Layers"]) == 3
+    # skopeo can copy it into a docker archive, which we read back (digests checked)
+    subprocess.run(
+        ["skopeo", "copy", "-q", f"oci:{tmp_path / 'out'}:v1", f"docker-archive:{tmp_path / 'd.tar'}:x:1"],
+        check=True,
+    )
+    idx = index_of(f"docker-archive:{tmp_path / 'd.tar'}")
+    assert idx.lookup("confide/bin/confide") is not None
+    # negative twin: a corrupted output is refused by skopeo too
+    blob = max((tmp_path / "out/blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)  # the runtime layer
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\x00")
+    bad = subprocess.run(
+        ["skopeo", "copy", "-q", f"oci:{tmp_path / 'out'}:v1", f"oci:{tmp_path / 'copy'}:v1"],
+        capture_output=True,
+        check=False,
+    )
+    assert bad.returncode != 0
+
+
+# ------------------------------------------------------------------ hostile inputs
+
+
+def _layout(tmp_path: Path) -> tuple[Path, dict, Path]:
+    root = simple().write_layout(tmp_path / "l")
+    manifest, _, _ = read_layout(root)
+    return root, manifest, root / "blobs/sha256"
+
+
+def _rewrite_manifest(root: Path, manifest: dict) -> None:
+    data = json.dumps(manifest).encode()
+    (root / "blobs/sha256" / sha(data)[7:]).write_bytes(data)
+    index = json.loads((root / "index.json").read_bytes())
+    index["manifests"][0].update(digest=sha(data), size=len(data))
+    (root / "index.json").write_text(json.dumps(index))
+
+
+def test_bad_layer_digest(tmp_path: Path) -> None:
+    root, manifest, blobs = _layout(tmp_path)
+    p = blobs / manifest["layers"][0]["digest"][7:]
+    raw = gzip_member_flip(p.read_bytes())
+    p.write_bytes(raw)
+    with pytest.raises(ParseError, match=r"digest|gzip|tar"):
+        index_of(str(root))
+
+
+def gzip_member_flip(data: bytes) -> bytes:
+    b = bytearray(data)
+    b[len(b) // 2] ^= 0x40
+    return bytes(b)
+
+
+def test_diff_id_mismatch(tmp_path: Path) -> None:
+    """A layer whose blob digest matches the manifest but whose content is not the config's diff_id."""
+    root, manifest, blobs = _layout(tmp_path)
+    other = compress(layer_tar([M("evil", data=b"x")]), "gzip")
+    (blobs / sha(other)[7:]).write_bytes(other)
+    manifest["layers"][0].update(digest=sha(other), size=len(other))
+    _rewrite_manifest(root, manifest)
+    with pytest.raises(ParseError, match="diff_id"):
+        index_of(str(root))
+
+
+def test_missing_blob(tmp_path: Path) -> None:
+    root, manifest, blobs = _layout(tmp_path)
+    (blobs / manifest["layers"][0]["digest"][7:]).unlink()
+    with pytest.raises(ParseError, match="missing"):
+        index_of(str(root))
+
+
+def test_missing_config(tmp_path: Path) -> None:
+    root, manifest, blobs = _layout(tmp_path)
+    (blobs / manifest["config"]["digest"][7:]).unlink()
+    with pytest.raises(ParseError, match="missing"):
+        open_image(parse_ref(str(root)))
+
+
+def test_bad_json_index(tmp_path: Path) -> None:
+    root, _, _ = _layout(tmp_path)
+    (root / "index.json").write_text("{not json")
+    with pytest.raises(ParseError, match="invalid JSON"):
+        open_image(parse_ref(str(root)))
+
+
+def test_not_a_layout(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ParseError, match="oci-layout missing"):
+        open_image(parse_ref(str(tmp_path / "empty")))
+
+
+@pytest.mark.parametrize(
+    ("media", "match"),
+    [
+        ("application/vnd.oci.image.layer.v1.tar+gzip+encrypted", "encrypted"),
+        ("application/x-unknown", "expected one of"),
+        ("application/vnd.oci.image.layer.v1.tar+zstd", "got gzip data, expected zstd"),
+    ],
+)
+def test_layer_media_types(tmp_path: Path, media: str, match: str) -> None:
+    root, manifest, _ = _layout(tmp_path)
+    manifest["layers"][0]["mediaType"] = media
+    _rewrite_manifest(root, manifest)
+    with pytest.raises(ParseError, match=match):
+        index_of(str(root))
+
+
+def test_config_media_type(tmp_path: Path) -> None:
+    root, manifest, _ = _layout(tmp_path)
+    manifest["config"]["mediaType"] = "application/vnd.oci.image.layer.v1.tar"
+    _rewrite_manifest(root, manifest)
+    with pytest.raises(ParseError, match="expected an image config"):
+        open_image(parse_ref(str(root)))
+
+
+def test_manifest_digest_mismatch(tmp_path: Path) -> None:
+    root, _manifest, blobs = _layout(tmp_path)
+    index = json.loads((root / "index.json").read_bytes())
+    p = blobs / index["manifests"][0]["digest"][7:]
+    p.write_bytes(p.read_bytes().replace(b'"schemaVersion": 2', b'"schemaVersion":  2'))
+    index["manifests"][0]["size"] = p.stat().st_size
+    (root / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ParseError, match="got digest"):
+        open_image(parse_ref(str(root)))
+
+
+def test_bad_digest_syntax(tmp_path: Path) -> None:
+    root, manifest, _ = _layout(tmp_path)
+    manifest["layers"][0]["digest"] = "sha256:../../../etc/passwd"
+    _rewrite_manifest(root, manifest)
+    with pytest.raises(ParseError, match="expected sha256"):
+        open_image(parse_ref(str(root)))
+
+
+def test_size_mismatch(tmp_path: Path) -> None:
+    root, manifest, _ = _layout(tmp_path)
+    manifest["layers"][0]["size"] -= 10
+    _rewrite_manifest(root, manifest)
+    with pytest.raises(ParseError, match="more than"):
+        index_of(str(root))
+
+
+def test_diff_ids_count(tmp_path: Path) -> None:
+    root, manifest, blobs = _layout(tmp_path)
+    cfg_path = blobs / manifest["config"]["digest"][7:]
+    cfg = json.loads(cfg_path.read_bytes())
+    cfg["rootfs"]["diff_ids"].append(cfg["rootfs"]["diff_ids"][0])
+    data = json.dumps(cfg).encode()
+    (blobs / sha(data)[7:]).write_bytes(data)
+    manifest["config"].update(digest=sha(data), size=len(data))
+    _rewrite_manifest(root, manifest)
+    with pytest.raises(ParseError, match="one per layer"):
+        open_image(parse_ref(str(root)))
+
+
+def _one_layer_layout(tmp_path: Path, raw_tar: bytes) -> Path:
+    """A layout whose single layer is the given (possibly malformed) tar, with correct digests."""
+    root = simple().write_layout(tmp_path / "m")
+    manifest, _, _ = read_layout(root)
+    blob = compress(raw_tar, "gzip")
+    (root / "blobs/sha256" / sha(blob)[7:]).write_bytes(blob)
+    manifest["layers"][0].update(digest=sha(blob), size=len(blob))
+    cfg_path = root / "blobs/sha256" / manifest["config"]["digest"][7:]
+    cfg = json.loads(cfg_path.read_bytes())
+    cfg["rootfs"]["diff_ids"] = [sha(raw_tar)]
+    data = json.dumps(cfg).encode()
+    (root / "blobs/sha256" / sha(data)[7:]).write_bytes(data)
+    manifest["config"].update(digest=sha(data), size=len(data))
+    _rewrite_manifest(root, manifest)
+    return root
+
+
+def test_truncated_tar(tmp_path: Path) -> None:
+    raw = layer_tar([M("big", data=b"x" * 5000)])[:2048]
+    with pytest.raises(ParseError, match=r"truncated|corrupt|tar"):
+        index_of(str(_one_layer_layout(tmp_path, raw)))
+
+
+def test_garbage_tar(tmp_path: Path) -> None:
+    with pytest.raises(ParseError, match="tar"):
+        index_of(str(_one_layer_layout(tmp_path, b"\x01" * 1024)))
+
+
+@pytest.mark.parametrize(
+    ("members", "match"),
+    [
+        ([M("../escape", data=b"x")], r"'\.\.'"),
+        ([M("a/../../escape", data=b"x")], r"'\.\.'"),
+        ([M("/etc/passwd", data=b"x")], "absolute"),
+        ([M("lnk", "l", link="/etc"), M("lnk/passwd", data=b"x")], "symlink"),
+        ([M("f", data=b"x"), M("f/child", data=b"x")], "expected a directory"),
+        ([M("h", "h", link="../outside")], r"'\.\.'"),
+        ([M("h", "h", link="nothing-here")], "missing"),
+    ],
+)
+def test_hostile_members(tmp_path: Path, members: list[M], match: str) -> None:
+    with pytest.raises(ParseError, match=match):
+        index_of(str(_one_layer_layout(tmp_path, layer_tar(members))))
+
+
+def test_benign_twin_of_hostile_members(tmp_path: Path) -> None:
+    idx = index_of(
+        str(
+            _one_layer_layout(
+                tmp_path,
+                layer_tar([M("./a/b", data=b"x"), M("lnk", "l", link="/etc"), M("h", "h", link="a/b")]),
+            )
+        )
+    )
+    assert idx.lookup("a/b") is not None and idx.lookup("h").size == 1  # type: ignore[union-attr]
+
+
+def test_archive_missing_layer(tmp_path: Path) -> None:
+    archive = simple().write_archive(tmp_path / "a.tar")
+    with tarfile.open(archive) as tf:
+        kept = [(m, tf.extractfile(m).read()) for m in tf if not m.name.endswith("layer.tar")]  # type: ignore[union-attr]
+    with tarfile.open(tmp_path / "b.tar", "w") as tf:
+        for m, data in kept:
+            tf.addfile(m, io.BytesIO(data))
+    with pytest.raises(ParseError, match="missing"):
+        open_image(parse_ref(str(tmp_path / "b.tar")))
+
+
+def test_archive_bad_manifest(tmp_path: Path) -> None:
+    with tarfile.open(tmp_path / "a.tar", "w") as tf:
+        data = b'[{"Config": "../x.json", "Layers": []}]'
+        ti = tarfile.TarInfo("manifest.json")
+        ti.size = len(data)
+        tf.addfile(ti, io.BytesIO(data))
+    with pytest.raises(ParseError, match="relative name"):
+        open_image(parse_ref(str(tmp_path / "a.tar")))
+
+
+def test_archive_truncated(tmp_path: Path) -> None:
+    archive = simple().write_archive(tmp_path / "a.tar")
+    data = archive.read_bytes()
+    (tmp_path / "t.tar").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ParseError):
+        index_of(str(tmp_path / "t.tar"))
+
+
+def test_archive_tampered_layer(tmp_path: Path) -> None:
+    archive = simple().write_archive(tmp_path / "a.tar")
+    data = archive.read_bytes().replace(b"SECRET-oci-1", b"SECRET-oci-2")
+    (tmp_path / "t.tar").write_bytes(data)
+    with pytest.raises(ParseError, match="diff_id"):
+        index_of(str(tmp_path / "t.tar"))
+
+
+def test_parse_ref() -> None:
+    assert parse_ref("docker://localhost:5000/app:1").kind == "docker"
+    r = parse_ref("oci:/x/y:tag")
+    assert (r.kind, r.location, r.ref) == ("oci", "/x/y", "tag")
+    assert parse_ref("img.tar").kind == "docker-archive"
+    with pytest.raises(UsageError):
+        parse_ref("oci:")
+
+
+def test_named_ref_in_layout(tmp_path: Path) -> None:
+    simple().write_layout(tmp_path / "l", ref="v1")
+    assert open_image(parse_ref(f"oci:{tmp_path / 'l'}:v1")).layers
+    with pytest.raises(UsageError, match="no image named"):
+        open_image(parse_ref(f"oci:{tmp_path / 'l'}:v2"))
+
+
+def test_oversized_pax_header(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("f")
+        ti.pax_headers = {"comment": "x" * (2 << 20)}
+        tf.addfile(ti, io.BytesIO(b""))
+    with pytest.raises(ParseError, match="extended header"):
+        index_of(str(_one_layer_layout(tmp_path, buf.getvalue())))
+    # negative twin: a small pax header is fine
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("f")
+        ti.pax_headers = {"comment": "x" * 1000}
+        tf.addfile(ti, io.BytesIO(b""))
+    assert index_of(str(_one_layer_layout(tmp_path / "ok", buf.getvalue()))).lookup("f") is not None
+
+
+def test_many_members_stream_without_keeping_headers(tmp_path: Path) -> None:
+    members = [M(f"d/f{i}", data=b"x") for i in range(3000)]
+    idx = index_of(str(_one_layer_layout(tmp_path, layer_tar(members))))
+    assert len(idx.lookup("d").children) == 3000  # type: ignore[union-attr, arg-type]
+
+
+_VALID_TAR = layer_tar(
+    [M("a/", "d"), M("a/b", data=b"hello" * 50), M("a/l", "l", link="b"), M("a/h", "h", link="a/b")]
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_layers_only_raise_parse_error(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    """Mutated tars (with digests that match, so the tar parser itself is exercised) → ParseError or success."""
+    raw = bytearray(_VALID_TAR)
+    for _ in range(data.draw(st.integers(1, 8))):
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        raw[pos] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        raw = raw[: data.draw(st.integers(0, len(raw)))]
+    root = _one_layer_layout(tmp_path_factory.mktemp("fz"), bytes(raw))
+    try:
+        index_of(str(root))
+    except ParseError:
+        pass
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blob=st.binary(max_size=4096))
+def test_fuzzed_archives_only_raise_parse_error(
+    tmp_path_factory: pytest.TempPathFactory, blob: bytes
+) -> None:
+    path = tmp_path_factory.mktemp("fa") / "a.tar"
+    path.write_bytes(blob)
+    with pytest.raises(ParseError):
+        open_image(parse_ref(f"docker-archive:{path}"))
+
+
+def test_public_names_sorted() -> None:
+    import confide.image as pkg
+
+    assert list(pkg.__all__) == sorted(pkg.__all__)
+    assert all(hasattr(pkg, n) for n in pkg.__all__)

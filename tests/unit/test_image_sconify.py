@@ -1,0 +1,320 @@
+"""sconify on small generated images: whiteouts, opaque dirs, hard links, symlinks, no plaintext left."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from confide.errors import ParseError, UsageError
+from confide.image import SconifyOptions, parse_ref, policy_yaml, sconify
+from confide.volume import VolumeKey, open_volume
+from image_builder import PYTHON_BASE, Image, M, all_blob_bytes, extract_volume, layer_names, read_layout
+
+KEY = VolumeKey(bytes(range(32)))
+S_OLD = b"SECRET-v1-overwritten-later-7d1c"
+S_DELETED = b"SECRET-deleted-above-91aa"
+S_FINAL = b"SECRET-v2-final-content-3e0f"
+S_MODEL = b"SECRET-model-weights-5b2e" * 100
+S_OPAQUE = b"SECRET-hidden-by-opaque-0c4d"
+
+
+def base_image(**kw: object) -> Image:
+    lower = [
+        *PYTHON_BASE,
+        M("etc/", "d"),
+        M("etc/motd", data=b"public motd"),
+        M("app/", "d"),
+        M("app/run.sh", data=b"#!/bin/sh\nexec cat /app/conf.txt\n", mode=0o755),
+        M("app/conf.txt", data=S_OLD, mode=0o640, uid=1000, gid=1000),
+        M("app/old.key", data=S_DELETED),
+        M("app/cache/", "d"),
+        M("app/cache/blob", data=S_OPAQUE),
+        M("app/link-to-conf", "h", link="app/conf.txt"),
+        M("app/current", "l", link="conf.txt"),
+        M("data/", "d"),
+        M("data/model.bin", data=S_MODEL),
+        M("data/readme", data=b"public readme"),
+        M("dev/", "d"),
+        M("dev/null", "c", mode=0o666),
+        M("run/", "d"),
+        M("run/fifo", "p"),
+    ]
+    upper = [
+        M("app/.wh.old.key", "f"),  # deleted above
+        M("app/conf.txt", data=S_FINAL, mode=0o600, uid=1000, gid=1000),  # overwritten above
+        M("app/cache/", "d"),
+        M("app/cache/.wh..wh..opq", "f"),  # opaque: the lower cache/blob disappears
+        M("app/cache/fresh", data=b"new cache entry"),
+        M("etc/.wh.motd", "f"),
+    ]
+    return Image([lower, upper], **kw)  # type: ignore[arg-type]
+
+
+def run(tmp_path: Path, img: Image, *, out: str = "out", key: VolumeKey = KEY, **kw: object):
+    src = tmp_path / "src"
+    if not src.exists():
+        img.write_layout(src)
+    kw.setdefault("protect", ["/app", "/data/model.bin"])
+    opts = SconifyOptions(
+        parse_ref(f"oci:{src}"), parse_ref(f"oci:{tmp_path / out}"), policy="pol", service="svc", **kw
+    )  # type: ignore[arg-type]
+    return sconify(opts, key)
+
+
+SECRETS = [S_OLD, S_DELETED, S_FINAL, S_MODEL[:200], S_OPAQUE]
+
+
+def test_no_plaintext_of_protected_files_in_any_blob(tmp_path: Path) -> None:
+    run(tmp_path, base_image())
+    blobs = all_blob_bytes(tmp_path / "out")
+    assert len(blobs) >= 10
+    for secret in SECRETS:
+        assert not any(secret in b for b in blobs), secret
+    # negative twin: the source image has every one of them
+    src_blobs = all_blob_bytes(tmp_path / "src")
+    for secret in SECRETS:
+        assert any(secret in b for b in src_blobs), secret
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_volume_holds_the_final_contents(tmp_path: Path, compression: str) -> None:
+    res = run(tmp_path, base_image(compression=compression), compression=compression)
+    vol = extract_volume(tmp_path / "out", tmp_path / "x")
+    opened = tmp_path / "opened"
+    open_volume(vol, KEY, opened, res.volume_tag)
+    assert (opened / "app/conf.txt").read_bytes() == S_FINAL  # the upper layer's version
+    assert (opened / "app/link-to-conf").read_bytes() == S_OLD  # hard link: content at link time
+    assert not (opened / "app/old.key").exists()  # deleted by a whiteout
+    assert not (opened / "app/cache/blob").exists()  # hidden by the opaque directory
+    assert (opened / "app/cache/fresh").read_bytes() == b"new cache entry"
+    assert (opened / "app/current").readlink() == Path("conf.txt")
+    assert (opened / "data/model.bin").read_bytes() == S_MODEL
+    assert not (opened / "data/readme").exists()  # not protected: stays in the image
+    assert res.files == 5
+    assert (opened / "app/conf.txt").stat().st_mode & 0o777 == 0o600
+
+
+def test_unprotected_content_and_special_files_survive(tmp_path: Path) -> None:
+    run(tmp_path, base_image())
+    _manifest, config, layers = read_layout(tmp_path / "out")
+    lower = layer_names(layers[0])
+    assert "data/readme" in lower and "dev/null" in lower and "run/fifo" in lower
+    assert not any(n == "app" or n.startswith("app/") for n in lower)
+    assert "data/model.bin" not in lower
+    upper = layer_names(layers[1])
+    assert "etc/.wh.motd" in upper  # whiteouts of unprotected paths are kept
+    assert not any(n.startswith("app/") for n in upper)
+    top = layer_names(layers[-1])
+    assert "app" in top and "data/model.bin" in top  # mount points (empty)
+    assert "confide/sconify.json" in top
+    assert len(layers) == 4 and len(config["rootfs"]["diff_ids"]) == 4
+    assert len(config["history"]) == 4
+
+
+def test_entrypoint_and_policy(tmp_path: Path) -> None:
+    res = run(tmp_path, base_image())
+    _, config, _ = read_layout(tmp_path / "out")
+    assert config["config"]["Entrypoint"] == [
+        "/confide/bin/confide", "run", "--config-id", "pol/svc", "--tee", "sim", "--", "/app/run.sh", "--serve",
+    ]  # fmt: skip
+    assert "Cmd" not in config["config"]
+    assert config["created"] == "2024-01-02T03:04:05Z"
+    svc = res.policy["services"][0]
+    assert svc["command"] == "/app/run.sh --serve"
+    assert svc["environment"] == {"PATH": "/usr/bin:/bin", "MODE": "prod"}
+    assert svc["pwd"] == "/app"
+    vol = res.policy["volumes"][0]
+    assert vol["fspf_tag"] == res.volume_tag
+    contract = json.loads(open_contract(tmp_path / "out"))
+    assert [m["path"] for m in contract["volumes"][0]["mounts"]] == ["/app", "/data/model.bin"]
+    text = policy_yaml(res.policy, KEY, "src")
+    assert KEY.hex() in text and 'version: "0.3"' in text.replace("'", '"')
+    assert "REPLACE the measurement" in text
+    from confide.policy import loads_policy
+
+    loaded = loads_policy(text)  # the template is a valid policy as it stands
+    assert (
+        loaded.volumes[0].fspf_key == KEY.hex()
+        and loaded.images[0].volumes[0].path == "/confide/volumes/image"
+    )
+
+
+def test_runtime_layer_launcher(tmp_path: Path) -> None:
+    run(tmp_path, base_image())
+    _, _, layers = read_layout(tmp_path / "out")
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(layers[2])) as tf:
+        names = tf.getnames()
+        launcher = tf.extractfile("confide/bin/confide").read()  # type: ignore[union-attr]
+        mtimes = {m.mtime for m in tf}
+    assert launcher.startswith(b"#!/usr/bin/python3 -I\n")
+    assert "confide/lib/python/confide/cli.py" in names
+    assert "confide/lib/python/cryptography/__init__.py" in names
+    assert names == sorted(names, key=str.encode)
+    assert mtimes == {0}
+
+
+def test_reproducible_same_key_same_digests(tmp_path: Path) -> None:
+    a = run(tmp_path, base_image(), out="a")
+    b = run(tmp_path, base_image(), out="b")
+    assert a.manifest_digest == b.manifest_digest and a.volume_tag == b.volume_tag
+    assert sorted(p.name for p in (tmp_path / "a/blobs/sha256").iterdir()) == sorted(
+        p.name for p in (tmp_path / "b/blobs/sha256").iterdir()
+    )
+    c = run(tmp_path, base_image(), out="c", key=VolumeKey(b"\x01" * 32))  # negative twin: another key
+    assert c.manifest_digest != a.manifest_digest and c.volume_tag != a.volume_tag
+
+
+def test_untouched_layers_are_copied_byte_for_byte(tmp_path: Path) -> None:
+    img = base_image()
+    img.layers.append([M("opt/", "d"), M("opt/tool", data=b"tool")])
+    res = run(tmp_path, img)
+    assert res.rewritten_layers == [0, 1]
+    src_manifest, _, _ = read_layout(tmp_path / "src")
+    out_manifest, _, _ = read_layout(tmp_path / "out")
+    assert out_manifest["layers"][2]["digest"] == src_manifest["layers"][2]["digest"]
+    assert out_manifest["layers"][0]["digest"] != src_manifest["layers"][0]["digest"]
+
+
+def test_authenticate_region(tmp_path: Path) -> None:
+    res = run(tmp_path, base_image(), protect=["/app"], authenticate=["/app/run.sh", "/data"])
+    vol = extract_volume(tmp_path / "out", tmp_path / "x")
+    opened = tmp_path / "opened"
+    open_volume(vol, KEY, opened, res.volume_tag)
+    assert (opened / "app/run.sh").read_bytes().startswith(b"#!/bin/sh")
+    assert (opened / "data/readme").read_bytes() == b"public readme"
+    regions = {
+        r["path"]: r["region"] for r in json.loads(open_contract(tmp_path / "out"))["volumes"][0]["regions"]
+    }
+    assert regions == {"/app": "encrypted", "/app/run.sh": "authenticated", "/data": "authenticated"}
+    blobs = all_blob_bytes(tmp_path / "out")
+    assert not any(S_FINAL in b for b in blobs)
+    # authenticated-only files are stored in plaintext (with MACs) in the volume, by design
+    assert any(b"exec cat /app/conf.txt" in b for b in blobs)
+    contract = json.loads(open_contract(tmp_path / "out"))
+    assert contract["volumes"][0]["mounts"] == [
+        {"path": "/app", "kind": "dir"},
+        {"path": "/data", "kind": "dir"},
+    ]
+
+
+def open_contract(path: Path) -> bytes:
+    import io
+    import tarfile
+
+    _, _, layers = read_layout(path)
+    with tarfile.open(fileobj=io.BytesIO(layers[-1])) as tf:
+        return tf.extractfile("confide/sconify.json").read()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("protect", "message"),
+    [
+        (["/nope"], "does not exist"),
+        (["/app/current"], "is a symlink"),
+        (["/dev/null"], "char"),
+        (["/dev"], "a volume holds no special files"),
+        (["relative"], "absolute"),
+        (["/"], "below /"),
+        (["/confide"], "reserved"),
+        ([], "nothing to protect"),
+    ],
+)
+def test_bad_protected_paths(tmp_path: Path, protect: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        run(tmp_path, base_image(), protect=protect)
+    assert not (tmp_path / "out").exists()
+
+
+def test_hard_link_across_the_boundary_is_refused(tmp_path: Path) -> None:
+    img = base_image()
+    img.layers[0].append(M("etc/conf-copy", "h", link="app/conf.txt"))
+    with pytest.raises(UsageError, match="crosses the boundary"):
+        run(tmp_path, img)
+    # negative twin: protecting both sides works
+    res = run(tmp_path, img, protect=["/app", "/etc/conf-copy", "/data/model.bin"])
+    assert res.files == 6
+
+
+def test_runtime_check(tmp_path: Path) -> None:
+    img = base_image()
+    img.layers[0] = [m for m in img.layers[0] if not m.name.startswith("usr/bin/python")]
+    with pytest.raises(UsageError, match="no python3"):
+        run(tmp_path, img)
+    res = run(tmp_path, img, runtime_check=False)  # explicit opt-out
+    assert res.files == 5
+
+
+def test_runtime_check_architecture(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="architecture 'arm64'"):
+        run(tmp_path, base_image(architecture="arm64"))
+
+
+def test_no_command(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="neither Entrypoint nor Cmd"):
+        run(tmp_path, base_image(entrypoint=[], cmd=None))
+
+
+def test_output_must_not_exist(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("x")
+    with pytest.raises(UsageError, match="non-empty"):
+        run(tmp_path, base_image())
+    assert not list(tmp_path.glob(".confide-sconify-*"))  # the work area is removed
+
+
+def test_tampered_source_blob(tmp_path: Path) -> None:
+    img = base_image()
+    img.write_layout(tmp_path / "src")
+    manifest, _, _ = read_layout(tmp_path / "src")
+    blob = tmp_path / "src/blobs/sha256" / manifest["layers"][1]["digest"][7:]
+    data = bytearray(blob.read_bytes())
+    data[-20] ^= 1
+    blob.write_bytes(bytes(data))
+    with pytest.raises(ParseError):
+        run(tmp_path, img)
+    assert not (tmp_path / "out").exists()
+
+
+def test_interpreter_inside_a_protected_path_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="interpreter"):
+        run(tmp_path, base_image(), protect=["/usr/bin"])
+
+
+BUSYBOX = Path("/bin/busybox")
+
+
+@pytest.mark.skipif(not BUSYBOX.exists(), reason="needs Debian's busybox-static (/bin/busybox)")
+def test_busybox_image(tmp_path: Path) -> None:
+    """A realistic base: the static busybox binary, an app script and data files."""
+    bb = BUSYBOX.read_bytes()
+    secret = b"SECRET-busybox-app-data-77aa"
+    img = Image(
+        [
+            [*PYTHON_BASE, M("bin/", "d"), M("bin/busybox", data=bb, mode=0o755), M("bin/sh", "l", link="busybox")],
+            [M("app/", "d"), M("app/main.sh", data=b"#!/bin/sh\ncat /app/data/*\n", mode=0o755),
+             M("app/data/", "d"), M("app/data/a.txt", data=secret), M("app/data/b.bin", data=secret * 1000)],
+        ],
+        entrypoint=["/bin/sh", "/app/main.sh"],
+        cmd=None,
+    )  # fmt: skip
+    res = run(tmp_path, img, protect=["/app/data"], authenticate=["/app/main.sh"])
+    _, config, layers = read_layout(tmp_path / "out")
+    assert res.rewritten_layers == [1]
+    assert config["config"]["Entrypoint"][-2:] == ["/bin/sh", "/app/main.sh"]
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(layers[0])) as tf:
+        assert tf.extractfile("bin/busybox").read() == bb  # type: ignore[union-attr]
+    assert not any(secret in b for b in all_blob_bytes(tmp_path / "out"))
+    vol = extract_volume(tmp_path / "out", tmp_path / "x")
+    open_volume(vol, KEY, tmp_path / "o", res.volume_tag)
+    assert (tmp_path / "o/app/data/b.bin").read_bytes() == secret * 1000
+    assert (tmp_path / "o/app/main.sh").stat().st_mode & 0o777 == 0o755

@@ -1,0 +1,126 @@
+"""The canonical entry encoding (RFC 8785 JSON over the typed entry model)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from confide.errors import ParseError
+from confide.ledger.encoding import Entry, EntryType, canonical_json, parse_canonical_json
+
+AT = datetime(2026, 11, 27, 10, 52, 20, 123456, tzinfo=UTC)
+
+
+def test_rfc8785_member_order_is_by_utf16_code_units() -> None:
+    # RFC 8785 §3.2.3's sorting example: U+1F600 (surrogates D83D DE00) sorts before U+FB33.
+    keys = ["\u20ac", "\r", "\ufb33", "1", "\U0001f600", "\u0080", "\u00f6"]
+    out = canonical_json(dict.fromkeys(keys, 0)).decode()
+    order = [json.loads(out)[k] for k in keys]  # all present
+    assert order == [0] * 7
+    assert list(json.loads(out)) == ["\r", "1", "\u0080", "\u00f6", "\u20ac", "\U0001f600", "\ufb33"]
+    # Python's own code-point order puts U+FB33 first: the two orders really differ here.
+    assert sorted(keys)[-1] == "\U0001f600"
+
+
+def test_rfc8785_string_escapes_and_unicode() -> None:
+    value = {"s": '\u20ac$\u000f\u000aA\'B"\\\\"/', "b": "\b\t\f\r\x1f\x7f é 😀"}
+    assert canonical_json(value) == (
+        '{"b":"\\b\\t\\f\\r\\u001f\x7f é 😀","s":"€$\\u000f\\nA\'B\\"\\\\\\\\\\"/"}'.encode()
+    )
+
+
+def test_numbers_literals_and_nesting() -> None:
+    assert canonical_json({"a": [1, -0, 0, -5, 9007199254740991], "z": None, "t": True, "f": False}) == (
+        b'{"a":[1,0,0,-5,9007199254740991],"f":false,"t":true,"z":null}'
+    )
+    for bad in (1.5, 9007199254740992, float("nan"), b"bytes", {1: 2}):
+        with pytest.raises(ParseError):
+            canonical_json({"x": bad})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"b":1,"a":2}',  # order
+        b'{"a": 1}',  # whitespace
+        b'{"a":1.0}',  # float
+        b'{"a":1e2}',
+        b'{"a":-0}',
+        b'{"a":"\\u00e9"}',  # needless escape
+        b'{"a":"\\u001F"}',  # upper-case hex
+        b'{"a":1,"a":1}',  # duplicate
+        b'{"a":NaN}',
+        b'{"a":"\\ud800"}',  # lone surrogate
+        b"\xff",
+        b'{"a":1}\n',
+    ],
+)
+def test_non_canonical_inputs_are_rejected(text: bytes) -> None:
+    with pytest.raises(ParseError):
+        parse_canonical_json(text)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_json)
+def test_canonical_form_is_a_fixed_point(value: object) -> None:
+    try:
+        data = canonical_json(value)
+    except ParseError:
+        return  # lone surrogates in generated text
+    assert parse_canonical_json(data) == value
+    assert canonical_json(json.loads(data)) == data
+    # Re-serialising Python's own dump (different spacing/order/escapes) converges to the same bytes.
+    assert canonical_json(json.loads(json.dumps(value, ensure_ascii=True, indent=1))) == data
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_only_raise_parse_error(data: bytes) -> None:
+    with contextlib.suppress(ParseError):
+        Entry.from_bytes(data)
+
+
+def test_entry_round_trip_and_shape() -> None:
+    entry = Entry.create(
+        EntryType.SECRET_RELEASED,
+        AT,
+        {"service": "db", "secrets": [{"name": "DB_PASSWORD_REF", "version": 3}], "key_sha256": "ab" * 32},
+        policy="team/db",
+    )
+    data = entry.to_bytes()
+    assert data.startswith(b'{"payload":{"key_sha256":')
+    assert b'"time":"2026-11-27T10:52:20.123456Z","type":"secret.released","v":1}' in data
+    assert Entry.from_bytes(data) == entry
+    with pytest.raises(ParseError):
+        Entry.from_bytes(data.replace(b'"v":1', b'"v":2'))
+    with pytest.raises(ParseError):
+        Entry.from_bytes(data.replace(b"secret.released", b"secret.stolen"))
+
+
+def test_entry_time_is_normalised_to_utc() -> None:
+    cet = timezone(timedelta(hours=1))
+    entry = Entry.create(EntryType.CAS_STARTED, AT.astimezone(cet), {})
+    assert entry.time == "2026-11-27T10:52:20.123456Z"
+    with pytest.raises(ValueError, match="timezone"):
+        Entry.create(EntryType.CAS_STARTED, AT.replace(tzinfo=None), {})
+    with pytest.raises(ParseError):
+        Entry(EntryType.CAS_STARTED, "2026-02-30T00:00:00.000000Z", None, {})
+
+
+@pytest.mark.parametrize("name", ["value", "plaintext", "Private_Key", "password", "seed"])
+def test_secret_values_are_refused_at_any_depth(name: str) -> None:
+    with pytest.raises(ParseError, match="secret material"):
+        Entry.create(EntryType.SECRET_RELEASED, AT, {"secrets": [{"name": "x", name: "hunter2"}]})
+    Entry.create(EntryType.SECRET_RELEASED, AT, {"secrets": [{"name": "x", "version": 1}]})  # twin

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from confide.errors import ParseError, UsageError
+from confide.sim.platform import (
+    PRIVATE_KEY_FILE,
+    PUBLIC_KEY_FILE,
+    SimPlatform,
+    load_platform_public_key,
+)
+
+
+def test_first_use_creates_a_private_key_and_a_public_key(tmp_path: Path) -> None:
+    directory = tmp_path / "sim"
+    platform = SimPlatform.load_or_create(directory)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE((directory / PRIVATE_KEY_FILE).stat().st_mode) == 0o600
+    pub = load_platform_public_key((directory / PUBLIC_KEY_FILE).read_bytes())
+    assert pub.public_bytes_raw() == platform.public_key.public_bytes_raw()
+    assert {p.name for p in directory.iterdir()} == {PRIVATE_KEY_FILE, PUBLIC_KEY_FILE}
+
+
+def test_second_use_loads_the_same_key(tmp_path: Path) -> None:
+    first = SimPlatform.load_or_create(tmp_path / "sim")
+    second = SimPlatform.load_or_create(tmp_path / "sim")
+    third = SimPlatform.load(tmp_path / "sim")
+    assert first.key_id == second.key_id == third.key_id
+
+
+def test_a_different_directory_gives_a_different_key(tmp_path: Path) -> None:
+    assert (
+        SimPlatform.load_or_create(tmp_path / "a").key_id != SimPlatform.load_or_create(tmp_path / "b").key_id
+    )
+
+
+def test_concurrent_first_uses_agree_on_one_key(tmp_path: Path) -> None:
+    ids: list[bytes] = []
+    barrier = threading.Barrier(8)
+
+    def create() -> None:
+        barrier.wait()
+        ids.append(SimPlatform.load_or_create(tmp_path / "sim").key_id)
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ids) == 8
+    assert len(set(ids)) == 1
+    assert {p.name for p in (tmp_path / "sim").iterdir()} == {PRIVATE_KEY_FILE, PUBLIC_KEY_FILE}
+
+
+def test_a_readable_private_key_is_refused(tmp_path: Path) -> None:
+    SimPlatform.load_or_create(tmp_path / "sim")
+    os.chmod(tmp_path / "sim" / PRIVATE_KEY_FILE, 0o644)
+    with pytest.raises(UsageError, match="0644, expected 0600"):
+        SimPlatform.load(tmp_path / "sim")
+
+
+def test_missing_key_is_a_usage_error_pointing_to_init(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="confide sim init"):
+        SimPlatform.load(tmp_path / "nothing")
+
+
+def test_a_garbage_key_file_is_a_parse_error(tmp_path: Path) -> None:
+    (tmp_path / PRIVATE_KEY_FILE).write_bytes(b"not a key")
+    os.chmod(tmp_path / PRIVATE_KEY_FILE, 0o600)
+    with pytest.raises(ParseError):
+        SimPlatform.load(tmp_path)
+
+
+def test_repr_shows_no_key_material() -> None:
+    platform = SimPlatform.generate()
+    assert repr(platform) == f"SimPlatform(key_id={platform.key_id.hex()})"
+
+
+def test_public_key_encodings_all_load() -> None:
+    key = SimPlatform.generate().public_key
+    raw = key.public_bytes_raw()
+    for data in (
+        key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo),
+        key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
+        raw,
+        raw.hex().encode() + b"\n",
+    ):
+        assert load_platform_public_key(data).public_bytes_raw() == raw
+
+
+@pytest.mark.parametrize("data", [b"", b"hello", bytes(31), b"-----BEGIN PUBLIC KEY-----\nxx\n"])
+def test_bad_public_keys_are_parse_errors(data: bytes) -> None:
+    with pytest.raises(ParseError):
+        load_platform_public_key(data)
+
+
+def test_a_non_ed25519_public_key_is_refused() -> None:
+    p256 = ec.generate_private_key(ec.SECP256R1()).public_key()
+    with pytest.raises(ParseError, match="expected an Ed25519"):
+        load_platform_public_key(p256.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+
+
+@pytest.mark.parametrize(("rd", "m"), [(bytes(63), bytes(48)), (bytes(64), bytes(32))])
+def test_issue_checks_widths(rd: bytes, m: bytes) -> None:
+    with pytest.raises(UsageError):
+        SimPlatform.generate().issue(report_data=rd, measurement=m, timestamp=0)
