@@ -7,8 +7,11 @@ absent, from ``$CONFIDE_VOLUME_KEY`` (64 hex digits). It is never printed.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
+from typing import cast
 
 import click
 
@@ -16,6 +19,7 @@ from confide.errors import ConfideError, SignatureError
 from confide.volume.check import open_volume, verify_volume
 from confide.volume.format import DEFAULT_CHUNK_SIZE, Region, RegionRule
 from confide.volume.keys import KEY_ENV, VolumeKey, load_key, write_key
+from confide.volume.mount import MountMode, mount_volume, wait_for_signal
 from confide.volume.store import add_sources, create_volume, seal_volume
 
 __all__ = ["volume"]
@@ -213,3 +217,52 @@ def open_cmd(
         return
     click.echo(f"opened: {result.files} files, {result.bytes} bytes, generation {result.generation}")
     click.echo(f"tag: {result.tag}")
+
+
+@volume.command("mount")
+@click.argument("directory", metavar="DIR", type=_PATH)
+@click.argument("mountpoint", metavar="MOUNTPOINT", type=_PATH)
+@_key_option
+@click.option("--tag", metavar="HEX", help="Expected volume tag; another tag exits 60 (rollback).")
+@click.option(
+    "--mode", type=click.Choice(["auto", "fuse", "tmpfs"]), default="auto", show_default=True,
+    help="FUSE, tmpfs decryption (private mount namespace as root), or FUSE when /dev/fuse works.",
+)  # fmt: skip
+@click.option(
+    "--writable", is_flag=True, help="Read-write; changes are sealed at unmount (prints the new tag)."
+)
+def mount_cmd(
+    directory: Path, mountpoint: Path, key_file: Path | None, tag: str | None, mode: str, writable: bool
+) -> None:
+    """Mount the volume at MOUNTPOINT until SIGINT/SIGTERM, then unmount (and seal if --writable).
+
+    In tmpfs mode as root the mount lives in this process's private mount namespace: other
+    processes reach it through /proc/PID/root/MOUNTPOINT only.
+    """
+    try:
+        handle = mount_volume(
+            directory,
+            load_key(key_file),
+            mountpoint,
+            expected_tag=tag,
+            mode=cast(MountMode, mode),
+            writable=writable,
+        )
+    except ConfideError as exc:
+        _die(exc)
+        return
+    stop = (signal.SIGINT, signal.SIGTERM)
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # before announcing: no signal is lost
+    access = "read-write" if writable else "read-only"
+    where = f" (files in {handle.path})" if handle.path != handle.mountpoint else ""
+    click.echo(f"mounted {access} via {handle.mode} at {handle.mountpoint}{where}, pid {os.getpid()}")
+    click.echo(f"tag: {handle.tag}", nl=True)
+    sys.stdout.flush()
+    wait_for_signal(stop)
+    old = handle.tag
+    try:
+        new = handle.close()
+    except ConfideError as exc:
+        _die(exc)
+        return
+    click.echo(f"unmounted; tag: {new}" + (" (changed)" if new != old else " (unchanged)"))

@@ -37,6 +37,19 @@ __all__ = ["VolumeReader"]
 _TAG_BATCH = 4096  # chunk tags read per batch while checking a root
 
 
+_local = threading.local()
+
+
+def _buffers(raw_size: int, chunk_size: int) -> tuple[bytearray, memoryview]:
+    """Per-thread (records, scratch chunk) buffers, reused: no fresh pages per read."""
+    bufs: tuple[bytearray, bytearray] | None = getattr(_local, "bufs", None)
+    if bufs is None or len(bufs[0]) < raw_size or len(bufs[1]) < chunk_size:
+        size = max(raw_size, len(bufs[0]) if bufs else 0)
+        bufs = (bytearray(size), bytearray(chunk_size))
+        _local.bufs = bufs
+    return bufs[0], memoryview(bufs[1])[:chunk_size]
+
+
 class _Open:
     __slots__ = ("codec", "fd", "n_chunks")
 
@@ -58,7 +71,7 @@ class VolumeReader:
             parts = p.split("/")
             for depth in range(1, len(parts) + 1):
                 self._children.setdefault("/".join(parts[: depth - 1]), set()).add(parts[depth - 1])
-        self._open: dict[str, _Open] = {}
+        self._open: dict[bytes, _Open] = {}  # by file id
         self._lock = threading.Lock()
 
     # --- metadata ----------------------------------------------------------------------------
@@ -92,7 +105,7 @@ class VolumeReader:
     # --- data --------------------------------------------------------------------------------
     def _get(self, e: Entry) -> _Open:
         with self._lock:
-            o = self._open.get(e.path)
+            o = self._open.get(e.file_id)
             if o is not None:
                 return o
             cs = self.manifest.chunk_size
@@ -117,7 +130,7 @@ class VolumeReader:
             except BaseException:
                 os.close(fd)
                 raise
-            self._open[e.path] = o
+            self._open[e.file_id] = o
             return o
 
     def _check_root(self, fd: int, e: Entry, n: int) -> None:
@@ -136,33 +149,62 @@ class VolumeReader:
         e = self.entry(path)
         if e.kind is not EntryKind.FILE:
             raise UsageError(f"{path!r}: got a {e.kind.name.lower()}, expected a file")
+        return self.read_entry(e, offset, size)
+
+    def read_entry(self, e: Entry, offset: int, size: int) -> bytes:
+        """Read a file given its entry: one of this manifest's, or a later version of the file
+        written into the same volume (same key and volume id; the FUSE layer's new objects).
+        """
         if offset < 0 or size < 0:
             raise UsageError(f"read: got offset {offset}, size {size}, expected non-negative values")
+        n = max(0, min(size, e.size - offset)) if e.region is not Region.UNPROTECTED else size
+        out = bytearray(n)
+        got = self.read_into(e, offset, memoryview(out))
+        return bytes(out[:got])
+
+    def read_into(self, e: Entry, offset: int, out: memoryview) -> int:
+        """Fill ``out`` with the file's bytes from ``offset``; return the count (short at EOF).
+
+        One ``preadv`` of all the chunks of the range into a reused per-thread buffer; each
+        chunk is authenticated (index and last-chunk mark) and decrypted straight into ``out``
+        (partial chunks at the edges through a scratch chunk). On an integrity failure
+        :class:`SignatureError` is raised and ``out`` may hold plaintext of *earlier, authentic*
+        chunks only; the caller must not use it.
+        """
+        if offset < 0:
+            raise UsageError(f"read: got offset {offset}, expected a non-negative value")
         o = self._get(e)
         if o.codec is None:
-            return os.pread(o.fd, size, offset)
-        end = min(e.size, offset + size)
+            return os.preadv(o.fd, [out], offset)
+        end = min(e.size, offset + len(out))
         if offset >= end:
-            return b""
+            return 0
         cs = self.manifest.chunk_size
         rec = cs + TAG_SIZE
         first, last_chunk = offset // cs, (end - 1) // cs
-        out = bytearray()
-        buf = bytearray(cs)
-        for i in range(first, last_chunk + 1):
-            is_last = i == o.n_chunks - 1
-            plen = e.size - cs * i if is_last else cs
-            data = os.pread(o.fd, plen + TAG_SIZE, i * rec)
-            try:
-                if len(data) != plen + TAG_SIZE:
-                    raise SignatureError(f"chunk {i}: got {len(data)} bytes, expected {plen + TAG_SIZE}")
-                o.codec.open_into(data, i, is_last, buf)
-            except SignatureError as exc:
-                raise SignatureError(f"volume file {path!r}: {exc.message}") from None
-            lo = offset - i * cs if i == first else 0
-            hi = end - i * cs if i == last_chunk else plen
-            out += memoryview(buf)[lo:hi]
-        return bytes(out)
+        want = min((last_chunk + 1) * rec, object_size(e.size, cs, e.region)) - first * rec
+        raw, scratch = _buffers(want, cs)
+        rmv = memoryview(raw)[:want]
+        try:
+            got = os.preadv(o.fd, [rmv], first * rec)
+            if got != want:
+                raise SignatureError(f"chunks {first}..{last_chunk}: got {got} bytes, expected {want}")
+            for i in range(first, last_chunk + 1):
+                is_last = i == o.n_chunks - 1
+                plen = e.size - cs * i if is_last else cs
+                k = (i - first) * rec
+                record = rmv[k : k + plen + TAG_SIZE]
+                lo = max(offset, i * cs)  # file range of this chunk that is wanted
+                hi = min(end, i * cs + plen)
+                dst = lo - offset
+                if lo == i * cs and hi == i * cs + plen:
+                    o.codec.open_into(record, i, is_last, out[dst : dst + plen])
+                else:
+                    o.codec.open_into(record, i, is_last, scratch)
+                    out[dst : dst + hi - lo] = scratch[lo - i * cs : hi - i * cs]
+        except SignatureError as exc:
+            raise SignatureError(f"volume file {e.path!r}: {exc.message}") from None
+        return end - offset
 
     def close(self) -> None:
         with self._lock:

@@ -58,7 +58,9 @@ __all__ = [
     "add_sources",
     "create_volume",
     "load_sealed",
+    "lock_volume",
     "object_path",
+    "seal_entries",
     "seal_volume",
 ]
 
@@ -108,6 +110,45 @@ def _locked(directory: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def lock_volume(directory: Path, *, shared: bool) -> int | None:
+    """Take the volume's writer lock without waiting (``shared`` for readers that pin a version).
+
+    Returns the lock's file descriptor (close it to release), or ``None`` if the lock file
+    cannot be created (a read-only volume directory). Raises :class:`StorageError` when
+    another writer (or, for an exclusive lock, a mount) holds it.
+    """
+    try:
+        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        if shared:
+            return None
+        raise StorageError(f"volume {str(directory)!r}: cannot create the lock file") from None
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        held = "a writer" if shared else "a writer or another mount"
+        raise StorageError(f"volume {str(directory)!r} is in use ({held} holds its lock)") from None
+    return fd
+
+
+def seal_entries(directory: Path, key: VolumeKey, base: Manifest, entries: Sequence[Entry]) -> str:
+    """Seal ``entries`` as the generation after ``base`` (the caller holds the lock); return the tag.
+
+    The objects of all files must already be in place (fsync'ed). Objects no longer
+    referenced are deleted once the new manifest is durable.
+    """
+    ordered = tuple(sorted(entries, key=lambda e: e.path.encode()))
+    sealed = replace(base, state=ManifestState.SEALED, generation=base.generation + 1, entries=ordered)
+    data = encode_manifest(sealed, key.raw)
+    _atomic_write(directory / MANIFEST_NAME, data)
+    live = {e.file_id.hex() for e in ordered if e.kind is EntryKind.FILE}
+    for p in (directory / OBJECTS_DIR).iterdir():
+        if p.name not in live:
+            p.unlink(missing_ok=True)
+    return volume_tag(data)
 
 
 def _read(path: Path, what: str) -> bytes:

@@ -1,0 +1,726 @@
+"""The FUSE file system serving a protected volume (runs in the mount's child process).
+
+Reads go through :class:`~confide.volume.reader.VolumeReader` (only the chunks of the range,
+each authenticated; an integrity failure is logged and returned as ``EIO``, never as data).
+Writes (``writable``) follow the format's rule that a (key, nonce) pair is never reused: a file
+opened for writing is copied, decrypted, into an anonymous memory file (``memfd_create``, so
+no plaintext reaches a disk) and every commit of it (on flush, fsync, release, or a truncate
+without a handle) encrypts the whole file under a *new random file id*, hence a new key. The
+volume is sealed once, at unmount, by :func:`seal` (new generation, new tag); until then the
+sealed MANIFEST is untouched, so discarding a session just drops its new objects.
+
+Run as ``python -m confide.volume._fusefs`` by :mod:`confide.volume.mount` (see there for
+the protocol between the two processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import secrets
+import signal
+import stat
+import sys
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import mfusepy  # the parent sets FUSE_LIBRARY_PATH to libfuse 3 (see mount.fuse3_library)
+
+from confide.errors import ConfideError, SignatureError, UsageError
+from confide.volume._io import copy_raw, decrypt_object, encrypt_stream
+from confide.volume.format import (
+    FILE_ID_SIZE,
+    ROOT_SIZE,
+    ChunkCodec,
+    Entry,
+    EntryKind,
+    Manifest,
+    Region,
+    check_path,
+    region_for,
+)
+from confide.volume.keys import VolumeKey
+from confide.volume.reader import VolumeReader
+from confide.volume.store import lock_volume, object_path, seal_entries
+
+log = logging.getLogger("confide.volume.mount")
+
+_TMP_PREFIX = ".tmp-"
+READAHEAD = 4 << 20  # bytes of kernel read-ahead asked for (requests up to 1 MiB with libfuse 3)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+@dataclass(eq=False)
+class _Node:
+    """One path of the mounted tree (the manifest entry, plus write state for files)."""
+
+    path: str
+    kind: EntryKind
+    mode: int
+    uid: int
+    gid: int
+    region: Region
+    entry: Entry | None = None  # files: the committed version (file id, size, root)
+    target: str = ""  # symlinks
+    explicit: bool = True  # False: an implicit directory (not listed in the manifest)
+    buf_fd: int | None = None  # files being written: memfd with the plaintext
+    dirty: bool = False  # buf_fd changed since the last commit
+    opens: int = 0
+    orphan: bool = False  # unlinked while open
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "/" in path else ""
+
+
+def _vpath(path: str) -> str:
+    """FUSE path ('/a/b') -> volume path ('a/b'); the root is ''."""
+    return path.strip("/")
+
+
+def _err(code: int) -> mfusepy.FuseOSError:
+    return mfusepy.FuseOSError(code)
+
+
+class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
+    """mfusepy operations over a sealed volume; read-only unless ``writable``."""
+
+    use_ns = True
+
+    def __init__(self, reader: VolumeReader, key: VolumeKey, *, writable: bool) -> None:
+        self.reader = reader
+        self.manifest: Manifest = reader.manifest
+        self.directory = reader.directory
+        self._key = key
+        self.writable = writable
+        self.changed = False
+        self.new_objects: set[bytes] = set()  # file ids written in this session
+        self.integrity_failures = 0
+        self._lock = threading.RLock()
+        self._fh: dict[int, _Node] = {}
+        self._next_fh = 1
+        self._mtime_ns = time.time_ns()
+        self.on_init: Any = None
+        self.nodes: dict[str, _Node] = {}
+        self.children: dict[str, set[str]] = {"": set()}
+        root = _Node("", EntryKind.DIR, 0o755, os.getuid(), os.getgid(), Region.UNPROTECTED, explicit=False)
+        self.nodes[""] = root
+        for e in self.manifest.entries:
+            self._ensure_parents(e.path)
+            self._insert(
+                _Node(e.path, e.kind, e.mode, e.uid, e.gid, e.region, e if e.kind is EntryKind.FILE else None,
+                      e.target)
+            )  # fmt: skip
+
+    # --- tree helpers (caller holds the lock) ------------------------------------------------
+    def _insert(self, node: _Node) -> None:
+        self.nodes[node.path] = node
+        self.children.setdefault(_parent(node.path), set()).add(node.path.rsplit("/", 1)[-1])
+        if node.kind is EntryKind.DIR:
+            self.children.setdefault(node.path, set())
+
+    def _ensure_parents(self, path: str) -> None:
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            p = "/".join(parts[:depth])
+            if p not in self.nodes:
+                self._insert(_Node(p, EntryKind.DIR, 0o755, 0, 0, Region.UNPROTECTED, explicit=False))
+
+    def _remove(self, path: str) -> _Node:
+        node = self.nodes.pop(path)
+        parent = _parent(path)
+        self.children[parent].discard(path.rsplit("/", 1)[-1])
+        if node.kind is EntryKind.DIR:
+            self.children.pop(path, None)
+        pnode = self.nodes.get(parent)
+        if pnode is not None and parent and not pnode.explicit:
+            pnode.explicit = True  # an implicit directory must not vanish with its last child
+        return node
+
+    def _node(self, path: str) -> _Node:
+        node = self.nodes.get(_vpath(path))
+        if node is None:
+            raise _err(errno.ENOENT)
+        return node
+
+    def _check_writable(self) -> None:
+        if not self.writable:
+            raise _err(errno.EROFS)
+
+    def _new_child(self, path: str) -> tuple[str, _Node]:
+        vp = _vpath(path)
+        try:
+            check_path(vp)
+        except ConfideError:
+            raise _err(errno.EINVAL) from None
+        parent = self.nodes.get(_parent(vp))
+        if parent is None:
+            raise _err(errno.ENOENT)
+        if parent.kind is not EntryKind.DIR:
+            raise _err(errno.ENOTDIR)
+        if vp in self.nodes:
+            raise _err(errno.EEXIST)
+        return vp, parent
+
+    def _owner(self) -> tuple[int, int]:
+        uid, gid, _pid = mfusepy.fuse_get_context()
+        return int(uid), int(gid)
+
+    # --- file contents -----------------------------------------------------------------------
+    def _materialize(self, node: _Node, *, keep_contents: bool = True) -> int:
+        """Give ``node`` a memfd holding its plaintext (decrypted from its object once);
+        ``keep_contents=False`` (truncation to 0) skips the decryption."""
+        if node.buf_fd is not None:
+            return node.buf_fd
+        fd = os.memfd_create("confide-volume-file", os.MFD_CLOEXEC)
+        try:
+            e = node.entry
+            if keep_contents and e is not None and e.size:
+                obj_fd = os.open(object_path(self.directory, e.file_id), os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    if e.region is Region.UNPROTECTED:
+                        copy_raw(obj_fd, fd)
+                    else:
+                        codec = ChunkCodec(self._key.raw, self.manifest.volume_id, e.file_id, e.region)
+                        decrypt_object(obj_fd, fd, codec, e, self.manifest.chunk_size)
+                finally:
+                    os.close(obj_fd)
+        except SignatureError as exc:
+            os.close(fd)
+            self._integrity(node.path, exc)
+        except BaseException:
+            os.close(fd)
+            raise
+        node.buf_fd = fd
+        return fd
+
+    def _commit(self, node: _Node) -> None:
+        """Encrypt the node's memfd under a new file id (new key) into a new object."""
+        if node.buf_fd is None or not node.dirty or node.orphan:
+            return
+        fid = secrets.token_bytes(FILE_ID_SIZE)
+        final = object_path(self.directory, fid)
+        tmp = final.with_name(f"{_TMP_PREFIX}{final.name}")
+        src = os.dup(node.buf_fd)  # own offset
+        try:
+            os.lseek(src, 0, os.SEEK_SET)
+            dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                if node.region is Region.UNPROTECTED:
+                    size, root = copy_raw(src, dst), bytes(ROOT_SIZE)
+                else:
+                    codec = ChunkCodec(self._key.raw, self.manifest.volume_id, fid, node.region)
+                    size, root = encrypt_stream(src, dst, codec, self.manifest.chunk_size)
+                os.fsync(dst)
+            finally:
+                os.close(dst)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(src)
+        old = node.entry
+        node.entry = Entry(
+            node.path, EntryKind.FILE, node.mode, node.uid, node.gid, node.region, fid, size, root
+        )
+        self.new_objects.add(fid)
+        if old is not None and old.file_id in self.new_objects:
+            object_path(self.directory, old.file_id).unlink(missing_ok=True)  # superseded in-session
+            self.new_objects.discard(old.file_id)
+        node.dirty = False
+        self.changed = True
+
+    def _integrity(self, path: str, exc: SignatureError) -> None:
+        self.integrity_failures += 1
+        log.error(
+            "confide volume: INTEGRITY FAILURE in %r: %s; returning EIO "
+            "(unauthenticated data is never served)",
+            path,
+            exc.message,
+        )
+        raise _err(errno.EIO)
+
+    # --- FUSE operations: metadata -----------------------------------------------------------
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        if conn is not None:
+            conn.max_readahead = READAHEAD  # the kernel keeps the minimum with the bdi's setting
+        if self.on_init is not None:
+            self.on_init()
+
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        with self._lock:
+            node = self._fh.get(fh) if fh else None
+            if node is None:
+                node = self._node(path)
+            kind = {
+                EntryKind.FILE: stat.S_IFREG,
+                EntryKind.DIR: stat.S_IFDIR,
+                EntryKind.SYMLINK: stat.S_IFLNK,
+            }
+            if node.kind is EntryKind.FILE:
+                if node.buf_fd is not None:
+                    st = os.fstat(node.buf_fd)
+                    size, blocks = st.st_size, st.st_blocks
+                else:
+                    size = node.entry.size if node.entry else 0
+                    blocks = (size + 511) // 512
+                nlink = 1
+            elif node.kind is EntryKind.DIR:
+                size, blocks = 4096, 8
+                nlink = 2 + sum(
+                    1
+                    for c in self.children.get(node.path, ())
+                    if self._is_dir(f"{node.path}/{c}".lstrip("/"))
+                )
+            else:
+                size, blocks, nlink = len(node.target.encode()), 0, 1
+            t = self._mtime_ns
+            return {
+                "st_mode": kind[node.kind] | node.mode,
+                "st_nlink": nlink,
+                "st_size": size,
+                "st_blocks": blocks,
+                "st_uid": node.uid,
+                "st_gid": node.gid,
+                "st_atime": t,
+                "st_mtime": t,
+                "st_ctime": t,
+            }
+
+    def _is_dir(self, path: str) -> bool:
+        n = self.nodes.get(path)
+        return n is not None and n.kind is EntryKind.DIR
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        with self._lock:
+            node = self._node(path)
+            if node.kind is not EntryKind.DIR:
+                raise _err(errno.ENOTDIR)
+            return [".", "..", *sorted(self.children.get(node.path, ()))]
+
+    def readlink(self, path: str) -> str:
+        with self._lock:
+            node = self._node(path)
+            if node.kind is not EntryKind.SYMLINK:
+                raise _err(errno.EINVAL)
+            return node.target
+
+    def statfs(self, path: str) -> dict[str, int]:
+        sv = os.statvfs(self.directory)
+        return {
+            k: getattr(sv, k)
+            for k in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree")
+        } | {"f_namemax": 255}
+
+    # --- FUSE operations: data ---------------------------------------------------------------
+    def open(self, path: str, flags: int) -> int:
+        with self._lock:
+            node = self._node(path)
+            if node.kind is not EntryKind.FILE:
+                raise _err(errno.EISDIR)
+            if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+                self._check_writable()
+                trunc = bool(flags & os.O_TRUNC)
+                if node.buf_fd is not None:
+                    had = os.fstat(node.buf_fd).st_size
+                else:
+                    had = node.entry.size if node.entry else 0
+                fd = self._materialize(node, keep_contents=not trunc)
+                if trunc and had:
+                    os.ftruncate(fd, 0)
+                    node.dirty = True
+                    self.changed = True
+            node.opens += 1
+            fh = self._next_fh
+            self._next_fh += 1
+            self._fh[fh] = node
+            return fh
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        out = bytearray(size)
+        n = self.read_into(path, memoryview(out), offset, fh)
+        return bytes(out[:n])
+
+    def read_into(self, path: str | None, out: memoryview, offset: int, fh: int) -> int:
+        """Fill ``out`` (libfuse's reply buffer) from ``offset``: decrypted straight into it."""
+        with self._lock:
+            node = self._fh.get(fh) or self._node(path or "/")
+            buf_fd, entry = node.buf_fd, node.entry
+            if buf_fd is not None:
+                return os.preadv(buf_fd, [out], offset)
+        if entry is None:
+            return 0
+        try:
+            return self.reader.read_into(entry, offset, out)
+        except SignatureError as exc:
+            out[:] = bytes(len(out))  # nothing of the reply buffer goes back, but be tidy
+            self._integrity(entry.path, exc)
+            raise  # unreachable: _integrity raises
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        self._check_writable()
+        with self._lock:
+            node = self._fh.get(fh) or self._node(path)
+            fd = self._materialize(node)
+            n = os.pwrite(fd, data, offset)
+            node.dirty = True
+            self.changed = True
+            return n
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        self._check_writable()
+        with self._lock:
+            node = (self._fh.get(fh) if fh else None) or self._node(path)
+            if node.kind is not EntryKind.FILE:
+                raise _err(errno.EISDIR)
+            fd = self._materialize(node, keep_contents=length > 0)
+            os.ftruncate(fd, length)
+            node.dirty = True
+            self.changed = True
+            if node.opens == 0:
+                self._commit(node)
+                self._drop_buffer(node)
+            return 0
+
+    def _drop_buffer(self, node: _Node) -> None:
+        if node.buf_fd is not None and node.opens == 0:
+            os.close(node.buf_fd)
+            node.buf_fd = None
+
+    def flush(self, path: str, fh: int) -> int:
+        with self._lock:
+            node = self._fh.get(fh)
+            if node is not None:
+                self._commit(node)
+            return 0
+
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        return self.flush(path, fh)
+
+    def release(self, path: str, fh: int) -> int:
+        with self._lock:
+            node = self._fh.pop(fh, None)
+            if node is None:
+                return 0
+            node.opens -= 1
+            self._commit(node)
+            self._drop_buffer(node)
+            return 0
+
+    def create(self, path: str, mode: int, fi: Any = None) -> int:
+        self._check_writable()
+        with self._lock:
+            vp, _parent_node = self._new_child(path)
+            uid, gid = self._owner()
+            region = region_for(vp, self.manifest.rules, self.manifest.default_region)
+            node = _Node(vp, EntryKind.FILE, stat.S_IMODE(mode), uid, gid, region)
+            node.buf_fd = os.memfd_create("confide-volume-file", os.MFD_CLOEXEC)
+            node.dirty = True
+            node.opens = 1
+            self._insert(node)
+            self.changed = True
+            fh = self._next_fh
+            self._next_fh += 1
+            self._fh[fh] = node
+            return fh
+
+    # --- FUSE operations: namespace ----------------------------------------------------------
+    def mkdir(self, path: str, mode: int) -> int:
+        self._check_writable()
+        with self._lock:
+            vp, _ = self._new_child(path)
+            uid, gid = self._owner()
+            self._insert(_Node(vp, EntryKind.DIR, stat.S_IMODE(mode), uid, gid, Region.UNPROTECTED))
+            self.changed = True
+            return 0
+
+    def symlink(self, target: str, source: str) -> int:
+        """Create the symlink ``target`` pointing to ``source`` (mfusepy's argument order)."""
+        self._check_writable()
+        with self._lock:
+            vp, _ = self._new_child(target)
+            if not source or "\x00" in source:
+                raise _err(errno.EINVAL)
+            uid, gid = self._owner()
+            self._insert(_Node(vp, EntryKind.SYMLINK, 0o777, uid, gid, Region.UNPROTECTED, target=source))
+            self.changed = True
+            return 0
+
+    def unlink(self, path: str) -> int:
+        self._check_writable()
+        with self._lock:
+            node = self._node(path)
+            if node.kind is EntryKind.DIR:
+                raise _err(errno.EISDIR)
+            self._remove(node.path)
+            if node.opens:
+                node.orphan = True  # its handles keep the memfd; nothing is committed any more
+            self.changed = True
+            return 0
+
+    def rmdir(self, path: str) -> int:
+        self._check_writable()
+        with self._lock:
+            node = self._node(path)
+            if not node.path:
+                raise _err(errno.EBUSY)
+            if node.kind is not EntryKind.DIR:
+                raise _err(errno.ENOTDIR)
+            if self.children.get(node.path):
+                raise _err(errno.ENOTEMPTY)
+            self._remove(node.path)
+            self.changed = True
+            return 0
+
+    def rename(self, old: str, new: str) -> int:
+        self._check_writable()
+        with self._lock:
+            src = self._node(old)
+            if not src.path:
+                raise _err(errno.EBUSY)
+            dst_path = _vpath(new)
+            if dst_path == src.path:
+                return 0
+            if dst_path.startswith(src.path + "/"):
+                raise _err(errno.EINVAL)
+            existing = self.nodes.get(dst_path)
+            if existing is not None:
+                if existing.kind is EntryKind.DIR and src.kind is not EntryKind.DIR:
+                    raise _err(errno.EISDIR)
+                if existing.kind is not EntryKind.DIR and src.kind is EntryKind.DIR:
+                    raise _err(errno.ENOTDIR)
+                if existing.kind is EntryKind.DIR and self.children.get(dst_path):
+                    raise _err(errno.ENOTEMPTY)
+                self._remove(dst_path)
+                if existing.opens:
+                    existing.orphan = True
+            else:
+                self._new_child(new)
+            old_path = src.path  # src.path changes below
+            moved = [p for p in self.nodes if p == old_path or p.startswith(old_path + "/")]
+            moved.sort(key=len)
+            nodes = [self._remove(p) for p in reversed(moved)]
+            for node in reversed(nodes):
+                node.path = dst_path + node.path[len(old_path) :]
+                self._insert(node)
+                self._reregion(node)
+            self.changed = True
+            return 0
+
+    def _reregion(self, node: _Node) -> None:
+        """A file moved under another region rule is re-encrypted for it (new file id)."""
+        if node.kind is not EntryKind.FILE:
+            return
+        if node.entry is not None:
+            node.entry = replace(node.entry, path=node.path)
+        region = region_for(node.path, self.manifest.rules, self.manifest.default_region)
+        if region is node.region:
+            return
+        self._materialize(node)
+        node.region = region
+        node.dirty = True
+        if node.opens == 0:
+            self._commit(node)
+            self._drop_buffer(node)
+
+    def chmod(self, path: str, mode: int) -> int:
+        self._check_writable()
+        with self._lock:
+            node = self._node(path)
+            if node.kind is EntryKind.SYMLINK:
+                return 0
+            node.mode = stat.S_IMODE(mode)
+            node.explicit = True
+            self.changed = True
+            return 0
+
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        self._check_writable()
+        with self._lock:
+            node = self._node(path)
+            if uid != -1:
+                node.uid = uid
+            if gid != -1:
+                node.gid = gid
+            node.explicit = True
+            self.changed = True
+            return 0
+
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        """The format records no times: accepted (so ``touch`` works) and not stored."""
+        self._check_writable()
+        self._node(path)
+        return 0
+
+    def link(self, target: str, source: str) -> int:
+        raise _err(errno.EPERM)  # hard links are not part of the format
+
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        raise _err(errno.EPERM)  # only files, directories and symlinks
+
+    # --- sealing -----------------------------------------------------------------------------
+    def entries(self) -> list[Entry]:
+        with self._lock:
+            out: list[Entry] = []
+            for node in self.nodes.values():
+                if not node.path or not node.explicit:
+                    continue
+                if node.kind is EntryKind.FILE:
+                    self._commit(node)
+                    e = node.entry
+                    if e is None:
+                        raise UsageError(f"{node.path!r} has no contents")  # cannot happen: created dirty
+                    out.append(replace(e, path=node.path, mode=node.mode, uid=node.uid, gid=node.gid))
+                else:
+                    out.append(Entry(node.path, node.kind, node.mode, node.uid, node.gid, node.region,
+                                     target=node.target))  # fmt: skip
+            return out
+
+    def discard(self) -> None:
+        for fid in self.new_objects:
+            object_path(self.directory, fid).unlink(missing_ok=True)
+        self.new_objects.clear()
+
+
+def seal(fs: VolumeFS) -> str:
+    """Seal the session's state as a new generation (no-op when nothing changed); return the tag."""
+    if not fs.changed:
+        return fs.reader.tag
+    return seal_entries(fs.directory, fs._key, fs.manifest, fs.entries())
+
+
+# --- child process ---------------------------------------------------------------------------
+
+
+class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
+    """mfusepy's FUSE with a zero-copy read: decrypt into libfuse's reply buffer directly
+    (mfusepy's own read returns bytes that are then copied: two more copies per request)."""
+
+    def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        fh = fip.contents.fh
+        address = ctypes.cast(buf, ctypes.c_void_p).value or 0
+        out = memoryview((ctypes.c_char * size).from_address(address)).cast("B")
+        ops: VolumeFS = self.operations
+        name = None if path is None else path.decode(self.encoding, self.errors)
+        return ops.read_into(name, out, offset, fh)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel for SIGTERM when the parent dies (libfuse then unmounts and we exit)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        sys.exit(1)
+
+
+def _fuse_options(writable: bool) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "foreground": True,
+        "fsname": "confide-volume",
+        "subtype": "confide",
+        "default_permissions": True,  # the kernel enforces the recorded modes and owners
+        # Other users (the application may drop privileges) need allow_other, which non-root
+        # users get only with user_allow_other in /etc/fuse.conf.
+        "allow_other": os.geteuid() == 0,
+    }
+    if writable:
+        opts.update(attr_timeout=1, entry_timeout=1)
+    else:
+        # Immutable while mounted: the kernel may keep pages and attributes across opens.
+        opts.update(ro=True, kernel_cache=True, attr_timeout=3600, entry_timeout=3600, negative_timeout=3600)
+        # One thread: the GIL serialises Python anyway, and without the hand-offs between
+        # libfuse's workers sequential reads run ~1.3x faster (measured: docs/performance.md).
+        opts["nothreads"] = True
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Child entry point. argv: VOLUME_DIR MOUNTPOINT TAG PARENT_PID STATUS_FD rw|ro [commit|discard].
+
+    stdin: first line the volume key (hex); later lines are commands from the parent
+    ('commit' = seal at unmount, 'discard'). Status lines on STATUS_FD: 'ready', then at the
+    end 'sealed TAG', 'unchanged TAG' or 'discarded', or 'error EXIT_CODE MESSAGE'.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    volume_dir, mountpoint, tag, parent, status_fd = (
+        Path(args[0]),
+        args[1],
+        args[2],
+        int(args[3]),
+        int(args[4]),
+    )
+    writable = args[5] == "rw"
+    on_parent_exit = args[6] if len(args) > 6 else "discard"
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    _die_with_parent(parent)
+    status = os.fdopen(status_fd, "w", buffering=1)
+    decision = {"commit": False}
+
+    def say(line: str) -> None:
+        with contextlib.suppress(OSError):
+            status.write(line + "\n")
+
+    try:
+        key = VolumeKey.from_hex(sys.stdin.readline())
+        lock = lock_volume(volume_dir, shared=not writable)
+        reader = VolumeReader(volume_dir, key, tag)  # re-checked after taking the lock
+    except ConfideError as exc:
+        say(f"error {exc.exit_code} {exc.message}")
+        return exc.exit_code
+    fs = VolumeFS(reader, key, writable=writable)
+    mounted = threading.Event()
+
+    def ready() -> None:
+        mounted.set()
+        say("ready")
+
+    fs.on_init = ready
+
+    def commands() -> None:
+        for line in sys.stdin:
+            decision["commit"] = line.strip() == "commit"
+            say("ack")
+
+    threading.Thread(target=commands, daemon=True).start()
+    try:
+        _FUSE(fs, mountpoint, **_fuse_options(writable))
+    except Exception as exc:
+        if not mounted.is_set():  # the mount itself failed (no /dev/fuse, busy mountpoint, ...)
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+            say(f"error 50 FUSE mount of {mountpoint!r} failed: {exc}")
+            return 50
+        # libfuse reports a loop ended by SIGTERM/SIGHUP/SIGINT (e.g. the parent died) as an error
+        log.info("confide volume: FUSE loop ended (%s); unmounted", exc)
+    # libfuse resets SIGPIPE to SIG_DFL on the way out: a status write to the pipe of a dead
+    # parent would kill us before the session is discarded.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    parent_alive = os.getppid() == parent
+    try:
+        if not writable:
+            say(f"unchanged {reader.tag}")
+        elif decision["commit"] or (not parent_alive and on_parent_exit == "commit"):
+            say(f"sealed {seal(fs)}")
+        else:
+            why = "the mounting process exited" if not parent_alive else "the caller asked to"
+            log.warning("confide volume: discarding the changes of this session (%s)", why)
+            fs.discard()
+            say("discarded")
+    except ConfideError as exc:
+        say(f"error {exc.exit_code} {exc.message}")
+        return exc.exit_code
+    finally:
+        reader.close()
+        if lock is not None:
+            os.close(lock)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

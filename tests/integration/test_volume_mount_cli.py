@@ -1,0 +1,222 @@
+"""`confide volume mount` as a user runs it: a real process, real FUSE/tmpfs mounts, signals."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from confide.errors import RollbackError
+from confide.volume import VolumeKey, add_sources, create_volume, seal_volume, verify_volume, write_key
+from confide.volume.mount import fuse_usable
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+FILES = {"data/model.bin": os.urandom(300_000), "data/empty": b"", "readme.txt": b"hello\n"}
+
+
+def _volume(root: Path) -> tuple[Path, Path, str]:
+    src = root / "src"
+    for rel, data in FILES.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    os.symlink("readme.txt", src / "link")
+    key = VolumeKey.generate()
+    key_file = root / "key"
+    write_key(key_file, key)
+    vol = root / "vol"
+    create_volume(vol, key, chunk_size=4096)
+    add_sources(vol, key, [src])
+    return vol, key_file, seal_volume(vol, key)
+
+
+def _mounted(path: Path) -> bool:
+    """From the mount table (os.path.ismount misses a dead FUSE server's mount: ENOTCONN)."""
+    return any(line.split()[4] == str(path) for line in Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+class _Mount:
+    def __init__(self, *args: str, user: str | None = None) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "CONFIDE_VOLUME_KEY"}
+        env["PYTHONPATH"] = str(SRC)
+        cmd = [sys.executable, "-m", "confide", "volume", "mount", *args]
+        if user is not None:
+            cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        assert self.proc.stdout is not None
+        self.first = self.proc.stdout.readline()
+        self.tag_line = self.proc.stdout.readline()
+
+    def root(self) -> Path:
+        """The mount as seen from inside the mounting process's mount namespace."""
+        return Path(f"/proc/{self.proc.pid}/root")
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        out, err = self.proc.communicate(timeout=120)
+        return self.proc.returncode, out, err
+
+
+@pytest.fixture
+def vol(tmp_path: Path) -> Iterator[tuple[Path, Path, str, Path]]:
+    v, k, tag = _volume(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    yield v, k, tag, mnt
+
+
+def _key(key_file: Path) -> VolumeKey:
+    return VolumeKey.from_hex(key_file.read_text())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="tmpfs in a private mount namespace needs root")
+def test_tmpfs_read_only_in_a_private_namespace(vol: tuple[Path, Path, str, Path]) -> None:
+    v, key_file, tag, mnt = vol
+    m = _Mount(str(v), str(mnt), "--key", str(key_file), "--tag", tag, "--mode", "tmpfs")
+    try:
+        assert "read-only via tmpfs" in m.first, m.first + m.proc.stderr.read() if m.proc.stderr else ""
+        inside = m.root() / str(mnt).lstrip("/")
+        for rel, data in FILES.items():
+            assert (inside / rel).read_bytes() == data
+        assert os.readlink(inside / "link") == "readme.txt"
+        # invisible from the host's namespace: nothing mounted, nothing written here
+        assert not _mounted(mnt) and os.listdir(mnt) == []
+        mounts = Path(f"/proc/{m.proc.pid}/mounts").read_text()
+        line = next(ln for ln in mounts.splitlines() if f" {mnt} " in ln)
+        assert line.split()[2] == "tmpfs" and "ro," in line
+        with pytest.raises(OSError) as ei:
+            (inside / "new").write_bytes(b"x")
+        assert ei.value.errno == errno.EROFS
+    finally:
+        rc, out, err = m.stop(signal.SIGINT)
+    assert rc == 0, err
+    assert f"tag: {tag} (unchanged)" in out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="tmpfs in a private mount namespace needs root")
+def test_tmpfs_writable_reseals_on_exit(vol: tuple[Path, Path, str, Path]) -> None:
+    v, key_file, tag, mnt = vol
+    m = _Mount(str(v), str(mnt), "--key", str(key_file), "--tag", tag, "--mode", "tmpfs", "--writable")
+    try:
+        inside = m.root() / str(mnt).lstrip("/")
+        (inside / "readme.txt").write_bytes(b"changed\n")
+        (inside / "data" / "new.txt").write_bytes(b"new\n")
+        (inside / "data" / "empty").unlink()
+        os.mkfifo(inside / "fifo")  # special files are not stored (logged)
+    finally:
+        rc, out, err = m.stop()
+    assert rc == 0, err
+    assert "fifo" in err and "special file" in err
+    new = out.strip().split("tag: ")[-1].split()[0]
+    assert new != tag and "(changed)" in out
+    key = _key(key_file)
+    report = verify_volume(v, key, new)
+    assert report.ok and report.files == 3 and report.unreferenced_objects == []
+    with pytest.raises(RollbackError):
+        verify_volume(v, key, tag)
+    # the unchanged big file kept its object: only changed files are re-encrypted
+    assert report.generation == 2
+
+
+def test_wrong_tag_exits_60_and_mounts_nothing(vol: tuple[Path, Path, str, Path]) -> None:
+    v, key_file, _tag, mnt = vol
+    for mode in ("tmpfs", "fuse", "auto"):
+        m = _Mount(str(v), str(mnt), "--key", str(key_file), "--tag", "00" * 32, "--mode", mode)
+        rc, _out, err = m.stop()
+        assert rc == 60, err
+        assert "RollbackError" in err and not _mounted(mnt)
+
+
+@pytest.mark.skipif(fuse_usable() is not None, reason=f"FUSE unavailable: {fuse_usable()}")
+def test_fuse_writable_via_cli_prints_the_new_tag(vol: tuple[Path, Path, str, Path]) -> None:
+    v, key_file, tag, mnt = vol
+    m = _Mount(str(v), str(mnt), "--key", str(key_file), "--tag", tag, "--mode", "fuse", "--writable")
+    try:
+        assert "read-write via fuse" in m.first
+        assert _mounted(mnt)  # FUSE mounts are visible (no namespace)
+        assert (mnt / "data" / "model.bin").read_bytes() == FILES["data/model.bin"]
+        with (mnt / "readme.txt").open("ab") as f:
+            f.write(b"more\n")
+    finally:
+        rc, out, err = m.stop(signal.SIGINT)
+    assert rc == 0, err
+    assert not _mounted(mnt)
+    new = out.strip().split("tag: ")[-1].split()[0]
+    assert new != tag
+    assert verify_volume(v, _key(key_file), new).ok
+
+
+def _nobody_can_run_python() -> bool:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return False
+    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", "pass"]
+    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+
+
+@pytest.mark.skipif(
+    not _nobody_can_run_python(),
+    reason="needs root, setpriv and a Python interpreter that uid 65534 may execute "
+    "(the shm path itself is tested in tests/unit/test_volume_mount_tmpfs.py)",
+)
+def test_not_root_falls_back_to_a_private_shm_directory() -> None:
+    root = Path(tempfile.mkdtemp(prefix="confide-shm-test-"))
+    try:
+        v, key_file, tag = _volume(root)
+        mnt = root / "mnt"
+        mnt.mkdir()
+        for p in [root, *root.rglob("*")]:
+            os.lchown(p, 65534, 65534)
+        root.chmod(0o755)
+        m = _Mount(str(v), str(mnt), "--key", str(key_file), "--tag", tag, "--writable", user="65534")
+        shm: Path | None = None
+        try:
+            assert "via shm" in m.first, m.first
+            assert mnt.is_symlink()
+            shm = Path(os.readlink(mnt))
+            assert shm.parent == Path("/dev/shm") and (shm.stat().st_mode & 0o777) == 0o700
+            assert (mnt / "readme.txt").read_bytes() == FILES["readme.txt"]
+            (mnt / "readme.txt").write_bytes(b"by nobody\n")
+        finally:
+            rc, out, err = m.stop()
+        assert rc == 0, err
+        assert shm is not None and not shm.exists()  # plaintext removed
+        assert mnt.is_dir() and not mnt.is_symlink()  # the mountpoint is restored
+        new = out.strip().split("tag: ")[-1].split()[0]
+        assert new != tag and verify_volume(v, _key(key_file), new).ok
+        # killed without a chance to clean up: the guard child still removes the plaintext
+        m = _Mount(str(v), str(mnt), "--key", str(key_file), "--tag", new, user="65534")
+        shm = Path(os.readlink(mnt))
+        assert shm.exists()
+        m.stop(signal.SIGKILL)
+        for _ in range(100):
+            if not shm.exists():
+                break
+            subprocess.run(["sleep", "0.1"], check=True)
+        assert not shm.exists()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="tmpfs in a private mount namespace needs root")
+def test_tmpfs_refuses_a_volume_with_a_corrupted_chunk(vol: tuple[Path, Path, str, Path]) -> None:
+    v, key_file, tag, mnt = vol
+    from confide.volume.store import load_sealed, object_path
+
+    entry = load_sealed(v, _key(key_file))[0].by_path()["data/model.bin"]
+    obj = object_path(v, entry.file_id)
+    raw = bytearray(obj.read_bytes())
+    raw[5000] ^= 0x04
+    obj.write_bytes(bytes(raw))
+    m = _Mount(str(v), str(mnt), "--key", str(key_file), "--tag", tag, "--mode", "tmpfs")
+    rc, out, err = m.stop()
+    assert rc == 21, out + err
+    assert "data/model.bin" in err and "does not authenticate" in err
+    assert not _mounted(mnt) and os.listdir(mnt) == []

@@ -1,0 +1,399 @@
+"""Mounting protected volumes with FUSE: real mounts (root + /dev/fuse), real child processes."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import mmap
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from confide.errors import RollbackError, SignatureError, StorageError
+from confide.volume import (
+    Region,
+    RegionRule,
+    VolumeKey,
+    add_sources,
+    create_volume,
+    open_volume,
+    seal_volume,
+    verify_volume,
+)
+from confide.volume.format import TAG_SIZE
+from confide.volume.mount import fuse_usable, mount_volume
+from confide.volume.store import OBJECTS_DIR, load_sealed, object_path
+
+FUSE_WHY = fuse_usable()
+pytestmark = pytest.mark.skipif(FUSE_WHY is not None, reason=f"FUSE unavailable: {FUSE_WHY}")
+
+CS = 4096
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def _mounted(path: Path) -> bool:
+    """From the mount table (os.path.ismount misses a dead FUSE server's mount: ENOTCONN)."""
+    return any(line.split()[4] == str(path) for line in Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+def _pattern(n: int, seed: int = 0) -> bytes:
+    return hashlib.shake_256(f"{n}-{seed}".encode()).digest(n) if n else b""
+
+
+def _files() -> dict[str, bytes]:
+    files = {f"sizes/f{n}": _pattern(n) for n in (0, 1, CS - 1, CS, CS + 1, 3 * CS, 3 * CS + 1, 40 * CS + 7)}
+    files["sparse.img"] = bytes(20 * CS) + b"tail"
+    files["unicodé/日本語 ファイル.txt"] = "こんにちは\n".encode()
+    files["auth/readme.txt"] = b"authenticated, not encrypted\n" * 300
+    files["plain/public.txt"] = b"unprotected\n"
+    return files
+
+
+def _volume(
+    tmp: Path, files: dict[str, bytes] | None = None
+) -> tuple[Path, VolumeKey, str, dict[str, bytes]]:
+    files = _files() if files is None else files
+    src = tmp / "src"
+    for rel, data in files.items():
+        p = src / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    if "sizes/f1" in files:
+        (src / "sizes" / "f1").chmod(0o600)
+        (src / "unicodé").chmod(0o750)
+        os.symlink("sizes/f1", src / "link")
+        os.symlink("/nonexistent/target", src / "dangling")
+    key = VolumeKey.generate()
+    vol = tmp / "vol"
+    create_volume(vol, key, chunk_size=CS)
+    rules = (RegionRule("auth", Region.AUTHENTICATED), RegionRule("plain", Region.UNPROTECTED))
+    add_sources(vol, key, [src], rules=rules)
+    return vol, key, seal_volume(vol, key), files
+
+
+def _mnt(tmp: Path) -> Path:
+    m = tmp / "mnt"
+    m.mkdir()
+    return m
+
+
+def _tree(root: Path) -> dict[str, object]:
+    """path -> bytes (files), ('link', target), ('dir', mode)."""
+    out: dict[str, object] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p))
+            elif p.is_dir():
+                out[rel] = ("dir", stat.S_IMODE(p.stat().st_mode))
+            else:
+                out[rel] = p.read_bytes()
+    return out
+
+
+# --- read-only -------------------------------------------------------------------------------
+
+
+def test_fuse_serves_every_file_exactly(tmp_path: Path) -> None:
+    vol, key, tag, files = _volume(tmp_path)
+    mnt = _mnt(tmp_path)
+    with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse") as h:
+        assert h.mode == "fuse" and h.tag == tag and _mounted(mnt)
+        for rel, data in files.items():
+            p = mnt / rel
+            assert p.read_bytes() == data, rel
+            assert p.stat().st_size == len(data)
+            # random access across chunk boundaries
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                for off in {0, CS - 1, CS, CS + 1, 2 * CS - 3, len(data) - 1, len(data)}:
+                    if off >= 0:
+                        assert os.pread(fd, 5, off) == data[off : off + 5], (rel, off)
+            finally:
+                os.close(fd)
+        big = files[f"sizes/f{40 * CS + 7}"]
+        with (
+            (mnt / "sizes" / f"f{40 * CS + 7}").open("rb") as f,
+            mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm,
+        ):
+            assert mm[CS - 3 : 3 * CS + 3] == big[CS - 3 : 3 * CS + 3] and mm[-7:] == big[-7:]
+        assert stat.S_IMODE((mnt / "sizes" / "f1").stat().st_mode) == 0o600
+        assert stat.S_IMODE((mnt / "unicodé").stat().st_mode) == 0o750
+        assert os.readlink(mnt / "link") == "sizes/f1"
+        assert (mnt / "link").read_bytes() == files["sizes/f1"]
+        assert os.readlink(mnt / "dangling") == "/nonexistent/target"
+        assert sorted(os.listdir(mnt)) == [
+            "auth",
+            "dangling",
+            "link",
+            "plain",
+            "sizes",
+            "sparse.img",
+            "unicodé",
+        ]
+        assert sorted(os.listdir(mnt / "unicodé")) == ["日本語 ファイル.txt"]
+        # read-only: every kind of write is refused
+        for action in (
+            lambda: (mnt / "new").write_bytes(b"x"),
+            lambda: (mnt / "sizes" / "f1").write_bytes(b"x"),
+            (mnt / "link").unlink,
+            (mnt / "d").mkdir,
+            lambda: os.rename(mnt / "sparse.img", mnt / "x"),
+        ):
+            with pytest.raises(OSError) as ei:
+                action()
+            assert ei.value.errno == errno.EROFS
+    assert not _mounted(mnt)
+    assert os.listdir(mnt) == []
+
+
+def test_wrong_tag_or_key_is_refused_before_anything_is_served(tmp_path: Path) -> None:
+    vol, key, tag, _ = _volume(tmp_path, {"a": b"secret"})
+    old = tag
+    (tmp_path / "src" / "a").write_bytes(b"newer")
+    add_sources(vol, key, [tmp_path / "src"])
+    tag = seal_volume(vol, key)
+    mnt = _mnt(tmp_path)
+    with pytest.raises(RollbackError):
+        mount_volume(vol, key, mnt, expected_tag=old, mode="fuse")
+    assert not _mounted(mnt)
+    with pytest.raises(SignatureError):
+        mount_volume(vol, VolumeKey.generate(), mnt, expected_tag=tag, mode="fuse")
+    assert not _mounted(mnt)
+    # the positive twin: the current tag mounts
+    with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse"):
+        assert (mnt / "a").read_bytes() == b"newer"
+
+
+def test_corrupted_chunk_gives_eio_and_other_files_still_read(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    files = {"bad.bin": _pattern(10 * CS), "good.bin": _pattern(5 * CS, 1)}
+    vol, key, tag, _ = _volume(tmp_path, files)
+    m, _ = load_sealed(vol, key)
+    obj = object_path(vol, m.by_path()["bad.bin"].file_id)
+    raw = bytearray(obj.read_bytes())
+    raw[7 * (CS + TAG_SIZE) + 100] ^= 0x01  # a ciphertext byte of chunk 7 (tags, root unchanged)
+    obj.write_bytes(bytes(raw))
+    mnt = _mnt(tmp_path)
+    with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse"):
+        fd = os.open(mnt / "bad.bin", os.O_RDONLY)
+        try:
+            with pytest.raises(OSError) as ei:
+                os.pread(fd, CS, 7 * CS)
+            assert ei.value.errno == errno.EIO
+        finally:
+            os.close(fd)
+        with pytest.raises(OSError) as ei:
+            (mnt / "bad.bin").read_bytes()
+        assert ei.value.errno == errno.EIO
+        assert (mnt / "good.bin").read_bytes() == files["good.bin"]
+    err = capfd.readouterr().err
+    assert "INTEGRITY FAILURE" in err and "bad.bin" in err and "chunk 7" in err
+
+
+def test_swapped_chunk_tag_fails_the_root_check_for_the_whole_file(tmp_path: Path) -> None:
+    files = {"f": _pattern(4 * CS)}
+    vol, key, tag, _ = _volume(tmp_path, files)
+    m, _ = load_sealed(vol, key)
+    obj = object_path(vol, m.by_path()["f"].file_id)
+    raw = bytearray(obj.read_bytes())
+    raw[CS + TAG_SIZE - 1] ^= 0x80  # last byte of chunk 0's tag: the root no longer matches
+    obj.write_bytes(bytes(raw))
+    mnt = _mnt(tmp_path)
+    with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse"):
+        fd = os.open(mnt / "f", os.O_RDONLY)
+        try:
+            with pytest.raises(OSError) as ei:
+                os.pread(fd, 10, 3 * CS)  # chunk 3 itself is intact: the root check refuses it
+            assert ei.value.errno == errno.EIO
+        finally:
+            os.close(fd)
+
+
+# --- read-write ------------------------------------------------------------------------------
+
+
+def test_writable_session_seals_a_new_generation(tmp_path: Path) -> None:
+    vol, key, tag, files = _volume(tmp_path)
+    old_ids = {e.path: e.file_id for e in load_sealed(vol, key)[0].entries if e.file_id}
+    mnt = _mnt(tmp_path)
+    h = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=True)
+    try:
+        (mnt / "new dir").mkdir(mode=0o700)
+        (mnt / "new dir" / "created.txt").write_bytes(b"created\n")
+        (mnt / "sizes" / "f4097").write_bytes(b"overwritten")  # O_TRUNC
+        with (mnt / "sizes" / f"f{3 * CS}").open("ab") as f:  # append across a chunk boundary
+            f.write(b"appended" * 1000)
+        os.truncate(mnt / "sizes" / f"f{40 * CS + 7}", 2 * CS + 5)  # truncate without a handle
+        with (mnt / "sparse.img").open("r+b") as f:  # in-place write in the middle
+            f.seek(5 * CS - 2)
+            f.write(b"MID")
+        os.rename(mnt / "sizes" / "f1", mnt / "renamed-f1")
+        os.rename(mnt / "auth", mnt / "plain" / "auth-moved")  # directory rename
+        (mnt / "sizes" / "f0").unlink()
+        (mnt / "link").unlink()
+        os.symlink("renamed-f1", mnt / "link2")
+        os.chmod(mnt / "renamed-f1", 0o640)
+        (mnt / "empty").mkdir()
+        (mnt / "empty").rmdir()
+        with pytest.raises(OSError) as ei:
+            os.link(mnt / "renamed-f1", mnt / "hardlink")
+        assert ei.value.errno == errno.EPERM
+        expected = _tree(mnt)
+        # the page cache and the server agree: re-read everything through the mount
+        assert expected[str(Path("sizes") / "f4097")] == b"overwritten"
+    finally:
+        new = h.close()
+    assert not _mounted(mnt)
+    assert new != tag and h.tag == new
+    report = verify_volume(vol, key, new)
+    assert report.ok and report.unreferenced_objects == []
+    assert report.generation == 2
+    with pytest.raises(RollbackError):
+        verify_volume(vol, key, tag)
+    out = tmp_path / "out"
+    open_volume(vol, key, out, new)
+    got = _tree(out)
+    assert got == expected
+    data = files[f"sizes/f{3 * CS}"] + b"appended" * 1000
+    assert got[f"sizes/f{3 * CS}"] == data
+    assert got[f"sizes/f{40 * CS + 7}"] == files[f"sizes/f{40 * CS + 7}"][: 2 * CS + 5]
+    sparse = bytearray(files["sparse.img"])
+    sparse[5 * CS - 2 : 5 * CS + 1] = b"MID"
+    assert got["sparse.img"] == bytes(sparse)
+    assert stat.S_IMODE((out / "renamed-f1").stat().st_mode) == 0o640
+    assert stat.S_IMODE((out / "new dir").stat().st_mode) == 0o700
+    # rewritten files got new ids (new keys: no nonce reuse); untouched ones kept theirs
+    m, _ = load_sealed(vol, key, new)
+    by = m.by_path()
+    for rewritten in ("sizes/f4097", f"sizes/f{3 * CS}", f"sizes/f{40 * CS + 7}", "sparse.img"):
+        assert by[rewritten].file_id != old_ids[rewritten]
+    assert by[f"sizes/f{CS}"].file_id == old_ids[f"sizes/f{CS}"]
+    # a file moved under another region rule is re-encrypted for that region
+    assert "plain/auth-moved/readme.txt" in by, sorted(by)
+    assert by["plain/auth-moved/readme.txt"].region is Region.UNPROTECTED
+    assert by["renamed-f1"].region is Region.ENCRYPTED
+
+
+def test_auto_mode_picks_fuse_when_it_works(tmp_path: Path) -> None:
+    vol, key, tag, files = _volume(tmp_path, {"a": b"auto"})
+    mnt = _mnt(tmp_path)
+    with mount_volume(vol, key, mnt, expected_tag=tag) as h:
+        assert h.mode == "fuse" and _mounted(mnt)
+        assert (mnt / "a").read_bytes() == files["a"]
+    assert not _mounted(mnt)
+
+
+def test_overwrite_with_o_trunc_and_truncate_to_zero(tmp_path: Path) -> None:
+    vol, key, tag, _ = _volume(tmp_path, {"big": _pattern(9 * CS), "other": _pattern(3 * CS, 2), "e": b""})
+    empty_id = load_sealed(vol, key)[0].by_path()["e"].file_id
+    mnt = _mnt(tmp_path)
+    h = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=True)
+    try:
+        (mnt / "big").write_bytes(b"small now")
+        os.truncate(mnt / "other", 0)
+        with (mnt / "e").open("wb"):  # O_TRUNC of an empty file changes nothing
+            pass
+        assert (mnt / "big").read_bytes() == b"small now"
+        assert (mnt / "other").stat().st_size == 0
+    finally:
+        new = h.close()
+    out = tmp_path / "out"
+    open_volume(vol, key, out, new)
+    assert (out / "big").read_bytes() == b"small now" and (out / "other").read_bytes() == b""
+    by = load_sealed(vol, key, new)[0].by_path()
+    assert by["big"].size == 9 and by["e"].file_id == empty_id  # the empty file was not rewritten
+    assert verify_volume(vol, key, new).unreferenced_objects == []
+
+
+def test_writable_mount_without_changes_keeps_the_tag(tmp_path: Path) -> None:
+    vol, key, tag, files = _volume(tmp_path, {"a": b"x" * 5000})
+    mnt = _mnt(tmp_path)
+    h = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=True)
+    assert (mnt / "a").read_bytes() == files["a"]
+    with (mnt / "a").open("r+b"):  # opened for writing, nothing written
+        pass
+    assert h.close() == tag
+    assert load_sealed(vol, key, tag)[0].generation == 1
+
+
+def test_second_writable_mount_is_refused_while_one_is_live(tmp_path: Path) -> None:
+    vol, key, tag, _ = _volume(tmp_path, {"a": b"x"})
+    mnt, mnt2 = _mnt(tmp_path), tmp_path / "mnt2"
+    mnt2.mkdir()
+    with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=True):
+        with pytest.raises(StorageError, match="in use"):
+            mount_volume(vol, key, mnt2, expected_tag=tag, mode="fuse", writable=True)
+        assert not _mounted(mnt2)
+    with mount_volume(vol, key, mnt2, expected_tag=tag, mode="fuse", writable=True):  # free again
+        assert (mnt2 / "a").read_bytes() == b"x"
+
+
+# --- the child dies with its parent ------------------------------------------------------------
+
+_PARENT = """
+import sys
+from pathlib import Path
+from confide.volume import VolumeKey
+from confide.volume.mount import mount_volume
+vol, keyhex, mnt, tag, writable = sys.argv[1:]
+h = mount_volume(Path(vol), VolumeKey.from_hex(keyhex), Path(mnt), expected_tag=tag, mode="fuse",
+                 writable=writable == "rw")
+print(h._proc.pid, flush=True)
+if writable == "rw":
+    (Path(mnt) / "written-before-death").write_bytes(b"lost")
+print("written", flush=True)
+import time
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("writable", ["ro", "rw"])
+def test_fuse_child_unmounts_and_exits_when_the_parent_is_killed(tmp_path: Path, writable: str) -> None:
+    vol, key, tag, _ = _volume(tmp_path, {"a": b"data"})
+    mnt = _mnt(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_PARENT), str(vol), key.hex(), str(mnt), tag, writable],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert parent.stdout.readline().strip() == "written"
+        assert _mounted(mnt)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while _mounted(mnt) or os.path.exists(f"/proc/{child}"):
+            if time.monotonic() > deadline:
+                pytest.fail("the FUSE child outlived its parent")
+            stat_file = Path(f"/proc/{child}/stat")
+            if stat_file.exists() and stat_file.read_text().split()[2] == "Z":
+                break  # a zombie (its parent is gone; init reaps it): it has exited
+            time.sleep(0.1)
+        assert not _mounted(mnt)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        assert parent.stdout is not None
+        parent.stdout.close()
+    # changes of a session whose parent died are discarded: the volume stays at the CAS's tag
+    report = verify_volume(vol, key, tag)
+    assert report.ok and report.unreferenced_objects == []
+    assert sorted(p.name for p in (vol / OBJECTS_DIR).iterdir()) == [
+        e.file_id.hex() for e in load_sealed(vol, key)[0].entries if e.file_id
+    ]

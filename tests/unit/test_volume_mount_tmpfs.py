@@ -1,0 +1,146 @@
+"""The tmpfs fallback without a private namespace (what non-root callers get): /dev/shm + guard.
+
+(The root variant, a tmpfs in a private mount namespace, changes the caller's namespace, so it
+is tested through the CLI in a separate process: tests/integration/test_volume_mount_cli.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from confide.errors import RollbackError, StorageError
+from confide.volume import VolumeKey, add_sources, create_volume, seal_volume, verify_volume
+from confide.volume.mount import _reseal_tree, _TmpfsMount
+from confide.volume.store import load_sealed
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+
+
+def _volume(tmp: Path) -> tuple[Path, VolumeKey, str]:
+    src = tmp / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "a.bin").write_bytes(os.urandom(50_000))
+    (src / "b.txt").write_bytes(b"bee\n")
+    (src / "sparse").write_bytes(bytes(1 << 20) + b"end")
+    os.symlink("b.txt", src / "lnk")
+    key = VolumeKey.generate()
+    vol = tmp / "vol"
+    create_volume(vol, key, chunk_size=4096)
+    add_sources(vol, key, [src])
+    return vol, key, seal_volume(vol, key)
+
+
+def _shm_mount(vol: Path, key: VolumeKey, mnt: Path, tag: str, writable: bool) -> _TmpfsMount:
+    m, tag = load_sealed(vol, key, tag)
+    return _TmpfsMount(vol, key, mnt, tag, writable, m, None, private_namespace=False)
+
+
+def test_shm_mount_serves_files_and_removes_plaintext(tmp_path: Path) -> None:
+    vol, key, tag = _volume(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    h = _shm_mount(vol, key, mnt, tag, writable=False)
+    shm = h.path
+    try:
+        assert h.mode == "shm" and mnt.is_symlink() and Path(os.readlink(mnt)) == shm
+        assert shm.parent == Path("/dev/shm") and (shm.stat().st_mode & 0o777) == 0o700
+        assert (mnt / "d" / "a.bin").read_bytes() == (tmp_path / "src" / "d" / "a.bin").read_bytes()
+        assert os.readlink(mnt / "lnk") == "b.txt"
+        assert (shm / "sparse").stat().st_blocks * 512 < 1 << 20  # holes stay holes
+    finally:
+        assert h.close() == tag
+    assert not shm.exists() and mnt.is_dir() and not mnt.is_symlink()
+
+
+def test_shm_writable_reseals_only_changed_files(tmp_path: Path) -> None:
+    vol, key, tag = _volume(tmp_path)
+    before = load_sealed(vol, key)[0].by_path()
+    mnt = tmp_path / "mnt"
+    h = _shm_mount(vol, key, mnt, tag, writable=True)
+    (mnt / "b.txt").write_bytes(b"changed\n")
+    (mnt / "new").mkdir()
+    (mnt / "new" / "c").write_bytes(b"c")
+    new = h.close()
+    assert new != tag
+    report = verify_volume(vol, key, new)
+    assert report.ok and report.unreferenced_objects == []
+    after = load_sealed(vol, key, new)[0].by_path()
+    assert after["b.txt"].file_id != before["b.txt"].file_id
+    assert after["d/a.bin"].file_id == before["d/a.bin"].file_id  # untouched: not re-encrypted
+    assert "new/c" in after
+    with pytest.raises(RollbackError):
+        verify_volume(vol, key, tag)
+
+
+def test_reseal_of_an_unchanged_tree_keeps_the_tag(tmp_path: Path) -> None:
+    vol, key, tag = _volume(tmp_path)
+    mnt = tmp_path / "mnt"
+    h = _shm_mount(vol, key, mnt, tag, writable=True)
+    assert h.close() == tag
+    # ... and the helper on its own, as the negative twin of the test above
+    m, _ = load_sealed(vol, key, tag)
+    out = tmp_path / "out"
+    h2 = _shm_mount(vol, key, out, tag, writable=False)
+    try:
+        assert _reseal_tree(vol, key, m, tag, h2.path, {}) != tag  # no baseline: all re-encrypted
+    finally:
+        h2.close()
+
+
+def test_non_empty_mountpoint_is_refused_and_nothing_is_left(tmp_path: Path) -> None:
+    vol, key, tag = _volume(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    (mnt / "occupied").write_text("x")
+    before = set(os.listdir("/dev/shm"))
+    with pytest.raises(StorageError, match="cannot expose"):
+        _shm_mount(vol, key, mnt, tag, writable=False)
+    assert set(os.listdir("/dev/shm")) - before == set()
+    assert (mnt / "occupied").read_text() == "x"
+
+
+_PARENT = """
+import sys
+from pathlib import Path
+from confide.volume import VolumeKey
+from confide.volume.mount import _TmpfsMount
+from confide.volume.store import load_sealed
+vol, keyhex, mnt, tag = sys.argv[1:]
+key = VolumeKey.from_hex(keyhex)
+m, tag = load_sealed(Path(vol), key, tag)
+h = _TmpfsMount(Path(vol), key, Path(mnt), tag, False, m, None, private_namespace=False)
+print(h.path, flush=True)
+import time
+time.sleep(600)
+"""
+
+
+def test_guard_removes_plaintext_when_the_caller_is_killed(tmp_path: Path) -> None:
+    vol, key, tag = _volume(tmp_path)
+    mnt = tmp_path / "mnt"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    p = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_PARENT), str(vol), key.hex(), str(mnt), tag],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert p.stdout is not None
+    shm = Path(p.stdout.readline().strip())
+    p.stdout.close()
+    assert (shm / "b.txt").read_bytes() == b"bee\n"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    deadline = time.monotonic() + 10
+    while shm.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not shm.exists()
