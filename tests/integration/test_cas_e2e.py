@@ -573,3 +573,50 @@ def test_volume_keys_and_tags_stay_fresh(cas: CasProcess, client: CasClient, tmp
     events = client.events("vols", alice)["events"]
     tags = [e["payload"]["tag"] for e in events if e["type"] == "volume-tag"]
     assert tags == [tag0, tag1]
+
+
+def test_confide_run_mounts_volumes_and_keeps_them_fresh(cas: CasProcess, tmp_path: Path) -> None:
+    """confide run mounts the released volume (FUSE or tmpfs), the service appends to a file,
+    the new tag goes to the CAS; the next run sees the change; an old copy is refused."""
+    if cas.db_url:
+        pytest.skip("the volume flow is the same on both databases; run once")
+    import shutil
+
+    alice, _ = identity(cas, tmp_path, "alice")
+    vol, keyfile, src = tmp_path / "vol", tmp_path / "vol.key", tmp_path / "src"
+    src.mkdir()
+    (src / "notes.txt").write_text("first line\n")
+    confide(cas, "volume", "create", str(vol), "--key-out", str(keyfile), check=True)
+    confide(cas, "volume", "add", str(vol), str(src), "--key", str(keyfile), check=True)
+    tag0 = (
+        confide(cas, "volume", "seal", str(vol), "--key", str(keyfile), check=True).stdout.strip().split()[-1]
+    )
+    script = tmp_path / "writer.sh"
+    script.write_text(
+        'cat "$CONFIDE_VOLUME_DATA/notes.txt"\necho "run at $$" >> "$CONFIDE_VOLUME_DATA/notes.txt"\n'
+    )
+    m = measure(cas, "/bin/sh", str(script))
+    key_hex = keyfile.read_text().strip()
+    text = policy_yaml(
+        "volrun", m, extra_service="    image_name: img\n",
+        body=f"volumes:\n  - name: data\n    fspf_key: {key_hex}\n    fspf_tag: \"{tag0}\"\n"
+             f"images:\n  - name: img\n    volumes:\n      - name: data\n        path: {vol}\n",
+    )  # fmt: skip
+    assert apply(cas, tmp_path, text, alice).returncode == 0
+    old_copy = tmp_path / "old-copy"
+    shutil.copytree(vol, old_copy)
+    first = confide(cas, "run", "--config-id", "volrun/app", "--tee", "sim", "--", "/bin/sh", str(script))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("first line")
+    second = confide(cas, "run", "--config-id", "volrun/app", "--tee", "sim", "--", "/bin/sh", str(script))
+    assert second.returncode == 0, second.stderr
+    assert "run at" in second.stdout  # the first run's write is there: the new tag was accepted
+    tags = [e for e in json.loads("[" + ",".join(confide(cas, "policy", "events", "volrun", "--identity", str(alice),
+                                                         check=True).stdout.splitlines()) + "]")
+            if e["type"] == "volume-tag"]  # fmt: skip
+    assert [t["payload"]["generation"] for t in tags] == [0, 1, 2]
+    # the operator puts back the old copy of the volume: refused before anything is served
+    shutil.rmtree(vol)
+    shutil.copytree(old_copy, vol)
+    third = confide(cas, "run", "--config-id", "volrun/app", "--tee", "sim", "--", "/bin/sh", str(script))
+    assert third.returncode == errors.RollbackError.exit_code, third.stdout + third.stderr

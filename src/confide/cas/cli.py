@@ -164,7 +164,7 @@ def run(config_id: str, tee: str, command: tuple[str, ...]) -> None:
         QuoteProvider,
         SimQuoteProvider,
     )
-    from confide.runtime.run import attest_and_prepare, launch
+    from confide.runtime.run import attest_and_prepare, launch, supervise
 
     policy_name, sep, service = config_id.partition("/")
     if not sep or not policy_name or not service:
@@ -184,6 +184,10 @@ def run(config_id: str, tee: str, command: tuple[str, ...]) -> None:
         provider = GramineQuoteProvider()
     client = CasClient.from_env()
     plan = attest_and_prepare(client, provider, policy_name, service, list(command))
-    client.close()
     sys.stdout.flush()
+    if plan.volumes:
+        code = supervise(plan, client)
+        client.close()
+        sys.exit(code)
+    client.close()
     launch(plan)

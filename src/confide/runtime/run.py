@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import signal
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +28,9 @@ from confide.cas.client import CasClient
 from confide.cas.core import binding_report_data, decrypt_release
 from confide.errors import ParseError, UsageError
 from confide.runtime.quote import QuoteProvider
+from confide.runtime.volumes import VolumeRelease, mount_released
 
-__all__ = ["Launch", "attest_and_prepare", "is_memory_backed", "launch"]
+__all__ = ["Launch", "attest_and_prepare", "is_memory_backed", "launch", "supervise"]
 
 _MEMORY_FS = frozenset({"tmpfs", "ramfs"})
 
@@ -38,6 +41,9 @@ class Launch:
     environment: dict[str, str]
     files: dict[str, bytes]
     pwd: str | None
+    policy: str = ""
+    volumes: tuple[VolumeRelease, ...] = ()
+    session: str = ""
 
 
 def _mounts() -> list[tuple[str, str]]:
@@ -96,6 +102,8 @@ def attest_and_prepare(
         environment = {str(k): str(v) for k, v in dict(config.get("environment") or {}).items()}
         files = {str(p): base64.b64decode(c) for p, c in dict(config.get("files") or {}).items()}
         pwd = config.get("pwd")
+        volumes = tuple(VolumeRelease.from_config(v) for v in config.get("volumes") or [])
+        session = str(config.get("session") or "")
     except (TypeError, ValueError):
         raise ParseError("the CAS's configuration is malformed", structure="release") from None
     if not argv:
@@ -107,7 +115,7 @@ def attest_and_prepare(
                 f"the policy's command runs {argv[0]!r}, but {command[0]!r} was measured; "
                 "they must be the same program"
             )
-    return Launch(argv, environment, files, str(pwd) if pwd else None)
+    return Launch(argv, environment, files, str(pwd) if pwd else None, policy, volumes, session)
 
 
 def _write_files(files: Mapping[str, bytes]) -> None:
@@ -132,6 +140,46 @@ def _write_files(files: Mapping[str, bytes]) -> None:
             os.close(fd)
 
 
+def _resolve(program: str, env: Mapping[str, str]) -> str:
+    if "/" in program:
+        return program
+    search = env.get("PATH") or os.environ.get("PATH") or "/usr/bin:/bin"
+    for directory in search.split(":"):
+        candidate = Path(directory) / program
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise UsageError(f"{program}: not found on PATH")
+
+
+def supervise(plan: Launch, client: CasClient) -> int:
+    """With protected volumes: mount them, run the program as a child, then seal changed
+    volumes and report their new tags to the CAS; returns the program's exit code."""
+    _write_files(plan.files)
+    mounted = mount_released(list(plan.volumes))
+    env = {**plan.environment, **mounted.environment}
+    try:
+        program = _resolve(plan.argv[0], env)
+        proc = subprocess.Popen(plan.argv, executable=program, env=env, cwd=plan.pwd or None)  # noqa: S603
+    except OSError as exc:
+        mounted.close()
+        raise UsageError(f"cannot execute {plan.argv[0]}: {exc.strerror}") from None
+    except BaseException:
+        mounted.close()
+        raise
+    previous = {
+        sig: signal.signal(sig, lambda s, _f: proc.send_signal(s)) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    changed = mounted.close()
+    for name, (old, new) in changed.items():
+        client.report_volume_tag(plan.policy, name, plan.session, old, new)
+    return code
+
+
 def launch(plan: Launch) -> None:
     """Inject and exec; does not return on success."""
     _write_files(plan.files)
@@ -143,16 +191,7 @@ def launch(plan: Launch) -> None:
                 f"cannot change to the service's working directory {plan.pwd}: {exc.strerror}"
             ) from None
     env = dict(plan.environment)
-    program = plan.argv[0]
-    if "/" not in program:
-        search = env.get("PATH") or os.environ.get("PATH") or "/usr/bin:/bin"
-        for directory in search.split(":"):
-            candidate = Path(directory) / program
-            if candidate.is_file() and os.access(candidate, os.X_OK):
-                program = str(candidate)
-                break
-        else:
-            raise UsageError(f"{program}: not found on PATH")
+    program = _resolve(plan.argv[0], env)
     try:
         os.execve(program, plan.argv, env)  # noqa: S606 - exec of the attested program is the point
     except OSError as exc:
