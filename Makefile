@@ -12,7 +12,7 @@ all: test
 # Debian packages the tests use: a PostgreSQL server (a throwaway cluster per test session),
 # FUSE (protected-volume mounts, fake quote devices), skopeo + docker-registry + busybox-static
 # (sconify against a real local registry and a real static binary).
-DEBS := postgresql fuse3 libfuse3-3 libfuse2 skopeo busybox-static docker-registry
+DEBS := postgresql fuse3 libfuse3-3 libfuse2 skopeo busybox-static docker-registry runc umoci
 APT_MARK := $(VENV)/.debs
 
 $(APT_MARK):
