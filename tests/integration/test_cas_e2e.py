@@ -620,3 +620,59 @@ def test_confide_run_mounts_volumes_and_keeps_them_fresh(cas: CasProcess, tmp_pa
     shutil.copytree(old_copy, vol)
     third = confide(cas, "run", "--config-id", "volrun/app", "--tee", "sim", "--", "/bin/sh", str(script))
     assert third.returncode == errors.RollbackError.exit_code, third.stdout + third.stderr
+
+
+def test_certificate_issued_to_the_runtime_key(cas: CasProcess, tmp_path: Path) -> None:
+    """issue_to_runtime: the CAS certifies the attested runtime's own ephemeral key; the private
+    key never leaves the runtime, which writes it where the policy asks."""
+    if cas.db_url:
+        pytest.skip("same on both databases")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    alice, _ = identity(cas, tmp_path, "alice")
+    script = app_script(tmp_path)
+    inject = SHM / f"confide-cert-{os.getpid()}-{tmp_path.name}"
+    m = measure(cas, "/bin/sh", str(script))
+    text = policy_yaml(
+        "tlsapp", m,
+        extra_service=f"    image_name: img\n    command: /bin/sh {script} {inject}/cert.pem\n",
+        body=f"""secrets:
+  - name: ca_key
+    kind: private-key
+  - name: ca
+    kind: x509-ca
+    private_key: ca_key
+    common_name: Test CA
+  - name: mine
+    kind: x509
+    issuer: ca
+    issue_to_runtime: true
+    common_name: svc.local
+    dns: [svc.local]
+images:
+  - name: img
+    injection_files:
+      - path: {inject}/cert.pem
+        content: "$$SCONE::mine:crt$$"
+      - path: {inject}/key.pem
+        content: "$$SCONE::mine:privatekey$$"
+""",
+    )  # fmt: skip
+    assert apply(cas, tmp_path, text, alice).returncode == 0
+    r = confide(cas, "run", "--config-id", "tlsapp/app", "--tee", "sim", "--", "/bin/sh", str(script))
+    assert r.returncode == 0, r.stderr
+    cert = x509.load_pem_x509_certificate((inject / "cert.pem").read_bytes())
+    key = serialization.load_pem_private_key((inject / "key.pem").read_bytes(), None)
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    assert cert.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
+    assert cert.issuer.rfc4514_string() == "CN=Test CA"
+    cas.stop()
+    key_der = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    for blob in [p.read_bytes() for p in cas.data_dir.glob("cas.db*")]:
+        assert key_der[-32:] not in blob
+    for f in inject.iterdir():
+        f.unlink()
+    inject.rmdir()

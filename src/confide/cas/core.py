@@ -33,7 +33,7 @@ from sqlalchemy import Connection, and_, insert, select, update
 
 from confide.cas import db as t
 from confide.cas.db import Database, EventSink, raw_connection
-from confide.cas.secrets import Sealer, SecretValue, generate, render
+from confide.cas.secrets import Sealer, SecretValue, generate, issue_to_runtime, render
 from confide.errors import (
     AccessDeniedError,
     AppraisalError,
@@ -518,7 +518,7 @@ class Cas:
         resolved: dict[str, SecretValue] = {}
         created: list[dict[str, Any]] = []
         for spec in policy.secrets:
-            if spec.import_ is not None:
+            if spec.import_ is not None or spec.issue_to_runtime:
                 continue
             fingerprint = hashlib.sha256(
                 jcs(spec.model_dump(mode="json", by_alias=True, exclude={"export", "export_public"}))
@@ -686,7 +686,7 @@ class Cas:
                         f"{len(result.reasons)} mismatch(es): " + "; ".join(str(r) for r in result.reasons),
                         problems=[str(r) for r in result.reasons],
                     )
-                config, released = self._render(conn, policy, head.hash, service, used)
+                config, released = self._render(conn, policy, head.hash, service, used, runtime_key)
         except ConfideError as exc:
             self._refuse(policy_name, nonce, digest, outcome, exc)
             raise
@@ -817,13 +817,32 @@ class Cas:
         }
 
     def _render(
-        self, conn: Connection, policy: Policy, digest: str, service: Any, used: dict[str, str] | None = None
+        self,
+        conn: Connection,
+        policy: Policy,
+        digest: str,
+        service: Any,
+        used: dict[str, str] | None = None,
+        runtime_key: ec.EllipticCurvePublicKey | None = None,
     ) -> tuple[dict[str, Any], list[Any]]:
         released: dict[tuple[str, str], dict[str, Any]] = {}
         cache: dict[str, SecretValue] = {}
 
         def resolver(context: Context) -> Callable[[Placeholder], bytes]:
             def resolve(ph: Placeholder) -> bytes:
+                spec = policy.secret(ph.name) if ph.name in {x.name for x in policy.secrets} else None
+                if ph.name not in cache and spec is not None and spec.issue_to_runtime:
+                    if runtime_key is None or spec.issuer is None:
+                        raise PolicyError(f"secret {ph.name} is issued to the runtime, which has no key here")
+                    issuer, issuer_ref = self._secret_value(conn, policy, digest, spec.issuer)
+                    issuer_ref.pop("policy_hash", None)
+                    released[(issuer_ref["policy"], issuer_ref["name"])] = issuer_ref
+                    cache[ph.name] = issue_to_runtime(spec, runtime_key, issuer)
+                    released[(policy.name, ph.name)] = {
+                        "policy": policy.name,
+                        "name": ph.name,
+                        "issued_to_runtime": True,
+                    }
                 if ph.name not in cache:
                     value, ref = self._secret_value(conn, policy, digest, ph.name)
                     if used is not None and "policy_hash" in ref:

@@ -186,16 +186,20 @@ def _duration(text: str | None) -> timedelta:
 
 def _certificate(
     spec: Secret,
-    key_der: bytes,
+    key_der: bytes | None,
     *,
     issuer: SecretValue | None,
     now: datetime,
     is_ca: bool,
+    public_key: Any = None,
 ) -> tuple[bytes, tuple[bytes, ...]]:
-    key = _load_private(key_der)
+    key = _load_private(key_der) if key_der is not None else None
+    subject_key = key.public_key() if key is not None else public_key
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spec.common_name or spec.name)])
     chain: tuple[bytes, ...] = ()
     if issuer is None:
+        if key is None:
+            raise PolicyError(f"secret {spec.name}: a self-signed certificate needs its private key")
         issuer_name, signing_key = subject, key
     else:
         if issuer.certificate is None:
@@ -207,7 +211,7 @@ def _certificate(
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer_name)
-        .public_key(key.public_key())
+        .public_key(subject_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(minutes=5))
         .not_valid_after(now + _duration(spec.valid_for))
@@ -294,6 +298,20 @@ def generate(spec: Secret, *, resolved: dict[str, SecretValue], now: datetime | 
             raise PolicyError(f"secret {spec.name}: kind {kind!r} cannot be generated")
 
 
+RUNTIME_KEY_MARKER = b"@@CONFIDE:RUNTIME-PRIVATE-KEY-PEM@@"
+"""Stands for the runtime's own private key (PEM) in a release; ``confide run`` replaces it."""
+
+
+def issue_to_runtime(
+    spec: Secret, runtime_key: Any, issuer: SecretValue, now: datetime | None = None
+) -> SecretValue:
+    """A certificate for the attested runtime's ephemeral public key (the private key stays in
+    the TEE), issued by ``issuer`` (an x509-ca secret) at release time."""
+    cert, chain = _certificate(spec, None, issuer=issuer, now=now or datetime.now(UTC), is_ca=False,
+                               public_key=runtime_key)  # fmt: skip
+    return SecretValue(str(spec.kind), b"", cert, chain)
+
+
 def _pem(der: bytes, label: str) -> bytes:
     b64 = base64.b64encode(der)
     lines = b"\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
@@ -302,10 +320,13 @@ def _pem(der: bytes, label: str) -> bytes:
 
 def render(value: SecretValue, encoding: Encoding) -> bytes:
     """A secret value in the encoding a placeholder asks for."""
+    runtime_held = value.kind in (SecretKind.X509,) and not value.data and value.certificate is not None
     match encoding:
         case Encoding.PEM_PKCS8:
-            return _pem(value.data, "PRIVATE KEY")
+            return RUNTIME_KEY_MARKER if runtime_held else _pem(value.data, "PRIVATE KEY")
         case Encoding.DER_PKCS8:
+            if runtime_held:
+                raise PolicyError("a certificate issued to the runtime has its private key only as PEM")
             return value.data
         case Encoding.PEM_SPKI:
             return value.data if value.kind == SecretKind.PUBLIC_KEY else _public_pem(value.data)

@@ -134,6 +134,7 @@ _ALLOWED: dict[SecretKind, frozenset[str]] = {
             "san",
             "valid_for",
             "renew_before",
+            "issue_to_runtime",
         }
     ),
     SecretKind.X509_CA: frozenset(
@@ -172,14 +173,20 @@ class Secret(_Model):
     san: Annotated[tuple[SanEntry, ...], BeforeValidator(_one_or_many), Field(min_length=1)] | None = None
     valid_for: Duration | None = None
     renew_before: Duration | None = None
+    issue_to_runtime: StrictBool = False
+    """confide extension (x509): the CAS issues the certificate, at each release, to the attested
+    runtime's own ephemeral key, so the private key never leaves the TEE; the runtime fills in
+    ``$$SCONE::name:privatekey$$``."""
     export: Annotated[tuple[ExportTarget, ...], BeforeValidator(_one_or_many)] = ()
     export_public: StrictBool = False
     import_: SecretImport | None = Field(default=None, alias="import")
 
     def _set_params(self) -> set[str]:
-        out = {f for f in _KIND_PARAMS - {"migrate"} if getattr(self, f) is not None}
+        out = {f for f in _KIND_PARAMS - {"migrate", "issue_to_runtime"} if getattr(self, f) is not None}
         if self.migrate:
             out.add("migrate")
+        if self.issue_to_runtime:
+            out.add("issue_to_runtime")
         return out
 
     @model_validator(mode="after")
@@ -280,6 +287,12 @@ class Secret(_Model):
                     x509.load_pem_x509_certificate(self.value.encode())
             except Exception:
                 raise ValueError("got a value that is not a PEM X.509 certificate") from None
+        elif self.issue_to_runtime:
+            if self.private_key is not None or self.issuer is None:
+                raise ValueError(
+                    "got issue_to_runtime with a private_key or without an issuer, expected an issuer and "
+                    "no private_key (the runtime's own key is certified)"
+                )
         elif self.private_key is None:
             raise ValueError("got no private_key, expected a private-key secret name (or an explicit value)")
         if self.endpoint is Endpoint.CLIENT and (self.dns or self.san):

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from confide.cas.client import CasClient
 from confide.cas.core import binding_report_data, decrypt_release
+from confide.cas.secrets import RUNTIME_KEY_MARKER
 from confide.errors import ParseError, UsageError
 from confide.runtime.quote import QuoteProvider
 from confide.runtime.volumes import VolumeRelease, mount_released
@@ -108,6 +109,15 @@ def attest_and_prepare(
         raise ParseError("the CAS's configuration is malformed", structure="release") from None
     if not argv:
         raise UsageError("no command: give one after -- or in the policy's service")
+    # Certificates issued to this runtime's key: its private key (PEM) goes where the policy
+    # asks for it; it never left this process.
+    marker = RUNTIME_KEY_MARKER.decode()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    argv = [a.replace(marker, pem.decode()) for a in argv]
+    environment = {k: v.replace(marker, pem.decode()) for k, v in environment.items()}
+    files = {p: c.replace(RUNTIME_KEY_MARKER, pem) for p, c in files.items()}
     if command and config.get("command"):
         measured, released = shutil.which(command[0]), shutil.which(argv[0], path=environment.get("PATH"))
         if measured is None or released is None or Path(measured).resolve() != Path(released).resolve():
