@@ -96,7 +96,7 @@ def test_sconify_docker_archive_round_trip(tmp_path: Path) -> None:
     ("extra", "code", "message"),
     [
         (["--protect", "/missing"], 2, "does not exist"),
-        (["--protect", "/app", "--cas", "https://cas"], 2, "--cas is not available"),
+        (["--protect", "/app", "--cas", "https://cas"], 2, "--cas needs --identity"),
         (["--protect", "/app", "--no-key"], 2, "would be lost"),
     ],
 )

@@ -42,8 +42,18 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # quiet; no request data logged
         return
 
-    def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+    def _reply(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "text/plain; charset=utf-8",
+        *,
+        close: bool = False,
+    ) -> None:
         self.send_response(status)
+        if close:  # the request body was not read: this connection cannot carry another request
+            self.close_connection = True
+            self.send_header("Connection", "close")
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -51,14 +61,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         if self.path != self.server.prefix + ADD_CHECKPOINT:
-            self._reply(404, b"not found\n")
+            self._reply(404, b"not found\n", close=True)
             return
         try:
             length = int(self.headers.get("Content-Length", "-1"))
         except ValueError:
             length = -1
         if not 0 <= length <= MAX_REQUEST_SIZE:
-            self._reply(400, b"a Content-Length of at most 1 MiB is required\n")
+            self._reply(400, b"a Content-Length of at most 1 MiB is required\n", close=True)
             return
         body = self.rfile.read(length)
         witness = self.server.witness
