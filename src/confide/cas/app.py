@@ -155,7 +155,9 @@ def create_app(cas: Cas, *, cas_evidence: dict[str, Any] | None = None) -> FastA
         return JSONResponse({"nonce": cas.new_nonce(), "expires_in": 60})
 
     @app.post("/v1/attest")
-    def attest(request: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
+    async def attest(request: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
+        # Served on the event loop: the work is CPU-bound (verification, appraisal, crypto) and
+        # its one write transaction is short, so a thread hand-off would cost more than it saves.
         try:
             out = cas.attest(request)
         except ConfideError:
