@@ -11,8 +11,11 @@ from confide.collateral.dcap import DcapCollateralSource
 from confide.errors import CollateralMissingError, UsageError
 from confide.evidence.dcap import Quote
 from confide.evidence.dcap_collateral import DcapCollateral
+from confide.evidence.snp_certs import VCEK_GUID, VLEK_GUID, parse_cert_table
+from confide.platforms.sev_snp import embedded_roots
 from confide.verify.dcap import DcapVerifier
 from confide.verify.result import Platform, VerifiedEvidence
+from confide.verify.sev_snp import SnpVerifier
 from confide.verify.sim import verify_sim
 
 __all__ = ["PlatformVerifier"]
@@ -29,6 +32,7 @@ class PlatformVerifier:
         self.sim_key = sim_key
         self.dcap_source = dcap_source
         self.dcap = DcapVerifier()
+        self.snp = SnpVerifier(embedded_roots())
 
     def verify(
         self, platform: Platform, evidence: bytes, aux: dict[str, bytes], *, at: datetime
@@ -50,4 +54,14 @@ class PlatformVerifier:
             else:
                 raise CollateralMissingError("this CAS has no DCAP collateral source configured")
             return self.dcap.verify_parsed(quote, evidence, collateral, at=at)
+        if platform is Platform.SEV_SNP:
+            # The VCEK/VLEK comes with the evidence: configfs-tsm's auxblob (certificate table)
+            # or a "vcek" blob; the ASK/ARK chain is the embedded, pinned one.
+            vek = aux.get("vcek")
+            if vek is None and "auxblob" in aux:
+                table = parse_cert_table(aux["auxblob"])
+                vek = table.get(VCEK_GUID) or table.get(VLEK_GUID)
+            if vek is None:
+                raise CollateralMissingError("SEV-SNP evidence came without its VCEK/VLEK (auxblob or vcek)")
+            return self.snp.verify(evidence, vek, at=at)
         raise UsageError(f"this CAS does not verify {platform.value} evidence yet")
