@@ -89,6 +89,7 @@ class CasProcess:
     proc: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
     log: Path | None = None
+    extra_args: tuple[str, ...] = ()
 
     def start(self) -> CasProcess:
         env_file = self.data_dir / "client.env"
@@ -98,6 +99,7 @@ class CasProcess:
                 "--listen", "127.0.0.1:0", "--dev"]  # fmt: skip
         if self.db_url:
             args += ["--db", self.db_url]
+        args += list(self.extra_args)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 args,

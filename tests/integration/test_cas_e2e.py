@@ -676,3 +676,46 @@ images:
     for f in inject.iterdir():
         f.unlink()
     inject.rmdir()
+
+
+def test_witness_cosigns_every_cas_checkpoint(tmp_path: Path) -> None:
+    """With --witness, every checkpoint the CAS signs is cosigned by the witness, which first
+    checks it extends the last one it saw; an auditor can require that cosignature."""
+    import socket
+    import time as _time
+
+    first = CasProcess(tmp_path / "cas", None).start()
+    log_key = first.env["CONFIDE_LOG_KEY"]
+    first.stop()
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
+    wkey = subprocess.run([sys.executable, "-m", "confide", "ledger", "keygen", "--name", "witness.example/w1",
+                           "--witness", "--out", str(tmp_path / "w.key")], capture_output=True, text=True,
+                          env=env, check=True).stdout.strip()  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    witness = subprocess.Popen(
+        [sys.executable, "-m", "confide", "ledger", "witness", "serve", "--state", str(tmp_path / "w.state"),
+         "--key", str(tmp_path / "w.key"), "--log", log_key, "--listen", f"127.0.0.1:{port}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    cas = CasProcess(tmp_path / "cas", None, extra_args=("--witness", f"http://127.0.0.1:{port}={wkey}"))
+    try:
+        _time.sleep(1.0)
+        cas.start()
+        alice, _ = identity(cas, tmp_path, "alice")
+        assert apply(cas, tmp_path, policy_yaml("witnessed", "00" * 48), alice).returncode == 0
+        _time.sleep(1.5)
+        args = ["ledger", "verify", "--url", cas.env["CONFIDE_LOG_URL"], "--key", log_key, "--json"]
+        ok = confide(cas, *args, "--witness", wkey)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert json.loads(ok.stdout)["witnesses"] == [wkey]
+        other = subprocess.run([sys.executable, "-m", "confide", "ledger", "keygen", "--name", "other.example/w2",
+                                "--witness", "--out", str(tmp_path / "w2.key")], capture_output=True, text=True,
+                               env=env, check=True).stdout.strip()  # fmt: skip
+        missing = confide(cas, *args, "--witness", other)
+        assert missing.returncode == errors.UnknownKeyError.exit_code, missing.stdout + missing.stderr
+    finally:
+        cas.stop()
+        witness.terminate()
+        witness.wait(timeout=10)

@@ -33,11 +33,27 @@ def cas() -> None:
 @click.option("--dev", is_flag=True, help="Development: enable the SIMULATED TEE (never in production).")
 @click.option("--db", "db_url", help="Database URL (default: SQLite in --data-dir; postgresql://...).")
 @click.option("--collateral", help="DCAP collateral source for SGX/TDX evidence (file, directory or URL).")
-def cas_serve(data_dir: Path, listen: str, dev: bool, db_url: str | None, collateral: str | None) -> None:
+@click.option("--witness", "witness_specs", multiple=True, metavar="URL=VKEY",
+              help="A witness that cosigns every checkpoint (C2SP tlog-witness).")  # fmt: skip
+def cas_serve(
+    data_dir: Path,
+    listen: str,
+    dev: bool,
+    db_url: str | None,
+    collateral: str | None,
+    witness_specs: tuple[str, ...],
+) -> None:
     """Start the CAS over TLS and keep running until killed."""
-    from confide.cas.server import serve
+    from confide.cas.server import parse_witnesses, serve
 
-    serve(data_dir, listen, dev=dev, db_url=db_url, collateral=collateral)
+    serve(
+        data_dir,
+        listen,
+        dev=dev,
+        db_url=db_url,
+        collateral=collateral,
+        witnesses=parse_witnesses(witness_specs),
+    )
 
 
 @cas.command("attest")

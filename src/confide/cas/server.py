@@ -44,8 +44,11 @@ from confide.cas.secrets import Sealer
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral.dcap import source_for
 from confide.errors import UsageError
-from confide.ledger.note import NoteSigner
+from confide.ledger.db import Conn, connect_postgres
+from confide.ledger.db import connect as ledger_connect
+from confide.ledger.note import NoteSigner, NoteVerifier
 from confide.ledger.store import Ledger
+from confide.ledger.witness_http import request_cosignatures
 from confide.sim.measure import measure_current_process
 from confide.sim.platform import SimPlatform
 
@@ -128,10 +131,19 @@ def _log_signer(data_dir: Path, cert_sha256: str) -> NoteSigner:
 
 class Checkpointer:
     """Signs a checkpoint whenever the log grew: every acknowledged entry is covered by a signed
-    checkpoint within ``interval`` seconds (default 0.5 s)."""
+    checkpoint within ``interval`` seconds (default 0.5 s). With witnesses, each new checkpoint
+    is then sent to them (C2SP tlog-witness) and their cosignatures stored with it, outside the
+    CAS's write lock (a separate autocommit connection to the same database)."""
 
-    def __init__(self, cas: Cas, signer: NoteSigner, interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        cas: Cas,
+        signer: NoteSigner,
+        interval: float = 0.5,
+        witnesses: tuple[tuple[str, NoteVerifier], ...] = (),
+    ) -> None:
         self.cas, self.signer, self.interval = cas, signer, interval
+        self.witnesses = witnesses
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="checkpointer", daemon=True)
         self.signed_size = -1
@@ -153,6 +165,20 @@ class Checkpointer:
             raw = raw_connection(conn)
             Ledger().sign_checkpoint(raw, self.signer)
             self.signed_size = Ledger.size(raw)
+        if self.witnesses:
+            self._cosign()
+
+    def _cosign(self) -> None:
+        url = self.cas.db.url
+        if self.cas.db.is_sqlite:
+            conn: Conn = ledger_connect(url.split("sqlite:///", 1)[1])
+        else:
+            conn = connect_postgres(url.replace("postgresql+psycopg://", "postgresql://", 1))
+        try:
+            for witness_url, key in self.witnesses:
+                request_cosignatures(conn, witness_url, key)
+        finally:
+            conn.close()
 
     def _run(self) -> None:
         log = logging.getLogger("confide.cas")
@@ -245,13 +271,33 @@ def _cert_sha256(cert_path: Path) -> str:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
-def serve(data_dir: Path, listen: str, *, dev: bool, db_url: str | None, collateral: str | None) -> None:
+def parse_witnesses(specs: tuple[str, ...]) -> tuple[tuple[str, NoteVerifier], ...]:
+    out = []
+    for spec in specs:
+        url, sep, vkey = spec.partition("=")
+        if not sep or not url.startswith(("http://", "https://")):
+            raise UsageError(
+                f"--witness: got {spec[:80]!r}, expected URL=VKEY (http://host:port=name+hash+key)"
+            )
+        out.append((url, NoteVerifier.from_vkey(vkey)))
+    return tuple(out)
+
+
+def serve(
+    data_dir: Path,
+    listen: str,
+    *,
+    dev: bool,
+    db_url: str | None,
+    collateral: str | None,
+    witnesses: tuple[tuple[str, NoteVerifier], ...] = (),
+) -> None:
     host, port = _parse_listen(listen)
     _configure_logging()
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
         data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral
     )
-    checkpointer = Checkpointer(cas, signer)
+    checkpointer = Checkpointer(cas, signer, witnesses=witnesses)
     checkpointer.start()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
