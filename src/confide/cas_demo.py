@@ -185,10 +185,22 @@ access_policy:
                 )
                 table.add_row(name, str(ev["seq"]), ev["type"], detail[:110])
         console.print(table)
-        db = (work / "cas" / "cas.db").stat().st_size
+        db = sum(p.stat().st_size for p in (work / "cas").glob("cas.db*"))
         console.print(
-            f"database: {db} bytes; secret values are sealed (AES-256-GCM envelope under the master key)"
+            f"database: {db} bytes; secret values are sealed (AES-256 envelope under the master key)"
         )
+
+        console.print(
+            "\n[bold]5.[/] anyone can audit the log (signed checkpoint, consistency with the last one seen):"
+        )
+        time.sleep(1.2)  # a checkpoint covers every acknowledged entry within a second
+        state = work / "auditor.state"
+        for _ in range(2):
+            audit = _confide(env, "ledger", "verify", "--url", env["CONFIDE_LOG_URL"], "--key",
+                             env["CONFIDE_LOG_KEY"], "--state", str(state))  # fmt: skip
+            console.print("  " + (audit.stdout.strip() or audit.stderr.strip()).replace("\n", "\n  "))
+            if audit.returncode != 0:
+                failures += 1
     finally:
         cas.terminate()
         cas.wait(timeout=20)
