@@ -16,6 +16,7 @@ Inputs:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from confide.collateral.amd_kds import AmdCollateralRequest, LocalKdsCollateral
 from confide.errors import CertificateChainError, CollateralMissingError, ParseError, UsageError
 from confide.evidence.sev_snp import AttestationReport, Product, SigningKey
+from confide.evidence.sev_snp_json import report_from_serde_json
 from confide.platforms import VerifyRequest
 from confide.roots import read_root
 from confide.verify.result import VerifiedEvidence
@@ -94,6 +96,11 @@ def _roots_with_override(root_file: Path) -> AmdRootStore:
 
 
 def verify_request(req: VerifyRequest) -> VerifiedEvidence:
+    embedded_vek: bytes | None = None
+    if req.evidence.lstrip()[:1] == b"{":
+        # trustee / sev-crate serde JSON: rebuilt into the raw report, then verified as such
+        raw, embedded_vek = report_from_serde_json(req.evidence)
+        req = dataclasses.replace(req, evidence=raw)
     report = AttestationReport.from_bytes(req.evidence)
     crl: x509.CertificateRevocationList | None = None
     chain: AmdChain | None = None
@@ -101,6 +108,8 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     vek_certs: list[x509.Certificate]
     if req.vcek is not None:
         vek_certs = load_certificates(_read(req.vcek, "--vcek"), "--vcek")
+    elif embedded_vek is not None:
+        vek_certs = load_certificates(embedded_vek, "cert_chain of the JSON evidence")
     elif req.collateral is not None:
         if report.signing_key is not SigningKey.VCEK:
             raise UsageError("the report is signed by a VLEK: pass it with --vcek (KDS serves VCEKs only)")
