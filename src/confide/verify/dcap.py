@@ -116,6 +116,10 @@ class _Lru(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._data)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
 
 @dataclass(frozen=True, slots=True)
 class PckChain:
@@ -301,6 +305,13 @@ class DcapVerifier:
             collateral_cache_size
         )
         self._collateral: _Lru[tuple[DcapCollateral, bytes], VerifiedCollateral] = _Lru(collateral_cache_size)
+        self._issuing_cas: _Lru[bytes, x509.Certificate] = _Lru(16)
+
+    def forget_platforms(self) -> None:
+        """Drop what is cached per platform (PCK chains, QE report checks, attestation keys);
+        verified collateral stays (benchmarks of a first quote from a new platform)."""
+        for cache in (self._chains, self._qe_ok, self._att_keys):
+            cache.clear()
 
     # -- PCK chain --------------------------------------------------------------------------
     def pck_chain(self, quote: Quote) -> PckChain:
@@ -313,7 +324,14 @@ class DcapVerifier:
             return cached
         chain = _parse_pck_chain(quote)
         check_pinned_root(chain.root_der, self._root_der, self._root_sha256, "PCK chain")
-        verify_chain_signatures(chain.certificates, self._root, self._root_der, "PCK chain")
+        issuing_ca = self._issuing_cas.get(chain.intermediate_der)
+        if issuing_ca is not None:
+            # The PCK Platform/Processor CA certificate is shared by every platform and was
+            # verified against the pinned root before (same bytes): only the leaf link is new.
+            verify_chain_signatures(chain.certificates[:1], issuing_ca, chain.intermediate_der, "PCK chain")
+        else:
+            verify_chain_signatures(chain.certificates, self._root, self._root_der, "PCK chain")
+            self._issuing_cas.put(chain.intermediate_der, chain.intermediate)
         self._chains.put(key, chain)
         return chain
 
