@@ -28,11 +28,13 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from lxml import etree
 from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
@@ -170,13 +172,19 @@ def _certificates(signature: etree._Element) -> list[x509.Certificate]:
     certs: list[x509.Certificate] = []
     for position, text in enumerate(texts):
         try:
-            certs.append(
-                x509.load_der_x509_certificate(base64.b64decode("".join(text.split()), validate=True))
-            )
-        except (ValueError, binascii.Error) as exc:
+            cert = x509.load_der_x509_certificate(base64.b64decode("".join(text.split()), validate=True))
+            # cryptography parses fields lazily: touch every one used later so that a malformed
+            # certificate fails here, as a chain error, and not deep inside path building.
+            with warnings.catch_warnings():  # e.g. "Attribute's length must be ..." for a bad C=
+                warnings.simplefilter("ignore", UserWarning)
+                _ = (cert.subject, cert.issuer, cert.not_valid_before_utc, cert.not_valid_after_utc)
+                cert.public_key()
+                cert.extensions  # noqa: B018
+        except (ValueError, binascii.Error, UnsupportedAlgorithm, x509.DuplicateExtension) as exc:
             raise CertificateChainError(
                 f"X509Certificate #{position}: not a base64 DER certificate: {exc}"
             ) from None
+        certs.append(cert)
     return certs
 
 
