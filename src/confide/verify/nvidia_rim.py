@@ -176,13 +176,13 @@ def _certificates(signature: etree._Element) -> list[x509.Certificate]:
             # cryptography parses fields lazily: touch every one used later so that a malformed
             # certificate fails here, as a chain error, and not deep inside path building.
             with warnings.catch_warnings():  # e.g. "Attribute's length must be ..." for a bad C=
-                warnings.simplefilter("ignore", UserWarning)
+                warnings.simplefilter("error", UserWarning)
                 _ = (cert.subject, cert.issuer, cert.not_valid_before_utc, cert.not_valid_after_utc)
                 cert.public_key()
                 cert.extensions  # noqa: B018
-        except (ValueError, binascii.Error, UnsupportedAlgorithm, x509.DuplicateExtension) as exc:
+        except (ValueError, binascii.Error, UnsupportedAlgorithm, x509.DuplicateExtension, UserWarning) as e:
             raise CertificateChainError(
-                f"X509Certificate #{position}: not a base64 DER certificate: {exc}"
+                f"X509Certificate #{position}: not a well-formed base64 DER certificate: {e}"
             ) from None
         certs.append(cert)
     return certs
@@ -204,9 +204,16 @@ def _order(certs: Sequence[x509.Certificate], root: x509.Certificate) -> list[x5
     while chain[-1].issuer != root.subject:
         nxt = [c for c in remaining if c.subject == chain[-1].issuer]
         if len(nxt) != 1:
-            break  # verify_pinned_chain names the broken link
+            break
         chain.append(nxt[0])
         remaining.remove(nxt[0])
+    if chain[-1].issuer != root.subject:
+        top = chain[-1]
+        raise CertificateChainError(
+            f"RIM signer chain ends at {subject_cn(top)!r} (issuer {top.issuer.rfc4514_string()!r},"
+            f" SHA-256 {fingerprint(top)}), expected the pinned root {subject_cn(root)!r}"
+            f" (SHA-256 {fingerprint(root)})"
+        )
     if remaining:
         raise CertificateChainError(
             f"X509Data: certificates {[subject_cn(c) for c in remaining]} are not on the signer's chain"
