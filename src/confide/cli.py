@@ -70,6 +70,7 @@ _PATH = click.Path(path_type=Path)
 @click.option("--root", type=_PATH, help="Override the pinned root certificate (tests only).")
 @click.option("--nonce", metavar="HEX", help="Expected nonce (NVIDIA, Nitro).")
 @click.option("--event-log", type=_PATH, help="TDX: directory with the CCEL table and event log to replay.")
+@click.option("--rim-root", type=_PATH, help="NVIDIA: override the pinned RIM signing root (tests only).")
 def evidence_verify(
     evidence_file: Path,
     platform: str | None,
@@ -82,6 +83,7 @@ def evidence_verify(
     root: Path | None,
     nonce: str | None,
     event_log: Path | None,
+    rim_root: Path | None,
 ) -> None:
     """Verify EVIDENCE (binary, or hex text with or without 0x); exit 0 only when verified."""
     chosen: Platform | None = Platform(platform.lower()) if platform else None
@@ -108,6 +110,7 @@ def evidence_verify(
             root=root,
             nonce=nonce_bytes,
             event_log=event_log,
+            rim_root=rim_root,
         )
         result = verify_request(request)
     except ConfideError as exc:

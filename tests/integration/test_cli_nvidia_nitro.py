@@ -10,6 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from confide.evidence.nvidia import NvidiaAttestationReport
+from confide.evidence.nvidia_rim import SHA384_NS, SWID_NS
+from rim_pki import make_pki, sign_rim, strip_signature
 
 ROOT = Path(__file__).parent.parent.parent
 NV = ROOT / "tests" / "assets" / "nvidia"
@@ -52,7 +57,13 @@ def test_nvidia_report_verifies() -> None:
         (["--cert-chain", NV / "hopper_cert_chain_case2.txt"], 22, "CertificateChainError"),
         (["--cert-chain", NV / "hopper_cert_chain_case3.txt"], 22, "CertificateChainError"),
         (["--cert-chain", NV / "hopper_cert_chain_case4.txt"], 22, "CertificateChainError"),
-        (["--cert-chain", NV / "hopperCertChain.txt", "--collateral", NV], 29, "RimMismatchError"),
+        (
+            ["--cert-chain", NV / "hopperCertChain.txt", "--collateral", NV, "--at", "2025-06-01T00:00:00Z"],
+            29,
+            "RimMismatchError",
+        ),
+        # Now (after 2025-06-26) NVIDIA's sample RIM signers have expired: refused, not compared.
+        (["--cert-chain", NV / "hopperCertChain.txt", "--collateral", NV], 22, "CertificateChainError"),
         ([], 2, "UsageError"),
     ],
 )
@@ -62,6 +73,52 @@ def test_nvidia_failures_have_their_exit_codes(extra: list[str | Path], code: in
     assert out["verified"] is False
     assert out["error"]["class"] == kind
     assert out["error"]["exit_code"] == code
+
+
+def _matching_rims(tmp_path: Path) -> tuple[Path, Path]:
+    """Driver and VBIOS RIMs rewritten to the sample report's values, signed by a test PKI."""
+    report = NvidiaAttestationReport.from_bytes(
+        bytes.fromhex((NV / "hopperAttestationReport.txt").read_text())
+    )
+    pki = make_pki()
+    rims = tmp_path / "rims"
+    rims.mkdir()
+    for name, version in (
+        ("Driver_RIM_test_no_gpu.swidtag", "550.90.07"),
+        ("1010_0200_882_96005E0001_test_no_gpu.swidtag", "96.00.9F.00.01"),
+    ):
+        doc = strip_signature((NV / name).read_bytes())
+        doc.find(f"{{{SWID_NS}}}Meta").set("colloquialVersion", version)
+        for res in doc.iter(f"{{{SWID_NS}}}Resource"):
+            if res.get("active") == "True":
+                value = report.measurements[int(res.get("index", "0")) + 1]
+                res.set(f"{{{SHA384_NS}}}Hash0", value.hex())
+        (rims / name).write_bytes(sign_rim(doc, pki))
+    root = tmp_path / "rim_root.pem"
+    root.write_bytes(pki.root.public_bytes(Encoding.PEM))
+    return rims, root
+
+
+def test_nvidia_report_with_signed_matching_rims(tmp_path: Path) -> None:
+    rims, rim_root = _matching_rims(tmp_path)
+    args = [
+        NV / "hopperAttestationReport.txt", "--platform", "nvidia-gpu", "--cert-chain", NV / "hopperCertChain.txt",
+        "--collateral", rims, "--at", "2025-06-01T00:00:00Z",
+    ]  # fmt: skip
+    code, out = run(*args, "--rim-root", rim_root)
+    assert code == 0, out
+    assert out["claims"]["rims_compared"] is True
+    assert out["details"]["rim_signatures_verified"] is True
+    # Twin: the same RIMs under the pinned NVIDIA RIM root.
+    code, out = run(*args)
+    assert code == 22, out
+    assert out["error"]["class"] == "CertificateChainError"
+    # Twin: one golden value edited after signing.
+    driver = rims / "Driver_RIM_test_no_gpu.swidtag"
+    driver.write_bytes(driver.read_bytes().replace(b'active="True"', b'active="False"', 1))
+    code, out = run(*args, "--rim-root", rim_root)
+    assert code == 21, out
+    assert out["error"]["class"] == "SignatureError"
 
 
 def test_nitro_document_verifies_at_its_timestamp() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
+from lxml import etree
 
 from confide.errors import (
     BindingError,
@@ -36,6 +36,7 @@ from confide.verify.nvidia import (
     verify_nvidia_report,
 )
 from confide.verify.result import Platform
+from rim_pki import make_pki, sign_rim, strip_signature
 
 ASSETS = Path(__file__).parent.parent / "assets" / "nvidia"
 REPORT = bytes.fromhex((ASSETS / "hopperAttestationReport.txt").read_text().strip())
@@ -153,34 +154,69 @@ def test_every_flipped_byte_of_signed_report_is_rejected() -> None:
 
 
 # --- RIM comparison -----------------------------------------------------------------------------
+# RIMs with golden values rewritten to match the sample report are re-signed by a test PKI and
+# verified under its root (``rim_root``); nothing here relies on an unsigned RIM being accepted.
+
+RIM_PKI = make_pki()
+DRIVER_RIM = "Driver_RIM_test_no_gpu.swidtag"
+VBIOS_RIM = "1010_0200_882_96005E0001_test_no_gpu.swidtag"
 
 
-def _rim_matching_report(source: str, version: str) -> bytes:
-    """A copy of a sample RIM whose active golden values are the sample report's."""
+def _rim_matching_report(source: str, version: str, *, change: dict[int, bytes] | None = None) -> bytes:
+    """A copy of a sample RIM whose active golden values are the sample report's, re-signed."""
     report = NvidiaAttestationReport.from_bytes(REPORT)
-    tree = ET.fromstring((ASSETS / source).read_bytes())
-    tree.find(f"{{{SWID_NS}}}Meta").set("colloquialVersion", version)  # type: ignore[union-attr]
-    for res in tree.iter(f"{{{SWID_NS}}}Resource"):
+    doc = strip_signature((ASSETS / source).read_bytes())
+    doc.find(f"{{{SWID_NS}}}Meta").set("colloquialVersion", version)  # type: ignore[union-attr]
+    for res in doc.iter(f"{{{SWID_NS}}}Resource"):
         if res.get("active") == "True":
-            res.set(f"{{{SHA384_NS}}}Hash0", report.measurements[int(res.get("index", "0")) + 1].hex())
-    return ET.tostring(tree)
+            index = int(res.get("index", "0"))
+            value = (change or {}).get(index, report.measurements[index + 1])
+            res.set(f"{{{SHA384_NS}}}Hash0", value.hex())
+    return sign_rim(doc, RIM_PKI)
+
+
+def _manifest(data: bytes) -> ReferenceManifest:
+    return ReferenceManifest.from_bytes(data)
 
 
 def test_rims_matching_the_report_pass() -> None:
-    driver = ReferenceManifest.from_bytes(_rim_matching_report("Driver_RIM_test_no_gpu.swidtag", "550.90.07"))
-    vbios = ReferenceManifest.from_bytes(
-        _rim_matching_report("1010_0200_882_96005E0001_test_no_gpu.swidtag", "96.00.9F.00.01")
-    )
-    result = verify_nvidia_report(REPORT, CHAIN, at=AT, rims=[driver, vbios])
+    driver = _manifest(_rim_matching_report(DRIVER_RIM, "550.90.07"))
+    vbios = _manifest(_rim_matching_report(VBIOS_RIM, "96.00.9F.00.01"))
+    result = verify_nvidia_report(REPORT, CHAIN, at=AT, rims=[driver, vbios], rim_root=RIM_PKI.root)
     assert result.claims["rims_compared"] is True
-    assert result.details["rim_signatures_verified"] is False
+    assert result.details["rim_signatures_verified"] is True
+    assert result.details["rim_root_overridden"] is True
+    rims = result.details["rims"]
+    assert isinstance(rims, list) and len(rims) == 2
+    assert all(isinstance(r, dict) and r["signer"] == "Test RIM Signer" for r in rims)
+
+
+def test_matching_rims_signed_by_a_test_pki_are_refused_under_the_pinned_rim_root() -> None:
+    driver = _manifest(_rim_matching_report(DRIVER_RIM, "550.90.07"))
+    with pytest.raises(
+        CertificateChainError, match="expected the pinned root 'NVIDIA CoRIM signing Root CA'"
+    ):
+        verify_nvidia_report(REPORT, CHAIN, at=AT, rims=[driver])
+
+
+def test_unsigned_matching_rim_is_refused_and_never_compared() -> None:
+    unsigned = etree.tostring(strip_signature(_rim_matching_report(DRIVER_RIM, "550.90.07")))
+    with pytest.raises(SignatureError, match="not signed"):
+        verify_nvidia_report(REPORT, CHAIN, at=AT, rims=[_manifest(unsigned)], rim_root=RIM_PKI.root)
+
+
+def test_rim_changed_after_signing_is_refused_and_never_compared() -> None:
+    report = NvidiaAttestationReport.from_bytes(REPORT)
+    signed = _rim_matching_report(DRIVER_RIM, "550.90.07")
+    bad = signed.replace(report.measurements[22].hex().encode(), b"ab" * 48)
+    assert bad != signed
+    with pytest.raises(SignatureError, match="digest does not match"):
+        verify_nvidia_report(REPORT, CHAIN, at=AT, rims=[_manifest(bad)], rim_root=RIM_PKI.root)
 
 
 def test_sample_rims_do_not_match_the_report() -> None:
-    rims = [
-        ReferenceManifest.from_bytes((ASSETS / n).read_bytes())
-        for n in ("Driver_RIM_test_no_gpu.swidtag", "1010_0200_882_96005E0001_test_no_gpu.swidtag")
-    ]
+    # Real NVIDIA-signed RIMs: signatures verify at AT (2025-06-01), the values do not match.
+    rims = [_manifest((ASSETS / n).read_bytes()) for n in (DRIVER_RIM, VBIOS_RIM)]
     with pytest.raises(RimMismatchError) as info:
         verify_nvidia_report(REPORT, CHAIN, at=AT, rims=rims)
     assert isinstance(info.value, MeasurementError)
@@ -192,19 +228,23 @@ def test_sample_rims_do_not_match_the_report() -> None:
     assert 33 not in info.value.mismatches
 
 
+def test_sample_rims_expired_signers_are_refused_before_comparison() -> None:
+    rims = [_manifest((ASSETS / n).read_bytes()) for n in (DRIVER_RIM, VBIOS_RIM)]
+    with pytest.raises(CertificateChainError, match="HCC RIM L4 Signer' expired"):
+        verify_nvidia_report(REPORT, CHAIN, at=datetime(2025, 7, 1, tzinfo=UTC), rims=rims)
+
+
 def test_one_changed_golden_value_is_reported_by_index() -> None:
-    good = _rim_matching_report("Driver_RIM_test_no_gpu.swidtag", "550.90.07")
-    report = NvidiaAttestationReport.from_bytes(REPORT)
-    bad = good.replace(report.measurements[22].hex().encode(), b"ab" * 48)
+    bad = _rim_matching_report(DRIVER_RIM, "550.90.07", change={21: b"\xab" * 48})
     with pytest.raises(RimMismatchError, match=r"index 21 \(SPDM block 22\)") as info:
-        verify_nvidia_report(REPORT, CHAIN, at=AT, rims=[ReferenceManifest.from_bytes(bad)])
+        verify_nvidia_report(REPORT, CHAIN, at=AT, rims=[_manifest(bad)], rim_root=RIM_PKI.root)
     assert info.value.mismatches == (21,)
 
 
 def test_same_index_in_two_rims_is_refused() -> None:
-    rim = ReferenceManifest.from_bytes(_rim_matching_report("Driver_RIM_test_no_gpu.swidtag", "550.90.07"))
+    rim = _manifest(_rim_matching_report(DRIVER_RIM, "550.90.07"))
     with pytest.raises(MeasurementError, match="active in two RIMs"):
-        verify_nvidia_report(REPORT, CHAIN, at=AT, rims=[rim, rim])
+        verify_nvidia_report(REPORT, CHAIN, at=AT, rims=[rim, rim], rim_root=RIM_PKI.root)
 
 
 # --- forged reports under a test PKI (root override) ----------------------------------------------
@@ -315,15 +355,22 @@ def test_tampered_embedded_root_is_detected() -> None:
 
 def test_platform_loads_single_rim_file_and_refuses_empty_dir(tmp_path: Path) -> None:
     rim = tmp_path / "driver.swidtag"
-    rim.write_bytes(_rim_matching_report("Driver_RIM_test_no_gpu.swidtag", "550.90.07"))
+    rim.write_bytes(_rim_matching_report(DRIVER_RIM, "550.90.07"))
+    rim_root = tmp_path / "rim_root.pem"
+    rim_root.write_bytes(RIM_PKI.root.public_bytes(Encoding.PEM))
     base = {
         "evidence": REPORT,
         "platform": Platform.NVIDIA_GPU,
         "at": AT,
         "cert_chain": ASSETS / "hopperCertChain.txt",
     }
-    result = verify_request(VerifyRequest(**base, collateral=rim))  # type: ignore[arg-type]
+    result = verify_request(VerifyRequest(**base, collateral=rim, rim_root=rim_root))  # type: ignore[arg-type]
     assert result.claims["rims_compared"] is True
+    assert result.details["rim_signatures_verified"] is True
+    with pytest.raises(CertificateChainError, match="pinned root"):
+        verify_request(VerifyRequest(**base, collateral=rim))  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="--rim-root is only meaningful"):
+        verify_request(VerifyRequest(**base, rim_root=rim_root))  # type: ignore[arg-type]
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UsageError, match=r"no \*\.swidtag"):

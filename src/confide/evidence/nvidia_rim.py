@@ -7,8 +7,10 @@ from 0, so RIM index ``N`` is SPDM measurement block ``N + 1``. The hash attribu
 namespace ``http://www.w3.org/2001/04/xmlenc#sha384``.
 
 The XML is treated as hostile: parsed with ``defusedxml`` (no DTDs, no entities, no external
-references) and bounded in size. The enveloped XML-DSig signature is *not* checked here (see
-``docs/limitations.md``): a parsed RIM is a claim by whoever supplied the file.
+references) and bounded in size. This module only parses: the enveloped XML-DSig signature and
+its chain to the NVIDIA RIM root are verified by :func:`confide.verify.nvidia_rim.verify_rim`,
+which re-parses the *signed* bytes; a manifest from :meth:`ReferenceManifest.from_bytes` alone
+is a claim by whoever supplied the file.
 """
 
 from __future__ import annotations

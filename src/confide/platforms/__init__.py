@@ -34,6 +34,7 @@ class VerifyRequest:
     root: Path | None = None
     nonce: bytes | None = None
     event_log: Path | None = None
+    rim_root: Path | None = None
 
     @property
     def digest(self) -> str:

@@ -1,8 +1,9 @@
 """CLI glue for ``confide evidence verify --platform nvidia-gpu``.
 
-Reads the GPU's PEM certificate chain (``--cert-chain``, leaf first), an optional root override
-(``--root``, tests only) and optional RIMs (``--collateral``: one ``.swidtag``/``.xml`` file or a
-directory of them), then calls :func:`confide.verify.nvidia.verify_nvidia_report`.
+Reads the GPU's PEM certificate chain (``--cert-chain``, leaf first), an optional device root
+override (``--root``, tests only), optional RIMs (``--collateral``: one ``.swidtag``/``.xml`` file
+or a directory of them) and an optional RIM root override (``--rim-root``, tests only), then calls
+:func:`confide.verify.nvidia.verify_nvidia_report`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from confide.platforms import VerifyRequest
 from confide.verify.nvidia import verify_nvidia_report
 from confide.verify.result import VerifiedEvidence
 
-__all__ = ["load_pem_chain", "load_rims", "verify_request"]
+__all__ = ["load_pem_chain", "load_rims", "load_root", "verify_request"]
 
 RIM_SUFFIXES = (".swidtag", ".xml")
 MAX_RIM_FILES = 16
@@ -51,25 +52,31 @@ def load_rims(path: Path) -> list[ReferenceManifest]:
     return [ReferenceManifest.from_bytes(_read(f, "--collateral")) for f in files]
 
 
+def load_root(path: Path, what: str) -> x509.Certificate:
+    """Exactly one PEM or DER certificate."""
+    data = _read(path, what)
+    try:
+        roots = (
+            x509.load_pem_x509_certificates(data)
+            if b"-----BEGIN" in data
+            else [x509.load_der_x509_certificate(data)]
+        )
+    except ValueError as exc:
+        raise ParseError(f"{what}: not a PEM or DER certificate: {exc}") from None
+    if len(roots) != 1:
+        raise UsageError(f"{what}: got {len(roots)} certificates, expected exactly one")
+    return roots[0]
+
+
 def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     if req.cert_chain is None:
         raise UsageError("--platform nvidia-gpu needs --cert-chain FILE (the GPU's PEM chain, leaf first)")
     chain = load_pem_chain(req.cert_chain, "--cert-chain")
-    root: x509.Certificate | None = None
-    if req.root is not None:
-        data = _read(req.root, "--root")
-        try:
-            roots = (
-                x509.load_pem_x509_certificates(data)
-                if b"-----BEGIN" in data
-                else [x509.load_der_x509_certificate(data)]
-            )
-        except ValueError as exc:
-            raise ParseError(f"--root: not a PEM or DER certificate: {exc}") from None
-        if len(roots) != 1:
-            raise UsageError(f"--root: got {len(roots)} certificates, expected exactly one")
-        root = roots[0]
+    root = load_root(req.root, "--root") if req.root is not None else None
+    rim_root = load_root(req.rim_root, "--rim-root") if req.rim_root is not None else None
+    if rim_root is not None and req.collateral is None:
+        raise UsageError("--rim-root is only meaningful with --collateral RIM(s)")
     rims = load_rims(req.collateral) if req.collateral is not None else []
     return verify_nvidia_report(
-        req.evidence, chain, at=req.at, expected_nonce=req.nonce, root=root, rims=rims
+        req.evidence, chain, at=req.at, expected_nonce=req.nonce, root=root, rims=rims, rim_root=rim_root
     )

@@ -14,7 +14,9 @@ Steps (numbered as in the code):
    firmware that was measured).
 6. The request nonce must equal ``expected_nonce`` when one is given.
 7. Optionally compare the measurement blocks with RIM golden values; every mismatch is
-   reported. RIM XML signatures are not checked (``details.rim_signatures_verified`` false).
+   reported. Each RIM's XML-DSig signature and signing chain (to the pinned NVIDIA RIM root)
+   are verified first (:mod:`confide.verify.nvidia_rim`), and only the signed content is
+   compared; a RIM that fails is never compared.
 
 No I/O, no clock: the caller passes certificates, RIM bytes and the time.
 """
@@ -42,6 +44,7 @@ from confide.verify._pinned_chain import (
     subject_cn,
     verify_pinned_chain,
 )
+from confide.verify.nvidia_rim import VerifiedRim, nvidia_rim_root, verify_rim
 from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
 
 __all__ = [
@@ -191,7 +194,8 @@ def _gpu_model(chain: Sequence[x509.Certificate]) -> tuple[str | None, str | Non
     return None, None
 
 
-def _compare_rims(report: NvidiaAttestationReport, rims: Sequence[ReferenceManifest]) -> list[ClaimValue]:
+def _compare_rims(report: NvidiaAttestationReport, verified: Sequence[VerifiedRim]) -> list[ClaimValue]:
+    rims = [v.manifest for v in verified]
     driver = _text(report.response.field(OpaqueFieldType.DRIVER_VERSION)) or ""
     vbios = _vbios_version(report.response.field(OpaqueFieldType.VBIOS_VERSION)) or ""
     nvdec = report.response.field(OpaqueFieldType.NVDEC0_STATUS)
@@ -227,7 +231,18 @@ def _compare_rims(report: NvidiaAttestationReport, rims: Sequence[ReferenceManif
             )
     if problems:
         raise RimMismatchError("RIM comparison failed: " + "; ".join(problems), tuple(mismatches))
-    return [{"tag_id": rim.tag_id, "version": rim.version, "active": len(rim.active)} for rim in rims]
+    return [
+        {
+            "tag_id": v.manifest.tag_id,
+            "version": v.manifest.version,
+            "active": len(v.manifest.active),
+            "signer": v.signer,
+            "signer_chain": list(v.chain),
+            "signature_algorithm": v.signature_algorithm,
+            "canonicalization": v.canonicalization,
+        }
+        for v in verified
+    ]
 
 
 def verify_nvidia_report(
@@ -238,8 +253,13 @@ def verify_nvidia_report(
     expected_nonce: bytes | None = None,
     root: x509.Certificate | None = None,
     rims: Sequence[ReferenceManifest] = (),
+    rim_root: x509.Certificate | None = None,
 ) -> VerifiedEvidence:
-    """Verify an NVIDIA GPU attestation report; see the module docstring for the steps."""
+    """Verify an NVIDIA GPU attestation report; see the module docstring for the steps.
+
+    ``rims`` are checked from their ``raw`` bytes (signature, chain to ``rim_root`` or the
+    embedded NVIDIA RIM root, at ``at``); the parsed fields passed in are not trusted.
+    """
     # 1. parse
     report = NvidiaAttestationReport.from_bytes(evidence)
     # 2. chain to the pinned root
@@ -262,7 +282,9 @@ def verify_nvidia_report(
     if expected_nonce is not None and not hmac.compare_digest(report.nonce, expected_nonce):
         raise BindingError(f"nonce: got {report.nonce.hex()}, expected {expected_nonce.hex()}")
     # 7. reference measurements
-    rim_details: list[ClaimValue] = _compare_rims(report, rims) if rims else []
+    rim_pinned = (rim_root if rim_root is not None else nvidia_rim_root()) if rims else None
+    verified_rims = [verify_rim(rim.raw, at=at, root=rim_pinned) for rim in rims]
+    rim_details: list[ClaimValue] = _compare_rims(report, verified_rims) if verified_rims else []
 
     resp = report.response
     model, device_id = _gpu_model(cert_chain)
@@ -301,7 +323,9 @@ def verify_nvidia_report(
         "root_sha256": fingerprint(pinned),
         "root_overridden": root is not None,
         "rims": rim_details,
-        "rim_signatures_verified": False,
+        "rim_signatures_verified": bool(verified_rims),
+        "rim_root_sha256": None if rim_pinned is None else fingerprint(rim_pinned),
+        "rim_root_overridden": rim_root is not None,
         "opaque_field_types": [f.type for f in resp.opaque_fields],
     }
     return VerifiedEvidence(

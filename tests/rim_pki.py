@@ -1,0 +1,108 @@
+"""A test PKI that signs NVIDIA-style RIMs (enveloped XML-DSig) with signxml.
+
+Used where a test needs a RIM with chosen golden values: such a RIM can only verify under
+this test root (passed explicitly as ``rim_root``), never under the pinned NVIDIA RIM root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+from lxml import etree
+from signxml import SignatureConstructionMethod
+from signxml.signer import XMLSigner
+
+DS_SIGNATURE = "{http://www.w3.org/2000/09/xmldsig#}Signature"
+VALID_FROM = datetime(2024, 1, 1, tzinfo=UTC)
+VALID_UNTIL = datetime(2026, 1, 1, tzinfo=UTC)
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+@dataclass(frozen=True)
+class RimPki:
+    root: x509.Certificate
+    ica: x509.Certificate
+    leaf: x509.Certificate
+    leaf_key: PrivateKey
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_cert(
+    cn: str,
+    key: PrivateKey,
+    issuer: tuple[x509.Certificate, PrivateKey] | None,
+    *,
+    ca: bool,
+) -> x509.Certificate:
+    issuer_name = issuer[0].subject if issuer else _name(cn)
+    signing_key = issuer[1] if issuer else key
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(VALID_FROM)
+        .not_valid_after(VALID_UNTIL)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=not ca,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+    )
+    return builder.sign(signing_key, hashes.SHA384())
+
+
+def make_pki(prefix: str = "Test RIM", *, rsa_leaf: bool = False) -> RimPki:
+    root_key = ec.generate_private_key(ec.SECP384R1())
+    root = make_cert(f"{prefix} Root CA", root_key, None, ca=True)
+    ica_key = ec.generate_private_key(ec.SECP384R1())
+    ica = make_cert(f"{prefix} ICA", ica_key, (root, root_key), ca=True)
+    leaf_key: PrivateKey = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if rsa_leaf
+        else ec.generate_private_key(ec.SECP384R1())
+    )
+    leaf = make_cert(f"{prefix} Signer", leaf_key, (ica, ica_key), ca=False)
+    return RimPki(root=root, ica=ica, leaf=leaf, leaf_key=leaf_key)
+
+
+def strip_signature(xml: bytes) -> etree._Element:
+    doc = etree.fromstring(xml, parser=etree.XMLParser(resolve_entities=False, no_network=True))
+    for sig in doc.findall(DS_SIGNATURE):
+        doc.remove(sig)
+    return doc
+
+
+def sign_rim(xml: bytes | etree._Element, pki: RimPki, *, include_root: bool = True) -> bytes:
+    """Re-sign ``xml`` (any existing signature removed) as NVIDIA does: enveloped, c14n 1.1."""
+    doc = strip_signature(xml) if isinstance(xml, bytes) else xml
+    rsa_key = isinstance(pki.leaf_key, rsa.RSAPrivateKey)
+    signer = XMLSigner(
+        method=SignatureConstructionMethod.enveloped,
+        signature_algorithm="rsa-sha384" if rsa_key else "ecdsa-sha384",
+        digest_algorithm="sha384",
+        c14n_algorithm="http://www.w3.org/2006/12/xml-c14n11",
+    )
+    chain = [pki.leaf, pki.ica, *([pki.root] if include_root else [])]
+    signed = signer.sign(doc, key=pki.leaf_key, cert=chain)
+    return etree.tostring(signed)
