@@ -151,3 +151,28 @@ def running_cas(data_dir: Path, db_url: str | None) -> Iterator[CasProcess]:
         yield cas
     finally:
         cas.stop()
+
+
+def log_size(env: dict[str, str]) -> int:
+    """The tree size of the CAS log's latest signed checkpoint (0 when there is none yet)."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=env["CONFIDE_CAS_CERT"])
+    try:
+        with urllib.request.urlopen(env["CONFIDE_LOG_URL"] + "/checkpoint", context=ctx, timeout=5) as r:
+            return int(r.read().decode().split("\n")[1])
+    except urllib.error.HTTPError:
+        return 0
+
+
+def wait_for_log(env: dict[str, str], min_size: int, timeout: float = 30.0) -> int:
+    """Wait until a signed checkpoint covers ``min_size`` entries (the CAS signs within a second;
+    a loaded CI machine may take longer)."""
+    deadline = time.time() + timeout
+    while True:
+        size = log_size(env)
+        if size >= min_size or time.time() > deadline:
+            return size
+        time.sleep(0.2)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import signal
 import subprocess
@@ -13,7 +12,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from cas_harness import ROOT, CasProcess
+from cas_harness import ROOT, CasProcess, wait_for_log
 from confide import errors
 from confide.cas.client import CasClient
 from confide.identity import Identity
@@ -105,7 +104,7 @@ def test_sigkill_under_load_loses_no_acknowledged_release(cas: CasProcess) -> No
     # the log is one linear history: indices contiguous from the first entry, checkpoint signed
     indices = [e["index"] for e in data["events"]]  # type: ignore[index, union-attr]
     assert indices == sorted(indices) and len(set(indices)) == len(indices)
-    time.sleep(1.2)
+    wait_for_log(cas.env, max(indices) + 1)
     r = subprocess.run(
         [sys.executable, "-m", "confide", "ledger", "verify", "--url", cas.env["CONFIDE_LOG_URL"], "--key",
          cas.env["CONFIDE_LOG_KEY"], "--json"],
@@ -146,7 +145,7 @@ def test_two_replicas_on_one_postgresql_keep_one_log(postgres: object, tmp_path:
             released_a, data_a = _released(a, alice)
             released_b, data_b = _released(b, alice)
             assert set(acknowledged) <= set(released_a) and released_a == released_b
-            time.sleep(1.2)
+            wait_for_log(a.env, 40 * 2 + 3)
             for proc in (a, b):
                 with CasClient(proc.env["CONFIDE_CAS_URL"], Path(proc.env["CONFIDE_CAS_CERT"])) as c:
                     note = c.events("durable", alice)["checkpoint"]
@@ -154,9 +153,13 @@ def test_two_replicas_on_one_postgresql_keep_one_log(postgres: object, tmp_path:
                     note.encode(), NoteVerifier.from_vkey(proc.env["CONFIDE_LOG_KEY"])
                 ).checkpoint
                 assert cp.size >= 40 * 2 + 3
-            assert json.dumps(data_a["events"], sort_keys=True) == json.dumps(
-                data_b["events"], sort_keys=True
-            )
+
+            # the same entries through either replica (inclusion proofs differ only by the
+            # checkpoint each replica had signed at that moment)
+            def entries(data: dict[str, object]) -> list[object]:
+                return [(e["index"], e["type"], e["payload"]) for e in data["events"]]  # type: ignore[attr-defined, index]
+
+            assert entries(data_a) == entries(data_b)
         finally:
             b.stop()
     finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from cas_harness import ROOT, CasProcess
+from cas_harness import ROOT, CasProcess, log_size, wait_for_log
 from confide import errors
 from confide.cas.client import CasClient
 from confide.cas.core import binding_report_data
@@ -444,7 +444,6 @@ def test_ledger_records_everything_and_is_auditable(cas: CasProcess, tmp_path: P
     """Every change, attestation and release lands in the Merkle log in its own transaction; the
     auditor verifies checkpoints and consistency over HTTPS; stakeholders verify their entries'
     inclusion without seeing anyone else's."""
-    import time as _time
 
     alice, _ = identity(cas, tmp_path, "alice")
     bob, _ = identity(cas, tmp_path, "bob")
@@ -458,7 +457,7 @@ def test_ledger_records_everything_and_is_auditable(cas: CasProcess, tmp_path: P
         cas, "run", "--config-id", "audited/app", "--tee", "sim", "--", "/bin/sh", str(script), check=True
     )
     value = re.search(r"ENV S=(\S+)", out.stdout).group(1)  # type: ignore[union-attr]
-    _time.sleep(1.2)  # a checkpoint covers every acknowledged entry within a second
+    wait_for_log(cas.env, 6)  # a checkpoint covers every acknowledged entry within a second
     state = tmp_path / "auditor.state"
     args = ["ledger", "verify", "--url", cas.env["CONFIDE_LOG_URL"], "--key", cas.env["CONFIDE_LOG_KEY"],
             "--state", str(state), "--json"]  # fmt: skip
@@ -467,7 +466,7 @@ def test_ledger_records_everything_and_is_auditable(cas: CasProcess, tmp_path: P
     confide(
         cas, "run", "--config-id", "audited/app", "--tee", "sim", "--", "/bin/sh", str(script), check=True
     )
-    _time.sleep(1.2)
+    wait_for_log(cas.env, first["size"] + 2)
     second = json.loads(confide(cas, *args, check=True).stdout)
     assert second["size"] > first["size"] and second["previous_size"] == first["size"]
     hist = json.loads(
@@ -492,7 +491,6 @@ def test_full_audit_rechecks_policy_signatures_and_chains(cas: CasProcess, tmp_p
     if cas.db_url:
         pytest.skip("--full reads the SQLite ledger database directly")
     import sqlite3
-    import time as _time
 
     alice, a = identity(cas, tmp_path, "alice")
     bob, b = identity(cas, tmp_path, "bob")
@@ -508,7 +506,7 @@ def test_full_audit_rechecks_policy_signatures_and_chains(cas: CasProcess, tmp_p
         ).stdout.strip()
         == "active"
     )
-    _time.sleep(1.2)
+    wait_for_log(cas.env, log_size(cas.env) + 1, timeout=5)
     db = cas.data_dir / "cas.db"
     args = ["ledger", "verify", "--log-db", str(db), "--key", cas.env["CONFIDE_LOG_KEY"], "--full", "--json"]
     r = confide(cas, *args)
@@ -705,9 +703,13 @@ def test_witness_cosigns_every_cas_checkpoint(tmp_path: Path) -> None:
         cas.start()
         alice, _ = identity(cas, tmp_path, "alice")
         assert apply(cas, tmp_path, policy_yaml("witnessed", "00" * 48), alice).returncode == 0
-        _time.sleep(1.5)
         args = ["ledger", "verify", "--url", cas.env["CONFIDE_LOG_URL"], "--key", log_key, "--json"]
-        ok = confide(cas, *args, "--witness", wkey)
+        deadline = _time.time() + 30  # the checkpoint is signed, then sent to the witness
+        while True:
+            ok = confide(cas, *args, "--witness", wkey)
+            if ok.returncode == 0 or _time.time() > deadline:
+                break
+            _time.sleep(0.3)
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert json.loads(ok.stdout)["witnesses"] == [wkey]
         other = subprocess.run([sys.executable, "-m", "confide", "ledger", "keygen", "--name", "other.example/w2",
