@@ -713,6 +713,7 @@ class Cas:
                         raise ConflictError(
                             f"volume {vol['name']} changed during the attestation; attest again"
                         )
+                conn.execute(t.sessions.delete().where(t.sessions.c.expires_at < self.clock()))
                 conn.execute(
                     insert(t.sessions).values(
                         token_sha256=hashlib.sha256(token).hexdigest(), policy=policy_name,
