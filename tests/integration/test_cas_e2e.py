@@ -620,6 +620,62 @@ def test_confide_run_mounts_volumes_and_keeps_them_fresh(cas: CasProcess, tmp_pa
     assert third.returncode == errors.RollbackError.exit_code, third.stdout + third.stderr
 
 
+def test_confide_run_stops_the_service_when_a_volume_file_was_tampered_with(
+    cas: CasProcess, tmp_path: Path
+) -> None:
+    """The operator flips one byte of an encrypted file at rest. FUSE mounts verify lazily: the
+    service's read gets EIO, confide run stops the service at once, discards the session's
+    writes (no new tag) and exits with the integrity error. (tmpfs mounts refuse at mount.)"""
+    if cas.db_url:
+        pytest.skip("the volume flow is the same on both databases; run once")
+    import time
+
+    from confide.volume import VolumeKey
+    from confide.volume.mount import fuse_usable
+    from confide.volume.store import load_sealed, object_path
+
+    alice, _ = identity(cas, tmp_path, "alice")
+    vol, keyfile, src = tmp_path / "vol", tmp_path / "vol.key", tmp_path / "src"
+    src.mkdir()
+    (src / "model.bin").write_bytes(os.urandom(64 * 1024))
+    confide(cas, "volume", "create", str(vol), "--key-out", str(keyfile), check=True)
+    confide(cas, "volume", "add", str(vol), str(src), "--key", str(keyfile), check=True)
+    tag0 = (
+        confide(cas, "volume", "seal", str(vol), "--key", str(keyfile), check=True).stdout.strip().split()[-1]
+    )
+    key_hex = keyfile.read_text().strip()
+    manifest, _ = load_sealed(vol, VolumeKey(bytes.fromhex(key_hex)))
+    obj = object_path(vol, manifest.by_path()["model.bin"].file_id)
+    raw = bytearray(obj.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    obj.write_bytes(bytes(raw))
+    script = tmp_path / "reader.sh"
+    script.write_text(
+        'echo started >> "$CONFIDE_VOLUME_DATA/log.txt"\n'
+        'cat "$CONFIDE_VOLUME_DATA/model.bin" > /dev/null || echo "read failed"\n'
+        "exec sleep 60\n"
+    )
+    m = measure(cas, "/bin/sh", str(script))
+    text = policy_yaml(
+        "tamper", m, extra_service="    image_name: img\n",
+        body=f"volumes:\n  - name: data\n    fspf_key: {key_hex}\n    fspf_tag: \"{tag0}\"\n"
+             f"images:\n  - name: img\n    volumes:\n      - name: data\n        path: {vol}\n",
+    )  # fmt: skip
+    assert apply(cas, tmp_path, text, alice).returncode == 0
+    start = time.monotonic()
+    run = confide(cas, "run", "--config-id", "tamper/app", "--tee", "sim", "--", "/bin/sh", str(script))
+    assert run.returncode == errors.SignatureError.exit_code, run.stdout + run.stderr
+    assert time.monotonic() - start < 40  # stopped, not left to finish its 60 s sleep
+    assert "model.bin" in run.stderr and "integrity" in run.stderr.lower()
+    if fuse_usable() is None:  # FUSE: the service started, its read failed, then it was stopped
+        assert "read failed" in run.stdout and "service was stopped" in run.stderr, run.stderr
+    events = [json.loads(line) for line in confide(cas, "policy", "events", "tamper", "--identity", str(alice),
+                                                   check=True).stdout.splitlines()]  # fmt: skip
+    assert [e["payload"]["generation"] for e in events if e["type"] == "volume-tag"] == [0]
+    assert "log.txt" not in manifest.by_path()
+    assert "log.txt" not in load_sealed(vol, VolumeKey(bytes.fromhex(key_hex)))[0].by_path()
+
+
 def test_certificate_issued_to_the_runtime_key(cas: CasProcess, tmp_path: Path) -> None:
     """issue_to_runtime: the CAS certifies the attested runtime's own ephemeral key; the private
     key never leaves the runtime, which writes it where the policy asks."""

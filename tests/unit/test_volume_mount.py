@@ -201,6 +201,48 @@ def test_corrupted_chunk_gives_eio_and_other_files_still_read(
     assert "INTEGRITY FAILURE" in err and "bad.bin" in err and "chunk 7" in err
 
 
+def test_integrity_failure_is_reported_to_the_mounting_process(tmp_path: Path) -> None:
+    files = {"dir/bad.bin": _pattern(3 * CS), "good.bin": _pattern(CS, 1)}
+    vol, key, tag, _ = _volume(tmp_path, files)
+    m, _ = load_sealed(vol, key)
+    obj = object_path(vol, m.by_path()["dir/bad.bin"].file_id)
+    raw = bytearray(obj.read_bytes())
+    raw[10] ^= 0x01  # chunk 0
+    obj.write_bytes(bytes(raw))
+    mnt = _mnt(tmp_path)
+    h = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=True)
+    try:
+        assert (mnt / "good.bin").read_bytes() == files["good.bin"]
+        (mnt / "new.txt").write_bytes(b"written before the attack was noticed\n")
+        assert h.integrity_failure() is None  # intact reads and writes report nothing
+        with pytest.raises(OSError) as ei:
+            (mnt / "dir" / "bad.bin").read_bytes()
+        assert ei.value.errno == errno.EIO
+        # the report is written before EIO goes back to the reader: no waiting needed
+        assert h.integrity_failure() == "dir/bad.bin"
+        assert h.integrity_failure() == "dir/bad.bin"  # stays reported
+    finally:
+        h.abort()
+    assert not _mounted(mnt) and h.closed
+    # abort discards the session: the volume is still at its old tag, without new.txt
+    assert load_sealed(vol, key)[0].by_path().get("new.txt") is None
+    with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse") as again:
+        assert not (mnt / "new.txt").exists() and again.tag == tag
+
+
+def test_abort_of_a_writable_mount_keeps_the_old_tag_and_close_after_abort_is_a_no_op(
+    tmp_path: Path,
+) -> None:
+    vol, key, tag, _ = _volume(tmp_path, {"a.txt": b"a\n"})
+    mnt = _mnt(tmp_path)
+    h = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=True)
+    (mnt / "a.txt").write_bytes(b"changed\n")
+    h.abort()
+    assert h.close() == tag and h.integrity_failure() is None
+    with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse") as again:
+        assert (mnt / "a.txt").read_bytes() == b"a\n" and again.tag == tag
+
+
 def test_swapped_chunk_tag_fails_the_root_check_for_the_whole_file(tmp_path: Path) -> None:
     files = {"f": _pattern(4 * CS)}
     vol, key, tag, _ = _volume(tmp_path, files)

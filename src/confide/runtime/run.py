@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import shutil
 import signal
@@ -27,9 +28,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from confide.cas.client import CasClient
 from confide.cas.core import binding_report_data, decrypt_release
 from confide.cas.secrets import RUNTIME_KEY_MARKER
-from confide.errors import ParseError, UsageError
+from confide.errors import ParseError, SignatureError, UsageError
 from confide.runtime.quote import QuoteProvider
-from confide.runtime.volumes import VolumeRelease, mount_released
+from confide.runtime.volumes import MountedVolumes, VolumeRelease, mount_released
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Launch", "attest_and_prepare", "is_memory_backed", "launch", "supervise"]
 
@@ -161,6 +164,29 @@ def _resolve(program: str, env: Mapping[str, str]) -> str:
     raise UsageError(f"{program}: not found on PATH")
 
 
+INTEGRITY_POLL = 0.2  # seconds between checks of the volume servers' integrity reports
+
+
+def _wait(proc: subprocess.Popen[bytes], mounted: MountedVolumes) -> tuple[int, str | None]:
+    """Wait for the program; stop it (SIGTERM, then SIGKILL) as soon as a protected volume
+    reports an integrity failure. Returns (exit code, failing ``volume:path`` or None)."""
+    while True:
+        try:
+            return proc.wait(timeout=INTEGRITY_POLL), mounted.integrity_failure()
+        except subprocess.TimeoutExpired:
+            pass
+        tampered = mounted.integrity_failure()
+        if tampered is None:
+            continue
+        log.error("confide: integrity failure in protected volume %s; stopping the service", tampered)
+        proc.terminate()
+        try:
+            return proc.wait(timeout=5), tampered
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait(), tampered
+
+
 def supervise(plan: Launch, client: CasClient) -> int:
     """With protected volumes: mount them, run the program as a child, then seal changed
     volumes and report their new tags to the CAS; returns the program's exit code."""
@@ -180,10 +206,18 @@ def supervise(plan: Launch, client: CasClient) -> int:
         sig: signal.signal(sig, lambda s, _f: proc.send_signal(s)) for sig in (signal.SIGTERM, signal.SIGINT)
     }
     try:
-        code = proc.wait()
+        code, tampered = _wait(proc, mounted)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if tampered is not None:
+        # The volume's storage was modified behind our back: stop, keep nothing of this session
+        # (a seal would bless state derived from an attack) and tell the operator.
+        mounted.abort()
+        raise SignatureError(
+            f"protected volume integrity failure in {tampered}: the service was stopped and "
+            "this session's volume changes were discarded"
+        )
     changed = mounted.close()
     for name, (old, new) in changed.items():
         client.report_volume_tag(plan.policy, name, plan.session, old, new)

@@ -93,6 +93,23 @@ class MountedVolumes:
     environment: dict[str, str]
     binds: list[Path] = field(default_factory=list)
 
+    def integrity_failure(self) -> str | None:
+        """``volume:path`` of the first file that failed authentication, if any (never blocks)."""
+        for release, handle in self.handles:
+            path = handle.integrity_failure()
+            if path is not None:
+                return f"{release.name}:{path}"
+        return None
+
+    def abort(self) -> None:
+        """Unmount everything without sealing: the session's changes are discarded."""
+        for target in reversed(self.binds):
+            _detach(target)
+        self.binds.clear()
+        for _, handle in reversed(self.handles):
+            with contextlib.suppress(StorageError):
+                handle.abort()
+
     def close(self) -> dict[str, tuple[str, str]]:
         """Seal and unmount; returns {name: (old tag, new tag)} for volumes that changed."""
         for target in reversed(self.binds):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import json
 import logging
 import os
 import secrets
@@ -26,6 +27,7 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         self.changed = False
         self.new_objects: set[bytes] = set()  # file ids written in this session
         self.integrity_failures = 0
+        self.on_integrity: Callable[[str], None] | None = None
         self._lock = threading.RLock()
         self._fh: dict[int, _Node] = {}
         self._next_fh = 1
@@ -245,6 +248,8 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             path,
             exc.message,
         )
+        if self.on_integrity is not None:
+            self.on_integrity(path)
         raise _err(errno.EIO)
 
     # --- FUSE operations: metadata -----------------------------------------------------------
@@ -646,7 +651,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stdin: first line the volume key (hex); later lines are commands from the parent
     ('commit' = seal at unmount, 'discard'). Status lines on STATUS_FD: 'ready', then at the
-    end 'sealed TAG', 'unchanged TAG' or 'discarded', or 'error EXIT_CODE MESSAGE'.
+    end 'sealed TAG', 'unchanged TAG' or 'discarded', or 'error EXIT_CODE MESSAGE'; at any time
+    'integrity PATH' (PATH as a JSON string) when a file fails authentication.
     """
     args = sys.argv[1:] if argv is None else argv
     volume_dir, mountpoint, tag, parent, status_fd = (
@@ -682,6 +688,7 @@ def main(argv: list[str] | None = None) -> int:
         say("ready")
 
     fs.on_init = ready
+    fs.on_integrity = lambda path: say("integrity " + json.dumps(path))
 
     def commands() -> None:
         for line in sys.stdin:

@@ -24,9 +24,11 @@ generation) and returns the new tag, which the runtime reports to the CAS. See
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import ctypes.util
+import json
 import logging
 import os
 import select
@@ -127,6 +129,16 @@ class MountHandle:
         """Unmount; for writable mounts seal the changes first. Return the (new) tag."""
         raise NotImplementedError
 
+    def abort(self) -> None:
+        """Unmount without sealing: this session's changes are discarded."""
+        raise NotImplementedError
+
+    def integrity_failure(self) -> str | None:
+        """Path of a file whose authentication failed while mounted, if any (never blocks).
+        Only lazily-verifying mounts (FUSE) can fail after mounting; the others verify all
+        data before the mount appears."""
+        return None
+
     def __enter__(self) -> MountHandle:
         return self
 
@@ -190,7 +202,10 @@ class _FuseMount(MountHandle):
             )
         finally:
             os.close(w)
-        self._status = os.fdopen(r, "r")
+        self._status = r
+        self._buffer = b""
+        self._lines: collections.deque[str] = collections.deque()
+        self.integrity_paths: list[str] = []
         try:
             assert self._proc.stdin is not None
             self._proc.stdin.write(key.hex() + "\n")  # the key travels through a pipe only
@@ -208,16 +223,47 @@ class _FuseMount(MountHandle):
             self._kill()
             raise
 
+    def _pump(self, wait: float) -> bool:
+        """Read what the server has written (waiting at most ``wait`` seconds); False at EOF.
+        ``integrity PATH`` lines are reports, not replies: they are set aside."""
+        ready, _, _ = select.select([self._status], [], [], wait)
+        if not ready:
+            return True
+        data = os.read(self._status, 4096)
+        if not data:
+            return False
+        *complete, self._buffer = (self._buffer + data).split(b"\n")
+        for raw in complete:
+            line = raw.decode("utf-8", "replace").strip()
+            if line.startswith("integrity "):
+                try:
+                    path = json.loads(line[len("integrity ") :])
+                except ValueError:
+                    path = line[len("integrity ") :]
+                self.integrity_paths.append(str(path))
+            else:
+                self._lines.append(line)
+        return True
+
     def _next_line(self, timeout: float) -> str | None:
         deadline = time.monotonic() + timeout
-        while True:
+        while not self._lines:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            ready, _, _ = select.select([self._status], [], [], min(left, 0.5))
-            if ready:
-                line = self._status.readline()
-                return line.strip() if line else "eof"
+            if not self._pump(min(left, 0.5)):
+                return self._lines.popleft() if self._lines else "eof"
+        return self._lines.popleft()
+
+    def integrity_failure(self) -> str | None:
+        if not self.closed and not self.integrity_paths:
+            with contextlib.suppress(OSError):
+                self._pump(0)
+        return self.integrity_paths[0] if self.integrity_paths else None
+
+    def abort(self) -> None:
+        if not self.closed:
+            self._kill()  # SIGTERM without a 'commit' first: the server discards the session
 
     def _failure(self, line: str | None, what: str) -> ConfideError:
         if line is None:
@@ -241,7 +287,8 @@ class _FuseMount(MountHandle):
         if self._proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self._proc.stdin.close()
-        self._status.close()
+        with contextlib.suppress(OSError):
+            os.close(self._status)
         self.closed = True
 
     def close(self) -> str:
@@ -508,6 +555,10 @@ class _TmpfsMount(MountHandle):
             os.close(self._lock)
             self._lock = None
         self.closed = True
+
+    def abort(self) -> None:
+        if not self.closed:
+            self._teardown()
 
     def close(self) -> str:
         if self.closed:
