@@ -1,4 +1,6 @@
-"""Certificate chains that end at a pinned root, checked link by link.
+"""Certificate chains that end at a pinned root, checked link by link (the per-link checks
+are those of :mod:`confide.verify.x509util`; this module adds dates and the root's
+self-signature for chains that carry their root).
 
 Used where ``cryptography``'s Web-PKI path builder does not fit (device identity chains with
 no SAN/EKU conventions, short-lived AWS Nitro leaves). RFC 5280 §6.1 in the small: for each
@@ -16,10 +18,10 @@ from datetime import datetime
 from importlib import resources
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from confide.errors import CertificateChainError
+from confide.verify.x509util import check_issuer_is_ca, verify_issued_by
 
 __all__ = ["extensions", "fingerprint", "load_pinned_root", "subject_cn", "verify_pinned_chain"]
 
@@ -71,29 +73,6 @@ def _check_dates(cert: x509.Certificate, at: datetime, what: str) -> None:
         )
 
 
-def _check_issuer_is_ca(issuer: x509.Certificate, below: int) -> None:
-    """``below`` = number of CA certificates between ``issuer`` and the leaf."""
-    try:
-        bc = extensions(issuer).get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        raise CertificateChainError(
-            f"issuer {subject_cn(issuer)!r} has no BasicConstraints extension: not a CA"
-        ) from None
-    if not bc.ca:
-        raise CertificateChainError(f"issuer {subject_cn(issuer)!r} is not a CA (BasicConstraints cA false)")
-    if bc.path_length is not None and below > bc.path_length:
-        raise CertificateChainError(
-            f"issuer {subject_cn(issuer)!r}: got {below} CA certificates below it, path length allows"
-            f" {bc.path_length}"
-        )
-    try:
-        ku = extensions(issuer).get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return
-    if not ku.key_cert_sign:
-        raise CertificateChainError(f"issuer {subject_cn(issuer)!r}: KeyUsage lacks keyCertSign")
-
-
 def verify_pinned_chain(chain: Sequence[x509.Certificate], root: x509.Certificate, at: datetime) -> None:
     """Check ``chain`` (leaf first, root last) against the pinned ``root`` at time ``at``.
 
@@ -111,15 +90,8 @@ def verify_pinned_chain(chain: Sequence[x509.Certificate], root: x509.Certificat
         _check_dates(cert, at, what)
         if position == 0:
             continue
-        _check_issuer_is_ca(cert, below=position - 1)
+        check_issuer_is_ca(cert, below=position - 1, what="certificate chain")
     for position in range(len(chain)):
         subject = chain[position]
         issuer = chain[min(position + 1, len(chain) - 1)]
-        try:
-            subject.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
-            kind = "self-signature" if subject is issuer else "signature"
-            reason = "signature does not verify" if isinstance(exc, InvalidSignature) else str(exc)
-            raise CertificateChainError(
-                f"{kind} of {subject_cn(subject)!r} by {subject_cn(issuer)!r}: {reason}"
-            ) from None
+        verify_issued_by(subject, issuer, "certificate chain")

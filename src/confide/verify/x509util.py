@@ -26,12 +26,14 @@ from confide.errors import (
 
 __all__ = [
     "check_crl",
+    "check_issuer_is_ca",
     "check_pinned_root",
     "check_validity",
     "load_der_certificate",
     "load_der_crl",
     "name_of",
     "verify_chain_signatures",
+    "verify_issued_by",
 ]
 
 
@@ -75,20 +77,36 @@ def load_der_crl(der: bytes, what: str) -> x509.CertificateRevocationList:
     return crl
 
 
-def _is_ca(cert: x509.Certificate) -> tuple[bool, int | None]:
+def check_issuer_is_ca(issuer: x509.Certificate, below: int, what: str) -> None:
+    """RFC 5280 §6.1.4 (k), (l), (n): ``issuer`` must be a CA (BasicConstraints cA, §4.2.1.9)
+    allowed to sign certificates (KeyUsage keyCertSign when present, §4.2.1.3) whose path
+    length allows ``below`` CA certificates between it and the leaf. The one issuer check of
+    every chain checker (DCAP, SEV-SNP, NVIDIA, Nitro)."""
     try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return False, None
-    return bc.ca, bc.path_length
-
-
-def _may_sign_certs(cert: x509.Certificate) -> bool:
+        exts = issuer.extensions
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+        raise CertificateChainError(f"{what}: issuer {name_of(issuer)}: malformed extension: {exc}") from None
     try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        bc = exts.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
-        return True  # KeyUsage is optional; BasicConstraints decides
-    return ku.key_cert_sign
+        raise CertificateChainError(
+            f"{what}: issuer {name_of(issuer)} has no BasicConstraints extension: not a CA"
+        ) from None
+    if not bc.ca:
+        raise CertificateChainError(
+            f"{what}: issuer {name_of(issuer)} is not a CA (BasicConstraints cA false)"
+        )
+    if bc.path_length is not None and below > bc.path_length:
+        raise CertificateChainError(
+            f"{what}: issuer {name_of(issuer)}: got {below} CA certificates below it, path length"
+            f" allows {bc.path_length}"
+        )
+    try:
+        ku = exts.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return  # KeyUsage is optional; BasicConstraints decides
+    if not ku.key_cert_sign:
+        raise CertificateChainError(f"{what}: issuer {name_of(issuer)}: KeyUsage lacks keyCertSign")
 
 
 def verify_chain_signatures(
@@ -105,24 +123,21 @@ def verify_chain_signatures(
     full = [*chain, root]
     for depth in range(len(chain)):
         child, issuer = full[depth], full[depth + 1]
-        try:
-            is_ca, path_len = _is_ca(issuer)
-            may_sign = _may_sign_certs(issuer)
-        except (ValueError, x509.DuplicateExtension) as exc:
-            raise ParseError(f"malformed extensions ({exc})", structure=what) from None
-        if not is_ca or not may_sign:
-            raise CertificateChainError(
-                f"{what}: issuer {name_of(issuer)} is not a CA allowed to sign certificates"
-            )
-        if path_len is not None and path_len < depth:
-            raise CertificateChainError(f"{what}: path length constraint of {name_of(issuer)} exceeded")
-        try:
-            child.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature) as exc:
-            raise CertificateChainError(
-                f"{what}: {name_of(child)} is not signed by {name_of(issuer)}"
-                f" ({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})"
-            ) from None
+        check_issuer_is_ca(issuer, below=depth, what=what)
+        verify_issued_by(child, issuer, what)
+
+
+def verify_issued_by(child: x509.Certificate, issuer: x509.Certificate, what: str) -> None:
+    """Issuer name and signature of one link (RFC 5280 §6.1.3 (a)(1), (a)(4))."""
+    try:
+        child.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
+        reason = "signature does not verify" if isinstance(exc, InvalidSignature) else str(exc)
+        if child is issuer:
+            raise CertificateChainError(f"{what}: self-signature of {name_of(child)}: {reason}") from None
+        raise CertificateChainError(
+            f"{what}: signature of {name_of(child)} by {name_of(issuer)}: {reason}"
+        ) from None
 
 
 def check_pinned_root(root_der_in_chain: bytes, root_der: bytes, root_sha256: bytes, what: str) -> None:
