@@ -21,7 +21,7 @@ import httpx2
 
 from confide.errors import ConfideError, UsageError
 from confide.ledger.auditor import AuditorState, LocalLogClient, LogClient, audit_once
-from confide.ledger.http import HttpLogClient, TilesServer
+from confide.ledger.http import HttpLogClient, LedgerHTTPServer, TilesServer
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, SIG_TYPE_ED25519, NoteSigner, NoteVerifier
 from confide.ledger.store import Ledger, connect
 from confide.ledger.witness import Witness, parse_add_checkpoint
@@ -160,6 +160,21 @@ def verify(
         click.echo(f"  cosigned by witness {w.name}")
 
 
+def _address(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--listen: got {listen!r}, expected HOST:PORT")
+    return host, int(port)
+
+
+def _serve(server: LedgerHTTPServer, banner: str) -> None:
+    click.echo(banner, err=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
 @ledger.command("serve")
 @click.option("--log-db", type=_PATH, required=True, help="Ledger database (SQLite).")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to listen on.")
@@ -169,21 +184,14 @@ def serve_tiles(log_db: Path, listen: str, serve_entries: bool) -> None:
     try:
         if not log_db.is_file():
             raise UsageError(f"--log-db: {str(log_db)!r} does not exist")
-        host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise UsageError(f"--listen: got {listen!r}, expected HOST:PORT")
-        server = TilesServer(log_db, (host, int(port)), serve_entries=serve_entries)
+        server = TilesServer(log_db, _address(listen), serve_entries=serve_entries)
     except ConfideError as exc:
         _fail(exc)
         return
     except OSError as exc:
         _fail(UsageError(f"--listen {listen}: {exc.strerror or exc}"))
         return
-    click.echo(f"serving {log_db} at {server.url}/", err=True)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
+    _serve(server, f"serving {log_db} at {server.url}/")
 
 
 @ledger.command("keygen")
@@ -282,21 +290,14 @@ def witness_serve(state: Path, key_file: Path, logs: tuple[str, ...], listen: st
     """Serve POST /add-checkpoint until interrupted."""
     try:
         witness = _make_witness(state, key_file, logs)
-        host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise UsageError(f"--listen: got {listen!r}, expected HOST:PORT")
-        server = WitnessServer(witness, (host, int(port)))
+        server = WitnessServer(witness, _address(listen))
     except ConfideError as exc:
         _fail(exc)
         return
     except OSError as exc:
         _fail(UsageError(f"--listen {listen}: {exc.strerror or exc}"))
         return
-    click.echo(f"witness {witness.verifier.vkey} at {server.url}/add-checkpoint", err=True)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
+    _serve(server, f"witness {witness.verifier.vkey} at {server.url}/add-checkpoint")
 
 
 @witness_group.command("add-checkpoint")

@@ -104,16 +104,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(200, resource.body, resource.content_type, cache)
 
 
-class TilesServer(ThreadingHTTPServer):
+class LedgerHTTPServer(ThreadingHTTPServer):
+    """A threaded HTTP server under an optional path prefix, embeddable with ``serve_in_thread``."""
+
     daemon_threads = True
+    thread_name = "ledger-http"
 
     def __init__(
-        self, db: Path, address: tuple[str, int], *, prefix: str = "", serve_entries: bool = False
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *, prefix: str = ""
     ) -> None:
-        self.db = Path(db)
         self.prefix = prefix.rstrip("/")
-        self.serve_entries = serve_entries
-        super().__init__(address, _Handler)
+        super().__init__(address, handler)
 
     @property
     def url(self) -> str:
@@ -121,6 +122,17 @@ class TilesServer(ThreadingHTTPServer):
         return f"http://{host!s}:{port}{self.prefix}"
 
     def serve_in_thread(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name="ledger-tiles", daemon=True)
+        thread = threading.Thread(target=self.serve_forever, name=self.thread_name, daemon=True)
         thread.start()
         return thread
+
+
+class TilesServer(LedgerHTTPServer):
+    thread_name = "ledger-tiles"
+
+    def __init__(
+        self, db: Path, address: tuple[str, int], *, prefix: str = "", serve_entries: bool = False
+    ) -> None:
+        self.db = Path(db)
+        self.serve_entries = serve_entries
+        super().__init__(address, _Handler, prefix=prefix)

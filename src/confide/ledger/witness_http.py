@@ -10,15 +10,15 @@ size from a 409 reply), and attaches the returned cosignatures to the stored che
 from __future__ import annotations
 
 import base64
-import threading
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx2
 
 from confide.errors import ConfideError, NetworkError, ParseError, StorageError
 from confide.ledger.checkpoint import Checkpoint
 from confide.ledger.db import Conn
+from confide.ledger.http import LedgerHTTPServer
 from confide.ledger.note import Note, NoteSignature, NoteVerifier, open_note, parse_note
 from confide.ledger.store import Ledger
 from confide.ledger.witness import (
@@ -88,25 +88,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(200, cosig.line().encode("utf-8"))
 
 
-class WitnessServer(ThreadingHTTPServer):
+class WitnessServer(LedgerHTTPServer):
     """``WitnessServer(witness, ("127.0.0.1", 0))``; ``serve_in_thread()`` for embedding."""
 
-    daemon_threads = True
+    thread_name = "ledger-witness"
 
     def __init__(self, witness: Witness, address: tuple[str, int], *, prefix: str = "") -> None:
         self.witness = witness
-        self.prefix = prefix.rstrip("/")
-        super().__init__(address, _Handler)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}{self.prefix}"
-
-    def serve_in_thread(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name="ledger-witness", daemon=True)
-        thread.start()
-        return thread
+        super().__init__(address, _Handler, prefix=prefix)
 
 
 def _body(old_size: int, proof: list[bytes], note: bytes) -> bytes:

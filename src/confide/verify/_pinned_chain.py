@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from confide.errors import CertificateChainError
-from confide.verify.x509util import check_issuer_is_ca, verify_issued_by
+from confide.verify.x509util import check_cert_dates, check_issuer_is_ca, verify_issued_by
 
 __all__ = ["extensions", "fingerprint", "load_pinned_root", "subject_cn", "verify_pinned_chain"]
 
@@ -60,19 +60,6 @@ def load_pinned_root(filename: str, expected_sha256: str) -> x509.Certificate:
     return cert
 
 
-def _check_dates(cert: x509.Certificate, at: datetime, what: str) -> None:
-    if at < cert.not_valid_before_utc:
-        raise CertificateChainError(
-            f"{what} {subject_cn(cert)!r} is not yet valid at {at.isoformat()}"
-            f" (valid from {cert.not_valid_before_utc.isoformat()})"
-        )
-    if at > cert.not_valid_after_utc:
-        raise CertificateChainError(
-            f"{what} {subject_cn(cert)!r} expired at {cert.not_valid_after_utc.isoformat()}"
-            f" (verification time {at.isoformat()})"
-        )
-
-
 def verify_pinned_chain(chain: Sequence[x509.Certificate], root: x509.Certificate, at: datetime) -> None:
     """Check ``chain`` (leaf first, root last) against the pinned ``root`` at time ``at``.
 
@@ -87,7 +74,7 @@ def verify_pinned_chain(chain: Sequence[x509.Certificate], root: x509.Certificat
         )
     for position, cert in enumerate(chain):
         what = "leaf" if position == 0 else ("root" if position == len(chain) - 1 else "intermediate")
-        _check_dates(cert, at, what)
+        check_cert_dates(cert, at, f"{what} {subject_cn(cert)!r}")
         if position == 0:
             continue
         check_issuer_is_ca(cert, below=position - 1, what="certificate chain")

@@ -63,6 +63,7 @@ from confide.evidence.sev_snp import (
     TcbVersion,
 )
 from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
+from confide.verify.x509util import check_cert_dates, check_issuer_is_ca
 
 __all__ = [
     "PINNED_ARK_SHA256",
@@ -408,34 +409,6 @@ class VekInfo:
         return out
 
 
-def _check_validity(cert: x509.Certificate, role: str, at: datetime) -> None:
-    if at < cert.not_valid_before_utc:
-        raise CertificateChainError(
-            f"{role} ({_cn(cert.subject)}) not yet valid at {at.isoformat()}: "
-            f"valid from {cert.not_valid_before_utc.isoformat()}"
-        )
-    if at > cert.not_valid_after_utc:
-        raise CertificateChainError(
-            f"{role} ({_cn(cert.subject)}) expired at {at.isoformat()}: "
-            f"valid until {cert.not_valid_after_utc.isoformat()}"
-        )
-
-
-def _check_ca(cert: x509.Certificate, role: str) -> None:
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        raise CertificateChainError(f"{role} has no BasicConstraints, expected a CA certificate") from None
-    if not bc.ca:
-        raise CertificateChainError(f"{role} BasicConstraints: got cA=FALSE, expected a CA certificate")
-    try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return
-    if not ku.key_cert_sign:
-        raise CertificateChainError(f"{role} KeyUsage lacks keyCertSign")
-
-
 def _check_link(child: x509.Certificate, child_role: str, issuer: x509.Certificate, issuer_role: str) -> None:
     if child.issuer != issuer.subject:
         raise CertificateChainError(
@@ -507,8 +480,8 @@ def verify_vek_chain(
         raise CertificateChainError(f"ARK subject: got {_cn(ark.subject)!r}, expected 'ARK-{product}'")
     # The ARK: self-signed, a CA, valid now.
     _check_link(ark, "ARK", ark, "ARK")
-    _check_ca(ark, "ARK")
-    _check_validity(ark, "ARK", at)
+    check_issuer_is_ca(ark, below=1, what="ARK")
+    check_cert_dates(ark, at, f"ARK ({_cn(ark.subject)})")
     # The ASK/ASVK.
     inter = chain.intermediate
     cn = _cn(inter.subject)
@@ -522,8 +495,8 @@ def verify_vek_chain(
         )
     role = kind.intermediate_role
     _check_link(inter, role, ark, f"ARK-{product}")
-    _check_ca(inter, role)
-    _check_validity(inter, role, at)
+    check_issuer_is_ca(inter, below=0, what=role)
+    check_cert_dates(inter, at, f"{role} ({_cn(inter.subject)})")
     # The VEK itself.
     vek_role = kind.value.upper()
     if _cn(vek.subject) != kind.subject_cn:
@@ -532,7 +505,7 @@ def verify_vek_chain(
             f"expected {kind.subject_cn!r}"
         )
     _check_link(vek, vek_role, inter, role)
-    _check_validity(vek, vek_role, at)
+    check_cert_dates(vek, at, f"{vek_role} ({_cn(vek.subject)})")
     try:
         bc = vek.extensions.get_extension_for_class(x509.BasicConstraints).value
         if bc.ca:

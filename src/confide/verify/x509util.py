@@ -20,11 +20,13 @@ from confide.errors import (
     CertificateChainError,
     CollateralError,
     CollateralExpiredError,
+    ConfideError,
     ParseError,
     SignatureError,
 )
 
 __all__ = [
+    "check_cert_dates",
     "check_crl",
     "check_issuer_is_ca",
     "check_pinned_root",
@@ -149,18 +151,27 @@ def check_pinned_root(root_der_in_chain: bytes, root_der: bytes, root_sha256: by
         )
 
 
+def check_cert_dates(
+    cert: x509.Certificate, at: datetime, what: str, *, error: type[ConfideError] = CertificateChainError
+) -> None:
+    """RFC 5280 §6.1.3 (a)(2): ``cert`` (named ``what`` in the message) must be valid at ``at``.
+    The one date check of every chain checker."""
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if start <= at <= end:
+        return
+    state = "is not yet valid" if at < start else "expired"
+    raise error(
+        f"{what} {state} (valid from {start.isoformat()} to {end.isoformat()}, not at {at.isoformat()})"
+    )
+
+
 def check_validity(
     chain: Sequence[x509.Certificate], at: datetime, what: str, *, collateral: bool = False
 ) -> None:
     """Every certificate of ``chain`` must be valid at ``at``."""
     error = CollateralExpiredError if collateral else CertificateChainError
     for cert in chain:
-        if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
-            raise error(
-                f"{what}: {name_of(cert)} is valid from "
-                f"{cert.not_valid_before_utc.isoformat()} to {cert.not_valid_after_utc.isoformat()}, "
-                f"not at {at.isoformat()}"
-            )
+        check_cert_dates(cert, at, f"{what}: {name_of(cert)}", error=error)
 
 
 def check_crl(crl: x509.CertificateRevocationList, issuer: x509.Certificate, what: str) -> None:
