@@ -35,10 +35,9 @@ from typing import Any
 import mfusepy  # the parent sets FUSE_LIBRARY_PATH to libfuse 3 (see mount.fuse3_library)
 
 from confide.errors import ConfideError, SignatureError, UsageError
-from confide.volume._io import copy_raw, decrypt_object, encrypt_stream
+from confide.volume._io import copy_raw, decrypt_object
 from confide.volume.format import (
     FILE_ID_SIZE,
-    ROOT_SIZE,
     ChunkCodec,
     Entry,
     EntryKind,
@@ -49,7 +48,7 @@ from confide.volume.format import (
 )
 from confide.volume.keys import VolumeKey
 from confide.volume.reader import VolumeReader
-from confide.volume.store import lock_volume, object_path, seal_entries
+from confide.volume.store import lock_volume, object_path, seal_entries, write_object
 
 log = logging.getLogger("confide.volume.mount")
 
@@ -208,25 +207,10 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         if node.buf_fd is None or not node.dirty or node.orphan:
             return
         fid = secrets.token_bytes(FILE_ID_SIZE)
-        final = object_path(self.directory, fid)
-        tmp = final.with_name(f"{_TMP_PREFIX}{final.name}")
         src = os.dup(node.buf_fd)  # own offset
         try:
             os.lseek(src, 0, os.SEEK_SET)
-            dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                if node.region is Region.UNPROTECTED:
-                    size, root = copy_raw(src, dst), bytes(ROOT_SIZE)
-                else:
-                    codec = ChunkCodec(self._key.raw, self.manifest.volume_id, fid, node.region)
-                    size, root = encrypt_stream(src, dst, codec, self.manifest.chunk_size)
-                os.fsync(dst)
-            finally:
-                os.close(dst)
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            size, root = write_object(self.directory, self._key, self.manifest, fid, node.region, src)
         finally:
             os.close(src)
         old = node.entry

@@ -27,12 +27,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from confide.errors import ParseError, RollbackError, SignatureError, StorageError, UsageError
-from confide.volume._io import encrypt_stream, read_full
+from confide.volume._io import copy_raw, encrypt_stream
 from confide.volume.format import (
     DEFAULT_CHUNK_SIZE,
     FILE_ID_SIZE,
     MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE,
+    ROOT_SIZE,
     VOLUME_ID_SIZE,
     ChunkCodec,
     Entry,
@@ -293,16 +294,30 @@ def _store_file(
         file_id = derive_file_id(key.raw, m.volume_id, vpath, _content_digest(src))
     else:
         file_id = secrets.token_bytes(FILE_ID_SIZE)
-    final = object_path(directory, file_id)
-    tmp = final.with_name(f"{_TMP_PREFIX}{final.name}")
     src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         if not stat.S_ISREG(os.fstat(src_fd).st_mode):
             raise UsageError(f"{str(src)!r} changed into a non-regular file while adding")
-        dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        size, root = write_object(directory, key, m, file_id, region, src_fd)
+    finally:
+        os.close(src_fd)
+    return file_id, size, root
+
+
+def write_object(
+    directory: Path, key: VolumeKey, m: Manifest, file_id: bytes, region: Region, src_fd: int
+) -> tuple[int, bytes]:
+    """Write the object of ``file_id`` from ``src_fd`` (read from its current offset to EOF):
+    encrypted in chunks (format.md, "Objects"), or copied as is for the unprotected region.
+    Written under a temporary name, fsynced, then renamed: a failure leaves nothing behind.
+    Returns (plaintext size, file root; zeros for unprotected objects)."""
+    final = object_path(directory, file_id)
+    tmp = final.with_name(f"{_TMP_PREFIX}{final.name}")
+    dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
         try:
             if region is Region.UNPROTECTED:
-                size, root = _copy_counting(src_fd, dst_fd, m.chunk_size), b"\x00" * 32
+                size, root = copy_raw(src_fd, dst_fd), bytes(ROOT_SIZE)
             else:
                 codec = ChunkCodec(key.raw, m.volume_id, file_id, region)
                 size, root = encrypt_stream(src_fd, dst_fd, codec, m.chunk_size)
@@ -313,20 +328,7 @@ def _store_file(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    finally:
-        os.close(src_fd)
-    return file_id, size, root
-
-
-def _copy_counting(src_fd: int, dst_fd: int, chunk_size: int) -> int:
-    buf = bytearray(max(chunk_size, 1 << 20))
-    total = 0
-    while n := read_full(src_fd, buf):
-        os.write(dst_fd, memoryview(buf)[:n])
-        total += n
-        if n < len(buf):
-            break
-    return total
+    return size, root
 
 
 def add_sources(
