@@ -127,6 +127,20 @@ def encode_opaque_data(fields: tuple[OpaqueField, ...]) -> bytes:
     )
 
 
+def _read_spdm_header(r: Reader, expected_code: int, name: str) -> tuple[int, int, int]:
+    """The generic SPDM message header (DSP0274, "Generic SPDM message format"): version,
+    request/response code, Param1, Param2."""
+    version = r.u8("SPDMVersion")
+    if version not in SPDM_VERSIONS:
+        raise r.error(f"got {version:#04x}, expected one of 0x10, 0x11, 0x12", "SPDMVersion", r.pos - 1)
+    code = r.u8("RequestResponseCode")
+    if code != expected_code:
+        raise r.error(
+            f"got {code:#04x}, expected {expected_code:#04x} ({name})", "RequestResponseCode", r.pos - 1
+        )
+    return version, r.u8("Param1"), r.u8("Param2")
+
+
 @dataclass(frozen=True, slots=True)
 class MeasurementsRequest:
     """SPDM GET_MEASUREMENTS request (DSP0274 Table 40)."""
@@ -143,18 +157,7 @@ class MeasurementsRequest:
 
     @classmethod
     def read(cls, r: Reader) -> MeasurementsRequest:
-        version = r.u8("SPDMVersion")
-        if version not in SPDM_VERSIONS:
-            raise r.error(f"got {version:#04x}, expected one of 0x10, 0x11, 0x12", "SPDMVersion", r.pos - 1)
-        code = r.u8("RequestResponseCode")
-        if code != GET_MEASUREMENTS_CODE:
-            raise r.error(
-                f"got {code:#04x}, expected {GET_MEASUREMENTS_CODE:#04x} (GET_MEASUREMENTS)",
-                "RequestResponseCode",
-                r.pos - 1,
-            )
-        param1 = r.u8("Param1")
-        param2 = r.u8("Param2")
+        version, param1, param2 = _read_spdm_header(r, GET_MEASUREMENTS_CODE, "GET_MEASUREMENTS")
         nonce: bytes | None = None
         slot_id: int | None = None
         if param1 & PARAM1_SIGNATURE_REQUESTED:
@@ -203,18 +206,7 @@ class MeasurementsResponse:
 
     @classmethod
     def read(cls, r: Reader) -> MeasurementsResponse:
-        version = r.u8("SPDMVersion")
-        if version not in SPDM_VERSIONS:
-            raise r.error(f"got {version:#04x}, expected one of 0x10, 0x11, 0x12", "SPDMVersion", r.pos - 1)
-        code = r.u8("RequestResponseCode")
-        if code != MEASUREMENTS_CODE:
-            raise r.error(
-                f"got {code:#04x}, expected {MEASUREMENTS_CODE:#04x} (MEASUREMENTS)",
-                "RequestResponseCode",
-                r.pos - 1,
-            )
-        param1 = r.u8("Param1")
-        param2 = r.u8("Param2")
+        version, param1, param2 = _read_spdm_header(r, MEASUREMENTS_CODE, "MEASUREMENTS")
         number_of_blocks = r.u8("NumberOfBlocks")
         record_length = int.from_bytes(r.take(RECORD_LENGTH_SIZE, "MeasurementRecordLength"), "little")
         record_start = r.base + r.pos
