@@ -573,6 +573,23 @@ def test_volume_keys_and_tags_stay_fresh(cas: CasProcess, client: CasClient, tmp
     assert tags == [tag0, tag1]
 
 
+def sealed_volume(cas: CasProcess, vol: Path, keyfile: Path, src: Path) -> str:
+    """Create a volume from ``src`` with the CLI, seal it; return its tag."""
+    confide(cas, "volume", "create", str(vol), "--key-out", str(keyfile), check=True)
+    confide(cas, "volume", "add", str(vol), str(src), "--key", str(keyfile), check=True)
+    sealed = confide(cas, "volume", "seal", str(vol), "--key", str(keyfile), check=True)
+    return sealed.stdout.strip().split()[-1]
+
+
+def volume_policy(name: str, measurement: str, key_hex: str, tag: str, vol: Path) -> str:
+    """A policy whose service ``app`` gets volume ``data`` (at ``vol``) with key and tag."""
+    return policy_yaml(
+        name, measurement, extra_service="    image_name: img\n",
+        body=f"volumes:\n  - name: data\n    fspf_key: {key_hex}\n    fspf_tag: \"{tag}\"\n"
+             f"images:\n  - name: img\n    volumes:\n      - name: data\n        path: {vol}\n",
+    )  # fmt: skip
+
+
 def test_confide_run_mounts_volumes_and_keeps_them_fresh(cas: CasProcess, tmp_path: Path) -> None:
     """confide run mounts the released volume (FUSE or tmpfs), the service appends to a file,
     the new tag goes to the CAS; the next run sees the change; an old copy is refused."""
@@ -584,22 +601,14 @@ def test_confide_run_mounts_volumes_and_keeps_them_fresh(cas: CasProcess, tmp_pa
     vol, keyfile, src = tmp_path / "vol", tmp_path / "vol.key", tmp_path / "src"
     src.mkdir()
     (src / "notes.txt").write_text("first line\n")
-    confide(cas, "volume", "create", str(vol), "--key-out", str(keyfile), check=True)
-    confide(cas, "volume", "add", str(vol), str(src), "--key", str(keyfile), check=True)
-    tag0 = (
-        confide(cas, "volume", "seal", str(vol), "--key", str(keyfile), check=True).stdout.strip().split()[-1]
-    )
+    tag0 = sealed_volume(cas, vol, keyfile, src)
     script = tmp_path / "writer.sh"
     script.write_text(
         'cat "$CONFIDE_VOLUME_DATA/notes.txt"\necho "run at $$" >> "$CONFIDE_VOLUME_DATA/notes.txt"\n'
     )
     m = measure(cas, "/bin/sh", str(script))
     key_hex = keyfile.read_text().strip()
-    text = policy_yaml(
-        "volrun", m, extra_service="    image_name: img\n",
-        body=f"volumes:\n  - name: data\n    fspf_key: {key_hex}\n    fspf_tag: \"{tag0}\"\n"
-             f"images:\n  - name: img\n    volumes:\n      - name: data\n        path: {vol}\n",
-    )  # fmt: skip
+    text = volume_policy("volrun", m, key_hex, tag0, vol)
     assert apply(cas, tmp_path, text, alice).returncode == 0
     old_copy = tmp_path / "old-copy"
     shutil.copytree(vol, old_copy)
@@ -638,11 +647,7 @@ def test_confide_run_stops_the_service_when_a_volume_file_was_tampered_with(
     vol, keyfile, src = tmp_path / "vol", tmp_path / "vol.key", tmp_path / "src"
     src.mkdir()
     (src / "model.bin").write_bytes(os.urandom(64 * 1024))
-    confide(cas, "volume", "create", str(vol), "--key-out", str(keyfile), check=True)
-    confide(cas, "volume", "add", str(vol), str(src), "--key", str(keyfile), check=True)
-    tag0 = (
-        confide(cas, "volume", "seal", str(vol), "--key", str(keyfile), check=True).stdout.strip().split()[-1]
-    )
+    tag0 = sealed_volume(cas, vol, keyfile, src)
     key_hex = keyfile.read_text().strip()
     manifest, _ = load_sealed(vol, VolumeKey(bytes.fromhex(key_hex)))
     obj = object_path(vol, manifest.by_path()["model.bin"].file_id)
@@ -656,11 +661,7 @@ def test_confide_run_stops_the_service_when_a_volume_file_was_tampered_with(
         "exec sleep 60\n"
     )
     m = measure(cas, "/bin/sh", str(script))
-    text = policy_yaml(
-        "tamper", m, extra_service="    image_name: img\n",
-        body=f"volumes:\n  - name: data\n    fspf_key: {key_hex}\n    fspf_tag: \"{tag0}\"\n"
-             f"images:\n  - name: img\n    volumes:\n      - name: data\n        path: {vol}\n",
-    )  # fmt: skip
+    text = volume_policy("tamper", m, key_hex, tag0, vol)
     assert apply(cas, tmp_path, text, alice).returncode == 0
     start = time.monotonic()
     run = confide(cas, "run", "--config-id", "tamper/app", "--tee", "sim", "--", "/bin/sh", str(script))
