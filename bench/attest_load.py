@@ -2,12 +2,21 @@
 
 Each flow is what ``confide run`` does: fresh TLS connection, nonce, simulated evidence bound
 to a fresh P-256 key, attestation (verify, appraise, render secrets, encrypt the release, record
-events durably), decryption of the release. ``--clients`` flows run concurrently (asyncio, one
-load-generator process); the CAS runs as its own process (uvicorn, one worker), pinned to one
-core, the load generator to the other.
+events durably), decryption of the release. The CAS runs as its own process (uvicorn, one
+worker) pinned to one core, the load generator (asyncio on uvloop, HTTP/1.1 written by hand on
+``ssl`` streams, so that the client is not the limit) to the other.
 
-The same run measures the TLS 1.3 handshake capacity of that core: a bare ``ssl`` server in a
-process pinned to the CAS's core, driven by the same load generator with the same concurrency.
+Three measurements in one run:
+
+1. the TLS 1.3 handshake capacity of the CAS's core: a bare ``ssl`` server (uvloop) pinned to
+   that core, driven by the same client code and concurrency (handshake, one request, close);
+2. throughput: ``--clients`` closed-loop clients, each starting its next flow as soon as the
+   previous one ends (the CAS saturated; latency here is queueing: Little's law);
+3. latency: an open-loop load of ``--rate-fraction`` × the handshake capacity, spread over the
+   same number of clients (Poisson arrivals; each flow's latency counts from its scheduled
+   start, so a stalled CAS cannot hide its queue), reported as p50/p99.
+
+CPU use of both processes is printed, to show which side was the limit.
 
     .venv/bin/python bench/attest_load.py [--clients 64] [--seconds 20]
 """
@@ -17,8 +26,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import multiprocessing
 import os
+import random
 import signal
 import socket
 import ssl
@@ -27,12 +38,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-import httpx2  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
@@ -41,6 +54,7 @@ from confide.sim.platform import SimPlatform  # noqa: E402
 
 CORES = sorted(os.sched_getaffinity(0))
 CAS_CORE, LOAD_CORE = CORES[0], CORES[-1]
+Flow = Callable[[], Awaitable[None]]
 
 
 def rss_mib(pid: int) -> float:
@@ -48,6 +62,12 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (``/proc/PID/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_cas(work: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
@@ -71,7 +91,7 @@ def start_cas(work: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
 
 
 def tls_server(cert: str, key: str, port_file: Path) -> None:
-    """A bare TLS 1.3 server: handshake, read a line, answer, close (the capacity reference)."""
+    """A bare TLS 1.3 server: handshake, read a request, answer, close (the capacity reference)."""
     os.sched_setaffinity(0, {CAS_CORE})
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -82,7 +102,7 @@ def tls_server(cert: str, key: str, port_file: Path) -> None:
     port_file.write_text(str(sock.getsockname()[1]))
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readline()
+        await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
         await writer.drain()
         writer.close()
@@ -92,37 +112,85 @@ def tls_server(cert: str, key: str, port_file: Path) -> None:
         async with server:
             await server.serve_forever()
 
-    asyncio.run(main())
+    uvloop.run(main())
 
 
-async def run_load(n_clients: int, seconds: float, flow: object) -> tuple[int, list[float]]:
+async def http(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str, body: bytes = b""
+) -> bytes:
+    """One HTTP/1.1 POST on an open connection (keep-alive); returns the body of a 200."""
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: cas\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = head[9:12]
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    data = await reader.readexactly(length)
+    if status != b"200":
+        raise RuntimeError(f"{path}: HTTP {status.decode()} {data[:200]!r}")
+    return data
+
+
+async def closed_loop(n_clients: int, seconds: float, flow: Flow) -> tuple[int, list[float]]:
+    """Each client starts its next flow when the previous one ends."""
     latencies: list[float] = []
-    done = 0
     end = time.perf_counter() + seconds
 
-    async def worker() -> None:
-        nonlocal done
+    async def client() -> None:
         while time.perf_counter() < end:
             t0 = time.perf_counter()
-            await flow()  # type: ignore[operator]
+            await flow()
             latencies.append(time.perf_counter() - t0)
-            done += 1
 
-    await asyncio.gather(*(worker() for _ in range(n_clients)))
-    return done, latencies
+    await asyncio.gather(*(client() for _ in range(n_clients)))
+    return len(latencies), latencies
+
+
+async def open_loop(n_clients: int, seconds: float, rate: float, flow: Flow) -> tuple[int, list[float]]:
+    """Poisson arrivals at ``rate``/s over ``n_clients`` clients; latency from the scheduled
+    start (a client that falls behind starts late flows at once and they count as late)."""
+    latencies: list[float] = []
+    start = time.perf_counter()
+    end = start + seconds
+    rng = random.Random(1)
+
+    async def client() -> None:
+        due = start + rng.expovariate(rate / n_clients)
+        while due < end:
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await flow()
+            latencies.append(time.perf_counter() - due)
+            due += rng.expovariate(rate / n_clients)
+
+    await asyncio.gather(*(client() for _ in range(n_clients)))
+    return len(latencies), latencies
+
+
+def pct(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))] * 1000
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=20.0, help="closed-loop (throughput) phase")
+    parser.add_argument("--rate-fraction", type=float, default=0.5, help="open-loop load / TLS capacity")
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
     args = parser.parse_args()
     os.sched_setaffinity(0, {LOAD_CORE})
     work = Path(tempfile.mkdtemp(prefix="confide-bench-"))
     cas, env = start_cas(work)
     try:
         ctx = ssl.create_default_context(cafile=env["CONFIDE_CAS_CERT"])
-        url = env["CONFIDE_CAS_URL"]
+        host, port = env["CONFIDE_CAS_URL"].removeprefix("https://").rsplit(":", 1)
         platform = SimPlatform.load(Path(env["CONFIDE_SIM_DIR"]))
         identity = work / "alice.id"
         run = lambda *a: subprocess.run(  # noqa: E731
@@ -159,32 +227,25 @@ security:
             der = key.public_key().public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             )
-            async with httpx2.AsyncClient(base_url=url, verify=ctx, timeout=60) as client:  # fresh TLS
-                nonce = (await client.post("/v1/attest/nonce")).json()["nonce"]
+            reader, writer = await asyncio.open_connection(host, int(port), ssl=ctx)  # fresh TLS
+            try:
+                nonce = json.loads(await http(reader, writer, "/v1/attest/nonce"))["nonce"]
                 evidence = platform.issue(
                     report_data=binding_report_data(der, bytes.fromhex(nonce)),
                     measurement=bytes.fromhex(measurement), timestamp=int(time.time()),
                 ).to_bytes()  # fmt: skip
-                response = await client.post("/v1/attest", json={
+                body = json.dumps({
                     "policy": "bench", "service": "app", "platform": "sim",
                     "evidence": base64.b64encode(evidence).decode(), "public_key": base64.b64encode(der).decode(),
                     "nonce": nonce,
-                })  # fmt: skip
-                response.raise_for_status()
-                config = decrypt_release(key, response.json(), bytes.fromhex(nonce))
-                assert config["environment"]["KEY"]
+                }).encode()  # fmt: skip
+                release = json.loads(await http(reader, writer, "/v1/attest", body))
+            finally:
+                writer.close()
+            config = decrypt_release(key, release, bytes.fromhex(nonce))
+            assert config["environment"]["KEY"]
 
-        asyncio.run(run_load(4, 2.0, flow))  # warm-up
-        rss_before = rss_mib(cas.pid)
-        half = args.seconds / 2
-        n1, lat1 = asyncio.run(run_load(args.clients, half, flow))
-        rss_mid = rss_mib(cas.pid)
-        n2, lat2 = asyncio.run(run_load(args.clients, half, flow))
-        rss_end = rss_mib(cas.pid)
-        lat = sorted(lat1 + lat2)
-        rate = (n1 + n2) / args.seconds
-
-        # The reference: TLS handshakes/s of the same core, same client concurrency.
+        # 1. The reference: TLS handshakes/s of the CAS's core, same client, same concurrency.
         port_file = work / "tls.port"
         server = multiprocessing.Process(
             target=tls_server, args=(env["CONFIDE_CAS_CERT"], str(work / "cas" / "cas-key.pem"), port_file)
@@ -192,29 +253,66 @@ security:
         server.start()
         while not port_file.exists() or not port_file.read_text():
             time.sleep(0.05)
-        port = int(port_file.read_text())
+        tls_port = int(port_file.read_text())
 
         async def handshake() -> None:
             reader, writer = await asyncio.open_connection(
-                "127.0.0.1", port, ssl=ctx, server_hostname="localhost"
+                "127.0.0.1", tls_port, ssl=ctx, server_hostname="localhost"
             )
-            writer.write(b"GET / HTTP/1.1\r\n")
+            writer.write(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n")
             await writer.drain()
             await reader.read()
             writer.close()
 
-        nh, _ = asyncio.run(run_load(args.clients, half, handshake))
+        half = args.seconds / 2
+        uvloop.run(closed_loop(4, 1.0, handshake))
+        assert server.pid is not None
+        scpu0 = cpu_seconds(server.pid)
+        nh, _ = uvloop.run(closed_loop(args.clients, half, handshake))
+        tls_cpu = (cpu_seconds(server.pid) - scpu0) / nh  # CPU seconds per handshake
         server.terminate()
         server.join()
         tls_rate = nh / half
-        p50 = statistics.median(lat) * 1000
-        p99 = lat[int(len(lat) * 0.99) - 1] * 1000
+
+        # 2. Throughput, closed loop (two halves, to see whether memory stays flat).
+        uvloop.run(closed_loop(4, 2.0, flow))  # warm-up
+        rss_before = rss_mib(cas.pid)
+        cpu0, load0, t0 = cpu_seconds(cas.pid), time.process_time(), time.perf_counter()
+        n1, lat1 = uvloop.run(closed_loop(args.clients, half, flow))
+        rss_mid = rss_mib(cas.pid)
+        n2, lat2 = uvloop.run(closed_loop(args.clients, half, flow))
+        wall = time.perf_counter() - t0
+        cas_cpu, load_cpu = (cpu_seconds(cas.pid) - cpu0) / wall, (time.process_time() - load0) / wall
+        flow_cpu = (cpu_seconds(cas.pid) - cpu0) / (n1 + n2)  # CAS CPU seconds per flow
+        rate = (n1 + n2) / args.seconds
+        lat = sorted(lat1 + lat2)
+
+        # 3. Latency, open loop at a fraction of the handshake capacity.
+        offered = args.rate_fraction * tls_rate
+        t1 = time.perf_counter()
+        no, olat = uvloop.run(open_loop(args.clients, args.latency_seconds, offered, flow))
+        open_wall = time.perf_counter() - t1
+        rss_end = rss_mib(cas.pid)
+        olat.sort()
         print(
-            f"clients: {args.clients}, duration: {args.seconds:.0f}s, CAS on core {CAS_CORE}, load on core {LOAD_CORE}"
+            f"clients: {args.clients}, CAS on core {CAS_CORE}, load on core {LOAD_CORE}, "
+            f"{args.seconds:.0f}s closed loop + {args.latency_seconds:.0f}s open loop"
         )
-        print(f"attestations/s: {rate:,.0f}   p50 {p50:.1f} ms   p99 {p99:.1f} ms")
-        print(f"TLS 1.3 handshakes/s (same core, bare ssl server): {tls_rate:,.0f}")
-        print(f"ratio attestations / handshake capacity: {rate / tls_rate:.2f}x")
+        print(f"TLS 1.3 handshakes/s (CAS core, bare ssl server): {tls_rate:,.0f}")
+        print(
+            f"throughput (closed loop): {rate:,.0f} attestations/s = {rate / tls_rate:.2f}x handshake capacity"
+            f"   (p50 {statistics.median(lat) * 1000:.1f} ms, p99 {pct(lat, 0.99):.1f} ms: queueing)"
+        )
+        print(f"CPU during the closed loop: CAS {cas_cpu:.0%} of its core, load generator {load_cpu:.0%}")
+        print(
+            f"CPU cost: {tls_cpu * 1e3:.2f} ms per bare TLS handshake, {flow_cpu * 1e3:.2f} ms per attestation "
+            f"flow in the CAS: ratio {tls_cpu / flow_cpu:.2f}x (throughput ratio at full CPU; not skewed by "
+            "other load on the machine)"
+        )
+        print(
+            f"latency (open loop, {offered:,.0f}/s offered = {args.rate_fraction:.2f}x capacity, "
+            f"{no / open_wall:,.0f}/s done): p50 {pct(olat, 0.5):.1f} ms   p99 {pct(olat, 0.99):.1f} ms"
+        )
         print(
             f"CAS peak RSS: {rss_before:.0f} MiB after warm-up, {rss_mid:.0f} MiB at half time, {rss_end:.0f} MiB at the end"
         )

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import Connection, and_, insert, select, update
 
 from confide.cas import db as t
-from confide.cas.db import Database, EventSink, raw_connection
+from confide.cas.db import Database, EventSink, raw_connection, raw_execute
 from confide.cas.secrets import Sealer, SecretValue, generate, issue_to_runtime, render
 from confide.errors import (
     AccessDeniedError,
@@ -42,6 +42,7 @@ from confide.errors import (
     ConflictError,
     ParseError,
     PolicyError,
+    UsageError,
 )
 from confide.identity import PublicIdentity
 from confide.ledger.checkpoint import Checkpoint
@@ -122,6 +123,17 @@ def sign_document(body: dict[str, Any], sign: Callable[[bytes], bytes], signer_b
     return {**doc, "signature": base64.b64encode(sign(jcs(doc))).decode()}
 
 
+class SecretRow(NamedTuple):
+    """The latest version of a sealed secret (``secrets`` table)."""
+
+    policy: str
+    name: str
+    version: int
+    kind: str
+    sealed: bytes
+    public: str
+
+
 @dataclass(frozen=True)
 class ApplyResult:
     name: str
@@ -182,6 +194,7 @@ class Cas:
         self.clock = clock
         self.nonce_key = sealer.derive_key(b"confide-nonce/v1")
         self._policies: _Lru[tuple[str, str], Policy] = _Lru(256)
+        self._next_sweep = 0.0
 
     # -- governance ---------------------------------------------------------------------------
     def apply(self, submission: Any) -> ApplyResult:
@@ -345,16 +358,16 @@ class Cas:
         return ApplyResult(name, digest, "active")
 
     def _load(self, conn: Connection, name: str, digest: str, state: str | None = "active") -> Policy:
-        row = conn.execute(
-            select(t.policies.c.document).where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
-        ).first()
+        row = raw_execute(
+            conn, "SELECT document FROM policies WHERE name = ? AND hash = ?", (name, digest)
+        ).fetchone()
         if row is None:
             raise ConflictError(f"policy {name} version {digest} not found")
         cached = self._policies.get((name, digest))
         if cached is None:
             # The stored document is the canonical JSON of a validated policy; a version's hash
             # names its content, so the parsed object can be cached by (name, hash).
-            cached = loads_policy(row.document, source=f"stored policy {name}")
+            cached = loads_policy(row[0], source=f"stored policy {name}")
             if policy_hash(cached) != digest:
                 raise ConflictError(
                     f"stored policy {name} does not hash to {digest}: the database was altered"
@@ -504,13 +517,14 @@ class Cas:
             )  # fmt: skip
         return {"volume": volume, "tag": new_tag, "generation": generation}
 
-    def _latest_secret(self, conn: Connection, policy: str, name: str) -> Any:
-        return conn.execute(
-            select(t.secrets)
-            .where(and_(t.secrets.c.policy == policy, t.secrets.c.name == name))
-            .order_by(t.secrets.c.version.desc())
-            .limit(1)
-        ).first()
+    def _latest_secret(self, conn: Connection, policy: str, name: str) -> SecretRow | None:
+        row = raw_execute(
+            conn,
+            "SELECT policy, name, version, kind, sealed, public FROM secrets "
+            "WHERE policy = ? AND name = ? ORDER BY version DESC LIMIT 1",
+            (policy, name),
+        ).fetchone()
+        return None if row is None else SecretRow(row[0], row[1], row[2], row[3], bytes(row[4]), row[5])
 
     def _generate_secrets(self, conn: Connection, policy: Policy, digest: str) -> None:
         """Generate what a policy version declares; keep values whose declaration did not change
@@ -606,16 +620,42 @@ class Cas:
             raise BindingError("nonce has expired")
         return expires
 
-    def _check_nonce(self, conn: Connection, nonce: bytes) -> None:
+    def _use_once(self, conn: Connection, nonce: bytes, digest: str) -> None:
+        """Spend the nonce and the evidence (single use), inside the write transaction."""
         expires = self._check_nonce_mac(nonce)
         now = self.clock()
-        if conn.execute(select(t.nonces.c.nonce).where(t.nonces.c.nonce == nonce.hex())).first() is not None:
+        if now >= self._next_sweep:
+            # Expired rows, at most once per second: a used nonce is refused by its MAC'd expiry
+            # once its row is gone, and spent evidence can only be replayed with its own nonce.
+            self._next_sweep = now + 1.0
+            raw_execute(conn, "DELETE FROM nonces WHERE expires_at < ?", (now,))
+            raw_execute(conn, "DELETE FROM evidence_seen WHERE seen_at < ?", (now - 2 * NONCE_TTL,))
+            raw_execute(conn, "DELETE FROM sessions WHERE expires_at < ?", (now,))
+        if raw_execute(conn, "SELECT 1 FROM nonces WHERE nonce = ?", (nonce.hex(),)).fetchone() is not None:
             raise BindingError("nonce was already used")
-        conn.execute(t.nonces.delete().where(t.nonces.c.expires_at < now))
-        conn.execute(insert(t.nonces).values(nonce=nonce.hex(), expires_at=expires, used=1))
+        raw_execute(
+            conn, "INSERT INTO nonces (nonce, expires_at, used) VALUES (?, ?, 1)", (nonce.hex(), expires)
+        )
+        if (
+            raw_execute(conn, "SELECT 1 FROM evidence_seen WHERE digest = ?", (digest,)).fetchone()
+            is not None
+        ):
+            raise BindingError("this evidence was presented before (replay)")
+        raw_execute(conn, "INSERT INTO evidence_seen (digest, seen_at) VALUES (?, ?)", (digest, now))
 
     def attest(self, request: Any) -> dict[str, Any]:
         """Verify, bind, appraise, release. Returns the release encrypted to the runtime key."""
+        pending = self.attest_begin(request)
+        with self.db.write() as conn:
+            pending.commit(conn)
+        return pending.result()
+
+    def attest_begin(self, request: Any) -> PendingAttestation:
+        """Phase 1 of :meth:`attest`, without the write lock: parse, verify, bind, appraise and
+        render against the policy versions current now. Raises :class:`ParseError` for a
+        malformed request (nothing recorded); every other outcome is recorded by the returned
+        attestation's :meth:`PendingAttestation.commit`, in a write transaction of the caller's
+        choosing (one of its own, or a group commit shared with other attestations)."""
         if not isinstance(request, dict):
             raise ParseError("expected a JSON object", structure="attestation request")
         try:
@@ -650,9 +690,9 @@ class Cas:
             "platform": platform.value,
             "evidence_sha256": digest,
         }
-        # Phase 1, without the write lock: everything expensive (verification, appraisal,
-        # rendering with unsealed secrets), against the versions current at the start.
-        used: dict[str, str] = {}
+        pending = PendingAttestation(
+            self, policy_name, service_name, nonce, digest, key_der, runtime_key, outcome
+        )
         try:
             self._check_nonce_mac(nonce)
             # Verify (signatures, chains, collateral).
@@ -667,14 +707,14 @@ class Cas:
                 )
             # Appraise against the service's policy, then render its configuration.
             with self.db.read() as conn:
-                head = conn.execute(
-                    select(t.policy_heads).where(t.policy_heads.c.name == policy_name)
-                ).first()
+                head = raw_execute(
+                    conn, "SELECT hash FROM policy_heads WHERE name = ?", (policy_name,)
+                ).fetchone()
                 if head is None:
                     raise AccessDeniedError(f"no policy {policy_name}")
-                outcome["policy_hash"] = head.hash
-                used[policy_name] = head.hash
-                policy = self._load(conn, policy_name, head.hash)
+                outcome["policy_hash"] = head[0]
+                pending.used[policy_name] = head[0]
+                policy = self._load(conn, policy_name, head[0])
                 try:
                     service = policy.service(service_name)
                 except KeyError:
@@ -686,79 +726,12 @@ class Cas:
                         f"{len(result.reasons)} mismatch(es): " + "; ".join(str(r) for r in result.reasons),
                         problems=[str(r) for r in result.reasons],
                     )
-                config, released = self._render(conn, policy, head.hash, service, used, runtime_key)
+                pending.config, pending.released = self._render(
+                    conn, policy, head[0], service, pending.used, runtime_key
+                )
         except ConfideError as exc:
-            self._refuse(policy_name, nonce, digest, outcome, exc)
-            raise
-        # Phase 2, one short write transaction: single use of nonce and evidence, the versions
-        # used are still current, the session, and the records of the outcome and release.
-        token = os.urandom(32)
-        error: ConfideError | None = None
-        with self.db.write() as conn:
-            try:
-                self._use_once(conn, nonce, digest)
-                for name, version in used.items():
-                    now_head = conn.execute(
-                        select(t.policy_heads.c.hash).where(t.policy_heads.c.name == name)
-                    ).scalar()
-                    if now_head != version:
-                        raise ConflictError(f"policy {name} changed during the attestation; attest again")
-                for vol in config.get("volumes", []):
-                    current = conn.execute(
-                        select(t.volume_tags.c.tag).where(
-                            and_(t.volume_tags.c.policy == policy_name, t.volume_tags.c.volume == vol["name"])
-                        )
-                    ).scalar()
-                    if current != vol["tag"]:
-                        raise ConflictError(
-                            f"volume {vol['name']} changed during the attestation; attest again"
-                        )
-                conn.execute(t.sessions.delete().where(t.sessions.c.expires_at < self.clock()))
-                conn.execute(
-                    insert(t.sessions).values(
-                        token_sha256=hashlib.sha256(token).hexdigest(), policy=policy_name,
-                        service=service_name, measurement=outcome.get("measurement"),
-                        expires_at=self.clock() + SESSION_TTL,
-                    )
-                )  # fmt: skip
-            except ConfideError as exc:
-                outcome.update({"verdict": "refused", "reason_class": exc.kind, "reason": exc.message[:500]})
-                self.events.record(conn, "attestation", policy_name, outcome)
-                error = exc
-            else:
-                outcome["verdict"] = "accepted"
-                self.events.record(conn, "attestation", policy_name, outcome)
-                self.events.record(
-                    conn,
-                    "secret-release",
-                    policy_name,
-                    {"service": service_name, "policy_hash": used[policy_name], "secrets": released,
-                     "runtime_key_sha256": hashlib.sha256(key_der).hexdigest(),
-                     "measurement": outcome.get("measurement")},
-                )  # fmt: skip
-        if error is not None:
-            raise error
-        config["session"] = token.hex()
-        return self._encrypt(config, runtime_key, nonce)
-
-    def _refuse(
-        self, policy_name: str, nonce: bytes, digest: str, outcome: dict[str, Any], exc: ConfideError
-    ) -> None:
-        """Record a refusal (the nonce and evidence are spent all the same)."""
-        outcome.update({"verdict": "refused", "reason_class": exc.kind, "reason": exc.message[:500]})
-        with self.db.write() as conn:
-            with contextlib.suppress(ConfideError):  # a replay: recorded below with the original reason
-                self._use_once(conn, nonce, digest)
-            self.events.record(conn, "attestation", policy_name, outcome)
-
-    def _use_once(self, conn: Connection, nonce: bytes, digest: str) -> None:
-        self._check_nonce(conn, nonce)
-        if (
-            conn.execute(select(t.evidence_seen).where(t.evidence_seen.c.digest == digest)).first()
-            is not None
-        ):
-            raise BindingError("this evidence was presented before (replay)")
-        conn.execute(insert(t.evidence_seen).values(digest=digest, seen_at=self.clock()))
+            pending.refused = exc
+        return pending
 
     def _encrypt(
         self, config: dict[str, Any], runtime_key: ec.EllipticCurvePublicKey, nonce: bytes
@@ -871,17 +844,17 @@ class Cas:
         volumes = []
         for mount in _service_volumes(policy, service):
             key_row = self._latest_secret(conn, policy.name, f"volume/{mount.name}")
-            tag_row = conn.execute(
-                select(t.volume_tags).where(
-                    and_(t.volume_tags.c.policy == policy.name, t.volume_tags.c.volume == mount.name)
-                )
-            ).first()
+            tag_row = raw_execute(
+                conn,
+                "SELECT tag, generation FROM volume_tags WHERE policy = ? AND volume = ?",
+                (policy.name, mount.name),
+            ).fetchone()
             if key_row is None or tag_row is None:
                 raise PolicyError(f"volume {mount.name} of {policy.name} has no key or tag")
             key = _decrypt_key(self.sealer, key_row)
             volumes.append(
-                {"name": mount.name, "path": mount.path, "key": key.data.hex(), "tag": tag_row.tag,
-                 "generation": tag_row.generation}
+                {"name": mount.name, "path": mount.path, "key": key.data.hex(), "tag": tag_row[0],
+                 "generation": tag_row[1]}
             )  # fmt: skip
             ref = {"policy": policy.name, "name": f"volume/{mount.name}", "version": key_row.version}
             released[(policy.name, f"volume/{mount.name}")] = ref
@@ -922,6 +895,105 @@ class Cas:
                     event["inclusion_proof"] = [h.hex() for h in ledger.inclusion_proof(raw, index, size)]
                 out.append(event)
         return {"checkpoint": note.decode() if note else None, "size": size, "events": out}
+
+
+class PendingAttestation:
+    """An attestation between its two phases (:meth:`Cas.attest_begin`): the verdict of phase 1
+    (``error``) or the rendered configuration, waiting for :meth:`commit` to spend the nonce and
+    evidence, check that the policy and volume versions used are still current, open the session
+    and record the outcome and the release, all in the caller's write transaction."""
+
+    def __init__(
+        self,
+        cas: Cas,
+        policy: str,
+        service: str,
+        nonce: bytes,
+        digest: str,
+        key_der: bytes,
+        runtime_key: ec.EllipticCurvePublicKey,
+        outcome: dict[str, Any],
+    ) -> None:
+        self.cas, self.policy, self.service = cas, policy, service
+        self.nonce, self.digest, self.key_der, self.runtime_key = nonce, digest, key_der, runtime_key
+        self.outcome = outcome
+        self.used: dict[str, str] = {}
+        self.config: dict[str, Any] = {}
+        self.released: list[Any] = []
+        self.refused: ConfideError | None = None  # the verdict of phase 1
+        self.error: ConfideError | None = None  # the final verdict, set by commit
+        self.token = os.urandom(32)
+        self.committed = False
+
+    def commit(self, conn: Connection) -> None:
+        """Phase 2, inside a write transaction. Never raises for a refusal: the refusal is
+        recorded and kept in ``error`` (so a shared group commit is not rolled back by it)."""
+        cas, outcome = self.cas, self.outcome
+        self.error = self.refused  # a retry after a rolled-back group commit starts afresh
+        if self.error is not None:
+            # Refused in phase 1: the nonce and evidence are spent all the same (a replay is
+            # recorded with the original reason).
+            with contextlib.suppress(ConfideError):
+                cas._use_once(conn, self.nonce, self.digest)
+            outcome.update(
+                {"verdict": "refused", "reason_class": self.error.kind, "reason": self.error.message[:500]}
+            )
+            cas.events.record(conn, "attestation", self.policy, outcome)
+            self.committed = True
+            return
+        try:
+            cas._use_once(conn, self.nonce, self.digest)
+            for name, version in self.used.items():
+                now_head = raw_execute(
+                    conn, "SELECT hash FROM policy_heads WHERE name = ?", (name,)
+                ).fetchone()
+                if now_head is None or now_head[0] != version:
+                    raise ConflictError(f"policy {name} changed during the attestation; attest again")
+            for vol in self.config.get("volumes", []):
+                current = raw_execute(
+                    conn,
+                    "SELECT tag FROM volume_tags WHERE policy = ? AND volume = ?",
+                    (self.policy, vol["name"]),
+                ).fetchone()
+                if current is None or current[0] != vol["tag"]:
+                    raise ConflictError(f"volume {vol['name']} changed during the attestation; attest again")
+            raw_execute(
+                conn,
+                "INSERT INTO sessions (token_sha256, policy, service, measurement, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (hashlib.sha256(self.token).hexdigest(), self.policy, self.service,
+                 outcome.get("measurement"), cas.clock() + SESSION_TTL),
+            )  # fmt: skip
+        except ConfideError as exc:
+            self.error = exc
+            outcome.update({"verdict": "refused", "reason_class": exc.kind, "reason": exc.message[:500]})
+            cas.events.record(conn, "attestation", self.policy, outcome)
+        else:
+            outcome["verdict"] = "accepted"
+            release = {
+                "service": self.service, "policy_hash": self.used[self.policy], "secrets": self.released,
+                "runtime_key_sha256": hashlib.sha256(self.key_der).hexdigest(),
+                "measurement": outcome.get("measurement"),
+            }  # fmt: skip
+            cas.events.record_many(
+                conn, [("attestation", self.policy, outcome), ("secret-release", self.policy, release)]
+            )
+        self.committed = True
+
+    @property
+    def accepted(self) -> bool:
+        return self.committed and self.error is None
+
+    def result(self) -> dict[str, Any]:
+        """After :meth:`commit` has been committed: the release encrypted to the runtime's key,
+        or the refusal raised."""
+        if not self.committed:
+            raise UsageError("PendingAttestation.result() before commit()")
+        if self.error is not None:
+            raise self.error
+        config = dict(self.config)
+        config["session"] = self.token.hex()
+        return self.cas._encrypt(config, self.runtime_key, self.nonce)
 
 
 def _evidence_summary(v: VerifiedEvidence) -> dict[str, Any]:

@@ -9,15 +9,13 @@ the RFC 9162 Merkle log stored in the same database, through the same connection
 
 from __future__ import annotations
 
-import json
-import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection
 
-from confide.cas import db as t
-from confide.cas.db import EventSink, raw_connection
+from confide.cas.db import EventSink, insert_events, raw_connection
 from confide.ledger.encoding import Entry, EntryType
 from confide.ledger.store import Ledger
 
@@ -42,16 +40,12 @@ class LedgerEventSink(EventSink):
     def __init__(self) -> None:
         self.ledger = Ledger()
 
-    def record(self, conn: Connection, type_: str, policy: str | None, payload: dict[str, Any]) -> int:
-        entry = Entry.create(ENTRY_TYPES[type_], datetime.now(UTC), payload, policy)
-        index = self.ledger.append(raw_connection(conn), entry.to_bytes())
-        conn.execute(
-            insert(t.events).values(
-                seq=index + 1,
-                at=time.time(),
-                type=type_,
-                policy=policy,
-                payload=json.dumps(payload, sort_keys=True),
-            )
-        )
-        return index + 1
+    def record_many(self, conn: Connection, events: Sequence[tuple[str, str | None, dict[str, Any]]]) -> int:
+        now = datetime.now(UTC)
+        entries = [
+            Entry.create(ENTRY_TYPES[type_], now, payload, policy).to_bytes()
+            for type_, policy, payload in events
+        ]
+        first = self.ledger.append_batch(raw_connection(conn), entries) + 1
+        insert_events(conn, first, events)
+        return first

@@ -61,7 +61,14 @@ class EntryType(StrEnum):
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 
 
+# Characters RFC 8785 §3.2.2.2 escapes (control characters, quote, backslash), and lone
+# surrogates, which are refused; a string without any is serialised as is.
+_SPECIAL = re.compile(r'[\x00-\x1f"\\\ud800-\udfff]')
+
+
 def _string(s: str) -> str:
+    if _SPECIAL.search(s) is None:
+        return '"' + s + '"'
     out = ['"']
     for ch in s:
         code = ord(ch)
@@ -102,7 +109,12 @@ def _serialise(value: object, depth: int) -> str:
         for k in value:
             if not isinstance(k, str):
                 raise ParseError(f"object member name {k!r} is not a string", structure="canonical JSON")
-        items = sorted(value.items(), key=lambda kv: _utf16_key(kv[0]))
+        # RFC 8785 §3.2.3: members sorted by their UTF-16 code units; for ASCII names that is
+        # the order of the strings themselves.
+        if all(k.isascii() for k in value):
+            items = sorted(value.items())
+        else:
+            items = sorted(value.items(), key=lambda kv: _utf16_key(kv[0]))
         return "{" + ",".join(_string(k) + ":" + _serialise(v, depth + 1) for k, v in items) + "}"
     raise ParseError(
         f"got {type(value).__name__}, expected null, bool, int, str, list or dict (no floats)",

@@ -1,0 +1,209 @@
+"""The CAS's group commit (``WriteBatcher``), the two-phase attestation and the expiry sweep,
+in process on a real SQLite database."""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import Connection, text
+
+from confide.cas.client import policy_submission
+from confide.cas.core import Cas, binding_report_data, decrypt_release
+from confide.cas.db import SCHEMA_VERSION, Database, WriteBatcher, raw_execute
+from confide.cas.server import prepare
+from confide.errors import BindingError, StorageError, UsageError
+from confide.identity import Identity
+from confide.ledger.store import Ledger
+from confide.policy.loader import loads_policy
+from confide.sim.platform import SimPlatform
+
+MEASUREMENT = "ab" * 48
+POLICY = f"""name: app
+version: "0.3"
+services:
+  - name: svc
+    command: svc --token $$SCONE::token$$
+    attestation:
+      sim:
+        measurement: "{MEASUREMENT}"
+secrets:
+  - name: token
+    kind: ascii
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Cas, SimPlatform, Clock]:
+    cas, _evidence, _key, _cert, env, _signer = prepare(
+        tmp_path / "cas", host="127.0.0.1", dev=True, db_url=None, collateral=None
+    )
+    clock = Clock()
+    cas.clock = clock
+    cas.apply(policy_submission(loads_policy(POLICY), Identity.generate()))
+    return cas, SimPlatform.load(Path(env["CONFIDE_SIM_DIR"])), clock
+
+
+def request(cas: Cas, platform: SimPlatform, nonce: str | None = None) -> tuple[dict[str, Any], Any]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    nonce = nonce or cas.new_nonce()
+    evidence = platform.issue(
+        report_data=binding_report_data(der, bytes.fromhex(nonce)),
+        measurement=bytes.fromhex(MEASUREMENT),
+        timestamp=int(time.time()),
+    ).to_bytes()
+    body = {
+        "policy": "app",
+        "service": "svc",
+        "platform": "sim",
+        "evidence": base64.b64encode(evidence).decode(),
+        "public_key": base64.b64encode(der).decode(),
+        "nonce": nonce,
+    }
+    return body, key
+
+
+def count(cas: Cas, table: str) -> int:
+    with cas.db.read() as conn:
+        return int(raw_execute(conn, f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
+def ledger_size(cas: Cas) -> int:
+    with cas.db.read() as conn:
+        return Ledger.size(conn.connection.driver_connection)  # type: ignore[arg-type]
+
+
+def test_one_batch_commits_many_attestations(setup: tuple[Cas, SimPlatform, Clock]) -> None:
+    cas, platform, _ = setup
+    batcher = WriteBatcher(cas.db)
+    gate = threading.Event()
+    try:
+        blocker = batcher.submit(lambda conn: gate.wait(10))  # holds the writer
+        requests = [request(cas, platform) for _ in range(20)]
+        pendings = [cas.attest_begin(body) for body, _ in requests]
+        before = ledger_size(cas)
+        futures = [batcher.submit(p.commit) for p in pendings]
+        gate.set()
+        blocker.result(10)
+        for f in futures:
+            f.result(10)
+        assert batcher.commits == 2  # the blocker's batch, then all twenty together
+        for p, (body, key) in zip(pendings, requests, strict=True):
+            assert p.accepted
+            config = decrypt_release(key, p.result(), bytes.fromhex(body["nonce"]))
+            assert config["command"][0] == "svc"
+        assert ledger_size(cas) == before + 40  # attestation + secret-release each
+        assert count(cas, "sessions") == 20
+    finally:
+        batcher.close()
+
+
+def test_the_same_nonce_twice_in_one_batch_is_refused_once(setup: tuple[Cas, SimPlatform, Clock]) -> None:
+    cas, platform, _ = setup
+    nonce = cas.new_nonce()
+    first = cas.attest_begin(request(cas, platform, nonce)[0])
+    second = cas.attest_begin(request(cas, platform, nonce)[0])
+    with cas.db.write() as conn:
+        first.commit(conn)
+        second.commit(conn)
+    assert first.accepted
+    assert not second.accepted
+    with pytest.raises(BindingError, match="already used"):
+        second.result()
+
+
+def test_a_failing_job_does_not_fail_or_lose_the_others(setup: tuple[Cas, SimPlatform, Clock]) -> None:
+    cas, platform, _ = setup
+    batcher = WriteBatcher(cas.db)
+    gate = threading.Event()
+    try:
+        blocker = batcher.submit(lambda conn: gate.wait(10))
+        pendings = [cas.attest_begin(request(cas, platform)[0]) for _ in range(4)]
+
+        def broken(conn: Connection) -> None:
+            raw_execute(conn, "INSERT INTO meta (key, value) VALUES ('half-done', 'x')")
+            raise RuntimeError("a bug in a job")
+
+        futures = [batcher.submit(p.commit) for p in pendings[:2]]
+        bad = batcher.submit(broken)
+        futures += [batcher.submit(p.commit) for p in pendings[2:]]
+        gate.set()
+        blocker.result(10)
+        with pytest.raises(RuntimeError, match="a bug in a job"):
+            bad.result(10)
+        for f in futures:
+            f.result(10)
+        assert all(p.accepted for p in pendings)
+        assert count(cas, "sessions") == 4
+        with cas.db.read() as conn:  # the broken job's own write was rolled back
+            assert raw_execute(conn, "SELECT 1 FROM meta WHERE key = 'half-done'").fetchone() is None
+    finally:
+        batcher.close()
+    with pytest.raises(StorageError, match="shutting down"):
+        batcher.submit(lambda conn: None)
+
+
+def test_a_refusal_in_phase_one_spends_the_nonce(setup: tuple[Cas, SimPlatform, Clock]) -> None:
+    cas, platform, _ = setup
+    body, _ = request(cas, platform)
+    body["service"] = "nope"
+    pending = cas.attest_begin(body)
+    with pytest.raises(UsageError):
+        pending.result()  # not committed yet
+    with cas.db.write() as conn:
+        pending.commit(conn)
+    with pytest.raises(Exception, match="has no service nope"):
+        pending.result()
+    body["service"] = "svc"  # the same nonce and evidence again: spent
+    with pytest.raises(BindingError, match="already used"):
+        cas.attest(body)
+
+
+def test_expired_nonces_sessions_and_evidence_are_swept(setup: tuple[Cas, SimPlatform, Clock]) -> None:
+    cas, platform, clock = setup
+    for _ in range(3):
+        cas.attest(request(cas, platform)[0])
+    assert (count(cas, "nonces"), count(cas, "sessions"), count(cas, "evidence_seen")) == (3, 3, 3)
+    clock.now += 2 * 24 * 3600  # past every TTL
+    cas.attest(request(cas, platform)[0])
+    assert (count(cas, "nonces"), count(cas, "sessions"), count(cas, "evidence_seen")) == (1, 1, 1)
+
+
+def test_migration_from_schema_1_adds_the_sweep_indexes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cas.db'}"
+    db = Database(url)
+    assert db.migrate() == SCHEMA_VERSION == 2
+    with db.write() as conn:  # back to what a version-1 CAS left
+        for name in ("nonces_expires_at", "sessions_expires_at", "evidence_seen_seen_at"):
+            conn.execute(text(f"DROP INDEX {name}"))
+        conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
+    db.dispose()
+    db = Database(url)
+    assert db.migrate() == 2
+    db.dispose()
+    with sqlite3.connect(tmp_path / "cas.db") as raw:
+        names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        version = raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+    assert {"nonces_expires_at", "sessions_expires_at", "evidence_seen_seen_at"} <= names
+    assert version == "2"
