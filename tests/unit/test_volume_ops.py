@@ -24,7 +24,8 @@ from confide.volume import (
     verify_volume,
     write_key,
 )
-from confide.volume.format import TAG_SIZE
+from confide.volume._io import BATCH_BYTES, batch_chunks
+from confide.volume.format import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, TAG_SIZE
 from confide.volume.store import MANIFEST_NAME, OBJECTS_DIR, load_sealed, object_path
 
 CS = 65536
@@ -174,7 +175,7 @@ def test_large_file_streams_in_constant_memory(tmp_path: Path) -> None:
     h = hashlib.sha256()
     block = os.urandom(1 << 20)
     with big.open("wb") as f:
-        for i in range(64):
+        for i in range(128):
             chunk = block[i:] + block[:i]
             f.write(chunk)
             h.update(chunk)
@@ -190,7 +191,8 @@ def test_large_file_streams_in_constant_memory(tmp_path: Path) -> None:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 8 << 20, f"peak {peak} bytes: not streaming"
+    # two batch buffers (ciphertext, plaintext) per worker, plus slack: far below the 128 MiB
+    assert peak < 2 * 2 * BATCH_BYTES + (4 << 20), f"peak {peak} bytes: not streaming"
     h2 = hashlib.sha256()
     with (out / "big").open("rb") as f:
         while b := f.read(1 << 20):
@@ -410,3 +412,49 @@ def test_key_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         load_key(None, env={"CONFIDE_VOLUME_KEY": "abcd"})
     with pytest.raises(UsageError, match="no volume key"):
         load_key(None, env={})
+
+
+def test_batches_are_bytes_not_chunks() -> None:
+    assert batch_chunks(CS) == BATCH_BYTES // CS
+    assert batch_chunks(MIN_CHUNK_SIZE) == BATCH_BYTES // MIN_CHUNK_SIZE
+    assert batch_chunks(MAX_CHUNK_SIZE) == 1  # a 16 MiB chunk is a batch of its own
+
+
+def test_tampered_chunk_in_a_middle_batch_fails_and_leaves_no_plaintext(tmp_path: Path) -> None:
+    per = batch_chunks(CS)
+    n = 3 * per + 5  # four batches: decrypted in parallel, the bad one in the middle
+    files = {"big": _pattern(n * CS - 7), "small": b"ok"}
+    vol, key, tag = _volume(tmp_path, files)
+    obj = _obj(vol, key, "big")
+    raw = bytearray(obj.read_bytes())
+    bad = per + per // 2  # a chunk in the middle of batch 1
+    raw[bad * (CS + TAG_SIZE) + 100] ^= 1
+    obj.write_bytes(raw)
+    report = verify_volume(vol, key, tag, workers=2)
+    assert [(p.path, p.reason) for p in report.problems] == [("big", f"chunk {bad} does not authenticate")]
+    out = tmp_path / "out"
+    with pytest.raises(SignatureError, match=f"'big': chunk {bad} does not authenticate"):
+        open_volume(vol, key, out, tag, workers=2)
+    assert list(out.iterdir()) == []  # no staging directory, no part file, not even "small"
+
+
+def test_sparse_file_across_batch_boundaries_round_trips_with_holes(tmp_path: Path) -> None:
+    per = batch_chunks(CS)
+    n = 2 * per + 3
+    data = bytearray(n * CS + 11)
+    for chunk in (0, per - 1, per, 2 * per + 2):  # islands on both sides of batch boundaries
+        data[chunk * CS + 5 : chunk * CS + 9] = b"land"
+    vol, key, tag = _volume(tmp_path, {"sparse": bytes(data)})
+    out = tmp_path / "out"
+    open_volume(vol, key, out, tag, workers=2)
+    assert (out / "sparse").read_bytes() == bytes(data)
+    assert (out / "sparse").stat().st_blocks * 512 <= 8 * CS  # 4 non-zero chunks and the tail
+
+
+def test_chunks_larger_than_a_batch_round_trip(tmp_path: Path) -> None:
+    chunk_size = 2 * BATCH_BYTES  # one chunk per batch
+    files = {"f": _pattern(2 * chunk_size + 3)}
+    vol, key, tag = _volume(tmp_path, files, chunk_size=chunk_size)
+    out = tmp_path / "out"
+    open_volume(vol, key, out, tag, workers=2)
+    assert (out / "f").read_bytes() == files["f"]

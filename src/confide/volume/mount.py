@@ -333,6 +333,18 @@ def _private_namespace() -> None:
         raise StorageError(_errno_msg("mount --make-rprivate / failed"))
 
 
+# Options of the private tmpfs. Not huge=within_size: on the test VM 2 MiB pages made the
+# median first read slower (fresh huge pages are memory the VM touches for the first time);
+# bench/volume.py measures both (docs/performance.md, "Protected volumes").
+TMPFS_OPTIONS = b"mode=0755"
+
+
+def _mount_tmpfs(mountpoint: Path) -> None:
+    opts = TMPFS_OPTIONS
+    if _libc().mount(b"tmpfs", bytes(mountpoint), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts) != 0:
+        raise StorageError(_errno_msg(f"mount -t tmpfs at {str(mountpoint)!r} (-o {opts.decode()}) failed"))
+
+
 def _snapshot(root: Path) -> dict[str, tuple[int, int, int, int]]:
     """(inode, size, mtime, ctime) of every regular file, to find the ones written later."""
     out: dict[str, tuple[int, int, int, int]] = {}
@@ -469,10 +481,7 @@ class _TmpfsMount(MountHandle):
             if private_namespace:
                 _private_namespace()
                 mountpoint.mkdir(parents=True, exist_ok=True)
-                libc = _libc()
-                opts = b"mode=0755"
-                if libc.mount(b"tmpfs", bytes(mountpoint), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts) != 0:
-                    raise StorageError(_errno_msg(f"mount -t tmpfs at {str(mountpoint)!r} failed"))
+                _mount_tmpfs(mountpoint)
                 super().__init__(mountpoint, "tmpfs", writable, tag, mountpoint)
             else:
                 shm = Path(tempfile.mkdtemp(prefix="confide-volume-", dir="/dev/shm"))  # mode 0700
