@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from confide.errors import ParseError
-from confide.ledger.encoding import Entry, EntryType, canonical_json, parse_canonical_json
+from confide.ledger.encoding import Entry, EntryType, _serialise, canonical_json, parse_canonical_json
 
 AT = datetime(2026, 11, 27, 10, 52, 20, 123456, tzinfo=UTC)
 
@@ -83,6 +83,39 @@ def test_canonical_form_is_a_fixed_point(value: object) -> None:
     assert canonical_json(json.loads(data)) == data
     # Re-serialising Python's own dump (different spacing/order/escapes) converges to the same bytes.
     assert canonical_json(json.loads(json.dumps(value, ensure_ascii=True, indent=1))) == data
+
+
+_mixed = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**54), max_value=2**54)
+    | st.text(max_size=6)
+    | st.sampled_from(['a"b', "\\", "\x00\x1f\x7f", "\u2028", "\ud800", "é", "😀", "\ue000"]),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(
+            st.text(max_size=4) | st.sampled_from(["a", "\ue000", "😀", "é"]), inner, max_size=4
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_mixed)
+def test_the_json_fast_path_writes_exactly_what_the_serialiser_writes(value: object) -> None:
+    """canonical_json hands plain values to json.dumps; the result must be the same bytes as
+    the RFC 8785 serialiser's, and refusals must stay refusals."""
+    try:
+        expected: bytes | None = _serialise(value, 0).encode("utf-8")
+    except ParseError:
+        expected = None
+    if expected is None:
+        with pytest.raises(ParseError):
+            canonical_json(value)
+    else:
+        assert canonical_json(value) == expected
 
 
 @settings(max_examples=300, deadline=None)

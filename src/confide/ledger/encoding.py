@@ -122,8 +122,34 @@ def _serialise(value: object, depth: int) -> str:
     )
 
 
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _plain(value: object, depth: int) -> bool:
+    """Whether ``json.dumps(sort_keys=True, ensure_ascii=False)`` writes ``value`` exactly as
+    RFC 8785 does: integers within ±(2**53-1) (§3.2.2.3), strings without lone surrogates (the
+    escapes of §3.2.2.2 are the ones ``json`` writes, with lowercase hex), and ASCII member
+    names, whose code-unit order (§3.2.3) is the order of the strings."""
+    if depth > MAX_DEPTH:
+        return False
+    if value is None or value is True or value is False:
+        return True
+    if isinstance(value, str):
+        return _LONE_SURROGATE.search(value) is None
+    if isinstance(value, int):
+        return -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and k.isascii() and _plain(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_plain(v, depth + 1) for v in value)
+    return False
+
+
 def canonical_json(value: object) -> bytes:
-    """RFC 8785 serialisation (integers only) as UTF-8 bytes."""
+    """RFC 8785 serialisation (integers only) as UTF-8 bytes. Values that ``json`` writes
+    canonically take its C encoder; the rest (and every error) the serialiser above."""
+    if _plain(value, 0):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return _serialise(value, 0).encode("utf-8")
 
 
@@ -207,7 +233,7 @@ class Entry:
                 field="time",
             )
         try:
-            datetime.strptime(self.time, "%Y-%m-%dT%H:%M:%S.%fZ")
+            datetime.fromisoformat(self.time[:-1])  # the pattern matched; is it a real date?
         except ValueError:
             raise ParseError(
                 f"time {self.time!r} is not a valid date", structure=_STRUCTURE, field="time"
