@@ -10,6 +10,8 @@ Three measurements in one run:
 
 1. the TLS 1.3 handshake capacity of the CAS's core: a bare ``ssl`` server (uvloop) pinned to
    that core, driven by the same client code and concurrency (handshake, one request, close);
+   and the framework floor: the CAS's own stack (uvicorn over TLS) answering the same two
+   requests with a constant;
 2. throughput: ``--clients`` closed-loop clients, each starting its next flow as soon as the
    previous one ends (the CAS saturated; latency here is queueing: Little's law);
 3. latency: an open-loop load of ``--rate-fraction`` × the handshake capacity, spread over the
@@ -41,6 +43,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import uvicorn
 import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,6 +116,45 @@ def tls_server(cert: str, key: str, port_file: Path) -> None:
             await server.serve_forever()
 
     uvloop.run(main())
+
+
+def floor_server(cert: str, key: str, port_file: Path) -> None:
+    """The framework floor: the CAS's stack (uvicorn, httptools, uvloop, TLS 1.3) serving a
+    constant for every request, so the attestation's own cost can be told from the stack's."""
+    os.sched_setaffinity(0, {CAS_CORE})
+    body = json.dumps({"nonce": "00" * 32, "expires_in": 60}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+
+    async def app(
+        scope: dict[str, object], receive: Callable[[], Awaitable[dict[str, object]]], send: object
+    ) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": headers})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": body})  # type: ignore[operator]
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    port_file.write_text(str(sock.getsockname()[1]))
+    config = uvicorn.Config(
+        app, ssl_keyfile=key, ssl_certfile=cert, log_config=None, access_log=False,
+        http="httptools", loop="uvloop", lifespan="off",
+    )  # fmt: skip
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def reference(
+    target: Callable[[str, str, Path], None], cert: str, key: str, work: Path
+) -> tuple[multiprocessing.Process, int]:
+    port_file = work / f"{target.__name__}.port"
+    server = multiprocessing.Process(target=target, args=(cert, key, port_file))
+    server.start()
+    while not port_file.exists() or not port_file.read_text():
+        time.sleep(0.05)
+    return server, int(port_file.read_text())
 
 
 async def http(
@@ -245,15 +287,10 @@ security:
             config = decrypt_release(key, release, bytes.fromhex(nonce))
             assert config["environment"]["KEY"]
 
-        # 1. The reference: TLS handshakes/s of the CAS's core, same client, same concurrency.
-        port_file = work / "tls.port"
-        server = multiprocessing.Process(
-            target=tls_server, args=(env["CONFIDE_CAS_CERT"], str(work / "cas" / "cas-key.pem"), port_file)
-        )
-        server.start()
-        while not port_file.exists() or not port_file.read_text():
-            time.sleep(0.05)
-        tls_port = int(port_file.read_text())
+        # 1. The references: TLS handshakes/s of the CAS's core, and the framework floor (the
+        #    same two requests answered by a constant on the CAS's stack); same client code.
+        cert, key = env["CONFIDE_CAS_CERT"], str(work / "cas" / "cas-key.pem")
+        server, tls_port = reference(tls_server, cert, key, work)
 
         async def handshake() -> None:
             reader, writer = await asyncio.open_connection(
@@ -273,6 +310,27 @@ security:
         server.terminate()
         server.join()
         tls_rate = nh / half
+
+        server, floor_port = reference(floor_server, cert, key, work)
+        sample = json.dumps({"policy": "bench", "evidence": "A" * 400, "public_key": "A" * 120}).encode()
+
+        async def floor_flow() -> None:
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", floor_port, ssl=ctx, server_hostname="localhost"
+            )
+            try:
+                await http(reader, writer, "/v1/attest/nonce")
+                await http(reader, writer, "/v1/attest", sample)
+            finally:
+                writer.close()
+
+        uvloop.run(closed_loop(4, 1.0, floor_flow))
+        assert server.pid is not None
+        fcpu0 = cpu_seconds(server.pid)
+        nf, _ = uvloop.run(closed_loop(args.clients, half / 2, floor_flow))
+        floor_cpu = (cpu_seconds(server.pid) - fcpu0) / nf
+        server.terminate()
+        server.join()
 
         # 2. Throughput, closed loop (two halves, to see whether memory stays flat).
         uvloop.run(closed_loop(4, 2.0, flow))  # warm-up
@@ -309,6 +367,11 @@ security:
             f"CPU cost: {tls_cpu * 1e3:.2f} ms per bare TLS handshake, {flow_cpu * 1e3:.2f} ms per attestation "
             f"flow in the CAS: ratio {tls_cpu / flow_cpu:.2f}x (throughput ratio at full CPU; not skewed by "
             "other load on the machine)"
+        )
+        print(
+            f"framework floor (uvicorn + TLS, the same two requests answered by a constant): "
+            f"{floor_cpu * 1e3:.2f} ms CPU per flow; the best ratio any application on this stack "
+            f"reaches: {tls_cpu / floor_cpu:.2f}x; the attestation's own CPU: {(flow_cpu - floor_cpu) * 1e3:.2f} ms"
         )
         for (offered, done, olat), what in zip(
             open_runs,

@@ -69,13 +69,14 @@ def create_app(cas: Cas, *, cas_evidence: dict[str, Any] | None = None) -> FastA
     latency = Histogram("confide_request_seconds", "Request latency", ["route"], registry=registry)
 
     writer = WriteBatcher(cas.db)
+    metric_children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         await asyncio.to_thread(writer.close)
 
-    app = FastAPI(title="confide CAS", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = _CasApp(title="confide CAS", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
 
     @app.exception_handler(ConfideError)
     async def _confide_error(request: Request, exc: ConfideError) -> JSONResponse:
@@ -84,9 +85,10 @@ def create_app(cas: Cas, *, cas_evidence: dict[str, Any] | None = None) -> FastA
     async def observe(scope: Any, receive: Any, send: Any, inner: Any) -> None:
         """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): metrics and one JSON log line
         per request, never the body."""
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("confide.observed"):
             await inner(scope, receive, send)
             return
+        scope["confide.observed"] = True  # once per request, also when the fast path declines
         start = time.perf_counter()
         status = [500]
 
@@ -95,7 +97,7 @@ def create_app(cas: Cas, *, cas_evidence: dict[str, Any] | None = None) -> FastA
                 status[0] = message["status"]
             await send(message)
 
-        route = None
+        route: str | None = None
         try:
             fast = hot.get(scope["path"]) if scope["method"] == "POST" else None
             if fast is not None:
@@ -117,9 +119,16 @@ def create_app(cas: Cas, *, cas_evidence: dict[str, Any] | None = None) -> FastA
             await inner(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - start
-            route = route or getattr(scope.get("route"), "path", "unmatched")
-            requests.labels(route, str(status[0])).inc()
-            latency.labels(route).observe(elapsed)
+            route = route or str(getattr(scope.get("route"), "path", "unmatched"))
+            key = (route, status[0])
+            children = metric_children.get(key)
+            if children is None:  # labels() takes a lock and builds a tuple: once per key
+                children = metric_children[key] = (
+                    requests.labels(route, str(status[0])),
+                    latency.labels(route),
+                )
+            children[0].inc()
+            children[1].observe(elapsed)
             if log.isEnabledFor(logging.INFO):
                 log.info(
                     '{"event": "request", "method": "%s", "route": "%s", "status": %d, "ms": %.2f}',
@@ -205,6 +214,7 @@ def create_app(cas: Cas, *, cas_evidence: dict[str, Any] | None = None) -> FastA
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(_Observe, observe=observe)
+    app.observe, app.fast_paths = observe, frozenset(hot)
     return app
 
 
@@ -252,6 +262,21 @@ def _error_response(exc: ConfideError) -> JSONResponse:
         status_code=status_for(exc),
         content={"error": {"class": exc.kind, "message": exc.message, "exit_code": exc.exit_code}},
     )
+
+
+class _CasApp(FastAPI):
+    """FastAPI, with the attestation endpoints' fast path entered before the middleware stack
+    (server-error and telemetry layers included): it has its own metrics, log line and error
+    responses, and hands anything it declines to the full stack."""
+
+    observe: Any = None
+    fast_paths: frozenset[str] = frozenset()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.fast_paths:
+            await self.observe(scope, receive, send, super().__call__)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 class _Observe:
