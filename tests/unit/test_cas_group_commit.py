@@ -3,44 +3,22 @@ in process on a real SQLite database."""
 
 from __future__ import annotations
 
-import base64
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Connection, text
 
-from confide.cas.client import policy_submission
-from confide.cas.core import Cas, binding_report_data, decrypt_release
+from confide.cas.core import Cas, decrypt_release
 from confide.cas.db import SCHEMA_VERSION, Database, WriteBatcher, raw_execute
-from confide.cas.server import prepare
 from confide.errors import BindingError, StorageError, UsageError
-from confide.identity import Identity
 from confide.ledger.store import Ledger
-from confide.policy.loader import loads_policy
-from confide.sim.platform import SimPlatform
 
-MEASUREMENT = "ab" * 48
-POLICY = f"""name: app
-version: "0.3"
-services:
-  - name: svc
-    command: svc --token $$SCONE::token$$
-    attestation:
-      sim:
-        measurement: "{MEASUREMENT}"
-secrets:
-  - name: token
-    kind: ascii
-security:
-  attestation:
-    tolerate: [simulation]
-"""
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from cas_inproc import InProcessCas
 
 
 class Clock:
@@ -52,36 +30,11 @@ class Clock:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> tuple[Cas, SimPlatform, Clock]:
-    cas, _evidence, _key, _cert, env, _signer = prepare(
-        tmp_path / "cas", host="127.0.0.1", dev=True, db_url=None, collateral=None
-    )
+def setup(tmp_path: Path) -> tuple[InProcessCas, Clock]:
+    env = InProcessCas.start(tmp_path / "cas")
     clock = Clock()
-    cas.clock = clock
-    cas.apply(policy_submission(loads_policy(POLICY), Identity.generate()))
-    return cas, SimPlatform.load(Path(env["CONFIDE_SIM_DIR"])), clock
-
-
-def request(cas: Cas, platform: SimPlatform, nonce: str | None = None) -> tuple[dict[str, Any], Any]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    nonce = nonce or cas.new_nonce()
-    evidence = platform.issue(
-        report_data=binding_report_data(der, bytes.fromhex(nonce)),
-        measurement=bytes.fromhex(MEASUREMENT),
-        timestamp=int(time.time()),
-    ).to_bytes()
-    body = {
-        "policy": "app",
-        "service": "svc",
-        "platform": "sim",
-        "evidence": base64.b64encode(evidence).decode(),
-        "public_key": base64.b64encode(der).decode(),
-        "nonce": nonce,
-    }
-    return body, key
+    env.cas.clock = clock
+    return env, clock
 
 
 def count(cas: Cas, table: str) -> int:
@@ -94,13 +47,14 @@ def ledger_size(cas: Cas) -> int:
         return Ledger.size(conn.connection.driver_connection)  # type: ignore[arg-type]
 
 
-def test_one_batch_commits_many_attestations(setup: tuple[Cas, SimPlatform, Clock]) -> None:
-    cas, platform, _ = setup
+def test_one_batch_commits_many_attestations(setup: tuple[InProcessCas, Clock]) -> None:
+    env, _ = setup
+    cas = env.cas
     batcher = WriteBatcher(cas.db)
     gate = threading.Event()
     try:
         blocker = batcher.submit(lambda conn: gate.wait(10))  # holds the writer
-        requests = [request(cas, platform) for _ in range(20)]
+        requests = [env.request() for _ in range(20)]
         pendings = [cas.attest_begin(body) for body, _ in requests]
         before = ledger_size(cas)
         futures = [batcher.submit(p.commit) for p in pendings]
@@ -119,11 +73,12 @@ def test_one_batch_commits_many_attestations(setup: tuple[Cas, SimPlatform, Cloc
         batcher.close()
 
 
-def test_the_same_nonce_twice_in_one_batch_is_refused_once(setup: tuple[Cas, SimPlatform, Clock]) -> None:
-    cas, platform, _ = setup
+def test_the_same_nonce_twice_in_one_batch_is_refused_once(setup: tuple[InProcessCas, Clock]) -> None:
+    env, _ = setup
+    cas = env.cas
     nonce = cas.new_nonce()
-    first = cas.attest_begin(request(cas, platform, nonce)[0])
-    second = cas.attest_begin(request(cas, platform, nonce)[0])
+    first = cas.attest_begin(env.request(nonce)[0])
+    second = cas.attest_begin(env.request(nonce)[0])
     with cas.db.write() as conn:
         first.commit(conn)
         second.commit(conn)
@@ -133,13 +88,14 @@ def test_the_same_nonce_twice_in_one_batch_is_refused_once(setup: tuple[Cas, Sim
         second.result()
 
 
-def test_a_failing_job_does_not_fail_or_lose_the_others(setup: tuple[Cas, SimPlatform, Clock]) -> None:
-    cas, platform, _ = setup
+def test_a_failing_job_does_not_fail_or_lose_the_others(setup: tuple[InProcessCas, Clock]) -> None:
+    env, _ = setup
+    cas = env.cas
     batcher = WriteBatcher(cas.db)
     gate = threading.Event()
     try:
         blocker = batcher.submit(lambda conn: gate.wait(10))
-        pendings = [cas.attest_begin(request(cas, platform)[0]) for _ in range(4)]
+        pendings = [cas.attest_begin(env.request()[0]) for _ in range(4)]
 
         def broken(conn: Connection) -> None:
             raw_execute(conn, "INSERT INTO meta (key, value) VALUES ('half-done', 'x')")
@@ -164,9 +120,10 @@ def test_a_failing_job_does_not_fail_or_lose_the_others(setup: tuple[Cas, SimPla
         batcher.submit(lambda conn: None)
 
 
-def test_a_refusal_in_phase_one_spends_the_nonce(setup: tuple[Cas, SimPlatform, Clock]) -> None:
-    cas, platform, _ = setup
-    body, _ = request(cas, platform)
+def test_a_refusal_in_phase_one_spends_the_nonce(setup: tuple[InProcessCas, Clock]) -> None:
+    env, _ = setup
+    cas = env.cas
+    body, _ = env.request()
     body["service"] = "nope"
     pending = cas.attest_begin(body)
     with pytest.raises(UsageError):
@@ -180,13 +137,14 @@ def test_a_refusal_in_phase_one_spends_the_nonce(setup: tuple[Cas, SimPlatform, 
         cas.attest(body)
 
 
-def test_expired_nonces_sessions_and_evidence_are_swept(setup: tuple[Cas, SimPlatform, Clock]) -> None:
-    cas, platform, clock = setup
+def test_expired_nonces_sessions_and_evidence_are_swept(setup: tuple[InProcessCas, Clock]) -> None:
+    env, clock = setup
+    cas = env.cas
     for _ in range(3):
-        cas.attest(request(cas, platform)[0])
+        cas.attest(env.request()[0])
     assert (count(cas, "nonces"), count(cas, "sessions"), count(cas, "evidence_seen")) == (3, 3, 3)
     clock.now += 2 * 24 * 3600  # past every TTL
-    cas.attest(request(cas, platform)[0])
+    cas.attest(env.request()[0])
     assert (count(cas, "nonces"), count(cas, "sessions"), count(cas, "evidence_seen")) == (1, 1, 1)
 
 
