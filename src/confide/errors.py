@@ -12,6 +12,7 @@ contain secret values.
     ├── ParseError (10)                     malformed evidence / collateral / documents
     ├── VerificationError (20)              evidence is not genuine, or cannot be shown to be
     │   ├── SignatureError (21)             a signature or MAC does not verify
+    │   │   └── UnsealError (66)            sealed data does not open with this TEE's sealing key
     │   ├── CertificateChainError (22)      chain does not lead to the pinned root, bad dates
     │   ├── RevocationError (23)            a certificate of the chain is revoked
     │   ├── CollateralError (24)            collateral unusable (bad signature chain, mismatch)
@@ -64,6 +65,7 @@ __all__ = [
     "StorageError",
     "TcbLevelNotFoundError",
     "UnknownKeyError",
+    "UnsealError",
     "UsageError",
     "VerificationError",
 ]
@@ -129,6 +131,13 @@ class VerificationError(ConfideError):
 
 class SignatureError(VerificationError):
     exit_code = 21
+
+
+class UnsealError(SignatureError):
+    """Sealed data (the CAS's ``master.key.sealed``) does not open with this TEE's sealing key:
+    another TEE identity sealed it (enclave, measurement, policy, platform), or it was modified."""
+
+    exit_code = 66
 
 
 class CertificateChainError(VerificationError):

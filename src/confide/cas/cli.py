@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from confide.cas.sealing import SEAL_PROVIDERS
 from confide.errors import UsageError
 from confide.identity import Identity, load_identity
 
@@ -35,6 +36,14 @@ def cas() -> None:
 @click.option("--collateral", help="DCAP collateral source for SGX/TDX evidence (file, directory or URL).")
 @click.option("--witness", "witness_specs", multiple=True, metavar="URL=VKEY",
               help="A witness that cosigns every checkpoint (C2SP tlog-witness).")  # fmt: skip
+@click.option(
+    "--seal",
+    type=click.Choice(SEAL_PROVIDERS),
+    default="file",
+    show_default=True,
+    help="What protects the master key: file (plain, development only), gramine (SGX MRENCLAVE), "
+    "gramine-mrsigner, sev-snp (measurement and policy); tdx is refused (no sealing key).",
+)
 def cas_serve(
     data_dir: Path,
     listen: str,
@@ -42,10 +51,13 @@ def cas_serve(
     db_url: str | None,
     collateral: str | None,
     witness_specs: tuple[str, ...],
+    seal: str,
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
+    from confide.cas.sealing import provider_for
     from confide.cas.server import parse_witnesses, serve
 
+    provider = provider_for(seal)
     serve(
         data_dir,
         listen,
@@ -53,6 +65,7 @@ def cas_serve(
         db_url=db_url,
         collateral=collateral,
         witnesses=parse_witnesses(witness_specs),
+        seal=provider,
     )
 
 

@@ -2,8 +2,9 @@
 
 The data directory holds (created on first start, mode 0700/0600):
 
-- ``master.key``: the 32-byte key that seals secrets at rest (see ``docs/cas.md`` for what
-  protects it in production);
+- ``master.key``: the 32-byte key that seals secrets at rest, in plain (``--seal file``,
+  development only); or ``master.key.sealed``: the same key sealed to the TEE the CAS runs in
+  (``--seal gramine|gramine-mrsigner|sev-snp``; :mod:`confide.cas.master_key`);
 - ``cas-key.pem`` / ``cas-cert.pem``: the CAS's TLS key and self-signed certificate;
 - ``cas.db``: the embedded SQLite database (unless ``--db`` names PostgreSQL);
 - ``sim/``: with ``--dev``, the simulated platform's key (development only);
@@ -39,7 +40,9 @@ from confide.cas.app import create_app
 from confide.cas.core import Cas
 from confide.cas.db import Database, raw_connection
 from confide.cas.ledger_sink import LedgerEventSink
+from confide.cas.master_key import load_master_key
 from confide.cas.pin import CAS_BINDING_PREFIX
+from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral.dcap import source_for
@@ -71,16 +74,6 @@ def _atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def _master_key(data_dir: Path) -> bytes:
-    path = data_dir / "master.key"
-    if not path.exists():
-        _write_private(path, os.urandom(32))
-    key = path.read_bytes()
-    if len(key) != 32:
-        raise UsageError(f"{path} is not a 32-byte key")
-    return key
 
 
 def _tls_identity(data_dir: Path, host: str) -> tuple[Path, Path]:
@@ -222,13 +215,21 @@ def _configure_logging() -> None:
 
 
 def prepare(
-    data_dir: Path, *, host: str, dev: bool, db_url: str | None, collateral: str | None
+    data_dir: Path,
+    *,
+    host: str,
+    dev: bool,
+    db_url: str | None,
+    collateral: str | None,
+    seal: SealingKeyProvider | None = None,
 ) -> tuple[Cas, dict[str, Any] | None, Path, Path, dict[str, str], NoteSigner]:
     """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (dev),
-    TLS files and the client environment (without the URL)."""
+    TLS files and the client environment (without the URL). ``seal``: the TEE sealing key that
+    protects the master key (``None``: a plain ``master.key``, development only)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
-    sealer = Sealer(_master_key(data_dir))
+    sealer = Sealer(load_master_key(data_dir, seal))
+    master_key = f"sealed: {seal.name} ({seal.binding})" if seal else "plain file"
     key_path, cert_path = _tls_identity(data_dir, host)
     env = {"CONFIDE_CAS_CERT": str(cert_path.resolve())}
     signer = _log_signer(data_dir, _cert_sha256(cert_path))
@@ -261,7 +262,8 @@ def prepare(
     with database.write() as conn:
         cas.events.record(
             conn, "cas-start", None,
-            {"dev": dev, "tls_cert_sha256": _cert_sha256(cert_path), "log_key": env["CONFIDE_LOG_KEY"]},
+            {"dev": dev, "tls_cert_sha256": _cert_sha256(cert_path), "log_key": env["CONFIDE_LOG_KEY"],
+             "master_key": master_key},
         )  # fmt: skip
     return cas, cas_evidence, key_path, cert_path, env, signer
 
@@ -291,11 +293,12 @@ def serve(
     db_url: str | None,
     collateral: str | None,
     witnesses: tuple[tuple[str, NoteVerifier], ...] = (),
+    seal: SealingKeyProvider | None = None,
 ) -> None:
     host, port = _parse_listen(listen)
     _configure_logging()
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
-        data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral
+        data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal
     )
     checkpointer = Checkpointer(cas, signer, witnesses=witnesses)
     checkpointer.start()
@@ -328,7 +331,13 @@ def serve(
     server = uvicorn.Server(config)
     logging.getLogger("confide.cas").info(
         json.dumps(
-            {"event": "listening", "url": env["CONFIDE_CAS_URL"], "dev": dev, "db": cas.db.redacted_url}
+            {
+                "event": "listening",
+                "url": env["CONFIDE_CAS_URL"],
+                "dev": dev,
+                "db": cas.db.redacted_url,
+                "master_key": f"sealed: {seal.name} ({seal.binding})" if seal else "plain file",
+            }
         )
     )
     try:
