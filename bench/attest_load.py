@@ -365,8 +365,8 @@ security:
         print(f"CPU during the closed loop: CAS {cas_cpu:.0%} of its core, load generator {load_cpu:.0%}")
         print(
             f"CPU cost: {tls_cpu * 1e3:.2f} ms per bare TLS handshake, {flow_cpu * 1e3:.2f} ms per attestation "
-            f"flow in the CAS: ratio {tls_cpu / flow_cpu:.2f}x (throughput ratio at full CPU; not skewed by "
-            "other load on the machine)"
+            f"flow in the CAS: ratio {tls_cpu / flow_cpu:.2f}x (the throughput ratio both would reach at "
+            "full CPU)"
         )
         print(
             f"framework floor (uvicorn + TLS, the same two requests answered by a constant): "
