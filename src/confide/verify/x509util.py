@@ -115,6 +115,11 @@ def load_certificate_chain(data: bytes, what: str) -> list[x509.Certificate]:
     are the chain checker's business."""
     if b"-----BEGIN" in data:
         ders = parse_pem_chain(normalise_pem(data, structure=what), structure=what)
+        if data.count(b"-----BEGIN") != len(ders):
+            raise ParseError(
+                f"got {data.count(b'-----BEGIN')} PEM blocks, {len(ders)} of them complete certificates",
+                structure=what,
+            )
     elif data:
         ders = _split_der(data, what)
     else:
