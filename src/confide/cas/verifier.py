@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from confide.collateral.dcap import DcapCollateralSource
-from confide.errors import CollateralMissingError, ParseError, UsageError
+from confide.errors import CollateralMissingError, MeasurementError, ParseError, UsageError
 from confide.evidence.dcap import Quote
 from confide.evidence.dcap_collateral import DcapCollateral
 from confide.evidence.nvidia_rim import ReferenceManifest
@@ -32,7 +32,7 @@ from confide.evidence.snp_certs import VCEK_GUID, VLEK_GUID, parse_cert_table
 from confide.platforms.sev_snp import embedded_roots
 from confide.verify.dcap import DcapVerifier
 from confide.verify.nitro import verify_nitro_document
-from confide.verify.nvidia import verify_nvidia_report
+from confide.verify.nvidia import RimMismatchError, verify_nvidia_report
 from confide.verify.result import Platform, VerifiedEvidence
 from confide.verify.sev_snp import SnpVerifier
 from confide.verify.sim import verify_sim
@@ -102,9 +102,13 @@ class PlatformVerifier:
             # The nonce is not checked here: the CAS compares it with the key binding
             # (core.check_binding), as it does every platform's report data.
             certs, rims = _nvidia_aux(aux)
-            return verify_nvidia_report(
-                evidence, certs, at=at, root=self.nvidia_root, rims=rims, rim_root=self.nvidia_rim_root
-            )
+            try:
+                return verify_nvidia_report(
+                    evidence, certs, at=at, root=self.nvidia_root, rims=rims, rim_root=self.nvidia_rim_root
+                )
+            except RimMismatchError as exc:
+                # Refusals cross the wire by class name: keep to the public tree (confide.errors).
+                raise MeasurementError(exc.message) from None
         if platform is Platform.AWS_NITRO:
             return verify_nitro_document(evidence, at=at, root=self.nitro_root)
         raise UsageError(f"this CAS does not verify {platform.value} evidence yet")
