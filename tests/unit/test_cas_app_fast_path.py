@@ -4,7 +4,6 @@ stack's behaviour, with the body replayed intact."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
@@ -15,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from asgi_call import call
 from confide.cas.app import MAX_FAST_BODY, create_app
 from confide.cas.client import policy_submission
 from confide.cas.core import Cas, binding_report_data, decrypt_release
@@ -48,31 +48,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Cas, Any, SimPlatform
     )
     cas.apply(policy_submission(loads_policy(POLICY), Identity.generate()))
     return cas, create_app(cas), SimPlatform.load(Path(client_env["CONFIDE_SIM_DIR"]))
-
-
-def call(app: Any, path: str, chunks: list[bytes]) -> tuple[int, bytes]:
-    """One POST through the ASGI app, the body delivered in ``chunks``."""
-    messages = [
-        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)
-    ]
-    out: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        out.append(message)
-
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "https", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
-        "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 2),
-    }  # fmt: skip
-    asyncio.run(app(scope, receive, send))
-    status = next(m["status"] for m in out if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in out if m["type"] == "http.response.body")
-    return status, body
 
 
 def attestation(cas: Cas, app: Any, platform: SimPlatform) -> tuple[dict[str, Any], Any, str]:

@@ -20,7 +20,7 @@ from confide.errors import (
     UsageError,
 )
 from confide.evidence.nvidia import NvidiaAttestationReport
-from confide.evidence.nvidia_rim import SHA384_NS, SWID_NS, ReferenceManifest
+from confide.evidence.nvidia_rim import ReferenceManifest
 from confide.platforms import VerifyRequest
 from confide.platforms.nvidia import verify_request
 from confide.verify._pinned_chain import load_pinned_root
@@ -34,7 +34,7 @@ from confide.verify.nvidia import (
 from confide.verify.result import Platform
 from nvidia_forge import Issuer, make_ca, make_leaf, make_pki, resign
 from rim_pki import make_pki as make_rim_pki
-from rim_pki import sign_rim, strip_signature
+from rim_pki import rim_matching_report, strip_signature
 
 ASSETS = Path(__file__).parent.parent / "assets" / "nvidia"
 REPORT = bytes.fromhex((ASSETS / "hopperAttestationReport.txt").read_text().strip())
@@ -162,15 +162,7 @@ VBIOS_RIM = "1010_0200_882_96005E0001_test_no_gpu.swidtag"
 
 def _rim_matching_report(source: str, version: str, *, change: dict[int, bytes] | None = None) -> bytes:
     """A copy of a sample RIM whose active golden values are the sample report's, re-signed."""
-    report = NvidiaAttestationReport.from_bytes(REPORT)
-    doc = strip_signature((ASSETS / source).read_bytes())
-    doc.find(f"{{{SWID_NS}}}Meta").set("colloquialVersion", version)  # type: ignore[union-attr]
-    for res in doc.iter(f"{{{SWID_NS}}}Resource"):
-        if res.get("active") == "True":
-            index = int(res.get("index", "0"))
-            value = (change or {}).get(index, report.measurements[index + 1])
-            res.set(f"{{{SHA384_NS}}}Hash0", value.hex())
-    return sign_rim(doc, RIM_PKI)
+    return rim_matching_report(REPORT, (ASSETS / source).read_bytes(), version, RIM_PKI, change=change)
 
 
 def _manifest(data: bytes) -> ReferenceManifest:
