@@ -324,3 +324,14 @@ def test_platform_loads_single_rim_file_and_refuses_empty_dir(tmp_path: Path) ->
     der_root = tmp_path / "root.der"
     der_root.write_bytes(CHAIN[-1].public_bytes(Encoding.DER))
     assert verify_request(VerifyRequest(**base, root=der_root)).details["root_overridden"] is True  # type: ignore[arg-type]
+
+
+def test_platform_reads_the_chain_as_pem_or_der(tmp_path: Path) -> None:
+    der = tmp_path / "chain.der"
+    der.write_bytes(b"".join(c.public_bytes(Encoding.DER) for c in CHAIN))
+    base = {"evidence": REPORT, "platform": Platform.NVIDIA_GPU, "at": AT, "nonce": NONCE}
+    pem_result = verify_request(VerifyRequest(**base, cert_chain=ASSETS / "hopperCertChain.txt"))  # type: ignore[arg-type]
+    assert verify_request(VerifyRequest(**base, cert_chain=der)).claims == pem_result.claims  # type: ignore[arg-type]
+    der.write_bytes(der.read_bytes()[:-1])
+    with pytest.raises(ParseError, match="--cert-chain"):
+        verify_request(VerifyRequest(**base, cert_chain=der))  # type: ignore[arg-type]
