@@ -17,6 +17,9 @@ from lxml import etree
 from signxml import SignatureConstructionMethod
 from signxml.signer import XMLSigner
 
+from confide.evidence.nvidia import NvidiaAttestationReport
+from confide.evidence.nvidia_rim import SHA384_NS, SWID_NS
+
 DS_SIGNATURE = "{http://www.w3.org/2000/09/xmldsig#}Signature"
 VALID_FROM = datetime(2024, 1, 1, tzinfo=UTC)
 VALID_UNTIL = datetime(2026, 1, 1, tzinfo=UTC)
@@ -42,6 +45,7 @@ def make_cert(
     issuer: tuple[x509.Certificate, PrivateKey] | None,
     *,
     ca: bool,
+    valid: tuple[datetime, datetime] = (VALID_FROM, VALID_UNTIL),
 ) -> x509.Certificate:
     issuer_name = issuer[0].subject if issuer else _name(cn)
     signing_key = issuer[1] if issuer else key
@@ -51,8 +55,8 @@ def make_cert(
         .issuer_name(issuer_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(VALID_FROM)
-        .not_valid_after(VALID_UNTIL)
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -72,17 +76,22 @@ def make_cert(
     return builder.sign(signing_key, hashes.SHA384())
 
 
-def make_pki(prefix: str = "Test RIM", *, rsa_leaf: bool = False) -> RimPki:
+def make_pki(
+    prefix: str = "Test RIM",
+    *,
+    rsa_leaf: bool = False,
+    valid: tuple[datetime, datetime] = (VALID_FROM, VALID_UNTIL),
+) -> RimPki:
     root_key = ec.generate_private_key(ec.SECP384R1())
-    root = make_cert(f"{prefix} Root CA", root_key, None, ca=True)
+    root = make_cert(f"{prefix} Root CA", root_key, None, ca=True, valid=valid)
     ica_key = ec.generate_private_key(ec.SECP384R1())
-    ica = make_cert(f"{prefix} ICA", ica_key, (root, root_key), ca=True)
+    ica = make_cert(f"{prefix} ICA", ica_key, (root, root_key), ca=True, valid=valid)
     leaf_key: PrivateKey = (
         rsa.generate_private_key(public_exponent=65537, key_size=2048)
         if rsa_leaf
         else ec.generate_private_key(ec.SECP384R1())
     )
-    leaf = make_cert(f"{prefix} Signer", leaf_key, (ica, ica_key), ca=False)
+    leaf = make_cert(f"{prefix} Signer", leaf_key, (ica, ica_key), ca=False, valid=valid)
     return RimPki(root=root, ica=ica, leaf=leaf, leaf_key=leaf_key)
 
 
@@ -106,3 +115,22 @@ def sign_rim(xml: bytes | etree._Element, pki: RimPki, *, include_root: bool = T
     chain = [pki.leaf, pki.ica, *([pki.root] if include_root else [])]
     signed = signer.sign(doc, key=pki.leaf_key, cert=chain)
     return etree.tostring(signed)
+
+
+def rim_matching_report(
+    report_bytes: bytes, rim_xml: bytes, version: str, pki: RimPki, *, change: dict[int, bytes] | None = None
+) -> bytes:
+    """A copy of the RIM ``rim_xml`` whose active golden values are those of the NVIDIA report
+    ``report_bytes`` (RIM index i = SPDM block i + 1; ``change`` overrides some), its version
+    set to ``version``, re-signed by ``pki``."""
+    report = NvidiaAttestationReport.from_bytes(report_bytes)
+    doc = strip_signature(rim_xml)
+    meta = doc.find(f"{{{SWID_NS}}}Meta")
+    assert meta is not None
+    meta.set("colloquialVersion", version)
+    for res in doc.iter(f"{{{SWID_NS}}}Resource"):
+        if res.get("active") == "True":
+            index = int(res.get("index", "0"))
+            value = (change or {}).get(index, report.measurements[index + 1])
+            res.set(f"{{{SHA384_NS}}}Hash0", value.hex())
+    return sign_rim(doc, pki)

@@ -4,7 +4,6 @@ stack's behaviour, with the body replayed intact."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from asgi_call import call
 from confide.cas.app import MAX_FAST_BODY, create_app
 from confide.cas.core import decrypt_release
 
@@ -23,31 +23,6 @@ from cas_inproc import InProcessCas
 def env(tmp_path_factory: pytest.TempPathFactory) -> tuple[InProcessCas, Any]:
     cas = InProcessCas.start(tmp_path_factory.mktemp("cas"))
     return cas, create_app(cas.cas)
-
-
-def call(app: Any, path: str, chunks: list[bytes]) -> tuple[int, bytes]:
-    """One POST through the ASGI app, the body delivered in ``chunks``."""
-    messages = [
-        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)
-    ]
-    out: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        out.append(message)
-
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "https", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
-        "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 2),
-    }  # fmt: skip
-    asyncio.run(app(scope, receive, send))
-    status = next(m["status"] for m in out if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in out if m["type"] == "http.response.body")
-    return status, body
 
 
 def attestation(env: InProcessCas, app: Any) -> tuple[dict[str, Any], Any, str]:

@@ -10,16 +10,13 @@ from typing import Any
 import cbor2
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 
 from confide.errors import BindingError, CertificateChainError, ParseError, SignatureError
 from confide.evidence.nitro import NitroDocument, decode_document_text
 from confide.verify.nitro import AWS_NITRO_ROOT_SHA256, aws_nitro_root, document_time, verify_nitro_document
 from confide.verify.result import Platform
+from nitro_forge import Issuer, forge_document, make_ca, make_pki
 
 ASSETS = Path(__file__).parent.parent / "assets" / "nitro"
 EXAMPLE = base64.b64decode((ASSETS / "example_attestation.b64").read_bytes())
@@ -154,47 +151,13 @@ def test_every_flipped_byte_is_rejected() -> None:
 NOW = datetime(2025, 1, 1, 12, tzinfo=UTC)
 
 
-def _ca(cn: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None, ca: bool = True):  # type: ignore[no-untyped-def]
-    key = ec.generate_private_key(ec.SECP384R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    issuer_cert, issuer_key = issuer if issuer else (None, key)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer_cert.subject if issuer_cert else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - timedelta(hours=1))
-        .not_valid_after(NOW + timedelta(hours=3))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .sign(issuer_key, hashes.SHA384())
-    )
-    return cert, key
+def _ca(cn: str, issuer: Issuer | None = None, ca: bool = True) -> Issuer:
+    return make_ca(cn, NOW, issuer, ca=ca)
 
 
 def _forge(alg: int = -35, tagged: bool = False, **changes: Any) -> tuple[bytes, x509.Certificate]:
-    root = _ca("Test Nitro Root")
-    ica = _ca("Test Nitro ICA", root)
-    leaf = _ca("Test enclave", ica, ca=False)
-    der = [c.public_bytes(Encoding.DER) for c in (root[0], ica[0], leaf[0])]
-    payload: dict[str, Any] = {
-        "module_id": "i-test-enc1",
-        "digest": "SHA384",
-        "timestamp": int(NOW.timestamp() * 1000),
-        "pcrs": {i: bytes([i]) * 48 for i in range(16)},
-        "certificate": der[2],
-        "cabundle": der[:2],
-        "public_key": None,
-        "user_data": b"hello",
-        "nonce": b"n" * 16,
-    }
-    payload.update(changes)
-    protected = cbor2.dumps({1: alg})
-    body = cbor2.dumps(payload)
-    to_sign = cbor2.dumps(["Signature1", protected, b"", body])
-    r, s = decode_dss_signature(leaf[1].sign(to_sign, ec.ECDSA(hashes.SHA384())))
-    cose = [protected, {}, body, r.to_bytes(48, "big") + s.to_bytes(48, "big")]
-    return cbor2.dumps(cbor2.CBORTag(18, cose) if tagged else cose), root[0]
+    pki = make_pki(NOW)
+    return forge_document(pki, alg=alg, tagged=tagged, **changes), pki.root_cert
 
 
 def test_forged_tagged_document_verifies_only_under_its_root() -> None:

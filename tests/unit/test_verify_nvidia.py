@@ -8,11 +8,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 from lxml import etree
 
 from confide.errors import (
@@ -24,7 +20,7 @@ from confide.errors import (
     UsageError,
 )
 from confide.evidence.nvidia import NvidiaAttestationReport
-from confide.evidence.nvidia_rim import SHA384_NS, SWID_NS, ReferenceManifest
+from confide.evidence.nvidia_rim import ReferenceManifest
 from confide.platforms import VerifyRequest
 from confide.platforms.nvidia import verify_request
 from confide.verify._pinned_chain import load_pinned_root
@@ -36,7 +32,9 @@ from confide.verify.nvidia import (
     verify_nvidia_report,
 )
 from confide.verify.result import Platform
-from rim_pki import make_pki, sign_rim, strip_signature
+from nvidia_forge import Issuer, make_ca, make_leaf, make_pki, resign
+from rim_pki import make_pki as make_rim_pki
+from rim_pki import rim_matching_report, strip_signature
 
 ASSETS = Path(__file__).parent.parent / "assets" / "nvidia"
 REPORT = bytes.fromhex((ASSETS / "hopperAttestationReport.txt").read_text().strip())
@@ -157,22 +155,14 @@ def test_every_flipped_byte_of_signed_report_is_rejected() -> None:
 # RIMs with golden values rewritten to match the sample report are re-signed by a test PKI and
 # verified under its root (``rim_root``); nothing here relies on an unsigned RIM being accepted.
 
-RIM_PKI = make_pki()
+RIM_PKI = make_rim_pki()
 DRIVER_RIM = "Driver_RIM_test_no_gpu.swidtag"
 VBIOS_RIM = "1010_0200_882_96005E0001_test_no_gpu.swidtag"
 
 
 def _rim_matching_report(source: str, version: str, *, change: dict[int, bytes] | None = None) -> bytes:
     """A copy of a sample RIM whose active golden values are the sample report's, re-signed."""
-    report = NvidiaAttestationReport.from_bytes(REPORT)
-    doc = strip_signature((ASSETS / source).read_bytes())
-    doc.find(f"{{{SWID_NS}}}Meta").set("colloquialVersion", version)  # type: ignore[union-attr]
-    for res in doc.iter(f"{{{SWID_NS}}}Resource"):
-        if res.get("active") == "True":
-            index = int(res.get("index", "0"))
-            value = (change or {}).get(index, report.measurements[index + 1])
-            res.set(f"{{{SHA384_NS}}}Hash0", value.hex())
-    return sign_rim(doc, RIM_PKI)
+    return rim_matching_report(REPORT, (ASSETS / source).read_bytes(), version, RIM_PKI, change=change)
 
 
 def _manifest(data: bytes) -> ReferenceManifest:
@@ -252,69 +242,25 @@ def test_same_index_in_two_rims_is_refused() -> None:
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+def _ca(cn: str, issuer: Issuer | None = None) -> Issuer:
+    return make_ca(cn, NOW, issuer)
 
 
-def _ca(cn: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None):  # type: ignore[no-untyped-def]
-    key = ec.generate_private_key(ec.SECP384R1())
-    issuer_cert, issuer_key = issuer if issuer else (None, key)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(issuer_cert.subject if issuer_cert else _name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - timedelta(days=1))
-        .not_valid_after(NOW + timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-    )
-    return builder.sign(issuer_key, hashes.SHA384()), key
-
-
-def _fwid_extension(fwid: bytes) -> x509.UnrecognizedExtension:
-    inner = bytes.fromhex("0609608648016503040202") + b"\x04\x30" + fwid
-    last = b"\x30" + bytes([len(inner)]) + inner
-    body = b"\x02\x01\x01" + last
-    value = b"\x30" + bytes([len(body)]) + body
-    return x509.UnrecognizedExtension(x509.ObjectIdentifier("2.23.133.5.4.1"), value)
-
-
-def _leaf(issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], fwid: bytes | None):  # type: ignore[no-untyped-def]
-    key = ec.generate_private_key(ec.SECP384R1())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name("Test GPU FMC"))
-        .issuer_name(issuer[0].subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - timedelta(days=1))
-        .not_valid_after(NOW + timedelta(days=30))
-    )
-    if fwid is not None:
-        builder = builder.add_extension(_fwid_extension(fwid), critical=False)
-    return builder.sign(issuer[1], hashes.SHA384()), key
-
-
-def _resign(report_bytes: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
-    report = NvidiaAttestationReport.from_bytes(report_bytes)
-    r, s = decode_dss_signature(key.sign(report.signed_bytes, ec.ECDSA(hashes.SHA384())))
-    return report.signed_bytes + r.to_bytes(48, "big") + s.to_bytes(48, "big")
+def _leaf(issuer: Issuer, fwid: bytes | None) -> Issuer:
+    return make_leaf(issuer, fwid, NOW)
 
 
 @pytest.fixture(scope="module")
 def test_pki():  # type: ignore[no-untyped-def]
-    root = _ca("Test Device Identity CA")
-    ica = _ca("Test ICA", root)
-    fwid = bytes.fromhex(CLAIMS["config"]["fwid"])
-    leaf, leaf_key = _leaf(ica, fwid)
-    return root, ica, leaf, leaf_key
+    pki = make_pki(REPORT, NOW)
+    assert leaf_fwid(pki.leaf[0]).hex() == CLAIMS["config"]["fwid"]
+    return pki.root, pki.ica, pki.leaf[0], pki.leaf[1]
 
 
 def test_forged_report_verifies_only_under_its_own_root(test_pki) -> None:  # type: ignore[no-untyped-def]
     root, ica, leaf, leaf_key = test_pki
     chain = [leaf, ica[0], root[0]]
-    forged = _resign(REPORT, leaf_key)
+    forged = resign(REPORT, leaf_key)
     result = verify_nvidia_report(forged, chain, at=NOW, root=root[0])
     assert result.details["root_overridden"] is True
     with pytest.raises(CertificateChainError, match="pinned root"):
@@ -328,14 +274,14 @@ def test_fwid_mismatch_is_a_binding_error(test_pki) -> None:  # type: ignore[no-
     root, ica, _, _ = test_pki
     leaf, key = _leaf(ica, bytes(48))
     with pytest.raises(BindingError, match="FWID"):
-        verify_nvidia_report(_resign(REPORT, key), [leaf, ica[0], root[0]], at=NOW, root=root[0])
+        verify_nvidia_report(resign(REPORT, key), [leaf, ica[0], root[0]], at=NOW, root=root[0])
 
 
 def test_expired_leaf_is_refused(test_pki) -> None:  # type: ignore[no-untyped-def]
     root, ica, leaf, key = test_pki
     with pytest.raises(CertificateChainError, match="expired"):
         later = NOW + timedelta(days=31)
-        verify_nvidia_report(_resign(REPORT, key), [leaf, ica[0], root[0]], at=later, root=root[0])
+        verify_nvidia_report(resign(REPORT, key), [leaf, ica[0], root[0]], at=later, root=root[0])
 
 
 def test_non_ca_issuer_is_refused(test_pki) -> None:  # type: ignore[no-untyped-def]
@@ -344,7 +290,7 @@ def test_non_ca_issuer_is_refused(test_pki) -> None:  # type: ignore[no-untyped-
     middle, middle_key = _leaf(ica, fwid)  # an end-entity certificate used as issuer
     leaf, key = _leaf((middle, middle_key), fwid)
     with pytest.raises(CertificateChainError, match="not a CA"):
-        verify_nvidia_report(_resign(REPORT, key), [leaf, middle, ica[0], root[0]], at=NOW, root=root[0])
+        verify_nvidia_report(resign(REPORT, key), [leaf, middle, ica[0], root[0]], at=NOW, root=root[0])
 
 
 def test_tampered_embedded_root_is_detected() -> None:
@@ -378,3 +324,14 @@ def test_platform_loads_single_rim_file_and_refuses_empty_dir(tmp_path: Path) ->
     der_root = tmp_path / "root.der"
     der_root.write_bytes(CHAIN[-1].public_bytes(Encoding.DER))
     assert verify_request(VerifyRequest(**base, root=der_root)).details["root_overridden"] is True  # type: ignore[arg-type]
+
+
+def test_platform_reads_the_chain_as_pem_or_der(tmp_path: Path) -> None:
+    der = tmp_path / "chain.der"
+    der.write_bytes(b"".join(c.public_bytes(Encoding.DER) for c in CHAIN))
+    base = {"evidence": REPORT, "platform": Platform.NVIDIA_GPU, "at": AT, "nonce": NONCE}
+    pem_result = verify_request(VerifyRequest(**base, cert_chain=ASSETS / "hopperCertChain.txt"))  # type: ignore[arg-type]
+    assert verify_request(VerifyRequest(**base, cert_chain=der)).claims == pem_result.claims  # type: ignore[arg-type]
+    der.write_bytes(der.read_bytes()[:-1])
+    with pytest.raises(ParseError, match="--cert-chain"):
+        verify_request(VerifyRequest(**base, cert_chain=der))  # type: ignore[arg-type]

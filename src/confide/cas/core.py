@@ -44,6 +44,7 @@ from confide.errors import (
     PolicyError,
     UsageError,
 )
+from confide.evidence.nvidia import NONCE_SIZE as SPDM_NONCE_SIZE
 from confide.identity import PublicIdentity
 from confide.ledger.checkpoint import Checkpoint
 from confide.ledger.note import parse_note
@@ -69,6 +70,7 @@ __all__ = [
     "Cas",
     "EvidenceVerifier",
     "binding_report_data",
+    "check_binding",
     "decrypt_release",
     "verify_signed",
 ]
@@ -96,6 +98,34 @@ def binding_report_data(public_key_der: bytes, nonce: bytes) -> bytes:
     """The 64 bytes of report data that bind evidence to the runtime's ephemeral key and the
     CAS nonce: SHA-512("confide-attest/v1" || 0 || SPKI DER || nonce)."""
     return hashlib.sha512(BINDING_PREFIX + public_key_der + nonce).digest()
+
+
+def check_binding(verified: VerifiedEvidence, binding: bytes) -> None:
+    """Raise :class:`BindingError` unless ``verified`` commits to ``binding`` (the 64 bytes of
+    :func:`binding_report_data`), compared in constant time. Where each platform carries it:
+
+    - ``nvidia-gpu``: the SPDM GET_MEASUREMENTS requester nonce (DSP0274 Table 40, 32 bytes,
+      covered by the GPU's signature) must be ``binding[:32]``;
+    - ``aws-nitro``: the document's ``nonce`` must be all 64 bytes;
+    - every other platform: its 64 bytes of report data (``report_data`` claim)."""
+    if verified.platform is Platform.NVIDIA_GPU:
+        claim, expected = "nonce", binding[:SPDM_NONCE_SIZE]
+    elif verified.platform is Platform.AWS_NITRO:
+        claim, expected = "nonce", binding
+    else:
+        claim, expected = "report_data", binding
+    value = verified.claims.get(claim)
+    try:
+        got = bytes.fromhex(value) if isinstance(value, str) else b""
+    except ValueError:
+        got = b""
+    if not hmac.compare_digest(got, expected):
+        shown = f"{value[:32]}…" if isinstance(value, str) and value else "none"
+        part = f"the first {len(expected)} bytes of " if len(expected) < len(binding) else ""
+        raise BindingError(
+            f"{verified.platform} {claim.replace('_', ' ')} got {shown}, expected {part}the SHA-512"
+            " binding of the key and nonce"
+        )
 
 
 def verify_signed(doc: Any, expected_type: str) -> tuple[dict[str, Any], PublicIdentity]:
@@ -699,12 +729,7 @@ class Cas:
             verified = self.verifier.verify(platform, evidence, aux, at=at)
             outcome.update(_evidence_summary(verified))
             # The evidence binds the runtime's key and our nonce.
-            expected = binding_report_data(key_der, nonce).hex()
-            got = str(verified.claims.get("report_data", ""))
-            if not hmac.compare_digest(got.lower(), expected):
-                raise BindingError(
-                    f"report data got {got[:32]}…, expected SHA-512 binding of the key and nonce"
-                )
+            check_binding(verified, binding_report_data(key_der, nonce))
             # Appraise against the service's policy, then render its configuration.
             with self.db.read() as conn:
                 head = raw_execute(

@@ -1,36 +1,70 @@
 """The CAS's evidence verifier: dispatches to the platform verifiers (no I/O of its own;
-collateral sources are configured when the CAS starts)."""
+collateral sources are configured when the CAS starts).
+
+What each platform's ``evidence`` and ``aux`` blobs are (all hostile input):
+
+- ``sim``: a simulated report; ``sgx``/``tdx``: a DCAP quote, ``aux["collateral"]`` optionally a
+  dcap-qvl JSON collateral bundle; ``sev-snp``: the report, ``aux["auxblob"]`` (configfs-tsm's
+  certificate table) or ``aux["vcek"]``.
+- ``nvidia-gpu``: the SPDM attestation report (GET_MEASUREMENTS request ‖ MEASUREMENTS
+  response ‖ signature); ``aux["certs"]`` the GPU's certificate chain, leaf first, as a PEM
+  bundle or concatenated DER; ``aux["rim:<name>"]`` optional RIMs (raw SWID XML), verified under
+  the pinned NVIDIA RIM root before their golden values are compared. Other keys are refused.
+- ``aws-nitro``: the attestation document (COSE_Sign1, binary); its chain is inside it.
+
+Roots are the embedded, pinned ones; the constructor's overrides exist for test PKIs and are
+never taken from a request.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from confide.collateral.dcap import DcapCollateralSource
-from confide.errors import CollateralMissingError, UsageError
+from confide.errors import CollateralMissingError, MeasurementError, ParseError, UsageError
 from confide.evidence.dcap import Quote
 from confide.evidence.dcap_collateral import DcapCollateral
+from confide.evidence.nvidia_rim import ReferenceManifest
 from confide.evidence.snp_certs import VCEK_GUID, VLEK_GUID, parse_cert_table
 from confide.platforms.sev_snp import embedded_roots
 from confide.verify.dcap import DcapVerifier
+from confide.verify.nitro import verify_nitro_document
+from confide.verify.nvidia import RimMismatchError, verify_nvidia_report
 from confide.verify.result import Platform, VerifiedEvidence
 from confide.verify.sev_snp import SnpVerifier
 from confide.verify.sim import verify_sim
+from confide.verify.x509util import load_certificate_chain
 
-__all__ = ["PlatformVerifier"]
+__all__ = ["MAX_RIMS", "PlatformVerifier"]
+
+NVIDIA_CERTS = "certs"
+NVIDIA_RIM_PREFIX = "rim:"
+MAX_RIMS = 16
 
 
 class PlatformVerifier:
     """Verifies evidence for the CAS. ``sim_key`` enables the simulator (development only);
     ``dcap_source`` supplies Intel collateral (``aux["collateral"]`` may carry a dcap-qvl JSON
-    bundle instead)."""
+    bundle instead). ``nvidia_root``, ``nvidia_rim_root`` and ``nitro_root`` replace the
+    embedded pinned roots: for test PKIs only."""
 
     def __init__(
-        self, *, sim_key: Ed25519PublicKey | None = None, dcap_source: DcapCollateralSource | None = None
+        self,
+        *,
+        sim_key: Ed25519PublicKey | None = None,
+        dcap_source: DcapCollateralSource | None = None,
+        nvidia_root: x509.Certificate | None = None,
+        nvidia_rim_root: x509.Certificate | None = None,
+        nitro_root: x509.Certificate | None = None,
     ) -> None:
         self.sim_key = sim_key
         self.dcap_source = dcap_source
+        self.nvidia_root = nvidia_root
+        self.nvidia_rim_root = nvidia_rim_root
+        self.nitro_root = nitro_root
         self.dcap = DcapVerifier()
         self.snp = SnpVerifier(embedded_roots())
 
@@ -64,4 +98,41 @@ class PlatformVerifier:
             if vek is None:
                 raise CollateralMissingError("SEV-SNP evidence came without its VCEK/VLEK (auxblob or vcek)")
             return self.snp.verify(evidence, vek, at=at)
+        if platform is Platform.NVIDIA_GPU:
+            # The nonce is not checked here: the CAS compares it with the key binding
+            # (core.check_binding), as it does every platform's report data.
+            certs, rims = _nvidia_aux(aux)
+            try:
+                return verify_nvidia_report(
+                    evidence, certs, at=at, root=self.nvidia_root, rims=rims, rim_root=self.nvidia_rim_root
+                )
+            except RimMismatchError as exc:
+                # Refusals cross the wire by class name: keep to the public tree (confide.errors).
+                raise MeasurementError(exc.message) from None
+        if platform is Platform.AWS_NITRO:
+            return verify_nitro_document(evidence, at=at, root=self.nitro_root)
         raise UsageError(f"this CAS does not verify {platform.value} evidence yet")
+
+
+def _nvidia_aux(aux: dict[str, bytes]) -> tuple[list[x509.Certificate], list[ReferenceManifest]]:
+    """The GPU's certificate chain and the RIMs sent with NVIDIA evidence (see the module
+    docstring); unknown keys are refused so that a misspelt RIM is not silently skipped."""
+    unknown = sorted(k for k in aux if k != NVIDIA_CERTS and not k.startswith(NVIDIA_RIM_PREFIX))
+    if unknown:
+        raise ParseError(
+            f"got aux {', '.join(repr(k[:40]) for k in unknown[:4])}, expected"
+            f" {NVIDIA_CERTS!r} and {NVIDIA_RIM_PREFIX!r}<name> blobs",
+            structure="nvidia-gpu evidence",
+        )
+    certs = aux.get(NVIDIA_CERTS)
+    if certs is None:
+        raise CollateralMissingError(
+            f"NVIDIA evidence came without the GPU's certificate chain (aux {NVIDIA_CERTS!r}, leaf first)"
+        )
+    chain = load_certificate_chain(certs, f"aux {NVIDIA_CERTS!r}")
+    names = sorted(k for k in aux if k.startswith(NVIDIA_RIM_PREFIX))
+    if len(names) > MAX_RIMS:
+        raise ParseError(
+            f"got {len(names)} RIMs, expected at most {MAX_RIMS}", structure="nvidia-gpu evidence"
+        )
+    return chain, [ReferenceManifest.from_bytes(aux[name]) for name in names]

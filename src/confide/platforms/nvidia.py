@@ -1,6 +1,7 @@
 """CLI glue for ``confide evidence verify --platform nvidia-gpu``.
 
-Reads the GPU's PEM certificate chain (``--cert-chain``, leaf first), an optional device root
+Reads the GPU's certificate chain (``--cert-chain``: a PEM bundle or concatenated DER, leaf
+first; the CAS parses its ``aux["certs"]`` with the same function), an optional device root
 override (``--root``, tests only), optional RIMs (``--collateral``: one ``.swidtag``/``.xml`` file
 or a directory of them) and an optional RIM root override (``--rim-root``, tests only), then calls
 :func:`confide.verify.nvidia.verify_nvidia_report`.
@@ -17,8 +18,9 @@ from confide.evidence.nvidia_rim import ReferenceManifest
 from confide.platforms import VerifyRequest
 from confide.verify.nvidia import verify_nvidia_report
 from confide.verify.result import VerifiedEvidence
+from confide.verify.x509util import load_certificate_chain
 
-__all__ = ["load_pem_chain", "load_rims", "load_root", "verify_request"]
+__all__ = ["load_chain", "load_rims", "load_root", "verify_request"]
 
 RIM_SUFFIXES = (".swidtag", ".xml")
 MAX_RIM_FILES = 16
@@ -31,13 +33,8 @@ def _read(path: Path, what: str) -> bytes:
         raise UsageError(f"{what}: cannot read {str(path)!r}: {exc.strerror or exc}") from None
 
 
-def load_pem_chain(path: Path, what: str) -> list[x509.Certificate]:
-    data = _read(path, what)
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise ParseError(f"{what}: {str(path)!r} is not a PEM certificate list: {exc}") from None
-    return certs
+def load_chain(path: Path, what: str) -> list[x509.Certificate]:
+    return load_certificate_chain(_read(path, what), f"{what} {str(path)!r}")
 
 
 def load_rims(path: Path) -> list[ReferenceManifest]:
@@ -70,8 +67,8 @@ def load_root(path: Path, what: str) -> x509.Certificate:
 
 def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     if req.cert_chain is None:
-        raise UsageError("--platform nvidia-gpu needs --cert-chain FILE (the GPU's PEM chain, leaf first)")
-    chain = load_pem_chain(req.cert_chain, "--cert-chain")
+        raise UsageError("--platform nvidia-gpu needs --cert-chain FILE (PEM or DER chain, leaf first)")
+    chain = load_chain(req.cert_chain, "--cert-chain")
     root = load_root(req.root, "--root") if req.root is not None else None
     rim_root = load_root(req.rim_root, "--rim-root") if req.rim_root is not None else None
     if rim_root is not None and req.collateral is None:

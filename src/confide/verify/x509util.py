@@ -24,6 +24,7 @@ from confide.errors import (
     ParseError,
     SignatureError,
 )
+from confide.evidence.pem import MAX_CHAIN_LENGTH, normalise_pem, parse_pem_chain
 
 __all__ = [
     "check_cert_dates",
@@ -31,6 +32,7 @@ __all__ = [
     "check_issuer_is_ca",
     "check_pinned_root",
     "check_validity",
+    "load_certificate_chain",
     "load_der_certificate",
     "load_der_crl",
     "name_of",
@@ -55,6 +57,74 @@ def load_der_certificate(der: bytes, what: str) -> x509.Certificate:
     ) as exc:
         raise ParseError(f"not a valid DER X.509 certificate ({exc})", structure=what) from None
     return cert
+
+
+MAX_CERT_DER_SIZE = 16 * 1024
+
+
+def _split_der(data: bytes, what: str) -> list[bytes]:
+    """Split concatenated DER certificates by their outer SEQUENCE headers (X.690 §8.1.2-8.1.3:
+    tag 0x30, definite length in short or long form); every byte must belong to one of them."""
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(data):
+        if len(out) == MAX_CHAIN_LENGTH:
+            raise ParseError(f"got more than {MAX_CHAIN_LENGTH} certificates", structure=what)
+        if len(data) - pos < 2:
+            raise ParseError(
+                f"got {len(data) - pos} trailing byte(s), expected a certificate", structure=what, offset=pos
+            )
+        if data[pos] != 0x30:
+            raise ParseError(
+                f"got byte {data[pos]:#04x}, expected a DER SEQUENCE (0x30) starting a certificate",
+                structure=what,
+                offset=pos,
+            )
+        first = data[pos + 1]
+        if first < 0x80:
+            header, length = 2, first
+        else:
+            n = first & 0x7F
+            if not 1 <= n <= 3 or len(data) - pos < 2 + n:
+                raise ParseError(
+                    "certificate length is not a 1-3 byte DER length", structure=what, offset=pos
+                )
+            header, length = 2 + n, int.from_bytes(data[pos + 2 : pos + 2 + n], "big")
+        if header + length > MAX_CERT_DER_SIZE:
+            raise ParseError(
+                f"got a {header + length}-byte certificate, expected at most {MAX_CERT_DER_SIZE}",
+                structure=what,
+                offset=pos,
+            )
+        end = pos + header + length
+        if end > len(data):
+            raise ParseError(
+                f"certificate needs {header + length} bytes, {len(data) - pos} remain",
+                structure=what,
+                offset=pos,
+            )
+        out.append(data[pos:end])
+        pos = end
+    return out
+
+
+def load_certificate_chain(data: bytes, what: str) -> list[x509.Certificate]:
+    """Certificates in the order given (for chains: leaf first), from PEM (re-flowed, then
+    parsed strictly: :mod:`confide.evidence.pem`) or concatenated DER; at most
+    ``MAX_CHAIN_LENGTH``, each parsed eagerly (:func:`load_der_certificate`). Order and trust
+    are the chain checker's business."""
+    if b"-----BEGIN" in data:
+        ders = parse_pem_chain(normalise_pem(data, structure=what), structure=what)
+        if data.count(b"-----BEGIN") != len(ders):
+            raise ParseError(
+                f"got {data.count(b'-----BEGIN')} PEM blocks, {len(ders)} of them complete certificates",
+                structure=what,
+            )
+    elif data:
+        ders = _split_der(data, what)
+    else:
+        raise ParseError("got no bytes, expected a PEM bundle or concatenated DER", structure=what)
+    return [load_der_certificate(der, f"{what}[{i}]") for i, der in enumerate(ders)]
 
 
 def name_of(cert: x509.Certificate) -> str:
