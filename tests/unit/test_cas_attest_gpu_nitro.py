@@ -79,6 +79,9 @@ services:
 secrets:
   - name: token
     kind: ascii
+security:
+  attestation:
+    tolerate: [gpu-only]
 """
 
 
@@ -112,10 +115,15 @@ class Runtime:
         self.binding = binding_report_data(self.der, bytes.fromhex(self.nonce))
 
     def request(
-        self, service: str, platform: Platform, evidence: bytes, aux: dict[str, bytes] | None = None
+        self,
+        service: str,
+        platform: Platform,
+        evidence: bytes,
+        aux: dict[str, bytes] | None = None,
+        policy: str = "app",
     ) -> dict[str, Any]:
         return {
-            "policy": "app", "service": service, "platform": platform.value, "nonce": self.nonce,
+            "policy": policy, "service": service, "platform": platform.value, "nonce": self.nonce,
             "evidence": base64.b64encode(evidence).decode(), "public_key": base64.b64encode(self.der).decode(),
             "aux": {k: base64.b64encode(v).decode() for k, v in (aux or {}).items()},
         }  # fmt: skip
@@ -165,6 +173,20 @@ def test_gpu_evidence_bound_to_the_key_is_accepted(cas: Cas, encoding: str) -> N
     assert config["command"][0] == "gpu" and len(config["command"][2]) > 0
     event = last_attestation(cas)
     assert event["verdict"] == "accepted" and event["platform"] == "nvidia-gpu"
+
+
+def test_gpu_evidence_alone_needs_the_gpu_only_tolerance(cas: Cas) -> None:
+    strict = POLICY.replace("name: app", "name: strict", 1).split("security:")[0]
+    cas.apply(policy_submission(loads_policy(strict), Identity.generate()))
+    rt = Runtime(cas)
+    request = rt.request(
+        "gpu",
+        Platform.NVIDIA_GPU,
+        gpu_evidence(rt.binding[:32]),
+        {"certs": NV_PKI.chain_pem()},
+        policy="strict",
+    )
+    refused(cas, request, errors.AppraisalError, "tolerate to include 'gpu-only'")
 
 
 def test_gpu_evidence_with_matching_signed_rims_is_accepted(cas: Cas) -> None:

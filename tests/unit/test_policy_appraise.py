@@ -230,13 +230,12 @@ def test_sev_snp_accepts_without_tcb_status_and_reports_every_mismatch() -> None
 
 # --- NVIDIA GPU, AWS Nitro, simulator ---------------------------------------------------------
 
-GPU_POLICY = policy(
-    f"""      nvidia-gpu:
+GPU_ATTESTATION = f"""      nvidia-gpu:
         driver_version: ["550.54.15", "550.90.07"]
         vbios_version: 96.00.88.00.11
         measurements: {{0: {H48["a"]}, 2: [{H48["b"]}, {H48["c"]}]}}
 """
-)
+GPU_POLICY = policy(GPU_ATTESTATION, "    tolerate: [gpu-only]\n")
 
 
 @pytest.mark.parametrize(
@@ -256,6 +255,20 @@ def test_nvidia_gpu(measurements: Any) -> None:
         "attestation[0].nvidia-gpu.measurements.2",
     ]
     assert result.reasons[3].got == "no claim"
+
+
+def test_a_gpu_report_alone_needs_the_gpu_only_tolerance() -> None:
+    good = {
+        "driver_version": "550.90.07",
+        "vbios_version": "96.00.88.00.11",
+        "measurements": [H48["a"], H48["f"], H48["c"]],
+    }
+    accepted = appraise(evidence(Platform.NVIDIA_GPU, good, tcb=None), GPU_POLICY, "svc", at=AT)
+    assert accepted.accepted and accepted.tolerated == ("gpu-only",)
+    result = appraise(evidence(Platform.NVIDIA_GPU, good, tcb=None), policy(GPU_ATTESTATION), "svc", at=AT)
+    assert not result.accepted
+    assert fields(result) == ["platform"]
+    assert "gpu-only" in result.reasons[0].expected
 
 
 def test_aws_nitro_pcrs() -> None:

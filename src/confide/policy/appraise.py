@@ -136,6 +136,13 @@ def appraise(
 
     if evidence.simulated:
         _need(Tolerance.SIMULATION, security, tolerated, reasons, "platform", "simulated evidence (sim)")
+    if evidence.platform is Platform.NVIDIA_GPU:
+        # A GPU report proves a genuine GPU in CC mode, not that the caller runs inside a CPU
+        # TEE; releasing secrets on it alone must be the policy's explicit choice.
+        _need(
+            Tolerance.GPU_ONLY, security, tolerated, reasons, "platform",
+            "an NVIDIA GPU report alone (it attests the GPU, not the CPU TEE that runs the service)",
+        )  # fmt: skip
 
     _check_debug(evidence, security, tolerated, reasons)
     _check_tcb(evidence, security, tolerated, reasons)

@@ -295,6 +295,10 @@ class Tolerance(enum.StrEnum):
     OUTDATED_TCB = "outdated-tcb"
     SIMULATION = "simulation"
     """confide: accept evidence from the development simulator."""
+    GPU_ONLY = "gpu-only"
+    """confide: accept an NVIDIA GPU's report alone. It attests the GPU, not the confidential
+    VM that runs the service: anyone with a genuine GPU (the host operator included) can obtain
+    such a report for the CAS's nonce."""
 
 
 def _advisory(value: str) -> str:
