@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 from confide.evidence.dcap import CertificationData, EcdsaSignatureData, QeReportCertificationData, Quote
 from confide.evidence.dcap_collateral import DcapCollateral
 from confide.evidence.pem import parse_pem_chain, pem_chain
+from pki import issue, key_usage
 
 SGX_OID = x509.ObjectIdentifier("1.2.840.113741.1.13.1")
 
@@ -48,33 +49,12 @@ def _cert(
     ca: bool,
     extra: x509.ExtensionType | None = None,
 ) -> x509.Certificate:
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(_name(issuer))
-        .public_key(key.public_key())
-        .serial_number(serial)
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=not ca,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=ca,
-                crl_sign=ca,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    )
-    if extra is not None:
-        b = b.add_extension(extra, critical=False)
-    return b.sign(issuer_key, hashes.SHA256())
+    return issue(
+        _name(subject), key.public_key(), issuer=_name(issuer), signing_key=issuer_key,
+        not_before=not_before, not_after=not_after, ca=ca,
+        usage=key_usage(cert_sign=ca, digital_signature=not ca),
+        extensions=[extra] if extra is not None else (), serial=serial, hash_algorithm=hashes.SHA256(),
+    )  # fmt: skip
 
 
 def raw_sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:

@@ -18,30 +18,15 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
+
+from pki import Issuer, p384_cert
 
 COSE_ES384 = -35
 COSE_SIGN1_TAG = 18
 
-Issuer = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
-
 
 def make_ca(cn: str, now: datetime, issuer: Issuer | None = None, *, ca: bool = True) -> Issuer:
-    key = ec.generate_private_key(ec.SECP384R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    issuer_cert, issuer_key = issuer if issuer else (None, key)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer_cert.subject if issuer_cert else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + timedelta(hours=3))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .sign(issuer_key, hashes.SHA384())
-    )
-    return cert, key
+    return p384_cert(cn, now - timedelta(hours=1), now + timedelta(hours=3), issuer, ca=ca)
 
 
 @dataclass(frozen=True)

@@ -17,35 +17,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 
 from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
+from pki import Issuer, issue, p384_cert
 
 FWID_OID = x509.ObjectIdentifier("2.23.133.5.4.1")
 SHA384_OID_DER = bytes.fromhex("0609608648016503040202")
 
-Issuer = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
 
 def make_ca(cn: str, now: datetime, issuer: Issuer | None = None) -> Issuer:
-    key = ec.generate_private_key(ec.SECP384R1())
-    issuer_cert, issuer_key = issuer if issuer else (None, key)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(issuer_cert.subject if issuer_cert else _name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(issuer_key, hashes.SHA384())
-    )
-    return cert, key
+    return p384_cert(cn, now - timedelta(days=1), now + timedelta(days=365), issuer)
 
 
 def fwid_extension(fwid: bytes) -> x509.UnrecognizedExtension:
@@ -59,18 +40,12 @@ def fwid_extension(fwid: bytes) -> x509.UnrecognizedExtension:
 def make_leaf(issuer: Issuer, fwid: bytes | None, now: datetime) -> Issuer:
     """A GPU attestation (FMC) leaf, valid for 30 days from a day before ``now``."""
     key = ec.generate_private_key(ec.SECP384R1())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name("Test GPU FMC"))
-        .issuer_name(issuer[0].subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=30))
-    )
-    if fwid is not None:
-        builder = builder.add_extension(fwid_extension(fwid), critical=False)
-    return builder.sign(issuer[1], hashes.SHA384()), key
+    cert = issue(
+        "Test GPU FMC", key.public_key(), issuer=issuer[0].subject, signing_key=issuer[1],
+        not_before=now - timedelta(days=1), not_after=now + timedelta(days=30), ca=None,
+        extensions=[fwid_extension(fwid)] if fwid is not None else (),
+    )  # fmt: skip
+    return cert, key
 
 
 def resign(report_bytes: bytes, key: ec.EllipticCurvePrivateKey, *, nonce: bytes | None = None) -> bytes:

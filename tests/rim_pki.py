@@ -10,21 +10,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 from lxml import etree
 from signxml import SignatureConstructionMethod
 from signxml.signer import XMLSigner
 
 from confide.evidence.nvidia import NvidiaAttestationReport
 from confide.evidence.nvidia_rim import SHA384_NS, SWID_NS
+from pki import PrivateKey, issue, key_usage
 
 DS_SIGNATURE = "{http://www.w3.org/2000/09/xmldsig#}Signature"
 VALID_FROM = datetime(2024, 1, 1, tzinfo=UTC)
 VALID_UNTIL = datetime(2026, 1, 1, tzinfo=UTC)
-
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 @dataclass(frozen=True)
@@ -35,10 +32,6 @@ class RimPki:
     leaf_key: PrivateKey
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
 def make_cert(
     cn: str,
     key: PrivateKey,
@@ -47,33 +40,11 @@ def make_cert(
     ca: bool,
     valid: tuple[datetime, datetime] = (VALID_FROM, VALID_UNTIL),
 ) -> x509.Certificate:
-    issuer_name = issuer[0].subject if issuer else _name(cn)
-    signing_key = issuer[1] if issuer else key
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(valid[0])
-        .not_valid_after(valid[1])
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=not ca,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=ca,
-                crl_sign=ca,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    )
-    return builder.sign(signing_key, hashes.SHA384())
+    return issue(
+        cn, key.public_key(), issuer=issuer[0].subject if issuer else cn,
+        signing_key=issuer[1] if issuer else key, not_before=valid[0], not_after=valid[1], ca=ca,
+        usage=key_usage(cert_sign=ca, digital_signature=not ca),
+    )  # fmt: skip
 
 
 def make_pki(

@@ -28,6 +28,7 @@ from confide.evidence.sev_snp import (
     TcbVersion,
 )
 from confide.verify.sev_snp import AmdChain, AmdRootStore, VekKind
+from pki import issue, key_usage
 
 NOT_BEFORE = datetime(2025, 1, 1, tzinfo=UTC)
 AT = datetime(2025, 6, 1, tzinfo=UTC)
@@ -200,31 +201,11 @@ def make_fake_amd(
     long_after = NOT_BEFORE + timedelta(days=9000)
 
     def ca(subject: str, issuer: str, key: rsa.RSAPrivateKey, signer: rsa.RSAPrivateKey, serial: int):
-        return (
-            x509.CertificateBuilder()
-            .subject_name(_name(subject))
-            .issuer_name(_name(issuer))
-            .public_key(key.public_key())
-            .serial_number(serial)
-            .not_valid_before(NOT_BEFORE)
-            .not_valid_after(long_after)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(signer, hashes.SHA384(), rsa_padding=_PSS)
-        )
+        return issue(
+            _name(subject), key.public_key(), issuer=_name(issuer), signing_key=signer,
+            not_before=NOT_BEFORE, not_after=long_after, ca=True,
+            usage=key_usage(cert_sign=True, digital_signature=False), serial=serial, rsa_padding=_PSS,
+        )  # fmt: skip
 
     ark = ca(f"ARK-{product}", f"ARK-{product}", ark_key, ark_key, 0x30000)
     ask = ca(kind.intermediate_cn(product), f"ARK-{product}", ask_key, ark_key, 0x30001)
@@ -245,16 +226,9 @@ def make_fake_amd(
         exts.append(_ext(f"{_AMD}.4", hwid if hwid is not None else default_hwid))
     else:
         exts.append(_ext(f"{_AMD}.5", _ia5("CN=example-csp")))
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(kind.subject_cn))
-        .issuer_name(ask.subject)
-        .public_key(vek_key.public_key())
-        .serial_number(1)
-        .not_valid_before(NOT_BEFORE)
-        .not_valid_after(vek_not_after or NOT_BEFORE + timedelta(days=2555))
-    )
-    for e in exts:
-        builder = builder.add_extension(e, critical=False)
-    vek = builder.sign(ask_key, hashes.SHA384(), rsa_padding=_PSS)
+    vek = issue(
+        _name(kind.subject_cn), vek_key.public_key(), issuer=ask.subject, signing_key=ask_key,
+        not_before=NOT_BEFORE, not_after=vek_not_after or NOT_BEFORE + timedelta(days=2555), ca=None,
+        extensions=exts, serial=1, rsa_padding=_PSS,
+    )  # fmt: skip
     return FakeAmd(product, kind, ark_key, ark, ask_key, ask, vek_key, vek, tcb, chip_id)

@@ -8,10 +8,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from confide.errors import CertificateChainError
 from confide.verify.x509util import check_issuer_is_ca, verify_chain_signatures, verify_issued_by
+from pki import issue, key_usage
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -26,29 +26,12 @@ def _cert(
     cert_sign: bool | None = True,
 ) -> x509.Certificate:
     issuer_cn, issuer_key = issuer or (cn, key)
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_cn)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(T0)
-        .not_valid_after(T0 + timedelta(days=30))
-    )
-    if ca is not None:
-        b = b.add_extension(
-            x509.BasicConstraints(ca=ca, path_length=path_length if ca else None), critical=True
-        )
-    if cert_sign is not None:
-        b = b.add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=cert_sign,
-                crl_sign=cert_sign, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )  # fmt: skip
-    return b.sign(issuer_key, hashes.SHA256())
+    return issue(
+        cn, key.public_key(), issuer=issuer_cn, signing_key=issuer_key,
+        not_before=T0, not_after=T0 + timedelta(days=30), ca=ca, path_length=path_length,
+        usage=None if cert_sign is None else key_usage(cert_sign=cert_sign, digital_signature=True),
+        hash_algorithm=hashes.SHA256(),
+    )  # fmt: skip
 
 
 KEYS = [ec.generate_private_key(ec.SECP256R1()) for _ in range(4)]

@@ -1,0 +1,93 @@
+"""One X.509 certificate builder for the test PKIs (DCAP, NVIDIA, NVIDIA RIM, Nitro, the chain
+checks of ``confide.verify.x509util``): each forging module states only what differs (names,
+keys, validity, which extensions, the signature hash)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+
+
+def name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def key_usage(*, cert_sign: bool, digital_signature: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def issue(
+    subject: str | x509.Name,
+    public_key: PublicKey,
+    *,
+    issuer: str | x509.Name,
+    signing_key: PrivateKey,
+    not_before: datetime,
+    not_after: datetime,
+    ca: bool | None,
+    path_length: int | None = None,
+    usage: x509.KeyUsage | None = None,
+    extensions: Sequence[x509.ExtensionType] = (),
+    serial: int | None = None,
+    hash_algorithm: hashes.HashAlgorithm | None = None,
+    rsa_padding: padding.PSS | None = None,
+) -> x509.Certificate:
+    """A certificate for ``public_key`` signed by ``signing_key``. ``ca=None`` leaves out Basic
+    Constraints (some device leaves have none); ``usage`` adds a critical Key Usage; other
+    ``extensions`` are added as non-critical; ``rsa_padding`` for RSA-PSS issuers (AMD)."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name(subject) if isinstance(subject, str) else subject)
+        .issuer_name(name(issuer) if isinstance(issuer, str) else issuer)
+        .public_key(public_key)
+        .serial_number(serial if serial is not None else x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+    )
+    if ca is not None:
+        builder = builder.add_extension(
+            x509.BasicConstraints(ca=ca, path_length=path_length if ca else None), critical=True
+        )
+    if usage is not None:
+        builder = builder.add_extension(usage, critical=True)
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=False)
+    return builder.sign(signing_key, hash_algorithm or hashes.SHA384(), rsa_padding=rsa_padding)
+
+
+Issuer = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
+
+
+def p384_cert(
+    cn: str,
+    not_before: datetime,
+    not_after: datetime,
+    issuer: Issuer | None = None,
+    *,
+    ca: bool | None = True,
+) -> Issuer:
+    """A fresh P-384 key and its certificate, self-signed without ``issuer``."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    cert = issue(
+        cn, key.public_key(), issuer=issuer[0].subject if issuer else cn,
+        signing_key=issuer[1] if issuer else key, not_before=not_before, not_after=not_after, ca=ca,
+    )  # fmt: skip
+    return cert, key
