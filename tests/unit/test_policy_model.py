@@ -83,6 +83,9 @@ def test_examples_cover_the_promised_features() -> None:
         Platform.NVIDIA_GPU,
         Platform.AWS_NITRO,
     }
+    composite = vms.service("llm-gpus").variants()[0]
+    assert composite.composite and composite.platform is Platform.TDX
+    assert composite.nvidia_gpu is not None and composite.nvidia_gpu.count == 2
 
 
 def test_multi_stakeholder_export_is_pinned_to_the_importers_hash() -> None:
