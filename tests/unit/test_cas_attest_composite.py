@@ -16,8 +16,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from asgi_call import call
 from cas_inproc import InProcessCas
 from confide import errors
+from confide.cas.app import create_app
 from confide.cas.core import Cas, binding_report_data, decrypt_release
 from confide.cas.db import raw_connection, raw_execute
 from confide.cas.verifier import MAX_GPUS, PlatformVerifier
@@ -374,3 +376,29 @@ def test_cpu_only_variant_is_unchanged_and_verifies_gpus_sent_with_it(cas: InPro
     rt = runtime(cas)
     aux = {**rt.gpu(0, nonce=bytes(32))}
     refused(cas.cas, rt.request("cpu-only", aux), errors.BindingError, "^gpu0: ")
+
+
+# --- over the HTTP API ----------------------------------------------------------------------------
+
+
+def test_composite_attestation_over_http(cas: InProcessCas) -> None:
+    app = create_app(cas.cas)
+
+    def attest(aux_for: Any) -> tuple[int, dict[str, Any], Runtime]:
+        status, body = call(app, "/v1/attest/nonce", [b""])
+        assert status == 200
+        rt = runtime(cas)
+        rt.nonce = json.loads(body)["nonce"]
+        rt.binding = binding_report_data(rt.der, bytes.fromhex(rt.nonce))
+        status, body = call(app, "/v1/attest", [json.dumps(rt.request("ai", aux_for(rt))).encode()])
+        return status, json.loads(body), rt
+
+    status, release, rt = attest(lambda rt: gpus(rt, 0, 1))
+    assert status == 200, release
+    assert rt.open(release)["command"][0] == "serve"
+    assert len(last_attestation(cas.cas)["gpus"]) == 2
+    status, error, _ = attest(
+        lambda rt: {**rt.gpu(0), "gpu1": rt.gpu(0)["gpu0"], "gpu1.certs": PKI.chain_pem()}
+    )
+    assert status == 403 and error["error"]["class"] == "AppraisalError"
+    assert "the same GPU as gpu0" in json.dumps(error)
