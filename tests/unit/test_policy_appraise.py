@@ -271,6 +271,119 @@ def test_a_gpu_report_alone_needs_the_gpu_only_tolerance() -> None:
     assert "gpu-only" in result.reasons[0].expected
 
 
+# --- composite: a confidential VM with GPUs -----------------------------------------------------
+
+COMPOSITE_POLICY = policy(
+    f"""      tdx:
+        mr_td: {H48["a"]}
+      nvidia-gpu:
+        count: 2
+        driver_version: "550.90.07"
+        measurements: {{0: {H48["a"]}}}
+"""
+)
+GPU_GOOD: dict[str, ClaimValue] = {"driver_version": "550.90.07", "measurements": {"0": H48["a"]}}
+
+
+def gpu(
+    k: int, claims: dict[str, ClaimValue] = GPU_GOOD, *, key: int | None = None, **kw: Any
+) -> VerifiedEvidence:
+    """GPU ``k``'s verified report: its own digest and attestation key (``key`` to share one)."""
+    return VerifiedEvidence(
+        platform=Platform.NVIDIA_GPU,
+        claims={**claims, "attestation_key_sha256": f"{k if key is None else key:064x}"},
+        verified_at=kw.get("verified_at", AT - timedelta(seconds=1)),
+        evidence_digest=f"{k + 1:064x}",
+    )
+
+
+def test_composite_holds_when_the_cpu_and_every_gpu_hold() -> None:
+    vm = evidence(Platform.TDX, tdx())
+    result = appraise(vm, COMPOSITE_POLICY, "svc", at=AT, devices=[gpu(0), gpu(1)])
+    assert result.accepted and result.platform is Platform.TDX and result.tolerated == ()
+    assert result.matched_variant == 0
+
+
+def test_composite_reports_cpu_and_per_gpu_mismatches_together() -> None:
+    vm = evidence(Platform.TDX, tdx(mr_td=H48["b"]))
+    other = gpu(1, {"driver_version": "535.1", "measurements": {"0": H48["c"]}})
+    result = appraise(vm, COMPOSITE_POLICY, "svc", at=AT, devices=[gpu(0), other])
+    assert fields(result) == [
+        "attestation[0].tdx.mr_td",
+        "attestation[0].gpu1.nvidia-gpu.driver_version",
+        "attestation[0].gpu1.nvidia-gpu.measurements.0",
+    ]
+    assert result.reasons[2].got == H48["c"]
+
+
+def test_composite_gpu_count_is_exact_and_defaults_to_at_least_one() -> None:
+    vm = evidence(Platform.TDX, tdx())
+    for devices in ([], [gpu(0)], [gpu(0), gpu(1), gpu(2)]):
+        result = appraise(vm, COMPOSITE_POLICY, "svc", at=AT, devices=devices)
+        assert fields(result) == ["attestation[0].nvidia-gpu.count"]
+        assert result.reasons[0] == Reason(
+            "attestation[0].nvidia-gpu.count", f"{len(devices)} distinct GPU report(s)", "2"
+        )
+    any_count = policy(
+        f"      tdx: {{mr_td: {H48['a']}}}\n      nvidia-gpu: {{driver_version: '550.90.07'}}\n"
+    )
+    assert fields(appraise(vm, any_count, "svc", at=AT)) == ["attestation[0].nvidia-gpu"]
+    for n in (1, 5):
+        assert appraise(vm, any_count, "svc", at=AT, devices=[gpu(k) for k in range(n)]).accepted
+
+
+@pytest.mark.parametrize("same", ["report", "key"])
+def test_a_gpu_presented_twice_is_reported_and_counts_once(same: str) -> None:
+    vm = evidence(Platform.TDX, tdx())
+    twin = gpu(0) if same == "report" else gpu(1, key=0)
+    result = appraise(vm, COMPOSITE_POLICY, "svc", at=AT, devices=[gpu(0), twin])
+    assert fields(result) == ["gpu1", "attestation[0].nvidia-gpu.count"]
+    assert str(result.reasons[0]) == "gpu1: got the same GPU as gpu0, expected each GPU presented once"
+    assert result.reasons[1].got == "1 distinct GPU report(s)"
+
+
+def test_devices_only_with_cpu_tee_evidence_and_only_gpu_reports() -> None:
+    alone = evidence(Platform.NVIDIA_GPU, dict(GPU_GOOD), tcb=None)
+    result = appraise(alone, GPU_POLICY, "svc", at=AT, devices=[gpu(1)])
+    assert "devices" in fields(result) and not result.accepted
+    sgx_ev = evidence(Platform.SGX, sgx())
+    assert fields(appraise(sgx_ev, SGX_POLICY, "svc", at=AT, devices=[gpu(0)])) == ["devices"]
+    vm = evidence(Platform.TDX, tdx())
+    result = appraise(vm, COMPOSITE_POLICY, "svc", at=AT, devices=[gpu(0), evidence(Platform.TDX, tdx())])
+    assert fields(result) == ["gpu1", "attestation[0].nvidia-gpu.count"]
+    late = gpu(1, verified_at=AT + timedelta(seconds=1))
+    assert fields(appraise(vm, COMPOSITE_POLICY, "svc", at=AT, devices=[gpu(0), late])) == [
+        "gpu1.verified_at"
+    ]
+    with pytest.raises(TypeError, match="expected VerifiedEvidence"):
+        appraise(vm, COMPOSITE_POLICY, "svc", at=AT, devices=[SimpleNamespace(platform=Platform.NVIDIA_GPU)])  # type: ignore[list-item]
+
+
+def test_composite_and_single_platform_variants_side_by_side() -> None:
+    pol = policy(
+        f"""      - tdx: {{mr_td: {H48["a"]}}}
+      - sev-snp: {{measurement: {H48["a"]}}}
+        nvidia-gpu: {{measurements: {{0: {H48["a"]}}}}}
+      - nvidia-gpu: {{measurements: {{0: {H48["a"]}}}}}
+"""
+    )
+    vm = evidence(Platform.TDX, tdx())
+    # A variant without nvidia-gpu says nothing about GPUs sent along.
+    assert appraise(vm, pol, "svc", at=AT).accepted
+    assert appraise(vm, pol, "svc", at=AT, devices=[gpu(0)]).matched_variant == 0
+    snp_vm = evidence(Platform.SEV_SNP, snp(measurement=H48["a"]), tcb=None)
+    result = appraise(snp_vm, pol, "svc", at=AT)
+    assert fields(result) == ["attestation[0]", "attestation[1].nvidia-gpu", "attestation[2]"]
+    assert result.reasons[2].expected == "nvidia-gpu evidence"
+    assert result.reasons[0].expected == "tdx evidence"
+    assert appraise(snp_vm, pol, "svc", at=AT, devices=[gpu(0)]).matched_variant == 1
+    # GPU evidence alone still needs gpu-only, and a composite variant wants CPU evidence.
+    alone = appraise(evidence(Platform.NVIDIA_GPU, dict(GPU_GOOD), tcb=None), pol, "svc", at=AT)
+    assert fields(alone) == ["platform"] and alone.matched_variant == 2
+    result = appraise(evidence(Platform.NVIDIA_GPU, dict(GPU_GOOD), tcb=None), COMPOSITE_POLICY, "svc", at=AT)
+    assert result.reasons[-1].expected == "tdx evidence with nvidia-gpu reports"
+
+
 def test_aws_nitro_pcrs() -> None:
     nitro = policy(f"      aws-nitro:\n        pcrs: {{0: {H48['a']}, 8: {H48['b']}}}\n")
     claims: dict[str, ClaimValue] = {"pcr0": H48["a"], "pcr1": H48["0"], "pcr8": H48["b"]}
@@ -475,7 +588,7 @@ def test_arbitrary_claims_never_crash_and_never_pass_unchecked(
     platform: Platform, claims: dict[str, ClaimValue], tcb: TcbStatus | None, advisories: list[str]
 ) -> None:
     ev = evidence(platform, claims, tcb=tcb, advisories=tuple(advisories))
-    for pol in (SGX_POLICY, TDX_POLICY, SNP_POLICY, GPU_POLICY, SIM_POLICY):
+    for pol in (SGX_POLICY, TDX_POLICY, SNP_POLICY, GPU_POLICY, SIM_POLICY, COMPOSITE_POLICY):
         result = appraise(ev, pol, "svc", at=AT)
         assert result.accepted == (not result.reasons)
         if result.accepted:

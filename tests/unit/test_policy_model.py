@@ -83,6 +83,9 @@ def test_examples_cover_the_promised_features() -> None:
         Platform.NVIDIA_GPU,
         Platform.AWS_NITRO,
     }
+    composite = vms.service("llm-gpus").variants()[0]
+    assert composite.composite and composite.platform is Platform.TDX
+    assert composite.nvidia_gpu is not None and composite.nvidia_gpu.count == 2
 
 
 def test_multi_stakeholder_export_is_pinned_to_the_importers_hash() -> None:
@@ -283,6 +286,75 @@ def test_a_variant_has_factors_of_one_platform() -> None:
     text = MINIMAL.replace(f"mrenclave: {MRE}", f"mrenclave: {MRE}\n      sim: {{measurement: {MRE}}}")
     assert "exactly one platform" in one(text).message
     assert "exactly one platform" in one(MINIMAL.replace(f"mrenclave: {MRE}", "{}")).message
+
+
+H48 = "ab" * 48
+GPU = f"nvidia-gpu: {{measurements: {{22: {H48}}}}}"
+
+
+def variant(*factors: str) -> str:
+    """MINIMAL with its variant's factors replaced by ``factors`` (one per line)."""
+    return MINIMAL.replace(f"mrenclave: {MRE}", "\n      ".join(factors))
+
+
+@pytest.mark.parametrize(
+    ("cpu", "platform"),
+    [
+        (f"tdx: {{mr_td: {H48}}}", Platform.TDX),
+        (f"sev-snp: {{measurement: {H48}}}", Platform.SEV_SNP),
+        (f"sim: {{measurement: {H48}}}", Platform.SIMULATED),
+    ],
+)
+def test_a_cpu_tee_variant_may_add_nvidia_gpu_factors(cpu: str, platform: Platform) -> None:
+    sim_ok = "security:\n  attestation:\n    tolerate: [simulation]\n"
+    text = variant(cpu, GPU.replace("{measurements", "{count: 4, measurements")) + sim_ok
+    v = loads_policy(text).service("web").variants()[0]
+    assert (v.platform, v.composite) == (platform, True)
+    assert v.nvidia_gpu is not None and v.nvidia_gpu.count == 4
+    # Listing the GPU first changes nothing; without nvidia-gpu it is not composite.
+    first = loads_policy(variant(GPU, cpu) + sim_ok).service("web").variants()[0]
+    assert (first.platform, first.composite) == (platform, True)
+    alone = loads_policy(variant(cpu) + sim_ok).service("web").variants()[0]
+    assert (alone.platform, alone.composite) == (platform, False)
+
+
+def test_gpu_only_variant_keeps_its_meaning() -> None:
+    v = loads_policy(variant(GPU)).service("web").variants()[0]
+    assert (v.platform, v.composite) == (Platform.NVIDIA_GPU, False)
+    assert loads_policy(variant(GPU.replace("{measurements", "{count: 1, measurements"))).service("web")
+
+
+def test_composite_variant_hash_is_normalised_and_differs_from_the_cpu_only_one() -> None:
+    plain = loads_policy(variant(f"tdx: {{mr_td: {H48}}}"))
+    composite = loads_policy(variant(f"tdx: {{mr_td: {H48}}}", GPU))
+    assert policy_hash(plain) != policy_hash(composite)
+    again = loads_policy(variant(GPU, f"tdx: {{mr_td: [{H48.upper()}]}}"))
+    assert policy_hash(again) == policy_hash(composite)
+
+
+@pytest.mark.parametrize(
+    ("factors", "position", "message"),
+    [
+        ((f"mrenclave: {MRE}", GPU), (6, 7), "got sgx with nvidia-gpu, expected nvidia-gpu alone or together"),
+        ((f"aws-nitro: {{pcrs: {{0: {H48}}}}}", GPU), (6, 7), "got aws-nitro with nvidia-gpu"),
+        ((f"tdx: {{mr_td: {H48}}}", f"sev-snp: {{measurement: {H48}}}", GPU), (6, 7), "got tdx, sev-snp, nvidia-gpu"),
+        ((f"tdx: {{mr_td: {H48}}}", "nvidia-gpu: {count: 2}", f"sim: {{measurement: {H48}}}"), (6, 7), "exactly one platform"),
+        ((f"tdx: {{mr_td: {H48}}}", "nvidia-gpu: {count: 0}"), (7, 27), "expected >= 1"),
+        ((f"tdx: {{mr_td: {H48}}}", "nvidia-gpu: {count: 9}"), (7, 27), "expected <= 8"),
+        ((f"tdx: {{mr_td: {H48}}}", "nvidia-gpu: {count: '2'}"), (7, 27), "expected an integer"),
+        ((f"tdx: {{mr_td: {H48}}}", "nvidia-gpu: {count: true}"), (7, 27), "expected an integer"),
+        ((f"tdx: {{mr_td: {H48}}}", "nvidia-gpu: {}"), (7, 19), "empty nvidia-gpu variant"),
+        ((f"tdx: {{mr_td: {H48}}}", "nvidia-gpu: {counts: 2}"), (7, 20), "unknown key 'counts'"),
+        (("nvidia-gpu: {count: 2, driver_version: '1'}",), (6, 27), "got count 2 without a CPU TEE"),
+    ],
+)  # fmt: skip
+def test_invalid_composite_variants(
+    factors: tuple[str, ...], position: tuple[int, int], message: str
+) -> None:
+    p = one(variant(*factors))
+    assert message in p.message, p
+    assert (p.line, p.column) == position, p
+    assert p.path[:4] == ("services", 0, "attestation", 0)
 
 
 def test_a_service_needs_attestation_and_sim_needs_the_simulation_tolerance() -> None:

@@ -34,6 +34,7 @@ from sqlalchemy import Connection, and_, insert, select, update
 from confide.cas import db as t
 from confide.cas.db import Database, EventSink, raw_connection, raw_execute
 from confide.cas.secrets import Sealer, SecretValue, generate, issue_to_runtime, render
+from confide.cas.verifier import GpuEvidence, split_gpu_aux
 from confide.errors import (
     AccessDeniedError,
     AppraisalError,
@@ -725,11 +726,16 @@ class Cas:
         )
         try:
             self._check_nonce_mac(nonce)
+            cpu_aux, gpus = split_gpu_aux(platform, aux)
             # Verify (signatures, chains, collateral).
-            verified = self.verifier.verify(platform, evidence, aux, at=at)
+            verified = self.verifier.verify(platform, evidence, cpu_aux, at=at)
             outcome.update(_evidence_summary(verified))
             # The evidence binds the runtime's key and our nonce.
-            check_binding(verified, binding_report_data(key_der, nonce))
+            binding = binding_report_data(key_der, nonce)
+            check_binding(verified, binding)
+            # Composite attestation: every GPU report sent with it is verified and bound to the
+            # same key and nonce (its SPDM requester nonce), so all pieces belong to this request.
+            devices = self._verify_gpus(gpus, binding, outcome, at)
             # Appraise against the service's policy, then render its configuration.
             with self.db.read() as conn:
                 head = raw_execute(
@@ -744,7 +750,7 @@ class Cas:
                     service = policy.service(service_name)
                 except KeyError:
                     raise AccessDeniedError(f"policy {policy_name} has no service {service_name}") from None
-                result = appraise(verified, policy, service_name, at=at)
+                result = appraise(verified, policy, service_name, at=at, devices=devices)
                 outcome["tolerated"] = sorted(str(x) for x in getattr(result, "tolerated", ()) or ())
                 if not result.accepted:
                     raise AppraisalError(
@@ -757,6 +763,24 @@ class Cas:
         except ConfideError as exc:
             pending.refused = exc
         return pending
+
+    def _verify_gpus(
+        self, gpus: list[GpuEvidence], binding: bytes, outcome: dict[str, Any], at: datetime
+    ) -> list[VerifiedEvidence]:
+        """Verify and bind the GPU reports of a composite request; each verified GPU is recorded
+        in ``outcome["gpus"]`` (a refusal names the slot of the GPU that failed)."""
+        devices: list[VerifiedEvidence] = []
+        for gpu in gpus:
+            try:
+                device = self.verifier.verify(Platform.NVIDIA_GPU, gpu.report, gpu.aux, at=at)
+                outcome.setdefault("gpus", []).append(_gpu_summary(gpu.slot, device))
+                check_binding(device, binding)
+            except ConfideError as exc:
+                exc.message = f"{gpu.slot}: {exc.message}"
+                exc.args = (exc.message,)
+                raise
+            devices.append(device)
+        return devices
 
     def _encrypt(
         self, config: dict[str, Any], runtime_key: ec.EllipticCurvePublicKey, nonce: bytes
@@ -1030,6 +1054,25 @@ def _evidence_summary(v: VerifiedEvidence) -> dict[str, Any]:
         "advisories": list(v.advisory_ids),
         "debug": c.get("debug"),
         "simulated": v.simulated,
+    }
+
+
+def _gpu_summary(slot: str, v: VerifiedEvidence) -> dict[str, Any]:
+    """Which GPU was attested, for the ledger: identities and the SHA-256 of the RFC 8785 JSON
+    of its measurements claim (no secrets are in a GPU report)."""
+    c = v.claims
+    measurements = c.get("measurements")
+    digest = None if measurements is None else hashlib.sha256(jcs(measurements)).hexdigest()
+    return {
+        "slot": slot,
+        "evidence_sha256": v.evidence_digest,
+        "fwid": c.get("fwid"),
+        "ueid": c.get("ueid"),
+        "attestation_key_sha256": c.get("attestation_key_sha256"),
+        "measurements_sha256": digest,
+        "driver_version": c.get("driver_version"),
+        "vbios_version": c.get("vbios_version"),
+        "rims_compared": c.get("rims_compared"),
     }
 
 

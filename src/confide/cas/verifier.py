@@ -12,12 +12,20 @@ What each platform's ``evidence`` and ``aux`` blobs are (all hostile input):
   the pinned NVIDIA RIM root before their golden values are compared. Other keys are refused.
 - ``aws-nitro``: the attestation document (COSE_Sign1, binary); its chain is inside it.
 
+Composite attestation (a confidential VM with GPUs, :func:`split_gpu_aux`): with ``tdx``,
+``sev-snp`` or ``sim`` evidence, ``aux`` may also carry up to :data:`MAX_GPUS` GPU reports,
+``gpu<k>`` for k = 0, 1, ... without gaps, each with its own ``gpu<k>.certs`` and optional
+``gpu<k>.rim:<name>`` blobs (the ``nvidia-gpu`` blobs above, per GPU). Every other key that
+starts with ``gpu`` is refused.
+
 Roots are the embedded, pinned ones; the constructor's overrides exist for test PKIs and are
 never taken from a request.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
@@ -30,6 +38,7 @@ from confide.evidence.dcap_collateral import DcapCollateral
 from confide.evidence.nvidia_rim import ReferenceManifest
 from confide.evidence.snp_certs import VCEK_GUID, VLEK_GUID, parse_cert_table
 from confide.platforms.sev_snp import embedded_roots
+from confide.policy.attestation import GPU_HOSTS, MAX_GPUS
 from confide.verify.dcap import DcapVerifier
 from confide.verify.nitro import verify_nitro_document
 from confide.verify.nvidia import RimMismatchError, verify_nvidia_report
@@ -38,11 +47,69 @@ from confide.verify.sev_snp import SnpVerifier
 from confide.verify.sim import verify_sim
 from confide.verify.x509util import load_certificate_chain
 
-__all__ = ["MAX_RIMS", "PlatformVerifier"]
+__all__ = ["MAX_GPUS", "MAX_RIMS", "GpuEvidence", "PlatformVerifier", "split_gpu_aux"]
 
 NVIDIA_CERTS = "certs"
 NVIDIA_RIM_PREFIX = "rim:"
 MAX_RIMS = 16
+GPU_PREFIX = "gpu"
+_GPU_KEY = re.compile(r"gpu(0|[1-9][0-9]{0,2})(?:\.(certs|rim:.*))?", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class GpuEvidence:
+    """One GPU's blobs from a composite request: ``slot`` (``gpu<k>``), the SPDM report and its
+    ``nvidia-gpu`` aux (``certs``, ``rim:<name>``)."""
+
+    slot: str
+    report: bytes
+    aux: dict[str, bytes] = field(default_factory=dict)
+
+
+def split_gpu_aux(platform: Platform, aux: dict[str, bytes]) -> tuple[dict[str, bytes], list[GpuEvidence]]:
+    """Split a request's ``aux`` into the CPU evidence's blobs and the GPUs' (module docstring).
+    Hostile input: a malformed or unknown ``gpu`` key, a gap in the numbering, blobs of a GPU
+    without its report, more than :data:`MAX_GPUS` GPUs or GPUs with evidence of another
+    platform than :data:`~confide.policy.attestation.GPU_HOSTS` raise :class:`ParseError`."""
+    cpu: dict[str, bytes] = {}
+    gpus: dict[int, dict[str, bytes]] = {}
+    for key, blob in aux.items():
+        if not key.startswith(GPU_PREFIX):
+            cpu[key] = blob
+            continue
+        match = _GPU_KEY.fullmatch(key)
+        if match is None:
+            raise ParseError(
+                f"got aux {key[:40]!r}, expected gpu<k>, gpu<k>.certs or gpu<k>.rim:<name> (k = 0, 1, ...)",
+                structure="attestation request",
+            )
+        index = int(match.group(1))
+        if index >= MAX_GPUS:
+            raise ParseError(
+                f"got aux {key[:40]!r}, expected at most {MAX_GPUS} GPUs (gpu0..gpu{MAX_GPUS - 1})",
+                structure="attestation request",
+            )
+        gpus.setdefault(index, {})[match.group(2) or ""] = blob
+    if not gpus:
+        return cpu, []
+    if platform not in GPU_HOSTS:
+        hosts = ", ".join(sorted(p.value for p in GPU_HOSTS))
+        raise ParseError(
+            f"got GPU reports (aux gpu<k>) with {platform} evidence,"
+            f" expected them only with {hosts} evidence",
+            structure="attestation request",
+        )
+    slots: list[GpuEvidence] = []
+    for index in range(max(gpus) + 1):
+        blobs = dict(gpus.get(index, {}))
+        report = blobs.pop("", None)
+        if report is None:
+            raise ParseError(
+                f"got no aux gpu{index} (the GPU's report), expected gpu0..gpu{max(gpus)} without gaps",
+                structure="attestation request",
+            )
+        slots.append(GpuEvidence(f"gpu{index}", report, blobs))
+    return cpu, slots
 
 
 class PlatformVerifier:

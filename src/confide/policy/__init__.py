@@ -6,7 +6,8 @@ Public names::
 
     load_policy(path) / loads_policy(text)   -> Policy       (PolicyError on any problem)
     policy_hash(policy)                       -> hex SHA-256 of the RFC 8785 canonical JSON
-    appraise(evidence, policy, service, at=)  -> AppraisalResult (every mismatch listed)
+    appraise(evidence, policy, service, at=, devices=()) -> AppraisalResult (every mismatch listed;
+        devices: the verified GPU reports sent with CPU evidence)
     is_authorized(rules, identities, creator=) -> bool (access lists and policy boards)
 """
 

@@ -16,18 +16,28 @@ evidence had and what the policy expected. It checks, independently:
    of the variant holds (hex compared case-insensitively, integers exactly, SVN ranges
    inclusive). When no variant matches, the mismatches of every variant are reported.
 
+Composite attestation (a confidential VM with GPUs): ``devices`` are the verified reports of the
+GPUs sent with the CPU evidence, in request order (``gpu0``, ``gpu1``, ...). They are accepted
+only with CPU evidence of :data:`~confide.policy.attestation.GPU_HOSTS`, each must be
+``nvidia-gpu`` evidence not newer than ``at``, and a GPU presented twice (the same report, or a
+report signed by the same attestation key) is a mismatch and counts once. A composite variant
+(CPU factors with ``nvidia-gpu``) holds when its CPU factors hold for ``evidence``, its
+``nvidia-gpu`` factors hold for *every* device, and the number of distinct devices is ``count``
+(at least one when no count is given). A variant without ``nvidia-gpu`` says nothing about GPUs.
+
 No clock is read, no I/O is done.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from confide.errors import AppraisalError
 from confide.policy._types import short
+from confide.policy.attestation import GPU_HOSTS
 from confide.policy.model import (
     AttestationSecurity,
     AttestationVariant,
@@ -108,13 +118,21 @@ def raise_for_result(result: AppraisalResult) -> AppraisalResult:
 
 
 def appraise(
-    evidence: VerifiedEvidence, policy: Policy, service_name: str, *, at: datetime
+    evidence: VerifiedEvidence,
+    policy: Policy,
+    service_name: str,
+    *,
+    at: datetime,
+    devices: Sequence[VerifiedEvidence] = (),
 ) -> AppraisalResult:
-    """Appraise verified evidence against the attestation rules of ``service_name`` in ``policy``."""
-    if not isinstance(evidence, VerifiedEvidence):
-        raise TypeError(
-            f"got {type(evidence).__name__}, expected VerifiedEvidence (verify the evidence first)"
-        )
+    """Appraise verified evidence (and the verified reports of the GPUs sent with it,
+    ``devices``) against the attestation rules of ``service_name`` in ``policy``."""
+    devices = tuple(devices)
+    for item in (evidence, *devices):
+        if not isinstance(item, VerifiedEvidence):
+            raise TypeError(
+                f"got {type(item).__name__}, expected VerifiedEvidence (verify the evidence first)"
+            )
     if not isinstance(policy, Policy):
         raise TypeError(f"got {type(policy).__name__}, expected a validated Policy")
     if not isinstance(at, datetime) or at.tzinfo is None:
@@ -147,11 +165,12 @@ def appraise(
     _check_debug(evidence, security, tolerated, reasons)
     _check_tcb(evidence, security, tolerated, reasons)
     _check_advisories(evidence, security, tolerated, reasons)
+    gpus = _distinct_gpus(evidence, devices, at, reasons)
 
     matched: int | None = None
     variant_reasons: list[Reason] = []
     for i, variant in enumerate(service.variants()):
-        found = _variant_mismatches(variant, evidence, f"attestation[{i}]")
+        found = _variant_mismatches(variant, evidence, gpus, f"attestation[{i}]")
         if not found:
             matched = i
             break
@@ -259,6 +278,43 @@ def _check_advisories(
         )
 
 
+def _distinct_gpus(
+    evidence: VerifiedEvidence, devices: tuple[VerifiedEvidence, ...], at: datetime, reasons: list[Reason]
+) -> list[tuple[int, VerifiedEvidence]]:
+    """The GPU reports sent with ``evidence`` that count, by slot: each one ``nvidia-gpu``
+    evidence, not from the future, and a GPU presented twice counted once (and reported)."""
+    if not devices:
+        return []
+    if evidence.platform not in GPU_HOSTS:
+        hosts = ", ".join(sorted(p.value for p in GPU_HOSTS))
+        reasons.append(
+            Reason("devices", f"{len(devices)} GPU report(s) with {evidence.platform} evidence",
+                   f"GPU reports only with the evidence of a CPU TEE ({hosts})")
+        )  # fmt: skip
+        return []
+    gpus: list[tuple[int, VerifiedEvidence]] = []
+    seen: dict[str, int] = {}
+    for slot, gpu in enumerate(devices):
+        if gpu.platform is not Platform.NVIDIA_GPU:
+            reasons.append(Reason(f"gpu{slot}", f"{gpu.platform} evidence", "nvidia-gpu evidence"))
+            continue
+        if gpu.verified_at.tzinfo is None or gpu.verified_at > at:
+            reasons.append(
+                Reason(f"gpu{slot}.verified_at", gpu.verified_at.isoformat(), f"not after {at.isoformat()}")
+            )
+        # The same GPU twice: the same report, or two reports signed by one attestation key
+        # (its leaf key, unique to the GPU and its firmware).
+        key = gpu.claims.get("attestation_key_sha256")
+        ids = [f"report {gpu.evidence_digest}"] + ([f"key {key}"] if isinstance(key, str) else [])
+        first = next((seen[i] for i in ids if i in seen), None)
+        if first is not None:
+            reasons.append(Reason(f"gpu{slot}", f"the same GPU as gpu{first}", "each GPU presented once"))
+            continue
+        seen.update(dict.fromkeys(ids, slot))
+        gpus.append((slot, gpu))
+    return gpus
+
+
 # ---------------------------------------------------------------------------------------------
 # Variants
 # ---------------------------------------------------------------------------------------------
@@ -350,9 +406,17 @@ class _Checker:
             self.fail(field, _show(value), _show(expected))
 
 
-def _variant_mismatches(variant: AttestationVariant, evidence: VerifiedEvidence, prefix: str) -> list[Reason]:
+def _variant_mismatches(
+    variant: AttestationVariant,
+    evidence: VerifiedEvidence,
+    gpus: list[tuple[int, VerifiedEvidence]],
+    prefix: str,
+) -> list[Reason]:
     if variant.platform is not evidence.platform:
-        return [Reason(f"{prefix}", f"{evidence.platform} evidence", f"{variant.platform} evidence")]
+        with_gpus = " with nvidia-gpu reports" if variant.composite else ""
+        return [
+            Reason(f"{prefix}", f"{evidence.platform} evidence", f"{variant.platform} evidence{with_gpus}")
+        ]
     c = _Checker(evidence.claims, prefix)
     if variant.platform is Platform.SGX:
         c.hex_in("mrenclave", "mr_enclave", variant.mrenclave)
@@ -362,13 +426,28 @@ def _variant_mismatches(variant: AttestationVariant, evidence: VerifiedEvidence,
         _tdx(c, variant.tdx)
     elif variant.sev_snp is not None:
         _sev_snp(c, variant.sev_snp)
-    elif variant.nvidia_gpu is not None:
-        _nvidia(c, variant.nvidia_gpu, evidence.claims)
     elif variant.aws_nitro is not None:
         _nitro(c, variant.aws_nitro)
     elif variant.sim is not None:
         _sim(c, variant.sim)
+    if variant.nvidia_gpu is not None and not variant.composite:
+        _nvidia(c, variant.nvidia_gpu, evidence.claims)
+    elif variant.nvidia_gpu is not None:
+        _composite_gpus(c, variant.nvidia_gpu, gpus)
     return c.reasons
+
+
+def _composite_gpus(c: _Checker, n: NvidiaGpuFactors, gpus: list[tuple[int, VerifiedEvidence]]) -> None:
+    """The ``nvidia-gpu`` factors of a composite variant: the GPU count, and every factor for
+    every GPU (each mismatch named by the GPU's slot: ``attestation[i].gpu<k>.nvidia-gpu...``)."""
+    if n.count is not None and len(gpus) != n.count:
+        c.fail("nvidia-gpu.count", f"{len(gpus)} distinct GPU report(s)", str(n.count))
+    elif not gpus:
+        c.fail("nvidia-gpu", "no GPU report", "at least one verified GPU report (aux gpu0, gpu1, ...)")
+    for slot, gpu in gpus:
+        g = _Checker(gpu.claims, f"{c.prefix}.gpu{slot}")
+        _nvidia(g, n, gpu.claims)
+        c.reasons += g.reasons
 
 
 def _sgx_signer(c: _Checker, s: SgxSigner) -> None:

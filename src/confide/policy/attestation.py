@@ -37,6 +37,8 @@ from confide.policy._types import (
 from confide.verify.result import Platform
 
 __all__ = [
+    "GPU_HOSTS",
+    "MAX_GPUS",
     "AttestationVariant",
     "AwsNitroFactors",
     "MeasurementIndex",
@@ -144,12 +146,26 @@ PcrIndex = Annotated[StrictStr, AfterValidator(_index_checker(31))]
 MeasurementIndex = Annotated[StrictStr, AfterValidator(_index_checker(63))]
 
 
+MAX_GPUS = 8
+"""Most GPU reports one attestation request may carry (an HGX board has 8 GPUs)."""
+
+GPU_HOSTS = frozenset({Platform.TDX, Platform.SEV_SNP, Platform.SIMULATED})
+"""The CPU-TEE platforms whose variants may add ``nvidia-gpu`` factors: the confidential VMs
+that own GPUs in CC mode, and the simulator for development. SGX enclaves and Nitro enclaves
+do not drive GPUs in CC mode."""
+
+
 class NvidiaGpuFactors(_Model):
-    """NVIDIA GPU (Hopper confidential computing) attestation report claims."""
+    """NVIDIA GPU (Hopper confidential computing) attestation report claims. Alone, they are
+    appraised against a GPU report sent as the evidence (``tolerate: [gpu-only]``); together
+    with a CPU TEE's factors (:data:`GPU_HOSTS`), against *every* GPU report sent with the CPU
+    evidence, and ``count`` (composite only) is the exact number of distinct GPUs required
+    (default: at least one)."""
 
     driver_version: TextList | None = None
     vbios_version: TextList | None = None
     measurements: dict[MeasurementIndex, Hex48List] | None = None
+    count: Annotated[StrictInt, Field(ge=1, le=MAX_GPUS)] | None = None
 
     @model_validator(mode="after")
     def _some(self) -> NvidiaGpuFactors:
@@ -180,7 +196,11 @@ _PLATFORM_FIELDS: dict[str, Platform] = {
 
 class AttestationVariant(_Model):
     """One attestation variant: a map of factors that must *all* hold. SGX factors are SCONE's
-    ``mrenclave`` and ``signer``; other platforms put their factors under their own key."""
+    ``mrenclave`` and ``signer``; other platforms put their factors under their own key.
+
+    A variant names one platform, or one CPU TEE of :data:`GPU_HOSTS` together with
+    ``nvidia-gpu`` (composite attestation: the CPU evidence and the GPU reports sent with it
+    must all hold)."""
 
     mrenclave: Hex32List | None = None
     signer: SgxSigner | None = None
@@ -193,11 +213,18 @@ class AttestationVariant(_Model):
     @model_validator(mode="after")
     def _one_platform(self) -> AttestationVariant:
         platforms = self._platforms()
-        if len(platforms) != 1:
+        cpu = [p for p in platforms if p is not Platform.NVIDIA_GPU]
+        if len(cpu) == 1 and len(platforms) == 2 and cpu[0] not in GPU_HOSTS:
+            raise ValueError(
+                f"got {cpu[0]} with nvidia-gpu, expected nvidia-gpu alone or together with the factors "
+                "of a confidential VM (tdx, sev-snp) or sim: GPUs in CC mode belong to a confidential VM"
+            )
+        if len(platforms) != 1 and not (len(cpu) == 1 and len(platforms) == 2):
             got = ", ".join(p.value for p in platforms) or "no factor"
             raise ValueError(
                 f"got {got}, expected the factors of exactly one platform (SGX: mrenclave/signer, or one "
-                "of tdx, sev-snp, nvidia-gpu, aws-nitro, sim); list several variants to allow several"
+                "of tdx, sev-snp, nvidia-gpu, aws-nitro, sim), or one of tdx, sev-snp, sim together with "
+                "nvidia-gpu; list several variants to allow several"
             )
         return self
 
@@ -208,4 +235,12 @@ class AttestationVariant(_Model):
 
     @property
     def platform(self) -> Platform:
-        return self._platforms()[0]
+        """The platform of the evidence a request sends (``platform``): the CPU TEE of a
+        composite variant, else the variant's only platform."""
+        platforms = self._platforms()
+        return next((p for p in platforms if p is not Platform.NVIDIA_GPU), platforms[0])
+
+    @property
+    def composite(self) -> bool:
+        """True when the variant combines a CPU TEE's factors with ``nvidia-gpu`` factors."""
+        return self.nvidia_gpu is not None and self.platform is not Platform.NVIDIA_GPU

@@ -491,6 +491,14 @@ def _reference_problems(policy: Policy) -> Iterator[Problem]:
                     (*base, "attestation", j),
                     "got a sim variant, expected security.attestation.tolerate to include 'simulation'",
                 )
+            gpu = variant.nvidia_gpu
+            if gpu is not None and gpu.count is not None and not variant.composite and gpu.count != 1:
+                # A GPU-only request carries one GPU report; more come only with a CPU TEE's evidence.
+                yield Problem(
+                    (*base, "attestation", j, "nvidia-gpu", "count"),
+                    f"got count {gpu.count} without a CPU TEE, expected nvidia-gpu together with tdx, "
+                    "sev-snp or sim to require several GPUs (a GPU-only request carries one GPU report)",
+                )
 
     for i, vol in enumerate(policy.volumes):
         if vol.fspf_key is not None and vol.fspf_key.startswith("$$"):

@@ -30,7 +30,7 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
@@ -315,6 +315,12 @@ def verify_nvidia_report(
         "device_id": device_id,
         "hwmodel": subject_cn(cert_chain[1]),
         "ueid": str(leaf.serial_number),
+        # The signing key identifies the GPU (and its firmware): the CAS counts GPUs by it.
+        "attestation_key_sha256": hashlib.sha256(
+            leaf.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        ).hexdigest(),
         "rims_compared": bool(rims),
     }
     details: dict[str, ClaimValue] = {
