@@ -43,6 +43,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import httpx2
 import uvicorn
 import uvloop
 
@@ -216,6 +217,17 @@ async def open_loop(n_clients: int, seconds: float, rate: float, flow: Flow) -> 
     return len(latencies), latencies
 
 
+def _metrics(url: str, cert: str) -> dict[str, float]:
+    """The CAS's Prometheus counters (unlabelled samples only)."""
+    text = httpx2.get(f"{url}/metrics", verify=ssl.create_default_context(cafile=cert), timeout=30).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
 def pct(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))] * 1000
 
@@ -340,6 +352,10 @@ security:
         rss_mid = rss_mib(cas.pid)
         n2, lat2 = uvloop.run(closed_loop(args.clients, half, flow))
         wall = time.perf_counter() - t0
+        metrics = _metrics(env["CONFIDE_CAS_URL"], env["CONFIDE_CAS_CERT"])
+        batch = metrics.get("confide_group_commit_jobs_total", 0) / max(
+            1.0, metrics.get("confide_group_commits_total", 0)
+        )
         cas_cpu, load_cpu = (cpu_seconds(cas.pid) - cpu0) / wall, (time.process_time() - load0) / wall
         flow_cpu = (cpu_seconds(cas.pid) - cpu0) / (n1 + n2)  # CAS CPU seconds per flow
         rate = (n1 + n2) / args.seconds
@@ -362,7 +378,10 @@ security:
             f"throughput (closed loop): {rate:,.0f} attestations/s = {rate / tls_rate:.2f}x handshake capacity"
             f"   (p50 {statistics.median(lat) * 1000:.1f} ms, p99 {pct(lat, 0.99):.1f} ms: queueing)"
         )
-        print(f"CPU during the closed loop: CAS {cas_cpu:.0%} of its core, load generator {load_cpu:.0%}")
+        print(
+            f"CPU during the closed loop: CAS {cas_cpu:.0%} of its core, load generator {load_cpu:.0%};"
+            f" group commit: {batch:.1f} attestations per transaction on average"
+        )
         print(
             f"CPU cost: {tls_cpu * 1e3:.2f} ms per bare TLS handshake, {flow_cpu * 1e3:.2f} ms per attestation "
             f"flow in the CAS: ratio {tls_cpu / flow_cpu:.2f}x (the throughput ratio both would reach at "

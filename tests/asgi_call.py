@@ -6,8 +6,8 @@ import asyncio
 from typing import Any
 
 
-def call(app: Any, path: str, chunks: list[bytes]) -> tuple[int, bytes]:
-    """One POST through the ASGI app, the body delivered in ``chunks``."""
+def call(app: Any, path: str, chunks: list[bytes], method: str = "POST") -> tuple[int, bytes]:
+    """One request (POST unless ``method``) through the ASGI app, the body delivered in ``chunks``."""
     messages = [
         {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)
     ]
@@ -20,7 +20,7 @@ def call(app: Any, path: str, chunks: list[bytes]) -> tuple[int, bytes]:
         out.append(message)
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
         "scheme": "https", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
         "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 2),

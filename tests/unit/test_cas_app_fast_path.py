@@ -84,3 +84,19 @@ def test_a_refusal_has_the_error_shape_and_spends_the_nonce(env: tuple[InProcess
     status, body = call(app, "/v1/attest", [json.dumps(request).encode()])
     assert status == 403
     assert "already used" in json.loads(body)["error"]["message"]
+
+
+def test_metrics_count_the_group_commits(env: tuple[InProcessCas, Any]) -> None:
+    inproc, app = env
+    request, _key, _nonce = attestation(inproc, app)
+    assert call(app, "/v1/attest", [json.dumps(request).encode()])[0] == 200
+    status, body = call(app, "/metrics", [b""], method="GET")
+    assert status == 200
+    samples = dict(
+        line.rsplit(" ", 1) for line in body.decode().splitlines() if line.startswith("confide_group_commit")
+    )
+    commits, jobs = (
+        float(samples["confide_group_commits_total"]),
+        float(samples["confide_group_commit_jobs_total"]),
+    )
+    assert 1 <= commits <= jobs

@@ -14,12 +14,13 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import Body, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 from confide import __version__, errors
 from confide.cas.core import Cas
@@ -209,6 +210,8 @@ def create_app(cas: Cas, *, cas_evidence: dict[str, Any] | None = None) -> FastA
 
     hot: dict[str, tuple[Any, bool]] = {"/v1/attest/nonce": (nonce, False), "/v1/attest": (attest, True)}
 
+    registry.register(_GroupCommitCollector(writer))
+
     @app.get("/metrics")
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
@@ -262,6 +265,24 @@ def _error_response(exc: ConfideError) -> JSONResponse:
         status_code=status_for(exc),
         content={"error": {"class": exc.kind, "message": exc.message, "exit_code": exc.exit_code}},
     )
+
+
+class _GroupCommitCollector:
+    """The group commit's own counts, read at scrape time: transactions, and the attestations
+    committed in them (their ratio is the mean batch size)."""
+
+    def __init__(self, writer: WriteBatcher) -> None:
+        self.writer = writer
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "confide_group_commits", "Write transactions of the group commit", value=self.writer.commits
+        )
+        yield CounterMetricFamily(
+            "confide_group_commit_jobs",
+            "Jobs (attestation outcomes) committed by the group commit",
+            value=self.writer.committed_jobs,
+        )
 
 
 class _CasApp(FastAPI):

@@ -346,6 +346,7 @@ class WriteBatcher:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.commits = 0
+        self.committed_jobs = 0
 
     def submit(self, job: Callable[[Connection], T]) -> Future[T]:
         fut: Future[T] = Future()
@@ -401,5 +402,6 @@ class WriteBatcher:
                 self._commit([one])
             return
         self.commits += 1
+        self.committed_jobs += len(batch)
         for (_, fut), result in zip(batch, results, strict=True):
             fut.set_result(result)
