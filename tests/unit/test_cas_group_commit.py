@@ -165,3 +165,18 @@ def test_migration_from_schema_1_adds_the_sweep_indexes(tmp_path: Path) -> None:
         version = raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
     assert {"nonces_expires_at", "sessions_expires_at", "evidence_seen_seen_at"} <= names
     assert version == "2"
+
+
+def test_a_refusal_for_a_policy_that_does_not_exist_is_not_filed_under_its_name(
+    setup: tuple[InProcessCas, Clock],
+) -> None:
+    env, _ = setup
+    cas = env.cas
+    body, _ = env.request(policy="ghost")
+    with pytest.raises(Exception, match="no policy ghost"):
+        cas.attest(body)
+    with cas.db.read() as conn:
+        rows = raw_execute(conn, "SELECT policy, payload FROM events WHERE type = 'attestation'").fetchall()
+    assert len(rows) == 1
+    assert rows[0][0] is None  # recorded, but under no policy
+    assert '"verdict": "refused"' in rows[0][1]

@@ -743,6 +743,7 @@ class Cas:
                 ).fetchone()
                 if head is None:
                     raise AccessDeniedError(f"no policy {policy_name}")
+                pending.policy_known = True
                 outcome["policy_hash"] = head[0]
                 pending.used[policy_name] = head[0]
                 policy = self._load(conn, policy_name, head[0])
@@ -969,6 +970,7 @@ class PendingAttestation:
         self.used: dict[str, str] = {}
         self.config: dict[str, Any] = {}
         self.released: list[Any] = []
+        self.policy_known = False  # the policy existed in phase 1
         self.refused: ConfideError | None = None  # the verdict of phase 1
         self.error: ConfideError | None = None  # the final verdict, set by commit
         self.token = os.urandom(32)
@@ -987,7 +989,9 @@ class PendingAttestation:
             outcome.update(
                 {"verdict": "refused", "reason_class": self.error.kind, "reason": self.error.message[:500]}
             )
-            cas.events.record(conn, "attestation", self.policy, outcome)
+            # A refusal for a policy name that does not exist is not filed under that name: it
+            # would show up in the events of whoever creates a policy of that name later.
+            cas.events.record(conn, "attestation", self.policy if self.policy_known else None, outcome)
             self.committed = True
             return
         try:
