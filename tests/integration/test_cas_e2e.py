@@ -432,6 +432,17 @@ def test_cas_attest_pins_the_tls_identity(cas: CasProcess, tmp_path: Path) -> No
     )
     assert pin.read_bytes() == Path(cas.env["CONFIDE_CAS_CERT"]).read_bytes()
     assert "SIMULATED" in r.stderr
+    measured = re.search(r"measurement: ([0-9a-f]+)", r.stderr).group(1)  # type: ignore[union-attr]
+    r = confide(cas, "cas", "attest", cas.env["CONFIDE_CAS_URL"], "--measurement", measured.upper())
+    assert r.returncode == 0 and "as expected" in r.stderr, r.stderr
+    pin.unlink()
+    r = confide(
+        cas, "cas", "attest", cas.env["CONFIDE_CAS_URL"], "--measurement", "ab" * 48, "--out", str(pin)
+    )
+    assert r.returncode == errors.MeasurementError.exit_code, r.stderr
+    assert not pin.exists()  # nothing pinned
+    r = confide(cas, "cas", "attest", cas.env["CONFIDE_CAS_URL"], "--measurement", "xyz")
+    assert r.returncode == errors.UsageError.exit_code, r.stderr
     other = tmp_path / "other-sim"
     confide(cas, "sim", "init", "--dir", str(other), check=True)
     r = confide(

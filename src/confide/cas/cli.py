@@ -73,7 +73,12 @@ def cas_serve(
 @click.argument("url", required=False)
 @click.option("--sim-key", type=_PATH, help="Simulated platform public key (default: $CONFIDE_SIM_DIR).")
 @click.option("--out", type=_PATH, help="Write the verified CAS certificate here (use as CONFIDE_CAS_CERT).")
-def cas_attest(url: str | None, sim_key: Path | None, out: Path | None) -> None:
+@click.option("--measurement", "measurements", multiple=True, metavar="HEX",
+              help="The CAS's expected measurement (repeat to allow several); without it the "
+              "measurement is only printed, for you to check.")  # fmt: skip
+def cas_attest(
+    url: str | None, sim_key: Path | None, out: Path | None, measurements: tuple[str, ...]
+) -> None:
     """Verify the CAS's own evidence, bound to its TLS certificate, and pin that certificate."""
     from confide.cas.pin import attest_cas, write_pin
 
@@ -86,11 +91,18 @@ def cas_attest(url: str | None, sim_key: Path | None, out: Path | None) -> None:
         key_pem = sim_key.read_bytes() if sim_key else None
     except OSError as exc:
         raise UsageError(f"--sim-key: cannot read {sim_key}: {exc.strerror}") from None
-    pinned = attest_cas(url, sim_key_pem=key_pem)
+    expected = []
+    for m in measurements:
+        text = m.strip().lower()
+        if len(text) not in (64, 96) or any(c not in "0123456789abcdef" for c in text):
+            raise UsageError(f"--measurement: got {m[:40]!r}, expected 32 or 48 bytes in hex")
+        expected.append(text)
+    pinned = attest_cas(url, sim_key_pem=key_pem, measurements=tuple(expected))
     ev = pinned.evidence
     label = " (SIMULATED)" if ev.simulated else ""
     click.echo(f"CAS at {url} attested on {ev.platform.value}{label}", err=True)
-    click.echo(f"  measurement: {ev.claims.get('measurement')}", err=True)
+    checked = " (as expected)" if expected else " (not checked: pass --measurement)"
+    click.echo(f"  measurement: {ev.claims.get('measurement')}{checked}", err=True)
     click.echo(f"  TLS certificate SHA-256: {pinned.certificate_sha256}", err=True)
     click.echo(f"  transparency log key: {pinned.log_key}", err=True)
     if out:

@@ -22,7 +22,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from confide.errors import BindingError, NetworkError, ParseError, UsageError
+from confide.errors import BindingError, MeasurementError, NetworkError, ParseError, UsageError
 from confide.sim.platform import load_platform_public_key
 from confide.verify.result import VerifiedEvidence
 from confide.verify.sim import verify_sim
@@ -97,7 +97,15 @@ def _dechunk(data: bytes) -> bytes:
     return bytes(out)
 
 
-def attest_cas(url: str, *, sim_key_pem: bytes | None, at: datetime | None = None) -> PinnedCas:
+def attest_cas(
+    url: str,
+    *,
+    sim_key_pem: bytes | None,
+    at: datetime | None = None,
+    measurements: tuple[str, ...] = (),
+) -> PinnedCas:
+    """Verify the CAS's evidence and its binding to the TLS certificate and log key. With
+    ``measurements`` (hex), the CAS must run one of them: the pin is refused otherwise."""
     cert_der, body = fetch_unverified(url, "/v1/cas/evidence")
     try:
         doc = json.loads(body)
@@ -119,6 +127,13 @@ def attest_cas(url: str, *, sim_key_pem: bytes | None, at: datetime | None = Non
     expected = hashlib.sha512(CAS_BINDING_PREFIX + cert_der + log_key.encode()).hexdigest()
     if not hmac.compare_digest(str(verified.claims.get("report_data", "")), expected):
         raise BindingError("the CAS's evidence is not bound to the TLS certificate and log key it presented")
+    if measurements:
+        got = str(verified.claims.get("measurement", "")).lower()
+        if not any(hmac.compare_digest(got, m) for m in measurements):
+            raise MeasurementError(
+                f"the CAS measures {got[:32]}…, expected one of --measurement"
+                f" {', '.join(m[:16] + '…' for m in measurements)}"
+            )
     pem = x509.load_der_x509_certificate(cert_der).public_bytes(serialization.Encoding.PEM)
     return PinnedCas(url, pem, hashlib.sha256(cert_der).hexdigest(), log_key, verified)
 
