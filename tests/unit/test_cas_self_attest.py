@@ -29,7 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from snp_fakes import AT, FakeAmd, make_fake_amd
 from test_cas_verifier import table
-from test_runtime_quote import FakeTsm, TsmBehaviour, _mounted
+from test_runtime_quote import FakeGramine, FakeTsm, TsmBehaviour, _mounted
 
 from confide import errors
 from confide.cas.pin import attest_cas, verify_cas_evidence
@@ -38,7 +38,12 @@ from confide.collateral.dcap import source_for
 from confide.evidence.sev_snp import GuestPolicy
 from confide.evidence.snp_certs import ASK_GUID, VCEK_GUID
 from confide.policy.model import Tolerance
-from confide.runtime.quote import CONFIGFS_TSM_ROOT, GRAMINE_ATTESTATION_ROOT, ConfigfsTsmQuoteProvider
+from confide.runtime.quote import (
+    CONFIGFS_TSM_ROOT,
+    GRAMINE_ATTESTATION_ROOT,
+    ConfigfsTsmQuoteProvider,
+    GramineQuoteProvider,
+)
 from confide.verify.result import Platform
 from dcap_cases import ASSETS, CASES, Case
 
@@ -212,6 +217,22 @@ def test_evidence_of_another_tee_than_asked_is_refused(tmp_path: Path, amd: Fake
             tee_evidence("tdx", ConfigfsTsmQuoteProvider(root), bytes(64))
         ok = tee_evidence("sev-snp", ConfigfsTsmQuoteProvider(root), bytes(range(64)))
     assert base64.b64decode(ok["evidence"])[0x50:0x90] == bytes(range(64))
+
+
+def test_tdx_and_sgx_cas_publish_their_quote(tmp_path: Path) -> None:
+    """The wiring for TDX (configfs-tsm, tdx_guest) and SGX (Gramine): the quote over the binding,
+    no aux blobs. (The fake trees' quotes are unsigned skeletons: verification is tested below.)"""
+    binding = bytes(range(64, 128))
+    with _mounted(tmp_path / "tdx" / "report", FakeTsm(TsmBehaviour(provider="tdx_guest"))) as root:
+        doc = tee_evidence("tdx", ConfigfsTsmQuoteProvider(root), binding)
+    assert doc["platform"] == "tdx" and doc["provider"] == "configfs-tsm/tdx_guest" and doc["aux"] == {}
+    assert base64.b64decode(doc["evidence"])[48 + 520 : 48 + 584] == binding
+    with _mounted(tmp_path / "attestation", FakeGramine()) as root:
+        doc = tee_evidence("sgx-gramine", GramineQuoteProvider(root), binding)
+        with pytest.raises(errors.UsageError, match="got sgx evidence"):
+            tee_evidence("tdx", GramineQuoteProvider(root), binding)
+    assert doc["platform"] == "sgx" and doc["provider"] == "gramine/dcap"
+    assert base64.b64decode(doc["evidence"])[48 + 320 : 48 + 384] == binding
 
 
 def _confide(*args: str) -> subprocess.CompletedProcess[str]:
