@@ -19,6 +19,7 @@ from confide.identity import Identity, load_identity
 __all__ = ["cas", "identity", "policy", "run"]
 
 _PATH = click.Path(path_type=Path)
+_TEE_CHOICES = ("tdx", "sev-snp", "sgx-gramine")  # confide.cas.server.TEE_CHOICES (imported lazily)
 
 
 @click.group()
@@ -44,6 +45,12 @@ def cas() -> None:
     help="What protects the master key: file (plain, development only), gramine (SGX MRENCLAVE), "
     "gramine-mrsigner, sev-snp (measurement and policy); tdx is refused (no sealing key).",
 )
+@click.option(
+    "--tee",
+    type=click.Choice(_TEE_CHOICES),
+    help="The TEE the CAS runs in: it publishes its own evidence from that TEE (configfs-tsm for "
+    "tdx/sev-snp, Gramine's /dev/attestation for sgx-gramine) and refuses to start without it.",
+)
 def cas_serve(
     data_dir: Path,
     listen: str,
@@ -52,6 +59,7 @@ def cas_serve(
     collateral: str | None,
     witness_specs: tuple[str, ...],
     seal: str,
+    tee: str | None,
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
     from confide.cas.sealing import provider_for
@@ -66,7 +74,19 @@ def cas_serve(
         collateral=collateral,
         witnesses=parse_witnesses(witness_specs),
         seal=provider,
+        tee=tee,
     )
+
+
+_CAS_TOLERANCES = (
+    "debug-mode",
+    "outdated-tcb",
+    "software-hardening-needed",
+    "configuration-needed",
+    "insecure-configuration",
+    "hyperthreading",
+    "insecure-igpu",
+)  # confide.policy.model.Tolerance, without simulation (--sim-key) and gpu-only
 
 
 @cas.command("attest")
@@ -74,13 +94,29 @@ def cas_serve(
 @click.option("--sim-key", type=_PATH, help="Simulated platform public key (default: $CONFIDE_SIM_DIR).")
 @click.option("--out", type=_PATH, help="Write the verified CAS certificate here (use as CONFIDE_CAS_CERT).")
 @click.option("--measurement", "measurements", multiple=True, metavar="HEX",
-              help="The CAS's expected measurement (repeat to allow several); without it the "
-              "measurement is only printed, for you to check.")  # fmt: skip
+              help="The CAS's expected measurement (repeat to allow several): sim/sev-snp measurement,"
+              " tdx mr_td, sgx mr_enclave; without it the measurement is only printed, for you to"
+              " check.")  # fmt: skip
+@click.option("--collateral", help="SGX/TDX: DCAP collateral (dcap-qvl JSON bundle, PCS directory or "
+              "URL; default: $CONFIDE_DCAP_COLLATERAL).")  # fmt: skip
+@click.option("--tolerate", "tolerate", multiple=True, type=click.Choice(_CAS_TOLERANCES),
+              help="Accept a CAS in this state (as a policy's security.attestation.tolerate).")  # fmt: skip
+@click.option("--ignore-advisory", "ignore_advisories", multiple=True, metavar="ID",
+              help="Accept this advisory ID (e.g. INTEL-SA-00615) in the CAS's TCB.")  # fmt: skip
 def cas_attest(
-    url: str | None, sim_key: Path | None, out: Path | None, measurements: tuple[str, ...]
+    url: str | None,
+    sim_key: Path | None,
+    out: Path | None,
+    measurements: tuple[str, ...],
+    collateral: str | None,
+    tolerate: tuple[str, ...],
+    ignore_advisories: tuple[str, ...],
 ) -> None:
     """Verify the CAS's own evidence, bound to its TLS certificate, and pin that certificate."""
     from confide.cas.pin import attest_cas, write_pin
+    from confide.collateral.dcap import source_for
+    from confide.platforms.dcap import COLLATERAL_ENV
+    from confide.policy.model import Tolerance
 
     url = url or os.environ.get("CONFIDE_CAS_URL")
     if not url:
@@ -97,12 +133,24 @@ def cas_attest(
         if len(text) not in (64, 96) or any(c not in "0123456789abcdef" for c in text):
             raise UsageError(f"--measurement: got {m[:40]!r}, expected 32 or 48 bytes in hex")
         expected.append(text)
-    pinned = attest_cas(url, sim_key_pem=key_pem, measurements=tuple(expected))
+    location = collateral or os.environ.get(COLLATERAL_ENV)
+    pinned = attest_cas(
+        url,
+        sim_key_pem=key_pem,
+        measurements=tuple(expected),
+        collateral=source_for(location) if location else None,
+        tolerate=tuple(Tolerance(t) for t in tolerate),
+        ignore_advisories=ignore_advisories,
+    )
     ev = pinned.evidence
     label = " (SIMULATED)" if ev.simulated else ""
     click.echo(f"CAS at {url} attested on {ev.platform.value}{label}", err=True)
+    if ev.tcb_status is not None:
+        advisories = f" (advisories: {', '.join(ev.advisory_ids)})" if ev.advisory_ids else ""
+        click.echo(f"  TCB status: {ev.tcb_status.value}{advisories}", err=True)
     checked = " (as expected)" if expected else " (not checked: pass --measurement)"
-    click.echo(f"  measurement: {ev.claims.get('measurement')}{checked}", err=True)
+    claim = pinned.measurement_claim
+    click.echo(f"  {claim}: {ev.claims.get(claim)}{checked}", err=True)
     click.echo(f"  TLS certificate SHA-256: {pinned.certificate_sha256}", err=True)
     click.echo(f"  transparency log key: {pinned.log_key}", err=True)
     if out:

@@ -9,6 +9,7 @@ binding, and only then writes the certificate as the one to trust (``CONFIDE_CAS
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -21,13 +22,26 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from pydantic import ValidationError
 
-from confide.errors import BindingError, MeasurementError, NetworkError, ParseError, UsageError
+from confide.cas.verifier import PlatformVerifier
+from confide.collateral.dcap import DcapCollateralSource
+from confide.errors import (
+    AppraisalError,
+    BindingError,
+    CollateralMissingError,
+    MeasurementError,
+    NetworkError,
+    ParseError,
+    UsageError,
+)
+from confide.policy.appraise import check_security
+from confide.policy.model import AttestationSecurity, Tolerance
 from confide.sim.platform import load_platform_public_key
-from confide.verify.result import VerifiedEvidence
-from confide.verify.sim import verify_sim
+from confide.verify.result import Platform, VerifiedEvidence
+from confide.verify.sev_snp import AmdRootStore
 
-__all__ = ["PinnedCas", "attest_cas", "fetch_unverified"]
+__all__ = ["MEASUREMENT_CLAIMS", "PinnedCas", "attest_cas", "fetch_unverified", "verify_cas_evidence"]
 
 CAS_BINDING_PREFIX = b"confide-cas/v1\x00"
 MAX_BODY = 1 << 20
@@ -40,6 +54,11 @@ class PinnedCas:
     certificate_sha256: str
     log_key: str
     evidence: VerifiedEvidence
+
+    @property
+    def measurement_claim(self) -> str:
+        """The claim that identifies the code the CAS runs (``--measurement``)."""
+        return MEASUREMENT_CLAIMS[self.evidence.platform]
 
 
 def fetch_unverified(url: str, path: str, *, timeout: float = 10.0) -> tuple[bytes, bytes]:
@@ -97,45 +116,149 @@ def _dechunk(data: bytes) -> bytes:
     return bytes(out)
 
 
+MEASUREMENT_CLAIMS: dict[Platform, str] = {
+    Platform.SIMULATED: "measurement",
+    Platform.SEV_SNP: "measurement",
+    Platform.TDX: "mr_td",
+    Platform.SGX: "mr_enclave",
+}
+"""The claim ``--measurement`` is compared with, per platform the CAS may run on."""
+_AUX_KEYS: dict[Platform, frozenset[str]] = {
+    Platform.SIMULATED: frozenset(),
+    Platform.SEV_SNP: frozenset({"auxblob", "vcek"}),
+    Platform.TDX: frozenset(),  # DCAP collateral comes from the client's --collateral only
+    Platform.SGX: frozenset(),
+}
+_MAX_AUX = 4
+
+
+def _parse_document(body: bytes) -> tuple[Platform, bytes, dict[str, bytes], str]:
+    """The evidence document (hostile input): platform, evidence, aux blobs and log key."""
+    try:
+        doc = json.loads(body)
+        name = doc["platform"]
+        evidence = base64.b64decode(doc["evidence"], validate=True)
+        log_key = doc["log_key"]
+        raw_aux = doc.get("aux", {})
+        if not isinstance(name, str) or not isinstance(log_key, str) or not isinstance(raw_aux, dict):
+            raise TypeError
+        if len(raw_aux) > _MAX_AUX:
+            raise ValueError
+        aux = {str(k): base64.b64decode(v, validate=True) for k, v in raw_aux.items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ParseError("the CAS's evidence document is malformed", structure="CAS evidence") from None
+    platform = next((p for p in _AUX_KEYS if p.value == name), None)
+    if platform is None:
+        known = ", ".join(p.value for p in _AUX_KEYS)
+        raise UsageError(f"the CAS runs on {name[:40]!r}; a CAS's own evidence is verified for {known}")
+    unknown = sorted(set(aux) - _AUX_KEYS[platform])
+    if unknown:
+        allowed = ", ".join(sorted(_AUX_KEYS[platform])) or "none"
+        raise ParseError(
+            f"got aux {', '.join(repr(k[:40]) for k in unknown[:4])} with {platform} evidence,"
+            f" expected {allowed}",
+            structure="CAS evidence",
+        )
+    return platform, evidence, aux, log_key
+
+
+def verify_cas_evidence(
+    cert_der: bytes,
+    body: bytes,
+    *,
+    sim_key_pem: bytes | None,
+    at: datetime,
+    measurements: tuple[str, ...] = (),
+    collateral: DcapCollateralSource | None = None,
+    tolerate: tuple[Tolerance, ...] = (),
+    ignore_advisories: tuple[str, ...] = (),
+    amd_roots: AmdRootStore | None = None,
+) -> PinnedCas:
+    """Verify the CAS's evidence document ``body`` for the certificate ``cert_der`` it was
+    served with; see :func:`attest_cas`."""
+    platform, evidence, aux, log_key = _parse_document(body)
+    sim_key = None
+    if platform is Platform.SIMULATED:
+        if sim_key_pem is None:
+            raise UsageError(
+                "the CAS presents SIMULATED evidence: pass --sim-key (the simulated platform's public key)"
+            )
+        sim_key = load_platform_public_key(sim_key_pem)
+    elif platform in (Platform.SGX, Platform.TDX) and collateral is None:
+        raise CollateralMissingError(
+            f"the CAS runs on {platform}: pass --collateral (DCAP collateral: a dcap-qvl JSON bundle,"
+            " a PCS directory or a PCS URL)"
+        )
+    verifier = PlatformVerifier(sim_key=sim_key, dcap_source=collateral, amd_roots=amd_roots)
+    verified = verifier.verify(platform, evidence, aux, at=at)
+    # The same tolerance rules as a policy's security.attestation (confide.policy.appraise);
+    # simulated evidence is the caller's explicit choice (--sim-key).
+    try:
+        security = AttestationSecurity(
+            tolerate=(*tolerate, *((Tolerance.SIMULATION,) if verified.simulated else ())),
+            ignore_advisories=ignore_advisories,
+        )
+    except ValidationError as exc:
+        raise UsageError(f"--tolerate/--ignore-advisory: {exc.errors()[0]['msg']}") from None
+    reasons, _tolerated = check_security(verified, security)
+    if reasons:
+        raise AppraisalError(
+            "the CAS's evidence is not acceptable: "
+            + "; ".join(str(r) for r in reasons)
+            + " (--tolerate, --ignore-advisory)",
+            problems=reasons,
+        )
+    claim = MEASUREMENT_CLAIMS[platform]
+    if measurements:
+        got = str(verified.claims.get(claim, "")).lower()
+        if not any(hmac.compare_digest(got, m) for m in measurements):
+            raise MeasurementError(
+                f"the CAS measures {claim} {got[:32]}…, expected one of --measurement"
+                f" {', '.join(m[:16] + '…' for m in measurements)}"
+            )
+    expected = hashlib.sha512(CAS_BINDING_PREFIX + cert_der + log_key.encode()).hexdigest()
+    if not hmac.compare_digest(str(verified.claims.get("report_data", "")), expected):
+        raise BindingError("the CAS's evidence is not bound to the TLS certificate and log key it presented")
+    try:
+        pem = x509.load_der_x509_certificate(cert_der).public_bytes(serialization.Encoding.PEM)
+    except ValueError:
+        raise ParseError("the CAS's TLS certificate is not DER X.509", structure="CAS certificate") from None
+    return PinnedCas("", pem, hashlib.sha256(cert_der).hexdigest(), log_key, verified)
+
+
 def attest_cas(
     url: str,
     *,
     sim_key_pem: bytes | None,
     at: datetime | None = None,
     measurements: tuple[str, ...] = (),
+    collateral: DcapCollateralSource | None = None,
+    tolerate: tuple[Tolerance, ...] = (),
+    ignore_advisories: tuple[str, ...] = (),
+    amd_roots: AmdRootStore | None = None,
 ) -> PinnedCas:
-    """Verify the CAS's evidence and its binding to the TLS certificate and log key. With
-    ``measurements`` (hex), the CAS must run one of them: the pin is refused otherwise."""
+    """Verify the CAS's evidence and its binding to the TLS certificate and log key.
+
+    The evidence is verified by :class:`~confide.cas.verifier.PlatformVerifier`: simulated
+    (``sim_key_pem``), SEV-SNP (the VCEK/VLEK from the document's aux blobs under the pinned AMD
+    roots; ``amd_roots`` replaces them, for test PKIs only), TDX and SGX (DCAP, collateral from
+    ``collateral``, never from the CAS). Debug TEEs and TCB statuses other than UpToDate are
+    refused unless tolerated (``tolerate``, ``ignore_advisories``: the policy vocabulary of
+    ``security.attestation``). With ``measurements`` (hex), the CAS must run one of them
+    (:data:`MEASUREMENT_CLAIMS`): the pin is refused otherwise."""
     cert_der, body = fetch_unverified(url, "/v1/cas/evidence")
-    try:
-        doc = json.loads(body)
-        platform = doc["platform"]
-        evidence = base64.b64decode(doc["evidence"], validate=True)
-        log_key = str(doc["log_key"])
-    except (ValueError, KeyError, TypeError):
-        raise ParseError("the CAS's evidence document is malformed", structure="CAS evidence") from None
-    at = at or datetime.now(UTC)
-    if platform != "sim":
-        raise UsageError(
-            f"the CAS runs on {platform!r}; only simulated CAS evidence is verified by this build"
-        )
-    if sim_key_pem is None:
-        raise UsageError(
-            "the CAS presents SIMULATED evidence: pass --sim-key (the simulated platform's public key)"
-        )
-    verified = verify_sim(evidence, load_platform_public_key(sim_key_pem), at=at)
-    expected = hashlib.sha512(CAS_BINDING_PREFIX + cert_der + log_key.encode()).hexdigest()
-    if not hmac.compare_digest(str(verified.claims.get("report_data", "")), expected):
-        raise BindingError("the CAS's evidence is not bound to the TLS certificate and log key it presented")
-    if measurements:
-        got = str(verified.claims.get("measurement", "")).lower()
-        if not any(hmac.compare_digest(got, m) for m in measurements):
-            raise MeasurementError(
-                f"the CAS measures {got[:32]}…, expected one of --measurement"
-                f" {', '.join(m[:16] + '…' for m in measurements)}"
-            )
-    pem = x509.load_der_x509_certificate(cert_der).public_bytes(serialization.Encoding.PEM)
-    return PinnedCas(url, pem, hashlib.sha256(cert_der).hexdigest(), log_key, verified)
+    pinned = verify_cas_evidence(
+        cert_der,
+        body,
+        sim_key_pem=sim_key_pem,
+        at=at or datetime.now(UTC),
+        measurements=measurements,
+        collateral=collateral,
+        tolerate=tolerate,
+        ignore_advisories=ignore_advisories,
+        amd_roots=amd_roots,
+    )
+    return dataclasses.replace(pinned, url=url)
 
 
 def write_pin(pinned: PinnedCas, out: Path) -> None:

@@ -10,6 +10,10 @@ The data directory holds (created on first start, mode 0700/0600):
 - ``sim/``: with ``--dev``, the simulated platform's key (development only);
 - ``client.env``: ``export`` lines with what a client needs (``CONFIDE_CAS_URL``,
   ``CONFIDE_CAS_CERT``, and with ``--dev`` ``CONFIDE_SIM_DIR``).
+
+With ``--tee tdx|sev-snp|sgx-gramine`` the CAS obtains its own evidence at startup from that
+TEE's quote provider (:mod:`confide.runtime.quote`), bound to its TLS certificate and log key,
+and refuses to start without it; ``--dev`` publishes simulated evidence instead.
 """
 
 from __future__ import annotations
@@ -46,16 +50,18 @@ from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral.dcap import source_for
-from confide.errors import UsageError
+from confide.errors import ConfideError, UsageError
 from confide.ledger.db import Conn, connect_postgres
 from confide.ledger.db import connect as ledger_connect
 from confide.ledger.note import NoteSigner, NoteVerifier
 from confide.ledger.store import Ledger
 from confide.ledger.witness_http import request_cosignatures
+from confide.runtime.quote import ConfigfsTsmQuoteProvider, GramineQuoteProvider, QuoteProvider
 from confide.sim.measure import measure_current_process
 from confide.sim.platform import SimPlatform
+from confide.verify.result import Platform
 
-__all__ = ["prepare", "serve"]
+__all__ = ["TEE_CHOICES", "cas_binding", "prepare", "quote_provider_for", "serve", "tee_evidence"]
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -214,6 +220,52 @@ def _configure_logging() -> None:
         logging.getLogger(name).propagate = name != "uvicorn.access"
 
 
+TEE_CHOICES = ("tdx", "sev-snp", "sgx-gramine")
+"""``confide cas serve --tee``: the TEE the CAS runs in, which provides its own evidence."""
+_TEE_PLATFORMS = {"tdx": Platform.TDX, "sev-snp": Platform.SEV_SNP, "sgx-gramine": Platform.SGX}
+CAS_BINDING_TEXT = "SHA-512('confide-cas/v1' || 0 || TLS certificate DER || log verifier key)"
+
+
+def quote_provider_for(tee: str) -> QuoteProvider:
+    """The runtime's quote provider for ``--tee`` (its device at the standard path)."""
+    if tee in ("tdx", "sev-snp"):
+        return ConfigfsTsmQuoteProvider()
+    if tee == "sgx-gramine":
+        return GramineQuoteProvider()
+    raise UsageError(f"--tee: got {tee!r}, expected one of {', '.join(TEE_CHOICES)}")
+
+
+def cas_binding(cert_der: bytes, log_key: str) -> bytes:
+    """The CAS's report data: SHA-512("confide-cas/v1" || 0 || TLS certificate DER || log key)."""
+    return hashlib.sha512(CAS_BINDING_PREFIX + cert_der + log_key.encode()).digest()
+
+
+def tee_evidence(tee: str, provider: QuoteProvider, report_data: bytes) -> dict[str, Any]:
+    """The CAS's own evidence from ``provider`` (``GET /v1/cas/evidence``), with its aux blobs
+    (SEV-SNP: configfs-tsm's ``auxblob``, the certificate table with the VCEK/VLEK). Any
+    failure keeps its error class (exit code) and says that the CAS cannot start."""
+    expected = _TEE_PLATFORMS.get(tee)
+    if expected is None:
+        raise UsageError(f"--tee: got {tee!r}, expected one of {', '.join(TEE_CHOICES)}")
+    try:
+        evidence = provider.get_evidence(report_data)
+    except ConfideError as exc:
+        raise type(exc)(
+            f"--tee {tee}: cannot obtain the CAS's own evidence, not starting: {exc.message}"
+        ) from None
+    if evidence.platform is not expected:
+        raise UsageError(
+            f"--tee {tee}: got {evidence.platform} evidence from {evidence.provider}, expected {expected}"
+        )
+    return {
+        "platform": evidence.platform.value,
+        "evidence": base64.b64encode(evidence.raw).decode(),
+        "aux": {k: base64.b64encode(v).decode() for k, v in sorted(evidence.aux.items())},
+        "provider": evidence.provider,
+        "binding": CAS_BINDING_TEXT,
+    }
+
+
 def prepare(
     data_dir: Path,
     *,
@@ -222,10 +274,18 @@ def prepare(
     db_url: str | None,
     collateral: str | None,
     seal: SealingKeyProvider | None = None,
+    tee: str | None = None,
+    quote_provider: QuoteProvider | None = None,
 ) -> tuple[Cas, dict[str, Any] | None, Path, Path, dict[str, str], NoteSigner]:
-    """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (dev),
-    TLS files and the client environment (without the URL). ``seal``: the TEE sealing key that
-    protects the master key (``None``: a plain ``master.key``, development only)."""
+    """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (``dev``:
+    simulated; ``tee``: from the TEE's quote provider, ``quote_provider`` or the one at the
+    standard device path), TLS files and the client environment (without the URL). ``seal``:
+    the TEE sealing key that protects the master key (``None``: a plain ``master.key``,
+    development only). Without evidence of its own the CAS refuses to start with ``tee``."""
+    if dev and tee is not None:
+        raise UsageError(
+            f"--dev and --tee {tee} exclude each other: a CAS in a TEE does not accept simulated evidence"
+        )
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     sealer = Sealer(load_master_key(data_dir, seal))
@@ -244,7 +304,7 @@ def prepare(
         cert_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(
             serialization.Encoding.DER
         )
-        report_data = hashlib.sha512(CAS_BINDING_PREFIX + cert_der + env["CONFIDE_LOG_KEY"].encode()).digest()
+        report_data = cas_binding(cert_der, env["CONFIDE_LOG_KEY"])
         measurement = measure_current_process().digest
         evidence = platform.issue(
             report_data=report_data, measurement=measurement, timestamp=int(time.time())
@@ -252,9 +312,16 @@ def prepare(
         cas_evidence = {
             "platform": "sim",
             "evidence": base64.b64encode(evidence.to_bytes()).decode(),
-            "binding": "SHA-512('confide-cas/v1' || 0 || TLS certificate DER || log verifier key)",
+            "binding": CAS_BINDING_TEXT,
             "log_key": env["CONFIDE_LOG_KEY"],
         }
+    elif tee is not None:
+        cert_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(
+            serialization.Encoding.DER
+        )
+        provider = quote_provider if quote_provider is not None else quote_provider_for(tee)
+        cas_evidence = tee_evidence(tee, provider, cas_binding(cert_der, env["CONFIDE_LOG_KEY"]))
+        cas_evidence["log_key"] = env["CONFIDE_LOG_KEY"]
     database = Database(db_url or f"sqlite:///{(data_dir / 'cas.db').resolve()}")
     database.migrate()
     verifier = PlatformVerifier(sim_key=sim_key, dcap_source=source_for(collateral) if collateral else None)
@@ -263,7 +330,7 @@ def prepare(
         cas.events.record(
             conn, "cas-start", None,
             {"dev": dev, "tls_cert_sha256": _cert_sha256(cert_path), "log_key": env["CONFIDE_LOG_KEY"],
-             "master_key": master_key},
+             "master_key": master_key, **({"tee": tee} if tee else {})},
         )  # fmt: skip
     return cas, cas_evidence, key_path, cert_path, env, signer
 
@@ -294,11 +361,12 @@ def serve(
     collateral: str | None,
     witnesses: tuple[tuple[str, NoteVerifier], ...] = (),
     seal: SealingKeyProvider | None = None,
+    tee: str | None = None,
 ) -> None:
     host, port = _parse_listen(listen)
     _configure_logging()
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
-        data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal
+        data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee
     )
     checkpointer = Checkpointer(cas, signer, witnesses=witnesses)
     checkpointer.start()
@@ -335,6 +403,7 @@ def serve(
                 "event": "listening",
                 "url": env["CONFIDE_CAS_URL"],
                 "dev": dev,
+                "tee": tee,
                 "db": cas.db.redacted_url,
                 "master_key": f"sealed: {seal.name} ({seal.binding})" if seal else "plain file",
             }

@@ -43,7 +43,7 @@ from confide.verify.dcap import DcapVerifier
 from confide.verify.nitro import verify_nitro_document
 from confide.verify.nvidia import RimMismatchError, verify_nvidia_report
 from confide.verify.result import Platform, VerifiedEvidence
-from confide.verify.sev_snp import SnpVerifier
+from confide.verify.sev_snp import AmdRootStore, SnpVerifier
 from confide.verify.sim import verify_sim
 from confide.verify.x509util import load_certificate_chain
 
@@ -115,8 +115,8 @@ def split_gpu_aux(platform: Platform, aux: dict[str, bytes]) -> tuple[dict[str, 
 class PlatformVerifier:
     """Verifies evidence for the CAS. ``sim_key`` enables the simulator (development only);
     ``dcap_source`` supplies Intel collateral (``aux["collateral"]`` may carry a dcap-qvl JSON
-    bundle instead). ``nvidia_root``, ``nvidia_rim_root`` and ``nitro_root`` replace the
-    embedded pinned roots: for test PKIs only."""
+    bundle instead). ``nvidia_root``, ``nvidia_rim_root``, ``nitro_root`` and ``amd_roots``
+    replace the embedded pinned roots: for test PKIs only."""
 
     def __init__(
         self,
@@ -126,6 +126,7 @@ class PlatformVerifier:
         nvidia_root: x509.Certificate | None = None,
         nvidia_rim_root: x509.Certificate | None = None,
         nitro_root: x509.Certificate | None = None,
+        amd_roots: AmdRootStore | None = None,
     ) -> None:
         self.sim_key = sim_key
         self.dcap_source = dcap_source
@@ -133,7 +134,7 @@ class PlatformVerifier:
         self.nvidia_rim_root = nvidia_rim_root
         self.nitro_root = nitro_root
         self.dcap = DcapVerifier()
-        self.snp = SnpVerifier(embedded_roots())
+        self.snp = SnpVerifier(amd_roots if amd_roots is not None else embedded_roots())
 
     def verify(
         self, platform: Platform, evidence: bytes, aux: dict[str, bytes], *, at: datetime

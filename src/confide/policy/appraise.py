@@ -52,7 +52,7 @@ from confide.policy.model import (
 )
 from confide.verify.result import ClaimValue, Platform, TcbStatus, VerifiedEvidence
 
-__all__ = ["TCB_TOLERANCES", "AppraisalResult", "Reason", "appraise", "raise_for_result"]
+__all__ = ["TCB_TOLERANCES", "AppraisalResult", "Reason", "appraise", "check_security", "raise_for_result"]
 
 TCB_TOLERANCES: dict[TcbStatus, tuple[Tolerance, ...] | None] = {
     TcbStatus.UP_TO_DATE: (),
@@ -152,19 +152,7 @@ def appraise(
     if evidence.verified_at.tzinfo is None or evidence.verified_at > at:
         reasons.append(Reason("verified_at", evidence.verified_at.isoformat(), f"not after {at.isoformat()}"))
 
-    if evidence.simulated:
-        _need(Tolerance.SIMULATION, security, tolerated, reasons, "platform", "simulated evidence (sim)")
-    if evidence.platform is Platform.NVIDIA_GPU:
-        # A GPU report proves a genuine GPU in CC mode, not that the caller runs inside a CPU
-        # TEE; releasing secrets on it alone must be the policy's explicit choice.
-        _need(
-            Tolerance.GPU_ONLY, security, tolerated, reasons, "platform",
-            "an NVIDIA GPU report alone (it attests the GPU, not the CPU TEE that runs the service)",
-        )  # fmt: skip
-
-    _check_debug(evidence, security, tolerated, reasons)
-    _check_tcb(evidence, security, tolerated, reasons)
-    _check_advisories(evidence, security, tolerated, reasons)
+    _check_security(evidence, security, tolerated, reasons)
     gpus = _distinct_gpus(evidence, devices, at, reasons)
 
     matched: int | None = None
@@ -186,6 +174,39 @@ def appraise(
 # ---------------------------------------------------------------------------------------------
 # Platform-independent checks
 # ---------------------------------------------------------------------------------------------
+
+
+def check_security(
+    evidence: VerifiedEvidence, security: AttestationSecurity
+) -> tuple[tuple[Reason, ...], tuple[Tolerance, ...]]:
+    """Checks 2-5 of :func:`appraise` alone (simulation, GPU-only, debug mode, TCB status,
+    advisories), without a policy's services: for evidence judged against tolerances only, e.g.
+    the CAS's own evidence (``confide cas attest --tolerate``). Returns the mismatches (empty:
+    acceptable) and the tolerances relied on."""
+    reasons: list[Reason] = []
+    tolerated: set[Tolerance] = set()
+    _check_security(evidence, security, tolerated, reasons)
+    return tuple(reasons), tuple(sorted(tolerated))
+
+
+def _check_security(
+    evidence: VerifiedEvidence,
+    security: AttestationSecurity,
+    tolerated: set[Tolerance],
+    reasons: list[Reason],
+) -> None:
+    if evidence.simulated:
+        _need(Tolerance.SIMULATION, security, tolerated, reasons, "platform", "simulated evidence (sim)")
+    if evidence.platform is Platform.NVIDIA_GPU:
+        # A GPU report proves a genuine GPU in CC mode, not that the caller runs inside a CPU
+        # TEE; releasing secrets on it alone must be the policy's explicit choice.
+        _need(
+            Tolerance.GPU_ONLY, security, tolerated, reasons, "platform",
+            "an NVIDIA GPU report alone (it attests the GPU, not the CPU TEE that runs the service)",
+        )  # fmt: skip
+    _check_debug(evidence, security, tolerated, reasons)
+    _check_tcb(evidence, security, tolerated, reasons)
+    _check_advisories(evidence, security, tolerated, reasons)
 
 
 def _need(

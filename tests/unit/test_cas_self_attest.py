@@ -1,0 +1,339 @@
+"""A CAS in a real TEE attests itself: ``prepare(tee=...)`` publishes evidence from the TEE's
+quote provider, ``attest_cas`` / ``verify_cas_evidence`` verify it before pinning.
+
+SEV-SNP end to end: a fake configfs-tsm tree (the FUSE fake of test_runtime_quote.py) whose
+reports are signed by a private AMD-shaped PKI (snp_fakes.py) over the CAS's binding, with the
+VCEK in the certificate table (``auxblob``); the CAS's real ``prepare()`` obtains the evidence,
+a TLS server presents the CAS's certificate and the evidence document, and ``attest_cas``
+verifies and pins it. TDX and SGX: real quotes and collateral (tests/assets); their report data
+cannot be re-signed, so these tests stop at the binding, which proves every check before it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from snp_fakes import AT, FakeAmd, make_fake_amd
+from test_cas_verifier import table
+from test_runtime_quote import FakeGramine, FakeTsm, TsmBehaviour, _mounted
+
+from confide import errors
+from confide.cas.pin import attest_cas, verify_cas_evidence
+from confide.cas.server import prepare, tee_evidence
+from confide.collateral.dcap import source_for
+from confide.evidence.sev_snp import GuestPolicy
+from confide.evidence.snp_certs import ASK_GUID, VCEK_GUID
+from confide.policy.model import Tolerance
+from confide.runtime.quote import (
+    CONFIGFS_TSM_ROOT,
+    GRAMINE_ATTESTATION_ROOT,
+    ConfigfsTsmQuoteProvider,
+    GramineQuoteProvider,
+)
+from confide.verify.result import Platform
+from dcap_cases import ASSETS, CASES, Case
+
+MEASUREMENT = "cd" * 48  # snp_fakes' report measurement
+
+
+class SigningTsm(FakeTsm):
+    """configfs-tsm whose ``outblob`` is an SEV-SNP report signed by ``amd``'s VCEK over
+    ``inblob``, and whose ``auxblob`` is the certificate table with that VCEK."""
+
+    def __init__(self, amd: FakeAmd, *, debug: bool = False) -> None:
+        super().__init__(TsmBehaviour())
+        self.amd = amd
+        self.policy = GuestPolicy(0x30000 | (1 << GuestPolicy.DEBUG_BIT if debug else 0))
+        der = serialization.Encoding.DER
+        self.auxblob = table([(VCEK_GUID, amd.vek.public_bytes(der)), (ASK_GUID, amd.ask.public_bytes(der))])
+
+    def _report(self, entry: dict[str, Any]) -> bytes:
+        report = self.amd.report(
+            report_data=entry["inblob"].ljust(64, b"\0"), vmpl=entry["privlevel"], policy=self.policy
+        )
+        return self.amd.sign(report)
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        if path.endswith("/auxblob"):
+            return self.auxblob[offset : offset + size]
+        data: bytes = super().read(path, size, offset, fh)
+        return data
+
+
+@pytest.fixture(scope="module")
+def amd() -> FakeAmd:
+    return make_fake_amd()
+
+
+@contextlib.contextmanager
+def snp_tsm(tmp_path: Path, amd: FakeAmd, *, debug: bool = False) -> Iterator[Path]:
+    with _mounted(tmp_path / "tsm" / "report", SigningTsm(amd, debug=debug)) as root:
+        yield root
+
+
+@contextlib.contextmanager
+def serve_tls(cert: Path, key: Path, body: bytes) -> Iterator[str]:
+    """A TLS server presenting ``cert`` that answers every GET with ``body``."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def start_snp_cas(data_dir: Path, root: Path) -> tuple[dict[str, Any], Path, Path]:
+    cas, evidence, key_path, cert_path, _env, _signer = prepare(
+        data_dir, host="127.0.0.1", dev=False, db_url=None, collateral=None,
+        tee="sev-snp", quote_provider=ConfigfsTsmQuoteProvider(root),
+    )  # fmt: skip
+    cas.db.dispose()
+    assert evidence is not None
+    return evidence, cert_path, key_path
+
+
+# --- SEV-SNP end to end ---------------------------------------------------------------------------
+
+
+def test_snp_cas_attests_itself_and_is_pinned(tmp_path: Path, amd: FakeAmd) -> None:
+    with snp_tsm(tmp_path, amd) as root:
+        evidence, cert_path, key_path = start_snp_cas(tmp_path / "cas", root)
+    assert evidence["platform"] == "sev-snp" and evidence["provider"] == "configfs-tsm/sev_guest"
+    assert set(evidence["aux"]) == {"auxblob"}
+    body = json.dumps(evidence).encode()
+    with serve_tls(cert_path, key_path, body) as url:
+        pinned = attest_cas(url, sim_key_pem=None, at=AT, amd_roots=amd.roots(), measurements=(MEASUREMENT,))
+        assert pinned.url == url
+        assert pinned.certificate_pem == cert_path.read_bytes()
+        assert pinned.evidence.platform is Platform.SEV_SNP
+        assert pinned.measurement_claim == "measurement"
+        assert pinned.evidence.claims["measurement"] == MEASUREMENT
+        assert pinned.log_key == evidence["log_key"]
+        # Another measurement: nothing pinned.
+        with pytest.raises(errors.MeasurementError, match="measurement"):
+            attest_cas(url, sim_key_pem=None, at=AT, amd_roots=amd.roots(), measurements=("ab" * 48,))
+        # The embedded (real) AMD roots do not vouch for the test PKI.
+        with pytest.raises(errors.CertificateChainError):
+            attest_cas(url, sim_key_pem=None, at=AT)
+
+
+def test_snp_evidence_presented_with_another_certificate_is_refused(tmp_path: Path, amd: FakeAmd) -> None:
+    with snp_tsm(tmp_path, amd) as root:
+        evidence, _cert, _key = start_snp_cas(tmp_path / "cas", root)
+        # A second CAS (another TLS key) relays the first one's genuine evidence.
+        _other, other_cert, other_key = start_snp_cas(tmp_path / "other", root)
+    with (
+        serve_tls(other_cert, other_key, json.dumps(evidence).encode()) as url,
+        pytest.raises(errors.BindingError, match="not bound"),
+    ):
+        attest_cas(url, sim_key_pem=None, at=AT, amd_roots=amd.roots())
+
+
+def test_snp_debug_guest_is_refused_unless_tolerated(tmp_path: Path, amd: FakeAmd) -> None:
+    with snp_tsm(tmp_path, amd, debug=True) as root:
+        evidence, cert_path, _key = start_snp_cas(tmp_path / "cas", root)
+    cert_der = _der(cert_path)
+    body = json.dumps(evidence).encode()
+    with pytest.raises(errors.AppraisalError, match="debug-mode"):
+        verify_cas_evidence(cert_der, body, sim_key_pem=None, at=AT, amd_roots=amd.roots())
+    pinned = verify_cas_evidence(
+        cert_der, body, sim_key_pem=None, at=AT, amd_roots=amd.roots(), tolerate=(Tolerance.DEBUG_MODE,)
+    )
+    assert pinned.evidence.claims["debug"] is True
+
+
+def test_snp_document_without_vcek_or_with_foreign_aux_is_refused(tmp_path: Path, amd: FakeAmd) -> None:
+    with snp_tsm(tmp_path, amd) as root:
+        evidence, cert_path, _key = start_snp_cas(tmp_path / "cas", root)
+    cert_der = _der(cert_path)
+
+    def verify(doc: dict[str, Any]) -> None:
+        verify_cas_evidence(
+            cert_der, json.dumps(doc).encode(), sim_key_pem=None, at=AT, amd_roots=amd.roots()
+        )
+
+    with pytest.raises(errors.CollateralMissingError):
+        verify({**evidence, "aux": {}})
+    with pytest.raises(errors.ParseError, match="gpu0"):
+        verify({**evidence, "aux": {**evidence["aux"], "gpu0": "AA=="}})
+    with pytest.raises(errors.ParseError, match="malformed"):
+        verify({**evidence, "aux": {"auxblob": "not base64!"}})
+    with pytest.raises(errors.UsageError, match="aws-nitro"):
+        verify({**evidence, "platform": "aws-nitro"})
+    tampered = bytearray(base64.b64decode(evidence["evidence"]))
+    tampered[0x90] ^= 1  # the measurement
+    with pytest.raises(errors.SignatureError):
+        verify({**evidence, "evidence": base64.b64encode(bytes(tampered)).decode()})
+
+
+# --- Startup refusals -----------------------------------------------------------------------------
+
+
+def test_cas_does_not_start_without_its_evidence(tmp_path: Path) -> None:
+    provider = ConfigfsTsmQuoteProvider(tmp_path / "no-tsm")
+    with pytest.raises(errors.UsageError, match="cannot obtain the CAS's own evidence, not starting"):
+        prepare(tmp_path / "cas", host="127.0.0.1", dev=False, db_url=None, collateral=None,
+                tee="sev-snp", quote_provider=provider)  # fmt: skip
+    assert not (tmp_path / "cas" / "cas.db").exists()  # refused before the database
+    with pytest.raises(errors.UsageError, match="exclude each other"):
+        prepare(tmp_path / "cas2", host="127.0.0.1", dev=True, db_url=None, collateral=None, tee="tdx")
+
+
+def test_evidence_of_another_tee_than_asked_is_refused(tmp_path: Path, amd: FakeAmd) -> None:
+    with snp_tsm(tmp_path, amd) as root:
+        with pytest.raises(errors.UsageError, match=r"got sev-snp evidence .* expected tdx"):
+            tee_evidence("tdx", ConfigfsTsmQuoteProvider(root), bytes(64))
+        ok = tee_evidence("sev-snp", ConfigfsTsmQuoteProvider(root), bytes(range(64)))
+    assert base64.b64decode(ok["evidence"])[0x50:0x90] == bytes(range(64))
+
+
+def test_tdx_and_sgx_cas_publish_their_quote(tmp_path: Path) -> None:
+    """The wiring for TDX (configfs-tsm, tdx_guest) and SGX (Gramine): the quote over the binding,
+    no aux blobs. (The fake trees' quotes are unsigned skeletons: verification is tested below.)"""
+    binding = bytes(range(64, 128))
+    with _mounted(tmp_path / "tdx" / "report", FakeTsm(TsmBehaviour(provider="tdx_guest"))) as root:
+        doc = tee_evidence("tdx", ConfigfsTsmQuoteProvider(root), binding)
+    assert doc["platform"] == "tdx" and doc["provider"] == "configfs-tsm/tdx_guest" and doc["aux"] == {}
+    assert base64.b64decode(doc["evidence"])[48 + 520 : 48 + 584] == binding
+    with _mounted(tmp_path / "attestation", FakeGramine()) as root:
+        doc = tee_evidence("sgx-gramine", GramineQuoteProvider(root), binding)
+        with pytest.raises(errors.UsageError, match="got sgx evidence"):
+            tee_evidence("tdx", GramineQuoteProvider(root), binding)
+    assert doc["platform"] == "sgx" and doc["provider"] == "gramine/dcap"
+    assert base64.b64decode(doc["evidence"])[48 + 320 : 48 + 384] == binding
+
+
+def _confide(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    return subprocess.run(
+        [sys.executable, "-m", "confide", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("tee", "device", "message"),
+    [
+        ("sev-snp", CONFIGFS_TSM_ROOT, "not a TDX or SEV-SNP guest"),
+        ("tdx", CONFIGFS_TSM_ROOT, "not a TDX or SEV-SNP guest"),
+        ("sgx-gramine", GRAMINE_ATTESTATION_ROOT, "not running inside Gramine-SGX"),
+    ],
+)
+def test_cli_serve_tee_without_the_device(tmp_path: Path, tee: str, device: Path, message: str) -> None:
+    if device.exists():
+        pytest.skip(f"{device} exists on this machine")
+    r = _confide("cas", "serve", "--data-dir", str(tmp_path / "cas"), "--listen", "127.0.0.1:0", "--tee", tee)
+    assert r.returncode == errors.UsageError.exit_code, r.stderr
+    assert message in r.stderr and "not starting" in r.stderr, r.stderr
+
+
+def test_cli_serve_dev_and_tee_exclude_each_other(tmp_path: Path) -> None:
+    r = _confide("cas", "serve", "--data-dir", str(tmp_path / "cas"), "--listen", "127.0.0.1:0", "--dev",
+                 "--tee", "tdx")  # fmt: skip
+    assert r.returncode == errors.UsageError.exit_code and "exclude each other" in r.stderr, r.stderr
+
+
+def test_cli_attest_refuses_an_unknown_tolerance() -> None:
+    r = _confide("cas", "attest", "https://127.0.0.1:1", "--tolerate", "simulation")
+    assert r.returncode == errors.UsageError.exit_code, r.stderr
+
+
+# --- TDX and SGX: DCAP verification, tolerances and measurement before the binding ----------------
+
+
+def _case(quote: str, collateral_suffix: str) -> Case:
+    return next(c for c in CASES if c.quote == quote and c.collateral.endswith(collateral_suffix))
+
+
+def _der(cert_path: Path) -> bytes:
+    return x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(serialization.Encoding.DER)
+
+
+@pytest.fixture(scope="module")
+def cert_der(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    from confide.cas.server import _tls_identity
+
+    _key, cert = _tls_identity(tmp_path_factory.mktemp("tls"), "127.0.0.1")
+    return _der(cert)
+
+
+def _dcap(case: Case, cert_der: bytes, **kwargs: Any) -> Any:
+    platform = "tdx" if case.quote.startswith("tdx/") else "sgx"
+    doc = {"platform": platform, "evidence": base64.b64encode(case.quote_bytes()).decode(), "log_key": "k"}
+    doc.update(kwargs.pop("doc", {}))
+    kwargs.setdefault("collateral", source_for(str(ASSETS / case.collateral)))
+    return verify_cas_evidence(cert_der, json.dumps(doc).encode(), sim_key_pem=None, at=case.time, **kwargs)
+
+
+def test_tdx_up_to_date_is_verified_then_refused_for_the_binding(cert_der: bytes) -> None:
+    case = _case("tdx/google-go-tdx-guest/cos-113-tdx-quote.dat", "collateral_0625_00806f050000.dcapqvl.json")
+    mr_td = "dae67181d3d65e073ad8f95b7907d5e927bfe9761c9ff3e9b89734a45d8954dba41394c7717cb2735396c1d04231f94a"
+    with pytest.raises(errors.BindingError):
+        _dcap(case, cert_der, measurements=(mr_td,))
+    with pytest.raises(errors.MeasurementError, match="mr_td"):
+        _dcap(case, cert_der, measurements=("ab" * 48,))
+    with pytest.raises(errors.CollateralMissingError, match="--collateral"):
+        _dcap(case, cert_der, collateral=None)
+    with pytest.raises(errors.ParseError, match="'collateral'"):
+        _dcap(case, cert_der, doc={"aux": {"collateral": base64.b64encode(case.collateral_bytes()).decode()}})
+
+
+def test_tdx_debug_td_is_refused_unless_tolerated(cert_der: bytes) -> None:
+    case = _case("tdx/trustee/tdx_quote_4.dat", "collateral_v4_2023-06.dcapqvl.json")
+    with pytest.raises(errors.AppraisalError, match="debug-mode"):
+        _dcap(case, cert_der)
+    with pytest.raises(errors.BindingError):
+        _dcap(case, cert_der, tolerate=(Tolerance.DEBUG_MODE,))
+
+
+def test_sgx_outdated_tcb_is_refused_unless_tolerated(cert_der: bytes) -> None:
+    case = _case("sgx/automata-dcap-rs/sgx_quote_v3_from_lib_rs.dat", "collateral_2025-02.dcapqvl.json")
+    with pytest.raises(errors.AppraisalError, match="outdated-tcb"):
+        _dcap(case, cert_der)
+    mr_enclave = "a4f45c39dac622cb1dd32ddb35a52ec92db41d0fa88a1c911c49e59c534f61cd"
+    with pytest.raises(errors.BindingError):
+        _dcap(case, cert_der, tolerate=(Tolerance.OUTDATED_TCB,), measurements=(mr_enclave,))
+    advised = _case(
+        "sgx/automata-dcap-rs/sgx_quote_v3_from_lib_rs.dat", "collateral_0825_00606a000000.dcapqvl.json"
+    )
+    with pytest.raises(errors.AppraisalError, match="INTEL-SA-00960"):
+        _dcap(advised, cert_der, tolerate=(Tolerance.OUTDATED_TCB,))
+    with pytest.raises(errors.BindingError):
+        _dcap(advised, cert_der, tolerate=(Tolerance.OUTDATED_TCB,),
+              ignore_advisories=("INTEL-SA-00960", "INTEL-SA-00657", "INTEL-SA-00767", "INTEL-SA-00615"))  # fmt: skip
