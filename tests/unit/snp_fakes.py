@@ -9,6 +9,8 @@ collected test vectors, so the Turin TCB layout, v5 fields and CRLs are exercise
 from __future__ import annotations
 
 import dataclasses
+import struct
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -232,3 +234,15 @@ def make_fake_amd(
         extensions=exts, serial=1, rsa_padding=_PSS,
     )  # fmt: skip
     return FakeAmd(product, kind, ark_key, ark, ask_key, ask, vek_key, vek, tcb, chip_id)
+
+
+def cert_table(entries: list[tuple[uuid.UUID, bytes]]) -> bytes:
+    """A configfs-tsm / SNP extended-report certificate table (GUID, offset, length entries, a zero
+    entry, then the certificates)."""
+    head = b""
+    body = b""
+    offset = 24 * (len(entries) + 1)
+    for guid, der in entries:
+        head += guid.bytes_le + struct.pack("<II", offset + len(body), len(der))
+        body += der
+    return head + bytes(24) + body

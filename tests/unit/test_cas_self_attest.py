@@ -27,9 +27,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from snp_fakes import AT, FakeAmd, make_fake_amd
-from test_cas_verifier import table
-from test_runtime_quote import FakeGramine, FakeTsm, TsmBehaviour, _mounted
+from snp_fakes import AT, FakeAmd, cert_table, make_fake_amd
 
 from confide import errors
 from confide.cas.pin import attest_cas, verify_cas_evidence
@@ -46,6 +44,7 @@ from confide.runtime.quote import (
 )
 from confide.verify.result import Platform
 from dcap_cases import ASSETS, CASES, Case
+from quote_fakes import FakeGramine, FakeTsm, TsmBehaviour, mounted
 
 MEASUREMENT = "cd" * 48  # snp_fakes' report measurement
 
@@ -59,7 +58,9 @@ class SigningTsm(FakeTsm):
         self.amd = amd
         self.policy = GuestPolicy(0x30000 | (1 << GuestPolicy.DEBUG_BIT if debug else 0))
         der = serialization.Encoding.DER
-        self.auxblob = table([(VCEK_GUID, amd.vek.public_bytes(der)), (ASK_GUID, amd.ask.public_bytes(der))])
+        self.auxblob = cert_table(
+            [(VCEK_GUID, amd.vek.public_bytes(der)), (ASK_GUID, amd.ask.public_bytes(der))]
+        )
 
     def _report(self, entry: dict[str, Any]) -> bytes:
         report = self.amd.report(
@@ -81,7 +82,7 @@ def amd() -> FakeAmd:
 
 @contextlib.contextmanager
 def snp_tsm(tmp_path: Path, amd: FakeAmd, *, debug: bool = False) -> Iterator[Path]:
-    with _mounted(tmp_path / "tsm" / "report", SigningTsm(amd, debug=debug)) as root:
+    with mounted(tmp_path / "tsm" / "report", SigningTsm(amd, debug=debug)) as root:
         yield root
 
 
@@ -223,11 +224,11 @@ def test_tdx_and_sgx_cas_publish_their_quote(tmp_path: Path) -> None:
     """The wiring for TDX (configfs-tsm, tdx_guest) and SGX (Gramine): the quote over the binding,
     no aux blobs. (The fake trees' quotes are unsigned skeletons: verification is tested below.)"""
     binding = bytes(range(64, 128))
-    with _mounted(tmp_path / "tdx" / "report", FakeTsm(TsmBehaviour(provider="tdx_guest"))) as root:
+    with mounted(tmp_path / "tdx" / "report", FakeTsm(TsmBehaviour(provider="tdx_guest"))) as root:
         doc = tee_evidence("tdx", ConfigfsTsmQuoteProvider(root), binding)
     assert doc["platform"] == "tdx" and doc["provider"] == "configfs-tsm/tdx_guest" and doc["aux"] == {}
     assert base64.b64decode(doc["evidence"])[48 + 520 : 48 + 584] == binding
-    with _mounted(tmp_path / "attestation", FakeGramine()) as root:
+    with mounted(tmp_path / "attestation", FakeGramine()) as root:
         doc = tee_evidence("sgx-gramine", GramineQuoteProvider(root), binding)
         with pytest.raises(errors.UsageError, match="got sgx evidence"):
             tee_evidence("tdx", GramineQuoteProvider(root), binding)

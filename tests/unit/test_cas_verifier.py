@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import struct
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from snp_fakes import cert_table
 
 from confide import errors
 from confide.cas.verifier import PlatformVerifier
@@ -26,19 +26,9 @@ VCEK = (ASSETS / "sev-snp/google-go-sev-guest/vcek.testcer").read_bytes()
 AT = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-def table(entries: list[tuple[uuid.UUID, bytes]]) -> bytes:
-    head = b""
-    body = b""
-    offset = 24 * (len(entries) + 1)
-    for guid, der in entries:
-        head += guid.bytes_le + struct.pack("<II", offset + len(body), len(der))
-        body += der
-    return head + bytes(24) + body
-
-
 def test_snp_with_vcek_from_the_certificate_table() -> None:
     v = PlatformVerifier().verify(
-        Platform.SEV_SNP, REPORT, {"auxblob": table([(ARK_GUID, b"x" * 10), (VCEK_GUID, VCEK)])}, at=AT
+        Platform.SEV_SNP, REPORT, {"auxblob": cert_table([(ARK_GUID, b"x" * 10), (VCEK_GUID, VCEK)])}, at=AT
     )
     assert v.platform is Platform.SEV_SNP and v.claims["report_data"]
     v2 = PlatformVerifier().verify(Platform.SEV_SNP, REPORT, {"vcek": VCEK}, at=AT)
