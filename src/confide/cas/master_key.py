@@ -33,7 +33,6 @@ apart from "this file was modified"; it reveals nothing about the key.
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import os
 import re
@@ -48,6 +47,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from confide.cas.sealing import SEALING_KEY_SIZE, SealingKeyProvider
 from confide.errors import ParseError, StorageError, UnsealError, UsageError
+from confide.fsutil import fsync_dir, write_atomic, write_new
 
 __all__ = [
     "MASTER_KEY_SIZE",
@@ -227,38 +227,6 @@ def _read_bounded(path: Path) -> bytes:
     return data
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
-def _write_new_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def _read_plain(path: Path) -> bytes:
     key = _read_bounded(path)
     if len(key) != MASTER_KEY_SIZE:
@@ -281,7 +249,7 @@ def load_master_key(data_dir: Path, provider: SealingKeyProvider | None) -> byte
                 f"{sealed} exists: the master key is sealed; start the CAS with {how}, not --seal file"
             )
         if not plain.exists():
-            _write_new_private(plain, os.urandom(MASTER_KEY_SIZE))
+            write_new(plain, os.urandom(MASTER_KEY_SIZE))
         return _read_plain(plain)
     if sealed.exists():
         key = unseal_master_key(_read_bounded(sealed), provider)
@@ -294,10 +262,10 @@ def load_master_key(data_dir: Path, provider: SealingKeyProvider | None) -> byte
                     "in use (the database's secrets open only under the right one)"
                 )
             plain.unlink()
-            _fsync_dir(data_dir)
+            fsync_dir(data_dir)
         return key
     key = _read_plain(plain) if plain.exists() else os.urandom(MASTER_KEY_SIZE)
-    _write_atomic_private(sealed, seal_master_key(key, provider))
+    write_atomic(sealed, seal_master_key(key, provider), mode=0o600)
     # Read back what is on disk and open it with a fresh sealing_key() call: a provider whose
     # key is not deterministic, or a write that did not land, stops here with the plain file
     # (if any) intact.
@@ -306,9 +274,9 @@ def load_master_key(data_dir: Path, provider: SealingKeyProvider | None) -> byte
             raise StorageError(f"{sealed}: re-read after writing does not hold the master key")
     except BaseException:
         sealed.unlink()  # back to the state before this call: the plain file, if any, is intact
-        _fsync_dir(data_dir)
+        fsync_dir(data_dir)
         raise
     if plain.exists():
         plain.unlink()
-        _fsync_dir(data_dir)
+        fsync_dir(data_dir)
     return key

@@ -41,7 +41,14 @@ from confide.sim.platform import load_platform_public_key
 from confide.verify.result import Platform, VerifiedEvidence
 from confide.verify.sev_snp import AmdRootStore
 
-__all__ = ["MEASUREMENT_CLAIMS", "PinnedCas", "attest_cas", "fetch_unverified", "verify_cas_evidence"]
+__all__ = [
+    "MEASUREMENT_CLAIMS",
+    "PinnedCas",
+    "attest_cas",
+    "cas_binding",
+    "fetch_unverified",
+    "verify_cas_evidence",
+]
 
 CAS_BINDING_PREFIX = b"confide-cas/v1\x00"
 MAX_BODY = 1 << 20
@@ -132,6 +139,11 @@ _AUX_KEYS: dict[Platform, frozenset[str]] = {
 _MAX_AUX = 4
 
 
+def cas_binding(cert_der: bytes, log_key: str) -> bytes:
+    """The CAS's report data: SHA-512("confide-cas/v1" || 0 || TLS certificate DER || log key)."""
+    return hashlib.sha512(CAS_BINDING_PREFIX + cert_der + log_key.encode()).digest()
+
+
 def _parse_document(body: bytes) -> tuple[Platform, bytes, dict[str, bytes], str]:
     """The evidence document (hostile input): platform, evidence, aux blobs and log key."""
     try:
@@ -216,7 +228,7 @@ def verify_cas_evidence(
                 f"the CAS measures {claim} {got[:32]}…, expected one of --measurement"
                 f" {', '.join(m[:16] + '…' for m in measurements)}"
             )
-    expected = hashlib.sha512(CAS_BINDING_PREFIX + cert_der + log_key.encode()).hexdigest()
+    expected = cas_binding(cert_der, log_key).hex()
     if not hmac.compare_digest(str(verified.claims.get("report_data", "")), expected):
         raise BindingError("the CAS's evidence is not bound to the TLS certificate and log key it presented")
     try:

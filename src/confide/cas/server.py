@@ -45,12 +45,13 @@ from confide.cas.core import Cas
 from confide.cas.db import Database, raw_connection
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.master_key import load_master_key
-from confide.cas.pin import CAS_BINDING_PREFIX
+from confide.cas.pin import cas_binding
 from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral.dcap import source_for
 from confide.errors import ConfideError, UsageError
+from confide.fsutil import write_atomic, write_new
 from confide.ledger.db import Conn, connect_postgres
 from confide.ledger.db import connect as ledger_connect
 from confide.ledger.note import NoteSigner, NoteVerifier
@@ -61,25 +62,7 @@ from confide.sim.measure import measure_current_process
 from confide.sim.platform import SimPlatform
 from confide.verify.result import Platform
 
-__all__ = ["TEE_CHOICES", "cas_binding", "prepare", "quote_provider_for", "serve", "tee_evidence"]
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+__all__ = ["TEE_CHOICES", "prepare", "quote_provider_for", "serve", "tee_evidence"]
 
 
 def _tls_identity(data_dir: Path, host: str) -> tuple[Path, Path]:
@@ -109,13 +92,13 @@ def _tls_identity(data_dir: Path, host: str) -> tuple[Path, Path]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .sign(key, hashes.SHA256())
     )
-    _write_private(
+    write_new(
         key_path,
         key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ),
     )
-    _atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return key_path, cert_path
 
 
@@ -124,7 +107,7 @@ def _log_signer(data_dir: Path, cert_sha256: str) -> NoteSigner:
     name is the log origin; the CAS's evidence binds the verifier key (``confide cas attest``)."""
     path = data_dir / "log.key"
     if not path.exists():
-        _write_private(path, NoteSigner.generate(f"confide-cas/{cert_sha256[:16]}").skey.encode())
+        write_new(path, NoteSigner.generate(f"confide-cas/{cert_sha256[:16]}").skey.encode())
     return NoteSigner.from_skey(path.read_text())
 
 
@@ -233,11 +216,6 @@ def quote_provider_for(tee: str) -> QuoteProvider:
     if tee == "sgx-gramine":
         return GramineQuoteProvider()
     raise UsageError(f"--tee: got {tee!r}, expected one of {', '.join(TEE_CHOICES)}")
-
-
-def cas_binding(cert_der: bytes, log_key: str) -> bytes:
-    """The CAS's report data: SHA-512("confide-cas/v1" || 0 || TLS certificate DER || log key)."""
-    return hashlib.sha512(CAS_BINDING_PREFIX + cert_der + log_key.encode()).digest()
 
 
 def tee_evidence(tee: str, provider: QuoteProvider, report_data: bytes) -> dict[str, Any]:
@@ -383,7 +361,7 @@ def serve(
     url = f"https://{shown_host}:{bound_port}"
     env = {"CONFIDE_CAS_URL": url, **env, "CONFIDE_LOG_URL": f"{url}/v1/log"}
     lines = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
-    _atomic(data_dir / "client.env", lines.encode())
+    write_atomic(data_dir / "client.env", lines.encode())
     app = create_app(cas, cas_evidence=cas_evidence)
     config = uvicorn.Config(
         app,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from confide.errors import CollateralMissingError, NetworkError, ParseError
 from confide.evidence.dcap import TeeType
 from confide.evidence.dcap_collateral import DcapCollateral, split_pcs_response
 from confide.evidence.pem import normalise_pem, parse_pem_chain
+from confide.fsutil import write_atomic
 from confide.verify.roots import INTEL_SGX_ROOT_CA_DER, INTEL_SGX_TCB_SIGNING_2025_DER
 
 __all__ = [
@@ -221,20 +221,6 @@ INTEL_PCS_URL = "https://api.trustedservices.intel.com"
 INTEL_ROOT_CRL_URL = "https://certificates.trustedservices.intel.com/IntelSGXRootCA.der"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _next_update(kind: str, body: bytes) -> datetime | None:
     """When a response stops being current: its own nextUpdate (PCS API v4)."""
     try:
@@ -319,7 +305,8 @@ class PcsHttpSource:
         expires_at = _next_update(kind, body)
         if expires_at is not None and now < expires_at:
             record = {"url": url, "expires": expires_at.isoformat(), "body": body.hex(), "chain": chain.hex()}
-            _atomic_write(path, json.dumps(record).encode())
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps(record).encode())
         return body, chain
 
     def get_collateral(self, *, fmspc: bytes, ca: str, tee: TeeType) -> DcapCollateral:

@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from confide.errors import ParseError, RollbackError, SignatureError, StorageError, UsageError
+from confide.fsutil import fsync_dir, write_atomic
 from confide.volume._io import copy_raw, encrypt_stream
 from confide.volume.format import (
     DEFAULT_CHUNK_SIZE,
@@ -76,30 +77,6 @@ def object_path(directory: Path, file_id: bytes) -> Path:
     return directory / OBJECTS_DIR / file_id.hex()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}-{secrets.token_hex(8)}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 @contextmanager
 def _locked(directory: Path) -> Iterator[None]:
     try:
@@ -144,7 +121,7 @@ def seal_entries(directory: Path, key: VolumeKey, base: Manifest, entries: Seque
     ordered = tuple(sorted(entries, key=lambda e: e.path.encode()))
     sealed = replace(base, state=ManifestState.SEALED, generation=base.generation + 1, entries=ordered)
     data = encode_manifest(sealed, key.raw)
-    _atomic_write(directory / MANIFEST_NAME, data)
+    write_atomic(directory / MANIFEST_NAME, data)
     live = {e.file_id.hex() for e in ordered if e.kind is EntryKind.FILE}
     for p in (directory / OBJECTS_DIR).iterdir():
         if p.name not in live:
@@ -212,7 +189,7 @@ def create_volume(
         raise StorageError(f"cannot create volume {str(directory)!r}: {exc.strerror or exc}") from None
     m = Manifest(vid, 0, ManifestState.SEALED, chunk_size, default_region, rules, ())
     data = encode_manifest(m, key.raw)
-    _atomic_write(directory / MANIFEST_NAME, data)
+    write_atomic(directory / MANIFEST_NAME, data)
     return volume_tag(data)
 
 
@@ -404,7 +381,7 @@ def add_sources(
             check_entries(new.entries)
         except ParseError as exc:
             raise UsageError(exc.message) from None
-        _atomic_write(directory / PENDING_NAME, encode_manifest(new, key.raw))
+        write_atomic(directory / PENDING_NAME, encode_manifest(new, key.raw))
         return added
 
 
@@ -422,9 +399,9 @@ def seal_volume(directory: Path, key: VolumeKey) -> str:
         m = _working(directory, key)
         sealed = replace(m, state=ManifestState.SEALED, generation=m.generation + 1)
         data = encode_manifest(sealed, key.raw)
-        _atomic_write(directory / MANIFEST_NAME, data)
+        write_atomic(directory / MANIFEST_NAME, data)
         pending_path.unlink()
-        _fsync_dir(directory)
+        fsync_dir(directory)
         live = {e.file_id.hex() for e in sealed.entries if e.kind is EntryKind.FILE}
         for p in (directory / OBJECTS_DIR).iterdir():
             if p.name not in live:

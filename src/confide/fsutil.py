@@ -1,0 +1,60 @@
+"""Durable file writes shared by the CAS's state files, volume manifests and the collateral
+cache: every byte written, fsynced, and (for replacements) renamed into place and the directory
+synced, so a crash leaves either the old file or the new one, never a torn one."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+__all__ = ["TMP_PREFIX", "fsync_dir", "write_atomic", "write_new"]
+
+TMP_PREFIX = ".tmp-"
+"""Temporary files are ``TMP_PREFIX + name + '-' + random`` next to their target."""
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the entries of ``directory`` (a rename, a new or removed file) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.fsync(fd)
+
+
+def write_new(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Create ``path`` (it must not exist; never through a symlink) with ``data``, durably.
+    A failed write removes the partial file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        _write_all(fd, data)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` atomically and durably (a uniquely named temporary file,
+    fsync, rename, fsync of the directory); the temporary file is removed on failure."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{secrets.token_hex(8)}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
