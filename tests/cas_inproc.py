@@ -5,18 +5,24 @@ requests bound to fresh runtime keys."""
 from __future__ import annotations
 
 import base64
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from confide import errors
 from confide.cas.client import policy_submission
-from confide.cas.core import Cas, binding_report_data
+from confide.cas.core import Cas, binding_report_data, decrypt_release
+from confide.cas.db import raw_connection, raw_execute
 from confide.cas.server import prepare
 from confide.identity import Identity
+from confide.ledger.encoding import Entry
+from confide.ledger.store import Ledger
 from confide.policy.loader import loads_policy
 from confide.sim.platform import SimPlatform
 
@@ -41,6 +47,63 @@ security:
 """
 
 
+class RuntimeKey:
+    """The runtime's side of an attestation: an ephemeral P-256 key, the CAS nonce (fresh unless
+    given), the binding they give, request bodies and the release's decryption."""
+
+    def __init__(self, cas: Cas, nonce: str | None = None) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.der = self.key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.nonce = nonce or cas.new_nonce()
+        self.binding = binding_report_data(self.der, bytes.fromhex(self.nonce))
+
+    def body(
+        self,
+        *,
+        policy: str,
+        service: str,
+        platform: str,
+        evidence: bytes,
+        aux: dict[str, bytes] | None = None,
+    ) -> dict[str, Any]:
+        out = {
+            "policy": policy, "service": service, "platform": platform, "nonce": self.nonce,
+            "evidence": base64.b64encode(evidence).decode(), "public_key": base64.b64encode(self.der).decode(),
+        }  # fmt: skip
+        if aux:
+            out["aux"] = {k: base64.b64encode(v).decode() for k, v in aux.items()}
+        return out
+
+    def open(self, release: dict[str, Any]) -> dict[str, Any]:
+        return decrypt_release(self.key, release, bytes.fromhex(self.nonce))
+
+
+def last_attestation(cas: Cas) -> dict[str, Any]:
+    """The newest attestation event, checked against its ledger entry."""
+    with cas.db.read() as conn:
+        seq, payload = raw_execute(
+            conn, "SELECT seq, payload FROM events WHERE type = 'attestation' ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        entry = Ledger.entry(raw_connection(conn), seq - 1)
+    assert entry is not None
+    recorded = json.loads(payload)
+    assert Entry.from_bytes(entry).payload == recorded
+    return dict(recorded)
+
+
+def refused(cas: Cas, request: dict[str, Any], error: type[errors.ConfideError], match: str) -> Any:
+    """Attest ``request``; it must be refused with exactly ``error`` and recorded as refused."""
+    with pytest.raises(error, match=match) as info:
+        cas.attest(request)
+    assert type(info.value) is error
+    event = last_attestation(cas)
+    assert event["verdict"] == "refused" and event["reason_class"] == info.value.kind
+    assert event["evidence_sha256"]
+    return info.value
+
+
 @dataclass
 class InProcessCas:
     cas: Cas
@@ -63,22 +126,8 @@ class InProcessCas:
         measurement: str = MEASUREMENT,
     ) -> tuple[dict[str, Any], ec.EllipticCurvePrivateKey]:
         """An attestation request (and the runtime key it binds) for a fresh or given nonce."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        der = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        nonce = nonce or self.cas.new_nonce()
+        rt = RuntimeKey(self.cas, nonce)
         evidence = self.platform.issue(
-            report_data=binding_report_data(der, bytes.fromhex(nonce)),
-            measurement=bytes.fromhex(measurement),
-            timestamp=int(time.time()),
+            report_data=rt.binding, measurement=bytes.fromhex(measurement), timestamp=int(time.time())
         ).to_bytes()
-        body = {
-            "policy": policy,
-            "service": service,
-            "platform": "sim",
-            "evidence": base64.b64encode(evidence).decode(),
-            "public_key": base64.b64encode(der).decode(),
-            "nonce": nonce,
-        }
-        return body, key
+        return rt.body(policy=policy, service=service, platform="sim", evidence=evidence), rt.key

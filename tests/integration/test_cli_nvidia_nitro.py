@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from cli import run_confide
 from confide.evidence.nvidia import NvidiaAttestationReport
 from confide.evidence.nvidia_rim import SHA384_NS, SWID_NS
 from rim_pki import make_pki, sign_rim, strip_signature
@@ -23,15 +21,7 @@ NONCE = "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb"
 
 
 def run(*args: str | Path) -> tuple[int, dict[str, Any]]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "confide", "evidence", "verify", *map(str, args), "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    proc = run_confide("evidence", "verify", *args, "--json")
     return proc.returncode, json.loads(proc.stdout)
 
 

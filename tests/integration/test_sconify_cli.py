@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import stat
@@ -15,24 +14,16 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
+from cli import run_confide
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from image_builder import PYTHON_BASE, Image, M, all_blob_bytes, read_layout
 
-SRC_DIR = Path(__file__).resolve().parents[2] / "src"
 SECRET = b"SECRET-cli-protected-payload-81f2"
 
 
 def confide(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(SRC_DIR)}
-    return subprocess.run(
-        [sys.executable, "-m", "confide", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=300,
-        check=False,
-    )
+    return run_confide(*args, cwd=cwd, timeout=300)
 
 
 def image() -> Image:

@@ -3,38 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from cli import run_confide
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "tests" / "assets" / "sev-snp"
 
 
 def run(*args: str | Path) -> tuple[int, dict[str, Any]]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "confide",
-            "evidence",
-            "verify",
-            *map(str, args),
-            "--platform",
-            "sev-snp",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    proc = run_confide("evidence", "verify", *args, "--platform", "sev-snp", "--json")
     return proc.returncode, json.loads(proc.stdout)
 
 

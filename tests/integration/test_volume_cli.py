@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+from cli import run_confide
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k != "CONFIDE_VOLUME_KEY"}
-    full_env.update({"PYTHONPATH": str(SRC), **(env or {})})
-    return subprocess.run(
-        [sys.executable, "-m", "confide", "volume", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=120,
-        check=False,
-    )
+    return run_confide("volume", *args, env=env, drop=("CONFIDE_VOLUME_KEY",))
 
 
 def test_volume_cli_end_to_end(tmp_path: Path) -> None:

@@ -6,26 +6,20 @@ root the CAS's verifier is given. Every refusal is recorded in the ledger with i
 
 from __future__ import annotations
 
-import base64
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from asgi_call import call
-from cas_inproc import InProcessCas
+from cas_inproc import InProcessCas, RuntimeKey, last_attestation, refused
 from confide import errors
 from confide.cas.app import create_app
-from confide.cas.core import Cas, binding_report_data, decrypt_release
-from confide.cas.db import raw_connection, raw_execute
+from confide.cas.core import Cas, binding_report_data
 from confide.cas.verifier import MAX_GPUS, PlatformVerifier
 from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
-from confide.ledger.encoding import Entry
-from confide.ledger.store import Ledger
 from confide.sim.platform import SimPlatform
 from nvidia_forge import NvidiaPki, make_leaf, resign
 from nvidia_forge import make_pki as make_nvidia_pki
@@ -97,18 +91,13 @@ def cas(tmp_path: Path) -> InProcessCas:
     return inproc
 
 
-class Runtime:
-    """A confidential VM's runtime: an ephemeral key, the CAS nonce, the binding they give, and
-    the CPU evidence (simulated) and GPU reports (forged) that commit to it."""
+class Runtime(RuntimeKey):
+    """A confidential VM's runtime: the CPU evidence (simulated) and GPU reports (forged) that
+    commit to its key and the CAS nonce."""
 
     def __init__(self, cas: Cas, platform: SimPlatform) -> None:
+        super().__init__(cas)
         self.cas, self.platform = cas, platform
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        self.der = self.key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        self.nonce = cas.new_nonce()
-        self.binding = binding_report_data(self.der, bytes.fromhex(self.nonce))
 
     def cpu(self, measurement: str = CPU, binding: bytes | None = None) -> bytes:
         return self.platform.issue(
@@ -124,41 +113,14 @@ class Runtime:
     def request(
         self, service: str, aux: dict[str, bytes], *, evidence: bytes | None = None, platform: str = "sim"
     ) -> dict[str, Any]:
-        return {
-            "policy": "app", "service": service, "platform": platform, "nonce": self.nonce,
-            "evidence": base64.b64encode(self.cpu() if evidence is None else evidence).decode(),
-            "public_key": base64.b64encode(self.der).decode(),
-            "aux": {k: base64.b64encode(v).decode() for k, v in aux.items()},
-        }  # fmt: skip
-
-    def open(self, release: dict[str, Any]) -> dict[str, Any]:
-        return decrypt_release(self.key, release, bytes.fromhex(self.nonce))
+        return self.body(
+            policy="app", service=service, platform=platform,
+            evidence=self.cpu() if evidence is None else evidence, aux=aux,
+        )  # fmt: skip
 
 
 def runtime(inproc: InProcessCas) -> Runtime:
     return Runtime(inproc.cas, inproc.platform)
-
-
-def last_attestation(cas: Cas) -> dict[str, Any]:
-    """The newest attestation event, checked against its ledger entry."""
-    with cas.db.read() as conn:
-        seq, payload = raw_execute(
-            conn, "SELECT seq, payload FROM events WHERE type = 'attestation' ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-        entry = Ledger.entry(raw_connection(conn), seq - 1)
-    assert entry is not None
-    recorded = json.loads(payload)
-    assert Entry.from_bytes(entry).payload == recorded
-    return dict(recorded)
-
-
-def refused(cas: Cas, request: dict[str, Any], error: type[errors.ConfideError], match: str) -> Any:
-    with pytest.raises(error, match=match) as info:
-        cas.attest(request)
-    assert type(info.value) is error
-    event = last_attestation(cas)
-    assert event["verdict"] == "refused" and event["reason_class"] == info.value.kind
-    return info.value
 
 
 def gpus(rt: Runtime, *ks: int) -> dict[str, bytes]:

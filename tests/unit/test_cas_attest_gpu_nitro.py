@@ -18,22 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from asgi_call import call
+from cas_inproc import RuntimeKey, last_attestation, refused
 from confide import errors
 from confide.cas.app import create_app
 from confide.cas.client import policy_submission
-from confide.cas.core import Cas, binding_report_data, check_binding, decrypt_release
-from confide.cas.db import raw_connection, raw_execute
+from confide.cas.core import Cas, binding_report_data, check_binding
 from confide.cas.server import prepare
 from confide.cas.verifier import PlatformVerifier
 from confide.evidence.nitro import NitroDocument
 from confide.evidence.nvidia import NvidiaAttestationReport
 from confide.identity import Identity
-from confide.ledger.encoding import Entry
-from confide.ledger.store import Ledger
 from confide.policy.loader import loads_policy
 from confide.verify.result import Platform, VerifiedEvidence
 from nitro_forge import forge_document
@@ -103,17 +99,7 @@ def cas(tmp_path: Path) -> Cas:
     return cas
 
 
-class Runtime:
-    """The runtime's side: an ephemeral key and the CAS nonce, and the binding they give."""
-
-    def __init__(self, cas: Cas) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        self.der = self.key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        self.nonce = cas.new_nonce()
-        self.binding = binding_report_data(self.der, bytes.fromhex(self.nonce))
-
+class Runtime(RuntimeKey):
     def request(
         self,
         service: str,
@@ -122,37 +108,7 @@ class Runtime:
         aux: dict[str, bytes] | None = None,
         policy: str = "app",
     ) -> dict[str, Any]:
-        return {
-            "policy": policy, "service": service, "platform": platform.value, "nonce": self.nonce,
-            "evidence": base64.b64encode(evidence).decode(), "public_key": base64.b64encode(self.der).decode(),
-            "aux": {k: base64.b64encode(v).decode() for k, v in (aux or {}).items()},
-        }  # fmt: skip
-
-    def open(self, release: dict[str, Any]) -> dict[str, Any]:
-        return decrypt_release(self.key, release, bytes.fromhex(self.nonce))
-
-
-def last_attestation(cas: Cas) -> dict[str, Any]:
-    """The newest attestation event, checked against its ledger entry."""
-    with cas.db.read() as conn:
-        seq, payload = raw_execute(
-            conn, "SELECT seq, payload FROM events WHERE type = 'attestation' ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-        entry = Ledger.entry(raw_connection(conn), seq - 1)
-    assert entry is not None
-    recorded = json.loads(payload)
-    assert Entry.from_bytes(entry).payload == recorded
-    return dict(recorded)
-
-
-def refused(cas: Cas, request: dict[str, Any], error: type[errors.ConfideError], match: str) -> None:
-    with pytest.raises(error, match=match) as info:
-        cas.attest(request)
-    assert type(info.value) is error
-    event = last_attestation(cas)
-    assert event["verdict"] == "refused"
-    assert event["reason_class"] == info.value.kind
-    assert event["evidence_sha256"]
+        return self.body(policy=policy, service=service, platform=platform.value, evidence=evidence, aux=aux)
 
 
 def gpu_evidence(nonce: bytes) -> bytes:

@@ -14,10 +14,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import ssl
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -29,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from snp_fakes import AT, FakeAmd, cert_table, make_fake_amd
 
+from cli import run_confide
 from confide import errors
 from confide.cas.pin import attest_cas, verify_cas_evidence
 from confide.cas.server import prepare, tee_evidence
@@ -237,15 +236,7 @@ def test_tdx_and_sgx_cas_publish_their_quote(tmp_path: Path) -> None:
 
 
 def _confide(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
-    return subprocess.run(
-        [sys.executable, "-m", "confide", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    return run_confide(*args)
 
 
 @pytest.mark.parametrize(
