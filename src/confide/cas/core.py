@@ -373,7 +373,7 @@ class Cas:
             approvers.add(row.submitter)
             if not is_authorized(rules, approvers, creator=head.creator):
                 return ApplyResult(name, digest, "pending")
-            policy = self._load(conn, name, digest, state=None)
+            policy = self._load(conn, name, digest)
             conn.execute(
                 update(t.policies)
                 .where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
@@ -388,22 +388,21 @@ class Cas:
             )
         return ApplyResult(name, digest, "active")
 
-    def _load(self, conn: Connection, name: str, digest: str, state: str | None = "active") -> Policy:
+    def _load(self, conn: Connection, name: str, digest: str) -> Policy:
+        # A version's hash names its content and versions are never deleted, so the parsed,
+        # validated object is cached by (name, hash) and the document is read only on a miss.
+        cached = self._policies.get((name, digest))
+        if cached is not None:
+            return cached
         row = raw_execute(
             conn, "SELECT document FROM policies WHERE name = ? AND hash = ?", (name, digest)
         ).fetchone()
         if row is None:
             raise ConflictError(f"policy {name} version {digest} not found")
-        cached = self._policies.get((name, digest))
-        if cached is None:
-            # The stored document is the canonical JSON of a validated policy; a version's hash
-            # names its content, so the parsed object can be cached by (name, hash).
-            cached = loads_policy(row[0], source=f"stored policy {name}")
-            if policy_hash(cached) != digest:
-                raise ConflictError(
-                    f"stored policy {name} does not hash to {digest}: the database was altered"
-                )
-            self._policies.put((name, digest), cached)
+        cached = loads_policy(row[0], source=f"stored policy {name}")
+        if policy_hash(cached) != digest:
+            raise ConflictError(f"stored policy {name} does not hash to {digest}: the database was altered")
+        self._policies.put((name, digest), cached)
         return cached
 
     def _activate(self, conn: Connection, policy: Policy, digest: str, creator: str, created: bool) -> None:
