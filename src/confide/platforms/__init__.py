@@ -47,6 +47,7 @@ PLATFORM_MODULES: dict[Platform, str] = {
     Platform.SEV_SNP: "confide.platforms.sev_snp",
     Platform.NVIDIA_GPU: "confide.platforms.nvidia",
     Platform.AWS_NITRO: "confide.platforms.nitro",
+    Platform.GCE_TPM: "confide.platforms.gce_tpm",
     Platform.SIMULATED: "confide.platforms.sim",
 }
 

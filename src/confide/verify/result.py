@@ -28,6 +28,7 @@ class Platform(enum.StrEnum):
     SEV_SNP = "sev-snp"
     NVIDIA_GPU = "nvidia-gpu"
     AWS_NITRO = "aws-nitro"
+    GCE_TPM = "gce-tpm"
     SIMULATED = "sim"
 
     def __str__(self) -> str:
