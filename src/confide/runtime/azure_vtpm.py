@@ -424,7 +424,16 @@ class AzureVtpmQuoteProvider:
                         "Azure confidential VM"
                     ) from None
                 raise
-            report = parse_hcl_report(raw)
+            try:
+                report = parse_hcl_report(raw)
+            except (ParseError, BindingError):
+                # A read that overlapped the paravisor's rewrite of the index is torn (the index
+                # is read in several chunks): read again until the deadline.
+                if self._clock() >= deadline:
+                    raise
+                self._sleep(delay)
+                delay = min(delay * 2, 0.5)
+                continue
             user_data = report.user_data()
             if user_data is not None and hmac.compare_digest(user_data, report_data):
                 return report
