@@ -151,6 +151,7 @@ class HclReport:
 
     @property
     def report_data(self) -> bytes:
+        """The hardware report's 64-byte REPORT_DATA."""
         offset = _SNP_REPORT_DATA_OFFSET if self.report_type == SNP_REPORT_TYPE else _TD_REPORT_DATA_OFFSET
         return self.hw_report[offset : offset + _REPORT_DATA_SIZE]
 
@@ -239,20 +240,22 @@ def parse_hcl_report(raw: bytes) -> HclReport:
             f"got {hash_type}, expected 1, 2 or 3", structure=what, field="report_data_hash_type"
         )
     var_data = raw[_VAR_DATA_OFFSET : _VAR_DATA_OFFSET + var_size]
+    # The binding first: the hardware report's REPORT_DATA starts with H(variable data).
+    offset = _SNP_REPORT_DATA_OFFSET if report_type == SNP_REPORT_TYPE else _TD_REPORT_DATA_OFFSET
+    digest = hashlib.new(hash_name, var_data).digest()
+    bound = hw_report[offset : offset + len(digest)]
+    if not hmac.compare_digest(bound, digest):
+        raise BindingError(
+            f"{what}: the hardware report's report data starts with {bound.hex()}, "
+            f"expected {hash_name}(variable data) = {digest.hex()}"
+        )
     try:
         claims = json.loads(var_data)
     except (UnicodeDecodeError, ValueError):
         raise ParseError("the variable data is not JSON", structure=what, offset=_VAR_DATA_OFFSET) from None
     if not isinstance(claims, dict):
         raise ParseError("the variable data is not a JSON object", structure=what, offset=_VAR_DATA_OFFSET)
-    report = HclReport(raw, report_type, hw_report, var_data, claims)
-    digest = hashlib.new(hash_name, var_data).digest()
-    if not hmac.compare_digest(report.report_data[: len(digest)], digest):
-        raise BindingError(
-            f"{what}: the hardware report's report data starts with "
-            f"{report.report_data[: len(digest)].hex()}, expected {hash_name}(variable data) = {digest.hex()}"
-        )
-    return report
+    return HclReport(raw, report_type, hw_report, var_data, claims)
 
 
 # --- IMDS ----------------------------------------------------------------------------------------
