@@ -404,3 +404,29 @@ def test_imds_td_quote() -> None:
         )
         with pytest.raises(ParseError):
             source.get_td_quote(td_report)
+
+
+# --- confide run --tee az-vtpm --------------------------------------------------------------------
+
+
+def test_cli_run_az_vtpm_uses_the_vtpm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The provider is wired to ``confide run --tee az-vtpm``: it reaches for the TPM device
+    (here: a path that does not exist) after asking the CAS for a nonce."""
+    from click.testing import CliRunner
+
+    from confide.cas import cli
+    from confide.cas.client import CasClient
+    from confide.runtime import tpm
+
+    class FakeCas:
+        def nonce(self) -> str:
+            return "00" * 32
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(CasClient, "from_env", classmethod(lambda cls: FakeCas()))
+    monkeypatch.setattr(tpm, "DEFAULT_TPM_DEVICE", tmp_path / "tpmrm0")
+    result = CliRunner().invoke(cli.run, ["--config-id", "p/s", "--tee", "az-vtpm", "--", "/bin/true"])
+    assert isinstance(result.exception, UsageError), result.output
+    assert f"{str(tmp_path / 'tpmrm0')!r} does not exist: this machine has no (v)TPM" in str(result.exception)

@@ -679,10 +679,8 @@ class DeviceTransport:
     device.
     """
 
-    def __init__(
-        self, path: Path = DEFAULT_TPM_DEVICE, *, opener: Callable[[Path], int] = _open_device
-    ) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path | None = None, *, opener: Callable[[Path], int] = _open_device) -> None:
+        self.path = Path(path) if path is not None else DEFAULT_TPM_DEVICE
         self._opener = opener
         self._fd: int | None = None
         self._lock = threading.Lock()
