@@ -470,3 +470,12 @@ def test_default_opener_wants_a_character_device(tmp_path: Path) -> None:
     with pytest.raises(ParseError, match="closed after 0 bytes"):
         Tpm(null).nv_read_public(TEST_INDEX)
     null.close()
+
+
+def test_public_names_exist() -> None:
+    import confide.runtime.azure_vtpm as azure_vtpm
+    import confide.runtime.tpm as tpm_module
+
+    for module in (tpm_module, azure_vtpm):
+        assert len(set(module.__all__)) == len(module.__all__)
+        assert all(hasattr(module, name) for name in module.__all__)
