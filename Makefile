@@ -11,11 +11,13 @@ all: test
 
 # Debian packages the tests use: a PostgreSQL server (a throwaway cluster per test session),
 # FUSE (protected-volume mounts, fake quote devices), skopeo + docker-registry + busybox-static
-# (sconify against a real local registry and a real static binary).
-DEBS := postgresql fuse3 libfuse3-3 libfuse2 skopeo busybox-static docker-registry runc umoci
+# (sconify against a real local registry and a real static binary), swtpm + swtpm-tools (a real
+# TPM 2.0 emulator for the runtime's vTPM client).
+DEBS := postgresql fuse3 libfuse3-3 libfuse2 skopeo busybox-static docker-registry runc umoci swtpm swtpm-tools
 APT_MARK := $(VENV)/.debs
 
-$(APT_MARK):
+# Re-checked when this Makefile changes, so a package added to DEBS reaches existing venvs.
+$(APT_MARK): Makefile
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \

@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from confide.runtime.tpm import Tpm
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -10,3 +16,20 @@ ASSETS = Path(__file__).parent / "assets"
 @pytest.fixture
 def assets() -> Path:
     return ASSETS
+
+
+@pytest.fixture(scope="session")
+def swtpm_tpm() -> Iterator[Tpm]:
+    """A client of one real swtpm (TPM 2.0) for the whole test session, started up."""
+    from confide.runtime.tpm import TcpTransport, Tpm
+    from tpm_fakes import start_swtpm
+
+    if shutil.which("swtpm") is None:
+        pytest.skip("swtpm is not installed (Debian package swtpm, installed by `make`)")
+    with start_swtpm() as emulator:
+        tpm = Tpm(TcpTransport("127.0.0.1", emulator.port))
+        tpm.startup()
+        try:
+            yield tpm
+        finally:
+            tpm.close()

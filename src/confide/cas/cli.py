@@ -241,7 +241,11 @@ def policy_events(name: str, identity_file: Path) -> None:
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.option("--config-id", required=True, help="POLICY/SERVICE")
 @click.option(
-    "--tee", type=click.Choice(["sim", "tdx", "sev-snp", "sgx-gramine"]), default="sim", show_default=True
+    "--tee",
+    type=click.Choice(["sim", "tdx", "sev-snp", "sgx-gramine", "az-vtpm"]),
+    default="sim",
+    show_default=True,
+    help="az-vtpm: an Azure SEV-SNP or TDX confidential VM (paravisor vTPM, /dev/tpmrm0)",
 )
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(config_id: str, tee: str, command: tuple[str, ...]) -> None:
@@ -269,6 +273,10 @@ def run(config_id: str, tee: str, command: tuple[str, ...]) -> None:
         click.echo("confide run: SIMULATED TEE - no hardware protection", err=True)
     elif tee in ("tdx", "sev-snp"):
         provider = ConfigfsTsmQuoteProvider()
+    elif tee == "az-vtpm":
+        from confide.runtime.azure_vtpm import AzureVtpmQuoteProvider
+
+        provider = AzureVtpmQuoteProvider()
     else:
         provider = GramineQuoteProvider()
     client = CasClient.from_env()

@@ -1,0 +1,264 @@
+"""A real swtpm for the tests, provisioned like an Azure CVM's paravisor vTPM, and fakes.
+
+- :func:`start_swtpm`: ``swtpm socket --tpm2`` on free loopback ports in a temporary state
+  directory (the session fixture ``swtpm`` in conftest.py starts one per test session).
+- :func:`provision_ak`: an RSA-2048 restricted signing key (RSASSA-SHA256), persisted at
+  0x81000003 like Azure's vTPM attestation key.
+- :func:`build_hcl_report`: a synthetic HCL report ("HCLA" header, SEV-SNP report or TD report
+  whose REPORT_DATA starts with SHA-256 of the runtime-claims JSON, IGVM request data, the
+  claims with the AK as ``HCLAkPub`` and a ``user-data``).
+- :class:`EmulatedParavisor`: a transport in front of swtpm that, like the paravisor, rewrites
+  the HCL report index after the guest writes its report data (optionally some reads later,
+  or never).
+- :class:`ScriptedTransport`: returns prepared responses (malformed-response tests).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from confide.runtime.tpm import (
+    TPM_RH_OWNER,
+    TPMA_NV_OWNERREAD,
+    TPMA_NV_OWNERWRITE,
+    Alg,
+    CommandCode,
+    TcpTransport,
+    Tpm,
+    TpmCommandError,
+)
+
+AK_HANDLE = 0x81000003
+HCL_INDEX = 0x01400001
+USER_DATA_INDEX = 0x01400002
+HCL_NV_SIZE = 2048  # swtpm's TPM_PT_NV_INDEX_MAX (Azure's index holds 2600 bytes)
+
+# Part 2 §8.3 TPMA_OBJECT
+_FIXED_TPM = 1 << 1
+_FIXED_PARENT = 1 << 4
+_SENSITIVE_DATA_ORIGIN = 1 << 5
+_USER_WITH_AUTH = 1 << 6
+_NO_DA = 1 << 10
+_RESTRICTED = 1 << 16
+_SIGN = 1 << 18
+
+
+@dataclass
+class Swtpm:
+    process: subprocess.Popen[bytes]
+    port: int
+    state_dir: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def start_swtpm() -> Iterator[Swtpm]:
+    exe = shutil.which("swtpm")
+    if exe is None:
+        raise FileNotFoundError("swtpm")
+    with tempfile.TemporaryDirectory(prefix="confide-swtpm-") as state:
+        port, ctrl = _free_port(), _free_port()
+        process = subprocess.Popen(
+            [
+                exe, "socket", "--tpm2",
+                "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
+                "--ctrl", f"type=tcp,port={ctrl},bindaddr=127.0.0.1",
+                "--flags", "not-need-init",
+                "--tpmstate", f"dir={state}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        err = process.stderr.read().decode() if process.stderr else ""
+                        raise RuntimeError(f"swtpm did not start: {err}") from None
+                    time.sleep(0.02)
+            yield Swtpm(process, port, Path(state))
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stderr:
+                process.stderr.close()
+
+
+def ak_template() -> bytes:
+    """TPMT_PUBLIC (Part 2 §12.2.4) of an RSA-2048 restricted signing key, RSASSA-SHA256."""
+    attributes = (
+        _FIXED_TPM | _FIXED_PARENT | _SENSITIVE_DATA_ORIGIN | _USER_WITH_AUTH | _NO_DA | _RESTRICTED | _SIGN
+    )
+    return (
+        struct.pack(">HHI", Alg.RSA, Alg.SHA256, attributes)
+        + struct.pack(">H", 0)  # authPolicy
+        + struct.pack(">HHHHIH", Alg.NULL, Alg.RSASSA, Alg.SHA256, 2048, 0, 0)  # parms, empty unique
+    )
+
+
+def provision_ak(tpm: Tpm, handle: int = AK_HANDLE) -> rsa.RSAPublicKey:
+    try:
+        tpm.read_public(handle)
+        tpm.evict_control(handle, handle)  # an evict of a persistent handle removes it
+    except TpmCommandError as exc:
+        if exc.name != "TPM_RC_HANDLE":
+            raise
+    transient, _ = tpm.create_primary(TPM_RH_OWNER, ak_template())
+    tpm.evict_control(transient, handle)
+    tpm.flush_context(transient)
+    key = tpm.read_public(handle).public_key()
+    assert isinstance(key, rsa.RSAPublicKey)
+    return key
+
+
+def _b64url_int(value: int) -> str:
+    raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def build_hcl_report(
+    ak: rsa.RSAPublicKey, user_data: bytes, *, report_type: int = 2, size: int = HCL_NV_SIZE
+) -> bytes:
+    """A synthetic HCL report (layout: confide.runtime.azure_vtpm's docstring)."""
+    numbers = ak.public_numbers()
+    claims = {
+        "keys": [
+            {
+                "kid": "HCLAkPub",
+                "key_ops": ["sign"],
+                "kty": "RSA",
+                "e": _b64url_int(numbers.e),
+                "n": _b64url_int(numbers.n),
+            }
+        ],
+        "vm-configuration": {"secure-boot": True, "tpm-enabled": True},
+        "user-data": user_data.hex().upper(),
+    }
+    var_data = json.dumps(claims, separators=(",", ":")).encode()
+    report_data = hashlib.sha256(var_data).digest() + bytes(32)
+    hw = bytearray(1184)
+    if report_type == 2:
+        hw[0:4] = struct.pack("<I", 2)  # SNP report version
+        hw[0x50:0x90] = report_data
+    else:
+        hw[0] = 0x81  # REPORTTYPE.type: TDX
+        hw[128:192] = report_data
+    igvm = struct.pack("<5I", 20 + len(var_data), 1, report_type, 1, len(var_data))
+    report_size = 32 + 1184 + len(igvm) + len(var_data)
+    header = b"HCLA" + struct.pack("<IIII", 1, report_size, 2, 0) + bytes(12)
+    body = header + bytes(hw) + igvm + var_data
+    assert len(body) <= size, len(body)
+    return body + bytes(size - len(body))
+
+
+def define_hcl_index(tpm: Tpm, report: bytes) -> None:
+    clear_index(tpm, HCL_INDEX)
+    tpm.nv_define_space(HCL_INDEX, len(report), TPMA_NV_OWNERWRITE | TPMA_NV_OWNERREAD)
+    tpm.nv_write(HCL_INDEX, report)
+
+
+def clear_index(tpm: Tpm, index: int) -> None:
+    try:
+        tpm.nv_undefine_space(index)
+    except TpmCommandError as exc:
+        if exc.name != "TPM_RC_HANDLE":
+            raise
+
+
+@dataclass
+class EmulatedParavisor:
+    """swtpm plus the paravisor's side: after the guest writes the report-data index, the HCL
+    report index is regenerated with that ``user-data`` when it has been read ``lag`` more times
+    (never if ``stale``; in the middle of the next chunked read if ``tear``)."""
+
+    inner: TcpTransport
+    ak: rsa.RSAPublicKey
+    report_type: int = 2
+    lag: int = 0
+    stale: bool = False
+    tear: bool = False
+    ak_in_report: rsa.RSAPublicKey | None = None
+    pending: bytes | None = None
+    reads_left: int = 0
+    writes: list[bytes] = field(default_factory=list)
+
+    def transmit(self, command: bytes) -> bytes:
+        cc = int.from_bytes(command[6:10], "big")
+        handles = [int.from_bytes(command[10 + 4 * i : 14 + 4 * i], "big") for i in range(2)]
+        if cc == CommandCode.NV_Read and handles[1] == HCL_INDEX and self.pending is not None:
+            auth_size = int.from_bytes(command[18:22], "big")
+            offset = int.from_bytes(command[22 + auth_size + 2 : 22 + auth_size + 4], "big")
+            if self.tear:
+                regenerate = offset != 0  # between two chunks of one read: a torn read
+            elif offset == 0:
+                regenerate = self.reads_left == 0
+                self.reads_left -= 1
+            else:
+                regenerate = False
+            if regenerate:
+                report = build_hcl_report(
+                    self.ak_in_report or self.ak, self.pending, report_type=self.report_type
+                )
+                self.pending = None
+                Tpm(self.inner).nv_write(HCL_INDEX, report)
+        response = self.inner.transmit(command)
+        ok = int.from_bytes(response[6:10], "big") == 0
+        if cc == CommandCode.NV_Write and handles[1] == USER_DATA_INDEX and ok:
+            # handles (8), authorizationSize, auth area, then TPM2B data and offset
+            auth_size = int.from_bytes(command[18:22], "big")
+            params = command[22 + auth_size :]
+            data = params[2 : 2 + int.from_bytes(params[:2], "big")]
+            self.writes.append(data)
+            if not self.stale:
+                self.pending, self.reads_left = data, self.lag
+        return response
+
+
+@dataclass
+class ScriptedTransport:
+    """Returns the prepared responses in order and records the commands."""
+
+    responses: list[bytes]
+    commands: list[bytes] = field(default_factory=list)
+
+    def transmit(self, command: bytes) -> bytes:
+        self.commands.append(command)
+        return self.responses.pop(0)
+
+
+def response(body: bytes = b"", *, rc: int = 0, tag: int = 0x8001, size: int | None = None) -> bytes:
+    """A TPM response: header (Part 1 §18.2) + body, with an optionally wrong size."""
+    total = 10 + len(body) if size is None else size
+    return struct.pack(">HII", tag, total, rc) + body
+
+
+def session_response(params: bytes = b"", *, auth: bytes = b"\x00\x00\x01\x00\x00") -> bytes:
+    """A TPM_ST_SESSIONS response with parameterSize, parameters and one password auth."""
+    return response(struct.pack(">I", len(params)) + params + auth, tag=0x8002)
