@@ -47,6 +47,8 @@ PLATFORM_MODULES: dict[Platform, str] = {
     Platform.SEV_SNP: "confide.platforms.sev_snp",
     Platform.NVIDIA_GPU: "confide.platforms.nvidia",
     Platform.AWS_NITRO: "confide.platforms.nitro",
+    Platform.AZURE_SNP_VTPM: "confide.platforms.azure_vtpm",
+    Platform.AZURE_TDX_VTPM: "confide.platforms.azure_vtpm",
     Platform.SIMULATED: "confide.platforms.sim",
 }
 
