@@ -50,6 +50,7 @@ PLATFORM_MODULES: dict[Platform, str] = {
     Platform.AWS_NITRO: "confide.platforms.nitro",
     Platform.AZURE_SNP_VTPM: "confide.platforms.azure_vtpm",
     Platform.AZURE_TDX_VTPM: "confide.platforms.azure_vtpm",
+    Platform.GCE_TPM: "confide.platforms.gce_tpm",
     Platform.SIMULATED: "confide.platforms.sim",
 }
 

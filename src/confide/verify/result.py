@@ -30,6 +30,7 @@ class Platform(enum.StrEnum):
     AWS_NITRO = "aws-nitro"
     AZURE_SNP_VTPM = "az-snp-vtpm"
     AZURE_TDX_VTPM = "az-tdx-vtpm"
+    GCE_TPM = "gce-tpm"
     SIMULATED = "sim"
 
     def __str__(self) -> str:

@@ -1,0 +1,281 @@
+"""GCE vTPM attestations (go-tpm-tools ``attest.Attestation``): the two real attestations, their
+tampered twins, the protobuf reader's strictness and the CLI's exit codes."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cli import run_confide
+from confide.errors import (
+    BindingError,
+    CertificateChainError,
+    ConfideError,
+    MeasurementError,
+    ParseError,
+    SignatureError,
+)
+from confide.evidence._protobuf import WIRE_LEN, WIRE_VARINT, parse_message
+from confide.evidence.gce_tpm import parse_gce_attestation
+from confide.evidence.tpm import TPM_ALG_SHA256
+from confide.verify import gce_tpm
+from confide.verify.gce_tpm import (
+    GOOGLE_TPM_EK_ROOT_1_SHA256,
+    google_roots,
+    replay_pcrs,
+    verify_gce_attestation,
+)
+from confide.verify.result import Platform
+
+ASSETS = Path(__file__).parent.parent / "assets" / "tpm" / "google-go-tpm-tools"
+NO_NONCE_FILE = ASSETS / "gce-cos-85-no-nonce.pb"
+NONCE_FILE = ASSETS / "gce-cos-85-nonce9009.pb"
+NO_NONCE = NO_NONCE_FILE.read_bytes()
+NONCE9009 = NONCE_FILE.read_bytes()
+AT = datetime(2024, 1, 1, tzinfo=UTC)  # AK certificates: 2021-08-31..2051-08-24
+NONCE = bytes.fromhex("9009")
+
+
+def _flip(blob: bytes, part: bytes, at: int) -> bytes:
+    """``blob`` with one bit of the (unique) sub-string ``part`` flipped at ``at``."""
+    assert blob.count(part) == 1
+    start = blob.index(part)
+    out = bytearray(blob)
+    out[start + at] ^= 0x01
+    return bytes(out)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append(n & 0x7F | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, value: bytes | int) -> bytes:
+    if isinstance(value, int):
+        return _varint(number << 3 | WIRE_VARINT) + _varint(value)
+    return _varint(number << 3 | WIRE_LEN) + _varint(len(value)) + value
+
+
+# --- real attestations --------------------------------------------------------------------
+
+
+def test_attestation_with_nonce_verifies() -> None:
+    result = verify_gce_attestation(NONCE9009, at=AT, expected_nonce=NONCE)
+    assert result.platform is Platform.GCE_TPM
+    c = result.claims
+    assert c["extra_data"] == "9009" and c["nonce_checked"] is True
+    pcrs = c["pcrs"]
+    assert isinstance(pcrs, dict) and sorted(pcrs) == ["sha1", "sha256", "sha384"]
+    sha256 = pcrs["sha256"]
+    assert isinstance(sha256, dict) and len(sha256) == 24
+    assert sha256["0"] == "0f35c214608d93c7a6e68ae7359b4a8be5a0e99eea9107ece427c4dea4e439cf"
+    log = c["event_log"]
+    assert isinstance(log, dict)
+    assert log["reproduced_pcrs"] == list(range(10)) and log["secure_boot"] is True
+    assert log["event_count"] == 44
+    assert c["ak_restricted_signing"] is True
+    assert c["ak_cert_subject"] == ""
+    assert (
+        isinstance(c["ak_cert_issuer"], str)
+        and "tpm_ek_v1_cloud_host-signer-0-2020-10-22" in c["ak_cert_issuer"]
+    )
+    assert result.details["root_sha256"] == GOOGLE_TPM_EK_ROOT_1_SHA256
+    events = result.details["events"]
+    assert isinstance(events, list) and all(isinstance(e, dict) and e["verified"] for e in events)
+
+
+def test_attestation_without_nonce_verifies() -> None:
+    result = verify_gce_attestation(NO_NONCE, at=AT, expected_nonce=b"")
+    assert result.claims["extra_data"] == ""
+    assert verify_gce_attestation(NO_NONCE, at=AT).claims["nonce_checked"] is False
+
+
+def test_pinned_roots_match_the_published_certificates() -> None:
+    roots = google_roots()
+    assert roots[0] == x509.load_der_x509_certificate((ASSETS / "tpm_ek_root_1.cer").read_bytes())
+    assert roots[1] == x509.load_der_x509_certificate((ASSETS / "gcp_ek_ak_ca_root.crt").read_bytes())
+
+
+# --- tampering ----------------------------------------------------------------------------
+
+
+def test_wrong_nonce_is_refused() -> None:
+    with pytest.raises(BindingError, match="expected '9008'"):
+        verify_gce_attestation(NONCE9009, at=AT, expected_nonce=bytes.fromhex("9008"))
+    with pytest.raises(BindingError):
+        verify_gce_attestation(NO_NONCE, at=AT, expected_nonce=NONCE)
+
+
+@pytest.mark.parametrize("offset", [0, 6, 50, 70])
+def test_tampered_quote_is_refused(offset: int) -> None:
+    quote = parse_gce_attestation(NONCE9009).quotes[1].raw_attest
+    with pytest.raises((SignatureError, ParseError)):
+        verify_gce_attestation(_flip(NONCE9009, quote, offset), at=AT)
+
+
+def test_tampered_signature_is_refused() -> None:
+    sig = parse_gce_attestation(NONCE9009).quotes[2].raw_signature
+    with pytest.raises(SignatureError):
+        verify_gce_attestation(_flip(NONCE9009, sig, 100), at=AT)
+
+
+def test_tampered_pcr_value_is_refused() -> None:
+    value = parse_gce_attestation(NONCE9009).quotes[1].pcrs[10]  # PCR 10 (IMA) is not in the log
+    with pytest.raises(MeasurementError, match="pcrDigest"):
+        verify_gce_attestation(_flip(NONCE9009, value, 31), at=AT)
+
+
+def test_tampered_event_log_is_refused() -> None:
+    log = parse_gce_attestation(NONCE9009).event_log
+    assert log is not None
+    event = next(e for e in log.events if e.mr_index == 4)
+    digest = event.digest(TPM_ALG_SHA256)
+    assert digest is not None
+    with pytest.raises(MeasurementError, match="PCR 4 replayed from the event log"):
+        verify_gce_attestation(_flip(NONCE9009, digest, 0), at=AT)
+
+
+def test_event_log_replay_reproduces_the_quoted_pcrs() -> None:
+    att = parse_gce_attestation(NO_NONCE)
+    assert att.event_log is not None
+    replayed = replay_pcrs(att.event_log)
+    quoted = att.quotes[1].pcrs
+    assert sorted(replayed) == list(range(10))
+    assert all(replayed[i] == quoted[i] for i in replayed)
+
+
+def test_ak_certificate_outside_its_validity_is_refused() -> None:
+    with pytest.raises(CertificateChainError, match=r"not valid|expired|validity"):
+        verify_gce_attestation(NONCE9009, at=datetime(2052, 1, 1, tzinfo=UTC))
+    with pytest.raises(CertificateChainError):
+        verify_gce_attestation(NONCE9009, at=datetime(2021, 1, 1, tzinfo=UTC))
+
+
+def test_ak_certificate_of_another_root_is_refused() -> None:
+    other = x509.load_der_x509_certificate((ASSETS / "gcp_ek_ak_ca_root.crt").read_bytes())
+    with pytest.raises(CertificateChainError, match="no path to a pinned Google root"):
+        verify_gce_attestation(NONCE9009, at=AT, roots=[other])
+
+
+def test_tampered_ak_certificate_is_refused() -> None:
+    cert = parse_gce_attestation(NONCE9009).ak_cert
+    assert cert is not None
+    with pytest.raises(CertificateChainError):
+        verify_gce_attestation(_flip(NONCE9009, cert, len(cert) - 10), at=AT)  # in the signature
+
+
+def test_ak_certificate_for_another_key_is_refused() -> None:
+    att = parse_gce_attestation(NONCE9009)
+    other = parse_gce_attestation(NONCE9009)
+    modulus = bytearray(other.ak_pub.rsa_modulus)
+    modulus[-1] ^= 2
+    swapped = dataclasses.replace(att, ak_pub=dataclasses.replace(att.ak_pub, rsa_modulus=bytes(modulus)))
+    with pytest.raises(BindingError, match="AK certificate key"):
+        gce_tpm._check_ak_cert(swapped, AT, google_roots())
+
+
+def test_missing_ak_certificate_is_refused() -> None:
+    att = parse_gce_attestation(NONCE9009)
+    with pytest.raises(CertificateChainError, match="no AK certificate"):
+        gce_tpm._check_ak_cert(dataclasses.replace(att, ak_cert=None), AT, google_roots())
+
+
+# --- the protobuf reader ------------------------------------------------------------------
+
+
+def test_unknown_fields_are_skipped() -> None:
+    fixed64 = _varint(17 << 3 | 1) + bytes(8)
+    fixed32 = _varint(18 << 3 | 5) + bytes(4)
+    blob = NONCE9009 + _field(15, 7) + _field(16, b"ignored") + fixed64 + fixed32
+    assert verify_gce_attestation(blob, at=AT, expected_nonce=NONCE).claims["extra_data"] == "9009"
+
+
+def test_duplicate_singular_field_is_refused() -> None:
+    cert = parse_gce_attestation(NONCE9009).ak_cert
+    assert cert is not None
+    with pytest.raises(ParseError, match="field 6 occurs more than once"):
+        parse_gce_attestation(NONCE9009 + _field(6, cert))
+
+
+def test_wrong_wire_type_is_refused() -> None:
+    with pytest.raises(ParseError, match="field 6: got wire type 0, expected 2"):
+        parse_gce_attestation(NONCE9009 + _field(6, 1))
+
+
+def test_groups_and_bad_varints_are_refused() -> None:
+    with pytest.raises(ParseError, match="wire type 3"):
+        parse_gce_attestation(NONCE9009 + _varint(30 << 3 | 3))
+    with pytest.raises(ParseError, match="varint"):
+        parse_gce_attestation(NONCE9009 + b"\xff" * 11)
+    with pytest.raises(ParseError, match="field number 0"):
+        parse_message(b"\x02\x00", {}, "test")
+
+
+def test_truncations_are_parse_errors() -> None:
+    for n in (0, 1, 2, 100, 300, 1000, len(NONCE9009) // 2, len(NONCE9009) - 1):
+        with pytest.raises(ParseError):
+            parse_gce_attestation(NONCE9009[:n])
+
+
+def test_nesting_depth_is_bounded() -> None:
+    with pytest.raises(ParseError, match="nested deeper"):
+        parse_message(b"", {}, "test", depth=9)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30000), st.integers(0, 255)), min_size=1, max_size=6))
+def test_mutated_attestations_raise_only_confide_errors(edits: list[tuple[int, int]]) -> None:
+    data = bytearray(NONCE9009)
+    for pos, value in edits:
+        data[pos % len(data)] = value
+    try:
+        verify_gce_attestation(bytes(data), at=AT, expected_nonce=NONCE)
+    except ConfideError:
+        pass
+
+
+# --- CLI ----------------------------------------------------------------------------------
+
+
+def test_cli_verifies_and_maps_errors_to_exit_codes(tmp_path: Path) -> None:
+    ok = run_confide(
+        "evidence",
+        "verify",
+        NONCE_FILE,
+        "--platform",
+        "gce-tpm",
+        "--nonce",
+        "0x9009",
+        "--at",
+        "2024-01-01T00:00:00Z",
+        "--json",
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert '"platform": "gce-tpm"' in ok.stdout
+    plain = run_confide(
+        "evidence", "verify", NO_NONCE_FILE, "--platform", "gce-tpm", "--at", "2024-01-01T00:00:00Z"
+    )
+    assert plain.returncode == 0 and "verified: gce-tpm" in plain.stdout
+    wrong = run_confide(
+        "evidence", "verify", NONCE_FILE, "--platform", "gce-tpm", "--nonce", "9008", "--at", "2024-01-01"
+    )
+    assert wrong.returncode == BindingError.exit_code, wrong.stderr
+    late = run_confide("evidence", "verify", NONCE_FILE, "--platform", "gce-tpm", "--at", "2060-01-01")
+    assert late.returncode == CertificateChainError.exit_code
+    bad = tmp_path / "bad.pb"
+    sig = parse_gce_attestation(NONCE9009).quotes[0].raw_signature
+    bad.write_bytes(_flip(NONCE9009, sig, 20))
+    tampered = run_confide("evidence", "verify", bad, "--platform", "gce-tpm", "--at", "2024-01-01")
+    assert tampered.returncode == SignatureError.exit_code
+    usage = run_confide("evidence", "verify", NONCE_FILE, "--platform", "gce-tpm", "--vcek", bad)
+    assert usage.returncode == 2 and "--vcek" in usage.stderr
