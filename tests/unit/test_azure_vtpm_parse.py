@@ -305,9 +305,16 @@ def _parse_all(data: bytes) -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.binary(max_size=2700))
-def test_fuzz_hcl_random_bytes(data: bytes) -> None:
-    _parse_all(HCL_SIGNATURE + data[4:] if data[:1] == b"H" else data)
+@given(st.binary(max_size=2700), st.booleans())
+def test_fuzz_hcl_random_bytes(data: bytes, signed: bool) -> None:
+    _parse_all(HCL_SIGNATURE + data if signed else data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 0xFFFFFFFF), min_size=5, max_size=5), st.binary(max_size=64))
+def test_fuzz_hcl_request_fields(fields: list[int], var_data: bytes) -> None:
+    """Random IGVM request data (sizes, version, type, hash type) over a real header and report."""
+    _parse_all(SNP_HCL[:0x4C0] + struct.pack("<5I", *fields) + var_data)
 
 
 @settings(max_examples=400, deadline=None)
