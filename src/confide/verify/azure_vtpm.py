@@ -45,7 +45,7 @@ from confide.evidence.azure_vtpm import (
 )
 from confide.evidence.dcap import Quote, TdReport
 from confide.evidence.dcap_collateral import DcapCollateral
-from confide.evidence.tpm import rsassa_signature
+from confide.evidence.tpm import TPM_ALG_SHA256, rsassa_signature
 from confide.verify.dcap import DcapVerifier
 from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
 from confide.verify.sev_snp import AmdChain, SnpVerifier, load_certificates
@@ -55,7 +55,6 @@ __all__ = ["HCL_VMPL", "USER_DATA_SIZE", "verify_azure_snp", "verify_azure_tdx"]
 
 HCL_VMPL = 0  # the paravisor runs at VMPL0 and requests the report from there
 USER_DATA_SIZE = 64  # runtime claims "user-data": the report data, zero-padded (trustee v2)
-TPM_ALG_SHA256 = 0x000B  # TCG Algorithm Registry
 
 
 def _check_var_data(evidence: AzureVtpmEvidence, report_data: bytes, what: str) -> None:
@@ -100,7 +99,6 @@ def _check_tpm_quote(
 
 
 def _azure_claims(
-    evidence: AzureVtpmEvidence,
     claims: RuntimeClaims,
     extra_data: bytes,
     pcrs: dict[str, ClaimValue],
@@ -164,7 +162,7 @@ def verify_azure_snp(
     checked = _check_user_data(evidence, claims, nonce)
     extra_data, pcrs = _check_tpm_quote(evidence, claims, nonce)
     out = dict(hw.claims)
-    out.update(_azure_claims(evidence, claims, extra_data, pcrs, nonce, checked))
+    out.update(_azure_claims(claims, extra_data, pcrs, nonce, checked))
     details = dict(hw.details)
     details.update(_details(evidence, claims))
     return VerifiedEvidence(
@@ -239,7 +237,7 @@ def verify_azure_tdx(
     checked = _check_user_data(evidence, claims, nonce)
     extra_data, pcrs = _check_tpm_quote(evidence, claims, nonce)
     out = dict(hw.claims)
-    out.update(_azure_claims(evidence, claims, extra_data, pcrs, nonce, checked))
+    out.update(_azure_claims(claims, extra_data, pcrs, nonce, checked))
     details = dict(hw.details)
     details.update(_details(evidence, claims))
     return VerifiedEvidence(
