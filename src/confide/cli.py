@@ -68,7 +68,7 @@ _PATH = click.Path(path_type=Path)
 @click.option("--chain", type=_PATH, help="SEV-SNP: ASK/ASVK+ARK PEM (default: embedded AMD roots).")
 @click.option("--cert-chain", type=_PATH, help="NVIDIA: the GPU's chain (PEM or DER, leaf first).")
 @click.option("--root", type=_PATH, help="Override the pinned root certificate (tests only).")
-@click.option("--nonce", metavar="HEX", help="Expected nonce (NVIDIA, Nitro, GCE vTPM extraData).")
+@click.option("--nonce", metavar="HEX", help="Expected nonce (NVIDIA, Nitro, GCE and Azure vTPM).")
 @click.option("--event-log", type=_PATH, help="TDX: directory with the CCEL table and event log to replay.")
 @click.option("--rim-root", type=_PATH, help="NVIDIA: override the pinned RIM signing root (tests only).")
 def evidence_verify(

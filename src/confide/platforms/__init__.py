@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,6 +48,8 @@ PLATFORM_MODULES: dict[Platform, str] = {
     Platform.SEV_SNP: "confide.platforms.sev_snp",
     Platform.NVIDIA_GPU: "confide.platforms.nvidia",
     Platform.AWS_NITRO: "confide.platforms.nitro",
+    Platform.AZURE_SNP_VTPM: "confide.platforms.azure_vtpm",
+    Platform.AZURE_TDX_VTPM: "confide.platforms.azure_vtpm",
     Platform.GCE_TPM: "confide.platforms.gce_tpm",
     Platform.SIMULATED: "confide.platforms.sim",
 }
@@ -72,10 +75,34 @@ _TEE_TYPE_TDX = 0x00000081
 _SNP_REPORT_SIZE = 0x4A0
 
 
+# trustee's Azure vTPM evidence containers: their exact top-level key sets
+# (confide.evidence.azure_vtpm; v0 has no "version").
+_AZURE_KEYS: dict[frozenset[str], Platform] = {
+    frozenset({"quote", "report", "vcek"}): Platform.AZURE_SNP_VTPM,
+    frozenset({"version", "tpm_quote", "hcl_report", "vcek"}): Platform.AZURE_SNP_VTPM,
+    frozenset({"tpm_quote", "hcl_report", "td_quote"}): Platform.AZURE_TDX_VTPM,
+    frozenset({"version", "tpm_quote", "hcl_report", "td_quote"}): Platform.AZURE_TDX_VTPM,
+}
+_MAX_JSON_DETECT = 1 << 20
+
+
+def _detect_json(evidence: bytes) -> Platform | None:
+    if len(evidence) > _MAX_JSON_DETECT or evidence.lstrip()[:1] != b"{":
+        return None
+    try:
+        doc = json.loads(evidence)
+    except (ValueError, RecursionError):
+        return None
+    return _AZURE_KEYS.get(frozenset(doc)) if isinstance(doc, dict) else None
+
+
 def detect_platform(evidence: bytes) -> Platform:
     """Guess the platform of raw evidence from its leading bytes (used when --platform is absent)."""
     if evidence.startswith(b"CONFIDE-SIM"):  # confide.evidence.sim.MAGIC
         return Platform.SIMULATED
+    azure = _detect_json(evidence)
+    if azure is not None:
+        return azure
     # SEV-SNP first: a v2/v3/v5 report of exactly 0x4A0 bytes with SIGNATURE_ALGO 1 (ECDSA
     # P-384) at 0x34. Its GUEST_SVN (bytes 4..7) is often 0, which the SGX test below would
     # otherwise take for an SGX quote's TEE type.

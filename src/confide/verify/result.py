@@ -28,6 +28,8 @@ class Platform(enum.StrEnum):
     SEV_SNP = "sev-snp"
     NVIDIA_GPU = "nvidia-gpu"
     AWS_NITRO = "aws-nitro"
+    AZURE_SNP_VTPM = "az-snp-vtpm"
+    AZURE_TDX_VTPM = "az-tdx-vtpm"
     GCE_TPM = "gce-tpm"
     SIMULATED = "sim"
 
