@@ -301,7 +301,7 @@ def test_gpu_reports_come_only_with_a_cpu_tee(cas: InProcessCas) -> None:
         cas.cas,
         request,
         errors.ParseError,
-        "with nvidia-gpu evidence, expected them only with sev-snp, sim, tdx",
+        "with nvidia-gpu evidence, expected them only with az-snp-vtpm, az-tdx-vtpm, sev-snp, sim, tdx",
     )
 
 

@@ -108,13 +108,23 @@ def check_binding(verified: VerifiedEvidence, binding: bytes) -> None:
     - ``nvidia-gpu``: the SPDM GET_MEASUREMENTS requester nonce (DSP0274 Table 40, 32 bytes,
       covered by the GPU's signature) must be ``binding[:32]``;
     - ``aws-nitro``: the document's ``nonce`` must be all 64 bytes;
+    - ``az-snp-vtpm`` / ``az-tdx-vtpm``: both the vTPM quote's extraData (``nonce``, signed by
+      the AK) and the runtime claims' ``user-data`` (``hcl_user_data``, hashed into the hardware
+      report's REPORT_DATA) must be all 64 bytes (``docs/azure-vtpm.md``, "What binds what");
     - every other platform: its 64 bytes of report data (``report_data`` claim)."""
     if verified.platform is Platform.NVIDIA_GPU:
-        claim, expected = "nonce", binding[:SPDM_NONCE_SIZE]
+        checks = [("nonce", binding[:SPDM_NONCE_SIZE])]
     elif verified.platform is Platform.AWS_NITRO:
-        claim, expected = "nonce", binding
+        checks = [("nonce", binding)]
+    elif verified.platform in (Platform.AZURE_SNP_VTPM, Platform.AZURE_TDX_VTPM):
+        checks = [("nonce", binding), ("hcl_user_data", binding)]
     else:
-        claim, expected = "report_data", binding
+        checks = [("report_data", binding)]
+    for claim, expected in checks:
+        _check_bound(verified, claim, expected, binding)
+
+
+def _check_bound(verified: VerifiedEvidence, claim: str, expected: bytes, binding: bytes) -> None:
     value = verified.claims.get(claim)
     try:
         got = bytes.fromhex(value) if isinstance(value, str) else b""

@@ -11,6 +11,9 @@ What each platform's ``evidence`` and ``aux`` blobs are (all hostile input):
   bundle or concatenated DER; ``aux["rim:<name>"]`` optional RIMs (raw SWID XML), verified under
   the pinned NVIDIA RIM root before their golden values are compared. Other keys are refused.
 - ``aws-nitro``: the attestation document (COSE_Sign1, binary); its chain is inside it.
+- ``az-snp-vtpm`` / ``az-tdx-vtpm``: an Azure confidential VM's evidence JSON (``docs/azure-vtpm.md``:
+  HCL report, vTPM quote and PCRs, and the VCEK or the TD quote); ``az-tdx-vtpm`` takes
+  ``aux["collateral"]`` like ``tdx``, else the CAS's DCAP collateral source. No other aux blobs.
 
 Composite attestation (a confidential VM with GPUs, :func:`split_gpu_aux`): with ``tdx``,
 ``sev-snp`` or ``sim`` evidence, ``aux`` may also carry up to :data:`MAX_GPUS` GPU reports,
@@ -33,12 +36,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from confide.collateral.dcap import DcapCollateralSource
 from confide.errors import CollateralMissingError, MeasurementError, ParseError, UsageError
+from confide.evidence.azure_vtpm import HclReportType, parse_evidence
 from confide.evidence.dcap import Quote
 from confide.evidence.dcap_collateral import DcapCollateral
 from confide.evidence.nvidia_rim import ReferenceManifest
 from confide.evidence.snp_certs import VCEK_GUID, VLEK_GUID, parse_cert_table
 from confide.platforms.sev_snp import embedded_roots
 from confide.policy.attestation import GPU_HOSTS, MAX_GPUS
+from confide.verify.azure_vtpm import verify_azure_snp, verify_azure_tdx
 from confide.verify.dcap import DcapVerifier
 from confide.verify.nitro import verify_nitro_document
 from confide.verify.nvidia import RimMismatchError, verify_nvidia_report
@@ -145,17 +150,17 @@ class PlatformVerifier:
             return verify_sim(evidence, self.sim_key, at=at)
         if platform in (Platform.SGX, Platform.TDX):
             quote = Quote.from_bytes(evidence)
-            collateral: DcapCollateral | None = None
-            if "collateral" in aux:
-                collateral = DcapCollateral.from_dcap_qvl_json(aux["collateral"])
-            elif self.dcap_source is not None:
-                chain = self.dcap.pck_chain(quote)
-                collateral = self.dcap_source.get_collateral(
-                    fmspc=chain.extension.fmspc, ca=chain.ca, tee=quote.tee
-                )
-            else:
-                raise CollateralMissingError("this CAS has no DCAP collateral source configured")
-            return self.dcap.verify_parsed(quote, evidence, collateral, at=at)
+            return self.dcap.verify_parsed(quote, evidence, self._dcap_collateral(quote, aux), at=at)
+        if platform is Platform.AZURE_SNP_VTPM:
+            _no_aux(platform, aux, allowed=frozenset())
+            return verify_azure_snp(parse_evidence(evidence, HclReportType.SNP), self.snp, at=at)
+        if platform is Platform.AZURE_TDX_VTPM:
+            _no_aux(platform, aux, allowed=frozenset({"collateral"}))
+            parsed = parse_evidence(evidence, HclReportType.TDX)
+            if parsed.td_quote is None:  # parse_evidence requires it for TDX; kept for the type
+                raise ParseError("no td_quote", structure="Azure vTPM evidence")
+            collateral = self._dcap_collateral(Quote.from_bytes(parsed.td_quote), aux)
+            return verify_azure_tdx(parsed, self.dcap, collateral, at=at)
         if platform is Platform.SEV_SNP:
             # The VCEK/VLEK comes with the evidence: configfs-tsm's auxblob (certificate table)
             # or a "vcek" blob; the ASK/ARK chain is the embedded, pinned one.
@@ -180,6 +185,26 @@ class PlatformVerifier:
         if platform is Platform.AWS_NITRO:
             return verify_nitro_document(evidence, at=at, root=self.nitro_root)
         raise UsageError(f"this CAS does not verify {platform.value} evidence yet")
+
+    def _dcap_collateral(self, quote: Quote, aux: dict[str, bytes]) -> DcapCollateral:
+        """A quote's collateral: the request's dcap-qvl bundle, else the configured source."""
+        if "collateral" in aux:
+            return DcapCollateral.from_dcap_qvl_json(aux["collateral"])
+        if self.dcap_source is None:
+            raise CollateralMissingError("this CAS has no DCAP collateral source configured")
+        chain = self.dcap.pck_chain(quote)
+        return self.dcap_source.get_collateral(fmspc=chain.extension.fmspc, ca=chain.ca, tee=quote.tee)
+
+
+def _no_aux(platform: Platform, aux: dict[str, bytes], *, allowed: frozenset[str]) -> None:
+    unknown = sorted(k for k in aux if k not in allowed)
+    if unknown:
+        expected = ", ".join(repr(k) for k in sorted(allowed)) or "none"
+        raise ParseError(
+            f"got aux {', '.join(repr(k[:40]) for k in unknown[:4])} with {platform} evidence,"
+            f" expected {expected}",
+            structure="attestation request",
+        )
 
 
 def _nvidia_aux(aux: dict[str, bytes]) -> tuple[list[x509.Certificate], list[ReferenceManifest]]:

@@ -30,7 +30,7 @@ No clock is read, no I/O is done.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -74,8 +74,17 @@ ADVISORY_SHORTCUTS: dict[str, Tolerance] = {
 }
 """Advisories that a named tolerance covers (SCONE v0.3, "Tolerating Hardware Attestation Issues")."""
 
-_DEBUG_CLAIM_PLATFORMS = frozenset({Platform.SGX, Platform.TDX, Platform.SEV_SNP, Platform.SIMULATED})
-_TCB_PLATFORMS = frozenset({Platform.SGX, Platform.TDX})
+_DEBUG_CLAIM_PLATFORMS = frozenset(
+    {
+        Platform.SGX,
+        Platform.TDX,
+        Platform.SEV_SNP,
+        Platform.AZURE_SNP_VTPM,
+        Platform.AZURE_TDX_VTPM,
+        Platform.SIMULATED,
+    }
+)
+_TCB_PLATFORMS = frozenset({Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM})
 _MISSING = object()
 
 
@@ -447,6 +456,12 @@ def _variant_mismatches(
         _tdx(c, variant.tdx)
     elif variant.sev_snp is not None:
         _sev_snp(c, variant.sev_snp)
+    elif variant.az_snp_vtpm is not None:
+        _sev_snp(c, variant.az_snp_vtpm, "az-snp-vtpm")
+        _vtpm_pcrs(c, "az-snp-vtpm", variant.az_snp_vtpm.pcrs)
+    elif variant.az_tdx_vtpm is not None:
+        _tdx(c, variant.az_tdx_vtpm, "az-tdx-vtpm")
+        _vtpm_pcrs(c, "az-tdx-vtpm", variant.az_tdx_vtpm.pcrs)
     elif variant.aws_nitro is not None:
         _nitro(c, variant.aws_nitro)
     elif variant.sim is not None:
@@ -492,21 +507,35 @@ _TDX_MEASUREMENTS = (
 )
 
 
-def _tdx(c: _Checker, t: TdxFactors) -> None:
+def _tdx(c: _Checker, t: TdxFactors, key: str = "tdx") -> None:
     for name in _TDX_MEASUREMENTS:
-        c.hex_in(f"tdx.{name}", name, getattr(t, name))
-    c.hex_in("tdx.td_attributes", "td_attributes", t.td_attributes)
-    c.hex_in("tdx.xfam", "xfam", t.xfam)
-    c.boolean("tdx.sept_ve_disable", "sept_ve_disable", t.sept_ve_disable)
+        c.hex_in(f"{key}.{name}", name, getattr(t, name))
+    c.hex_in(f"{key}.td_attributes", "td_attributes", t.td_attributes)
+    c.hex_in(f"{key}.xfam", "xfam", t.xfam)
+    c.boolean(f"{key}.sept_ve_disable", "sept_ve_disable", t.sept_ve_disable)
 
 
-def _sev_snp(c: _Checker, s: SevSnpFactors) -> None:
+def _sev_snp(c: _Checker, s: SevSnpFactors, key: str = "sev-snp") -> None:
     for name in ("measurement", "host_data", "family_id", "image_id"):
-        c.hex_in(f"sev-snp.{name}", name, getattr(s, name))
-    c.int_range("sev-snp.policy", "policy", s.policy)
-    c.int_range("sev-snp.vmpl", "vmpl", s.vmpl)
-    field = "sev-snp.guest_svn" if s.guest_svn is not None else "sev-snp.guest_svn_min/guest_svn_max"
+        c.hex_in(f"{key}.{name}", name, getattr(s, name))
+    c.int_range(f"{key}.policy", "policy", s.policy)
+    c.int_range(f"{key}.vmpl", "vmpl", s.vmpl)
+    field = f"{key}.guest_svn" if s.guest_svn is not None else f"{key}.guest_svn_min/guest_svn_max"
     c.int_range(field, "guest_svn", s.guest_svn, s.guest_svn_min, s.guest_svn_max)
+
+
+def _vtpm_pcrs(c: _Checker, key: str, pcrs: dict[str, tuple[str, ...]] | None) -> None:
+    """The vTPM's SHA-256 PCRs the quote selected (claim ``pcrs``: ``{"0": hex, ...}``)."""
+    if pcrs is None:
+        return
+    found = c.claims.get("pcrs", _MISSING)
+    for index, allowed in sorted(pcrs.items(), key=lambda kv: int(kv[0])):
+        field = f"{key}.pcrs.{index}"
+        value = found.get(index, _MISSING) if isinstance(found, Mapping) else _MISSING
+        if not isinstance(value, str):
+            c.fail(field, _show(value), f"{_allowed(allowed)} (PCR {index} not in the quote)")
+        elif value.lower() not in allowed:
+            c.fail(field, value.lower(), _allowed(allowed))
 
 
 def _nvidia(c: _Checker, n: NvidiaGpuFactors, claims: Any) -> None:

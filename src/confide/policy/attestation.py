@@ -7,7 +7,7 @@ which suffices (SCONE v0.3, "Combining" / "Independent Attestation Factors").
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import (
     AfterValidator,
@@ -41,6 +41,8 @@ __all__ = [
     "MAX_GPUS",
     "AttestationVariant",
     "AwsNitroFactors",
+    "AzureSnpVtpmFactors",
+    "AzureTdxVtpmFactors",
     "MeasurementIndex",
     "NvidiaGpuFactors",
     "PcrIndex",
@@ -100,9 +102,11 @@ class TdxFactors(_Model):
     xfam: Hex8 | None = None
     sept_ve_disable: StrictBool | None = None
 
+    _variant_name: ClassVar[str] = "tdx"
+
     @model_validator(mode="after")
     def _some(self) -> TdxFactors:
-        _require_some(self, "tdx")
+        _require_some(self, self._variant_name)
         return self
 
 
@@ -120,9 +124,11 @@ class SevSnpFactors(_Model):
     guest_svn_min: U32 | None = None
     guest_svn_max: U32 | None = None
 
+    _variant_name: ClassVar[str] = "sev-snp"
+
     @model_validator(mode="after")
     def _checks(self) -> SevSnpFactors:
-        _require_some(self, "sev-snp")
+        _require_some(self, self._variant_name)
         if self.guest_svn is not None and (self.guest_svn_min is not None or self.guest_svn_max is not None):
             raise ValueError(
                 "got guest_svn together with guest_svn_min/guest_svn_max, expected one or the other"
@@ -149,7 +155,9 @@ MeasurementIndex = Annotated[StrictStr, AfterValidator(_index_checker(63))]
 MAX_GPUS = 8
 """Most GPU reports one attestation request may carry (an HGX board has 8 GPUs)."""
 
-GPU_HOSTS = frozenset({Platform.TDX, Platform.SEV_SNP, Platform.SIMULATED})
+GPU_HOSTS = frozenset(
+    {Platform.TDX, Platform.SEV_SNP, Platform.AZURE_SNP_VTPM, Platform.AZURE_TDX_VTPM, Platform.SIMULATED}
+)
 """The CPU-TEE platforms whose variants may add ``nvidia-gpu`` factors: the confidential VMs
 that own GPUs in CC mode, and the simulator for development. SGX enclaves and Nitro enclaves
 do not drive GPUs in CC mode."""
@@ -179,6 +187,24 @@ class AwsNitroFactors(_Model):
     pcrs: Annotated[dict[PcrIndex, Hex48List], Field(min_length=1)]
 
 
+class AzureSnpVtpmFactors(SevSnpFactors):
+    """An Azure SEV-SNP confidential VM (``az-snp-vtpm`` evidence, ``docs/azure-vtpm.md``): the
+    SEV-SNP report fields of the paravisor's report (on Azure ``measurement`` is the paravisor
+    firmware Microsoft publishes, not the guest) and the vTPM's SHA-256 PCRs, which measure the
+    guest's boot chain."""
+
+    _variant_name: ClassVar[str] = "az-snp-vtpm"
+    pcrs: dict[PcrIndex, Hex32List] | None = None
+
+
+class AzureTdxVtpmFactors(TdxFactors):
+    """An Azure TDX confidential VM (``az-tdx-vtpm`` evidence): the TD quote's fields (``mr_td``
+    is the paravisor's) and the vTPM's SHA-256 PCRs."""
+
+    _variant_name: ClassVar[str] = "az-tdx-vtpm"
+    pcrs: dict[PcrIndex, Hex32List] | None = None
+
+
 class SimFactors(_Model):
     """The confide simulated TEE: its measurement (see the simulator's documentation)."""
 
@@ -190,6 +216,8 @@ _PLATFORM_FIELDS: dict[str, Platform] = {
     "sev_snp": Platform.SEV_SNP,
     "nvidia_gpu": Platform.NVIDIA_GPU,
     "aws_nitro": Platform.AWS_NITRO,
+    "az_snp_vtpm": Platform.AZURE_SNP_VTPM,
+    "az_tdx_vtpm": Platform.AZURE_TDX_VTPM,
     "sim": Platform.SIMULATED,
 }
 
@@ -208,6 +236,8 @@ class AttestationVariant(_Model):
     sev_snp: SevSnpFactors | None = Field(default=None, alias="sev-snp")
     nvidia_gpu: NvidiaGpuFactors | None = Field(default=None, alias="nvidia-gpu")
     aws_nitro: AwsNitroFactors | None = Field(default=None, alias="aws-nitro")
+    az_snp_vtpm: AzureSnpVtpmFactors | None = Field(default=None, alias="az-snp-vtpm")
+    az_tdx_vtpm: AzureTdxVtpmFactors | None = Field(default=None, alias="az-tdx-vtpm")
     sim: SimFactors | None = None
 
     @model_validator(mode="after")
@@ -217,14 +247,16 @@ class AttestationVariant(_Model):
         if len(cpu) == 1 and len(platforms) == 2 and cpu[0] not in GPU_HOSTS:
             raise ValueError(
                 f"got {cpu[0]} with nvidia-gpu, expected nvidia-gpu alone or together with the factors "
-                "of a confidential VM (tdx, sev-snp) or sim: GPUs in CC mode belong to a confidential VM"
+                "of a confidential VM (tdx, sev-snp, az-snp-vtpm, az-tdx-vtpm) or sim: GPUs in CC mode "
+                "belong to a confidential VM"
             )
         if len(platforms) != 1 and not (len(cpu) == 1 and len(platforms) == 2):
             got = ", ".join(p.value for p in platforms) or "no factor"
             raise ValueError(
                 f"got {got}, expected the factors of exactly one platform (SGX: mrenclave/signer, or one "
-                "of tdx, sev-snp, nvidia-gpu, aws-nitro, sim), or one of tdx, sev-snp, sim together with "
-                "nvidia-gpu; list several variants to allow several"
+                "of tdx, sev-snp, az-snp-vtpm, az-tdx-vtpm, nvidia-gpu, aws-nitro, sim), or one of tdx, "
+                "sev-snp, az-snp-vtpm, az-tdx-vtpm, sim together with nvidia-gpu; list several variants "
+                "to allow several"
             )
         return self
 

@@ -58,6 +58,8 @@ from confide.policy.access import (
 from confide.policy.attestation import (
     AttestationVariant,
     AwsNitroFactors,
+    AzureSnpVtpmFactors,
+    AzureTdxVtpmFactors,
     NvidiaGpuFactors,
     SevSnpFactors,
     SgxSigner,
@@ -75,6 +77,8 @@ __all__ = [
     "AttestationSecurity",
     "AttestationVariant",
     "AwsNitroFactors",
+    "AzureSnpVtpmFactors",
+    "AzureTdxVtpmFactors",
     "Endpoint",
     "ExportTarget",
     "Image",
