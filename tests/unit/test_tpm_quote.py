@@ -274,6 +274,42 @@ def test_non_quote_attestation_is_refused() -> None:
         parse_attest(certify)
 
 
+def test_attest_fields_are_checked() -> None:
+    """Ported from the runtime's former TPMS_ATTEST parser: TPMI_YES_NO and trailing bytes."""
+    good = (
+        TPM_GENERATED_VALUE.to_bytes(4, "big") + TPM_ST_ATTEST_QUOTE.to_bytes(2, "big")
+        + b"\x00\x00" + b"\x00\x02hi"  # qualifiedSigner (empty), extraData
+        + (1).to_bytes(8, "big") + (2).to_bytes(4, "big") + (3).to_bytes(4, "big") + b"\x01"  # clockInfo
+        + (4).to_bytes(8, "big")  # firmwareVersion
+        + (1).to_bytes(4, "big") + TPM_ALG_SHA256.to_bytes(2, "big") + b"\x03\xff\xff\xff"
+        + b"\x00\x20" + bytes(32)
+    )  # fmt: skip
+    attest = parse_attest(good)
+    assert attest.extra_data == b"hi" and attest.clock_info.safe and attest.clock_info.reset_count == 2
+    assert len(attest.selected()) == 24
+    assert good[28] == 1  # clockInfo.safe
+    unsafe = good[:28] + b"\x02" + good[29:]
+    with pytest.raises(ParseError, match=r"clockInfo\.safe"):
+        parse_attest(unsafe)
+    with pytest.raises(ParseError, match="trailing"):
+        parse_attest(good + b"\x00")
+
+
+def test_public_of_another_type_or_a_misfit_modulus_is_refused() -> None:
+    """Ported from the runtime's former TPMT_PUBLIC parser."""
+    symcipher = (0x0025).to_bytes(2, "big") + TPM_ALG_SHA256.to_bytes(2, "big") + bytes(4) + bytes(10)
+    with pytest.raises(ParseError, match="got 0x0025, expected rsa or ecc"):
+        parse_public(symcipher)
+    head = TPM_ALG_RSA.to_bytes(2, "big") + TPM_ALG_SHA256.to_bytes(2, "big") + bytes(4) + b"\x00\x00"
+    head += (
+        (0x0010).to_bytes(2, "big") + TPM_ALG_RSASSA.to_bytes(2, "big") + TPM_ALG_SHA256.to_bytes(2, "big")
+    )
+    good = parse_public(head + (2048).to_bytes(2, "big") + bytes(4) + b"\x01\x00" + b"\xc1" * 256)
+    assert good.key_bits == 2048 and good.exponent == 0
+    with pytest.raises(ParseError, match="16-byte modulus"):
+        parse_public(head + (2048).to_bytes(2, "big") + bytes(4) + b"\x00\x10" + bytes(16))
+
+
 def test_oversized_tpm2b_is_refused_before_reading() -> None:
     bad = AZ_MSG[:42] + b"\xff\xff" + AZ_MSG[44:]  # extraData size 65535
     with pytest.raises(ParseError, match=r"extraData\.size"):

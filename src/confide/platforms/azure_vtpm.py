@@ -22,8 +22,8 @@ from confide.evidence.azure_vtpm import HclReportType, parse_evidence
 from confide.evidence.dcap import Quote
 from confide.evidence.dcap_collateral import DcapCollateral
 from confide.platforms import VerifyRequest
-from confide.platforms.dcap import COLLATERAL_ENV, _root_der
-from confide.platforms.sev_snp import _embedded_verifier, _roots_with_override
+from confide.platforms.dcap import COLLATERAL_ENV, root_der
+from confide.platforms.sev_snp import embedded_verifier, roots_with_override
 from confide.verify.azure_vtpm import verify_azure_snp, verify_azure_tdx
 from confide.verify.dcap import DcapVerifier
 from confide.verify.result import Platform, VerifiedEvidence
@@ -49,13 +49,13 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
         if req.collateral is not None:
             raise UsageError("--collateral: the SEV-SNP VCEK travels in the evidence; drop --collateral")
         evidence = parse_evidence(req.evidence, HclReportType.SNP)
-        snp = SnpVerifier(_roots_with_override(req.root), cache_size=0) if req.root else _embedded_verifier()
+        snp = SnpVerifier(roots_with_override(req.root), cache_size=0) if req.root else embedded_verifier()
         return verify_azure_snp(evidence, snp, at=req.at, nonce=req.nonce)
     if req.platform is not Platform.AZURE_TDX_VTPM:
         raise UsageError(f"platform {req.platform.value!r} is not an Azure vTPM platform")
     evidence = parse_evidence(req.evidence, HclReportType.TDX)
     assert evidence.td_quote is not None
-    dcap = DcapVerifier(root_ca_der=_root_der(req.root)) if req.root else _DCAP
+    dcap = DcapVerifier(root_ca_der=root_der(req.root)) if req.root else _DCAP
     location = str(req.collateral) if req.collateral else os.environ.get(COLLATERAL_ENV)
     collateral: DcapCollateral | None = None
     if location:

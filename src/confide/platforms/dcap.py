@@ -20,13 +20,14 @@ from confide.verify.result import Platform, VerifiedEvidence
 
 from . import VerifyRequest
 
-__all__ = ["verify_request"]
+__all__ = ["COLLATERAL_ENV", "root_der", "verify_request"]
 
 _DEFAULT_VERIFIER = DcapVerifier()
 COLLATERAL_ENV = "CONFIDE_DCAP_COLLATERAL"
 
 
-def _root_der(path: Path) -> bytes:
+def root_der(path: Path) -> bytes:
+    """The DER of the one certificate (PEM or DER) in ``path`` (``--root``)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -46,7 +47,7 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
         raise ParseError(
             f"got a {got.value.upper()} quote, expected {req.platform.value.upper()}", structure="quote"
         )
-    verifier = DcapVerifier(root_ca_der=_root_der(req.root)) if req.root else _DEFAULT_VERIFIER
+    verifier = DcapVerifier(root_ca_der=root_der(req.root)) if req.root else _DEFAULT_VERIFIER
     location = str(req.collateral) if req.collateral else os.environ.get(COLLATERAL_ENV)
     collateral: DcapCollateral | None = None
     if location:

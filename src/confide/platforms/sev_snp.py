@@ -39,7 +39,7 @@ from confide.verify.sev_snp import (
     load_certificates,
 )
 
-__all__ = ["embedded_roots", "load_crl", "verify_request"]
+__all__ = ["embedded_roots", "embedded_verifier", "load_crl", "roots_with_override", "verify_request"]
 
 _PEM_CRL = b"-----BEGIN X509 CRL-----"
 
@@ -55,7 +55,8 @@ def embedded_roots() -> AmdRootStore:
 
 
 @functools.cache
-def _embedded_verifier() -> SnpVerifier:
+def embedded_verifier() -> SnpVerifier:
+    """One shared verifier over :func:`embedded_roots` (its caches are shared by every caller)."""
     return SnpVerifier(embedded_roots())
 
 
@@ -75,7 +76,9 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
         raise ParseError(f"not a DER or PEM X.509 CRL: {exc}", structure="AMD CRL") from None
 
 
-def _roots_with_override(root_file: Path) -> AmdRootStore:
+def roots_with_override(root_file: Path) -> AmdRootStore:
+    """Roots for ``--root``: each ARK in ``root_file`` is pinned for its product (shipped chains
+    whose ARK no longer matches are dropped); other products keep the shipped chains."""
     certs = load_certificates(_read(root_file, "--root"), "--root")
     pinned = dict(PINNED_ARK_SHA256)
     chains: dict[tuple[Product, VekKind], AmdChain] = {}
@@ -147,5 +150,5 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
         if _PEM_CRL in data:
             crl = load_crl(data)
 
-    verifier = SnpVerifier(_roots_with_override(req.root), cache_size=0) if req.root else _embedded_verifier()
+    verifier = SnpVerifier(roots_with_override(req.root), cache_size=0) if req.root else embedded_verifier()
     return verifier.verify(req.evidence, vek, at=req.at, chain=chain, crl=crl)

@@ -17,60 +17,82 @@ attesters):
    report for a TD quote at IMDS ``/acc/tdquote``. Both are behind one-method interfaces
    (:class:`VcekSource`, :class:`TdQuoteSource`) with the HTTP implementations here.
 
-The HCL report (Azure's ``AttestationReport``, ``az-cvm-vtpm/src/hcl/mod.rs``)::
-
-    0     header: "HCLA" magic, version, report_size, request_type, status, 3 reserved (u32 LE)
-    32    hardware report slot, 1184 bytes: the SEV-SNP report, or the 1024-byte TD report
-    1216  IGVM request data: data_size, version, report_type (2 SNP, 4 TDX), hash type
-          (1 SHA-256, 2 SHA-384, 3 SHA-512), variable_data_size (u32 LE), then variable data:
-          JSON runtime claims ({"keys": [JWK "HCLAkPub", ...], "vm-configuration", "user-data"})
-
-The hardware report's REPORT_DATA starts with H(variable data): that binds the AK to the TEE.
+The HCL report (Azure's ``AttestationReport``) is parsed by
+:class:`confide.evidence.azure_vtpm.HclReport` (layout in that module): a hardware report (the
+SEV-SNP report or the TD report) whose REPORT_DATA starts with H(variable data), and the variable
+data, JSON runtime claims holding the AK (``HCLAkPub``) and our ``user-data``. That digest binds
+the AK to the TEE.
 
 The evidence is the JSON document of trustee's az-snp-vtpm / az-tdx-vtpm evidence version 1:
 ``{"version": 1, "tpm_quote": {"signature", "message", "pcrs"} (hex), "hcl_report"
 (base64url), "vcek" (SEV-SNP, base64url DER) | "td_quote" (TDX, base64url)}``.
 
-Before returning, the provider checks what it can (the verifier checks it all again): the HCL
-report parses and its hardware report carries H(variable data), its ``user-data`` is our report
-data, the AK is the ``HCLAkPub`` of the report, the quote's extraData is our report data, its
-PCR digest is SHA-256 over the PCR values returned, and its signature verifies with the AK.
+Before returning, the provider checks what it can (the verifier checks it all again) with the
+verifier's own parsers: the HCL report parses and its hardware report carries H(variable data)
+(otherwise the read is taken as torn and repeated), its ``user-data`` is our report data, the AK
+is the ``HCLAkPub`` of the report, and :func:`confide.verify.tpm.verify_quote` accepts the quote
+(RSASSA/SHA-256 signature by the AK, TPM-generated, PCR digest over the 24 PCR values read,
+extraData our report data; a PCR extended between quote and read means quote again).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx2
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from confide.errors import BindingError, NetworkError, ParseError, SignatureError, UsageError
-from confide.runtime.quote import Evidence, _check_binding, _check_report_data, _tdx_report_data_offset
+from confide.errors import (
+    BindingError,
+    MeasurementError,
+    NetworkError,
+    ParseError,
+    SignatureError,
+    UsageError,
+)
+from confide.evidence.azure_vtpm import (
+    AK_KEY_ID,
+    HCL_NV_INDEX,
+    TD_REPORT_SIZE,
+    HclReport,
+    HclReportType,
+    RuntimeClaims,
+    TdReportStruct,
+)
+from confide.evidence.tpm import (
+    TPM_ALG_RSASSA,
+    TPM_ALG_SHA256,
+    alg_name,
+    parse_attest,
+    parse_signature,
+)
+from confide.runtime.quote import (
+    SNP_REPORT_DATA_OFFSET,
+    Evidence,
+    check_report_data,
+    check_report_data_binding,
+    tdx_quote_report_data_offset,
+)
 from confide.runtime.tpm import (
     PCR_COUNT,
     TPMA_NV_OWNERREAD,
     TPMA_NV_OWNERWRITE,
     TPMA_NV_PPREAD,
-    Alg,
     DeviceTransport,
     Tpm,
     TpmCommandError,
-    parse_quote_attest,
-    parse_signature,
 )
 from confide.verify.result import Platform
 from confide.verify.sev_snp import load_certificates
+from confide.verify.tpm import verify_quote
 
 __all__ = [
     "AK_HANDLE",
@@ -79,50 +101,31 @@ __all__ = [
     "IMDS_THIM_URL",
     "REPORT_DATA_NV_INDEX",
     "AzureVtpmQuoteProvider",
-    "HclReport",
     "ImdsTdQuoteSource",
     "ImdsVcekSource",
     "TdQuoteSource",
     "VcekSource",
-    "parse_hcl_report",
+    "hw_report_data",
+    "read_hcl_report",
 ]
 
-HCL_REPORT_NV_INDEX = 0x01400001
+HCL_REPORT_NV_INDEX = HCL_NV_INDEX
 REPORT_DATA_NV_INDEX = 0x01400002
 AK_HANDLE = 0x81000003
 IMDS_THIM_URL = "http://169.254.169.254/metadata/THIM/amd/certification"
 IMDS_TDQUOTE_URL = "http://169.254.169.254/acc/tdquote"
 
 EVIDENCE_VERSION = 1
-HCL_MAGIC = b"HCLA"
-HCL_HEADER_SIZE = 32
-HW_REPORT_SIZE = 1184  # the slot holds max(SEV-SNP report 1184, TD report 1024)
-IGVM_REQUEST_HEADER_SIZE = 20
-SNP_REPORT_TYPE = 2
-TDX_REPORT_TYPE = 4
-TD_REPORT_SIZE = 1024
-_VAR_DATA_OFFSET = HCL_HEADER_SIZE + HW_REPORT_SIZE + IGVM_REQUEST_HEADER_SIZE
-_HASH_TYPES = {1: "sha256", 2: "sha384", 3: "sha512"}
-# AMD SEV-SNP ABI (56860) Table 23: REPORT_DATA at 0x50. Intel TDX Module ABI, REPORTMAC_STRUCT:
-# REPORTTYPE (type 0x81 = TDX), reserved, CPUSVN, TEE_TCB_INFO_HASH, TEE_INFO_HASH, then
-# REPORTDATA at 128.
-_SNP_REPORT_DATA_OFFSET = 0x50
-_TD_REPORT_DATA_OFFSET = 128
+# Intel TDX Module ABI, REPORTMACSTRUCT.REPORTTYPE.type: 0x81 is a TDX TD report.
 _TD_REPORT_TYPE_TDX = 0x81
-_REPORT_DATA_SIZE = 64
 _USER_DATA_NV_ATTRIBUTES = TPMA_NV_OWNERWRITE | TPMA_NV_OWNERREAD | TPMA_NV_PPREAD
-_AK_KID = "HCLAkPub"
 _QUOTE_ATTEMPTS = 3
-_SIGNATURE_HASHES: Mapping[int, hashes.HashAlgorithm] = {
-    Alg.SHA256: hashes.SHA256(),
-    Alg.SHA384: hashes.SHA384(),
-    Alg.SHA512: hashes.SHA512(),
+_PCR_INDICES = tuple(range(PCR_COUNT))
+_SELECTION = tuple((TPM_ALG_SHA256, i) for i in _PCR_INDICES)
+_PLATFORMS: Mapping[HclReportType, Platform] = {
+    HclReportType.SNP: Platform.AZURE_SNP_VTPM,
+    HclReportType.TDX: Platform.AZURE_TDX_VTPM,
 }
-
-# MERGE(azure): the azure branch adds Platform.AZURE_SNP_VTPM ("az-snp-vtpm") and
-# Platform.AZURE_TDX_VTPM ("az-tdx-vtpm"); switch these two entries to them at merge. Until
-# then the evidence is labelled with the bare TEE, which the CAS cannot verify as such.
-_PLATFORMS: Mapping[int, Platform] = {SNP_REPORT_TYPE: Platform.SEV_SNP, TDX_REPORT_TYPE: Platform.TDX}
 
 
 def _b64url(data: bytes) -> str:
@@ -140,122 +143,34 @@ def _b64url_decode(text: str, what: str) -> bytes:
 # --- the HCL report ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class HclReport:
-    raw: bytes
-    report_type: int
-    hw_report: bytes
-    """The SEV-SNP report (1184 bytes) or the TD report (1024 bytes)."""
-    var_data: bytes
-    claims: Mapping[str, Any]
-
-    @property
-    def report_data(self) -> bytes:
-        """The hardware report's 64-byte REPORT_DATA."""
-        offset = _SNP_REPORT_DATA_OFFSET if self.report_type == SNP_REPORT_TYPE else _TD_REPORT_DATA_OFFSET
-        return self.hw_report[offset : offset + _REPORT_DATA_SIZE]
-
-    def user_data(self) -> bytes | None:
-        """The ``user-data`` runtime claim (hex in the JSON), or None if absent or not hex."""
-        value = self.claims.get("user-data")
-        if not isinstance(value, str):
-            return None
-        try:
-            return bytes.fromhex(value)
-        except ValueError:
-            return None
-
-    def ak_public_key(self) -> rsa.RSAPublicKey:
-        """The ``HCLAkPub`` JWK (RFC 7517/7518 §6.3.1: kty RSA, n and e base64url)."""
-        keys = self.claims.get("keys")
-        what = "HCL report runtime claims"
-        if not isinstance(keys, list):
-            raise ParseError("no 'keys' list", structure=what)
-        found = [k for k in keys if isinstance(k, dict) and k.get("kid") == _AK_KID]
-        if len(found) != 1:
-            raise ParseError(f"got {len(found)} keys with kid {_AK_KID!r}, expected 1", structure=what)
-        jwk = found[0]
-        n, e = jwk.get("n"), jwk.get("e")
-        if jwk.get("kty") != "RSA" or not isinstance(n, str) or not isinstance(e, str):
-            raise ParseError(f"{_AK_KID}: expected an RSA JWK with n and e", structure=what)
-        modulus = int.from_bytes(_b64url_decode(n, f"{what} {_AK_KID}.n"), "big")
-        exponent = int.from_bytes(_b64url_decode(e, f"{what} {_AK_KID}.e"), "big")
-        try:
-            return rsa.RSAPublicNumbers(exponent, modulus).public_key()
-        except ValueError as exc:
-            raise ParseError(f"{_AK_KID}: not a usable RSA key: {exc}", structure=what) from None
-
-
-def _u32le(raw: bytes, offset: int) -> int:
-    return int.from_bytes(raw[offset : offset + 4], "little")
-
-
-def parse_hcl_report(raw: bytes) -> HclReport:
-    """Parse the content of NV index 0x01400001 (layout in the module docstring)."""
-    what = "HCL report"
-    if len(raw) < _VAR_DATA_OFFSET:
-        raise ParseError(f"got {len(raw)} bytes, expected at least {_VAR_DATA_OFFSET}", structure=what)
-    if raw[:4] != HCL_MAGIC:
-        raise ParseError(f"got {raw[:4]!r}, expected {HCL_MAGIC!r}", structure=what, field="signature")
-    report_size = _u32le(raw, 8)
-    igvm = HCL_HEADER_SIZE + HW_REPORT_SIZE
-    data_size = _u32le(raw, igvm)
-    report_type = _u32le(raw, igvm + 8)
-    hash_type = _u32le(raw, igvm + 12)
-    var_size = _u32le(raw, igvm + 16)
-    if data_size != IGVM_REQUEST_HEADER_SIZE + var_size:
+def hw_report_data(report: HclReport) -> bytes:
+    """The 64-byte REPORT_DATA of the HCL report's hardware report: AMD SEV-SNP ABI (56860)
+    Table 23 (at 0x50 of the SEV-SNP report), Intel TDX Module ABI REPORTMACSTRUCT (the TD
+    report, whose REPORTTYPE.type must be TDX)."""
+    if report.report_type is HclReportType.SNP:
+        return report.hw_report[SNP_REPORT_DATA_OFFSET : SNP_REPORT_DATA_OFFSET + 64]
+    td = TdReportStruct.from_bytes(report.hw_report)
+    if td.report_type[0] != _TD_REPORT_TYPE_TDX:
         raise ParseError(
-            f"got {data_size}, expected {IGVM_REQUEST_HEADER_SIZE} + variable_data_size {var_size}",
-            structure=what,
-            field="data_size",
-            offset=igvm,
+            f"got TD report type {td.report_type[0]:#x}, expected {_TD_REPORT_TYPE_TDX:#x}",
+            structure="HCL report",
+            field="hw_report.reportmacstruct.report_type",
         )
-    if not _VAR_DATA_OFFSET + var_size <= report_size <= len(raw):
-        raise ParseError(
-            f"got report_size {report_size}, expected {_VAR_DATA_OFFSET + var_size}..{len(raw)}",
-            structure=what,
-            field="report_size",
-            offset=8,
-        )
-    if report_type == SNP_REPORT_TYPE:
-        hw_report = raw[HCL_HEADER_SIZE:igvm]
-    elif report_type == TDX_REPORT_TYPE:
-        hw_report = raw[HCL_HEADER_SIZE : HCL_HEADER_SIZE + TD_REPORT_SIZE]
-        if hw_report[0] != _TD_REPORT_TYPE_TDX:
-            raise ParseError(
-                f"got TD report type {hw_report[0]:#x}, expected {_TD_REPORT_TYPE_TDX:#x}",
-                structure=what,
-                offset=HCL_HEADER_SIZE,
-            )
-    else:
-        raise ParseError(
-            f"got {report_type}, expected {SNP_REPORT_TYPE} (SEV-SNP) or {TDX_REPORT_TYPE} (TDX)",
-            structure=what,
-            field="report_type",
-            offset=igvm + 8,
-        )
-    hash_name = _HASH_TYPES.get(hash_type)
-    if hash_name is None:
-        raise ParseError(
-            f"got {hash_type}, expected 1, 2 or 3", structure=what, field="report_data_hash_type"
-        )
-    var_data = raw[_VAR_DATA_OFFSET : _VAR_DATA_OFFSET + var_size]
-    # The binding first: the hardware report's REPORT_DATA starts with H(variable data).
-    offset = _SNP_REPORT_DATA_OFFSET if report_type == SNP_REPORT_TYPE else _TD_REPORT_DATA_OFFSET
-    digest = hashlib.new(hash_name, var_data).digest()
-    bound = hw_report[offset : offset + len(digest)]
+    return td.report_data
+
+
+def read_hcl_report(raw: bytes) -> tuple[HclReport, RuntimeClaims]:
+    """Parse the content of NV index 0x01400001 and check that the hardware report's
+    REPORT_DATA starts with H(variable data) (BindingError if not: e.g. a torn read)."""
+    report = HclReport.from_bytes(raw)
+    digest = report.var_data_digest()
+    bound = hw_report_data(report)[: len(digest)]
     if not hmac.compare_digest(bound, digest):
         raise BindingError(
-            f"{what}: the hardware report's report data starts with {bound.hex()}, "
-            f"expected {hash_name}(variable data) = {digest.hex()}"
+            f"HCL report: the hardware report's report data starts with {bound.hex()}, expected "
+            f"{report.hash_type.name.lower()}(variable data) = {digest.hex()}"
         )
-    try:
-        claims = json.loads(var_data)
-    except (UnicodeDecodeError, ValueError):
-        raise ParseError("the variable data is not JSON", structure=what, offset=_VAR_DATA_OFFSET) from None
-    if not isinstance(claims, dict):
-        raise ParseError("the variable data is not a JSON object", structure=what, offset=_VAR_DATA_OFFSET)
-    return HclReport(raw, report_type, hw_report, var_data, claims)
+    return report, report.runtime_claims()
 
 
 # --- IMDS ----------------------------------------------------------------------------------------
@@ -370,12 +285,12 @@ class AzureVtpmQuoteProvider:
         return self._tpm
 
     def get_evidence(self, report_data: bytes) -> Evidence:
-        _check_report_data(report_data)
+        check_report_data(report_data)
         with self._lock:
             tpm = self._device()
             self._write_report_data(tpm, report_data)
-            hcl = self._read_fresh_report(tpm, report_data)
-            ak = self._attestation_key(tpm, hcl)
+            hcl, claims = self._read_fresh_report(tpm, report_data)
+            ak = self._attestation_key(tpm, claims)
             message, signature, pcrs = self._quote(tpm, ak, report_data)
         document: dict[str, Any] = {
             "version": EVIDENCE_VERSION,
@@ -386,13 +301,15 @@ class AzureVtpmQuoteProvider:
             },
             "hcl_report": _b64url(hcl.raw),
         }
-        if hcl.report_type == SNP_REPORT_TYPE:
+        if hcl.report_type is HclReportType.SNP:
             document["vcek"] = _b64url(self._vcek_source.get_vcek())
             kind = "snp"
         else:
             td_quote = self._td_quote_source.get_td_quote(hcl.hw_report)
             # The TD quote must quote this TD report: same REPORTDATA.
-            _check_binding(td_quote, _tdx_report_data_offset(td_quote), hcl.report_data, "TD quote from IMDS")
+            check_report_data_binding(
+                td_quote, tdx_quote_report_data_offset(td_quote), hw_report_data(hcl), "TD quote from IMDS"
+            )
             document["td_quote"] = _b64url(td_quote)
             kind = "tdx"
         raw = json.dumps(document, separators=(",", ":")).encode()
@@ -414,7 +331,7 @@ class AzureVtpmQuoteProvider:
             tpm.nv_define_space(REPORT_DATA_NV_INDEX, len(report_data), _USER_DATA_NV_ATTRIBUTES)
         tpm.nv_write(REPORT_DATA_NV_INDEX, report_data)
 
-    def _read_fresh_report(self, tpm: Tpm, report_data: bytes) -> HclReport:
+    def _read_fresh_report(self, tpm: Tpm, report_data: bytes) -> tuple[HclReport, RuntimeClaims]:
         deadline = self._clock() + self._report_timeout
         delay = 0.05
         while True:
@@ -428,7 +345,7 @@ class AzureVtpmQuoteProvider:
                     ) from None
                 raise
             try:
-                report = parse_hcl_report(raw)
+                report, claims = read_hcl_report(raw)
             except (ParseError, BindingError):
                 # A read that overlapped the paravisor's rewrite of the index is torn (the index
                 # is read in several chunks): read again until the deadline.
@@ -437,9 +354,9 @@ class AzureVtpmQuoteProvider:
                 self._sleep(delay)
                 delay = min(delay * 2, 0.5)
                 continue
-            user_data = report.user_data()
+            user_data = claims.user_data
             if user_data is not None and hmac.compare_digest(user_data, report_data):
-                return report
+                return report, claims
             if self._clock() >= deadline:
                 got = "no user-data claim" if user_data is None else f"user-data {user_data.hex()}"
                 raise BindingError(
@@ -451,7 +368,7 @@ class AzureVtpmQuoteProvider:
             delay = min(delay * 2, 0.5)
 
     @staticmethod
-    def _attestation_key(tpm: Tpm, hcl: HclReport) -> rsa.RSAPublicKey:
+    def _attestation_key(tpm: Tpm, claims: RuntimeClaims) -> rsa.RSAPublicKey:
         try:
             area = tpm.read_public(AK_HANDLE)
         except TpmCommandError as exc:
@@ -461,40 +378,41 @@ class AzureVtpmQuoteProvider:
         key = area.public_key()
         if not isinstance(key, rsa.RSAPublicKey):
             raise BindingError(f"the attestation key at {AK_HANDLE:#010x} is not an RSA key")
-        if key.public_numbers() != hcl.ak_public_key().public_numbers():
+        if key.public_numbers() != claims.ak_public_key.public_numbers():
             raise BindingError(
-                f"the attestation key at {AK_HANDLE:#010x} is not the HCL report's {_AK_KID}: "
+                f"the attestation key at {AK_HANDLE:#010x} is not the HCL report's {AK_KEY_ID}: "
                 "quotes it signs are not bound to this TEE"
             )
         return key
 
     def _quote(self, tpm: Tpm, ak: rsa.RSAPublicKey, report_data: bytes) -> tuple[bytes, bytes, list[bytes]]:
-        pcr_indices = tuple(range(PCR_COUNT))
         for _ in range(_QUOTE_ATTEMPTS):
-            quote = tpm.quote(AK_HANDLE, report_data, pcr_indices)
-            pcrs = tpm.pcr_read(pcr_indices)
-            attest = parse_quote_attest(quote.attest)
-            if not hmac.compare_digest(attest.extra_data, report_data):
+            quote = tpm.quote(AK_HANDLE, report_data, _PCR_INDICES)
+            pcrs = tpm.pcr_read(_PCR_INDICES)
+            attest = parse_attest(quote.attest)
+            if attest.selected() != _SELECTION:
                 raise BindingError(
-                    f"the quote's extraData is {attest.extra_data.hex()}, expected {report_data.hex()}"
+                    f"the quote selects (bank, PCR) {attest.selected()}, expected SHA-256 PCRs 0-23"
                 )
-            if attest.pcr_selection != ((Alg.SHA256, frozenset(pcr_indices)),):
-                raise BindingError(f"the quote selects {attest.pcr_selection}, expected SHA-256 PCRs 0-23")
             signature = parse_signature(quote.signature)
-            if signature.sig_alg != Alg.RSASSA or signature.hash_alg not in _SIGNATURE_HASHES:
+            # The evidence carries the bare RSA signature, which the verifier reads as
+            # RSASSA-PKCS1-v1_5 with SHA-256 (trustee's az-*-vtpm verifiers do the same).
+            if (signature.sig_alg, signature.hash_alg) != (TPM_ALG_RSASSA, TPM_ALG_SHA256):
                 raise SignatureError(
-                    f"the quote is signed with algorithm {signature.sig_alg:#06x}/{signature.hash_alg:#06x}, "
-                    "expected RSASSA with SHA-256/384/512"
+                    f"the quote is signed with {alg_name(signature.sig_alg)}/{alg_name(signature.hash_alg)}, "
+                    "expected rsassa/sha256"
                 )
             try:
-                ak.verify(
-                    signature.rsa, quote.attest, padding.PKCS1v15(), _SIGNATURE_HASHES[signature.hash_alg]
+                # Part 3 §18.4: signature, TPM_GENERATED magic, pcrDigest over the PCRs read,
+                # extraData == our report data.
+                verify_quote(
+                    quote.attest,
+                    signature,
+                    ak,
+                    {TPM_ALG_SHA256: dict(zip(_PCR_INDICES, pcrs, strict=True))},
+                    nonce=report_data,
                 )
-            except InvalidSignature:
-                raise SignatureError(
-                    "the quote's signature does not verify with the attestation key"
-                ) from None
-            if hmac.compare_digest(attest.pcr_digest, hashlib.sha256(b"".join(pcrs)).digest()):
-                return quote.attest, signature.rsa, pcrs
-            # A PCR was extended between the quote and the read: quote again.
+            except MeasurementError:
+                continue  # a PCR was extended between the quote and the read: quote again
+            return quote.attest, signature.rsa, pcrs
         raise BindingError("the PCRs kept changing between the quote and the PCR read")

@@ -48,11 +48,15 @@ from confide.verify.result import Platform
 __all__ = [
     "CONFIGFS_TSM_ROOT",
     "GRAMINE_ATTESTATION_ROOT",
+    "SNP_REPORT_DATA_OFFSET",
     "ConfigfsTsmQuoteProvider",
     "Evidence",
     "GramineQuoteProvider",
     "QuoteProvider",
     "SimQuoteProvider",
+    "check_report_data",
+    "check_report_data_binding",
+    "tdx_quote_report_data_offset",
 ]
 
 CONFIGFS_TSM_ROOT = Path("/sys/kernel/config/tsm/report")
@@ -60,7 +64,7 @@ GRAMINE_ATTESTATION_ROOT = Path("/dev/attestation")
 
 # Offsets of the 64-byte report data inside each platform's evidence.
 # AMD SEV-SNP ABI (56860), Table 23 ATTESTATION_REPORT: REPORT_DATA at 0x50.
-_SNP_REPORT_DATA_OFFSET = 0x50
+SNP_REPORT_DATA_OFFSET = 0x50
 # Intel TDX DCAP Quoting Library API, A.3: 48-byte header; v4 body (TD report, Table A.3.3) has
 # REPORTDATA after TEE_TCB_SVN(16) MRSEAM(48) MRSIGNERSEAM(48) SEAMATTRIBUTES(8) TDATTRIBUTES(8)
 # XFAM(8) MRTD(48) MRCONFIGID(48) MROWNER(48) MROWNERCONFIG(48) RTMR0-3(4*48) = 520 bytes.
@@ -98,12 +102,14 @@ class QuoteProvider(Protocol):
     def get_evidence(self, report_data: bytes) -> Evidence: ...
 
 
-def _check_report_data(report_data: bytes) -> None:
+def check_report_data(report_data: bytes) -> None:
+    """A provider's argument: exactly 64 bytes (UsageError otherwise)."""
     if len(report_data) != REPORT_DATA_SIZE:
         raise UsageError(f"report_data: got {len(report_data)} bytes, expected {REPORT_DATA_SIZE}")
 
 
-def _check_binding(raw: bytes, offset: int, report_data: bytes, what: str) -> None:
+def check_report_data_binding(raw: bytes, offset: int, report_data: bytes, what: str) -> None:
+    """``raw[offset:offset + 64]`` is ``report_data`` (ParseError if too short, BindingError if not)."""
     end = offset + REPORT_DATA_SIZE
     if len(raw) < end:
         raise ParseError(
@@ -115,7 +121,8 @@ def _check_binding(raw: bytes, offset: int, report_data: bytes, what: str) -> No
         )
 
 
-def _tdx_report_data_offset(raw: bytes) -> int:
+def tdx_quote_report_data_offset(raw: bytes) -> int:
+    """Where REPORTDATA sits in a TDX DCAP quote of version 4 or 5 (see the offsets above)."""
     version = int.from_bytes(raw[0:2], "little") if len(raw) >= 2 else 0
     if version == 5:
         return _QUOTE_HEADER_SIZE + _V5_BODY_DESCRIPTOR_SIZE + _TD_REPORT_DATA_OFFSET
@@ -160,7 +167,7 @@ class SimQuoteProvider:
         return cls(platform, measurement.digest, debug=debug, svn=svn)
 
     def get_evidence(self, report_data: bytes) -> Evidence:
-        _check_report_data(report_data)
+        check_report_data(report_data)
         evidence = self._platform.issue(
             report_data=report_data,
             measurement=self._measurement,
@@ -254,7 +261,7 @@ class ConfigfsTsmQuoteProvider:
         raise StorageError(f"{what}: could not create a fresh report entry under {str(self.root)!r}")
 
     def get_evidence(self, report_data: bytes) -> Evidence:
-        _check_report_data(report_data)
+        check_report_data(report_data)
         entry = self._make_entry()
         failed = True
         try:
@@ -310,10 +317,12 @@ class ConfigfsTsmQuoteProvider:
                 f"{what}: got provider {provider!r}, expected one of {', '.join(sorted(_CONFIGFS_PROVIDERS))}"
             )
         if platform is Platform.SEV_SNP:
-            _check_binding(outblob, _SNP_REPORT_DATA_OFFSET, report_data, "SEV-SNP report from configfs-tsm")
+            check_report_data_binding(
+                outblob, SNP_REPORT_DATA_OFFSET, report_data, "SEV-SNP report from configfs-tsm"
+            )
         else:
-            _check_binding(
-                outblob, _tdx_report_data_offset(outblob), report_data, "TDX quote from configfs-tsm"
+            check_report_data_binding(
+                outblob, tdx_quote_report_data_offset(outblob), report_data, "TDX quote from configfs-tsm"
             )
         return Evidence(platform=platform, raw=outblob, provider=f"configfs-tsm/{provider}", aux=aux)
 
@@ -330,7 +339,7 @@ class GramineQuoteProvider:
         self._lock = threading.Lock()
 
     def get_evidence(self, report_data: bytes) -> Evidence:
-        _check_report_data(report_data)
+        check_report_data(report_data)
         what = "gramine /dev/attestation"
         if not (self.root / "attestation_type").is_file():
             raise UsageError(
@@ -348,7 +357,7 @@ class GramineQuoteProvider:
             quote = _read(self.root / "quote", what)
         if not quote:
             raise StorageError(f"{what}: empty quote")
-        _check_binding(
+        check_report_data_binding(
             quote, _QUOTE_HEADER_SIZE + _SGX_REPORT_DATA_OFFSET, report_data, "SGX quote from Gramine"
         )
         return Evidence(platform=Platform.SGX, raw=quote, provider="gramine/dcap")

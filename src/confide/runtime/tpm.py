@@ -18,6 +18,8 @@ Responses are hostile input: the tag, the size and every length are checked agai
 received, nothing may be left over, and a non-zero response code becomes a
 :class:`TpmCommandError` (a :class:`~confide.errors.StorageError`) whose message names the
 decoded code and the command: ``TPM returned TPM_RC_HANDLE (handle 1) for TPM2_NV_ReadPublic``.
+The structures a verifier reads too (``TPMT_PUBLIC``, ``TPMT_SIGNATURE``; ``TPMS_ATTEST`` is
+returned as bytes) are parsed with :mod:`confide.evidence.tpm`, the verifier's own parsers.
 
 Errors:
 
@@ -47,9 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
 from confide.errors import ParseError, StorageError, UsageError
+from confide.evidence.tpm import TpmPublic, parse_public, parse_signature
 
 __all__ = [
     "DEFAULT_TPM_DEVICE",
@@ -66,17 +67,12 @@ __all__ = [
     "CommandCode",
     "DeviceTransport",
     "NvPublic",
-    "PublicArea",
-    "QuoteAttest",
-    "Signature",
     "TcpTransport",
     "Tpm",
     "TpmCommandError",
     "TpmQuote",
     "TpmTransport",
     "describe_rc",
-    "parse_quote_attest",
-    "parse_signature",
 ]
 
 DEFAULT_TPM_DEVICE = Path("/dev/tpmrm0")
@@ -91,9 +87,6 @@ _MAX_RESPONSE_SIZE = 1 << 16
 # Part 2 §6.9 TPM_ST
 TPM_ST_NO_SESSIONS = 0x8001
 TPM_ST_SESSIONS = 0x8002
-TPM_ST_ATTEST_QUOTE = 0x8018
-# Part 2 §6.2 TPM_GENERATED
-TPM_GENERATED_VALUE = 0xFF544347
 # Part 2 §6.5 TPM_SU
 TPM_SU_CLEAR = 0x0000
 # Part 2 §6.12 TPM_CAP and §6.13 TPM_PT
@@ -169,12 +162,6 @@ class Alg(enum.IntEnum):
 
 
 _HASHES: dict[int, str] = {Alg.SHA1: "sha1", Alg.SHA256: "sha256", Alg.SHA384: "sha384", Alg.SHA512: "sha512"}
-# Part 2 §6.4 TPM_ECC_CURVE
-_CURVES: dict[int, ec.EllipticCurve] = {
-    0x0003: ec.SECP256R1(),
-    0x0004: ec.SECP384R1(),
-    0x0005: ec.SECP521R1(),
-}
 
 
 # --- response codes (Part 2 §6.6) ---------------------------------------------------------------
@@ -403,13 +390,6 @@ class _Reader:
             )
 
 
-def _digest_size(alg: int, r: _Reader, field: str) -> int:
-    name = _HASHES.get(alg)
-    if name is None:
-        raise r.fail(f"got hash algorithm {alg:#06x}, expected one of SHA-1/256/384/512", field)
-    return hashlib.new(name).digest_size
-
-
 def _check_name(name: bytes, name_alg: int, public_area: bytes, what: str) -> None:
     """Part 1 §16: the Name of an entity with a public area is nameAlg || H_nameAlg(public area)."""
     hash_name = _HASHES.get(name_alg)
@@ -437,146 +417,6 @@ class NvPublic:
     name: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class PublicArea:
-    """TPMT_PUBLIC (Part 2 §12.2.4) of an RSA or ECC key, as marshalled (``raw``) and parsed."""
-
-    raw: bytes
-    type: int
-    name_alg: int
-    attributes: int
-    auth_policy: bytes
-    scheme: int
-    scheme_hash: int | None
-    key_bits: int | None
-    exponent: int | None
-    modulus: bytes | None
-    curve: int | None
-    x: bytes | None
-    y: bytes | None
-
-    @classmethod
-    def from_bytes(cls, raw: bytes, structure: str = "TPMT_PUBLIC", base: int = 0) -> PublicArea:
-        r = _Reader(raw, structure, base)
-        key_type = r.u16("type")
-        name_alg = r.u16("nameAlg")
-        attributes = r.u32("objectAttributes")
-        auth_policy = r.tpm2b("authPolicy")
-        # TPMT_SYM_DEF_OBJECT (Part 2 §11.1.7): algorithm, then keyBits and mode unless NULL.
-        if r.u16("parameters.symmetric.algorithm") != Alg.NULL:
-            r.u16("parameters.symmetric.keyBits")
-            r.u16("parameters.symmetric.mode")
-        scheme = r.u16("parameters.scheme.scheme")
-        scheme_hash: int | None = None
-        key_bits = exponent = curve = None
-        modulus = x = y = None
-        if key_type == Alg.RSA:
-            # TPMS_RSA_PARMS (Part 2 §12.2.3.5); TPMT_RSA_SCHEME details per §11.2.4.2.
-            if scheme in (Alg.RSASSA, Alg.RSAPSS, Alg.OAEP):
-                scheme_hash = r.u16("parameters.scheme.details.hashAlg")
-            elif scheme not in (Alg.RSAES, Alg.NULL):
-                raise r.fail(
-                    f"got RSA scheme {scheme:#06x}, expected RSASSA, RSAPSS, OAEP, RSAES or NULL", "scheme"
-                )
-            key_bits = r.u16("parameters.keyBits")
-            exponent = r.u32("parameters.exponent") or 65537  # Part 2 §12.2.3.5: 0 means 2^16 + 1
-            modulus = r.tpm2b("unique.rsa")
-            if len(modulus) * 8 != key_bits:
-                raise r.fail(f"got a {len(modulus)}-byte modulus, expected {key_bits // 8}", "unique.rsa")
-        elif key_type == Alg.ECC:
-            # TPMS_ECC_PARMS (Part 2 §12.2.3.6); TPMT_ECC_SCHEME details per §11.2.5.
-            if scheme in (Alg.ECDSA, Alg.ECDH, Alg.ECSCHNORR, Alg.SM2, Alg.ECMQV):
-                scheme_hash = r.u16("parameters.scheme.details.hashAlg")
-            elif scheme == Alg.ECDAA:
-                scheme_hash = r.u16("parameters.scheme.details.hashAlg")
-                r.u16("parameters.scheme.details.count")
-            elif scheme != Alg.NULL:
-                raise r.fail(f"got ECC scheme {scheme:#06x}", "parameters.scheme")
-            curve = r.u16("parameters.curveID")
-            if r.u16("parameters.kdf.scheme") != Alg.NULL:
-                r.u16("parameters.kdf.details.hashAlg")
-            x = r.tpm2b("unique.ecc.x")
-            y = r.tpm2b("unique.ecc.y")
-        else:
-            raise ParseError(f"got key type {key_type:#06x}, expected RSA or ECC", structure=structure)
-        r.end()
-        return cls(
-            raw, key_type, name_alg, attributes, auth_policy, scheme, scheme_hash, key_bits, exponent,
-            modulus, curve, x, y,
-        )  # fmt: skip
-
-    def public_key(self) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
-        if self.type == Alg.RSA and self.modulus is not None and self.exponent is not None:
-            return rsa.RSAPublicNumbers(self.exponent, int.from_bytes(self.modulus, "big")).public_key()
-        if self.type == Alg.ECC and self.curve is not None and self.x is not None and self.y is not None:
-            curve = _CURVES.get(self.curve)
-            if curve is None:
-                raise ParseError(f"got ECC curve {self.curve:#06x}, expected NIST P-256/384/521")
-            try:
-                return ec.EllipticCurvePublicNumbers(
-                    int.from_bytes(self.x, "big"), int.from_bytes(self.y, "big"), curve
-                ).public_key()
-            except ValueError:
-                raise ParseError("the ECC point is not on the curve", structure="TPMT_PUBLIC") from None
-        raise ParseError("no public key", structure="TPMT_PUBLIC")  # unreachable after from_bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Signature:
-    """TPMT_SIGNATURE (Part 2 §11.3.4) of the kinds an attestation key produces."""
-
-    sig_alg: int
-    hash_alg: int
-    rsa: bytes = b""
-    r: bytes = b""
-    s: bytes = b""
-
-
-def _read_signature(rd: _Reader) -> Signature:
-    sig_alg = rd.u16("sigAlg")
-    if sig_alg in (Alg.RSASSA, Alg.RSAPSS):
-        # TPMS_SIGNATURE_RSA (§11.3.1): hash, TPM2B_PUBLIC_KEY_RSA sig
-        hash_alg = rd.u16("signature.hash")
-        sig = rd.tpm2b("signature.sig")
-        if not sig:
-            raise rd.fail("empty RSA signature", "signature.sig")
-        return Signature(sig_alg, hash_alg, rsa=sig)
-    if sig_alg in (Alg.ECDSA, Alg.ECDAA, Alg.SM2, Alg.ECSCHNORR):
-        # TPMS_SIGNATURE_ECC (§11.3.2): hash, TPM2B_ECC_PARAMETER r, s
-        hash_alg = rd.u16("signature.hash")
-        r = rd.tpm2b("signature.signatureR")
-        s = rd.tpm2b("signature.signatureS")
-        if not r or not s:
-            raise rd.fail("empty ECC signature component", "signature")
-        return Signature(sig_alg, hash_alg, r=r, s=s)
-    raise rd.fail(
-        f"got signature algorithm {sig_alg:#06x}, expected RSASSA, RSAPSS or an ECC scheme", "sigAlg"
-    )
-
-
-def parse_signature(raw: bytes) -> Signature:
-    """Parse a marshalled TPMT_SIGNATURE; nothing may follow it."""
-    rd = _Reader(raw, "TPMT_SIGNATURE")
-    sig = _read_signature(rd)
-    rd.end()
-    return sig
-
-
-@dataclass(frozen=True, slots=True)
-class QuoteAttest:
-    """TPMS_ATTEST (Part 2 §10.12.12) of type TPM_ST_ATTEST_QUOTE with its TPMS_QUOTE_INFO."""
-
-    qualified_signer: bytes
-    extra_data: bytes
-    clock: int
-    reset_count: int
-    restart_count: int
-    safe: bool
-    firmware_version: int
-    pcr_selection: tuple[tuple[int, frozenset[int]], ...]
-    pcr_digest: bytes
-
-
 def _read_pcr_selection(rd: _Reader, field: str) -> tuple[tuple[int, frozenset[int]], ...]:
     count = rd.u32(f"{field}.count")
     if count > 16:  # Part 2 §10.9.7: at most HASH_COUNT entries
@@ -589,38 +429,6 @@ def _read_pcr_selection(rd: _Reader, field: str) -> tuple[tuple[int, frozenset[i
         pcrs = frozenset(b * 8 + bit for b, byte in enumerate(bitmap) for bit in range(8) if byte >> bit & 1)
         out.append((alg, pcrs))
     return tuple(out)
-
-
-def parse_quote_attest(raw: bytes) -> QuoteAttest:
-    """Parse the TPMS_ATTEST a TPM2_Quote signs; strict: magic, type, no trailing bytes."""
-    rd = _Reader(raw, "TPMS_ATTEST")
-    magic = rd.u32("magic")
-    if magic != TPM_GENERATED_VALUE:
-        raise ParseError(
-            f"got {magic:#010x}, expected TPM_GENERATED_VALUE {TPM_GENERATED_VALUE:#010x}",
-            structure="TPMS_ATTEST",
-            field="magic",
-        )
-    kind = rd.u16("type")
-    if kind != TPM_ST_ATTEST_QUOTE:
-        raise ParseError(
-            f"got {kind:#06x}, expected TPM_ST_ATTEST_QUOTE {TPM_ST_ATTEST_QUOTE:#06x}",
-            structure="TPMS_ATTEST",
-            field="type",
-        )
-    signer = rd.tpm2b("qualifiedSigner")
-    extra = rd.tpm2b("extraData")
-    clock = rd.u64("clockInfo.clock")
-    reset = rd.u32("clockInfo.resetCount")
-    restart = rd.u32("clockInfo.restartCount")
-    safe = rd.u8("clockInfo.safe")
-    if safe > 1:
-        raise rd.fail(f"got {safe}, expected TPMI_YES_NO (0 or 1)", "clockInfo.safe")
-    firmware = rd.u64("firmwareVersion")
-    selection = _read_pcr_selection(rd, "attested.quote.pcrSelect")
-    digest = rd.tpm2b("attested.quote.pcrDigest")
-    rd.end()
-    return QuoteAttest(signer, extra, clock, reset, restart, bool(safe), firmware, selection, digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -979,7 +787,7 @@ class Tpm:
         rd.end()
 
     # TPM2_ReadPublic: Part 3 §12.4
-    def read_public(self, handle: int) -> PublicArea:
+    def read_public(self, handle: int) -> TpmPublic:
         _, rd = self._execute(CommandCode.ReadPublic, (handle,))
         area = self._read_public_area(rd, "outPublic")
         name = rd.tpm2b("name")
@@ -989,9 +797,9 @@ class Tpm:
         return area
 
     @staticmethod
-    def _read_public_area(rd: _Reader, field: str) -> PublicArea:
-        sub = rd.sized(field)
-        return PublicArea.from_bytes(sub.data, f"{rd.structure} {field}", sub.base)
+    def _read_public_area(rd: _Reader, field: str) -> TpmPublic:
+        # TPM2B_PUBLIC: the TPMT_PUBLIC parsed as the verifier parses it (confide.evidence.tpm).
+        return parse_public(rd.sized(field).data)
 
     # TPM2_PCR_Read: Part 3 §22.4, repeated until every requested PCR was returned
     def pcr_read(
@@ -1057,14 +865,14 @@ class Tpm:
         params = _tpm2b(qualifying_data) + _u16(Alg.NULL) + _pcr_selection(hash_alg, pcrs)
         _, rd = self._execute(CommandCode.Quote, (sign_handle,), params, sessions=1)
         attest = rd.tpm2b("quoted")
-        start = rd.offset
-        _read_signature(rd)
-        signature = rd.data[start : rd.offset]
-        rd.end()
+        # The TPMT_SIGNATURE is the last parameter: the rest, parsed (strictly, nothing may
+        # follow) as the verifier parses it (confide.evidence.tpm).
+        signature = rd.take(len(rd.data) - rd.offset, "signature")
+        parse_signature(signature)
         return TpmQuote(attest, signature)
 
     # TPM2_CreatePrimary: Part 3 §24.1 (empty userAuth and data, no creation PCRs). Tests only.
-    def create_primary(self, hierarchy: int, template: bytes) -> tuple[int, PublicArea]:
+    def create_primary(self, hierarchy: int, template: bytes) -> tuple[int, TpmPublic]:
         sensitive = _tpm2b(_tpm2b(b"") + _tpm2b(b""))
         params = sensitive + _tpm2b(template) + _tpm2b(b"") + _u32(0)
         (handle,), rd = self._execute(
