@@ -24,7 +24,7 @@ import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,9 +144,16 @@ def _b64url_int(value: int) -> str:
 
 
 def build_hcl_report(
-    ak: rsa.RSAPublicKey, user_data: bytes, *, report_type: int = 2, size: int = HCL_NV_SIZE
+    ak: rsa.RSAPublicKey,
+    user_data: bytes,
+    *,
+    report_type: int = 2,
+    size: int = HCL_NV_SIZE,
+    sign_hw: Callable[[bytes], bytes] | None = None,
 ) -> bytes:
-    """A synthetic HCL report (layout: confide.runtime.azure_vtpm's docstring)."""
+    """A synthetic HCL report (layout: docs/azure-vtpm.md). ``sign_hw`` (SEV-SNP only) makes the
+    hardware report from its 64-byte REPORT_DATA, e.g. signed by a test AMD PKI; without it the
+    report is unsigned zeros around the REPORT_DATA."""
     numbers = ak.public_numbers()
     claims = {
         "keys": [
@@ -164,7 +171,9 @@ def build_hcl_report(
     var_data = json.dumps(claims, separators=(",", ":")).encode()
     report_data = hashlib.sha256(var_data).digest() + bytes(32)
     hw = bytearray(1184)
-    if report_type == 2:
+    if sign_hw is not None:
+        hw[:] = sign_hw(report_data)
+    elif report_type == 2:
         hw[0:4] = struct.pack("<I", 2)  # SNP report version
         hw[0x50:0x90] = report_data
     else:
@@ -205,6 +214,7 @@ class EmulatedParavisor:
     stale: bool = False
     tear: bool = False
     ak_in_report: rsa.RSAPublicKey | None = None
+    sign_hw: Callable[[bytes], bytes] | None = None
     pending: bytes | None = None
     reads_left: int = 0
     writes: list[bytes] = field(default_factory=list)
@@ -224,7 +234,10 @@ class EmulatedParavisor:
                 regenerate = False
             if regenerate:
                 report = build_hcl_report(
-                    self.ak_in_report or self.ak, self.pending, report_type=self.report_type
+                    self.ak_in_report or self.ak,
+                    self.pending,
+                    report_type=self.report_type,
+                    sign_hw=self.sign_hw,
                 )
                 self.pending = None
                 Tpm(self.inner).nv_write(HCL_INDEX, report)
@@ -262,3 +275,13 @@ def response(body: bytes = b"", *, rc: int = 0, tag: int = 0x8001, size: int | N
 def session_response(params: bytes = b"", *, auth: bytes = b"\x00\x00\x01\x00\x00") -> bytes:
     """A TPM_ST_SESSIONS response with parameterSize, parameters and one password auth."""
     return response(struct.pack(">I", len(params)) + params + auth, tag=0x8002)
+
+
+def pcr_extend(transport: TcpTransport, pcr: int, digest: bytes) -> None:
+    """TPM2_PCR_Extend (Part 3 §22.2) of the SHA-256 bank, with an empty password session: what
+    a boot component does when it measures the next one (the client has no use for it)."""
+    auth = struct.pack(">IHBH", 0x40000009, 0, 0, 0)  # TPM_RS_PW, no nonce, no attributes, no hmac
+    body = struct.pack(">II", pcr, len(auth)) + auth + struct.pack(">IH", 1, 0x000B) + digest
+    command = struct.pack(">HII", 0x8002, 10 + len(body), 0x182) + body
+    response = transport.transmit(command)
+    assert struct.unpack_from(">I", response, 6)[0] == 0, response.hex()

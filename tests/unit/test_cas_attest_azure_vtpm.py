@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,19 @@ from confide.evidence.sev_snp import Product
 from confide.identity import Identity
 from confide.policy.loader import loads_policy
 from confide.policy.model import Policy
+from confide.runtime.azure_vtpm import AzureVtpmQuoteProvider
+from confide.runtime.tpm import TcpTransport, Tpm
 from confide.verify.result import Platform
+from tpm_fakes import (
+    HCL_INDEX,
+    USER_DATA_INDEX,
+    EmulatedParavisor,
+    build_hcl_report,
+    clear_index,
+    define_hcl_index,
+    pcr_extend,
+    provision_ak,
+)
 
 ASSETS = Path(__file__).parent.parent / "assets"
 AMD = make_fake_amd(Product.MILAN)
@@ -208,3 +221,62 @@ def test_policy_factors_are_validated() -> None:
     assert isinstance(composite, Policy)
     variant = composite.service("s").attestation[0]
     assert variant.platform is Platform.AZURE_SNP_VTPM and variant.composite
+
+
+# --- end to end: the guest's provider on a real swtpm, then the CAS -----------------------------
+
+
+@dataclass
+class _Vcek:
+    der: bytes
+
+    def get_vcek(self) -> bytes:
+        return self.der
+
+
+@dataclass
+class _NoTdQuotes:
+    def get_td_quote(self, td_report: bytes) -> bytes:
+        raise AssertionError("an SEV-SNP VM asks IMDS for no TD quote")
+
+
+def test_guest_provider_on_swtpm_to_cas(cas: Cas, swtpm_tpm: Tpm) -> None:
+    """``confide run --tee az-vtpm``'s provider against a real swtpm whose emulated paravisor signs
+    its SNP reports with the test AMD PKI; the evidence it produces is accepted by the CAS for a
+    policy pinning the vTPM's PCRs, and refused once a PCR is extended."""
+    ak = provision_ak(swtpm_tpm)
+    clear_index(swtpm_tpm, USER_DATA_INDEX)
+
+    def sign(report_data: bytes) -> bytes:
+        return AMD.sign(AMD.report(vmpl=0, report_data=report_data))
+
+    define_hcl_index(swtpm_tpm, build_hcl_report(ak, bytes(64), sign_hw=sign))
+    assert isinstance(swtpm_tpm.transport, TcpTransport)
+    paravisor = EmulatedParavisor(swtpm_tpm.transport, ak, sign_hw=sign)
+    provider = AzureVtpmQuoteProvider(
+        Tpm(paravisor),
+        vcek_source=_Vcek(AMD.vek.public_bytes(serialization.Encoding.DER)),
+        td_quote_source=_NoTdQuotes(),
+    )
+    pcrs = swtpm_tpm.pcr_read(range(24))
+    policy = POLICY.replace("name: app", "name: vm").replace(
+        f'"0": "{PCRS[0].hex()}"', f'"0": "{pcrs[0].hex()}"'
+    ).replace(f'"{PCRS[7].hex()}"', f'"{pcrs[7].hex()}"')  # fmt: skip
+    cas.apply(policy_submission(loads_policy(policy), Identity.generate()))
+    try:
+        rt = RuntimeKey(cas)
+        evidence = provider.get_evidence(rt.binding)
+        assert evidence.platform is Platform.AZURE_SNP_VTPM
+        body = rt.body(policy="vm", service="az", platform=evidence.platform.value, evidence=evidence.raw)
+        config = rt.open(cas.attest(body))
+        assert config["command"][0] == "az"
+        assert last_attestation(cas)["verdict"] == "accepted"
+        # The guest's boot chain changes: PCR 7 is extended, the same policy refuses the VM.
+        pcr_extend(swtpm_tpm.transport, 7, hashlib.sha256(b"another bootloader").digest())
+        rt = RuntimeKey(cas)
+        evidence = provider.get_evidence(rt.binding)
+        body = rt.body(policy="vm", service="az", platform=evidence.platform.value, evidence=evidence.raw)
+        refused(cas, body, errors.AppraisalError, "az-snp-vtpm.pcrs.7")
+    finally:
+        clear_index(swtpm_tpm, USER_DATA_INDEX)
+        clear_index(swtpm_tpm, HCL_INDEX)
