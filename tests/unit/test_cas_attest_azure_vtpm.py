@@ -14,18 +14,22 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from snp_fakes import make_fake_amd
 
 from cas_inproc import RuntimeKey, last_attestation, refused
+from cli import run_confide
 from confide import errors
 from confide.cas.client import policy_submission
 from confide.cas.core import Cas
+from confide.cas.pin import verify_cas_evidence
 from confide.cas.server import prepare
 from confide.cas.verifier import PlatformVerifier
 from confide.evidence.azure_vtpm import VAR_DATA_OFFSET
@@ -280,3 +284,58 @@ def test_guest_provider_on_swtpm_to_cas(cas: Cas, swtpm_tpm: Tpm) -> None:
     finally:
         clear_index(swtpm_tpm, USER_DATA_INDEX)
         clear_index(swtpm_tpm, HCL_INDEX)
+
+
+# --- a CAS running in an Azure confidential VM attests itself ------------------------------------
+
+
+def test_cas_on_an_azure_cvm_attests_itself(tmp_path: Path, swtpm_tpm: Tpm) -> None:
+    """``confide cas serve --tee az-vtpm``: the CAS's own evidence comes from the paravisor's vTPM
+    (swtpm + emulated paravisor signing under the test AMD PKI), bound to its TLS certificate and
+    log key; ``verify_cas_evidence`` (what ``confide cas attest`` runs) pins it."""
+    ak = provision_ak(swtpm_tpm)
+    clear_index(swtpm_tpm, USER_DATA_INDEX)
+
+    def sign(report_data: bytes) -> bytes:
+        return AMD.sign(AMD.report(vmpl=0, report_data=report_data))
+
+    define_hcl_index(swtpm_tpm, build_hcl_report(ak, bytes(64), sign_hw=sign))
+    assert isinstance(swtpm_tpm.transport, TcpTransport)
+    provider = AzureVtpmQuoteProvider(
+        Tpm(EmulatedParavisor(swtpm_tpm.transport, ak, sign_hw=sign)),
+        vcek_source=_Vcek(AMD.vek.public_bytes(serialization.Encoding.DER)),
+        td_quote_source=_NoTdQuotes(),
+    )
+    try:
+        cas, evidence, _key, cert_path, _env, _signer = prepare(
+            tmp_path / "cas", host="127.0.0.1", dev=False, db_url=None, collateral=None,
+            tee="az-vtpm", quote_provider=provider,
+        )  # fmt: skip
+        cas.db.dispose()
+    finally:
+        clear_index(swtpm_tpm, USER_DATA_INDEX)
+        clear_index(swtpm_tpm, HCL_INDEX)
+    assert evidence is not None and evidence["platform"] == "az-snp-vtpm" and evidence["aux"] == {}
+    cert_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(serialization.Encoding.DER)
+    body = json.dumps(evidence).encode()
+    now = datetime.now(UTC)
+    pinned = verify_cas_evidence(cert_der, body, sim_key_pem=None, at=now, amd_roots=AMD.roots(),
+                                 measurements=(MEASUREMENT,))  # fmt: skip
+    assert pinned.evidence.platform is Platform.AZURE_SNP_VTPM and pinned.measurement_claim == "measurement"
+    with pytest.raises(errors.MeasurementError):
+        verify_cas_evidence(cert_der, body, sim_key_pem=None, at=now, amd_roots=AMD.roots(),
+                            measurements=("ab" * 48,))  # fmt: skip
+    # The same evidence presented with another certificate: not bound to it.
+    with pytest.raises(errors.BindingError, match="not bound to the TLS certificate"):
+        verify_cas_evidence(cert_der + b"\x00", body, sim_key_pem=None, at=now, amd_roots=AMD.roots())
+    with pytest.raises(errors.CertificateChainError):  # the real AMD roots do not vouch for the test PKI
+        verify_cas_evidence(cert_der, body, sim_key_pem=None, at=now)
+
+
+def test_cli_serve_az_vtpm_without_a_tpm(tmp_path: Path) -> None:
+    if Path("/dev/tpmrm0").exists():
+        pytest.skip("/dev/tpmrm0 exists on this machine")
+    r = run_confide("cas", "serve", "--data-dir", str(tmp_path / "cas"), "--listen", "127.0.0.1:0",
+                    "--tee", "az-vtpm")  # fmt: skip
+    assert r.returncode == errors.UsageError.exit_code, r.stderr
+    assert "no (v)TPM" in r.stderr and "not starting" in r.stderr, r.stderr

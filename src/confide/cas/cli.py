@@ -19,7 +19,12 @@ from confide.identity import Identity, load_identity
 __all__ = ["cas", "identity", "policy", "run"]
 
 _PATH = click.Path(path_type=Path)
-_TEE_CHOICES = ("tdx", "sev-snp", "sgx-gramine")  # confide.cas.server.TEE_CHOICES (imported lazily)
+_TEE_CHOICES = (
+    "tdx",
+    "sev-snp",
+    "sgx-gramine",
+    "az-vtpm",
+)  # confide.cas.server.TEE_CHOICES (imported lazily)
 
 
 @click.group()
@@ -49,7 +54,8 @@ def cas() -> None:
     "--tee",
     type=click.Choice(_TEE_CHOICES),
     help="The TEE the CAS runs in: it publishes its own evidence from that TEE (configfs-tsm for "
-    "tdx/sev-snp, Gramine's /dev/attestation for sgx-gramine) and refuses to start without it.",
+    "tdx/sev-snp, Gramine's /dev/attestation for sgx-gramine, the paravisor's vTPM for az-vtpm: an "
+    "Azure SEV-SNP or TDX confidential VM) and refuses to start without it.",
 )
 def cas_serve(
     data_dir: Path,

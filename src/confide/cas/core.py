@@ -34,7 +34,7 @@ from sqlalchemy import Connection, and_, insert, select, update
 from confide.cas import db as t
 from confide.cas.db import Database, EventSink, raw_connection, raw_execute
 from confide.cas.secrets import Sealer, SecretValue, generate, issue_to_runtime, render
-from confide.cas.verifier import GpuEvidence, split_gpu_aux
+from confide.cas.verifier import GpuEvidence, check_binding, split_gpu_aux
 from confide.errors import (
     AccessDeniedError,
     AppraisalError,
@@ -45,7 +45,6 @@ from confide.errors import (
     PolicyError,
     UsageError,
 )
-from confide.evidence.nvidia import NONCE_SIZE as SPDM_NONCE_SIZE
 from confide.identity import PublicIdentity
 from confide.ledger.checkpoint import Checkpoint
 from confide.ledger.note import parse_note
@@ -99,44 +98,6 @@ def binding_report_data(public_key_der: bytes, nonce: bytes) -> bytes:
     """The 64 bytes of report data that bind evidence to the runtime's ephemeral key and the
     CAS nonce: SHA-512("confide-attest/v1" || 0 || SPKI DER || nonce)."""
     return hashlib.sha512(BINDING_PREFIX + public_key_der + nonce).digest()
-
-
-def check_binding(verified: VerifiedEvidence, binding: bytes) -> None:
-    """Raise :class:`BindingError` unless ``verified`` commits to ``binding`` (the 64 bytes of
-    :func:`binding_report_data`), compared in constant time. Where each platform carries it:
-
-    - ``nvidia-gpu``: the SPDM GET_MEASUREMENTS requester nonce (DSP0274 Table 40, 32 bytes,
-      covered by the GPU's signature) must be ``binding[:32]``;
-    - ``aws-nitro``: the document's ``nonce`` must be all 64 bytes;
-    - ``az-snp-vtpm`` / ``az-tdx-vtpm``: both the vTPM quote's extraData (``nonce``, signed by
-      the AK) and the runtime claims' ``user-data`` (``hcl_user_data``, hashed into the hardware
-      report's REPORT_DATA) must be all 64 bytes (``docs/azure-vtpm.md``, "What binds what");
-    - every other platform: its 64 bytes of report data (``report_data`` claim)."""
-    if verified.platform is Platform.NVIDIA_GPU:
-        checks = [("nonce", binding[:SPDM_NONCE_SIZE])]
-    elif verified.platform is Platform.AWS_NITRO:
-        checks = [("nonce", binding)]
-    elif verified.platform in (Platform.AZURE_SNP_VTPM, Platform.AZURE_TDX_VTPM):
-        checks = [("nonce", binding), ("hcl_user_data", binding)]
-    else:
-        checks = [("report_data", binding)]
-    for claim, expected in checks:
-        _check_bound(verified, claim, expected, binding)
-
-
-def _check_bound(verified: VerifiedEvidence, claim: str, expected: bytes, binding: bytes) -> None:
-    value = verified.claims.get(claim)
-    try:
-        got = bytes.fromhex(value) if isinstance(value, str) else b""
-    except ValueError:
-        got = b""
-    if not hmac.compare_digest(got, expected):
-        shown = f"{value[:32]}…" if isinstance(value, str) and value else "none"
-        part = f"the first {len(expected)} bytes of " if len(expected) < len(binding) else ""
-        raise BindingError(
-            f"{verified.platform} {claim.replace('_', ' ')} got {shown}, expected {part}the SHA-512"
-            " binding of the key and nonce"
-        )
 
 
 def verify_signed(doc: Any, expected_type: str) -> tuple[dict[str, Any], PublicIdentity]:

@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
-from confide.cas.verifier import PlatformVerifier
+from confide.cas.verifier import PlatformVerifier, check_binding
 from confide.collateral.dcap import DcapCollateralSource
 from confide.errors import (
     AppraisalError,
@@ -128,6 +128,8 @@ MEASUREMENT_CLAIMS: dict[Platform, str] = {
     Platform.SEV_SNP: "measurement",
     Platform.TDX: "mr_td",
     Platform.SGX: "mr_enclave",
+    Platform.AZURE_SNP_VTPM: "measurement",
+    Platform.AZURE_TDX_VTPM: "mr_td",
 }
 """The claim ``--measurement`` is compared with, per platform the CAS may run on."""
 _AUX_KEYS: dict[Platform, frozenset[str]] = {
@@ -135,6 +137,8 @@ _AUX_KEYS: dict[Platform, frozenset[str]] = {
     Platform.SEV_SNP: frozenset({"auxblob", "vcek"}),
     Platform.TDX: frozenset(),  # DCAP collateral comes from the client's --collateral only
     Platform.SGX: frozenset(),
+    Platform.AZURE_SNP_VTPM: frozenset(),  # the VCEK is inside the evidence
+    Platform.AZURE_TDX_VTPM: frozenset(),
 }
 _MAX_AUX = 4
 
@@ -196,7 +200,7 @@ def verify_cas_evidence(
                 "the CAS presents SIMULATED evidence: pass --sim-key (the simulated platform's public key)"
             )
         sim_key = load_platform_public_key(sim_key_pem)
-    elif platform in (Platform.SGX, Platform.TDX) and collateral is None:
+    elif platform in (Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM) and collateral is None:
         raise CollateralMissingError(
             f"the CAS runs on {platform}: pass --collateral (DCAP collateral: a dcap-qvl JSON bundle,"
             " a PCS directory or a PCS URL)"
@@ -228,9 +232,12 @@ def verify_cas_evidence(
                 f"the CAS measures {claim} {got[:32]}…, expected one of --measurement"
                 f" {', '.join(m[:16] + '…' for m in measurements)}"
             )
-    expected = cas_binding(cert_der, log_key).hex()
-    if not hmac.compare_digest(str(verified.claims.get("report_data", "")), expected):
-        raise BindingError("the CAS's evidence is not bound to the TLS certificate and log key it presented")
+    try:
+        check_binding(verified, cas_binding(cert_der, log_key))
+    except BindingError:
+        raise BindingError(
+            "the CAS's evidence is not bound to the TLS certificate and log key it presented"
+        ) from None
     try:
         pem = x509.load_der_x509_certificate(cert_der).public_bytes(serialization.Encoding.PEM)
     except ValueError:

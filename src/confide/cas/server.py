@@ -57,6 +57,7 @@ from confide.ledger.db import connect as ledger_connect
 from confide.ledger.note import NoteSigner, NoteVerifier
 from confide.ledger.store import Ledger
 from confide.ledger.witness_http import request_cosignatures
+from confide.runtime.azure_vtpm import AzureVtpmQuoteProvider
 from confide.runtime.quote import ConfigfsTsmQuoteProvider, GramineQuoteProvider, QuoteProvider
 from confide.sim.measure import measure_current_process
 from confide.sim.platform import SimPlatform
@@ -203,9 +204,14 @@ def _configure_logging() -> None:
         logging.getLogger(name).propagate = name != "uvicorn.access"
 
 
-TEE_CHOICES = ("tdx", "sev-snp", "sgx-gramine")
+TEE_CHOICES = ("tdx", "sev-snp", "sgx-gramine", "az-vtpm")
 """``confide cas serve --tee``: the TEE the CAS runs in, which provides its own evidence."""
-_TEE_PLATFORMS = {"tdx": Platform.TDX, "sev-snp": Platform.SEV_SNP, "sgx-gramine": Platform.SGX}
+_TEE_PLATFORMS: dict[str, frozenset[Platform]] = {
+    "tdx": frozenset({Platform.TDX}),
+    "sev-snp": frozenset({Platform.SEV_SNP}),
+    "sgx-gramine": frozenset({Platform.SGX}),
+    "az-vtpm": frozenset({Platform.AZURE_SNP_VTPM, Platform.AZURE_TDX_VTPM}),
+}
 CAS_BINDING_TEXT = "SHA-512('confide-cas/v1' || 0 || TLS certificate DER || log verifier key)"
 
 
@@ -215,6 +221,8 @@ def quote_provider_for(tee: str) -> QuoteProvider:
         return ConfigfsTsmQuoteProvider()
     if tee == "sgx-gramine":
         return GramineQuoteProvider()
+    if tee == "az-vtpm":
+        return AzureVtpmQuoteProvider()
     raise UsageError(f"--tee: got {tee!r}, expected one of {', '.join(TEE_CHOICES)}")
 
 
@@ -231,9 +239,10 @@ def tee_evidence(tee: str, provider: QuoteProvider, report_data: bytes) -> dict[
         raise type(exc)(
             f"--tee {tee}: cannot obtain the CAS's own evidence, not starting: {exc.message}"
         ) from None
-    if evidence.platform is not expected:
+    if evidence.platform not in expected:
+        wanted = " or ".join(sorted(p.value for p in expected))
         raise UsageError(
-            f"--tee {tee}: got {evidence.platform} evidence from {evidence.provider}, expected {expected}"
+            f"--tee {tee}: got {evidence.platform} evidence from {evidence.provider}, expected {wanted}"
         )
     return {
         "platform": evidence.platform.value,

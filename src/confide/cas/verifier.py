@@ -27,6 +27,7 @@ never taken from a request.
 
 from __future__ import annotations
 
+import hmac
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,10 +36,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from confide.collateral.dcap import DcapCollateralSource
-from confide.errors import CollateralMissingError, MeasurementError, ParseError, UsageError
+from confide.errors import BindingError, CollateralMissingError, MeasurementError, ParseError, UsageError
 from confide.evidence.azure_vtpm import HclReportType, parse_evidence
 from confide.evidence.dcap import Quote
 from confide.evidence.dcap_collateral import DcapCollateral
+from confide.evidence.nvidia import NONCE_SIZE as SPDM_NONCE_SIZE
 from confide.evidence.nvidia_rim import ReferenceManifest
 from confide.evidence.snp_certs import VCEK_GUID, VLEK_GUID, parse_cert_table
 from confide.platforms.sev_snp import embedded_roots
@@ -52,7 +54,7 @@ from confide.verify.sev_snp import AmdRootStore, SnpVerifier
 from confide.verify.sim import verify_sim
 from confide.verify.x509util import load_certificate_chain
 
-__all__ = ["MAX_GPUS", "MAX_RIMS", "GpuEvidence", "PlatformVerifier", "split_gpu_aux"]
+__all__ = ["MAX_GPUS", "MAX_RIMS", "GpuEvidence", "PlatformVerifier", "check_binding", "split_gpu_aux"]
 
 NVIDIA_CERTS = "certs"
 NVIDIA_RIM_PREFIX = "rim:"
@@ -173,7 +175,7 @@ class PlatformVerifier:
             return self.snp.verify(evidence, vek, at=at)
         if platform is Platform.NVIDIA_GPU:
             # The nonce is not checked here: the CAS compares it with the key binding
-            # (core.check_binding), as it does every platform's report data.
+            # (check_binding), as it does every platform's report data.
             certs, rims = _nvidia_aux(aux)
             try:
                 return verify_nvidia_report(
@@ -229,3 +231,41 @@ def _nvidia_aux(aux: dict[str, bytes]) -> tuple[list[x509.Certificate], list[Ref
             f"got {len(names)} RIMs, expected at most {MAX_RIMS}", structure="nvidia-gpu evidence"
         )
     return chain, [ReferenceManifest.from_bytes(aux[name]) for name in names]
+
+
+def check_binding(verified: VerifiedEvidence, binding: bytes) -> None:
+    """Raise :class:`BindingError` unless ``verified`` commits to ``binding`` (the 64 bytes of
+    :func:`binding_report_data`), compared in constant time. Where each platform carries it:
+
+    - ``nvidia-gpu``: the SPDM GET_MEASUREMENTS requester nonce (DSP0274 Table 40, 32 bytes,
+      covered by the GPU's signature) must be ``binding[:32]``;
+    - ``aws-nitro``: the document's ``nonce`` must be all 64 bytes;
+    - ``az-snp-vtpm`` / ``az-tdx-vtpm``: both the vTPM quote's extraData (``nonce``, signed by
+      the AK) and the runtime claims' ``user-data`` (``hcl_user_data``, hashed into the hardware
+      report's REPORT_DATA) must be all 64 bytes (``docs/azure-vtpm.md``, "What binds what");
+    - every other platform: its 64 bytes of report data (``report_data`` claim)."""
+    if verified.platform is Platform.NVIDIA_GPU:
+        checks = [("nonce", binding[:SPDM_NONCE_SIZE])]
+    elif verified.platform is Platform.AWS_NITRO:
+        checks = [("nonce", binding)]
+    elif verified.platform in (Platform.AZURE_SNP_VTPM, Platform.AZURE_TDX_VTPM):
+        checks = [("nonce", binding), ("hcl_user_data", binding)]
+    else:
+        checks = [("report_data", binding)]
+    for claim, expected in checks:
+        _check_bound(verified, claim, expected, binding)
+
+
+def _check_bound(verified: VerifiedEvidence, claim: str, expected: bytes, binding: bytes) -> None:
+    value = verified.claims.get(claim)
+    try:
+        got = bytes.fromhex(value) if isinstance(value, str) else b""
+    except ValueError:
+        got = b""
+    if not hmac.compare_digest(got, expected):
+        shown = f"{value[:32]}…" if isinstance(value, str) and value else "none"
+        part = f"the first {len(expected)} bytes of " if len(expected) < len(binding) else ""
+        raise BindingError(
+            f"{verified.platform} {claim.replace('_', ' ')} got {shown}, expected {part}the SHA-512"
+            " binding of the key and nonce"
+        )
