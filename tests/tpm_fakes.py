@@ -10,6 +10,10 @@
 - :class:`EmulatedParavisor`: a transport in front of swtpm that, like the paravisor, rewrites
   the HCL report index after the guest writes its report data (optionally some reads later,
   or never).
+- :class:`QuoteInterceptor`: a transport in front of swtpm that records TPM2_Quote commands and
+  responses, can rewrite each command before the TPM sees it (:func:`with_pcr_selection`) and
+  runs a hook after each response (e.g. :func:`pcr_extend`: a PCR changes between the quote and
+  the PCR read).
 - :class:`ScriptedTransport`: returns prepared responses (malformed-response tests).
 """
 
@@ -111,26 +115,31 @@ def start_swtpm() -> Iterator[Swtpm]:
                 process.stderr.close()
 
 
-def ak_template() -> bytes:
-    """TPMT_PUBLIC (Part 2 §12.2.4) of an RSA-2048 restricted signing key, RSASSA-SHA256."""
+def ak_template(scheme: int = Alg.RSASSA, hash_alg: int = Alg.SHA256) -> bytes:
+    """TPMT_PUBLIC (Part 2 §12.2.4) of an RSA-2048 restricted signing key, by default
+    RSASSA-SHA256 (Part 2 §12.2.3.5 TPMS_RSA_PARMS: the scheme is the key's, so TPM2_Quote with
+    inScheme TPM_ALG_NULL signs with it)."""
     attributes = (
         _FIXED_TPM | _FIXED_PARENT | _SENSITIVE_DATA_ORIGIN | _USER_WITH_AUTH | _NO_DA | _RESTRICTED | _SIGN
     )
     return (
         struct.pack(">HHI", Alg.RSA, Alg.SHA256, attributes)
         + struct.pack(">H", 0)  # authPolicy
-        + struct.pack(">HHHHIH", Alg.NULL, Alg.RSASSA, Alg.SHA256, 2048, 0, 0)  # parms, empty unique
+        + struct.pack(">HHHHIH", Alg.NULL, scheme, hash_alg, 2048, 0, 0)  # parms, empty unique
     )
 
 
-def provision_ak(tpm: Tpm, handle: int = AK_HANDLE) -> rsa.RSAPublicKey:
+def provision_ak(tpm: Tpm, handle: int = AK_HANDLE, template: bytes | None = None) -> rsa.RSAPublicKey:
+    """Persist a primary key of ``template`` (default :func:`ak_template`) at ``handle``,
+    replacing what is there. A primary key derives from the hierarchy's seed and the template
+    (Part 3 §24.1 TPM2_CreatePrimary), so the same template gives the same key again."""
     try:
         tpm.read_public(handle)
         tpm.evict_control(handle, handle)  # an evict of a persistent handle removes it
     except TpmCommandError as exc:
         if exc.name != "TPM_RC_HANDLE":
             raise
-    transient, _ = tpm.create_primary(TPM_RH_OWNER, ak_template())
+    transient, _ = tpm.create_primary(TPM_RH_OWNER, template or ak_template())
     tpm.evict_control(transient, handle)
     tpm.flush_context(transient)
     key = tpm.read_public(handle).public_key()
@@ -252,6 +261,55 @@ class EmulatedParavisor:
             if not self.stale:
                 self.pending, self.reads_left = data, self.lag
         return response
+
+
+@dataclass
+class QuoteInterceptor:
+    """Forwards every command to ``inner``; a TPM2_Quote command is first passed through
+    ``rewrite`` (so the TPM really signs the rewritten request) and recorded with its response,
+    then ``after_quote`` runs with the number of quotes so far."""
+
+    inner: TcpTransport
+    rewrite: Callable[[bytes], bytes] | None = None
+    after_quote: Callable[[int], None] | None = None
+    quotes: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def transmit(self, command: bytes) -> bytes:
+        if int.from_bytes(command[6:10], "big") != CommandCode.Quote:
+            return self.inner.transmit(command)
+        if self.rewrite is not None:
+            command = self.rewrite(command)
+        response = self.inner.transmit(command)
+        self.quotes.append((command, response))
+        if self.after_quote is not None:
+            self.after_quote(len(self.quotes))
+        return response
+
+
+def with_pcr_selection(command: bytes, selection: list[tuple[int, list[int]]]) -> bytes:
+    """A TPM2_Quote command (Part 3 §18.4.2: header, signHandle, authorizationSize, auth area,
+    qualifyingData, inScheme, PCRselect) whose PCRselect is replaced by the TPML_PCR_SELECTION
+    (Part 2 §10.9.7) of ``selection`` ((bank, PCR indices), 3-byte bitmaps, §10.6.2); the
+    commandSize is fixed up."""
+    auth_size = int.from_bytes(command[14:18], "big")
+    at = 18 + auth_size
+    at += 2 + int.from_bytes(command[at : at + 2], "big") + 2  # qualifyingData, inScheme
+    tpml = struct.pack(">I", len(selection))
+    for bank, pcrs in selection:
+        bitmap = bytearray(3)
+        for pcr in pcrs:
+            bitmap[pcr // 8] |= 1 << (pcr % 8)
+        tpml += struct.pack(">HB", bank, 3) + bytes(bitmap)
+    body = command[10:at] + tpml
+    return command[:2] + struct.pack(">I", 10 + len(body)) + command[6:10] + body
+
+
+def quote_response(response: bytes) -> tuple[bytes, bytes]:
+    """The TPMS_ATTEST and the TPMT_SIGNATURE of a successful TPM2_Quote response (Part 3
+    §18.4.3: header, parameterSize, then the parameters TPM2B_ATTEST quoted and signature)."""
+    params = response[14 : 14 + int.from_bytes(response[10:14], "big")]
+    size = int.from_bytes(params[:2], "big")
+    return params[2 : 2 + size], params[2 + size :]
 
 
 @dataclass

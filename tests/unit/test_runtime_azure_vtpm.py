@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +24,13 @@ from cryptography.x509.oid import NameOID
 
 from confide.errors import BindingError, NetworkError, ParseError, SignatureError, UsageError
 from confide.evidence.azure_vtpm import HclReport, HclReportType
-from confide.evidence.tpm import parse_attest
+from confide.evidence.tpm import (
+    TPM_ALG_RSASSA,
+    TPM_ALG_SHA256,
+    TpmSignature,
+    parse_attest,
+    parse_signature,
+)
 from confide.runtime.azure_vtpm import (
     AzureVtpmQuoteProvider,
     ImdsTdQuoteSource,
@@ -31,17 +38,23 @@ from confide.runtime.azure_vtpm import (
     hw_report_data,
     read_hcl_report,
 )
-from confide.runtime.tpm import TPMA_NV_OWNERREAD, TPMA_NV_OWNERWRITE, TcpTransport, Tpm
+from confide.runtime.tpm import TPMA_NV_OWNERREAD, TPMA_NV_OWNERWRITE, Alg, TcpTransport, Tpm
 from confide.verify.result import Platform
+from confide.verify.tpm import verify_quote
 from tpm_fakes import (
     AK_HANDLE,
     HCL_INDEX,
     USER_DATA_INDEX,
     EmulatedParavisor,
+    QuoteInterceptor,
+    ak_template,
     build_hcl_report,
     clear_index,
     define_hcl_index,
+    pcr_extend,
     provision_ak,
+    quote_response,
+    with_pcr_selection,
 )
 
 REPORT_DATA = hashlib.sha512(b"ephemeral key || nonce").digest()
@@ -243,6 +256,114 @@ def test_a_quote_that_does_not_verify_is_refused(vtpm: Tpm, ak: rsa.RSAPublicKey
     provider = AzureVtpmQuoteProvider(tampered, vcek_source=FakeVcek(), td_quote_source=FakeTdQuotes())
     with pytest.raises(SignatureError, match="does not verify"):
         provider.get_evidence(REPORT_DATA)
+
+
+def _quoting_provider(
+    vtpm: Tpm, ak: rsa.RSAPublicKey, interceptor: QuoteInterceptor
+) -> AzureVtpmQuoteProvider:
+    # the report already carries the report data: no paravisor needed
+    define_hcl_index(vtpm, build_hcl_report(ak, REPORT_DATA))
+    return AzureVtpmQuoteProvider(Tpm(interceptor), vcek_source=FakeVcek(), td_quote_source=FakeTdQuotes())
+
+
+def test_a_pcr_extended_between_quote_and_read_means_quote_again(vtpm: Tpm, ak: rsa.RSAPublicKey) -> None:
+    assert isinstance(vtpm.transport, TcpTransport)
+    transport = vtpm.transport
+    before = vtpm.pcr_read()
+
+    def extend_once(quotes: int) -> None:
+        if quotes == 1:
+            pcr_extend(transport, 23, hashlib.sha256(b"measured between quote and read").digest())
+
+    interceptor = QuoteInterceptor(transport, after_quote=extend_once)
+    evidence = _quoting_provider(vtpm, ak, interceptor).get_evidence(REPORT_DATA)
+    assert len(interceptor.quotes) == 2
+    # the first quote was over the PCRs before the extend, so it did not match the read
+    first = parse_attest(quote_response(interceptor.quotes[0][1])[0])
+    assert first.pcr_digest == hashlib.sha256(b"".join(before)).digest()
+    quote = json.loads(evidence.raw)["tpm_quote"]
+    pcrs = [bytes.fromhex(p) for p in quote["pcrs"]]
+    assert pcrs == vtpm.pcr_read() and pcrs[23] != before[23] and pcrs[:23] == before[:23]
+    assert bytes.fromhex(quote["message"]) == quote_response(interceptor.quotes[1][1])[0]
+    verified = verify_quote(
+        bytes.fromhex(quote["message"]),
+        TpmSignature(TPM_ALG_RSASSA, TPM_ALG_SHA256, rsa=bytes.fromhex(quote["signature"])),
+        ak,
+        {TPM_ALG_SHA256: dict(enumerate(pcrs))},
+        nonce=REPORT_DATA,
+    )
+    assert verified.attest.pcr_digest == hashlib.sha256(b"".join(pcrs)).digest()
+
+
+def test_pcrs_that_keep_changing_are_refused(vtpm: Tpm, ak: rsa.RSAPublicKey) -> None:
+    assert isinstance(vtpm.transport, TcpTransport)
+    transport = vtpm.transport
+
+    def extend(quotes: int) -> None:
+        pcr_extend(transport, 23, hashlib.sha256(b"measurement %d" % quotes).digest())
+
+    interceptor = QuoteInterceptor(transport, after_quote=extend)
+    with pytest.raises(BindingError, match="the PCRs kept changing between the quote and the PCR read"):
+        _quoting_provider(vtpm, ak, interceptor).get_evidence(REPORT_DATA)
+    assert len(interceptor.quotes) == 3  # the provider's _QUOTE_ATTEMPTS
+
+
+@pytest.mark.parametrize(
+    ("scheme", "hash_alg", "name"),
+    [(Alg.RSASSA, Alg.SHA384, "rsassa/sha384"), (Alg.RSAPSS, Alg.SHA256, "rsapss/sha256")],
+)
+def test_a_quote_not_signed_with_rsassa_sha256_is_refused(
+    vtpm: Tpm, ak: rsa.RSAPublicKey, scheme: Alg, hash_alg: Alg, name: str
+) -> None:
+    """The evidence carries the bare RSA signature, which verifiers read as RSASSA-SHA256: an AK
+    of another scheme (whose quote verify_quote itself would accept) is refused."""
+    assert isinstance(vtpm.transport, TcpTransport)
+    other = provision_ak(vtpm, template=ak_template(scheme, hash_alg))
+    try:
+        assert other.public_numbers() != ak.public_numbers()
+        interceptor = QuoteInterceptor(vtpm.transport)
+        with pytest.raises(SignatureError, match=f"the quote is signed with {name}, expected rsassa/sha256"):
+            _quoting_provider(vtpm, other, interceptor).get_evidence(REPORT_DATA)
+        # the TPM really signed with that scheme, and the signature is good
+        attest, raw_signature = quote_response(interceptor.quotes[0][1])
+        signature = parse_signature(raw_signature)
+        assert (signature.sig_alg, signature.hash_alg) == (scheme, hash_alg)
+        pcrs = vtpm.pcr_read()
+        verify_quote(
+            attest,
+            signature,
+            other,
+            {TPM_ALG_SHA256: dict(enumerate(pcrs))},
+            nonce=REPORT_DATA,
+        )
+    finally:
+        assert provision_ak(vtpm).public_numbers() == ak.public_numbers()  # the module's AK again
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [
+        [(Alg.SHA256, list(range(23)))],  # PCR 23 left out
+        [(Alg.SHA256, list(range(1, 24)))],  # PCR 0 left out
+        [(Alg.SHA1, list(range(24)))],  # another bank
+        [(Alg.SHA384, list(range(24)))],
+        [(Alg.SHA256, list(range(24))), (Alg.SHA1, [0])],  # and one more
+        [(Alg.SHA256, list(range(24))), (Alg.SHA256, [0])],  # PCR 0 twice
+    ],
+)
+def test_a_quote_of_another_pcr_selection_is_refused(
+    vtpm: Tpm, ak: rsa.RSAPublicKey, selection: list[tuple[int, list[int]]]
+) -> None:
+    """The TPM is asked (by rewriting the TPM2_Quote command on its way) to quote another PCR
+    selection than SHA-256 PCRs 0-23; it does, signs it, and the provider refuses the quote."""
+    assert isinstance(vtpm.transport, TcpTransport)
+    interceptor = QuoteInterceptor(vtpm.transport, rewrite=lambda c: with_pcr_selection(c, selection))
+    selected = tuple((int(bank), i) for bank, pcrs in selection for i in pcrs)
+    message = f"the quote selects (bank, PCR) {selected}, expected SHA-256 PCRs 0-23"
+    with pytest.raises(BindingError, match=f"^{re.escape(message)}$"):
+        _quoting_provider(vtpm, ak, interceptor).get_evidence(REPORT_DATA)
+    assert len(interceptor.quotes) == 1
+    assert parse_attest(quote_response(interceptor.quotes[0][1])[0]).selected() == selected
 
 
 # --- the HCL report: confide.evidence.azure_vtpm's parser plus the binding check -----------------
