@@ -5,7 +5,11 @@ The data directory holds (created on first start, mode 0700/0600):
 - ``master.key``: the 32-byte key that seals secrets at rest, in plain (``--seal file``,
   development only); or ``master.key.sealed``: the same key sealed to the TEE the CAS runs in
   (``--seal gramine|gramine-mrsigner|sev-snp``; :mod:`confide.cas.master_key`);
-- ``cas-key.pem`` / ``cas-cert.pem``: the CAS's TLS key and self-signed certificate;
+- ``cas-key.pem`` / ``cas-cert.pem``: the CAS's TLS key and self-signed certificate; with a
+  sealing provider the key is encrypted under a key derived from the master key
+  (:mod:`confide.cas.keyfiles`);
+- ``log.key``: the transparency log's signer key (plain); with a sealing provider
+  ``log.key.sealed`` instead, sealed under the master key;
 - ``cas.db``: the embedded SQLite database (unless ``--db`` names PostgreSQL);
 - ``sim/``: with ``--dev``, the simulated platform's key (development only);
 - ``client.env``: ``export`` lines with what a client needs (``CONFIDE_CAS_URL``,
@@ -37,12 +41,12 @@ from typing import Any
 import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from confide.cas.app import create_app
 from confide.cas.core import Cas
 from confide.cas.db import Database, raw_connection
+from confide.cas.keyfiles import TLS_KEY_NAME, load_log_signer, load_tls_key, tls_key_password
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.master_key import load_master_key
 from confide.cas.pin import cas_binding
@@ -51,7 +55,7 @@ from confide.cas.secrets import Sealer
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral.dcap import source_for
 from confide.errors import ConfideError, UsageError
-from confide.fsutil import write_atomic, write_new
+from confide.fsutil import write_atomic
 from confide.ledger.db import Conn, connect_postgres
 from confide.ledger.db import connect as ledger_connect
 from confide.ledger.note import NoteSigner, NoteVerifier
@@ -66,11 +70,13 @@ from confide.verify.result import Platform
 __all__ = ["TEE_CHOICES", "prepare", "quote_provider_for", "serve", "tee_evidence"]
 
 
-def _tls_identity(data_dir: Path, host: str) -> tuple[Path, Path]:
-    key_path, cert_path = data_dir / "cas-key.pem", data_dir / "cas-cert.pem"
-    if key_path.exists() and cert_path.exists():
+def _tls_identity(data_dir: Path, host: str, sealer: Sealer | None = None) -> tuple[Path, Path]:
+    """The TLS key (:func:`confide.cas.keyfiles.load_tls_key`: protected by the master key when
+    the CAS runs with a sealing provider) and its self-signed certificate, made when the key is."""
+    key_path, cert_path = data_dir / TLS_KEY_NAME, data_dir / "cas-cert.pem"
+    key, created = load_tls_key(key_path, sealer)
+    if cert_path.exists() and not created:
         return key_path, cert_path
-    key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "confide CAS")])
     sans: list[x509.GeneralName] = [
         x509.DNSName("localhost"),
@@ -93,23 +99,8 @@ def _tls_identity(data_dir: Path, host: str) -> tuple[Path, Path]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .sign(key, hashes.SHA256())
     )
-    write_new(
-        key_path,
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
-    )
     write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return key_path, cert_path
-
-
-def _log_signer(data_dir: Path, cert_sha256: str) -> NoteSigner:
-    """The CAS's log key (C2SP signed-note Ed25519), created on first start (mode 0600). Its
-    name is the log origin; the CAS's evidence binds the verifier key (``confide cas attest``)."""
-    path = data_dir / "log.key"
-    if not path.exists():
-        write_new(path, NoteSigner.generate(f"confide-cas/{cert_sha256[:16]}").skey.encode())
-    return NoteSigner.from_skey(path.read_text())
 
 
 class Checkpointer:
@@ -277,9 +268,10 @@ def prepare(
     os.chmod(data_dir, 0o700)
     sealer = Sealer(load_master_key(data_dir, seal))
     master_key = f"sealed: {seal.name} ({seal.binding})" if seal else "plain file"
-    key_path, cert_path = _tls_identity(data_dir, host)
+    protect = sealer if seal is not None else None
+    key_path, cert_path = _tls_identity(data_dir, host, protect)
     env = {"CONFIDE_CAS_CERT": str(cert_path.resolve())}
-    signer = _log_signer(data_dir, _cert_sha256(cert_path))
+    signer = load_log_signer(data_dir, f"confide-cas/{_cert_sha256(cert_path)[:16]}", protect)
     env["CONFIDE_LOG_KEY"] = signer.verifier.vkey
     sim_key = None
     cas_evidence = None
@@ -375,6 +367,7 @@ def serve(
     config = uvicorn.Config(
         app,
         ssl_keyfile=str(key_path),
+        ssl_keyfile_password=tls_key_password(cas.sealer).decode() if seal is not None else None,
         ssl_certfile=str(cert_path),
         ssl_version=ssl.PROTOCOL_TLS_SERVER,
         log_config=None,
