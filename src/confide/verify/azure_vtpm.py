@@ -156,8 +156,21 @@ def verify_azure_snp(
     if vmpl != HCL_VMPL:
         raise BindingError(f"step 2: the SNP report's VMPL is {vmpl}, expected {HCL_VMPL} (the paravisor's)")
     report_data = bytes.fromhex(str(hw.claims["report_data"]))
-    # Steps 3-6.
-    _check_var_data(evidence, report_data, "SNP report")
+    return _steps_3_to_6(evidence, hw, report_data, "SNP report", Platform.AZURE_SNP_VTPM, at, nonce)
+
+
+def _steps_3_to_6(
+    evidence: AzureVtpmEvidence,
+    hw: VerifiedEvidence,
+    report_data: bytes,
+    what: str,
+    platform: Platform,
+    at: datetime,
+    nonce: bytes | None,
+) -> VerifiedEvidence:
+    """The runtime claims bound by the verified hardware report ``hw`` (its REPORT_DATA), the
+    user-data and the TPM quote; the result carries the hardware claims and the vTPM's."""
+    _check_var_data(evidence, report_data, what)
     claims = evidence.hcl_report.runtime_claims()
     checked = _check_user_data(evidence, claims, nonce)
     extra_data, pcrs = _check_tpm_quote(evidence, claims, nonce)
@@ -166,7 +179,7 @@ def verify_azure_snp(
     details = dict(hw.details)
     details.update(_details(evidence, claims))
     return VerifiedEvidence(
-        platform=Platform.AZURE_SNP_VTPM,
+        platform=platform,
         claims=out,
         verified_at=at,
         evidence_digest=hashlib.sha256(evidence.raw).hexdigest(),
@@ -231,21 +244,6 @@ def verify_azure_tdx(
     hw = dcap.verify_parsed(quote, evidence.td_quote, collateral, at=at)
     td = TdReportStruct.from_bytes(evidence.hcl_report.hw_report)
     _check_td_report(td, quote.report)
-    # Steps 3-6.
-    _check_var_data(evidence, quote.report.report_data, "TD quote")
-    claims = evidence.hcl_report.runtime_claims()
-    checked = _check_user_data(evidence, claims, nonce)
-    extra_data, pcrs = _check_tpm_quote(evidence, claims, nonce)
-    out = dict(hw.claims)
-    out.update(_azure_claims(claims, extra_data, pcrs, nonce, checked))
-    details = dict(hw.details)
-    details.update(_details(evidence, claims))
-    return VerifiedEvidence(
-        platform=Platform.AZURE_TDX_VTPM,
-        claims=out,
-        verified_at=at,
-        evidence_digest=hashlib.sha256(evidence.raw).hexdigest(),
-        tcb_status=hw.tcb_status,
-        advisory_ids=hw.advisory_ids,
-        details=details,
+    return _steps_3_to_6(
+        evidence, hw, quote.report.report_data, "TD quote", Platform.AZURE_TDX_VTPM, at, nonce
     )
