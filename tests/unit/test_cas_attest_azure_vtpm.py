@@ -244,24 +244,29 @@ class _NoTdQuotes:
         raise AssertionError("an SEV-SNP VM asks IMDS for no TD quote")
 
 
+def _snp_report(report_data: bytes) -> bytes:
+    return AMD.sign(AMD.report(vmpl=0, report_data=report_data))
+
+
+def azure_guest(swtpm_tpm: Tpm) -> AzureVtpmQuoteProvider:
+    """The guest side of an Azure SEV-SNP CVM on swtpm: an AK at 0x81000003, the HCL report NV
+    index, and an emulated paravisor that signs its SNP reports under the test AMD PKI."""
+    ak = provision_ak(swtpm_tpm)
+    clear_index(swtpm_tpm, USER_DATA_INDEX)
+    define_hcl_index(swtpm_tpm, build_hcl_report(ak, bytes(64), sign_hw=_snp_report))
+    assert isinstance(swtpm_tpm.transport, TcpTransport)
+    return AzureVtpmQuoteProvider(
+        Tpm(EmulatedParavisor(swtpm_tpm.transport, ak, sign_hw=_snp_report)),
+        vcek_source=_Vcek(AMD.vek.public_bytes(serialization.Encoding.DER)),
+        td_quote_source=_NoTdQuotes(),
+    )
+
+
 def test_guest_provider_on_swtpm_to_cas(cas: Cas, swtpm_tpm: Tpm) -> None:
     """``confide run --tee az-vtpm``'s provider against a real swtpm whose emulated paravisor signs
     its SNP reports with the test AMD PKI; the evidence it produces is accepted by the CAS for a
     policy pinning the vTPM's PCRs, and refused once a PCR is extended."""
-    ak = provision_ak(swtpm_tpm)
-    clear_index(swtpm_tpm, USER_DATA_INDEX)
-
-    def sign(report_data: bytes) -> bytes:
-        return AMD.sign(AMD.report(vmpl=0, report_data=report_data))
-
-    define_hcl_index(swtpm_tpm, build_hcl_report(ak, bytes(64), sign_hw=sign))
-    assert isinstance(swtpm_tpm.transport, TcpTransport)
-    paravisor = EmulatedParavisor(swtpm_tpm.transport, ak, sign_hw=sign)
-    provider = AzureVtpmQuoteProvider(
-        Tpm(paravisor),
-        vcek_source=_Vcek(AMD.vek.public_bytes(serialization.Encoding.DER)),
-        td_quote_source=_NoTdQuotes(),
-    )
+    provider = azure_guest(swtpm_tpm)
     pcrs = swtpm_tpm.pcr_read(range(24))
     policy = POLICY.replace("name: app", "name: vm").replace(
         f'"0": "{PCRS[0].hex()}"', f'"0": "{pcrs[0].hex()}"'
@@ -293,19 +298,7 @@ def test_cas_on_an_azure_cvm_attests_itself(tmp_path: Path, swtpm_tpm: Tpm) -> N
     """``confide cas serve --tee az-vtpm``: the CAS's own evidence comes from the paravisor's vTPM
     (swtpm + emulated paravisor signing under the test AMD PKI), bound to its TLS certificate and
     log key; ``verify_cas_evidence`` (what ``confide cas attest`` runs) pins it."""
-    ak = provision_ak(swtpm_tpm)
-    clear_index(swtpm_tpm, USER_DATA_INDEX)
-
-    def sign(report_data: bytes) -> bytes:
-        return AMD.sign(AMD.report(vmpl=0, report_data=report_data))
-
-    define_hcl_index(swtpm_tpm, build_hcl_report(ak, bytes(64), sign_hw=sign))
-    assert isinstance(swtpm_tpm.transport, TcpTransport)
-    provider = AzureVtpmQuoteProvider(
-        Tpm(EmulatedParavisor(swtpm_tpm.transport, ak, sign_hw=sign)),
-        vcek_source=_Vcek(AMD.vek.public_bytes(serialization.Encoding.DER)),
-        td_quote_source=_NoTdQuotes(),
-    )
+    provider = azure_guest(swtpm_tpm)
     try:
         cas, evidence, _key, cert_path, _env, _signer = prepare(
             tmp_path / "cas", host="127.0.0.1", dev=False, db_url=None, collateral=None,
