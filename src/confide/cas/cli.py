@@ -248,10 +248,11 @@ def policy_events(name: str, identity_file: Path) -> None:
 @click.option("--config-id", required=True, help="POLICY/SERVICE")
 @click.option(
     "--tee",
-    type=click.Choice(["sim", "tdx", "sev-snp", "sgx-gramine", "az-vtpm"]),
+    type=click.Choice(["sim", "tdx", "sev-snp", "sgx-gramine", "az-vtpm", "aws-nitro"]),
     default="sim",
     show_default=True,
-    help="az-vtpm: an Azure SEV-SNP or TDX confidential VM (paravisor vTPM, /dev/tpmrm0)",
+    help="az-vtpm: an Azure SEV-SNP or TDX confidential VM (paravisor vTPM, /dev/tpmrm0); "
+    "aws-nitro: inside an AWS Nitro Enclave (the NSM device, /dev/nsm)",
 )
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(config_id: str, tee: str, command: tuple[str, ...]) -> None:
@@ -283,6 +284,12 @@ def run(config_id: str, tee: str, command: tuple[str, ...]) -> None:
         from confide.runtime.azure_vtpm import AzureVtpmQuoteProvider
 
         provider = AzureVtpmQuoteProvider()
+    elif tee == "aws-nitro":
+        from confide.runtime.nitro import DeviceNsmTransport, NitroQuoteProvider
+
+        transport = DeviceNsmTransport()
+        transport.check()  # no /dev/nsm: refuse before asking the CAS for a nonce
+        provider = NitroQuoteProvider(transport)
     else:
         provider = GramineQuoteProvider()
     client = CasClient.from_env()

@@ -39,6 +39,7 @@ __all__ = [
     "AttestationDocument",
     "CoseSign1",
     "NitroDocument",
+    "decode_cbor",
     "decode_document_text",
 ]
 
@@ -88,8 +89,12 @@ def _refuse_semantic(structure: str, number: int) -> Callable[[Any], Any]:
 _SEMANTIC_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 261, 1004, 55799)
 
 
-def _decode(data: bytes, structure: str) -> Any:
-    """Decode exactly one CBOR item filling ``data``; any failure is a ParseError."""
+def decode_cbor(data: bytes, structure: str) -> Any:
+    """Decode exactly one CBOR item filling ``data``; any failure is a ParseError.
+
+    Strict: nesting depth at most ``MAX_DEPTH``, no duplicate map keys, no tags (except COSE's
+    tag 18 when ``structure`` is ``"COSE_Sign1"``), text strictly UTF-8, no trailing bytes. The
+    caller bounds the size of ``data``."""
     fp = io.BytesIO(data)
     try:
         decoder = cbor2.CBORDecoder(
@@ -147,7 +152,7 @@ class AttestationDocument:
 
     @classmethod
     def from_payload(cls, payload_bytes: bytes) -> AttestationDocument:
-        payload = _decode(payload_bytes, _DOC)
+        payload = decode_cbor(payload_bytes, _DOC)
         if not isinstance(payload, dict):
             raise ParseError(f"got {type(payload).__name__}, expected a map", structure=_DOC)
         for key in payload:
@@ -215,7 +220,7 @@ class CoseSign1:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CoseSign1:
-        item = _decode(data, _COSE)
+        item = decode_cbor(data, _COSE)
         tagged = isinstance(item, cbor2.CBORTag)
         if tagged:
             item = item.value
@@ -231,7 +236,7 @@ class CoseSign1:
             raise ParseError(
                 f"got {type(unprotected).__name__}, expected a map", structure=_COSE, field="unprotected"
             )
-        header = _decode(protected, _COSE) if protected else {}
+        header = decode_cbor(protected, _COSE) if protected else {}
         if not isinstance(header, dict):
             raise ParseError("protected header is not a map", structure=_COSE, field="protected")
         if COSE_HEADER_CRIT in header:
