@@ -432,6 +432,10 @@ def test_cas_attest_pins_the_tls_identity(cas: CasProcess, tmp_path: Path) -> No
     )
     assert pin.read_bytes() == Path(cas.env["CONFIDE_CAS_CERT"]).read_bytes()
     assert "SIMULATED" in r.stderr
+    # The CAS says when it obtained the evidence (it refreshes it every --evidence-refresh).
+    assert re.search(r"evidence obtained: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(\d+ h \d+ min ago\)", r.stderr), (
+        r.stderr
+    )
     measured = re.search(r"measurement: ([0-9a-f]+)", r.stderr).group(1)  # type: ignore[union-attr]
     r = confide(cas, "cas", "attest", cas.env["CONFIDE_CAS_URL"], "--measurement", measured.upper())
     assert r.returncode == 0 and "as expected" in r.stderr, r.stderr

@@ -308,9 +308,11 @@ def test_cas_on_an_azure_cvm_attests_itself(tmp_path: Path, swtpm_tpm: Tpm) -> N
     finally:
         clear_index(swtpm_tpm, USER_DATA_INDEX)
         clear_index(swtpm_tpm, HCL_INDEX)
-    assert evidence is not None and evidence["platform"] == "az-snp-vtpm" and evidence["aux"] == {}
+    assert evidence is not None
+    document = evidence.document
+    assert document["platform"] == "az-snp-vtpm" and document["aux"] == {}
     cert_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(serialization.Encoding.DER)
-    body = json.dumps(evidence).encode()
+    body = evidence.body
     now = datetime.now(UTC)
     pinned = verify_cas_evidence(cert_der, body, sim_key_pem=None, at=now, amd_roots=AMD.roots(),
                                  measurements=(MEASUREMENT,))  # fmt: skip

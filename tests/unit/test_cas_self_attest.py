@@ -3,9 +3,11 @@ quote provider, ``attest_cas`` / ``verify_cas_evidence`` verify it before pinnin
 
 SEV-SNP end to end: a fake configfs-tsm tree (the FUSE fake of test_runtime_quote.py) whose
 reports are signed by a private AMD-shaped PKI (snp_fakes.py) over the CAS's binding, with the
-VCEK in the certificate table (``auxblob``); the CAS's real ``prepare()`` obtains the evidence,
-a TLS server presents the CAS's certificate and the evidence document, and ``attest_cas``
-verifies and pins it. TDX and SGX: real quotes and collateral (tests/assets); their report data
+VCEK in the certificate table (``auxblob``) and another report ID in each report; the CAS's real
+``prepare()`` obtains the evidence, a TLS server presents the CAS's certificate and the evidence
+document, and ``attest_cas`` verifies and pins it. The refresh (``CasEvidence.refresh``,
+``EvidenceRefresher.refresh_once``) re-obtains it from the same tree, and ``GET
+/v1/cas/evidence`` and ``/metrics`` are read through the real app (in process). TDX and SGX: real quotes and collateral (tests/assets); their report data
 cannot be re-signed, so these tests stop at the binding, which proves every check before it.
 """
 
@@ -13,11 +15,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
+import logging
+import multiprocessing
 import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -27,8 +33,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from snp_fakes import AT, FakeAmd, cert_table, make_fake_amd
 
+from asgi_call import call
 from cli import run_confide
 from confide import errors
+from confide.cas.app import create_app
+from confide.cas.core import Cas
+from confide.cas.own_evidence import CasEvidence, EvidenceRefresher
 from confide.cas.pin import attest_cas, verify_cas_evidence
 from confide.cas.server import prepare, tee_evidence
 from confide.collateral.dcap import source_for
@@ -43,7 +53,7 @@ from confide.runtime.quote import (
 )
 from confide.verify.result import Platform
 from dcap_cases import ASSETS, CASES, Case
-from quote_fakes import FakeGramine, FakeTsm, TsmBehaviour, mounted
+from quote_fakes import FakeGramine, FakeTsm, TsmBehaviour, mfusepy, mounted
 
 MEASUREMENT = "cd" * 48  # snp_fakes' report measurement
 
@@ -60,16 +70,32 @@ class SigningTsm(FakeTsm):
         self.auxblob = cert_table(
             [(VCEK_GUID, amd.vek.public_bytes(der)), (ASK_GUID, amd.ask.public_bytes(der))]
         )
+        # Shared with the FUSE child process (forked): reports signed so far (each has report ID =
+        # this count), and the errno reading outblob fails with (0: none), set by the test.
+        shared = multiprocessing.get_context("fork")
+        self.issued = shared.Value("i", 0)
+        self.outblob_errno = shared.Value("i", 0)
 
     def _report(self, entry: dict[str, Any]) -> bytes:
-        report = self.amd.report(
-            report_data=entry["inblob"].ljust(64, b"\0"), vmpl=entry["privlevel"], policy=self.policy
-        )
-        return self.amd.sign(report)
+        # One signed report per request (an entry's inblob and privlevel), however it is read.
+        key = (entry["inblob"], entry["privlevel"])
+        if entry.get("signed", (None,))[0] != key:
+            with self.issued.get_lock():
+                self.issued.value += 1
+                number = self.issued.value
+            report = self.amd.report(
+                report_data=entry["inblob"].ljust(64, b"\0"), vmpl=entry["privlevel"], policy=self.policy,
+                report_id=number.to_bytes(32, "big"),
+            )  # fmt: skip
+            entry["signed"] = (key, self.amd.sign(report))
+        signed: bytes = entry["signed"][1]
+        return signed
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         if path.endswith("/auxblob"):
             return self.auxblob[offset : offset + size]
+        if path.endswith("/outblob") and self.outblob_errno.value:
+            raise mfusepy.FuseOSError(self.outblob_errno.value)
         data: bytes = super().read(path, size, offset, fh)
         return data
 
@@ -81,8 +107,15 @@ def amd() -> FakeAmd:
 
 @contextlib.contextmanager
 def snp_tsm(tmp_path: Path, amd: FakeAmd, *, debug: bool = False) -> Iterator[Path]:
-    with mounted(tmp_path / "tsm" / "report", SigningTsm(amd, debug=debug)) as root:
+    with signing_tsm(tmp_path, amd, debug=debug) as (root, _tsm):
         yield root
+
+
+@contextlib.contextmanager
+def signing_tsm(tmp_path: Path, amd: FakeAmd, *, debug: bool = False) -> Iterator[tuple[Path, SigningTsm]]:
+    tsm = SigningTsm(amd, debug=debug)
+    with mounted(tmp_path / "tsm" / "report", tsm) as root:
+        yield root, tsm
 
 
 @contextlib.contextmanager
@@ -121,7 +154,7 @@ def start_snp_cas(data_dir: Path, root: Path) -> tuple[dict[str, Any], Path, Pat
     )  # fmt: skip
     cas.db.dispose()
     assert evidence is not None
-    return evidence, cert_path, key_path
+    return evidence.document, cert_path, key_path
 
 
 # --- SEV-SNP end to end ---------------------------------------------------------------------------
@@ -196,6 +229,146 @@ def test_snp_document_without_vcek_or_with_foreign_aux_is_refused(tmp_path: Path
     tampered[0x90] ^= 1  # the measurement
     with pytest.raises(errors.SignatureError):
         verify({**evidence, "evidence": base64.b64encode(bytes(tampered)).decode()})
+
+
+# --- SEV-SNP: refreshing the CAS's own evidence -------------------------------------------------
+
+
+class Clock:
+    """The time ``prepare(clock=...)`` stamps into ``obtained_at``; tests move it."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def refreshing_snp_cas(data_dir: Path, root: Path, clock: Clock) -> tuple[Cas, CasEvidence, bytes]:
+    cas, evidence, _key, cert_path, _env, _signer = prepare(
+        data_dir, host="127.0.0.1", dev=False, db_url=None, collateral=None,
+        tee="sev-snp", quote_provider=ConfigfsTsmQuoteProvider(root), clock=clock,
+    )  # fmt: skip
+    assert evidence is not None
+    return cas, evidence, _der(cert_path)
+
+
+def get(app: Any, path: str) -> bytes:
+    status, body = call(app, path, [b""], method="GET")
+    assert status == 200, body[:300]
+    return body
+
+
+def metric(app: Any, name: str) -> float:
+    lines = [line for line in get(app, "/metrics").decode().splitlines() if line.startswith(name + " ")]
+    assert len(lines) == 1, name
+    return float(lines[0].split()[1])
+
+
+def test_snp_refresh_serves_new_evidence_with_the_same_binding(tmp_path: Path, amd: FakeAmd) -> None:
+    clock = Clock(AT)
+    with signing_tsm(tmp_path, amd) as (root, tsm):
+        cas, evidence, cert_der = refreshing_snp_cas(tmp_path / "cas", root, clock)
+        app = create_app(cas, cas_evidence=evidence)
+        first = get(app, "/v1/cas/evidence")
+        clock.now = AT + timedelta(hours=1, microseconds=250)
+        assert EvidenceRefresher(evidence, 3600).refresh_once()
+        second = get(app, "/v1/cas/evidence")
+        refreshes = metric(app, "confide_cas_evidence_refreshes_total")
+        failures = metric(app, "confide_cas_evidence_refresh_failures_total")
+        obtained = metric(app, "confide_cas_evidence_obtained_timestamp_seconds")
+    cas.db.dispose()
+    assert tsm.issued.value == 2
+    assert (refreshes, failures, obtained) == (1, 0, (AT + timedelta(hours=1)).timestamp())
+    old, new = json.loads(first), json.loads(second)
+    assert old["obtained_at"] == "2025-06-01T00:00:00Z" and new["obtained_at"] == "2025-06-01T01:00:00Z"
+    assert new["evidence"] != old["evidence"]
+    assert {k: v for k, v in new.items() if k not in ("evidence", "obtained_at")} == {
+        k: v for k, v in old.items() if k not in ("evidence", "obtained_at")
+    }
+    pinned_old = verify_cas_evidence(cert_der, first, sim_key_pem=None, at=AT, amd_roots=amd.roots())
+    pinned_new = verify_cas_evidence(
+        cert_der, second, sim_key_pem=None, at=clock.now, amd_roots=amd.roots(), measurements=(MEASUREMENT,)
+    )
+    assert pinned_old.evidence.claims["report_id"] == (1).to_bytes(32, "big").hex()
+    assert pinned_new.evidence.claims["report_id"] == (2).to_bytes(32, "big").hex()
+    # The same binding: the report data of both is the CAS's certificate and log key.
+    assert pinned_new.evidence.claims["report_data"] == pinned_old.evidence.claims["report_data"]
+    assert (
+        pinned_new.log_key == pinned_old.log_key
+        and pinned_new.certificate_sha256 == pinned_old.certificate_sha256
+    )
+    assert pinned_old.obtained_at == AT and pinned_new.obtained_at == AT + timedelta(hours=1)
+
+
+def test_snp_failed_refresh_keeps_the_served_evidence_and_is_counted(
+    tmp_path: Path, amd: FakeAmd, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock(AT)
+    with signing_tsm(tmp_path, amd) as (root, tsm):
+        cas, evidence, cert_der = refreshing_snp_cas(tmp_path / "cas", root, clock)
+        app = create_app(cas, cas_evidence=evidence)
+        served = get(app, "/v1/cas/evidence")
+        refresher = EvidenceRefresher(evidence, 600)
+        tsm.outblob_errno.value = errno.EIO  # the PSP does not answer
+        clock.now = AT + timedelta(minutes=10)
+        with caplog.at_level(logging.WARNING, logger="confide.cas"):
+            assert not refresher.refresh_once()
+            assert not refresher.refresh_once()
+        assert get(app, "/v1/cas/evidence") == served
+        assert metric(app, "confide_cas_evidence_refresh_failures_total") == 2
+        assert metric(app, "confide_cas_evidence_refreshes_total") == 0
+        assert metric(app, "confide_cas_evidence_obtained_timestamp_seconds") == AT.timestamp()
+        # The next period succeeds again.
+        tsm.outblob_errno.value = 0
+        clock.now = AT + timedelta(minutes=20)
+        assert refresher.refresh_once()
+        refreshed = get(app, "/v1/cas/evidence")
+        assert metric(app, "confide_cas_evidence_refresh_failures_total") == 2
+        assert metric(app, "confide_cas_evidence_refreshes_total") == 1
+    cas.db.dispose()
+    assert refreshed != served
+    verify_cas_evidence(cert_der, refreshed, sim_key_pem=None, at=clock.now, amd_roots=amd.roots())
+    warnings = [json.loads(r.getMessage()) for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert warnings[0]["event"] == "cas-evidence-refresh-failed"
+    assert warnings[0]["serving_obtained_at"] == "2025-06-01T00:00:00Z"
+    assert warnings[0]["retry_in_seconds"] == 600 and [w["failures"] for w in warnings] == [1, 2]
+    assert warnings[0]["error"] == "StorageError" and "outblob" in warnings[0]["detail"]
+    assert json.loads(served)["evidence"][:64] not in caplog.text  # no evidence bytes in the log
+
+
+def test_snp_readers_during_refreshes_always_get_a_complete_document(tmp_path: Path, amd: FakeAmd) -> None:
+    clock = Clock(AT)
+    read: list[bytes] = []
+    done = threading.Event()
+    with signing_tsm(tmp_path, amd) as (root, _tsm):
+        cas, evidence, cert_der = refreshing_snp_cas(tmp_path / "cas", root, clock)
+        app = create_app(cas, cas_evidence=evidence)
+        published = [evidence.body]
+
+        def reader() -> None:
+            while not done.is_set():
+                read.append(get(app, "/v1/cas/evidence"))
+
+        readers = [threading.Thread(target=reader) for _ in range(3)]
+        for thread in readers:
+            thread.start()
+        try:
+            for minute in range(1, 6):
+                clock.now = AT + timedelta(minutes=minute)
+                evidence.refresh()
+                published.append(evidence.body)
+        finally:
+            done.set()
+            for thread in readers:
+                thread.join()
+    cas.db.dispose()
+    assert len(set(published)) == 6
+    assert len(read) >= 3 and set(read) <= set(published), "a reader got a document that was never published"
+    for body in set(read):
+        obtained = datetime.fromisoformat(json.loads(body)["obtained_at"])
+        verify_cas_evidence(cert_der, body, sim_key_pem=None, at=obtained, amd_roots=amd.roots())
 
 
 # --- Startup refusals -----------------------------------------------------------------------------

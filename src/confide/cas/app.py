@@ -20,11 +20,12 @@ from typing import Any
 from fastapi import Body, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from confide import __version__, errors
 from confide.cas.core import Cas
 from confide.cas.db import WriteBatcher, raw_connection
+from confide.cas.own_evidence import CasEvidence
 from confide.errors import ConfideError, ParseError
 from confide.ledger.serve import serve as serve_log
 
@@ -61,7 +62,9 @@ def _read_doc(header: str | None) -> Any:
         raise ParseError("X-Confide-Read is not base64 JSON", structure="read request") from None
 
 
-def create_app(cas: Cas, *, cas_evidence: dict[str, Any] | None = None) -> FastAPI:
+def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
+    """The CAS's API; ``cas_evidence``: its own evidence (``GET /v1/cas/evidence``), whose
+    refreshes and their failures ``/metrics`` counts."""
     registry = CollectorRegistry()
     requests = Counter("confide_requests_total", "HTTP requests", ["route", "status"], registry=registry)
     attestations = Counter(
@@ -141,10 +144,13 @@ def create_app(cas: Cas, *, cas_evidence: dict[str, Any] | None = None) -> FastA
         return {"status": "ok", "version": __version__}
 
     @app.get("/v1/cas/evidence")
-    def cas_evidence_route() -> dict[str, Any]:
+    def cas_evidence_route() -> Response:
         if cas_evidence is None:
             raise errors.UsageError("this CAS has no evidence of its own (not running in a TEE or simulator)")
-        return cas_evidence
+        # The document serialised when it was obtained (one reference read: never half of an
+        # old and half of a refreshed document).
+        body = cas_evidence.body
+        return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
     @app.post("/v1/policies")
     def apply_policy(submission: dict[str, Any] = Body(...)) -> dict[str, str]:  # noqa: B008
@@ -211,6 +217,8 @@ def create_app(cas: Cas, *, cas_evidence: dict[str, Any] | None = None) -> FastA
     hot: dict[str, tuple[Any, bool]] = {"/v1/attest/nonce": (nonce, False), "/v1/attest": (attest, True)}
 
     registry.register(_GroupCommitCollector(writer))
+    if cas_evidence is not None:
+        registry.register(_EvidenceCollector(cas_evidence))
 
     @app.get("/metrics")
     def metrics() -> Response:
@@ -282,6 +290,31 @@ class _GroupCommitCollector:
             "confide_group_commit_jobs",
             "Jobs (attestation outcomes) committed by the group commit",
             value=self.writer.committed_jobs,
+        )
+
+
+class _EvidenceCollector:
+    """The CAS's own evidence, read at scrape time: refreshes, failed refreshes (the previous
+    evidence stays served) and when the served evidence was obtained."""
+
+    def __init__(self, evidence: CasEvidence) -> None:
+        self.evidence = evidence
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        yield CounterMetricFamily(
+            "confide_cas_evidence_refreshes",
+            "Refreshes of the CAS's own evidence that published new evidence",
+            value=self.evidence.refreshes,
+        )
+        yield CounterMetricFamily(
+            "confide_cas_evidence_refresh_failures",
+            "Failed refreshes of the CAS's own evidence (the previous evidence stays served)",
+            value=self.evidence.failures,
+        )
+        yield GaugeMetricFamily(
+            "confide_cas_evidence_obtained_timestamp_seconds",
+            "When the CAS obtained the evidence it serves (Unix time)",
+            value=self.evidence.obtained_at.timestamp(),
         )
 
 

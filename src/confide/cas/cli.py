@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -57,6 +58,13 @@ def cas() -> None:
     "tdx/sev-snp, Gramine's /dev/attestation for sgx-gramine, the paravisor's vTPM for az-vtpm: an "
     "Azure SEV-SNP or TDX confidential VM) and refuses to start without it.",
 )
+@click.option(
+    "--evidence-refresh",
+    "evidence_refresh",
+    metavar="SECONDS",
+    help="With --tee or --dev: re-obtain the CAS's own evidence this often (default 3600; 0: only "
+    "at startup; 10 to 2592000). A failed refresh keeps the previous evidence and is retried.",
+)
 def cas_serve(
     data_dir: Path,
     listen: str,
@@ -66,11 +74,20 @@ def cas_serve(
     witness_specs: tuple[str, ...],
     seal: str,
     tee: str | None,
+    evidence_refresh: str | None,
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
+    from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, parse_refresh_interval
     from confide.cas.sealing import provider_for
     from confide.cas.server import parse_witnesses, serve
 
+    refresh = DEFAULT_REFRESH_SECONDS
+    if evidence_refresh is not None:
+        refresh = parse_refresh_interval(evidence_refresh)
+        if tee is None and not dev:
+            raise UsageError(
+                "--evidence-refresh needs --tee or --dev: without them the CAS has no evidence of its own"
+            )
     provider = provider_for(seal)
     serve(
         data_dir,
@@ -81,6 +98,7 @@ def cas_serve(
         witnesses=parse_witnesses(witness_specs),
         seal=provider,
         tee=tee,
+        evidence_refresh=refresh,
     )
 
 
@@ -159,10 +177,22 @@ def cas_attest(
     click.echo(f"  {claim}: {ev.claims.get(claim)}{checked}", err=True)
     click.echo(f"  TLS certificate SHA-256: {pinned.certificate_sha256}", err=True)
     click.echo(f"  transparency log key: {pinned.log_key}", err=True)
+    click.echo(f"  evidence obtained: {_obtained(pinned.obtained_at)}", err=True)
     if out:
         write_pin(pinned, out)
         click.echo(f"  pinned: export CONFIDE_CAS_CERT={out}", err=True)
     click.echo(pinned.certificate_sha256)
+
+
+def _obtained(at: datetime | None) -> str:
+    """``confide cas attest``'s line for the document's ``obtained_at`` (the CAS's word)."""
+    if at is None:
+        return "not stated (a CAS that obtains its evidence only at startup)"
+    age = int((datetime.now(UTC) - at).total_seconds())
+    when = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if age < 0:
+        return f"{when} (ahead of this machine's clock by {-age} s)"
+    return f"{when} ({age // 3600} h {age % 3600 // 60} min ago)"
 
 
 @click.group()

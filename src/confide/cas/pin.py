@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import re
 import socket
 import ssl
 import urllib.parse
@@ -61,6 +62,10 @@ class PinnedCas:
     certificate_sha256: str
     log_key: str
     evidence: VerifiedEvidence
+    obtained_at: datetime | None = None
+    """When the CAS says it obtained this evidence (the document's ``obtained_at``; ``None`` from
+    a CAS that does not say, which obtains its evidence once at startup). The CAS's claim over
+    the attested TLS connection, not part of the signed evidence."""
 
     @property
     def measurement_claim(self) -> str:
@@ -148,8 +153,31 @@ def cas_binding(cert_der: bytes, log_key: str) -> bytes:
     return hashlib.sha512(CAS_BINDING_PREFIX + cert_der + log_key.encode()).digest()
 
 
-def _parse_document(body: bytes) -> tuple[Platform, bytes, dict[str, bytes], str]:
-    """The evidence document (hostile input): platform, evidence, aux blobs and log key."""
+# RFC 3339 section 5.6 ``date-time``, restricted to UTC ("Z", upper case) and at most
+# microseconds: what the CAS writes (confide.cas.own_evidence.rfc3339).
+_OBTAINED_AT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?Z", re.ASCII)
+
+
+def _parse_obtained_at(value: object) -> datetime:
+    if not isinstance(value, str) or not _OBTAINED_AT.fullmatch(value):
+        shown = repr(value[:40]) if isinstance(value, str) else type(value).__name__
+        raise ParseError(
+            f"the CAS's evidence document has obtained_at {shown}, expected an RFC 3339 UTC time"
+            " (YYYY-MM-DDTHH:MM:SSZ)",
+            structure="CAS evidence",
+        )
+    try:
+        return datetime.fromisoformat(value[:-1]).replace(tzinfo=UTC)
+    except ValueError:  # e.g. month 13 or second 60
+        raise ParseError(
+            f"the CAS's evidence document has obtained_at {value!r}, which is not a valid time",
+            structure="CAS evidence",
+        ) from None
+
+
+def _parse_document(body: bytes) -> tuple[Platform, bytes, dict[str, bytes], str, datetime | None]:
+    """The evidence document (hostile input): platform, evidence, aux blobs, log key and, when
+    present (a CAS that refreshes its evidence), ``obtained_at``."""
     try:
         doc = json.loads(body)
         name = doc["platform"]
@@ -161,8 +189,9 @@ def _parse_document(body: bytes) -> tuple[Platform, bytes, dict[str, bytes], str
         if len(raw_aux) > _MAX_AUX:
             raise ValueError
         aux = {str(k): base64.b64decode(v, validate=True) for k, v in raw_aux.items()}
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise ParseError("the CAS's evidence document is malformed", structure="CAS evidence") from None
+    obtained_at = _parse_obtained_at(doc["obtained_at"]) if "obtained_at" in doc else None
     platform = next((p for p in _AUX_KEYS if p.value == name), None)
     if platform is None:
         known = ", ".join(p.value for p in _AUX_KEYS)
@@ -175,7 +204,7 @@ def _parse_document(body: bytes) -> tuple[Platform, bytes, dict[str, bytes], str
             f" expected {allowed}",
             structure="CAS evidence",
         )
-    return platform, evidence, aux, log_key
+    return platform, evidence, aux, log_key, obtained_at
 
 
 def verify_cas_evidence(
@@ -192,7 +221,7 @@ def verify_cas_evidence(
 ) -> PinnedCas:
     """Verify the CAS's evidence document ``body`` for the certificate ``cert_der`` it was
     served with; see :func:`attest_cas`."""
-    platform, evidence, aux, log_key = _parse_document(body)
+    platform, evidence, aux, log_key, obtained_at = _parse_document(body)
     sim_key = None
     if platform is Platform.SIMULATED:
         if sim_key_pem is None:
@@ -242,7 +271,7 @@ def verify_cas_evidence(
         pem = x509.load_der_x509_certificate(cert_der).public_bytes(serialization.Encoding.PEM)
     except ValueError:
         raise ParseError("the CAS's TLS certificate is not DER X.509", structure="CAS certificate") from None
-    return PinnedCas("", pem, hashlib.sha256(cert_der).hexdigest(), log_key, verified)
+    return PinnedCas("", pem, hashlib.sha256(cert_der).hexdigest(), log_key, verified, obtained_at)
 
 
 def attest_cas(

@@ -15,9 +15,10 @@ The data directory holds (created on first start, mode 0700/0600):
 - ``client.env``: ``export`` lines with what a client needs (``CONFIDE_CAS_URL``,
   ``CONFIDE_CAS_CERT``, and with ``--dev`` ``CONFIDE_SIM_DIR``).
 
-With ``--tee tdx|sev-snp|sgx-gramine`` the CAS obtains its own evidence at startup from that
-TEE's quote provider (:mod:`confide.runtime.quote`), bound to its TLS certificate and log key,
-and refuses to start without it; ``--dev`` publishes simulated evidence instead.
+With ``--tee tdx|sev-snp|sgx-gramine|az-vtpm`` the CAS obtains its own evidence at startup from
+that TEE's quote provider (:mod:`confide.runtime.quote`), bound to its TLS certificate and log
+key, and refuses to start without it; ``--dev`` publishes simulated evidence instead. Either is
+then re-obtained every ``--evidence-refresh`` seconds (:mod:`confide.cas.own_evidence`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import socket
 import ssl
 import sys
 import threading
-import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from confide.cas.db import Database, raw_connection
 from confide.cas.keyfiles import TLS_KEY_NAME, load_log_signer, load_tls_key, tls_key_password
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.master_key import load_master_key
+from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, CasEvidence, EvidenceRefresher
 from confide.cas.pin import cas_binding
 from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer
@@ -67,7 +69,7 @@ from confide.sim.measure import measure_current_process
 from confide.sim.platform import SimPlatform
 from confide.verify.result import Platform
 
-__all__ = ["TEE_CHOICES", "prepare", "quote_provider_for", "serve", "tee_evidence"]
+__all__ = ["TEE_CHOICES", "prepare", "quote_provider_for", "serve", "tee_document", "tee_evidence"]
 
 
 def _tls_identity(data_dir: Path, host: str, sealer: Sealer | None = None) -> tuple[Path, Path]:
@@ -217,24 +219,18 @@ def quote_provider_for(tee: str) -> QuoteProvider:
     raise UsageError(f"--tee: got {tee!r}, expected one of {', '.join(TEE_CHOICES)}")
 
 
-def tee_evidence(tee: str, provider: QuoteProvider, report_data: bytes) -> dict[str, Any]:
-    """The CAS's own evidence from ``provider`` (``GET /v1/cas/evidence``), with its aux blobs
-    (SEV-SNP: configfs-tsm's ``auxblob``, the certificate table with the VCEK/VLEK). Any
-    failure keeps its error class (exit code) and says that the CAS cannot start."""
+def tee_document(tee: str, provider: QuoteProvider, report_data: bytes) -> dict[str, Any]:
+    """The CAS's own evidence document from ``provider`` (``GET /v1/cas/evidence``, without
+    ``log_key`` and ``obtained_at``), with its aux blobs (SEV-SNP: configfs-tsm's ``auxblob``,
+    the certificate table with the VCEK/VLEK). The provider's errors pass unchanged; evidence of
+    another TEE than ``tee`` is a :class:`UsageError`."""
     expected = _TEE_PLATFORMS.get(tee)
     if expected is None:
         raise UsageError(f"--tee: got {tee!r}, expected one of {', '.join(TEE_CHOICES)}")
-    try:
-        evidence = provider.get_evidence(report_data)
-    except ConfideError as exc:
-        raise type(exc)(
-            f"--tee {tee}: cannot obtain the CAS's own evidence, not starting: {exc.message}"
-        ) from None
+    evidence = provider.get_evidence(report_data)
     if evidence.platform not in expected:
         wanted = " or ".join(sorted(p.value for p in expected))
-        raise UsageError(
-            f"--tee {tee}: got {evidence.platform} evidence from {evidence.provider}, expected {wanted}"
-        )
+        raise UsageError(f"got {evidence.platform} evidence from {evidence.provider}, expected {wanted}")
     return {
         "platform": evidence.platform.value,
         "evidence": base64.b64encode(evidence.raw).decode(),
@@ -242,6 +238,19 @@ def tee_evidence(tee: str, provider: QuoteProvider, report_data: bytes) -> dict[
         "provider": evidence.provider,
         "binding": CAS_BINDING_TEXT,
     }
+
+
+def tee_evidence(tee: str, provider: QuoteProvider, report_data: bytes) -> dict[str, Any]:
+    """:func:`tee_document` at startup: any failure keeps its error class (exit code) and says
+    that the CAS cannot start."""
+    try:
+        return tee_document(tee, provider, report_data)
+    except ConfideError as exc:
+        raise _not_starting(tee, exc) from None
+
+
+def _not_starting(tee: str, exc: ConfideError) -> ConfideError:
+    return type(exc)(f"--tee {tee}: cannot obtain the CAS's own evidence, not starting: {exc.message}")
 
 
 def prepare(
@@ -254,12 +263,15 @@ def prepare(
     seal: SealingKeyProvider | None = None,
     tee: str | None = None,
     quote_provider: QuoteProvider | None = None,
-) -> tuple[Cas, dict[str, Any] | None, Path, Path, dict[str, str], NoteSigner]:
+    clock: Callable[[], datetime] | None = None,
+) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
     """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (``dev``:
     simulated; ``tee``: from the TEE's quote provider, ``quote_provider`` or the one at the
-    standard device path), TLS files and the client environment (without the URL). ``seal``:
-    the TEE sealing key that protects the master key (``None``: a plain ``master.key``,
-    development only). Without evidence of its own the CAS refuses to start with ``tee``."""
+    standard device path; a :class:`CasEvidence` that re-obtains it from the same source on
+    ``refresh()``), TLS files and the client environment (without the URL). ``seal``: the TEE
+    sealing key that protects the master key (``None``: a plain ``master.key``, development
+    only). ``clock``: the time of ``obtained_at`` (default: now). Without evidence of its own
+    the CAS refuses to start with ``tee``."""
     if dev and tee is not None:
         raise UsageError(
             f"--dev and --tee {tee} exclude each other: a CAS in a TEE does not accept simulated evidence"
@@ -275,32 +287,38 @@ def prepare(
     env["CONFIDE_LOG_KEY"] = signer.verifier.vkey
     sim_key = None
     cas_evidence = None
+    log_key = env["CONFIDE_LOG_KEY"]
+    cert_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(serialization.Encoding.DER)
+    report_data = cas_binding(cert_der, log_key)  # the same for every evidence the CAS obtains
     if dev:
         sim_dir = data_dir / "sim"
         platform = SimPlatform.load_or_create(sim_dir)
         sim_key = platform.public_key
         env["CONFIDE_SIM_DIR"] = str(sim_dir.resolve())
-        cert_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(
-            serialization.Encoding.DER
-        )
-        report_data = cas_binding(cert_der, env["CONFIDE_LOG_KEY"])
-        measurement = measure_current_process().digest
-        evidence = platform.issue(
-            report_data=report_data, measurement=measurement, timestamp=int(time.time())
-        )
-        cas_evidence = {
-            "platform": "sim",
-            "evidence": base64.b64encode(evidence.to_bytes()).decode(),
-            "binding": CAS_BINDING_TEXT,
-            "log_key": env["CONFIDE_LOG_KEY"],
-        }
+        measurement = measure_current_process().digest  # the code loaded at startup
+
+        def simulated(now: datetime) -> dict[str, Any]:
+            evidence = platform.issue(
+                report_data=report_data, measurement=measurement, timestamp=int(now.timestamp())
+            )
+            return {
+                "platform": "sim",
+                "evidence": base64.b64encode(evidence.to_bytes()).decode(),
+                "binding": CAS_BINDING_TEXT,
+                "log_key": log_key,
+            }
+
+        cas_evidence = CasEvidence(simulated, clock=clock)
     elif tee is not None:
-        cert_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(
-            serialization.Encoding.DER
-        )
         provider = quote_provider if quote_provider is not None else quote_provider_for(tee)
-        cas_evidence = tee_evidence(tee, provider, cas_binding(cert_der, env["CONFIDE_LOG_KEY"]))
-        cas_evidence["log_key"] = env["CONFIDE_LOG_KEY"]
+
+        def from_tee(_now: datetime) -> dict[str, Any]:
+            return {**tee_document(tee, provider, report_data), "log_key": log_key}
+
+        try:
+            cas_evidence = CasEvidence(from_tee, clock=clock)
+        except ConfideError as exc:
+            raise _not_starting(tee, exc) from None
     database = Database(db_url or f"sqlite:///{(data_dir / 'cas.db').resolve()}")
     database.migrate()
     verifier = PlatformVerifier(sim_key=sim_key, dcap_source=source_for(collateral) if collateral else None)
@@ -341,7 +359,10 @@ def serve(
     witnesses: tuple[tuple[str, NoteVerifier], ...] = (),
     seal: SealingKeyProvider | None = None,
     tee: str | None = None,
+    evidence_refresh: float = DEFAULT_REFRESH_SECONDS,
 ) -> None:
+    """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
+    evidence (``--dev``/``--tee``; 0: obtained once, at startup)."""
     host, port = _parse_listen(listen)
     _configure_logging()
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
@@ -349,6 +370,10 @@ def serve(
     )
     checkpointer = Checkpointer(cas, signer, witnesses=witnesses)
     checkpointer.start()
+    refresher = None
+    if cas_evidence is not None and evidence_refresh > 0:
+        refresher = EvidenceRefresher(cas_evidence, evidence_refresh)
+        refresher.start()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -384,6 +409,7 @@ def serve(
                 "url": env["CONFIDE_CAS_URL"],
                 "dev": dev,
                 "tee": tee,
+                "evidence_refresh": evidence_refresh if cas_evidence is not None else None,
                 "db": cas.db.redacted_url,
                 "master_key": f"sealed: {seal.name} ({seal.binding})" if seal else "plain file",
             }
@@ -392,4 +418,6 @@ def serve(
     try:
         server.run(sockets=[sock])
     finally:
+        if refresher is not None:
+            refresher.stop()
         checkpointer.stop()

@@ -1,0 +1,180 @@
+"""The CAS's own evidence as ``GET /v1/cas/evidence`` serves it, and its periodic refresh.
+
+:class:`CasEvidence` holds the published document. :meth:`CasEvidence.refresh` asks the same
+source (the TEE's quote provider, or the simulated platform with ``--dev``) for new evidence over
+the same report data (the binding to the TLS certificate and the log key does not change), adds
+``obtained_at`` and replaces the published document in one reference assignment: a reader sees
+the old document or the new one, never a mix. A failed refresh raises and leaves the published
+document as it was.
+
+:class:`EvidenceRefresher` calls it every ``interval`` seconds in a daemon thread (like the
+``Checkpointer``); a failure is logged (one JSON line, no evidence bytes, no secret values),
+counted (:attr:`CasEvidence.failures`, ``/metrics``) and retried on the next period, and never
+stops the CAS. Time and waiting are injected, so tests drive :meth:`EvidenceRefresher.run` and
+:meth:`EvidenceRefresher.refresh_once` without sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from confide.errors import ConfideError, UsageError
+
+__all__ = [
+    "DEFAULT_REFRESH_SECONDS",
+    "MAX_REFRESH_SECONDS",
+    "MIN_REFRESH_SECONDS",
+    "CasEvidence",
+    "EvidenceRefresher",
+    "parse_refresh_interval",
+    "rfc3339",
+]
+
+DEFAULT_REFRESH_SECONDS = 3600
+MIN_REFRESH_SECONDS = 10  # a quote provider is not asked more often than this
+MAX_REFRESH_SECONDS = 30 * 86400
+
+log = logging.getLogger("confide.cas")
+
+Obtain = Callable[[datetime], dict[str, Any]]
+"""Obtains a new evidence document (without ``obtained_at``) at the given time."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def rfc3339(at: datetime) -> str:
+    """``at`` as RFC 3339 (section 5.6) ``date-time`` in UTC, whole seconds: ``2025-01-31T12:00:00Z``."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_refresh_interval(text: str) -> int:
+    """``--evidence-refresh SECONDS``: 0 (no refresh) or whole seconds in
+    ``MIN_REFRESH_SECONDS..MAX_REFRESH_SECONDS``."""
+    value = text.strip()
+    expected = f"expected 0 (no refresh) or whole seconds from {MIN_REFRESH_SECONDS} to {MAX_REFRESH_SECONDS}"
+    if not value.isascii() or not value.isdigit() or len(value) > 12:
+        raise UsageError(f"--evidence-refresh: got {text[:40]!r}, {expected}")
+    seconds = int(value)
+    if seconds != 0 and not MIN_REFRESH_SECONDS <= seconds <= MAX_REFRESH_SECONDS:
+        raise UsageError(f"--evidence-refresh: got {seconds}, {expected}")
+    return seconds
+
+
+@dataclass(frozen=True)
+class _Published:
+    body: bytes  # the serialised document, built before it is published
+    obtained_at: datetime
+
+
+class CasEvidence:
+    """The CAS's own evidence document; obtains the first one when constructed (any error
+    propagates: the CAS does not start without it)."""
+
+    def __init__(self, obtain: Obtain, *, clock: Callable[[], datetime] | None = None) -> None:
+        self._obtain, self._clock = obtain, clock or _utcnow
+        self._lock = threading.Lock()  # one refresh at a time; readers never take it
+        self.refreshes = 0  # successful refreshes after the first document
+        self.failures = 0  # failed refreshes
+        self._current = self._build()
+
+    def _build(self) -> _Published:
+        now = self._clock().astimezone(UTC)
+        document = self._obtain(now)
+        if not isinstance(document, dict) or "obtained_at" in document:
+            raise TypeError("an evidence source returns a document without obtained_at")
+        body = json.dumps({**document, "obtained_at": rfc3339(now)}).encode()
+        return _Published(body, now.replace(microsecond=0))
+
+    @property
+    def body(self) -> bytes:
+        """The published document, serialised (what ``GET /v1/cas/evidence`` returns)."""
+        return self._current.body
+
+    @property
+    def document(self) -> dict[str, Any]:
+        """A copy of the published document."""
+        value: dict[str, Any] = json.loads(self._current.body)
+        return value
+
+    @property
+    def obtained_at(self) -> datetime:
+        return self._current.obtained_at
+
+    def refresh(self) -> None:
+        """Obtain new evidence and publish it; on any error count it, keep the published
+        document and re-raise."""
+        with self._lock:
+            try:
+                published = self._build()
+            except Exception:
+                self.failures += 1
+                raise
+            self._current = published  # one reference assignment: atomic for readers
+            self.refreshes += 1
+
+
+class EvidenceRefresher:
+    """Refreshes ``evidence`` every ``interval`` seconds. ``wait(seconds)`` returns True when the
+    refresher should stop (default: the stop event's ``wait``); tests inject their own."""
+
+    def __init__(
+        self,
+        evidence: CasEvidence,
+        interval: float,
+        *,
+        wait: Callable[[float], bool] | None = None,
+    ) -> None:
+        if not (math.isfinite(interval) and interval > 0):
+            raise UsageError(
+                f"evidence refresh interval: got {interval!r}, expected a positive number of seconds"
+            )
+        self.evidence, self.interval = evidence, interval
+        self._stop = threading.Event()
+        self._wait = wait or self._stop.wait
+        self._thread = threading.Thread(target=self.run, name="cas-evidence-refresher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def run(self) -> None:
+        while not self._wait(self.interval):
+            self.refresh_once()
+
+    def refresh_once(self) -> bool:
+        """One refresh; True when new evidence is published. Never raises (a failure is logged
+        and counted, and the previous evidence stays served)."""
+        try:
+            self.evidence.refresh()
+        except Exception as exc:  # keep serving; retried on the next period
+            detail = exc.message if isinstance(exc, ConfideError) else str(exc)
+            log.warning(
+                json.dumps(
+                    {
+                        "event": "cas-evidence-refresh-failed",
+                        "error": type(exc).__name__,
+                        "detail": detail[:200],
+                        "serving_obtained_at": rfc3339(self.evidence.obtained_at),
+                        "retry_in_seconds": self.interval,
+                        "failures": self.evidence.failures,
+                    }
+                )
+            )
+            return False
+        log.info(
+            json.dumps({"event": "cas-evidence-refreshed", "obtained_at": rfc3339(self.evidence.obtained_at)})
+        )
+        return True
