@@ -80,6 +80,22 @@ class RuntimeKey:
         return decrypt_release(self.key, release, bytes.fromhex(self.nonce))
 
 
+class InProcessClient:
+    """What ``confide.runtime.run.attest_and_prepare`` needs of a CasClient, answered by an
+    in-process CAS; ``attested`` counts the attestation requests that reached it."""
+
+    def __init__(self, cas: Cas) -> None:
+        self.cas = cas
+        self.attested = 0
+
+    def nonce(self) -> str:
+        return self.cas.new_nonce()
+
+    def attest(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.attested += 1
+        return self.cas.attest(request)
+
+
 def last_attestation(cas: Cas) -> dict[str, Any]:
     """The newest attestation event, checked against its ledger entry."""
     with cas.db.read() as conn:

@@ -19,7 +19,7 @@ from typing import Any
 import cbor2
 import pytest
 
-from cas_inproc import RuntimeKey, last_attestation, refused
+from cas_inproc import InProcessClient, RuntimeKey, last_attestation, refused
 from cli import run_confide
 from confide import errors
 from confide.cas.client import policy_submission
@@ -138,19 +138,6 @@ def cas(tmp_path: Path) -> Cas:
     cas.verifier = PlatformVerifier(nitro_root=PKI.root_cert)
     cas.apply(policy_submission(loads_policy(POLICY), Identity.generate()))
     return cas
-
-
-class InProcessClient:
-    """What ``attest_and_prepare`` needs of a CasClient, answered by the in-process CAS."""
-
-    def __init__(self, cas: Cas) -> None:
-        self.cas = cas
-
-    def nonce(self) -> str:
-        return self.cas.new_nonce()
-
-    def attest(self, request: dict[str, Any]) -> dict[str, Any]:
-        return self.cas.attest(request)
 
 
 def test_evidence_is_accepted_by_the_cas(cas: Cas) -> None:

@@ -284,8 +284,14 @@ def policy_events(name: str, identity_file: Path) -> None:
     help="az-vtpm: an Azure SEV-SNP or TDX confidential VM (paravisor vTPM, /dev/tpmrm0); "
     "aws-nitro: inside an AWS Nitro Enclave (the NSM device, /dev/nsm)",
 )
+@click.option(
+    "--gpus",
+    metavar="all|N",
+    help="Also attest this VM's NVIDIA H100 GPUs in confidential-computing mode (NVML, "
+    "libnvidia-ml.so.1): all of them, or the first N; with --tee tdx, sev-snp, az-vtpm or sim.",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def run(config_id: str, tee: str, command: tuple[str, ...]) -> None:
+def run(config_id: str, tee: str, gpus: str | None, command: tuple[str, ...]) -> None:
     """Attest, receive configuration and secrets, and exec COMMAND (after --)."""
     from confide.cas.client import CasClient
     from confide.runtime.quote import (
@@ -299,6 +305,7 @@ def run(config_id: str, tee: str, command: tuple[str, ...]) -> None:
     policy_name, sep, service = config_id.partition("/")
     if not sep or not policy_name or not service:
         raise UsageError(f"--config-id: got {config_id!r}, expected POLICY/SERVICE")
+    gpu_count = _gpu_count(gpus, tee) if gpus is not None else None
     provider: QuoteProvider
     if tee == "sim":
         sim_dir = os.environ.get("CONFIDE_SIM_DIR")
@@ -322,6 +329,11 @@ def run(config_id: str, tee: str, command: tuple[str, ...]) -> None:
         provider = NitroQuoteProvider(transport)
     else:
         provider = GramineQuoteProvider()
+    if gpus is not None:
+        from confide.runtime.nvidia import GpuQuoteProvider, NvmlGpuSource
+
+        # No NVML: refuse before asking the CAS for a nonce.
+        provider = GpuQuoteProvider(provider, NvmlGpuSource(), count=gpu_count)
     client = CasClient.from_env()
     plan = attest_and_prepare(client, provider, policy_name, service, list(command))
     sys.stdout.flush()
@@ -331,3 +343,22 @@ def run(config_id: str, tee: str, command: tuple[str, ...]) -> None:
         sys.exit(code)
     client.close()
     launch(plan)
+
+
+_GPU_TEES = ("tdx", "sev-snp", "az-vtpm", "sim")  # confide.policy.attestation.GPU_HOSTS
+
+
+def _gpu_count(gpus: str, tee: str) -> int | None:
+    """``--gpus``: None for ``all``, else the number (1 to MAX_GPUS); only with a VM TEE."""
+    from confide.policy.attestation import MAX_GPUS
+
+    if tee not in _GPU_TEES:
+        raise UsageError(
+            f"--gpus: got --tee {tee}, expected one of {', '.join(_GPU_TEES)} (GPUs in "
+            "confidential-computing mode belong to confidential VMs, not to enclaves)"
+        )
+    if gpus == "all":
+        return None
+    if not (gpus.isascii() and gpus.isdigit()) or not 1 <= int(gpus) <= MAX_GPUS:
+        raise UsageError(f"--gpus: got {gpus[:20]!r}, expected 'all' or a number from 1 to {MAX_GPUS}")
+    return int(gpus)

@@ -1,0 +1,444 @@
+"""``confide run --gpus``: the composite provider (``confide.runtime.nvidia.GpuQuoteProvider``)
+end to end through ``attest_and_prepare`` into an in-process CAS that verifies GPU reports under
+a test NVIDIA PKI (``tests/nvidia_forge.py``), with simulated CPU evidence; the NVML ctypes
+layer's structure layouts, its marshalling and its error mapping against a fake library object
+(no real NVML here); and the CLI's refusals.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from cas_inproc import InProcessCas, InProcessClient, RuntimeKey, last_attestation
+from cli import run_confide
+from confide import errors
+from confide.cas.core import binding_report_data
+from confide.cas.verifier import MAX_GPUS, PlatformVerifier
+from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
+from confide.runtime import nvidia
+from confide.runtime.nvidia import GpuQuoteProvider, NvmlGpuSource, nvml_error
+from confide.runtime.quote import Evidence, SimQuoteProvider
+from confide.runtime.run import attest_and_prepare
+from confide.verify.result import Platform
+from nvidia_forge import NvidiaPki, make_leaf, make_pki, resign
+
+ASSETS = Path(__file__).parents[1] / "assets"
+NV_REPORT = bytes.fromhex((ASSETS / "nvidia/hopperAttestationReport.txt").read_text().strip())
+NOW = datetime.now(UTC)
+PKI = make_pki(NV_REPORT, NOW)
+FWID = NvidiaAttestationReport.from_bytes(NV_REPORT).response.field(OpaqueFieldType.FWID)
+GPUS = [PKI] + [NvidiaPki(PKI.root, PKI.ica, make_leaf(PKI.ica, FWID, NOW)) for _ in range(MAX_GPUS)]
+M22 = NvidiaAttestationReport.from_bytes(NV_REPORT).measurements[22].hex()
+CPU = "ab" * 48
+
+POLICY = f"""name: app
+version: "0.3"
+services:
+  - name: ai
+    command: serve --token $$SCONE::token$$
+    attestation:
+      sim:
+        measurement: "{CPU}"
+      nvidia-gpu:
+        count: 2
+        measurements: {{22: "{M22}"}}
+secrets:
+  - name: token
+    kind: ascii
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
+@pytest.fixture
+def cas(tmp_path: Path) -> InProcessCas:
+    inproc = InProcessCas.start(tmp_path / "cas", POLICY)
+    sim_key = inproc.cas.verifier.sim_key  # type: ignore[attr-defined]
+    inproc.cas.verifier = PlatformVerifier(sim_key=sim_key, nvidia_root=PKI.root[0])
+    return inproc
+
+
+def sim_cpu(cas: InProcessCas) -> SimQuoteProvider:
+    return SimQuoteProvider(cas.platform, bytes.fromhex(CPU), clock=lambda: NOW)
+
+
+class FakeGpus:
+    """A :class:`~confide.runtime.nvidia.GpuSource` of ``count`` GPUs whose reports are forged
+    under the test PKI for the nonce asked for (``nonce_for`` may change it per GPU)."""
+
+    def __init__(self, count: int, nonce_for: Callable[[int, bytes], bytes] = lambda _k, n: n) -> None:
+        self.count = count
+        self.nonce_for = nonce_for
+        self.asked: list[tuple[int, bytes]] = []
+
+    def devices(self) -> int:
+        return self.count
+
+    def attestation_report(self, index: int, nonce: bytes) -> bytes:
+        self.asked.append((index, nonce))
+        return resign(NV_REPORT, GPUS[index].leaf[1], nonce=self.nonce_for(index, nonce))
+
+    def certificate_chain(self, index: int) -> bytes:
+        return GPUS[index].chain_pem()
+
+
+# --- end to end into the CAS -------------------------------------------------------------------
+
+
+def test_two_gpus_are_accepted_for_a_count_2_policy(cas: InProcessCas) -> None:
+    client = InProcessClient(cas.cas)
+    gpus = FakeGpus(2)
+    plan = attest_and_prepare(client, GpuQuoteProvider(sim_cpu(cas), gpus), "app", "ai", [])  # type: ignore[arg-type]
+    assert plan.argv[:2] == ["serve", "--token"] and plan.argv[2]
+    event = last_attestation(cas.cas)
+    assert event["verdict"] == "accepted" and event["platform"] == "sim"
+    assert [g["slot"] for g in event["gpus"]] == ["gpu0", "gpu1"]
+    assert len({g["attestation_key_sha256"] for g in event["gpus"]}) == 2
+    # Each GPU was asked once, for the first 32 bytes of the binding of this request.
+    assert [k for k, _ in gpus.asked] == [0, 1] and len({n for _, n in gpus.asked}) == 1
+    assert len(gpus.asked[0][1]) == 32
+
+
+def test_evidence_shape(cas: InProcessCas) -> None:
+    rt = RuntimeKey(cas.cas)
+    evidence = GpuQuoteProvider(sim_cpu(cas), FakeGpus(3), count=2).get_evidence(rt.binding)
+    assert evidence.platform is Platform.SIMULATED and evidence.provider == "sim+nvml"
+    assert sorted(evidence.aux) == ["gpu0", "gpu0.certs", "gpu1", "gpu1.certs"]
+    assert evidence.aux["gpu1.certs"] == GPUS[1].chain_pem()
+    assert NvidiaAttestationReport.from_bytes(evidence.aux["gpu1"]).nonce == rt.binding[:32]
+
+
+def test_a_gpu_report_for_another_nonce_is_refused_before_anything_is_sent(cas: InProcessCas) -> None:
+    client = InProcessClient(cas.cas)
+    other = binding_report_data(b"another key", bytes.fromhex(cas.cas.new_nonce()))[:32]
+    gpus = FakeGpus(2, lambda k, n: other if k == 1 else n)
+    provider = GpuQuoteProvider(sim_cpu(cas), gpus)
+    with pytest.raises(
+        errors.BindingError, match=f"^gpu1: the GPU's report carries SPDM nonce {other.hex()}"
+    ):
+        attest_and_prepare(client, provider, "app", "ai", [])  # type: ignore[arg-type]
+    assert client.attested == 0
+
+
+def test_fewer_gpus_than_the_policy_wants_are_refused_by_the_cas(cas: InProcessCas) -> None:
+    client = InProcessClient(cas.cas)
+    provider = GpuQuoteProvider(sim_cpu(cas), FakeGpus(2), count=1)
+    with pytest.raises(errors.AppraisalError, match=r"got 1 distinct GPU report\(s\), expected 2"):
+        attest_and_prepare(client, provider, "app", "ai", [])  # type: ignore[arg-type]
+    assert client.attested == 1
+    event = last_attestation(cas.cas)
+    assert event["verdict"] == "refused" and len(event["gpus"]) == 1
+
+
+def test_end_to_end_through_the_nvml_layer(cas: InProcessCas) -> None:
+    lib = FakeNvml(2)
+    provider = GpuQuoteProvider(sim_cpu(cas), NvmlGpuSource(lib))
+    plan = attest_and_prepare(InProcessClient(cas.cas), provider, "app", "ai", [])  # type: ignore[arg-type]
+    assert plan.argv[0] == "serve"
+    assert len(last_attestation(cas.cas)["gpus"]) == 2
+    assert lib.calls.count("nvmlInit_v2") == 1
+
+
+# --- the provider's own refusals -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("available", "count", "match"),
+    [
+        (0, None, "no NVIDIA GPU on this machine"),
+        (1, 2, r"--gpus 2: this machine has only 1 GPU\(s\)"),
+        (MAX_GPUS + 1, None, f"got {MAX_GPUS + 1} GPUs, expected at most {MAX_GPUS}"),
+    ],
+)
+def test_gpu_counts_that_cannot_be_served(
+    cas: InProcessCas, available: int, count: int | None, match: str
+) -> None:
+    provider = GpuQuoteProvider(sim_cpu(cas), FakeGpus(available), count=count)
+    with pytest.raises(errors.UsageError, match=match):
+        provider.get_evidence(RuntimeKey(cas.cas).binding)
+
+
+@pytest.mark.parametrize("count", [0, -1, MAX_GPUS + 1])
+def test_count_out_of_range(cas: InProcessCas, count: int) -> None:
+    with pytest.raises(errors.UsageError, match=f"got {count}, expected 1 to {MAX_GPUS}"):
+        GpuQuoteProvider(sim_cpu(cas), FakeGpus(1), count=count)
+
+
+def test_most_gpus_the_cas_takes(cas: InProcessCas) -> None:
+    evidence = GpuQuoteProvider(sim_cpu(cas), FakeGpus(MAX_GPUS)).get_evidence(RuntimeKey(cas.cas).binding)
+    assert len(evidence.aux) == 2 * MAX_GPUS
+
+
+class _FixedCpu:
+    def __init__(self, evidence: Evidence) -> None:
+        self.evidence = evidence
+
+    def get_evidence(self, report_data: bytes) -> Evidence:
+        return self.evidence
+
+
+@pytest.mark.parametrize(
+    ("cpu", "match"),
+    [
+        (Evidence(Platform.SGX, b"q", "gramine/dcap"), "not with sgx"),
+        (Evidence(Platform.AWS_NITRO, b"d", "nsm"), "not with aws-nitro"),
+        (Evidence(Platform.TDX, b"q", "x", aux={"gpu0": b"x"}), "already has aux 'gpu0'"),
+    ],
+)
+def test_cpu_evidence_that_cannot_carry_gpus(cpu: Evidence, match: str) -> None:
+    with pytest.raises(errors.UsageError, match=match):
+        GpuQuoteProvider(_FixedCpu(cpu), FakeGpus(1)).get_evidence(bytes(64))
+
+
+def test_cpu_aux_is_kept() -> None:
+    cpu = Evidence(Platform.SEV_SNP, b"r", "configfs-tsm/sev_guest", aux={"auxblob": b"certs"})
+    nonce = bytes(range(64))
+    evidence = GpuQuoteProvider(_FixedCpu(cpu), FakeGpus(1)).get_evidence(nonce)
+    assert evidence.aux["auxblob"] == b"certs" and evidence.raw == b"r"
+    assert sorted(evidence.aux) == ["auxblob", "gpu0", "gpu0.certs"]
+
+
+def test_a_malformed_gpu_report_is_a_parse_error() -> None:
+    gpus = FakeGpus(1)
+    gpus.attestation_report = lambda index, nonce: NV_REPORT[:-1]  # type: ignore[method-assign]
+    cpu = Evidence(Platform.TDX, b"q", "configfs-tsm/tdx_guest")
+    with pytest.raises(errors.ParseError, match="expected a 96-byte signature"):
+        GpuQuoteProvider(_FixedCpu(cpu), gpus).get_evidence(bytes(64))
+
+
+@pytest.mark.parametrize("size", [0, 63, 65])
+def test_report_data_must_be_64_bytes(size: int) -> None:
+    cpu = Evidence(Platform.TDX, b"q", "configfs-tsm/tdx_guest")
+    with pytest.raises(errors.UsageError, match=f"got {size} bytes, expected 64"):
+        GpuQuoteProvider(_FixedCpu(cpu), FakeGpus(1)).get_evidence(bytes(size))
+
+
+# --- the NVML ctypes layer ----------------------------------------------------------------------
+
+
+def test_structure_layouts_match_nvml_h() -> None:
+    report = nvidia._ConfComputeGpuAttestationReport
+    assert ctypes.sizeof(report) == 4 + 4 + 4 + 0x20 + 0x2000 + 0x1000 == 12332
+    offsets = {name: getattr(report, name).offset for name, _ in report._fields_}
+    assert offsets == {
+        "isCecAttestationReportPresent": 0,
+        "attestationReportSize": 4,
+        "cecAttestationReportSize": 8,
+        "nonce": 12,
+        "attestationReport": 44,
+        "cecAttestationReport": 44 + 8192,
+    }
+    cert = nvidia._ConfComputeGpuCertificate
+    assert ctypes.sizeof(cert) == 4 + 4 + 0x1000 + 0x1400 == 9224
+    offsets = {name: getattr(cert, name).offset for name, _ in cert._fields_}
+    assert offsets == {
+        "certChainSize": 0,
+        "attestationCertChainSize": 4,
+        "certChain": 8,
+        "attestationCertChain": 4104,
+    }
+    assert ctypes.sizeof(nvidia._ConfComputeSystemState) == 12
+    assert ctypes.sizeof(ctypes.c_uint) == 4
+
+
+class FakeNvml:
+    """A stand-in for ``libnvidia-ml.so.1``: the NVML functions as attributes, called with the
+    same ctypes arguments the real ones get. Reports are forged under the test PKI for the nonce
+    written into the structure. ``codes[name]`` makes ``name`` return that code; ``sizes``
+    overrides what the driver says it wrote; ``missing`` names absent symbols."""
+
+    def __init__(
+        self,
+        count: int = 1,
+        *,
+        codes: dict[str, int] | None = None,
+        sizes: dict[str, int] | None = None,
+        cc_feature: int = 1,
+        missing: tuple[str, ...] = (),
+    ) -> None:
+        self.count, self.codes, self.sizes, self.cc_feature = count, codes or {}, sizes or {}, cc_feature
+        self.calls: list[str] = []
+        self.nonces: list[bytes] = []
+        for name in nvidia._PROTOTYPES:
+            if name not in missing:
+                setattr(self, name, self._entry(name, getattr(self, "_" + name)))
+
+    def _entry(self, name: str, body: Callable[..., None]) -> Callable[..., int]:
+        def call(*args: Any) -> int:
+            self.calls.append(name)
+            if name in self.codes:
+                return self.codes[name]
+            body(*args)
+            return 0
+
+        return call
+
+    def _nvmlInit_v2(self) -> None:
+        pass
+
+    def _nvmlSystemGetConfComputeState(self, state: Any) -> None:
+        state.contents.ccFeature = self.cc_feature
+
+    def _nvmlDeviceGetCount_v2(self, count: Any) -> None:
+        count.contents.value = self.sizes.get("count", self.count)
+
+    def _nvmlDeviceGetHandleByIndex_v2(self, index: int, handle: Any) -> None:
+        handle.contents.value = 0x1000 + index
+
+    def _nvmlDeviceGetConfComputeGpuAttestationReport(self, handle: Any, out: Any) -> None:
+        report = out.contents
+        nonce = bytes(report.nonce)
+        self.nonces.append(nonce)
+        data = resign(NV_REPORT, GPUS[handle.value - 0x1000].leaf[1], nonce=nonce)
+        ctypes.memmove(report.attestationReport, data, len(data))
+        report.attestationReportSize = self.sizes.get("report", len(data))
+
+    def _nvmlDeviceGetConfComputeGpuCertificate(self, handle: Any, out: Any) -> None:
+        chain = GPUS[handle.value - 0x1000].chain_pem()
+        ctypes.memmove(out.contents.attestationCertChain, chain, len(chain))
+        out.contents.attestationCertChainSize = self.sizes.get("certs", len(chain))
+
+
+def test_nvml_marshalling() -> None:
+    lib = FakeNvml(2)
+    source = NvmlGpuSource(lib)
+    assert source.devices() == 2
+    nonce = bytes(range(32))
+    report = source.attestation_report(1, nonce)
+    assert lib.nonces == [nonce]  # written into the structure before the call
+    parsed = NvidiaAttestationReport.from_bytes(report)
+    assert parsed.nonce == nonce and len(report) == len(NV_REPORT)
+    assert source.certificate_chain(1) == GPUS[1].chain_pem()
+    assert lib.calls.count("nvmlInit_v2") == 1 and lib.calls.count("nvmlSystemGetConfComputeState") == 1
+    for name in nvidia._PROTOTYPES:
+        assert getattr(lib, name).restype is ctypes.c_int
+
+
+@pytest.mark.parametrize(
+    ("function", "code", "error", "match"),
+    [
+        ("nvmlInit_v2", 9, errors.UsageError, r"NVML nvmlInit_v2: NVML_ERROR_DRIVER_NOT_LOADED \(9\)"),
+        ("nvmlDeviceGetCount_v2", 4, errors.UsageError, r"NVML_ERROR_NO_PERMISSION \(4\): no permission"),
+        ("nvmlDeviceGetHandleByIndex_v2", 2, errors.UsageError, r"\(GPU 0\): NVML_ERROR_INVALID_ARGUMENT \(2\)"),
+        ("nvmlDeviceGetConfComputeGpuAttestationReport", 3, errors.UsageError, "NOT_SUPPORTED.*confidential-computing mode"),
+        ("nvmlDeviceGetConfComputeGpuAttestationReport", 10, errors.StorageError, r"\(GPU 0\): NVML_ERROR_TIMEOUT \(10\)$"),
+        ("nvmlDeviceGetConfComputeGpuCertificate", 15, errors.StorageError, r"NVML_ERROR_GPU_IS_LOST \(15\)$"),
+        ("nvmlDeviceGetConfComputeGpuCertificate", 999, errors.StorageError, r"NVML_ERROR_UNKNOWN \(999\)$"),
+        ("nvmlDeviceGetConfComputeGpuCertificate", 4242, errors.StorageError, r"an unknown return code \(4242\)$"),
+    ],
+)  # fmt: skip
+def test_nvml_return_codes_map_to_errors(
+    function: str, code: int, error: type[Exception], match: str
+) -> None:
+    source = NvmlGpuSource(FakeNvml(1, codes={function: code}))
+    with pytest.raises(error, match=match) as info:
+        source.devices()
+        source.attestation_report(0, bytes(32))
+        source.certificate_chain(0)
+    assert type(info.value) is error
+
+
+def test_every_named_code_has_a_kind() -> None:
+    for code in nvidia._NVML_RETURN_NAMES:
+        expected = errors.UsageError if code in nvidia.NVML_USAGE_ERRORS else errors.StorageError
+        assert type(nvml_error("f", code)) is expected
+    assert set(nvidia.NVML_USAGE_ERRORS) <= set(nvidia._NVML_RETURN_NAMES)
+
+
+def test_a_driver_without_the_cc_functions() -> None:
+    source = NvmlGpuSource(FakeNvml(1, missing=("nvmlDeviceGetConfComputeGpuAttestationReport",)))
+    assert source.devices() == 1
+    with pytest.raises(errors.UsageError, match=r"NVML_ERROR_FUNCTION_NOT_FOUND .*R535 or newer"):
+        source.attestation_report(0, bytes(32))
+
+
+def test_cc_mode_off() -> None:
+    with pytest.raises(errors.UsageError, match=r"confidential computing is off .*ccFeature 0, expected 1"):
+        NvmlGpuSource(FakeNvml(1, cc_feature=0)).devices()
+
+
+@pytest.mark.parametrize(
+    ("sizes", "match"),
+    [
+        ({"report": 0}, "attestationReportSize: got 0 bytes, expected 1 to 8192"),
+        ({"report": 8193}, "got 8193 bytes, expected 1 to 8192"),
+        ({"report": 2**32 - 1}, f"got {2**32 - 1} bytes"),
+        ({"certs": 0}, "attestationCertChainSize: got 0 bytes, expected 1 to 5120"),
+        ({"certs": 5121}, "got 5121 bytes, expected 1 to 5120"),
+        ({"count": 2**32 - 1}, f"got {2**32 - 1} devices"),
+    ],
+)
+def test_driver_sizes_are_bounded(sizes: dict[str, int], match: str) -> None:
+    source = NvmlGpuSource(FakeNvml(1, sizes=sizes))
+    with pytest.raises(errors.ParseError, match=match):
+        source.devices()
+        source.attestation_report(0, bytes(32))
+        source.certificate_chain(0)
+
+
+def test_the_largest_sizes_the_structures_hold_are_taken() -> None:
+    source = NvmlGpuSource(FakeNvml(1, sizes={"report": 8192, "certs": 5120}))
+    assert len(source.attestation_report(0, bytes(32))) == 8192  # not a valid report: the provider parses it
+    assert len(source.certificate_chain(0)) == 5120
+
+
+@pytest.mark.parametrize("size", [0, 31, 33, 64])
+def test_the_nonce_is_32_bytes(size: int) -> None:
+    with pytest.raises(errors.UsageError, match=f"GPU nonce: got {size} bytes, expected 32"):
+        NvmlGpuSource(FakeNvml(1)).attestation_report(0, bytes(size))
+
+
+def test_library_absent(monkeypatch: pytest.MonkeyPatch) -> None:
+    def absent(name: str) -> Any:
+        raise OSError(f"{name}: cannot open shared object file: No such file or directory")
+
+    monkeypatch.setattr(nvidia.ctypes, "CDLL", absent)
+    with pytest.raises(errors.UsageError, match=r"^no NVIDIA driver \(libnvidia-ml\.so\.1\): "):
+        NvmlGpuSource()
+
+
+def test_the_library_is_loaded_by_its_soname(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded: list[str] = []
+    monkeypatch.setattr(nvidia.ctypes, "CDLL", lambda name: loaded.append(name) or SimpleNamespace())
+    NvmlGpuSource()
+    assert loaded == ["libnvidia-ml.so.1"]
+
+
+# --- confide run --gpus -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (("--gpus", "all", "--tee", "sgx-gramine"), "--gpus: got --tee sgx-gramine, expected one of tdx, sev-snp"),
+        (("--gpus", "2", "--tee", "aws-nitro"), "--gpus: got --tee aws-nitro"),
+        (("--gpus", "0", "--tee", "tdx"), "--gpus: got '0', expected 'all' or a number from 1 to 8"),
+        (("--gpus", "9", "--tee", "sev-snp"), "--gpus: got '9'"),
+        (("--gpus", "two", "--tee", "az-vtpm"), "--gpus: got 'two'"),
+    ],
+)  # fmt: skip
+def test_cli_refuses_gpus_where_they_cannot_be(args: tuple[str, ...], match: str) -> None:
+    r = run_confide("run", "--config-id", "app/ai", *args, "--", "/bin/true",
+                    drop=("CONFIDE_CAS_URL", "CONFIDE_CAS_CERT"))  # fmt: skip
+    assert r.returncode == errors.UsageError.exit_code, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and match in lines[0], r.stderr
+
+
+def test_cli_gpus_without_the_nvidia_driver() -> None:
+    if ctypes.util.find_library("nvidia-ml"):
+        pytest.skip("libnvidia-ml is installed on this machine")
+    r = run_confide("run", "--config-id", "app/ai", "--gpus", "all", "--tee", "tdx", "--", "/bin/true",
+                    drop=("CONFIDE_CAS_URL", "CONFIDE_CAS_CERT"))  # fmt: skip
+    assert r.returncode == errors.UsageError.exit_code, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no NVIDIA driver (libnvidia-ml.so.1)" in lines[0], r.stderr
