@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import shutil
+import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -442,3 +444,72 @@ def test_cli_gpus_without_the_nvidia_driver() -> None:
     assert r.returncode == errors.UsageError.exit_code, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "no NVIDIA driver (libnvidia-ml.so.1)" in lines[0], r.stderr
+
+
+# --- the real ctypes calls, into a C library with NVML's symbols ------------------------------------
+
+# A stand-in for libnvidia-ml.so.1 built from C with nvml.h's structure definitions (written out
+# here, from the header's text): checks that the prototypes and pointers confide passes reach C
+# as NVML expects them. Its report is "nonce echo": the 32 nonce bytes followed by the device
+# index, so the Python side can check what C received.
+_STUB_C = r"""
+#include <string.h>
+typedef struct nvmlDevice_st *nvmlDevice_t;
+typedef struct { unsigned environment, ccFeature, devToolsMode; } nvmlConfComputeSystemState_t;
+typedef struct {
+    unsigned isCecAttestationReportPresent, attestationReportSize, cecAttestationReportSize;
+    unsigned char nonce[0x20], attestationReport[0x2000], cecAttestationReport[0x1000];
+} nvmlConfComputeGpuAttestationReport_t;
+typedef struct {
+    unsigned certChainSize, attestationCertChainSize;
+    unsigned char certChain[0x1000], attestationCertChain[0x1400];
+} nvmlConfComputeGpuCertificate_t;
+static nvmlDevice_t devices[2] = {(nvmlDevice_t)0x1000, (nvmlDevice_t)0x1001};
+int nvmlInit_v2(void) { return 0; }
+int nvmlSystemGetConfComputeState(nvmlConfComputeSystemState_t *s) { s->ccFeature = 1; return 0; }
+int nvmlDeviceGetCount_v2(unsigned *count) { *count = 2; return 0; }
+int nvmlDeviceGetHandleByIndex_v2(unsigned index, nvmlDevice_t *device) {
+    if (index > 1) return 2;
+    *device = devices[index];
+    return 0;
+}
+int nvmlDeviceGetConfComputeGpuAttestationReport(nvmlDevice_t d, nvmlConfComputeGpuAttestationReport_t *r) {
+    if (d == devices[1]) return 10;
+    memcpy(r->attestationReport, r->nonce, 0x20);
+    r->attestationReport[0x20] = (unsigned char)((unsigned long)d & 0xff);
+    r->attestationReportSize = 0x21;
+    r->cecAttestationReportSize = 0x1000;
+    return 0;
+}
+int nvmlDeviceGetConfComputeGpuCertificate(nvmlDevice_t d, nvmlConfComputeGpuCertificate_t *c) {
+    memset(c->attestationCertChain, 'C', 0x1400);
+    c->attestationCertChainSize = d == devices[0] ? 0x1400 : 0x1401;
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def stub_library(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build the NVML stand-in")
+    directory = tmp_path_factory.mktemp("nvml")
+    (directory / "stub.c").write_text(_STUB_C)
+    library = directory / "libnvml-stub.so"
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(library), str(directory / "stub.c")], check=True)
+    return ctypes.CDLL(str(library))
+
+
+def test_real_ctypes_calls_into_c(stub_library: Any) -> None:
+    source = NvmlGpuSource(stub_library)
+    assert source.devices() == 2
+    nonce = bytes(range(100, 132))
+    assert source.attestation_report(0, nonce) == nonce + b"\x00"
+    with pytest.raises(errors.StorageError, match=r"\(GPU 1\): NVML_ERROR_TIMEOUT \(10\)$"):
+        source.attestation_report(1, nonce)
+    with pytest.raises(errors.UsageError, match=r"\(GPU 2\): NVML_ERROR_INVALID_ARGUMENT \(2\)"):
+        source.attestation_report(2, nonce)
+    assert source.certificate_chain(0) == b"C" * 0x1400
+    with pytest.raises(errors.ParseError, match="got 5121 bytes, expected 1 to 5120"):
+        source.certificate_chain(1)
