@@ -302,7 +302,7 @@ def test_cas_on_an_azure_cvm_attests_itself(tmp_path: Path, swtpm_tpm: Tpm) -> N
     try:
         cas, evidence, _key, cert_path, _env, _signer = prepare(
             tmp_path / "cas", host="127.0.0.1", dev=False, db_url=None, collateral=None,
-            tee="az-vtpm", quote_provider=provider,
+            tee="az-vtpm", quote_provider=provider, amd_roots=AMD.roots(),
         )  # fmt: skip
         cas.db.dispose()
     finally:

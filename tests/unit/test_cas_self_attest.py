@@ -147,10 +147,10 @@ def serve_tls(cert: Path, key: Path, body: bytes) -> Iterator[str]:
         thread.join()
 
 
-def start_snp_cas(data_dir: Path, root: Path) -> tuple[dict[str, Any], Path, Path]:
+def start_snp_cas(data_dir: Path, root: Path, amd: FakeAmd) -> tuple[dict[str, Any], Path, Path]:
     cas, evidence, key_path, cert_path, _env, _signer = prepare(
         data_dir, host="127.0.0.1", dev=False, db_url=None, collateral=None,
-        tee="sev-snp", quote_provider=ConfigfsTsmQuoteProvider(root),
+        tee="sev-snp", quote_provider=ConfigfsTsmQuoteProvider(root), amd_roots=amd.roots(),
     )  # fmt: skip
     cas.db.dispose()
     assert evidence is not None
@@ -162,7 +162,7 @@ def start_snp_cas(data_dir: Path, root: Path) -> tuple[dict[str, Any], Path, Pat
 
 def test_snp_cas_attests_itself_and_is_pinned(tmp_path: Path, amd: FakeAmd) -> None:
     with snp_tsm(tmp_path, amd) as root:
-        evidence, cert_path, key_path = start_snp_cas(tmp_path / "cas", root)
+        evidence, cert_path, key_path = start_snp_cas(tmp_path / "cas", root, amd)
     assert evidence["platform"] == "sev-snp" and evidence["provider"] == "configfs-tsm/sev_guest"
     assert set(evidence["aux"]) == {"auxblob"}
     body = json.dumps(evidence).encode()
@@ -184,9 +184,9 @@ def test_snp_cas_attests_itself_and_is_pinned(tmp_path: Path, amd: FakeAmd) -> N
 
 def test_snp_evidence_presented_with_another_certificate_is_refused(tmp_path: Path, amd: FakeAmd) -> None:
     with snp_tsm(tmp_path, amd) as root:
-        evidence, _cert, _key = start_snp_cas(tmp_path / "cas", root)
+        evidence, _cert, _key = start_snp_cas(tmp_path / "cas", root, amd)
         # A second CAS (another TLS key) relays the first one's genuine evidence.
-        _other, other_cert, other_key = start_snp_cas(tmp_path / "other", root)
+        _other, other_cert, other_key = start_snp_cas(tmp_path / "other", root, amd)
     with (
         serve_tls(other_cert, other_key, json.dumps(evidence).encode()) as url,
         pytest.raises(errors.BindingError, match="not bound"),
@@ -196,7 +196,7 @@ def test_snp_evidence_presented_with_another_certificate_is_refused(tmp_path: Pa
 
 def test_snp_debug_guest_is_refused_unless_tolerated(tmp_path: Path, amd: FakeAmd) -> None:
     with snp_tsm(tmp_path, amd, debug=True) as root:
-        evidence, cert_path, _key = start_snp_cas(tmp_path / "cas", root)
+        evidence, cert_path, _key = start_snp_cas(tmp_path / "cas", root, amd)
     cert_der = _der(cert_path)
     body = json.dumps(evidence).encode()
     with pytest.raises(errors.AppraisalError, match="debug-mode"):
@@ -209,7 +209,7 @@ def test_snp_debug_guest_is_refused_unless_tolerated(tmp_path: Path, amd: FakeAm
 
 def test_snp_document_without_vcek_or_with_foreign_aux_is_refused(tmp_path: Path, amd: FakeAmd) -> None:
     with snp_tsm(tmp_path, amd) as root:
-        evidence, cert_path, _key = start_snp_cas(tmp_path / "cas", root)
+        evidence, cert_path, _key = start_snp_cas(tmp_path / "cas", root, amd)
     cert_der = _der(cert_path)
 
     def verify(doc: dict[str, Any]) -> None:
@@ -244,10 +244,12 @@ class Clock:
         return self.now
 
 
-def refreshing_snp_cas(data_dir: Path, root: Path, clock: Clock) -> tuple[Cas, CasEvidence, bytes]:
+def refreshing_snp_cas(
+    data_dir: Path, root: Path, clock: Clock, amd: FakeAmd
+) -> tuple[Cas, CasEvidence, bytes]:
     cas, evidence, _key, cert_path, _env, _signer = prepare(
         data_dir, host="127.0.0.1", dev=False, db_url=None, collateral=None,
-        tee="sev-snp", quote_provider=ConfigfsTsmQuoteProvider(root), clock=clock,
+        tee="sev-snp", quote_provider=ConfigfsTsmQuoteProvider(root), clock=clock, amd_roots=amd.roots(),
     )  # fmt: skip
     assert evidence is not None
     return cas, evidence, _der(cert_path)
@@ -268,7 +270,7 @@ def metric(app: Any, name: str) -> float:
 def test_snp_refresh_serves_new_evidence_with_the_same_binding(tmp_path: Path, amd: FakeAmd) -> None:
     clock = Clock(AT)
     with signing_tsm(tmp_path, amd) as (root, tsm):
-        cas, evidence, cert_der = refreshing_snp_cas(tmp_path / "cas", root, clock)
+        cas, evidence, cert_der = refreshing_snp_cas(tmp_path / "cas", root, clock, amd)
         app = create_app(cas, cas_evidence=evidence)
         first = get(app, "/v1/cas/evidence")
         clock.now = AT + timedelta(hours=1, microseconds=250)
@@ -306,7 +308,7 @@ def test_snp_failed_refresh_keeps_the_served_evidence_and_is_counted(
 ) -> None:
     clock = Clock(AT)
     with signing_tsm(tmp_path, amd) as (root, tsm):
-        cas, evidence, cert_der = refreshing_snp_cas(tmp_path / "cas", root, clock)
+        cas, evidence, cert_der = refreshing_snp_cas(tmp_path / "cas", root, clock, amd)
         app = create_app(cas, cas_evidence=evidence)
         served = get(app, "/v1/cas/evidence")
         refresher = EvidenceRefresher(evidence, 600)
@@ -343,7 +345,7 @@ def test_snp_readers_during_refreshes_always_get_a_complete_document(tmp_path: P
     read: list[bytes] = []
     done = threading.Event()
     with signing_tsm(tmp_path, amd) as (root, _tsm):
-        cas, evidence, cert_der = refreshing_snp_cas(tmp_path / "cas", root, clock)
+        cas, evidence, cert_der = refreshing_snp_cas(tmp_path / "cas", root, clock, amd)
         app = create_app(cas, cas_evidence=evidence)
         published = [evidence.body]
 

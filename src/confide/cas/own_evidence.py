@@ -3,9 +3,11 @@
 :class:`CasEvidence` holds the published document. :meth:`CasEvidence.refresh` asks the same
 source (the TEE's quote provider, or the simulated platform with ``--dev``) for new evidence over
 the same report data (the binding to the TLS certificate and the log key does not change), adds
-``obtained_at`` and replaces the published document in one reference assignment: a reader sees
-the old document or the new one, never a mix. A failed refresh raises and leaves the published
-document as it was.
+``obtained_at``, checks it with the optional ``check`` (:class:`~confide.cas.self_check.SelfCheck`:
+verified as a client would, before anyone can fetch it) and replaces the published document in
+one reference assignment: a reader sees the old document or the new one, never a mix. A failed
+refresh (no evidence, or evidence that does not verify) raises and leaves the published document
+as it was.
 
 :class:`EvidenceRefresher` calls it every ``interval`` seconds in a daemon thread (like the
 ``Checkpointer``); a failure is logged (one JSON line, no evidence bytes, no secret values),
@@ -45,6 +47,9 @@ log = logging.getLogger("confide.cas")
 
 Obtain = Callable[[datetime], dict[str, Any]]
 """Obtains a new evidence document (without ``obtained_at``) at the given time."""
+Check = Callable[[bytes, datetime], dict[str, Any]]
+"""Verifies a serialised document obtained at the given time before it is published; returns a
+summary for the log (no secret values, no evidence bytes) or raises."""
 
 
 def _utcnow() -> datetime:
@@ -73,14 +78,21 @@ def parse_refresh_interval(text: str) -> int:
 class _Published:
     body: bytes  # the serialised document, built before it is published
     obtained_at: datetime
+    check: dict[str, Any] | None  # the check's summary (None: no check configured)
 
 
 class CasEvidence:
-    """The CAS's own evidence document; obtains the first one when constructed (any error
-    propagates: the CAS does not start without it)."""
+    """The CAS's own evidence document; obtains (and with ``check``, verifies) the first one when
+    constructed (any error propagates: the CAS does not start without it)."""
 
-    def __init__(self, obtain: Obtain, *, clock: Callable[[], datetime] | None = None) -> None:
-        self._obtain, self._clock = obtain, clock or _utcnow
+    def __init__(
+        self,
+        obtain: Obtain,
+        *,
+        check: Check | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._obtain, self._check, self._clock = obtain, check, clock or _utcnow
         self._lock = threading.Lock()  # one refresh at a time; readers never take it
         self.refreshes = 0  # successful refreshes after the first document
         self.failures = 0  # failed refreshes
@@ -92,7 +104,15 @@ class CasEvidence:
         if not isinstance(document, dict) or "obtained_at" in document:
             raise TypeError("an evidence source returns a document without obtained_at")
         body = json.dumps({**document, "obtained_at": rfc3339(now)}).encode()
-        return _Published(body, now.replace(microsecond=0))
+        summary = None
+        if self._check is not None:
+            try:
+                summary = self._check(body, now)
+            except ConfideError as exc:  # the same class (exit code), saying what failed
+                raise type(exc)(
+                    f"the evidence obtained does not verify (checked as a client would): {exc.message}"
+                ) from None
+        return _Published(body, now.replace(microsecond=0), summary)
 
     @property
     def body(self) -> bytes:
@@ -109,9 +129,14 @@ class CasEvidence:
     def obtained_at(self) -> datetime:
         return self._current.obtained_at
 
+    @property
+    def check(self) -> dict[str, Any] | None:
+        """The check's summary of the published document (``None``: not checked by the CAS)."""
+        return self._current.check
+
     def refresh(self) -> None:
-        """Obtain new evidence and publish it; on any error count it, keep the published
-        document and re-raise."""
+        """Obtain new evidence, check it and publish it; on any error (no evidence, or evidence
+        that does not verify) count it, keep the published document and re-raise."""
         with self._lock:
             try:
                 published = self._build()
@@ -174,7 +199,11 @@ class EvidenceRefresher:
                 )
             )
             return False
-        log.info(
-            json.dumps({"event": "cas-evidence-refreshed", "obtained_at": rfc3339(self.evidence.obtained_at)})
-        )
+        refreshed: dict[str, Any] = {
+            "event": "cas-evidence-refreshed",
+            "obtained_at": rfc3339(self.evidence.obtained_at),
+        }
+        if self.evidence.check is not None:
+            refreshed["self_check"] = self.evidence.check
+        log.info(json.dumps(refreshed))
         return True

@@ -43,11 +43,13 @@ from confide.verify.result import Platform, VerifiedEvidence
 from confide.verify.sev_snp import AmdRootStore
 
 __all__ = [
+    "DCAP_PLATFORMS",
     "MEASUREMENT_CLAIMS",
     "PinnedCas",
     "attest_cas",
     "cas_binding",
     "fetch_unverified",
+    "verify_cas_document",
     "verify_cas_evidence",
 ]
 
@@ -146,6 +148,9 @@ _AUX_KEYS: dict[Platform, frozenset[str]] = {
     Platform.AZURE_TDX_VTPM: frozenset(),
 }
 _MAX_AUX = 4
+DCAP_PLATFORMS = frozenset({Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM})
+"""The platforms whose evidence needs DCAP collateral, which only the verifier supplies (a
+client's ``--collateral``, the CAS's own ``--collateral``), never the CAS's document."""
 
 
 def cas_binding(cert_der: bytes, log_key: str) -> bytes:
@@ -207,6 +212,71 @@ def _parse_document(body: bytes) -> tuple[Platform, bytes, dict[str, bytes], str
     return platform, evidence, aux, log_key, obtained_at
 
 
+def _verify_document(
+    body: bytes,
+    *,
+    sim_key_pem: bytes | None,
+    at: datetime,
+    collateral: DcapCollateralSource | None,
+    amd_roots: AmdRootStore | None,
+) -> tuple[VerifiedEvidence, str, datetime | None]:
+    """Parse the document and verify its evidence (signatures, chains, collateral): the verified
+    evidence, the log key and ``obtained_at``. No appraisal, no binding."""
+    platform, evidence, aux, log_key, obtained_at = _parse_document(body)
+    sim_key = None
+    if platform is Platform.SIMULATED:
+        if sim_key_pem is None:
+            raise UsageError(
+                "the CAS presents SIMULATED evidence: pass --sim-key (the simulated platform's public key)"
+            )
+        sim_key = load_platform_public_key(sim_key_pem)
+    elif platform in DCAP_PLATFORMS and collateral is None:
+        raise CollateralMissingError(
+            f"the CAS runs on {platform}: pass --collateral (DCAP collateral: a dcap-qvl JSON bundle,"
+            " a PCS directory or a PCS URL)"
+        )
+    verifier = PlatformVerifier(sim_key=sim_key, dcap_source=collateral, amd_roots=amd_roots)
+    return verifier.verify(platform, evidence, aux, at=at), log_key, obtained_at
+
+
+def _pin(
+    cert_der: bytes, verified: VerifiedEvidence, log_key: str, obtained_at: datetime | None
+) -> PinnedCas:
+    """Check the binding of ``verified`` to ``cert_der`` and ``log_key``; the pin."""
+    try:
+        check_binding(verified, cas_binding(cert_der, log_key))
+    except BindingError:
+        raise BindingError(
+            "the CAS's evidence is not bound to the TLS certificate and log key it presented"
+        ) from None
+    try:
+        pem = x509.load_der_x509_certificate(cert_der).public_bytes(serialization.Encoding.PEM)
+    except ValueError:
+        raise ParseError("the CAS's TLS certificate is not DER X.509", structure="CAS certificate") from None
+    return PinnedCas("", pem, hashlib.sha256(cert_der).hexdigest(), log_key, verified, obtained_at)
+
+
+def verify_cas_document(
+    cert_der: bytes,
+    body: bytes,
+    *,
+    sim_key_pem: bytes | None,
+    at: datetime,
+    collateral: DcapCollateralSource | None = None,
+    amd_roots: AmdRootStore | None = None,
+) -> PinnedCas:
+    """The verification core of :func:`verify_cas_evidence` without its appraisal: the document
+    is parsed, its evidence verified (signatures, certificate chains, collateral) and its binding
+    to ``cert_der`` and the log key checked. Debug mode, the TCB status and advisories are
+    *reported* in the result (``evidence.claims["debug"]``, ``evidence.tcb_status``,
+    ``evidence.advisory_ids``), not judged: that is the client's decision. The CAS runs this on
+    its own document before publishing it (:mod:`confide.cas.self_check`)."""
+    verified, log_key, obtained_at = _verify_document(
+        body, sim_key_pem=sim_key_pem, at=at, collateral=collateral, amd_roots=amd_roots
+    )
+    return _pin(cert_der, verified, log_key, obtained_at)
+
+
 def verify_cas_evidence(
     cert_der: bytes,
     body: bytes,
@@ -221,21 +291,9 @@ def verify_cas_evidence(
 ) -> PinnedCas:
     """Verify the CAS's evidence document ``body`` for the certificate ``cert_der`` it was
     served with; see :func:`attest_cas`."""
-    platform, evidence, aux, log_key, obtained_at = _parse_document(body)
-    sim_key = None
-    if platform is Platform.SIMULATED:
-        if sim_key_pem is None:
-            raise UsageError(
-                "the CAS presents SIMULATED evidence: pass --sim-key (the simulated platform's public key)"
-            )
-        sim_key = load_platform_public_key(sim_key_pem)
-    elif platform in (Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM) and collateral is None:
-        raise CollateralMissingError(
-            f"the CAS runs on {platform}: pass --collateral (DCAP collateral: a dcap-qvl JSON bundle,"
-            " a PCS directory or a PCS URL)"
-        )
-    verifier = PlatformVerifier(sim_key=sim_key, dcap_source=collateral, amd_roots=amd_roots)
-    verified = verifier.verify(platform, evidence, aux, at=at)
+    verified, log_key, obtained_at = _verify_document(
+        body, sim_key_pem=sim_key_pem, at=at, collateral=collateral, amd_roots=amd_roots
+    )
     # The same tolerance rules as a policy's security.attestation (confide.policy.appraise);
     # simulated evidence is the caller's explicit choice (--sim-key).
     try:
@@ -253,7 +311,7 @@ def verify_cas_evidence(
             + " (--tolerate, --ignore-advisory)",
             problems=reasons,
         )
-    claim = MEASUREMENT_CLAIMS[platform]
+    claim = MEASUREMENT_CLAIMS[verified.platform]
     if measurements:
         got = str(verified.claims.get(claim, "")).lower()
         if not any(hmac.compare_digest(got, m) for m in measurements):
@@ -261,17 +319,7 @@ def verify_cas_evidence(
                 f"the CAS measures {claim} {got[:32]}…, expected one of --measurement"
                 f" {', '.join(m[:16] + '…' for m in measurements)}"
             )
-    try:
-        check_binding(verified, cas_binding(cert_der, log_key))
-    except BindingError:
-        raise BindingError(
-            "the CAS's evidence is not bound to the TLS certificate and log key it presented"
-        ) from None
-    try:
-        pem = x509.load_der_x509_certificate(cert_der).public_bytes(serialization.Encoding.PEM)
-    except ValueError:
-        raise ParseError("the CAS's TLS certificate is not DER X.509", structure="CAS certificate") from None
-    return PinnedCas("", pem, hashlib.sha256(cert_der).hexdigest(), log_key, verified, obtained_at)
+    return _pin(cert_der, verified, log_key, obtained_at)
 
 
 def attest_cas(

@@ -18,7 +18,10 @@ The data directory holds (created on first start, mode 0700/0600):
 With ``--tee tdx|sev-snp|sgx-gramine|az-vtpm`` the CAS obtains its own evidence at startup from
 that TEE's quote provider (:mod:`confide.runtime.quote`), bound to its TLS certificate and log
 key, and refuses to start without it; ``--dev`` publishes simulated evidence instead. Either is
-then re-obtained every ``--evidence-refresh`` seconds (:mod:`confide.cas.own_evidence`).
+then re-obtained every ``--evidence-refresh`` seconds (:mod:`confide.cas.own_evidence`). Before
+publishing, at startup and on every refresh, the CAS verifies the document as a client would
+(:mod:`confide.cas.self_check`): evidence that does not verify stops the CAS at startup and is
+not published on a refresh.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, CasEvidence, Evide
 from confide.cas.pin import cas_binding
 from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer
+from confide.cas.self_check import SelfCheck
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral.dcap import source_for
 from confide.errors import ConfideError, UsageError
@@ -68,6 +72,7 @@ from confide.runtime.quote import ConfigfsTsmQuoteProvider, GramineQuoteProvider
 from confide.sim.measure import measure_current_process
 from confide.sim.platform import SimPlatform
 from confide.verify.result import Platform
+from confide.verify.sev_snp import AmdRootStore
 
 __all__ = ["TEE_CHOICES", "prepare", "quote_provider_for", "serve", "tee_document", "tee_evidence"]
 
@@ -264,6 +269,7 @@ def prepare(
     tee: str | None = None,
     quote_provider: QuoteProvider | None = None,
     clock: Callable[[], datetime] | None = None,
+    amd_roots: AmdRootStore | None = None,
 ) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
     """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (``dev``:
     simulated; ``tee``: from the TEE's quote provider, ``quote_provider`` or the one at the
@@ -271,7 +277,11 @@ def prepare(
     ``refresh()``), TLS files and the client environment (without the URL). ``seal``: the TEE
     sealing key that protects the master key (``None``: a plain ``master.key``, development
     only). ``clock``: the time of ``obtained_at`` (default: now). Without evidence of its own
-    the CAS refuses to start with ``tee``."""
+    the CAS refuses to start with ``tee``, and so it does when its evidence does not verify: every
+    document is checked before it is published (:class:`~confide.cas.self_check.SelfCheck`) with
+    the CAS's verifier configuration, the DCAP collateral source of ``collateral`` and the pinned
+    AMD roots (``amd_roots`` replaces them, also for the evidence clients present: test PKIs
+    only). DCAP evidence without ``collateral`` is published unchecked, which is logged once."""
     if dev and tee is not None:
         raise UsageError(
             f"--dev and --tee {tee} exclude each other: a CAS in a TEE does not accept simulated evidence"
@@ -290,6 +300,7 @@ def prepare(
     log_key = env["CONFIDE_LOG_KEY"]
     cert_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(serialization.Encoding.DER)
     report_data = cas_binding(cert_der, log_key)  # the same for every evidence the CAS obtains
+    dcap_source = source_for(collateral) if collateral else None
     if dev:
         sim_dir = data_dir / "sim"
         platform = SimPlatform.load_or_create(sim_dir)
@@ -308,20 +319,30 @@ def prepare(
                 "log_key": log_key,
             }
 
-        cas_evidence = CasEvidence(simulated, clock=clock)
+        sim_pem = sim_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        check = SelfCheck(cert_der, sim_key_pem=sim_pem)
+        cas_evidence = CasEvidence(simulated, check=check, clock=clock)
     elif tee is not None:
         provider = quote_provider if quote_provider is not None else quote_provider_for(tee)
 
         def from_tee(_now: datetime) -> dict[str, Any]:
             return {**tee_document(tee, provider, report_data), "log_key": log_key}
 
+        check = SelfCheck(cert_der, collateral=dcap_source, amd_roots=amd_roots)
         try:
-            cas_evidence = CasEvidence(from_tee, clock=clock)
+            cas_evidence = CasEvidence(from_tee, check=check, clock=clock)
         except ConfideError as exc:
             raise _not_starting(tee, exc) from None
+        summary = cas_evidence.check
+        if summary is not None and not summary["verified"]:  # logged once, not on every refresh
+            logging.getLogger("confide.cas").warning(
+                json.dumps({"event": "cas-evidence-unchecked", "tee": tee, "reason": summary["reason"]})
+            )
     database = Database(db_url or f"sqlite:///{(data_dir / 'cas.db').resolve()}")
     database.migrate()
-    verifier = PlatformVerifier(sim_key=sim_key, dcap_source=source_for(collateral) if collateral else None)
+    verifier = PlatformVerifier(sim_key=sim_key, dcap_source=dcap_source, amd_roots=amd_roots)
     cas = Cas(database, sealer, verifier, events=LedgerEventSink())
     with database.write() as conn:
         cas.events.record(
@@ -410,6 +431,7 @@ def serve(
                 "dev": dev,
                 "tee": tee,
                 "evidence_refresh": evidence_refresh if cas_evidence is not None else None,
+                "self_check": cas_evidence.check if cas_evidence is not None else None,
                 "db": cas.db.redacted_url,
                 "master_key": f"sealed: {seal.name} ({seal.binding})" if seal else "plain file",
             }

@@ -1,0 +1,74 @@
+"""The CAS checks its own evidence document before publishing it, as a client would.
+
+:class:`SelfCheck` runs :func:`~confide.cas.pin.verify_cas_document`, the verification core of
+``confide cas attest`` (:func:`~confide.cas.pin.verify_cas_evidence`), on the document the CAS
+is about to publish, with the CAS's own TLS certificate and its own verifier configuration: the
+DCAP collateral source of ``--collateral`` (TDX, SGX, az-tdx-vtpm) and the pinned AMD roots
+(SEV-SNP, az-snp-vtpm; replaceable for test PKIs only). Signatures, certificate chains,
+collateral and the binding to the TLS certificate and log key must verify; debug mode, the TCB
+status and advisories are not judged (that is the client's decision, ``--tolerate``) but
+reported in :meth:`SelfCheck.__call__`'s summary, which the CAS logs.
+
+Without a collateral source, DCAP evidence cannot be verified locally: the summary says so
+(``"verified": false``) and the document is published unchecked; the CAS logs that once at
+startup. :class:`~confide.cas.own_evidence.CasEvidence` publishes a document only when the check
+returns; a check that raises keeps the previous document (refresh) or stops the CAS (startup).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from confide.cas.pin import DCAP_PLATFORMS, verify_cas_document
+from confide.collateral.dcap import DcapCollateralSource
+from confide.verify.result import Platform
+from confide.verify.sev_snp import AmdRootStore
+
+__all__ = ["SelfCheck", "unchecked_reason"]
+
+
+def unchecked_reason(platform: str) -> str:
+    return (
+        f"{platform} evidence needs DCAP collateral and the CAS has no --collateral: it cannot check"
+        " its own evidence before publishing it (clients still verify it with theirs)"
+    )
+
+
+@dataclass(frozen=True)
+class SelfCheck:
+    """Verifies the CAS's own document ``body`` at ``at`` (when it was obtained) for the CAS's
+    TLS certificate ``cert_der``. ``sim_key_pem``: the simulated platform's key (``--dev``).
+    ``amd_roots`` replaces the pinned AMD roots: for test PKIs only."""
+
+    cert_der: bytes
+    collateral: DcapCollateralSource | None = None
+    amd_roots: AmdRootStore | None = None
+    sim_key_pem: bytes | None = None
+
+    def __call__(self, body: bytes, at: datetime) -> dict[str, Any]:
+        """The summary logged with the document: ``verified`` and, when verified, the platform,
+        TCB status, advisories and debug flag. Any verification error propagates unchanged."""
+        platform = str(json.loads(body).get("platform", ""))  # the CAS's own document
+        if self.collateral is None and platform in {p.value for p in DCAP_PLATFORMS}:
+            return {"verified": False, "platform": platform, "reason": unchecked_reason(platform)}
+        pinned = verify_cas_document(
+            self.cert_der,
+            body,
+            sim_key_pem=self.sim_key_pem,
+            at=at,
+            collateral=self.collateral,
+            amd_roots=self.amd_roots,
+        )
+        evidence = pinned.evidence
+        debug = evidence.claims.get("debug")
+        return {
+            "verified": True,
+            "platform": evidence.platform.value,
+            "tcb_status": evidence.tcb_status.value if evidence.tcb_status else None,
+            "advisory_ids": list(evidence.advisory_ids),
+            "debug": debug if isinstance(debug, bool) else None,
+            "simulated": evidence.platform is Platform.SIMULATED,
+        }
