@@ -437,6 +437,14 @@ def test_cas_attest_pins_the_tls_identity(cas: CasProcess, tmp_path: Path) -> No
         r.stderr
     )
     measured = re.search(r"measurement: ([0-9a-f]+)", r.stderr).group(1)  # type: ignore[union-attr]
+    # The CAS verified that document itself before publishing it, and said so when it started.
+    assert cas.log is not None
+    lines = [json.loads(line) for line in cas.log.read_text().splitlines() if line.startswith("{")]
+    (listening,) = [line for line in lines if line["event"] == "listening"]
+    assert listening["self_check"] == {
+        "verified": True, "platform": "sim", "tcb_status": None, "advisory_ids": [], "debug": False,
+        "simulated": True,
+    }, listening  # fmt: skip
     r = confide(cas, "cas", "attest", cas.env["CONFIDE_CAS_URL"], "--measurement", measured.upper())
     assert r.returncode == 0 and "as expected" in r.stderr, r.stderr
     pin.unlink()

@@ -114,6 +114,50 @@ def test_first_evidence_failure_propagates() -> None:
         CasEvidence(lambda _now: {"platform": "sim", "obtained_at": "x"}, clock=lambda: T0)
 
 
+class Check:
+    """A check whose answers the test scripts: a summary, or an exception."""
+
+    def __init__(self, *answers: Exception | None) -> None:
+        self.answers = list(answers)
+        self.seen: list[tuple[dict[str, Any], datetime]] = []
+
+    def __call__(self, body: bytes, at: datetime) -> dict[str, Any]:
+        self.seen.append((json.loads(body), at))
+        answer = self.answers.pop(0) if self.answers else None
+        if answer is not None:
+            raise answer
+        return {"verified": True, "n": len(self.seen)}
+
+
+def test_a_document_is_published_only_after_its_check() -> None:
+    times = iter(T0 + timedelta(seconds=30 * i) for i in range(10))
+    check = Check(None, errors.SignatureError("bad signature"), None)
+    evidence = CasEvidence(Source(), check=check, clock=lambda: next(times))
+    assert evidence.check == {"verified": True, "n": 1}
+    # The check sees the document as it will be published, at the time it was obtained.
+    assert check.seen[0] == (evidence.document, T0)
+    first = evidence.body
+    with pytest.raises(
+        errors.SignatureError, match=r"^the evidence obtained does not verify .*: bad signature$"
+    ):
+        evidence.refresh()
+    assert (evidence.body, evidence.check, evidence.refreshes, evidence.failures) == (
+        first,
+        {"verified": True, "n": 1},
+        0,
+        1,
+    )
+    evidence.refresh()
+    assert evidence.document["evidence"] == "evidence 3" and evidence.check == {"verified": True, "n": 3}
+    assert (evidence.refreshes, evidence.failures) == (1, 1)
+
+
+def test_first_document_that_fails_its_check_propagates_with_its_class() -> None:
+    with pytest.raises(errors.CertificateChainError, match=r"does not verify .*: not AMD's"):
+        CasEvidence(Source(), check=Check(errors.CertificateChainError("not AMD's")), clock=lambda: T0)
+    assert CasEvidence(Source(), clock=lambda: T0).check is None  # no check configured
+
+
 def test_refresher_thread_stops_without_waiting_a_period() -> None:
     evidence = CasEvidence(Source(), clock=lambda: T0)
     refresher = EvidenceRefresher(evidence, 3600)
@@ -165,6 +209,11 @@ def test_dev_cas_reissues_its_simulated_evidence(dev_cas: Any) -> None:
     assert new.evidence.claims["timestamp"] == int(clock.now.timestamp())
     assert new.evidence.claims["measurement"] == old.evidence.claims["measurement"]
     assert (old.obtained_at, new.obtained_at) == (T0, clock.now)
+    # The CAS verified both with the simulated platform's key before publishing them.
+    assert evidence.check == {
+        "verified": True, "platform": "sim", "tcb_status": None, "advisory_ids": [], "debug": False,
+        "simulated": True,
+    }  # fmt: skip
 
 
 # --- obtained_at as `confide cas attest` reads it ----------------------------------------------------

@@ -7,7 +7,10 @@ VCEK in the certificate table (``auxblob``) and another report ID in each report
 ``prepare()`` obtains the evidence, a TLS server presents the CAS's certificate and the evidence
 document, and ``attest_cas`` verifies and pins it. The refresh (``CasEvidence.refresh``,
 ``EvidenceRefresher.refresh_once``) re-obtains it from the same tree, and ``GET
-/v1/cas/evidence`` and ``/metrics`` are read through the real app (in process). TDX and SGX: real quotes and collateral (tests/assets); their report data
+/v1/cas/evidence`` and ``/metrics`` are read through the real app (in process). The CAS verifies
+each document before publishing it: the tree spoils reports on request (a flipped signature bit,
+another chip's report) to show that the CAS then does not start, or keeps serving the previous
+document. TDX and SGX: real quotes and collateral (tests/assets); their report data
 cannot be re-signed, so these tests stop at the binding, which proves every check before it.
 """
 
@@ -56,6 +59,8 @@ from dcap_cases import ASSETS, CASES, Case
 from quote_fakes import FakeGramine, FakeTsm, TsmBehaviour, mfusepy, mounted
 
 MEASUREMENT = "cd" * 48  # snp_fakes' report measurement
+SIGNATURE_OFFSET = 0x2A0  # SEV-SNP ABI (rev 1.57) table 22: the report's SIGNATURE
+FLIP_SIGNATURE, OTHER_CHIP = 1, 2
 
 
 class SigningTsm(FakeTsm):
@@ -75,6 +80,11 @@ class SigningTsm(FakeTsm):
         shared = multiprocessing.get_context("fork")
         self.issued = shared.Value("i", 0)
         self.outblob_errno = shared.Value("i", 0)
+        # How the next reports are spoiled (set by the test): FLIP_SIGNATURE flips a bit of the
+        # signature's R; OTHER_CHIP signs a report of another chip than the VCEK's hwID names (a
+        # certificate table with a VCEK that is not this chip's). (Report data other than the
+        # inblob is refused by the quote provider itself, before the CAS's check.)
+        self.tamper = shared.Value("i", 0)
 
     def _report(self, entry: dict[str, Any]) -> bytes:
         # One signed report per request (an entry's inblob and privlevel), however it is read.
@@ -83,11 +93,15 @@ class SigningTsm(FakeTsm):
             with self.issued.get_lock():
                 self.issued.value += 1
                 number = self.issued.value
+            chip = {"chip_id": bytes(64 - i for i in range(64))} if self.tamper.value == OTHER_CHIP else {}
             report = self.amd.report(
                 report_data=entry["inblob"].ljust(64, b"\0"), vmpl=entry["privlevel"], policy=self.policy,
-                report_id=number.to_bytes(32, "big"),
+                report_id=number.to_bytes(32, "big"), **chip,
             )  # fmt: skip
-            entry["signed"] = (key, self.amd.sign(report))
+            signed = bytearray(self.amd.sign(report))
+            if self.tamper.value == FLIP_SIGNATURE:
+                signed[SIGNATURE_OFFSET + 5] ^= 1
+            entry["signed"] = (key, bytes(signed))
         signed: bytes = entry["signed"][1]
         return signed
 
@@ -371,6 +385,126 @@ def test_snp_readers_during_refreshes_always_get_a_complete_document(tmp_path: P
     for body in set(read):
         obtained = datetime.fromisoformat(json.loads(body)["obtained_at"])
         verify_cas_evidence(cert_der, body, sim_key_pem=None, at=obtained, amd_roots=amd.roots())
+
+
+# --- The CAS verifies its own evidence before publishing it ------------------------------------
+
+
+def _prepare_snp(data_dir: Path, root: Path, **kwargs: Any) -> Any:
+    return prepare(data_dir, host="127.0.0.1", dev=False, db_url=None, collateral=None, tee="sev-snp",
+                   quote_provider=ConfigfsTsmQuoteProvider(root), **kwargs)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("tamper", "own_roots", "error", "message"),
+    [
+        (FLIP_SIGNATURE, True, errors.SignatureError, "signature"),
+        (OTHER_CHIP, True, errors.CertificateChainError, "CHIP_ID"),
+        (0, False, errors.CertificateChainError, "not an AMD ASK/ASVK known"),  # the pinned AMD roots
+    ],
+)
+def test_cas_does_not_start_with_evidence_that_does_not_verify(
+    tmp_path: Path, amd: FakeAmd, tamper: int, own_roots: bool, error: type[errors.ConfideError], message: str
+) -> None:
+    with signing_tsm(tmp_path, amd) as (root, tsm):
+        tsm.tamper.value = tamper
+        with pytest.raises(error, match=message) as info:
+            _prepare_snp(tmp_path / "cas", root, amd_roots=amd.roots() if own_roots else None)
+        assert tsm.issued.value == 1
+    assert type(info.value) is error  # the verification error's class, hence its exit code
+    assert info.value.message.startswith(
+        "--tee sev-snp: cannot obtain the CAS's own evidence, not starting: the evidence obtained does not"
+        " verify (checked as a client would): "
+    ), info.value.message
+    assert not (tmp_path / "cas" / "cas.db").exists()  # refused before the database
+
+
+def test_refresh_with_evidence_that_does_not_verify_keeps_the_served_document(
+    tmp_path: Path, amd: FakeAmd, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock(AT)
+    with signing_tsm(tmp_path, amd) as (root, tsm):
+        cas, evidence, cert_der = refreshing_snp_cas(tmp_path / "cas", root, clock, amd)
+        app = create_app(cas, cas_evidence=evidence)
+        served = get(app, "/v1/cas/evidence")
+        refresher = EvidenceRefresher(evidence, 600)
+        with caplog.at_level(logging.INFO, logger="confide.cas"):
+            for minute, tamper in ((10, FLIP_SIGNATURE), (20, OTHER_CHIP)):
+                tsm.tamper.value = tamper
+                clock.now = AT + timedelta(minutes=minute)
+                assert not refresher.refresh_once()
+                assert get(app, "/v1/cas/evidence") == served
+            counted = (
+                metric(app, "confide_cas_evidence_refresh_failures_total"),
+                metric(app, "confide_cas_evidence_refreshes_total"),
+                metric(app, "confide_cas_evidence_obtained_timestamp_seconds"),
+            )
+            # Genuine evidence again: published on the next period.
+            tsm.tamper.value = 0
+            clock.now = AT + timedelta(minutes=30)
+            assert refresher.refresh_once()
+            refreshed = get(app, "/v1/cas/evidence")
+    cas.db.dispose()
+    assert tsm.issued.value == 4
+    assert counted == (2, 0, AT.timestamp())
+    assert refreshed != served
+    verify_cas_evidence(cert_der, refreshed, sim_key_pem=None, at=clock.now, amd_roots=amd.roots())
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+    failed = [line for line in lines if line["event"] == "cas-evidence-refresh-failed"]
+    assert [(f["error"], f["failures"]) for f in failed] == [
+        ("SignatureError", 1),
+        ("CertificateChainError", 2),
+    ]
+    assert all(f["detail"].startswith("the evidence obtained does not verify") for f in failed), failed
+    assert all(f["serving_obtained_at"] == "2025-06-01T00:00:00Z" for f in failed)
+    (ok,) = [line for line in lines if line["event"] == "cas-evidence-refreshed"]
+    assert ok["obtained_at"] == "2025-06-01T00:30:00Z"
+    assert ok["self_check"] == {
+        "verified": True, "platform": "sev-snp", "tcb_status": None, "advisory_ids": [], "debug": False,
+        "simulated": False,
+    }  # fmt: skip
+
+
+def test_debug_guest_starts_and_its_check_reports_debug(tmp_path: Path, amd: FakeAmd) -> None:
+    """Debug mode is the client's decision (``cas attest --tolerate debug-mode``): the CAS
+    publishes, and logs the flag."""
+    with signing_tsm(tmp_path, amd, debug=True) as (root, _tsm):
+        cas, evidence, *_ = _prepare_snp(tmp_path / "cas", root, amd_roots=amd.roots())
+    cas.db.dispose()
+    assert evidence is not None and evidence.check is not None
+    assert evidence.check["verified"] is True and evidence.check["debug"] is True
+
+
+def test_tdx_cas_without_collateral_publishes_unchecked_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DCAP evidence needs collateral the CAS may not have: published unchecked (clients verify
+    it with theirs), logged once at startup; with a collateral source the same quote (an unsigned
+    skeleton) stops the CAS."""
+    collateral = str(
+        ASSETS / _case("tdx/trustee/tdx_quote_4.dat", "collateral_v4_2023-06.dcapqvl.json").collateral
+    )
+    with mounted(tmp_path / "tdx" / "report", FakeTsm(TsmBehaviour(provider="tdx_guest"))) as root:
+        provider = ConfigfsTsmQuoteProvider(root)
+        with caplog.at_level(logging.INFO, logger="confide.cas"):
+            cas, evidence, *_ = prepare(tmp_path / "cas", host="127.0.0.1", dev=False, db_url=None,
+                                        collateral=None, tee="tdx", quote_provider=provider)  # fmt: skip
+            assert evidence is not None
+            assert EvidenceRefresher(evidence, 600).refresh_once()
+            assert evidence.refreshes == 1
+        cas.db.dispose()
+        with pytest.raises(errors.ParseError, match="signature") as info:  # no signature at all
+            prepare(tmp_path / "cas2", host="127.0.0.1", dev=False, db_url=None, collateral=collateral,
+                    tee="tdx", quote_provider=provider)  # fmt: skip
+    assert "not starting: the evidence obtained does not verify" in info.value.message, info.value.message
+    assert evidence.document["platform"] == "tdx"
+    assert evidence.check is not None and evidence.check["verified"] is False
+    assert "cannot check its own evidence" in evidence.check["reason"]
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+    warnings = [json.loads(r.getMessage()) for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [{"event": "cas-evidence-unchecked", "tee": "tdx", "reason": evidence.check["reason"]}]
+    (refreshed,) = [line for line in lines if line["event"] == "cas-evidence-refreshed"]
+    assert refreshed["self_check"]["verified"] is False
 
 
 # --- Startup refusals -----------------------------------------------------------------------------
