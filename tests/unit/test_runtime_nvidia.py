@@ -23,7 +23,7 @@ from cas_inproc import InProcessCas, InProcessClient, RuntimeKey, last_attestati
 from cli import run_confide
 from confide import errors
 from confide.cas.core import binding_report_data
-from confide.cas.verifier import MAX_GPUS, PlatformVerifier
+from confide.cas.verifier import MAX_GPUS
 from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
 from confide.runtime import nvidia
 from confide.runtime.nvidia import GpuQuoteProvider, NvmlGpuSource, nvml_error
@@ -63,10 +63,7 @@ security:
 
 @pytest.fixture
 def cas(tmp_path: Path) -> InProcessCas:
-    inproc = InProcessCas.start(tmp_path / "cas", POLICY)
-    sim_key = inproc.cas.verifier.sim_key  # type: ignore[attr-defined]
-    inproc.cas.verifier = PlatformVerifier(sim_key=sim_key, nvidia_root=PKI.root[0])
-    return inproc
+    return InProcessCas.start(tmp_path / "cas", POLICY).verify_with(nvidia_root=PKI.root[0])
 
 
 def sim_cpu(cas: InProcessCas) -> SimQuoteProvider:
