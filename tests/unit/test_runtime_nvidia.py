@@ -224,11 +224,14 @@ def test_report_data_must_be_64_bytes(size: int) -> None:
 # --- the NVML ctypes layer ----------------------------------------------------------------------
 
 
+def _offsets(structure: type[ctypes.Structure]) -> dict[str, int]:
+    return {name: getattr(structure, name).offset for name, *_ in structure._fields_}
+
+
 def test_structure_layouts_match_nvml_h() -> None:
     report = nvidia._ConfComputeGpuAttestationReport
     assert ctypes.sizeof(report) == 4 + 4 + 4 + 0x20 + 0x2000 + 0x1000 == 12332
-    offsets = {name: getattr(report, name).offset for name, _ in report._fields_}
-    assert offsets == {
+    assert _offsets(report) == {
         "isCecAttestationReportPresent": 0,
         "attestationReportSize": 4,
         "cecAttestationReportSize": 8,
@@ -238,8 +241,7 @@ def test_structure_layouts_match_nvml_h() -> None:
     }
     cert = nvidia._ConfComputeGpuCertificate
     assert ctypes.sizeof(cert) == 4 + 4 + 0x1000 + 0x1400 == 9224
-    offsets = {name: getattr(cert, name).offset for name, _ in cert._fields_}
-    assert offsets == {
+    assert _offsets(cert) == {
         "certChainSize": 0,
         "attestationCertChainSize": 4,
         "certChain": 8,
