@@ -9,7 +9,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -20,6 +20,7 @@ from confide.cas.client import policy_submission
 from confide.cas.core import Cas, binding_report_data, decrypt_release
 from confide.cas.db import raw_connection, raw_execute
 from confide.cas.server import prepare
+from confide.cas.verifier import PlatformVerifier
 from confide.identity import Identity
 from confide.ledger.encoding import Entry
 from confide.ledger.store import Ledger
@@ -27,6 +28,28 @@ from confide.policy.loader import loads_policy
 from confide.sim.platform import SimPlatform
 
 MEASUREMENT = "ab" * 48
+
+T = TypeVar("T")
+
+
+class Clock(Generic[T]):
+    """A clock the test sets: calling it returns ``now`` (a POSIX time for ``Cas.clock``, a
+    datetime for ``prepare(clock=...)``); tests move it by assigning ``now``."""
+
+    def __init__(self, now: T) -> None:
+        self.now = now
+
+    def __call__(self) -> T:
+        return self.now
+
+
+def production_cas(data_dir: Path, verifier: PlatformVerifier, policy: str) -> Cas:
+    """A CAS as ``cas serve`` prepares it without ``--dev`` (no simulated platform), verifying
+    with ``verifier`` (the test PKIs' roots), with ``policy`` applied."""
+    cas, *_ = prepare(data_dir, host="127.0.0.1", dev=False, db_url=None, collateral=None)
+    cas.verifier = verifier
+    cas.apply(policy_submission(loads_policy(policy), Identity.generate()))
+    return cas
 
 
 def sim_policy(name: str = "app", service: str = "svc", measurement: str = MEASUREMENT) -> str:
@@ -132,6 +155,13 @@ class InProcessCas:
         )
         cas.apply(policy_submission(loads_policy(policy or sim_policy()), Identity.generate()))
         return cls(cas, SimPlatform.load(Path(env["CONFIDE_SIM_DIR"])))
+
+    def verify_with(self, **roots: Any) -> InProcessCas:
+        """Replace the CAS's verifier by one that keeps the simulated platform's key and is
+        given ``roots`` (``PlatformVerifier`` keyword arguments: the test PKIs' roots)."""
+        sim_key = self.cas.verifier.sim_key  # type: ignore[attr-defined]
+        self.cas.verifier = PlatformVerifier(sim_key=sim_key, **roots)
+        return self
 
     def request(
         self,

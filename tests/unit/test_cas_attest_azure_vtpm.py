@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from snp_fakes import make_fake_amd
 
-from cas_inproc import RuntimeKey, last_attestation, refused
+from cas_inproc import RuntimeKey, last_attestation, production_cas, refused
 from cli import run_confide
 from confide import errors
 from confide.cas.client import policy_submission
@@ -131,10 +131,7 @@ def azure_snp_evidence(
 
 @pytest.fixture
 def cas(tmp_path: Path) -> Cas:
-    cas, *_ = prepare(tmp_path / "cas", host="127.0.0.1", dev=False, db_url=None, collateral=None)
-    cas.verifier = PlatformVerifier(amd_roots=AMD.roots())
-    cas.apply(policy_submission(loads_policy(POLICY), Identity.generate()))
-    return cas
+    return production_cas(tmp_path / "cas", PlatformVerifier(amd_roots=AMD.roots()), POLICY)
 
 
 def request(rt: RuntimeKey, evidence: bytes, *, service: str = "az", platform: str = "az-snp-vtpm",

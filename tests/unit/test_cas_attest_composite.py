@@ -18,7 +18,7 @@ from cas_inproc import InProcessCas, RuntimeKey, last_attestation, refused
 from confide import errors
 from confide.cas.app import create_app
 from confide.cas.core import Cas, binding_report_data
-from confide.cas.verifier import MAX_GPUS, PlatformVerifier
+from confide.cas.verifier import MAX_GPUS
 from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
 from confide.sim.platform import SimPlatform
 from nvidia_forge import NvidiaPki, make_leaf, resign
@@ -83,12 +83,9 @@ security:
 
 @pytest.fixture
 def cas(tmp_path: Path) -> InProcessCas:
-    inproc = InProcessCas.start(tmp_path / "cas", POLICY)
-    sim_key = inproc.cas.verifier.sim_key  # type: ignore[attr-defined]
-    inproc.cas.verifier = PlatformVerifier(
-        sim_key=sim_key, nvidia_root=PKI.root[0], nvidia_rim_root=RIM_PKI.root
+    return InProcessCas.start(tmp_path / "cas", POLICY).verify_with(
+        nvidia_root=PKI.root[0], nvidia_rim_root=RIM_PKI.root
     )
-    return inproc
 
 
 class Runtime(RuntimeKey):

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from asgi_call import call
-from cas_inproc import RuntimeKey, last_attestation, refused
+from cas_inproc import Clock, RuntimeKey, last_attestation, production_cas, refused
 from confide import errors
 from confide.cas.app import create_app
 from confide.cas.client import policy_submission
@@ -81,22 +81,12 @@ security:
 """
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def cas(tmp_path: Path) -> Cas:
-    cas, *_ = prepare(tmp_path / "cas", host="127.0.0.1", dev=False, db_url=None, collateral=None)
-    cas.verifier = PlatformVerifier(
+    verifier = PlatformVerifier(
         nvidia_root=NV_PKI.root[0], nvidia_rim_root=RIM_PKI.root, nitro_root=NITRO_PKI.root_cert
     )
-    cas.apply(policy_submission(loads_policy(POLICY), Identity.generate()))
-    return cas
+    return production_cas(tmp_path / "cas", verifier, POLICY)
 
 
 class Runtime(RuntimeKey):

@@ -18,21 +18,13 @@ from confide.errors import BindingError, StorageError, UsageError
 from confide.ledger.store import Ledger
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from cas_inproc import InProcessCas
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
+from cas_inproc import Clock, InProcessCas
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> tuple[InProcessCas, Clock]:
+def setup(tmp_path: Path) -> tuple[InProcessCas, Clock[float]]:
     env = InProcessCas.start(tmp_path / "cas")
-    clock = Clock()
+    clock = Clock(time.time())
     env.cas.clock = clock
     return env, clock
 
@@ -47,7 +39,7 @@ def ledger_size(cas: Cas) -> int:
         return Ledger.size(conn.connection.driver_connection)  # type: ignore[arg-type]
 
 
-def test_one_batch_commits_many_attestations(setup: tuple[InProcessCas, Clock]) -> None:
+def test_one_batch_commits_many_attestations(setup: tuple[InProcessCas, Clock[float]]) -> None:
     env, _ = setup
     cas = env.cas
     batcher = WriteBatcher(cas.db)
@@ -73,7 +65,7 @@ def test_one_batch_commits_many_attestations(setup: tuple[InProcessCas, Clock]) 
         batcher.close()
 
 
-def test_the_same_nonce_twice_in_one_batch_is_refused_once(setup: tuple[InProcessCas, Clock]) -> None:
+def test_the_same_nonce_twice_in_one_batch_is_refused_once(setup: tuple[InProcessCas, Clock[float]]) -> None:
     env, _ = setup
     cas = env.cas
     nonce = cas.new_nonce()
@@ -88,7 +80,7 @@ def test_the_same_nonce_twice_in_one_batch_is_refused_once(setup: tuple[InProces
         second.result()
 
 
-def test_a_failing_job_does_not_fail_or_lose_the_others(setup: tuple[InProcessCas, Clock]) -> None:
+def test_a_failing_job_does_not_fail_or_lose_the_others(setup: tuple[InProcessCas, Clock[float]]) -> None:
     env, _ = setup
     cas = env.cas
     batcher = WriteBatcher(cas.db)
@@ -120,7 +112,7 @@ def test_a_failing_job_does_not_fail_or_lose_the_others(setup: tuple[InProcessCa
         batcher.submit(lambda conn: None)
 
 
-def test_a_refusal_in_phase_one_spends_the_nonce(setup: tuple[InProcessCas, Clock]) -> None:
+def test_a_refusal_in_phase_one_spends_the_nonce(setup: tuple[InProcessCas, Clock[float]]) -> None:
     env, _ = setup
     cas = env.cas
     body, _ = env.request()
@@ -137,7 +129,7 @@ def test_a_refusal_in_phase_one_spends_the_nonce(setup: tuple[InProcessCas, Cloc
         cas.attest(body)
 
 
-def test_expired_nonces_sessions_and_evidence_are_swept(setup: tuple[InProcessCas, Clock]) -> None:
+def test_expired_nonces_sessions_and_evidence_are_swept(setup: tuple[InProcessCas, Clock[float]]) -> None:
     env, clock = setup
     cas = env.cas
     for _ in range(3):
@@ -168,7 +160,7 @@ def test_migration_from_schema_1_adds_the_sweep_indexes(tmp_path: Path) -> None:
 
 
 def test_a_refusal_for_a_policy_that_does_not_exist_is_not_filed_under_its_name(
-    setup: tuple[InProcessCas, Clock],
+    setup: tuple[InProcessCas, Clock[float]],
 ) -> None:
     env, _ = setup
     cas = env.cas

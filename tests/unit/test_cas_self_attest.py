@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import serialization
 from snp_fakes import AT, FakeAmd, cert_table, make_fake_amd
 
 from asgi_call import call
+from cas_inproc import Clock
 from cli import run_confide
 from confide import errors
 from confide.cas.app import create_app
@@ -248,23 +249,17 @@ def test_snp_document_without_vcek_or_with_foreign_aux_is_refused(tmp_path: Path
 # --- SEV-SNP: refreshing the CAS's own evidence -------------------------------------------------
 
 
-class Clock:
-    """The time ``prepare(clock=...)`` stamps into ``obtained_at``; tests move it."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
+def _prepare_snp(data_dir: Path, root: Path, **kwargs: Any) -> Any:
+    return prepare(data_dir, host="127.0.0.1", dev=False, db_url=None, collateral=None, tee="sev-snp",
+                   quote_provider=ConfigfsTsmQuoteProvider(root), **kwargs)  # fmt: skip
 
 
 def refreshing_snp_cas(
-    data_dir: Path, root: Path, clock: Clock, amd: FakeAmd
+    data_dir: Path, root: Path, clock: Clock[datetime], amd: FakeAmd
 ) -> tuple[Cas, CasEvidence, bytes]:
-    cas, evidence, _key, cert_path, _env, _signer = prepare(
-        data_dir, host="127.0.0.1", dev=False, db_url=None, collateral=None,
-        tee="sev-snp", quote_provider=ConfigfsTsmQuoteProvider(root), clock=clock, amd_roots=amd.roots(),
-    )  # fmt: skip
+    cas, evidence, _key, cert_path, _env, _signer = _prepare_snp(
+        data_dir, root, clock=clock, amd_roots=amd.roots()
+    )
     assert evidence is not None
     return cas, evidence, _der(cert_path)
 
@@ -388,11 +383,6 @@ def test_snp_readers_during_refreshes_always_get_a_complete_document(tmp_path: P
 
 
 # --- The CAS verifies its own evidence before publishing it ------------------------------------
-
-
-def _prepare_snp(data_dir: Path, root: Path, **kwargs: Any) -> Any:
-    return prepare(data_dir, host="127.0.0.1", dev=False, db_url=None, collateral=None, tee="sev-snp",
-                   quote_provider=ConfigfsTsmQuoteProvider(root), **kwargs)  # fmt: skip
 
 
 @pytest.mark.parametrize(

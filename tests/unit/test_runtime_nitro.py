@@ -19,16 +19,12 @@ from typing import Any
 import cbor2
 import pytest
 
-from cas_inproc import InProcessClient, RuntimeKey, last_attestation, refused
+from cas_inproc import InProcessClient, RuntimeKey, last_attestation, production_cas, refused
 from cli import run_confide
 from confide import errors
-from confide.cas.client import policy_submission
 from confide.cas.core import Cas
-from confide.cas.server import prepare
 from confide.cas.verifier import PlatformVerifier
 from confide.evidence.nitro import NitroDocument
-from confide.identity import Identity
-from confide.policy.loader import loads_policy
 from confide.runtime import nitro
 from confide.runtime.nitro import (
     NSM_IOCTL_RAW,
@@ -134,10 +130,7 @@ def test_report_data_must_be_64_bytes(size: int) -> None:
 
 @pytest.fixture
 def cas(tmp_path: Path) -> Cas:
-    cas, *_ = prepare(tmp_path / "cas", host="127.0.0.1", dev=False, db_url=None, collateral=None)
-    cas.verifier = PlatformVerifier(nitro_root=PKI.root_cert)
-    cas.apply(policy_submission(loads_policy(POLICY), Identity.generate()))
-    return cas
+    return production_cas(tmp_path / "cas", PlatformVerifier(nitro_root=PKI.root_cert), POLICY)
 
 
 def test_evidence_is_accepted_by_the_cas(cas: Cas) -> None:

@@ -23,7 +23,7 @@ from cas_inproc import InProcessCas, InProcessClient, RuntimeKey, last_attestati
 from cli import run_confide
 from confide import errors
 from confide.cas.core import binding_report_data
-from confide.cas.verifier import MAX_GPUS, PlatformVerifier
+from confide.cas.verifier import MAX_GPUS
 from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
 from confide.runtime import nvidia
 from confide.runtime.nvidia import GpuQuoteProvider, NvmlGpuSource, nvml_error
@@ -63,10 +63,7 @@ security:
 
 @pytest.fixture
 def cas(tmp_path: Path) -> InProcessCas:
-    inproc = InProcessCas.start(tmp_path / "cas", POLICY)
-    sim_key = inproc.cas.verifier.sim_key  # type: ignore[attr-defined]
-    inproc.cas.verifier = PlatformVerifier(sim_key=sim_key, nvidia_root=PKI.root[0])
-    return inproc
+    return InProcessCas.start(tmp_path / "cas", POLICY).verify_with(nvidia_root=PKI.root[0])
 
 
 def sim_cpu(cas: InProcessCas) -> SimQuoteProvider:
@@ -227,11 +224,14 @@ def test_report_data_must_be_64_bytes(size: int) -> None:
 # --- the NVML ctypes layer ----------------------------------------------------------------------
 
 
+def _offsets(structure: type[ctypes.Structure]) -> dict[str, int]:
+    return {name: getattr(structure, name).offset for name, *_ in structure._fields_}
+
+
 def test_structure_layouts_match_nvml_h() -> None:
     report = nvidia._ConfComputeGpuAttestationReport
     assert ctypes.sizeof(report) == 4 + 4 + 4 + 0x20 + 0x2000 + 0x1000 == 12332
-    offsets = {name: getattr(report, name).offset for name, _ in report._fields_}
-    assert offsets == {
+    assert _offsets(report) == {
         "isCecAttestationReportPresent": 0,
         "attestationReportSize": 4,
         "cecAttestationReportSize": 8,
@@ -241,8 +241,7 @@ def test_structure_layouts_match_nvml_h() -> None:
     }
     cert = nvidia._ConfComputeGpuCertificate
     assert ctypes.sizeof(cert) == 4 + 4 + 0x1000 + 0x1400 == 9224
-    offsets = {name: getattr(cert, name).offset for name, _ in cert._fields_}
-    assert offsets == {
+    assert _offsets(cert) == {
         "certChainSize": 0,
         "attestationCertChainSize": 4,
         "certChain": 8,
