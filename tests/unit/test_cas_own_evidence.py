@@ -16,6 +16,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from cas_inproc import Clock
 from cli import run_confide
 from confide import errors
 from confide.cas.cli import _obtained
@@ -179,13 +180,7 @@ def test_rfc3339() -> None:
 
 @pytest.fixture
 def dev_cas(tmp_path: Path) -> Any:
-    class Clock:
-        now = T0
-
-        def __call__(self) -> datetime:
-            return self.now
-
-    clock = Clock()
+    clock = Clock(T0)
     cas, evidence, _key, cert_path, env, _signer = prepare(
         tmp_path / "cas", host="127.0.0.1", dev=True, db_url=None, collateral=None, clock=clock
     )
