@@ -35,6 +35,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from confide.evidence.tpm import TPMA_OBJECT_RESTRICTED, TPMA_OBJECT_SIGN
+from confide.runtime.azure_vtpm import AK_HANDLE, HCL_REPORT_NV_INDEX, REPORT_DATA_NV_INDEX
 from confide.runtime.tpm import (
     TPM_RH_OWNER,
     TPMA_NV_OWNERREAD,
@@ -46,19 +48,17 @@ from confide.runtime.tpm import (
     TpmCommandError,
 )
 
-AK_HANDLE = 0x81000003
-HCL_INDEX = 0x01400001
-USER_DATA_INDEX = 0x01400002
+# The handles the guest runtime uses (test_runtime_azure_vtpm.py pins their values).
+HCL_INDEX = HCL_REPORT_NV_INDEX
+USER_DATA_INDEX = REPORT_DATA_NV_INDEX
 HCL_NV_SIZE = 2048  # swtpm's TPM_PT_NV_INDEX_MAX (Azure's index holds 2600 bytes)
 
-# Part 2 §8.3 TPMA_OBJECT
+# Part 2 §8.3 TPMA_OBJECT (restricted and sign are the verifier's; the rest only provision)
 _FIXED_TPM = 1 << 1
 _FIXED_PARENT = 1 << 4
 _SENSITIVE_DATA_ORIGIN = 1 << 5
 _USER_WITH_AUTH = 1 << 6
 _NO_DA = 1 << 10
-_RESTRICTED = 1 << 16
-_SIGN = 1 << 18
 
 
 @dataclass
@@ -120,7 +120,13 @@ def ak_template(scheme: int = Alg.RSASSA, hash_alg: int = Alg.SHA256) -> bytes:
     RSASSA-SHA256 (Part 2 §12.2.3.5 TPMS_RSA_PARMS: the scheme is the key's, so TPM2_Quote with
     inScheme TPM_ALG_NULL signs with it)."""
     attributes = (
-        _FIXED_TPM | _FIXED_PARENT | _SENSITIVE_DATA_ORIGIN | _USER_WITH_AUTH | _NO_DA | _RESTRICTED | _SIGN
+        _FIXED_TPM
+        | _FIXED_PARENT
+        | _SENSITIVE_DATA_ORIGIN
+        | _USER_WITH_AUTH
+        | _NO_DA
+        | TPMA_OBJECT_RESTRICTED
+        | TPMA_OBJECT_SIGN
     )
     return (
         struct.pack(">HHI", Alg.RSA, Alg.SHA256, attributes)

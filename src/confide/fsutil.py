@@ -1,6 +1,7 @@
 """Durable file writes shared by the CAS's state files, volume manifests and the collateral
 cache: every byte written, fsynced, and (for replacements) renamed into place and the directory
-synced, so a crash leaves either the old file or the new one, never a torn one."""
+synced, so a crash leaves either the old file or the new one, never a torn one. Also
+:func:`read_bounded`, for small files whose size is not trusted."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import os
 import secrets
 from pathlib import Path
 
-__all__ = ["TMP_PREFIX", "fsync_dir", "write_atomic", "write_new"]
+from confide.errors import ParseError, StorageError
+
+__all__ = ["TMP_PREFIX", "fsync_dir", "read_bounded", "write_atomic", "write_new"]
 
 TMP_PREFIX = ".tmp-"
 """Temporary files are ``TMP_PREFIX + name + '-' + random`` next to their target."""
@@ -58,3 +61,20 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def read_bounded(path: Path, limit: int, *, label: str | None, expected: str, structure: str) -> bytes:
+    """The contents of ``path``, reading at most ``limit + 1`` bytes. Raises
+    :class:`~confide.errors.StorageError` (``"<label> '<path>': <reason>"``, or without the label
+    when it is ``None``) when the file cannot be read, and :class:`~confide.errors.ParseError`
+    (``"got more than <limit> bytes, expected <expected>"`` for ``structure``) when it is
+    larger than ``limit``."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        where = f"{label} {str(path)!r}" if label is not None else repr(str(path))
+        raise StorageError(f"{where}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise ParseError(f"got more than {limit} bytes, expected {expected}", structure=structure)
+    return data

@@ -1,14 +1,16 @@
-"""Durable writes (confide.fsutil): what they refuse and what they leave behind."""
+"""Durable writes and bounded reads (confide.fsutil): what they refuse and what they leave behind."""
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
 import pytest
 
-from confide.fsutil import TMP_PREFIX, write_atomic, write_new
+from confide.errors import ParseError, StorageError
+from confide.fsutil import TMP_PREFIX, read_bounded, write_atomic, write_new
 
 
 def test_write_new_creates_with_the_mode_and_refuses_existing_files_and_symlinks(tmp_path: Path) -> None:
@@ -49,3 +51,22 @@ def test_the_directory_must_exist(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         write_atomic(tmp_path / "missing" / "file", b"x")
     assert os.listdir(tmp_path) == []
+
+
+def test_read_bounded_reads_up_to_the_limit_and_refuses_more(tmp_path: Path) -> None:
+    target = tmp_path / "key"
+    target.write_bytes(b"k" * 16)
+    assert read_bounded(target, 16, label="the key", expected="a key", structure="key file") == b"k" * 16
+    target.write_bytes(b"k" * 17)
+    with pytest.raises(ParseError, match=r"^key file: got more than 16 bytes, expected a key$"):
+        read_bounded(target, 16, label="the key", expected="a key", structure="key file")
+
+
+def test_read_bounded_reports_unreadable_files_with_or_without_a_label(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    with pytest.raises(
+        StorageError, match=rf"^the key {re.escape(repr(str(missing)))}: No such file or directory$"
+    ):
+        read_bounded(missing, 16, label="the key", expected="a key", structure="key file")
+    with pytest.raises(StorageError, match=rf"^{re.escape(repr(str(missing)))}: No such file or directory$"):
+        read_bounded(missing, 16, label=None, expected="a key", structure="key file")

@@ -129,6 +129,12 @@ def _b64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def test_azure_vtpm_handles() -> None:
+    # The paravisor's: AK persisted at 0x81000003, HCL report NV index 0x01400001, report data
+    # written by the guest to NV index 0x01400002 (Azure confidential VM guest attestation).
+    assert (AK_HANDLE, HCL_INDEX, USER_DATA_INDEX) == (0x81000003, 0x01400001, 0x01400002)
+
+
 def test_snp_evidence(vtpm: Tpm, ak: rsa.RSAPublicKey) -> None:
     provider, emulated, vcek, _ = _provider(vtpm, ak)
     evidence = provider.get_evidence(REPORT_DATA)

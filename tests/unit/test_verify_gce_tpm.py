@@ -4,6 +4,7 @@ tampered twins, the protobuf reader's strictness and the CLI's exit codes."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -182,6 +183,17 @@ def test_ak_certificate_for_another_key_is_refused() -> None:
     swapped = dataclasses.replace(att, ak_pub=dataclasses.replace(att.ak_pub, rsa_modulus=bytes(modulus)))
     with pytest.raises(BindingError, match="AK certificate key"):
         gce_tpm._check_ak_cert(swapped, AT, google_roots())
+
+
+@pytest.mark.parametrize(
+    ("field", "what"), [("ak_cert", "ak_cert"), ("intermediate_certs", "intermediate_certs[0]")]
+)
+def test_ak_certificate_that_is_not_der_is_refused(field: str, what: str) -> None:
+    att = parse_gce_attestation(NONCE9009)
+    junk = b"\x30\x03\x02\x01\x00"  # a DER SEQUENCE, not a certificate
+    broken = dataclasses.replace(att, **{field: junk if field == "ak_cert" else (junk,)})
+    with pytest.raises(CertificateChainError, match=rf"^{re.escape(what)}: not a DER certificate: "):
+        gce_tpm._check_ak_cert(broken, AT, google_roots())
 
 
 def test_missing_ak_certificate_is_refused() -> None:

@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from confide.cas.secrets import Sealer
 from confide.errors import ParseError, StorageError, UnsealError, UsageError
-from confide.fsutil import fsync_dir, write_atomic, write_new
+from confide.fsutil import fsync_dir, read_bounded, write_atomic, write_new
 from confide.ledger.note import NoteSigner
 
 __all__ = [
@@ -78,14 +78,7 @@ def tls_key_password(sealer: Sealer) -> bytes:
 
 
 def _read(path: Path, what: str) -> bytes:
-    try:
-        with path.open("rb") as f:
-            data = f.read(_MAX_FILE + 1)
-    except OSError as exc:
-        raise StorageError(f"{what} {str(path)!r}: {exc.strerror or exc}") from None
-    if len(data) > _MAX_FILE:
-        raise ParseError(f"got more than {_MAX_FILE} bytes, expected a key file", structure=what)
-    return data
+    return read_bounded(path, _MAX_FILE, label=what, expected="a key file", structure=what)
 
 
 def _pem(key: ec.EllipticCurvePrivateKey, password: bytes | None) -> bytes:

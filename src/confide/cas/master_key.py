@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from confide.cas.sealing import SEALING_KEY_SIZE, SealingKeyProvider
 from confide.errors import ParseError, StorageError, UnsealError, UsageError
-from confide.fsutil import fsync_dir, write_atomic, write_new
+from confide.fsutil import fsync_dir, read_bounded, write_atomic, write_new
 
 __all__ = [
     "MASTER_KEY_SIZE",
@@ -217,14 +217,7 @@ def _checked_key(provider: SealingKeyProvider) -> bytes:
 
 
 def _read_bounded(path: Path) -> bytes:
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(_FILE_MAX + 1)
-    except OSError as exc:
-        raise StorageError(f"{str(path)!r}: {exc.strerror or exc}") from None
-    if len(data) > _FILE_MAX:
-        raise ParseError(f"got more than {_FILE_MAX} bytes, expected a small key file", structure=str(path))
-    return data
+    return read_bounded(path, _FILE_MAX, label=None, expected="a small key file", structure=str(path))
 
 
 def _read_plain(path: Path) -> bytes:

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from confide.errors import ParseError, StorageError, UsageError
+from confide.linux_ioctl import iowr
 
 __all__ = [
     "GRAMINE_ATTESTATION_ROOT",
@@ -170,13 +171,7 @@ _SNP_VMM_ERR_BUSY = 2  # sev-guest.h SNP_GUEST_VMM_ERR_BUSY
 _VMPL_MAX = 3
 
 
-def _iowr(kind: int, nr: int, size: int) -> int:
-    # include/uapi/asm-generic/ioctl.h: dir (2 bits, _IOC_READ|_IOC_WRITE = 3) << 30,
-    # size (14 bits) << 16, type (8 bits) << 8, nr (8 bits).
-    return (3 << 30) | (size << 16) | (kind << 8) | nr
-
-
-SNP_GET_DERIVED_KEY = _iowr(ord("S"), 0x1, _SNP_IOCTL.size)
+SNP_GET_DERIVED_KEY = iowr(ord("S"), 0x1, _SNP_IOCTL.size)
 
 
 class GuestField(enum.IntFlag):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from confide.errors import ParseError
 
-__all__ = ["Reader", "decode_evidence_text"]
+__all__ = ["BigEndianReader", "Reader", "decode_evidence_text"]
 
 
 class Reader:
@@ -62,6 +62,22 @@ class Reader:
     def expect_end(self, field: str = "trailing data") -> None:
         if self.remaining:
             raise self.error(f"{self.remaining} unexpected trailing bytes", field)
+
+
+class BigEndianReader(Reader):
+    """:class:`Reader` for big-endian (network byte order) structures, such as TPM 2.0's
+    (TPM 2.0 Library Part 1 §18.4)."""
+
+    __slots__ = ()
+
+    def u16(self, field: str) -> int:
+        return int.from_bytes(self.take(2, field), "big")
+
+    def u32(self, field: str) -> int:
+        return int.from_bytes(self.take(4, field), "big")
+
+    def u64(self, field: str) -> int:
+        return int.from_bytes(self.take(8, field), "big")
 
 
 _HEX = frozenset(b"0123456789abcdefABCDEF")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from confide.errors import ParseError
-from confide.evidence._reader import Reader
+from confide.evidence._reader import BigEndianReader
 
 __all__ = [
     "HASH_SIZES",
@@ -147,19 +147,10 @@ def alg_name(alg: int) -> str:
     return _ALG_NAMES.get(alg, f"{alg:#06x}")
 
 
-class _Reader(Reader):
-    """Big-endian reader (TPM structures are in network byte order, Part 1 §18.4)."""
+class _Reader(BigEndianReader):
+    """TPM structures are in network byte order (Part 1 §18.4); TPM2B sizes are bounded."""
 
     __slots__ = ()
-
-    def u16(self, field: str) -> int:
-        return int.from_bytes(self.take(2, field), "big")
-
-    def u32(self, field: str) -> int:
-        return int.from_bytes(self.take(4, field), "big")
-
-    def u64(self, field: str) -> int:
-        return int.from_bytes(self.take(8, field), "big")
 
     def tpm2b(self, field: str, maximum: int) -> bytes:
         at = self.pos

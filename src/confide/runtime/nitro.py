@@ -52,6 +52,7 @@ import cbor2
 
 from confide.errors import BindingError, ParseError, StorageError, UsageError
 from confide.evidence.nitro import NitroDocument, decode_cbor
+from confide.linux_ioctl import iowr
 from confide.runtime.quote import Evidence, check_report_data
 from confide.verify.result import Platform
 
@@ -76,13 +77,7 @@ NSM_RESPONSE_MAX_SIZE = 0x3000
 _NSM_RAW = struct.Struct("=QQQQ")  # struct nsm_raw: request {addr, len}, response {addr, len}
 
 
-def _iowr(kind: int, nr: int, size: int) -> int:
-    # include/uapi/asm-generic/ioctl.h: dir (_IOC_READ | _IOC_WRITE = 3) << 30, size << 16,
-    # type << 8, nr.
-    return (3 << 30) | (size << 16) | (kind << 8) | nr
-
-
-NSM_IOCTL_RAW = _iowr(NSM_MAGIC, 0, _NSM_RAW.size)  # 0xC0200A00
+NSM_IOCTL_RAW = iowr(NSM_MAGIC, 0, _NSM_RAW.size)  # 0xC0200A00
 
 # nsm-api src/api/mod.rs, enum ErrorCode (serialised as the variant's name).
 NSM_ERROR_CODES: Mapping[str, str] = {

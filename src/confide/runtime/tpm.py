@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Protocol
 
 from confide.errors import ParseError, StorageError, UsageError
+from confide.evidence._reader import BigEndianReader
 from confide.evidence.tpm import TpmPublic, parse_public, parse_signature
 
 __all__ = [
@@ -335,39 +336,11 @@ def _pcr_selection(hash_alg: int, pcrs: Iterable[int]) -> bytes:
     return _u32(1) + _u16(hash_alg) + bytes([_PCR_SELECT_SIZE]) + bytes(bitmap)
 
 
-class _Reader:
-    """Bounds-checked reader of one marshalled structure."""
+class _Reader(BigEndianReader):
+    """Bounds-checked reader of one marshalled response structure (the verifier's reader, plus
+    unbounded TPM2B fields and TPM2B-wrapped structures)."""
 
-    def __init__(self, data: bytes, structure: str, base: int = 0) -> None:
-        self.data = data
-        self.structure = structure
-        self.offset = 0
-        self.base = base
-
-    def take(self, n: int, field: str) -> bytes:
-        end = self.offset + n
-        if end > len(self.data):
-            raise ParseError(
-                f"needs {n} bytes, only {len(self.data) - self.offset} left",
-                structure=self.structure,
-                field=field,
-                offset=self.base + self.offset,
-            )
-        out = self.data[self.offset : end]
-        self.offset = end
-        return out
-
-    def u8(self, field: str) -> int:
-        return self.take(1, field)[0]
-
-    def u16(self, field: str) -> int:
-        return int.from_bytes(self.take(2, field), "big")
-
-    def u32(self, field: str) -> int:
-        return int.from_bytes(self.take(4, field), "big")
-
-    def u64(self, field: str) -> int:
-        return int.from_bytes(self.take(8, field), "big")
+    __slots__ = ()
 
     def tpm2b(self, field: str) -> bytes:
         return self.take(self.u16(f"{field}.size"), field)
@@ -375,19 +348,8 @@ class _Reader:
     def sized(self, field: str) -> _Reader:
         """A reader over the content of a TPM2B-wrapped structure (e.g. TPM2B_PUBLIC)."""
         size = self.u16(f"{field}.size")
-        start = self.base + self.offset
-        return _Reader(self.take(size, field), f"{self.structure} {field}", start)
-
-    def fail(self, message: str, field: str) -> ParseError:
-        return ParseError(message, structure=self.structure, field=field, offset=self.base + self.offset)
-
-    def end(self) -> None:
-        if self.offset != len(self.data):
-            raise ParseError(
-                f"{len(self.data) - self.offset} unexpected trailing bytes",
-                structure=self.structure,
-                offset=self.base + self.offset,
-            )
+        start = self.base + self.pos
+        return _Reader(self.take(size, field), f"{self.structure} {field}", base=start)
 
 
 def _check_name(name: bytes, name_alg: int, public_area: bytes, what: str) -> None:
@@ -420,7 +382,7 @@ class NvPublic:
 def _read_pcr_selection(rd: _Reader, field: str) -> tuple[tuple[int, frozenset[int]], ...]:
     count = rd.u32(f"{field}.count")
     if count > 16:  # Part 2 §10.9.7: at most HASH_COUNT entries
-        raise rd.fail(f"got {count} PCR selections, expected at most 16", f"{field}.count")
+        raise rd.error(f"got {count} PCR selections, expected at most 16", f"{field}.count")
     out = []
     for i in range(count):
         alg = rd.u16(f"{field}[{i}].hash")
@@ -659,28 +621,28 @@ class Tpm:
                 raise ParseError(
                     f"got tag {rtag:#06x}, expected {tag:#06x}", structure=structure, field="tag"
                 )
-            rd = _Reader(response[_HEADER_SIZE:], structure, _HEADER_SIZE)
+            rd = _Reader(response[_HEADER_SIZE:], structure, base=_HEADER_SIZE)
             out_handles = tuple(rd.u32(f"handle[{i}]") for i in range(response_handles))
             if not sessions:
                 return out_handles, rd
             # Part 1 §18.9: parameterSize, parameters, then one TPMS_AUTH_RESPONSE per session.
             param_size = rd.u32("parameterSize")
-            start = rd.base + rd.offset
+            start = rd.base + rd.pos
             params_out = rd.take(param_size, "parameters")
             for i in range(sessions):
                 if rd.tpm2b(f"auth[{i}].nonceTPM"):
-                    raise rd.fail("a password session's response carries a nonce", f"auth[{i}].nonceTPM")
+                    raise rd.error("a password session's response carries a nonce", f"auth[{i}].nonceTPM")
                 rd.u8(f"auth[{i}].sessionAttributes")
                 if rd.tpm2b(f"auth[{i}].hmac"):
-                    raise rd.fail("a password session's response carries an HMAC", f"auth[{i}].hmac")
-            rd.end()
-            return out_handles, _Reader(params_out, structure, start)
+                    raise rd.error("a password session's response carries an HMAC", f"auth[{i}].hmac")
+            rd.expect_end()
+            return out_handles, _Reader(params_out, structure, base=start)
         raise AssertionError("unreachable")  # pragma: no cover
 
     # TPM2_Startup: Part 3 §9.3
     def startup(self) -> None:
         _, rd = self._execute(CommandCode.Startup, params=_u16(TPM_SU_CLEAR))
-        rd.end()
+        rd.expect_end()
 
     # TPM2_GetCapability: Part 3 §30.2 (TPM_CAP_TPM_PROPERTIES, one property)
     def get_tpm_property(self, prop: int) -> int:
@@ -688,16 +650,16 @@ class Tpm:
         _, rd = self._execute(CommandCode.GetCapability, params=params)
         more = rd.u8("moreData")
         if more > 1:
-            raise rd.fail(f"got {more}, expected TPMI_YES_NO", "moreData")
+            raise rd.error(f"got {more}, expected TPMI_YES_NO", "moreData")
         capability = rd.u32("capabilityData.capability")
         if capability != TPM_CAP_TPM_PROPERTIES:
-            raise rd.fail(f"got capability {capability:#x}, expected TPM_CAP_TPM_PROPERTIES", "capability")
+            raise rd.error(f"got capability {capability:#x}, expected TPM_CAP_TPM_PROPERTIES", "capability")
         count = rd.u32("tpmProperties.count")
         if count != 1:
-            raise rd.fail(f"got {count} properties, expected the 1 requested", "tpmProperties.count")
+            raise rd.error(f"got {count} properties, expected the 1 requested", "tpmProperties.count")
         got = rd.u32("tpmProperties[0].property")
         value = rd.u32("tpmProperties[0].value")
-        rd.end()
+        rd.expect_end()
         if got != prop:
             raise ParseError(
                 f"got property {got:#x}, expected {prop:#x} (the TPM does not report it)",
@@ -723,9 +685,9 @@ class Tpm:
         attributes = pub.u32("attributes")
         policy = pub.tpm2b("authPolicy")
         size = pub.u16("dataSize")
-        pub.end()
+        pub.expect_end()
         name = rd.tpm2b("nvName")
-        rd.end()
+        rd.expect_end()
         if got != index:
             raise ParseError(f"got NV index {got:#010x}, expected {index:#010x}", structure="TPMS_NV_PUBLIC")
         _check_name(name, name_alg, pub.data, "TPM2_NV_ReadPublic response")
@@ -742,7 +704,7 @@ class Tpm:
             params = _u16(want) + _u16(len(out))
             _, rd = self._execute(CommandCode.NV_Read, (auth, index), params, sessions=1)
             data = rd.tpm2b("data")
-            rd.end()
+            rd.expect_end()
             if len(data) != want:
                 raise ParseError(
                     f"got {len(data)} bytes at offset {len(out)}, expected {want}",
@@ -762,7 +724,7 @@ class Tpm:
             _, rd = self._execute(
                 CommandCode.NV_Write, (auth, index), _tpm2b(chunk) + _u16(offset + done), sessions=1
             )
-            rd.end()
+            rd.expect_end()
 
     # TPM2_NV_DefineSpace: Part 3 §31.3 (empty authValue)
     def nv_define_space(
@@ -779,12 +741,12 @@ class Tpm:
             raise UsageError(f"NV index: got {index:#010x}, expected 0x01xxxxxx")
         public = _u32(index) + _u16(name_alg) + _u32(attributes) + _tpm2b(auth_policy) + _u16(size)
         _, rd = self._execute(CommandCode.NV_DefineSpace, (auth,), _tpm2b(b"") + _tpm2b(public), sessions=1)
-        rd.end()
+        rd.expect_end()
 
     # TPM2_NV_UndefineSpace: Part 3 §31.4
     def nv_undefine_space(self, index: int, *, auth: int = TPM_RH_OWNER) -> None:
         _, rd = self._execute(CommandCode.NV_UndefineSpace, (auth, index), sessions=1)
-        rd.end()
+        rd.expect_end()
 
     # TPM2_ReadPublic: Part 3 §12.4
     def read_public(self, handle: int) -> TpmPublic:
@@ -792,7 +754,7 @@ class Tpm:
         area = self._read_public_area(rd, "outPublic")
         name = rd.tpm2b("name")
         rd.tpm2b("qualifiedName")
-        rd.end()
+        rd.expect_end()
         _check_name(name, area.name_alg, area.raw, "TPM2_ReadPublic response")
         return area
 
@@ -819,11 +781,11 @@ class Tpm:
                 selection = _read_pcr_selection(rd, "pcrSelectionOut")
                 count = rd.u32("pcrValues.count")
                 if count > _MAX_DIGESTS_PER_LIST:
-                    raise rd.fail(
+                    raise rd.error(
                         f"got {count} digests, expected at most {_MAX_DIGESTS_PER_LIST}", "pcrValues"
                     )
                 digests = [rd.tpm2b(f"pcrValues[{i}]") for i in range(count)]
-                rd.end()
+                rd.expect_end()
                 returned = sorted(p for alg, sel in selection if alg == hash_alg for p in sel)
                 if any(alg != hash_alg for alg, sel in selection if sel) or not set(returned) <= set(
                     remaining
@@ -867,7 +829,7 @@ class Tpm:
         attest = rd.tpm2b("quoted")
         # The TPMT_SIGNATURE is the last parameter: the rest, parsed (strictly, nothing may
         # follow) as the verifier parses it (confide.evidence.tpm).
-        signature = rd.take(len(rd.data) - rd.offset, "signature")
+        signature = rd.rest("signature")
         parse_signature(signature)
         return TpmQuote(attest, signature)
 
@@ -885,7 +847,7 @@ class Tpm:
         rd.u32("creationTicket.hierarchy")
         rd.tpm2b("creationTicket.digest")
         name = rd.tpm2b("name")
-        rd.end()
+        rd.expect_end()
         _check_name(name, area.name_alg, area.raw, "TPM2_CreatePrimary response")
         return handle, area
 
@@ -896,9 +858,9 @@ class Tpm:
         _, rd = self._execute(
             CommandCode.EvictControl, (auth, object_handle), _u32(persistent_handle), sessions=1
         )
-        rd.end()
+        rd.expect_end()
 
     # TPM2_FlushContext: Part 3 §28.4 (the handle is a parameter). Tests only.
     def flush_context(self, handle: int) -> None:
         _, rd = self._execute(CommandCode.FlushContext, params=_u32(handle))
-        rd.end()
+        rd.expect_end()

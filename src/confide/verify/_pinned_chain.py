@@ -23,7 +23,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from confide.errors import CertificateChainError
 from confide.verify.x509util import check_cert_dates, check_issuer_is_ca, verify_issued_by
 
-__all__ = ["extensions", "fingerprint", "load_pinned_root", "subject_cn", "verify_pinned_chain"]
+__all__ = [
+    "extensions",
+    "fingerprint",
+    "load_chain_certificate",
+    "load_pinned_root",
+    "subject_cn",
+    "verify_pinned_chain",
+]
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -46,6 +53,17 @@ def extensions(cert: x509.Certificate) -> x509.Extensions:
         return cert.extensions
     except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
         raise CertificateChainError(f"certificate {subject_cn(cert)!r}: malformed extension: {exc}") from None
+
+
+def load_chain_certificate(der: bytes, what: str) -> x509.Certificate:
+    """A DER certificate of a chain carried in evidence (a Nitro document's ``certificate`` and
+    ``cabundle``, a GCE AK certificate and its intermediates). One that does not parse breaks
+    the chain: :class:`~confide.errors.CertificateChainError` ``"<what>: not a DER certificate:
+    <reason>"``."""
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise CertificateChainError(f"{what}: not a DER certificate: {exc}") from None
 
 
 def load_pinned_root(filename: str, expected_sha256: str) -> x509.Certificate:

@@ -37,7 +37,12 @@ from confide.evidence.gce_tpm import GceAttestation, parse_gce_attestation
 from confide.evidence.tcg_events import DATA_DIGEST_TYPES, decode_event, event_type_name
 from confide.evidence.tpm import TPM_ALG_SHA256, alg_name
 from confide.roots import read_root
-from confide.verify._pinned_chain import fingerprint, load_pinned_root, verify_pinned_chain
+from confide.verify._pinned_chain import (
+    fingerprint,
+    load_chain_certificate,
+    load_pinned_root,
+    verify_pinned_chain,
+)
 from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
 from confide.verify.tpm import VerifiedQuote, verify_quote
 
@@ -85,13 +90,6 @@ def _name(name: x509.Name) -> str:
         return name.rfc4514_string()
 
 
-def _load(der: bytes, what: str) -> x509.Certificate:
-    try:
-        return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
-        raise CertificateChainError(f"{what}: not a DER certificate: {exc}") from None
-
-
 def _build_chain(
     leaf: x509.Certificate, pool: Sequence[x509.Certificate], roots: Sequence[x509.Certificate]
 ) -> tuple[list[x509.Certificate], x509.Certificate]:
@@ -118,8 +116,10 @@ def _check_ak_cert(
 ) -> tuple[list[x509.Certificate], x509.Certificate]:
     if att.ak_cert is None:
         raise CertificateChainError("the attestation has no AK certificate: the AK cannot be tied to Google")
-    leaf = _load(att.ak_cert, "ak_cert")
-    pool = [_load(c, f"intermediate_certs[{i}]") for i, c in enumerate(att.intermediate_certs)]
+    leaf = load_chain_certificate(att.ak_cert, "ak_cert")
+    pool = [
+        load_chain_certificate(c, f"intermediate_certs[{i}]") for i, c in enumerate(att.intermediate_certs)
+    ]
     chain, root = _build_chain(leaf, [*pool, *_shipped_intermediates()], roots)
     with _long_names():
         verify_pinned_chain(chain, root, at)

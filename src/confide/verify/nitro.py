@@ -31,7 +31,13 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from confide.errors import BindingError, CertificateChainError, ParseError, SignatureError
 from confide.evidence.nitro import COSE_ALG_ES384, NitroDocument
-from confide.verify._pinned_chain import fingerprint, load_pinned_root, subject_cn, verify_pinned_chain
+from confide.verify._pinned_chain import (
+    fingerprint,
+    load_chain_certificate,
+    load_pinned_root,
+    subject_cn,
+    verify_pinned_chain,
+)
 from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
 
 __all__ = ["AWS_NITRO_ROOT_SHA256", "aws_nitro_root", "document_time", "verify_nitro_document"]
@@ -58,13 +64,6 @@ def document_time(timestamp_ms: int) -> datetime:
         ) from None
 
 
-def _load_der(data: bytes, what: str) -> x509.Certificate:
-    try:
-        return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
-        raise CertificateChainError(f"{what}: not a DER certificate: {exc}") from None
-
-
 def verify_nitro_document(
     evidence: bytes,
     *,
@@ -78,8 +77,8 @@ def verify_nitro_document(
     doc = parsed.document
     # 2. chain: cabundle is root first; our chain helper wants leaf first.
     pinned = root if root is not None else aws_nitro_root()
-    bundle = [_load_der(c, f"cabundle[{i}]") for i, c in enumerate(doc.cabundle)]
-    leaf = _load_der(doc.certificate, "certificate")
+    bundle = [load_chain_certificate(c, f"cabundle[{i}]") for i, c in enumerate(doc.cabundle)]
+    leaf = load_chain_certificate(doc.certificate, "certificate")
     if bundle[0] != pinned:
         raise CertificateChainError(
             f"cabundle[0] is {subject_cn(bundle[0])!r} (SHA-256 {fingerprint(bundle[0])}),"

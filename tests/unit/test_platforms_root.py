@@ -1,0 +1,35 @@
+"""confide.platforms._root: the ``--root`` override of the Nitro and GCE front ends."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from confide.errors import ParseError, UsageError
+from confide.platforms._root import load_root_certificate
+from confide.verify.nitro import aws_nitro_root
+
+
+@pytest.mark.parametrize("encoding", [Encoding.PEM, Encoding.DER])
+def test_loads_pem_or_der(tmp_path: Path, encoding: Encoding) -> None:
+    root = aws_nitro_root()
+    path = tmp_path / "root"
+    path.write_bytes(root.public_bytes(encoding))
+    assert load_root_certificate(path, "--root") == root
+
+
+def test_unreadable_file_is_a_usage_error(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    with pytest.raises(UsageError, match=rf"^--root: cannot read {re.escape(repr(str(missing)))}: "):
+        load_root_certificate(missing, "--root")
+
+
+@pytest.mark.parametrize("data", [b"junk", b"-----BEGIN CERTIFICATE-----\njunk\n-----END CERTIFICATE-----\n"])
+def test_not_a_certificate_is_a_parse_error(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "root"
+    path.write_bytes(data)
+    with pytest.raises(ParseError, match=r"^--root: not a PEM or DER certificate: "):
+        load_root_certificate(path, "--root")
