@@ -18,6 +18,7 @@ from datetime import datetime
 from importlib import resources
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from confide.errors import CertificateChainError
@@ -59,11 +60,22 @@ def load_chain_certificate(der: bytes, what: str) -> x509.Certificate:
     """A DER certificate of a chain carried in evidence (a Nitro document's ``certificate`` and
     ``cabundle``, a GCE AK certificate and its intermediates). One that does not parse breaks
     the chain: :class:`~confide.errors.CertificateChainError` ``"<what>: not a DER certificate:
-    <reason>"``."""
+    <reason>"``. The fields verification reads later are parsed here (``cryptography`` parses
+    lazily), so that a malformed extension, date or key is this error too, not a ``ValueError``
+    in the middle of verification."""
     try:
-        return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
+        cert = x509.load_der_x509_certificate(der)
+        _ = cert.extensions, cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number
+        cert.public_key()
+        _ = cert.signature_hash_algorithm
+    except (
+        ValueError,
+        UnsupportedAlgorithm,
+        x509.DuplicateExtension,
+        x509.UnsupportedGeneralNameType,
+    ) as exc:
         raise CertificateChainError(f"{what}: not a DER certificate: {exc}") from None
+    return cert
 
 
 def load_pinned_root(filename: str, expected_sha256: str) -> x509.Certificate:
