@@ -1,4 +1,4 @@
-"""confide.platforms._root: the ``--root`` override of the Nitro and GCE front ends."""
+"""confide.platforms._root: the ``--root`` override of the Nitro, GCE and NVIDIA front ends."""
 
 from __future__ import annotations
 
@@ -32,4 +32,19 @@ def test_not_a_certificate_is_a_parse_error(tmp_path: Path, data: bytes) -> None
     path = tmp_path / "root"
     path.write_bytes(data)
     with pytest.raises(ParseError, match=r"^--root: not a PEM or DER certificate: "):
+        load_root_certificate(path, "--root")
+
+
+def test_a_bundle_is_refused_not_its_first_certificate_taken(tmp_path: Path) -> None:
+    root = aws_nitro_root()
+    path = tmp_path / "root"
+    path.write_bytes(root.public_bytes(Encoding.PEM) * 2)
+    with pytest.raises(UsageError, match=r"^--root: got 2 certificates, expected exactly one$"):
+        load_root_certificate(path, "--root")
+
+
+def test_an_oversized_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "root"
+    path.write_bytes(aws_nitro_root().public_bytes(Encoding.PEM) + b"\n" * (64 * 1024))
+    with pytest.raises(UsageError, match=r"is larger than 65536 bytes, expected one certificate$"):
         load_root_certificate(path, "--root")

@@ -1,5 +1,5 @@
 """Reading a ``--root`` override (one trust-anchor certificate, tests only) for the platform
-front ends whose verifiers take an ``x509.Certificate``."""
+front ends whose verifiers take an ``x509.Certificate`` (Nitro, GCE vTPM, NVIDIA)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,35 @@ from cryptography import x509
 
 from confide.errors import ParseError, UsageError
 
-__all__ = ["load_root_certificate"]
+__all__ = ["MAX_ROOT_FILE", "load_root_certificate"]
+
+MAX_ROOT_FILE = 64 * 1024
+"""Largest ``--root`` file read: one certificate is a few KiB."""
 
 
 def load_root_certificate(path: Path, what: str) -> x509.Certificate:
-    """The certificate in ``path``: PEM (the first one) when the file has a ``-----BEGIN``
-    line, DER otherwise. :class:`~confide.errors.UsageError` when the file cannot be read,
-    :class:`~confide.errors.ParseError` when it holds no certificate."""
+    """Exactly one certificate in ``path``: PEM when the file has a ``-----BEGIN`` line, DER
+    otherwise. :class:`~confide.errors.UsageError` when the file cannot be read, is larger than
+    :data:`MAX_ROOT_FILE` or holds several certificates (a trust anchor is one certificate,
+    never silently the first of a bundle); :class:`~confide.errors.ParseError` when it holds no
+    certificate."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read(MAX_ROOT_FILE + 1)
     except OSError as exc:
         raise UsageError(f"{what}: cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    if len(data) > MAX_ROOT_FILE:
+        raise UsageError(
+            f"{what}: {str(path)!r} is larger than {MAX_ROOT_FILE} bytes, expected one certificate"
+        )
     try:
-        if b"-----BEGIN" in data:
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
+        roots = (
+            x509.load_pem_x509_certificates(data)
+            if b"-----BEGIN" in data
+            else [x509.load_der_x509_certificate(data)]
+        )
     except ValueError as exc:
         raise ParseError(f"{what}: not a PEM or DER certificate: {exc}") from None
+    if len(roots) != 1:
+        raise UsageError(f"{what}: got {len(roots)} certificates, expected exactly one")
+    return roots[0]

@@ -13,14 +13,15 @@ from pathlib import Path
 
 from cryptography import x509
 
-from confide.errors import ParseError, UsageError
+from confide.errors import UsageError
 from confide.evidence.nvidia_rim import ReferenceManifest
 from confide.platforms import VerifyRequest
+from confide.platforms._root import load_root_certificate
 from confide.verify.nvidia import verify_nvidia_report
 from confide.verify.result import VerifiedEvidence
 from confide.verify.x509util import load_certificate_chain
 
-__all__ = ["load_chain", "load_rims", "load_root", "verify_request"]
+__all__ = ["load_chain", "load_rims", "verify_request"]
 
 RIM_SUFFIXES = (".swidtag", ".xml")
 MAX_RIM_FILES = 16
@@ -49,28 +50,12 @@ def load_rims(path: Path) -> list[ReferenceManifest]:
     return [ReferenceManifest.from_bytes(_read(f, "--collateral")) for f in files]
 
 
-def load_root(path: Path, what: str) -> x509.Certificate:
-    """Exactly one PEM or DER certificate."""
-    data = _read(path, what)
-    try:
-        roots = (
-            x509.load_pem_x509_certificates(data)
-            if b"-----BEGIN" in data
-            else [x509.load_der_x509_certificate(data)]
-        )
-    except ValueError as exc:
-        raise ParseError(f"{what}: not a PEM or DER certificate: {exc}") from None
-    if len(roots) != 1:
-        raise UsageError(f"{what}: got {len(roots)} certificates, expected exactly one")
-    return roots[0]
-
-
 def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     if req.cert_chain is None:
         raise UsageError("--platform nvidia-gpu needs --cert-chain FILE (PEM or DER chain, leaf first)")
     chain = load_chain(req.cert_chain, "--cert-chain")
-    root = load_root(req.root, "--root") if req.root is not None else None
-    rim_root = load_root(req.rim_root, "--rim-root") if req.rim_root is not None else None
+    root = load_root_certificate(req.root, "--root") if req.root is not None else None
+    rim_root = load_root_certificate(req.rim_root, "--rim-root") if req.rim_root is not None else None
     if rim_root is not None and req.collateral is None:
         raise UsageError("--rim-root is only meaningful with --collateral RIM(s)")
     rims = load_rims(req.collateral) if req.collateral is not None else []
