@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
 
@@ -32,7 +33,8 @@ from confide.verify.nvidia import (
     verify_nvidia_report,
 )
 from confide.verify.result import Platform
-from nvidia_forge import Issuer, make_ca, make_leaf, make_pki, resign
+from nvidia_forge import FWID_OID, Issuer, make_ca, make_leaf, make_pki, resign
+from pki import issue
 from rim_pki import make_pki as make_rim_pki
 from rim_pki import rim_matching_report, strip_signature
 
@@ -335,3 +337,29 @@ def test_platform_reads_the_chain_as_pem_or_der(tmp_path: Path) -> None:
     der.write_bytes(der.read_bytes()[:-1])
     with pytest.raises(ParseError, match="--cert-chain"):
         verify_request(VerifyRequest(**base, cert_chain=der))  # type: ignore[arg-type]
+
+
+def _leaf_with_fwid_value(value: bytes) -> x509.Certificate:
+    now = datetime(2025, 1, 1, tzinfo=UTC)
+    ca = make_ca("Test ICA", now)
+    return issue(
+        "Test GPU FMC", ec.generate_private_key(ec.SECP384R1()).public_key(), issuer=ca[0].subject,
+        signing_key=ca[1], not_before=now, not_after=now + timedelta(days=1), ca=None,
+        extensions=[x509.UnrecognizedExtension(FWID_OID, value)],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"",
+        b"\x30\x03\x02\x01",  # runs past its end
+        b"\x30\x81\x03\x02\x01\x01",  # non-minimal length
+        b"\x31\x03\x02\x01\x01",  # not a SEQUENCE
+        b"\x30\x03\x02\x01\x01",  # last element not a SEQUENCE
+        b"\x30\x07\x30\x05\x06\x01\x00\x04\x00",  # not sha384, empty digest
+    ],
+)
+def test_malformed_fwid_extension_is_a_chain_error(value: bytes) -> None:
+    with pytest.raises(CertificateChainError, match=r"^leaf FWID extension is malformed: "):
+        leaf_fwid(_leaf_with_fwid_value(value))

@@ -7,8 +7,8 @@ PCESVN .2.17 and CPUSVN .2.18), PCE-ID (.3), FMSPC (.4), SGX Type (.5), and for 
 certificates PlatformInstanceID (.6) and Configuration (.7: dynamicPlatform, cachedKeys,
 SMTEnabled).
 
-``cryptography`` returns this extension as ``UnrecognizedExtension``; this module is a small
-strict DER reader for exactly that structure. Hostile input raises ParseError.
+``cryptography`` returns this extension as ``UnrecognizedExtension``; this module reads exactly
+that structure with the strict DER reader of :mod:`confide.evidence._der`. Hostile input raises ParseError.
 """
 
 from __future__ import annotations
@@ -17,18 +17,19 @@ import functools
 from dataclasses import dataclass
 
 from confide.errors import ParseError
+from confide.evidence import _der as der
 
 __all__ = ["SGX_EXTENSION_OID", "PckExtension", "parse_pck_extension"]
 
 SGX_EXTENSION_OID = "1.2.840.113741.1.13.1"
 _BASE = (1, 2, 840, 113741, 1, 13, 1)
 
-_TAG_BOOLEAN = 0x01
-_TAG_INTEGER = 0x02
-_TAG_OCTET_STRING = 0x04
-_TAG_OID = 0x06
-_TAG_ENUMERATED = 0x0A
-_TAG_SEQUENCE = 0x30
+_TAG_BOOLEAN = der.TAG_BOOLEAN
+_TAG_INTEGER = der.TAG_INTEGER
+_TAG_OCTET_STRING = der.TAG_OCTET_STRING
+_TAG_OID = der.TAG_OID
+_TAG_ENUMERATED = der.TAG_ENUMERATED
+_TAG_SEQUENCE = der.TAG_SEQUENCE
 
 PPID_SIZE = 16
 CPUSVN_SIZE = 16
@@ -60,43 +61,20 @@ class PckExtension:
         )
 
 
+_STRUCTURE = "pck_sgx_extension"
+
+
 def _err(message: str, offset: int, field: str | None = None) -> ParseError:
-    return ParseError(message, structure="pck_sgx_extension", field=field, offset=offset)
+    return ParseError(message, structure=_STRUCTURE, field=field, offset=offset)
 
 
 def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
     """Return (tag, value_start, value_end) of the DER element at ``pos``."""
-    if pos + 2 > len(data):
-        raise _err("truncated DER element", pos)
-    tag = data[pos]
-    first = data[pos + 1]
-    start = pos + 2
-    if first < 0x80:
-        length = first
-    else:
-        n = first & 0x7F
-        if n == 0 or n > 3 or start + n > len(data):
-            raise _err("bad DER length", pos + 1)
-        length = int.from_bytes(data[start : start + n], "big")
-        if length < 0x80 or data[start] == 0:
-            raise _err("non-minimal DER length", pos + 1)
-        start += n
-    end = start + length
-    if end > len(data):
-        raise _err(f"DER element runs past the end (needs {length} bytes)", pos)
-    return tag, start, end
+    return der.tlv(data, pos, _STRUCTURE)
 
 
 def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
-    out = []
-    pos = start
-    while pos < end:
-        tag, vs, ve = _tlv(data, pos)
-        if ve > end:
-            raise _err("DER element runs past its parent", pos)
-        out.append((tag, vs, ve))
-        pos = ve
-    return out
+    return der.children(data, start, end, _STRUCTURE)
 
 
 @functools.lru_cache(maxsize=512)

@@ -15,6 +15,11 @@ Steps (after go-tpm-tools ``server/verify.go`` ``VerifyAttestation``, with confi
    at zero, or at the StartupLocality value for PCR 0, and is extended by
    ``PCR := H(PCR || digest)``); every PCR the log extends must equal the quoted value
    → :class:`MeasurementError`. Only events of reproduced PCRs are reported as verified.
+5. The instance the AK belongs to comes from the AK certificate's Google extension
+   (``confide.evidence.gce_instance``), decoded only after the chain verified; a malformed
+   extension → :class:`CertificateChainError`. As in go-tpm-tools ``getInstanceInfoFromExtensions``,
+   only a *production* instance is claimed (``instance``); the protobuf's unsigned
+   ``instance_info``, when present, must agree with it → :class:`BindingError`.
 
 No I/O, no clock.
 """
@@ -31,8 +36,13 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from confide.errors import BindingError, CertificateChainError, MeasurementError
+from confide.errors import BindingError, CertificateChainError, MeasurementError, ParseError
 from confide.evidence.ccel import EV_NO_ACTION, Event, EventLog
+from confide.evidence.gce_instance import (
+    GCE_INSTANCE_EXTENSION_OID,
+    GceCertInstance,
+    parse_gce_instance_extension,
+)
 from confide.evidence.gce_tpm import GceAttestation, parse_gce_attestation
 from confide.evidence.tcg_events import DATA_DIGEST_TYPES, decode_event, event_type_name
 from confide.evidence.tpm import TPM_ALG_SHA256, alg_name
@@ -155,6 +165,67 @@ def replay_pcrs(log: EventLog, bank: int = REPLAY_BANK) -> dict[int, bytes]:
     return pcrs
 
 
+def _cert_instance(leaf: x509.Certificate) -> GceCertInstance | None:
+    """The AK certificate's instance extension, or ``None`` when it has none."""
+    oid = x509.ObjectIdentifier(GCE_INSTANCE_EXTENSION_OID)
+    try:
+        ext = leaf.extensions.get_extension_for_oid(oid)
+    except x509.ExtensionNotFound:
+        return None
+    if not isinstance(
+        ext.value, x509.UnrecognizedExtension
+    ):  # pragma: no cover - cryptography decodes no Google OID
+        raise CertificateChainError(
+            f"AK certificate extension {GCE_INSTANCE_EXTENSION_OID}: unexpected decoding"
+        )
+    try:
+        return parse_gce_instance_extension(ext.value.value)
+    except ParseError as exc:
+        raise CertificateChainError(f"AK certificate: malformed instance extension: {exc}") from None
+
+
+def _production(instance: GceCertInstance | None) -> GceCertInstance | None:
+    """``instance`` when the certificate marks it as production, else ``None``: go-tpm-tools
+    returns no instance information for non-production (test) instances."""
+    if instance is None or instance.security is None or not instance.security.is_production:
+        return None
+    return instance
+
+
+def _instance_claim(instance: GceCertInstance) -> dict[str, ClaimValue]:
+    sec = instance.security
+    return {
+        "zone": instance.zone,
+        "project_id": instance.project_id,
+        "project_number": instance.project_number,
+        "instance_name": instance.instance_name,
+        "instance_id": instance.instance_id,
+        "security_version": None if sec is None else sec.security_version,
+        "is_production": sec is not None and sec.is_production,
+        "tpm_data_always_encrypted": sec is not None and sec.tpm_data_always_encrypted,
+        "suspend_resume_always_disabled": sec is not None and sec.suspend_resume_always_disabled,
+        "vmtd_always_disabled": sec is not None and sec.vmtd_always_disabled,
+        "always_in_yarn": sec is not None and sec.always_in_yarn,
+    }
+
+
+def _check_instance_info(att: GceAttestation, production: GceCertInstance | None) -> None:
+    """The protobuf's unsigned ``instance_info`` must not contradict the certificate."""
+    info = att.instance_info
+    if info is None or production is None:
+        return
+    got = (info.zone, info.project_id, info.project_number, info.instance_name, info.instance_id)
+    want = (
+        production.zone,
+        production.project_id,
+        production.project_number,
+        production.instance_name,
+        production.instance_id,
+    )
+    if got != want:
+        raise BindingError(f"instance_info: got {got!r}, expected the AK certificate's instance {want!r}")
+
+
 def _event_claim(event: Event, verified: bool) -> dict[str, ClaimValue]:
     digest = event.digest(REPLAY_BANK)
     matches = digest is not None and hmac.compare_digest(hashlib.sha256(event.data).digest(), digest)
@@ -247,6 +318,10 @@ def verify_gce_attestation(
         log_summary = summary
 
     leaf = chain[0]
+    # 5. the instance, from the AK certificate
+    cert_instance = _cert_instance(leaf)
+    production = _production(cert_instance)
+    _check_instance_info(att, production)
     pcr_claims: dict[str, ClaimValue] = {}
     for v in verified:
         for bank, values in v.pcrs.items():
@@ -267,6 +342,7 @@ def verify_gce_attestation(
         "ak_cert_issuer": _name(leaf.issuer),
         "ak_cert_serial": format(leaf.serial_number, "x"),
         "event_log": log_summary,
+        "instance": None if production is None else _instance_claim(production),
     }
     info = att.instance_info
     details: dict[str, ClaimValue] = {
@@ -278,6 +354,15 @@ def verify_gce_attestation(
         "root_overridden": roots is not None,
         "ak_attributes": list(att.ak_pub.attribute_names),
         "events": events,
+        "ak_cert_instance": None if cert_instance is None else _instance_claim(cert_instance),
+        "ak_cert_instance_unknown_fields": None
+        if cert_instance is None
+        else {
+            "security_properties": list[ClaimValue](
+                () if cert_instance.security is None else cert_instance.security.unknown_security_fields
+            ),
+            "trailing_elements": cert_instance.trailing_elements,
+        },
         "unverified_instance_info": None
         if info is None
         else {

@@ -34,7 +34,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from confide.errors import BindingError, CertificateChainError, MeasurementError, SignatureError
+from confide.errors import BindingError, CertificateChainError, MeasurementError, ParseError, SignatureError
+from confide.evidence import _der as der
 from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
 from confide.evidence.nvidia_rim import ReferenceManifest
 from confide.verify._pinned_chain import (
@@ -79,30 +80,10 @@ def nvidia_device_root() -> x509.Certificate:
     return load_pinned_root(NVIDIA_DEVICE_ROOT_FILE, NVIDIA_DEVICE_ROOT_SHA256)
 
 
-def _der_children(data: bytes) -> list[tuple[int, bytes, bytes]]:
-    """Split DER ``data`` into (tag, full TLV, content) triples (definite lengths only)."""
-    out: list[tuple[int, bytes, bytes]] = []
-    pos = 0
-    while pos < len(data):
-        if pos + 2 > len(data):
-            raise ValueError("truncated TLV")
-        tag = data[pos]
-        first = data[pos + 1]
-        hdr = 2
-        if first < 0x80:
-            length = first
-        else:
-            n = first & 0x7F
-            if n == 0 or n > 3 or pos + 2 + n > len(data):
-                raise ValueError("bad length")
-            length = int.from_bytes(data[pos + 2 : pos + 2 + n], "big")
-            hdr += n
-        end = pos + hdr + length
-        if end > len(data):
-            raise ValueError("truncated content")
-        out.append((tag, data[pos:end], data[pos + hdr : end]))
-        pos = end
-    return out
+def _der_children(data: bytes, structure: str) -> list[tuple[int, bytes]]:
+    """Split DER ``data`` into (tag, content) pairs with the strict reader of
+    :mod:`confide.evidence._der` (definite, minimal lengths)."""
+    return [(tag, data[vs:ve]) for tag, vs, ve in der.children(data, 0, len(data), structure)]
 
 
 def leaf_fwid(leaf: x509.Certificate) -> bytes:
@@ -116,20 +97,24 @@ def leaf_fwid(leaf: x509.Certificate) -> bytes:
         ) from None
     raw = ext.value if isinstance(ext, x509.UnrecognizedExtension) else b""
     try:
-        (outer,) = _der_children(raw)
-        if outer[0] != 0x30:
+        (outer,) = _der_children(raw, "FWID extension")
+        if outer[0] != der.TAG_SEQUENCE:
             raise ValueError("not a SEQUENCE")
-        last = _der_children(outer[2])[-1]
-        if last[0] != 0x30:
+        last = _der_children(outer[1], "FWID extension")[-1]
+        if last[0] != der.TAG_SEQUENCE:
             raise ValueError("last element not a SEQUENCE")
-        oid, digest = _der_children(last[2])
-        if oid[1] != SHA384_OID_DER or digest[0] != 0x04 or len(digest[2]) != FWID_SIZE:
+        oid, digest = _der_children(last[1], "FWID extension")
+        if (
+            bytes([oid[0], len(oid[1])]) + oid[1] != SHA384_OID_DER
+            or digest[0] != der.TAG_OCTET_STRING
+            or len(digest[1]) != FWID_SIZE
+        ):
             raise ValueError("expected SEQUENCE { sha384, OCTET STRING (48) }")
-    except (ValueError, IndexError) as exc:
+    except (ValueError, IndexError, ParseError) as exc:
         raise CertificateChainError(f"leaf FWID extension is malformed: {exc}") from None
-    if digest[2] != raw[-FWID_SIZE:]:  # pragma: no cover - structural parse ends the extension
+    if digest[1] != raw[-FWID_SIZE:]:  # pragma: no cover - structural parse ends the extension
         raise CertificateChainError("leaf FWID extension: digest is not its last 48 bytes")
-    return digest[2]
+    return digest[1]
 
 
 def _public_key(cert: x509.Certificate) -> object:
@@ -185,9 +170,9 @@ def _gpu_model(chain: Sequence[x509.Certificate]) -> tuple[str | None, str | Non
         if other.type_id != NVIDIA_SAN_OID:
             continue
         try:
-            (utf8,) = _der_children(other.value)
-            parts = utf8[2].decode("utf-8").split(":")
-        except (ValueError, UnicodeDecodeError):
+            (utf8,) = _der_children(other.value, "NVIDIA SAN otherName")
+            parts = utf8[1].decode("utf-8").split(":")
+        except (ValueError, UnicodeDecodeError, ParseError):
             return None, None
         if len(parts) == 3 and parts[0] == "NVIDIA":
             return parts[1], parts[2]
