@@ -801,3 +801,47 @@ def test_witness_cosigns_every_cas_checkpoint(tmp_path: Path) -> None:
         cas.stop()
         witness.terminate()
         witness.wait(timeout=10)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="binding over a persistent path needs root (CAP_SYS_ADMIN)")
+def test_files_injected_at_persistent_paths_are_served_from_memory(cas: CasProcess, tmp_path: Path) -> None:
+    """An injection path on a disk file system gets its content from a private tmpfs bound over
+    it: the service reads the secret, the disk never holds it, an existing file is unchanged."""
+    alice, _ = identity(cas, tmp_path, "alice")
+    etc = tmp_path / "etc"  # ext4 or whatever backs the test directory: not memory
+    existing = tmp_path / "existing.conf"
+    existing.write_text("ORIGINAL\n")
+    script = tmp_path / "show.sh"
+    script.write_text(
+        f'cat {etc}/app/new.conf; echo; cat {existing}; echo; stat -c "%a" {etc}/app/new.conf\n'
+    )
+    text = policy_yaml(
+        "diskinject", measure(cas, "/bin/sh", str(script)),
+        extra_service=f"""    image_name: img
+    command: /bin/sh {script}
+""",
+        body=f"""secrets:
+  - name: token
+    kind: ascii
+    size: 32
+images:
+  - name: img
+    injection_files:
+      - path: {etc}/app/new.conf
+        content: "NEW=$$SCONE::token$$"
+      - path: {existing}
+        content: "REPLACED=$$SCONE::token$$"
+""",
+    )  # fmt: skip
+    assert apply(cas, tmp_path, text, alice).returncode == 0
+    r = confide(cas, "run", "--config-id", "diskinject/app", "--tee", "sim", "--", "/bin/sh", str(script))
+    assert r.returncode == 0, r.stderr
+    token = re.search(r"NEW=(\S{32})", r.stdout).group(1)  # type: ignore[union-attr]
+    assert f"REPLACED={token}" in r.stdout and r.stdout.rstrip().endswith("600")
+    # after the run: the new path is an empty mount point, the existing file untouched
+    assert (etc / "app" / "new.conf").read_bytes() == b""
+    assert existing.read_text() == "ORIGINAL\n"
+    # nothing of the secret reached the disk under the test directory
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            assert token.encode() not in f.read_bytes(), f

@@ -5,8 +5,14 @@
    from the platform's quote provider (the simulator measures the command being launched).
 3. Send evidence, public key, policy and service to the CAS over TLS (pinned certificate).
 4. Decrypt the release with the ephemeral key: command, environment, files, working directory.
-5. Write injected files (tmpfs only, mode 0600), set exactly the released environment (the
+5. Write injected files (memory only, mode 0600), set exactly the released environment (the
    host environment does not leak in), and ``exec`` the program.
+
+Injected files never reach persistent storage. A path on a tmpfs/ramfs is written in place.
+Any other path is served from memory: as root, ``confide run`` enters a private mount
+namespace (what the program then inherits), mounts a tmpfs at :data:`INJECT_STAGING`, writes
+the content there and bind-mounts it over the path; the file on disk is not changed (a missing
+one is created empty, mode 0600, as the mount point). Without root such a path is refused.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,13 +37,16 @@ from confide.cas.core import binding_report_data, decrypt_release
 from confide.cas.secrets import RUNTIME_KEY_MARKER
 from confide.errors import ParseError, SignatureError, UsageError
 from confide.runtime.quote import QuoteProvider
-from confide.runtime.volumes import MountedVolumes, VolumeRelease, mount_released
+from confide.runtime.volumes import MountedVolumes, VolumeRelease, bind_mount, mount_released
+from confide.volume.mount import _private_namespace, mount_tmpfs_at
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Launch", "attest_and_prepare", "is_memory_backed", "launch", "supervise"]
+__all__ = ["INJECT_STAGING", "Launch", "attest_and_prepare", "is_memory_backed", "launch", "supervise"]
 
 _MEMORY_FS = frozenset({"tmpfs", "ramfs"})
+INJECT_STAGING = Path("/run/confide/inject")
+"""Where the tmpfs holding injected files for persistent paths is mounted (private namespace)."""
 
 
 @dataclass(frozen=True)
@@ -131,26 +141,69 @@ def attest_and_prepare(
     return Launch(argv, environment, files, str(pwd) if pwd else None, policy, volumes, session)
 
 
+def _write_private(path: Path, content: bytes) -> None:
+    """Create or replace ``path`` (never through a symlink) with ``content``, mode 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(content)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+    finally:
+        os.close(fd)
+
+
+def _mount_point_for(path: Path) -> None:
+    """``path`` as a bind-mount target: an existing regular file (not a symlink), or a new
+    empty one (mode 0600; the injected content never goes there)."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        except OSError as exc:
+            raise UsageError(
+                f"injection file {path}: cannot create its mount point: {exc.strerror or exc}"
+            ) from None
+        return
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+        raise UsageError(
+            f"injection file {path}: the path exists and is not a regular file; expected a file or nothing"
+        )
+
+
+def _inject_over_persistent(items: Sequence[tuple[Path, bytes]]) -> None:
+    """Serve ``items`` from a private tmpfs bind-mounted over their paths (see the module doc)."""
+    if os.geteuid() != 0:
+        raise UsageError(
+            f"injection file {items[0][0]} would land on persistent storage; confide writes injected files "
+            "only to memory: run confide run as root (it then binds a tmpfs copy over the path in a private "
+            "mount namespace), or mount a tmpfs at its directory (e.g. under /dev/shm or /run)"
+        )
+    _private_namespace()
+    INJECT_STAGING.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mount_tmpfs_at(INJECT_STAGING, b"mode=0700")
+    for index, (path, content) in enumerate(items):
+        staged = INJECT_STAGING / str(index)
+        _write_private(staged, content)
+        _mount_point_for(path)
+        bind_mount(staged, path)
+
+
 def _write_files(files: Mapping[str, bytes]) -> None:
+    persistent: list[tuple[Path, bytes]] = []
     for path_text, content in files.items():
         path = Path(path_text)
         if not path.is_absolute():
             raise UsageError(f"injection file {path_text}: expected an absolute path")
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not is_memory_backed(path):
-            raise UsageError(
-                f"injection file {path_text} would land on persistent storage; confide only writes injected "
-                "files to tmpfs (mount a tmpfs at its directory, e.g. under /dev/shm or /run)"
-            )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(content)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-        finally:
-            os.close(fd)
+        if is_memory_backed(path):
+            _write_private(path, content)
+        else:
+            persistent.append((path, content))
+    if persistent:
+        _inject_over_persistent(persistent)
 
 
 def _resolve(program: str, env: Mapping[str, str]) -> str:

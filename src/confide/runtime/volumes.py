@@ -34,7 +34,7 @@ from confide.errors import ParseError, StorageError, UsageError
 from confide.volume.keys import VolumeKey
 from confide.volume.mount import MountHandle, _private_namespace, mount_volume
 
-__all__ = ["MountedVolumes", "VolumeRelease", "mount_released"]
+__all__ = ["MountedVolumes", "VolumeRelease", "bind_mount", "mount_released"]
 
 CONTRACT = Path("/confide/sconify.json")
 STAGING = Path("/run/confide/volumes")
@@ -73,7 +73,8 @@ def _contract_mounts(name: str) -> list[tuple[str, str]] | None:
     return None
 
 
-def _bind(source: Path, target: Path) -> None:
+def bind_mount(source: Path, target: Path) -> None:
+    """Bind ``source`` at ``target`` (both must exist and be of the same kind); root only."""
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     if libc.mount(str(source).encode(), str(target).encode(), None, _MS_BIND, None) != 0:
         err = ctypes.get_errno()
@@ -156,7 +157,7 @@ def mount_released(volumes: list[VolumeRelease]) -> MountedVolumes:
                     "exposing protected paths at their original places needs root (CAP_SYS_ADMIN)"
                 )
             for path, _kind in mounts:
-                _bind(staging / path.lstrip("/"), Path(path))
+                bind_mount(staging / path.lstrip("/"), Path(path))
                 binds.append(Path(path))
     except BaseException:
         for target in reversed(binds):

@@ -339,8 +339,8 @@ def _private_namespace() -> None:
 TMPFS_OPTIONS = b"mode=0755"
 
 
-def _mount_tmpfs(mountpoint: Path) -> None:
-    opts = TMPFS_OPTIONS
+def mount_tmpfs_at(mountpoint: Path, opts: bytes = TMPFS_OPTIONS) -> None:
+    """Mount a tmpfs (nosuid, nodev) at ``mountpoint``; root, in a private namespace."""
     if _libc().mount(b"tmpfs", bytes(mountpoint), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts) != 0:
         raise StorageError(_errno_msg(f"mount -t tmpfs at {str(mountpoint)!r} (-o {opts.decode()}) failed"))
 
@@ -481,7 +481,7 @@ class _TmpfsMount(MountHandle):
             if private_namespace:
                 _private_namespace()
                 mountpoint.mkdir(parents=True, exist_ok=True)
-                _mount_tmpfs(mountpoint)
+                mount_tmpfs_at(mountpoint)
                 super().__init__(mountpoint, "tmpfs", writable, tag, mountpoint)
             else:
                 shm = Path(tempfile.mkdtemp(prefix="confide-volume-", dir="/dev/shm"))  # mode 0700
