@@ -4,6 +4,7 @@ tampered twins, the protobuf reader's strictness and the CLI's exit codes."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from confide.errors import (
     SignatureError,
 )
 from confide.evidence._protobuf import WIRE_LEN, WIRE_VARINT, parse_message
+from confide.evidence.ccel import EventLog
 from confide.evidence.gce_tpm import parse_gce_attestation
 from confide.evidence.tpm import TPM_ALG_SHA256
 from confide.verify import gce_tpm
@@ -291,3 +293,74 @@ def test_cli_verifies_and_maps_errors_to_exit_codes(tmp_path: Path) -> None:
     assert tampered.returncode == SignatureError.exit_code
     usage = run_confide("evidence", "verify", NONCE_FILE, "--platform", "gce-tpm", "--vcek", bad)
     assert usage.returncode == 2 and "--vcek" in usage.stderr
+
+
+# --- platform state from PCR 0 (go-tpm-tools getPlatformState) ----------------------------
+
+
+def _log_with(number: int, **changes: object) -> EventLog:
+    log = parse_gce_attestation(NONCE9009).event_log
+    assert log is not None
+    events = tuple(dataclasses.replace(e, **changes) if e.number == number else e for e in log.events)  # type: ignore[arg-type]
+    return dataclasses.replace(log, events=events)
+
+
+def _rehash(data: bytes) -> tuple[tuple[int, bytes], ...]:
+    return ((TPM_ALG_SHA256, hashlib.sha256(data).digest()),)
+
+
+def test_platform_state_of_the_real_attestation() -> None:
+    log = verify_gce_attestation(NONCE9009, at=AT, expected_nonce=NONCE).claims["event_log"]
+    assert isinstance(log, dict)
+    assert log["platform"] == {
+        "gce_firmware_version": 1,
+        "scrtm_version_id": None,
+        "confidential_technology": "AMD_SEV",
+    }
+
+
+def test_platform_state_refuses_a_fake_separator_and_unhashed_events() -> None:
+    # EV_NONHOST_INFO relabelled as a separator: its data is not separator data
+    with pytest.raises(MeasurementError, match="looks like a separator but is not a valid one"):
+        gce_tpm._platform_state(_log_with(2, event_type=gce_tpm.EV_SEPARATOR))
+    # an EV_NONHOST_INFO whose data was changed (the digest, which the quote covers, is not)
+    fake = b"GCE NonHostInfo\x00\x04" + bytes(15)
+    with pytest.raises(MeasurementError, match=r"EV_NONHOST_INFO\) in PCR 0: its digest is not"):
+        gce_tpm._platform_state(_log_with(2, data=fake))
+    # a separator-looking digest under another event type
+    with pytest.raises(MeasurementError, match="looks like a separator"):
+        gce_tpm._platform_state(_log_with(1, data=bytes(4), digests=_rehash(bytes(4))))
+
+
+def test_platform_state_decodes_technology_and_version_strings() -> None:
+    snp = b"GCE NonHostInfo\x00\x04" + bytes(15)
+    state = gce_tpm._platform_state(_log_with(2, data=snp, digests=_rehash(snp)))
+    assert state["confidential_technology"] == "AMD_SEV_SNP"
+    unknown = b"GCE NonHostInfo\x00\x09" + bytes(15)
+    assert (
+        gce_tpm._platform_state(_log_with(2, data=unknown, digests=_rehash(unknown)))[
+            "confidential_technology"
+        ]
+        is None
+    )
+    other = "OVMF 1.0".encode("utf-16-le") + b"\x00\x00"
+    state = gce_tpm._platform_state(_log_with(1, data=other, digests=_rehash(other)))
+    assert state["gce_firmware_version"] is None and state["scrtm_version_id"] == other.hex()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("GCE Virtual Firmware v1\x00", 1),
+        ("GCE Virtual Firmware v20240101\x00", 20240101),
+        ("GCE Virtual Firmware v\x00", None),
+        ("GCE Virtual Firmware v1", None),
+        ("GCE Virtual Firmware v1a\x00", None),
+        ("GCE Virtual Firmware v99999999999\x00", None),
+        ("GCE Virtual Firmware v\u0661\x00", None),  # a non-ASCII digit
+        ("Virtual Firmware v1\x00", None),
+    ],
+)
+def test_gce_firmware_version_strings(text: str, expected: int | None) -> None:
+    assert gce_tpm._gce_firmware_version(text.encode("utf-16-le")) == expected
+    assert gce_tpm._gce_firmware_version(text.encode("utf-16-le") + b"\x00") is None  # odd length

@@ -15,7 +15,12 @@ Steps (after go-tpm-tools ``server/verify.go`` ``VerifyAttestation``, with confi
    at zero, or at the StartupLocality value for PCR 0, and is extended by
    ``PCR := H(PCR || digest)``); every PCR the log extends must equal the quoted value
    → :class:`MeasurementError`. Only events of reproduced PCRs are reported as verified.
-5. The instance the AK belongs to comes from the AK certificate's Google extension
+5. The platform state from PCR 0's verified events before its separator, as go-tpm-tools
+   ``getPlatformState``: the GCE firmware version (EV_S_CRTM_VERSION) and the confidential
+   technology (EV_NONHOST_INFO, "GCE NonHostInfo"). An event that looks like a separator but is
+   not a valid one, or one of these events whose digest is not the hash of its data →
+   :class:`MeasurementError` (the event type itself is not measured).
+6. The instance the AK belongs to comes from the AK certificate's Google extension
    (``confide.evidence.gce_instance``), decoded only after the chain verified; a malformed
    extension → :class:`CertificateChainError`. As in go-tpm-tools ``getInstanceInfoFromExtensions``,
    only a *production* instance is claimed (``instance``); the protobuf's unsigned
@@ -75,6 +80,16 @@ REPLAY_BANK = TPM_ALG_SHA256
 PCR_SIZE = 32
 STARTUP_LOCALITY_SIGNATURE = b"StartupLocality\x00"  # TCG PFP §10.4.5.3
 MAX_CHAIN = 4
+EV_SEPARATOR = 0x4  # TCG PFP §10.4.1, event types
+EV_S_CRTM_VERSION = 0x8
+EV_NONHOST_INFO = 0x11
+SEPARATOR_DATA = (bytes(4), b"\xff" * 4)  # TCG PFP §10.4.4: 00000000h, or FFFFFFFFh on errors
+# "GCE Virtual Firmware v" in little-endian UCS-2, then the version digits and a NUL
+# (go-tpm-tools server/policy_constants.go, GceVirtualFirmwarePrefix).
+GCE_FIRMWARE_PREFIX = "GCE Virtual Firmware v".encode("utf-16-le")
+GCE_NONHOST_SIGNATURE = b"GCE NonHostInfo\x00"  # then one technology byte, 15 reserved bytes
+# go-tpm-tools proto/attest.proto, enum GCEConfidentialTechnology.
+GCE_CONFIDENTIAL_TECHNOLOGY = {0: "NONE", 1: "AMD_SEV", 2: "AMD_SEV_ES", 3: "INTEL_TDX", 4: "AMD_SEV_SNP"}
 
 
 @contextmanager
@@ -226,6 +241,64 @@ def _check_instance_info(att: GceAttestation, production: GceCertInstance | None
         raise BindingError(f"instance_info: got {got!r}, expected the AK certificate's instance {want!r}")
 
 
+def _gce_firmware_version(data: bytes) -> int | None:
+    """The version number of a GCE S-CRTM version string, ``None`` when it is not one."""
+    body = data[len(GCE_FIRMWARE_PREFIX) :]
+    if not data.startswith(GCE_FIRMWARE_PREFIX) or len(data) % 2 or not body.endswith(b"\x00\x00"):
+        return None
+    try:
+        digits = body[:-2].decode("utf-16-le")
+    except UnicodeDecodeError:
+        return None
+    if not digits or not digits.isascii() or not digits.isdigit() or len(digits) > 10:
+        return None
+    version = int(digits)
+    return version if version <= 0xFFFFFFFF else None
+
+
+def _platform_state(log: EventLog) -> dict[str, ClaimValue]:
+    """Firmware version and confidential technology from PCR 0 (module docstring, step 5);
+    only called when PCR 0 was reproduced, so every PCR 0 event's digest is in the quote."""
+    separators = {hashlib.sha256(d).digest() for d in SEPARATOR_DATA}
+    version_data: bytes | None = None
+    nonhost: bytes | None = None
+    for event in log.events:
+        if event.mr_index != 0 or event.event_type == EV_NO_ACTION:
+            continue
+        digest = event.digest(REPLAY_BANK)
+        digest_ok = digest is not None and hmac.compare_digest(hashlib.sha256(event.data).digest(), digest)
+        if event.event_type == EV_SEPARATOR or digest in separators:
+            if event.event_type != EV_SEPARATOR or not digest_ok or event.data not in SEPARATOR_DATA:
+                raise MeasurementError(
+                    f"event {event.number} in PCR 0 looks like a separator but is not a valid one"
+                    " (type EV_SEPARATOR, data 00000000h or FFFFFFFFh, digest of the data)"
+                )
+            break  # nothing after the separator is trusted
+        if event.event_type in (EV_S_CRTM_VERSION, EV_NONHOST_INFO):
+            if not digest_ok:
+                raise MeasurementError(
+                    f"event {event.number} ({event_type_name(event.event_type)}) in PCR 0:"
+                    " its digest is not the SHA-256 of its data"
+                )
+            if event.event_type == EV_S_CRTM_VERSION:
+                version_data = event.data
+            else:
+                nonhost = event.data
+    version = None if version_data is None else _gce_firmware_version(version_data)
+    technology: str | None = None
+    if (
+        nonhost is not None
+        and nonhost.startswith(GCE_NONHOST_SIGNATURE)
+        and len(nonhost) > len(GCE_NONHOST_SIGNATURE)
+    ):
+        technology = GCE_CONFIDENTIAL_TECHNOLOGY.get(nonhost[len(GCE_NONHOST_SIGNATURE)])
+    return {
+        "gce_firmware_version": version,
+        "scrtm_version_id": None if version is not None or version_data is None else version_data.hex(),
+        "confidential_technology": technology,
+    }
+
+
 def _event_claim(event: Event, verified: bool) -> dict[str, ClaimValue]:
     digest = event.digest(REPLAY_BANK)
     matches = digest is not None and hmac.compare_digest(hashlib.sha256(event.data).digest(), digest)
@@ -276,6 +349,7 @@ def _replay_claims(
         events.append(claim)
     summary: dict[str, ClaimValue] = {
         "bank": "sha256",
+        "platform": _platform_state(log) if 0 in replayed else None,
         "reproduced_pcrs": list[ClaimValue](sorted(replayed)),
         "not_in_log": list[ClaimValue](sorted(set(quoted) - set(replayed))),
         "event_count": len(log.events),
