@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from confide import __version__
+from confide.collateral import is_url
 from confide.errors import ConfideError, UsageError
 from confide.evidence._reader import decode_evidence_text
 from confide.platforms import VerifyRequest, detect_platform, verify_request
@@ -61,7 +62,9 @@ _PATH = click.Path(path_type=Path)
 @evidence.command("verify")
 @click.argument("evidence_file", metavar="EVIDENCE", type=_PATH)
 @click.option("--platform", type=_PLATFORM_CHOICE, help="Evidence platform (detected when omitted).")
-@click.option("--collateral", type=_PATH, help="DCAP collateral: dcap-qvl JSON bundle or PCS directory.")
+@click.option("--collateral", metavar="PATH|URL",
+              help="SGX/TDX: dcap-qvl JSON bundle, PCS directory or Intel PCS/PCCS URL; SEV-SNP: AMD KDS "
+                   "mirror directory or KDS URL; NVIDIA: RIM file or directory.")  # fmt: skip
 @click.option("--at", "at_text", metavar="ISO8601", help="Verification time (default: now).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--vcek", type=_PATH, help="SEV-SNP: VCEK/VLEK (DER or PEM; PEM may hold VCEK+ASK+ARK).")
@@ -74,7 +77,7 @@ _PATH = click.Path(path_type=Path)
 def evidence_verify(
     evidence_file: Path,
     platform: str | None,
-    collateral: Path | None,
+    collateral: str | None,
     at_text: str | None,
     as_json: bool,
     vcek: Path | None,
@@ -103,7 +106,8 @@ def evidence_verify(
             evidence=raw,
             platform=chosen,
             at=at,
-            collateral=collateral,
+            collateral=None if collateral is None or is_url(collateral) else Path(collateral),
+            collateral_url=collateral if collateral is not None and is_url(collateral) else None,
             vcek=vcek,
             chain=chain,
             cert_chain=cert_chain,

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+from cli import run_confide
 from confide import errors
 from confide.collateral.dcap import BundleFileSource, PcsDirectorySource, PcsHttpSource, source_for
 from confide.evidence.dcap import Quote, TeeType
@@ -175,3 +176,17 @@ def test_cache_is_written_atomically(fake_pcs: FakePcs, tmp_path: Path) -> None:
     src.get_collateral(fmspc=bytes.fromhex("00a067110000"), ca="processor", tee=TeeType.SGX)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
     assert len(list(tmp_path.iterdir())) == 4
+
+
+def test_cli_collateral_url_reaches_the_pcs(fake_pcs: FakePcs, tmp_path: Path) -> None:
+    """``evidence verify --collateral http(s)://...`` fetches from the service (a path type used
+    to fold the URL's ``//``, so the URL was read as a missing file)."""
+    quote = tmp_path / "quote.dat"
+    quote.write_bytes(SGX.quote_bytes())
+    r = run_confide(
+        "evidence", "verify", quote, "--platform", "sgx", "--collateral", fake_pcs.url,
+        "--at", SGX.time.isoformat(), "--json",
+        env={"XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert sum(fake_pcs.hits.values()) == 4

@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from snp_fakes import AT, NOT_BEFORE, FakeAmd, make_fake_amd
 
+from cli import run_confide
 from confide.collateral.amd_kds import (
     AmdCollateralRequest,
     KdsHttpCollateral,
@@ -245,3 +246,39 @@ def test_platform_without_any_vcek_source() -> None:
     req = VerifyRequest(evidence=GO_REPORT, platform=Platform.SEV_SNP, at=NOT_BEFORE)
     with pytest.raises(CollateralMissingError, match="--vcek"):
         verify_request(req)
+
+
+def test_cli_collateral_url_fetches_from_kds(kds: FakeKds, tmp_path: Path) -> None:
+    """``evidence verify --platform sev-snp --collateral URL``: VCEK, chain and CRL come from
+    the KDS (here a fake one on loopback, with a private AMD-shaped PKI) and are cached."""
+    turin: FakeAmd = make_fake_amd(Product.TURIN)
+    raw = turin.sign(turin.report())
+    vcek_path = f"/vcek/v1/Turin/{turin.chip_id[:8].hex()}?fmcSPL=01&blSPL=02&teeSPL=03&snpSPL=04&ucodeSPL=05"
+    kds.route(vcek_path, turin.vek.public_bytes(serialization.Encoding.DER))
+    kds.route("/vcek/v1/Turin/cert_chain", turin.chain_pem())
+    kds.route(
+        "/vcek/v1/Turin/crl",
+        turin.crl(next_update=AT + timedelta(days=10)).public_bytes(serialization.Encoding.DER),
+    )
+    report, root = tmp_path / "report.bin", tmp_path / "ark.pem"
+    report.write_bytes(raw)
+    root.write_bytes(turin.ark.public_bytes(serialization.Encoding.PEM))
+    args = ("evidence", "verify", report, "--platform", "sev-snp", "--collateral", kds.url,
+            "--root", root, "--at", AT.isoformat(), "--json")  # fmt: skip
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    r = run_confide(*args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert '"crl_checked": true' in r.stdout
+    assert len(kds.requests) == 3
+    assert run_confide(*args, env=env).returncode == 0
+    assert len(kds.requests) == 3  # served from $XDG_CACHE_HOME/confide/kds
+    assert any((tmp_path / "cache" / "confide" / "kds").rglob("*.der"))
+
+
+def test_cli_collateral_url_is_refused_where_nothing_is_fetched(tmp_path: Path) -> None:
+    report = tmp_path / "r.bin"
+    report.write_bytes(GO_REPORT)
+    r = run_confide(
+        "evidence", "verify", report, "--platform", "aws-nitro", "--collateral", "https://example.invalid"
+    )
+    assert r.returncode == UsageError.exit_code and "needs no collateral" in r.stderr

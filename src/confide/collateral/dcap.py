@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,8 @@ import httpx2
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from confide.collateral import cache_dir as default_cache_dir
+from confide.collateral import is_url
 from confide.errors import CollateralMissingError, NetworkError, ParseError
 from confide.evidence.dcap import TeeType
 from confide.evidence.dcap_collateral import DcapCollateral, split_pcs_response
@@ -347,11 +348,8 @@ class PcsHttpSource:
 
 def source_for(location: str, *, cache_dir: Path | None = None) -> DcapCollateralSource:
     """The source named by ``--collateral``: an http(s) URL, a directory, or a bundle file."""
-    if location.startswith(("http://", "https://")):
-        cache = (
-            cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "confide" / "pcs"
-        )
-        return PcsHttpSource(location, cache_dir=cache)
+    if is_url(location):
+        return PcsHttpSource(location, cache_dir=cache_dir or default_cache_dir("pcs"))
     path = Path(location)
     if path.is_dir():
         return PcsDirectorySource(path)

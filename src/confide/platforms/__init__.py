@@ -29,6 +29,8 @@ class VerifyRequest:
     platform: Platform
     at: datetime
     collateral: Path | None = None
+    collateral_url: str | None = None
+    """``--collateral`` given as an http(s) URL (Intel PCS/PCCS, AMD KDS) instead of a path."""
     vcek: Path | None = None
     chain: Path | None = None
     cert_chain: Path | None = None

@@ -46,7 +46,7 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
             "drop --vcek/--chain/--cert-chain/--event-log"
         )
     if req.platform is Platform.AZURE_SNP_VTPM:
-        if req.collateral is not None:
+        if req.collateral is not None or req.collateral_url is not None:
             raise UsageError("--collateral: the SEV-SNP VCEK travels in the evidence; drop --collateral")
         evidence = parse_evidence(req.evidence, HclReportType.SNP)
         snp = SnpVerifier(roots_with_override(req.root), cache_size=0) if req.root else embedded_verifier()
@@ -56,7 +56,9 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     evidence = parse_evidence(req.evidence, HclReportType.TDX)
     assert evidence.td_quote is not None
     dcap = DcapVerifier(root_ca_der=root_der(req.root)) if req.root else _DCAP
-    location = str(req.collateral) if req.collateral else os.environ.get(COLLATERAL_ENV)
+    location = req.collateral_url or (
+        str(req.collateral) if req.collateral else os.environ.get(COLLATERAL_ENV)
+    )
     collateral: DcapCollateral | None = None
     if location:
         quote = Quote.from_bytes(evidence.td_quote)

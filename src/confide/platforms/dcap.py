@@ -48,7 +48,9 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
             f"got a {got.value.upper()} quote, expected {req.platform.value.upper()}", structure="quote"
         )
     verifier = DcapVerifier(root_ca_der=root_der(req.root)) if req.root else _DEFAULT_VERIFIER
-    location = str(req.collateral) if req.collateral else os.environ.get(COLLATERAL_ENV)
+    location = req.collateral_url or (
+        str(req.collateral) if req.collateral else os.environ.get(COLLATERAL_ENV)
+    )
     collateral: DcapCollateral | None = None
     if location:
         chain = verifier.pck_chain(quote)

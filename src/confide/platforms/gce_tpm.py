@@ -20,7 +20,7 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     unused = [
         name
         for name, value in (
-            ("--collateral", req.collateral),
+            ("--collateral", req.collateral or req.collateral_url),
             ("--vcek", req.vcek),
             ("--chain", req.chain),
             ("--cert-chain", req.cert_chain),

@@ -21,6 +21,8 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
         raise UsageError(
             "--platform aws-nitro takes its chain from the document: drop --cert-chain/--vcek/--chain"
         )
+    if req.collateral is not None or req.collateral_url is not None:
+        raise UsageError("--platform aws-nitro needs no collateral: drop --collateral")
     evidence = decode_document_text(req.evidence)
     root = load_root_certificate(req.root, "--root") if req.root is not None else None
     return verify_nitro_document(evidence, at=req.at, expected_nonce=req.nonce, root=root)

@@ -56,6 +56,10 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     chain = load_chain(req.cert_chain, "--cert-chain")
     root = load_root_certificate(req.root, "--root") if req.root is not None else None
     rim_root = load_root_certificate(req.rim_root, "--rim-root") if req.rim_root is not None else None
+    if req.collateral_url is not None:
+        raise UsageError(
+            "--collateral: RIMs are not fetched from NVIDIA's RIM service; give a RIM file or directory"
+        )
     if rim_root is not None and req.collateral is None:
         raise UsageError("--rim-root is only meaningful with --collateral RIM(s)")
     rims = load_rims(req.collateral) if req.collateral is not None else []

@@ -10,7 +10,10 @@ Inputs:
   from the VEK's issuer.
 * ``--collateral DIR``: a directory laid out like AMD KDS (see
   :class:`confide.collateral.amd_kds.LocalKdsCollateral`); used to find the VCEK when
-  ``--vcek`` is absent and the CRL when present.
+  ``--vcek`` is absent and the CRL when present. ``--collateral URL``: AMD KDS itself
+  (``https://kdsintf.amd.com``) or a mirror, through
+  :class:`~confide.collateral.amd_kds.KdsHttpCollateral` with its cache in
+  ``$XDG_CACHE_HOME/confide/kds``.
 * ``--root FILE``: replaces the pinned ARK of its product (tests with a private PKI only).
 """
 
@@ -23,7 +26,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from confide.collateral.amd_kds import AmdCollateralRequest, LocalKdsCollateral
+from confide.collateral import cache_dir
+from confide.collateral.amd_kds import AmdCollateralRequest, KdsHttpCollateral, LocalKdsCollateral
 from confide.errors import CertificateChainError, CollateralMissingError, ParseError, UsageError
 from confide.evidence.sev_snp import AttestationReport, Product, SigningKey
 from confide.evidence.sev_snp_json import report_from_serde_json
@@ -113,7 +117,7 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
         vek_certs = load_certificates(_read(req.vcek, "--vcek"), "--vcek")
     elif embedded_vek is not None:
         vek_certs = load_certificates(embedded_vek, "cert_chain of the JSON evidence")
-    elif req.collateral is not None:
+    elif req.collateral is not None or req.collateral_url is not None:
         if report.signing_key is not SigningKey.VCEK:
             raise UsageError("the report is signed by a VLEK: pass it with --vcek (KDS serves VCEKs only)")
         product = report.cpuid_product
@@ -121,9 +125,16 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
             raise UsageError(
                 "a v2 report does not name its product: pass --vcek (or a v3+ report) with --collateral"
             )
-        collateral = LocalKdsCollateral(req.collateral).fetch(
-            AmdCollateralRequest.for_report(report, product)
-        )
+        request = AmdCollateralRequest.for_report(report, product)
+        if req.collateral_url is not None:
+            # AMD KDS (or a mirror) over HTTP(S), cached; a cached CRL is refetched once its
+            # nextUpdate is past at the verification time.
+            at = req.at
+            with KdsHttpCollateral(cache_dir("kds"), base_url=req.collateral_url, clock=lambda: at) as kds:
+                collateral = kds.fetch(request)
+        else:
+            assert req.collateral is not None
+            collateral = LocalKdsCollateral(req.collateral).fetch(request)
         vek_certs = load_certificates(collateral.vek_der, "VCEK from --collateral")
         chain = AmdChain.from_certificates(load_certificates(collateral.chain_pem, "cert_chain"))
         if collateral.crl_der is not None:
@@ -131,7 +142,7 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     else:
         raise CollateralMissingError(
             "SEV-SNP verification needs the VCEK/VLEK: pass --vcek FILE (DER or PEM), "
-            "or --collateral DIR holding an AMD KDS mirror"
+            "or --collateral DIR|URL (an AMD KDS mirror directory, or AMD KDS: https://kdsintf.amd.com)"
         )
 
     if len(vek_certs) == 3:
