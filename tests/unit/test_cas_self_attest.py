@@ -195,6 +195,21 @@ def test_snp_cas_attests_itself_and_is_pinned(tmp_path: Path, amd: FakeAmd) -> N
         # The embedded (real) AMD roots do not vouch for the test PKI.
         with pytest.raises(errors.CertificateChainError):
             attest_cas(url, sim_key_pem=None, at=AT)
+        # --expect: every named claim must hold; all mismatches are named together
+        ok = attest_cas(
+            url, sim_key_pem=None, at=AT, amd_roots=amd.roots(),
+            expect={"host_data": ("00" * 32, "EF" * 32), "vmpl": ("0",), "guest_svn": ("0x7",)},
+        )  # fmt: skip
+        assert ok.certificate_sha256 == pinned.certificate_sha256
+        with pytest.raises(errors.MeasurementError) as refused:
+            attest_cas(
+                url, sim_key_pem=None, at=AT, amd_roots=amd.roots(), measurements=("ab" * 48,),
+                expect={"host_data": ("00" * 32,), "vmpl": ("1",), "rtmr1": ("00",)},
+            )  # fmt: skip
+        message = refused.value.message
+        assert "expected one of --measurement" in message
+        assert "claim host_data: got efef" in message and "claim vmpl: got 0, expected 1" in message
+        assert "has no claim 'rtmr1'" in message
 
 
 def test_snp_evidence_presented_with_another_certificate_is_refused(tmp_path: Path, amd: FakeAmd) -> None:

@@ -121,6 +121,10 @@ _CAS_TOLERANCES = (
               help="The CAS's expected measurement (repeat to allow several): sim/sev-snp measurement,"
               " tdx mr_td, sgx mr_enclave; without it the measurement is only printed, for you to"
               " check.")  # fmt: skip
+@click.option("--expect", "expect_specs", multiple=True, metavar="CLAIM=VALUE",
+              help="A claim the CAS's evidence must have, e.g. rtmr1=HEX, host_data=HEX, vmpl=0"
+              " (repeat; the same claim repeated allows any of its values; every claim named must"
+              " match).")  # fmt: skip
 @click.option("--collateral", help="SGX/TDX: DCAP collateral (dcap-qvl JSON bundle, PCS directory or "
               "URL; default: $CONFIDE_DCAP_COLLATERAL).")  # fmt: skip
 @click.option("--tolerate", "tolerate", multiple=True, type=click.Choice(_CAS_TOLERANCES),
@@ -132,6 +136,7 @@ def cas_attest(
     sim_key: Path | None,
     out: Path | None,
     measurements: tuple[str, ...],
+    expect_specs: tuple[str, ...],
     collateral: str | None,
     tolerate: tuple[str, ...],
     ignore_advisories: tuple[str, ...],
@@ -157,6 +162,12 @@ def cas_attest(
         if len(text) not in (64, 96) or any(c not in "0123456789abcdef" for c in text):
             raise UsageError(f"--measurement: got {m[:40]!r}, expected 32 or 48 bytes in hex")
         expected.append(text)
+    expect: dict[str, tuple[str, ...]] = {}
+    for spec in expect_specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise UsageError(f"--expect: got {spec[:60]!r}, expected CLAIM=VALUE")
+        expect[name.strip()] = (*expect.get(name.strip(), ()), value.strip())
     location = collateral or os.environ.get(COLLATERAL_ENV)
     pinned = attest_cas(
         url,
@@ -165,6 +176,7 @@ def cas_attest(
         collateral=source_for(location) if location else None,
         tolerate=tuple(Tolerance(t) for t in tolerate),
         ignore_advisories=ignore_advisories,
+        expect=expect,
     )
     ev = pinned.evidence
     label = " (SIMULATED)" if ev.simulated else ""
@@ -175,6 +187,8 @@ def cas_attest(
     checked = " (as expected)" if expected else " (not checked: pass --measurement)"
     claim = pinned.measurement_claim
     click.echo(f"  {claim}: {ev.claims.get(claim)}{checked}", err=True)
+    for name in expect:
+        click.echo(f"  {name}: {ev.claims.get(name)} (as expected)", err=True)
     click.echo(f"  TLS certificate SHA-256: {pinned.certificate_sha256}", err=True)
     click.echo(f"  transparency log key: {pinned.log_key}", err=True)
     click.echo(f"  evidence obtained: {_obtained(pinned.obtained_at)}", err=True)

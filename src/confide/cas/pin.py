@@ -17,6 +17,7 @@ import re
 import socket
 import ssl
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +40,7 @@ from confide.errors import (
 from confide.policy.appraise import check_security
 from confide.policy.model import AttestationSecurity, Tolerance
 from confide.sim.platform import load_platform_public_key
-from confide.verify.result import Platform, VerifiedEvidence
+from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
 from confide.verify.sev_snp import AmdRootStore
 
 __all__ = [
@@ -288,6 +289,7 @@ def verify_cas_evidence(
     tolerate: tuple[Tolerance, ...] = (),
     ignore_advisories: tuple[str, ...] = (),
     amd_roots: AmdRootStore | None = None,
+    expect: Mapping[str, tuple[str, ...]] | None = None,
 ) -> PinnedCas:
     """Verify the CAS's evidence document ``body`` for the certificate ``cert_der`` it was
     served with; see :func:`attest_cas`."""
@@ -312,14 +314,61 @@ def verify_cas_evidence(
             problems=reasons,
         )
     claim = MEASUREMENT_CLAIMS[verified.platform]
+    mismatches: list[str] = []
     if measurements:
         got = str(verified.claims.get(claim, "")).lower()
         if not any(hmac.compare_digest(got, m) for m in measurements):
-            raise MeasurementError(
+            mismatches.append(
                 f"the CAS measures {claim} {got[:32]}…, expected one of --measurement"
                 f" {', '.join(m[:16] + '…' for m in measurements)}"
             )
+    mismatches += expected_claim_mismatches(verified.claims, expect or {})
+    if mismatches:
+        raise MeasurementError("; ".join(mismatches))
     return _pin(cert_der, verified, log_key, obtained_at)
+
+
+def _claim_text(value: ClaimValue, expected: str) -> tuple[str, str] | None:
+    """(claim, expected) normalised for comparison, or ``None`` when ``value`` is not a single
+    value. Hex text compares case-insensitively; integers compare by value (``expected`` in
+    decimal or ``0x`` hex); booleans as ``true``/``false``."""
+    if isinstance(value, bool):
+        return ("true" if value else "false"), expected.strip().lower()
+    if isinstance(value, int):
+        try:
+            return str(value), str(int(expected.strip(), 0))
+        except ValueError:
+            return str(value), expected.strip()
+    if isinstance(value, str):
+        return value.lower(), expected.strip().lower()
+    return None
+
+
+def expected_claim_mismatches(
+    claims: Mapping[str, ClaimValue], expect: Mapping[str, tuple[str, ...]]
+) -> list[str]:
+    """Every ``--expect CLAIM=VALUE`` the evidence does not satisfy (each claim must equal one
+    of its values), in the order given; empty when all hold."""
+    problems: list[str] = []
+    for name, values in expect.items():
+        if name not in claims:
+            problems.append(f"the CAS's evidence has no claim {name!r} (it has: {', '.join(sorted(claims))})")
+            continue
+        value = claims[name]
+        pairs = [_claim_text(value, v) for v in values]
+        if any(p is None for p in pairs):
+            problems.append(
+                f"claim {name!r} is not a single value (a {type(value).__name__});"
+                " --expect compares strings, numbers and booleans"
+            )
+            continue
+        if not any(p is not None and hmac.compare_digest(p[0].encode(), p[1].encode()) for p in pairs):
+            shown = str(value)
+            problems.append(
+                f"claim {name}: got {shown[:96]}{'…' if len(shown) > 96 else ''},"
+                f" expected {' or '.join(values)}"
+            )
+    return problems
 
 
 def attest_cas(
@@ -332,6 +381,7 @@ def attest_cas(
     tolerate: tuple[Tolerance, ...] = (),
     ignore_advisories: tuple[str, ...] = (),
     amd_roots: AmdRootStore | None = None,
+    expect: Mapping[str, tuple[str, ...]] | None = None,
 ) -> PinnedCas:
     """Verify the CAS's evidence and its binding to the TLS certificate and log key.
 
@@ -341,7 +391,9 @@ def attest_cas(
     ``collateral``, never from the CAS). Debug TEEs and TCB statuses other than UpToDate are
     refused unless tolerated (``tolerate``, ``ignore_advisories``: the policy vocabulary of
     ``security.attestation``). With ``measurements`` (hex), the CAS must run one of them
-    (:data:`MEASUREMENT_CLAIMS`): the pin is refused otherwise."""
+    (:data:`MEASUREMENT_CLAIMS`); with ``expect`` (claim → allowed values), every named claim
+    must equal one of its values (:func:`expected_claim_mismatches`). The pin is refused
+    otherwise, naming every mismatch."""
     cert_der, body = fetch_unverified(url, "/v1/cas/evidence")
     pinned = verify_cas_evidence(
         cert_der,
@@ -353,6 +405,7 @@ def attest_cas(
         tolerate=tolerate,
         ignore_advisories=ignore_advisories,
         amd_roots=amd_roots,
+        expect=expect,
     )
     return dataclasses.replace(pinned, url=url)
 
