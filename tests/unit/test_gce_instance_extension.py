@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +22,8 @@ from confide.evidence.gce_instance import (
 from confide.evidence.gce_tpm import parse_gce_attestation
 from confide.verify import gce_tpm
 from confide.verify.gce_tpm import verify_gce_attestation
+from pb_wire import pb_field
+from pki import issue
 
 ASSETS = Path(__file__).parent.parent / "assets" / "tpm" / "google-go-tpm-tools"
 NONCE9009 = (ASSETS / "gce-cos-85-nonce9009.pb").read_bytes()
@@ -176,28 +176,14 @@ def test_the_verified_instance_is_claimed() -> None:
 
 
 def _with_instance_info(zone: str) -> bytes:
-    def field(number: int, value: bytes | int) -> bytes:
-        if isinstance(value, int):
-            return bytes([number << 3]) + _varint(value)
-        return bytes([number << 3 | 2]) + _varint(len(value)) + value
-
     info = (
-        field(1, zone.encode())
-        + field(2, b"google.com:wuale-gcp-testing")
-        + field(3, 117478743145)
-        + field(4, b"cos-test")
-        + field(5, 6797026933021542085)
+        pb_field(1, zone.encode())
+        + pb_field(2, b"google.com:wuale-gcp-testing")
+        + pb_field(3, 117478743145)
+        + pb_field(4, b"cos-test")
+        + pb_field(5, 6797026933021542085)
     )
-    return NONCE9009 + field(4, info)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append(n & 0x7F | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
+    return NONCE9009 + pb_field(4, info)
 
 
 def test_agreeing_instance_info_verifies_and_contradicting_is_refused() -> None:
@@ -212,21 +198,11 @@ def test_agreeing_instance_info_verifies_and_contradicting_is_refused() -> None:
 
 def _self_signed_with(value: bytes) -> x509.Certificate:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(AT)
-        .not_valid_after(AT + timedelta(days=1))
-        .add_extension(
-            x509.UnrecognizedExtension(x509.ObjectIdentifier(GCE_INSTANCE_EXTENSION_OID), value),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
+    extension = x509.UnrecognizedExtension(x509.ObjectIdentifier(GCE_INSTANCE_EXTENSION_OID), value)
+    return issue(
+        "test", key.public_key(), issuer="test", signing_key=key, not_before=AT,
+        not_after=AT + timedelta(days=1), ca=None, extensions=[extension],
+    )  # fmt: skip
 
 
 def test_a_malformed_extension_in_a_signed_certificate_is_a_chain_error() -> None:

@@ -23,7 +23,7 @@ from confide.errors import (
     ParseError,
     SignatureError,
 )
-from confide.evidence._protobuf import WIRE_LEN, WIRE_VARINT, parse_message
+from confide.evidence._protobuf import parse_message
 from confide.evidence.ccel import EventLog
 from confide.evidence.gce_tpm import parse_gce_attestation
 from confide.evidence.tpm import TPM_ALG_SHA256
@@ -35,6 +35,7 @@ from confide.verify.gce_tpm import (
     verify_gce_attestation,
 )
 from confide.verify.result import Platform
+from pb_wire import pb_field, pb_varint
 
 ASSETS = Path(__file__).parent.parent / "assets" / "tpm" / "google-go-tpm-tools"
 NO_NONCE_FILE = ASSETS / "gce-cos-85-no-nonce.pb"
@@ -54,19 +55,8 @@ def _flip(blob: bytes, part: bytes, at: int) -> bytes:
     return bytes(out)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append(n & 0x7F | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
-def _field(number: int, value: bytes | int) -> bytes:
-    if isinstance(value, int):
-        return _varint(number << 3 | WIRE_VARINT) + _varint(value)
-    return _varint(number << 3 | WIRE_LEN) + _varint(len(value)) + value
+_varint = pb_varint
+_field = pb_field
 
 
 # --- real attestations --------------------------------------------------------------------
