@@ -323,11 +323,13 @@ def _roll_back(data_dir: Path, pend: Path) -> None:
     fsync_dir(data_dir)
 
 
-def open_master_key(data_dir: Path, provider: SealingKeyProvider | None, expected: str | None) -> bytes:
-    """At start, before anything else reads a key: finish an interrupted rotation, then open
-    (create, migrate: :func:`~confide.cas.master_key.load_master_key`) the master key, which must
-    have the id ``expected`` (the database's, :func:`stored_master_key_id`) when it names one."""
-    finish_interrupted_rotation(data_dir, expected, provider)
+def open_master_key(data_dir: Path, provider: SealingKeyProvider | None, database: Database) -> bytes:
+    """At start, before anything else reads a key: finish an interrupted rotation (and its
+    step 5), then open (create, migrate: :func:`~confide.cas.master_key.load_master_key`) the
+    master key, which must have the id the database names, if it names one."""
+    expected = stored_master_key_id(database)
+    if finish_interrupted_rotation(data_dir, expected, provider) == "rolled-forward":
+        _scrub(database)
     if expected is not None and not _key_files(data_dir):
         raise UsageError(
             f"the database's secrets are sealed under master key id {expected}, but "

@@ -54,7 +54,7 @@ from confide.cas.keyfiles import TLS_KEY_NAME, load_log_signer, load_tls_key, tl
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, CasEvidence, EvidenceRefresher
 from confide.cas.pin import cas_binding
-from confide.cas.rotation import bind_master_key, open_master_key, stored_master_key_id
+from confide.cas.rotation import bind_master_key, open_master_key
 from confide.cas.runlock import run_lock
 from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer
@@ -292,7 +292,7 @@ def prepare(
     database = Database(db_url or f"sqlite:///{(data_dir / 'cas.db').resolve()}")
     # Before any key is read: finish an interrupted master-key rotation, and refuse a key that
     # is not the one the database names (confide.cas.rotation).
-    master = open_master_key(data_dir, seal, stored_master_key_id(database))
+    master = open_master_key(data_dir, seal, database)
     sealer = Sealer(master)
     master_key = f"sealed: {seal.name} ({seal.binding})" if seal else "plain file"
     protect = sealer if seal is not None else None
