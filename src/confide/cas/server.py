@@ -13,7 +13,12 @@ The data directory holds (created on first start, mode 0700/0600):
 - ``cas.db``: the embedded SQLite database (unless ``--db`` names PostgreSQL);
 - ``sim/``: with ``--dev``, the simulated platform's key (development only);
 - ``client.env``: ``export`` lines with what a client needs (``CONFIDE_CAS_URL``,
-  ``CONFIDE_CAS_CERT``, and with ``--dev`` ``CONFIDE_SIM_DIR``).
+  ``CONFIDE_CAS_CERT``, and with ``--dev`` ``CONFIDE_SIM_DIR``);
+- ``*.new``: only while ``confide cas rotate-master-key`` runs, or after it was interrupted
+  (:mod:`confide.cas.rotation`: :func:`prepare` finishes or undoes it before reading any key,
+  and refuses a master key whose id is not the one the database names).
+
+A serving CAS holds the run lock (:mod:`confide.cas.runlock`) until it exits.
 
 With ``--tee tdx|sev-snp|sgx-gramine|az-vtpm`` the CAS obtains its own evidence at startup from
 that TEE's quote provider (:mod:`confide.runtime.quote`), bound to its TLS certificate and log
