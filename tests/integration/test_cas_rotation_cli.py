@@ -12,6 +12,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from test_cas_e2e import app_script, apply, confide, identity, measure, policy_yaml
 
@@ -20,6 +22,7 @@ from cli import run_confide
 from confide import errors
 from confide.cas.db import Database, raw_execute
 from confide.cas.master_key import PLAIN_NAME
+from confide.cas.server import prepare
 
 SERVICE = (
     '    environment:\n      S: "$$SCONE::s$$"\n      B: "$$SCONE::b:hex$$"\n      K: "$$SCONE::k:base64$$"\n'
@@ -122,3 +125,21 @@ def test_rotate_a_stopped_cas_and_the_service_gets_the_same_secrets(cas: CasProc
         out = run_confide("cas", "serve", "--data-dir", replica, "--listen", "127.0.0.1:0", "--db", cas.db_url,
                           timeout=60)  # fmt: skip
         assert out.returncode == errors.UsageError.exit_code and "not the database's key" in out.stderr
+
+
+@pytest.mark.skipif(Path("/dev/sev-guest").exists(), reason="an SEV-SNP guest")
+def test_to_seal_sev_snp_outside_snp_changes_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "cas"
+    cas, *_ = prepare(data, host="127.0.0.1", dev=True, db_url=None, collateral=None)
+    cas.db.dispose()
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file() and not p.name.startswith("cas.db")}
+    out = run_confide("cas", "rotate-master-key", "--data-dir", data, "--to-seal", "sev-snp")
+    assert out.returncode == errors.UsageError.exit_code and "not an SEV-SNP guest" in out.stderr, out.stderr
+    after = {p: p.read_bytes() for p in data.rglob("*") if p.is_file() and not p.name.startswith("cas.db")}
+    assert after == before
+    out = run_confide(
+        "cas", "rotate-master-key", "--data-dir", data, "--seal", "gramine", "--to-seal", "file"
+    )
+    assert out.returncode == errors.UsageError.exit_code, out.stderr
+    out = run_confide("cas", "rotate-master-key", "--data-dir", tmp_path / "absent")
+    assert out.returncode == errors.UsageError.exit_code and "not a directory" in out.stderr

@@ -539,3 +539,19 @@ def test_a_running_cas_and_a_rotation_exclude_each_other(tmp_path: Path) -> None
     with run_lock(tmp_path, None, exclusive=True):  # released: free again
         pass
     assert list(tmp_path.iterdir()) == []  # no lock file
+
+
+def test_a_start_that_seals_a_plain_key_advises_rotation(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = make_setup(tmp_path, None, gramine(tmp_path))
+    with caplog.at_level("WARNING", logger="confide.cas"):
+        assert s.start()._master == s.old_key  # the start-up migration: the same key, now sealed
+    (advice,) = [
+        json.loads(r.getMessage()) for r in caplog.records if "master-key-was-plain" in r.getMessage()
+    ]
+    assert "rotate-master-key" in advice["advice"] and s.old_key.hex() not in json.dumps(advice)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="confide.cas"):
+        s.start()
+    assert not [r for r in caplog.records if "master-key-was-plain" in r.getMessage()]

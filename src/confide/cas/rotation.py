@@ -42,6 +42,8 @@ committed database, so there is always exactly one key that opens the database's
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -335,9 +337,21 @@ def open_master_key(data_dir: Path, provider: SealingKeyProvider | None, databas
             f"the database's secrets are sealed under master key id {expected}, but "
             f"{str(data_dir)!r} holds no master key: a fresh one would open none of them"
         )
+    migrating = provider is not None and (data_dir / PLAIN_NAME).exists()
     key = load_master_key(data_dir, provider)
     if expected is not None and master_key_id(key) != expected:
         raise UsageError(_mismatch(master_key_id(key), expected))
+    if migrating:
+        # The key is sealed from now on, but it was plain: the host may have kept a copy.
+        logging.getLogger("confide.cas").warning(
+            json.dumps(
+                {
+                    "event": "master-key-was-plain",
+                    "advice": "the sealed key was a plain file before: stop the CAS and run "
+                    "confide cas rotate-master-key with the same --seal",
+                }
+            )
+        )
     return key
 
 
