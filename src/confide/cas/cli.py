@@ -102,6 +102,53 @@ def cas_serve(
     )
 
 
+@cas.command("rotate-master-key")
+@click.option("--data-dir", type=_PATH, required=True, help="The stopped CAS's state directory.")
+@click.option("--db", "db_url", help="Database URL, as given to cas serve (default: SQLite in --data-dir).")
+@click.option(
+    "--seal",
+    type=click.Choice(SEAL_PROVIDERS),
+    default="file",
+    show_default=True,
+    help="What protects the current master key (the --seal the CAS runs with).",
+)
+@click.option(
+    "--to-seal",
+    type=click.Choice(SEAL_PROVIDERS),
+    help="What protects the new key (default: the same as --seal). From --seal file to a provider: "
+    "the CAS moves to sealing with a key that was never written in plain.",
+)
+def cas_rotate_master_key(data_dir: Path, db_url: str | None, seal: str, to_seal: str | None) -> None:
+    """Replace the master key of a stopped CAS: every secret, the TLS key and the log key are
+    re-sealed under a new key, crash-safely; prints the new key id (docs/cas.md)."""
+    from confide.cas.db import Database
+    from confide.cas.ledger_sink import LedgerEventSink
+    from confide.cas.rotation import rotate_master_key
+    from confide.cas.runlock import run_lock
+    from confide.cas.sealing import provider_for
+
+    current = provider_for(seal)
+    target = provider_for(to_seal) if to_seal is not None else current
+    if not data_dir.is_dir():
+        raise UsageError(f"--data-dir: {str(data_dir)!r} is not a directory")
+    url = db_url or f"sqlite:///{(data_dir / 'cas.db').resolve()}"
+    with run_lock(data_dir, url, exclusive=True):
+        database = Database(url)
+        try:
+            result = rotate_master_key(
+                data_dir, database, seal=current, to_seal=target, events=LedgerEventSink()
+            )
+        finally:
+            database.dispose()
+    click.echo(
+        f"master key rotated: {result.old_key_id} -> {result.new_key_id} ({result.sealing_from} -> "
+        f"{result.sealing_to}); {result.secrets} secrets re-sealed; TLS key {result.tls_key}, log key "
+        f"{result.log_key}; ledger entry {result.event_seq - 1} (key.rotated)",
+        err=True,
+    )
+    click.echo(result.new_key_id)
+
+
 _CAS_TOLERANCES = (
     "debug-mode",
     "outdated-tcb",

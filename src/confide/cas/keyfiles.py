@@ -56,6 +56,8 @@ __all__ = [
     "TLS_KEY_NAME",
     "load_log_signer",
     "load_tls_key",
+    "reprotect_tls_key",
+    "reseal_log_key",
     "tls_key_password",
 ]
 
@@ -93,11 +95,19 @@ def load_tls_key(path: Path, sealer: Sealer | None) -> tuple[ec.EllipticCurvePri
     given (the CAS runs with a sealing provider), migrated from a plain file if needed. Returns
     the key and whether it was created now."""
     password = tls_key_password(sealer) if sealer is not None else None
-    what = "the CAS's TLS key"
     if not path.exists():
         key = ec.generate_private_key(ec.SECP256R1())
         write_new(path, _pem(key, password))
         return key, True
+    loaded, encrypted = _open_tls_key(path, password)
+    if password is not None and not encrypted:
+        write_atomic(path, _pem(loaded, password), mode=0o600)  # migration: protect it from now on
+    return loaded, False
+
+
+def _open_tls_key(path: Path, password: bytes | None) -> tuple[ec.EllipticCurvePrivateKey, bool]:
+    """The TLS key in ``path`` and whether it was encrypted; writes nothing."""
+    what = "the CAS's TLS key"
     data = _read(path, what)
     encrypted = _ENCRYPTED_PEM in data
     if encrypted and password is None:
@@ -115,9 +125,15 @@ def load_tls_key(path: Path, sealer: Sealer | None) -> tuple[ec.EllipticCurvePri
         raise ParseError("not a PEM private key", structure=what) from None
     if not isinstance(loaded, ec.EllipticCurvePrivateKey):
         raise ParseError(f"got a {type(loaded).__name__}, expected an EC private key", structure=what)
-    if password is not None and not encrypted:
-        write_atomic(path, _pem(loaded, password), mode=0o600)  # migration: protect it from now on
-    return loaded, False
+    return loaded, encrypted
+
+
+def reprotect_tls_key(path: Path, old: Sealer | None, new: Sealer) -> bytes:
+    """The TLS key in ``path`` (plain when ``old`` is ``None``, else protected under ``old``) as
+    an encrypted PEM protected under ``new``, for a master-key rotation
+    (:mod:`confide.cas.rotation`). The key pair itself is unchanged; nothing is written."""
+    key, _encrypted = _open_tls_key(path, tls_key_password(old) if old is not None else None)
+    return _pem(key, tls_key_password(new))
 
 
 def _log_cipher(sealer: Sealer) -> AESGCM:
@@ -158,6 +174,23 @@ def _signer(skey: str, path: Path) -> NoteSigner:
         raise ParseError(
             f"{str(path)!r}: not a signed-note signer key ({exc})", structure="log key"
         ) from None
+
+
+def reseal_log_key(data_dir: Path, old: Sealer | None, new: Sealer) -> bytes | None:
+    """The log key of ``data_dir`` (plain ``log.key`` when ``old`` is ``None``, else
+    ``log.key.sealed`` under ``old``) as a ``log.key.sealed`` under ``new``, for a master-key
+    rotation; ``None`` when there is no log key yet. The signer key is unchanged (clients keep
+    their pinned log key); nothing is written."""
+    plain, sealed = data_dir / LOG_KEY_NAME, data_dir / SEALED_LOG_KEY_NAME
+    if old is not None and sealed.exists():
+        skey = _unseal_log_key(_read(sealed, "sealed log key"), old, sealed)
+        _signer(skey, sealed)
+    elif old is None and plain.exists():
+        skey = _read(plain, "the CAS's log key").decode("ascii", "replace").strip()
+        _signer(skey, plain)
+    else:
+        return None
+    return _seal_log_key(skey, new)
 
 
 def load_log_signer(data_dir: Path, origin: str, sealer: Sealer | None) -> NoteSigner:

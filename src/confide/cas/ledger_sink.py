@@ -33,6 +33,7 @@ ENTRY_TYPES: dict[str, EntryType] = {
     "attestation": EntryType.ATTESTATION,
     "secret-release": EntryType.SECRET_RELEASED,
     "volume-tag": EntryType.VOLUME_TAG,
+    "master-key-rotated": EntryType.KEY_ROTATED,
 }
 
 

@@ -29,6 +29,8 @@ apart from "this file was modified"; it reveals nothing about the key.
   read back and opened again with a fresh ``sealing_key()`` call, and only then is the plain
   file removed. A crash before the rename leaves the plain file as it was; a crash after it
   leaves both, and the next start checks that they hold the same key and removes the plain one.
+
+Replacing the key itself (rotation) is :mod:`confide.cas.rotation`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,12 @@ The data directory holds (created on first start, mode 0700/0600):
 - ``cas.db``: the embedded SQLite database (unless ``--db`` names PostgreSQL);
 - ``sim/``: with ``--dev``, the simulated platform's key (development only);
 - ``client.env``: ``export`` lines with what a client needs (``CONFIDE_CAS_URL``,
-  ``CONFIDE_CAS_CERT``, and with ``--dev`` ``CONFIDE_SIM_DIR``).
+  ``CONFIDE_CAS_CERT``, and with ``--dev`` ``CONFIDE_SIM_DIR``);
+- ``*.new``: only while ``confide cas rotate-master-key`` runs, or after it was interrupted
+  (:mod:`confide.cas.rotation`: :func:`prepare` finishes or undoes it before reading any key,
+  and refuses a master key whose id is not the one the database names).
+
+A serving CAS holds the run lock (:mod:`confide.cas.runlock`) until it exits.
 
 With ``--tee tdx|sev-snp|sgx-gramine|az-vtpm`` the CAS obtains its own evidence at startup from
 that TEE's quote provider (:mod:`confide.runtime.quote`), bound to its TLS certificate and log
@@ -52,9 +57,10 @@ from confide.cas.core import Cas
 from confide.cas.db import Database, raw_connection
 from confide.cas.keyfiles import TLS_KEY_NAME, load_log_signer, load_tls_key, tls_key_password
 from confide.cas.ledger_sink import LedgerEventSink
-from confide.cas.master_key import load_master_key
 from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, CasEvidence, EvidenceRefresher
 from confide.cas.pin import cas_binding
+from confide.cas.rotation import bind_master_key, open_master_key
+from confide.cas.runlock import run_lock
 from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer
 from confide.cas.self_check import SelfCheck
@@ -288,7 +294,11 @@ def prepare(
         )
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
-    sealer = Sealer(load_master_key(data_dir, seal))
+    database = Database(db_url or f"sqlite:///{(data_dir / 'cas.db').resolve()}")
+    # Before any key is read: finish an interrupted master-key rotation, and refuse a key that
+    # is not the one the database names (confide.cas.rotation).
+    master = open_master_key(data_dir, seal, database)
+    sealer = Sealer(master)
     master_key = f"sealed: {seal.name} ({seal.binding})" if seal else "plain file"
     protect = sealer if seal is not None else None
     key_path, cert_path = _tls_identity(data_dir, host, protect)
@@ -340,15 +350,15 @@ def prepare(
             logging.getLogger("confide.cas").warning(
                 json.dumps({"event": "cas-evidence-unchecked", "tee": tee, "reason": summary["reason"]})
             )
-    database = Database(db_url or f"sqlite:///{(data_dir / 'cas.db').resolve()}")
     database.migrate()
     verifier = PlatformVerifier(sim_key=sim_key, dcap_source=dcap_source, amd_roots=amd_roots)
     cas = Cas(database, sealer, verifier, events=LedgerEventSink())
     with database.write() as conn:
+        master_key_id = bind_master_key(conn, master)
         cas.events.record(
             conn, "cas-start", None,
             {"dev": dev, "tls_cert_sha256": _cert_sha256(cert_path), "log_key": env["CONFIDE_LOG_KEY"],
-             "master_key": master_key, **({"tee": tee} if tee else {})},
+             "master_key": master_key, "master_key_id": master_key_id, **({"tee": tee} if tee else {})},
         )  # fmt: skip
     return cas, cas_evidence, key_path, cert_path, env, signer
 
@@ -386,6 +396,26 @@ def serve(
     evidence (``--dev``/``--tee``; 0: obtained once, at startup)."""
     host, port = _parse_listen(listen)
     _configure_logging()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Held until the process exits: `confide cas rotate-master-key` refuses to run meanwhile.
+    with run_lock(data_dir, db_url, exclusive=False):
+        _serve(data_dir, host, port, dev=dev, db_url=db_url, collateral=collateral, witnesses=witnesses,
+               seal=seal, tee=tee, evidence_refresh=evidence_refresh)  # fmt: skip
+
+
+def _serve(
+    data_dir: Path,
+    host: str,
+    port: int,
+    *,
+    dev: bool,
+    db_url: str | None,
+    collateral: str | None,
+    witnesses: tuple[tuple[str, NoteVerifier], ...],
+    seal: SealingKeyProvider | None,
+    tee: str | None,
+    evidence_refresh: float,
+) -> None:
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
         data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee
     )

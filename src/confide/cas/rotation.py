@@ -1,0 +1,489 @@
+"""Rotating the CAS master key, and the start-up check that the data directory holds the
+database's master key (docs/cas.md, "Rotating the master key").
+
+**Key id.** ``HKDF-SHA256(master key, no salt, info "confide-cas-master/v1 master-key-id")``,
+first 16 bytes, in hex: a one-way name for a key, never the key. The database stores the id of
+the key its secrets are sealed under (``meta`` row ``master_key_id``); a CAS whose key has
+another id does not start, and a database without one (created before rotation existed)
+records it on the next start, after checking that the key opens one of its secrets.
+
+**Rotation** (:func:`rotate_master_key`; the CAS is stopped, :mod:`confide.cas.runlock`), step
+by step, with the name the ``step`` hook is called with after each:
+
+1. ``checked``: finish an interrupted rotation, open the current key K0 and record or check
+   its id in the database, so that pending files are only ever written next to a database
+   that names its key.
+2. ``key-written``: a fresh K1, written as ``master.key.sealed.new`` (sealed under the target
+   provider) or, with ``--seal file``, ``master.key.new``; temporary file, fsync, rename, fsync
+   of the directory; read back and opened with a fresh sealing key.
+3. ``files-written``: with sealing, the TLS key and the log key protected under K1 (the same
+   key pairs: pinned clients see no change) as ``cas-key.pem.new`` and ``log.key.sealed.new``.
+4. ``resealed`` (inside the transaction, before its commit) and ``committed``: one database
+   write transaction checks that the database still names K0, re-seals every secret under K1
+   with a fresh data key each (so K0 and an old copy of a row open nothing of the new row),
+   sets ``master_key_id`` to K1's id and records a ``master-key-rotated`` event (ledger entry
+   ``key.rotated``: both ids, counts, how each key is held; never key bytes).
+5. ``scrubbed``: SQLite: the re-sealed rows were written with ``secure_delete`` (old content
+   zeroed) and the WAL is checkpointed and truncated; PostgreSQL: ``VACUUM FULL secrets``.
+6. ``done``: :func:`finish_interrupted_rotation` rolls forward: the pending TLS and log keys
+   are renamed into place, the old master key file(s) overwritten with zeros, fsynced and
+   unlinked, and the pending key renamed into place last.
+
+**After a crash** at any point, the next start (or rotation) calls
+:func:`finish_interrupted_rotation` with the database's id before opening any key: a pending key
+whose id is the database's is rolled forward (the commit happened); otherwise, if the current
+key's id is the database's, the pending files are destroyed (it did not); anything else (a
+pending key that cannot be opened with this ``--seal`` while the current key is not the
+database's, or a database that names no key) is a :class:`~confide.errors.UsageError` that
+changes nothing. A key file is destroyed only once the other key is durable and named by the
+committed database, so there is always exactly one key that opens the database's secrets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import Connection, bindparam, insert, inspect, select, text
+
+from confide.cas.db import Database, EventSink, meta, raw_execute
+from confide.cas.db import secrets as secrets_table
+from confide.cas.keyfiles import (
+    LOG_KEY_NAME,
+    SEALED_LOG_KEY_NAME,
+    TLS_KEY_NAME,
+    reprotect_tls_key,
+    reseal_log_key,
+)
+from confide.cas.master_key import (
+    MASTER_KEY_SIZE,
+    PLAIN_NAME,
+    SEALED_NAME,
+    SealedMasterKey,
+    load_master_key,
+    seal_master_key,
+    unseal_master_key,
+)
+from confide.cas.sealing import SealingKeyProvider
+from confide.cas.secrets import Sealer
+from confide.errors import ConfideError, ParseError, StorageError, UsageError
+from confide.fsutil import TMP_PREFIX, fsync_dir, read_bounded, write_atomic
+
+__all__ = [
+    "EVENT_TYPE",
+    "KEY_ID_META",
+    "PENDING_SUFFIX",
+    "RotationResult",
+    "bind_master_key",
+    "finish_interrupted_rotation",
+    "master_key_id",
+    "open_master_key",
+    "rotate_master_key",
+    "stored_master_key_id",
+]
+
+KEY_ID_META = "master_key_id"
+PENDING_SUFFIX = ".new"
+EVENT_TYPE = "master-key-rotated"
+_KEY_ID_INFO = b"confide-cas-master/v1 master-key-id"
+_KEY_ID_SIZE = 16
+_KEY_FILE_MAX = 4096
+_PENDING = tuple(n + PENDING_SUFFIX for n in (PLAIN_NAME, SEALED_NAME, TLS_KEY_NAME, SEALED_LOG_KEY_NAME))
+
+Step = Callable[[str], None]
+
+
+def master_key_id(key: bytes) -> str:
+    """The key id of a master key (module docstring): 32 hex digits, one-way."""
+    return HKDF(hashes.SHA256(), _KEY_ID_SIZE, None, _KEY_ID_INFO).derive(key).hex()
+
+
+def describe(provider: SealingKeyProvider | None) -> str:
+    """How a master key is held, as the ``cas-start`` entry says it."""
+    return f"sealed: {provider.name} ({provider.binding})" if provider is not None else "plain file"
+
+
+# --- the database's key id ---------------------------------------------------------------------
+
+
+def _checked_id(value: object) -> str:
+    if (
+        not isinstance(value, str)
+        or len(value) != 2 * _KEY_ID_SIZE
+        or any(c not in "0123456789abcdef" for c in value)
+    ):
+        raise StorageError(
+            f"the database's {KEY_ID_META} is malformed: expected {2 * _KEY_ID_SIZE} hex digits"
+        )
+    return value
+
+
+def _read_id(conn: Connection) -> str | None:
+    value = conn.execute(select(meta.c.value).where(meta.c.key == KEY_ID_META)).scalar()
+    return None if value is None else _checked_id(value)
+
+
+def _write_id(conn: Connection, key_id: str) -> None:
+    if _read_id(conn) is None:
+        conn.execute(insert(meta).values(key=KEY_ID_META, value=key_id))
+    else:
+        conn.execute(meta.update().where(meta.c.key == KEY_ID_META).values(value=key_id))
+
+
+def _sqlite_path(database: Database) -> Path | None:
+    return Path(database.url.split("sqlite:///", 1)[1]) if database.is_sqlite else None
+
+
+def stored_master_key_id(database: Database) -> str | None:
+    """The key id the database names; ``None`` for a database that names none (new, or
+    created before rotation existed). Creates nothing (an absent SQLite file stays absent)."""
+    path = _sqlite_path(database)
+    if path is not None and not path.exists():
+        return None
+    with database.read() as conn:
+        if not inspect(conn).has_table(meta.name):
+            return None
+        return _read_id(conn)
+
+
+def bind_master_key(conn: Connection, key: bytes) -> str:
+    """In a write transaction at start: check that the database names ``key``'s id, or record it
+    if the database names none, after checking that ``key`` opens one of its secrets."""
+    key_id = master_key_id(key)
+    stored = _read_id(conn)
+    if stored == key_id:
+        return key_id
+    if stored is not None:
+        raise UsageError(_mismatch(key_id, stored))
+    row = conn.execute(
+        select(secrets_table.c.policy, secrets_table.c.name, secrets_table.c.version, secrets_table.c.sealed)
+        .order_by(secrets_table.c.policy, secrets_table.c.name, secrets_table.c.version)
+        .limit(1)
+    ).first()
+    if row is not None:
+        try:
+            Sealer(key).unseal(row.sealed, policy=row.policy, name=row.name, version=row.version)
+        except ConfideError:
+            raise UsageError(
+                f"the database's secrets do not open with this master key (id {key_id}): it is not "
+                "the key they were sealed under (another data directory or --db?)"
+            ) from None
+    _write_id(conn, key_id)
+    return key_id
+
+
+def _mismatch(key_id: str, stored: str) -> str:
+    return (
+        f"the master key in the data directory has id {key_id}, but the database's secrets are "
+        f"sealed under master key id {stored}: this is not the database's key (a rotation through "
+        "another data directory, an old key file restored, or another --db)"
+    )
+
+
+# --- key files ---------------------------------------------------------------------------------
+
+
+def _open_key_file(path: Path, provider: SealingKeyProvider | None) -> bytes:
+    raw = read_bounded(path, _KEY_FILE_MAX, label=None, expected="a small key file", structure=str(path))
+    if path.name.startswith(SEALED_NAME):
+        if provider is None:
+            raise UsageError(f"{str(path)!r} is sealed: give the --seal it was sealed with")
+        return unseal_master_key(raw, provider)
+    if len(raw) != MASTER_KEY_SIZE:
+        raise ParseError(f"got {len(raw)} bytes, expected {MASTER_KEY_SIZE}", structure=str(path))
+    return raw
+
+
+def _try_open(path: Path, provider: SealingKeyProvider | None) -> bytes | None:
+    try:
+        return _open_key_file(path, provider) if path.exists() else None
+    except ConfideError:
+        return None
+
+
+def _sealed_by(path: Path) -> str:
+    try:
+        sealed = SealedMasterKey.from_bytes(
+            read_bounded(path, _KEY_FILE_MAX, label=None, expected="a small key file", structure=str(path))
+        )
+    except ConfideError:
+        return "the --seal of the rotation"
+    return f"--seal {sealed.provider} ({sealed.binding})"
+
+
+def _overwrite(path: Path) -> None:
+    """Best effort: zeros over the file's bytes, fsynced. Journals, snapshots, backups and flash
+    translation layers may still hold the old bytes (docs/limitations.md)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            view = memoryview(bytes(size))
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _destroy(path: Path) -> None:
+    _overwrite(path)
+    path.unlink(missing_ok=True)
+
+
+def _replace(pending: Path, target: Path) -> None:
+    if target.exists():
+        _overwrite(target)
+    os.replace(pending, target)
+
+
+def _key_files(data_dir: Path) -> list[Path]:
+    return [data_dir / n for n in (PLAIN_NAME, SEALED_NAME) if (data_dir / n).exists()]
+
+
+# --- resolving an interrupted rotation ---------------------------------------------------------
+
+
+def finish_interrupted_rotation(
+    data_dir: Path,
+    expected: str | None,
+    provider: SealingKeyProvider | None,
+    current_provider: SealingKeyProvider | None = None,
+) -> str | None:
+    """Roll an interrupted rotation in ``data_dir`` forward or back, as the database's key id
+    ``expected`` says (module docstring); ``provider`` opens a pending sealed key,
+    ``current_provider`` (default: the same) the current one. Returns ``"rolled-forward"``,
+    ``"rolled-back"`` or ``None`` (nothing was pending)."""
+    current_provider = provider if current_provider is None else current_provider
+    for entry in data_dir.iterdir():  # temporaries of a pending file: never the live one
+        if entry.name.startswith(TMP_PREFIX) and entry.name[len(TMP_PREFIX) :].rsplit("-", 1)[0] in _PENDING:
+            _destroy(entry)
+    pending = [data_dir / n for n in (PLAIN_NAME + PENDING_SUFFIX, SEALED_NAME + PENDING_SUFFIX)]
+    pending = [p for p in pending if p.exists()]
+    if not pending:
+        # The TLS and log keys are renamed before the master key and destroyed before it, so a
+        # pending one without a pending master key is not the database's: the current files are.
+        for name in (TLS_KEY_NAME, SEALED_LOG_KEY_NAME):
+            _destroy(data_dir / (name + PENDING_SUFFIX))
+        fsync_dir(data_dir)
+        return None
+    if len(pending) > 1:
+        raise UsageError(f"{str(data_dir)!r} holds two pending master keys: a human must decide")
+    (pend,) = pending
+    if expected is None:
+        raise UsageError(
+            f"{str(pend)!r} is left from an interrupted master-key rotation, but the database names "
+            "no master key: is --db the database the rotation ran on? Nothing was changed"
+        )
+    new_key = _try_open(pend, provider)
+    if new_key is not None and master_key_id(new_key) == expected:
+        _roll_forward(data_dir, pend)
+        return "rolled-forward"
+    if any(
+        (key := _try_open(path, current_provider)) is not None and master_key_id(key) == expected
+        for path in _key_files(data_dir)
+    ):
+        _roll_back(data_dir, pend)
+        return "rolled-back"
+    how = _sealed_by(pend) if pend.name.startswith(SEALED_NAME) else "--seal file"
+    raise UsageError(
+        f"a master-key rotation was interrupted in {str(data_dir)!r}, and neither {pend.name} nor the "
+        f"current key opens to the database's key id {expected} with this --seal: start with {how} "
+        "to finish it. Nothing was changed"
+    )
+
+
+def _roll_forward(data_dir: Path, pend: Path) -> None:
+    target = data_dir / pend.name.removesuffix(PENDING_SUFFIX)
+    if (data_dir / (TLS_KEY_NAME + PENDING_SUFFIX)).exists():
+        _replace(data_dir / (TLS_KEY_NAME + PENDING_SUFFIX), data_dir / TLS_KEY_NAME)
+    if (data_dir / (SEALED_LOG_KEY_NAME + PENDING_SUFFIX)).exists():
+        _replace(data_dir / (SEALED_LOG_KEY_NAME + PENDING_SUFFIX), data_dir / SEALED_LOG_KEY_NAME)
+        # The plain log key it was sealed from (--seal file to a provider): the same signer key.
+        # After a crash just here, the next start's load_log_signer removes it (same key).
+        _destroy(data_dir / LOG_KEY_NAME)
+    fsync_dir(data_dir)
+    for old in _key_files(data_dir):  # K0: the committed database no longer needs it
+        _destroy(old)
+    fsync_dir(data_dir)
+    os.replace(pend, target)  # last: while it is pending, the rotation is not finished
+    fsync_dir(data_dir)
+
+
+def _roll_back(data_dir: Path, pend: Path) -> None:
+    for name in (TLS_KEY_NAME, SEALED_LOG_KEY_NAME):
+        _destroy(data_dir / (name + PENDING_SUFFIX))
+    fsync_dir(data_dir)
+    _destroy(pend)  # last, for the same reason
+    fsync_dir(data_dir)
+
+
+def open_master_key(data_dir: Path, provider: SealingKeyProvider | None, database: Database) -> bytes:
+    """At start, before anything else reads a key: finish an interrupted rotation (and its
+    step 5), then open (create, migrate: :func:`~confide.cas.master_key.load_master_key`) the
+    master key, which must have the id the database names, if it names one."""
+    expected = stored_master_key_id(database)
+    if finish_interrupted_rotation(data_dir, expected, provider) == "rolled-forward":
+        _scrub(database)
+    if expected is not None and not _key_files(data_dir):
+        raise UsageError(
+            f"the database's secrets are sealed under master key id {expected}, but "
+            f"{str(data_dir)!r} holds no master key: a fresh one would open none of them"
+        )
+    migrating = provider is not None and (data_dir / PLAIN_NAME).exists()
+    key = load_master_key(data_dir, provider)
+    if expected is not None and master_key_id(key) != expected:
+        raise UsageError(_mismatch(master_key_id(key), expected))
+    if migrating:
+        # The key is sealed from now on, but it was plain: the host may have kept a copy.
+        logging.getLogger("confide.cas").warning(
+            json.dumps(
+                {
+                    "event": "master-key-was-plain",
+                    "advice": "the sealed key was a plain file before: stop the CAS and run "
+                    "confide cas rotate-master-key with the same --seal",
+                }
+            )
+        )
+    return key
+
+
+# --- rotation ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RotationResult:
+    """What a rotation did (ids only: never key bytes)."""
+
+    old_key_id: str
+    new_key_id: str
+    secrets: int
+    tls_key: str
+    log_key: str
+    sealing_from: str
+    sealing_to: str
+    event_seq: int
+
+
+def _no_step(_name: str) -> None:
+    return None
+
+
+def _reseal(conn: Connection, old: Sealer, new: Sealer) -> int:
+    t = secrets_table
+    rows = conn.execute(select(t.c.policy, t.c.name, t.c.version, t.c.sealed)).all()
+    updates = []
+    for row in rows:
+        where = {"policy": row.policy, "name": row.name, "version": row.version}
+        value = old.unseal(row.sealed, **where)  # a row that does not open aborts the rotation
+        updates.append({**{f"b_{k}": v for k, v in where.items()}, "b_sealed": new.seal(value, **where)})
+    if updates:
+        conn.execute(
+            t.update()
+            .where(t.c.policy == bindparam("b_policy"))
+            .where(t.c.name == bindparam("b_name"))
+            .where(t.c.version == bindparam("b_version"))
+            .values(sealed=bindparam("b_sealed")),
+            updates,
+        )
+    return len(updates)
+
+
+def _scrub(database: Database) -> None:
+    """Old row contents out of the database files (step 5; free blocks are another matter)."""
+    if database.is_sqlite:
+        raw = database.engine.raw_connection()
+        try:
+            raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]
+        finally:
+            raw.close()
+        return
+    with database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"VACUUM FULL {secrets_table.name}"))
+
+
+def rotate_master_key(
+    data_dir: Path,
+    database: Database,
+    *,
+    seal: SealingKeyProvider | None,
+    to_seal: SealingKeyProvider | None,
+    events: EventSink,
+    step: Step = _no_step,
+) -> RotationResult:
+    """Rotate the master key of the stopped CAS in ``data_dir`` (hold
+    :func:`~confide.cas.runlock.run_lock` exclusively around it): ``seal`` opens the current key,
+    ``to_seal`` seals the new one (``None``: a plain file, only when the current one is plain
+    too). ``step`` is called after each step (module docstring): the tests crash there."""
+    if seal is not None and to_seal is None:
+        raise UsageError("--to-seal file: the new master key would be written in plain; refused")
+    if not _key_files(data_dir):
+        raise UsageError(f"{str(data_dir)!r} holds no master key: nothing to rotate")
+    path = _sqlite_path(database)
+    if path is not None and not path.exists():
+        raise UsageError(f"no database at {str(path)!r}: nothing to rotate (give --db if it is elsewhere)")
+    database.migrate()
+    # 1. The current key, named by the database before anything pending is written.
+    finish_interrupted_rotation(data_dir, stored_master_key_id(database), seal)
+    old_key = load_master_key(data_dir, seal)  # a key file exists: never a fresh key
+    old = Sealer(old_key)
+    with database.write() as conn:
+        old_id = bind_master_key(conn, old_key)
+    step("checked")
+    new_key = os.urandom(MASTER_KEY_SIZE)
+    new, new_id = Sealer(new_key), master_key_id(new_key)
+    pend = data_dir / ((SEALED_NAME if to_seal is not None else PLAIN_NAME) + PENDING_SUFFIX)
+    tls_key = log_key = "plain"
+    try:
+        # 2. The new key, durable under its pending name, read back with a fresh sealing key.
+        write_atomic(pend, seal_master_key(new_key, to_seal) if to_seal is not None else new_key, mode=0o600)
+        if _open_key_file(pend, to_seal) != new_key:
+            raise StorageError(f"{str(pend)!r}: re-read after writing does not hold the new key")
+        step("key-written")
+        # 3. The TLS key and the log key under the new key (the same key pairs).
+        if to_seal is not None:
+            protect = old if seal is not None else None
+            if (data_dir / TLS_KEY_NAME).exists():
+                pem = reprotect_tls_key(data_dir / TLS_KEY_NAME, protect, new)
+                write_atomic(data_dir / (TLS_KEY_NAME + PENDING_SUFFIX), pem, mode=0o600)
+                tls_key = "re-protected"
+            sealed_log = reseal_log_key(data_dir, protect, new)
+            if sealed_log is not None:
+                write_atomic(data_dir / (SEALED_LOG_KEY_NAME + PENDING_SUFFIX), sealed_log, mode=0o600)
+                log_key = "re-sealed"
+        step("files-written")
+        # 4. Every secret re-sealed, the new id and the ledger entry: one transaction.
+        with database.write() as conn:
+            if database.is_sqlite:
+                raw_execute(conn, "PRAGMA secure_delete = ON")  # freed cell content is zeroed
+            stored = _read_id(conn)
+            if stored != old_id:
+                raise UsageError(f"the database's master key id changed during the rotation (now {stored})")
+            count = _reseal(conn, old, new)
+            _write_id(conn, new_id)
+            payload = {
+                "old_key_id": old_id, "new_key_id": new_id, "secrets": count,
+                "sealing": {"from": describe(seal), "to": describe(to_seal)},
+                "tls_key": tls_key, "log_key": log_key,
+            }  # fmt: skip
+            seq = events.record(conn, EVENT_TYPE, None, payload)
+            step("resealed")
+        step("committed")
+    except Exception:
+        # Not a crash: settle now as the next start would, by what the database says.
+        with contextlib.suppress(Exception):
+            finish_interrupted_rotation(data_dir, stored_master_key_id(database), to_seal, seal)
+        raise
+    _scrub(database)
+    step("scrubbed")
+    # 6. Switch the files over (what a start after a crash here would do).
+    finish_interrupted_rotation(data_dir, new_id, to_seal, seal)
+    step("done")
+    return RotationResult(old_id, new_id, count, tls_key, log_key, describe(seal), describe(to_seal), seq)
