@@ -55,6 +55,7 @@ from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.master_key import load_master_key
 from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, CasEvidence, EvidenceRefresher
 from confide.cas.pin import cas_binding
+from confide.cas.renewal import DEFAULT_SWEEP_SECONDS, CertificateRenewer
 from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer
 from confide.cas.self_check import SelfCheck
@@ -381,9 +382,11 @@ def serve(
     seal: SealingKeyProvider | None = None,
     tee: str | None = None,
     evidence_refresh: float = DEFAULT_REFRESH_SECONDS,
+    renewal_interval: float = DEFAULT_SWEEP_SECONDS,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
-    evidence (``--dev``/``--tee``; 0: obtained once, at startup)."""
+    evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
+    between sweeps that renew due certificates."""
     host, port = _parse_listen(listen)
     _configure_logging()
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
@@ -391,6 +394,8 @@ def serve(
     )
     checkpointer = Checkpointer(cas, signer, witnesses=witnesses)
     checkpointer.start()
+    renewer = CertificateRenewer(cas, renewal_interval)  # docs/cas.md "Certificate renewal"
+    renewer.start()
     refresher = None
     if cas_evidence is not None and evidence_refresh > 0:
         refresher = EvidenceRefresher(cas_evidence, evidence_refresh)
@@ -442,4 +447,5 @@ def serve(
     finally:
         if refresher is not None:
             refresher.stop()
+        renewer.stop()
         checkpointer.stop()
