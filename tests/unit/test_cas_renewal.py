@@ -442,3 +442,17 @@ def test_show_gives_validity_and_version_never_private_values(env: Env, clock: C
     text = json.dumps(shown)
     assert first.key_pem.decode().splitlines()[1] not in text
 
+
+def test_an_update_that_changes_the_ca_reissues_its_leaf(env: Env, clock: Clock[float]) -> None:
+    """A changed CA declaration is a new CA version; the leaf it signed is issued again with it,
+    or its chain would name an issuer that no longer exists."""
+    first = release(env)
+    updated = tls_policy().replace("common_name: Test CA", "common_name: Renamed CA")
+    apply(env, updated.replace('version: "0.3"', f'version: "0.3"\npredecessor: "{head(env, "tls")}"'))
+    clock.now = T0 + DAY
+    now = release(env)
+    assert now.ca.subject.rfc4514_string() == "CN=Renamed CA" and spki(now.ca) == spki(first.ca)
+    assert now.chain[1] == now.ca and now.leaf.issuer == now.ca.subject
+    assert spki(now.leaf) == spki(first.leaf)
+    verify_server(now.leaf, [], now.ca, clock.now)
+    assert versions(env, "srv") == [1, 2] and versions(env, "srv_key") == [1]

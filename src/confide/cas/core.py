@@ -535,6 +535,7 @@ class Cas:
         (secrets survive updates), create a new version where it did."""
         resolved: dict[str, SecretValue] = {}
         created: list[dict[str, Any]] = []
+        created_names: set[str] = set()
         for spec in policy.secrets:
             if spec.import_ is not None or spec.issue_to_runtime:
                 continue
@@ -542,7 +543,10 @@ class Cas:
                 jcs(spec.model_dump(mode="json", by_alias=True, exclude={"export", "export_public"}))
             ).hexdigest()
             row = self._latest_secret(conn, policy.name, spec.name)
-            if row is not None and json.loads(row.public).get("spec") == fingerprint:
+            # A value derived from one regenerated here (its key, its issuer) is regenerated too,
+            # so a certificate always matches its private key and chains to its issuer's version.
+            derived_from_new = any(d in created_names for d in (spec.private_key, spec.issuer))
+            if row is not None and json.loads(row.public).get("spec") == fingerprint and not derived_from_new:
                 resolved[spec.name] = _decrypt_key(self.sealer, row)
                 continue
             value = generate(spec, resolved=resolved, now=datetime.fromtimestamp(self.clock(), UTC))
@@ -557,6 +561,7 @@ class Cas:
                 )
             )  # fmt: skip
             created.append({"name": spec.name, "version": version, "kind": value.kind})
+            created_names.add(spec.name)
         if created:
             self.events.record(conn, "secrets-generated", policy.name, {"hash": digest, "secrets": created})
 
