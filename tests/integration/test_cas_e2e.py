@@ -756,6 +756,106 @@ images:
     inject.rmdir()
 
 
+def test_confide_run_receives_the_renewed_certificate(cas: CasProcess, tmp_path: Path) -> None:
+    """Time passes (for real: a leaf valid 40 s, renewed 35 s before its notAfter): the next
+    ``confide run`` receives a renewed certificate for the same key, chaining to the CA it
+    receives; ``policy show`` gives version and validity, the ledger the renewal, no values."""
+    import time
+    from datetime import UTC, datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.verification import PolicyBuilder, Store
+
+    alice, _ = identity(cas, tmp_path, "alice")
+    script = app_script(tmp_path)
+    inject = SHM / f"confide-renew-{os.getpid()}-{tmp_path.name}"
+    m = measure(cas, "/bin/sh", str(script))
+    text = policy_yaml(
+        "renew", m,
+        extra_service=f"    image_name: img\n    command: /bin/sh {script}\n",
+        body=f"""secrets:
+  - name: ca_key
+    kind: private-key
+  - name: ca
+    kind: x509-ca
+    private_key: ca_key
+    common_name: Test CA
+    valid_for: 1 day
+  - name: srv_key
+    kind: private-key
+  - name: srv
+    kind: x509
+    private_key: srv_key
+    issuer: ca
+    common_name: srv.local
+    dns: [srv.local]
+    valid_for: 40s
+    renew_before: 35s
+images:
+  - name: img
+    injection_files:
+      - path: {inject}/srv.pem
+        content: "$$SCONE::srv:chain$$"
+      - path: {inject}/ca.pem
+        content: "$$SCONE::ca:crt$$"
+      - path: {inject}/srv.key
+        content: "$$SCONE::srv:privatekey$$"
+""",
+    )  # fmt: skip
+    assert apply(cas, tmp_path, text, alice).returncode == 0
+
+    def run() -> tuple[list[x509.Certificate], x509.Certificate, bytes]:
+        r = confide(cas, "run", "--config-id", "renew/app", "--tee", "sim", "--", "/bin/sh", str(script))
+        assert r.returncode == 0, r.stderr
+        chain = x509.load_pem_x509_certificates((inject / "srv.pem").read_bytes())
+        return (
+            chain,
+            x509.load_pem_x509_certificate((inject / "ca.pem").read_bytes()),
+            (inject / "srv.key").read_bytes(),
+        )
+
+    def spki(cert: x509.Certificate) -> bytes:
+        return cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    try:
+        chain1, ca1, key1 = run()
+        due = chain1[0].not_valid_after_utc.timestamp() - 35
+        time.sleep(max(0.0, due - time.time()) + 1.0)
+        chain2, ca2, key2 = run()
+    finally:
+        for f in inject.iterdir() if inject.exists() else ():
+            f.unlink()
+        if inject.exists():
+            inject.rmdir()
+    leaf1, leaf2 = chain1[0], chain2[0]
+    assert leaf2.serial_number != leaf1.serial_number
+    assert leaf2.not_valid_after_utc > leaf1.not_valid_after_utc
+    assert spki(leaf2) == spki(leaf1) and key2 == key1  # same private key
+    assert ca2 == ca1 and chain2[1] == ca2
+    verifier = (
+        PolicyBuilder()
+        .store(Store([ca2]))
+        .time(datetime.now(UTC))
+        .build_server_verifier(x509.DNSName("srv.local"))
+    )
+    verifier.verify(leaf2, chain2[1:])
+    shown_text = confide(cas, "policy", "show", "renew", "--identity", str(alice), check=True).stdout
+    shown = json.loads(shown_text)["secrets"]["srv"]
+    assert shown["version"] >= 2 and shown["serial"] == format(leaf2.serial_number, "x")
+    assert shown["not_after"] == leaf2.not_valid_after_utc.isoformat() and "renew_at" in shown
+    events = [json.loads(line) for line in confide(cas, "policy", "events", "renew", "--identity", str(alice),
+                                                   check=True).stdout.splitlines()]  # fmt: skip
+    renewals = [
+        c for e in events if e["type"] == "certificates-renewed" for c in e["payload"]["certificates"]
+    ]
+    assert any(c["serial"] == format(leaf2.serial_number, "x") for c in renewals)
+    key_body = "".join(key1.decode().splitlines()[1:-1])
+    assert key_body[-40:] not in shown_text and all(key_body[-40:] not in json.dumps(e) for e in events)
+
+
 def test_witness_cosigns_every_cas_checkpoint(tmp_path: Path) -> None:
     """With --witness, every checkpoint the CAS signs is cosigned by the witness, which first
     checks it extends the last one it saw; an auditor can require that cosignature."""

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -33,7 +34,8 @@ from sqlalchemy import Connection, and_, insert, select, update
 
 from confide.cas import db as t
 from confide.cas.db import Database, EventSink, raw_connection, raw_execute
-from confide.cas.secrets import Sealer, SecretValue, generate, issue_to_runtime, render
+from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due
+from confide.cas.secrets import CERTIFICATE_KINDS, Sealer, SecretValue, generate, issue_to_runtime, render
 from confide.cas.verifier import GpuEvidence, check_binding, split_gpu_aux
 from confide.errors import (
     AccessDeniedError,
@@ -197,6 +199,7 @@ class Cas:
         self.nonce_key = sealer.derive_key(b"confide-nonce/v1")
         self._policies: _Lru[tuple[str, str], Policy] = _Lru(256)
         self._next_sweep = 0.0
+        self.renewals = RenewalSchedule()
 
     # -- governance ---------------------------------------------------------------------------
     def apply(self, submission: Any) -> ApplyResult:
@@ -532,6 +535,7 @@ class Cas:
         (secrets survive updates), create a new version where it did."""
         resolved: dict[str, SecretValue] = {}
         created: list[dict[str, Any]] = []
+        created_names: set[str] = set()
         for spec in policy.secrets:
             if spec.import_ is not None or spec.issue_to_runtime:
                 continue
@@ -539,10 +543,13 @@ class Cas:
                 jcs(spec.model_dump(mode="json", by_alias=True, exclude={"export", "export_public"}))
             ).hexdigest()
             row = self._latest_secret(conn, policy.name, spec.name)
-            if row is not None and json.loads(row.public).get("spec") == fingerprint:
+            # A value derived from one regenerated here (its key, its issuer) is regenerated too,
+            # so a certificate always matches its private key and chains to its issuer's version.
+            derived_from_new = any(d in created_names for d in (spec.private_key, spec.issuer))
+            if row is not None and json.loads(row.public).get("spec") == fingerprint and not derived_from_new:
                 resolved[spec.name] = _decrypt_key(self.sealer, row)
                 continue
-            value = generate(spec, resolved=resolved)
+            value = generate(spec, resolved=resolved, now=datetime.fromtimestamp(self.clock(), UTC))
             resolved[spec.name] = value
             version = (row.version + 1) if row is not None else 1
             public = {**value.public_info(), "spec": fingerprint}
@@ -554,6 +561,7 @@ class Cas:
                 )
             )  # fmt: skip
             created.append({"name": spec.name, "version": version, "kind": value.kind})
+            created_names.add(spec.name)
         if created:
             self.events.record(conn, "secrets-generated", policy.name, {"hash": digest, "secrets": created})
 
@@ -586,12 +594,17 @@ class Cas:
                 )
             ]
             secrets: dict[str, Any] = {}
+            declared = {spec.name: spec for spec in policy.secrets}
             for r in conn.execute(
                 select(t.secrets).where(t.secrets.c.policy == name).order_by(t.secrets.c.version)
             ):
                 info = json.loads(r.public)
                 info.pop("spec", None)
                 secrets[r.name] = {**info, "version": r.version}
+                if r.kind in CERTIFICATE_KINDS and r.name in declared:
+                    due = self.renewals.due_at(name, declared[r.name], r.version, r.public)
+                    if due != math.inf:  # when the CAS renews it (docs/cas.md "Certificate renewal")
+                        secrets[r.name]["renew_at"] = datetime.fromtimestamp(due, UTC).isoformat()
         return {
             "name": name,
             "hash": head.hash,
@@ -651,7 +664,7 @@ class Cas:
             pending.commit(conn)
         return pending.result()
 
-    def attest_begin(self, request: Any) -> PendingAttestation:
+    def attest_begin(self, request: Any, *, _renewals: int = 0) -> PendingAttestation:
         """Phase 1 of :meth:`attest`, without the write lock: parse, verify, bind, appraise and
         render against the policy versions current now. Raises :class:`ParseError` for a
         malformed request (nothing recorded); every other outcome is recorded by the returned
@@ -733,6 +746,19 @@ class Cas:
                 )
         except ConfideError as exc:
             pending.refused = exc
+        except RenewalDue as due:
+            # A certificate to release is due (docs/cas.md "Certificate renewal"): renew it in a
+            # write transaction of its own, then run phase 1 again on a fresh snapshot. Once per
+            # certificate lifetime (the sweep of `cas serve` usually renews first), not per request.
+            if _renewals >= 3:
+                pending.refused = ConflictError(f"{due}, and renewing it did not succeed; attest again")
+                return pending
+            try:
+                renew_due(self, [due.policy])
+            except ConfideError as exc:
+                pending.refused = exc
+                return pending
+            return self.attest_begin(request, _renewals=_renewals + 1)
         return pending
 
     def _verify_gpus(
@@ -774,6 +800,10 @@ class Cas:
             row = self._latest_secret(conn, policy.name, name)
             if row is None:
                 raise PolicyError(f"secret {name} of {policy.name} has no value")
+            if row.kind in CERTIFICATE_KINDS and (
+                self.renewals.due_at(policy.name, spec, row.version, row.public) <= self.clock()
+            ):
+                raise RenewalDue(policy.name, name)
             return _decrypt_key(self.sealer, row), {
                 "policy": policy.name,
                 "name": name,
@@ -804,6 +834,10 @@ class Cas:
         row = self._latest_secret(conn, imp.session, imp.secret)
         if row is None:
             raise PolicyError(f"import {name}: {imp.session}/{imp.secret} has no value")
+        if row.kind in CERTIFICATE_KINDS and (
+            self.renewals.due_at(imp.session, exported, row.version, row.public) <= self.clock()
+        ):
+            raise RenewalDue(imp.session, imp.secret)  # importers receive the renewed version
         return _decrypt_key(self.sealer, row), {
             "policy": imp.session,
             "name": imp.secret,
@@ -831,7 +865,9 @@ class Cas:
                     issuer, issuer_ref = self._secret_value(conn, policy, digest, spec.issuer)
                     issuer_ref.pop("policy_hash", None)
                     released[(issuer_ref["policy"], issuer_ref["name"])] = issuer_ref
-                    cache[ph.name] = issue_to_runtime(spec, runtime_key, issuer)
+                    cache[ph.name] = issue_to_runtime(
+                        spec, runtime_key, issuer, datetime.fromtimestamp(self.clock(), UTC)
+                    )
                     released[(policy.name, ph.name)] = {
                         "policy": policy.name,
                         "name": ph.name,

@@ -30,6 +30,7 @@ ENTRY_TYPES: dict[str, EntryType] = {
     "policy-stale": EntryType.POLICY_STALE,
     "policy-update-refused": EntryType.POLICY_REFUSED,
     "secrets-generated": EntryType.SECRETS_GENERATED,
+    "certificates-renewed": EntryType.CERTIFICATES_RENEWED,
     "attestation": EntryType.ATTESTATION,
     "secret-release": EntryType.SECRET_RELEASED,
     "volume-tag": EntryType.VOLUME_TAG,

@@ -32,13 +32,23 @@ from confide.policy._types import duration_seconds
 from confide.policy.placeholders import Encoding, encode_bytes
 from confide.policy.secret import KeyType, Secret, SecretKind
 
-__all__ = ["Sealer", "SecretValue", "generate", "render"]
+__all__ = [
+    "CERTIFICATE_KINDS",
+    "Sealer",
+    "SecretValue",
+    "generate",
+    "render",
+    "renew_certificate",
+    "renewable",
+    "renewal_window",
+]
 
 _MAGIC = b"CSL1"
 _NONCE = 12
 _ASCII = string.ascii_letters + string.digits
 _DEFAULT_SIZE = {SecretKind.ASCII: 32, SecretKind.BINARY: 32}
 _DEFAULT_VALID = timedelta(days=365)
+CERTIFICATE_KINDS = frozenset({SecretKind.X509.value, SecretKind.X509_CA.value})
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,7 @@ class SecretValue:
             cert = x509.load_der_x509_certificate(self.certificate)
             info["certificate"] = cert.public_bytes(serialization.Encoding.PEM).decode()
             info["not_after"] = cert.not_valid_after_utc.isoformat()
+            info["serial"] = format(cert.serial_number, "x")
         if self.kind in (SecretKind.PRIVATE_KEY, SecretKind.X509, SecretKind.X509_CA):
             info["public_key"] = _public_pem(self.data).decode()
         if self.kind == SecretKind.PUBLIC_KEY:
@@ -184,6 +195,35 @@ def _duration(text: str | None) -> timedelta:
     return timedelta(seconds=duration_seconds(text))
 
 
+def renewable(spec: Secret) -> bool:
+    """Whether the CAS renews this secret's certificate: a generated ``x509`` or ``x509-ca``
+    whose private key the CAS holds (explicit, imported and ``issue_to_runtime`` ones are not)."""
+    return spec.generated and spec.kind in CERTIFICATE_KINDS and not spec.issue_to_runtime
+
+
+def renewal_window(spec: Secret) -> timedelta:
+    """How long before its notAfter a certificate is renewed: ``renew_before``, else a third of
+    its validity (``valid_for``, else the default year). docs/policy.md "Certificate renewal"."""
+    if spec.renew_before:
+        return timedelta(seconds=duration_seconds(spec.renew_before))
+    return _duration(spec.valid_for) / 3
+
+
+def renew_certificate(
+    spec: Secret, value: SecretValue, *, issuer: SecretValue | None, now: datetime
+) -> SecretValue:
+    """A new certificate for the key ``value`` holds: same key, same subject and extensions
+    (from ``spec``), a new serial and validity from ``now``, signed by ``issuer`` (the issuer's
+    current version; ``None``: self-signed). A renewed CA keeps its key and subject, so what it
+    signed before still verifies under the new certificate."""
+    if value.kind not in CERTIFICATE_KINDS or value.certificate is None or not value.data:
+        raise PolicyError(f"secret {spec.name}: a {value.kind} without its private key cannot be renewed")
+    cert, chain = _certificate(
+        spec, value.data, issuer=issuer, now=now, is_ca=spec.kind == SecretKind.X509_CA
+    )
+    return SecretValue(value.kind, value.data, cert, chain)
+
+
 def _certificate(
     spec: Secret,
     key_der: bytes | None,
@@ -216,6 +256,12 @@ def _certificate(
         .not_valid_before(now - timedelta(minutes=5))
         .not_valid_after(now + _duration(spec.valid_for))
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+        # RFC 5280 4.2.1.1/4.2.1.2: key identifiers (method 1, SHA-1 of the key), so paths build
+        # by key; a renewed issuer keeps its key, hence its identifier.
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()), critical=False
+        )
     )
     if is_ca:
         builder = builder.add_extension(

@@ -59,6 +59,7 @@ from confide.cas.keyfiles import TLS_KEY_NAME, load_log_signer, load_tls_key, tl
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, CasEvidence, EvidenceRefresher
 from confide.cas.pin import cas_binding
+from confide.cas.renewal import DEFAULT_SWEEP_SECONDS, CertificateRenewer
 from confide.cas.rotation import bind_master_key, open_master_key
 from confide.cas.runlock import run_lock
 from confide.cas.sealing import SealingKeyProvider
@@ -391,16 +392,19 @@ def serve(
     seal: SealingKeyProvider | None = None,
     tee: str | None = None,
     evidence_refresh: float = DEFAULT_REFRESH_SECONDS,
+    renewal_interval: float = DEFAULT_SWEEP_SECONDS,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
-    evidence (``--dev``/``--tee``; 0: obtained once, at startup)."""
+    evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
+    between sweeps that renew due certificates."""
     host, port = _parse_listen(listen)
     _configure_logging()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Held until the process exits: `confide cas rotate-master-key` refuses to run meanwhile.
     with run_lock(data_dir, db_url, exclusive=False):
         _serve(data_dir, host, port, dev=dev, db_url=db_url, collateral=collateral, witnesses=witnesses,
-               seal=seal, tee=tee, evidence_refresh=evidence_refresh)  # fmt: skip
+               seal=seal, tee=tee, evidence_refresh=evidence_refresh,
+               renewal_interval=renewal_interval)  # fmt: skip
 
 
 def _serve(
@@ -415,12 +419,15 @@ def _serve(
     seal: SealingKeyProvider | None,
     tee: str | None,
     evidence_refresh: float,
+    renewal_interval: float,
 ) -> None:
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
         data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee
     )
     checkpointer = Checkpointer(cas, signer, witnesses=witnesses)
     checkpointer.start()
+    renewer = CertificateRenewer(cas, renewal_interval)  # docs/cas.md "Certificate renewal"
+    renewer.start()
     refresher = None
     if cas_evidence is not None and evidence_refresh > 0:
         refresher = EvidenceRefresher(cas_evidence, evidence_refresh)
@@ -472,4 +479,5 @@ def _serve(
     finally:
         if refresher is not None:
             refresher.stop()
+        renewer.stop()
         checkpointer.stop()

@@ -56,6 +56,7 @@ class EntryType(StrEnum):
     POLICY_STALE = "policy.stale"  # a pending version that can no longer apply
     POLICY_REFUSED = "policy.refused"  # an update by an identity without the right
     SECRETS_GENERATED = "secrets.generated"
+    CERTIFICATES_RENEWED = "certificates.renewed"
 
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}

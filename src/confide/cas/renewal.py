@@ -1,0 +1,252 @@
+"""Renewal of CAS-held certificates before they expire (docs/cas.md "Certificate renewal").
+
+A generated ``x509`` or ``x509-ca`` secret (:func:`confide.cas.secrets.renewable`) is *due* once
+the CAS clock reaches its notAfter minus the renewal window
+(:func:`confide.cas.secrets.renewal_window`: ``renew_before``, else a third of the validity).
+A due certificate is never released: phase 1 of an attestation raises :class:`RenewalDue`, the
+CAS renews the policy's due certificates (:func:`renew_due`) and renders again. In ``cas serve``
+a background sweep (:class:`CertificateRenewer`) renews them ahead of any release.
+
+One renewal (:func:`renew_policy`), inside a write transaction (the CAS write lock is held):
+
+1. read the latest version of every renewable certificate of the policy's current version, in
+   declaration order (an issuer is declared before what it signs);
+2. a certificate that is due, or whose issuer was renewed in this transaction, gets a new
+   certificate for the *same* key, subject and extensions, with a new serial and validity,
+   signed by the issuer's version current now (:func:`confide.cas.secrets.renew_certificate`);
+   it is sealed as the next version (associated data: policy, name, version);
+3. one ``certificates-renewed`` event (ledger entry ``certificates.renewed``) names each new
+   version: name, versions, serial, validity, SHA-256 of the certificate, reason. Never a
+   private value.
+
+Concurrent renewers (attestations, the sweep, other replicas on the same database) serialise on
+the write lock; a later one re-reads in step 1, finds nothing due and writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from sqlalchemy import Connection, insert
+
+from confide.cas import db as t
+from confide.cas.db import raw_execute
+from confide.cas.secrets import SecretValue, renew_certificate, renewable, renewal_window
+from confide.errors import ConfideError, PolicyError, UsageError
+from confide.policy.secret import Secret
+
+if TYPE_CHECKING:
+    from confide.cas.core import Cas
+
+__all__ = [
+    "DEFAULT_SWEEP_SECONDS",
+    "CertificateRenewer",
+    "RenewalDue",
+    "RenewalSchedule",
+    "due_policies",
+    "renew_due",
+    "renew_policy",
+]
+
+DEFAULT_SWEEP_SECONDS = 60.0
+log = logging.getLogger("confide.cas")
+
+
+class RenewalDue(Exception):
+    """A certificate about to be released is due for renewal (phase 1 of an attestation)."""
+
+    def __init__(self, policy: str, name: str) -> None:
+        super().__init__(f"certificate {policy}/{name} is due for renewal")
+        self.policy, self.name = policy, name
+
+
+def _due_at(spec: Secret, public: str) -> float:
+    if not renewable(spec):
+        return math.inf
+    try:
+        not_after = datetime.fromisoformat(json.loads(public)["not_after"])
+    except (KeyError, TypeError, ValueError):
+        return math.inf  # no certificate metadata: nothing to schedule
+    return (not_after - renewal_window(spec)).timestamp()
+
+
+class RenewalSchedule:
+    """When each stored certificate version is due (POSIX seconds; ``inf``: never renewed).
+    A stored version never changes (and its declaration is fixed: a changed declaration is a
+    new version), so the attestation path parses a version's metadata once and then only
+    looks it up: no database round trip and no parsing per attestation."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._due: dict[tuple[str, str, int], float] = {}  # single dict operations: GIL-atomic
+
+    def due_at(self, policy: str, spec: Secret, version: int, public: str) -> float:
+        key = (policy, spec.name, version)
+        at = self._due.get(key)
+        if at is None:
+            at = _due_at(spec, public)
+            if len(self._due) >= self._size:
+                self._due.clear()
+            self._due[key] = at
+        return at
+
+
+def renew_policy(cas: Cas, conn: Connection, name: str, now: float) -> list[dict[str, Any]]:
+    """Steps 1-3 of the module docstring for policy ``name`` at ``now``, in ``conn`` (a write
+    transaction). Returns what the event records (empty: nothing was due)."""
+    head = raw_execute(conn, "SELECT hash FROM policy_heads WHERE name = ?", (name,)).fetchone()
+    if head is None:
+        return []
+    policy = cas._load(conn, name, head[0])
+    at = datetime.fromtimestamp(now, UTC)
+    fresh: dict[str, SecretValue] = {}  # renewed in this transaction
+    renewed: list[dict[str, Any]] = []
+    for spec in policy.secrets:
+        if not renewable(spec):
+            continue
+        row = cas._latest_secret(conn, name, spec.name)
+        if row is None:
+            continue
+        if spec.issuer is not None and spec.issuer in fresh:
+            reason = "issuer-renewed"
+        elif cas.renewals.due_at(name, spec, row.version, row.public) <= now:
+            reason = "due"
+        else:
+            continue
+        old = cas.sealer.unseal(row.sealed, policy=name, name=spec.name, version=row.version)
+        issuer = None
+        if spec.issuer is not None:
+            issuer = fresh.get(spec.issuer)
+            if issuer is None:
+                issuer_row = cas._latest_secret(conn, name, spec.issuer)
+                if issuer_row is None:
+                    raise PolicyError(f"secret {spec.name} of {name}: issuer {spec.issuer} has no value")
+                issuer = cas.sealer.unseal(
+                    issuer_row.sealed, policy=name, name=spec.issuer, version=issuer_row.version
+                )
+        value = renew_certificate(spec, old, issuer=issuer, now=at)
+        version = row.version + 1
+        public = {**value.public_info(), "spec": json.loads(row.public).get("spec")}
+        conn.execute(
+            insert(t.secrets).values(
+                policy=name, name=spec.name, version=version, kind=value.kind,
+                sealed=cas.sealer.seal(value, policy=name, name=spec.name, version=version),
+                public=json.dumps(public), created_at=now,
+            )
+        )  # fmt: skip
+        fresh[spec.name] = value
+        assert value.certificate is not None
+        cert = x509.load_der_x509_certificate(value.certificate)
+        renewed.append(
+            {
+                "name": spec.name, "kind": value.kind, "version": version, "previous_version": row.version,
+                "reason": reason, "serial": format(cert.serial_number, "x"),
+                "not_before": cert.not_valid_before_utc.isoformat(),
+                "not_after": cert.not_valid_after_utc.isoformat(),
+                "certificate_sha256": hashlib.sha256(value.certificate).hexdigest(),
+            }
+        )  # fmt: skip
+    if renewed:
+        cas.events.record(conn, "certificates-renewed", name, {"hash": head[0], "certificates": renewed})
+    return renewed
+
+
+def due_policies(cas: Cas, now: float) -> list[str]:
+    """The policies with a certificate due at ``now`` (one read transaction, no write lock)."""
+    due: set[str] = set()
+    with cas.db.read() as conn:
+        heads = dict(raw_execute(conn, "SELECT name, hash FROM policy_heads").fetchall())
+        rows = raw_execute(
+            conn,
+            "SELECT s.policy, s.name, s.version, s.public FROM secrets s "
+            "WHERE s.kind IN ('x509', 'x509-ca') AND s.version = "
+            "(SELECT MAX(m.version) FROM secrets m WHERE m.policy = s.policy AND m.name = s.name)",
+        ).fetchall()
+        for policy_name, name, version, public in rows:
+            if policy_name in due or policy_name not in heads:
+                continue
+            try:
+                spec = cas._load(conn, policy_name, heads[policy_name]).secret(name)
+            except KeyError:
+                continue  # no longer declared: never released again
+            if cas.renewals.due_at(policy_name, spec, version, public) <= now:
+                due.add(policy_name)
+    return sorted(due)
+
+
+def renew_due(cas: Cas, policies: Iterable[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Renew every due certificate of ``policies`` (default: of every policy that has one),
+    one write transaction per policy. Returns the renewals by policy."""
+    now = cas.clock()
+    names = due_policies(cas, now) if policies is None else list(policies)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name in names:
+        with cas.db.write() as conn:
+            renewed = renew_policy(cas, conn, name, now)
+        if renewed:
+            out[name] = renewed
+    return out
+
+
+class CertificateRenewer:
+    """``cas serve``'s sweep: :func:`renew_due` at start and then every ``interval`` seconds, so
+    certificates are renewed ahead of any release. ``wait(seconds)`` returns True when the sweep
+    should stop (default: the stop event's ``wait``); tests inject their own."""
+
+    def __init__(
+        self,
+        cas: Cas,
+        interval: float = DEFAULT_SWEEP_SECONDS,
+        *,
+        wait: Callable[[float], bool] | None = None,
+    ) -> None:
+        if not (math.isfinite(interval) and interval > 0):
+            raise UsageError(f"renewal interval: got {interval!r}, expected a positive number of seconds")
+        self.cas, self.interval = cas, interval
+        self.failures = 0
+        self._stop = threading.Event()
+        self._wait = wait or self._stop.wait
+        self._thread = threading.Thread(target=self.run, name="cas-certificate-renewer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def run(self) -> None:
+        self.sweep_once()
+        while not self._wait(self.interval):
+            self.sweep_once()
+
+    def sweep_once(self) -> dict[str, list[dict[str, Any]]]:
+        """One sweep. Never raises: a failure is logged (class and message, no values) and
+        counted, and retried on the next period."""
+        try:
+            renewed = renew_due(self.cas)
+        except Exception as exc:
+            self.failures += 1
+            detail = exc.message if isinstance(exc, ConfideError) else type(exc).__name__
+            failed = {
+                "event": "certificate-renewal-failed",
+                "error": type(exc).__name__,
+                "detail": detail[:200],
+                "retry_in_seconds": self.interval,
+                "failures": self.failures,
+            }
+            log.warning(json.dumps(failed))
+            return {}
+        for policy, certificates in renewed.items():
+            names = [{k: c[k] for k in ("name", "version", "not_after")} for c in certificates]
+            log.info(json.dumps({"event": "certificates-renewed", "policy": policy, "certificates": names}))
+        return renewed
