@@ -11,16 +11,19 @@ Values are kept in :class:`SecretValue`; ``repr`` never shows them.
 from __future__ import annotations
 
 import base64
+import hmac
 import ipaddress
 import json
 import os
 import secrets as pysecrets
 import string
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -60,6 +63,9 @@ class SecretValue:
     data: bytes = field(repr=False)
     certificate: bytes | None = None
     chain: tuple[bytes, ...] = ()
+    runtime_key: bool = False
+    """The certificate certifies the attested runtime's own key (``issue_to_runtime``), which
+    never leaves the TEE; such values are issued at release and never stored."""
 
     def __repr__(self) -> str:
         return f"SecretValue(kind={self.kind!r}, <{len(self.data)} bytes hidden>)"
@@ -92,8 +98,13 @@ class SecretValue:
             info["certificate"] = cert.public_bytes(serialization.Encoding.PEM).decode()
             info["not_after"] = cert.not_valid_after_utc.isoformat()
             info["serial"] = format(cert.serial_number, "x")
-        if self.kind in (SecretKind.PRIVATE_KEY, SecretKind.X509, SecretKind.X509_CA):
+        if self.kind in (SecretKind.PRIVATE_KEY, SecretKind.X509, SecretKind.X509_CA) and self.data:
             info["public_key"] = _public_pem(self.data).decode()
+        elif self.certificate:
+            spki = x509.load_der_x509_certificate(self.certificate).public_key()
+            info["public_key"] = spki.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ).decode()
         if self.kind == SecretKind.PUBLIC_KEY:
             info["public_key"] = self.data.decode()
         return info
@@ -244,6 +255,11 @@ def _certificate(
     else:
         if issuer.certificate is None:
             raise PolicyError(f"secret {spec.name}: issuer is not a certificate authority")
+        if not issuer.data:
+            raise PolicyError(
+                f"secret {spec.name}: issuer {spec.issuer!r} has no private key in the CAS (an explicit"
+                " certificate without private_key cannot issue certificates)"
+            )
         issuer_cert = x509.load_der_x509_certificate(issuer.certificate)
         issuer_name, signing_key = issuer_cert.subject, _load_private(issuer.data)
         chain = (issuer.certificate, *issuer.chain)
@@ -322,6 +338,8 @@ def generate(spec: Secret, *, resolved: dict[str, SecretValue], now: datetime | 
                     f"secret {spec.name}: private_key {spec.private_key!r} is not a generated key"
                 )
             return SecretValue(str(kind), _public_pem(resolved[spec.private_key].data))
+        case SecretKind.X509_CA | SecretKind.X509 if spec.value is not None:
+            return _explicit_certificate(spec, resolved)
         case SecretKind.X509_CA | SecretKind.X509:
             if spec.private_key is not None:
                 if spec.private_key not in resolved:
@@ -344,6 +362,62 @@ def generate(spec: Secret, *, resolved: dict[str, SecretValue], now: datetime | 
             raise PolicyError(f"secret {spec.name}: kind {kind!r} cannot be generated")
 
 
+MAX_EXPLICIT_CHAIN = 8
+"""Most certificates an explicit ``value`` may hold (the certificate, then its issuers)."""
+
+
+def _spki(key: Any) -> bytes:
+    der: bytes = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return der
+
+
+def _explicit_certificate(spec: Secret, resolved: dict[str, SecretValue]) -> SecretValue:
+    """An ``x509``/``x509-ca`` given as a PEM ``value``: the certificate first, optionally
+    followed by its issuers (the chain), used as given. With ``private_key`` (a private-key
+    secret of the policy) the key must be the certificate's; with ``issuer`` (an x509-ca of the
+    policy) the certificate must be signed by it, and the issuer's certificate and chain follow.
+    Without ``private_key`` the CAS holds no key for it: ``:privatekey`` cannot be rendered and
+    it cannot issue certificates."""
+    assert spec.value is not None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # long attribute values in real-world names
+            certs = x509.load_pem_x509_certificates(spec.value.encode())
+    except ValueError:
+        raise PolicyError(f"secret {spec.name}: value is not a PEM X.509 certificate") from None
+    if len(certs) > MAX_EXPLICIT_CHAIN:
+        raise PolicyError(
+            f"secret {spec.name}: value holds {len(certs)} certificates,"
+            f" expected at most {MAX_EXPLICIT_CHAIN}"
+        )
+    leaf, rest = certs[0], certs[1:]
+    key_der = b""
+    if spec.private_key is not None:
+        if spec.private_key not in resolved:
+            raise PolicyError(f"secret {spec.name}: private_key {spec.private_key!r} is not available")
+        key_der = resolved[spec.private_key].data
+        if not hmac.compare_digest(_spki(_load_private(key_der).public_key()), _spki(leaf.public_key())):
+            raise PolicyError(
+                f"secret {spec.name}: private_key {spec.private_key!r} is not the key of"
+                " the certificate in value"
+            )
+    chain = tuple(c.public_bytes(serialization.Encoding.DER) for c in rest)
+    if spec.issuer is not None:
+        issuer = resolved.get(spec.issuer)
+        if issuer is None or issuer.certificate is None:
+            raise PolicyError(f"secret {spec.name}: issuer {spec.issuer!r} is not an available certificate")
+        try:
+            leaf.verify_directly_issued_by(x509.load_der_x509_certificate(issuer.certificate))
+        except (ValueError, TypeError, InvalidSignature):
+            raise PolicyError(
+                f"secret {spec.name}: the certificate in value is not issued by {spec.issuer!r}"
+            ) from None
+        if chain:
+            raise PolicyError(f"secret {spec.name}: got issuer and a chain in value, expected one of them")
+        chain = (issuer.certificate, *issuer.chain)
+    return SecretValue(str(spec.kind), key_der, leaf.public_bytes(serialization.Encoding.DER), chain)
+
+
 RUNTIME_KEY_MARKER = b"@@CONFIDE:RUNTIME-PRIVATE-KEY-PEM@@"
 """Stands for the runtime's own private key (PEM) in a release; ``confide run`` replaces it."""
 
@@ -355,7 +429,7 @@ def issue_to_runtime(
     the TEE), issued by ``issuer`` (an x509-ca secret) at release time."""
     cert, chain = _certificate(spec, None, issuer=issuer, now=now or datetime.now(UTC), is_ca=False,
                                public_key=runtime_key)  # fmt: skip
-    return SecretValue(str(spec.kind), b"", cert, chain)
+    return SecretValue(str(spec.kind), b"", cert, chain, runtime_key=True)
 
 
 def _pem(der: bytes, label: str) -> bytes:
@@ -366,14 +440,27 @@ def _pem(der: bytes, label: str) -> bytes:
 
 def render(value: SecretValue, encoding: Encoding) -> bytes:
     """A secret value in the encoding a placeholder asks for."""
-    runtime_held = value.kind in (SecretKind.X509,) and not value.data and value.certificate is not None
+    runtime_held = value.runtime_key
+    keyless = value.kind in CERTIFICATE_KINDS and not value.data and not runtime_held
     match encoding:
+        case Encoding.PEM_PKCS8 | Encoding.DER_PKCS8 if keyless:
+            raise PolicyError(
+                "a certificate given as an explicit value without private_key has no private key to inject"
+            )
         case Encoding.PEM_PKCS8:
             return RUNTIME_KEY_MARKER if runtime_held else _pem(value.data, "PRIVATE KEY")
         case Encoding.DER_PKCS8:
             if runtime_held:
                 raise PolicyError("a certificate issued to the runtime has its private key only as PEM")
             return value.data
+        case Encoding.PEM_SPKI | Encoding.DER_SPKI if value.certificate is not None and not value.data:
+            spki = x509.load_der_x509_certificate(value.certificate).public_key()
+            if encoding == Encoding.DER_SPKI:
+                return _spki(spki)
+            pem_key: bytes = spki.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            return pem_key
         case Encoding.PEM_SPKI:
             return value.data if value.kind == SecretKind.PUBLIC_KEY else _public_pem(value.data)
         case Encoding.DER_SPKI:

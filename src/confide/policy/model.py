@@ -426,7 +426,11 @@ def _duplicates(path: str, names: list[str]) -> Iterator[Problem]:
 
 
 def _placeholder_problems(
-    text: str, path: Path, context: ph.Context, kinds: dict[str, SecretKind | None]
+    text: str,
+    path: Path,
+    context: ph.Context,
+    kinds: dict[str, SecretKind | None],
+    keyless: frozenset[str] = frozenset(),
 ) -> Iterator[Problem]:
     try:
         found = ph.find_placeholders(text)
@@ -439,9 +443,16 @@ def _placeholder_problems(
             yield Problem(path, f"got placeholder {p} naming an unknown secret, expected one of: {known}")
             continue
         try:
-            ph.encoding_for(kinds[p.name], p.format, context)
+            encoding = ph.encoding_for(kinds[p.name], p.format, context)
         except ValueError as exc:
             yield Problem(path, f"{p}: {exc}")
+            continue
+        if p.name in keyless and encoding in (ph.Encoding.PEM_PKCS8, ph.Encoding.DER_PKCS8):
+            yield Problem(
+                path,
+                f"{p}: got a private-key format for a certificate given as an explicit value without"
+                " private_key, expected a certificate format (or name the key with private_key)",
+            )
 
 
 def _reference_problems(policy: Policy) -> Iterator[Problem]:
@@ -452,6 +463,12 @@ def _reference_problems(policy: Policy) -> Iterator[Problem]:
     yield from _duplicates("images", [i.name for i in policy.images])
 
     kinds: dict[str, SecretKind | None] = {s.name: s.kind for s in policy.secrets}
+    # Certificates given as a value without private_key: the CAS holds no key to inject.
+    keyless = frozenset(
+        s.name
+        for s in policy.secrets
+        if s.kind in (SecretKind.X509, SecretKind.X509_CA) and s.value is not None and s.private_key is None
+    )
     images = {i.name for i in policy.images}
     volumes = {v.name for v in policy.volumes}
     sec = policy.security.attestation
@@ -484,9 +501,11 @@ def _reference_problems(policy: Policy) -> Iterator[Problem]:
         if svc.image_name is not None and svc.image_name not in images:
             yield Problem((*base, "image_name"), f"got {svc.image_name!r}, expected the name of an image")
         for j, arg in enumerate(svc.command or ()):
-            yield from _placeholder_problems(arg, (*base, "command", j), ph.Context.COMMAND, kinds)
+            yield from _placeholder_problems(arg, (*base, "command", j), ph.Context.COMMAND, kinds, keyless)
         for k, v in svc.environment.items():
-            yield from _placeholder_problems(v, (*base, "environment", k), ph.Context.ENVIRONMENT, kinds)
+            yield from _placeholder_problems(
+                v, (*base, "environment", k), ph.Context.ENVIRONMENT, kinds, keyless
+            )
         if svc.fspf_key is not None and svc.fspf_key.startswith("$$"):
             yield from _placeholder_problems(svc.fspf_key, (*base, "fspf_key"), ph.Context.FSPF_KEY, kinds)
         for j, variant in enumerate(svc.variants()):
@@ -519,7 +538,7 @@ def _reference_problems(policy: Policy) -> Iterator[Problem]:
         for j, f in enumerate(img.injection_files):
             if f.content is not None:
                 yield from _placeholder_problems(
-                    f.content, ("images", i, "injection_files", j, "content"), ph.Context.FILE, kinds
+                    f.content, ("images", i, "injection_files", j, "content"), ph.Context.FILE, kinds, keyless
                 )
 
     ap = policy.access_policy
