@@ -4,6 +4,8 @@ that certificate (with its chain and, when named, its private key), never one of
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,9 +17,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cas_inproc import MEASUREMENT, InProcessCas
 from confide.cas.client import policy_submission
 from confide.cas.core import decrypt_release
+from confide.cas.db import raw_execute
 from confide.cas.secrets import SecretValue, render
 from confide.errors import PolicyError
 from confide.identity import Identity
+from confide.policy.canonical import jcs
 from confide.policy.loader import loads_policy
 from confide.policy.placeholders import Encoding
 from pki import issue
@@ -232,3 +236,50 @@ def test_a_keyless_explicit_ca_cannot_issue(ipc: InProcessCas) -> None:
                 loads_policy(policy(body, _file("c", "$$SCONE::svc_cert:crt$$"))), Identity.generate()
             )
         )
+
+
+def test_a_certificate_generated_for_it_by_an_earlier_version_is_replaced_at_the_next_update(
+    ipc: InProcessCas,
+) -> None:
+    """Earlier versions stored a generated certificate for an explicit value, under a fingerprint
+    of the declaration alone; the next update of the policy replaces it with the given one."""
+    pki = Pki()
+    body = f"""  - name: root
+    kind: x509-ca
+    value: |
+{_indent(_pem(pki.root))}"""
+    owner = Identity.generate()
+    v1 = loads_policy(policy(body, _file("root.pem", "$$SCONE::root:crt$$"), name="old"))
+    ipc.cas.apply(policy_submission(v1, owner))
+    # what an earlier CAS stored: a self-signed stand-in, under the old fingerprint
+    stand_in_key = ec.generate_private_key(ec.SECP256R1())
+    stand_in = issue("root", stand_in_key.public_key(), issuer="root", signing_key=stand_in_key,
+                     not_before=NOW, not_after=NOW + timedelta(days=365), ca=True)  # fmt: skip
+    value = SecretValue("x509-ca", b"", stand_in.public_bytes(serialization.Encoding.DER))
+    spec = v1.secret("root")
+    old_fingerprint = hashlib.sha256(
+        jcs(spec.model_dump(mode="json", by_alias=True, exclude={"export", "export_public"}))
+    ).hexdigest()
+    with ipc.cas.db.write() as conn:
+        raw_execute(
+            conn, "UPDATE secrets SET sealed = ?, public = ? WHERE policy = 'old' AND name = 'root'",
+            (ipc.cas.sealer.seal(value, policy="old", name="root", version=1),
+             json.dumps({**value.public_info(), "spec": old_fingerprint})),
+        )  # fmt: skip
+    body2, key = ipc.request(policy="old")
+    files = decrypt_release(key, ipc.cas.attest(body2), bytes.fromhex(body2["nonce"]))["files"]
+    assert x509.load_pem_x509_certificate(base64.b64decode(files[f"{FILES}/root.pem"])) == stand_in
+    # an update (here: one more secret) replaces the stand-in with the given certificate
+    v2_text = policy(
+        body + "\n  - name: token\n    kind: ascii", _file("root.pem", "$$SCONE::root:crt$$"), name="old"
+    )
+    v2_text = v2_text.replace('version: "0.3"\n', f'version: "0.3"\npredecessor: {head_of(ipc, "old")}\n', 1)
+    ipc.cas.apply(policy_submission(loads_policy(v2_text), owner))
+    body3, key3 = ipc.request(policy="old")
+    files = decrypt_release(key3, ipc.cas.attest(body3), bytes.fromhex(body3["nonce"]))["files"]
+    assert x509.load_pem_x509_certificate(base64.b64decode(files[f"{FILES}/root.pem"])) == pki.root
+
+
+def head_of(ipc: InProcessCas, name: str) -> str:
+    with ipc.cas.db.read() as conn:
+        return str(raw_execute(conn, "SELECT hash FROM policy_heads WHERE name = ?", (name,)).fetchone()[0])

@@ -539,9 +539,13 @@ class Cas:
         for spec in policy.secrets:
             if spec.import_ is not None or spec.issue_to_runtime:
                 continue
-            fingerprint = hashlib.sha256(
-                jcs(spec.model_dump(mode="json", by_alias=True, exclude={"export", "export_public"}))
-            ).hexdigest()
+            declared = spec.model_dump(mode="json", by_alias=True, exclude={"export", "export_public"})
+            if spec.value is not None and str(spec.kind) in CERTIFICATE_KINDS:
+                # Before 2026-12 explicit certificates were replaced by generated ones: a marker
+                # changes their fingerprint so that such a stored value is replaced at the next
+                # update of the policy.
+                declared["confide_explicit_certificate"] = 2
+            fingerprint = hashlib.sha256(jcs(declared)).hexdigest()
             row = self._latest_secret(conn, policy.name, spec.name)
             # A value derived from one regenerated here (its key, its issuer) is regenerated too,
             # so a certificate always matches its private key and chains to its issuer's version.
