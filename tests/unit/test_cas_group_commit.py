@@ -172,3 +172,80 @@ def test_a_refusal_for_a_policy_that_does_not_exist_is_not_filed_under_its_name(
     assert len(rows) == 1
     assert rows[0][0] is None  # recorded, but under no policy
     assert '"verdict": "refused"' in rows[0][1]
+
+
+def test_jobs_arriving_soon_after_a_commit_share_the_next_one(
+    setup: tuple[InProcessCas, Clock[float]],
+) -> None:
+    env, _ = setup
+    cas = env.cas
+    batcher = WriteBatcher(cas.db, interval=2.0)
+    try:
+        batcher.submit(cas.attest_begin(env.request()[0]).commit).result(10)  # idle: at once
+        assert batcher.commits == 1
+        pendings = [cas.attest_begin(env.request()[0]) for _ in range(3)]
+        futures = [batcher.submit(pendings[0].commit)]  # within 2 s of that commit: it waits
+        time.sleep(0.3)  # (a writer that did not wait would commit it alone meanwhile)
+        futures += [batcher.submit(p.commit) for p in pendings[1:]]
+        for f in futures:
+            f.result(10)
+        assert (batcher.commits, batcher.committed_jobs) == (2, 4)
+        assert all(p.accepted for p in pendings)
+        assert count(cas, "sessions") == 4
+    finally:
+        batcher.close()
+
+
+def test_a_lost_connection_is_replaced_and_the_batch_committed(
+    setup: tuple[InProcessCas, Clock[float]],
+) -> None:
+    env, _ = setup
+    cas = env.cas
+    batcher = WriteBatcher(cas.db, interval=0.0)
+    try:
+        batcher.submit(cas.attest_begin(env.request()[0]).commit).result(10)
+        kept = batcher._conn
+        assert kept is not None
+
+        def lose(conn: Connection) -> None:
+            conn.invalidate()  # what SQLAlchemy does when the server went away
+            raise StorageError("database error: the connection was lost")
+
+        attempts: list[int] = []
+
+        def job(conn: Connection) -> str:
+            attempts.append(1)
+            if len(attempts) == 1:
+                lose(conn)
+            raw_execute(conn, "INSERT INTO meta (key, value) VALUES ('after-loss', 'x')")
+            return "done"
+
+        assert batcher.submit(job).result(10) == "done"
+        assert len(attempts) == 2  # on the kept connection, then on a fresh one
+        assert batcher._conn is not None and batcher._conn is not kept
+        with cas.db.read() as conn:
+            assert raw_execute(conn, "SELECT value FROM meta WHERE key = 'after-loss'").fetchone() == ("x",)
+    finally:
+        batcher.close()
+
+
+def test_sqlite_reads_reuse_one_connection_and_take_a_pooled_one_when_it_is_busy(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'cas.db'}")
+    db.migrate()
+    try:
+        with db.read() as first:
+            with db.read() as second:  # the kept connection is in use: one from the pool
+                assert second is not first
+                assert raw_execute(second, "SELECT COUNT(*) FROM meta").fetchone()[0] >= 1
+            assert raw_execute(first, "SELECT COUNT(*) FROM meta").fetchone()[0] >= 1
+        with db.read() as again:
+            assert again is first
+        with pytest.raises(sqlite3.OperationalError), db.read() as conn:  # ends the read, not the connection
+            raw_execute(conn, "SELECT * FROM no_such_table")
+        with db.write() as conn:
+            raw_execute(conn, "INSERT INTO meta (key, value) VALUES ('seen', 'yes')")
+        with db.read() as conn:  # a new transaction sees the commit made since
+            assert conn is first
+            assert raw_execute(conn, "SELECT value FROM meta WHERE key = 'seen'").fetchone() == ("yes",)
+    finally:
+        db.dispose()

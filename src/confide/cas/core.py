@@ -171,6 +171,11 @@ def decrypt_release(
     return out
 
 
+# SubjectPublicKeyInfo DER of a P-256 key up to its uncompressed point (RFC 5480 §2, SEC 1
+# §2.3.3): SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING { 04 || X || Y } }.
+_P256_SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200") + b"\x04"
+
+
 def _spki(key: ec.EllipticCurvePublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
@@ -178,7 +183,12 @@ def _spki(key: ec.EllipticCurvePublicKey) -> bytes:
 def _release_key(
     shared: bytes, cas_pub: ec.EllipticCurvePublicKey, runtime_pub: ec.EllipticCurvePublicKey, nonce: bytes
 ) -> bytes:
-    return HKDF(hashes.SHA256(), 32, nonce, RELEASE_INFO + _spki(cas_pub) + _spki(runtime_pub)).derive(shared)
+    return _release_key_der(shared, _spki(cas_pub), _spki(runtime_pub), nonce)
+
+
+def _release_key_der(shared: bytes, cas_spki: bytes, runtime_spki: bytes, nonce: bytes) -> bytes:
+    """HKDF-SHA256(shared, salt=nonce, info=RELEASE_INFO || CAS SPKI DER || runtime SPKI DER)."""
+    return HKDF(hashes.SHA256(), 32, nonce, RELEASE_INFO + cas_spki + runtime_spki).derive(shared)
 
 
 class Cas:
@@ -198,6 +208,9 @@ class Cas:
         self.clock = clock
         self.nonce_key = sealer.derive_key(b"confide-nonce/v1")
         self._policies: _Lru[tuple[str, str], Policy] = _Lru(256)
+        # Unsealed values by (policy, name, version, sealed bytes), in memory only: the rows
+        # stay sealed at rest, and a row sealed anew (new version, another master key) misses.
+        self._unsealed: _Lru[tuple[str, str, int, bytes], SecretValue] = _Lru(1024)
         self._next_sweep = 0.0
         self.renewals = RenewalSchedule()
 
@@ -521,6 +534,15 @@ class Cas:
             )  # fmt: skip
         return {"volume": volume, "tag": new_tag, "generation": generation}
 
+    def _unseal(self, row: SecretRow) -> SecretValue:
+        """A secret row's value for a release: unsealed on first use, then from memory."""
+        key = (row.policy, row.name, row.version, row.sealed)
+        value = self._unsealed.get(key)
+        if value is None:
+            value = _decrypt_key(self.sealer, row)
+            self._unsealed.put(key, value)
+        return value
+
     def _latest_secret(self, conn: Connection, policy: str, name: str) -> SecretRow | None:
         row = raw_execute(
             conn,
@@ -784,14 +806,20 @@ class Cas:
         return devices
 
     def _encrypt(
-        self, config: dict[str, Any], runtime_key: ec.EllipticCurvePublicKey, nonce: bytes
+        self, config: dict[str, Any], runtime_key: ec.EllipticCurvePublicKey, nonce: bytes, runtime_der: bytes
     ) -> dict[str, Any]:
+        """``runtime_der``: the SPKI DER ``runtime_key`` was loaded from. The key derivation
+        binds the key's own encoding (uncompressed point); the request's bytes are that
+        encoding when they have its fixed form, and are then not serialised again."""
         eph = ec.generate_private_key(ec.SECP256R1())
-        key = _release_key(eph.exchange(ec.ECDH(), runtime_key), eph.public_key(), runtime_key, nonce)
+        eph_der = _spki(eph.public_key())
+        if len(runtime_der) != len(_P256_SPKI_PREFIX) + 64 or not runtime_der.startswith(_P256_SPKI_PREFIX):
+            runtime_der = _spki(runtime_key)  # e.g. a compressed point: re-encode it
+        key = _release_key_der(eph.exchange(ec.ECDH(), runtime_key), eph_der, runtime_der, nonce)
         iv = os.urandom(12)
         ciphertext = AESGCM(key).encrypt(iv, json.dumps(config).encode(), RELEASE_INFO)
         return {
-            "cas_key": base64.b64encode(_spki(eph.public_key())).decode(),
+            "cas_key": base64.b64encode(eph_der).decode(),
             "iv": base64.b64encode(iv).decode(),
             "ciphertext": base64.b64encode(ciphertext).decode(),
         }
@@ -808,7 +836,7 @@ class Cas:
                 self.renewals.due_at(policy.name, spec, row.version, row.public) <= self.clock()
             ):
                 raise RenewalDue(policy.name, name)
-            return _decrypt_key(self.sealer, row), {
+            return self._unseal(row), {
                 "policy": policy.name,
                 "name": name,
                 "version": row.version,
@@ -842,7 +870,7 @@ class Cas:
             self.renewals.due_at(imp.session, exported, row.version, row.public) <= self.clock()
         ):
             raise RenewalDue(imp.session, imp.secret)  # importers receive the renewed version
-        return _decrypt_key(self.sealer, row), {
+        return self._unseal(row), {
             "policy": imp.session,
             "name": imp.secret,
             "version": row.version,
@@ -859,10 +887,11 @@ class Cas:
     ) -> tuple[dict[str, Any], list[Any]]:
         released: dict[tuple[str, str], dict[str, Any]] = {}
         cache: dict[str, SecretValue] = {}
+        specs = {x.name: x for x in policy.secrets}
 
         def resolver(context: Context) -> Callable[[Placeholder], bytes]:
             def resolve(ph: Placeholder) -> bytes:
-                spec = policy.secret(ph.name) if ph.name in {x.name for x in policy.secrets} else None
+                spec = specs.get(ph.name)
                 if ph.name not in cache and spec is not None and spec.issue_to_runtime:
                     if runtime_key is None or spec.issuer is None:
                         raise PolicyError(f"secret {ph.name} is issued to the runtime, which has no key here")
@@ -911,7 +940,7 @@ class Cas:
             ).fetchone()
             if key_row is None or tag_row is None:
                 raise PolicyError(f"volume {mount.name} of {policy.name} has no key or tag")
-            key = _decrypt_key(self.sealer, key_row)
+            key = self._unseal(key_row)
             volumes.append(
                 {"name": mount.name, "path": mount.path, "key": key.data.hex(), "tag": tag_row[0],
                  "generation": tag_row[1]}
@@ -1056,7 +1085,7 @@ class PendingAttestation:
             raise self.error
         config = dict(self.config)
         config["session"] = self.token.hex()
-        return self.cas._encrypt(config, self.runtime_key, self.nonce)
+        return self.cas._encrypt(config, self.runtime_key, self.nonce, self.key_der)
 
 
 def _evidence_summary(v: VerifiedEvidence) -> dict[str, Any]:

@@ -136,11 +136,16 @@ def _plain(value: object, depth: int) -> bool:
     if value is None or value is True or value is False:
         return True
     if isinstance(value, str):
-        return _LONE_SURROGATE.search(value) is None
+        return value.isascii() or _LONE_SURROGATE.search(value) is None
     if isinstance(value, int):
         return -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
     if isinstance(value, dict):
-        return all(isinstance(k, str) and k.isascii() and _plain(v, depth + 1) for k, v in value.items())
+        # Loops rather than all() over a generator: entries are encoded in the CAS's write
+        # transactions, two per attestation.
+        for k, v in value.items():
+            if not isinstance(k, str) or not k.isascii() or not _plain(v, depth + 1):
+                return False
+        return True
     if isinstance(value, list | tuple):
         return all(_plain(v, depth + 1) for v in value)
     return False
@@ -194,6 +199,7 @@ def parse_canonical_json(data: bytes) -> JSONValue:
 
 
 def _check_payload(value: object, path: str) -> None:
+    # Only containers are descended into (and their paths formatted): scalars name nothing.
     if isinstance(value, dict):
         for k, v in value.items():
             if k.lower() in FORBIDDEN_PAYLOAD_NAMES:
@@ -203,10 +209,12 @@ def _check_payload(value: object, path: str) -> None:
                     structure=_STRUCTURE,
                     field="payload",
                 )
-            _check_payload(v, f"{path}.{k}")
+            if isinstance(v, dict | list):
+                _check_payload(v, f"{path}.{k}")
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            _check_payload(v, f"{path}[{i}]")
+            if isinstance(v, dict | list):
+                _check_payload(v, f"{path}[{i}]")
 
 
 def format_time(at: datetime) -> str:

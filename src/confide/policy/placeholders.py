@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -261,10 +262,19 @@ Resolver = Callable[[Placeholder], bytes]
 """Returns the rendered value of a placeholder (the secrets layer knows kinds and values)."""
 
 
+@functools.lru_cache(maxsize=1024)
+def _placeholders_of(text: str) -> tuple[Placeholder, ...]:
+    """:func:`find_placeholders`, remembered for the texts a CAS renders on every attestation
+    (a policy's command arguments, environment values and files; a syntax error is not)."""
+    return tuple(find_placeholders(text))
+
+
 def _substitute(text: str, resolve: Resolver) -> bytes:
+    if PREFIX not in text:
+        return text.encode()
     out = bytearray()
     pos = 0
-    for ph in find_placeholders(text):
+    for ph in _placeholders_of(text):
         out += text[pos : ph.start].encode()
         out += resolve(ph)
         pos = ph.end
