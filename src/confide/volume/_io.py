@@ -43,10 +43,11 @@ BATCH_BYTES = 4 << 20
 # Write piece for a tmpfs with large folios (``decrypt_object(write_piece=...)``): a run of
 # non-zero chunks is written in pieces ending on multiples of this many bytes of the file.
 # Since Linux 6.14 a tmpfs mounted with huge=within_size sizes each new folio by the write
-# (mm/shmem.c, shmem_suitable_orders), so this caps its folios at 512 KiB: fewer per-page
-# costs than 4 KiB pages, without the 1-2 MiB folios that collapsed to 0.3-0.8 GiB/s on
-# memory the host had reclaimed (docs/performance.md, "tmpfs first read"). Not the default:
-# on a 4 KiB-page tmpfs the extra writes cost ~8 % (more hand-offs of the inode lock).
+# (mm/shmem.c, "mm: shmem: add large folio support for tmpfs"), so this caps its folios at
+# 512 KiB: fewer per-page costs than 4 KiB pages, without the 1-2 MiB folios that fell to
+# 0.3-0.9 GiB/s on memory the host had reclaimed (docs/performance.md, "tmpfs first read").
+# Not the default: on a 4 KiB-page tmpfs the extra writes cost ~8 % (more inode-lock
+# hand-offs).
 LARGE_FOLIO_PIECE = 512 << 10
 
 

@@ -344,7 +344,7 @@ def _kernel_at_least(major: int, minor: int) -> bool:
 # Options of the private tmpfs (4 KiB pages), and the large-folio variant tried first:
 # (options, write piece for open_volume). Since Linux 6.14 a tmpfs with huge=within_size sizes
 # each new folio by the write (mm/shmem.c), so writes of at most LARGE_FOLIO_PIECE give 512 KiB
-# folios: first read +18 % on average and later reads +30 % on the test VM; not 2 MiB
+# folios: first read +18 % on average and later reads +27 % on the test VM; not 2 MiB
 # folios, which fell to 0.3-0.9 GiB/s on memory the host had reclaimed (docs/performance.md,
 # "tmpfs first read"). Older kernels would give 2 MiB folios to writes inside the file size
 # (the workers write out of order), hence the version check. Falls back to TMPFS_OPTIONS when
