@@ -341,18 +341,18 @@ def _kernel_at_least(major: int, minor: int) -> bool:
     return m is not None and (int(m[1]), int(m[2])) >= (major, minor)
 
 
-# Options of the private tmpfs (4 KiB pages), and the large-folio variant tried first:
-# (options, write piece for open_volume). Since Linux 6.14 a tmpfs with huge=within_size sizes
-# each new folio by the write (mm/shmem.c), so writes of at most LARGE_FOLIO_PIECE give 512 KiB
-# folios: first read +18 % on average and later reads +27 % on the test VM; not 2 MiB
-# folios, which fell to 0.3-0.9 GiB/s on memory the host had reclaimed (docs/performance.md,
-# "tmpfs first read"). Older kernels would give 2 MiB folios to writes inside the file size
-# (the workers write out of order), hence the version check. Falls back to TMPFS_OPTIONS when
-# the kernel refuses huge= (no transparent huge pages).
+# Options of the private tmpfs (4 KiB pages), and an opt-in large-folio variant tried first:
+# (options, write piece for open_volume), e.g. LARGE_FOLIO_TMPFS. Since Linux 6.14 a tmpfs
+# with huge=within_size sizes each new folio by the write (mm/shmem.c), so writes of at most
+# LARGE_FOLIO_PIECE give 512 KiB folios: on the test VM first read +14 % on average over 15
+# interleaved runs and later reads +26 %, but 0.6 GiB/s (4 KiB pages: 1.8-2.0) in 2 of the 3
+# runs that followed 4 KiB-page activity, when the free large blocks had gone back to the
+# host (free page reporting; docs/performance.md, "tmpfs first read"). Hence off by default.
+# Used only on Linux >= 6.14: older kernels give 2 MiB folios to writes inside the file size
+# (the workers write out of order). Falls back to TMPFS_OPTIONS when huge= is refused (EINVAL).
 TMPFS_OPTIONS = b"mode=0755"
-TMPFS_LARGE_FOLIOS: tuple[bytes, int | None] | None = (
-    (b"mode=0755,huge=within_size", LARGE_FOLIO_PIECE) if _kernel_at_least(6, 14) else None
-)
+LARGE_FOLIO_TMPFS: tuple[bytes, int | None] = (b"mode=0755,huge=within_size", LARGE_FOLIO_PIECE)
+TMPFS_LARGE_FOLIOS: tuple[bytes, int | None] | None = None
 
 
 def _mount_tmpfs(mountpoint: Path) -> int | None:
@@ -365,7 +365,7 @@ def _mount_tmpfs(mountpoint: Path) -> int | None:
     def failed(opts: bytes) -> StorageError:
         return StorageError(_errno_msg(f"mount -t tmpfs at {str(mountpoint)!r} (-o {opts.decode()}) failed"))
 
-    if TMPFS_LARGE_FOLIOS is not None:
+    if TMPFS_LARGE_FOLIOS is not None and _kernel_at_least(6, 14):
         opts, piece = TMPFS_LARGE_FOLIOS
         if mount(opts):
             return piece
