@@ -344,8 +344,8 @@ def _kernel_at_least(major: int, minor: int) -> bool:
 # Options of the private tmpfs (4 KiB pages), and an opt-in large-folio variant tried first:
 # (options, write piece for open_volume), e.g. LARGE_FOLIO_TMPFS. Since Linux 6.14 a tmpfs
 # with huge=within_size sizes each new folio by the write (mm/shmem.c), so writes of at most
-# LARGE_FOLIO_PIECE give 512 KiB folios: on the test VM first read +14 % on average over 15
-# interleaved runs and later reads +26 %, but 0.6 GiB/s (4 KiB pages: 1.8-2.0) in 2 of the 3
+# LARGE_FOLIO_PIECE give 512 KiB folios: on the test VM first read +16 % on average over 18
+# interleaved runs and later reads +27 %, but 0.6 GiB/s (4 KiB pages: 1.8-2.0) in 2 of the 3
 # runs that followed 4 KiB-page activity, when the free large blocks had gone back to the
 # host (free page reporting; docs/performance.md, "tmpfs first read"). Hence off by default.
 # Used only on Linux >= 6.14: older kernels give 2 MiB folios to writes inside the file size
