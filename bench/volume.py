@@ -14,9 +14,11 @@ One file of --size-mib MiB (pseudo-random, incompressible) is put
     by the FUSE server); "re-read" is a second read through the same mount (kernel page cache)
   * as root, the same volume mounted the way `confide run` does it without FUSE
     (`mount_volume(mode="tmpfs")`: a private mount namespace for one thread, a tmpfs,
-    `open_volume` into it), then read in that thread: "confide tmpfs mount" rows, once with the
-    mount options as shipped and once with transparent huge pages (`huge=within_size`), in
-    alternating order; every run's first read is printed, not only the best
+    `open_volume` into it), then read in that thread: "confide tmpfs mount" rows with the
+    mount options as shipped, with 4 KiB pages, with large folios (`huge=within_size`: 2 MiB
+    folios for 4 MiB writes) and with large folios capped at 512 KiB (writes split at
+    512 KiB, Linux >= 6.14 sizes tmpfs folios by the write), in rotating order; every run's
+    first read is printed, not only the best
   * in a gocryptfs file system (Debian package `gocryptfs`, FUSE) -> mounted, remounted to
     drop the FUSE page cache, read through the mount with 1 MiB reads.
 All backing files are warm in the page cache, so the numbers compare CPU paths, not disks.
@@ -40,6 +42,7 @@ from pathlib import Path
 from confide.errors import ConfideError
 from confide.volume import VolumeKey, add_sources, create_volume, open_volume, seal_volume
 from confide.volume import mount as volume_mount
+from confide.volume._io import LARGE_FOLIO_PIECE
 from confide.volume.mount import fuse_usable, mount_volume
 
 MiB = 1 << 20
@@ -135,7 +138,7 @@ def _confide_fuse(vol: Path, key: VolumeKey, tag: str, work: Path, runs: int) ->
 
 
 def _confide_tmpfs_mount(
-    vol: Path, key: VolumeKey, tag: str, work: Path, options: bytes
+    vol: Path, key: VolumeKey, tag: str, work: Path, large: tuple[bytes, int | None] | None
 ) -> tuple[float, float, str]:
     """One first read (mount + decrypt + read) and one later read of a tmpfs mount (GB/s)."""
     if os.geteuid() != 0:
@@ -145,8 +148,8 @@ def _confide_tmpfs_mount(
     why = ["ok"]
 
     def body() -> None:  # the namespace belongs to this thread only; it ends with it
-        saved = volume_mount.TMPFS_OPTIONS
-        volume_mount.TMPFS_OPTIONS = options
+        saved = volume_mount.TMPFS_LARGE_FOLIOS
+        volume_mount.TMPFS_LARGE_FOLIOS = large
         try:
             t = time.perf_counter()
             with mount_volume(vol, key, mnt, expected_tag=tag, mode="tmpfs"):
@@ -156,7 +159,7 @@ def _confide_tmpfs_mount(
         except ConfideError as exc:
             why[0] = exc.message
         finally:
-            volume_mount.TMPFS_OPTIONS = saved
+            volume_mount.TMPFS_LARGE_FOLIOS = saved
 
     th = threading.Thread(target=body)
     th.start()
@@ -211,14 +214,22 @@ def main() -> int:
             decrypt_only = max(decrypt_only, size / t_open)
             steady = max(steady, _timed_read(out / "data"))  # the app reading the decrypted copy
             shutil.rmtree(out)
-        variants = {
-            f"-o {volume_mount.TMPFS_OPTIONS.decode()} (shipped)": volume_mount.TMPFS_OPTIONS,
-            "-o mode=0755,huge=within_size": b"mode=0755,huge=within_size",
-        }
+
+        def label(large: tuple[bytes, int | None] | None) -> str:
+            opts, p = large or (volume_mount.TMPFS_OPTIONS, None)
+            return f"-o {opts.decode()}" + (f", {p >> 10} KiB writes" if p else "")
+
+        shipped = volume_mount.TMPFS_LARGE_FOLIOS
+        huge = b"mode=0755,huge=within_size"
+        variants = {f"{label(shipped)} (shipped)": shipped}
+        for large in (None, (huge, None), (huge, LARGE_FOLIO_PIECE)):
+            if large != shipped:
+                variants[label(large)] = large
         mounts: dict[str, tuple[list[float], float, str]] = {name: ([], 0.0, "ok") for name in variants}
-        for run in range(args.runs):  # alternate which goes first: the first gets the coldest memory
+        for run in range(args.runs):  # rotate which goes first: the first gets the coldest memory
             order = list(variants.items())
-            for name, opts in order if run % 2 == 0 else reversed(order):
+            k = run % len(order)
+            for name, opts in order[k:] + order[:k]:
                 first, later, mwhy = _confide_tmpfs_mount(vol, key, tag, work, opts)
                 seen, best_later, _ = mounts[name]
                 if first:

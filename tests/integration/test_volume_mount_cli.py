@@ -16,7 +16,7 @@ import pytest
 
 from confide.errors import RollbackError
 from confide.volume import VolumeKey, add_sources, create_volume, seal_volume, verify_volume, write_key
-from confide.volume.mount import fuse_usable
+from confide.volume.mount import _kernel_at_least, fuse_usable
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 FILES = {"data/model.bin": os.urandom(300_000), "data/empty": b"", "readme.txt": b"hello\n"}
@@ -92,6 +92,7 @@ def test_tmpfs_read_only_in_a_private_namespace(vol: tuple[Path, Path, str, Path
         mounts = Path(f"/proc/{m.proc.pid}/mounts").read_text()
         line = next(ln for ln in mounts.splitlines() if f" {mnt} " in ln)
         assert line.split()[2] == "tmpfs" and "ro," in line
+        assert "huge=" not in line  # large folios are opt-in (mount.TMPFS_LARGE_FOLIOS)
         with pytest.raises(OSError) as ei:
             (inside / "new").write_bytes(b"x")
         assert ei.value.errno == errno.EROFS
@@ -99,6 +100,53 @@ def test_tmpfs_read_only_in_a_private_namespace(vol: tuple[Path, Path, str, Path
         rc, out, err = m.stop(signal.SIGINT)
     assert rc == 0, err
     assert f"tag: {tag} (unchanged)" in out
+
+
+_MOUNT_TMPFS = """
+import sys
+from pathlib import Path
+from confide.errors import StorageError
+from confide.volume import mount
+mount._private_namespace()
+mount.TMPFS_LARGE_FOLIOS = (sys.argv[2].encode(), 4096)
+try:
+    piece = mount._mount_tmpfs(Path(sys.argv[1]))
+except StorageError as exc:
+    print("error", exc.message)
+    raise SystemExit(0)
+line = next(ln for ln in open("/proc/self/mounts") if f" {sys.argv[1]} " in ln)
+print(piece, line.split()[3])
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="tmpfs in a private mount namespace needs root")
+def test_tmpfs_large_folio_options_fall_back_only_when_refused(tmp_path: Path) -> None:
+    def run(where: Path, opts: str) -> str:
+        env = {**os.environ, "PYTHONPATH": str(SRC)}
+        r = subprocess.run(
+            [sys.executable, "-c", _MOUNT_TMPFS, str(where), opts],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    # refused option (EINVAL): the plain options, one write per run (no piece)
+    if not _kernel_at_least(6, 14):  # never tried: the plain options
+        assert run(tmp_path, "mode=0755,huge=within_size").startswith("None ")
+        return
+    got = run(tmp_path, "mode=0755,huge=bogus")
+    assert got.startswith("None rw,nosuid,nodev") and "huge" not in got
+    # accepted (Linux >= 6.14 only): the piece comes back and the options are in effect
+    if _kernel_at_least(6, 14) and Path("/sys/kernel/mm/transparent_hugepage/shmem_enabled").exists():
+        got = run(tmp_path, "mode=0755,huge=within_size")
+        assert got.startswith("4096 ") and "huge=within_size" in got
+    # any other failure is an error naming the options, not a silent fallback
+    got = run(tmp_path / "absent", "mode=0755,huge=within_size")
+    assert got.startswith("error mount -t tmpfs at") and "(-o mode=0755,huge=within_size)" in got
+    assert os.listdir(tmp_path) == []  # nothing mounted or written in this namespace
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="tmpfs in a private mount namespace needs root")

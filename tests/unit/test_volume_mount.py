@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -27,6 +28,7 @@ from confide.volume import (
     seal_volume,
     verify_volume,
 )
+from confide.volume import mount as volume_mount
 from confide.volume.format import TAG_SIZE
 from confide.volume.mount import fuse_usable, mount_volume
 from confide.volume.store import OBJECTS_DIR, load_sealed, object_path
@@ -439,3 +441,23 @@ def test_fuse_child_unmounts_and_exits_when_the_parent_is_killed(tmp_path: Path,
     assert sorted(p.name for p in (vol / OBJECTS_DIR).iterdir()) == [
         e.file_id.hex() for e in load_sealed(vol, key)[0].entries if e.file_id
     ]
+
+
+@pytest.mark.parametrize(
+    ("release", "expected"),
+    [
+        ("6.14.0", True),
+        ("6.18.44-fc-v1252", True),
+        ("7.0", True),
+        ("6.13.12-arch1", False),
+        ("5.15.0", False),
+        ("", False),
+        ("unknown", False),
+        ("6", False),
+    ],
+)
+def test_kernel_version_check_parses_the_release(
+    monkeypatch: pytest.MonkeyPatch, release: str, expected: bool
+) -> None:
+    monkeypatch.setattr(volume_mount.os, "uname", lambda: SimpleNamespace(release=release))
+    assert volume_mount._kernel_at_least(6, 14) is expected

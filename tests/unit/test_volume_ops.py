@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 import tracemalloc
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from confide.volume import (
     verify_volume,
     write_key,
 )
-from confide.volume._io import BATCH_BYTES, batch_chunks
+from confide.volume._io import BATCH_BYTES, LARGE_FOLIO_PIECE, batch_chunks
 from confide.volume.format import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, TAG_SIZE
 from confide.volume.store import MANIFEST_NAME, OBJECTS_DIR, load_sealed, object_path
 
@@ -118,6 +119,51 @@ def test_reader_refuses_tampered_chunks_and_roots(tmp_path: Path) -> None:
     obj.write_bytes(raw)
     with VolumeReader(vol, key, tag) as r, pytest.raises(SignatureError, match="root"):
         r.read("x", 0, 1)
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm (tmpfs)")
+@pytest.mark.parametrize("piece", [LARGE_FOLIO_PIECE, 3 * CS + 4096, 4096])
+def test_write_piece_splits_writes_and_keeps_content_and_holes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: int
+) -> None:
+    # Islands of data between zero chunks, runs that cross batch and piece boundaries, a
+    # partial last chunk: the same bytes and the same allocated blocks as with whole writes.
+    n = 2 * batch_chunks(CS) + 7
+    data = bytearray(n * CS - 123)
+    for a, b in ((0, 3), (5, 6), (9, batch_chunks(CS) + 9), (n - 4, n)):
+        data[a * CS : b * CS] = os.urandom((b - a) * CS)
+    src = _tree(tmp_path / "src", {"f": bytes(data)})
+    key = VolumeKey.generate()
+    vol = tmp_path / "vol"
+    create_volume(vol, key)
+    add_sources(vol, key, [src])
+    tag = seal_volume(vol, key)
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    writes: list[tuple[int, int]] = []
+    real = os.pwrite
+
+    def spy(fd: int, buf: memoryview, offset: int) -> int:
+        writes.append((offset, len(buf)))
+        return real(fd, buf, offset)
+
+    try:
+        open_volume(vol, key, shm / "whole", tag, workers=2)
+        monkeypatch.setattr(os, "pwrite", spy)
+        open_volume(vol, key, shm / "pieces", tag, workers=2, write_piece=piece)
+        monkeypatch.undo()
+        assert (shm / "pieces" / "f").read_bytes() == bytes(data)
+        assert (shm / "pieces" / "f").stat().st_blocks == (shm / "whole" / "f").stat().st_blocks
+        assert (shm / "pieces" / "f").stat().st_blocks * 512 < len(data) - 20 * CS  # holes kept
+        assert writes
+        for off, length in writes:  # no write crosses a multiple of the piece
+            assert off // piece == (off + length - 1) // piece
+        assert sum(length for _, length in writes) == len(data) - sum(
+            CS for i in range(n - 1) if not any(data[i * CS : (i + 1) * CS])
+        )
+    finally:
+        shutil.rmtree(shm)
+    with pytest.raises(ValueError, match="write_piece"):
+        open_volume(vol, key, tmp_path / "bad", tag, write_piece=0)
 
 
 def test_empty_sparse_and_unicode_files(tmp_path: Path) -> None:

@@ -23,7 +23,15 @@ from confide.volume.format import (
     root_hasher,
 )
 
-__all__ = ["BATCH_BYTES", "batch_chunks", "copy_raw", "decrypt_object", "encrypt_stream", "read_full"]
+__all__ = [
+    "BATCH_BYTES",
+    "LARGE_FOLIO_PIECE",
+    "batch_chunks",
+    "copy_raw",
+    "decrypt_object",
+    "encrypt_stream",
+    "read_full",
+]
 
 # Plaintext per unit of parallel work: one preadv and one pwrite per run of non-zero chunks.
 # 4 MiB (64 chunks at the default size) rather than 1 MiB: fewer system calls and fewer
@@ -31,6 +39,16 @@ __all__ = ["BATCH_BYTES", "batch_chunks", "copy_raw", "decrypt_object", "encrypt
 # open_volume into /dev/shm (docs/performance.md, "Protected volumes"). Two buffers of this
 # size per worker thread.
 BATCH_BYTES = 4 << 20
+
+# Write piece for a tmpfs with large folios (``decrypt_object(write_piece=...)``): a run of
+# non-zero chunks is written in pieces ending on multiples of this many bytes of the file.
+# Since Linux 6.14 a tmpfs mounted with huge=within_size sizes each new folio by the write
+# (mm/shmem.c, "mm: shmem: add large folio support for tmpfs"), so this caps its folios at
+# 512 KiB: fewer per-page costs than 4 KiB pages, without the 1-2 MiB folios that fell to
+# 0.3-0.9 GiB/s on memory the host had reclaimed (docs/performance.md, "tmpfs first read").
+# Not the default: on a 4 KiB-page tmpfs the extra writes cost ~8 % (more inode-lock
+# hand-offs).
+LARGE_FOLIO_PIECE = 512 << 10
 
 
 def batch_chunks(chunk_size: int) -> int:
@@ -86,6 +104,14 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[n:], offset + n
 
 
+def _pwrite_pieces(fd: int, data: memoryview, offset: int, piece: int) -> None:
+    """Write ``data`` at ``offset`` in pieces ending on multiples of ``piece`` in the file."""
+    while data:
+        n = min(len(data), piece - offset % piece)
+        _pwrite_all(fd, data[:n], offset)
+        data, offset = data[n:], offset + n
+
+
 _local = threading.local()
 
 
@@ -104,11 +130,13 @@ def _batch(
     codec: ChunkCodec,
     span: tuple[int, int],
     geometry: tuple[int, int, int],
+    piece: int,
 ) -> bytes:
     """Authenticate chunks [first, end); write plaintext to ``out_fd`` (holes for zero chunks).
 
     ``geometry`` is (chunk count, file size, chunk size). One ``preadv`` for the whole batch,
-    one ``pwrite`` per run of non-zero chunks: few system calls per byte.
+    one ``pwrite`` per run of non-zero chunks (split at multiples of ``piece`` bytes of the
+    file): few system calls per byte.
     """
     first, end = span
     n_chunks, size, chunk_size = geometry
@@ -136,12 +164,12 @@ def _batch(
             continue
         hole = plen == chunk_size and plain.startswith(zero, k)  # memcmp, no copy
         if hole and run_start is not None:
-            _flush(out_fd, pmv, first, run_start, i, chunk_size)
+            _flush(out_fd, pmv, (first, run_start, i), chunk_size, piece)
             run_start = None
         elif not hole and run_start is None:
             run_start = i
     if out_fd is not None and run_start is not None:
-        _flush(out_fd, pmv, first, run_start, end, chunk_size, size)
+        _flush(out_fd, pmv, (first, run_start, end), chunk_size, piece, size)
     return bytes(tags)
 
 
@@ -154,13 +182,19 @@ def _zero(chunk_size: int) -> bytes:
 
 
 def _flush(
-    out_fd: int, pmv: memoryview, first: int, a: int, b: int, chunk_size: int, size: int | None = None
+    out_fd: int,
+    pmv: memoryview,
+    run: tuple[int, int, int],
+    chunk_size: int,
+    piece: int,
+    size: int | None = None,
 ) -> None:
+    first, a, b = run
     lo = (a - first) * chunk_size
     hi = (b - first) * chunk_size
     if size is not None:
         hi = min(hi, size - first * chunk_size)
-    _pwrite_all(out_fd, pmv[lo:hi], a * chunk_size)
+    _pwrite_pieces(out_fd, pmv[lo:hi], a * chunk_size, piece)
 
 
 def decrypt_object(
@@ -171,8 +205,12 @@ def decrypt_object(
     chunk_size: int,
     *,
     executor: ThreadPoolExecutor | None = None,
+    write_piece: int | None = None,
 ) -> None:
     """Authenticate the whole object of ``entry`` (and decrypt into ``out_fd`` if given).
+
+    ``write_piece`` (bytes, e.g. :data:`LARGE_FOLIO_PIECE`) splits the writes at its multiples;
+    default: one write per run of non-zero chunks in a batch.
 
     Checks the exact object size (truncation/extension), every chunk tag with its index and
     last-chunk mark, and the file root from the manifest. Raises :class:`SignatureError`
@@ -186,17 +224,20 @@ def decrypt_object(
     h = root_hasher()
     geometry = (n, entry.size, chunk_size)
     per = batch_chunks(chunk_size)
+    piece = write_piece if write_piece is not None else per * chunk_size
+    if piece <= 0:
+        raise ValueError(f"write_piece: got {piece}, expected a positive byte count")
     batches = [(a, min(n, a + per)) for a in range(0, n, per)]
     if executor is None or len(batches) < 2:
         for a, b in batches:
-            h.update(_batch(obj_fd, out_fd, codec, (a, b), geometry))
+            h.update(_batch(obj_fd, out_fd, codec, (a, b), geometry, piece))
     else:
         window: deque[Future[bytes]] = deque()
         limit = 2 * (executor._max_workers or 1)
         it = iter(batches)
         try:
             for a, b in it:
-                window.append(executor.submit(_batch, obj_fd, out_fd, codec, (a, b), geometry))
+                window.append(executor.submit(_batch, obj_fd, out_fd, codec, (a, b), geometry, piece))
                 if len(window) >= limit:
                     h.update(window.popleft().result())
             while window:

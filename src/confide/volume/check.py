@@ -63,6 +63,7 @@ def _check_file(
     *,
     out_fd: int | None,
     pool: ThreadPoolExecutor | None,
+    write_piece: int | None = None,
 ) -> None:
     try:
         obj_fd = os.open(object_path(directory, e.file_id), os.O_RDONLY | os.O_NOFOLLOW)
@@ -76,7 +77,7 @@ def _check_file(
                 copy_raw(obj_fd, out_fd)
             return
         codec = ChunkCodec(key.raw, m.volume_id, e.file_id, e.region)
-        decrypt_object(obj_fd, out_fd, codec, e, m.chunk_size, executor=pool)
+        decrypt_object(obj_fd, out_fd, codec, e, m.chunk_size, executor=pool, write_piece=write_piece)
     finally:
         os.close(obj_fd)
 
@@ -142,12 +143,15 @@ def open_volume(
     *,
     workers: int | None = None,
     preserve_owner: bool | None = None,
+    write_piece: int | None = None,
 ) -> OpenResult:
     """Decrypt the sealed volume into ``target`` (absent or empty, e.g. on a tmpfs).
 
     Raises on the first integrity failure (:class:`SignatureError` naming the file) after
     removing everything it wrote. ``preserve_owner`` (default: when running as root) applies
     the recorded uid/gid. Zero chunks become holes, so sparse files stay sparse.
+    ``write_piece`` splits the plaintext writes at multiples of that many bytes (see
+    :data:`confide.volume._io.LARGE_FOLIO_PIECE`, for a tmpfs mounted with huge=within_size).
     """
     m, tag = load_sealed(directory, key, expected_tag)
     _prepare_target(target)
@@ -170,7 +174,7 @@ def open_volume(
                     tmp = dest.with_name(f".confide-part-{secrets.token_hex(8)}")
                     out_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                     try:
-                        _check_file(directory, key, m, e, out_fd=out_fd, pool=pool)
+                        _check_file(directory, key, m, e, out_fd=out_fd, pool=pool, write_piece=write_piece)
                         if owner:
                             os.fchown(out_fd, e.uid, e.gid)
                         os.fchmod(out_fd, e.mode)

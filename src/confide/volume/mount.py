@@ -28,9 +28,11 @@ import collections
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import json
 import logging
 import os
+import re
 import select
 import shutil
 import signal
@@ -45,6 +47,7 @@ from typing import Literal
 
 import confide
 from confide.errors import ConfideError, StorageError, UsageError
+from confide.volume._io import LARGE_FOLIO_PIECE
 from confide.volume.check import open_volume
 from confide.volume.format import Entry, EntryKind, Manifest, Region, region_for
 from confide.volume.keys import VolumeKey
@@ -333,16 +336,50 @@ def _private_namespace() -> None:
         raise StorageError(_errno_msg("mount --make-rprivate / failed"))
 
 
-# Options of the private tmpfs. Not huge=within_size: on the test VM 2 MiB pages made the
-# median first read slower (fresh huge pages are memory the VM touches for the first time);
-# bench/volume.py measures both (docs/performance.md, "Protected volumes").
+def _kernel_at_least(major: int, minor: int) -> bool:
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return m is not None and (int(m[1]), int(m[2])) >= (major, minor)
+
+
+# Options of the private tmpfs (4 KiB pages), and an opt-in large-folio variant tried first:
+# (options, write piece for open_volume), e.g. LARGE_FOLIO_TMPFS. Since Linux 6.14 a tmpfs
+# with huge=within_size sizes each new folio by the write (mm/shmem.c), so writes of at most
+# LARGE_FOLIO_PIECE give 512 KiB folios: on the test VM first read +16 % on average over 18
+# interleaved runs and later reads +27 %, but 0.6 GiB/s (4 KiB pages: 1.8-2.0) in 2 of the 3
+# runs that followed 4 KiB-page activity, when the free large blocks had gone back to the
+# host (free page reporting; docs/performance.md, "tmpfs first read"). Hence off by default.
+# Used only on Linux >= 6.14: older kernels give 2 MiB folios to writes inside the file size
+# (the workers write out of order). Falls back to TMPFS_OPTIONS when huge= is refused (EINVAL).
 TMPFS_OPTIONS = b"mode=0755"
+LARGE_FOLIO_TMPFS: tuple[bytes, int | None] = (b"mode=0755,huge=within_size", LARGE_FOLIO_PIECE)
+TMPFS_LARGE_FOLIOS: tuple[bytes, int | None] | None = None
 
 
 def mount_tmpfs_at(mountpoint: Path, opts: bytes = TMPFS_OPTIONS) -> None:
     """Mount a tmpfs (nosuid, nodev) at ``mountpoint``; root, in a private namespace."""
     if _libc().mount(b"tmpfs", bytes(mountpoint), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts) != 0:
         raise StorageError(_errno_msg(f"mount -t tmpfs at {str(mountpoint)!r} (-o {opts.decode()}) failed"))
+
+
+def _mount_tmpfs(mountpoint: Path) -> int | None:
+    """Mount the private tmpfs; return the write piece for ``open_volume`` into it."""
+
+    def mount(opts: bytes) -> bool:
+        rc: int = _libc().mount(b"tmpfs", bytes(mountpoint), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts)
+        return rc == 0
+
+    def failed(opts: bytes) -> StorageError:
+        return StorageError(_errno_msg(f"mount -t tmpfs at {str(mountpoint)!r} (-o {opts.decode()}) failed"))
+
+    if TMPFS_LARGE_FOLIOS is not None and _kernel_at_least(6, 14):
+        opts, piece = TMPFS_LARGE_FOLIOS
+        if mount(opts):
+            return piece
+        if ctypes.get_errno() != errno.EINVAL:
+            raise failed(opts)
+    if not mount(TMPFS_OPTIONS):
+        raise failed(TMPFS_OPTIONS)
+    return None
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int, int, int]]:
@@ -475,13 +512,14 @@ class _TmpfsMount(MountHandle):
         private_namespace: bool,
     ) -> None:
         self._dir, self._key, self._manifest, self._lock = volume_dir, key, manifest, lock
+        self._write_piece: int | None = None
         self._guard: _Guard | None = None
         self._restore_dir = False
         try:
             if private_namespace:
                 _private_namespace()
                 mountpoint.mkdir(parents=True, exist_ok=True)
-                mount_tmpfs_at(mountpoint)
+                self._write_piece = _mount_tmpfs(mountpoint)
                 super().__init__(mountpoint, "tmpfs", writable, tag, mountpoint)
             else:
                 shm = Path(tempfile.mkdtemp(prefix="confide-volume-", dir="/dev/shm"))  # mode 0700
@@ -494,7 +532,7 @@ class _TmpfsMount(MountHandle):
                 shutil.rmtree(self.path, ignore_errors=True)
             raise
         try:
-            open_volume(volume_dir, key, self.path, tag)
+            open_volume(volume_dir, key, self.path, tag, write_piece=self._write_piece)
             self._baseline = _snapshot(self.path) if writable else {}
             if self.mode == "tmpfs" and not writable:
                 flags = _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV
