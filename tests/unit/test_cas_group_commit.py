@@ -3,6 +3,7 @@ in process on a real SQLite database."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import sys
 import threading
@@ -249,3 +250,41 @@ def test_sqlite_reads_reuse_one_connection_and_take_a_pooled_one_when_it_is_busy
             assert raw_execute(conn, "SELECT value FROM meta WHERE key = 'seen'").fetchone() == ("yes",)
     finally:
         db.dispose()
+
+
+def test_async_submissions_resolve_after_their_commit_in_one_batch(
+    setup: tuple[InProcessCas, Clock[float]],
+) -> None:
+    env, _ = setup
+    cas = env.cas
+    batcher = WriteBatcher(cas.db)
+    gate = threading.Event()
+
+    def fails(conn: Connection) -> None:
+        raise StorageError("this job fails")
+
+    async def main() -> None:
+        blocker = batcher.submit_async(lambda conn: gate.wait(10))  # holds the writer
+        await asyncio.sleep(0.05)
+        pendings = [cas.attest_begin(env.request()[0]) for _ in range(5)]
+        futures = [batcher.submit_async(p.commit) for p in pendings]
+        failing = batcher.submit_async(fails)
+        cancelled = batcher.submit_async(lambda conn: raw_execute(conn, "INSERT INTO meta VALUES ('c', 'x')"))
+        cancelled.cancel()
+        assert not any(f.done() for f in futures)
+        gate.set()
+        assert await blocker is True
+        await asyncio.gather(*futures)
+        with pytest.raises(StorageError, match="this job fails"):
+            await failing
+        assert all(p.accepted for p in pendings)
+
+    try:
+        asyncio.run(main())
+        # the blocker; the batch of six failed as a whole, so each job ran again alone
+        assert batcher.committed_jobs == 6
+        assert count(cas, "sessions") == 5
+        with cas.db.read() as conn:
+            assert raw_execute(conn, "SELECT 1 FROM meta WHERE key = 'c'").fetchone() is None
+    finally:
+        batcher.close()

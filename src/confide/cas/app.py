@@ -201,7 +201,7 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
         # hand-off would cost more than it saves. Phase 2 (spend the nonce, record the outcome)
         # goes to the group commit: the loop goes on with other requests while the disk syncs.
         pending = cas.attest_begin(request)
-        await asyncio.wrap_future(writer.submit(pending.commit))
+        await writer.submit_async(pending.commit)
         try:
             out = pending.result()
         except ConfideError:

@@ -671,17 +671,24 @@ class Cas:
             raw_execute(conn, "DELETE FROM nonces WHERE expires_at < ?", (now,))
             raw_execute(conn, "DELETE FROM evidence_seen WHERE seen_at < ?", (now - 2 * NONCE_TTL,))
             raw_execute(conn, "DELETE FROM sessions WHERE expires_at < ?", (now,))
-        if raw_execute(conn, "SELECT 1 FROM nonces WHERE nonce = ?", (nonce.hex(),)).fetchone() is not None:
-            raise BindingError("nonce was already used")
-        raw_execute(
-            conn, "INSERT INTO nonces (nonce, expires_at, used) VALUES (?, ?, 1)", (nonce.hex(), expires)
+        # One statement per spend (no SELECT first): the insert is skipped when the key is
+        # there, and its row count says which. ON CONFLICT DO NOTHING is the same statement on
+        # SQLite and PostgreSQL, and a conflict is not an error (on PostgreSQL an error would
+        # abort the group commit's whole transaction).
+        spent = raw_execute(
+            conn,
+            "INSERT INTO nonces (nonce, expires_at, used) VALUES (?, ?, 1) ON CONFLICT DO NOTHING",
+            (nonce.hex(), expires),
         )
-        if (
-            raw_execute(conn, "SELECT 1 FROM evidence_seen WHERE digest = ?", (digest,)).fetchone()
-            is not None
-        ):
+        if spent.rowcount != 1:
+            raise BindingError("nonce was already used")
+        seen = raw_execute(
+            conn,
+            "INSERT INTO evidence_seen (digest, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (digest, now),
+        )
+        if seen.rowcount != 1:
             raise BindingError("this evidence was presented before (replay)")
-        raw_execute(conn, "INSERT INTO evidence_seen (digest, seen_at) VALUES (?, ?)", (digest, now))
 
     def attest(self, request: Any) -> dict[str, Any]:
         """Verify, bind, appraise, release. Returns the release encrypted to the runtime key."""

@@ -11,6 +11,7 @@ so several CAS replicas starting together on one PostgreSQL migrate once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -394,14 +395,27 @@ class WriteBatcher:
 
     def submit(self, job: Callable[[Connection], T]) -> Future[T]:
         fut: Future[T] = Future()
+        self._put((job, fut))
+        return fut
+
+    def submit_async(self, job: Callable[[Connection], T]) -> asyncio.Future[T]:
+        """:meth:`submit` for a caller on an event loop: an ``asyncio`` future of that loop,
+        resolved after the commit. The writer resolves all of a batch's futures of one loop
+        with one ``call_soon_threadsafe`` (one wake-up of the loop per transaction, not per job,
+        and no ``concurrent.futures.Future`` with its lock and chained callbacks per job)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._put((job, _LoopSlot(loop, fut)))
+        return fut
+
+    def _put(self, item: object) -> None:
         with self._lock:
             if self._closed:
                 raise StorageError("the CAS is shutting down")
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="cas-group-commit", daemon=True)
                 self._thread.start()
-            self._queue.put((job, fut))
-        return fut
+            self._queue.put(item)
 
     def close(self) -> None:
         with self._lock:
@@ -428,22 +442,22 @@ class WriteBatcher:
         wait = self._last_commit + self.interval - time.monotonic()
         if wait > 0 and item is not _STOP:
             time.sleep(wait)
-        batch: list[tuple[Callable[[Connection], Any], Future[Any]]] = []
+        batch: list[tuple[Callable[[Connection], Any], Any]] = []
         while True:
             if item is _STOP:
                 stop = True
             else:
-                batch.append(cast("tuple[Callable[[Connection], Any], Future[Any]]", item))
+                batch.append(cast("tuple[Callable[[Connection], Any], Any]", item))
             if stop or len(batch) >= self.max_batch or self._queue.empty():
                 break
             item = self._queue.get()
-        batch = [(job, fut) for job, fut in batch if fut.set_running_or_notify_cancel()]
+        batch = [(job, fut) for job, fut in batch if _start(fut)]
         if batch:
             self._commit(batch)
             self._last_commit = time.monotonic()
         return stop
 
-    def _commit(self, batch: list[tuple[Callable[[Connection], Any], Future[Any]]]) -> None:
+    def _commit(self, batch: list[tuple[Callable[[Connection], Any], Any]]) -> None:
         results: list[Any] = []
         reused = self._conn is not None
         try:
@@ -462,7 +476,7 @@ class WriteBatcher:
                 self._commit(batch)
                 return
             if len(batch) == 1:
-                batch[0][1].set_exception(exc)
+                _resolve([(batch[0][1], None, exc)])
                 return
             logging.getLogger("confide.cas").warning(
                 json.dumps({"event": "group-commit-retry", "jobs": len(batch), "error": type(exc).__name__})
@@ -472,5 +486,46 @@ class WriteBatcher:
             return
         self.commits += 1
         self.committed_jobs += len(batch)
-        for (_, fut), result in zip(batch, results, strict=True):
+        _resolve([(fut, result, None) for (_, fut), result in zip(batch, results, strict=True)])
+
+
+class _LoopSlot:
+    """A job's ``asyncio`` future and its loop (:meth:`WriteBatcher.submit_async`)."""
+
+    __slots__ = ("fut", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any]) -> None:
+        self.loop, self.fut = loop, fut
+
+
+def _start(slot: Future[Any] | _LoopSlot) -> bool:
+    """Whether the job is still wanted (its caller did not cancel it before it ran)."""
+    if isinstance(slot, _LoopSlot):
+        return not slot.fut.cancelled()  # a cancellation after this is benign: the result is dropped
+    return slot.set_running_or_notify_cancel()
+
+
+def _resolve(outcomes: list[tuple[Future[Any] | _LoopSlot, Any, BaseException | None]]) -> None:
+    """Hand the jobs their results: ``concurrent.futures`` futures at once, ``asyncio`` ones in
+    one callback per loop (runs on the writer thread)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+    for slot, result, exc in outcomes:
+        if isinstance(slot, _LoopSlot):
+            by_loop.setdefault(slot.loop, []).append((slot.fut, result, exc))
+        elif exc is not None:
+            slot.set_exception(exc)
+        else:
+            slot.set_result(result)
+    for loop, futures in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop was closed: nobody waits any more
+            loop.call_soon_threadsafe(_set_all, futures)
+
+
+def _set_all(futures: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, result, exc in futures:
+        if fut.done():  # cancelled meanwhile
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
             fut.set_result(result)
