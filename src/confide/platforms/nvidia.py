@@ -3,8 +3,9 @@
 Reads the GPU's certificate chain (``--cert-chain``: a PEM bundle or concatenated DER, leaf
 first; the CAS parses its ``aux["certs"]`` with the same function), an optional device root
 override (``--root``, tests only), optional RIMs (``--collateral``: one ``.swidtag``/``.xml`` file
-or a directory of them) and an optional RIM root override (``--rim-root``, tests only), then calls
-:func:`confide.verify.nvidia.verify_nvidia_report`.
+or a directory of them), an optional RIM root override (``--rim-root``, tests only) and an optional
+OCSP source (``--ocsp``: a responder URL, or a directory of ``<serial hex>.der`` responses; see
+:mod:`confide.collateral.nvidia_ocsp`), then calls :func:`confide.verify.nvidia.verify_nvidia_report`.
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ from pathlib import Path
 
 from cryptography import x509
 
+from confide.collateral import is_url
+from confide.collateral.nvidia_ocsp import DirOcspSource, HttpOcspSource, fetch_all
 from confide.errors import UsageError
 from confide.evidence.nvidia_rim import ReferenceManifest
 from confide.platforms import VerifyRequest
 from confide.platforms._root import load_root_certificate
-from confide.verify.nvidia import verify_nvidia_report
+from confide.verify.nvidia import ocsp_targets, verify_nvidia_report
+from confide.verify.ocsp import OcspResponse
 from confide.verify.result import VerifiedEvidence
 from confide.verify.x509util import load_certificate_chain
 
-__all__ = ["load_chain", "load_rims", "verify_request"]
+__all__ = ["fetch_ocsp", "load_chain", "load_rims", "verify_request"]
 
 RIM_SUFFIXES = (".swidtag", ".xml")
 MAX_RIM_FILES = 16
@@ -50,6 +54,15 @@ def load_rims(path: Path) -> list[ReferenceManifest]:
     return [ReferenceManifest.from_bytes(_read(f, "--collateral")) for f in files]
 
 
+def fetch_ocsp(location: str, chain: list[x509.Certificate]) -> list[OcspResponse]:
+    """The OCSP responses for the chain's links between leaf and root, from ``location``."""
+    targets = ocsp_targets(chain)
+    if is_url(location):
+        with HttpOcspSource(location) as source:
+            return fetch_all(source, targets)
+    return fetch_all(DirOcspSource(Path(location)), targets)
+
+
 def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     if req.cert_chain is None:
         raise UsageError("--platform nvidia-gpu needs --cert-chain FILE (PEM or DER chain, leaf first)")
@@ -63,6 +76,8 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     if rim_root is not None and req.collateral is None:
         raise UsageError("--rim-root is only meaningful with --collateral RIM(s)")
     rims = load_rims(req.collateral) if req.collateral is not None else []
+    ocsp = fetch_ocsp(req.ocsp, chain) if req.ocsp is not None else None
     return verify_nvidia_report(
-        req.evidence, chain, at=req.at, expected_nonce=req.nonce, root=root, rims=rims, rim_root=rim_root
-    )
+        req.evidence, chain, at=req.at, expected_nonce=req.nonce, root=root, rims=rims, rim_root=rim_root,
+        ocsp=ocsp,
+    )  # fmt: skip
