@@ -120,7 +120,10 @@ def _load(der: bytes, what: str) -> ocsp.OCSPResponse:
 def _check_cert_id(
     single: ocsp.OCSPSingleResponse, cert: x509.Certificate, issuer: x509.Certificate, what: str
 ) -> None:
-    algorithm = single.hash_algorithm
+    try:
+        algorithm = single.hash_algorithm
+    except UnsupportedAlgorithm as exc:
+        raise CollateralError(f"{what}: CertID hash: {exc}") from None
     if not isinstance(algorithm, _CERTID_HASHES):
         raise CollateralError(f"{what}: CertID hash {algorithm.name} is not SHA-1/256/384/512")
     expected = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, algorithm).build()
@@ -188,8 +191,11 @@ def _signer(
 
 
 def _verify_signature(resp: ocsp.OCSPResponse, signer: x509.Certificate, what: str) -> None:
-    key = signer.public_key()
-    algorithm = resp.signature_hash_algorithm
+    try:
+        key = signer.public_key()
+        algorithm = resp.signature_hash_algorithm
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise SignatureError(f"{what}: unusable signature algorithm or key: {exc}") from None
     data, signature = resp.tbs_response_bytes, resp.signature
     try:
         if isinstance(key, ec.EllipticCurvePublicKey) and algorithm is not None:
