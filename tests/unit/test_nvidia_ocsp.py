@@ -3,6 +3,7 @@ responses signed under the forged test PKI (``nvidia_forge``), then stored respo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -31,12 +32,15 @@ from confide.errors import (
     UsageError,
 )
 from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
+from confide.evidence.nvidia_rim import ReferenceManifest
 from confide.platforms import VerifyRequest
 from confide.platforms.nvidia import verify_request
 from confide.verify.nvidia import ocsp_targets, verify_nvidia_report
 from confide.verify.ocsp import MAX_RESPONSE_SIZE, OcspResponse, ocsp_request_der, verify_ocsp_response
 from confide.verify.result import Platform
 from nvidia_forge import Issuer, make_ca, make_leaf, make_responder, ocsp_response, resign
+from rim_pki import make_pki as make_rim_pki
+from rim_pki import rim_matching_report
 
 ASSETS = Path(__file__).parent.parent / "assets" / "nvidia"
 REPORT = bytes.fromhex((ASSETS / "hopperAttestationReport.txt").read_text().strip())
@@ -300,7 +304,14 @@ def test_every_flipped_byte_of_a_response_is_refused(pki: Pki) -> None:
         nonce=nonce,
     )  # fmt: skip
     assert verify_ocsp_response(OcspResponse(der, nonce), cert, issuer[0], at=NOW).subject == "Test GSP BROM"
+    # The one byte skipped: the signature BIT STRING's unused-bits count (the last element here,
+    # no certificates carried). cryptography reads the same signature bytes whatever that count,
+    # so flipping it changes neither what is signed nor the signature.
+    unused_bits_octet = len(der) - len(ocsp.load_der_ocsp_response(der).signature) - 1
+    assert der[unused_bits_octet - 2] == 0x03 and der[unused_bits_octet] == 0
     for pos in range(len(der)):
+        if pos == unused_bits_octet:
+            continue
         bad = bytearray(der)
         bad[pos] ^= 0x01
         with pytest.raises(ConfideError):
@@ -394,3 +405,64 @@ def test_cli_refuses_ocsp_for_other_platforms(tmp_path: Path) -> None:
     proc = run_confide("evidence", "verify", report, "--platform", "sev-snp", "--ocsp", "http://x/", "--json")
     assert proc.returncode == 2, proc.stdout
     assert "--ocsp is only for --platform nvidia-gpu" in proc.stdout
+
+
+# --- the RIM signing chain -----------------------------------------------------------------------
+
+RIM_PKI = make_rim_pki()
+DRIVER_RIM = (ASSETS / "Driver_RIM_test_no_gpu.swidtag").read_bytes()
+
+
+def _store_rim(directory: Path, *, status: ocsp.OCSPCertStatus = ocsp.OCSPCertStatus.GOOD) -> None:
+    """Responses about the RIM signer (by the ICA) and the ICA (by the root)."""
+    links = [
+        (RIM_PKI.leaf, (RIM_PKI.ica, RIM_PKI.ica_key), status),
+        (RIM_PKI.ica, (RIM_PKI.root, RIM_PKI.root_key), ocsp.OCSPCertStatus.GOOD),
+    ]
+    for cert, signer, cert_status in links:
+        der = ocsp_response(
+            cert, signer[0], signer, this_update=NOW - timedelta(hours=1), next_update=NOW + timedelta(days=1),
+            status=cert_status,
+        )  # fmt: skip
+        (directory / f"{cert.serial_number:x}.der").write_bytes(der)
+
+
+def _rim_request(pki: Pki, tmp_path: Path, stored: Path) -> VerifyRequest:
+    rim = tmp_path / "driver.swidtag"
+    rim.write_bytes(rim_matching_report(pki.report, DRIVER_RIM, "550.90.07", RIM_PKI))
+    rim_root = tmp_path / "rim_root.pem"
+    rim_root.write_bytes(RIM_PKI.root.public_bytes(Encoding.PEM))
+    return dataclasses.replace(_request(pki, tmp_path, str(stored)), collateral=rim, rim_root=rim_root)
+
+
+def test_rim_signing_chain_is_checked_too(pki: Pki, tmp_path: Path) -> None:
+    stored = tmp_path / "ocsp"
+    _store(pki, stored)
+    _store_rim(stored)
+    result = verify_request(_rim_request(pki, tmp_path, stored))
+    assert result.claims["revocation_checked"] is True
+    assert result.claims["rim_revocation_checked"] is True
+    rims = result.details["rims"]
+    assert isinstance(rims, list)
+    checks = rims[0]["ocsp"]  # type: ignore[index]
+    assert [c["subject"] for c in checks] == ["Test RIM Signer", "Test RIM ICA"]  # type: ignore[index,union-attr]
+    # A revoked RIM signer refuses the RIM, and so the evidence.
+    _store_rim(stored, status=ocsp.OCSPCertStatus.REVOKED)
+    with pytest.raises(RevocationError, match=r"'Test RIM Signer' .* is revoked"):
+        verify_request(_rim_request(pki, tmp_path, stored))
+    # A missing response for the RIM chain is missing collateral, not a pass.
+    (stored / f"{RIM_PKI.ica.serial_number:x}.der").unlink()
+    with pytest.raises(CollateralMissingError, match="no OCSP response for serial"):
+        verify_request(_rim_request(pki, tmp_path, stored))
+
+
+def test_rim_ocsp_needs_one_list_per_rim(pki: Pki) -> None:
+    rim = ReferenceManifest.from_bytes(rim_matching_report(pki.report, DRIVER_RIM, "550.90.07", RIM_PKI))
+    with pytest.raises(CollateralMissingError, match="responses for 0 RIMs, expected 1"):
+        verify_nvidia_report(
+            pki.report, pki.chain, at=NOW, root=pki.root[0], rims=[rim], rim_root=RIM_PKI.root, rim_ocsp=[]
+        )
+    with pytest.raises(CollateralMissingError, match="got 0 responses, expected 2"):
+        verify_nvidia_report(
+            pki.report, pki.chain, at=NOW, root=pki.root[0], rims=[rim], rim_root=RIM_PKI.root, rim_ocsp=[[]]
+        )

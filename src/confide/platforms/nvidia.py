@@ -21,6 +21,7 @@ from confide.evidence.nvidia_rim import ReferenceManifest
 from confide.platforms import VerifyRequest
 from confide.platforms._root import load_root_certificate
 from confide.verify.nvidia import ocsp_targets, verify_nvidia_report
+from confide.verify.nvidia_rim import rim_ocsp_targets
 from confide.verify.ocsp import OcspResponse
 from confide.verify.result import VerifiedEvidence
 from confide.verify.x509util import load_certificate_chain
@@ -54,13 +55,15 @@ def load_rims(path: Path) -> list[ReferenceManifest]:
     return [ReferenceManifest.from_bytes(_read(f, "--collateral")) for f in files]
 
 
-def fetch_ocsp(location: str, chain: list[x509.Certificate]) -> list[OcspResponse]:
-    """The OCSP responses for the chain's links between leaf and root, from ``location``."""
-    targets = ocsp_targets(chain)
+def fetch_ocsp(
+    location: str, targets: list[list[tuple[x509.Certificate, x509.Certificate]]]
+) -> list[list[OcspResponse]]:
+    """For each list of (certificate, issuer) pairs, their OCSP responses from ``location``."""
     if is_url(location):
         with HttpOcspSource(location) as source:
-            return fetch_all(source, targets)
-    return fetch_all(DirOcspSource(Path(location)), targets)
+            return [fetch_all(source, t) for t in targets]
+    local = DirOcspSource(Path(location))
+    return [fetch_all(local, t) for t in targets]
 
 
 def verify_request(req: VerifyRequest) -> VerifiedEvidence:
@@ -76,8 +79,14 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     if rim_root is not None and req.collateral is None:
         raise UsageError("--rim-root is only meaningful with --collateral RIM(s)")
     rims = load_rims(req.collateral) if req.collateral is not None else []
-    ocsp = fetch_ocsp(req.ocsp, chain) if req.ocsp is not None else None
+    ocsp: list[OcspResponse] | None = None
+    rim_ocsp: list[list[OcspResponse]] | None = None
+    if req.ocsp is not None:
+        # The GPU chain's links, then each RIM's signing chain (the certificates are verified
+        # by confide.verify before any response about them is trusted).
+        targets = [ocsp_targets(chain), *(rim_ocsp_targets(rim.raw, rim_root) for rim in rims)]
+        ocsp, *rim_ocsp = fetch_ocsp(req.ocsp, targets)
     return verify_nvidia_report(
         req.evidence, chain, at=req.at, expected_nonce=req.nonce, root=root, rims=rims, rim_root=rim_root,
-        ocsp=ocsp,
+        ocsp=ocsp, rim_ocsp=rim_ocsp,
     )  # fmt: skip

@@ -59,7 +59,7 @@ from confide.verify._pinned_chain import (
     verify_pinned_chain,
 )
 from confide.verify.nvidia_rim import VerifiedRim, nvidia_rim_root, verify_rim
-from confide.verify.ocsp import OcspResponse, verify_ocsp_response
+from confide.verify.ocsp import OcspResponse, check_chain
 from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
 
 __all__ = [
@@ -99,21 +99,6 @@ def ocsp_targets(chain: Sequence[x509.Certificate]) -> list[tuple[x509.Certifica
     """(certificate, issuer) pairs whose OCSP status is checked: every link between the leaf and
     the root (step 8 of the module docstring), in chain order."""
     return [(chain[i], chain[i + 1]) for i in range(1, len(chain) - 1)]
-
-
-def _check_revocation(
-    chain: Sequence[x509.Certificate], responses: Sequence[OcspResponse], at: datetime
-) -> list[ClaimValue]:
-    targets = ocsp_targets(chain)
-    if len(responses) != len(targets):
-        raise CollateralMissingError(
-            f"OCSP: got {len(responses)} responses, expected {len(targets)} (one per certificate"
-            " between the leaf and the root)"
-        )
-    return [
-        verify_ocsp_response(resp, cert, issuer, at=at).to_claim()
-        for resp, (cert, issuer) in zip(responses, targets, strict=True)
-    ]
 
 
 def _der_children(data: bytes, structure: str) -> list[tuple[int, bytes]]:
@@ -261,6 +246,7 @@ def _compare_rims(report: NvidiaAttestationReport, verified: Sequence[VerifiedRi
             "signer_chain": list(v.chain),
             "signature_algorithm": v.signature_algorithm,
             "canonicalization": v.canonicalization,
+            "ocsp": None if v.ocsp is None else list(v.ocsp),
         }
         for v in verified
     ]
@@ -276,13 +262,15 @@ def verify_nvidia_report(
     rims: Sequence[ReferenceManifest] = (),
     rim_root: x509.Certificate | None = None,
     ocsp: Sequence[OcspResponse] | None = None,
+    rim_ocsp: Sequence[Sequence[OcspResponse]] | None = None,
 ) -> VerifiedEvidence:
     """Verify an NVIDIA GPU attestation report; see the module docstring for the steps.
 
     ``rims`` are checked from their ``raw`` bytes (signature, chain to ``rim_root`` or the
     embedded NVIDIA RIM root, at ``at``); the parsed fields passed in are not trusted.
     ``ocsp``: one response per certificate of :func:`ocsp_targets` (``None``: revocation is not
-    checked, and the claims say so).
+    checked, and the claims say so). ``rim_ocsp``: for each RIM, one response per pair of
+    :func:`confide.verify.nvidia_rim.rim_ocsp_targets`.
     """
     # 1. parse
     report = NvidiaAttestationReport.from_bytes(evidence)
@@ -291,7 +279,9 @@ def verify_nvidia_report(
     verify_pinned_chain(cert_chain, pinned, at)
     leaf = cert_chain[0]
     # 8. revocation of the verified chain's links (before anything else trusts them)
-    ocsp_checks = _check_revocation(cert_chain, ocsp, at) if ocsp is not None else []
+    ocsp_checks = (
+        check_chain(ocsp_targets(cert_chain), ocsp, at=at, what="the GPU chain") if ocsp is not None else []
+    )
     # 3. FWID of the certified firmware
     cert_fwid = leaf_fwid(leaf)
     # 4. signature
@@ -309,7 +299,12 @@ def verify_nvidia_report(
         raise BindingError(f"nonce: got {report.nonce.hex()}, expected {expected_nonce.hex()}")
     # 7. reference measurements
     rim_pinned = (rim_root if rim_root is not None else nvidia_rim_root()) if rims else None
-    verified_rims = [verify_rim(rim.raw, at=at, root=rim_pinned) for rim in rims]
+    if rim_ocsp is not None and len(rim_ocsp) != len(rims):
+        raise CollateralMissingError(f"OCSP: got responses for {len(rim_ocsp)} RIMs, expected {len(rims)}")
+    verified_rims = [
+        verify_rim(rim.raw, at=at, root=rim_pinned, ocsp=None if rim_ocsp is None else rim_ocsp[i])
+        for i, rim in enumerate(rims)
+    ]
     rim_details: list[ClaimValue] = _compare_rims(report, verified_rims) if verified_rims else []
 
     resp = report.response
@@ -349,6 +344,7 @@ def verify_nvidia_report(
         ).hexdigest(),
         "rims_compared": bool(rims),
         "revocation_checked": ocsp is not None,
+        "rim_revocation_checked": bool(rims) and rim_ocsp is not None,
     }
     details: dict[str, ClaimValue] = {
         "signature_algorithm": "ECDSA P-384 SHA-384",

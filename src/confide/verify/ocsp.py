@@ -26,6 +26,7 @@ checks the DER response a collateral source brought back, at ``at``:
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -40,6 +41,7 @@ from confide.errors import (
     CertificateChainError,
     CollateralError,
     CollateralExpiredError,
+    CollateralMissingError,
     ParseError,
     RevocationError,
     SignatureError,
@@ -54,6 +56,7 @@ __all__ = [
     "NONCE_SIZE",
     "OcspCheck",
     "OcspResponse",
+    "check_chain",
     "ocsp_request_der",
     "verify_ocsp_response",
 ]
@@ -292,3 +295,22 @@ def verify_ocsp_response(
         next_update=next_update,
         nonce_checked=nonce_checked,
     )
+
+
+def check_chain(
+    targets: Sequence[tuple[x509.Certificate, x509.Certificate]],
+    responses: Sequence[OcspResponse],
+    *,
+    at: datetime,
+    what: str,
+) -> list[ClaimValue]:
+    """One response per (certificate, issuer) of ``targets``, each verified; their claims."""
+    if len(responses) != len(targets):
+        raise CollateralMissingError(
+            f"OCSP for {what}: got {len(responses)} responses, expected {len(targets)}"
+            f" ({', '.join(repr(subject_cn(c)) for c, _ in targets) or 'none'})"
+        )
+    return [
+        verify_ocsp_response(resp, cert, issuer, at=at).to_claim()
+        for resp, (cert, issuer) in zip(responses, targets, strict=True)
+    ]
