@@ -372,6 +372,12 @@ def test_stored_responses_from_a_directory(pki: Pki, tmp_path: Path) -> None:
         DirOcspSource(stored).fetch(pki.ica[0], pki.root[0])
     with pytest.raises(UsageError, match="is not a directory"):
         verify_request(_request(pki, tmp_path, str(tmp_path / "absent")))
+    # A broken chain is reported as such before any response is looked for.
+    other_root = tmp_path / "other_root.pem"
+    other_root.write_bytes(make_ca("Other Root", NOW)[0].public_bytes(Encoding.PEM))
+    broken = dataclasses.replace(_request(pki, tmp_path, str(tmp_path / "absent")), root=other_root)
+    with pytest.raises(CertificateChainError, match="pinned root"):
+        verify_request(broken)
 
 
 def _cli(pki: Pki, tmp_path: Path, *extra: str) -> tuple[int, dict[str, object]]:

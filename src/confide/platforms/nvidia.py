@@ -20,7 +20,8 @@ from confide.errors import UsageError
 from confide.evidence.nvidia_rim import ReferenceManifest
 from confide.platforms import VerifyRequest
 from confide.platforms._root import load_root_certificate
-from confide.verify.nvidia import ocsp_targets, verify_nvidia_report
+from confide.verify._pinned_chain import verify_pinned_chain
+from confide.verify.nvidia import nvidia_device_root, ocsp_targets, verify_nvidia_report
 from confide.verify.nvidia_rim import rim_ocsp_targets
 from confide.verify.ocsp import OcspResponse
 from confide.verify.result import VerifiedEvidence
@@ -82,8 +83,10 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     ocsp: list[OcspResponse] | None = None
     rim_ocsp: list[list[OcspResponse]] | None = None
     if req.ocsp is not None:
-        # The GPU chain's links, then each RIM's signing chain (the certificates are verified
-        # by confide.verify before any response about them is trusted).
+        # The GPU chain's links, then each RIM's signing chain. The GPU chain is checked first so
+        # that a broken chain is reported as such (and no responder is asked about it); every
+        # certificate is verified again by confide.verify before any response about it is used.
+        verify_pinned_chain(chain, root if root is not None else nvidia_device_root(), req.at)
         targets = [ocsp_targets(chain), *(rim_ocsp_targets(rim.raw, rim_root) for rim in rims)]
         ocsp, *rim_ocsp = fetch_ocsp(req.ocsp, targets)
     return verify_nvidia_report(
