@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
 from pki import Issuer, issue, p384_cert
@@ -81,3 +83,56 @@ def make_pki(report_bytes: bytes, now: datetime) -> NvidiaPki:
     root = make_ca("Test Device Identity CA", now)
     ica = make_ca("Test ICA", now, root)
     return NvidiaPki(root, ica, make_leaf(ica, fwid, now))
+
+
+# --- OCSP responses (RFC 6960) under this PKI ------------------------------------------------------
+
+
+def make_responder(issuer: Issuer, now: datetime, *, eku: bool = True) -> Issuer:
+    """A delegated OCSP responder certificate issued by ``issuer`` (§4.2.2.2: id-kp-OCSPSigning)."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    cert = issue(
+        "Test OCSP Responder", key.public_key(), issuer=issuer[0].subject, signing_key=issuer[1],
+        not_before=now - timedelta(days=1), not_after=now + timedelta(days=30), ca=None,
+        extensions=[x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING])] if eku else (),
+    )  # fmt: skip
+    return cert, key
+
+
+def ocsp_response(
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    signer: Issuer,
+    *,
+    this_update: datetime,
+    next_update: datetime | None,
+    nonce: bytes | None = None,
+    status: ocsp.OCSPCertStatus = ocsp.OCSPCertStatus.GOOD,
+    carry: bool = False,
+    by_name: bool = False,
+) -> bytes:
+    """A DER Basic OCSP response about ``cert``, signed by ``signer`` (the issuer or a delegated
+    responder, carried in ``certs`` when ``carry``), whose ResponderID is the signer's key hash
+    (or its name, ``by_name``)."""
+    revoked = status is ocsp.OCSPCertStatus.REVOKED
+    builder = (
+        ocsp.OCSPResponseBuilder()
+        .add_response(
+            cert=cert,
+            issuer=issuer,
+            algorithm=hashes.SHA384(),
+            cert_status=status,
+            this_update=this_update,
+            next_update=next_update,
+            revocation_time=this_update - timedelta(days=1) if revoked else None,
+            revocation_reason=x509.ReasonFlags.key_compromise if revoked else None,
+        )
+        .responder_id(
+            ocsp.OCSPResponderEncoding.NAME if by_name else ocsp.OCSPResponderEncoding.HASH, signer[0]
+        )
+    )
+    if carry:
+        builder = builder.certificates([signer[0]])
+    if nonce is not None:
+        builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
+    return builder.sign(signer[1], hashes.SHA384()).public_bytes(Encoding.DER)

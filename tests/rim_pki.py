@@ -30,6 +30,8 @@ class RimPki:
     ica: x509.Certificate
     leaf: x509.Certificate
     leaf_key: PrivateKey
+    root_key: ec.EllipticCurvePrivateKey
+    ica_key: ec.EllipticCurvePrivateKey
 
 
 def make_cert(
@@ -63,7 +65,7 @@ def make_pki(
         else ec.generate_private_key(ec.SECP384R1())
     )
     leaf = make_cert(f"{prefix} Signer", leaf_key, (ica, ica_key), ca=False, valid=valid)
-    return RimPki(root=root, ica=ica, leaf=leaf, leaf_key=leaf_key)
+    return RimPki(root=root, ica=ica, leaf=leaf, leaf_key=leaf_key, root_key=root_key, ica_key=ica_key)
 
 
 def strip_signature(xml: bytes) -> etree._Element:

@@ -74,6 +74,9 @@ _PATH = click.Path(path_type=Path)
 @click.option("--nonce", metavar="HEX", help="Expected nonce (NVIDIA, Nitro, GCE and Azure vTPM).")
 @click.option("--event-log", type=_PATH, help="TDX: directory with the CCEL table and event log to replay.")
 @click.option("--rim-root", type=_PATH, help="NVIDIA: override the pinned RIM signing root (tests only).")
+@click.option("--ocsp", metavar="URL|DIR",
+              help="NVIDIA: check the GPU chain's revocation at this OCSP responder (e.g."
+                   " https://ocsp.ndis.nvidia.com/) or stored responses DIR/<serial hex>.der.")  # fmt: skip
 def evidence_verify(
     evidence_file: Path,
     platform: str | None,
@@ -87,6 +90,7 @@ def evidence_verify(
     nonce: str | None,
     event_log: Path | None,
     rim_root: Path | None,
+    ocsp: str | None,
 ) -> None:
     """Verify EVIDENCE (binary, or hex text with or without 0x); exit 0 only when verified."""
     chosen: Platform | None = Platform(platform.lower()) if platform else None
@@ -102,6 +106,8 @@ def evidence_verify(
                 nonce_bytes = bytes.fromhex(text)
             except ValueError:
                 raise UsageError(f"--nonce: got {nonce!r}, expected hex") from None
+        if ocsp is not None and chosen is not Platform.NVIDIA_GPU:
+            raise UsageError(f"--ocsp is only for --platform nvidia-gpu, got {chosen.value}")
         request = VerifyRequest(
             evidence=raw,
             platform=chosen,
@@ -115,6 +121,7 @@ def evidence_verify(
             nonce=nonce_bytes,
             event_log=event_log,
             rim_root=rim_root,
+            ocsp=ocsp,
         )
         result = verify_request(request)
     except ConfideError as exc:

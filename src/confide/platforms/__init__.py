@@ -38,6 +38,8 @@ class VerifyRequest:
     nonce: bytes | None = None
     event_log: Path | None = None
     rim_root: Path | None = None
+    ocsp: str | None = None
+    """NVIDIA: ``--ocsp`` (an OCSP responder URL or a directory of stored responses)."""
 
     @property
     def digest(self) -> str:

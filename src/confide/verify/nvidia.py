@@ -17,6 +17,12 @@ Steps (numbered as in the code):
    reported. Each RIM's XML-DSig signature and signing chain (to the pinned NVIDIA RIM root)
    are verified first (:mod:`confide.verify.nvidia_rim`), and only the signed content is
    compared; a RIM that fails is never compared.
+8. With ``ocsp`` responses (RFC 6960, fetched by :mod:`confide.collateral.nvidia_ocsp`), every
+   certificate of the chain between the leaf and the root must be ``good``
+   (:func:`confide.verify.ocsp.verify_ocsp_response`), checked right after step 2. The leaf is
+   skipped as NVIDIA's verifier skips it (nvtrust ``ocsp_certificate_chain_validation`` starts at
+   index 1 for the GPU chain): it is issued on the GPU by the GSP BROM's key, so NVIDIA's responder
+   has no status for it.
 
 No I/O, no clock: the caller passes certificates, RIM bytes and the time.
 """
@@ -34,7 +40,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from confide.errors import BindingError, CertificateChainError, MeasurementError, ParseError, SignatureError
+from confide.errors import (
+    BindingError,
+    CertificateChainError,
+    CollateralMissingError,
+    MeasurementError,
+    ParseError,
+    SignatureError,
+)
 from confide.evidence import _der as der
 from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
 from confide.evidence.nvidia_rim import ReferenceManifest
@@ -46,6 +59,7 @@ from confide.verify._pinned_chain import (
     verify_pinned_chain,
 )
 from confide.verify.nvidia_rim import VerifiedRim, nvidia_rim_root, verify_rim
+from confide.verify.ocsp import OcspResponse, check_chain
 from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
 
 __all__ = [
@@ -53,6 +67,7 @@ __all__ = [
     "RimMismatchError",
     "leaf_fwid",
     "nvidia_device_root",
+    "ocsp_targets",
     "verify_nvidia_report",
 ]
 
@@ -78,6 +93,12 @@ class RimMismatchError(MeasurementError):
 def nvidia_device_root() -> x509.Certificate:
     """The embedded NVIDIA Device Identity CA, checked against its pinned fingerprint."""
     return load_pinned_root(NVIDIA_DEVICE_ROOT_FILE, NVIDIA_DEVICE_ROOT_SHA256)
+
+
+def ocsp_targets(chain: Sequence[x509.Certificate]) -> list[tuple[x509.Certificate, x509.Certificate]]:
+    """(certificate, issuer) pairs whose OCSP status is checked: every link between the leaf and
+    the root (step 8 of the module docstring), in chain order."""
+    return [(chain[i], chain[i + 1]) for i in range(1, len(chain) - 1)]
 
 
 def _der_children(data: bytes, structure: str) -> list[tuple[int, bytes]]:
@@ -225,6 +246,7 @@ def _compare_rims(report: NvidiaAttestationReport, verified: Sequence[VerifiedRi
             "signer_chain": list(v.chain),
             "signature_algorithm": v.signature_algorithm,
             "canonicalization": v.canonicalization,
+            "ocsp": None if v.ocsp is None else list(v.ocsp),
         }
         for v in verified
     ]
@@ -239,11 +261,16 @@ def verify_nvidia_report(
     root: x509.Certificate | None = None,
     rims: Sequence[ReferenceManifest] = (),
     rim_root: x509.Certificate | None = None,
+    ocsp: Sequence[OcspResponse] | None = None,
+    rim_ocsp: Sequence[Sequence[OcspResponse]] | None = None,
 ) -> VerifiedEvidence:
     """Verify an NVIDIA GPU attestation report; see the module docstring for the steps.
 
     ``rims`` are checked from their ``raw`` bytes (signature, chain to ``rim_root`` or the
     embedded NVIDIA RIM root, at ``at``); the parsed fields passed in are not trusted.
+    ``ocsp``: one response per certificate of :func:`ocsp_targets` (``None``: revocation is not
+    checked, and the claims say so). ``rim_ocsp``: for each RIM, one response per pair of
+    :func:`confide.verify.nvidia_rim.rim_ocsp_targets`.
     """
     # 1. parse
     report = NvidiaAttestationReport.from_bytes(evidence)
@@ -251,6 +278,10 @@ def verify_nvidia_report(
     pinned = root if root is not None else nvidia_device_root()
     verify_pinned_chain(cert_chain, pinned, at)
     leaf = cert_chain[0]
+    # 8. revocation of the verified chain's links (before anything else trusts them)
+    ocsp_checks = (
+        check_chain(ocsp_targets(cert_chain), ocsp, at=at, what="the GPU chain") if ocsp is not None else []
+    )
     # 3. FWID of the certified firmware
     cert_fwid = leaf_fwid(leaf)
     # 4. signature
@@ -268,7 +299,12 @@ def verify_nvidia_report(
         raise BindingError(f"nonce: got {report.nonce.hex()}, expected {expected_nonce.hex()}")
     # 7. reference measurements
     rim_pinned = (rim_root if rim_root is not None else nvidia_rim_root()) if rims else None
-    verified_rims = [verify_rim(rim.raw, at=at, root=rim_pinned) for rim in rims]
+    if rim_ocsp is not None and len(rim_ocsp) != len(rims):
+        raise CollateralMissingError(f"OCSP: got responses for {len(rim_ocsp)} RIMs, expected {len(rims)}")
+    verified_rims = [
+        verify_rim(rim.raw, at=at, root=rim_pinned, ocsp=None if rim_ocsp is None else rim_ocsp[i])
+        for i, rim in enumerate(rims)
+    ]
     rim_details: list[ClaimValue] = _compare_rims(report, verified_rims) if verified_rims else []
 
     resp = report.response
@@ -307,6 +343,8 @@ def verify_nvidia_report(
             )
         ).hexdigest(),
         "rims_compared": bool(rims),
+        "revocation_checked": ocsp is not None,
+        "rim_revocation_checked": bool(rims) and rim_ocsp is not None,
     }
     details: dict[str, ClaimValue] = {
         "signature_algorithm": "ECDSA P-384 SHA-384",
@@ -318,6 +356,7 @@ def verify_nvidia_report(
         "rim_root_sha256": None if rim_pinned is None else fingerprint(rim_pinned),
         "rim_root_overridden": rim_root is not None,
         "opaque_field_types": [f.type for f in resp.opaque_fields],
+        "ocsp": ocsp_checks,
     }
     return VerifiedEvidence(
         platform=Platform.NVIDIA_GPU,

@@ -14,7 +14,10 @@ from the **signed bytes** (the canonical form the signature covers), never from 
 4. ``KeyInfo/X509Data/X509Certificate`` (XML-DSig 1.1 §4.5.4): ordered from the signer up by
    issuer names, the pinned root appended when absent, then checked link by link at ``at``
    (:func:`confide.verify._pinned_chain.verify_pinned_chain`); the signer must not be a CA and
-   must allow ``digitalSignature`` when it has a KeyUsage extension. No revocation check.
+   must allow ``digitalSignature`` when it has a KeyUsage extension. With ``ocsp`` responses,
+   the signer and every intermediate (not the root; nvtrust checks the RIM chain from index 0)
+   must be ``good`` (RFC 6960, :func:`confide.verify.ocsp.verify_ocsp_response`); without them
+   there is no revocation check.
 5. ``signxml`` verifies the reference digest (after the declared transforms and
    canonicalisation) and the signature over the canonicalised ``SignedInfo`` with the
    signer's key, at ``at`` (its clock is never read).
@@ -56,11 +59,14 @@ from confide.verify._pinned_chain import (
     subject_cn,
     verify_pinned_chain,
 )
+from confide.verify.ocsp import OcspResponse, check_chain
+from confide.verify.result import ClaimValue
 
 __all__ = [
     "NVIDIA_RIM_ROOT_SHA256",
     "VerifiedRim",
     "nvidia_rim_root",
+    "rim_ocsp_targets",
     "verify_rim",
 ]
 
@@ -95,6 +101,8 @@ class VerifiedRim:
     signature_algorithm: str
     canonicalization: str
     root_sha256: str
+    ocsp: tuple[ClaimValue, ...] | None = None
+    """The OCSP checks of the signing chain (``None``: revocation not checked)."""
 
 
 def nvidia_rim_root() -> x509.Certificate:
@@ -241,8 +249,8 @@ def _check_signer(leaf: x509.Certificate) -> None:
         )
 
 
-def verify_rim(data: bytes, *, at: datetime, root: x509.Certificate | None = None) -> VerifiedRim:
-    """Verify a RIM's signature and chain at ``at``; see the module docstring for the steps."""
+def _signature(data: bytes) -> etree._Element:
+    """Steps 1-2: the one enveloped ``ds:Signature`` of a bounded, DTD-free document."""
     # 1. bounded, DTD-free, entity-free (defusedxml); structure of a SWID tag
     ReferenceManifest.from_bytes(data)
     # 2. hardened lxml parse; one enveloped signature
@@ -260,7 +268,30 @@ def verify_rim(data: bytes, *, at: datetime, root: x509.Certificate | None = Non
         raise SignatureError(
             f"got {len(signatures)} ds:Signature element(s), expected exactly one, a child of the root"
         )
-    signature = signatures[0]
+    signature: etree._Element = signatures[0]
+    return signature
+
+
+def rim_ocsp_targets(
+    data: bytes, root: x509.Certificate | None = None
+) -> list[tuple[x509.Certificate, x509.Certificate]]:
+    """(certificate, issuer) pairs of a RIM's signing chain whose OCSP status is checked: the
+    signer and every intermediate, ordered as step 4 orders them but **not verified** (for a
+    collateral source to fetch; :func:`verify_rim` verifies the chain before the responses)."""
+    chain = _order(_certificates(_signature(data)), root if root is not None else nvidia_rim_root())
+    return [(chain[i], chain[i + 1]) for i in range(len(chain) - 1)]
+
+
+def verify_rim(
+    data: bytes,
+    *,
+    at: datetime,
+    root: x509.Certificate | None = None,
+    ocsp: Sequence[OcspResponse] | None = None,
+) -> VerifiedRim:
+    """Verify a RIM's signature and chain at ``at``; see the module docstring for the steps.
+    ``ocsp``: one response per pair of :func:`rim_ocsp_targets`, in order."""
+    signature = _signature(data)
     # 3. what is signed, and how
     method, c14n = _check_signed_info(signature)
     # 4. signer chain to the pinned root
@@ -268,6 +299,12 @@ def verify_rim(data: bytes, *, at: datetime, root: x509.Certificate | None = Non
     chain = _order(_certificates(signature), pinned)
     verify_pinned_chain(chain, pinned, at)
     _check_signer(chain[0])
+    targets = [(chain[i], chain[i + 1]) for i in range(len(chain) - 1)]
+    checks = (
+        None
+        if ocsp is None
+        else tuple(check_chain(targets, ocsp, at=at, what=f"RIM signer {subject_cn(chain[0])!r}"))
+    )
     # 5. digest and signature (signxml), at ``at``
     config = SignatureConfiguration(
         require_x509=True,
@@ -306,4 +343,5 @@ def verify_rim(data: bytes, *, at: datetime, root: x509.Certificate | None = Non
         signature_algorithm=method.rsplit("#", 1)[-1],
         canonicalization=c14n,
         root_sha256=fingerprint(pinned),
+        ocsp=checks,
     )
