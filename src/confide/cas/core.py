@@ -509,13 +509,15 @@ class Cas:
             policy = self._load(conn, policy_name, head.hash)
             if volume not in {v.name for v in _service_volumes(policy, policy.service(session.service))}:
                 raise AccessDeniedError(f"service {session.service} does not mount volume {volume}")
+            # An imported volume's tag is the exporter's: checked against its export as of now.
+            owner, owned = self._volume_owner(conn, policy, head.hash, volume)
             row = conn.execute(
                 select(t.volume_tags).where(
-                    and_(t.volume_tags.c.policy == policy_name, t.volume_tags.c.volume == volume)
+                    and_(t.volume_tags.c.policy == owner, t.volume_tags.c.volume == owned)
                 )
             ).first()
             if row is None:
-                raise ConflictError(f"policy {policy_name} has no volume {volume}")
+                raise ConflictError(f"policy {owner} has no volume {owned}")
             if not hmac.compare_digest(row.tag, old_tag):
                 raise ConflictError(
                     f"volume {volume}: the update starts from tag {old_tag[:16]}…, "
@@ -524,15 +526,50 @@ class Cas:
             generation = row.generation + 1
             conn.execute(
                 update(t.volume_tags)
-                .where(and_(t.volume_tags.c.policy == policy_name, t.volume_tags.c.volume == volume))
+                .where(and_(t.volume_tags.c.policy == owner, t.volume_tags.c.volume == owned))
                 .values(tag=new_tag, generation=generation, updated_at=self.clock())
             )
-            self.events.record(
-                conn, "volume-tag", policy_name,
-                {"volume": volume, "tag": new_tag, "previous": old_tag, "generation": generation,
-                 "service": session.service, "measurement": session.measurement},
-            )  # fmt: skip
+            payload = {"volume": owned, "tag": new_tag, "previous": old_tag, "generation": generation,
+                       "service": session.service, "measurement": session.measurement}  # fmt: skip
+            if owner != policy_name:
+                payload["by"] = {"policy": policy_name, "volume": volume}
+            self.events.record(conn, "volume-tag", owner, payload)
         return {"volume": volume, "tag": new_tag, "generation": generation}
+
+    def _volume_owner(self, conn: Connection, policy: Policy, digest: str, name: str) -> tuple[str, str]:
+        """(policy, volume) whose key and tag a volume of ``policy`` (at ``digest``) uses: its own,
+        or for an imported volume the exporter's, after checking that the exporter (at its
+        current version, or the pinned ``session_hash``) exports it to this version of
+        ``policy``. The importer's service then reads and writes the exporter's volume, and its
+        tag updates move the exporter's tag (one freshness chain per volume)."""
+        vol = next((v for v in policy.volumes if v.name == name), None)
+        if vol is None or vol.import_ is None:
+            return policy.name, name
+        imp = vol.import_
+        head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == imp.session)).first()
+        if head is None:
+            raise AccessDeniedError(f"volume import {name}: policy {imp.session} does not exist")
+        if imp.session_hash is not None and imp.session_hash != head.hash:
+            raise AccessDeniedError(
+                f"volume import {name}: policy {imp.session} is at {head.hash[:16]}…, "
+                f"the import pins {imp.session_hash[:16]}…"
+            )
+        exporter = self._load(conn, imp.session, head.hash)
+        exported = next((v for v in exporter.volumes if v.name == imp.volume), None)
+        if exported is None or exported.import_ is not None:
+            raise AccessDeniedError(
+                f"volume import {name}: {imp.session} has no volume {imp.volume} of its own"
+            )
+        for e in exported.export:
+            session, pinned = (
+                (e.session, e.session_hash) if e.to is None else (e.to.session, e.to.session_hash)
+            )
+            if session == policy.name and (pinned is None or pinned == digest):
+                return imp.session, imp.volume
+        raise AccessDeniedError(
+            f"volume import {name}: {imp.session} does not export volume {imp.volume} to this version of "
+            f"{policy.name}"
+        )
 
     def _unseal(self, row: SecretRow) -> SecretValue:
         """A secret row's value for a release: unsealed on first use, then from memory."""
@@ -939,21 +976,23 @@ class Cas:
         }
         volumes = []
         for mount in _service_volumes(policy, service):
-            key_row = self._latest_secret(conn, policy.name, f"volume/{mount.name}")
+            owner, owned = self._volume_owner(conn, policy, digest, mount.name)
+            key_row = self._latest_secret(conn, owner, f"volume/{owned}")
             tag_row = raw_execute(
                 conn,
                 "SELECT tag, generation FROM volume_tags WHERE policy = ? AND volume = ?",
-                (policy.name, mount.name),
+                (owner, owned),
             ).fetchone()
             if key_row is None or tag_row is None:
-                raise PolicyError(f"volume {mount.name} of {policy.name} has no key or tag")
+                raise PolicyError(f"volume {owned} of {owner} has no key or tag")
             key = self._unseal(key_row)
-            volumes.append(
-                {"name": mount.name, "path": mount.path, "key": key.data.hex(), "tag": tag_row[0],
-                 "generation": tag_row[1]}
-            )  # fmt: skip
-            ref = {"policy": policy.name, "name": f"volume/{mount.name}", "version": key_row.version}
-            released[(policy.name, f"volume/{mount.name}")] = ref
+            entry = {"name": mount.name, "path": mount.path, "key": key.data.hex(), "tag": tag_row[0],
+                     "generation": tag_row[1]}  # fmt: skip
+            if (owner, owned) != (policy.name, mount.name):
+                entry["owner"] = {"policy": owner, "volume": owned}
+            volumes.append(entry)
+            ref = {"policy": owner, "name": f"volume/{owned}", "version": key_row.version}
+            released[(owner, f"volume/{owned}")] = ref
         config["volumes"] = volumes
         image = (
             next((i for i in policy.images if i.name == service.image_name), None)
@@ -1049,10 +1088,11 @@ class PendingAttestation:
                 if now_head is None or now_head[0] != version:
                     raise ConflictError(f"policy {name} changed during the attestation; attest again")
             for vol in self.config.get("volumes", []):
+                owner = vol.get("owner") or {"policy": self.policy, "volume": vol["name"]}
                 current = raw_execute(
                     conn,
                     "SELECT tag FROM volume_tags WHERE policy = ? AND volume = ?",
-                    (self.policy, vol["name"]),
+                    (owner["policy"], owner["volume"]),
                 ).fetchone()
                 if current is None or current[0] != vol["tag"]:
                     raise ConflictError(f"volume {vol['name']} changed during the attestation; attest again")
