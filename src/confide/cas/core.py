@@ -35,7 +35,15 @@ from sqlalchemy import Connection, and_, insert, select, update
 from confide.cas import db as t
 from confide.cas.db import Database, EventSink, raw_connection, raw_execute
 from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due
-from confide.cas.secrets import CERTIFICATE_KINDS, Sealer, SecretValue, generate, issue_to_runtime, render
+from confide.cas.secrets import (
+    CERTIFICATE_KINDS,
+    Sealer,
+    SecretValue,
+    generate,
+    issue_to_runtime,
+    public_part,
+    render,
+)
 from confide.cas.verifier import GpuEvidence, check_binding, split_gpu_aux
 from confide.errors import (
     AccessDeniedError,
@@ -903,7 +911,9 @@ class Cas:
             e.session == policy.name and (e.session_hash is None or e.session_hash == digest)
             for e in exported.export
         )
-        if not allowed:
+        # export_public: the public part (certificate and chain, public key) to every policy.
+        public_only = not allowed and exported.export_public
+        if not allowed and not public_only:
             raise AccessDeniedError(
                 f"import {name}: {imp.session} does not export {imp.secret} to this version of {policy.name}"
             )
@@ -914,7 +924,13 @@ class Cas:
             self.renewals.due_at(imp.session, exported, row.version, row.public) <= self.clock()
         ):
             raise RenewalDue(imp.session, imp.secret)  # importers receive the renewed version
-        return self._unseal(row), {
+        value = self._unseal(row)
+        if public_only:
+            try:
+                value = public_part(value)
+            except PolicyError as exc:
+                raise AccessDeniedError(f"import {name}: {imp.session}/{imp.secret}: {exc.message}") from None
+        return value, {
             "policy": imp.session,
             "name": imp.secret,
             "version": row.version,

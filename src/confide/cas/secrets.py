@@ -362,6 +362,19 @@ def generate(spec: Secret, *, resolved: dict[str, SecretValue], now: datetime | 
             raise PolicyError(f"secret {spec.name}: kind {kind!r} cannot be generated")
 
 
+def public_part(value: SecretValue) -> SecretValue:
+    """What ``export_public`` shares with every policy: a certificate with its chain (no private
+    key), the public key of a private key, a public key as it is. ascii and binary secrets have
+    no public part (:class:`PolicyError`)."""
+    if value.kind in CERTIFICATE_KINDS:
+        return SecretValue(value.kind, b"", value.certificate, value.chain)
+    if value.kind == SecretKind.PRIVATE_KEY:
+        return SecretValue(str(SecretKind.PUBLIC_KEY), _public_pem(value.data))
+    if value.kind == SecretKind.PUBLIC_KEY:
+        return value
+    raise PolicyError(f"export_public shares public parts only, and {value.kind} secrets have none")
+
+
 MAX_EXPLICIT_CHAIN = 8
 """Most certificates an explicit ``value`` may hold (the certificate, then its issuers)."""
 
@@ -445,7 +458,8 @@ def render(value: SecretValue, encoding: Encoding) -> bytes:
     match encoding:
         case Encoding.PEM_PKCS8 | Encoding.DER_PKCS8 if keyless:
             raise PolicyError(
-                "a certificate given as an explicit value without private_key has no private key to inject"
+                "this certificate has no private key here (an explicit value without private_key, or a"
+                " certificate imported through export_public): no private key to inject"
             )
         case Encoding.PEM_PKCS8:
             return RUNTIME_KEY_MARKER if runtime_held else _pem(value.data, "PRIVATE KEY")

@@ -1,0 +1,132 @@
+"""``export_public: true``: every policy may import the public part of a secret (a certificate
+and its chain, a public key), never its private part."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from cas_inproc import MEASUREMENT, InProcessCas
+from confide import errors
+from confide.cas.client import policy_submission
+from confide.cas.core import decrypt_release
+from confide.identity import Identity
+from confide.policy.loader import loads_policy
+
+FILES = "/dev/shm/public"
+
+OWNER = f"""name: pki
+version: "0.3"
+services:
+  - name: svc
+    command: svc
+    attestation:
+      sim:
+        measurement: "{MEASUREMENT}"
+secrets:
+  - name: ca_key
+    kind: private-key
+    export_public: true
+  - name: ca
+    kind: x509-ca
+    private_key: ca_key
+    common_name: Shared CA
+    export_public: true
+  - name: token
+    kind: ascii
+    export_public: true
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
+def consumer(name: str, imported: str, content: str) -> str:
+    return f"""name: {name}
+version: "0.3"
+services:
+  - name: svc
+    image_name: img
+    command: svc
+    attestation:
+      sim:
+        measurement: "{MEASUREMENT}"
+secrets:
+  - name: mine
+    import:
+      session: pki
+      secret: {imported}
+images:
+  - name: img
+    injection_files:
+      - path: {FILES}/out
+        content: "{content}"
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
+@pytest.fixture
+def ipc(tmp_path: Path) -> InProcessCas:
+    out = InProcessCas.start(tmp_path / "cas")
+    out.cas.apply(policy_submission(loads_policy(OWNER), Identity.generate()))
+    return out
+
+
+def attest(ipc: InProcessCas, policy: str) -> dict[str, Any]:
+    body, key = ipc.request(policy=policy)
+    return decrypt_release(key, ipc.cas.attest(body), bytes.fromhex(body["nonce"]))
+
+
+def file_of(release: dict[str, Any]) -> bytes:
+    return base64.b64decode(release["files"][f"{FILES}/out"])
+
+
+def test_any_policy_gets_the_certificate_and_the_public_key(ipc: InProcessCas) -> None:
+    ipc.cas.apply(
+        policy_submission(loads_policy(consumer("a", "ca", "$$SCONE::mine:crt$$")), Identity.generate())
+    )
+    cert = x509.load_pem_x509_certificate(file_of(attest(ipc, "a")))
+    assert cert.subject.rfc4514_string() == "CN=Shared CA"
+    ipc.cas.apply(
+        policy_submission(loads_policy(consumer("b", "ca_key", "$$SCONE::mine$$")), Identity.generate())
+    )
+    public = serialization.load_pem_public_key(file_of(attest(ipc, "b")))
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    assert public.public_bytes(*spki) == cert.public_key().public_bytes(*spki)
+
+
+def test_never_the_private_part(ipc: InProcessCas) -> None:
+    ipc.cas.apply(
+        policy_submission(
+            loads_policy(consumer("c", "ca", "$$SCONE::mine:privatekey$$")), Identity.generate()
+        )
+    )
+    body, _ = ipc.request(policy="c")
+    with pytest.raises(errors.PolicyError, match="no private key to inject"):
+        ipc.cas.attest(body)
+    ipc.cas.apply(
+        policy_submission(loads_policy(consumer("d", "token", "$$SCONE::mine$$")), Identity.generate())
+    )
+    body, _ = ipc.request(policy="d")
+    with pytest.raises(errors.AccessDeniedError, match="ascii secrets have none"):
+        ipc.cas.attest(body)
+
+
+def test_without_export_public_nothing_is_importable(tmp_path: Path) -> None:
+    ipc = InProcessCas.start(tmp_path / "cas")
+    ipc.cas.apply(
+        policy_submission(loads_policy(OWNER.replace("    export_public: true\n", "")), Identity.generate())
+    )
+    ipc.cas.apply(
+        policy_submission(loads_policy(consumer("e", "ca", "$$SCONE::mine:crt$$")), Identity.generate())
+    )
+    body, _ = ipc.request(policy="e")
+    with pytest.raises(errors.AccessDeniedError, match="does not export ca to this version of e"):
+        ipc.cas.attest(body)
