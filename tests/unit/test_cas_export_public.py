@@ -130,3 +130,28 @@ def test_without_export_public_nothing_is_importable(tmp_path: Path) -> None:
     body, _ = ipc.request(policy="e")
     with pytest.raises(errors.AccessDeniedError, match="does not export ca to this version of e"):
         ipc.cas.attest(body)
+
+
+def test_a_path_only_injection_file_refuses_the_release_instead_of_being_skipped(tmp_path: Path) -> None:
+    text = f"""name: tmpl
+version: "0.3"
+services:
+  - name: svc
+    image_name: img
+    command: svc
+    attestation:
+      sim:
+        measurement: "{MEASUREMENT}"
+images:
+  - name: img
+    injection_files:
+      - /etc/app.conf
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+    ipc = InProcessCas.start(tmp_path / "cas")
+    ipc.cas.apply(policy_submission(loads_policy(text), Identity.generate()))
+    body, _ = ipc.request(policy="tmpl")
+    with pytest.raises(errors.PolicyError, match=r"injection file /etc/app\.conf has no content: templates"):
+        ipc.cas.attest(body)

@@ -1017,9 +1017,15 @@ class Cas:
         )
         if image is not None:
             for f in image.injection_files:
-                if f.content is not None:
-                    content = render_file(f.content, resolver(Context.FILE), where=f"injection file {f.path}")
-                    config["files"][f.path] = base64.b64encode(content).decode()
+                if f.content is None:
+                    # SCONE's path-only form (a template read from the image at run time) is not
+                    # rendered yet: refuse rather than start the service without its file.
+                    raise PolicyError(
+                        f"injection file {f.path} has no content: templates read from the image are not "
+                        "supported yet; give the file's content in the policy"
+                    )
+                content = render_file(f.content, resolver(Context.FILE), where=f"injection file {f.path}")
+                config["files"][f.path] = base64.b64encode(content).decode()
         return config, sorted(released.values(), key=lambda r: (r["policy"], r["name"]))
 
     def events_for(self, read_request: Any) -> dict[str, Any]:
