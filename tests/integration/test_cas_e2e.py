@@ -945,3 +945,26 @@ images:
     for f in tmp_path.rglob("*"):
         if f.is_file():
             assert token.encode() not in f.read_bytes(), f
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the template's path is on disk: binding over it needs root")
+def test_a_template_in_the_image_is_rendered_at_start(cas: CasProcess, tmp_path: Path) -> None:
+    """An injection file given by path only is a template read at start: the service reads it
+    with the secrets substituted, while the file on disk keeps its placeholders."""
+    alice, _ = identity(cas, tmp_path, "alice")
+    template = tmp_path / "app.conf"
+    template.write_text("user=svc\npassword=$$SCONE::token$$\n")
+    script = tmp_path / "show.sh"
+    script.write_text(f"cat {template}\n")
+    text = policy_yaml(
+        "templated", measure(cas, "/bin/sh", str(script)),
+        extra_service=f"    image_name: img\n    command: /bin/sh {script}\n",
+        body=f"secrets:\n  - name: token\n    kind: ascii\n    size: 24\n"
+             f"images:\n  - name: img\n    injection_files:\n      - {template}\n",
+    )  # fmt: skip
+    assert apply(cas, tmp_path, text, alice).returncode == 0
+    r = confide(cas, "run", "--config-id", "templated/app", "--tee", "sim", "--", "/bin/sh", str(script))
+    assert r.returncode == 0, r.stderr
+    token = re.search(r"^password=(\S{24})$", r.stdout, re.M)
+    assert token is not None and "$$SCONE" not in r.stdout
+    assert template.read_text() == "user=svc\npassword=$$SCONE::token$$\n"

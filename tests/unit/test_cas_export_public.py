@@ -132,7 +132,7 @@ def test_without_export_public_nothing_is_importable(tmp_path: Path) -> None:
         ipc.cas.attest(body)
 
 
-def test_a_path_only_injection_file_refuses_the_release_instead_of_being_skipped(tmp_path: Path) -> None:
+def test_a_path_only_injection_file_releases_the_policys_secrets_for_the_runtime(tmp_path: Path) -> None:
     text = f"""name: tmpl
 version: "0.3"
 services:
@@ -142,6 +142,13 @@ services:
     attestation:
       sim:
         measurement: "{MEASUREMENT}"
+secrets:
+  - name: token
+    kind: ascii
+  - name: blocked
+    import:
+      session: nobody
+      secret: x
 images:
   - name: img
     injection_files:
@@ -152,6 +159,7 @@ security:
 """
     ipc = InProcessCas.start(tmp_path / "cas")
     ipc.cas.apply(policy_submission(loads_policy(text), Identity.generate()))
-    body, _ = ipc.request(policy="tmpl")
-    with pytest.raises(errors.PolicyError, match=r"injection file /etc/app\.conf has no content: templates"):
-        ipc.cas.attest(body)
+    templates = attest(ipc, "tmpl")["templates"]
+    assert templates["paths"] == ["/etc/app.conf"]
+    assert set(templates["secrets"]) == {"token"}  # the unresolvable import is left out
+    assert templates["secrets"]["token"]["kind"] == "ascii"

@@ -43,6 +43,7 @@ from confide.cas.secrets import (
     issue_to_runtime,
     public_part,
     render,
+    template_value,
 )
 from confide.cas.verifier import GpuEvidence, check_binding, split_gpu_aux
 from confide.errors import (
@@ -949,30 +950,34 @@ class Cas:
         cache: dict[str, SecretValue] = {}
         specs = {x.name: x for x in policy.secrets}
 
+        def value_of(name: str) -> SecretValue:
+            """The value of the policy's secret ``name`` (resolved once, recorded as released)."""
+            spec = specs.get(name)
+            if name not in cache and spec is not None and spec.issue_to_runtime:
+                if runtime_key is None or spec.issuer is None:
+                    raise PolicyError(f"secret {name} is issued to the runtime, which has no key here")
+                issuer, issuer_ref = self._secret_value(conn, policy, digest, spec.issuer)
+                issuer_ref.pop("policy_hash", None)
+                released[(issuer_ref["policy"], issuer_ref["name"])] = issuer_ref
+                cache[name] = issue_to_runtime(
+                    spec, runtime_key, issuer, datetime.fromtimestamp(self.clock(), UTC)
+                )
+                released[(policy.name, name)] = {
+                    "policy": policy.name,
+                    "name": name,
+                    "issued_to_runtime": True,
+                }
+            if name not in cache:
+                value, ref = self._secret_value(conn, policy, digest, name)
+                if used is not None and "policy_hash" in ref:
+                    used[ref["policy"]] = ref.pop("policy_hash")
+                cache[name] = value
+                released[(ref["policy"], ref["name"])] = ref
+            return cache[name]
+
         def resolver(context: Context) -> Callable[[Placeholder], bytes]:
             def resolve(ph: Placeholder) -> bytes:
-                spec = specs.get(ph.name)
-                if ph.name not in cache and spec is not None and spec.issue_to_runtime:
-                    if runtime_key is None or spec.issuer is None:
-                        raise PolicyError(f"secret {ph.name} is issued to the runtime, which has no key here")
-                    issuer, issuer_ref = self._secret_value(conn, policy, digest, spec.issuer)
-                    issuer_ref.pop("policy_hash", None)
-                    released[(issuer_ref["policy"], issuer_ref["name"])] = issuer_ref
-                    cache[ph.name] = issue_to_runtime(
-                        spec, runtime_key, issuer, datetime.fromtimestamp(self.clock(), UTC)
-                    )
-                    released[(policy.name, ph.name)] = {
-                        "policy": policy.name,
-                        "name": ph.name,
-                        "issued_to_runtime": True,
-                    }
-                if ph.name not in cache:
-                    value, ref = self._secret_value(conn, policy, digest, ph.name)
-                    if used is not None and "policy_hash" in ref:
-                        used[ref["policy"]] = ref.pop("policy_hash")
-                    cache[ph.name] = value
-                    released[(ref["policy"], ref["name"])] = ref
-                value = cache[ph.name]
+                value = value_of(ph.name)
                 try:
                     encoding = encoding_for(value.kind, ph.format, context)
                 except ValueError as exc:
@@ -1016,16 +1021,26 @@ class Cas:
             else None
         )
         if image is not None:
+            templates: list[str] = []
             for f in image.injection_files:
                 if f.content is None:
-                    # SCONE's path-only form (a template read from the image at run time) is not
-                    # rendered yet: refuse rather than start the service without its file.
-                    raise PolicyError(
-                        f"injection file {f.path} has no content: templates read from the image are not "
-                        "supported yet; give the file's content in the policy"
-                    )
+                    templates.append(f.path)
+                    continue
                 content = render_file(f.content, resolver(Context.FILE), where=f"injection file {f.path}")
                 config["files"][f.path] = base64.b64encode(content).decode()
+            if templates:
+                # SCONE's path-only form: the file in the image is a template that the runtime
+                # renders at start, so it may name any secret of the policy. Every secret the
+                # policy can resolve now is released with it (and recorded as released); one
+                # that cannot be (an import no longer exported) is left out, and a template
+                # naming it fails in the runtime.
+                values: dict[str, dict[str, Any]] = {}
+                for spec in policy.secrets:
+                    try:
+                        values[spec.name] = template_value(value_of(spec.name))
+                    except (AccessDeniedError, PolicyError):
+                        continue
+                config["templates"] = {"paths": templates, "secrets": values}
         return config, sorted(released.values(), key=lambda r: (r["policy"], r["name"]))
 
     def events_for(self, read_request: Any) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from confide.errors import PolicyError, SignatureError
+from confide.errors import ParseError, PolicyError, SignatureError
 from confide.policy._types import duration_seconds
 from confide.policy.placeholders import Encoding, encode_bytes
 from confide.policy.secret import KeyType, Secret, SecretKind
@@ -373,6 +373,32 @@ def public_part(value: SecretValue) -> SecretValue:
     if value.kind == SecretKind.PUBLIC_KEY:
         return value
     raise PolicyError(f"export_public shares public parts only, and {value.kind} secrets have none")
+
+
+def template_value(value: SecretValue) -> dict[str, Any]:
+    """A value as the release carries it for templates rendered by the runtime
+    (:func:`template_secret` reads it back)."""
+    return {
+        "kind": value.kind,
+        "data": value.data.hex(),
+        "certificate": value.certificate.hex() if value.certificate else None,
+        "chain": [c.hex() for c in value.chain],
+        "runtime_key": value.runtime_key,
+    }
+
+
+def template_secret(obj: Any) -> SecretValue:
+    """The inverse of :func:`template_value`; ``ParseError`` on anything malformed."""
+    try:
+        return SecretValue(
+            kind=str(obj["kind"]),
+            data=bytes.fromhex(obj["data"]),
+            certificate=bytes.fromhex(obj["certificate"]) if obj["certificate"] else None,
+            chain=tuple(bytes.fromhex(c) for c in obj["chain"]),
+            runtime_key=bool(obj["runtime_key"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise ParseError("malformed template secret", structure="release") from None
 
 
 MAX_EXPLICIT_CHAIN = 8

@@ -34,8 +34,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from confide.cas.client import CasClient
 from confide.cas.core import binding_report_data, decrypt_release
-from confide.cas.secrets import RUNTIME_KEY_MARKER
-from confide.errors import ParseError, SignatureError, UsageError
+from confide.cas.secrets import RUNTIME_KEY_MARKER, render, template_secret
+from confide.errors import ParseError, PolicyError, SignatureError, UsageError
+from confide.fsutil import read_bounded
+from confide.policy.placeholders import Context, Placeholder, encoding_for, render_file
 from confide.runtime.quote import QuoteProvider
 from confide.runtime.volumes import MountedVolumes, VolumeRelease, bind_mount, mount_released
 from confide.volume.mount import _private_namespace, mount_tmpfs_at
@@ -122,6 +124,9 @@ def attest_and_prepare(
         raise ParseError("the CAS's configuration is malformed", structure="release") from None
     if not argv:
         raise UsageError("no command: give one after -- or in the policy's service")
+    templates = config.get("templates")
+    if templates:
+        files.update(render_templates(templates))
     # Certificates issued to this runtime's key: its private key (PEM) goes where the policy
     # asks for it; it never left this process.
     marker = RUNTIME_KEY_MARKER.decode()
@@ -139,6 +144,46 @@ def attest_and_prepare(
                 "they must be the same program"
             )
     return Launch(argv, environment, files, str(pwd) if pwd else None, policy, volumes, session)
+
+
+MAX_TEMPLATE = 1 << 20
+"""Largest template (an injection file given by path only) read from the image."""
+
+
+def render_templates(templates: Any) -> dict[str, bytes]:
+    """Render the injection files the policy gives by path only (SCONE's template form): each is
+    read from the image (at most :data:`MAX_TEMPLATE` bytes, UTF-8) and its placeholders are
+    substituted with the secrets the CAS released for it, with the CAS's own rules for formats
+    in files."""
+    try:
+        paths = [str(p) for p in templates["paths"]]
+        values = {str(n): template_secret(v) for n, v in dict(templates["secrets"]).items()}
+    except (KeyError, TypeError, ValueError):
+        raise ParseError("the CAS's template list is malformed", structure="release") from None
+
+    def resolve(ph: Placeholder) -> bytes:
+        value = values.get(ph.name)
+        if value is None:
+            raise PolicyError(f"$$SCONE::{ph.name}$$: no such secret is available to this service")
+        try:
+            encoding = encoding_for(value.kind, ph.format, Context.FILE)
+        except ValueError as exc:
+            raise PolicyError(f"$$SCONE::{ph.name}$$: {exc}") from None
+        assert encoding is not None
+        return render(value, encoding)
+
+    out: dict[str, bytes] = {}
+    for path in paths:
+        raw = read_bounded(
+            Path(path), MAX_TEMPLATE, label="template injection file", expected="a template of at most 1 MiB",
+            structure=path,
+        )  # fmt: skip
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ParseError("not UTF-8 text", structure=f"template injection file {path}") from None
+        out[path] = render_file(text, resolve, where=f"template injection file {path}")
+    return out
 
 
 def _write_private(path: Path, content: bytes) -> None:
