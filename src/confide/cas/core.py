@@ -545,6 +545,18 @@ class Cas:
             self.events.record(conn, "volume-tag", owner, payload)
         return {"volume": volume, "tag": new_tag, "generation": generation}
 
+    def _exporter(self, conn: Connection, session: str, pinned: str | None, what: str) -> Policy:
+        """The current version of the policy an import names (secrets and volumes alike); it
+        must exist and, when the import pins ``session_hash``, be that version."""
+        head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == session)).first()
+        if head is None:
+            raise AccessDeniedError(f"{what}: policy {session} does not exist")
+        if pinned is not None and pinned != head.hash:
+            raise AccessDeniedError(
+                f"{what}: policy {session} is at {head.hash[:16]}…, the import pins {pinned[:16]}…"
+            )
+        return self._load(conn, session, head.hash)
+
     def _volume_owner(self, conn: Connection, policy: Policy, digest: str, name: str) -> tuple[str, str]:
         """(policy, volume) whose key and tag a volume of ``policy`` (at ``digest``) uses: its own,
         or for an imported volume the exporter's, after checking that the exporter (at its
@@ -555,15 +567,7 @@ class Cas:
         if vol is None or vol.import_ is None:
             return policy.name, name
         imp = vol.import_
-        head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == imp.session)).first()
-        if head is None:
-            raise AccessDeniedError(f"volume import {name}: policy {imp.session} does not exist")
-        if imp.session_hash is not None and imp.session_hash != head.hash:
-            raise AccessDeniedError(
-                f"volume import {name}: policy {imp.session} is at {head.hash[:16]}…, "
-                f"the import pins {imp.session_hash[:16]}…"
-            )
-        exporter = self._load(conn, imp.session, head.hash)
+        exporter = self._exporter(conn, imp.session, imp.session_hash, f"volume import {name}")
         exported = next((v for v in exporter.volumes if v.name == imp.volume), None)
         if exported is None or exported.import_ is not None:
             raise AccessDeniedError(
@@ -895,15 +899,7 @@ class Cas:
                 "version": row.version,
             }
         imp = spec.import_
-        head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == imp.session)).first()
-        if head is None:
-            raise AccessDeniedError(f"import {name}: policy {imp.session} does not exist")
-        if imp.session_hash is not None and imp.session_hash != head.hash:
-            raise AccessDeniedError(
-                f"import {name}: policy {imp.session} is at {head.hash[:16]}…, "
-                f"the import pins {imp.session_hash[:16]}…"
-            )
-        exporter = self._load(conn, imp.session, head.hash)
+        exporter = self._exporter(conn, imp.session, imp.session_hash, f"import {name}")
         try:
             exported = exporter.secret(imp.secret)
         except KeyError:
