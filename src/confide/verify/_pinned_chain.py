@@ -18,11 +18,16 @@ from datetime import datetime
 from importlib import resources
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from confide.errors import CertificateChainError
-from confide.verify.x509util import check_cert_dates, check_issuer_is_ca, verify_issued_by
+from confide.verify.x509util import (
+    CERTIFICATE_ERRORS,
+    check_cert_dates,
+    check_issuer_is_ca,
+    parse_certificate_fields,
+    verify_issued_by,
+)
 
 __all__ = [
     "extensions",
@@ -64,18 +69,9 @@ def load_chain_certificate(der: bytes, what: str) -> x509.Certificate:
     lazily), so that a malformed extension, date or key is this error too, not a ``ValueError``
     in the middle of verification."""
     try:
-        cert = x509.load_der_x509_certificate(der)
-        _ = cert.extensions, cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number
-        cert.public_key()
-        _ = cert.signature_hash_algorithm
-    except (
-        ValueError,
-        UnsupportedAlgorithm,
-        x509.DuplicateExtension,
-        x509.UnsupportedGeneralNameType,
-    ) as exc:
+        return parse_certificate_fields(der)
+    except CERTIFICATE_ERRORS as exc:
         raise CertificateChainError(f"{what}: not a DER certificate: {exc}") from None
-    return cert
 
 
 def load_pinned_root(filename: str, expected_sha256: str) -> x509.Certificate:

@@ -27,6 +27,7 @@ from confide.errors import (
 from confide.evidence.pem import MAX_CHAIN_LENGTH, normalise_pem, parse_pem_chain
 
 __all__ = [
+    "CERTIFICATE_ERRORS",
     "check_cert_dates",
     "check_crl",
     "check_issuer_is_ca",
@@ -36,27 +37,39 @@ __all__ = [
     "load_der_certificate",
     "load_der_crl",
     "name_of",
+    "parse_certificate_fields",
     "verify_chain_signatures",
     "verify_issued_by",
 ]
 
 
-def load_der_certificate(der: bytes, what: str) -> x509.Certificate:
-    """Load a certificate and parse the fields verification uses now: ``cryptography`` parses
-    lazily, and a malformed field must be a ParseError here, not a ValueError later."""
-    try:
-        cert = x509.load_der_x509_certificate(der)
-        _ = cert.extensions, cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number
-        cert.public_key()
-        _ = cert.signature_hash_algorithm
-    except (
-        ValueError,
-        UnsupportedAlgorithm,
-        x509.DuplicateExtension,
-        x509.UnsupportedGeneralNameType,
-    ) as exc:
-        raise ParseError(f"not a valid DER X.509 certificate ({exc})", structure=what) from None
+CERTIFICATE_ERRORS = (
+    ValueError,
+    UnsupportedAlgorithm,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
+"""What :func:`parse_certificate_fields` raises for a malformed certificate."""
+
+
+def parse_certificate_fields(der: bytes) -> x509.Certificate:
+    """Load a certificate and parse the fields verification uses now (``cryptography`` parses
+    lazily): a malformed extension, date, key or signature algorithm raises one of
+    :data:`CERTIFICATE_ERRORS` here, not in the middle of verification. Callers turn it into
+    the error their input deserves."""
+    cert = x509.load_der_x509_certificate(der)
+    _ = cert.extensions, cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number
+    cert.public_key()
+    _ = cert.signature_hash_algorithm
     return cert
+
+
+def load_der_certificate(der: bytes, what: str) -> x509.Certificate:
+    """A certificate given as input: malformed → :class:`~confide.errors.ParseError`."""
+    try:
+        return parse_certificate_fields(der)
+    except CERTIFICATE_ERRORS as exc:
+        raise ParseError(f"not a valid DER X.509 certificate ({exc})", structure=what) from None
 
 
 MAX_CERT_DER_SIZE = 16 * 1024
