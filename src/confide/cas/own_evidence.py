@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from confide.cas.periodic import PeriodicTask
 from confide.errors import ConfideError, UsageError
 
 __all__ = [
@@ -147,9 +147,8 @@ class CasEvidence:
             self.refreshes += 1
 
 
-class EvidenceRefresher:
-    """Refreshes ``evidence`` every ``interval`` seconds. ``wait(seconds)`` returns True when the
-    refresher should stop (default: the stop event's ``wait``); tests inject their own."""
+class EvidenceRefresher(PeriodicTask):
+    """Refreshes ``evidence`` every ``interval`` seconds (:class:`PeriodicTask`)."""
 
     def __init__(
         self,
@@ -158,26 +157,13 @@ class EvidenceRefresher:
         *,
         wait: Callable[[float], bool] | None = None,
     ) -> None:
-        if not (math.isfinite(interval) and interval > 0):
-            raise UsageError(
-                f"evidence refresh interval: got {interval!r}, expected a positive number of seconds"
-            )
-        self.evidence, self.interval = evidence, interval
-        self._stop = threading.Event()
-        self._wait = wait or self._stop.wait
-        self._thread = threading.Thread(target=self.run, name="cas-evidence-refresher", daemon=True)
+        super().__init__(
+            interval, what="evidence refresh interval", thread_name="cas-evidence-refresher", wait=wait
+        )
+        self.evidence = evidence
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-    def run(self) -> None:
-        while not self._wait(self.interval):
-            self.refresh_once()
+    def tick(self) -> bool:
+        return self.refresh_once()
 
     def refresh_once(self) -> bool:
         """One refresh; True when new evidence is published. Never raises (a failure is logged

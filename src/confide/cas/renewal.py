@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import math
-import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -39,8 +38,9 @@ from sqlalchemy import Connection, insert
 
 from confide.cas import db as t
 from confide.cas.db import raw_execute
+from confide.cas.periodic import PeriodicTask
 from confide.cas.secrets import SecretValue, renew_certificate, renewable, renewal_window
-from confide.errors import ConfideError, PolicyError, UsageError
+from confide.errors import ConfideError, PolicyError
 from confide.policy.secret import Secret
 
 if TYPE_CHECKING:
@@ -196,10 +196,11 @@ def renew_due(cas: Cas, policies: Iterable[str] | None = None) -> dict[str, list
     return out
 
 
-class CertificateRenewer:
+class CertificateRenewer(PeriodicTask):
     """``cas serve``'s sweep: :func:`renew_due` at start and then every ``interval`` seconds, so
-    certificates are renewed ahead of any release. ``wait(seconds)`` returns True when the sweep
-    should stop (default: the stop event's ``wait``); tests inject their own."""
+    certificates are renewed ahead of any release (:class:`PeriodicTask`)."""
+
+    tick_at_start = True
 
     def __init__(
         self,
@@ -208,26 +209,12 @@ class CertificateRenewer:
         *,
         wait: Callable[[float], bool] | None = None,
     ) -> None:
-        if not (math.isfinite(interval) and interval > 0):
-            raise UsageError(f"renewal interval: got {interval!r}, expected a positive number of seconds")
-        self.cas, self.interval = cas, interval
+        super().__init__(interval, what="renewal interval", thread_name="cas-certificate-renewer", wait=wait)
+        self.cas = cas
         self.failures = 0
-        self._stop = threading.Event()
-        self._wait = wait or self._stop.wait
-        self._thread = threading.Thread(target=self.run, name="cas-certificate-renewer", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-    def run(self) -> None:
-        self.sweep_once()
-        while not self._wait(self.interval):
-            self.sweep_once()
+    def tick(self) -> dict[str, list[dict[str, Any]]]:
+        return self.sweep_once()
 
     def sweep_once(self) -> dict[str, list[dict[str, Any]]]:
         """One sweep. Never raises: a failure is logged (class and message, no values) and
