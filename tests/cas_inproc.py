@@ -156,6 +156,11 @@ class InProcessCas:
         cas.apply(policy_submission(loads_policy(policy or sim_policy()), Identity.generate()))
         return cls(cas, SimPlatform.load(Path(env["CONFIDE_SIM_DIR"])))
 
+    def apply(self, text: str, identity: Identity | None = None) -> Any:
+        """Create or update a policy from YAML ``text``, submitted by ``identity`` (a fresh one
+        by default)."""
+        return self.cas.apply(policy_submission(loads_policy(text), identity or Identity.generate()))
+
     def verify_with(self, **roots: Any) -> InProcessCas:
         """Replace the CAS's verifier by one that keeps the simulated platform's key and is
         given ``roots`` (``PlatformVerifier`` keyword arguments: the test PKIs' roots)."""

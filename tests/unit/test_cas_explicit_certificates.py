@@ -190,12 +190,7 @@ def test_an_explicit_leaf_named_with_its_issuer_must_be_signed_by_it(ipc: InProc
 {_indent(_pem(other.leaf))}"""
     )
     with pytest.raises(PolicyError, match="is not issued by 'root'"):
-        ipc.cas.apply(
-            policy_submission(
-                loads_policy(policy(wrong, _file("c", "$$SCONE::api:crt$$"), name="wrong")),
-                Identity.generate(),
-            )
-        )
+        ipc.apply(policy(wrong, _file("c", "$$SCONE::api:crt$$"), name="wrong"))
 
 
 def test_a_key_that_is_not_the_certificates_is_refused(ipc: InProcessCas) -> None:
@@ -210,11 +205,7 @@ def test_a_key_that_is_not_the_certificates_is_refused(ipc: InProcessCas) -> Non
     value: |
 {_indent(_pem(pki.leaf))}"""
     with pytest.raises(PolicyError, match="is not the key of the certificate in value"):
-        ipc.cas.apply(
-            policy_submission(
-                loads_policy(policy(body, _file("c", "$$SCONE::api:crt$$"))), Identity.generate()
-            )
-        )
+        ipc.apply(policy(body, _file("c", "$$SCONE::api:crt$$")))
 
 
 def test_a_keyless_explicit_ca_cannot_issue(ipc: InProcessCas) -> None:
@@ -231,11 +222,7 @@ def test_a_keyless_explicit_ca_cannot_issue(ipc: InProcessCas) -> None:
     issuer: root
     common_name: svc.example"""
     with pytest.raises(PolicyError, match="has no private key in the CAS"):
-        ipc.cas.apply(
-            policy_submission(
-                loads_policy(policy(body, _file("c", "$$SCONE::svc_cert:crt$$"))), Identity.generate()
-            )
-        )
+        ipc.apply(policy(body, _file("c", "$$SCONE::svc_cert:crt$$")))
 
 
 def test_a_certificate_generated_for_it_by_an_earlier_version_is_replaced_at_the_next_update(
@@ -274,7 +261,7 @@ def test_a_certificate_generated_for_it_by_an_earlier_version_is_replaced_at_the
         body + "\n  - name: token\n    kind: ascii", _file("root.pem", "$$SCONE::root:crt$$"), name="old"
     )
     v2_text = v2_text.replace('version: "0.3"\n', f'version: "0.3"\npredecessor: {head_of(ipc, "old")}\n', 1)
-    ipc.cas.apply(policy_submission(loads_policy(v2_text), owner))
+    ipc.apply(v2_text, owner)
     body3, key3 = ipc.request(policy="old")
     files = decrypt_release(key3, ipc.cas.attest(body3), bytes.fromhex(body3["nonce"]))["files"]
     assert x509.load_pem_x509_certificate(base64.b64decode(files[f"{FILES}/root.pem"])) == pki.root

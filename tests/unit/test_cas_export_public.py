@@ -13,10 +13,7 @@ from cryptography.hazmat.primitives import serialization
 
 from cas_inproc import MEASUREMENT, InProcessCas
 from confide import errors
-from confide.cas.client import policy_submission
 from confide.cas.core import decrypt_release
-from confide.identity import Identity
-from confide.policy.loader import loads_policy
 
 FILES = "/dev/shm/public"
 
@@ -75,7 +72,7 @@ security:
 @pytest.fixture
 def ipc(tmp_path: Path) -> InProcessCas:
     out = InProcessCas.start(tmp_path / "cas")
-    out.cas.apply(policy_submission(loads_policy(OWNER), Identity.generate()))
+    out.apply(OWNER)
     return out
 
 
@@ -89,31 +86,21 @@ def file_of(release: dict[str, Any]) -> bytes:
 
 
 def test_any_policy_gets_the_certificate_and_the_public_key(ipc: InProcessCas) -> None:
-    ipc.cas.apply(
-        policy_submission(loads_policy(consumer("a", "ca", "$$SCONE::mine:crt$$")), Identity.generate())
-    )
+    ipc.apply(consumer("a", "ca", "$$SCONE::mine:crt$$"))
     cert = x509.load_pem_x509_certificate(file_of(attest(ipc, "a")))
     assert cert.subject.rfc4514_string() == "CN=Shared CA"
-    ipc.cas.apply(
-        policy_submission(loads_policy(consumer("b", "ca_key", "$$SCONE::mine$$")), Identity.generate())
-    )
+    ipc.apply(consumer("b", "ca_key", "$$SCONE::mine$$"))
     public = serialization.load_pem_public_key(file_of(attest(ipc, "b")))
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     assert public.public_bytes(*spki) == cert.public_key().public_bytes(*spki)
 
 
 def test_never_the_private_part(ipc: InProcessCas) -> None:
-    ipc.cas.apply(
-        policy_submission(
-            loads_policy(consumer("c", "ca", "$$SCONE::mine:privatekey$$")), Identity.generate()
-        )
-    )
+    ipc.apply(consumer("c", "ca", "$$SCONE::mine:privatekey$$"))
     body, _ = ipc.request(policy="c")
     with pytest.raises(errors.PolicyError, match="no private key to inject"):
         ipc.cas.attest(body)
-    ipc.cas.apply(
-        policy_submission(loads_policy(consumer("d", "token", "$$SCONE::mine$$")), Identity.generate())
-    )
+    ipc.apply(consumer("d", "token", "$$SCONE::mine$$"))
     body, _ = ipc.request(policy="d")
     with pytest.raises(errors.AccessDeniedError, match="ascii secrets have none"):
         ipc.cas.attest(body)
@@ -121,12 +108,8 @@ def test_never_the_private_part(ipc: InProcessCas) -> None:
 
 def test_without_export_public_nothing_is_importable(tmp_path: Path) -> None:
     ipc = InProcessCas.start(tmp_path / "cas")
-    ipc.cas.apply(
-        policy_submission(loads_policy(OWNER.replace("    export_public: true\n", "")), Identity.generate())
-    )
-    ipc.cas.apply(
-        policy_submission(loads_policy(consumer("e", "ca", "$$SCONE::mine:crt$$")), Identity.generate())
-    )
+    ipc.apply(OWNER.replace("    export_public: true\n", ""))
+    ipc.apply(consumer("e", "ca", "$$SCONE::mine:crt$$"))
     body, _ = ipc.request(policy="e")
     with pytest.raises(errors.AccessDeniedError, match="does not export ca to this version of e"):
         ipc.cas.attest(body)
@@ -158,7 +141,7 @@ security:
     tolerate: [simulation]
 """
     ipc = InProcessCas.start(tmp_path / "cas")
-    ipc.cas.apply(policy_submission(loads_policy(text), Identity.generate()))
+    ipc.apply(text)
     templates = attest(ipc, "tmpl")["templates"]
     assert templates["paths"] == ["/etc/app.conf"]
     assert set(templates["secrets"]) == {"token"}  # the unresolvable import is left out

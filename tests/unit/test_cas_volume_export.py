@@ -11,11 +11,9 @@ import pytest
 
 from cas_inproc import MEASUREMENT, InProcessCas
 from confide import errors
-from confide.cas.client import policy_submission
 from confide.cas.core import decrypt_release
 from confide.cas.db import raw_execute
 from confide.identity import Identity
-from confide.policy.loader import loads_policy
 
 KEY, TAG0 = "ab" * 32, "01" * 32
 
@@ -94,8 +92,8 @@ def ipc(tmp_path: Path) -> InProcessCas:
 
 def test_the_importer_gets_the_exporters_volume_and_moves_its_tag(ipc: InProcessCas) -> None:
     hospital, lab = Identity.generate(), Identity.generate()
-    ipc.cas.apply(policy_submission(loads_policy(exporter(EXPORT_TO_LAB)), hospital))
-    ipc.cas.apply(policy_submission(loads_policy(importer()), lab))
+    ipc.apply(exporter(EXPORT_TO_LAB), hospital)
+    ipc.apply(importer(), lab)
     got = release(ipc, "lab", "analytics")
     [vol] = got["volumes"]
     assert (vol["name"], vol["path"], vol["key"], vol["tag"]) == ("input", "/in", KEY, TAG0)
@@ -130,12 +128,8 @@ def test_the_importer_gets_the_exporters_volume_and_moves_its_tag(ipc: InProcess
 
 
 def test_a_volume_not_exported_to_the_importer_is_refused(ipc: InProcessCas) -> None:
-    ipc.cas.apply(
-        policy_submission(
-            loads_policy(exporter("    export:\n      - session: someone-else\n")), Identity.generate()
-        )
-    )
-    ipc.cas.apply(policy_submission(loads_policy(importer()), Identity.generate()))
+    ipc.apply(exporter("    export:\n      - session: someone-else\n"))
+    ipc.apply(importer())
     body, _ = ipc.request(policy="lab", service="analytics")
     with pytest.raises(
         errors.AccessDeniedError, match="does not export volume records to this version of lab"
@@ -144,10 +138,8 @@ def test_a_volume_not_exported_to_the_importer_is_refused(ipc: InProcessCas) -> 
 
 
 def test_a_pinned_exporter_version_must_be_current(ipc: InProcessCas) -> None:
-    ipc.cas.apply(policy_submission(loads_policy(exporter(EXPORT_TO_LAB)), Identity.generate()))
-    ipc.cas.apply(
-        policy_submission(loads_policy(importer(f'      session_hash: "{"00" * 32}"\n')), Identity.generate())
-    )
+    ipc.apply(exporter(EXPORT_TO_LAB))
+    ipc.apply(importer(f'      session_hash: "{"00" * 32}"\n'))
     body, _ = ipc.request(policy="lab", service="analytics")
     with pytest.raises(errors.AccessDeniedError, match="the import pins 0000"):
         ipc.cas.attest(body)
@@ -155,34 +147,25 @@ def test_a_pinned_exporter_version_must_be_current(ipc: InProcessCas) -> None:
 
 def test_an_export_pinned_to_the_importers_version_and_its_withdrawal(ipc: InProcessCas) -> None:
     hospital, lab = Identity.generate(), Identity.generate()
-    ipc.cas.apply(policy_submission(loads_policy(importer()), lab))
+    ipc.apply(importer(), lab)
     lab_hash = head(ipc, "lab")
     pinned = f'    export:\n      - to:\n          session: lab\n          session_hash: "{lab_hash}"\n'
-    ipc.cas.apply(policy_submission(loads_policy(exporter(pinned)), hospital))
+    ipc.apply(exporter(pinned), hospital)
     assert release(ipc, "lab", "analytics")["volumes"][0]["key"] == KEY
     # the hospital withdraws the export: the lab's next attestation gets nothing
     update = exporter("", predecessor=f"predecessor: {head(ipc, 'hospital')}")
-    ipc.cas.apply(policy_submission(loads_policy(update), hospital))
+    ipc.apply(update, hospital)
     body, _ = ipc.request(policy="lab", service="analytics")
     with pytest.raises(errors.AccessDeniedError, match="does not export volume records"):
         ipc.cas.attest(body)
 
 
 def test_importing_a_missing_policy_or_volume_is_refused(ipc: InProcessCas) -> None:
-    ipc.cas.apply(policy_submission(loads_policy(importer()), Identity.generate()))
+    ipc.apply(importer())
     body, _ = ipc.request(policy="lab", service="analytics")
     with pytest.raises(errors.AccessDeniedError, match="policy hospital does not exist"):
         ipc.cas.attest(body)
-    ipc.cas.apply(
-        policy_submission(
-            loads_policy(
-                exporter(EXPORT_TO_LAB)
-                .replace("name: records", "name: other")
-                .replace("- name: other\n        path", "- name: other\n        path")
-            ),
-            Identity.generate(),
-        )
-    )
+    ipc.apply(exporter(EXPORT_TO_LAB).replace("name: records", "name: other"))
     body, _ = ipc.request(policy="lab", service="analytics")
     with pytest.raises(errors.AccessDeniedError, match="has no volume records of its own"):
         ipc.cas.attest(body)
