@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import multiprocessing
 import os
@@ -50,10 +49,9 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from _sim_request import sim_attest_request  # noqa: E402
 
-from confide.cas.core import binding_report_data, decrypt_release  # noqa: E402
+from confide.cas.core import decrypt_release  # noqa: E402
 from confide.sim.platform import SimPlatform  # noqa: E402
 
 CORES = sorted(os.sched_getaffinity(0))
@@ -277,22 +275,13 @@ security:
         run("policy", "apply", str(work / "p.yaml"), "--identity", str(identity))
 
         async def flow() -> None:
-            key = ec.generate_private_key(ec.SECP256R1())
-            der = key.public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
             reader, writer = await asyncio.open_connection(host, int(port), ssl=ctx)  # fresh TLS
             try:
                 nonce = json.loads(await http(reader, writer, "/v1/attest/nonce"))["nonce"]
-                evidence = platform.issue(
-                    report_data=binding_report_data(der, bytes.fromhex(nonce)),
-                    measurement=bytes.fromhex(measurement), timestamp=int(time.time()),
-                ).to_bytes()  # fmt: skip
-                body = json.dumps({
-                    "policy": "bench", "service": "app", "platform": "sim",
-                    "evidence": base64.b64encode(evidence).decode(), "public_key": base64.b64encode(der).decode(),
-                    "nonce": nonce,
-                }).encode()  # fmt: skip
+                key, request = sim_attest_request(
+                    platform, nonce, policy="bench", service="app", measurement=measurement
+                )
+                body = json.dumps(request).encode()
                 release = json.loads(await http(reader, writer, "/v1/attest", body))
             finally:
                 writer.close()

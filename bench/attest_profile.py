@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import collections
 import cProfile
 import json
@@ -51,13 +50,13 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from cryptography.hazmat.primitives import serialization  # noqa: E402
+from _sim_request import sim_attest_request  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
 from confide.cas import core, ledger_sink  # noqa: E402
 from confide.cas.app import create_app  # noqa: E402
 from confide.cas.client import policy_submission  # noqa: E402
-from confide.cas.core import binding_report_data, decrypt_release  # noqa: E402
+from confide.cas.core import decrypt_release  # noqa: E402
 from confide.cas.db import WriteBatcher  # noqa: E402
 from confide.cas.server import _configure_logging as configure_logging  # noqa: E402
 from confide.cas.server import prepare  # noqa: E402
@@ -134,19 +133,10 @@ def client_requests(
     """The client's side (not measured): a key, evidence bound to it and the nonce, the body."""
     out = []
     for nonce in nonces:
-        key = ec.generate_private_key(ec.SECP256R1())
-        der = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        key, request = sim_attest_request(
+            platform, nonce, policy="bench", service="app", measurement=MEASUREMENT
         )
-        evidence = platform.issue(
-            report_data=binding_report_data(der, bytes.fromhex(nonce)),
-            measurement=bytes.fromhex(MEASUREMENT), timestamp=int(time.time()),
-        ).to_bytes()  # fmt: skip
-        body = json.dumps({
-            "policy": "bench", "service": "app", "platform": "sim",
-            "evidence": base64.b64encode(evidence).decode(), "public_key": base64.b64encode(der).decode(),
-            "nonce": nonce,
-        }).encode()  # fmt: skip
+        body = json.dumps(request).encode()
         out.append((key, nonce, body))
     return out
 

@@ -14,7 +14,6 @@ read per released certificate; nothing here is due, so no renewal happens.
 from __future__ import annotations
 
 import argparse
-import base64
 import statistics
 import sys
 import tempfile
@@ -24,12 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+
+from _sim_request import sim_attest_request  # noqa: E402
 
 import confide.cas.core as core  # noqa: E402
 from confide.cas.client import policy_submission  # noqa: E402
-from confide.cas.core import binding_report_data  # noqa: E402
 from confide.cas.server import prepare  # noqa: E402
 from confide.identity import Identity  # noqa: E402
 from confide.policy.loader import loads_policy  # noqa: E402
@@ -87,22 +85,16 @@ def main() -> None:
         )
         cas.apply(policy_submission(loads_policy(POLICY), Identity.generate()))
         platform = SimPlatform.load(Path(env["CONFIDE_SIM_DIR"]))
-        key = ec.generate_private_key(ec.SECP256R1())
-        der = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
         start = time.time()
         cas.clock = lambda: start  # the nonce stays valid however long the run takes
-        nonce = cas.new_nonce()
-        evidence = platform.issue(
-            report_data=binding_report_data(der, bytes.fromhex(nonce)),
-            measurement=bytes.fromhex(MEASUREMENT),
+        _key, request = sim_attest_request(
+            platform,
+            cas.new_nonce(),
+            policy="tls",
+            service="svc",
+            measurement=MEASUREMENT,
             timestamp=int(start),
-        ).to_bytes()
-        request = {
-            "policy": "tls", "service": "svc", "platform": "sim", "nonce": nonce,
-            "evidence": base64.b64encode(evidence).decode(), "public_key": base64.b64encode(der).decode(),
-        }  # fmt: skip
+        )
         shipped = core.CERTIFICATE_KINDS
 
         def run(check: bool) -> float:
