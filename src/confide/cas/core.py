@@ -147,6 +147,15 @@ class SecretRow(NamedTuple):
     public: str
 
 
+class _Refused(Exception):
+    """A refused governance request: its transaction is rolled back, then ``event`` is recorded
+    under ``filed_under`` in a transaction of its own and ``error`` raised."""
+
+    def __init__(self, error: ConfideError, event: str, filed_under: str, payload: dict[str, Any]) -> None:
+        super().__init__(error.message)
+        self.error, self.event, self.filed_under, self.payload = error, event, filed_under, payload
+
+
 @dataclass(frozen=True)
 class ApplyResult:
     name: str
@@ -233,6 +242,17 @@ class Cas:
         digest = policy_hash(policy)
         document = canonical_json(policy).decode()
         now = self.clock()
+        try:
+            return self._apply(submission, policy, digest, document, signer.fingerprint, now)
+        except _Refused as refused:
+            # Recorded in a transaction of its own: the refused change's was rolled back.
+            with self.db.write() as conn:
+                self.events.record(conn, refused.event, refused.filed_under, refused.payload)
+            raise refused.error from None
+
+    def _apply(
+        self, submission: Any, policy: Policy, digest: str, document: str, submitter: str, now: float
+    ) -> ApplyResult:
         with self.db.write() as conn:
             head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == policy.name)).first()
             existing = conn.execute(
@@ -249,8 +269,8 @@ class Cas:
                     raise ConflictError(
                         f"policy {policy.name} does not exist; a new policy has no predecessor"
                     )
-                creator = signer.fingerprint
-                state = "active"
+                creator = submitter
+                state = self._creation_state(conn, policy.name, submitter)
             else:
                 creator = head.creator
                 if policy.predecessor != head.hash:
@@ -260,16 +280,16 @@ class Cas:
                     )
                 current = self._load(conn, policy.name, head.hash)
                 rules = current.access_policy.update
-                if is_authorized(rules, {signer.fingerprint}, creator=creator):
+                if is_authorized(rules, {submitter}, creator=creator):
                     state = "active"
-                elif _mentions(rules, signer.fingerprint, creator):
+                elif _mentions(rules, submitter, creator):
                     state = "pending"
                 else:
-                    self.events.record(
-                        conn, "policy-update-refused", policy.name, {"signer": signer.fingerprint}
-                    )
-                    raise AccessDeniedError(
-                        f"identity {signer.fingerprint[:16]}… may not update policy {policy.name}"
+                    raise _Refused(
+                        AccessDeniedError(f"identity {submitter[:16]}… may not update policy {policy.name}"),
+                        "policy-update-refused",
+                        policy.name,
+                        {"signer": submitter},
                     )
             seq = 1 + (
                 conn.execute(
@@ -284,11 +304,11 @@ class Cas:
                 insert(t.policies).values(
                     name=policy.name, hash=digest, seq=seq, predecessor=policy.predecessor,
                     document=document, submission=json.dumps(submission, sort_keys=True),
-                    submitter=signer.fingerprint, creator=creator, state=state, created_at=now,
+                    submitter=submitter, creator=creator, state=state, created_at=now,
                 )
             )  # fmt: skip
             payload: dict[str, Any] = {
-                "hash": digest, "predecessor": policy.predecessor, "signer": signer.fingerprint,
+                "hash": digest, "predecessor": policy.predecessor, "signer": submitter,
                 "submission_sha256": hashlib.sha256(jcs(submission)).hexdigest(),
             }  # fmt: skip
             if any(sec.value is not None for sec in policy.secrets):
@@ -305,83 +325,144 @@ class Cas:
                 self.events.record(conn, "policy-pending", policy.name, payload)
         return ApplyResult(policy.name, digest, state)
 
+    def _namespace_owner(self, conn: Connection, name: str) -> tuple[str, Any] | None:
+        """The nearest existing policy whose name is a namespace prefix of ``name`` (``a/b`` for
+        ``a/b/c`` if it exists, else ``a``), with its head row; ``None`` for a free name."""
+        parts = name.split("/")
+        for depth in range(len(parts) - 1, 0, -1):
+            parent = "/".join(parts[:depth])
+            head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == parent)).first()
+            if head is not None:
+                return parent, head
+        return None
+
+    def _creation_rules(self, conn: Connection, name: str) -> tuple[str, Any, tuple[Any, ...]] | None:
+        """Who may create ``name``: its namespace owner's ``access_policy.create_sessions`` (the
+        ``update`` rules when absent), with the owner's name and head; ``None`` when no policy
+        owns the namespace (first come, as for top-level names)."""
+        owner = self._namespace_owner(conn, name)
+        if owner is None:
+            return None
+        parent, head = owner
+        rules = self._load(conn, parent, head.hash).access_policy.effective_create_sessions
+        return parent, head, tuple(rules)
+
+    def _creation_state(self, conn: Connection, name: str, submitter: str) -> str:
+        """A new policy's state: active, pending (a board of the namespace must approve it), or
+        refused with :class:`AccessDeniedError` (recorded under the namespace)."""
+        found = self._creation_rules(conn, name)
+        if found is None:
+            return "active"
+        parent, head, rules = found
+        if is_authorized(rules, {submitter}, creator=head.creator):
+            return "active"
+        if _mentions(rules, submitter, head.creator):
+            return "pending"
+        # Filed under the namespace: the name itself does not exist (and may never).
+        raise _Refused(
+            AccessDeniedError(
+                f"identity {submitter[:16]}… may not create policies in namespace {parent} "
+                f"(its access_policy.create_sessions)"
+            ),
+            "policy-create-refused",
+            parent,
+            {"signer": submitter, "name": name},
+        )
+
     def approve(self, approval: Any) -> ApplyResult:
         body, signer = verify_signed(approval, APPROVAL_TYPE)
         name, digest = body.get("name"), body.get("hash")
         if not isinstance(name, str) or not isinstance(digest, str):
             raise ParseError("name and hash must be strings", structure=APPROVAL_TYPE)
         with self.db.write() as conn:
-            row = conn.execute(
-                select(t.policies).where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
-            ).first()
-            if row is None:
-                raise ConflictError(f"no submitted version {digest[:16]}… of policy {name}")
-            if row.state != "pending":
-                raise ConflictError(
-                    f"policy {name} version {digest[:16]}… is {row.state}, not pending approval"
-                )
-            head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).one()
-            if row.predecessor != head.hash:
-                conn.execute(
-                    update(t.policies)
-                    .where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
-                    .values(state="stale")
-                )
-                self.events.record(conn, "policy-stale", name, {"hash": digest})
-                raise ConflictError(
-                    f"policy {name} changed since version {digest[:16]}… was submitted; "
-                    "it can no longer be applied"
-                )
-            current = self._load(conn, name, head.hash)
-            rules = current.access_policy.update
-            if not _mentions(rules, signer.fingerprint, head.creator):
-                raise AccessDeniedError(
-                    f"identity {signer.fingerprint[:16]}… is not on the update board of {name}"
-                )
-            already = conn.execute(
-                select(t.approvals.c.signer).where(
-                    and_(
-                        t.approvals.c.name == name,
-                        t.approvals.c.hash == digest,
-                        t.approvals.c.signer == signer.fingerprint,
-                    )
-                )
-            ).first()
-            if already is None:
-                conn.execute(
-                    insert(t.approvals).values(
-                        name=name, hash=digest, signer=signer.fingerprint,
-                        document=json.dumps(approval, sort_keys=True), created_at=self.clock(),
-                    )
-                )  # fmt: skip
-            self.events.record(
-                conn, "policy-approved", name,
-                {"hash": digest, "signer": signer.fingerprint, "approval": jcs(approval).decode()},
-            )  # fmt: skip
-            approvers = {
-                r.signer
-                for r in conn.execute(
-                    select(t.approvals.c.signer).where(
-                        and_(t.approvals.c.name == name, t.approvals.c.hash == digest)
-                    )
-                )
-            }
-            approvers.add(row.submitter)
-            if not is_authorized(rules, approvers, creator=head.creator):
-                return ApplyResult(name, digest, "pending")
-            policy = self._load(conn, name, digest)
+            outcome = self._approve(conn, approval, signer, name, digest)
+        if isinstance(outcome, ConfideError):
+            raise outcome
+        return outcome
+
+    def _approve(
+        self, conn: Connection, approval: Any, signer: Any, name: str, digest: str
+    ) -> ApplyResult | ConfideError:
+        row = conn.execute(
+            select(t.policies).where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
+        ).first()
+        if row is None:
+            raise ConflictError(f"no submitted version {digest[:16]}… of policy {name}")
+        if row.state != "pending":
+            raise ConflictError(f"policy {name} version {digest[:16]}… is {row.state}, not pending approval")
+        head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
+        creation = head is None
+        if (head.hash if head is not None else None) != row.predecessor:
             conn.execute(
                 update(t.policies)
                 .where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
-                .values(state="active")
+                .values(state="stale")
             )
-            self._activate(conn, policy, digest, head.creator, False)
-            self.events.record(
-                conn,
-                "policy-updated",
-                name,
-                {"hash": digest, "predecessor": row.predecessor, "approvers": sorted(approvers)},
+            self.events.record(conn, "policy-stale", name, {"hash": digest})
+            # Returned, not raised: the stale mark and its event are committed.
+            return ConflictError(
+                f"policy {name} changed since version {digest[:16]}… was submitted; "
+                "it can no longer be applied"
             )
+        if head is not None:
+            rules_creator, creator = head.creator, head.creator
+            rules: tuple[Any, ...] = tuple(self._load(conn, name, head.hash).access_policy.update)
+            board = f"the update board of {name}"
+        else:
+            # A pending creation: the namespace's create_sessions board decides (the
+            # nearest owning policy now, which may be nearer than at submission).
+            found = self._creation_rules(conn, name)
+            if found is None:  # policies are never deleted: cannot happen
+                raise ConflictError(f"policy {name}: no policy owns its namespace any more")
+            parent, parent_head, rules = found
+            rules_creator, creator = parent_head.creator, row.creator
+            board = f"the create_sessions board of namespace {parent}"
+        if not _mentions(rules, signer.fingerprint, rules_creator):
+            raise AccessDeniedError(f"identity {signer.fingerprint[:16]}… is not on {board}")
+        already = conn.execute(
+            select(t.approvals.c.signer).where(
+                and_(
+                    t.approvals.c.name == name,
+                    t.approvals.c.hash == digest,
+                    t.approvals.c.signer == signer.fingerprint,
+                )
+            )
+        ).first()
+        if already is None:
+            conn.execute(
+                insert(t.approvals).values(
+                    name=name, hash=digest, signer=signer.fingerprint,
+                    document=json.dumps(approval, sort_keys=True), created_at=self.clock(),
+                )
+            )  # fmt: skip
+        self.events.record(
+            conn, "policy-approved", name,
+            {"hash": digest, "signer": signer.fingerprint, "approval": jcs(approval).decode()},
+        )  # fmt: skip
+        approvers = {
+            r.signer
+            for r in conn.execute(
+                select(t.approvals.c.signer).where(
+                    and_(t.approvals.c.name == name, t.approvals.c.hash == digest)
+                )
+            )
+        }
+        approvers.add(row.submitter)
+        if not is_authorized(rules, approvers, creator=rules_creator):
+            return ApplyResult(name, digest, "pending")
+        policy = self._load(conn, name, digest)
+        conn.execute(
+            update(t.policies)
+            .where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
+            .values(state="active")
+        )
+        self._activate(conn, policy, digest, creator, creation)
+        self.events.record(
+            conn,
+            "policy-created" if creation else "policy-updated",
+            name,
+            {"hash": digest, "predecessor": row.predecessor, "approvers": sorted(approvers)},
+        )
         return ApplyResult(name, digest, "active")
 
     def _load(self, conn: Connection, name: str, digest: str) -> Policy:
