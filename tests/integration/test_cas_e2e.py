@@ -310,6 +310,41 @@ def test_board_needs_enough_approvals(cas: CasProcess, tmp_path: Path) -> None:
     assert [v["state"] for v in shown["versions"]] == ["superseded", "active"]
 
 
+def test_namespaces_decide_who_creates_policies_below_them(cas: CasProcess, tmp_path: Path) -> None:
+    alice, _ = identity(cas, tmp_path, "alice")
+    bob, b = identity(cas, tmp_path, "bob")
+    carol, _ = identity(cas, tmp_path, "carol")
+    ns = f'name: acme\nversion: "0.3"\naccess_policy:\n  create_sessions: [CREATOR, {b}]\n'
+    assert apply(cas, tmp_path, ns, alice).returncode == 0
+    script = app_script(tmp_path)
+    m = measure(cas, "/bin/sh", str(script))
+    text = policy_yaml("acme/shop", m, extra_service="    environment:\n      S: \"$$SCONE::s$$\"\n",
+                       body="secrets:\n  - name: s\n    kind: ascii\n")  # fmt: skip
+    r = apply(cas, tmp_path, text, carol)
+    assert r.returncode == errors.AccessDeniedError.exit_code and "namespace acme" in r.stderr, r.stderr
+    assert apply(cas, tmp_path, text, bob).returncode == 0
+    # A namespaced policy runs: --config-id splits at the last "/" (service names have none).
+    out = confide(cas, "run", "--config-id", "acme/shop/app", "--tee", "sim", "--", "/bin/sh", str(script),
+                  check=True).stdout  # fmt: skip
+    assert re.search(r"ENV S=\S+", out)
+    # POLICY/SECRET for a namespaced policy; the whole name alone is the policy.
+    acc = json.loads(
+        confide(cas, "ledger", "accesses", "acme/shop/s", "--identity", str(bob), "--json", check=True).stdout
+    )
+    assert len(acc) == 1 and acc[0]["service"] == "app"
+    whole = confide(cas, "ledger", "accesses", "acme/shop", "--identity", str(bob), "--json", check=True)
+    assert json.loads(whole.stdout) == acc
+    # alice owns acme: she sees carol's refused attempt there, with the name it was for.
+    hist = json.loads(
+        confide(cas, "ledger", "history", "acme", "--identity", str(alice), "--json", check=True).stdout
+    )
+    assert "policy.refused" in [h["event"] for h in hist["history"]]
+    # A policy whose last segment is "events" is shown, not mistaken for acme's events.
+    assert apply(cas, tmp_path, policy_yaml("acme/events", m), bob).returncode == 0
+    shown = json.loads(confide(cas, "policy", "show", "acme/events", "--identity", str(bob), check=True).stdout)
+    assert shown["name"] == "acme/events"
+
+
 def test_export_import_with_pinned_hashes(cas: CasProcess, tmp_path: Path) -> None:
     owner, _ = identity(cas, tmp_path, "owner")
     analyst, _ = identity(cas, tmp_path, "analyst")

@@ -363,7 +363,7 @@ def run(config_id: str, tee: str, gpus: str | None, command: tuple[str, ...]) ->
     )
     from confide.runtime.run import attest_and_prepare, launch, supervise
 
-    policy_name, sep, service = config_id.partition("/")
+    policy_name, sep, service = config_id.rpartition("/")
     if not sep or not policy_name or not service:
         raise UsageError(f"--config-id: got {config_id!r}, expected POLICY/SERVICE")
     gpu_count = _gpu_count(gpus, tee) if gpus is not None else None
