@@ -581,7 +581,8 @@ def test_volume_keys_and_tags_stay_fresh(cas: CasProcess, client: CasClient, tmp
 
     first = release()
     [vol] = first["volumes"]  # type: ignore[misc]
-    assert vol == {"name": "data", "path": "/srv/data", "key": key_hex, "tag": tag0, "generation": 0}
+    assert vol == {"name": "data", "path": "/srv/data", "key": key_hex, "tag": tag0, "generation": 0,
+                   "update_policy": "rollback_protected"}  # fmt: skip
     session = str(first["session"])
     tag1 = "02" * 32
     assert client.report_volume_tag("vols", "data", session, tag0, tag1)["generation"] == 1
