@@ -720,6 +720,12 @@ def test_confide_run_discards_an_ephemeral_volumes_changes(
     with pytest.raises(errors.AccessDeniedError, match="volume data is ephemeral for service app"):
         client.report_volume_tag("ephem", "data", str(got["session"]), tag0, "02" * 32)
     assert [t["generation"] for t in volume_tags(cas, "ephem", alice)] == [0]
+    # the verified ledger shows each release's mode
+    acc = confide(cas, "ledger", "accesses", "ephem", "--identity", str(alice), "--json", check=True)
+    rows = json.loads(acc.stdout)
+    assert len(rows) == 3 and all(r["volumes"][0]["update_policy"] == "ephemeral" for r in rows)
+    text = confide(cas, "ledger", "accesses", "ephem", "--identity", str(alice), check=True).stdout
+    assert text.count("volumes=[data (ephemeral)]") == 3
 
 
 def test_confide_run_without_rollback_protection_accepts_an_older_version(
