@@ -147,7 +147,10 @@ def test_an_ephemeral_volume_tag_update_is_refused(ipc: InProcessCas) -> None:
     [vol] = got["volumes"]
     assert (vol["tag"], vol["update_policy"]) == (TAG0, "ephemeral")
     # a runtime that reports anyway (tampered with) cannot persist: the CAS refuses
-    with pytest.raises(errors.AccessDeniedError, match="volume records is ephemeral for service writer"):
+    with pytest.raises(
+        errors.AccessDeniedError,
+        match=r"volume records is ephemeral for service writer \(update_policy of its image\)",
+    ):
         report(ipc, "hospital", "records", got["session"], TAG0, TAG1)
     assert current_tag(ipc) == (TAG0, 0)
     assert [e["generation"] for e in events(ipc, "volume-tag")] == [0]
@@ -224,7 +227,8 @@ def test_the_importer_may_only_make_the_export_stricter(
     got = release(ipc, "lab", "analytics")
     assert got["volumes"][0]["update_policy"] == effective
     if effective == "ephemeral":
-        with pytest.raises(errors.AccessDeniedError):
+        source = "the export by hospital" if exported == "ephemeral" else "its image"
+        with pytest.raises(errors.AccessDeniedError, match=f"update_policy of {source}"):
             report(ipc, "lab", "input", got["session"], TAG0, TAG1)
     else:
         report(ipc, "lab", "input", got["session"], TAG0, TAG1)

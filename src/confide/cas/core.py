@@ -531,10 +531,10 @@ class Cas:
             owner, owned, exported = self._volume_owner(conn, policy, head.hash, volume)
             mode = _update_policy(mount, exported)
             if mode is UpdatePolicy.EPHEMERAL:
+                source = f"the export by {owner}" if exported is UpdatePolicy.EPHEMERAL else "its image"
                 raise AccessDeniedError(
-                    f"volume {volume} is ephemeral for service {session.service} (update_policy"
-                    f"{' of the export by ' + owner if exported is not None else ''}): its changes are "
-                    "never persisted, so its tag cannot be updated"
+                    f"volume {volume} is ephemeral for service {session.service} (update_policy of "
+                    f"{source}): its changes are never persisted, so its tag cannot be updated"
                 )
             row = conn.execute(
                 select(t.volume_tags).where(
