@@ -63,6 +63,7 @@ from confide.ledger.store import Ledger
 from confide.policy import Policy, appraise, loads_policy, policy_hash
 from confide.policy.access import is_authorized
 from confide.policy.canonical import canonical_json, jcs
+from confide.policy.model import ImageVolume, UpdatePolicy
 from confide.policy.placeholders import (
     Context,
     Placeholder,
@@ -575,8 +576,12 @@ class Cas:
                 )
 
     def update_volume_tag(self, request: Any) -> dict[str, Any]:
-        """A running, attested service reports its volume's new tag (compare-and-swap on the
-        current tag, so an old copy of a volume can never become current again)."""
+        """A running, attested service reports its volume's new tag. By the volume's effective
+        update policy for that service (``docs/cas.md``, "Volume update policies"):
+        ``rollback_protected``: compare-and-swap on the current tag, so an old copy of a volume
+        can never become current again; ``ephemeral``: refused (nothing of such a service's
+        changes persists, whatever its runtime does); ``no_rollback_protection``: recorded
+        without comparing (last writer wins)."""
         if not isinstance(request, dict):
             raise ParseError("expected a JSON object", structure="volume tag update")
         try:
@@ -597,10 +602,21 @@ class Cas:
                 raise AccessDeniedError("no attested session of this policy presented that token")
             head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == policy_name)).one()
             policy = self._load(conn, policy_name, head.hash)
-            if volume not in {v.name for v in _service_volumes(policy, policy.service(session.service))}:
+            mount = next(
+                (v for v in _service_volumes(policy, policy.service(session.service)) if v.name == volume),
+                None,
+            )
+            if mount is None:
                 raise AccessDeniedError(f"service {session.service} does not mount volume {volume}")
             # An imported volume's tag is the exporter's: checked against its export as of now.
-            owner, owned = self._volume_owner(conn, policy, head.hash, volume)
+            owner, owned, exported = self._volume_owner(conn, policy, head.hash, volume)
+            mode = _update_policy(mount, exported)
+            if mode is UpdatePolicy.EPHEMERAL:
+                source = f"the export by {owner}" if exported is UpdatePolicy.EPHEMERAL else "its image"
+                raise AccessDeniedError(
+                    f"volume {volume} is ephemeral for service {session.service} (update_policy of "
+                    f"{source}): its changes are never persisted, so its tag cannot be updated"
+                )
             row = conn.execute(
                 select(t.volume_tags).where(
                     and_(t.volume_tags.c.policy == owner, t.volume_tags.c.volume == owned)
@@ -608,7 +624,7 @@ class Cas:
             ).first()
             if row is None:
                 raise ConflictError(f"policy {owner} has no volume {owned}")
-            if not hmac.compare_digest(row.tag, old_tag):
+            if mode is UpdatePolicy.ROLLBACK_PROTECTED and not hmac.compare_digest(row.tag, old_tag):
                 raise ConflictError(
                     f"volume {volume}: the update starts from tag {old_tag[:16]}…, "
                     f"the current tag is {row.tag[:16]}…"
@@ -619,8 +635,13 @@ class Cas:
                 .where(and_(t.volume_tags.c.policy == owner, t.volume_tags.c.volume == owned))
                 .values(tag=new_tag, generation=generation, updated_at=self.clock())
             )
-            payload = {"volume": owned, "tag": new_tag, "previous": old_tag, "generation": generation,
-                       "service": session.service, "measurement": session.measurement}  # fmt: skip
+            # "previous" is the tag this update replaced; under no_rollback_protection the version
+            # the service started from ("based_on") may be another, older one.
+            payload = {"volume": owned, "tag": new_tag, "previous": row.tag, "generation": generation,
+                       "service": session.service, "measurement": session.measurement,
+                       "update_policy": mode.value}  # fmt: skip
+            if old_tag != row.tag:
+                payload["based_on"] = old_tag
             if owner != policy_name:
                 payload["by"] = {"policy": policy_name, "volume": volume}
             self.events.record(conn, "volume-tag", owner, payload)
@@ -638,15 +659,21 @@ class Cas:
             )
         return self._load(conn, session, head.hash)
 
-    def _volume_owner(self, conn: Connection, policy: Policy, digest: str, name: str) -> tuple[str, str]:
+    def _volume_owner(
+        self, conn: Connection, policy: Policy, digest: str, name: str
+    ) -> tuple[str, str, UpdatePolicy | None]:
         """(policy, volume) whose key and tag a volume of ``policy`` (at ``digest``) uses: its own,
         or for an imported volume the exporter's, after checking that the exporter (at its
         current version, or the pinned ``session_hash``) exports it to this version of
         ``policy``. The importer's service then reads and writes the exporter's volume, and its
-        tag updates move the exporter's tag (one freshness chain per volume)."""
+        tag updates move the exporter's tag (one freshness chain per volume).
+
+        The third element is None for an own volume; for an import, the export's
+        ``update_policy`` (``rollback_protected`` when absent; the strictest when several
+        export entries name this version of ``policy``)."""
         vol = next((v for v in policy.volumes if v.name == name), None)
         if vol is None or vol.import_ is None:
-            return policy.name, name
+            return policy.name, name, None
         imp = vol.import_
         exporter = self._exporter(conn, imp.session, imp.session_hash, f"volume import {name}")
         exported = next((v for v in exporter.volumes if v.name == imp.volume), None)
@@ -654,12 +681,15 @@ class Cas:
             raise AccessDeniedError(
                 f"volume import {name}: {imp.session} has no volume {imp.volume} of its own"
             )
+        modes = []
         for e in exported.export:
             session, pinned = (
                 (e.session, e.session_hash) if e.to is None else (e.to.session, e.to.session_hash)
             )
             if session == policy.name and (pinned is None or pinned == digest):
-                return imp.session, imp.volume
+                modes.append(e.update_policy or UpdatePolicy.ROLLBACK_PROTECTED)
+        if modes:
+            return imp.session, imp.volume, UpdatePolicy.strictest(*modes)
         raise AccessDeniedError(
             f"volume import {name}: {imp.session} does not export volume {imp.volume} to this version of "
             f"{policy.name}"
@@ -1074,7 +1104,7 @@ class Cas:
         }
         volumes = []
         for mount in _service_volumes(policy, service):
-            owner, owned = self._volume_owner(conn, policy, digest, mount.name)
+            owner, owned, exported = self._volume_owner(conn, policy, digest, mount.name)
             key_row = self._latest_secret(conn, owner, f"volume/{owned}")
             tag_row = raw_execute(
                 conn,
@@ -1084,8 +1114,11 @@ class Cas:
             if key_row is None or tag_row is None:
                 raise PolicyError(f"volume {owned} of {owner} has no key or tag")
             key = self._unseal(key_row)
+            # The runtime enforces the mode (which tag it accepts, whether it reports a new one);
+            # update_volume_tag enforces it again on the CAS's side.
+            mode = _update_policy(mount, exported)
             entry = {"name": mount.name, "path": mount.path, "key": key.data.hex(), "tag": tag_row[0],
-                     "generation": tag_row[1]}  # fmt: skip
+                     "generation": tag_row[1], "update_policy": mode.value}  # fmt: skip
             if (owner, owned) != (policy.name, mount.name):
                 entry["owner"] = {"policy": owner, "volume": owned}
             volumes.append(entry)
@@ -1208,7 +1241,12 @@ class PendingAttestation:
                     "SELECT tag FROM volume_tags WHERE policy = ? AND volume = ?",
                     (owner["policy"], owner["volume"]),
                 ).fetchone()
-                if current is None or current[0] != vol["tag"]:
+                # no_rollback_protection: the runtime accepts any authentic version, so the
+                # released tag binds nothing and a concurrent update does not matter.
+                stale = current is None or (
+                    current[0] != vol["tag"] and vol["update_policy"] != UpdatePolicy.NO_ROLLBACK_PROTECTION
+                )
+                if stale:
                     raise ConflictError(f"volume {vol['name']} changed during the attestation; attest again")
             raw_execute(
                 conn,
@@ -1228,6 +1266,13 @@ class PendingAttestation:
                 "runtime_key_sha256": hashlib.sha256(self.key_der).hexdigest(),
                 "measurement": outcome.get("measurement"),
             }  # fmt: skip
+            if self.config.get("volumes"):
+                # each volume's mode as released (never its key), so the ledger shows how the
+                # service was allowed to change it
+                release["volumes"] = [
+                    {k: v[k] for k in ("name", "owner", "tag", "generation", "update_policy") if k in v}
+                    for v in self.config["volumes"]
+                ]
             cas.events.record_many(
                 conn, [("attestation", self.policy, outcome), ("secret-release", self.policy, release)]
             )
@@ -1282,6 +1327,19 @@ def _gpu_summary(slot: str, v: VerifiedEvidence) -> dict[str, Any]:
 
 def _sha(text: str | None) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest() if text else None
+
+
+def _update_policy(mount: ImageVolume, exported: UpdatePolicy | None) -> UpdatePolicy:
+    """The update policy of a service for a volume it mounts (``images[].volumes[]``).
+
+    Own volume: the image's ``update_policy``, ``rollback_protected`` when absent. Imported
+    volume: the exporter decides how others may change its data, so the export's policy
+    applies; the importer's image may only make it stricter (``UpdatePolicy.strictness``),
+    never looser: an exported ``ephemeral`` stays ``ephemeral``, an importer's
+    ``no_rollback_protection`` under a ``rollback_protected`` export is ``rollback_protected``."""
+    if exported is None:
+        return mount.update_policy or UpdatePolicy.ROLLBACK_PROTECTED
+    return UpdatePolicy.strictest(exported, mount.update_policy or exported)
 
 
 def _service_volumes(policy: Policy, service: Any) -> list[Any]:

@@ -391,3 +391,6 @@ def accesses_cmd(target: str, identity_file: Path, key: str | None, as_json: boo
         names = ", ".join(f"{s.get('policy')}/{s.get('name')} v{s.get('version')}" for s in r["secrets"])
         click.echo(f"#{r['index']} {r['time']} service={r['service']} measurement={r['measurement']}")
         click.echo(f"    secrets=[{names}]")
+        if r.get("volumes"):
+            vols = ", ".join(f"{v.get('name')} ({v.get('update_policy')})" for v in r["volumes"])
+            click.echo(f"    volumes=[{vols}]")
