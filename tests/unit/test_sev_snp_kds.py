@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from snp_fakes import AT, NOT_BEFORE, FakeAmd, make_fake_amd
+from snp_fakes import AT, NOT_BEFORE, FakeAmd, FakeKds, fake_kds, make_fake_amd
 
 from cli import run_confide
 from confide.collateral.amd_kds import (
@@ -33,46 +31,10 @@ MILAN_CHAIN = (ASSETS / "amd-roots/ask_ark_milan.pem").read_bytes()
 MILAN_VLEK_CHAIN = (ASSETS / "amd-roots/ask_ark_milan_vlek.pem").read_bytes()
 
 
-class FakeKds:
-    """A fake AMD KDS: exact (path, query) -> (status, body, headers); records every request."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, tuple[int, bytes, dict[str, str]]] = {}
-        self.requests: list[str] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                fake.requests.append(self.path)
-                status, body, headers = fake.routes.get(self.path, (404, b"Not Found", {}))
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def route(self, path: str, body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> None:
-        self.routes[path] = (status, body, headers or {})
-
-
 @pytest.fixture
 def kds() -> Iterator[FakeKds]:
-    server = FakeKds()
-    server.thread.start()
-    try:
+    with fake_kds() as server:
         yield server
-    finally:
-        server.server.shutdown()
-        server.server.server_close()
-        server.thread.join(timeout=5)
 
 
 def go_request() -> AmdCollateralRequest:

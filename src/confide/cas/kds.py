@@ -70,6 +70,9 @@ MAX_FILE_SIZE = 1 << 20
 CRL_MARGIN = timedelta(minutes=5)
 """A CRL whose nextUpdate is this close is fetched again (so that phase 1 of an attestation
 that starts just after a prefetch still finds it current)."""
+NO_CRL_RECHECK = timedelta(hours=1)
+"""How long collateral fetched without a CRL (a KDS mirror that answers 404 for it) is used
+before the CRL is asked for again."""
 FAILURE_GRACE = 30.0
 """Seconds for which phase 1 reports the error of the fetch just tried (monotonic clock),
 instead of trying again on the event loop."""
@@ -86,11 +89,13 @@ class FetchedVek:
     vek: x509.Certificate
     chain: AmdChain
     crl: x509.CertificateRevocationList | None
+    checked_at: datetime
 
     def current(self, at: datetime) -> bool:
-        """Whether the CRL (if any) is still current a margin after ``at``."""
+        """Whether the CRL is still current a margin after ``at``; without a CRL (the KDS had
+        none), whether it was asked for less than :data:`NO_CRL_RECHECK` ago."""
         if self.crl is None:
-            return True
+            return at < self.checked_at + NO_CRL_RECHECK
         next_update = self.crl.next_update_utc
         return next_update is not None and at + CRL_MARGIN < next_update
 
@@ -163,7 +168,7 @@ def _verified(
         raise CertificateChainError(f"AMD KDS: got a VCEK for another chip, expected {wanted}")
     if info.expected_tcb_raw != request.reported_tcb.raw:
         raise CertificateChainError(f"AMD KDS: got a VCEK for another TCB, expected {wanted}")
-    return FetchedVek(certs[0], chain, crl)
+    return FetchedVek(certs[0], chain, crl, at)
 
 
 @dataclass
@@ -179,7 +184,7 @@ class KdsVcekCache:
     """VCEKs for the CAS: memory, then ``directory`` (``None``: memory only), then ``source``
     (module docstring). ``roots``: the roots the CAS verifies SEV-SNP evidence with (the pinned
     AMD roots; a test PKI's only in tests). ``where``: how refusals name the source (its URL).
-    ``require_crl``: cached files without a CRL are not used (the source gives one; a CRL file
+    ``require_crl``: cached files without a CRL are not used, but fetched again (a CRL file
     removed from the cache must not switch the revocation check off)."""
 
     def __init__(

@@ -369,8 +369,9 @@ def prepare(
     if kds is not None:
         if not is_url(kds):
             raise UsageError(f"--kds: got {kds[:80]!r}, expected an http(s) URL (e.g. {DEFAULT_KDS_URL})")
-        # No cache of its own: confide.cas.kds keeps the verified one, in kds-cache.
-        kds_source = KdsHttpCollateral(None, base_url=kds)
+        # No cache of its own: confide.cas.kds keeps the verified one, in kds-cache. The CRL is
+        # checked when the KDS serves one (a mirror may not).
+        kds_source = KdsHttpCollateral(None, base_url=kds, crl_required=False)
     verifier = PlatformVerifier(
         sim_key=sim_key, dcap_source=dcap_source, amd_roots=amd_roots,
         kds=kds_source, kds_cache=data_dir / "kds-cache", kds_where=f"AMD KDS {kds}",

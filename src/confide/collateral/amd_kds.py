@@ -172,7 +172,9 @@ class KdsHttpCollateral:
     (``cache_dir``; ``None``: no cache, every :meth:`fetch` asks the KDS).
 
     ``base_url`` and ``transport`` (any ``httpx2.BaseTransport``) are injectable; ``clock``
-    decides whether a cached CRL is still fresh. VLEKs are not served by chip id: they must
+    decides whether a cached CRL is still fresh. ``with_crl``: ask for the CRL too;
+    ``crl_required=False``: a KDS (mirror) that answers 404 for it gives no CRL instead of an
+    error. VLEKs are not served by chip id: they must
     already be in the cache directory (put there by the operator).
     """
 
@@ -184,11 +186,13 @@ class KdsHttpCollateral:
         transport: httpx2.BaseTransport | None = None,
         timeout: float = 10.0,
         with_crl: bool = True,
+        crl_required: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.cache = LocalKdsCollateral(cache_dir) if cache_dir is not None else None
         self.base_url = base_url.rstrip("/")
         self.with_crl = with_crl
+        self.crl_required = crl_required
         self.clock = clock
         self._client = httpx2.Client(base_url=self.base_url, transport=transport, timeout=timeout)
         self.requests_made = 0
@@ -251,7 +255,12 @@ class KdsHttpCollateral:
         if self.with_crl:
             crl = cache.crl(request) if cache is not None else None
             if crl is None or self._stale(crl):
-                fresh = self._get(f"/{request.product_dir()}/crl")
+                try:
+                    fresh = self._get(f"/{request.product_dir()}/crl")
+                except CollateralMissingError:  # HTTP 404
+                    if self.crl_required:
+                        raise
+                    return AmdCollateral(vek, chain, None)
                 self._parse_crl(fresh)
                 self._store(f"{request.product_dir()}/crl.der", fresh)
                 crl = fresh
