@@ -1,5 +1,5 @@
 """A private AMD-shaped PKI for tests: ARK -> ASK -> VCEK (RSA-PSS SHA-384 like AMD's), reports
-signed with the VCEK, and ARK-signed CRLs; and a fake AMD KDS on 127.0.0.1 (:class:`FakeKds`).
+signed with the VCEK, and ARK-signed CRLs (served by a fake AMD KDS: ``tests/kds_fake.py``).
 
 Real vectors cover Milan v2/v3 VCEK and VLEK reports; no real Turin or v5 report exists in the
 collected test vectors, so the Turin TCB layout, v5 fields and CRLs are exercised with this PKI
@@ -8,15 +8,11 @@ collected test vectors, so the Turin TCB layout, v5 fields and CRLs are exercise
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import struct
-import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -250,60 +246,3 @@ def cert_table(entries: list[tuple[uuid.UUID, bytes]]) -> bytes:
         head += guid.bytes_le + struct.pack("<II", offset + len(body), len(der))
         body += der
     return head + bytes(24) + body
-
-
-class FakeKds:
-    """A fake AMD KDS: exact (path, query) -> (status, body, headers); records every request."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, tuple[int, bytes, dict[str, str]]] = {}
-        self.requests: list[str] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                fake.requests.append(self.path)
-                status, body, headers = fake.routes.get(self.path, (404, b"Not Found", {}))
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def route(self, path: str, body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> None:
-        self.routes[path] = (status, body, headers or {})
-
-    def serve_amd(self, amd: FakeAmd, *, crl: x509.CertificateRevocationList | None = None) -> str:
-        """Serve ``amd``'s VCEK (at the KDS path for its chip and TCB), its chain and ``crl``;
-        returns the VCEK's path."""
-        hwid = amd.chip_id[:8] if amd.product is Product.TURIN else amd.chip_id
-        t = amd.tcb
-        query = f"fmcSPL={t.fmc:02d}&" if t.fmc is not None else ""
-        query += f"blSPL={t.bootloader:02d}&teeSPL={t.tee:02d}&snpSPL={t.snp:02d}&ucodeSPL={t.microcode:02d}"
-        path = f"/vcek/v1/{amd.product}/{hwid.hex()}?{query}"
-        self.route(path, amd.vek.public_bytes(serialization.Encoding.DER))
-        self.route(f"/vcek/v1/{amd.product}/cert_chain", amd.chain_pem())
-        if crl is not None:
-            self.route(f"/vcek/v1/{amd.product}/crl", crl.public_bytes(serialization.Encoding.DER))
-        return path
-
-
-@contextlib.contextmanager
-def fake_kds() -> Iterator[FakeKds]:
-    """A running :class:`FakeKds`, shut down on exit."""
-    server = FakeKds()
-    server.thread.start()
-    try:
-        yield server
-    finally:
-        server.server.shutdown()
-        server.server.server_close()
-        server.thread.join(timeout=5)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from snp_fakes import FakeAmd, FakeKds, cert_table, fake_kds, make_fake_amd
+from snp_fakes import FakeAmd, cert_table, make_fake_amd
 
 from asgi_call import call
 from cas_inproc import Clock, RuntimeKey, last_attestation, production_cas, refused
@@ -30,6 +30,7 @@ from confide.collateral.amd_kds import AmdCollateral, AmdCollateralRequest, KdsH
 from confide.evidence.sev_snp import Product
 from confide.evidence.snp_certs import VCEK_GUID
 from confide.verify.sev_snp import VekKind
+from kds_fake import FakeKds, fake_kds
 
 AMD = make_fake_amd(Product.MILAN)
 MEASUREMENT = "cd" * 48  # snp_fakes' report measurement

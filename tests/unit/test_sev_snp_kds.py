@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from snp_fakes import AT, NOT_BEFORE, FakeAmd, FakeKds, fake_kds, make_fake_amd
+from snp_fakes import AT, NOT_BEFORE, FakeAmd, make_fake_amd
 
 from cli import run_confide
 from confide.collateral.amd_kds import (
+    MAX_RESPONSE_SIZE,
     AmdCollateralRequest,
     KdsHttpCollateral,
     LocalKdsCollateral,
@@ -23,6 +24,7 @@ from confide.platforms import VerifyRequest
 from confide.platforms.sev_snp import embedded_roots, load_crl, verify_request
 from confide.verify.result import Platform
 from confide.verify.sev_snp import AmdChain, SnpVerifier, VekKind, load_certificates
+from kds_fake import FakeKds, fake_kds
 
 ASSETS = Path(__file__).parent.parent / "assets" / "sev-snp"
 GO_REPORT = (ASSETS / "google-go-sev-guest/attestation.bin").read_bytes()
@@ -244,3 +246,34 @@ def test_cli_collateral_url_is_refused_where_nothing_is_fetched(tmp_path: Path) 
         "evidence", "verify", report, "--platform", "aws-nitro", "--collateral", "https://example.invalid"
     )
     assert r.returncode == UsageError.exit_code and "needs no collateral" in r.stderr
+
+
+def test_http_without_a_cache_asks_every_time_and_writes_nothing(kds: FakeKds, tmp_path: Path) -> None:
+    """``cache_dir=None`` (the CAS's source: it keeps a verified cache of its own)."""
+    kds.route(go_vcek_path(), GO_VCEK)
+    kds.route("/vcek/v1/Milan/cert_chain", MILAN_CHAIN)
+    with KdsHttpCollateral(None, base_url=kds.url, crl_required=False) as source:
+        got = source.fetch(go_request())
+        assert (got.vek_der, got.chain_pem, got.crl_der) == (GO_VCEK, MILAN_CHAIN, None)
+        source.fetch(go_request())
+    assert kds.requests == [go_vcek_path(), "/vcek/v1/Milan/cert_chain", "/vcek/v1/Milan/crl"] * 2
+    assert source.cache is None
+
+
+def test_http_crl_404_is_an_error_unless_not_required(kds: FakeKds, tmp_path: Path) -> None:
+    kds.route(go_vcek_path(), GO_VCEK)
+    kds.route("/vcek/v1/Milan/cert_chain", MILAN_CHAIN)
+    with (
+        KdsHttpCollateral(None, base_url=kds.url) as source,
+        pytest.raises(CollateralMissingError, match="crl \\(HTTP 404\\)"),
+    ):
+        source.fetch(go_request())
+    kds.route("/vcek/v1/Milan/crl", b"garbage")
+    with KdsHttpCollateral(None, base_url=kds.url, crl_required=False) as source, pytest.raises(ParseError):
+        source.fetch(go_request())  # a CRL that is served must parse
+
+
+def test_http_response_size_is_bounded(kds: FakeKds, tmp_path: Path) -> None:
+    kds.route(go_vcek_path(), b"\x30" * (MAX_RESPONSE_SIZE + 1))
+    with KdsHttpCollateral(None, base_url=kds.url) as source, pytest.raises(ParseError, match="more than"):
+        source.fetch(go_request())
