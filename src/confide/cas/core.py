@@ -745,8 +745,10 @@ class Cas:
         without its VCEK, with ``cas serve --kds``: :mod:`confide.cas.kds`), to run before
         :meth:`attest_begin` and off the event loop; ``None`` when there is none. Cheap for
         every other request; never raises (phase 1 refuses what is malformed)."""
+        if not isinstance(request, dict) or request.get("platform") != Platform.SEV_SNP.value:
+            return None
         job = getattr(self.verifier, "collateral_job", None)
-        if job is None or not isinstance(request, dict) or request.get("platform") != Platform.SEV_SNP.value:
+        if job is None:
             return None
         try:
             evidence = base64.b64decode(request["evidence"], validate=True)

@@ -18,10 +18,12 @@ the source gives one, is signed by that ARK and current), and it is the VCEK tha
 (product, chip id, reported TCB). The report itself is then verified as usual
 (:class:`~confide.verify.sev_snp.SnpVerifier`, which checks the chain once more).
 
-Blocking: a fetch goes to the network. The CAS's event loop never waits for one
+Blocking: a fetch goes to the network. The CAS's event loop does not wait for one
 (:meth:`KdsVcekCache.prefetch` runs in a thread before phase 1 of an attestation; phase 1 takes
 the collateral from memory, or the error the prefetch just ran into: :meth:`KdsVcekCache.get`).
-Two attestations that need the same VCEK at once share one fetch.
+Only if the VCEK left memory between the two (more than :data:`MEMORY_ENTRIES` others fetched
+meanwhile, or its CRL fell due within :data:`CRL_MARGIN`) does phase 1 fetch it itself, on the
+loop. Two attestations that need the same VCEK at once share one fetch.
 """
 
 from __future__ import annotations
