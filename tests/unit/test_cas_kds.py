@@ -6,6 +6,7 @@ the pinned AMD roots."""
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import threading
@@ -16,6 +17,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from snp_fakes import FakeAmd, cert_table, make_fake_amd
 
 from asgi_call import call
@@ -412,3 +415,33 @@ def test_kds_serve_option_is_checked(tmp_path: Path) -> None:
         prepare(
             tmp_path / "cas", host="127.0.0.1", dev=False, db_url=None, collateral=None, kds="kdsintf.amd.com"
         )
+
+
+@pytest.fixture(scope="module")
+def idle_cas(tmp_path_factory: pytest.TempPathFactory) -> Cas:
+    """A CAS with --kds pointing at a closed port (collateral_job never fetches)."""
+    return kds_cas(tmp_path_factory.mktemp("idle") / "cas", "http://127.0.0.1:9")
+
+
+_B64 = st.binary(max_size=1300).map(lambda b: base64.b64encode(b).decode())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    evidence=_B64 | st.text(max_size=20) | st.integers() | st.none(),
+    aux=st.none()
+    | st.text(max_size=5)
+    | st.dictionaries(st.text(max_size=8), _B64 | st.integers(), max_size=3),
+)
+def test_collateral_job_is_total_on_hostile_requests(idle_cas: Cas, evidence: Any, aux: Any) -> None:
+    """The job is decided before phase 1 from hostile input: it never raises (phase 1 refuses)."""
+    job = idle_cas.collateral_job({"platform": "sev-snp", "evidence": evidence, "aux": aux})
+    assert job is None or callable(job)
+
+
+def test_collateral_job_for_a_report_sent_without_its_vcek(idle_cas: Cas) -> None:
+    _rt, body = snp_request(idle_cas)
+    assert callable(idle_cas.collateral_job(body))
+    assert idle_cas.collateral_job({**body, "platform": "sim"}) is None
+    _rt, empty = snp_request(idle_cas, aux={"auxblob": b""})  # an empty table: no VCEK sent
+    assert callable(idle_cas.collateral_job(empty))
