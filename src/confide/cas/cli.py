@@ -41,6 +41,9 @@ def cas() -> None:
 @click.option("--dev", is_flag=True, help="Development: enable the SIMULATED TEE (never in production).")
 @click.option("--db", "db_url", help="Database URL (default: SQLite in --data-dir; postgresql://...).")
 @click.option("--collateral", help="DCAP collateral source for SGX/TDX evidence (file, directory or URL).")
+@click.option("--kds", metavar="URL",
+              help="AMD KDS (https://kdsintf.amd.com) or a mirror: fetch the VCEK of SEV-SNP evidence"
+              " sent without one (cached in --data-dir/kds-cache).")  # fmt: skip
 @click.option("--witness", "witness_specs", multiple=True, metavar="URL=VKEY",
               help="A witness that cosigns every checkpoint (C2SP tlog-witness).")  # fmt: skip
 @click.option(
@@ -71,6 +74,7 @@ def cas_serve(
     dev: bool,
     db_url: str | None,
     collateral: str | None,
+    kds: str | None,
     witness_specs: tuple[str, ...],
     seal: str,
     tee: str | None,
@@ -95,6 +99,7 @@ def cas_serve(
         dev=dev,
         db_url=db_url,
         collateral=collateral,
+        kds=kds,
         witnesses=parse_witnesses(witness_specs),
         seal=provider,
         tee=tee,

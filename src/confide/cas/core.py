@@ -851,8 +851,32 @@ class Cas:
         if seen.rowcount != 1:
             raise BindingError("this evidence was presented before (replay)")
 
+    def collateral_job(self, request: Any) -> Callable[[], None] | None:
+        """The blocking collateral fetch that phase 1 of ``request`` would need (SEV-SNP evidence
+        without its VCEK, with ``cas serve --kds``: :mod:`confide.cas.kds`), to run before
+        :meth:`attest_begin` and off the event loop; ``None`` when there is none. Cheap for
+        every other request; never raises (phase 1 refuses what is malformed)."""
+        if not isinstance(request, dict) or request.get("platform") != Platform.SEV_SNP.value:
+            return None
+        job = getattr(self.verifier, "collateral_job", None)
+        if job is None:
+            return None
+        try:
+            evidence = base64.b64decode(request["evidence"], validate=True)
+            aux = {
+                str(k): base64.b64decode(v, validate=True) for k, v in dict(request.get("aux") or {}).items()
+            }
+        except (KeyError, ValueError, TypeError):
+            return None
+        at = datetime.fromtimestamp(self.clock(), UTC)
+        result: Callable[[], None] | None = job(Platform.SEV_SNP, evidence, aux, at=at)
+        return result
+
     def attest(self, request: Any) -> dict[str, Any]:
         """Verify, bind, appraise, release. Returns the release encrypted to the runtime key."""
+        job = self.collateral_job(request)
+        if job is not None:
+            job()
         pending = self.attest_begin(request)
         with self.db.write() as conn:
             pending.commit(conn)

@@ -12,6 +12,9 @@ The data directory holds (created on first start, mode 0700/0600):
   ``log.key.sealed`` instead, sealed under the master key;
 - ``cas.db``: the embedded SQLite database (unless ``--db`` names PostgreSQL);
 - ``sim/``: with ``--dev``, the simulated platform's key (development only);
+- ``kds-cache/``: with ``--kds URL``, the VCEKs (and AMD chains and CRLs) fetched from AMD KDS
+  for SEV-SNP evidence sent without its VCEK (:mod:`confide.cas.kds`: bounded, and verified
+  again whenever it is read);
 - ``client.env``: ``export`` lines with what a client needs (``CONFIDE_CAS_URL``,
   ``CONFIDE_CAS_CERT``, and with ``--dev`` ``CONFIDE_SIM_DIR``);
 - ``*.new``: only while ``confide cas rotate-master-key`` runs, or after it was interrupted
@@ -66,6 +69,8 @@ from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer
 from confide.cas.self_check import SelfCheck
 from confide.cas.verifier import PlatformVerifier
+from confide.collateral import is_url
+from confide.collateral.amd_kds import DEFAULT_KDS_URL, KdsHttpCollateral
 from confide.collateral.dcap import source_for
 from confide.errors import ConfideError, UsageError
 from confide.fsutil import write_atomic
@@ -282,6 +287,7 @@ def prepare(
     quote_provider: QuoteProvider | None = None,
     clock: Callable[[], datetime] | None = None,
     amd_roots: AmdRootStore | None = None,
+    kds: str | None = None,
 ) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
     """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (``dev``:
     simulated; ``tee``: from the TEE's quote provider, ``quote_provider`` or the one at the
@@ -293,7 +299,9 @@ def prepare(
     document is checked before it is published (:class:`~confide.cas.self_check.SelfCheck`) with
     the CAS's verifier configuration, the DCAP collateral source of ``collateral`` and the pinned
     AMD roots (``amd_roots`` replaces them, also for the evidence clients present: test PKIs
-    only). DCAP evidence without ``collateral`` is published unchecked, which is logged once."""
+    only). DCAP evidence without ``collateral`` is published unchecked, which is logged once.
+    ``kds``: the AMD KDS base URL (``--kds``) the CAS fetches the VCEKs of SEV-SNP evidence sent
+    without one from, cached in ``data_dir/kds-cache``."""
     if dev and tee is not None:
         raise UsageError(
             f"--dev and --tee {tee} exclude each other: a CAS in a TEE does not accept simulated evidence"
@@ -357,7 +365,17 @@ def prepare(
                 json.dumps({"event": "cas-evidence-unchecked", "tee": tee, "reason": summary["reason"]})
             )
     database.migrate()
-    verifier = PlatformVerifier(sim_key=sim_key, dcap_source=dcap_source, amd_roots=amd_roots)
+    kds_source = None
+    if kds is not None:
+        if not is_url(kds):
+            raise UsageError(f"--kds: got {kds[:80]!r}, expected an http(s) URL (e.g. {DEFAULT_KDS_URL})")
+        # No cache of its own: confide.cas.kds keeps the verified one, in kds-cache. The CRL is
+        # checked when the KDS serves one (a mirror may not).
+        kds_source = KdsHttpCollateral(None, base_url=kds, crl_required=False)
+    verifier = PlatformVerifier(
+        sim_key=sim_key, dcap_source=dcap_source, amd_roots=amd_roots,
+        kds=kds_source, kds_cache=data_dir / "kds-cache", kds_where=f"AMD KDS {kds}",
+    )  # fmt: skip
     cas = Cas(database, sealer, verifier, events=LedgerEventSink())
     with database.write() as conn:
         master_key_id = bind_master_key(conn, master)
@@ -398,6 +416,7 @@ def serve(
     tee: str | None = None,
     evidence_refresh: float = DEFAULT_REFRESH_SECONDS,
     renewal_interval: float = DEFAULT_SWEEP_SECONDS,
+    kds: str | None = None,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
@@ -409,7 +428,7 @@ def serve(
     with run_lock(data_dir, db_url, exclusive=False):
         _serve(data_dir, host, port, dev=dev, db_url=db_url, collateral=collateral, witnesses=witnesses,
                seal=seal, tee=tee, evidence_refresh=evidence_refresh,
-               renewal_interval=renewal_interval)  # fmt: skip
+               renewal_interval=renewal_interval, kds=kds)  # fmt: skip
 
 
 def _serve(
@@ -425,9 +444,10 @@ def _serve(
     tee: str | None,
     evidence_refresh: float,
     renewal_interval: float,
+    kds: str | None,
 ) -> None:
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
-        data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee
+        data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee, kds=kds
     )
     checkpointer = Checkpointer(cas, signer, witnesses=witnesses)
     checkpointer.start()
@@ -472,6 +492,7 @@ def _serve(
                 "url": env["CONFIDE_CAS_URL"],
                 "dev": dev,
                 "tee": tee,
+                "kds": kds,
                 "evidence_refresh": evidence_refresh if cas_evidence is not None else None,
                 "self_check": cas_evidence.check if cas_evidence is not None else None,
                 "db": cas.db.redacted_url,
