@@ -341,7 +341,9 @@ def test_namespaces_decide_who_creates_policies_below_them(cas: CasProcess, tmp_
     assert "policy.refused" in [h["event"] for h in hist["history"]]
     # A policy whose last segment is "events" is shown, not mistaken for acme's events.
     assert apply(cas, tmp_path, policy_yaml("acme/events", m), bob).returncode == 0
-    shown = json.loads(confide(cas, "policy", "show", "acme/events", "--identity", str(bob), check=True).stdout)
+    shown = json.loads(
+        confide(cas, "policy", "show", "acme/events", "--identity", str(bob), check=True).stdout
+    )
     assert shown["name"] == "acme/events"
 
 
