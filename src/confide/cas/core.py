@@ -93,6 +93,9 @@ READ_TYPE = "confide/read/v1"
 READ_WINDOW = 300
 NONCE_TTL = 60.0
 SESSION_TTL = 24 * 3600.0
+# At most this many imports between a volume's owner and its final importer (docs/cas.md,
+# "Volumes shared between policies"): a longer chain is refused, never followed.
+MAX_VOLUME_CHAIN = 8
 RELEASE_INFO = b"confide-release/v1"
 BINDING_PREFIX = b"confide-attest/v1\x00"
 
@@ -135,6 +138,30 @@ def verify_signed(doc: Any, expected_type: str) -> tuple[dict[str, Any], PublicI
 def sign_document(body: dict[str, Any], sign: Callable[[bytes], bytes], signer_b64: str) -> dict[str, Any]:
     doc = {**body, "signer": signer_b64}
     return {**doc, "signature": base64.b64encode(sign(jcs(doc))).decode()}
+
+
+@dataclass(frozen=True)
+class VolumeSource:
+    """Where a volume a policy mounts comes from (docs/cas.md, "Volumes shared between
+    policies"): the owner's ``(policy, volume)``, whose key and tag it uses; for an import, the
+    composed ``update_policy`` of every export on the way (``exported``, None for an own
+    volume), the re-exporting importers between the owner and this policy (``via``, from the
+    owner on), the exporter of an ``ephemeral`` link (``ephemeral_by``), and the versions of
+    the exporters that were checked (``heads``, policy name to hash)."""
+
+    policy: str
+    volume: str
+    exported: UpdatePolicy | None = None
+    via: tuple[tuple[str, str], ...] = ()
+    ephemeral_by: str | None = None
+    heads: tuple[tuple[str, str], ...] = ()
+
+    def audit(self) -> dict[str, Any]:
+        """The owner and the chain, for a release entry and the ledger (never a key)."""
+        out: dict[str, Any] = {"owner": {"policy": self.policy, "volume": self.volume}}
+        if self.via:
+            out["via"] = [{"policy": p, "volume": v} for p, v in self.via]
+        return out
 
 
 class SecretRow(NamedTuple):
@@ -608,14 +635,17 @@ class Cas:
             )
             if mount is None:
                 raise AccessDeniedError(f"service {session.service} does not mount volume {volume}")
-            # An imported volume's tag is the exporter's: checked against its export as of now.
-            owner, owned, exported = self._volume_owner(conn, policy, head.hash, volume)
+            # An imported volume's tag is the owner's: every export on the chain is checked as
+            # of now (docs/cas.md, "Volumes shared between policies").
+            source = self._volume_source(conn, policy, head.hash, volume)
+            owner, owned, exported = source.policy, source.volume, source.exported
             mode = _update_policy(mount, exported)
             if mode is UpdatePolicy.EPHEMERAL:
-                source = f"the export by {owner}" if exported is UpdatePolicy.EPHEMERAL else "its image"
+                by = source.ephemeral_by
+                reason = f"the export by {by}" if by is not None else "its image"
                 raise AccessDeniedError(
                     f"volume {volume} is ephemeral for service {session.service} (update_policy of "
-                    f"{source}): its changes are never persisted, so its tag cannot be updated"
+                    f"{reason}): its changes are never persisted, so its tag cannot be updated"
                 )
             row = conn.execute(
                 select(t.volume_tags).where(
@@ -642,14 +672,16 @@ class Cas:
                        "update_policy": mode.value}  # fmt: skip
             if old_tag != row.tag:
                 payload["based_on"] = old_tag
-            if owner != policy_name:
+            if exported is not None:
                 payload["by"] = {"policy": policy_name, "volume": volume}
+                if source.via:
+                    payload["via"] = source.audit()["via"]
             self.events.record(conn, "volume-tag", owner, payload)
         return {"volume": volume, "tag": new_tag, "generation": generation}
 
-    def _exporter(self, conn: Connection, session: str, pinned: str | None, what: str) -> Policy:
-        """The current version of the policy an import names (secrets and volumes alike); it
-        must exist and, when the import pins ``session_hash``, be that version."""
+    def _exporter(self, conn: Connection, session: str, pinned: str | None, what: str) -> tuple[Policy, str]:
+        """The current version (and its hash) of the policy an import names (secrets and volumes
+        alike); it must exist and, when the import pins ``session_hash``, be that version."""
         head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == session)).first()
         if head is None:
             raise AccessDeniedError(f"{what}: policy {session} does not exist")
@@ -657,43 +689,74 @@ class Cas:
             raise AccessDeniedError(
                 f"{what}: policy {session} is at {head.hash[:16]}…, the import pins {pinned[:16]}…"
             )
-        return self._load(conn, session, head.hash)
+        return self._load(conn, session, head.hash), str(head.hash)
 
-    def _volume_owner(
-        self, conn: Connection, policy: Policy, digest: str, name: str
-    ) -> tuple[str, str, UpdatePolicy | None]:
-        """(policy, volume) whose key and tag a volume of ``policy`` (at ``digest``) uses: its own,
-        or for an imported volume the exporter's, after checking that the exporter (at its
-        current version, or the pinned ``session_hash``) exports it to this version of
-        ``policy``. The importer's service then reads and writes the exporter's volume, and its
-        tag updates move the exporter's tag (one freshness chain per volume).
+    def _volume_source(self, conn: Connection, policy: Policy, digest: str, name: str) -> VolumeSource:
+        """Where volume ``name`` of ``policy`` (at ``digest``) comes from: itself for an own
+        volume; for an import, the chain of imports followed to the volume's owner, the policy
+        that holds its key and its one current tag (docs/cas.md, "Volumes shared between
+        policies"). Every link is checked as for a single import, against the policies' current
+        versions: the exporter exists (and is at the pinned ``session_hash``), has the volume,
+        and exports it to this version of the importer. The importer's service then reads and
+        writes the owner's volume, and its tag updates move the owner's tag.
 
-        The third element is None for an own volume; for an import, the export's
-        ``update_policy`` (``rollback_protected`` when absent; the strictest when several
-        export entries name this version of ``policy``)."""
-        vol = next((v for v in policy.volumes if v.name == name), None)
-        if vol is None or vol.import_ is None:
-            return policy.name, name, None
-        imp = vol.import_
-        exporter = self._exporter(conn, imp.session, imp.session_hash, f"volume import {name}")
-        exported = next((v for v in exporter.volumes if v.name == imp.volume), None)
-        if exported is None or exported.import_ is not None:
-            raise AccessDeniedError(
-                f"volume import {name}: {imp.session} has no volume {imp.volume} of its own"
-            )
-        modes = []
-        for e in exported.export:
-            session, pinned = (
-                (e.session, e.session_hash) if e.to is None else (e.to.session, e.to.session_hash)
-            )
-            if session == policy.name and (pinned is None or pinned == digest):
-                modes.append(e.update_policy or UpdatePolicy.ROLLBACK_PROTECTED)
-        if modes:
-            return imp.session, imp.volume, UpdatePolicy.strictest(*modes)
-        raise AccessDeniedError(
-            f"volume import {name}: {imp.session} does not export volume {imp.volume} to this version of "
-            f"{policy.name}"
-        )
+        ``exported`` composes the links (docs/policy.md, "Volume update policies"): each link's
+        mode is its export's ``update_policy`` (``rollback_protected`` when absent; the
+        strictest when several entries name the importer), and the chain's is the strictest of
+        all links'. A chain that comes back to a volume it passed (a cycle) or that has more
+        than ``MAX_VOLUME_CHAIN`` links is refused (``PolicyError``)."""
+        start = f"volume import {name} of {policy.name}"
+        importer, importer_hash, volume = policy, digest, name
+        seen = {(policy.name, name)}
+        links: list[tuple[str, str]] = []  # (exporter, its volume), from this policy towards the owner
+        modes: list[UpdatePolicy] = []
+        heads: list[tuple[str, str]] = []
+        ephemeral_by: str | None = None
+        while True:
+            vol = next((v for v in importer.volumes if v.name == volume), None)
+            if vol is None or vol.import_ is None:
+                if not links:
+                    return VolumeSource(policy.name, name)
+                owner, owned = links[-1]
+                via = tuple(reversed(links[:-1]))
+                return VolumeSource(owner, owned, UpdatePolicy.strictest(*modes), via, ephemeral_by,
+                                    tuple(heads))  # fmt: skip
+            imp = vol.import_
+            if len(links) == MAX_VOLUME_CHAIN:
+                raise PolicyError(
+                    f"{start}: the chain of imports is longer than {MAX_VOLUME_CHAIN} links "
+                    f"(at {importer.name}/{volume})"
+                )
+            if (imp.session, imp.volume) in seen:
+                path = " -> ".join(
+                    f"{p}/{v}" for p, v in [(policy.name, name), *links, (imp.session, imp.volume)]
+                )
+                raise PolicyError(f"{start}: the chain of imports is a cycle ({path})")
+            what = f"volume import {volume}" if not links else f"{start} via {importer.name}/{volume}"
+            exporter, exporter_hash = self._exporter(conn, imp.session, imp.session_hash, what)
+            exported = next((v for v in exporter.volumes if v.name == imp.volume), None)
+            if exported is None:
+                raise AccessDeniedError(f"{what}: {imp.session} has no volume {imp.volume}")
+            link = []
+            for e in exported.export:
+                session, pinned = (
+                    (e.session, e.session_hash) if e.to is None else (e.to.session, e.to.session_hash)
+                )
+                if session == importer.name and (pinned is None or pinned == importer_hash):
+                    link.append(e.update_policy or UpdatePolicy.ROLLBACK_PROTECTED)
+            if not link:
+                raise AccessDeniedError(
+                    f"{what}: {imp.session} does not export volume {imp.volume} to this version of "
+                    f"{importer.name}"
+                )
+            mode = UpdatePolicy.strictest(*link)
+            if mode is UpdatePolicy.EPHEMERAL and ephemeral_by is None:
+                ephemeral_by = imp.session
+            modes.append(mode)
+            heads.append((imp.session, exporter_hash))
+            links.append((imp.session, imp.volume))
+            seen.add((imp.session, imp.volume))
+            importer, importer_hash, volume = exporter, exporter_hash, imp.volume
 
     def _unseal(self, row: SecretRow) -> SecretValue:
         """A secret row's value for a release: unsealed on first use, then from memory."""
@@ -1034,7 +1097,7 @@ class Cas:
                 "version": row.version,
             }
         imp = spec.import_
-        exporter = self._exporter(conn, imp.session, imp.session_hash, f"import {name}")
+        exporter, _ = self._exporter(conn, imp.session, imp.session_hash, f"import {name}")
         try:
             exported = exporter.secret(imp.secret)
         except KeyError:
@@ -1128,7 +1191,12 @@ class Cas:
         }
         volumes = []
         for mount in _service_volumes(policy, service):
-            owner, owned, exported = self._volume_owner(conn, policy, digest, mount.name)
+            source = self._volume_source(conn, policy, digest, mount.name)
+            owner, owned = source.policy, source.volume
+            if used is not None:
+                # every exporter on the chain as checked: a change to one of them before the
+                # release commits voids it (PendingAttestation.commit), as for the policy itself
+                used.update(source.heads)
             key_row = self._latest_secret(conn, owner, f"volume/{owned}")
             tag_row = raw_execute(
                 conn,
@@ -1140,11 +1208,11 @@ class Cas:
             key = self._unseal(key_row)
             # The runtime enforces the mode (which tag it accepts, whether it reports a new one);
             # update_volume_tag enforces it again on the CAS's side.
-            mode = _update_policy(mount, exported)
+            mode = _update_policy(mount, source.exported)
             entry = {"name": mount.name, "path": mount.path, "key": key.data.hex(), "tag": tag_row[0],
                      "generation": tag_row[1], "update_policy": mode.value}  # fmt: skip
-            if (owner, owned) != (policy.name, mount.name):
-                entry["owner"] = {"policy": owner, "volume": owned}
+            if source.exported is not None:
+                entry.update(source.audit())  # owner, and via for a chain
             volumes.append(entry)
             ref = {"policy": owner, "name": f"volume/{owned}", "version": key_row.version}
             released[(owner, f"volume/{owned}")] = ref
@@ -1294,7 +1362,11 @@ class PendingAttestation:
                 # each volume's mode as released (never its key), so the ledger shows how the
                 # service was allowed to change it
                 release["volumes"] = [
-                    {k: v[k] for k in ("name", "owner", "tag", "generation", "update_policy") if k in v}
+                    {
+                        k: v[k]
+                        for k in ("name", "owner", "via", "tag", "generation", "update_policy")
+                        if k in v
+                    }
                     for v in self.config["volumes"]
                 ]
             cas.events.record_many(

@@ -274,8 +274,10 @@ class Volume(_Model):
     def _checks(self) -> Volume:
         if (self.fspf_key is None) != (self.fspf_tag is None):
             raise ValueError("got only one of fspf_key/fspf_tag, expected both or neither")
-        if self.import_ is not None and (self.fspf_key is not None or self.export):
-            raise ValueError("got fspf_key/fspf_tag/export on an imported volume, expected none of them")
+        # An imported volume may be exported again (a chain, resolved to its owner by the CAS:
+        # docs/cas.md, "Volumes shared between policies"); its key and tag stay the owner's.
+        if self.import_ is not None and self.fspf_key is not None:
+            raise ValueError("got fspf_key/fspf_tag on an imported volume, expected neither")
         return self
 
 
