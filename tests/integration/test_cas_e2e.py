@@ -857,6 +857,70 @@ def test_an_importer_cannot_persist_under_an_exporters_ephemeral(
     assert [t["generation"] for t in volume_tags(cas, "producer", owner)] == [0]
 
 
+def test_confide_run_mounts_a_volume_re_exported_along_a_chain(cas: CasProcess, tmp_path: Path) -> None:
+    """producer owns the volume and exports it to broker, which imports it and exports it on to
+    consumer. consumer's confide run mounts the producer's volume, its writes move the
+    producer's one tag (recorded under the producer, naming consumer and the chain), the ledger's
+    accesses show the chain, and when broker stops exporting, consumer's next run is refused."""
+    if cas.db_url:
+        pytest.skip("the volume flow is the same on both databases; run once")
+    owner, _ = identity(cas, tmp_path, "owner")
+    middle, _ = identity(cas, tmp_path, "middle")
+    analyst, _ = identity(cas, tmp_path, "analyst")
+    vol, keyfile, src = tmp_path / "vol", tmp_path / "vol.key", tmp_path / "src"
+    src.mkdir()
+    (src / "notes.txt").write_text("first line\n")
+    tag0 = sealed_volume(cas, vol, keyfile, src)
+    key_hex = keyfile.read_text().strip()
+    producer = policy_yaml(
+        "producer", "00" * 48,
+        body=f"volumes:\n  - name: data\n    fspf_key: {key_hex}\n    fspf_tag: \"{tag0}\"\n"
+             "    export:\n      - session: broker\n",
+    )  # fmt: skip
+    assert apply(cas, tmp_path, producer, owner).returncode == 0
+    broker = policy_yaml(
+        "broker", "00" * 48,
+        body="volumes:\n  - name: shared\n    import:\n      session: producer\n      volume: data\n"
+             "    export:\n      - session: consumer\n",
+    )  # fmt: skip
+    b_digest = apply(cas, tmp_path, broker, middle).stdout.strip()
+    script = tmp_path / "writer.sh"
+    script.write_text(APPEND.replace("CONFIDE_VOLUME_DATA", "CONFIDE_VOLUME_INPUT"))  # its own name
+    m = measure(cas, "/bin/sh", str(script))
+    consumer = policy_yaml(
+        "consumer", m, extra_service="    image_name: img\n",
+        body="volumes:\n  - name: input\n    import:\n      session: broker\n      volume: shared\n"
+             f"images:\n  - name: img\n    volumes:\n      - name: input\n        path: {vol}\n",
+    )  # fmt: skip
+    assert apply(cas, tmp_path, consumer, analyst).returncode == 0
+    run = ["run", "--config-id", "consumer/app", "--tee", "sim", "--", "/bin/sh", str(script)]
+    first = confide(cas, *run)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == "first line\n"
+    second = confide(cas, *run)
+    assert second.returncode == 0, second.stderr
+    assert "run at" in second.stdout  # the first run's tag moved the producer's current tag
+    tags = volume_tags(cas, "producer", owner)
+    assert [t["generation"] for t in tags] == [0, 1, 2]
+    assert tags[-1]["by"] == {"policy": "consumer", "volume": "input"}
+    assert tags[-1]["via"] == [{"policy": "broker", "volume": "shared"}]
+    assert volume_tags(cas, "broker", middle) == [] and volume_tags(cas, "consumer", analyst) == []
+    acc = confide(cas, "ledger", "accesses", "consumer", "--identity", str(analyst), "--json", check=True)
+    rows = json.loads(acc.stdout)
+    assert len(rows) == 2
+    for row in rows:
+        [v] = row["volumes"]
+        assert v["owner"] == {"policy": "producer", "volume": "data"}
+        assert v["via"] == [{"policy": "broker", "volume": "shared"}]
+        assert "key" not in v
+    # broker stops exporting: the chain is cut at consumer's next start
+    withdrawn = broker.replace("    export:\n      - session: consumer\n", "") + f"predecessor: {b_digest}\n"
+    assert apply(cas, tmp_path, withdrawn, middle).returncode == 0
+    third = confide(cas, *run)
+    assert third.returncode == errors.AccessDeniedError.exit_code, third.stdout + third.stderr
+    assert "broker does not export volume shared" in third.stderr
+
+
 def test_confide_run_stops_the_service_when_a_volume_file_was_tampered_with(
     cas: CasProcess, tmp_path: Path
 ) -> None:
