@@ -198,9 +198,14 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
     @app.post("/v1/attest")
     async def attest(request: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
         # Phase 1 on the event loop: CPU-bound (verification, appraisal, rendering), so a thread
-        # hand-off would cost more than it saves. Phase 2 (spend the nonce, record the outcome)
-        # goes to the group commit: the loop goes on with other requests while the disk syncs.
-        pending = cas.attest_begin(request)
+        # hand-off would cost more than it saves; except when it may wait on the network (GPU
+        # reports with --nvidia-ocsp: the responder), then in a worker thread. Phase 2 (spend the
+        # nonce, record the outcome) goes to the group commit: the loop goes on with other
+        # requests while the disk syncs.
+        if cas.attest_may_wait(request):
+            pending = await asyncio.to_thread(cas.attest_begin, request)
+        else:
+            pending = cas.attest_begin(request)
         await writer.submit_async(pending.commit)
         try:
             out = pending.result()

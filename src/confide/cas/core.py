@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
@@ -103,6 +103,11 @@ class EvidenceVerifier(Protocol):
     def verify(
         self, platform: Platform, evidence: bytes, aux: dict[str, bytes], *, at: datetime
     ) -> VerifiedEvidence: ...
+
+    def may_fetch(self, platform: str, aux_keys: Iterable[str]) -> bool:
+        """Whether :meth:`verify` of such evidence may wait on the network (a collateral source
+        that is asked per request)."""
+        ...
 
 
 def binding_report_data(public_key_der: bytes, nonce: bytes) -> bytes:
@@ -747,6 +752,18 @@ class Cas:
             pending.commit(conn)
         return pending.result()
 
+    def attest_may_wait(self, request: Any) -> bool:
+        """Whether phase 1 (:meth:`attest_begin`) of ``request`` may wait on the network: its
+        evidence is of a kind the verifier asks a collateral source about per request (NVIDIA
+        reports with ``cas serve --nvidia-ocsp``). The API then runs phase 1 off its event loop.
+        Looks only at the request's platform and aux keys; a malformed request answers False
+        (phase 1 refuses it before verifying anything)."""
+        if not isinstance(request, dict):
+            return False
+        aux = request.get("aux")
+        keys = [str(k) for k in aux] if isinstance(aux, dict) else []
+        return self.verifier.may_fetch(str(request.get("platform")), keys)
+
     def attest_begin(self, request: Any, *, _renewals: int = 0) -> PendingAttestation:
         """Phase 1 of :meth:`attest`, without the write lock: parse, verify, bind, appraise and
         render against the policy versions current now. Raises :class:`ParseError` for a
@@ -1171,12 +1188,25 @@ class PendingAttestation:
 def _evidence_summary(v: VerifiedEvidence) -> dict[str, Any]:
     c = v.claims
     measurement = c.get("measurement") or c.get("mr_enclave") or c.get("mr_td") or c.get("pcr0")
-    return {
+    summary = {
         "measurement": measurement,
         "tcb_status": v.tcb_status.value if v.tcb_status else None,
         "advisories": list(v.advisory_ids),
         "debug": c.get("debug"),
         "simulated": v.simulated,
+    }
+    if v.platform is Platform.NVIDIA_GPU:  # a GPU-only attestation: as _gpu_summary records it
+        summary.update(_revocation_summary(v))
+    return summary
+
+
+def _revocation_summary(v: VerifiedEvidence) -> dict[str, Any]:
+    """Whether the GPU's chain (and its RIMs' signing chains) were checked by OCSP (``cas serve
+    --nvidia-ocsp``): auditors can tell which accepted GPUs were not."""
+    c = v.claims
+    return {
+        "revocation_checked": c.get("revocation_checked") is True,
+        "rim_revocation_checked": c.get("rim_revocation_checked") is True,
     }
 
 
@@ -1196,6 +1226,7 @@ def _gpu_summary(slot: str, v: VerifiedEvidence) -> dict[str, Any]:
         "driver_version": c.get("driver_version"),
         "vbios_version": c.get("vbios_version"),
         "rims_compared": c.get("rims_compared"),
+        **_revocation_summary(v),
     }
 
 

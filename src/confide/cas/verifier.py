@@ -21,6 +21,17 @@ Composite attestation (a confidential VM with GPUs, :func:`split_gpu_aux`): with
 ``gpu<k>.rim:<name>`` blobs (the ``nvidia-gpu`` blobs above, per GPU). Every other key that
 starts with ``gpu`` is refused.
 
+Revocation (``cas serve --nvidia-ocsp URL|DIR``, the ``nvidia_ocsp`` cache): every NVIDIA report,
+GPU-only or in a composite request, has its device chain checked by OCSP (RFC 6960; the links
+between the leaf and the root, as ``evidence verify --ocsp`` checks them) and, when RIMs were
+sent, each RIM's signing chain. The chains are verified to their pinned roots before any
+responder is asked about them (a request cannot make the CAS ask about certificates of its own
+making). A revoked or unknown certificate is a ``RevocationError``; an unreachable responder
+(``NetworkError``), a missing stored response (``CollateralMissingError``) or a response that does
+not verify (wrong signer, nonce or CertID, out of its validity window, malformed: their own
+classes, a malformed response as ``CollateralError``) refuse too, their messages starting with
+"revocation check". Without it nothing is fetched and the claims say ``revocation_checked: false``.
+
 Roots are the embedded, pinned ones; the constructor's overrides exist for test PKIs and are
 never taken from a request.
 """
@@ -29,26 +40,41 @@ from __future__ import annotations
 
 import hmac
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from confide.cas.revocation import OcspCache
 from confide.collateral.dcap import DcapCollateralSource
-from confide.errors import BindingError, CollateralMissingError, MeasurementError, ParseError, UsageError
+from confide.errors import (
+    BindingError,
+    CollateralError,
+    CollateralMissingError,
+    ConfideError,
+    MeasurementError,
+    ParseError,
+    RevocationError,
+    UsageError,
+)
 from confide.evidence.azure_vtpm import HclReportType, parse_evidence
 from confide.evidence.dcap import Quote
 from confide.evidence.dcap_collateral import DcapCollateral
 from confide.evidence.nvidia import NONCE_SIZE as SPDM_NONCE_SIZE
+from confide.evidence.nvidia import NvidiaAttestationReport
 from confide.evidence.nvidia_rim import ReferenceManifest
 from confide.evidence.snp_certs import VCEK_GUID, VLEK_GUID, parse_cert_table
 from confide.platforms.sev_snp import embedded_roots
 from confide.policy.attestation import GPU_HOSTS, MAX_GPUS
+from confide.verify._pinned_chain import verify_pinned_chain
 from confide.verify.azure_vtpm import verify_azure_snp, verify_azure_tdx
 from confide.verify.dcap import DcapVerifier
 from confide.verify.nitro import verify_nitro_document
-from confide.verify.nvidia import RimMismatchError, verify_nvidia_report
+from confide.verify.nvidia import RimMismatchError, nvidia_device_root, ocsp_targets, verify_nvidia_report
+from confide.verify.nvidia_rim import nvidia_rim_root, rim_ocsp_targets
+from confide.verify.ocsp import OcspResponse
 from confide.verify.result import Platform, VerifiedEvidence
 from confide.verify.sev_snp import AmdRootStore, SnpVerifier
 from confide.verify.sim import verify_sim
@@ -122,8 +148,9 @@ def split_gpu_aux(platform: Platform, aux: dict[str, bytes]) -> tuple[dict[str, 
 class PlatformVerifier:
     """Verifies evidence for the CAS. ``sim_key`` enables the simulator (development only);
     ``dcap_source`` supplies Intel collateral (``aux["collateral"]`` may carry a dcap-qvl JSON
-    bundle instead). ``nvidia_root``, ``nvidia_rim_root``, ``nitro_root`` and ``amd_roots``
-    replace the embedded pinned roots: for test PKIs only."""
+    bundle instead). ``nvidia_ocsp``: check NVIDIA chains for revocation with the responses of
+    this cache (module docstring; ``None``: not checked). ``nvidia_root``, ``nvidia_rim_root``,
+    ``nitro_root`` and ``amd_roots`` replace the embedded pinned roots: for test PKIs only."""
 
     def __init__(
         self,
@@ -134,14 +161,24 @@ class PlatformVerifier:
         nvidia_rim_root: x509.Certificate | None = None,
         nitro_root: x509.Certificate | None = None,
         amd_roots: AmdRootStore | None = None,
+        nvidia_ocsp: OcspCache | None = None,
     ) -> None:
         self.sim_key = sim_key
         self.dcap_source = dcap_source
+        self.nvidia_ocsp = nvidia_ocsp
         self.nvidia_root = nvidia_root
         self.nvidia_rim_root = nvidia_rim_root
         self.nitro_root = nitro_root
         self.dcap = DcapVerifier()
         self.snp = SnpVerifier(amd_roots if amd_roots is not None else embedded_roots())
+
+    def may_fetch(self, platform: str, aux_keys: Iterable[str]) -> bool:
+        """Whether verifying evidence of ``platform`` with these aux keys may wait on the network:
+        NVIDIA reports (``nvidia-gpu``, or ``gpu<k>`` blobs of a composite request) while OCSP
+        is configured (the cache may have to ask the responder)."""
+        if self.nvidia_ocsp is None:
+            return False
+        return platform == Platform.NVIDIA_GPU.value or any(k.startswith(GPU_PREFIX) for k in aux_keys)
 
     def verify(
         self, platform: Platform, evidence: bytes, aux: dict[str, bytes], *, at: datetime
@@ -177,16 +214,57 @@ class PlatformVerifier:
             # The nonce is not checked here: the CAS compares it with the key binding
             # (check_binding), as it does every platform's report data.
             certs, rims = _nvidia_aux(aux)
+            ocsp: list[OcspResponse] | None = None
+            rim_ocsp: list[list[OcspResponse]] | None = None
+            if self.nvidia_ocsp is not None:
+                ocsp, rim_ocsp = self._nvidia_revocation(self.nvidia_ocsp, evidence, certs, rims, at)
             try:
                 return verify_nvidia_report(
-                    evidence, certs, at=at, root=self.nvidia_root, rims=rims, rim_root=self.nvidia_rim_root
-                )
+                    evidence, certs, at=at, root=self.nvidia_root, rims=rims, rim_root=self.nvidia_rim_root,
+                    ocsp=ocsp, rim_ocsp=rim_ocsp,
+                )  # fmt: skip
             except RimMismatchError as exc:
                 # Refusals cross the wire by class name: keep to the public tree (confide.errors).
                 raise MeasurementError(exc.message) from None
         if platform is Platform.AWS_NITRO:
             return verify_nitro_document(evidence, at=at, root=self.nitro_root)
         raise UsageError(f"this CAS does not verify {platform.value} evidence yet")
+
+    def _nvidia_revocation(
+        self,
+        cache: OcspCache,
+        evidence: bytes,
+        certs: list[x509.Certificate],
+        rims: list[ReferenceManifest],
+        at: datetime,
+    ) -> tuple[list[OcspResponse], list[list[OcspResponse]]]:
+        """OCSP responses for the GPU chain's links and each RIM's signing chain (module
+        docstring), for :func:`verify_nvidia_report` to check. A malformed report and chains
+        that do not verify to their pinned roots are refused as such before anything is asked."""
+        NvidiaAttestationReport.from_bytes(evidence)
+        device_root = self.nvidia_root if self.nvidia_root is not None else nvidia_device_root()
+        verify_pinned_chain(certs, device_root, at)
+        rim_targets = []
+        if rims:
+            rim_root = self.nvidia_rim_root if self.nvidia_rim_root is not None else nvidia_rim_root()
+            for rim in rims:
+                targets = rim_ocsp_targets(rim.raw, rim_root)
+                verify_pinned_chain([cert for cert, _ in targets] + [rim_root], rim_root, at)
+                rim_targets.append(targets)
+        try:
+            return (
+                cache.responses(ocsp_targets(certs), at=at),
+                [cache.responses(targets, at=at) for targets in rim_targets],
+            )
+        except RevocationError:
+            raise
+        except ParseError as exc:
+            # The responder's bytes, not the request's: not a malformed request (HTTP 400).
+            raise CollateralError(f"revocation check: {exc.message}") from None
+        except ConfideError as exc:
+            exc.message = f"revocation check: {exc.message}"
+            exc.args = (exc.message,)
+            raise
 
     def _dcap_collateral(self, quote: Quote, aux: dict[str, bytes]) -> DcapCollateral:
         """A quote's collateral: the request's dcap-qvl bundle, else the configured source."""
