@@ -327,6 +327,27 @@ def test_a_chain_that_does_not_verify_is_not_asked_about(cas: InProcessCas, resp
     assert responder.requests == []
 
 
+def test_a_cached_response_does_not_vouch_for_a_chain_that_does_not_verify(
+    cas: InProcessCas, responder: Responder
+) -> None:
+    rt = Runtime(cas)
+    accepted(cas, rt.gpu_only(), rt)  # the ICA's response is cached
+    # A leaf that names the ICA as its issuer but was signed by another key: the cached response
+    # about the ICA is found, and the chain is refused all the same.
+    impostor_ica = make_ca("Test ICA", NOW, PKI.root)
+    forged = NvidiaPki(PKI.root, PKI.ica, make_leaf(impostor_ica, FWID, NOW))
+    rt2 = Runtime(cas)
+    request = rt2.body(
+        policy="app",
+        service="gpu",
+        platform="nvidia-gpu",
+        evidence=rt2.gpu(forged),
+        aux={"certs": forged.chain_pem()},
+    )
+    refused(cas.cas, request, errors.CertificateChainError, r"signature of .*Test GPU FMC.* by .*Test ICA")
+    assert len(responder.requests) == 1
+
+
 # --- expiry ----------------------------------------------------------------------------------------
 
 

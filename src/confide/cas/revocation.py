@@ -76,22 +76,32 @@ class OcspCache:
         return [self.response(cert, issuer, at=at) for cert, issuer in targets]
 
     def response(self, cert: x509.Certificate, issuer: x509.Certificate, *, at: datetime) -> OcspResponse:
-        """The cached response about ``cert`` usable at ``at``, else a fresh one from the source,
-        verified good at ``at`` and then cached. ``issuer`` must be verified (a link of a chain
-        to a pinned root): the source is asked about it. Raises what the source or the
-        verification raises (``RevocationError`` for a revoked or unknown certificate)."""
-        key = (_key_hash(issuer), cert.serial_number)
-        entry = self._entries.get(key)
-        if entry is not None and entry.stored_at <= at < entry.expires:
-            with self._count_lock:
-                self.hits += 1
-            return entry.response
+        """:meth:`cached`, else :meth:`fetch`."""
+        cached = self.cached(cert, issuer, at=at)
+        return cached if cached is not None else self.fetch(cert, issuer, at=at)
+
+    def cached(
+        self, cert: x509.Certificate, issuer: x509.Certificate, *, at: datetime
+    ) -> OcspResponse | None:
+        """The cached response about ``cert`` usable at ``at`` (module docstring), or ``None``."""
+        entry = self._entries.get((_key_hash(issuer), cert.serial_number))
+        if entry is None or not entry.stored_at <= at < entry.expires:
+            return None
+        with self._count_lock:
+            self.hits += 1
+        return entry.response
+
+    def fetch(self, cert: x509.Certificate, issuer: x509.Certificate, *, at: datetime) -> OcspResponse:
+        """A fresh response about ``cert`` from the source, verified good at ``at``, then
+        cached. ``issuer`` must be verified (a link of a chain to a pinned root): the source is
+        asked about it. Raises what the source or the verification raises
+        (``RevocationError`` for a revoked or unknown certificate)."""
         with self._count_lock:
             self.fetches += 1
         fetched = self.source.fetch(cert, issuer)
         check = verify_ocsp_response(fetched, cert, issuer, at=at)
         expires = check.next_update if check.next_update is not None else at + NO_NEXT_UPDATE_TTL
-        self._entries.put(key, _Entry(fetched, at, expires))
+        self._entries.put((_key_hash(issuer), cert.serial_number), _Entry(fetched, at, expires))
         return fetched
 
 

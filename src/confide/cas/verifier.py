@@ -40,9 +40,10 @@ from __future__ import annotations
 
 import hmac
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -239,32 +240,24 @@ class PlatformVerifier:
         at: datetime,
     ) -> tuple[list[OcspResponse], list[list[OcspResponse]]]:
         """OCSP responses for the GPU chain's links and each RIM's signing chain (module
-        docstring), for :func:`verify_nvidia_report` to check. A malformed report and chains
-        that do not verify to their pinned roots are refused as such before anything is asked."""
-        NvidiaAttestationReport.from_bytes(evidence)
-        device_root = self.nvidia_root if self.nvidia_root is not None else nvidia_device_root()
-        verify_pinned_chain(certs, device_root, at)
-        rim_targets = []
+        docstring), for :func:`verify_nvidia_report` to check (it verifies every chain before
+        it uses a response about it). Cached responses are taken as they are; before a
+        responder is asked anything, the report must parse and the chain must verify to its
+        pinned root, else that is the refusal."""
+
+        def device_chain() -> None:
+            NvidiaAttestationReport.from_bytes(evidence)
+            verify_pinned_chain(certs, self.nvidia_root or nvidia_device_root(), at)
+
+        ocsp = _responses(cache, ocsp_targets(certs), device_chain, at)
+        rim_ocsp = []
         if rims:
-            rim_root = self.nvidia_rim_root if self.nvidia_rim_root is not None else nvidia_rim_root()
+            rim_root = self.nvidia_rim_root or nvidia_rim_root()
             for rim in rims:
                 targets = rim_ocsp_targets(rim.raw, rim_root)
-                verify_pinned_chain([cert for cert, _ in targets] + [rim_root], rim_root, at)
-                rim_targets.append(targets)
-        try:
-            return (
-                cache.responses(ocsp_targets(certs), at=at),
-                [cache.responses(targets, at=at) for targets in rim_targets],
-            )
-        except RevocationError:
-            raise
-        except ParseError as exc:
-            # The responder's bytes, not the request's: not a malformed request (HTTP 400).
-            raise CollateralError(f"revocation check: {exc.message}") from None
-        except ConfideError as exc:
-            exc.message = f"revocation check: {exc.message}"
-            exc.args = (exc.message,)
-            raise
+                chain = partial(verify_pinned_chain, [cert for cert, _ in targets] + [rim_root], rim_root, at)
+                rim_ocsp.append(_responses(cache, targets, chain, at))
+        return ocsp, rim_ocsp
 
     def _dcap_collateral(self, quote: Quote, aux: dict[str, bytes]) -> DcapCollateral:
         """A quote's collateral: the request's dcap-qvl bundle, else the configured source."""
@@ -274,6 +267,39 @@ class PlatformVerifier:
             raise CollateralMissingError("this CAS has no DCAP collateral source configured")
         chain = self.dcap.pck_chain(quote)
         return self.dcap_source.get_collateral(fmspc=chain.extension.fmspc, ca=chain.ca, tee=quote.tee)
+
+
+def _responses(
+    cache: OcspCache,
+    targets: list[tuple[x509.Certificate, x509.Certificate]],
+    checked: Callable[[], None],
+    at: datetime,
+) -> list[OcspResponse]:
+    """One response per (certificate, issuer): the cache's, else fetched once ``checked()``
+    (the chain verified; its failure is the refusal) has passed. A failed fetch is a refusal
+    whose message starts with "revocation check" (a revoked certificate keeps its own)."""
+    found = [cache.cached(cert, issuer, at=at) for cert, issuer in targets]
+    if all(response is not None for response in found):
+        return [response for response in found if response is not None]
+    checked()
+    return [
+        response if response is not None else _fetch(cache, cert, issuer, at)
+        for response, (cert, issuer) in zip(found, targets, strict=True)
+    ]
+
+
+def _fetch(cache: OcspCache, cert: x509.Certificate, issuer: x509.Certificate, at: datetime) -> OcspResponse:
+    try:
+        return cache.fetch(cert, issuer, at=at)
+    except RevocationError:
+        raise
+    except ParseError as exc:
+        # The responder's bytes, not the request's: not a malformed request (HTTP 400).
+        raise CollateralError(f"revocation check: {exc.message}") from None
+    except ConfideError as exc:
+        exc.message = f"revocation check: {exc.message}"
+        exc.args = (exc.message,)
+        raise
 
 
 def _no_aux(platform: Platform, aux: dict[str, bytes], *, allowed: frozenset[str]) -> None:
