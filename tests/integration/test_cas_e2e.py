@@ -310,6 +310,43 @@ def test_board_needs_enough_approvals(cas: CasProcess, tmp_path: Path) -> None:
     assert [v["state"] for v in shown["versions"]] == ["superseded", "active"]
 
 
+def test_namespaces_decide_who_creates_policies_below_them(cas: CasProcess, tmp_path: Path) -> None:
+    alice, _ = identity(cas, tmp_path, "alice")
+    bob, b = identity(cas, tmp_path, "bob")
+    carol, _ = identity(cas, tmp_path, "carol")
+    ns = f'name: acme\nversion: "0.3"\naccess_policy:\n  create_sessions: [CREATOR, {b}]\n'
+    assert apply(cas, tmp_path, ns, alice).returncode == 0
+    script = app_script(tmp_path)
+    m = measure(cas, "/bin/sh", str(script))
+    text = policy_yaml("acme/shop", m, extra_service="    environment:\n      S: \"$$SCONE::s$$\"\n",
+                       body="secrets:\n  - name: s\n    kind: ascii\n")  # fmt: skip
+    r = apply(cas, tmp_path, text, carol)
+    assert r.returncode == errors.AccessDeniedError.exit_code and "namespace acme" in r.stderr, r.stderr
+    assert apply(cas, tmp_path, text, bob).returncode == 0
+    # A namespaced policy runs: --config-id splits at the last "/" (service names have none).
+    out = confide(cas, "run", "--config-id", "acme/shop/app", "--tee", "sim", "--", "/bin/sh", str(script),
+                  check=True).stdout  # fmt: skip
+    assert re.search(r"ENV S=\S+", out)
+    # POLICY/SECRET for a namespaced policy; the whole name alone is the policy.
+    acc = json.loads(
+        confide(cas, "ledger", "accesses", "acme/shop/s", "--identity", str(bob), "--json", check=True).stdout
+    )
+    assert len(acc) == 1 and acc[0]["service"] == "app"
+    whole = confide(cas, "ledger", "accesses", "acme/shop", "--identity", str(bob), "--json", check=True)
+    assert json.loads(whole.stdout) == acc
+    # alice owns acme: she sees carol's refused attempt there, with the name it was for.
+    hist = json.loads(
+        confide(cas, "ledger", "history", "acme", "--identity", str(alice), "--json", check=True).stdout
+    )
+    assert "policy.refused" in [h["event"] for h in hist["history"]]
+    # A policy whose last segment is "events" is shown, not mistaken for acme's events.
+    assert apply(cas, tmp_path, policy_yaml("acme/events", m), bob).returncode == 0
+    shown = json.loads(
+        confide(cas, "policy", "show", "acme/events", "--identity", str(bob), check=True).stdout
+    )
+    assert shown["name"] == "acme/events"
+
+
 def test_export_import_with_pinned_hashes(cas: CasProcess, tmp_path: Path) -> None:
     owner, _ = identity(cas, tmp_path, "owner")
     analyst, _ = identity(cas, tmp_path, "analyst")
@@ -581,7 +618,8 @@ def test_volume_keys_and_tags_stay_fresh(cas: CasProcess, client: CasClient, tmp
 
     first = release()
     [vol] = first["volumes"]  # type: ignore[misc]
-    assert vol == {"name": "data", "path": "/srv/data", "key": key_hex, "tag": tag0, "generation": 0}
+    assert vol == {"name": "data", "path": "/srv/data", "key": key_hex, "tag": tag0, "generation": 0,
+                   "update_policy": "rollback_protected"}  # fmt: skip
     session = str(first["session"])
     tag1 = "02" * 32
     assert client.report_volume_tag("vols", "data", session, tag0, tag1)["generation"] == 1
@@ -650,6 +688,173 @@ def test_confide_run_mounts_volumes_and_keeps_them_fresh(cas: CasProcess, tmp_pa
     shutil.copytree(old_copy, vol)
     third = confide(cas, "run", "--config-id", "volrun/app", "--tee", "sim", "--", "/bin/sh", str(script))
     assert third.returncode == errors.RollbackError.exit_code, third.stdout + third.stderr
+
+
+def sim_release(cas: CasProcess, client: CasClient, policy: str, argv: list[str]) -> dict[str, object]:
+    """Attest as service ``app`` of ``policy`` running ``argv`` (simulated TEE); the release."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from confide.cas.core import decrypt_release
+
+    provider = SimQuoteProvider.for_command(Path(cas.env["CONFIDE_SIM_DIR"]), argv)
+    key = ec.generate_private_key(ec.SECP256R1())
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    nonce = client.nonce()
+    raw = provider.get_evidence(binding_report_data(der, bytes.fromhex(nonce))).raw
+    resp = client.attest({"policy": policy, "service": "app", "platform": "sim", "nonce": nonce,
+                          "evidence": base64.b64encode(raw).decode(), "public_key": base64.b64encode(der).decode()})  # fmt: skip
+    return decrypt_release(key, resp, bytes.fromhex(nonce))
+
+
+def volume_tags(cas: CasProcess, policy: str, ident: Path) -> list[dict[str, object]]:
+    lines = confide(cas, "policy", "events", policy, "--identity", str(ident), check=True).stdout.splitlines()
+    return [e["payload"] for e in map(json.loads, lines) if e["type"] == "volume-tag"]
+
+
+APPEND = 'cat "$CONFIDE_VOLUME_DATA/notes.txt"\necho "run at $$" >> "$CONFIDE_VOLUME_DATA/notes.txt"\n'
+
+
+def test_confide_run_discards_an_ephemeral_volumes_changes(
+    cas: CasProcess, client: CasClient, tmp_path: Path
+) -> None:
+    """update_policy ephemeral: the service writes during its run, confide run discards the
+    changes at exit and reports nothing; the next run sees the old data, the CAS's tag is
+    unchanged, and a tag update sent directly (a tampered runtime) is refused by the CAS."""
+    if cas.db_url:
+        pytest.skip("the volume flow is the same on both databases; run once")
+    from confide.volume import VolumeKey
+    from confide.volume.store import load_sealed
+
+    alice, _ = identity(cas, tmp_path, "alice")
+    vol, keyfile, src = tmp_path / "vol", tmp_path / "vol.key", tmp_path / "src"
+    src.mkdir()
+    (src / "notes.txt").write_text("first line\n")
+    tag0 = sealed_volume(cas, vol, keyfile, src)
+    script = tmp_path / "writer.sh"
+    script.write_text(APPEND + 'cat "$CONFIDE_VOLUME_DATA/notes.txt"\n')
+    m = measure(cas, "/bin/sh", str(script))
+    key_hex = keyfile.read_text().strip()
+    text = volume_policy("ephem", m, key_hex, tag0, vol).replace(
+        f"        path: {vol}\n", f"        path: {vol}\n        update_policy: ephemeral\n"
+    )
+    assert "update_policy: ephemeral" in text
+    assert apply(cas, tmp_path, text, alice).returncode == 0
+    for _ in range(2):
+        r = confide(cas, "run", "--config-id", "ephem/app", "--tee", "sim", "--", "/bin/sh", str(script))
+        assert r.returncode == 0, r.stderr
+        # the write was visible during the run, and the run started from the old data
+        assert r.stdout.startswith("first line\nfirst line\nrun at"), r.stdout
+        assert r.stdout.count("run at") == 1, r.stdout
+    assert [t["generation"] for t in volume_tags(cas, "ephem", alice)] == [0]
+    manifest, tag = load_sealed(vol, VolumeKey(bytes.fromhex(key_hex)))
+    assert tag == tag0 and list(manifest.by_path()) == ["notes.txt"]
+    # a runtime that reports a tag anyway cannot persist: the CAS refuses, over TLS
+    got = sim_release(cas, client, "ephem", ["/bin/sh", str(script)])
+    assert got["volumes"][0]["update_policy"] == "ephemeral"  # type: ignore[index]
+    with pytest.raises(errors.AccessDeniedError, match="volume data is ephemeral for service app"):
+        client.report_volume_tag("ephem", "data", str(got["session"]), tag0, "02" * 32)
+    assert [t["generation"] for t in volume_tags(cas, "ephem", alice)] == [0]
+    # the verified ledger shows each release's mode
+    acc = confide(cas, "ledger", "accesses", "ephem", "--identity", str(alice), "--json", check=True)
+    rows = json.loads(acc.stdout)
+    assert len(rows) == 3 and all(r["volumes"][0]["update_policy"] == "ephemeral" for r in rows)
+    text = confide(cas, "ledger", "accesses", "ephem", "--identity", str(alice), check=True).stdout
+    assert text.count("volumes=[data (ephemeral)]") == 3
+
+
+def test_confide_run_without_rollback_protection_accepts_an_older_version(
+    cas: CasProcess, tmp_path: Path
+) -> None:
+    """update_policy no_rollback_protection: an older authentic copy of the volume is mounted
+    (it would be a RollbackError by default), and its new tag is recorded although the CAS's
+    current tag was another one (no compare-and-swap: last writer wins)."""
+    if cas.db_url:
+        pytest.skip("the volume flow is the same on both databases; run once")
+    import shutil
+
+    alice, _ = identity(cas, tmp_path, "alice")
+    vol, keyfile, src = tmp_path / "vol", tmp_path / "vol.key", tmp_path / "src"
+    src.mkdir()
+    (src / "notes.txt").write_text("first line\n")
+    tag0 = sealed_volume(cas, vol, keyfile, src)
+    script = tmp_path / "writer.sh"
+    script.write_text(APPEND)
+    m = measure(cas, "/bin/sh", str(script))
+    text = volume_policy("norb", m, keyfile.read_text().strip(), tag0, vol).replace(
+        f"        path: {vol}\n", f"        path: {vol}\n        update_policy: no_rollback_protection\n"
+    )
+    assert apply(cas, tmp_path, text, alice).returncode == 0
+    old_copy = tmp_path / "old-copy"
+    shutil.copytree(vol, old_copy)
+    first = confide(cas, "run", "--config-id", "norb/app", "--tee", "sim", "--", "/bin/sh", str(script))
+    assert first.returncode == 0, first.stderr
+    tag1 = volume_tags(cas, "norb", alice)[-1]["tag"]
+    assert tag1 != tag0
+    # the operator puts back the old copy: accepted, the service sees the old data
+    shutil.rmtree(vol)
+    shutil.copytree(old_copy, vol)
+    second = confide(cas, "run", "--config-id", "norb/app", "--tee", "sim", "--", "/bin/sh", str(script))
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == "first line\n"
+    tags = volume_tags(cas, "norb", alice)
+    assert [t["generation"] for t in tags] == [0, 1, 2]
+    last = tags[-1]
+    assert (last["previous"], last["based_on"], last["update_policy"]) == (
+        tag1,
+        tag0,
+        "no_rollback_protection",
+    )
+    third = confide(cas, "run", "--config-id", "norb/app", "--tee", "sim", "--", "/bin/sh", str(script))
+    assert third.returncode == 0 and third.stdout.count("run at") == 1, third.stdout + third.stderr
+
+
+def test_an_importer_cannot_persist_under_an_exporters_ephemeral(
+    cas: CasProcess, client: CasClient, tmp_path: Path
+) -> None:
+    """The exporter exports the volume with update_policy ephemeral; the importer's image says
+    rollback_protected. The importer's service may write during its run, but nothing persists,
+    and its runtime cannot move the exporter's tag even by asking the CAS directly."""
+    if cas.db_url:
+        pytest.skip("the volume flow is the same on both databases; run once")
+    from confide.volume import VolumeKey
+    from confide.volume.store import load_sealed
+
+    owner, _ = identity(cas, tmp_path, "owner")
+    analyst, _ = identity(cas, tmp_path, "analyst")
+    vol, keyfile, src = tmp_path / "vol", tmp_path / "vol.key", tmp_path / "src"
+    src.mkdir()
+    (src / "notes.txt").write_text("first line\n")
+    tag0 = sealed_volume(cas, vol, keyfile, src)
+    key_hex = keyfile.read_text().strip()
+    exporter = policy_yaml(
+        "producer", "00" * 48,
+        body=f"volumes:\n  - name: data\n    fspf_key: {key_hex}\n    fspf_tag: \"{tag0}\"\n"
+             "    export:\n      - to:\n          session: consumer\n        update_policy: ephemeral\n",
+    )  # fmt: skip
+    assert apply(cas, tmp_path, exporter, owner).returncode == 0
+    script = tmp_path / "writer.sh"
+    script.write_text(APPEND)
+    m = measure(cas, "/bin/sh", str(script))
+    importer = policy_yaml(
+        "consumer", m, extra_service="    image_name: img\n",
+        body="volumes:\n  - name: data\n    import:\n      session: producer\n      volume: data\n"
+             f"images:\n  - name: img\n    volumes:\n      - name: data\n        path: {vol}\n"
+             "        update_policy: rollback_protected\n",
+    )  # fmt: skip
+    assert apply(cas, tmp_path, importer, analyst).returncode == 0
+    for _ in range(2):
+        r = confide(cas, "run", "--config-id", "consumer/app", "--tee", "sim", "--", "/bin/sh", str(script))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == "first line\n"  # the previous run's write did not persist
+    assert load_sealed(vol, VolumeKey(bytes.fromhex(key_hex)))[1] == tag0
+    got = sim_release(cas, client, "consumer", ["/bin/sh", str(script)])
+    assert got["volumes"][0]["update_policy"] == "ephemeral"  # type: ignore[index]
+    with pytest.raises(errors.AccessDeniedError, match="update_policy of the export by producer"):
+        client.report_volume_tag("consumer", "data", str(got["session"]), tag0, "02" * 32)
+    assert [t["generation"] for t in volume_tags(cas, "producer", owner)] == [0]
 
 
 def test_confide_run_stops_the_service_when_a_volume_file_was_tampered_with(

@@ -73,3 +73,25 @@ def test_volume_cli_end_to_end(tmp_path: Path) -> None:
     r = _run("open", str(vol), "--key", str(key), "--to", str(tmp_path / "o3"), "--tag", new_tag)
     assert r.returncode == 21 and "models/weights.bin" in r.stderr
     assert list((tmp_path / "o3").iterdir()) == []
+
+
+def test_volume_rm(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "data").mkdir(parents=True)
+    (src / "data" / "old.csv").write_text("1,2\n")
+    (src / "app.py").write_text("print(1)\n")
+    vol, key = tmp_path / "vol", tmp_path / "vol.key"
+    assert _run("create", str(vol), "--key-out", str(key)).returncode == 0
+    assert _run("add", str(vol), str(src), "--key", str(key)).returncode == 0
+    tag = _run("seal", str(vol), "--key", str(key)).stdout.strip()
+
+    r = _run("rm", str(vol), "data", "--key", str(key))
+    assert r.returncode == 2 and "--recursive" in r.stderr
+    r = _run("rm", str(vol), "missing", "--key", str(key))
+    assert r.returncode == 2 and "'missing' is not in the volume" in r.stderr
+    r = _run("rm", str(vol), "/data", "--recursive", "--key", str(key))
+    assert r.returncode == 0 and "removed 2 entries (1 files); not sealed yet" in r.stdout, r.stderr
+    new_tag = _run("seal", str(vol), "--key", str(key)).stdout.strip()
+    assert new_tag != tag
+    r = _run("verify", str(vol), "--key", str(key), "--tag", new_tag)
+    assert r.returncode == 0 and "verified: 1 files" in r.stdout, r.stdout + r.stderr

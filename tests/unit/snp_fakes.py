@@ -1,5 +1,5 @@
 """A private AMD-shaped PKI for tests: ARK -> ASK -> VCEK (RSA-PSS SHA-384 like AMD's), reports
-signed with the VCEK, and ARK-signed CRLs.
+signed with the VCEK, and ARK-signed CRLs (served by a fake AMD KDS: ``tests/kds_fake.py``).
 
 Real vectors cover Milan v2/v3 VCEK and VLEK reports; no real Turin or v5 report exists in the
 collected test vectors, so the Turin TCB layout, v5 fields and CRLs are exercised with this PKI

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from snp_fakes import AT, NOT_BEFORE, FakeAmd, make_fake_amd
 
 from cli import run_confide
 from confide.collateral.amd_kds import (
+    MAX_RESPONSE_SIZE,
     AmdCollateralRequest,
     KdsHttpCollateral,
     LocalKdsCollateral,
@@ -25,6 +24,7 @@ from confide.platforms import VerifyRequest
 from confide.platforms.sev_snp import embedded_roots, load_crl, verify_request
 from confide.verify.result import Platform
 from confide.verify.sev_snp import AmdChain, SnpVerifier, VekKind, load_certificates
+from kds_fake import FakeKds, fake_kds
 
 ASSETS = Path(__file__).parent.parent / "assets" / "sev-snp"
 GO_REPORT = (ASSETS / "google-go-sev-guest/attestation.bin").read_bytes()
@@ -33,46 +33,10 @@ MILAN_CHAIN = (ASSETS / "amd-roots/ask_ark_milan.pem").read_bytes()
 MILAN_VLEK_CHAIN = (ASSETS / "amd-roots/ask_ark_milan_vlek.pem").read_bytes()
 
 
-class FakeKds:
-    """A fake AMD KDS: exact (path, query) -> (status, body, headers); records every request."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, tuple[int, bytes, dict[str, str]]] = {}
-        self.requests: list[str] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                fake.requests.append(self.path)
-                status, body, headers = fake.routes.get(self.path, (404, b"Not Found", {}))
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def route(self, path: str, body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> None:
-        self.routes[path] = (status, body, headers or {})
-
-
 @pytest.fixture
 def kds() -> Iterator[FakeKds]:
-    server = FakeKds()
-    server.thread.start()
-    try:
+    with fake_kds() as server:
         yield server
-    finally:
-        server.server.shutdown()
-        server.server.server_close()
-        server.thread.join(timeout=5)
 
 
 def go_request() -> AmdCollateralRequest:
@@ -282,3 +246,34 @@ def test_cli_collateral_url_is_refused_where_nothing_is_fetched(tmp_path: Path) 
         "evidence", "verify", report, "--platform", "aws-nitro", "--collateral", "https://example.invalid"
     )
     assert r.returncode == UsageError.exit_code and "needs no collateral" in r.stderr
+
+
+def test_http_without_a_cache_asks_every_time_and_writes_nothing(kds: FakeKds, tmp_path: Path) -> None:
+    """``cache_dir=None`` (the CAS's source: it keeps a verified cache of its own)."""
+    kds.route(go_vcek_path(), GO_VCEK)
+    kds.route("/vcek/v1/Milan/cert_chain", MILAN_CHAIN)
+    with KdsHttpCollateral(None, base_url=kds.url, crl_required=False) as source:
+        got = source.fetch(go_request())
+        assert (got.vek_der, got.chain_pem, got.crl_der) == (GO_VCEK, MILAN_CHAIN, None)
+        source.fetch(go_request())
+    assert kds.requests == [go_vcek_path(), "/vcek/v1/Milan/cert_chain", "/vcek/v1/Milan/crl"] * 2
+    assert source.cache is None
+
+
+def test_http_crl_404_is_an_error_unless_not_required(kds: FakeKds, tmp_path: Path) -> None:
+    kds.route(go_vcek_path(), GO_VCEK)
+    kds.route("/vcek/v1/Milan/cert_chain", MILAN_CHAIN)
+    with (
+        KdsHttpCollateral(None, base_url=kds.url) as source,
+        pytest.raises(CollateralMissingError, match="crl \\(HTTP 404\\)"),
+    ):
+        source.fetch(go_request())
+    kds.route("/vcek/v1/Milan/crl", b"garbage")
+    with KdsHttpCollateral(None, base_url=kds.url, crl_required=False) as source, pytest.raises(ParseError):
+        source.fetch(go_request())  # a CRL that is served must parse
+
+
+def test_http_response_size_is_bounded(kds: FakeKds, tmp_path: Path) -> None:
+    kds.route(go_vcek_path(), b"\x30" * (MAX_RESPONSE_SIZE + 1))
+    with KdsHttpCollateral(None, base_url=kds.url) as source, pytest.raises(ParseError, match="more than"):
+        source.fetch(go_request())

@@ -504,3 +504,58 @@ def test_chunks_larger_than_a_batch_round_trip(tmp_path: Path) -> None:
     out = tmp_path / "out"
     open_volume(vol, key, out, tag, workers=2)
     assert (out / "f").read_bytes() == files["f"]
+
+
+def test_remove_files_and_directories_then_seal(tmp_path: Path) -> None:
+    from confide.volume.store import PENDING_NAME, remove_paths
+
+    files = {"a/x": b"x" * 10, "a/b/y": b"y" * 70_000, "keep": b"k", "z": b"z"}
+    vol, key, tag = _volume(tmp_path, files)
+    pending = vol / PENDING_NAME
+    objects_before = {p.name for p in (vol / OBJECTS_DIR).iterdir()}
+
+    # All or nothing: one bad path leaves the pending manifest untouched.
+    with pytest.raises(UsageError, match="'nope' is not in the volume"):
+        remove_paths(vol, key, ["z", "nope"])
+    with pytest.raises(UsageError, match="'a' is a directory with 3 entries below it"):
+        remove_paths(vol, key, ["a"])
+    with pytest.raises(UsageError):
+        remove_paths(vol, key, ["../etc"])
+    with pytest.raises(UsageError):
+        remove_paths(vol, key, ["/"])
+    assert not pending.exists()
+
+    removed = remove_paths(vol, key, ["/a/", "z"], recursive=True)
+    assert [e.path for e in removed] == ["a", "a/b", "a/b/y", "a/x", "z"]
+    # Pending removals are invisible and the removed objects stay until the seal.
+    assert verify_volume(vol, key, tag).files == 4
+    assert {p.name for p in (vol / OBJECTS_DIR).iterdir()} == objects_before
+    new_tag = seal_volume(vol, key)
+    assert new_tag != tag
+    m, _ = load_sealed(vol, key, new_tag)
+    assert [e.path for e in m.entries] == ["keep"]
+    assert [p.name for p in (vol / OBJECTS_DIR).iterdir()] == [m.by_path()["keep"].file_id.hex()]
+    out = tmp_path / "out"
+    open_volume(vol, key, out, expected_tag=new_tag)
+    assert sorted(p.name for p in out.iterdir()) == ["keep"]
+    # The old version is now a rollback.
+    with pytest.raises(RollbackError):
+        verify_volume(vol, key, tag)
+
+
+def test_remove_an_implicit_directory_and_a_symlink(tmp_path: Path) -> None:
+    from confide.volume.store import remove_paths
+
+    key = VolumeKey.generate()
+    vol = tmp_path / "vol"
+    create_volume(vol, key)
+    src = _tree(tmp_path / "src", {"d/e/f": b"1", "g": b"2"})
+    (src / "link").symlink_to("g")
+    add_sources(vol, key, [src / "d" / "e" / "f"], dest="d/e")  # "d" and "d/e" are implicit
+    add_sources(vol, key, [src / "g", src / "link"])
+    seal_volume(vol, key)
+    with pytest.raises(UsageError, match="use --recursive"):
+        remove_paths(vol, key, ["d"])
+    assert [e.path for e in remove_paths(vol, key, ["d", "link"], recursive=True)] == ["d/e/f", "link"]
+    m, _ = load_sealed(vol, key, seal_volume(vol, key))
+    assert [e.path for e in m.entries] == ["g"]

@@ -157,26 +157,31 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
         result = cas.apply(submission)
         return {"name": result.name, "hash": result.hash, "state": result.state}
 
-    @app.post("/v1/policies/{name}/approvals")
+    # Policy names may be namespaced (a/b/c): {name:path} takes the slashes, raw or as %2F. The
+    # events route comes first; a GET of a policy whose last segment is "events" also reaches it,
+    # and the signed read request (which names the policy) tells the two apart.
+    @app.post("/v1/policies/{name:path}/approvals")
     def approve_policy(name: str, approval: dict[str, Any] = Body(...)) -> dict[str, str]:  # noqa: B008
         if approval.get("name") != name:
             raise ParseError("approval names another policy than the URL", structure="approval")
         result = cas.approve(approval)
         return {"name": result.name, "hash": result.hash, "state": result.state}
 
-    @app.get("/v1/policies/{name}")
+    @app.get("/v1/policies/{name:path}/events")
+    def policy_events(name: str, x_confide_read: str | None = Header(default=None)) -> dict[str, Any]:
+        doc = _read_doc(x_confide_read)
+        if isinstance(doc, dict) and doc.get("name") == f"{name}/events":
+            return cas.show(doc)  # GET /v1/policies/<a/events>: the policy named a/events
+        if not isinstance(doc, dict) or doc.get("name") != name:
+            raise ParseError("read request names another policy than the URL", structure="read request")
+        return cas.events_for(doc)
+
+    @app.get("/v1/policies/{name:path}")
     def show_policy(name: str, x_confide_read: str | None = Header(default=None)) -> dict[str, Any]:
         doc = _read_doc(x_confide_read)
         if not isinstance(doc, dict) or doc.get("name") != name:
             raise ParseError("read request names another policy than the URL", structure="read request")
         return cas.show(doc)
-
-    @app.get("/v1/policies/{name}/events")
-    def policy_events(name: str, x_confide_read: str | None = Header(default=None)) -> dict[str, Any]:
-        doc = _read_doc(x_confide_read)
-        if not isinstance(doc, dict) or doc.get("name") != name:
-            raise ParseError("read request names another policy than the URL", structure="read request")
-        return cas.events_for(doc)
 
     @app.get("/v1/log/{path:path}")
     def log_resource(path: str) -> Response:
@@ -198,10 +203,15 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
     @app.post("/v1/attest")
     async def attest(request: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
         # Phase 1 on the event loop: CPU-bound (verification, appraisal, rendering), so a thread
-        # hand-off would cost more than it saves; except when it may wait on the network (GPU
-        # reports with --nvidia-ocsp: the responder), then in a worker thread. Phase 2 (spend the
-        # nonce, record the outcome) goes to the group commit: the loop goes on with other
-        # requests while the disk syncs.
+        # Phase 1 on the event loop: CPU-bound (verification, appraisal, rendering), so a thread
+        # hand-off would cost more than it saves. Collateral it would fetch (an SEV-SNP VCEK from
+        # AMD KDS) is fetched first, in a thread: phase 1 then finds it in memory; when phase 1
+        # may wait on the network itself (GPU reports with --nvidia-ocsp: the responder), it runs
+        # in a worker thread. Phase 2 (spend the nonce, record the outcome) goes to the group
+        # commit: the loop goes on with other requests while the disk syncs.
+        job = cas.collateral_job(request)
+        if job is not None:
+            await asyncio.to_thread(job)
         if cas.attest_may_wait(request):
             pending = await asyncio.to_thread(cas.attest_begin, request)
         else:

@@ -89,7 +89,8 @@ def history(events: list[VerifiedEvent]) -> list[dict[str, Any]]:
 
 
 def accesses(events: list[VerifiedEvent], secret: str | None = None) -> list[dict[str, Any]]:
-    """Which attested services received which secrets, when, under which measurement."""
+    """Which attested services received which secrets, when, under which measurement (and, for
+    a release with volumes, each volume's update policy as released)."""
     rows = []
     for ev in events:
         if ev.type != "secret.released":
@@ -105,6 +106,8 @@ def accesses(events: list[VerifiedEvent], secret: str | None = None) -> list[dic
                 "included": ev.included,
             }
         )  # fmt: skip
+        if ev.payload.get("volumes"):
+            rows[-1]["volumes"] = ev.payload["volumes"]
     return rows
 
 

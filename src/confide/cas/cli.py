@@ -41,6 +41,9 @@ def cas() -> None:
 @click.option("--dev", is_flag=True, help="Development: enable the SIMULATED TEE (never in production).")
 @click.option("--db", "db_url", help="Database URL (default: SQLite in --data-dir; postgresql://...).")
 @click.option("--collateral", help="DCAP collateral source for SGX/TDX evidence (file, directory or URL).")
+@click.option("--kds", metavar="URL",
+              help="AMD KDS (https://kdsintf.amd.com) or a mirror: fetch the VCEK of SEV-SNP evidence"
+              " sent without one (cached in --data-dir/kds-cache).")  # fmt: skip
 @click.option("--witness", "witness_specs", multiple=True, metavar="URL=VKEY",
               help="A witness that cosigns every checkpoint (C2SP tlog-witness).")  # fmt: skip
 @click.option(
@@ -79,6 +82,7 @@ def cas_serve(
     dev: bool,
     db_url: str | None,
     collateral: str | None,
+    kds: str | None,
     witness_specs: tuple[str, ...],
     seal: str,
     tee: str | None,
@@ -104,6 +108,7 @@ def cas_serve(
         dev=dev,
         db_url=db_url,
         collateral=collateral,
+        kds=kds,
         witnesses=parse_witnesses(witness_specs),
         seal=provider,
         tee=tee,
@@ -373,7 +378,7 @@ def run(config_id: str, tee: str, gpus: str | None, command: tuple[str, ...]) ->
     )
     from confide.runtime.run import attest_and_prepare, launch, supervise
 
-    policy_name, sep, service = config_id.partition("/")
+    policy_name, sep, service = config_id.rpartition("/")
     if not sep or not policy_name or not service:
         raise UsageError(f"--config-id: got {config_id!r}, expected POLICY/SERVICE")
     gpu_count = _gpu_count(gpus, tee) if gpus is not None else None

@@ -63,6 +63,7 @@ from confide.ledger.store import Ledger
 from confide.policy import Policy, appraise, loads_policy, policy_hash
 from confide.policy.access import is_authorized
 from confide.policy.canonical import canonical_json, jcs
+from confide.policy.model import ImageVolume, UpdatePolicy
 from confide.policy.placeholders import (
     Context,
     Placeholder,
@@ -152,6 +153,15 @@ class SecretRow(NamedTuple):
     public: str
 
 
+class _Refused(Exception):
+    """A refused governance request: its transaction is rolled back, then ``event`` is recorded
+    under ``filed_under`` in a transaction of its own and ``error`` raised."""
+
+    def __init__(self, error: ConfideError, event: str, filed_under: str, payload: dict[str, Any]) -> None:
+        super().__init__(error.message)
+        self.error, self.event, self.filed_under, self.payload = error, event, filed_under, payload
+
+
 @dataclass(frozen=True)
 class ApplyResult:
     name: str
@@ -238,6 +248,17 @@ class Cas:
         digest = policy_hash(policy)
         document = canonical_json(policy).decode()
         now = self.clock()
+        try:
+            return self._apply(submission, policy, digest, document, signer.fingerprint, now)
+        except _Refused as refused:
+            # Recorded in a transaction of its own: the refused change's was rolled back.
+            with self.db.write() as conn:
+                self.events.record(conn, refused.event, refused.filed_under, refused.payload)
+            raise refused.error from None
+
+    def _apply(
+        self, submission: Any, policy: Policy, digest: str, document: str, submitter: str, now: float
+    ) -> ApplyResult:
         with self.db.write() as conn:
             head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == policy.name)).first()
             existing = conn.execute(
@@ -254,8 +275,8 @@ class Cas:
                     raise ConflictError(
                         f"policy {policy.name} does not exist; a new policy has no predecessor"
                     )
-                creator = signer.fingerprint
-                state = "active"
+                creator = submitter
+                state = self._creation_state(conn, policy.name, submitter)
             else:
                 creator = head.creator
                 if policy.predecessor != head.hash:
@@ -265,16 +286,16 @@ class Cas:
                     )
                 current = self._load(conn, policy.name, head.hash)
                 rules = current.access_policy.update
-                if is_authorized(rules, {signer.fingerprint}, creator=creator):
+                if is_authorized(rules, {submitter}, creator=creator):
                     state = "active"
-                elif _mentions(rules, signer.fingerprint, creator):
+                elif _mentions(rules, submitter, creator):
                     state = "pending"
                 else:
-                    self.events.record(
-                        conn, "policy-update-refused", policy.name, {"signer": signer.fingerprint}
-                    )
-                    raise AccessDeniedError(
-                        f"identity {signer.fingerprint[:16]}… may not update policy {policy.name}"
+                    raise _Refused(
+                        AccessDeniedError(f"identity {submitter[:16]}… may not update policy {policy.name}"),
+                        "policy-update-refused",
+                        policy.name,
+                        {"signer": submitter},
                     )
             seq = 1 + (
                 conn.execute(
@@ -289,11 +310,11 @@ class Cas:
                 insert(t.policies).values(
                     name=policy.name, hash=digest, seq=seq, predecessor=policy.predecessor,
                     document=document, submission=json.dumps(submission, sort_keys=True),
-                    submitter=signer.fingerprint, creator=creator, state=state, created_at=now,
+                    submitter=submitter, creator=creator, state=state, created_at=now,
                 )
             )  # fmt: skip
             payload: dict[str, Any] = {
-                "hash": digest, "predecessor": policy.predecessor, "signer": signer.fingerprint,
+                "hash": digest, "predecessor": policy.predecessor, "signer": submitter,
                 "submission_sha256": hashlib.sha256(jcs(submission)).hexdigest(),
             }  # fmt: skip
             if any(sec.value is not None for sec in policy.secrets):
@@ -310,83 +331,144 @@ class Cas:
                 self.events.record(conn, "policy-pending", policy.name, payload)
         return ApplyResult(policy.name, digest, state)
 
+    def _namespace_owner(self, conn: Connection, name: str) -> tuple[str, Any] | None:
+        """The nearest existing policy whose name is a namespace prefix of ``name`` (``a/b`` for
+        ``a/b/c`` if it exists, else ``a``), with its head row; ``None`` for a free name."""
+        parts = name.split("/")
+        for depth in range(len(parts) - 1, 0, -1):
+            parent = "/".join(parts[:depth])
+            head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == parent)).first()
+            if head is not None:
+                return parent, head
+        return None
+
+    def _creation_rules(self, conn: Connection, name: str) -> tuple[str, Any, tuple[Any, ...]] | None:
+        """Who may create ``name``: its namespace owner's ``access_policy.create_sessions`` (the
+        ``update`` rules when absent), with the owner's name and head; ``None`` when no policy
+        owns the namespace (first come, as for top-level names)."""
+        owner = self._namespace_owner(conn, name)
+        if owner is None:
+            return None
+        parent, head = owner
+        rules = self._load(conn, parent, head.hash).access_policy.effective_create_sessions
+        return parent, head, tuple(rules)
+
+    def _creation_state(self, conn: Connection, name: str, submitter: str) -> str:
+        """A new policy's state: active, pending (a board of the namespace must approve it), or
+        refused with :class:`AccessDeniedError` (recorded under the namespace)."""
+        found = self._creation_rules(conn, name)
+        if found is None:
+            return "active"
+        parent, head, rules = found
+        if is_authorized(rules, {submitter}, creator=head.creator):
+            return "active"
+        if _mentions(rules, submitter, head.creator):
+            return "pending"
+        # Filed under the namespace: the name itself does not exist (and may never).
+        raise _Refused(
+            AccessDeniedError(
+                f"identity {submitter[:16]}… may not create policies in namespace {parent} "
+                f"(its access_policy.create_sessions)"
+            ),
+            "policy-create-refused",
+            parent,
+            {"signer": submitter, "name": name},
+        )
+
     def approve(self, approval: Any) -> ApplyResult:
         body, signer = verify_signed(approval, APPROVAL_TYPE)
         name, digest = body.get("name"), body.get("hash")
         if not isinstance(name, str) or not isinstance(digest, str):
             raise ParseError("name and hash must be strings", structure=APPROVAL_TYPE)
         with self.db.write() as conn:
-            row = conn.execute(
-                select(t.policies).where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
-            ).first()
-            if row is None:
-                raise ConflictError(f"no submitted version {digest[:16]}… of policy {name}")
-            if row.state != "pending":
-                raise ConflictError(
-                    f"policy {name} version {digest[:16]}… is {row.state}, not pending approval"
-                )
-            head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).one()
-            if row.predecessor != head.hash:
-                conn.execute(
-                    update(t.policies)
-                    .where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
-                    .values(state="stale")
-                )
-                self.events.record(conn, "policy-stale", name, {"hash": digest})
-                raise ConflictError(
-                    f"policy {name} changed since version {digest[:16]}… was submitted; "
-                    "it can no longer be applied"
-                )
-            current = self._load(conn, name, head.hash)
-            rules = current.access_policy.update
-            if not _mentions(rules, signer.fingerprint, head.creator):
-                raise AccessDeniedError(
-                    f"identity {signer.fingerprint[:16]}… is not on the update board of {name}"
-                )
-            already = conn.execute(
-                select(t.approvals.c.signer).where(
-                    and_(
-                        t.approvals.c.name == name,
-                        t.approvals.c.hash == digest,
-                        t.approvals.c.signer == signer.fingerprint,
-                    )
-                )
-            ).first()
-            if already is None:
-                conn.execute(
-                    insert(t.approvals).values(
-                        name=name, hash=digest, signer=signer.fingerprint,
-                        document=json.dumps(approval, sort_keys=True), created_at=self.clock(),
-                    )
-                )  # fmt: skip
-            self.events.record(
-                conn, "policy-approved", name,
-                {"hash": digest, "signer": signer.fingerprint, "approval": jcs(approval).decode()},
-            )  # fmt: skip
-            approvers = {
-                r.signer
-                for r in conn.execute(
-                    select(t.approvals.c.signer).where(
-                        and_(t.approvals.c.name == name, t.approvals.c.hash == digest)
-                    )
-                )
-            }
-            approvers.add(row.submitter)
-            if not is_authorized(rules, approvers, creator=head.creator):
-                return ApplyResult(name, digest, "pending")
-            policy = self._load(conn, name, digest)
+            outcome = self._approve(conn, approval, signer, name, digest)
+        if isinstance(outcome, ConfideError):
+            raise outcome
+        return outcome
+
+    def _approve(
+        self, conn: Connection, approval: Any, signer: Any, name: str, digest: str
+    ) -> ApplyResult | ConfideError:
+        row = conn.execute(
+            select(t.policies).where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
+        ).first()
+        if row is None:
+            raise ConflictError(f"no submitted version {digest[:16]}… of policy {name}")
+        if row.state != "pending":
+            raise ConflictError(f"policy {name} version {digest[:16]}… is {row.state}, not pending approval")
+        head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
+        creation = head is None
+        if (head.hash if head is not None else None) != row.predecessor:
             conn.execute(
                 update(t.policies)
                 .where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
-                .values(state="active")
+                .values(state="stale")
             )
-            self._activate(conn, policy, digest, head.creator, False)
-            self.events.record(
-                conn,
-                "policy-updated",
-                name,
-                {"hash": digest, "predecessor": row.predecessor, "approvers": sorted(approvers)},
+            self.events.record(conn, "policy-stale", name, {"hash": digest})
+            # Returned, not raised: the stale mark and its event are committed.
+            return ConflictError(
+                f"policy {name} changed since version {digest[:16]}… was submitted; "
+                "it can no longer be applied"
             )
+        if head is not None:
+            rules_creator, creator = head.creator, head.creator
+            rules: tuple[Any, ...] = tuple(self._load(conn, name, head.hash).access_policy.update)
+            board = f"the update board of {name}"
+        else:
+            # A pending creation: the namespace's create_sessions board decides (the
+            # nearest owning policy now, which may be nearer than at submission).
+            found = self._creation_rules(conn, name)
+            if found is None:  # policies are never deleted: cannot happen
+                raise ConflictError(f"policy {name}: no policy owns its namespace any more")
+            parent, parent_head, rules = found
+            rules_creator, creator = parent_head.creator, row.creator
+            board = f"the create_sessions board of namespace {parent}"
+        if not _mentions(rules, signer.fingerprint, rules_creator):
+            raise AccessDeniedError(f"identity {signer.fingerprint[:16]}… is not on {board}")
+        already = conn.execute(
+            select(t.approvals.c.signer).where(
+                and_(
+                    t.approvals.c.name == name,
+                    t.approvals.c.hash == digest,
+                    t.approvals.c.signer == signer.fingerprint,
+                )
+            )
+        ).first()
+        if already is None:
+            conn.execute(
+                insert(t.approvals).values(
+                    name=name, hash=digest, signer=signer.fingerprint,
+                    document=json.dumps(approval, sort_keys=True), created_at=self.clock(),
+                )
+            )  # fmt: skip
+        self.events.record(
+            conn, "policy-approved", name,
+            {"hash": digest, "signer": signer.fingerprint, "approval": jcs(approval).decode()},
+        )  # fmt: skip
+        approvers = {
+            r.signer
+            for r in conn.execute(
+                select(t.approvals.c.signer).where(
+                    and_(t.approvals.c.name == name, t.approvals.c.hash == digest)
+                )
+            )
+        }
+        approvers.add(row.submitter)
+        if not is_authorized(rules, approvers, creator=rules_creator):
+            return ApplyResult(name, digest, "pending")
+        policy = self._load(conn, name, digest)
+        conn.execute(
+            update(t.policies)
+            .where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
+            .values(state="active")
+        )
+        self._activate(conn, policy, digest, creator, creation)
+        self.events.record(
+            conn,
+            "policy-created" if creation else "policy-updated",
+            name,
+            {"hash": digest, "predecessor": row.predecessor, "approvers": sorted(approvers)},
+        )
         return ApplyResult(name, digest, "active")
 
     def _load(self, conn: Connection, name: str, digest: str) -> Policy:
@@ -499,8 +581,12 @@ class Cas:
                 )
 
     def update_volume_tag(self, request: Any) -> dict[str, Any]:
-        """A running, attested service reports its volume's new tag (compare-and-swap on the
-        current tag, so an old copy of a volume can never become current again)."""
+        """A running, attested service reports its volume's new tag. By the volume's effective
+        update policy for that service (``docs/cas.md``, "Volume update policies"):
+        ``rollback_protected``: compare-and-swap on the current tag, so an old copy of a volume
+        can never become current again; ``ephemeral``: refused (nothing of such a service's
+        changes persists, whatever its runtime does); ``no_rollback_protection``: recorded
+        without comparing (last writer wins)."""
         if not isinstance(request, dict):
             raise ParseError("expected a JSON object", structure="volume tag update")
         try:
@@ -521,10 +607,21 @@ class Cas:
                 raise AccessDeniedError("no attested session of this policy presented that token")
             head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == policy_name)).one()
             policy = self._load(conn, policy_name, head.hash)
-            if volume not in {v.name for v in _service_volumes(policy, policy.service(session.service))}:
+            mount = next(
+                (v for v in _service_volumes(policy, policy.service(session.service)) if v.name == volume),
+                None,
+            )
+            if mount is None:
                 raise AccessDeniedError(f"service {session.service} does not mount volume {volume}")
             # An imported volume's tag is the exporter's: checked against its export as of now.
-            owner, owned = self._volume_owner(conn, policy, head.hash, volume)
+            owner, owned, exported = self._volume_owner(conn, policy, head.hash, volume)
+            mode = _update_policy(mount, exported)
+            if mode is UpdatePolicy.EPHEMERAL:
+                source = f"the export by {owner}" if exported is UpdatePolicy.EPHEMERAL else "its image"
+                raise AccessDeniedError(
+                    f"volume {volume} is ephemeral for service {session.service} (update_policy of "
+                    f"{source}): its changes are never persisted, so its tag cannot be updated"
+                )
             row = conn.execute(
                 select(t.volume_tags).where(
                     and_(t.volume_tags.c.policy == owner, t.volume_tags.c.volume == owned)
@@ -532,7 +629,7 @@ class Cas:
             ).first()
             if row is None:
                 raise ConflictError(f"policy {owner} has no volume {owned}")
-            if not hmac.compare_digest(row.tag, old_tag):
+            if mode is UpdatePolicy.ROLLBACK_PROTECTED and not hmac.compare_digest(row.tag, old_tag):
                 raise ConflictError(
                     f"volume {volume}: the update starts from tag {old_tag[:16]}…, "
                     f"the current tag is {row.tag[:16]}…"
@@ -543,8 +640,13 @@ class Cas:
                 .where(and_(t.volume_tags.c.policy == owner, t.volume_tags.c.volume == owned))
                 .values(tag=new_tag, generation=generation, updated_at=self.clock())
             )
-            payload = {"volume": owned, "tag": new_tag, "previous": old_tag, "generation": generation,
-                       "service": session.service, "measurement": session.measurement}  # fmt: skip
+            # "previous" is the tag this update replaced; under no_rollback_protection the version
+            # the service started from ("based_on") may be another, older one.
+            payload = {"volume": owned, "tag": new_tag, "previous": row.tag, "generation": generation,
+                       "service": session.service, "measurement": session.measurement,
+                       "update_policy": mode.value}  # fmt: skip
+            if old_tag != row.tag:
+                payload["based_on"] = old_tag
             if owner != policy_name:
                 payload["by"] = {"policy": policy_name, "volume": volume}
             self.events.record(conn, "volume-tag", owner, payload)
@@ -562,15 +664,21 @@ class Cas:
             )
         return self._load(conn, session, head.hash)
 
-    def _volume_owner(self, conn: Connection, policy: Policy, digest: str, name: str) -> tuple[str, str]:
+    def _volume_owner(
+        self, conn: Connection, policy: Policy, digest: str, name: str
+    ) -> tuple[str, str, UpdatePolicy | None]:
         """(policy, volume) whose key and tag a volume of ``policy`` (at ``digest``) uses: its own,
         or for an imported volume the exporter's, after checking that the exporter (at its
         current version, or the pinned ``session_hash``) exports it to this version of
         ``policy``. The importer's service then reads and writes the exporter's volume, and its
-        tag updates move the exporter's tag (one freshness chain per volume)."""
+        tag updates move the exporter's tag (one freshness chain per volume).
+
+        The third element is None for an own volume; for an import, the export's
+        ``update_policy`` (``rollback_protected`` when absent; the strictest when several
+        export entries name this version of ``policy``)."""
         vol = next((v for v in policy.volumes if v.name == name), None)
         if vol is None or vol.import_ is None:
-            return policy.name, name
+            return policy.name, name, None
         imp = vol.import_
         exporter = self._exporter(conn, imp.session, imp.session_hash, f"volume import {name}")
         exported = next((v for v in exporter.volumes if v.name == imp.volume), None)
@@ -578,12 +686,15 @@ class Cas:
             raise AccessDeniedError(
                 f"volume import {name}: {imp.session} has no volume {imp.volume} of its own"
             )
+        modes = []
         for e in exported.export:
             session, pinned = (
                 (e.session, e.session_hash) if e.to is None else (e.to.session, e.to.session_hash)
             )
             if session == policy.name and (pinned is None or pinned == digest):
-                return imp.session, imp.volume
+                modes.append(e.update_policy or UpdatePolicy.ROLLBACK_PROTECTED)
+        if modes:
+            return imp.session, imp.volume, UpdatePolicy.strictest(*modes)
         raise AccessDeniedError(
             f"volume import {name}: {imp.session} does not export volume {imp.volume} to this version of "
             f"{policy.name}"
@@ -745,8 +856,32 @@ class Cas:
         if seen.rowcount != 1:
             raise BindingError("this evidence was presented before (replay)")
 
+    def collateral_job(self, request: Any) -> Callable[[], None] | None:
+        """The blocking collateral fetch that phase 1 of ``request`` would need (SEV-SNP evidence
+        without its VCEK, with ``cas serve --kds``: :mod:`confide.cas.kds`), to run before
+        :meth:`attest_begin` and off the event loop; ``None`` when there is none. Cheap for
+        every other request; never raises (phase 1 refuses what is malformed)."""
+        if not isinstance(request, dict) or request.get("platform") != Platform.SEV_SNP.value:
+            return None
+        job = getattr(self.verifier, "collateral_job", None)
+        if job is None:
+            return None
+        try:
+            evidence = base64.b64decode(request["evidence"], validate=True)
+            aux = {
+                str(k): base64.b64decode(v, validate=True) for k, v in dict(request.get("aux") or {}).items()
+            }
+        except (KeyError, ValueError, TypeError):
+            return None
+        at = datetime.fromtimestamp(self.clock(), UTC)
+        result: Callable[[], None] | None = job(Platform.SEV_SNP, evidence, aux, at=at)
+        return result
+
     def attest(self, request: Any) -> dict[str, Any]:
         """Verify, bind, appraise, release. Returns the release encrypted to the runtime key."""
+        job = self.collateral_job(request)
+        if job is not None:
+            job()
         pending = self.attest_begin(request)
         with self.db.write() as conn:
             pending.commit(conn)
@@ -1010,7 +1145,7 @@ class Cas:
         }
         volumes = []
         for mount in _service_volumes(policy, service):
-            owner, owned = self._volume_owner(conn, policy, digest, mount.name)
+            owner, owned, exported = self._volume_owner(conn, policy, digest, mount.name)
             key_row = self._latest_secret(conn, owner, f"volume/{owned}")
             tag_row = raw_execute(
                 conn,
@@ -1020,8 +1155,11 @@ class Cas:
             if key_row is None or tag_row is None:
                 raise PolicyError(f"volume {owned} of {owner} has no key or tag")
             key = self._unseal(key_row)
+            # The runtime enforces the mode (which tag it accepts, whether it reports a new one);
+            # update_volume_tag enforces it again on the CAS's side.
+            mode = _update_policy(mount, exported)
             entry = {"name": mount.name, "path": mount.path, "key": key.data.hex(), "tag": tag_row[0],
-                     "generation": tag_row[1]}  # fmt: skip
+                     "generation": tag_row[1], "update_policy": mode.value}  # fmt: skip
             if (owner, owned) != (policy.name, mount.name):
                 entry["owner"] = {"policy": owner, "volume": owned}
             volumes.append(entry)
@@ -1144,7 +1282,12 @@ class PendingAttestation:
                     "SELECT tag FROM volume_tags WHERE policy = ? AND volume = ?",
                     (owner["policy"], owner["volume"]),
                 ).fetchone()
-                if current is None or current[0] != vol["tag"]:
+                # no_rollback_protection: the runtime accepts any authentic version, so the
+                # released tag binds nothing and a concurrent update does not matter.
+                stale = current is None or (
+                    current[0] != vol["tag"] and vol["update_policy"] != UpdatePolicy.NO_ROLLBACK_PROTECTION
+                )
+                if stale:
                     raise ConflictError(f"volume {vol['name']} changed during the attestation; attest again")
             raw_execute(
                 conn,
@@ -1164,6 +1307,13 @@ class PendingAttestation:
                 "runtime_key_sha256": hashlib.sha256(self.key_der).hexdigest(),
                 "measurement": outcome.get("measurement"),
             }  # fmt: skip
+            if self.config.get("volumes"):
+                # each volume's mode as released (never its key), so the ledger shows how the
+                # service was allowed to change it
+                release["volumes"] = [
+                    {k: v[k] for k in ("name", "owner", "tag", "generation", "update_policy") if k in v}
+                    for v in self.config["volumes"]
+                ]
             cas.events.record_many(
                 conn, [("attestation", self.policy, outcome), ("secret-release", self.policy, release)]
             )
@@ -1232,6 +1382,19 @@ def _gpu_summary(slot: str, v: VerifiedEvidence) -> dict[str, Any]:
 
 def _sha(text: str | None) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest() if text else None
+
+
+def _update_policy(mount: ImageVolume, exported: UpdatePolicy | None) -> UpdatePolicy:
+    """The update policy of a service for a volume it mounts (``images[].volumes[]``).
+
+    Own volume: the image's ``update_policy``, ``rollback_protected`` when absent. Imported
+    volume: the exporter decides how others may change its data, so the export's policy
+    applies; the importer's image may only make it stricter (``UpdatePolicy.strictness``),
+    never looser: an exported ``ephemeral`` stays ``ephemeral``, an importer's
+    ``no_rollback_protection`` under a ``rollback_protected`` export is ``rollback_protected``."""
+    if exported is None:
+        return mount.update_policy or UpdatePolicy.ROLLBACK_PROTECTED
+    return UpdatePolicy.strictest(exported, mount.update_policy or exported)
 
 
 def _service_volumes(policy: Policy, service: Any) -> list[Any]:

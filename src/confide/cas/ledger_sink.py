@@ -29,6 +29,7 @@ ENTRY_TYPES: dict[str, EntryType] = {
     "policy-pending": EntryType.POLICY_SUBMITTED,
     "policy-stale": EntryType.POLICY_STALE,
     "policy-update-refused": EntryType.POLICY_REFUSED,
+    "policy-create-refused": EntryType.POLICY_REFUSED,
     "secrets-generated": EntryType.SECRETS_GENERATED,
     "certificates-renewed": EntryType.CERTIFICATES_RENEWED,
     "attestation": EntryType.ATTESTATION,

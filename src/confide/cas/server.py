@@ -12,6 +12,9 @@ The data directory holds (created on first start, mode 0700/0600):
   ``log.key.sealed`` instead, sealed under the master key;
 - ``cas.db``: the embedded SQLite database (unless ``--db`` names PostgreSQL);
 - ``sim/``: with ``--dev``, the simulated platform's key (development only);
+- ``kds-cache/``: with ``--kds URL``, the VCEKs (and AMD chains and CRLs) fetched from AMD KDS
+  for SEV-SNP evidence sent without its VCEK (:mod:`confide.cas.kds`: bounded, and verified
+  again whenever it is read);
 - ``client.env``: ``export`` lines with what a client needs (``CONFIDE_CAS_URL``,
   ``CONFIDE_CAS_CERT``, and with ``--dev`` ``CONFIDE_SIM_DIR``);
 - ``*.new``: only while ``confide cas rotate-master-key`` runs, or after it was interrupted
@@ -67,6 +70,8 @@ from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer
 from confide.cas.self_check import SelfCheck
 from confide.cas.verifier import PlatformVerifier
+from confide.collateral import is_url
+from confide.collateral.amd_kds import DEFAULT_KDS_URL, KdsHttpCollateral
 from confide.collateral.dcap import source_for
 from confide.collateral.nvidia_ocsp import source_for as ocsp_source_for
 from confide.errors import ConfideError, UsageError
@@ -284,6 +289,7 @@ def prepare(
     quote_provider: QuoteProvider | None = None,
     clock: Callable[[], datetime] | None = None,
     amd_roots: AmdRootStore | None = None,
+    kds: str | None = None,
     nvidia_ocsp: str | None = None,
 ) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
     """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (``dev``:
@@ -297,6 +303,9 @@ def prepare(
     the CAS's verifier configuration, the DCAP collateral source of ``collateral`` and the pinned
     AMD roots (``amd_roots`` replaces them, also for the evidence clients present: test PKIs
     only). DCAP evidence without ``collateral`` is published unchecked, which is logged once.
+    ``kds``: the AMD KDS base URL (``--kds``) the CAS fetches the VCEKs of SEV-SNP evidence sent
+    without one from, cached in ``data_dir/kds-cache``.
+
     ``nvidia_ocsp``: an OCSP responder URL or a directory of stored responses; NVIDIA GPU chains
     are then checked for revocation (``confide.cas.verifier``, ``confide.cas.revocation``)."""
     if dev and tee is not None:
@@ -363,9 +372,18 @@ def prepare(
                 json.dumps({"event": "cas-evidence-unchecked", "tee": tee, "reason": summary["reason"]})
             )
     database.migrate()
+    kds_source = None
+    if kds is not None:
+        if not is_url(kds):
+            raise UsageError(f"--kds: got {kds[:80]!r}, expected an http(s) URL (e.g. {DEFAULT_KDS_URL})")
+        # No cache of its own: confide.cas.kds keeps the verified one, in kds-cache. The CRL is
+        # checked when the KDS serves one (a mirror may not).
+        kds_source = KdsHttpCollateral(None, base_url=kds, crl_required=False)
     verifier = PlatformVerifier(
-        sim_key=sim_key, dcap_source=dcap_source, amd_roots=amd_roots, nvidia_ocsp=ocsp_cache
-    )
+        sim_key=sim_key, dcap_source=dcap_source, amd_roots=amd_roots,
+        kds=kds_source, kds_cache=data_dir / "kds-cache", kds_where=f"AMD KDS {kds}",
+        nvidia_ocsp=ocsp_cache,
+    )  # fmt: skip
     cas = Cas(database, sealer, verifier, events=LedgerEventSink())
     with database.write() as conn:
         master_key_id = bind_master_key(conn, master)
@@ -406,6 +424,7 @@ def serve(
     tee: str | None = None,
     evidence_refresh: float = DEFAULT_REFRESH_SECONDS,
     renewal_interval: float = DEFAULT_SWEEP_SECONDS,
+    kds: str | None = None,
     nvidia_ocsp: str | None = None,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
@@ -418,7 +437,7 @@ def serve(
     with run_lock(data_dir, db_url, exclusive=False):
         _serve(data_dir, host, port, dev=dev, db_url=db_url, collateral=collateral, witnesses=witnesses,
                seal=seal, tee=tee, evidence_refresh=evidence_refresh,
-               renewal_interval=renewal_interval, nvidia_ocsp=nvidia_ocsp)  # fmt: skip
+               renewal_interval=renewal_interval, kds=kds, nvidia_ocsp=nvidia_ocsp)  # fmt: skip
 
 
 def _serve(
@@ -434,10 +453,11 @@ def _serve(
     tee: str | None,
     evidence_refresh: float,
     renewal_interval: float,
+    kds: str | None,
     nvidia_ocsp: str | None,
 ) -> None:
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
-        data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee,
+        data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee, kds=kds,
         nvidia_ocsp=nvidia_ocsp,
     )  # fmt: skip
     checkpointer = Checkpointer(cas, signer, witnesses=witnesses)
@@ -483,6 +503,7 @@ def _serve(
                 "url": env["CONFIDE_CAS_URL"],
                 "dev": dev,
                 "tee": tee,
+                "kds": kds,
                 "evidence_refresh": evidence_refresh if cas_evidence is not None else None,
                 "self_check": cas_evidence.check if cas_evidence is not None else None,
                 "nvidia_ocsp": nvidia_ocsp is not None,

@@ -1,11 +1,13 @@
 """The CAS's evidence verifier: dispatches to the platform verifiers (no I/O of its own;
-collateral sources are configured when the CAS starts).
+collateral sources are configured when the CAS starts: DCAP collateral, and AMD KDS for
+SEV-SNP evidence sent without its VCEK, :mod:`confide.cas.kds`).
 
 What each platform's ``evidence`` and ``aux`` blobs are (all hostile input):
 
 - ``sim``: a simulated report; ``sgx``/``tdx``: a DCAP quote, ``aux["collateral"]`` optionally a
   dcap-qvl JSON collateral bundle; ``sev-snp``: the report, ``aux["auxblob"]`` (configfs-tsm's
-  certificate table) or ``aux["vcek"]``.
+  certificate table) or ``aux["vcek"]``; without a VCEK/VLEK in either, the CAS fetches the VCEK
+  from AMD KDS when it has a KDS source (``cas serve --kds URL``), else refuses.
 - ``nvidia-gpu``: the SPDM attestation report (GET_MEASUREMENTS request ‖ MEASUREMENTS
   response ‖ signature); ``aux["certs"]`` the GPU's certificate chain, leaf first, as a PEM
   bundle or concatenated DER; ``aux["rim:<name>"]`` optional RIMs (raw SWID XML), verified under
@@ -44,11 +46,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from confide.cas.kds import KdsVcekCache, vek_request
 from confide.cas.revocation import OcspCache
+from confide.collateral.amd_kds import AmdCollateralSource
 from confide.collateral.dcap import DcapCollateralSource
 from confide.errors import (
     BindingError,
@@ -149,9 +154,13 @@ def split_gpu_aux(platform: Platform, aux: dict[str, bytes]) -> tuple[dict[str, 
 class PlatformVerifier:
     """Verifies evidence for the CAS. ``sim_key`` enables the simulator (development only);
     ``dcap_source`` supplies Intel collateral (``aux["collateral"]`` may carry a dcap-qvl JSON
-    bundle instead). ``nvidia_ocsp``: check NVIDIA chains for revocation with the responses of
-    this cache (module docstring; ``None``: not checked). ``nvidia_root``, ``nvidia_rim_root``,
-    ``nitro_root`` and ``amd_roots`` replace the embedded pinned roots: for test PKIs only."""
+    bundle instead). ``kds`` supplies AMD VCEKs for SEV-SNP evidence sent without one (AMD KDS:
+    ``cas serve --kds URL``), cached in memory and in ``kds_cache`` (a directory; ``None``: memory
+    only) by a :class:`~confide.cas.kds.KdsVcekCache` that verifies them under the same roots as
+    the evidence; ``kds_where`` names the source in refusals. ``nvidia_ocsp``: check NVIDIA
+    chains for revocation with the responses of this cache (module docstring; ``None``: not
+    checked). ``nvidia_root``, ``nvidia_rim_root``, ``nitro_root`` and ``amd_roots`` replace the
+    embedded pinned roots: for test PKIs only."""
 
     def __init__(
         self,
@@ -162,6 +171,9 @@ class PlatformVerifier:
         nvidia_rim_root: x509.Certificate | None = None,
         nitro_root: x509.Certificate | None = None,
         amd_roots: AmdRootStore | None = None,
+        kds: AmdCollateralSource | None = None,
+        kds_cache: Path | None = None,
+        kds_where: str = "AMD KDS",
         nvidia_ocsp: OcspCache | None = None,
     ) -> None:
         self.sim_key = sim_key
@@ -172,6 +184,27 @@ class PlatformVerifier:
         self.nitro_root = nitro_root
         self.dcap = DcapVerifier()
         self.snp = SnpVerifier(amd_roots if amd_roots is not None else embedded_roots())
+        self.kds = KdsVcekCache(kds, kds_cache, self.snp.roots, where=kds_where) if kds is not None else None
+
+    def collateral_job(
+        self, platform: Platform, evidence: bytes, aux: dict[str, bytes], *, at: datetime
+    ) -> Callable[[], None] | None:
+        """What :meth:`verify` would fetch for this evidence, as a blocking job to run before it
+        (off the CAS's event loop), or ``None`` when it fetches nothing: SEV-SNP evidence
+        without a VCEK/VLEK whose VCEK is not in memory. Never raises: :meth:`verify` refuses
+        what is malformed."""
+        if platform is not Platform.SEV_SNP or self.kds is None:
+            return None
+        kds = self.kds
+        try:
+            if _sent_vek(aux) is not None:
+                return None
+            request = vek_request(evidence)
+        except ConfideError:
+            return None
+        if kds.cached(request, at) is not None:
+            return None
+        return lambda: kds.prefetch(request, at)
 
     def may_fetch(self, platform: str, aux_keys: Iterable[str]) -> bool:
         """Whether verifying evidence of ``platform`` with these aux keys may wait on the network:
@@ -204,13 +237,18 @@ class PlatformVerifier:
         if platform is Platform.SEV_SNP:
             # The VCEK/VLEK comes with the evidence: configfs-tsm's auxblob (certificate table)
             # or a "vcek" blob; the ASK/ARK chain is the embedded, pinned one.
-            vek = aux.get("vcek")
-            if vek is None and "auxblob" in aux:
-                table = parse_cert_table(aux["auxblob"])
-                vek = table.get(VCEK_GUID) or table.get(VLEK_GUID)
-            if vek is None:
-                raise CollateralMissingError("SEV-SNP evidence came without its VCEK/VLEK (auxblob or vcek)")
-            return self.snp.verify(evidence, vek, at=at)
+            vek = _sent_vek(aux)
+            if vek is not None:
+                return self.snp.verify(evidence, vek, at=at)
+            if self.kds is None:
+                raise CollateralMissingError(
+                    "SEV-SNP evidence came without its VCEK/VLEK (auxblob or vcek), and this CAS"
+                    " fetches none (start it with --kds URL to fetch VCEKs from AMD KDS)"
+                )
+            # Else the VCEK from AMD KDS (AMD 57230), with the KDS's ASK+ARK and the ARK's CRL,
+            # verified exactly as a sent one: the chain must lead to the pinned ARK.
+            fetched = self.kds.get(vek_request(evidence), at)
+            return self.snp.verify(evidence, fetched.vek, at=at, chain=fetched.chain, crl=fetched.crl)
         if platform is Platform.NVIDIA_GPU:
             # The nonce is not checked here: the CAS compares it with the key binding
             # (check_binding), as it does every platform's report data.
@@ -300,6 +338,16 @@ def _fetch(cache: OcspCache, cert: x509.Certificate, issuer: x509.Certificate, a
         exc.message = f"revocation check: {exc.message}"
         exc.args = (exc.message,)
         raise
+
+
+def _sent_vek(aux: dict[str, bytes]) -> bytes | None:
+    """The VCEK/VLEK a runtime sent with SEV-SNP evidence: aux ``vcek``, else the one in
+    configfs-tsm's certificate table (``auxblob``; an empty table is no VEK)."""
+    vek = aux.get("vcek")
+    if vek is None and aux.get("auxblob"):
+        table = parse_cert_table(aux["auxblob"])
+        vek = table.get(VCEK_GUID) or table.get(VLEK_GUID)
+    return vek
 
 
 def _no_aux(platform: Platform, aux: dict[str, bytes], *, allowed: frozenset[str]) -> None:

@@ -14,7 +14,9 @@ One interface, :class:`AmdCollateralSource` (one method, ``fetch``), and two imp
   /vcek/v1/{product}/{hwid}?blSPL=..&teeSPL=..&snpSPL=..&ucodeSPL=..`` (+ ``fmcSPL`` on
   Turin), ``/{vcek|vlek}/v1/{product}/cert_chain`` and ``.../crl``) over ``httpx2`` and keeps
   what it fetched in the same layout on disk: VCEKs and chains forever (they are immutable),
-  the CRL until its ``nextUpdate``. The base URL and the HTTP transport are injectable.
+  the CRL until its ``nextUpdate``. The base URL and the HTTP transport are injectable; without
+  a cache directory it asks the KDS every time (the CAS keeps a verified cache of its own:
+  :mod:`confide.cas.kds`). Responses larger than :data:`MAX_RESPONSE_SIZE` are refused.
 
 Nothing fetched here is trusted: ``confide.verify.sev_snp`` verifies it all.
 """
@@ -38,6 +40,7 @@ from confide.verify.sev_snp import VekKind, load_certificates
 
 __all__ = [
     "DEFAULT_KDS_URL",
+    "MAX_RESPONSE_SIZE",
     "AmdCollateral",
     "AmdCollateralRequest",
     "AmdCollateralSource",
@@ -49,6 +52,8 @@ DEFAULT_KDS_URL = "https://kdsintf.amd.com"
 _HWID_SIZE_TURIN = 8
 _HTTP_OK = 200
 _HTTP_NOT_FOUND = 404
+MAX_RESPONSE_SIZE = 1 << 20
+"""The largest KDS response read (a VCEK is ~1.4 KB, the chain ~4 KB, AMD's CRL a few KB)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,26 +168,31 @@ class LocalKdsCollateral:
 
 
 class KdsHttpCollateral:
-    """AMD KDS over HTTP(S), with an on-disk cache in :class:`LocalKdsCollateral` layout.
+    """AMD KDS over HTTP(S), with an on-disk cache in :class:`LocalKdsCollateral` layout
+    (``cache_dir``; ``None``: no cache, every :meth:`fetch` asks the KDS).
 
     ``base_url`` and ``transport`` (any ``httpx2.BaseTransport``) are injectable; ``clock``
-    decides whether a cached CRL is still fresh. VLEKs are not served by chip id: they must
+    decides whether a cached CRL is still fresh. ``with_crl``: ask for the CRL too;
+    ``crl_required=False``: a KDS (mirror) that answers 404 for it gives no CRL instead of an
+    error. VLEKs are not served by chip id: they must
     already be in the cache directory (put there by the operator).
     """
 
     def __init__(
         self,
-        cache_dir: Path,
+        cache_dir: Path | None,
         *,
         base_url: str = DEFAULT_KDS_URL,
         transport: httpx2.BaseTransport | None = None,
         timeout: float = 10.0,
         with_crl: bool = True,
+        crl_required: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.cache = LocalKdsCollateral(cache_dir)
+        self.cache = LocalKdsCollateral(cache_dir) if cache_dir is not None else None
         self.base_url = base_url.rstrip("/")
         self.with_crl = with_crl
+        self.crl_required = crl_required
         self.clock = clock
         self._client = httpx2.Client(base_url=self.base_url, transport=transport, timeout=timeout)
         self.requests_made = 0
@@ -199,45 +209,60 @@ class KdsHttpCollateral:
     def _get(self, path: str, params: dict[str, str] | None = None) -> bytes:
         self.requests_made += 1
         try:
-            resp = self._client.get(path, params=params)
+            with self._client.stream("GET", path, params=params) as resp:
+                if resp.status_code == _HTTP_NOT_FOUND:
+                    raise CollateralMissingError(f"AMD KDS has no {path} (HTTP 404)")
+                if resp.status_code != _HTTP_OK:
+                    retry = resp.headers.get("retry-after")
+                    raise NetworkError(
+                        f"AMD KDS {path}: got HTTP {resp.status_code}, expected 200"
+                        + (f" (retry after {retry[:20]} s)" if retry else "")
+                    )
+                data = bytearray()
+                for chunk in resp.iter_bytes():
+                    data += chunk
+                    if len(data) > MAX_RESPONSE_SIZE:
+                        raise ParseError(
+                            f"got more than {MAX_RESPONSE_SIZE} bytes", structure=f"AMD KDS {path}"
+                        )
         except httpx2.HTTPError as exc:
             raise NetworkError(f"AMD KDS {self.base_url}{path}: {type(exc).__name__}: {exc}") from None
-        if resp.status_code == _HTTP_NOT_FOUND:
-            raise CollateralMissingError(f"AMD KDS has no {path} (HTTP 404)")
-        if resp.status_code != _HTTP_OK:
-            retry = resp.headers.get("retry-after")
-            raise NetworkError(
-                f"AMD KDS {path}: got HTTP {resp.status_code}, expected 200"
-                + (f" (retry after {retry} s)" if retry else "")
-            )
-        return resp.content
+        return bytes(data)
+
+    def _store(self, rel: str, data: bytes) -> None:
+        if self.cache is not None:
+            self.cache.store(rel, data)
 
     def fetch(self, request: AmdCollateralRequest) -> AmdCollateral:
-        vek = self.cache.vek(request)
+        cache = self.cache
+        vek = cache.vek(request) if cache is not None else None
         if vek is None:
             if request.kind is VekKind.VLEK:
-                raise CollateralMissingError(
-                    "AMD KDS does not serve VLEKs by chip id: put the VLEK at "
-                    f"{str(self.cache.root / request.vek_relpath())!r}"
-                )
+                where = f": put the VLEK at {str(cache.root / request.vek_relpath())!r}" if cache else ""
+                raise CollateralMissingError(f"AMD KDS does not serve VLEKs by chip id{where}")
             vek = self._get(f"/{request.product_dir()}/{request.hwid}", request.query)
             certs = load_certificates(vek, "VCEK from AMD KDS")
             if len(certs) != 1:
                 raise ParseError(f"got {len(certs)} certificates, expected 1", structure="VCEK from AMD KDS")
-            self.cache.store(request.vek_relpath(), vek)
-        chain = self.cache.chain(request)
+            self._store(request.vek_relpath(), vek)
+        chain = cache.chain(request) if cache is not None else None
         if chain is None:
             chain = self._get(f"/{request.product_dir()}/cert_chain")
             if len(load_certificates(chain, "cert_chain from AMD KDS")) != 2:
                 raise ParseError("expected ASK/ASVK and ARK", structure="cert_chain from AMD KDS")
-            self.cache.store(f"{request.product_dir()}/cert_chain.pem", chain)
+            self._store(f"{request.product_dir()}/cert_chain.pem", chain)
         crl: bytes | None = None
         if self.with_crl:
-            crl = self.cache.crl(request)
+            crl = cache.crl(request) if cache is not None else None
             if crl is None or self._stale(crl):
-                fresh = self._get(f"/{request.product_dir()}/crl")
+                try:
+                    fresh = self._get(f"/{request.product_dir()}/crl")
+                except CollateralMissingError:  # HTTP 404
+                    if self.crl_required:
+                        raise
+                    return AmdCollateral(vek, chain, None)
                 self._parse_crl(fresh)
-                self.cache.store(f"{request.product_dir()}/crl.der", fresh)
+                self._store(f"{request.product_dir()}/crl.der", fresh)
                 crl = fresh
         return AmdCollateral(vek, chain, crl)
 

@@ -19,7 +19,7 @@ from typing import Any
 import click
 import httpx2
 
-from confide.errors import ConfideError, UsageError
+from confide.errors import AccessDeniedError, ConfideError, UsageError
 from confide.ledger.auditor import AuditorState, LocalLogClient, LogClient, audit_once
 from confide.ledger.http import HttpLogClient, LedgerHTTPServer, TilesServer
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, SIG_TYPE_ED25519, NoteSigner, NoteVerifier
@@ -367,10 +367,19 @@ def accesses_cmd(target: str, identity_file: Path, key: str | None, as_json: boo
     """Which attested services received POLICY's secrets, when, under which measurement."""
     from confide.cas.audit import accesses, verified_events
 
-    policy, _, secret = target.partition("/")
+    # Policy names may have namespaces (a/b/c), secret names never contain "/": TARGET is the
+    # policy named TARGET when there is one the identity may read, else POLICY/SECRET split at
+    # the last "/".
+    policy, secret = target, ""
     try:
         client, ident, log_key = _cas_inputs(identity_file, key)
-        _, events = verified_events(client, policy, ident, log_key)
+        try:
+            _, events = verified_events(client, policy, ident, log_key)
+        except AccessDeniedError:
+            if "/" not in target:
+                raise
+            policy, _, secret = target.rpartition("/")
+            _, events = verified_events(client, policy, ident, log_key)
     except ConfideError as exc:
         _fail(exc)
         return
@@ -382,3 +391,6 @@ def accesses_cmd(target: str, identity_file: Path, key: str | None, as_json: boo
         names = ", ".join(f"{s.get('policy')}/{s.get('name')} v{s.get('version')}" for s in r["secrets"])
         click.echo(f"#{r['index']} {r['time']} service={r['service']} measurement={r['measurement']}")
         click.echo(f"    secrets=[{names}]")
+        if r.get("volumes"):
+            vols = ", ".join(f"{v.get('name')} ({v.get('update_policy')})" for v in r["volumes"])
+            click.echo(f"    volumes=[{vols}]")

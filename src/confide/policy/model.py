@@ -194,9 +194,39 @@ class Service(_Model):
 
 
 class UpdatePolicy(enum.StrEnum):
+    """How a service may update a volume (SCONE ``update_policy``; confide's reading is in
+    ``docs/policy.md``, "Volume update policies"):
+
+    * ``rollback_protected`` (the default): changes persist; the runtime refuses any version
+      but the CAS's current one, and a new tag is recorded by compare-and-swap;
+    * ``ephemeral``: the service may write during its run, but nothing persists: the runtime
+      discards the changes at exit and the CAS refuses every tag update;
+    * ``no_rollback_protection``: the runtime accepts any authentic version, and the CAS records
+      a reported tag without compare-and-swap (last writer wins).
+    """
+
     ROLLBACK_PROTECTED = "rollback_protected"
     EPHEMERAL = "ephemeral"
     NO_ROLLBACK_PROTECTION = "no_rollback_protection"
+
+    @property
+    def strictness(self) -> int:
+        """Order for combining two policies: ``ephemeral`` (nothing persists, the current version
+        only) > ``rollback_protected`` (changes persist, the current version only) >
+        ``no_rollback_protection`` (changes persist, any authentic version)."""
+        return _STRICTNESS[self]
+
+    @classmethod
+    def strictest(cls, *policies: UpdatePolicy) -> UpdatePolicy:
+        """The strictest of ``policies`` (the default, ``rollback_protected``, for none)."""
+        return max(policies, key=lambda p: p.strictness, default=cls.ROLLBACK_PROTECTED)
+
+
+_STRICTNESS = {
+    UpdatePolicy.NO_ROLLBACK_PROTECTION: 0,
+    UpdatePolicy.ROLLBACK_PROTECTED: 1,
+    UpdatePolicy.EPHEMERAL: 2,
+}
 
 
 class VolumeExportTo(_Model):

@@ -13,9 +13,17 @@ Where the plaintext appears:
 - otherwise the volume is mounted at ``/run/confide/volumes/<name>`` and the application finds
   it through ``CONFIDE_VOLUME_<NAME>`` in its environment.
 
-Volumes are mounted writable; after the application exits, each changed volume is sealed and its
-new tag reported to the CAS (compare-and-swap on the old tag), so the next run gets the new one
-and an old copy is refused.
+Volumes are mounted writable. What happens to the changes follows the volume's update policy,
+which the release names (``docs/policy.md``, "Volume update policies"):
+
+- ``rollback_protected`` (also when the release names none): only the CAS's current tag is
+  accepted; after the application exits each changed volume is sealed and its new tag reported
+  (compare-and-swap on the old tag), so the next run gets the new one and an old copy is refused;
+- ``ephemeral``: only the current tag is accepted; at exit the changes are discarded unsealed
+  and nothing is reported, so every run starts from the CAS's current version;
+- ``no_rollback_protection``: any version whose manifest authenticates under the key is
+  accepted; a changed volume is sealed and its tag reported (the CAS records it without
+  compare-and-swap).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -31,10 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from confide.errors import ParseError, StorageError, UsageError
+from confide.policy.model import UpdatePolicy
 from confide.volume.keys import VolumeKey
 from confide.volume.mount import MountHandle, _private_namespace, mount_volume
 
 __all__ = ["MountedVolumes", "VolumeRelease", "bind_mount", "mount_released"]
+
+log = logging.getLogger("confide.runtime")
 
 CONTRACT = Path("/confide/sconify.json")
 STAGING = Path("/run/confide/volumes")
@@ -48,15 +60,29 @@ class VolumeRelease:
     directory: Path
     key: bytes = field(repr=False)
     tag: str
+    update_policy: UpdatePolicy = UpdatePolicy.ROLLBACK_PROTECTED
 
     @classmethod
     def from_config(cls, item: Any) -> VolumeRelease:
         try:
             return cls(
-                str(item["name"]), Path(str(item["path"])), bytes.fromhex(str(item["key"])), str(item["tag"])
+                str(item["name"]),
+                Path(str(item["path"])),
+                bytes.fromhex(str(item["key"])),
+                str(item["tag"]),
+                # a CAS that names no mode releases under today's rule, rollback_protected
+                UpdatePolicy(str(item.get("update_policy", UpdatePolicy.ROLLBACK_PROTECTED))),
             )
-        except (KeyError, ValueError, TypeError):
+        except (KeyError, ValueError, TypeError, AttributeError):
             raise ParseError("malformed volume in the release", structure="release") from None
+
+    @property
+    def expected_tag(self) -> str | None:
+        """The tag the mounted version must have: the CAS's current one, or None (any
+        authentic version) under ``no_rollback_protection`` or for a volume with no tag yet."""
+        if self.update_policy is UpdatePolicy.NO_ROLLBACK_PROTECTION:
+            return None
+        return self.tag or None
 
 
 def _contract_mounts(name: str) -> list[tuple[str, str]] | None:
@@ -93,6 +119,7 @@ class MountedVolumes:
     handles: list[tuple[VolumeRelease, MountHandle]]
     environment: dict[str, str]
     binds: list[Path] = field(default_factory=list)
+    mounted_tags: dict[str, str] = field(default_factory=dict)  # name -> the tag mounted
 
     def integrity_failure(self) -> str | None:
         """``volume:path`` of the first file that failed authentication, if any (never blocks)."""
@@ -112,20 +139,32 @@ class MountedVolumes:
                 handle.abort()
 
     def close(self) -> dict[str, tuple[str, str]]:
-        """Seal and unmount; returns {name: (old tag, new tag)} for volumes that changed."""
+        """Seal and unmount (an ``ephemeral`` volume: unmount and discard); returns
+        {name: (old tag, new tag)} for the volumes whose new tag is to be reported. The old tag
+        is the CAS's (``rollback_protected``) or the version mounted (``no_rollback_protection``,
+        where the two may differ)."""
         for target in reversed(self.binds):
             _detach(target)
         self.binds.clear()
         changed: dict[str, tuple[str, str]] = {}
         errors: list[str] = []
         for release, handle in reversed(self.handles):
+            if release.update_policy is UpdatePolicy.EPHEMERAL:
+                handle.abort()
+                log.info("confide: volume %s is ephemeral: this run's changes were discarded", release.name)
+                continue
             try:
                 new = handle.close()
             except StorageError as exc:
                 errors.append(f"{release.name}: {exc.message}")
                 continue
-            if new and new != release.tag:
-                changed[release.name] = (release.tag, new)
+            old = (
+                self.mounted_tags.get(release.name, release.tag)
+                if release.update_policy is UpdatePolicy.NO_ROLLBACK_PROTECTION
+                else release.tag
+            )
+            if new and new != old:
+                changed[release.name] = (old, new)
         if errors:
             raise StorageError("; ".join(errors))
         return changed
@@ -140,15 +179,19 @@ def mount_released(volumes: list[VolumeRelease]) -> MountedVolumes:
     handles: list[tuple[VolumeRelease, MountHandle]] = []
     env: dict[str, str] = {}
     binds: list[Path] = []
+    mounted: dict[str, str] = {}
     try:
         for vol in volumes:
             mounts = _contract_mounts(vol.name)
             staging = STAGING / vol.name
             staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # ephemeral stays writable: the service may change the volume during its run (in
+            # tmpfs, or FUSE's unsealed session), and close() discards the changes.
             handle = mount_volume(
-                vol.directory, VolumeKey(vol.key), staging, expected_tag=vol.tag or None, writable=True
+                vol.directory, VolumeKey(vol.key), staging, expected_tag=vol.expected_tag, writable=True
             )
             handles.append((vol, handle))
+            mounted[vol.name] = handle.tag
             if mounts is None:
                 env["CONFIDE_VOLUME_" + re.sub(r"[^A-Za-z0-9]", "_", vol.name).upper()] = str(staging)
                 continue
@@ -162,8 +205,11 @@ def mount_released(volumes: list[VolumeRelease]) -> MountedVolumes:
     except BaseException:
         for target in reversed(binds):
             _detach(target)
-        for _, h in reversed(handles):
+        for v, h in reversed(handles):
             with contextlib.suppress(StorageError):
-                h.close()
+                if v.update_policy is UpdatePolicy.EPHEMERAL:
+                    h.abort()
+                else:
+                    h.close()
         raise
-    return MountedVolumes(handles, env, binds)
+    return MountedVolumes(handles, env, binds, mounted)

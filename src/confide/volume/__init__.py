@@ -10,7 +10,7 @@ from confide.volume.check import OpenResult, Problem, VerifyReport, open_volume,
 from confide.volume.format import Region, RegionRule
 from confide.volume.keys import KEY_ENV, VolumeKey, load_key, write_key
 from confide.volume.reader import VolumeReader
-from confide.volume.store import add_sources, create_volume, load_sealed, seal_volume
+from confide.volume.store import add_sources, create_volume, load_sealed, remove_paths, seal_volume
 
 __all__ = [
     "KEY_ENV",
@@ -26,6 +26,7 @@ __all__ = [
     "load_key",
     "load_sealed",
     "open_volume",
+    "remove_paths",
     "seal_volume",
     "verify_volume",
     "write_key",

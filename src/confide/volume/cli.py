@@ -1,4 +1,4 @@
-"""``confide volume``: create, add, seal, verify and open protected volumes.
+"""``confide volume``: create, add, rm, seal, verify, open and mount protected volumes.
 
 The key comes from ``--key FILE`` (mode 0600; 64 hex digits or 32 raw bytes) or, when that is
 absent, from ``$CONFIDE_VOLUME_KEY`` (64 hex digits). It is never printed.
@@ -20,7 +20,7 @@ from confide.volume.check import open_volume, verify_volume
 from confide.volume.format import DEFAULT_CHUNK_SIZE, Region, RegionRule
 from confide.volume.keys import KEY_ENV, VolumeKey, load_key, write_key
 from confide.volume.mount import MountMode, mount_volume, wait_for_signal
-from confide.volume.store import add_sources, create_volume, seal_volume
+from confide.volume.store import add_sources, create_volume, remove_paths, seal_volume
 
 __all__ = ["volume"]
 
@@ -141,6 +141,22 @@ def add_cmd(
     files = [e for e in added if e.file_id]
     size = sum(e.size for e in files)
     click.echo(f"added {len(added)} entries ({len(files)} files, {size} bytes); not sealed yet")
+
+
+@volume.command("rm")
+@click.argument("directory", metavar="DIR", type=_PATH)
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
+@_key_option
+@click.option("-r", "--recursive", is_flag=True, help="Remove directories and everything below them.")
+def rm_cmd(directory: Path, paths: tuple[str, ...], key_file: Path | None, recursive: bool) -> None:
+    """Remove volume PATHs (files, symlinks, directories with -r); seal to publish."""
+    try:
+        removed = remove_paths(directory, load_key(key_file), list(paths), recursive=recursive)
+    except ConfideError as exc:
+        _die(exc)
+        return
+    files = sum(1 for e in removed if e.file_id)
+    click.echo(f"removed {len(removed)} entries ({files} files); not sealed yet")
 
 
 @volume.command("seal")

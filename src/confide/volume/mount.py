@@ -353,6 +353,22 @@ def _kernel_at_least(major: int, minor: int) -> bool:
 TMPFS_OPTIONS = b"mode=0755"
 LARGE_FOLIO_TMPFS: tuple[bytes, int | None] = (b"mode=0755,huge=within_size", LARGE_FOLIO_PIECE)
 TMPFS_LARGE_FOLIOS: tuple[bytes, int | None] | None = None
+# The operator's switch for the same choice (e.g. `docker run -e CONFIDE_TMPFS_FOLIOS=large` for a
+# sconified image, whose entrypoint is `confide run`): "small" (4 KiB pages, the default) or
+# "large" (LARGE_FOLIO_TMPFS). Only performance changes: the content is the same either way.
+FOLIOS_ENV = "CONFIDE_TMPFS_FOLIOS"
+
+
+def _large_folio_choice() -> tuple[bytes, int | None] | None:
+    """TMPFS_LARGE_FOLIOS when set from Python, else what $CONFIDE_TMPFS_FOLIOS asks for."""
+    if TMPFS_LARGE_FOLIOS is not None:
+        return TMPFS_LARGE_FOLIOS
+    choice = os.environ.get(FOLIOS_ENV, "small")
+    if choice == "small":
+        return None
+    if choice == "large":
+        return LARGE_FOLIO_TMPFS
+    raise UsageError(f"${FOLIOS_ENV}: got {choice[:40]!r}, expected small or large")
 
 
 def mount_tmpfs_at(mountpoint: Path, opts: bytes = TMPFS_OPTIONS) -> None:
@@ -371,8 +387,9 @@ def _mount_tmpfs(mountpoint: Path) -> int | None:
     def failed(opts: bytes) -> StorageError:
         return StorageError(_errno_msg(f"mount -t tmpfs at {str(mountpoint)!r} (-o {opts.decode()}) failed"))
 
-    if TMPFS_LARGE_FOLIOS is not None and _kernel_at_least(6, 14):
-        opts, piece = TMPFS_LARGE_FOLIOS
+    large = _large_folio_choice()
+    if large is not None and _kernel_at_least(6, 14):
+        opts, piece = large
         if mount(opts):
             return piece
         if ctypes.get_errno() != errno.EINVAL:
@@ -654,6 +671,7 @@ def mount_volume(
         )
     if mode not in ("auto", "fuse", "tmpfs"):
         raise UsageError(f"mount mode: got {mode!r}, expected auto, fuse or tmpfs")
+    _large_folio_choice()  # a bad $CONFIDE_TMPFS_FOLIOS is a usage error before anything is mounted
     if mode in ("auto", "fuse"):
         why = fuse_usable()
         if why is None:

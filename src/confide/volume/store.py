@@ -385,6 +385,47 @@ def add_sources(
         return added
 
 
+def remove_paths(
+    directory: Path, key: VolumeKey, paths: Sequence[str], *, recursive: bool = False
+) -> list[Entry]:
+    """Remove ``paths`` (volume paths) from the pending manifest; return the entries removed.
+
+    A directory that still has entries below it (listed, or an implicit directory: a prefix
+    of other paths) is removed only with ``recursive``, together with everything below it.
+    A path that is not in the volume is an error. All or nothing: on any error the pending
+    manifest is unchanged. The removed files' objects are deleted by :func:`seal_volume`, so
+    the sealed version stays readable until then.
+    """
+    wanted: list[str] = []
+    for raw in paths:
+        path = raw.strip("/")
+        try:
+            check_path(path, "path")
+        except ParseError as exc:
+            raise UsageError(exc.message) from None
+        wanted.append(path)
+    if not wanted:
+        raise UsageError("got no path to remove, expected at least one")
+    with _locked(directory):
+        m = _working(directory, key)
+        entries = m.by_path()
+        removed: dict[str, Entry] = {}
+        for path in wanted:
+            below = [p for p in entries if p.startswith(path + "/")]
+            if path not in entries and not below:
+                raise UsageError(f"{path!r} is not in the volume")
+            if below and not recursive:
+                raise UsageError(
+                    f"{path!r} is a directory with {len(below)} entries below it; use --recursive"
+                )
+            for p in ([path] if path in entries else []) + below:
+                removed[p] = entries[p]
+        kept = tuple(e for p, e in sorted(entries.items(), key=lambda kv: kv[0].encode()) if p not in removed)
+        new = replace(m, state=ManifestState.PENDING, entries=kept)
+        write_atomic(directory / PENDING_NAME, encode_manifest(new, key.raw))
+        return sorted(removed.values(), key=lambda e: e.path.encode())
+
+
 def seal_volume(directory: Path, key: VolumeKey) -> str:
     """Turn the pending manifest into the sealed one (generation + 1); return the new tag.
 

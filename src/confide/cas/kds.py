@@ -1,0 +1,404 @@
+"""The CAS's VCEKs from AMD KDS (``confide cas serve --kds URL``), for SEV-SNP evidence sent
+without its VCEK/VLEK (hosts whose configfs-tsm certificate table is empty).
+
+Three layers, each asked only when the one before has nothing:
+
+1. memory: a bounded LRU (:data:`MEMORY_ENTRIES`) of collateral verified in this process;
+2. disk: ``DATA_DIR/kds-cache`` in :class:`~confide.collateral.amd_kds.LocalKdsCollateral`
+   layout, bounded to :data:`DISK_VEKS` VCEKs (the oldest are removed). The files are treated
+   as hostile: every load is verified again (:func:`verified_collateral`), and a file that does
+   not verify is removed and fetched again;
+3. the injected :class:`~confide.collateral.amd_kds.AmdCollateralSource` (one method,
+   ``fetch``: in ``cas serve``, :class:`~confide.collateral.amd_kds.KdsHttpCollateral` without
+   a cache of its own). What it returns is verified before it is kept.
+
+"Verified" means what the CAS checks for a VCEK a runtime sends, before any report is looked
+at: the VCEK chains to the *pinned* ARK of its product through the KDS's ASK (and the CRL, when
+the source gives one, is signed by that ARK and current), and it is the VCEK that was asked for
+(product, chip id, reported TCB). The report itself is then verified as usual
+(:class:`~confide.verify.sev_snp.SnpVerifier`, which checks the chain once more).
+
+Blocking: a fetch goes to the network. The CAS's event loop does not wait for one
+(:meth:`KdsVcekCache.prefetch` runs in a thread before phase 1 of an attestation; phase 1 takes
+the collateral from memory, or the error the prefetch just ran into: :meth:`KdsVcekCache.get`).
+Only if the VCEK left memory between the two (more than :data:`MEMORY_ENTRIES` others fetched
+meanwhile, or its CRL fell due within :data:`CRL_MARGIN`) does phase 1 fetch it itself, on the
+loop. Two attestations that need the same VCEK at once share one fetch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+
+from confide.collateral.amd_kds import (
+    AmdCollateral,
+    AmdCollateralRequest,
+    AmdCollateralSource,
+    LocalKdsCollateral,
+)
+from confide.errors import CertificateChainError, CollateralMissingError, ConfideError, ParseError
+from confide.evidence.sev_snp import AttestationReport, SigningKey
+from confide.verify.sev_snp import AmdChain, AmdRootStore, VekKind, load_certificates, verify_vek_chain
+
+__all__ = [
+    "DISK_VEKS",
+    "MEMORY_ENTRIES",
+    "FetchedVek",
+    "KdsVcekCache",
+    "vek_request",
+    "verified_collateral",
+]
+
+log = logging.getLogger("confide.cas")
+
+MEMORY_ENTRIES = 256
+"""Verified VCEKs (with their chain and CRL) kept in memory, least recently used dropped first."""
+DISK_VEKS = 1024
+"""VCEK files kept in ``DATA_DIR/kds-cache``; past that the oldest are removed."""
+MAX_FILE_SIZE = 1 << 20
+"""A cached file larger than this is not read (and is fetched again)."""
+CRL_MARGIN = timedelta(minutes=5)
+"""A CRL whose nextUpdate is this close is fetched again (so that phase 1 of an attestation
+that starts just after a prefetch still finds it current)."""
+NO_CRL_RECHECK = timedelta(hours=1)
+"""How long collateral fetched without a CRL (a KDS mirror that answers 404 for it) is used
+before the CRL is asked for again."""
+FAILURE_GRACE = 30.0
+"""Seconds for which phase 1 reports the error of the fetch just tried (monotonic clock),
+instead of trying again on the event loop."""
+_ZERO_CHIP_ID = bytes(64)
+
+_Key = tuple[str, str, str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedVek:
+    """A VCEK and its ASK+ARK (and the ARK's CRL, when the source gave one), verified for the
+    request they were fetched for."""
+
+    vek: x509.Certificate
+    chain: AmdChain
+    crl: x509.CertificateRevocationList | None
+    checked_at: datetime
+
+    def current(self, at: datetime) -> bool:
+        """Whether the CRL is still current a margin after ``at``; without a CRL (the KDS had
+        none), whether it was asked for less than :data:`NO_CRL_RECHECK` ago."""
+        if self.crl is None:
+            return at < self.checked_at + NO_CRL_RECHECK
+        next_update = self.crl.next_update_utc
+        return next_update is not None and at + CRL_MARGIN < next_update
+
+
+def vek_request(evidence: bytes) -> AmdCollateralRequest:
+    """What to ask AMD KDS for a report sent without its VEK (AMD 57230 §2: a VCEK is named by
+    product, chip id and reported TCB). Refused with :class:`CollateralMissingError` when no
+    VCEK can be asked for: a VLEK-signed report (KDS serves VLEKs to cloud providers, not by chip
+    id), a masked chip id (``MASK_CHIP_ID``: all zero), a v2 report (no CPUID: no product).
+    A malformed report is a :class:`ParseError`."""
+    report = AttestationReport.from_bytes(evidence)
+    if report.signing_key is not SigningKey.VCEK:
+        raise CollateralMissingError(
+            "SEV-SNP evidence came without its VLEK, and AMD KDS does not serve VLEKs by chip id:"
+            " the runtime must send it (configfs-tsm's certificate table or aux 'vcek')"
+        )
+    if report.chip_id == _ZERO_CHIP_ID:
+        raise CollateralMissingError(
+            "SEV-SNP evidence came without its VCEK, and its CHIP_ID is masked (all zero,"
+            " MASK_CHIP_ID): AMD KDS cannot be asked for it; the runtime must send it"
+        )
+    product = report.cpuid_product
+    if product is None:
+        raise CollateralMissingError(
+            f"SEV-SNP evidence came without its VCEK, and a v{report.version} report does not name"
+            " its product (CPUID, from v3 on): AMD KDS cannot be asked for it; the runtime must send it"
+        )
+    return AmdCollateralRequest.for_report(report, product)
+
+
+def _key(request: AmdCollateralRequest) -> _Key:
+    return (request.product.value, request.kind.value, request.hwid, request.reported_tcb.raw)
+
+
+def verified_collateral(
+    request: AmdCollateralRequest, collateral: AmdCollateral, roots: AmdRootStore, at: datetime
+) -> FetchedVek:
+    """Parse and verify ``collateral`` (hostile: from the network or the cache directory) for
+    ``request`` at ``at``: one VCEK, chained through the ASK of the cert_chain to the pinned ARK
+    of ``roots`` (with the CRL, if any: ARK-signed and current), for the requested product, chip
+    id and TCB. Raises :class:`ParseError` or a :class:`~confide.errors.VerificationError`."""
+    try:
+        return _verified(request, collateral, roots, at)
+    except (ValueError, TypeError) as exc:  # a malformed certificate the checks did not name
+        raise ParseError(f"{type(exc).__name__}: {exc}", structure="collateral from AMD KDS") from None
+
+
+def _verified(
+    request: AmdCollateralRequest, collateral: AmdCollateral, roots: AmdRootStore, at: datetime
+) -> FetchedVek:
+    certs = load_certificates(collateral.vek_der, "VCEK from AMD KDS")
+    if len(certs) != 1:
+        raise ParseError(f"got {len(certs)} certificates, expected 1", structure="VCEK from AMD KDS")
+    chain = AmdChain.from_certificates(
+        load_certificates(collateral.chain_pem, "cert_chain from AMD KDS"), "cert_chain from AMD KDS"
+    )
+    crl = None
+    if collateral.crl_der is not None:
+        try:
+            crl = x509.load_der_x509_crl(collateral.crl_der)
+        except ValueError as exc:
+            raise ParseError(f"not a DER CRL: {exc}", structure="CRL from AMD KDS") from None
+    info = verify_vek_chain(certs[0], roots, at, chain=chain, crl=crl)
+    wanted = f"the {request.product} VCEK of chip {request.hwid[:16]}... at TCB {request.tcb_name}"
+    if info.product is not request.product or info.kind is not VekKind.VCEK:
+        got = f"{info.product} {info.kind.value.upper()}"
+        raise CertificateChainError(f"AMD KDS: got a {got}, expected {wanted}")
+    hwid = info.extensions.hwid
+    if hwid is None or hwid.hex() != request.hwid:
+        raise CertificateChainError(f"AMD KDS: got a VCEK for another chip, expected {wanted}")
+    if info.expected_tcb_raw != request.reported_tcb.raw:
+        raise CertificateChainError(f"AMD KDS: got a VCEK for another TCB, expected {wanted}")
+    return FetchedVek(certs[0], chain, crl, at)
+
+
+@dataclass
+class _Flight:
+    """One fetch under way: the attestations that need the same VCEK wait for it."""
+
+    done: threading.Event
+    result: FetchedVek | None = None
+    error: ConfideError | None = None
+
+
+class KdsVcekCache:
+    """VCEKs for the CAS: memory, then ``directory`` (``None``: memory only), then ``source``
+    (module docstring). ``roots``: the roots the CAS verifies SEV-SNP evidence with (the pinned
+    AMD roots; a test PKI's only in tests). ``where``: how refusals name the source (its URL).
+    ``require_crl``: cached files without a CRL are not used, but fetched again (a CRL file
+    removed from the cache must not switch the revocation check off)."""
+
+    def __init__(
+        self,
+        source: AmdCollateralSource,
+        directory: Path | None,
+        roots: AmdRootStore,
+        *,
+        where: str = "AMD KDS",
+        require_crl: bool = True,
+        memory_entries: int = MEMORY_ENTRIES,
+        disk_veks: int = DISK_VEKS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if memory_entries < 1 or disk_veks < 1:
+            raise ValueError("memory_entries and disk_veks must be >= 1")
+        self.source = source
+        self.disk = LocalKdsCollateral(directory) if directory is not None else None
+        self.roots = roots
+        self.where = where
+        self.require_crl = require_crl
+        self.memory_entries = memory_entries
+        self.disk_veks = disk_veks
+        self.monotonic = monotonic
+        self._lock = threading.Lock()
+        self._memory: OrderedDict[_Key, FetchedVek] = OrderedDict()
+        self._failures: OrderedDict[_Key, tuple[float, ConfideError]] = OrderedDict()
+        self._flights: dict[_Key, _Flight] = {}
+        self.fetches = 0  # calls of source.fetch (for /metrics and tests)
+        self.rejected_files = 0  # cached files that did not verify (removed, fetched again)
+
+    # -- memory (no I/O: safe on the event loop) --------------------------------------------
+
+    def cached(self, request: AmdCollateralRequest, at: datetime) -> FetchedVek | None:
+        """The verified collateral in memory, if it is there and its CRL current at ``at``."""
+        key = _key(request)
+        with self._lock:
+            hit = self._memory.get(key)
+            if hit is None or not hit.current(at):
+                return None
+            self._memory.move_to_end(key)
+            return hit
+
+    def _remember(self, key: _Key, fetched: FetchedVek) -> None:
+        with self._lock:
+            self._memory[key] = fetched
+            self._memory.move_to_end(key)
+            while len(self._memory) > self.memory_entries:
+                self._memory.popitem(last=False)
+            self._failures.pop(key, None)
+
+    def _failed(self, key: _Key, exc: ConfideError) -> None:
+        with self._lock:
+            self._failures[key] = (self.monotonic(), exc)
+            self._failures.move_to_end(key)
+            while len(self._failures) > self.memory_entries:
+                self._failures.popitem(last=False)
+
+    # -- the two entry points ------------------------------------------------------------------
+
+    def prefetch(self, request: AmdCollateralRequest, at: datetime) -> None:
+        """Blocking (run it off the event loop): bring the collateral into memory. An error is
+        kept for :meth:`get` (which reports it) and not raised here."""
+        with contextlib.suppress(ConfideError):
+            self.fetch(request, at)
+
+    def get(self, request: AmdCollateralRequest, at: datetime) -> FetchedVek:
+        """Phase 1 of an attestation: the collateral from memory; else the error of the fetch
+        tried in the last :data:`FAILURE_GRACE` seconds (the prefetch of this very request,
+        usually); else :meth:`fetch` (blocking: only when nothing prefetched it)."""
+        hit = self.cached(request, at)
+        if hit is not None:
+            return hit
+        key = _key(request)
+        with self._lock:
+            failed = self._failures.get(key)
+        if failed is not None and self.monotonic() - failed[0] < FAILURE_GRACE:
+            raise copy.copy(failed[1])
+        return self.fetch(request, at)
+
+    def fetch(self, request: AmdCollateralRequest, at: datetime) -> FetchedVek:
+        """Blocking: memory, disk, then the source; one fetch at a time per VCEK (the others
+        wait for its outcome). Errors: :class:`CollateralMissingError` when the source fails
+        (unreachable, HTTP 404/429/5xx, a malformed answer), the verification error when what it
+        answered does not verify."""
+        key = _key(request)
+        while True:
+            hit = self.cached(request, at)
+            if hit is not None:
+                return hit
+            with self._lock:
+                flight = self._flights.get(key)
+                leader = flight is None
+                if flight is None:
+                    flight = self._flights[key] = _Flight(threading.Event())
+            if not leader:
+                flight.done.wait()
+                if flight.error is not None:
+                    raise copy.copy(flight.error)
+                if flight.result is not None and flight.result.current(at):
+                    return flight.result
+                continue  # the flight's result is already stale at our time: try again
+            try:
+                flight.result = self._load(request, at)
+                self._remember(key, flight.result)
+                return flight.result
+            except ConfideError as exc:
+                flight.error = exc
+                self._failed(key, exc)
+                raise
+            finally:
+                with self._lock:
+                    del self._flights[key]
+                flight.done.set()
+
+    # -- disk and source -----------------------------------------------------------------------
+
+    def _load(self, request: AmdCollateralRequest, at: datetime) -> FetchedVek:
+        from_disk = self._from_disk(request, at)
+        if from_disk is not None:
+            return from_disk
+        self.fetches += 1
+        try:
+            collateral = self.source.fetch(request)
+        except ConfideError as exc:
+            _log("kds-fetch-failed", request, error=exc.kind)
+            raise CollateralMissingError(
+                f"SEV-SNP evidence came without its VCEK, and fetching it from {self.where} failed:"
+                f" {exc.kind}: {exc.message}"
+            ) from None
+        fetched = verified_collateral(request, collateral, self.roots, at)
+        _log("kds-fetched", request)
+        self._to_disk(request, collateral)
+        return fetched
+
+    def _paths(self, request: AmdCollateralRequest) -> tuple[str, str, str]:
+        product = request.product_dir()
+        return request.vek_relpath(), f"{product}/cert_chain.pem", f"{product}/crl.der"
+
+    def _read(self, rel: str) -> bytes | None:
+        assert self.disk is not None
+        try:
+            with (self.disk.root / rel).open("rb") as fh:
+                data = fh.read(MAX_FILE_SIZE + 1)
+        except OSError:
+            return None
+        return data if len(data) <= MAX_FILE_SIZE else None
+
+    def _from_disk(self, request: AmdCollateralRequest, at: datetime) -> FetchedVek | None:
+        """The cached files for ``request``, verified; ``None`` when absent, when the CRL is due,
+        or when they do not verify (they are then removed)."""
+        if self.disk is None:
+            return None
+        vek_rel, chain_rel, crl_rel = self._paths(request)
+        vek, chain, crl = self._read(vek_rel), self._read(chain_rel), self._read(crl_rel)
+        if vek is None or chain is None or (crl is None and self.require_crl):
+            return None
+        if crl is not None and _crl_due(crl, at):
+            return None  # fetched again, with the VCEK (the source answers all three)
+        try:
+            fetched = verified_collateral(request, AmdCollateral(vek, chain, crl), self.roots, at)
+        except ConfideError as exc:
+            self.rejected_files += 1
+            _log("kds-cache-rejected", request, error=exc.kind)
+            for rel in (vek_rel, chain_rel, crl_rel):
+                (self.disk.root / rel).unlink(missing_ok=True)
+            return None
+        if not fetched.current(at):
+            return None
+        return fetched
+
+    def _to_disk(self, request: AmdCollateralRequest, collateral: AmdCollateral) -> None:
+        if self.disk is None:
+            return
+        vek_rel, chain_rel, crl_rel = self._paths(request)
+        try:
+            self.disk.store(chain_rel, collateral.chain_pem)
+            if collateral.crl_der is not None:
+                self.disk.store(crl_rel, collateral.crl_der)
+            self.disk.store(vek_rel, collateral.vek_der)
+            self._prune()
+        except OSError as exc:  # the collateral is in memory; the next start fetches again
+            _log("kds-cache-write-failed", request, error=type(exc).__name__)
+
+    def _prune(self) -> None:
+        """Keep at most :attr:`disk_veks` VCEK files, removing the oldest."""
+        assert self.disk is not None
+        files = []
+        for path in self.disk.root.glob("*/v1/*/*/*.der"):
+            try:
+                files.append((path.stat().st_mtime, str(path), path))
+            except OSError:
+                continue
+        files.sort()
+        for _mtime, _name, path in files[: max(0, len(files) - self.disk_veks)]:
+            path.unlink(missing_ok=True)
+
+
+def _crl_due(crl_der: bytes, at: datetime) -> bool:
+    """Whether a cached CRL's nextUpdate is past (or within :data:`CRL_MARGIN` of) ``at``; a CRL
+    that does not parse is not due here (it is rejected, and removed, by the verification)."""
+    try:
+        next_update = x509.load_der_x509_crl(crl_der).next_update_utc
+    except ValueError:
+        return False
+    return next_update is None or next_update <= at + CRL_MARGIN
+
+
+def _log(event: str, request: AmdCollateralRequest, **extra: str) -> None:
+    log.info(
+        json.dumps(
+            {"event": event, "product": request.product.value, "hwid": request.hwid[:16],
+             "tcb": request.tcb_name, **extra}
+        )
+    )  # fmt: skip

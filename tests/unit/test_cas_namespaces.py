@@ -1,0 +1,141 @@
+"""Namespaces (SCONE's ``access_policy.create_sessions``): a policy named ``a/b`` is created only
+by identities the nearest existing policy of its namespace (``a``) allows, directly or through a
+board; refusals are recorded in the ledger under the namespace."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cas_inproc import InProcessCas
+from confide import errors
+from confide.cas.client import policy_submission
+from confide.cas.core import APPROVAL_TYPE, sign_document
+from confide.cas.db import raw_execute
+from confide.identity import Identity
+from confide.policy.loader import loads_policy
+
+
+def _policy(name: str, access: str = "") -> str:
+    return f'name: {name}\nversion: "0.3"\n' + access
+
+
+def _approve(cas: InProcessCas, name: str, digest: str, who: Identity) -> str:
+    body = {"type": APPROVAL_TYPE, "name": name, "hash": digest}
+    return cas.cas.approve(sign_document(body, who.sign, who.public.public_base64)).state
+
+
+def _events(cas: InProcessCas, policy: str) -> list[tuple[str, dict[str, object]]]:
+    with cas.cas.db.read() as conn:
+        rows = raw_execute(
+            conn, "SELECT type, payload FROM events WHERE policy = ? ORDER BY seq", (policy,)
+        ).fetchall()
+    return [(r[0], json.loads(r[1])) for r in rows]
+
+
+@pytest.fixture
+def cas(tmp_path: Path) -> InProcessCas:
+    return InProcessCas.start(tmp_path)
+
+
+def test_namespace_owner_decides_who_creates_below_it(cas: InProcessCas) -> None:
+    alice, bob = Identity.generate(), Identity.generate()
+    assert cas.apply(_policy("acme"), alice).state == "active"
+    with pytest.raises(errors.AccessDeniedError, match="may not create policies in namespace acme"):
+        cas.apply(_policy("acme/shop"), bob)
+    with pytest.raises(errors.AccessDeniedError, match="namespace acme"):
+        cas.apply(_policy("acme/deep/er"), bob)  # the nearest existing ancestor decides
+    # Refusals are recorded under the namespace (the names do not exist), nothing was created.
+    refused = [p for t, p in _events(cas, "acme") if t == "policy-create-refused"]
+    assert refused == [
+        {"signer": bob.fingerprint, "name": "acme/shop"},
+        {"signer": bob.fingerprint, "name": "acme/deep/er"},
+    ]
+    assert _events(cas, "acme/shop") == []
+    # The owner (CREATOR through the default: create_sessions falls back to update) may.
+    assert cas.apply(_policy("acme/shop"), alice).state == "active"
+    # Names outside any existing policy's namespace stay first come.
+    assert cas.apply(_policy("free/standing"), bob).state == "active"
+    # A child's own creator governs its own namespace.
+    assert cas.apply(_policy("acme/shop/cart"), alice).state == "active"
+
+
+def test_create_sessions_grants_others_and_nearest_ancestor_wins(cas: InProcessCas) -> None:
+    alice, bob, carol = Identity.generate(), Identity.generate(), Identity.generate()
+    cas.apply(_policy("org", f"access_policy:\n  create_sessions: [CREATOR, {bob.fingerprint}]\n"), alice)
+    assert cas.apply(_policy("org/team"), bob).state == "active"  # bob becomes its creator
+    # org/team's own (default) rules govern below it: bob yes, alice no, even as org's owner.
+    assert cas.apply(_policy("org/team/svc"), bob).state == "active"
+    with pytest.raises(errors.AccessDeniedError, match="namespace org/team"):
+        cas.apply(_policy("org/team/other"), alice)
+    with pytest.raises(errors.AccessDeniedError, match="namespace org"):
+        cas.apply(_policy("org/x"), carol)
+    # ANY opens a namespace to everyone.
+    cas.apply(_policy("pub", "access_policy:\n  create_sessions: ANY\n"), alice)
+    assert cas.apply(_policy("pub/mine"), carol).state == "active"
+    # The creator of the child is its submitter: carol may update it, alice may not.
+    with pytest.raises(errors.AccessDeniedError, match="may not update policy pub/mine"):
+        cas.apply(
+            _policy("pub/mine", "secrets:\n  - name: s\n    kind: ascii\n") + _pred(cas, "pub/mine"), alice
+        )
+    assert [t for t, _ in _events(cas, "pub/mine")][-1] == "policy-update-refused"  # recorded
+
+
+def _pred(cas: InProcessCas, name: str) -> str:
+    with cas.cas.db.read() as conn:
+        (head,) = raw_execute(conn, "SELECT hash FROM policy_heads WHERE name = ?", (name,)).fetchone()
+    return f"predecessor: {head}\n"
+
+
+def test_create_sessions_board_approves_a_pending_creation(cas: InProcessCas) -> None:
+    alice, bob, carol, dave = (Identity.generate() for _ in range(4))
+    board = (
+        "access_policy:\n  create_sessions:\n    - require-all:\n"
+        f"        - signer: {alice.fingerprint}\n        - signer: {carol.fingerprint}\n"
+    )
+    cas.apply(_policy("lab", board), alice)
+    pending = cas.apply(_policy("lab/trial"), alice)
+    assert pending.state == "pending"
+    with pytest.raises(errors.AccessDeniedError, match="create_sessions board of namespace lab"):
+        _approve(cas, "lab/trial", pending.hash, dave)
+    assert _approve(cas, "lab/trial", pending.hash, carol) == "active"
+    types = [t for t, _ in _events(cas, "lab/trial")]
+    assert types == ["policy-pending", "policy-approved", "policy-created"], types
+    # alice submitted it, so alice is its creator and may update it alone.
+    updated = cas.apply(
+        _policy("lab/trial", "secrets:\n  - name: s\n    kind: ascii\n") + _pred(cas, "lab/trial"), alice
+    )
+    assert updated.state == "active"
+    # Someone not on the board at all is refused outright, not left pending.
+    with pytest.raises(errors.AccessDeniedError):
+        cas.apply(_policy("lab/other"), bob)
+
+
+def test_a_pending_creation_goes_stale_when_the_name_is_taken(cas: InProcessCas) -> None:
+    alice, carol, dave = (Identity.generate() for _ in range(3))
+    rules = (
+        "access_policy:\n  create_sessions:\n    - require-all:\n"
+        f"        - signer: {alice.fingerprint}\n        - signer: {carol.fingerprint}\n"
+        f"    - {dave.fingerprint}\n"
+    )
+    cas.apply(_policy("ns", rules), alice)
+    pending = cas.apply(_policy("ns/app"), alice)
+    assert pending.state == "pending"
+    assert cas.apply(_policy("ns/app", "secrets:\n  - name: t\n    kind: ascii\n"), dave).state == "active"
+    with pytest.raises(errors.ConflictError, match="changed since"):
+        _approve(cas, "ns/app", pending.hash, carol)
+    # The stale mark is kept (committed), so a second approval says so.
+    with pytest.raises(errors.ConflictError, match="is stale, not pending"):
+        _approve(cas, "ns/app", pending.hash, carol)
+    assert ("policy-stale", {"hash": pending.hash}) in _events(cas, "ns/app")
+
+
+def test_refused_update_is_recorded_in_the_ledger(cas: InProcessCas) -> None:
+    alice, mallory = Identity.generate(), Identity.generate()
+    created = cas.apply(_policy("solo"), alice)
+    text = _policy("solo", "secrets:\n  - name: s\n    kind: ascii\n") + f"predecessor: {created.hash}\n"
+    with pytest.raises(errors.AccessDeniedError):
+        cas.cas.apply(policy_submission(loads_policy(text), mallory))
+    assert _events(cas, "solo")[-1] == ("policy-update-refused", {"signer": mallory.fingerprint})
