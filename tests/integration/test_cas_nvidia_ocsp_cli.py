@@ -18,6 +18,8 @@ from cas_harness import CasProcess
 from cli import run_confide
 from confide import errors
 from confide.cas.client import CasClient
+from confide.verify.nvidia import ocsp_targets
+from confide.verify.x509util import load_certificate_chain
 from ocsp_responder import FakeOcsp
 
 ASSETS = Path(__file__).parents[1] / "assets" / "nvidia"
@@ -56,7 +58,10 @@ def test_cas_serve_asks_the_responder_and_fails_closed(tmp_path: Path, with_opti
                     errors.CollateralError, match=r"revocation check: .* responseStatus UNAUTHORIZED"
                 ):
                     client.attest(gpu_request(client.nonce()))
-                assert len(responder.requests) == 1  # the first certificate after the leaf
+                # Every certificate between the leaf and the root, asked once each (the prefetch);
+                # phase 1 reports the first one's error without asking again.
+                chain = load_certificate_chain(NV_CHAIN, "chain")
+                assert sorted(responder.served()) == sorted(c.serial_number for c, _ in ocsp_targets(chain))
             else:
                 # Without the option nothing is asked: the sample is refused at its (fixed) nonce.
                 with pytest.raises(errors.BindingError, match="nvidia-gpu nonce"):

@@ -24,7 +24,7 @@ from asgi_call import call, call_async
 from cas_inproc import Clock, InProcessCas, RuntimeKey, last_attestation, refused
 from confide import errors
 from confide.cas.app import create_app
-from confide.cas.revocation import NO_NEXT_UPDATE_TTL, OcspCache
+from confide.cas.revocation import FAILURE_GRACE, NO_NEXT_UPDATE_TTL, OcspCache
 from confide.cas.server import prepare
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral.nvidia_ocsp import DirOcspSource, HttpOcspSource
@@ -181,20 +181,21 @@ def test_good_responses_accept_and_the_second_attestation_is_served_from_the_cac
     cas: InProcessCas, responder: Responder, cache: OcspCache
 ) -> None:
     rt = Runtime(cas)
-    assert cas.cas.attest_may_wait(rt.gpu_only())
+    assert cas.cas.collateral_job(rt.gpu_only()) is not None  # nothing cached yet: a prefetch
     event = accepted(cas, rt.gpu_only(), rt)
     assert event["revocation_checked"] is True and event["rim_revocation_checked"] is False
     # One request, about the ICA (the leaf is not asked about, as NVIDIA's verifier does not).
     assert responder.requests == [("application/ocsp-request", PKI.ica[0].serial_number)]
     # Another attestation (new nonce, new report) of the same GPU: the cached response serves.
     rt2 = Runtime(cas)
+    assert cas.cas.collateral_job(rt2.gpu_only()) is None  # all in memory: nothing to prefetch
     assert accepted(cas, rt2.gpu_only(), rt2)["revocation_checked"] is True
     # A composite request with two GPUs under the same ICA: no new request either.
     rt3 = Runtime(cas)
     event = accepted(cas, rt3.composite(), rt3)
     assert [(g["slot"], g["revocation_checked"]) for g in event["gpus"]] == [("gpu0", True), ("gpu1", True)]
     assert responder.served() == [PKI.ica[0].serial_number]
-    assert (cache.fetches, cache.hits, len(cache)) == (1, 3, 1)
+    assert (cache.fetches, len(cache)) == (1, 1)
 
 
 def test_rim_signing_chains_are_checked_too(cas: InProcessCas, responder: Responder) -> None:
@@ -267,6 +268,8 @@ def test_http_errors_and_malformed_responses_refuse(cas: InProcessCas, responder
     responder.behaviour = lambda cert, issuer, nonce: (500, b"oops")
     rt = Runtime(cas)
     refused(cas.cas, rt.gpu_only(), errors.NetworkError, "revocation check: .* got HTTP 500, expected 200")
+    # Asked once, by the prefetch: phase 1 reports its error without asking again.
+    assert len(responder.requests) == 1
     # The responder's bytes are not the request's: a CollateralError, not a ParseError (HTTP 400).
     responder.behaviour = lambda cert, issuer, nonce: (200, b"\x30\x03\x0a\x01")
     rt2 = Runtime(cas)
@@ -390,10 +393,25 @@ def test_a_response_without_next_update_is_cached_for_five_minutes(
 def test_the_cache_is_bounded(responder: Responder) -> None:
     with HttpOcspSource(responder.url) as source:
         small = OcspCache(source, max_entries=1)
-        small.response(PKI.ica[0], PKI.root[0], at=NOW)
-        small.response(RIM_PKI.ica, RIM_PKI.root, at=NOW)
-        small.response(PKI.ica[0], PKI.root[0], at=NOW)  # dropped for the RIM ICA: fetched again
-    assert len(small) == 1 and small.fetches == 3 and small.hits == 0
+        small.get(PKI.ica[0], PKI.root[0], at=NOW)
+        small.get(RIM_PKI.ica, RIM_PKI.root, at=NOW)
+        small.get(PKI.ica[0], PKI.root[0], at=NOW)  # dropped for the RIM ICA: fetched again
+    assert len(small) == 1 and small.fetches == 3
+
+
+def test_a_failed_fetch_is_reported_for_a_while_then_asked_again(responder: Responder) -> None:
+    responder.behaviour = lambda cert, issuer, nonce: (503, b"busy")
+    with HttpOcspSource(responder.url) as source:
+        cache = OcspCache(source)
+        cache.prefetch(PKI.ica[0], PKI.root[0], at=NOW)  # never raises: the error is kept
+        with pytest.raises(errors.NetworkError, match="got HTTP 503"):
+            cache.get(PKI.ica[0], PKI.root[0], at=NOW + FAILURE_GRACE - timedelta(seconds=1))
+        assert len(responder.requests) == 1  # phase 1 did not ask again
+        responder.behaviour = responder.honest
+        cache.get(PKI.ica[0], PKI.root[0], at=NOW + FAILURE_GRACE)  # past the grace: asked
+        assert len(responder.requests) == 2 and len(cache) == 1
+        cache.prefetch(PKI.ica[0], PKI.root[0], at=NOW + FAILURE_GRACE)  # cached: not asked
+        assert len(responder.requests) == 2
 
 
 # --- off ------------------------------------------------------------------------------------------
@@ -406,7 +424,7 @@ def test_without_the_option_nothing_is_asked_and_the_ledger_says_not_checked(
         nvidia_root=PKI.root[0], nvidia_rim_root=RIM_PKI.root
     )
     rt = Runtime(inproc)
-    assert not inproc.cas.attest_may_wait(rt.gpu_only())
+    assert inproc.cas.collateral_job(rt.gpu_only()) is None
     event = accepted(inproc, rt.gpu_only(rim=True), rt)
     assert event["revocation_checked"] is False and event["rim_revocation_checked"] is False
     rt2 = Runtime(inproc)

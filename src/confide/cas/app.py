@@ -203,19 +203,14 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
     @app.post("/v1/attest")
     async def attest(request: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
         # Phase 1 on the event loop: CPU-bound (verification, appraisal, rendering), so a thread
-        # Phase 1 on the event loop: CPU-bound (verification, appraisal, rendering), so a thread
         # hand-off would cost more than it saves. Collateral it would fetch (an SEV-SNP VCEK from
-        # AMD KDS) is fetched first, in a thread: phase 1 then finds it in memory; when phase 1
-        # may wait on the network itself (GPU reports with --nvidia-ocsp: the responder), it runs
-        # in a worker thread. Phase 2 (spend the nonce, record the outcome) goes to the group
+        # AMD KDS, OCSP responses for NVIDIA GPU chains) is fetched first, in a thread: phase 1
+        # then finds it in memory. Phase 2 (spend the nonce, record the outcome) goes to the group
         # commit: the loop goes on with other requests while the disk syncs.
         job = cas.collateral_job(request)
         if job is not None:
             await asyncio.to_thread(job)
-        if cas.attest_may_wait(request):
-            pending = await asyncio.to_thread(cas.attest_begin, request)
-        else:
-            pending = cas.attest_begin(request)
+        pending = cas.attest_begin(request)
         await writer.submit_async(pending.commit)
         try:
             out = pending.result()

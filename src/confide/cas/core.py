@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
@@ -95,6 +95,9 @@ NONCE_TTL = 60.0
 SESSION_TTL = 24 * 3600.0
 RELEASE_INFO = b"confide-release/v1"
 BINDING_PREFIX = b"confide-attest/v1\x00"
+_FETCHING_PLATFORMS = frozenset({Platform.SEV_SNP.value, Platform.NVIDIA_GPU.value})
+"""Evidence whose verification may fetch collateral (``--kds``, ``--nvidia-ocsp``); so may
+composite requests' GPU reports (``gpu<k>`` aux keys)."""
 
 
 class EvidenceVerifier(Protocol):
@@ -104,11 +107,6 @@ class EvidenceVerifier(Protocol):
     def verify(
         self, platform: Platform, evidence: bytes, aux: dict[str, bytes], *, at: datetime
     ) -> VerifiedEvidence: ...
-
-    def may_fetch(self, platform: str, aux_keys: Iterable[str]) -> bool:
-        """Whether :meth:`verify` of such evidence may wait on the network (a collateral source
-        that is asked per request)."""
-        ...
 
 
 def binding_report_data(public_key_der: bytes, nonce: bytes) -> bytes:
@@ -858,10 +856,17 @@ class Cas:
 
     def collateral_job(self, request: Any) -> Callable[[], None] | None:
         """The blocking collateral fetch that phase 1 of ``request`` would need (SEV-SNP evidence
-        without its VCEK, with ``cas serve --kds``: :mod:`confide.cas.kds`), to run before
-        :meth:`attest_begin` and off the event loop; ``None`` when there is none. Cheap for
-        every other request; never raises (phase 1 refuses what is malformed)."""
-        if not isinstance(request, dict) or request.get("platform") != Platform.SEV_SNP.value:
+        without its VCEK, with ``cas serve --kds``: :mod:`confide.cas.kds`; the OCSP responses
+        for NVIDIA reports, GPU-only or ``gpu<k>`` blobs of a composite request, with ``cas serve
+        --nvidia-ocsp``: :mod:`confide.cas.revocation`), to run before :meth:`attest_begin` and
+        off the event loop; ``None`` when there is none. Cheap for every other request; never
+        raises (phase 1 refuses what is malformed)."""
+        if not isinstance(request, dict):
+            return None
+        raw_aux = request.get("aux")
+        if request.get("platform") not in _FETCHING_PLATFORMS and not (
+            isinstance(raw_aux, dict) and any(str(k).startswith("gpu") for k in raw_aux)
+        ):
             return None
         job = getattr(self.verifier, "collateral_job", None)
         if job is None:
@@ -873,8 +878,12 @@ class Cas:
             }
         except (KeyError, ValueError, TypeError):
             return None
+        try:
+            platform = Platform(str(request.get("platform")))
+        except ValueError:
+            return None
         at = datetime.fromtimestamp(self.clock(), UTC)
-        result: Callable[[], None] | None = job(Platform.SEV_SNP, evidence, aux, at=at)
+        result: Callable[[], None] | None = job(platform, evidence, aux, at=at)
         return result
 
     def attest(self, request: Any) -> dict[str, Any]:
@@ -886,18 +895,6 @@ class Cas:
         with self.db.write() as conn:
             pending.commit(conn)
         return pending.result()
-
-    def attest_may_wait(self, request: Any) -> bool:
-        """Whether phase 1 (:meth:`attest_begin`) of ``request`` may wait on the network: its
-        evidence is of a kind the verifier asks a collateral source about per request (NVIDIA
-        reports with ``cas serve --nvidia-ocsp``). The API then runs phase 1 off its event loop.
-        Looks only at the request's platform and aux keys; a malformed request answers False
-        (phase 1 refuses it before verifying anything)."""
-        if not isinstance(request, dict):
-            return False
-        aux = request.get("aux")
-        keys = [str(k) for k in aux] if isinstance(aux, dict) else []
-        return self.verifier.may_fetch(str(request.get("platform")), keys)
 
     def attest_begin(self, request: Any, *, _renewals: int = 0) -> PendingAttestation:
         """Phase 1 of :meth:`attest`, without the write lock: parse, verify, bind, appraise and

@@ -7,8 +7,8 @@ else one fetched from the source. What it stores and for how long:
 
 - Only a response that :func:`confide.verify.ocsp.verify_ocsp_response` found ``good`` at ``at``
   when it was fetched. A revoked, unknown or unverifiable answer and a failed fetch raise, and are
-  not cached (the next attestation asks again: the CAS fails closed, it never falls back to "not
-  checked").
+  not cached as answers (the next attestation's prefetch asks again: the CAS fails closed, it
+  never falls back to "not checked").
 - Keyed by (SHA-256 of the issuer's SubjectPublicKeyInfo, serial number): the issuer key and
   serial that an RFC 6960 §4.1.1 ``CertID`` names.
 - Used while ``stored_at`` ≤ ``at`` < ``expires``, where ``expires`` is the response's
@@ -22,15 +22,25 @@ else one fetched from the source. What it stores and for how long:
 Every response handed out, cached or fresh, is verified once more by the caller
 (:func:`confide.verify.nvidia.verify_nvidia_report` at the attestation's ``at``); the cache only
 decides when to ask again. The time is the caller's ``at`` (the CAS's injected clock): nothing
-here reads a clock. :meth:`OcspCache.response` may wait on the network (the source's ``fetch``),
-so the CAS API runs such attestations off its event loop (``Cas.attest_may_wait``).
+here reads a clock.
+
+Blocking: a fetch goes to the network. The CAS's event loop does not wait for one: an
+attestation whose responses are not all cached first runs :meth:`OcspCache.prefetch` in a
+worker thread (``PlatformVerifier.collateral_job``), and phase 1 then takes them from memory
+with :meth:`OcspCache.get`, or the error that prefetch just ran into (kept
+:data:`FAILURE_GRACE` of the caller's clock). Only if a
+response left memory between the two (its ``nextUpdate`` passed, or more than ``max_entries``
+others were fetched meanwhile) does phase 1 ask the responder itself, on the loop. Attestations
+that miss the same response at the same time may each ask the responder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
 import hashlib
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -38,13 +48,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from confide.collateral.nvidia_ocsp import OcspSource
+from confide.errors import ConfideError
 from confide.verify.dcap import _Lru
 from confide.verify.ocsp import OcspResponse, verify_ocsp_response
 
-__all__ = ["MAX_ENTRIES", "NO_NEXT_UPDATE_TTL", "OcspCache"]
+__all__ = ["FAILURE_GRACE", "MAX_ENTRIES", "NO_NEXT_UPDATE_TTL", "OcspCache"]
 
 NO_NEXT_UPDATE_TTL = timedelta(minutes=5)
 MAX_ENTRIES = 4096
+FAILURE_GRACE = timedelta(seconds=30)
+"""How long after a failed fetch (by the caller's clock, from the ``at`` it was tried at) phase 1
+reports its error instead of asking again on the event loop; a prefetch always asks again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,39 +70,45 @@ class _Entry:
 
 class OcspCache:
     """Good OCSP responses by (issuer key, serial), in memory, until their ``nextUpdate`` (see
-    the module docstring). Thread-safe: attestations run it from worker threads. ``hits`` and
-    ``fetches`` count what it served from memory and what it asked the source for."""
+    the module docstring). Thread-safe: attestations run it from worker threads. ``fetches``
+    counts what was asked of the source."""
 
     def __init__(self, source: OcspSource, *, max_entries: int = MAX_ENTRIES) -> None:
         self.source = source
         self._entries: _Lru[tuple[bytes, int], _Entry] = _Lru(max_entries)
         self._count_lock = threading.Lock()
-        self.hits = 0
+        self._failures: _Lru[tuple[bytes, int], tuple[datetime, ConfideError]] = _Lru(max_entries)
         self.fetches = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def responses(
-        self, targets: Sequence[tuple[x509.Certificate, x509.Certificate]], *, at: datetime
-    ) -> list[OcspResponse]:
-        """One response per (certificate, issuer) pair, in order (:meth:`response`)."""
-        return [self.response(cert, issuer, at=at) for cert, issuer in targets]
+    def prefetch(self, cert: x509.Certificate, issuer: x509.Certificate, *, at: datetime) -> None:
+        """Blocking (run it off the event loop): bring a good response into memory unless one is
+        there. An error is kept for :meth:`get` (which reports it) and not raised here."""
+        if self.cached(cert, issuer, at=at) is None:
+            with contextlib.suppress(ConfideError):
+                self.fetch(cert, issuer, at=at)
 
-    def response(self, cert: x509.Certificate, issuer: x509.Certificate, *, at: datetime) -> OcspResponse:
-        """:meth:`cached`, else :meth:`fetch`."""
+    def get(self, cert: x509.Certificate, issuer: x509.Certificate, *, at: datetime) -> OcspResponse:
+        """Phase 1 of an attestation: the cached response; else the error of the fetch tried in
+        the last :data:`FAILURE_GRACE` (the prefetch of this very attestation, usually); else
+        :meth:`fetch` (blocking: only when nothing prefetched it)."""
         cached = self.cached(cert, issuer, at=at)
-        return cached if cached is not None else self.fetch(cert, issuer, at=at)
+        if cached is not None:
+            return cached
+        failed = self._failures.get(_key(cert, issuer))
+        if failed is not None and failed[0] <= at < failed[0] + FAILURE_GRACE:
+            raise copy.copy(failed[1])
+        return self.fetch(cert, issuer, at=at)
 
     def cached(
         self, cert: x509.Certificate, issuer: x509.Certificate, *, at: datetime
     ) -> OcspResponse | None:
         """The cached response about ``cert`` usable at ``at`` (module docstring), or ``None``."""
-        entry = self._entries.get((_key_hash(issuer), cert.serial_number))
+        entry = self._entries.get(_key(cert, issuer))
         if entry is None or not entry.stored_at <= at < entry.expires:
             return None
-        with self._count_lock:
-            self.hits += 1
         return entry.response
 
     def fetch(self, cert: x509.Certificate, issuer: x509.Certificate, *, at: datetime) -> OcspResponse:
@@ -98,14 +118,27 @@ class OcspCache:
         (``RevocationError`` for a revoked or unknown certificate)."""
         with self._count_lock:
             self.fetches += 1
-        fetched = self.source.fetch(cert, issuer)
-        check = verify_ocsp_response(fetched, cert, issuer, at=at)
+        key = _key(cert, issuer)
+        try:
+            fetched = self.source.fetch(cert, issuer)
+            check = verify_ocsp_response(fetched, cert, issuer, at=at)
+        except ConfideError as exc:
+            self._failures.put(key, (at, copy.copy(exc)))
+            raise
         expires = check.next_update if check.next_update is not None else at + NO_NEXT_UPDATE_TTL
-        self._entries.put((_key_hash(issuer), cert.serial_number), _Entry(fetched, at, expires))
+        self._entries.put(key, _Entry(fetched, at, expires))
         return fetched
 
 
+def _key(cert: x509.Certificate, issuer: x509.Certificate) -> tuple[bytes, int]:
+    """(SHA-256 of the issuer's SubjectPublicKeyInfo, serial number): what a CertID names."""
+    return _key_hash(issuer), cert.serial_number
+
+
+@functools.lru_cache(maxsize=256)
 def _key_hash(issuer: x509.Certificate) -> bytes:
+    # Memoised per issuer certificate (hashed and compared by its DER): the same few
+    # intermediates come with every GPU's chain.
     spki = issuer.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )

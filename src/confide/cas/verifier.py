@@ -32,7 +32,10 @@ making). A revoked or unknown certificate is a ``RevocationError``; an unreachab
 (``NetworkError``), a missing stored response (``CollateralMissingError``) or a response that does
 not verify (wrong signer, nonce or CertID, out of its validity window, malformed: their own
 classes, a malformed response as ``CollateralError``) refuse too, their messages starting with
-"revocation check". Without it nothing is fetched and the claims say ``revocation_checked: false``.
+"revocation check". The fetches run before phase 1, off the event loop
+(:meth:`PlatformVerifier.collateral_job`); :meth:`PlatformVerifier.verify` takes the responses
+from memory (:mod:`confide.cas.revocation`). Without it nothing is fetched and the claims say
+``revocation_checked: false``.
 
 Roots are the embedded, pinned ones; the constructor's overrides exist for test PKIs and are
 never taken from a request.
@@ -42,7 +45,7 @@ from __future__ import annotations
 
 import hmac
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -191,8 +194,26 @@ class PlatformVerifier:
     ) -> Callable[[], None] | None:
         """What :meth:`verify` would fetch for this evidence, as a blocking job to run before it
         (off the CAS's event loop), or ``None`` when it fetches nothing: SEV-SNP evidence
-        without a VCEK/VLEK whose VCEK is not in memory. Never raises: :meth:`verify` refuses
-        what is malformed."""
+        without a VCEK/VLEK whose VCEK is not in memory (``kds``); NVIDIA reports
+        (``nvidia-gpu`` evidence, or the ``gpu<k>`` reports of a composite request, whose whole
+        ``aux`` this takes) whose OCSP responses are not all in memory (``nvidia_ocsp``). Never
+        raises: :meth:`verify` refuses what is malformed."""
+        kds, ocsp = self._kds_job(platform, evidence, aux, at), self._ocsp_job(platform, evidence, aux, at)
+        jobs = [job for job in (kds, ocsp) if job is not None]
+        if not jobs:
+            return None
+        if len(jobs) == 1:
+            return jobs[0]
+
+        def both() -> None:
+            for job in jobs:
+                job()
+
+        return both
+
+    def _kds_job(
+        self, platform: Platform, evidence: bytes, aux: dict[str, bytes], at: datetime
+    ) -> Callable[[], None] | None:
         if platform is not Platform.SEV_SNP or self.kds is None:
             return None
         kds = self.kds
@@ -206,13 +227,47 @@ class PlatformVerifier:
             return None
         return lambda: kds.prefetch(request, at)
 
-    def may_fetch(self, platform: str, aux_keys: Iterable[str]) -> bool:
-        """Whether verifying evidence of ``platform`` with these aux keys may wait on the network:
-        NVIDIA reports (``nvidia-gpu``, or ``gpu<k>`` blobs of a composite request) while OCSP
-        is configured (the cache may have to ask the responder)."""
-        if self.nvidia_ocsp is None:
-            return False
-        return platform == Platform.NVIDIA_GPU.value or any(k.startswith(GPU_PREFIX) for k in aux_keys)
+    def _ocsp_job(
+        self, platform: Platform, evidence: bytes, aux: dict[str, bytes], at: datetime
+    ) -> Callable[[], None] | None:
+        """The prefetch of the OCSP responses that phase 1 would miss: for each chain with a
+        missing response, the chain is verified first (as in phase 1), and nothing is asked
+        about one that does not verify (phase 1 then refuses it without asking)."""
+        cache = self.nvidia_ocsp
+        if cache is None:
+            return None
+        try:
+            if platform is Platform.NVIDIA_GPU:
+                reports = [(evidence, aux)]
+            else:
+                reports = [(gpu.report, gpu.aux) for gpu in split_gpu_aux(platform, aux)[1]]
+        except ConfideError:
+            return None
+        missing: list[tuple[Callable[[], None], list[tuple[x509.Certificate, x509.Certificate]]]] = []
+        seen: set[tuple[x509.Certificate, x509.Certificate]] = set()  # GPUs share intermediates
+        for report, gpu_aux in reports:
+            try:
+                chains = self._revocation_chains(report, *_nvidia_aux(gpu_aux))
+            except ConfideError:
+                continue  # phase 1 refuses this GPU before it asks anything about it
+            for targets, check in chains:
+                todo = [p for p in targets if p not in seen and cache.cached(*p, at=at) is None]
+                seen.update(todo)
+                if todo:
+                    missing.append((partial(check, at), todo))
+        if not missing:
+            return None
+
+        def prefetch() -> None:
+            for check, todo in missing:
+                try:
+                    check()
+                except ConfideError:
+                    continue
+                for cert, issuer in todo:
+                    cache.prefetch(cert, issuer, at=at)
+
+        return prefetch
 
     def verify(
         self, platform: Platform, evidence: bytes, aux: dict[str, bytes], *, at: datetime
@@ -279,23 +334,33 @@ class PlatformVerifier:
     ) -> tuple[list[OcspResponse], list[list[OcspResponse]]]:
         """OCSP responses for the GPU chain's links and each RIM's signing chain (module
         docstring), for :func:`verify_nvidia_report` to check (it verifies every chain before
-        it uses a response about it). Cached responses are taken as they are; before a
-        responder is asked anything, the report must parse and the chain must verify to its
-        pinned root, else that is the refusal."""
+        it uses a response about it): from memory (the prefetch of :meth:`collateral_job`
+        put them there), else the error that prefetch got. Before a responder is asked
+        anything, the report must parse and the chain must verify to its pinned root."""
+        chains = self._revocation_chains(evidence, certs, rims)
+        responses = [_responses(cache, targets, partial(check, at), at) for targets, check in chains]
+        return responses[0], responses[1:]
 
-        def device_chain() -> None:
+    def _revocation_chains(
+        self, evidence: bytes, certs: list[x509.Certificate], rims: list[ReferenceManifest]
+    ) -> list[tuple[list[tuple[x509.Certificate, x509.Certificate]], Callable[[datetime], None]]]:
+        """(certificate, issuer) pairs whose OCSP status is checked, per chain (the GPU's, then
+        each RIM's), each with the check to pass before a responder is asked about them: the
+        report parses and the chain verifies to its pinned root."""
+
+        def device_chain(at: datetime) -> None:
             NvidiaAttestationReport.from_bytes(evidence)
             verify_pinned_chain(certs, self.nvidia_root or nvidia_device_root(), at)
 
-        ocsp = _responses(cache, ocsp_targets(certs), device_chain, at)
-        rim_ocsp = []
+        chains: list[tuple[list[tuple[x509.Certificate, x509.Certificate]], Callable[[datetime], None]]]
+        chains = [(ocsp_targets(certs), device_chain)]
         if rims:
             rim_root = self.nvidia_rim_root or nvidia_rim_root()
             for rim in rims:
                 targets = rim_ocsp_targets(rim.raw, rim_root)
-                chain = partial(verify_pinned_chain, [cert for cert, _ in targets] + [rim_root], rim_root, at)
-                rim_ocsp.append(_responses(cache, targets, chain, at))
-        return ocsp, rim_ocsp
+                chain = [cert for cert, _ in targets] + [rim_root]
+                chains.append((targets, partial(verify_pinned_chain, chain, rim_root)))
+        return chains
 
     def _dcap_collateral(self, quote: Quote, aux: dict[str, bytes]) -> DcapCollateral:
         """A quote's collateral: the request's dcap-qvl bundle, else the configured source."""
@@ -313,22 +378,22 @@ def _responses(
     checked: Callable[[], None],
     at: datetime,
 ) -> list[OcspResponse]:
-    """One response per (certificate, issuer): the cache's, else fetched once ``checked()``
-    (the chain verified; its failure is the refusal) has passed. A failed fetch is a refusal
-    whose message starts with "revocation check" (a revoked certificate keeps its own)."""
+    """One response per (certificate, issuer): the cache's, else (once ``checked()``, the chain
+    verified, has passed: its failure is the refusal) :meth:`OcspCache.get`'s. A failed fetch is
+    a refusal whose message starts with "revocation check" (a revoked certificate keeps its own)."""
     found = [cache.cached(cert, issuer, at=at) for cert, issuer in targets]
     if all(response is not None for response in found):
         return [response for response in found if response is not None]
     checked()
     return [
-        response if response is not None else _fetch(cache, cert, issuer, at)
+        response if response is not None else _get(cache, cert, issuer, at)
         for response, (cert, issuer) in zip(found, targets, strict=True)
     ]
 
 
-def _fetch(cache: OcspCache, cert: x509.Certificate, issuer: x509.Certificate, at: datetime) -> OcspResponse:
+def _get(cache: OcspCache, cert: x509.Certificate, issuer: x509.Certificate, at: datetime) -> OcspResponse:
     try:
-        return cache.fetch(cert, issuer, at=at)
+        return cache.get(cert, issuer, at=at)
     except RevocationError:
         raise
     except ParseError as exc:
