@@ -19,16 +19,20 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.x509 import ocsp
+from snp_fakes import make_fake_amd
 
 from asgi_call import call, call_async
-from cas_inproc import Clock, InProcessCas, RuntimeKey, last_attestation, refused
+from cas_inproc import Clock, InProcessCas, RuntimeKey, last_attestation, production_cas, refused
 from confide import errors
 from confide.cas.app import create_app
 from confide.cas.revocation import FAILURE_GRACE, NO_NEXT_UPDATE_TTL, OcspCache
 from confide.cas.server import prepare
 from confide.cas.verifier import PlatformVerifier
+from confide.collateral.amd_kds import KdsHttpCollateral
 from confide.collateral.nvidia_ocsp import DirOcspSource, HttpOcspSource
 from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
+from confide.evidence.sev_snp import Product
+from kds_fake import fake_kds
 from nvidia_forge import NvidiaPki, make_ca, make_leaf, make_responder, ocsp_response, resign
 from nvidia_forge import make_pki as make_nvidia_pki
 from ocsp_responder import FakeOcsp
@@ -412,6 +416,50 @@ def test_a_failed_fetch_is_reported_for_a_while_then_asked_again(responder: Resp
         assert len(responder.requests) == 2 and len(cache) == 1
         cache.prefetch(PKI.ica[0], PKI.root[0], at=NOW + FAILURE_GRACE)  # cached: not asked
         assert len(responder.requests) == 2
+
+
+def test_one_prefetch_fetches_a_vcek_from_kds_and_the_gpu_responses(
+    tmp_path: Path, responder: Responder, clock: Clock[float], cache: OcspCache
+) -> None:
+    """SEV-SNP evidence sent without its VCEK (``--kds``) with a GPU report (``--nvidia-ocsp``):
+    the one collateral job fetches both, and phase 1 finds both in memory."""
+    amd = make_fake_amd(Product.MILAN)
+    policy = f"""name: app
+version: "0.3"
+services:
+  - name: snp-gpu
+    command: serve
+    attestation:
+      sev-snp: {{measurement: "{"cd" * 48}"}}
+      nvidia-gpu: {{measurements: {{22: "{M22}"}}}}
+"""
+    with fake_kds() as kds:
+        kds.serve_amd(
+            amd, crl=amd.crl(this_update=NOW - timedelta(days=1), next_update=NOW + timedelta(days=30))
+        )
+        verifier = PlatformVerifier(
+            amd_roots=amd.roots(), kds=KdsHttpCollateral(None, base_url=kds.url, timeout=5, crl_required=False),
+            nvidia_root=PKI.root[0], nvidia_ocsp=cache,
+        )  # fmt: skip
+        cas = production_cas(tmp_path / "cas", verifier, policy)
+        cas.clock = clock
+        rt = RuntimeKey(cas)
+        aux = {"gpu0": resign(NV_REPORT, PKI.leaf[1], nonce=rt.binding[:32]), "gpu0.certs": PKI.chain_pem()}
+        request = rt.body(
+            policy="app", service="snp-gpu", platform="sev-snp",
+            evidence=amd.sign(amd.report(report_data=rt.binding)), aux=aux,
+        )  # fmt: skip
+        job = cas.collateral_job(request)
+        assert job is not None
+        job()
+        assert len(kds.requests) == 3 and responder.served() == [PKI.ica[0].serial_number]
+        pending = cas.attest_begin(request)  # phase 1: nothing more is asked
+        assert len(kds.requests) == 3 and len(responder.requests) == 1
+        with cas.db.write() as conn:
+            pending.commit(conn)
+        assert rt.open(pending.result())["command"] == ["serve"]
+        event = last_attestation(cas)
+        assert event["verdict"] == "accepted" and event["gpus"][0]["revocation_checked"] is True
 
 
 # --- off ------------------------------------------------------------------------------------------
