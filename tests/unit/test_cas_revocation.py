@@ -405,17 +405,29 @@ def test_the_cache_is_bounded(responder: Responder) -> None:
 
 def test_a_failed_fetch_is_reported_for_a_while_then_asked_again(responder: Responder) -> None:
     responder.behaviour = lambda cert, issuer, nonce: (503, b"busy")
+    monotonic = Clock(100.0)
     with HttpOcspSource(responder.url) as source:
-        cache = OcspCache(source)
-        cache.prefetch(PKI.ica[0], PKI.root[0], at=NOW)  # never raises: the error is kept
+        cache = OcspCache(source, monotonic=monotonic)
+        assert cache.prefetch(PKI.ica[0], PKI.root[0], at=NOW) is False  # the error is kept
+        monotonic.now += FAILURE_GRACE - 1
         with pytest.raises(errors.NetworkError, match="got HTTP 503"):
-            cache.get(PKI.ica[0], PKI.root[0], at=NOW + FAILURE_GRACE - timedelta(seconds=1))
+            cache.get(PKI.ica[0], PKI.root[0], at=NOW)
         assert len(responder.requests) == 1  # phase 1 did not ask again
         responder.behaviour = responder.honest
-        cache.get(PKI.ica[0], PKI.root[0], at=NOW + FAILURE_GRACE)  # past the grace: asked
+        monotonic.now += 1
+        cache.get(PKI.ica[0], PKI.root[0], at=NOW)  # past the grace: asked
         assert len(responder.requests) == 2 and len(cache) == 1
-        cache.prefetch(PKI.ica[0], PKI.root[0], at=NOW + FAILURE_GRACE)  # cached: not asked
+        assert cache.prefetch(PKI.ica[0], PKI.root[0], at=NOW) is True  # cached: not asked
         assert len(responder.requests) == 2
+
+
+def test_the_prefetch_stops_at_the_first_failure(cas: InProcessCas, responder: Responder) -> None:
+    """GPU-only with a RIM: three responses to fetch; the first fails, so nothing else is asked
+    (phase 1 refuses there)."""
+    responder.behaviour = lambda cert, issuer, nonce: (503, b"busy")
+    rt = Runtime(cas)
+    refused(cas.cas, rt.gpu_only(rim=True), errors.NetworkError, "revocation check: .* got HTTP 503")
+    assert responder.served() == [PKI.ica[0].serial_number]
 
 
 def test_one_prefetch_fetches_a_vcek_from_kds_and_the_gpu_responses(

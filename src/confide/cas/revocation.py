@@ -28,7 +28,7 @@ Blocking: a fetch goes to the network. The CAS's event loop does not wait for on
 attestation whose responses are not all cached first runs :meth:`OcspCache.prefetch` in a
 worker thread (``PlatformVerifier.collateral_job``), and phase 1 then takes them from memory
 with :meth:`OcspCache.get`, or the error that prefetch just ran into (kept
-:data:`FAILURE_GRACE` of the caller's clock). Only if a
+:data:`FAILURE_GRACE` seconds of a monotonic clock, injectable). Only if a
 response left memory between the two (its ``nextUpdate`` passed, or more than ``max_entries``
 others were fetched meanwhile) does phase 1 ask the responder itself, on the loop. Attestations
 that miss the same response at the same time may each ask the responder.
@@ -36,11 +36,12 @@ that miss the same response at the same time may each ask the responder.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import hashlib
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -56,9 +57,9 @@ __all__ = ["FAILURE_GRACE", "MAX_ENTRIES", "NO_NEXT_UPDATE_TTL", "OcspCache"]
 
 NO_NEXT_UPDATE_TTL = timedelta(minutes=5)
 MAX_ENTRIES = 4096
-FAILURE_GRACE = timedelta(seconds=30)
-"""How long after a failed fetch (by the caller's clock, from the ``at`` it was tried at) phase 1
-reports its error instead of asking again on the event loop; a prefetch always asks again."""
+FAILURE_GRACE = 30.0
+"""Seconds (monotonic clock) after a failed fetch during which phase 1 reports its error instead
+of asking again on the event loop; a prefetch always asks again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,22 +74,33 @@ class OcspCache:
     the module docstring). Thread-safe: attestations run it from worker threads. ``fetches``
     counts what was asked of the source."""
 
-    def __init__(self, source: OcspSource, *, max_entries: int = MAX_ENTRIES) -> None:
+    def __init__(
+        self,
+        source: OcspSource,
+        *,
+        max_entries: int = MAX_ENTRIES,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.source = source
+        self.monotonic = monotonic
         self._entries: _Lru[tuple[bytes, int], _Entry] = _Lru(max_entries)
         self._count_lock = threading.Lock()
-        self._failures: _Lru[tuple[bytes, int], tuple[datetime, ConfideError]] = _Lru(max_entries)
+        self._failures: _Lru[tuple[bytes, int], tuple[float, ConfideError]] = _Lru(max_entries)
         self.fetches = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def prefetch(self, cert: x509.Certificate, issuer: x509.Certificate, *, at: datetime) -> None:
+    def prefetch(self, cert: x509.Certificate, issuer: x509.Certificate, *, at: datetime) -> bool:
         """Blocking (run it off the event loop): bring a good response into memory unless one is
-        there. An error is kept for :meth:`get` (which reports it) and not raised here."""
-        if self.cached(cert, issuer, at=at) is None:
-            with contextlib.suppress(ConfideError):
-                self.fetch(cert, issuer, at=at)
+        there; whether one is. An error is kept for :meth:`get` (which reports it), not raised."""
+        if self.cached(cert, issuer, at=at) is not None:
+            return True
+        try:
+            self.fetch(cert, issuer, at=at)
+        except ConfideError:
+            return False
+        return True
 
     def get(self, cert: x509.Certificate, issuer: x509.Certificate, *, at: datetime) -> OcspResponse:
         """Phase 1 of an attestation: the cached response; else the error of the fetch tried in
@@ -98,7 +110,7 @@ class OcspCache:
         if cached is not None:
             return cached
         failed = self._failures.get(_key(cert, issuer))
-        if failed is not None and failed[0] <= at < failed[0] + FAILURE_GRACE:
+        if failed is not None and self.monotonic() - failed[0] < FAILURE_GRACE:
             raise copy.copy(failed[1])
         return self.fetch(cert, issuer, at=at)
 
@@ -123,7 +135,7 @@ class OcspCache:
             fetched = self.source.fetch(cert, issuer)
             check = verify_ocsp_response(fetched, cert, issuer, at=at)
         except ConfideError as exc:
-            self._failures.put(key, (at, copy.copy(exc)))
+            self._failures.put(key, (self.monotonic(), copy.copy(exc)))
             raise
         expires = check.next_update if check.next_update is not None else at + NO_NEXT_UPDATE_TTL
         self._entries.put(key, _Entry(fetched, at, expires))

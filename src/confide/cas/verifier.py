@@ -259,13 +259,16 @@ class PlatformVerifier:
             return None
 
         def prefetch() -> None:
+            # In phase 1's order, up to the first failure: phase 1 refuses there, so nothing
+            # after it is needed (and a slow responder is not waited for again and again).
             for check, todo in missing:
                 try:
                     check()
                 except ConfideError:
-                    continue
+                    return
                 for cert, issuer in todo:
-                    cache.prefetch(cert, issuer, at=at)
+                    if not cache.prefetch(cert, issuer, at=at):
+                        return
 
         return prefetch
 
