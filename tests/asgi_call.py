@@ -8,6 +8,11 @@ from typing import Any
 
 def call(app: Any, path: str, chunks: list[bytes], method: str = "POST") -> tuple[int, bytes]:
     """One request (POST unless ``method``) through the ASGI app, the body delivered in ``chunks``."""
+    return asyncio.run(call_async(app, path, chunks, method))
+
+
+async def call_async(app: Any, path: str, chunks: list[bytes], method: str = "POST") -> tuple[int, bytes]:
+    """:func:`call` on the running event loop (several requests may run at once)."""
     messages = [
         {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)
     ]
@@ -25,7 +30,7 @@ def call(app: Any, path: str, chunks: list[bytes], method: str = "POST") -> tupl
         "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 2),
     }  # fmt: skip
-    asyncio.run(app(scope, receive, send))
+    await app(scope, receive, send)
     status = next(m["status"] for m in out if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in out if m["type"] == "http.response.body")
     return status, body

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -39,6 +37,7 @@ from confide.verify.nvidia import ocsp_targets, verify_nvidia_report
 from confide.verify.ocsp import MAX_RESPONSE_SIZE, OcspResponse, ocsp_request_der, verify_ocsp_response
 from confide.verify.result import Platform
 from nvidia_forge import Issuer, make_ca, make_leaf, make_responder, ocsp_response, resign
+from ocsp_responder import Behaviour, FakeOcsp
 from rim_pki import make_pki as make_rim_pki
 from rim_pki import rim_matching_report
 
@@ -75,58 +74,13 @@ def pki() -> Pki:
     return Pki(root, ica, brom, leaf, resign(REPORT, leaf[1]))
 
 
-# A responder behaviour: (request's certificate, issuer, request nonce) -> (HTTP status, body).
-Behaviour = Callable[[x509.Certificate, Issuer, bytes | None], tuple[int, bytes]]
-
-
-@dataclass
-class FakeOcsp:
-    """A fake OCSP responder: parses each POSTed request, answers through ``behaviour``."""
-
-    pki: Pki
-    behaviour: Behaviour | None = None
-    requests: list[tuple[str, int]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        fake = self
-        by_serial = {c.serial_number: c for c in self.pki.chain}
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                req = ocsp.load_der_ocsp_request(body)
-                fake.requests.append((self.headers["Content-Type"], req.serial_number))
-                try:
-                    nonce: bytes | None = req.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce
-                except x509.ExtensionNotFound:
-                    nonce = None
-                cert = by_serial[req.serial_number]
-                assert fake.behaviour is not None
-                status, out = fake.behaviour(cert, fake.pki.issuer_of(cert), nonce)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/ocsp-response")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-
 @pytest.fixture
 def responder(pki: Pki) -> Iterator[FakeOcsp]:
-    server = FakeOcsp(pki)
-    server.thread.start()
+    server = FakeOcsp({c.serial_number: (c, pki.issuer_of(c)) for c in (pki.brom[0], pki.ica[0])}).start()
     try:
         yield server
     finally:
-        server.server.shutdown()
-        server.server.server_close()
-        server.thread.join(timeout=5)
+        server.stop()
 
 
 def good(cert: x509.Certificate, issuer: Issuer, nonce: bytes | None) -> tuple[int, bytes]:
@@ -290,8 +244,7 @@ def test_http_errors_are_network_errors_never_good(pki: Pki, responder: FakeOcsp
     with pytest.raises(NetworkError, match="got HTTP 500, expected 200"):
         verify_via_http(pki, responder)
     dead = responder.url
-    responder.server.shutdown()
-    responder.server.server_close()
+    responder.stop()
     with HttpOcspSource(dead, timeout=2) as source, pytest.raises(NetworkError, match="ConnectError"):
         source.fetch(pki.brom[0], pki.ica[0])
 

@@ -204,9 +204,9 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
     async def attest(request: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
         # Phase 1 on the event loop: CPU-bound (verification, appraisal, rendering), so a thread
         # hand-off would cost more than it saves. Collateral it would fetch (an SEV-SNP VCEK from
-        # AMD KDS) is fetched first, in a thread: phase 1 then finds it in memory. Phase 2 (spend
-        # the nonce, record the outcome) goes to the group commit: the loop goes on with other
-        # requests while the disk syncs.
+        # AMD KDS, OCSP responses for NVIDIA GPU chains) is fetched first, in a thread: phase 1
+        # then finds it in memory. Phase 2 (spend the nonce, record the outcome) goes to the group
+        # commit: the loop goes on with other requests while the disk syncs.
         job = cas.collateral_job(request)
         if job is not None:
             await asyncio.to_thread(job)

@@ -47,6 +47,14 @@ def cas() -> None:
 @click.option("--witness", "witness_specs", multiple=True, metavar="URL=VKEY",
               help="A witness that cosigns every checkpoint (C2SP tlog-witness).")  # fmt: skip
 @click.option(
+    "--nvidia-ocsp",
+    "nvidia_ocsp",
+    metavar="URL|DIR",
+    help="Check every NVIDIA GPU chain (and RIM signing chain) for revocation: an OCSP responder "
+    "URL (NVIDIA's is https://ocsp.ndis.nvidia.com/) or stored responses DIR/<serial hex>.der. "
+    "Good responses are cached until their nextUpdate; a failed check refuses the attestation.",
+)
+@click.option(
     "--seal",
     type=click.Choice(SEAL_PROVIDERS),
     default="file",
@@ -79,6 +87,7 @@ def cas_serve(
     seal: str,
     tee: str | None,
     evidence_refresh: str | None,
+    nvidia_ocsp: str | None,
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
     from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, parse_refresh_interval
@@ -104,6 +113,7 @@ def cas_serve(
         seal=provider,
         tee=tee,
         evidence_refresh=refresh,
+        nvidia_ocsp=nvidia_ocsp,
     )
 
 

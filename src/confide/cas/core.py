@@ -98,6 +98,9 @@ SESSION_TTL = 24 * 3600.0
 MAX_VOLUME_CHAIN = 8
 RELEASE_INFO = b"confide-release/v1"
 BINDING_PREFIX = b"confide-attest/v1\x00"
+_FETCHING_PLATFORMS = frozenset({Platform.SEV_SNP.value, Platform.NVIDIA_GPU.value})
+"""Evidence whose verification may fetch collateral (``--kds``, ``--nvidia-ocsp``); so may
+composite requests' GPU reports (``gpu<k>`` aux keys)."""
 
 
 class EvidenceVerifier(Protocol):
@@ -916,10 +919,17 @@ class Cas:
 
     def collateral_job(self, request: Any) -> Callable[[], None] | None:
         """The blocking collateral fetch that phase 1 of ``request`` would need (SEV-SNP evidence
-        without its VCEK, with ``cas serve --kds``: :mod:`confide.cas.kds`), to run before
-        :meth:`attest_begin` and off the event loop; ``None`` when there is none. Cheap for
-        every other request; never raises (phase 1 refuses what is malformed)."""
-        if not isinstance(request, dict) or request.get("platform") != Platform.SEV_SNP.value:
+        without its VCEK, with ``cas serve --kds``: :mod:`confide.cas.kds`; the OCSP responses
+        for NVIDIA reports, GPU-only or ``gpu<k>`` blobs of a composite request, with ``cas serve
+        --nvidia-ocsp``: :mod:`confide.cas.revocation`), to run before :meth:`attest_begin` and
+        off the event loop; ``None`` when there is none. Cheap for every other request; never
+        raises (phase 1 refuses what is malformed)."""
+        if not isinstance(request, dict):
+            return None
+        raw_aux = request.get("aux")
+        if request.get("platform") not in _FETCHING_PLATFORMS and not (
+            isinstance(raw_aux, dict) and any(str(k).startswith("gpu") for k in raw_aux)
+        ):
             return None
         job = getattr(self.verifier, "collateral_job", None)
         if job is None:
@@ -931,8 +941,12 @@ class Cas:
             }
         except (KeyError, ValueError, TypeError):
             return None
+        try:
+            platform = Platform(str(request.get("platform")))
+        except ValueError:
+            return None
         at = datetime.fromtimestamp(self.clock(), UTC)
-        result: Callable[[], None] | None = job(Platform.SEV_SNP, evidence, aux, at=at)
+        result: Callable[[], None] | None = job(platform, evidence, aux, at=at)
         return result
 
     def attest(self, request: Any) -> dict[str, Any]:
@@ -1393,12 +1407,25 @@ class PendingAttestation:
 def _evidence_summary(v: VerifiedEvidence) -> dict[str, Any]:
     c = v.claims
     measurement = c.get("measurement") or c.get("mr_enclave") or c.get("mr_td") or c.get("pcr0")
-    return {
+    summary = {
         "measurement": measurement,
         "tcb_status": v.tcb_status.value if v.tcb_status else None,
         "advisories": list(v.advisory_ids),
         "debug": c.get("debug"),
         "simulated": v.simulated,
+    }
+    if v.platform is Platform.NVIDIA_GPU:  # a GPU-only attestation: as _gpu_summary records it
+        summary.update(_revocation_summary(v))
+    return summary
+
+
+def _revocation_summary(v: VerifiedEvidence) -> dict[str, Any]:
+    """Whether the GPU's chain (and its RIMs' signing chains) were checked by OCSP (``cas serve
+    --nvidia-ocsp``): auditors can tell which accepted GPUs were not."""
+    c = v.claims
+    return {
+        "revocation_checked": c.get("revocation_checked") is True,
+        "rim_revocation_checked": c.get("rim_revocation_checked") is True,
     }
 
 
@@ -1418,6 +1445,7 @@ def _gpu_summary(slot: str, v: VerifiedEvidence) -> dict[str, Any]:
         "driver_version": c.get("driver_version"),
         "vbios_version": c.get("vbios_version"),
         "rims_compared": c.get("rims_compared"),
+        **_revocation_summary(v),
     }
 
 

@@ -63,6 +63,7 @@ from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, CasEvidence, EvidenceRefresher
 from confide.cas.pin import cas_binding
 from confide.cas.renewal import DEFAULT_SWEEP_SECONDS, CertificateRenewer
+from confide.cas.revocation import OcspCache
 from confide.cas.rotation import bind_master_key, open_master_key
 from confide.cas.runlock import run_lock
 from confide.cas.sealing import SealingKeyProvider
@@ -72,6 +73,7 @@ from confide.cas.verifier import PlatformVerifier
 from confide.collateral import is_url
 from confide.collateral.amd_kds import DEFAULT_KDS_URL, KdsHttpCollateral
 from confide.collateral.dcap import source_for
+from confide.collateral.nvidia_ocsp import source_for as ocsp_source_for
 from confide.errors import ConfideError, UsageError
 from confide.fsutil import write_atomic
 from confide.ledger.db import Conn, connect_postgres
@@ -288,6 +290,7 @@ def prepare(
     clock: Callable[[], datetime] | None = None,
     amd_roots: AmdRootStore | None = None,
     kds: str | None = None,
+    nvidia_ocsp: str | None = None,
 ) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
     """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (``dev``:
     simulated; ``tee``: from the TEE's quote provider, ``quote_provider`` or the one at the
@@ -301,7 +304,10 @@ def prepare(
     AMD roots (``amd_roots`` replaces them, also for the evidence clients present: test PKIs
     only). DCAP evidence without ``collateral`` is published unchecked, which is logged once.
     ``kds``: the AMD KDS base URL (``--kds``) the CAS fetches the VCEKs of SEV-SNP evidence sent
-    without one from, cached in ``data_dir/kds-cache``."""
+    without one from, cached in ``data_dir/kds-cache``.
+
+    ``nvidia_ocsp``: an OCSP responder URL or a directory of stored responses; NVIDIA GPU chains
+    are then checked for revocation (``confide.cas.verifier``, ``confide.cas.revocation``)."""
     if dev and tee is not None:
         raise UsageError(
             f"--dev and --tee {tee} exclude each other: a CAS in a TEE does not accept simulated evidence"
@@ -325,6 +331,7 @@ def prepare(
     cert_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(serialization.Encoding.DER)
     report_data = cas_binding(cert_der, log_key)  # the same for every evidence the CAS obtains
     dcap_source = source_for(collateral) if collateral else None
+    ocsp_cache = OcspCache(ocsp_source_for(nvidia_ocsp, "--nvidia-ocsp")) if nvidia_ocsp else None
     if dev:
         sim_dir = data_dir / "sim"
         platform = SimPlatform.load_or_create(sim_dir)
@@ -375,6 +382,7 @@ def prepare(
     verifier = PlatformVerifier(
         sim_key=sim_key, dcap_source=dcap_source, amd_roots=amd_roots,
         kds=kds_source, kds_cache=data_dir / "kds-cache", kds_where=f"AMD KDS {kds}",
+        nvidia_ocsp=ocsp_cache,
     )  # fmt: skip
     cas = Cas(database, sealer, verifier, events=LedgerEventSink())
     with database.write() as conn:
@@ -417,10 +425,11 @@ def serve(
     evidence_refresh: float = DEFAULT_REFRESH_SECONDS,
     renewal_interval: float = DEFAULT_SWEEP_SECONDS,
     kds: str | None = None,
+    nvidia_ocsp: str | None = None,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
-    between sweeps that renew due certificates."""
+    between sweeps that renew due certificates. ``nvidia_ocsp``: see :func:`prepare`."""
     host, port = _parse_listen(listen)
     _configure_logging()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -428,7 +437,7 @@ def serve(
     with run_lock(data_dir, db_url, exclusive=False):
         _serve(data_dir, host, port, dev=dev, db_url=db_url, collateral=collateral, witnesses=witnesses,
                seal=seal, tee=tee, evidence_refresh=evidence_refresh,
-               renewal_interval=renewal_interval, kds=kds)  # fmt: skip
+               renewal_interval=renewal_interval, kds=kds, nvidia_ocsp=nvidia_ocsp)  # fmt: skip
 
 
 def _serve(
@@ -445,10 +454,12 @@ def _serve(
     evidence_refresh: float,
     renewal_interval: float,
     kds: str | None,
+    nvidia_ocsp: str | None,
 ) -> None:
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
-        data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee, kds=kds
-    )
+        data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee, kds=kds,
+        nvidia_ocsp=nvidia_ocsp,
+    )  # fmt: skip
     checkpointer = Checkpointer(cas, signer, witnesses=witnesses)
     checkpointer.start()
     renewer = CertificateRenewer(cas, renewal_interval)  # docs/cas.md "Certificate renewal"
@@ -495,6 +506,7 @@ def _serve(
                 "kds": kds,
                 "evidence_refresh": evidence_refresh if cas_evidence is not None else None,
                 "self_check": cas_evidence.check if cas_evidence is not None else None,
+                "nvidia_ocsp": nvidia_ocsp is not None,
                 "db": cas.db.redacted_url,
                 "master_key": f"sealed: {seal.name} ({seal.binding})" if seal else "plain file",
             }

@@ -23,6 +23,20 @@ Composite attestation (a confidential VM with GPUs, :func:`split_gpu_aux`): with
 ``gpu<k>.rim:<name>`` blobs (the ``nvidia-gpu`` blobs above, per GPU). Every other key that
 starts with ``gpu`` is refused.
 
+Revocation (``cas serve --nvidia-ocsp URL|DIR``, the ``nvidia_ocsp`` cache): every NVIDIA report,
+GPU-only or in a composite request, has its device chain checked by OCSP (RFC 6960; the links
+between the leaf and the root, as ``evidence verify --ocsp`` checks them) and, when RIMs were
+sent, each RIM's signing chain. The chains are verified to their pinned roots before any
+responder is asked about them (a request cannot make the CAS ask about certificates of its own
+making). A revoked or unknown certificate is a ``RevocationError``; an unreachable responder
+(``NetworkError``), a missing stored response (``CollateralMissingError``) or a response that does
+not verify (wrong signer, nonce or CertID, out of its validity window, malformed: their own
+classes, a malformed response as ``CollateralError``) refuse too, their messages starting with
+"revocation check". The fetches run before phase 1, off the event loop
+(:meth:`PlatformVerifier.collateral_job`); :meth:`PlatformVerifier.verify` takes the responses
+from memory (:mod:`confide.cas.revocation`). Without it nothing is fetched and the claims say
+``revocation_checked: false``.
+
 Roots are the embedded, pinned ones; the constructor's overrides exist for test PKIs and are
 never taken from a request.
 """
@@ -34,34 +48,42 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from confide.cas.kds import KdsVcekCache, vek_request
+from confide.cas.revocation import OcspCache
 from confide.collateral.amd_kds import AmdCollateralSource
 from confide.collateral.dcap import DcapCollateralSource
 from confide.errors import (
     BindingError,
+    CollateralError,
     CollateralMissingError,
     ConfideError,
     MeasurementError,
     ParseError,
+    RevocationError,
     UsageError,
 )
 from confide.evidence.azure_vtpm import HclReportType, parse_evidence
 from confide.evidence.dcap import Quote
 from confide.evidence.dcap_collateral import DcapCollateral
 from confide.evidence.nvidia import NONCE_SIZE as SPDM_NONCE_SIZE
+from confide.evidence.nvidia import NvidiaAttestationReport
 from confide.evidence.nvidia_rim import ReferenceManifest
 from confide.evidence.snp_certs import VCEK_GUID, VLEK_GUID, parse_cert_table
 from confide.platforms.sev_snp import embedded_roots
 from confide.policy.attestation import GPU_HOSTS, MAX_GPUS
+from confide.verify._pinned_chain import verify_pinned_chain
 from confide.verify.azure_vtpm import verify_azure_snp, verify_azure_tdx
 from confide.verify.dcap import DcapVerifier
 from confide.verify.nitro import verify_nitro_document
-from confide.verify.nvidia import RimMismatchError, verify_nvidia_report
+from confide.verify.nvidia import RimMismatchError, nvidia_device_root, ocsp_targets, verify_nvidia_report
+from confide.verify.nvidia_rim import nvidia_rim_root, rim_ocsp_targets
+from confide.verify.ocsp import OcspResponse
 from confide.verify.result import Platform, VerifiedEvidence
 from confide.verify.sev_snp import AmdRootStore, SnpVerifier
 from confide.verify.sim import verify_sim
@@ -138,9 +160,10 @@ class PlatformVerifier:
     bundle instead). ``kds`` supplies AMD VCEKs for SEV-SNP evidence sent without one (AMD KDS:
     ``cas serve --kds URL``), cached in memory and in ``kds_cache`` (a directory; ``None``: memory
     only) by a :class:`~confide.cas.kds.KdsVcekCache` that verifies them under the same roots as
-    the evidence; ``kds_where`` names the source in refusals. ``nvidia_root``,
-    ``nvidia_rim_root``, ``nitro_root`` and ``amd_roots`` replace the embedded pinned roots: for
-    test PKIs only."""
+    the evidence; ``kds_where`` names the source in refusals. ``nvidia_ocsp``: check NVIDIA
+    chains for revocation with the responses of this cache (module docstring; ``None``: not
+    checked). ``nvidia_root``, ``nvidia_rim_root``, ``nitro_root`` and ``amd_roots`` replace the
+    embedded pinned roots: for test PKIs only."""
 
     def __init__(
         self,
@@ -154,9 +177,11 @@ class PlatformVerifier:
         kds: AmdCollateralSource | None = None,
         kds_cache: Path | None = None,
         kds_where: str = "AMD KDS",
+        nvidia_ocsp: OcspCache | None = None,
     ) -> None:
         self.sim_key = sim_key
         self.dcap_source = dcap_source
+        self.nvidia_ocsp = nvidia_ocsp
         self.nvidia_root = nvidia_root
         self.nvidia_rim_root = nvidia_rim_root
         self.nitro_root = nitro_root
@@ -169,8 +194,26 @@ class PlatformVerifier:
     ) -> Callable[[], None] | None:
         """What :meth:`verify` would fetch for this evidence, as a blocking job to run before it
         (off the CAS's event loop), or ``None`` when it fetches nothing: SEV-SNP evidence
-        without a VCEK/VLEK whose VCEK is not in memory. Never raises: :meth:`verify` refuses
-        what is malformed."""
+        without a VCEK/VLEK whose VCEK is not in memory (``kds``); NVIDIA reports
+        (``nvidia-gpu`` evidence, or the ``gpu<k>`` reports of a composite request, whose whole
+        ``aux`` this takes) whose OCSP responses are not all in memory (``nvidia_ocsp``). Never
+        raises: :meth:`verify` refuses what is malformed."""
+        kds, ocsp = self._kds_job(platform, evidence, aux, at), self._ocsp_job(platform, evidence, aux, at)
+        jobs = [job for job in (kds, ocsp) if job is not None]
+        if not jobs:
+            return None
+        if len(jobs) == 1:
+            return jobs[0]
+
+        def both() -> None:
+            for job in jobs:
+                job()
+
+        return both
+
+    def _kds_job(
+        self, platform: Platform, evidence: bytes, aux: dict[str, bytes], at: datetime
+    ) -> Callable[[], None] | None:
         if platform is not Platform.SEV_SNP or self.kds is None:
             return None
         kds = self.kds
@@ -183,6 +226,51 @@ class PlatformVerifier:
         if kds.cached(request, at) is not None:
             return None
         return lambda: kds.prefetch(request, at)
+
+    def _ocsp_job(
+        self, platform: Platform, evidence: bytes, aux: dict[str, bytes], at: datetime
+    ) -> Callable[[], None] | None:
+        """The prefetch of the OCSP responses that phase 1 would miss: for each chain with a
+        missing response, the chain is verified first (as in phase 1), and nothing is asked
+        about one that does not verify (phase 1 then refuses it without asking)."""
+        cache = self.nvidia_ocsp
+        if cache is None:
+            return None
+        try:
+            if platform is Platform.NVIDIA_GPU:
+                reports = [(evidence, aux)]
+            else:
+                reports = [(gpu.report, gpu.aux) for gpu in split_gpu_aux(platform, aux)[1]]
+        except ConfideError:
+            return None
+        missing: list[tuple[Callable[[], None], list[tuple[x509.Certificate, x509.Certificate]]]] = []
+        seen: set[tuple[x509.Certificate, x509.Certificate]] = set()  # GPUs share intermediates
+        for report, gpu_aux in reports:
+            try:
+                chains = self._revocation_chains(report, *_nvidia_aux(gpu_aux))
+            except ConfideError:
+                continue  # phase 1 refuses this GPU before it asks anything about it
+            for targets, check in chains:
+                todo = [p for p in targets if p not in seen and cache.cached(*p, at=at) is None]
+                seen.update(todo)
+                if todo:
+                    missing.append((partial(check, at), todo))
+        if not missing:
+            return None
+
+        def prefetch() -> None:
+            # In phase 1's order, up to the first failure: phase 1 refuses there, so nothing
+            # after it is needed (and a slow responder is not waited for again and again).
+            for check, todo in missing:
+                try:
+                    check()
+                except ConfideError:
+                    return
+                for cert, issuer in todo:
+                    if not cache.prefetch(cert, issuer, at=at):
+                        return
+
+        return prefetch
 
     def verify(
         self, platform: Platform, evidence: bytes, aux: dict[str, bytes], *, at: datetime
@@ -223,16 +311,59 @@ class PlatformVerifier:
             # The nonce is not checked here: the CAS compares it with the key binding
             # (check_binding), as it does every platform's report data.
             certs, rims = _nvidia_aux(aux)
+            ocsp: list[OcspResponse] | None = None
+            rim_ocsp: list[list[OcspResponse]] | None = None
+            if self.nvidia_ocsp is not None:
+                ocsp, rim_ocsp = self._nvidia_revocation(self.nvidia_ocsp, evidence, certs, rims, at)
             try:
                 return verify_nvidia_report(
-                    evidence, certs, at=at, root=self.nvidia_root, rims=rims, rim_root=self.nvidia_rim_root
-                )
+                    evidence, certs, at=at, root=self.nvidia_root, rims=rims, rim_root=self.nvidia_rim_root,
+                    ocsp=ocsp, rim_ocsp=rim_ocsp,
+                )  # fmt: skip
             except RimMismatchError as exc:
                 # Refusals cross the wire by class name: keep to the public tree (confide.errors).
                 raise MeasurementError(exc.message) from None
         if platform is Platform.AWS_NITRO:
             return verify_nitro_document(evidence, at=at, root=self.nitro_root)
         raise UsageError(f"this CAS does not verify {platform.value} evidence yet")
+
+    def _nvidia_revocation(
+        self,
+        cache: OcspCache,
+        evidence: bytes,
+        certs: list[x509.Certificate],
+        rims: list[ReferenceManifest],
+        at: datetime,
+    ) -> tuple[list[OcspResponse], list[list[OcspResponse]]]:
+        """OCSP responses for the GPU chain's links and each RIM's signing chain (module
+        docstring), for :func:`verify_nvidia_report` to check (it verifies every chain before
+        it uses a response about it): from memory (the prefetch of :meth:`collateral_job`
+        put them there), else the error that prefetch got. Before a responder is asked
+        anything, the report must parse and the chain must verify to its pinned root."""
+        chains = self._revocation_chains(evidence, certs, rims)
+        responses = [_responses(cache, targets, partial(check, at), at) for targets, check in chains]
+        return responses[0], responses[1:]
+
+    def _revocation_chains(
+        self, evidence: bytes, certs: list[x509.Certificate], rims: list[ReferenceManifest]
+    ) -> list[tuple[list[tuple[x509.Certificate, x509.Certificate]], Callable[[datetime], None]]]:
+        """(certificate, issuer) pairs whose OCSP status is checked, per chain (the GPU's, then
+        each RIM's), each with the check to pass before a responder is asked about them: the
+        report parses and the chain verifies to its pinned root."""
+
+        def device_chain(at: datetime) -> None:
+            NvidiaAttestationReport.from_bytes(evidence)
+            verify_pinned_chain(certs, self.nvidia_root or nvidia_device_root(), at)
+
+        chains: list[tuple[list[tuple[x509.Certificate, x509.Certificate]], Callable[[datetime], None]]]
+        chains = [(ocsp_targets(certs), device_chain)]
+        if rims:
+            rim_root = self.nvidia_rim_root or nvidia_rim_root()
+            for rim in rims:
+                targets = rim_ocsp_targets(rim.raw, rim_root)
+                chain = [cert for cert, _ in targets] + [rim_root]
+                chains.append((targets, partial(verify_pinned_chain, chain, rim_root)))
+        return chains
 
     def _dcap_collateral(self, quote: Quote, aux: dict[str, bytes]) -> DcapCollateral:
         """A quote's collateral: the request's dcap-qvl bundle, else the configured source."""
@@ -242,6 +373,39 @@ class PlatformVerifier:
             raise CollateralMissingError("this CAS has no DCAP collateral source configured")
         chain = self.dcap.pck_chain(quote)
         return self.dcap_source.get_collateral(fmspc=chain.extension.fmspc, ca=chain.ca, tee=quote.tee)
+
+
+def _responses(
+    cache: OcspCache,
+    targets: list[tuple[x509.Certificate, x509.Certificate]],
+    checked: Callable[[], None],
+    at: datetime,
+) -> list[OcspResponse]:
+    """One response per (certificate, issuer): the cache's, else (once ``checked()``, the chain
+    verified, has passed: its failure is the refusal) :meth:`OcspCache.get`'s. A failed fetch is
+    a refusal whose message starts with "revocation check" (a revoked certificate keeps its own)."""
+    found = [cache.cached(cert, issuer, at=at) for cert, issuer in targets]
+    if all(response is not None for response in found):
+        return [response for response in found if response is not None]
+    checked()
+    return [
+        response if response is not None else _get(cache, cert, issuer, at)
+        for response, (cert, issuer) in zip(found, targets, strict=True)
+    ]
+
+
+def _get(cache: OcspCache, cert: x509.Certificate, issuer: x509.Certificate, at: datetime) -> OcspResponse:
+    try:
+        return cache.get(cert, issuer, at=at)
+    except RevocationError:
+        raise
+    except ParseError as exc:
+        # The responder's bytes, not the request's: not a malformed request (HTTP 400).
+        raise CollateralError(f"revocation check: {exc.message}") from None
+    except ConfideError as exc:
+        exc.message = f"revocation check: {exc.message}"
+        exc.args = (exc.message,)
+        raise
 
 
 def _sent_vek(aux: dict[str, bytes]) -> bytes | None:

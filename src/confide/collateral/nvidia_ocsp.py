@@ -12,6 +12,9 @@ One interface, :class:`OcspSource` (one method, ``fetch(cert, issuer)``), two im
 * :class:`DirOcspSource` reads stored responses from a directory: ``{serial}.der`` where
   ``serial`` is the certificate's serial number in lower-case hex (e.g. saved with ``openssl ocsp
   -respout``). They carry no nonce: their ``nextUpdate`` bounds their use.
+
+:func:`source_for` picks one for a ``URL|DIR`` option (``evidence verify --ocsp``, ``cas serve
+--nvidia-ocsp``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from cryptography import x509
 from confide.errors import CollateralMissingError, NetworkError, ParseError, UsageError
 from confide.verify.ocsp import MAX_RESPONSE_SIZE, NONCE_SIZE, OcspResponse, ocsp_request_der
 
-__all__ = ["DEFAULT_OCSP_URL", "DirOcspSource", "HttpOcspSource", "OcspSource", "fetch_all"]
+__all__ = ["DEFAULT_OCSP_URL", "DirOcspSource", "HttpOcspSource", "OcspSource", "fetch_all", "source_for"]
 
 DEFAULT_OCSP_URL = "https://ocsp.ndis.nvidia.com/"
 _HTTP_OK = 200
@@ -45,6 +48,14 @@ def fetch_all(
     return [source.fetch(cert, issuer) for cert, issuer in targets]
 
 
+def source_for(location: str, option: str = "--ocsp") -> HttpOcspSource | DirOcspSource:
+    """The source ``location`` names: an http(s) responder URL, else a directory of stored
+    responses (:class:`UsageError` when it is neither)."""
+    if location.startswith(("http://", "https://")):
+        return HttpOcspSource(location, option=option)
+    return DirOcspSource(Path(location), option=option)
+
+
 class HttpOcspSource:
     """An OCSP responder over HTTP(S) (RFC 6960 Appendix A.1, POST)."""
 
@@ -55,9 +66,10 @@ class HttpOcspSource:
         transport: httpx2.BaseTransport | None = None,
         timeout: float = 10.0,
         nonce: bool = True,
+        option: str = "--ocsp",
     ) -> None:
         if not url.startswith(("http://", "https://")):
-            raise UsageError(f"--ocsp: got {url!r}, expected an http(s) URL or a directory")
+            raise UsageError(f"{option}: got {url!r}, expected an http(s) URL or a directory")
         self.url = url
         self.nonce = nonce
         self._client = httpx2.Client(transport=transport, timeout=timeout)
@@ -98,9 +110,9 @@ class HttpOcspSource:
 class DirOcspSource:
     """Stored DER responses in a directory, named by the certificate's serial number in hex."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, option: str = "--ocsp") -> None:
         if not root.is_dir():
-            raise UsageError(f"--ocsp: {str(root)!r} is not a directory (or give an http(s) URL)")
+            raise UsageError(f"{option}: {str(root)!r} is not a directory (or give an http(s) URL)")
         self.root = root
 
     def fetch(self, cert: x509.Certificate, issuer: x509.Certificate) -> OcspResponse:

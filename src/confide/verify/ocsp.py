@@ -13,7 +13,10 @@ checks the DER response a collateral source brought back, at ``at``:
    id-kp-OCSPSigning. The ``ResponderID`` must name that signer (by name or by the SHA-1 of
    its public key, §4.2.2.3), and the signature over ``tbsResponseData`` must verify with its
    key. The issuer is a certificate of a chain already verified to a pinned root, so the
-   signer chains to that root.
+   signer chains to that root. Signatures that verified are remembered (a bounded memo keyed by
+   the SHA-256 of key, algorithm, signed bytes and signature: true whenever it is, whatever the
+   time), so a response checked again, as the CAS checks its cached responses at every
+   attestation, costs no second signature verification; every other step runs every time.
 4. When a nonce was sent, the response must carry the same nonce (§4.4.1).
 5. ``thisUpdate`` ≤ ``at`` + :data:`CLOCK_SKEW` and ``at`` < ``nextUpdate`` (§4.2.2.1, §3.2
    items 4-5); a response without ``nextUpdate`` is accepted only when its nonce matched (it
@@ -25,10 +28,12 @@ checks the DER response a collateral source brought back, at ``at``:
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -47,6 +52,7 @@ from confide.errors import (
     SignatureError,
 )
 from confide.verify._pinned_chain import subject_cn
+from confide.verify.dcap import _Lru
 from confide.verify.result import ClaimValue
 from confide.verify.x509util import check_cert_dates
 
@@ -67,6 +73,21 @@ CLOCK_SKEW = timedelta(minutes=5)
 """How far ``thisUpdate`` may lie after ``at`` (the responder's clock may run ahead)."""
 
 _CERTID_HASHES = (hashes.SHA1, hashes.SHA256, hashes.SHA384, hashes.SHA512)
+_VERIFIED: _Lru[bytes, bool] = _Lru(4096)
+"""SHA-256 digests of (key, algorithm, signed bytes, signature) that verified (step 3)."""
+
+
+def _verified_once(parts: Sequence[bytes], verify: Callable[[], None]) -> None:
+    """Run ``verify`` (raising when the signature does not verify) unless the same signature
+    verified before; ``parts`` name it completely (key DER, algorithm, data, signature)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "big") + part)
+    key = digest.digest()
+    if _VERIFIED.get(key):
+        return
+    verify()
+    _VERIFIED.put(key, True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +194,8 @@ def _signer(
         if cert.issuer != issuer.subject:
             raise CertificateChainError(f"{name} was not issued by {subject_cn(issuer)!r} (§4.2.2.2)")
         try:
-            cert.verify_directly_issued_by(issuer)
+            parts = [c.public_bytes(serialization.Encoding.DER) for c in (issuer, cert)]
+            _verified_once(parts, partial(cert.verify_directly_issued_by, issuer))
         except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
             raise CertificateChainError(
                 f"{name}: signature by {subject_cn(issuer)!r} does not verify"
@@ -200,7 +222,8 @@ def _verify_signature(resp: ocsp.OCSPResponse, signer: x509.Certificate, what: s
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise SignatureError(f"{what}: unusable signature algorithm or key: {exc}") from None
     data, signature = resp.tbs_response_bytes, resp.signature
-    try:
+
+    def verify() -> None:
         if isinstance(key, ec.EllipticCurvePublicKey) and algorithm is not None:
             key.verify(signature, data, ec.ECDSA(algorithm))
         elif isinstance(key, rsa.RSAPublicKey) and algorithm is not None:
@@ -212,6 +235,11 @@ def _verify_signature(resp: ocsp.OCSPResponse, signer: x509.Certificate, what: s
                 f"{what}: signature algorithm {resp.signature_algorithm_oid.dotted_string} does not fit"
                 f" the key of {subject_cn(signer)!r}"
             )
+
+    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    oid = resp.signature_algorithm_oid.dotted_string.encode()
+    try:
+        _verified_once([spki, oid, data, signature], verify)
     except (InvalidSignature, ValueError, UnsupportedAlgorithm):
         raise SignatureError(
             f"{what}: signature does not verify with the key of {subject_cn(signer)!r}"

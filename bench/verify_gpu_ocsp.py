@@ -1,0 +1,144 @@
+"""What the CAS's revocation checks (``cas serve --nvidia-ocsp``) add to an NVIDIA GPU report's
+verification, responses cached, one core, same run.
+
+Two ways to verify one forged report with a chain shaped like an H100's (root → GH100 Identity
+→ Provisioner ICA → GSP BROM → FMC leaf: three certificates checked by OCSP), measured in
+alternating batches so both see the same machine load (the 10th-percentile batch of each, best
+over the rounds):
+
+- ``off``: ``PlatformVerifier.verify`` without OCSP (what the CAS does without the option);
+- ``cached``: with an ``OcspCache`` holding good responses for all three, as the CAS runs an
+  attestation: ``collateral_job`` (parses the chain, finds every response in memory: no
+  prefetch, so no thread hand-off), then ``verify`` (three cache lookups and the three responses
+  verified again by ``verify_nvidia_report``).
+
+The responses come from an in-memory source signing under the test PKI (no network: the cache
+is warm, and the source is asserted not to be asked while the benchmark runs).
+
+    PYTHONPATH=src .venv/bin/python bench/verify_gpu_ocsp.py [--seconds 2.0] [--rounds 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from confide.cas.revocation import OcspCache
+from confide.cas.verifier import PlatformVerifier
+from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
+from confide.verify.ocsp import OcspResponse
+from confide.verify.result import Platform
+from nvidia_forge import make_ca, make_leaf, ocsp_response, resign
+from pki import Issuer
+
+ASSETS = Path(__file__).resolve().parents[1] / "tests" / "assets" / "nvidia"
+BATCH = 20
+
+
+class SignedHere:
+    """An OCSP source that signs a good response with the issuer's key (test PKI, no I/O)."""
+
+    def __init__(self, keys: dict[bytes, Issuer], now: datetime) -> None:
+        self.keys, self.now, self.asked = keys, now, 0
+
+    def fetch(self, cert: x509.Certificate, issuer: x509.Certificate) -> OcspResponse:
+        self.asked += 1
+        nonce = b"\x01" * 32
+        der = ocsp_response(
+            cert, issuer, self.keys[issuer.public_bytes(Encoding.DER)],
+            this_update=self.now - timedelta(hours=1), next_update=self.now + timedelta(days=1), nonce=nonce,
+        )  # fmt: skip
+        return OcspResponse(der, nonce)
+
+
+def _batch(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    for _ in range(BATCH):
+        fn()
+    return (time.perf_counter() - start) / BATCH
+
+
+def interleaved(
+    off: Callable[[], object], cached: Callable[[], object], seconds: float
+) -> tuple[float, float]:
+    """Per-call seconds of ``off`` and ``cached``, batches alternating for ``seconds``."""
+    times: tuple[list[float], list[float]] = ([], [])
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times[0]) < 10:
+        times[0].append(_batch(off))
+        times[1].append(_batch(cached))
+    out = []
+    for t in times:
+        t.sort()
+        out.append(t[len(t) // 10])
+    return out[0], out[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=2.0, help="length of each round")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds (best counts)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args()
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    sample = bytes.fromhex((ASSETS / "hopperAttestationReport.txt").read_text().strip())
+    fwid = NvidiaAttestationReport.from_bytes(sample).response.field(OpaqueFieldType.FWID)
+    root = make_ca("Bench Device Identity CA", now)
+    identity = make_ca("Bench GH100 Identity", now, root)
+    ica = make_ca("Bench Provisioner ICA", now, identity)
+    brom = make_ca("Bench GSP BROM", now, ica)
+    leaf = make_leaf(brom, fwid, now)
+    report = resign(sample, leaf[1])
+    chain = [leaf[0], brom[0], ica[0], identity[0], root[0]]
+    aux = {"certs": b"".join(c.public_bytes(Encoding.PEM) for c in chain)}
+    source = SignedHere({i[0].public_bytes(Encoding.DER): i for i in (root, identity, ica, brom)}, now)
+    cache = OcspCache(source)
+    off = PlatformVerifier(nvidia_root=root[0])
+    on = PlatformVerifier(nvidia_root=root[0], nvidia_ocsp=cache)
+    assert off.verify(Platform.NVIDIA_GPU, report, aux, at=now).claims["revocation_checked"] is False
+    assert on.verify(Platform.NVIDIA_GPU, report, aux, at=now).claims["revocation_checked"] is True
+    assert source.asked == 3 and len(cache) == 3  # warm: three responses cached
+
+    def verify_off() -> object:
+        return off.verify(Platform.NVIDIA_GPU, report, aux, at=now)
+
+    def verify_cached() -> object:
+        if on.collateral_job(Platform.NVIDIA_GPU, report, aux, at=now) is not None:
+            raise AssertionError("a response is not cached")
+        return on.verify(Platform.NVIDIA_GPU, report, aux, at=now)
+
+    best = (float("inf"), float("inf"))
+    for _ in range(args.rounds):
+        got = interleaved(verify_off, verify_cached, args.seconds)
+        best = (min(best[0], got[0]), min(best[1], got[1]))
+    assert source.asked == 3  # the cache answered every time
+    t_off, t_cached = best
+    result = {
+        "off_per_s": round(1 / t_off, 1),
+        "cached_per_s": round(1 / t_cached, 1),
+        "cached_over_off": round(t_cached / t_off, 3),
+        "ocsp_added_us": round((t_cached - t_off) * 1e6, 1),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"GPU report verified, revocation off:          {result['off_per_s']:>8} /s")
+        print(f"GPU report verified, OCSP cached (3 certs):  {result['cached_per_s']:>8} /s"
+              f"  ({result['cached_over_off']}x the time, +{result['ocsp_added_us']} us)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""``confide cas serve --nvidia-ocsp``: a real CAS process (TLS, uvicorn) asking a fake OCSP
+responder on 127.0.0.1 about the real NVIDIA sample chain (tests/assets/nvidia, which verifies to
+the pinned NVIDIA Device Identity CA). The fake cannot sign for NVIDIA's issuers, so the CAS
+must refuse, fail closed, before the binding check that refuses the sample otherwise."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from cas_harness import CasProcess
+from cli import run_confide
+from confide import errors
+from confide.cas.client import CasClient
+from confide.verify.nvidia import ocsp_targets
+from confide.verify.x509util import load_certificate_chain
+from ocsp_responder import FakeOcsp
+
+ASSETS = Path(__file__).parents[1] / "assets" / "nvidia"
+NV_REPORT = bytes.fromhex((ASSETS / "hopperAttestationReport.txt").read_text().strip())
+NV_CHAIN = (ASSETS / "hopperCertChain.txt").read_bytes()
+
+
+def gpu_request(nonce: str) -> dict[str, Any]:
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return {
+        "policy": "app", "service": "gpu", "platform": "nvidia-gpu", "nonce": nonce,
+        "evidence": base64.b64encode(NV_REPORT).decode(), "public_key": base64.b64encode(der).decode(),
+        "aux": {"certs": base64.b64encode(NV_CHAIN).decode()},
+    }  # fmt: skip
+
+
+def test_cas_serve_refuses_an_unusable_location(tmp_path: Path) -> None:
+    proc = run_confide(
+        "cas", "serve", "--data-dir", tmp_path / "cas", "--listen", "127.0.0.1:0", "--dev",
+        "--nvidia-ocsp", tmp_path / "absent", timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "--nvidia-ocsp" in proc.stdout + proc.stderr and "is not a directory" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("with_option", [True, False])
+def test_cas_serve_asks_the_responder_and_fails_closed(tmp_path: Path, with_option: bool) -> None:
+    responder = FakeOcsp({}).start()  # knows no certificate: answers "unauthorized" (§2.3)
+    extra = ("--nvidia-ocsp", responder.url) if with_option else ()
+    cas = CasProcess(tmp_path / "cas", None, extra_args=extra).start()
+    try:
+        with CasClient(cas.env["CONFIDE_CAS_URL"], Path(cas.env["CONFIDE_CAS_CERT"])) as client:
+            if with_option:
+                with pytest.raises(
+                    errors.CollateralError, match=r"revocation check: .* responseStatus UNAUTHORIZED"
+                ):
+                    client.attest(gpu_request(client.nonce()))
+                # Asked once, by the prefetch, about the first certificate after the leaf; it stops
+                # there (phase 1 refuses there), and phase 1 reports its error without asking again.
+                chain = load_certificate_chain(NV_CHAIN, "chain")
+                assert responder.served() == [ocsp_targets(chain)[0][0].serial_number]
+            else:
+                # Without the option nothing is asked: the sample is refused at its (fixed) nonce.
+                with pytest.raises(errors.BindingError, match="nvidia-gpu nonce"):
+                    client.attest(gpu_request(client.nonce()))
+                assert responder.requests == []
+    finally:
+        cas.stop()
+        responder.stop()
+    assert cas.log is not None
+    lines = [json.loads(line) for line in cas.log.read_text().splitlines() if line.startswith("{")]
+    (listening,) = [line for line in lines if line["event"] == "listening"]
+    assert listening["nvidia_ocsp"] is with_option

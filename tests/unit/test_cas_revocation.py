@@ -1,0 +1,584 @@
+"""Revocation checks of NVIDIA GPU chains by the CAS (``cas serve --nvidia-ocsp``): GPU-only and
+composite attestations through ``Cas.attest`` (in process, real SQLite and ledger) and through
+the API, against a fake OCSP responder on 127.0.0.1 (``tests/ocsp_responder.py``) that signs
+under the forged test PKIs (``nvidia_forge``, ``rim_pki``) and counts the requests it gets.
+
+The CAS's clock is the test's: the cache's expiry (``confide.cas.revocation``) is driven by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.x509 import ocsp
+from snp_fakes import make_fake_amd
+
+from asgi_call import call, call_async
+from cas_inproc import Clock, InProcessCas, RuntimeKey, last_attestation, production_cas, refused
+from confide import errors
+from confide.cas.app import create_app
+from confide.cas.revocation import FAILURE_GRACE, NO_NEXT_UPDATE_TTL, OcspCache
+from confide.cas.server import prepare
+from confide.cas.verifier import PlatformVerifier
+from confide.collateral.amd_kds import KdsHttpCollateral
+from confide.collateral.nvidia_ocsp import DirOcspSource, HttpOcspSource
+from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
+from confide.evidence.sev_snp import Product
+from kds_fake import fake_kds
+from nvidia_forge import NvidiaPki, make_ca, make_leaf, make_responder, ocsp_response, resign
+from nvidia_forge import make_pki as make_nvidia_pki
+from ocsp_responder import FakeOcsp
+from pki import Issuer
+from rim_pki import make_pki as make_rim_pki
+from rim_pki import rim_matching_report
+
+ASSETS = Path(__file__).parents[1] / "assets"
+NV_REPORT = bytes.fromhex((ASSETS / "nvidia/hopperAttestationReport.txt").read_text().strip())
+NV_MEASUREMENTS = NvidiaAttestationReport.from_bytes(NV_REPORT).measurements
+FWID = NvidiaAttestationReport.from_bytes(NV_REPORT).response.field(OpaqueFieldType.FWID)
+DRIVER_RIM = (ASSETS / "nvidia/Driver_RIM_test_no_gpu.swidtag").read_bytes()
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+PKI = make_nvidia_pki(NV_REPORT, NOW)  # root -> "Test ICA" -> leaf: OCSP covers the ICA
+SECOND = NvidiaPki(PKI.root, PKI.ica, make_leaf(PKI.ica, FWID, NOW))  # another GPU, same ICA
+RIM_PKI = make_rim_pki("Test CAS RIM", valid=(NOW - timedelta(days=1), NOW + timedelta(days=30)))
+RIM = rim_matching_report(NV_REPORT, DRIVER_RIM, "550.90.07", RIM_PKI)
+CPU = "ab" * 48
+M1, M22 = NV_MEASUREMENTS[1].hex(), NV_MEASUREMENTS[22].hex()
+# What the responder is asked about: the GPU chain's ICA (issued by the root), and the RIM
+# signing chain's signer and ICA.
+KNOWN: dict[int, tuple[x509.Certificate, Issuer]] = {
+    PKI.ica[0].serial_number: (PKI.ica[0], PKI.root),
+    RIM_PKI.leaf.serial_number: (RIM_PKI.leaf, (RIM_PKI.ica, RIM_PKI.ica_key)),
+    RIM_PKI.ica.serial_number: (RIM_PKI.ica, (RIM_PKI.root, RIM_PKI.root_key)),
+}
+
+POLICY = f"""name: app
+version: "0.3"
+services:
+  - name: gpu
+    command: gpu --token $$SCONE::token$$
+    attestation:
+      nvidia-gpu:
+        driver_version: "550.90.07"
+        measurements: {{1: "{M1}", 22: "{M22}"}}
+  - name: ai
+    command: serve --token $$SCONE::token$$
+    attestation:
+      sim:
+        measurement: "{CPU}"
+      nvidia-gpu:
+        count: 2
+        measurements: {{22: "{M22}"}}
+secrets:
+  - name: token
+    kind: ascii
+security:
+  attestation:
+    tolerate: [simulation, gpu-only]
+"""
+
+
+class Responder(FakeOcsp):
+    """The fake responder, answering as an honest one by default: signed by the issuer,
+    thisUpdate a minute before the CAS's clock, nextUpdate ``valid_for`` after it (``None``:
+    no nextUpdate), the nonce echoed, status ``status``."""
+
+    def __init__(self, clock: Clock[float]) -> None:
+        super().__init__(KNOWN, self.honest)
+        self.clock = clock
+        self.valid_for: timedelta | None = timedelta(hours=1)
+        self.status = ocsp.OCSPCertStatus.GOOD
+        self.revoked: set[int] = set()
+
+    @property
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock.now, UTC)
+
+    def honest(self, cert: x509.Certificate, issuer: Issuer, nonce: bytes | None) -> tuple[int, bytes]:
+        return 200, self.response(cert, issuer, nonce, issuer)
+
+    def response(
+        self, cert: x509.Certificate, issuer: Issuer, nonce: bytes | None, signer: Issuer, **changes: Any
+    ) -> bytes:
+        status = ocsp.OCSPCertStatus.REVOKED if cert.serial_number in self.revoked else self.status
+        args: dict[str, Any] = {
+            "this_update": self.now - timedelta(minutes=1),
+            "next_update": None if self.valid_for is None else self.now + self.valid_for,
+            "nonce": nonce, "status": status,
+        }  # fmt: skip
+        args.update(changes)
+        return ocsp_response(cert, issuer[0], signer, **args)
+
+
+@pytest.fixture
+def clock() -> Clock[float]:
+    return Clock(NOW.timestamp())
+
+
+@pytest.fixture
+def responder(clock: Clock[float]) -> Iterator[Responder]:
+    server = Responder(clock).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def cache(responder: Responder) -> Iterator[OcspCache]:
+    with HttpOcspSource(responder.url, timeout=5) as source:
+        yield OcspCache(source)
+
+
+@pytest.fixture
+def cas(tmp_path: Path, clock: Clock[float], cache: OcspCache) -> InProcessCas:
+    """A CAS started with revocation checks against the fake responder."""
+    inproc = InProcessCas.start(tmp_path / "cas", POLICY).verify_with(
+        nvidia_root=PKI.root[0], nvidia_rim_root=RIM_PKI.root, nvidia_ocsp=cache
+    )
+    inproc.cas.clock = clock
+    return inproc
+
+
+class Runtime(RuntimeKey):
+    def __init__(self, inproc: InProcessCas) -> None:
+        super().__init__(inproc.cas)
+        self.inproc = inproc
+
+    def gpu(self, pki: NvidiaPki = PKI) -> bytes:
+        return resign(NV_REPORT, pki.leaf[1], nonce=self.binding[:32])
+
+    def gpu_only(self, *, rim: bool = False) -> dict[str, Any]:
+        aux = {"certs": PKI.chain_pem(), **({"rim:driver": RIM} if rim else {})}
+        return self.body(policy="app", service="gpu", platform="nvidia-gpu", evidence=self.gpu(), aux=aux)
+
+    def composite(self) -> dict[str, Any]:
+        cpu = self.inproc.platform.issue(
+            report_data=self.binding, measurement=bytes.fromhex(CPU), timestamp=int(self.inproc.cas.clock())
+        ).to_bytes()
+        aux = {"gpu0": self.gpu(PKI), "gpu0.certs": PKI.chain_pem()}
+        aux |= {"gpu1": self.gpu(SECOND), "gpu1.certs": SECOND.chain_pem()}
+        return self.body(policy="app", service="ai", platform="sim", evidence=cpu, aux=aux)
+
+
+def accepted(inproc: InProcessCas, request: dict[str, Any], rt: Runtime) -> dict[str, Any]:
+    """Attest ``request``: it must be accepted; the recorded attestation event."""
+    assert rt.open(inproc.cas.attest(request))["command"]
+    event = last_attestation(inproc.cas)
+    assert event["verdict"] == "accepted"
+    return event
+
+
+# --- good ------------------------------------------------------------------------------------------
+
+
+def test_good_responses_accept_and_the_second_attestation_is_served_from_the_cache(
+    cas: InProcessCas, responder: Responder, cache: OcspCache
+) -> None:
+    rt = Runtime(cas)
+    assert cas.cas.collateral_job(rt.gpu_only()) is not None  # nothing cached yet: a prefetch
+    event = accepted(cas, rt.gpu_only(), rt)
+    assert event["revocation_checked"] is True and event["rim_revocation_checked"] is False
+    # One request, about the ICA (the leaf is not asked about, as NVIDIA's verifier does not).
+    assert responder.requests == [("application/ocsp-request", PKI.ica[0].serial_number)]
+    # Another attestation (new nonce, new report) of the same GPU: the cached response serves.
+    rt2 = Runtime(cas)
+    assert cas.cas.collateral_job(rt2.gpu_only()) is None  # all in memory: nothing to prefetch
+    assert accepted(cas, rt2.gpu_only(), rt2)["revocation_checked"] is True
+    # A composite request with two GPUs under the same ICA: no new request either.
+    rt3 = Runtime(cas)
+    event = accepted(cas, rt3.composite(), rt3)
+    assert [(g["slot"], g["revocation_checked"]) for g in event["gpus"]] == [("gpu0", True), ("gpu1", True)]
+    assert responder.served() == [PKI.ica[0].serial_number]
+    assert (cache.fetches, len(cache)) == (1, 1)
+
+
+def test_rim_signing_chains_are_checked_too(cas: InProcessCas, responder: Responder) -> None:
+    rt = Runtime(cas)
+    event = accepted(cas, rt.gpu_only(rim=True), rt)
+    assert event["revocation_checked"] is True and event["rim_revocation_checked"] is True
+    assert sorted(responder.served()) == sorted(KNOWN)
+    # The RIM signer revoked: the cached good answer serves until its nextUpdate, then not.
+    responder.revoked.add(RIM_PKI.leaf.serial_number)
+    rt2 = Runtime(cas)
+    accepted(cas, rt2.gpu_only(rim=True), rt2)
+    cas.cas.clock.now += 3600  # type: ignore[attr-defined]
+    rt3 = Runtime(cas)
+    refused(cas.cas, rt3.gpu_only(rim=True), errors.RevocationError, r"'Test CAS RIM Signer' .* is revoked")
+
+
+# --- revoked --------------------------------------------------------------------------------------
+
+
+def test_a_revoked_device_certificate_refuses_with_the_revocation_class(
+    cas: InProcessCas, responder: Responder, cache: OcspCache
+) -> None:
+    responder.revoked.add(PKI.ica[0].serial_number)
+    rt = Runtime(cas)
+    error = refused(
+        cas.cas,
+        rt.gpu_only(),
+        errors.RevocationError,
+        r"certificate 'Test ICA' \(serial .*\) is revoked since",
+    )
+    assert error.exit_code == 23  # as `confide evidence verify --ocsp` exits
+    # In a composite request the refusal names the GPU's slot; a revoked answer is not cached.
+    rt2 = Runtime(cas)
+    refused(cas.cas, rt2.composite(), errors.RevocationError, r"^gpu0: certificate 'Test ICA' .* is revoked")
+    assert len(responder.requests) == 2 and len(cache) == 0
+    # Through the API: the error class and its exit code cross the wire.
+    rt3 = Runtime(cas)
+    status, body = call(create_app(cas.cas), "/v1/attest", [json.dumps(rt3.gpu_only()).encode()])
+    error_body = json.loads(body)["error"]
+    assert (status, error_body["class"], error_body["exit_code"]) == (403, "RevocationError", 23)
+
+
+def test_unknown_status_is_refused_as_revocation(cas: InProcessCas, responder: Responder) -> None:
+    responder.status = ocsp.OCSPCertStatus.UNKNOWN
+    rt = Runtime(cas)
+    refused(cas.cas, rt.gpu_only(), errors.RevocationError, "status UNKNOWN, expected GOOD")
+
+
+# --- fail closed -----------------------------------------------------------------------------------
+
+
+def test_an_unreachable_responder_refuses(cas: InProcessCas, responder: Responder) -> None:
+    rt = Runtime(cas)
+    accepted(cas, rt.gpu_only(), rt)  # cached until nextUpdate (an hour)
+    responder.stop()
+    rt2 = Runtime(cas)
+    accepted(cas, rt2.gpu_only(), rt2)  # the cache answers: the responder is not needed
+    cas.cas.clock.now += 3600  # type: ignore[attr-defined]
+    rt3 = Runtime(cas)
+    refused(
+        cas.cas, rt3.gpu_only(), errors.NetworkError, r"^revocation check: OCSP responder http://127\.0\.0\.1"
+    )
+    rt4 = Runtime(cas)
+    refused(
+        cas.cas, rt4.composite(), errors.NetworkError, r"^gpu0: revocation check: OCSP responder .*Connect"
+    )
+
+
+def test_http_errors_and_malformed_responses_refuse(cas: InProcessCas, responder: Responder) -> None:
+    responder.behaviour = lambda cert, issuer, nonce: (500, b"oops")
+    rt = Runtime(cas)
+    refused(cas.cas, rt.gpu_only(), errors.NetworkError, "revocation check: .* got HTTP 500, expected 200")
+    # Asked once, by the prefetch: phase 1 reports its error without asking again.
+    assert len(responder.requests) == 1
+    # The responder's bytes are not the request's: a CollateralError, not a ParseError (HTTP 400).
+    responder.behaviour = lambda cert, issuer, nonce: (200, b"\x30\x03\x0a\x01")
+    rt2 = Runtime(cas)
+    refused(cas.cas, rt2.gpu_only(), errors.CollateralError, "revocation check: OCSP response .* not a DER")
+    # A replayed answer: another request's nonce.
+    responder.behaviour = lambda cert, issuer, nonce: (
+        200,
+        responder.response(cert, issuer, b"\x07" * 32, issuer),
+    )
+    rt3 = Runtime(cas)
+    refused(
+        cas.cas,
+        rt3.gpu_only(),
+        errors.CollateralError,
+        r"revocation check: .* nonce 0707.* is not the request's [0-9a-f]{64} \(§4\.4\.1\)",
+    )
+
+
+def test_a_response_by_an_unauthorised_responder_refuses(cas: InProcessCas, responder: Responder) -> None:
+    # A delegate of the issuer without id-kp-OCSPSigning (RFC 6960 §4.2.2.2).
+    no_eku = make_responder(PKI.root, NOW, eku=False)
+    responder.behaviour = lambda cert, issuer, nonce: (
+        200, responder.response(cert, issuer, nonce, no_eku, carry=True)
+    )  # fmt: skip
+    rt = Runtime(cas)
+    refused(
+        cas.cas, rt.gpu_only(), errors.CertificateChainError, "revocation check: .* lacks extended key usage"
+    )
+    # A delegate issued by another CA, and a key that is nobody's.
+    stranger = make_ca("Test Device Identity CA", NOW)
+    for signer, carry, message in [
+        (make_responder(stranger, NOW), True, "was not issued by|does not verify"),
+        (stranger, False, "neither 'Test Device Identity CA' nor a certificate carried"),
+    ]:
+        responder.behaviour = lambda cert, issuer, nonce, s=signer, c=carry: (  # type: ignore[misc]
+            200, responder.response(cert, issuer, nonce, s, carry=c)
+        )  # fmt: skip
+        rt = Runtime(cas)
+        refused(cas.cas, rt.gpu_only(), errors.CertificateChainError, f"revocation check: .*({message})")
+    # Nothing unverified was cached: an honest answer is fetched and accepted.
+    responder.behaviour = responder.honest
+    rt = Runtime(cas)
+    accepted(cas, rt.gpu_only(), rt)
+    assert len(responder.requests) == 4
+
+
+def test_a_chain_that_does_not_verify_is_not_asked_about(cas: InProcessCas, responder: Responder) -> None:
+    other = make_nvidia_pki(NV_REPORT, NOW)  # same names, another root
+    rt = Runtime(cas)
+    request = rt.body(
+        policy="app",
+        service="gpu",
+        platform="nvidia-gpu",
+        evidence=rt.gpu(other),
+        aux={"certs": other.chain_pem()},
+    )
+    refused(cas.cas, request, errors.CertificateChainError, "expected the pinned root")
+    assert responder.requests == []
+
+
+def test_a_cached_response_does_not_vouch_for_a_chain_that_does_not_verify(
+    cas: InProcessCas, responder: Responder
+) -> None:
+    rt = Runtime(cas)
+    accepted(cas, rt.gpu_only(), rt)  # the ICA's response is cached
+    # A leaf that names the ICA as its issuer but was signed by another key: the cached response
+    # about the ICA is found, and the chain is refused all the same.
+    impostor_ica = make_ca("Test ICA", NOW, PKI.root)
+    forged = NvidiaPki(PKI.root, PKI.ica, make_leaf(impostor_ica, FWID, NOW))
+    rt2 = Runtime(cas)
+    request = rt2.body(
+        policy="app",
+        service="gpu",
+        platform="nvidia-gpu",
+        evidence=rt2.gpu(forged),
+        aux={"certs": forged.chain_pem()},
+    )
+    refused(cas.cas, request, errors.CertificateChainError, r"signature of .*Test GPU FMC.* by .*Test ICA")
+    assert len(responder.requests) == 1
+
+
+# --- expiry ----------------------------------------------------------------------------------------
+
+
+def test_an_expired_cached_response_is_fetched_again(
+    cas: InProcessCas, responder: Responder, clock: Clock[float], cache: OcspCache
+) -> None:
+    rt = Runtime(cas)
+    accepted(cas, rt.gpu_only(), rt)
+    clock.now += 3599  # one second before nextUpdate: cached
+    rt = Runtime(cas)
+    accepted(cas, rt.gpu_only(), rt)
+    assert len(responder.requests) == 1
+    clock.now += 1  # at nextUpdate: never used at or after it
+    rt = Runtime(cas)
+    accepted(cas, rt.gpu_only(), rt)
+    assert len(responder.requests) == 2 and cache.fetches == 2
+    # A clock set back before the entry was stored misses too.
+    clock.now -= 7200
+    rt = Runtime(cas)
+    accepted(cas, rt.gpu_only(), rt)
+    assert len(responder.requests) == 3
+
+
+def test_a_response_without_next_update_is_cached_for_five_minutes(
+    cas: InProcessCas, responder: Responder, clock: Clock[float]
+) -> None:
+    responder.valid_for = None  # accepted only because its nonce is the request's
+    rt = Runtime(cas)
+    accepted(cas, rt.gpu_only(), rt)
+    clock.now += NO_NEXT_UPDATE_TTL.total_seconds() - 1
+    rt = Runtime(cas)
+    accepted(cas, rt.gpu_only(), rt)
+    assert len(responder.requests) == 1
+    clock.now += 1
+    rt = Runtime(cas)
+    accepted(cas, rt.gpu_only(), rt)
+    assert len(responder.requests) == 2
+
+
+def test_the_cache_is_bounded(responder: Responder) -> None:
+    with HttpOcspSource(responder.url) as source:
+        small = OcspCache(source, max_entries=1)
+        small.get(PKI.ica[0], PKI.root[0], at=NOW)
+        small.get(RIM_PKI.ica, RIM_PKI.root, at=NOW)
+        small.get(PKI.ica[0], PKI.root[0], at=NOW)  # dropped for the RIM ICA: fetched again
+    assert len(small) == 1 and small.fetches == 3
+
+
+def test_a_failed_fetch_is_reported_for_a_while_then_asked_again(responder: Responder) -> None:
+    responder.behaviour = lambda cert, issuer, nonce: (503, b"busy")
+    monotonic = Clock(100.0)
+    with HttpOcspSource(responder.url) as source:
+        cache = OcspCache(source, monotonic=monotonic)
+        assert cache.prefetch(PKI.ica[0], PKI.root[0], at=NOW) is False  # the error is kept
+        monotonic.now += FAILURE_GRACE - 1
+        with pytest.raises(errors.NetworkError, match="got HTTP 503"):
+            cache.get(PKI.ica[0], PKI.root[0], at=NOW)
+        assert len(responder.requests) == 1  # phase 1 did not ask again
+        responder.behaviour = responder.honest
+        monotonic.now += 1
+        cache.get(PKI.ica[0], PKI.root[0], at=NOW)  # past the grace: asked
+        assert len(responder.requests) == 2 and len(cache) == 1
+        assert cache.prefetch(PKI.ica[0], PKI.root[0], at=NOW) is True  # cached: not asked
+        assert len(responder.requests) == 2
+
+
+def test_the_prefetch_stops_at_the_first_failure(cas: InProcessCas, responder: Responder) -> None:
+    """GPU-only with a RIM: three responses to fetch; the first fails, so nothing else is asked
+    (phase 1 refuses there)."""
+    responder.behaviour = lambda cert, issuer, nonce: (503, b"busy")
+    rt = Runtime(cas)
+    refused(cas.cas, rt.gpu_only(rim=True), errors.NetworkError, "revocation check: .* got HTTP 503")
+    assert responder.served() == [PKI.ica[0].serial_number]
+
+
+def test_one_prefetch_fetches_a_vcek_from_kds_and_the_gpu_responses(
+    tmp_path: Path, responder: Responder, clock: Clock[float], cache: OcspCache
+) -> None:
+    """SEV-SNP evidence sent without its VCEK (``--kds``) with a GPU report (``--nvidia-ocsp``):
+    the one collateral job fetches both, and phase 1 finds both in memory."""
+    amd = make_fake_amd(Product.MILAN)
+    policy = f"""name: app
+version: "0.3"
+services:
+  - name: snp-gpu
+    command: serve
+    attestation:
+      sev-snp: {{measurement: "{"cd" * 48}"}}
+      nvidia-gpu: {{measurements: {{22: "{M22}"}}}}
+"""
+    with fake_kds() as kds:
+        kds.serve_amd(
+            amd, crl=amd.crl(this_update=NOW - timedelta(days=1), next_update=NOW + timedelta(days=30))
+        )
+        verifier = PlatformVerifier(
+            amd_roots=amd.roots(), kds=KdsHttpCollateral(None, base_url=kds.url, timeout=5, crl_required=False),
+            nvidia_root=PKI.root[0], nvidia_ocsp=cache,
+        )  # fmt: skip
+        cas = production_cas(tmp_path / "cas", verifier, policy)
+        cas.clock = clock
+        rt = RuntimeKey(cas)
+        aux = {"gpu0": resign(NV_REPORT, PKI.leaf[1], nonce=rt.binding[:32]), "gpu0.certs": PKI.chain_pem()}
+        request = rt.body(
+            policy="app", service="snp-gpu", platform="sev-snp",
+            evidence=amd.sign(amd.report(report_data=rt.binding)), aux=aux,
+        )  # fmt: skip
+        job = cas.collateral_job(request)
+        assert job is not None
+        job()
+        assert len(kds.requests) == 3 and responder.served() == [PKI.ica[0].serial_number]
+        pending = cas.attest_begin(request)  # phase 1: nothing more is asked
+        assert len(kds.requests) == 3 and len(responder.requests) == 1
+        with cas.db.write() as conn:
+            pending.commit(conn)
+        assert rt.open(pending.result())["command"] == ["serve"]
+        event = last_attestation(cas)
+        assert event["verdict"] == "accepted" and event["gpus"][0]["revocation_checked"] is True
+
+
+# --- off ------------------------------------------------------------------------------------------
+
+
+def test_without_the_option_nothing_is_asked_and_the_ledger_says_not_checked(
+    tmp_path: Path, responder: Responder
+) -> None:
+    inproc = InProcessCas.start(tmp_path / "cas", POLICY).verify_with(
+        nvidia_root=PKI.root[0], nvidia_rim_root=RIM_PKI.root
+    )
+    rt = Runtime(inproc)
+    assert inproc.cas.collateral_job(rt.gpu_only()) is None
+    event = accepted(inproc, rt.gpu_only(rim=True), rt)
+    assert event["revocation_checked"] is False and event["rim_revocation_checked"] is False
+    rt2 = Runtime(inproc)
+    event = accepted(inproc, rt2.composite(), rt2)
+    assert [g["revocation_checked"] for g in event["gpus"]] == [False, False]
+    assert "revocation_checked" not in event  # the CPU evidence is not a GPU
+    # A revoked certificate goes unnoticed without the option (docs/limitations.md).
+    responder.revoked.add(PKI.ica[0].serial_number)
+    rt3 = Runtime(inproc)
+    accepted(inproc, rt3.gpu_only(), rt3)
+    assert responder.requests == []
+
+
+# --- the API: phase 1 off the event loop -----------------------------------------------------------
+
+
+def test_the_api_waits_for_the_responder_off_the_event_loop(cas: InProcessCas, responder: Responder) -> None:
+    """While the responder holds a GPU attestation, the event loop serves other requests."""
+    app = create_app(cas.cas)
+    asked, release = threading.Event(), threading.Event()
+    waited_out: list[bool] = []
+
+    def slow(cert: x509.Certificate, issuer: Issuer, nonce: bytes | None) -> tuple[int, bytes]:
+        asked.set()
+        waited_out.append(not release.wait(5))  # True: nobody released it (the loop was stuck)
+        return responder.honest(cert, issuer, nonce)
+
+    responder.behaviour = slow
+    rt = Runtime(cas)
+
+    async def scenario() -> tuple[tuple[int, bytes], tuple[int, bytes]]:
+        attest = asyncio.create_task(call_async(app, "/v1/attest", [json.dumps(rt.gpu_only()).encode()]))
+        await asyncio.to_thread(asked.wait, 5)
+        nonce = await call_async(app, "/v1/attest/nonce", [b""])
+        release.set()
+        return nonce, await attest
+
+    (nonce_status, _), (status, body) = asyncio.run(scenario())
+    assert nonce_status == 200 and waited_out == [False]
+    assert status == 200, body
+    assert rt.open(json.loads(body))["command"]
+    assert last_attestation(cas.cas)["revocation_checked"] is True
+
+
+# --- cas serve --nvidia-ocsp ------------------------------------------------------------------------
+
+
+def test_prepare_takes_a_url_or_a_directory(tmp_path: Path, responder: Responder) -> None:
+    cas, *_ = prepare(
+        tmp_path / "a", host="127.0.0.1", dev=True, db_url=None, collateral=None, nvidia_ocsp=responder.url
+    )
+    assert isinstance(cas.verifier, PlatformVerifier) and cas.verifier.nvidia_ocsp is not None
+    assert isinstance(cas.verifier.nvidia_ocsp.source, HttpOcspSource)
+    stored = tmp_path / "ocsp"
+    stored.mkdir()
+    cas, *_ = prepare(
+        tmp_path / "b", host="127.0.0.1", dev=True, db_url=None, collateral=None, nvidia_ocsp=str(stored)
+    )
+    assert isinstance(cas.verifier, PlatformVerifier) and cas.verifier.nvidia_ocsp is not None
+    assert isinstance(cas.verifier.nvidia_ocsp.source, DirOcspSource)
+    with pytest.raises(errors.UsageError, match=r"--nvidia-ocsp: .* is not a directory"):
+        prepare(
+            tmp_path / "c", host="127.0.0.1", dev=True, db_url=None, collateral=None,
+            nvidia_ocsp=str(tmp_path / "absent"),
+        )  # fmt: skip
+    cas, *_ = prepare(tmp_path / "d", host="127.0.0.1", dev=True, db_url=None, collateral=None)
+    assert isinstance(cas.verifier, PlatformVerifier) and cas.verifier.nvidia_ocsp is None
+
+
+def test_stored_responses_from_a_directory(tmp_path: Path, responder: Responder, clock: Clock[float]) -> None:
+    """``--nvidia-ocsp DIR``: responses saved without a nonce, bounded by their nextUpdate."""
+    stored = tmp_path / "ocsp"
+    stored.mkdir()
+    cert, issuer = KNOWN[PKI.ica[0].serial_number]
+    (stored / f"{cert.serial_number:x}.der").write_bytes(responder.response(cert, issuer, None, issuer))
+    inproc = InProcessCas.start(tmp_path / "cas", POLICY).verify_with(
+        nvidia_root=PKI.root[0], nvidia_ocsp=OcspCache(DirOcspSource(stored))
+    )
+    inproc.cas.clock = clock
+    rt = Runtime(inproc)
+    assert accepted(inproc, rt.gpu_only(), rt)["revocation_checked"] is True
+    clock.now += 3600  # the stored response's nextUpdate has passed
+    rt = Runtime(inproc)
+    refused(
+        inproc.cas,
+        rt.gpu_only(),
+        errors.CollateralExpiredError,
+        "revocation check: .* nextUpdate .* is not after",
+    )
+    (stored / f"{cert.serial_number:x}.der").unlink()
+    rt = Runtime(inproc)
+    refused(
+        inproc.cas,
+        rt.gpu_only(),
+        errors.CollateralMissingError,
+        "revocation check: no OCSP response for serial",
+    )
