@@ -60,6 +60,7 @@ from confide.identity import PublicIdentity
 from confide.ledger.checkpoint import Checkpoint
 from confide.ledger.note import parse_note
 from confide.ledger.store import Ledger
+from confide.lru import Lru
 from confide.policy import Policy, appraise, loads_policy, policy_hash
 from confide.policy.access import is_authorized
 from confide.policy.canonical import canonical_json, jcs
@@ -72,7 +73,6 @@ from confide.policy.placeholders import (
     render_environment,
     render_file,
 )
-from confide.verify.dcap import _Lru
 from confide.verify.result import Platform, VerifiedEvidence
 
 __all__ = [
@@ -256,10 +256,10 @@ class Cas:
         self.events = events or EventSink()
         self.clock = clock
         self.nonce_key = sealer.derive_key(b"confide-nonce/v1")
-        self._policies: _Lru[tuple[str, str], Policy] = _Lru(256)
+        self._policies: Lru[tuple[str, str], Policy] = Lru(256)
         # Unsealed values by (policy, name, version, sealed bytes), in memory only: the rows
         # stay sealed at rest, and a row sealed anew (new version, another master key) misses.
-        self._unsealed: _Lru[tuple[str, str, int, bytes], SecretValue] = _Lru(1024)
+        self._unsealed: Lru[tuple[str, str, int, bytes], SecretValue] = Lru(1024)
         self._next_sweep = 0.0
         self.renewals = RenewalSchedule()
 

@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives import serialization
 
 from confide.collateral.nvidia_ocsp import OcspSource
 from confide.errors import ConfideError
-from confide.verify.dcap import _Lru
+from confide.lru import Lru
 from confide.verify.ocsp import OcspResponse, verify_ocsp_response
 
 __all__ = ["FAILURE_GRACE", "MAX_ENTRIES", "NO_NEXT_UPDATE_TTL", "OcspCache"]
@@ -83,9 +83,9 @@ class OcspCache:
     ) -> None:
         self.source = source
         self.monotonic = monotonic
-        self._entries: _Lru[tuple[bytes, int], _Entry] = _Lru(max_entries)
+        self._entries: Lru[tuple[bytes, int], _Entry] = Lru(max_entries)
         self._count_lock = threading.Lock()
-        self._failures: _Lru[tuple[bytes, int], tuple[float, ConfideError]] = _Lru(max_entries)
+        self._failures: Lru[tuple[bytes, int], tuple[float, ConfideError]] = Lru(max_entries)
         self.fetches = 0
 
     def __len__(self) -> int:

@@ -31,11 +31,8 @@ TDs without SEPT_VE_DISABLE or with MRSERVICETD are verified and flagged for the
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -70,6 +67,7 @@ from confide.evidence.dcap_collateral import (
 )
 from confide.evidence.pck import SGX_EXTENSION_OID, PckExtension, parse_pck_extension
 from confide.evidence.pem import parse_pem_chain
+from confide.lru import Lru
 from confide.verify.result import ClaimValue, Platform, TcbStatus, VerifiedEvidence
 from confide.verify.roots import INTEL_SGX_ROOT_CA_DER
 from confide.verify.x509util import (
@@ -86,39 +84,6 @@ __all__ = ["DcapVerifier", "PckChain", "VerifiedCollateral", "pck_info", "verify
 
 _SGX_EXT = x509.ObjectIdentifier(SGX_EXTENSION_OID)
 _PCK_CHAIN_LENGTH = 3
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class _Lru(Generic[K, V]):
-    """A small thread-safe LRU map: the verifier's memory is bounded by ``size`` entries."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._data: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def put(self, key: K, value: V) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self._size:
-                self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,14 +263,14 @@ class DcapVerifier:
         self._root_der = root_ca_der
         self._root_sha256 = hashlib.sha256(root_ca_der).digest()
         self._root = load_der_certificate(root_ca_der, "pinned root")
-        self._chains: _Lru[bytes, PckChain] = _Lru(chain_cache_size)
-        self._qe_ok: _Lru[tuple[bytes, ...], bool] = _Lru(chain_cache_size)
-        self._att_keys: _Lru[bytes, ec.EllipticCurvePublicKey] = _Lru(chain_cache_size)
-        self._signing_chains: _Lru[tuple[bytes, ...], tuple[x509.Certificate, ...]] = _Lru(
+        self._chains: Lru[bytes, PckChain] = Lru(chain_cache_size)
+        self._qe_ok: Lru[tuple[bytes, ...], bool] = Lru(chain_cache_size)
+        self._att_keys: Lru[bytes, ec.EllipticCurvePublicKey] = Lru(chain_cache_size)
+        self._signing_chains: Lru[tuple[bytes, ...], tuple[x509.Certificate, ...]] = Lru(
             collateral_cache_size
         )
-        self._collateral: _Lru[tuple[DcapCollateral, bytes], VerifiedCollateral] = _Lru(collateral_cache_size)
-        self._issuing_cas: _Lru[bytes, x509.Certificate] = _Lru(16)
+        self._collateral: Lru[tuple[DcapCollateral, bytes], VerifiedCollateral] = Lru(collateral_cache_size)
+        self._issuing_cas: Lru[bytes, x509.Certificate] = Lru(16)
 
     def forget_platforms(self) -> None:
         """Drop what is cached per platform (PCK chains, QE report checks, attestation keys);

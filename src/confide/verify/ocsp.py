@@ -51,8 +51,8 @@ from confide.errors import (
     RevocationError,
     SignatureError,
 )
+from confide.lru import Lru
 from confide.verify._pinned_chain import subject_cn
-from confide.verify.dcap import _Lru
 from confide.verify.result import ClaimValue
 from confide.verify.x509util import check_cert_dates
 
@@ -73,7 +73,7 @@ CLOCK_SKEW = timedelta(minutes=5)
 """How far ``thisUpdate`` may lie after ``at`` (the responder's clock may run ahead)."""
 
 _CERTID_HASHES = (hashes.SHA1, hashes.SHA256, hashes.SHA384, hashes.SHA512)
-_VERIFIED: _Lru[bytes, bool] = _Lru(4096)
+_VERIFIED: Lru[bytes, bool] = Lru(4096)
 """SHA-256 digests of (key, algorithm, signed bytes, signature) that verified (step 3)."""
 
 
