@@ -13,8 +13,8 @@ The data directory holds (created on first start, mode 0700/0600):
 - ``cas.db``: the embedded SQLite database (unless ``--db`` names PostgreSQL);
 - ``sim/``: with ``--dev``, the simulated platform's key (development only);
 - ``kds-cache/``: with ``--kds URL``, the VCEKs (and AMD chains and CRLs) fetched from AMD KDS
-  for SEV-SNP evidence sent without its VCEK (:mod:`confide.cas.kds`: bounded, and verified
-  again whenever it is read);
+  for SEV-SNP evidence sent without its VCEK, the CAS's own included (:mod:`confide.cas.kds`:
+  bounded, and verified again whenever it is read; :mod:`confide.cas.own_vcek`);
 - ``client.env``: ``export`` lines with what a client needs (``CONFIDE_CAS_URL``,
   ``CONFIDE_CAS_CERT``, and with ``--dev`` ``CONFIDE_SIM_DIR``);
 - ``*.new``: only while ``confide cas rotate-master-key`` runs, or after it was interrupted
@@ -305,7 +305,9 @@ def prepare(
     AMD roots (``amd_roots`` replaces them, also for the evidence clients present: test PKIs
     only). DCAP evidence without ``collateral`` is published unchecked, which is logged once.
     ``kds``: the AMD KDS base URL (``--kds``) the CAS fetches the VCEKs of SEV-SNP evidence sent
-    without one from, cached in ``data_dir/kds-cache``.
+    without one from, cached in ``data_dir/kds-cache``; with ``tee`` ``sev-snp``, also the VCEK
+    of its own report when configfs-tsm's certificate table has none, published in its document
+    (:func:`~confide.cas.own_vcek.with_kds_vcek`) before the self-check.
 
     ``nvidia_ocsp``: an OCSP responder URL or a directory of stored responses; NVIDIA GPU chains
     are then checked for revocation (``confide.cas.verifier``, ``confide.cas.revocation``)."""
