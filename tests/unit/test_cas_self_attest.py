@@ -675,6 +675,36 @@ def test_snp_cas_kds_down_at_a_refresh_keeps_the_served_evidence_and_is_counted(
     verify_cas_evidence(_der(cert_path), refreshed, sim_key_pem=None, at=clock.now, amd_roots=amd.roots())
 
 
+def test_snp_cas_fetches_its_vcek_for_a_refresh_in_the_refresher_thread(
+    tmp_path: Path, amd: FakeAmd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock(AT)
+    due = amd.crl(this_update=AT - timedelta(days=1), next_update=AT + timedelta(days=1))
+    with fake_kds() as kds, signing_tsm(tmp_path, amd, auxblob=EMPTY_TABLE) as (root, _tsm):
+        kds.serve_amd(amd, crl=due)
+        cas, evidence, *_ = _prepare_snp(
+            tmp_path / "cas", root, clock=clock, amd_roots=amd.roots(), kds=kds.url
+        )
+        assert evidence is not None
+        source = cas.verifier.kds.source
+        fetch, threads = source.fetch, []
+
+        def recording(request: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return fetch(request)
+
+        monkeypatch.setattr(source, "fetch", recording)
+        kds.serve_amd(amd, crl=amd.crl(this_update=AT, next_update=AT + timedelta(days=30)))
+        clock.now = AT + timedelta(days=2)  # the CRL fell due: the refresh asks the KDS again
+        waits = iter([False, True])  # one period, then stop
+        refresher = EvidenceRefresher(evidence, 3600, wait=lambda _seconds: next(waits))
+        refresher.start()
+        refresher.stop()
+    cas.db.dispose()
+    assert threads == ["cas-evidence-refresher"]  # not the caller's, not an event loop's
+    assert evidence.refreshes == 1 and evidence.failures == 0
+
+
 # --- Startup refusals -----------------------------------------------------------------------------
 
 
