@@ -22,6 +22,7 @@ import errno
 import json
 import logging
 import multiprocessing
+import socket
 import ssl
 import subprocess
 import threading
@@ -47,7 +48,7 @@ from confide.cas.pin import attest_cas, verify_cas_evidence
 from confide.cas.server import prepare, tee_evidence
 from confide.collateral.dcap import source_for
 from confide.evidence.sev_snp import GuestPolicy
-from confide.evidence.snp_certs import ASK_GUID, VCEK_GUID
+from confide.evidence.snp_certs import ARK_GUID, ASK_GUID, VCEK_GUID, parse_cert_table
 from confide.policy.model import Tolerance
 from confide.runtime.quote import (
     CONFIGFS_TSM_ROOT,
@@ -57,6 +58,7 @@ from confide.runtime.quote import (
 )
 from confide.verify.result import Platform
 from dcap_cases import ASSETS, CASES, Case
+from kds_fake import fake_kds
 from quote_fakes import FakeGramine, FakeTsm, TsmBehaviour, mfusepy, mounted
 
 MEASUREMENT = "cd" * 48  # snp_fakes' report measurement
@@ -68,13 +70,15 @@ class SigningTsm(FakeTsm):
     """configfs-tsm whose ``outblob`` is an SEV-SNP report signed by ``amd``'s VCEK over
     ``inblob``, and whose ``auxblob`` is the certificate table with that VCEK."""
 
-    def __init__(self, amd: FakeAmd, *, debug: bool = False) -> None:
+    def __init__(self, amd: FakeAmd, *, debug: bool = False, auxblob: bytes | None = None) -> None:
         super().__init__(TsmBehaviour())
         self.amd = amd
         self.policy = GuestPolicy(0x30000 | (1 << GuestPolicy.DEBUG_BIT if debug else 0))
         der = serialization.Encoding.DER
-        self.auxblob = cert_table(
-            [(VCEK_GUID, amd.vek.public_bytes(der)), (ASK_GUID, amd.ask.public_bytes(der))]
+        self.auxblob = (
+            cert_table([(VCEK_GUID, amd.vek.public_bytes(der)), (ASK_GUID, amd.ask.public_bytes(der))])
+            if auxblob is None
+            else auxblob  # another certificate table (b"": none)
         )
         # Shared with the FUSE child process (forked): reports signed so far (each has report ID =
         # this count), and the errno reading outblob fails with (0: none), set by the test.
@@ -127,8 +131,10 @@ def snp_tsm(tmp_path: Path, amd: FakeAmd, *, debug: bool = False) -> Iterator[Pa
 
 
 @contextlib.contextmanager
-def signing_tsm(tmp_path: Path, amd: FakeAmd, *, debug: bool = False) -> Iterator[tuple[Path, SigningTsm]]:
-    tsm = SigningTsm(amd, debug=debug)
+def signing_tsm(
+    tmp_path: Path, amd: FakeAmd, *, debug: bool = False, auxblob: bytes | None = None
+) -> Iterator[tuple[Path, SigningTsm]]:
+    tsm = SigningTsm(amd, debug=debug, auxblob=auxblob)
     with mounted(tmp_path / "tsm" / "report", tsm) as root:
         yield root, tsm
 
@@ -510,6 +516,193 @@ def test_tdx_cas_without_collateral_publishes_unchecked_and_says_so_once(
     assert warnings == [{"event": "cas-evidence-unchecked", "tee": "tdx", "reason": evidence.check["reason"]}]
     (refreshed,) = [line for line in lines if line["event"] == "cas-evidence-refreshed"]
     assert refreshed["self_check"]["verified"] is False
+
+
+# --- SEV-SNP: the CAS's own VCEK from AMD KDS (--kds), when its certificate table has none ------
+
+NO_TABLE, EMPTY_TABLE = b"", bytes(24)  # no auxblob at all; a table of the terminator only
+
+
+def _table(document: dict[str, Any]) -> dict[Any, bytes]:
+    return parse_cert_table(base64.b64decode(document["aux"]["auxblob"]))
+
+
+def _der_of(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+@pytest.mark.parametrize("auxblob", [NO_TABLE, EMPTY_TABLE], ids=["no-table", "empty-table"])
+def test_snp_cas_without_its_vcek_publishes_the_one_from_kds(
+    tmp_path: Path, amd: FakeAmd, auxblob: bytes
+) -> None:
+    clock = Clock(AT)
+    with fake_kds() as kds, signing_tsm(tmp_path, amd, auxblob=auxblob) as (root, tsm):
+        vcek_path = kds.serve_amd(amd, crl=amd.crl())
+        cas, evidence, key_path, cert_path, _env, _signer = _prepare_snp(
+            tmp_path / "cas", root, clock=clock, amd_roots=amd.roots(), kds=kds.url
+        )
+        assert evidence is not None
+        served = evidence.body
+        assert evidence.check is not None and evidence.check["verified"] is True  # the self-check
+        fetched = list(kds.requests)
+        # A refresh takes the VCEK from memory (the same chip and TCB): no new request.
+        clock.now = AT + timedelta(hours=1)
+        assert EvidenceRefresher(evidence, 3600).refresh_once()
+        refreshed = evidence.body
+        assert kds.requests == fetched and tsm.issued.value == 2
+    cas.db.dispose()
+    assert vcek_path in fetched and f"/vcek/v1/{amd.product}/cert_chain" in fetched
+    document = json.loads(served)
+    assert set(document["aux"]) == {"auxblob"}
+    # The form of a host's certificate table: the VCEK, ASK and ARK entries.
+    assert _table(document) == {
+        VCEK_GUID: _der_of(amd.vek),
+        ASK_GUID: _der_of(amd.ask),
+        ARK_GUID: _der_of(amd.ark),
+    }
+    assert any((tmp_path / "cas" / "kds-cache").rglob("*.der"))  # cached on disk
+    # A client verifies it with no KDS of its own.
+    with serve_tls(cert_path, key_path, served) as url:
+        pinned = attest_cas(url, sim_key_pem=None, at=AT, amd_roots=amd.roots(), measurements=(MEASUREMENT,))
+    assert pinned.evidence.claims["report_id"] == (1).to_bytes(32, "big").hex()
+    pinned = verify_cas_evidence(
+        _der(cert_path), refreshed, sim_key_pem=None, at=clock.now, amd_roots=amd.roots()
+    )
+    assert pinned.evidence.claims["report_id"] == (2).to_bytes(32, "big").hex()
+    # Without the VCEK the CAS attached, the same document does not verify.
+    with pytest.raises(errors.CollateralMissingError):
+        verify_cas_evidence(
+            _der(cert_path), json.dumps({**document, "aux": {}}).encode(), sim_key_pem=None, at=AT,
+            amd_roots=amd.roots(),
+        )  # fmt: skip
+
+
+def test_snp_cas_keeps_the_hosts_other_table_entries(tmp_path: Path, amd: FakeAmd) -> None:
+    ask_only = cert_table([(ASK_GUID, _der_of(amd.ask))])  # a host's table without the VCEK
+    with fake_kds() as kds, signing_tsm(tmp_path, amd, auxblob=ask_only) as (root, _tsm):
+        kds.serve_amd(amd, crl=amd.crl())
+        cas, evidence, *_ = _prepare_snp(
+            tmp_path / "cas", root, clock=Clock(AT), amd_roots=amd.roots(), kds=kds.url
+        )
+    cas.db.dispose()
+    assert evidence is not None
+    table = _table(evidence.document)
+    assert list(table) == [VCEK_GUID, ASK_GUID, ARK_GUID] and table[VCEK_GUID] == _der_of(amd.vek)
+
+
+def test_snp_cas_with_its_vcek_in_the_table_asks_no_kds(tmp_path: Path, amd: FakeAmd) -> None:
+    with fake_kds() as kds, signing_tsm(tmp_path, amd) as (root, tsm):
+        kds.serve_amd(amd, crl=amd.crl())
+        cas, evidence, *_ = _prepare_snp(
+            tmp_path / "cas", root, clock=Clock(AT), amd_roots=amd.roots(), kds=kds.url
+        )
+        assert evidence is not None
+        assert EvidenceRefresher(evidence, 3600).refresh_once()
+    cas.db.dispose()
+    assert kds.requests == [] and tsm.issued.value == 2
+    assert base64.b64decode(evidence.document["aux"]["auxblob"]) == tsm.auxblob  # as the host gave it
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(
+    ("kds", "message"),
+    [
+        (_closed_port_url, "the CAS's own SEV-SNP report came without its VCEK (configfs-tsm's certificate"
+         " table has none) and --kds could not supply it: SEV-SNP evidence came without its VCEK, and"
+         " fetching it from AMD KDS http://127.0.0.1:"),
+        (None, "the evidence obtained does not verify (checked as a client would): SEV-SNP evidence came"
+         " without its VCEK/VLEK (auxblob or vcek), and this CAS fetches none (start it with --kds URL"),
+    ],
+    ids=["kds-down", "no-kds"],
+)  # fmt: skip
+def test_snp_cas_without_its_vcek_does_not_start_when_kds_cannot_supply_it(
+    tmp_path: Path, amd: FakeAmd, kds: Any, message: str
+) -> None:
+    with (
+        signing_tsm(tmp_path, amd, auxblob=EMPTY_TABLE) as (root, _tsm),
+        pytest.raises(errors.CollateralMissingError) as info,
+    ):
+        _prepare_snp(tmp_path / "cas", root, amd_roots=amd.roots(), kds=kds() if kds else None)
+    assert info.value.message.startswith(
+        "--tee sev-snp: cannot obtain the CAS's own evidence, not starting: " + message
+    ), info.value.message
+    assert not (tmp_path / "cas" / "cas.db").exists()  # refused before the database
+
+
+def test_snp_cas_kds_down_at_a_refresh_keeps_the_served_evidence_and_is_counted(
+    tmp_path: Path, amd: FakeAmd, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock(AT)
+    # A CRL due in a day: the refresh two days on must ask the KDS again (memory and disk stale).
+    crl = amd.crl(this_update=AT - timedelta(days=1), next_update=AT + timedelta(days=1))
+    with fake_kds() as kds, signing_tsm(tmp_path, amd, auxblob=EMPTY_TABLE) as (root, tsm):
+        kds.serve_amd(amd, crl=crl)
+        routes = dict(kds.routes)
+        cas, evidence, _key, cert_path, _env, _signer = _prepare_snp(
+            tmp_path / "cas", root, clock=clock, amd_roots=amd.roots(), kds=kds.url
+        )
+        assert evidence is not None
+        app = create_app(cas, cas_evidence=evidence)
+        served = get(app, "/v1/cas/evidence")
+        kds.routes = {path: (503, b"down", {}) for path in routes}  # the KDS is down
+        refresher = EvidenceRefresher(evidence, 3600)
+        clock.now = AT + timedelta(days=2)
+        with caplog.at_level(logging.WARNING, logger="confide.cas"):
+            assert not refresher.refresh_once()
+        assert get(app, "/v1/cas/evidence") == served
+        assert metric(app, "confide_cas_evidence_refresh_failures_total") == 1
+        assert metric(app, "confide_cas_evidence_refreshes_total") == 0
+        # The KDS is back, with a current CRL: the next period publishes new evidence.
+        later = amd.crl(this_update=AT + timedelta(days=2), next_update=AT + timedelta(days=30))
+        kds.routes = dict(routes)
+        kds.serve_amd(amd, crl=later)
+        clock.now = AT + timedelta(days=2, hours=1)
+        assert refresher.refresh_once()
+        refreshed = get(app, "/v1/cas/evidence")
+        assert metric(app, "confide_cas_evidence_refresh_failures_total") == 1
+        assert metric(app, "confide_cas_evidence_refreshes_total") == 1
+    cas.db.dispose()
+    assert tsm.issued.value == 3
+    (warning,) = [json.loads(r.getMessage()) for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning["event"] == "cas-evidence-refresh-failed" and warning["failures"] == 1
+    assert warning["error"] == "CollateralMissingError" and "--kds could not supply it" in warning["detail"]
+    assert warning["serving_obtained_at"] == "2025-06-01T00:00:00Z"
+    verify_cas_evidence(_der(cert_path), refreshed, sim_key_pem=None, at=clock.now, amd_roots=amd.roots())
+
+
+def test_snp_cas_fetches_its_vcek_for_a_refresh_in_the_refresher_thread(
+    tmp_path: Path, amd: FakeAmd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock(AT)
+    due = amd.crl(this_update=AT - timedelta(days=1), next_update=AT + timedelta(days=1))
+    with fake_kds() as kds, signing_tsm(tmp_path, amd, auxblob=EMPTY_TABLE) as (root, _tsm):
+        kds.serve_amd(amd, crl=due)
+        cas, evidence, *_ = _prepare_snp(
+            tmp_path / "cas", root, clock=clock, amd_roots=amd.roots(), kds=kds.url
+        )
+        assert evidence is not None
+        source = cas.verifier.kds.source
+        fetch, threads = source.fetch, []
+
+        def recording(request: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return fetch(request)
+
+        monkeypatch.setattr(source, "fetch", recording)
+        kds.serve_amd(amd, crl=amd.crl(this_update=AT, next_update=AT + timedelta(days=30)))
+        clock.now = AT + timedelta(days=2)  # the CRL fell due: the refresh asks the KDS again
+        waits = iter([False, True])  # one period, then stop
+        refresher = EvidenceRefresher(evidence, 3600, wait=lambda _seconds: next(waits))
+        refresher.start()
+        refresher.stop()
+    cas.db.dispose()
+    assert threads == ["cas-evidence-refresher"]  # not the caller's, not an event loop's
+    assert evidence.refreshes == 1 and evidence.failures == 0
 
 
 # --- Startup refusals -----------------------------------------------------------------------------

@@ -43,7 +43,8 @@ def cas() -> None:
 @click.option("--collateral", help="DCAP collateral source for SGX/TDX evidence (file, directory or URL).")
 @click.option("--kds", metavar="URL",
               help="AMD KDS (https://kdsintf.amd.com) or a mirror: fetch the VCEK of SEV-SNP evidence"
-              " sent without one (cached in --data-dir/kds-cache).")  # fmt: skip
+              " sent without one, and with --tee sev-snp the CAS's own (cached in"
+              " --data-dir/kds-cache).")  # fmt: skip
 @click.option("--witness", "witness_specs", multiple=True, metavar="URL=VKEY",
               help="A witness that cosigns every checkpoint (C2SP tlog-witness).")  # fmt: skip
 @click.option(

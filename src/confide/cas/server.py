@@ -13,8 +13,8 @@ The data directory holds (created on first start, mode 0700/0600):
 - ``cas.db``: the embedded SQLite database (unless ``--db`` names PostgreSQL);
 - ``sim/``: with ``--dev``, the simulated platform's key (development only);
 - ``kds-cache/``: with ``--kds URL``, the VCEKs (and AMD chains and CRLs) fetched from AMD KDS
-  for SEV-SNP evidence sent without its VCEK (:mod:`confide.cas.kds`: bounded, and verified
-  again whenever it is read);
+  for SEV-SNP evidence sent without its VCEK, the CAS's own included (:mod:`confide.cas.kds`:
+  bounded, and verified again whenever it is read; :mod:`confide.cas.own_vcek`);
 - ``client.env``: ``export`` lines with what a client needs (``CONFIDE_CAS_URL``,
   ``CONFIDE_CAS_CERT``, and with ``--dev`` ``CONFIDE_SIM_DIR``);
 - ``*.new``: only while ``confide cas rotate-master-key`` runs, or after it was interrupted
@@ -61,6 +61,7 @@ from confide.cas.db import Database, raw_connection
 from confide.cas.keyfiles import TLS_KEY_NAME, load_log_signer, load_tls_key, tls_key_password
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, CasEvidence, EvidenceRefresher
+from confide.cas.own_vcek import with_kds_vcek
 from confide.cas.pin import cas_binding
 from confide.cas.renewal import DEFAULT_SWEEP_SECONDS, CertificateRenewer
 from confide.cas.revocation import OcspCache
@@ -304,7 +305,9 @@ def prepare(
     AMD roots (``amd_roots`` replaces them, also for the evidence clients present: test PKIs
     only). DCAP evidence without ``collateral`` is published unchecked, which is logged once.
     ``kds``: the AMD KDS base URL (``--kds``) the CAS fetches the VCEKs of SEV-SNP evidence sent
-    without one from, cached in ``data_dir/kds-cache``.
+    without one from, cached in ``data_dir/kds-cache``; with ``tee`` ``sev-snp``, also the VCEK
+    of its own report when configfs-tsm's certificate table has none, published in its document
+    (:func:`~confide.cas.own_vcek.with_kds_vcek`) before the self-check.
 
     ``nvidia_ocsp``: an OCSP responder URL or a directory of stored responses; NVIDIA GPU chains
     are then checked for revocation (``confide.cas.verifier``, ``confide.cas.revocation``)."""
@@ -325,17 +328,31 @@ def prepare(
     env = {"CONFIDE_CAS_CERT": str(cert_path.resolve())}
     signer = load_log_signer(data_dir, f"confide-cas/{_cert_sha256(cert_path)[:16]}", protect)
     env["CONFIDE_LOG_KEY"] = signer.verifier.vkey
-    sim_key = None
     cas_evidence = None
     log_key = env["CONFIDE_LOG_KEY"]
     cert_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(serialization.Encoding.DER)
     report_data = cas_binding(cert_der, log_key)  # the same for every evidence the CAS obtains
     dcap_source = source_for(collateral) if collateral else None
     ocsp_cache = OcspCache(ocsp_source_for(nvidia_ocsp, "--nvidia-ocsp")) if nvidia_ocsp else None
-    if dev:
-        sim_dir = data_dir / "sim"
-        platform = SimPlatform.load_or_create(sim_dir)
-        sim_key = platform.public_key
+    kds_source = None
+    if kds is not None:
+        if not is_url(kds):
+            raise UsageError(f"--kds: got {kds[:80]!r}, expected an http(s) URL (e.g. {DEFAULT_KDS_URL})")
+        # No cache of its own: confide.cas.kds keeps the verified one, in kds-cache. The CRL is
+        # checked when the KDS serves one (a mirror may not).
+        kds_source = KdsHttpCollateral(None, base_url=kds, crl_required=False)
+    sim_dir = data_dir / "sim"
+    sim_platform = SimPlatform.load_or_create(sim_dir) if dev else None
+    sim_key = sim_platform.public_key if sim_platform is not None else None
+    # Built before the CAS's own evidence: with --kds, its KDS cache also supplies the CAS's own
+    # VCEK when configfs-tsm's certificate table has none (confide.cas.own_vcek).
+    verifier = PlatformVerifier(
+        sim_key=sim_key, dcap_source=dcap_source, amd_roots=amd_roots,
+        kds=kds_source, kds_cache=data_dir / "kds-cache", kds_where=f"AMD KDS {kds}",
+        nvidia_ocsp=ocsp_cache,
+    )  # fmt: skip
+    if sim_platform is not None:
+        platform = sim_platform
         env["CONFIDE_SIM_DIR"] = str(sim_dir.resolve())
         measurement = measure_current_process().digest  # the code loaded at startup
 
@@ -350,16 +367,20 @@ def prepare(
                 "log_key": log_key,
             }
 
-        sim_pem = sim_key.public_bytes(
+        sim_pem = platform.public_key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         check = SelfCheck(cert_der, sim_key_pem=sim_pem)
         cas_evidence = CasEvidence(simulated, check=check, clock=clock)
     elif tee is not None:
         provider = quote_provider if quote_provider is not None else quote_provider_for(tee)
+        own_kds = verifier.kds
 
-        def from_tee(_now: datetime) -> dict[str, Any]:
-            return {**tee_document(tee, provider, report_data), "log_key": log_key}
+        def from_tee(now: datetime) -> dict[str, Any]:
+            document = tee_document(tee, provider, report_data)
+            if own_kds is not None:  # blocking: at startup, or in the refresher's thread
+                document = with_kds_vcek(document, own_kds, now)
+            return {**document, "log_key": log_key}
 
         check = SelfCheck(cert_der, collateral=dcap_source, amd_roots=amd_roots)
         try:
@@ -372,18 +393,6 @@ def prepare(
                 json.dumps({"event": "cas-evidence-unchecked", "tee": tee, "reason": summary["reason"]})
             )
     database.migrate()
-    kds_source = None
-    if kds is not None:
-        if not is_url(kds):
-            raise UsageError(f"--kds: got {kds[:80]!r}, expected an http(s) URL (e.g. {DEFAULT_KDS_URL})")
-        # No cache of its own: confide.cas.kds keeps the verified one, in kds-cache. The CRL is
-        # checked when the KDS serves one (a mirror may not).
-        kds_source = KdsHttpCollateral(None, base_url=kds, crl_required=False)
-    verifier = PlatformVerifier(
-        sim_key=sim_key, dcap_source=dcap_source, amd_roots=amd_roots,
-        kds=kds_source, kds_cache=data_dir / "kds-cache", kds_where=f"AMD KDS {kds}",
-        nvidia_ocsp=ocsp_cache,
-    )  # fmt: skip
     cas = Cas(database, sealer, verifier, events=LedgerEventSink())
     with database.write() as conn:
         master_key_id = bind_master_key(conn, master)

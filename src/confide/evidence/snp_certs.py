@@ -13,7 +13,7 @@ import uuid
 from confide.errors import ParseError
 from confide.evidence._reader import Reader
 
-__all__ = ["ARK_GUID", "ASK_GUID", "VCEK_GUID", "VLEK_GUID", "parse_cert_table"]
+__all__ = ["ARK_GUID", "ASK_GUID", "VCEK_GUID", "VLEK_GUID", "build_cert_table", "parse_cert_table"]
 
 VCEK_GUID = uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd")
 VLEK_GUID = uuid.UUID("a8074bc2-a25a-483e-aae6-39c045a0b8a1")
@@ -43,3 +43,20 @@ def parse_cert_table(data: bytes) -> dict[uuid.UUID, bytes]:
             raise ParseError(f"duplicate entry {guid}", structure="snp_cert_table", field="guid", offset=at)
         out[guid] = data[offset : offset + length]
     raise ParseError(f"more than {MAX_ENTRIES} entries or no terminator", structure="snp_cert_table")
+
+
+def build_cert_table(entries: dict[uuid.UUID, bytes]) -> bytes:
+    """The certificate table of ``entries`` (GUID -> DER certificate, in that order), in the
+    layout :func:`parse_cert_table` reads: the entries, the all-zero terminator, then the
+    certificates. Used by the CAS for the VCEK it fetched for its own report
+    (:mod:`confide.cas.own_vcek`)."""
+    if len(entries) > MAX_ENTRIES:
+        raise ValueError(f"got {len(entries)} certificates, at most {MAX_ENTRIES} fit a table")
+    head, body = bytearray(), bytearray()
+    offset = ENTRY_SIZE * (len(entries) + 1)
+    for guid, der in entries.items():
+        if guid.int == 0 or not der:
+            raise ValueError("a certificate table entry needs a non-zero GUID and a certificate")
+        head += guid.bytes_le + (offset + len(body)).to_bytes(4, "little") + len(der).to_bytes(4, "little")
+        body += der
+    return bytes(head + bytes(ENTRY_SIZE) + body)
