@@ -105,7 +105,7 @@ def vek_file(cas_dir: Path, amd: FakeAmd = AMD) -> Path:
 def test_fetched_then_from_memory_then_from_disk(kds: FakeKds, tmp_path: Path) -> None:
     vcek_path = kds.serve_amd(AMD, crl=CRL)
     cas = kds_cas(tmp_path / "cas", kds.url)
-    accepted(cas)
+    assert accepted(cas)["vcek_source"] == "kds"  # the ledger says where the VCEK came from
     assert kds.requests == [vcek_path, "/vcek/v1/Milan/cert_chain", "/vcek/v1/Milan/crl"]
     accepted(cas)
     assert len(kds.requests) == 3  # the second attestation is served from memory
@@ -262,7 +262,7 @@ def test_a_sent_vcek_is_used_and_nothing_is_fetched(kds: FakeKds, tmp_path: Path
     cas = kds_cas(tmp_path / "cas", kds.url)
     der = AMD.vek.public_bytes(serialization.Encoding.DER)
     aux = {"vcek": der} if how == "vcek" else {"auxblob": cert_table([(VCEK_GUID, der)])}
-    accepted(cas, aux=aux)
+    assert accepted(cas, aux=aux)["vcek_source"] == "sent"
     assert kds.requests == []
     _rt, body = snp_request(cas, aux=aux)
     assert cas.collateral_job(body) is None
@@ -331,6 +331,13 @@ def test_the_http_route_fetches_in_a_worker_thread(kds: FakeKds, tmp_path: Path)
     assert error["class"] == "CollateralMissingError" and error["exit_code"] == 25
     assert last_attestation(cas)["reason_class"] == "CollateralMissingError"
     assert len(threads) == 2 and threads[1] != threading.main_thread().name
+    # /metrics counts both fetches by their outcome, and their durations.
+    status, text = call(app, "/metrics", [b""], method="GET")
+    assert status == 200
+    metrics = text.decode()
+    assert 'confide_cas_collateral_fetches_total{outcome="ok",source="kds"} 1.0' in metrics
+    assert 'confide_cas_collateral_fetches_total{outcome="error",source="kds"} 1.0' in metrics
+    assert 'confide_cas_collateral_fetch_seconds_count{source="kds"} 2.0' in metrics
 
 
 def test_one_fetch_for_concurrent_attestations_of_the_same_chip(tmp_path: Path) -> None:

@@ -266,6 +266,12 @@ def test_an_unreachable_responder_refuses(cas: InProcessCas, responder: Responde
     refused(
         cas.cas, rt4.composite(), errors.NetworkError, r"^gpu0: revocation check: OCSP responder .*Connect"
     )
+    # /metrics counts the responder's answer and the two failed fetches.
+    status, text = call(create_app(cas.cas), "/metrics", [b""], method="GET")
+    assert status == 200
+    assert 'confide_cas_collateral_fetches_total{outcome="ok",source="ocsp"} 1.0' in text.decode()
+    assert 'confide_cas_collateral_fetches_total{outcome="error",source="ocsp"} 2.0' in text.decode()
+    assert 'confide_cas_collateral_fetch_seconds_count{source="ocsp"} 3.0' in text.decode()
 
 
 def test_http_errors_and_malformed_responses_refuse(cas: InProcessCas, responder: Responder) -> None:

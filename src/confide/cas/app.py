@@ -20,11 +20,12 @@ from typing import Any
 from fastapi import Body, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from confide import __version__, errors
 from confide.cas.core import Cas
 from confide.cas.db import WriteBatcher, raw_connection
+from confide.cas.fetch_stats import BUCKETS, FetchStats
 from confide.cas.own_evidence import CasEvidence
 from confide.errors import ConfideError, ParseError
 from confide.ledger.serve import serve as serve_log
@@ -203,10 +204,11 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
     @app.post("/v1/attest")
     async def attest(request: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
         # Phase 1 on the event loop: CPU-bound (verification, appraisal, rendering), so a thread
-        # hand-off would cost more than it saves. Collateral it would fetch (an SEV-SNP VCEK from
-        # AMD KDS, OCSP responses for NVIDIA GPU chains) is fetched first, in a thread: phase 1
-        # then finds it in memory. Phase 2 (spend the nonce, record the outcome) goes to the group
-        # commit: the loop goes on with other requests while the disk syncs.
+        # hand-off would cost more than it saves. Collateral it would fetch (DCAP collateral from
+        # Intel PCS or a PCCS, an SEV-SNP VCEK from AMD KDS, OCSP responses for NVIDIA GPU
+        # chains) is fetched first, in a thread: phase 1 then finds it in memory. Phase 2 (spend
+        # the nonce, record the outcome) goes to the group commit: the loop goes on with other
+        # requests while the disk syncs.
         job = cas.collateral_job(request)
         if job is not None:
             await asyncio.to_thread(job)
@@ -227,6 +229,7 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
     hot: dict[str, tuple[Any, bool]] = {"/v1/attest/nonce": (nonce, False), "/v1/attest": (attest, True)}
 
     registry.register(_GroupCommitCollector(writer))
+    registry.register(_FetchCollector(cas))
     if cas_evidence is not None:
         registry.register(_EvidenceCollector(cas_evidence))
 
@@ -301,6 +304,34 @@ class _GroupCommitCollector:
             "Jobs (attestation outcomes) committed by the group commit",
             value=self.writer.committed_jobs,
         )
+
+
+class _FetchCollector:
+    """The collateral fetches of the CAS's verifier (:mod:`confide.cas.fetch_stats`), by source,
+    read at scrape time: the current verifier's (tests and restarts may replace it)."""
+
+    def __init__(self, cas: Cas) -> None:
+        self.cas = cas
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        stats_of = getattr(self.cas.verifier, "fetch_stats", None)
+        sources: dict[str, FetchStats] = stats_of() if callable(stats_of) else {}
+        fetches = CounterMetricFamily(
+            "confide_cas_collateral_fetches",
+            "Collateral fetches by the CAS (source: pcs, kds, ocsp; outcome: ok, error)",
+            labels=["source", "outcome"],
+        )
+        seconds = HistogramMetricFamily(
+            "confide_cas_collateral_fetch_seconds", "Duration of collateral fetches", labels=["source"]
+        )
+        for source, stats in sorted(sources.items()):
+            snap = stats.snapshot()
+            fetches.add_metric([source, "ok"], snap.ok)
+            fetches.add_metric([source, "error"], snap.error)
+            bounds = [*(repr(b) for b in BUCKETS), "+Inf"]
+            seconds.add_metric([source], list(zip(bounds, snap.buckets, strict=True)), snap.seconds)
+        yield fetches
+        yield seconds
 
 
 class _EvidenceCollector:

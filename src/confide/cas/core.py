@@ -98,9 +98,13 @@ SESSION_TTL = 24 * 3600.0
 MAX_VOLUME_CHAIN = 8
 RELEASE_INFO = b"confide-release/v1"
 BINDING_PREFIX = b"confide-attest/v1\x00"
-_FETCHING_PLATFORMS = frozenset({Platform.SEV_SNP.value, Platform.NVIDIA_GPU.value})
-"""Evidence whose verification may fetch collateral (``--kds``, ``--nvidia-ocsp``); so may
-composite requests' GPU reports (``gpu<k>`` aux keys)."""
+_FETCHING_PLATFORMS = frozenset(
+    p.value
+    for p in (Platform.SEV_SNP, Platform.NVIDIA_GPU, Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM)
+)
+"""Evidence whose verification may fetch collateral (``--kds``, ``--nvidia-ocsp``, ``--collateral
+URL``); so may composite requests' GPU reports (``gpu<k>`` aux keys)."""
+_DCAP_PLATFORMS = frozenset(p.value for p in (Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM))
 
 
 class EvidenceVerifier(Protocol):
@@ -918,18 +922,22 @@ class Cas:
             raise BindingError("this evidence was presented before (replay)")
 
     def collateral_job(self, request: Any) -> Callable[[], None] | None:
-        """The blocking collateral fetch that phase 1 of ``request`` would need (SEV-SNP evidence
-        without its VCEK, with ``cas serve --kds``: :mod:`confide.cas.kds`; the OCSP responses
-        for NVIDIA reports, GPU-only or ``gpu<k>`` blobs of a composite request, with ``cas serve
-        --nvidia-ocsp``: :mod:`confide.cas.revocation`), to run before :meth:`attest_begin` and
-        off the event loop; ``None`` when there is none. Cheap for every other request; never
-        raises (phase 1 refuses what is malformed)."""
+        """The blocking collateral fetch that phase 1 of ``request`` would need (the DCAP
+        collateral of an SGX/TDX quote's platform, with ``cas serve --collateral URL``:
+        :mod:`confide.cas.pcs`; SEV-SNP evidence without its VCEK, with ``cas serve --kds``:
+        :mod:`confide.cas.kds`; the OCSP responses for NVIDIA reports, GPU-only or ``gpu<k>``
+        blobs of a composite request, with ``cas serve --nvidia-ocsp``:
+        :mod:`confide.cas.revocation`), to run before :meth:`attest_begin` and off the event loop;
+        ``None`` when there is none. Cheap for every other request; never raises (phase 1
+        refuses what is malformed)."""
         if not isinstance(request, dict):
             return None
         raw_aux = request.get("aux")
-        if request.get("platform") not in _FETCHING_PLATFORMS and not (
-            isinstance(raw_aux, dict) and any(str(k).startswith("gpu") for k in raw_aux)
-        ):
+        platform_name = request.get("platform")
+        gpus = isinstance(raw_aux, dict) and any(str(k).startswith("gpu") for k in raw_aux)
+        if platform_name in _DCAP_PLATFORMS and getattr(self.verifier, "dcap_cache", None) is None:
+            platform_name = None  # a local DCAP source (or none) is read in phase 1: nothing to fetch
+        if platform_name not in _FETCHING_PLATFORMS and not gpus:
             return None
         job = getattr(self.verifier, "collateral_job", None)
         if job is None:
@@ -1416,6 +1424,8 @@ def _evidence_summary(v: VerifiedEvidence) -> dict[str, Any]:
     }
     if v.platform is Platform.NVIDIA_GPU:  # a GPU-only attestation: as _gpu_summary records it
         summary.update(_revocation_summary(v))
+    if v.platform is Platform.SEV_SNP:  # the runtime sent the VCEK, or the CAS fetched it (--kds)
+        summary["vcek_source"] = v.details.get("vcek_source")
     return summary
 
 

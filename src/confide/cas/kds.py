@@ -42,6 +42,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from confide.cas.fetch_stats import FetchStats
 from confide.collateral.amd_kds import (
     AmdCollateral,
     AmdCollateralRequest,
@@ -215,7 +216,8 @@ class KdsVcekCache:
         self._memory: OrderedDict[_Key, FetchedVek] = OrderedDict()
         self._failures: OrderedDict[_Key, tuple[float, ConfideError]] = OrderedDict()
         self._flights: dict[_Key, _Flight] = {}
-        self.fetches = 0  # calls of source.fetch (for /metrics and tests)
+        self.fetches = 0  # calls of source.fetch (for tests)
+        self.stats = FetchStats()  # the same calls, timed, with their outcome (for /metrics)
         self.rejected_files = 0  # cached files that did not verify (removed, fetched again)
 
     # -- memory (no I/O: safe on the event loop) --------------------------------------------
@@ -310,7 +312,8 @@ class KdsVcekCache:
             return from_disk
         self.fetches += 1
         try:
-            collateral = self.source.fetch(request)
+            with self.stats.timed():
+                collateral = self.source.fetch(request)
         except ConfideError as exc:
             _log("kds-fetch-failed", request, error=exc.kind)
             raise CollateralMissingError(

@@ -48,6 +48,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from confide.cas.fetch_stats import FetchStats
 from confide.collateral.nvidia_ocsp import OcspSource
 from confide.errors import ConfideError
 from confide.lru import Lru
@@ -87,6 +88,7 @@ class OcspCache:
         self._count_lock = threading.Lock()
         self._failures: Lru[tuple[bytes, int], tuple[float, ConfideError]] = Lru(max_entries)
         self.fetches = 0
+        self.stats = FetchStats()  # the source's calls, timed, with their outcome (/metrics)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -132,7 +134,8 @@ class OcspCache:
             self.fetches += 1
         key = _key(cert, issuer)
         try:
-            fetched = self.source.fetch(cert, issuer)
+            with self.stats.timed():
+                fetched = self.source.fetch(cert, issuer)
             check = verify_ocsp_response(fetched, cert, issuer, at=at)
         except ConfideError as exc:
             self._failures.put(key, (self.monotonic(), copy.copy(exc)))

@@ -43,6 +43,7 @@ never taken from a request.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import re
 from collections.abc import Callable
@@ -54,10 +55,12 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from confide.cas.fetch_stats import FetchStats
 from confide.cas.kds import KdsVcekCache, vek_request
+from confide.cas.pcs import DcapCollateralCache, DcapKey
 from confide.cas.revocation import OcspCache
 from confide.collateral.amd_kds import AmdCollateralSource
-from confide.collateral.dcap import DcapCollateralSource
+from confide.collateral.dcap import DcapCollateralSource, PcsHttpSource
 from confide.errors import (
     BindingError,
     CollateralError,
@@ -157,7 +160,10 @@ def split_gpu_aux(platform: Platform, aux: dict[str, bytes]) -> tuple[dict[str, 
 class PlatformVerifier:
     """Verifies evidence for the CAS. ``sim_key`` enables the simulator (development only);
     ``dcap_source`` supplies Intel collateral (``aux["collateral"]`` may carry a dcap-qvl JSON
-    bundle instead). ``kds`` supplies AMD VCEKs for SEV-SNP evidence sent without one (AMD KDS:
+    bundle instead); ``dcap_remote``: it goes to the network (``None``: when it is a
+    :class:`~confide.collateral.dcap.PcsHttpSource`, ``--collateral URL``), so its collateral is
+    fetched before phase 1 and kept in memory (``dcap_cache``, :mod:`confide.cas.pcs`). ``kds``
+    supplies AMD VCEKs for SEV-SNP evidence sent without one (AMD KDS:
     ``cas serve --kds URL``), cached in memory and in ``kds_cache`` (a directory; ``None``: memory
     only) by a :class:`~confide.cas.kds.KdsVcekCache` that verifies them under the same roots as
     the evidence; ``kds_where`` names the source in refusals. ``nvidia_ocsp``: check NVIDIA
@@ -178,9 +184,20 @@ class PlatformVerifier:
         kds_cache: Path | None = None,
         kds_where: str = "AMD KDS",
         nvidia_ocsp: OcspCache | None = None,
+        dcap_remote: bool | None = None,
     ) -> None:
         self.sim_key = sim_key
         self.dcap_source = dcap_source
+        if dcap_remote is None:
+            dcap_remote = isinstance(dcap_source, PcsHttpSource)
+        self.dcap_cache: DcapCollateralCache | None = None
+        if dcap_source is not None and dcap_remote:
+            where = (
+                f"Intel PCS/PCCS {dcap_source.base_url}"
+                if isinstance(dcap_source, PcsHttpSource)
+                else "Intel PCS"
+            )
+            self.dcap_cache = DcapCollateralCache(dcap_source, where=where)
         self.nvidia_ocsp = nvidia_ocsp
         self.nvidia_root = nvidia_root
         self.nvidia_rim_root = nvidia_rim_root
@@ -196,10 +213,19 @@ class PlatformVerifier:
         (off the CAS's event loop), or ``None`` when it fetches nothing: SEV-SNP evidence
         without a VCEK/VLEK whose VCEK is not in memory (``kds``); NVIDIA reports
         (``nvidia-gpu`` evidence, or the ``gpu<k>`` reports of a composite request, whose whole
-        ``aux`` this takes) whose OCSP responses are not all in memory (``nvidia_ocsp``). Never
-        raises: :meth:`verify` refuses what is malformed."""
-        kds, ocsp = self._kds_job(platform, evidence, aux, at), self._ocsp_job(platform, evidence, aux, at)
-        jobs = [job for job in (kds, ocsp) if job is not None]
+        ``aux`` this takes) whose OCSP responses are not all in memory (``nvidia_ocsp``); SGX,
+        TDX and Azure TDX vTPM quotes sent without collateral whose platform's DCAP collateral
+        is not current in memory (``dcap_cache``). Never raises: :meth:`verify` refuses what is
+        malformed."""
+        jobs = [
+            job
+            for job in (
+                self._dcap_job(platform, evidence, aux, at),
+                self._kds_job(platform, evidence, aux, at),
+                self._ocsp_job(platform, evidence, aux, at),
+            )
+            if job is not None
+        ]
         if not jobs:
             return None
         if len(jobs) == 1:
@@ -210,6 +236,48 @@ class PlatformVerifier:
                 job()
 
         return both
+
+    def _dcap_job(
+        self, platform: Platform, evidence: bytes, aux: dict[str, bytes], at: datetime
+    ) -> Callable[[], None] | None:
+        """The prefetch of the platform's DCAP collateral. The PCK chain must verify to the
+        pinned Intel root first (as in phase 1): the source is never asked about an FMSPC that a
+        request made up."""
+        cache = self.dcap_cache
+        if cache is None or platform not in (Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM):
+            return None
+        if "collateral" in aux:
+            return None
+        try:
+            key = self._dcap_key(self._dcap_quote(platform, evidence))
+        except ConfideError:
+            return None
+        if not cache.wanted(key, at):
+            return None
+        return lambda: cache.prefetch(key, at)
+
+    def _dcap_quote(self, platform: Platform, evidence: bytes) -> Quote:
+        if platform is Platform.AZURE_TDX_VTPM:
+            parsed = parse_evidence(evidence, HclReportType.TDX)
+            if parsed.td_quote is None:  # parse_evidence requires it for TDX; kept for the type
+                raise ParseError("no td_quote", structure="Azure vTPM evidence")
+            return Quote.from_bytes(parsed.td_quote)
+        return Quote.from_bytes(evidence)
+
+    def _dcap_key(self, quote: Quote) -> DcapKey:
+        chain = self.dcap.pck_chain(quote)  # verified to the pinned root (signatures)
+        return DcapKey(chain.extension.fmspc, chain.ca, quote.tee)
+
+    def fetch_stats(self) -> dict[str, FetchStats]:
+        """The collateral fetches of the configured sources, by source (``/metrics``)."""
+        stats: dict[str, FetchStats] = {}
+        if self.dcap_cache is not None:
+            stats["pcs"] = self.dcap_cache.stats
+        if self.kds is not None:
+            stats["kds"] = self.kds.stats
+        if self.nvidia_ocsp is not None:
+            stats["ocsp"] = self.nvidia_ocsp.stats
+        return stats
 
     def _kds_job(
         self, platform: Platform, evidence: bytes, aux: dict[str, bytes], at: datetime
@@ -281,7 +349,7 @@ class PlatformVerifier:
             return verify_sim(evidence, self.sim_key, at=at)
         if platform in (Platform.SGX, Platform.TDX):
             quote = Quote.from_bytes(evidence)
-            return self.dcap.verify_parsed(quote, evidence, self._dcap_collateral(quote, aux), at=at)
+            return self.dcap.verify_parsed(quote, evidence, self._dcap_collateral(quote, aux, at), at=at)
         if platform is Platform.AZURE_SNP_VTPM:
             _no_aux(platform, aux, allowed=frozenset())
             return verify_azure_snp(parse_evidence(evidence, HclReportType.SNP), self.snp, at=at)
@@ -290,14 +358,14 @@ class PlatformVerifier:
             parsed = parse_evidence(evidence, HclReportType.TDX)
             if parsed.td_quote is None:  # parse_evidence requires it for TDX; kept for the type
                 raise ParseError("no td_quote", structure="Azure vTPM evidence")
-            collateral = self._dcap_collateral(Quote.from_bytes(parsed.td_quote), aux)
+            collateral = self._dcap_collateral(Quote.from_bytes(parsed.td_quote), aux, at)
             return verify_azure_tdx(parsed, self.dcap, collateral, at=at)
         if platform is Platform.SEV_SNP:
             # The VCEK/VLEK comes with the evidence: configfs-tsm's auxblob (certificate table)
             # or a "vcek" blob; the ASK/ARK chain is the embedded, pinned one.
             vek = _sent_vek(aux)
             if vek is not None:
-                return self.snp.verify(evidence, vek, at=at)
+                return _vcek_source(self.snp.verify(evidence, vek, at=at), "sent")
             if self.kds is None:
                 raise CollateralMissingError(
                     "SEV-SNP evidence came without its VCEK/VLEK (auxblob or vcek), and this CAS"
@@ -306,7 +374,8 @@ class PlatformVerifier:
             # Else the VCEK from AMD KDS (AMD 57230), with the KDS's ASK+ARK and the ARK's CRL,
             # verified exactly as a sent one: the chain must lead to the pinned ARK.
             fetched = self.kds.get(vek_request(evidence), at)
-            return self.snp.verify(evidence, fetched.vek, at=at, chain=fetched.chain, crl=fetched.crl)
+            verified = self.snp.verify(evidence, fetched.vek, at=at, chain=fetched.chain, crl=fetched.crl)
+            return _vcek_source(verified, "kds")
         if platform is Platform.NVIDIA_GPU:
             # The nonce is not checked here: the CAS compares it with the key binding
             # (check_binding), as it does every platform's report data.
@@ -365,12 +434,16 @@ class PlatformVerifier:
                 chains.append((targets, partial(verify_pinned_chain, chain, rim_root)))
         return chains
 
-    def _dcap_collateral(self, quote: Quote, aux: dict[str, bytes]) -> DcapCollateral:
-        """A quote's collateral: the request's dcap-qvl bundle, else the configured source."""
+    def _dcap_collateral(self, quote: Quote, aux: dict[str, bytes], at: datetime) -> DcapCollateral:
+        """A quote's collateral: the request's dcap-qvl bundle, else the configured source's:
+        from memory for a remote source (the prefetch of :meth:`collateral_job` put it there,
+        or its error), read from a local one."""
         if "collateral" in aux:
             return DcapCollateral.from_dcap_qvl_json(aux["collateral"])
         if self.dcap_source is None:
             raise CollateralMissingError("this CAS has no DCAP collateral source configured")
+        if self.dcap_cache is not None:
+            return self.dcap_cache.get(self._dcap_key(quote), at)
         chain = self.dcap.pck_chain(quote)
         return self.dcap_source.get_collateral(fmspc=chain.extension.fmspc, ca=chain.ca, tee=quote.tee)
 
@@ -406,6 +479,12 @@ def _get(cache: OcspCache, cert: x509.Certificate, issuer: x509.Certificate, at:
         exc.message = f"revocation check: {exc.message}"
         exc.args = (exc.message,)
         raise
+
+
+def _vcek_source(verified: VerifiedEvidence, source: str) -> VerifiedEvidence:
+    """``verified`` with the detail ``vcek_source``: ``sent`` (by the runtime) or ``kds``
+    (fetched from AMD KDS), for the attestation event."""
+    return dataclasses.replace(verified, details={**verified.details, "vcek_source": source})
 
 
 def _sent_vek(aux: dict[str, bytes]) -> bytes | None:

@@ -1,0 +1,266 @@
+"""Intel DCAP collateral for the CAS from a URL (``cas serve --collateral https://...``: Intel
+PCS or a PCCS, :class:`~confide.collateral.dcap.PcsHttpSource`), kept in memory.
+
+:class:`DcapCollateralCache` answers "the collateral of this platform usable at ``at``": the
+TCB Info and QE Identity (SGX or TDX) and the PCK CRL and Root CA CRL of a platform named by
+its FMSPC, PCK CA (``platform`` / ``processor``) and TEE type (:class:`DcapKey`; Intel PCS API
+v4 serves them per FMSPC, per CA and per TEE). What it keeps and for how long:
+
+- What the source answered, whole, keyed by :class:`DcapKey`; nothing is verified here (the
+  DCAP verifier checks every signature, chain and date of it at every attestation, and refuses
+  what is out of date).
+- Used while ``at`` is before the earliest ``nextUpdate`` of the four (TCB Info and QE
+  Identity: Intel PCS API v4 ``nextUpdate``; CRLs: RFC 5280 §5.1.2.5): newer collateral is due
+  then, and the next attestation's prefetch asks the source again. The source keeps its own
+  on-disk cache of each response until that response's ``nextUpdate``, so a restarted CAS
+  reads what is still current from disk, not from the network.
+- Collateral that is already out of date when it is fetched (a PCCS that serves stale
+  collateral), or becomes so within :data:`FAILURE_GRACE` seconds of its fetch, is handed to
+  phase 1 for those seconds (the verifier refuses what is out of date at ``at``); the source is
+  asked again after them, not at every attestation.
+- At most ``max_entries`` platforms (:data:`MEMORY_ENTRIES`), least recently used dropped.
+
+Blocking: the source goes to the network. The CAS's event loop does not wait for it: an
+attestation whose collateral is not in memory first runs :meth:`DcapCollateralCache.prefetch`
+in a worker thread (``PlatformVerifier.collateral_job``), and phase 1 then takes it from memory
+with :meth:`DcapCollateralCache.get`: what the prefetch brought (also when it is already out of
+date: the verifier then refuses it with its own error), or the error the prefetch ran into,
+each kept :data:`FAILURE_GRACE` seconds (monotonic clock, injectable). Only if the entry left
+memory between the two (more than ``max_entries`` other platforms were fetched meanwhile, or
+the prefetch was longer ago than the grace) does phase 1 ask the source itself, on the loop.
+Attestations that need the same platform's collateral at once share one fetch (the others wait
+for its outcome, in their own worker threads).
+
+A source failure (unreachable, HTTP 404/429/5xx, a malformed answer) is a
+:class:`~confide.errors.CollateralMissingError` that names the platform, the source and the
+cause: a refusal recorded with the attestation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cryptography import x509
+
+from confide.cas.fetch_stats import FetchStats
+from confide.collateral.dcap import DcapCollateralSource
+from confide.errors import CollateralMissingError, ConfideError
+from confide.evidence.dcap import TeeType
+from confide.evidence.dcap_collateral import DcapCollateral
+
+__all__ = ["FAILURE_GRACE", "MEMORY_ENTRIES", "DcapCollateralCache", "DcapKey"]
+
+log = logging.getLogger("confide.cas")
+
+MEMORY_ENTRIES = 256
+FAILURE_GRACE = 30.0
+"""Seconds (monotonic clock) for which phase 1 takes the outcome of the fetch just tried (its
+collateral or its error) instead of asking again on the event loop; a prefetch asks again once
+the collateral is not current."""
+
+
+@dataclass(frozen=True, slots=True)
+class DcapKey:
+    """What Intel PCS API v4 serves collateral by: FMSPC, PCK CA, SGX or TDX."""
+
+    fmspc: bytes
+    ca: str
+    tee: TeeType
+
+    def __str__(self) -> str:
+        return f"FMSPC {self.fmspc.hex()} ({'TDX' if self.tee == TeeType.TDX else 'SGX'}, {self.ca} CA)"
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    collateral: DcapCollateral
+    expires: datetime | None
+    """The earliest nextUpdate of the four pieces; ``None``: one had none (never current)."""
+    fetched: float  # monotonic
+
+
+@dataclass
+class _Flight:
+    """One fetch under way: the attestations that need the same collateral wait for it."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    result: DcapCollateral | None = None
+    error: ConfideError | None = None
+
+
+class DcapCollateralCache:
+    """DCAP collateral from ``source`` in memory (module docstring). ``where`` names the source
+    in refusals (its URL). Thread-safe: prefetches run in worker threads."""
+
+    def __init__(
+        self,
+        source: DcapCollateralSource,
+        *,
+        where: str = "Intel PCS",
+        max_entries: int = MEMORY_ENTRIES,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be >= 1")
+        self.source = source
+        self.where = where
+        self.max_entries = max_entries
+        self.monotonic = monotonic
+        self.stats = FetchStats()
+        self._lock = threading.Lock()
+        self._memory: OrderedDict[DcapKey, _Entry] = OrderedDict()
+        self._failures: OrderedDict[DcapKey, tuple[float, ConfideError]] = OrderedDict()
+        self._flights: dict[DcapKey, _Flight] = {}
+
+    @property
+    def fetches(self) -> int:
+        """Calls of the source so far."""
+        snapshot = self.stats.snapshot()
+        return snapshot.ok + snapshot.error
+
+    # -- memory (no I/O: safe on the event loop) ------------------------------------------------
+
+    def cached(self, key: DcapKey, at: datetime) -> DcapCollateral | None:
+        """The collateral in memory if it is current at ``at`` (before its earliest nextUpdate)."""
+        with self._lock:
+            entry = self._memory.get(key)
+            if entry is None or entry.expires is None or not at < entry.expires:
+                return None
+            self._memory.move_to_end(key)
+            return entry.collateral
+
+    def wanted(self, key: DcapKey, at: datetime) -> bool:
+        """Whether a prefetch would ask the source: the collateral is not current in memory,
+        and was not fetched in the last :data:`FAILURE_GRACE` seconds (a source that serves
+        out-of-date collateral is not asked again at every attestation; a failed fetch is)."""
+        return self.cached(key, at) is None and not isinstance(self._recent(key), _Entry)
+
+    def _recent(self, key: DcapKey) -> _Entry | tuple[float, ConfideError] | None:
+        """The outcome of a fetch of ``key`` in the last :data:`FAILURE_GRACE` seconds."""
+        now = self.monotonic()
+        with self._lock:
+            entry = self._memory.get(key)
+            failed = self._failures.get(key)
+        if (
+            failed is not None
+            and (entry is None or failed[0] >= entry.fetched)
+            and now - failed[0] < FAILURE_GRACE
+        ):
+            return failed
+        if entry is not None and now - entry.fetched < FAILURE_GRACE:
+            return entry
+        return None
+
+    def _remember(self, key: DcapKey, entry: _Entry) -> None:
+        with self._lock:
+            self._memory[key] = entry
+            self._memory.move_to_end(key)
+            while len(self._memory) > self.max_entries:
+                self._memory.popitem(last=False)
+            self._failures.pop(key, None)
+
+    def _failed(self, key: DcapKey, exc: ConfideError) -> None:
+        with self._lock:
+            self._failures[key] = (self.monotonic(), exc)
+            self._failures.move_to_end(key)
+            while len(self._failures) > self.max_entries:
+                self._failures.popitem(last=False)
+
+    # -- the two entry points --------------------------------------------------------------------
+
+    def prefetch(self, key: DcapKey, at: datetime) -> None:
+        """Blocking (run it off the event loop): bring current collateral into memory unless it
+        is there (or :meth:`wanted` says otherwise). An error is kept for :meth:`get` (which
+        reports it), not raised here."""
+        if not self.wanted(key, at):
+            return
+        with contextlib.suppress(ConfideError):
+            self.fetch(key)
+
+    def get(self, key: DcapKey, at: datetime) -> DcapCollateral:
+        """Phase 1 of an attestation: the current collateral from memory; else the outcome of
+        the fetch tried in the last :data:`FAILURE_GRACE` seconds (this attestation's prefetch,
+        usually); else :meth:`fetch` (blocking: only when nothing prefetched it)."""
+        hit = self.cached(key, at)
+        if hit is not None:
+            return hit
+        recent = self._recent(key)
+        if isinstance(recent, _Entry):
+            return recent.collateral
+        if recent is not None:
+            raise copy.copy(recent[1])
+        return self.fetch(key)
+
+    def fetch(self, key: DcapKey) -> DcapCollateral:
+        """Blocking: ask the source, one fetch at a time per platform (the others wait for its
+        outcome). Raises :class:`CollateralMissingError` when the source fails."""
+        with self._lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            flight.done.wait()
+            if flight.error is not None:
+                raise copy.copy(flight.error)
+            assert flight.result is not None
+            return flight.result
+        try:
+            flight.result = self._load(key)
+            return flight.result
+        except ConfideError as exc:
+            flight.error = exc
+            self._failed(key, exc)
+            raise
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
+
+    def _load(self, key: DcapKey) -> DcapCollateral:
+        try:
+            with self.stats.timed():
+                collateral = self.source.get_collateral(fmspc=key.fmspc, ca=key.ca, tee=key.tee)
+        except ConfideError as exc:
+            _log("pcs-fetch-failed", key, error=exc.kind)
+            raise CollateralMissingError(
+                f"fetching the DCAP collateral of {key} from {self.where} failed: {exc.kind}: {exc.message}"
+            ) from None
+        expires = _expires(collateral)
+        self._remember(key, _Entry(collateral, expires, self.monotonic()))
+        _log("pcs-fetched", key, next_update=expires.isoformat() if expires else "none")
+        return collateral
+
+
+def _expires(c: DcapCollateral) -> datetime | None:
+    """The earliest nextUpdate of the TCB Info, the QE Identity and the two CRLs; ``None`` when
+    one has none or does not parse (never current: the verifier refuses or reports it)."""
+    dates: list[datetime | None] = []
+    for text in (c.tcb_info, c.qe_identity):
+        try:
+            value = json.loads(text).get("nextUpdate")
+            dates.append(datetime.fromisoformat(value) if isinstance(value, str) else None)
+        except (ValueError, AttributeError, TypeError):
+            dates.append(None)
+    for der in (c.pck_crl, c.root_ca_crl):
+        try:
+            dates.append(x509.load_der_x509_crl(der).next_update_utc)
+        except ValueError:
+            dates.append(None)
+    if any(d is None or d.tzinfo is None for d in dates):
+        return None
+    return min(d for d in dates if d is not None)
+
+
+def _log(event: str, key: DcapKey, **extra: str) -> None:
+    log.info(json.dumps({"event": event, "fmspc": key.fmspc.hex(), "ca": key.ca,
+                         "tee": "tdx" if key.tee == TeeType.TDX else "sgx", **extra}))  # fmt: skip
