@@ -44,7 +44,6 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -56,6 +55,7 @@ from confide.collateral.dcap import DcapCollateralSource
 from confide.errors import CollateralMissingError, ConfideError
 from confide.evidence.dcap import TeeType
 from confide.evidence.dcap_collateral import DcapCollateral
+from confide.lru import Lru
 
 __all__ = ["FAILURE_GRACE", "MEMORY_ENTRIES", "DcapCollateralCache", "DcapKey"]
 
@@ -116,9 +116,9 @@ class DcapCollateralCache:
         self.max_entries = max_entries
         self.monotonic = monotonic
         self.stats = FetchStats()
-        self._lock = threading.Lock()
-        self._memory: OrderedDict[DcapKey, _Entry] = OrderedDict()
-        self._failures: OrderedDict[DcapKey, tuple[float, ConfideError]] = OrderedDict()
+        self._lock = threading.Lock()  # for _flights
+        self._memory: Lru[DcapKey, _Entry] = Lru(max_entries)
+        self._failures: Lru[DcapKey, tuple[float, ConfideError]] = Lru(max_entries)
         self._flights: dict[DcapKey, _Flight] = {}
 
     @property
@@ -131,12 +131,10 @@ class DcapCollateralCache:
 
     def cached(self, key: DcapKey, at: datetime) -> DcapCollateral | None:
         """The collateral in memory if it is current at ``at`` (before its earliest nextUpdate)."""
-        with self._lock:
-            entry = self._memory.get(key)
-            if entry is None or entry.expires is None or not at < entry.expires:
-                return None
-            self._memory.move_to_end(key)
-            return entry.collateral
+        entry = self._memory.get(key)
+        if entry is None or entry.expires is None or not at < entry.expires:
+            return None
+        return entry.collateral
 
     def wanted(self, key: DcapKey, at: datetime) -> bool:
         """Whether a prefetch would ask the source: the collateral is not current in memory,
@@ -147,9 +145,7 @@ class DcapCollateralCache:
     def _recent(self, key: DcapKey) -> _Entry | tuple[float, ConfideError] | None:
         """The outcome of a fetch of ``key`` in the last :data:`FAILURE_GRACE` seconds."""
         now = self.monotonic()
-        with self._lock:
-            entry = self._memory.get(key)
-            failed = self._failures.get(key)
+        entry, failed = self._memory.get(key), self._failures.get(key)
         if (
             failed is not None
             and (entry is None or failed[0] >= entry.fetched)
@@ -161,19 +157,11 @@ class DcapCollateralCache:
         return None
 
     def _remember(self, key: DcapKey, entry: _Entry) -> None:
-        with self._lock:
-            self._memory[key] = entry
-            self._memory.move_to_end(key)
-            while len(self._memory) > self.max_entries:
-                self._memory.popitem(last=False)
-            self._failures.pop(key, None)
+        self._memory.put(key, entry)
+        self._failures.pop(key)
 
     def _failed(self, key: DcapKey, exc: ConfideError) -> None:
-        with self._lock:
-            self._failures[key] = (self.monotonic(), exc)
-            self._failures.move_to_end(key)
-            while len(self._failures) > self.max_entries:
-                self._failures.popitem(last=False)
+        self._failures.put(key, (self.monotonic(), exc))
 
     # -- the two entry points --------------------------------------------------------------------
 
