@@ -304,6 +304,8 @@ def prepare(
     the CAS's verifier configuration, the DCAP collateral source of ``collateral`` and the pinned
     AMD roots (``amd_roots`` replaces them, also for the evidence clients present: test PKIs
     only). DCAP evidence without ``collateral`` is published unchecked, which is logged once.
+    A URL as ``collateral`` (Intel PCS or a PCCS): clients' quotes have their platform's
+    collateral fetched before phase 1 and kept in memory (:mod:`confide.cas.pcs`).
     ``kds``: the AMD KDS base URL (``--kds``) the CAS fetches the VCEKs of SEV-SNP evidence sent
     without one from, cached in ``data_dir/kds-cache``; with ``tee`` ``sev-snp``, also the VCEK
     of its own report when configfs-tsm's certificate table has none, published in its document

@@ -1,13 +1,15 @@
 """The CAS's evidence verifier: dispatches to the platform verifiers (no I/O of its own;
-collateral sources are configured when the CAS starts: DCAP collateral, and AMD KDS for
-SEV-SNP evidence sent without its VCEK, :mod:`confide.cas.kds`).
+collateral sources are configured when the CAS starts: DCAP collateral, :mod:`confide.cas.pcs`
+for a URL, and AMD KDS for SEV-SNP evidence sent without its VCEK, :mod:`confide.cas.kds`).
 
 What each platform's ``evidence`` and ``aux`` blobs are (all hostile input):
 
 - ``sim``: a simulated report; ``sgx``/``tdx``: a DCAP quote, ``aux["collateral"]`` optionally a
-  dcap-qvl JSON collateral bundle; ``sev-snp``: the report, ``aux["auxblob"]`` (configfs-tsm's
-  certificate table) or ``aux["vcek"]``; without a VCEK/VLEK in either, the CAS fetches the VCEK
-  from AMD KDS when it has a KDS source (``cas serve --kds URL``), else refuses.
+  dcap-qvl JSON collateral bundle (else the CAS's DCAP source: from a URL, fetched before
+  phase 1 and kept in memory, :mod:`confide.cas.pcs`); ``sev-snp``: the report,
+  ``aux["auxblob"]`` (configfs-tsm's certificate table) or ``aux["vcek"]``; without a VCEK/VLEK
+  in either, the CAS fetches the VCEK from AMD KDS when it has a KDS source (``cas serve --kds
+  URL``), else refuses.
 - ``nvidia-gpu``: the SPDM attestation report (GET_MEASUREMENTS request ‖ MEASUREMENTS
   response ‖ signature); ``aux["certs"]`` the GPU's certificate chain, leaf first, as a PEM
   bundle or concatenated DER; ``aux["rim:<name>"]`` optional RIMs (raw SWID XML), verified under
