@@ -36,7 +36,7 @@ from confide.collateral.dcap import PcsHttpSource
 from confide.evidence.dcap import Quote, TeeType
 from confide.evidence.dcap_collateral import DcapCollateral
 from confide.verify.dcap import pck_info
-from dcap_cases import CASES
+from dcap_cases import ASSETS, CASES
 from pcs_fake import FakePcs, fake_pcs
 
 SGX = next(c for c in CASES if c.quote == "sgx/phala-dcap-qvl/sgx_quote")
@@ -216,6 +216,26 @@ def test_a_pck_chain_that_does_not_verify_is_not_asked_about(pcs: FakePcs, tmp_p
     with pytest.raises(errors.ConfideError):
         cas.attest(body)
     assert pcs.requests == []
+
+
+def test_azure_tdx_vtpm_evidence_has_its_td_quotes_collateral_prefetched(tmp_path: Path) -> None:
+    """``az-tdx-vtpm`` evidence (trustee's real Azure TDX CVM evidence, bound to the nonce
+    "challenge"): the collateral of its TD quote's platform is fetched by the prefetch."""
+    evidence = (ASSETS / "tpm" / "trustee-az-tdx-vtpm" / "evidence-v1.json").read_bytes()
+    case = next(
+        c for c in CASES if c.quote == "tdx/trustee-az-tdx-vtpm/td-quote.bin" and "0625" in c.collateral
+    )
+    clock = Clock(case.time.timestamp())
+    with fake_pcs() as pcs:
+        asked = pcs.serve(case.quote_bytes(), DcapCollateral.from_dcap_qvl_json(case.collateral_bytes()))
+        cas = pcs_cas(tmp_path / "cas", pcs.url, clock)
+        body = RuntimeKey(cas).body(policy="app", service="svc", platform="az-tdx-vtpm", evidence=evidence)
+        job = cas.collateral_job(body)
+        assert callable(job)
+        job()
+        assert pcs.requests == asked
+        refused(cas, body, errors.BindingError, "az-tdx-vtpm nonce got 6368616c6c656e6765")
+        assert pcs.requests == asked and last_attestation(cas)["tcb_status"] == "OutOfDate"
 
 
 # --- failures -------------------------------------------------------------------------------------
