@@ -1,0 +1,93 @@
+"""``confide cas serve --dev --collateral URL`` run for real, against a fake Intel PCS on
+127.0.0.1 (``tests/pcs_fake.py``) serving the real collateral of a real SGX quote
+(tests/assets). The CAS process runs on the real clock, at which that collateral (from 2025) is
+out of date: every attestation ends in a recorded ``CollateralExpiredError``, the verifier's
+refusal of the collateral the prefetch fetched (the step after the fetch). Verification up to the
+binding, the memory and disk caches and failures are covered in process
+(``tests/unit/test_cas_pcs.py``)."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import ssl
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from cas_harness import CasProcess
+from confide import errors
+from confide.cas.client import CasClient
+from confide.evidence.dcap_collateral import DcapCollateral
+from dcap_cases import CASES
+from pcs_fake import FakePcs, fake_pcs
+
+SGX = next(c for c in CASES if c.quote == "sgx/phala-dcap-qvl/sgx_quote")
+
+
+@pytest.fixture
+def pcs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakePcs]:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))  # the source's disk cache
+    with fake_pcs() as server:
+        server.serve(SGX.quote_bytes(), DcapCollateral.from_dcap_qvl_json(SGX.collateral_bytes()))
+        yield server
+
+
+def attest(cas: CasProcess) -> errors.ConfideError:
+    """Send the real quote for a fresh key (no policy is needed: it is refused before); returns
+    the refusal."""
+    with CasClient(cas.env["CONFIDE_CAS_URL"], Path(cas.env["CONFIDE_CAS_CERT"])) as client:
+        key = ec.generate_private_key(ec.SECP256R1()).public_key()
+        body: dict[str, Any] = {
+            "policy": "app", "service": "svc", "platform": "sgx", "nonce": client.nonce(),
+            "evidence": base64.b64encode(SGX.quote_bytes()).decode(),
+            "public_key": base64.b64encode(
+                key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            ).decode(),
+        }  # fmt: skip
+        with pytest.raises(errors.ConfideError) as info:
+            client.attest(body)
+        return info.value
+
+
+def metrics(cas: CasProcess) -> str:
+    ctx = ssl.create_default_context(cafile=cas.env["CONFIDE_CAS_CERT"])
+    with urllib.request.urlopen(cas.env["CONFIDE_CAS_URL"] + "/metrics", context=ctx, timeout=5) as r:
+        return str(r.read().decode())
+
+
+def test_cas_serve_collateral_url_fetches_before_phase_one(pcs: FakePcs, tmp_path: Path) -> None:
+    cas = CasProcess(tmp_path / "cas", None, extra_args=("--collateral", pcs.url)).start()
+    try:
+        refusal = attest(cas)
+        assert type(refusal) is errors.CollateralExpiredError, refusal
+        assert "has expired" in refusal.message
+        assert len(pcs.requests) == 4
+        # What the PCS served is out of date: kept 30 s for phase 1, not asked for again meanwhile.
+        assert type(attest(cas)) is errors.CollateralExpiredError
+        assert len(pcs.requests) == 4
+        text = metrics(cas)
+        assert 'confide_cas_collateral_fetches_total{outcome="ok",source="pcs"} 1.0' in text
+        assert 'confide_cas_collateral_fetches_total{outcome="error",source="pcs"} 0.0' in text
+    finally:
+        cas.stop()
+
+
+def test_cas_serve_collateral_url_down_is_a_collateral_refusal(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cas = CasProcess(tmp_path / "cas", None, extra_args=("--collateral", f"http://127.0.0.1:{port}")).start()
+    try:
+        refusal = attest(cas)
+        assert type(refusal) is errors.CollateralMissingError and refusal.exit_code == 25
+        assert "fetching the DCAP collateral of FMSPC 00a067110000 (SGX, processor CA)" in refusal.message
+        assert "ConnectError" in refusal.message
+        assert 'confide_cas_collateral_fetches_total{outcome="error",source="pcs"} 1.0' in metrics(cas)
+    finally:
+        cas.stop()
