@@ -71,7 +71,7 @@ from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer
 from confide.cas.self_check import SelfCheck
 from confide.cas.verifier import PlatformVerifier
-from confide.collateral import is_url
+from confide.collateral import is_url, public_url
 from confide.collateral.amd_kds import DEFAULT_KDS_URL, KdsHttpCollateral
 from confide.collateral.dcap import source_for
 from confide.collateral.nvidia_ocsp import source_for as ocsp_source_for
@@ -350,7 +350,7 @@ def prepare(
     # VCEK when configfs-tsm's certificate table has none (confide.cas.own_vcek).
     verifier = PlatformVerifier(
         sim_key=sim_key, dcap_source=dcap_source, amd_roots=amd_roots,
-        kds=kds_source, kds_cache=data_dir / "kds-cache", kds_where=f"AMD KDS {kds}",
+        kds=kds_source, kds_cache=data_dir / "kds-cache", kds_where=f"AMD KDS {public_url(kds or '')}",
         nvidia_ocsp=ocsp_cache,
     )  # fmt: skip
     if sim_platform is not None:

@@ -61,6 +61,7 @@ from confide.cas.fetch_stats import FetchStats
 from confide.cas.kds import KdsVcekCache, vek_request
 from confide.cas.pcs import DcapCollateralCache, DcapKey
 from confide.cas.revocation import OcspCache
+from confide.collateral import public_url
 from confide.collateral.amd_kds import AmdCollateralSource
 from confide.collateral.dcap import DcapCollateralSource, PcsHttpSource
 from confide.errors import (
@@ -195,7 +196,7 @@ class PlatformVerifier:
         self.dcap_cache: DcapCollateralCache | None = None
         if dcap_source is not None and dcap_remote:
             where = (
-                f"Intel PCS/PCCS {dcap_source.base_url}"
+                f"Intel PCS/PCCS {public_url(dcap_source.base_url)}"
                 if isinstance(dcap_source, PcsHttpSource)
                 else "Intel PCS"
             )

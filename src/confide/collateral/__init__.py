@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
-__all__ = ["cache_dir", "is_url"]
+__all__ = ["cache_dir", "is_url", "public_url"]
 
 
 def is_url(location: str) -> bool:
     """Whether a ``--collateral`` location names a web service rather than a file."""
     return location.startswith(("http://", "https://"))
+
+
+def public_url(url: str) -> str:
+    """``url`` as refusals and logs may show it: without the userinfo (``user:password@``), so
+    credentials written into a ``--collateral``/``--kds``/``--nvidia-ocsp`` URL never reach a
+    message (clients see refusal messages); the fragment is dropped too."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        return "<unparsable URL>"
+    if ":" in host:
+        host = f"[{host}]"  # IPv6 literal
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}{query}"
 
 
 def cache_dir(name: str) -> Path:

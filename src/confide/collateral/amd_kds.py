@@ -34,6 +34,7 @@ from typing import Protocol
 import httpx2
 from cryptography import x509
 
+from confide.collateral import public_url
 from confide.errors import CollateralMissingError, NetworkError, ParseError
 from confide.evidence.sev_snp import AttestationReport, Product, SigningKey, TcbVersion
 from confide.verify.sev_snp import VekKind, load_certificates
@@ -226,7 +227,9 @@ class KdsHttpCollateral:
                             f"got more than {MAX_RESPONSE_SIZE} bytes", structure=f"AMD KDS {path}"
                         )
         except httpx2.HTTPError as exc:
-            raise NetworkError(f"AMD KDS {self.base_url}{path}: {type(exc).__name__}: {exc}") from None
+            raise NetworkError(
+                f"AMD KDS {public_url(self.base_url + path)}: {type(exc).__name__}: {exc}"
+            ) from None
         return bytes(data)
 
     def _store(self, rel: str, data: bytes) -> None:

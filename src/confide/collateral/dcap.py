@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from confide.collateral import cache_dir as default_cache_dir
-from confide.collateral import is_url
+from confide.collateral import is_url, public_url
 from confide.errors import CollateralMissingError, NetworkError, ParseError
 from confide.evidence.dcap import TeeType
 from confide.evidence.dcap_collateral import DcapCollateral, split_pcs_response
@@ -287,25 +287,30 @@ class PcsHttpSource:
         try:
             response = self.client.get(url)
         except httpx2.HTTPError as exc:
-            raise NetworkError(f"GET {url} failed: {type(exc).__name__}") from None
+            raise NetworkError(f"GET {public_url(url)} failed: {type(exc).__name__}") from None
         if response.status_code == 404:
             raise CollateralMissingError(
-                f"GET {url}: 404, the collateral service has nothing for this platform"
+                f"GET {public_url(url)}: 404, the collateral service has nothing for this platform"
             )
         if response.status_code != 200:
-            raise NetworkError(f"GET {url}: HTTP {response.status_code}, expected 200")
+            raise NetworkError(f"GET {public_url(url)}: HTTP {response.status_code}, expected 200")
         body = response.content
         if len(body) > MAX_RESPONSE_SIZE:
-            raise NetworkError(f"GET {url}: response of {len(body)} bytes is too large")
+            raise NetworkError(f"GET {public_url(url)}: response of {len(body)} bytes is too large")
         chain = b""
         if chain_header:
             raw = response.headers.get(chain_header)
             if raw is None:
-                raise CollateralMissingError(f"GET {url}: no {chain_header} header")
+                raise CollateralMissingError(f"GET {public_url(url)}: no {chain_header} header")
             chain = urllib.parse.unquote(raw).encode()
         expires_at = _next_update(kind, body)
         if expires_at is not None and now < expires_at:
-            record = {"url": url, "expires": expires_at.isoformat(), "body": body.hex(), "chain": chain.hex()}
+            record = {
+                "url": public_url(url),
+                "expires": expires_at.isoformat(),
+                "body": body.hex(),
+                "chain": chain.hex(),
+            }
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, json.dumps(record).encode())
         return body, chain

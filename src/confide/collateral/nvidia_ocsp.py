@@ -26,6 +26,7 @@ from typing import Protocol
 import httpx2
 from cryptography import x509
 
+from confide.collateral import public_url
 from confide.errors import CollateralMissingError, NetworkError, ParseError, UsageError
 from confide.verify.ocsp import MAX_RESPONSE_SIZE, NONCE_SIZE, OcspResponse, ocsp_request_der
 
@@ -93,17 +94,20 @@ class HttpOcspSource:
             with self._client.stream("POST", self.url, content=body, headers=headers) as resp:
                 if resp.status_code != _HTTP_OK:
                     raise NetworkError(
-                        f"OCSP responder {self.url}: got HTTP {resp.status_code}, expected 200"
+                        f"OCSP responder {public_url(self.url)}: got HTTP {resp.status_code}, expected 200"
                     )
                 data = bytearray()
                 for chunk in resp.iter_bytes():
                     data += chunk
                     if len(data) > MAX_RESPONSE_SIZE:
                         raise ParseError(
-                            f"more than {MAX_RESPONSE_SIZE} bytes", structure=f"OCSP response from {self.url}"
+                            f"more than {MAX_RESPONSE_SIZE} bytes",
+                            structure=f"OCSP response from {public_url(self.url)}",
                         )
         except httpx2.HTTPError as exc:
-            raise NetworkError(f"OCSP responder {self.url}: {type(exc).__name__}: {exc}") from None
+            raise NetworkError(
+                f"OCSP responder {public_url(self.url)}: {type(exc).__name__}: {exc}"
+            ) from None
         return OcspResponse(bytes(data), nonce)
 
 
