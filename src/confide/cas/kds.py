@@ -34,7 +34,6 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -51,6 +50,7 @@ from confide.collateral.amd_kds import (
 )
 from confide.errors import CertificateChainError, CollateralMissingError, ConfideError, ParseError
 from confide.evidence.sev_snp import AttestationReport, SigningKey
+from confide.lru import Lru
 from confide.verify.sev_snp import AmdChain, AmdRootStore, VekKind, load_certificates, verify_vek_chain
 
 __all__ = [
@@ -212,9 +212,9 @@ class KdsVcekCache:
         self.memory_entries = memory_entries
         self.disk_veks = disk_veks
         self.monotonic = monotonic
-        self._lock = threading.Lock()
-        self._memory: OrderedDict[_Key, FetchedVek] = OrderedDict()
-        self._failures: OrderedDict[_Key, tuple[float, ConfideError]] = OrderedDict()
+        self._lock = threading.Lock()  # guards _flights
+        self._memory: Lru[_Key, FetchedVek] = Lru(memory_entries)
+        self._failures: Lru[_Key, tuple[float, ConfideError]] = Lru(memory_entries)
         self._flights: dict[_Key, _Flight] = {}
         self.fetches = 0  # calls of source.fetch (for tests)
         self.stats = FetchStats()  # the same calls, timed, with their outcome (for /metrics)
@@ -225,27 +225,15 @@ class KdsVcekCache:
     def cached(self, request: AmdCollateralRequest, at: datetime) -> FetchedVek | None:
         """The verified collateral in memory, if it is there and its CRL current at ``at``."""
         key = _key(request)
-        with self._lock:
-            hit = self._memory.get(key)
-            if hit is None or not hit.current(at):
-                return None
-            self._memory.move_to_end(key)
-            return hit
+        hit = self._memory.get(key)
+        return hit if hit is not None and hit.current(at) else None
 
     def _remember(self, key: _Key, fetched: FetchedVek) -> None:
-        with self._lock:
-            self._memory[key] = fetched
-            self._memory.move_to_end(key)
-            while len(self._memory) > self.memory_entries:
-                self._memory.popitem(last=False)
-            self._failures.pop(key, None)
+        self._memory.put(key, fetched)
+        self._failures.pop(key)
 
     def _failed(self, key: _Key, exc: ConfideError) -> None:
-        with self._lock:
-            self._failures[key] = (self.monotonic(), exc)
-            self._failures.move_to_end(key)
-            while len(self._failures) > self.memory_entries:
-                self._failures.popitem(last=False)
+        self._failures.put(key, (self.monotonic(), exc))
 
     # -- the two entry points ------------------------------------------------------------------
 
@@ -263,8 +251,7 @@ class KdsVcekCache:
         if hit is not None:
             return hit
         key = _key(request)
-        with self._lock:
-            failed = self._failures.get(key)
+        failed = self._failures.get(key)
         if failed is not None and self.monotonic() - failed[0] < FAILURE_GRACE:
             raise copy.copy(failed[1])
         return self.fetch(request, at)
