@@ -32,7 +32,6 @@ import contextlib
 import copy
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from pathlib import Path
 from cryptography import x509
 
 from confide.cas.fetch_stats import FetchStats
+from confide.cas.flight import SingleFlight
 from confide.collateral.amd_kds import (
     AmdCollateral,
     AmdCollateralRequest,
@@ -174,15 +174,6 @@ def _verified(
     return FetchedVek(certs[0], chain, crl, at)
 
 
-@dataclass
-class _Flight:
-    """One fetch under way: the attestations that need the same VCEK wait for it."""
-
-    done: threading.Event
-    result: FetchedVek | None = None
-    error: ConfideError | None = None
-
-
 class KdsVcekCache:
     """VCEKs for the CAS: memory, then ``directory`` (``None``: memory only), then ``source``
     (module docstring). ``roots``: the roots the CAS verifies SEV-SNP evidence with (the pinned
@@ -212,10 +203,9 @@ class KdsVcekCache:
         self.memory_entries = memory_entries
         self.disk_veks = disk_veks
         self.monotonic = monotonic
-        self._lock = threading.Lock()  # guards _flights
         self._memory: Lru[_Key, FetchedVek] = Lru(memory_entries)
         self._failures: Lru[_Key, tuple[float, ConfideError]] = Lru(memory_entries)
-        self._flights: dict[_Key, _Flight] = {}
+        self._flights: SingleFlight[_Key, FetchedVek] = SingleFlight()
         self.fetches = 0  # calls of source.fetch (for tests)
         self.stats = FetchStats()  # the same calls, timed, with their outcome (for /metrics)
         self.rejected_files = 0  # cached files that did not verify (removed, fetched again)
@@ -262,34 +252,26 @@ class KdsVcekCache:
         (unreachable, HTTP 404/429/5xx, a malformed answer), the verification error when what it
         answered does not verify."""
         key = _key(request)
+        loaded: list[FetchedVek] = []
+
+        def load() -> FetchedVek:
+            try:
+                fetched = self._load(request, at)
+            except ConfideError as exc:
+                self._failed(key, exc)
+                raise
+            self._remember(key, fetched)
+            loaded.append(fetched)
+            return fetched
+
         while True:
             hit = self.cached(request, at)
             if hit is not None:
                 return hit
-            with self._lock:
-                flight = self._flights.get(key)
-                leader = flight is None
-                if flight is None:
-                    flight = self._flights[key] = _Flight(threading.Event())
-            if not leader:
-                flight.done.wait()
-                if flight.error is not None:
-                    raise copy.copy(flight.error)
-                if flight.result is not None and flight.result.current(at):
-                    return flight.result
-                continue  # the flight's result is already stale at our time: try again
-            try:
-                flight.result = self._load(request, at)
-                self._remember(key, flight.result)
-                return flight.result
-            except ConfideError as exc:
-                flight.error = exc
-                self._failed(key, exc)
-                raise
-            finally:
-                with self._lock:
-                    del self._flights[key]
-                flight.done.set()
+            result = self._flights.run(key, load)
+            if loaded or result.current(at):
+                return result  # ours (loaded at our time), or another's that is current for us
+            # Another attestation's fetch, already stale at our time (its CRL falls due): again.
 
     # -- disk and source -----------------------------------------------------------------------
 

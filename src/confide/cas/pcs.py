@@ -42,15 +42,15 @@ import contextlib
 import copy
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
 
 from confide.cas.fetch_stats import FetchStats
+from confide.cas.flight import SingleFlight
 from confide.collateral.dcap import DcapCollateralSource
 from confide.errors import CollateralMissingError, ConfideError
 from confide.evidence.dcap import TeeType
@@ -88,15 +88,6 @@ class _Entry:
     fetched: float  # monotonic
 
 
-@dataclass
-class _Flight:
-    """One fetch under way: the attestations that need the same collateral wait for it."""
-
-    done: threading.Event = field(default_factory=threading.Event)
-    result: DcapCollateral | None = None
-    error: ConfideError | None = None
-
-
 class DcapCollateralCache:
     """DCAP collateral from ``source`` in memory (module docstring). ``where`` names the source
     in refusals (its URL). Thread-safe: prefetches run in worker threads."""
@@ -116,10 +107,9 @@ class DcapCollateralCache:
         self.max_entries = max_entries
         self.monotonic = monotonic
         self.stats = FetchStats()
-        self._lock = threading.Lock()  # for _flights
         self._memory: Lru[DcapKey, _Entry] = Lru(max_entries)
         self._failures: Lru[DcapKey, tuple[float, ConfideError]] = Lru(max_entries)
-        self._flights: dict[DcapKey, _Flight] = {}
+        self._flights: SingleFlight[DcapKey, DcapCollateral] = SingleFlight()
 
     @property
     def fetches(self) -> int:
@@ -191,28 +181,15 @@ class DcapCollateralCache:
     def fetch(self, key: DcapKey) -> DcapCollateral:
         """Blocking: ask the source, one fetch at a time per platform (the others wait for its
         outcome). Raises :class:`CollateralMissingError` when the source fails."""
-        with self._lock:
-            flight = self._flights.get(key)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[key] = _Flight()
-        if not leader:
-            flight.done.wait()
-            if flight.error is not None:
-                raise copy.copy(flight.error)
-            assert flight.result is not None
-            return flight.result
-        try:
-            flight.result = self._load(key)
-            return flight.result
-        except ConfideError as exc:
-            flight.error = exc
-            self._failed(key, exc)
-            raise
-        finally:
-            with self._lock:
-                del self._flights[key]
-            flight.done.set()
+
+        def load() -> DcapCollateral:
+            try:
+                return self._load(key)
+            except ConfideError as exc:
+                self._failed(key, exc)
+                raise
+
+        return self._flights.run(key, load)
 
     def _load(self, key: DcapKey) -> DcapCollateral:
         try:
