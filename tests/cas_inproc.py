@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -117,6 +118,20 @@ class InProcessClient:
     def attest(self, request: dict[str, Any]) -> dict[str, Any]:
         self.attested += 1
         return self.cas.attest(request)
+
+
+def evict_before_phase_one(cas: Cas, monkeypatch: pytest.MonkeyPatch, evict: Callable[[], None]) -> list[int]:
+    """Make ``evict()`` run between the prefetch and phase 1 of every attestation (as an LRU
+    eviction by other attestations' fetches would); returns how often it ran."""
+    begin, ran = cas.attest_begin, []
+
+    def evicted_first(request: Any, **kw: Any) -> Any:
+        evict()
+        ran.append(1)
+        return begin(request, **kw)
+
+    monkeypatch.setattr(cas, "attest_begin", evicted_first)
+    return ran
 
 
 def last_attestation(cas: Cas) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from snp_fakes import FakeAmd, cert_table, make_fake_amd
 
 from asgi_call import call
-from cas_inproc import Clock, RuntimeKey, last_attestation, production_cas, refused
+from cas_inproc import Clock, RuntimeKey, evict_before_phase_one, last_attestation, production_cas, refused
 from confide import errors
 from confide.cas.app import create_app
 from confide.cas.core import Cas
@@ -340,6 +340,45 @@ def test_the_http_route_fetches_in_a_worker_thread(kds: FakeKds, tmp_path: Path)
     assert 'confide_cas_collateral_fetch_seconds_count{source="kds"} 2.0' in metrics
 
 
+@pytest.mark.parametrize("up", [True, False])
+def test_phase_one_uses_its_prefetch_when_the_vcek_left_memory(
+    kds: FakeKds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, up: bool
+) -> None:
+    """Through the ASGI app: the VCEK (or the failure record) leaves memory (and disk) after
+    the prefetch, before phase 1. Phase 1 takes the prefetch's outcome: no fetch on the event
+    loop, and the verdict of an attestation without the eviction."""
+    if up:
+        kds.serve_amd(AMD, crl=CRL)
+    verdicts = []
+    for name, evicting in (("plain", False), ("evicted", True)):
+        cas = kds_cas(tmp_path / name, kds.url)
+        verifier = cas.verifier
+        assert isinstance(verifier, PlatformVerifier) and verifier.kds is not None
+        cache, source, threads = verifier.kds, verifier.kds.source, []
+
+        class Recording:
+            def fetch(self, request: AmdCollateralRequest) -> AmdCollateral:
+                threads.append(threading.current_thread().name)
+                return source.fetch(request)
+
+        cache.source = Recording()
+
+        def evict(cache: KdsVcekCache = cache, data: Path = tmp_path / name) -> None:
+            cache._memory.clear()
+            cache._failures.clear()
+            for der in (data / "kds-cache").rglob("*.der"):
+                der.unlink()
+
+        ran = evict_before_phase_one(cas, monkeypatch, evict) if evicting else []
+        status, _out = call(create_app(cas), "/v1/attest", [json.dumps(snp_request(cas)[1]).encode()])
+        assert threads and threading.main_thread().name not in threads
+        assert len(threads) == 1 and ran == ([1] if evicting else [])
+        event = last_attestation(cas)
+        verdicts.append((status, event["verdict"], event.get("reason_class"), event.get("vcek_source")))
+    assert verdicts[0] == verdicts[1]
+    assert verdicts[0][:2] == ((200, "accepted") if up else (403, "refused"))
+
+
 def test_one_fetch_for_concurrent_attestations_of_the_same_chip(tmp_path: Path) -> None:
     """Two attestations that need the same VCEK at once share one fetch (the second waits)."""
     started, release = threading.Event(), threading.Event()
@@ -387,7 +426,8 @@ def test_a_failed_fetch_is_shared_by_the_waiters_and_reported_by_phase_one(tmp_p
 
     cache = KdsVcekCache(Down(), None, AMD.roots(), where="AMD KDS fake")
     request = vek_request(AMD.sign(AMD.report()))
-    cache.prefetch(request, NOW)  # raises nothing
+    outcome = cache.prefetch(request, NOW)  # raises nothing: returns the error
+    assert isinstance(outcome, errors.CollateralMissingError)
     assert calls == [1]
     with pytest.raises(
         errors.CollateralMissingError, match="fetching it from AMD KDS fake failed: NetworkError"
@@ -443,12 +483,14 @@ _B64 = st.binary(max_size=1300).map(lambda b: base64.b64encode(b).decode())
 def test_collateral_job_is_total_on_hostile_requests(idle_cas: Cas, evidence: Any, aux: Any) -> None:
     """The job is decided before phase 1 from hostile input: it never raises (phase 1 refuses)."""
     job = idle_cas.collateral_job({"platform": "sev-snp", "evidence": evidence, "aux": aux})
-    assert job is None or callable(job)
+    assert job is None or callable(job.fetch)
 
 
 def test_collateral_job_for_a_report_sent_without_its_vcek(idle_cas: Cas) -> None:
     _rt, body = snp_request(idle_cas)
-    assert callable(idle_cas.collateral_job(body))
+    job = idle_cas.collateral_job(body)
+    assert job is not None and callable(job.fetch)
     assert idle_cas.collateral_job({**body, "platform": "sim"}) is None
     _rt, empty = snp_request(idle_cas, aux={"auxblob": b""})  # an empty table: no VCEK sent
-    assert callable(idle_cas.collateral_job(empty))
+    job = idle_cas.collateral_job(empty)
+    assert job is not None and callable(job.fetch)

@@ -25,13 +25,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asgi_call import call, call_async
-from cas_inproc import Clock, RuntimeKey, last_attestation, production_cas, refused, sim_policy
+from cas_inproc import (
+    Clock,
+    RuntimeKey,
+    evict_before_phase_one,
+    last_attestation,
+    production_cas,
+    refused,
+    sim_policy,
+)
 from confide import errors
 from confide.cas.app import create_app
 from confide.cas.core import Cas
 from confide.cas.pcs import FAILURE_GRACE, DcapCollateralCache, DcapKey
 from confide.cas.server import prepare
-from confide.cas.verifier import PlatformVerifier
+from confide.cas.verifier import CollateralJob, PlatformVerifier
 from confide.collateral.dcap import PcsHttpSource
 from confide.evidence.dcap import Quote, TeeType
 from confide.evidence.dcap_collateral import DcapCollateral
@@ -105,6 +113,11 @@ def verified_then_unbound(cas: Cas, body: dict[str, Any], tee: str = "sgx") -> d
     return event
 
 
+def fetching(job: CollateralJob | None) -> bool:
+    """Whether ``job`` has anything to fetch (else phase 1 gets what was in memory)."""
+    return job is not None and job.fetch is not None
+
+
 def paths(tee: str, fmspc: str, ca: str) -> list[str]:
     return [
         f"/{tee}/certification/v4/tcb?fmspc={fmspc}",
@@ -126,8 +139,8 @@ def test_fetched_by_the_prefetch_then_served_from_memory(pcs: FakePcs, tmp_path:
     cas = pcs_cas(tmp_path / "cas", pcs.url)
     body = request(cas, tee)
     job = cas.collateral_job(body)
-    assert callable(job) and pcs.requests == []
-    job()
+    assert job is not None and fetching(job) and pcs.requests == []
+    job.run()
     assert pcs.requests == (SGX_PATHS if tee == "sgx" else TDX_PATHS)
     # Phase 1 finds it in memory: not one request more.
     refused(cas, body, errors.BindingError, "report data got")
@@ -135,7 +148,7 @@ def test_fetched_by_the_prefetch_then_served_from_memory(pcs: FakePcs, tmp_path:
     assert len(pcs.requests) == 4
     # The next attestation of the platform has nothing to prefetch, and asks nothing.
     again = request(cas, tee)
-    assert cas.collateral_job(again) is None
+    assert not fetching(cas.collateral_job(again))
     verified_then_unbound(cas, again, tee)
     assert len(pcs.requests) == 4 and cache_of(cas).fetches == 1
 
@@ -159,8 +172,8 @@ def test_a_restarted_cas_reads_the_current_collateral_from_the_disk_cache(
     cas = pcs_cas(tmp_path / "cas", pcs.url)  # nothing in memory
     body = request(cas)
     job = cas.collateral_job(body)
-    assert callable(job)
-    job()  # read from the source's disk cache (each response until its own nextUpdate)
+    assert job is not None and fetching(job)
+    job.run()  # read from the source's disk cache (each response until its own nextUpdate)
     assert len(pcs.requests) == 4
     verified_then_unbound(cas, body)
 
@@ -178,18 +191,18 @@ def test_collateral_past_its_next_update_is_fetched_again_by_the_prefetch(
     assert len(pcs.requests) == 4
     monotonic.now += 30 * 86400  # a month later
     clock.now = (NEXT_UPDATE - timedelta(seconds=1)).timestamp()
-    assert cas.collateral_job(request(cas, "tdx")) is None  # still current
+    assert not fetching(cas.collateral_job(request(cas, "tdx")))  # still current
     clock.now = (NEXT_UPDATE + timedelta(seconds=1)).timestamp()
     body = request(cas, "tdx")
-    assert callable(cas.collateral_job(body))
+    assert fetching(cas.collateral_job(body))
     refused(
         cas, body, errors.CollateralExpiredError, "PCK CRL has expired: next update was 2025-07-19T10:00:35"
     )
     assert pcs.requests[4:] == [TDX_PATHS[2]]  # the PCK CRL was the first due; the others are on disk
     # What the PCS served is out of date too: not asked again for FAILURE_GRACE seconds.
-    assert cas.collateral_job(request(cas, "tdx")) is None
+    assert not fetching(cas.collateral_job(request(cas, "tdx")))
     monotonic.now += FAILURE_GRACE
-    assert callable(cas.collateral_job(request(cas, "tdx")))
+    assert fetching(cas.collateral_job(request(cas, "tdx")))
     assert len(pcs.requests) == 5  # phase 1 took what the prefetch fetched
 
 
@@ -231,8 +244,8 @@ def test_azure_tdx_vtpm_evidence_has_its_td_quotes_collateral_prefetched(tmp_pat
         cas = pcs_cas(tmp_path / "cas", pcs.url, clock)
         body = RuntimeKey(cas).body(policy="app", service="svc", platform="az-tdx-vtpm", evidence=evidence)
         job = cas.collateral_job(body)
-        assert callable(job)
-        job()
+        assert job is not None and fetching(job)
+        job.run()
         assert pcs.requests == asked
         refused(cas, body, errors.BindingError, "az-tdx-vtpm nonce got 6368616c6c656e6765")
         assert pcs.requests == asked and last_attestation(cas)["tcb_status"] == "OutOfDate"
@@ -282,7 +295,7 @@ def test_an_unreachable_pcs_is_refused_then_asked_again_after_the_grace(pcs: Fak
     cache.source = PcsHttpSource(pcs.url, cache_dir=tmp_path / "pcs-cache", clock=lambda: NOW)
     verified_then_unbound(cas, request(cas))
     assert cache.fetches == 2 and len(pcs.requests) == 4
-    # After the grace, a phase 1 that nothing prefetched for asks itself (the documented race).
+    # After the grace, a caller that ran no prefetch (in process) asks itself.
     monotonic.now += FAILURE_GRACE + 1
     assert cache.get(DcapKey(*pck_info(Quote.from_bytes(SGX.quote_bytes())), TeeType.SGX), NOW)
 
@@ -431,6 +444,43 @@ def test_the_api_fetches_in_a_worker_thread_refuses_with_403_and_counts(pcs: Fak
     assert 'source="kds"' not in metrics  # not configured
 
 
+@pytest.mark.parametrize("up", [True, False])
+def test_phase_one_uses_its_prefetch_when_the_collateral_left_memory(
+    pcs: FakePcs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, up: bool
+) -> None:
+    """Through the ASGI app: the collateral (or the failure record) leaves memory after the
+    prefetch, before phase 1. Phase 1 takes the prefetch's outcome: no fetch on the event loop,
+    and the verdict of an attestation without the eviction."""
+    if not up:
+        pcs.behaviour = lambda _path: (503, b"", {})
+    verdicts = []
+    for name, evicting in (("plain", False), ("evicted", True)):
+        cas = pcs_cas(tmp_path / name / "cas", pcs.url)
+        cache, threads = cache_of(cas), []
+        source = cache.source
+
+        class Recording:
+            def get_collateral(self, *, fmspc: bytes, ca: str, tee: TeeType) -> DcapCollateral:
+                threads.append(threading.current_thread().name)
+                return source.get_collateral(fmspc=fmspc, ca=ca, tee=tee)
+
+        cache.source = Recording()
+
+        def evict(cache: DcapCollateralCache = cache) -> None:
+            cache._memory.clear()
+            cache._failures.clear()
+
+        ran = evict_before_phase_one(cas, monkeypatch, evict) if evicting else []
+        status, _out = call(create_app(cas), "/v1/attest", [json.dumps(request(cas, "tdx")).encode()])
+        assert threads and threading.main_thread().name not in threads
+        assert len(threads) == 1 and ran == ([1] if evicting else [])
+        event = last_attestation(cas)
+        verdicts.append((status, event["verdict"], event.get("reason_class"), event.get("tcb_status")))
+    assert verdicts[0] == verdicts[1]
+    expected = ("BindingError", STATUS["tdx"]) if up else ("CollateralMissingError", None)
+    assert verdicts[0] == (403, "refused", *expected)
+
+
 def test_prepare_with_a_collateral_url_prefetches(tmp_path: Path) -> None:
     cas, *_ = prepare(
         tmp_path / "cas", host="127.0.0.1", dev=False, db_url=None, collateral="https://pccs.example:8081"
@@ -467,6 +517,6 @@ def test_collateral_job_is_total_on_hostile_requests(
 
 
 def test_collateral_job_for_a_quote_sent_without_collateral(idle_cas: Cas) -> None:
-    assert callable(idle_cas.collateral_job(request(idle_cas, "sgx")))
-    assert callable(idle_cas.collateral_job(request(idle_cas, "tdx")))
+    assert fetching(idle_cas.collateral_job(request(idle_cas, "sgx")))
+    assert fetching(idle_cas.collateral_job(request(idle_cas, "tdx")))
     assert idle_cas.collateral_job({**request(idle_cas, "sgx"), "platform": "sim"}) is None

@@ -27,6 +27,7 @@ from confide.cas.core import Cas
 from confide.cas.db import WriteBatcher, raw_connection
 from confide.cas.fetch_stats import BUCKETS, FetchStats
 from confide.cas.own_evidence import CasEvidence
+from confide.cas.verifier import Prefetched
 from confide.errors import ConfideError, ParseError
 from confide.ledger.serve import serve as serve_log
 
@@ -206,13 +207,19 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
         # Phase 1 on the event loop: CPU-bound (verification, appraisal, rendering), so a thread
         # hand-off would cost more than it saves. Collateral it would fetch (DCAP collateral from
         # Intel PCS or a PCCS, an SEV-SNP VCEK from AMD KDS, OCSP responses for NVIDIA GPU
-        # chains) is fetched first, in a thread: phase 1 then finds it in memory. Phase 2 (spend
-        # the nonce, record the outcome) goes to the group commit: the loop goes on with other
-        # requests while the disk syncs.
+        # chains) is fetched first, in a thread, and handed to phase 1 with what was in memory
+        # already (a Prefetched): phase 1 never fetches on the loop, even when the shared caches
+        # dropped the entries meanwhile. No thread hand-off when everything was in memory.
+        # Phase 2 (spend the nonce, record the outcome) goes to the group commit: the loop goes
+        # on with other requests while the disk syncs.
         job = cas.collateral_job(request)
-        if job is not None:
-            await asyncio.to_thread(job)
-        pending = cas.attest_begin(request)
+        if job is None:
+            prefetched = Prefetched()
+        elif job.fetch is None:
+            prefetched = job.found
+        else:
+            prefetched = await asyncio.to_thread(job.run)
+        pending = cas.attest_begin(request, prefetched=prefetched)
         await writer.submit_async(pending.commit)
         try:
             out = pending.result()

@@ -45,7 +45,7 @@ from confide.cas.secrets import (
     render,
     template_value,
 )
-from confide.cas.verifier import GpuEvidence, check_binding, split_gpu_aux
+from confide.cas.verifier import CollateralJob, GpuEvidence, Prefetched, check_binding, split_gpu_aux
 from confide.errors import (
     AccessDeniedError,
     AppraisalError,
@@ -109,10 +109,17 @@ _DCAP_PLATFORMS = frozenset(p.value for p in (Platform.SGX, Platform.TDX, Platfo
 
 class EvidenceVerifier(Protocol):
     """One method: verify evidence of ``platform`` at ``at`` (collateral is the verifier's
-    business: a configured source, or ``aux`` blobs sent with the evidence)."""
+    business: a configured source, or ``aux`` blobs sent with the evidence; ``prefetched``: what
+    its ``collateral_job``, if it has one, fetched for this attestation)."""
 
     def verify(
-        self, platform: Platform, evidence: bytes, aux: dict[str, bytes], *, at: datetime
+        self,
+        platform: Platform,
+        evidence: bytes,
+        aux: dict[str, bytes],
+        *,
+        at: datetime,
+        prefetched: Prefetched | None = None,
     ) -> VerifiedEvidence: ...
 
 
@@ -921,15 +928,17 @@ class Cas:
         if seen.rowcount != 1:
             raise BindingError("this evidence was presented before (replay)")
 
-    def collateral_job(self, request: Any) -> Callable[[], None] | None:
-        """The blocking collateral fetch that phase 1 of ``request`` would need (the DCAP
+    def collateral_job(self, request: Any) -> CollateralJob | None:
+        """The collateral that phase 1 of ``request`` would need from a source (the DCAP
         collateral of an SGX/TDX quote's platform, with ``cas serve --collateral URL``:
         :mod:`confide.cas.pcs`; SEV-SNP evidence without its VCEK, with ``cas serve --kds``:
         :mod:`confide.cas.kds`; the OCSP responses for NVIDIA reports, GPU-only or ``gpu<k>``
         blobs of a composite request, with ``cas serve --nvidia-ocsp``:
-        :mod:`confide.cas.revocation`), to run before :meth:`attest_begin` and off the event loop;
-        ``None`` when there is none. Cheap for every other request; never raises (phase 1
-        refuses what is malformed)."""
+        :mod:`confide.cas.revocation`): what is in memory now (``found``), and a blocking
+        ``fetch`` of the rest to run before :meth:`attest_begin` and off the event loop
+        (:class:`~confide.cas.verifier.CollateralJob`); hand its ``run()`` to
+        :meth:`attest_begin` as ``prefetched``. ``None`` when there is none. Cheap for every
+        other request; never raises (phase 1 refuses what is malformed)."""
         if not isinstance(request, dict):
             return None
         raw_aux = request.get("aux")
@@ -954,22 +963,25 @@ class Cas:
         except ValueError:
             return None
         at = datetime.fromtimestamp(self.clock(), UTC)
-        result: Callable[[], None] | None = job(platform, evidence, aux, at=at)
+        result: CollateralJob | None = job(platform, evidence, aux, at=at)
         return result
 
     def attest(self, request: Any) -> dict[str, Any]:
         """Verify, bind, appraise, release. Returns the release encrypted to the runtime key."""
         job = self.collateral_job(request)
-        if job is not None:
-            job()
-        pending = self.attest_begin(request)
+        pending = self.attest_begin(request, prefetched=job.run() if job is not None else None)
         with self.db.write() as conn:
             pending.commit(conn)
         return pending.result()
 
-    def attest_begin(self, request: Any, *, _renewals: int = 0) -> PendingAttestation:
+    def attest_begin(
+        self, request: Any, *, prefetched: Prefetched | None = None, _renewals: int = 0
+    ) -> PendingAttestation:
         """Phase 1 of :meth:`attest`, without the write lock: parse, verify, bind, appraise and
-        render against the policy versions current now. Raises :class:`ParseError` for a
+        render against the policy versions current now. ``prefetched``: what the job of
+        :meth:`collateral_job` returned for this request (then no collateral is fetched here:
+        what it lacks and memory lacks is refused); ``None``: what is missing from memory is
+        fetched, blocking (callers that ran no prefetch). Raises :class:`ParseError` for a
         malformed request (nothing recorded); every other outcome is recorded by the returned
         attestation's :meth:`PendingAttestation.commit`, in a write transaction of the caller's
         choosing (one of its own, or a group commit shared with other attestations)."""
@@ -1014,14 +1026,14 @@ class Cas:
             self._check_nonce_mac(nonce)
             cpu_aux, gpus = split_gpu_aux(platform, aux)
             # Verify (signatures, chains, collateral).
-            verified = self.verifier.verify(platform, evidence, cpu_aux, at=at)
+            verified = self.verifier.verify(platform, evidence, cpu_aux, at=at, prefetched=prefetched)
             outcome.update(_evidence_summary(verified))
             # The evidence binds the runtime's key and our nonce.
             binding = binding_report_data(key_der, nonce)
             check_binding(verified, binding)
             # Composite attestation: every GPU report sent with it is verified and bound to the
             # same key and nonce (its SPDM requester nonce), so all pieces belong to this request.
-            devices = self._verify_gpus(gpus, binding, outcome, at)
+            devices = self._verify_gpus(gpus, binding, outcome, at, prefetched)
             # Appraise against the service's policy, then render its configuration.
             with self.db.read() as conn:
                 head = raw_execute(
@@ -1061,18 +1073,25 @@ class Cas:
             except ConfideError as exc:
                 pending.refused = exc
                 return pending
-            return self.attest_begin(request, _renewals=_renewals + 1)
+            return self.attest_begin(request, prefetched=prefetched, _renewals=_renewals + 1)
         return pending
 
     def _verify_gpus(
-        self, gpus: list[GpuEvidence], binding: bytes, outcome: dict[str, Any], at: datetime
+        self,
+        gpus: list[GpuEvidence],
+        binding: bytes,
+        outcome: dict[str, Any],
+        at: datetime,
+        prefetched: Prefetched | None,
     ) -> list[VerifiedEvidence]:
         """Verify and bind the GPU reports of a composite request; each verified GPU is recorded
         in ``outcome["gpus"]`` (a refusal names the slot of the GPU that failed)."""
         devices: list[VerifiedEvidence] = []
         for gpu in gpus:
             try:
-                device = self.verifier.verify(Platform.NVIDIA_GPU, gpu.report, gpu.aux, at=at)
+                device = self.verifier.verify(
+                    Platform.NVIDIA_GPU, gpu.report, gpu.aux, at=at, prefetched=prefetched
+                )
                 outcome.setdefault("gpus", []).append(_gpu_summary(gpu.slot, device))
                 check_binding(device, binding)
             except ConfideError as exc:

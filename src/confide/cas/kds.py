@@ -28,7 +28,6 @@ loop. Two attestations that need the same VCEK at once share one fetch.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -58,6 +57,7 @@ __all__ = [
     "MEMORY_ENTRIES",
     "FetchedVek",
     "KdsVcekCache",
+    "vek_key",
     "vek_request",
     "verified_collateral",
 ]
@@ -129,7 +129,8 @@ def vek_request(evidence: bytes) -> AmdCollateralRequest:
     return AmdCollateralRequest.for_report(report, product)
 
 
-def _key(request: AmdCollateralRequest) -> _Key:
+def vek_key(request: AmdCollateralRequest) -> tuple[str, str, str, int]:
+    """What the VCEK of ``request`` is kept by (product, kind, chip id, reported TCB)."""
     return (request.product.value, request.kind.value, request.hwid, request.reported_tcb.raw)
 
 
@@ -214,7 +215,7 @@ class KdsVcekCache:
 
     def cached(self, request: AmdCollateralRequest, at: datetime) -> FetchedVek | None:
         """The verified collateral in memory, if it is there and its CRL current at ``at``."""
-        key = _key(request)
+        key = vek_key(request)
         hit = self._memory.get(key)
         return hit if hit is not None and hit.current(at) else None
 
@@ -227,11 +228,14 @@ class KdsVcekCache:
 
     # -- the two entry points ------------------------------------------------------------------
 
-    def prefetch(self, request: AmdCollateralRequest, at: datetime) -> None:
-        """Blocking (run it off the event loop): bring the collateral into memory. An error is
-        kept for :meth:`get` (which reports it) and not raised here."""
-        with contextlib.suppress(ConfideError):
-            self.fetch(request, at)
+    def prefetch(self, request: AmdCollateralRequest, at: datetime) -> FetchedVek | ConfideError:
+        """Blocking (run it off the event loop): bring the collateral into memory, and return it
+        (for phase 1 of the attestation that asked: ``PlatformVerifier.collateral_job``), or the
+        error of the fetch (also kept for :meth:`get`), not raised here."""
+        try:
+            return self.fetch(request, at)
+        except ConfideError as exc:
+            return copy.copy(exc)
 
     def get(self, request: AmdCollateralRequest, at: datetime) -> FetchedVek:
         """Phase 1 of an attestation: the collateral from memory; else the error of the fetch
@@ -240,7 +244,7 @@ class KdsVcekCache:
         hit = self.cached(request, at)
         if hit is not None:
             return hit
-        key = _key(request)
+        key = vek_key(request)
         failed = self._failures.get(key)
         if failed is not None and self.monotonic() - failed[0] < FAILURE_GRACE:
             raise copy.copy(failed[1])
@@ -251,7 +255,7 @@ class KdsVcekCache:
         wait for its outcome). Errors: :class:`CollateralMissingError` when the source fails
         (unreachable, HTTP 404/429/5xx, a malformed answer), the verification error when what it
         answered does not verify."""
-        key = _key(request)
+        key = vek_key(request)
         loaded: list[FetchedVek] = []
 
         def load() -> FetchedVek:

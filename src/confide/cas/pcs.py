@@ -38,7 +38,6 @@ cause: a refusal recorded with the attestation.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -155,14 +154,27 @@ class DcapCollateralCache:
 
     # -- the two entry points --------------------------------------------------------------------
 
-    def prefetch(self, key: DcapKey, at: datetime) -> None:
+    def found(self, key: DcapKey, at: datetime) -> DcapCollateral | None:
+        """No I/O: the collateral phase 1 would take from memory without asking the source (the
+        current one, else the one fetched in the last :data:`FAILURE_GRACE` seconds), if any."""
+        hit = self.cached(key, at)
+        if hit is not None:
+            return hit
+        recent = self._recent(key)
+        return recent.collateral if isinstance(recent, _Entry) else None
+
+    def prefetch(self, key: DcapKey, at: datetime) -> DcapCollateral | ConfideError:
         """Blocking (run it off the event loop): bring current collateral into memory unless it
-        is there (or :meth:`wanted` says otherwise). An error is kept for :meth:`get` (which
-        reports it), not raised here."""
-        if not self.wanted(key, at):
-            return
-        with contextlib.suppress(ConfideError):
-            self.fetch(key)
+        is there (or :meth:`wanted` says otherwise), and return what phase 1 of the attestation
+        that asked is to use (``PlatformVerifier.collateral_job``): the collateral, or the error
+        of the fetch (also kept for :meth:`get`), not raised here."""
+        found = self.found(key, at)
+        if found is not None:
+            return found
+        try:
+            return self.fetch(key)
+        except ConfideError as exc:
+            return copy.copy(exc)
 
     def get(self, key: DcapKey, at: datetime) -> DcapCollateral:
         """Phase 1 of an attestation: the current collateral from memory; else the outcome of

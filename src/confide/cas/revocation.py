@@ -54,7 +54,7 @@ from confide.errors import ConfideError
 from confide.lru import Lru
 from confide.verify.ocsp import OcspResponse, verify_ocsp_response
 
-__all__ = ["FAILURE_GRACE", "MAX_ENTRIES", "NO_NEXT_UPDATE_TTL", "OcspCache"]
+__all__ = ["FAILURE_GRACE", "MAX_ENTRIES", "NO_NEXT_UPDATE_TTL", "OcspCache", "ocsp_key"]
 
 NO_NEXT_UPDATE_TTL = timedelta(minutes=5)
 MAX_ENTRIES = 4096
@@ -93,16 +93,20 @@ class OcspCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def prefetch(self, cert: x509.Certificate, issuer: x509.Certificate, *, at: datetime) -> bool:
+    def prefetch(
+        self, cert: x509.Certificate, issuer: x509.Certificate, *, at: datetime
+    ) -> OcspResponse | ConfideError:
         """Blocking (run it off the event loop): bring a good response into memory unless one is
-        there; whether one is. An error is kept for :meth:`get` (which reports it), not raised."""
-        if self.cached(cert, issuer, at=at) is not None:
-            return True
+        there, and return it (for phase 1 of the attestation that asked:
+        ``PlatformVerifier.collateral_job``), or the error of the fetch (also kept for
+        :meth:`get`), not raised here."""
+        cached = self.cached(cert, issuer, at=at)
+        if cached is not None:
+            return cached
         try:
-            self.fetch(cert, issuer, at=at)
-        except ConfideError:
-            return False
-        return True
+            return self.fetch(cert, issuer, at=at)
+        except ConfideError as exc:
+            return copy.copy(exc)
 
     def get(self, cert: x509.Certificate, issuer: x509.Certificate, *, at: datetime) -> OcspResponse:
         """Phase 1 of an attestation: the cached response; else the error of the fetch tried in
@@ -111,7 +115,7 @@ class OcspCache:
         cached = self.cached(cert, issuer, at=at)
         if cached is not None:
             return cached
-        failed = self._failures.get(_key(cert, issuer))
+        failed = self._failures.get(ocsp_key(cert, issuer))
         if failed is not None and self.monotonic() - failed[0] < FAILURE_GRACE:
             raise copy.copy(failed[1])
         return self.fetch(cert, issuer, at=at)
@@ -120,7 +124,7 @@ class OcspCache:
         self, cert: x509.Certificate, issuer: x509.Certificate, *, at: datetime
     ) -> OcspResponse | None:
         """The cached response about ``cert`` usable at ``at`` (module docstring), or ``None``."""
-        entry = self._entries.get(_key(cert, issuer))
+        entry = self._entries.get(ocsp_key(cert, issuer))
         if entry is None or not entry.stored_at <= at < entry.expires:
             return None
         return entry.response
@@ -132,7 +136,7 @@ class OcspCache:
         (``RevocationError`` for a revoked or unknown certificate)."""
         with self._count_lock:
             self.fetches += 1
-        key = _key(cert, issuer)
+        key = ocsp_key(cert, issuer)
         try:
             with self.stats.timed():
                 fetched = self.source.fetch(cert, issuer)
@@ -145,7 +149,7 @@ class OcspCache:
         return fetched
 
 
-def _key(cert: x509.Certificate, issuer: x509.Certificate) -> tuple[bytes, int]:
+def ocsp_key(cert: x509.Certificate, issuer: x509.Certificate) -> tuple[bytes, int]:
     """(SHA-256 of the issuer's SubjectPublicKeyInfo, serial number): what a CertID names."""
     return _key_hash(issuer), cert.serial_number
 

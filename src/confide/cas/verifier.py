@@ -36,8 +36,19 @@ not verify (wrong signer, nonce or CertID, out of its validity window, malformed
 classes, a malformed response as ``CollateralError``) refuse too, their messages starting with
 "revocation check". The fetches run before phase 1, off the event loop
 (:meth:`PlatformVerifier.collateral_job`); :meth:`PlatformVerifier.verify` takes the responses
-from memory (:mod:`confide.cas.revocation`). Without it nothing is fetched and the claims say
+from what that prefetch handed it (:class:`Prefetched`), then from memory
+(:mod:`confide.cas.revocation`). Without it nothing is fetched and the claims say
 ``revocation_checked: false``.
+
+Prefetch (all three fetching sources: DCAP collateral from a URL, AMD KDS VCEKs, OCSP): the job
+of :meth:`PlatformVerifier.collateral_job` runs in a worker thread before phase 1 and returns a
+:class:`Prefetched`, this attestation's own outcomes (what was in memory when the job was made,
+what it fetched, or the error it ran into), which phase 1 gets as ``verify(..., prefetched=)``.
+Phase 1 takes from it first, so it does not depend on the shared caches still holding the
+entries (another attestation's fetch may evict them meanwhile, or they may fall due); with a
+``prefetched`` it never asks a source itself: what is neither in it nor in memory is refused
+(:class:`~confide.errors.CollateralMissingError`, "attest again"). Without one (in-process
+callers that ran no prefetch) it fetches what is missing, blocking.
 
 Roots are the embedded, pinned ones; the constructor's overrides exist for test PKIs and are
 never taken from a request.
@@ -45,24 +56,27 @@ never taken from a request.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hmac
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
+from types import MappingProxyType
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from confide.cas.fetch_stats import FetchStats
-from confide.cas.kds import KdsVcekCache, vek_request
+from confide.cas.kds import FetchedVek, KdsVcekCache, vek_key, vek_request
 from confide.cas.pcs import DcapCollateralCache, DcapKey
-from confide.cas.revocation import OcspCache
+from confide.cas.revocation import OcspCache, ocsp_key
 from confide.collateral import public_url
-from confide.collateral.amd_kds import AmdCollateralSource
+from confide.collateral.amd_kds import AmdCollateralRequest, AmdCollateralSource
 from confide.collateral.dcap import DcapCollateralSource, PcsHttpSource
 from confide.errors import (
     BindingError,
@@ -95,13 +109,80 @@ from confide.verify.sev_snp import AmdRootStore, SnpVerifier
 from confide.verify.sim import verify_sim
 from confide.verify.x509util import load_certificate_chain
 
-__all__ = ["MAX_GPUS", "MAX_RIMS", "GpuEvidence", "PlatformVerifier", "check_binding", "split_gpu_aux"]
+__all__ = [
+    "MAX_GPUS",
+    "MAX_RIMS",
+    "CollateralJob",
+    "GpuEvidence",
+    "PlatformVerifier",
+    "Prefetched",
+    "check_binding",
+    "split_gpu_aux",
+]
 
 NVIDIA_CERTS = "certs"
 NVIDIA_RIM_PREFIX = "rim:"
 MAX_RIMS = 16
 GPU_PREFIX = "gpu"
 _GPU_KEY = re.compile(r"gpu(0|[1-9][0-9]{0,2})(?:\.(certs|rim:.*))?", re.DOTALL)
+
+
+_VekKey = tuple[str, str, str, int]
+_OcspKey = tuple[bytes, int]
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _frozen(items: Mapping[_K, _V] | None = None) -> Mapping[_K, _V]:
+    return MappingProxyType(dict(items or {}))
+
+
+@dataclass(frozen=True)
+class Prefetched:
+    """The collateral fetched (or found in memory) for one attestation before its phase 1, or
+    the error its fetch ran into, per key (module docstring, "Prefetch"): VCEKs by
+    :func:`~confide.cas.kds.vek_key`, DCAP collateral by :class:`DcapKey`, OCSP responses by
+    :func:`~confide.cas.revocation.ocsp_key`. Immutable; an error is raised as a copy."""
+
+    veks: Mapping[_VekKey, FetchedVek | ConfideError] = field(default_factory=_frozen)
+    dcap: Mapping[DcapKey, DcapCollateral | ConfideError] = field(default_factory=_frozen)
+    ocsp: Mapping[_OcspKey, OcspResponse | ConfideError] = field(default_factory=_frozen)
+
+    def merged(self, other: Prefetched) -> Prefetched:
+        """Both; ``other``'s outcome where both have one (it is the later)."""
+        return Prefetched(
+            _frozen({**self.veks, **other.veks}),
+            _frozen({**self.dcap, **other.dcap}),
+            _frozen({**self.ocsp, **other.ocsp}),
+        )
+
+
+@dataclass(frozen=True)
+class CollateralJob:
+    """What :meth:`PlatformVerifier.collateral_job` made for one request: ``found``, what phase
+    1 will use that was in memory already (taken without I/O), and ``fetch``, the blocking job
+    that fetches the rest (run it off the event loop; ``None``: nothing to fetch)."""
+
+    found: Prefetched
+    fetch: Callable[[], Prefetched] | None = None
+
+    def run(self) -> Prefetched:
+        """Blocking when :attr:`fetch` is set: everything phase 1 is to be handed."""
+        return self.found if self.fetch is None else self.found.merged(self.fetch())
+
+
+def _outcome(value: _V | ConfideError) -> _V:
+    """A prefetched value, or its error raised (a copy: a refusal's message may be amended)."""
+    if isinstance(value, ConfideError):
+        raise copy.copy(value)
+    return value
+
+
+def _not_prefetched(what: str) -> CollateralMissingError:
+    return CollateralMissingError(
+        f"{what} was not fetched before this attestation's verification (it left memory"
+        " meanwhile), and the CAS does not fetch it during verification: attest again"
+    )
 
 
 @dataclass(frozen=True)
@@ -211,14 +292,15 @@ class PlatformVerifier:
 
     def collateral_job(
         self, platform: Platform, evidence: bytes, aux: dict[str, bytes], *, at: datetime
-    ) -> Callable[[], None] | None:
-        """What :meth:`verify` would fetch for this evidence, as a blocking job to run before it
-        (off the CAS's event loop), or ``None`` when it fetches nothing: SEV-SNP evidence
-        without a VCEK/VLEK whose VCEK is not in memory (``kds``); NVIDIA reports
-        (``nvidia-gpu`` evidence, or the ``gpu<k>`` reports of a composite request, whose whole
-        ``aux`` this takes) whose OCSP responses are not all in memory (``nvidia_ocsp``); SGX,
-        TDX and Azure TDX vTPM quotes sent without collateral whose platform's DCAP collateral
-        is not current in memory (``dcap_cache``). Never raises: :meth:`verify` refuses what is
+    ) -> CollateralJob | None:
+        """The collateral :meth:`verify` would take from a source for this evidence (module
+        docstring, "Prefetch"), or ``None`` when it takes none: SEV-SNP evidence without a
+        VCEK/VLEK (``kds``); NVIDIA reports (``nvidia-gpu`` evidence, or the ``gpu<k>`` reports
+        of a composite request, whose whole ``aux`` this takes) with ``nvidia_ocsp``; SGX, TDX
+        and Azure TDX vTPM quotes sent without collateral (``dcap_cache``). What is in memory
+        now is taken at once (no I/O: ``found``); the rest is fetched by the job's blocking
+        ``fetch`` (``None`` when all was in memory). Pass :meth:`CollateralJob.run`'s result to
+        :meth:`verify` as ``prefetched``. Never raises: :meth:`verify` refuses what is
         malformed."""
         jobs = [
             job
@@ -233,16 +315,24 @@ class PlatformVerifier:
             return None
         if len(jobs) == 1:
             return jobs[0]
+        found = Prefetched()
+        for job in jobs:
+            found = found.merged(job.found)
+        fetches = [job.fetch for job in jobs if job.fetch is not None]
+        if not fetches:
+            return CollateralJob(found)
 
-        def both() -> None:
-            for job in jobs:
-                job()
+        def fetch_all() -> Prefetched:
+            fetched = Prefetched()
+            for fetch in fetches:
+                fetched = fetched.merged(fetch())
+            return fetched
 
-        return both
+        return CollateralJob(found, fetch_all)
 
     def _dcap_job(
         self, platform: Platform, evidence: bytes, aux: dict[str, bytes], at: datetime
-    ) -> Callable[[], None] | None:
+    ) -> CollateralJob | None:
         """The prefetch of the platform's DCAP collateral. The PCK chain must verify to the
         pinned Intel root first (as in phase 1): the source is never asked about an FMSPC that a
         request made up."""
@@ -255,9 +345,10 @@ class PlatformVerifier:
             key = self._dcap_key(self._dcap_quote(platform, evidence))
         except ConfideError:
             return None
-        if not cache.wanted(key, at):
-            return None
-        return lambda: cache.prefetch(key, at)
+        found = cache.found(key, at)
+        if found is not None:
+            return CollateralJob(Prefetched(dcap=_frozen({key: found})))
+        return CollateralJob(Prefetched(), lambda: Prefetched(dcap=_frozen({key: cache.prefetch(key, at)})))
 
     def _dcap_quote(self, platform: Platform, evidence: bytes) -> Quote:
         if platform is Platform.AZURE_TDX_VTPM:
@@ -284,7 +375,7 @@ class PlatformVerifier:
 
     def _kds_job(
         self, platform: Platform, evidence: bytes, aux: dict[str, bytes], at: datetime
-    ) -> Callable[[], None] | None:
+    ) -> CollateralJob | None:
         if platform is not Platform.SEV_SNP or self.kds is None:
             return None
         kds = self.kds
@@ -294,13 +385,15 @@ class PlatformVerifier:
             request = vek_request(evidence)
         except ConfideError:
             return None
-        if kds.cached(request, at) is not None:
-            return None
-        return lambda: kds.prefetch(request, at)
+        key = vek_key(request)
+        hit = kds.cached(request, at)
+        if hit is not None:
+            return CollateralJob(Prefetched(veks=_frozen({key: hit})))
+        return CollateralJob(Prefetched(), lambda: Prefetched(veks=_frozen({key: kds.prefetch(request, at)})))
 
     def _ocsp_job(
         self, platform: Platform, evidence: bytes, aux: dict[str, bytes], at: datetime
-    ) -> Callable[[], None] | None:
+    ) -> CollateralJob | None:
         """The prefetch of the OCSP responses that phase 1 would miss: for each chain with a
         missing response, the chain is verified first (as in phase 1), and nothing is asked
         about one that does not verify (phase 1 then refuses it without asking)."""
@@ -315,6 +408,7 @@ class PlatformVerifier:
         except ConfideError:
             return None
         missing: list[tuple[Callable[[], None], list[tuple[x509.Certificate, x509.Certificate]]]] = []
+        found: dict[_OcspKey, OcspResponse | ConfideError] = {}
         seen: set[tuple[x509.Certificate, x509.Certificate]] = set()  # GPUs share intermediates
         for report, gpu_aux in reports:
             try:
@@ -322,37 +416,59 @@ class PlatformVerifier:
             except ConfideError:
                 continue  # phase 1 refuses this GPU before it asks anything about it
             for targets, check in chains:
-                todo = [p for p in targets if p not in seen and cache.cached(*p, at=at) is None]
-                seen.update(todo)
+                todo = []
+                for pair in targets:
+                    if pair in seen:
+                        continue
+                    seen.add(pair)
+                    hit = cache.cached(*pair, at=at)
+                    if hit is None:
+                        todo.append(pair)
+                    else:
+                        found[ocsp_key(*pair)] = hit
                 if todo:
                     missing.append((partial(check, at), todo))
         if not missing:
-            return None
+            return CollateralJob(Prefetched(ocsp=_frozen(found))) if found else None
 
-        def prefetch() -> None:
+        def prefetch() -> Prefetched:
             # In phase 1's order, up to the first failure: phase 1 refuses there, so nothing
             # after it is needed (and a slow responder is not waited for again and again).
+            fetched: dict[_OcspKey, OcspResponse | ConfideError] = {}
             for check, todo in missing:
                 try:
                     check()
                 except ConfideError:
-                    return
+                    break
                 for cert, issuer in todo:
-                    if not cache.prefetch(cert, issuer, at=at):
-                        return
+                    outcome = cache.prefetch(cert, issuer, at=at)
+                    fetched[ocsp_key(cert, issuer)] = outcome
+                    if isinstance(outcome, ConfideError):
+                        return Prefetched(ocsp=_frozen(fetched))
+            return Prefetched(ocsp=_frozen(fetched))
 
-        return prefetch
+        return CollateralJob(Prefetched(ocsp=_frozen(found)), prefetch)
 
     def verify(
-        self, platform: Platform, evidence: bytes, aux: dict[str, bytes], *, at: datetime
+        self,
+        platform: Platform,
+        evidence: bytes,
+        aux: dict[str, bytes],
+        *,
+        at: datetime,
+        prefetched: Prefetched | None = None,
     ) -> VerifiedEvidence:
+        """Verify ``evidence`` (module docstring). ``prefetched``: what this attestation's
+        :meth:`collateral_job` handed over; with it, nothing is fetched here (module docstring,
+        "Prefetch"); without it, collateral missing from memory is fetched, blocking."""
         if platform is Platform.SIMULATED:
             if self.sim_key is None:
                 raise UsageError("this CAS does not accept simulated evidence (start it with --dev)")
             return verify_sim(evidence, self.sim_key, at=at)
         if platform in (Platform.SGX, Platform.TDX):
             quote = Quote.from_bytes(evidence)
-            return self.dcap.verify_parsed(quote, evidence, self._dcap_collateral(quote, aux, at), at=at)
+            collateral = self._dcap_collateral(quote, aux, at, prefetched)
+            return self.dcap.verify_parsed(quote, evidence, collateral, at=at)
         if platform is Platform.AZURE_SNP_VTPM:
             _no_aux(platform, aux, allowed=frozenset())
             return verify_azure_snp(parse_evidence(evidence, HclReportType.SNP), self.snp, at=at)
@@ -361,7 +477,7 @@ class PlatformVerifier:
             parsed = parse_evidence(evidence, HclReportType.TDX)
             if parsed.td_quote is None:  # parse_evidence requires it for TDX; kept for the type
                 raise ParseError("no td_quote", structure="Azure vTPM evidence")
-            collateral = self._dcap_collateral(Quote.from_bytes(parsed.td_quote), aux, at)
+            collateral = self._dcap_collateral(Quote.from_bytes(parsed.td_quote), aux, at, prefetched)
             return verify_azure_tdx(parsed, self.dcap, collateral, at=at)
         if platform is Platform.SEV_SNP:
             # The VCEK/VLEK comes with the evidence: configfs-tsm's auxblob (certificate table)
@@ -376,7 +492,7 @@ class PlatformVerifier:
                 )
             # Else the VCEK from AMD KDS (AMD 57230), with the KDS's ASK+ARK and the ARK's CRL,
             # verified exactly as a sent one: the chain must lead to the pinned ARK.
-            fetched = self.kds.get(vek_request(evidence), at)
+            fetched = self._vek(self.kds, vek_request(evidence), at, prefetched)
             verified = self.snp.verify(evidence, fetched.vek, at=at, chain=fetched.chain, crl=fetched.crl)
             return _vcek_source(verified, "kds")
         if platform is Platform.NVIDIA_GPU:
@@ -386,7 +502,9 @@ class PlatformVerifier:
             ocsp: list[OcspResponse] | None = None
             rim_ocsp: list[list[OcspResponse]] | None = None
             if self.nvidia_ocsp is not None:
-                ocsp, rim_ocsp = self._nvidia_revocation(self.nvidia_ocsp, evidence, certs, rims, at)
+                ocsp, rim_ocsp = self._nvidia_revocation(
+                    self.nvidia_ocsp, evidence, certs, rims, at, prefetched
+                )
             try:
                 return verify_nvidia_report(
                     evidence, certs, at=at, root=self.nvidia_root, rims=rims, rim_root=self.nvidia_rim_root,
@@ -406,14 +524,17 @@ class PlatformVerifier:
         certs: list[x509.Certificate],
         rims: list[ReferenceManifest],
         at: datetime,
+        prefetched: Prefetched | None,
     ) -> tuple[list[OcspResponse], list[list[OcspResponse]]]:
         """OCSP responses for the GPU chain's links and each RIM's signing chain (module
         docstring), for :func:`verify_nvidia_report` to check (it verifies every chain before
-        it uses a response about it): from memory (the prefetch of :meth:`collateral_job`
-        put them there), else the error that prefetch got. Before a responder is asked
+        it uses a response about it): what the prefetch of :meth:`collateral_job` handed over
+        (a response or the error it got), else from memory. Before a responder is asked
         anything, the report must parse and the chain must verify to its pinned root."""
         chains = self._revocation_chains(evidence, certs, rims)
-        responses = [_responses(cache, targets, partial(check, at), at) for targets, check in chains]
+        responses = [
+            _responses(cache, targets, partial(check, at), at, prefetched) for targets, check in chains
+        ]
         return responses[0], responses[1:]
 
     def _revocation_chains(
@@ -437,16 +558,43 @@ class PlatformVerifier:
                 chains.append((targets, partial(verify_pinned_chain, chain, rim_root)))
         return chains
 
-    def _dcap_collateral(self, quote: Quote, aux: dict[str, bytes], at: datetime) -> DcapCollateral:
+    def _vek(
+        self, kds: KdsVcekCache, request: AmdCollateralRequest, at: datetime, prefetched: Prefetched | None
+    ) -> FetchedVek:
+        """The VCEK for ``request``: the prefetch's (or its error), else from memory; without a
+        prefetch, :meth:`KdsVcekCache.get` (which may fetch, blocking)."""
+        if prefetched is None:
+            return kds.get(request, at)
+        outcome = prefetched.veks.get(vek_key(request))
+        if outcome is not None:
+            return _outcome(outcome)
+        hit = kds.cached(request, at)
+        if hit is None:
+            raise _not_prefetched(f"the VCEK of SEV-SNP chip {request.hwid[:16]}... from {kds.where}")
+        return hit
+
+    def _dcap_collateral(
+        self, quote: Quote, aux: dict[str, bytes], at: datetime, prefetched: Prefetched | None
+    ) -> DcapCollateral:
         """A quote's collateral: the request's dcap-qvl bundle, else the configured source's:
-        from memory for a remote source (the prefetch of :meth:`collateral_job` put it there,
-        or its error), read from a local one."""
+        for a remote source, what the prefetch of :meth:`collateral_job` handed over (or its
+        error), else from memory (without a prefetch: fetched when missing); read from a local
+        one."""
         if "collateral" in aux:
             return DcapCollateral.from_dcap_qvl_json(aux["collateral"])
         if self.dcap_source is None:
             raise CollateralMissingError("this CAS has no DCAP collateral source configured")
         if self.dcap_cache is not None:
-            return self.dcap_cache.get(self._dcap_key(quote), at)
+            cache, key = self.dcap_cache, self._dcap_key(quote)
+            if prefetched is None:
+                return cache.get(key, at)
+            outcome = prefetched.dcap.get(key)
+            if outcome is not None:
+                return _outcome(outcome)
+            found = cache.found(key, at)
+            if found is None:
+                raise _not_prefetched(f"the DCAP collateral of {key} from {cache.where}")
+            return found
         chain = self.dcap.pck_chain(quote)
         return self.dcap_source.get_collateral(fmspc=chain.extension.fmspc, ca=chain.ca, tee=quote.tee)
 
@@ -456,23 +604,36 @@ def _responses(
     targets: list[tuple[x509.Certificate, x509.Certificate]],
     checked: Callable[[], None],
     at: datetime,
+    prefetched: Prefetched | None,
 ) -> list[OcspResponse]:
-    """One response per (certificate, issuer): the cache's, else (once ``checked()``, the chain
-    verified, has passed: its failure is the refusal) :meth:`OcspCache.get`'s. A failed fetch is
-    a refusal whose message starts with "revocation check" (a revoked certificate keeps its own)."""
-    found = [cache.cached(cert, issuer, at=at) for cert, issuer in targets]
-    if all(response is not None for response in found):
-        return [response for response in found if response is not None]
+    """One response per (certificate, issuer): the prefetch's, else the cache's; else (once
+    ``checked()``, the chain verified, has passed: its failure is the refusal) the prefetch's
+    error, or without a prefetch :meth:`OcspCache.get`'s. A failed fetch is a refusal whose
+    message starts with "revocation check" (a revoked certificate keeps its own)."""
+    known = prefetched.ocsp if prefetched is not None else {}
+    found: list[OcspResponse | ConfideError | None] = []
+    for cert, issuer in targets:
+        outcome = known.get(ocsp_key(cert, issuer))
+        found.append(outcome if outcome is not None else cache.cached(cert, issuer, at=at))
+    if all(isinstance(response, OcspResponse) for response in found):
+        return [response for response in found if isinstance(response, OcspResponse)]
     checked()
-    return [
-        response if response is not None else _get(cache, cert, issuer, at)
-        for response, (cert, issuer) in zip(found, targets, strict=True)
-    ]
+    responses = []
+    for response, (cert, issuer) in zip(found, targets, strict=True):
+        if isinstance(response, OcspResponse):
+            responses.append(response)
+        elif response is not None:
+            responses.append(_get(partial(_outcome, response)))
+        elif prefetched is None:
+            responses.append(_get(partial(cache.get, cert, issuer, at=at)))
+        else:
+            raise _not_prefetched(f"the OCSP response about certificate serial {cert.serial_number:x}")
+    return responses
 
 
-def _get(cache: OcspCache, cert: x509.Certificate, issuer: x509.Certificate, at: datetime) -> OcspResponse:
+def _get(get: Callable[[], OcspResponse]) -> OcspResponse:
     try:
-        return cache.get(cert, issuer, at=at)
+        return get()
     except RevocationError:
         raise
     except ParseError as exc:
