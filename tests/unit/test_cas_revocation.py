@@ -22,7 +22,15 @@ from cryptography.x509 import ocsp
 from snp_fakes import make_fake_amd
 
 from asgi_call import call, call_async
-from cas_inproc import Clock, InProcessCas, RuntimeKey, last_attestation, production_cas, refused
+from cas_inproc import (
+    Clock,
+    InProcessCas,
+    RuntimeKey,
+    evict_before_phase_one,
+    last_attestation,
+    production_cas,
+    refused,
+)
 from confide import errors
 from confide.cas.app import create_app
 from confide.cas.revocation import FAILURE_GRACE, NO_NEXT_UPDATE_TTL, OcspCache
@@ -32,6 +40,7 @@ from confide.collateral.amd_kds import KdsHttpCollateral
 from confide.collateral.nvidia_ocsp import DirOcspSource, HttpOcspSource
 from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
 from confide.evidence.sev_snp import Product
+from confide.verify.ocsp import OcspResponse
 from kds_fake import fake_kds
 from nvidia_forge import NvidiaPki, make_ca, make_leaf, make_responder, ocsp_response, resign
 from nvidia_forge import make_pki as make_nvidia_pki
@@ -185,14 +194,16 @@ def test_good_responses_accept_and_the_second_attestation_is_served_from_the_cac
     cas: InProcessCas, responder: Responder, cache: OcspCache
 ) -> None:
     rt = Runtime(cas)
-    assert cas.cas.collateral_job(rt.gpu_only()) is not None  # nothing cached yet: a prefetch
+    job = cas.cas.collateral_job(rt.gpu_only())
+    assert job is not None and job.fetch is not None  # nothing cached yet: a prefetch
     event = accepted(cas, rt.gpu_only(), rt)
     assert event["revocation_checked"] is True and event["rim_revocation_checked"] is False
     # One request, about the ICA (the leaf is not asked about, as NVIDIA's verifier does not).
     assert responder.requests == [("application/ocsp-request", PKI.ica[0].serial_number)]
     # Another attestation (new nonce, new report) of the same GPU: the cached response serves.
     rt2 = Runtime(cas)
-    assert cas.cas.collateral_job(rt2.gpu_only()) is None  # all in memory: nothing to prefetch
+    job = cas.cas.collateral_job(rt2.gpu_only())
+    assert job is not None and job.fetch is None  # all in memory: nothing to prefetch
     assert accepted(cas, rt2.gpu_only(), rt2)["revocation_checked"] is True
     # A composite request with two GPUs under the same ICA: no new request either.
     rt3 = Runtime(cas)
@@ -414,7 +425,8 @@ def test_a_failed_fetch_is_reported_for_a_while_then_asked_again(responder: Resp
     monotonic = Clock(100.0)
     with HttpOcspSource(responder.url) as source:
         cache = OcspCache(source, monotonic=monotonic)
-        assert cache.prefetch(PKI.ica[0], PKI.root[0], at=NOW) is False  # the error is kept
+        failed = cache.prefetch(PKI.ica[0], PKI.root[0], at=NOW)  # returned, and kept
+        assert isinstance(failed, errors.NetworkError)
         monotonic.now += FAILURE_GRACE - 1
         with pytest.raises(errors.NetworkError, match="got HTTP 503"):
             cache.get(PKI.ica[0], PKI.root[0], at=NOW)
@@ -423,7 +435,9 @@ def test_a_failed_fetch_is_reported_for_a_while_then_asked_again(responder: Resp
         monotonic.now += 1
         cache.get(PKI.ica[0], PKI.root[0], at=NOW)  # past the grace: asked
         assert len(responder.requests) == 2 and len(cache) == 1
-        assert cache.prefetch(PKI.ica[0], PKI.root[0], at=NOW) is True  # cached: not asked
+        assert cache.prefetch(PKI.ica[0], PKI.root[0], at=NOW) is cache.cached(
+            PKI.ica[0], PKI.root[0], at=NOW
+        )
         assert len(responder.requests) == 2
 
 
@@ -468,10 +482,11 @@ services:
             evidence=amd.sign(amd.report(report_data=rt.binding)), aux=aux,
         )  # fmt: skip
         job = cas.collateral_job(request)
-        assert job is not None
-        job()
+        assert job is not None and job.fetch is not None
+        prefetched = job.run()
         assert len(kds.requests) == 3 and responder.served() == [PKI.ica[0].serial_number]
-        pending = cas.attest_begin(request)  # phase 1: nothing more is asked
+        assert len(prefetched.veks) == 1 and len(prefetched.ocsp) == 1
+        pending = cas.attest_begin(request, prefetched=prefetched)  # phase 1: nothing more is asked
         assert len(kds.requests) == 3 and len(responder.requests) == 1
         with cas.db.write() as conn:
             pending.commit(conn)
@@ -533,6 +548,55 @@ def test_the_api_waits_for_the_responder_off_the_event_loop(cas: InProcessCas, r
     assert status == 200, body
     assert rt.open(json.loads(body))["command"]
     assert last_attestation(cas.cas)["revocation_checked"] is True
+
+
+@pytest.mark.parametrize("case", ["good", "composite", "revoked", "down"])
+def test_phase_one_uses_its_prefetch_when_the_responses_left_memory(
+    tmp_path: Path, responder: Responder, clock: Clock[float], monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """Through the ASGI app: the responses (or the failure record) leave memory after the
+    prefetch, before phase 1. Phase 1 takes the prefetch's outcomes: no fetch on the event loop,
+    and the verdict of an attestation without the eviction."""
+    if case == "revoked":
+        responder.revoked.add(PKI.ica[0].serial_number)
+    if case == "down":
+        responder.behaviour = lambda cert, issuer, nonce: (503, b"busy")
+    verdicts = []
+    with HttpOcspSource(responder.url, timeout=5) as source:
+        for name, evicting in (("plain", False), ("evicted", True)):
+            threads: list[str] = []
+
+            class Recording:
+                def fetch(self, cert: x509.Certificate, issuer: x509.Certificate) -> OcspResponse:
+                    threads.append(threading.current_thread().name)
+                    return source.fetch(cert, issuer)
+
+            cache = OcspCache(Recording())
+            inproc = InProcessCas.start(tmp_path / name, POLICY).verify_with(
+                nvidia_root=PKI.root[0], nvidia_rim_root=RIM_PKI.root, nvidia_ocsp=cache
+            )
+            inproc.cas.clock = clock
+
+            def evict(cache: OcspCache = cache) -> None:
+                cache._entries.clear()
+                cache._failures.clear()
+
+            ran = evict_before_phase_one(inproc.cas, monkeypatch, evict) if evicting else []
+            rt = Runtime(inproc)
+            body = rt.composite() if case == "composite" else rt.gpu_only(rim=True)
+            status, _out = call(create_app(inproc.cas), "/v1/attest", [json.dumps(body).encode()])
+            assert threads and threading.main_thread().name not in threads
+            assert len(threads) == (3 if case == "good" else 1) and ran == ([1] if evicting else [])
+            event = last_attestation(inproc.cas)
+            verdicts.append((status, event["verdict"], event.get("reason_class")))
+    assert verdicts[0] == verdicts[1]
+    expected = {
+        "good": (200, "accepted", None),
+        "composite": (200, "accepted", None),
+        "revoked": (403, "refused", "RevocationError"),
+        "down": (502, "refused", "NetworkError"),
+    }
+    assert verdicts[0] == expected[case]
 
 
 # --- cas serve --nvidia-ocsp ------------------------------------------------------------------------
