@@ -28,7 +28,7 @@ from confide.cas.app import create_app
 from confide.cas.core import Cas
 from confide.cas.kds import KdsVcekCache, vek_request
 from confide.cas.server import prepare
-from confide.cas.verifier import PlatformVerifier
+from confide.cas.verifier import PlatformVerifier, Prefetched
 from confide.collateral.amd_kds import AmdCollateral, AmdCollateralRequest, KdsHttpCollateral
 from confide.evidence.sev_snp import Product
 from confide.evidence.snp_certs import VCEK_GUID
@@ -377,6 +377,21 @@ def test_phase_one_uses_its_prefetch_when_the_vcek_left_memory(
         verdicts.append((status, event["verdict"], event.get("reason_class"), event.get("vcek_source")))
     assert verdicts[0] == verdicts[1]
     assert verdicts[0][:2] == ((200, "accepted") if up else (403, "refused"))
+
+
+def test_with_a_prefetch_phase_one_never_fetches(kds: FakeKds, tmp_path: Path) -> None:
+    """A phase 1 handed a prefetch that lacks the VCEK (and memory lacks it too) refuses, asking
+    nothing; without a prefetch (in-process callers) it fetches."""
+    kds.serve_amd(AMD, crl=CRL)
+    cas = kds_cas(tmp_path / "cas", kds.url)
+    _rt, body = snp_request(cas)
+    refused_with = cas.attest_begin(body, prefetched=Prefetched()).refused
+    assert isinstance(refused_with, errors.CollateralMissingError)
+    assert "was not fetched before this attestation's verification" in refused_with.message
+    assert "attest again" in refused_with.message
+    assert kds.requests == []
+    accepted(cas)  # Cas.attest: its own prefetch, then phase 1
+    assert len(kds.requests) == 3
 
 
 def test_one_fetch_for_concurrent_attestations_of_the_same_chip(tmp_path: Path) -> None:
