@@ -18,12 +18,14 @@ the source gives one, is signed by that ARK and current), and it is the VCEK tha
 (product, chip id, reported TCB). The report itself is then verified as usual
 (:class:`~confide.verify.sev_snp.SnpVerifier`, which checks the chain once more).
 
-Blocking: a fetch goes to the network. The CAS's event loop does not wait for one
-(:meth:`KdsVcekCache.prefetch` runs in a thread before phase 1 of an attestation; phase 1 takes
-the collateral from memory, or the error the prefetch just ran into: :meth:`KdsVcekCache.get`).
-Only if the VCEK left memory between the two (more than :data:`MEMORY_ENTRIES` others fetched
-meanwhile, or its CRL fell due within :data:`CRL_MARGIN`) does phase 1 fetch it itself, on the
-loop. Two attestations that need the same VCEK at once share one fetch.
+Blocking: a fetch goes to the network. The CAS's event loop does not wait for one:
+:meth:`KdsVcekCache.prefetch` runs in a thread before phase 1 of an attestation and returns the
+collateral, or the error it ran into, which is handed to that attestation's phase 1 directly
+(``PlatformVerifier.collateral_job``, :class:`~confide.cas.verifier.Prefetched`): phase 1 does
+not need the VCEK to be still in memory (more than :data:`MEMORY_ENTRIES` others may have been
+fetched meanwhile) and never fetches on the loop. :meth:`KdsVcekCache.get` (memory, else the
+error of a fetch in the last :data:`FAILURE_GRACE` seconds, else a blocking fetch) is for callers
+that ran no prefetch. Two attestations that need the same VCEK at once share one fetch.
 """
 
 from __future__ import annotations
@@ -77,8 +79,8 @@ NO_CRL_RECHECK = timedelta(hours=1)
 """How long collateral fetched without a CRL (a KDS mirror that answers 404 for it) is used
 before the CRL is asked for again."""
 FAILURE_GRACE = 30.0
-"""Seconds for which phase 1 reports the error of the fetch just tried (monotonic clock),
-instead of trying again on the event loop."""
+"""Seconds for which :meth:`KdsVcekCache.get` reports the error of the fetch just tried
+(monotonic clock) instead of trying again."""
 _ZERO_CHIP_ID = bytes(64)
 
 _Key = tuple[str, str, str, int]
@@ -238,9 +240,9 @@ class KdsVcekCache:
             return copy.copy(exc)
 
     def get(self, request: AmdCollateralRequest, at: datetime) -> FetchedVek:
-        """Phase 1 of an attestation: the collateral from memory; else the error of the fetch
-        tried in the last :data:`FAILURE_GRACE` seconds (the prefetch of this very request,
-        usually); else :meth:`fetch` (blocking: only when nothing prefetched it)."""
+        """For callers that ran no prefetch (a CAS's phase 1 takes what its prefetch returned):
+        the collateral from memory; else the error of the fetch tried in the last
+        :data:`FAILURE_GRACE` seconds; else :meth:`fetch` (blocking)."""
         hit = self.cached(request, at)
         if hit is not None:
             return hit

@@ -22,12 +22,13 @@ v4 serves them per FMSPC, per CA and per TEE). What it keeps and for how long:
 
 Blocking: the source goes to the network. The CAS's event loop does not wait for it: an
 attestation whose collateral is not in memory first runs :meth:`DcapCollateralCache.prefetch`
-in a worker thread (``PlatformVerifier.collateral_job``), and phase 1 then takes it from memory
-with :meth:`DcapCollateralCache.get`: what the prefetch brought (also when it is already out of
-date: the verifier then refuses it with its own error), or the error the prefetch ran into,
-each kept :data:`FAILURE_GRACE` seconds (monotonic clock, injectable). Only if the entry left
-memory between the two (more than ``max_entries`` other platforms were fetched meanwhile, or
-the prefetch was longer ago than the grace) does phase 1 ask the source itself, on the loop.
+in a worker thread (``PlatformVerifier.collateral_job``), which returns what the prefetch
+brought (also when it is already out of date: the verifier then refuses it with its own error)
+or the error it ran into, and that is handed to the attestation's phase 1 directly
+(:class:`~confide.cas.verifier.Prefetched`): phase 1 does not need the entry to be still in
+memory (more than ``max_entries`` other platforms may have been fetched meanwhile) and never
+asks the source on the loop. Outcomes are also kept :data:`FAILURE_GRACE` seconds (monotonic
+clock, injectable) for :meth:`DcapCollateralCache.get`, which callers that ran no prefetch use.
 Attestations that need the same platform's collateral at once share one fetch (the others wait
 for its outcome, in their own worker threads).
 
@@ -62,9 +63,9 @@ log = logging.getLogger("confide.cas")
 
 MEMORY_ENTRIES = 256
 FAILURE_GRACE = 30.0
-"""Seconds (monotonic clock) for which phase 1 takes the outcome of the fetch just tried (its
-collateral or its error) instead of asking again on the event loop; a prefetch asks again once
-the collateral is not current."""
+"""Seconds (monotonic clock) for which the outcome of the fetch just tried (its collateral or
+its error) is taken instead of asking again (:meth:`DcapCollateralCache.get`; collateral that is
+not current is not prefetched again within them either, an error is)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +126,6 @@ class DcapCollateralCache:
             return None
         return entry.collateral
 
-    def wanted(self, key: DcapKey, at: datetime) -> bool:
-        """Whether a prefetch would ask the source: the collateral is not current in memory,
-        and was not fetched in the last :data:`FAILURE_GRACE` seconds (a source that serves
-        out-of-date collateral is not asked again at every attestation; a failed fetch is)."""
-        return self.cached(key, at) is None and not isinstance(self._recent(key), _Entry)
-
     def _recent(self, key: DcapKey) -> _Entry | tuple[float, ConfideError] | None:
         """The outcome of a fetch of ``key`` in the last :data:`FAILURE_GRACE` seconds."""
         now = self.monotonic()
@@ -155,8 +150,10 @@ class DcapCollateralCache:
     # -- the two entry points --------------------------------------------------------------------
 
     def found(self, key: DcapKey, at: datetime) -> DcapCollateral | None:
-        """No I/O: the collateral phase 1 would take from memory without asking the source (the
-        current one, else the one fetched in the last :data:`FAILURE_GRACE` seconds), if any."""
+        """No I/O: the collateral to use without asking the source, if any: the current one in
+        memory, else the one fetched in the last :data:`FAILURE_GRACE` seconds (a source that
+        serves out-of-date collateral is not asked again at every attestation; after a failed
+        fetch it is). ``None``: a prefetch asks the source."""
         hit = self.cached(key, at)
         if hit is not None:
             return hit
@@ -164,8 +161,8 @@ class DcapCollateralCache:
         return recent.collateral if isinstance(recent, _Entry) else None
 
     def prefetch(self, key: DcapKey, at: datetime) -> DcapCollateral | ConfideError:
-        """Blocking (run it off the event loop): bring current collateral into memory unless it
-        is there (or :meth:`wanted` says otherwise), and return what phase 1 of the attestation
+        """Blocking (run it off the event loop): bring current collateral into memory unless
+        :meth:`found` has some, and return what phase 1 of the attestation
         that asked is to use (``PlatformVerifier.collateral_job``): the collateral, or the error
         of the fetch (also kept for :meth:`get`), not raised here."""
         found = self.found(key, at)
@@ -177,9 +174,9 @@ class DcapCollateralCache:
             return copy.copy(exc)
 
     def get(self, key: DcapKey, at: datetime) -> DcapCollateral:
-        """Phase 1 of an attestation: the current collateral from memory; else the outcome of
-        the fetch tried in the last :data:`FAILURE_GRACE` seconds (this attestation's prefetch,
-        usually); else :meth:`fetch` (blocking: only when nothing prefetched it)."""
+        """For callers that ran no prefetch (a CAS's phase 1 takes what its prefetch returned):
+        the current collateral from memory; else the outcome of the fetch tried in the last
+        :data:`FAILURE_GRACE` seconds; else :meth:`fetch` (blocking)."""
         hit = self.cached(key, at)
         if hit is not None:
             return hit

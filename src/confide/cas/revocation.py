@@ -26,12 +26,14 @@ here reads a clock.
 
 Blocking: a fetch goes to the network. The CAS's event loop does not wait for one: an
 attestation whose responses are not all cached first runs :meth:`OcspCache.prefetch` in a
-worker thread (``PlatformVerifier.collateral_job``), and phase 1 then takes them from memory
-with :meth:`OcspCache.get`, or the error that prefetch just ran into (kept
-:data:`FAILURE_GRACE` seconds of a monotonic clock, injectable). Only if a
-response left memory between the two (its ``nextUpdate`` passed, or more than ``max_entries``
-others were fetched meanwhile) does phase 1 ask the responder itself, on the loop. Attestations
-that miss the same response at the same time may each ask the responder.
+worker thread (``PlatformVerifier.collateral_job``), which returns each response or the error
+it ran into; they are handed to that attestation's phase 1 directly
+(:class:`~confide.cas.verifier.Prefetched`), so phase 1 does not need them to be still in memory
+(a ``nextUpdate`` may pass, or more than ``max_entries`` others be fetched, in between) and never
+asks the responder on the loop. :meth:`OcspCache.get` (the cached response, else the error of a
+fetch in the last :data:`FAILURE_GRACE` seconds of a monotonic clock, injectable, else a
+blocking fetch) is for callers that ran no prefetch. Attestations that miss the same response
+at the same time may each ask the responder.
 """
 
 from __future__ import annotations
@@ -59,8 +61,8 @@ __all__ = ["FAILURE_GRACE", "MAX_ENTRIES", "NO_NEXT_UPDATE_TTL", "OcspCache", "o
 NO_NEXT_UPDATE_TTL = timedelta(minutes=5)
 MAX_ENTRIES = 4096
 FAILURE_GRACE = 30.0
-"""Seconds (monotonic clock) after a failed fetch during which phase 1 reports its error instead
-of asking again on the event loop; a prefetch always asks again."""
+"""Seconds (monotonic clock) after a failed fetch during which :meth:`OcspCache.get` reports its
+error instead of asking again; a prefetch always asks again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +111,9 @@ class OcspCache:
             return copy.copy(exc)
 
     def get(self, cert: x509.Certificate, issuer: x509.Certificate, *, at: datetime) -> OcspResponse:
-        """Phase 1 of an attestation: the cached response; else the error of the fetch tried in
-        the last :data:`FAILURE_GRACE` (the prefetch of this very attestation, usually); else
-        :meth:`fetch` (blocking: only when nothing prefetched it)."""
+        """For callers that ran no prefetch (a CAS's phase 1 takes what its prefetch returned):
+        the cached response; else the error of the fetch tried in the last
+        :data:`FAILURE_GRACE`; else :meth:`fetch` (blocking)."""
         cached = self.cached(cert, issuer, at=at)
         if cached is not None:
             return cached
