@@ -5,9 +5,6 @@ routes and records every request (AMD 57230 "KDS Interface" paths: ``/vcek/v1/{p
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
@@ -16,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 
 from confide.collateral.amd_kds import AmdCollateralRequest
 from confide.evidence.sev_snp import AttestationReport
+from http_fake import RouteServer
 
 if TYPE_CHECKING:
     from snp_fakes import FakeAmd
@@ -29,34 +27,10 @@ def vcek_path(report: bytes) -> str:
     return f"/{request.product_dir()}/{request.hwid}?{urlencode(request.query)}"
 
 
-class FakeKds:
+class FakeKds(RouteServer):
     """A fake AMD KDS: exact (path, query) -> (status, body, headers); records every request."""
 
-    def __init__(self) -> None:
-        self.routes: dict[str, tuple[int, bytes, dict[str, str]]] = {}
-        self.requests: list[str] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                fake.requests.append(self.path)
-                status, body, headers = fake.routes.get(self.path, (404, b"Not Found", {}))
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def route(self, path: str, body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> None:
-        self.routes[path] = (status, body, headers or {})
+    NOT_FOUND = (404, b"Not Found", {})
 
     def serve_amd(self, amd: FakeAmd, *, crl: x509.CertificateRevocationList | None = None) -> str:
         """Serve ``amd``'s VCEK (at the KDS path for its chip and TCB), its chain and ``crl``;
@@ -69,14 +43,6 @@ class FakeKds:
         return path
 
 
-@contextlib.contextmanager
-def fake_kds() -> Iterator[FakeKds]:
+def fake_kds() -> contextlib.AbstractContextManager[FakeKds]:
     """A running :class:`FakeKds`, shut down on exit."""
-    server = FakeKds()
-    server.thread.start()
-    try:
-        yield server
-    finally:
-        server.server.shutdown()
-        server.server.server_close()
-        server.thread.join(timeout=5)
+    return FakeKds.running()

@@ -6,58 +6,21 @@ headers, the PCK CRL as DER, the Root CA CRL as a PCCS serves it: hex), recordin
 from __future__ import annotations
 
 import contextlib
-import threading
 import urllib.parse
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from confide.evidence.dcap import Quote, TeeType
 from confide.evidence.dcap_collateral import DcapCollateral
 from confide.evidence.pem import pem_chain
 from confide.verify.dcap import pck_info
-
-Answer = tuple[int, bytes, dict[str, str]]
+from http_fake import Answer, RouteServer
 
 
 def _signed(key: str, text: bytes, signature: bytes) -> bytes:
     return b'{"' + key.encode() + b'":' + text + b',"signature":"' + signature.hex().encode() + b'"}'
 
 
-class FakePcs:
+class FakePcs(RouteServer):
     """Exact (path, query) -> answer; ``requests`` lists every path asked, in order."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, Answer] = {}
-        self.requests: list[str] = []
-        self.behaviour: Callable[[str], Answer] | None = None
-        self._lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                with fake._lock:
-                    fake.requests.append(self.path)
-                behaviour = fake.behaviour
-                if behaviour is not None:
-                    status, body, headers = behaviour(self.path)
-                else:
-                    status, body, headers = fake.routes.get(self.path, (404, b"", {}))
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def honest(self, path: str) -> Answer:
-        return self.routes.get(path, (404, b"", {}))
 
     def serve(self, quote: bytes, collateral: DcapCollateral) -> list[str]:
         """Serve ``collateral`` for the platform of ``quote`` (its FMSPC, PCK CA and TEE type);
@@ -86,13 +49,6 @@ class FakePcs:
         return paths
 
 
-@contextlib.contextmanager
-def fake_pcs() -> Iterator[FakePcs]:
+def fake_pcs() -> contextlib.AbstractContextManager[FakePcs]:
     """A running :class:`FakePcs`, shut down on exit."""
-    server = FakePcs()
-    server.thread.start()
-    try:
-        yield server
-    finally:
-        server.server.shutdown()
-        server.server.server_close()
+    return FakePcs.running()
