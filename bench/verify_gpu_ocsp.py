@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from _interleave import interleaved
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -43,7 +42,6 @@ from nvidia_forge import make_ca, make_leaf, ocsp_response, resign
 from pki import Issuer
 
 ASSETS = Path(__file__).resolve().parents[1] / "tests" / "assets" / "nvidia"
-BATCH = 20
 
 
 class SignedHere:
@@ -60,29 +58,6 @@ class SignedHere:
             this_update=self.now - timedelta(hours=1), next_update=self.now + timedelta(days=1), nonce=nonce,
         )  # fmt: skip
         return OcspResponse(der, nonce)
-
-
-def _batch(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    for _ in range(BATCH):
-        fn()
-    return (time.perf_counter() - start) / BATCH
-
-
-def interleaved(
-    off: Callable[[], object], cached: Callable[[], object], seconds: float
-) -> tuple[float, float]:
-    """Per-call seconds of ``off`` and ``cached``, batches alternating for ``seconds``."""
-    times: tuple[list[float], list[float]] = ([], [])
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(times[0]) < 10:
-        times[0].append(_batch(off))
-        times[1].append(_batch(cached))
-    out = []
-    for t in times:
-        t.sort()
-        out.append(t[len(t) // 10])
-    return out[0], out[1]
 
 
 def main() -> int:

@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from _interleave import interleaved
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -30,34 +29,6 @@ from confide.verify.sev_snp import SnpVerifier, load_certificates
 
 ASSETS = Path(__file__).resolve().parent.parent / "tests" / "assets" / "sev-snp" / "google-go-sev-guest"
 TARGET = 0.85
-
-
-BATCH = 20
-
-
-def batch_time(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    for _ in range(BATCH):
-        fn()
-    return (time.perf_counter() - start) / BATCH
-
-
-def interleaved(a: Callable[[], object], b: Callable[[], object], seconds: float) -> tuple[float, float]:
-    """Per-call seconds of ``a`` and ``b``, batches alternating for ``seconds``.
-
-    Each returns the 10th percentile of its batch times: the machine is shared, and load
-    spikes only ever make a batch slower, so a low percentile is the fair estimate for both.
-    """
-    times_a: list[float] = []
-    times_b: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(times_a) < 10:
-        times_a.append(batch_time(a))
-        times_b.append(batch_time(b))
-    times_a.sort()
-    times_b.sort()
-    k = len(times_a) // 10
-    return times_a[k], times_b[k]
 
 
 def main() -> int:
