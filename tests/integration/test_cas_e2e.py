@@ -334,6 +334,9 @@ def test_namespaces_decide_who_creates_policies_below_them(cas: CasProcess, tmp_
     assert len(acc) == 1 and acc[0]["service"] == "app"
     whole = confide(cas, "ledger", "accesses", "acme/shop", "--identity", str(bob), "--json", check=True)
     assert json.loads(whole.stdout) == acc
+    # Neither readable (carol may read neither acme/shop/s nor acme/shop): the target as given.
+    denied = confide(cas, "ledger", "accesses", "acme/shop/s", "--identity", str(carol), "--json")
+    assert denied.returncode == errors.AccessDeniedError.exit_code and "acme/shop/s" in denied.stderr
     # alice owns acme: she sees carol's refused attempt there, with the name it was for.
     hist = json.loads(
         confide(cas, "ledger", "history", "acme", "--identity", str(alice), "--json", check=True).stdout

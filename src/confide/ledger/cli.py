@@ -375,11 +375,14 @@ def accesses_cmd(target: str, identity_file: Path, key: str | None, as_json: boo
         client, ident, log_key = _cas_inputs(identity_file, key)
         try:
             _, events = verified_events(client, policy, ident, log_key)
-        except AccessDeniedError:
+        except AccessDeniedError as whole:
             if "/" not in target:
                 raise
             policy, _, secret = target.rpartition("/")
-            _, events = verified_events(client, policy, ident, log_key)
+            try:
+                _, events = verified_events(client, policy, ident, log_key)
+            except AccessDeniedError:
+                raise whole from None  # neither reading: name the target as given
     except ConfideError as exc:
         _fail(exc)
         return
