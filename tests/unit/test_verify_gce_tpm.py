@@ -236,6 +236,27 @@ def test_nesting_depth_is_bounded() -> None:
         parse_message(b"", {}, "test", depth=9)
 
 
+@pytest.mark.parametrize(
+    ("byte", "raised_when_read"),
+    [(0x00, "error parsing asn1 value"), (0x03, "oid must be X500_UNIQUE_IDENTIFIER")],
+)
+def test_a_malformed_name_in_the_ak_certificate_is_a_chain_error(byte: int, raised_when_read: str) -> None:
+    """cryptography parses names lazily: a mangled issuer name raises ValueError or TypeError
+    only when read (found by the mutation test below). It must be the certificate's error."""
+    cert = parse_gce_attestation(NONCE9009).ak_cert
+    assert cert is not None
+    with gce_tpm._long_names():  # Google's intermediate CN is 79 characters (cryptography warns)
+        issuer = x509.load_der_x509_certificate(cert).issuer.public_bytes()
+    at = NONCE9009.index(cert) + cert.index(issuer) + 12  # inside the issuer's first attribute
+    data = bytearray(NONCE9009)
+    data[at] = byte
+    mangled = x509.load_der_x509_certificate(bytes(data[NONCE9009.index(cert) :][: len(cert)]))
+    with pytest.raises((ValueError, TypeError), match=raised_when_read):
+        _ = mangled.issuer
+    with pytest.raises(CertificateChainError, match="ak_cert: not a DER certificate: malformed name"):
+        verify_gce_attestation(bytes(data), at=AT, expected_nonce=NONCE)
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 30000), st.integers(0, 255)), min_size=1, max_size=6))
 def test_mutated_attestations_raise_only_confide_errors(edits: list[tuple[int, int]]) -> None:

@@ -47,9 +47,9 @@ def fingerprint(cert: x509.Certificate) -> str:
 def subject_cn(cert: x509.Certificate) -> str:
     try:
         names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    except ValueError:
+        value = names[0].value if names else cert.subject.rfc4514_string()
+    except (ValueError, TypeError):  # a malformed name (parsed lazily, when read)
         return "<malformed subject>"
-    value = names[0].value if names else cert.subject.rfc4514_string()
     return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
 
