@@ -4,11 +4,13 @@ keys, validity, which extensions, the signature hash)."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
@@ -91,3 +93,31 @@ def p384_cert(
         signing_key=issuer[1] if issuer else key, not_before=not_before, not_after=not_after, ca=ca,
     )  # fmt: skip
     return cert, key
+
+
+def tls_server_files(directory: Path, name: str) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 under it, written to DIRECTORY as PEM files:
+    (ca.pem, cert.pem, key.pem). For HTTPS servers in tests; valid from an hour ago for a day."""
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = issue(
+        f"{name} CA", ca_key.public_key(), issuer=f"{name} CA", signing_key=ca_key,
+        not_before=now - timedelta(hours=1), not_after=now + timedelta(days=1), ca=True,
+        usage=key_usage(cert_sign=True, digital_signature=False),
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert = issue(
+        "127.0.0.1", key.public_key(), issuer=ca.subject, signing_key=ca_key,
+        not_before=now - timedelta(hours=1), not_after=now + timedelta(days=1), ca=False,
+        usage=key_usage(cert_sign=False, digital_signature=True), extensions=[san],
+    )  # fmt: skip
+    paths = directory / f"{name}-ca.pem", directory / f"{name}-cert.pem", directory / f"{name}-key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return paths

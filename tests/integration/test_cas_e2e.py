@@ -1128,11 +1128,15 @@ images:
     assert key_body[-40:] not in shown_text and all(key_body[-40:] not in json.dumps(e) for e in events)
 
 
-def test_witness_cosigns_every_cas_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_witness_cosigns_every_cas_checkpoint(tmp_path: Path, scheme: str) -> None:
     """With --witness, every checkpoint the CAS signs is cosigned by the witness, which first
-    checks it extends the last one it saw; an auditor can require that cosignature."""
+    checks it extends the last one it saw; an auditor can require that cosignature. Over HTTPS
+    the CAS trusts the witness through --witness-cacert only."""
     import socket
     import time as _time
+
+    from pki import tls_server_files
 
     first = CasProcess(tmp_path / "cas", None).start()
     log_key = first.env["CONFIDE_LOG_KEY"]
@@ -1144,12 +1148,19 @@ def test_witness_cosigns_every_cas_checkpoint(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    tls: tuple[str, ...] = ()
+    cas_tls: tuple[str, ...] = ()
+    if scheme == "https":
+        ca, cert, key = tls_server_files(tmp_path, "witness")
+        tls, cas_tls = ("--tls-cert", str(cert), "--tls-key", str(key)), ("--witness-cacert", str(ca))
     witness = subprocess.Popen(
         [sys.executable, "-m", "confide", "ledger", "witness", "serve", "--state", str(tmp_path / "w.state"),
-         "--key", str(tmp_path / "w.key"), "--log", log_key, "--listen", f"127.0.0.1:{port}"],
+         "--key", str(tmp_path / "w.key"), "--log", log_key, "--listen", f"127.0.0.1:{port}", *tls],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    cas = CasProcess(tmp_path / "cas", None, extra_args=("--witness", f"http://127.0.0.1:{port}={wkey}"))
+    cas = CasProcess(
+        tmp_path / "cas", None, extra_args=("--witness", f"{scheme}://127.0.0.1:{port}={wkey}", *cas_tls)
+    )
     try:
         _time.sleep(1.0)
         cas.start()

@@ -47,6 +47,9 @@ def cas() -> None:
               " --data-dir/kds-cache).")  # fmt: skip
 @click.option("--witness", "witness_specs", multiple=True, metavar="URL=VKEY",
               help="A witness that cosigns every checkpoint (C2SP tlog-witness).")  # fmt: skip
+@click.option("--witness-cacert", type=click.Path(path_type=Path), metavar="FILE",
+              help="Trust only the certificates in FILE (PEM) for https:// witnesses"
+              " (default: the system's CAs).")  # fmt: skip
 @click.option(
     "--nvidia-ocsp",
     "nvidia_ocsp",
@@ -85,6 +88,7 @@ def cas_serve(
     collateral: str | None,
     kds: str | None,
     witness_specs: tuple[str, ...],
+    witness_cacert: Path | None,
     seal: str,
     tee: str | None,
     evidence_refresh: str | None,
@@ -94,6 +98,7 @@ def cas_serve(
     from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, parse_refresh_interval
     from confide.cas.sealing import provider_for
     from confide.cas.server import parse_witnesses, serve
+    from confide.ledger.http import client_tls_context
 
     refresh = DEFAULT_REFRESH_SECONDS
     if evidence_refresh is not None:
@@ -103,6 +108,8 @@ def cas_serve(
                 "--evidence-refresh needs --tee or --dev: without them the CAS has no evidence of its own"
             )
     provider = provider_for(seal)
+    if witness_cacert is not None and not witness_specs:
+        raise UsageError("--witness-cacert needs --witness")
     serve(
         data_dir,
         listen,
@@ -111,6 +118,7 @@ def cas_serve(
         collateral=collateral,
         kds=kds,
         witnesses=parse_witnesses(witness_specs),
+        witness_tls=None if witness_cacert is None else client_tls_context(witness_cacert),
         seal=provider,
         tee=tee,
         evidence_refresh=refresh,

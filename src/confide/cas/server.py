@@ -50,6 +50,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -137,9 +138,11 @@ class Checkpointer:
         signer: NoteSigner,
         interval: float = 0.5,
         witnesses: tuple[tuple[str, NoteVerifier], ...] = (),
+        witness_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.cas, self.signer, self.interval = cas, signer, interval
         self.witnesses = witnesses
+        self.witness_tls = witness_tls  # trust for https:// witnesses (None: the system's CAs)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="checkpointer", daemon=True)
         self.signed_size = -1
@@ -170,11 +173,14 @@ class Checkpointer:
             conn: Conn = ledger_connect(url.split("sqlite:///", 1)[1])
         else:
             conn = connect_postgres(url.replace("postgresql+psycopg://", "postgresql://", 1))
+        http = None if self.witness_tls is None else httpx2.Client(verify=self.witness_tls, timeout=10.0)
         try:
             for witness_url, key in self.witnesses:
-                request_cosignatures(conn, witness_url, key)
+                request_cosignatures(conn, witness_url, key, client=http)
         finally:
             conn.close()
+            if http is not None:
+                http.close()
 
     def _run(self) -> None:
         log = logging.getLogger("confide.cas")
@@ -431,6 +437,7 @@ def serve(
     db_url: str | None,
     collateral: str | None,
     witnesses: tuple[tuple[str, NoteVerifier], ...] = (),
+    witness_tls: ssl.SSLContext | None = None,
     seal: SealingKeyProvider | None = None,
     tee: str | None = None,
     evidence_refresh: float = DEFAULT_REFRESH_SECONDS,
@@ -447,7 +454,7 @@ def serve(
     # Held until the process exits: `confide cas rotate-master-key` refuses to run meanwhile.
     with run_lock(data_dir, db_url, exclusive=False):
         _serve(data_dir, host, port, dev=dev, db_url=db_url, collateral=collateral, witnesses=witnesses,
-               seal=seal, tee=tee, evidence_refresh=evidence_refresh,
+               witness_tls=witness_tls, seal=seal, tee=tee, evidence_refresh=evidence_refresh,
                renewal_interval=renewal_interval, kds=kds, nvidia_ocsp=nvidia_ocsp)  # fmt: skip
 
 
@@ -460,6 +467,7 @@ def _serve(
     db_url: str | None,
     collateral: str | None,
     witnesses: tuple[tuple[str, NoteVerifier], ...],
+    witness_tls: ssl.SSLContext | None,
     seal: SealingKeyProvider | None,
     tee: str | None,
     evidence_refresh: float,
@@ -471,7 +479,7 @@ def _serve(
         data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee, kds=kds,
         nvidia_ocsp=nvidia_ocsp,
     )  # fmt: skip
-    checkpointer = Checkpointer(cas, signer, witnesses=witnesses)
+    checkpointer = Checkpointer(cas, signer, witnesses=witnesses, witness_tls=witness_tls)
     checkpointer.start()
     renewer = CertificateRenewer(cas, renewal_interval)  # docs/cas.md "Certificate renewal"
     renewer.start()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import ssl
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +20,13 @@ import httpx2
 
 from confide.errors import AccessDeniedError, ConfideError, UsageError
 from confide.ledger.auditor import AuditorState, LocalLogClient, LogClient, audit_once
-from confide.ledger.http import HttpLogClient, LedgerHTTPServer, TilesServer
+from confide.ledger.http import (
+    HttpLogClient,
+    LedgerHTTPServer,
+    TilesServer,
+    client_tls_context,
+    server_tls_context,
+)
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, SIG_TYPE_ED25519, NoteSigner, NoteVerifier
 from confide.ledger.store import Ledger, connect
 from confide.ledger.witness import Witness, parse_add_checkpoint
@@ -118,10 +123,7 @@ def verify(
                 )
                 http = None
                 if ca is not None and url.startswith("https://"):
-                    try:
-                        ctx = ssl.create_default_context(cafile=str(ca))
-                    except (OSError, ssl.SSLError) as exc:
-                        raise UsageError(f"--cacert: cannot load {ca}: {exc}") from None
+                    ctx = client_tls_context(ca)
                     http = stack.enter_context(httpx2.Client(verify=ctx, timeout=30.0))
                 client = stack.enter_context(HttpLogClient(url, client=http))
             old, signed = audit_once(
@@ -167,6 +169,25 @@ def _address(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _tls(cert: Path | None, key: Path | None) -> Any:
+    """The server's TLS context from --tls-cert/--tls-key (both or neither); None for plain HTTP."""
+    if (cert is None) != (key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    return None if cert is None or key is None else server_tls_context(cert, key)
+
+
+_TLS_OPTIONS = [
+    click.option("--tls-cert", type=_PATH, help="Serve HTTPS with this PEM certificate (chain)."),
+    click.option("--tls-key", type=_PATH, help="The certificate's private key (PEM, unencrypted)."),
+]
+
+
+def _tls_options(f: Any) -> Any:
+    for option in reversed(_TLS_OPTIONS):
+        f = option(f)
+    return f
+
+
 def _serve(server: LedgerHTTPServer, banner: str) -> None:
     click.echo(banner, err=True)
     try:
@@ -179,12 +200,16 @@ def _serve(server: LedgerHTTPServer, banner: str) -> None:
 @click.option("--log-db", type=_PATH, required=True, help="Ledger database (SQLite).")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to listen on.")
 @click.option("--serve-entries", is_flag=True, help="Also serve entry bundles (they reveal entry contents).")
-def serve_tiles(log_db: Path, listen: str, serve_entries: bool) -> None:
-    """Serve the log read-only as C2SP tlog-tiles (checkpoint, tiles)."""
+@_tls_options
+def serve_tiles(
+    log_db: Path, listen: str, serve_entries: bool, tls_cert: Path | None, tls_key: Path | None
+) -> None:
+    """Serve the log read-only as C2SP tlog-tiles (checkpoint, tiles), over HTTPS with --tls-cert."""
     try:
         if not log_db.is_file():
             raise UsageError(f"--log-db: {str(log_db)!r} does not exist")
-        server = TilesServer(log_db, _address(listen), serve_entries=serve_entries)
+        tls = _tls(tls_cert, tls_key)
+        server = TilesServer(log_db, _address(listen), serve_entries=serve_entries, tls=tls)
     except ConfideError as exc:
         _fail(exc)
         return
@@ -234,17 +259,24 @@ def checkpoint(log_db: Path, signing_key: Path) -> None:
 
 @ledger.command("request-cosignature")
 @click.option("--log-db", type=_PATH, required=True, help="Ledger database (SQLite).")
-@click.option("--witness-url", required=True, help="The witness's submission prefix (http://host:port).")
+@click.option("--witness-url", required=True, help="The witness's submission prefix (http(s)://host:port).")
 @click.option("--witness-key", required=True, metavar="VKEY", help="The witness's verifier key or a file.")
-def request_cosignature(log_db: Path, witness_url: str, witness_key: str) -> None:
+@click.option(
+    "--cacert", type=_PATH, help="Trust only this certificate for an https:// witness (default: system CAs)."
+)
+def request_cosignature(log_db: Path, witness_url: str, witness_key: str, cacert: Path | None) -> None:
     """Have a witness cosign the latest checkpoint; store the cosignature with it."""
     try:
         key = _witness_key(witness_key)
-        conn = connect(log_db)
-        try:
-            sig = request_cosignatures(conn, witness_url, key)
-        finally:
-            conn.close()
+        if not witness_url.startswith(("http://", "https://")):
+            raise UsageError(f"--witness-url: got {witness_url[:60]!r}, expected http:// or https://")
+        with contextlib.ExitStack() as stack:
+            http = None
+            if cacert is not None:
+                http = stack.enter_context(httpx2.Client(verify=client_tls_context(cacert), timeout=10.0))
+            conn = connect(log_db)
+            stack.callback(conn.close)
+            sig = request_cosignatures(conn, witness_url, key, client=http)
     except ConfideError as exc:
         _fail(exc)
         return
@@ -286,11 +318,19 @@ def _witness_options(f: Any) -> Any:
 @witness_group.command("serve")
 @_witness_options
 @click.option("--listen", default="127.0.0.1:8090", show_default=True, help="HOST:PORT to listen on.")
-def witness_serve(state: Path, key_file: Path, logs: tuple[str, ...], listen: str) -> None:
-    """Serve POST /add-checkpoint until interrupted."""
+@_tls_options
+def witness_serve(
+    state: Path,
+    key_file: Path,
+    logs: tuple[str, ...],
+    listen: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+) -> None:
+    """Serve POST /add-checkpoint until interrupted (over HTTPS with --tls-cert)."""
     try:
         witness = _make_witness(state, key_file, logs)
-        server = WitnessServer(witness, _address(listen))
+        server = WitnessServer(witness, _address(listen), tls=_tls(tls_cert, tls_key))
     except ConfideError as exc:
         _fail(exc)
         return

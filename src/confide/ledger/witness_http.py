@@ -1,7 +1,7 @@
 """tlog-witness over HTTP: the witness's ``POST <prefix>/add-checkpoint`` and the log's client.
 
 The server is the standard library's threading HTTP server (the witness is small and has
-one route); TLS, if wanted, goes in front of it. The client side
+one route), over TLS when given a context (``ledger witness serve --tls-cert/--tls-key``). The client side
 (:func:`request_cosignatures`) is what a log runs after signing a checkpoint: it sends the
 checkpoint with a consistency proof from the size the witness last cosigned (learning that
 size from a 409 reply), and attaches the returned cosignatures to the stored checkpoint.
@@ -10,6 +10,7 @@ size from a 409 reply), and attaches the returned cosignatures to the stored che
 from __future__ import annotations
 
 import base64
+import ssl
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
 
@@ -18,7 +19,7 @@ import httpx2
 from confide.errors import ConfideError, NetworkError, ParseError, StorageError
 from confide.ledger.checkpoint import Checkpoint
 from confide.ledger.db import Conn
-from confide.ledger.http import LedgerHTTPServer
+from confide.ledger.http import CONNECTION_TIMEOUT, LedgerHTTPServer
 from confide.ledger.note import Note, NoteSignature, NoteVerifier, open_note, parse_note
 from confide.ledger.store import Ledger
 from confide.ledger.witness import (
@@ -38,6 +39,7 @@ SIZE_CONTENT_TYPE = "text/x.tlog.size"
 class _Handler(BaseHTTPRequestHandler):
     server: WitnessServer
     protocol_version = "HTTP/1.1"
+    timeout = CONNECTION_TIMEOUT  # a stalled handshake or body holds its thread this long at most
 
     def log_message(self, format: str, *args: object) -> None:  # quiet; no request data logged
         return
@@ -93,9 +95,16 @@ class WitnessServer(LedgerHTTPServer):
 
     thread_name = "ledger-witness"
 
-    def __init__(self, witness: Witness, address: tuple[str, int], *, prefix: str = "") -> None:
+    def __init__(
+        self,
+        witness: Witness,
+        address: tuple[str, int],
+        *,
+        prefix: str = "",
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.witness = witness
-        super().__init__(address, _Handler, prefix=prefix)
+        super().__init__(address, _Handler, prefix=prefix, tls=tls)
 
 
 def _body(old_size: int, proof: list[bytes], note: bytes) -> bytes:
