@@ -1251,3 +1251,43 @@ def test_a_template_in_the_image_is_rendered_at_start(cas: CasProcess, tmp_path:
     token = re.search(r"^password=(\S{24})$", r.stdout, re.M)
     assert token is not None and "$$SCONE" not in r.stdout
     assert template.read_text() == "user=svc\npassword=$$SCONE::token$$\n"
+
+
+def test_oversized_request_heads_and_bodies_are_refused(cas: CasProcess, client: CasClient) -> None:
+    """Over real TLS: a request head past MAX_HEAD gets 431 and the connection is closed; a body
+    past MAX_BODY gets 413 with the CAS's error shape (a ParseError for clients) without being
+    read whole; the CAS goes on serving. Both used to be buffered without limit."""
+    import socket
+    import ssl
+
+    import httpx2
+
+    from confide.cas.app import MAX_BODY
+    from confide.cas.http_limits import MAX_HEAD
+
+    host, port = cas.env["CONFIDE_CAS_URL"].removeprefix("https://").rsplit(":", 1)
+    ctx = ssl.create_default_context(cafile=cas.env["CONFIDE_CAS_CERT"])
+    with ctx.wrap_socket(socket.create_connection((host, int(port))), server_hostname=host) as s:
+        s.sendall(b"POST /v1/attest/nonce HTTP/1.1\r\nHost: cas\r\nX-Big: ")
+        try:
+            for _ in range(4 * MAX_HEAD // 4096):
+                s.sendall(b"a" * 4096)
+        except OSError:
+            pass  # the CAS may close before all of it is sent
+        s.settimeout(30)
+        assert s.recv(4096).startswith(b"HTTP/1.1 431 ")
+    with httpx2.Client(verify=ctx, timeout=60) as http:
+        resp = http.post(f"{cas.env['CONFIDE_CAS_URL']}/v1/policies", content=b" " * (MAX_BODY + 1))
+        assert resp.status_code == 413
+        assert resp.json()["error"]["class"] == "ParseError"
+
+        def chunks() -> Iterator[bytes]:  # chunked, no Content-Length: refused once past the limit
+            for _ in range(MAX_BODY // (1 << 20) + 64):
+                yield b" " * (1 << 20)
+
+        try:
+            resp = http.post(f"{cas.env['CONFIDE_CAS_URL']}/v1/attest", content=chunks())
+            assert resp.status_code == 413
+        except httpx2.TransportError:
+            pass  # the CAS answered and closed while the client was still sending
+    assert client.nonce()

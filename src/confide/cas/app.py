@@ -107,12 +107,18 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
         try:
             fast = hot.get(scope["path"]) if scope["method"] == "POST" else None
             if fast is not None:
+                route = scope["path"]
+            # Every request body is read here, bounded by MAX_BODY, before anything parses it:
+            # a larger one (declared or sent) is refused with 413 without being read further.
+            body, whole = await _read_body(scope, receive)
+            if body is None:
+                await _too_large()(scope, receive, send_wrapper)
+                return
+            if fast is not None:
                 # The attestation endpoints skip FastAPI's routing and body validation for a
                 # well-formed JSON object (the same endpoint function runs); anything else takes
                 # the full stack below and gets its usual error.
-                route = scope["path"]
                 endpoint, wants_body = fast
-                body, whole = await _read_body(receive) if wants_body else (b"", True)
                 data = (_json_object(body) if whole else None) if wants_body else {}
                 if data is not None:
                     try:
@@ -121,8 +127,7 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
                         response = _error_response(exc)
                     await response(scope, receive, send_wrapper)
                     return
-                receive = _replay(body, whole, receive)
-            await inner(scope, receive, send_wrapper)
+            await inner(scope, _replay(body, whole, receive), send_wrapper)
         finally:
             elapsed = time.perf_counter() - start
             route = route or str(getattr(scope.get("route"), "path", "unmatched"))
@@ -249,12 +254,22 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
     return app
 
 
-MAX_FAST_BODY = 4 << 20  # larger attestation requests take the full stack
+# The largest request body the CAS reads (RFC 9110 §15.5.14, 413 Content Too Large). The
+# largest legitimate requests are attestations with GPU evidence: 8 reports, their chains and
+# up to 16 RIMs, ~2-3 MiB in JSON; a policy document is at most 1 MiB (policy.loader.MAX_BYTES).
+MAX_BODY = 16 << 20
 
 
-async def _read_body(receive: Any) -> tuple[bytes, bool]:
-    """The request body and whether it is whole: reading stops past ``MAX_FAST_BODY`` (or at a
-    disconnect), and what was read is then replayed to the full stack."""
+async def _read_body(scope: Any, receive: Any) -> tuple[bytes | None, bool]:
+    """The request body and whether it is whole (False: the client disconnected first); ``None``
+    when it exceeds :data:`MAX_BODY`, by its Content-Length (then nothing is read) or by what was
+    sent (reading stops there). What was read is replayed to the full stack."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            # httptools/uvicorn refuse a malformed Content-Length before the app is called.
+            if value.isdigit() and int(value) > MAX_BODY:
+                return None, False
+            break
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -262,12 +277,20 @@ async def _read_body(receive: Any) -> tuple[bytes, bool]:
         if message["type"] != "http.request":
             return b"".join(chunks), False
         chunk = message.get("body", b"")
-        chunks.append(chunk)
         size += len(chunk)
+        if size > MAX_BODY:
+            return None, False
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks), True
-        if size > MAX_FAST_BODY:
-            return b"".join(chunks), False
+
+
+def _too_large() -> JSONResponse:
+    exc = ParseError(f"the request body exceeds the CAS's limit of {MAX_BODY} bytes", structure="request")
+    response = _error_response(exc)
+    response.status_code = 413
+    response.headers["Connection"] = "close"  # the rest of the body is not read
+    return response
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

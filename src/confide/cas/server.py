@@ -59,6 +59,7 @@ from cryptography.x509.oid import NameOID
 from confide.cas.app import create_app
 from confide.cas.core import Cas
 from confide.cas.db import Database, raw_connection
+from confide.cas.http_limits import BoundedHttpToolsProtocol
 from confide.cas.keyfiles import TLS_KEY_NAME, load_log_signer, load_tls_key, tls_key_password
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, CasEvidence, EvidenceRefresher
@@ -510,7 +511,7 @@ def _serve(
         ssl_version=ssl.PROTOCOL_TLS_SERVER,
         log_config=None,
         access_log=False,
-        http="httptools",
+        http=BoundedHttpToolsProtocol,  # httptools, with request heads bounded (MAX_HEAD)
         loop="uvloop",
         timeout_graceful_shutdown=5,
     )
