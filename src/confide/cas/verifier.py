@@ -471,10 +471,18 @@ class PlatformVerifier:
         *,
         at: datetime,
         prefetched: Prefetched | None = None,
+        snp_crl: x509.CertificateRevocationList | None = None,
     ) -> VerifiedEvidence:
         """Verify ``evidence`` (module docstring). ``prefetched``: what this attestation's
         :meth:`collateral_job` handed over; with it, nothing is fetched here (module docstring,
-        "Prefetch"); without it, collateral missing from memory is fetched, blocking."""
+        "Prefetch"); without it, collateral missing from memory is fetched, blocking.
+        ``snp_crl``: an AMD CRL to check the chain of a *sent* SEV-SNP VCEK/VLEK with (it must
+        be signed by the pinned ARK, current at ``at``, and not revoke the ASK/ASVK:
+        :func:`~confide.verify.sev_snp.verify_vek_chain`); ``confide cas attest`` passes the one
+        the CAS published with its own evidence. A :class:`UsageError` with other evidence, or
+        with SEV-SNP evidence whose VCEK is fetched from AMD KDS (its own CRL is checked)."""
+        if snp_crl is not None and platform is not Platform.SEV_SNP:
+            raise UsageError(f"an AMD CRL (snp_crl) checks sev-snp evidence only, got {platform} evidence")
         if platform is Platform.SIMULATED:
             if self.sim_key is None:
                 raise UsageError("this CAS does not accept simulated evidence (start it with --dev)")
@@ -498,12 +506,14 @@ class PlatformVerifier:
             # or a "vcek" blob; the ASK/ARK chain is the embedded, pinned one.
             vek = _sent_vek(aux)
             if vek is not None:
-                return _vcek_source(self.snp.verify(evidence, vek, at=at), "sent")
+                return _vcek_source(self.snp.verify(evidence, vek, at=at, crl=snp_crl), "sent")
             if self.kds is None:
                 raise CollateralMissingError(
                     "SEV-SNP evidence came without its VCEK/VLEK (auxblob or vcek), and this CAS"
                     " fetches none (start it with --kds URL to fetch VCEKs from AMD KDS)"
                 )
+            if snp_crl is not None:  # the KDS's own CRL is checked below
+                raise UsageError("an AMD CRL (snp_crl) checks the chain of a sent VCEK/VLEK only")
             # Else the VCEK from AMD KDS (AMD 57230), with the KDS's ASK+ARK and the ARK's CRL,
             # verified exactly as a sent one: the chain must lead to the pinned ARK.
             fetched = self._vek(self.kds, vek_request(evidence), at, prefetched)
