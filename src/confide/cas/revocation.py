@@ -32,15 +32,16 @@ issuer, the signer the issuer or a delegated responder it authorised, valid at `
 signature, ``thisUpdate``/``nextUpdate`` against ``at``, status ``good``), without a nonce: the
 nonce of the request it once answered proves nothing now, so, as for a stored response
 (``--nvidia-ocsp DIR``), its ``nextUpdate`` bounds its use. A file that does not pass (tampered,
-another certificate's, expired, not yet valid at ``at``, revoked, unreadable) is not used and is
-removed (``rejected_files`` counts them), and the source is asked.
+another certificate's, expired, not yet valid at ``at``, revoked, malformed, too large) is not
+used and is removed (``rejected_files`` counts them), and the source is asked; one that cannot be
+read is not used either (logged, left in place).
 
 Every response handed out, cached or fresh, is verified once more by the caller
 (:func:`confide.verify.nvidia.verify_nvidia_report` at the attestation's ``at``); the cache only
 decides when to ask again. The time is the caller's ``at`` (the CAS's injected clock): nothing
 here reads a clock.
 
-Blocking: a fetch goes to the network. The CAS's event loop does not wait for one: an
+Blocking: a fetch reads the disk, then goes to the network. The CAS's event loop does not wait for one: an
 attestation whose responses are not all cached first runs :meth:`OcspCache.prefetch` in a
 worker thread (``PlatformVerifier.collateral_job``), which returns each response or the error
 it ran into; they are handed to that attestation's phase 1 directly

@@ -37,9 +37,9 @@ not verify (wrong signer, nonce or CertID, out of its validity window, malformed
 classes, a malformed response as ``CollateralError``) refuse too, their messages starting with
 "revocation check". The fetches run before phase 1, off the event loop
 (:meth:`PlatformVerifier.collateral_job`); :meth:`PlatformVerifier.verify` takes the responses
-from what that prefetch handed it (:class:`Prefetched`), then from memory
-(:mod:`confide.cas.revocation`). Without it nothing is fetched and the claims say
-``revocation_checked: false``.
+from what that prefetch handed it (:class:`Prefetched`; the prefetch reads responses kept on
+disk before it asks the responder), then from memory (:mod:`confide.cas.revocation`). Without
+it nothing is fetched and the claims say ``revocation_checked: false``.
 
 Prefetch (all three fetching sources: DCAP collateral from a URL, AMD KDS VCEKs, OCSP; and the
 local DCAP source, ``--collateral FILE|DIR``, whose read is disk I/O): the job
