@@ -17,8 +17,10 @@ from snp_fakes import AT, cert_table, make_fake_amd
 from confide import errors
 from confide.cas.kds import KdsVcekCache
 from confide.cas.own_vcek import with_kds_vcek
+from confide.cas.verifier import PlatformVerifier
 from confide.collateral.amd_kds import AmdCollateral, AmdCollateralRequest
 from confide.evidence.snp_certs import ARK_GUID, ASK_GUID, VCEK_GUID, build_cert_table, parse_cert_table
+from confide.verify.result import Platform
 from confide.verify.sev_snp import VekKind
 
 AMD = make_fake_amd()
@@ -26,14 +28,15 @@ _DER = Encoding.DER
 
 
 class Source:
-    """An AMD KDS in memory that serves ``AMD``'s VCEK and records the requests."""
+    """An AMD KDS in memory that serves ``AMD``'s VCEK (and ``crl``, DER) and records the requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, crl: bytes | None = None) -> None:
         self.requests: list[AmdCollateralRequest] = []
+        self.crl = crl
 
     def fetch(self, request: AmdCollateralRequest) -> AmdCollateral:
         self.requests.append(request)
-        return AmdCollateral(AMD.vek.public_bytes(_DER), AMD.chain_pem(), None)
+        return AmdCollateral(AMD.vek.public_bytes(_DER), AMD.chain_pem(), self.crl)
 
 
 def _document(report: bytes, aux: dict[str, bytes] | None = None) -> dict[str, Any]:
@@ -84,6 +87,17 @@ def test_the_vcek_and_chain_are_attached_as_a_certificate_table() -> None:
     assert {k: v for k, v in out.items() if k != "aux"} == {k: v for k, v in document.items() if k != "aux"}
 
 
+def test_the_crl_the_chain_was_verified_with_is_published_when_the_kds_served_one() -> None:
+    assert "amd_crl" not in with_kds_vcek(_document(AMD.sign(AMD.report())), _cache()[0], AT)  # none served
+    crl = AMD.crl().public_bytes(_DER)
+    source = Source(crl)
+    out = with_kds_vcek(_document(AMD.sign(AMD.report())), KdsVcekCache(source, None, AMD.roots()), AT)
+    assert base64.b64decode(out["amd_crl"]) == crl
+    revoking = Source(AMD.crl(revoked_serials=(AMD.ask.serial_number,)).public_bytes(_DER))
+    with pytest.raises(errors.RevocationError, match=r"own SEV-SNP report .* revoked by the AMD CRL"):
+        with_kds_vcek(_document(AMD.sign(AMD.report())), KdsVcekCache(revoking, None, AMD.roots()), AT)
+
+
 def test_other_platforms_and_documents_with_a_vcek_are_unchanged() -> None:
     cache, source = _cache()
     tdx = {"platform": "tdx", "evidence": "AAAA", "aux": {}}
@@ -125,3 +139,18 @@ def test_a_kds_vcek_that_does_not_verify_is_refused_with_its_class() -> None:
     cache, _source = _cache()
     with pytest.raises(errors.CertificateChainError, match=r"own SEV-SNP report .* another chip"):
         with_kds_vcek(_document(other.sign(other.report())), cache, AT)
+
+
+def test_an_amd_crl_is_taken_for_a_sent_vcek_only() -> None:
+    """``PlatformVerifier.verify(snp_crl=)`` (what ``cas attest`` passes) checks the chain of a
+    sent VEK; with other evidence, or a VCEK the verifier fetches (with its own CRL), it is a
+    usage error, not ignored."""
+    crl = AMD.crl(revoked_serials=(AMD.ask.serial_number,))
+    report = AMD.sign(AMD.report())
+    verifier = PlatformVerifier(amd_roots=AMD.roots(), kds=Source())
+    with pytest.raises(errors.RevocationError, match="revoked by the AMD CRL"):
+        verifier.verify(Platform.SEV_SNP, report, {"vcek": AMD.vek.public_bytes(_DER)}, at=AT, snp_crl=crl)
+    with pytest.raises(errors.UsageError, match="sent VCEK/VLEK only"):
+        verifier.verify(Platform.SEV_SNP, report, {}, at=AT, snp_crl=crl)
+    with pytest.raises(errors.UsageError, match="sev-snp evidence only, got nvidia-gpu"):
+        verifier.verify(Platform.NVIDIA_GPU, b"", {}, at=AT, snp_crl=crl)

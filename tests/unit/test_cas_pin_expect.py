@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from cli import run_confide
@@ -50,3 +52,27 @@ def test_cli_refuses_malformed_expectations(spec: str) -> None:
     r = run_confide("cas", "attest", "https://127.0.0.1:9", "--expect", spec)
     assert r.returncode == UsageError.exit_code, r.stderr
     assert "--expect: got" in r.stderr and "expected CLAIM=VALUE" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("crl_checked", "line"), [(True, "AMD CRL: checked"), (False, "AMD CRL: not checked")]
+)
+def test_cas_attest_prints_whether_an_amd_crl_was_checked(
+    monkeypatch: pytest.MonkeyPatch, crl_checked: bool, line: str
+) -> None:
+    """``confide cas attest`` says whether the SEV-SNP chain was checked against the CRL the CAS
+    published (``amd_crl``), so a CAS that published none is not passed over in silence."""
+    from click.testing import CliRunner
+
+    from confide.cas import cli, pin
+    from confide.verify.result import Platform, VerifiedEvidence
+
+    evidence = VerifiedEvidence(
+        platform=Platform.SEV_SNP, claims={"measurement": "cd" * 48}, verified_at=datetime.now(UTC),
+        evidence_digest="00" * 32, details={"crl_checked": crl_checked},
+    )  # fmt: skip
+    pinned = pin.PinnedCas("https://cas", b"", "ab" * 32, "log-key", evidence)
+    monkeypatch.setattr(pin, "attest_cas", lambda url, **_kw: pinned)
+    result = CliRunner().invoke(cli.cas, ["attest", "https://cas.example"])
+    assert result.exit_code == 0, result.output
+    assert line in result.stderr

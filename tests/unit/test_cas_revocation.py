@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -107,13 +109,15 @@ class Responder(FakeOcsp):
         self.valid_for: timedelta | None = timedelta(hours=1)
         self.status = ocsp.OCSPCertStatus.GOOD
         self.revoked: set[int] = set()
+        self.answers: list[bytes] = []  # what honest() answered, in order
 
     @property
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.now, UTC)
 
     def honest(self, cert: x509.Certificate, issuer: Issuer, nonce: bytes | None) -> tuple[int, bytes]:
-        return 200, self.response(cert, issuer, nonce, issuer)
+        self.answers.append(self.response(cert, issuer, nonce, issuer))
+        return 200, self.answers[-1]
 
     def response(
         self, cert: x509.Certificate, issuer: Issuer, nonce: bytes | None, signer: Issuer, **changes: Any
@@ -608,6 +612,7 @@ def test_prepare_takes_a_url_or_a_directory(tmp_path: Path, responder: Responder
     )
     assert isinstance(cas.verifier, PlatformVerifier) and cas.verifier.nvidia_ocsp is not None
     assert isinstance(cas.verifier.nvidia_ocsp.source, HttpOcspSource)
+    assert cas.verifier.nvidia_ocsp.directory == tmp_path / "a" / "ocsp-cache"  # kept across restarts
     stored = tmp_path / "ocsp"
     stored.mkdir()
     cas, *_ = prepare(
@@ -615,6 +620,7 @@ def test_prepare_takes_a_url_or_a_directory(tmp_path: Path, responder: Responder
     )
     assert isinstance(cas.verifier, PlatformVerifier) and cas.verifier.nvidia_ocsp is not None
     assert isinstance(cas.verifier.nvidia_ocsp.source, DirOcspSource)
+    assert cas.verifier.nvidia_ocsp.directory is None  # the directory is read as it is now
     with pytest.raises(errors.UsageError, match=r"--nvidia-ocsp: .* is not a directory"):
         prepare(
             tmp_path / "c", host="127.0.0.1", dev=True, db_url=None, collateral=None,
@@ -652,3 +658,147 @@ def test_stored_responses_from_a_directory(tmp_path: Path, responder: Responder,
         errors.CollateralMissingError,
         "revocation check: no OCSP response for serial",
     )
+
+
+# --- the disk cache (DATA_DIR/ocsp-cache) -----------------------------------------------------------
+
+ICA, ROOT = PKI.ica[0], PKI.root
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/"
+
+
+def restarted(inproc: InProcessCas, directory: Path, url: str) -> OcspCache:
+    """The CAS's revocation cache as after a restart (nothing in memory) with ``directory``,
+    asking the responder at ``url``."""
+    cache = OcspCache(HttpOcspSource(url, timeout=5), directory=directory)
+    inproc.verify_with(nvidia_root=PKI.root[0], nvidia_rim_root=RIM_PKI.root, nvidia_ocsp=cache)
+    return cache
+
+
+def ica_file(directory: Path) -> Path:
+    (path,) = directory.iterdir()  # one file, no temporary file left behind
+    assert path.name.endswith(f"-{ICA.serial_number:x}.der")
+    return path
+
+
+def test_a_restarted_cas_uses_the_responses_on_disk_while_the_responder_is_down(
+    cas: InProcessCas, responder: Responder, clock: Clock[float], tmp_path: Path
+) -> None:
+    directory = tmp_path / "ocsp-cache"
+    first = restarted(cas, directory, responder.url)
+    rt = Runtime(cas)
+    accepted(cas, rt.gpu_only(), rt)
+    assert first.fetches == 1
+    stored = ica_file(directory).read_bytes()
+    assert stored == responder.answers[-1]  # the responder's DER, as it answered
+    # Restarted, with the responder unreachable: the file is verified and used, while it is valid.
+    cache = restarted(cas, directory, _closed_port_url())
+    clock.now += 3599  # one second before its nextUpdate
+    rt = Runtime(cas)
+    job = cas.cas.collateral_job(rt.gpu_only())
+    assert job is not None and job.fetch is not None  # the disk is read by the prefetch, off the loop
+    assert accepted(cas, rt.gpu_only(), rt)["revocation_checked"] is True
+    assert (cache.fetches, cache.rejected_files, len(cache)) == (0, 0, 1)
+    rt = Runtime(cas)
+    assert cas.cas.collateral_job(rt.gpu_only()).fetch is None  # type: ignore[union-attr]  # in memory now
+    accepted(cas, rt.gpu_only(), rt)
+    # At its nextUpdate: not used, and removed; the responder is asked (and is down): refused.
+    cache = restarted(cas, directory, _closed_port_url())
+    clock.now += 1
+    rt = Runtime(cas)
+    refused(cas.cas, rt.gpu_only(), errors.NetworkError, "^revocation check: OCSP responder")
+    assert (cache.fetches, cache.rejected_files) == (1, 1)
+    assert list(directory.iterdir()) == []
+
+
+def _flip_last_byte(der: bytes) -> bytes:
+    return der[:-1] + bytes([der[-1] ^ 1])
+
+
+TAMPERINGS = {
+    # the signature no longer verifies
+    "flipped": lambda responder, good: _flip_last_byte(good),
+    "garbage": lambda responder, good: b"\x30\x03\x0a\x01\x00",
+    "oversized": lambda responder, good: good + bytes(64 * 1024),
+    # a genuine response about another certificate (the RIM ICA's), renamed
+    "other-certificate": lambda responder, good: responder.response(
+        RIM_PKI.ica, (RIM_PKI.root, RIM_PKI.root_key), None, (RIM_PKI.root, RIM_PKI.root_key)
+    ),
+    # signed by a key that is not the issuer's
+    "stranger": lambda responder, good: responder.response(
+        ICA, ROOT, None, make_ca("Test Device Identity CA", NOW)
+    ),
+    # genuine, but its validity is over
+    "expired": lambda responder, good: responder.response(
+        ICA, ROOT, None, ROOT, this_update=NOW - timedelta(days=2), next_update=NOW - timedelta(days=1)
+    ),
+    # genuine and current, but revoked: never written by the CAS (it keeps good answers only)
+    "revoked": lambda responder, good: responder.response(
+        ICA, ROOT, None, ROOT, status=ocsp.OCSPCertStatus.REVOKED
+    ),
+    # genuine, without nextUpdate and without the nonce of a request: cannot tell it is current
+    "no-next-update": lambda responder, good: responder.response(ICA, ROOT, None, ROOT, next_update=None),
+}
+
+
+@pytest.mark.parametrize("tampering", sorted(TAMPERINGS))
+def test_a_file_that_does_not_verify_is_not_used_and_is_removed(
+    cas: InProcessCas, responder: Responder, tmp_path: Path, tampering: str
+) -> None:
+    directory = tmp_path / "ocsp-cache"
+    restarted(cas, directory, responder.url)
+    rt = Runtime(cas)
+    accepted(cas, rt.gpu_only(), rt)
+    path = ica_file(directory)
+    path.write_bytes(TAMPERINGS[tampering](responder, path.read_bytes()))
+    # Restarted with the responder down: the file is not trusted (refused, as with no file).
+    cache = restarted(cas, directory, _closed_port_url())
+    rt = Runtime(cas)
+    refused(cas.cas, rt.gpu_only(), errors.NetworkError, "^revocation check: OCSP responder")
+    assert (cache.rejected_files, cache.fetches) == (1, 1)
+    assert not path.exists()
+    # With the responder up, the same: the file is not used; the responder's answer replaces it.
+    path.write_bytes(TAMPERINGS[tampering](responder, responder.answers[-1]))
+    asked = len(responder.requests)
+    cache = restarted(cas, directory, responder.url)
+    rt = Runtime(cas)
+    accepted(cas, rt.gpu_only(), rt)
+    assert (cache.rejected_files, cache.fetches, len(responder.requests)) == (1, 1, asked + 1)
+    assert ica_file(directory).read_bytes() == responder.answers[-1]
+
+
+def test_responses_without_next_update_are_not_written(
+    cas: InProcessCas, responder: Responder, tmp_path: Path
+) -> None:
+    directory = tmp_path / "ocsp-cache"
+    restarted(cas, directory, responder.url)
+    responder.valid_for = None  # accepted only for its nonce: nothing to keep beyond 5 minutes
+    rt = Runtime(cas)
+    accepted(cas, rt.gpu_only(), rt)
+    assert not directory.exists() or list(directory.iterdir()) == []
+
+
+def test_the_disk_cache_is_bounded(responder: Responder, tmp_path: Path) -> None:
+    directory = tmp_path / "ocsp-cache"
+    with HttpOcspSource(responder.url) as source:
+        cache = OcspCache(source, directory=directory, disk_entries=1)
+        cache.get(ICA, ROOT[0], at=NOW)
+        (first,) = directory.iterdir()
+        os.utime(first, (1, 1))  # older
+        cache.get(RIM_PKI.ica, RIM_PKI.root, at=NOW)
+    (kept,) = directory.iterdir()
+    assert kept.name.endswith(f"-{RIM_PKI.ica.serial_number:x}.der")
+    assert oct(kept.stat().st_mode & 0o777) == "0o600" and oct(directory.stat().st_mode & 0o777) == "0o700"
+
+
+def test_an_unwritable_directory_keeps_the_response_in_memory(responder: Responder, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    with HttpOcspSource(responder.url) as source:
+        cache = OcspCache(source, directory=blocker / "ocsp-cache")
+        cache.get(ICA, ROOT[0], at=NOW)
+        assert cache.cached(ICA, ROOT[0], at=NOW) is not None

@@ -47,7 +47,7 @@ from confide.cas.own_evidence import CasEvidence, EvidenceRefresher
 from confide.cas.pin import attest_cas, verify_cas_evidence
 from confide.cas.server import prepare, tee_evidence
 from confide.collateral.dcap import source_for
-from confide.evidence.sev_snp import GuestPolicy
+from confide.evidence.sev_snp import GuestPolicy, Product
 from confide.evidence.snp_certs import ARK_GUID, ASK_GUID, VCEK_GUID, parse_cert_table
 from confide.policy.model import Tolerance
 from confide.runtime.quote import (
@@ -537,7 +537,8 @@ def test_snp_cas_without_its_vcek_publishes_the_one_from_kds(
 ) -> None:
     clock = Clock(AT)
     with fake_kds() as kds, signing_tsm(tmp_path, amd, auxblob=auxblob) as (root, tsm):
-        vcek_path = kds.serve_amd(amd, crl=amd.crl())
+        crl = amd.crl()  # PSS: each signing differs
+        vcek_path = kds.serve_amd(amd, crl=crl)
         cas, evidence, key_path, cert_path, _env, _signer = _prepare_snp(
             tmp_path / "cas", root, clock=clock, amd_roots=amd.roots(), kds=kds.url
         )
@@ -552,8 +553,11 @@ def test_snp_cas_without_its_vcek_publishes_the_one_from_kds(
         assert kds.requests == fetched and tsm.issued.value == 2
     cas.db.dispose()
     assert vcek_path in fetched and f"/vcek/v1/{amd.product}/cert_chain" in fetched
+    assert f"/vcek/v1/{amd.product}/crl" in fetched
     document = json.loads(served)
     assert set(document["aux"]) == {"auxblob"}
+    # The ARK's CRL the CAS verified its VCEK's chain with, as the KDS served it.
+    assert base64.b64decode(document["amd_crl"]) == crl.public_bytes(serialization.Encoding.DER)
     # The form of a host's certificate table: the VCEK, ASK and ARK entries.
     assert _table(document) == {
         VCEK_GUID: _der_of(amd.vek),
@@ -565,16 +569,103 @@ def test_snp_cas_without_its_vcek_publishes_the_one_from_kds(
     with serve_tls(cert_path, key_path, served) as url:
         pinned = attest_cas(url, sim_key_pem=None, at=AT, amd_roots=amd.roots(), measurements=(MEASUREMENT,))
     assert pinned.evidence.claims["report_id"] == (1).to_bytes(32, "big").hex()
+    assert pinned.evidence.details["crl_checked"] is True  # with the CRL the CAS published
     pinned = verify_cas_evidence(
         _der(cert_path), refreshed, sim_key_pem=None, at=clock.now, amd_roots=amd.roots()
     )
     assert pinned.evidence.claims["report_id"] == (2).to_bytes(32, "big").hex()
+    assert json.loads(refreshed)["amd_crl"] == document["amd_crl"]
+    assert pinned.evidence.details["crl_checked"] is True
+    # A CAS from before amd_crl: the same document without it verifies, and says no CRL was checked.
+    older = {k: v for k, v in document.items() if k != "amd_crl"}
+    pinned = verify_cas_evidence(
+        _der(cert_path), json.dumps(older).encode(), sim_key_pem=None, at=AT, amd_roots=amd.roots()
+    )
+    assert pinned.evidence.details["crl_checked"] is False
     # Without the VCEK the CAS attached, the same document does not verify.
     with pytest.raises(errors.CollateralMissingError):
         verify_cas_evidence(
             _der(cert_path), json.dumps({**document, "aux": {}}).encode(), sim_key_pem=None, at=AT,
             amd_roots=amd.roots(),
         )  # fmt: skip
+
+
+@pytest.fixture
+def published_crl(tmp_path: Path, amd: FakeAmd) -> tuple[dict[str, Any], bytes]:
+    """The document a CAS with --kds publishes when the KDS serves a CRL revoking nothing, with
+    the DER of its TLS certificate."""
+    with fake_kds() as kds, signing_tsm(tmp_path, amd, auxblob=EMPTY_TABLE) as (root, _tsm):
+        kds.serve_amd(amd, crl=amd.crl(revoked_serials=(amd.vek.serial_number + 1,)))
+        cas, evidence, _key, cert_path, _env, _signer = _prepare_snp(
+            tmp_path / "cas", root, clock=Clock(AT), amd_roots=amd.roots(), kds=kds.url
+        )
+    cas.db.dispose()
+    assert evidence is not None
+    return json.loads(evidence.body), _der(cert_path)
+
+
+def _with_crl(document: dict[str, Any], crl: x509.CertificateRevocationList | str) -> bytes:
+    value = (
+        crl
+        if isinstance(crl, str)
+        else base64.b64encode(crl.public_bytes(serialization.Encoding.DER)).decode()
+    )
+    return json.dumps({**document, "amd_crl": value}).encode()
+
+
+def test_snp_cas_kds_crl_that_revokes_the_ask_stops_the_cas(tmp_path: Path, amd: FakeAmd) -> None:
+    with (
+        fake_kds() as kds,
+        signing_tsm(tmp_path, amd, auxblob=EMPTY_TABLE) as (root, _tsm),
+        pytest.raises(
+            errors.RevocationError, match=r"--kds could not supply it: .* is revoked by the AMD CRL"
+        ),
+    ):
+        kds.serve_amd(amd, crl=amd.crl(revoked_serials=(amd.ask.serial_number,)))
+        _prepare_snp(tmp_path / "cas", root, clock=Clock(AT), amd_roots=amd.roots(), kds=kds.url)
+    assert not (tmp_path / "cas" / "cas.db").exists()
+
+
+def test_cas_attest_checks_the_published_crl(
+    amd: FakeAmd, published_crl: tuple[dict[str, Any], bytes]
+) -> None:
+    """The client verifies the VCEK's chain with the CRL in the document: one that does not
+    revoke passes; one that revokes the ASK, one out of date at the client's time, one signed by
+    another key or malformed are refused, each with its class."""
+    document, cert_der = published_crl
+
+    def verify(body: bytes, at: datetime = AT) -> Any:
+        return verify_cas_evidence(cert_der, body, sim_key_pem=None, at=at, amd_roots=amd.roots())
+
+    assert verify(json.dumps(document).encode()).evidence.details["crl_checked"] is True
+    with pytest.raises(errors.RevocationError, match=r"\(serial 0x[0-9a-f]+\) is revoked by the AMD CRL"):
+        verify(_with_crl(document, amd.crl(revoked_serials=(amd.ask.serial_number,))))
+    # Out of date at the client's time: a clear refusal, never a silent pass without the CRL.
+    due = amd.crl(this_update=AT - timedelta(days=2), next_update=AT - timedelta(days=1))
+    with pytest.raises(errors.CollateralExpiredError) as info:
+        verify(_with_crl(document, due))
+    assert info.value.message.startswith(
+        "the AMD CRL the CAS published with its evidence (amd_crl) is out of date at 2025-06-01T00:00:00+00:00"
+        " (CRL expired at"
+    ), info.value.message
+    assert "when it next refreshes its evidence" in info.value.message
+    future = amd.crl(this_update=AT + timedelta(days=1), next_update=AT + timedelta(days=30))
+    with pytest.raises(errors.CollateralExpiredError, match=r"published .* out of date .* not yet valid"):
+        verify(_with_crl(document, future))
+    with pytest.raises(errors.CertificateChainError, match="CRL signature does not verify with the ARK"):
+        verify(_with_crl(document, amd.crl(key=amd.ask_key)))  # the ARK's name, another key
+    with pytest.raises(errors.CertificateChainError, match="CRL issuer: got CN=ARK-Genoa"):
+        verify(_with_crl(document, make_fake_amd(Product.GENOA).crl()))
+    for garbage in ("not base64!", base64.b64encode(b"not a CRL").decode()):
+        with pytest.raises(errors.ParseError, match="amd_crl"):
+            verify(_with_crl(document, garbage))
+    with pytest.raises(errors.ParseError, match="amd_crl"):
+        verify(json.dumps({**document, "amd_crl": 7}).encode())
+    # Only with SEV-SNP evidence.
+    with pytest.raises(errors.ParseError, match="got amd_crl with sim evidence"):
+        verify(
+            json.dumps({"platform": "sim", "evidence": "AAAA", "log_key": "k", "amd_crl": "AAAA"}).encode()
+        )
 
 
 def test_snp_cas_keeps_the_hosts_other_table_entries(tmp_path: Path, amd: FakeAmd) -> None:
@@ -673,6 +764,12 @@ def test_snp_cas_kds_down_at_a_refresh_keeps_the_served_evidence_and_is_counted(
     assert warning["error"] == "CollateralMissingError" and "--kds could not supply it" in warning["detail"]
     assert warning["serving_obtained_at"] == "2025-06-01T00:00:00Z"
     verify_cas_evidence(_der(cert_path), refreshed, sim_key_pem=None, at=clock.now, amd_roots=amd.roots())
+    # The refreshed document carries the new CRL; the first one's is out of date by now.
+    crl_of = {body: base64.b64decode(json.loads(body)["amd_crl"]) for body in (served, refreshed)}
+    assert crl_of[refreshed] == later.public_bytes(serialization.Encoding.DER)
+    assert crl_of[served] == crl.public_bytes(serialization.Encoding.DER)
+    with pytest.raises(errors.CollateralExpiredError, match="the AMD CRL the CAS published"):
+        verify_cas_evidence(_der(cert_path), served, sim_key_pem=None, at=clock.now, amd_roots=amd.roots())
 
 
 def test_snp_cas_fetches_its_vcek_for_a_refresh_in_the_refresher_thread(

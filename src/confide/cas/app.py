@@ -210,10 +210,11 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
     @app.post("/v1/attest")
     async def attest(request: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
         # Phase 1 on the event loop: CPU-bound (verification, appraisal, rendering), so a thread
-        # hand-off would cost more than it saves. Collateral it would fetch (DCAP collateral from
-        # Intel PCS or a PCCS, an SEV-SNP VCEK from AMD KDS, OCSP responses for NVIDIA GPU
-        # chains) is fetched first, in a thread, and handed to phase 1 with what was in memory
-        # already (a Prefetched): phase 1 never fetches on the loop, even when the shared caches
+        # hand-off would cost more than it saves. Collateral it would fetch or read (DCAP
+        # collateral from Intel PCS or a PCCS, or from a local --collateral file or directory;
+        # an SEV-SNP VCEK from AMD KDS; OCSP responses for NVIDIA GPU chains) is fetched first,
+        # in a thread, and handed to phase 1 with what was in memory already (a Prefetched):
+        # phase 1 never fetches or reads collateral on the loop, even when the shared caches
         # dropped the entries meanwhile. No thread hand-off when everything was in memory.
         # Phase 2 (spend the nonce, record the outcome) goes to the group commit: the loop goes
         # on with other requests while the disk syncs.

@@ -217,6 +217,7 @@ def cas_attest(
     from confide.collateral.dcap import source_for
     from confide.platforms.dcap import COLLATERAL_ENV
     from confide.policy.model import Tolerance
+    from confide.verify.result import Platform
 
     url = url or os.environ.get("CONFIDE_CAS_URL")
     if not url:
@@ -260,6 +261,14 @@ def cas_attest(
     click.echo(f"  {claim}: {ev.claims.get(claim)}{checked}", err=True)
     for name in expect:
         click.echo(f"  {name}: {ev.claims.get(name)} (as expected)", err=True)
+    if ev.platform is Platform.SEV_SNP:
+        crl = (
+            "checked (the CRL the CAS published with its evidence)"
+            if ev.details.get("crl_checked") is True
+            else "not checked (the CAS published none: an older CAS, a VCEK from the host's"
+            " certificate table, or a KDS without a CRL)"
+        )
+        click.echo(f"  AMD CRL: {crl}", err=True)
     click.echo(f"  TLS certificate SHA-256: {pinned.certificate_sha256}", err=True)
     click.echo(f"  transparency log key: {pinned.log_key}", err=True)
     click.echo(f"  evidence obtained: {_obtained(pinned.obtained_at)}", err=True)

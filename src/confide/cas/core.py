@@ -102,8 +102,8 @@ _FETCHING_PLATFORMS = frozenset(
     p.value
     for p in (Platform.SEV_SNP, Platform.NVIDIA_GPU, Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM)
 )
-"""Evidence whose verification may fetch collateral (``--kds``, ``--nvidia-ocsp``, ``--collateral
-URL``); so may composite requests' GPU reports (``gpu<k>`` aux keys)."""
+"""Evidence whose verification may fetch or read collateral (``--kds``, ``--nvidia-ocsp``,
+``--collateral URL|FILE|DIR``); so may composite requests' GPU reports (``gpu<k>`` aux keys)."""
 _DCAP_PLATFORMS = frozenset(p.value for p in (Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM))
 
 
@@ -931,21 +931,21 @@ class Cas:
     def collateral_job(self, request: Any) -> CollateralJob | None:
         """The collateral that phase 1 of ``request`` would need from a source (the DCAP
         collateral of an SGX/TDX quote's platform, with ``cas serve --collateral URL``:
-        :mod:`confide.cas.pcs`; SEV-SNP evidence without its VCEK, with ``cas serve --kds``:
-        :mod:`confide.cas.kds`; the OCSP responses for NVIDIA reports, GPU-only or ``gpu<k>``
-        blobs of a composite request, with ``cas serve --nvidia-ocsp``:
-        :mod:`confide.cas.revocation`): what is in memory now (``found``), and a blocking
-        ``fetch`` of the rest to run before :meth:`attest_begin` and off the event loop
-        (:class:`~confide.cas.verifier.CollateralJob`); hand its ``run()`` to
-        :meth:`attest_begin` as ``prefetched``. ``None`` when there is none. Cheap for every
+        :mod:`confide.cas.pcs`, or read from ``--collateral FILE|DIR``; SEV-SNP evidence
+        without its VCEK, with ``cas serve --kds``: :mod:`confide.cas.kds`; the OCSP responses
+        for NVIDIA reports, GPU-only or ``gpu<k>`` blobs of a composite request, with ``cas
+        serve --nvidia-ocsp``: :mod:`confide.cas.revocation`): what is in memory now
+        (``found``), and a blocking ``fetch`` of the rest to run before :meth:`attest_begin`
+        and off the event loop (:class:`~confide.cas.verifier.CollateralJob`); hand its
+        ``run()`` to :meth:`attest_begin` as ``prefetched``. ``None`` when there is none. Cheap for every
         other request; never raises (phase 1 refuses what is malformed)."""
         if not isinstance(request, dict):
             return None
         raw_aux = request.get("aux")
         platform_name = request.get("platform")
         gpus = isinstance(raw_aux, dict) and any(str(k).startswith("gpu") for k in raw_aux)
-        if platform_name in _DCAP_PLATFORMS and getattr(self.verifier, "dcap_cache", None) is None:
-            platform_name = None  # a local DCAP source (or none) is read in phase 1: nothing to fetch
+        if platform_name in _DCAP_PLATFORMS and getattr(self.verifier, "dcap_source", None) is None:
+            platform_name = None  # no DCAP source: nothing to fetch or read
         if platform_name not in _FETCHING_PLATFORMS and not gpus:
             return None
         job = getattr(self.verifier, "collateral_job", None)

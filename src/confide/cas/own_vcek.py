@@ -9,8 +9,11 @@ pinned AMD roots, with the ARK's CRL when the KDS serves one, and cached in
 ``DATA_DIR/kds-cache``), and publishes them in the document's ``auxblob``, as a certificate
 table with the VCEK, ASK and ARK entries (AMD GHCB specification, "SNP Extended Guest
 Request"): the form a host's table takes, read by clients as before, with no KDS access of
-their own. The CAS's self-check then verifies that document as a client would
-(:mod:`confide.cas.self_check`).
+their own. When the KDS served the ARK's CRL (the one the CAS verified the VCEK's chain with),
+the document also carries it, DER in base64, as ``amd_crl`` (:data:`AMD_CRL_FIELD`, a top-level
+member: clients that do not know it ignore it, where an unknown ``aux`` key would be refused),
+and ``confide cas attest`` checks the chain against it (:mod:`confide.cas.pin`). The CAS's
+self-check then verifies that document as a client would (:mod:`confide.cas.self_check`).
 
 Blocking: :func:`with_kds_vcek` may go to the network. It runs at startup, before the CAS
 serves, and on a refresh in the refresher's thread (:class:`~confide.cas.periodic.PeriodicTask`),
@@ -38,7 +41,11 @@ from confide.evidence.snp_certs import (
 )
 from confide.verify.result import Platform
 
-__all__ = ["with_kds_vcek"]
+__all__ = ["AMD_CRL_FIELD", "with_kds_vcek"]
+
+AMD_CRL_FIELD = "amd_crl"
+"""The member of the CAS's evidence document with the AMD CRL (DER, base64) that the CAS
+checked its own VCEK's chain with, when it fetched the VCEK from AMD KDS and the KDS served one."""
 
 
 def with_kds_vcek(document: dict[str, Any], kds: KdsVcekCache, at: datetime) -> dict[str, Any]:
@@ -46,6 +53,8 @@ def with_kds_vcek(document: dict[str, Any], kds: KdsVcekCache, at: datetime) -> 
     VCEK from ``kds`` in ``aux["auxblob"]`` when its SEV-SNP report came without a VCEK/VLEK;
     unchanged otherwise (another platform, or the host's table has one: nothing is fetched).
     Entries the host's table had are kept; the fetched ASK and ARK are added where it has none.
+    The ARK's CRL the fetched chain was verified with, when the KDS served one, is added as
+    :data:`AMD_CRL_FIELD`.
     Blocking (module docstring). Errors keep their class (a KDS that cannot be reached:
     :class:`~confide.errors.CollateralMissingError`; a VLEK-signed report or a masked chip id,
     for which the KDS cannot be asked, too; a VCEK that does not verify: the verification error)
@@ -79,4 +88,7 @@ def with_kds_vcek(document: dict[str, Any], kds: KdsVcekCache, at: datetime) -> 
     except ValueError as exc:  # the host's table was full
         raise ParseError(str(exc), structure="snp_cert_table") from None
     encoded = {k: base64.b64encode(v).decode() for k, v in sorted(aux.items())}
-    return {**document, "aux": encoded}
+    out = {**document, "aux": encoded}
+    if fetched.crl is not None:
+        out[AMD_CRL_FIELD] = base64.b64encode(fetched.crl.public_bytes(der)).decode()
+    return out

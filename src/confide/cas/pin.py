@@ -4,6 +4,15 @@ The CAS publishes evidence whose report data is SHA-512("confide-cas/v1" || 0 ||
 certificate || its transparency-log verifier key). The client fetches the certificate from the
 TLS handshake itself (without trusting it yet), fetches the evidence, verifies it, checks the
 binding, and only then writes the certificate as the one to trust (``CONFIDE_CAS_CERT``).
+
+SEV-SNP: a CAS that fetched its own VCEK from AMD KDS publishes the ARK's CRL it verified that
+VCEK's chain with (``amd_crl``, :mod:`confide.cas.own_vcek`). The client checks the chain
+against it (signed by the pinned ARK, current at the client's time, the ASK not revoked:
+:func:`~confide.verify.sev_snp.verify_vek_chain`); a CRL out of date at that time is refused
+(:class:`~confide.errors.CollateralExpiredError`, saying that the CAS's published CRL is out of
+date), never skipped. A document without one (a CAS before this member, a VCEK from the host's
+certificate table, a KDS that served no CRL) is verified without a CRL, as before: the result
+says ``crl_checked: false`` (``evidence.details``), which ``cas attest`` prints.
 """
 
 from __future__ import annotations
@@ -26,11 +35,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
+from confide.cas.own_vcek import AMD_CRL_FIELD
 from confide.cas.verifier import PlatformVerifier, check_binding
 from confide.collateral.dcap import DcapCollateralSource
 from confide.errors import (
     AppraisalError,
     BindingError,
+    CollateralExpiredError,
     CollateralMissingError,
     MeasurementError,
     NetworkError,
@@ -181,9 +192,38 @@ def _parse_obtained_at(value: object) -> datetime:
         ) from None
 
 
-def _parse_document(body: bytes) -> tuple[Platform, bytes, dict[str, bytes], str, datetime | None]:
+@dataclass(frozen=True)
+class _Document:
+    platform: Platform
+    evidence: bytes
+    aux: dict[str, bytes]
+    log_key: str
+    obtained_at: datetime | None
+    amd_crl: x509.CertificateRevocationList | None
+
+
+def _parse_amd_crl(value: object, platform: Platform) -> x509.CertificateRevocationList:
+    if platform is not Platform.SEV_SNP:
+        raise ParseError(
+            f"got {AMD_CRL_FIELD} with {platform} evidence, expected it only with sev-snp evidence",
+            structure="CAS evidence",
+        )
+    try:
+        if not isinstance(value, str):
+            raise TypeError
+        return x509.load_der_x509_crl(base64.b64decode(value, validate=True))
+    except (ValueError, TypeError):
+        raise ParseError(
+            f"the CAS's evidence document has an {AMD_CRL_FIELD} that is not a base64 DER CRL",
+            structure="CAS evidence",
+            field=AMD_CRL_FIELD,
+        ) from None
+
+
+def _parse_document(body: bytes) -> _Document:
     """The evidence document (hostile input): platform, evidence, aux blobs, log key and, when
-    present (a CAS that refreshes its evidence), ``obtained_at``."""
+    present, ``obtained_at`` (a CAS that refreshes its evidence) and ``amd_crl`` (module
+    docstring)."""
     try:
         doc = json.loads(body)
         name = doc["platform"]
@@ -210,7 +250,8 @@ def _parse_document(body: bytes) -> tuple[Platform, bytes, dict[str, bytes], str
             f" expected {allowed}",
             structure="CAS evidence",
         )
-    return platform, evidence, aux, log_key, obtained_at
+    amd_crl = _parse_amd_crl(doc[AMD_CRL_FIELD], platform) if AMD_CRL_FIELD in doc else None
+    return _Document(platform, evidence, aux, log_key, obtained_at, amd_crl)
 
 
 def _verify_document(
@@ -221,9 +262,11 @@ def _verify_document(
     collateral: DcapCollateralSource | None,
     amd_roots: AmdRootStore | None,
 ) -> tuple[VerifiedEvidence, str, datetime | None]:
-    """Parse the document and verify its evidence (signatures, chains, collateral): the verified
-    evidence, the log key and ``obtained_at``. No appraisal, no binding."""
-    platform, evidence, aux, log_key, obtained_at = _parse_document(body)
+    """Parse the document and verify its evidence (signatures, chains, collateral; the AMD CRL
+    it carries): the verified evidence, the log key and ``obtained_at``. No appraisal, no
+    binding."""
+    document = _parse_document(body)
+    platform, evidence, aux = document.platform, document.evidence, document.aux
     sim_key = None
     if platform is Platform.SIMULATED:
         if sim_key_pem is None:
@@ -237,7 +280,25 @@ def _verify_document(
             " a PCS directory or a PCS URL)"
         )
     verifier = PlatformVerifier(sim_key=sim_key, dcap_source=collateral, amd_roots=amd_roots)
-    return verifier.verify(platform, evidence, aux, at=at), log_key, obtained_at
+    crl = document.amd_crl
+    try:
+        verified = verifier.verify(platform, evidence, aux, at=at, snp_crl=crl)
+    except CollateralExpiredError as exc:
+        if crl is None or _crl_current(crl, at):
+            raise
+        raise CollateralExpiredError(
+            f"the AMD CRL the CAS published with its evidence ({AMD_CRL_FIELD}) is out of date at"
+            f" {at.isoformat()} ({exc.message}); the CAS fetches a current one from AMD KDS when it"
+            " next refreshes its evidence (--evidence-refresh): attest again after that, or check"
+            " the CAS's access to its --kds"
+        ) from None
+    return verified, document.log_key, document.obtained_at
+
+
+def _crl_current(crl: x509.CertificateRevocationList, at: datetime) -> bool:
+    """Whether ``at`` is within the CRL's thisUpdate..nextUpdate (RFC 5280 §5.1.2.4, §5.1.2.5)."""
+    next_update = crl.next_update_utc
+    return crl.last_update_utc <= at and (next_update is None or at <= next_update)
 
 
 def _pin(

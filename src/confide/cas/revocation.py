@@ -1,6 +1,6 @@
 """OCSP responses (RFC 6960) for the NVIDIA GPU chains the CAS verifies (``cas serve
 --nvidia-ocsp URL|DIR``), fetched from an :class:`~confide.collateral.nvidia_ocsp.OcspSource`
-and cached in memory.
+and cached in memory and, for a responder URL, on disk (``DATA_DIR/ocsp-cache``).
 
 :class:`OcspCache` answers "the response about this certificate, usable at ``at``": a cached one,
 else one fetched from the source. What it stores and for how long:
@@ -19,12 +19,29 @@ else one fetched from the source. What it stores and for how long:
   ``stored_at`` misses too.
 - At most ``max_entries`` entries (:data:`MAX_ENTRIES` by default), least recently used dropped.
 
+On disk (``directory``; ``None``: memory only), so that a restarted CAS does not need the
+responder for what it verified before: each good response that has a ``nextUpdate`` is written,
+as the responder's DER, to ``directory/<issuer key hash>-<serial>.der`` (atomically: a temporary
+file, fsync, rename; at most ``disk_entries``, :data:`DISK_ENTRIES` by default, the oldest
+removed). A response without ``nextUpdate`` is never written: it was accepted only for the nonce
+of the request it answered, which says nothing after that moment. The files are hostile: a memory
+miss reads the file of its key (in the worker thread of the prefetch, never on the event loop)
+and verifies it exactly as a fresh response is verified (:func:`verify_ocsp_response` at ``at``:
+size and DER, ``successful``, one ``SingleResponse`` whose ``CertID`` names this certificate and
+issuer, the signer the issuer or a delegated responder it authorised, valid at ``at``, the
+signature, ``thisUpdate``/``nextUpdate`` against ``at``, status ``good``), without a nonce: the
+nonce of the request it once answered proves nothing now, so, as for a stored response
+(``--nvidia-ocsp DIR``), its ``nextUpdate`` bounds its use. A file that does not pass (tampered,
+another certificate's, expired, not yet valid at ``at``, revoked, malformed, too large) is not
+used and is removed (``rejected_files`` counts them), and the source is asked; one that cannot be
+read is not used either (logged, left in place).
+
 Every response handed out, cached or fresh, is verified once more by the caller
 (:func:`confide.verify.nvidia.verify_nvidia_report` at the attestation's ``at``); the cache only
 decides when to ask again. The time is the caller's ``at`` (the CAS's injected clock): nothing
 here reads a clock.
 
-Blocking: a fetch goes to the network. The CAS's event loop does not wait for one: an
+Blocking: a fetch reads the disk, then goes to the network. The CAS's event loop does not wait for one: an
 attestation whose responses are not all cached first runs :meth:`OcspCache.prefetch` in a
 worker thread (``PlatformVerifier.collateral_job``), which returns each response or the error
 it ran into; they are handed to that attestation's phase 1 directly
@@ -41,11 +58,14 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import json
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -53,13 +73,18 @@ from cryptography.hazmat.primitives import serialization
 from confide.cas.fetch_stats import FetchStats
 from confide.collateral.nvidia_ocsp import OcspSource
 from confide.errors import ConfideError
+from confide.fsutil import write_atomic
 from confide.lru import Lru
-from confide.verify.ocsp import OcspResponse, verify_ocsp_response
+from confide.verify.ocsp import MAX_RESPONSE_SIZE, OcspResponse, verify_ocsp_response
 
-__all__ = ["FAILURE_GRACE", "MAX_ENTRIES", "NO_NEXT_UPDATE_TTL", "OcspCache", "ocsp_key"]
+__all__ = ["DISK_ENTRIES", "FAILURE_GRACE", "MAX_ENTRIES", "NO_NEXT_UPDATE_TTL", "OcspCache", "ocsp_key"]
+
+log = logging.getLogger("confide.cas")
 
 NO_NEXT_UPDATE_TTL = timedelta(minutes=5)
 MAX_ENTRIES = 4096
+DISK_ENTRIES = 4096
+"""Response files kept in the disk directory; past that the oldest are removed."""
 FAILURE_GRACE = 30.0
 """Seconds (monotonic clock) after a failed fetch during which :meth:`OcspCache.get` reports its
 error instead of asking again; a prefetch always asks again."""
@@ -73,18 +98,26 @@ class _Entry:
 
 
 class OcspCache:
-    """Good OCSP responses by (issuer key, serial), in memory, until their ``nextUpdate`` (see
-    the module docstring). Thread-safe: attestations run it from worker threads. ``fetches``
-    counts what was asked of the source."""
+    """Good OCSP responses by (issuer key, serial), in memory and in ``directory`` (``None``:
+    memory only), until their ``nextUpdate`` (see the module docstring). Thread-safe:
+    attestations run it from worker threads. ``fetches`` counts what was asked of the source,
+    ``rejected_files`` the files of ``directory`` that did not verify (removed)."""
 
     def __init__(
         self,
         source: OcspSource,
         *,
+        directory: Path | None = None,
         max_entries: int = MAX_ENTRIES,
+        disk_entries: int = DISK_ENTRIES,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        if disk_entries < 1:
+            raise ValueError("disk_entries must be >= 1")
         self.source = source
+        self.directory = directory
+        self.disk_entries = disk_entries
+        self.rejected_files = 0
         self.monotonic = monotonic
         self._entries: Lru[tuple[bytes, int], _Entry] = Lru(max_entries)
         self._count_lock = threading.Lock()
@@ -132,13 +165,17 @@ class OcspCache:
         return entry.response
 
     def fetch(self, cert: x509.Certificate, issuer: x509.Certificate, *, at: datetime) -> OcspResponse:
-        """A fresh response about ``cert`` from the source, verified good at ``at``, then
-        cached. ``issuer`` must be verified (a link of a chain to a pinned root): the source is
-        asked about it. Raises what the source or the verification raises
-        (``RevocationError`` for a revoked or unknown certificate)."""
+        """Blocking: the response about ``cert`` from the disk (verified at ``at``), else a
+        fresh one from the source, verified good at ``at``, then cached (in memory, and on disk
+        when it has a ``nextUpdate``). ``issuer`` must be verified (a link of a chain to a
+        pinned root): the source is asked about it. Raises what the source or the verification
+        raises (``RevocationError`` for a revoked or unknown certificate)."""
+        key = ocsp_key(cert, issuer)
+        stored = self._from_disk(key, cert, issuer, at)
+        if stored is not None:
+            return stored
         with self._count_lock:
             self.fetches += 1
-        key = ocsp_key(cert, issuer)
         try:
             with self.stats.timed():
                 fetched = self.source.fetch(cert, issuer)
@@ -148,7 +185,72 @@ class OcspCache:
             raise
         expires = check.next_update if check.next_update is not None else at + NO_NEXT_UPDATE_TTL
         self._entries.put(key, _Entry(fetched, at, expires))
+        if check.next_update is not None:
+            self._to_disk(key, fetched.der)
         return fetched
+
+    # -- disk (blocking: worker threads only) -----------------------------------------------------
+
+    def _path(self, key: tuple[bytes, int]) -> Path:
+        assert self.directory is not None
+        return self.directory / f"{key[0].hex()}-{key[1]:x}.der"
+
+    def _from_disk(
+        self, key: tuple[bytes, int], cert: x509.Certificate, issuer: x509.Certificate, at: datetime
+    ) -> OcspResponse | None:
+        """The file of ``key``, verified as a fresh response at ``at`` without a nonce (module
+        docstring), then kept in memory; ``None`` when there is none, or when it does not
+        verify (it is then removed)."""
+        if self.directory is None:
+            return None
+        path = self._path(key)
+        try:
+            with path.open("rb") as fh:
+                der = fh.read(MAX_RESPONSE_SIZE + 1)  # larger: refused by the verification
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            _log("ocsp-cache-unreadable", key, error=type(exc).__name__)
+            return None
+        stored = OcspResponse(der)  # no nonce: its nextUpdate bounds it (RFC 6960 §4.2.2.1)
+        try:
+            check = verify_ocsp_response(stored, cert, issuer, at=at)
+        except ConfideError as exc:
+            with self._count_lock:
+                self.rejected_files += 1
+            _log("ocsp-cache-rejected", key, error=exc.kind)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as unlink_error:
+                _log("ocsp-cache-remove-failed", key, error=type(unlink_error).__name__)
+            return None
+        assert check.next_update is not None  # without a nonce, verify_ocsp_response requires it
+        self._entries.put(key, _Entry(stored, at, check.next_update))
+        self._failures.pop(key)
+        return stored
+
+    def _to_disk(self, key: tuple[bytes, int], der: bytes) -> None:
+        if self.directory is None:
+            return
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomic(self._path(key), der, mode=0o600)
+            self._prune()
+        except OSError as exc:  # the response is in memory; a restarted CAS asks the source again
+            _log("ocsp-cache-write-failed", key, error=type(exc).__name__)
+
+    def _prune(self) -> None:
+        """Keep at most :attr:`disk_entries` response files, removing the oldest."""
+        assert self.directory is not None
+        files = []
+        for path in self.directory.glob("*.der"):
+            try:
+                files.append((path.stat().st_mtime, str(path), path))
+            except OSError:
+                continue
+        files.sort()
+        for _mtime, _name, path in files[: max(0, len(files) - self.disk_entries)]:
+            path.unlink(missing_ok=True)
 
 
 def ocsp_key(cert: x509.Certificate, issuer: x509.Certificate) -> tuple[bytes, int]:
@@ -164,3 +266,9 @@ def _key_hash(issuer: x509.Certificate) -> bytes:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return hashlib.sha256(spki).digest()
+
+
+def _log(event: str, key: tuple[bytes, int], **extra: str) -> None:
+    log.info(
+        json.dumps({"event": event, "issuer_key_sha256": key[0].hex()[:16], "serial": f"{key[1]:x}", **extra})
+    )

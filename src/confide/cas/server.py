@@ -15,6 +15,9 @@ The data directory holds (created on first start, mode 0700/0600):
 - ``kds-cache/``: with ``--kds URL``, the VCEKs (and AMD chains and CRLs) fetched from AMD KDS
   for SEV-SNP evidence sent without its VCEK, the CAS's own included (:mod:`confide.cas.kds`:
   bounded, and verified again whenever it is read; :mod:`confide.cas.own_vcek`);
+- ``ocsp-cache/``: with ``--nvidia-ocsp URL``, the good OCSP responses (with a ``nextUpdate``)
+  the responder gave for NVIDIA GPU chains (:mod:`confide.cas.revocation`: bounded, and
+  verified again whenever it is read);
 - ``client.env``: ``export`` lines with what a client needs (``CONFIDE_CAS_URL``,
   ``CONFIDE_CAS_CERT``, and with ``--dev`` ``CONFIDE_SIM_DIR``);
 - ``*.new``: only while ``confide cas rotate-master-key`` runs, or after it was interrupted
@@ -76,6 +79,7 @@ from confide.cas.verifier import PlatformVerifier
 from confide.collateral import is_url, public_url
 from confide.collateral.amd_kds import DEFAULT_KDS_URL, KdsHttpCollateral
 from confide.collateral.dcap import source_for
+from confide.collateral.nvidia_ocsp import HttpOcspSource
 from confide.collateral.nvidia_ocsp import source_for as ocsp_source_for
 from confide.errors import ConfideError, UsageError
 from confide.fsutil import write_atomic
@@ -319,7 +323,9 @@ def prepare(
     (:func:`~confide.cas.own_vcek.with_kds_vcek`) before the self-check.
 
     ``nvidia_ocsp``: an OCSP responder URL or a directory of stored responses; NVIDIA GPU chains
-    are then checked for revocation (``confide.cas.verifier``, ``confide.cas.revocation``)."""
+    are then checked for revocation (``confide.cas.verifier``, ``confide.cas.revocation``); a
+    responder's good responses are also kept in ``data_dir/ocsp-cache``, verified again whenever
+    they are read back."""
     if dev and tee is not None:
         raise UsageError(
             f"--dev and --tee {tee} exclude each other: a CAS in a TEE does not accept simulated evidence"
@@ -342,7 +348,14 @@ def prepare(
     cert_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(serialization.Encoding.DER)
     report_data = cas_binding(cert_der, log_key)  # the same for every evidence the CAS obtains
     dcap_source = source_for(collateral) if collateral else None
-    ocsp_cache = OcspCache(ocsp_source_for(nvidia_ocsp, "--nvidia-ocsp")) if nvidia_ocsp else None
+    ocsp_cache = None
+    if nvidia_ocsp:
+        ocsp_source = ocsp_source_for(nvidia_ocsp, "--nvidia-ocsp")
+        # A responder's good responses are kept on disk too (re-verified when read back), so a
+        # restarted CAS does not need the responder for them; a directory of stored responses
+        # is read as it is now (confide.cas.revocation).
+        ocsp_dir = data_dir / "ocsp-cache" if isinstance(ocsp_source, HttpOcspSource) else None
+        ocsp_cache = OcspCache(ocsp_source, directory=ocsp_dir)
     kds_source = None
     if kds is not None:
         if not is_url(kds):

@@ -6,7 +6,8 @@ What each platform's ``evidence`` and ``aux`` blobs are (all hostile input):
 
 - ``sim``: a simulated report; ``sgx``/``tdx``: a DCAP quote, ``aux["collateral"]`` optionally a
   dcap-qvl JSON collateral bundle (else the CAS's DCAP source: from a URL, fetched before
-  phase 1 and kept in memory, :mod:`confide.cas.pcs`); ``sev-snp``: the report,
+  phase 1 and kept in memory, :mod:`confide.cas.pcs`; a local file or directory, read before
+  phase 1 at every attestation); ``sev-snp``: the report,
   ``aux["auxblob"]`` (configfs-tsm's certificate table) or ``aux["vcek"]``; without a VCEK/VLEK
   in either, the CAS fetches the VCEK from AMD KDS when it has a KDS source (``cas serve --kds
   URL``), else refuses.
@@ -36,11 +37,12 @@ not verify (wrong signer, nonce or CertID, out of its validity window, malformed
 classes, a malformed response as ``CollateralError``) refuse too, their messages starting with
 "revocation check". The fetches run before phase 1, off the event loop
 (:meth:`PlatformVerifier.collateral_job`); :meth:`PlatformVerifier.verify` takes the responses
-from what that prefetch handed it (:class:`Prefetched`), then from memory
-(:mod:`confide.cas.revocation`). Without it nothing is fetched and the claims say
-``revocation_checked: false``.
+from what that prefetch handed it (:class:`Prefetched`; the prefetch reads responses kept on
+disk before it asks the responder), then from memory (:mod:`confide.cas.revocation`). Without
+it nothing is fetched and the claims say ``revocation_checked: false``.
 
-Prefetch (all three fetching sources: DCAP collateral from a URL, AMD KDS VCEKs, OCSP): the job
+Prefetch (all three fetching sources: DCAP collateral from a URL, AMD KDS VCEKs, OCSP; and the
+local DCAP source, ``--collateral FILE|DIR``, whose read is disk I/O): the job
 of :meth:`PlatformVerifier.collateral_job` runs in a worker thread before phase 1 and returns a
 :class:`Prefetched`, this attestation's own outcomes (what was in memory when the job was made,
 what it fetched, or the error it ran into), which phase 1 gets as ``verify(..., prefetched=)``.
@@ -176,6 +178,13 @@ def _outcome(value: _V | ConfideError) -> _V:
     if isinstance(value, ConfideError):
         raise copy.copy(value)
     return value
+
+
+def _not_read(what: str) -> CollateralMissingError:
+    return CollateralMissingError(
+        f"{what} was not read before this attestation's verification, and the CAS reads no"
+        " collateral during verification: attest again"
+    )
 
 
 def _not_prefetched(what: str) -> CollateralMissingError:
@@ -335,9 +344,11 @@ class PlatformVerifier:
     ) -> CollateralJob | None:
         """The prefetch of the platform's DCAP collateral. The PCK chain must verify to the
         pinned Intel root first (as in phase 1): the source is never asked about an FMSPC that a
-        request made up."""
-        cache = self.dcap_cache
-        if cache is None or platform not in (Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM):
+        request made up. A local source (``--collateral FILE|DIR``) is read by the job's
+        ``fetch`` at every attestation (disk I/O, off the event loop; nothing is kept), a remote
+        one through :attr:`dcap_cache`."""
+        source = self.dcap_source
+        if source is None or platform not in (Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM):
             return None
         if "collateral" in aux:
             return None
@@ -345,6 +356,9 @@ class PlatformVerifier:
             key = self._dcap_key(self._dcap_quote(platform, evidence))
         except ConfideError:
             return None
+        cache = self.dcap_cache
+        if cache is None:
+            return CollateralJob(Prefetched(), partial(_read_local, source, key))
         found = cache.found(key, at)
         if found is not None:
             return CollateralJob(Prefetched(dcap=_frozen({key: found})))
@@ -457,10 +471,18 @@ class PlatformVerifier:
         *,
         at: datetime,
         prefetched: Prefetched | None = None,
+        snp_crl: x509.CertificateRevocationList | None = None,
     ) -> VerifiedEvidence:
         """Verify ``evidence`` (module docstring). ``prefetched``: what this attestation's
         :meth:`collateral_job` handed over; with it, nothing is fetched here (module docstring,
-        "Prefetch"); without it, collateral missing from memory is fetched, blocking."""
+        "Prefetch"); without it, collateral missing from memory is fetched, blocking.
+        ``snp_crl``: an AMD CRL to check the chain of a *sent* SEV-SNP VCEK/VLEK with (it must
+        be signed by the pinned ARK, current at ``at``, and not revoke the ASK/ASVK:
+        :func:`~confide.verify.sev_snp.verify_vek_chain`); ``confide cas attest`` passes the one
+        the CAS published with its own evidence. A :class:`UsageError` with other evidence, or
+        with SEV-SNP evidence whose VCEK is fetched from AMD KDS (its own CRL is checked)."""
+        if snp_crl is not None and platform is not Platform.SEV_SNP:
+            raise UsageError(f"an AMD CRL (snp_crl) checks sev-snp evidence only, got {platform} evidence")
         if platform is Platform.SIMULATED:
             if self.sim_key is None:
                 raise UsageError("this CAS does not accept simulated evidence (start it with --dev)")
@@ -484,12 +506,14 @@ class PlatformVerifier:
             # or a "vcek" blob; the ASK/ARK chain is the embedded, pinned one.
             vek = _sent_vek(aux)
             if vek is not None:
-                return _vcek_source(self.snp.verify(evidence, vek, at=at), "sent")
+                return _vcek_source(self.snp.verify(evidence, vek, at=at, crl=snp_crl), "sent")
             if self.kds is None:
                 raise CollateralMissingError(
                     "SEV-SNP evidence came without its VCEK/VLEK (auxblob or vcek), and this CAS"
                     " fetches none (start it with --kds URL to fetch VCEKs from AMD KDS)"
                 )
+            if snp_crl is not None:  # the KDS's own CRL is checked below
+                raise UsageError("an AMD CRL (snp_crl) checks the chain of a sent VCEK/VLEK only")
             # Else the VCEK from AMD KDS (AMD 57230), with the KDS's ASK+ARK and the ARK's CRL,
             # verified exactly as a sent one: the chain must lead to the pinned ARK.
             fetched = self._vek(self.kds, vek_request(evidence), at, prefetched)
@@ -577,9 +601,10 @@ class PlatformVerifier:
         self, quote: Quote, aux: dict[str, bytes], at: datetime, prefetched: Prefetched | None
     ) -> DcapCollateral:
         """A quote's collateral: the request's dcap-qvl bundle, else the configured source's:
-        for a remote source, what the prefetch of :meth:`collateral_job` handed over (or its
-        error), else from memory (without a prefetch: fetched when missing); read from a local
-        one."""
+        what the prefetch of :meth:`collateral_job` handed over (or its error); else, for a
+        remote source, from memory (without a prefetch: fetched when missing). A local source
+        is read here only without a prefetch: with one, this touches no disk (what the prefetch
+        did not read is refused, "attest again")."""
         if "collateral" in aux:
             return DcapCollateral.from_dcap_qvl_json(aux["collateral"])
         if self.dcap_source is None:
@@ -595,8 +620,25 @@ class PlatformVerifier:
             if found is None:
                 raise _not_prefetched(f"the DCAP collateral of {key} from {cache.where}")
             return found
-        chain = self.dcap.pck_chain(quote)
-        return self.dcap_source.get_collateral(fmspc=chain.extension.fmspc, ca=chain.ca, tee=quote.tee)
+        key = self._dcap_key(quote)
+        if prefetched is None:
+            return self.dcap_source.get_collateral(fmspc=key.fmspc, ca=key.ca, tee=key.tee)
+        outcome = prefetched.dcap.get(key)
+        if outcome is None:
+            raise _not_read(f"the DCAP collateral of {key} from --collateral")
+        return _outcome(outcome)
+
+
+def _read_local(source: DcapCollateralSource, key: DcapKey) -> Prefetched:
+    """Blocking (disk): the collateral of ``key`` from a local source (``--collateral FILE|DIR``),
+    or the error reading it ran into (raised by phase 1 as a copy: the same class and message as
+    when phase 1 read it)."""
+    outcome: DcapCollateral | ConfideError
+    try:
+        outcome = source.get_collateral(fmspc=key.fmspc, ca=key.ca, tee=key.tee)
+    except ConfideError as exc:
+        outcome = exc
+    return Prefetched(dcap=_frozen({key: outcome}))
 
 
 def _responses(
