@@ -123,3 +123,28 @@ def test_metrics_count_the_group_commits(env: tuple[InProcessCas, Any]) -> None:
         float(samples["confide_group_commit_jobs_total"]),
     )
     assert 1 <= commits <= jobs
+
+
+def test_bodies_held_at_once_are_bounded(env: tuple[InProcessCas, Any]) -> None:
+    """Past the budget of bodies held at once, a request gets 503 (NetworkError, Retry-After);
+    every request gives its bytes back when it ends, refused or not."""
+    inproc, app = env
+    budget = app.body_budget
+    assert budget is not None and budget.used == 0
+    request, key, nonce = attestation(inproc, app)
+    data = json.dumps(request).encode()
+    budget.used = budget.limit - len(data) + 1  # other requests hold all but len(data) - 1 bytes
+    try:
+        status, body = call(app, "/v1/attest", [data])
+        assert status == 503, body
+        assert json.loads(body)["error"]["class"] == "NetworkError"
+        assert budget.used == budget.limit - len(data) + 1  # what this request took, given back
+        budget.used -= 1  # now it fits exactly
+        status, body = call(app, "/v1/attest", [data[:100], data[100:]])
+        assert status == 200, body
+        assert decrypt_release(key, json.loads(body), bytes.fromhex(nonce))["command"][0] == "svc"
+    finally:
+        budget.used = 0
+    assert call(app, "/v1/policies", [b" " * (MAX_BODY + 1)])[0] == 413
+    assert call(app, "/v1/policies", [b"{}"])[0] != 503
+    assert budget.used == 0

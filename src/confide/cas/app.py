@@ -31,7 +31,7 @@ from confide.cas.verifier import Prefetched
 from confide.errors import ConfideError, ParseError
 from confide.ledger.serve import serve as serve_log
 
-__all__ = ["STATUS", "create_app"]
+__all__ = ["MAX_BODIES", "MAX_BODY", "STATUS", "BodyBudget", "create_app"]
 
 log = logging.getLogger("confide.cas")
 
@@ -75,6 +75,7 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
     latency = Histogram("confide_request_seconds", "Request latency", ["route"], registry=registry)
 
     writer = WriteBatcher(cas.db)
+    budget = BodyBudget(MAX_BODIES)
     metric_children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     @contextlib.asynccontextmanager
@@ -104,15 +105,17 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
             await send(message)
 
         route: str | None = None
+        held = [0]  # bytes of this request's body counted in the budget, given back at the end
         try:
             fast = hot.get(scope["path"]) if scope["method"] == "POST" else None
             if fast is not None:
                 route = scope["path"]
             # Every request body is read here, bounded by MAX_BODY, before anything parses it:
-            # a larger one (declared or sent) is refused with 413 without being read further.
-            body, whole = await _read_body(scope, receive)
+            # a larger one (declared or sent) is refused with 413 without being read further;
+            # one that would take the bodies held at once past MAX_BODIES, with 503.
+            body, whole = await _read_body(scope, receive, budget, held)
             if body is None:
-                await _too_large()(scope, receive, send_wrapper)
+                await _refusal(held[0] < 0)(scope, receive, send_wrapper)
                 return
             if fast is not None:
                 # The attestation endpoints skip FastAPI's routing and body validation for a
@@ -129,6 +132,7 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
                     return
             await inner(scope, _replay(body, whole, receive), send_wrapper)
         finally:
+            budget.give(max(held[0], 0))
             elapsed = time.perf_counter() - start
             route = route or str(getattr(scope.get("route"), "path", "unmatched"))
             key = (route, status[0])
@@ -251,7 +255,7 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(_Observe, observe=observe)
-    app.observe, app.fast_paths = observe, frozenset(hot)
+    app.observe, app.fast_paths, app.body_budget = observe, frozenset(hot), budget
     return app
 
 
@@ -259,12 +263,35 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
 # largest legitimate requests are attestations with GPU evidence: 8 reports, their chains and
 # up to 16 RIMs, ~2-3 MiB in JSON; a policy document is at most 1 MiB (policy.loader.MAX_BYTES).
 MAX_BODY = 16 << 20
+# The request bodies the CAS holds at once, over all connections (503 past it): many clients
+# sending bodies just under MAX_BODY cannot make it hold more than this.
+MAX_BODIES = 256 << 20
 
 
-async def _read_body(scope: Any, receive: Any) -> tuple[bytes | None, bool]:
-    """The request body and whether it is whole (False: the client disconnected first); ``None``
+class BodyBudget:
+    """The bytes of request bodies held at once, over all requests (one event loop: no lock)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+async def _read_body(
+    scope: Any, receive: Any, budget: BodyBudget, held: list[int]
+) -> tuple[bytes | None, bool]:
+    """The request body and whether it is whole (False: the client disconnected first). ``None``
     when it exceeds :data:`MAX_BODY`, by its Content-Length (then nothing is read) or by what was
-    sent (reading stops there). What was read is replayed to the full stack."""
+    sent (reading stops there), or when the budget of bodies held at once is spent (then
+    ``held[0]`` is negative). ``held[0]``: the bytes taken from ``budget``, for the caller to
+    give back. What was read is replayed to the full stack."""
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
             # httptools/uvicorn refuse a malformed Content-Length before the app is called.
@@ -281,16 +308,32 @@ async def _read_body(scope: Any, receive: Any) -> tuple[bytes | None, bool]:
         size += len(chunk)
         if size > MAX_BODY:
             return None, False
+        if chunk:
+            if not budget.take(len(chunk)):
+                budget.give(held[0])
+                held[0] = -1
+                return None, False
+            held[0] += len(chunk)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks), True
 
 
-def _too_large() -> JSONResponse:
-    exc = ParseError(f"the request body exceeds the CAS's limit of {MAX_BODY} bytes", structure="request")
+def _refusal(busy: bool) -> JSONResponse:
+    """413 for a body over MAX_BODY; 503 when the bodies held at once would pass MAX_BODIES."""
+    if busy:
+        exc: ConfideError = errors.NetworkError(
+            "the CAS holds too many request bodies at once; retry shortly"
+        )
+        status = 503
+    else:
+        exc = ParseError(f"the request body exceeds the CAS's limit of {MAX_BODY} bytes", structure="request")
+        status = 413
     response = _error_response(exc)
-    response.status_code = 413
+    response.status_code = status
     response.headers["Connection"] = "close"  # the rest of the body is not read
+    if busy:
+        response.headers["Retry-After"] = "1"
     return response
 
 
@@ -397,6 +440,7 @@ class _CasApp(FastAPI):
 
     observe: Any = None
     fast_paths: frozenset[str] = frozenset()
+    body_budget: BodyBudget | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.fast_paths:
