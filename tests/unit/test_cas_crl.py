@@ -4,6 +4,7 @@ the HTTP API, CLI and ``openssl verify -crl_check``: tests/integration/test_cas_
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import sys
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cas_inproc import MEASUREMENT, Clock, InProcessCas
+from confide.cas.app import create_app
 from confide.cas.client import policy_submission
 from confide.cas.core import READ_TYPE, decrypt_release, sign_document
 from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity
@@ -383,3 +385,53 @@ def test_an_ed25519_ca_signs_its_crl(env: Env) -> None:
     crl = env.crl()
     check_signed_by_ca(crl, env.ca_cert())
     assert crl.last_update_utc == datetime.fromtimestamp(T0, UTC)
+
+
+def _get(
+    app: Any, path: str, query: str = "", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One GET through the ASGI app in process: status, headers, body."""
+    out: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        out.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "https",
+        "path": path, "raw_path": path.encode(), "root_path": "", "query_string": query.encode(),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+    }  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in out if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in out if m["type"] == "http.response.body")
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
+
+
+def test_the_http_route(env: Env) -> None:
+    app = create_app(env.cas)
+
+    def read_header(name: str) -> dict[str, str]:
+        return {"X-Confide-Read": base64.b64encode(json.dumps(env.read_request(name)).encode()).decode()}
+
+    status, headers, body = _get(app, "/v1/policies/tls/crl/ca", headers=read_header("tls"))
+    assert status == 200 and headers["content-type"] == "application/pkix-crl"
+    assert headers["cache-control"] == "private, no-store"
+    assert x509.load_der_x509_crl(body) == env.crl()
+    status, headers, body = _get(app, "/v1/policies/tls/crl/ca", "format=pem", read_header("tls"))
+    assert status == 200 and x509.load_pem_x509_crl(body) == env.crl()
+    assert _get(app, "/v1/policies/tls/crl/ca", "format=xml", read_header("tls"))[0] == 400
+    status, _, body = _get(app, "/v1/policies/tls/crl/ca")
+    assert status == 403 and json.loads(body)["error"]["class"] == "AccessDeniedError"
+    # A policy whose name ends in /crl/<secret> is still shown to its readers.
+    env.apply_text(policy(name="tls/crl/ca", leaf=False))
+    status, _, body = _get(app, "/v1/policies/tls/crl/ca", headers=read_header("tls/crl/ca"))
+    assert status == 200 and json.loads(body)["name"] == "tls/crl/ca"
+    # export_public: served to anyone, cacheable briefly (a revocation is published at once).
+    env.apply_text(policy(ca_extra="    export_public: true", predecessor=env.head()))
+    status, headers, body = _get(app, "/v1/policies/tls/crl/ca")
+    assert status == 200 and headers["cache-control"] == "public, max-age=300"
+    assert x509.load_der_x509_crl(body) == env.crl()
