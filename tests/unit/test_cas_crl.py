@@ -202,6 +202,9 @@ def test_a_generated_ca_has_a_signed_empty_crl_from_the_start(env: Env) -> None:
     assert number(crl) == 1 and len(crl) == 0
     assert crl.last_update_utc == datetime.fromtimestamp(T0, UTC)
     assert crl.next_update_utc == datetime.fromtimestamp(T0 + DEFAULT_CRL_VALIDITY, UTC)
+    shown = env.cas.show(env.read_request())["secrets"]
+    assert shown["ca"]["crl"]["number"] == 1 and "crl" not in shown["srv"]
+    assert shown["ca"]["crl"]["next_update"] == crl.next_update_utc.isoformat()
     issued = env.events("crl-issued", EntryType.CRL_ISSUED)
     assert [[c["ca"], c["number"], c["revoked"]] for e in issued for c in e["crls"]] == [["ca", 1, 0]]
     # Another CA's key does not verify it (the negative twin of is_signature_valid).

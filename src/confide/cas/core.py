@@ -942,6 +942,19 @@ class Cas:
                     due = self.renewals.due_at(name, declared[r.name], r.version, r.public)
                     if due != math.inf:  # when the CAS renews it (docs/cas.md "Certificate renewal")
                         secrets[r.name]["renew_at"] = datetime.fromtimestamp(due, UTC).isoformat()
+            for spec in policy.secrets:  # each generated CA's current CRL (docs/cas.md "Revocation")
+                crl = (
+                    current_crl(conn, name, spec.name)
+                    if generated_ca(spec) and spec.name in secrets
+                    else None
+                )
+                if crl is not None:
+                    secrets[spec.name]["crl"] = {
+                        "number": crl.number,
+                        "this_update": datetime.fromtimestamp(crl.this_update, UTC).isoformat(),
+                        "next_update": datetime.fromtimestamp(crl.next_update, UTC).isoformat(),
+                        "sha256": hashlib.sha256(crl.der).hexdigest(),
+                    }
         return {
             "name": name,
             "hash": head.hash,
