@@ -24,11 +24,13 @@ from confide.cas.core import READ_TYPE, decrypt_release, sign_document
 from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity
 from confide.cas.db import raw_connection, raw_execute
 from confide.cas.renewal import CertificateRenewer, due_policies
+from confide.cas.secrets import SecretValue, render
 from confide.errors import AccessDeniedError, PolicyError, UsageError
 from confide.identity import Identity
 from confide.ledger.encoding import Entry, EntryType
 from confide.ledger.store import Ledger
 from confide.policy.loader import loads_policy
+from confide.policy.placeholders import Encoding
 
 DAY = 86400.0
 T0 = 1_900_000_000.0  # 2030-03-17: far from the wall clock, so nothing reads it unnoticed
@@ -438,3 +440,12 @@ def test_the_http_route(env: Env) -> None:
     status, headers, body = _get(app, "/v1/policies/tls/crl/ca")
     assert status == 200 and headers["cache-control"] == "public, max-age=300"
     assert x509.load_der_x509_crl(body) == env.crl()
+
+
+def test_a_template_rendered_at_start_has_no_crl() -> None:
+    """The CRL is not part of a secret's value: ``confide run`` cannot render ``:crl`` in a
+    path-only template (the CAS renders it in ``content``)."""
+    value = SecretValue("x509-ca", b"", b"\x30\x00")
+    for encoding in (Encoding.CRL_PEM, Encoding.CRL_DER):
+        with pytest.raises(PolicyError, match="injected by the CAS"):
+            render(value, encoding)
