@@ -449,3 +449,39 @@ def test_a_template_rendered_at_start_has_no_crl() -> None:
     for encoding in (Encoding.CRL_PEM, Encoding.CRL_DER):
         with pytest.raises(PolicyError, match="injected by the CAS"):
             render(value, encoding)
+
+
+IMPORTER = f"""name: client
+version: "0.3"
+services:
+  - name: svc
+    image_name: img
+    command: svc
+    attestation:
+      sim:
+        measurement: "{MEASUREMENT}"
+secrets:
+  - name: their_ca
+    import:
+      session: tls
+      secret: ca
+images:
+  - name: img
+    injection_files:
+      - path: {FILES}/their.crl
+        content: "$$SCONE::their_ca:crl$$"
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
+def test_an_importer_receives_the_exporters_crl(env: Env) -> None:
+    env.apply_text(IMPORTER)
+    with pytest.raises(AccessDeniedError, match="does not export"):
+        env.release("client")  # not exported: neither the certificate nor its CRL
+    env.apply_text(policy(ca_extra="    export_public: true", predecessor=env.head()))
+    first = env.serial()
+    env.apply_text(policy(ca_extra="    export_public: true", dns="www.local", predecessor=env.head()))
+    crl = x509.load_pem_x509_crl(env.release("client")[f"{FILES}/their.crl"])
+    assert crl == env.crl() and [e.serial_number for e in crl] == [first]
