@@ -485,3 +485,27 @@ def test_an_importer_receives_the_exporters_crl(env: Env) -> None:
     env.apply_text(policy(ca_extra="    export_public: true", dns="www.local", predecessor=env.head()))
     crl = x509.load_pem_x509_crl(env.release("client")[f"{FILES}/their.crl"])
     assert crl == env.crl() and [e.serial_number for e in crl] == [first]
+
+
+def test_an_entry_leaves_the_crl_after_one_crl_beyond_the_certificates_validity(env: Env) -> None:
+    """RFC 5280 §3.3: listed until it appeared on one scheduled CRL after its notAfter."""
+    first = env.serial()  # valid 30 days from T0
+    env.clock.now = T0 + 60
+    env.apply_text(policy(dns="new.local", predecessor=env.head()))
+    assert set(revoked(env.crl())) == {first}
+    env.clock.now = T0 + 30 * DAY - 10  # still valid: the scheduled CRL lists it
+    CertificateRenewer(env.cas).sweep_once()  # (also renews the second leaf: its window)
+    second = env.serial("srv", 2)
+    assert set(revoked(env.crl())) == {first, second}
+    env.clock.now = T0 + 30 * DAY + DEFAULT_CRL_VALIDITY / 2  # the first CRL beyond its validity
+    CertificateRenewer(env.cas).sweep_once()
+    crl = env.crl()
+    assert set(revoked(crl)) == {first, second}
+    assert crl.last_update_utc > datetime.fromtimestamp(T0 + 30 * DAY, UTC)
+    before = number(crl)
+    third = env.serial()  # valid until T0 + 60 days
+    env.clock.now += 60
+    env.apply_text(policy(predecessor=env.head()))  # supersedes the third
+    crl = env.crl()  # the next CRL leaves out the two expired ones, not the valid one
+    assert number(crl) == before + 1 and set(revoked(crl)) == {third}
+    check_signed_by_ca(crl, env.ca_cert())

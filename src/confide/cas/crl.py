@@ -17,7 +17,8 @@ signed by its issuer's key. Each generated CA has one current CRL (``crls``), v2
 CA's current version (:func:`issue_crls`): issuer = the CA's subject, authorityKeyIdentifier
 (§5.2.1), cRLNumber (§5.2.3, one more than the previous CRL of the CA, never reused),
 thisUpdate = issue time, nextUpdate = thisUpdate + the CAS's ``crl_validity`` (§5.1.2.4-5), one
-entry per revoked serial with its revocation date and reasonCode (§5.3.1). A new CRL is issued
+entry per revoked serial with its revocation date and reasonCode (§5.3.1), until the entry has
+appeared on one CRL issued after the certificate's notAfter (§3.3). A new CRL is issued
 in the same transaction whenever the revoked set or the CA version changes, and by the renewal
 sweep once half of the current one's validity has passed (:func:`crl_due`).
 
@@ -40,7 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
 from sqlalchemy import Connection
 
-from confide.cas.db import raw_execute
+from confide.cas.db import raw_execute, raw_executemany
 from confide.cas.secrets import SecretValue, renewable
 from confide.errors import PolicyError, UsageError
 from confide.policy import Policy
@@ -94,6 +95,7 @@ class _Entry(NamedTuple):
     serial: str
     revoked_at: float
     reason: str
+    not_after: float
 
 
 def parse_crl_validity(text: str) -> float:
@@ -160,9 +162,9 @@ def revoke(
     serial = format(cert.serial_number, "x")
     inserted = raw_execute(
         conn,
-        "INSERT INTO revoked_certificates (policy, issuer_key_id, serial, name, version, reason, revoked_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        (policy, issuer, serial, name, version, reason, now),
+        "INSERT INTO revoked_certificates (policy, issuer_key_id, serial, name, version, reason, revoked_at, "
+        "not_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (policy, issuer, serial, name, version, reason, now, cert.not_valid_after_utc.timestamp()),
     ).rowcount
     if inserted != 1:
         return None  # revoked before (a revocation is never changed)
@@ -190,13 +192,17 @@ def crl_due(this_update: float, next_update: float, now: float) -> bool:
 
 
 def _entries(conn: Connection, policy: str, key_id: str) -> list[_Entry]:
+    """What the next CRL of the CA with key ``key_id`` lists: every certificate it signed that
+    was revoked, until a CRL issued after the certificate's notAfter listed it (RFC 5280 §3.3:
+    an entry stays until it has appeared on one regularly scheduled CRL beyond the certificate's
+    validity period; so a CRL does not grow without bound)."""
     rows = raw_execute(
         conn,
-        "SELECT serial, revoked_at, reason FROM revoked_certificates WHERE policy = ? AND issuer_key_id = ? "
-        "ORDER BY serial",
+        "SELECT serial, revoked_at, reason, not_after FROM revoked_certificates "
+        "WHERE policy = ? AND issuer_key_id = ? AND expiry_listed_at IS NULL ORDER BY serial",
         (policy, key_id),
     ).fetchall()
-    return [_Entry(r[0], float(r[1]), r[2]) for r in rows]
+    return [_Entry(r[0], float(r[1]), r[2], float(r[3])) for r in rows]
 
 
 def _entries_sha256(entries: Sequence[_Entry]) -> str:
@@ -288,6 +294,14 @@ def issue_crls(cas: Cas, conn: Connection, policy: Policy, digest: str, now: flo
                 "UPDATE crls SET number = ?, ca_version = ?, entries_sha256 = ?, this_update = ?, "
                 "next_update = ?, der = ? WHERE policy = ? AND ca = ?",
                 (number, row.version, entries_sha256, this_update, next_update, der, policy.name, spec.name),
+            )
+        expired = [e.serial for e in entries if e.not_after < this_update]
+        if expired:  # listed once beyond their validity period: left out from the next CRL on
+            raw_executemany(
+                conn,
+                "UPDATE revoked_certificates SET expiry_listed_at = ? "
+                "WHERE policy = ? AND issuer_key_id = ? AND serial = ?",
+                [(this_update, policy.name, key_id, serial) for serial in expired],
             )
         issued.append(
             {

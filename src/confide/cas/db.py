@@ -164,6 +164,10 @@ revoked_certificates = Table(
     Column("version", Integer, nullable=False),
     Column("reason", String(32), nullable=False),  # RFC 5280 §5.3.1 name
     Column("revoked_at", Float, nullable=False),
+    Column("not_after", Float, nullable=False),  # the revoked certificate's
+    # thisUpdate of the first CRL that listed it after its notAfter: later CRLs leave it out
+    # (RFC 5280 §3.3).
+    Column("expiry_listed_at", Float),
     PrimaryKeyConstraint("policy", "issuer_key_id", "serial"),
 )
 crls = Table(
