@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -509,3 +510,91 @@ def test_an_entry_leaves_the_crl_after_one_crl_beyond_the_certificates_validity(
     crl = env.crl()  # the next CRL leaves out the two expired ones, not the valid one
     assert number(crl) == before + 1 and set(revoked(crl)) == {third}
     check_signed_by_ca(crl, env.ca_cert())
+
+
+TWO_LEVEL = f"""name: pki
+version: "0.3"
+services:
+  - name: svc
+    command: svc
+    attestation:
+      sim:
+        measurement: "{MEASUREMENT}"
+secrets:
+  - name: root_key
+    kind: private-key
+  - name: root
+    kind: x509-ca
+    private_key: root_key
+    common_name: Root CA
+    valid_for: 365 days
+  - name: int_key
+    kind: private-key
+  - name: int
+    kind: x509-ca
+    private_key: int_key
+    issuer: root
+    common_name: Intermediate CA
+    valid_for: 90 days
+    renew_before: 30 days
+  - name: srv_key
+    kind: private-key
+  - name: srv
+    kind: x509
+    private_key: srv_key
+    issuer: int
+    common_name: srv.local
+    dns: [srv.local]
+    valid_for: 120 days
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
+def test_a_renewed_intermediate_is_on_its_roots_crl_and_openssl_checks_the_whole_chain(
+    env: Env, tmp_path: Path
+) -> None:
+    env.apply_text(TWO_LEVEL)
+
+    def cert(name: str, version: int) -> x509.Certificate:
+        with env.cas.db.read() as conn:
+            public = raw_execute(
+                conn,
+                "SELECT public FROM secrets WHERE policy = 'pki' AND name = ? AND version = ?",
+                (name, version),
+            ).fetchone()[0]
+        return x509.load_pem_x509_certificate(json.loads(public)["certificate"].encode())
+
+    env.clock.now = T0 + 61 * DAY  # the intermediate's window; its leaf follows (issuer-renewed)
+    CertificateRenewer(env.cas).sweep_once()
+    root, int1, int2, srv1, srv2 = (
+        cert("root", 1),
+        cert("int", 1),
+        cert("int", 2),
+        cert("srv", 1),
+        cert("srv", 2),
+    )
+    root_crl = env.crl("pki", "root")
+    int_crl = env.crl("pki", "int")
+    check_signed_by_ca(root_crl, root)
+    check_signed_by_ca(int_crl, int2)
+    assert set(revoked(root_crl)) == {int1.serial_number}
+    assert set(revoked(int_crl)) == {srv1.serial_number}
+
+    def pem(*items: x509.Certificate | x509.CertificateRevocationList) -> Path:
+        path = tmp_path / f"f{len(list(tmp_path.iterdir()))}.pem"
+        path.write_bytes(b"".join(i.public_bytes(serialization.Encoding.PEM) for i in items))
+        return path
+
+    def verify(leaf: x509.Certificate, intermediate: x509.Certificate) -> subprocess.CompletedProcess[str]:
+        at = str(int(env.clock.now))  # the CAS clock, not the machine's
+        cmd = ["openssl", "verify", "-attime", at, "-crl_check_all", "-CAfile", str(pem(root)),
+               "-untrusted", str(pem(intermediate)), "-CRLfile", str(pem(root_crl, int_crl)), str(pem(leaf))]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+    ok = verify(srv2, int2)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    for leaf, intermediate in ((srv1, int2), (srv2, int1)):  # the old leaf; the old intermediate
+        r = verify(leaf, intermediate)
+        assert r.returncode != 0 and "certificate revoked" in r.stdout + r.stderr, r.stdout + r.stderr
