@@ -23,8 +23,9 @@ in the same transaction whenever the revoked set or the CA version changes, and 
 sweep once half of the current one's validity has passed (:func:`crl_due`).
 
 Ledger entries (``certificates-revoked``, ``crl-issued``) name secrets, versions, serials, key
-identifiers and SHA-256 digests only; the CA key is unsealed in memory to sign and never leaves
-this module's signing call.
+identifiers and SHA-256 digests only. The CA's sealed value is unsealed in memory to sign, as for
+a release (``Cas._unseal``, whose in-memory cache it shares); its key is never logged, stored
+elsewhere or put in an error.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CESSATION",
     "DEFAULT_CRL_VALIDITY",
+    "MAX_CRL_VALIDITY",
+    "MIN_CRL_VALIDITY",
     "REASONS",
     "SUPERSEDED",
     "CrlRow",
