@@ -143,6 +143,7 @@ class Env(InProcessCas):
 def env(tmp_path: Path, clock: Clock[float]) -> Env:
     ipc = InProcessCas.start(tmp_path / "cas")
     ipc.cas.clock = clock  # before the policy: its certificates are issued at T0
+    ipc.cas.crl_validity = 400 * DAY  # CRLs are not due within these tests (tests/unit/test_cas_crl.py)
     out = Env(ipc.cas, ipc.platform)
     out.owner = Identity.generate()
     apply(out, tls_policy())

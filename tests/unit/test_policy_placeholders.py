@@ -129,6 +129,18 @@ def test_import_without_kind_checks_only_that_the_format_exists() -> None:
 def test_formats_for_kind() -> None:
     assert formats_for_kind("ascii") == ()
     assert "base64" in formats_for_kind("binary")
+    # crl (confide): a CA's CRL; a leaf has none.
+    assert {"crl", "crl:pem", "crl:der"} <= set(formats_for_kind("x509-ca"))
+    assert not {"crl", "crl:pem", "crl:der"} & set(formats_for_kind("x509"))
+
+
+def test_a_der_crl_goes_into_files_only() -> None:
+    assert encoding_for("x509-ca", "crl", Context.ENVIRONMENT) is Encoding.CRL_PEM
+    assert encoding_for("x509-ca", "crl:der", Context.FILE) is Encoding.CRL_DER
+    with pytest.raises(ValueError, match="binary format 'crl:der'"):
+        encoding_for("x509-ca", "crl:der", Context.COMMAND)
+    with pytest.raises(ValueError, match="format 'crl' for a x509 secret"):
+        encoding_for("x509", "crl", Context.FILE)
 
 
 def test_encode_bytes() -> None:

@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from confide import __version__, errors
 from confide.cas.core import Cas
+from confide.cas.crl import crl_pem
 from confide.cas.db import WriteBatcher, raw_connection
 from confide.cas.fetch_stats import BUCKETS, FetchStats
 from confide.cas.own_evidence import CasEvidence
@@ -187,6 +188,29 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
             raise ParseError("read request names another policy than the URL", structure="read request")
         return cas.events_for(doc)
 
+    @app.get("/v1/policies/{name:path}/crl/{secret}")
+    def policy_crl(
+        name: str, secret: str, format: str = "der", x_confide_read: str | None = Header(default=None)
+    ) -> Response:
+        """The current CRL of a generated CA (docs/cas.md "Revocation"): with a signed read
+        request for readers of the policy, without one for a CA declared ``export_public``.
+        DER (``application/pkix-crl``, RFC 2585 §4.2) or ``?format=pem``."""
+        if format not in ("der", "pem"):
+            raise errors.UsageError(f"got format {format[:16]!r}, expected der or pem")
+        doc = _read_doc(x_confide_read) if x_confide_read else None
+        if isinstance(doc, dict) and doc.get("name") == f"{name}/crl/{secret}":
+            return JSONResponse(cas.show(doc))  # GET /v1/policies/<a/crl/b>: the policy named a/crl/b
+        der, next_update, public = cas.crl(name, secret, doc)
+        if public:  # cached at most 5 minutes: a new revocation is published at once
+            max_age = max(0, min(CRL_MAX_AGE, int(next_update - cas.clock())))
+            cache = f"public, max-age={max_age}"
+        else:
+            cache = "private, no-store"
+        headers = {"Cache-Control": cache}
+        if format == "pem":
+            return Response(crl_pem(der), media_type="application/x-pem-file", headers=headers)
+        return Response(der, media_type="application/pkix-crl", headers=headers)
+
     @app.get("/v1/policies/{name:path}")
     def show_policy(name: str, x_confide_read: str | None = Header(default=None)) -> dict[str, Any]:
         doc = _read_doc(x_confide_read)
@@ -258,6 +282,8 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
     app.observe, app.fast_paths, app.body_budget = observe, frozenset(hot), budget
     return app
 
+
+CRL_MAX_AGE = 300  # seconds a public CRL may be cached (docs/cas.md "Revocation")
 
 # The largest request body the CAS reads (RFC 9110 §15.5.14, 413 Content Too Large). The
 # largest legitimate requests are attestations with GPU evidence: 8 reports, their chains and

@@ -80,6 +80,13 @@ def cas() -> None:
     help="With --tee or --dev: re-obtain the CAS's own evidence this often (default 3600; 0: only "
     "at startup; 10 to 2592000). A failed refresh keeps the previous evidence and is retried.",
 )
+@click.option(
+    "--crl-validity",
+    "crl_validity",
+    metavar="DURATION",
+    help="From a CRL's thisUpdate to its nextUpdate (default '7 days'; 60 s to 366 days). Each CA the "
+    "CAS generated has a CRL, re-issued at every revocation and once half of this has passed.",
+)
 def cas_serve(
     data_dir: Path,
     listen: str,
@@ -93,8 +100,10 @@ def cas_serve(
     tee: str | None,
     evidence_refresh: str | None,
     nvidia_ocsp: str | None,
+    crl_validity: str | None,
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
+    from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity
     from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, parse_refresh_interval
     from confide.cas.sealing import provider_for
     from confide.cas.server import parse_witnesses, serve
@@ -123,6 +132,7 @@ def cas_serve(
         tee=tee,
         evidence_refresh=refresh,
         nvidia_ocsp=nvidia_ocsp,
+        crl_validity=parse_crl_validity(crl_validity) if crl_validity is not None else DEFAULT_CRL_VALIDITY,
     )
 
 
@@ -366,6 +376,27 @@ def policy_events(name: str, identity_file: Path) -> None:
         ev.pop("entry", None)
         ev.pop("inclusion_proof", None)
         click.echo(json.dumps(ev, sort_keys=True))
+
+
+@policy.command("crl")
+@click.argument("name")
+@click.argument("secret")
+@click.option("--identity", "identity_file", type=_PATH,
+              help="Read as this identity (a reader of the policy); without it, only the CRL of a CA "
+              "declared export_public is served.")  # fmt: skip
+@click.option("--out", type=_PATH, help="Write the CRL here (default: standard output).")
+@click.option("--der", is_flag=True, help="DER instead of PEM.")
+def policy_crl(name: str, secret: str, identity_file: Path | None, out: Path | None, der: bool) -> None:
+    """The current CRL of the CA SECRET of policy NAME (a CA the CAS generated)."""
+    from confide.cas.client import CasClient
+
+    ident = load_identity(identity_file) if identity_file is not None else None
+    crl = CasClient.from_env().crl(name, secret, ident, pem=not der)
+    if out is not None:
+        out.write_bytes(crl)
+    else:
+        sys.stdout.buffer.write(crl)
+        sys.stdout.buffer.flush()
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

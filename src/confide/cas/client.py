@@ -126,6 +126,20 @@ class CasClient:
         )
         return result
 
+    def crl(self, name: str, secret: str, identity: Identity | None, *, pem: bool = False) -> bytes:
+        """The current CRL of the generated CA ``secret`` of policy ``name`` (DER, or PEM), read
+        as ``identity`` (a reader of the policy) or, without one, as the public (a CA declared
+        ``export_public``)."""
+        headers = self._read_header(name, identity) if identity is not None else {}
+        params = {"format": "pem"} if pem else {}
+        try:
+            response = self.http.get(f"/v1/policies/{name}/crl/{secret}", headers=headers, params=params)
+        except httpx2.HTTPError as exc:
+            raise NetworkError(f"cannot reach the CAS at {self.url}: {type(exc).__name__}: {exc}") from None
+        if response.status_code >= 400:
+            _raise_for(response)
+        return response.content
+
     def nonce(self) -> str:
         return str(self._call("POST", "/v1/attest/nonce")["nonce"])
 

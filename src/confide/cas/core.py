@@ -33,6 +33,20 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import Connection, and_, insert, select, update
 
 from confide.cas import db as t
+from confide.cas.crl import (
+    CESSATION,
+    DEFAULT_CRL_VALIDITY,
+    MAX_CRL_VALIDITY,
+    MIN_CRL_VALIDITY,
+    SUPERSEDED,
+    crl_due,
+    crl_pem,
+    current_crl,
+    generated_ca,
+    issue_crls,
+    issued_by_generated_ca,
+    revoke,
+)
 from confide.cas.db import Database, EventSink, raw_connection, raw_execute
 from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due
 from confide.cas.secrets import (
@@ -67,6 +81,7 @@ from confide.policy.canonical import canonical_json, jcs
 from confide.policy.model import ImageVolume, UpdatePolicy
 from confide.policy.placeholders import (
     Context,
+    Encoding,
     Placeholder,
     encoding_for,
     render_command,
@@ -260,7 +275,14 @@ class Cas:
         *,
         events: EventSink | None = None,
         clock: Callable[[], float] = time.time,
+        crl_validity: float = DEFAULT_CRL_VALIDITY,
     ) -> None:
+        if not (math.isfinite(crl_validity) and MIN_CRL_VALIDITY <= crl_validity <= MAX_CRL_VALIDITY):
+            raise UsageError(
+                f"CRL validity: got {crl_validity!r}, expected {MIN_CRL_VALIDITY} to "
+                f"{MAX_CRL_VALIDITY} seconds"
+            )
+        self.crl_validity = crl_validity
         self.db = database
         self.sealer = sealer
         self.verifier = verifier
@@ -526,11 +548,16 @@ class Cas:
 
     def _activate(self, conn: Connection, policy: Policy, digest: str, creator: str, created: bool) -> None:
         now = self.clock()
+        previous: Policy | None = None
         if created:
             conn.execute(
                 insert(t.policy_heads).values(name=policy.name, hash=digest, creator=creator, updated_at=now)
             )
         else:
+            old_head = conn.execute(
+                select(t.policy_heads.c.hash).where(t.policy_heads.c.name == policy.name)
+            ).scalar()
+            previous = None if old_head is None else self._load(conn, policy.name, old_head)
             conn.execute(
                 update(t.policies)
                 .where(
@@ -547,7 +574,10 @@ class Cas:
                 .where(t.policy_heads.c.name == policy.name)
                 .values(hash=digest, updated_at=now)
             )
-        self._generate_secrets(conn, policy, digest)
+        self._generate_secrets(conn, policy, digest, previous)
+        # Revocation (docs/cas.md "Revocation"): every generated CA's CRL reflects what this
+        # version superseded or removed, in this transaction.
+        issue_crls(self, conn, policy, digest, now)
         self._prepare_volumes(conn, policy, digest)
 
     def _prepare_volumes(self, conn: Connection, policy: Policy, digest: str) -> None:
@@ -790,14 +820,44 @@ class Cas:
         ).fetchone()
         return None if row is None else SecretRow(row[0], row[1], row[2], row[3], bytes(row[4]), row[5])
 
-    def _generate_secrets(self, conn: Connection, policy: Policy, digest: str) -> None:
+    def _generate_secrets(
+        self, conn: Connection, policy: Policy, digest: str, previous: Policy | None = None
+    ) -> None:
         """Generate what a policy version declares; keep values whose declaration did not change
-        (secrets survive updates), create a new version where it did."""
+        (secrets survive updates), create a new version where it did. A certificate that
+        ``previous`` (the version this one replaces) had issued under one of its generated CAs
+        is recorded as revoked when a new version supersedes it, or when this version no longer
+        declares it as a generated secret (docs/cas.md "Revocation")."""
         resolved: dict[str, SecretValue] = {}
         created: list[dict[str, Any]] = []
         created_names: set[str] = set()
+        revoked: list[dict[str, Any]] = []
+        now = self.clock()
+
+        def revoke_previous(name: str, reason: str) -> None:
+            if previous is None:
+                return
+            try:
+                old_spec = previous.secret(name)
+            except KeyError:
+                return
+            if not issued_by_generated_ca(previous, old_spec):
+                return
+            row = self._latest_secret(conn, policy.name, name)
+            entry = (
+                None if row is None else revoke(conn, policy.name, name, row.version, row.public, reason, now)
+            )
+            if entry is not None:
+                revoked.append(entry)
+
+        if previous is not None:
+            names = {s.name for s in policy.secrets}
+            for old_spec in previous.secrets:
+                if old_spec.name not in names:
+                    revoke_previous(old_spec.name, CESSATION)
         for spec in policy.secrets:
             if spec.import_ is not None or spec.issue_to_runtime:
+                revoke_previous(spec.name, SUPERSEDED)  # no longer a value the CAS holds
                 continue
             declared = spec.model_dump(mode="json", by_alias=True, exclude={"export", "export_public"})
             if spec.value is not None and str(spec.kind) in CERTIFICATE_KINDS:
@@ -813,6 +873,8 @@ class Cas:
             if row is not None and json.loads(row.public).get("spec") == fingerprint and not derived_from_new:
                 resolved[spec.name] = _decrypt_key(self.sealer, row)
                 continue
+            if row is not None:
+                revoke_previous(spec.name, SUPERSEDED)
             value = generate(spec, resolved=resolved, now=datetime.fromtimestamp(self.clock(), UTC))
             resolved[spec.name] = value
             version = (row.version + 1) if row is not None else 1
@@ -828,8 +890,14 @@ class Cas:
             created_names.add(spec.name)
         if created:
             self.events.record(conn, "secrets-generated", policy.name, {"hash": digest, "secrets": created})
+        if revoked:
+            self.events.record(
+                conn, "certificates-revoked", policy.name, {"hash": digest, "certificates": revoked}
+            )
 
-    def show(self, read_request: Any) -> dict[str, Any]:
+    def _read_request(self, read_request: Any) -> tuple[dict[str, Any], PublicIdentity]:
+        """A signed ``confide/read/v1`` request within :data:`READ_WINDOW` of the CAS clock: its
+        body (``name`` a string) and signer."""
         body, signer = verify_signed(read_request, READ_TYPE)
         name, when = body.get("name"), body.get("time")
         if not isinstance(name, str) or not isinstance(when, int) or isinstance(when, bool):
@@ -838,6 +906,11 @@ class Cas:
             raise AccessDeniedError(
                 f"read request time {when} is more than {READ_WINDOW}s from the CAS clock"
             )
+        return body, signer
+
+    def show(self, read_request: Any) -> dict[str, Any]:
+        body, signer = self._read_request(read_request)
+        name = body["name"]
         with self.db.read() as conn:
             head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
             if head is None:
@@ -869,6 +942,19 @@ class Cas:
                     due = self.renewals.due_at(name, declared[r.name], r.version, r.public)
                     if due != math.inf:  # when the CAS renews it (docs/cas.md "Certificate renewal")
                         secrets[r.name]["renew_at"] = datetime.fromtimestamp(due, UTC).isoformat()
+            for spec in policy.secrets:  # each generated CA's current CRL (docs/cas.md "Revocation")
+                crl = (
+                    current_crl(conn, name, spec.name)
+                    if generated_ca(spec) and spec.name in secrets
+                    else None
+                )
+                if crl is not None:
+                    secrets[spec.name]["crl"] = {
+                        "number": crl.number,
+                        "this_update": datetime.fromtimestamp(crl.this_update, UTC).isoformat(),
+                        "next_update": datetime.fromtimestamp(crl.next_update, UTC).isoformat(),
+                        "sha256": hashlib.sha256(crl.der).hexdigest(),
+                    }
         return {
             "name": name,
             "hash": head.hash,
@@ -1218,6 +1304,9 @@ class Cas:
                 except ValueError as exc:
                     raise PolicyError(f"$$SCONE::{ph.name}$$: {exc}") from None
                 assert encoding is not None
+                if encoding in (Encoding.CRL_PEM, Encoding.CRL_DER):
+                    der = self._crl_of(conn, policy, digest, ph.name)
+                    return crl_pem(der) if encoding == Encoding.CRL_PEM else der
                 return render(value, encoding)
 
             return resolve
@@ -1285,6 +1374,72 @@ class Cas:
                         continue
                 config["templates"] = {"paths": templates, "secrets": values}
         return config, sorted(released.values(), key=lambda r: (r["policy"], r["name"]))
+
+    def _crl_of(self, conn: Connection, policy: Policy, digest: str, name: str) -> bytes:
+        """The current CRL (DER) of the CA that secret ``name`` of ``policy`` is (its own, or the
+        exporter's for an import, whose access :meth:`_secret_value` has checked). Raises
+        :class:`RenewalDue` when it is missing or due (the caller issues it and renders again)."""
+        spec = policy.secret(name)
+        owner, ca, ca_spec = policy.name, name, spec
+        if spec.import_ is not None:
+            imp = spec.import_
+            exporter, _ = self._exporter(conn, imp.session, imp.session_hash, f"import {name}")
+            owner, ca, ca_spec = imp.session, imp.secret, exporter.secret(imp.secret)
+        if not generated_ca(ca_spec):
+            raise PolicyError(
+                f"$$SCONE::{name}:crl$$: {owner}/{ca} is not a CA the CAS generated: it has no CRL"
+            )
+        row = current_crl(conn, owner, ca)
+        if row is None or crl_due(row.this_update, row.next_update, self.clock()):
+            raise RenewalDue(owner, ca)
+        return row.der
+
+    def crl(self, name: str, ca: str, read_request: Any | None) -> tuple[bytes, float, bool]:
+        """The current CRL (DER) of the generated CA ``ca`` of policy ``name``, when it is due
+        for refresh (its nextUpdate, seconds) and whether it was served as public. Who may
+        fetch it (docs/cas.md "Revocation"): an identity the policy's ``access_policy.read``
+        allows (a signed read request naming ``name``), or anyone when the CA is declared
+        ``export_public``. Every other request is refused with the same error, whether or not the
+        policy or the CA exists."""
+        signer = None
+        if read_request is not None:
+            body, identity = self._read_request(read_request)
+            if body["name"] != name:
+                raise ParseError("read request names another policy than the URL", structure=READ_TYPE)
+            signer = identity.fingerprint
+        refused = AccessDeniedError(
+            f"no CRL of {name}/{ca} readable by {signer[:16]}…"
+            if signer
+            else f"no public CRL of {name}/{ca} (only a CA declared export_public has one; "
+            "otherwise send a signed read request)"
+        )
+        for attempt in range(2):
+            with self.db.read() as conn:
+                head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
+                if head is None:
+                    raise refused
+                policy = self._load(conn, name, head.hash)
+                may_read = signer is not None and is_authorized(
+                    policy.access_policy.read, {signer}, creator=head.creator
+                )
+                if signer is not None and not may_read:
+                    raise refused
+                try:
+                    spec: Any = policy.secret(ca)
+                except KeyError:
+                    spec = None
+                if not may_read and (spec is None or not spec.export_public):
+                    raise refused
+                if not generated_ca(spec):
+                    raise PolicyError(f"{name}/{ca} is not a CA the CAS generated: it has no CRL")
+                row = current_crl(conn, name, ca)
+            if row is not None and not crl_due(row.this_update, row.next_update, self.clock()):
+                return row.der, row.next_update, not may_read
+            if attempt == 0:  # missing (a CA from before schema 3) or due: issue it, read again
+                renew_due(self, [name])
+        if row is None:
+            raise ConflictError(f"the CRL of {name}/{ca} could not be issued; try again")
+        return row.der, row.next_update, not may_read
 
     def events_for(self, read_request: Any) -> dict[str, Any]:
         """The ledger entries of a policy, for identities that may read it, each with its

@@ -154,8 +154,37 @@ sessions = Table(
     Column("measurement", String(128)),
     Column("expires_at", Float, nullable=False),
 )
+revoked_certificates = Table(
+    "revoked_certificates",
+    metadata,
+    Column("policy", String(128), nullable=False),
+    Column("issuer_key_id", String(128), nullable=False),  # hex of the certificate's AKI keyIdentifier
+    Column("serial", String(64), nullable=False),  # hex, RFC 5280 §4.1.2.2: at most 20 octets
+    Column("name", String(128), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("reason", String(32), nullable=False),  # RFC 5280 §5.3.1 name
+    Column("revoked_at", Float, nullable=False),
+    Column("not_after", Float, nullable=False),  # the revoked certificate's
+    # thisUpdate of the first CRL that listed it after its notAfter: later CRLs leave it out
+    # (RFC 5280 §3.3).
+    Column("expiry_listed_at", Float),
+    PrimaryKeyConstraint("policy", "issuer_key_id", "serial"),
+)
+crls = Table(
+    "crls",
+    metadata,
+    Column("policy", String(128), nullable=False),
+    Column("ca", String(128), nullable=False),
+    Column("number", BigInteger, nullable=False),  # RFC 5280 §5.2.3, grows with every CRL
+    Column("ca_version", Integer, nullable=False),
+    Column("entries_sha256", String(64), nullable=False),
+    Column("this_update", Float, nullable=False),
+    Column("next_update", Float, nullable=False),
+    Column("der", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("policy", "ca"),
+)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 T = TypeVar("T")
 
@@ -201,7 +230,14 @@ def _v2(conn: Connection) -> None:
         raw_execute(conn, statement)
 
 
-_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2}
+def _v3(conn: Connection) -> None:
+    """Revocation (docs/cas.md "Revocation"): the revoked certificates and the current CRL of
+    each CAS-generated CA. Certificates superseded before this version are not recorded."""
+    revoked_certificates.create(conn, checkfirst=True)
+    crls.create(conn, checkfirst=True)
+
+
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
 
 
 class EventSink:

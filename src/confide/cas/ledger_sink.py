@@ -32,6 +32,8 @@ ENTRY_TYPES: dict[str, EntryType] = {
     "policy-create-refused": EntryType.POLICY_REFUSED,
     "secrets-generated": EntryType.SECRETS_GENERATED,
     "certificates-renewed": EntryType.CERTIFICATES_RENEWED,
+    "certificates-revoked": EntryType.CERTIFICATES_REVOKED,
+    "crl-issued": EntryType.CRL_ISSUED,
     "attestation": EntryType.ATTESTATION,
     "secret-release": EntryType.SECRET_RELEASED,
     "volume-tag": EntryType.VOLUME_TAG,

@@ -17,7 +17,11 @@ One renewal (:func:`renew_policy`), inside a write transaction (the CAS write lo
    it is sealed as the next version (associated data: policy, name, version);
 3. one ``certificates-renewed`` event (ledger entry ``certificates.renewed``) names each new
    version: name, versions, serial, validity, SHA-256 of the certificate, reason. Never a
-   private value.
+   private value;
+4. each previous version issued under a generated CA of the policy is recorded as revoked
+   (``superseded``, one ``certificates-revoked`` event), and every generated CA's CRL is brought
+   up to date (:func:`confide.cas.crl.issue_crls`: a new one when the revoked set or the CA
+   changed, or half of the current one's validity has passed). docs/cas.md "Revocation".
 
 Concurrent renewers (attestations, the sweep, other replicas on the same database) serialise on
 the write lock; a later one re-reads in step 1, finds nothing due and writes nothing.
@@ -37,6 +41,7 @@ from cryptography import x509
 from sqlalchemy import Connection, insert
 
 from confide.cas import db as t
+from confide.cas.crl import SUPERSEDED, crl_due, generated_ca, issue_crls, issued_by_generated_ca, revoke
 from confide.cas.db import raw_execute
 from confide.cas.periodic import PeriodicTask
 from confide.cas.secrets import SecretValue, renew_certificate, renewable, renewal_window
@@ -100,8 +105,8 @@ class RenewalSchedule:
 
 
 def renew_policy(cas: Cas, conn: Connection, name: str, now: float) -> list[dict[str, Any]]:
-    """Steps 1-3 of the module docstring for policy ``name`` at ``now``, in ``conn`` (a write
-    transaction). Returns what the event records (empty: nothing was due)."""
+    """Steps 1-4 of the module docstring for policy ``name`` at ``now``, in ``conn`` (a write
+    transaction). Returns what the renewal event records (empty: nothing was due)."""
     head = raw_execute(conn, "SELECT hash FROM policy_heads WHERE name = ?", (name,)).fetchone()
     if head is None:
         return []
@@ -109,6 +114,7 @@ def renew_policy(cas: Cas, conn: Connection, name: str, now: float) -> list[dict
     at = datetime.fromtimestamp(now, UTC)
     fresh: dict[str, SecretValue] = {}  # renewed in this transaction
     renewed: list[dict[str, Any]] = []
+    revoked: list[dict[str, Any]] = []
     for spec in policy.secrets:
         if not renewable(spec):
             continue
@@ -143,6 +149,10 @@ def renew_policy(cas: Cas, conn: Connection, name: str, now: float) -> list[dict
             )
         )  # fmt: skip
         fresh[spec.name] = value
+        if issued_by_generated_ca(policy, spec):
+            entry = revoke(conn, name, spec.name, row.version, row.public, SUPERSEDED, now)
+            if entry is not None:
+                revoked.append(entry)
         assert value.certificate is not None
         cert = x509.load_der_x509_certificate(value.certificate)
         renewed.append(
@@ -156,14 +166,22 @@ def renew_policy(cas: Cas, conn: Connection, name: str, now: float) -> list[dict
         )  # fmt: skip
     if renewed:
         cas.events.record(conn, "certificates-renewed", name, {"hash": head[0], "certificates": renewed})
+    if revoked:
+        cas.events.record(conn, "certificates-revoked", name, {"hash": head[0], "certificates": revoked})
+    issue_crls(cas, conn, policy, head[0], now)
     return renewed
 
 
 def due_policies(cas: Cas, now: float) -> list[str]:
-    """The policies with a certificate due at ``now`` (one read transaction, no write lock)."""
+    """The policies with a certificate due at ``now``, or a generated CA whose CRL is due or
+    missing (one read transaction, no write lock)."""
     due: set[str] = set()
     with cas.db.read() as conn:
         heads = dict(raw_execute(conn, "SELECT name, hash FROM policy_heads").fetchall())
+        crls = {
+            (r[0], r[1]): (float(r[2]), float(r[3]))
+            for r in raw_execute(conn, "SELECT policy, ca, this_update, next_update FROM crls").fetchall()
+        }
         rows = raw_execute(
             conn,
             "SELECT s.policy, s.name, s.version, s.public FROM secrets s "
@@ -179,6 +197,10 @@ def due_policies(cas: Cas, now: float) -> list[str]:
                 continue  # no longer declared: never released again
             if cas.renewals.due_at(policy_name, spec, version, public) <= now:
                 due.add(policy_name)
+            elif generated_ca(spec):
+                crl = crls.get((policy_name, name))
+                if crl is None or crl_due(*crl, now):
+                    due.add(policy_name)
     return sorted(due)
 
 

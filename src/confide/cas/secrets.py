@@ -515,6 +515,10 @@ def render(value: SecretValue, encoding: Encoding) -> bytes:
             return _need_cert(value)
         case Encoding.CHAIN_PEM | Encoding.LEGACY_CHAIN_PEM:
             return b"".join(_pem(c, "CERTIFICATE") for c in (_need_cert(value), *value.chain))
+        case Encoding.CRL_PEM | Encoding.CRL_DER:
+            # The CAS renders a CA's CRL itself (confide.cas.core, docs/cas.md "Revocation"): it is
+            # not part of the value, so a template rendered at start cannot have it.
+            raise PolicyError("a CRL (:crl) is injected by the CAS, not in a template rendered at start")
         case _:
             return encode_bytes(value.data, encoding)
 

@@ -61,6 +61,7 @@ from cryptography.x509.oid import NameOID
 
 from confide.cas.app import create_app
 from confide.cas.core import Cas
+from confide.cas.crl import DEFAULT_CRL_VALIDITY
 from confide.cas.db import Database, raw_connection
 from confide.cas.http_limits import BoundedHttpToolsProtocol
 from confide.cas.keyfiles import TLS_KEY_NAME, load_log_signer, load_tls_key, tls_key_password
@@ -303,6 +304,7 @@ def prepare(
     amd_roots: AmdRootStore | None = None,
     kds: str | None = None,
     nvidia_ocsp: str | None = None,
+    crl_validity: float = DEFAULT_CRL_VALIDITY,
 ) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
     """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (``dev``:
     simulated; ``tee``: from the TEE's quote provider, ``quote_provider`` or the one at the
@@ -415,7 +417,7 @@ def prepare(
                 json.dumps({"event": "cas-evidence-unchecked", "tee": tee, "reason": summary["reason"]})
             )
     database.migrate()
-    cas = Cas(database, sealer, verifier, events=LedgerEventSink())
+    cas = Cas(database, sealer, verifier, events=LedgerEventSink(), crl_validity=crl_validity)
     with database.write() as conn:
         master_key_id = bind_master_key(conn, master)
         cas.events.record(
@@ -458,10 +460,12 @@ def serve(
     renewal_interval: float = DEFAULT_SWEEP_SECONDS,
     kds: str | None = None,
     nvidia_ocsp: str | None = None,
+    crl_validity: float = DEFAULT_CRL_VALIDITY,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
-    between sweeps that renew due certificates. ``nvidia_ocsp``: see :func:`prepare`."""
+    between sweeps that renew due certificates (and re-issue due CRLs). ``crl_validity``: seconds
+    from a CRL's thisUpdate to its nextUpdate. ``nvidia_ocsp``: see :func:`prepare`."""
     host, port = _parse_listen(listen)
     _configure_logging()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -469,7 +473,8 @@ def serve(
     with run_lock(data_dir, db_url, exclusive=False):
         _serve(data_dir, host, port, dev=dev, db_url=db_url, collateral=collateral, witnesses=witnesses,
                witness_tls=witness_tls, seal=seal, tee=tee, evidence_refresh=evidence_refresh,
-               renewal_interval=renewal_interval, kds=kds, nvidia_ocsp=nvidia_ocsp)  # fmt: skip
+               renewal_interval=renewal_interval, kds=kds, nvidia_ocsp=nvidia_ocsp,
+               crl_validity=crl_validity)  # fmt: skip
 
 
 def _serve(
@@ -488,10 +493,11 @@ def _serve(
     renewal_interval: float,
     kds: str | None,
     nvidia_ocsp: str | None,
+    crl_validity: float,
 ) -> None:
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
         data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee, kds=kds,
-        nvidia_ocsp=nvidia_ocsp,
+        nvidia_ocsp=nvidia_ocsp, crl_validity=crl_validity,
     )  # fmt: skip
     checkpointer = Checkpointer(cas, signer, witnesses=witnesses, witness_tls=witness_tls)
     checkpointer.start()

@@ -57,6 +57,8 @@ class EntryType(StrEnum):
     POLICY_REFUSED = "policy.refused"  # an update by an identity without the right
     SECRETS_GENERATED = "secrets.generated"
     CERTIFICATES_RENEWED = "certificates.renewed"
+    CERTIFICATES_REVOKED = "certificates.revoked"
+    CRL_ISSUED = "crl.issued"
 
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}

@@ -29,7 +29,12 @@ x509, x509-ca  ``privatekey:der``, ``privatekey:pkcs8:der``     DER_PKCS8 (binar
 x509, x509-ca  ``chain``                                        CHAIN_PEM (issuers, leaf first)
 x509, x509-ca  ``.chain`` (deprecated)                          LEGACY_CHAIN_PEM (root first,
                                                                 certificate itself last)
+x509-ca        ``crl``, ``crl:pem`` (confide)                   CRL_PEM (the CA's current CRL)
+x509-ca        ``crl:der`` (confide)                            CRL_DER (binary)
 =============  ===============================================  ===========================
+
+``crl`` is a confide extension: the current RFC 5280 CRL of a CA the CAS generated
+(docs/cas.md "Revocation"), rendered by the CAS at release (not in templates rendered at start).
 
 Rendering keys and certificates is the secrets layer's job; this module renders the byte-string
 encodings (:func:`encode_bytes`) and performs the substitution given a resolver.
@@ -91,6 +96,8 @@ class Encoding(enum.StrEnum):
     CERT_DER = "cert-der"
     CHAIN_PEM = "chain-pem"
     LEGACY_CHAIN_PEM = "legacy-chain-pem"
+    CRL_PEM = "crl-pem"
+    CRL_DER = "crl-der"
 
     @property
     def is_binary(self) -> bool:
@@ -98,7 +105,9 @@ class Encoding(enum.StrEnum):
         return self in _BINARY_ENCODINGS
 
 
-_BINARY_ENCODINGS = frozenset({Encoding.BINARY, Encoding.DER_PKCS8, Encoding.DER_SPKI, Encoding.CERT_DER})
+_BINARY_ENCODINGS = frozenset(
+    {Encoding.BINARY, Encoding.DER_PKCS8, Encoding.DER_SPKI, Encoding.CERT_DER, Encoding.CRL_DER}
+)
 
 _KEY_FORMATS: dict[str | None, Encoding] = {
     None: Encoding.PEM_PKCS8,
@@ -137,7 +146,12 @@ _FORMATS: dict[str, dict[str | None, Encoding]] = {
     "private-key": _KEY_FORMATS,
     "public-key": {None: Encoding.PEM_SPKI, "pem": Encoding.PEM_SPKI, "der": Encoding.DER_SPKI},
     "x509": _CERT_FORMATS,
-    "x509-ca": _CERT_FORMATS,
+    "x509-ca": {
+        **_CERT_FORMATS,
+        "crl": Encoding.CRL_PEM,
+        "crl:pem": Encoding.CRL_PEM,
+        "crl:der": Encoding.CRL_DER,
+    },
 }
 ALL_FORMATS = frozenset(f for table in _FORMATS.values() for f in table if f is not None)
 

@@ -1,0 +1,318 @@
+"""Revocation of the certificates the CAS generated under its own CAs, and their CRLs
+(docs/cas.md "Revocation"; RFC 5280 §5).
+
+Scope: a certificate is *under a generated CA* when its declaration (``x509``, or an
+intermediate ``x509-ca``) is one the CAS renews (:func:`confide.cas.secrets.renewable`) and its
+``issuer`` is an ``x509-ca`` of the same policy that the CAS generated as well. Such a
+certificate is recorded as revoked (``revoked_certificates``), in the write transaction of the
+change that supersedes it:
+
+- renewal (:mod:`confide.cas.renewal`) and a new version because its declaration (or one it
+  derives from) changed on a policy update: reason ``superseded`` (RFC 5280 §5.3.1);
+- the secret gone from the policy's new version: ``cessationOfOperation``.
+
+An entry is keyed by the policy, the issuer's key identifier (the revoked certificate's
+authorityKeyIdentifier, RFC 5280 §4.2.1.1) and the serial, so a CRL lists exactly what was
+signed by its issuer's key. Each generated CA has one current CRL (``crls``), v2, signed by the
+CA's current version (:func:`issue_crls`): issuer = the CA's subject, authorityKeyIdentifier
+(§5.2.1), cRLNumber (§5.2.3, one more than the previous CRL of the CA, never reused),
+thisUpdate = issue time, nextUpdate = thisUpdate + the CAS's ``crl_validity`` (§5.1.2.4-5), one
+entry per revoked serial with its revocation date and reasonCode (§5.3.1), until the entry has
+appeared on one CRL issued after the certificate's notAfter (§3.3). A new CRL is issued
+in the same transaction whenever the revoked set or the CA version changes, and by the renewal
+sweep once half of the current one's validity has passed (:func:`crl_due`).
+
+Ledger entries (``certificates-revoked``, ``crl-issued``) name secrets, versions, serials, key
+identifiers and SHA-256 digests only. The CA's sealed value is unsealed in memory to sign, as for
+a release (``Cas._unseal``, whose in-memory cache it shares); its key is never logged, stored
+elsewhere or put in an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
+from sqlalchemy import Connection
+
+from confide.cas.db import raw_execute, raw_executemany
+from confide.cas.secrets import SecretValue, renewable
+from confide.errors import PolicyError, UsageError
+from confide.policy import Policy
+from confide.policy._types import duration_seconds
+from confide.policy.secret import Secret, SecretKind
+
+if TYPE_CHECKING:
+    from confide.cas.core import Cas
+
+__all__ = [
+    "CESSATION",
+    "DEFAULT_CRL_VALIDITY",
+    "MAX_CRL_VALIDITY",
+    "MIN_CRL_VALIDITY",
+    "REASONS",
+    "SUPERSEDED",
+    "CrlRow",
+    "build_crl",
+    "crl_due",
+    "crl_pem",
+    "current_crl",
+    "generated_ca",
+    "issue_crls",
+    "issued_by_generated_ca",
+    "parse_crl_validity",
+    "revoke",
+]
+
+DEFAULT_CRL_VALIDITY = 7 * 86400.0
+"""Seconds from a CRL's thisUpdate to its nextUpdate (``cas serve --crl-validity``)."""
+MIN_CRL_VALIDITY = 60
+MAX_CRL_VALIDITY = 366 * 86400
+SUPERSEDED = "superseded"
+CESSATION = "cessationOfOperation"
+REASONS: dict[str, x509.ReasonFlags] = {
+    SUPERSEDED: x509.ReasonFlags.superseded,  # RFC 5280 §5.3.1 superseded (4)
+    CESSATION: x509.ReasonFlags.cessation_of_operation,  # §5.3.1 cessationOfOperation (5)
+}
+
+
+class CrlRow(NamedTuple):
+    """The current CRL of a CA (``crls`` table)."""
+
+    number: int
+    ca_version: int
+    entries_sha256: str
+    this_update: float
+    next_update: float
+    der: bytes
+
+
+class _Entry(NamedTuple):
+    serial: str
+    revoked_at: float
+    reason: str
+    not_after: float
+
+
+def parse_crl_validity(text: str) -> float:
+    """``cas serve --crl-validity``: a duration as in policies (``7 days``, ``12h``, ``90s``)
+    from :data:`MIN_CRL_VALIDITY` to :data:`MAX_CRL_VALIDITY` seconds."""
+    expected = f"expected a duration from {MIN_CRL_VALIDITY} seconds to {MAX_CRL_VALIDITY // 86400} days"
+    try:
+        seconds = duration_seconds(text)
+    except (ValueError, TypeError):
+        raise UsageError(f"--crl-validity: got {text[:40]!r}, {expected} (e.g. '7 days')") from None
+    if not MIN_CRL_VALIDITY <= seconds <= MAX_CRL_VALIDITY:
+        raise UsageError(f"--crl-validity: got {seconds} seconds, {expected}")
+    return float(seconds)
+
+
+def generated_ca(spec: Secret | None) -> bool:
+    """Whether ``spec`` is an ``x509-ca`` the CAS generated and holds the key of (it has a CRL)."""
+    return spec is not None and renewable(spec) and spec.kind == SecretKind.X509_CA
+
+
+def issued_by_generated_ca(policy: Policy, spec: Secret) -> bool:
+    """Whether ``spec``'s certificates are CAS-generated and signed by a generated CA of
+    ``policy`` (the scope of revocation, module docstring)."""
+    if not renewable(spec) or spec.issuer is None:
+        return False
+    try:
+        return generated_ca(policy.secret(spec.issuer))
+    except KeyError:
+        return False
+
+
+def _certificate(public: str) -> x509.Certificate | None:
+    try:
+        pem = json.loads(public)["certificate"]
+        return x509.load_pem_x509_certificate(pem.encode())
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _key_id(cert: x509.Certificate, *, authority: bool) -> str | None:
+    """The certificate's authorityKeyIdentifier (``authority``) or subjectKeyIdentifier, hex."""
+    try:
+        if authority:
+            aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+            return aki.key_identifier.hex() if aki.key_identifier else None
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+
+
+def revoke(
+    conn: Connection, policy: str, name: str, version: int, public: str, reason: str, now: float
+) -> dict[str, Any] | None:
+    """Record the certificate of stored version ``version`` of ``policy``/``name`` (its
+    ``public`` metadata) as revoked for ``reason`` at ``now``. Returns what the
+    ``certificates-revoked`` event lists, or ``None`` when it was revoked before (the first
+    revocation stands) or the row has no certificate with an authority key identifier."""
+    if reason not in REASONS:
+        raise ValueError(f"got reason {reason!r}, expected one of {sorted(REASONS)}")
+    cert = _certificate(public)
+    issuer = None if cert is None else _key_id(cert, authority=True)
+    if cert is None or issuer is None:
+        return None
+    serial = format(cert.serial_number, "x")
+    inserted = raw_execute(
+        conn,
+        "INSERT INTO revoked_certificates (policy, issuer_key_id, serial, name, version, reason, revoked_at, "
+        "not_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (policy, issuer, serial, name, version, reason, now, cert.not_valid_after_utc.timestamp()),
+    ).rowcount
+    if inserted != 1:
+        return None  # revoked before (a revocation is never changed)
+    return {
+        "name": name, "version": version, "serial": serial, "reason": reason, "issuer_key_id": issuer,
+        "revoked_at": datetime.fromtimestamp(int(now), UTC).isoformat(),
+        "certificate_sha256": hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
+    }  # fmt: skip
+
+
+def current_crl(conn: Connection, policy: str, ca: str) -> CrlRow | None:
+    row = raw_execute(
+        conn,
+        "SELECT number, ca_version, entries_sha256, this_update, next_update, der FROM crls "
+        "WHERE policy = ? AND ca = ?",
+        (policy, ca),
+    ).fetchone()
+    return None if row is None else CrlRow(int(row[0]), int(row[1]), row[2], row[3], row[4], bytes(row[5]))
+
+
+def crl_due(this_update: float, next_update: float, now: float) -> bool:
+    """Whether a CRL is to be re-issued: half of its validity has passed (so relying parties
+    that fetch at its nextUpdate find a newer one), or the clock went back before it."""
+    return now >= this_update + (next_update - this_update) / 2 or now < this_update
+
+
+def _entries(conn: Connection, policy: str, key_id: str) -> list[_Entry]:
+    """What the next CRL of the CA with key ``key_id`` lists: every certificate it signed that
+    was revoked, until a CRL issued after the certificate's notAfter listed it (RFC 5280 §3.3:
+    an entry stays until it has appeared on one regularly scheduled CRL beyond the certificate's
+    validity period; so a CRL does not grow without bound)."""
+    rows = raw_execute(
+        conn,
+        "SELECT serial, revoked_at, reason, not_after FROM revoked_certificates "
+        "WHERE policy = ? AND issuer_key_id = ? AND expiry_listed_at IS NULL ORDER BY serial",
+        (policy, key_id),
+    ).fetchall()
+    return [_Entry(r[0], float(r[1]), r[2], float(r[3])) for r in rows]
+
+
+def _entries_sha256(entries: Sequence[_Entry]) -> str:
+    flat = [[e.serial, int(e.revoked_at), e.reason] for e in entries]
+    return hashlib.sha256(json.dumps(flat, separators=(",", ":")).encode()).hexdigest()
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(int(seconds), UTC)  # UTCTime/GeneralizedTime: whole seconds
+
+
+def build_crl(
+    ca: SecretValue, entries: Sequence[_Entry], *, number: int, this_update: float, next_update: float
+) -> bytes:
+    """A v2 CRL (RFC 5280 §5.1) of ``ca`` (a generated CA's value: certificate and key), DER."""
+    if ca.certificate is None or not ca.data:
+        raise PolicyError("a CRL is signed by a CA whose certificate and key the CAS holds")
+    cert = x509.load_der_x509_certificate(ca.certificate)
+    key: Any = serialization.load_der_private_key(ca.data, None)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(cert.subject)  # §5.1.2.3: the CA's subject
+        .last_update(_utc(this_update))  # §5.1.2.4 thisUpdate
+        .next_update(_utc(next_update))  # §5.1.2.5 nextUpdate
+        # §5.2.1: the key that signed, as in the certificates the CA issued (SHA-1 of the key).
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
+        .add_extension(x509.CRLNumber(number), critical=False)  # §5.2.3
+    )
+    for e in entries:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(int(e.serial, 16))
+            .revocation_date(_utc(e.revoked_at))
+            .add_extension(x509.CRLReason(REASONS[e.reason]), critical=False)  # §5.3.1
+            .build()
+        )
+    algorithm = (
+        None if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey) else hashes.SHA256()
+    )
+    return builder.sign(key, algorithm).public_bytes(serialization.Encoding.DER)
+
+
+def crl_pem(der: bytes) -> bytes:
+    """RFC 7468 §5: a CRL as PEM (``X509 CRL``)."""
+    b64 = base64.b64encode(der)
+    lines = b"\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
+    return b"-----BEGIN X509 CRL-----\n" + lines + b"\n-----END X509 CRL-----\n"
+
+
+def issue_crls(cas: Cas, conn: Connection, policy: Policy, digest: str, now: float) -> list[dict[str, Any]]:
+    """Bring the CRL of every generated CA of ``policy`` (its version ``digest``, current in
+    ``conn``, a write transaction) up to date at ``now``: a new one where there is none, the CA
+    has a new version, the revoked set changed or the current one is due (:func:`crl_due`).
+    Records one ``crl-issued`` event; returns what it lists."""
+    issued: list[dict[str, Any]] = []
+    for spec in policy.secrets:
+        if not generated_ca(spec):
+            continue
+        row = cas._latest_secret(conn, policy.name, spec.name)
+        cert = None if row is None else _certificate(row.public)
+        key_id = None if cert is None else _key_id(cert, authority=False)
+        if row is None or key_id is None:
+            continue
+        entries = _entries(conn, policy.name, key_id)
+        entries_sha256 = _entries_sha256(entries)
+        current = current_crl(conn, policy.name, spec.name)
+        if (
+            current is not None
+            and current.ca_version == row.version
+            and current.entries_sha256 == entries_sha256
+            and not crl_due(current.this_update, current.next_update, now)
+        ):
+            continue
+        number = 1 if current is None else current.number + 1
+        this_update = float(int(now))
+        next_update = this_update + cas.crl_validity
+        der = build_crl(cas._unseal(row), entries, number=number, this_update=this_update,
+                        next_update=next_update)  # fmt: skip
+        if current is None:
+            raw_execute(
+                conn,
+                "INSERT INTO crls (policy, ca, number, ca_version, entries_sha256, this_update, next_update, "
+                "der) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (policy.name, spec.name, number, row.version, entries_sha256, this_update, next_update, der),
+            )
+        else:
+            raw_execute(
+                conn,
+                "UPDATE crls SET number = ?, ca_version = ?, entries_sha256 = ?, this_update = ?, "
+                "next_update = ?, der = ? WHERE policy = ? AND ca = ?",
+                (number, row.version, entries_sha256, this_update, next_update, der, policy.name, spec.name),
+            )
+        expired = [e.serial for e in entries if e.not_after < this_update]
+        if expired:  # listed once beyond their validity period: left out from the next CRL on
+            raw_executemany(
+                conn,
+                "UPDATE revoked_certificates SET expiry_listed_at = ? "
+                "WHERE policy = ? AND issuer_key_id = ? AND serial = ?",
+                [(this_update, policy.name, key_id, serial) for serial in expired],
+            )
+        issued.append(
+            {
+                "ca": spec.name, "ca_version": row.version, "number": number, "revoked": len(entries),
+                "this_update": _utc(this_update).isoformat(), "next_update": _utc(next_update).isoformat(),
+                "issuer_key_id": key_id, "crl_sha256": hashlib.sha256(der).hexdigest(),
+            }
+        )  # fmt: skip
+    if issued:
+        cas.events.record(conn, "crl-issued", policy.name, {"hash": digest, "crls": issued})
+    return issued

@@ -1,0 +1,600 @@
+"""Revocation and CRLs of CAS-generated CAs (confide.cas.crl; docs/cas.md "Revocation"): the real
+in-process CAS (SQLite, ledger sink, simulated platform) with an injected clock. PostgreSQL and
+the HTTP API, CLI and ``openssl verify -crl_check``: tests/integration/test_cas_crl_e2e.py."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from cas_inproc import MEASUREMENT, Clock, InProcessCas
+from confide.cas.app import create_app
+from confide.cas.client import policy_submission
+from confide.cas.core import READ_TYPE, decrypt_release, sign_document
+from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity
+from confide.cas.db import raw_connection, raw_execute
+from confide.cas.renewal import CertificateRenewer, due_policies
+from confide.cas.secrets import SecretValue, render
+from confide.errors import AccessDeniedError, PolicyError, UsageError
+from confide.identity import Identity
+from confide.ledger.encoding import Entry, EntryType
+from confide.ledger.store import Ledger
+from confide.policy.loader import loads_policy
+from confide.policy.placeholders import Encoding
+
+DAY = 86400.0
+T0 = 1_900_000_000.0  # 2030-03-17: far from the wall clock, so nothing reads it unnoticed
+FILES = "/dev/shm/crl"
+
+
+def policy(
+    *,
+    dns: str = "srv.local",
+    leaf: bool = True,
+    ca_extra: str = "",
+    key_type: str = "P-256",
+    name: str = "tls",
+    predecessor: str | None = None,
+) -> str:
+    leaf_text = f"""  - name: srv_key
+    kind: private-key
+  - name: srv
+    kind: x509
+    private_key: srv_key
+    issuer: ca
+    common_name: srv.local
+    dns: [{dns}]
+    valid_for: 30 days
+""" if leaf else ""  # fmt: skip
+    files = f"""      - path: {FILES}/srv.pem
+        content: "$$SCONE::srv:chain$$"
+""" if leaf else ""  # fmt: skip
+    pred = f'predecessor: "{predecessor}"\n' if predecessor else ""
+    return f"""name: {name}
+version: "0.3"
+{pred}services:
+  - name: svc
+    image_name: img
+    command: svc
+    attestation:
+      sim:
+        measurement: "{MEASUREMENT}"
+secrets:
+  - name: ca_key
+    kind: private-key
+    key_type: {key_type}
+  - name: ca
+    kind: x509-ca
+    private_key: ca_key
+    common_name: Test CA
+    valid_for: 90 days
+    renew_before: 30 days
+{ca_extra}
+{leaf_text}
+images:
+  - name: img
+    injection_files:
+{files}      - path: {FILES}/ca.pem
+        content: "$$SCONE::ca:crt$$"
+      - path: {FILES}/ca.crl
+        content: "$$SCONE::ca:crl$$"
+      - path: {FILES}/ca.crl.der
+        content: "$$SCONE::ca:crl:der$$"
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
+class Env(InProcessCas):
+    owner: Identity
+    clock: Clock[float]
+
+    def apply_text(self, text: str) -> None:
+        self.cas.apply(policy_submission(loads_policy(text), self.owner))
+
+    def head(self, name: str = "tls") -> str:
+        with self.cas.db.read() as conn:
+            row = raw_execute(conn, "SELECT hash FROM policy_heads WHERE name = ?", (name,)).fetchone()
+        return str(row[0])
+
+    def release(self, name: str = "tls") -> dict[str, bytes]:
+        body, key = self.request(policy=name)
+        config = decrypt_release(key, self.cas.attest(body), bytes.fromhex(body["nonce"]))
+        return {path: base64.b64decode(b64) for path, b64 in config["files"].items()}
+
+    def read_request(self, name: str = "tls", who: Identity | None = None) -> dict[str, Any]:
+        who = who or self.owner
+        body = {"type": READ_TYPE, "name": name, "time": int(self.clock.now)}
+        return sign_document(body, who.sign, who.public.public_base64)
+
+    def crl(self, name: str = "tls", ca: str = "ca") -> x509.CertificateRevocationList:
+        der, _, public = self.cas.crl(name, ca, self.read_request(name))
+        assert not public
+        return x509.load_der_x509_crl(der)
+
+    def ca_cert(self) -> x509.Certificate:
+        with self.cas.db.read() as conn:
+            row = raw_execute(
+                conn, "SELECT public FROM secrets WHERE policy = 'tls' AND name = 'ca' ORDER BY version DESC"
+            ).fetchone()
+        return x509.load_pem_x509_certificate(json.loads(row[0])["certificate"].encode())
+
+    def serial(self, name: str = "srv", version: int | None = None) -> int:
+        with self.cas.db.read() as conn:
+            rows = raw_execute(
+                conn, "SELECT version, public FROM secrets WHERE policy = 'tls' AND name = ? ORDER BY version",
+                (name,),
+            ).fetchall()  # fmt: skip
+        public = dict(rows)[version] if version is not None else rows[-1][1]
+        return int(json.loads(public)["serial"], 16)
+
+    def events(self, type_: str, entry_type: EntryType) -> list[dict[str, Any]]:
+        """The payloads of ``type_`` events of policy tls, each checked against its ledger entry."""
+        out = []
+        with self.cas.db.read() as conn:
+            rows = raw_execute(
+                conn,
+                "SELECT seq, payload FROM events WHERE type = ? AND policy = 'tls' ORDER BY seq",
+                (type_,),
+            ).fetchall()
+            for seq, payload in rows:
+                entry = Ledger.entry(raw_connection(conn), seq - 1)
+                assert entry is not None
+                parsed = Entry.from_bytes(entry)
+                assert parsed.type is entry_type and parsed.payload == json.loads(payload)
+                out.append(json.loads(payload))
+        return out
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    ipc = InProcessCas.start(tmp_path / "cas")
+    out = Env(ipc.cas, ipc.platform)
+    out.clock = Clock(T0)
+    out.cas.clock = out.clock
+    out.owner = Identity.generate()
+    out.apply_text(policy())
+    return out
+
+
+def number(crl: x509.CertificateRevocationList) -> int:
+    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+
+
+def revoked(crl: x509.CertificateRevocationList) -> dict[int, tuple[x509.ReasonFlags, datetime]]:
+    out = {}
+    for entry in crl:
+        reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        out[entry.serial_number] = (reason, entry.revocation_date_utc)
+    return out
+
+
+def check_signed_by_ca(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> None:
+    """RFC 5280 §5: v2, signed by the CA's key, issuer = its subject, AKI = its SKI (§5.2.1)."""
+    assert crl.is_signature_valid(ca.public_key())
+    assert crl.issuer == ca.subject
+    aki = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert aki.key_identifier == ski.digest
+    der = crl.public_bytes(serialization.Encoding.DER)
+    tbs = _inside(der, _inside(der, 0))  # CertificateList, then tbsCertList (§5.1)
+    assert der[tbs : tbs + 3] == b"\x02\x01\x01"  # version INTEGER 1: v2 (§5.1.2.1)
+
+
+def _inside(der: bytes, pos: int) -> int:
+    """Where the contents of the DER element at ``pos`` start (short or long length form)."""
+    length = der[pos + 1]
+    return pos + 2 + (length & 0x7F if length & 0x80 else 0)
+
+
+def test_a_generated_ca_has_a_signed_empty_crl_from_the_start(env: Env) -> None:
+    crl = env.crl()
+    check_signed_by_ca(crl, env.ca_cert())
+    assert number(crl) == 1 and len(crl) == 0
+    assert crl.last_update_utc == datetime.fromtimestamp(T0, UTC)
+    assert crl.next_update_utc == datetime.fromtimestamp(T0 + DEFAULT_CRL_VALIDITY, UTC)
+    shown = env.cas.show(env.read_request())["secrets"]
+    assert shown["ca"]["crl"]["number"] == 1 and "crl" not in shown["srv"]
+    assert shown["ca"]["crl"]["next_update"] == crl.next_update_utc.isoformat()
+    issued = env.events("crl-issued", EntryType.CRL_ISSUED)
+    assert [[c["ca"], c["number"], c["revoked"]] for e in issued for c in e["crls"]] == [["ca", 1, 0]]
+    # Another CA's key does not verify it (the negative twin of is_signature_valid).
+    env.apply_text(policy(name="other"))
+    assert not crl.is_signature_valid(_ca_of(env, "other").public_key())
+
+
+def _ca_of(env: Env, name: str) -> x509.Certificate:
+    with env.cas.db.read() as conn:
+        row = raw_execute(
+            conn, "SELECT public FROM secrets WHERE policy = ? AND name = 'ca' ORDER BY version DESC", (name,)
+        ).fetchone()
+    return x509.load_pem_x509_certificate(json.loads(row[0])["certificate"].encode())
+
+
+def test_renewal_revokes_the_previous_serial_in_the_same_transaction(env: Env) -> None:
+    env.release()
+    first = env.serial()
+    env.clock.now = T0 + 21 * DAY  # the leaf (30 days) is due a third of its validity before
+    env.release()  # renews it (phase 1 finds it due)
+    second = env.serial()
+    assert second != first
+    crl = env.crl()
+    check_signed_by_ca(crl, env.ca_cert())
+    assert number(crl) == 2
+    renewed_at = datetime.fromtimestamp(T0 + 21 * DAY, UTC)
+    assert revoked(crl) == {first: (x509.ReasonFlags.superseded, renewed_at)}
+    # Recorded with the renewal: one transaction (the renewal event and the revocation follow
+    # each other in the ledger), names and serials only.
+    with env.cas.db.read() as conn:
+        types = [r[0] for r in raw_execute(conn, "SELECT type FROM events WHERE policy = 'tls' ORDER BY seq")]
+    at = types.index("certificates-renewed")
+    assert types[at : at + 3] == ["certificates-renewed", "certificates-revoked", "crl-issued"]
+    (event,) = env.events("certificates-revoked", EntryType.CERTIFICATES_REVOKED)
+    (entry,) = event["certificates"]
+    assert (
+        entry["name"] == "srv" and entry["serial"] == format(first, "x") and entry["reason"] == "superseded"
+    )
+    assert entry["version"] == 1 and "certificate_sha256" in entry
+    # The CA itself renewed (its window): the leaf again (issuer-renewed), the CRL by the new
+    # CA version, still listing exactly the superseded serials; a self-signed CA is not listed.
+    env.clock.now = T0 + 61 * DAY
+    env.release()
+    third = env.serial()
+    crl = env.crl()
+    check_signed_by_ca(crl, env.ca_cert())
+    assert env.ca_cert().serial_number != _first_ca_serial(env)
+    assert number(crl) == 3 and set(revoked(crl)) == {first, second}
+    assert third not in revoked(crl)
+
+
+def _first_ca_serial(env: Env) -> int:
+    return env.serial("ca", 1)
+
+
+def test_a_changed_declaration_supersedes_and_a_removed_secret_ceases(env: Env) -> None:
+    first = env.serial()
+    env.clock.now = T0 + 60
+    env.apply_text(policy(dns="new.local", predecessor=env.head()))  # a new version of srv
+    second = env.serial()
+    crl = env.crl()
+    assert number(crl) == 2
+    assert revoked(crl) == {first: (x509.ReasonFlags.superseded, datetime.fromtimestamp(T0 + 60, UTC))}
+    env.clock.now = T0 + 120
+    env.apply_text(policy(leaf=False, predecessor=env.head()))  # srv removed
+    crl = env.crl()
+    check_signed_by_ca(crl, env.ca_cert())
+    assert number(crl) == 3
+    assert revoked(crl) == {
+        first: (x509.ReasonFlags.superseded, datetime.fromtimestamp(T0 + 60, UTC)),
+        second: (x509.ReasonFlags.cessation_of_operation, datetime.fromtimestamp(T0 + 120, UTC)),
+    }
+    # An update that changes nothing revocable issues no CRL; re-adding srv revokes nothing
+    # twice (its previous version was revoked when it was removed).
+    env.clock.now = T0 + 180
+    env.apply_text(policy(predecessor=env.head()))
+    crl = env.crl()
+    assert number(crl) == 3 and set(revoked(crl)) == {first, second}
+
+
+def test_a_regenerated_ca_starts_a_new_scope(env: Env) -> None:
+    """A changed CA declaration is a new key: its leaf is superseded (recorded under the old
+    key), and the new CA's CRL, numbered on, lists nothing of the old key's."""
+    first = env.serial()
+    env.apply_text(policy(key_type="P-384", predecessor=env.head()))
+    crl = env.crl()
+    check_signed_by_ca(crl, env.ca_cert())
+    assert number(crl) == 2 and len(crl) == 0
+    with env.cas.db.read() as conn:
+        rows = raw_execute(conn, "SELECT serial, reason FROM revoked_certificates").fetchall()
+    assert rows == [(format(first, "x"), "superseded")]
+
+
+def test_the_sweep_refreshes_a_crl_after_half_its_validity(env: Env) -> None:
+    half = DEFAULT_CRL_VALIDITY / 2
+    env.clock.now = T0 + half - 1
+    assert due_policies(env.cas, env.clock.now) == []
+    env.clock.now = T0 + half
+    assert due_policies(env.cas, env.clock.now) == ["tls"]
+    CertificateRenewer(env.cas).sweep_once()
+    crl = env.crl()
+    assert number(crl) == 2 and crl.last_update_utc == datetime.fromtimestamp(T0 + half, UTC)
+    assert due_policies(env.cas, env.clock.now) == []
+    # A CA from before revocation existed (no CRL row): the sweep issues its first.
+    with env.cas.db.write() as conn:
+        raw_execute(conn, "DELETE FROM crls")
+    assert due_policies(env.cas, env.clock.now) == ["tls"]
+    CertificateRenewer(env.cas).sweep_once()
+    assert number(env.crl()) == 1
+
+
+def test_the_crl_placeholder_injects_the_current_crl(env: Env) -> None:
+    files = env.release()
+    injected = x509.load_pem_x509_crl(files[f"{FILES}/ca.crl"])
+    assert injected == x509.load_der_x509_crl(files[f"{FILES}/ca.crl.der"]) == env.crl()
+    check_signed_by_ca(injected, x509.load_pem_x509_certificate(files[f"{FILES}/ca.pem"]))
+    # Past half its validity, a release issues the next CRL first (as a due certificate is renewed).
+    env.clock.now = T0 + DEFAULT_CRL_VALIDITY / 2 + 1
+    files = env.release()
+    assert number(x509.load_pem_x509_crl(files[f"{FILES}/ca.crl"])) == 2
+
+
+def test_crl_format_is_for_cas(env: Env) -> None:
+    text = policy().replace("$$SCONE::ca:crl:der$$", "$$SCONE::srv:crl$$")
+    with pytest.raises(Exception, match="format 'crl' for a x509 secret"):
+        loads_policy(text)
+
+
+def test_an_explicit_ca_has_no_crl(env: Env) -> None:
+    pem = env.ca_cert().public_bytes(serialization.Encoding.PEM).decode()
+    value = "    value: |\n" + "".join(f"      {line}\n" for line in pem.splitlines())
+    text = policy(leaf=False, name="explicit").replace(
+        "    private_key: ca_key\n    common_name: Test CA\n    valid_for: 90 days\n    renew_before: 30 days\n",
+        value,
+    )
+    env.apply_text(text)
+    with pytest.raises(PolicyError, match="not a CA the CAS generated"):
+        env.cas.crl("explicit", "ca", env.read_request("explicit"))
+    with pytest.raises(PolicyError, match="not a CA the CAS generated"):
+        env.release("explicit")
+
+
+def test_who_may_fetch_a_crl(env: Env) -> None:
+    stranger = Identity.generate()
+    refusals = []
+    for name, ca, request in [
+        ("tls", "ca", None),  # a reader may; the public may not (the CA is not export_public)
+        ("ghost", "ca", None),  # no such policy: the same refusal
+        ("tls", "nope", None),  # no such secret: the same refusal
+    ]:
+        with pytest.raises(AccessDeniedError) as err:
+            env.cas.crl(name, ca, request)
+        refusals.append(err.value.message.replace(f"{name}/{ca}", "X"))
+    assert len(set(refusals)) == 1
+    refusals = []
+    for name in ("tls", "ghost"):
+        with pytest.raises(AccessDeniedError) as err:
+            env.cas.crl(name, "ca", env.read_request(name, stranger))
+        refusals.append(err.value.message.replace(f"{name}/ca", "X"))
+    assert len(set(refusals)) == 1
+    with pytest.raises(Exception, match="another policy"):
+        env.cas.crl("tls", "ca", env.read_request("other"))
+    env.crl()  # the owner reads it
+    # export_public: the CA's public parts are every policy's, and so is its CRL.
+    env.apply_text(policy(ca_extra="    export_public: true", predecessor=env.head()))
+    der, next_update, public = env.cas.crl("tls", "ca", None)
+    assert public and next_update == T0 + DEFAULT_CRL_VALIDITY
+    assert x509.load_der_x509_crl(der).is_signature_valid(env.ca_cert().public_key())
+
+
+def test_crl_validity_option() -> None:
+    assert parse_crl_validity("7 days") == 7 * DAY
+    assert parse_crl_validity("90s") == 90
+    for bad in ("59s", "367 days", "soon", ""):
+        with pytest.raises(UsageError):
+            parse_crl_validity(bad)
+
+
+def test_an_ed25519_ca_signs_its_crl(env: Env) -> None:
+    env.apply_text(policy(key_type="Ed25519", predecessor=env.head()))
+    crl = env.crl()
+    check_signed_by_ca(crl, env.ca_cert())
+    assert crl.last_update_utc == datetime.fromtimestamp(T0, UTC)
+
+
+def _get(
+    app: Any, path: str, query: str = "", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One GET through the ASGI app in process: status, headers, body."""
+    out: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        out.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "https",
+        "path": path, "raw_path": path.encode(), "root_path": "", "query_string": query.encode(),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+    }  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in out if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in out if m["type"] == "http.response.body")
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
+
+
+def test_the_http_route(env: Env) -> None:
+    app = create_app(env.cas)
+
+    def read_header(name: str) -> dict[str, str]:
+        return {"X-Confide-Read": base64.b64encode(json.dumps(env.read_request(name)).encode()).decode()}
+
+    status, headers, body = _get(app, "/v1/policies/tls/crl/ca", headers=read_header("tls"))
+    assert status == 200 and headers["content-type"] == "application/pkix-crl"
+    assert headers["cache-control"] == "private, no-store"
+    assert x509.load_der_x509_crl(body) == env.crl()
+    status, headers, body = _get(app, "/v1/policies/tls/crl/ca", "format=pem", read_header("tls"))
+    assert status == 200 and x509.load_pem_x509_crl(body) == env.crl()
+    assert _get(app, "/v1/policies/tls/crl/ca", "format=xml", read_header("tls"))[0] == 400
+    status, _, body = _get(app, "/v1/policies/tls/crl/ca")
+    assert status == 403 and json.loads(body)["error"]["class"] == "AccessDeniedError"
+    # A policy whose name ends in /crl/<secret> is still shown to its readers.
+    env.apply_text(policy(name="tls/crl/ca", leaf=False))
+    status, _, body = _get(app, "/v1/policies/tls/crl/ca", headers=read_header("tls/crl/ca"))
+    assert status == 200 and json.loads(body)["name"] == "tls/crl/ca"
+    # export_public: served to anyone, cacheable briefly (a revocation is published at once).
+    env.apply_text(policy(ca_extra="    export_public: true", predecessor=env.head()))
+    status, headers, body = _get(app, "/v1/policies/tls/crl/ca")
+    assert status == 200 and headers["cache-control"] == "public, max-age=300"
+    assert x509.load_der_x509_crl(body) == env.crl()
+
+
+def test_a_template_rendered_at_start_has_no_crl() -> None:
+    """The CRL is not part of a secret's value: ``confide run`` cannot render ``:crl`` in a
+    path-only template (the CAS renders it in ``content``)."""
+    value = SecretValue("x509-ca", b"", b"\x30\x00")
+    for encoding in (Encoding.CRL_PEM, Encoding.CRL_DER):
+        with pytest.raises(PolicyError, match="injected by the CAS"):
+            render(value, encoding)
+
+
+IMPORTER = f"""name: client
+version: "0.3"
+services:
+  - name: svc
+    image_name: img
+    command: svc
+    attestation:
+      sim:
+        measurement: "{MEASUREMENT}"
+secrets:
+  - name: their_ca
+    import:
+      session: tls
+      secret: ca
+images:
+  - name: img
+    injection_files:
+      - path: {FILES}/their.crl
+        content: "$$SCONE::their_ca:crl$$"
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
+def test_an_importer_receives_the_exporters_crl(env: Env) -> None:
+    env.apply_text(IMPORTER)
+    with pytest.raises(AccessDeniedError, match="does not export"):
+        env.release("client")  # not exported: neither the certificate nor its CRL
+    env.apply_text(policy(ca_extra="    export_public: true", predecessor=env.head()))
+    first = env.serial()
+    env.apply_text(policy(ca_extra="    export_public: true", dns="www.local", predecessor=env.head()))
+    crl = x509.load_pem_x509_crl(env.release("client")[f"{FILES}/their.crl"])
+    assert crl == env.crl() and [e.serial_number for e in crl] == [first]
+
+
+def test_an_entry_leaves_the_crl_after_one_crl_beyond_the_certificates_validity(env: Env) -> None:
+    """RFC 5280 §3.3: listed until it appeared on one scheduled CRL after its notAfter."""
+    first = env.serial()  # valid 30 days from T0
+    env.clock.now = T0 + 60
+    env.apply_text(policy(dns="new.local", predecessor=env.head()))
+    assert set(revoked(env.crl())) == {first}
+    env.clock.now = T0 + 30 * DAY - 10  # still valid: the scheduled CRL lists it
+    CertificateRenewer(env.cas).sweep_once()  # (also renews the second leaf: its window)
+    second = env.serial("srv", 2)
+    assert set(revoked(env.crl())) == {first, second}
+    env.clock.now = T0 + 30 * DAY + DEFAULT_CRL_VALIDITY / 2  # the first CRL beyond its validity
+    CertificateRenewer(env.cas).sweep_once()
+    crl = env.crl()
+    assert set(revoked(crl)) == {first, second}
+    assert crl.last_update_utc > datetime.fromtimestamp(T0 + 30 * DAY, UTC)
+    before = number(crl)
+    third = env.serial()  # valid until T0 + 60 days
+    env.clock.now += 60
+    env.apply_text(policy(predecessor=env.head()))  # supersedes the third
+    crl = env.crl()  # the next CRL leaves out the two expired ones, not the valid one
+    assert number(crl) == before + 1 and set(revoked(crl)) == {third}
+    check_signed_by_ca(crl, env.ca_cert())
+
+
+TWO_LEVEL = f"""name: pki
+version: "0.3"
+services:
+  - name: svc
+    command: svc
+    attestation:
+      sim:
+        measurement: "{MEASUREMENT}"
+secrets:
+  - name: root_key
+    kind: private-key
+  - name: root
+    kind: x509-ca
+    private_key: root_key
+    common_name: Root CA
+    valid_for: 365 days
+  - name: int_key
+    kind: private-key
+  - name: int
+    kind: x509-ca
+    private_key: int_key
+    issuer: root
+    common_name: Intermediate CA
+    valid_for: 90 days
+    renew_before: 30 days
+  - name: srv_key
+    kind: private-key
+  - name: srv
+    kind: x509
+    private_key: srv_key
+    issuer: int
+    common_name: srv.local
+    dns: [srv.local]
+    valid_for: 120 days
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
+def test_a_renewed_intermediate_is_on_its_roots_crl_and_openssl_checks_the_whole_chain(
+    env: Env, tmp_path: Path
+) -> None:
+    env.apply_text(TWO_LEVEL)
+
+    def cert(name: str, version: int) -> x509.Certificate:
+        with env.cas.db.read() as conn:
+            public = raw_execute(
+                conn,
+                "SELECT public FROM secrets WHERE policy = 'pki' AND name = ? AND version = ?",
+                (name, version),
+            ).fetchone()[0]
+        return x509.load_pem_x509_certificate(json.loads(public)["certificate"].encode())
+
+    env.clock.now = T0 + 61 * DAY  # the intermediate's window; its leaf follows (issuer-renewed)
+    CertificateRenewer(env.cas).sweep_once()
+    root, int1, int2, srv1, srv2 = (
+        cert("root", 1),
+        cert("int", 1),
+        cert("int", 2),
+        cert("srv", 1),
+        cert("srv", 2),
+    )
+    root_crl = env.crl("pki", "root")
+    int_crl = env.crl("pki", "int")
+    check_signed_by_ca(root_crl, root)
+    check_signed_by_ca(int_crl, int2)
+    assert set(revoked(root_crl)) == {int1.serial_number}
+    assert set(revoked(int_crl)) == {srv1.serial_number}
+
+    def pem(*items: x509.Certificate | x509.CertificateRevocationList) -> Path:
+        path = tmp_path / f"f{len(list(tmp_path.iterdir()))}.pem"
+        path.write_bytes(b"".join(i.public_bytes(serialization.Encoding.PEM) for i in items))
+        return path
+
+    def verify(leaf: x509.Certificate, intermediate: x509.Certificate) -> subprocess.CompletedProcess[str]:
+        at = str(int(env.clock.now))  # the CAS clock, not the machine's
+        cmd = ["openssl", "verify", "-attime", at, "-crl_check_all", "-CAfile", str(pem(root)),
+               "-untrusted", str(pem(intermediate)), "-CRLfile", str(pem(root_crl, int_crl)), str(pem(leaf))]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+    ok = verify(srv2, int2)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    for leaf, intermediate in ((srv1, int2), (srv2, int1)):  # the old leaf; the old intermediate
+        r = verify(leaf, intermediate)
+        assert r.returncode != 0 and "certificate revoked" in r.stdout + r.stderr, r.stdout + r.stderr
