@@ -223,44 +223,40 @@ def _ca_of(env: Env, name: str) -> x509.Certificate:
     return x509.load_pem_x509_certificate(json.loads(row[0])["certificate"].encode())
 
 
-def test_renewal_revokes_the_previous_serial_in_the_same_transaction(env: Env) -> None:
+def test_renewal_revokes_nothing_and_an_update_revokes_every_valid_version(env: Env) -> None:
+    """A renewal leaves the previous certificate valid (a service still running with it keeps
+    working until it attests again); a later policy update that changes the declaration revokes
+    every version still valid, the renewed ones included, in its own transaction."""
     env.release()
     first = env.serial()
+    before = env.crl()
     env.clock.now = T0 + 21 * DAY  # the leaf (30 days) is due a third of its validity before
     env.release()  # renews it (phase 1 finds it due)
     second = env.serial()
     assert second != first
     crl = env.crl()
     check_signed_by_ca(crl, env.ca_cert())
-    assert number(crl) == 2
-    renewed_at = datetime.fromtimestamp(T0 + 21 * DAY, UTC)
-    assert revoked(crl) == {first: (x509.ReasonFlags.superseded, renewed_at)}
-    # Recorded with the renewal: one transaction (the renewal event and the revocation follow
-    # each other in the ledger), names and serials only.
+    assert revoked(crl) == {} and number(crl) >= number(before)  # nothing revoked (re-issued when due)
     with env.cas.db.read() as conn:
         types = [r[0] for r in raw_execute(conn, "SELECT type FROM events WHERE policy = 'tls' ORDER BY seq")]
-    at = types.index("certificates-renewed")
-    assert types[at : at + 3] == ["certificates-renewed", "certificates-revoked", "crl-issued"]
-    (event,) = env.events("certificates-revoked", EntryType.CERTIFICATES_REVOKED)
-    (entry,) = event["certificates"]
-    assert (
-        entry["name"] == "srv" and entry["serial"] == format(first, "x") and entry["reason"] == "superseded"
-    )
-    assert entry["version"] == 1 and "certificate_sha256" in entry
-    # The CA itself renewed (its window): the leaf again (issuer-renewed), the CRL by the new
-    # CA version, still listing exactly the superseded serials; a self-signed CA is not listed.
-    env.clock.now = T0 + 61 * DAY
-    env.release()
+    assert "certificates-renewed" in types and "certificates-revoked" not in types
+    # A changed declaration: every version still valid is superseded at once, the renewed
+    # first one included (valid until T0 + 30 days), in the update's transaction.
+    env.clock.now = T0 + 22 * DAY
+    env.apply_text(policy(dns="new.local", predecessor=env.head()))
     third = env.serial()
     crl = env.crl()
     check_signed_by_ca(crl, env.ca_cert())
-    assert env.ca_cert().serial_number != _first_ca_serial(env)
-    assert number(crl) == 3 and set(revoked(crl)) == {first, second}
+    at = datetime.fromtimestamp(T0 + 22 * DAY, UTC)
+    assert revoked(crl) == {
+        first: (x509.ReasonFlags.superseded, at),
+        second: (x509.ReasonFlags.superseded, at),
+    }
     assert third not in revoked(crl)
-
-
-def _first_ca_serial(env: Env) -> int:
-    return env.serial("ca", 1)
+    (event,) = env.events("certificates-revoked", EntryType.CERTIFICATES_REVOKED)
+    listed = {(e["name"], e["serial"], e["reason"]) for e in event["certificates"]}
+    assert listed == {("srv", format(first, "x"), "superseded"), ("srv", format(second, "x"), "superseded")}
+    assert all("certificate_sha256" in e for e in event["certificates"])
 
 
 def test_a_changed_declaration_supersedes_and_a_removed_secret_ceases(env: Env) -> None:
@@ -495,19 +491,18 @@ def test_an_entry_leaves_the_crl_after_one_crl_beyond_the_certificates_validity(
     env.apply_text(policy(dns="new.local", predecessor=env.head()))
     assert set(revoked(env.crl())) == {first}
     env.clock.now = T0 + 30 * DAY - 10  # still valid: the scheduled CRL lists it
-    CertificateRenewer(env.cas).sweep_once()  # (also renews the second leaf: its window)
-    second = env.serial("srv", 2)
-    assert set(revoked(env.crl())) == {first, second}
+    CertificateRenewer(env.cas).sweep_once()  # (also renews the second leaf, revoking nothing)
+    assert set(revoked(env.crl())) == {first}
     env.clock.now = T0 + 30 * DAY + DEFAULT_CRL_VALIDITY / 2  # the first CRL beyond its validity
     CertificateRenewer(env.cas).sweep_once()
     crl = env.crl()
-    assert set(revoked(crl)) == {first, second}
+    assert set(revoked(crl)) == {first}
     assert crl.last_update_utc > datetime.fromtimestamp(T0 + 30 * DAY, UTC)
     before = number(crl)
-    third = env.serial()  # valid until T0 + 60 days
+    third = env.serial()  # valid until T0 + 60 days; the second (renewed) expired at T0 + 30 days
     env.clock.now += 60
     env.apply_text(policy(predecessor=env.head()))  # supersedes the third
-    crl = env.crl()  # the next CRL leaves out the two expired ones, not the valid one
+    crl = env.crl()  # the next CRL leaves out the expired one, lists the valid one
     assert number(crl) == before + 1 and set(revoked(crl)) == {third}
     check_signed_by_ca(crl, env.ca_cert())
 
@@ -552,7 +547,7 @@ security:
 """
 
 
-def test_a_renewed_intermediate_is_on_its_roots_crl_and_openssl_checks_the_whole_chain(
+def test_a_changed_intermediate_is_on_its_roots_crl_and_openssl_checks_the_whole_chain(
     env: Env, tmp_path: Path
 ) -> None:
     env.apply_text(TWO_LEVEL)
@@ -568,19 +563,28 @@ def test_a_renewed_intermediate_is_on_its_roots_crl_and_openssl_checks_the_whole
 
     env.clock.now = T0 + 61 * DAY  # the intermediate's window; its leaf follows (issuer-renewed)
     CertificateRenewer(env.cas).sweep_once()
-    root, int1, int2, srv1, srv2 = (
+    assert revoked(env.crl("pki", "root")) == {} and revoked(env.crl("pki", "int")) == {}  # renewal
+    # The owner changes the intermediate: every version still valid is superseded (on the
+    # root's CRL), and so is every valid leaf it issued (re-issued by the new version).
+    env.clock.now = T0 + 62 * DAY
+    changed = TWO_LEVEL.replace("valid_for: 90 days", "valid_for: 91 days")  # same key and subject
+    env.apply_text(changed.replace('version: "0.3"', f'version: "0.3"\npredecessor: "{env.head("pki")}"'))
+    root, int1, int2, int3, srv1, srv2, srv3 = (
         cert("root", 1),
         cert("int", 1),
         cert("int", 2),
+        cert("int", 3),
         cert("srv", 1),
         cert("srv", 2),
+        cert("srv", 3),
     )
     root_crl = env.crl("pki", "root")
     int_crl = env.crl("pki", "int")
     check_signed_by_ca(root_crl, root)
-    check_signed_by_ca(int_crl, int2)
-    assert set(revoked(root_crl)) == {int1.serial_number}
-    assert set(revoked(int_crl)) == {srv1.serial_number}
+    check_signed_by_ca(int_crl, int3)
+    assert set(revoked(root_crl)) == {int1.serial_number, int2.serial_number}
+    assert set(revoked(int_crl)) == {srv1.serial_number, srv2.serial_number}
+    srv2, int2 = srv3, int3  # the current pair below; srv1/int1 are superseded ones
 
     def pem(*items: x509.Certificate | x509.CertificateRevocationList) -> Path:
         path = tmp_path / f"f{len(list(tmp_path.iterdir()))}.pem"

@@ -45,6 +45,7 @@ from confide.cas.crl import (
     generated_ca,
     issue_crls,
     issued_by_generated_ca,
+    not_after,
     revoke,
 )
 from confide.cas.db import Database, EventSink, raw_connection, raw_execute
@@ -827,7 +828,8 @@ class Cas:
         (secrets survive updates), create a new version where it did. A certificate that
         ``previous`` (the version this one replaces) had issued under one of its generated CAs
         is recorded as revoked when a new version supersedes it, or when this version no longer
-        declares it as a generated secret (docs/cas.md "Revocation")."""
+        declares it as a generated secret, together with its earlier versions that a renewal
+        replaced and that are still valid (docs/cas.md "Revocation")."""
         resolved: dict[str, SecretValue] = {}
         created: list[dict[str, Any]] = []
         created_names: set[str] = set()
@@ -843,12 +845,18 @@ class Cas:
                 return
             if not issued_by_generated_ca(previous, old_spec):
                 return
-            row = self._latest_secret(conn, policy.name, name)
-            entry = (
-                None if row is None else revoke(conn, policy.name, name, row.version, row.public, reason, now)
-            )
-            if entry is not None:
-                revoked.append(entry)
+            # Every version still valid: the current one, and those a renewal replaced (renewal
+            # revokes nothing, so that services still running with them keep working).
+            rows = raw_execute(
+                conn,
+                "SELECT version, public FROM secrets WHERE policy = ? AND name = ? ORDER BY version",
+                (policy.name, name),
+            ).fetchall()
+            for version, public in rows:
+                if not_after(public) > now:
+                    entry = revoke(conn, policy.name, name, int(version), public, reason, now)
+                    if entry is not None:
+                        revoked.append(entry)
 
         if previous is not None:
             names = {s.name for s in policy.secrets}

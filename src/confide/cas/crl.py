@@ -5,11 +5,14 @@ Scope: a certificate is *under a generated CA* when its declaration (``x509``, o
 intermediate ``x509-ca``) is one the CAS renews (:func:`confide.cas.secrets.renewable`) and its
 ``issuer`` is an ``x509-ca`` of the same policy that the CAS generated as well. Such a
 certificate is recorded as revoked (``revoked_certificates``), in the write transaction of the
-change that supersedes it:
+policy update that supersedes it, together with its earlier versions still valid:
 
-- renewal (:mod:`confide.cas.renewal`) and a new version because its declaration (or one it
-  derives from) changed on a policy update: reason ``superseded`` (RFC 5280 §5.3.1);
+- a new version because its declaration (or one it derives from) changed, or it became an
+  import or ``issue_to_runtime``: reason ``superseded`` (RFC 5280 §5.3.1);
 - the secret gone from the policy's new version: ``cessationOfOperation``.
+
+A renewal (:mod:`confide.cas.renewal`) revokes nothing: the previous version stays valid until
+its notAfter, so services still running with it keep working until they attest again.
 
 An entry is keyed by the policy, the issuer's key identifier (the revoked certificate's
 authorityKeyIdentifier, RFC 5280 §4.2.1.1) and the serial, so a CRL lists exactly what was
@@ -33,6 +36,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -136,6 +140,13 @@ def _certificate(public: str) -> x509.Certificate | None:
         return x509.load_pem_x509_certificate(pem.encode())
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
+
+
+def not_after(public: str) -> float:
+    """The notAfter (Unix time) of the certificate in a secret row's ``public`` metadata;
+    ``-inf`` when it holds none."""
+    cert = _certificate(public)
+    return -math.inf if cert is None else cert.not_valid_after_utc.timestamp()
 
 
 def _key_id(cert: x509.Certificate, *, authority: bool) -> str | None:

@@ -18,10 +18,12 @@ One renewal (:func:`renew_policy`), inside a write transaction (the CAS write lo
 3. one ``certificates-renewed`` event (ledger entry ``certificates.renewed``) names each new
    version: name, versions, serial, validity, SHA-256 of the certificate, reason. Never a
    private value;
-4. each previous version issued under a generated CA of the policy is recorded as revoked
-   (``superseded``, one ``certificates-revoked`` event), and every generated CA's CRL is brought
-   up to date (:func:`confide.cas.crl.issue_crls`: a new one when the revoked set or the CA
-   changed, or half of the current one's validity has passed). docs/cas.md "Revocation".
+4. every generated CA's CRL is brought up to date (:func:`confide.cas.crl.issue_crls`: a new
+   one when the revoked set or the CA changed, or half of the current one's validity has
+   passed). The previous version is **not** revoked: it stays valid until its notAfter, so a
+   service still running with it keeps working until it attests again; a policy update that
+   changes or removes the declaration revokes every still-valid version (docs/cas.md
+   "Revocation").
 
 Concurrent renewers (attestations, the sweep, other replicas on the same database) serialise on
 the write lock; a later one re-reads in step 1, finds nothing due and writes nothing.
@@ -41,7 +43,7 @@ from cryptography import x509
 from sqlalchemy import Connection, insert
 
 from confide.cas import db as t
-from confide.cas.crl import SUPERSEDED, crl_due, generated_ca, issue_crls, issued_by_generated_ca, revoke
+from confide.cas.crl import crl_due, generated_ca, issue_crls
 from confide.cas.db import raw_execute
 from confide.cas.periodic import PeriodicTask
 from confide.cas.secrets import SecretValue, renew_certificate, renewable, renewal_window
@@ -114,7 +116,6 @@ def renew_policy(cas: Cas, conn: Connection, name: str, now: float) -> list[dict
     at = datetime.fromtimestamp(now, UTC)
     fresh: dict[str, SecretValue] = {}  # renewed in this transaction
     renewed: list[dict[str, Any]] = []
-    revoked: list[dict[str, Any]] = []
     for spec in policy.secrets:
         if not renewable(spec):
             continue
@@ -149,10 +150,6 @@ def renew_policy(cas: Cas, conn: Connection, name: str, now: float) -> list[dict
             )
         )  # fmt: skip
         fresh[spec.name] = value
-        if issued_by_generated_ca(policy, spec):
-            entry = revoke(conn, name, spec.name, row.version, row.public, SUPERSEDED, now)
-            if entry is not None:
-                revoked.append(entry)
         assert value.certificate is not None
         cert = x509.load_der_x509_certificate(value.certificate)
         renewed.append(
@@ -166,8 +163,6 @@ def renew_policy(cas: Cas, conn: Connection, name: str, now: float) -> list[dict
         )  # fmt: skip
     if renewed:
         cas.events.record(conn, "certificates-renewed", name, {"hash": head[0], "certificates": renewed})
-    if revoked:
-        cas.events.record(conn, "certificates-revoked", name, {"hash": head[0], "certificates": revoked})
     issue_crls(cas, conn, policy, head[0], now)
     return renewed
 
