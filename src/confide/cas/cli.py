@@ -59,6 +59,15 @@ def cas() -> None:
     "Good responses are cached until their nextUpdate; a failed check refuses the attestation.",
 )
 @click.option(
+    "--nvidia-rim",
+    "nvidia_rim",
+    metavar="URL|DIR",
+    help="Compare every NVIDIA GPU report sent without RIMs with its driver and VBIOS RIMs, fetched "
+    "from NVIDIA's RIM service URL (https://rim.attestation.nvidia.com/v1/rim/) or read from "
+    "DIR/<RIM ID>.xml, verified under the pinned NVIDIA RIM root and cached in memory. A RIM "
+    "that cannot be fetched or verified, or a mismatch, refuses the attestation.",
+)
+@click.option(
     "--seal",
     type=click.Choice(SEAL_PROVIDERS),
     default="file",
@@ -100,6 +109,7 @@ def cas_serve(
     tee: str | None,
     evidence_refresh: str | None,
     nvidia_ocsp: str | None,
+    nvidia_rim: str | None,
     crl_validity: str | None,
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
@@ -132,6 +142,7 @@ def cas_serve(
         tee=tee,
         evidence_refresh=refresh,
         nvidia_ocsp=nvidia_ocsp,
+        nvidia_rim=nvidia_rim,
         crl_validity=parse_crl_validity(crl_validity) if crl_validity is not None else DEFAULT_CRL_VALIDITY,
     )
 

@@ -1605,6 +1605,7 @@ def _evidence_summary(v: VerifiedEvidence) -> dict[str, Any]:
         "simulated": v.simulated,
     }
     if v.platform is Platform.NVIDIA_GPU:  # a GPU-only attestation: as _gpu_summary records it
+        summary["rims_compared"] = c.get("rims_compared")
         summary.update(_revocation_summary(v))
     if v.platform is Platform.SEV_SNP:  # the runtime sent the VCEK, or the CAS fetched it (--kds)
         summary["vcek_source"] = v.details.get("vcek_source")
@@ -1618,6 +1619,9 @@ def _revocation_summary(v: VerifiedEvidence) -> dict[str, Any]:
     return {
         "revocation_checked": c.get("revocation_checked") is True,
         "rim_revocation_checked": c.get("rim_revocation_checked") is True,
+        # The RIMs the measurements were compared with: sent by the runtime, or fetched by the CAS
+        # (cas serve --nvidia-rim: "service" for a URL, "dir" for a directory); None: none.
+        "rims_source": v.details.get("rims_source"),
     }
 
 

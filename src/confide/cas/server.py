@@ -82,6 +82,7 @@ from confide.collateral.amd_kds import DEFAULT_KDS_URL, KdsHttpCollateral
 from confide.collateral.dcap import source_for
 from confide.collateral.nvidia_ocsp import HttpOcspSource
 from confide.collateral.nvidia_ocsp import source_for as ocsp_source_for
+from confide.collateral.nvidia_rim import source_for as rim_source_for
 from confide.errors import ConfideError, UsageError
 from confide.fsutil import write_atomic
 from confide.ledger.db import Conn, connect_postgres
@@ -305,6 +306,7 @@ def prepare(
     kds: str | None = None,
     nvidia_ocsp: str | None = None,
     crl_validity: float = DEFAULT_CRL_VALIDITY,
+    nvidia_rim: str | None = None,
 ) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
     """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (``dev``:
     simulated; ``tee``: from the TEE's quote provider, ``quote_provider`` or the one at the
@@ -327,7 +329,10 @@ def prepare(
     ``nvidia_ocsp``: an OCSP responder URL or a directory of stored responses; NVIDIA GPU chains
     are then checked for revocation (``confide.cas.verifier``, ``confide.cas.revocation``); a
     responder's good responses are also kept in ``data_dir/ocsp-cache``, verified again whenever
-    they are read back."""
+    they are read back.
+
+    ``nvidia_rim``: NVIDIA's RIM service URL or a directory of RIM files: NVIDIA reports sent
+    without RIMs are compared with the driver and VBIOS RIMs from there (``confide.cas.rims``)."""
     if dev and tee is not None:
         raise UsageError(
             f"--dev and --tee {tee} exclude each other: a CAS in a TEE does not accept simulated evidence"
@@ -358,6 +363,12 @@ def prepare(
         # is read as it is now (confide.cas.revocation).
         ocsp_dir = data_dir / "ocsp-cache" if isinstance(ocsp_source, HttpOcspSource) else None
         ocsp_cache = OcspCache(ocsp_source, directory=ocsp_dir)
+    rim_source, rim_where = None, "NVIDIA RIM service"
+    if nvidia_rim:  # verified and cached in memory by confide.cas.rims
+        rim_source = rim_source_for(nvidia_rim, "--nvidia-rim")
+        rim_where = (
+            f"NVIDIA RIM service {public_url(nvidia_rim)}" if is_url(nvidia_rim) else "the RIM directory"
+        )
     kds_source = None
     if kds is not None:
         if not is_url(kds):
@@ -374,6 +385,7 @@ def prepare(
         sim_key=sim_key, dcap_source=dcap_source, amd_roots=amd_roots,
         kds=kds_source, kds_cache=data_dir / "kds-cache", kds_where=f"AMD KDS {public_url(kds or '')}",
         nvidia_ocsp=ocsp_cache,
+        nvidia_rim=rim_source, nvidia_rim_where=rim_where,
     )  # fmt: skip
     if sim_platform is not None:
         platform = sim_platform
@@ -461,11 +473,12 @@ def serve(
     kds: str | None = None,
     nvidia_ocsp: str | None = None,
     crl_validity: float = DEFAULT_CRL_VALIDITY,
+    nvidia_rim: str | None = None,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
     between sweeps that renew due certificates (and re-issue due CRLs). ``crl_validity``: seconds
-    from a CRL's thisUpdate to its nextUpdate. ``nvidia_ocsp``: see :func:`prepare`."""
+    from a CRL's thisUpdate to its nextUpdate. ``nvidia_ocsp``, ``nvidia_rim``: see :func:`prepare`."""
     host, port = _parse_listen(listen)
     _configure_logging()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -474,7 +487,7 @@ def serve(
         _serve(data_dir, host, port, dev=dev, db_url=db_url, collateral=collateral, witnesses=witnesses,
                witness_tls=witness_tls, seal=seal, tee=tee, evidence_refresh=evidence_refresh,
                renewal_interval=renewal_interval, kds=kds, nvidia_ocsp=nvidia_ocsp,
-               crl_validity=crl_validity)  # fmt: skip
+               crl_validity=crl_validity, nvidia_rim=nvidia_rim)  # fmt: skip
 
 
 def _serve(
@@ -494,10 +507,11 @@ def _serve(
     kds: str | None,
     nvidia_ocsp: str | None,
     crl_validity: float,
+    nvidia_rim: str | None,
 ) -> None:
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
         data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee, kds=kds,
-        nvidia_ocsp=nvidia_ocsp, crl_validity=crl_validity,
+        nvidia_ocsp=nvidia_ocsp, crl_validity=crl_validity, nvidia_rim=nvidia_rim,
     )  # fmt: skip
     checkpointer = Checkpointer(cas, signer, witnesses=witnesses, witness_tls=witness_tls)
     checkpointer.start()
@@ -546,6 +560,7 @@ def _serve(
                 "evidence_refresh": evidence_refresh if cas_evidence is not None else None,
                 "self_check": cas_evidence.check if cas_evidence is not None else None,
                 "nvidia_ocsp": nvidia_ocsp is not None,
+                "nvidia_rim": nvidia_rim is not None,
                 "db": cas.db.redacted_url,
                 "master_key": f"sealed: {seal.name} ({seal.binding})" if seal else "plain file",
             }

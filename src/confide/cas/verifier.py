@@ -77,9 +77,11 @@ from confide.cas.fetch_stats import FetchStats
 from confide.cas.kds import FetchedVek, KdsVcekCache, vek_key, vek_request
 from confide.cas.pcs import DcapCollateralCache, DcapKey
 from confide.cas.revocation import OcspCache, ocsp_key
+from confide.cas.rims import RimCache
 from confide.collateral import public_url
 from confide.collateral.amd_kds import AmdCollateralRequest, AmdCollateralSource
 from confide.collateral.dcap import DcapCollateralSource, PcsHttpSource
+from confide.collateral.nvidia_rim import DirRimSource, RimSource, rim_ids
 from confide.errors import (
     BindingError,
     CollateralError,
@@ -144,11 +146,13 @@ class Prefetched:
     """The collateral fetched (or found in memory) for one attestation before its phase 1, or
     the error its fetch ran into, per key (module docstring, "Prefetch"): VCEKs by
     :func:`~confide.cas.kds.vek_key`, DCAP collateral by :class:`DcapKey`, OCSP responses by
-    :func:`~confide.cas.revocation.ocsp_key`. Immutable; an error is raised as a copy."""
+    :func:`~confide.cas.revocation.ocsp_key`, NVIDIA RIMs by RIM ID. Immutable; an error is
+    raised as a copy."""
 
     veks: Mapping[_VekKey, FetchedVek | ConfideError] = field(default_factory=_frozen)
     dcap: Mapping[DcapKey, DcapCollateral | ConfideError] = field(default_factory=_frozen)
     ocsp: Mapping[_OcspKey, OcspResponse | ConfideError] = field(default_factory=_frozen)
+    rims: Mapping[str, ReferenceManifest | ConfideError] = field(default_factory=_frozen)
 
     def merged(self, other: Prefetched) -> Prefetched:
         """Both; ``other``'s outcome where both have one (it is the later)."""
@@ -156,6 +160,7 @@ class Prefetched:
             _frozen({**self.veks, **other.veks}),
             _frozen({**self.dcap, **other.dcap}),
             _frozen({**self.ocsp, **other.ocsp}),
+            _frozen({**self.rims, **other.rims}),
         )
 
 
@@ -261,7 +266,10 @@ class PlatformVerifier:
     only) by a :class:`~confide.cas.kds.KdsVcekCache` that verifies them under the same roots as
     the evidence; ``kds_where`` names the source in refusals. ``nvidia_ocsp``: check NVIDIA
     chains for revocation with the responses of this cache (module docstring; ``None``: not
-    checked). ``nvidia_root``, ``nvidia_rim_root``, ``nitro_root`` and ``amd_roots`` replace the
+    checked). ``nvidia_rim``: where the RIMs of NVIDIA reports sent without RIMs come from
+    (module docstring, "RIMs"; ``nvidia_rim_where`` names it in refusals), verified and cached
+    by a :class:`~confide.cas.rims.RimCache` (``None``: such reports are not compared with
+    RIMs). ``nvidia_root``, ``nvidia_rim_root``, ``nitro_root`` and ``amd_roots`` replace the
     embedded pinned roots: for test PKIs only."""
 
     def __init__(
@@ -278,6 +286,8 @@ class PlatformVerifier:
         kds_where: str = "AMD KDS",
         nvidia_ocsp: OcspCache | None = None,
         dcap_remote: bool | None = None,
+        nvidia_rim: RimSource | None = None,
+        nvidia_rim_where: str = "NVIDIA RIM service",
     ) -> None:
         self.sim_key = sim_key
         self.dcap_source = dcap_source
@@ -294,6 +304,16 @@ class PlatformVerifier:
         self.nvidia_ocsp = nvidia_ocsp
         self.nvidia_root = nvidia_root
         self.nvidia_rim_root = nvidia_rim_root
+        self.nvidia_rims = (
+            RimCache(
+                nvidia_rim,
+                where=nvidia_rim_where,
+                kind="dir" if isinstance(nvidia_rim, DirRimSource) else "service",
+                root=nvidia_rim_root,
+            )
+            if nvidia_rim is not None
+            else None
+        )
         self.nitro_root = nitro_root
         self.dcap = DcapVerifier()
         self.snp = SnpVerifier(amd_roots if amd_roots is not None else embedded_roots())
@@ -316,6 +336,7 @@ class PlatformVerifier:
             for job in (
                 self._dcap_job(platform, evidence, aux, at),
                 self._kds_job(platform, evidence, aux, at),
+                self._rim_job(platform, evidence, aux, at),
                 self._ocsp_job(platform, evidence, aux, at),
             )
             if job is not None
@@ -385,6 +406,8 @@ class PlatformVerifier:
             stats["kds"] = self.kds.stats
         if self.nvidia_ocsp is not None:
             stats["ocsp"] = self.nvidia_ocsp.stats
+        if self.nvidia_rims is not None:
+            stats["rim"] = self.nvidia_rims.stats
         return stats
 
     def _kds_job(
@@ -426,7 +449,13 @@ class PlatformVerifier:
         seen: set[tuple[x509.Certificate, x509.Certificate]] = set()  # GPUs share intermediates
         for report, gpu_aux in reports:
             try:
-                chains = self._revocation_chains(report, *_nvidia_aux(gpu_aux))
+                certs, rims = _nvidia_aux(gpu_aux)
+                if not rims and self.nvidia_rims is not None:
+                    # The RIMs the CAS fetches: those in memory now; the RIM job's prefetch
+                    # asks about the chains of those it fetches (_rim_job).
+                    found_rims = [self.nvidia_rims.cached(i, at) for i in _report_rim_ids(report)]
+                    rims = [rim for rim in found_rims if rim is not None]
+                chains = self._revocation_chains(report, certs, rims)
             except ConfideError:
                 continue  # phase 1 refuses this GPU before it asks anything about it
             for targets, check in chains:
@@ -523,6 +552,10 @@ class PlatformVerifier:
             # The nonce is not checked here: the CAS compares it with the key binding
             # (check_binding), as it does every platform's report data.
             certs, rims = _nvidia_aux(aux)
+            rims_source = "sent" if rims else None
+            if not rims and self.nvidia_rims is not None:
+                rims = self._fetched_rims(self.nvidia_rims, evidence, certs, at, prefetched)
+                rims_source = self.nvidia_rims.kind
             ocsp: list[OcspResponse] | None = None
             rim_ocsp: list[list[OcspResponse]] | None = None
             if self.nvidia_ocsp is not None:
@@ -530,16 +563,125 @@ class PlatformVerifier:
                     self.nvidia_ocsp, evidence, certs, rims, at, prefetched
                 )
             try:
-                return verify_nvidia_report(
+                verified = verify_nvidia_report(
                     evidence, certs, at=at, root=self.nvidia_root, rims=rims, rim_root=self.nvidia_rim_root,
                     ocsp=ocsp, rim_ocsp=rim_ocsp,
                 )  # fmt: skip
+                return dataclasses.replace(verified, details={**verified.details, "rims_source": rims_source})
             except RimMismatchError as exc:
                 # Refusals cross the wire by class name: keep to the public tree (confide.errors).
                 raise MeasurementError(exc.message) from None
         if platform is Platform.AWS_NITRO:
             return verify_nitro_document(evidence, at=at, root=self.nitro_root)
         raise UsageError(f"this CAS does not verify {platform.value} evidence yet")
+
+    def _fetched_rims(
+        self,
+        cache: RimCache,
+        evidence: bytes,
+        certs: list[x509.Certificate],
+        at: datetime,
+        prefetched: Prefetched | None,
+    ) -> list[ReferenceManifest]:
+        """The driver and VBIOS RIMs of a report sent without RIMs (module docstring, "RIMs"):
+        the prefetch's (or its error), else from memory; else, once the report parses and its
+        chain verifies to the pinned root (the source is never asked about a GPU a request made
+        up), the prefetch's error, or without a prefetch :meth:`RimCache.get`'s (blocking)."""
+        ids = _report_rim_ids(evidence)
+        known = prefetched.rims if prefetched is not None else {}
+        found: list[ReferenceManifest | ConfideError | None] = []
+        for rim_id in ids:
+            outcome = known.get(rim_id)
+            found.append(outcome if outcome is not None else cache.cached(rim_id, at))
+        if all(isinstance(rim, ReferenceManifest) for rim in found):
+            return [rim for rim in found if isinstance(rim, ReferenceManifest)]
+        verify_pinned_chain(certs, self.nvidia_root or nvidia_device_root(), at)
+        rims = []
+        for rim, rim_id in zip(found, ids, strict=True):
+            if isinstance(rim, ReferenceManifest):
+                rims.append(rim)
+            elif rim is not None:
+                rims.append(_outcome(rim))
+            elif prefetched is None:
+                rims.append(cache.get(rim_id, at))
+            else:
+                raise _not_prefetched(f"RIM {rim_id} from {cache.where}")
+        return rims
+
+    def _rim_job(
+        self, platform: Platform, evidence: bytes, aux: dict[str, bytes], at: datetime
+    ) -> CollateralJob | None:
+        """The prefetch of the RIMs phase 1 would miss (reports sent without RIMs), and, with
+        ``nvidia_ocsp``, of the OCSP responses about the signing chains of those it fetches. A
+        report whose chain does not verify to the pinned root gets nothing asked about it."""
+        cache = self.nvidia_rims
+        if cache is None:
+            return None
+        try:
+            if platform is Platform.NVIDIA_GPU:
+                reports = [(evidence, aux)]
+            else:
+                reports = [(gpu.report, gpu.aux) for gpu in split_gpu_aux(platform, aux)[1]]
+        except ConfideError:
+            return None
+        found: dict[str, ReferenceManifest | ConfideError] = {}
+        missing: list[tuple[Callable[[], None], list[str]]] = []
+        for report, gpu_aux in reports:
+            try:
+                certs, sent = _nvidia_aux(gpu_aux)
+                if sent:
+                    continue
+                ids = _report_rim_ids(report)
+            except ConfideError:
+                continue  # phase 1 refuses this GPU before it asks anything about it
+            todo = []
+            for rim_id in ids:
+                hit = cache.cached(rim_id, at)
+                if hit is not None:
+                    found[rim_id] = hit
+                elif rim_id not in found and all(rim_id not in t for _, t in missing):
+                    todo.append(rim_id)
+            if todo:
+                root = self.nvidia_root or nvidia_device_root()
+                missing.append((partial(verify_pinned_chain, certs, root, at), todo))
+        if not missing:
+            return CollateralJob(Prefetched(rims=_frozen(found))) if found else None
+
+        def prefetch() -> Prefetched:
+            fetched: dict[str, ReferenceManifest | ConfideError] = {}
+            for check, todo in missing:
+                try:
+                    check()
+                except ConfideError:
+                    continue  # phase 1 refuses this GPU before it asks anything about it
+                for rim_id in todo:
+                    fetched[rim_id] = cache.prefetch(rim_id, at)
+            ocsp = self._rim_ocsp_prefetch(
+                [r for r in fetched.values() if isinstance(r, ReferenceManifest)], at
+            )
+            return Prefetched(rims=_frozen(fetched), ocsp=_frozen(ocsp))
+
+        return CollateralJob(Prefetched(rims=_frozen(found)), prefetch)
+
+    def _rim_ocsp_prefetch(
+        self, rims: list[ReferenceManifest], at: datetime
+    ) -> dict[_OcspKey, OcspResponse | ConfideError]:
+        """Blocking: with ``nvidia_ocsp``, the responses about the signing chains of fetched
+        (verified) RIMs that are not in memory, up to the first failure."""
+        cache = self.nvidia_ocsp
+        out: dict[_OcspKey, OcspResponse | ConfideError] = {}
+        if cache is None:
+            return out
+        rim_root = self.nvidia_rim_root or nvidia_rim_root()
+        for rim in rims:
+            for cert, issuer in rim_ocsp_targets(rim.raw, rim_root):
+                if cache.cached(cert, issuer, at=at) is not None:
+                    continue
+                outcome = cache.prefetch(cert, issuer, at=at)
+                out[ocsp_key(cert, issuer)] = outcome
+                if isinstance(outcome, ConfideError):
+                    return out
+        return out
 
     def _nvidia_revocation(
         self,
@@ -627,6 +769,11 @@ class PlatformVerifier:
         if outcome is None:
             raise _not_read(f"the DCAP collateral of {key} from --collateral")
         return _outcome(outcome)
+
+
+def _report_rim_ids(evidence: bytes) -> tuple[str, str]:
+    """The (driver, VBIOS) RIM IDs of an NVIDIA report (:func:`~confide.collateral.nvidia_rim.rim_ids`)."""
+    return rim_ids(NvidiaAttestationReport.from_bytes(evidence))
 
 
 def _read_local(source: DcapCollateralSource, key: DcapKey) -> Prefetched:

@@ -1,0 +1,181 @@
+"""NVIDIA RIMs the CAS fetches itself (``cas serve --nvidia-rim URL|DIR``) for GPU reports sent
+without them: a :class:`~confide.collateral.nvidia_rim.RimSource` (NVIDIA's RIM service, or a
+directory of RIM files), and :class:`RimCache`, the verified RIMs in memory.
+
+:class:`RimCache` answers "the RIM with this RIM ID (:func:`~confide.collateral.nvidia_rim.rim_ids`),
+verified at ``at``": a cached one, else one fetched from the source. What it stores and for how long:
+
+- Only a RIM that :func:`confide.verify.nvidia_rim.verify_rim` accepted at the ``at`` of its
+  fetch, under the verifier's RIM root (the pinned NVIDIA RIM root; a test root in tests): size,
+  DTD-free XML, one enveloped XML-DSig signature, the signer's chain to the root, the digest and
+  signature. What the source answers is hostile: an answer that does not verify is refused (its
+  own class: ``SignatureError``, ``CertificateChainError``; malformed XML as ``CollateralError``)
+  and never cached; a source that fails (unreachable, HTTP error, no such RIM, a malformed answer)
+  is a ``CollateralMissingError`` naming the source. Either failure refuses the attestation (fail
+  closed) and is kept for :data:`FAILURE_GRACE` seconds of a monotonic clock for :meth:`RimCache.get`
+  (a prefetch always asks again).
+- Keyed by RIM ID; used while ``stored_at`` ≤ ``at`` < ``stored_at`` + :data:`MAX_AGE` (a day:
+  NVIDIA may replace a RIM; revocation of its signer is OCSP's, checked at every attestation).
+- At most ``max_entries`` entries (:data:`MAX_ENTRIES`), least recently used dropped.
+
+Every RIM handed out, cached or fresh, is verified once more by the caller
+(:func:`confide.verify.nvidia.verify_nvidia_report` at the attestation's ``at``, with the OCSP
+responses about its signer chain when the CAS has ``--nvidia-ocsp``), exactly as a RIM the
+runtime sent; the cache only decides when to ask again. Nothing here reads the wall clock.
+
+Blocking: a fetch goes to the network or the disk. Attestations that miss the same RIM at the
+same moment share one fetch (:class:`~confide.cas.flight.SingleFlight`). The CAS's event loop
+never waits for one: ``PlatformVerifier.collateral_job`` runs :meth:`RimCache.prefetch` in a
+worker thread and hands its outcomes to phase 1 (``Prefetched.rims``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+
+from confide.cas.fetch_stats import FetchStats
+from confide.cas.flight import SingleFlight
+from confide.collateral.nvidia_rim import RimSource
+from confide.errors import CollateralError, CollateralMissingError, ConfideError, ParseError
+from confide.evidence.nvidia_rim import ReferenceManifest
+from confide.lru import Lru
+from confide.verify.nvidia_rim import verify_rim
+
+__all__ = ["FAILURE_GRACE", "MAX_AGE", "MAX_ENTRIES", "RimCache"]
+
+log = logging.getLogger("confide.cas")
+
+MAX_AGE = timedelta(days=1)
+MAX_ENTRIES = 1024
+FAILURE_GRACE = 30.0
+"""Seconds (monotonic clock) after a failed fetch during which :meth:`RimCache.get` reports its
+error instead of asking again; a prefetch always asks again."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    rim: ReferenceManifest
+    stored_at: datetime
+
+    def usable(self, at: datetime) -> bool:
+        return self.stored_at <= at < self.stored_at + MAX_AGE
+
+
+class RimCache:
+    """Verified RIMs by RIM ID (module docstring). Thread-safe. ``root``: the RIM root they must
+    chain to (``None``: the pinned NVIDIA RIM root); ``where`` names the source in refusals and
+    events (``service``: a URL, ``dir``: a directory, :attr:`kind`). ``fetches`` counts what was
+    asked of the source."""
+
+    def __init__(
+        self,
+        source: RimSource,
+        *,
+        where: str,
+        kind: str,
+        root: x509.Certificate | None = None,
+        max_entries: int = MAX_ENTRIES,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.where = where
+        self.kind = kind
+        self.root = root
+        self.monotonic = monotonic
+        self._entries: Lru[str, _Entry] = Lru(max_entries)
+        self._failures: Lru[str, tuple[float, ConfideError]] = Lru(max_entries)
+        self._flights: SingleFlight[str, _Entry] = SingleFlight()
+        self._count_lock = threading.Lock()
+        self.fetches = 0
+        self.stats = FetchStats()  # the source's calls, timed, with their outcome (/metrics)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def cached(self, rim_id: str, at: datetime) -> ReferenceManifest | None:
+        """The verified RIM ``rim_id`` in memory, usable at ``at`` (no I/O)."""
+        entry = self._entries.get(rim_id)
+        return entry.rim if entry is not None and entry.usable(at) else None
+
+    def prefetch(self, rim_id: str, at: datetime) -> ReferenceManifest | ConfideError:
+        """Blocking (run it off the event loop): the RIM (from memory, else fetched), or the
+        error of the fetch (also kept for :meth:`get`), not raised here."""
+        try:
+            return self.fetch(rim_id, at)
+        except ConfideError as exc:
+            return copy.copy(exc)
+
+    def get(self, rim_id: str, at: datetime) -> ReferenceManifest:
+        """For callers that ran no prefetch: the RIM from memory; else the error of the fetch
+        tried in the last :data:`FAILURE_GRACE` seconds; else :meth:`fetch` (blocking)."""
+        hit = self.cached(rim_id, at)
+        if hit is not None:
+            return hit
+        failed = self._failures.get(rim_id)
+        if failed is not None and self.monotonic() - failed[0] < FAILURE_GRACE:
+            raise copy.copy(failed[1])
+        return self.fetch(rim_id, at)
+
+    def fetch(self, rim_id: str, at: datetime) -> ReferenceManifest:
+        """Blocking: memory, else the source (one fetch per RIM ID at a time; the others wait for
+        its outcome), verified at ``at`` before it is cached (module docstring for the errors)."""
+        loaded: list[_Entry] = []
+
+        def load() -> _Entry:
+            try:
+                entry = _Entry(self._load(rim_id, at), at)
+            except ConfideError as exc:
+                self._failures.put(rim_id, (self.monotonic(), copy.copy(exc)))
+                raise
+            self._entries.put(rim_id, entry)
+            self._failures.pop(rim_id)
+            loaded.append(entry)
+            return entry
+
+        while True:
+            hit = self.cached(rim_id, at)
+            if hit is not None:
+                return hit
+            entry = self._flights.run(rim_id, load)
+            if loaded or entry.usable(at):
+                return entry.rim
+            # Another attestation's fetch, made at a time that does not cover ours: again.
+
+    def _load(self, rim_id: str, at: datetime) -> ReferenceManifest:
+        with self._count_lock:
+            self.fetches += 1
+        try:
+            with self.stats.timed():
+                data = self.source.fetch(rim_id)
+        except ConfideError as exc:
+            _log("rim-fetch-failed", rim_id, error=exc.kind)
+            raise CollateralMissingError(
+                f"the NVIDIA GPU report came without RIMs, and fetching RIM {rim_id} from {self.where}"
+                f" failed: {exc.kind}: {exc.message}"
+            ) from None
+        try:
+            rim = ReferenceManifest.from_bytes(data)
+            verify_rim(rim.raw, at=at, root=self.root)
+        except ParseError as exc:  # the source's bytes, not the request's (not an HTTP 400)
+            _log("rim-rejected", rim_id, error=exc.kind)
+            raise CollateralError(f"RIM {rim_id} from {self.where}: {exc.message}") from None
+        except ConfideError as exc:
+            _log("rim-rejected", rim_id, error=exc.kind)
+            exc.message = f"RIM {rim_id} from {self.where}: {exc.message}"
+            exc.args = (exc.message,)
+            raise
+        _log("rim-fetched", rim_id)
+        return rim
+
+
+def _log(event: str, rim_id: str, **extra: str) -> None:
+    log.info(json.dumps({"event": event, "rim_id": rim_id, **extra}))
