@@ -654,8 +654,10 @@ class PlatformVerifier:
                     check()
                 except ConfideError:
                     continue  # phase 1 refuses this GPU before it asks anything about it
-                for rim_id in todo:
+                for rim_id in todo:  # in phase 1's order, up to the first failure (refused there)
                     fetched[rim_id] = cache.prefetch(rim_id, at)
+                    if isinstance(fetched[rim_id], ConfideError):
+                        break
             ocsp = self._rim_ocsp_prefetch(
                 [r for r in fetched.values() if isinstance(r, ReferenceManifest)], at
             )

@@ -1,0 +1,393 @@
+"""NVIDIA RIMs fetched by the CAS itself (``cas serve --nvidia-rim URL|DIR``) for GPU reports
+sent without them: GPU-only and composite attestations through ``Cas.attest`` (in process, real
+SQLite and ledger) against a fake RIM service on 127.0.0.1 (``tests/rim_fake.py``) that serves
+RIMs signed by the test RIM PKI (``tests/rim_pki.py``), and a directory of RIM files. The CAS
+is given the test roots as the other GPU tests do; the pinned NVIDIA roots are never involved.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.x509 import ocsp
+
+from cas_inproc import Clock, InProcessCas, RuntimeKey, evict_before_phase_one, last_attestation, refused
+from confide import errors
+from confide.cas.revocation import OcspCache
+from confide.cas.rims import FAILURE_GRACE, RimCache
+from confide.cas.verifier import PlatformVerifier, Prefetched
+from confide.collateral.nvidia_ocsp import HttpOcspSource
+from confide.collateral.nvidia_rim import DirRimSource, HttpRimSource, rim_ids
+from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
+from nvidia_forge import NvidiaPki, make_leaf, ocsp_response, resign
+from nvidia_forge import make_pki as make_nvidia_pki
+from ocsp_responder import FakeOcsp
+from pki import Issuer
+from rim_fake import FakeRimService, fake_rim_service
+from rim_pki import make_pki as make_rim_pki
+from rim_pki import rim_matching_report
+
+ASSETS = Path(__file__).parents[1] / "assets"
+NV_REPORT = bytes.fromhex((ASSETS / "nvidia/hopperAttestationReport.txt").read_text().strip())
+PARSED = NvidiaAttestationReport.from_bytes(NV_REPORT)
+FWID = PARSED.response.field(OpaqueFieldType.FWID)
+DRIVER_XML = (ASSETS / "nvidia/Driver_RIM_test_no_gpu.swidtag").read_bytes()
+VBIOS_XML = (ASSETS / "nvidia/1010_0200_882_96005E0001_test_no_gpu.swidtag").read_bytes()
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+PKI = make_nvidia_pki(NV_REPORT, NOW)
+SECOND = NvidiaPki(PKI.root, PKI.ica, make_leaf(PKI.ica, FWID, NOW))  # another GPU, same firmware
+RIM_PKI = make_rim_pki("Test CAS RIM", valid=(NOW - timedelta(days=1), NOW + timedelta(days=30)))
+DRIVER_ID, VBIOS_ID = "NV_GPU_DRIVER_GH100_550.90.07", "NV_GPU_VBIOS_1010_0200_882_96009F0001"
+DRIVER = rim_matching_report(NV_REPORT, DRIVER_XML, "550.90.07", RIM_PKI)
+VBIOS = rim_matching_report(NV_REPORT, VBIOS_XML, "96.00.9F.00.01", RIM_PKI)
+CPU = "ab" * 48
+M22 = PARSED.measurements[22].hex()
+
+POLICY = f"""name: app
+version: "0.3"
+services:
+  - name: gpu
+    command: gpu --token $$SCONE::token$$
+    attestation:
+      nvidia-gpu:
+        driver_version: "550.90.07"
+  - name: ai
+    command: serve --token $$SCONE::token$$
+    attestation:
+      sim:
+        measurement: "{CPU}"
+      nvidia-gpu:
+        count: 2
+        measurements: {{22: "{M22}"}}
+secrets:
+  - name: token
+    kind: ascii
+security:
+  attestation:
+    tolerate: [simulation, gpu-only]
+"""
+
+
+def test_rim_ids_are_named_as_nvidias_verifier_names_them() -> None:
+    # Driver: NV_GPU_DRIVER_GH100_<driver version>; VBIOS: project, project SKU, chip SKU and
+    # the VBIOS version (bytes 3.2.1.0.4 in hex) without dots, upper case.
+    assert rim_ids(PARSED) == (DRIVER_ID, VBIOS_ID)
+
+
+@pytest.fixture
+def service() -> Iterator[FakeRimService]:
+    with fake_rim_service() as server:
+        server.serve_rim(DRIVER_ID, DRIVER)
+        server.serve_rim(VBIOS_ID, VBIOS)
+        yield server
+
+
+def start(tmp_path: Path, **verifier: Any) -> InProcessCas:
+    inproc = InProcessCas.start(tmp_path / "cas", POLICY).verify_with(
+        nvidia_root=PKI.root[0], nvidia_rim_root=RIM_PKI.root, **verifier
+    )
+    inproc.cas.clock = Clock(NOW.timestamp())
+    return inproc
+
+
+@pytest.fixture
+def cas(tmp_path: Path, service: FakeRimService) -> InProcessCas:
+    """A CAS started with --nvidia-rim pointing at the fake service."""
+    return start(tmp_path, nvidia_rim=HttpRimSource(service.base_url, timeout=5))
+
+
+def rims(inproc: InProcessCas) -> RimCache:
+    verifier = inproc.cas.verifier
+    assert isinstance(verifier, PlatformVerifier) and verifier.nvidia_rims is not None
+    return verifier.nvidia_rims
+
+
+class Runtime(RuntimeKey):
+    def __init__(self, inproc: InProcessCas) -> None:
+        super().__init__(inproc.cas)
+        self.inproc = inproc
+
+    def gpu(self, pki: NvidiaPki = PKI) -> bytes:
+        return resign(NV_REPORT, pki.leaf[1], nonce=self.binding[:32])
+
+    def gpu_only(self, **sent: bytes) -> dict[str, Any]:
+        aux = {"certs": PKI.chain_pem(), **{f"rim:{k}": v for k, v in sent.items()}}
+        return self.body(policy="app", service="gpu", platform="nvidia-gpu", evidence=self.gpu(), aux=aux)
+
+    def composite(self) -> dict[str, Any]:
+        cpu = self.inproc.platform.issue(
+            report_data=self.binding, measurement=bytes.fromhex(CPU), timestamp=int(self.inproc.cas.clock())
+        ).to_bytes()
+        aux = {"gpu0": self.gpu(PKI), "gpu0.certs": PKI.chain_pem()}
+        aux |= {"gpu1": self.gpu(SECOND), "gpu1.certs": SECOND.chain_pem()}
+        return self.body(policy="app", service="ai", platform="sim", evidence=cpu, aux=aux)
+
+
+def accepted(inproc: InProcessCas, request: dict[str, Any], rt: Runtime) -> dict[str, Any]:
+    assert rt.open(inproc.cas.attest(request))["command"]
+    event = last_attestation(inproc.cas)
+    assert event["verdict"] == "accepted"
+    return event
+
+
+PATHS = [f"/v1/rim/{DRIVER_ID}", f"/v1/rim/{VBIOS_ID}"]
+
+
+# --- accepted ---------------------------------------------------------------------------------
+
+
+def test_matching_rims_from_the_service_accept_and_are_cached(
+    cas: InProcessCas, service: FakeRimService
+) -> None:
+    rt = Runtime(cas)
+    job = cas.cas.collateral_job(rt.gpu_only())
+    assert job is not None and job.fetch is not None  # nothing cached yet: a prefetch
+    event = accepted(cas, rt.gpu_only(), rt)
+    assert event["rims_compared"] is True and event["rims_source"] == "service"
+    assert event["rim_revocation_checked"] is False  # no --nvidia-ocsp
+    assert service.requests == PATHS
+    # Another attestation of the same GPU: served from memory, nothing prefetched.
+    rt2 = Runtime(cas)
+    job = cas.cas.collateral_job(rt2.gpu_only())
+    assert job is not None and job.fetch is None
+    assert accepted(cas, rt2.gpu_only(), rt2)["rims_source"] == "service"
+    # A composite request with two GPUs of the same driver and VBIOS: no new request either.
+    rt3 = Runtime(cas)
+    event = accepted(cas, rt3.composite(), rt3)
+    assert [(g["slot"], g["rims_compared"], g["rims_source"]) for g in event["gpus"]] == [
+        ("gpu0", True, "service"),
+        ("gpu1", True, "service"),
+    ]
+    assert service.requests == PATHS
+    stats = rims(cas).stats.snapshot()
+    assert (stats.ok, stats.error) == (2, 0)
+    assert cas.cas.verifier.fetch_stats()["rim"] is rims(cas).stats  # type: ignore[attr-defined]
+
+
+def test_sent_rims_are_used_and_the_service_is_not_asked(cas: InProcessCas, service: FakeRimService) -> None:
+    rt = Runtime(cas)
+    assert cas.cas.collateral_job(rt.gpu_only(driver=DRIVER)) is None
+    event = accepted(cas, rt.gpu_only(driver=DRIVER), rt)
+    assert event["rims_compared"] is True and event["rims_source"] == "sent"
+    assert service.requests == []
+
+
+def test_without_a_rim_source_nothing_changes(tmp_path: Path) -> None:
+    inproc = start(tmp_path)
+    rt = Runtime(inproc)
+    event = accepted(inproc, rt.gpu_only(), rt)
+    assert event["rims_compared"] is False and event["rims_source"] is None
+
+
+def test_a_directory_of_rims_works_and_a_missing_file_refuses(tmp_path: Path) -> None:
+    directory = tmp_path / "rims"
+    directory.mkdir()
+    (directory / f"{DRIVER_ID}.xml").write_bytes(DRIVER)
+    inproc = start(tmp_path, nvidia_rim=DirRimSource(directory), nvidia_rim_where="the RIM directory")
+    rt = Runtime(inproc)
+    refused(
+        inproc.cas,
+        rt.gpu_only(),
+        errors.CollateralMissingError,
+        f"fetching RIM {VBIOS_ID} from the RIM directory",
+    )
+    (directory / f"{VBIOS_ID}.xml").write_bytes(VBIOS)
+    rt2 = Runtime(inproc)
+    event = accepted(inproc, rt2.gpu_only(), rt2)
+    assert event["rims_compared"] is True and event["rims_source"] == "dir"
+
+
+# --- refused ----------------------------------------------------------------------------------
+
+
+def test_a_mismatching_measurement_is_refused(cas: InProcessCas, service: FakeRimService) -> None:
+    service.serve_rim(
+        VBIOS_ID,
+        rim_matching_report(NV_REPORT, VBIOS_XML, "96.00.9F.00.01", RIM_PKI, change={3: b"\xab" * 48}),
+    )
+    refused(cas.cas, Runtime(cas).gpu_only(), errors.MeasurementError, r"index 3 \(SPDM block 4\)")
+
+
+def test_a_tampered_rim_is_refused_and_not_cached(cas: InProcessCas, service: FakeRimService) -> None:
+    golden = PARSED.measurements[4].hex()
+    assert VBIOS.count(golden.encode()) == 1
+    service.serve_rim(VBIOS_ID, VBIOS.replace(golden.encode(), ("ab" * 48).encode()))
+    refused(
+        cas.cas,
+        Runtime(cas).gpu_only(),
+        errors.SignatureError,
+        f"RIM {VBIOS_ID} from .*digest does not match",
+    )
+    at = datetime.fromtimestamp(cas.cas.clock(), UTC)
+    assert rims(cas).cached(VBIOS_ID, at) is None and rims(cas).cached(DRIVER_ID, at) is not None
+    # The service serves the genuine RIM again: the next attestation's prefetch asks again.
+    service.serve_rim(VBIOS_ID, VBIOS)
+    rt = Runtime(cas)
+    assert accepted(cas, rt.gpu_only(), rt)["rims_source"] == "service"
+    assert service.requests == [*PATHS, PATHS[1]]
+
+
+def test_a_rim_under_another_root_is_refused(cas: InProcessCas, service: FakeRimService) -> None:
+    other = make_rim_pki("Other RIM", valid=(NOW - timedelta(days=1), NOW + timedelta(days=30)))
+    service.serve_rim(DRIVER_ID, rim_matching_report(NV_REPORT, DRIVER_XML, "550.90.07", other))
+    refused(
+        cas.cas, Runtime(cas).gpu_only(), errors.CertificateChainError, f"RIM {DRIVER_ID} from .*pinned root"
+    )
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param((503, b"down", {}), id="http-503"),
+        pytest.param((200, b"<html>", {}), id="not-json"),
+        pytest.param((200, b'{"rim": "***"}', {}), id="not-base64"),
+        pytest.param((200, b'{"id": "x"}', {}), id="no-rim"),
+    ],
+)
+def test_a_failing_service_refuses(
+    cas: InProcessCas, service: FakeRimService, answer: tuple[int, bytes, dict[str, str]]
+) -> None:
+    service.behaviour = lambda path: answer
+    refused(
+        cas.cas,
+        Runtime(cas).gpu_only(),
+        errors.CollateralMissingError,
+        f"fetching RIM {DRIVER_ID} from NVIDIA",
+    )
+    assert rims(cas).stats.snapshot().error == 1
+    assert len(rims(cas)) == 0
+
+
+def test_a_failure_is_kept_only_for_the_grace_period(service: FakeRimService) -> None:
+    monotonic = Clock(100.0)
+    cache = RimCache(
+        HttpRimSource(service.base_url, timeout=5), where="NVIDIA RIM service", kind="service",
+        root=RIM_PKI.root, monotonic=monotonic,
+    )  # fmt: skip
+    service.behaviour = lambda path: (503, b"down", {})
+    with pytest.raises(errors.CollateralMissingError, match="HTTP 503"):
+        cache.get(DRIVER_ID, NOW)
+    service.behaviour = None
+    monotonic.now += FAILURE_GRACE - 1
+    with pytest.raises(errors.CollateralMissingError, match="HTTP 503"):
+        cache.get(DRIVER_ID, NOW)  # within the grace period: the failure, not asked again
+    assert len(service.requests) == 1
+    monotonic.now += 2
+    assert cache.get(DRIVER_ID, NOW).version == "550.90.07"  # past it: asked again
+    assert len(service.requests) == 2
+    assert cache.get(DRIVER_ID, NOW + timedelta(hours=1)) is not None and len(service.requests) == 2
+    cache.get(DRIVER_ID, NOW + timedelta(days=1))  # past MAX_AGE: fetched again
+    assert len(service.requests) == 3
+
+
+def test_concurrent_attestations_of_the_same_gpu_share_one_fetch(
+    cas: InProcessCas, service: FakeRimService
+) -> None:
+    def slow(path: str) -> tuple[int, bytes, dict[str, str]]:
+        time.sleep(0.3)
+        return service.honest(path)
+
+    service.behaviour = slow
+    runtimes = [Runtime(cas) for _ in range(4)]
+    jobs = [cas.cas.collateral_job(rt.gpu_only()) for rt in runtimes]
+    assert all(job is not None and job.fetch is not None for job in jobs)
+    results: list[Prefetched] = []
+    threads = [
+        threading.Thread(target=lambda j=job: results.append(j.run())) for job in jobs if job is not None
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(results) == 4 and all(set(r.rims) == {DRIVER_ID, VBIOS_ID} for r in results)
+    assert sorted(service.requests) == sorted(PATHS)  # one fetch per RIM, shared
+    assert rims(cas).fetches == 2
+
+
+# --- phase 1 never fetches ----------------------------------------------------------------------
+
+
+def test_phase_one_takes_the_prefetched_rims_and_fetches_nothing(
+    cas: InProcessCas, service: FakeRimService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = rims(cas)
+    # Between the prefetch and phase 1 the RIMs leave memory and the service goes down: phase 1
+    # uses what the prefetch handed it.
+    ran = evict_before_phase_one(cas.cas, monkeypatch, cache._entries.clear)
+    rt = Runtime(cas)
+    service_down = (503, b"down", {})
+    job = cas.cas.collateral_job(rt.gpu_only())
+    assert job is not None
+    prefetched = job.run()
+    service.behaviour = lambda path: service_down
+    pending = cas.cas.attest_begin(rt.gpu_only(), prefetched=prefetched)
+    with cas.cas.db.write() as conn:
+        pending.commit(conn)
+    assert rt.open(pending.result())["command"] and ran == [1]
+    assert last_attestation(cas.cas)["rims_source"] == "service"
+    assert service.requests == PATHS
+    # Handed nothing (and nothing in memory): refused, "attest again", the service not asked.
+    rt2 = Runtime(cas)
+    pending = cas.cas.attest_begin(rt2.gpu_only(), prefetched=Prefetched())
+    with cas.cas.db.write() as conn:
+        pending.commit(conn)
+    with pytest.raises(errors.CollateralMissingError, match="attest again"):
+        pending.result()
+    assert last_attestation(cas.cas)["reason_class"] == "CollateralMissingError"
+    assert service.requests == PATHS
+
+
+# --- revocation of a fetched RIM's signing chain (--nvidia-ocsp) --------------------------------
+
+
+def test_the_signing_chain_of_a_fetched_rim_is_checked_by_ocsp(
+    tmp_path: Path, service: FakeRimService
+) -> None:
+    revoked: set[int] = set()
+
+    def answer(cert: x509.Certificate, issuer: Issuer, nonce: bytes | None) -> tuple[int, bytes]:
+        status = ocsp.OCSPCertStatus.REVOKED if cert.serial_number in revoked else ocsp.OCSPCertStatus.GOOD
+        at = NOW - timedelta(minutes=1)
+        return 200, ocsp_response(
+            cert,
+            issuer[0],
+            issuer,
+            this_update=at,
+            next_update=NOW + timedelta(hours=1),
+            nonce=nonce,
+            status=status,
+        )
+
+    known: dict[int, tuple[x509.Certificate, Issuer]] = {
+        PKI.ica[0].serial_number: (PKI.ica[0], PKI.root),
+        RIM_PKI.leaf.serial_number: (RIM_PKI.leaf, (RIM_PKI.ica, RIM_PKI.ica_key)),
+        RIM_PKI.ica.serial_number: (RIM_PKI.ica, (RIM_PKI.root, RIM_PKI.root_key)),
+    }
+    responder = FakeOcsp(known, answer).start()
+    try:
+        with HttpOcspSource(responder.url, timeout=5) as source:
+            inproc = start(
+                tmp_path, nvidia_ocsp=OcspCache(source), nvidia_rim=HttpRimSource(service.base_url, timeout=5)
+            )
+            rt = Runtime(inproc)
+            event = accepted(inproc, rt.gpu_only(), rt)
+            assert event["rims_source"] == "service" and event["rim_revocation_checked"] is True
+            assert sorted(set(responder.served())) == sorted(known)
+            # The RIM signer revoked (a new CAS: nothing cached): the fetched RIM is refused.
+            revoked.add(RIM_PKI.leaf.serial_number)
+            other = start(
+                tmp_path / "other",
+                nvidia_ocsp=OcspCache(source),
+                nvidia_rim=HttpRimSource(service.base_url, timeout=5),
+            )
+            refused(other.cas, Runtime(other).gpu_only(), errors.RevocationError, "revoked")
+    finally:
+        responder.stop()
