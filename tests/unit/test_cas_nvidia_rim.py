@@ -14,12 +14,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from cryptography import x509
 from cryptography.x509 import ocsp
 
+from asgi_call import call
 from cas_inproc import Clock, InProcessCas, RuntimeKey, evict_before_phase_one, last_attestation, refused
 from confide import errors
+from confide.cas.app import create_app
 from confide.cas.revocation import OcspCache
 from confide.cas.rims import FAILURE_GRACE, RimCache
 from confide.cas.verifier import PlatformVerifier, Prefetched
@@ -264,6 +267,28 @@ def test_a_failing_service_refuses(
     )
     assert rims(cas).stats.snapshot().error == 1
     assert len(rims(cas)) == 0
+    status, text = call(create_app(cas.cas), "/metrics", [b""], method="GET")
+    assert status == 200
+    assert 'confide_cas_collateral_fetches_total{outcome="error",source="rim"} 1.0' in text.decode()
+
+
+def test_a_failing_service_does_not_show_the_credentials_of_its_url() -> None:
+    def status(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(503)
+
+    source = HttpRimSource(
+        "https://alice:hunter2@rim.example/v1/rim/", transport=httpx2.MockTransport(status)
+    )
+    with pytest.raises(errors.NetworkError) as info:
+        source.fetch(DRIVER_ID)
+    assert "hunter2" not in str(info.value) and "alice" not in str(info.value)
+    assert "https://rim.example/v1/rim/" in str(info.value)
+
+
+@pytest.mark.parametrize("rim_id", ["../../etc/passwd", "NV_GPU_DRIVER_GH100_1/../x", "NV_GPU_OTHER_1"])
+def test_a_rim_id_that_is_not_one_is_refused_before_any_request(rim_id: str, tmp_path: Path) -> None:
+    with pytest.raises(errors.UsageError, match="expected NV_GPU_DRIVER_"):
+        DirRimSource(tmp_path).fetch(rim_id)
 
 
 def test_a_failure_is_kept_only_for_the_grace_period(service: FakeRimService) -> None:
