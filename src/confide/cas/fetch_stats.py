@@ -3,9 +3,10 @@ collateral_fetches_total{source, outcome}`` and ``confide_cas_collateral_fetch_s
 docs/cas.md "Metrics").
 
 One :class:`FetchStats` per source (``pcs``: :mod:`confide.cas.pcs`, ``kds``:
-:mod:`confide.cas.kds`, ``ocsp``: :mod:`confide.cas.revocation`), updated by the worker threads
-that fetch and read at scrape time. A fetch is one call of the source (a platform's DCAP
-collateral set, a VCEK with its chain and CRL, one OCSP response); its outcome is ``ok`` when the
+:mod:`confide.cas.kds`, ``ocsp``: :mod:`confide.cas.revocation`, ``rim``: :mod:`confide.cas.rims`),
+updated by the worker threads that fetch and read at scrape time. A fetch is one call of the
+source (a platform's DCAP collateral set, a VCEK with its chain and CRL, one OCSP response, one
+NVIDIA RIM); its outcome is ``ok`` when the
 source answered, ``error`` when it raised (unreachable, an HTTP error, a malformed answer).
 Whether an answer then verifies is the attestation's outcome, not the fetch's.
 """

@@ -41,7 +41,17 @@ from what that prefetch handed it (:class:`Prefetched`; the prefetch reads respo
 disk before it asks the responder), then from memory (:mod:`confide.cas.revocation`). Without
 it nothing is fetched and the claims say ``revocation_checked: false``.
 
-Prefetch (all three fetching sources: DCAP collateral from a URL, AMD KDS VCEKs, OCSP; and the
+RIMs (``cas serve --nvidia-rim URL|DIR``, the ``nvidia_rim`` source): every NVIDIA report, GPU-only
+or in a composite request, sent **without** RIMs gets its driver and VBIOS RIMs (RIM IDs from the
+report's opaque data, :func:`~confide.collateral.nvidia_rim.rim_ids`) from the source, verified
+and cached by :class:`~confide.cas.rims.RimCache`, and is compared with them by
+:func:`verify_nvidia_report` exactly as with sent RIMs (which verifies them again, and with
+``nvidia_ocsp`` checks their signing chains). The report must parse and its chain verify to the
+pinned root before the source is asked. A RIM that cannot be fetched (``CollateralMissingError``)
+or verified (its own class) refuses: the CAS fails closed. Sent RIMs take precedence; the
+details say which were used (``rims_source``: ``sent``, ``service``, ``dir``; ``None``: none).
+
+Prefetch (all four fetching sources: DCAP collateral from a URL, AMD KDS VCEKs, OCSP, NVIDIA RIMs; and the
 local DCAP source, ``--collateral FILE|DIR``, whose read is disk I/O): the job
 of :meth:`PlatformVerifier.collateral_job` runs in a worker thread before phase 1 and returns a
 :class:`Prefetched`, this attestation's own outcomes (what was in memory when the job was made,
