@@ -25,6 +25,7 @@ from confide import errors
 from confide.cas.app import create_app
 from confide.cas.revocation import OcspCache
 from confide.cas.rims import FAILURE_GRACE, RimCache
+from confide.cas.server import prepare
 from confide.cas.verifier import PlatformVerifier, Prefetched
 from confide.collateral.nvidia_ocsp import HttpOcspSource
 from confide.collateral.nvidia_rim import DirRimSource, HttpRimSource, rim_ids
@@ -416,3 +417,46 @@ def test_the_signing_chain_of_a_fetched_rim_is_checked_by_ocsp(
             refused(other.cas, Runtime(other).gpu_only(), errors.RevocationError, "revoked")
     finally:
         responder.stop()
+
+
+# --- cas serve --nvidia-rim ---------------------------------------------------------------------
+
+
+def test_prepare_wires_the_rim_source(tmp_path: Path) -> None:
+    directory = tmp_path / "rims"
+    directory.mkdir()
+    cas, *_ = prepare(
+        tmp_path / "a", host="127.0.0.1", dev=True, db_url=None, collateral=None, nvidia_rim=str(directory)
+    )
+    verifier = cas.verifier
+    assert isinstance(verifier, PlatformVerifier) and verifier.nvidia_rims is not None
+    assert verifier.nvidia_rims.kind == "dir" and verifier.nvidia_rims.root is None  # the pinned root
+    cas, *_ = prepare(
+        tmp_path / "b", host="127.0.0.1", dev=True, db_url=None, collateral=None,
+        nvidia_rim="https://alice:hunter2@rim.example/v1/rim/",
+    )  # fmt: skip
+    verifier = cas.verifier
+    assert isinstance(verifier, PlatformVerifier) and verifier.nvidia_rims is not None
+    assert verifier.nvidia_rims.kind == "service"
+    assert verifier.nvidia_rims.where == "NVIDIA RIM service https://rim.example/v1/rim/"
+    with pytest.raises(errors.UsageError, match=r"--nvidia-rim: .* is not a directory"):
+        prepare(
+            tmp_path / "c",
+            host="127.0.0.1",
+            dev=True,
+            db_url=None,
+            collateral=None,
+            nvidia_rim=str(tmp_path / "none"),
+        )
+    cas, *_ = prepare(tmp_path / "d", host="127.0.0.1", dev=True, db_url=None, collateral=None)
+    assert cas.verifier.nvidia_rims is None  # type: ignore[attr-defined]
+
+
+def test_cas_serve_help_names_the_option() -> None:
+    from click.testing import CliRunner
+
+    from confide.cas.cli import cas as cas_group
+
+    result = CliRunner().invoke(cas_group, ["serve", "--help"])
+    assert result.exit_code == 0
+    assert "--nvidia-rim URL|DIR" in result.output and "RIM" in result.output
