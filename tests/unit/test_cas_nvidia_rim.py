@@ -7,6 +7,7 @@ is given the test roots as the other GPU tests do; the pinned NVIDIA roots are n
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -431,6 +432,7 @@ def test_prepare_wires_the_rim_source(tmp_path: Path) -> None:
     verifier = cas.verifier
     assert isinstance(verifier, PlatformVerifier) and verifier.nvidia_rims is not None
     assert verifier.nvidia_rims.kind == "dir" and verifier.nvidia_rims.root is None  # the pinned root
+    assert verifier.nvidia_rims.directory is None  # a directory of RIM files is not copied
     cas, *_ = prepare(
         tmp_path / "b", host="127.0.0.1", dev=True, db_url=None, collateral=None,
         nvidia_rim="https://alice:hunter2@rim.example/v1/rim/",
@@ -439,6 +441,7 @@ def test_prepare_wires_the_rim_source(tmp_path: Path) -> None:
     assert isinstance(verifier, PlatformVerifier) and verifier.nvidia_rims is not None
     assert verifier.nvidia_rims.kind == "service"
     assert verifier.nvidia_rims.where == "NVIDIA RIM service https://rim.example/v1/rim/"
+    assert verifier.nvidia_rims.directory == tmp_path / "b" / "rim-cache"
     with pytest.raises(errors.UsageError, match=r"--nvidia-rim: .* is not a directory"):
         prepare(
             tmp_path / "c",
@@ -460,3 +463,52 @@ def test_cas_serve_help_names_the_option() -> None:
     result = CliRunner().invoke(cas_group, ["serve", "--help"])
     assert result.exit_code == 0
     assert "--nvidia-rim URL|DIR" in result.output and "RIM" in result.output
+
+
+# --- the disk cache (DATA_DIR/rim-cache, with a RIM service URL) ----------------------------------
+
+
+def disk_cache(service: FakeRimService, directory: Path) -> RimCache:
+    return RimCache(
+        HttpRimSource(service.base_url, timeout=5), where="NVIDIA RIM service", kind="service",
+        root=RIM_PKI.root, directory=directory,
+    )  # fmt: skip
+
+
+def test_verified_rims_are_kept_on_disk_and_verified_again_when_read(
+    tmp_path: Path, service: FakeRimService
+) -> None:
+    directory = tmp_path / "rim-cache"
+    first = disk_cache(service, directory)
+    assert first.get(DRIVER_ID, datetime.now(UTC)).raw == DRIVER
+    path = directory / f"{DRIVER_ID}.xml"
+    assert path.read_bytes() == DRIVER and path.stat().st_mode & 0o777 == 0o600
+    # A restarted CAS, the service down: the file serves, verified again.
+    service.behaviour = lambda path: (503, b"down", {})
+    second = disk_cache(service, directory)
+    assert second.get(DRIVER_ID, datetime.now(UTC)).raw == DRIVER
+    assert (second.fetches, second.rejected_files, len(service.requests)) == (0, 0, 1)
+    # A tampered file is not used, and removed; the source is asked (and is down: refused).
+    golden = PARSED.measurements[22].hex().encode()
+    path.write_bytes(DRIVER.replace(golden, b"ab" * 48))
+    third = disk_cache(service, directory)
+    with pytest.raises(errors.CollateralMissingError, match="HTTP 503"):
+        third.get(DRIVER_ID, datetime.now(UTC))
+    assert third.rejected_files == 1 and not path.exists()
+    # A file older than MAX_AGE is not used: the source is asked, and the file replaced.
+    service.behaviour = None
+    disk_cache(service, directory).get(DRIVER_ID, datetime.now(UTC))
+    old = time.time() - 2 * 86400
+    os.utime(path, (old, old))
+    fourth = disk_cache(service, directory)
+    fourth.get(DRIVER_ID, datetime.now(UTC))
+    assert fourth.fetches == 1 and path.stat().st_mtime > old
+
+
+def test_a_rim_that_does_not_verify_is_not_written(tmp_path: Path, service: FakeRimService) -> None:
+    other = make_rim_pki("Other RIM", valid=(NOW - timedelta(days=1), NOW + timedelta(days=30)))
+    service.serve_rim(DRIVER_ID, rim_matching_report(NV_REPORT, DRIVER_XML, "550.90.07", other))
+    cache = disk_cache(service, tmp_path / "rim-cache")
+    with pytest.raises(errors.CertificateChainError):
+        cache.get(DRIVER_ID, datetime.now(UTC))
+    assert not (tmp_path / "rim-cache").exists() or not list((tmp_path / "rim-cache").iterdir())

@@ -18,6 +18,18 @@ verified at ``at``": a cached one, else one fetched from the source. What it sto
   NVIDIA may replace a RIM; revocation of its signer is OCSP's, checked at every attestation).
 - At most ``max_entries`` entries (:data:`MAX_ENTRIES`), least recently used dropped.
 
+On disk (``directory``; ``None``: memory only; the CAS gives ``DATA_DIR/rim-cache`` for a RIM
+service URL), so that a restarted CAS does not need the service for RIMs it verified before:
+each verified RIM is written, as the bytes the source gave, to ``directory/<RIM ID>.xml``
+(atomically: a temporary file, fsync, rename; mode 0600; at most ``disk_entries``,
+:data:`DISK_ENTRIES`, the oldest removed). The files are hostile: a memory miss reads the file of
+its RIM ID (in the worker thread of the prefetch, never on the event loop; bounded) and verifies
+it exactly as a fetched RIM, at ``at``; its modification time is its ``stored_at`` (a file older
+than :data:`MAX_AGE`, or written after ``at``, is not used: the source is asked, and the file
+replaced). A file that does not verify
+(tampered, another root's, expired, malformed, too large) is not used and is removed
+(``rejected_files`` counts them), and the source is asked.
+
 Every RIM handed out, cached or fresh, is verified once more by the caller
 (:func:`confide.verify.nvidia.verify_nvidia_report` at the attestation's ``at``, with the OCSP
 responses about its signer chain when the CAS has ``--nvidia-ocsp``), exactly as a RIM the
@@ -34,11 +46,14 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from cryptography import x509
 
@@ -46,16 +61,20 @@ from confide.cas.fetch_stats import FetchStats
 from confide.cas.flight import SingleFlight
 from confide.collateral.nvidia_rim import RimSource
 from confide.errors import CollateralError, CollateralMissingError, ConfideError, ParseError
-from confide.evidence.nvidia_rim import ReferenceManifest
+from confide.evidence.nvidia_rim import MAX_RIM_SIZE, ReferenceManifest
+from confide.fsutil import write_atomic
 from confide.lru import Lru
 from confide.verify.nvidia_rim import verify_rim
 
-__all__ = ["FAILURE_GRACE", "MAX_AGE", "MAX_ENTRIES", "RimCache"]
+__all__ = ["DISK_ENTRIES", "FAILURE_GRACE", "MAX_AGE", "MAX_ENTRIES", "RimCache"]
 
 log = logging.getLogger("confide.cas")
 
 MAX_AGE = timedelta(days=1)
 MAX_ENTRIES = 1024
+DISK_ENTRIES = 1024
+"""RIM files kept in the disk directory; past that the oldest are removed."""
+_FILE_ID = re.compile(r"NV_GPU_(DRIVER|VBIOS)_[0-9A-Za-z._\-]{1,160}")
 FAILURE_GRACE = 30.0
 """Seconds (monotonic clock) after a failed fetch during which :meth:`RimCache.get` reports its
 error instead of asking again; a prefetch always asks again."""
@@ -83,10 +102,17 @@ class RimCache:
         where: str,
         kind: str,
         root: x509.Certificate | None = None,
+        directory: Path | None = None,
         max_entries: int = MAX_ENTRIES,
+        disk_entries: int = DISK_ENTRIES,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        if disk_entries < 1:
+            raise ValueError("disk_entries must be >= 1")
         self.source = source
+        self.directory = directory
+        self.disk_entries = disk_entries
+        self.rejected_files = 0
         self.where = where
         self.kind = kind
         self.root = root
@@ -132,7 +158,7 @@ class RimCache:
 
         def load() -> _Entry:
             try:
-                entry = _Entry(self._load(rim_id, at), at)
+                entry = self._load(rim_id, at)
             except ConfideError as exc:
                 self._failures.put(rim_id, (self.monotonic(), copy.copy(exc)))
                 raise
@@ -150,7 +176,10 @@ class RimCache:
                 return entry.rim
             # Another attestation's fetch, made at a time that does not cover ours: again.
 
-    def _load(self, rim_id: str, at: datetime) -> ReferenceManifest:
+    def _load(self, rim_id: str, at: datetime) -> _Entry:
+        stored = self._from_disk(rim_id, at)
+        if stored is not None:
+            return stored
         with self._count_lock:
             self.fetches += 1
         try:
@@ -174,7 +203,71 @@ class RimCache:
             exc.args = (exc.message,)
             raise
         _log("rim-fetched", rim_id)
-        return rim
+        self._to_disk(rim_id, rim.raw)
+        return _Entry(rim, at)
+
+    # -- disk (blocking: worker threads only) -----------------------------------------------------
+
+    def _path(self, rim_id: str) -> Path | None:
+        if self.directory is None or not _FILE_ID.fullmatch(rim_id):
+            return None
+        return self.directory / f"{rim_id}.xml"
+
+    def _from_disk(self, rim_id: str, at: datetime) -> _Entry | None:
+        """The file of ``rim_id``, verified as a fetched RIM at ``at`` (module docstring), stored
+        at its modification time; ``None`` when there is none, it is not usable at ``at`` (older
+        than :data:`MAX_AGE`, or from after ``at``), or it does not verify (it is then removed)."""
+        path = self._path(rim_id)
+        if path is None:
+            return None
+        try:
+            with path.open("rb") as fh:
+                stored_at = datetime.fromtimestamp(os.fstat(fh.fileno()).st_mtime, at.tzinfo)
+                data = fh.read(MAX_RIM_SIZE + 1)  # larger: refused by the parse
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            _log("rim-cache-unreadable", rim_id, error=type(exc).__name__)
+            return None
+        if not stored_at <= at < stored_at + MAX_AGE:
+            return None  # fetched again, and the file replaced
+        try:
+            rim = ReferenceManifest.from_bytes(data)
+            verify_rim(rim.raw, at=at, root=self.root)
+        except ConfideError as exc:
+            with self._count_lock:
+                self.rejected_files += 1
+            _log("rim-cache-rejected", rim_id, error=exc.kind)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as unlink_error:
+                _log("rim-cache-remove-failed", rim_id, error=type(unlink_error).__name__)
+            return None
+        return _Entry(rim, stored_at)
+
+    def _to_disk(self, rim_id: str, data: bytes) -> None:
+        path = self._path(rim_id)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomic(path, data, mode=0o600)
+            self._prune()
+        except OSError as exc:  # the RIM is in memory; a restarted CAS asks the source again
+            _log("rim-cache-write-failed", rim_id, error=type(exc).__name__)
+
+    def _prune(self) -> None:
+        """Keep at most :attr:`disk_entries` RIM files, removing the oldest."""
+        assert self.directory is not None
+        files = []
+        for path in self.directory.glob("*.xml"):
+            try:
+                files.append((path.stat().st_mtime, str(path), path))
+            except OSError:
+                continue
+        files.sort()
+        for _mtime, _name, path in files[: max(0, len(files) - self.disk_entries)]:
+            path.unlink(missing_ok=True)
 
 
 def _log(event: str, rim_id: str, **extra: str) -> None:

@@ -18,6 +18,8 @@ The data directory holds (created on first start, mode 0700/0600):
 - ``ocsp-cache/``: with ``--nvidia-ocsp URL``, the good OCSP responses (with a ``nextUpdate``)
   the responder gave for NVIDIA GPU chains (:mod:`confide.cas.revocation`: bounded, and
   verified again whenever it is read);
+- ``rim-cache/``: with ``--nvidia-rim URL``, the NVIDIA RIMs fetched from the RIM service
+  (:mod:`confide.cas.rims`: bounded, and verified again whenever it is read);
 - ``client.env``: ``export`` lines with what a client needs (``CONFIDE_CAS_URL``,
   ``CONFIDE_CAS_CERT``, and with ``--dev`` ``CONFIDE_SIM_DIR``);
 - ``*.new``: only while ``confide cas rotate-master-key`` runs, or after it was interrupted
@@ -332,7 +334,8 @@ def prepare(
     they are read back.
 
     ``nvidia_rim``: NVIDIA's RIM service URL or a directory of RIM files: NVIDIA reports sent
-    without RIMs are compared with the driver and VBIOS RIMs from there (``confide.cas.rims``)."""
+    without RIMs are compared with the driver and VBIOS RIMs from there (``confide.cas.rims``);
+    a service's verified RIMs are also kept in ``data_dir/rim-cache``, verified again when read."""
     if dev and tee is not None:
         raise UsageError(
             f"--dev and --tee {tee} exclude each other: a CAS in a TEE does not accept simulated evidence"
@@ -363,12 +366,15 @@ def prepare(
         # is read as it is now (confide.cas.revocation).
         ocsp_dir = data_dir / "ocsp-cache" if isinstance(ocsp_source, HttpOcspSource) else None
         ocsp_cache = OcspCache(ocsp_source, directory=ocsp_dir)
-    rim_source, rim_where = None, "NVIDIA RIM service"
-    if nvidia_rim:  # verified and cached in memory by confide.cas.rims
+    rim_source, rim_where, rim_cache = None, "NVIDIA RIM service", None
+    if nvidia_rim:  # verified and cached by confide.cas.rims
         rim_source = rim_source_for(nvidia_rim, "--nvidia-rim")
         rim_where = (
             f"NVIDIA RIM service {public_url(nvidia_rim)}" if is_url(nvidia_rim) else "the RIM directory"
         )
+        # A service's RIMs are kept on disk too (re-verified when read back); a directory of
+        # RIM files is read as it is.
+        rim_cache = data_dir / "rim-cache" if is_url(nvidia_rim) else None
     kds_source = None
     if kds is not None:
         if not is_url(kds):
@@ -385,7 +391,7 @@ def prepare(
         sim_key=sim_key, dcap_source=dcap_source, amd_roots=amd_roots,
         kds=kds_source, kds_cache=data_dir / "kds-cache", kds_where=f"AMD KDS {public_url(kds or '')}",
         nvidia_ocsp=ocsp_cache,
-        nvidia_rim=rim_source, nvidia_rim_where=rim_where,
+        nvidia_rim=rim_source, nvidia_rim_where=rim_where, nvidia_rim_cache=rim_cache,
     )  # fmt: skip
     if sim_platform is not None:
         platform = sim_platform

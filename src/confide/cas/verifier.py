@@ -278,8 +278,9 @@ class PlatformVerifier:
     chains for revocation with the responses of this cache (module docstring; ``None``: not
     checked). ``nvidia_rim``: where the RIMs of NVIDIA reports sent without RIMs come from
     (module docstring, "RIMs"; ``nvidia_rim_where`` names it in refusals), verified and cached
-    by a :class:`~confide.cas.rims.RimCache` (``None``: such reports are not compared with
-    RIMs). ``nvidia_root``, ``nvidia_rim_root``, ``nitro_root`` and ``amd_roots`` replace the
+    by a :class:`~confide.cas.rims.RimCache`, in memory and in ``nvidia_rim_cache`` (a
+    directory; ``None``: memory only); without a source such reports are not compared with
+    RIMs. ``nvidia_root``, ``nvidia_rim_root``, ``nitro_root`` and ``amd_roots`` replace the
     embedded pinned roots: for test PKIs only."""
 
     def __init__(
@@ -298,6 +299,7 @@ class PlatformVerifier:
         dcap_remote: bool | None = None,
         nvidia_rim: RimSource | None = None,
         nvidia_rim_where: str = "NVIDIA RIM service",
+        nvidia_rim_cache: Path | None = None,
     ) -> None:
         self.sim_key = sim_key
         self.dcap_source = dcap_source
@@ -320,6 +322,7 @@ class PlatformVerifier:
                 where=nvidia_rim_where,
                 kind="dir" if isinstance(nvidia_rim, DirRimSource) else "service",
                 root=nvidia_rim_root,
+                directory=nvidia_rim_cache,
             )
             if nvidia_rim is not None
             else None
@@ -686,7 +689,11 @@ class PlatformVerifier:
             return out
         rim_root = self.nvidia_rim_root or nvidia_rim_root()
         for rim in rims:
-            for cert, issuer in rim_ocsp_targets(rim.raw, rim_root):
+            try:
+                targets = rim_ocsp_targets(rim.raw, rim_root)
+            except ConfideError:  # pragma: no cover - the cache verified its chain
+                return out
+            for cert, issuer in targets:
                 if cache.cached(cert, issuer, at=at) is not None:
                     continue
                 outcome = cache.prefetch(cert, issuer, at=at)
