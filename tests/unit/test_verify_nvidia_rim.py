@@ -261,3 +261,34 @@ def test_ca_certificate_as_signer_is_refused() -> None:
     signed = sign_rim(DRIVER, pki, include_root=False)
     with pytest.raises(CertificateChainError, match="CA certificate"):
         verify_rim(signed, at=AT, root=root)
+
+
+# --- the memo: the same bytes skip the document checks, never the chain at ``at`` ----------------
+
+
+def test_a_remembered_rim_still_has_its_chain_checked_at_each_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import confide.verify.nvidia_rim as module
+
+    pki = make_pki("Memo RIM")  # valid 2024-01-01 .. 2026-01-01
+    signed = sign_rim(DRIVER, pki)
+    calls: list[bytes] = []
+    check = module._check_document
+
+    def counted(data: bytes, pinned: x509.Certificate, at: datetime) -> object:
+        calls.append(data)
+        return check(data, pinned, at)
+
+    monkeypatch.setattr(module, "_check_document", counted)
+    first = verify_rim(signed, at=AT, root=pki.root)
+    second = verify_rim(signed, at=AT, root=pki.root)
+    assert second.manifest == first.manifest and second.chain == first.chain and len(calls) == 1
+    # Remembered, but its signer expired at the later time: refused (step 4 runs again).
+    with pytest.raises(CertificateChainError):
+        verify_rim(signed, at=datetime(2026, 6, 1, tzinfo=UTC), root=pki.root)
+    # Under another root: not the remembered outcome (checked in full, and refused).
+    with pytest.raises(CertificateChainError):
+        verify_rim(signed, at=AT, root=make_pki("Other").root)
+    # Other bytes (one golden value changed after signing): checked in full, and refused.
+    with pytest.raises(SignatureError, match="digest does not match"):
+        verify_rim(signed.replace(FIRST_ACTIVE, b"ab" * 48), at=AT, root=pki.root)
+    assert len(calls) == 3

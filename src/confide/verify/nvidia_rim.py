@@ -23,6 +23,13 @@ from the **signed bytes** (the canonical form the signature covers), never from 
    signer's key, at ``at`` (its clock is never read).
 6. The signed bytes are parsed into a :class:`ReferenceManifest`.
 
+RIMs that passed steps 1-3, 5 and 6 are remembered (a bounded memo keyed by the SHA-256 of the
+file and of the root, files up to :data:`MEMO_MAX_SIZE` only): the same bytes under the same root
+give the same structure, chain, digest and signature outcome, so a RIM verified again (the CAS
+compares every GPU report with the same few RIMs) skips them, while step 4 (the chain at ``at``,
+the signer's constraints, the OCSP responses) is always run again. None of the skipped steps
+depends on ``at``: signxml's own certificate time check (step 5) never fails after step 4 passed.
+
 Pure: no file, network or clock access.
 """
 
@@ -31,6 +38,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import hashlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +60,7 @@ from signxml.verifier import SignatureConfiguration, XMLVerifier
 
 from confide.errors import CertificateChainError, ParseError, SignatureError
 from confide.evidence.nvidia_rim import ReferenceManifest
+from confide.lru import Lru
 from confide.verify._pinned_chain import (
     extensions,
     fingerprint,
@@ -88,6 +97,21 @@ ALLOWED_SIGNATURE_METHODS = frozenset(
 ALLOWED_DIGESTS = frozenset({DigestAlgorithm.SHA256, DigestAlgorithm.SHA384, DigestAlgorithm.SHA512})
 _C14N = frozenset(m.value for m in CanonicalizationMethod)
 _STRUCTURE = "NVIDIA RIM signature (XML-DSig)"
+MEMO_MAX_SIZE = 256 * 1024
+"""Larger RIMs are not remembered (the memo holds at most 64 × this)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """What steps 1-3, 5 and 6 established about a file under a root (module docstring)."""
+
+    chain: tuple[x509.Certificate, ...]
+    method: str
+    c14n: str
+    manifest: ReferenceManifest
+
+
+_MEMO: Lru[bytes, _Checked] = Lru(64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,20 +315,43 @@ def verify_rim(
 ) -> VerifiedRim:
     """Verify a RIM's signature and chain at ``at``; see the module docstring for the steps.
     ``ocsp``: one response per pair of :func:`rim_ocsp_targets`, in order."""
-    signature = _signature(data)
-    # 3. what is signed, and how
-    method, c14n = _check_signed_info(signature)
-    # 4. signer chain to the pinned root
     pinned = root if root is not None else nvidia_rim_root()
-    chain = _order(_certificates(signature), pinned)
-    verify_pinned_chain(chain, pinned, at)
-    _check_signer(chain[0])
+    key = hashlib.sha256(data).digest() + bytes.fromhex(fingerprint(pinned))
+    checked = _MEMO.get(key) if len(data) <= MEMO_MAX_SIZE else None
+    if checked is None:
+        checked = _check_document(data, pinned, at)
+        if len(data) <= MEMO_MAX_SIZE:
+            _MEMO.put(key, checked)
+    else:  # 4. the chain, again at ``at`` (steps 1-3, 5 and 6 are those of the same bytes)
+        verify_pinned_chain(list(checked.chain), pinned, at)
+        _check_signer(checked.chain[0])
+    chain = checked.chain
     targets = [(chain[i], chain[i + 1]) for i in range(len(chain) - 1)]
     checks = (
         None
         if ocsp is None
         else tuple(check_chain(targets, ocsp, at=at, what=f"RIM signer {subject_cn(chain[0])!r}"))
     )
+    return VerifiedRim(
+        manifest=checked.manifest,
+        signer=subject_cn(chain[0]),
+        chain=tuple(subject_cn(c) for c in chain),
+        signature_algorithm=checked.method.rsplit("#", 1)[-1],
+        canonicalization=checked.c14n,
+        root_sha256=fingerprint(pinned),
+        ocsp=checks,
+    )
+
+
+def _check_document(data: bytes, pinned: x509.Certificate, at: datetime) -> _Checked:
+    """Steps 1-6 but the OCSP checks, at ``at``."""
+    signature = _signature(data)
+    # 3. what is signed, and how
+    method, c14n = _check_signed_info(signature)
+    # 4. signer chain to the pinned root
+    chain = _order(_certificates(signature), pinned)
+    verify_pinned_chain(chain, pinned, at)
+    _check_signer(chain[0])
     # 5. digest and signature (signxml), at ``at``
     config = SignatureConfiguration(
         require_x509=True,
@@ -336,12 +383,4 @@ def verify_rim(
         raise SignatureError("RIM signature: signed data is not the canonical document")
     # 6. golden values from the signed bytes only
     manifest = dataclasses.replace(ReferenceManifest.from_bytes(signed), raw=data)
-    return VerifiedRim(
-        manifest=manifest,
-        signer=subject_cn(chain[0]),
-        chain=tuple(subject_cn(c) for c in chain),
-        signature_algorithm=method.rsplit("#", 1)[-1],
-        canonicalization=c14n,
-        root_sha256=fingerprint(pinned),
-        ocsp=checks,
-    )
+    return _Checked(tuple(chain), method, c14n, manifest)
