@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
         ("verify_snp.py", ["--seconds", "0.05", "--rounds", "1", "--json"]),
         ("verify_dcap_pcs.py", ["--seconds", "0.05", "--rounds", "1", "--json"]),
         ("verify_gpu_ocsp.py", ["--seconds", "0.05", "--rounds", "1", "--json"]),
+        ("verify_gpu_rims.py", ["--seconds", "0.05", "--rounds", "1", "--json"]),
         ("verify_dcap.py", ["--seconds", "0.05"]),
         ("renewal_check.py", ["--rounds", "1", "--per-round", "5"]),
     ],
