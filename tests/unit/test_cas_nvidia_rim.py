@@ -179,10 +179,27 @@ def test_matching_rims_from_the_service_accept_and_are_cached(
 
 def test_sent_rims_are_used_and_the_service_is_not_asked(cas: InProcessCas, service: FakeRimService) -> None:
     rt = Runtime(cas)
-    assert cas.cas.collateral_job(rt.gpu_only(driver=DRIVER)) is None
-    event = accepted(cas, rt.gpu_only(driver=DRIVER), rt)
+    assert cas.cas.collateral_job(rt.gpu_only(driver=DRIVER, vbios=VBIOS)) is None
+    event = accepted(cas, rt.gpu_only(driver=DRIVER, vbios=VBIOS), rt)
     assert event["rims_compared"] is True and event["rims_source"] == "sent"
     assert service.requests == []
+
+
+def test_a_rim_the_runtime_left_out_is_fetched(cas: InProcessCas, service: FakeRimService) -> None:
+    # Only the driver RIM sent: the VBIOS comparison cannot be left out, its RIM is fetched.
+    rt = Runtime(cas)
+    event = accepted(cas, rt.gpu_only(driver=DRIVER), rt)
+    assert event["rims_compared"] is True and event["rims_source"] == "sent+service"
+    assert service.requests == [PATHS[1]]
+    # ... and a mismatch in it refuses.
+    service.serve_rim(
+        VBIOS_ID,
+        rim_matching_report(NV_REPORT, VBIOS_XML, "96.00.9F.00.01", RIM_PKI, change={5: b"\xab" * 48}),
+    )
+    cas.cas.verifier.nvidia_rims._entries.clear()  # type: ignore[attr-defined]
+    refused(
+        cas.cas, Runtime(cas).gpu_only(driver=DRIVER), errors.MeasurementError, r"index 5 \(SPDM block 6\)"
+    )
 
 
 def test_without_a_rim_source_nothing_changes(tmp_path: Path) -> None:

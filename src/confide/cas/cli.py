@@ -62,8 +62,8 @@ def cas() -> None:
     "--nvidia-rim",
     "nvidia_rim",
     metavar="URL|DIR",
-    help="Compare every NVIDIA GPU report sent without RIMs with its driver and VBIOS RIMs, fetched "
-    "from NVIDIA's RIM service URL (https://rim.attestation.nvidia.com/v1/rim/) or read from "
+    help="Compare every NVIDIA GPU report with its driver and VBIOS RIMs (those the runtime did not "
+    "send), fetched from NVIDIA's RIM service URL (https://rim.attestation.nvidia.com/v1/rim/) or read from "
     "DIR/<RIM ID>.xml, verified under the pinned NVIDIA RIM root and cached for a day (a URL's "
     "also in --data-dir/rim-cache). A RIM that cannot be fetched or verified, or a mismatch, "
     "refuses the attestation.",

@@ -1028,8 +1028,8 @@ class Cas:
         :mod:`confide.cas.pcs`, or read from ``--collateral FILE|DIR``; SEV-SNP evidence
         without its VCEK, with ``cas serve --kds``: :mod:`confide.cas.kds`; the OCSP responses
         for NVIDIA reports, GPU-only or ``gpu<k>`` blobs of a composite request, with ``cas
-        serve --nvidia-ocsp``: :mod:`confide.cas.revocation`; the RIMs of NVIDIA reports sent
-        without them, with ``cas serve --nvidia-rim``: :mod:`confide.cas.rims`): what is in memory now
+        serve --nvidia-ocsp``: :mod:`confide.cas.revocation`; the RIMs NVIDIA reports were not
+        sent with, with ``cas serve --nvidia-rim``: :mod:`confide.cas.rims`): what is in memory now
         (``found``), and a blocking ``fetch`` of the rest to run before :meth:`attest_begin`
         and off the event loop (:class:`~confide.cas.verifier.CollateralJob`); hand its
         ``run()`` to :meth:`attest_begin` as ``prefetched``. ``None`` when there is none. Cheap for every

@@ -1,5 +1,5 @@
-"""NVIDIA RIMs the CAS fetches itself (``cas serve --nvidia-rim URL|DIR``) for GPU reports sent
-without them: a :class:`~confide.collateral.nvidia_rim.RimSource` (NVIDIA's RIM service, or a
+"""NVIDIA RIMs the CAS fetches itself (``cas serve --nvidia-rim URL|DIR``) for GPU reports, those
+the runtime did not send: a :class:`~confide.collateral.nvidia_rim.RimSource` (NVIDIA's RIM service, or a
 directory of RIM files), and :class:`RimCache`, the verified RIMs in memory.
 
 :class:`RimCache` answers "the RIM with this RIM ID (:func:`~confide.collateral.nvidia_rim.rim_ids`),

@@ -42,14 +42,15 @@ disk before it asks the responder), then from memory (:mod:`confide.cas.revocati
 it nothing is fetched and the claims say ``revocation_checked: false``.
 
 RIMs (``cas serve --nvidia-rim URL|DIR``, the ``nvidia_rim`` source): every NVIDIA report, GPU-only
-or in a composite request, sent **without** RIMs gets its driver and VBIOS RIMs (RIM IDs from the
-report's opaque data, :func:`~confide.collateral.nvidia_rim.rim_ids`) from the source, verified
+or in a composite request, gets the driver and VBIOS RIMs the runtime did not send (a sent RIM
+stands for the one of its version; RIM IDs from the report's opaque data,
+:func:`~confide.collateral.nvidia_rim.rim_targets`) from the source, verified
 and cached by :class:`~confide.cas.rims.RimCache`, and is compared with them by
 :func:`verify_nvidia_report` exactly as with sent RIMs (which verifies them again, and with
 ``nvidia_ocsp`` checks their signing chains). The report must parse and its chain verify to the
 pinned root before the source is asked. A RIM that cannot be fetched (``CollateralMissingError``)
-or verified (its own class) refuses: the CAS fails closed. Sent RIMs take precedence; the
-details say which were used (``rims_source``: ``sent``, ``service``, ``dir``; ``None``: none).
+or verified (its own class) refuses: the CAS fails closed. The details say which were used
+(``rims_source``: ``sent``, ``service``, ``dir``, ``sent+service``, ``sent+dir``; ``None``: none).
 
 Prefetch (all four fetching sources: DCAP collateral from a URL, AMD KDS VCEKs, OCSP, NVIDIA RIMs; and the
 local DCAP source, ``--collateral FILE|DIR``, whose read is disk I/O): the job
@@ -91,7 +92,7 @@ from confide.cas.rims import RimCache
 from confide.collateral import public_url
 from confide.collateral.amd_kds import AmdCollateralRequest, AmdCollateralSource
 from confide.collateral.dcap import DcapCollateralSource, PcsHttpSource
-from confide.collateral.nvidia_rim import DirRimSource, RimSource, rim_ids
+from confide.collateral.nvidia_rim import DirRimSource, RimSource, rim_targets
 from confide.errors import (
     BindingError,
     CollateralError,
@@ -276,7 +277,7 @@ class PlatformVerifier:
     only) by a :class:`~confide.cas.kds.KdsVcekCache` that verifies them under the same roots as
     the evidence; ``kds_where`` names the source in refusals. ``nvidia_ocsp``: check NVIDIA
     chains for revocation with the responses of this cache (module docstring; ``None``: not
-    checked). ``nvidia_rim``: where the RIMs of NVIDIA reports sent without RIMs come from
+    checked). ``nvidia_rim``: where the RIMs NVIDIA reports were not sent with come from
     (module docstring, "RIMs"; ``nvidia_rim_where`` names it in refusals), verified and cached
     by a :class:`~confide.cas.rims.RimCache`, in memory and in ``nvidia_rim_cache`` (a
     directory; ``None``: memory only); without a source such reports are not compared with
@@ -463,11 +464,11 @@ class PlatformVerifier:
         for report, gpu_aux in reports:
             try:
                 certs, rims = _nvidia_aux(gpu_aux)
-                if not rims and self.nvidia_rims is not None:
+                if self.nvidia_rims is not None:
                     # The RIMs the CAS fetches: those in memory now; the RIM job's prefetch
                     # asks about the chains of those it fetches (_rim_job).
-                    found_rims = [self.nvidia_rims.cached(i, at) for i in _report_rim_ids(report)]
-                    rims = [rim for rim in found_rims if rim is not None]
+                    found_rims = [self.nvidia_rims.cached(i, at) for i in _missing_rim_ids(report, rims)]
+                    rims = [*rims, *(rim for rim in found_rims if rim is not None)]
                 chains = self._revocation_chains(report, certs, rims)
             except ConfideError:
                 continue  # phase 1 refuses this GPU before it asks anything about it
@@ -566,9 +567,13 @@ class PlatformVerifier:
             # (check_binding), as it does every platform's report data.
             certs, rims = _nvidia_aux(aux)
             rims_source = "sent" if rims else None
-            if not rims and self.nvidia_rims is not None:
-                rims = self._fetched_rims(self.nvidia_rims, evidence, certs, at, prefetched)
-                rims_source = self.nvidia_rims.kind
+            if self.nvidia_rims is not None:
+                missing = _missing_rim_ids(evidence, rims)
+                if missing:
+                    from_source = self._fetched_rims(self.nvidia_rims, missing, certs, at, prefetched)
+                    kind = self.nvidia_rims.kind
+                    rims_source = kind if not rims else f"sent+{kind}"
+                    rims = [*rims, *from_source]
             ocsp: list[OcspResponse] | None = None
             rim_ocsp: list[list[OcspResponse]] | None = None
             if self.nvidia_ocsp is not None:
@@ -591,16 +596,15 @@ class PlatformVerifier:
     def _fetched_rims(
         self,
         cache: RimCache,
-        evidence: bytes,
+        ids: list[str],
         certs: list[x509.Certificate],
         at: datetime,
         prefetched: Prefetched | None,
     ) -> list[ReferenceManifest]:
-        """The driver and VBIOS RIMs of a report sent without RIMs (module docstring, "RIMs"):
-        the prefetch's (or its error), else from memory; else, once the report parses and its
-        chain verifies to the pinned root (the source is never asked about a GPU a request made
-        up), the prefetch's error, or without a prefetch :meth:`RimCache.get`'s (blocking)."""
-        ids = _report_rim_ids(evidence)
+        """The RIMs ``ids`` of a report (those the runtime did not send, module docstring,
+        "RIMs"): the prefetch's (or its error), else from memory; else, once the report's chain
+        verifies to the pinned root (the source is never asked about a GPU a request made up),
+        the prefetch's error, or without a prefetch :meth:`RimCache.get`'s (blocking)."""
         known = prefetched.rims if prefetched is not None else {}
         found: list[ReferenceManifest | ConfideError | None] = []
         for rim_id in ids:
@@ -624,7 +628,7 @@ class PlatformVerifier:
     def _rim_job(
         self, platform: Platform, evidence: bytes, aux: dict[str, bytes], at: datetime
     ) -> CollateralJob | None:
-        """The prefetch of the RIMs phase 1 would miss (reports sent without RIMs), and, with
+        """The prefetch of the RIMs phase 1 would miss (those not sent with a report), and, with
         ``nvidia_ocsp``, of the OCSP responses about the signing chains of those it fetches. A
         report whose chain does not verify to the pinned root gets nothing asked about it."""
         cache = self.nvidia_rims
@@ -642,9 +646,7 @@ class PlatformVerifier:
         for report, gpu_aux in reports:
             try:
                 certs, sent = _nvidia_aux(gpu_aux)
-                if sent:
-                    continue
-                ids = _report_rim_ids(report)
+                ids = _missing_rim_ids(report, sent)
             except ConfideError:
                 continue  # phase 1 refuses this GPU before it asks anything about it
             todo = []
@@ -790,9 +792,15 @@ class PlatformVerifier:
         return _outcome(outcome)
 
 
-def _report_rim_ids(evidence: bytes) -> tuple[str, str]:
-    """The (driver, VBIOS) RIM IDs of an NVIDIA report (:func:`~confide.collateral.nvidia_rim.rim_ids`)."""
-    return rim_ids(NvidiaAttestationReport.from_bytes(evidence))
+def _missing_rim_ids(evidence: bytes, sent: list[ReferenceManifest]) -> list[str]:
+    """The RIM IDs (:func:`~confide.collateral.nvidia_rim.rim_targets`) of an NVIDIA report's
+    driver and VBIOS RIMs that no sent RIM stands for: none of ``sent`` has that version (a sent
+    RIM is verified before it is compared; one that claims a version it is not signed for is
+    refused then). A runtime cannot leave out the VBIOS (or driver) comparison by sending only
+    the other RIM."""
+    versions = {rim.version.lower() for rim in sent}
+    targets = rim_targets(NvidiaAttestationReport.from_bytes(evidence))
+    return [rim_id for rim_id, version in targets if version.lower() not in versions]
 
 
 def _read_local(source: DcapCollateralSource, key: DcapKey) -> Prefetched:

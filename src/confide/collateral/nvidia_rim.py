@@ -49,6 +49,7 @@ __all__ = [
     "HttpRimSource",
     "RimSource",
     "rim_ids",
+    "rim_targets",
     "source_for",
 ]
 
@@ -83,6 +84,14 @@ def _field_text(report: NvidiaAttestationReport, field: OpaqueFieldType, what: s
 
 def rim_ids(report: NvidiaAttestationReport) -> tuple[str, str]:
     """(driver RIM ID, VBIOS RIM ID) of the GPU that made ``report`` (module docstring)."""
+    (driver_id, _), (vbios_id, _) = rim_targets(report)
+    return driver_id, vbios_id
+
+
+def rim_targets(report: NvidiaAttestationReport) -> tuple[tuple[str, str], tuple[str, str]]:
+    """((driver RIM ID, driver version), (VBIOS RIM ID, VBIOS version)) of ``report``: the
+    versions as a RIM's ``colloquialVersion`` must give them (the VBIOS version dotted, NVIDIA's
+    ``96.00.9f.00.01`` form; compared without regard to case)."""
     driver = _field_text(report, OpaqueFieldType.DRIVER_VERSION, "DRIVER_VERSION")
     project = _field_text(report, OpaqueFieldType.PROJECT, "PROJECT")
     project_sku = _field_text(report, OpaqueFieldType.PROJECT_SKU, "PROJECT_SKU")
@@ -90,10 +99,10 @@ def rim_ids(report: NvidiaAttestationReport) -> tuple[str, str]:
     vbios = report.response.field(OpaqueFieldType.VBIOS_VERSION)
     if vbios is None or len(vbios) < 5:
         raise ParseError("the report has no 5-byte VBIOS_VERSION opaque field", structure=_STRUCTURE)
-    vbios_id = "".join(f"{vbios[i]:02x}" for i in (3, 2, 1, 0, 4))
+    parts = [f"{vbios[i]:02x}" for i in (3, 2, 1, 0, 4)]
     return (
-        f"NV_GPU_DRIVER_GH100_{driver}",
-        f"NV_GPU_VBIOS_{project}_{project_sku}_{chip_sku}_{vbios_id}".upper(),
+        (f"NV_GPU_DRIVER_GH100_{driver}", driver),
+        (f"NV_GPU_VBIOS_{project}_{project_sku}_{chip_sku}_{''.join(parts)}".upper(), ".".join(parts)),
     )
 
 
