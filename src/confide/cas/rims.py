@@ -188,8 +188,8 @@ class RimCache:
         except ConfideError as exc:
             _log("rim-fetch-failed", rim_id, error=exc.kind)
             raise CollateralMissingError(
-                f"the NVIDIA GPU report came without RIMs, and fetching RIM {rim_id} from {self.where}"
-                f" failed: {exc.kind}: {exc.message}"
+                f"the NVIDIA GPU report came without this RIM, and fetching RIM {rim_id} from"
+                f" {self.where} failed: {exc.kind}: {exc.message}"
             ) from None
         try:
             rim = ReferenceManifest.from_bytes(data)
