@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,10 +15,12 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from confide import errors
 from confide.evidence.dcap import Quote
 from confide.evidence.dcap_collateral import DcapCollateral
+from confide.evidence.pem import parse_pem_chain, pem_chain
 from confide.verify.dcap import DcapVerifier, verify_quote
 from confide.verify.result import Platform, TcbStatus
 from dcap_cases import ASSETS, CASES, TDX_2023, Case
 from dcap_forge import ForgedPki
+from malformed_x509 import bad_name_tag, bad_version, bitstring_cn
 
 
 def _coll(case: Case) -> DcapCollateral:
@@ -328,3 +331,20 @@ def test_caches_are_bounded() -> None:
             pass
     assert len(verifier._chains) <= 2
     assert len(verifier._collateral) <= 1
+
+
+@pytest.mark.parametrize(
+    "edit", [bad_version, bitstring_cn, bad_name_tag], ids=["version 4", "BIT STRING CN", "tag 0 CN"]
+)
+def test_malformed_pck_leaf_is_a_parse_error(edit: Callable[[bytes], bytes]) -> None:
+    # cryptography raises InvalidVersion (not a ValueError) at load, TypeError or ValueError
+    # when a name is read: a typed error, not a crash.
+    quote = Quote.from_bytes(SGX.quote_bytes())
+    sd = quote.signature_data
+    ders = parse_pem_chain(sd.qe.certification.data)
+    pem = pem_chain([edit(ders[0]), *ders[1:]]).encode()
+    cert = dataclasses.replace(sd.qe.certification, data=pem)
+    sig = dataclasses.replace(sd, qe=dataclasses.replace(sd.qe, certification=cert)).to_bytes()
+    raw = quote.to_bytes()[: quote.signed_length] + len(sig).to_bytes(4, "little") + sig
+    with pytest.raises(errors.ParseError, match=r"pck_cert_chain\[0\]"):
+        verify_quote(raw, _coll(SGX), at=SGX.time)

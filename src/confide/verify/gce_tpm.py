@@ -145,14 +145,7 @@ def _check_ak_cert(
     pool = [
         load_chain_certificate(c, f"intermediate_certs[{i}]") for i, c in enumerate(att.intermediate_certs)
     ]
-    # Names are parsed lazily too (and a malformed one raises ValueError or TypeError when read):
-    # read them here, where a bad one is the certificate's error, not a crash of the chain walk.
-    with _long_names():
-        for what, cert in [("ak_cert", leaf), *((f"intermediate_certs[{i}]", c) for i, c in enumerate(pool))]:
-            try:
-                _ = cert.subject, cert.issuer
-            except (ValueError, TypeError) as exc:
-                raise CertificateChainError(f"{what}: not a DER certificate: malformed name: {exc}") from None
+    # (load_chain_certificate reads the names too: a malformed one is the certificate's error.)
     chain, root = _build_chain(leaf, [*pool, *_shipped_intermediates()], roots)
     with _long_names():
         verify_pinned_chain(chain, root, at)
