@@ -1,10 +1,18 @@
 """Byte-level edits of real DER certificates and CRLs that ``cryptography`` still loads but
-fails to read later (it parses lazily): the regression inputs of the hostile-input tests."""
+fails to read later (it parses lazily), and a public key it cannot load with a ValueError: the
+regression inputs of the hostile-input tests."""
 
 from __future__ import annotations
 
 CN_OID = bytes.fromhex("0603550403")  # OBJECT IDENTIFIER 2.5.4.3 (commonName)
 VERSION_V3 = bytes.fromhex("a003020102")  # [0] EXPLICIT INTEGER 2 (v3), RFC 5280 §4.1
+
+# A SubjectPublicKeyInfo whose algorithm OID cryptography does not know (the last arc of
+# id-ecPublicKey changed): UnsupportedAlgorithm, not a ValueError.
+UNKNOWN_ALGORITHM_SPKI = bytes.fromhex(
+    "3059301306072a8648ce3d027f06082a8648ce3d030107034200046b17d1f2e12c4247f8bce6e563a440f277037d812d"
+    "eb33a0f4a13945d898c2964fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5"
+)  # the P-256 generator point under OID 1.2.840.10045.2.127
 
 
 def bad_version(der: bytes) -> bytes:

@@ -4,6 +4,7 @@ stack's behaviour, with the body replayed intact."""
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from confide.cas.core import decrypt_release
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cas_inproc import InProcessCas
+from malformed_x509 import UNKNOWN_ALGORITHM_SPKI
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +102,21 @@ def test_metrics_count_the_group_commits(env: tuple[InProcessCas, Any]) -> None:
         float(samples["confide_group_commit_jobs_total"]),
     )
     assert 1 <= commits <= jobs
+
+
+@pytest.mark.parametrize(
+    ("member", "value"),
+    [
+        ("platform", ["sim"]),  # unhashable: collateral_job crashed with TypeError
+        ("public_key", base64.b64encode(UNKNOWN_ALGORITHM_SPKI).decode()),  # UnsupportedAlgorithm
+    ],
+)
+def test_ill_typed_members_are_parse_errors_not_crashes(
+    env: tuple[InProcessCas, Any], member: str, value: Any
+) -> None:
+    inproc, app = env
+    request, _key, _nonce = attestation(inproc, app)
+    request[member] = value
+    status, body = call(app, "/v1/attest", [json.dumps(request).encode()])
+    assert status == 400, body
+    assert json.loads(body)["error"]["class"] == "ParseError"
