@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from confide import errors
@@ -348,3 +350,49 @@ def test_malformed_pck_leaf_is_a_parse_error(edit: Callable[[bytes], bytes]) -> 
     raw = quote.to_bytes()[: quote.signed_length] + len(sig).to_bytes(4, "little") + sig
     with pytest.raises(errors.ParseError, match=r"pck_cert_chain\[0\]"):
         verify_quote(raw, _coll(SGX), at=SGX.time)
+
+
+_FIELD_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.text(max_size=8), st.just([]), st.just({})
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    case=st.sampled_from([SGX, TDX]),
+    field=st.sampled_from(sorted(json.loads(SGX.collateral_bytes()))),
+    edit=st.one_of(
+        st.tuples(st.just("flip"), st.integers(0, 10**6), st.integers(1, 255)),
+        st.tuples(st.just("cut"), st.integers(0, 10**6), st.just(0)),
+        st.tuples(st.just("value"), _FIELD_VALUES, st.just(0)),
+    ),
+)
+def test_mutated_collateral_raises_only_confide_errors(
+    case: Case, field: str, edit: tuple[str, object, int]
+) -> None:
+    """One field of a real collateral bundle edited (a byte changed, truncated, or replaced by
+    a value of another type): parsing and verification raise only confide errors, and a
+    change to a signed field or a certificate or CRL never verifies."""
+    doc = json.loads(case.collateral_bytes())
+    kind, where, value = edit
+    old = doc[field]
+    if kind == "value":
+        doc[field] = where
+    else:
+        raw = bytearray(old.encode())
+        at = int(str(where)) % len(raw)
+        if kind == "flip":
+            raw[at] ^= value
+        else:
+            del raw[at:]
+        doc[field] = raw.decode("utf-8", "replace")
+    try:
+        coll = DcapCollateral.from_dcap_qvl_json(json.dumps(doc).encode())
+        verify_quote(case.quote_bytes(), coll, at=case.time)
+    except errors.ConfideError:
+        return
+    # What still verifies must be the same collateral (e.g. a JSON text that parses to the same
+    # document), or the PCK CRL's issuer chain, which is not used: the PCK CRL must be signed by
+    # the PCK CA certificate of the quote's own chain (docs/dcap.md).
+    if field != "pck_crl_issuer_chain":
+        assert coll == _coll(case), f"{field} changed ({kind}) and still verifies"
