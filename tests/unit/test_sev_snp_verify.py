@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from snp_fakes import AT, NOT_BEFORE, make_fake_amd
 
@@ -524,3 +524,23 @@ def test_malformed_crl_issuer_is_a_parse_error(turin) -> None:  # type: ignore[n
     for bad in (bitstring_cn(good), bad_name_tag(good)):
         with pytest.raises(ParseError, match=r"not a DER or PEM X\.509 CRL"):
             load_crl(bad)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 2000), st.integers(1, 255)), min_size=1, max_size=4),
+    cut=st.one_of(st.none(), st.integers(0, 2000)),
+)
+def test_mutated_vcek_raises_only_confide_errors(
+    edits: list[tuple[int, int]], cut: int | None, verifier: SnpVerifier
+) -> None:
+    """The VCEK bytes changed (as sent with the evidence or by AMD KDS): only confide errors,
+    and a changed certificate never verifies."""
+    der = bytearray(_VCEK_DER)
+    for at, mask in edits:
+        der[at % len(der)] ^= mask
+    if cut is not None:
+        del der[cut % len(der) :]
+    assume(der != _VCEK_DER)
+    with pytest.raises(ConfideError):
+        verifier.verify(read("trustee/test-report.bin"), bytes(der), at=datetime(2024, 1, 1, tzinfo=UTC))
