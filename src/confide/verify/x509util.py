@@ -34,6 +34,7 @@ __all__ = [
     "check_crl",
     "check_crl_fields",
     "check_issuer_is_ca",
+    "check_names",
     "check_pinned_root",
     "check_validity",
     "load_certificate_chain",
@@ -74,11 +75,11 @@ def check_certificate_fields(cert: x509.Certificate) -> x509.Certificate:
     # BIT STRING value under an OID other than x500UniqueIdentifier), when first read.
     # Over-long attribute values only warn in ``cryptography`` (Google's genuine intermediates
     # have a 79-character CN); X.520 upper bounds are not enforced here.
-    _read_names(lambda: (cert.subject, cert.issuer))
+    check_names(lambda: (cert.subject, cert.issuer))
     return cert
 
 
-def _read_names(names: Callable[[], tuple[x509.Name, ...]]) -> None:
+def check_names(names: Callable[[], tuple[x509.Name, ...]]) -> None:
     """Read every attribute of ``names()``: a malformed name raises ValueError "malformed name:
     ..." (also for the TypeError that ``cryptography`` raises for some)."""
     with warnings.catch_warnings():
@@ -95,7 +96,7 @@ def check_crl_fields(crl: x509.CertificateRevocationList) -> x509.CertificateRev
     """Parse the fields of a loaded CRL that verification reads before its signature is checked
     (issuer name, dates, extensions; ``cryptography`` parses lazily); raises one of
     :data:`CERTIFICATE_ERRORS`."""
-    _read_names(lambda: (crl.issuer,))
+    check_names(lambda: (crl.issuer,))
     _ = crl.last_update_utc, crl.next_update_utc, crl.extensions
     _ = crl.signature_hash_algorithm
     return crl
