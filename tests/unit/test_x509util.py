@@ -104,6 +104,25 @@ _MALFORMED = {
 }
 
 
+def _with_directory_name_san() -> bytes:
+    """A certificate whose SubjectAlternativeName holds a directoryName (CN=dir): the third CN."""
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "leaf")])
+    san = x509.SubjectAlternativeName(
+        [x509.DirectoryName(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "dir")]))]
+    )
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(KEYS[2].public_key())
+        .serial_number(5).not_valid_before(T0).not_valid_after(T0 + timedelta(days=1))
+        .add_extension(san, critical=False).sign(KEYS[2], hashes.SHA256())
+    )  # fmt: skip
+    return cert.public_bytes(Encoding.DER)
+
+
+# A name inside an extension is parsed when the extensions are: TypeError escaped from there.
+_MALFORMED["SAN directoryName CN as BIT STRING"] = bitstring_cn(_with_directory_name_san(), 2)
+_MALFORMED["SAN directoryName CN with tag 0"] = bad_name_tag(_with_directory_name_san(), 2)
+
+
 @pytest.mark.parametrize("der", list(_MALFORMED.values()), ids=list(_MALFORMED))
 def test_malformed_certificates_are_typed_errors_at_load(der: bytes) -> None:
     # InvalidVersion (not a ValueError) at load; ValueError or TypeError when a name is read.

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 
 from cryptography import x509
@@ -68,28 +69,36 @@ def parse_certificate_fields(der: bytes) -> x509.Certificate:
 def check_certificate_fields(cert: x509.Certificate) -> x509.Certificate:
     """Parse the fields of a loaded certificate that verification uses (see
     :func:`parse_certificate_fields`); raises one of :data:`CERTIFICATE_ERRORS`."""
-    _ = cert.extensions, cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number
-    cert.public_key()
-    _ = cert.signature_hash_algorithm
-    # Names are parsed lazily too, and a malformed one raises ValueError, or TypeError (e.g. a
-    # BIT STRING value under an OID other than x500UniqueIdentifier), when first read.
-    # Over-long attribute values only warn in ``cryptography`` (Google's genuine intermediates
-    # have a 79-character CN); X.520 upper bounds are not enforced here.
+    with _lazily_parsed("field"):
+        _ = cert.extensions, cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number
+        cert.public_key()
+        _ = cert.signature_hash_algorithm
     check_names(lambda: (cert.subject, cert.issuer))
     return cert
 
 
-def check_names(names: Callable[[], tuple[x509.Name, ...]]) -> None:
-    """Read every attribute of ``names()``: a malformed name raises ValueError "malformed name:
-    ..." (also for the TypeError that ``cryptography`` raises for some)."""
+@contextmanager
+def _lazily_parsed(what: str) -> Iterator[None]:
+    """Around the first read of lazily parsed fields. A malformed name (also inside an
+    extension, e.g. GeneralNames) raises ValueError, or TypeError (a BIT STRING value under an
+    OID other than x500UniqueIdentifier), when first read: both become ValueError "malformed
+    <what>: ...". Over-long attribute values only warn in ``cryptography`` (Google's genuine
+    intermediates have a 79-character CN); X.520 upper bounds are not enforced here, so that
+    warning is silenced."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Attribute's length must be", category=UserWarning)
         try:
-            for name in names():
-                for attribute in name:
-                    _ = attribute.value
+            yield
         except (ValueError, TypeError) as exc:
-            raise ValueError(f"malformed name: {exc}") from None
+            raise ValueError(f"malformed {what}: {exc}") from None
+
+
+def check_names(names: Callable[[], tuple[x509.Name, ...]]) -> None:
+    """Read every attribute of ``names()``; a malformed name raises ValueError."""
+    with _lazily_parsed("name"):
+        for name in names():
+            for attribute in name:
+                _ = attribute.value
 
 
 def check_crl_fields(crl: x509.CertificateRevocationList) -> x509.CertificateRevocationList:
@@ -97,8 +106,9 @@ def check_crl_fields(crl: x509.CertificateRevocationList) -> x509.CertificateRev
     (issuer name, dates, extensions; ``cryptography`` parses lazily); raises one of
     :data:`CERTIFICATE_ERRORS`."""
     check_names(lambda: (crl.issuer,))
-    _ = crl.last_update_utc, crl.next_update_utc, crl.extensions
-    _ = crl.signature_hash_algorithm
+    with _lazily_parsed("field"):
+        _ = crl.last_update_utc, crl.next_update_utc, crl.extensions
+        _ = crl.signature_hash_algorithm
     return crl
 
 
