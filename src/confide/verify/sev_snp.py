@@ -63,7 +63,12 @@ from confide.evidence.sev_snp import (
     TcbVersion,
 )
 from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
-from confide.verify.x509util import check_cert_dates, check_issuer_is_ca
+from confide.verify.x509util import (
+    CERTIFICATE_ERRORS,
+    check_cert_dates,
+    check_certificate_fields,
+    check_issuer_is_ca,
+)
 
 __all__ = [
     "PINNED_ARK_SHA256",
@@ -162,7 +167,10 @@ def load_certificates(data: bytes, what: str) -> list[x509.Certificate]:
                 certs = x509.load_pem_x509_certificates(data)
             else:
                 certs = [x509.load_der_x509_certificate(data)]
-    except ValueError as exc:
+            # Parse now what verification reads later (cryptography parses lazily).
+            for cert in certs:
+                check_certificate_fields(cert)
+    except CERTIFICATE_ERRORS as exc:
         raise ParseError(f"not a DER or PEM X.509 certificate: {exc}", structure=what) from None
     return certs
 
@@ -444,11 +452,15 @@ def _check_crl(
     next_update = crl.next_update_utc
     if next_update is not None and at > next_update:
         raise CollateralExpiredError(f"CRL expired at {at.isoformat()}: nextUpdate {next_update.isoformat()}")
-    revoked = crl.get_revoked_certificate_by_serial_number(intermediate.serial_number)
-    if revoked is not None:
+    try:  # the revoked entries are parsed lazily, here
+        revoked = crl.get_revoked_certificate_by_serial_number(intermediate.serial_number)
+        revoked_at = None if revoked is None else revoked.revocation_date_utc
+    except ValueError as exc:
+        raise CertificateChainError(f"CRL revokedCertificates: malformed: {exc}") from None
+    if revoked_at is not None:
         raise RevocationError(
             f"{_cn(intermediate.subject)} (serial {intermediate.serial_number:#x}) is revoked by the AMD CRL "
-            f"since {revoked.revocation_date_utc.isoformat()}"
+            f"since {revoked_at.isoformat()}"
         )
     return next_update
 

@@ -10,7 +10,9 @@ re-checked at each verification time.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 
 from cryptography import x509
@@ -29,8 +31,11 @@ from confide.evidence.pem import MAX_CHAIN_LENGTH, normalise_pem, parse_pem_chai
 __all__ = [
     "CERTIFICATE_ERRORS",
     "check_cert_dates",
+    "check_certificate_fields",
     "check_crl",
+    "check_crl_fields",
     "check_issuer_is_ca",
+    "check_names",
     "check_pinned_root",
     "check_validity",
     "load_certificate_chain",
@@ -45,6 +50,7 @@ __all__ = [
 
 CERTIFICATE_ERRORS = (
     ValueError,
+    x509.InvalidVersion,  # not a ValueError: a version other than v1/v3 (RFC 5280 §4.1.2.1)
     UnsupportedAlgorithm,
     x509.DuplicateExtension,
     x509.UnsupportedGeneralNameType,
@@ -57,11 +63,53 @@ def parse_certificate_fields(der: bytes) -> x509.Certificate:
     lazily): a malformed extension, date, key or signature algorithm raises one of
     :data:`CERTIFICATE_ERRORS` here, not in the middle of verification. Callers turn it into
     the error their input deserves."""
-    cert = x509.load_der_x509_certificate(der)
-    _ = cert.extensions, cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number
-    cert.public_key()
-    _ = cert.signature_hash_algorithm
+    return check_certificate_fields(x509.load_der_x509_certificate(der))
+
+
+def check_certificate_fields(cert: x509.Certificate) -> x509.Certificate:
+    """Parse the fields of a loaded certificate that verification uses (see
+    :func:`parse_certificate_fields`); raises one of :data:`CERTIFICATE_ERRORS`."""
+    with _lazily_parsed("field"):
+        _ = cert.extensions, cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number
+        cert.public_key()
+        _ = cert.signature_hash_algorithm
+    check_names(lambda: (cert.subject, cert.issuer))
     return cert
+
+
+@contextmanager
+def _lazily_parsed(what: str) -> Iterator[None]:
+    """Around the first read of lazily parsed fields. A malformed name (also inside an
+    extension, e.g. GeneralNames) raises ValueError, or TypeError (a BIT STRING value under an
+    OID other than x500UniqueIdentifier), when first read: both become ValueError "malformed
+    <what>: ...". Over-long attribute values only warn in ``cryptography`` (Google's genuine
+    intermediates have a 79-character CN); X.520 upper bounds are not enforced here, so that
+    warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Attribute's length must be", category=UserWarning)
+        try:
+            yield
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"malformed {what}: {exc}") from None
+
+
+def check_names(names: Callable[[], tuple[x509.Name, ...]]) -> None:
+    """Read every attribute of ``names()``; a malformed name raises ValueError."""
+    with _lazily_parsed("name"):
+        for name in names():
+            for attribute in name:
+                _ = attribute.value
+
+
+def check_crl_fields(crl: x509.CertificateRevocationList) -> x509.CertificateRevocationList:
+    """Parse the fields of a loaded CRL that verification reads before its signature is checked
+    (issuer name, dates, extensions; ``cryptography`` parses lazily); raises one of
+    :data:`CERTIFICATE_ERRORS`."""
+    check_names(lambda: (crl.issuer,))
+    with _lazily_parsed("field"):
+        _ = crl.last_update_utc, crl.next_update_utc, crl.extensions
+        _ = crl.signature_hash_algorithm
+    return crl
 
 
 def load_der_certificate(der: bytes, what: str) -> x509.Certificate:
@@ -144,22 +192,15 @@ def name_of(cert: x509.Certificate) -> str:
     """The subject for messages; never raises (a malformed name is reported as such)."""
     try:
         return cert.subject.rfc4514_string()
-    except ValueError:
+    except (ValueError, TypeError):  # a malformed name (parsed lazily, when read)
         return "<malformed subject>"
 
 
 def load_der_crl(der: bytes, what: str) -> x509.CertificateRevocationList:
     try:
-        crl = x509.load_der_x509_crl(der)
-        _ = crl.issuer, crl.last_update_utc, crl.next_update_utc, crl.extensions
-    except (
-        ValueError,
-        UnsupportedAlgorithm,
-        x509.DuplicateExtension,
-        x509.UnsupportedGeneralNameType,
-    ) as exc:
+        return check_crl_fields(x509.load_der_x509_crl(der))
+    except CERTIFICATE_ERRORS as exc:
         raise ParseError(f"not a valid DER X.509 CRL ({exc})", structure=what) from None
-    return crl
 
 
 def check_issuer_is_ca(issuer: x509.Certificate, below: int, what: str) -> None:
