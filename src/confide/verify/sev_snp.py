@@ -493,7 +493,7 @@ def verify_vek_chain(
     # The ARK: self-signed, a CA, valid now.
     _check_link(ark, "ARK", ark, "ARK")
     check_issuer_is_ca(ark, below=1, what="ARK")
-    check_cert_dates(ark, at, f"ARK ({_cn(ark.subject)})")
+    check_cert_dates(ark, at, lambda: f"ARK ({_cn(ark.subject)})")
     # The ASK/ASVK.
     inter = chain.intermediate
     cn = _cn(inter.subject)
@@ -508,7 +508,7 @@ def verify_vek_chain(
     role = kind.intermediate_role
     _check_link(inter, role, ark, f"ARK-{product}")
     check_issuer_is_ca(inter, below=0, what=role)
-    check_cert_dates(inter, at, f"{role} ({_cn(inter.subject)})")
+    check_cert_dates(inter, at, lambda: f"{role} ({_cn(inter.subject)})")
     # The VEK itself.
     vek_role = kind.value.upper()
     if _cn(vek.subject) != kind.subject_cn:
@@ -517,7 +517,7 @@ def verify_vek_chain(
             f"expected {kind.subject_cn!r}"
         )
     _check_link(vek, vek_role, inter, role)
-    check_cert_dates(vek, at, f"{vek_role} ({_cn(vek.subject)})")
+    check_cert_dates(vek, at, lambda: f"{vek_role} ({_cn(vek.subject)})")
     try:
         bc = vek.extensions.get_extension_for_class(x509.BasicConstraints).value
         if bc.ca:
