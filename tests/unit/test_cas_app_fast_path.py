@@ -4,12 +4,15 @@ stack's behaviour, with the body replayed intact."""
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from asgi_call import call
 from confide.cas.app import MAX_BODY, create_app
@@ -17,6 +20,7 @@ from confide.cas.core import decrypt_release
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cas_inproc import InProcessCas
+from malformed_x509 import UNKNOWN_ALGORITHM_SPKI
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +152,60 @@ def test_bodies_held_at_once_are_bounded(env: tuple[InProcessCas, Any]) -> None:
     assert call(app, "/v1/policies", [b" " * (MAX_BODY + 1)])[0] == 413
     assert call(app, "/v1/policies", [b"{}"])[0] != 503
     assert budget.used == 0
+
+
+@pytest.mark.parametrize(
+    ("member", "value"),
+    [
+        ("platform", ["sim"]),  # unhashable: collateral_job crashed with TypeError
+        ("public_key", base64.b64encode(UNKNOWN_ALGORITHM_SPKI).decode()),  # UnsupportedAlgorithm
+    ],
+)
+def test_ill_typed_members_are_parse_errors_not_crashes(
+    env: tuple[InProcessCas, Any], member: str, value: Any
+) -> None:
+    inproc, app = env
+    request, _key, _nonce = attestation(inproc, app)
+    request[member] = value
+    status, body = call(app, "/v1/attest", [json.dumps(request).encode()])
+    assert status == 400, body
+    assert json.loads(body)["error"]["class"] == "ParseError"
+
+
+_MEMBER_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=12),
+    st.lists(st.text(max_size=4), max_size=2),
+    st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    changes=st.dictionaries(
+        st.sampled_from(["policy", "service", "platform", "nonce", "evidence", "public_key", "aux", "x"]),
+        _MEMBER_VALUES,
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_requests_with_ill_typed_members_are_4xx(
+    env: tuple[InProcessCas, Any], changes: dict[str, Any]
+) -> None:
+    """A real attestation request with members replaced by values of any JSON type: a refusal
+    (4xx, the error shape), never a 500; it is released only if nothing that matters changed."""
+    inproc, app = env
+    request, _key, _nonce = attestation(inproc, app)
+    assume(all(str(v).lower() != str(request.get(k)).lower() for k, v in changes.items()))  # a real change
+    status, body = call(app, "/v1/attest", [json.dumps(request | changes).encode()])
+    assert status < 500, body[:300]
+    if status == 200:  # an unknown member is ignored, and so are aux blobs the platform (sim) does not read
+        assert all(
+            k == "x" or (k == "aux" and not any(str(a).startswith("gpu") for a in v or {}))
+            for k, v in changes.items()
+        ), changes
+    else:
+        assert "error" in json.loads(body) or status == 422

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from confide.identity import Identity
 from confide.policy.canonical import jcs
 from confide.policy.loader import loads_policy
 from confide.policy.placeholders import Encoding
+from malformed_x509 import bad_name_tag, bad_version, bitstring_cn
 from pki import issue
 
 NOW = datetime.now(UTC)
@@ -270,3 +272,22 @@ def test_a_certificate_generated_for_it_by_an_earlier_version_is_replaced_at_the
 def head_of(ipc: InProcessCas, name: str) -> str:
     with ipc.cas.db.read() as conn:
         return str(raw_execute(conn, "SELECT hash FROM policy_heads WHERE name = ?", (name,)).fetchone()[0])
+
+
+@pytest.mark.parametrize(
+    "edit", [bad_version, bitstring_cn, bad_name_tag], ids=["version 4", "BIT STRING CN", "tag 0 CN"]
+)
+def test_a_malformed_certificate_in_the_chain_is_a_policy_error(
+    ipc: InProcessCas, edit: Callable[[bytes], bytes]
+) -> None:
+    """The policy validator reads the first certificate of ``value`` only; a malformed one after
+    it raised InvalidVersion or, when its names were read, ValueError/TypeError in the CAS."""
+    pki = Pki()
+    bad = edit(pki.root.public_bytes(serialization.Encoding.DER))
+    pem = "-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(bad).decode() + "-----END CERTIFICATE-----\n"
+    body = f"""  - name: api
+    kind: x509
+    value: |
+{_indent(_pem(pki.leaf) + pem)}"""
+    with pytest.raises(PolicyError, match=r"value is not a PEM X\.509 certificate"):
+        ipc.apply(policy(body, _file("c", "$$SCONE::api:crt$$")))

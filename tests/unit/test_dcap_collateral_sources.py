@@ -13,6 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cli import run_confide
@@ -23,6 +25,7 @@ from confide.evidence.dcap_collateral import DcapCollateral
 from confide.evidence.pem import pem_chain
 from confide.verify.dcap import pck_info, verify_quote
 from dcap_cases import ASSETS, CASES
+from malformed_x509 import bad_name_tag, bad_version, bitstring_cn
 
 SGX = CASES[0]
 
@@ -190,3 +193,29 @@ def test_cli_collateral_url_reaches_the_pcs(fake_pcs: FakePcs, tmp_path: Path) -
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert sum(fake_pcs.hits.values()) == 4
+
+
+def test_pcs_directory_skips_malformed_certificates_and_crls(tmp_path: Path) -> None:
+    """A chain or CRL file whose certificate/CRL loads but whose names do not parse (they are
+    read to recognise the file) is not recognised; it crashed the directory reader with
+    ValueError/TypeError (found by the mutation campaign)."""
+    base = ASSETS / "tdx/automata-dcap-attestation/0625"
+    for name in ("tcbinfov3_00806f050000.json", "qe_td.json", "pck_platform_crl_2025-06-04.der"):
+        shutil.copy(base / name, tmp_path / name)
+    root_crl = (ASSETS / "intel-roots/automata/IntelSGXRootCA_crl_2025-03-20.der").read_bytes()
+    (tmp_path / "root.crl").write_bytes(root_crl)
+    (tmp_path / "bad.crl").write_bytes(bitstring_cn(root_crl))
+    chain = (ASSETS / "tdx/google-go-tdx-guest/tcb_info_issuer_chain.pem").read_bytes()
+    ders = [x509.load_pem_x509_certificate(b).public_bytes(Encoding.DER) for b in _pem_blocks(chain)]
+    (tmp_path / "bad-chain.pem").write_text(pem_chain([bad_name_tag(ders[0], 1), *ders[1:]]))
+    (tmp_path / "bad-version.pem").write_text(pem_chain([bad_version(ders[0]), *ders[1:]]))
+    case = next(c for c in CASES if "cos-113" in c.quote and "0625" in c.collateral)
+    quote = Quote.from_bytes(case.quote_bytes())
+    fmspc, ca = pck_info(quote)
+    coll = PcsDirectorySource(tmp_path).get_collateral(fmspc=fmspc, ca=ca, tee=quote.tee)
+    assert verify_quote(case.quote_bytes(), coll, at=case.time).tcb_status is not None
+
+
+def _pem_blocks(data: bytes) -> list[bytes]:
+    end = b"-----END CERTIFICATE-----"
+    return [part + end for part in data.split(end) if b"-----BEGIN" in part]

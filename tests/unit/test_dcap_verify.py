@@ -5,19 +5,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from confide import errors
 from confide.evidence.dcap import Quote
 from confide.evidence.dcap_collateral import DcapCollateral
+from confide.evidence.pem import parse_pem_chain, pem_chain
 from confide.verify.dcap import DcapVerifier, verify_quote
 from confide.verify.result import Platform, TcbStatus
 from dcap_cases import ASSETS, CASES, TDX_2023, Case
 from dcap_forge import ForgedPki
+from malformed_x509 import bad_name_tag, bad_version, bitstring_cn
 
 
 def _coll(case: Case) -> DcapCollateral:
@@ -328,3 +334,71 @@ def test_caches_are_bounded() -> None:
             pass
     assert len(verifier._chains) <= 2
     assert len(verifier._collateral) <= 1
+
+
+@pytest.mark.parametrize(
+    "edit", [bad_version, bitstring_cn, bad_name_tag], ids=["version 4", "BIT STRING CN", "tag 0 CN"]
+)
+def test_malformed_pck_leaf_is_a_parse_error(edit: Callable[[bytes], bytes]) -> None:
+    # cryptography raises InvalidVersion (not a ValueError) at load, TypeError or ValueError
+    # when a name is read: a typed error, not a crash.
+    quote = Quote.from_bytes(SGX.quote_bytes())
+    sd = quote.signature_data
+    ders = parse_pem_chain(sd.qe.certification.data)
+    pem = pem_chain([edit(ders[0]), *ders[1:]]).encode()
+    cert = dataclasses.replace(sd.qe.certification, data=pem)
+    sig = dataclasses.replace(sd, qe=dataclasses.replace(sd.qe, certification=cert)).to_bytes()
+    raw = quote.to_bytes()[: quote.signed_length] + len(sig).to_bytes(4, "little") + sig
+    with pytest.raises(errors.ParseError, match=r"pck_cert_chain\[0\]"):
+        verify_quote(raw, _coll(SGX), at=SGX.time)
+
+
+_FIELD_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.text(max_size=8), st.just([]), st.just({})
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    case=st.sampled_from([SGX, TDX]),
+    field=st.sampled_from(sorted(json.loads(SGX.collateral_bytes()))),
+    edit=st.one_of(
+        st.tuples(st.just("flip"), st.integers(0, 10**6), st.integers(1, 255)),
+        st.tuples(st.just("cut"), st.integers(0, 10**6), st.just(0)),
+        st.tuples(st.just("value"), _FIELD_VALUES, st.just(0)),
+    ),
+)
+def test_mutated_collateral_raises_only_confide_errors(
+    case: Case, field: str, edit: tuple[str, object, int]
+) -> None:
+    """One field of a real collateral bundle edited (a byte changed, truncated, or replaced by
+    a value of another type): parsing and verification raise only confide errors, and a
+    change to a signed field or a certificate or CRL never verifies."""
+    doc = json.loads(case.collateral_bytes())
+    kind, where, value = edit
+    old = doc[field]
+    if kind == "value":
+        doc[field] = where
+    else:
+        raw = bytearray(old.encode())
+        at = int(str(where)) % len(raw)
+        if kind == "flip":
+            raw[at] ^= value
+        else:
+            del raw[at:]
+        doc[field] = raw.decode("utf-8", "replace")
+    try:
+        coll = DcapCollateral.from_dcap_qvl_json(json.dumps(doc).encode())
+        verify_quote(case.quote_bytes(), coll, at=case.time)
+    except errors.ConfideError:
+        return
+    # What still verifies must be the same collateral (e.g. a JSON text that parses to the same
+    # document), or the PCK CRL's issuer chain, which is not used: the PCK CRL must be signed by
+    # the PCK CA certificate of the quote's own chain (docs/dcap.md), or a CRL whose signed part
+    # and signature bits are the same (cryptography ignores the unused-bits octet of the
+    # signature BIT STRING, docs/limitations.md).
+    original = _coll(case)
+    if field != "pck_crl_issuer_chain" and coll != original:
+        assert field in ("root_ca_crl", "pck_crl"), f"{field} changed ({kind}) and still verifies"
+        got, want = (x509.load_der_x509_crl(getattr(c, field)) for c in (coll, original))
+        assert (got.tbs_certlist_bytes, got.signature) == (want.tbs_certlist_bytes, want.signature)

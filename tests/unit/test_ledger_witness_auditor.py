@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 from _ledger_ref import MemNodes
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from confide.errors import (
+    ConfideError,
     ConsistencyError,
     ParseError,
     RollbackError,
@@ -159,3 +162,77 @@ def test_auditor_over_a_local_log_and_its_state_file(tmp_path: Path, log: NoteSi
     with pytest.raises(SignatureError, match="state file"):
         state.load(log.verifier)
     assert open_checkpoint(second.raw, log.verifier).checkpoint.root == mth(entries)
+
+
+class _Recorder:
+    """Every resource an honest log served to the auditor, by path."""
+
+    def __init__(self, real: LocalLogClient) -> None:
+        self.real, self.served = real, dict[str, bytes]()
+
+    def fetch(self, path: str) -> bytes | None:
+        body = self.real.fetch(path)
+        if body is not None:
+            self.served[path] = body
+        return body
+
+
+class _Tampering:
+    """The served resources, one of them replaced."""
+
+    def __init__(self, served: dict[str, bytes], path: str, body: bytes) -> None:
+        self.served, self.path, self.body = served, path, body
+
+    def fetch(self, path: str) -> bytes | None:
+        return self.body if path == self.path else self.served.get(path)
+
+
+def _served_log(tmp: Path) -> tuple[NoteSigner, Checkpoint, dict[str, bytes]]:
+    log = NoteSigner.generate(ORIGIN)
+    conn = connect(tmp / "l.db")
+    Ledger.init_schema(conn)
+    entries = [b"entry-%d" % i * (1 + i % 3) for i in range(300)]
+    with write_transaction(conn):
+        Ledger().append_batch(conn, entries[:40])
+    Ledger().sign_checkpoint(conn, log)
+    old = Auditor(LocalLogClient(conn), log.verifier).update(None).checkpoint
+    with write_transaction(conn):
+        Ledger().append_batch(conn, entries[40:])
+    Ledger().sign_checkpoint(conn, log)
+    recorder = _Recorder(LocalLogClient(conn))
+    auditor = Auditor(recorder, log.verifier)
+    auditor.verify_entries(auditor.update(old).checkpoint)
+    conn.close()
+    return log, old, recorder.served
+
+
+@pytest.fixture(scope="module")
+def served_log(tmp_path_factory: pytest.TempPathFactory) -> tuple[NoteSigner, Checkpoint, dict[str, bytes]]:
+    return _served_log(tmp_path_factory.mktemp("auditor"))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    which=st.integers(0, 100),
+    edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=3),
+    cut=st.one_of(st.none(), st.integers(0, 10**6)),
+)
+def test_a_tampered_served_resource_is_never_accepted(
+    served_log: tuple[NoteSigner, Checkpoint, dict[str, bytes]],
+    which: int,
+    edits: list[tuple[int, int]],
+    cut: int | None,
+) -> None:
+    """The log serves the checkpoint, hash tiles and entry bundles; one of them changed (bytes
+    flipped, or cut short) makes the auditor fail with a confide error, never pass."""
+    log, old, served = served_log
+    path = sorted(served)[which % len(served)]
+    body = bytearray(served[path])
+    for at, mask in edits:
+        body[at % len(body)] ^= mask
+    if cut is not None:
+        del body[cut % len(body) :]
+    assume(body != served[path])  # two edits of one byte may cancel out
+    auditor = Auditor(_Tampering(served, path, bytes(body)), log.verifier)
+    with pytest.raises(ConfideError):
+        auditor.verify_entries(auditor.update(old).checkpoint)

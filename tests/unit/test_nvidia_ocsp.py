@@ -36,6 +36,7 @@ from confide.platforms.nvidia import verify_request
 from confide.verify.nvidia import ocsp_targets, verify_nvidia_report
 from confide.verify.ocsp import MAX_RESPONSE_SIZE, OcspResponse, ocsp_request_der, verify_ocsp_response
 from confide.verify.result import Platform
+from malformed_x509 import bad_name_tag, bitstring_cn
 from nvidia_forge import Issuer, make_ca, make_leaf, make_responder, ocsp_response, resign
 from ocsp_responder import Behaviour, FakeOcsp
 from rim_pki import make_pki as make_rim_pki
@@ -425,3 +426,23 @@ def test_rim_ocsp_needs_one_list_per_rim(pki: Pki) -> None:
         verify_nvidia_report(
             pki.report, pki.chain, at=NOW, root=pki.root[0], rims=[rim], rim_root=RIM_PKI.root, rim_ocsp=[[]]
         )
+
+
+@pytest.mark.parametrize(
+    ("carry", "edit"),
+    [(False, bad_name_tag), (False, bitstring_cn), (True, bad_name_tag), (True, bitstring_cn)],
+    ids=["byName tag 0", "byName BIT STRING", "carried tag 0", "carried BIT STRING"],
+)
+def test_malformed_responder_name_or_carried_certificate_is_a_parse_error(
+    pki: Pki, carry: bool, edit: Callable[[bytes], bytes]
+) -> None:
+    """cryptography parses the responder ID and the carried certificates lazily: a malformed
+    one raised ValueError/TypeError (found by the mutation campaign)."""
+    signer = make_responder(pki.ica, NOW) if carry else pki.ica
+    der = ocsp_response(
+        pki.brom[0], pki.ica[0], signer, this_update=NOW - timedelta(hours=1),
+        next_update=NOW + timedelta(days=1), carry=carry, by_name=not carry,
+    )  # fmt: skip
+    assert verify_ocsp_response(OcspResponse(der), pki.brom[0], pki.ica[0], at=NOW).delegated is carry
+    with pytest.raises(ParseError, match="not a DER OCSP response"):
+        verify_ocsp_response(OcspResponse(edit(der)), pki.brom[0], pki.ica[0], at=NOW)

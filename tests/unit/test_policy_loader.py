@@ -118,6 +118,17 @@ def test_integer_keys_become_strings_where_indices_are_expected() -> None:
     assert variant.aws_nitro is not None and set(variant.aws_nitro.pcrs) == {"0", "1"}
 
 
+@pytest.mark.parametrize("key", ["2[a", "function-x", "union[y", "tuple[z"])
+def test_unknown_keys_that_look_like_pydantic_segments_are_reported(key: str) -> None:
+    # Such keys were dropped from the error's path as pydantic-internal, which left it empty:
+    # IndexError instead of a PolicyError (found by the mutation campaign).
+    problem = refused(MINIMAL + f"{key}: 1\n")
+    assert problem.path == (key,) and problem.message.startswith(f"got unknown key {key!r}")
+    assert (problem.line, problem.column) == (7, 1)
+    nested = refused(MINIMAL + f"    {key}: 1\n")
+    assert nested.path == ("services", 0, key) and nested.line == 7
+
+
 def test_unreadable_file_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         load_policy(tmp_path / "missing.yaml")

@@ -8,7 +8,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from hypothesis import given, settings
+from cryptography.hazmat.primitives.serialization import Encoding
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from snp_fakes import AT, NOT_BEFORE, make_fake_amd
 
@@ -21,7 +22,7 @@ from confide.errors import (
     SignatureError,
 )
 from confide.evidence.sev_snp import AttestationReport, Product, TcbVersion
-from confide.platforms.sev_snp import embedded_roots
+from confide.platforms.sev_snp import embedded_roots, load_crl
 from confide.verify.result import Platform
 from confide.verify.sev_snp import (
     PINNED_ARK_SHA256,
@@ -34,6 +35,7 @@ from confide.verify.sev_snp import (
     verify_report,
     verify_vek_chain,
 )
+from malformed_x509 import bad_name_tag, bad_version, bitstring_cn
 
 ASSETS = Path(__file__).parent.parent / "assets" / "sev-snp"
 
@@ -496,3 +498,49 @@ def test_hwid_length_must_fit_the_product() -> None:
     fake = make_fake_amd(Product.MILAN, hwid=bytes(range(1, 9)))
     with pytest.raises(CertificateChainError, match=r"hwID: got 8 bytes, expected 64 for Milan"):
         verify_report(fake.sign(fake.report()), fake.vek, fake.roots(), at=AT)
+
+
+# --- malformed certificates and CRLs (cryptography parses lazily) ----------------------------
+
+_VCEK_DER = read("trustee/test-vcek.der")
+_MALFORMED_VCEKS = {
+    "version 4": bad_version(_VCEK_DER),  # InvalidVersion, not a ValueError
+    "issuer CN as BIT STRING": bitstring_cn(_VCEK_DER, 0),  # TypeError when read
+    "subject CN with tag 0": bad_name_tag(_VCEK_DER, 1),  # ValueError when read
+}
+
+
+@pytest.mark.parametrize("der", list(_MALFORMED_VCEKS.values()), ids=list(_MALFORMED_VCEKS))
+def test_malformed_vcek_is_a_parse_error(der: bytes, verifier: SnpVerifier) -> None:
+    with pytest.raises(ParseError, match=r"not a DER or PEM X\.509 certificate"):
+        load_certificates(der, "vcek")
+    with pytest.raises(ParseError):
+        verifier.verify(read("trustee/test-report.bin"), der, at=datetime(2024, 1, 1, tzinfo=UTC))
+
+
+def test_malformed_crl_issuer_is_a_parse_error(turin) -> None:  # type: ignore[no-untyped-def]
+    good = turin.crl().public_bytes(Encoding.DER)
+    assert load_crl(good).issuer == turin.crl().issuer
+    for bad in (bitstring_cn(good), bad_name_tag(good)):
+        with pytest.raises(ParseError, match=r"not a DER or PEM X\.509 CRL"):
+            load_crl(bad)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 2000), st.integers(1, 255)), min_size=1, max_size=4),
+    cut=st.one_of(st.none(), st.integers(0, 2000)),
+)
+def test_mutated_vcek_raises_only_confide_errors(
+    edits: list[tuple[int, int]], cut: int | None, verifier: SnpVerifier
+) -> None:
+    """The VCEK bytes changed (as sent with the evidence or by AMD KDS): only confide errors,
+    and a changed certificate never verifies."""
+    der = bytearray(_VCEK_DER)
+    for at, mask in edits:
+        der[at % len(der)] ^= mask
+    if cut is not None:
+        del der[cut % len(der) :]
+    assume(der != _VCEK_DER)
+    with pytest.raises(ConfideError):
+        verifier.verify(read("trustee/test-report.bin"), bytes(der), at=datetime(2024, 1, 1, tzinfo=UTC))

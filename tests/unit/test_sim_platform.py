@@ -16,6 +16,7 @@ from confide.sim.platform import (
     SimPlatform,
     load_platform_public_key,
 )
+from malformed_x509 import UNKNOWN_ALGORITHM_SPKI
 
 
 def test_first_use_creates_a_private_key_and_a_public_key(tmp_path: Path) -> None:
@@ -95,7 +96,9 @@ def test_public_key_encodings_all_load() -> None:
         assert load_platform_public_key(data).public_bytes_raw() == raw
 
 
-@pytest.mark.parametrize("data", [b"", b"hello", bytes(31), b"-----BEGIN PUBLIC KEY-----\nxx\n"])
+@pytest.mark.parametrize(
+    "data", [b"", b"hello", bytes(31), b"-----BEGIN PUBLIC KEY-----\nxx\n", UNKNOWN_ALGORITHM_SPKI]
+)
 def test_bad_public_keys_are_parse_errors(data: bytes) -> None:
     with pytest.raises(ParseError):
         load_platform_public_key(data)

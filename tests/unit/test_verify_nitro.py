@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from confide.errors import BindingError, CertificateChainError, ParseError, Sign
 from confide.evidence.nitro import NitroDocument, decode_document_text
 from confide.verify.nitro import AWS_NITRO_ROOT_SHA256, aws_nitro_root, document_time, verify_nitro_document
 from confide.verify.result import Platform
+from malformed_x509 import bad_name_tag, bad_version, bitstring_cn
 from nitro_forge import Issuer, forge_document, make_ca, make_pki
 
 ASSETS = Path(__file__).parent.parent / "assets" / "nitro"
@@ -190,3 +192,16 @@ def test_end_entity_cannot_issue_the_leaf() -> None:
     doc, _ = _forge(certificate=der[2], cabundle=der[:2])
     with pytest.raises(CertificateChainError, match="not a CA"):
         verify_nitro_document(doc, at=NOW, root=root[0])
+
+
+@pytest.mark.parametrize(
+    "edit", [bad_version, bitstring_cn, bad_name_tag], ids=["version 4", "BIT STRING CN", "tag 0 CN"]
+)
+def test_malformed_bundle_certificate_is_a_chain_error(edit: Callable[[bytes], bytes]) -> None:
+    # cryptography raises InvalidVersion (not a ValueError) at load, TypeError or ValueError
+    # when a name is read: each is the certificate's chain error, not a crash.
+    bundle = NitroDocument.from_bytes(EXAMPLE).document.cabundle
+    with pytest.raises(CertificateChainError, match=r"cabundle\[1\]: not a DER certificate"):
+        verify_nitro_document(
+            _rebuild(EXAMPLE, cabundle=[bundle[0], edit(bundle[1]), *bundle[2:]]), at=EXAMPLE_AT
+        )

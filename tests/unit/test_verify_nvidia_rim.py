@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from confide.errors import CertificateChainError, ConfideError, ParseError, Sign
 from confide.evidence.nvidia_rim import SHA384_NS, SWID_NS, ReferenceManifest
 from confide.verify._pinned_chain import load_pinned_root
 from confide.verify.nvidia_rim import NVIDIA_RIM_ROOT_SHA256, nvidia_rim_root, verify_rim
+from malformed_x509 import bad_name_tag, bad_version, bitstring_cn
 from rim_pki import make_cert, make_pki, sign_rim, strip_signature
 
 ASSETS = Path(__file__).parent.parent / "assets" / "nvidia"
@@ -292,3 +294,16 @@ def test_a_remembered_rim_still_has_its_chain_checked_at_each_time(monkeypatch: 
     with pytest.raises(SignatureError, match="digest does not match"):
         verify_rim(signed.replace(FIRST_ACTIVE, b"ab" * 48), at=AT, root=pki.root)
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize(
+    "edit", [bad_version, bitstring_cn, bad_name_tag], ids=["version 4", "BIT STRING CN", "tag 0 CN"]
+)
+def test_malformed_x509data_certificate_is_a_chain_error(edit: Callable[[bytes], bytes]) -> None:
+    # cryptography raises InvalidVersion (not a ValueError) at load, TypeError or ValueError
+    # when a name is read.
+    text = _certs(DRIVER)[1]
+    der = base64.b64decode(b"".join(text.split()))
+    data = DRIVER.replace(text, base64.b64encode(edit(der)))
+    with pytest.raises(CertificateChainError, match="X509Certificate #1: not a well-formed"):
+        verify_rim(data, at=AT)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -1038,6 +1039,8 @@ class Cas:
             return None
         raw_aux = request.get("aux")
         platform_name = request.get("platform")
+        if not isinstance(platform_name, str):
+            platform_name = None  # e.g. a list (unhashable): phase 1 refuses it
         gpus = isinstance(raw_aux, dict) and any(str(k).startswith("gpu") for k in raw_aux)
         if platform_name in _DCAP_PLATFORMS and getattr(self.verifier, "dcap_source", None) is None:
             platform_name = None  # no DCAP source: nothing to fetch or read
@@ -1099,7 +1102,7 @@ class Cas:
             ) from None
         try:
             runtime_key = serialization.load_der_public_key(key_der)
-        except ValueError:
+        except (ValueError, UnsupportedAlgorithm):  # the latter: a well-formed SPKI of an unknown key type
             raise ParseError(
                 "public_key is not a DER SubjectPublicKeyInfo", structure="attestation request"
             ) from None

@@ -53,6 +53,7 @@ from confide.errors import CertificateChainError, CollateralMissingError, Confid
 from confide.evidence.sev_snp import AttestationReport, SigningKey
 from confide.lru import Lru
 from confide.verify.sev_snp import AmdChain, AmdRootStore, VekKind, load_certificates, verify_vek_chain
+from confide.verify.x509util import CERTIFICATE_ERRORS, check_crl_fields
 
 __all__ = [
     "DISK_VEKS",
@@ -161,8 +162,8 @@ def _verified(
     crl = None
     if collateral.crl_der is not None:
         try:
-            crl = x509.load_der_x509_crl(collateral.crl_der)
-        except ValueError as exc:
+            crl = check_crl_fields(x509.load_der_x509_crl(collateral.crl_der))
+        except CERTIFICATE_ERRORS as exc:
             raise ParseError(f"not a DER CRL: {exc}", structure="CRL from AMD KDS") from None
     info = verify_vek_chain(certs[0], roots, at, chain=chain, crl=crl)
     wanted = f"the {request.product} VCEK of chip {request.hwid[:16]}... at TCB {request.tcb_name}"

@@ -34,6 +34,7 @@ from confide.errors import ParseError, PolicyError, SignatureError
 from confide.policy._types import duration_seconds
 from confide.policy.placeholders import Encoding, encode_bytes
 from confide.policy.secret import KeyType, Secret, SecretKind
+from confide.verify.x509util import CERTIFICATE_ERRORS, check_certificate_fields
 
 __all__ = [
     "CERTIFICATE_KINDS",
@@ -421,8 +422,10 @@ def _explicit_certificate(spec: Secret, resolved: dict[str, SecretValue]) -> Sec
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # long attribute values in real-world names
-            certs = x509.load_pem_x509_certificates(spec.value.encode())
-    except ValueError:
+            certs = [
+                check_certificate_fields(c) for c in x509.load_pem_x509_certificates(spec.value.encode())
+            ]
+    except CERTIFICATE_ERRORS:
         raise PolicyError(f"secret {spec.name}: value is not a PEM X.509 certificate") from None
     if len(certs) > MAX_EXPLICIT_CHAIN:
         raise PolicyError(

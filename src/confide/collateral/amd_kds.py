@@ -38,6 +38,7 @@ from confide.collateral import public_url
 from confide.errors import CollateralMissingError, NetworkError, ParseError
 from confide.evidence.sev_snp import AttestationReport, Product, SigningKey, TcbVersion
 from confide.verify.sev_snp import VekKind, load_certificates
+from confide.verify.x509util import CERTIFICATE_ERRORS, check_crl_fields
 
 __all__ = [
     "DEFAULT_KDS_URL",
@@ -272,8 +273,8 @@ class KdsHttpCollateral:
     @staticmethod
     def _parse_crl(data: bytes) -> x509.CertificateRevocationList:
         try:
-            return x509.load_der_x509_crl(data)
-        except ValueError as exc:
+            return check_crl_fields(x509.load_der_x509_crl(data))
+        except CERTIFICATE_ERRORS as exc:
             raise ParseError(f"not a DER CRL: {exc}", structure="CRL from AMD KDS") from None
 
     def _stale(self, crl_der: bytes) -> bool:

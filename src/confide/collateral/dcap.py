@@ -35,6 +35,7 @@ from confide.evidence.dcap_collateral import DcapCollateral, split_pcs_response
 from confide.evidence.pem import normalise_pem, parse_pem_chain
 from confide.fsutil import write_atomic
 from confide.verify.roots import INTEL_SGX_ROOT_CA_DER, INTEL_SGX_TCB_SIGNING_2025_DER
+from confide.verify.x509util import CERTIFICATE_ERRORS, check_certificate_fields, check_crl_fields
 
 __all__ = [
     "BundleFileSource",
@@ -87,9 +88,11 @@ class BundleFileSource:
 
 
 def _cn(der: bytes) -> str:
+    """The subject CN of a certificate in a directory file, "" when it does not parse (the file
+    is then not recognised; a certificate used later is parsed and checked again)."""
     try:
-        cert = x509.load_der_x509_certificate(der)
-    except ValueError:
+        cert = check_certificate_fields(x509.load_der_x509_certificate(der))
+    except CERTIFICATE_ERRORS:
         return ""
     attrs = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     return str(attrs[0].value) if attrs else ""
@@ -97,8 +100,8 @@ def _cn(der: bytes) -> str:
 
 def _crl_issuer_cn(der: bytes) -> str:
     try:
-        crl = x509.load_der_x509_crl(der)
-    except ValueError:
+        crl = check_crl_fields(x509.load_der_x509_crl(der))
+    except CERTIFICATE_ERRORS:
         return ""
     attrs = crl.issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     return str(attrs[0].value) if attrs else ""

@@ -8,6 +8,7 @@ from pathlib import Path
 from cryptography import x509
 
 from confide.errors import ParseError, UsageError
+from confide.verify.x509util import CERTIFICATE_ERRORS, check_certificate_fields
 
 __all__ = ["MAX_ROOT_FILE", "load_root_certificate"]
 
@@ -36,7 +37,9 @@ def load_root_certificate(path: Path, what: str) -> x509.Certificate:
             if b"-----BEGIN" in data
             else [x509.load_der_x509_certificate(data)]
         )
-    except ValueError as exc:
+        for root in roots:
+            check_certificate_fields(root)
+    except CERTIFICATE_ERRORS as exc:
         raise ParseError(f"{what}: not a PEM or DER certificate: {exc}") from None
     if len(roots) != 1:
         raise UsageError(f"{what}: got {len(roots)} certificates, expected exactly one")

@@ -17,6 +17,7 @@ from confide.platforms.tdx_eventlog import load_event_log
 from confide.verify.dcap import DcapVerifier
 from confide.verify.eventlog import verify_event_log
 from confide.verify.result import Platform, VerifiedEvidence
+from confide.verify.x509util import CERTIFICATE_ERRORS, check_certificate_fields
 
 from . import VerifyRequest
 
@@ -34,9 +35,11 @@ def root_der(path: Path) -> bytes:
         raise UsageError(f"--root: cannot read {path}: {exc.strerror}") from None
     try:
         if b"-----BEGIN" in data:
-            return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
-        return x509.load_der_x509_certificate(data).public_bytes(Encoding.DER)
-    except ValueError:
+            cert = x509.load_pem_x509_certificate(data)
+        else:
+            cert = x509.load_der_x509_certificate(data)
+        return check_certificate_fields(cert).public_bytes(Encoding.DER)
+    except CERTIFICATE_ERRORS:
         raise ParseError("not an X.509 certificate (PEM or DER)", structure="--root") from None
 
 

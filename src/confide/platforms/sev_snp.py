@@ -42,6 +42,7 @@ from confide.verify.sev_snp import (
     VekKind,
     load_certificates,
 )
+from confide.verify.x509util import CERTIFICATE_ERRORS, check_crl_fields
 
 __all__ = ["embedded_roots", "embedded_verifier", "load_crl", "roots_with_override", "verify_request"]
 
@@ -74,9 +75,9 @@ def _read(path: Path, what: str) -> bytes:
 def load_crl(data: bytes) -> x509.CertificateRevocationList:
     try:
         if _PEM_CRL in data:
-            return x509.load_pem_x509_crl(data[data.index(_PEM_CRL) :])
-        return x509.load_der_x509_crl(data)
-    except ValueError as exc:
+            return check_crl_fields(x509.load_pem_x509_crl(data[data.index(_PEM_CRL) :]))
+        return check_crl_fields(x509.load_der_x509_crl(data))
+    except CERTIFICATE_ERRORS as exc:
         raise ParseError(f"not a DER or PEM X.509 CRL: {exc}", structure="AMD CRL") from None
 
 

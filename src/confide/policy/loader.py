@@ -280,7 +280,7 @@ def _message(err: Any, path: Sequence[str | int]) -> str:
     redact = _redact(path)
     if kind == "missing":
         return f"missing required key {str(path[-1])!r}" if path else "missing required key"
-    if kind == "extra_forbidden":
+    if kind == "extra_forbidden" and path:
         allowed = _allowed_keys(path[:-1])
         hint = f", expected one of: {', '.join(allowed)}" if allowed else ""
         return f"got unknown key {str(path[-1])!r}{hint}"
@@ -310,7 +310,13 @@ def _problems_from_validation(exc: ValidationError, tree: Any, source: str) -> l
     problems: list[Problem] = []
     seen: set[tuple[Path, str]] = set()
     for err in exc.errors(include_url=False):
-        path: Path = tuple(seg for seg in err["loc"] if isinstance(seg, int) or _is_doc_key(seg))
+        loc = err["loc"]
+        # The last segment of an unknown-key error is the document's own key, whatever it looks
+        # like (a key such as "a[b" must not be taken for one of pydantic's internal segments).
+        last = len(loc) - 1 if err["type"] == "extra_forbidden" else -1
+        path: Path = tuple(
+            seg for i, seg in enumerate(loc) if isinstance(seg, int) or i == last or _is_doc_key(seg)
+        )
         message = _message(err, path)
         if (path, message) in seen:
             continue

@@ -16,6 +16,7 @@ import secrets
 import stat
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -202,7 +203,7 @@ def load_platform_public_key(data: bytes, *, source: str = "platform public key"
             key = Ed25519PublicKey.from_public_bytes(binascii.unhexlify(text))
         else:
             key = load_der_public_key(data)
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, binascii.Error, UnsupportedAlgorithm):
         raise ParseError(
             "got neither a PEM/DER public key nor a raw 32-byte Ed25519 key", structure=source
         ) from None

@@ -12,6 +12,7 @@ byte-for-byte the pinned root.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from datetime import datetime
@@ -100,7 +101,7 @@ def verify_pinned_chain(chain: Sequence[x509.Certificate], root: x509.Certificat
         )
     for position, cert in enumerate(chain):
         what = "leaf" if position == 0 else ("root" if position == len(chain) - 1 else "intermediate")
-        check_cert_dates(cert, at, f"{what} {subject_cn(cert)!r}")
+        check_cert_dates(cert, at, functools.partial(_label, what, cert))
         if position == 0:
             continue
         check_issuer_is_ca(cert, below=position - 1, what="certificate chain")
@@ -108,3 +109,8 @@ def verify_pinned_chain(chain: Sequence[x509.Certificate], root: x509.Certificat
         subject = chain[position]
         issuer = chain[min(position + 1, len(chain) - 1)]
         verify_issued_by(subject, issuer, "certificate chain")
+
+
+def _label(what: str, cert: x509.Certificate) -> str:
+    """How a refusal names a certificate of the chain (formatted only for a refusal)."""
+    return f"{what} {subject_cn(cert)!r}"

@@ -10,7 +10,11 @@ Steps (after go-tpm-tools ``server/verify.go`` ``VerifyAttestation``, with confi
    be the AK of ``ak_pub`` → :class:`BindingError`.
 3. Every quote must verify with the AK against its own bank's PCR values
    (``confide.verify.tpm.verify_quote``: signature, TPM_GENERATED magic, pcrDigest, and
-   extraData = ``expected_nonce`` when one is given).
+   extraData = ``expected_nonce`` when one is given). Its signed ``qualifiedSigner`` must be the
+   qualified name of ``ak_pub`` as a primary key of the endorsement hierarchy (where the GCE AK
+   lives) or the owner hierarchy → :class:`BindingError`: this ties the otherwise unsigned
+   ``ak_pub`` (object attributes, hence ``ak_restricted_signing``, and policy included) to the
+   key the TPM signed with.
 4. The event log, if present, is replayed into the SHA-256 bank (TCG PFP §10.2: a PCR starts
    at zero, or at the StartupLocality value for PCR 0, and is extended by
    ``PCR := H(PCR || digest)``); every PCR the log extends must equal the quoted value
@@ -80,6 +84,10 @@ REPLAY_BANK = TPM_ALG_SHA256
 PCR_SIZE = 32
 STARTUP_LOCALITY_SIGNATURE = b"StartupLocality\x00"  # TCG PFP §10.4.5.3
 MAX_CHAIN = 4
+# TPM 2.0 Part 2 §7.4 TPM_RH: the hierarchies a primary AK can live in. Part 1 §16: a
+# hierarchy's qualified name is its handle, a primary object's is H_nameAlg(handle ‖ Name).
+TPM_RH_OWNER = 0x40000001
+TPM_RH_ENDORSEMENT = 0x4000000B
 EV_SEPARATOR = 0x4  # TCG PFP §10.4.1, event types
 EV_S_CRTM_VERSION = 0x8
 EV_NONHOST_INFO = 0x11
@@ -145,14 +153,7 @@ def _check_ak_cert(
     pool = [
         load_chain_certificate(c, f"intermediate_certs[{i}]") for i, c in enumerate(att.intermediate_certs)
     ]
-    # Names are parsed lazily too (and a malformed one raises ValueError or TypeError when read):
-    # read them here, where a bad one is the certificate's error, not a crash of the chain walk.
-    with _long_names():
-        for what, cert in [("ak_cert", leaf), *((f"intermediate_certs[{i}]", c) for i, c in enumerate(pool))]:
-            try:
-                _ = cert.subject, cert.issuer
-            except (ValueError, TypeError) as exc:
-                raise CertificateChainError(f"{what}: not a DER certificate: malformed name: {exc}") from None
+    # (load_chain_certificate reads the names too: a malformed one is the certificate's error.)
     chain, root = _build_chain(leaf, [*pool, *_shipped_intermediates()], roots)
     with _long_names():
         verify_pinned_chain(chain, root, at)
@@ -366,6 +367,25 @@ def _replay_claims(
     return summary, events
 
 
+def _check_qualified_signer(att: GceAttestation, verified: Sequence[VerifiedQuote]) -> None:
+    """Step 3: every quote's ``qualifiedSigner`` (TPMS_ATTEST, Part 2 §10.12.12) must be the
+    qualified name of ``ak_pub`` as a primary key (Part 1 §16), so ``ak_pub`` is the TPM's own."""
+    ak = att.ak_pub
+    name = ak.name()
+    expected = {
+        ak.name_alg.to_bytes(2, "big")
+        + hashlib.new(alg_name(ak.name_alg), h.to_bytes(4, "big") + name).digest()
+        for h in (TPM_RH_ENDORSEMENT, TPM_RH_OWNER)
+    }
+    for i, v in enumerate(verified):
+        if v.attest.qualified_signer not in expected:
+            raise BindingError(
+                f"quote {i}: qualifiedSigner {v.attest.qualified_signer.hex()} is not the qualified name"
+                " of ak_pub as a primary key of the endorsement or owner hierarchy (ak_pub is not the"
+                " key that signed)"
+            )
+
+
 def verify_gce_attestation(
     evidence: bytes,
     *,
@@ -384,6 +404,7 @@ def verify_gce_attestation(
         verify_quote(q.raw_attest, q.signature, att.ak_pub, {q.hash_alg: q.pcrs}, nonce=expected_nonce)
         for q in att.quotes
     ]
+    _check_qualified_signer(att, verified)
     extra = {v.attest.extra_data for v in verified}
     if len(extra) != 1:
         raise BindingError(f"quotes carry different extraData values: {sorted(e.hex() for e in extra)}")

@@ -212,7 +212,15 @@ def _certificates(signature: etree._Element) -> list[x509.Certificate]:
                 _ = (cert.subject, cert.issuer, cert.not_valid_before_utc, cert.not_valid_after_utc)
                 cert.public_key()
                 cert.extensions  # noqa: B018
-        except (ValueError, binascii.Error, UnsupportedAlgorithm, x509.DuplicateExtension, UserWarning) as e:
+        except (
+            ValueError,
+            TypeError,  # a malformed name (a BIT STRING value under an OID other than x500UniqueIdentifier)
+            binascii.Error,
+            x509.InvalidVersion,  # not a ValueError
+            UnsupportedAlgorithm,
+            x509.DuplicateExtension,
+            UserWarning,
+        ) as e:
             raise CertificateChainError(
                 f"X509Certificate #{position}: not a well-formed base64 DER certificate: {e}"
             ) from None

@@ -54,7 +54,12 @@ from confide.errors import (
 from confide.lru import Lru
 from confide.verify._pinned_chain import subject_cn
 from confide.verify.result import ClaimValue
-from confide.verify.x509util import check_cert_dates
+from confide.verify.x509util import (
+    CERTIFICATE_ERRORS,
+    check_cert_dates,
+    check_certificate_fields,
+    check_names,
+)
 
 __all__ = [
     "CLOCK_SKEW",
@@ -136,9 +141,17 @@ def _load(der: bytes, what: str) -> ocsp.OCSPResponse:
     if len(der) > MAX_RESPONSE_SIZE:
         raise ParseError(f"got {len(der)} bytes, expected at most {MAX_RESPONSE_SIZE}", structure=what)
     try:
-        return ocsp.load_der_ocsp_response(der)
-    except ValueError as exc:
+        resp = ocsp.load_der_ocsp_response(der)
+        if resp.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL:
+            # Parsed lazily: read now the responder ID and the carried certificates, which the
+            # checks read before the signature is verified, so a malformed one is this error.
+            check_names(lambda: tuple(n for n in (resp.responder_name,) if n is not None))
+            _ = resp.responder_key_hash
+            for cert in resp.certificates:
+                check_certificate_fields(cert)
+    except CERTIFICATE_ERRORS as exc:
         raise ParseError(f"not a DER OCSP response: {exc}", structure=what) from None
+    return resp
 
 
 def _check_cert_id(

@@ -63,7 +63,12 @@ from confide.evidence.sev_snp import (
     TcbVersion,
 )
 from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
-from confide.verify.x509util import check_cert_dates, check_issuer_is_ca
+from confide.verify.x509util import (
+    CERTIFICATE_ERRORS,
+    check_cert_dates,
+    check_certificate_fields,
+    check_issuer_is_ca,
+)
 
 __all__ = [
     "PINNED_ARK_SHA256",
@@ -162,7 +167,10 @@ def load_certificates(data: bytes, what: str) -> list[x509.Certificate]:
                 certs = x509.load_pem_x509_certificates(data)
             else:
                 certs = [x509.load_der_x509_certificate(data)]
-    except ValueError as exc:
+            # Parse now what verification reads later (cryptography parses lazily).
+            for cert in certs:
+                check_certificate_fields(cert)
+    except CERTIFICATE_ERRORS as exc:
         raise ParseError(f"not a DER or PEM X.509 certificate: {exc}", structure=what) from None
     return certs
 
@@ -444,11 +452,15 @@ def _check_crl(
     next_update = crl.next_update_utc
     if next_update is not None and at > next_update:
         raise CollateralExpiredError(f"CRL expired at {at.isoformat()}: nextUpdate {next_update.isoformat()}")
-    revoked = crl.get_revoked_certificate_by_serial_number(intermediate.serial_number)
-    if revoked is not None:
+    try:  # the revoked entries are parsed lazily, here
+        revoked = crl.get_revoked_certificate_by_serial_number(intermediate.serial_number)
+        revoked_at = None if revoked is None else revoked.revocation_date_utc
+    except ValueError as exc:
+        raise CertificateChainError(f"CRL revokedCertificates: malformed: {exc}") from None
+    if revoked_at is not None:
         raise RevocationError(
             f"{_cn(intermediate.subject)} (serial {intermediate.serial_number:#x}) is revoked by the AMD CRL "
-            f"since {revoked.revocation_date_utc.isoformat()}"
+            f"since {revoked_at.isoformat()}"
         )
     return next_update
 
@@ -481,7 +493,7 @@ def verify_vek_chain(
     # The ARK: self-signed, a CA, valid now.
     _check_link(ark, "ARK", ark, "ARK")
     check_issuer_is_ca(ark, below=1, what="ARK")
-    check_cert_dates(ark, at, f"ARK ({_cn(ark.subject)})")
+    check_cert_dates(ark, at, lambda: f"ARK ({_cn(ark.subject)})")
     # The ASK/ASVK.
     inter = chain.intermediate
     cn = _cn(inter.subject)
@@ -496,7 +508,7 @@ def verify_vek_chain(
     role = kind.intermediate_role
     _check_link(inter, role, ark, f"ARK-{product}")
     check_issuer_is_ca(inter, below=0, what=role)
-    check_cert_dates(inter, at, f"{role} ({_cn(inter.subject)})")
+    check_cert_dates(inter, at, lambda: f"{role} ({_cn(inter.subject)})")
     # The VEK itself.
     vek_role = kind.value.upper()
     if _cn(vek.subject) != kind.subject_cn:
@@ -505,7 +517,7 @@ def verify_vek_chain(
             f"expected {kind.subject_cn!r}"
         )
     _check_link(vek, vek_role, inter, role)
-    check_cert_dates(vek, at, f"{vek_role} ({_cn(vek.subject)})")
+    check_cert_dates(vek, at, lambda: f"{vek_role} ({_cn(vek.subject)})")
     try:
         bc = vek.extensions.get_extension_for_class(x509.BasicConstraints).value
         if bc.ca:
