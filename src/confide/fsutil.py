@@ -78,3 +78,17 @@ def read_bounded(path: Path, limit: int, *, label: str | None, expected: str, st
     if len(data) > limit:
         raise ParseError(f"got more than {limit} bytes, expected {expected}", structure=structure)
     return data
+
+
+def prune_oldest(directory: Path, pattern: str, keep: int) -> None:
+    """Keep at most ``keep`` files of ``directory`` matching ``pattern``, removing the oldest (by
+    modification time): the bound of the CAS's on-disk caches."""
+    files = []
+    for path in directory.glob(pattern):
+        try:
+            files.append((path.stat().st_mtime, str(path), path))
+        except OSError:
+            continue
+    files.sort()
+    for _mtime, _name, path in files[: max(0, len(files) - keep)]:
+        path.unlink(missing_ok=True)

@@ -51,6 +51,7 @@ from confide.collateral.amd_kds import (
 )
 from confide.errors import CertificateChainError, CollateralMissingError, ConfideError, ParseError
 from confide.evidence.sev_snp import AttestationReport, SigningKey
+from confide.fsutil import prune_oldest
 from confide.lru import Lru
 from confide.verify.sev_snp import AmdChain, AmdRootStore, VekKind, load_certificates, verify_vek_chain
 from confide.verify.x509util import CERTIFICATE_ERRORS, check_crl_fields
@@ -353,15 +354,7 @@ class KdsVcekCache:
     def _prune(self) -> None:
         """Keep at most :attr:`disk_veks` VCEK files, removing the oldest."""
         assert self.disk is not None
-        files = []
-        for path in self.disk.root.glob("*/v1/*/*/*.der"):
-            try:
-                files.append((path.stat().st_mtime, str(path), path))
-            except OSError:
-                continue
-        files.sort()
-        for _mtime, _name, path in files[: max(0, len(files) - self.disk_veks)]:
-            path.unlink(missing_ok=True)
+        prune_oldest(self.disk.root, "*/v1/*/*/*.der", self.disk_veks)
 
 
 def _crl_due(crl_der: bytes, at: datetime) -> bool:

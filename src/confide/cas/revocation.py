@@ -73,7 +73,7 @@ from cryptography.hazmat.primitives import serialization
 from confide.cas.fetch_stats import FetchStats
 from confide.collateral.nvidia_ocsp import OcspSource
 from confide.errors import ConfideError
-from confide.fsutil import write_atomic
+from confide.fsutil import prune_oldest, write_atomic
 from confide.lru import Lru
 from confide.verify.ocsp import MAX_RESPONSE_SIZE, OcspResponse, verify_ocsp_response
 
@@ -242,15 +242,7 @@ class OcspCache:
     def _prune(self) -> None:
         """Keep at most :attr:`disk_entries` response files, removing the oldest."""
         assert self.directory is not None
-        files = []
-        for path in self.directory.glob("*.der"):
-            try:
-                files.append((path.stat().st_mtime, str(path), path))
-            except OSError:
-                continue
-        files.sort()
-        for _mtime, _name, path in files[: max(0, len(files) - self.disk_entries)]:
-            path.unlink(missing_ok=True)
+        prune_oldest(self.directory, "*.der", self.disk_entries)
 
 
 def ocsp_key(cert: x509.Certificate, issuer: x509.Certificate) -> tuple[bytes, int]:

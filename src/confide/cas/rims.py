@@ -62,7 +62,7 @@ from confide.cas.flight import SingleFlight
 from confide.collateral.nvidia_rim import RimSource
 from confide.errors import CollateralError, CollateralMissingError, ConfideError, ParseError
 from confide.evidence.nvidia_rim import MAX_RIM_SIZE, ReferenceManifest
-from confide.fsutil import write_atomic
+from confide.fsutil import prune_oldest, write_atomic
 from confide.lru import Lru
 from confide.verify.nvidia_rim import verify_rim
 
@@ -259,15 +259,7 @@ class RimCache:
     def _prune(self) -> None:
         """Keep at most :attr:`disk_entries` RIM files, removing the oldest."""
         assert self.directory is not None
-        files = []
-        for path in self.directory.glob("*.xml"):
-            try:
-                files.append((path.stat().st_mtime, str(path), path))
-            except OSError:
-                continue
-        files.sort()
-        for _mtime, _name, path in files[: max(0, len(files) - self.disk_entries)]:
-            path.unlink(missing_ok=True)
+        prune_oldest(self.directory, "*.xml", self.disk_entries)
 
 
 def _log(event: str, rim_id: str, **extra: str) -> None:
