@@ -196,7 +196,7 @@ def test_a_rim_the_runtime_left_out_is_fetched(cas: InProcessCas, service: FakeR
         VBIOS_ID,
         rim_matching_report(NV_REPORT, VBIOS_XML, "96.00.9F.00.01", RIM_PKI, change={5: b"\xab" * 48}),
     )
-    cas.cas.verifier.nvidia_rims._entries.clear()  # type: ignore[attr-defined]
+    cas.cas.verifier.nvidia_rims.memory.clear()  # type: ignore[attr-defined]
     refused(
         cas.cas, Runtime(cas).gpu_only(driver=DRIVER), errors.MeasurementError, r"index 5 \(SPDM block 6\)"
     )
@@ -365,7 +365,7 @@ def test_phase_one_takes_the_prefetched_rims_and_fetches_nothing(
     cache = rims(cas)
     # Between the prefetch and phase 1 the RIMs leave memory and the service goes down: phase 1
     # uses what the prefetch handed it.
-    ran = evict_before_phase_one(cas.cas, monkeypatch, cache._entries.clear)
+    ran = evict_before_phase_one(cas.cas, monkeypatch, cache.memory.clear)
     rt = Runtime(cas)
     service_down = (503, b"down", {})
     job = cas.cas.collateral_job(rt.gpu_only())
