@@ -34,7 +34,7 @@ from confide.cas.verifier import PlatformVerifier
 from confide.collateral.nvidia_ocsp import HttpOcspSource
 from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
 from confide.runtime.nvidia import GpuQuoteProvider
-from confide.runtime.quote import SimQuoteProvider
+from confide.runtime.quote import Evidence, SimQuoteProvider
 from confide.runtime.run import attest_and_prepare
 from confide.verify.ocsp import (
     MAX_RESPONSE_SIZE,
@@ -44,6 +44,7 @@ from confide.verify.ocsp import (
     stapled_is_stale,
     verify_ocsp_response,
 )
+from confide.verify.result import Platform
 from nvidia_forge import NvidiaPki, make_ca, make_leaf, make_responder, ocsp_response, resign
 from nvidia_forge import make_pki as make_nvidia_pki
 from ocsp_responder import FakeOcsp
@@ -532,6 +533,23 @@ def test_the_runtime_refuses_a_revoked_chain_before_sending(
         with pytest.raises(errors.RevocationError, match=r"'Test ICA' .* is revoked"):
             attest_and_prepare(client, provider, "app", "ai", [])  # type: ignore[arg-type]
     assert client.attested == 0
+
+
+def test_the_runtime_refuses_a_response_without_next_update(responder: Responder) -> None:
+    # Accepted for the runtime's own nonce, but a CAS could not tell whether a copy is current.
+    responder.behaviour = lambda cert, issuer, nonce: (
+        200,
+        response(cert, issuer, nonce=nonce, valid_for=None),
+    )
+    with HttpOcspSource(responder.url, timeout=5) as source:
+        provider = GpuQuoteProvider(_FixedSim(), FakeGpus(), ocsp=source, clock=lambda: NOW)
+        with pytest.raises(errors.CollateralExpiredError, match=r"gpu0: .* 'Test ICA' has no nextUpdate"):
+            provider.get_evidence(bytes(64))
+
+
+class _FixedSim:
+    def get_evidence(self, report_data: bytes) -> Evidence:
+        return Evidence(platform=Platform.SIMULATED, raw=b"cpu", provider="fixed", aux={})
 
 
 # --- options -----------------------------------------------------------------------------------------

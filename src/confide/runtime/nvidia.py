@@ -17,9 +17,10 @@ and the root, :func:`~confide.verify.nvidia.ocsp_targets`), the runtime fetches 
 cannot or would rather not reach the responder (``cas serve --nvidia-ocsp stapled``, or
 ``URL|DIR``, which then asks less) checks revocation all the same. Each response is verified
 here first (:func:`~confide.verify.ocsp.verify_ocsp_response` at the runtime's clock, its nonce
-included): a revoked certificate (``RevocationError``) or an unusable answer is reported before
-anything is sent. The CAS verifies them again, as hostile input; a certificate shared by several
-GPUs (their intermediates) is asked about once per attestation.
+included; and it must have a ``nextUpdate``, without which the CAS cannot use it): a revoked
+certificate (``RevocationError``) or an unusable answer is reported before anything is sent.
+The CAS verifies them again, as hostile input; a certificate shared by several GPUs (their
+intermediates) is asked about once per attestation.
 
 NVML (``nvml.h``, "Confidential Computing" section), as NVIDIA's nvtrust local GPU verifier
 uses it through pynvml:
@@ -57,7 +58,7 @@ from typing import Any, Protocol
 from cryptography import x509
 
 from confide.collateral.nvidia_ocsp import OcspSource
-from confide.errors import BindingError, ParseError, StorageError, UsageError
+from confide.errors import BindingError, CollateralExpiredError, ParseError, StorageError, UsageError
 from confide.evidence.nvidia import NONCE_SIZE, NvidiaAttestationReport
 from confide.policy.attestation import GPU_HOSTS, MAX_GPUS
 from confide.runtime.quote import Evidence, QuoteProvider, check_report_data
@@ -398,7 +399,12 @@ class GpuQuoteProvider:
             der = stapled.get((cert, issuer))
             if der is None:
                 response = source.fetch(cert, issuer)
-                verify_ocsp_response(response, cert, issuer, at=self._clock())
+                check = verify_ocsp_response(response, cert, issuer, at=self._clock())
+                if check.next_update is None:  # accepted here only for the nonce, which the CAS cannot check
+                    raise CollateralExpiredError(
+                        f"{slot}: the OCSP response about {check.subject!r} has no nextUpdate: the CAS"
+                        " cannot tell whether a stapled copy is current (RFC 6960 §4.2.2.1)"
+                    )
                 der = stapled[(cert, issuer)] = response.der
             out[f"{slot}.ocsp:{i}"] = der
         return out
