@@ -39,6 +39,7 @@ TDs without SEPT_VE_DISABLE or with MRSERVICETD are verified and flagged for the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -100,6 +101,7 @@ __all__ = [
     "VerifiedCollateral",
     "missing_pck_error",
     "pck_info",
+    "pck_lookup",
     "verify_quote",
 ]
 
@@ -245,6 +247,23 @@ def pck_info(quote: Quote, pck: PckCertificate | None = None) -> tuple[bytes, st
     quote's own chain; for certification data types 1-4 the PCK certificate ``pck``)."""
     chain = _parse_pck_chain(quote, pck)
     return chain.extension.fmspc, chain.ca
+
+
+def pck_lookup(cert_id: PckCertId) -> PckCertId:
+    """What a PCK certificate lookup takes for ``cert_id``: itself for types 1-3; for type 4 (the
+    leaf alone) the CPUSVN, PCESVN and PCE ID of the leaf's own SGX extension filled in (the
+    leaf is parsed as hostile input; nothing is verified here)."""
+    if cert_id.leaf_der is None:
+        return cert_id
+    leaf = load_der_certificate(cert_id.leaf_der, "certification_data[type 4]")
+    try:
+        ext = leaf.extensions.get_extension_for_oid(_SGX_EXT).value
+    except x509.ExtensionNotFound:
+        raise CertificateChainError("PCK leaf certificate has no SGX extension") from None
+    if not isinstance(ext, x509.UnrecognizedExtension):
+        raise ParseError("unexpected SGX extension type", structure="pck_certificate")
+    pck = parse_pck_extension(ext.value)
+    return dataclasses.replace(cert_id, cpu_svn=pck.cpu_svn, pce_svn=pck.pce_svn, pce_id=pck.pce_id)
 
 
 def missing_pck_error(cert_id: PckCertId) -> CollateralMissingError:
