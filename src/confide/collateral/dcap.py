@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -384,6 +385,9 @@ def _next_update(kind: str, body: bytes, now: datetime) -> datetime | None:
         return None
 
 
+_LONG_PPID = re.compile(r"(encrypted_ppid=[0-9a-fA-F]{16})[0-9a-fA-F]+")
+
+
 class PcsHttpSource:
     """Intel PCS API v4 (or a PCCS at ``base_url``), cached on disk until ``nextUpdate``.
 
@@ -439,6 +443,11 @@ class PcsHttpSource:
     def __repr__(self) -> str:  # never the API key
         return f"PcsHttpSource({public_url(self.base_url)!r}, pck_query={self.pck_query!r})"
 
+    @staticmethod
+    def _shown(url: str) -> str:
+        """``url`` for messages: :func:`public_url`, an encrypted PPID cut to its first bytes."""
+        return _LONG_PPID.sub(r"\1...", public_url(url))
+
     def _cache_path(self, url: str) -> Path:
         return self.cache_dir / hashlib.sha256(url.encode()).hexdigest()
 
@@ -473,28 +482,28 @@ class PcsHttpSource:
         try:
             response = self.client.get(url, headers=headers)
         except httpx2.HTTPError as exc:
-            raise NetworkError(f"GET {public_url(url)} failed: {type(exc).__name__}") from None
+            raise NetworkError(f"GET {self._shown(url)} failed: {type(exc).__name__}") from None
         if response.status_code == 404:
             raise CollateralMissingError(
-                f"GET {public_url(url)}: 404, the collateral service has nothing for this platform"
+                f"GET {self._shown(url)}: 404, the collateral service has nothing for this platform"
             )
         if response.status_code != 200:
-            raise NetworkError(f"GET {public_url(url)}: HTTP {response.status_code}, expected 200")
+            raise NetworkError(f"GET {self._shown(url)}: HTTP {response.status_code}, expected 200")
         body = response.content
         if len(body) > MAX_RESPONSE_SIZE:
-            raise NetworkError(f"GET {public_url(url)}: response of {len(body)} bytes is too large")
+            raise NetworkError(f"GET {self._shown(url)}: response of {len(body)} bytes is too large")
         chain = b""
         if chain_header:
             raw = response.headers.get(chain_header)
             if raw is None:
-                raise CollateralMissingError(f"GET {public_url(url)}: no {chain_header} header")
+                raise CollateralMissingError(f"GET {self._shown(url)}: no {chain_header} header")
             chain = urllib.parse.unquote(raw).encode()
         if check is not None:
             check(body, chain)
         expires_at = _next_update(kind, body, now)
         if expires_at is not None and now < expires_at:
             record = {
-                "url": public_url(url),
+                "url": self._shown(url),
                 "expires": expires_at.isoformat(),
                 "body": body.hex(),
                 "chain": chain.hex(),
