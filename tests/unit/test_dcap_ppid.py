@@ -2,7 +2,7 @@
 RSA-2048/3072 encrypted PPID, or the PCK leaf alone), verified with the certificate as
 collateral.
 
-No real type 1-4 quote is public (tests/assets/README.md); they are made from every real
+No real type 1-4 quote is public (the test vectors' MANIFEST found none); they are made from every real
 type-5 quote of tests/assets (``dcap_ppid``): the certification data is not covered by the
 quote signature, so each must verify to exactly the result of its original when the original
 PCK leaf and chain are given, and be refused with any other certificate."""
