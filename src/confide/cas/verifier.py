@@ -114,7 +114,7 @@ from confide.cas.revocation import OcspCache, ocsp_key
 from confide.cas.rims import RimCache
 from confide.collateral import public_url
 from confide.collateral.amd_kds import AmdCollateralRequest, AmdCollateralSource
-from confide.collateral.dcap import DcapCollateralSource, PcsHttpSource
+from confide.collateral.dcap import DcapCollateralSource, PckCertificateSource, PcsHttpSource
 from confide.collateral.nvidia_ocsp import DirOcspSource
 from confide.collateral.nvidia_rim import DirRimSource, RimSource, rim_targets
 from confide.errors import (
@@ -128,8 +128,8 @@ from confide.errors import (
     UsageError,
 )
 from confide.evidence.azure_vtpm import HclReportType, parse_evidence
-from confide.evidence.dcap import Quote
-from confide.evidence.dcap_collateral import DcapCollateral
+from confide.evidence.dcap import PckCertId, Quote
+from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate
 from confide.evidence.nvidia import NONCE_SIZE as SPDM_NONCE_SIZE
 from confide.evidence.nvidia import NvidiaAttestationReport
 from confide.evidence.nvidia_rim import ReferenceManifest
@@ -138,7 +138,7 @@ from confide.platforms.sev_snp import embedded_roots
 from confide.policy.attestation import GPU_HOSTS, MAX_GPUS
 from confide.verify._pinned_chain import subject_cn, verify_pinned_chain
 from confide.verify.azure_vtpm import verify_azure_snp, verify_azure_tdx
-from confide.verify.dcap import DcapVerifier
+from confide.verify.dcap import DcapVerifier, missing_pck_error
 from confide.verify.nitro import verify_nitro_document
 from confide.verify.nvidia import RimMismatchError, nvidia_device_root, ocsp_targets, verify_nvidia_report
 from confide.verify.nvidia_rim import nvidia_rim_root, rim_ocsp_targets
@@ -189,13 +189,15 @@ class Prefetched:
     """The collateral fetched (or found in memory) for one attestation before its phase 1, or
     the error its fetch ran into, per key (module docstring, "Prefetch"): VCEKs by
     :func:`~confide.cas.kds.vek_key`, DCAP collateral by :class:`DcapKey`, OCSP responses by
-    :func:`~confide.cas.revocation.ocsp_key`, NVIDIA RIMs by RIM ID. Immutable; an error is
-    raised as a copy."""
+    :func:`~confide.cas.revocation.ocsp_key`, NVIDIA RIMs by RIM ID, the PCK certificates of
+    DCAP quotes that only name theirs (certification data types 1-4) by
+    :class:`~confide.evidence.dcap.PckCertId`. Immutable; an error is raised as a copy."""
 
     veks: Mapping[_VekKey, FetchedVek | ConfideError] = field(default_factory=_frozen)
     dcap: Mapping[DcapKey, DcapCollateral | ConfideError] = field(default_factory=_frozen)
     ocsp: Mapping[_OcspKey, OcspResponse | ConfideError] = field(default_factory=_frozen)
     rims: Mapping[str, ReferenceManifest | ConfideError] = field(default_factory=_frozen)
+    pck: Mapping[PckCertId, PckCertificate | ConfideError] = field(default_factory=_frozen)
 
     def merged(self, other: Prefetched) -> Prefetched:
         """Both; ``other``'s outcome where both have one (it is the later)."""
@@ -204,6 +206,7 @@ class Prefetched:
             _frozen({**self.dcap, **other.dcap}),
             _frozen({**self.ocsp, **other.ocsp}),
             _frozen({**self.rims, **other.rims}),
+            _frozen({**self.pck, **other.pck}),
         )
 
 
@@ -428,16 +431,26 @@ class PlatformVerifier:
     ) -> CollateralJob | None:
         """The prefetch of the platform's DCAP collateral. The PCK chain must verify to the
         pinned Intel root first (as in phase 1): the source is never asked about an FMSPC that a
-        request made up. A local source (``--collateral FILE|DIR``) is read by the job's
-        ``fetch`` at every attestation (disk I/O, off the event loop; nothing is kept), a remote
-        one through :attr:`dcap_cache`."""
+        request made up. A quote that only names its PCK certificate (certification data types
+        1-4) has it fetched first (by what the quote names; with a request's own collateral
+        bundle, only it), and its chain verified, before the collateral is asked for. A local
+        source (``--collateral FILE|DIR``) is read by the job's ``fetch`` at every attestation
+        (disk I/O, off the event loop; nothing is kept), a remote one through
+        :attr:`dcap_cache`."""
         source = self.dcap_source
         if source is None or platform not in (Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM):
             return None
+        try:
+            quote = self._dcap_quote(platform, evidence)
+            cert_id = quote.pck_cert_id()
+        except ConfideError:
+            return None
+        if cert_id is not None:
+            return self._pck_job(source, quote, cert_id, at, pck_only="collateral" in aux)
         if "collateral" in aux:
             return None
         try:
-            key = self._dcap_key(self._dcap_quote(platform, evidence))
+            key = self._dcap_key(quote)
         except ConfideError:
             return None
         cache = self.dcap_cache
@@ -448,6 +461,48 @@ class PlatformVerifier:
             return CollateralJob(Prefetched(dcap=_frozen({key: found})))
         return CollateralJob(Prefetched(), lambda: Prefetched(dcap=_frozen({key: cache.prefetch(key, at)})))
 
+    def _pck_job(
+        self, source: DcapCollateralSource, quote: Quote, cert_id: PckCertId, at: datetime, *, pck_only: bool
+    ) -> CollateralJob | None:
+        """The prefetch of a type 1-4 quote's PCK certificate, then (unless ``pck_only``) of the
+        collateral of the platform it names once it verifies for the quote (phase 1 refuses a
+        certificate that does not; nothing more is asked about it)."""
+        if not isinstance(source, PckCertificateSource):
+            return None  # phase 1 refuses: nothing to fetch it from
+
+        def then_collateral(found: Prefetched, pck: PckCertificate | ConfideError) -> CollateralJob:
+            if pck_only or isinstance(pck, ConfideError):
+                return CollateralJob(found)
+            try:
+                key = self._dcap_key(quote, pck)
+            except ConfideError:
+                return CollateralJob(found)
+            cache = self.dcap_cache
+            if cache is None:
+                return CollateralJob(found, partial(_read_local, source, key))
+            hit = cache.found(key, at)
+            if hit is not None:
+                return CollateralJob(found.merged(Prefetched(dcap=_frozen({key: hit}))))
+            return CollateralJob(found, lambda: Prefetched(dcap=_frozen({key: cache.prefetch(key, at)})))
+
+        cache = self.dcap_cache
+        hit = cache.pck_found(cert_id) if cache is not None else None
+        if hit is not None:
+            return then_collateral(Prefetched(pck=_frozen({cert_id: hit})), hit)
+
+        def fetch() -> Prefetched:
+            outcome: PckCertificate | ConfideError
+            if cache is not None:
+                outcome = cache.pck_prefetch(cert_id)
+            else:
+                try:
+                    outcome = source.get_pck_certificate(cert_id)
+                except ConfideError as exc:
+                    outcome = exc
+            return then_collateral(Prefetched(pck=_frozen({cert_id: outcome})), outcome).run()
+
+        return CollateralJob(Prefetched(), fetch)
+
     def _dcap_quote(self, platform: Platform, evidence: bytes) -> Quote:
         if platform is Platform.AZURE_TDX_VTPM:
             parsed = parse_evidence(evidence, HclReportType.TDX)
@@ -456,8 +511,8 @@ class PlatformVerifier:
             return Quote.from_bytes(parsed.td_quote)
         return Quote.from_bytes(evidence)
 
-    def _dcap_key(self, quote: Quote) -> DcapKey:
-        chain = self.dcap.pck_chain(quote)  # verified to the pinned root (signatures)
+    def _dcap_key(self, quote: Quote, pck: PckCertificate | None = None) -> DcapKey:
+        chain = self.dcap.pck_chain(quote, pck)  # verified to the pinned root (signatures)
         return DcapKey(chain.extension.fmspc, chain.ca, quote.tee)
 
     def fetch_stats(self) -> dict[str, FetchStats]:
@@ -588,8 +643,8 @@ class PlatformVerifier:
             return verify_sim(evidence, self.sim_key, at=at)
         if platform in (Platform.SGX, Platform.TDX):
             quote = Quote.from_bytes(evidence)
-            collateral = self._dcap_collateral(quote, aux, at, prefetched)
-            return self.dcap.verify_parsed(quote, evidence, collateral, at=at)
+            collateral, pck = self._dcap_collateral(quote, aux, at, prefetched)
+            return self.dcap.verify_parsed(quote, evidence, collateral, at=at, pck=pck)
         if platform is Platform.AZURE_SNP_VTPM:
             _no_aux(platform, aux, allowed=frozenset())
             return verify_azure_snp(parse_evidence(evidence, HclReportType.SNP), self.snp, at=at)
@@ -598,8 +653,8 @@ class PlatformVerifier:
             parsed = parse_evidence(evidence, HclReportType.TDX)
             if parsed.td_quote is None:  # parse_evidence requires it for TDX; kept for the type
                 raise ParseError("no td_quote", structure="Azure vTPM evidence")
-            collateral = self._dcap_collateral(Quote.from_bytes(parsed.td_quote), aux, at, prefetched)
-            return verify_azure_tdx(parsed, self.dcap, collateral, at=at)
+            collateral, pck = self._dcap_collateral(Quote.from_bytes(parsed.td_quote), aux, at, prefetched)
+            return verify_azure_tdx(parsed, self.dcap, collateral, at=at, pck=pck)
         if platform is Platform.SEV_SNP:
             # The VCEK/VLEK comes with the evidence: configfs-tsm's auxblob (certificate table)
             # or a "vcek" blob; the ASK/ARK chain is the embedded, pinned one.
@@ -857,34 +912,69 @@ class PlatformVerifier:
 
     def _dcap_collateral(
         self, quote: Quote, aux: dict[str, bytes], at: datetime, prefetched: Prefetched | None
-    ) -> DcapCollateral:
-        """A quote's collateral: the request's dcap-qvl bundle, else the configured source's:
-        what the prefetch of :meth:`collateral_job` handed over (or its error); else, for a
-        remote source, from memory (without a prefetch: fetched when missing). A local source
-        is read here only without a prefetch: with one, this touches no disk (what the prefetch
-        did not read is refused, "attest again")."""
+    ) -> tuple[DcapCollateral, PckCertificate | None]:
+        """A quote's collateral and, for a quote that only names its PCK certificate (types
+        1-4), that certificate (:meth:`_pck_certificate`). The collateral: the request's
+        dcap-qvl bundle, else the configured source's: what the prefetch of
+        :meth:`collateral_job` handed over (or its error); else, for a remote source, from
+        memory (without a prefetch: fetched when missing). A local source is read here only
+        without a prefetch: with one, this touches no disk (what the prefetch did not read is
+        refused, "attest again")."""
+        pck = self._pck_certificate(quote, prefetched)
         if "collateral" in aux:
-            return DcapCollateral.from_dcap_qvl_json(aux["collateral"])
+            return DcapCollateral.from_dcap_qvl_json(aux["collateral"]), pck
         if self.dcap_source is None:
             raise CollateralMissingError("this CAS has no DCAP collateral source configured")
         if self.dcap_cache is not None:
-            cache, key = self.dcap_cache, self._dcap_key(quote)
+            cache, key = self.dcap_cache, self._dcap_key(quote, pck)
             if prefetched is None:
-                return cache.get(key, at)
+                return cache.get(key, at), pck
             outcome = prefetched.dcap.get(key)
             if outcome is not None:
-                return _outcome(outcome)
+                return _outcome(outcome), pck
             found = cache.found(key, at)
             if found is None:
                 raise _not_prefetched(f"the DCAP collateral of {key} from {cache.where}")
-            return found
-        key = self._dcap_key(quote)
+            return found, pck
+        key = self._dcap_key(quote, pck)
         if prefetched is None:
-            return self.dcap_source.get_collateral(fmspc=key.fmspc, ca=key.ca, tee=key.tee)
+            return self.dcap_source.get_collateral(fmspc=key.fmspc, ca=key.ca, tee=key.tee), pck
         outcome = prefetched.dcap.get(key)
         if outcome is None:
             raise _not_read(f"the DCAP collateral of {key} from --collateral")
-        return _outcome(outcome)
+        return _outcome(outcome), pck
+
+    def _pck_certificate(self, quote: Quote, prefetched: Prefetched | None) -> PckCertificate | None:
+        """``None`` for a quote that carries its PCK chain (type 5); else the PCK certificate it
+        names, from the configured source: the prefetch's (or its error), else from memory
+        (remote source); without a prefetch, fetched or read (blocking)."""
+        cert_id = quote.pck_cert_id()
+        if cert_id is None:
+            return None
+        source = self.dcap_source
+        if not isinstance(source, PckCertificateSource):
+            error = missing_pck_error(cert_id)
+            error.message += (
+                "; this CAS has no source of PCK certificates (start it with --collateral URL|DIR)"
+            )
+            error.args = (error.message,)
+            raise error
+        outcome = prefetched.pck.get(cert_id) if prefetched is not None else None
+        if outcome is not None:
+            return _outcome(outcome)
+        cache = self.dcap_cache
+        if cache is not None:
+            found = cache.pck_found(cert_id)
+            if found is not None:
+                return found
+            if prefetched is None:
+                return cache.pck_get(cert_id)
+            raise _not_prefetched(
+                f"the PCK certificate for the quote's {cert_id.describe()} from {cache.where}"
+            )
+        if prefetched is None:
+            return source.get_pck_certificate(cert_id)
+        raise _not_read(f"the PCK certificate for the quote's {cert_id.describe()} from --collateral")
 
 
 def _missing_rim_ids(evidence: bytes, sent: list[ReferenceManifest]) -> list[str]:
