@@ -22,6 +22,8 @@ class RouteServer:
     def __init__(self) -> None:
         self.routes: dict[str, Answer] = {}
         self.requests: list[str] = []
+        self.headers: list[dict[str, str]] = []
+        """The request headers of each request, in order (names lower-cased)."""
         self.behaviour: Callable[[str], Answer] | None = None
         self._lock = threading.Lock()
         fake = self
@@ -30,6 +32,7 @@ class RouteServer:
             def do_GET(self) -> None:
                 with fake._lock:
                     fake.requests.append(self.path)
+                    fake.headers.append({k.lower(): v for k, v in self.headers.items()})
                 behaviour = fake.behaviour
                 status, body, headers = (
                     behaviour(self.path) if behaviour is not None else fake.honest(self.path)

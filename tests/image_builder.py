@@ -26,6 +26,8 @@ class M:
     mode: int | None = None
     uid: int = 0
     gid: int = 0
+    mtime: int = 1_700_000_000  # the ustar header's seconds
+    pax_mtime: str | None = None  # a pax "mtime" record, written as given (e.g. with a fraction)
 
 
 def layer_tar(members: list[M]) -> bytes:
@@ -33,7 +35,9 @@ def layer_tar(members: list[M]) -> bytes:
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
         for m in members:
             ti = tarfile.TarInfo(m.name)
-            ti.mtime, ti.uid, ti.gid = 1_700_000_000, m.uid, m.gid
+            ti.mtime, ti.uid, ti.gid = m.mtime, m.uid, m.gid
+            if m.pax_mtime is not None:
+                ti.pax_headers = {"mtime": m.pax_mtime}
             if m.kind == "f":
                 ti.size, ti.mode = len(m.data), 0o644 if m.mode is None else m.mode
                 tf.addfile(ti, io.BytesIO(m.data))

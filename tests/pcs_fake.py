@@ -8,10 +8,13 @@ from __future__ import annotations
 import contextlib
 import urllib.parse
 
-from confide.evidence.dcap import Quote, TeeType
-from confide.evidence.dcap_collateral import DcapCollateral
+from cryptography import x509
+
+from confide.collateral.dcap import verify_pck_certificate
+from confide.evidence.dcap import PckCertId, Quote, TeeType
+from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate
 from confide.evidence.pem import pem_chain
-from confide.verify.dcap import pck_info
+from confide.verify.dcap import pck_info, pck_lookup
 from http_fake import Answer, RouteServer
 
 
@@ -22,11 +25,37 @@ def _signed(key: str, text: bytes, signature: bytes) -> bytes:
 class FakePcs(RouteServer):
     """Exact (path, query) -> answer; ``requests`` lists every path asked, in order."""
 
-    def serve(self, quote: bytes, collateral: DcapCollateral) -> list[str]:
-        """Serve ``collateral`` for the platform of ``quote`` (its FMSPC, PCK CA and TEE type);
-        returns the four paths a fetch of it asks."""
+    def serve_pck(self, cert_id: PckCertId, pck: PckCertificate) -> list[str]:
+        """Serve ``pck`` as Intel PCS API v4 "Get PCK Certificate V4" does (PEM leaf; issuer
+        chain, TCBm, FMSPC and CA type in headers) at both the PCS form (by encrypted PPID, for
+        type 3) and the PCCS form (by QE ID) of the request for ``cert_id``; returns the
+        paths."""
+        want = pck_lookup(cert_id)
+        ext = verify_pck_certificate(pck)
+        ca_cn = x509.load_der_x509_certificate(pck.issuer_chain[0]).subject.rfc4514_string()
+        ca = "platform" if "Platform CA" in ca_cn else "processor"
+        tcb = f"cpusvn={want.cpu_svn.hex()}&pcesvn={want.pce_svn_le.hex()}&pceid={want.pce_id.hex()}"
+        paths = [f"/sgx/certification/v4/pckcert?qeid={want.qe_id.hex()}&{tcb}"]
+        if cert_id.encrypted_ppid is not None and cert_id.cert_type == 3:
+            paths[0] += f"&encrypted_ppid={cert_id.encrypted_ppid.hex()}"
+            paths.append(f"/sgx/certification/v4/pckcert?encrypted_ppid={cert_id.encrypted_ppid.hex()}&{tcb}")
+        headers = {
+            "Content-Type": "application/x-pem-file",
+            "SGX-PCK-Certificate-Issuer-Chain": urllib.parse.quote(pem_chain(pck.issuer_chain)),
+            "SGX-TCBm": (ext.cpu_svn + ext.pce_svn.to_bytes(2, "little")).hex().upper(),
+            "SGX-FMSPC": ext.fmspc.hex().upper(),
+            "SGX-PCK-Certificate-CA-Type": ca,
+        }
+        for path in paths:
+            self.routes[path] = (200, pem_chain([pck.leaf]).encode(), headers)
+        return paths
+
+    def serve(self, quote: bytes, collateral: DcapCollateral, pck: PckCertificate | None = None) -> list[str]:
+        """Serve ``collateral`` for the platform of ``quote`` (its FMSPC, PCK CA and TEE type;
+        for a quote of certification data type 1-4, of the PCK certificate ``pck``); returns the
+        four paths a fetch of it asks."""
         parsed = Quote.from_bytes(quote)
-        fmspc, ca = pck_info(parsed)
+        fmspc, ca = pck_info(parsed, pck)
         tee = "tdx" if parsed.tee == TeeType.TDX else "sgx"
         tcb_chain = urllib.parse.quote(pem_chain(collateral.tcb_info_issuer_chain))
         qe_chain = urllib.parse.quote(pem_chain(collateral.qe_identity_issuer_chain))

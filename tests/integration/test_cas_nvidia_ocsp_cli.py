@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from confide import errors
 from confide.cas.client import CasClient
 from confide.verify.nvidia import ocsp_targets
 from confide.verify.x509util import load_certificate_chain
+from nvidia_forge import make_ca, ocsp_response
 from ocsp_responder import FakeOcsp
 
 ASSETS = Path(__file__).parents[1] / "assets" / "nvidia"
@@ -74,3 +76,37 @@ def test_cas_serve_asks_the_responder_and_fails_closed(tmp_path: Path, with_opti
     lines = [json.loads(line) for line in cas.log.read_text().splitlines() if line.startswith("{")]
     (listening,) = [line for line in lines if line["event"] == "listening"]
     assert listening["nvidia_ocsp"] is with_option
+
+
+def test_cas_serve_stapled_only_asks_nobody(tmp_path: Path) -> None:
+    """``--nvidia-ocsp stapled``: the sample sent without a stapled response is refused for the
+    missing response, and with one signed by a key that is not its issuer's, for the signer;
+    over TLS, in a real CAS process that has no responder to ask."""
+    chain = load_certificate_chain(NV_CHAIN, "chain")
+    stranger = make_ca("Not NVIDIA", datetime.now(UTC))
+    now = datetime.now(UTC)
+    forged = [
+        ocsp_response(cert, issuer, stranger, this_update=now, next_update=now + timedelta(hours=1))
+        for cert, issuer in ocsp_targets(chain)
+    ]
+    extra = ("--nvidia-ocsp", "stapled", "--nvidia-ocsp-max-age", "12 hours")
+    cas = CasProcess(tmp_path / "cas", None, extra_args=extra).start()
+    try:
+        with CasClient(cas.env["CONFIDE_CAS_URL"], Path(cas.env["CONFIDE_CAS_CERT"])) as client:
+            with pytest.raises(
+                errors.CollateralMissingError, match=r"no stapled OCSP response about certificate 1"
+            ):
+                client.attest(gpu_request(client.nonce()))
+            request = gpu_request(client.nonce())
+            for i, der in enumerate(forged, start=1):
+                request["aux"][f"ocsp:{i}"] = base64.b64encode(der).decode()
+            with pytest.raises(
+                errors.CertificateChainError, match="nor a certificate carried in the response"
+            ):
+                client.attest(request)
+    finally:
+        cas.stop()
+    assert cas.log is not None
+    lines = [json.loads(line) for line in cas.log.read_text().splitlines() if line.startswith("{")]
+    (listening,) = [line for line in lines if line["event"] == "listening"]
+    assert (listening["nvidia_ocsp"], listening["nvidia_ocsp_stapled_only"]) == (True, True)

@@ -23,8 +23,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cas_harness import CasProcess
 from confide import errors
 from confide.cas.client import CasClient
+from confide.evidence.dcap import Quote
 from confide.evidence.dcap_collateral import DcapCollateral
 from dcap_cases import CASES
+from dcap_ppid import to_ppid_quote
 from pcs_fake import FakePcs, fake_pcs
 
 SGX = next(c for c in CASES if c.quote == "sgx/phala-dcap-qvl/sgx_quote")
@@ -38,14 +40,14 @@ def pcs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakePcs]:
         yield server
 
 
-def attest(cas: CasProcess) -> errors.ConfideError:
-    """Send the real quote for a fresh key (no policy is needed: it is refused before); returns
-    the refusal."""
+def attest(cas: CasProcess, evidence: bytes | None = None) -> errors.ConfideError:
+    """Send the real quote (or ``evidence``) for a fresh key (no policy is needed: it is refused
+    before); returns the refusal."""
     with CasClient(cas.env["CONFIDE_CAS_URL"], Path(cas.env["CONFIDE_CAS_CERT"])) as client:
         key = ec.generate_private_key(ec.SECP256R1()).public_key()
         body: dict[str, Any] = {
             "policy": "app", "service": "svc", "platform": "sgx", "nonce": client.nonce(),
-            "evidence": base64.b64encode(SGX.quote_bytes()).decode(),
+            "evidence": base64.b64encode(evidence or SGX.quote_bytes()).decode(),
             "public_key": base64.b64encode(
                 key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
             ).decode(),
@@ -89,5 +91,31 @@ def test_cas_serve_collateral_url_down_is_a_collateral_refusal(tmp_path: Path) -
         assert "fetching the DCAP collateral of FMSPC 00a067110000 (SGX, processor CA)" in refusal.message
         assert "ConnectError" in refusal.message
         assert 'confide_cas_collateral_fetches_total{outcome="error",source="pcs"} 1.0' in metrics(cas)
+    finally:
+        cas.stop()
+
+
+def test_cas_serve_collateral_url_fetches_the_pck_certificate_of_a_ppid_quote(
+    pcs: FakePcs, tmp_path: Path
+) -> None:
+    """A quote with certification data type 3 (encrypted PPID; the real quote's, ``dcap_ppid``):
+    the CAS asks the PCCS for its PCK certificate by QE ID, verifies the QE report with it and
+    fetches its platform's collateral, which (2025's) is out of date on the real clock."""
+    raw, pck = to_ppid_quote(SGX.quote_bytes(), 3)
+    cert_id = Quote.from_bytes(raw).pck_cert_id()
+    assert cert_id is not None
+    (pck_path, _) = pcs.serve_pck(cert_id, pck)
+    cas = CasProcess(tmp_path / "cas", None, extra_args=("--collateral", pcs.url)).start()
+    try:
+        refusal = attest(cas, raw)
+        assert type(refusal) is errors.CollateralExpiredError, refusal
+        assert "has expired" in refusal.message
+        assert pcs.requests[0] == pck_path and len(pcs.requests) == 5
+        # Without the certificate at the PCCS: a refusal that names what is missing.
+        del pcs.routes[pck_path]
+        other, _ = to_ppid_quote(SGX.quote_bytes(), 3, pce_svn=cert_id.pce_svn + 1)
+        refusal = attest(cas, other)
+        assert type(refusal) is errors.CollateralMissingError, refusal
+        assert "fetching the PCK certificate for the quote's certification data type 3" in refusal.message
     finally:
         cas.stop()

@@ -10,7 +10,7 @@ from cli import run_confide
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return run_confide("volume", *args, env=env, drop=("CONFIDE_VOLUME_KEY",))
+    return run_confide("volume", *args, env=env, drop=("CONFIDE_VOLUME_KEY", "SOURCE_DATE_EPOCH"))
 
 
 def test_volume_cli_end_to_end(tmp_path: Path) -> None:
@@ -95,3 +95,33 @@ def test_volume_rm(tmp_path: Path) -> None:
     assert new_tag != tag
     r = _run("verify", str(vol), "--key", str(key), "--tag", new_tag)
     assert r.returncode == 0 and "verified: 1 files" in r.stdout, r.stdout + r.stderr
+
+
+def test_volume_cli_keeps_times_with_source_date_epoch_and_mtime(tmp_path: Path) -> None:
+    ns = 1_000_000_000
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "old").write_text("old\n")
+    (src / "new").write_text("new\n")
+    os.utime(src / "old", ns=(0, 1_000_000_000 * ns + 7))
+    os.utime(src / "new", ns=(0, 2_000_000_000 * ns))
+    vol, key = tmp_path / "vol", tmp_path / "vol.key"
+    assert _run("create", str(vol), "--key-out", str(key)).returncode == 0
+
+    r = _run("add", str(vol), str(src), "--key", str(key), env={"SOURCE_DATE_EPOCH": "1.5"})
+    assert r.returncode == 2 and "SOURCE_DATE_EPOCH" in r.stderr  # malformed: the build fails
+    r = _run("add", str(vol), str(src), "--key", str(key), env={"SOURCE_DATE_EPOCH": "1500000000"})
+    assert r.returncode == 0, r.stderr
+    tag = _run("seal", str(vol), "--key", str(key)).stdout.strip()
+    out = tmp_path / "out"
+    assert _run("open", str(vol), "--key", str(key), "--to", str(out), "--tag", tag).returncode == 0
+    assert (out / "old").stat().st_mtime_ns == 1_000_000_000 * ns + 7  # older: kept
+    assert (out / "new").stat().st_mtime_ns == 1_500_000_000 * ns  # newer: clamped
+
+    r = _run("add", str(vol), str(src / "old"), "--key", str(key), "--mtime", "86400")
+    assert r.returncode == 0, r.stderr
+    tag = _run("seal", str(vol), "--key", str(key)).stdout.strip()
+    out2 = tmp_path / "out2"
+    assert _run("open", str(vol), "--key", str(key), "--to", str(out2), "--tag", tag).returncode == 0
+    assert (out2 / "old").stat().st_mtime_ns == 86400 * ns
+    assert _run("add", str(vol), str(src), "--key", str(key), "--mtime", "-1").returncode == 2

@@ -88,6 +88,9 @@ def test_tmpfs_read_only_in_a_private_namespace(vol: tuple[Path, Path, str, Path
         for rel, data in FILES.items():
             assert (inside / rel).read_bytes() == data
         assert os.readlink(inside / "link") == "readme.txt"
+        src = v.parent / "src"  # the recorded modification times, to the nanosecond
+        for rel in [*FILES, "data", "link"]:
+            assert (inside / rel).lstat().st_mtime_ns == (src / rel).lstat().st_mtime_ns, rel
         # invisible from the host's namespace: nothing mounted, nothing written here
         assert not _mounted(mnt) and os.listdir(mnt) == []
         mounts = Path(f"/proc/{m.proc.pid}/mounts").read_text()

@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from confide.errors import ParseError, UsageError
 from confide.image import SconifyOptions, parse_ref, policy_yaml, sconify
 from confide.volume import VolumeKey, open_volume
+from confide.volume.store import load_sealed
 from image_builder import PYTHON_BASE, Image, M, all_blob_bytes, extract_volume, layer_names, read_layout
 
 KEY = VolumeKey(bytes(range(32)))
@@ -318,3 +319,55 @@ def test_busybox_image(tmp_path: Path) -> None:
     open_volume(vol, KEY, tmp_path / "o", res.volume_tag)
     assert (tmp_path / "o/app/data/b.bin").read_bytes() == secret * 1000
     assert (tmp_path / "o/app/main.sh").stat().st_mode & 0o777 == 0o755
+
+
+def _timed_image(conf_mtime: int = 1_650_000_000) -> Image:
+    return Image(
+        [
+            [
+                *PYTHON_BASE,
+                M("app/", "d", mtime=1_600_000_000),
+                M(
+                    "app/run.sh",
+                    data=b"#!/bin/sh\n",
+                    mode=0o755,
+                    mtime=1_500_000_000,
+                    pax_mtime="1500000000.25",
+                ),
+                M("app/conf.txt", data=S_FINAL, mtime=conf_mtime),
+                M("app/same-inode", "h", link="app/conf.txt", mtime=1_000),
+                M("app/current", "l", link="conf.txt", mtime=1_400_000_000),
+                M("app/sub/", "d", mtime=1_300_000_000),
+                M("app/sub/deep", data=b"deep", pax_mtime="1200000000.123456789"),
+            ]
+        ],
+        entrypoint=["/app/run.sh"],
+    )
+
+
+def test_volume_keeps_the_tar_header_mtimes(tmp_path: Path) -> None:
+    res = run(tmp_path, _timed_image(), protect=["/app"])
+    vol = extract_volume(tmp_path / "out", tmp_path / "x")
+    recorded = {e.path: e.mtime_ns for e in load_sealed(vol, KEY, res.volume_tag)[0].entries}
+    ns = 1_000_000_000
+    expected = {
+        "app": 1_600_000_000 * ns,
+        "app/run.sh": 1_500_000_000 * ns + 250_000_000,  # the pax record, to the nanosecond
+        "app/conf.txt": 1_650_000_000 * ns,
+        "app/same-inode": 1_650_000_000 * ns,  # a hard link is the same inode: its target's time
+        "app/current": 1_400_000_000 * ns,
+        "app/sub": 1_300_000_000 * ns,
+        "app/sub/deep": 1_200_000_000 * ns + 123_456_789,
+    }
+    assert recorded == expected
+    opened = tmp_path / "opened"
+    open_volume(vol, KEY, opened, res.volume_tag)
+    assert {p: (opened / p).lstat().st_mtime_ns for p in expected} == expected
+
+
+def test_a_different_mtime_gives_a_different_volume_and_image(tmp_path: Path) -> None:
+    a = run(tmp_path / "a", _timed_image(), out="o", protect=["/app"])
+    a2 = run(tmp_path / "a2", _timed_image(), out="o", protect=["/app"])
+    b = run(tmp_path / "b", _timed_image(conf_mtime=1_650_000_001), out="o", protect=["/app"])
+    assert a.volume_tag == a2.volume_tag and a.manifest_digest == a2.manifest_digest
+    assert b.volume_tag != a.volume_tag and b.manifest_digest != a.manifest_digest

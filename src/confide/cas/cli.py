@@ -53,10 +53,20 @@ def cas() -> None:
 @click.option(
     "--nvidia-ocsp",
     "nvidia_ocsp",
-    metavar="URL|DIR",
+    metavar="URL|DIR|stapled",
     help="Check every NVIDIA GPU chain (and RIM signing chain) for revocation: an OCSP responder "
     "URL (NVIDIA's is https://ocsp.ndis.nvidia.com/) or stored responses DIR/<serial hex>.der. "
-    "Good responses are cached until their nextUpdate; a failed check refuses the attestation.",
+    "Good responses are cached until their nextUpdate; a failed check refuses the attestation. "
+    "Responses the runtime staples (confide run --gpu-ocsp) are used instead when current. "
+    "'stapled': ask nobody, require a stapled response for every GPU chain certificate checked "
+    "(RIM signing chains are then not checked; a directory named so: ./stapled).",
+)
+@click.option(
+    "--nvidia-ocsp-max-age",
+    "nvidia_ocsp_max_age",
+    metavar="DURATION",
+    help="With --nvidia-ocsp: how old a stapled OCSP response's thisUpdate may be (default "
+    "'24 hours'; 1 minute to 30 days).",
 )
 @click.option(
     "--nvidia-rim",
@@ -110,12 +120,14 @@ def cas_serve(
     tee: str | None,
     evidence_refresh: str | None,
     nvidia_ocsp: str | None,
+    nvidia_ocsp_max_age: str | None,
     nvidia_rim: str | None,
     crl_validity: str | None,
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
     from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity
     from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, parse_refresh_interval
+    from confide.cas.revocation import parse_stapled_max_age
     from confide.cas.sealing import provider_for
     from confide.cas.server import parse_witnesses, serve
     from confide.ledger.http import client_tls_context
@@ -127,6 +139,11 @@ def cas_serve(
             raise UsageError(
                 "--evidence-refresh needs --tee or --dev: without them the CAS has no evidence of its own"
             )
+    max_age = None
+    if nvidia_ocsp_max_age is not None:
+        if not nvidia_ocsp:
+            raise UsageError("--nvidia-ocsp-max-age needs --nvidia-ocsp")
+        max_age = parse_stapled_max_age(nvidia_ocsp_max_age)
     provider = provider_for(seal)
     if witness_cacert is not None and not witness_specs:
         raise UsageError("--witness-cacert needs --witness")
@@ -143,6 +160,7 @@ def cas_serve(
         tee=tee,
         evidence_refresh=refresh,
         nvidia_ocsp=nvidia_ocsp,
+        nvidia_ocsp_max_age=max_age,
         nvidia_rim=nvidia_rim,
         crl_validity=parse_crl_validity(crl_validity) if crl_validity is not None else DEFAULT_CRL_VALIDITY,
     )
@@ -427,8 +445,16 @@ def policy_crl(name: str, secret: str, identity_file: Path | None, out: Path | N
     help="Also attest this VM's NVIDIA H100 GPUs in confidential-computing mode (NVML, "
     "libnvidia-ml.so.1): all of them, or the first N; with --tee tdx, sev-snp, az-vtpm or sim.",
 )
+@click.option(
+    "--gpu-ocsp",
+    "gpu_ocsp",
+    metavar="URL|DIR",
+    help="With --gpus: staple the OCSP responses about each GPU's certificate chain to the evidence, "
+    "fetched from this responder (NVIDIA's is https://ocsp.ndis.nvidia.com/) or read from "
+    "DIR/<serial hex>.der, for a CAS that does not ask the responder itself.",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def run(config_id: str, tee: str, gpus: str | None, command: tuple[str, ...]) -> None:
+def run(config_id: str, tee: str, gpus: str | None, gpu_ocsp: str | None, command: tuple[str, ...]) -> None:
     """Attest, receive configuration and secrets, and exec COMMAND (after --)."""
     from confide.cas.client import CasClient
     from confide.runtime.quote import (
@@ -443,6 +469,8 @@ def run(config_id: str, tee: str, gpus: str | None, command: tuple[str, ...]) ->
     if not sep or not policy_name or not service:
         raise UsageError(f"--config-id: got {config_id!r}, expected POLICY/SERVICE")
     gpu_count = _gpu_count(gpus, tee) if gpus is not None else None
+    if gpu_ocsp is not None and gpus is None:
+        raise UsageError("--gpu-ocsp needs --gpus")
     provider: QuoteProvider
     if tee == "sim":
         sim_dir = os.environ.get("CONFIDE_SIM_DIR")
@@ -467,10 +495,12 @@ def run(config_id: str, tee: str, gpus: str | None, command: tuple[str, ...]) ->
     else:
         provider = GramineQuoteProvider()
     if gpus is not None:
+        from confide.collateral.nvidia_ocsp import source_for as ocsp_source_for
         from confide.runtime.nvidia import GpuQuoteProvider, NvmlGpuSource
 
-        # No NVML: refuse before asking the CAS for a nonce.
-        provider = GpuQuoteProvider(provider, NvmlGpuSource(), count=gpu_count)
+        # No NVML, or no such directory: refuse before asking the CAS for a nonce.
+        stapler = ocsp_source_for(gpu_ocsp, "--gpu-ocsp") if gpu_ocsp is not None else None
+        provider = GpuQuoteProvider(provider, NvmlGpuSource(), count=gpu_count, ocsp=stapler)
     client = CasClient.from_env()
     plan = attest_and_prepare(client, provider, policy_name, service, list(command))
     sys.stdout.flush()

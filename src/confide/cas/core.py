@@ -1626,6 +1626,10 @@ def _revocation_summary(v: VerifiedEvidence) -> dict[str, Any]:
         # The RIMs the measurements were compared with: sent by the runtime, or fetched by the CAS
         # (cas serve --nvidia-rim: "service" for a URL, "dir" for a directory); None: none.
         "rims_source": v.details.get("rims_source"),
+        # Where the device chain's OCSP status came from: "stapled" (sent with the evidence,
+        # confide run --gpu-ocsp), "responder", "dir", or "stapled+responder"/"stapled+dir";
+        # None: not checked.
+        "ocsp_source": v.details.get("ocsp_source"),
     }
 
 

@@ -35,6 +35,16 @@ for its outcome, in their own worker threads).
 A source failure (unreachable, HTTP 404/429/5xx, a malformed answer) is a
 :class:`~confide.errors.CollateralMissingError` that names the platform, the source and the
 cause: a refusal recorded with the attestation.
+
+PCK certificates: a quote whose certification data only names its PCK certificate (types 1-4,
+:class:`~confide.evidence.dcap.PckCertId`) needs it before the platform's FMSPC and PCK CA (the
+:class:`DcapKey`) are known. :meth:`DcapCollateralCache.pck_prefetch` fetches it from the
+source's ``get_pck_certificate`` (:class:`~confide.collateral.dcap.PckCertificateSource`; the
+HTTP source keeps it on disk, checked to chain to the pinned root when written and when read
+back), keeps it in memory :data:`PCK_MEMORY_SECONDS` (monotonic) by its identifier, at most
+``max_entries`` of them, and shares one fetch between attestations of the same platform, like
+the collateral. Nothing is verified here either: the verifier checks the certificate (chain,
+dates, CRL, that it is the quote's platform's) at every attestation.
 """
 
 from __future__ import annotations
@@ -46,18 +56,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 from cryptography import x509
 
 from confide.cas.fetch_stats import FetchStats
 from confide.cas.flight import SingleFlight
-from confide.collateral.dcap import DcapCollateralSource
+from confide.collateral.dcap import PCK_CERT_CACHE_TIME, DcapCollateralSource, PckCertificateSource
 from confide.errors import CollateralMissingError, ConfideError
-from confide.evidence.dcap import TeeType
-from confide.evidence.dcap_collateral import DcapCollateral
+from confide.evidence.dcap import PckCertId, TeeType
+from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate
 from confide.lru import Lru
+from confide.verify.dcap import missing_pck_error
 
-__all__ = ["FAILURE_GRACE", "MEMORY_ENTRIES", "DcapCollateralCache", "DcapKey"]
+__all__ = ["FAILURE_GRACE", "MEMORY_ENTRIES", "PCK_MEMORY_SECONDS", "DcapCollateralCache", "DcapKey"]
 
 log = logging.getLogger("confide.cas")
 
@@ -66,6 +78,9 @@ FAILURE_GRACE = 30.0
 """Seconds (monotonic clock) for which the outcome of the fetch just tried (its collateral or
 its error) is taken instead of asking again (:meth:`DcapCollateralCache.get`; collateral that is
 not current is not prefetched again within them either, an error is)."""
+PCK_MEMORY_SECONDS = PCK_CERT_CACHE_TIME.total_seconds()
+"""Seconds (monotonic clock) a fetched PCK certificate is kept in memory (the HTTP source keeps
+it on disk as long)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +125,9 @@ class DcapCollateralCache:
         self._memory: Lru[DcapKey, _Entry] = Lru(max_entries)
         self._failures: Lru[DcapKey, tuple[float, ConfideError]] = Lru(max_entries)
         self._flights: SingleFlight[DcapKey, DcapCollateral] = SingleFlight()
+        self._pcks: Lru[PckCertId, tuple[float, PckCertificate]] = Lru(max_entries)
+        self._pck_failures: Lru[PckCertId, tuple[float, ConfideError]] = Lru(max_entries)
+        self._pck_flights: SingleFlight[PckCertId, PckCertificate] = SingleFlight()
 
     @property
     def fetches(self) -> int:
@@ -213,6 +231,59 @@ class DcapCollateralCache:
         self._remember(key, _Entry(collateral, expires, self.monotonic()))
         _log("pcs-fetched", key, next_update=expires.isoformat() if expires else "none")
         return collateral
+
+    # -- PCK certificates of quotes of certification data type 1-4 (module docstring) ---------
+
+    def pck_found(self, cert_id: PckCertId) -> PckCertificate | None:
+        """No I/O: the PCK certificate in memory (fetched less than :data:`PCK_MEMORY_SECONDS`
+        ago), if any."""
+        entry = self._pcks.get(cert_id)
+        if entry is None or self.monotonic() - entry[0] >= PCK_MEMORY_SECONDS:
+            return None
+        return entry[1]
+
+    def pck_prefetch(self, cert_id: PckCertId) -> PckCertificate | ConfideError:
+        """Blocking (run it off the event loop): the certificate from memory, else fetched; a
+        failure is returned, not raised (a fetch that failed in the last :data:`FAILURE_GRACE`
+        seconds is not tried again)."""
+        try:
+            return self.pck_get(cert_id)
+        except ConfideError as exc:
+            return copy.copy(exc)
+
+    def pck_get(self, cert_id: PckCertId) -> PckCertificate:
+        """The certificate from memory; else the error of a fetch in the last
+        :data:`FAILURE_GRACE` seconds; else fetched (blocking, one fetch per platform at a
+        time). Raises :class:`CollateralMissingError` when the source fails."""
+        found = self.pck_found(cert_id)
+        if found is not None:
+            return found
+        failed = self._pck_failures.get(cert_id)
+        if failed is not None and self.monotonic() - failed[0] < FAILURE_GRACE:
+            raise copy.copy(failed[1])
+        return self._pck_flights.run(cert_id, partial(self._pck_load, cert_id))
+
+    def _pck_load(self, cert_id: PckCertId) -> PckCertificate:
+        source = self.source
+        try:
+            if not isinstance(source, PckCertificateSource):
+                raise missing_pck_error(cert_id)
+            with self.stats.timed():
+                pck = source.get_pck_certificate(cert_id)
+        except ConfideError as exc:
+            log.info(
+                json.dumps({"event": "pck-fetch-failed", "cert_type": cert_id.cert_type, "error": exc.kind})
+            )
+            error = CollateralMissingError(
+                f"fetching the PCK certificate for the quote's {cert_id.describe()} from {self.where} "
+                f"failed: {exc.kind}: {exc.message}"
+            )
+            self._pck_failures.put(cert_id, (self.monotonic(), error))
+            raise error from None
+        self._pcks.put(cert_id, (self.monotonic(), pck))
+        self._pck_failures.pop(cert_id)
+        log.info(json.dumps({"event": "pck-fetched", "cert_type": cert_id.cert_type}))
+        return pck
 
 
 def _expires(c: DcapCollateral) -> datetime | None:

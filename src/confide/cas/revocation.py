@@ -72,12 +72,24 @@ from cryptography.hazmat.primitives import serialization
 
 from confide.cas.fetch_stats import FetchStats
 from confide.collateral.nvidia_ocsp import OcspSource
-from confide.errors import ConfideError
+from confide.errors import ConfideError, UsageError
 from confide.fsutil import prune_oldest, write_atomic
 from confide.lru import Lru
+from confide.policy._types import duration_seconds
 from confide.verify.ocsp import MAX_RESPONSE_SIZE, OcspResponse, verify_ocsp_response
 
-__all__ = ["DISK_ENTRIES", "FAILURE_GRACE", "MAX_ENTRIES", "NO_NEXT_UPDATE_TTL", "OcspCache", "ocsp_key"]
+__all__ = [
+    "DISK_ENTRIES",
+    "FAILURE_GRACE",
+    "MAX_ENTRIES",
+    "MAX_STAPLED_MAX_AGE",
+    "MIN_STAPLED_MAX_AGE",
+    "NO_NEXT_UPDATE_TTL",
+    "STAPLED",
+    "OcspCache",
+    "ocsp_key",
+    "parse_stapled_max_age",
+]
 
 log = logging.getLogger("confide.cas")
 
@@ -85,6 +97,10 @@ NO_NEXT_UPDATE_TTL = timedelta(minutes=5)
 MAX_ENTRIES = 4096
 DISK_ENTRIES = 4096
 """Response files kept in the disk directory; past that the oldest are removed."""
+STAPLED = "stapled"
+"""``cas serve --nvidia-ocsp stapled``: no source; stapled responses only (``confide.cas.verifier``)."""
+MIN_STAPLED_MAX_AGE = timedelta(minutes=1)
+MAX_STAPLED_MAX_AGE = timedelta(days=30)
 FAILURE_GRACE = 30.0
 """Seconds (monotonic clock) after a failed fetch during which :meth:`OcspCache.get` reports its
 error instead of asking again; a prefetch always asks again."""
@@ -243,6 +259,20 @@ class OcspCache:
         """Keep at most :attr:`disk_entries` response files, removing the oldest."""
         assert self.directory is not None
         prune_oldest(self.directory, "*.der", self.disk_entries)
+
+
+def parse_stapled_max_age(text: str) -> timedelta:
+    """``cas serve --nvidia-ocsp-max-age``: a duration as in policies (``24 hours``, ``12h``)
+    from :data:`MIN_STAPLED_MAX_AGE` to :data:`MAX_STAPLED_MAX_AGE`."""
+    expected = "expected a duration from 1 minute to 30 days"
+    try:
+        seconds = duration_seconds(text)
+    except (ValueError, TypeError):
+        raise UsageError(f"--nvidia-ocsp-max-age: got {text[:40]!r}, {expected} (e.g. '24 hours')") from None
+    age = timedelta(seconds=seconds)
+    if not MIN_STAPLED_MAX_AGE <= age <= MAX_STAPLED_MAX_AGE:
+        raise UsageError(f"--nvidia-ocsp-max-age: got {seconds} seconds, {expected}")
+    return age
 
 
 def ocsp_key(cert: x509.Certificate, issuer: x509.Certificate) -> tuple[bytes, int]:

@@ -72,7 +72,7 @@ from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, CasEvidence, Evide
 from confide.cas.own_vcek import with_kds_vcek
 from confide.cas.pin import cas_binding
 from confide.cas.renewal import DEFAULT_SWEEP_SECONDS, CertificateRenewer
-from confide.cas.revocation import OcspCache
+from confide.cas.revocation import STAPLED, OcspCache
 from confide.cas.rotation import bind_master_key, open_master_key
 from confide.cas.runlock import run_lock
 from confide.cas.sealing import SealingKeyProvider
@@ -96,6 +96,7 @@ from confide.runtime.azure_vtpm import AzureVtpmQuoteProvider
 from confide.runtime.quote import ConfigfsTsmQuoteProvider, GramineQuoteProvider, QuoteProvider
 from confide.sim.measure import measure_current_process
 from confide.sim.platform import SimPlatform
+from confide.verify.ocsp import STAPLED_MAX_AGE
 from confide.verify.result import Platform
 from confide.verify.sev_snp import AmdRootStore
 
@@ -309,6 +310,7 @@ def prepare(
     nvidia_ocsp: str | None = None,
     crl_validity: float = DEFAULT_CRL_VALIDITY,
     nvidia_rim: str | None = None,
+    nvidia_ocsp_max_age: timedelta | None = None,
 ) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
     """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (``dev``:
     simulated; ``tee``: from the TEE's quote provider, ``quote_provider`` or the one at the
@@ -331,7 +333,10 @@ def prepare(
     ``nvidia_ocsp``: an OCSP responder URL or a directory of stored responses; NVIDIA GPU chains
     are then checked for revocation (``confide.cas.verifier``, ``confide.cas.revocation``); a
     responder's good responses are also kept in ``data_dir/ocsp-cache``, verified again whenever
-    they are read back.
+    they are read back. Stapled responses sent with GPU evidence are used instead when current;
+    ``stapled`` (:data:`~confide.cas.revocation.STAPLED`): no source, stapled responses
+    required. ``nvidia_ocsp_max_age``: how old a stapled response may be (``None``: the default,
+    :data:`~confide.verify.ocsp.STAPLED_MAX_AGE`).
 
     ``nvidia_rim``: NVIDIA's RIM service URL or a directory of RIM files: NVIDIA reports sent
     without RIMs are compared with the driver and VBIOS RIMs from there (``confide.cas.rims``);
@@ -359,7 +364,7 @@ def prepare(
     report_data = cas_binding(cert_der, log_key)  # the same for every evidence the CAS obtains
     dcap_source = source_for(collateral) if collateral else None
     ocsp_cache = None
-    if nvidia_ocsp:
+    if nvidia_ocsp and nvidia_ocsp != STAPLED:
         ocsp_source = ocsp_source_for(nvidia_ocsp, "--nvidia-ocsp")
         # A responder's good responses are kept on disk too (re-verified when read back), so a
         # restarted CAS does not need the responder for them; a directory of stored responses
@@ -390,7 +395,8 @@ def prepare(
     verifier = PlatformVerifier(
         sim_key=sim_key, dcap_source=dcap_source, amd_roots=amd_roots,
         kds=kds_source, kds_cache=data_dir / "kds-cache", kds_where=f"AMD KDS {public_url(kds or '')}",
-        nvidia_ocsp=ocsp_cache,
+        nvidia_ocsp=ocsp_cache, nvidia_ocsp_stapled_only=nvidia_ocsp == STAPLED,
+        nvidia_ocsp_max_age=nvidia_ocsp_max_age or STAPLED_MAX_AGE,
         nvidia_rim=rim_source, nvidia_rim_where=rim_where, nvidia_rim_cache=rim_cache,
     )  # fmt: skip
     if sim_platform is not None:
@@ -480,11 +486,13 @@ def serve(
     nvidia_ocsp: str | None = None,
     crl_validity: float = DEFAULT_CRL_VALIDITY,
     nvidia_rim: str | None = None,
+    nvidia_ocsp_max_age: timedelta | None = None,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
     between sweeps that renew due certificates (and re-issue due CRLs). ``crl_validity``: seconds
-    from a CRL's thisUpdate to its nextUpdate. ``nvidia_ocsp``, ``nvidia_rim``: see :func:`prepare`."""
+    from a CRL's thisUpdate to its nextUpdate. ``nvidia_ocsp``, ``nvidia_ocsp_max_age``,
+    ``nvidia_rim``: see :func:`prepare`."""
     host, port = _parse_listen(listen)
     _configure_logging()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -493,7 +501,8 @@ def serve(
         _serve(data_dir, host, port, dev=dev, db_url=db_url, collateral=collateral, witnesses=witnesses,
                witness_tls=witness_tls, seal=seal, tee=tee, evidence_refresh=evidence_refresh,
                renewal_interval=renewal_interval, kds=kds, nvidia_ocsp=nvidia_ocsp,
-               crl_validity=crl_validity, nvidia_rim=nvidia_rim)  # fmt: skip
+               crl_validity=crl_validity, nvidia_rim=nvidia_rim,
+               nvidia_ocsp_max_age=nvidia_ocsp_max_age)  # fmt: skip
 
 
 def _serve(
@@ -514,10 +523,12 @@ def _serve(
     nvidia_ocsp: str | None,
     crl_validity: float,
     nvidia_rim: str | None,
+    nvidia_ocsp_max_age: timedelta | None,
 ) -> None:
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
         data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee, kds=kds,
         nvidia_ocsp=nvidia_ocsp, crl_validity=crl_validity, nvidia_rim=nvidia_rim,
+        nvidia_ocsp_max_age=nvidia_ocsp_max_age,
     )  # fmt: skip
     checkpointer = Checkpointer(cas, signer, witnesses=witnesses, witness_tls=witness_tls)
     checkpointer.start()
@@ -566,6 +577,7 @@ def _serve(
                 "evidence_refresh": evidence_refresh if cas_evidence is not None else None,
                 "self_check": cas_evidence.check if cas_evidence is not None else None,
                 "nvidia_ocsp": nvidia_ocsp is not None,
+                "nvidia_ocsp_stapled_only": nvidia_ocsp == STAPLED,
                 "nvidia_rim": nvidia_rim is not None,
                 "db": cas.db.redacted_url,
                 "master_key": f"sealed: {seal.name} ({seal.binding})" if seal else "plain file",

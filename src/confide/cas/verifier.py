@@ -14,7 +14,12 @@ What each platform's ``evidence`` and ``aux`` blobs are (all hostile input):
 - ``nvidia-gpu``: the SPDM attestation report (GET_MEASUREMENTS request ‖ MEASUREMENTS
   response ‖ signature); ``aux["certs"]`` the GPU's certificate chain, leaf first, as a PEM
   bundle or concatenated DER; ``aux["rim:<name>"]`` optional RIMs (raw SWID XML), verified under
-  the pinned NVIDIA RIM root before their golden values are compared. Other keys are refused.
+  the pinned NVIDIA RIM root before their golden values are compared; ``aux["ocsp:<i>"]``
+  optional stapled OCSP responses (DER, RFC 6960) about certificate ``i`` of the chain (0 the
+  leaf: ``i`` from 1 to the root's position minus one, the certificates whose revocation is
+  checked), at most :data:`~confide.verify.ocsp.MAX_STAPLED`, each at most
+  :data:`~confide.verify.ocsp.MAX_RESPONSE_SIZE` bytes ("Revocation" below). Other keys are
+  refused.
 - ``aws-nitro``: the attestation document (COSE_Sign1, binary); its chain is inside it.
 - ``az-snp-vtpm`` / ``az-tdx-vtpm``: an Azure confidential VM's evidence JSON (``docs/azure-vtpm.md``:
   HCL report, vTPM quote and PCRs, and the VCEK or the TD quote); ``az-tdx-vtpm`` takes
@@ -23,8 +28,8 @@ What each platform's ``evidence`` and ``aux`` blobs are (all hostile input):
 Composite attestation (a confidential VM with GPUs, :func:`split_gpu_aux`): with ``tdx``,
 ``sev-snp`` or ``sim`` evidence, ``aux`` may also carry up to :data:`MAX_GPUS` GPU reports,
 ``gpu<k>`` for k = 0, 1, ... without gaps, each with its own ``gpu<k>.certs`` and optional
-``gpu<k>.rim:<name>`` blobs (the ``nvidia-gpu`` blobs above, per GPU). Every other key that
-starts with ``gpu`` is refused.
+``gpu<k>.rim:<name>`` and ``gpu<k>.ocsp:<i>`` blobs (the ``nvidia-gpu`` blobs above, per GPU).
+Every other key that starts with ``gpu`` is refused.
 
 Revocation (``cas serve --nvidia-ocsp URL|DIR``, the ``nvidia_ocsp`` cache): every NVIDIA report,
 GPU-only or in a composite request, has its device chain checked by OCSP (RFC 6960; the links
@@ -40,6 +45,24 @@ classes, a malformed response as ``CollateralError``) refuse too, their messages
 from what that prefetch handed it (:class:`Prefetched`; the prefetch reads responses kept on
 disk before it asks the responder), then from memory (:mod:`confide.cas.revocation`). Without
 it nothing is fetched and the claims say ``revocation_checked: false``.
+
+Stapled responses (``ocsp:<i>``, fetched by the runtime: ``confide run --gpu-ocsp``) stand for
+the device chain's certificates they are about. Each is verified as a fetched one is
+(:func:`~confide.verify.ocsp.verify_ocsp_response`: its CertID names exactly that certificate
+and issuer, it is signed by the issuer or a delegated responder the issuer authorised, status
+``good``, current at ``at``) and, as its nonce is not the CAS's, its ``thisUpdate`` must be no
+older than ``nvidia_ocsp_max_age`` (default :data:`~confide.verify.ocsp.STAPLED_MAX_AGE`).
+With a source (``--nvidia-ocsp URL|DIR``), a certificate without a stapled response, or whose
+stapled response is stale (past its ``nextUpdate`` or too old), is asked about as before, and
+a usable stapled one is never asked about (nothing is prefetched for it); every other fault of a
+stapled response (revoked, another certificate's, an unauthorised signer, a bad signature,
+malformed: a ``ParseError``) refuses. Stapled only (``--nvidia-ocsp stapled``,
+``nvidia_ocsp_stapled_only``): no source at all; every certificate of the device chain checked
+needs a usable stapled response (else ``CollateralMissingError`` or the response's refusal), and
+RIM signing chains are not checked (``rim_revocation_checked: false``). Without revocation checks
+the stapled responses are checked for shape (keys, count, sizes) only and not used. The details
+say where the device chain's status came from (``ocsp_source``: ``stapled``, ``responder``,
+``dir``, or ``stapled+responder`` / ``stapled+dir`` when both served; ``None``: not checked).
 
 RIMs (``cas serve --nvidia-rim URL|DIR``, the ``nvidia_rim`` source): every NVIDIA report, GPU-only
 or in a composite request, gets the driver and VBIOS RIMs the runtime did not send (a sent RIM
@@ -75,7 +98,7 @@ import hmac
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
@@ -91,7 +114,8 @@ from confide.cas.revocation import OcspCache, ocsp_key
 from confide.cas.rims import RimCache
 from confide.collateral import public_url
 from confide.collateral.amd_kds import AmdCollateralRequest, AmdCollateralSource
-from confide.collateral.dcap import DcapCollateralSource, PcsHttpSource
+from confide.collateral.dcap import DcapCollateralSource, PckCertificateSource, PcsHttpSource
+from confide.collateral.nvidia_ocsp import DirOcspSource
 from confide.collateral.nvidia_rim import DirRimSource, RimSource, rim_targets
 from confide.errors import (
     BindingError,
@@ -104,21 +128,27 @@ from confide.errors import (
     UsageError,
 )
 from confide.evidence.azure_vtpm import HclReportType, parse_evidence
-from confide.evidence.dcap import Quote
-from confide.evidence.dcap_collateral import DcapCollateral
+from confide.evidence.dcap import PckCertId, Quote
+from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate
 from confide.evidence.nvidia import NONCE_SIZE as SPDM_NONCE_SIZE
 from confide.evidence.nvidia import NvidiaAttestationReport
 from confide.evidence.nvidia_rim import ReferenceManifest
 from confide.evidence.snp_certs import VCEK_GUID, VLEK_GUID, parse_cert_table
 from confide.platforms.sev_snp import embedded_roots
 from confide.policy.attestation import GPU_HOSTS, MAX_GPUS
-from confide.verify._pinned_chain import verify_pinned_chain
+from confide.verify._pinned_chain import subject_cn, verify_pinned_chain
 from confide.verify.azure_vtpm import verify_azure_snp, verify_azure_tdx
-from confide.verify.dcap import DcapVerifier
+from confide.verify.dcap import DcapVerifier, missing_pck_error
 from confide.verify.nitro import verify_nitro_document
 from confide.verify.nvidia import RimMismatchError, nvidia_device_root, ocsp_targets, verify_nvidia_report
 from confide.verify.nvidia_rim import nvidia_rim_root, rim_ocsp_targets
-from confide.verify.ocsp import OcspResponse
+from confide.verify.ocsp import (
+    MAX_RESPONSE_SIZE,
+    MAX_STAPLED,
+    STAPLED_MAX_AGE,
+    OcspResponse,
+    stapled_is_stale,
+)
 from confide.verify.result import Platform, VerifiedEvidence
 from confide.verify.sev_snp import AmdRootStore, SnpVerifier
 from confide.verify.sim import verify_sim
@@ -137,9 +167,11 @@ __all__ = [
 
 NVIDIA_CERTS = "certs"
 NVIDIA_RIM_PREFIX = "rim:"
+NVIDIA_OCSP_PREFIX = "ocsp:"
+_OCSP_KEY = re.compile(r"ocsp:([1-9][0-9]?)")
 MAX_RIMS = 16
 GPU_PREFIX = "gpu"
-_GPU_KEY = re.compile(r"gpu(0|[1-9][0-9]{0,2})(?:\.(certs|rim:.*))?", re.DOTALL)
+_GPU_KEY = re.compile(r"gpu(0|[1-9][0-9]{0,2})(?:\.(certs|rim:.*|ocsp:.*))?", re.DOTALL)
 
 
 _VekKey = tuple[str, str, str, int]
@@ -157,13 +189,15 @@ class Prefetched:
     """The collateral fetched (or found in memory) for one attestation before its phase 1, or
     the error its fetch ran into, per key (module docstring, "Prefetch"): VCEKs by
     :func:`~confide.cas.kds.vek_key`, DCAP collateral by :class:`DcapKey`, OCSP responses by
-    :func:`~confide.cas.revocation.ocsp_key`, NVIDIA RIMs by RIM ID. Immutable; an error is
-    raised as a copy."""
+    :func:`~confide.cas.revocation.ocsp_key`, NVIDIA RIMs by RIM ID, the PCK certificates of
+    DCAP quotes that only name theirs (certification data types 1-4) by
+    :class:`~confide.evidence.dcap.PckCertId`. Immutable; an error is raised as a copy."""
 
     veks: Mapping[_VekKey, FetchedVek | ConfideError] = field(default_factory=_frozen)
     dcap: Mapping[DcapKey, DcapCollateral | ConfideError] = field(default_factory=_frozen)
     ocsp: Mapping[_OcspKey, OcspResponse | ConfideError] = field(default_factory=_frozen)
     rims: Mapping[str, ReferenceManifest | ConfideError] = field(default_factory=_frozen)
+    pck: Mapping[PckCertId, PckCertificate | ConfideError] = field(default_factory=_frozen)
 
     def merged(self, other: Prefetched) -> Prefetched:
         """Both; ``other``'s outcome where both have one (it is the later)."""
@@ -172,6 +206,7 @@ class Prefetched:
             _frozen({**self.dcap, **other.dcap}),
             _frozen({**self.ocsp, **other.ocsp}),
             _frozen({**self.rims, **other.rims}),
+            _frozen({**self.pck, **other.pck}),
         )
 
 
@@ -234,7 +269,8 @@ def split_gpu_aux(platform: Platform, aux: dict[str, bytes]) -> tuple[dict[str, 
         match = _GPU_KEY.fullmatch(key)
         if match is None:
             raise ParseError(
-                f"got aux {key[:40]!r}, expected gpu<k>, gpu<k>.certs or gpu<k>.rim:<name> (k = 0, 1, ...)",
+                f"got aux {key[:40]!r}, expected gpu<k>, gpu<k>.certs, gpu<k>.rim:<name> or"
+                " gpu<k>.ocsp:<i> (k = 0, 1, ...)",
                 structure="attestation request",
             )
         index = int(match.group(1))
@@ -277,7 +313,9 @@ class PlatformVerifier:
     only) by a :class:`~confide.cas.kds.KdsVcekCache` that verifies them under the same roots as
     the evidence; ``kds_where`` names the source in refusals. ``nvidia_ocsp``: check NVIDIA
     chains for revocation with the responses of this cache (module docstring; ``None``: not
-    checked). ``nvidia_rim``: where the RIMs NVIDIA reports were not sent with come from
+    checked, unless ``nvidia_ocsp_stapled_only``: checked with stapled responses only, module
+    docstring, "Stapled responses"); ``nvidia_ocsp_max_age``: how old a stapled response's
+    ``thisUpdate`` may be. ``nvidia_rim``: where the RIMs NVIDIA reports were not sent with come from
     (module docstring, "RIMs"; ``nvidia_rim_where`` names it in refusals), verified and cached
     by a :class:`~confide.cas.rims.RimCache`, in memory and in ``nvidia_rim_cache`` (a
     directory; ``None``: memory only); without a source such reports are not compared with
@@ -301,7 +339,13 @@ class PlatformVerifier:
         nvidia_rim: RimSource | None = None,
         nvidia_rim_where: str = "NVIDIA RIM service",
         nvidia_rim_cache: Path | None = None,
+        nvidia_ocsp_stapled_only: bool = False,
+        nvidia_ocsp_max_age: timedelta = STAPLED_MAX_AGE,
     ) -> None:
+        if nvidia_ocsp_stapled_only and nvidia_ocsp is not None:
+            raise ValueError("nvidia_ocsp_stapled_only takes no nvidia_ocsp source")
+        if nvidia_ocsp_max_age <= timedelta(0):
+            raise ValueError("nvidia_ocsp_max_age must be positive")
         self.sim_key = sim_key
         self.dcap_source = dcap_source
         if dcap_remote is None:
@@ -315,6 +359,14 @@ class PlatformVerifier:
             )
             self.dcap_cache = DcapCollateralCache(dcap_source, where=where)
         self.nvidia_ocsp = nvidia_ocsp
+        self.nvidia_ocsp_stapled_only = nvidia_ocsp_stapled_only
+        self.nvidia_ocsp_max_age = nvidia_ocsp_max_age
+        # ocsp_source of what the cache serves (module docstring, "Stapled responses")
+        self._ocsp_kind = (
+            "dir"
+            if nvidia_ocsp is not None and isinstance(nvidia_ocsp.source, DirOcspSource)
+            else "responder"
+        )
         self.nvidia_root = nvidia_root
         self.nvidia_rim_root = nvidia_rim_root
         self.nvidia_rims = (
@@ -379,16 +431,26 @@ class PlatformVerifier:
     ) -> CollateralJob | None:
         """The prefetch of the platform's DCAP collateral. The PCK chain must verify to the
         pinned Intel root first (as in phase 1): the source is never asked about an FMSPC that a
-        request made up. A local source (``--collateral FILE|DIR``) is read by the job's
-        ``fetch`` at every attestation (disk I/O, off the event loop; nothing is kept), a remote
-        one through :attr:`dcap_cache`."""
+        request made up. A quote that only names its PCK certificate (certification data types
+        1-4) has it fetched first (by what the quote names; with a request's own collateral
+        bundle, only it), and its chain verified, before the collateral is asked for. A local
+        source (``--collateral FILE|DIR``) is read by the job's ``fetch`` at every attestation
+        (disk I/O, off the event loop; nothing is kept), a remote one through
+        :attr:`dcap_cache`."""
         source = self.dcap_source
         if source is None or platform not in (Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM):
             return None
+        try:
+            quote = self._dcap_quote(platform, evidence)
+            cert_id = quote.pck_cert_id()
+        except ConfideError:
+            return None
+        if cert_id is not None:
+            return self._pck_job(source, quote, cert_id, at, pck_only="collateral" in aux)
         if "collateral" in aux:
             return None
         try:
-            key = self._dcap_key(self._dcap_quote(platform, evidence))
+            key = self._dcap_key(quote)
         except ConfideError:
             return None
         cache = self.dcap_cache
@@ -399,6 +461,48 @@ class PlatformVerifier:
             return CollateralJob(Prefetched(dcap=_frozen({key: found})))
         return CollateralJob(Prefetched(), lambda: Prefetched(dcap=_frozen({key: cache.prefetch(key, at)})))
 
+    def _pck_job(
+        self, source: DcapCollateralSource, quote: Quote, cert_id: PckCertId, at: datetime, *, pck_only: bool
+    ) -> CollateralJob | None:
+        """The prefetch of a type 1-4 quote's PCK certificate, then (unless ``pck_only``) of the
+        collateral of the platform it names once it verifies for the quote (phase 1 refuses a
+        certificate that does not; nothing more is asked about it)."""
+        if not isinstance(source, PckCertificateSource):
+            return None  # phase 1 refuses: nothing to fetch it from
+
+        def then_collateral(found: Prefetched, pck: PckCertificate | ConfideError) -> CollateralJob:
+            if pck_only or isinstance(pck, ConfideError):
+                return CollateralJob(found)
+            try:
+                key = self._dcap_key(quote, pck)
+            except ConfideError:
+                return CollateralJob(found)
+            cache = self.dcap_cache
+            if cache is None:
+                return CollateralJob(found, partial(_read_local, source, key))
+            hit = cache.found(key, at)
+            if hit is not None:
+                return CollateralJob(found.merged(Prefetched(dcap=_frozen({key: hit}))))
+            return CollateralJob(found, lambda: Prefetched(dcap=_frozen({key: cache.prefetch(key, at)})))
+
+        cache = self.dcap_cache
+        hit = cache.pck_found(cert_id) if cache is not None else None
+        if hit is not None:
+            return then_collateral(Prefetched(pck=_frozen({cert_id: hit})), hit)
+
+        def fetch() -> Prefetched:
+            outcome: PckCertificate | ConfideError
+            if cache is not None:
+                outcome = cache.pck_prefetch(cert_id)
+            else:
+                try:
+                    outcome = source.get_pck_certificate(cert_id)
+                except ConfideError as exc:
+                    outcome = exc
+            return then_collateral(Prefetched(pck=_frozen({cert_id: outcome})), outcome).run()
+
+        return CollateralJob(Prefetched(), fetch)
+
     def _dcap_quote(self, platform: Platform, evidence: bytes) -> Quote:
         if platform is Platform.AZURE_TDX_VTPM:
             parsed = parse_evidence(evidence, HclReportType.TDX)
@@ -407,8 +511,8 @@ class PlatformVerifier:
             return Quote.from_bytes(parsed.td_quote)
         return Quote.from_bytes(evidence)
 
-    def _dcap_key(self, quote: Quote) -> DcapKey:
-        chain = self.dcap.pck_chain(quote)  # verified to the pinned root (signatures)
+    def _dcap_key(self, quote: Quote, pck: PckCertificate | None = None) -> DcapKey:
+        chain = self.dcap.pck_chain(quote, pck)  # verified to the pinned root (signatures)
         return DcapKey(chain.extension.fmspc, chain.ca, quote.tee)
 
     def fetch_stats(self) -> dict[str, FetchStats]:
@@ -463,7 +567,7 @@ class PlatformVerifier:
         seen: set[tuple[x509.Certificate, x509.Certificate]] = set()  # GPUs share intermediates
         for report, gpu_aux in reports:
             try:
-                certs, rims = _nvidia_aux(gpu_aux)
+                certs, rims, stapled = _nvidia_aux(gpu_aux)
                 if self.nvidia_rims is not None:
                     # The RIMs the CAS fetches: those in memory now; the RIM job's prefetch
                     # asks about the chains of those it fetches (_rim_job).
@@ -472,10 +576,17 @@ class PlatformVerifier:
                 chains = self._revocation_chains(report, certs, rims)
             except ConfideError:
                 continue  # phase 1 refuses this GPU before it asks anything about it
+            # Device-chain certificates with a stapled response that is not stale: phase 1 uses
+            # it (or refuses it) and asks nobody about them.
+            covered = {
+                pair
+                for pair, response in zip(chains[0][0], self._stapled(certs, stapled), strict=True)
+                if response is not None and not stapled_is_stale(response, at)
+            }
             for targets, check in chains:
                 todo = []
                 for pair in targets:
-                    if pair in seen:
+                    if pair in seen or pair in covered:
                         continue
                     seen.add(pair)
                     hit = cache.cached(*pair, at=at)
@@ -532,8 +643,8 @@ class PlatformVerifier:
             return verify_sim(evidence, self.sim_key, at=at)
         if platform in (Platform.SGX, Platform.TDX):
             quote = Quote.from_bytes(evidence)
-            collateral = self._dcap_collateral(quote, aux, at, prefetched)
-            return self.dcap.verify_parsed(quote, evidence, collateral, at=at)
+            collateral, pck = self._dcap_collateral(quote, aux, at, prefetched)
+            return self.dcap.verify_parsed(quote, evidence, collateral, at=at, pck=pck)
         if platform is Platform.AZURE_SNP_VTPM:
             _no_aux(platform, aux, allowed=frozenset())
             return verify_azure_snp(parse_evidence(evidence, HclReportType.SNP), self.snp, at=at)
@@ -542,8 +653,8 @@ class PlatformVerifier:
             parsed = parse_evidence(evidence, HclReportType.TDX)
             if parsed.td_quote is None:  # parse_evidence requires it for TDX; kept for the type
                 raise ParseError("no td_quote", structure="Azure vTPM evidence")
-            collateral = self._dcap_collateral(Quote.from_bytes(parsed.td_quote), aux, at, prefetched)
-            return verify_azure_tdx(parsed, self.dcap, collateral, at=at)
+            collateral, pck = self._dcap_collateral(Quote.from_bytes(parsed.td_quote), aux, at, prefetched)
+            return verify_azure_tdx(parsed, self.dcap, collateral, at=at, pck=pck)
         if platform is Platform.SEV_SNP:
             # The VCEK/VLEK comes with the evidence: configfs-tsm's auxblob (certificate table)
             # or a "vcek" blob; the ASK/ARK chain is the embedded, pinned one.
@@ -565,7 +676,7 @@ class PlatformVerifier:
         if platform is Platform.NVIDIA_GPU:
             # The nonce is not checked here: the CAS compares it with the key binding
             # (check_binding), as it does every platform's report data.
-            certs, rims = _nvidia_aux(aux)
+            certs, rims, stapled = _nvidia_aux(aux)
             rims_source = "sent" if rims else None
             if self.nvidia_rims is not None:
                 missing = _missing_rim_ids(evidence, rims)
@@ -576,16 +687,18 @@ class PlatformVerifier:
                     rims = [*rims, *from_source]
             ocsp: list[OcspResponse] | None = None
             rim_ocsp: list[list[OcspResponse]] | None = None
-            if self.nvidia_ocsp is not None:
-                ocsp, rim_ocsp = self._nvidia_revocation(
-                    self.nvidia_ocsp, evidence, certs, rims, at, prefetched
+            ocsp_source: str | None = None
+            if self.nvidia_ocsp is not None or self.nvidia_ocsp_stapled_only:
+                ocsp, rim_ocsp, ocsp_source = self._nvidia_revocation(
+                    self.nvidia_ocsp, evidence, certs, rims, stapled, at, prefetched
                 )
             try:
                 verified = verify_nvidia_report(
                     evidence, certs, at=at, root=self.nvidia_root, rims=rims, rim_root=self.nvidia_rim_root,
                     ocsp=ocsp, rim_ocsp=rim_ocsp,
                 )  # fmt: skip
-                return dataclasses.replace(verified, details={**verified.details, "rims_source": rims_source})
+                details = {**verified.details, "rims_source": rims_source, "ocsp_source": ocsp_source}
+                return dataclasses.replace(verified, details=details)
             except RimMismatchError as exc:
                 # Refusals cross the wire by class name: keep to the public tree (confide.errors).
                 raise MeasurementError(exc.message) from None
@@ -645,7 +758,7 @@ class PlatformVerifier:
         missing: list[tuple[Callable[[], None], list[str]]] = []
         for report, gpu_aux in reports:
             try:
-                certs, sent = _nvidia_aux(gpu_aux)
+                certs, sent, _ = _nvidia_aux(gpu_aux)
                 ids = _missing_rim_ids(report, sent)
             except ConfideError:
                 continue  # phase 1 refuses this GPU before it asks anything about it
@@ -706,23 +819,60 @@ class PlatformVerifier:
 
     def _nvidia_revocation(
         self,
-        cache: OcspCache,
+        cache: OcspCache | None,
         evidence: bytes,
         certs: list[x509.Certificate],
         rims: list[ReferenceManifest],
+        stapled: dict[int, bytes],
         at: datetime,
         prefetched: Prefetched | None,
-    ) -> tuple[list[OcspResponse], list[list[OcspResponse]]]:
+    ) -> tuple[list[OcspResponse], list[list[OcspResponse]] | None, str]:
         """OCSP responses for the GPU chain's links and each RIM's signing chain (module
         docstring), for :func:`verify_nvidia_report` to check (it verifies every chain before
-        it uses a response about it): what the prefetch of :meth:`collateral_job` handed over
-        (a response or the error it got), else from memory. Before a responder is asked
-        anything, the report must parse and the chain must verify to its pinned root."""
-        chains = self._revocation_chains(evidence, certs, rims)
-        responses = [
-            _responses(cache, targets, partial(check, at), at, prefetched) for targets, check in chains
+        it uses a response about it), and where the device chain's came from (``ocsp_source``).
+        A device-chain certificate with a stapled response takes it, unless it is stale and
+        ``cache`` can stand in; the others take what the prefetch of :meth:`collateral_job`
+        handed over (a response or the error it got), else from memory. Before a responder is
+        asked anything, and before a missing stapled response is refused, the report must parse
+        and the chain must verify to its pinned root. ``cache`` ``None`` (stapled only): no RIM
+        signing chain is checked (``None`` for them)."""
+        chains = self._revocation_chains(evidence, certs, rims if cache is not None else [])
+        targets, device_chain = chains[0]
+        # A stale stapled response gives way to the cache's when there is one.
+        device = [
+            response
+            if response is not None and (cache is None or not stapled_is_stale(response, at))
+            else None
+            for response in self._stapled(certs, stapled)
         ]
-        return responses[0], responses[1:]
+        need = [pair for pair, response in zip(targets, device, strict=True) if response is None]
+        used = {"stapled" if r is not None else self._ocsp_kind for r in device}
+        kinds = [kind for kind in ("stapled", self._ocsp_kind) if kind in used]
+        if cache is None:
+            if need:
+                device_chain(at)  # a chain that does not verify is refused as such
+                cert = need[0][0]
+                raise CollateralMissingError(
+                    f"revocation check: no stapled OCSP response about certificate"
+                    f" {certs.index(cert)} ({subject_cn(cert)!r}, serial {cert.serial_number:x}) of the"
+                    f" GPU chain (aux {NVIDIA_OCSP_PREFIX}{certs.index(cert)}), and this CAS asks no"
+                    " responder (--nvidia-ocsp stapled): run the runtime with --gpu-ocsp"
+                )
+            return [r for r in device if r is not None], None, "stapled"
+        fetched = iter(_responses(cache, need, partial(device_chain, at), at, prefetched))
+        responses = [r if r is not None else next(fetched) for r in device]
+        rim_responses = [
+            _responses(cache, pairs, partial(check, at), at, prefetched) for pairs, check in chains[1:]
+        ]
+        return responses, rim_responses, "+".join(kinds) or self._ocsp_kind
+
+    def _stapled(self, certs: list[x509.Certificate], stapled: dict[int, bytes]) -> list[OcspResponse | None]:
+        """Per pair of :func:`ocsp_targets` (chain position ``i`` = index + 1), the stapled
+        response about it (bounded by :attr:`nvidia_ocsp_max_age`), or ``None``."""
+        return [
+            OcspResponse(stapled[i], None, self.nvidia_ocsp_max_age) if i in stapled else None
+            for i in range(1, len(certs) - 1)
+        ]
 
     def _revocation_chains(
         self, evidence: bytes, certs: list[x509.Certificate], rims: list[ReferenceManifest]
@@ -762,34 +912,69 @@ class PlatformVerifier:
 
     def _dcap_collateral(
         self, quote: Quote, aux: dict[str, bytes], at: datetime, prefetched: Prefetched | None
-    ) -> DcapCollateral:
-        """A quote's collateral: the request's dcap-qvl bundle, else the configured source's:
-        what the prefetch of :meth:`collateral_job` handed over (or its error); else, for a
-        remote source, from memory (without a prefetch: fetched when missing). A local source
-        is read here only without a prefetch: with one, this touches no disk (what the prefetch
-        did not read is refused, "attest again")."""
+    ) -> tuple[DcapCollateral, PckCertificate | None]:
+        """A quote's collateral and, for a quote that only names its PCK certificate (types
+        1-4), that certificate (:meth:`_pck_certificate`). The collateral: the request's
+        dcap-qvl bundle, else the configured source's: what the prefetch of
+        :meth:`collateral_job` handed over (or its error); else, for a remote source, from
+        memory (without a prefetch: fetched when missing). A local source is read here only
+        without a prefetch: with one, this touches no disk (what the prefetch did not read is
+        refused, "attest again")."""
+        pck = self._pck_certificate(quote, prefetched)
         if "collateral" in aux:
-            return DcapCollateral.from_dcap_qvl_json(aux["collateral"])
+            return DcapCollateral.from_dcap_qvl_json(aux["collateral"]), pck
         if self.dcap_source is None:
             raise CollateralMissingError("this CAS has no DCAP collateral source configured")
         if self.dcap_cache is not None:
-            cache, key = self.dcap_cache, self._dcap_key(quote)
+            cache, key = self.dcap_cache, self._dcap_key(quote, pck)
             if prefetched is None:
-                return cache.get(key, at)
+                return cache.get(key, at), pck
             outcome = prefetched.dcap.get(key)
             if outcome is not None:
-                return _outcome(outcome)
+                return _outcome(outcome), pck
             found = cache.found(key, at)
             if found is None:
                 raise _not_prefetched(f"the DCAP collateral of {key} from {cache.where}")
-            return found
-        key = self._dcap_key(quote)
+            return found, pck
+        key = self._dcap_key(quote, pck)
         if prefetched is None:
-            return self.dcap_source.get_collateral(fmspc=key.fmspc, ca=key.ca, tee=key.tee)
+            return self.dcap_source.get_collateral(fmspc=key.fmspc, ca=key.ca, tee=key.tee), pck
         outcome = prefetched.dcap.get(key)
         if outcome is None:
             raise _not_read(f"the DCAP collateral of {key} from --collateral")
-        return _outcome(outcome)
+        return _outcome(outcome), pck
+
+    def _pck_certificate(self, quote: Quote, prefetched: Prefetched | None) -> PckCertificate | None:
+        """``None`` for a quote that carries its PCK chain (type 5); else the PCK certificate it
+        names, from the configured source: the prefetch's (or its error), else from memory
+        (remote source); without a prefetch, fetched or read (blocking)."""
+        cert_id = quote.pck_cert_id()
+        if cert_id is None:
+            return None
+        source = self.dcap_source
+        if not isinstance(source, PckCertificateSource):
+            error = missing_pck_error(cert_id)
+            error.message += (
+                "; this CAS has no source of PCK certificates (start it with --collateral URL|DIR)"
+            )
+            error.args = (error.message,)
+            raise error
+        outcome = prefetched.pck.get(cert_id) if prefetched is not None else None
+        if outcome is not None:
+            return _outcome(outcome)
+        cache = self.dcap_cache
+        if cache is not None:
+            found = cache.pck_found(cert_id)
+            if found is not None:
+                return found
+            if prefetched is None:
+                return cache.pck_get(cert_id)
+            raise _not_prefetched(
+                f"the PCK certificate for the quote's {cert_id.describe()} from {cache.where}"
+            )
+        if prefetched is None:
+            return source.get_pck_certificate(cert_id)
+        raise _not_read(f"the PCK certificate for the quote's {cert_id.describe()} from --collateral")
 
 
 def _missing_rim_ids(evidence: bytes, sent: list[ReferenceManifest]) -> list[str]:
@@ -888,28 +1073,63 @@ def _no_aux(platform: Platform, aux: dict[str, bytes], *, allowed: frozenset[str
         )
 
 
-def _nvidia_aux(aux: dict[str, bytes]) -> tuple[list[x509.Certificate], list[ReferenceManifest]]:
-    """The GPU's certificate chain and the RIMs sent with NVIDIA evidence (see the module
-    docstring); unknown keys are refused so that a misspelt RIM is not silently skipped."""
-    unknown = sorted(k for k in aux if k != NVIDIA_CERTS and not k.startswith(NVIDIA_RIM_PREFIX))
+def _nvidia_aux(
+    aux: dict[str, bytes],
+) -> tuple[list[x509.Certificate], list[ReferenceManifest], dict[int, bytes]]:
+    """The GPU's certificate chain, the RIMs and the stapled OCSP responses (by chain position)
+    sent with NVIDIA evidence (see the module docstring); unknown keys are refused so that a
+    misspelt RIM is not silently skipped. Hostile input: counts, sizes and positions are checked
+    (``ParseError``) before anything is parsed."""
+    unknown = sorted(
+        k
+        for k in aux
+        if k != NVIDIA_CERTS and not k.startswith(NVIDIA_RIM_PREFIX) and not k.startswith(NVIDIA_OCSP_PREFIX)
+    )
     if unknown:
         raise ParseError(
             f"got aux {', '.join(repr(k[:40]) for k in unknown[:4])}, expected"
-            f" {NVIDIA_CERTS!r} and {NVIDIA_RIM_PREFIX!r}<name> blobs",
+            f" {NVIDIA_CERTS!r}, {NVIDIA_RIM_PREFIX!r}<name> and {NVIDIA_OCSP_PREFIX!r}<i> blobs",
             structure="nvidia-gpu evidence",
         )
+    stapled: dict[int, bytes] = {}
+    for key in sorted(k for k in aux if k.startswith(NVIDIA_OCSP_PREFIX)):
+        match = _OCSP_KEY.fullmatch(key)
+        if match is None:
+            raise ParseError(
+                f"got aux {key[:40]!r}, expected {NVIDIA_OCSP_PREFIX}<i>, i the position of a"
+                " certificate in the chain (1 to 99, no leading zero)",
+                structure="nvidia-gpu evidence",
+            )
+        if len(stapled) == MAX_STAPLED:
+            raise ParseError(
+                f"got more than {MAX_STAPLED} stapled OCSP responses, expected at most {MAX_STAPLED}",
+                structure="nvidia-gpu evidence",
+            )
+        if len(aux[key]) > MAX_RESPONSE_SIZE:
+            raise ParseError(
+                f"aux {key!r}: got {len(aux[key])} bytes, expected at most {MAX_RESPONSE_SIZE}",
+                structure="nvidia-gpu evidence",
+            )
+        stapled[int(match.group(1))] = aux[key]
     certs = aux.get(NVIDIA_CERTS)
     if certs is None:
         raise CollateralMissingError(
             f"NVIDIA evidence came without the GPU's certificate chain (aux {NVIDIA_CERTS!r}, leaf first)"
         )
     chain = load_certificate_chain(certs, f"aux {NVIDIA_CERTS!r}")
+    beyond = [i for i in stapled if i > len(chain) - 2]
+    if beyond:
+        raise ParseError(
+            f"got aux {NVIDIA_OCSP_PREFIX}{beyond[0]}, expected stapled responses about certificates 1"
+            f" to {len(chain) - 2} of the {len(chain)}-certificate chain (between the leaf and the root)",
+            structure="nvidia-gpu evidence",
+        )
     names = sorted(k for k in aux if k.startswith(NVIDIA_RIM_PREFIX))
     if len(names) > MAX_RIMS:
         raise ParseError(
             f"got {len(names)} RIMs, expected at most {MAX_RIMS}", structure="nvidia-gpu evidence"
         )
-    return chain, [ReferenceManifest.from_bytes(aux[name]) for name in names]
+    return chain, [ReferenceManifest.from_bytes(aux[name]) for name in names], stapled
 
 
 def check_binding(verified: VerifiedEvidence, binding: bytes) -> None:

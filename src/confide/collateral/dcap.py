@@ -8,6 +8,11 @@ Three sources, one method (``get_collateral``):
 - :class:`PcsHttpSource`: Intel PCS or a PCCS over HTTPS (Intel PCS API v4 endpoints), with an
   on-disk cache that serves a response until its own ``nextUpdate``.
 
+A quote whose certification data only names its PCK certificate (types 1-4: PPID or encrypted
+PPID with the raw TCB, or the PCK leaf alone) also needs that certificate: the directory and
+HTTP sources are also a :class:`PckCertificateSource` (``get_pck_certificate``), the HTTP one
+through Intel PCS API v4 "Get PCK Certificate V4" (by encrypted PPID) or a PCCS (by QE ID).
+
 Sources only fetch and parse; they never decide whether collateral is valid — the verifier
 checks every signature, chain and date. Time and the HTTP transport are injected.
 """
@@ -16,12 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import httpx2
 from cryptography import x509
@@ -29,22 +36,53 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from confide.collateral import cache_dir as default_cache_dir
 from confide.collateral import is_url, public_url
-from confide.errors import CollateralMissingError, NetworkError, ParseError
-from confide.evidence.dcap import TeeType
-from confide.evidence.dcap_collateral import DcapCollateral, split_pcs_response
+from confide.errors import (
+    CertificateChainError,
+    CollateralMissingError,
+    ConfideError,
+    NetworkError,
+    ParseError,
+)
+from confide.evidence.dcap import CERT_TYPE_PPID_CLEARTEXT, CERT_TYPE_PPID_RSA3072, PckCertId, TeeType
+from confide.evidence.dcap_collateral import (
+    PCK_CHAIN_LENGTH,
+    DcapCollateral,
+    PckCertificate,
+    split_pcs_response,
+)
+from confide.evidence.pck import PckExtension, parse_pck_extension
 from confide.evidence.pem import normalise_pem, parse_pem_chain
 from confide.fsutil import write_atomic
+from confide.verify.dcap import pck_lookup
 from confide.verify.roots import INTEL_SGX_ROOT_CA_DER, INTEL_SGX_TCB_SIGNING_2025_DER
-from confide.verify.x509util import CERTIFICATE_ERRORS, check_certificate_fields, check_crl_fields
+from confide.verify.x509util import (
+    CERTIFICATE_ERRORS,
+    check_certificate_fields,
+    check_crl_fields,
+    check_pinned_root,
+    load_der_certificate,
+    verify_chain_signatures,
+)
 
 __all__ = [
+    "PCS_API_KEY_ENV",
     "BundleFileSource",
     "DcapCollateralSource",
+    "PckCertificateSource",
     "PcsDirectorySource",
     "PcsHttpSource",
     "crl_from_bytes",
     "source_for",
+    "verify_pck_certificate",
 ]
+
+PCS_API_KEY_ENV = "CONFIDE_PCS_API_KEY"
+"""The Intel PCS subscription key (``Ocp-Apim-Subscription-Key``) for PCK certificate look-ups
+by ``--collateral https://api.trustedservices.intel.com``; never logged nor shown."""
+PCK_CERT_CACHE_TIME = timedelta(days=1)
+"""How long a fetched PCK certificate is served from the disk cache (at most until its
+notAfter): a PCK certificate has no nextUpdate, and the PCS may issue another for the same raw
+TCB after a TCB recovery."""
 
 MAX_RESPONSE_SIZE = 4 << 20
 
@@ -53,6 +91,39 @@ class DcapCollateralSource(Protocol):
     """One method: the collateral for a platform (FMSPC), its PCK CA and its TEE type."""
 
     def get_collateral(self, *, fmspc: bytes, ca: str, tee: TeeType) -> DcapCollateral: ...
+
+
+@runtime_checkable
+class PckCertificateSource(Protocol):
+    """One method: the PCK certificate (and issuer chain) a quote's certification data of type
+    1-4 names (:class:`~confide.evidence.dcap.PckCertId`), unverified."""
+
+    def get_pck_certificate(self, cert_id: PckCertId) -> PckCertificate: ...
+
+
+def verify_pck_certificate(pck: PckCertificate, root_der: bytes = INTEL_SGX_ROOT_CA_DER) -> PckExtension:
+    """The SGX extension of ``pck`` once its leaf and CA chain to the pinned root (signatures
+    only): what a source checks before it keeps a PCK certificate on disk, and again when it
+    reads one back. The verifier checks all of it (dates, CRL, platform) at every use."""
+    if len(pck.issuer_chain) != PCK_CHAIN_LENGTH - 1:
+        raise CertificateChainError(f"PCK issuer chain has {len(pck.issuer_chain)} certificates, expected 2")
+    check_pinned_root(pck.issuer_chain[-1], root_der, hashlib.sha256(root_der).digest(), "PCK certificate")
+    leaf = load_der_certificate(pck.leaf, "pck_certificate")
+    ca = load_der_certificate(pck.issuer_chain[0], "pck_certificate.issuer_chain[0]")
+    root = load_der_certificate(root_der, "pinned root")
+    verify_chain_signatures((leaf, ca), root, root_der, "PCK certificate")
+    return _leaf_extension(pck.leaf)
+
+
+def _leaf_extension(der: bytes) -> PckExtension:
+    leaf = load_der_certificate(der, "pck_certificate")
+    try:
+        ext = leaf.extensions.get_extension_for_oid(x509.ObjectIdentifier("1.2.840.113741.1.13.1")).value
+    except x509.ExtensionNotFound:
+        raise CertificateChainError("PCK leaf certificate has no SGX extension") from None
+    if not isinstance(ext, x509.UnrecognizedExtension):
+        raise ParseError("unexpected SGX extension type", structure="pck_certificate")
+    return parse_pck_extension(ext.value)
 
 
 def crl_from_bytes(data: bytes, what: str) -> bytes:
@@ -204,6 +275,75 @@ class PcsDirectorySource:
             qe_identity_signature=qe[1],
         )
 
+    def get_pck_certificate(self, cert_id: PckCertId) -> PckCertificate:
+        """The PCK certificate of the quote's platform from a PEM file of the directory whose
+        first certificate is an "Intel SGX PCK Certificate": leaf, PCK CA and root in one file,
+        or the leaf alone with the directory's chain file of its CA (the PCK CRL issuer chain).
+        The platform's: the quote's PCE ID and, for type 1, PPID (type 4: the quote's leaf);
+        among several, the one certified at the raw TCB. Nothing is verified here."""
+        want = pck_lookup(cert_id)
+        leaves: list[tuple[bytes, ...]] = []
+        ca_chains: dict[str, tuple[bytes, ...]] = {}
+        for f in self._files():
+            data = f.read_bytes()[: MAX_RESPONSE_SIZE + 1]
+            if len(data) > MAX_RESPONSE_SIZE or b"-----BEGIN CERTIFICATE-----" not in data:
+                continue
+            try:
+                chain = tuple(parse_pem_chain(normalise_pem(data, structure=f.name), structure=f.name))
+            except ParseError:
+                continue
+            name = _cn(chain[0])
+            if name == _PCK_LEAF_CN:
+                leaves.append(chain)
+            elif name in _CA_CN.values():
+                ca_chains[name] = chain
+        matches: list[tuple[tuple[bytes, ...], PckExtension]] = []
+        for chain in leaves:
+            try:
+                ext = _leaf_extension(chain[0])
+            except ConfideError:
+                continue
+            if cert_id.leaf_der is not None:
+                if chain[0] == cert_id.leaf_der:
+                    matches.append((chain, ext))
+            elif ext.pce_id == cert_id.pce_id and (
+                cert_id.cert_type != CERT_TYPE_PPID_CLEARTEXT or ext.ppid == cert_id.ppid
+            ):
+                matches.append((chain, ext))
+        exact = [m for m in matches if (m[1].cpu_svn, m[1].pce_svn) == (want.cpu_svn, want.pce_svn)]
+        picked = exact or matches
+        leaves_found = {chain[0] for chain, _ in picked}
+        if len(leaves_found) != 1:
+            problem = (
+                "has none" if not leaves_found else f"has {len(leaves_found)}, none certified at the raw TCB"
+            )
+            raise CollateralMissingError(
+                f"{self.path} {problem} of the PCK certificates for the quote's {cert_id.describe()}"
+            )
+        chain, _ = picked[0]
+        if len(chain) == PCK_CHAIN_LENGTH:
+            return PckCertificate(chain[0], chain[1:])
+        issuer = _issuer_cn(chain[0])
+        ca_chain = ca_chains.get(issuer)
+        if len(chain) != 1 or ca_chain is None:
+            raise CollateralMissingError(
+                f"{self.path} has the PCK certificate for the quote's {cert_id.describe()} but not "
+                f"its issuer chain ({issuer or 'unknown issuer'} and root)"
+            )
+        return PckCertificate(chain[0], ca_chain)
+
+
+_PCK_LEAF_CN = "Intel SGX PCK Certificate"
+
+
+def _issuer_cn(der: bytes) -> str:
+    try:
+        cert = check_certificate_fields(x509.load_der_x509_certificate(der))
+    except CERTIFICATE_ERRORS:
+        return ""
+    attrs = cert.issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else ""
+
 
 def _classify(data: bytes, name: str) -> tuple[str, Any]:
     """What a file of a PCS directory holds: a signed TCB Info / identity, a chain, a CRL."""
@@ -225,9 +365,14 @@ INTEL_PCS_URL = "https://api.trustedservices.intel.com"
 INTEL_ROOT_CRL_URL = "https://certificates.trustedservices.intel.com/IntelSGXRootCA.der"
 
 
-def _next_update(kind: str, body: bytes) -> datetime | None:
-    """When a response stops being current: its own nextUpdate (PCS API v4)."""
+def _next_update(kind: str, body: bytes, now: datetime) -> datetime | None:
+    """When a response stops being current: its own nextUpdate (PCS API v4); a PCK certificate
+    :data:`PCK_CERT_CACHE_TIME` after its fetch, or its notAfter if that is earlier."""
     try:
+        if kind == "pckcert":
+            ders = parse_pem_chain(normalise_pem(body, structure="pckcert"), structure="pckcert")
+            not_after = load_der_certificate(ders[0], "pckcert").not_valid_after_utc
+            return min(not_after, now + PCK_CERT_CACHE_TIME)
         if kind in ("tcb", "qe"):
             key = "tcbInfo" if kind == "tcb" else "enclaveIdentity"
             text, _ = split_pcs_response(body, key)
@@ -236,8 +381,11 @@ def _next_update(kind: str, body: bytes) -> datetime | None:
         crl = x509.load_der_x509_crl(crl_from_bytes(body, kind))
         next_update: datetime | None = crl.next_update_utc
         return next_update
-    except (ParseError, ValueError, KeyError, TypeError):
+    except (ConfideError, ValueError, KeyError, TypeError):
         return None
+
+
+_LONG_PPID = re.compile(r"(encrypted_ppid=[0-9a-fA-F]{16})[0-9a-fA-F]+")
 
 
 class PcsHttpSource:
@@ -248,6 +396,17 @@ class PcsHttpSource:
     issuer chains come URL-encoded in the ``TCB-Info-Issuer-Chain``,
     ``SGX-Enclave-Identity-Issuer-Chain`` and ``SGX-PCK-CRL-Issuer-Chain`` headers. The Root CA
     CRL comes from ``root_crl_url`` (a PCCS serves it at ``/sgx/certification/v4/rootcacrl``).
+
+    PCK certificates (:meth:`get_pck_certificate`), ``GET /sgx/certification/v4/pckcert``: from
+    Intel PCS ("Get PCK Certificate V4") by ``encrypted_ppid``, ``cpusvn``, ``pcesvn`` and
+    ``pceid`` with the subscription key ``api_key`` in ``Ocp-Apim-Subscription-Key`` (sent with
+    this request only, never logged); from a PCCS by ``qeid``, ``cpusvn``, ``pcesvn`` and ``pceid``
+    (and ``encrypted_ppid`` when the quote has one, for a PCCS that fetches from Intel on a
+    miss). ``pck_query``: ``"pcs"`` or ``"pccs"`` (default: ``"pcs"`` for Intel's URL). All
+    values are hex of the quote's bytes (PCESVN and PCE ID little-endian, as in the quote). The
+    leaf is the PEM body, its issuer chain the URL-encoded ``SGX-PCK-Certificate-Issuer-Chain``
+    header. A PCK certificate is kept on disk only once it chains to the pinned root, and is
+    checked so again when read back (:func:`verify_pck_certificate`).
     """
 
     def __init__(
@@ -259,6 +418,8 @@ class PcsHttpSource:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         client: httpx2.Client | None = None,
         api_key: str | None = None,
+        pck_query: str | None = None,
+        root_ca_der: bytes = INTEL_SGX_ROOT_CA_DER,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.cache_dir = cache_dir
@@ -270,46 +431,79 @@ class PcsHttpSource:
             )
         self.root_crl_url = root_crl_url
         self.clock = clock
-        headers = {"Ocp-Apim-Subscription-Key": api_key} if api_key else {}
-        self.client = client or httpx2.Client(timeout=30.0, headers=headers, follow_redirects=False)
+        if pck_query is None:
+            pck_query = "pcs" if self.base_url == INTEL_PCS_URL else "pccs"
+        if pck_query not in ("pcs", "pccs"):
+            raise ValueError(f"pck_query is {pck_query!r}, expected 'pcs' or 'pccs'")
+        self.pck_query = pck_query
+        self.root_ca_der = root_ca_der
+        self._api_key = api_key
+        self.client = client or httpx2.Client(timeout=30.0, follow_redirects=False)
+
+    def __repr__(self) -> str:  # never the API key
+        return f"PcsHttpSource({public_url(self.base_url)!r}, pck_query={self.pck_query!r})"
+
+    @staticmethod
+    def _shown(url: str) -> str:
+        """``url`` for messages: :func:`public_url`, an encrypted PPID cut to its first bytes."""
+        return _LONG_PPID.sub(r"\1...", public_url(url))
 
     def _cache_path(self, url: str) -> Path:
         return self.cache_dir / hashlib.sha256(url.encode()).hexdigest()
 
-    def _fetch(self, url: str, kind: str, chain_header: str | None) -> tuple[bytes, bytes]:
-        """(body, issuer chain PEM) from the cache if still current, else from the network."""
+    def _fetch(
+        self,
+        url: str,
+        kind: str,
+        chain_header: str | None,
+        *,
+        headers: dict[str, str] | None = None,
+        check: Callable[[bytes, bytes], object] | None = None,
+    ) -> tuple[bytes, bytes]:
+        """(body, issuer chain PEM) from the cache if still current, else from the network.
+        ``check`` (raises ConfideError): what a response must pass to be kept on disk; a cached
+        one that no longer passes it is fetched again."""
         path = self._cache_path(url)
         now = self.clock()
         try:
             cached = json.loads(path.read_text())
             expires = datetime.fromisoformat(cached["expires"])
             if now < expires:
-                return bytes.fromhex(cached["body"]), bytes.fromhex(cached["chain"])
+                body, chain = bytes.fromhex(cached["body"]), bytes.fromhex(cached["chain"])
+                if check is None:
+                    return body, chain
+                try:
+                    check(body, chain)
+                    return body, chain
+                except ConfideError:
+                    pass  # not what was written, or no longer chains: fetch again
         except (OSError, ValueError, KeyError, TypeError):
             pass
         try:
-            response = self.client.get(url)
+            response = self.client.get(url, headers=headers)
         except httpx2.HTTPError as exc:
-            raise NetworkError(f"GET {public_url(url)} failed: {type(exc).__name__}") from None
+            raise NetworkError(f"GET {self._shown(url)} failed: {type(exc).__name__}") from None
         if response.status_code == 404:
             raise CollateralMissingError(
-                f"GET {public_url(url)}: 404, the collateral service has nothing for this platform"
+                f"GET {self._shown(url)}: 404, the collateral service has nothing for this platform"
             )
         if response.status_code != 200:
-            raise NetworkError(f"GET {public_url(url)}: HTTP {response.status_code}, expected 200")
+            raise NetworkError(f"GET {self._shown(url)}: HTTP {response.status_code}, expected 200")
         body = response.content
         if len(body) > MAX_RESPONSE_SIZE:
-            raise NetworkError(f"GET {public_url(url)}: response of {len(body)} bytes is too large")
+            raise NetworkError(f"GET {self._shown(url)}: response of {len(body)} bytes is too large")
         chain = b""
         if chain_header:
             raw = response.headers.get(chain_header)
             if raw is None:
-                raise CollateralMissingError(f"GET {public_url(url)}: no {chain_header} header")
+                raise CollateralMissingError(f"GET {self._shown(url)}: no {chain_header} header")
             chain = urllib.parse.unquote(raw).encode()
-        expires_at = _next_update(kind, body)
+        if check is not None:
+            check(body, chain)
+        expires_at = _next_update(kind, body, now)
         if expires_at is not None and now < expires_at:
             record = {
-                "url": public_url(url),
+                "url": self._shown(url),
                 "expires": expires_at.isoformat(),
                 "body": body.hex(),
                 "chain": chain.hex(),
@@ -353,11 +547,54 @@ class PcsHttpSource:
             qe_identity_signature=qe_sig,
         )
 
+    def pck_url(self, cert_id: PckCertId) -> str:
+        """The ``pckcert`` request for ``cert_id`` (class docstring)."""
+        want = pck_lookup(cert_id)
+        tcb = f"cpusvn={want.cpu_svn.hex()}&pcesvn={want.pce_svn_le.hex()}&pceid={want.pce_id.hex()}"
+        url = f"{self.base_url}/sgx/certification/v4/pckcert"
+        if self.pck_query == "pcs":
+            if cert_id.cert_type != CERT_TYPE_PPID_RSA3072 or cert_id.encrypted_ppid is None:
+                raise CollateralMissingError(
+                    f"Intel PCS looks a PCK certificate up by the RSA-3072 encrypted PPID "
+                    f"(certification data type 3); the quote's {cert_id.describe()} has none: "
+                    "use a PCCS (it looks up by QE ID), or put the certificate in a --collateral DIR"
+                )
+            return f"{url}?encrypted_ppid={cert_id.encrypted_ppid.hex()}&{tcb}"
+        url = f"{url}?qeid={want.qe_id.hex()}&{tcb}"
+        if cert_id.cert_type == CERT_TYPE_PPID_RSA3072 and cert_id.encrypted_ppid is not None:
+            url += f"&encrypted_ppid={cert_id.encrypted_ppid.hex()}"
+        return url
+
+    def get_pck_certificate(self, cert_id: PckCertId) -> PckCertificate:
+        """The PCK certificate a quote's certification data (types 1-4) names (class docstring)."""
+        url = self.pck_url(cert_id)
+        headers = (
+            {"Ocp-Apim-Subscription-Key": self._api_key}
+            if self._api_key and self.pck_query == "pcs"
+            else None
+        )
+
+        def check(body: bytes, chain: bytes) -> None:
+            verify_pck_certificate(
+                PckCertificate.from_pem(body, chain, structure="pckcert"), self.root_ca_der
+            )
+
+        body, chain = self._fetch(
+            url, "pckcert", "SGX-PCK-Certificate-Issuer-Chain", headers=headers, check=check
+        )
+        return PckCertificate.from_pem(body, chain, structure="pckcert")
+
 
 def source_for(location: str, *, cache_dir: Path | None = None) -> DcapCollateralSource:
-    """The source named by ``--collateral``: an http(s) URL, a directory, or a bundle file."""
+    """The source named by ``--collateral``: an http(s) URL (Intel PCS or a PCCS; the PCS
+    subscription key for PCK certificate look-ups from ``$CONFIDE_PCS_API_KEY``), a directory,
+    or a bundle file."""
     if is_url(location):
-        return PcsHttpSource(location, cache_dir=cache_dir or default_cache_dir("pcs"))
+        return PcsHttpSource(
+            location,
+            cache_dir=cache_dir or default_cache_dir("pcs"),
+            api_key=os.environ.get(PCS_API_KEY_ENV) or None,
+        )
     path = Path(location)
     if path.is_dir():
         return PcsDirectorySource(path)

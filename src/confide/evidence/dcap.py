@@ -10,7 +10,11 @@ Intel TDX DCAP Quoting Library API (quote v4 and v5, Appendix A.3, "Quote Format
 - the signature data length (u32) and the ECDSA-256 signature data (A.3.8): quote signature,
   attestation public key, then either (v3) the QE report certification fields directly or
   (v4/v5) certification data of type 6 (QE report certification data, A.3.11) wrapping them;
-- inside, certification data of type 5: the PCK certificate chain in PEM (A.3.10).
+- inside, certification data (A.3.10, "Certification Data"; SGX ECDSA Quote Library API A.4):
+  type 5, the PCK certificate chain in PEM, or a PCK certificate identifier that names the
+  platform's PCK certificate without carrying it: types 1-3, the PPID (type 1 in clear, 2 and 3
+  RSA-2048/RSA-3072-OAEP encrypted to Intel) with the CPUSVN, PCESVN and PCE ID the PCK key
+  was used at; type 4, the PCK leaf certificate alone (:class:`PckCertId`).
 
 Parsing makes no cryptographic decision. ``to_bytes`` reproduces the input byte for byte.
 Bytes after the signature data (zero padding from quote buffers, test appendices) are kept in
@@ -30,17 +34,23 @@ from confide.evidence.pem import parse_pem_chain
 __all__ = [
     "ATT_KEY_TYPE_ECDSA_P256",
     "CERT_TYPE_PCK_CHAIN",
+    "CERT_TYPE_PCK_LEAF",
+    "CERT_TYPE_PPID_CLEARTEXT",
+    "CERT_TYPE_PPID_RSA2048",
+    "CERT_TYPE_PPID_RSA3072",
     "CERT_TYPE_QE_REPORT",
     "INTEL_QE_VENDOR_ID",
     "BodyType",
     "CertificationData",
     "EcdsaSignatureData",
     "EnclaveReport",
+    "PckCertId",
     "QeReportCertificationData",
     "Quote",
     "QuoteHeader",
     "TdReport",
     "TeeType",
+    "cert_type_name",
     "parse_pem_chain",
 ]
 
@@ -65,9 +75,22 @@ FAMILY_ID_SIZE = 16
 EXT_PROD_ID_SIZE = 16
 
 ATT_KEY_TYPE_ECDSA_P256 = 2
+# Certification data types (TDX DCAP Quoting Library API A.3.10 "Certification Data"; SGX ECDSA
+# Quote Library API A.4; ``sgx_ql_cert_key_type_t`` in sgx_quote_3.h).
+CERT_TYPE_PPID_CLEARTEXT = 1
+CERT_TYPE_PPID_RSA2048 = 2
+CERT_TYPE_PPID_RSA3072 = 3
+CERT_TYPE_PCK_LEAF = 4
 CERT_TYPE_PCK_CHAIN = 5
 CERT_TYPE_QE_REPORT = 6
 INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
+QE_ID_SIZE = 16  # the first 16 bytes of the header's user data (Intel's QE puts its QE ID there)
+PCE_ID_SIZE = 2
+# The PPID field of types 1-3: sgx_ql_ppid_cleartext_cert_info_t (ppid[16]),
+# sgx_ql_ppid_rsa2048_encrypted_cert_info_t (enc_ppid[256]) and
+# sgx_ql_ppid_rsa3072_encrypted_cert_info_t (enc_ppid[384]), each followed by cpu_svn[16] and
+# sgx_pce_info_t {pce_isv_svn u16, pce_id u16} (little-endian).
+_PPID_FIELD_SIZES = {CERT_TYPE_PPID_CLEARTEXT: 16, CERT_TYPE_PPID_RSA2048: 256, CERT_TYPE_PPID_RSA3072: 384}
 
 # Hard ceiling on a quote: real quotes are a few KiB (8 KiB buffers at most in practice).
 MAX_QUOTE_SIZE = 1 << 20
@@ -304,6 +327,93 @@ class CertificationData:
         return self.cert_type.to_bytes(2, "little") + len(self.data).to_bytes(4, "little") + self.data
 
 
+_CERT_TYPE_NAMES = {
+    CERT_TYPE_PPID_CLEARTEXT: "PPID in clear",
+    CERT_TYPE_PPID_RSA2048: "RSA-2048-OAEP encrypted PPID",
+    CERT_TYPE_PPID_RSA3072: "RSA-3072-OAEP encrypted PPID",
+    CERT_TYPE_PCK_LEAF: "PCK leaf certificate",
+    CERT_TYPE_PCK_CHAIN: "PCK certificate chain",
+    CERT_TYPE_QE_REPORT: "QE report certification data",
+}
+
+
+def cert_type_name(cert_type: int) -> str:
+    """A certification data type's name (A.3.10), for messages."""
+    return _CERT_TYPE_NAMES.get(cert_type, "unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class PckCertId:
+    """What names a platform's PCK certificate when the quote does not carry the chain
+    (certification data types 1-4), for a PCK certificate lookup (Intel PCS API v4 "Get PCK
+    Certificate": encrypted PPID, CPUSVN, PCESVN, PCE ID; a PCCS: QE ID, CPUSVN, PCESVN, PCE ID).
+
+    Types 1-3 (``sgx_ql_ppid_*_cert_info_t``): the PPID (type 1) or the PPID encrypted to Intel
+    (types 2, 3), and the raw TCB the PCE signed the QE report at: ``cpu_svn``, ``pce_svn``,
+    with ``pce_id``. Type 4: ``leaf_der``, the PCK leaf itself (its own TCB, read from its SGX
+    extension by the verifier). ``qe_id``: the first 16 bytes of the header's user data. Bytes
+    are as in the quote: ``pce_svn_le`` and ``pce_id`` are the little-endian u16 fields, which
+    is how Intel PCS and PCCS take them (hex) and how the PCK certificate's PCE-ID octets read."""
+
+    cert_type: int
+    qe_id: bytes
+    cpu_svn: bytes = b""
+    pce_svn: int = 0
+    pce_id: bytes = b""
+    ppid: bytes | None = None
+    encrypted_ppid: bytes | None = None
+    leaf_der: bytes | None = None
+
+    @property
+    def pce_svn_le(self) -> bytes:
+        return self.pce_svn.to_bytes(2, "little")
+
+    def describe(self) -> str:
+        """For messages: the type and the lookup values (never the whole encrypted PPID)."""
+        parts = [f"certification data type {self.cert_type} ({cert_type_name(self.cert_type)})"]
+        if self.leaf_der is None:
+            parts.append(f"CPUSVN {self.cpu_svn.hex()}, PCESVN {self.pce_svn}, PCE ID {self.pce_id.hex()}")
+        parts.append(f"QE ID {self.qe_id.hex()}")
+        return ", ".join(parts)
+
+    @classmethod
+    def parse(cls, cert: CertificationData, user_data: bytes, *, base: int = 0) -> PckCertId:
+        """The identifier in certification data of type 1-4 (hostile input: exact sizes, ParseError
+        naming the field and offset). ``base``: the offset of ``cert.data`` in the quote."""
+        name = f"certification_data[type {cert.cert_type}]"
+        qe_id = user_data[:QE_ID_SIZE]
+        if cert.cert_type == CERT_TYPE_PCK_LEAF:
+            ders = parse_pem_chain(cert.data, structure=name, base=base)
+            if len(ders) != 1:
+                raise ParseError(
+                    f"got {len(ders)} certificates, expected the PCK leaf alone", structure=name, offset=base
+                )
+            return cls(cert.cert_type, qe_id, leaf_der=ders[0])
+        ppid_size = _PPID_FIELD_SIZES.get(cert.cert_type)
+        if ppid_size is None:
+            raise ParseError(
+                f"got certification data type {cert.cert_type}, expected 1-4", structure=name, offset=base
+            )
+        want = ppid_size + CPUSVN_SIZE + 2 + PCE_ID_SIZE
+        if len(cert.data) != want:
+            raise ParseError(
+                f"got {len(cert.data)} bytes, expected {want} (PPID field {ppid_size}, CPUSVN 16, "
+                "PCESVN 2, PCE ID 2)",
+                structure=name,
+                field="size",
+                offset=base,
+            )
+        r = Reader(cert.data, name, base=base)
+        ppid_field = r.take(ppid_size, "encrypted_ppid" if ppid_size > 16 else "ppid")
+        cpu_svn = r.take(CPUSVN_SIZE, "cpu_svn")
+        pce_svn = r.u16("pce_info.pce_isv_svn")
+        pce_id = r.take(PCE_ID_SIZE, "pce_info.pce_id")
+        r.expect_end(name)
+        if cert.cert_type == CERT_TYPE_PPID_CLEARTEXT:
+            return cls(cert.cert_type, qe_id, cpu_svn, pce_svn, pce_id, ppid=ppid_field)
+        return cls(cert.cert_type, qe_id, cpu_svn, pce_svn, pce_id, encrypted_ppid=ppid_field)
+
+
 @dataclass(frozen=True, slots=True)
 class QeReportCertificationData:
     """QE report certification data (A.3.11): QE report, its signature by the PCK key, QE
@@ -324,6 +434,9 @@ class QeReportCertificationData:
         auth_size = r.u16("qe_auth_data.size")
         auth = r.take(auth_size, "qe_auth_data.data")
         cert = CertificationData.read(r, "certification_data")
+        if CERT_TYPE_PPID_CLEARTEXT <= cert.cert_type <= CERT_TYPE_PCK_LEAF:
+            # Parsed now so that a malformed identifier is a ParseError here, not later.
+            PckCertId.parse(cert, b"", base=r.base + r.pos - len(cert.data))
         return cls(report, raw, sig, auth, cert)
 
     def to_bytes(self) -> bytes:
@@ -467,6 +580,14 @@ class Quote:
         sig = self.signature_data.to_bytes()
         parts += [len(sig).to_bytes(4, "little"), sig, self.trailing]
         return b"".join(parts)
+
+    def pck_cert_id(self) -> PckCertId | None:
+        """The PCK certificate identifier of certification data types 1-4 (``None``: another
+        type, such as 5, the chain itself)."""
+        cert = self.signature_data.qe.certification
+        if CERT_TYPE_PPID_CLEARTEXT <= cert.cert_type <= CERT_TYPE_PCK_LEAF:
+            return PckCertId.parse(cert, self.header.user_data)
+        return None
 
     def signed_bytes(self, raw: bytes) -> bytes:
         """The bytes covered by the quote signature: header and body (v5: with descriptor)."""

@@ -22,6 +22,7 @@ __all__ = [
     "DcapCollateral",
     "EnclaveIdentity",
     "IdentityTcbLevel",
+    "PckCertificate",
     "TcbInfo",
     "TcbLevel",
     "TdxModuleIdentity",
@@ -398,3 +399,45 @@ class DcapCollateral:
                 "qe_identity_signature": self.qe_identity_signature.hex(),
             }
         )
+
+
+PCK_CHAIN_LENGTH = 3  # leaf, PCK Platform/Processor CA, Intel SGX Root CA
+
+
+@dataclass(frozen=True, slots=True)
+class PckCertificate:
+    """A platform's PCK certificate as collateral, as received (nothing verified yet): for quotes
+    whose certification data names the certificate instead of carrying it (types 1-4,
+    :class:`~confide.evidence.dcap.PckCertId`). ``leaf`` is DER; ``issuer_chain`` the PCK
+    Platform or Processor CA then the Intel SGX Root CA (DER).
+
+    Intel PCS API v4 "Get PCK Certificate V4" (and a PCCS's ``/sgx/certification/v4/pckcert``)
+    answers the leaf as PEM in the body and the issuer chain URL-encoded in the
+    ``SGX-PCK-Certificate-Issuer-Chain`` header (:meth:`from_pem`). The ``SGX-TCBm``,
+    ``SGX-FMSPC`` and ``SGX-PCK-Certificate-CA-Type`` headers repeat what the certificate's own
+    SGX extension and issuer say; the verifier reads those from the certificate."""
+
+    leaf: bytes
+    issuer_chain: tuple[bytes, ...]
+
+    @classmethod
+    def from_pem(
+        cls, leaf_pem: bytes, chain_pem: bytes, *, structure: str = "pck_certificate"
+    ) -> PckCertificate:
+        """The leaf (one PEM certificate) and its issuer chain (PEM, CA then root), re-flowed
+        from HTTP transport; a leaf given with its whole chain (three certificates) is taken
+        too. Hostile input: anything else is a ParseError."""
+        leaf = parse_pem_chain(normalise_pem(leaf_pem, structure=structure), structure=structure)
+        if len(leaf) == PCK_CHAIN_LENGTH and not chain_pem.strip():
+            return cls(leaf[0], tuple(leaf[1:]))
+        if len(leaf) != 1:
+            raise _perr(structure, f"got {len(leaf)} certificates, expected the PCK leaf alone")
+        what = f"{structure}.issuer_chain"
+        chain = parse_pem_chain(normalise_pem(chain_pem, structure=what), structure=what)
+        if len(chain) != PCK_CHAIN_LENGTH - 1:
+            raise _perr(what, f"got {len(chain)} certificates, expected the PCK CA and the root")
+        return cls(leaf[0], tuple(chain))
+
+    def to_pem(self) -> str:
+        """Leaf, CA and root as one PEM text (the form :meth:`from_pem` reads back)."""
+        return pem_chain((self.leaf, *self.issuer_chain))

@@ -18,6 +18,8 @@ again. Members are copied header by header with their data streamed.
 
 from __future__ import annotations
 
+import math
+import re
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,6 +42,7 @@ __all__ = [
     "is_under",
     "normalize",
     "rewrite_layer",
+    "tar_mtime_ns",
 ]
 
 MAX_LAYER_BYTES = 1 << 40  # uncompressed bytes per layer
@@ -73,6 +76,7 @@ class Node:
     linkname: str = ""
     source: tuple[int, int] | None = None  # (layer, member ordinal) whose data is the content
     children: dict[str, Node] | None = None
+    mtime_ns: int = 0  # from the tar header (tar_mtime_ns: any integer; the user clamps it)
 
 
 def _new_dir(mode: int = 0o755) -> Node:
@@ -100,6 +104,33 @@ def normalize(name: str, what: str = "member") -> str:
     return path
 
 
+_PAX_TIME = re.compile(r"(-?)([0-9]{1,30})(?:\.([0-9]{1,100}))?")
+_NS = 1_000_000_000
+
+
+def tar_mtime_ns(info: tarfile.TarInfo) -> int:
+    """A member's modification time in nanoseconds since the epoch (any integer: the caller
+    limits it to the range it can store).
+
+    The pax ``mtime`` record (POSIX.1-2017 pax, "pax Extended Header": decimal seconds with an
+    optional fraction) is read exactly from its text, since tarfile turns it into a float
+    (microsecond rounding); otherwise the ustar/GNU header's whole seconds (tarfile's
+    ``mtime``). A malformed or non-finite value counts as 0 (the epoch), as tarfile does for
+    unparsable pax numbers.
+    """
+    raw = info.pax_headers.get("mtime")
+    if raw is not None:
+        m = _PAX_TIME.fullmatch(raw)
+        if m is not None:
+            sign, whole, frac = m.group(1), int(m.group(2)), (m.group(3) or "")[:9].ljust(9, "0")
+            ns = whole * _NS + int(frac)
+            return -ns if sign else ns
+    value = info.mtime
+    if isinstance(value, float):
+        return math.floor(value * _NS) if math.isfinite(value) else 0
+    return int(value) * _NS
+
+
 def is_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root + "/")
 
@@ -117,13 +148,17 @@ class _Member:
     size: int
     linkname: str
     sparse: bool
+    mtime_ns: int
 
     @classmethod
     def of(cls, ordinal: int, path: str, info: tarfile.TarInfo) -> _Member:
         link = info.linkname
         if info.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
             link = f"{info.devmajor}:{info.devminor}"
-        return cls(ordinal, path, info.type, info.mode, info.uid, info.gid, info.size, link, info.issparse())
+        return cls(
+            ordinal, path, info.type, info.mode, info.uid, info.gid, info.size, link, info.issparse(),
+            tar_mtime_ns(info),
+        )  # fmt: skip
 
 
 MAX_HEADER = 1 << 20  # bytes of one pax / GNU long-name header
@@ -350,11 +385,12 @@ def _apply(idx: FsIndex, layer_no: int, members: list[_Member], roots: Sequence[
                     structure=f"layer {layer_no}",
                 )
             node = Node(
-                tnode.kind, tnode.mode, tnode.uid, tnode.gid, tnode.size, tnode.linkname, tnode.source
-            )
+                tnode.kind, tnode.mode, tnode.uid, tnode.gid, tnode.size, tnode.linkname, tnode.source,
+                mtime_ns=tnode.mtime_ns,  # one inode: the target's time
+            )  # fmt: skip
         else:
             kind = FILE if m.sparse else _KINDS[m.type]
-            node = Node(kind, *meta)
+            node = Node(kind, *meta, mtime_ns=m.mtime_ns)
             if kind == FILE:
                 node.size, node.source = m.size, (layer_no, m.ordinal)
             elif kind == DIR:

@@ -62,7 +62,7 @@ from confide.image.runtime import (
     resolve_path,
 )
 from confide.image.runtime import vendored_files as _vendored
-from confide.volume.format import Region, RegionRule, decode_manifest, encode_manifest
+from confide.volume.format import Region, RegionRule, clamp_mtime_ns, decode_manifest, encode_manifest
 from confide.volume.keys import VolumeKey
 from confide.volume.store import PENDING_NAME, add_sources, create_volume, seal_volume
 
@@ -221,14 +221,17 @@ def _build_volume(
     for r in _outer([r for r, _ in roots]):
         dest = r if idx.lookup(r) is not None and idx.lookup(r).kind == DIR else os.path.dirname(r)  # type: ignore[union-attr]
         add_sources(vol, key, [staging / r], dest=dest, deterministic=True)
-    # owners and modes from the image, not from the staging copy
+    # owners, modes and modification times from the image (the tar headers), not from the
+    # staging copy: the same image gives the same manifest (docs/sconify.md)
     pending = vol / PENDING_NAME
     m = decode_manifest(pending.read_bytes(), key.raw)
     entries = []
     for e in m.entries:
         n = idx.lookup(e.path)
         assert n is not None
-        entries.append(replace(e, mode=n.mode & 0o7777, uid=n.uid, gid=n.gid))
+        entries.append(
+            replace(e, mode=n.mode & 0o7777, uid=n.uid, gid=n.gid, mtime_ns=clamp_mtime_ns(n.mtime_ns))
+        )
     pending.write_bytes(encode_manifest(replace(m, entries=tuple(entries)), key.raw))
     return seal_volume(vol, key)
 

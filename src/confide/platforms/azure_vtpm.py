@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import os
 
-from confide.collateral.dcap import source_for
 from confide.errors import UsageError
 from confide.evidence.azure_vtpm import HclReportType, parse_evidence
 from confide.evidence.dcap import Quote
-from confide.evidence.dcap_collateral import DcapCollateral
 from confide.platforms import VerifyRequest
-from confide.platforms.dcap import COLLATERAL_ENV, root_der
+from confide.platforms.dcap import COLLATERAL_ENV, fetch_collateral, root_der
 from confide.platforms.sev_snp import embedded_verifier, roots_with_override
 from confide.verify.azure_vtpm import verify_azure_snp, verify_azure_tdx
 from confide.verify.dcap import DcapVerifier
@@ -59,11 +57,5 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     location = req.collateral_url or (
         str(req.collateral) if req.collateral else os.environ.get(COLLATERAL_ENV)
     )
-    collateral: DcapCollateral | None = None
-    if location:
-        quote = Quote.from_bytes(evidence.td_quote)
-        chain = dcap.pck_chain(quote)
-        collateral = source_for(location).get_collateral(
-            fmspc=chain.extension.fmspc, ca=chain.ca, tee=quote.tee
-        )
-    return verify_azure_tdx(evidence, dcap, collateral, at=req.at, nonce=req.nonce)
+    collateral, pck = fetch_collateral(dcap, Quote.from_bytes(evidence.td_quote), location)
+    return verify_azure_tdx(evidence, dcap, collateral, at=req.at, nonce=req.nonce, pck=pck)

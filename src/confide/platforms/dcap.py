@@ -9,19 +9,19 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from confide.collateral.dcap import source_for
+from confide.collateral.dcap import PckCertificateSource, source_for
 from confide.errors import ParseError, UsageError
 from confide.evidence.dcap import Quote, TdReport
-from confide.evidence.dcap_collateral import DcapCollateral
+from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate
 from confide.platforms.tdx_eventlog import load_event_log
-from confide.verify.dcap import DcapVerifier
+from confide.verify.dcap import DcapVerifier, missing_pck_error
 from confide.verify.eventlog import verify_event_log
 from confide.verify.result import Platform, VerifiedEvidence
 from confide.verify.x509util import CERTIFICATE_ERRORS, check_certificate_fields
 
 from . import VerifyRequest
 
-__all__ = ["COLLATERAL_ENV", "root_der", "verify_request"]
+__all__ = ["COLLATERAL_ENV", "fetch_collateral", "root_der", "verify_request"]
 
 _DEFAULT_VERIFIER = DcapVerifier()
 COLLATERAL_ENV = "CONFIDE_DCAP_COLLATERAL"
@@ -43,6 +43,30 @@ def root_der(path: Path) -> bytes:
         raise ParseError("not an X.509 certificate (PEM or DER)", structure="--root") from None
 
 
+def fetch_collateral(
+    verifier: DcapVerifier, quote: Quote, location: str | None
+) -> tuple[DcapCollateral | None, PckCertificate | None]:
+    """The collateral of ``quote`` from ``location`` (``--collateral``; ``None``: none), and for
+    a quote whose certification data only names its PCK certificate (types 1-4) that
+    certificate first: the platform's FMSPC and PCK CA, which the collateral is looked up by,
+    are read from it once it chains to the pinned root."""
+    if not location:
+        return None, None
+    source = source_for(location)
+    pck: PckCertificate | None = None
+    cert_id = quote.pck_cert_id()
+    if cert_id is not None:
+        if not isinstance(source, PckCertificateSource):
+            error = missing_pck_error(cert_id)
+            error.message += f"; {location} is a collateral bundle, which carries none"
+            error.args = (error.message,)
+            raise error
+        pck = source.get_pck_certificate(cert_id)
+    chain = verifier.pck_chain(quote, pck)
+    collateral = source.get_collateral(fmspc=chain.extension.fmspc, ca=chain.ca, tee=quote.tee)
+    return collateral, pck
+
+
 def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     quote = Quote.from_bytes(req.evidence)
     got = Platform.TDX if quote.is_tdx else Platform.SGX
@@ -54,13 +78,8 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     location = req.collateral_url or (
         str(req.collateral) if req.collateral else os.environ.get(COLLATERAL_ENV)
     )
-    collateral: DcapCollateral | None = None
-    if location:
-        chain = verifier.pck_chain(quote)
-        collateral = source_for(location).get_collateral(
-            fmspc=chain.extension.fmspc, ca=chain.ca, tee=quote.tee
-        )
-    result = verifier.verify_parsed(quote, req.evidence, collateral, at=req.at)
+    collateral, pck = fetch_collateral(verifier, quote, location)
+    result = verifier.verify_parsed(quote, req.evidence, collateral, at=req.at, pck=pck)
     if req.event_log is not None:
         if not isinstance(quote.report, TdReport):
             raise UsageError("--event-log: event-log replay applies to TDX quotes only")

@@ -9,6 +9,19 @@ GPUs in confidential-computing mode sends its CPU evidence with one SPDM report 
 SPDM requester nonce ``report_data[:32]`` (the first 32 bytes of the SHA-512 binding, DSP0274
 Table 40: the nonce is covered by the GPU's signature), which is what the CAS checks.
 
+OCSP stapling (``confide run --gpu-ocsp URL|DIR``, an :class:`~confide.collateral.nvidia_ocsp.OcspSource`):
+for every certificate of each GPU's chain whose revocation the CAS checks (those between the leaf
+and the root, :func:`~confide.verify.nvidia.ocsp_targets`), the runtime fetches the OCSP response
+(RFC 6960; from NVIDIA's responder with a fresh nonce of its own) and sends its DER as
+``gpu<k>.ocsp:<i>``, ``i`` the certificate's position in ``gpu<k>.certs``, so that a CAS that
+cannot or would rather not reach the responder (``cas serve --nvidia-ocsp stapled``, or
+``URL|DIR``, which then asks less) checks revocation all the same. Each response is verified
+here first (:func:`~confide.verify.ocsp.verify_ocsp_response` at the runtime's clock, its nonce
+included; and it must have a ``nextUpdate``, without which the CAS cannot use it): a revoked
+certificate (``RevocationError``) or an unusable answer is reported before anything is sent.
+The CAS verifies them again, as hostile input; a certificate shared by several GPUs (their
+intermediates) is asked about once per attestation.
+
 NVML (``nvml.h``, "Confidential Computing" section), as NVIDIA's nvtrust local GPU verifier
 uses it through pynvml:
 
@@ -39,12 +52,19 @@ import ctypes
 import hmac
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from confide.errors import BindingError, ParseError, StorageError, UsageError
+from cryptography import x509
+
+from confide.collateral.nvidia_ocsp import OcspSource
+from confide.errors import BindingError, CollateralExpiredError, ParseError, StorageError, UsageError
 from confide.evidence.nvidia import NONCE_SIZE, NvidiaAttestationReport
 from confide.policy.attestation import GPU_HOSTS, MAX_GPUS
 from confide.runtime.quote import Evidence, QuoteProvider, check_report_data
+from confide.verify.nvidia import ocsp_targets
+from confide.verify.ocsp import verify_ocsp_response
+from confide.verify.x509util import load_certificate_chain
 
 __all__ = [
     "NVML_LIBRARY",
@@ -301,14 +321,25 @@ class GpuQuoteProvider:
     """The CPU provider's evidence plus every GPU's report and certificate chain in ``aux``
     (``gpu<k>``, ``gpu<k>.certs``), each report requested with nonce ``report_data[:32]`` and
     checked to carry it before it is returned. ``count``: exactly that many GPUs (the first
-    ones), or all of them when None."""
+    ones), or all of them when None. ``ocsp``: staple the OCSP responses about each chain
+    (``gpu<k>.ocsp:<i>``, module docstring), verified at ``clock()`` first; ``None``: none."""
 
-    def __init__(self, cpu: QuoteProvider, source: GpuSource, *, count: int | None = None) -> None:
+    def __init__(
+        self,
+        cpu: QuoteProvider,
+        source: GpuSource,
+        *,
+        count: int | None = None,
+        ocsp: OcspSource | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         if count is not None and not 1 <= count <= MAX_GPUS:
             raise UsageError(f"GPU count: got {count}, expected 1 to {MAX_GPUS}")
         self._cpu = cpu
         self._source = source
         self._count = count
+        self._ocsp = ocsp
+        self._clock = clock
 
     def _gpu_count(self) -> int:
         available = self._source.devices()
@@ -336,6 +367,7 @@ class GpuQuoteProvider:
             raise UsageError(f"the CPU evidence already has aux {clash[0]!r}: cannot add GPU reports")
         nonce = report_data[:NONCE_SIZE]
         aux = dict(cpu.aux)
+        stapled: dict[tuple[x509.Certificate, x509.Certificate], bytes] = {}  # shared intermediates
         for k in range(self._gpu_count()):
             report = self._source.attestation_report(k, nonce)
             # The CAS's check (DSP0274 Table 40 requester nonce = binding[:32]), made here too so
@@ -348,4 +380,31 @@ class GpuQuoteProvider:
                 )
             aux[f"gpu{k}"] = report
             aux[f"gpu{k}.certs"] = self._source.certificate_chain(k)
+            if self._ocsp is not None:
+                aux |= self._staple(f"gpu{k}", aux[f"gpu{k}.certs"], self._ocsp, stapled)
         return Evidence(platform=cpu.platform, raw=cpu.raw, provider=f"{cpu.provider}+nvml", aux=aux)
+
+    def _staple(
+        self,
+        slot: str,
+        chain_bytes: bytes,
+        source: OcspSource,
+        stapled: dict[tuple[x509.Certificate, x509.Certificate], bytes],
+    ) -> dict[str, bytes]:
+        """``{slot}.ocsp:<i>`` for every certificate of the chain the CAS checks, each response
+        fetched (once per attestation for a certificate shared by several GPUs) and verified."""
+        chain = load_certificate_chain(chain_bytes, f"{slot} certificate chain")  # the driver's: hostile
+        out: dict[str, bytes] = {}
+        for i, (cert, issuer) in enumerate(ocsp_targets(chain), start=1):
+            der = stapled.get((cert, issuer))
+            if der is None:
+                response = source.fetch(cert, issuer)
+                check = verify_ocsp_response(response, cert, issuer, at=self._clock())
+                if check.next_update is None:  # accepted here only for the nonce, which the CAS cannot check
+                    raise CollateralExpiredError(
+                        f"{slot}: the OCSP response about {check.subject!r} has no nextUpdate: the CAS"
+                        " cannot tell whether a stapled copy is current (RFC 6960 §4.2.2.1)"
+                    )
+                der = stapled[(cert, issuer)] = response.der
+            out[f"{slot}.ocsp:{i}"] = der
+        return out

@@ -44,7 +44,7 @@ from confide.evidence.azure_vtpm import (
     TdReportStruct,
 )
 from confide.evidence.dcap import Quote, TdReport
-from confide.evidence.dcap_collateral import DcapCollateral
+from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate
 from confide.evidence.tpm import TPM_ALG_SHA256, rsassa_signature
 from confide.verify.dcap import DcapVerifier
 from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
@@ -231,8 +231,10 @@ def verify_azure_tdx(
     *,
     at: datetime,
     nonce: bytes | None = None,
+    pck: PckCertificate | None = None,
 ) -> VerifiedEvidence:
-    """Verify TDX CVM evidence (steps 2-6) at time ``at`` with the DCAP ``collateral``."""
+    """Verify TDX CVM evidence (steps 2-6) at time ``at`` with the DCAP ``collateral`` (and
+    ``pck``, the PCK certificate of a TD quote whose certification data names it, types 1-4)."""
     if evidence.hcl_report.report_type is not HclReportType.TDX or evidence.td_quote is None:
         raise ParseError(
             "not TDX vTPM evidence (no TD report or no TD quote)", structure="Azure vTPM evidence"
@@ -241,7 +243,7 @@ def verify_azure_tdx(
     quote = Quote.from_bytes(evidence.td_quote)
     if not quote.is_tdx or not isinstance(quote.report, TdReport):
         raise ParseError("td_quote: got an SGX quote, expected TDX", structure="Azure vTPM evidence")
-    hw = dcap.verify_parsed(quote, evidence.td_quote, collateral, at=at)
+    hw = dcap.verify_parsed(quote, evidence.td_quote, collateral, at=at, pck=pck)
     td = TdReportStruct.from_bytes(evidence.hcl_report.hw_report)
     _check_td_report(td, quote.report)
     return _steps_3_to_6(

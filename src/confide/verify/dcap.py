@@ -4,8 +4,17 @@ The steps follow Intel's DCAP Quote Verification Library (QVL, ``QuoteVerifier::
 ``Checks/TcbLevelCheck``, ``Checks/TdxModuleCheck``) and the Intel PCS API v4 collateral model:
 
 1. parse the quote (``confide.evidence.dcap``);
-2. the PCK certificate chain from certification data type 5 leads to the pinned Intel SGX Root
-   CA, and is valid at ``at``;
+2. the PCK certificate chain leads to the pinned Intel SGX Root CA, and is valid at ``at``: the
+   chain of certification data type 5, or, for a quote whose certification data only names its
+   PCK certificate (types 1-4: PPID or encrypted PPID with the raw CPUSVN, PCESVN and PCE ID, or
+   the PCK leaf alone), the certificate and issuer chain given as collateral
+   (:class:`~confide.evidence.dcap_collateral.PckCertificate`), which must also be that
+   platform's: the PCE ID of its SGX extension is the quote's, its PPID is the quote's when the
+   quote gives it in clear (type 1), it is the quote's leaf (type 4), and its PCESVN is not above
+   the raw one (Intel PCS issues the certificate of the highest TCB level at or below the raw
+   TCB). That the PCK key is this platform's is then proven by step 3 (the PCE signed the QE
+   report with it). The certificate's TCB (CPUSVN/PCESVN: the TCB the PCS chose for the raw
+   TCB) is the platform TCB of step 8; both are reported (details);
 3. the QE report is signed by the PCK key, and its report data is
    SHA-256(attestation key || QE authentication data) followed by 32 zero bytes;
 4. the quote (header and body) is signed by the attestation key;
@@ -30,6 +39,7 @@ TDs without SEPT_VE_DISABLE or with MRSERVICETD are verified and flagged for the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,15 +63,20 @@ from confide.errors import (
 )
 from confide.evidence.dcap import (
     CERT_TYPE_PCK_CHAIN,
+    CERT_TYPE_PPID_CLEARTEXT,
     INTEL_QE_VENDOR_ID,
     EnclaveReport,
+    PckCertId,
     Quote,
     TdReport,
+    cert_type_name,
 )
 from confide.evidence.dcap_collateral import (
+    PCK_CHAIN_LENGTH,
     DcapCollateral,
     EnclaveIdentity,
     IdentityTcbLevel,
+    PckCertificate,
     TcbInfo,
     TcbLevel,
 )
@@ -80,10 +95,18 @@ from confide.verify.x509util import (
     verify_chain_signatures,
 )
 
-__all__ = ["DcapVerifier", "PckChain", "VerifiedCollateral", "pck_info", "verify_quote"]
+__all__ = [
+    "DcapVerifier",
+    "PckChain",
+    "VerifiedCollateral",
+    "missing_pck_error",
+    "pck_info",
+    "pck_lookup",
+    "verify_quote",
+]
 
 _SGX_EXT = x509.ObjectIdentifier(SGX_EXTENSION_OID)
-_PCK_CHAIN_LENGTH = 3
+_PCK_CHAIN_LENGTH = PCK_CHAIN_LENGTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +121,9 @@ class PckChain:
     leaf_der: bytes
     intermediate_der: bytes
     root_der: bytes
+    cert_id: PckCertId | None = None
+    """The quote's PCK certificate identifier when the chain came as collateral (types 1-4);
+    ``None``: from the quote (type 5)."""
 
     @property
     def leaf(self) -> x509.Certificate:
@@ -216,22 +242,58 @@ def _match_levels(
     return sgx_level, None
 
 
-def pck_info(quote: Quote) -> tuple[bytes, str]:
-    """FMSPC and PCK CA kind ("platform"/"processor") of a quote, for collateral lookup."""
-    chain = _parse_pck_chain(quote)
+def pck_info(quote: Quote, pck: PckCertificate | None = None) -> tuple[bytes, str]:
+    """FMSPC and PCK CA kind ("platform"/"processor") of a quote, for collateral lookup (the
+    quote's own chain; for certification data types 1-4 the PCK certificate ``pck``)."""
+    chain = _parse_pck_chain(quote, pck)
     return chain.extension.fmspc, chain.ca
 
 
-def _parse_pck_chain(quote: Quote) -> PckChain:
+def pck_lookup(cert_id: PckCertId) -> PckCertId:
+    """What a PCK certificate lookup takes for ``cert_id``: itself for types 1-3; for type 4 (the
+    leaf alone) the CPUSVN, PCESVN and PCE ID of the leaf's own SGX extension filled in (the
+    leaf is parsed as hostile input; nothing is verified here)."""
+    if cert_id.leaf_der is None:
+        return cert_id
+    leaf = load_der_certificate(cert_id.leaf_der, "certification_data[type 4]")
+    try:
+        ext = leaf.extensions.get_extension_for_oid(_SGX_EXT).value
+    except x509.ExtensionNotFound:
+        raise CertificateChainError("PCK leaf certificate has no SGX extension") from None
+    if not isinstance(ext, x509.UnrecognizedExtension):
+        raise ParseError("unexpected SGX extension type", structure="pck_certificate")
+    pck = parse_pck_extension(ext.value)
+    return dataclasses.replace(cert_id, cpu_svn=pck.cpu_svn, pce_svn=pck.pce_svn, pce_id=pck.pce_id)
+
+
+def missing_pck_error(cert_id: PckCertId) -> CollateralMissingError:
+    """The refusal of a quote whose PCK certificate (types 1-4) was not given: what is needed."""
+    return CollateralMissingError(
+        f"the quote does not carry its PCK certificate chain: its {cert_id.describe()} names it; "
+        "the platform's PCK certificate and its issuer chain are needed as collateral (Intel PCS "
+        "or a PCCS: GET /sgx/certification/v4/pckcert, --collateral URL; or a PEM file of leaf, "
+        "PCK CA and root in a --collateral DIR)"
+    )
+
+
+def _parse_pck_chain(quote: Quote, pck: PckCertificate | None = None) -> PckChain:
     cert = quote.signature_data.qe.certification
-    if cert.cert_type != CERT_TYPE_PCK_CHAIN:
+    cert_id = quote.pck_cert_id()
+    if cert_id is not None:
+        if pck is None:
+            raise missing_pck_error(cert_id)
+        ders = [pck.leaf, *pck.issuer_chain]
+        what = "PCK certificate (collateral) with its issuer chain"
+    elif cert.cert_type == CERT_TYPE_PCK_CHAIN:
+        ders = parse_pem_chain(cert.data)
+        what = "PCK chain"
+    else:
         raise CollateralMissingError(
-            f"quote carries certification data type {cert.cert_type}, expected {CERT_TYPE_PCK_CHAIN} "
-            "(PCK certificate chain); fetching PCK certificates by PPID is not supported"
+            f"quote carries certification data type {cert.cert_type} ({cert_type_name(cert.cert_type)}), "
+            f"expected {CERT_TYPE_PCK_CHAIN} (PCK certificate chain) or 1-4 (a PCK certificate identifier)"
         )
-    ders = parse_pem_chain(cert.data)
     if len(ders) != _PCK_CHAIN_LENGTH:
-        raise CertificateChainError(f"PCK chain has {len(ders)} certificates, expected {_PCK_CHAIN_LENGTH}")
+        raise CertificateChainError(f"{what} has {len(ders)} certificates, expected {_PCK_CHAIN_LENGTH}")
     certs = tuple(load_der_certificate(d, f"pck_cert_chain[{i}]") for i, d in enumerate(ders[:2]))
     try:
         ext = certs[0].extensions.get_extension_for_oid(_SGX_EXT).value
@@ -242,7 +304,40 @@ def _parse_pck_chain(quote: Quote) -> PckChain:
     key = certs[0].public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise CertificateChainError("PCK leaf key is not a P-256 key")
-    return PckChain(certs, parse_pck_extension(ext.value), _ca_kind(certs[1]), key, ders[0], ders[1], ders[2])
+    return PckChain(
+        certs, parse_pck_extension(ext.value), _ca_kind(certs[1]), key, ders[0], ders[1], ders[2], cert_id
+    )
+
+
+def _check_platform(chain: PckChain) -> None:
+    """A PCK certificate given as collateral is the quote's platform's (module docstring, step
+    2): PCE ID, PPID (type 1), leaf (type 4), PCESVN not above the raw one."""
+    cid, ext = chain.cert_id, chain.extension
+    if cid is None:
+        return
+    if cid.leaf_der is not None:
+        if chain.leaf_der != cid.leaf_der:
+            raise CollateralError(
+                "the PCK certificate given as collateral is not the PCK leaf the quote carries "
+                "(certification data type 4)"
+            )
+        return
+    if ext.pce_id != cid.pce_id:
+        raise CollateralError(
+            f"the PCK certificate given as collateral is for PCE ID {ext.pce_id.hex()}, "
+            f"the quote's is {cid.pce_id.hex()}"
+        )
+    if cid.cert_type == CERT_TYPE_PPID_CLEARTEXT and ext.ppid != cid.ppid:
+        # Neither PPID is shown: it identifies the platform.
+        raise CollateralError(
+            "the PCK certificate given as collateral is another platform's: its PPID is not the "
+            "quote's (certification data type 1)"
+        )
+    if ext.pce_svn > cid.pce_svn:
+        raise CollateralError(
+            f"the PCK certificate given as collateral is for PCESVN {ext.pce_svn}, above the quote's "
+            f"raw PCESVN {cid.pce_svn} (a PCK certificate is issued for a TCB at or below the raw TCB)"
+        )
 
 
 class DcapVerifier:
@@ -263,7 +358,7 @@ class DcapVerifier:
         self._root_der = root_ca_der
         self._root_sha256 = hashlib.sha256(root_ca_der).digest()
         self._root = load_der_certificate(root_ca_der, "pinned root")
-        self._chains: Lru[bytes, PckChain] = Lru(chain_cache_size)
+        self._chains: Lru[bytes | tuple[bytes, ...], PckChain] = Lru(chain_cache_size)
         self._qe_ok: Lru[tuple[bytes, ...], bool] = Lru(chain_cache_size)
         self._att_keys: Lru[bytes, ec.EllipticCurvePublicKey] = Lru(chain_cache_size)
         self._signing_chains: Lru[tuple[bytes, ...], tuple[x509.Certificate, ...]] = Lru(
@@ -279,24 +374,35 @@ class DcapVerifier:
             cache.clear()
 
     # -- PCK chain --------------------------------------------------------------------------
-    def pck_chain(self, quote: Quote) -> PckChain:
+    def pck_chain(self, quote: Quote, pck: PckCertificate | None = None) -> PckChain:
+        """The quote's PCK chain, its signatures verified to the pinned root (dates are checked
+        per call): the quote's own (type 5; ``pck`` is not used), or for certification data
+        types 1-4 the certificate ``pck`` given as collateral, which must also be the platform's
+        (:func:`_check_platform`)."""
         certification = quote.signature_data.qe.certification
-        if certification.cert_type != CERT_TYPE_PCK_CHAIN:
-            _parse_pck_chain(quote)  # raises the precise error
-        key = certification.data
+        key: bytes | tuple[bytes, ...]
+        if certification.cert_type == CERT_TYPE_PCK_CHAIN:
+            key = certification.data
+        elif pck is not None and quote.pck_cert_id() is not None:
+            key = (certification.data, quote.header.user_data, pck.leaf, *pck.issuer_chain)
+        else:
+            _parse_pck_chain(quote, pck)  # raises the precise error
+            raise AssertionError("unreachable")  # pragma: no cover
         cached = self._chains.get(key)
         if cached is not None:
             return cached
-        chain = _parse_pck_chain(quote)
-        check_pinned_root(chain.root_der, self._root_der, self._root_sha256, "PCK chain")
+        chain = _parse_pck_chain(quote, pck)
+        what = "PCK chain" if chain.cert_id is None else "PCK certificate (collateral)"
+        check_pinned_root(chain.root_der, self._root_der, self._root_sha256, what)
         issuing_ca = self._issuing_cas.get(chain.intermediate_der)
         if issuing_ca is not None:
             # The PCK Platform/Processor CA certificate is shared by every platform and was
             # verified against the pinned root before (same bytes): only the leaf link is new.
-            verify_chain_signatures(chain.certificates[:1], issuing_ca, chain.intermediate_der, "PCK chain")
+            verify_chain_signatures(chain.certificates[:1], issuing_ca, chain.intermediate_der, what)
         else:
-            verify_chain_signatures(chain.certificates, self._root, self._root_der, "PCK chain")
+            verify_chain_signatures(chain.certificates, self._root, self._root_der, what)
             self._issuing_cas.put(chain.intermediate_der, chain.intermediate)
+        _check_platform(chain)
         self._chains.put(key, chain)
         return chain
 
@@ -359,15 +465,30 @@ class DcapVerifier:
         )
 
     # -- the whole verification -------------------------------------------------------------
-    def verify(self, raw: bytes, collateral: DcapCollateral | None, *, at: datetime) -> VerifiedEvidence:
+    def verify(
+        self,
+        raw: bytes,
+        collateral: DcapCollateral | None,
+        *,
+        at: datetime,
+        pck: PckCertificate | None = None,
+    ) -> VerifiedEvidence:
         if at.tzinfo is None:
             raise ValueError("at must be timezone-aware")
         quote = Quote.from_bytes(raw)
-        return self.verify_parsed(quote, raw, collateral, at=at)
+        return self.verify_parsed(quote, raw, collateral, at=at, pck=pck)
 
     def verify_parsed(
-        self, quote: Quote, raw: bytes, collateral: DcapCollateral | None, *, at: datetime
+        self,
+        quote: Quote,
+        raw: bytes,
+        collateral: DcapCollateral | None,
+        *,
+        at: datetime,
+        pck: PckCertificate | None = None,
     ) -> VerifiedEvidence:
+        """Verify a parsed quote (module docstring). ``pck``: the platform's PCK certificate for
+        a quote whose certification data only names it (types 1-4); not used for type 5."""
         header = quote.header
         if header.qe_vendor_id != INTEL_QE_VENDOR_ID:
             raise VerificationError(
@@ -377,8 +498,12 @@ class DcapVerifier:
         qe = sig.qe
 
         # Step 2: PCK chain (signatures cached, dates now).
-        chain = self.pck_chain(quote)
-        check_validity((*chain.certificates, self._root), at, "PCK chain")
+        chain = self.pck_chain(quote, pck)
+        check_validity(
+            (*chain.certificates, self._root),
+            at,
+            "PCK chain" if chain.cert_id is None else "PCK certificate (collateral)",
+        )
 
         # Step 3: QE report signed by the PCK key and binding the attestation key.
         qe_cache_key = (
@@ -432,18 +557,18 @@ class DcapVerifier:
             )
 
         # Step 7: collateral belongs to this platform and QE.
-        pck = chain.extension
+        ext = chain.extension
         want_id = "TDX" if quote.is_tdx else "SGX"
         if info.id != want_id or (quote.is_tdx and info.version < 3):
             raise CollateralError(
                 f"TCB Info is for {info.id} v{info.version}, expected {want_id} (v3 for TDX)"
             )
-        if info.fmspc != pck.fmspc:
+        if info.fmspc != ext.fmspc:
             raise CollateralError(
-                f"TCB Info is for FMSPC {info.fmspc.hex()}, the PCK certificate's is {pck.fmspc.hex()}"
+                f"TCB Info is for FMSPC {info.fmspc.hex()}, the PCK certificate's is {ext.fmspc.hex()}"
             )
-        if info.pce_id != pck.pce_id:
-            raise CollateralError(f"TCB Info is for PCE-ID {info.pce_id.hex()}, expected {pck.pce_id.hex()}")
+        if info.pce_id != ext.pce_id:
+            raise CollateralError(f"TCB Info is for PCE-ID {info.pce_id.hex()}, expected {ext.pce_id.hex()}")
         want_qe = "TD_QE" if quote.is_tdx else "QE"
         if ident.id != want_qe:
             raise CollateralError(f"QE Identity is for {ident.id}, expected {want_qe}")
@@ -452,12 +577,12 @@ class DcapVerifier:
         # Step 8: TCB levels.
         report = quote.report
         tee_tcb_svn = report.tee_tcb_svn if isinstance(report, TdReport) else None
-        sgx_level, tdx_level = _match_levels(info, pck, tee_tcb_svn)
+        sgx_level, tdx_level = _match_levels(info, ext, tee_tcb_svn)
         if sgx_level is None:
             raise TcbLevelNotFoundError(
                 f"no TCB level of the TCB Info (FMSPC {info.fmspc.hex()}, evaluation data number "
                 f"{info.tcb_evaluation_data_number}) matches the platform's PCK TCB "
-                f"(components {list(pck.tcb_components)}, PCESVN {pck.pce_svn})"
+                f"(components {list(ext.tcb_components)}, PCESVN {ext.pce_svn})"
             )
         advisories: list[str] = []
         module_status: TcbStatus | None = None
@@ -482,7 +607,7 @@ class DcapVerifier:
         status = _converge(status, qe_status)
         advisories += qe_level.advisory_ids
 
-        claims = _claims(quote, pck)
+        claims = _claims(quote, ext)
         details: dict[str, ClaimValue] = {
             "quote_version": header.version,
             "pck_ca": chain.ca,
@@ -501,7 +626,22 @@ class DcapVerifier:
                 vc.pck_crl.next_update_utc or info.next_update,
             ).isoformat(),
             "trailing_bytes": len(quote.trailing),
+            "certification_data_type": qe.certification.cert_type,
+            "pck_source": "quote" if chain.cert_id is None else "collateral",
         }
+        cid = chain.cert_id
+        if cid is not None and cid.leaf_der is None:
+            # The raw TCB the PCE signed at, and the TCB of the certificate the PCS chose for it
+            # (the platform TCB matched against the TCB Info above).
+            details.update(
+                {
+                    "raw_cpu_svn": cid.cpu_svn.hex(),
+                    "raw_pce_svn": cid.pce_svn,
+                    "pck_cpu_svn": ext.cpu_svn.hex(),
+                    "pck_pce_svn": ext.pce_svn,
+                    "qe_id": cid.qe_id.hex(),
+                }
+            )
         return VerifiedEvidence(
             platform=Platform.TDX if quote.is_tdx else Platform.SGX,
             claims=claims,
@@ -642,6 +782,8 @@ def verify_quote(
     *,
     at: datetime,
     verifier: DcapVerifier | None = None,
+    pck: PckCertificate | None = None,
 ) -> VerifiedEvidence:
-    """Verify a raw DCAP quote at time ``at`` (module-level convenience, shared caches)."""
-    return (verifier or _DEFAULT).verify(raw, collateral, at=at)
+    """Verify a raw DCAP quote at time ``at`` (module-level convenience, shared caches);
+    ``pck``: the PCK certificate of a quote of certification data type 1-4."""
+    return (verifier or _DEFAULT).verify(raw, collateral, at=at, pck=pck)

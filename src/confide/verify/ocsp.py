@@ -20,7 +20,10 @@ checks the DER response a collateral source brought back, at ``at``:
 4. When a nonce was sent, the response must carry the same nonce (§4.4.1).
 5. ``thisUpdate`` ≤ ``at`` + :data:`CLOCK_SKEW` and ``at`` < ``nextUpdate`` (§4.2.2.1, §3.2
    items 4-5); a response without ``nextUpdate`` is accepted only when its nonce matched (it
-   was made for this request).
+   was made for this request). A *stapled* response (:attr:`OcspResponse.max_age` set: it
+   came with the evidence, fetched by the runtime with a nonce of its own, which the verifier
+   cannot check) must also have ``thisUpdate`` ≥ ``at`` − ``max_age``: nothing else bounds how
+   long ago the responder said it (:func:`stapled_is_stale` tells this step's verdict alone).
 6. ``certStatus`` (§4.2.1): ``good`` passes; ``revoked`` raises :class:`RevocationError` with
    the revocation time and reason; ``unknown`` raises :class:`RevocationError` too (the
    responder does not vouch for the certificate, so it is not known to be unrevoked).
@@ -64,11 +67,14 @@ from confide.verify.x509util import (
 __all__ = [
     "CLOCK_SKEW",
     "MAX_RESPONSE_SIZE",
+    "MAX_STAPLED",
     "NONCE_SIZE",
+    "STAPLED_MAX_AGE",
     "OcspCheck",
     "OcspResponse",
     "check_chain",
     "ocsp_request_der",
+    "stapled_is_stale",
     "verify_ocsp_response",
 ]
 
@@ -76,6 +82,10 @@ MAX_RESPONSE_SIZE = 64 * 1024
 NONCE_SIZE = 32  # nvtrust: BaseSettings.SIZE_OF_NONCE_IN_BYTES
 CLOCK_SKEW = timedelta(minutes=5)
 """How far ``thisUpdate`` may lie after ``at`` (the responder's clock may run ahead)."""
+STAPLED_MAX_AGE = timedelta(hours=24)
+"""The default bound on a stapled response's age (``at`` − ``thisUpdate``, step 5)."""
+MAX_STAPLED = 8
+"""Stapled responses a GPU's evidence may carry: one per certificate between its leaf and root."""
 
 _CERTID_HASHES = (hashes.SHA1, hashes.SHA256, hashes.SHA384, hashes.SHA512)
 _VERIFIED: Lru[bytes, bool] = Lru(4096)
@@ -97,10 +107,14 @@ def _verified_once(parts: Sequence[bytes], verify: Callable[[], None]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class OcspResponse:
-    """A DER OCSP response as fetched, and the nonce its request carried (``None``: none)."""
+    """A DER OCSP response as fetched, and the nonce its request carried (``None``: none).
+    ``max_age``: set for a stapled response (sent with the evidence: its request's nonce, if
+    any, is not the verifier's): how old its ``thisUpdate`` may be at the time of the check
+    (module docstring, step 5); ``None``: fetched by the verifier's side, not bounded so."""
 
     der: bytes
     nonce: bytes | None = None
+    max_age: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +128,7 @@ class OcspCheck:
     this_update: datetime
     next_update: datetime | None
     nonce_checked: bool
+    stapled: bool = False
 
     def to_claim(self) -> ClaimValue:
         return {
@@ -125,6 +140,7 @@ class OcspCheck:
             "this_update": self.this_update.isoformat(),
             "next_update": None if self.next_update is None else self.next_update.isoformat(),
             "nonce_checked": self.nonce_checked,
+            "stapled": self.stapled,
         }
 
 
@@ -299,18 +315,9 @@ def verify_ocsp_response(
     _verify_signature(resp, signer, what)
     # 4. nonce
     nonce_checked = _check_nonce(resp, response.nonce, what)
-    # 5. validity interval
+    # 5. validity interval (and a stapled response's age)
     this_update, next_update = single.this_update_utc, single.next_update_utc
-    if this_update > at + CLOCK_SKEW:
-        raise CollateralExpiredError(
-            f"{what}: thisUpdate {this_update.isoformat()} is after {at.isoformat()}"
-        )
-    if next_update is None and not nonce_checked:
-        raise CollateralExpiredError(f"{what}: no nextUpdate and no nonce: cannot tell whether it is current")
-    if next_update is not None and at >= next_update:
-        raise CollateralExpiredError(
-            f"{what}: nextUpdate {next_update.isoformat()} is not after {at.isoformat()}"
-        )
+    _check_interval(this_update, next_update, nonce_checked, response.max_age, at, what)
     # 6. status
     status = single.certificate_status
     if status is ocsp.OCSPCertStatus.REVOKED:
@@ -335,7 +342,57 @@ def verify_ocsp_response(
         this_update=this_update,
         next_update=next_update,
         nonce_checked=nonce_checked,
+        stapled=response.max_age is not None,
     )
+
+
+def _check_interval(
+    this_update: datetime,
+    next_update: datetime | None,
+    nonce_checked: bool,
+    max_age: timedelta | None,
+    at: datetime,
+    what: str,
+) -> None:
+    """Step 5: ``CollateralExpiredError`` unless the response is current at ``at``."""
+    if this_update > at + CLOCK_SKEW:
+        raise CollateralExpiredError(
+            f"{what}: thisUpdate {this_update.isoformat()} is after {at.isoformat()}"
+        )
+    if next_update is None and not nonce_checked:
+        raise CollateralExpiredError(f"{what}: no nextUpdate and no nonce: cannot tell whether it is current")
+    if next_update is not None and at >= next_update:
+        raise CollateralExpiredError(
+            f"{what}: nextUpdate {next_update.isoformat()} is not after {at.isoformat()}"
+        )
+    if max_age is not None and this_update < at - max_age:
+        raise CollateralExpiredError(
+            f"{what}: stapled, thisUpdate {this_update.isoformat()} is more than {max_age} before"
+            f" {at.isoformat()}"
+        )
+
+
+def stapled_is_stale(response: OcspResponse, at: datetime) -> bool:
+    """Whether step 5 alone refuses ``response`` at ``at`` (its dates, read without verifying
+    anything else): the CAS then asks its own responder instead, when it has one. ``False`` for
+    a response that does not parse as one ``SingleResponse``: the full verification
+    (:func:`verify_ocsp_response`) refuses it, as it refuses every other fault, for what it is."""
+    try:
+        resp = _load(response.der, "stapled OCSP response")
+        if resp.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
+            return False
+        singles = list(resp.responses)
+        if len(singles) != 1:
+            return False
+        this_update, next_update = singles[0].this_update_utc, singles[0].next_update_utc
+    except (ParseError, ValueError):
+        return False
+    try:
+        # The nonce is never the verifier's for a stapled response (nonce_checked False).
+        _check_interval(this_update, next_update, False, response.max_age, at, "")
+    except CollateralExpiredError:
+        return True
+    return False
 
 
 def check_chain(

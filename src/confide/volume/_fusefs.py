@@ -9,6 +9,15 @@ without a handle) encrypts the whole file under a *new random file id*, hence a 
 volume is sealed once, at unmount, by :func:`seal` (new generation, new tag); until then the
 sealed MANIFEST is untouched, so discarding a session just drops its new objects.
 
+Times (docs/volume-format.md, "Manifest"): ``st_mtime`` is the entry's recorded modification
+time, and ``st_ctime`` and ``st_atime`` report it too (the format stores neither). A writable
+session keeps POSIX's rules in memory (write, truncate and ``O_TRUNC`` set a file's mtime and
+ctime; creating, removing or renaming an entry sets its directory's; chmod, chown, rename and
+utimens set the ctime; ``utimens`` sets the mtime, ``UTIME_NOW`` and ``UTIME_OMIT`` included)
+and the sealed manifest records the mtimes; ctimes are not stored. The volume root and the
+implicit directories (not listed in the manifest) have no recorded time: they report the mount
+time (changes below them update it in memory only), unless utimens (like chmod) lists one.
+
 Run as ``python -m confide.volume._fusefs`` by :mod:`confide.volume.mount` (see there for
 the protocol between the two processes).
 """
@@ -38,6 +47,7 @@ from confide.errors import ConfideError, SignatureError, UsageError
 from confide.volume._io import copy_raw, decrypt_object
 from confide.volume.format import (
     FILE_ID_SIZE,
+    MAX_MTIME_NS,
     ChunkCodec,
     Entry,
     EntryKind,
@@ -74,6 +84,8 @@ class _Node:
     dirty: bool = False  # buf_fd changed since the last commit
     opens: int = 0
     orphan: bool = False  # unlinked while open
+    mtime_ns: int = 0  # recorded in the manifest
+    ctime_ns: int = 0  # reported only (the format stores no ctime)
 
 
 def _parent(path: str) -> str:
@@ -87,6 +99,12 @@ def _vpath(path: str) -> str:
 
 def _err(code: int) -> mfusepy.FuseOSError:
     return mfusepy.FuseOSError(code)
+
+
+# <linux/stat.h>: tv_nsec values of utimensat(2) meaning "the current time" and "unchanged";
+# libfuse 3 passes them through to the file system's utimens (fuse_lib_setattr).
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
 
 
 class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
@@ -107,17 +125,18 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         self._lock = threading.RLock()
         self._fh: dict[int, _Node] = {}
         self._next_fh = 1
-        self._mtime_ns = time.time_ns()
+        self._mtime_ns = time.time_ns()  # of the root and implicit directories (not recorded)
         self.on_init: Any = None
         self.nodes: dict[str, _Node] = {}
         self.children: dict[str, set[str]] = {"": set()}
-        root = _Node("", EntryKind.DIR, 0o755, os.getuid(), os.getgid(), Region.UNPROTECTED, explicit=False)
+        root = _Node("", EntryKind.DIR, 0o755, os.getuid(), os.getgid(), Region.UNPROTECTED, explicit=False,
+                     mtime_ns=self._mtime_ns, ctime_ns=self._mtime_ns)  # fmt: skip
         self.nodes[""] = root
         for e in self.manifest.entries:
             self._ensure_parents(e.path)
             self._insert(
                 _Node(e.path, e.kind, e.mode, e.uid, e.gid, e.region, e if e.kind is EntryKind.FILE else None,
-                      e.target)
+                      e.target, mtime_ns=e.mtime_ns, ctime_ns=e.mtime_ns)
             )  # fmt: skip
 
     # --- tree helpers (caller holds the lock) ------------------------------------------------
@@ -132,7 +151,8 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         for depth in range(1, len(parts)):
             p = "/".join(parts[:depth])
             if p not in self.nodes:
-                self._insert(_Node(p, EntryKind.DIR, 0o755, 0, 0, Region.UNPROTECTED, explicit=False))
+                self._insert(_Node(p, EntryKind.DIR, 0o755, 0, 0, Region.UNPROTECTED, explicit=False,
+                                   mtime_ns=self._mtime_ns, ctime_ns=self._mtime_ns))  # fmt: skip
 
     def _remove(self, path: str) -> _Node:
         node = self.nodes.pop(path)
@@ -150,6 +170,16 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         if node is None:
             raise _err(errno.ENOENT)
         return node
+
+    @staticmethod
+    def _modified(node: _Node, now: int | None = None) -> None:
+        """POSIX "mark for update" of st_mtime and st_ctime (contents or directory listing)."""
+        node.mtime_ns = node.ctime_ns = time.time_ns() if now is None else now
+
+    def _changed_dir_of(self, path: str, now: int) -> None:
+        parent = self.nodes.get(_parent(path))
+        if parent is not None:
+            self._modified(parent, now)
 
     def _check_writable(self) -> None:
         if not self.writable:
@@ -215,8 +245,9 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             os.close(src)
         old = node.entry
         node.entry = Entry(
-            node.path, EntryKind.FILE, node.mode, node.uid, node.gid, node.region, fid, size, root
-        )
+            node.path, EntryKind.FILE, node.mode, node.uid, node.gid, node.region, fid, size, root,
+            mtime_ns=node.mtime_ns,
+        )  # fmt: skip
         self.new_objects.add(fid)
         if old is not None and old.file_id in self.new_objects:
             object_path(self.directory, old.file_id).unlink(missing_ok=True)  # superseded in-session
@@ -270,7 +301,6 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
                 )
             else:
                 size, blocks, nlink = len(node.target.encode()), 0, 1
-            t = self._mtime_ns
             return {
                 "st_mode": kind[node.kind] | node.mode,
                 "st_nlink": nlink,
@@ -278,9 +308,9 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
                 "st_blocks": blocks,
                 "st_uid": node.uid,
                 "st_gid": node.gid,
-                "st_atime": t,
-                "st_mtime": t,
-                "st_ctime": t,
+                "st_atime": node.mtime_ns,  # no access times are stored
+                "st_mtime": node.mtime_ns,
+                "st_ctime": node.ctime_ns,
             }
 
     def _is_dir(self, path: str) -> bool:
@@ -325,6 +355,8 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
                 if trunc and had:
                     os.ftruncate(fd, 0)
                     node.dirty = True
+                if trunc:  # POSIX open(): O_TRUNC marks st_mtime and st_ctime, even of an empty file
+                    self._modified(node)
                     self.changed = True
             node.opens += 1
             fh = self._next_fh
@@ -360,6 +392,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             fd = self._materialize(node)
             n = os.pwrite(fd, data, offset)
             node.dirty = True
+            self._modified(node)
             self.changed = True
             return n
 
@@ -372,6 +405,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             fd = self._materialize(node, keep_contents=length > 0)
             os.ftruncate(fd, length)
             node.dirty = True
+            self._modified(node)
             self.changed = True
             if node.opens == 0:
                 self._commit(node)
@@ -413,6 +447,9 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             node.buf_fd = os.memfd_create("confide-volume-file", os.MFD_CLOEXEC)
             node.dirty = True
             node.opens = 1
+            now = time.time_ns()
+            self._modified(node, now)
+            self._changed_dir_of(vp, now)
             self._insert(node)
             self.changed = True
             fh = self._next_fh
@@ -426,7 +463,10 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         with self._lock:
             vp, _ = self._new_child(path)
             uid, gid = self._owner()
-            self._insert(_Node(vp, EntryKind.DIR, stat.S_IMODE(mode), uid, gid, Region.UNPROTECTED))
+            now = time.time_ns()
+            self._insert(_Node(vp, EntryKind.DIR, stat.S_IMODE(mode), uid, gid, Region.UNPROTECTED,
+                               mtime_ns=now, ctime_ns=now))  # fmt: skip
+            self._changed_dir_of(vp, now)
             self.changed = True
             return 0
 
@@ -438,7 +478,10 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             if not source or "\x00" in source:
                 raise _err(errno.EINVAL)
             uid, gid = self._owner()
-            self._insert(_Node(vp, EntryKind.SYMLINK, 0o777, uid, gid, Region.UNPROTECTED, target=source))
+            now = time.time_ns()
+            self._insert(_Node(vp, EntryKind.SYMLINK, 0o777, uid, gid, Region.UNPROTECTED, target=source,
+                               mtime_ns=now, ctime_ns=now))  # fmt: skip
+            self._changed_dir_of(vp, now)
             self.changed = True
             return 0
 
@@ -451,6 +494,8 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             self._remove(node.path)
             if node.opens:
                 node.orphan = True  # its handles keep the memfd; nothing is committed any more
+            node.ctime_ns = time.time_ns()  # its link count changed
+            self._changed_dir_of(node.path, node.ctime_ns)
             self.changed = True
             return 0
 
@@ -465,6 +510,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             if self.children.get(node.path):
                 raise _err(errno.ENOTEMPTY)
             self._remove(node.path)
+            self._changed_dir_of(node.path, time.time_ns())
             self.changed = True
             return 0
 
@@ -492,6 +538,8 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
                     existing.orphan = True
             else:
                 self._new_child(new)
+            now = time.time_ns()
+            self._changed_dir_of(src.path, now)
             old_path = src.path  # src.path changes below
             moved = [p for p in self.nodes if p == old_path or p.startswith(old_path + "/")]
             moved.sort(key=len)
@@ -500,6 +548,8 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
                 node.path = dst_path + node.path[len(old_path) :]
                 self._insert(node)
                 self._reregion(node)
+            src.ctime_ns = now  # as Linux file systems do for the renamed inode
+            self._changed_dir_of(src.path, now)
             self.changed = True
             return 0
 
@@ -527,6 +577,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
                 return 0
             node.mode = stat.S_IMODE(mode)
             node.explicit = True
+            node.ctime_ns = time.time_ns()
             self.changed = True
             return 0
 
@@ -539,14 +590,27 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             if gid != -1:
                 node.gid = gid
             node.explicit = True
+            node.ctime_ns = time.time_ns()
             self.changed = True
             return 0
 
-    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
-        """The format records no times: accepted (so ``touch`` works) and not stored."""
+    def utimens(self, path: str, times: tuple[int | None, int | None] | None = None) -> int:
+        """Set the modification time (ns; recorded at the next seal). ``times`` is (atime,
+        mtime), None for "now" (utimensat(2) with NULL); an element None leaves that time
+        (UTIME_OMIT, see :meth:`_FUSE.utimens_fuse_3`). Access times are not stored."""
         self._check_writable()
-        self._node(path)
-        return 0
+        with self._lock:
+            node = self._node(path)
+            now = time.time_ns()
+            mtime = now if times is None else times[1]
+            if mtime is not None:
+                if not 0 <= mtime <= MAX_MTIME_NS:
+                    raise _err(errno.EINVAL)  # before 1970 or after 2262: outside the format
+                node.mtime_ns = mtime
+                node.explicit = True  # as for chmod: an implicit directory gets an entry
+            node.ctime_ns = now
+            self.changed = True
+            return 0
 
     def link(self, target: str, source: str) -> int:
         raise _err(errno.EPERM)  # hard links are not part of the format
@@ -566,10 +630,11 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
                     e = node.entry
                     if e is None:
                         raise UsageError(f"{node.path!r} has no contents")  # cannot happen: created dirty
-                    out.append(replace(e, path=node.path, mode=node.mode, uid=node.uid, gid=node.gid))
+                    out.append(replace(e, path=node.path, mode=node.mode, uid=node.uid, gid=node.gid,
+                                       mtime_ns=node.mtime_ns))  # fmt: skip
                 else:
                     out.append(Entry(node.path, node.kind, node.mode, node.uid, node.gid, node.region,
-                                     target=node.target))  # fmt: skip
+                                     target=node.target, mtime_ns=node.mtime_ns))  # fmt: skip
             return out
 
     def discard(self) -> None:
@@ -599,6 +664,26 @@ class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
         ops: VolumeFS = self.operations
         name = None if path is None else path.decode(self.encoding, self.errors)
         return ops.read_into(name, out, offset, fh)
+
+    def utimens_fuse_2(self, path: bytes | None, buf: Any) -> int:
+        """mfusepy folds the timespecs into plain nanoseconds, losing utimensat(2)'s UTIME_NOW
+        and UTIME_OMIT (libfuse passes them in tv_nsec, fuse_lib_setattr): decode them here."""
+
+        def one(ts: Any) -> int | None:
+            if ts.tv_nsec == UTIME_OMIT:
+                return None
+            if ts.tv_nsec == UTIME_NOW:
+                return time.time_ns()
+            return int(ts.tv_sec) * 1_000_000_000 + int(ts.tv_nsec)
+
+        if path is None:
+            raise _err(errno.EINVAL)  # only with nullpath_ok, which is not asked for
+        times = (one(buf.contents.actime), one(buf.contents.modtime)) if buf else None
+        ops: VolumeFS = self.operations
+        return ops.utimens(path.decode(self.encoding, self.errors), times)
+
+    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        return self.utimens_fuse_2(path, buf)
 
 
 def _die_with_parent(parent: int) -> None:

@@ -4,6 +4,8 @@
 decrypted into a mode-0600 temporary name inside a private staging directory and renamed
 only after all its chunks and its root authenticated; the staging directory is removed on
 any error, and entries are moved into the target only after the whole volume authenticated.
+Recorded modification times are applied last for directories (after their contents are in
+place, which would otherwise change them again).
 """
 
 from __future__ import annotations
@@ -149,7 +151,9 @@ def open_volume(
 
     Raises on the first integrity failure (:class:`SignatureError` naming the file) after
     removing everything it wrote. ``preserve_owner`` (default: when running as root) applies
-    the recorded uid/gid. Zero chunks become holes, so sparse files stay sparse.
+    the recorded uid/gid. Zero chunks become holes, so sparse files stay sparse. Every listed
+    entry gets its recorded modification time (the access time is set to it as well: the format
+    stores no access times); implicit directories keep the time of extraction.
     ``write_piece`` splits the plaintext writes at multiples of that many bytes (see
     :data:`confide.volume._io.LARGE_FOLIO_PIECE`, for a tmpfs mounted with huge=within_size).
     """
@@ -170,6 +174,7 @@ def open_volume(
                     os.symlink(e.target, dest)
                     if owner:
                         os.lchown(dest, e.uid, e.gid)
+                    os.utime(dest, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=False)
                 else:
                     tmp = dest.with_name(f".confide-part-{secrets.token_hex(8)}")
                     out_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -178,6 +183,7 @@ def open_volume(
                         if owner:
                             os.fchown(out_fd, e.uid, e.gid)
                         os.fchmod(out_fd, e.mode)
+                        os.utime(out_fd, ns=(e.mtime_ns, e.mtime_ns))  # after the last write
                     except ConfideError as exc:
                         raise SignatureError(f"volume file {e.path!r}: {exc.message}") from None
                     finally:
@@ -185,7 +191,8 @@ def open_volume(
                     os.rename(tmp, dest)
                     files += 1
                     total += e.size
-        # Everything authenticated: move the tree into place, then set directory modes.
+        # Everything authenticated: move the tree into place, then set directory modes and
+        # times, children before parents (reverse path order), after the last change inside.
         for child in sorted(staging.iterdir()):
             os.rename(child, target / child.name)
         staging.rmdir()
@@ -195,6 +202,7 @@ def open_volume(
                 if owner:
                     os.lchown(path, e.uid, e.gid)
                 os.chmod(path, e.mode)
+                os.utime(path, ns=(e.mtime_ns, e.mtime_ns))
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise StorageError(f"cannot write into {str(target)!r}: {exc.strerror or exc}") from None

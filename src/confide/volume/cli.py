@@ -17,10 +17,10 @@ import click
 
 from confide.errors import ConfideError, SignatureError
 from confide.volume.check import open_volume, verify_volume
-from confide.volume.format import DEFAULT_CHUNK_SIZE, Region, RegionRule
+from confide.volume.format import DEFAULT_CHUNK_SIZE, MAX_MTIME_NS, Region, RegionRule
 from confide.volume.keys import KEY_ENV, VolumeKey, load_key, write_key
 from confide.volume.mount import MountMode, mount_volume, wait_for_signal
-from confide.volume.store import add_sources, create_volume, remove_paths, seal_volume
+from confide.volume.store import add_sources, create_volume, remove_paths, seal_volume, source_date_epoch
 
 __all__ = ["volume"]
 
@@ -113,6 +113,10 @@ def create_cmd(
 @_key_option
 @click.option("--dest", default="", metavar="PATH", help="Volume directory to add under (default: the root).")
 @click.option("--deterministic", is_flag=True, help="File ids from path+content (reproducible).")
+@click.option(
+    "--mtime", "mtime", type=click.IntRange(0, MAX_MTIME_NS // 1_000_000_000), metavar="SECONDS",
+    help="Record this modification time (seconds since 1970 UTC) for every entry, not the sources'.",
+)  # fmt: skip
 @_with_regions
 def add_cmd(
     directory: Path,
@@ -120,11 +124,16 @@ def add_cmd(
     key_file: Path | None,
     dest: str,
     deterministic: bool,
+    mtime: int | None,
     encrypt: tuple[str, ...],
     authenticate: tuple[str, ...],
     unprotected: tuple[str, ...],
 ) -> None:
-    """Add SRC files/directories (a directory's contents go below --dest); seal to publish."""
+    """Add SRC files/directories (a directory's contents go below --dest); seal to publish.
+
+    Entries keep their sources' modification times; with $SOURCE_DATE_EPOCH set, times later
+    than it are recorded as it (reproducible-builds.org's clamping); --mtime sets them all.
+    """
     try:
         key = load_key(key_file)
         added = add_sources(
@@ -134,6 +143,8 @@ def add_cmd(
             dest=dest.strip("/"),
             rules=_rules(encrypt, authenticate, unprotected),
             deterministic=deterministic,
+            mtime_ns=None if mtime is None else mtime * 1_000_000_000,
+            mtime_clamp_ns=source_date_epoch(),
         )
     except ConfideError as exc:
         _die(exc)

@@ -1,4 +1,5 @@
-"""The on-disk format of protected volumes (version 1); see ``docs/volume-format.md``.
+"""The on-disk format of protected volumes (version 2; version 1 is still read); see
+``docs/volume-format.md``.
 
 This module is pure: it encodes, decodes and authenticates byte strings and never touches the
 file system. Everything is little-endian. The pieces:
@@ -16,8 +17,8 @@ file system. Everything is little-endian. The pieces:
   for exactly one write of the file, so a (key, nonce) pair never repeats.
 * **Root**: SHA-256 over the chunk count and the chunk tags, recorded per file in the manifest.
 * **Manifest**: header (clear, authenticated) + AES-256-GCM encrypted body listing regions and
-  entries (paths, kinds, modes, owners, sizes, file ids, roots). The volume *tag* is the SHA-256
-  of the whole manifest file.
+  entries (paths, kinds, modes, owners, modification times, sizes, file ids, roots). The volume
+  *tag* is the SHA-256 of the whole manifest file.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ __all__ = [
     "MANIFEST_HEADER_SIZE",
     "MANIFEST_MAGIC",
     "MAX_CHUNK_SIZE",
+    "MAX_MTIME_NS",
     "MIN_CHUNK_SIZE",
+    "READABLE_VERSIONS",
     "ROOT_SIZE",
     "TAG_SIZE",
     "VOLUME_ID_SIZE",
@@ -62,6 +65,7 @@ __all__ = [
     "check_entries",
     "check_path",
     "chunk_count",
+    "clamp_mtime_ns",
     "decode_manifest",
     "derive_file_id",
     "encode_manifest",
@@ -91,7 +95,14 @@ MAX_NAME_BYTES = 255
 MAX_ENTRIES = 10_000_000
 MAX_FILE_SIZE = 2**62  # keeps chunk indexes and offsets far from 64-bit overflow
 
-FORMAT_VERSION = 1
+# Version 2 (docs/volume-format.md, "Versions") added each entry's modification time; the
+# key schedule, objects and chunk format are those of version 1 (hence the v1 labels below).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+# Modification times are u64 nanoseconds since 1970-01-01T00:00:00Z; at most 2**63 - 1
+# (2262-04-11T23:47:16.854775807Z) so that every value fits a signed 64-bit nanosecond clock
+# (Linux ktime_t, Python's st_mtime_ns, a FUSE timespec) on every consumer.
+MAX_MTIME_NS = 2**63 - 1
 MANIFEST_MAGIC = b"CFDVOLM1"
 CHUNK_AAD_MAGIC = b"CFDVCHK1"
 ROOT_MAGIC = b"CFDVROOT"
@@ -296,9 +307,18 @@ def region_for(path: str, rules: Iterable[RegionRule], default: Region) -> Regio
 # --- manifest ------------------------------------------------------------------------------------
 
 
+def clamp_mtime_ns(ns: int) -> int:
+    """``ns`` limited to the format's range 0..MAX_MTIME_NS (times before 1970 become the epoch)."""
+    return min(max(ns, 0), MAX_MTIME_NS)
+
+
 @dataclass(frozen=True)
 class Entry:
-    """One manifest entry. ``file_id``/``size``/``root`` only for files, ``target`` for symlinks."""
+    """One manifest entry. ``file_id``/``size``/``root`` only for files, ``target`` for symlinks.
+
+    ``mtime_ns``: modification time, nanoseconds since the Unix epoch (UTC); 0 for entries read
+    from a version-1 manifest, which records no times.
+    """
 
     path: str
     kind: EntryKind
@@ -310,6 +330,7 @@ class Entry:
     size: int = 0
     root: bytes = b""
     target: str = ""
+    mtime_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -332,12 +353,13 @@ def _enc_str(text: str) -> bytes:
 
 
 def encode_manifest_body(m: Manifest) -> bytes:
+    """The body of a version-``FORMAT_VERSION`` manifest (docs/volume-format.md, "Manifest")."""
     out = bytearray(struct.pack("<IBH", m.chunk_size, m.default_region, len(m.rules)))
     for rule in m.rules:
         out += bytes([rule.region]) + _enc_str(rule.prefix)
     out += struct.pack("<I", len(m.entries))
     for e in m.entries:
-        out += struct.pack("<BBIII", e.kind, e.region, e.mode, e.uid, e.gid) + _enc_str(e.path)
+        out += struct.pack("<BBIIIQ", e.kind, e.region, e.mode, e.uid, e.gid, e.mtime_ns) + _enc_str(e.path)
         if e.kind is EntryKind.FILE:
             out += e.file_id + struct.pack("<Q", e.size) + e.root
         elif e.kind is EntryKind.SYMLINK:
@@ -365,7 +387,12 @@ def _enum(r: Reader, cls: type[IntEnum], fld: str) -> int:
         raise r.error(f"got {v}, expected one of {allowed}", fld, off) from None
 
 
-def parse_manifest_body(data: bytes, volume_id: bytes, generation: int, state: ManifestState) -> Manifest:
+def parse_manifest_body(
+    data: bytes, volume_id: bytes, generation: int, state: ManifestState, version: int = FORMAT_VERSION
+) -> Manifest:
+    """Parse a decrypted body of format ``version`` (1: no times, every ``mtime_ns`` is 0)."""
+    if version not in READABLE_VERSIONS:
+        raise ParseError(f"got version {version}, expected one of {READABLE_VERSIONS}", field="version")
     r = Reader(data, "volume manifest body")
     off = r.pos
     chunk_size = r.u32("chunk_size")
@@ -385,8 +412,10 @@ def parse_manifest_body(data: bytes, volume_id: bytes, generation: int, state: M
         rules.append(RegionRule(prefix, region))
     off = r.pos
     count = r.u32("entry_count")
-    # Each entry takes at least 17 bytes: bound the count before looping (hostile input).
-    if count > MAX_ENTRIES or count * 17 > r.remaining:
+    # Each entry takes at least 17 bytes (25 with the time): bound the count before looping
+    # (hostile input).
+    min_entry = 17 if version == 1 else 25
+    if count > MAX_ENTRIES or count * min_entry > r.remaining:
         raise r.error(f"got {count} entries, more than the {r.remaining} remaining bytes can hold", None, off)
     entries: list[Entry] = []
     for i in range(count):
@@ -399,6 +428,12 @@ def parse_manifest_body(data: bytes, volume_id: bytes, generation: int, state: M
             raise r.error(f"got {mode:#o}, expected permission bits only (<= 0o7777)", f"{f}.mode", off)
         uid = r.u32(f"{f}.uid")
         gid = r.u32(f"{f}.gid")
+        mtime_ns = 0
+        if version >= 2:
+            off = r.pos
+            mtime_ns = r.u64(f"{f}.mtime_ns")
+            if mtime_ns > MAX_MTIME_NS:
+                raise r.error(f"got {mtime_ns}, expected at most 2**63 - 1 ns", f"{f}.mtime_ns", off)
         off = r.pos
         path = _read_str(r, f"{f}.path")
         _wrap_path(r, path, f"{f}.path", off)
@@ -415,7 +450,7 @@ def parse_manifest_body(data: bytes, volume_id: bytes, generation: int, state: M
             target = _read_str(r, f"{f}.target")
             if not target or "\x00" in target:
                 raise r.error("expected a non-empty symlink target without NUL", f"{f}.target", off)
-        entries.append(Entry(path, kind, mode, uid, gid, region, file_id, size, root, target))
+        entries.append(Entry(path, kind, mode, uid, gid, region, file_id, size, root, target, mtime_ns))
     r.expect_end()
     m = Manifest(volume_id, generation, state, chunk_size, default_region, tuple(rules), tuple(entries))
     check_entries(m.entries)
@@ -430,7 +465,8 @@ def _wrap_path(r: Reader, path: str, fld: str, off: int) -> None:
 
 
 def check_entries(entries: tuple[Entry, ...]) -> None:
-    """Entries must be sorted by path, unique, and every listed ancestor must be a directory.
+    """Entries must be sorted by path, unique, and every listed ancestor must be a directory;
+    times must be in the format's range.
 
     A file or symlink listed as the parent of another entry would let extraction write
     through a symlink, so it is rejected; unlisted ancestors are implicit directories.
@@ -439,6 +475,11 @@ def check_entries(entries: tuple[Entry, ...]) -> None:
     prev: bytes | None = None
     file_ids: set[bytes] = set()
     for i, e in enumerate(entries):
+        if not 0 <= e.mtime_ns <= MAX_MTIME_NS:
+            raise ParseError(
+                f"got {e.mtime_ns}, expected 0..2**63 - 1 ns", structure="volume manifest",
+                field=f"entries[{i}].mtime_ns",
+            )  # fmt: skip
         key = e.path.encode("utf-8")
         if prev is not None and key <= prev:
             what = "duplicate" if key == prev else "unsorted"
@@ -497,6 +538,7 @@ def encode_manifest(m: Manifest, volume_key: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class ManifestHeader:
+    version: int
     state: ManifestState
     volume_id: bytes
     generation: int
@@ -511,8 +553,10 @@ def parse_manifest_header(data: bytes) -> ManifestHeader:
     if magic != MANIFEST_MAGIC:
         raise r.error(f"got {magic!r}, expected {MANIFEST_MAGIC!r}", "magic", 0)
     version = r.u16("version")
-    if version != FORMAT_VERSION:
-        raise r.error(f"got {version}, expected {FORMAT_VERSION}", "version", 8)
+    if version not in READABLE_VERSIONS:
+        raise r.error(
+            f"got {version}, expected one of {', '.join(map(str, READABLE_VERSIONS))}", "version", 8
+        )
     state = ManifestState(_enum(r, ManifestState, "state"))
     off = r.pos
     if r.u8("reserved") != 0:
@@ -526,11 +570,12 @@ def parse_manifest_header(data: bytes) -> ManifestHeader:
         raise r.error(
             f"got {r.remaining} bytes of body and tag, expected {body_length + TAG_SIZE}", "body_length", off
         )
-    return ManifestHeader(state, volume_id, generation, nonce, body_length)
+    return ManifestHeader(version, state, volume_id, generation, nonce, body_length)
 
 
 def decode_manifest(data: bytes, volume_key: bytes) -> Manifest:
-    """Authenticate, decrypt and parse a manifest file.
+    """Authenticate, decrypt and parse a manifest file (any of READABLE_VERSIONS; the version
+    field is in the header, hence in the AEAD's associated data).
 
     Raises :class:`ParseError` for a malformed header or body, :class:`SignatureError` when it
     does not authenticate under ``volume_key``.
@@ -544,7 +589,7 @@ def decode_manifest(data: bytes, volume_key: bytes) -> Manifest:
         raise SignatureError(
             "volume manifest does not authenticate under this key (wrong key, or the manifest was modified)"
         ) from None
-    return parse_manifest_body(body, h.volume_id, h.generation, h.state)
+    return parse_manifest_body(body, h.volume_id, h.generation, h.state, h.version)
 
 
 def volume_tag(manifest_bytes: bytes) -> str:

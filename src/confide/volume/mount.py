@@ -49,7 +49,7 @@ import confide
 from confide.errors import ConfideError, StorageError, UsageError
 from confide.volume._io import LARGE_FOLIO_PIECE
 from confide.volume.check import open_volume
-from confide.volume.format import Entry, EntryKind, Manifest, Region, region_for
+from confide.volume.format import Entry, EntryKind, Manifest, Region, clamp_mtime_ns, region_for
 from confide.volume.keys import VolumeKey
 from confide.volume.store import PENDING_NAME, _store_file, load_sealed, lock_volume, seal_entries
 
@@ -432,6 +432,7 @@ def _reseal_tree(
             vpath = str(p.relative_to(root))
             st = p.lstat()
             mode = st.st_mode & 0o7777
+            t = clamp_mtime_ns(st.st_mtime_ns)  # the format's range (docs/volume-format.md)
             prev = old.get(vpath)
             if p.is_symlink():
                 entries.append(
@@ -443,28 +444,42 @@ def _reseal_tree(
                         st.st_gid,
                         Region.UNPROTECTED,
                         target=os.readlink(p),
+                        mtime_ns=t,
                     )
                 )
             elif p.is_dir():
                 if prev is None and mode == 0o755 and any(p.iterdir()):
                     continue  # an implicit directory stays implicit
-                entries.append(Entry(vpath, EntryKind.DIR, mode, st.st_uid, st.st_gid, Region.UNPROTECTED))
+                entries.append(
+                    Entry(vpath, EntryKind.DIR, mode, st.st_uid, st.st_gid, Region.UNPROTECTED, mtime_ns=t)
+                )
             elif p.is_file():
                 now = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                 if prev is not None and prev.kind is EntryKind.FILE and baseline.get(vpath) == now:
                     entries.append(Entry(vpath, EntryKind.FILE, mode, st.st_uid, st.st_gid, prev.region,
-                                         prev.file_id, prev.size, prev.root))  # fmt: skip
+                                         prev.file_id, prev.size, prev.root, mtime_ns=t))  # fmt: skip
                     continue
                 region = (
                     prev.region
                     if prev is not None
                     else region_for(vpath, manifest.rules, manifest.default_region)
                 )
-                fid, size, froot = _store_file(
+                fid, size, froot, _ = _store_file(
                     directory, key, manifest, vpath, p, region=region, deterministic=False
                 )
                 entries.append(
-                    Entry(vpath, EntryKind.FILE, mode, st.st_uid, st.st_gid, region, fid, size, froot)
+                    Entry(
+                        vpath,
+                        EntryKind.FILE,
+                        mode,
+                        st.st_uid,
+                        st.st_gid,
+                        region,
+                        fid,
+                        size,
+                        froot,
+                        mtime_ns=t,
+                    )
                 )
             else:
                 log.warning("confide volume: %r is a special file; not stored in the volume", vpath)

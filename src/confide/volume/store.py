@@ -21,7 +21,7 @@ import hmac
 import os
 import secrets
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -33,6 +33,7 @@ from confide.volume.format import (
     DEFAULT_CHUNK_SIZE,
     FILE_ID_SIZE,
     MAX_CHUNK_SIZE,
+    MAX_MTIME_NS,
     MIN_CHUNK_SIZE,
     ROOT_SIZE,
     VOLUME_ID_SIZE,
@@ -45,6 +46,7 @@ from confide.volume.format import (
     RegionRule,
     check_entries,
     check_path,
+    clamp_mtime_ns,
     decode_manifest,
     derive_file_id,
     encode_manifest,
@@ -57,6 +59,7 @@ __all__ = [
     "MANIFEST_NAME",
     "OBJECTS_DIR",
     "PENDING_NAME",
+    "SOURCE_DATE_EPOCH",
     "add_sources",
     "create_volume",
     "load_sealed",
@@ -64,6 +67,7 @@ __all__ = [
     "object_path",
     "seal_entries",
     "seal_volume",
+    "source_date_epoch",
 ]
 
 MANIFEST_NAME = "MANIFEST"
@@ -71,6 +75,27 @@ PENDING_NAME = "MANIFEST.pending"
 OBJECTS_DIR = "objects"
 LOCK_NAME = ".lock"
 _TMP_PREFIX = ".tmp-"
+SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
+_NS = 1_000_000_000
+
+
+def source_date_epoch(environ: Mapping[str, str] | None = None) -> int | None:
+    """``$SOURCE_DATE_EPOCH`` in nanoseconds, or None when it is unset or empty.
+
+    reproducible-builds.org, "SOURCE_DATE_EPOCH specification" (section "SOURCE_DATE_EPOCH"):
+    the value is an integer number of seconds since the epoch as printed by ``date +%s``, and a
+    malformed value should make the build fail: :class:`UsageError` for anything but decimal
+    digits (no sign, no fraction) or a value past the format's range.
+    """
+    raw = (os.environ if environ is None else environ).get(SOURCE_DATE_EPOCH)
+    if raw is None or raw == "":
+        return None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20 or int(raw) * _NS > MAX_MTIME_NS:
+        raise UsageError(
+            f"${SOURCE_DATE_EPOCH}: got {raw[:40]!r}, expected a decimal integer of seconds since "
+            f"1970-01-01 UTC (0..{MAX_MTIME_NS // _NS}), as printed by `date +%s`"
+        )
+    return int(raw) * _NS
 
 
 def object_path(directory: Path, file_id: bytes) -> Path:
@@ -265,20 +290,23 @@ def _store_file(
     *,
     region: Region,
     deterministic: bool,
-) -> tuple[bytes, int, bytes]:
-    """Write the object of one file; return (file id, size, root)."""
+) -> tuple[bytes, int, bytes, int]:
+    """Write the object of one file; return (file id, size, root, source mtime in ns).
+
+    The time is the source's when it was opened (before its contents were read)."""
     if deterministic:
         file_id = derive_file_id(key.raw, m.volume_id, vpath, _content_digest(src))
     else:
         file_id = secrets.token_bytes(FILE_ID_SIZE)
     src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
     try:
-        if not stat.S_ISREG(os.fstat(src_fd).st_mode):
+        st = os.fstat(src_fd)
+        if not stat.S_ISREG(st.st_mode):
             raise UsageError(f"{str(src)!r} changed into a non-regular file while adding")
         size, root = write_object(directory, key, m, file_id, region, src_fd)
     finally:
         os.close(src_fd)
-    return file_id, size, root
+    return file_id, size, root, st.st_mtime_ns
 
 
 def write_object(
@@ -316,8 +344,16 @@ def add_sources(
     dest: str = "",
     rules: Sequence[RegionRule] = (),
     deterministic: bool = False,
+    mtime_ns: int | None = None,
+    mtime_clamp_ns: int | None = None,
 ) -> list[Entry]:
     """Add files, directories and symlinks from ``sources`` to the pending manifest.
+
+    Each entry records its source's modification time (``lstat``; a file's when it is opened),
+    or ``mtime_ns`` for every entry when given; ``mtime_clamp_ns`` (e.g. from
+    :func:`source_date_epoch`) lowers every later time to it, as reproducible-builds.org's
+    SOURCE_DATE_EPOCH specification describes ("Timestamp clamping"). Times before 1970 are
+    recorded as the epoch (the format's range, docs/volume-format.md).
 
     A source directory's *contents* go below ``dest`` (the volume root by default); a source
     file or symlink goes to ``dest/<name>``. ``rules`` add region rules to the volume (longest
@@ -331,6 +367,14 @@ def add_sources(
             check_path(dest, "--dest")
         except ParseError as exc:
             raise UsageError(exc.message) from None
+    for what, value in (("mtime_ns", mtime_ns), ("mtime_clamp_ns", mtime_clamp_ns)):
+        if value is not None and not 0 <= value <= MAX_MTIME_NS:
+            raise UsageError(f"{what}: got {value} ns, expected 0..{MAX_MTIME_NS}")
+
+    def recorded(source_ns: int) -> int:
+        t = source_ns if mtime_ns is None else mtime_ns
+        return clamp_mtime_ns(t if mtime_clamp_ns is None else min(t, mtime_clamp_ns))
+
     with _locked(directory):
         m = _working(directory, key)
         merged = _merge_rules(m.rules, rules)
@@ -343,22 +387,33 @@ def add_sources(
                 except ParseError as exc:
                     raise UsageError(f"source {str(spath)!r}: {exc.message}") from None
                 mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+                t = recorded(st.st_mtime_ns)
                 old = entries.get(vpath)
                 if stat.S_ISDIR(st.st_mode):
-                    e = Entry(vpath, EntryKind.DIR, mode, uid, gid, Region.UNPROTECTED)
+                    e = Entry(vpath, EntryKind.DIR, mode, uid, gid, Region.UNPROTECTED, mtime_ns=t)
                 elif stat.S_ISLNK(st.st_mode):
                     target = os.readlink(spath)
                     try:
                         target.encode("utf-8")
                     except UnicodeEncodeError:
                         raise UsageError(f"symlink {str(spath)!r}: target is not valid UTF-8") from None
-                    e = Entry(vpath, EntryKind.SYMLINK, mode, uid, gid, Region.UNPROTECTED, target=target)
+                    e = Entry(
+                        vpath,
+                        EntryKind.SYMLINK,
+                        mode,
+                        uid,
+                        gid,
+                        Region.UNPROTECTED,
+                        target=target,
+                        mtime_ns=t,
+                    )
                 elif stat.S_ISREG(st.st_mode):
                     region = region_for(vpath, merged, m.default_region)
-                    fid, size, root = _store_file(
+                    fid, size, root, file_ns = _store_file(
                         directory, key, m, vpath, spath, region=region, deterministic=deterministic
                     )
-                    e = Entry(vpath, EntryKind.FILE, mode, uid, gid, region, fid, size, root)
+                    e = Entry(vpath, EntryKind.FILE, mode, uid, gid, region, fid, size, root,
+                              mtime_ns=recorded(file_ns))  # fmt: skip
                 else:
                     raise UsageError(
                         f"source {str(spath)!r}: got a special file (mode {st.st_mode:#o}), "
