@@ -29,14 +29,23 @@ TAG0, TAG1, TAG2, TAG3 = "01" * 32, "02" * 32, "03" * 32, "04" * 32
 RP, NRP, EPH = "rollback_protected", "no_rollback_protection", "ephemeral"
 
 
-def hospital(mode: str = "", export: str = "", *, predecessor: str = "", scratch: bool = False) -> str:
-    """The owner: service ``writer`` mounts ``records`` (image ``update_policy`` ``mode``), and
-    with ``scratch`` a second volume of its own."""
+def hospital(
+    mode: str = "",
+    export: str = "",
+    *,
+    predecessor: str = "",
+    scratch: bool = False,
+    name: str = "hospital",
+    mounted: bool = True,
+) -> str:
+    """The owner: service ``writer`` mounts ``records`` (image ``update_policy`` ``mode``; not
+    at all unless ``mounted``), and with ``scratch`` a second volume of its own."""
     pred = f"predecessor: {predecessor}\n" if predecessor else ""
     image_mode = f"        update_policy: {mode}\n" if mode else ""
     scratch_vol = "  - name: scratch\n" if scratch else ""
     scratch_mount = "      - name: scratch\n        path: /data/scratch\n" if scratch else ""
-    return f"""name: hospital
+    records_mount = f"      - name: records\n        path: /data/records\n{image_mode}" if mounted else ""
+    return f"""name: {name}
 version: "0.3"
 {pred}services:
   - name: writer
@@ -53,9 +62,7 @@ volumes:
 images:
   - name: img
     volumes:
-      - name: records
-        path: /data/records
-{image_mode}{scratch_mount}
+{records_mount}{scratch_mount}
 security:
   attestation:
     tolerate: [simulation]
@@ -66,6 +73,13 @@ def export_to_lab(mode: str = "") -> str:
     if not mode:
         return "    export:\n      - session: lab\n"
     return f"    export:\n      - to:\n          session: lab\n        update_policy: {mode}\n"
+
+
+def lab_policy(source: str = "hospital", predecessor: str = "") -> str:
+    pred = f"predecessor: {predecessor}\n" if predecessor else ""
+    return LAB.replace("      session: hospital\n", f"      session: {source}\n").replace(
+        'version: "0.3"\n', f'version: "0.3"\n{pred}'
+    )
 
 
 LAB = f"""name: lab
@@ -369,3 +383,29 @@ def test_sessions_opened_before_schema_4_are_judged_by_the_current_policies(env:
     env.report(new, TAG0, TAG3)
     assert env.last_tag_event()["judged_by"] == "release"
     assert env.tag() == (TAG3, 3)
+
+
+def test_a_mount_withdrawn_from_the_image_refuses_the_report(env: Env) -> None:
+    """The policy owner's way to stop a running service's changes from persisting."""
+    h = env.apply("hospital", hospital(scratch=True))
+    got = env.release()
+    env.apply("hospital", hospital(predecessor=h, scratch=True, mounted=False))
+    with pytest.raises(errors.AccessDeniedError, match="service writer does not mount volume records"):
+        env.report(got, TAG0, TAG1)
+    assert env.tag() == (TAG0, 0)
+
+
+def test_a_chain_re_routed_to_another_owner_is_refused(env: Env) -> None:
+    """lab imported hospital's records at release, then imports clinic's: the session's key is
+    hospital's, so it may move neither tag."""
+    env.apply("hospital", hospital(export=export_to_lab()))
+    env.apply("clinic", hospital(export=export_to_lab(), name="clinic"))
+    lab = env.apply("lab", lab_policy())
+    got = env.release("lab", "analytics")
+    env.apply("lab", lab_policy("clinic", predecessor=lab))
+    with pytest.raises(
+        errors.AccessDeniedError,
+        match="now resolves to clinic/records, this session was released hospital/records",
+    ):
+        env.report(got, TAG0, TAG1, "lab")
+    assert env.tag() == (TAG0, 0)
