@@ -49,7 +49,7 @@ from confide.cas.crl import (
     not_after,
     revoke,
 )
-from confide.cas.db import Database, EventSink, raw_connection, raw_execute
+from confide.cas.db import Database, EventSink, raw_connection, raw_execute, raw_executemany
 from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due
 from confide.cas.secrets import (
     CERTIFICATE_KINDS,
@@ -187,12 +187,37 @@ class VolumeSource:
     ephemeral_by: str | None = None
     heads: tuple[tuple[str, str], ...] = ()
 
+    def links(self, policy: str, volume: str, digest: str) -> list[dict[str, str]]:
+        """The resolved chain as frozen at release (docs/policy.md, "Frozen at release"): the
+        mounting policy's ``(policy, volume, hash)`` first, then each exporter's towards the
+        owner (last); an own volume's is the one entry."""
+        out = [{"policy": policy, "volume": volume, "hash": digest}]
+        if self.exported is not None:
+            towards_owner = [*reversed(self.via), (self.policy, self.volume)]
+            out += [
+                {"policy": p, "volume": v, "hash": h}
+                for (p, v), (_, h) in zip(towards_owner, self.heads, strict=True)
+            ]
+        return out
+
     def audit(self) -> dict[str, Any]:
         """The owner and the chain, for a release entry and the ledger (never a key)."""
         out: dict[str, Any] = {"owner": {"policy": self.policy, "volume": self.volume}}
         if self.via:
             out["via"] = [{"policy": p, "volume": v} for p, v in self.via]
         return out
+
+
+class FrozenVolume(NamedTuple):
+    """What governs a session's tag reports for one volume, as frozen at its release
+    (``session_volumes``; docs/policy.md, "Frozen at release")."""
+
+    mode: UpdatePolicy
+    ephemeral_by: str | None
+    links: list[dict[str, str]]
+    released_tag: str
+    released_generation: int
+    tag: str  # the base of the session's next rollback_protected report
 
 
 class SecretRow(NamedTuple):
@@ -649,12 +674,16 @@ class Cas:
                 )
 
     def update_volume_tag(self, request: Any) -> dict[str, Any]:
-        """A running, attested service reports its volume's new tag. By the volume's effective
-        update policy for that service (``docs/cas.md``, "Volume update policies"):
-        ``rollback_protected``: compare-and-swap on the current tag, so an old copy of a volume
-        can never become current again; ``ephemeral``: refused (nothing of such a service's
-        changes persists, whatever its runtime does); ``no_rollback_protection``: recorded
-        without comparing (last writer wins)."""
+        """A running, attested service reports its volume's new tag (docs/policy.md, "Frozen at
+        release"; docs/cas.md, "Volume update policies"). Access is checked as of now: the
+        service still mounts the volume and every export on the chain still names its importer,
+        resolving to the owner the session was released; the session's mode as released judges
+        the update: ``rollback_protected``: the update starts from the tag the session was given
+        (or its own last report) and compare-and-swap on the current tag, so neither an old copy
+        nor a concurrent writer's update is lost; ``ephemeral``: refused (nothing of such a
+        service's changes persists, whatever its runtime does); ``no_rollback_protection``:
+        recorded without comparing (last writer wins). A session opened before schema 4 has no
+        frozen mode and is judged by the current policies' (as before)."""
         if not isinstance(request, dict):
             raise ParseError("expected a JSON object", structure="volume tag update")
         try:
@@ -667,9 +696,10 @@ class Cas:
                 "expected policy, volume, session (hex), old_tag, new_tag (hex)",
                 structure="volume tag update",
             ) from None
+        token_sha256 = hashlib.sha256(token).hexdigest()
         with self.db.write() as conn:
             session = conn.execute(
-                select(t.sessions).where(t.sessions.c.token_sha256 == hashlib.sha256(token).hexdigest())
+                select(t.sessions).where(t.sessions.c.token_sha256 == token_sha256)
             ).first()
             if session is None or session.expires_at < self.clock() or session.policy != policy_name:
                 raise AccessDeniedError("no attested session of this policy presented that token")
@@ -682,16 +712,22 @@ class Cas:
             if mount is None:
                 raise AccessDeniedError(f"service {session.service} does not mount volume {volume}")
             # An imported volume's tag is the owner's: every export on the chain is checked as
-            # of now (docs/cas.md, "Volumes shared between policies").
+            # of now (docs/cas.md, "Volumes shared between policies"): a withdrawn link refuses
+            # the report even under a frozen mode (docs/policy.md, "Frozen at release").
             source = self._volume_source(conn, policy, head.hash, volume)
             owner, owned, exported = source.policy, source.volume, source.exported
-            mode = _update_policy(mount, exported)
+            current_mode = _update_policy(mount, exported)
+            frozen = self._frozen_volume(conn, session, token_sha256, volume, (owner, owned))
+            if frozen is None:  # opened before schema 4: judged by the current policies
+                mode, ephemeral_by = current_mode, source.ephemeral_by
+            else:
+                mode, ephemeral_by = frozen.mode, frozen.ephemeral_by
             if mode is UpdatePolicy.EPHEMERAL:
-                by = source.ephemeral_by
-                reason = f"the export by {by}" if by is not None else "its image"
+                reason = f"the export by {ephemeral_by}" if ephemeral_by is not None else "its image"
                 raise AccessDeniedError(
                     f"volume {volume} is ephemeral for service {session.service} (update_policy of "
                     f"{reason}): its changes are never persisted, so its tag cannot be updated"
+                    + (" (the mode frozen at its release)" if frozen is not None else "")
                 )
             row = conn.execute(
                 select(t.volume_tags).where(
@@ -700,11 +736,20 @@ class Cas:
             ).first()
             if row is None:
                 raise ConflictError(f"policy {owner} has no volume {owned}")
-            if mode is UpdatePolicy.ROLLBACK_PROTECTED and not hmac.compare_digest(row.tag, old_tag):
-                raise ConflictError(
-                    f"volume {volume}: the update starts from tag {old_tag[:16]}…, "
-                    f"the current tag is {row.tag[:16]}…"
-                )
+            if mode is UpdatePolicy.ROLLBACK_PROTECTED:
+                # Compare-and-swap on the current tag, then the tag chain: a session builds only
+                # on the version it was given (or its own last report), never on another
+                # writer's that it claims as its base.
+                if not hmac.compare_digest(row.tag, old_tag):
+                    raise ConflictError(
+                        f"volume {volume}: the update starts from tag {old_tag[:16]}…, "
+                        f"the current tag is {row.tag[:16]}…"
+                    )
+                if frozen is not None and not hmac.compare_digest(frozen.tag, old_tag):
+                    raise ConflictError(
+                        f"volume {volume}: the update starts from tag {old_tag[:16]}…, this session "
+                        f"was given tag {frozen.tag[:16]}… (at its release or its own last report)"
+                    )
             generation = row.generation + 1
             conn.execute(
                 update(t.volume_tags)
@@ -722,8 +767,61 @@ class Cas:
                 payload["by"] = {"policy": policy_name, "volume": volume}
                 if source.via:
                     payload["via"] = source.audit()["via"]
+            # Which rules judged it (docs/cas.md, "Volume update policies"): the mode frozen at
+            # the release, with the tag and policy versions released, or the current one.
+            if frozen is None:
+                payload["judged_by"] = "current"
+            else:
+                payload["judged_by"] = "release"
+                payload["released"] = {"tag": frozen.released_tag, "generation": frozen.released_generation,
+                                       "chain": frozen.links}  # fmt: skip
+                if current_mode is not mode:
+                    payload["current_update_policy"] = current_mode.value
+                conn.execute(
+                    update(t.session_volumes)
+                    .where(
+                        and_(
+                            t.session_volumes.c.token_sha256 == token_sha256,
+                            t.session_volumes.c.volume == volume,
+                        )
+                    )
+                    .values(tag=new_tag)
+                )
             self.events.record(conn, "volume-tag", owner, payload)
         return {"volume": volume, "tag": new_tag, "generation": generation}
+
+    def _frozen_volume(
+        self, conn: Connection, session: Any, token_sha256: str, volume: str, owner: tuple[str, str]
+    ) -> FrozenVolume | None:
+        """What the session was released for ``volume`` (docs/policy.md, "Frozen at release"),
+        or None for a session opened before schema 4. Refused: a volume that was not released to
+        the session (its service mounts it since a later policy version), and one that now
+        resolves to another owner's volume than at the release."""
+        if session.volumes_frozen is None:
+            return None
+        row = conn.execute(
+            select(t.session_volumes).where(
+                and_(t.session_volumes.c.token_sha256 == token_sha256, t.session_volumes.c.volume == volume)
+            )
+        ).first()
+        if row is None:
+            raise AccessDeniedError(
+                f"volume {volume} was not released to this session of service {session.service}"
+            )
+        if (row.owner_policy, row.owner_volume) != owner:
+            raise AccessDeniedError(
+                f"volume {volume} now resolves to {owner[0]}/{owner[1]}, this session was released "
+                f"{row.owner_policy}/{row.owner_volume}"
+            )
+        chain = json.loads(row.chain)
+        return FrozenVolume(
+            mode=UpdatePolicy(row.update_policy),
+            ephemeral_by=chain.get("ephemeral_by"),
+            links=chain["links"],
+            released_tag=row.released_tag,
+            released_generation=row.released_generation,
+            tag=row.tag,
+        )
 
     def _exporter(self, conn: Connection, session: str, pinned: str | None, what: str) -> tuple[Policy, str]:
         """The current version (and its hash) of the policy an import names (secrets and volumes
@@ -1155,7 +1253,7 @@ class Cas:
                         problems=[str(r) for r in result.reasons],
                     )
                 pending.config, pending.released = self._render(
-                    conn, policy, head[0], service, pending.used, runtime_key
+                    conn, policy, head[0], service, pending.used, runtime_key, pending.frozen
                 )
         except ConfideError as exc:
             pending.refused = exc
@@ -1278,7 +1376,11 @@ class Cas:
         service: Any,
         used: dict[str, str] | None = None,
         runtime_key: ec.EllipticCurvePublicKey | None = None,
+        frozen: list[tuple[object, ...]] | None = None,
     ) -> tuple[dict[str, Any], list[Any]]:
+        """The service's configuration and the secrets it releases. ``used`` collects the policy
+        versions used, ``frozen`` each volume's ``session_volumes`` row but the token (docs/
+        policy.md, "Frozen at release")."""
         released: dict[tuple[str, str], dict[str, Any]] = {}
         cache: dict[str, SecretValue] = {}
         specs = {x.name: x for x in policy.secrets}
@@ -1356,6 +1458,11 @@ class Cas:
             if source.exported is not None:
                 entry.update(source.audit())  # owner, and via for a chain
             volumes.append(entry)
+            if frozen is not None:
+                chain = {"links": source.links(policy.name, mount.name, digest),
+                         "ephemeral_by": source.ephemeral_by}  # fmt: skip
+                frozen.append((mount.name, mode.value, owner, owned, json.dumps(chain, sort_keys=True),
+                               tag_row[0], tag_row[1], tag_row[0]))  # fmt: skip
             ref = {"policy": owner, "name": f"volume/{owned}", "version": key_row.version}
             released[(owner, f"volume/{owned}")] = ref
         config["volumes"] = volumes
@@ -1502,6 +1609,7 @@ class PendingAttestation:
         self.used: dict[str, str] = {}
         self.config: dict[str, Any] = {}
         self.released: list[Any] = []
+        self.frozen: list[tuple[object, ...]] = []  # session_volumes rows but the token
         self.policy_known = False  # the policy existed in phase 1
         self.refused: ConfideError | None = None  # the verdict of phase 1
         self.error: ConfideError | None = None  # the final verdict, set by commit
@@ -1548,13 +1656,23 @@ class PendingAttestation:
                 )
                 if stale:
                     raise ConflictError(f"volume {vol['name']} changed during the attestation; attest again")
+            token_sha256 = hashlib.sha256(self.token).hexdigest()
             raw_execute(
                 conn,
-                "INSERT INTO sessions (token_sha256, policy, service, measurement, expires_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (hashlib.sha256(self.token).hexdigest(), self.policy, self.service,
-                 outcome.get("measurement"), cas.clock() + SESSION_TTL),
+                "INSERT INTO sessions (token_sha256, policy, service, measurement, expires_at, "
+                "volumes_frozen) VALUES (?, ?, ?, ?, ?, 1)",
+                (token_sha256, self.policy, self.service, outcome.get("measurement"),
+                 cas.clock() + SESSION_TTL),
             )  # fmt: skip
+            if self.frozen:
+                # what governs the session's tag reports (docs/policy.md, "Frozen at release")
+                raw_executemany(
+                    conn,
+                    "INSERT INTO session_volumes (token_sha256, volume, update_policy, owner_policy, "
+                    "owner_volume, chain, released_tag, released_generation, tag) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(token_sha256, *row) for row in self.frozen],
+                )
         except ConfideError as exc:
             self.error = exc
             outcome.update({"verdict": "refused", "reason_class": exc.kind, "reason": exc.message[:500]})

@@ -29,6 +29,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Float,
+    ForeignKey,
     Integer,
     LargeBinary,
     MetaData,
@@ -39,6 +40,7 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
     select,
     text,
 )
@@ -153,6 +155,36 @@ sessions = Table(
     Column("service", String(128), nullable=False),
     Column("measurement", String(128)),
     Column("expires_at", Float, nullable=False),
+    # 1: every volume released to the session has its session_volumes row (schema 4 on); NULL:
+    # opened before schema 4, its tag reports are judged by the current policies (docs/policy.md,
+    # "Frozen at release").
+    Column("volumes_frozen", Integer),
+)
+# What governs a session's tag reports, frozen when its volumes were released (docs/policy.md,
+# "Volume update policies", "Frozen at release"): one row per volume of the release, removed
+# with the session (sessions are swept when they expire).
+session_volumes = Table(
+    "session_volumes",
+    metadata,
+    Column(
+        "token_sha256",
+        String(64),
+        ForeignKey("sessions.token_sha256", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("volume", String(128), nullable=False),  # the name the session's policy mounts
+    Column("update_policy", String(32), nullable=False),  # the effective mode released
+    Column("owner_policy", String(128), nullable=False),
+    Column("owner_volume", String(128), nullable=False),
+    # JSON: {"links": [{policy, volume, hash}, ...] from the session's policy to the owner,
+    # "ephemeral_by": the exporter whose export made the mode ephemeral, or null}
+    Column("chain", Text, nullable=False),
+    Column("released_tag", String(64), nullable=False),
+    Column("released_generation", BigInteger, nullable=False),
+    # the tag the session's next report under rollback_protected must start from: the released
+    # one, then the session's own last accepted report
+    Column("tag", String(64), nullable=False),
+    PrimaryKeyConstraint("token_sha256", "volume"),
 )
 revoked_certificates = Table(
     "revoked_certificates",
@@ -184,7 +216,7 @@ crls = Table(
     PrimaryKeyConstraint("policy", "ca"),
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 T = TypeVar("T")
 
@@ -237,7 +269,16 @@ def _v3(conn: Connection) -> None:
     crls.create(conn, checkfirst=True)
 
 
-_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
+def _v4(conn: Connection) -> None:
+    """Volume modes frozen at release (docs/policy.md, "Frozen at release"): the
+    ``session_volumes`` table and ``sessions.volumes_frozen``. Sessions opened before this
+    version keep ``volumes_frozen`` NULL and are judged by the current policies, as before."""
+    if "volumes_frozen" not in {c["name"] for c in inspect(conn).get_columns("sessions")}:
+        raw_execute(conn, "ALTER TABLE sessions ADD COLUMN volumes_frozen INTEGER")
+    session_volumes.create(conn, checkfirst=True)
+
+
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
 
 
 class EventSink:
