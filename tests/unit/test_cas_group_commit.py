@@ -144,24 +144,26 @@ def test_expired_nonces_sessions_and_evidence_are_swept(setup: tuple[InProcessCa
 def test_migration_from_schema_1_adds_the_sweep_indexes_and_revocation_tables(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cas.db'}"
     db = Database(url)
-    assert db.migrate() == SCHEMA_VERSION == 3
+    assert db.migrate() == SCHEMA_VERSION == 4
     with db.write() as conn:  # back to what a version-1 CAS left
-        for name in ("nonces_expires_at", "sessions_expires_at", "evidence_seen_seen_at"):
+        for name in ("nonces_expires_at", "sessions_expires_at", "evidence_seen_seen_at",
+                     "runtime_certificates_not_after", "runtime_certificates_name"):  # fmt: skip
             conn.execute(text(f"DROP INDEX {name}"))
-        for table in ("revoked_certificates", "crls"):
+        for table in ("revoked_certificates", "crls", "runtime_certificates", "revocation_requests"):
             conn.execute(text(f"DROP TABLE {table}"))
         conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
     db.dispose()
     db = Database(url)
-    assert db.migrate() == 3
+    assert db.migrate() == 4
     db.dispose()
     with sqlite3.connect(tmp_path / "cas.db") as raw:
         names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         version = raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-    assert {"nonces_expires_at", "sessions_expires_at", "evidence_seen_seen_at"} <= names
-    assert {"revoked_certificates", "crls"} <= tables
-    assert version == "3"
+    assert {"nonces_expires_at", "sessions_expires_at", "evidence_seen_seen_at",
+            "runtime_certificates_not_after", "runtime_certificates_name"} <= names  # fmt: skip
+    assert {"revoked_certificates", "crls", "runtime_certificates", "revocation_requests"} <= tables
+    assert version == "4"
 
 
 def test_a_refusal_for_a_policy_that_does_not_exist_is_not_filed_under_its_name(
