@@ -112,6 +112,39 @@ security:
 """
 
 
+# A root, an intermediate it signs, and a leaf the intermediate signs.
+TWO_LEVEL = f"""{header("pki", image=False)}secrets:
+  - name: root_key
+    kind: private-key
+  - name: root
+    kind: x509-ca
+    private_key: root_key
+    common_name: Root CA
+    valid_for: 365 days
+  - name: int_key
+    kind: private-key
+  - name: int
+    kind: x509-ca
+    private_key: int_key
+    issuer: root
+    common_name: Intermediate CA
+    valid_for: 90 days
+    renew_before: 30 days
+  - name: srv_key
+    kind: private-key
+  - name: srv
+    kind: x509
+    private_key: srv_key
+    issuer: int
+    common_name: srv.local
+    dns: [srv.local]
+    valid_for: 120 days
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
 class Env(InProcessCas):
     owner: Identity
     clock: Clock[float]

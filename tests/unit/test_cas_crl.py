@@ -33,6 +33,7 @@ from crl_env import (
     DAY,
     FILES,
     T0,
+    TWO_LEVEL,
     Env,
     check_signed_by_ca,
     header,
@@ -338,38 +339,6 @@ def test_an_entry_leaves_the_crl_after_one_crl_beyond_the_certificates_validity(
     crl = env.crl()  # the next CRL leaves out the expired one, lists the valid one
     assert number(crl) == before + 1 and set(revoked(crl)) == {third}
     check_signed_by_ca(crl, env.ca_cert())
-
-
-TWO_LEVEL = f"""{header("pki", image=False)}secrets:
-  - name: root_key
-    kind: private-key
-  - name: root
-    kind: x509-ca
-    private_key: root_key
-    common_name: Root CA
-    valid_for: 365 days
-  - name: int_key
-    kind: private-key
-  - name: int
-    kind: x509-ca
-    private_key: int_key
-    issuer: root
-    common_name: Intermediate CA
-    valid_for: 90 days
-    renew_before: 30 days
-  - name: srv_key
-    kind: private-key
-  - name: srv
-    kind: x509
-    private_key: srv_key
-    issuer: int
-    common_name: srv.local
-    dns: [srv.local]
-    valid_for: 120 days
-security:
-  attestation:
-    tolerate: [simulation]
-"""
 
 
 def test_a_changed_intermediate_is_on_its_roots_crl_and_openssl_checks_the_whole_chain(

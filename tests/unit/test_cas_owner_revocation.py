@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from asgi_call import call
@@ -29,7 +30,7 @@ from confide.errors import AccessDeniedError, ConflictError, ParseError, PolicyE
 from confide.identity import Identity
 from confide.ledger.encoding import EntryType
 from confide.policy.loader import loads_policy
-from crl_env import FILES, T0, Env, check_signed_by_ca, number, policy, revoked, started
+from crl_env import FILES, T0, TWO_LEVEL, Env, check_signed_by_ca, number, policy, revoked, started
 
 RT = "rt.local"
 
@@ -385,3 +386,44 @@ def test_the_http_route(env: Env) -> None:
     )
     assert status == 200 and json.loads(body)["key_replaced"] is True
     assert len(env.crl()) == 1
+
+
+def test_ca_compromise_of_an_intermediate_rekeys_it_and_reissues_its_leaf(env: Env) -> None:
+    env.apply_text(TWO_LEVEL)
+    old_int = versions_of(env, "pki", "int")
+    result = env.cas.revoke_certificates(
+        env.revocation("int", serial=old_int, reason="cACompromise", name="pki")
+    )
+    assert result["key_replaced"] is True
+    assert {c["name"] for c in result["reissued"]} == {"int_key", "int", "srv"}
+    root_crl = env.crl("pki", "root")
+    check_signed_by_ca(root_crl, env.ca_cert("pki", "root"))
+    assert {s: r for s, (r, _) in revoked(root_crl).items()} == {
+        int(old_int, 16): x509.ReasonFlags.ca_compromise
+    }
+    new_int = env.ca_cert("pki", "int")
+    assert int(versions_of(env, "pki", "int"), 16) == new_int.serial_number != int(old_int, 16)
+    with env.cas.db.read() as conn:
+        public = raw_execute(
+            conn, "SELECT public FROM secrets WHERE policy = 'pki' AND name = 'srv' ORDER BY version DESC"
+        ).fetchone()[0]
+    leaf = x509.load_pem_x509_certificate(json.loads(public)["certificate"].encode())
+    assert leaf.verify_directly_issued_by(new_int) is None
+    check_signed_by_ca(env.crl("pki", "int"), new_int)  # the new key signs the intermediate's CRL
+
+
+def test_key_compromise_of_an_explicit_key_revokes_without_reissuing(env: Env) -> None:
+    pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        .decode()
+    )
+    declared = "  - name: srv_key\n    kind: private-key\n"
+    value = "    value: |\n" + "".join(f"      {line}\n" for line in pem.splitlines())
+    env.apply_text(policy(runtime=RT, predecessor=env.head()).replace(declared, declared + value))
+    current = env.serial()
+    result = env.cas.revoke_certificates(env.revocation(serial=current, reason="keyCompromise"))
+    assert result["reissued"] == [] and result["key_not_replaced"] == "srv_key" and not result["key_replaced"]
+    assert env.serial() == current and revoked(env.crl())[current][0] is x509.ReasonFlags.key_compromise
