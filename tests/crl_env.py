@@ -203,14 +203,29 @@ class Env(InProcessCas):
             ).fetchone()
         return x509.load_pem_x509_certificate(json.loads(row[0])["certificate"].encode())
 
-    def serial(self, name: str = "srv", version: int | None = None) -> int:
+    def versions(self, name: str = "srv", policy: str = "tls") -> list[tuple[int, dict[str, Any]]]:
+        """The stored versions of secret ``name`` of ``policy``, oldest first, with their public
+        metadata (certificate, serial, public key)."""
         with self.cas.db.read() as conn:
             rows = raw_execute(
-                conn, "SELECT version, public FROM secrets WHERE policy = 'tls' AND name = ? ORDER BY version",
-                (name,),
+                conn, "SELECT version, public FROM secrets WHERE policy = ? AND name = ? ORDER BY version",
+                (policy, name),
             ).fetchall()  # fmt: skip
-        public = dict(rows)[version] if version is not None else rows[-1][1]
-        return int(json.loads(public)["serial"], 16)
+        return [(int(v), json.loads(p)) for v, p in rows]
+
+    def certificate(
+        self, name: str = "srv", version: int | None = None, policy: str = "tls"
+    ) -> x509.Certificate:
+        """The certificate of ``version`` (default: the latest) of secret ``name``."""
+        public = (
+            dict(self.versions(name, policy))[version]
+            if version is not None
+            else self.versions(name, policy)[-1][1]
+        )
+        return x509.load_pem_x509_certificate(public["certificate"].encode())
+
+    def serial(self, name: str = "srv", version: int | None = None) -> int:
+        return self.certificate(name, version).serial_number
 
     def events(self, type_: str, entry_type: EntryType) -> list[dict[str, Any]]:
         """The payloads of ``type_`` events of policy tls, each checked against its ledger entry."""

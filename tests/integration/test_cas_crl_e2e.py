@@ -58,6 +58,14 @@ images:
 """
 
 
+def clear(inject: Path) -> None:
+    """Remove the directory of injected files (a path on /dev/shm shared by the test's runs)."""
+    for f in inject.iterdir() if inject.exists() else ():
+        f.unlink()
+    if inject.exists():
+        inject.rmdir()
+
+
 def crl_number(crl: x509.CertificateRevocationList) -> int:
     return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
 
@@ -110,10 +118,7 @@ def test_superseded_certificates_are_on_the_crl_and_refused_by_openssl(
         time.sleep(max(0.0, due - time.time()) + 1.0)
         leaf2, crl2 = run()
     finally:
-        for f in inject.iterdir() if inject.exists() else ():
-            f.unlink()
-        if inject.exists():
-            inject.rmdir()
+        clear(inject)
     assert leaf2.serial_number != leaf1.serial_number
     ca = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
     # A renewal revokes nothing: a service still running with the first leaf keeps working.
@@ -221,10 +226,7 @@ def test_an_owner_revokes_one_certificate_from_the_cli(cas: CasProcess, tmp_path
         served = x509.load_pem_x509_certificates((inject / "srv.pem").read_bytes())[0]
         injected = x509.load_pem_x509_crl((inject / "ca.crl").read_bytes())
     finally:
-        for f in inject.iterdir() if inject.exists() else ():
-            f.unlink()
-        if inject.exists():
-            inject.rmdir()
+        clear(inject)
     assert served == current and injected == crl
     ca = x509.load_pem_x509_certificate(show()["secrets"]["ca"]["certificate"].encode())
     (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))

@@ -347,13 +347,7 @@ def test_a_changed_intermediate_is_on_its_roots_crl_and_openssl_checks_the_whole
     env.apply_text(TWO_LEVEL)
 
     def cert(name: str, version: int) -> x509.Certificate:
-        with env.cas.db.read() as conn:
-            public = raw_execute(
-                conn,
-                "SELECT public FROM secrets WHERE policy = 'pki' AND name = ? AND version = ?",
-                (name, version),
-            ).fetchone()[0]
-        return x509.load_pem_x509_certificate(json.loads(public)["certificate"].encode())
+        return env.certificate(name, version, policy="pki")
 
     env.clock.now = T0 + 61 * DAY  # the intermediate's window; its leaf follows (issuer-renewed)
     CertificateRenewer(env.cas).sweep_once()

@@ -59,16 +59,6 @@ def recorded(env: Env) -> list[tuple[Any, ...]]:
         ]
 
 
-def versions(env: Env, name: str) -> list[tuple[int, dict[str, Any]]]:
-    with env.cas.db.read() as conn:
-        rows = raw_execute(
-            conn,
-            "SELECT version, public FROM secrets WHERE policy = 'tls' AND name = ? ORDER BY version",
-            (name,),
-        ).fetchall()
-    return [(int(v), json.loads(p)) for v, p in rows]
-
-
 def test_each_runtime_certificate_is_recorded_in_its_release_and_dropped_past_its_not_after(env: Env) -> None:
     files = env.release()
     cert = runtime_cert(files)
@@ -179,7 +169,7 @@ def test_revoking_the_current_version_issues_the_next_one_with_the_same_key(env:
     env.clock.now += 30
     result = env.cas.revoke_certificates(env.revocation(serial=current, reason="superseded"))
     assert result["reissued"] == [{"name": "srv", "version": 2, "kind": "x509"}]
-    (v1, old), (v2, new) = versions(env, "srv")
+    (v1, old), (v2, new) = env.versions("srv")
     assert (v1, v2) == (1, 2) and new["public_key"] == old["public_key"] and new["serial"] != old["serial"]
     # The next release hands out the new certificate and the new CRL, which lists the old one.
     files = env.release()
@@ -209,7 +199,7 @@ def test_key_compromise_replaces_the_key_and_revokes_every_certificate_with_it(e
         first: x509.ReasonFlags.key_compromise,
         second: x509.ReasonFlags.key_compromise,
     }
-    (_, old), *_, (_, new) = versions(env, "srv")
+    (_, old), *_, (_, new) = env.versions("srv")
     assert new["public_key"] != old["public_key"]
     key = serialization.load_pem_public_key(new["public_key"].encode())
     served = x509.load_pem_x509_certificates(env.release()[f"{FILES}/srv.pem"])[0]
@@ -249,7 +239,7 @@ def test_the_owner_revokes_runtime_certificates_by_serial_or_all_valid(env: Env)
 
 def test_a_serial_of_another_ca_or_secret_and_out_of_scope_secrets_are_refused(env: Env) -> None:
     env.apply_text(policy(name="other"))
-    theirs = int(versions_of(env, "other", "srv"), 16)
+    theirs = int(env.versions("srv", "other")[-1][1]["serial"], 16)
     rt = runtime_cert(env.release())
     cases = [
         (env.revocation(serial=theirs), "no valid certificate with serial"),  # another CA's
@@ -267,16 +257,6 @@ def test_a_serial_of_another_ca_or_secret_and_out_of_scope_secrets_are_refused(e
     env.clock.now = T0 + 31 * 86400  # srv v1 has expired (renewed meanwhile by no release)
     with pytest.raises(PolicyError, match="no valid certificate"):
         env.cas.revoke_certificates(env.revocation(serial=expired))
-
-
-def versions_of(env: Env, name: str, secret: str) -> str:
-    with env.cas.db.read() as conn:
-        public = raw_execute(
-            conn,
-            "SELECT public FROM secrets WHERE policy = ? AND name = ? ORDER BY version DESC",
-            (name, secret),
-        ).fetchone()[0]
-    return str(json.loads(public)["serial"])
 
 
 def test_who_may_revoke_follows_the_update_rules(env: Env) -> None:
@@ -390,7 +370,7 @@ def test_the_http_route(env: Env) -> None:
 
 def test_ca_compromise_of_an_intermediate_rekeys_it_and_reissues_its_leaf(env: Env) -> None:
     env.apply_text(TWO_LEVEL)
-    old_int = versions_of(env, "pki", "int")
+    old_int = env.versions("int", "pki")[-1][1]["serial"]
     result = env.cas.revoke_certificates(
         env.revocation("int", serial=old_int, reason="cACompromise", name="pki")
     )
@@ -402,12 +382,8 @@ def test_ca_compromise_of_an_intermediate_rekeys_it_and_reissues_its_leaf(env: E
         int(old_int, 16): x509.ReasonFlags.ca_compromise
     }
     new_int = env.ca_cert("pki", "int")
-    assert int(versions_of(env, "pki", "int"), 16) == new_int.serial_number != int(old_int, 16)
-    with env.cas.db.read() as conn:
-        public = raw_execute(
-            conn, "SELECT public FROM secrets WHERE policy = 'pki' AND name = 'srv' ORDER BY version DESC"
-        ).fetchone()[0]
-    leaf = x509.load_pem_x509_certificate(json.loads(public)["certificate"].encode())
+    assert int(env.versions("int", "pki")[-1][1]["serial"], 16) == new_int.serial_number != int(old_int, 16)
+    leaf = env.certificate("srv", policy="pki")
     assert leaf.verify_directly_issued_by(new_int) is None
     check_signed_by_ca(env.crl("pki", "int"), new_int)  # the new key signs the intermediate's CRL
 
