@@ -185,6 +185,7 @@ def revoke_request(
     # Step 4.
     revoked: list[dict[str, Any]] = []
     regenerate: set[str] = set()
+    kept_key: str | None = None
     found = 0
     if spec.issue_to_runtime:
         found, revoked = revoke_runtime(conn, req.name, req.secret, req.reason, now, serial=req.serial)
@@ -204,11 +205,12 @@ def revoke_request(
                 if current is not None and version == current.version:
                     regenerate.add(req.secret)
                 compromised |= req.reason in COMPROMISE and _public_key(public) == current_key
-        # Step 5: a compromised key is every certificate's that has it.
-        if compromised and spec.private_key is not None and current_key is not None:
-            regenerate.discard(req.secret)
+        # Step 5: a compromised key is every certificate's that declares it (a generated
+        # certificate always names its private_key secret; a renewal keeps the key).
+        key = spec.private_key
+        if compromised and key is not None and current_key is not None:
             for other in policy.secrets:
-                if other.private_key != spec.private_key or not issued_by_generated_ca(policy, other):
+                if other.private_key != key or not issued_by_generated_ca(policy, other):
                     continue
                 for version, public, _serial in _versions(conn, req.name, other.name, now):
                     if _public_key(public) != current_key:
@@ -216,9 +218,11 @@ def revoke_request(
                     entry = revoke(conn, req.name, other.name, version, public, req.reason, now)
                     if entry is not None:
                         revoked.append(entry)
-            key_spec = policy.secret(spec.private_key)
-            if key_spec.generated:
-                regenerate.add(spec.private_key)
+            regenerate.discard(req.secret)  # re-issued after its key, as derived from it
+            if policy.secret(key).generated:
+                regenerate.add(key)
+            else:
+                kept_key = key  # explicit or imported: the CAS cannot replace it
     if found == 0:
         what = f"serial {req.serial}" if req.serial is not None else "any certificate"
         raise PolicyError(
@@ -231,9 +235,9 @@ def revoke_request(
         return out  # all revoked before: nothing changes (idempotent)
     if regenerate:
         out["reissued"] = cas._generate_secrets(conn, policy, head[0], regenerate=frozenset(regenerate))
-        out["key_replaced"] = spec.private_key in regenerate
-    elif req.reason in COMPROMISE and not spec.issue_to_runtime:
-        out["key_not_replaced"] = spec.private_key  # explicit or imported: the owner must change it
+        out["key_replaced"] = spec.private_key is not None and spec.private_key in regenerate
+    if kept_key is not None:
+        out["key_not_replaced"] = kept_key  # the owner must change its declaration
     raw_execute(conn, "UPDATE policy_heads SET revision = revision + 1 WHERE name = ?", (req.name,))
     payload = {
         "hash": head[0], "signer": req.signer, "request_sha256": req.digest, "secret": req.secret,
