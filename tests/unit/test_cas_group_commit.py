@@ -151,6 +151,10 @@ def test_migration_from_schema_1_adds_the_sweep_indexes_and_revocation_tables(tm
             conn.execute(text(f"DROP INDEX {name}"))
         for table in ("revoked_certificates", "crls", "runtime_certificates", "revocation_requests"):
             conn.execute(text(f"DROP TABLE {table}"))
+        conn.execute(
+            text("INSERT INTO policy_heads (name, hash, creator, updated_at) VALUES ('p', 'h', 'c', 0)")
+        )
+        conn.execute(text("ALTER TABLE policy_heads DROP COLUMN revision"))
         conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
     db.dispose()
     db = Database(url)
@@ -160,6 +164,8 @@ def test_migration_from_schema_1_adds_the_sweep_indexes_and_revocation_tables(tm
         names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         version = raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        revision = raw.execute("SELECT revision FROM policy_heads WHERE name = 'p'").fetchone()[0]
+    assert revision == 0  # schema 4: an existing head gets the column, at 0
     assert {"nonces_expires_at", "sessions_expires_at", "evidence_seen_seen_at",
             "runtime_certificates_not_after", "runtime_certificates_name"} <= names  # fmt: skip
     assert {"revoked_certificates", "crls", "runtime_certificates", "revocation_requests"} <= tables

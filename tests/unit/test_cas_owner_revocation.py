@@ -25,7 +25,7 @@ from confide.cas.app import create_app
 from confide.cas.client import policy_submission
 from confide.cas.core import APPROVAL_TYPE, sign_document
 from confide.cas.crl import REASONS
-from confide.cas.db import raw_execute
+from confide.cas.db import Database, raw_execute
 from confide.errors import AccessDeniedError, ConflictError, ParseError, PolicyError
 from confide.identity import Identity
 from confide.ledger.encoding import EntryType
@@ -403,3 +403,24 @@ def test_key_compromise_of_an_explicit_key_revokes_without_reissuing(env: Env) -
     result = env.cas.revoke_certificates(env.revocation(serial=current, reason="keyCompromise"))
     assert result["reissued"] == [] and result["key_not_replaced"] == "srv_key" and not result["key_replaced"]
     assert env.serial() == current and revoked(env.crl())[current][0] is x509.ReasonFlags.key_compromise
+
+
+def test_schema_4_migrates_a_schema_3_database_on_postgresql(postgres: Any) -> None:
+    db = Database(postgres.new_database())
+    try:
+        assert db.migrate() == 4
+        with db.write() as conn:  # back to what a schema-3 CAS left, with a policy head
+            raw_execute(conn, "DROP TABLE runtime_certificates")
+            raw_execute(conn, "DROP TABLE revocation_requests")
+            raw_execute(conn, "ALTER TABLE policy_heads DROP COLUMN revision")
+            raw_execute(
+                conn, "INSERT INTO policy_heads (name, hash, creator, updated_at) VALUES ('p', 'h', 'c', 0)"
+            )
+            raw_execute(conn, "UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        assert db.migrate() == 4
+        with db.read() as conn:
+            assert raw_execute(conn, "SELECT revision FROM policy_heads WHERE name = 'p'").fetchone()[0] == 0
+            assert raw_execute(conn, "SELECT COUNT(*) FROM runtime_certificates").fetchone()[0] == 0
+            assert raw_execute(conn, "SELECT COUNT(*) FROM revocation_requests").fetchone()[0] == 0
+    finally:
+        db.dispose()
