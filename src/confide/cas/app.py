@@ -179,6 +179,13 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
         result = cas.approve(approval)
         return {"name": result.name, "hash": result.hash, "state": result.state}
 
+    @app.post("/v1/policies/{name:path}/revocations")
+    def revoke_certificates(name: str, request: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+        """An owner's revocation of certificates under a generated CA (docs/cas.md "Revocation")."""
+        if request.get("name") != name:
+            raise ParseError("revocation request names another policy than the URL", structure="revocation")
+        return cas.revoke_certificates(request)
+
     @app.get("/v1/policies/{name:path}/events")
     def policy_events(name: str, x_confide_read: str | None = Header(default=None)) -> dict[str, Any]:
         doc = _read_doc(x_confide_read)

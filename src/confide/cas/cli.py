@@ -26,6 +26,15 @@ _TEE_CHOICES = (
     "sgx-gramine",
     "az-vtpm",
 )  # confide.cas.server.TEE_CHOICES (imported lazily)
+REVOCATION_REASONS = (
+    "unspecified",
+    "keyCompromise",
+    "cACompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "privilegeWithdrawn",
+)  # confide.cas.crl.REASONS (imported lazily), RFC 5280 §5.3.1
 
 
 @click.group()
@@ -427,6 +436,40 @@ def policy_crl(name: str, secret: str, identity_file: Path | None, out: Path | N
     else:
         sys.stdout.buffer.write(crl)
         sys.stdout.buffer.flush()
+
+
+@policy.command("revoke")
+@click.argument("name")
+@click.argument("secret")
+@click.option(
+    "--identity",
+    "identity_file",
+    type=_PATH,
+    required=True,
+    help="An identity on the policy's access_policy.update rules (alone or on its board).",
+)
+@click.option("--serial", help="The serial (hex) of the certificate to revoke.")
+@click.option("--all-valid", is_flag=True, help="Revoke every certificate of SECRET still valid.")
+@click.option(
+    "--reason",
+    type=click.Choice(list(REVOCATION_REASONS)),
+    default="unspecified",
+    show_default=True,
+    help="RFC 5280 §5.3.1 reason (unspecified: listed without a reason code).",
+)
+def policy_revoke(
+    name: str, secret: str, identity_file: Path, serial: str | None, all_valid: bool, reason: str
+) -> None:
+    """Revoke a certificate of SECRET (one the CAS generated or issued to a runtime, under a CA
+    of policy NAME) without changing its declaration; the CA's next CRL is issued at once.
+    Prints what was revoked and re-issued (JSON)."""
+    from confide.cas.client import CasClient
+
+    if (serial is None) == (not all_valid):
+        raise UsageError("give exactly one of --serial HEX and --all-valid")
+    ident = load_identity(identity_file)
+    result = CasClient.from_env().revoke(name, secret, ident, reason=reason, serial=serial)
+    click.echo(json.dumps(result, indent=2))
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

@@ -9,6 +9,8 @@ without its ``signature`` member; ``type`` names the purpose):
 - ``confide/policy/v1``: ``{"type", "policy": <policy JSON>, "signer": <base64 key>}``
 - ``confide/approval/v1``: ``{"type", "name", "hash", "signer"}``
 - ``confide/read/v1``: ``{"type", "name", "time": <unix seconds>, "signer"}`` (valid 5 minutes)
+- ``confide/revoke/v1``: ``{"type", "name", "secret", "reason", "serial" | "all_valid", "time",
+  "signer"}`` (valid 5 minutes, carried out once; :mod:`confide.cas.owner_revocation`)
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from confide.cas.crl import (
     MAX_CRL_VALIDITY,
     MIN_CRL_VALIDITY,
     SUPERSEDED,
+    RuntimeCertificate,
     crl_due,
     crl_pem,
     current_crl,
@@ -47,9 +50,13 @@ from confide.cas.crl import (
     issue_crls,
     issued_by_generated_ca,
     not_after,
+    record_runtime_certificates,
     revoke,
+    revoke_runtime_certificates,
+    runtime_certificate,
 )
 from confide.cas.db import Database, EventSink, raw_connection, raw_execute, raw_executemany
+from confide.cas.owner_revocation import REVOKE_TYPE, parse_request, refusal, revoke_request
 from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due
 from confide.cas.secrets import (
     CERTIFICATE_KINDS,
@@ -921,14 +928,24 @@ class Cas:
         return None if row is None else SecretRow(row[0], row[1], row[2], row[3], bytes(row[4]), row[5])
 
     def _generate_secrets(
-        self, conn: Connection, policy: Policy, digest: str, previous: Policy | None = None
-    ) -> None:
+        self,
+        conn: Connection,
+        policy: Policy,
+        digest: str,
+        previous: Policy | None = None,
+        *,
+        regenerate: frozenset[str] = frozenset(),
+    ) -> list[dict[str, Any]]:
         """Generate what a policy version declares; keep values whose declaration did not change
-        (secrets survive updates), create a new version where it did. A certificate that
-        ``previous`` (the version this one replaces) had issued under one of its generated CAs
-        is recorded as revoked when a new version supersedes it, or when this version no longer
-        declares it as a generated secret, together with its earlier versions that a renewal
-        replaced and that are still valid (docs/cas.md "Revocation")."""
+        (secrets survive updates), create a new version where it did, and where ``regenerate``
+        names it (an owner's revocation of the current certificate or its key; what derives
+        from it follows). A certificate that ``previous`` (the version this one replaces) had
+        issued under one of its generated CAs is recorded as revoked when a new version
+        supersedes it, or when this version no longer declares it as a generated secret, together
+        with its earlier versions that a renewal replaced and that are still valid; so are the
+        certificates issued to runtimes for an ``issue_to_runtime`` secret whose declaration
+        changed, whose issuer was regenerated, or that is gone (docs/cas.md "Revocation").
+        Returns the new versions."""
         resolved: dict[str, SecretValue] = {}
         created: list[dict[str, Any]] = []
         created_names: set[str] = set()
@@ -966,7 +983,7 @@ class Cas:
             if spec.import_ is not None or spec.issue_to_runtime:
                 revoke_previous(spec.name, SUPERSEDED)  # no longer a value the CAS holds
                 continue
-            declared = spec.model_dump(mode="json", by_alias=True, exclude={"export", "export_public"})
+            declared = _declaration(spec)
             if spec.value is not None and str(spec.kind) in CERTIFICATE_KINDS:
                 # Before 2026-12 explicit certificates were replaced by generated ones: a marker
                 # changes their fingerprint so that such a stored value is replaced at the next
@@ -977,7 +994,8 @@ class Cas:
             # A value derived from one regenerated here (its key, its issuer) is regenerated too,
             # so a certificate always matches its private key and chains to its issuer's version.
             derived_from_new = any(d in created_names for d in (spec.private_key, spec.issuer))
-            if row is not None and json.loads(row.public).get("spec") == fingerprint and not derived_from_new:
+            unchanged = row is not None and json.loads(row.public).get("spec") == fingerprint
+            if row is not None and unchanged and not derived_from_new and spec.name not in regenerate:
                 resolved[spec.name] = _decrypt_key(self.sealer, row)
                 continue
             if row is not None:
@@ -995,12 +1013,79 @@ class Cas:
             )  # fmt: skip
             created.append({"name": spec.name, "version": version, "kind": value.kind})
             created_names.add(spec.name)
+        if previous is not None:
+            revoked += self._revoke_runtime_issued(conn, policy, previous, created_names, now)
         if created:
-            self.events.record(conn, "secrets-generated", policy.name, {"hash": digest, "secrets": created})
+            payload: dict[str, Any] = {"hash": digest, "secrets": created}
+            if regenerate:
+                payload["cause"] = "revocation"
+            self.events.record(conn, "secrets-generated", policy.name, payload)
         if revoked:
             self.events.record(
                 conn, "certificates-revoked", policy.name, {"hash": digest, "certificates": revoked}
             )
+        return created
+
+    def _revoke_runtime_issued(
+        self, conn: Connection, policy: Policy, previous: Policy, regenerated: set[str], now: float
+    ) -> list[dict[str, Any]]:
+        """Revoke the still-valid certificates issued to runtimes under ``previous`` for an
+        ``issue_to_runtime`` secret signed by a generated CA of the policy, when ``policy`` (the
+        version replacing it) no longer declares it (``cessationOfOperation``), declares it
+        otherwise or regenerated its issuer (``superseded``)."""
+        out: list[dict[str, Any]] = []
+        current = {s.name: s for s in policy.secrets}
+        for old in previous.secrets:
+            if not old.issue_to_runtime or old.issuer is None:
+                continue
+            try:
+                if not generated_ca(previous.secret(old.issuer)):
+                    continue
+            except KeyError:
+                continue
+            new = current.get(old.name)
+            if new is None:
+                reason = CESSATION
+            elif _declaration(new) != _declaration(old) or old.issuer in regenerated:
+                reason = SUPERSEDED
+            else:
+                continue
+            out += revoke_runtime_certificates(conn, policy.name, old.name, reason, now)[1]
+        return out
+
+    def revoke_certificates(self, request: Any) -> dict[str, Any]:
+        """An owner's revocation of a certificate, or of every valid one of a secret, without a
+        policy update: a signed ``confide/revoke/v1`` request (:mod:`confide.cas.owner_revocation`,
+        docs/cas.md "Revocation"). Returns what was revoked and re-issued, and the CRLs issued."""
+        body, signer = verify_signed(request, REVOKE_TYPE)
+        req = parse_request(body, signer.fingerprint)
+        now = self.clock()
+        if abs(now - req.time) > READ_WINDOW:
+            raise AccessDeniedError(
+                f"revocation request time {req.time} is more than {READ_WINDOW}s from the CAS clock"
+            )
+        try:
+            with self.db.write() as conn:
+                head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == req.name)).first()
+                if head is None:
+                    raise refusal(req.name, req.signer)
+                # Step 1: listed in the update rules, alone or as a board member (no approvals).
+                rules = self._load(conn, req.name, head.hash).access_policy.update
+                if not (
+                    is_authorized(rules, {req.signer}, creator=head.creator)
+                    or _mentions(rules, req.signer, head.creator)
+                ):
+                    raise _Refused(
+                        refusal(req.name, req.signer),
+                        "revocation-refused",
+                        req.name,
+                        {"signer": req.signer, "secret": req.secret, "request_sha256": req.digest},
+                    )
+                return revoke_request(self, conn, req, now, spent_until=req.time + READ_WINDOW + 1)
+        except _Refused as refused:
+            with self.db.write() as conn:
+                self.events.record(conn, refused.event, refused.filed_under, refused.payload)
+            raise refused.error from None
 
     def _read_request(self, read_request: Any) -> tuple[dict[str, Any], PublicIdentity]:
         """A signed ``confide/read/v1`` request within :data:`READ_WINDOW` of the CAS clock: its
@@ -1102,6 +1187,8 @@ class Cas:
             raw_execute(conn, "DELETE FROM nonces WHERE expires_at < ?", (now,))
             raw_execute(conn, "DELETE FROM evidence_seen WHERE seen_at < ?", (now - 2 * NONCE_TTL,))
             raw_execute(conn, "DELETE FROM sessions WHERE expires_at < ?", (now,))
+            # Runtime certificates past their notAfter: no longer revocable (docs/cas.md "Revocation").
+            raw_execute(conn, "DELETE FROM runtime_certificates WHERE not_after < ?", (now,))
         # One statement per spend (no SELECT first): the insert is skipped when the key is
         # there, and its row count says which. ON CONFLICT DO NOTHING is the same statement on
         # SQLite and PostgreSQL, and a conflict is not an error (on PostgreSQL an error would
@@ -1233,11 +1320,12 @@ class Cas:
             # Appraise against the service's policy, then render its configuration.
             with self.db.read() as conn:
                 head = raw_execute(
-                    conn, "SELECT hash FROM policy_heads WHERE name = ?", (policy_name,)
+                    conn, "SELECT hash, revision FROM policy_heads WHERE name = ?", (policy_name,)
                 ).fetchone()
                 if head is None:
                     raise AccessDeniedError(f"no policy {policy_name}")
                 pending.policy_known = True
+                pending.revision = int(head[1])
                 outcome["policy_hash"] = head[0]
                 pending.used[policy_name] = head[0]
                 policy = self._load(conn, policy_name, head[0])
@@ -1253,7 +1341,7 @@ class Cas:
                         problems=[str(r) for r in result.reasons],
                     )
                 pending.config, pending.released = self._render(
-                    conn, policy, head[0], service, pending.used, runtime_key, pending.frozen
+                    conn, policy, head[0], service, pending.used, runtime_key, pending.frozen, pending.issued
                 )
         except ConfideError as exc:
             pending.refused = exc
@@ -1377,10 +1465,12 @@ class Cas:
         used: dict[str, str] | None = None,
         runtime_key: ec.EllipticCurvePublicKey | None = None,
         frozen: list[tuple[object, ...]] | None = None,
+        issued: list[RuntimeCertificate] | None = None,
     ) -> tuple[dict[str, Any], list[Any]]:
         """The service's configuration and the secrets it releases. ``used`` collects the policy
         versions used, ``frozen`` each volume's ``session_volumes`` row but the token (docs/
-        policy.md, "Frozen at release")."""
+        policy.md, "Frozen at release"). Certificates issued to ``runtime_key`` are appended to
+        ``issued``, which the release records (docs/cas.md "Revocation")."""
         released: dict[tuple[str, str], dict[str, Any]] = {}
         cache: dict[str, SecretValue] = {}
         specs = {x.name: x for x in policy.secrets}
@@ -1394,13 +1484,21 @@ class Cas:
                 issuer, issuer_ref = self._secret_value(conn, policy, digest, spec.issuer)
                 issuer_ref.pop("policy_hash", None)
                 released[(issuer_ref["policy"], issuer_ref["name"])] = issuer_ref
-                cache[name] = issue_to_runtime(
-                    spec, runtime_key, issuer, datetime.fromtimestamp(self.clock(), UTC)
+                now = self.clock()
+                value = cache[name] = issue_to_runtime(
+                    spec, runtime_key, issuer, datetime.fromtimestamp(now, UTC)
                 )
+                assert value.certificate is not None
+                record = runtime_certificate(
+                    policy.name, name, service.name, issuer_ref, value.certificate, now
+                )
+                if issued is not None and record is not None:
+                    issued.append(record)
                 released[(policy.name, name)] = {
                     "policy": policy.name,
                     "name": name,
                     "issued_to_runtime": True,
+                    "serial": None if record is None else record.serial,
                 }
             if name not in cache:
                 value, ref = self._secret_value(conn, policy, digest, name)
@@ -1610,7 +1708,9 @@ class PendingAttestation:
         self.config: dict[str, Any] = {}
         self.released: list[Any] = []
         self.frozen: list[tuple[object, ...]] = []  # session_volumes rows but the token
+        self.issued: list[RuntimeCertificate] = []  # certificates issued to the runtime's key
         self.policy_known = False  # the policy existed in phase 1
+        self.revision = 0  # policy_heads.revision of the policy in phase 1
         self.refused: ConfideError | None = None  # the verdict of phase 1
         self.error: ConfideError | None = None  # the final verdict, set by commit
         self.token = os.urandom(32)
@@ -1638,10 +1738,14 @@ class PendingAttestation:
             cas._use_once(conn, self.nonce, self.digest)
             for name, version in self.used.items():
                 now_head = raw_execute(
-                    conn, "SELECT hash FROM policy_heads WHERE name = ?", (name,)
+                    conn, "SELECT hash, revision FROM policy_heads WHERE name = ?", (name,)
                 ).fetchone()
                 if now_head is None or now_head[0] != version:
                     raise ConflictError(f"policy {name} changed during the attestation; attest again")
+                if name == self.policy and int(now_head[1]) != self.revision:
+                    raise ConflictError(
+                        f"a certificate of policy {name} was revoked during the attestation; attest again"
+                    )
             for vol in self.config.get("volumes", []):
                 owner = vol.get("owner") or {"policy": self.policy, "volume": vol["name"]}
                 current = raw_execute(
@@ -1673,6 +1777,8 @@ class PendingAttestation:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(token_sha256, *row) for row in self.frozen],
                 )
+            if self.issued:  # so that they can be revoked (docs/cas.md "Revocation")
+                record_runtime_certificates(conn, token_sha256, self.issued)
         except ConfideError as exc:
             self.error = exc
             outcome.update({"verdict": "refused", "reason_class": exc.kind, "reason": exc.message[:500]})
@@ -1769,6 +1875,12 @@ def _gpu_summary(slot: str, v: VerifiedEvidence) -> dict[str, Any]:
         "rims_compared": c.get("rims_compared"),
         **_revocation_summary(v),
     }
+
+
+def _declaration(spec: Any) -> dict[str, Any]:
+    """A secret's declaration as far as its value depends on it (exports do not matter)."""
+    out: dict[str, Any] = spec.model_dump(mode="json", by_alias=True, exclude={"export", "export_public"})
+    return out
 
 
 def _sha(text: str | None) -> str | None:

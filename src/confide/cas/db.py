@@ -91,6 +91,9 @@ policy_heads = Table(
     Column("hash", String(64), nullable=False),
     Column("creator", String(64), nullable=False),
     Column("updated_at", Float, nullable=False),
+    # One more with every owner's revocation (docs/cas.md "Revocation"): a release rendered
+    # before one is refused at commit, as one rendered before a policy update is.
+    Column("revision", BigInteger, nullable=False, server_default="0"),
 )
 approvals = Table(
     "approvals",
@@ -215,8 +218,35 @@ crls = Table(
     Column("der", LargeBinary, nullable=False),
     PrimaryKeyConstraint("policy", "ca"),
 )
+runtime_certificates = Table(
+    "runtime_certificates",
+    metadata,
+    # A certificate issued at a release to the runtime's own key (``issue_to_runtime``), so that
+    # it can be revoked (docs/cas.md "Revocation"). Public data only; dropped past not_after.
+    Column("policy", String(128), nullable=False),
+    Column("issuer_key_id", String(128), nullable=False),  # hex of the certificate's AKI keyIdentifier
+    Column("serial", String(64), nullable=False),  # hex
+    Column("name", String(128), nullable=False),  # the issue_to_runtime secret
+    Column("service", String(128), nullable=False),
+    Column("session_sha256", String(64), nullable=False),  # sessions.token_sha256 of the release
+    Column("ca_policy", String(128), nullable=False),  # the issuing CA (an import: the exporter's)
+    Column("ca_name", String(128), nullable=False),
+    Column("ca_version", Integer, nullable=False),
+    Column("issued_at", Float, nullable=False),
+    Column("not_after", Float, nullable=False),
+    Column("certificate_sha256", String(64), nullable=False),
+    PrimaryKeyConstraint("policy", "issuer_key_id", "serial"),
+)
+revocation_requests = Table(
+    "revocation_requests",
+    metadata,
+    # Signed revocation requests already carried out (single use); dropped once their time window
+    # has passed, after which the request is refused as stale anyway.
+    Column("digest", String(64), primary_key=True),
+    Column("expires_at", Float, nullable=False),
+)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 T = TypeVar("T")
 
@@ -278,7 +308,21 @@ def _v4(conn: Connection) -> None:
     session_volumes.create(conn, checkfirst=True)
 
 
-_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
+def _v5(conn: Connection) -> None:
+    """Certificates issued to runtimes (``issue_to_runtime``) and owners' revocation requests
+    (docs/cas.md "Revocation"). Runtime certificates issued before this version are not recorded."""
+    runtime_certificates.create(conn, checkfirst=True)
+    revocation_requests.create(conn, checkfirst=True)
+    if "revision" not in {c["name"] for c in inspect(conn).get_columns("policy_heads")}:
+        raw_execute(conn, "ALTER TABLE policy_heads ADD COLUMN revision BIGINT NOT NULL DEFAULT 0")
+    for statement in (
+        "CREATE INDEX IF NOT EXISTS runtime_certificates_not_after ON runtime_certificates (not_after)",
+        "CREATE INDEX IF NOT EXISTS runtime_certificates_name ON runtime_certificates (policy, name)",
+    ):
+        raw_execute(conn, statement)
+
+
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
 
 
 class EventSink:
