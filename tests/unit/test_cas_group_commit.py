@@ -160,7 +160,7 @@ def test_migration_from_schema_1_adds_the_sweep_indexes_and_revocation_tables(tm
         conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
     db.dispose()
     db = Database(url)
-    assert db.migrate() == 4
+    assert db.migrate() == 5
     db.dispose()
     with sqlite3.connect(tmp_path / "cas.db") as raw:
         names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
