@@ -116,6 +116,14 @@ def cas() -> None:
     help="From a CRL's thisUpdate to its nextUpdate (default '7 days'; 60 s to 366 days). Each CA the "
     "CAS generated has a CRL, re-issued at every revocation and once half of this has passed.",
 )
+@click.option(
+    "--public-url",
+    "public_url",
+    metavar="URL",
+    help="The base URL (http:// or https://) relying parties reach the CAS under. Certificates the "
+    "CAS issues under a CA declared crl_distribution then carry a CRL distribution point "
+    'URL/v1/crl/<id>.crl (docs/cas.md "CRL distribution points").',
+)
 def cas_serve(
     data_dir: Path,
     listen: str,
@@ -132,9 +140,10 @@ def cas_serve(
     nvidia_ocsp_max_age: str | None,
     nvidia_rim: str | None,
     crl_validity: str | None,
+    public_url: str | None,
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
-    from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity
+    from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity, parse_public_url
     from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, parse_refresh_interval
     from confide.cas.revocation import parse_stapled_max_age
     from confide.cas.sealing import provider_for
@@ -172,6 +181,7 @@ def cas_serve(
         nvidia_ocsp_max_age=max_age,
         nvidia_rim=nvidia_rim,
         crl_validity=parse_crl_validity(crl_validity) if crl_validity is not None else DEFAULT_CRL_VALIDITY,
+        public_url=None if public_url is None else parse_public_url(public_url),
     )
 
 

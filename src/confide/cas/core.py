@@ -22,6 +22,7 @@ import hmac
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from confide.cas.crl import (
     MAX_CRL_VALIDITY,
     MIN_CRL_VALIDITY,
     SUPERSEDED,
+    CrlRow,
     RuntimeCertificate,
     crl_due,
     crl_pem,
@@ -66,6 +68,7 @@ from confide.cas.secrets import (
     issue_to_runtime,
     public_part,
     render,
+    renewable,
     template_value,
 )
 from confide.cas.verifier import CollateralJob, GpuEvidence, Prefetched, check_binding, split_gpu_aux
@@ -97,6 +100,7 @@ from confide.policy.placeholders import (
     render_environment,
     render_file,
 )
+from confide.policy.secret import Secret
 from confide.verify.result import Platform, VerifiedEvidence
 
 __all__ = [
@@ -300,6 +304,9 @@ def _release_key_der(shared: bytes, cas_spki: bytes, runtime_spki: bytes, nonce:
     return HKDF(hashes.SHA256(), 32, nonce, RELEASE_INFO + cas_spki + runtime_spki).derive(shared)
 
 
+_CRL_ID = re.compile(r"[0-9a-f]{32}")
+
+
 class Cas:
     def __init__(
         self,
@@ -310,6 +317,7 @@ class Cas:
         events: EventSink | None = None,
         clock: Callable[[], float] = time.time,
         crl_validity: float = DEFAULT_CRL_VALIDITY,
+        public_url: str | None = None,
     ) -> None:
         if not (math.isfinite(crl_validity) and MIN_CRL_VALIDITY <= crl_validity <= MAX_CRL_VALIDITY):
             raise UsageError(
@@ -317,6 +325,8 @@ class Cas:
                 f"{MAX_CRL_VALIDITY} seconds"
             )
         self.crl_validity = crl_validity
+        # ``cas serve --public-url``: the base of the CRL distribution points (parse_public_url).
+        self.public_url = public_url
         self.db = database
         self.sealer = sealer
         self.verifier = verifier
@@ -1000,7 +1010,8 @@ class Cas:
                 continue
             if row is not None:
                 revoke_previous(spec.name, SUPERSEDED)
-            value = generate(spec, resolved=resolved, now=datetime.fromtimestamp(self.clock(), UTC))
+            value = generate(spec, resolved=resolved, now=datetime.fromtimestamp(self.clock(), UTC),
+                             crl_base=self.crl_base(policy, spec))  # fmt: skip
             resolved[spec.name] = value
             version = (row.version + 1) if row is not None else 1
             public = {**value.public_info(), "spec": fingerprint}
@@ -1486,7 +1497,7 @@ class Cas:
                 released[(issuer_ref["policy"], issuer_ref["name"])] = issuer_ref
                 now = self.clock()
                 value = cache[name] = issue_to_runtime(
-                    spec, runtime_key, issuer, datetime.fromtimestamp(now, UTC)
+                    spec, runtime_key, issuer, datetime.fromtimestamp(now, UTC), self.crl_base(policy, spec)
                 )
                 assert value.certificate is not None
                 record = runtime_certificate(
@@ -1611,6 +1622,21 @@ class Cas:
             raise RenewalDue(owner, ca)
         return row.der
 
+    def crl_base(self, policy: Policy, spec: Secret) -> str | None:
+        """The CAS's public URL when certificates of ``spec`` get a CRL distribution point: it is
+        set (``cas serve --public-url``), and ``spec``'s certificates are generated (or issued to
+        runtimes) under a CA of ``policy`` that the CAS generated and that is declared
+        ``crl_distribution`` (docs/cas.md "CRL distribution points")."""
+        if self.public_url is None or spec.issuer is None:
+            return None
+        if not (renewable(spec) or spec.issue_to_runtime):
+            return None  # an explicit or imported certificate: the CAS issues none
+        try:
+            issuer = policy.secret(spec.issuer)
+        except KeyError:
+            return None
+        return self.public_url if generated_ca(issuer) and issuer.crl_distribution else None
+
     def crl(self, name: str, ca: str, read_request: Any | None) -> tuple[bytes, float, bool]:
         """The current CRL (DER) of the generated CA ``ca`` of policy ``name``, when it is due
         for refresh (its nextUpdate, seconds) and whether it was served as public. Who may
@@ -1657,6 +1683,41 @@ class Cas:
         if row is None:
             raise ConflictError(f"the CRL of {name}/{ca} could not be issued; try again")
         return row.der, row.next_update, not may_read
+
+    def distributed_crl(self, crl_id: str) -> CrlRow | None:
+        """The current CRL served at the public URL ``/v1/crl/<crl_id>.crl`` (docs/cas.md "CRL
+        distribution points"), to anyone: that of the one generated CA whose distribution id
+        (:func:`confide.cas.secrets.crl_distribution_id`) is ``crl_id`` and that the current
+        version of its policy declares ``crl_distribution``. ``None`` for anything else (no such
+        CA, not declared so, or two such CAs with the same subject and key), all alike."""
+        if not _CRL_ID.fullmatch(crl_id):
+            return None
+        row: CrlRow | None = None
+        for attempt in range(2):
+            with self.db.read() as conn:
+                found = raw_execute(
+                    conn, "SELECT policy, ca FROM crls WHERE distribution_id = ? ORDER BY policy, ca LIMIT 8",
+                    (crl_id,),
+                ).fetchall()  # fmt: skip
+                served = []
+                for name, ca in found:
+                    head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
+                    if head is None:
+                        continue
+                    try:
+                        spec: Any = self._load(conn, name, head.hash).secret(ca)
+                    except KeyError:
+                        continue
+                    if generated_ca(spec) and spec.crl_distribution:
+                        served.append((str(name), str(ca)))
+                if len(served) != 1:
+                    return None
+                row = current_crl(conn, *served[0])
+            if row is not None and not crl_due(row.this_update, row.next_update, self.clock()):
+                return row
+            if attempt == 0:  # due (the sweep has not run yet): issue it, read again
+                renew_due(self, [served[0][0]])
+        return row
 
     def events_for(self, read_request: Any) -> dict[str, Any]:
         """The ledger entries of a policy, for identities that may read it, each with its
@@ -1878,8 +1939,11 @@ def _gpu_summary(slot: str, v: VerifiedEvidence) -> dict[str, Any]:
 
 
 def _declaration(spec: Any) -> dict[str, Any]:
-    """A secret's declaration as far as its value depends on it (exports do not matter)."""
-    out: dict[str, Any] = spec.model_dump(mode="json", by_alias=True, exclude={"export", "export_public"})
+    """A secret's declaration as far as its value depends on it (exports do not matter, nor does
+    ``crl_distribution``: certificates get their distribution point at their next version)."""
+    out: dict[str, Any] = spec.model_dump(
+        mode="json", by_alias=True, exclude={"export", "export_public", "crl_distribution"}
+    )
     return out
 
 

@@ -47,6 +47,7 @@ import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -54,7 +55,7 @@ from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
 from sqlalchemy import Connection
 
 from confide.cas.db import raw_execute, raw_executemany
-from confide.cas.secrets import SecretValue, renewable
+from confide.cas.secrets import SecretValue, crl_distribution_id, renewable
 from confide.errors import PolicyError, UsageError
 from confide.policy import Policy
 from confide.policy._types import duration_seconds
@@ -84,6 +85,7 @@ __all__ = [
     "issue_crls",
     "issued_by_generated_ca",
     "parse_crl_validity",
+    "parse_public_url",
     "record_runtime_certificates",
     "revoke",
     "revoke_runtime_certificates",
@@ -146,6 +148,39 @@ def parse_crl_validity(text: str) -> float:
     if not MIN_CRL_VALIDITY <= seconds <= MAX_CRL_VALIDITY:
         raise UsageError(f"--crl-validity: got {seconds} seconds, {expected}")
     return float(seconds)
+
+
+MAX_PUBLIC_URL = 200
+
+
+def parse_public_url(text: str) -> str:
+    """``cas serve --public-url``: the base URL relying parties reach the CAS (or a proxy in
+    front of it) under, for CRL distribution points. ``http://`` or ``https://``, a host, an
+    optional port and path prefix; no user info, query or fragment; printable ASCII (a
+    GeneralName URI is an IA5String, RFC 5280 §4.2.1.6: an IDN host in its A-label form).
+    Returned without a trailing slash."""
+    expected = "expected an http:// or https:// URL with a host and no user info, query or fragment"
+    shown = text[:80]
+    if not text.isascii() or not text.isprintable() or " " in text or len(text) > MAX_PUBLIC_URL:
+        limit = f"printable ASCII, {MAX_PUBLIC_URL} characters at most"
+        raise UsageError(f"--public-url: got {shown!r}, {expected} ({limit})")
+    try:
+        url = urlsplit(text)
+        port = url.port  # ValueError when not a number in range
+    except ValueError:
+        raise UsageError(f"--public-url: got {shown!r}, {expected}") from None
+    if (
+        url.scheme not in ("http", "https")
+        or not url.hostname
+        or "@" in url.netloc
+        or url.query
+        or url.fragment
+        or "?" in text
+        or "#" in text
+        or port == 0
+    ):
+        raise UsageError(f"--public-url: got {shown!r}, {expected}")
+    return text.rstrip("/")
 
 
 def generated_ca(spec: Secret | None) -> bool:
@@ -422,20 +457,24 @@ def issue_crls(cas: Cas, conn: Connection, policy: Policy, digest: str, now: flo
         next_update = this_update + cas.crl_validity
         der = build_crl(cas._unseal(row), entries, number=number, this_update=this_update,
                         next_update=next_update)  # fmt: skip
+        assert cert is not None
+        dist = crl_distribution_id(cert.subject, bytes.fromhex(key_id))
         if current is None:
             raw_execute(
                 conn,
                 "INSERT INTO crls (policy, ca, number, ca_version, entries_sha256, this_update, next_update, "
-                "der) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (policy.name, spec.name, number, row.version, entries_sha256, this_update, next_update, der),
-            )
+                "der, distribution_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (policy.name, spec.name, number, row.version, entries_sha256, this_update, next_update, der,
+                 dist),
+            )  # fmt: skip
         else:
             raw_execute(
                 conn,
                 "UPDATE crls SET number = ?, ca_version = ?, entries_sha256 = ?, this_update = ?, "
-                "next_update = ?, der = ? WHERE policy = ? AND ca = ?",
-                (number, row.version, entries_sha256, this_update, next_update, der, policy.name, spec.name),
-            )
+                "next_update = ?, der = ?, distribution_id = ? WHERE policy = ? AND ca = ?",
+                (number, row.version, entries_sha256, this_update, next_update, der, dist, policy.name,
+                 spec.name),
+            )  # fmt: skip
         expired = [e.serial for e in entries if e.not_after < this_update]
         if expired:  # listed once beyond their validity period: left out from the next CRL on
             raw_executemany(

@@ -47,6 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
+from confide.cas.secrets import crl_distribution_id_of
 from confide.errors import StorageError
 from confide.ledger.db import Conn
 from confide.ledger.db import execute as ledger_execute
@@ -216,6 +217,9 @@ crls = Table(
     Column("this_update", Float, nullable=False),
     Column("next_update", Float, nullable=False),
     Column("der", LargeBinary, nullable=False),
+    # The opaque id of the CRL's public URL (confide.cas.secrets.crl_distribution_id: the CA's
+    # subject and key identifier); NULL only for rows of schema 5 not re-issued since.
+    Column("distribution_id", String(64)),
     PrimaryKeyConstraint("policy", "ca"),
 )
 runtime_certificates = Table(
@@ -246,7 +250,7 @@ revocation_requests = Table(
     Column("expires_at", Float, nullable=False),
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 T = TypeVar("T")
 
@@ -322,7 +326,19 @@ def _v5(conn: Connection) -> None:
         raw_execute(conn, statement)
 
 
-_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
+def _v6(conn: Connection) -> None:
+    """CRL distribution points (docs/cas.md "CRL distribution points"): ``crls.distribution_id``,
+    filled from each stored CRL's issuer and authorityKeyIdentifier (what it is derived from)."""
+    if "distribution_id" not in {c["name"] for c in inspect(conn).get_columns("crls")}:
+        raw_execute(conn, "ALTER TABLE crls ADD COLUMN distribution_id VARCHAR(64)")
+    raw_execute(conn, "CREATE INDEX IF NOT EXISTS crls_distribution_id ON crls (distribution_id)")
+    rows = raw_execute(conn, "SELECT policy, ca, der FROM crls").fetchall()
+    found = [(crl_distribution_id_of(bytes(der)), policy, ca) for policy, ca, der in rows]
+    if found:
+        raw_executemany(conn, "UPDATE crls SET distribution_id = ? WHERE policy = ? AND ca = ?", found)
+
+
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6}
 
 
 class EventSink:
