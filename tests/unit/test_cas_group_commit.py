@@ -160,7 +160,7 @@ def test_migration_from_schema_1_adds_the_sweep_indexes_and_revocation_tables(tm
         conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
     db.dispose()
     db = Database(url)
-    assert db.migrate() == 5
+    assert db.migrate() == 6
     db.dispose()
     with sqlite3.connect(tmp_path / "cas.db") as raw:
         names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
@@ -170,11 +170,11 @@ def test_migration_from_schema_1_adds_the_sweep_indexes_and_revocation_tables(tm
         revision = raw.execute("SELECT revision FROM policy_heads WHERE name = 'p'").fetchone()[0]
     assert revision == 0  # schema 5: an existing head gets the column, at 0
     assert {"nonces_expires_at", "sessions_expires_at", "evidence_seen_seen_at",
-            "runtime_certificates_not_after", "runtime_certificates_name"} <= names  # fmt: skip
+            "runtime_certificates_not_after", "runtime_certificates_name", "crls_distribution_id"} <= names  # fmt: skip
     assert {"revoked_certificates", "crls", "session_volumes", "runtime_certificates",
             "revocation_requests"} <= tables  # fmt: skip
     assert "volumes_frozen" in columns
-    assert version == "5"
+    assert version == "6"
 
 
 def test_a_refusal_for_a_policy_that_does_not_exist_is_not_filed_under_its_name(

@@ -215,12 +215,12 @@ class Secret(_Model):
                 f"got {', '.join(extra)} for a {self.kind} secret, "
                 f"expected only: {', '.join(sorted(_ALLOWED[self.kind]))}"
             )
-        getattr(self, "_check_" + self.kind.replace("-", "_"))()
         if self.crl_distribution and self.value is not None:
             raise ValueError(
                 "got crl_distribution with an explicit value, expected it only on a generated x509-ca "
                 "(the CAS has a CRL only for the CAs it generates)"
             )
+        getattr(self, "_check_" + self.kind.replace("-", "_"))()
         if self.renew_before is not None:
             if self.valid_for is None:
                 raise ValueError("got renew_before without valid_for, expected valid_for too")
