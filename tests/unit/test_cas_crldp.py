@@ -183,6 +183,8 @@ def test_the_public_endpoint(env: Env) -> None:
     crl = x509.load_der_x509_crl(body)
     assert crl == env.crl()
     check_signed_by_ca(crl, env.ca_cert())
+    shown = env.cas.show(env.read_request())["secrets"]["ca"]["crl"]
+    assert shown["public_path"] == path and shown["distribution_point"] == BASE + path
     # A revocation is served at once (a new CRL in the revocation's transaction).
     serial = env.serial()
     env.cas.revoke_certificates(env.revocation(serial=serial))
@@ -201,6 +203,7 @@ def test_the_public_endpoint(env: Env) -> None:
     # Opted out again: the same 404 as an unknown id.
     env.apply_text(policy(predecessor=env.head()))
     assert _get(app, path) == not_found
+    assert "public_path" not in env.cas.show(env.read_request())["secrets"]["ca"]["crl"]
 
 
 def test_two_cas_with_the_same_subject_and_key_are_not_served(env: Env) -> None:

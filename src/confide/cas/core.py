@@ -62,8 +62,10 @@ from confide.cas.owner_revocation import REVOKE_TYPE, parse_request, refusal, re
 from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due
 from confide.cas.secrets import (
     CERTIFICATE_KINDS,
+    CRL_PATH,
     Sealer,
     SecretValue,
+    crl_distribution_id_of,
     generate,
     issue_to_runtime,
     public_part,
@@ -1158,6 +1160,12 @@ class Cas:
                         "next_update": datetime.fromtimestamp(crl.next_update, UTC).isoformat(),
                         "sha256": hashlib.sha256(crl.der).hexdigest(),
                     }
+                    dist = crl_distribution_id_of(crl.der) if spec.crl_distribution else None
+                    if dist is not None:  # served to anyone (docs/cas.md "CRL distribution points")
+                        path = f"{CRL_PATH}{dist}.crl"
+                        secrets[spec.name]["crl"]["public_path"] = path
+                        if self.public_url is not None:
+                            secrets[spec.name]["crl"]["distribution_point"] = self.public_url + path
         return {
             "name": name,
             "hash": head.hash,
