@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -234,3 +235,49 @@ def test_an_owner_revokes_one_certificate_from_the_cli(cas: CasProcess, tmp_path
     assert r.returncode != 0 and "certificate revoked" in r.stdout + r.stderr, r.stdout + r.stderr
     r = openssl_verify(tmp_path, tmp_path / "ca.pem", crl_path, served)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_cas_serve_public_url_puts_the_distribution_point_in_certificates(tmp_path: Path) -> None:
+    """``cas serve --public-url`` (a real process over TLS, SQLite): a leaf under a CA declared
+    ``crl_distribution`` names the CRL's public URL, which the CAS serves to anyone (DER,
+    ``application/pkix-crl``), the same CRL a reader fetches; ``policy show`` gives it. A
+    malformed ``--public-url`` is refused at start (exit 2)."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    bad = CasProcess(tmp_path / "bad", None, extra_args=("--public-url", "ftp://crl.invalid"))
+    with pytest.raises(RuntimeError, match="--public-url"):
+        bad.start()
+    assert bad.proc is not None and bad.proc.returncode == errors.UsageError.exit_code
+
+    cas = CasProcess(tmp_path / "cas", None, extra_args=("--public-url", "http://crl.invalid/pki/")).start()
+    try:
+        alice, _ = identity(cas, tmp_path, "alice")
+        body = secrets_body(tmp_path / "unused", "srv.local", "    crl_distribution: true")
+        assert apply(cas, tmp_path, policy_yaml(NAME, "00" * 32, body=body), alice).returncode == 0
+        shown = json.loads(confide(cas, "policy", "show", NAME, "--identity", str(alice), check=True).stdout)
+        leaf = x509.load_pem_x509_certificate(shown["secrets"]["srv"]["certificate"].encode())
+        (point,) = leaf.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+        assert point.full_name is not None
+        (uri,) = point.full_name
+        crl_info = shown["secrets"]["ca"]["crl"]
+        assert (
+            uri.value == crl_info["distribution_point"] == "http://crl.invalid/pki" + crl_info["public_path"]
+        )
+        ctx = ssl.create_default_context(cafile=cas.env["CONFIDE_CAS_CERT"])
+        url = cas.env["CONFIDE_CAS_URL"] + crl_info["public_path"]
+        with urllib.request.urlopen(url, context=ctx, timeout=30) as r:  # no identity
+            assert r.headers["Content-Type"] == "application/pkix-crl"
+            served = x509.load_der_x509_crl(r.read())
+        der = tmp_path / "ca.crl.der"
+        confide(
+            cas, "policy", "crl", NAME, "ca", "--identity", str(alice), "--der", "--out", str(der), check=True
+        )
+        assert served == x509.load_der_x509_crl(der.read_bytes())
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(cas.env["CONFIDE_CAS_URL"] + "/v1/crl/" + "0" * 32 + ".crl", context=ctx)
+        assert missing.value.code == 404
+        missing.value.close()
+    finally:
+        cas.stop()
