@@ -110,7 +110,8 @@ def test_public_url_accepted(given: str, base: str) -> None:
     "given",
     ["ftp://cas.example", "cas.example", "https://", "https://user@cas.example", "https://cas.example/?a=1",
      "https://cas.example/#x", "https://cas.example:99999", "https://cas.example:0", "https://bücher.example",
-     "https://cas example", "https://cas.example/\x00", "https://" + "a" * 300],
+     "https://cas example", "https://cas.example/\x00", "https://" + "a" * 300, "https://cas.example/<a>",
+     'https://cas.example/"', "https://cas.example/a\\b", "https://cas.example/{x}"],
 )  # fmt: skip
 def test_public_url_refused(given: str) -> None:
     with pytest.raises(UsageError, match="--public-url"):

@@ -32,6 +32,12 @@ appeared on one CRL issued after the certificate's notAfter (§3.3). A new CRL i
 in the same transaction whenever the revoked set or the CA version changes, and by the renewal
 sweep once half of the current one's validity has passed (:func:`crl_due`).
 
+A generated CA declared ``crl_distribution`` has its CRL served to anyone at
+``/v1/crl/<id>.crl`` (``crls.distribution_id``, :func:`confide.cas.secrets.crl_distribution_id`),
+and with ``cas serve --public-url`` (:func:`parse_public_url`) the certificates issued under it
+name that URL in a CRLDistributionPoints extension (RFC 5280 §4.2.1.13; docs/cas.md "CRL
+distribution points").
+
 Ledger entries (``certificates-revoked``, ``crl-issued``) name secrets, versions, serials, key
 identifiers and SHA-256 digests only. The CA's sealed value is unsealed in memory to sign, as for
 a release (``Cas._unseal``, whose in-memory cache it shares); its key is never logged, stored
@@ -44,6 +50,7 @@ import base64
 import hashlib
 import json
 import math
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -151,18 +158,20 @@ def parse_crl_validity(text: str) -> float:
 
 
 MAX_PUBLIC_URL = 200
+_URI_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")  # RFC 3986 §2: unreserved, reserved, %
 
 
 def parse_public_url(text: str) -> str:
     """``cas serve --public-url``: the base URL relying parties reach the CAS (or a proxy in
     front of it) under, for CRL distribution points. ``http://`` or ``https://``, a host, an
-    optional port and path prefix; no user info, query or fragment; printable ASCII (a
-    GeneralName URI is an IA5String, RFC 5280 §4.2.1.6: an IDN host in its A-label form).
+    optional port and path prefix; no user info, query or fragment; only the characters of RFC
+    3986 §2 (a GeneralName URI is an IA5String, RFC 5280 §4.2.1.6: an IDN host in its A-label
+    form).
     Returned without a trailing slash."""
     expected = "expected an http:// or https:// URL with a host and no user info, query or fragment"
     shown = text[:80]
-    if not text.isascii() or not text.isprintable() or " " in text or len(text) > MAX_PUBLIC_URL:
-        limit = f"printable ASCII, {MAX_PUBLIC_URL} characters at most"
+    if not _URI_CHARS.fullmatch(text) or len(text) > MAX_PUBLIC_URL:
+        limit = f"RFC 3986 characters only, {MAX_PUBLIC_URL} at most"
         raise UsageError(f"--public-url: got {shown!r}, {expected} ({limit})")
     try:
         url = urlsplit(text)
