@@ -2,7 +2,7 @@
 generated CA, ``cas serve --public-url``, the public ``GET /v1/crl/<id>.crl``, and ``openssl
 verify -crl_download -crl_check`` fetching the CRL by itself from a CAS served over plain HTTP on
 loopback. The real in-process CAS (SQLite, ledger sink, simulated platform) with an injected
-clock (tests/crl_env.py)."""
+clock (tests/crl_env.py), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -36,9 +36,10 @@ BASE = "http://crl.example:8080/pki"
 OPT_IN = "    crl_distribution: true"
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    with started(tmp_path / "cas") as out:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    db_url = request.getfixturevalue("postgres").new_database() if request.param == "postgresql" else None
+    with started(tmp_path / "cas", db_url) as out:
         yield out
 
 
