@@ -24,6 +24,7 @@ import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import IO
 
 from confide.errors import ParseError, UsageError
@@ -127,7 +128,9 @@ def tar_mtime_ns(info: tarfile.TarInfo) -> int:
             return -ns if sign else ns
     value = info.mtime
     if isinstance(value, float):
-        return math.floor(value * _NS) if math.isfinite(value) else 0
+        # Exact, as a fraction: a finite float such as 1e300 (tarfile's float() of a pax "1e300")
+        # overflows a float multiplication to infinity.
+        return math.floor(Fraction(value) * _NS) if math.isfinite(value) else 0
     return int(value) * _NS
 
 
