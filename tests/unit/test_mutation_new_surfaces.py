@@ -1,8 +1,8 @@
 """Bounded mutation tests of the hostile-input surfaces added with certification data types 1-4
-and stapled OCSP (the fuzz2 campaign, CHANGELOG; the full campaign's scripts ran the same
-mutations at larger counts). Every mutation is drawn from a ``random.Random`` with a fixed seed,
-so a failure reproduces exactly. ``CONFIDE_MUTATION_SCALE=N`` multiplies every count by N (the
-campaign itself ran at N = 40: see CHANGELOG).
+and stapled OCSP (the fuzz2 mutation campaign, CHANGELOG, which ran such mutations at larger
+counts). Every mutation is drawn from a ``random.Random`` with a fixed seed, so a failure
+reproduces exactly. ``CONFIDE_MUTATION_SCALE=N`` multiplies every count by N (they passed at
+N = 40 too).
 
 Invariants:
 
