@@ -8,7 +8,7 @@ Invariants:
 
 - every refusal is a :class:`~confide.errors.ConfideError` (never IndexError, ValueError,
   TypeError, struct.error, KeyError, UnicodeDecodeError, ...), and ``/v1/attest`` never answers
-  5xx;
+  5xx (but 502, ``NetworkError``, when an upstream OCSP responder fails);
 - a mutation of signed or authenticated bytes never verifies;
 - a mutation of unsigned bytes either verifies to exactly the original's result or is refused.
   Unsigned in a DCAP quote of certification data type 1-4 (docs/dcap.md): the whole
@@ -41,11 +41,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from asgi_call import call
-from cas_inproc import Clock, InProcessCas, RuntimeKey, production_cas, sim_policy
+from cas_inproc import Clock, InProcessCas, RuntimeKey, last_attestation, production_cas, sim_policy
 from confide import errors
 from confide.cas.app import create_app
+from confide.cas.revocation import OcspCache
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral.dcap import PcsHttpSource, verify_pck_certificate
+from confide.collateral.nvidia_ocsp import HttpOcspSource
 from confide.evidence.dcap import PckCertId, Quote, TeeType
 from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate
 from confide.evidence.pem import pem_chain
@@ -56,7 +58,9 @@ from dcap_ppid import original_pck, to_leaf_quote, to_ppid_quote
 from gpu_cas import NOW as GPU_NOW
 from gpu_cas import NV_MEASUREMENTS, NV_REPORT, PKI
 from nvidia_forge import ocsp_response, resign
+from ocsp_responder import FakeOcsp
 from pcs_fake import _signed
+from pki import Issuer
 
 # A mutated certificate may carry a serial of 0 or below: cryptography warns (it will refuse
 # such certificates in a future release), and the suite turns warnings into errors.
@@ -534,3 +538,53 @@ def test_stapled_ocsp_mutations_through_the_api_never_answer_5xx(tmp_path: Path)
         status = attest(aux, edit if rng.random() < 0.3 else None)
         if status == 200:
             assert set(aux) == {"ocsp:1"} and aux["ocsp:1"] == GOOD
+
+
+def test_stapled_and_responder_mutations_with_a_responder_never_answer_5xx(tmp_path: Path) -> None:
+    """A CAS with a responder (``--nvidia-ocsp URL``): the stapled response good, stale (asked
+    again), absent or mutated, the responder honest, failing or answering mutated responses.
+    Never 5xx but 502 (the responder failed: ``NetworkError``); a mutated stapled response
+    that is accepted was not used (stale by its dates: the responder was asked)."""
+    rng = random.Random("fuzz2/ocsp-responder")
+    mode = ["honest"]
+
+    def behaviour(cert: x509.Certificate, issuer: Issuer, nonce: bytes | None) -> tuple[int, bytes]:
+        good = ocsp_response(
+            cert, issuer[0], issuer, this_update=GPU_NOW - timedelta(minutes=1),
+            next_update=GPU_NOW + timedelta(hours=1), nonce=nonce,
+        )  # fmt: skip
+        if mode[0] == "failing":
+            return rng.choice([302, 404, 500]), b""
+        return 200, good if mode[0] == "honest" else mutate_der(good, rng)
+
+    stale = ocsp_response(
+        PKI.ica[0], PKI.root[0], PKI.root, this_update=GPU_NOW - timedelta(days=3),
+        next_update=GPU_NOW + timedelta(hours=1), nonce=b"\x01" * 32,
+    )  # fmt: skip
+    server = FakeOcsp({PKI.ica[0].serial_number: (PKI.ica[0], PKI.root)}, behaviour).start()
+    try:
+        with HttpOcspSource(server.url, timeout=5) as source:
+            inproc = InProcessCas.start(tmp_path / "cas", STAPLING_POLICY).verify_with(
+                nvidia_root=PKI.root[0], nvidia_ocsp=OcspCache(source)
+            )
+            inproc.cas.clock = Clock(GPU_NOW.timestamp())
+            app = create_app(inproc.cas)
+            statuses: set[int] = set()
+            for _ in range(40 * SCALE):
+                mode[0] = rng.choice(["honest", "honest", "failing", "mutated"])
+                inproc.verify_with(
+                    nvidia_root=PKI.root[0], nvidia_ocsp=OcspCache(source)
+                )  # nothing remembered
+                stapled = rng.choice([None, GOOD, stale, mutate_der(GOOD, rng), mutate_der(stale, rng)])
+                rt = RuntimeKey(inproc.cas)
+                report = resign(NV_REPORT, PKI.leaf[1], nonce=rt.binding[:32])
+                aux = {"certs": PKI.chain_pem()} | ({} if stapled is None else {"ocsp:1": stapled})
+                body = rt.body(policy="app", service="gpu", platform="nvidia-gpu", evidence=report, aux=aux)
+                status, out = call(app, "/v1/attest", [json.dumps(body).encode()])
+                statuses.add(status)
+                assert status < 500 or (status, json.loads(out)["error"]["class"]) == (502, "NetworkError")
+                if status == 200 and stapled not in (None, GOOD, stale):
+                    assert last_attestation(inproc.cas)["ocsp_source"] == "responder"
+            assert {200, 400, 403, 502} <= statuses
+    finally:
+        server.stop()
