@@ -371,3 +371,41 @@ def test_a_different_mtime_gives_a_different_volume_and_image(tmp_path: Path) ->
     b = run(tmp_path / "b", _timed_image(conf_mtime=1_650_000_001), out="o", protect=["/app"])
     assert a.volume_tag == a2.volume_tag and a.manifest_digest == a2.manifest_digest
     assert b.volume_tag != a.volume_tag and b.manifest_digest != a.manifest_digest
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        ({"uid": 2**33}, "got uid 8589934592"),  # a pax "uid" record: any integer
+        ({"uid": -5}, "got uid -5"),
+        ({"gid": 2**32}, "got gid 4294967296"),
+    ],
+)
+def test_an_owner_outside_u32_is_a_parse_error(tmp_path: Path, member: dict[str, int], message: str) -> None:
+    """Found by the fuzz2 mutation campaign: a protected member whose pax uid/gid does not fit
+    the manifest's u32 raised struct.error out of sconify. Now a ParseError naming the path,
+    and no output is left."""
+    img = Image(
+        [[*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755),
+          M("app/conf.txt", data=S_FINAL, **member)]],  # type: ignore[arg-type]
+        entrypoint=["/app/run.sh"],
+    )  # fmt: skip
+    with pytest.raises(ParseError, match=f"'app/conf.txt': {message}, expected 0..4294967295"):
+        run(tmp_path, img, protect=["/app"])
+    assert not (tmp_path / "out").exists()
+    # The same owner outside the protected paths is copied as the image has it.
+    res = run(tmp_path, img, protect=["/app/run.sh"])
+    assert res.files == 1
+
+
+def test_a_huge_pax_mtime_is_clamped_in_the_volume(tmp_path: Path) -> None:
+    """Found by the fuzz2 mutation campaign: pax ``mtime="1e300"`` raised OverflowError."""
+    img = Image(
+        [[*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755),
+          M("app/conf.txt", data=S_FINAL, pax_mtime="1e300"), M("app/old", data=b"x", pax_mtime="-1e300")]],
+        entrypoint=["/app/run.sh"],
+    )  # fmt: skip
+    res = run(tmp_path, img, protect=["/app"])
+    vol = extract_volume(tmp_path / "out", tmp_path / "x")
+    recorded = {e.path: e.mtime_ns for e in load_sealed(vol, KEY, res.volume_tag)[0].entries}
+    assert (recorded["app/conf.txt"], recorded["app/old"]) == (2**63 - 1, 0)
