@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -409,3 +410,29 @@ def test_a_huge_pax_mtime_is_clamped_in_the_volume(tmp_path: Path) -> None:
     vol = extract_volume(tmp_path / "out", tmp_path / "x")
     recorded = {e.path: e.mtime_ns for e in load_sealed(vol, KEY, res.volume_tag)[0].entries}
     assert (recorded["app/conf.txt"], recorded["app/old"]) == (2**63 - 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("member", "pax", "message"),
+    [
+        ("etc/x", {"GNU.sparse.size": "0x10"}, "malformed extended header"),  # tarfile: int() -> ValueError
+        ("app/conf.txt", {"GNU.sparse.realsize": " "}, "malformed extended header"),
+        ("etc/x", {"GNU.sparse.major": "0", "GNU.sparse.minor": "1", "GNU.sparse.map": "1,x"}, "malformed"),
+        ("etc/x", {"size": "-1"}, "'etc/x' has size -1, expected at least 0"),  # was OSError in pass 2
+        ("app/conf.txt", {"size": "-1"}, "'app/conf.txt' has size -1"),
+    ],
+)
+def test_hostile_pax_records_are_parse_errors(
+    tmp_path: Path, member: str, pax: dict[str, str], message: str
+) -> None:
+    """Found by the fuzz2 mutation campaign: tarfile raised ValueError for GNU sparse records it
+    cannot read, and took a negative pax ``size`` (OSError when the layer was rewritten)."""
+    members = [
+        *PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755),
+        M("app/conf.txt", data=S_FINAL), M("etc/", "d"), M("etc/x", data=b"x"),
+    ]  # fmt: skip
+    hostile = [replace(m, pax=pax) if m.name == member else m for m in members]
+    with pytest.raises(ParseError, match=message):
+        run(tmp_path, Image([hostile], entrypoint=["/app/run.sh"]), protect=["/app"])
+    assert not (tmp_path / "out").exists()
+    assert run(tmp_path / "ok", Image([members], entrypoint=["/app/run.sh"]), protect=["/app"]).files == 2

@@ -176,7 +176,13 @@ class _BoundedTarInfo(tarfile.TarInfo):
                 f"got a {self.size}-byte extended header, expected at most {MAX_HEADER}",
                 structure="layer tar",
             )
-        member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        try:
+            member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        except ValueError as exc:
+            # tarfile parses most pax numbers leniently (0 when malformed) but not the GNU
+            # sparse records ("GNU.sparse.size", ".realsize", ".map", the 1.0 map in the data):
+            # int() of a hostile text raises ValueError (found by the fuzz2 mutation campaign).
+            raise ParseError(f"malformed extended header: {exc}", structure="layer tar") from None
         return member
 
 
@@ -326,6 +332,11 @@ def _members(layer: Layer, tf: tarfile.TarFile) -> Iterator[tuple[int, str, tarf
             kept.clear()  # stream mode keeps every TarInfo otherwise (memory grows per member)
         if ordinal >= MAX_MEMBERS:
             raise ParseError(f"more than {MAX_MEMBERS} members", structure=f"layer {layer.index}")
+        if info.size < 0:  # a pax "size" record is any integer (fuzz2 mutation campaign)
+            raise ParseError(
+                f"member {info.name!r} has size {info.size}, expected at least 0",
+                structure=f"layer {layer.index}",
+            )
         if info.type not in _KINDS and info.type != tarfile.LNKTYPE and not info.issparse():
             raise ParseError(
                 f"member {info.name!r} has tar type {info.type!r}, expected a file, directory, link, device",
