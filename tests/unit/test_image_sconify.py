@@ -436,3 +436,29 @@ def test_hostile_pax_records_are_parse_errors(
         run(tmp_path, Image([hostile], entrypoint=["/app/run.sh"]), protect=["/app"])
     assert not (tmp_path / "out").exists()
     assert run(tmp_path / "ok", Image([members], entrypoint=["/app/run.sh"]), protect=["/app"]).files == 2
+
+
+def test_mutated_pax_records_only_raise_confide_errors(tmp_path: Path) -> None:
+    """Mutation campaign, bounded (fixed seed, 16 images): hostile pax records on a protected
+    or an unprotected member; sconify succeeds or raises a confide error."""
+    import random
+
+    from confide.errors import ConfideError
+
+    rng = random.Random("fuzz2/sconify-pax")
+    values = ["1e300", "-1e300", "nan", "inf", "-1", "4294967296", "99999999999999999999", "1.5", "", " ",
+              "0x10", "\u0661", "18446744073709551616", "a/../../b", "/abs"]  # fmt: skip
+    keys = ["mtime", "uid", "gid", "atime", "uname", "size", "linkpath", "path", "GNU.sparse.size",
+            "GNU.sparse.realsize", "GNU.sparse.map", "SCHILY.xattr.user.x"]  # fmt: skip
+    members = [
+        *PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755),
+        M("app/conf.txt", data=S_FINAL), M("app/l", "l", link="conf.txt"), M("etc/", "d"), M("etc/x", data=b"x"),
+    ]  # fmt: skip
+    for i in range(16):
+        target = rng.choice(["app/conf.txt", "app/", "app/l", "etc/x"])
+        pax = {rng.choice(keys): rng.choice(values) for _ in range(rng.randrange(1, 3))}
+        hostile = [replace(m, pax=pax) if m.name == target else m for m in members]
+        try:
+            run(tmp_path / str(i), Image([hostile], entrypoint=["/app/run.sh"]), protect=["/app"])
+        except ConfideError:
+            assert not (tmp_path / str(i) / "out").exists()
