@@ -462,3 +462,27 @@ def test_mutated_pax_records_only_raise_confide_errors(tmp_path: Path) -> None:
             run(tmp_path / str(i), Image([hostile], entrypoint=["/app/run.sh"]), protect=["/app"])
         except ConfideError:
             assert not (tmp_path / str(i) / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_non_finite_pax_mtime_outside_the_protected_paths_is_copied(tmp_path: Path, value: str) -> None:
+    """Found by the fuzz2 mutation campaign: rewriting a layer whose unprotected member has a
+    pax mtime tarfile reads as a non-finite float raised ValueError/OverflowError."""
+    img = Image(
+        [[*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755),
+          M("etc/", "d"), M("etc/x", data=b"x", pax={"mtime": value})]],
+        entrypoint=["/app/run.sh"],
+    )  # fmt: skip
+    assert run(tmp_path, img, protect=["/app"]).files == 1
+
+
+def test_a_member_larger_than_the_layer_is_a_parse_error_not_a_hang(tmp_path: Path) -> None:
+    """Found by the fuzz2 mutation campaign: a pax size of 2**63 made tarfile skip the data
+    block by block past the end of the stream, for ever."""
+    img = Image(
+        [[*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755),
+          M("etc/", "d"), M("etc/x", data=b"x", pax={"size": str(2**63)})]],
+        entrypoint=["/app/run.sh"],
+    )  # fmt: skip
+    with pytest.raises(ParseError, match="a tar member is larger than the layer"):
+        run(tmp_path, img, protect=["/app"])

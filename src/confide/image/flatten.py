@@ -441,6 +441,11 @@ def rewrite_layer(
                 if info.issparse():  # written out expanded, as a regular file
                     info.type, info.sparse = tarfile.REGTYPE, None
                 data = tf.extractfile(info) if info.isreg() else None
+                if isinstance(info.mtime, float) and not math.isfinite(info.mtime):
+                    # tarfile's writer rounds a float mtime (ValueError for a pax "nan",
+                    # OverflowError for "inf"; fuzz2 campaign); the ustar field gets 0 and
+                    # the member's own pax record is copied as it was.
+                    info.mtime = 0
                 tw.addfile(info, data)
                 if progress is not None and dr.count - before > (1 << 22):
                     progress(dr.count - before)
