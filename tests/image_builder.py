@@ -28,6 +28,7 @@ class M:
     gid: int = 0
     mtime: int = 1_700_000_000  # the ustar header's seconds
     pax_mtime: str | None = None  # a pax "mtime" record, written as given (e.g. with a fraction)
+    pax: dict[str, str] | None = None  # other pax records, written as given (hostile ones too)
 
 
 def layer_tar(members: list[M]) -> bytes:
@@ -38,6 +39,8 @@ def layer_tar(members: list[M]) -> bytes:
             ti.mtime, ti.uid, ti.gid = m.mtime, m.uid, m.gid
             if m.pax_mtime is not None:
                 ti.pax_headers = {"mtime": m.pax_mtime}
+            if m.pax is not None:
+                ti.pax_headers = {**ti.pax_headers, **m.pax}
             if m.kind == "f":
                 ti.size, ti.mode = len(m.data), 0o644 if m.mode is None else m.mode
                 tf.addfile(ti, io.BytesIO(m.data))

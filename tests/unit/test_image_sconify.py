@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -371,3 +372,117 @@ def test_a_different_mtime_gives_a_different_volume_and_image(tmp_path: Path) ->
     b = run(tmp_path / "b", _timed_image(conf_mtime=1_650_000_001), out="o", protect=["/app"])
     assert a.volume_tag == a2.volume_tag and a.manifest_digest == a2.manifest_digest
     assert b.volume_tag != a.volume_tag and b.manifest_digest != a.manifest_digest
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        ({"uid": 2**33}, "got uid 8589934592"),  # a pax "uid" record: any integer
+        ({"uid": -5}, "got uid -5"),
+        ({"gid": 2**32}, "got gid 4294967296"),
+    ],
+)
+def test_an_owner_outside_u32_is_a_parse_error(tmp_path: Path, member: dict[str, int], message: str) -> None:
+    """Found by the fuzz2 mutation campaign: a protected member whose pax uid/gid does not fit
+    the manifest's u32 raised struct.error out of sconify. Now a ParseError naming the path,
+    and no output is left."""
+    img = Image(
+        [[*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755),
+          M("app/conf.txt", data=S_FINAL, **member)]],  # type: ignore[arg-type]
+        entrypoint=["/app/run.sh"],
+    )  # fmt: skip
+    with pytest.raises(ParseError, match=f"'app/conf.txt': {message}, expected 0..4294967295"):
+        run(tmp_path, img, protect=["/app"])
+    assert not (tmp_path / "out").exists()
+    # The same owner outside the protected paths is copied as the image has it.
+    res = run(tmp_path, img, protect=["/app/run.sh"])
+    assert res.files == 1
+
+
+def test_a_huge_pax_mtime_is_clamped_in_the_volume(tmp_path: Path) -> None:
+    """Found by the fuzz2 mutation campaign: pax ``mtime="1e300"`` raised OverflowError."""
+    img = Image(
+        [[*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755),
+          M("app/conf.txt", data=S_FINAL, pax_mtime="1e300"), M("app/old", data=b"x", pax_mtime="-1e300")]],
+        entrypoint=["/app/run.sh"],
+    )  # fmt: skip
+    res = run(tmp_path, img, protect=["/app"])
+    vol = extract_volume(tmp_path / "out", tmp_path / "x")
+    recorded = {e.path: e.mtime_ns for e in load_sealed(vol, KEY, res.volume_tag)[0].entries}
+    assert (recorded["app/conf.txt"], recorded["app/old"]) == (2**63 - 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("member", "pax", "message"),
+    [
+        ("etc/x", {"GNU.sparse.size": "0x10"}, "malformed extended header"),  # tarfile: int() -> ValueError
+        ("app/conf.txt", {"GNU.sparse.realsize": " "}, "malformed extended header"),
+        ("etc/x", {"GNU.sparse.major": "0", "GNU.sparse.minor": "1", "GNU.sparse.map": "1,x"}, "malformed"),
+        ("etc/x", {"size": "-1"}, "'etc/x' has size -1, expected at least 0"),  # was OSError in pass 2
+        ("app/conf.txt", {"size": "-1"}, "'app/conf.txt' has size -1"),
+    ],
+)
+def test_hostile_pax_records_are_parse_errors(
+    tmp_path: Path, member: str, pax: dict[str, str], message: str
+) -> None:
+    """Found by the fuzz2 mutation campaign: tarfile raised ValueError for GNU sparse records it
+    cannot read, and took a negative pax ``size`` (OSError when the layer was rewritten)."""
+    members = [
+        *PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755),
+        M("app/conf.txt", data=S_FINAL), M("etc/", "d"), M("etc/x", data=b"x"),
+    ]  # fmt: skip
+    hostile = [replace(m, pax=pax) if m.name == member else m for m in members]
+    with pytest.raises(ParseError, match=message):
+        run(tmp_path, Image([hostile], entrypoint=["/app/run.sh"]), protect=["/app"])
+    assert not (tmp_path / "out").exists()
+    assert run(tmp_path / "ok", Image([members], entrypoint=["/app/run.sh"]), protect=["/app"]).files == 2
+
+
+def test_mutated_pax_records_only_raise_confide_errors(tmp_path: Path) -> None:
+    """Mutation campaign, bounded (fixed seed, 16 images): hostile pax records on a protected
+    or an unprotected member; sconify succeeds or raises a confide error."""
+    import random
+
+    from confide.errors import ConfideError
+
+    rng = random.Random("fuzz2/sconify-pax")
+    values = ["1e300", "-1e300", "nan", "inf", "-1", "4294967296", "99999999999999999999", "1.5", "", " ",
+              "0x10", "\u0661", "18446744073709551616", "a/../../b", "/abs"]  # fmt: skip
+    keys = ["mtime", "uid", "gid", "atime", "uname", "size", "linkpath", "path", "GNU.sparse.size",
+            "GNU.sparse.realsize", "GNU.sparse.map", "SCHILY.xattr.user.x"]  # fmt: skip
+    members = [
+        *PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755),
+        M("app/conf.txt", data=S_FINAL), M("app/l", "l", link="conf.txt"), M("etc/", "d"), M("etc/x", data=b"x"),
+    ]  # fmt: skip
+    for i in range(16):
+        target = rng.choice(["app/conf.txt", "app/", "app/l", "etc/x"])
+        pax = {rng.choice(keys): rng.choice(values) for _ in range(rng.randrange(1, 3))}
+        hostile = [replace(m, pax=pax) if m.name == target else m for m in members]
+        try:
+            run(tmp_path / str(i), Image([hostile], entrypoint=["/app/run.sh"]), protect=["/app"])
+        except ConfideError:
+            assert not (tmp_path / str(i) / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_non_finite_pax_mtime_outside_the_protected_paths_is_copied(tmp_path: Path, value: str) -> None:
+    """Found by the fuzz2 mutation campaign: rewriting a layer whose unprotected member has a
+    pax mtime tarfile reads as a non-finite float raised ValueError/OverflowError."""
+    img = Image(
+        [[*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755),
+          M("etc/", "d"), M("etc/x", data=b"x", pax={"mtime": value})]],
+        entrypoint=["/app/run.sh"],
+    )  # fmt: skip
+    assert run(tmp_path, img, protect=["/app"]).files == 1
+
+
+def test_a_member_larger_than_the_layer_is_a_parse_error_not_a_hang(tmp_path: Path) -> None:
+    """Found by the fuzz2 mutation campaign: a pax size of 2**63 made tarfile skip the data
+    block by block past the end of the stream, for ever."""
+    img = Image(
+        [[*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755),
+          M("etc/", "d"), M("etc/x", data=b"x", pax={"size": str(2**63)})]],
+        entrypoint=["/app/run.sh"],
+    )  # fmt: skip
+    with pytest.raises(ParseError, match="a tar member is larger than the layer"):
+        run(tmp_path, img, protect=["/app"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import struct
 
@@ -214,3 +215,22 @@ def test_nonces_differ_per_chunk_and_keys_per_file() -> None:
     zero = bytes(64)
     assert a.seal(zero, 0, False) != a.seal(zero, 1, False)
     assert a.seal(zero, 0, False) != b.seal(zero, 0, False)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"uid": 2**32}, "got uid 4294967296"),
+        ({"gid": -1}, "got gid -1"),
+        ({"mode": 0o10000}, "got mode 4096, expected 0..4095"),
+    ],
+)
+def test_encoding_an_owner_or_mode_out_of_range_is_a_parse_error(
+    change: dict[str, int], message: str
+) -> None:
+    """The encoder checks the u32 fields (and mode <= 0o7777, which the parser requires) before
+    packing them: a ParseError naming the entry, not struct.error (fuzz2 campaign)."""
+    entry = Entry("a", EntryKind.DIR, 0o755, 1, 2)
+    with pytest.raises(ParseError, match=f"entries\\[0\\]\\.{next(iter(change))}: 'a': {message}"):
+        encode_manifest(_manifest((dataclasses.replace(entry, **change),)), KEY)
+    assert decode_manifest(encode_manifest(_manifest((entry,)), KEY), KEY).entries == (entry,)

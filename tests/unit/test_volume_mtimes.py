@@ -453,3 +453,55 @@ def test_tar_mtime_from_a_real_pax_stream(tmp_path: Path) -> None:
     with tarfile.open(fileobj=buf, mode="r") as tf:
         (member,) = tf.getmembers()
     assert tar_mtime_ns(member) == 1_234_567_890 * NS + 1
+
+
+def _pax_member(mtime: str) -> tarfile.TarInfo:
+    import io
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("f")
+        ti.pax_headers = {"mtime": mtime}
+        tf.addfile(ti, io.BytesIO(b""))
+    buf.seek(0)
+    with tarfile.open(fileobj=buf, mode="r") as tf:
+        (member,) = tf.getmembers()
+    return member
+
+
+@pytest.mark.parametrize(
+    ("pax", "clamped"),
+    [("1e300", vf.MAX_MTIME_NS), ("-1e300", 0), ("1.7e308", vf.MAX_MTIME_NS), ("1e9", 10**18)],
+)
+def test_a_huge_finite_pax_mtime_is_clamped_not_a_crash(pax: str, clamped: int) -> None:
+    """Found by the mutation campaign: tarfile reads pax ``mtime="1e300"`` as the float 1e300
+    (not POSIX's decimal form, so not read exactly), and ``1e300 * 10**9`` overflowed to
+    infinity: ``math.floor`` raised OverflowError out of sconify. Now exact (a fraction)."""
+    ns = tar_mtime_ns(_pax_member(pax))
+    assert isinstance(ns, int) and vf.clamp_mtime_ns(ns) == clamped
+
+
+def test_mutated_pax_mtimes_never_raise() -> None:
+    """Mutation campaign, bounded (fixed seed, 300 values): any pax ``mtime`` text gives an
+    integer, which the format's clamp puts in range."""
+    import random
+
+    rng = random.Random(20261205)
+    alphabet = "0123456789.-+eE_ naifINF\u0661\uff11x"
+    seeds = ["1700000000.123456789", "-1.5", "1e300", "nan", "0"]
+    for _ in range(300):
+        text = list(rng.choice(seeds))
+        for _ in range(rng.randrange(1, 4)):
+            at = rng.randrange(len(text) + 1)
+            op = rng.randrange(3)
+            if op == 0:
+                text.insert(at, rng.choice(alphabet))
+            elif op == 1 and at < len(text):
+                text[at] = rng.choice(alphabet)
+            elif text:
+                del text[min(at, len(text) - 1)]
+        value = "".join(text)
+        if not value or (value != value.strip() and "\n" in value):
+            continue
+        ns = tar_mtime_ns(_pax_member(value))
+        assert isinstance(ns, int) and 0 <= vf.clamp_mtime_ns(ns) <= vf.MAX_MTIME_NS, value

@@ -98,6 +98,9 @@ class HashingReader:
         return got
 
 
+_MAX_READS_PAST_END = 64
+
+
 class DecompressingReader:
     """Decompress a gzip, zstd or plain tar stream (detected by magic), hashing the output.
 
@@ -116,6 +119,7 @@ class DecompressingReader:
         self._buf = b""
         self._pos = 0
         self._eof = False
+        self._reads_past_end = 0
         self._more = False  # the decompressor holds output without needing input
         self._pending = raw.read(4)
         self._d: Any = None
@@ -196,6 +200,16 @@ class DecompressingReader:
         while n > 0:
             if self._pos >= len(self._buf):
                 if self._eof:
+                    # tarfile skips a member's data in stream mode by reading block after
+                    # block, and does not stop at the end: a header declaring 2**63 bytes
+                    # (a pax "size" record) looped for ever (found by the fuzz2 campaign).
+                    # A reader reads at the end a few times, not thousands.
+                    self._reads_past_end += 1
+                    if self._reads_past_end > _MAX_READS_PAST_END:
+                        raise ParseError(
+                            "read past the end of the data: a tar member is larger than the layer",
+                            field=self._what,
+                        )
                     break
                 chunk = self._next_chunk()
                 self.count += len(chunk)

@@ -24,6 +24,7 @@ import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import IO
 
 from confide.errors import ParseError, UsageError
@@ -127,7 +128,9 @@ def tar_mtime_ns(info: tarfile.TarInfo) -> int:
             return -ns if sign else ns
     value = info.mtime
     if isinstance(value, float):
-        return math.floor(value * _NS) if math.isfinite(value) else 0
+        # Exact, as a fraction: a finite float such as 1e300 (tarfile's float() of a pax "1e300")
+        # overflows a float multiplication to infinity.
+        return math.floor(Fraction(value) * _NS) if math.isfinite(value) else 0
     return int(value) * _NS
 
 
@@ -173,7 +176,13 @@ class _BoundedTarInfo(tarfile.TarInfo):
                 f"got a {self.size}-byte extended header, expected at most {MAX_HEADER}",
                 structure="layer tar",
             )
-        member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        try:
+            member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        except ValueError as exc:
+            # tarfile parses most pax numbers leniently (0 when malformed) but not the GNU
+            # sparse records ("GNU.sparse.size", ".realsize", ".map", the 1.0 map in the data):
+            # int() of a hostile text raises ValueError (found by the fuzz2 mutation campaign).
+            raise ParseError(f"malformed extended header: {exc}", structure="layer tar") from None
         return member
 
 
@@ -323,6 +332,11 @@ def _members(layer: Layer, tf: tarfile.TarFile) -> Iterator[tuple[int, str, tarf
             kept.clear()  # stream mode keeps every TarInfo otherwise (memory grows per member)
         if ordinal >= MAX_MEMBERS:
             raise ParseError(f"more than {MAX_MEMBERS} members", structure=f"layer {layer.index}")
+        if info.size < 0:  # a pax "size" record is any integer (fuzz2 mutation campaign)
+            raise ParseError(
+                f"member {info.name!r} has size {info.size}, expected at least 0",
+                structure=f"layer {layer.index}",
+            )
         if info.type not in _KINDS and info.type != tarfile.LNKTYPE and not info.issparse():
             raise ParseError(
                 f"member {info.name!r} has tar type {info.type!r}, expected a file, directory, link, device",
@@ -427,6 +441,11 @@ def rewrite_layer(
                 if info.issparse():  # written out expanded, as a regular file
                     info.type, info.sparse = tarfile.REGTYPE, None
                 data = tf.extractfile(info) if info.isreg() else None
+                if isinstance(info.mtime, float) and not math.isfinite(info.mtime):
+                    # tarfile's writer rounds a float mtime (ValueError for a pax "nan",
+                    # OverflowError for "inf"; fuzz2 campaign); the ustar field gets 0 and
+                    # the member's own pax record is copied as it was.
+                    info.mtime = 0
                 tw.addfile(info, data)
                 if progress is not None and dr.count - before > (1 << 22):
                     progress(dr.count - before)

@@ -103,6 +103,7 @@ READABLE_VERSIONS = (1, 2)
 # (2262-04-11T23:47:16.854775807Z) so that every value fits a signed 64-bit nanosecond clock
 # (Linux ktime_t, Python's st_mtime_ns, a FUSE timespec) on every consumer.
 MAX_MTIME_NS = 2**63 - 1
+_U32_MAX = 2**32 - 1
 MANIFEST_MAGIC = b"CFDVOLM1"
 CHUNK_AAD_MAGIC = b"CFDVCHK1"
 ROOT_MAGIC = b"CFDVROOT"
@@ -480,6 +481,16 @@ def check_entries(entries: tuple[Entry, ...]) -> None:
                 f"got {e.mtime_ns}, expected 0..2**63 - 1 ns", structure="volume manifest",
                 field=f"entries[{i}].mtime_ns",
             )  # fmt: skip
+        # docs/volume-format.md, "Manifest": mode u32 (<= 0o7777), uid u32, gid u32. A tar
+        # header's pax uid/gid record (sconify) can hold any integer: a ParseError here, not a
+        # struct.error from the encoder (found by the fuzz2 mutation campaign).
+        limits = (("mode", e.mode, 0o7777), ("uid", e.uid, _U32_MAX), ("gid", e.gid, _U32_MAX))
+        for name, value, limit in limits:
+            if not 0 <= value <= limit:
+                raise ParseError(
+                    f"{e.path!r}: got {name} {value}, expected 0..{limit}", structure="volume manifest",
+                    field=f"entries[{i}].{name}",
+                )  # fmt: skip
         key = e.path.encode("utf-8")
         if prev is not None and key <= prev:
             what = "duplicate" if key == prev else "unsorted"
