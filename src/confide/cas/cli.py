@@ -167,7 +167,7 @@ def cas_serve(
 
 
 @cas.command("rotate-master-key")
-@click.option("--data-dir", type=_PATH, required=True, help="The stopped CAS's state directory.")
+@click.option("--data-dir", type=_PATH, required=True, help="The CAS's state directory.")
 @click.option("--db", "db_url", help="Database URL, as given to cas serve (default: SQLite in --data-dir).")
 @click.option(
     "--seal",
@@ -182,9 +182,32 @@ def cas_serve(
     help="What protects the new key (default: the same as --seal). From --seal file to a provider: "
     "the CAS moves to sealing with a key that was never written in plain.",
 )
-def cas_rotate_master_key(data_dir: Path, db_url: str | None, seal: str, to_seal: str | None) -> None:
-    """Replace the master key of a stopped CAS: every secret, the TLS key and the log key are
-    re-sealed under a new key, crash-safely; prints the new key id (docs/cas.md)."""
+@click.option(
+    "--online",
+    is_flag=True,
+    help="Ask the running CAS on --data-dir to rotate while it serves (over its admin socket; "
+    "the only CAS on its database; its own --seal and --db). Waits until it has finished.",
+)
+def cas_rotate_master_key(
+    data_dir: Path, db_url: str | None, seal: str, to_seal: str | None, online: bool
+) -> None:
+    """Replace the master key: every secret, the TLS key and the log key are re-sealed under a
+    new key, crash-safely; prints the new key id (docs/cas.md). Without --online the CAS must be
+    stopped (every replica)."""
+    if online:
+        ctx = click.get_current_context()
+        given = [
+            f"--{n.replace('_', '-')}"
+            for n in ("db_url", "seal", "to_seal")
+            if ctx.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            raise UsageError(
+                f"--online uses the running CAS's own --seal and --db: {', '.join(given)} cannot be given "
+                "(to change how the key is sealed, rotate offline with --to-seal)"
+            )
+        _rotate_online(data_dir)
+        return
     from confide.cas.db import Database
     from confide.cas.ledger_sink import LedgerEventSink
     from confide.cas.rotation import rotate_master_key
@@ -211,6 +234,28 @@ def cas_rotate_master_key(data_dir: Path, db_url: str | None, seal: str, to_seal
         err=True,
     )
     click.echo(result.new_key_id)
+
+
+def _rotate_online(data_dir: Path) -> None:
+    import time
+
+    from confide.cas.admin import request
+
+    status = request(data_dir, {"op": "rotate-master-key"})["status"]
+    while status.get("state") == "running":
+        time.sleep(0.5)
+        status = request(data_dir, {"op": "rotation-status"})["status"]
+    if status.get("state") != "done":
+        raise UsageError(
+            f"the online rotation failed: {status.get('error')} (the CAS resumes it at its next start)"
+        )
+    click.echo(
+        f"master key rotated online: {status['old_key_id']} -> {status['new_key_id']}; "
+        f"{status['resealed']} secrets re-sealed in {status['batches']} batches; "
+        f"ledger entry {status['event_seq'] - 1} (key.rotated)",
+        err=True,
+    )
+    click.echo(status["new_key_id"])
 
 
 _CAS_TOLERANCES = (
