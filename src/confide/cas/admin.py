@@ -6,7 +6,9 @@ There is no network listener: the HTTPS API has no administrative operation, so 
 can only reach the CAS over the network can start one, whatever credentials they hold.
 
 Protocol: the client sends one JSON object on one line (at most :data:`MAX_REQUEST` bytes),
-``{"op": "rotate-master-key"}`` or ``{"op": "rotation-status"}``, and gets one line back:
+``{"op": "rotate-master-key"}`` (optionally with ``"batch_size"``: rows per transaction, and
+``"pause_ms"``: milliseconds between batches) or ``{"op": "rotation-status"}``, and gets one
+line back:
 ``{"ok": true, "status": {...}}`` or ``{"ok": false, "error": "..."}``. The input is hostile:
 bounded, read with a timeout, anything but the two requests is refused.
 """
@@ -130,12 +132,20 @@ class AdminChannel:
 
     def _answer(self, req: Any) -> dict[str, Any]:
         op = req.get("op") if isinstance(req, dict) else None
-        if not isinstance(req, dict) or set(req) != {"op"}:
-            return {"ok": False, "error": 'expected {"op": ...} and nothing else'}
+        allowed = {"op", "batch_size", "pause_ms"} if op == "rotate-master-key" else {"op"}
+        if not isinstance(req, dict) or not set(req) <= allowed:
+            return {"ok": False, "error": f"expected only {sorted(allowed)}"}
+        batch, pause = req.get("batch_size"), req.get("pause_ms")
+        for value in (batch, pause):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                return {"ok": False, "error": "batch_size and pause_ms are integers"}
         try:
             if op == "rotate-master-key":
-                _LOG.info(json.dumps({"event": "admin-request", "op": op}))
-                return {"ok": True, "status": self.rotation.start().to_json()}
+                _LOG.info(
+                    json.dumps({"event": "admin-request", "op": op, "batch_size": batch, "pause_ms": pause})
+                )
+                seconds = None if pause is None else pause / 1000
+                return {"ok": True, "status": self.rotation.start(batch_size=batch, pause=seconds).to_json()}
             if op == "rotation-status":
                 return {"ok": True, "status": self.rotation.status.to_json()}
         except ConfideError as exc:
@@ -180,13 +190,17 @@ def request(data_dir: Path, req: dict[str, Any], *, timeout: float = _TIMEOUT) -
         finally:
             if fd is not None:
                 os.close(fd)
-        sock.sendall(json.dumps(req).encode() + b"\n")
+        with contextlib.suppress(OSError):  # a CAS that refuses may close first: read its reply
+            sock.sendall(json.dumps(req).encode() + b"\n")
         buf = b""
-        while b"\n" not in buf and len(buf) <= 1 << 16:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            buf += chunk
+        try:
+            while b"\n" not in buf and len(buf) <= 1 << 16:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                buf += chunk
+        except OSError as exc:
+            raise UsageError(f"the CAS's admin channel failed: {exc.strerror or exc}") from None
     try:
         reply = json.loads(buf.split(b"\n", 1)[0])
     except ValueError:

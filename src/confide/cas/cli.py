@@ -188,8 +188,24 @@ def cas_serve(
     help="Ask the running CAS on --data-dir to rotate while it serves (over its admin socket; "
     "the only CAS on its database; its own --seal and --db). Waits until it has finished.",
 )
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 10_000),
+    help="--online: secrets re-sealed per transaction (default 100).",
+)
+@click.option(
+    "--batch-pause-ms",
+    type=click.IntRange(0, 10_000),
+    help="--online: milliseconds between batches, for the attestations (default 5).",
+)
 def cas_rotate_master_key(
-    data_dir: Path, db_url: str | None, seal: str, to_seal: str | None, online: bool
+    data_dir: Path,
+    db_url: str | None,
+    seal: str,
+    to_seal: str | None,
+    online: bool,
+    batch_size: int | None,
+    batch_pause_ms: int | None,
 ) -> None:
     """Replace the master key: every secret, the TLS key and the log key are re-sealed under a
     new key, crash-safely; prints the new key id (docs/cas.md). Without --online the CAS must be
@@ -206,8 +222,10 @@ def cas_rotate_master_key(
                 f"--online uses the running CAS's own --seal and --db: {', '.join(given)} cannot be given "
                 "(to change how the key is sealed, rotate offline with --to-seal)"
             )
-        _rotate_online(data_dir)
+        _rotate_online(data_dir, batch_size, batch_pause_ms)
         return
+    if batch_size is not None or batch_pause_ms is not None:
+        raise UsageError("--batch-size and --batch-pause-ms are for --online (offline: one transaction)")
     from confide.cas.db import Database
     from confide.cas.ledger_sink import LedgerEventSink
     from confide.cas.rotation import rotate_master_key
@@ -236,12 +254,17 @@ def cas_rotate_master_key(
     click.echo(result.new_key_id)
 
 
-def _rotate_online(data_dir: Path) -> None:
+def _rotate_online(data_dir: Path, batch_size: int | None, pause_ms: int | None) -> None:
     import time
 
     from confide.cas.admin import request
 
-    status = request(data_dir, {"op": "rotate-master-key"})["status"]
+    req: dict[str, object] = {"op": "rotate-master-key"}
+    if batch_size is not None:
+        req["batch_size"] = batch_size
+    if pause_ms is not None:
+        req["pause_ms"] = pause_ms
+    status = request(data_dir, req)["status"]
     while status.get("state") == "running":
         time.sleep(0.5)
         status = request(data_dir, {"op": "rotation-status"})["status"]

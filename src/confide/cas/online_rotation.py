@@ -79,9 +79,11 @@ from confide.cas.secrets import Sealer, row_key_id
 from confide.errors import ConfideError, StorageError, UsageError
 from confide.fsutil import write_atomic
 
-__all__ = ["DEFAULT_BATCH", "OnlineRotation", "RotationStatus", "add_pending_key"]
+__all__ = ["DEFAULT_BATCH", "MAX_BATCH", "MAX_PAUSE", "OnlineRotation", "RotationStatus", "add_pending_key"]
 
 DEFAULT_BATCH = 100
+MAX_BATCH = 10_000
+MAX_PAUSE = 10.0
 _LOG = logging.getLogger("confide.cas")
 
 Step = Callable[[str], None]
@@ -160,12 +162,21 @@ class OnlineRotation:
         """Whether the database names the new key of a rotation not yet switched over."""
         return stored_next_key_id(self.database) is not None
 
-    def start(self) -> RotationStatus:
-        """Start (or resume) the rotation in a background thread; returns its status. A
-        :class:`~confide.errors.UsageError` if one is already running in this CAS."""
+    def start(self, *, batch_size: int | None = None, pause: float | None = None) -> RotationStatus:
+        """Start (or resume) the rotation in a background thread, optionally with another
+        ``batch_size`` (rows per transaction) and ``pause`` (seconds between batches); returns
+        its status. A :class:`~confide.errors.UsageError` if one is already running here."""
+        if batch_size is not None and not 1 <= batch_size <= MAX_BATCH:
+            raise UsageError(f"batch size: got {batch_size}, expected 1..{MAX_BATCH}")
+        if pause is not None and not 0 <= pause <= MAX_PAUSE:
+            raise UsageError(f"pause: got {pause} s, expected 0..{MAX_PAUSE}")
         with self._mutex:
             if self._thread is not None and self._thread.is_alive():
                 raise UsageError("a master-key rotation is already running in this CAS")
+            if batch_size is not None:
+                self.batch_size = batch_size
+            if pause is not None:
+                self.pause = pause
             self.status = RotationStatus(state="running", started_at=time.time())
             self._thread = threading.Thread(target=self._background, name="cas-key-rotation", daemon=True)
             self._thread.start()
