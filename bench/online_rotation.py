@@ -1,8 +1,8 @@
 """Benchmark: attestations of a served CAS (SQLite) while it rotates its master key online,
 next to the same load while it does not (docs/cas.md "Online rotation").
 
-The CAS runs as its own process (``cas serve --dev``) with one policy of ``--secrets`` stored
-secrets; ``--clients`` closed-loop threads attest against it (fresh TLS connection, nonce,
+The CAS runs as its own process (``cas serve --dev``) with ``--secrets`` stored secrets (in
+policies of 400, the attested one among them); ``--clients`` closed-loop threads attest against it (fresh TLS connection, nonce,
 simulated evidence, attestation, decryption of the release) for the whole run. Windows
 alternate: ``--window`` seconds idle, then one online rotation (``--batch-size`` rows per
 transaction, ``--pause-ms`` between batches) timed from the request until the CAS reports it
@@ -40,9 +40,12 @@ from confide.sim.platform import SimPlatform  # noqa: E402
 MEASUREMENT = "ab" * 48
 
 
-def policy(n: int) -> str:
+PER_POLICY = 400  # a policy's ledger entry is at most 64 KiB
+
+
+def policy(name: str, n: int) -> str:
     secrets = "".join(f"  - name: s{i}\n    kind: ascii\n" for i in range(n))
-    return f"""name: bench
+    return f"""name: {name}
 version: "0.3"
 services:
   - name: app
@@ -101,7 +104,10 @@ def run(work: Path, env: dict[str, str], args: argparse.Namespace) -> None:
     url, cert = env["CONFIDE_CAS_URL"], Path(env["CONFIDE_CAS_CERT"])
     platform = SimPlatform.load(Path(env["CONFIDE_SIM_DIR"]))
     with CasClient(url, cert, timeout=120) as c:
-        c.apply(loads_policy(policy(args.secrets)), Identity.generate())
+        owner = Identity.generate()
+        for i in range(0, args.secrets, PER_POLICY):
+            name = "bench" if i == 0 else f"bench{i // PER_POLICY}"
+            c.apply(loads_policy(policy(name, min(PER_POLICY, args.secrets - i))), owner)
     done: list[tuple[float, float]] = []  # (end time, latency)
     errors: list[BaseException] = []
     stop = threading.Event()
