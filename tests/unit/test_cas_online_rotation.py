@@ -408,4 +408,26 @@ def test_a_second_cas_on_the_directory_does_not_take_over_the_socket(
     other = admin.AdminChannel(s.data, rotation(s, cas))
     with pytest.raises(UsageError, match="another CAS process"):
         other.start()
+    assert other.start(required=False) is False  # cas serve: serves on, without the channel
     assert admin.request(s.data, {"op": "rotation-status"})["ok"]
+
+
+def test_a_directory_without_sockets_serves_without_the_channel(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    where = tmp_path / ("d" * 200)  # too long for sun_path: bound through /proc/self/fd
+    where.mkdir()
+    s = make_setup(tmp_path, None, None)
+    cas = start(s)
+    try:
+        ch = admin.AdminChannel(where, rotation(s, cas))
+        assert ch.start() is True
+        assert admin.request(where, {"op": "rotation-status"})["status"]["state"] == "idle"
+        ch.stop()
+        assert not ch.path.exists()
+        (where / admin.SOCKET_NAME).mkdir()  # not a socket, and in the way
+        ch = admin.AdminChannel(where, rotation(s, cas))
+        assert ch.start(required=False) is False
+        assert "admin-channel-unavailable" in caplog.text
+    finally:
+        cas.db.dispose()

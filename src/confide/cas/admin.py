@@ -62,7 +62,21 @@ class AdminChannel:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
-    def start(self) -> None:
+    def start(self, *, required: bool = True) -> bool:
+        """Listen on the socket; returns whether it does. When it cannot (another CAS process
+        serves it, or the directory does not take sockets) and not ``required``, the CAS
+        serves without the channel (no online rotation; logged), as it did before it existed."""
+        try:
+            self._start()
+        except (UsageError, OSError) as exc:
+            if required:
+                raise
+            reason = str(exc) if isinstance(exc, UsageError) else (exc.strerror or type(exc).__name__)
+            _LOG.warning(json.dumps({"event": "admin-channel-unavailable", "reason": reason}))
+            return False
+        return True
+
+    def _start(self) -> None:
         if self.path.exists() or self.path.is_symlink():
             if self._answers():
                 raise UsageError(

@@ -538,7 +538,7 @@ def _serve(
     # docs/cas.md "Online rotation": the admin channel, and a rotation a crash interrupted resumes.
     rotation = OnlineRotation(data_dir, cas.db, cas.sealer, seal, cas.events, lock)
     admin = AdminChannel(data_dir, rotation)
-    admin.start()
+    admin.start(required=False)
     if rotation.in_progress():
         rotation.start()
     checkpointer = Checkpointer(cas, signer, witnesses=witnesses, witness_tls=witness_tls)
