@@ -342,13 +342,26 @@ def test_admin_socket_refuses_bad_requests(
     assert s.stored_id() == master_key_id(s.old_key)  # nothing rotated
 
 
-def test_admin_socket_bounds_the_request(channel: tuple[Setup, Cas, admin.AdminChannel]) -> None:
-    _s, _cas, ch = channel
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (b"x" * (admin.MAX_REQUEST + 10), "longer than"),
+        (b"[" * 4000 + b"\n", "bad request"),
+        (b"\xff\xfe{}\n", "bad request"),
+        (b"", "bad request"),
+    ],
+)
+def test_admin_socket_treats_the_request_as_hostile(
+    channel: tuple[Setup, Cas, admin.AdminChannel], raw: bytes, error: str
+) -> None:
+    s, _cas, ch = channel
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(str(ch.path))
-        sock.sendall(b"x" * (admin.MAX_REQUEST + 10))
+        sock.sendall(raw)
+        sock.shutdown(socket.SHUT_WR)
         reply = json.loads(sock.makefile("rb").readline())
-    assert reply["ok"] is False and "longer than" in reply["error"]
+    assert reply["ok"] is False and error in reply["error"]
+    assert admin.request(s.data, {"op": "rotation-status"})["ok"]  # still serving
 
 
 def test_no_cas_no_socket(tmp_path: Path) -> None:

@@ -125,8 +125,13 @@ class AdminChannel:
                 continue
             except OSError:
                 return
-            with conn, contextlib.suppress(OSError):
-                self._handle(conn)
+            with conn:
+                try:
+                    self._handle(conn)
+                except OSError:
+                    pass
+                except Exception as exc:  # the channel outlives any one request
+                    _LOG.warning(json.dumps({"event": "admin-request-failed", "error": type(exc).__name__}))
 
     def _handle(self, conn: socket.socket) -> None:
         conn.settimeout(_TIMEOUT)
@@ -139,7 +144,7 @@ class AdminChannel:
             return
         try:
             req = json.loads(_read_line(conn))
-        except (ValueError, UsageError) as exc:
+        except (ValueError, RecursionError, UsageError) as exc:
             conn.sendall(_reply({"ok": False, "error": f"bad request: {exc}"[:200]}))
             return
         conn.sendall(_reply(self._answer(req)))
