@@ -37,6 +37,11 @@ pending key that cannot be opened with this ``--seal`` while the current key is 
 database's, or a database that names no key) is a :class:`~confide.errors.UsageError` that
 changes nothing. A key file is destroyed only once the other key is durable and named by the
 committed database, so there is always exactly one key that opens the database's secrets.
+
+**Online rotation** (:mod:`confide.cas.online_rotation`) uses the same pending files and the
+same roll-forward, and one more ``meta`` row, ``master_key_next``: while it names the pending
+key, rows may be sealed under either key, so the pending key is kept (never rolled back), a
+start opens both, and the offline rotation refuses to run.
 """
 
 from __future__ import annotations
