@@ -444,3 +444,46 @@ def test_a_directory_without_sockets_serves_without_the_channel(
         assert "admin-channel-unavailable" in caplog.text
     finally:
         cas.db.dispose()
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def cli(*args: str) -> tuple[object, str]:
+    from click.testing import CliRunner
+
+    from confide.cas.cli import cas as cas_group
+
+    result = CliRunner().invoke(cas_group, ["rotate-master-key", *args])
+    return result.exception, result.stdout
+
+
+def test_cli_rotates_the_running_cas_online(channel: tuple[Setup, Cas, admin.AdminChannel]) -> None:
+    s, *_ = channel
+    exc, out = cli("--online", "--data-dir", str(s.data), "--batch-size", "2", "--batch-pause-ms", "0")
+    assert exc is None, exc
+    assert out.strip() == assert_settled(s) != master_key_id(s.old_key)
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("--seal", "gramine"), "--seal cannot be given"),
+        (("--to-seal", "gramine"), "--to-seal cannot be given"),
+        (("--db", "sqlite:///x"), "--db cannot be given"),
+    ],
+)
+def test_cli_online_takes_the_running_cas_own_options(
+    channel: tuple[Setup, Cas, admin.AdminChannel], args: tuple[str, ...], error: str
+) -> None:
+    s, *_ = channel
+    exc, _ = cli("--online", "--data-dir", str(s.data), *args)
+    assert isinstance(exc, UsageError) and error in str(exc)
+    assert s.stored_id() == master_key_id(s.old_key)
+
+
+def test_cli_online_without_a_cas_and_batch_options_offline_are_refused(tmp_path: Path) -> None:
+    exc, _ = cli("--online", "--data-dir", str(tmp_path))
+    assert isinstance(exc, UsageError) and "cannot reach the CAS" in str(exc)
+    exc, _ = cli("--data-dir", str(tmp_path), "--batch-size", "5")
+    assert isinstance(exc, UsageError) and "are for --online" in str(exc)

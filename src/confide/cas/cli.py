@@ -213,8 +213,8 @@ def cas_rotate_master_key(
     if online:
         ctx = click.get_current_context()
         given = [
-            f"--{n.replace('_', '-')}"
-            for n in ("db_url", "seal", "to_seal")
+            flag
+            for n, flag in (("db_url", "--db"), ("seal", "--seal"), ("to_seal", "--to-seal"))
             if ctx.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT
         ]
         if given:
