@@ -21,8 +21,6 @@ not to be asked while the benchmark runs.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -31,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _interleave import interleaved
+from _interleave import ab_options, best_interleaved, per_second, print_result, warm_attestation
 
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral.dcap import PcsHttpSource
@@ -44,11 +42,7 @@ AT = datetime(2025, 6, 19, 11, 0, tzinfo=UTC)  # inside the phala TDX collateral
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=2.0, help="length of each round")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds (best counts)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    args = ap.parse_args()
+    args = ab_options(__doc__)
 
     case = next(c for c in CASES if c.quote == "tdx/phala-dcap-qvl/tdx_quote")
     quote = case.quote_bytes()
@@ -72,32 +66,19 @@ def main() -> int:
         def verify_disk() -> object:
             return disk.verify(Platform.TDX, quote, {}, at=AT)
 
-        def verify_memory() -> object:
-            # What the CAS does per attestation: the job finds the collateral in memory (nothing
-            # to fetch) and hands it to the verification.
-            job = memory.collateral_job(Platform.TDX, quote, {}, at=AT)
-            if job is None or job.fetch is not None:
-                raise AssertionError("the collateral is not in memory")
-            return memory.verify(Platform.TDX, quote, {}, at=AT, prefetched=job.found)
-
-        best = (float("inf"), float("inf"))
-        for _ in range(args.rounds):
-            got = interleaved(verify_disk, verify_memory, args.seconds)
-            best = (min(best[0], got[0]), min(best[1], got[1]))
+        # What the CAS does per attestation: the job finds the collateral in memory (nothing to
+        # fetch) and hands it to the verification.
+        verify_memory = warm_attestation(memory, Platform.TDX, quote, {}, AT, "the collateral")
+        t_disk, t_memory = best_interleaved(verify_disk, verify_memory, args)
         assert len(pcs.requests) == asked  # nothing was fetched while measuring
-    t_disk, t_memory = best
-    result = {
-        "disk_per_s": round(1 / t_disk, 1),
-        "memory_per_s": round(1 / t_memory, 1),
-        "memory_over_disk": round(t_memory / t_disk, 3),
-        "saved_us": round((t_disk - t_memory) * 1e6, 1),
+    result = per_second((t_disk, t_memory), "disk", "memory") | {
+        "saved_us": round((t_disk - t_memory) * 1e6, 1)
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"TDX quote verified, collateral from the disk cache: {result['disk_per_s']:>8} /s")
-        print(f"TDX quote verified, collateral from memory:         {result['memory_per_s']:>8} /s"
-              f"  ({result['memory_over_disk']}x the time, {result['saved_us']} us saved)")  # fmt: skip
+    print_result(result, args, (
+        "TDX quote verified, collateral from the disk cache: {disk_per_s:>8} /s",
+        "TDX quote verified, collateral from memory:         {memory_per_s:>8} /s"
+        "  ({memory_over_disk}x the time, {saved_us} us saved)",
+    ))  # fmt: skip
     return 0
 
 

@@ -24,8 +24,6 @@ is warm, and the source is asserted not to be asked while the benchmark runs).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _interleave import interleaved
+from _interleave import ab_options, interleaved, per_second, print_result, warm_attestation
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -66,11 +64,7 @@ class SignedHere:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=2.0, help="length of each round")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds (best counts)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    args = ap.parse_args()
+    args = ab_options(__doc__)
 
     now = datetime.now(UTC).replace(microsecond=0)
     sample = bytes.fromhex((ASSETS / "hopperAttestationReport.txt").read_text().strip())
@@ -102,11 +96,7 @@ def main() -> int:
     def verify_off() -> object:
         return off.verify(Platform.NVIDIA_GPU, report, aux, at=now)
 
-    def verify_cached() -> object:
-        job = on.collateral_job(Platform.NVIDIA_GPU, report, aux, at=now)
-        if job is None or job.fetch is not None:
-            raise AssertionError("a response is not cached")
-        return on.verify(Platform.NVIDIA_GPU, report, aux, at=now, prefetched=job.found)
+    verify_cached = warm_attestation(on, Platform.NVIDIA_GPU, report, aux, now, "a response")
 
     def verify_stapled() -> object:
         if stapled.collateral_job(Platform.NVIDIA_GPU, report, stapled_aux, at=now) is not None:
@@ -121,24 +111,18 @@ def main() -> int:
         best = [min(b, g) for b, g in zip(best, got, strict=True)]
     assert source.asked == 3  # the cache answered every time
     t_off, t_cached, t_cached2, t_stapled = best
-    result = {
-        "off_per_s": round(1 / t_off, 1),
-        "cached_per_s": round(1 / t_cached, 1),
-        "cached_over_off": round(t_cached / t_off, 3),
+    result = per_second((t_off, t_cached), "off", "cached") | {
         "ocsp_added_us": round((t_cached - t_off) * 1e6, 1),
         "stapled_per_s": round(1 / t_stapled, 1),
         "stapled_over_cached": round(t_stapled / t_cached2, 3),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"GPU report verified, revocation off:          {result['off_per_s']:>8} /s")
-        print(
-            f"GPU report verified, OCSP cached (3 certs):  {result['cached_per_s']:>8} /s"
-            f"  ({result['cached_over_off']}x the time, +{result['ocsp_added_us']} us)"
-        )
-        print(f"GPU report verified, OCSP stapled (3 certs): {result['stapled_per_s']:>8} /s"
-              f"  ({result['stapled_over_cached']}x the time of cached, same pair)")  # fmt: skip
+    print_result(result, args, (
+        "GPU report verified, revocation off:          {off_per_s:>8} /s",
+        "GPU report verified, OCSP cached (3 certs):  {cached_per_s:>8} /s"
+        "  ({cached_over_off}x the time, +{ocsp_added_us} us)",
+        "GPU report verified, OCSP stapled (3 certs): {stapled_per_s:>8} /s"
+        "  ({stapled_over_cached}x the time of cached, same pair)",
+    ))  # fmt: skip
     return 0
 
 

@@ -21,8 +21,6 @@ asserted not to be asked while the benchmark runs).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _interleave import interleaved
+from _interleave import ab_options, best_interleaved, per_second, print_result, warm_attestation
 
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral.nvidia_rim import rim_ids
@@ -55,11 +53,7 @@ class InMemory:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=2.0, help="length of each round")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds (best counts)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    args = ap.parse_args()
+    args = ab_options(__doc__)
 
     now = datetime.now(UTC).replace(microsecond=0)
     sample = bytes.fromhex((ASSETS / "hopperAttestationReport.txt").read_text().strip())
@@ -87,30 +81,17 @@ def main() -> int:
     def verify_off() -> object:
         return off.verify(Platform.NVIDIA_GPU, report, aux, at=now)
 
-    def verify_cached() -> object:
-        job = on.collateral_job(Platform.NVIDIA_GPU, report, aux, at=now)
-        if job is None or job.fetch is not None:
-            raise AssertionError("a RIM is not cached")
-        return on.verify(Platform.NVIDIA_GPU, report, aux, at=now, prefetched=job.found)
-
-    best = (float("inf"), float("inf"))
-    for _ in range(args.rounds):
-        got = interleaved(verify_off, verify_cached, args.seconds)
-        best = (min(best[0], got[0]), min(best[1], got[1]))
+    verify_cached = warm_attestation(on, Platform.NVIDIA_GPU, report, aux, now, "a RIM")
+    t_off, t_cached = best_interleaved(verify_off, verify_cached, args)
     assert source.asked == 2  # the cache answered every time
-    t_off, t_cached = best
-    result = {
-        "off_per_s": round(1 / t_off, 1),
-        "cached_per_s": round(1 / t_cached, 1),
-        "cached_over_off": round(t_cached / t_off, 3),
-        "rims_added_us": round((t_cached - t_off) * 1e6, 1),
+    result = per_second((t_off, t_cached), "off", "cached") | {
+        "rims_added_us": round((t_cached - t_off) * 1e6, 1)
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"GPU report verified, no RIMs:               {result['off_per_s']:>8} /s")
-        print(f"GPU report verified, 2 RIMs cached:         {result['cached_per_s']:>8} /s"
-              f"  ({result['cached_over_off']}x the time, +{result['rims_added_us']} us)")  # fmt: skip
+    print_result(result, args, (
+        "GPU report verified, no RIMs:               {off_per_s:>8} /s",
+        "GPU report verified, 2 RIMs cached:         {cached_per_s:>8} /s"
+        "  ({cached_over_off}x the time, +{rims_added_us} us)",
+    ))  # fmt: skip
     return 0
 
 

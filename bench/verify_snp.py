@@ -12,13 +12,12 @@ of each, best over the rounds). Target: >= 85 % of the limit.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from _interleave import interleaved
+from _interleave import ab_options, best_interleaved
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -32,11 +31,7 @@ TARGET = 0.85
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=2.0, help="length of each round")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds (best counts)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    args = ap.parse_args()
+    args = ab_options(__doc__)
 
     raw = (ASSETS / "attestation.bin").read_bytes()
     vcek = load_certificates((ASSETS / "vcek.testcer").read_bytes(), "vcek")[0]
@@ -57,11 +52,8 @@ def main() -> int:
     def full_verify() -> None:
         verifier.verify(raw, vcek, at=at)
 
-    limit = full = 0.0
-    for _ in range(args.rounds):
-        t_raw, t_full = interleaved(raw_verify, full_verify, args.seconds)
-        limit = max(limit, 1 / t_raw)
-        full = max(full, 1 / t_full)
+    t_raw, t_full = best_interleaved(raw_verify, full_verify, args)
+    limit, full = 1 / t_raw, 1 / t_full
     ratio = full / limit
     result = {
         "reports_per_s": round(full),

@@ -164,11 +164,14 @@ class InProcessCas:
     platform: SimPlatform
 
     @classmethod
-    def start(cls, data_dir: Path, policy: str | None = None) -> InProcessCas:
+    def start(cls, data_dir: Path, policy: str | None = None, *, db_url: str | None = None) -> InProcessCas:
+        """``db_url``: a PostgreSQL database instead of SQLite in ``data_dir``; ``policy``: one
+        to apply (the sim policy by default; ``""``: none)."""
         cas, _evidence, _key, _cert, env, _signer = prepare(
-            data_dir, host="127.0.0.1", dev=True, db_url=None, collateral=None
+            data_dir, host="127.0.0.1", dev=True, db_url=db_url, collateral=None
         )
-        cas.apply(policy_submission(loads_policy(policy or sim_policy()), Identity.generate()))
+        if policy != "":
+            cas.apply(policy_submission(loads_policy(policy or sim_policy()), Identity.generate()))
         return cls(cas, SimPlatform.load(Path(env["CONFIDE_SIM_DIR"])))
 
     def apply(self, text: str, identity: Identity | None = None) -> Any:

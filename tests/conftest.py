@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from cas_harness import PostgresCluster
     from confide.runtime.tpm import Tpm
 
 ASSETS = Path(__file__).parent / "assets"
@@ -16,6 +17,19 @@ ASSETS = Path(__file__).parent / "assets"
 @pytest.fixture
 def assets() -> Path:
     return ASSETS
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL cluster for the whole test session (unit tests of the in-process
+    CAS on PostgreSQL, and the CAS processes of tests/integration)."""
+    from cas_harness import PostgresCluster, pg_bin
+
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL server binaries are not installed (make test installs them)")
+    cluster = PostgresCluster()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")

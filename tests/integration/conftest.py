@@ -7,16 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from cas_harness import CasProcess, PostgresCluster, pg_bin, running_cas
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
-    if pg_bin() is None:
-        pytest.skip("PostgreSQL server binaries are not installed (make test installs them)")
-    cluster = PostgresCluster()
-    yield cluster
-    cluster.stop()
+from cas_harness import CasProcess, running_cas
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

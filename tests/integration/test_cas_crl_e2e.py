@@ -12,7 +12,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -55,6 +57,14 @@ images:
       - path: {inject}/ca.crl
         content: "$$SCONE::ca:crl$$"
 """
+
+
+def clear(inject: Path) -> None:
+    """Remove the directory of injected files (a path on /dev/shm shared by the test's runs)."""
+    for f in inject.iterdir() if inject.exists() else ():
+        f.unlink()
+    if inject.exists():
+        inject.rmdir()
 
 
 def crl_number(crl: x509.CertificateRevocationList) -> int:
@@ -109,10 +119,7 @@ def test_superseded_certificates_are_on_the_crl_and_refused_by_openssl(
         time.sleep(max(0.0, due - time.time()) + 1.0)
         leaf2, crl2 = run()
     finally:
-        for f in inject.iterdir() if inject.exists() else ():
-            f.unlink()
-        if inject.exists():
-            inject.rmdir()
+        clear(inject)
     assert leaf2.serial_number != leaf1.serial_number
     ca = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
     # A renewal revokes nothing: a service still running with the first leaf keeps working.
@@ -170,3 +177,107 @@ def test_superseded_certificates_are_on_the_crl_and_refused_by_openssl(
     public_crl = tmp_path / "public.crl"
     fetch(NAME, "ca", "--out", str(public_crl)).check_returncode()
     assert x509.load_pem_x509_crl(public_crl.read_bytes()) == crl3  # nothing changed since: the same CRL
+
+
+def test_an_owner_revokes_one_certificate_from_the_cli(cas: CasProcess, tmp_path: Path) -> None:
+    """``confide policy revoke``: a stranger is refused; the owner revokes the current leaf for
+    key compromise (a new key and certificate at once, the CRL issued at once, its entry with
+    reasonCode keyCompromise), which ``confide run`` then receives with the new CRL."""
+    alice, _ = identity(cas, tmp_path, "alice")
+    bob, _ = identity(cas, tmp_path, "bob")
+    script = app_script(tmp_path)
+    inject = SHM / f"confide-revoke-{os.getpid()}-{tmp_path.name}"
+    m = measure(cas, "/bin/sh", str(script))
+    service = f"    image_name: img\n    command: /bin/sh {script}\n"
+    assert apply(cas, tmp_path, policy_yaml(NAME, m, extra_service=service,
+                                            body=secrets_body(inject, "srv.local")), alice).returncode == 0  # fmt: skip
+
+    def show() -> dict[str, Any]:
+        return dict(
+            json.loads(confide(cas, "policy", "show", NAME, "--identity", str(alice), check=True).stdout)
+        )
+
+    leaf = x509.load_pem_x509_certificate(show()["secrets"]["srv"]["certificate"].encode())
+    serial = format(leaf.serial_number, "x")
+    r = confide(cas, "policy", "revoke", NAME, "srv", "--serial", serial, "--identity", str(bob))
+    assert r.returncode == errors.AccessDeniedError.exit_code and r.stdout == "", r.stdout + r.stderr
+    r = confide(
+        cas, "policy", "revoke", NAME, "srv", "--serial", serial, "--all-valid", "--identity", str(alice)
+    )
+    assert r.returncode == errors.UsageError.exit_code, r.stdout + r.stderr
+    r = confide(cas, "policy", "revoke", NAME, "srv", "--serial", serial, "--reason", "keyCompromise",
+                "--identity", str(alice), check=True)  # fmt: skip
+    result = json.loads(r.stdout)
+    assert [c["serial"] for c in result["revoked"]] == [serial] and result["key_replaced"] is True
+    crl_path = tmp_path / "revoked.crl"
+    confide(cas, "policy", "crl", NAME, "ca", "--identity", str(alice), "--out", str(crl_path), check=True)
+    crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+    (entry,) = list(crl)
+    assert entry.serial_number == leaf.serial_number
+    assert (
+        entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        is x509.ReasonFlags.key_compromise
+    )
+    current = x509.load_pem_x509_certificate(show()["secrets"]["srv"]["certificate"].encode())
+    assert current.public_key() != leaf.public_key()
+    # The next start receives the re-issued certificate and the new CRL.
+    try:
+        r = confide(cas, "run", "--config-id", f"{NAME}/app", "--tee", "sim", "--", "/bin/sh", str(script))
+        assert r.returncode == 0, r.stderr
+        served = x509.load_pem_x509_certificates((inject / "srv.pem").read_bytes())[0]
+        injected = x509.load_pem_x509_crl((inject / "ca.crl").read_bytes())
+    finally:
+        clear(inject)
+    assert served == current and injected == crl
+    ca = x509.load_pem_x509_certificate(show()["secrets"]["ca"]["certificate"].encode())
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    r = openssl_verify(tmp_path, tmp_path / "ca.pem", crl_path, leaf)
+    assert r.returncode != 0 and "certificate revoked" in r.stdout + r.stderr, r.stdout + r.stderr
+    r = openssl_verify(tmp_path, tmp_path / "ca.pem", crl_path, served)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_cas_serve_public_url_puts_the_distribution_point_in_certificates(tmp_path: Path) -> None:
+    """``cas serve --public-url`` (a real process over TLS, SQLite): a leaf under a CA declared
+    ``crl_distribution`` names the CRL's public URL, which the CAS serves to anyone (DER,
+    ``application/pkix-crl``), the same CRL a reader fetches; ``policy show`` gives it. A
+    malformed ``--public-url`` is refused at start (exit 2)."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    bad = CasProcess(tmp_path / "bad", None, extra_args=("--public-url", "ftp://crl.invalid"))
+    with pytest.raises(RuntimeError, match="--public-url"):
+        bad.start()
+    assert bad.proc is not None and bad.proc.returncode == errors.UsageError.exit_code
+
+    cas = CasProcess(tmp_path / "cas", None, extra_args=("--public-url", "http://crl.invalid/pki/")).start()
+    try:
+        alice, _ = identity(cas, tmp_path, "alice")
+        body = secrets_body(tmp_path / "unused", "srv.local", "    crl_distribution: true")
+        assert apply(cas, tmp_path, policy_yaml(NAME, "00" * 32, body=body), alice).returncode == 0
+        shown = json.loads(confide(cas, "policy", "show", NAME, "--identity", str(alice), check=True).stdout)
+        leaf = x509.load_pem_x509_certificate(shown["secrets"]["srv"]["certificate"].encode())
+        (point,) = leaf.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+        assert point.full_name is not None
+        (uri,) = point.full_name
+        crl_info = shown["secrets"]["ca"]["crl"]
+        assert (
+            uri.value == crl_info["distribution_point"] == "http://crl.invalid/pki" + crl_info["public_path"]
+        )
+        ctx = ssl.create_default_context(cafile=cas.env["CONFIDE_CAS_CERT"])
+        url = cas.env["CONFIDE_CAS_URL"] + crl_info["public_path"]
+        with urllib.request.urlopen(url, context=ctx, timeout=30) as r:  # no identity
+            assert r.headers["Content-Type"] == "application/pkix-crl"
+            served = x509.load_der_x509_crl(r.read())
+        der = tmp_path / "ca.crl.der"
+        confide(
+            cas, "policy", "crl", NAME, "ca", "--identity", str(alice), "--der", "--out", str(der), check=True
+        )
+        assert served == x509.load_der_x509_crl(der.read_bytes())
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(cas.env["CONFIDE_CAS_URL"] + "/v1/crl/" + "0" * 32 + ".crl", context=ctx)
+        assert missing.value.code == 404
+        missing.value.close()
+    finally:
+        cas.stop()

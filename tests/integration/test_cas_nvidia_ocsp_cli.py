@@ -9,11 +9,8 @@ import base64
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from cas_harness import CasProcess
 from cli import run_confide
@@ -21,22 +18,9 @@ from confide import errors
 from confide.cas.client import CasClient
 from confide.verify.nvidia import ocsp_targets
 from confide.verify.x509util import load_certificate_chain
+from gpu_cas import NV_CHAIN, sample_gpu_request
 from nvidia_forge import make_ca, ocsp_response
 from ocsp_responder import FakeOcsp
-
-ASSETS = Path(__file__).parents[1] / "assets" / "nvidia"
-NV_REPORT = bytes.fromhex((ASSETS / "hopperAttestationReport.txt").read_text().strip())
-NV_CHAIN = (ASSETS / "hopperCertChain.txt").read_bytes()
-
-
-def gpu_request(nonce: str) -> dict[str, Any]:
-    key = ec.generate_private_key(ec.SECP256R1()).public_key()
-    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return {
-        "policy": "app", "service": "gpu", "platform": "nvidia-gpu", "nonce": nonce,
-        "evidence": base64.b64encode(NV_REPORT).decode(), "public_key": base64.b64encode(der).decode(),
-        "aux": {"certs": base64.b64encode(NV_CHAIN).decode()},
-    }  # fmt: skip
 
 
 def test_cas_serve_refuses_an_unusable_location(tmp_path: Path) -> None:
@@ -59,7 +43,7 @@ def test_cas_serve_asks_the_responder_and_fails_closed(tmp_path: Path, with_opti
                 with pytest.raises(
                     errors.CollateralError, match=r"revocation check: .* responseStatus UNAUTHORIZED"
                 ):
-                    client.attest(gpu_request(client.nonce()))
+                    client.attest(sample_gpu_request(client.nonce()))
                 # Asked once, by the prefetch, about the first certificate after the leaf; it stops
                 # there (phase 1 refuses there), and phase 1 reports its error without asking again.
                 chain = load_certificate_chain(NV_CHAIN, "chain")
@@ -67,7 +51,7 @@ def test_cas_serve_asks_the_responder_and_fails_closed(tmp_path: Path, with_opti
             else:
                 # Without the option nothing is asked: the sample is refused at its (fixed) nonce.
                 with pytest.raises(errors.BindingError, match="nvidia-gpu nonce"):
-                    client.attest(gpu_request(client.nonce()))
+                    client.attest(sample_gpu_request(client.nonce()))
                 assert responder.requests == []
     finally:
         cas.stop()
@@ -96,8 +80,8 @@ def test_cas_serve_stapled_only_asks_nobody(tmp_path: Path) -> None:
             with pytest.raises(
                 errors.CollateralMissingError, match=r"no stapled OCSP response about certificate 1"
             ):
-                client.attest(gpu_request(client.nonce()))
-            request = gpu_request(client.nonce())
+                client.attest(sample_gpu_request(client.nonce()))
+            request = sample_gpu_request(client.nonce())
             for i, der in enumerate(forged, start=1):
                 request["aux"][f"ocsp:{i}"] = base64.b64encode(der).decode()
             with pytest.raises(

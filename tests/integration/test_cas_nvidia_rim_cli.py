@@ -7,37 +7,17 @@ the sample otherwise."""
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from cas_harness import CasProcess
 from cli import run_confide
 from confide import errors
 from confide.cas.client import CasClient
+from gpu_cas import DRIVER_ID, DRIVER_XML, sample_gpu_request
 from rim_fake import fake_rim_service
-
-ASSETS = Path(__file__).parents[1] / "assets" / "nvidia"
-DRIVER_RIM = (ASSETS / "Driver_RIM_test_no_gpu.swidtag").read_bytes()
-NV_REPORT = bytes.fromhex((ASSETS / "hopperAttestationReport.txt").read_text().strip())
-NV_CHAIN = (ASSETS / "hopperCertChain.txt").read_bytes()
-DRIVER_ID = "NV_GPU_DRIVER_GH100_550.90.07"  # the sample report's driver
-
-
-def gpu_request(nonce: str) -> dict[str, Any]:
-    """The sample report, sent without RIMs, for a fresh runtime key."""
-    key = ec.generate_private_key(ec.SECP256R1()).public_key()
-    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return {
-        "policy": "app", "service": "gpu", "platform": "nvidia-gpu", "nonce": nonce,
-        "evidence": base64.b64encode(NV_REPORT).decode(), "public_key": base64.b64encode(der).decode(),
-        "aux": {"certs": base64.b64encode(NV_CHAIN).decode()},
-    }  # fmt: skip
 
 
 def test_cas_serve_refuses_an_unusable_location(tmp_path: Path) -> None:
@@ -53,7 +33,7 @@ def test_cas_serve_refuses_an_unusable_location(tmp_path: Path) -> None:
 def test_cas_serve_fetches_the_rims_and_fails_closed(tmp_path: Path, served: str) -> None:
     with fake_rim_service() as service:
         if served == "expired":
-            service.serve_rim(DRIVER_ID, DRIVER_RIM)
+            service.serve_rim(DRIVER_ID, DRIVER_XML)
         extra = ("--nvidia-rim", service.base_url) if served != "no-option" else ()
         cas = CasProcess(tmp_path / "cas", None, extra_args=extra).start()
         try:
@@ -63,15 +43,15 @@ def test_cas_serve_fetches_the_rims_and_fails_closed(tmp_path: Path, served: str
                         errors.CertificateChainError,
                         match=f"RIM {DRIVER_ID} from NVIDIA RIM service http://127",
                     ):
-                        client.attest(gpu_request(client.nonce()))
+                        client.attest(sample_gpu_request(client.nonce()))
                 elif served == "none":
                     with pytest.raises(
                         errors.CollateralMissingError, match=f"fetching RIM {DRIVER_ID} .*HTTP 404"
                     ):
-                        client.attest(gpu_request(client.nonce()))
+                        client.attest(sample_gpu_request(client.nonce()))
                 else:
                     with pytest.raises(errors.BindingError, match="nvidia-gpu nonce"):
-                        client.attest(gpu_request(client.nonce()))
+                        client.attest(sample_gpu_request(client.nonce()))
         finally:
             cas.stop()
         # Asked once, for the driver RIM (the prefetch stops at its first failure; phase 1 reports

@@ -7,7 +7,6 @@ root the CAS's verifier is given. Every refusal is recorded in the ledger with i
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +18,12 @@ from confide import errors
 from confide.cas.app import create_app
 from confide.cas.core import Cas, binding_report_data
 from confide.cas.verifier import MAX_GPUS
-from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
 from confide.sim.platform import SimPlatform
+from gpu_cas import CPU, FWID, NOW, NV_MEASUREMENTS, NV_REPORT, PKI, RIM_PKI, driver_rim
 from nvidia_forge import NvidiaPki, make_leaf, resign
-from nvidia_forge import make_pki as make_nvidia_pki
-from rim_pki import make_pki as make_rim_pki
-from rim_pki import rim_matching_report
 
-ASSETS = Path(__file__).parents[1] / "assets"
-NV_REPORT = bytes.fromhex((ASSETS / "nvidia/hopperAttestationReport.txt").read_text().strip())
-NV_MEASUREMENTS = NvidiaAttestationReport.from_bytes(NV_REPORT).measurements
-DRIVER_RIM = (ASSETS / "nvidia/Driver_RIM_test_no_gpu.swidtag").read_bytes()
-
-NOW = datetime.now(UTC)
-PKI = make_nvidia_pki(NV_REPORT, NOW)
-FWID = NvidiaAttestationReport.from_bytes(NV_REPORT).response.field(OpaqueFieldType.FWID)
 # Distinct GPUs: one leaf (attestation key) each, under the same test root and ICA.
 GPUS = [PKI] + [NvidiaPki(PKI.root, PKI.ica, make_leaf(PKI.ica, FWID, NOW)) for _ in range(MAX_GPUS)]
-RIM_PKI = make_rim_pki("Test CAS RIM", valid=(NOW - timedelta(days=1), NOW + timedelta(days=30)))
-CPU = "ab" * 48
 M1, M22 = NV_MEASUREMENTS[1].hex(), NV_MEASUREMENTS[22].hex()
 
 POLICY = f"""name: app
@@ -155,7 +141,7 @@ def test_cpu_evidence_with_two_bound_gpus_is_accepted_and_the_gpus_are_recorded(
 
 def test_gpus_with_matching_signed_rims_are_accepted(cas: InProcessCas) -> None:
     rt = runtime(cas)
-    rim = rim_matching_report(NV_REPORT, DRIVER_RIM, "550.90.07", RIM_PKI)
+    rim = driver_rim()
     aux = {**gpus(rt, 0, 1), "gpu0.rim:driver": rim, "gpu1.rim:driver": rim}
     assert rt.open(cas.cas.attest(rt.request("ai", aux)))
     assert [g["rims_compared"] for g in last_attestation(cas.cas)["gpus"]] == [True, True]

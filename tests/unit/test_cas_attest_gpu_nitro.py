@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,29 +28,20 @@ from confide.cas.core import Cas, binding_report_data, check_binding
 from confide.cas.server import prepare
 from confide.cas.verifier import PlatformVerifier
 from confide.evidence.nitro import NitroDocument
-from confide.evidence.nvidia import NvidiaAttestationReport
 from confide.identity import Identity
 from confide.policy.loader import loads_policy
 from confide.verify.result import Platform, VerifiedEvidence
+from gpu_cas import NOW, NV_CHAIN, NV_MEASUREMENTS, NV_REPORT, RIM_PKI, driver_rim
+from gpu_cas import PKI as NV_PKI
 from nitro_forge import forge_document
 from nitro_forge import make_pki as make_nitro_pki
-from nvidia_forge import make_pki as make_nvidia_pki
 from nvidia_forge import resign
-from rim_pki import make_pki as make_rim_pki
-from rim_pki import rim_matching_report
 
 ASSETS = Path(__file__).parents[1] / "assets"
-NV_REPORT = bytes.fromhex((ASSETS / "nvidia/hopperAttestationReport.txt").read_text().strip())
-NV_CHAIN = (ASSETS / "nvidia/hopperCertChain.txt").read_bytes()
-NV_MEASUREMENTS = NvidiaAttestationReport.from_bytes(NV_REPORT).measurements
-DRIVER_RIM = (ASSETS / "nvidia/Driver_RIM_test_no_gpu.swidtag").read_bytes()
 NITRO_EXAMPLE = base64.b64decode((ASSETS / "nitro/example_attestation.b64").read_bytes())
 NITRO_EXAMPLE_AT = datetime(2024, 9, 9, 19, 49, 12, 400000, tzinfo=UTC)
 
-NOW = datetime.now(UTC)
-NV_PKI = make_nvidia_pki(NV_REPORT, NOW)
 NITRO_PKI = make_nitro_pki(NOW)
-RIM_PKI = make_rim_pki("Test CAS RIM", valid=(NOW - timedelta(days=1), NOW + timedelta(days=30)))
 PCRS = {i: bytes([i]) * 48 for i in range(16)}  # the forged documents' PCRs
 
 POLICY = f"""name: app
@@ -137,14 +128,14 @@ def test_gpu_evidence_alone_needs_the_gpu_only_tolerance(cas: Cas) -> None:
 
 def test_gpu_evidence_with_matching_signed_rims_is_accepted(cas: Cas) -> None:
     rt = Runtime(cas)
-    rim = rim_matching_report(NV_REPORT, DRIVER_RIM, "550.90.07", RIM_PKI)
+    rim = driver_rim()
     aux = {"certs": NV_PKI.chain_pem(), "rim:driver": rim}
     assert rt.open(cas.attest(rt.request("gpu", Platform.NVIDIA_GPU, gpu_evidence(rt.binding[:32]), aux)))
 
 
 def test_gpu_evidence_with_a_mismatching_rim_is_refused(cas: Cas) -> None:
     rt = Runtime(cas)
-    rim = rim_matching_report(NV_REPORT, DRIVER_RIM, "550.90.07", RIM_PKI, change={21: b"\xab" * 48})
+    rim = driver_rim(change={21: b"\xab" * 48})
     aux = {"certs": NV_PKI.chain_pem(), "rim:driver": rim}
     request = rt.request("gpu", Platform.NVIDIA_GPU, gpu_evidence(rt.binding[:32]), aux)
     refused(cas, request, errors.MeasurementError, r"index 21 \(SPDM block 22\)")

@@ -9,6 +9,7 @@ import base64
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,185 +19,35 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from cas_inproc import MEASUREMENT, Clock, InProcessCas
 from confide.cas.app import create_app
-from confide.cas.client import policy_submission
-from confide.cas.core import READ_TYPE, decrypt_release, sign_document
 from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity
-from confide.cas.db import raw_connection, raw_execute
+from confide.cas.db import raw_execute
 from confide.cas.renewal import CertificateRenewer, due_policies
 from confide.cas.secrets import SecretValue, render
 from confide.errors import AccessDeniedError, PolicyError, UsageError
 from confide.identity import Identity
-from confide.ledger.encoding import Entry, EntryType
-from confide.ledger.store import Ledger
+from confide.ledger.encoding import EntryType
 from confide.policy.loader import loads_policy
 from confide.policy.placeholders import Encoding
-
-DAY = 86400.0
-T0 = 1_900_000_000.0  # 2030-03-17: far from the wall clock, so nothing reads it unnoticed
-FILES = "/dev/shm/crl"
-
-
-def policy(
-    *,
-    dns: str = "srv.local",
-    leaf: bool = True,
-    ca_extra: str = "",
-    key_type: str = "P-256",
-    name: str = "tls",
-    predecessor: str | None = None,
-) -> str:
-    leaf_text = f"""  - name: srv_key
-    kind: private-key
-  - name: srv
-    kind: x509
-    private_key: srv_key
-    issuer: ca
-    common_name: srv.local
-    dns: [{dns}]
-    valid_for: 30 days
-""" if leaf else ""  # fmt: skip
-    files = f"""      - path: {FILES}/srv.pem
-        content: "$$SCONE::srv:chain$$"
-""" if leaf else ""  # fmt: skip
-    pred = f'predecessor: "{predecessor}"\n' if predecessor else ""
-    return f"""name: {name}
-version: "0.3"
-{pred}services:
-  - name: svc
-    image_name: img
-    command: svc
-    attestation:
-      sim:
-        measurement: "{MEASUREMENT}"
-secrets:
-  - name: ca_key
-    kind: private-key
-    key_type: {key_type}
-  - name: ca
-    kind: x509-ca
-    private_key: ca_key
-    common_name: Test CA
-    valid_for: 90 days
-    renew_before: 30 days
-{ca_extra}
-{leaf_text}
-images:
-  - name: img
-    injection_files:
-{files}      - path: {FILES}/ca.pem
-        content: "$$SCONE::ca:crt$$"
-      - path: {FILES}/ca.crl
-        content: "$$SCONE::ca:crl$$"
-      - path: {FILES}/ca.crl.der
-        content: "$$SCONE::ca:crl:der$$"
-security:
-  attestation:
-    tolerate: [simulation]
-"""
-
-
-class Env(InProcessCas):
-    owner: Identity
-    clock: Clock[float]
-
-    def apply_text(self, text: str) -> None:
-        self.cas.apply(policy_submission(loads_policy(text), self.owner))
-
-    def head(self, name: str = "tls") -> str:
-        with self.cas.db.read() as conn:
-            row = raw_execute(conn, "SELECT hash FROM policy_heads WHERE name = ?", (name,)).fetchone()
-        return str(row[0])
-
-    def release(self, name: str = "tls") -> dict[str, bytes]:
-        body, key = self.request(policy=name)
-        config = decrypt_release(key, self.cas.attest(body), bytes.fromhex(body["nonce"]))
-        return {path: base64.b64decode(b64) for path, b64 in config["files"].items()}
-
-    def read_request(self, name: str = "tls", who: Identity | None = None) -> dict[str, Any]:
-        who = who or self.owner
-        body = {"type": READ_TYPE, "name": name, "time": int(self.clock.now)}
-        return sign_document(body, who.sign, who.public.public_base64)
-
-    def crl(self, name: str = "tls", ca: str = "ca") -> x509.CertificateRevocationList:
-        der, _, public = self.cas.crl(name, ca, self.read_request(name))
-        assert not public
-        return x509.load_der_x509_crl(der)
-
-    def ca_cert(self) -> x509.Certificate:
-        with self.cas.db.read() as conn:
-            row = raw_execute(
-                conn, "SELECT public FROM secrets WHERE policy = 'tls' AND name = 'ca' ORDER BY version DESC"
-            ).fetchone()
-        return x509.load_pem_x509_certificate(json.loads(row[0])["certificate"].encode())
-
-    def serial(self, name: str = "srv", version: int | None = None) -> int:
-        with self.cas.db.read() as conn:
-            rows = raw_execute(
-                conn, "SELECT version, public FROM secrets WHERE policy = 'tls' AND name = ? ORDER BY version",
-                (name,),
-            ).fetchall()  # fmt: skip
-        public = dict(rows)[version] if version is not None else rows[-1][1]
-        return int(json.loads(public)["serial"], 16)
-
-    def events(self, type_: str, entry_type: EntryType) -> list[dict[str, Any]]:
-        """The payloads of ``type_`` events of policy tls, each checked against its ledger entry."""
-        out = []
-        with self.cas.db.read() as conn:
-            rows = raw_execute(
-                conn,
-                "SELECT seq, payload FROM events WHERE type = ? AND policy = 'tls' ORDER BY seq",
-                (type_,),
-            ).fetchall()
-            for seq, payload in rows:
-                entry = Ledger.entry(raw_connection(conn), seq - 1)
-                assert entry is not None
-                parsed = Entry.from_bytes(entry)
-                assert parsed.type is entry_type and parsed.payload == json.loads(payload)
-                out.append(json.loads(payload))
-        return out
+from crl_env import (
+    DAY,
+    FILES,
+    T0,
+    TWO_LEVEL,
+    Env,
+    check_signed_by_ca,
+    header,
+    number,
+    policy,
+    revoked,
+    started,
+)
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Env:
-    ipc = InProcessCas.start(tmp_path / "cas")
-    out = Env(ipc.cas, ipc.platform)
-    out.clock = Clock(T0)
-    out.cas.clock = out.clock
-    out.owner = Identity.generate()
-    out.apply_text(policy())
-    return out
-
-
-def number(crl: x509.CertificateRevocationList) -> int:
-    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-
-
-def revoked(crl: x509.CertificateRevocationList) -> dict[int, tuple[x509.ReasonFlags, datetime]]:
-    out = {}
-    for entry in crl:
-        reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
-        out[entry.serial_number] = (reason, entry.revocation_date_utc)
-    return out
-
-
-def check_signed_by_ca(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> None:
-    """RFC 5280 §5: v2, signed by the CA's key, issuer = its subject, AKI = its SKI (§5.2.1)."""
-    assert crl.is_signature_valid(ca.public_key())
-    assert crl.issuer == ca.subject
-    aki = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-    ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    assert aki.key_identifier == ski.digest
-    der = crl.public_bytes(serialization.Encoding.DER)
-    tbs = _inside(der, _inside(der, 0))  # CertificateList, then tbsCertList (§5.1)
-    assert der[tbs : tbs + 3] == b"\x02\x01\x01"  # version INTEGER 1: v2 (§5.1.2.1)
-
-
-def _inside(der: bytes, pos: int) -> int:
-    """Where the contents of the DER element at ``pos`` start (short or long length form)."""
-    length = der[pos + 1]
-    return pos + 2 + (length & 0x7F if length & 0x80 else 0)
+def env(tmp_path: Path) -> Iterator[Env]:
+    with started(tmp_path / "cas") as out:
+        yield out
 
 
 def test_a_generated_ca_has_a_signed_empty_crl_from_the_start(env: Env) -> None:
@@ -212,15 +63,7 @@ def test_a_generated_ca_has_a_signed_empty_crl_from_the_start(env: Env) -> None:
     assert [[c["ca"], c["number"], c["revoked"]] for e in issued for c in e["crls"]] == [["ca", 1, 0]]
     # Another CA's key does not verify it (the negative twin of is_signature_valid).
     env.apply_text(policy(name="other"))
-    assert not crl.is_signature_valid(_ca_of(env, "other").public_key())
-
-
-def _ca_of(env: Env, name: str) -> x509.Certificate:
-    with env.cas.db.read() as conn:
-        row = raw_execute(
-            conn, "SELECT public FROM secrets WHERE policy = ? AND name = 'ca' ORDER BY version DESC", (name,)
-        ).fetchone()
-    return x509.load_pem_x509_certificate(json.loads(row[0])["certificate"].encode())
+    assert not crl.is_signature_valid(env.ca_cert("other").public_key())
 
 
 def test_renewal_revokes_nothing_and_an_update_revokes_every_valid_version(env: Env) -> None:
@@ -448,16 +291,7 @@ def test_a_template_rendered_at_start_has_no_crl() -> None:
             render(value, encoding)
 
 
-IMPORTER = f"""name: client
-version: "0.3"
-services:
-  - name: svc
-    image_name: img
-    command: svc
-    attestation:
-      sim:
-        measurement: "{MEASUREMENT}"
-secrets:
+IMPORTER = f"""{header("client")}secrets:
   - name: their_ca
     import:
       session: tls
@@ -507,59 +341,13 @@ def test_an_entry_leaves_the_crl_after_one_crl_beyond_the_certificates_validity(
     check_signed_by_ca(crl, env.ca_cert())
 
 
-TWO_LEVEL = f"""name: pki
-version: "0.3"
-services:
-  - name: svc
-    command: svc
-    attestation:
-      sim:
-        measurement: "{MEASUREMENT}"
-secrets:
-  - name: root_key
-    kind: private-key
-  - name: root
-    kind: x509-ca
-    private_key: root_key
-    common_name: Root CA
-    valid_for: 365 days
-  - name: int_key
-    kind: private-key
-  - name: int
-    kind: x509-ca
-    private_key: int_key
-    issuer: root
-    common_name: Intermediate CA
-    valid_for: 90 days
-    renew_before: 30 days
-  - name: srv_key
-    kind: private-key
-  - name: srv
-    kind: x509
-    private_key: srv_key
-    issuer: int
-    common_name: srv.local
-    dns: [srv.local]
-    valid_for: 120 days
-security:
-  attestation:
-    tolerate: [simulation]
-"""
-
-
 def test_a_changed_intermediate_is_on_its_roots_crl_and_openssl_checks_the_whole_chain(
     env: Env, tmp_path: Path
 ) -> None:
     env.apply_text(TWO_LEVEL)
 
     def cert(name: str, version: int) -> x509.Certificate:
-        with env.cas.db.read() as conn:
-            public = raw_execute(
-                conn,
-                "SELECT public FROM secrets WHERE policy = 'pki' AND name = ? AND version = ?",
-                (name, version),
-            ).fetchone()[0]
-        return x509.load_pem_x509_certificate(json.loads(public)["certificate"].encode())
+        return env.certificate(name, version, policy="pki")
 
     env.clock.now = T0 + 61 * DAY  # the intermediate's window; its leaf follows (issuer-renewed)
     CertificateRenewer(env.cas).sweep_once()

@@ -364,8 +364,7 @@ def test_phase_one_uses_its_prefetch_when_the_vcek_left_memory(
         cache.source = Recording()
 
         def evict(cache: KdsVcekCache = cache, data: Path = tmp_path / name) -> None:
-            cache._memory.clear()
-            cache._failures.clear()
+            cache.memory.clear()
             for der in (data / "kds-cache").rglob("*.der"):
                 der.unlink()
 

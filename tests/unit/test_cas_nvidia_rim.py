@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.x509 import ocsp
 
 from asgi_call import call
-from cas_inproc import Clock, InProcessCas, RuntimeKey, evict_before_phase_one, last_attestation, refused
+from cas_inproc import Clock, InProcessCas, evict_before_phase_one, last_attestation, refused
 from confide import errors
 from confide.cas.app import create_app
 from confide.cas.revocation import OcspCache
@@ -30,31 +30,33 @@ from confide.cas.server import prepare
 from confide.cas.verifier import PlatformVerifier, Prefetched
 from confide.collateral.nvidia_ocsp import HttpOcspSource
 from confide.collateral.nvidia_rim import DirRimSource, HttpRimSource, rim_ids
-from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
-from nvidia_forge import NvidiaPki, make_leaf, ocsp_response, resign
-from nvidia_forge import make_pki as make_nvidia_pki
+from gpu_cas import (
+    CPU,
+    DRIVER_ID,
+    NOW,
+    NV_MEASUREMENTS,
+    NV_PARSED,
+    OCSP_KNOWN,
+    PKI,
+    RIM_PKI,
+    VBIOS_ID,
+    accepted,
+    driver_rim,
+    other_rim_pki,
+    vbios_rim,
+)
+from gpu_cas import GpuRuntime as Runtime
+from nvidia_forge import ocsp_response
 from ocsp_responder import FakeOcsp
 from pki import Issuer
 from rim_fake import FakeRimService, fake_rim_service
-from rim_pki import make_pki as make_rim_pki
-from rim_pki import rim_matching_report
 
-ASSETS = Path(__file__).parents[1] / "assets"
-NV_REPORT = bytes.fromhex((ASSETS / "nvidia/hopperAttestationReport.txt").read_text().strip())
-PARSED = NvidiaAttestationReport.from_bytes(NV_REPORT)
-FWID = PARSED.response.field(OpaqueFieldType.FWID)
-DRIVER_XML = (ASSETS / "nvidia/Driver_RIM_test_no_gpu.swidtag").read_bytes()
-VBIOS_XML = (ASSETS / "nvidia/1010_0200_882_96005E0001_test_no_gpu.swidtag").read_bytes()
-
-NOW = datetime.now(UTC).replace(microsecond=0)
-PKI = make_nvidia_pki(NV_REPORT, NOW)
-SECOND = NvidiaPki(PKI.root, PKI.ica, make_leaf(PKI.ica, FWID, NOW))  # another GPU, same firmware
-RIM_PKI = make_rim_pki("Test CAS RIM", valid=(NOW - timedelta(days=1), NOW + timedelta(days=30)))
-DRIVER_ID, VBIOS_ID = "NV_GPU_DRIVER_GH100_550.90.07", "NV_GPU_VBIOS_1010_0200_882_96009F0001"
-DRIVER = rim_matching_report(NV_REPORT, DRIVER_XML, "550.90.07", RIM_PKI)
-VBIOS = rim_matching_report(NV_REPORT, VBIOS_XML, "96.00.9F.00.01", RIM_PKI)
-CPU = "ab" * 48
-M22 = PARSED.measurements[22].hex()
+DRIVER, VBIOS = driver_rim(), vbios_rim()
+OTHER_ROOTS_DRIVER = driver_rim(pki=other_rim_pki())
+"""The driver RIM, signed under a root the CAS does not pin."""
+DOWN = (503, b"down", {})
+"""What the fake RIM service answers when it is down."""
+M22 = NV_MEASUREMENTS[22].hex()
 
 POLICY = f"""name: app
 version: "0.3"
@@ -84,7 +86,7 @@ security:
 def test_rim_ids_are_named_as_nvidias_verifier_names_them() -> None:
     # Driver: NV_GPU_DRIVER_GH100_<driver version>; VBIOS: project, project SKU, chip SKU and
     # the VBIOS version (bytes 3.2.1.0.4 in hex) without dots, upper case.
-    assert rim_ids(PARSED) == (DRIVER_ID, VBIOS_ID)
+    assert rim_ids(NV_PARSED) == (DRIVER_ID, VBIOS_ID)
 
 
 @pytest.fixture
@@ -93,6 +95,17 @@ def service() -> Iterator[FakeRimService]:
         server.serve_rim(DRIVER_ID, DRIVER)
         server.serve_rim(VBIOS_ID, VBIOS)
         yield server
+
+
+def rim_service(service: FakeRimService) -> HttpRimSource:
+    return HttpRimSource(service.base_url, timeout=5)
+
+
+def service_cache(service: FakeRimService, **options: Any) -> RimCache:
+    """A :class:`RimCache` of ``service`` under the test RIM root (``options``: its keywords)."""
+    return RimCache(
+        rim_service(service), where="NVIDIA RIM service", kind="service", root=RIM_PKI.root, **options
+    )
 
 
 def start(tmp_path: Path, **verifier: Any) -> InProcessCas:
@@ -106,41 +119,13 @@ def start(tmp_path: Path, **verifier: Any) -> InProcessCas:
 @pytest.fixture
 def cas(tmp_path: Path, service: FakeRimService) -> InProcessCas:
     """A CAS started with --nvidia-rim pointing at the fake service."""
-    return start(tmp_path, nvidia_rim=HttpRimSource(service.base_url, timeout=5))
+    return start(tmp_path, nvidia_rim=rim_service(service))
 
 
 def rims(inproc: InProcessCas) -> RimCache:
     verifier = inproc.cas.verifier
     assert isinstance(verifier, PlatformVerifier) and verifier.nvidia_rims is not None
     return verifier.nvidia_rims
-
-
-class Runtime(RuntimeKey):
-    def __init__(self, inproc: InProcessCas) -> None:
-        super().__init__(inproc.cas)
-        self.inproc = inproc
-
-    def gpu(self, pki: NvidiaPki = PKI) -> bytes:
-        return resign(NV_REPORT, pki.leaf[1], nonce=self.binding[:32])
-
-    def gpu_only(self, **sent: bytes) -> dict[str, Any]:
-        aux = {"certs": PKI.chain_pem(), **{f"rim:{k}": v for k, v in sent.items()}}
-        return self.body(policy="app", service="gpu", platform="nvidia-gpu", evidence=self.gpu(), aux=aux)
-
-    def composite(self) -> dict[str, Any]:
-        cpu = self.inproc.platform.issue(
-            report_data=self.binding, measurement=bytes.fromhex(CPU), timestamp=int(self.inproc.cas.clock())
-        ).to_bytes()
-        aux = {"gpu0": self.gpu(PKI), "gpu0.certs": PKI.chain_pem()}
-        aux |= {"gpu1": self.gpu(SECOND), "gpu1.certs": SECOND.chain_pem()}
-        return self.body(policy="app", service="ai", platform="sim", evidence=cpu, aux=aux)
-
-
-def accepted(inproc: InProcessCas, request: dict[str, Any], rt: Runtime) -> dict[str, Any]:
-    assert rt.open(inproc.cas.attest(request))["command"]
-    event = last_attestation(inproc.cas)
-    assert event["verdict"] == "accepted"
-    return event
 
 
 PATHS = [f"/v1/rim/{DRIVER_ID}", f"/v1/rim/{VBIOS_ID}"]
@@ -194,9 +179,9 @@ def test_a_rim_the_runtime_left_out_is_fetched(cas: InProcessCas, service: FakeR
     # ... and a mismatch in it refuses.
     service.serve_rim(
         VBIOS_ID,
-        rim_matching_report(NV_REPORT, VBIOS_XML, "96.00.9F.00.01", RIM_PKI, change={5: b"\xab" * 48}),
+        vbios_rim(change={5: b"\xab" * 48}),
     )
-    cas.cas.verifier.nvidia_rims._entries.clear()  # type: ignore[attr-defined]
+    cas.cas.verifier.nvidia_rims.memory.clear()  # type: ignore[attr-defined]
     refused(
         cas.cas, Runtime(cas).gpu_only(driver=DRIVER), errors.MeasurementError, r"index 5 \(SPDM block 6\)"
     )
@@ -233,13 +218,13 @@ def test_a_directory_of_rims_works_and_a_missing_file_refuses(tmp_path: Path) ->
 def test_a_mismatching_measurement_is_refused(cas: InProcessCas, service: FakeRimService) -> None:
     service.serve_rim(
         VBIOS_ID,
-        rim_matching_report(NV_REPORT, VBIOS_XML, "96.00.9F.00.01", RIM_PKI, change={3: b"\xab" * 48}),
+        vbios_rim(change={3: b"\xab" * 48}),
     )
     refused(cas.cas, Runtime(cas).gpu_only(), errors.MeasurementError, r"index 3 \(SPDM block 4\)")
 
 
 def test_a_tampered_rim_is_refused_and_not_cached(cas: InProcessCas, service: FakeRimService) -> None:
-    golden = PARSED.measurements[4].hex()
+    golden = NV_MEASUREMENTS[4].hex()
     assert VBIOS.count(golden.encode()) == 1
     service.serve_rim(VBIOS_ID, VBIOS.replace(golden.encode(), ("ab" * 48).encode()))
     refused(
@@ -258,8 +243,7 @@ def test_a_tampered_rim_is_refused_and_not_cached(cas: InProcessCas, service: Fa
 
 
 def test_a_rim_under_another_root_is_refused(cas: InProcessCas, service: FakeRimService) -> None:
-    other = make_rim_pki("Other RIM", valid=(NOW - timedelta(days=1), NOW + timedelta(days=30)))
-    service.serve_rim(DRIVER_ID, rim_matching_report(NV_REPORT, DRIVER_XML, "550.90.07", other))
+    service.serve_rim(DRIVER_ID, OTHER_ROOTS_DRIVER)
     refused(
         cas.cas, Runtime(cas).gpu_only(), errors.CertificateChainError, f"RIM {DRIVER_ID} from .*pinned root"
     )
@@ -268,7 +252,7 @@ def test_a_rim_under_another_root_is_refused(cas: InProcessCas, service: FakeRim
 @pytest.mark.parametrize(
     "answer",
     [
-        pytest.param((503, b"down", {}), id="http-503"),
+        pytest.param(DOWN, id="http-503"),
         pytest.param((200, b"<html>", {}), id="not-json"),
         pytest.param((200, b'{"rim": "***"}', {}), id="not-base64"),
         pytest.param((200, b'{"id": "x"}', {}), id="no-rim"),
@@ -312,11 +296,8 @@ def test_a_rim_id_that_is_not_one_is_refused_before_any_request(rim_id: str, tmp
 
 def test_a_failure_is_kept_only_for_the_grace_period(service: FakeRimService) -> None:
     monotonic = Clock(100.0)
-    cache = RimCache(
-        HttpRimSource(service.base_url, timeout=5), where="NVIDIA RIM service", kind="service",
-        root=RIM_PKI.root, monotonic=monotonic,
-    )  # fmt: skip
-    service.behaviour = lambda path: (503, b"down", {})
+    cache = service_cache(service, monotonic=monotonic)
+    service.behaviour = lambda path: DOWN
     with pytest.raises(errors.CollateralMissingError, match="HTTP 503"):
         cache.get(DRIVER_ID, NOW)
     service.behaviour = None
@@ -365,13 +346,12 @@ def test_phase_one_takes_the_prefetched_rims_and_fetches_nothing(
     cache = rims(cas)
     # Between the prefetch and phase 1 the RIMs leave memory and the service goes down: phase 1
     # uses what the prefetch handed it.
-    ran = evict_before_phase_one(cas.cas, monkeypatch, cache._entries.clear)
+    ran = evict_before_phase_one(cas.cas, monkeypatch, cache.memory.clear)
     rt = Runtime(cas)
-    service_down = (503, b"down", {})
     job = cas.cas.collateral_job(rt.gpu_only())
     assert job is not None
     prefetched = job.run()
-    service.behaviour = lambda path: service_down
+    service.behaviour = lambda path: DOWN
     pending = cas.cas.attest_begin(rt.gpu_only(), prefetched=prefetched)
     with cas.cas.db.write() as conn:
         pending.commit(conn)
@@ -410,28 +390,17 @@ def test_the_signing_chain_of_a_fetched_rim_is_checked_by_ocsp(
             status=status,
         )
 
-    known: dict[int, tuple[x509.Certificate, Issuer]] = {
-        PKI.ica[0].serial_number: (PKI.ica[0], PKI.root),
-        RIM_PKI.leaf.serial_number: (RIM_PKI.leaf, (RIM_PKI.ica, RIM_PKI.ica_key)),
-        RIM_PKI.ica.serial_number: (RIM_PKI.ica, (RIM_PKI.root, RIM_PKI.root_key)),
-    }
-    responder = FakeOcsp(known, answer).start()
+    responder = FakeOcsp(OCSP_KNOWN, answer).start()
     try:
         with HttpOcspSource(responder.url, timeout=5) as source:
-            inproc = start(
-                tmp_path, nvidia_ocsp=OcspCache(source), nvidia_rim=HttpRimSource(service.base_url, timeout=5)
-            )
+            inproc = start(tmp_path, nvidia_ocsp=OcspCache(source), nvidia_rim=rim_service(service))
             rt = Runtime(inproc)
             event = accepted(inproc, rt.gpu_only(), rt)
             assert event["rims_source"] == "service" and event["rim_revocation_checked"] is True
-            assert sorted(set(responder.served())) == sorted(known)
+            assert sorted(set(responder.served())) == sorted(OCSP_KNOWN)
             # The RIM signer revoked (a new CAS: nothing cached): the fetched RIM is refused.
             revoked.add(RIM_PKI.leaf.serial_number)
-            other = start(
-                tmp_path / "other",
-                nvidia_ocsp=OcspCache(source),
-                nvidia_rim=HttpRimSource(service.base_url, timeout=5),
-            )
+            other = start(tmp_path / "other", nvidia_ocsp=OcspCache(source), nvidia_rim=rim_service(service))
             refused(other.cas, Runtime(other).gpu_only(), errors.RevocationError, "revoked")
     finally:
         responder.stop()
@@ -486,10 +455,7 @@ def test_cas_serve_help_names_the_option() -> None:
 
 
 def disk_cache(service: FakeRimService, directory: Path) -> RimCache:
-    return RimCache(
-        HttpRimSource(service.base_url, timeout=5), where="NVIDIA RIM service", kind="service",
-        root=RIM_PKI.root, directory=directory,
-    )  # fmt: skip
+    return service_cache(service, directory=directory)
 
 
 def test_verified_rims_are_kept_on_disk_and_verified_again_when_read(
@@ -501,12 +467,12 @@ def test_verified_rims_are_kept_on_disk_and_verified_again_when_read(
     path = directory / f"{DRIVER_ID}.xml"
     assert path.read_bytes() == DRIVER and path.stat().st_mode & 0o777 == 0o600
     # A restarted CAS, the service down: the file serves, verified again.
-    service.behaviour = lambda path: (503, b"down", {})
+    service.behaviour = lambda path: DOWN
     second = disk_cache(service, directory)
     assert second.get(DRIVER_ID, datetime.now(UTC)).raw == DRIVER
     assert (second.fetches, second.rejected_files, len(service.requests)) == (0, 0, 1)
     # A tampered file is not used, and removed; the source is asked (and is down: refused).
-    golden = PARSED.measurements[22].hex().encode()
+    golden = NV_MEASUREMENTS[22].hex().encode()
     path.write_bytes(DRIVER.replace(golden, b"ab" * 48))
     third = disk_cache(service, directory)
     with pytest.raises(errors.CollateralMissingError, match="HTTP 503"):
@@ -523,8 +489,7 @@ def test_verified_rims_are_kept_on_disk_and_verified_again_when_read(
 
 
 def test_a_rim_that_does_not_verify_is_not_written(tmp_path: Path, service: FakeRimService) -> None:
-    other = make_rim_pki("Other RIM", valid=(NOW - timedelta(days=1), NOW + timedelta(days=30)))
-    service.serve_rim(DRIVER_ID, rim_matching_report(NV_REPORT, DRIVER_XML, "550.90.07", other))
+    service.serve_rim(DRIVER_ID, OTHER_ROOTS_DRIVER)
     cache = disk_cache(service, tmp_path / "rim-cache")
     with pytest.raises(errors.CertificateChainError):
         cache.get(DRIVER_ID, datetime.now(UTC))

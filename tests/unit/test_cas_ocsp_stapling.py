@@ -32,7 +32,6 @@ from confide.cas.app import create_app
 from confide.cas.revocation import OcspCache, parse_stapled_max_age
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral.nvidia_ocsp import HttpOcspSource
-from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
 from confide.runtime.nvidia import GpuQuoteProvider
 from confide.runtime.quote import Evidence, SimQuoteProvider
 from confide.runtime.run import attest_and_prepare
@@ -45,19 +44,13 @@ from confide.verify.ocsp import (
     verify_ocsp_response,
 )
 from confide.verify.result import Platform
+from gpu_cas import CPU, FWID, NOW, NV_MEASUREMENTS, NV_REPORT, PKI, SECOND, accepted
 from nvidia_forge import NvidiaPki, make_ca, make_leaf, make_responder, ocsp_response, resign
 from nvidia_forge import make_pki as make_nvidia_pki
 from ocsp_responder import FakeOcsp
 from pki import Issuer
 
-ASSETS = Path(__file__).parents[1] / "assets"
-NV_REPORT = bytes.fromhex((ASSETS / "nvidia/hopperAttestationReport.txt").read_text().strip())
-NV_MEASUREMENTS = NvidiaAttestationReport.from_bytes(NV_REPORT).measurements
-FWID = NvidiaAttestationReport.from_bytes(NV_REPORT).response.field(OpaqueFieldType.FWID)
-NOW = datetime.now(UTC).replace(microsecond=0)
-PKI = make_nvidia_pki(NV_REPORT, NOW)  # root -> "Test ICA" -> leaf: position 1 (the ICA) is checked
-SECOND = NvidiaPki(PKI.root, PKI.ica, make_leaf(PKI.ica, FWID, NOW))  # another GPU, same ICA
-CPU = "ab" * 48
+# gpu_cas.PKI: root -> "Test ICA" -> leaf: position 1 (the ICA) is checked.
 M1, M22 = NV_MEASUREMENTS[1].hex(), NV_MEASUREMENTS[22].hex()
 
 
@@ -247,13 +240,6 @@ class Runtime(RuntimeKey):
             aux[f"gpu{k}.certs"] = pki.chain_pem()
             aux |= {f"gpu{k}.{key}": der for key, der in stapled.items()}
         return self.body(policy="app", service="ai", platform="sim", evidence=cpu, aux=aux)
-
-
-def accepted(inproc: InProcessCas, request: dict[str, Any], rt: Runtime) -> dict[str, Any]:
-    assert rt.open(inproc.cas.attest(request))["command"]
-    event = last_attestation(inproc.cas)
-    assert event["verdict"] == "accepted"
-    return event
 
 
 def test_a_good_stapled_response_is_used_and_the_responder_is_not_asked(

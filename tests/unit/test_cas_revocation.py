@@ -40,37 +40,30 @@ from confide.cas.server import prepare
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral.amd_kds import KdsHttpCollateral
 from confide.collateral.nvidia_ocsp import DirOcspSource, HttpOcspSource
-from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
 from confide.evidence.sev_snp import Product
 from confide.verify.ocsp import OcspResponse
+from gpu_cas import (
+    CPU,
+    FWID,
+    NOW,
+    NV_MEASUREMENTS,
+    NV_REPORT,
+    OCSP_KNOWN,
+    PKI,
+    RIM_PKI,
+    accepted,
+    driver_rim,
+)
+from gpu_cas import GpuRuntime as Runtime
 from kds_fake import fake_kds
 from nvidia_forge import NvidiaPki, make_ca, make_leaf, make_responder, ocsp_response, resign
 from nvidia_forge import make_pki as make_nvidia_pki
 from ocsp_responder import FakeOcsp
 from pki import Issuer
-from rim_pki import make_pki as make_rim_pki
-from rim_pki import rim_matching_report
 
-ASSETS = Path(__file__).parents[1] / "assets"
-NV_REPORT = bytes.fromhex((ASSETS / "nvidia/hopperAttestationReport.txt").read_text().strip())
-NV_MEASUREMENTS = NvidiaAttestationReport.from_bytes(NV_REPORT).measurements
-FWID = NvidiaAttestationReport.from_bytes(NV_REPORT).response.field(OpaqueFieldType.FWID)
-DRIVER_RIM = (ASSETS / "nvidia/Driver_RIM_test_no_gpu.swidtag").read_bytes()
-
-NOW = datetime.now(UTC).replace(microsecond=0)
-PKI = make_nvidia_pki(NV_REPORT, NOW)  # root -> "Test ICA" -> leaf: OCSP covers the ICA
-SECOND = NvidiaPki(PKI.root, PKI.ica, make_leaf(PKI.ica, FWID, NOW))  # another GPU, same ICA
-RIM_PKI = make_rim_pki("Test CAS RIM", valid=(NOW - timedelta(days=1), NOW + timedelta(days=30)))
-RIM = rim_matching_report(NV_REPORT, DRIVER_RIM, "550.90.07", RIM_PKI)
-CPU = "ab" * 48
+RIM = driver_rim()
 M1, M22 = NV_MEASUREMENTS[1].hex(), NV_MEASUREMENTS[22].hex()
-# What the responder is asked about: the GPU chain's ICA (issued by the root), and the RIM
-# signing chain's signer and ICA.
-KNOWN: dict[int, tuple[x509.Certificate, Issuer]] = {
-    PKI.ica[0].serial_number: (PKI.ica[0], PKI.root),
-    RIM_PKI.leaf.serial_number: (RIM_PKI.leaf, (RIM_PKI.ica, RIM_PKI.ica_key)),
-    RIM_PKI.ica.serial_number: (RIM_PKI.ica, (RIM_PKI.root, RIM_PKI.root_key)),
-}
+KNOWN = OCSP_KNOWN  # what the responder is asked about
 
 POLICY = f"""name: app
 version: "0.3"
@@ -162,35 +155,6 @@ def cas(tmp_path: Path, clock: Clock[float], cache: OcspCache) -> InProcessCas:
     return inproc
 
 
-class Runtime(RuntimeKey):
-    def __init__(self, inproc: InProcessCas) -> None:
-        super().__init__(inproc.cas)
-        self.inproc = inproc
-
-    def gpu(self, pki: NvidiaPki = PKI) -> bytes:
-        return resign(NV_REPORT, pki.leaf[1], nonce=self.binding[:32])
-
-    def gpu_only(self, *, rim: bool = False) -> dict[str, Any]:
-        aux = {"certs": PKI.chain_pem(), **({"rim:driver": RIM} if rim else {})}
-        return self.body(policy="app", service="gpu", platform="nvidia-gpu", evidence=self.gpu(), aux=aux)
-
-    def composite(self) -> dict[str, Any]:
-        cpu = self.inproc.platform.issue(
-            report_data=self.binding, measurement=bytes.fromhex(CPU), timestamp=int(self.inproc.cas.clock())
-        ).to_bytes()
-        aux = {"gpu0": self.gpu(PKI), "gpu0.certs": PKI.chain_pem()}
-        aux |= {"gpu1": self.gpu(SECOND), "gpu1.certs": SECOND.chain_pem()}
-        return self.body(policy="app", service="ai", platform="sim", evidence=cpu, aux=aux)
-
-
-def accepted(inproc: InProcessCas, request: dict[str, Any], rt: Runtime) -> dict[str, Any]:
-    """Attest ``request``: it must be accepted; the recorded attestation event."""
-    assert rt.open(inproc.cas.attest(request))["command"]
-    event = last_attestation(inproc.cas)
-    assert event["verdict"] == "accepted"
-    return event
-
-
 # --- good ------------------------------------------------------------------------------------------
 
 
@@ -219,16 +183,16 @@ def test_good_responses_accept_and_the_second_attestation_is_served_from_the_cac
 
 def test_rim_signing_chains_are_checked_too(cas: InProcessCas, responder: Responder) -> None:
     rt = Runtime(cas)
-    event = accepted(cas, rt.gpu_only(rim=True), rt)
+    event = accepted(cas, rt.gpu_only(driver=RIM), rt)
     assert event["revocation_checked"] is True and event["rim_revocation_checked"] is True
     assert sorted(responder.served()) == sorted(KNOWN)
     # The RIM signer revoked: the cached good answer serves until its nextUpdate, then not.
     responder.revoked.add(RIM_PKI.leaf.serial_number)
     rt2 = Runtime(cas)
-    accepted(cas, rt2.gpu_only(rim=True), rt2)
+    accepted(cas, rt2.gpu_only(driver=RIM), rt2)
     cas.cas.clock.now += 3600  # type: ignore[attr-defined]
     rt3 = Runtime(cas)
-    refused(cas.cas, rt3.gpu_only(rim=True), errors.RevocationError, r"'Test CAS RIM Signer' .* is revoked")
+    refused(cas.cas, rt3.gpu_only(driver=RIM), errors.RevocationError, r"'Test CAS RIM Signer' .* is revoked")
 
 
 # --- revoked --------------------------------------------------------------------------------------
@@ -450,7 +414,7 @@ def test_the_prefetch_stops_at_the_first_failure(cas: InProcessCas, responder: R
     (phase 1 refuses there)."""
     responder.behaviour = lambda cert, issuer, nonce: (503, b"busy")
     rt = Runtime(cas)
-    refused(cas.cas, rt.gpu_only(rim=True), errors.NetworkError, "revocation check: .* got HTTP 503")
+    refused(cas.cas, rt.gpu_only(driver=RIM), errors.NetworkError, "revocation check: .* got HTTP 503")
     assert responder.served() == [PKI.ica[0].serial_number]
 
 
@@ -510,7 +474,7 @@ def test_without_the_option_nothing_is_asked_and_the_ledger_says_not_checked(
     )
     rt = Runtime(inproc)
     assert inproc.cas.collateral_job(rt.gpu_only()) is None
-    event = accepted(inproc, rt.gpu_only(rim=True), rt)
+    event = accepted(inproc, rt.gpu_only(driver=RIM), rt)
     assert event["revocation_checked"] is False and event["rim_revocation_checked"] is False
     rt2 = Runtime(inproc)
     event = accepted(inproc, rt2.composite(), rt2)
@@ -587,7 +551,7 @@ def test_phase_one_uses_its_prefetch_when_the_responses_left_memory(
 
             ran = evict_before_phase_one(inproc.cas, monkeypatch, evict) if evicting else []
             rt = Runtime(inproc)
-            body = rt.composite() if case == "composite" else rt.gpu_only(rim=True)
+            body = rt.composite() if case == "composite" else rt.gpu_only(driver=RIM)
             status, _out = call(create_app(inproc.cas), "/v1/attest", [json.dumps(body).encode()])
             assert threads and threading.main_thread().name not in threads
             assert len(threads) == (3 if case == "good" else 1) and ran == ([1] if evicting else [])

@@ -12,7 +12,6 @@ import ctypes.util
 import shutil
 import subprocess
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,22 +23,17 @@ from cli import run_confide
 from confide import errors
 from confide.cas.core import binding_report_data
 from confide.cas.verifier import MAX_GPUS
-from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
+from confide.evidence.nvidia import NvidiaAttestationReport
 from confide.runtime import nvidia
 from confide.runtime.nvidia import GpuQuoteProvider, NvmlGpuSource, nvml_error
 from confide.runtime.quote import Evidence, SimQuoteProvider
 from confide.runtime.run import attest_and_prepare
 from confide.verify.result import Platform
-from nvidia_forge import NvidiaPki, make_leaf, make_pki, resign
+from gpu_cas import CPU, FWID, NOW, NV_MEASUREMENTS, NV_REPORT, PKI
+from nvidia_forge import NvidiaPki, make_leaf, resign
 
-ASSETS = Path(__file__).parents[1] / "assets"
-NV_REPORT = bytes.fromhex((ASSETS / "nvidia/hopperAttestationReport.txt").read_text().strip())
-NOW = datetime.now(UTC)
-PKI = make_pki(NV_REPORT, NOW)
-FWID = NvidiaAttestationReport.from_bytes(NV_REPORT).response.field(OpaqueFieldType.FWID)
 GPUS = [PKI] + [NvidiaPki(PKI.root, PKI.ica, make_leaf(PKI.ica, FWID, NOW)) for _ in range(MAX_GPUS)]
-M22 = NvidiaAttestationReport.from_bytes(NV_REPORT).measurements[22].hex()
-CPU = "ab" * 48
+M22 = NV_MEASUREMENTS[22].hex()
 
 POLICY = f"""name: app
 version: "0.3"

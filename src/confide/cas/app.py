@@ -179,6 +179,13 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
         result = cas.approve(approval)
         return {"name": result.name, "hash": result.hash, "state": result.state}
 
+    @app.post("/v1/policies/{name:path}/revocations")
+    def revoke_certificates(name: str, request: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+        """An owner's revocation of certificates under a generated CA (docs/cas.md "Revocation")."""
+        if request.get("name") != name:
+            raise ParseError("revocation request names another policy than the URL", structure="revocation")
+        return cas.revoke_certificates(request)
+
     @app.get("/v1/policies/{name:path}/events")
     def policy_events(name: str, x_confide_read: str | None = Header(default=None)) -> dict[str, Any]:
         doc = _read_doc(x_confide_read)
@@ -210,6 +217,23 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
         if format == "pem":
             return Response(crl_pem(der), media_type="application/x-pem-file", headers=headers)
         return Response(der, media_type="application/pkix-crl", headers=headers)
+
+    @app.get("/v1/crl/{file}")
+    def distributed_crl(file: str) -> Response:
+        """A CRL distribution point (RFC 5280 §4.2.1.13; docs/cas.md "CRL distribution points"):
+        the DER CRL (``application/pkix-crl``, RFC 2585 §4.2) of a CA declared
+        ``crl_distribution``, to anyone. The same bare 404 for every other id."""
+        crl_id, dot, ext = file.partition(".")
+        row = cas.distributed_crl(crl_id) if dot and ext == "crl" else None
+        if row is None:
+            return Response(status_code=404, headers={"Cache-Control": "no-store"})
+        # Cached at most CRL_MAX_AGE (not up to nextUpdate): a revocation is published at once.
+        max_age = max(0, min(CRL_MAX_AGE, int(row.next_update - cas.clock())))
+        return Response(
+            row.der,
+            media_type="application/pkix-crl",
+            headers={"Cache-Control": f"public, max-age={max_age}"},
+        )
 
     @app.get("/v1/policies/{name:path}")
     def show_policy(name: str, x_confide_read: str | None = Header(default=None)) -> dict[str, Any]:

@@ -26,6 +26,15 @@ _TEE_CHOICES = (
     "sgx-gramine",
     "az-vtpm",
 )  # confide.cas.server.TEE_CHOICES (imported lazily)
+REVOCATION_REASONS = (
+    "unspecified",
+    "keyCompromise",
+    "cACompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "privilegeWithdrawn",
+)  # confide.cas.crl.REASONS (imported lazily), RFC 5280 §5.3.1
 
 
 @click.group()
@@ -107,6 +116,14 @@ def cas() -> None:
     help="From a CRL's thisUpdate to its nextUpdate (default '7 days'; 60 s to 366 days). Each CA the "
     "CAS generated has a CRL, re-issued at every revocation and once half of this has passed.",
 )
+@click.option(
+    "--public-url",
+    "public_url",
+    metavar="URL",
+    help="The base URL (http:// or https://) relying parties reach the CAS under. Certificates the "
+    "CAS issues under a CA declared crl_distribution then carry a CRL distribution point "
+    'URL/v1/crl/<id>.crl (docs/cas.md "CRL distribution points").',
+)
 def cas_serve(
     data_dir: Path,
     listen: str,
@@ -123,9 +140,10 @@ def cas_serve(
     nvidia_ocsp_max_age: str | None,
     nvidia_rim: str | None,
     crl_validity: str | None,
+    public_url: str | None,
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
-    from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity
+    from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity, parse_public_url
     from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, parse_refresh_interval
     from confide.cas.revocation import parse_stapled_max_age
     from confide.cas.sealing import provider_for
@@ -163,6 +181,7 @@ def cas_serve(
         nvidia_ocsp_max_age=max_age,
         nvidia_rim=nvidia_rim,
         crl_validity=parse_crl_validity(crl_validity) if crl_validity is not None else DEFAULT_CRL_VALIDITY,
+        public_url=None if public_url is None else parse_public_url(public_url),
     )
 
 
@@ -495,6 +514,40 @@ def policy_crl(name: str, secret: str, identity_file: Path | None, out: Path | N
     else:
         sys.stdout.buffer.write(crl)
         sys.stdout.buffer.flush()
+
+
+@policy.command("revoke")
+@click.argument("name")
+@click.argument("secret")
+@click.option(
+    "--identity",
+    "identity_file",
+    type=_PATH,
+    required=True,
+    help="An identity on the policy's access_policy.update rules (alone or on its board).",
+)
+@click.option("--serial", help="The serial (hex) of the certificate to revoke.")
+@click.option("--all-valid", is_flag=True, help="Revoke every certificate of SECRET still valid.")
+@click.option(
+    "--reason",
+    type=click.Choice(list(REVOCATION_REASONS)),
+    default="unspecified",
+    show_default=True,
+    help="RFC 5280 §5.3.1 reason (unspecified: listed without a reason code).",
+)
+def policy_revoke(
+    name: str, secret: str, identity_file: Path, serial: str | None, all_valid: bool, reason: str
+) -> None:
+    """Revoke a certificate of SECRET (one the CAS generated or issued to a runtime, under a CA
+    of policy NAME) without changing its declaration; the CA's next CRL is issued at once.
+    Prints what was revoked and re-issued (JSON)."""
+    from confide.cas.client import CasClient
+
+    if (serial is None) == (not all_valid):
+        raise UsageError("give exactly one of --serial HEX and --all-valid")
+    ident = load_identity(identity_file)
+    result = CasClient.from_env().revoke(name, secret, ident, reason=reason, serial=serial)
+    click.echo(json.dumps(result, indent=2))
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

@@ -19,6 +19,7 @@ import httpx2
 
 from confide import errors
 from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, READ_TYPE, sign_document
+from confide.cas.owner_revocation import REVOKE_TYPE
 from confide.errors import ConfideError, NetworkError, UsageError
 from confide.identity import Identity
 from confide.policy import Policy
@@ -139,6 +140,21 @@ class CasClient:
         if response.status_code >= 400:
             _raise_for(response)
         return response.content
+
+    def revoke(
+        self, name: str, secret: str, identity: Identity, *, reason: str, serial: str | None = None
+    ) -> dict[str, Any]:
+        """Revoke the certificate ``serial`` (hex) of secret ``secret`` of policy ``name``, or
+        every valid one without ``serial``, for ``reason`` (RFC 5280 §5.3.1 name)."""
+        body: dict[str, Any] = {"type": REVOKE_TYPE, "name": name, "secret": secret, "reason": reason,
+                                "time": int(time.time())}  # fmt: skip
+        if serial is None:
+            body["all_valid"] = True
+        else:
+            body["serial"] = serial
+        doc = sign_document(body, identity.sign, identity.public.public_base64)
+        result: dict[str, Any] = self._call("POST", f"/v1/policies/{name}/revocations", json=doc)
+        return result
 
     def nonce(self) -> str:
         return str(self._call("POST", "/v1/attest/nonce")["nonce"])

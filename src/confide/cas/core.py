@@ -9,6 +9,8 @@ without its ``signature`` member; ``type`` names the purpose):
 - ``confide/policy/v1``: ``{"type", "policy": <policy JSON>, "signer": <base64 key>}``
 - ``confide/approval/v1``: ``{"type", "name", "hash", "signer"}``
 - ``confide/read/v1``: ``{"type", "name", "time": <unix seconds>, "signer"}`` (valid 5 minutes)
+- ``confide/revoke/v1``: ``{"type", "name", "secret", "reason", "serial" | "all_valid", "time",
+  "signer"}`` (valid 5 minutes, carried out once; :mod:`confide.cas.owner_revocation`)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import hmac
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +43,8 @@ from confide.cas.crl import (
     MAX_CRL_VALIDITY,
     MIN_CRL_VALIDITY,
     SUPERSEDED,
+    CrlRow,
+    RuntimeCertificate,
     crl_due,
     crl_pem,
     current_crl,
@@ -47,18 +52,25 @@ from confide.cas.crl import (
     issue_crls,
     issued_by_generated_ca,
     not_after,
+    record_runtime_certificates,
     revoke,
+    revoke_runtime_certificates,
+    runtime_certificate,
 )
-from confide.cas.db import Database, EventSink, raw_connection, raw_execute
+from confide.cas.db import Database, EventSink, raw_connection, raw_execute, raw_executemany
+from confide.cas.owner_revocation import REVOKE_TYPE, parse_request, refusal, revoke_request
 from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due
 from confide.cas.secrets import (
     CERTIFICATE_KINDS,
+    CRL_PATH,
     Sealer,
     SecretValue,
+    crl_distribution_id_of,
     generate,
     issue_to_runtime,
     public_part,
     render,
+    renewable,
     template_value,
 )
 from confide.cas.verifier import CollateralJob, GpuEvidence, Prefetched, check_binding, split_gpu_aux
@@ -90,6 +102,7 @@ from confide.policy.placeholders import (
     render_environment,
     render_file,
 )
+from confide.policy.secret import Secret
 from confide.verify.result import Platform, VerifiedEvidence
 
 __all__ = [
@@ -187,12 +200,37 @@ class VolumeSource:
     ephemeral_by: str | None = None
     heads: tuple[tuple[str, str], ...] = ()
 
+    def links(self, policy: str, volume: str, digest: str) -> list[dict[str, str]]:
+        """The resolved chain as frozen at release (docs/policy.md, "Frozen at release"): the
+        mounting policy's ``(policy, volume, hash)`` first, then each exporter's towards the
+        owner (last); an own volume's is the one entry."""
+        out = [{"policy": policy, "volume": volume, "hash": digest}]
+        if self.exported is not None:
+            towards_owner = [*reversed(self.via), (self.policy, self.volume)]
+            out += [
+                {"policy": p, "volume": v, "hash": h}
+                for (p, v), (_, h) in zip(towards_owner, self.heads, strict=True)
+            ]
+        return out
+
     def audit(self) -> dict[str, Any]:
         """The owner and the chain, for a release entry and the ledger (never a key)."""
         out: dict[str, Any] = {"owner": {"policy": self.policy, "volume": self.volume}}
         if self.via:
             out["via"] = [{"policy": p, "volume": v} for p, v in self.via]
         return out
+
+
+class FrozenVolume(NamedTuple):
+    """What governs a session's tag reports for one volume, as frozen at its release
+    (``session_volumes``; docs/policy.md, "Frozen at release")."""
+
+    mode: UpdatePolicy
+    ephemeral_by: str | None
+    links: list[dict[str, str]]
+    released_tag: str
+    released_generation: int
+    tag: str  # the base of the session's next rollback_protected report
 
 
 class SecretRow(NamedTuple):
@@ -268,6 +306,9 @@ def _release_key_der(shared: bytes, cas_spki: bytes, runtime_spki: bytes, nonce:
     return HKDF(hashes.SHA256(), 32, nonce, RELEASE_INFO + cas_spki + runtime_spki).derive(shared)
 
 
+_CRL_ID = re.compile(r"[0-9a-f]{32}")
+
+
 class Cas:
     def __init__(
         self,
@@ -278,6 +319,7 @@ class Cas:
         events: EventSink | None = None,
         clock: Callable[[], float] = time.time,
         crl_validity: float = DEFAULT_CRL_VALIDITY,
+        public_url: str | None = None,
     ) -> None:
         if not (math.isfinite(crl_validity) and MIN_CRL_VALIDITY <= crl_validity <= MAX_CRL_VALIDITY):
             raise UsageError(
@@ -285,6 +327,8 @@ class Cas:
                 f"{MAX_CRL_VALIDITY} seconds"
             )
         self.crl_validity = crl_validity
+        # ``cas serve --public-url``: the base of the CRL distribution points (parse_public_url).
+        self.public_url = public_url
         self.db = database
         self.sealer = sealer
         self.verifier = verifier
@@ -649,12 +693,16 @@ class Cas:
                 )
 
     def update_volume_tag(self, request: Any) -> dict[str, Any]:
-        """A running, attested service reports its volume's new tag. By the volume's effective
-        update policy for that service (``docs/cas.md``, "Volume update policies"):
-        ``rollback_protected``: compare-and-swap on the current tag, so an old copy of a volume
-        can never become current again; ``ephemeral``: refused (nothing of such a service's
-        changes persists, whatever its runtime does); ``no_rollback_protection``: recorded
-        without comparing (last writer wins)."""
+        """A running, attested service reports its volume's new tag (docs/policy.md, "Frozen at
+        release"; docs/cas.md, "Volume update policies"). Access is checked as of now: the
+        service still mounts the volume and every export on the chain still names its importer,
+        resolving to the owner the session was released; the session's mode as released judges
+        the update: ``rollback_protected``: the update starts from the tag the session was given
+        (or its own last report) and compare-and-swap on the current tag, so neither an old copy
+        nor a concurrent writer's update is lost; ``ephemeral``: refused (nothing of such a
+        service's changes persists, whatever its runtime does); ``no_rollback_protection``:
+        recorded without comparing (last writer wins). A session opened before schema 4 has no
+        frozen mode and is judged by the current policies' (as before)."""
         if not isinstance(request, dict):
             raise ParseError("expected a JSON object", structure="volume tag update")
         try:
@@ -667,9 +715,10 @@ class Cas:
                 "expected policy, volume, session (hex), old_tag, new_tag (hex)",
                 structure="volume tag update",
             ) from None
+        token_sha256 = hashlib.sha256(token).hexdigest()
         with self.db.write() as conn:
             session = conn.execute(
-                select(t.sessions).where(t.sessions.c.token_sha256 == hashlib.sha256(token).hexdigest())
+                select(t.sessions).where(t.sessions.c.token_sha256 == token_sha256)
             ).first()
             if session is None or session.expires_at < self.clock() or session.policy != policy_name:
                 raise AccessDeniedError("no attested session of this policy presented that token")
@@ -682,16 +731,22 @@ class Cas:
             if mount is None:
                 raise AccessDeniedError(f"service {session.service} does not mount volume {volume}")
             # An imported volume's tag is the owner's: every export on the chain is checked as
-            # of now (docs/cas.md, "Volumes shared between policies").
+            # of now (docs/cas.md, "Volumes shared between policies"): a withdrawn link refuses
+            # the report even under a frozen mode (docs/policy.md, "Frozen at release").
             source = self._volume_source(conn, policy, head.hash, volume)
             owner, owned, exported = source.policy, source.volume, source.exported
-            mode = _update_policy(mount, exported)
+            current_mode = _update_policy(mount, exported)
+            frozen = self._frozen_volume(conn, session, token_sha256, volume, (owner, owned))
+            if frozen is None:  # opened before schema 4: judged by the current policies
+                mode, ephemeral_by = current_mode, source.ephemeral_by
+            else:
+                mode, ephemeral_by = frozen.mode, frozen.ephemeral_by
             if mode is UpdatePolicy.EPHEMERAL:
-                by = source.ephemeral_by
-                reason = f"the export by {by}" if by is not None else "its image"
+                reason = f"the export by {ephemeral_by}" if ephemeral_by is not None else "its image"
                 raise AccessDeniedError(
                     f"volume {volume} is ephemeral for service {session.service} (update_policy of "
                     f"{reason}): its changes are never persisted, so its tag cannot be updated"
+                    + (" (the mode frozen at its release)" if frozen is not None else "")
                 )
             row = conn.execute(
                 select(t.volume_tags).where(
@@ -700,11 +755,20 @@ class Cas:
             ).first()
             if row is None:
                 raise ConflictError(f"policy {owner} has no volume {owned}")
-            if mode is UpdatePolicy.ROLLBACK_PROTECTED and not hmac.compare_digest(row.tag, old_tag):
-                raise ConflictError(
-                    f"volume {volume}: the update starts from tag {old_tag[:16]}…, "
-                    f"the current tag is {row.tag[:16]}…"
-                )
+            if mode is UpdatePolicy.ROLLBACK_PROTECTED:
+                # Compare-and-swap on the current tag, then the tag chain: a session builds only
+                # on the version it was given (or its own last report), never on another
+                # writer's that it claims as its base.
+                if not hmac.compare_digest(row.tag, old_tag):
+                    raise ConflictError(
+                        f"volume {volume}: the update starts from tag {old_tag[:16]}…, "
+                        f"the current tag is {row.tag[:16]}…"
+                    )
+                if frozen is not None and not hmac.compare_digest(frozen.tag, old_tag):
+                    raise ConflictError(
+                        f"volume {volume}: the update starts from tag {old_tag[:16]}…, this session "
+                        f"was given tag {frozen.tag[:16]}… (at its release or its own last report)"
+                    )
             generation = row.generation + 1
             conn.execute(
                 update(t.volume_tags)
@@ -722,8 +786,61 @@ class Cas:
                 payload["by"] = {"policy": policy_name, "volume": volume}
                 if source.via:
                     payload["via"] = source.audit()["via"]
+            # Which rules judged it (docs/cas.md, "Volume update policies"): the mode frozen at
+            # the release, with the tag and policy versions released, or the current one.
+            if frozen is None:
+                payload["judged_by"] = "current"
+            else:
+                payload["judged_by"] = "release"
+                payload["released"] = {"tag": frozen.released_tag, "generation": frozen.released_generation,
+                                       "chain": frozen.links}  # fmt: skip
+                if current_mode is not mode:
+                    payload["current_update_policy"] = current_mode.value
+                conn.execute(
+                    update(t.session_volumes)
+                    .where(
+                        and_(
+                            t.session_volumes.c.token_sha256 == token_sha256,
+                            t.session_volumes.c.volume == volume,
+                        )
+                    )
+                    .values(tag=new_tag)
+                )
             self.events.record(conn, "volume-tag", owner, payload)
         return {"volume": volume, "tag": new_tag, "generation": generation}
+
+    def _frozen_volume(
+        self, conn: Connection, session: Any, token_sha256: str, volume: str, owner: tuple[str, str]
+    ) -> FrozenVolume | None:
+        """What the session was released for ``volume`` (docs/policy.md, "Frozen at release"),
+        or None for a session opened before schema 4. Refused: a volume that was not released to
+        the session (its service mounts it since a later policy version), and one that now
+        resolves to another owner's volume than at the release."""
+        if session.volumes_frozen is None:
+            return None
+        row = conn.execute(
+            select(t.session_volumes).where(
+                and_(t.session_volumes.c.token_sha256 == token_sha256, t.session_volumes.c.volume == volume)
+            )
+        ).first()
+        if row is None:
+            raise AccessDeniedError(
+                f"volume {volume} was not released to this session of service {session.service}"
+            )
+        if (row.owner_policy, row.owner_volume) != owner:
+            raise AccessDeniedError(
+                f"volume {volume} now resolves to {owner[0]}/{owner[1]}, this session was released "
+                f"{row.owner_policy}/{row.owner_volume}"
+            )
+        chain = json.loads(row.chain)
+        return FrozenVolume(
+            mode=UpdatePolicy(row.update_policy),
+            ephemeral_by=chain.get("ephemeral_by"),
+            links=chain["links"],
+            released_tag=row.released_tag,
+            released_generation=row.released_generation,
+            tag=row.tag,
+        )
 
     def _exporter(self, conn: Connection, session: str, pinned: str | None, what: str) -> tuple[Policy, str]:
         """The current version (and its hash) of the policy an import names (secrets and volumes
@@ -823,14 +940,24 @@ class Cas:
         return None if row is None else SecretRow(row[0], row[1], row[2], row[3], bytes(row[4]), row[5])
 
     def _generate_secrets(
-        self, conn: Connection, policy: Policy, digest: str, previous: Policy | None = None
-    ) -> None:
+        self,
+        conn: Connection,
+        policy: Policy,
+        digest: str,
+        previous: Policy | None = None,
+        *,
+        regenerate: frozenset[str] = frozenset(),
+    ) -> list[dict[str, Any]]:
         """Generate what a policy version declares; keep values whose declaration did not change
-        (secrets survive updates), create a new version where it did. A certificate that
-        ``previous`` (the version this one replaces) had issued under one of its generated CAs
-        is recorded as revoked when a new version supersedes it, or when this version no longer
-        declares it as a generated secret, together with its earlier versions that a renewal
-        replaced and that are still valid (docs/cas.md "Revocation")."""
+        (secrets survive updates), create a new version where it did, and where ``regenerate``
+        names it (an owner's revocation of the current certificate or its key; what derives
+        from it follows). A certificate that ``previous`` (the version this one replaces) had
+        issued under one of its generated CAs is recorded as revoked when a new version
+        supersedes it, or when this version no longer declares it as a generated secret, together
+        with its earlier versions that a renewal replaced and that are still valid; so are the
+        certificates issued to runtimes for an ``issue_to_runtime`` secret whose declaration
+        changed, whose issuer was regenerated, or that is gone (docs/cas.md "Revocation").
+        Returns the new versions."""
         resolved: dict[str, SecretValue] = {}
         created: list[dict[str, Any]] = []
         created_names: set[str] = set()
@@ -868,7 +995,7 @@ class Cas:
             if spec.import_ is not None or spec.issue_to_runtime:
                 revoke_previous(spec.name, SUPERSEDED)  # no longer a value the CAS holds
                 continue
-            declared = spec.model_dump(mode="json", by_alias=True, exclude={"export", "export_public"})
+            declared = _declaration(spec)
             if spec.value is not None and str(spec.kind) in CERTIFICATE_KINDS:
                 # Before 2026-12 explicit certificates were replaced by generated ones: a marker
                 # changes their fingerprint so that such a stored value is replaced at the next
@@ -879,12 +1006,14 @@ class Cas:
             # A value derived from one regenerated here (its key, its issuer) is regenerated too,
             # so a certificate always matches its private key and chains to its issuer's version.
             derived_from_new = any(d in created_names for d in (spec.private_key, spec.issuer))
-            if row is not None and json.loads(row.public).get("spec") == fingerprint and not derived_from_new:
+            unchanged = row is not None and json.loads(row.public).get("spec") == fingerprint
+            if row is not None and unchanged and not derived_from_new and spec.name not in regenerate:
                 resolved[spec.name] = _decrypt_key(self.sealer, row)
                 continue
             if row is not None:
                 revoke_previous(spec.name, SUPERSEDED)
-            value = generate(spec, resolved=resolved, now=datetime.fromtimestamp(self.clock(), UTC))
+            value = generate(spec, resolved=resolved, now=datetime.fromtimestamp(self.clock(), UTC),
+                             crl_base=self.crl_base(policy, spec))  # fmt: skip
             resolved[spec.name] = value
             version = (row.version + 1) if row is not None else 1
             public = {**value.public_info(), "spec": fingerprint}
@@ -897,12 +1026,79 @@ class Cas:
             )  # fmt: skip
             created.append({"name": spec.name, "version": version, "kind": value.kind})
             created_names.add(spec.name)
+        if previous is not None:
+            revoked += self._revoke_runtime_issued(conn, policy, previous, created_names, now)
         if created:
-            self.events.record(conn, "secrets-generated", policy.name, {"hash": digest, "secrets": created})
+            payload: dict[str, Any] = {"hash": digest, "secrets": created}
+            if regenerate:
+                payload["cause"] = "revocation"
+            self.events.record(conn, "secrets-generated", policy.name, payload)
         if revoked:
             self.events.record(
                 conn, "certificates-revoked", policy.name, {"hash": digest, "certificates": revoked}
             )
+        return created
+
+    def _revoke_runtime_issued(
+        self, conn: Connection, policy: Policy, previous: Policy, regenerated: set[str], now: float
+    ) -> list[dict[str, Any]]:
+        """Revoke the still-valid certificates issued to runtimes under ``previous`` for an
+        ``issue_to_runtime`` secret signed by a generated CA of the policy, when ``policy`` (the
+        version replacing it) no longer declares it (``cessationOfOperation``), declares it
+        otherwise or regenerated its issuer (``superseded``)."""
+        out: list[dict[str, Any]] = []
+        current = {s.name: s for s in policy.secrets}
+        for old in previous.secrets:
+            if not old.issue_to_runtime or old.issuer is None:
+                continue
+            try:
+                if not generated_ca(previous.secret(old.issuer)):
+                    continue
+            except KeyError:
+                continue
+            new = current.get(old.name)
+            if new is None:
+                reason = CESSATION
+            elif _declaration(new) != _declaration(old) or old.issuer in regenerated:
+                reason = SUPERSEDED
+            else:
+                continue
+            out += revoke_runtime_certificates(conn, policy.name, old.name, reason, now)[1]
+        return out
+
+    def revoke_certificates(self, request: Any) -> dict[str, Any]:
+        """An owner's revocation of a certificate, or of every valid one of a secret, without a
+        policy update: a signed ``confide/revoke/v1`` request (:mod:`confide.cas.owner_revocation`,
+        docs/cas.md "Revocation"). Returns what was revoked and re-issued, and the CRLs issued."""
+        body, signer = verify_signed(request, REVOKE_TYPE)
+        req = parse_request(body, signer.fingerprint)
+        now = self.clock()
+        if abs(now - req.time) > READ_WINDOW:
+            raise AccessDeniedError(
+                f"revocation request time {req.time} is more than {READ_WINDOW}s from the CAS clock"
+            )
+        try:
+            with self.db.write() as conn:
+                head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == req.name)).first()
+                if head is None:
+                    raise refusal(req.name, req.signer)
+                # Step 1: listed in the update rules, alone or as a board member (no approvals).
+                rules = self._load(conn, req.name, head.hash).access_policy.update
+                if not (
+                    is_authorized(rules, {req.signer}, creator=head.creator)
+                    or _mentions(rules, req.signer, head.creator)
+                ):
+                    raise _Refused(
+                        refusal(req.name, req.signer),
+                        "revocation-refused",
+                        req.name,
+                        {"signer": req.signer, "secret": req.secret, "request_sha256": req.digest},
+                    )
+                return revoke_request(self, conn, req, now, spent_until=req.time + READ_WINDOW + 1)
+        except _Refused as refused:
+            with self.db.write() as conn:
+                self.events.record(conn, refused.event, refused.filed_under, refused.payload)
+            raise refused.error from None
 
     def _read_request(self, read_request: Any) -> tuple[dict[str, Any], PublicIdentity]:
         """A signed ``confide/read/v1`` request within :data:`READ_WINDOW` of the CAS clock: its
@@ -964,6 +1160,12 @@ class Cas:
                         "next_update": datetime.fromtimestamp(crl.next_update, UTC).isoformat(),
                         "sha256": hashlib.sha256(crl.der).hexdigest(),
                     }
+                    dist = crl_distribution_id_of(crl.der) if spec.crl_distribution else None
+                    if dist is not None:  # served to anyone (docs/cas.md "CRL distribution points")
+                        path = f"{CRL_PATH}{dist}.crl"
+                        secrets[spec.name]["crl"]["public_path"] = path
+                        if self.public_url is not None:
+                            secrets[spec.name]["crl"]["distribution_point"] = self.public_url + path
         return {
             "name": name,
             "hash": head.hash,
@@ -1004,6 +1206,8 @@ class Cas:
             raw_execute(conn, "DELETE FROM nonces WHERE expires_at < ?", (now,))
             raw_execute(conn, "DELETE FROM evidence_seen WHERE seen_at < ?", (now - 2 * NONCE_TTL,))
             raw_execute(conn, "DELETE FROM sessions WHERE expires_at < ?", (now,))
+            # Runtime certificates past their notAfter: no longer revocable (docs/cas.md "Revocation").
+            raw_execute(conn, "DELETE FROM runtime_certificates WHERE not_after < ?", (now,))
         # One statement per spend (no SELECT first): the insert is skipped when the key is
         # there, and its row count says which. ON CONFLICT DO NOTHING is the same statement on
         # SQLite and PostgreSQL, and a conflict is not an error (on PostgreSQL an error would
@@ -1135,11 +1339,12 @@ class Cas:
             # Appraise against the service's policy, then render its configuration.
             with self.db.read() as conn:
                 head = raw_execute(
-                    conn, "SELECT hash FROM policy_heads WHERE name = ?", (policy_name,)
+                    conn, "SELECT hash, revision FROM policy_heads WHERE name = ?", (policy_name,)
                 ).fetchone()
                 if head is None:
                     raise AccessDeniedError(f"no policy {policy_name}")
                 pending.policy_known = True
+                pending.revision = int(head[1])
                 outcome["policy_hash"] = head[0]
                 pending.used[policy_name] = head[0]
                 policy = self._load(conn, policy_name, head[0])
@@ -1155,7 +1360,7 @@ class Cas:
                         problems=[str(r) for r in result.reasons],
                     )
                 pending.config, pending.released = self._render(
-                    conn, policy, head[0], service, pending.used, runtime_key
+                    conn, policy, head[0], service, pending.used, runtime_key, pending.frozen, pending.issued
                 )
         except ConfideError as exc:
             pending.refused = exc
@@ -1278,7 +1483,13 @@ class Cas:
         service: Any,
         used: dict[str, str] | None = None,
         runtime_key: ec.EllipticCurvePublicKey | None = None,
+        frozen: list[tuple[object, ...]] | None = None,
+        issued: list[RuntimeCertificate] | None = None,
     ) -> tuple[dict[str, Any], list[Any]]:
+        """The service's configuration and the secrets it releases. ``used`` collects the policy
+        versions used, ``frozen`` each volume's ``session_volumes`` row but the token (docs/
+        policy.md, "Frozen at release"). Certificates issued to ``runtime_key`` are appended to
+        ``issued``, which the release records (docs/cas.md "Revocation")."""
         released: dict[tuple[str, str], dict[str, Any]] = {}
         cache: dict[str, SecretValue] = {}
         specs = {x.name: x for x in policy.secrets}
@@ -1292,13 +1503,21 @@ class Cas:
                 issuer, issuer_ref = self._secret_value(conn, policy, digest, spec.issuer)
                 issuer_ref.pop("policy_hash", None)
                 released[(issuer_ref["policy"], issuer_ref["name"])] = issuer_ref
-                cache[name] = issue_to_runtime(
-                    spec, runtime_key, issuer, datetime.fromtimestamp(self.clock(), UTC)
+                now = self.clock()
+                value = cache[name] = issue_to_runtime(
+                    spec, runtime_key, issuer, datetime.fromtimestamp(now, UTC), self.crl_base(policy, spec)
                 )
+                assert value.certificate is not None
+                record = runtime_certificate(
+                    policy.name, name, service.name, issuer_ref, value.certificate, now
+                )
+                if issued is not None and record is not None:
+                    issued.append(record)
                 released[(policy.name, name)] = {
                     "policy": policy.name,
                     "name": name,
                     "issued_to_runtime": True,
+                    "serial": None if record is None else record.serial,
                 }
             if name not in cache:
                 value, ref = self._secret_value(conn, policy, digest, name)
@@ -1356,6 +1575,11 @@ class Cas:
             if source.exported is not None:
                 entry.update(source.audit())  # owner, and via for a chain
             volumes.append(entry)
+            if frozen is not None:
+                chain = {"links": source.links(policy.name, mount.name, digest),
+                         "ephemeral_by": source.ephemeral_by}  # fmt: skip
+                frozen.append((mount.name, mode.value, owner, owned, json.dumps(chain, sort_keys=True),
+                               tag_row[0], tag_row[1], tag_row[0]))  # fmt: skip
             ref = {"policy": owner, "name": f"volume/{owned}", "version": key_row.version}
             released[(owner, f"volume/{owned}")] = ref
         config["volumes"] = volumes
@@ -1406,6 +1630,21 @@ class Cas:
             raise RenewalDue(owner, ca)
         return row.der
 
+    def crl_base(self, policy: Policy, spec: Secret) -> str | None:
+        """The CAS's public URL when certificates of ``spec`` get a CRL distribution point: it is
+        set (``cas serve --public-url``), and ``spec``'s certificates are generated (or issued to
+        runtimes) under a CA of ``policy`` that the CAS generated and that is declared
+        ``crl_distribution`` (docs/cas.md "CRL distribution points")."""
+        if self.public_url is None or spec.issuer is None:
+            return None
+        if not (renewable(spec) or spec.issue_to_runtime):
+            return None  # an explicit or imported certificate: the CAS issues none
+        try:
+            issuer = policy.secret(spec.issuer)
+        except KeyError:
+            return None
+        return self.public_url if generated_ca(issuer) and issuer.crl_distribution else None
+
     def crl(self, name: str, ca: str, read_request: Any | None) -> tuple[bytes, float, bool]:
         """The current CRL (DER) of the generated CA ``ca`` of policy ``name``, when it is due
         for refresh (its nextUpdate, seconds) and whether it was served as public. Who may
@@ -1452,6 +1691,41 @@ class Cas:
         if row is None:
             raise ConflictError(f"the CRL of {name}/{ca} could not be issued; try again")
         return row.der, row.next_update, not may_read
+
+    def distributed_crl(self, crl_id: str) -> CrlRow | None:
+        """The current CRL served at the public URL ``/v1/crl/<crl_id>.crl`` (docs/cas.md "CRL
+        distribution points"), to anyone: that of the one generated CA whose distribution id
+        (:func:`confide.cas.secrets.crl_distribution_id`) is ``crl_id`` and that the current
+        version of its policy declares ``crl_distribution``. ``None`` for anything else (no such
+        CA, not declared so, or two such CAs with the same subject and key), all alike."""
+        if not _CRL_ID.fullmatch(crl_id):
+            return None
+        row: CrlRow | None = None
+        for attempt in range(2):
+            with self.db.read() as conn:
+                found = raw_execute(
+                    conn, "SELECT policy, ca FROM crls WHERE distribution_id = ? ORDER BY policy, ca LIMIT 8",
+                    (crl_id,),
+                ).fetchall()  # fmt: skip
+                served = []
+                for name, ca in found:
+                    head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
+                    if head is None:
+                        continue
+                    try:
+                        spec: Any = self._load(conn, name, head.hash).secret(ca)
+                    except KeyError:
+                        continue
+                    if generated_ca(spec) and spec.crl_distribution:
+                        served.append((str(name), str(ca)))
+                if len(served) != 1:
+                    return None
+                row = current_crl(conn, *served[0])
+            if row is not None and not crl_due(row.this_update, row.next_update, self.clock()):
+                return row
+            if attempt == 0:  # due (the sweep has not run yet): issue it, read again
+                renew_due(self, [served[0][0]])
+        return row
 
     def events_for(self, read_request: Any) -> dict[str, Any]:
         """The ledger entries of a policy, for identities that may read it, each with its
@@ -1502,7 +1776,10 @@ class PendingAttestation:
         self.used: dict[str, str] = {}
         self.config: dict[str, Any] = {}
         self.released: list[Any] = []
+        self.frozen: list[tuple[object, ...]] = []  # session_volumes rows but the token
+        self.issued: list[RuntimeCertificate] = []  # certificates issued to the runtime's key
         self.policy_known = False  # the policy existed in phase 1
+        self.revision = 0  # policy_heads.revision of the policy in phase 1
         self.refused: ConfideError | None = None  # the verdict of phase 1
         self.error: ConfideError | None = None  # the final verdict, set by commit
         self.token = os.urandom(32)
@@ -1530,10 +1807,14 @@ class PendingAttestation:
             cas._use_once(conn, self.nonce, self.digest)
             for name, version in self.used.items():
                 now_head = raw_execute(
-                    conn, "SELECT hash FROM policy_heads WHERE name = ?", (name,)
+                    conn, "SELECT hash, revision FROM policy_heads WHERE name = ?", (name,)
                 ).fetchone()
                 if now_head is None or now_head[0] != version:
                     raise ConflictError(f"policy {name} changed during the attestation; attest again")
+                if name == self.policy and int(now_head[1]) != self.revision:
+                    raise ConflictError(
+                        f"a certificate of policy {name} was revoked during the attestation; attest again"
+                    )
             for vol in self.config.get("volumes", []):
                 owner = vol.get("owner") or {"policy": self.policy, "volume": vol["name"]}
                 current = raw_execute(
@@ -1548,13 +1829,25 @@ class PendingAttestation:
                 )
                 if stale:
                     raise ConflictError(f"volume {vol['name']} changed during the attestation; attest again")
+            token_sha256 = hashlib.sha256(self.token).hexdigest()
             raw_execute(
                 conn,
-                "INSERT INTO sessions (token_sha256, policy, service, measurement, expires_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (hashlib.sha256(self.token).hexdigest(), self.policy, self.service,
-                 outcome.get("measurement"), cas.clock() + SESSION_TTL),
+                "INSERT INTO sessions (token_sha256, policy, service, measurement, expires_at, "
+                "volumes_frozen) VALUES (?, ?, ?, ?, ?, 1)",
+                (token_sha256, self.policy, self.service, outcome.get("measurement"),
+                 cas.clock() + SESSION_TTL),
             )  # fmt: skip
+            if self.frozen:
+                # what governs the session's tag reports (docs/policy.md, "Frozen at release")
+                raw_executemany(
+                    conn,
+                    "INSERT INTO session_volumes (token_sha256, volume, update_policy, owner_policy, "
+                    "owner_volume, chain, released_tag, released_generation, tag) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(token_sha256, *row) for row in self.frozen],
+                )
+            if self.issued:  # so that they can be revoked (docs/cas.md "Revocation")
+                record_runtime_certificates(conn, token_sha256, self.issued)
         except ConfideError as exc:
             self.error = exc
             outcome.update({"verdict": "refused", "reason_class": exc.kind, "reason": exc.message[:500]})
@@ -1651,6 +1944,15 @@ def _gpu_summary(slot: str, v: VerifiedEvidence) -> dict[str, Any]:
         "rims_compared": c.get("rims_compared"),
         **_revocation_summary(v),
     }
+
+
+def _declaration(spec: Any) -> dict[str, Any]:
+    """A secret's declaration as far as its value depends on it (exports do not matter, nor does
+    ``crl_distribution``: certificates get their distribution point at their next version)."""
+    out: dict[str, Any] = spec.model_dump(
+        mode="json", by_alias=True, exclude={"export", "export_public", "crl_distribution"}
+    )
+    return out
 
 
 def _sha(text: str | None) -> str | None:

@@ -11,6 +11,13 @@ policy update that supersedes it, together with its earlier versions still valid
   import or ``issue_to_runtime``: reason ``superseded`` (RFC 5280 §5.3.1);
 - the secret gone from the policy's new version: ``cessationOfOperation``.
 
+A certificate issued at a release to the runtime's own key (``issue_to_runtime``) is recorded
+(``runtime_certificates``: serial, issuing CA and version, notAfter, policy, secret, service,
+session; dropped past notAfter) in the release's transaction. When it was signed by a generated
+CA of the same policy, it is revoked like the above when a policy update changes its declaration
+(or regenerates its issuer) or removes it. An owner may also revoke one certificate, or all valid
+ones of a secret, with a reason of their choosing (:mod:`confide.cas.owner_revocation`).
+
 A renewal (:mod:`confide.cas.renewal`) revokes nothing: the previous version stays valid until
 its notAfter, so services still running with it keep working until they attest again.
 
@@ -25,6 +32,12 @@ appeared on one CRL issued after the certificate's notAfter (§3.3). A new CRL i
 in the same transaction whenever the revoked set or the CA version changes, and by the renewal
 sweep once half of the current one's validity has passed (:func:`crl_due`).
 
+A generated CA declared ``crl_distribution`` has its CRL served to anyone at
+``/v1/crl/<id>.crl`` (``crls.distribution_id``, :func:`confide.cas.secrets.crl_distribution_id`),
+and with ``cas serve --public-url`` (:func:`parse_public_url`) the certificates issued under it
+name that URL in a CRLDistributionPoints extension (RFC 5280 §4.2.1.13; docs/cas.md "CRL
+distribution points").
+
 Ledger entries (``certificates-revoked``, ``crl-issued``) name secrets, versions, serials, key
 identifiers and SHA-256 digests only. The CA's sealed value is unsealed in memory to sign, as for
 a release (``Cas._unseal``, whose in-memory cache it shares); its key is never logged, stored
@@ -37,9 +50,11 @@ import base64
 import hashlib
 import json
 import math
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -47,7 +62,7 @@ from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
 from sqlalchemy import Connection
 
 from confide.cas.db import raw_execute, raw_executemany
-from confide.cas.secrets import SecretValue, renewable
+from confide.cas.secrets import SecretValue, crl_distribution_id, renewable
 from confide.errors import PolicyError, UsageError
 from confide.policy import Policy
 from confide.policy._types import duration_seconds
@@ -57,13 +72,18 @@ if TYPE_CHECKING:
     from confide.cas.core import Cas
 
 __all__ = [
+    "CA_COMPROMISE",
     "CESSATION",
+    "COMPROMISE",
     "DEFAULT_CRL_VALIDITY",
+    "KEY_COMPROMISE",
     "MAX_CRL_VALIDITY",
     "MIN_CRL_VALIDITY",
     "REASONS",
     "SUPERSEDED",
+    "UNSPECIFIED",
     "CrlRow",
+    "RuntimeCertificate",
     "build_crl",
     "crl_due",
     "crl_pem",
@@ -72,19 +92,38 @@ __all__ = [
     "issue_crls",
     "issued_by_generated_ca",
     "parse_crl_validity",
+    "parse_public_url",
+    "record_runtime_certificates",
     "revoke",
+    "revoke_runtime_certificates",
+    "revoke_serial",
+    "runtime_certificate",
 ]
 
 DEFAULT_CRL_VALIDITY = 7 * 86400.0
 """Seconds from a CRL's thisUpdate to its nextUpdate (``cas serve --crl-validity``)."""
 MIN_CRL_VALIDITY = 60
 MAX_CRL_VALIDITY = 366 * 86400
+UNSPECIFIED = "unspecified"
+KEY_COMPROMISE = "keyCompromise"
+CA_COMPROMISE = "cACompromise"
 SUPERSEDED = "superseded"
 CESSATION = "cessationOfOperation"
 REASONS: dict[str, x509.ReasonFlags] = {
-    SUPERSEDED: x509.ReasonFlags.superseded,  # RFC 5280 §5.3.1 superseded (4)
-    CESSATION: x509.ReasonFlags.cessation_of_operation,  # §5.3.1 cessationOfOperation (5)
+    # RFC 5280 §5.3.1 CRLReason. unspecified (0) is listed without a reasonCode extension (the
+    # RFC: "the reason code unspecified (0) SHOULD NOT be used ... absent reasonCode"). Left out:
+    # certificateHold (6) and removeFromCRL (8), since a revocation here is final and there are
+    # no delta CRLs; aACompromise (10), which concerns attribute certificates.
+    UNSPECIFIED: x509.ReasonFlags.unspecified,
+    KEY_COMPROMISE: x509.ReasonFlags.key_compromise,  # (1)
+    CA_COMPROMISE: x509.ReasonFlags.ca_compromise,  # (2)
+    "affiliationChanged": x509.ReasonFlags.affiliation_changed,  # (3)
+    SUPERSEDED: x509.ReasonFlags.superseded,  # (4)
+    CESSATION: x509.ReasonFlags.cessation_of_operation,  # (5)
+    "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,  # (9)
 }
+COMPROMISE = frozenset({KEY_COMPROMISE, CA_COMPROMISE})
+"""Reasons that say the certificate's key is compromised: the CAS replaces the key too."""
 
 
 class CrlRow(NamedTuple):
@@ -116,6 +155,41 @@ def parse_crl_validity(text: str) -> float:
     if not MIN_CRL_VALIDITY <= seconds <= MAX_CRL_VALIDITY:
         raise UsageError(f"--crl-validity: got {seconds} seconds, {expected}")
     return float(seconds)
+
+
+MAX_PUBLIC_URL = 200
+_URI_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")  # RFC 3986 §2: unreserved, reserved, %
+
+
+def parse_public_url(text: str) -> str:
+    """``cas serve --public-url``: the base URL relying parties reach the CAS (or a proxy in
+    front of it) under, for CRL distribution points. ``http://`` or ``https://``, a host, an
+    optional port and path prefix; no user info, query or fragment; only the characters of RFC
+    3986 §2 (a GeneralName URI is an IA5String, RFC 5280 §4.2.1.6: an IDN host in its A-label
+    form).
+    Returned without a trailing slash."""
+    expected = "expected an http:// or https:// URL with a host and no user info, query or fragment"
+    shown = text[:80]
+    if not _URI_CHARS.fullmatch(text) or len(text) > MAX_PUBLIC_URL:
+        limit = f"RFC 3986 characters only, {MAX_PUBLIC_URL} at most"
+        raise UsageError(f"--public-url: got {shown!r}, {expected} ({limit})")
+    try:
+        url = urlsplit(text)
+        port = url.port  # ValueError when not a number in range
+    except ValueError:
+        raise UsageError(f"--public-url: got {shown!r}, {expected}") from None
+    if (
+        url.scheme not in ("http", "https")
+        or not url.hostname
+        or "@" in url.netloc
+        or url.query
+        or url.fragment
+        or "?" in text
+        or "#" in text
+        or port == 0
+    ):
+        raise UsageError(f"--public-url: got {shown!r}, {expected}")
+    return text.rstrip("/")
 
 
 def generated_ca(spec: Secret | None) -> bool:
@@ -160,33 +234,129 @@ def _key_id(cert: x509.Certificate, *, authority: bool) -> str | None:
         return None
 
 
-def revoke(
-    conn: Connection, policy: str, name: str, version: int, public: str, reason: str, now: float
+def revoke_serial(
+    conn: Connection,
+    policy: str,
+    issuer: str,
+    serial: str,
+    *,
+    name: str,
+    version: int,
+    reason: str,
+    now: float,
+    not_after: float,
+    certificate_sha256: str,
 ) -> dict[str, Any] | None:
-    """Record the certificate of stored version ``version`` of ``policy``/``name`` (its
-    ``public`` metadata) as revoked for ``reason`` at ``now``. Returns what the
-    ``certificates-revoked`` event lists, or ``None`` when it was revoked before (the first
-    revocation stands) or the row has no certificate with an authority key identifier."""
+    """Record the certificate with ``serial`` (hex) signed by the key ``issuer`` (its key
+    identifier, hex) as revoked for ``reason`` at ``now``: secret ``name``, stored ``version``
+    (0: issued to a runtime). Returns what the ``certificates-revoked`` event lists, or ``None``
+    when it was revoked before (the first revocation stands)."""
     if reason not in REASONS:
         raise ValueError(f"got reason {reason!r}, expected one of {sorted(REASONS)}")
-    cert = _certificate(public)
-    issuer = None if cert is None else _key_id(cert, authority=True)
-    if cert is None or issuer is None:
-        return None
-    serial = format(cert.serial_number, "x")
     inserted = raw_execute(
         conn,
         "INSERT INTO revoked_certificates (policy, issuer_key_id, serial, name, version, reason, revoked_at, "
         "not_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        (policy, issuer, serial, name, version, reason, now, cert.not_valid_after_utc.timestamp()),
+        (policy, issuer, serial, name, version, reason, now, not_after),
     ).rowcount
     if inserted != 1:
         return None  # revoked before (a revocation is never changed)
     return {
         "name": name, "version": version, "serial": serial, "reason": reason, "issuer_key_id": issuer,
         "revoked_at": datetime.fromtimestamp(int(now), UTC).isoformat(),
-        "certificate_sha256": hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
+        "certificate_sha256": certificate_sha256,
     }  # fmt: skip
+
+
+def revoke(
+    conn: Connection, policy: str, name: str, version: int, public: str, reason: str, now: float
+) -> dict[str, Any] | None:
+    """Record the certificate of stored version ``version`` of ``policy``/``name`` (its
+    ``public`` metadata) as revoked (:func:`revoke_serial`). ``None`` also when the row has no
+    certificate with an authority key identifier."""
+    cert = _certificate(public)
+    issuer = None if cert is None else _key_id(cert, authority=True)
+    if cert is None or issuer is None:
+        return None
+    return revoke_serial(
+        conn, policy, issuer, format(cert.serial_number, "x"), name=name, version=version, reason=reason,
+        now=now, not_after=cert.not_valid_after_utc.timestamp(),
+        certificate_sha256=hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
+    )  # fmt: skip
+
+
+class RuntimeCertificate(NamedTuple):
+    """A certificate issued at a release to the runtime's own key (``runtime_certificates``)."""
+
+    policy: str
+    issuer_key_id: str
+    serial: str
+    name: str
+    service: str
+    ca_policy: str
+    ca_name: str
+    ca_version: int
+    issued_at: float
+    not_after: float
+    certificate_sha256: str
+
+
+def runtime_certificate(
+    policy: str, name: str, service: str, ca: dict[str, Any], der: bytes, issued_at: float
+) -> RuntimeCertificate | None:
+    """What is recorded of certificate ``der`` issued for secret ``name`` to a runtime of
+    ``service`` by the CA ``ca`` (``policy``, ``name``, ``version`` of its value); ``None``
+    when it carries no authority key identifier (never for the CAS's own)."""
+    cert = x509.load_der_x509_certificate(der)
+    issuer = _key_id(cert, authority=True)
+    if issuer is None:
+        return None
+    return RuntimeCertificate(
+        policy, issuer, format(cert.serial_number, "x"), name, service, str(ca["policy"]), str(ca["name"]),
+        int(ca["version"]), issued_at, cert.not_valid_after_utc.timestamp(), hashlib.sha256(der).hexdigest(),
+    )  # fmt: skip
+
+
+def record_runtime_certificates(
+    conn: Connection, session_sha256: str, issued: Sequence[RuntimeCertificate]
+) -> None:
+    """Record ``issued`` (certificates of one release, whose session token hashes to
+    ``session_sha256``), in the release's write transaction."""
+    raw_executemany(
+        conn,
+        "INSERT INTO runtime_certificates (policy, issuer_key_id, serial, name, service, session_sha256, "
+        "ca_policy, ca_name, ca_version, issued_at, not_after, certificate_sha256) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        [(c.policy, c.issuer_key_id, c.serial, c.name, c.service, session_sha256, c.ca_policy, c.ca_name,
+          c.ca_version, c.issued_at, c.not_after, c.certificate_sha256) for c in issued],
+    )  # fmt: skip
+
+
+def revoke_runtime_certificates(
+    conn: Connection, policy: str, name: str, reason: str, now: float, *, serial: str | None = None
+) -> tuple[int, list[dict[str, Any]]]:
+    """Revoke the still-valid certificates issued to runtimes for secret ``name`` of ``policy``
+    by a CA of ``policy`` itself (the scope of revocation: its CRL), or only the one with
+    ``serial``. Returns how many were found and what the ``certificates-revoked`` event lists
+    (those not revoked before)."""
+    query = (
+        "SELECT issuer_key_id, serial, service, ca_name, ca_version, not_after, certificate_sha256 "
+        "FROM runtime_certificates WHERE policy = ? AND name = ? AND ca_policy = ? AND not_after > ?"
+    )
+    params: tuple[object, ...] = (policy, name, policy, now)
+    if serial is not None:
+        query, params = query + " AND serial = ?", (*params, serial)
+    rows = raw_execute(conn, query + " ORDER BY issued_at, serial", params).fetchall()
+    out = []
+    for issuer, found, service, ca_name, ca_version, expiry, digest in rows:
+        entry = revoke_serial(
+            conn, policy, issuer, found, name=name, version=0, reason=reason, now=now,
+            not_after=float(expiry), certificate_sha256=digest,
+        )  # fmt: skip
+        if entry is not None:
+            out.append({**entry, "issued_to_runtime": True, "service": service, "ca": ca_name,
+                        "ca_version": int(ca_version)})  # fmt: skip
+    return len(rows), out
 
 
 def current_crl(conn: Connection, policy: str, ca: str) -> CrlRow | None:
@@ -246,13 +416,14 @@ def build_crl(
         .add_extension(x509.CRLNumber(number), critical=False)  # §5.2.3
     )
     for e in entries:
-        builder = builder.add_revoked_certificate(
+        revoked = (
             x509.RevokedCertificateBuilder()
             .serial_number(int(e.serial, 16))
             .revocation_date(_utc(e.revoked_at))
-            .add_extension(x509.CRLReason(REASONS[e.reason]), critical=False)  # §5.3.1
-            .build()
         )
+        if e.reason != UNSPECIFIED:  # §5.3.1: unspecified is listed without a reasonCode
+            revoked = revoked.add_extension(x509.CRLReason(REASONS[e.reason]), critical=False)
+        builder = builder.add_revoked_certificate(revoked.build())
     algorithm = (
         None if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey) else hashes.SHA256()
     )
@@ -295,20 +466,24 @@ def issue_crls(cas: Cas, conn: Connection, policy: Policy, digest: str, now: flo
         next_update = this_update + cas.crl_validity
         der = build_crl(cas._unseal(row), entries, number=number, this_update=this_update,
                         next_update=next_update)  # fmt: skip
+        assert cert is not None
+        dist = crl_distribution_id(cert.subject, bytes.fromhex(key_id))
         if current is None:
             raw_execute(
                 conn,
                 "INSERT INTO crls (policy, ca, number, ca_version, entries_sha256, this_update, next_update, "
-                "der) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (policy.name, spec.name, number, row.version, entries_sha256, this_update, next_update, der),
-            )
+                "der, distribution_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (policy.name, spec.name, number, row.version, entries_sha256, this_update, next_update, der,
+                 dist),
+            )  # fmt: skip
         else:
             raw_execute(
                 conn,
                 "UPDATE crls SET number = ?, ca_version = ?, entries_sha256 = ?, this_update = ?, "
-                "next_update = ?, der = ? WHERE policy = ? AND ca = ?",
-                (number, row.version, entries_sha256, this_update, next_update, der, policy.name, spec.name),
-            )
+                "next_update = ?, der = ?, distribution_id = ? WHERE policy = ? AND ca = ?",
+                (number, row.version, entries_sha256, this_update, next_update, der, dist, policy.name,
+                 spec.name),
+            )  # fmt: skip
         expired = [e.serial for e in entries if e.not_after < this_update]
         if expired:  # listed once beyond their validity period: left out from the next CRL on
             raw_executemany(

@@ -29,6 +29,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Float,
+    ForeignKey,
     Integer,
     LargeBinary,
     MetaData,
@@ -39,12 +40,14 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
     select,
     text,
 )
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
+from confide.cas.secrets import crl_distribution_id_of
 from confide.errors import StorageError
 from confide.ledger.db import Conn
 from confide.ledger.db import execute as ledger_execute
@@ -89,6 +92,9 @@ policy_heads = Table(
     Column("hash", String(64), nullable=False),
     Column("creator", String(64), nullable=False),
     Column("updated_at", Float, nullable=False),
+    # One more with every owner's revocation (docs/cas.md "Revocation"): a release rendered
+    # before one is refused at commit, as one rendered before a policy update is.
+    Column("revision", BigInteger, nullable=False, server_default="0"),
 )
 approvals = Table(
     "approvals",
@@ -153,6 +159,36 @@ sessions = Table(
     Column("service", String(128), nullable=False),
     Column("measurement", String(128)),
     Column("expires_at", Float, nullable=False),
+    # 1: every volume released to the session has its session_volumes row (schema 4 on); NULL:
+    # opened before schema 4, its tag reports are judged by the current policies (docs/policy.md,
+    # "Frozen at release").
+    Column("volumes_frozen", Integer),
+)
+# What governs a session's tag reports, frozen when its volumes were released (docs/policy.md,
+# "Volume update policies", "Frozen at release"): one row per volume of the release, removed
+# with the session (sessions are swept when they expire).
+session_volumes = Table(
+    "session_volumes",
+    metadata,
+    Column(
+        "token_sha256",
+        String(64),
+        ForeignKey("sessions.token_sha256", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("volume", String(128), nullable=False),  # the name the session's policy mounts
+    Column("update_policy", String(32), nullable=False),  # the effective mode released
+    Column("owner_policy", String(128), nullable=False),
+    Column("owner_volume", String(128), nullable=False),
+    # JSON: {"links": [{policy, volume, hash}, ...] from the session's policy to the owner,
+    # "ephemeral_by": the exporter whose export made the mode ephemeral, or null}
+    Column("chain", Text, nullable=False),
+    Column("released_tag", String(64), nullable=False),
+    Column("released_generation", BigInteger, nullable=False),
+    # the tag the session's next report under rollback_protected must start from: the released
+    # one, then the session's own last accepted report
+    Column("tag", String(64), nullable=False),
+    PrimaryKeyConstraint("token_sha256", "volume"),
 )
 revoked_certificates = Table(
     "revoked_certificates",
@@ -181,10 +217,40 @@ crls = Table(
     Column("this_update", Float, nullable=False),
     Column("next_update", Float, nullable=False),
     Column("der", LargeBinary, nullable=False),
+    # The opaque id of the CRL's public URL (confide.cas.secrets.crl_distribution_id: the CA's
+    # subject and key identifier); NULL only for rows of schema 5 not re-issued since.
+    Column("distribution_id", String(64)),
     PrimaryKeyConstraint("policy", "ca"),
 )
+runtime_certificates = Table(
+    "runtime_certificates",
+    metadata,
+    # A certificate issued at a release to the runtime's own key (``issue_to_runtime``), so that
+    # it can be revoked (docs/cas.md "Revocation"). Public data only; dropped past not_after.
+    Column("policy", String(128), nullable=False),
+    Column("issuer_key_id", String(128), nullable=False),  # hex of the certificate's AKI keyIdentifier
+    Column("serial", String(64), nullable=False),  # hex
+    Column("name", String(128), nullable=False),  # the issue_to_runtime secret
+    Column("service", String(128), nullable=False),
+    Column("session_sha256", String(64), nullable=False),  # sessions.token_sha256 of the release
+    Column("ca_policy", String(128), nullable=False),  # the issuing CA (an import: the exporter's)
+    Column("ca_name", String(128), nullable=False),
+    Column("ca_version", Integer, nullable=False),
+    Column("issued_at", Float, nullable=False),
+    Column("not_after", Float, nullable=False),
+    Column("certificate_sha256", String(64), nullable=False),
+    PrimaryKeyConstraint("policy", "issuer_key_id", "serial"),
+)
+revocation_requests = Table(
+    "revocation_requests",
+    metadata,
+    # Signed revocation requests already carried out (single use); dropped once their time window
+    # has passed, after which the request is refused as stale anyway.
+    Column("digest", String(64), primary_key=True),
+    Column("expires_at", Float, nullable=False),
+)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 6
 
 T = TypeVar("T")
 
@@ -237,7 +303,42 @@ def _v3(conn: Connection) -> None:
     crls.create(conn, checkfirst=True)
 
 
-_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
+def _v4(conn: Connection) -> None:
+    """Volume modes frozen at release (docs/policy.md, "Frozen at release"): the
+    ``session_volumes`` table and ``sessions.volumes_frozen``. Sessions opened before this
+    version keep ``volumes_frozen`` NULL and are judged by the current policies, as before."""
+    if "volumes_frozen" not in {c["name"] for c in inspect(conn).get_columns("sessions")}:
+        raw_execute(conn, "ALTER TABLE sessions ADD COLUMN volumes_frozen INTEGER")
+    session_volumes.create(conn, checkfirst=True)
+
+
+def _v5(conn: Connection) -> None:
+    """Certificates issued to runtimes (``issue_to_runtime``) and owners' revocation requests
+    (docs/cas.md "Revocation"). Runtime certificates issued before this version are not recorded."""
+    runtime_certificates.create(conn, checkfirst=True)
+    revocation_requests.create(conn, checkfirst=True)
+    if "revision" not in {c["name"] for c in inspect(conn).get_columns("policy_heads")}:
+        raw_execute(conn, "ALTER TABLE policy_heads ADD COLUMN revision BIGINT NOT NULL DEFAULT 0")
+    for statement in (
+        "CREATE INDEX IF NOT EXISTS runtime_certificates_not_after ON runtime_certificates (not_after)",
+        "CREATE INDEX IF NOT EXISTS runtime_certificates_name ON runtime_certificates (policy, name)",
+    ):
+        raw_execute(conn, statement)
+
+
+def _v6(conn: Connection) -> None:
+    """CRL distribution points (docs/cas.md "CRL distribution points"): ``crls.distribution_id``,
+    filled from each stored CRL's issuer and authorityKeyIdentifier (what it is derived from)."""
+    if "distribution_id" not in {c["name"] for c in inspect(conn).get_columns("crls")}:
+        raw_execute(conn, "ALTER TABLE crls ADD COLUMN distribution_id VARCHAR(64)")
+    raw_execute(conn, "CREATE INDEX IF NOT EXISTS crls_distribution_id ON crls (distribution_id)")
+    rows = raw_execute(conn, "SELECT policy, ca, der FROM crls").fetchall()
+    found = [(crl_distribution_id_of(bytes(der)), policy, ca) for policy, ca, der in rows]
+    if found:
+        raw_executemany(conn, "UPDATE crls SET distribution_id = ? WHERE policy = ? AND ca = ?", found)
+
+
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6}
 
 
 class EventSink:

@@ -30,7 +30,6 @@ that ran no prefetch. Two attestations that need the same VCEK at once share one
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -41,8 +40,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from confide.cas.fetch_stats import FetchStats
-from confide.cas.flight import SingleFlight
+from confide.cas.fetch_cache import FetchCache
 from confide.collateral.amd_kds import (
     AmdCollateral,
     AmdCollateralRequest,
@@ -52,7 +50,6 @@ from confide.collateral.amd_kds import (
 from confide.errors import CertificateChainError, CollateralMissingError, ConfideError, ParseError
 from confide.evidence.sev_snp import AttestationReport, SigningKey
 from confide.fsutil import prune_oldest
-from confide.lru import Lru
 from confide.verify.sev_snp import AmdChain, AmdRootStore, VekKind, load_certificates, verify_vek_chain
 from confide.verify.x509util import CERTIFICATE_ERRORS, check_crl_fields
 
@@ -207,28 +204,23 @@ class KdsVcekCache:
         self.require_crl = require_crl
         self.memory_entries = memory_entries
         self.disk_veks = disk_veks
-        self.monotonic = monotonic
-        self._memory: Lru[_Key, FetchedVek] = Lru(memory_entries)
-        self._failures: Lru[_Key, tuple[float, ConfideError]] = Lru(memory_entries)
-        self._flights: SingleFlight[_Key, FetchedVek] = SingleFlight()
-        self.fetches = 0  # calls of source.fetch (for tests)
-        self.stats = FetchStats()  # the same calls, timed, with their outcome (for /metrics)
+        # Memory, the failures kept FAILURE_GRACE seconds, one fetch per VCEK at a time.
+        self.memory: FetchCache[_Key, FetchedVek] = FetchCache(
+            memory_entries, FetchedVek.current, grace=FAILURE_GRACE, monotonic=monotonic
+        )
+        self.stats = self.memory.stats  # the source's calls, timed, with their outcome (/metrics)
         self.rejected_files = 0  # cached files that did not verify (removed, fetched again)
+
+    @property
+    def fetches(self) -> int:
+        """Calls of the source so far."""
+        return self.memory.fetches
 
     # -- memory (no I/O: safe on the event loop) --------------------------------------------
 
     def cached(self, request: AmdCollateralRequest, at: datetime) -> FetchedVek | None:
         """The verified collateral in memory, if it is there and its CRL current at ``at``."""
-        key = vek_key(request)
-        hit = self._memory.get(key)
-        return hit if hit is not None and hit.current(at) else None
-
-    def _remember(self, key: _Key, fetched: FetchedVek) -> None:
-        self._memory.put(key, fetched)
-        self._failures.pop(key)
-
-    def _failed(self, key: _Key, exc: ConfideError) -> None:
-        self._failures.put(key, (self.monotonic(), exc))
+        return self.memory.cached(vek_key(request), at)
 
     # -- the two entry points ------------------------------------------------------------------
 
@@ -236,50 +228,21 @@ class KdsVcekCache:
         """Blocking (run it off the event loop): bring the collateral into memory, and return it
         (for phase 1 of the attestation that asked: ``PlatformVerifier.collateral_job``), or the
         error of the fetch (also kept for :meth:`get`), not raised here."""
-        try:
-            return self.fetch(request, at)
-        except ConfideError as exc:
-            return copy.copy(exc)
+        return self.memory.prefetch(vek_key(request), at, lambda: self._load(request, at))
 
     def get(self, request: AmdCollateralRequest, at: datetime) -> FetchedVek:
         """For callers that ran no prefetch (a CAS's phase 1 takes what its prefetch returned):
         the collateral from memory; else the error of the fetch tried in the last
         :data:`FAILURE_GRACE` seconds; else :meth:`fetch` (blocking)."""
-        hit = self.cached(request, at)
-        if hit is not None:
-            return hit
-        key = vek_key(request)
-        failed = self._failures.get(key)
-        if failed is not None and self.monotonic() - failed[0] < FAILURE_GRACE:
-            raise copy.copy(failed[1])
-        return self.fetch(request, at)
+        return self.memory.get(vek_key(request), at, lambda: self._load(request, at))
 
     def fetch(self, request: AmdCollateralRequest, at: datetime) -> FetchedVek:
         """Blocking: memory, disk, then the source; one fetch at a time per VCEK (the others
-        wait for its outcome). Errors: :class:`CollateralMissingError` when the source fails
+        wait for its outcome; one fetched for another attestation whose CRL falls due at ours is
+        fetched again). Errors: :class:`CollateralMissingError` when the source fails
         (unreachable, HTTP 404/429/5xx, a malformed answer), the verification error when what it
         answered does not verify."""
-        key = vek_key(request)
-        loaded: list[FetchedVek] = []
-
-        def load() -> FetchedVek:
-            try:
-                fetched = self._load(request, at)
-            except ConfideError as exc:
-                self._failed(key, exc)
-                raise
-            self._remember(key, fetched)
-            loaded.append(fetched)
-            return fetched
-
-        while True:
-            hit = self.cached(request, at)
-            if hit is not None:
-                return hit
-            result = self._flights.run(key, load)
-            if loaded or result.current(at):
-                return result  # ours (loaded at our time), or another's that is current for us
-            # Another attestation's fetch, already stale at our time (its CRL falls due): again.
+        return self.memory.fetch(vek_key(request), at, lambda: self._load(request, at))
 
     # -- disk and source -----------------------------------------------------------------------
 
@@ -287,10 +250,8 @@ class KdsVcekCache:
         from_disk = self._from_disk(request, at)
         if from_disk is not None:
             return from_disk
-        self.fetches += 1
         try:
-            with self.stats.timed():
-                collateral = self.source.fetch(request)
+            collateral = self.memory.ask(lambda: self.source.fetch(request))
         except ConfideError as exc:
             _log("kds-fetch-failed", request, error=exc.kind)
             raise CollateralMissingError(

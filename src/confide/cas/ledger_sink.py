@@ -30,6 +30,7 @@ ENTRY_TYPES: dict[str, EntryType] = {
     "policy-stale": EntryType.POLICY_STALE,
     "policy-update-refused": EntryType.POLICY_REFUSED,
     "policy-create-refused": EntryType.POLICY_REFUSED,
+    "revocation-refused": EntryType.POLICY_REFUSED,
     "secrets-generated": EntryType.SECRETS_GENERATED,
     "certificates-renewed": EntryType.CERTIFICATES_RENEWED,
     "certificates-revoked": EntryType.CERTIFICATES_REVOKED,

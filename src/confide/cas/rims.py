@@ -36,14 +36,14 @@ responses about its signer chain when the CAS has ``--nvidia-ocsp``), exactly as
 runtime sent; the cache only decides when to ask again. Nothing here reads the wall clock.
 
 Blocking: a fetch goes to the network or the disk. Attestations that miss the same RIM at the
-same moment share one fetch (:class:`~confide.cas.flight.SingleFlight`). The CAS's event loop
-never waits for one: ``PlatformVerifier.collateral_job`` runs :meth:`RimCache.prefetch` in a
-worker thread and hands its outcomes to phase 1 (``Prefetched.rims``).
+same moment share one fetch (the memory, the failures and the single fetch are
+:class:`~confide.cas.fetch_cache.FetchCache`'s). The CAS's event loop never waits for one:
+``PlatformVerifier.collateral_job`` runs :meth:`RimCache.prefetch` in a worker thread and hands
+its outcomes to phase 1 (``Prefetched.rims``).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -57,13 +57,11 @@ from pathlib import Path
 
 from cryptography import x509
 
-from confide.cas.fetch_stats import FetchStats
-from confide.cas.flight import SingleFlight
+from confide.cas.fetch_cache import FetchCache
 from confide.collateral.nvidia_rim import RimSource
 from confide.errors import CollateralError, CollateralMissingError, ConfideError, ParseError
 from confide.evidence.nvidia_rim import MAX_RIM_SIZE, ReferenceManifest
 from confide.fsutil import prune_oldest, write_atomic
-from confide.lru import Lru
 from confide.verify.nvidia_rim import verify_rim
 
 __all__ = ["DISK_ENTRIES", "FAILURE_GRACE", "MAX_AGE", "MAX_ENTRIES", "RimCache"]
@@ -116,75 +114,49 @@ class RimCache:
         self.where = where
         self.kind = kind
         self.root = root
-        self.monotonic = monotonic
-        self._entries: Lru[str, _Entry] = Lru(max_entries)
-        self._failures: Lru[str, tuple[float, ConfideError]] = Lru(max_entries)
-        self._flights: SingleFlight[str, _Entry] = SingleFlight()
         self._count_lock = threading.Lock()
-        self.fetches = 0
-        self.stats = FetchStats()  # the source's calls, timed, with their outcome (/metrics)
+        # Memory, the failures kept FAILURE_GRACE seconds, one fetch per RIM ID at a time.
+        self.memory: FetchCache[str, _Entry] = FetchCache(
+            max_entries, _Entry.usable, grace=FAILURE_GRACE, monotonic=monotonic
+        )
+        self.stats = self.memory.stats  # the source's calls, timed, with their outcome (/metrics)
+
+    @property
+    def fetches(self) -> int:
+        """Calls of the source so far."""
+        return self.memory.fetches
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.memory)
 
     def cached(self, rim_id: str, at: datetime) -> ReferenceManifest | None:
         """The verified RIM ``rim_id`` in memory, usable at ``at`` (no I/O)."""
-        entry = self._entries.get(rim_id)
-        return entry.rim if entry is not None and entry.usable(at) else None
+        entry = self.memory.cached(rim_id, at)
+        return entry.rim if entry is not None else None
 
     def prefetch(self, rim_id: str, at: datetime) -> ReferenceManifest | ConfideError:
         """Blocking (run it off the event loop): the RIM (from memory, else fetched), or the
         error of the fetch (also kept for :meth:`get`), not raised here."""
-        try:
-            return self.fetch(rim_id, at)
-        except ConfideError as exc:
-            return copy.copy(exc)
+        outcome = self.memory.prefetch(rim_id, at, lambda: self._load(rim_id, at))
+        return outcome.rim if isinstance(outcome, _Entry) else outcome
 
     def get(self, rim_id: str, at: datetime) -> ReferenceManifest:
         """For callers that ran no prefetch: the RIM from memory; else the error of the fetch
         tried in the last :data:`FAILURE_GRACE` seconds; else :meth:`fetch` (blocking)."""
-        hit = self.cached(rim_id, at)
-        if hit is not None:
-            return hit
-        failed = self._failures.get(rim_id)
-        if failed is not None and self.monotonic() - failed[0] < FAILURE_GRACE:
-            raise copy.copy(failed[1])
-        return self.fetch(rim_id, at)
+        return self.memory.get(rim_id, at, lambda: self._load(rim_id, at)).rim
 
     def fetch(self, rim_id: str, at: datetime) -> ReferenceManifest:
         """Blocking: memory, else the source (one fetch per RIM ID at a time; the others wait for
         its outcome), verified at ``at`` before it is cached (module docstring for the errors)."""
-        loaded: list[_Entry] = []
-
-        def load() -> _Entry:
-            try:
-                entry = self._load(rim_id, at)
-            except ConfideError as exc:
-                self._failures.put(rim_id, (self.monotonic(), copy.copy(exc)))
-                raise
-            self._entries.put(rim_id, entry)
-            self._failures.pop(rim_id)
-            loaded.append(entry)
-            return entry
-
-        while True:
-            hit = self.cached(rim_id, at)
-            if hit is not None:
-                return hit
-            entry = self._flights.run(rim_id, load)
-            if loaded or entry.usable(at):
-                return entry.rim
-            # Another attestation's fetch, made at a time that does not cover ours: again.
+        return self.memory.fetch(rim_id, at, lambda: self._load(rim_id, at)).rim
 
     def _load(self, rim_id: str, at: datetime) -> _Entry:
+        """The disk file of ``rim_id``, else the source's answer, verified at ``at``."""
         stored = self._from_disk(rim_id, at)
         if stored is not None:
             return stored
-        with self._count_lock:
-            self.fetches += 1
         try:
-            with self.stats.timed():
-                data = self.source.fetch(rim_id)
+            data = self.memory.ask(lambda: self.source.fetch(rim_id))
         except ConfideError as exc:
             _log("rim-fetch-failed", rim_id, error=exc.kind)
             raise CollateralMissingError(

@@ -11,6 +11,7 @@ Values are kept in :class:`SecretValue`; ``repr`` never shows them.
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -38,8 +39,12 @@ from confide.verify.x509util import CERTIFICATE_ERRORS, check_certificate_fields
 
 __all__ = [
     "CERTIFICATE_KINDS",
+    "CRL_PATH",
     "Sealer",
     "SecretValue",
+    "crl_distribution_id",
+    "crl_distribution_id_of",
+    "crl_url",
     "generate",
     "key_id",
     "render",
@@ -58,6 +63,34 @@ _ASCII = string.ascii_letters + string.digits
 _DEFAULT_SIZE = {SecretKind.ASCII: 32, SecretKind.BINARY: 32}
 _DEFAULT_VALID = timedelta(days=365)
 CERTIFICATE_KINDS = frozenset({SecretKind.X509.value, SecretKind.X509_CA.value})
+CRL_PATH = "/v1/crl/"
+"""Where the CAS serves distributed CRLs, unauthenticated (docs/cas.md "CRL distribution points")."""
+
+
+def crl_distribution_id(issuer: x509.Name, key_id: bytes) -> str:
+    """The opaque id of a CA's distributed CRL: SHA-256 over the CA's subject (DER) and its key
+    identifier, 32 hex digits. A certificate the CA issued carries both (issuer,
+    authorityKeyIdentifier), and so does the CRL (issuer, §5.2.1 authorityKeyIdentifier); they
+    are exactly what a relying party matches a CRL to a certificate by (RFC 5280 §6.3.3). It
+    names no policy or secret, and cannot be guessed without the CA's key identifier."""
+    digest = hashlib.sha256(b"confide-crl-distribution/v1\x00" + issuer.public_bytes() + b"\x00" + key_id)
+    return digest.hexdigest()[:32]
+
+
+def crl_distribution_id_of(crl_der: bytes) -> str | None:
+    """:func:`crl_distribution_id` of the CA that signed the CRL ``crl_der`` (its issuer and
+    authorityKeyIdentifier); ``None`` when it is malformed or has no key identifier."""
+    try:
+        crl = x509.load_der_x509_crl(crl_der)
+        aki = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+    return None if aki is None else crl_distribution_id(crl.issuer, aki)
+
+
+def crl_url(base: str, issuer: x509.Name, key_id: bytes) -> str:
+    """The URL of a CA's distributed CRL under the CAS's public URL ``base`` (no trailing slash)."""
+    return f"{base}{CRL_PATH}{crl_distribution_id(issuer, key_id)}.crl"
 
 
 @dataclass(frozen=True)
@@ -315,16 +348,21 @@ def renewal_window(spec: Secret) -> timedelta:
 
 
 def renew_certificate(
-    spec: Secret, value: SecretValue, *, issuer: SecretValue | None, now: datetime
+    spec: Secret,
+    value: SecretValue,
+    *,
+    issuer: SecretValue | None,
+    now: datetime,
+    crl_base: str | None = None,
 ) -> SecretValue:
     """A new certificate for the key ``value`` holds: same key, same subject and extensions
     (from ``spec``), a new serial and validity from ``now``, signed by ``issuer`` (the issuer's
     current version; ``None``: self-signed). A renewed CA keeps its key and subject, so what it
-    signed before still verifies under the new certificate."""
+    signed before still verifies under the new certificate. ``crl_base``: as for :func:`generate`."""
     if value.kind not in CERTIFICATE_KINDS or value.certificate is None or not value.data:
         raise PolicyError(f"secret {spec.name}: a {value.kind} without its private key cannot be renewed")
     cert, chain = _certificate(
-        spec, value.data, issuer=issuer, now=now, is_ca=spec.kind == SecretKind.X509_CA
+        spec, value.data, issuer=issuer, now=now, is_ca=spec.kind == SecretKind.X509_CA, crl_base=crl_base
     )
     return SecretValue(value.kind, value.data, cert, chain)
 
@@ -337,6 +375,7 @@ def _certificate(
     now: datetime,
     is_ca: bool,
     public_key: Any = None,
+    crl_base: str | None = None,
 ) -> tuple[bytes, tuple[bytes, ...]]:
     key = _load_private(key_der) if key_der is not None else None
     subject_key = key.public_key() if key is not None else public_key
@@ -373,6 +412,16 @@ def _certificate(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()), critical=False
         )
     )
+    if crl_base is not None and issuer is not None:
+        # RFC 5280 §4.2.1.13: one DistributionPoint, its fullName the URI of the issuer's CRL
+        # (DER over HTTP, RFC 5280 §4.2.1.13 and RFC 2585 §4.2); no reasons, no cRLIssuer (the CA
+        # signs its own complete CRL). Non-critical, as the RFC recommends.
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()).key_identifier
+        assert aki is not None
+        point = x509.DistributionPoint(
+            [x509.UniformResourceIdentifier(crl_url(crl_base, issuer_name, aki))], None, None, None
+        )
+        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
     if is_ca:
         builder = builder.add_extension(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
@@ -395,9 +444,17 @@ def _certificate(
     return cert.public_bytes(serialization.Encoding.DER), chain
 
 
-def generate(spec: Secret, *, resolved: dict[str, SecretValue], now: datetime | None = None) -> SecretValue:
+def generate(
+    spec: Secret,
+    *,
+    resolved: dict[str, SecretValue],
+    now: datetime | None = None,
+    crl_base: str | None = None,
+) -> SecretValue:
     """Create the value of a secret declared in a policy (``resolved`` holds the values of the
-    policy's other secrets generated so far, for issuers and key references)."""
+    policy's other secrets generated so far, for issuers and key references). ``crl_base``: the
+    CAS's public URL when the certificate gets a CRL distribution point (its issuer is a
+    generated CA declared ``crl_distribution``, docs/cas.md "CRL distribution points")."""
     now = now or datetime.now(UTC)
     kind = spec.kind
     if spec.value is not None and kind in (SecretKind.ASCII, SecretKind.BINARY):
@@ -449,7 +506,7 @@ def generate(spec: Secret, *, resolved: dict[str, SecretValue], now: datetime | 
                     raise PolicyError(f"secret {spec.name}: issuer {spec.issuer!r} is not available")
                 issuer = resolved[spec.issuer]
             cert, chain = _certificate(
-                spec, key_der, issuer=issuer, now=now, is_ca=kind == SecretKind.X509_CA
+                spec, key_der, issuer=issuer, now=now, is_ca=kind == SecretKind.X509_CA, crl_base=crl_base
             )
             return SecretValue(str(kind), key_der, cert, chain)
         case _:
@@ -558,12 +615,17 @@ RUNTIME_KEY_MARKER = b"@@CONFIDE:RUNTIME-PRIVATE-KEY-PEM@@"
 
 
 def issue_to_runtime(
-    spec: Secret, runtime_key: Any, issuer: SecretValue, now: datetime | None = None
+    spec: Secret,
+    runtime_key: Any,
+    issuer: SecretValue,
+    now: datetime | None = None,
+    crl_base: str | None = None,
 ) -> SecretValue:
     """A certificate for the attested runtime's ephemeral public key (the private key stays in
-    the TEE), issued by ``issuer`` (an x509-ca secret) at release time."""
+    the TEE), issued by ``issuer`` (an x509-ca secret) at release time. ``crl_base``: as for
+    :func:`generate`."""
     cert, chain = _certificate(spec, None, issuer=issuer, now=now or datetime.now(UTC), is_ca=False,
-                               public_key=runtime_key)  # fmt: skip
+                               public_key=runtime_key, crl_base=crl_base)  # fmt: skip
     return SecretValue(str(spec.kind), b"", cert, chain, runtime_key=True)
 
 

@@ -490,12 +490,14 @@ def serve(
     crl_validity: float = DEFAULT_CRL_VALIDITY,
     nvidia_rim: str | None = None,
     nvidia_ocsp_max_age: timedelta | None = None,
+    public_url: str | None = None,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
     between sweeps that renew due certificates (and re-issue due CRLs). ``crl_validity``: seconds
     from a CRL's thisUpdate to its nextUpdate. ``nvidia_ocsp``, ``nvidia_ocsp_max_age``,
-    ``nvidia_rim``: see :func:`prepare`."""
+    ``nvidia_rim``: see :func:`prepare`. ``public_url``: the base of CRL distribution points
+    (``--public-url``, :func:`confide.cas.crl.parse_public_url`)."""
     host, port = _parse_listen(listen)
     _configure_logging()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -506,7 +508,7 @@ def serve(
                evidence_refresh=evidence_refresh,
                renewal_interval=renewal_interval, kds=kds, nvidia_ocsp=nvidia_ocsp,
                crl_validity=crl_validity, nvidia_rim=nvidia_rim,
-               nvidia_ocsp_max_age=nvidia_ocsp_max_age)  # fmt: skip
+               nvidia_ocsp_max_age=nvidia_ocsp_max_age, public_url=public_url)  # fmt: skip
 
 
 def _serve(
@@ -529,12 +531,14 @@ def _serve(
     crl_validity: float,
     nvidia_rim: str | None,
     nvidia_ocsp_max_age: timedelta | None,
+    public_url: str | None = None,
 ) -> None:
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
         data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee, kds=kds,
         nvidia_ocsp=nvidia_ocsp, crl_validity=crl_validity, nvidia_rim=nvidia_rim,
         nvidia_ocsp_max_age=nvidia_ocsp_max_age,
     )  # fmt: skip
+    cas.public_url = public_url  # docs/cas.md "CRL distribution points"
     # docs/cas.md "Online rotation": the admin channel, and a rotation a crash interrupted resumes.
     rotation = OnlineRotation(data_dir, cas.db, cas.sealer, seal, cas.events, lock)
     admin = AdminChannel(data_dir, rotation)

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,17 @@ def _tls_options(f: Any) -> Any:
     return f
 
 
-def _serve(server: LedgerHTTPServer, banner: str) -> None:
+def _serve(listen: str, start: Callable[[], tuple[LedgerHTTPServer, str]]) -> None:
+    """Serve until interrupted what ``start()`` bound to ``listen`` (it returns the server and
+    the banner to print); an error of ``start`` exits with its code (a socket's: a usage error)."""
+    try:
+        server, banner = start()
+    except ConfideError as exc:
+        _fail(exc)
+        return
+    except OSError as exc:
+        _fail(UsageError(f"--listen {listen}: {exc.strerror or exc}"))
+        return
     click.echo(banner, err=True)
     try:
         server.serve_forever()
@@ -205,18 +216,15 @@ def serve_tiles(
     log_db: Path, listen: str, serve_entries: bool, tls_cert: Path | None, tls_key: Path | None
 ) -> None:
     """Serve the log read-only as C2SP tlog-tiles (checkpoint, tiles), over HTTPS with --tls-cert."""
-    try:
+
+    def start() -> tuple[LedgerHTTPServer, str]:
         if not log_db.is_file():
             raise UsageError(f"--log-db: {str(log_db)!r} does not exist")
         tls = _tls(tls_cert, tls_key)
         server = TilesServer(log_db, _address(listen), serve_entries=serve_entries, tls=tls)
-    except ConfideError as exc:
-        _fail(exc)
-        return
-    except OSError as exc:
-        _fail(UsageError(f"--listen {listen}: {exc.strerror or exc}"))
-        return
-    _serve(server, f"serving {log_db} at {server.url}/")
+        return server, f"serving {log_db} at {server.url}/"
+
+    _serve(listen, start)
 
 
 @ledger.command("keygen")
@@ -328,16 +336,13 @@ def witness_serve(
     tls_key: Path | None,
 ) -> None:
     """Serve POST /add-checkpoint until interrupted (over HTTPS with --tls-cert)."""
-    try:
+
+    def start() -> tuple[LedgerHTTPServer, str]:
         witness = _make_witness(state, key_file, logs)
         server = WitnessServer(witness, _address(listen), tls=_tls(tls_cert, tls_key))
-    except ConfideError as exc:
-        _fail(exc)
-        return
-    except OSError as exc:
-        _fail(UsageError(f"--listen {listen}: {exc.strerror or exc}"))
-        return
-    _serve(server, f"witness {witness.verifier.vkey} at {server.url}/add-checkpoint")
+        return server, f"witness {witness.verifier.vkey} at {server.url}/add-checkpoint"
+
+    _serve(listen, start)
 
 
 @witness_group.command("add-checkpoint")

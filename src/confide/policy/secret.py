@@ -138,7 +138,7 @@ _ALLOWED: dict[SecretKind, frozenset[str]] = {
         }
     ),
     SecretKind.X509_CA: frozenset(
-        {"value", "private_key", "issuer", "common_name", "valid_for", "renew_before"}
+        {"value", "private_key", "issuer", "common_name", "valid_for", "renew_before", "crl_distribution"}
     ),
 }
 _KIND_PARAMS = frozenset().union(*_ALLOWED.values())
@@ -179,14 +179,17 @@ class Secret(_Model):
     ``$$SCONE::name:privatekey$$``."""
     export: Annotated[tuple[ExportTarget, ...], BeforeValidator(_one_or_many)] = ()
     export_public: StrictBool = False
+    crl_distribution: StrictBool = False
+    """confide extension (generated x509-ca): the CAS serves this CA's CRL to anyone, without
+    authentication, at an opaque URL, and with ``cas serve --public-url`` names that URL in the
+    CRLDistributionPoints of the certificates it issues under it (docs/cas.md "CRL distribution
+    points")."""
     import_: SecretImport | None = Field(default=None, alias="import")
 
     def _set_params(self) -> set[str]:
-        out = {f for f in _KIND_PARAMS - {"migrate", "issue_to_runtime"} if getattr(self, f) is not None}
-        if self.migrate:
-            out.add("migrate")
-        if self.issue_to_runtime:
-            out.add("issue_to_runtime")
+        flags = {"migrate", "issue_to_runtime", "crl_distribution"}
+        out = {f for f in _KIND_PARAMS - flags if getattr(self, f) is not None}
+        out.update(f for f in flags if getattr(self, f))
         return out
 
     @model_validator(mode="after")
@@ -211,6 +214,11 @@ class Secret(_Model):
             raise ValueError(
                 f"got {', '.join(extra)} for a {self.kind} secret, "
                 f"expected only: {', '.join(sorted(_ALLOWED[self.kind]))}"
+            )
+        if self.crl_distribution and self.value is not None:
+            raise ValueError(
+                "got crl_distribution with an explicit value, expected it only on a generated x509-ca "
+                "(the CAS has a CRL only for the CAs it generates)"
             )
         getattr(self, "_check_" + self.kind.replace("-", "_"))()
         if self.renew_before is not None:

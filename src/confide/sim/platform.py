@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import dataclasses
 import os
 import secrets
 import stat
@@ -93,16 +94,7 @@ class SimPlatform:
             platform_key_id=self.key_id,
             signature=bytes(64),
         )
-        signature = self._key.sign(unsigned.signed_bytes())
-        return SimEvidence(
-            debug=debug,
-            svn=svn,
-            timestamp=timestamp,
-            measurement=measurement,
-            report_data=report_data,
-            platform_key_id=self.key_id,
-            signature=signature,
-        )
+        return dataclasses.replace(unsigned, signature=self._key.sign(unsigned.signed_bytes()))
 
     # --- storage -----------------------------------------------------------------------------
 
