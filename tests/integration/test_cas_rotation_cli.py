@@ -83,7 +83,7 @@ def test_rotate_a_stopped_cas_and_the_service_gets_the_same_secrets(cas: CasProc
         # A replica elsewhere (another data directory, the same database) is refused as well:
         # the running CAS holds the database's advisory lock.
         replica = tmp_path / "replica"
-        shutil.copytree(cas.data_dir, replica, ignore=shutil.ignore_patterns("cas.db*", "sim"))
+        shutil.copytree(cas.data_dir, replica, ignore=shutil.ignore_patterns("cas.db*", "sim", "admin.sock"))
         code, _out, err = rotate(cas, replica)
         assert code == errors.UsageError.exit_code and "advisory lock" in err, err
 

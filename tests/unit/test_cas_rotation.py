@@ -183,8 +183,8 @@ def assert_old_key_gone(s: Setup) -> None:
     for path, data in files_bytes(s.data):
         assert s.old_key not in data, path
         for key, row in s.rows.items():
-            assert row[4:64] not in data, (path, key)  # the old wrapped data key
-            assert row[76:] not in data, (path, key)  # the old body (a fresh data key re-encrypted it)
+            assert row[20:80] not in data, (path, key)  # the old wrapped data key (after "CSL2", key id)
+            assert row[92:] not in data, (path, key)  # the old body (a fresh data key re-encrypted it)
 
 
 # --- the complete rotation ---------------------------------------------------------------------

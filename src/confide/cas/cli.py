@@ -186,7 +186,7 @@ def cas_serve(
 
 
 @cas.command("rotate-master-key")
-@click.option("--data-dir", type=_PATH, required=True, help="The stopped CAS's state directory.")
+@click.option("--data-dir", type=_PATH, required=True, help="The CAS's state directory.")
 @click.option("--db", "db_url", help="Database URL, as given to cas serve (default: SQLite in --data-dir).")
 @click.option(
     "--seal",
@@ -201,9 +201,50 @@ def cas_serve(
     help="What protects the new key (default: the same as --seal). From --seal file to a provider: "
     "the CAS moves to sealing with a key that was never written in plain.",
 )
-def cas_rotate_master_key(data_dir: Path, db_url: str | None, seal: str, to_seal: str | None) -> None:
-    """Replace the master key of a stopped CAS: every secret, the TLS key and the log key are
-    re-sealed under a new key, crash-safely; prints the new key id (docs/cas.md)."""
+@click.option(
+    "--online",
+    is_flag=True,
+    help="Ask the running CAS on --data-dir to rotate while it serves (over its admin socket; "
+    "the only CAS on its database; its own --seal and --db). Waits until it has finished.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 10_000),
+    help="--online: secrets re-sealed per transaction (default 100).",
+)
+@click.option(
+    "--batch-pause-ms",
+    type=click.IntRange(0, 10_000),
+    help="--online: milliseconds between batches, for the attestations (default 5).",
+)
+def cas_rotate_master_key(
+    data_dir: Path,
+    db_url: str | None,
+    seal: str,
+    to_seal: str | None,
+    online: bool,
+    batch_size: int | None,
+    batch_pause_ms: int | None,
+) -> None:
+    """Replace the master key: every secret, the TLS key and the log key are re-sealed under a
+    new key, crash-safely; prints the new key id (docs/cas.md). Without --online the CAS must be
+    stopped (every replica)."""
+    if online:
+        ctx = click.get_current_context()
+        given = [
+            flag
+            for n, flag in (("db_url", "--db"), ("seal", "--seal"), ("to_seal", "--to-seal"))
+            if ctx.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            raise UsageError(
+                f"--online uses the running CAS's own --seal and --db: {', '.join(given)} cannot be given "
+                "(to change how the key is sealed, rotate offline with --to-seal)"
+            )
+        _rotate_online(data_dir, batch_size, batch_pause_ms)
+        return
+    if batch_size is not None or batch_pause_ms is not None:
+        raise UsageError("--batch-size and --batch-pause-ms are for --online (offline: one transaction)")
     from confide.cas.db import Database
     from confide.cas.ledger_sink import LedgerEventSink
     from confide.cas.rotation import rotate_master_key
@@ -230,6 +271,33 @@ def cas_rotate_master_key(data_dir: Path, db_url: str | None, seal: str, to_seal
         err=True,
     )
     click.echo(result.new_key_id)
+
+
+def _rotate_online(data_dir: Path, batch_size: int | None, pause_ms: int | None) -> None:
+    import time
+
+    from confide.cas.admin import request
+
+    req: dict[str, object] = {"op": "rotate-master-key"}
+    if batch_size is not None:
+        req["batch_size"] = batch_size
+    if pause_ms is not None:
+        req["pause_ms"] = pause_ms
+    status = request(data_dir, req)["status"]
+    while status.get("state") == "running":
+        time.sleep(0.5)
+        status = request(data_dir, {"op": "rotation-status"})["status"]
+    if status.get("state") != "done":
+        raise UsageError(
+            f"the online rotation failed: {status.get('error')} (the CAS resumes it at its next start)"
+        )
+    click.echo(
+        f"master key rotated online: {status['old_key_id']} -> {status['new_key_id']}; "
+        f"{status['resealed']} secrets re-sealed in {status['batches']} batches; "
+        f"ledger entry {status['event_seq'] - 1} (key.rotated)",
+        err=True,
+    )
+    click.echo(status["new_key_id"])
 
 
 _CAS_TOLERANCES = (

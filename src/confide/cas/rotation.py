@@ -37,6 +37,11 @@ pending key that cannot be opened with this ``--seal`` while the current key is 
 database's, or a database that names no key) is a :class:`~confide.errors.UsageError` that
 changes nothing. A key file is destroyed only once the other key is durable and named by the
 committed database, so there is always exactly one key that opens the database's secrets.
+
+**Online rotation** (:mod:`confide.cas.online_rotation`) uses the same pending files and the
+same roll-forward, and one more ``meta`` row, ``master_key_next``: while it names the pending
+key, rows may be sealed under either key, so the pending key is kept (never rolled back), a
+start opens both, and the offline rotation refuses to run.
 """
 
 from __future__ import annotations
@@ -49,8 +54,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import Connection, bindparam, insert, inspect, select, text
 
 from confide.cas.db import Database, EventSink, meta, raw_execute
@@ -72,13 +75,14 @@ from confide.cas.master_key import (
     unseal_master_key,
 )
 from confide.cas.sealing import SealingKeyProvider
-from confide.cas.secrets import Sealer
+from confide.cas.secrets import Sealer, key_id
 from confide.errors import ConfideError, ParseError, StorageError, UsageError
 from confide.fsutil import TMP_PREFIX, fsync_dir, read_bounded, write_atomic
 
 __all__ = [
     "EVENT_TYPE",
     "KEY_ID_META",
+    "NEXT_KEY_META",
     "PENDING_SUFFIX",
     "RotationResult",
     "bind_master_key",
@@ -87,12 +91,13 @@ __all__ = [
     "open_master_key",
     "rotate_master_key",
     "stored_master_key_id",
+    "stored_next_key_id",
 ]
 
 KEY_ID_META = "master_key_id"
+NEXT_KEY_META = "master_key_next"  # an online rotation's new key, while rows are re-sealed
 PENDING_SUFFIX = ".new"
 EVENT_TYPE = "master-key-rotated"
-_KEY_ID_INFO = b"confide-cas-master/v1 master-key-id"
 _KEY_ID_SIZE = 16
 _KEY_FILE_MAX = 4096
 _PENDING = tuple(n + PENDING_SUFFIX for n in (PLAIN_NAME, SEALED_NAME, TLS_KEY_NAME, SEALED_LOG_KEY_NAME))
@@ -102,7 +107,7 @@ Step = Callable[[str], None]
 
 def master_key_id(key: bytes) -> str:
     """The key id of a master key (module docstring): 32 hex digits, one-way."""
-    return HKDF(hashes.SHA256(), _KEY_ID_SIZE, None, _KEY_ID_INFO).derive(key).hex()
+    return key_id(key).hex()
 
 
 def describe(provider: SealingKeyProvider | None) -> str:
@@ -125,23 +130,25 @@ def _checked_id(value: object) -> str:
     return value
 
 
-def _read_id(conn: Connection) -> str | None:
-    value = conn.execute(select(meta.c.value).where(meta.c.key == KEY_ID_META)).scalar()
+def _read_id(conn: Connection, name: str = KEY_ID_META) -> str | None:
+    value = conn.execute(select(meta.c.value).where(meta.c.key == name)).scalar()
     return None if value is None else _checked_id(value)
 
 
-def _write_id(conn: Connection, key_id: str) -> None:
-    if _read_id(conn) is None:
-        conn.execute(insert(meta).values(key=KEY_ID_META, value=key_id))
+def _write_id(conn: Connection, key_id: str | None, name: str = KEY_ID_META) -> None:
+    if key_id is None:
+        conn.execute(meta.delete().where(meta.c.key == name))
+    elif _read_id(conn, name) is None:
+        conn.execute(insert(meta).values(key=name, value=key_id))
     else:
-        conn.execute(meta.update().where(meta.c.key == KEY_ID_META).values(value=key_id))
+        conn.execute(meta.update().where(meta.c.key == name).values(value=key_id))
 
 
 def _sqlite_path(database: Database) -> Path | None:
     return Path(database.url.split("sqlite:///", 1)[1]) if database.is_sqlite else None
 
 
-def stored_master_key_id(database: Database) -> str | None:
+def stored_master_key_id(database: Database, name: str = KEY_ID_META) -> str | None:
     """The key id the database names; ``None`` for a database that names none (new, or
     created before rotation existed). Creates nothing (an absent SQLite file stays absent)."""
     path = _sqlite_path(database)
@@ -150,7 +157,13 @@ def stored_master_key_id(database: Database) -> str | None:
     with database.read() as conn:
         if not inspect(conn).has_table(meta.name):
             return None
-        return _read_id(conn)
+        return _read_id(conn, name)
+
+
+def stored_next_key_id(database: Database) -> str | None:
+    """The new key of an online rotation in progress (:mod:`confide.cas.online_rotation`):
+    rows may be sealed under it or under :func:`stored_master_key_id`'s."""
+    return stored_master_key_id(database, NEXT_KEY_META)
 
 
 def bind_master_key(conn: Connection, key: bytes) -> str:
@@ -256,17 +269,34 @@ def finish_interrupted_rotation(
     expected: str | None,
     provider: SealingKeyProvider | None,
     current_provider: SealingKeyProvider | None = None,
+    next_id: str | None = None,
 ) -> str | None:
     """Roll an interrupted rotation in ``data_dir`` forward or back, as the database's key id
     ``expected`` says (module docstring); ``provider`` opens a pending sealed key,
     ``current_provider`` (default: the same) the current one. Returns ``"rolled-forward"``,
-    ``"rolled-back"`` or ``None`` (nothing was pending)."""
+    ``"rolled-back"``, ``"online"`` or ``None`` (nothing was pending).
+
+    ``next_id``: the database names the new key of an online rotation in progress: rows may be
+    sealed under it, so the pending key must open to it and is kept, with the pending TLS and
+    log keys (``"online"``: the rotation resumes); anything else is a
+    :class:`~confide.errors.UsageError` that changes nothing."""
     current_provider = provider if current_provider is None else current_provider
     for entry in data_dir.iterdir():  # temporaries of a pending file: never the live one
         if entry.name.startswith(TMP_PREFIX) and entry.name[len(TMP_PREFIX) :].rsplit("-", 1)[0] in _PENDING:
             _destroy(entry)
     pending = [data_dir / n for n in (PLAIN_NAME + PENDING_SUFFIX, SEALED_NAME + PENDING_SUFFIX)]
     pending = [p for p in pending if p.exists()]
+    if next_id is not None:
+        opened = _try_open(pending[0], provider) if len(pending) == 1 else None
+        if opened is None or master_key_id(opened) != next_id:
+            raise UsageError(
+                f"an online master-key rotation to key id {next_id} is in progress on this database, "
+                f"but {str(data_dir)!r} holds no pending key that opens to it with this --seal: some "
+                "secrets are sealed under it. Start the CAS whose data directory ran the rotation "
+                "(with its --seal). Nothing was changed"
+            )
+        fsync_dir(data_dir)
+        return "online"
     if not pending:
         # The TLS and log keys are renamed before the master key and destroyed before it, so a
         # pending one without a pending master key is not the database's: the current files are.
@@ -330,7 +360,8 @@ def open_master_key(data_dir: Path, provider: SealingKeyProvider | None, databas
     step 5), then open (create, migrate: :func:`~confide.cas.master_key.load_master_key`) the
     master key, which must have the id the database names, if it names one."""
     expected = stored_master_key_id(database)
-    if finish_interrupted_rotation(data_dir, expected, provider) == "rolled-forward":
+    settled = finish_interrupted_rotation(data_dir, expected, provider, next_id=stored_next_key_id(database))
+    if settled == "rolled-forward":
         _scrub(database)
     if expected is not None and not _key_files(data_dir):
         raise UsageError(
@@ -430,6 +461,11 @@ def rotate_master_key(
     if path is not None and not path.exists():
         raise UsageError(f"no database at {str(path)!r}: nothing to rotate (give --db if it is elsewhere)")
     database.migrate()
+    if (next_id := stored_next_key_id(database)) is not None:
+        raise UsageError(
+            f"an online rotation to master key id {next_id} is in progress: start the CAS (with "
+            "the data directory that ran it) and it completes the rotation; nothing was changed"
+        )
     # 1. The current key, named by the database before anything pending is written.
     finish_interrupted_rotation(data_dir, stored_master_key_id(database), seal)
     old_key = load_master_key(data_dir, seal)  # a key file exists: never a fresh key

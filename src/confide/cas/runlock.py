@@ -11,6 +11,11 @@ never leaves a stale lock behind):
 
 Both are taken without waiting: a CAS that finds a rotation running, or a rotation that finds a
 CAS running, stops with a :class:`~confide.errors.UsageError` that says which.
+
+A running CAS can raise its shared hold to an exclusive one for an online master-key rotation
+(:meth:`RunLock.exclusive`): that succeeds only if no other process holds either lock (no other
+CAS on the directory, no replica on the database), and while it is held no CAS starts and no
+offline rotation runs (docs/cas.md "Online rotation").
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 from confide.errors import StorageError, UsageError
 from confide.ledger.db import connect_postgres
 
-__all__ = ["ADVISORY_KEY", "run_lock"]
+__all__ = ["ADVISORY_KEY", "RunLock", "run_lock"]
 
 ADVISORY_KEY = int.from_bytes(hashlib.sha256(b"confide-cas run lock/v1").digest()[:8], "big", signed=True)
 """The PostgreSQL advisory lock key (a signed 64-bit integer, as ``pg_advisory_lock`` takes)."""
@@ -39,8 +44,59 @@ def _postgres_url(db_url: str | None) -> str | None:
     return db_url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
+class RunLock:
+    """A held run lock (:func:`run_lock`)."""
+
+    def __init__(self, data_dir: Path, fd: int, conn: Any) -> None:
+        self.data_dir, self._fd, self._conn = data_dir, fd, conn
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold this (shared) lock exclusively until the block ends, without waiting: a
+        :class:`~confide.errors.UsageError` if another process holds it (another CAS on the
+        directory or a replica on the database)."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            # A failed conversion drops the shared lock (flock(2): "the existing lock is first
+            # removed"); take it back at once (nothing but another shared holder exists).
+            self._share()
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise UsageError(
+                    f"another CAS process uses {str(self.data_dir)!r} (it holds the directory's lock): "
+                    "online rotation needs the only CAS; stop the others or rotate offline"
+                ) from None
+            raise StorageError(f"cannot lock {str(self.data_dir)!r}: {exc.strerror or exc}") from None
+        try:
+            if self._conn is not None:
+                # The same session holds the key shared: a session never conflicts with itself,
+                # so this succeeds exactly when no other session (replica) holds it.
+                got = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (ADVISORY_KEY,)).fetchone()[0]
+                if not got:
+                    raise UsageError(
+                        "another CAS replica uses the database (it holds the advisory lock): online "
+                        "rotation needs the only CAS; stop the others or rotate offline"
+                    )
+                try:
+                    yield
+                finally:
+                    self._conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_KEY,))
+            else:
+                yield
+        finally:
+            self._share()
+
+    def _share(self) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:  # only if an offline rotation won the instant between: say so
+            raise StorageError(
+                f"lost the run lock of {str(self.data_dir)!r} ({exc.strerror or exc}): stop this CAS"
+            ) from None
+
+
 @contextmanager
-def run_lock(data_dir: Path, db_url: str | None, *, exclusive: bool) -> Iterator[None]:
+def run_lock(data_dir: Path, db_url: str | None, *, exclusive: bool) -> Iterator[RunLock]:
     """Hold the run lock of ``data_dir`` (and of the PostgreSQL database ``db_url``, if it is
     one) until the block ends: shared for a running CAS, ``exclusive`` for maintenance."""
     who = "a CAS is running" if exclusive else "a master-key rotation is running"
@@ -60,7 +116,7 @@ def run_lock(data_dir: Path, db_url: str | None, *, exclusive: bool) -> Iterator
             raise StorageError(f"cannot lock {str(data_dir)!r}: {exc.strerror or exc}") from None
         url = _postgres_url(db_url)
         if url is None:
-            yield
+            yield RunLock(data_dir, fd, None)
             return
         conn: Any = connect_postgres(url)
         try:
@@ -68,7 +124,7 @@ def run_lock(data_dir: Path, db_url: str | None, *, exclusive: bool) -> Iterator
             got = conn.execute(f"SELECT {function}(%s)", (ADVISORY_KEY,)).fetchone()[0]
             if not got:
                 raise UsageError(f"{who} on the database (a replica holds its advisory lock): {hint}")
-            yield
+            yield RunLock(data_dir, fd, conn)
         finally:
             conn.close()  # the session ends: the advisory lock is released with it
     finally:

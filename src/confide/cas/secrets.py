@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -46,13 +46,18 @@ __all__ = [
     "crl_distribution_id_of",
     "crl_url",
     "generate",
+    "key_id",
     "render",
     "renew_certificate",
     "renewable",
     "renewal_window",
+    "row_key_id",
 ]
 
-_MAGIC = b"CSL1"
+_MAGIC = b"CSL2"
+_MAGIC_V1 = b"CSL1"  # rows written before the key id (no id; still read)
+KEY_ID_SIZE = 16
+_KEY_ID_INFO = b"confide-cas-master/v1 master-key-id"
 _NONCE = 12
 _ASCII = string.ascii_letters + string.digits
 _DEFAULT_SIZE = {SecretKind.ASCII: 32, SecretKind.BINARY: 32}
@@ -145,13 +150,31 @@ class SecretValue:
 
 
 class Sealer:
-    """Envelope encryption under the CAS master key (32 bytes)."""
+    """Envelope encryption under the CAS master key (32 bytes).
+
+    Row format ``CSL2`` (docs/cas.md "The master key")::
+
+        "CSL2" | master-key id (16) | nonce (12) | wrapped data key (48) | nonce (12) | body
+
+    The master-key id (:func:`key_id`) names the key that wrapped the data key, so a row says
+    which key opens it and an online rotation (:mod:`confide.cas.online_rotation`) can tell the
+    rows it has re-sealed from those it has not without opening them. The id is part of the
+    associated data of both layers. Rows written before it (``CSL1``: no id) open with any key
+    the sealer holds, tried in turn (AES-GCM authenticates: a wrong key fails, never misleads).
+
+    A sealer holds one or two keys: the key it was created with (``derive_key`` always derives
+    from it, so the TLS, log and nonce keys of a running CAS do not change under it), and during
+    an online rotation the new one, which :meth:`seal_with` makes the key new rows are sealed
+    under. Both open rows. Key changes replace the key table in one assignment (thread-safe).
+    """
 
     def __init__(self, master_key: bytes) -> None:
         if len(master_key) != 32:
             raise ValueError("master key must be 32 bytes")
-        self._kek = AESGCM(master_key)
         self._master = master_key
+        self._keys: dict[bytes, AESGCM] = {key_id(master_key): AESGCM(master_key)}
+        self._raw: dict[bytes, bytes] = {key_id(master_key): master_key}
+        self._sealing = key_id(master_key)
 
     def derive_key(self, purpose: bytes) -> bytes:
         """A 32-byte key for another purpose, derived from the master key (HKDF-SHA256)."""
@@ -160,42 +183,112 @@ class Sealer:
     def __repr__(self) -> str:
         return "Sealer(<master key hidden>)"
 
+    @property
+    def sealing_key_id(self) -> str:
+        """The id (hex) of the key new rows are sealed under."""
+        return self._sealing.hex()
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        return frozenset(k.hex() for k in self._keys)
+
+    def add_key(self, master_key: bytes) -> str:
+        """Also open rows sealed under ``master_key``; returns its id."""
+        if len(master_key) != 32:
+            raise ValueError("master key must be 32 bytes")
+        kid = key_id(master_key)
+        self._raw = {**self._raw, kid: master_key}
+        self._keys = {**self._keys, kid: AESGCM(master_key)}
+        return kid.hex()
+
+    def only(self, key_id_hex: str) -> Sealer:
+        """A sealer of just the key with this id (one this sealer holds): its ``derive_key``
+        derives from that key."""
+        return Sealer(self._raw[bytes.fromhex(key_id_hex)])
+
+    def seal_with(self, key_id_hex: str) -> None:
+        """Seal new rows under the key with this id (one the sealer holds)."""
+        kid = bytes.fromhex(key_id_hex)
+        if kid not in self._keys:
+            raise ValueError("the sealer does not hold that key")
+        self._sealing = kid
+
+    def drop_key(self, key_id_hex: str) -> None:
+        """Stop opening rows under the key with this id (not the sealing key)."""
+        kid = bytes.fromhex(key_id_hex)
+        if kid == self._sealing:
+            raise ValueError("the sealing key cannot be dropped")
+        self._keys = {k: v for k, v in self._keys.items() if k != kid}
+        self._raw = {k: v for k, v in self._raw.items() if k != kid}
+
     @staticmethod
-    def _aad(policy: str, name: str, version: int) -> bytes:
-        return (
-            b"confide-secret-v1\x00"
-            + policy.encode()
-            + b"\x00"
-            + name.encode()
-            + b"\x00"
-            + str(version).encode()
-        )
+    def _aad(policy: str, name: str, version: int, kid: bytes | None = None) -> bytes:
+        base = policy.encode() + b"\x00" + name.encode() + b"\x00" + str(version).encode()
+        if kid is None:
+            return b"confide-secret-v1\x00" + base
+        return b"confide-secret-v2\x00" + kid + b"\x00" + base
 
     def seal(self, value: SecretValue, *, policy: str, name: str, version: int) -> bytes:
-        aad = self._aad(policy, name, version)
+        kid = self._sealing
+        kek = self._keys[kid]
+        aad = self._aad(policy, name, version, kid)
         dek = AESGCM.generate_key(bit_length=256)
         n1, n2 = os.urandom(_NONCE), os.urandom(_NONCE)
-        wrapped = self._kek.encrypt(n1, dek, aad)
+        wrapped = kek.encrypt(n1, dek, aad)
         body = AESGCM(dek).encrypt(n2, value.to_bytes(), aad)
-        return _MAGIC + n1 + wrapped + n2 + body
+        return _MAGIC + kid + n1 + wrapped + n2 + body
 
     def unseal(self, sealed: bytes, *, policy: str, name: str, version: int) -> SecretValue:
-        aad = self._aad(policy, name, version)
         wrapped_len = 32 + 16
-        if not sealed.startswith(_MAGIC) or len(sealed) < 4 + _NONCE + wrapped_len + _NONCE + 16:
-            raise SignatureError(f"sealed secret {policy}/{name} v{version} is malformed")
-        p = 4
+        what = f"sealed secret {policy}/{name} v{version}"
+        if sealed.startswith(_MAGIC):
+            kid: bytes | None = sealed[4 : 4 + KEY_ID_SIZE]
+            p = 4 + KEY_ID_SIZE
+        elif sealed.startswith(_MAGIC_V1):
+            kid, p = None, 4
+        else:
+            raise SignatureError(f"{what} is malformed")
+        if len(sealed) < p + _NONCE + wrapped_len + _NONCE + 16:
+            raise SignatureError(f"{what} is malformed")
+        keys = self._keys
+        if kid is None:
+            candidates = list(keys.values())
+        elif kid in keys:
+            candidates = [keys[kid]]
+        else:
+            raise SignatureError(
+                f"{what} is sealed under master key id {kid.hex()}, which this CAS does not hold"
+            )
+        aad = self._aad(policy, name, version, kid)
         n1 = sealed[p : p + _NONCE]
         p += _NONCE
         wrapped = sealed[p : p + wrapped_len]
         p += wrapped_len
         n2 = sealed[p : p + _NONCE]
         p += _NONCE
-        try:
-            dek = self._kek.decrypt(n1, wrapped, aad)
-            return SecretValue.from_bytes(AESGCM(dek).decrypt(n2, sealed[p:], aad))
-        except Exception:  # InvalidTag, or a corrupt body
-            raise SignatureError(f"sealed secret {policy}/{name} v{version} does not authenticate") from None
+        for kek in candidates:
+            try:
+                dek = kek.decrypt(n1, wrapped, aad)
+            except InvalidTag:
+                continue
+            try:
+                return SecretValue.from_bytes(AESGCM(dek).decrypt(n2, sealed[p:], aad))
+            except Exception:  # InvalidTag, or a corrupt body
+                break
+        raise SignatureError(f"{what} does not authenticate") from None
+
+
+def row_key_id(sealed: bytes) -> str | None:
+    """The master-key id a sealed row names (hex); ``None`` for a ``CSL1`` row (no id)."""
+    if sealed.startswith(_MAGIC) and len(sealed) >= 4 + KEY_ID_SIZE:
+        return sealed[4 : 4 + KEY_ID_SIZE].hex()
+    return None
+
+
+def key_id(master_key: bytes) -> bytes:
+    """A master key's id: ``HKDF-SHA256(key, no salt, info "confide-cas-master/v1
+    master-key-id")[:16]``, one-way (:func:`confide.cas.rotation.master_key_id` is its hex)."""
+    return HKDF(hashes.SHA256(), KEY_ID_SIZE, None, _KEY_ID_INFO).derive(master_key)
 
 
 def _private_key(key_type: KeyType | None) -> bytes:

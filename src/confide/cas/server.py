@@ -61,6 +61,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
+from confide.cas.admin import AdminChannel
 from confide.cas.app import create_app
 from confide.cas.core import Cas
 from confide.cas.crl import DEFAULT_CRL_VALIDITY
@@ -68,13 +69,14 @@ from confide.cas.db import Database, raw_connection
 from confide.cas.http_limits import BoundedHttpToolsProtocol
 from confide.cas.keyfiles import TLS_KEY_NAME, load_log_signer, load_tls_key, tls_key_password
 from confide.cas.ledger_sink import LedgerEventSink
+from confide.cas.online_rotation import OnlineRotation, add_pending_key
 from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, CasEvidence, EvidenceRefresher
 from confide.cas.own_vcek import with_kds_vcek
 from confide.cas.pin import cas_binding
 from confide.cas.renewal import DEFAULT_SWEEP_SECONDS, CertificateRenewer
 from confide.cas.revocation import STAPLED, OcspCache
 from confide.cas.rotation import bind_master_key, open_master_key
-from confide.cas.runlock import run_lock
+from confide.cas.runlock import RunLock, run_lock
 from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer
 from confide.cas.self_check import SelfCheck
@@ -352,6 +354,7 @@ def prepare(
     # is not the one the database names (confide.cas.rotation).
     master = open_master_key(data_dir, seal, database)
     sealer = Sealer(master)
+    add_pending_key(sealer, data_dir, seal, database)  # an online rotation in progress: both keys
     master_key = f"sealed: {seal.name} ({seal.binding})" if seal else "plain file"
     protect = sealer if seal is not None else None
     key_path, cert_path = _tls_identity(data_dir, host, protect)
@@ -499,9 +502,10 @@ def serve(
     _configure_logging()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Held until the process exits: `confide cas rotate-master-key` refuses to run meanwhile.
-    with run_lock(data_dir, db_url, exclusive=False):
-        _serve(data_dir, host, port, dev=dev, db_url=db_url, collateral=collateral, witnesses=witnesses,
-               witness_tls=witness_tls, seal=seal, tee=tee, evidence_refresh=evidence_refresh,
+    with run_lock(data_dir, db_url, exclusive=False) as lock:
+        _serve(data_dir, host, port, lock=lock, dev=dev, db_url=db_url, collateral=collateral,
+               witnesses=witnesses, witness_tls=witness_tls, seal=seal, tee=tee,
+               evidence_refresh=evidence_refresh,
                renewal_interval=renewal_interval, kds=kds, nvidia_ocsp=nvidia_ocsp,
                crl_validity=crl_validity, nvidia_rim=nvidia_rim,
                nvidia_ocsp_max_age=nvidia_ocsp_max_age, public_url=public_url)  # fmt: skip
@@ -512,6 +516,7 @@ def _serve(
     host: str,
     port: int,
     *,
+    lock: RunLock,
     dev: bool,
     db_url: str | None,
     collateral: str | None,
@@ -534,6 +539,12 @@ def _serve(
         nvidia_ocsp_max_age=nvidia_ocsp_max_age,
     )  # fmt: skip
     cas.public_url = public_url  # docs/cas.md "CRL distribution points"
+    # docs/cas.md "Online rotation": the admin channel, and a rotation a crash interrupted resumes.
+    rotation = OnlineRotation(data_dir, cas.db, cas.sealer, seal, cas.events, lock)
+    admin = AdminChannel(data_dir, rotation)
+    admin.start(required=False)
+    if rotation.in_progress():
+        rotation.start()
     checkpointer = Checkpointer(cas, signer, witnesses=witnesses, witness_tls=witness_tls)
     checkpointer.start()
     renewer = CertificateRenewer(cas, renewal_interval)  # docs/cas.md "Certificate renewal"
@@ -595,3 +606,4 @@ def _serve(
             refresher.stop()
         renewer.stop()
         checkpointer.stop()
+        admin.stop()
