@@ -2,7 +2,7 @@
 
 **Connections.** :class:`HttpLimits` counts the open connections, in total and per client (an
 IP address, an IPv6 client's /64: :func:`confide.cas.ratelimit.client_key`), from the moment
-they are accepted: :meth:`HttpLimits.tls_protocol` puts the TLS layer (the event loop's own
+they are accepted: :meth:`HttpLimits.tls_protocol` puts the TLS layer (uvloop's own
 ``SSLProtocol``) under the loop's plain TCP server, so a connection over either limit is
 closed in ``connection_made`` before a byte of its TLS handshake is read, and costs neither
 the handshake's CPU nor its buffers. It gets no ``503``: that would need the handshake first.
@@ -35,7 +35,6 @@ application has not consumed yet.
 from __future__ import annotations
 
 import asyncio
-import asyncio.sslproto
 import json
 import logging
 import ssl
@@ -151,14 +150,15 @@ class HttpLimits:
         )
 
     def tls_protocol(
-        self, http: Callable[..., asyncio.Protocol], context: ssl.SSLContext, *, use_uvloop: bool
+        self, http: Callable[..., asyncio.Protocol], context: ssl.SSLContext
     ) -> Callable[..., asyncio.BaseProtocol]:
         """A protocol factory for uvicorn (``Config.http_protocol_class``, with ``Config.ssl``
-        unset so that the loop's server is plain TCP): the loop's ``SSLProtocol`` (uvloop's, or
-        asyncio's) over ``http``'s protocol, admitted by :meth:`admit` when the connection is
+        unset so that the loop's server is plain TCP, on uvloop): uvloop's ``SSLProtocol`` over
+        ``http``'s protocol, admitted by :meth:`admit` when the connection is
         accepted and released when it is lost, handshake failures included."""
-        # uvloop's is the class uvloop's server uses (its transports read into it directly).
-        base: Any = getattr(uvloop.loop, "SSLProtocol") if use_uvloop else asyncio.sslproto.SSLProtocol  # noqa: B009
+        # The class uvloop's own TLS server uses: its transports read into it directly (a
+        # subclass keeps that fast path). Not in uvloop's type stubs.
+        base: Any = getattr(uvloop.loop, "SSLProtocol")  # noqa: B009
         limits = self
 
         class GatedTls(base):  # type: ignore[misc]

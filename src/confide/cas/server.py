@@ -538,7 +538,7 @@ def uvicorn_server(
     if context is None:  # pragma: no cover - the key and certificate are always given
         raise UsageError("the CAS serves TLS only")
     config.ssl = None
-    config.http_protocol_class = limits.tls_protocol(config.http_protocol_class, context, use_uvloop=True)  # type: ignore[assignment]
+    config.http_protocol_class = limits.tls_protocol(config.http_protocol_class, context)  # type: ignore[assignment]
     return uvicorn.Server(config)
 
 
