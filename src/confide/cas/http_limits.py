@@ -271,9 +271,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.transport.is_closing():
-            return
         if self._in_head:
+            if self.transport.is_closing():
+                return
             # Still in a head after the parser took all of `data`: every byte of it was head
             # (but for the end of a previous pipelined request in the same read, counted too:
             # at most one read's worth of over-counting, never under-counting).
@@ -286,7 +286,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 )
                 self.transport.write(_REFUSAL)
                 self.transport.close()
-        elif self._in_body and self._body_timer is None and self.body_timeout:
+        elif (
+            self._in_body
+            and self._body_timer is None
+            and self.body_timeout
+            and not self.transport.is_closing()
+        ):
             # A body still coming after the read that completed its head: its deadline counts
             # from that read (the head was timed by the head deadline until then).
             self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
