@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from confide import errors
 from confide.cas.app import create_app
+from confide.cas.client import RATE_LIMIT_RETRIES, CasClient
 from confide.cas.http_limits import HttpLimits
 from confide.cas.ratelimit import Rate, RateLimiter
 from confide.cas.server import prepare, uvicorn_server
@@ -38,6 +40,7 @@ class Served:
     limits: HttpLimits
     attest: RateLimiter
     clock: _Clock
+    cert: Path
 
     def tcp(self, source: str = "127.0.0.1") -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=5, source_address=(source, 0))
@@ -68,7 +71,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         time.sleep(0.02)
     assert server.started
     context = ssl.create_default_context(cafile=str(cert_path))
-    yield Served(sock.getsockname()[1], context, limits, attest, clock)
+    yield Served(sock.getsockname()[1], context, limits, attest, clock, cert_path)
     server.should_exit = True
     thread.join(10)
 
@@ -213,6 +216,26 @@ def test_rate_limit_429_with_retry_after_then_recovery(served: Served) -> None:
     assert f'confide_cas_rate_limited_total{{limit="attest"}} {served.attest.limited}.0' in metrics
     assert 'confide_requests_total{route="/v1/attest/nonce",status="429"}' in metrics
     assert 'limit="write"' not in metrics  # no write limiter configured
+
+
+def test_the_client_waits_out_a_429(served: Served) -> None:
+    """CasClient sends a request refused with 429 again after its Retry-After (here a sleep that
+    moves the limiter's clock), a bounded number of times."""
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        served.clock.now += seconds
+
+    url = f"https://127.0.0.1:{served.port}"
+    with CasClient(url, served.cert, sleep=sleep) as client:
+        assert len({client.nonce() for _ in range(4)}) == 4  # a burst of 2, then one a second
+    assert waits == [1.0, 1.0]
+    waits.clear()
+    client = CasClient(url, served.cert, sleep=waits.append)  # the clock stands still
+    with client, pytest.raises(errors.NetworkError, match="too many requests"):
+        client.nonce()
+    assert waits == [1.0] * RATE_LIMIT_RETRIES
 
 
 def test_the_bucket_table_stays_bounded_under_many_clients(served: Served, tmp_path: Path) -> None:
