@@ -204,6 +204,8 @@ def test_rate_limit_429_with_retry_after_then_recovery(served: Served) -> None:
         attest = b'{"evidence": "' + b"A" * 5000 + b'"}'
         status, headers, _ = _exchange(s, _post("/v1/attest", attest), attest)  # the body is discarded
         assert status == 429 and "connection" not in headers  # kept alive
+        spoofed = "POST /v1/attest/nonce HTTP/1.1\r\nHost: cas\r\nX-Forwarded-For: 203.0.113.9\r\n"
+        assert _exchange(s, spoofed + "Content-Length: 0\r\n\r\n")[0] == 429  # not another client
         with served.tls("127.0.0.2") as other:  # another client has its own bucket
             assert _exchange(other, _post("/v1/attest/nonce"))[0] == 200
         served.clock.now += 0.5
@@ -212,7 +214,7 @@ def test_rate_limit_429_with_retry_after_then_recovery(served: Served) -> None:
         status, _, body = _exchange(s, _post("/v1/attest/nonce"))  # refilled, same connection
         assert status == 200 and json.loads(body)["nonce"]
         metrics = _exchange(s, "GET /metrics HTTP/1.1\r\nHost: cas\r\n\r\n")[2].decode()
-    assert served.attest.limited == limited + 3
+    assert served.attest.limited == limited + 4
     assert f'confide_cas_rate_limited_total{{limit="attest"}} {served.attest.limited}.0' in metrics
     assert 'confide_requests_total{route="/v1/attest/nonce",status="429"}' in metrics
     assert 'limit="write"' not in metrics  # no write limiter configured

@@ -530,6 +530,9 @@ def uvicorn_server(
         access_log=False,
         # httptools, with request heads bounded (MAX_HEAD) and timed, and bodies timed
         http=limits.http_protocol(),
+        # A client is the address it connects from (the connection and rate limits): uvicorn's
+        # default would take X-Forwarded-For from 127.0.0.1, or from FORWARDED_ALLOW_IPS.
+        proxy_headers=False,
         loop="uvloop",
         timeout_graceful_shutdown=5,
     )
