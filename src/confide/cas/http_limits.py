@@ -4,14 +4,14 @@
 IP address, an IPv6 client's /64: :func:`confide.cas.ratelimit.client_key`), from the moment
 they are accepted: the loop's server is plain TCP, and :meth:`HttpLimits.tls_protocol` gives
 each accepted connection the TLS layer itself (uvloop's own ``SSLProtocol``, as uvloop's TLS
-server would), so a connection over either limit is closed in ``connection_made`` before a
-byte of its TLS handshake is read, and costs neither the handshake's CPU nor its buffers. It gets no ``503``: that would need the handshake first.
-uvicorn's own ``limit_concurrency`` is not used: it counts connections only after their
-handshake and answers ``503`` once a request head is parsed, so the handshakes it was to
-bound have all been paid for. ``backlog`` bounds only the connections the kernel has accepted
-and the CAS not yet (``listen(1024)``), none of which holds any of the CAS's memory. The TLS
-handshake itself must complete within :attr:`HttpLimits.handshake_timeout` (uvloop's default
-is 60 s).
+server would), so a connection over either limit is closed in ``connection_made`` before a byte
+of its TLS handshake is read, and costs neither the handshake's CPU nor its buffers. It gets no
+``503``: that would need the handshake first. uvicorn's own ``limit_concurrency`` is not used:
+it counts connections only after their handshake and answers ``503`` once a request head is
+parsed, so the handshakes it was to bound have all been paid for. ``backlog`` bounds only the
+connections the kernel has accepted and the CAS not yet (``listen(1024)``), none of which holds
+any of the CAS's memory. The TLS handshake itself must complete within
+:attr:`HttpLimits.handshake_timeout` (uvloop's default is 60 s).
 
 **Request heads.** uvicorn's httptools protocol keeps a request's URL and each header value in
 memory until the head is complete, with no limit of its own: a client that never ends its head
