@@ -27,7 +27,9 @@ from confide.cas.core import Cas
 from confide.cas.crl import crl_pem
 from confide.cas.db import WriteBatcher, raw_connection
 from confide.cas.fetch_stats import BUCKETS, FetchStats
+from confide.cas.http_limits import HttpLimits
 from confide.cas.own_evidence import CasEvidence
+from confide.cas.ratelimit import RateLimiter, client_key, retry_after
 from confide.cas.verifier import Prefetched
 from confide.errors import ConfideError, ParseError
 from confide.ledger.serve import serve as serve_log
@@ -65,9 +67,19 @@ def _read_doc(header: str | None) -> Any:
         raise ParseError("X-Confide-Read is not base64 JSON", structure="read request") from None
 
 
-def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
+def create_app(
+    cas: Cas,
+    *,
+    cas_evidence: CasEvidence | None = None,
+    http_limits: HttpLimits | None = None,
+    attest_limiter: RateLimiter | None = None,
+    write_limiter: RateLimiter | None = None,
+) -> FastAPI:
     """The CAS's API; ``cas_evidence``: its own evidence (``GET /v1/cas/evidence``), whose
-    refreshes and their failures ``/metrics`` counts."""
+    refreshes and their failures ``/metrics`` counts. ``http_limits``: the server's connection
+    and timeout limits, whose refusals ``/metrics`` counts. ``attest_limiter``: the per-client
+    rate of ``POST /v1/attest/nonce`` and ``POST /v1/attest``; ``write_limiter``: of every other
+    POST (policy submissions and updates, board approvals, volume tags); ``None``: unlimited."""
     registry = CollectorRegistry()
     requests = Counter("confide_requests_total", "HTTP requests", ["route", "status"], registry=registry)
     attestations = Counter(
@@ -111,6 +123,17 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
             fast = hot.get(scope["path"]) if scope["method"] == "POST" else None
             if fast is not None:
                 route = scope["path"]
+            if scope["method"] == "POST":
+                # Per-client rate limits (confide.cas.ratelimit), before the body is read: a
+                # refused request costs a bucket lookup; its body is discarded as it comes.
+                limiter = attest_limiter if fast is not None else write_limiter
+                if limiter is not None:
+                    client = scope.get("client")
+                    wait = limiter.take(client_key(client[0]) if client else "")
+                    if wait:
+                        route = route or _write_route(scope["path"])
+                        await _too_many(wait)(scope, receive, send_wrapper)
+                        return
             # Every request body is read here, bounded by MAX_BODY, before anything parses it:
             # a larger one (declared or sent) is refused with 413 without being read further;
             # one that would take the bodies held at once past MAX_BODIES, with 503.
@@ -294,6 +317,7 @@ def create_app(cas: Cas, *, cas_evidence: CasEvidence | None = None) -> FastAPI:
     hot: dict[str, tuple[Any, bool]] = {"/v1/attest/nonce": (nonce, False), "/v1/attest": (attest, True)}
 
     registry.register(_GroupCommitCollector(writer))
+    registry.register(_LimitsCollector(http_limits, {"attest": attest_limiter, "write": write_limiter}))
     registry.register(_FetchCollector(cas))
     if cas_evidence is not None:
         registry.register(_EvidenceCollector(cas_evidence))
@@ -387,6 +411,27 @@ def _refusal(busy: bool) -> JSONResponse:
     return response
 
 
+def _too_many(wait: float) -> JSONResponse:
+    """429 (RFC 6585 §4) for a client over its rate; the connection is kept (the unread body is
+    discarded by uvicorn once the response is complete)."""
+    delay = retry_after(wait)
+    response = _error_response(
+        errors.NetworkError(f"too many requests from this client; retry after {delay} s")
+    )
+    response.status_code = 429
+    response.headers["Retry-After"] = delay
+    return response
+
+
+def _write_route(path: str) -> str:
+    """The metrics label of a rate-limited POST outside the fast path (never the policy name)."""
+    if path in ("/v1/policies", "/v1/volumes/tag"):
+        return path
+    if path.startswith("/v1/policies/") and path.endswith("/approvals"):
+        return "/v1/policies/{name}/approvals"
+    return "unmatched"
+
+
 def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         value = json.loads(body)
@@ -428,6 +473,61 @@ class _GroupCommitCollector:
             "Jobs (attestation outcomes) committed by the group commit",
             value=self.writer.committed_jobs,
         )
+
+
+class _LimitsCollector:
+    """The connections open and what the HTTP limits and rate limits refused, read at scrape
+    time (docs/cas.md "HTTP API")."""
+
+    def __init__(self, limits: HttpLimits | None, limiters: dict[str, RateLimiter | None]) -> None:
+        self.limits = limits
+        self.limiters = {name: lim for name, lim in limiters.items() if lim is not None}
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        limits = self.limits
+        if limits is not None:
+            yield GaugeMetricFamily(
+                "confide_cas_connections", "Connections open (TLS handshakes included)", value=limits.open
+            )
+            refused = CounterMetricFamily(
+                "confide_cas_connections_refused",
+                "Connections closed when accepted, over --max-connections or --max-connections-per-ip",
+                labels=["limit"],
+            )
+            refused.add_metric(["total"], limits.refused_total)
+            refused.add_metric(["per_ip"], limits.refused_per_client)
+            yield refused
+            requests = CounterMetricFamily(
+                "confide_cas_requests_refused",
+                "Requests refused by the HTTP layer (reason: head_too_large 431, head_timeout 408"
+                " or close, body_timeout 408)",
+                labels=["reason"],
+            )
+            requests.add_metric(["head_too_large"], limits.head_too_large)
+            requests.add_metric(["head_timeout"], limits.head_timeouts)
+            requests.add_metric(["body_timeout"], limits.body_timeouts)
+            yield requests
+        if self.limiters:
+            limited = CounterMetricFamily(
+                "confide_cas_rate_limited",
+                "Requests refused with 429 (per-client rate limits)",
+                labels=["limit"],
+            )
+            evicted = CounterMetricFamily(
+                "confide_cas_rate_limit_evictions",
+                "Client buckets dropped to keep the table within its bound",
+                labels=["limit"],
+            )
+            clients = GaugeMetricFamily(
+                "confide_cas_rate_limit_clients", "Client buckets held", labels=["limit"]
+            )
+            for name, limiter in sorted(self.limiters.items()):
+                limited.add_metric([name], limiter.limited)
+                evicted.add_metric([name], limiter.evicted)
+                clients.add_metric([name], len(limiter))
+            yield limited
+            yield evicted
+            yield clients
 
 
 class _FetchCollector:

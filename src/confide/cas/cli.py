@@ -124,6 +124,31 @@ def cas() -> None:
     "CAS issues under a CA declared crl_distribution then carry a CRL distribution point "
     'URL/v1/crl/<id>.crl (docs/cas.md "CRL distribution points").',
 )
+@click.option("--max-connections", type=click.IntRange(min=0), default=1024, show_default=True,
+              help="Open connections at once (TLS handshakes included); one more is closed when"
+              " accepted, before its handshake. 0: no limit.")  # fmt: skip
+@click.option("--max-connections-per-ip", type=click.IntRange(min=0), default=128, show_default=True,
+              help="Open connections at once per client IP address (IPv6: per /64). 0: no"
+              " limit.")  # fmt: skip
+@click.option("--body-timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              metavar="SECONDS",
+              help="A request body must be complete this long after its head, else 408 and the"
+              " connection is closed. 0: no limit.")  # fmt: skip
+@click.option("--tls-handshake-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              metavar="SECONDS", help="A TLS handshake must complete within this, else the connection is"
+              " closed.")  # fmt: skip
+@click.option("--attest-rate", default="200", show_default=True, metavar="PER_SECOND",
+              help="Per client IP address (IPv6: /64): POST /v1/attest/nonce and /v1/attest requests"
+              " a second, answered 429 with Retry-After past it. 0: no limit.")  # fmt: skip
+@click.option(
+    "--attest-burst", metavar="N", help="The most such requests at once (default: twice --attest-rate)."
+)
+@click.option("--write-rate", default="10", show_default=True, metavar="PER_SECOND",
+              help="Per client IP address (IPv6: /64): policy submissions and updates, board approvals"
+              " and volume tags a second (429 past it). 0: no limit.")  # fmt: skip
+@click.option(
+    "--write-burst", metavar="N", help="The most such requests at once (default: twice --write-rate)."
+)
 def cas_serve(
     data_dir: Path,
     listen: str,
@@ -141,10 +166,20 @@ def cas_serve(
     nvidia_rim: str | None,
     crl_validity: str | None,
     public_url: str | None,
+    max_connections: int,
+    max_connections_per_ip: int,
+    body_timeout: float,
+    tls_handshake_timeout: float,
+    attest_rate: str,
+    attest_burst: str | None,
+    write_rate: str,
+    write_burst: str | None,
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
     from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity, parse_public_url
+    from confide.cas.http_limits import HttpLimits
     from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, parse_refresh_interval
+    from confide.cas.ratelimit import parse_rate
     from confide.cas.revocation import parse_stapled_max_age
     from confide.cas.sealing import provider_for
     from confide.cas.server import parse_witnesses, serve
@@ -182,6 +217,14 @@ def cas_serve(
         nvidia_rim=nvidia_rim,
         crl_validity=parse_crl_validity(crl_validity) if crl_validity is not None else DEFAULT_CRL_VALIDITY,
         public_url=None if public_url is None else parse_public_url(public_url),
+        http_limits=HttpLimits(
+            max_connections=max_connections,
+            max_connections_per_client=max_connections_per_ip,
+            body_timeout=body_timeout,
+            handshake_timeout=tls_handshake_timeout,
+        ),
+        attest_rate=parse_rate(attest_rate, attest_burst, "attest"),
+        write_rate=parse_rate(write_rate, write_burst, "write"),
     )
 
 

@@ -2,7 +2,10 @@
 
 ``CasClient.from_env()`` reads the variables ``confide cas serve`` writes to ``client.env``:
 ``CONFIDE_CAS_URL`` and ``CONFIDE_CAS_CERT`` (the PEM certificate to trust; nothing else is
-trusted). Errors returned by the CAS are re-raised as the same confide error class.
+trusted). Errors returned by the CAS are re-raised as the same confide error class. A request
+the CAS refused with ``429`` (its per-client rate limits, docs/cas.md "HTTP API": the request
+was not processed) is sent again after its ``Retry-After``, up to :data:`RATE_LIMIT_RETRIES`
+times and :data:`MAX_RETRY_AFTER` seconds per wait.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import os
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,16 @@ __all__ = ["CasClient", "policy_submission"]
 
 ENV_URL = "CONFIDE_CAS_URL"
 ENV_CERT = "CONFIDE_CAS_CERT"
+RATE_LIMIT_RETRIES = 3
+MAX_RETRY_AFTER = 10.0  # seconds: a longer Retry-After is waited for this long
+
+
+def _retry_after(value: str | None) -> float:
+    """The wait of a 429's ``Retry-After`` (RFC 9110 §10.2.3): delay-seconds; an HTTP-date, a
+    missing or a malformed value waits 1 s; at most :data:`MAX_RETRY_AFTER`."""
+    if value is None or not value.isdigit() or len(value) > 6:
+        return 1.0
+    return min(float(value), MAX_RETRY_AFTER)
 
 
 def policy_submission(policy: Policy, identity: Identity) -> dict[str, Any]:
@@ -55,8 +69,16 @@ def _raise_for(response: httpx2.Response) -> Any:
 
 
 class CasClient:
-    def __init__(self, url: str, cert: Path | None, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        cert: Path | None,
+        *,
+        timeout: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.url = url.rstrip("/")
+        self.sleep = sleep  # waits out a 429's Retry-After (tests pass their own)
         if url.startswith("https://"):
             if cert is None:
                 raise UsageError(f"{ENV_CERT} is not set: the CAS certificate to trust is required")
@@ -88,10 +110,16 @@ class CasClient:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx2.HTTPError as exc:
-            raise NetworkError(f"cannot reach the CAS at {self.url}: {type(exc).__name__}: {exc}") from None
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except httpx2.HTTPError as exc:
+                raise NetworkError(
+                    f"cannot reach the CAS at {self.url}: {type(exc).__name__}: {exc}"
+                ) from None
+            if response.status_code != 429 or attempt == RATE_LIMIT_RETRIES:
+                break
+            self.sleep(_retry_after(response.headers.get("retry-after")))
         return _raise_for(response)
 
     def apply(self, policy: Policy, identity: Identity) -> dict[str, str]:

@@ -45,6 +45,7 @@ import ipaddress
 import json
 import logging
 import os
+import resource
 import shlex
 import socket
 import ssl
@@ -66,13 +67,14 @@ from confide.cas.app import create_app
 from confide.cas.core import Cas
 from confide.cas.crl import DEFAULT_CRL_VALIDITY
 from confide.cas.db import Database, raw_connection
-from confide.cas.http_limits import BoundedHttpToolsProtocol
+from confide.cas.http_limits import HttpLimits
 from confide.cas.keyfiles import TLS_KEY_NAME, load_log_signer, load_tls_key, tls_key_password
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.online_rotation import OnlineRotation, add_pending_key
 from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, CasEvidence, EvidenceRefresher
 from confide.cas.own_vcek import with_kds_vcek
 from confide.cas.pin import cas_binding
+from confide.cas.ratelimit import ATTEST_RATE, WRITE_RATE, Rate, RateLimiter
 from confide.cas.renewal import DEFAULT_SWEEP_SECONDS, CertificateRenewer
 from confide.cas.revocation import STAPLED, OcspCache
 from confide.cas.rotation import bind_master_key, open_master_key
@@ -102,7 +104,15 @@ from confide.verify.ocsp import STAPLED_MAX_AGE
 from confide.verify.result import Platform
 from confide.verify.sev_snp import AmdRootStore
 
-__all__ = ["TEE_CHOICES", "prepare", "quote_provider_for", "serve", "tee_document", "tee_evidence"]
+__all__ = [
+    "TEE_CHOICES",
+    "prepare",
+    "quote_provider_for",
+    "serve",
+    "tee_document",
+    "tee_evidence",
+    "uvicorn_server",
+]
 
 
 def _tls_identity(data_dir: Path, host: str, sealer: Sealer | None = None) -> tuple[Path, Path]:
@@ -491,13 +501,18 @@ def serve(
     nvidia_rim: str | None = None,
     nvidia_ocsp_max_age: timedelta | None = None,
     public_url: str | None = None,
+    http_limits: HttpLimits | None = None,
+    attest_rate: Rate | None = ATTEST_RATE,
+    write_rate: Rate | None = WRITE_RATE,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
     between sweeps that renew due certificates (and re-issue due CRLs). ``crl_validity``: seconds
     from a CRL's thisUpdate to its nextUpdate. ``nvidia_ocsp``, ``nvidia_ocsp_max_age``,
     ``nvidia_rim``: see :func:`prepare`. ``public_url``: the base of CRL distribution points
-    (``--public-url``, :func:`confide.cas.crl.parse_public_url`)."""
+    (``--public-url``, :func:`confide.cas.crl.parse_public_url`). ``http_limits``: connection
+    limits and timeouts (default :class:`HttpLimits`' defaults); ``attest_rate``,
+    ``write_rate``: per-client rate limits (``None``: off; docs/cas.md "HTTP API")."""
     host, port = _parse_listen(listen)
     _configure_logging()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -508,7 +523,64 @@ def serve(
                evidence_refresh=evidence_refresh,
                renewal_interval=renewal_interval, kds=kds, nvidia_ocsp=nvidia_ocsp,
                crl_validity=crl_validity, nvidia_rim=nvidia_rim,
-               nvidia_ocsp_max_age=nvidia_ocsp_max_age, public_url=public_url)  # fmt: skip
+               nvidia_ocsp_max_age=nvidia_ocsp_max_age, public_url=public_url,
+               http_limits=http_limits if http_limits is not None else HttpLimits(),
+               attest_rate=attest_rate, write_rate=write_rate)  # fmt: skip
+
+
+def uvicorn_server(
+    app: Any, key_path: Path, cert_path: Path, key_password: str | None, limits: HttpLimits
+) -> uvicorn.Server:
+    """The CAS's uvicorn server (uvloop, httptools) over TLS, with ``limits``: uvicorn builds
+    the TLS context from the key and certificate as usual, then the loop's server is made plain
+    TCP and the TLS layer is put under it by :meth:`HttpLimits.tls_protocol`, so that connections
+    over a limit are closed before their handshake (``confide.cas.http_limits``)."""
+    config = uvicorn.Config(
+        app,
+        ssl_keyfile=str(key_path),
+        ssl_keyfile_password=key_password,
+        ssl_certfile=str(cert_path),
+        ssl_version=ssl.PROTOCOL_TLS_SERVER,
+        log_config=None,
+        access_log=False,
+        # httptools, with request heads bounded (MAX_HEAD) and timed, and bodies timed
+        http=limits.http_protocol(),
+        # A client is the address it connects from (the connection and rate limits): uvicorn's
+        # default would take X-Forwarded-For from 127.0.0.1, or from FORWARDED_ALLOW_IPS.
+        proxy_headers=False,
+        loop="uvloop",
+        timeout_graceful_shutdown=5,
+    )
+    config.load()
+    context = config.ssl
+    if context is None:  # pragma: no cover - the key and certificate are always given
+        raise UsageError("the CAS serves TLS only")
+    config.ssl = None
+    config.http_protocol_class = limits.tls_protocol(config.http_protocol_class, context)  # type: ignore[assignment]
+    return uvicorn.Server(config)
+
+
+# File descriptors the CAS needs besides its connections: the database, its WAL and journal,
+# caches, log files, the listening socket, outgoing fetches (PCS, KDS, OCSP, witnesses).
+_RESERVED_DESCRIPTORS = 256
+
+
+def _reserve_descriptors(max_connections: int) -> None:
+    """Raise the soft limit of open files (up to the hard one) to what ``max_connections`` and the
+    CAS's own files need; refuse to start when the hard limit is lower. Past the limit, accept()
+    would fail and the database could not open its files."""
+    if not max_connections:
+        return
+    needed = max_connections + _RESERVED_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise UsageError(
+            f"--max-connections {max_connections}: needs {needed} open files, the hard limit is {hard}"
+            f" (raise it, e.g. LimitNOFILE= in a systemd unit, or lower --max-connections)"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 def _serve(
@@ -532,7 +604,11 @@ def _serve(
     nvidia_rim: str | None,
     nvidia_ocsp_max_age: timedelta | None,
     public_url: str | None = None,
+    http_limits: HttpLimits,
+    attest_rate: Rate | None,
+    write_rate: Rate | None,
 ) -> None:
+    _reserve_descriptors(http_limits.max_connections)
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
         data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee, kds=kds,
         nvidia_ocsp=nvidia_ocsp, crl_validity=crl_validity, nvidia_rim=nvidia_rim,
@@ -567,20 +643,15 @@ def _serve(
     env = {"CONFIDE_CAS_URL": url, **env, "CONFIDE_LOG_URL": f"{url}/v1/log"}
     lines = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     write_atomic(data_dir / "client.env", lines.encode())
-    app = create_app(cas, cas_evidence=cas_evidence)
-    config = uvicorn.Config(
-        app,
-        ssl_keyfile=str(key_path),
-        ssl_keyfile_password=tls_key_password(cas.sealer).decode() if seal is not None else None,
-        ssl_certfile=str(cert_path),
-        ssl_version=ssl.PROTOCOL_TLS_SERVER,
-        log_config=None,
-        access_log=False,
-        http=BoundedHttpToolsProtocol,  # httptools, with request heads bounded (MAX_HEAD)
-        loop="uvloop",
-        timeout_graceful_shutdown=5,
+    app = create_app(
+        cas,
+        cas_evidence=cas_evidence,
+        http_limits=http_limits,
+        attest_limiter=RateLimiter(attest_rate) if attest_rate is not None else None,
+        write_limiter=RateLimiter(write_rate) if write_rate is not None else None,
     )
-    server = uvicorn.Server(config)
+    password = tls_key_password(cas.sealer).decode() if seal is not None else None
+    server = uvicorn_server(app, key_path, cert_path, password, http_limits)
     logging.getLogger("confide.cas").info(
         json.dumps(
             {
@@ -594,6 +665,11 @@ def _serve(
                 "nvidia_ocsp": nvidia_ocsp is not None,
                 "nvidia_ocsp_stapled_only": nvidia_ocsp == STAPLED,
                 "nvidia_rim": nvidia_rim is not None,
+                "max_connections": http_limits.max_connections,
+                "max_connections_per_ip": http_limits.max_per_client,
+                "body_timeout": http_limits.body_timeout,
+                "attest_rate": list(attest_rate) if attest_rate is not None else None,
+                "write_rate": list(write_rate) if write_rate is not None else None,
                 "db": cas.db.redacted_url,
                 "master_key": f"sealed: {seal.name} ({seal.binding})" if seal else "plain file",
             }
