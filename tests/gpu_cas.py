@@ -40,6 +40,33 @@ DRIVER_ID, VBIOS_ID = "NV_GPU_DRIVER_GH100_550.90.07", "NV_GPU_VBIOS_1010_0200_8
 CPU = "ab" * 48
 """The simulated CPU measurement of the composite (CPU + GPU) service of the tests' policies."""
 
+# Policy "app": a GPU-only service "gpu" and a composite sim + 2 GPUs service "ai" (the
+# revocation and stapling tests).
+GPU_POLICY = f"""name: app
+version: "0.3"
+services:
+  - name: gpu
+    command: gpu --token $$SCONE::token$$
+    attestation:
+      nvidia-gpu:
+        driver_version: "550.90.07"
+        measurements: {{1: "{NV_MEASUREMENTS[1].hex()}", 22: "{NV_MEASUREMENTS[22].hex()}"}}
+  - name: ai
+    command: serve --token $$SCONE::token$$
+    attestation:
+      sim:
+        measurement: "{CPU}"
+      nvidia-gpu:
+        count: 2
+        measurements: {{22: "{NV_MEASUREMENTS[22].hex()}"}}
+secrets:
+  - name: token
+    kind: ascii
+security:
+  attestation:
+    tolerate: [simulation, gpu-only]
+"""
+
 NOW = datetime.now(UTC).replace(microsecond=0)
 PKI = make_pki(NV_REPORT, NOW)  # root -> "Test ICA" -> leaf (the sample's FWID)
 SECOND = NvidiaPki(PKI.root, PKI.ica, make_leaf(PKI.ica, FWID, NOW))  # another GPU, same ICA and firmware

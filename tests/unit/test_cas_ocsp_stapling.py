@@ -44,14 +44,13 @@ from confide.verify.ocsp import (
     verify_ocsp_response,
 )
 from confide.verify.result import Platform
-from gpu_cas import CPU, FWID, NOW, NV_MEASUREMENTS, NV_REPORT, PKI, SECOND, accepted
+from gpu_cas import CPU, FWID, GPU_POLICY, NOW, NV_REPORT, PKI, SECOND, accepted
 from nvidia_forge import NvidiaPki, make_ca, make_leaf, make_responder, ocsp_response, resign
 from nvidia_forge import make_pki as make_nvidia_pki
 from ocsp_responder import FakeOcsp
 from pki import Issuer
 
 # gpu_cas.PKI: root -> "Test ICA" -> leaf: position 1 (the ICA) is checked.
-M1, M22 = NV_MEASUREMENTS[1].hex(), NV_MEASUREMENTS[22].hex()
 
 
 @dataclass(frozen=True)
@@ -77,30 +76,7 @@ KNOWN: dict[int, tuple[x509.Certificate, Issuer]] = {
     ICA1[0].serial_number: (ICA1[0], PKI.root),
 }
 
-POLICY = f"""name: app
-version: "0.3"
-services:
-  - name: gpu
-    command: gpu --token $$SCONE::token$$
-    attestation:
-      nvidia-gpu:
-        driver_version: "550.90.07"
-        measurements: {{1: "{M1}", 22: "{M22}"}}
-  - name: ai
-    command: serve --token $$SCONE::token$$
-    attestation:
-      sim:
-        measurement: "{CPU}"
-      nvidia-gpu:
-        count: 2
-        measurements: {{22: "{M22}"}}
-secrets:
-  - name: token
-    kind: ascii
-security:
-  attestation:
-    tolerate: [simulation, gpu-only]
-"""
+POLICY = GPU_POLICY
 
 
 def response(

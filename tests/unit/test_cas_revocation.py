@@ -43,8 +43,8 @@ from confide.collateral.nvidia_ocsp import DirOcspSource, HttpOcspSource
 from confide.evidence.sev_snp import Product
 from confide.verify.ocsp import OcspResponse
 from gpu_cas import (
-    CPU,
     FWID,
+    GPU_POLICY,
     NOW,
     NV_MEASUREMENTS,
     NV_REPORT,
@@ -62,33 +62,10 @@ from ocsp_responder import FakeOcsp
 from pki import Issuer
 
 RIM = driver_rim()
-M1, M22 = NV_MEASUREMENTS[1].hex(), NV_MEASUREMENTS[22].hex()
+M22 = NV_MEASUREMENTS[22].hex()
 KNOWN = OCSP_KNOWN  # what the responder is asked about
 
-POLICY = f"""name: app
-version: "0.3"
-services:
-  - name: gpu
-    command: gpu --token $$SCONE::token$$
-    attestation:
-      nvidia-gpu:
-        driver_version: "550.90.07"
-        measurements: {{1: "{M1}", 22: "{M22}"}}
-  - name: ai
-    command: serve --token $$SCONE::token$$
-    attestation:
-      sim:
-        measurement: "{CPU}"
-      nvidia-gpu:
-        count: 2
-        measurements: {{22: "{M22}"}}
-secrets:
-  - name: token
-    kind: ascii
-security:
-  attestation:
-    tolerate: [simulation, gpu-only]
-"""
+POLICY = GPU_POLICY
 
 
 class Responder(FakeOcsp):
