@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, tuple_
+from sqlalchemy import Connection, select, tuple_
 
 from confide.cas.db import Database, EventSink, raw_execute
 from confide.cas.db import secrets as secrets_table
@@ -72,6 +72,7 @@ from confide.cas.rotation import (
     finish_interrupted_rotation,
     master_key_id,
     stored_next_key_id,
+    write_sealed,
 )
 from confide.cas.runlock import RunLock
 from confide.cas.sealing import SealingKeyProvider
@@ -311,7 +312,6 @@ class OnlineRotation:
                 time.sleep(self.pause)  # the attestations' turn at the write lock
 
     def _reseal_rows(self, conn: Connection, rows: Any, new_id: str) -> int:
-        t = secrets_table
         if self.database.is_sqlite:
             raw_execute(conn, "PRAGMA secure_delete = ON")  # freed cell content is zeroed
         updates = []
@@ -324,15 +324,7 @@ class OnlineRotation:
             if row_key_id(sealed) != new_id:
                 raise StorageError("the sealer no longer seals under the new key: rotation abandoned")
             updates.append({**{f"b_{k}": v for k, v in where.items()}, "b_sealed": sealed})
-        if updates:
-            conn.execute(
-                t.update()
-                .where(t.c.policy == bindparam("b_policy"))
-                .where(t.c.name == bindparam("b_name"))
-                .where(t.c.version == bindparam("b_version"))
-                .values(sealed=bindparam("b_sealed")),
-                updates,
-            )
+        write_sealed(conn, updates)
         return len(updates)
 
     # --- step 5 ----------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, inspect, select, text
 
@@ -415,16 +416,24 @@ def _reseal(conn: Connection, old: Sealer, new: Sealer) -> int:
         where = {"policy": row.policy, "name": row.name, "version": row.version}
         value = old.unseal(row.sealed, **where)  # a row that does not open aborts the rotation
         updates.append({**{f"b_{k}": v for k, v in where.items()}, "b_sealed": new.seal(value, **where)})
-    if updates:
-        conn.execute(
-            t.update()
-            .where(t.c.policy == bindparam("b_policy"))
-            .where(t.c.name == bindparam("b_name"))
-            .where(t.c.version == bindparam("b_version"))
-            .values(sealed=bindparam("b_sealed")),
-            updates,
-        )
+    write_sealed(conn, updates)
     return len(updates)
+
+
+def write_sealed(conn: Connection, updates: list[dict[str, Any]]) -> None:
+    """Replace the ``sealed`` value of secret rows, one executemany: each update names its row
+    (``b_policy``, ``b_name``, ``b_version``) and its new ``b_sealed``."""
+    if not updates:
+        return
+    t = secrets_table
+    conn.execute(
+        t.update()
+        .where(t.c.policy == bindparam("b_policy"))
+        .where(t.c.name == bindparam("b_name"))
+        .where(t.c.version == bindparam("b_version"))
+        .values(sealed=bindparam("b_sealed")),
+        updates,
+    )
 
 
 def _scrub(database: Database) -> None:
