@@ -137,6 +137,9 @@ def cas() -> None:
 @click.option("--tls-handshake-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               metavar="SECONDS", help="A TLS handshake must complete within this, else the connection is"
               " closed.")  # fmt: skip
+@click.option("--tls-session-tickets", type=click.IntRange(min=0, max=16), default=0, show_default=True,
+              metavar="N", help="TLS 1.3 session tickets sent after each handshake, for clients that"
+              " resume sessions (confide's own clients do not).")  # fmt: skip
 @click.option("--attest-rate", default="200", show_default=True, metavar="PER_SECOND",
               help="Per client IP address (IPv6: /64): POST /v1/attest/nonce and /v1/attest requests"
               " a second, answered 429 with Retry-After past it. 0: no limit.")  # fmt: skip
@@ -170,6 +173,7 @@ def cas_serve(
     max_connections_per_ip: int,
     body_timeout: float,
     tls_handshake_timeout: float,
+    tls_session_tickets: int,
     attest_rate: str,
     attest_burst: str | None,
     write_rate: str,
@@ -225,6 +229,7 @@ def cas_serve(
         ),
         attest_rate=parse_rate(attest_rate, attest_burst, "attest"),
         write_rate=parse_rate(write_rate, write_burst, "write"),
+        session_tickets=tls_session_tickets,
     )
 
 

@@ -38,11 +38,21 @@ import asyncio
 import json
 import logging
 import ssl
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, cast
 
+import httptools  # type: ignore[import-untyped]
 import uvloop.loop
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from confide.cas.ratelimit import client_key
 
@@ -55,6 +65,7 @@ __all__ = [
     "MAX_HEAD",
     "BoundedHttpToolsProtocol",
     "HttpLimits",
+    "OneWriteCycle",
 ]
 
 # The request line and all header fields of one request. The largest legitimate head is a
@@ -227,7 +238,51 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._in_body = True
         self._cancel_head_timer()
-        super().on_headers_complete()
+        # uvicorn's HttpToolsProtocol.on_headers_complete (uvicorn 0.54.0, pinned), with the
+        # request-response cycle of this module, which writes a response in one write.
+        parser = self.parser
+        http_version = parser.get_http_version()
+        method = parser.get_method()
+        scope = self.scope
+        scope["method"] = method.decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        if parser.should_upgrade() and self._should_upgrade():
+            return
+        parsed_url = httptools.parse_url(self.url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope["path"] = self.root_path + path
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = parsed_url.query or b""
+        app = self.app
+        if self.limit_concurrency is not None and (
+            len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency
+        ):
+            app = service_unavailable
+            self.logger.warning("Exceeded concurrency limit.")
+        existing_cycle = self.cycle
+        self.cycle = cycle = OneWriteCycle(
+            scope=scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
+            on_response=self.on_response_complete,
+        )
+        cycle.loop = self.loop
+        if existing_cycle is None or existing_cycle.response_complete:
+            self._start_asgi_task(cycle, app)
+        else:  # pipelined: queued until the previous response is complete
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, app))
 
     def on_message_complete(self) -> None:
         self._in_body = False
@@ -295,3 +350,118 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # A body still coming after the read that completed its head: its deadline counts
             # from that read (the head was timed by the head deadline until then).
             self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
+
+
+# A response's head and body up to this size go out as one TLS record (16 KiB of plaintext at
+# most, RFC 8446 §5.1); a larger body follows its head in the same socket write.
+_ONE_RECORD = 16 * 1024 - 1024
+
+
+class OneWriteCycle(RequestResponseCycle):
+    """uvicorn's request-response cycle (uvicorn 0.54.0), writing a response's head together
+    with its body: one ``transport.write`` — one TLS record and one socket write — for a whole
+    response of up to ~15 KiB, where uvicorn writes the head and the body separately (two TLS
+    records, two writes). The head is kept from ``http.response.start`` until the first
+    ``http.response.body``, and at most until the end of the loop iteration it was made in: a
+    streaming response whose first body part comes later has its head sent on its own, at once,
+    as before. Everything else (header checks, ``Content-Length`` accounting, chunked encoding,
+    ``HEAD``, keep-alive and ``Connection: close``, flow control) is uvicorn's."""
+
+    loop: asyncio.AbstractEventLoop
+    _head: bytes | None = None
+
+    def _flush_head(self) -> None:
+        head, self._head = self._head, None
+        if head is not None and not self.disconnected and not self.transport.is_closing():
+            self.transport.write(head)
+
+    async def send(self, message: Any) -> None:
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        if not self.response_started:
+            if message["type"] != "http.response.start":
+                raise RuntimeError(
+                    f"Expected ASGI message 'http.response.start', but got '{message['type']}'."
+                )
+            self.response_started = True
+            self.waiting_for_100_continue = False
+            self._head = self._response_head(message)
+            self.loop.call_soon(self._flush_head)
+            return
+        if self.response_complete:
+            raise RuntimeError(
+                f"Unexpected ASGI message '{message['type']}' sent, after response already completed."
+            )
+        if message["type"] != "http.response.body":
+            raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{message['type']}'.")
+        body = message.get("body", b"")
+        more_body = message.get("more_body", False)
+        if self.scope["method"] == "HEAD":
+            self.expected_content_length = 0
+            data: bytes = b""
+        elif self.chunked_encoding:
+            data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+            if not more_body:
+                data += b"0\r\n\r\n"
+        else:
+            if len(body) > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= len(body)
+            data = body
+        head, self._head = self._head, None
+        if head is None:
+            self.transport.write(data)
+        elif len(data) <= _ONE_RECORD:
+            self.transport.write(head + data)
+        else:
+            self.transport.writelines((head, data))
+        if not more_body:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()
+
+    def _response_head(self, message: Any) -> bytes:
+        """The status line and header fields of ``http.response.start``, as uvicorn writes them
+        (and the response's framing: ``Content-Length``, chunked, keep-alive)."""
+        status_code = message["status"]
+        headers = self.default_headers + list(message.get("headers", []))
+        if self.access_log:
+            self.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d',
+                get_client_addr(self.scope),
+                self.scope["method"],
+                get_path_with_query_string(self.scope),
+                self.scope["http_version"],
+                status_code,
+            )
+        content = [STATUS_LINE[status_code]]
+        has_connection_close = False
+        for raw_name, value in headers:
+            if HEADER_RE.search(raw_name):
+                raise RuntimeError("Invalid HTTP header name.")
+            if HEADER_VALUE_RE.search(value):
+                raise RuntimeError("Invalid HTTP header value.")
+            name = raw_name.lower()
+            if name == b"content-length" and self.chunked_encoding is None:
+                self.expected_content_length = int(value.decode())
+                self.chunked_encoding = False
+            elif name == b"transfer-encoding" and value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+            elif name == b"connection" and b"close" in [t.lower().strip() for t in value.split(b",")]:
+                self.keep_alive = False
+                has_connection_close = True
+            content.extend((name, b": ", value, b"\r\n"))
+        if not self.keep_alive and not has_connection_close:
+            content.append(b"connection: close\r\n")
+        if self.chunked_encoding is None and self.scope["method"] != "HEAD" and status_code not in (204, 304):
+            self.chunked_encoding = True  # neither Content-Length nor Transfer-Encoding
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        return b"".join(content)

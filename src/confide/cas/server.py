@@ -105,6 +105,7 @@ from confide.verify.result import Platform
 from confide.verify.sev_snp import AmdRootStore
 
 __all__ = [
+    "SESSION_TICKETS",
     "TEE_CHOICES",
     "prepare",
     "quote_provider_for",
@@ -113,6 +114,15 @@ __all__ = [
     "tee_evidence",
     "uvicorn_server",
 ]
+
+
+# TLS 1.3 session tickets (RFC 8446 §4.6.1) sent after each full handshake. No confide client
+# resumes a session: CasClient (``confide run``, ``cas attest``, the policy commands) goes
+# through httpx2's sync transport, which wraps every new connection without an SSL session, and
+# reuses a kept-alive connection instead. Each ticket costs the CAS a session encryption and a
+# TLS record, and every client the parsing of it, for nothing; ``--tls-session-tickets N``
+# sends N again for clients that do resume (OpenSSL's default is 2).
+SESSION_TICKETS = 0
 
 
 def _tls_identity(data_dir: Path, host: str, sealer: Sealer | None = None) -> tuple[Path, Path]:
@@ -504,6 +514,7 @@ def serve(
     http_limits: HttpLimits | None = None,
     attest_rate: Rate | None = ATTEST_RATE,
     write_rate: Rate | None = WRITE_RATE,
+    session_tickets: int = SESSION_TICKETS,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
@@ -512,7 +523,8 @@ def serve(
     ``nvidia_rim``: see :func:`prepare`. ``public_url``: the base of CRL distribution points
     (``--public-url``, :func:`confide.cas.crl.parse_public_url`). ``http_limits``: connection
     limits and timeouts (default :class:`HttpLimits`' defaults); ``attest_rate``,
-    ``write_rate``: per-client rate limits (``None``: off; docs/cas.md "HTTP API")."""
+    ``write_rate``: per-client rate limits (``None``: off; docs/cas.md "HTTP API").
+    ``session_tickets``: TLS 1.3 session tickets per handshake (:data:`SESSION_TICKETS`)."""
     host, port = _parse_listen(listen)
     _configure_logging()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -525,16 +537,25 @@ def serve(
                crl_validity=crl_validity, nvidia_rim=nvidia_rim,
                nvidia_ocsp_max_age=nvidia_ocsp_max_age, public_url=public_url,
                http_limits=http_limits if http_limits is not None else HttpLimits(),
-               attest_rate=attest_rate, write_rate=write_rate)  # fmt: skip
+               attest_rate=attest_rate, write_rate=write_rate,
+               session_tickets=session_tickets)  # fmt: skip
 
 
 def uvicorn_server(
-    app: Any, key_path: Path, cert_path: Path, key_password: str | None, limits: HttpLimits
+    app: Any,
+    key_path: Path,
+    cert_path: Path,
+    key_password: str | None,
+    limits: HttpLimits,
+    *,
+    session_tickets: int = SESSION_TICKETS,
 ) -> uvicorn.Server:
     """The CAS's uvicorn server (uvloop, httptools) over TLS, with ``limits``: uvicorn builds
     the TLS context from the key and certificate as usual, then the loop's server is made plain
     TCP and the TLS layer is put under it by :meth:`HttpLimits.tls_protocol`, so that connections
-    over a limit are closed before their handshake (``confide.cas.http_limits``)."""
+    over a limit are closed before their handshake (``confide.cas.http_limits``).
+    ``session_tickets``: TLS 1.3 session tickets sent after each handshake
+    (:data:`SESSION_TICKETS`)."""
     config = uvicorn.Config(
         app,
         ssl_keyfile=str(key_path),
@@ -555,6 +576,7 @@ def uvicorn_server(
     context = config.ssl
     if context is None:  # pragma: no cover - the key and certificate are always given
         raise UsageError("the CAS serves TLS only")
+    context.num_tickets = session_tickets
     config.ssl = None
     config.http_protocol_class = limits.tls_protocol(config.http_protocol_class, context)  # type: ignore[assignment]
     return uvicorn.Server(config)
@@ -607,6 +629,7 @@ def _serve(
     http_limits: HttpLimits,
     attest_rate: Rate | None,
     write_rate: Rate | None,
+    session_tickets: int,
 ) -> None:
     _reserve_descriptors(http_limits.max_connections)
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
@@ -651,7 +674,7 @@ def _serve(
         write_limiter=RateLimiter(write_rate) if write_rate is not None else None,
     )
     password = tls_key_password(cas.sealer).decode() if seal is not None else None
-    server = uvicorn_server(app, key_path, cert_path, password, http_limits)
+    server = uvicorn_server(app, key_path, cert_path, password, http_limits, session_tickets=session_tickets)
     logging.getLogger("confide.cas").info(
         json.dumps(
             {
@@ -670,6 +693,7 @@ def _serve(
                 "body_timeout": http_limits.body_timeout,
                 "attest_rate": list(attest_rate) if attest_rate is not None else None,
                 "write_rate": list(write_rate) if write_rate is not None else None,
+                "tls_session_tickets": session_tickets,
                 "db": cas.db.redacted_url,
                 "master_key": f"sealed: {seal.name} ({seal.binding})" if seal else "plain file",
             }
