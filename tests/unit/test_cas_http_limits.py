@@ -263,3 +263,27 @@ def test_one_write_per_response() -> None:
             await cycle.send({"type": "http.response.start", "status": 200, "headers": [(b"x", b"a\r\nb")]})
 
     asyncio.run(run())
+
+
+def test_head_deadlines_first_from_the_connection_then_from_each_head(port: int) -> None:
+    # The first head's deadline counts from the connection: a late first byte does not move it.
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        started = time.monotonic()
+        time.sleep(0.7)
+        s.sendall(b"GET / HTTP/1.1\r\n")
+        assert _read_all(s).startswith(b"HTTP/1.1 408 ")
+        assert time.monotonic() - started < 1.5
+    # A later head's counts from its first byte, also when the connection's timer fires while
+    # it is coming (at 1 s here, the head's deadline being 1.8 s).
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(_request())
+        assert _response(s).startswith(b"HTTP/1.1 200 ")
+        time.sleep(0.8)
+        s.sendall(b"GET / HTTP/1.1\r\n")
+        time.sleep(0.6)
+        s.sendall(b"Host: t\r\n\r\n")
+        assert _response(s).startswith(b"HTTP/1.1 200 ")
+        s.sendall(b"GET / HTTP/1.1\r\n")  # and a third head that never ends is timed out
+        started = time.monotonic()
+        assert _read_all(s).startswith(b"HTTP/1.1 408 ")
+        assert 0.8 < time.monotonic() - started < 1.8

@@ -218,6 +218,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_body = False
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_deadline = 0.0
+        self._served = False  # a request began on this connection
         self._body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -232,12 +234,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head, self._head_bytes = True, 0
-        self._arm_head_timer()  # a later request on a kept-alive connection: its own deadline
+        if self._served:  # a later request on a kept-alive connection: its own deadline
+            self._arm_head_timer()
+        self._served = True  # the first one's counts from the connection (connection_made)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._in_head = False  # the head timer, still armed, finds this when it fires
         self._in_body = True
-        self._cancel_head_timer()
         # uvicorn's HttpToolsProtocol.on_headers_complete (uvicorn 0.54.0, pinned), with the
         # request-response cycle of this module, which writes a response in one write.
         parser = self.parser
@@ -290,6 +293,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def _arm_head_timer(self) -> None:
+        """Start the head's deadline. One timer per connection, not one per request: it stays
+        armed when a head completes, and when it fires it re-arms itself for a later head's
+        deadline (or does nothing between heads), so a request costs a clock read here instead
+        of arming and cancelling a timer (``_head_timed_out``)."""
+        self._head_deadline = self.loop.time() + self.head_timeout
         if self._head_timer is None:
             self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
 
@@ -306,6 +314,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if not self._in_head or self.transport.is_closing():
+            return  # between heads: the next one arms the timer again
+        remaining = self._head_deadline - self.loop.time()
+        if remaining > 0:  # a later head than the one the timer was armed for
+            self._head_timer = self.loop.call_later(remaining, self._head_timed_out)
             return
         if self.limits is not None:
             self.limits.head_timeouts += 1
