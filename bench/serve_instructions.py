@@ -11,7 +11,8 @@ requests with a constant), ``limited`` (that constant served as the CAS serves:
 ``confide.cas.server.uvicorn_server`` with its ``HttpLimits``), ``tls`` (the bare TLS
 reference: handshake, one request, close). ``--root DIR`` takes the servers (``DIR/src``,
 ``DIR/bench/attest_load.py``) from another checkout, for before/after comparisons with the
-same client code.
+same client code. ``--tool strace`` counts the server's system calls per flow instead
+(``strace -f -c`` attached after the warm-up; the server runs at full speed until then).
 
     PYTHONPATH=src .venv/bin/python bench/serve_instructions.py --server cas [--flows 200]
     PYTHONPATH=src .venv/bin/python bench/serve_instructions.py --server limited --root /tmp/before
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=40)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--root", type=Path, default=BENCH.parent, help="checkout whose servers to run")
+    parser.add_argument("--tool", choices=("callgrind", "strace"), default="callgrind")
     parser.add_argument(
         "--tickets", type=int, default=None, help="TLS 1.3 session tickets (default: the server's)"
     )
@@ -150,8 +152,9 @@ def main() -> None:
             + ")"
         )
         cmd = [sys.executable, "-c", code]
+    wrap = _valgrind(dump) if args.tool == "callgrind" else []
     proc = subprocess.Popen(
-        _valgrind(dump) + cmd, stdout=subprocess.DEVNULL, stderr=(work / "server.log").open("wb"), env=env
+        wrap + cmd, stdout=subprocess.DEVNULL, stderr=(work / "server.log").open("wb"), env=env
     )
     try:
         _wait_file(ready, proc)
@@ -199,10 +202,21 @@ def main() -> None:
             await asyncio.gather(*(client() for _ in range(args.clients)))
 
         uvloop.run(flows(args.warmup))
-        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
-        uvloop.run(flows(args.flows))
-        time.sleep(0.5)  # what the last flows left to the server (closes, the writer's commit)
-        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+        if args.tool == "strace":
+            strace = subprocess.Popen(
+                ["strace", "-f", "-c", "-o", str(work / "strace.txt"), "-p", str(proc.pid)],
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1.0)  # attached to every thread
+            uvloop.run(flows(args.flows))
+            time.sleep(0.5)
+            strace.send_signal(signal.SIGINT)
+            strace.wait(timeout=30)
+        else:
+            subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
+            uvloop.run(flows(args.flows))
+            time.sleep(0.5)  # what the last flows left to the server (closes, the writer's commit)
+            subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -210,6 +224,16 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    tickets = "the server's default" if args.tickets is None else args.tickets
+    what = f"({args.flows} flows, {args.clients} clients, TLS session tickets: {tickets})"
+    if args.tool == "strace":
+        print(f"{args.server} ({root}): system calls per flow {what}")
+        for line in (work / "strace.txt").read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 5 and fields[3].isdigit():  # % time, seconds, usecs/call, calls, ...
+                print(f"  {fields[-1]:<16} {int(fields[3]) / args.flows:8.2f}")
+        shutil.rmtree(work, ignore_errors=True)
+        return
     total = 0
     dumps = sorted(work.glob("callgrind.out*"))
     for path in dumps:
@@ -219,9 +243,7 @@ def main() -> None:
             total = int(m.group(1))
     if not total:
         raise SystemExit(f"no callgrind dump with counts in {work}: {[p.name for p in dumps]}")
-    tickets = "the server's default" if args.tickets is None else args.tickets
-    print(f"{args.server} ({root}): {total / args.flows:,.0f} instructions per flow ({args.flows} flows, "
-          f"{args.clients} clients, TLS session tickets: {tickets})")  # fmt: skip
+    print(f"{args.server} ({root}): {total / args.flows:,.0f} instructions per flow {what}")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         for path in dumps:
