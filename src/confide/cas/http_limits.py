@@ -30,6 +30,10 @@ is armed only when a body did not come whole with its head (no cost for the usua
 Bodies are bounded in size by the application (``confide.cas.app.MAX_BODY``: 413, RFC 9110
 §15.5.14) and by uvicorn's flow control, which stops reading from a connection whose body the
 application has not consumed yet.
+
+**Responses.** :class:`OneWriteCycle` writes a response's head together with its body: one
+TLS record and one socket write per response where uvicorn wrote two (docs/performance.md,
+"The serving layer").
 """
 
 from __future__ import annotations
