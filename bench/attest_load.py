@@ -11,7 +11,9 @@ Three measurements in one run:
 1. the TLS 1.3 handshake capacity of the CAS's core: a bare ``ssl`` server (uvloop) pinned to
    that core, driven by the same client code and concurrency (handshake, one request, close);
    and the framework floor: the CAS's own stack (uvicorn over TLS) answering the same two
-   requests with a constant;
+   requests with a constant; all of them send as many TLS 1.3 session tickets per handshake as
+   the CAS (``--tls-tickets``, default the CAS's own default, printed), so the ratio compares the
+   same handshake;
 2. throughput: ``--clients`` closed-loop clients, each starting its next flow as soon as the
    previous one ends (the CAS saturated; latency here is queueing: Little's law);
 3. latency: an open-loop load of ``--rate-fraction`` × the handshake capacity, spread over the
