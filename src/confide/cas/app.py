@@ -29,6 +29,7 @@ from confide.cas.db import WriteBatcher, raw_connection
 from confide.cas.fetch_stats import BUCKETS, FetchStats
 from confide.cas.http_limits import HttpLimits
 from confide.cas.own_evidence import CasEvidence
+from confide.cas.public_http import PUBLIC_MAX_AGE, PublicApp, PublicResponse, ca_response, crl_response
 from confide.cas.ratelimit import RateLimiter, client_key, retry_after
 from confide.cas.verifier import Prefetched
 from confide.errors import ConfideError, ParseError
@@ -74,12 +75,15 @@ def create_app(
     http_limits: HttpLimits | None = None,
     attest_limiter: RateLimiter | None = None,
     write_limiter: RateLimiter | None = None,
+    public_http: PublicApp | None = None,
 ) -> FastAPI:
     """The CAS's API; ``cas_evidence``: its own evidence (``GET /v1/cas/evidence``), whose
     refreshes and their failures ``/metrics`` counts. ``http_limits``: the server's connection
     and timeout limits, whose refusals ``/metrics`` counts. ``attest_limiter``: the per-client
     rate of ``POST /v1/attest/nonce`` and ``POST /v1/attest``; ``write_limiter``: of every other
-    POST (policy submissions and updates, board approvals, volume tags); ``None``: unlimited."""
+    POST (policy submissions and updates, board approvals, volume tags); ``None``: unlimited.
+    ``public_http``: the public plain-HTTP listener's application, whose responses and
+    connection limits ``/metrics`` counts too (``cas serve --public-http-listen``)."""
     registry = CollectorRegistry()
     requests = Counter("confide_requests_total", "HTTP requests", ["route", "status"], registry=registry)
     attestations = Counter(
@@ -245,18 +249,17 @@ def create_app(
     def distributed_crl(file: str) -> Response:
         """A CRL distribution point (RFC 5280 §4.2.1.13; docs/cas.md "CRL distribution points"):
         the DER CRL (``application/pkix-crl``, RFC 2585 §4.2) of a CA declared
-        ``crl_distribution``, to anyone. The same bare 404 for every other id."""
-        crl_id, dot, ext = file.partition(".")
-        row = cas.distributed_crl(crl_id) if dot and ext == "crl" else None
-        if row is None:
-            return Response(status_code=404, headers={"Cache-Control": "no-store"})
-        # Cached at most CRL_MAX_AGE (not up to nextUpdate): a revocation is published at once.
-        max_age = max(0, min(CRL_MAX_AGE, int(row.next_update - cas.clock())))
-        return Response(
-            row.der,
-            media_type="application/pkix-crl",
-            headers={"Cache-Control": f"public, max-age={max_age}"},
-        )
+        ``crl_distribution``, to anyone. The same bare 404 for every other id. Also served by
+        the public HTTP listener (:mod:`confide.cas.public_http`)."""
+        return _public(crl_response(cas, file))
+
+    @app.get("/v1/ca/{file}")
+    def published_ca(file: str) -> Response:
+        """A caIssuers URL (RFC 5280 §4.2.2.1; docs/cas.md "CA certificates (caIssuers)"): the
+        DER certificate (``application/pkix-cert``, RFC 2585 §4.1) of a CA declared
+        ``ca_issuers``, to anyone. The same bare 404 for every other id. Also served by the
+        public HTTP listener."""
+        return _public(ca_response(cas, file))
 
     @app.get("/v1/policies/{name:path}")
     def show_policy(name: str, x_confide_read: str | None = Header(default=None)) -> dict[str, Any]:
@@ -319,6 +322,8 @@ def create_app(
     registry.register(_GroupCommitCollector(writer))
     registry.register(_LimitsCollector(http_limits, {"attest": attest_limiter, "write": write_limiter}))
     registry.register(_FetchCollector(cas))
+    if public_http is not None:
+        registry.register(_PublicHttpCollector(public_http))
     if cas_evidence is not None:
         registry.register(_EvidenceCollector(cas_evidence))
 
@@ -331,7 +336,15 @@ def create_app(
     return app
 
 
-CRL_MAX_AGE = 300  # seconds a public CRL may be cached (docs/cas.md "Revocation")
+CRL_MAX_AGE = PUBLIC_MAX_AGE  # seconds a public CRL may be cached (docs/cas.md "Revocation")
+
+
+def _public(response: PublicResponse) -> Response:
+    status, headers, body = response
+    headers = dict(headers)
+    media_type = headers.pop("content-type", None)
+    return Response(body, status_code=status, media_type=media_type, headers=headers)
+
 
 # The largest request body the CAS reads (RFC 9110 §15.5.14, 413 Content Too Large). The
 # largest legitimate requests are attestations with GPU evidence: 8 reports, their chains and
@@ -528,6 +541,42 @@ class _LimitsCollector:
             yield limited
             yield evicted
             yield clients
+
+
+class _PublicHttpCollector:
+    """The public plain-HTTP listener's responses by route and status, its open connections and
+    what its limits refused, read at scrape time (docs/cas.md "The public HTTP listener")."""
+
+    def __init__(self, public: PublicApp) -> None:
+        self.public = public
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        responses = CounterMetricFamily(
+            "confide_cas_public_http_requests",
+            "Requests answered by the public HTTP listener",
+            labels=["route", "status"],
+        )
+        for (route, status), n in sorted(dict(self.public.responses).items()):
+            responses.add_metric([route, str(status)], n)
+        yield responses
+        limits = self.public.limits
+        if limits is None:
+            return
+        yield GaugeMetricFamily(
+            "confide_cas_public_http_connections", "Connections open on the public HTTP listener",
+            value=limits.open,
+        )  # fmt: skip
+        refused = CounterMetricFamily(
+            "confide_cas_public_http_refused",
+            "Connections and requests the public HTTP listener's limits refused (reason: total and"
+            " per_ip connections, head_too_large 431, head_timeout 408 or close)",
+            labels=["reason"],
+        )
+        refused.add_metric(["total"], limits.refused_total)
+        refused.add_metric(["per_ip"], limits.refused_per_client)
+        refused.add_metric(["head_too_large"], limits.head_too_large)
+        refused.add_metric(["head_timeout"], limits.head_timeouts)
+        yield refused
 
 
 class _FetchCollector:

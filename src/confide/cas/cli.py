@@ -122,7 +122,18 @@ def cas() -> None:
     metavar="URL",
     help="The base URL (http:// or https://) relying parties reach the CAS under. Certificates the "
     "CAS issues under a CA declared crl_distribution then carry a CRL distribution point "
-    'URL/v1/crl/<id>.crl (docs/cas.md "CRL distribution points").',
+    "URL/v1/crl/<id>.crl, under one declared ca_issuers a caIssuers URL/v1/ca/<id>.crt "
+    '(docs/cas.md "CRL distribution points").',
+)
+@click.option(
+    "--public-http-listen",
+    "public_http_listen",
+    metavar="HOST:PORT",
+    help="Also listen over plain HTTP there, for the public CRLs and CA certificates only "
+    "(GET/HEAD /v1/crl/<id>.crl and /v1/ca/<id>.crt; everything else 404), with connection limits "
+    "of its own (the values of --max-connections and --max-connections-per-ip). Give --public-url "
+    'http://HOST:PORT (or a name of it) for certificates to point there (docs/cas.md "The public '
+    'HTTP listener").',
 )
 @click.option("--max-connections", type=click.IntRange(min=0), default=1024, show_default=True,
               help="Open connections at once (TLS handshakes included); one more is closed when"
@@ -166,6 +177,7 @@ def cas_serve(
     nvidia_rim: str | None,
     crl_validity: str | None,
     public_url: str | None,
+    public_http_listen: str | None,
     max_connections: int,
     max_connections_per_ip: int,
     body_timeout: float,
@@ -225,6 +237,7 @@ def cas_serve(
         ),
         attest_rate=parse_rate(attest_rate, attest_burst, "attest"),
         write_rate=parse_rate(write_rate, write_burst, "write"),
+        public_http_listen=public_http_listen,
     )
 
 

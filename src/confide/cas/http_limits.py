@@ -53,6 +53,7 @@ __all__ = [
     "MAX_CONNECTIONS",
     "MAX_CONNECTIONS_PER_CLIENT",
     "MAX_HEAD",
+    "PUBLIC_MAX_HEAD",
     "BoundedHttpToolsProtocol",
     "HttpLimits",
 ]
@@ -71,13 +72,22 @@ MAX_CONNECTIONS = 1024
 # benchmark's 64 concurrent clients on one address included).
 MAX_CONNECTIONS_PER_CLIENT = 128
 
-_BODY = b"the request head exceeds 65536 bytes\n"
-_REFUSAL = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-    b"content-type: text/plain; charset=utf-8\r\n"
-    b"content-length: " + str(len(_BODY)).encode() + b"\r\n"
-    b"connection: close\r\n\r\n" + _BODY
-)
+# The public HTTP listener's request heads (confide.cas.public_http): a GET of a short path,
+# which needs no header of any size.
+PUBLIC_MAX_HEAD = 8 * 1024
+
+
+def _refusal(max_head: int) -> bytes:
+    body = f"the request head exceeds {max_head} bytes\n".encode()
+    return (
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+        b"content-type: text/plain; charset=utf-8\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n"
+        b"connection: close\r\n\r\n" + body
+    )
+
+
+_REFUSAL = _refusal(MAX_HEAD)
 _TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
@@ -93,7 +103,10 @@ class HttpLimits:
         head_timeout: float = HEAD_TIMEOUT,
         body_timeout: float = BODY_TIMEOUT,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_head: int = MAX_HEAD,
     ) -> None:
+        if max_head < 1024:
+            raise ValueError("request heads are bounded at 1024 bytes or more")
         if max_connections < 0 or max_connections_per_client < 0 or body_timeout < 0:
             raise ValueError("connection limits and timeouts are >= 0 (0: off)")
         if head_timeout <= 0 or handshake_timeout <= 0:
@@ -102,6 +115,7 @@ class HttpLimits:
         self.max_per_client = max_connections_per_client
         self.head_timeout, self.body_timeout = head_timeout, body_timeout
         self.handshake_timeout = handshake_timeout
+        self.max_head = max_head
         self.open = 0  # connections accepted and not yet closed (handshakes included)
         self._per_client: dict[str, int] = {}
         # What was refused, by reason (confide_cas_connections_refused_total and
@@ -142,12 +156,42 @@ class HttpLimits:
         return len(self._per_client)
 
     def http_protocol(self) -> type[BoundedHttpToolsProtocol]:
-        """:class:`BoundedHttpToolsProtocol` with these timeouts, counting into these limits."""
+        """:class:`BoundedHttpToolsProtocol` with these timeouts and head bound, counting into
+        these limits."""
         return type(
             "LimitedHttpToolsProtocol",
             (BoundedHttpToolsProtocol,),
-            {"head_timeout": self.head_timeout, "body_timeout": self.body_timeout, "limits": self},
-        )
+            {"head_timeout": self.head_timeout, "body_timeout": self.body_timeout, "limits": self,
+             "max_head": self.max_head, "refusal": _refusal(self.max_head)},
+        )  # fmt: skip
+
+    def plain_protocol(self) -> type[BoundedHttpToolsProtocol]:
+        """:meth:`http_protocol` for a plain-HTTP server (the public listener,
+        ``confide.cas.public_http``; ``Config.http``): each connection is admitted by
+        :meth:`admit` when accepted, and closed at once when over a limit, before a byte is
+        read; released when lost. Its head deadline counts from the accept."""
+        limits = self
+
+        class GatedHttp(self.http_protocol()):  # type: ignore[misc]
+            _gate_key: str | None = None
+
+            def connection_made(self, transport: asyncio.Transport) -> None:
+                key = limits.admit(transport.get_extra_info("peername"))
+                if key is None:  # over a limit: closed, nothing read or answered
+                    transport.abort()
+                    return
+                self._gate_key = key
+                super().connection_made(transport)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                key = self._gate_key
+                if key is None:
+                    return  # refused: never started
+                self._gate_key = None
+                limits.release(key)
+                super().connection_lost(exc)
+
+        return GatedHttp
 
     def tls_protocol(
         self, http: Callable[..., asyncio.Protocol], context: ssl.SSLContext
@@ -193,12 +237,14 @@ class HttpLimits:
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, refusing request heads over :data:`MAX_HEAD` bytes or
+    """uvicorn's httptools protocol, refusing request heads over :attr:`max_head` bytes or
     :attr:`head_timeout` seconds, and bodies not complete :attr:`body_timeout` seconds after
     their head (0: no limit)."""
 
     head_timeout = HEAD_TIMEOUT
     body_timeout = BODY_TIMEOUT
+    max_head = MAX_HEAD
+    refusal = _REFUSAL  # the 431 response, naming max_head
     limits: HttpLimits | None = None  # counts refusals when set (HttpLimits.http_protocol)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -278,13 +324,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # (but for the end of a previous pipelined request in the same read, counted too:
             # at most one read's worth of over-counting, never under-counting).
             self._head_bytes += len(data) or 1
-            if self._head_bytes > MAX_HEAD:
+            if self._head_bytes > self.max_head:
                 if self.limits is not None:
                     self.limits.head_too_large += 1
                 logging.getLogger("confide.cas").warning(
-                    json.dumps({"event": "request", "status": 431, "reason": f"head over {MAX_HEAD} bytes"})
+                    json.dumps(
+                        {"event": "request", "status": 431, "reason": f"head over {self.max_head} bytes"}
+                    )
                 )
-                self.transport.write(_REFUSAL)
+                self.transport.write(self.refusal)
                 self.transport.close()
         elif (
             self._in_body

@@ -39,7 +39,9 @@ not published on a refresh.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -51,7 +53,7 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -67,13 +69,14 @@ from confide.cas.app import create_app
 from confide.cas.core import Cas
 from confide.cas.crl import DEFAULT_CRL_VALIDITY
 from confide.cas.db import Database, raw_connection
-from confide.cas.http_limits import HttpLimits
+from confide.cas.http_limits import PUBLIC_MAX_HEAD, HttpLimits
 from confide.cas.keyfiles import TLS_KEY_NAME, load_log_signer, load_tls_key, tls_key_password
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.online_rotation import OnlineRotation, add_pending_key
 from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, CasEvidence, EvidenceRefresher
 from confide.cas.own_vcek import with_kds_vcek
 from confide.cas.pin import cas_binding
+from confide.cas.public_http import PublicApp
 from confide.cas.ratelimit import ATTEST_RATE, WRITE_RATE, Rate, RateLimiter
 from confide.cas.renewal import DEFAULT_SWEEP_SECONDS, CertificateRenewer
 from confide.cas.revocation import STAPLED, OcspCache
@@ -107,6 +110,7 @@ from confide.verify.sev_snp import AmdRootStore
 __all__ = [
     "TEE_CHOICES",
     "prepare",
+    "public_http_server",
     "quote_provider_for",
     "serve",
     "tee_document",
@@ -217,11 +221,29 @@ class Checkpointer:
                 )
 
 
-def _parse_listen(listen: str) -> tuple[str, int]:
+def _parse_listen(listen: str, option: str = "--listen", example: str = "127.0.0.1:8443") -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise UsageError(f"--listen: got {listen!r}, expected HOST:PORT (e.g. 127.0.0.1:8443)")
+    if not sep or not port.isdigit() or not host or int(port) > 65535:
+        raise UsageError(f"{option}: got {listen[:80]!r}, expected HOST:PORT (e.g. {example})")
     return host.strip("[]"), int(port)
+
+
+def _bind(host: str, port: int, option: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"{option}: cannot bind {host}:{port}: {exc.strerror}") from None
+    sock.listen(1024)
+    return sock
+
+
+def _url(scheme: str, host: str, sock: socket.socket) -> str:
+    shown_host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown_host}:{sock.getsockname()[1]}"
 
 
 class _JsonFormatter(logging.Formatter):
@@ -504,6 +526,7 @@ def serve(
     http_limits: HttpLimits | None = None,
     attest_rate: Rate | None = ATTEST_RATE,
     write_rate: Rate | None = WRITE_RATE,
+    public_http_listen: str | None = None,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
@@ -512,8 +535,15 @@ def serve(
     ``nvidia_rim``: see :func:`prepare`. ``public_url``: the base of CRL distribution points
     (``--public-url``, :func:`confide.cas.crl.parse_public_url`). ``http_limits``: connection
     limits and timeouts (default :class:`HttpLimits`' defaults); ``attest_rate``,
-    ``write_rate``: per-client rate limits (``None``: off; docs/cas.md "HTTP API")."""
+    ``write_rate``: per-client rate limits (``None``: off; docs/cas.md "HTTP API").
+    ``public_http_listen``: ``HOST:PORT`` of the plain-HTTP listener for the public CRLs and CA
+    certificates (``--public-http-listen``, :mod:`confide.cas.public_http`), with limits of its
+    own of the same values as ``http_limits`` (its request heads: at most
+    :data:`~confide.cas.http_limits.PUBLIC_MAX_HEAD` bytes)."""
     host, port = _parse_listen(listen)
+    public_addr = None
+    if public_http_listen is not None:
+        public_addr = _parse_listen(public_http_listen, "--public-http-listen", "0.0.0.0:8080")
     _configure_logging()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Held until the process exits: `confide cas rotate-master-key` refuses to run meanwhile.
@@ -525,16 +555,23 @@ def serve(
                crl_validity=crl_validity, nvidia_rim=nvidia_rim,
                nvidia_ocsp_max_age=nvidia_ocsp_max_age, public_url=public_url,
                http_limits=http_limits if http_limits is not None else HttpLimits(),
-               attest_rate=attest_rate, write_rate=write_rate)  # fmt: skip
+               attest_rate=attest_rate, write_rate=write_rate, public_addr=public_addr)  # fmt: skip
 
 
 def uvicorn_server(
-    app: Any, key_path: Path, cert_path: Path, key_password: str | None, limits: HttpLimits
+    app: Any,
+    key_path: Path,
+    cert_path: Path,
+    key_password: str | None,
+    limits: HttpLimits,
+    public: tuple[uvicorn.Server, socket.socket] | None = None,
 ) -> uvicorn.Server:
     """The CAS's uvicorn server (uvloop, httptools) over TLS, with ``limits``: uvicorn builds
     the TLS context from the key and certificate as usual, then the loop's server is made plain
     TCP and the TLS layer is put under it by :meth:`HttpLimits.tls_protocol`, so that connections
-    over a limit are closed before their handshake (``confide.cas.http_limits``)."""
+    over a limit are closed before their handshake (``confide.cas.http_limits``). ``public``:
+    the public listener's server (:func:`public_http_server`) and socket, served on the same
+    event loop, started after this one and stopped before it finishes."""
     config = uvicorn.Config(
         app,
         ssl_keyfile=str(key_path),
@@ -557,7 +594,63 @@ def uvicorn_server(
         raise UsageError("the CAS serves TLS only")
     config.ssl = None
     config.http_protocol_class = limits.tls_protocol(config.http_protocol_class, context)  # type: ignore[assignment]
-    return uvicorn.Server(config)
+    return _CasServer(config, public)
+
+
+def public_http_server(app: PublicApp, limits: HttpLimits) -> uvicorn.Server:
+    """The public listener's uvicorn server (:mod:`confide.cas.public_http`): plain HTTP/1.1
+    (httptools), connections admitted by :meth:`HttpLimits.plain_protocol`, request heads
+    bounded and timed as there; no lifespan, no proxy headers. It handles no signal: the
+    TLS server it is given to (:func:`uvicorn_server`) stops it."""
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        http=limits.plain_protocol(),
+        proxy_headers=False,
+        lifespan="off",
+        loop="uvloop",
+        timeout_graceful_shutdown=5,
+    )
+    return _PublicServer(config)
+
+
+class _PublicServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the TLS server's handlers stop both
+
+
+class _CasServer(uvicorn.Server):
+    """uvicorn's server, also running the public listener's (``public``) on its loop: started
+    once this one has started; this one stops when it fails; stopped, and waited for, when
+    this one shuts down (before uvicorn re-raises the signal that stopped it)."""
+
+    def __init__(self, config: uvicorn.Config, public: tuple[uvicorn.Server, socket.socket] | None) -> None:
+        super().__init__(config)
+        self.public = public
+        self._public_task: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.public is not None and self.started:
+            server, sock = self.public
+            self._public_task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._public_task is not None and self._public_task.done():
+            return True  # the public listener stopped (failed): so does the CAS
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        task = self._public_task
+        if self.public is not None:
+            self.public[0].should_exit = True
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if task is not None:
+                await task  # its failure, if it failed, is the CAS's
 
 
 # File descriptors the CAS needs besides its connections: the database, its WAL and journal,
@@ -565,13 +658,14 @@ def uvicorn_server(
 _RESERVED_DESCRIPTORS = 256
 
 
-def _reserve_descriptors(max_connections: int) -> None:
-    """Raise the soft limit of open files (up to the hard one) to what ``max_connections`` and the
-    CAS's own files need; refuse to start when the hard limit is lower. Past the limit, accept()
-    would fail and the database could not open its files."""
+def _reserve_descriptors(max_connections: int, public_max_connections: int = 0) -> None:
+    """Raise the soft limit of open files (up to the hard one) to what ``max_connections`` (and
+    the public listener's ``public_max_connections``) and the CAS's own files need; refuse to
+    start when the hard limit is lower. Past the limit, accept() would fail and the database
+    could not open its files."""
     if not max_connections:
         return
-    needed = max_connections + _RESERVED_DESCRIPTORS
+    needed = max_connections + public_max_connections + _RESERVED_DESCRIPTORS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return
@@ -607,8 +701,19 @@ def _serve(
     http_limits: HttpLimits,
     attest_rate: Rate | None,
     write_rate: Rate | None,
+    public_addr: tuple[str, int] | None = None,
 ) -> None:
-    _reserve_descriptors(http_limits.max_connections)
+    public_limits = None
+    if public_addr is not None:
+        public_limits = HttpLimits(
+            max_connections=http_limits.max_connections,
+            max_connections_per_client=http_limits.max_per_client,
+            head_timeout=http_limits.head_timeout,
+            body_timeout=http_limits.body_timeout,
+            handshake_timeout=http_limits.handshake_timeout,
+            max_head=PUBLIC_MAX_HEAD,
+        )
+    _reserve_descriptors(http_limits.max_connections, public_limits.max_connections if public_limits else 0)
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
         data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee, kds=kds,
         nvidia_ocsp=nvidia_ocsp, crl_validity=crl_validity, nvidia_rim=nvidia_rim,
@@ -629,17 +734,14 @@ def _serve(
     if cas_evidence is not None and evidence_refresh > 0:
         refresher = EvidenceRefresher(cas_evidence, evidence_refresh)
         refresher.start()
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        raise UsageError(f"--listen: cannot bind {host}:{port}: {exc.strerror}") from None
-    sock.listen(1024)
-    bound_port = sock.getsockname()[1]
-    shown_host = f"[{host}]" if ":" in host else host
-    url = f"https://{shown_host}:{bound_port}"
+    sock = _bind(host, port, "--listen")
+    url = _url("https", host, sock)
+    public = public_app = None
+    if public_addr is not None and public_limits is not None:
+        public_sock = _bind(*public_addr, "--public-http-listen")
+        public_url_bound = _url("http", public_addr[0], public_sock)
+        public_app = PublicApp(cas, public_limits)
+        public = (public_http_server(public_app, public_limits), public_sock)
     env = {"CONFIDE_CAS_URL": url, **env, "CONFIDE_LOG_URL": f"{url}/v1/log"}
     lines = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     write_atomic(data_dir / "client.env", lines.encode())
@@ -649,14 +751,17 @@ def _serve(
         http_limits=http_limits,
         attest_limiter=RateLimiter(attest_rate) if attest_rate is not None else None,
         write_limiter=RateLimiter(write_rate) if write_rate is not None else None,
+        public_http=public_app,
     )
     password = tls_key_password(cas.sealer).decode() if seal is not None else None
-    server = uvicorn_server(app, key_path, cert_path, password, http_limits)
+    server = uvicorn_server(app, key_path, cert_path, password, http_limits, public)
     logging.getLogger("confide.cas").info(
         json.dumps(
             {
                 "event": "listening",
                 "url": env["CONFIDE_CAS_URL"],
+                "public_http": public_url_bound if public is not None else None,
+                "public_url": public_url,
                 "dev": dev,
                 "tee": tee,
                 "kds": kds,

@@ -138,7 +138,16 @@ _ALLOWED: dict[SecretKind, frozenset[str]] = {
         }
     ),
     SecretKind.X509_CA: frozenset(
-        {"value", "private_key", "issuer", "common_name", "valid_for", "renew_before", "crl_distribution"}
+        {
+            "value",
+            "private_key",
+            "issuer",
+            "common_name",
+            "valid_for",
+            "renew_before",
+            "crl_distribution",
+            "ca_issuers",
+        }
     ),
 }
 _KIND_PARAMS = frozenset().union(*_ALLOWED.values())
@@ -184,10 +193,15 @@ class Secret(_Model):
     authentication, at an opaque URL, and with ``cas serve --public-url`` names that URL in the
     CRLDistributionPoints of the certificates it issues under it (docs/cas.md "CRL distribution
     points")."""
+    ca_issuers: StrictBool = False
+    """confide extension (generated x509-ca): the CAS serves this CA's certificate to anyone,
+    without authentication, at an opaque URL, and with ``cas serve --public-url`` names that URL
+    in an AuthorityInfoAccess caIssuers access method (RFC 5280 §4.2.2.1) of the certificates it
+    issues under it (docs/cas.md "CA certificates (caIssuers)")."""
     import_: SecretImport | None = Field(default=None, alias="import")
 
     def _set_params(self) -> set[str]:
-        flags = {"migrate", "issue_to_runtime", "crl_distribution"}
+        flags = {"migrate", "issue_to_runtime", "crl_distribution", "ca_issuers"}
         out = {f for f in _KIND_PARAMS - flags if getattr(self, f) is not None}
         out.update(f for f in flags if getattr(self, f))
         return out
@@ -219,6 +233,11 @@ class Secret(_Model):
             raise ValueError(
                 "got crl_distribution with an explicit value, expected it only on a generated x509-ca "
                 "(the CAS has a CRL only for the CAs it generates)"
+            )
+        if self.ca_issuers and self.value is not None:
+            raise ValueError(
+                "got ca_issuers with an explicit value, expected it only on a generated x509-ca "
+                "(the CAS publishes only the CAs it generates and signs with)"
             )
         getattr(self, "_check_" + self.kind.replace("-", "_"))()
         if self.renew_before is not None:
