@@ -16,8 +16,10 @@ any of the CAS's memory. The TLS handshake itself must complete within
 **Request heads.** uvicorn's httptools protocol keeps a request's URL and each header value in
 memory until the head is complete, with no limit of its own: a client that never ends its head
 can make the CAS buffer gigabytes. :class:`BoundedHttpToolsProtocol` counts the bytes of each
-request head and answers ``431 Request Header Fields Too Large`` (RFC 6585 §5), then closes the
-connection, once a head exceeds :data:`MAX_HEAD` bytes, and closes a connection whose request
+request head as they are read, before the parser sees them (a head that comes in one read
+included), and answers ``431 Request Header Fields Too Large`` (RFC 6585 §5), then closes the
+connection, once a head exceeds :data:`MAX_HEAD` bytes (:data:`PUBLIC_MAX_HEAD` on the public
+listener, :meth:`HttpLimits.plain_protocol`), and closes a connection whose request
 head is not complete :data:`HEAD_TIMEOUT` seconds after the connection was made (after its TLS
 handshake) or after the request's first byte (``408 Request Timeout``, RFC 9110 §15.5.9, when
 some of it came): uvicorn itself bounds only the idle time between requests
@@ -251,7 +253,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_head = True
         self._in_body = False
-        self._head_bytes = 0
+        self._head_bytes = 0  # of the head being received, counted before the parser sees them
+        self._head_tail = b""  # its last 3 bytes, to find a CRLF CRLF across reads
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
 
@@ -266,7 +269,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head, self._head_bytes = True, 0
+        self._in_head = True
         self._arm_head_timer()  # a later request on a kept-alive connection: its own deadline
 
     def on_headers_complete(self) -> None:
@@ -316,25 +319,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self._in_head:
-            if self.transport.is_closing():
+        if not self._in_body and not self.transport.is_closing():
+            # A request head (or the next one, between requests) is coming: its bytes in this
+            # read are counted before the parser buffers any, up to the empty line that ends it
+            # (CRLF CRLF, RFC 9112 §2.1) when it ends here. What follows it in the same read (a
+            # body, a pipelined request) is the parser's: at most one read's worth uncounted.
+            window = self._head_tail + data
+            end = window.find(b"\r\n\r\n")
+            size = len(data) if end < 0 else end + 4 - len(self._head_tail)
+            if self._head_bytes + size > self.max_head:
+                self._refuse_head()
                 return
-            # Still in a head after the parser took all of `data`: every byte of it was head
-            # (but for the end of a previous pipelined request in the same read, counted too:
-            # at most one read's worth of over-counting, never under-counting).
-            self._head_bytes += len(data) or 1
-            if self._head_bytes > self.max_head:
-                if self.limits is not None:
-                    self.limits.head_too_large += 1
-                logging.getLogger("confide.cas").warning(
-                    json.dumps(
-                        {"event": "request", "status": 431, "reason": f"head over {self.max_head} bytes"}
-                    )
-                )
-                self.transport.write(self.refusal)
-                self.transport.close()
-        elif (
+            if end < 0:
+                self._head_bytes, self._head_tail = self._head_bytes + size, window[-3:]
+            else:
+                self._head_bytes, self._head_tail = 0, b""
+        super().data_received(data)
+        if (
             self._in_body
             and self._body_timer is None
             and self.body_timeout
@@ -343,3 +344,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # A body still coming after the read that completed its head: its deadline counts
             # from that read (the head was timed by the head deadline until then).
             self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
+
+    def _refuse_head(self) -> None:
+        if self.limits is not None:
+            self.limits.head_too_large += 1
+        logging.getLogger("confide.cas").warning(
+            json.dumps({"event": "request", "status": 431, "reason": f"head over {self.max_head} bytes"})
+        )
+        self.transport.write(self.refusal)
+        self.transport.close()
