@@ -358,6 +358,10 @@ def test_request_heads_are_bounded_in_size_and_time(listener: Listener) -> None:
         assert status == 431 and str(PUBLIC_MAX_HEAD).encode() in body
         assert _closed(s)
     assert listener.limits.head_too_large == refused + 1
+    with listener.tcp() as s:  # the same head in one write (one read: the parser would complete it)
+        s.sendall(f"GET {listener.crl_path} HTTP/1.1\r\nHost: pki\r\n{filler * 9}\r\n".encode())
+        assert _response(s)[0] == 431
+    assert listener.limits.head_too_large == refused + 2
     with listener.tcp() as s:  # just under the bound: served
         assert (
             _request(s, "GET", listener.crl_path, "X-Filler: " + "a" * (PUBLIC_MAX_HEAD - 200) + "\r\n")[0]
