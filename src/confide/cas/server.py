@@ -1,4 +1,6 @@
-"""``confide cas serve``: the CAS over TLS (uvicorn), with its state in a data directory.
+"""``confide cas serve``: the CAS over TLS (uvicorn), with its state in a data directory; with
+``--public-http-listen``, also a plain-HTTP listener for its public CRLs and CA certificates only
+(:mod:`confide.cas.public_http`, :func:`public_http_server`), on the same event loop.
 
 The data directory holds (created on first start, mode 0700/0600):
 
