@@ -149,6 +149,11 @@ def cas() -> None:
 @click.option(
     "--write-burst", metavar="N", help="The most such requests at once (default: twice --write-rate)."
 )
+@click.option("--join", metavar="URL",
+              help="Obtain the master key from the CAS running at URL by attestation (needs --tee or"
+              " --dev; released only if this CAS runs the same code on the same kind of TEE), for a"
+              " data directory without a master key; with --seal PROVIDER it is sealed there, else"
+              ' held in memory only (docs/cas.md "Joining a running CAS").')  # fmt: skip
 def cas_serve(
     data_dir: Path,
     listen: str,
@@ -174,6 +179,7 @@ def cas_serve(
     attest_burst: str | None,
     write_rate: str,
     write_burst: str | None,
+    join: str | None,
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
     from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity, parse_public_url
@@ -225,6 +231,7 @@ def cas_serve(
         ),
         attest_rate=parse_rate(attest_rate, attest_burst, "attest"),
         write_rate=parse_rate(write_rate, write_burst, "write"),
+        join=join,
     )
 
 
