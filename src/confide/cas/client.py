@@ -69,6 +69,9 @@ def _raise_for(response: httpx2.Response) -> Any:
 
 
 class CasClient:
+    """``cert``: the file of the one certificate to trust, or its PEM bytes (a certificate pinned
+    by attestation in memory, :mod:`confide.cas.join`: then the host name is not checked)."""
+
     def __init__(
         self,
         url: str,
@@ -91,6 +94,10 @@ class CasClient:
                 shown = "(pinned in memory)" if isinstance(cert, bytes) else cert
                 raise UsageError(f"cannot load the CAS certificate {shown}: {exc}") from None
             context.minimum_version = ssl.TLSVersion.TLSv1_3
+            if isinstance(cert, bytes):
+                # Pinned by attestation (confide.cas.join): the exact certificate is the trust,
+                # and the names it carries (the CAS's listen address) add nothing to it.
+                context.check_hostname = False
             verify: ssl.SSLContext | bool = context
         else:
             verify = False
