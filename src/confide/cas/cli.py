@@ -93,7 +93,8 @@ def cas() -> None:
     default="file",
     show_default=True,
     help="What protects the master key: file (plain, development only), gramine (SGX MRENCLAVE), "
-    "gramine-mrsigner, sev-snp (measurement and policy); tdx is refused (no sealing key).",
+    "gramine-mrsigner, sev-snp (measurement and policy); tdx is refused (no sealing key: use --join). "
+    "With --join, file means: held in memory only.",
 )
 @click.option(
     "--tee",
