@@ -70,6 +70,7 @@ __all__ = [
     "KEY_RELEASE_PREFIX",
     "PAYLOAD_TYPE",
     "KeyReleaser",
+    "OwnEvidence",
     "appraise_peer",
     "identity_of",
     "key_release_binding",
