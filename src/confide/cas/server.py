@@ -373,9 +373,16 @@ def prepare(
         raise UsageError(
             f"--dev and --tee {tee} exclude each other: a CAS in a TEE does not accept simulated evidence"
         )
+    if join is not None:
+        _join_preconditions(join, data_dir, dev=dev, tee=tee)
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     database = Database(db_url or f"sqlite:///{(data_dir / 'cas.db').resolve()}")
+    master = b""
+    if join is None:
+        # Before anything else is read or written: finish an interrupted master-key rotation,
+        # and refuse a key that is not the one the database names (confide.cas.rotation).
+        master = open_master_key(data_dir, seal, database)
     dcap_source = source_for(collateral) if collateral else None
     ocsp_cache = None
     if nvidia_ocsp and nvidia_ocsp != STAPLED:
@@ -415,18 +422,15 @@ def prepare(
     )  # fmt: skip
     joined: JoinResult | None = None
     if join is not None:
-        # docs/cas.md "Joining a running CAS": the key from an attested CAS, never from a file.
+        # docs/cas.md "Joining a running CAS": the key from an attested CAS, never from a file
+        # (the verifier first: it checks the running CAS's evidence and this CAS's own).
         joined = _join(
-            join, data_dir, database, dev=dev, tee=tee, quote_provider=quote_provider,
+            join, data_dir, database, tee=tee, quote_provider=quote_provider,
             sim_platform=sim_platform, verifier=verifier, collateral=dcap_source, amd_roots=amd_roots,
         )  # fmt: skip
         master = joined.master_key
         if seal is not None:
             install_master_key(data_dir, master, seal)
-    else:
-        # Before any key is read: finish an interrupted master-key rotation, and refuse a key
-        # that is not the one the database names (confide.cas.rotation).
-        master = open_master_key(data_dir, seal, database)
     sealer = Sealer(master)
     if joined is None:
         add_pending_key(sealer, data_dir, seal, database)  # an online rotation in progress: both keys
@@ -520,22 +524,9 @@ def describe_key_holding(seal: SealingKeyProvider | None, in_memory: bool) -> st
     return "in memory (released by an attested CAS)" if in_memory else "plain file"
 
 
-def _join(
-    url: str,
-    data_dir: Path,
-    database: Database,
-    *,
-    dev: bool,
-    tee: str | None,
-    quote_provider: QuoteProvider | None,
-    sim_platform: SimPlatform | None,
-    verifier: PlatformVerifier,
-    collateral: DcapCollateralSource | None,
-    amd_roots: AmdRootStore | None,
-) -> JoinResult:
-    """``--join URL``: the master key from the attested CAS at ``url`` (:func:`join_cas`), for a
-    data directory without a master key, on a database without an online rotation in progress.
-    Any failure keeps its error class (exit code) and says that the CAS does not start."""
+def _join_preconditions(url: str, data_dir: Path, *, dev: bool, tee: str | None) -> None:
+    """``--join``: what is refused before anything is read or written (docs/cas.md "Joining a
+    running CAS")."""
     shown = public_url(url)
     if not url.startswith("https://"):
         raise UsageError(f"--join: got {shown!r}, expected the https:// URL of a running CAS")
@@ -555,6 +546,24 @@ def _join(
             f"--join: {data_dir} already holds {', '.join(present)}: start without --join (the key is"
             " there), or join with a data directory that holds no master key"
         )
+
+
+def _join(
+    url: str,
+    data_dir: Path,
+    database: Database,
+    *,
+    tee: str | None,
+    quote_provider: QuoteProvider | None,
+    sim_platform: SimPlatform | None,
+    verifier: PlatformVerifier,
+    collateral: DcapCollateralSource | None,
+    amd_roots: AmdRootStore | None,
+) -> JoinResult:
+    """``--join URL``: the master key from the attested CAS at ``url`` (:func:`join_cas`), for a
+    data directory without a master key, on a database without an online rotation in progress.
+    Any failure keeps its error class (exit code) and says that the CAS does not start."""
+    shown = public_url(url)
     if stored_next_key_id(database) is not None:
         raise UsageError(
             "--join: an online master-key rotation is in progress on this database; join after it"
