@@ -55,10 +55,14 @@ def first(postgres: PostgresCluster, tmp_path: Path) -> Iterator[CasProcess]:
         cas.stop()
 
 
-def _joiner(first: CasProcess, data_dir: Path, pythonpath: Path | None = None) -> CasProcess:
-    """A CAS on ``data_dir`` joining ``first``, on its simulated platform (a copy of its sim/)."""
-    data_dir.mkdir(mode=0o700)
-    shutil.copytree(first.data_dir / "sim", data_dir / "sim")
+def _joiner(
+    first: CasProcess, data_dir: Path, pythonpath: Path | None = None, *, reuse: bool = False
+) -> CasProcess:
+    """A CAS on ``data_dir`` joining ``first``, on its simulated platform (a copy of its sim/;
+    ``reuse``: the data directory of an earlier joiner)."""
+    if not reuse:
+        data_dir.mkdir(mode=0o700)
+        shutil.copytree(first.data_dir / "sim", data_dir / "sim")
     return CasProcess(
         data_dir, first.db_url, extra_args=("--join", first.env["CONFIDE_CAS_URL"]), pythonpath=pythonpath
     )
@@ -151,6 +155,15 @@ def test_a_joined_cas_serves_the_secrets_of_the_first(first: CasProcess, tmp_pat
     with pytest.raises(RuntimeError, match="holds no master key"):
         CasProcess(second.data_dir, first.db_url).start()
     assert not list(second.data_dir.glob("master.key*"))
+    # With --join it starts again: its TLS and log keys open with the key released again.
+    cert = (second.data_dir / "cas-cert.pem").read_bytes()
+    third = _joiner(first, second.data_dir, reuse=True).start()
+    try:
+        assert (second.data_dir / "cas-cert.pem").read_bytes() == cert
+        assert third.env["CONFIDE_LOG_KEY"] == second.env["CONFIDE_LOG_KEY"]
+        assert [kind for _, kind, _ in _events(first.db_url)] == ["master-key-released"] * 2
+    finally:
+        third.stop()
 
 
 def test_a_cas_running_other_code_does_not_join(first: CasProcess, tmp_path: Path) -> None:

@@ -134,3 +134,54 @@ def test_a_key_of_another_database_is_refused_by_the_joiner(tmp_path: Path, amd:
                 collateral=None, tee="sev-snp", quote_provider=ConfigfsTsmQuoteProvider(root),
                 amd_roots=amd.roots(), join=url,
             )  # fmt: skip
+
+
+class _FakeSeal:
+    """A sealing provider (confide.cas.sealing.SealingKeyProvider) with a fixed key."""
+
+    name, binding = "fake", "fake-binding"
+
+    def sealing_key(self) -> bytes:
+        return b"\x42" * 32
+
+
+def test_a_joiner_with_a_sealing_provider_seals_the_key_and_restarts_without_joining(
+    tmp_path: Path, amd: FakeAmd
+) -> None:
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    snp = {
+        "host": "127.0.0.1",
+        "dev": False,
+        "db_url": db,
+        "collateral": None,
+        "tee": "sev-snp",
+        "amd_roots": amd.roots(),
+    }
+    with signing_tsm(tmp_path, amd) as (root, _tsm):
+        with serving(tmp_path / "a", root, amd, db) as (url, first):
+            key_id = first.sealer.sealing_key_id
+            joiner, *_ = prepare(
+                tmp_path / "b",
+                quote_provider=ConfigfsTsmQuoteProvider(root),
+                join=url,
+                seal=_FakeSeal(),
+                **snp,
+            )
+            joiner.db.dispose()
+        assert not joiner.master_key_in_memory
+        assert sorted(p.name for p in (tmp_path / "b").glob("master.key*")) == ["master.key.sealed"]
+        # The running CAS is gone; the joiner starts from its sealed key alone.
+        again, *_ = prepare(
+            tmp_path / "b", quote_provider=ConfigfsTsmQuoteProvider(root), seal=_FakeSeal(), **snp
+        )
+        again.db.dispose()
+        assert again.sealer.sealing_key_id == key_id
+        # ... and --join again is refused: the key is there.
+        with pytest.raises(errors.UsageError, match=r"already holds master\.key\.sealed"):
+            prepare(
+                tmp_path / "b",
+                quote_provider=ConfigfsTsmQuoteProvider(root),
+                join=url,
+                seal=_FakeSeal(),
+                **snp,
+            )
