@@ -28,6 +28,7 @@ from confide.cas.crl import crl_pem
 from confide.cas.db import WriteBatcher, raw_connection
 from confide.cas.fetch_stats import BUCKETS, FetchStats
 from confide.cas.http_limits import HttpLimits
+from confide.cas.key_release import KeyReleaser
 from confide.cas.own_evidence import CasEvidence
 from confide.cas.public_http import PUBLIC_MAX_AGE, PublicApp, PublicResponse, ca_response, crl_response
 from confide.cas.ratelimit import RateLimiter, client_key, retry_after
@@ -313,6 +314,16 @@ def create_app(
         attestations.labels("accepted").inc()
         return JSONResponse(out)
 
+    @app.post("/v1/cas/key-release/nonce")
+    def key_release_nonce() -> dict[str, Any]:
+        # docs/cas.md "Joining a running CAS" (confide.cas.key_release)
+        return {"nonce": _key_releaser(cas).new_nonce(), "expires_in": 60}
+
+    @app.post("/v1/cas/key-release")
+    def key_release(request: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+        # Blocking (verification, collateral, a write transaction): FastAPI runs it in a thread.
+        return _key_releaser(cas).release(request)
+
     @app.post("/v1/volumes/tag")
     def volume_tag(request: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
         return cas.update_volume_tag(request)
@@ -436,9 +447,15 @@ def _too_many(wait: float) -> JSONResponse:
     return response
 
 
+def _key_releaser(cas: Cas) -> KeyReleaser:
+    if cas.key_release is None:
+        raise errors.UsageError("this CAS releases its master key to no one")
+    return cas.key_release
+
+
 def _write_route(path: str) -> str:
     """The metrics label of a rate-limited POST outside the fast path (never the policy name)."""
-    if path in ("/v1/policies", "/v1/volumes/tag"):
+    if path in ("/v1/policies", "/v1/volumes/tag", "/v1/cas/key-release/nonce", "/v1/cas/key-release"):
         return path
     if path.startswith("/v1/policies/") and path.endswith("/approvals"):
         return "/v1/policies/{name}/approvals"

@@ -93,7 +93,8 @@ def cas() -> None:
     default="file",
     show_default=True,
     help="What protects the master key: file (plain, development only), gramine (SGX MRENCLAVE), "
-    "gramine-mrsigner, sev-snp (measurement and policy); tdx is refused (no sealing key).",
+    "gramine-mrsigner, sev-snp (measurement and policy); tdx is refused (no sealing key: use --join). "
+    "With --join, file means: held in memory only.",
 )
 @click.option(
     "--tee",
@@ -160,6 +161,11 @@ def cas() -> None:
 @click.option(
     "--write-burst", metavar="N", help="The most such requests at once (default: twice --write-rate)."
 )
+@click.option("--join", metavar="URL",
+              help="Obtain the master key from the CAS running at URL by attestation (needs --tee or"
+              " --dev; released only if this CAS runs the same code on the same kind of TEE), for a"
+              " data directory without a master key; with --seal PROVIDER it is sealed there, else"
+              ' held in memory only (docs/cas.md "Joining a running CAS").')  # fmt: skip
 def cas_serve(
     data_dir: Path,
     listen: str,
@@ -186,6 +192,7 @@ def cas_serve(
     attest_burst: str | None,
     write_rate: str,
     write_burst: str | None,
+    join: str | None,
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
     from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity, parse_public_url
@@ -238,6 +245,7 @@ def cas_serve(
         attest_rate=parse_rate(attest_rate, attest_burst, "attest"),
         write_rate=parse_rate(write_rate, write_burst, "write"),
         public_http_listen=public_http_listen,
+        join=join,
     )
 
 

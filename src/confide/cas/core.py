@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -108,6 +108,9 @@ from confide.policy.placeholders import (
 )
 from confide.policy.secret import Secret
 from confide.verify.result import Platform, VerifiedEvidence
+
+if TYPE_CHECKING:
+    from confide.cas.key_release import KeyReleaser
 
 __all__ = [
     "APPROVAL_TYPE",
@@ -345,6 +348,9 @@ class Cas:
         self._unsealed: Lru[tuple[str, str, int, bytes], SecretValue] = Lru(1024)
         self._next_sweep = 0.0
         self.renewals = RenewalSchedule()
+        # docs/cas.md "Joining a running CAS": set by confide.cas.server.prepare.
+        self.key_release: KeyReleaser | None = None  # releases the master key to attested CAS
+        self.master_key_in_memory = False  # the key came from an attested CAS and has no file
 
     # -- governance ---------------------------------------------------------------------------
     def apply(self, submission: Any) -> ApplyResult:

@@ -229,6 +229,12 @@ class Sealer:
         derives from that key."""
         return Sealer(self._raw[bytes.fromhex(key_id_hex)])
 
+    def export_key(self, key_id_hex: str) -> bytes:
+        """The bytes of the master key with this id (one the sealer holds): only for the
+        attested master-key release (:mod:`confide.cas.key_release`), which encrypts them to
+        the joining CAS's key. Raises :class:`KeyError` for a key it does not hold."""
+        return self._raw[bytes.fromhex(key_id_hex)]
+
     def seal_with(self, key_id_hex: str) -> None:
         """Seal new rows under the key with this id (one the sealer holds)."""
         kid = bytes.fromhex(key_id_hex)

@@ -71,9 +71,13 @@ from confide.cas.app import create_app
 from confide.cas.core import Cas
 from confide.cas.crl import DEFAULT_CRL_VALIDITY
 from confide.cas.db import Database, raw_connection
+from confide.cas.dev_measurement import cas_dev_measurement
 from confide.cas.http_limits import PUBLIC_MAX_HEAD, HttpLimits
+from confide.cas.join import JoinResult, join_cas
+from confide.cas.key_release import KeyReleaser, OwnEvidence
 from confide.cas.keyfiles import TLS_KEY_NAME, load_log_signer, load_tls_key, tls_key_password
 from confide.cas.ledger_sink import LedgerEventSink
+from confide.cas.master_key import PLAIN_NAME, install_master_key
 from confide.cas.online_rotation import OnlineRotation, add_pending_key
 from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, CasEvidence, EvidenceRefresher
 from confide.cas.own_vcek import with_kds_vcek
@@ -82,15 +86,16 @@ from confide.cas.public_http import PublicApp
 from confide.cas.ratelimit import ATTEST_RATE, WRITE_RATE, Rate, RateLimiter
 from confide.cas.renewal import DEFAULT_SWEEP_SECONDS, CertificateRenewer
 from confide.cas.revocation import STAPLED, OcspCache
-from confide.cas.rotation import bind_master_key, open_master_key
+from confide.cas.rotation import bind_master_key, open_master_key, stored_master_key_id, stored_next_key_id
 from confide.cas.runlock import RunLock, run_lock
 from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer
 from confide.cas.self_check import SelfCheck
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral import is_url, public_url
+from confide.collateral import public_url as public_url_of
 from confide.collateral.amd_kds import DEFAULT_KDS_URL, KdsHttpCollateral
-from confide.collateral.dcap import source_for
+from confide.collateral.dcap import DcapCollateralSource, source_for
 from confide.collateral.nvidia_ocsp import HttpOcspSource
 from confide.collateral.nvidia_ocsp import source_for as ocsp_source_for
 from confide.collateral.nvidia_rim import source_for as rim_source_for
@@ -102,11 +107,16 @@ from confide.ledger.note import NoteSigner, NoteVerifier
 from confide.ledger.store import Ledger
 from confide.ledger.witness_http import request_cosignatures
 from confide.runtime.azure_vtpm import AzureVtpmQuoteProvider
-from confide.runtime.quote import ConfigfsTsmQuoteProvider, GramineQuoteProvider, QuoteProvider
-from confide.sim.measure import measure_current_process
+from confide.runtime.quote import (
+    ConfigfsTsmQuoteProvider,
+    Evidence,
+    GramineQuoteProvider,
+    QuoteProvider,
+    SimQuoteProvider,
+)
 from confide.sim.platform import SimPlatform
 from confide.verify.ocsp import STAPLED_MAX_AGE
-from confide.verify.result import Platform
+from confide.verify.result import Platform, VerifiedEvidence
 from confide.verify.sev_snp import AmdRootStore
 
 __all__ = [
@@ -347,6 +357,7 @@ def prepare(
     crl_validity: float = DEFAULT_CRL_VALIDITY,
     nvidia_rim: str | None = None,
     nvidia_ocsp_max_age: timedelta | None = None,
+    join: str | None = None,
 ) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
     """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (``dev``:
     simulated; ``tee``: from the TEE's quote provider, ``quote_provider`` or the one at the
@@ -376,29 +387,26 @@ def prepare(
 
     ``nvidia_rim``: NVIDIA's RIM service URL or a directory of RIM files: NVIDIA reports sent
     without RIMs are compared with the driver and VBIOS RIMs from there (``confide.cas.rims``);
-    a service's verified RIMs are also kept in ``data_dir/rim-cache``, verified again when read."""
+    a service's verified RIMs are also kept in ``data_dir/rim-cache``, verified again when read.
+
+    ``join``: the URL of a running CAS to obtain the master key from by attestation
+    (:mod:`confide.cas.join`, docs/cas.md "Joining a running CAS"), for a data directory that
+    holds none; with ``seal`` the key is then sealed into it, otherwise it is held in memory
+    only (``cas.master_key_in_memory``) and the TLS and log keys are protected by it."""
     if dev and tee is not None:
         raise UsageError(
             f"--dev and --tee {tee} exclude each other: a CAS in a TEE does not accept simulated evidence"
         )
+    if join is not None:
+        _join_preconditions(join, data_dir, dev=dev, tee=tee)
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     database = Database(db_url or f"sqlite:///{(data_dir / 'cas.db').resolve()}")
-    # Before any key is read: finish an interrupted master-key rotation, and refuse a key that
-    # is not the one the database names (confide.cas.rotation).
-    master = open_master_key(data_dir, seal, database)
-    sealer = Sealer(master)
-    add_pending_key(sealer, data_dir, seal, database)  # an online rotation in progress: both keys
-    master_key = f"sealed: {seal.name} ({seal.binding})" if seal else "plain file"
-    protect = sealer if seal is not None else None
-    key_path, cert_path = _tls_identity(data_dir, host, protect)
-    env = {"CONFIDE_CAS_CERT": str(cert_path.resolve())}
-    signer = load_log_signer(data_dir, f"confide-cas/{_cert_sha256(cert_path)[:16]}", protect)
-    env["CONFIDE_LOG_KEY"] = signer.verifier.vkey
-    cas_evidence = None
-    log_key = env["CONFIDE_LOG_KEY"]
-    cert_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(serialization.Encoding.DER)
-    report_data = cas_binding(cert_der, log_key)  # the same for every evidence the CAS obtains
+    master = b""
+    if join is None:
+        # Before anything else is read or written: finish an interrupted master-key rotation,
+        # and refuse a key that is not the one the database names (confide.cas.rotation).
+        master = open_master_key(data_dir, seal, database)
     dcap_source = source_for(collateral) if collateral else None
     ocsp_cache = None
     if nvidia_ocsp and nvidia_ocsp != STAPLED:
@@ -436,10 +444,36 @@ def prepare(
         nvidia_ocsp_max_age=nvidia_ocsp_max_age or STAPLED_MAX_AGE,
         nvidia_rim=rim_source, nvidia_rim_where=rim_where, nvidia_rim_cache=rim_cache,
     )  # fmt: skip
+    joined: JoinResult | None = None
+    if join is not None:
+        # docs/cas.md "Joining a running CAS": the key from an attested CAS, never from a file
+        # (the verifier first: it checks the running CAS's evidence and this CAS's own).
+        joined = _join(
+            join, data_dir, database, tee=tee, quote_provider=quote_provider,
+            sim_platform=sim_platform, verifier=verifier, collateral=dcap_source, amd_roots=amd_roots,
+        )  # fmt: skip
+        master = joined.master_key
+        if seal is not None:
+            install_master_key(data_dir, master, seal)
+    sealer = Sealer(master)
+    if joined is None:
+        add_pending_key(sealer, data_dir, seal, database)  # an online rotation in progress: both keys
+    in_memory = joined is not None and seal is None
+    master_key = describe_key_holding(seal, in_memory)
+    # The TLS and log keys are protected by the master key whenever it is not a plain file.
+    protect = sealer if seal is not None or in_memory else None
+    key_path, cert_path = _tls_identity(data_dir, host, protect)
+    env = {"CONFIDE_CAS_CERT": str(cert_path.resolve())}
+    signer = load_log_signer(data_dir, f"confide-cas/{_cert_sha256(cert_path)[:16]}", protect)
+    env["CONFIDE_LOG_KEY"] = signer.verifier.vkey
+    cas_evidence = None
+    log_key = env["CONFIDE_LOG_KEY"]
+    cert_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(serialization.Encoding.DER)
+    report_data = cas_binding(cert_der, log_key)  # the same for every evidence the CAS obtains
     if sim_platform is not None:
         platform = sim_platform
         env["CONFIDE_SIM_DIR"] = str(sim_dir.resolve())
-        measurement = measure_current_process().digest  # the code loaded at startup
+        measurement = cas_dev_measurement()  # the CAS's code (confide.cas.dev_measurement)
 
         def simulated(now: datetime) -> dict[str, Any]:
             evidence = platform.issue(
@@ -479,14 +513,112 @@ def prepare(
             )
     database.migrate()
     cas = Cas(database, sealer, verifier, events=LedgerEventSink(), crl_validity=crl_validity)
+    cas.master_key_in_memory = in_memory
+    # docs/cas.md "Joining a running CAS": this CAS releases its key to attested CAS that are
+    # the same as its own current evidence says it is (none without evidence of its own).
+    own: OwnEvidence | None = None
+    if cas_evidence is not None:
+        published, own_check = cas_evidence, check
+
+        def own_evidence(at: datetime) -> VerifiedEvidence:
+            return own_check.verified(published.body, at)
+
+        own = own_evidence
+    cas.key_release = KeyReleaser(cas, own)
     with database.write() as conn:
         master_key_id = bind_master_key(conn, master)
         cas.events.record(
             conn, "cas-start", None,
             {"dev": dev, "tls_cert_sha256": _cert_sha256(cert_path), "log_key": env["CONFIDE_LOG_KEY"],
-             "master_key": master_key, "master_key_id": master_key_id, **({"tee": tee} if tee else {})},
+             "master_key": master_key, "master_key_id": master_key_id, **({"tee": tee} if tee else {}),
+             **({"joined": joined.summary()} if joined is not None else {})},
+        )  # fmt: skip
+    if joined is not None:
+        logging.getLogger("confide.cas").info(
+            json.dumps({"event": "cas-joined", "master_key_id": master_key_id, "master_key": master_key,
+                        **joined.summary()})
         )  # fmt: skip
     return cas, cas_evidence, key_path, cert_path, env, signer
+
+
+def describe_key_holding(seal: SealingKeyProvider | None, in_memory: bool) -> str:
+    """How the master key is held, as the ``cas-start`` entry and the ``listening`` line say."""
+    if seal is not None:
+        return f"sealed: {seal.name} ({seal.binding})"
+    return "in memory (released by an attested CAS)" if in_memory else "plain file"
+
+
+def _join_preconditions(url: str, data_dir: Path, *, dev: bool, tee: str | None) -> None:
+    """``--join``: what is refused before anything is read or written (docs/cas.md "Joining a
+    running CAS")."""
+    shown = public_url(url)
+    if not url.startswith("https://"):
+        raise UsageError(f"--join: got {shown!r}, expected the https:// URL of a running CAS")
+    if tee is None and not dev:
+        raise UsageError(
+            "--join needs --tee or --dev: a CAS releases its master key only to evidence that it runs"
+            " the same code on the same kind of TEE"
+        )
+    if tee == "az-vtpm":
+        raise UsageError(
+            "--join: not with --tee az-vtpm (the hardware measurement of an Azure confidential VM is the"
+            " paravisor's, not the CAS's; see docs/limitations.md)"
+        )
+    present = sorted(p.name for p in data_dir.glob(f"{PLAIN_NAME}*"))
+    if present:
+        raise UsageError(
+            f"--join: {data_dir} already holds {', '.join(present)}: start without --join (the key is"
+            " there), or join with a data directory that holds no master key"
+        )
+
+
+def _join(
+    url: str,
+    data_dir: Path,
+    database: Database,
+    *,
+    tee: str | None,
+    quote_provider: QuoteProvider | None,
+    sim_platform: SimPlatform | None,
+    verifier: PlatformVerifier,
+    collateral: DcapCollateralSource | None,
+    amd_roots: AmdRootStore | None,
+) -> JoinResult:
+    """``--join URL``: the master key from the attested CAS at ``url`` (:func:`join_cas`), for a
+    data directory without a master key, on a database without an online rotation in progress.
+    Any failure keeps its error class (exit code) and says that the CAS does not start."""
+    shown = public_url(url)
+    if stored_next_key_id(database) is not None:
+        raise UsageError(
+            "--join: an online master-key rotation is in progress on this database; join after it"
+        )
+    sim_pem = None
+    if sim_platform is not None:
+        sim_pem = sim_platform.public_key_pem()
+        simulator = SimQuoteProvider(sim_platform, cas_dev_measurement())
+        obtain: Callable[[bytes], Evidence] = simulator.get_evidence
+    else:
+        assert tee is not None
+        provider = quote_provider if quote_provider is not None else quote_provider_for(tee)
+        wanted = _TEE_PLATFORMS[tee]
+
+        def obtain(report_data: bytes) -> Evidence:
+            evidence = provider.get_evidence(report_data)
+            if evidence.platform not in wanted:
+                expected = " or ".join(sorted(p.value for p in wanted))
+                raise UsageError(
+                    f"got {evidence.platform} evidence from {evidence.provider}, expected {expected}"
+                )
+            return evidence
+
+    try:
+        return join_cas(
+            url, obtain=obtain, verifier=verifier, sim_key_pem=sim_pem, collateral=collateral,
+            amd_roots=amd_roots, expected_key_id=stored_master_key_id(database),
+        )  # fmt: skip
+    except ConfideError as exc:
+        message = f"--join {shown}: cannot obtain the master key, not starting: {exc.message}"
+        raise type(exc)(message) from None
 
 
 def _cert_sha256(cert_path: Path) -> str:
@@ -529,6 +661,7 @@ def serve(
     attest_rate: Rate | None = ATTEST_RATE,
     write_rate: Rate | None = WRITE_RATE,
     public_http_listen: str | None = None,
+    join: str | None = None,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
@@ -541,7 +674,8 @@ def serve(
     ``public_http_listen``: ``HOST:PORT`` of the plain-HTTP listener for the public CRLs and CA
     certificates (``--public-http-listen``, :mod:`confide.cas.public_http`), with limits of its
     own of the same values as ``http_limits`` (its request heads: at most
-    :data:`~confide.cas.http_limits.PUBLIC_MAX_HEAD` bytes)."""
+    :data:`~confide.cas.http_limits.PUBLIC_MAX_HEAD` bytes).
+    ``join``: obtain the master key from the running CAS at this URL (:func:`prepare`)."""
     host, port = _parse_listen(listen)
     public_addr = None
     if public_http_listen is not None:
@@ -557,7 +691,8 @@ def serve(
                crl_validity=crl_validity, nvidia_rim=nvidia_rim,
                nvidia_ocsp_max_age=nvidia_ocsp_max_age, public_url=public_url,
                http_limits=http_limits if http_limits is not None else HttpLimits(),
-               attest_rate=attest_rate, write_rate=write_rate, public_addr=public_addr)  # fmt: skip
+               attest_rate=attest_rate, write_rate=write_rate, public_addr=public_addr,
+               join=join)  # fmt: skip
 
 
 def uvicorn_server(
@@ -704,6 +839,7 @@ def _serve(
     attest_rate: Rate | None,
     write_rate: Rate | None,
     public_addr: tuple[str, int] | None = None,
+    join: str | None,
 ) -> None:
     public_limits = None
     if public_addr is not None:
@@ -719,13 +855,16 @@ def _serve(
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
         data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee, kds=kds,
         nvidia_ocsp=nvidia_ocsp, crl_validity=crl_validity, nvidia_rim=nvidia_rim,
-        nvidia_ocsp_max_age=nvidia_ocsp_max_age,
+        nvidia_ocsp_max_age=nvidia_ocsp_max_age, join=join,
     )  # fmt: skip
     cas.public_url = public_url  # docs/cas.md "CRL distribution points"
     # docs/cas.md "Online rotation": the admin channel, and a rotation a crash interrupted resumes.
     rotation = OnlineRotation(data_dir, cas.db, cas.sealer, seal, cas.events, lock)
     admin = AdminChannel(data_dir, rotation)
-    admin.start(required=False)
+    if not cas.master_key_in_memory:
+        # A key held in memory only has no file an online rotation could replace (it would
+        # write the new key in plain): such a CAS takes no admin requests; it joins again.
+        admin.start(required=False)
     if rotation.in_progress():
         rotation.start()
     checkpointer = Checkpointer(cas, signer, witnesses=witnesses, witness_tls=witness_tls)
@@ -755,7 +894,8 @@ def _serve(
         write_limiter=RateLimiter(write_rate) if write_rate is not None else None,
         public_http=public_app,
     )
-    password = tls_key_password(cas.sealer).decode() if seal is not None else None
+    protected = seal is not None or cas.master_key_in_memory  # as prepare() protects the TLS key
+    password = tls_key_password(cas.sealer).decode() if protected else None
     server = uvicorn_server(app, key_path, cert_path, password, http_limits, public)
     logging.getLogger("confide.cas").info(
         json.dumps(
@@ -778,7 +918,8 @@ def _serve(
                 "attest_rate": list(attest_rate) if attest_rate is not None else None,
                 "write_rate": list(write_rate) if write_rate is not None else None,
                 "db": cas.db.redacted_url,
-                "master_key": f"sealed: {seal.name} ({seal.binding})" if seal else "plain file",
+                "master_key": describe_key_holding(seal, cas.master_key_in_memory),
+                "joined": public_url_of(join) if join is not None else None,
             }
         )
     )
