@@ -29,8 +29,16 @@ from confide.cas.db import WriteBatcher, raw_connection
 from confide.cas.fetch_stats import BUCKETS, FetchStats
 from confide.cas.http_limits import HttpLimits
 from confide.cas.own_evidence import CasEvidence
-from confide.cas.public_http import PUBLIC_MAX_AGE, PublicApp, PublicResponse, ca_response, crl_response
+from confide.cas.public_http import (
+    PUBLIC_MAX_AGE,
+    PublicApp,
+    PublicResponse,
+    ca_response,
+    crl_response,
+    ocsp_response,
+)
 from confide.cas.ratelimit import RateLimiter, client_key, retry_after
+from confide.cas.secrets import OCSP_PATH
 from confide.cas.verifier import Prefetched
 from confide.errors import ConfideError, ParseError
 from confide.ledger.serve import serve as serve_log
@@ -131,6 +139,10 @@ def create_app(
                 # Per-client rate limits (confide.cas.ratelimit), before the body is read: a
                 # refused request costs a bucket lookup; its body is discarded as it comes.
                 limiter = attest_limiter if fast is not None else write_limiter
+                if scope["path"].startswith(OCSP_PATH):
+                    # An OCSP request writes nothing: bounded like the other public routes, and
+                    # its signatures by the responder's own per-client rate (docs/cas.md "OCSP").
+                    limiter = None
                 if limiter is not None:
                     client = scope.get("client")
                     wait = limiter.take(client_key(client[0]) if client else "")
@@ -260,6 +272,13 @@ def create_app(
         ``ca_issuers``, to anyone. The same bare 404 for every other id. Also served by the
         public HTTP listener."""
         return _public(ca_response(cas, file))
+
+    @app.api_route("/v1/ocsp/{rest:path}", methods=["GET", "HEAD", "POST"])
+    async def ocsp(request: Request) -> Response:
+        """The OCSP responder of a CA declared ``ocsp`` (RFC 6960 Appendix A.1; docs/cas.md
+        "OCSP"), to anyone: ``POST /v1/ocsp/<id>`` or ``GET /v1/ocsp/<id>/<request>``. Also
+        served by the public HTTP listener."""
+        return _public(await ocsp_response(cas, request.scope, request.receive))
 
     @app.get("/v1/policies/{name:path}")
     def show_policy(name: str, x_confide_read: str | None = Header(default=None)) -> dict[str, Any]:
