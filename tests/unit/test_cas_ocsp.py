@@ -257,6 +257,7 @@ def build_request(
     count: int = 1,
     oid: bytes = SHA1_OID,
     extensions: list[bytes] | None = None,
+    signature: bytes | None = None,
 ) -> bytes:
     """An OCSPRequest by hand (RFC 6960 §4.1.1), SHA-1 CertID hashes of ``issuer``: ``count``
     Requests, any hash algorithm OID, any serial, raw requestExtensions."""
@@ -271,7 +272,8 @@ def build_request(
     tbs = _der(0x30, _der(0x30, cert_id) * count)
     if extensions is not None:
         tbs += _der(0xA2, _der(0x30, b"".join(extensions)))
-    return _der(0x30, _der(0x30, tbs))
+    signed = b"" if signature is None else _der(0xA0, signature)  # optionalSignature [0] EXPLICIT
+    return _der(0x30, _der(0x30, tbs) + signed)
 
 
 def _extension(oid_der: bytes, value: bytes, critical: bool = False) -> bytes:
@@ -308,6 +310,9 @@ def test_malformed_requests(env: Env) -> None:
         ca, leaf.serial_number, extensions=[_extension(bytes.fromhex("06032a0304"), b"\x05\x00")]
     )
     assert ask(env, other).certificate_status == C.GOOD
+    # A signed request is answered too: its signature is not required, and not checked (anyone may ask).
+    sig = _der(0x30, _der(0x30, bytes.fromhex("06082a8648ce3d040302")) + _der(0x03, b"\x00" + b"\x01" * 64))
+    assert ask(env, build_request(ca, leaf.serial_number, signature=sig)).certificate_status == C.GOOD
     # RFC 5280 §4.1.2.2: a serial is a positive integer.
     assert _status(env, build_request(ca, -5)) == _status(env, build_request(ca, 0)) == S.MALFORMED_REQUEST
 
