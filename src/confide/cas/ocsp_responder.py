@@ -201,6 +201,7 @@ class OcspResponder:
         self._cache: Lru[tuple[Any, ...], tuple[bytes, float]] = Lru(cache_size)
         self._hashes: Lru[tuple[str, str, str], tuple[bytes, bytes]] = Lru(256)
         self._keys: Lru[tuple[str, str, int], Any] = Lru(64)
+        self._ca_certs: Lru[tuple[str, str, int], tuple[x509.Certificate, bytes]] = Lru(256)
         self._limiter = RateLimiter(signature_rate) if signature_rate is not None else None
         self._limiter_lock = threading.Lock()
         self.signed = 0  # responses signed (cache misses)
@@ -277,11 +278,16 @@ class OcspResponder:
                 renew_due(self.cas, [served[0]])
         else:
             return None  # still due: no response rather than one past the CRL's nextUpdate
-        try:
-            cert = x509.load_pem_x509_certificate(json.loads(row.public)["certificate"].encode())
-            ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-        except (KeyError, TypeError, ValueError, AttributeError, x509.ExtensionNotFound):
-            return None
+        parsed = self._ca_certs.get((served[0], served[1], int(row.version)))
+        if parsed is None:  # a stored version's public part never changes: parsed once
+            try:
+                cert = x509.load_pem_x509_certificate(json.loads(row.public)["certificate"].encode())
+                ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+            except (KeyError, TypeError, ValueError, AttributeError, x509.ExtensionNotFound):
+                return None
+            parsed = (cert, ski)
+            self._ca_certs.put((served[0], served[1], int(row.version)), parsed)
+        cert, ski = parsed
         if crl_distribution_id(cert.subject, ski) != ca_id:
             return None  # the CRL row was found by the id of the CA's current key: checked again
         return _Ca(served[0], served[1], int(row.version), ski.hex(), cert, crl)
