@@ -461,7 +461,16 @@ def test_both_listeners_answer_post_and_get(env: Env) -> None:
 
 
 def test_the_api_does_not_count_ocsp_against_the_write_rate(env: Env) -> None:
+    """OCSP requests are not write requests; ``/metrics`` counts the answers by outcome."""
     ca, leaf = env.ca_cert(), env.certificate()
     app = create_app(env.cas, write_limiter=RateLimiter(Rate(0.001, 1)))
     for _ in range(3):
         assert _call(app, "POST", f"/v1/ocsp/{ca_id(ca)}", request(leaf, ca), REQ)[0] == 200
+    assert _call(app, "POST", f"/v1/ocsp/{ca_id(ca)}", b"junk", REQ)[0] == 200
+    assert _call(app, "POST", f"/v1/ocsp/{'0' * 32}", request(leaf, ca), REQ)[0] == 200
+    text = _call(app, "GET", "/metrics")[2].decode()
+    assert 'confide_cas_ocsp_answers_total{outcome="signed"} 1.0' in text
+    assert 'confide_cas_ocsp_answers_total{outcome="cached"} 2.0' in text
+    assert 'confide_cas_ocsp_answers_total{outcome="malformed"} 1.0' in text
+    assert 'confide_cas_ocsp_answers_total{outcome="unauthorized"} 1.0' in text
+    assert 'confide_cas_ocsp_answers_total{outcome="try_later"} 0.0' in text

@@ -28,6 +28,7 @@ from confide.cas.crl import crl_pem
 from confide.cas.db import WriteBatcher, raw_connection
 from confide.cas.fetch_stats import BUCKETS, FetchStats
 from confide.cas.http_limits import HttpLimits
+from confide.cas.ocsp_responder import OcspResponder
 from confide.cas.own_evidence import CasEvidence
 from confide.cas.public_http import (
     PUBLIC_MAX_AGE,
@@ -341,6 +342,7 @@ def create_app(
     registry.register(_GroupCommitCollector(writer))
     registry.register(_LimitsCollector(http_limits, {"attest": attest_limiter, "write": write_limiter}))
     registry.register(_FetchCollector(cas))
+    registry.register(_OcspCollector(cas))
     if public_http is not None:
         registry.register(_PublicHttpCollector(public_http))
     if cas_evidence is not None:
@@ -596,6 +598,27 @@ class _PublicHttpCollector:
         refused.add_metric(["head_too_large"], limits.head_too_large)
         refused.add_metric(["head_timeout"], limits.head_timeouts)
         yield refused
+
+
+class _OcspCollector:
+    """The OCSP responder's answers by outcome, both listeners together, read at scrape time
+    (docs/cas.md "OCSP")."""
+
+    def __init__(self, cas: Cas) -> None:
+        self.cas = cas
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        responder = OcspResponder.of(self.cas)
+        answers = CounterMetricFamily(
+            "confide_cas_ocsp_answers",
+            "OCSP answers (outcome: signed, cached, malformed, unauthorized, try_later)",
+            labels=["outcome"],
+        )
+        for outcome, n in (("signed", responder.signed), ("cached", responder.cached),
+                           ("malformed", responder.malformed), ("unauthorized", responder.unauthorized),
+                           ("try_later", responder.limited)):  # fmt: skip
+            answers.add_metric([outcome], n)
+        yield answers
 
 
 class _FetchCollector:

@@ -207,6 +207,8 @@ class OcspResponder:
         self.signed = 0  # responses signed (cache misses)
         self.cached = 0  # responses served from the cache
         self.limited = 0  # tryLater for a client over its signature rate
+        self.malformed = 0  # malformedRequest
+        self.unauthorized = 0  # unauthorized
 
     @classmethod
     def of(cls, cas: Cas) -> OcspResponder:
@@ -223,11 +225,15 @@ class OcspResponder:
         try:
             query = parse_request(der)
         except UnsupportedAlgorithm:
-            return _UNAUTHORIZED
-        if query is None:
-            return _MALFORMED
-        ca = self._ca(ca_id)
-        if ca is None or not self._issued_by(ca, query):
+            query = None
+            ca = None
+        else:
+            if query is None:
+                self.malformed += 1
+                return _MALFORMED
+            ca = self._ca(ca_id)
+        if query is None or ca is None or not self._issued_by(ca, query):
+            self.unauthorized += 1
             return _UNAUTHORIZED
         key = (ca.policy, ca.name, ca.version, ca.crl.number, query.algorithm.name, query.name_hash,
                query.key_hash, query.serial)  # fmt: skip
