@@ -29,9 +29,18 @@ from confide.cas.db import WriteBatcher, raw_connection
 from confide.cas.fetch_stats import BUCKETS, FetchStats
 from confide.cas.http_limits import HttpLimits
 from confide.cas.key_release import KeyReleaser
+from confide.cas.ocsp_responder import OcspResponder
 from confide.cas.own_evidence import CasEvidence
-from confide.cas.public_http import PUBLIC_MAX_AGE, PublicApp, PublicResponse, ca_response, crl_response
+from confide.cas.public_http import (
+    PUBLIC_MAX_AGE,
+    PublicApp,
+    PublicResponse,
+    ca_response,
+    crl_response,
+    ocsp_response,
+)
 from confide.cas.ratelimit import RateLimiter, client_key, retry_after
+from confide.cas.secrets import OCSP_PATH
 from confide.cas.verifier import Prefetched
 from confide.errors import ConfideError, ParseError
 from confide.ledger.serve import serve as serve_log
@@ -132,6 +141,10 @@ def create_app(
                 # Per-client rate limits (confide.cas.ratelimit), before the body is read: a
                 # refused request costs a bucket lookup; its body is discarded as it comes.
                 limiter = attest_limiter if fast is not None else write_limiter
+                if scope["path"].startswith(OCSP_PATH):
+                    # An OCSP request writes nothing: bounded like the other public routes, and
+                    # its signatures by the responder's own per-client rate (docs/cas.md "OCSP").
+                    limiter = None
                 if limiter is not None:
                     client = scope.get("client")
                     wait = limiter.take(client_key(client[0]) if client else "")
@@ -262,6 +275,13 @@ def create_app(
         public HTTP listener."""
         return _public(ca_response(cas, file))
 
+    @app.api_route("/v1/ocsp/{rest:path}", methods=["GET", "HEAD", "POST"])
+    async def ocsp(request: Request) -> Response:
+        """The OCSP responder of a CA declared ``ocsp`` (RFC 6960 Appendix A.1; docs/cas.md
+        "OCSP"), to anyone: ``POST /v1/ocsp/<id>`` or ``GET /v1/ocsp/<id>/<request>``. Also
+        served by the public HTTP listener."""
+        return _public(await ocsp_response(cas, request.scope, request.receive))
+
     @app.get("/v1/policies/{name:path}")
     def show_policy(name: str, x_confide_read: str | None = Header(default=None)) -> dict[str, Any]:
         doc = _read_doc(x_confide_read)
@@ -333,6 +353,7 @@ def create_app(
     registry.register(_GroupCommitCollector(writer))
     registry.register(_LimitsCollector(http_limits, {"attest": attest_limiter, "write": write_limiter}))
     registry.register(_FetchCollector(cas))
+    registry.register(_OcspCollector(cas))
     if public_http is not None:
         registry.register(_PublicHttpCollector(public_http))
     if cas_evidence is not None:
@@ -594,6 +615,27 @@ class _PublicHttpCollector:
         refused.add_metric(["head_too_large"], limits.head_too_large)
         refused.add_metric(["head_timeout"], limits.head_timeouts)
         yield refused
+
+
+class _OcspCollector:
+    """The OCSP responder's answers by outcome, both listeners together, read at scrape time
+    (docs/cas.md "OCSP")."""
+
+    def __init__(self, cas: Cas) -> None:
+        self.cas = cas
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        responder = OcspResponder.of(self.cas)
+        answers = CounterMetricFamily(
+            "confide_cas_ocsp_answers",
+            "OCSP answers (outcome: signed, cached, malformed, unauthorized, try_later)",
+            labels=["outcome"],
+        )
+        for outcome, n in (("signed", responder.signed), ("cached", responder.cached),
+                           ("malformed", responder.malformed), ("unauthorized", responder.unauthorized),
+                           ("try_later", responder.limited)):  # fmt: skip
+            answers.add_metric([outcome], n)
+        yield answers
 
 
 class _FetchCollector:

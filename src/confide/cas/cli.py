@@ -123,15 +123,17 @@ def cas() -> None:
     metavar="URL",
     help="The base URL (http:// or https://) relying parties reach the CAS under. Certificates the "
     "CAS issues under a CA declared crl_distribution then carry a CRL distribution point "
-    "URL/v1/crl/<id>.crl, under one declared ca_issuers a caIssuers URL/v1/ca/<id>.crt "
+    "URL/v1/crl/<id>.crl, under one declared ca_issuers a caIssuers URL/v1/ca/<id>.crt, under one "
+    "declared ocsp an OCSP URL/v1/ocsp/<id> "
     '(docs/cas.md "CRL distribution points").',
 )
 @click.option(
     "--public-http-listen",
     "public_http_listen",
     metavar="HOST:PORT",
-    help="Also listen over plain HTTP there, for the public CRLs and CA certificates only "
-    "(GET/HEAD /v1/crl/<id>.crl and /v1/ca/<id>.crt; everything else 404), with connection limits "
+    help="Also listen over plain HTTP there, for the public CRLs, CA certificates and OCSP "
+    "responders only (GET/HEAD /v1/crl/<id>.crl and /v1/ca/<id>.crt, GET/POST /v1/ocsp/<id>; "
+    "everything else 404), with connection limits "
     "of its own (the values of --max-connections and --max-connections-per-ip). Give --public-url "
     'http://HOST:PORT (or a name of it) for certificates to point there (docs/cas.md "The public '
     'HTTP listener").',

@@ -65,6 +65,7 @@ from confide.cas.secrets import (
     CA_PATH,
     CERTIFICATE_KINDS,
     CRL_PATH,
+    OCSP_PATH,
     Published,
     Sealer,
     SecretValue,
@@ -1182,6 +1183,12 @@ class Cas:
                         published = secrets[spec.name]["ca_issuers"] = {"public_path": path}
                         if self.public_url is not None:
                             published["url"] = self.public_url + path
+                    dist = crl_distribution_id_of(crl.der) if spec.ocsp else None
+                    if dist is not None:  # answered to anyone (docs/cas.md "OCSP")
+                        path = f"{OCSP_PATH}{dist}"
+                        published = secrets[spec.name]["ocsp"] = {"public_path": path}
+                        if self.public_url is not None:
+                            published["url"] = self.public_url + path
         return {
             "name": name,
             "hash": head.hash,
@@ -1651,8 +1658,8 @@ class Cas:
         public URL is set (``cas serve --public-url``) and ``spec``'s certificates are generated
         (or issued to runtimes) under a CA of ``policy`` that the CAS generated: its CRL when the
         CA is declared ``crl_distribution`` (docs/cas.md "CRL distribution points"), its
-        certificate when declared ``ca_issuers`` ("CA certificates (caIssuers)"). ``None`` when
-        they name neither."""
+        certificate when declared ``ca_issuers`` ("CA certificates (caIssuers)"), its OCSP
+        responder when declared ``ocsp`` ("OCSP"). ``None`` when they name none."""
         if self.public_url is None or spec.issuer is None:
             return None
         if not (renewable(spec) or spec.issue_to_runtime):
@@ -1661,9 +1668,9 @@ class Cas:
             issuer = policy.secret(spec.issuer)
         except KeyError:
             return None
-        if not generated_ca(issuer) or not (issuer.crl_distribution or issuer.ca_issuers):
+        if not generated_ca(issuer) or not (issuer.crl_distribution or issuer.ca_issuers or issuer.ocsp):
             return None
-        return Published(self.public_url, issuer.crl_distribution, issuer.ca_issuers)
+        return Published(self.public_url, issuer.crl_distribution, issuer.ca_issuers, issuer.ocsp)
 
     def crl(self, name: str, ca: str, read_request: Any | None) -> tuple[bytes, float, bool]:
         """The current CRL (DER) of the generated CA ``ca`` of policy ``name``, when it is due
@@ -1998,10 +2005,12 @@ def _gpu_summary(slot: str, v: VerifiedEvidence) -> dict[str, Any]:
 
 def _declaration(spec: Any) -> dict[str, Any]:
     """A secret's declaration as far as its value depends on it (exports do not matter, nor do
-    ``crl_distribution`` and ``ca_issuers``: certificates get their distribution point and
-    caIssuers URL at their next version)."""
+    ``crl_distribution``, ``ca_issuers`` and ``ocsp``: certificates get their distribution point,
+    caIssuers and OCSP URLs at their next version)."""
     out: dict[str, Any] = spec.model_dump(
-        mode="json", by_alias=True, exclude={"export", "export_public", "crl_distribution", "ca_issuers"}
+        mode="json",
+        by_alias=True,
+        exclude={"export", "export_public", "crl_distribution", "ca_issuers", "ocsp"},
     )
     return out
 

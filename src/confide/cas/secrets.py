@@ -41,6 +41,7 @@ __all__ = [
     "CA_PATH",
     "CERTIFICATE_KINDS",
     "CRL_PATH",
+    "OCSP_PATH",
     "Published",
     "Sealer",
     "SecretValue",
@@ -50,6 +51,7 @@ __all__ = [
     "crl_url",
     "generate",
     "key_id",
+    "ocsp_url",
     "render",
     "renew_certificate",
     "renewable",
@@ -106,14 +108,27 @@ def ca_certificate_url(base: str, issuer: x509.Name, key_id: bytes) -> str:
     return f"{base}{CA_PATH}{crl_distribution_id(issuer, key_id)}.crt"
 
 
+OCSP_PATH = "/v1/ocsp/"
+"""Where the CAS answers OCSP requests about the certificates of CAs declared ``ocsp``,
+unauthenticated (docs/cas.md "OCSP"), under the same opaque id as their CRL."""
+
+
+def ocsp_url(base: str, issuer: x509.Name, key_id: bytes) -> str:
+    """The URL of a CA's OCSP responder under the CAS's public URL ``base``: POST to it, or GET
+    it followed by ``/`` and the request (RFC 6960 Appendix A.1)."""
+    return f"{base}{OCSP_PATH}{crl_distribution_id(issuer, key_id)}"
+
+
 class Published(NamedTuple):
     """What certificates issued under a CA name of what the CAS publishes about that CA: under
     the CAS's public URL ``base`` (``cas serve --public-url``, no trailing slash), its CRL
-    (``crl``: the CA is declared ``crl_distribution``) and its certificate (``ca_issuers``)."""
+    (``crl``: the CA is declared ``crl_distribution``), its certificate (``ca_issuers``) and its
+    OCSP responder (``ocsp``)."""
 
     base: str
     crl: bool
     ca_issuers: bool
+    ocsp: bool = False
 
 
 @dataclass(frozen=True)
@@ -452,16 +467,26 @@ def _certificate(
                 [x509.UniformResourceIdentifier(crl_url(published.base, issuer_name, aki))], None, None, None
             )
             builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
+        # RFC 5280 §4.2.2.1: one AuthorityInfoAccess extension, non-critical (MUST), with an
+        # AccessDescription per access method the issuer is declared for.
+        access: list[x509.AccessDescription] = []
+        if published.ocsp:
+            # id-ad-ocsp: the URI of the issuer's OCSP responder (RFC 6960 Appendix A.1 over
+            # HTTP), whose responses the issuer's key signs.
+            location = x509.UniformResourceIdentifier(ocsp_url(published.base, issuer_name, aki))
+            access.append(x509.AccessDescription(AuthorityInformationAccessOID.OCSP, location))
         if published.ca_issuers:
-            # RFC 5280 §4.2.2.1: AuthorityInfoAccess, non-critical (MUST), one id-ad-caIssuers
-            # AccessDescription whose accessLocation is the URI of the issuer's certificate: one
-            # DER certificate over HTTP (the RFC's "single DER encoded certificate", served as
-            # application/pkix-cert, RFC 2585 §4.1), for path building, not trust.
+            # id-ad-caIssuers: the URI of the issuer's certificate: one DER certificate over HTTP
+            # (the RFC's "single DER encoded certificate", served as application/pkix-cert, RFC
+            # 2585 §4.1), for path building, not trust.
             ca_url = ca_certificate_url(published.base, issuer_name, aki)
-            access = x509.AccessDescription(
-                AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(ca_url)
+            access.append(
+                x509.AccessDescription(
+                    AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(ca_url)
+                )
             )
-            builder = builder.add_extension(x509.AuthorityInformationAccess([access]), critical=False)
+        if access:
+            builder = builder.add_extension(x509.AuthorityInformationAccess(access), critical=False)
     if is_ca:
         builder = builder.add_extension(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
@@ -495,7 +520,8 @@ def generate(
     policy's other secrets generated so far, for issuers and key references). ``published``:
     what of its issuer the CAS publishes, for the certificate to name: a CRL distribution point
     (its issuer is a generated CA declared ``crl_distribution``, docs/cas.md "CRL distribution
-    points") and a caIssuers URL (declared ``ca_issuers``, "CA certificates (caIssuers)")."""
+    points"), a caIssuers URL (declared ``ca_issuers``, "CA certificates (caIssuers)") and an
+    OCSP responder URL (declared ``ocsp``, "OCSP")."""
     now = now or datetime.now(UTC)
     kind = spec.kind
     if spec.value is not None and kind in (SecretKind.ASCII, SecretKind.BINARY):
