@@ -138,6 +138,22 @@ def test_a_long_head_gets_431(port: int) -> None:
         assert _response(s).startswith(b"HTTP/1.1 200 ")
 
 
+def test_a_long_head_is_refused_when_it_comes_in_one_read(port: int) -> None:
+    """Counted before the parser sees it: a whole head over MAX_HEAD sent at once (which the
+    parser would complete in one read) is refused too; the body after a head under the limit,
+    and a second head on the same connection, are not counted into it."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * MAX_HEAD + b"\r\n\r\n")
+        assert _read_all(s).startswith(b"HTTP/1.1 431 ")
+    head = b"POST / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * (MAX_HEAD // 2) + b"\r\n"
+    body = b"b" * MAX_HEAD
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        assert _response(s).startswith(b"HTTP/1.1 200 ")
+        s.sendall(head + b"Content-Length: 0\r\n\r\n")
+        assert _response(s).startswith(b"HTTP/1.1 200 ")
+
+
 def _read_until(s: socket.socket, end: bytes, timeout: float = 5.0) -> bytes:
     s.settimeout(timeout)
     out = b""

@@ -16,8 +16,10 @@ any of the CAS's memory. The TLS handshake itself must complete within
 **Request heads.** uvicorn's httptools protocol keeps a request's URL and each header value in
 memory until the head is complete, with no limit of its own: a client that never ends its head
 can make the CAS buffer gigabytes. :class:`BoundedHttpToolsProtocol` counts the bytes of each
-request head and answers ``431 Request Header Fields Too Large`` (RFC 6585 §5), then closes the
-connection, once a head exceeds :data:`MAX_HEAD` bytes, and closes a connection whose request
+request head as they are read, before the parser sees them (a head that comes in one read
+included), and answers ``431 Request Header Fields Too Large`` (RFC 6585 §5), then closes the
+connection, once a head exceeds :data:`MAX_HEAD` bytes (:data:`PUBLIC_MAX_HEAD` on the public
+listener, :meth:`HttpLimits.plain_protocol`), and closes a connection whose request
 head is not complete :data:`HEAD_TIMEOUT` seconds after the connection was made (after its TLS
 handshake) or after the request's first byte (``408 Request Timeout``, RFC 9110 §15.5.9, when
 some of it came): uvicorn itself bounds only the idle time between requests
@@ -67,6 +69,7 @@ __all__ = [
     "MAX_CONNECTIONS",
     "MAX_CONNECTIONS_PER_CLIENT",
     "MAX_HEAD",
+    "PUBLIC_MAX_HEAD",
     "BoundedHttpToolsProtocol",
     "HttpLimits",
     "OneWriteCycle",
@@ -86,13 +89,22 @@ MAX_CONNECTIONS = 1024
 # benchmark's 64 concurrent clients on one address included).
 MAX_CONNECTIONS_PER_CLIENT = 128
 
-_BODY = b"the request head exceeds 65536 bytes\n"
-_REFUSAL = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-    b"content-type: text/plain; charset=utf-8\r\n"
-    b"content-length: " + str(len(_BODY)).encode() + b"\r\n"
-    b"connection: close\r\n\r\n" + _BODY
-)
+# The public HTTP listener's request heads (confide.cas.public_http): a GET of a short path,
+# which needs no header of any size.
+PUBLIC_MAX_HEAD = 8 * 1024
+
+
+def _refusal(max_head: int) -> bytes:
+    body = f"the request head exceeds {max_head} bytes\n".encode()
+    return (
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+        b"content-type: text/plain; charset=utf-8\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n"
+        b"connection: close\r\n\r\n" + body
+    )
+
+
+_REFUSAL = _refusal(MAX_HEAD)
 _TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
@@ -108,7 +120,10 @@ class HttpLimits:
         head_timeout: float = HEAD_TIMEOUT,
         body_timeout: float = BODY_TIMEOUT,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_head: int = MAX_HEAD,
     ) -> None:
+        if max_head < 1024:
+            raise ValueError("request heads are bounded at 1024 bytes or more")
         if max_connections < 0 or max_connections_per_client < 0 or body_timeout < 0:
             raise ValueError("connection limits and timeouts are >= 0 (0: off)")
         if head_timeout <= 0 or handshake_timeout <= 0:
@@ -117,6 +132,7 @@ class HttpLimits:
         self.max_per_client = max_connections_per_client
         self.head_timeout, self.body_timeout = head_timeout, body_timeout
         self.handshake_timeout = handshake_timeout
+        self.max_head = max_head
         self.open = 0  # connections accepted and not yet closed (handshakes included)
         self._per_client: dict[str, int] = {}
         # What was refused, by reason (confide_cas_connections_refused_total and
@@ -157,12 +173,42 @@ class HttpLimits:
         return len(self._per_client)
 
     def http_protocol(self) -> type[BoundedHttpToolsProtocol]:
-        """:class:`BoundedHttpToolsProtocol` with these timeouts, counting into these limits."""
+        """:class:`BoundedHttpToolsProtocol` with these timeouts and head bound, counting into
+        these limits."""
         return type(
             "LimitedHttpToolsProtocol",
             (BoundedHttpToolsProtocol,),
-            {"head_timeout": self.head_timeout, "body_timeout": self.body_timeout, "limits": self},
-        )
+            {"head_timeout": self.head_timeout, "body_timeout": self.body_timeout, "limits": self,
+             "max_head": self.max_head, "refusal": _refusal(self.max_head)},
+        )  # fmt: skip
+
+    def plain_protocol(self) -> type[BoundedHttpToolsProtocol]:
+        """:meth:`http_protocol` for a plain-HTTP server (the public listener,
+        ``confide.cas.public_http``; ``Config.http``): each connection is admitted by
+        :meth:`admit` when accepted, and closed at once when over a limit, before a byte is
+        read; released when lost. Its head deadline counts from the accept."""
+        limits = self
+
+        class GatedHttp(self.http_protocol()):  # type: ignore[misc]
+            _gate_key: str | None = None
+
+            def connection_made(self, transport: asyncio.Transport) -> None:
+                key = limits.admit(transport.get_extra_info("peername"))
+                if key is None:  # over a limit: closed, nothing read or answered
+                    transport.abort()
+                    return
+                self._gate_key = key
+                super().connection_made(transport)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                key = self._gate_key
+                if key is None:
+                    return  # refused: never started
+                self._gate_key = None
+                limits.release(key)
+                super().connection_lost(exc)
+
+        return GatedHttp
 
     def tls_protocol(
         self, http: Callable[..., asyncio.Protocol], context: ssl.SSLContext
@@ -208,19 +254,22 @@ class HttpLimits:
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, refusing request heads over :data:`MAX_HEAD` bytes or
+    """uvicorn's httptools protocol, refusing request heads over :attr:`max_head` bytes or
     :attr:`head_timeout` seconds, and bodies not complete :attr:`body_timeout` seconds after
     their head (0: no limit)."""
 
     head_timeout = HEAD_TIMEOUT
     body_timeout = BODY_TIMEOUT
+    max_head = MAX_HEAD
+    refusal = _REFUSAL  # the 431 response, naming max_head
     limits: HttpLimits | None = None  # counts refusals when set (HttpLimits.http_protocol)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True
         self._in_body = False
-        self._head_bytes = 0
+        self._head_bytes = 0  # of the head being received, counted before the parser sees them
+        self._head_tail = b""  # its last 3 bytes, to find a CRLF CRLF across reads
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_deadline = 0.0
         self._served = False  # a request began on this connection
@@ -237,7 +286,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head, self._head_bytes = True, 0
+        self._in_head = True
         if self._served:  # a later request on a kept-alive connection: its own deadline
             self._arm_head_timer()
         self._served = True  # the first one's counts from the connection (connection_made)
@@ -341,23 +390,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self._in_head:
-            if self.transport.is_closing():
+        if not self._in_body and not self.transport.is_closing():
+            # A request head (or the next one, between requests) is coming: its bytes in this
+            # read are counted before the parser buffers any, up to the empty line that ends it
+            # (CRLF CRLF, RFC 9112 §2.1) when it ends here. What follows it in the same read (a
+            # body, a pipelined request) is the parser's: at most one read's worth uncounted.
+            window = self._head_tail + data
+            end = window.find(b"\r\n\r\n")
+            size = len(data) if end < 0 else end + 4 - len(self._head_tail)
+            if self._head_bytes + size > self.max_head:
+                self._refuse_head()
                 return
-            # Still in a head after the parser took all of `data`: every byte of it was head
-            # (but for the end of a previous pipelined request in the same read, counted too:
-            # at most one read's worth of over-counting, never under-counting).
-            self._head_bytes += len(data) or 1
-            if self._head_bytes > MAX_HEAD:
-                if self.limits is not None:
-                    self.limits.head_too_large += 1
-                logging.getLogger("confide.cas").warning(
-                    json.dumps({"event": "request", "status": 431, "reason": f"head over {MAX_HEAD} bytes"})
-                )
-                self.transport.write(_REFUSAL)
-                self.transport.close()
-        elif (
+            if end < 0:
+                self._head_bytes, self._head_tail = self._head_bytes + size, window[-3:]
+            else:
+                self._head_bytes, self._head_tail = 0, b""
+        super().data_received(data)
+        if (
             self._in_body
             and self._body_timer is None
             and self.body_timeout
@@ -366,6 +415,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # A body still coming after the read that completed its head: its deadline counts
             # from that read (the head was timed by the head deadline until then).
             self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
+
+    def _refuse_head(self) -> None:
+        if self.limits is not None:
+            self.limits.head_too_large += 1
+        logging.getLogger("confide.cas").warning(
+            json.dumps({"event": "request", "status": 431, "reason": f"head over {self.max_head} bytes"})
+        )
+        self.transport.write(self.refusal)
+        self.transport.close()
 
 
 # A response's head and body up to this size go out as one TLS record (16 KiB of plaintext at
