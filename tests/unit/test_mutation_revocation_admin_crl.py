@@ -23,6 +23,7 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -380,6 +381,26 @@ def test_signed_documents_rfc8785_cannot_encode_are_a_parse_error(
     doc = {**revocation_env.revocation(), **change}
     status, reply = post(create_app(revocation_env.cas), json.dumps(doc).encode())
     assert status == 400 and reply["error"]["class"] == "ParseError", reply
+
+
+def test_a_signature_in_non_canonical_base64_is_refused(revocation_env: Env) -> None:
+    """The same 64 signature bytes with the pad bits of the last character set verified as a
+    second text of the same request (fuzz3, at CONFIDE_MUTATION_SCALE=40): RFC 4648 §3.5."""
+    env = revocation_env
+    env.clock.now += 1
+    doc = env.revocation()
+    text = doc["signature"]
+    assert text.endswith("==")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = alphabet.index(text[-3])
+    assert last & 0b1111 == 0  # canonical: the 4 bits past the 64th byte are zero
+    other = text[:-3] + alphabet[last | 0b0010] + "=="
+    assert base64.b64decode(other, validate=True) == base64.b64decode(text)
+    before = revocation_state(env)
+    status, reply = post(create_app(env.cas), json.dumps({**doc, "signature": other}).encode())
+    assert status == 400 and "canonical base64" in reply["error"]["message"], reply
+    assert revocation_state(env) == before
+    assert post(create_app(env.cas), json.dumps(doc).encode())[0] == 200
 
 
 def test_a_revocation_with_a_field_this_cas_does_not_know_is_refused(revocation_env: Env) -> None:
