@@ -383,6 +383,15 @@ def test_signed_documents_rfc8785_cannot_encode_are_a_parse_error(
     assert status == 400 and reply["error"]["class"] == "ParseError", reply
 
 
+def test_a_read_header_rfc8785_cannot_encode_is_a_parse_error(revocation_env: Env) -> None:
+    doc = {**revocation_env.read_request(), "x": float("nan")}
+    header = base64.b64encode(json.dumps(doc).encode()).decode()
+    status, _headers, body = _get(
+        create_app(revocation_env.cas), "/v1/policies/tls", headers={"X-Confide-Read": header}
+    )
+    assert status == 400 and json.loads(body)["error"]["class"] == "ParseError"
+
+
 def test_a_signature_in_non_canonical_base64_is_refused(revocation_env: Env) -> None:
     """The same 64 signature bytes with the pad bits of the last character set verified as a
     second text of the same request (fuzz3, at CONFIDE_MUTATION_SCALE=40): RFC 4648 §3.5."""
