@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from _served_cas import start_cas as served_cas  # noqa: E402
-from _sim_request import sim_attest_request  # noqa: E402
+from _sim_request import MEASUREMENT, POLICY, sim_attest_request  # noqa: E402
 
 from confide.cas.core import decrypt_release  # noqa: E402
 from confide.cas.http_limits import HttpLimits  # noqa: E402
@@ -271,28 +271,7 @@ def main() -> None:
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         run("identity", "create", "--out", str(identity))
-        measurement = "ab" * 48
-        (work / "p.yaml").write_text(
-            f"""name: bench
-version: "0.3"
-services:
-  - name: app
-    command: app --token $$SCONE::token$$
-    environment:
-      KEY: "$$SCONE::key:hex$$"
-    attestation:
-      sim:
-        measurement: "{measurement}"
-secrets:
-  - name: token
-    kind: ascii
-  - name: key
-    kind: binary
-security:
-  attestation:
-    tolerate: [simulation]
-"""
-        )
+        (work / "p.yaml").write_text(POLICY)
         run("policy", "apply", str(work / "p.yaml"), "--identity", str(identity))
 
         async def flow() -> None:
@@ -300,7 +279,7 @@ security:
             try:
                 nonce = json.loads(await http(reader, writer, "/v1/attest/nonce"))["nonce"]
                 key, request = sim_attest_request(
-                    platform, nonce, policy="bench", service="app", measurement=measurement
+                    platform, nonce, policy="bench", service="app", measurement=MEASUREMENT
                 )
                 body = json.dumps(request).encode()
                 release = json.loads(await http(reader, writer, "/v1/attest", body))
