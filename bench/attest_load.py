@@ -52,7 +52,8 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from _sim_request import sim_attest_request  # noqa: E402
+from _served_cas import start_cas as served_cas  # noqa: E402
+from _sim_request import MEASUREMENT, POLICY, sim_attest_request  # noqa: E402
 
 from confide.cas.core import decrypt_release  # noqa: E402
 from confide.cas.http_limits import HttpLimits  # noqa: E402
@@ -82,25 +83,9 @@ def start_cas(work: Path, clients: int, tickets: int) -> tuple[subprocess.Popen[
     CAS to saturation on purpose, which the per-client attestation rate (200 requests/s) exists to
     stop; so it runs with a rate limit it never reaches (the limiter still runs, and is measured)
     and with room for all its concurrent connections on the one address."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     limits = ["--attest-rate", "1000000", "--max-connections-per-ip", str(max(128, 2 * clients)),
               "--tls-session-tickets", str(tickets)]  # fmt: skip
-    proc = subprocess.Popen(
-        ["taskset", "-c", str(CAS_CORE), sys.executable, "-m", "confide", "cas", "serve", "--data-dir",
-         str(work / "cas"), "--listen", "127.0.0.1:0", "--dev", *limits],
-        stdout=subprocess.DEVNULL, stderr=(work / "cas.log").open("wb"), env=env,
-    )  # fmt: skip
-    client_env = work / "cas" / "client.env"
-    for _ in range(600):
-        if client_env.exists():
-            break
-        time.sleep(0.1)
-    time.sleep(1.0)
-    out = {}
-    for line in client_env.read_text().splitlines():
-        k, _, v = line.removeprefix("export ").partition("=")
-        out[k] = v.strip("'")
-    return proc, out
+    return served_cas(work, *limits, prefix=["taskset", "-c", str(CAS_CORE)])
 
 
 def tls_server(cert: str, key: str, port_file: Path, tickets: int = SESSION_TICKETS) -> None:
@@ -302,28 +287,7 @@ def main() -> None:
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         run("identity", "create", "--out", str(identity))
-        measurement = "ab" * 48
-        (work / "p.yaml").write_text(
-            f"""name: bench
-version: "0.3"
-services:
-  - name: app
-    command: app --token $$SCONE::token$$
-    environment:
-      KEY: "$$SCONE::key:hex$$"
-    attestation:
-      sim:
-        measurement: "{measurement}"
-secrets:
-  - name: token
-    kind: ascii
-  - name: key
-    kind: binary
-security:
-  attestation:
-    tolerate: [simulation]
-"""
-        )
+        (work / "p.yaml").write_text(POLICY)
         run("policy", "apply", str(work / "p.yaml"), "--identity", str(identity))
 
         async def flow() -> None:
@@ -331,7 +295,7 @@ security:
             try:
                 nonce = json.loads(await http(reader, writer, "/v1/attest/nonce"))["nonce"]
                 key, request = sim_attest_request(
-                    platform, nonce, policy="bench", service="app", measurement=measurement
+                    platform, nonce, policy="bench", service="app", measurement=MEASUREMENT
                 )
                 body = json.dumps(request).encode()
                 release = json.loads(await http(reader, writer, "/v1/attest", body))

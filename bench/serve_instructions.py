@@ -40,31 +40,10 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import attest_load  # noqa: E402
-from _sim_request import sim_attest_request  # noqa: E402
+from _sim_request import MEASUREMENT, POLICY, sim_attest_request  # noqa: E402
 
 from confide.cas.core import decrypt_release  # noqa: E402
 from confide.sim.platform import SimPlatform  # noqa: E402
-
-POLICY = """name: bench
-version: "0.3"
-services:
-  - name: app
-    command: app --token $$SCONE::token$$
-    environment:
-      KEY: "$$SCONE::key:hex$$"
-    attestation:
-      sim:
-        measurement: "{measurement}"
-secrets:
-  - name: token
-    kind: ascii
-  - name: key
-    kind: binary
-security:
-  attestation:
-    tolerate: [simulation]
-"""
-MEASUREMENT = "ab" * 48
 
 
 def _env(root: Path) -> dict[str, str]:
@@ -108,7 +87,7 @@ def _setup_cas(root: Path, work: Path) -> None:
             [sys.executable, "-m", "confide", *a], env=cenv, capture_output=True, text=True, check=True
         )
         run("identity", "create", "--out", str(work / "alice.id"))
-        (work / "p.yaml").write_text(POLICY.format(measurement=MEASUREMENT))
+        (work / "p.yaml").write_text(POLICY)
         run("policy", "apply", str(work / "p.yaml"), "--identity", str(work / "alice.id"))
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -181,6 +181,9 @@ def verify_signed(doc: Any, expected_type: str) -> tuple[dict[str, Any], PublicI
         signature = base64.b64decode(sig_text, validate=True)
     except ValueError:
         raise ParseError("signature is not base64", structure=expected_type, field="signature") from None
+    if base64.b64encode(signature).decode() != sig_text:  # RFC 4648 §3.5: one text per signature
+        raise ParseError("signature is not canonical base64 (pad bits set)", structure=expected_type,
+                         field="signature")  # fmt: skip
     signer = PublicIdentity.from_base64(doc.get("signer"))
     body = {k: v for k, v in doc.items() if k != "signature"}
     signer.verify(signature, jcs(body))
