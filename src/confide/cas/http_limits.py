@@ -439,7 +439,11 @@ class OneWriteCycle(RequestResponseCycle):
     ``http.response.body``, and at most until the end of the loop iteration it was made in: a
     streaming response whose first body part comes later has its head sent on its own, at once,
     as before. Everything else (header checks, ``Content-Length`` accounting, chunked encoding,
-    ``HEAD``, keep-alive and ``Connection: close``, flow control) is uvicorn's."""
+    ``HEAD``, keep-alive and ``Connection: close``, flow control) is uvicorn's.
+
+    ``send`` and ``_response_head`` are adapted from uvicorn's ``RequestResponseCycle.send``
+    (uvicorn 0.54.0, BSD-3-Clause, Copyright © 2017-present, Encode OSS Ltd.); re-check them
+    against uvicorn's when its pin moves."""
 
     loop: asyncio.AbstractEventLoop
     _head: bytes | None = None
