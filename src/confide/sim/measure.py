@@ -52,7 +52,9 @@ __all__ = [
     "RootEscapeError",
     "RootedView",
     "TreeEntry",
+    "TreeView",
     "canonical_json",
+    "hash_stream",
     "measure_command",
     "measure_current_process",
     "resolve_command",
@@ -162,7 +164,8 @@ class FileView(Protocol):
         ...
 
 
-def _hash_stream(fh: IO[bytes]) -> tuple[str, bytes]:
+def hash_stream(fh: IO[bytes]) -> tuple[str, bytes]:
+    """SHA-384 (hex) of a stream's bytes and its first ``BINPRM_BUF_SIZE`` bytes."""
     h = hashlib.sha384()
     head = fh.read(BINPRM_BUF_SIZE)
     h.update(head)
@@ -185,7 +188,7 @@ class HostView:
 
     def digest(self, real: str) -> tuple[str, bytes]:
         with open(real, "rb") as fh:
-            return _hash_stream(fh)
+            return hash_stream(fh)
 
 
 MAX_SYMLINKS = 40
@@ -204,32 +207,25 @@ class TreeEntry:
     link: str = ""  # a symlink's target
 
 
-class RootedView:
-    """A directory tree taken as the root ``/`` (an unpacked image's rootfs), as ``chroot`` would
-    show it to a process running as root: absolute symlinks are resolved from the tree's root,
-    nothing outside the tree is read, and a path climbing above the root (``..`` at ``/``, e.g.
-    through a relative symlink) is refused (:class:`RootEscapeError`) rather than clamped.
-    Execute permission is root's: a regular file with any execute bit."""
+class TreeView:
+    """A file tree taken as the root ``/``, as ``chroot`` would show it to a process running as
+    root: absolute symlinks are resolved from the tree's root, nothing outside the tree is read,
+    and a path climbing above the root (``..`` at ``/``, e.g. through a relative symlink) is
+    refused (:class:`RootEscapeError`) rather than clamped as the kernel would. Execute
+    permission is root's: a regular file with any execute bit.
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    # -- what a subclass provides: lstat of a symlink-free absolute path inside the root
+    A subclass provides :meth:`lstat` (of a symlink-free absolute path), :meth:`digest` and
+    :meth:`describe`: :class:`RootedView` for a directory, ``confide.image.measure`` for an
+    image's tree."""
 
     def lstat(self, path: str) -> TreeEntry | None:
-        host = self.root / path.lstrip("/")
-        try:
-            st = os.lstat(host)
-            link = os.readlink(host) if stat.S_ISLNK(st.st_mode) else ""
-        except FileNotFoundError:
-            return None
-        return TreeEntry(st.st_mode, link)
+        raise NotImplementedError
 
-    def open(self, real: str) -> IO[bytes]:
-        fd = os.open(self.root / real.lstrip("/"), os.O_RDONLY | os.O_NOFOLLOW)
-        return os.fdopen(fd, "rb")
+    def digest(self, real: str) -> tuple[str, bytes]:
+        raise NotImplementedError
 
-    # -- the view
+    def describe(self) -> str:
+        raise NotImplementedError
 
     def real_path(self, path: str, cwd: str) -> str:
         """Resolve component by component (Linux fs/namei.c path walk, inside the root)."""
@@ -260,7 +256,7 @@ class RootedView:
                     done = []
                 pending.extend(reversed(entry.link.split("/")))
                 continue
-            if pending and any(p not in ("", ".") for p in pending) and not stat.S_ISDIR(entry.mode):
+            if any(p not in ("", ".") for p in pending) and not stat.S_ISDIR(entry.mode):
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), here)
             done.append(part)
         return "/" + "/".join(done)
@@ -272,13 +268,31 @@ class RootedView:
         return entry.mode
 
     def executable(self, real: str) -> bool:
-        # root may execute a regular file with any execute bit (Linux generic_permission with
+        # root may execute a regular file with any execute bit (Linux generic_permission,
         # CAP_DAC_OVERRIDE)
-        return stat.S_ISREG(self.mode(real)) and self.mode(real) & 0o111 != 0
+        mode = self.mode(real)
+        return stat.S_ISREG(mode) and mode & 0o111 != 0
+
+
+class RootedView(TreeView):
+    """A directory (an unpacked image's rootfs) as the root ``/`` (see :class:`TreeView`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def lstat(self, path: str) -> TreeEntry | None:
+        host = self.root / path.lstrip("/")
+        try:
+            st = os.lstat(host)
+            link = os.readlink(host) if stat.S_ISLNK(st.st_mode) else ""
+        except FileNotFoundError:
+            return None
+        return TreeEntry(st.st_mode, link)
 
     def digest(self, real: str) -> tuple[str, bytes]:
-        with self.open(real) as fh:
-            return _hash_stream(fh)
+        fd = os.open(self.root / real.lstrip("/"), os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as fh:
+            return hash_stream(fh)
 
     def describe(self) -> str:
         return str(self.root)
