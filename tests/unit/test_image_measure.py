@@ -278,3 +278,18 @@ def test_unpacked_and_sconify_agree_on_the_host_root_semantics(tmp_path: Path) -
         measure_command([sh, "-c", "x"], search_path="").hex
         == measure_command([sh, "-c", "x"], search_path="", cwd="/", fs=RootedView(Path("/"))).hex
     )
+
+
+def test_a_protected_script_passed_to_its_interpreter_is_not_measured(tmp_path: Path) -> None:
+    """/bin/sh /app/run.sh with /app protected: the script is not there before the volume is
+    mounted, so only sh and the arguments are measured (the script is covered by the volume)."""
+    app = [M("app/", "d"), M("app/run.sh", data=SCRIPT, mode=0o755)]
+    res = sconified(tmp_path, image(app, ["/bin/sh", "/app/run.sh"]), protect=["/app"])
+    assert res.warnings == []
+    m = measure_command(
+        ["/bin/sh", "/app/run.sh"],
+        search_path="",
+        cwd="/",
+        fs=RootedView(unpack(tmp_path / "out", tmp_path / "r")),
+    )
+    assert res.measurement == m.hex and m.files == () and [c.sha384 for c in m.chain] == [sha(SH)]

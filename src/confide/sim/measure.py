@@ -24,6 +24,11 @@ The measurement is SHA-384 over the canonical JSON (sorted keys, no white space,
 installed elsewhere measures the same. Not covered: shared libraries and the dynamic loader,
 files the program opens that are not named on its command line, the environment, the working
 directory. ``confide sim measure --json`` prints the manifest next to the paths it came from.
+
+The rules apply to a :class:`FileView`: the host (:class:`HostView`, the default), a directory
+taken as the root (:class:`RootedView`, ``sim measure --root``) or an image's tree (sconify,
+``confide.image.measure``); rooted views resolve symlinks inside the root and refuse ``..``
+above it (docs/simulator.md, "Other file systems").
 """
 
 from __future__ import annotations
