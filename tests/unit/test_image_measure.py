@@ -190,7 +190,8 @@ def test_a_file_the_container_engine_provides_is_not_measured_from_the_image(tmp
     assert "'/etc/hosts' is under /etc/hosts (written by the container engine)" in res.warnings[0]
 
 
-def test_a_declared_volume_is_not_measured_from_the_image(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("volume", "shown"), [("/srv/", "/srv"), ("/", "/"), ("/srv/../srv", "/srv")])
+def test_a_declared_volume_is_not_measured_from_the_image(tmp_path: Path, volume: str, shown: str) -> None:
     img = image([M("srv/", "d"), M("srv/app.sh", data=SCRIPT, mode=0o755)], ["/srv/app.sh"])
     src = tmp_path / "src"
     img.write_layout(src)
@@ -201,7 +202,7 @@ def test_a_declared_volume_is_not_measured_from_the_image(tmp_path: Path) -> Non
     index = json.loads((src / "index.json").read_text())
     manifest = json.loads((blobs / index["manifests"][0]["digest"][7:]).read_bytes())
     config = json.loads((blobs / manifest["config"]["digest"][7:]).read_bytes())
-    config["config"]["Volumes"] = {"/srv/": {}}
+    config["config"]["Volumes"] = {volume: {}, "relative": {}, "/elsewhere": {}}
     cbytes = json.dumps(config).encode()
     cdigest = hashlib.sha256(cbytes).hexdigest()
     (blobs / cdigest).write_bytes(cbytes)
@@ -220,7 +221,7 @@ def test_a_declared_volume_is_not_measured_from_the_image(tmp_path: Path) -> Non
     )
     res = sconify(opts, KEY)
     assert res.measurement is None
-    assert "under /srv (a volume the image config declares)" in res.warnings[0]
+    assert f"under {shown} (a volume the image config declares)" in res.warnings[0]
 
 
 def test_a_bare_command_without_path_in_the_image_uses_the_engines_default(tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ class ImageView(TreeView):
     def _node(self, path: str) -> tuple[str, Node] | None:
         rel = path.lstrip("/")
         for tree, why in self.run_time.items():
-            if is_under(rel, tree):
+            if tree == "" or is_under(rel, tree):  # "": a volume declared at / covers everything
                 raise NotFromImageError(
                     f"{path!r} is under /{tree} ({why}): its content at run time is not the image's"
                 )
@@ -170,7 +170,7 @@ def _run_time_paths(config: dict[str, Any]) -> dict[str, str]:
     if isinstance(volumes, dict):
         for name in volumes:
             if isinstance(name, str) and name.startswith("/"):
-                rel = posixpath.normpath(name).lstrip("/")
+                rel = posixpath.normpath(name).lstrip("/")  # "/" gives "": the whole tree
                 out[rel] = "a volume the image config declares"
     return out
 
