@@ -15,7 +15,10 @@ Steps (docs/sconify.md):
    the mount placeholders and ``/confide/sconify.json``. The entrypoint becomes
    ``/confide/bin/confide run --config-id POLICY/SERVICE --tee TEE -- <entrypoint + cmd>``.
 6. The image is written (reproducibly: fixed mtimes, sorted members, gzip mtime 0) and the
-   policy template is returned; a :class:`PolicySink` (the CAS, later) may apply it.
+   policy template is returned; a :class:`PolicySink` (the CAS, later) may apply it. Its
+   measurement is ``--measurement``, or with ``--tee sim`` the one ``confide run`` will report
+   in the output image (computed after step 2 by :mod:`confide.image.measure`), or the
+   placeholder with warnings saying why.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
 from confide.errors import ParseError, StorageError, UsageError
+from confide.evidence.sim import MEASUREMENT_SIZE
 from confide.image.blobs import GZIP, NONE, ZSTD, CompressingWriter, HashingReader, HashingWriter
 from confide.image.flatten import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, FsIndex, Node, index_layers, is_under
 from confide.image.flatten import rewrite_layer as _rewrite
@@ -414,6 +418,8 @@ def sconify(
     if not opts.volume_name or not opts.volume_name.replace("-", "").replace("_", "").isalnum():
         raise UsageError(f"volume name: got {opts.volume_name!r}, expected letters, digits, '-' or '_'")
     roots = _roots(opts)
+    if opts.measurement is not None:
+        _given_measurement(opts.measurement)  # refused before any layer is read
     names = [r for r, _ in roots]
     outer = _outer(names)
     image = open_image(opts.src, platform=opts.platform, tls_verify=opts.tls_verify)
@@ -515,6 +521,15 @@ def sconify(
             shutil.rmtree(work, ignore_errors=True)
 
 
+def _given_measurement(text: str) -> str:
+    value = text.lower()
+    if len(value) != 2 * MEASUREMENT_SIZE or any(c not in "0123456789abcdef" for c in value):
+        raise UsageError(
+            f"--measurement: got {text[:100]!r}, expected {2 * MEASUREMENT_SIZE} hex digits (SHA-384)"
+        )
+    return value
+
+
 def _measurement(
     opts: SconifyOptions,
     image: SourceImage,
@@ -527,12 +542,7 @@ def _measurement(
     measurement"): ``--measurement`` as given; for ``--tee sim`` what ``confide run`` will
     measure in the output image; otherwise none (the placeholder)."""
     if opts.measurement is not None:
-        text = opts.measurement.lower()
-        if len(text) != 2 * len(bytes(48)) or any(c not in "0123456789abcdef" for c in text):
-            raise UsageError(
-                f"--measurement: got {opts.measurement[:100]!r}, expected 96 hex digits (SHA-384)"
-            )
-        return text, []
+        return _given_measurement(opts.measurement), []
     if opts.tee != "sim":
         return None, []
     result = measure_image_command(image.layers, idx, outer, inner, command)
