@@ -294,3 +294,34 @@ def test_a_protected_script_passed_to_its_interpreter_is_not_measured(tmp_path: 
         fs=RootedView(unpack(tmp_path / "out", tmp_path / "r")),
     )
     assert res.measurement == m.hex and m.files == () and [c.sha384 for c in m.chain] == [sha(SH)]
+
+
+def test_the_layers_read_for_the_measurement_are_verified_again(tmp_path: Path) -> None:
+    """A layer changed after pass 1 is a ParseError; nothing read from it is kept."""
+    from confide.errors import ParseError
+    from confide.image import open_image
+    from confide.image.flatten import index_layers
+    from confide.image.measure import ImageView, measure_image_command
+
+    app = [M("app/", "d"), M("app/run.sh", data=SCRIPT, mode=0o755)]
+    image(app, ["/app/run.sh"], compression="none").write_layout(tmp_path / "src")
+    src = open_image(parse_ref(f"oci:{tmp_path / 'src'}"))
+    try:
+        idx = index_layers(src.layers, ["data"])
+        inner = src.config["config"]
+        good = measure_image_command(src.layers, idx, ["data"], inner, ["/app/run.sh"])
+        assert good.measurement is not None
+        blob = tmp_path / "src" / "blobs" / "sha256" / src.layers[1].digest[7:]  # type: ignore[index]
+        raw = bytearray(blob.read_bytes())
+        raw[raw.index(b"echo hello")] ^= 0x20  # the script's bytes, same size
+        blob.write_bytes(bytes(raw))
+        view = ImageView(idx, ["data"], {})
+        node = idx.lookup("app/run.sh")
+        assert node is not None and node.source is not None
+        with pytest.raises(ParseError):
+            view.load(src.layers, {node.source})
+        assert view.contents == {}
+        with pytest.raises(ParseError):
+            measure_image_command(src.layers, idx, ["data"], inner, ["/app/run.sh"])
+    finally:
+        src.close()
