@@ -6,7 +6,10 @@ The image (an OCI layout, uncompressed tar layers so both tools start from the s
   layer 0: a fake CPython 3.11 + glibc loader (enough for the runtime check) and the
            unprotected part: files of 64 MiB of incompressible data
   layer 1: /app with the protected part (files of 64 MiB), protected with --protect /app
-Both commands run as child processes, one after the other, on warm page-cache data; the
+Both commands run as child processes, one after the other, on warm page-cache data (sconify
+three times: cold and warm runtime-layer cache on the image "bench", whose program is inside
+/app, then warm on "bench-measured", whose command python3 /data/blobN lies in the unprotected
+layer, so the simulated measurement sconify writes reads that layer once more); the
 wall time, the input throughput (image bytes / second) and the peak RSS of each (wait4) are
 printed. ocicrypt encrypts every layer (JWE, RSA-OAEP key wrap); sconify verifies every blob,
 rewrites the layers holding protected files, builds the protected volume and adds the runtime.
@@ -108,26 +111,33 @@ def make_image(root: Path, size: int, share: float) -> int:
         [(f"app/model{i}", FILE, b"s%d" % i) for i in range(protected)],
         [_ti("app", tarfile.DIRTYPE)],
     )
-    config = json.dumps({
-        "architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
-        "config": {"Entrypoint": ["/app/serve"], "Env": ["PATH=/usr/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [l0[0], l1[0]]},
-    }).encode()  # fmt: skip
 
     def put(data: bytes) -> dict[str, object]:
         d = hashlib.sha256(data).hexdigest()
         (blobs / d).write_bytes(data)
         return {"digest": "sha256:" + d, "size": len(data)}
 
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **put(config)},
-        "layers": [{"mediaType": LAYER, "digest": d, "size": s} for d, s in (l0, l1)],
-    }).encode()  # fmt: skip
-    mdesc = {"mediaType": "application/vnd.oci.image.manifest.v1+json", **put(manifest),
-             "annotations": {"org.opencontainers.image.ref.name": "bench"}}  # fmt: skip
+    # Two images over the same layers: "bench" starts a program inside the protected /app (which
+    # --tee sim cannot measure before the volume is mounted: sconify reads nothing more), and
+    # "bench-measured" starts python3 on the last file of the unprotected layer, so sconify's
+    # simulated measurement reads that layer once more (docs/sconify.md, "The measurement").
+    commands = {"bench": ["/app/serve"], "bench-measured": ["/usr/bin/python3", f"/data/blob{plain - 1}"]}
+    manifests = []
+    for ref, entrypoint in commands.items():
+        config = json.dumps({
+            "architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
+            "config": {"Entrypoint": entrypoint, "Env": ["PATH=/usr/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": [l0[0], l1[0]]},
+        }).encode()  # fmt: skip
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **put(config)},
+            "layers": [{"mediaType": LAYER, "digest": d, "size": s} for d, s in (l0, l1)],
+        }).encode()  # fmt: skip
+        manifests.append({"mediaType": "application/vnd.oci.image.manifest.v1+json", **put(manifest),
+                          "annotations": {"org.opencontainers.image.ref.name": ref}})  # fmt: skip
     (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [mdesc]}))
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": manifests}))
     return l0[1] + l1[1]
 
 
@@ -168,18 +178,26 @@ def main() -> None:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
                "XDG_CACHE_HOME": str(work / "cache")}  # fmt: skip
         runs = {}
-        for label in ("cold", "warm"):
+        for label, ref in (("cold", "bench"), ("warm", "bench"), ("measured", "bench-measured")):
             out = work / f"out-{label}"
-            argv = [sys.executable, "-m", "confide", "sconify", "--from", f"oci:{src}:bench",
+            argv = [sys.executable, "-m", "confide", "sconify", "--from", f"oci:{src}:{ref}",
                     "--to", f"oci:{out}", "--protect", "/app", "--policy", "bench", "--service", "app",
-                    "--policy-out", str(work / f"policy-{label}.yaml")]  # fmt: skip
+                    "--policy-out", str(work / f"policy-{ref}.yaml")]  # fmt: skip
             runs[label] = timed(argv, env)
             out_size = sum(p.stat().st_size for p in (out / "blobs" / "sha256").iterdir())
             wall, rss = runs[label]
-            print(f"confide sconify ({label} runtime-layer cache): {wall:6.2f} s  "
+            what = {"cold": "cold runtime-layer cache", "warm": "warm runtime-layer cache",
+                    "measured": "warm, + simulated measurement"}[label]  # fmt: skip
+            print(f"confide sconify ({what}): {wall:6.2f} s  "
                   f"{size / MiB / wall:7.1f} MiB/s  "
                   f"peak RSS {rss / MiB:6.1f} MiB  (output {out_size / MiB:.0f} MiB)")  # fmt: skip
             shutil.rmtree(out)
+        text = (work / "policy-bench-measured.yaml").read_text()
+        value = text.split("measurement: ", 1)[1].split()[0].strip("'\"")
+        if value == "00" * 48:
+            sys.exit("bench-measured: sconify wrote no measurement (the placeholder)")
+        print(f"simulated measurement written for bench-measured ({value[:16]}...); its cost "
+              f"(measured - warm): {runs['measured'][0] - runs['warm'][0]:+.2f} s")  # fmt: skip
         s_wall = max(w for w, _ in runs.values())
         s_rss = max(r for _, r in runs.values())
         if skopeo is None:
@@ -207,7 +225,10 @@ def main() -> None:
             f"skopeo ocicrypt: {k_wall:6.2f} s  {size / MiB / k_wall:7.1f} MiB/s  "
             f"peak RSS {k_rss / MiB:6.1f} MiB"
         )
-        print(f"throughput ratio sconify (cold) / skopeo-ocicrypt: {k_wall / s_wall:.2f}x (target >= 1.0x); "
+        print(
+            f"throughput ratio sconify (measured, warm) / skopeo-ocicrypt: {k_wall / runs['measured'][0]:.2f}x"
+        )
+        print(f"throughput ratio sconify (slowest run) / skopeo-ocicrypt: {k_wall / s_wall:.2f}x (target >= 1.0x); "
               f"sconify peak RSS {s_rss / MiB:.0f} MiB (target < 300)")  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -212,3 +212,31 @@ def extract_volume(path: Path, dest: Path, name: str = "image") -> Path:
             members = [m for m in tf if m.name.startswith(f"confide/volumes/{name}")]
             tf.extractall(dest, members=members, filter="data")
     return dest / "confide" / "volumes" / name
+
+
+def unpack_rootfs(layout: Path, dest: Path) -> Path:
+    """The root file system of a single-image layout, every layer applied in order (whiteouts
+    too), as ``umoci unpack`` lays it out; symlinks are extracted as they are (not followed)."""
+    import shutil
+
+    _, _, layers = read_layout(layout)
+    dest.mkdir()
+    for raw in layers:
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+            members = []
+            for m in tf:
+                head, _, base = m.name.rpartition("/")
+                if base == ".wh..wh..opq":
+                    for child in (dest / head).iterdir():
+                        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                    continue
+                if base.startswith(".wh."):
+                    victim = dest / head / base[4:]
+                    if victim.is_dir() and not victim.is_symlink():
+                        shutil.rmtree(victim)
+                    elif victim.is_symlink() or victim.exists():
+                        victim.unlink()
+                    continue
+                members.append(m)
+            tf.extractall(dest, members=members, filter="tar")
+    return dest

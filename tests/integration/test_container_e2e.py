@@ -1,8 +1,9 @@
 """A real container end to end: build a native image (static busybox + a script + data),
-sconify it, unpack it with umoci, run it with runc as root (host network, so the runtime reaches
-the CAS on loopback) on the simulated TEE. The app reads its protected files and injected secret
-and appends to a protected file; the new volume tag reaches the CAS; a changed byte of a
-protected file and an old copy of the volume are both refused.
+sconify it (which computes the simulated measurement of the command and writes it into the
+policy template), unpack it with umoci, run it with runc as root (host network, so the runtime
+reaches the CAS on loopback) on the simulated TEE with that policy as written. The app reads its
+protected files and injected secret and appends to a protected file; the new volume tag reaches
+the CAS; a changed byte of a protected file and an old copy of the volume are both refused.
 
 The image's Python (which the vendored runtime needs, see docs/sconify.md) comes from the host:
 /usr, /lib and /lib64 are bind-mounted read-only, like a distribution base image would provide.
@@ -106,10 +107,13 @@ def test_sconified_container_runs_with_runc(tmp_path: Path) -> None:
         env = dict(cas.env)
         src, out, bundle = tmp_path / "src", tmp_path / "out", tmp_path / "bundle"
         _native_image(src)
-        _confide(env, "sconify", "--from", f"oci:{src}:latest", "--to", f"oci:{out}:latest", "--protect",
-                 "/app/model.txt", "--protect", "/data", "--policy", "app", "--service", "main",
-                 "--policy-out", str(tmp_path / "policy.yaml"), "--key-out", str(tmp_path / "volume.key"),
-                 "--no-runtime-check")  # fmt: skip
+        made = _confide(env, "sconify", "--from", f"oci:{src}:latest", "--to", f"oci:{out}:latest", "--protect",
+                        "/app/model.txt", "--protect", "/data", "--policy", "app", "--service", "main",
+                        "--policy-out", str(tmp_path / "policy.yaml"), "--key-out", str(tmp_path / "volume.key"),
+                        "--no-runtime-check")  # fmt: skip
+        # sconify computed the simulated measurement of `/bin/sh /app/run.sh` in the image (busybox
+        # and the script are the image's; the bind-mounted host /usr is the runtime's Python only)
+        computed = made.stdout.split("measurement: ", 1)[1].split()[0]
         # No plaintext of a protected file in any blob of the output image.
         for blob in (out / "blobs" / "sha256").iterdir():
             import gzip
@@ -125,10 +129,12 @@ def test_sconified_container_runs_with_runc(tmp_path: Path) -> None:
         _prepare_bundle(bundle, inside, [("/usr", "/usr", True), ("/lib", "/lib", True), ("/lib64", "/lib64", True),
                                          (env["CONFIDE_CAS_CERT"], "/cas/cas-cert.pem", True),
                                          (env["CONFIDE_SIM_DIR"], "/cas/sim", True)])  # fmt: skip
+        # ... and it is what the runtime measures in the running container
         measured = _runc(bundle, ["/confide/bin/confide", "sim", "measure", "--", "/bin/sh", "/app/run.sh"])
         assert measured.returncode == 0, measured.stderr
-        measurement = measured.stdout.strip()
-        policy = (tmp_path / "policy.yaml").read_text().replace("00" * 48, measurement)
+        assert measured.stdout.strip() == computed
+        policy = (tmp_path / "policy.yaml").read_text()
+        assert computed in policy and "00" * 48 not in policy  # used as written, nothing replaced
         policy = policy.replace("  environment:\n", "  environment:\n    APP_SECRET: $$SCONE::app_secret$$\n")
         policy += "secrets:\n- name: app_secret\n  kind: ascii\n  size: 12\n"
         (tmp_path / "policy.yaml").write_text(policy)

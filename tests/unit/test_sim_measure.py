@@ -256,3 +256,42 @@ def test_the_current_process_measures_as_its_command_line(tmp_path: Path) -> Non
 def test_current_process_without_proc_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="current process"):
         measure_current_process(proc=tmp_path / "nope")
+
+
+def test_rooted_view_resolves_absolute_symlinks_inside_the_root(tmp_path: Path) -> None:
+    from confide.sim.measure import RootedView
+
+    root = tmp_path / "root"
+    _exe(root / "usr/bin/python3.11", b"\x7fELF inside the root")
+    (root / "usr/bin/python3").symlink_to("/usr/bin/python3.11")  # absolute: from the root
+    (root / "app").mkdir()
+    (root / "app/py").symlink_to("../usr/bin/python3")
+    (root / "app/main.py").write_bytes(b"print(1)\n")
+    m = measure_command(["/app/py", "main.py"], search_path="", cwd="/app", fs=RootedView(root))
+    assert m.executable == "/usr/bin/python3.11"
+    assert m.chain[0].sha384 == hashlib.sha384(b"\x7fELF inside the root").hexdigest()
+    assert [(f.arg, f.path) for f in m.files] == [(1, "/app/main.py")]
+    by_name = measure_command(["python3", "main.py"], search_path="/usr/bin", cwd="/app", fs=RootedView(root))
+    assert by_name.chain == m.chain and by_name.hex != m.hex  # program name differs: py vs python3
+
+
+def test_rooted_view_refuses_to_climb_above_the_root_and_symlink_loops(tmp_path: Path) -> None:
+    from confide.sim.measure import RootedView, RootEscapeError
+
+    root = tmp_path / "root"
+    _exe(tmp_path / "outside", b"\x7fELF outside the root")
+    (root / "bin").mkdir(parents=True)
+    (root / "bin/out").symlink_to("../../outside")
+    with pytest.raises(RootEscapeError, match="climbs above the root"):
+        measure_command(["/bin/out"], search_path="", cwd="/", fs=RootedView(root))
+    # an argument escaping is refused too, not silently left unmeasured
+    _exe(root / "bin/tool", b"\x7fELF tool")
+    with pytest.raises(RootEscapeError):
+        measure_command(["/bin/tool", "../outside"], search_path="", cwd="/", fs=RootedView(root))
+    (root / "bin/a").symlink_to("b")
+    (root / "bin/b").symlink_to("a")
+    with pytest.raises(UsageError, match="cannot resolve"):
+        measure_command(["/bin/a"], search_path="", cwd="/", fs=RootedView(root))
+    # a file below a regular file: ENOTDIR, an unmeasured argument
+    m = measure_command(["/bin/tool", "/bin/tool/x"], search_path="", cwd="/", fs=RootedView(root))
+    assert m.files == ()

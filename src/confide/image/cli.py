@@ -99,6 +99,12 @@ class _RichProgress:
 @click.option("--runtime-check/--no-runtime-check", default=True,
               help="Check the image can run the vendored runtime (python3, architecture, libc).")  # fmt: skip
 @click.option("--tee", default="sim", show_default=True, help="TEE passed to confide run.")
+@click.option(
+    "--measurement",
+    metavar="HEX",
+    help="The measurement to write into the policy template (96 hex digits); without it, --tee sim "
+    "computes the one confide run will report in the image.",
+)
 @click.option("--cas", metavar="URL", help="Apply the policy to this CAS (trusting $CONFIDE_CAS_CERT).")
 @click.option(
     "--identity", "identity_file", type=_PATH, help="With --cas: the identity that signs the policy."
@@ -119,6 +125,7 @@ def sconify_cmd(
     tls_verify: bool,
     runtime_check: bool,
     tee: str,
+    measurement: str | None,
     cas: str | None,
     identity_file: Path | None,
 ) -> None:
@@ -155,12 +162,15 @@ def sconify_cmd(
             platform=platform,
             tls_verify=tls_verify,
             tee=tee,
+            measurement=measurement,
         )
         if sys.stderr.isatty():
             with _RichProgress() as bar:
                 result = sconify(opts, key, progress=bar)
         else:
             result = sconify(opts, key)
+        for warning in result.warnings:
+            click.echo(f"warning: {warning}", err=True)
         text = policy_yaml(result.policy, key, str(opts.src))
         if policy_out is not None:
             _write_private(policy_out, text)
@@ -183,5 +193,7 @@ def sconify_cmd(
     click.echo(
         f"protected: {result.files} files, {result.bytes} bytes; rewritten layers: {result.rewritten_layers}"
     )
+    if result.measurement is not None:
+        click.echo(f"measurement: {result.measurement}")
     if applied is not None:
         click.echo(f"policy {applied['name']}: {applied['hash']} ({applied['state']})")

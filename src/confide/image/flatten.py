@@ -42,6 +42,7 @@ __all__ = [
     "index_layers",
     "is_under",
     "normalize",
+    "read_members",
     "rewrite_layer",
     "tar_mtime_ns",
 ]
@@ -453,3 +454,21 @@ def rewrite_layer(
         dr.verify()
         if progress is not None:
             progress(dr.count - before)
+
+
+def read_members(
+    layer: Layer,
+    wanted: set[int],
+    sink: Callable[[int, IO[bytes], int], None],
+) -> None:
+    """Stream ``layer`` and hand the data of the members whose ordinals are in ``wanted`` to
+    ``sink(ordinal, data, size)`` (for the simulated measurement of the image's command). The
+    digests are checked at the end, as in both passes: the caller must not use what ``sink``
+    received if this raises."""
+    with _layer_stream(layer) as (dr, tf):
+        for ordinal, _path, info in _members(layer, tf):
+            if ordinal in wanted and info.isreg():
+                f = tf.extractfile(info)
+                assert f is not None
+                sink(ordinal, f, info.size)
+        dr.verify()

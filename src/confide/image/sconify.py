@@ -15,7 +15,10 @@ Steps (docs/sconify.md):
    the mount placeholders and ``/confide/sconify.json``. The entrypoint becomes
    ``/confide/bin/confide run --config-id POLICY/SERVICE --tee TEE -- <entrypoint + cmd>``.
 6. The image is written (reproducibly: fixed mtimes, sorted members, gzip mtime 0) and the
-   policy template is returned; a :class:`PolicySink` may apply it.
+   policy template is returned; a :class:`PolicySink` may apply it. Its
+   measurement is ``--measurement``, or with ``--tee sim`` the one ``confide run`` will report
+   in the output image (computed after step 2 by :mod:`confide.image.measure`), or the
+   placeholder with warnings saying why.
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
 from confide.errors import ParseError, StorageError, UsageError
+from confide.evidence.sim import MEASUREMENT_SIZE
 from confide.image.blobs import GZIP, NONE, ZSTD, CompressingWriter, HashingReader, HashingWriter
 from confide.image.flatten import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, FsIndex, Node, index_layers, is_under
 from confide.image.flatten import rewrite_layer as _rewrite
+from confide.image.measure import measure_image_command
 from confide.image.oci import (
     MAX_BLOB,
     MEDIA_OCI_LAYER,
@@ -98,6 +103,8 @@ class SconifyOptions:
     platform: str = "linux/amd64"
     tls_verify: bool = True
     tee: str = "sim"
+    measurement: str | None = None
+    """Written into the template as it is (96 hex digits); None: computed for ``tee == "sim"``."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,9 @@ class SconifyResult:
     files: int
     bytes: int
     rewritten_layers: list[int] = field(default_factory=list)
+    measurement: str | None = None
+    """In the template: given, or computed (``--tee sim``); None: the placeholder is there."""
+    warnings: list[str] = field(default_factory=list)
 
 
 def _roots(opts: SconifyOptions) -> list[tuple[str, Region]]:
@@ -409,6 +419,8 @@ def sconify(
     if not opts.volume_name or not opts.volume_name.replace("-", "").replace("_", "").isalnum():
         raise UsageError(f"volume name: got {opts.volume_name!r}, expected letters, digits, '-' or '_'")
     roots = _roots(opts)
+    if opts.measurement is not None:
+        _given_measurement(opts.measurement)  # refused before any layer is read
     names = [r for r, _ in roots]
     outer = _outer(names)
     image = open_image(opts.src, platform=opts.platform, tls_verify=opts.tls_verify)
@@ -433,6 +445,7 @@ def sconify(
         for r in outer:
             if is_under(real, r) or is_under(python.path.lstrip("/"), r):
                 raise UsageError(f"protected path {'/' + r!r} holds the runtime's interpreter {'/' + real!r}")
+        measurement, warnings = _measurement(opts, image, idx, outer, inner, command)
         if progress is not None:
             progress("rewrite", 0, sum(idx.sizes[i] for i, t in enumerate(idx.touches_protected) if t))
         work = _work_dir(opts.dst)
@@ -499,14 +512,50 @@ def sconify(
             diff_ids.append(diff_id)
         new_cfg = _new_config(cfg, diff_ids, entrypoint, command)
         digest = write_image(store, opts.dst, new_cfg, layers, tls_verify=opts.tls_verify)
-        policy = make_policy(opts, cfg, command, tag, digest, outer, roots)
+        policy = make_policy(opts, cfg, command, tag, digest, outer, roots, measurement=measurement)
         if sink is not None:
             sink.apply(policy)
-        return SconifyResult(digest, tag, policy, command, files, size, rewritten)
+        return SconifyResult(digest, tag, policy, command, files, size, rewritten, measurement, warnings)
     finally:
         image.close()
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _given_measurement(text: str) -> str:
+    value = text.lower()
+    if len(value) != 2 * MEASUREMENT_SIZE or any(c not in "0123456789abcdef" for c in value):
+        raise UsageError(
+            f"--measurement: got {text[:100]!r}, expected {2 * MEASUREMENT_SIZE} hex digits (SHA-384)"
+        )
+    return value
+
+
+def _measurement(
+    opts: SconifyOptions,
+    image: SourceImage,
+    idx: FsIndex,
+    outer: Sequence[str],
+    inner: dict[str, Any],
+    command: list[str],
+) -> tuple[str | None, list[str]]:
+    """The measurement for the template and the warnings about it (docs/sconify.md, "The
+    measurement"): ``--measurement`` as given; for ``--tee sim`` what ``confide run`` will
+    measure in the output image; otherwise none (the placeholder)."""
+    if opts.measurement is not None:
+        return _given_measurement(opts.measurement), []
+    if opts.tee != "sim":
+        return None, []
+    result = measure_image_command(image.layers, idx, outer, inner, command)
+    warnings = list(result.warnings)
+    if result.measurement is None:
+        warnings.append(
+            "the policy template keeps the placeholder measurement (it matches nothing): replace it "
+            "with the output of `confide sim measure -- COMMAND` run in the container, "
+            "or give --measurement HEX"
+        )
+        return None, warnings
+    return result.measurement.hex, warnings
 
 
 def _new_config(
@@ -541,6 +590,8 @@ def make_policy(
     outer: Sequence[str],
     roots: Sequence[tuple[str, Region]],
     key_hex: str | None = None,
+    *,
+    measurement: str | None = None,
 ) -> dict[str, Any]:
     """The policy template in the SCONE session language (``docs/policy.md``): the service with
     the image's command, environment and working directory; the volume with its current tag
@@ -562,7 +613,7 @@ def make_policy(
                 "command": shlex.join(command),
                 "environment": env,
                 "pwd": inner.get("WorkingDir") or "/",
-                "attestation": [{opts.tee: {"measurement": PLACEHOLDER_MEASUREMENT}}],
+                "attestation": [{opts.tee: {"measurement": measurement or PLACEHOLDER_MEASUREMENT}}],
             }
         ],
         "volumes": [{"name": opts.volume_name, "fspf_tag": tag}],
@@ -589,13 +640,19 @@ def policy_yaml(policy: dict[str, Any], key: VolumeKey, source: str) -> str:
     vol.insert(1, "fspf_key", key.hex())
     doc["volumes"][0] = vol
     svc = CommentedMap(doc["services"][0])
-    svc.yaml_set_comment_before_after_key(
-        "attestation",
-        before="REPLACE the measurement with the one of the TEE running this image\n"
-        "(for the simulator: `confide sim measure -- <command>` inside the image); "
-        "the placeholder matches nothing.",
-        indent=4,
-    )
+    measured = [m for a in svc.get("attestation") or [] for t in a.values() if (m := t.get("measurement"))]
+    if measured and measured[0] != PLACEHOLDER_MEASUREMENT:
+        comment = (
+            "The measurement of the command that `confide run --tee sim` will report in this image\n"
+            "(computed by sconify, or given with --measurement)."
+        )
+    else:
+        comment = (
+            "REPLACE the measurement with the one of the TEE running this image\n"
+            "(for the simulator: `confide sim measure -- <command>` inside the image); "
+            "the placeholder matches nothing."
+        )
+    svc.yaml_set_comment_before_after_key("attestation", before=comment, indent=4)
     doc["services"][0] = svc
     yaml = YAML()
     yaml.default_flow_style = False

@@ -11,7 +11,7 @@ import click
 
 from confide.errors import UsageError
 from confide.evidence.sim import REPORT_DATA_SIZE
-from confide.sim.measure import measure_command
+from confide.sim.measure import RootedView, measure_command
 from confide.sim.platform import PUBLIC_KEY_FILE, SimPlatform
 
 __all__ = ["parse_report_data", "sim"]
@@ -62,10 +62,20 @@ def sim_init(directory: Path) -> None:
 
 @sim.command("measure", context_settings=_COMMAND_CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print the measurement with its manifest as JSON.")
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Measure in this directory taken as / (an unpacked image's rootfs), as root would see it "
+    "there: symlinks resolved inside it; PATH is still $PATH.",
+)
+@click.option("--cwd", metavar="DIR", help="Working directory (with --root: a path inside it; default /).")
 @_command_argument
-def sim_measure(as_json: bool, command: tuple[str, ...]) -> None:
+def sim_measure(as_json: bool, root: Path | None, cwd: str | None, command: tuple[str, ...]) -> None:
     """Print the measurement the simulated TEE reports for `-- CMD [ARGS]` (lower-case hex)."""
-    measurement = measure_command(command)
+    if root is not None:
+        measurement = measure_command(command, cwd=cwd or "/", fs=RootedView(root))
+    else:
+        measurement = measure_command(command, cwd=cwd)
     if as_json:
         click.echo(json.dumps(measurement.to_json(), indent=2))
     else:

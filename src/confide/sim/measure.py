@@ -24,10 +24,16 @@ The measurement is SHA-384 over the canonical JSON (sorted keys, no white space,
 installed elsewhere measures the same. Not covered: shared libraries and the dynamic loader,
 files the program opens that are not named on its command line, the environment, the working
 directory. ``confide sim measure --json`` prints the manifest next to the paths it came from.
+
+The rules apply to a :class:`FileView`: the host (:class:`HostView`, the default), a directory
+taken as the root (:class:`RootedView`, ``sim measure --root``) or an image's tree (sconify,
+``confide.image.measure``); rooted views resolve symlinks inside the root and refuse ``..``
+above it (docs/simulator.md, "Other file systems").
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -35,7 +41,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol
 
 from confide.errors import UsageError
 from confide.evidence.sim import MEASUREMENT_SIZE
@@ -45,8 +51,15 @@ __all__ = [
     "MANIFEST_VERSION",
     "ArgumentFile",
     "ChainLink",
+    "FileView",
+    "HostView",
     "Measurement",
+    "RootEscapeError",
+    "RootedView",
+    "TreeEntry",
+    "TreeView",
     "canonical_json",
+    "hash_stream",
     "measure_command",
     "measure_current_process",
     "resolve_command",
@@ -131,69 +144,235 @@ def _manifest(
     }
 
 
-def _hash_file(path: Path) -> tuple[str, bytes]:
-    """SHA-384 of the file and its first BINPRM_BUF_SIZE bytes."""
+class FileView(Protocol):
+    """The file system a command is measured in: the host's (:class:`HostView`), a directory
+    taken as the root (:class:`RootedView`), or an image's final tree (``confide.image.measure``).
+
+    Paths are POSIX text; ``real_path`` returns the path with every symbolic link resolved, as
+    the view names it (host paths for the host, paths inside the root for a rooted view).
+    """
+
+    def real_path(self, path: str, cwd: str) -> str:
+        """``path`` (relative to ``cwd``) with every symlink followed; ``OSError`` if missing."""
+        ...
+
+    def mode(self, real: str) -> int:
+        """``st_mode`` of a resolved path; ``OSError`` if missing."""
+        ...
+
+    def executable(self, real: str) -> bool:
+        """Whether the measuring process may execute the resolved regular file."""
+        ...
+
+    def digest(self, real: str) -> tuple[str, bytes]:
+        """SHA-384 (hex) of the resolved file and its first ``BINPRM_BUF_SIZE`` bytes."""
+        ...
+
+
+def hash_stream(fh: IO[bytes]) -> tuple[str, bytes]:
+    """SHA-384 (hex) of a stream's bytes and its first ``BINPRM_BUF_SIZE`` bytes."""
     h = hashlib.sha384()
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(BINPRM_BUF_SIZE)
-            h.update(head)
-            while chunk := fh.read(_CHUNK):
-                h.update(chunk)
-    except OSError as exc:
-        raise UsageError(f"cannot read {str(path)!r} to measure it: {exc.strerror or exc}") from None
+    head = fh.read(BINPRM_BUF_SIZE)
+    h.update(head)
+    while chunk := fh.read(_CHUNK):
+        h.update(chunk)
     return h.hexdigest(), head
 
 
-def _real_file(path: Path, what: str) -> Path:
+class HostView:
+    """The host's file system as the measuring process sees it (``confide run``, ``sim measure``)."""
+
+    def real_path(self, path: str, cwd: str) -> str:
+        return os.path.realpath(os.path.join(cwd, path), strict=True)
+
+    def mode(self, real: str) -> int:
+        return os.stat(real).st_mode
+
+    def executable(self, real: str) -> bool:
+        return os.access(real, os.X_OK)
+
+    def digest(self, real: str) -> tuple[str, bytes]:
+        with open(real, "rb") as fh:
+            return hash_stream(fh)
+
+
+MAX_SYMLINKS = 40
+"""Linux include/linux/namei.h MAXSYMLINKS: symlinks followed in one path walk (ELOOP past it)."""
+
+
+class RootEscapeError(UsageError):
+    """A path of a rooted view that climbs above its root (``..`` at ``/``, e.g. via a symlink)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TreeEntry:
+    """What a rooted view knows of one path (``lstat``: symlinks not followed)."""
+
+    mode: int  # st_mode, with the file type bits
+    link: str = ""  # a symlink's target
+
+
+class TreeView:
+    """A file tree taken as the root ``/``, as ``chroot`` would show it to a process running as
+    root: absolute symlinks are resolved from the tree's root, nothing outside the tree is read,
+    and a path climbing above the root (``..`` at ``/``, e.g. through a relative symlink) is
+    refused (:class:`RootEscapeError`) rather than clamped as the kernel would. Execute
+    permission is root's: a regular file with any execute bit.
+
+    A subclass provides :meth:`lstat` (of a symlink-free absolute path), :meth:`digest` and
+    :meth:`describe`: :class:`RootedView` for a directory, ``confide.image.measure`` for an
+    image's tree."""
+
+    def lstat(self, path: str) -> TreeEntry | None:
+        raise NotImplementedError
+
+    def digest(self, real: str) -> tuple[str, bytes]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def real_path(self, path: str, cwd: str) -> str:
+        """Resolve component by component (Linux fs/namei.c path walk, inside the root)."""
+        if not path:
+            raise FileNotFoundError(errno.ENOENT, "empty path")
+        pending = (path if path.startswith("/") else f"{cwd}/{path}").split("/")
+        pending.reverse()  # a stack: the next component last
+        done: list[str] = []
+        links = 0
+        while pending:
+            part = pending.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not done:
+                    raise RootEscapeError(f"{path!r} climbs above the root of {self.describe()}")
+                done.pop()
+                continue
+            here = "/" + "/".join([*done, part])
+            entry = self.lstat(here)
+            if entry is None:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), here)
+            if stat.S_ISLNK(entry.mode):
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), here)
+                if entry.link.startswith("/"):
+                    done = []
+                pending.extend(reversed(entry.link.split("/")))
+                continue
+            if any(p not in ("", ".") for p in pending) and not stat.S_ISDIR(entry.mode):
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), here)
+            done.append(part)
+        return "/" + "/".join(done)
+
+    def mode(self, real: str) -> int:
+        entry = self.lstat(real)
+        if entry is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), real)
+        return entry.mode
+
+    def executable(self, real: str) -> bool:
+        # root may execute a regular file with any execute bit (Linux generic_permission,
+        # CAP_DAC_OVERRIDE)
+        mode = self.mode(real)
+        return stat.S_ISREG(mode) and mode & 0o111 != 0
+
+
+class RootedView(TreeView):
+    """A directory (an unpacked image's rootfs) as the root ``/`` (see :class:`TreeView`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def lstat(self, path: str) -> TreeEntry | None:
+        host = self.root / path.lstrip("/")
+        try:
+            st = os.lstat(host)
+            link = os.readlink(host) if stat.S_ISLNK(st.st_mode) else ""
+        except FileNotFoundError:
+            return None
+        return TreeEntry(st.st_mode, link)
+
+    def digest(self, real: str) -> tuple[str, bytes]:
+        fd = os.open(self.root / real.lstrip("/"), os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as fh:
+            return hash_stream(fh)
+
+    def describe(self) -> str:
+        return str(self.root)
+
+
+_HOST = HostView()
+
+
+def _hash_file(fs: FileView, path: str) -> tuple[str, bytes]:
+    """SHA-384 of the file and its first BINPRM_BUF_SIZE bytes."""
     try:
-        real = Path(os.path.realpath(path, strict=True))
-        mode = real.stat().st_mode
+        return fs.digest(path)
     except OSError as exc:
-        raise UsageError(f"{what}: cannot resolve {str(path)!r}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read {path!r} to measure it: {exc.strerror or exc}") from None
+
+
+def _real_file(fs: FileView, path: str, cwd: str, what: str) -> str:
+    try:
+        real = fs.real_path(path, cwd)
+        mode = fs.mode(real)
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot resolve {path!r}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(mode):
-        raise UsageError(f"{what}: got {str(real)!r}, expected a regular file")
-    if not os.access(real, os.X_OK):
-        raise UsageError(f"{what}: {str(real)!r} is not executable")
+        raise UsageError(f"{what}: got {real!r}, expected a regular file")
+    if not fs.executable(real):
+        raise UsageError(f"{what}: {real!r} is not executable")
     return real
 
 
-def resolve_command(name: str, *, search_path: str | None = None, cwd: Path | None = None) -> Path:
+def resolve_command(
+    name: str, *, search_path: str | None = None, cwd: Path | str | None = None, fs: FileView | None = None
+) -> Path:
     """Resolve a command name as ``execvp`` does; returns the real (symlink-free) path.
 
     ``search_path`` defaults to ``$PATH`` (``os.defpath`` when unset); empty entries mean the
-    working directory, as in POSIX.
+    working directory, as in POSIX. ``fs`` is the file system to look in (default: the host's).
     """
-    base = cwd if cwd is not None else Path.cwd()
+    view = fs if fs is not None else _HOST
+    return Path(_resolve(view, name, search_path, _cwd(cwd)))
+
+
+def _cwd(cwd: Path | str | None) -> str:
+    return str(cwd) if cwd is not None else os.getcwd()
+
+
+def _resolve(fs: FileView, name: str, search_path: str | None, base: str) -> str:
     if not name:
         raise UsageError("got an empty command name, expected a program")
     if "/" in name:
-        return _real_file(base / name, "command")
+        return _real_file(fs, name, base, "command")
     dirs = search_path if search_path is not None else os.environ.get("PATH", os.defpath)
     for entry in dirs.split(os.pathsep):
-        candidate = base / (entry or ".") / name
         try:
-            if stat.S_ISREG(candidate.stat().st_mode) and os.access(candidate, os.X_OK):
-                return _real_file(candidate, "command")
+            candidate = fs.real_path(f"{entry or '.'}/{name}", base)
+            if stat.S_ISREG(fs.mode(candidate)) and fs.executable(candidate):
+                return _real_file(fs, candidate, base, "command")
         except OSError:
             continue
     raise UsageError(f"command: got {name!r}, expected a program found in PATH ({dirs})")
 
 
-def _parse_shebang(head: bytes, path: Path) -> tuple[str, str | None]:
+def _parse_shebang(head: bytes, path: str) -> tuple[str, str | None]:
     """Interpreter and optional argument of a ``#!`` line (Linux fs/binfmt_script.c rules)."""
     line, newline, _ = head[2:].partition(b"\n")
     if not newline and len(head) >= BINPRM_BUF_SIZE:
-        raise UsageError(f"{str(path)!r}: #! line longer than {BINPRM_BUF_SIZE} bytes")
+        raise UsageError(f"{path!r}: #! line longer than {BINPRM_BUF_SIZE} bytes")
     line = line.strip(b" \t")
     if not line:
-        raise UsageError(f"{str(path)!r}: got an empty #! line, expected an interpreter")
+        raise UsageError(f"{path!r}: got an empty #! line, expected an interpreter")
     interpreter, _, rest = line.replace(b"\t", b" ").partition(b" ")
     arg = rest.strip(b" \t")
     return os.fsdecode(interpreter), (os.fsdecode(arg) if arg else None)
 
 
-def _env_target(arg: str | None, path: Path) -> str | None:
+def _env_target(arg: str | None, path: str) -> str | None:
     """The program ``#!/usr/bin/env ARG`` starts, or None if env was given none."""
     if arg is None:
         return None
@@ -202,7 +381,7 @@ def _env_target(arg: str | None, path: Path) -> str | None:
         if "=" in token and not token.startswith("-"):
             continue  # NAME=VALUE assignment
         if token.startswith("-") or any(c.isspace() for c in token):
-            raise UsageError(f"{str(path)!r}: env option {token!r} in the #! line is not supported")
+            raise UsageError(f"{path!r}: env option {token!r} in the #! line is not supported")
         return token
     return None
 
@@ -221,51 +400,79 @@ def _env_command(args: Sequence[str]) -> str | None:
 
 
 def _walk_chain(
-    program: Path, *, search_path: str | None, cwd: Path, chain: list[ChainLink], role: str, depth: int
+    fs: FileView,
+    program: str,
+    *,
+    search_path: str | None,
+    cwd: str,
+    chain: list[ChainLink],
+    role: str,
+    depth: int,
 ) -> None:
-    digest, head = _hash_file(program)
-    chain.append(ChainLink(role=role, path=str(program), sha384=digest))
+    digest, head = _hash_file(fs, program)
+    chain.append(ChainLink(role=role, path=program, sha384=digest))
     if not head.startswith(b"#!"):
         return
     if depth >= MAX_INTERPRETER_DEPTH:
-        raise UsageError(f"{str(program)!r}: more than {MAX_INTERPRETER_DEPTH} levels of #! interpreters")
+        raise UsageError(f"{program!r}: more than {MAX_INTERPRETER_DEPTH} levels of #! interpreters")
     interpreter_name, arg = _parse_shebang(head, program)
-    interpreter = _real_file(cwd / interpreter_name, f"#! interpreter of {str(program)!r}")
+    interpreter = _real_file(fs, interpreter_name, cwd, f"#! interpreter of {program!r}")
     _walk_chain(
-        interpreter, search_path=search_path, cwd=cwd, chain=chain, role="interpreter", depth=depth + 1
+        fs, interpreter, search_path=search_path, cwd=cwd, chain=chain, role="interpreter", depth=depth + 1
     )
-    if os.path.basename(interpreter_name) == "env" or interpreter.name == "env":
+    if os.path.basename(interpreter_name) == "env" or os.path.basename(interpreter) == "env":
         target = _env_target(arg, program)
         if target is not None:
-            resolved = resolve_command(target, search_path=search_path, cwd=cwd)
+            resolved = _resolve(fs, target, search_path, cwd)
             _walk_chain(
-                resolved, search_path=search_path, cwd=cwd, chain=chain, role="env-target", depth=depth + 1
+                fs,
+                resolved,
+                search_path=search_path,
+                cwd=cwd,
+                chain=chain,
+                role="env-target",
+                depth=depth + 1,
             )
 
 
-def _argument_file(arg: str, cwd: Path) -> Path | None:
+def _argument_file(fs: FileView, arg: str, cwd: str) -> str | None:
     if not arg:
         return None
     try:
-        real = Path(os.path.realpath(cwd / arg, strict=True))
-        if not stat.S_ISREG(real.stat().st_mode):
+        real = fs.real_path(arg, cwd)
+        if not stat.S_ISREG(fs.mode(real)):
             return None
     except (OSError, ValueError):
         return None
-    if any(real.is_relative_to(tree) for tree in _EXCLUDED_TREES):
+    if any(is_under(real, tree) for tree in _EXCLUDED_TREES):
         return None
     return real
 
 
+def is_under(path: str, tree: str) -> bool:
+    """Whether the absolute ``path`` is ``tree`` or below it."""
+    return path == tree or path.startswith(tree.rstrip("/") + "/")
+
+
 def measure_command(
-    argv: Sequence[str], *, search_path: str | None = None, cwd: Path | None = None
+    argv: Sequence[str],
+    *,
+    search_path: str | None = None,
+    cwd: Path | str | None = None,
+    fs: FileView | None = None,
 ) -> Measurement:
-    """Measure the launch of ``argv`` (see the module documentation for what is covered)."""
+    """Measure the launch of ``argv`` (see the module documentation for what is covered).
+
+    ``fs`` is the file system the command is resolved and read in: the host's by default, or
+    a :class:`RootedView` (an unpacked image) or an image's tree (``confide.image.measure``);
+    ``cwd`` is then a path inside that view.
+    """
     if not argv:
         raise UsageError("got no command, expected CMD [ARGS...]")
-    base = cwd if cwd is not None else Path.cwd()
-    program = resolve_command(argv[0], search_path=search_path, cwd=base)
-    return _measure(tuple(argv), program, search_path=search_path, cwd=base)
+    view = fs if fs is not None else _HOST
+    base = _cwd(cwd)
+    program = _resolve(view, argv[0], search_path, base)
+    return _measure(view, tuple(argv), program, search_path=search_path, cwd=base)
 
 
 def measure_current_process(*, proc: Path = Path("/proc/self")) -> Measurement:
@@ -283,24 +490,25 @@ def measure_current_process(*, proc: Path = Path("/proc/self")) -> Measurement:
             f"cannot read the current process from {str(proc)!r}: {exc.strerror or exc}"
         ) from None
     argv = tuple(os.fsdecode(a) for a in raw.split(b"\0")[:-1]) or (program.name,)
-    return _measure(argv, program, search_path=None, cwd=Path.cwd())
+    return _measure(_HOST, argv, str(program), search_path=None, cwd=os.getcwd())
 
 
-def _measure(argv: tuple[str, ...], program: Path, *, search_path: str | None, cwd: Path) -> Measurement:
-    base = cwd
+def _measure(
+    fs: FileView, argv: tuple[str, ...], program: str, *, search_path: str | None, cwd: str
+) -> Measurement:
     chain: list[ChainLink] = []
-    _walk_chain(program, search_path=search_path, cwd=base, chain=chain, role="program", depth=0)
-    if os.path.basename(argv[0]) == "env" or program.name == "env":
+    _walk_chain(fs, program, search_path=search_path, cwd=cwd, chain=chain, role="program", depth=0)
+    if os.path.basename(argv[0]) == "env" or os.path.basename(program) == "env":
         target = _env_command(argv[1:])
         if target is not None:
-            resolved = resolve_command(target, search_path=search_path, cwd=base)
-            _walk_chain(resolved, search_path=search_path, cwd=base, chain=chain, role="env-target", depth=1)
+            resolved = _resolve(fs, target, search_path, cwd)
+            _walk_chain(
+                fs, resolved, search_path=search_path, cwd=cwd, chain=chain, role="env-target", depth=1
+            )
     files: list[ArgumentFile] = []
     for index, arg in enumerate(argv[1:], start=1):
-        real = _argument_file(arg, base)
+        real = _argument_file(fs, arg, cwd)
         if real is not None:
-            files.append(ArgumentFile(arg=index, path=str(real), sha384=_hash_file(real)[0]))
+            files.append(ArgumentFile(arg=index, path=real, sha384=_hash_file(fs, real)[0]))
     digest = hashlib.sha384(canonical_json(_manifest(argv, chain, files))).digest()
-    return Measurement(
-        digest=digest, executable=str(program), argv=argv, chain=tuple(chain), files=tuple(files)
-    )
+    return Measurement(digest=digest, executable=program, argv=argv, chain=tuple(chain), files=tuple(files))
