@@ -358,15 +358,22 @@ class EventSink:
 
 
 def insert_events(
-    conn: Connection, first: int, events_: Sequence[tuple[str, str | None, dict[str, Any]]]
+    conn: Connection,
+    first: int,
+    events_: Sequence[tuple[str, str | None, dict[str, Any]]],
+    payloads: Sequence[str] | None = None,
 ) -> None:
+    """The ``events`` rows of ``events_``; ``payloads``: their payloads as JSON text already
+    (the ledger entries' canonical JSON), else written here."""
     now = time.time()
+    if payloads is None:
+        payloads = [json.dumps(payload, sort_keys=True) for _, _, payload in events_]
     raw_executemany(
         conn,
         "INSERT INTO events (seq, at, type, policy, payload) VALUES (?, ?, ?, ?, ?)",
         [
-            (first + i, now, type_, policy, json.dumps(payload, sort_keys=True))
-            for i, (type_, policy, payload) in enumerate(events_)
+            (first + i, now, type_, policy, text)
+            for i, ((type_, policy, _), text) in enumerate(zip(events_, payloads, strict=True))
         ],
     )
 

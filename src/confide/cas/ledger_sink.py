@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from confide.cas.db import EventSink, insert_events, raw_connection
-from confide.ledger.encoding import Entry, EntryType
+from confide.ledger.encoding import Entry, EntryType, format_time
 from confide.ledger.store import Ledger
 
 __all__ = ["ENTRY_TYPES", "LedgerEventSink"]
@@ -47,11 +47,13 @@ class LedgerEventSink(EventSink):
         self.ledger = Ledger()
 
     def record_many(self, conn: Connection, events: Sequence[tuple[str, str | None, dict[str, Any]]]) -> int:
-        now = datetime.now(UTC)
-        entries = [
-            Entry.create(ENTRY_TYPES[type_], now, payload, policy).to_bytes()
-            for type_, policy, payload in events
-        ]
+        at = format_time(datetime.now(UTC))  # one time for the events of one change
+        entries, payloads = [], []
+        for type_, policy, payload in events:
+            entry, payload_json = Entry(ENTRY_TYPES[type_], at, policy, payload).encoded()
+            entries.append(entry)
+            payloads.append(payload_json.decode("utf-8"))
         first = self.ledger.append_batch(raw_connection(conn), entries) + 1
-        insert_events(conn, first, events)
+        # the events index keeps the payload as the entry has it (canonical JSON)
+        insert_events(conn, first, events, payloads)
         return first
