@@ -10,7 +10,7 @@ generation, evidence and decryption). Prints the instructions per flow of the ev
 (nonce, attestation) and of the writer thread, and their sum.
 
 The group commit's pacing is wall-clock (8 ms in ``cas serve``); under valgrind, which runs
-~50–100× slower, the harness uses ``--commit-interval`` (default 1 s) with ``--concurrency``
+~50–100× slower, the harness uses ``--commit-interval`` (default 3 s) with ``--concurrency``
 (default 8) concurrent flows, so each transaction holds about as many attestations as in the
 served benchmark (7–8) and the batches do not depend on the timing. Instructions are not time:
 a cache miss or a system call's time in the kernel is not counted, so this measures the
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=200, help="measured flows")
     parser.add_argument("--warmup", type=int, default=100, help="flows before counting")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--commit-interval", type=float, default=1.0)
+    parser.add_argument("--commit-interval", type=float, default=3.0)
     parser.add_argument("--keep", help="keep callgrind's output files in this directory")
     parser.add_argument("profile_args", nargs="*", help="more arguments for attest_profile.py (after --)")
     args = parser.parse_args()
