@@ -252,14 +252,31 @@ class _Miss(Exception):
     """Phase 1 asked a snapshot for something it does not hold (read it afresh)."""
 
 
+# A renewal check of a rendering: ("secret", policy, its Secret spec, version, public) or
+# ("crl", policy, CA, this_update, next_update); made again whenever the rendering is reused.
+_Due = tuple[str, str, Any, Any, Any]
+
+
+class _Rendered(NamedTuple):
+    """A service's rendered configuration, what it releases and its volume rows (``frozen``),
+    and the renewal checks it made: a function of the answers it read alone (nothing issued to
+    the runtime's key), so it is reused with them."""
+
+    config: dict[str, Any]
+    released: list[Any]
+    frozen: tuple[tuple[object, ...], ...]
+    dues: tuple[_Due, ...]
+
+
 class _Snapshot(NamedTuple):
-    """What a phase 1 read of the CAS's state, in one read transaction: every answer (by
-    :meth:`_Reads.key`) and the policy versions it loaded. Kept by (policy, service); its
-    ``head`` is the policy's (hash, revision) it was read at."""
+    """What a phase 1 read of the CAS's state, in one read transaction: every answer (by key:
+    see :class:`_Reads`) and the policy versions it loaded, and its rendering when that can be
+    reused. Kept by (policy, service); ``head`` is the policy's (hash, revision) it was read at."""
 
     head: tuple[str, int]
     answers: dict[tuple[str, str, str], Any]
     policies: dict[tuple[str, str], Policy]
+    rendered: _Rendered | None
 
 
 class _Reads:
@@ -269,12 +286,13 @@ class _Reads:
     inside its write transaction (:meth:`current`), so a release is only ever made from answers
     that are the current state at commit (docs/cas.md "Phase 1 from a snapshot")."""
 
-    __slots__ = ("cas", "conn", "got", "policies", "source")
+    __slots__ = ("cas", "conn", "dues", "got", "policies", "source")
 
     def __init__(self, cas: Cas, conn: Connection | None, source: _Snapshot | None = None) -> None:
         self.cas, self.conn, self.source = cas, conn, source
         self.got: dict[tuple[str, str, str], Any] = {}
         self.policies: dict[tuple[str, str], Policy] = {}
+        self.dues: list[_Due] = []  # the renewal checks the rendering made
 
     def _ask(self, key: tuple[str, str, str]) -> Any:
         if key in self.got:
@@ -326,13 +344,13 @@ class _Reads:
         """Whether every answer this phase 1 used is still the database's (read in ``conn``)."""
         return all(_query(self.cas, conn, key) == value for key, value in self.got.items())
 
-    def snapshot(self, policy: str) -> _Snapshot | None:
+    def snapshot(self, policy: str, rendered: _Rendered | None) -> _Snapshot | None:
         """These answers as a snapshot, when they were read in one transaction (not from a
         snapshot) and ``policy`` exists."""
         head = self.got.get(("head", policy, ""))
         if self.source is not None or head is None:
             return None
-        return _Snapshot(head, dict(self.got), dict(self.policies))
+        return _Snapshot(head, dict(self.got), dict(self.policies), rendered)
 
 
 def _query(cas: Cas, conn: Connection, key: tuple[str, str, str]) -> Any:
@@ -1469,7 +1487,11 @@ class Cas:
             with self.db.read() as conn:
                 reads = _Reads(self, conn)
                 self._appraise_and_render(pending, reads)
-            kept = reads.snapshot(policy_name)
+            rendered = None
+            if not pending.issued:  # else the rendering depends on the runtime's key
+                frozen = tuple(pending.frozen)
+                rendered = _Rendered(pending.config, pending.released, frozen, tuple(reads.dues))
+            kept = reads.snapshot(policy_name, rendered)
             if kept is not None and pending.refused is None:
                 # only a rendered release is kept: requests naming a policy or service that
                 # does not exist cannot fill the cache
@@ -1519,11 +1541,33 @@ class Cas:
                     f"{len(result.reasons)} mismatch(es): " + "; ".join(str(r) for r in result.reasons),
                     problems=[str(r) for r in result.reasons],
                 )
+            source = reads.source
+            if source is not None and source.rendered is not None:
+                # The snapshot's rendering, made from the same answers (all of which phase 2
+                # checks again); only its renewal checks depend on the time.
+                config, released, frozen, dues = source.rendered
+                self._check_dues(dues)
+                reads.got.update(source.answers)
+                reads.policies.update(source.policies)
+                pending.config, pending.released = dict(config), list(released)
+                pending.frozen.extend(frozen)
+                return
             pending.config, pending.released = self._render(
                 reads, policy, head[0], service, pending.runtime_key, pending.frozen, pending.issued
             )
         except ConfideError as exc:
             pending.refused = exc
+
+    def _check_dues(self, dues: tuple[_Due, ...]) -> None:
+        """The renewal checks a rendering made, again: :class:`RenewalDue` for the first
+        certificate or CRL due now (docs/cas.md "Certificate renewal")."""
+        now = self.clock()
+        for kind, owner, what, a, b in dues:
+            if kind == "secret":
+                if self.renewals.due_at(owner, what, a, b) <= now:
+                    raise RenewalDue(owner, what.name)
+            elif crl_due(a, b, now):
+                raise RenewalDue(owner, what)
 
     def _verify_gpus(
         self,
@@ -1577,10 +1621,10 @@ class Cas:
             row = reads.secret(policy.name, name)
             if row is None:
                 raise PolicyError(f"secret {name} of {policy.name} has no value")
-            if row.kind in CERTIFICATE_KINDS and (
-                self.renewals.due_at(policy.name, spec, row.version, row.public) <= self.clock()
-            ):
-                raise RenewalDue(policy.name, name)
+            if row.kind in CERTIFICATE_KINDS:
+                reads.dues.append(("secret", policy.name, spec, row.version, row.public))
+                if self.renewals.due_at(policy.name, spec, row.version, row.public) <= self.clock():
+                    raise RenewalDue(policy.name, name)
             return self._unseal(row), {
                 "policy": policy.name,
                 "name": name,
@@ -1605,10 +1649,10 @@ class Cas:
         row = reads.secret(imp.session, imp.secret)
         if row is None:
             raise PolicyError(f"import {name}: {imp.session}/{imp.secret} has no value")
-        if row.kind in CERTIFICATE_KINDS and (
-            self.renewals.due_at(imp.session, exported, row.version, row.public) <= self.clock()
-        ):
-            raise RenewalDue(imp.session, imp.secret)  # importers receive the renewed version
+        if row.kind in CERTIFICATE_KINDS:
+            reads.dues.append(("secret", imp.session, exported, row.version, row.public))
+            if self.renewals.due_at(imp.session, exported, row.version, row.public) <= self.clock():
+                raise RenewalDue(imp.session, imp.secret)  # importers receive the renewed version
         value = self._unseal(row)
         if public_only:
             try:
@@ -1763,6 +1807,7 @@ class Cas:
         row = reads.crl(owner, ca)
         if row is None or crl_due(row.this_update, row.next_update, self.clock()):
             raise RenewalDue(owner, ca)
+        reads.dues.append(("crl", owner, ca, row.this_update, row.next_update))
         return row.der
 
     def crl_base(self, policy: Policy, spec: Secret) -> str | None:
