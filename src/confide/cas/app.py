@@ -85,6 +85,8 @@ def create_app(
     attestations = Counter(
         "confide_attestations_total", "Attestation outcomes", ["verdict"], registry=registry
     )
+    # labels() takes a lock and builds a tuple: the two children once
+    accepted, refused = attestations.labels("accepted"), attestations.labels("refused")
     latency = Histogram("confide_request_seconds", "Request latency", ["route"], registry=registry)
 
     writer = WriteBatcher(cas.db)
@@ -305,9 +307,9 @@ def create_app(
         try:
             out = pending.result()
         except ConfideError:
-            attestations.labels("refused").inc()
+            refused.inc()
             raise
-        attestations.labels("accepted").inc()
+        accepted.inc()
         return JSONResponse(out)
 
     @app.post("/v1/volumes/tag")

@@ -341,8 +341,18 @@ class _Reads:
         return found
 
     def current(self, conn: Connection) -> bool:
-        """Whether every answer this phase 1 used is still the database's (read in ``conn``)."""
-        return all(_query(self.cas, conn, key) == value for key, value in self.got.items())
+        """Whether every answer this phase 1 used is still the database's (read in ``conn``, a
+        write transaction). Each answer is read once per transaction: the attestations of a
+        group commit share it (they write none of these rows, and the write lock keeps every
+        other writer out until the commit)."""
+        answers = self.cas._answers_in(conn)
+        for key, value in self.got.items():
+            now = answers.get(key, _UNREAD)
+            if now is _UNREAD:
+                now = answers[key] = _query(self.cas, conn, key)
+            if now != value:
+                return False
+        return True
 
     def snapshot(self, policy: str, rendered: _Rendered | None) -> _Snapshot | None:
         """These answers as a snapshot, when they were read in one transaction (not from a
@@ -351,6 +361,9 @@ class _Reads:
         if self.source is not None or head is None:
             return None
         return _Snapshot(head, dict(self.got), dict(self.policies), rendered)
+
+
+_UNREAD = object()
 
 
 def _query(cas: Cas, conn: Connection, key: tuple[str, str, str]) -> Any:
@@ -468,6 +481,8 @@ class Cas:
         self._unsealed: Lru[tuple[str, str, int, bytes], SecretValue] = Lru(1024)
         # What phase 1 read, by (policy, service) (docs/cas.md "Phase 1 from a snapshot").
         self._snapshots: Lru[tuple[str, str], _Snapshot] = Lru(SNAPSHOTS)
+        # The answers phase 2 read in the current write transaction (_Reads.current).
+        self._txn_answers: tuple[object, dict[tuple[str, str, str], Any]] = (None, {})
         self._next_sweep = 0.0
         self.renewals = RenewalSchedule()
 
@@ -1050,6 +1065,17 @@ class Cas:
             seen.add((imp.session, imp.volume))
             importer, importer_hash, volume = exporter, exporter_hash, imp.volume
 
+    def _answers_in(self, conn: Connection) -> dict[tuple[str, str, str], Any]:
+        """The answers read so far in ``conn``'s current transaction (a new dict per
+        transaction: the entry holds the transaction object, so its identity is not reused)."""
+        txn = conn.get_transaction()
+        entry = self._txn_answers
+        if txn is None or entry[0] is not txn:
+            entry = (txn, {})
+            if txn is not None:
+                self._txn_answers = entry
+        return entry[1]
+
     def _unseal(self, row: SecretRow) -> SecretValue:
         """A secret row's value for a release: unsealed on first use, then from memory."""
         key = (row.policy, row.name, row.version, row.sealed)
@@ -1314,7 +1340,8 @@ class Cas:
         return (body + self._nonce_mac(body)).hex()
 
     def _nonce_mac(self, body: bytes) -> bytes:
-        return hmac.new(self.nonce_key, body, hashlib.sha256).digest()[:8]
+        # hmac.digest: the one-shot HMAC (OpenSSL's), the same bytes as hmac.new(...).digest()
+        return hmac.digest(self.nonce_key, body, "sha256")[:8]
 
     def _check_nonce_mac(self, nonce: bytes) -> float:
         if len(nonce) != 32 or not hmac.compare_digest(self._nonce_mac(nonce[:24]), nonce[24:]):
