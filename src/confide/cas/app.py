@@ -58,6 +58,10 @@ def status_for(exc: ConfideError) -> int:
     return 500
 
 
+# What phase 1 is handed when nothing was fetched for it (Prefetched is immutable: one for all).
+NOTHING_PREFETCHED = Prefetched()
+
+
 def _read_doc(header: str | None) -> Any:
     if not header:
         raise errors.AccessDeniedError("reading needs a signed X-Confide-Read header (confide/read/v1)")
@@ -297,7 +301,7 @@ def create_app(
         # on with other requests while the disk syncs.
         job = cas.collateral_job(request)
         if job is None:
-            prefetched = Prefetched()
+            prefetched = NOTHING_PREFETCHED
         elif job.fetch is None:
             prefetched = job.found
         else:

@@ -1351,9 +1351,14 @@ class Cas:
             raise BindingError("nonce has expired")
         return expires
 
-    def _use_once(self, conn: Connection, nonce: bytes, digest: str) -> None:
-        """Spend the nonce and the evidence (single use), inside the write transaction."""
-        expires = self._check_nonce_mac(nonce)
+    def _use_once(self, conn: Connection, nonce: bytes, digest: str, expires: float | None = None) -> None:
+        """Spend the nonce and the evidence (single use), inside the write transaction.
+        ``expires``: the nonce's expiry when phase 1 checked its MAC already (only the expiry
+        is checked again, as time has passed), else both are checked here."""
+        if expires is None:
+            expires = self._check_nonce_mac(nonce)
+        elif expires < self.clock():
+            raise BindingError("nonce has expired")
         now = self.clock()
         if now >= self._next_sweep:
             # Expired rows, at most once per second: a used nonce is refused by its MAC'd expiry
@@ -1482,7 +1487,7 @@ class Cas:
             self, policy_name, service_name, nonce, digest, key_der, runtime_key, outcome
         )
         try:
-            self._check_nonce_mac(nonce)
+            pending.expires = self._check_nonce_mac(nonce)
             cpu_aux, gpus = split_gpu_aux(platform, aux)
             # Verify (signatures, chains, collateral).
             verified = self.verifier.verify(platform, evidence, cpu_aux, at=at, prefetched=prefetched)
@@ -1994,6 +1999,7 @@ class PendingAttestation:
         self.error: ConfideError | None = None  # the final verdict, set by commit
         self.token = os.urandom(32)
         self.committed = False
+        self.expires: float | None = None  # the nonce's expiry, once phase 1 checked its MAC
         self.rendered_at_commit = False  # phase 2 appraised and rendered again (an answer had changed)
 
     def reset(self, reads: _Reads) -> None:
@@ -2030,7 +2036,7 @@ class PendingAttestation:
             # Refused in phase 1: the nonce and evidence are spent all the same (a replay is
             # recorded with the original reason).
             with contextlib.suppress(ConfideError):
-                cas._use_once(conn, self.nonce, self.digest)
+                cas._use_once(conn, self.nonce, self.digest, self.expires)
             outcome.update(
                 {"verdict": "refused", "reason_class": self.error.kind, "reason": self.error.message[:500]}
             )
@@ -2040,7 +2046,7 @@ class PendingAttestation:
             self.committed = True
             return
         try:
-            cas._use_once(conn, self.nonce, self.digest)
+            cas._use_once(conn, self.nonce, self.digest, self.expires)
             token_sha256 = hashlib.sha256(self.token).hexdigest()
             raw_execute(
                 conn,
