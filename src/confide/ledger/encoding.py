@@ -165,12 +165,17 @@ def _plain(value: object, depth: int) -> bool:
     return False
 
 
+# json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False), made once (json.dumps
+# makes an encoder per call when given any argument)
+_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(value: object, depth: int = 0) -> bytes:
     """RFC 8785 serialisation (integers only) as UTF-8 bytes. Values that ``json`` writes
     canonically take its C encoder; the rest (and every error) the serialiser above. ``depth``:
     how deep ``value`` sits in the document it is part of (for the nesting limit)."""
     if _plain(value, depth):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return _JSON.encode(value).encode("utf-8")
     return _serialise(value, depth).encode("utf-8")
 
 
