@@ -103,7 +103,9 @@ def create_app(
     accepted, refused = attestations.labels("accepted"), attestations.labels("refused")
     latency = Histogram("confide_request_seconds", "Request latency", ["route"], registry=registry)
 
-    writer = WriteBatcher(cas.db)
+    # With the ledger sink: one ledger append per group-commit transaction (its attestations'
+    # entries together), not one per attestation.
+    writer = WriteBatcher(cas.db, around=getattr(cas.events, "batched", None))
     budget = BodyBudget(MAX_BODIES)
     metric_children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
