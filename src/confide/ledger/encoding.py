@@ -161,7 +161,19 @@ def _plain(value: object, depth: int) -> bool:
                 return False
         return True
     if isinstance(value, list | tuple):
-        return all(_plain(v, depth + 1) for v in value)
+        if value and depth == MAX_DEPTH:
+            return False
+        for v in value:  # as for a dict's members
+            kind = type(v)
+            if kind is str:
+                if not v.isascii() and _LONE_SURROGATE.search(v) is not None:
+                    return False
+            elif kind is int:
+                if not -MAX_SAFE_INTEGER <= v <= MAX_SAFE_INTEGER:
+                    return False
+            elif v is not None and kind is not bool and not _plain(v, depth + 1):
+                return False
+        return True
     return False
 
 
