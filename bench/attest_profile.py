@@ -15,6 +15,9 @@ measured phases. ``--cprofile FILE`` profiles the event-loop thread's attestatio
 functions by their own time. Run ``py-spy``/``perf`` on it with ``--repeat`` for longer runs.
 ``--core N`` pins the process as ``attest_load.py`` pins the CAS; ``--log`` writes the request
 log lines as ``cas serve`` does; ``--inline`` (an experiment) commits on the event loop.
+``--callgrind`` (under valgrind: ``bench/attest_instructions.py`` runs it) dumps callgrind's
+counts of each measured part of each thread; ``--commit-interval`` sets the group commit's pacing
+and ``--warmup`` the flows before the measured rounds.
 
 ``--phases B`` instead runs the flows in one thread, without the ASGI app: phase 1
 (``attest_begin``), phase 2 in write transactions of B attestations, the release; and prints
