@@ -153,7 +153,7 @@ def test_a_conflicting_update_between_the_two_phases_does_not_release_the_old_st
     assert token(got) != token(old) and len(token(got)) == 32
     # the ledger names the version released (the current one) and the current policy version
     release = last_release(pair.a.cas)
-    assert [s["version"] for s in release["secrets"]] == [2]
+    assert [s["version"] for s in release["secrets"]] == [2] and release["policy_hash"] == head(pair.b)
     # the stale snapshot was dropped; the next attestation reads afresh and keeps the new state
     assert token(pair.release()) == token(got)
     with no_read_transaction(pair.a.cas):
