@@ -1,5 +1,6 @@
 """The simulated runtime's attestation request, shared by the CAS benchmarks: a fresh P-256
-runtime key and simulated evidence whose report data binds that key to the CAS's nonce."""
+runtime key and simulated evidence whose report data binds that key to the CAS's nonce; and the
+policy the attestation benchmarks attest against."""
 
 from __future__ import annotations
 
@@ -12,6 +13,30 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from confide.cas.core import binding_report_data
 from confide.sim.platform import SimPlatform
+
+MEASUREMENT = "ab" * 48
+POLICY = f"""name: bench
+version: "0.3"
+services:
+  - name: app
+    command: app --token $$SCONE::token$$
+    environment:
+      KEY: "$$SCONE::key:hex$$"
+    attestation:
+      sim:
+        measurement: "{MEASUREMENT}"
+secrets:
+  - name: token
+    kind: ascii
+  - name: key
+    kind: binary
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+"""The attestation benchmarks' policy (``attest_load.py``, ``attest_profile.py``): service
+``app`` of policy ``bench`` on the simulated TEE at :data:`MEASUREMENT`, released a token and a
+key."""
 
 
 def sim_attest_request(

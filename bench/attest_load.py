@@ -11,7 +11,9 @@ Three measurements in one run:
 1. the TLS 1.3 handshake capacity of the CAS's core: a bare ``ssl`` server (uvloop) pinned to
    that core, driven by the same client code and concurrency (handshake, one request, close);
    and the framework floor: the CAS's own stack (uvicorn over TLS) answering the same two
-   requests with a constant;
+   requests with a constant; all of them send as many TLS 1.3 session tickets per handshake as
+   the CAS (``--tls-tickets``, default the CAS's own default, printed), so the ratio compares the
+   same handshake;
 2. throughput: ``--clients`` closed-loop clients, each starting its next flow as soon as the
    previous one ends (the CAS saturated; latency here is queueing: Little's law);
 3. latency: an open-loop load of ``--rate-fraction`` × the handshake capacity, spread over the
@@ -50,11 +52,12 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from _sim_request import sim_attest_request  # noqa: E402
+from _served_cas import start_cas as served_cas  # noqa: E402
+from _sim_request import MEASUREMENT, POLICY, sim_attest_request  # noqa: E402
 
 from confide.cas.core import decrypt_release  # noqa: E402
 from confide.cas.http_limits import HttpLimits  # noqa: E402
-from confide.cas.server import uvicorn_server  # noqa: E402
+from confide.cas.server import SESSION_TICKETS, uvicorn_server  # noqa: E402
 from confide.sim.platform import SimPlatform  # noqa: E402
 
 CORES = sorted(os.sched_getaffinity(0))
@@ -75,36 +78,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_cas(work: Path, clients: int) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+def start_cas(work: Path, clients: int, tickets: int) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     """The CAS with its defaults but for two limits: the bench is one client address driving the
     CAS to saturation on purpose, which the per-client attestation rate (200 requests/s) exists to
     stop; so it runs with a rate limit it never reaches (the limiter still runs, and is measured)
     and with room for all its concurrent connections on the one address."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    limits = ["--attest-rate", "1000000", "--max-connections-per-ip", str(max(128, 2 * clients))]
-    proc = subprocess.Popen(
-        ["taskset", "-c", str(CAS_CORE), sys.executable, "-m", "confide", "cas", "serve", "--data-dir",
-         str(work / "cas"), "--listen", "127.0.0.1:0", "--dev", *limits],
-        stdout=subprocess.DEVNULL, stderr=(work / "cas.log").open("wb"), env=env,
-    )  # fmt: skip
-    client_env = work / "cas" / "client.env"
-    for _ in range(600):
-        if client_env.exists():
-            break
-        time.sleep(0.1)
-    time.sleep(1.0)
-    out = {}
-    for line in client_env.read_text().splitlines():
-        k, _, v = line.removeprefix("export ").partition("=")
-        out[k] = v.strip("'")
-    return proc, out
+    limits = ["--attest-rate", "1000000", "--max-connections-per-ip", str(max(128, 2 * clients)),
+              "--tls-session-tickets", str(tickets)]  # fmt: skip
+    return served_cas(work, *limits, prefix=["taskset", "-c", str(CAS_CORE)])
 
 
-def tls_server(cert: str, key: str, port_file: Path) -> None:
-    """A bare TLS 1.3 server: handshake, read a request, answer, close (the capacity reference)."""
+def tls_server(cert: str, key: str, port_file: Path, tickets: int = SESSION_TICKETS) -> None:
+    """A bare TLS 1.3 server: handshake, read a request, answer, close (the capacity reference).
+    ``tickets``: TLS 1.3 session tickets sent after each handshake, as the CAS sends."""
     os.sched_setaffinity(0, {CAS_CORE})
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.num_tickets = tickets
     ctx.load_cert_chain(cert, key)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -125,7 +115,7 @@ def tls_server(cert: str, key: str, port_file: Path) -> None:
     uvloop.run(main())
 
 
-def floor_server(cert: str, key: str, port_file: Path) -> None:
+def floor_server(cert: str, key: str, port_file: Path, tickets: int = SESSION_TICKETS) -> None:
     """The framework floor: the CAS's stack (uvicorn, httptools, uvloop, TLS 1.3) serving a
     constant for every request, so the attestation's own cost can be told from the stack's."""
     os.sched_setaffinity(0, {CAS_CORE})
@@ -150,10 +140,13 @@ def floor_server(cert: str, key: str, port_file: Path) -> None:
         app, ssl_keyfile=key, ssl_certfile=cert, log_config=None, access_log=False,
         http="httptools", loop="uvloop", lifespan="off", proxy_headers=False,
     )  # fmt: skip
+    config.load()
+    assert config.ssl is not None
+    config.ssl.num_tickets = tickets
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def limited_floor_server(cert: str, key: str, port_file: Path) -> None:
+def limited_floor_server(cert: str, key: str, port_file: Path, tickets: int = SESSION_TICKETS) -> None:
     """The framework floor served as the CAS serves: ``confide.cas.server.uvicorn_server`` with
     the default ``HttpLimits`` (connections counted at accept, TLS put in per connection, head
     and body timers), so that the limits' cost is measured against the plain floor."""
@@ -178,14 +171,16 @@ def limited_floor_server(cert: str, key: str, port_file: Path) -> None:
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
     port_file.write_text(str(sock.getsockname()[1]))
-    uvicorn_server(app, Path(key), Path(cert), None, HttpLimits()).run(sockets=[sock])
+    uvicorn_server(app, Path(key), Path(cert), None, HttpLimits(), session_tickets=tickets).run(
+        sockets=[sock]
+    )
 
 
 def reference(
-    target: Callable[[str, str, Path], None], cert: str, key: str, work: Path
+    target: Callable[[str, str, Path, int], None], cert: str, key: str, work: Path, tickets: int
 ) -> tuple[multiprocessing.Process, int]:
     port_file = work / f"{target.__name__}.port"
-    server = multiprocessing.Process(target=target, args=(cert, key, port_file))
+    server = multiprocessing.Process(target=target, args=(cert, key, port_file, tickets))
     server.start()
     while not port_file.exists() or not port_file.read_text():
         time.sleep(0.05)
@@ -272,10 +267,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="closed-loop (throughput) phase")
     parser.add_argument("--rate-fraction", type=float, default=0.5, help="open-loop load / TLS capacity")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--tls-tickets", type=int, default=SESSION_TICKETS,
+        help="TLS 1.3 session tickets per handshake, of the CAS and of every reference server alike"
+        " (default: the CAS's default)",
+    )  # fmt: skip
     args = parser.parse_args()
+    tickets = args.tls_tickets
     os.sched_setaffinity(0, {LOAD_CORE})
     work = Path(tempfile.mkdtemp(prefix="confide-bench-"))
-    cas, env = start_cas(work, args.clients)
+    cas, env = start_cas(work, args.clients, tickets)
     try:
         ctx = ssl.create_default_context(cafile=env["CONFIDE_CAS_CERT"])
         host, port = env["CONFIDE_CAS_URL"].removeprefix("https://").rsplit(":", 1)
@@ -286,28 +287,7 @@ def main() -> None:
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         run("identity", "create", "--out", str(identity))
-        measurement = "ab" * 48
-        (work / "p.yaml").write_text(
-            f"""name: bench
-version: "0.3"
-services:
-  - name: app
-    command: app --token $$SCONE::token$$
-    environment:
-      KEY: "$$SCONE::key:hex$$"
-    attestation:
-      sim:
-        measurement: "{measurement}"
-secrets:
-  - name: token
-    kind: ascii
-  - name: key
-    kind: binary
-security:
-  attestation:
-    tolerate: [simulation]
-"""
-        )
+        (work / "p.yaml").write_text(POLICY)
         run("policy", "apply", str(work / "p.yaml"), "--identity", str(identity))
 
         async def flow() -> None:
@@ -315,7 +295,7 @@ security:
             try:
                 nonce = json.loads(await http(reader, writer, "/v1/attest/nonce"))["nonce"]
                 key, request = sim_attest_request(
-                    platform, nonce, policy="bench", service="app", measurement=measurement
+                    platform, nonce, policy="bench", service="app", measurement=MEASUREMENT
                 )
                 body = json.dumps(request).encode()
                 release = json.loads(await http(reader, writer, "/v1/attest", body))
@@ -327,7 +307,7 @@ security:
         # 1. The references: TLS handshakes/s of the CAS's core, and the framework floor (the
         #    same two requests answered by a constant on the CAS's stack); same client code.
         cert, key = env["CONFIDE_CAS_CERT"], str(work / "cas" / "cas-key.pem")
-        server, tls_port = reference(tls_server, cert, key, work)
+        server, tls_port = reference(tls_server, cert, key, work, tickets)
 
         async def handshake() -> None:
             reader, writer = await asyncio.open_connection(
@@ -350,8 +330,8 @@ security:
 
         # The floor, and the floor served as the CAS serves (its connection limits and timers),
         # both running, the load alternating between them: the limits' cost per flow.
-        floor, floor_port = reference(floor_server, cert, key, work)
-        limited, limited_port = reference(limited_floor_server, cert, key, work)
+        floor, floor_port = reference(floor_server, cert, key, work, tickets)
+        limited, limited_port = reference(limited_floor_server, cert, key, work, tickets)
         sample = json.dumps({"policy": "bench", "evidence": "A" * 400, "public_key": "A" * 120}).encode()
 
         def floor_flow_to(port: int) -> Flow:
@@ -413,6 +393,7 @@ security:
             f"clients: {args.clients}, CAS on core {CAS_CORE}, load on core {LOAD_CORE}, "
             f"{args.seconds:.0f}s closed loop + {args.latency_seconds:.0f}s open loop"
         )
+        print(f"TLS 1.3 session tickets per handshake, the CAS and every reference server: {tickets}")
         print(f"TLS 1.3 handshakes/s (CAS core, bare ssl server): {tls_rate:,.0f}")
         print(
             f"throughput (closed loop): {rate:,.0f} attestations/s = {rate / tls_rate:.2f}x handshake capacity"

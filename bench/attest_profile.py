@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from _callgrind import Callgrind  # noqa: E402
-from _sim_request import sim_attest_request  # noqa: E402
+from _sim_request import MEASUREMENT, POLICY, sim_attest_request  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
 from confide.cas import core, ledger_sink  # noqa: E402
@@ -68,27 +68,6 @@ from confide.identity import Identity  # noqa: E402
 from confide.ledger.store import Ledger  # noqa: E402
 from confide.policy.loader import loads_policy  # noqa: E402
 from confide.sim.platform import SimPlatform  # noqa: E402
-
-MEASUREMENT = "ab" * 48
-POLICY = f"""name: bench
-version: "0.3"
-services:
-  - name: app
-    command: app --token $$SCONE::token$$
-    environment:
-      KEY: "$$SCONE::key:hex$$"
-    attestation:
-      sim:
-        measurement: "{MEASUREMENT}"
-secrets:
-  - name: token
-    kind: ascii
-  - name: key
-    kind: binary
-security:
-  attestation:
-    tolerate: [simulation]
-"""
 
 
 async def call(app: Any, path: str, body: bytes = b"") -> tuple[int, bytes]:

@@ -16,9 +16,7 @@ and the rotation's rows per second under that load.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from _served_cas import start_cas  # noqa: E402
 from _sim_request import sim_attest_request  # noqa: E402
 
 from confide.cas import admin  # noqa: E402
@@ -59,26 +58,6 @@ secrets:
   attestation:
     tolerate: [simulation]
 """
-
-
-def start_cas(work: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "confide", "cas", "serve", "--data-dir", str(work / "cas"), "--listen",
-         "127.0.0.1:0", "--dev"],
-        stdout=subprocess.DEVNULL, stderr=(work / "cas.log").open("wb"), env=env,
-    )  # fmt: skip
-    client_env = work / "cas" / "client.env"
-    for _ in range(600):
-        if client_env.exists():
-            break
-        time.sleep(0.1)
-    time.sleep(1.0)
-    out = {}
-    for line in client_env.read_text().splitlines():
-        k, _, v = line.removeprefix("export ").partition("=")
-        out[k] = v.strip("'")
-    return proc, out
 
 
 def main() -> None:

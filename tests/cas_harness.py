@@ -90,6 +90,7 @@ class CasProcess:
     env: dict[str, str] = field(default_factory=dict)
     log: Path | None = None
     extra_args: tuple[str, ...] = ()
+    pythonpath: Path | None = None  # the confide sources to run (default: this checkout's src)
 
     def start(self) -> CasProcess:
         env_file = self.data_dir / "client.env"
@@ -105,7 +106,7 @@ class CasProcess:
                 args,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
-                env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+                env={**os.environ, "PYTHONPATH": str(self.pythonpath or ROOT / "src")},
             )
         deadline = time.time() + 60
         while time.time() < deadline:

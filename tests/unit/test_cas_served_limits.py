@@ -254,3 +254,34 @@ def test_the_bucket_table_stays_bounded_under_many_clients(served: Served, tmp_p
         assert limiter.evicted >= 8
     finally:
         limiter.max_clients = saved
+
+
+def test_no_session_tickets_by_default(served: Served) -> None:
+    """confide's clients never resume a TLS session, so the CAS sends no TLS 1.3 session
+    tickets (``SESSION_TICKETS``; a client that reads after the handshake would have them)."""
+    with served.tls() as s:
+        assert s.version() == "TLSv1.3"
+        assert _health(s) == 200
+        assert s.session is not None and not s.session.has_ticket
+
+
+def test_session_tickets_when_asked_for(tmp_path: Path) -> None:
+    cas, evidence, key_path, cert_path, _env, _signer = prepare(
+        tmp_path / "cas", host="127.0.0.1", dev=True, db_url=None, collateral=None
+    )
+    app = create_app(cas, cas_evidence=evidence)
+    server = uvicorn_server(app, key_path, cert_path, None, HttpLimits(), session_tickets=2)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        _until(lambda: server.started, 20)
+        context = ssl.create_default_context(cafile=str(cert_path))
+        raw = socket.create_connection(("127.0.0.1", sock.getsockname()[1]), timeout=5)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            assert _health(s) == 200
+            assert s.session is not None and s.session.has_ticket
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import rfc8785
 
+from confide.errors import ParseError
 from confide.policy import canonical_json, loads_policy, policy_hash
 from confide.policy.canonical import jcs
 
@@ -70,10 +71,33 @@ def test_rfc8785_appendix_b_numbers(bits: int, text: str) -> None:
     assert jcs(number) == text.encode()
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 2**53 + 1])
-def test_values_outside_i_json_are_refused(bad: float) -> None:
-    with pytest.raises(rfc8785.CanonicalizationError):
+@pytest.mark.parametrize(
+    ("bad", "kind"),
+    [
+        (float("nan"), "NaN"),
+        (float("inf"), "infinity"),
+        (-(2**53), "integer beyond"),
+        (2**64, "integer beyond"),
+        ("\ud800", "lone surrogate"),
+        ({"\udfff": 1}, "lone surrogate"),  # in a key: rfc8785 raised UnicodeEncodeError
+        ({1: "a"}, "non-string key"),
+        ({"a": [b"x"]}, "no JSON type"),
+    ],
+)
+def test_values_outside_i_json_are_refused_as_parse_errors(bad: object, kind: str) -> None:
+    """A ParseError (hostile JSON reaches jcs through every signed document), naming the kind of
+    value, not the value (fuzz3 campaign: they were rfc8785's ValueErrors, HTTP 500)."""
+    with pytest.raises(ParseError, match=kind) as raised:
         jcs(bad)
+    assert str(2**64) not in str(raised.value) and "ud800" not in str(raised.value)
+
+
+def test_values_nested_deeper_than_the_stack_are_refused_as_parse_errors() -> None:
+    deep: list[object] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ParseError, match="nested too deeply"):
+        jcs(deep)
 
 
 BASE = f"""# comment

@@ -10,7 +10,9 @@ Protocol: the client sends one JSON object on one line (at most :data:`MAX_REQUE
 ``"pause_ms"``: milliseconds between batches) or ``{"op": "rotation-status"}``, and gets one
 line back:
 ``{"ok": true, "status": {...}}`` or ``{"ok": false, "error": "..."}``. The input is hostile:
-bounded, read with a timeout, anything but the two requests is refused.
+bounded, read within :data:`_TIMEOUT` seconds in all (not per read: a client trickling bytes
+would hold the channel, which serves one connection at a time), anything but the two requests
+is refused, numbers are range-checked before they are logged or used.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import os
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from confide.cas.online_rotation import OnlineRotation
+from confide.cas.online_rotation import MAX_BATCH, MAX_PAUSE, OnlineRotation
 from confide.errors import ConfideError, UsageError
 
 __all__ = ["MAX_REQUEST", "SOCKET_NAME", "AdminChannel", "request"]
@@ -101,10 +104,25 @@ class AdminChannel:
         self._thread.start()
 
     def _answers(self) -> bool:
-        try:
-            request(self.path.parent, {"op": "rotation-status"}, timeout=1.0)
-        except (OSError, ConfideError):
-            return False
+        """Whether a live process listens on the socket: one that takes the connection, or is
+        too busy to within a second. A socket left by a CAS that died refuses it (ECONNREFUSED).
+        Not whether it replies: a client holding the channel delays every reply."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(1.0)
+        with sock:
+            try:
+                address, fd = _address(self.path)
+            except OSError:
+                return False
+            try:
+                sock.connect(address)
+            except (TimeoutError, BlockingIOError):
+                return True  # its backlog is full: alive
+            except OSError:
+                return False
+            finally:
+                if fd is not None:
+                    os.close(fd)
         return True
 
     def stop(self) -> None:
@@ -143,11 +161,13 @@ class AdminChannel:
             )
             return
         try:
-            req = json.loads(_read_line(conn))
+            req = json.loads(_read_line(conn, _TIMEOUT))
         except (ValueError, RecursionError, UsageError) as exc:
-            conn.sendall(_reply({"ok": False, "error": f"bad request: {exc}"[:200]}))
-            return
-        conn.sendall(_reply(self._answer(req)))
+            answer = {"ok": False, "error": f"bad request: {exc}"[:200]}
+        else:
+            answer = self._answer(req)
+        conn.settimeout(_TIMEOUT)  # _read_line left what remained of its limit
+        conn.sendall(_reply(answer))
 
     def _answer(self, req: Any) -> dict[str, Any]:
         op = req.get("op") if isinstance(req, dict) else None
@@ -158,6 +178,11 @@ class AdminChannel:
         for value in (batch, pause):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 return {"ok": False, "error": "batch_size and pause_ms are integers"}
+        # Before the values are logged or divided (a pause_ms of 10**400 overflowed a float).
+        if batch is not None and not 1 <= batch <= MAX_BATCH:
+            return {"ok": False, "error": f"batch_size: got {_shown(batch)}, expected 1..{MAX_BATCH}"}
+        if pause is not None and not 0 <= pause <= MAX_PAUSE * 1000:
+            return {"ok": False, "error": f"pause_ms: got {_shown(pause)}, expected 0..{MAX_PAUSE * 1000:g}"}
         try:
             if op == "rotate-master-key":
                 _LOG.info(
@@ -172,14 +197,29 @@ class AdminChannel:
         return {"ok": False, "error": "unknown op: expected rotate-master-key or rotation-status"}
 
 
+def _shown(number: int) -> str:
+    text = str(number)  # json.loads reads at most sys.get_int_max_str_digits() digits
+    return text if len(text) <= 20 else f"{text[:12]}... ({len(text.lstrip('-'))} digits)"
+
+
 def _reply(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True).encode() + b"\n"
 
 
-def _read_line(conn: socket.socket) -> bytes:
+def _read_line(conn: socket.socket, timeout: float) -> bytes:
+    """The first line the client sends, at most :data:`MAX_REQUEST` bytes within ``timeout``
+    seconds in all (or what it sent before it closed)."""
+    deadline = time.monotonic() + timeout
     buf = b""
     while b"\n" not in buf:
-        chunk = conn.recv(MAX_REQUEST + 1 - len(buf))
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise UsageError(f"no complete line within {timeout:g} s")
+        conn.settimeout(left)
+        try:
+            chunk = conn.recv(MAX_REQUEST + 1 - len(buf))
+        except TimeoutError:
+            raise UsageError(f"no complete line within {timeout:g} s") from None
         if not chunk:
             break
         buf += chunk

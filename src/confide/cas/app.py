@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import Body, FastAPI, Header, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -28,8 +30,19 @@ from confide.cas.crl import crl_pem
 from confide.cas.db import WriteBatcher, raw_connection
 from confide.cas.fetch_stats import BUCKETS, FetchStats
 from confide.cas.http_limits import HttpLimits
+from confide.cas.key_release import KeyReleaser
+from confide.cas.ocsp_responder import OcspResponder
 from confide.cas.own_evidence import CasEvidence
+from confide.cas.public_http import (
+    PUBLIC_MAX_AGE,
+    PublicApp,
+    PublicResponse,
+    ca_response,
+    crl_response,
+    ocsp_response,
+)
 from confide.cas.ratelimit import RateLimiter, client_key, retry_after
+from confide.cas.secrets import OCSP_PATH
 from confide.cas.verifier import Prefetched
 from confide.errors import ConfideError, ParseError
 from confide.ledger.serve import serve as serve_log
@@ -88,12 +101,15 @@ def create_app(
     http_limits: HttpLimits | None = None,
     attest_limiter: RateLimiter | None = None,
     write_limiter: RateLimiter | None = None,
+    public_http: PublicApp | None = None,
 ) -> FastAPI:
     """The CAS's API; ``cas_evidence``: its own evidence (``GET /v1/cas/evidence``), whose
     refreshes and their failures ``/metrics`` counts. ``http_limits``: the server's connection
     and timeout limits, whose refusals ``/metrics`` counts. ``attest_limiter``: the per-client
     rate of ``POST /v1/attest/nonce`` and ``POST /v1/attest``; ``write_limiter``: of every other
-    POST (policy submissions and updates, board approvals, volume tags); ``None``: unlimited."""
+    POST (policy submissions and updates, board approvals, volume tags); ``None``: unlimited.
+    ``public_http``: the public plain-HTTP listener's application, whose responses and
+    connection limits ``/metrics`` counts too (``cas serve --public-http-listen``)."""
     registry = CollectorRegistry()
     requests = Counter("confide_requests_total", "HTTP requests", ["route", "status"], registry=registry)
     attestations = Counter(
@@ -120,6 +136,14 @@ def create_app(
     async def _confide_error(request: Request, exc: ConfideError) -> JSONResponse:
         return _error_response(exc)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's own answer to a body that is not JSON or not an object (422, ``detail``),
+        without echoing the input: Python's json reads ``NaN`` and ``1e400`` as floats that no
+        JSON response can carry (FastAPI's default handler then failed with a 500: fuzz3)."""
+        detail = [{k: v for k, v in e.items() if k not in ("input", "ctx")} for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(detail)})
+
     async def observe(scope: Any, receive: Any, send: Any, inner: Any) -> None:
         """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): metrics and one JSON log line
         per request, never the body."""
@@ -145,6 +169,10 @@ def create_app(
                 # Per-client rate limits (confide.cas.ratelimit), before the body is read: a
                 # refused request costs a bucket lookup; its body is discarded as it comes.
                 limiter = attest_limiter if fast is not None else write_limiter
+                if scope["path"].startswith(OCSP_PATH):
+                    # An OCSP request writes nothing: bounded like the other public routes, and
+                    # its signatures by the responder's own per-client rate (docs/cas.md "OCSP").
+                    limiter = None
                 if limiter is not None:
                     client = scope.get("client")
                     wait = limiter.take(client_key(client[0]) if client else "")
@@ -263,18 +291,24 @@ def create_app(
     def distributed_crl(file: str) -> Response:
         """A CRL distribution point (RFC 5280 §4.2.1.13; docs/cas.md "CRL distribution points"):
         the DER CRL (``application/pkix-crl``, RFC 2585 §4.2) of a CA declared
-        ``crl_distribution``, to anyone. The same bare 404 for every other id."""
-        crl_id, dot, ext = file.partition(".")
-        row = cas.distributed_crl(crl_id) if dot and ext == "crl" else None
-        if row is None:
-            return Response(status_code=404, headers={"Cache-Control": "no-store"})
-        # Cached at most CRL_MAX_AGE (not up to nextUpdate): a revocation is published at once.
-        max_age = max(0, min(CRL_MAX_AGE, int(row.next_update - cas.clock())))
-        return Response(
-            row.der,
-            media_type="application/pkix-crl",
-            headers={"Cache-Control": f"public, max-age={max_age}"},
-        )
+        ``crl_distribution``, to anyone. The same bare 404 for every other id. Also served by
+        the public HTTP listener (:mod:`confide.cas.public_http`)."""
+        return _public(crl_response(cas, file))
+
+    @app.get("/v1/ca/{file}")
+    def published_ca(file: str) -> Response:
+        """A caIssuers URL (RFC 5280 §4.2.2.1; docs/cas.md "CA certificates (caIssuers)"): the
+        DER certificate (``application/pkix-cert``, RFC 2585 §4.1) of a CA declared
+        ``ca_issuers``, to anyone. The same bare 404 for every other id. Also served by the
+        public HTTP listener."""
+        return _public(ca_response(cas, file))
+
+    @app.api_route("/v1/ocsp/{rest:path}", methods=["GET", "HEAD", "POST"])
+    async def ocsp(request: Request) -> Response:
+        """The OCSP responder of a CA declared ``ocsp`` (RFC 6960 Appendix A.1; docs/cas.md
+        "OCSP"), to anyone: ``POST /v1/ocsp/<id>`` or ``GET /v1/ocsp/<id>/<request>``. Also
+        served by the public HTTP listener."""
+        return _public(await ocsp_response(cas, request.scope, request.receive))
 
     @app.get("/v1/policies/{name:path}")
     def show_policy(name: str, x_confide_read: str | None = Header(default=None)) -> dict[str, Any]:
@@ -328,6 +362,16 @@ def create_app(
         accepted.inc()
         return _Json(out)
 
+    @app.post("/v1/cas/key-release/nonce")
+    def key_release_nonce() -> dict[str, Any]:
+        # docs/cas.md "Joining a running CAS" (confide.cas.key_release)
+        return {"nonce": _key_releaser(cas).new_nonce(), "expires_in": 60}
+
+    @app.post("/v1/cas/key-release")
+    def key_release(request: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+        # Blocking (verification, collateral, a write transaction): FastAPI runs it in a thread.
+        return _key_releaser(cas).release(request)
+
     @app.post("/v1/volumes/tag")
     def volume_tag(request: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
         return cas.update_volume_tag(request)
@@ -337,6 +381,9 @@ def create_app(
     registry.register(_GroupCommitCollector(writer))
     registry.register(_LimitsCollector(http_limits, {"attest": attest_limiter, "write": write_limiter}))
     registry.register(_FetchCollector(cas))
+    registry.register(_OcspCollector(cas))
+    if public_http is not None:
+        registry.register(_PublicHttpCollector(public_http))
     if cas_evidence is not None:
         registry.register(_EvidenceCollector(cas_evidence))
 
@@ -349,7 +396,15 @@ def create_app(
     return app
 
 
-CRL_MAX_AGE = 300  # seconds a public CRL may be cached (docs/cas.md "Revocation")
+CRL_MAX_AGE = PUBLIC_MAX_AGE  # seconds a public CRL may be cached (docs/cas.md "Revocation")
+
+
+def _public(response: PublicResponse) -> Response:
+    status, headers, body = response
+    headers = dict(headers)
+    media_type = headers.pop("content-type", None)
+    return Response(body, status_code=status, media_type=media_type, headers=headers)
+
 
 # The largest request body the CAS reads (RFC 9110 §15.5.14, 413 Content Too Large). The
 # largest legitimate requests are attestations with GPU evidence: 8 reports, their chains and
@@ -441,9 +496,15 @@ def _too_many(wait: float) -> JSONResponse:
     return response
 
 
+def _key_releaser(cas: Cas) -> KeyReleaser:
+    if cas.key_release is None:
+        raise errors.UsageError("this CAS releases its master key to no one")
+    return cas.key_release
+
+
 def _write_route(path: str) -> str:
     """The metrics label of a rate-limited POST outside the fast path (never the policy name)."""
-    if path in ("/v1/policies", "/v1/volumes/tag"):
+    if path in ("/v1/policies", "/v1/volumes/tag", "/v1/cas/key-release/nonce", "/v1/cas/key-release"):
         return path
     if path.startswith("/v1/policies/") and path.endswith("/approvals"):
         return "/v1/policies/{name}/approvals"
@@ -546,6 +607,63 @@ class _LimitsCollector:
             yield limited
             yield evicted
             yield clients
+
+
+class _PublicHttpCollector:
+    """The public plain-HTTP listener's responses by route and status, its open connections and
+    what its limits refused, read at scrape time (docs/cas.md "The public HTTP listener")."""
+
+    def __init__(self, public: PublicApp) -> None:
+        self.public = public
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        responses = CounterMetricFamily(
+            "confide_cas_public_http_requests",
+            "Requests answered by the public HTTP listener",
+            labels=["route", "status"],
+        )
+        for (route, status), n in sorted(dict(self.public.responses).items()):
+            responses.add_metric([route, str(status)], n)
+        yield responses
+        limits = self.public.limits
+        if limits is None:
+            return
+        yield GaugeMetricFamily(
+            "confide_cas_public_http_connections", "Connections open on the public HTTP listener",
+            value=limits.open,
+        )  # fmt: skip
+        refused = CounterMetricFamily(
+            "confide_cas_public_http_refused",
+            "Connections and requests the public HTTP listener's limits refused (reason: total and"
+            " per_ip connections, head_too_large 431, head_timeout 408 or close)",
+            labels=["reason"],
+        )
+        refused.add_metric(["total"], limits.refused_total)
+        refused.add_metric(["per_ip"], limits.refused_per_client)
+        refused.add_metric(["head_too_large"], limits.head_too_large)
+        refused.add_metric(["head_timeout"], limits.head_timeouts)
+        yield refused
+
+
+class _OcspCollector:
+    """The OCSP responder's answers by outcome, both listeners together, read at scrape time
+    (docs/cas.md "OCSP")."""
+
+    def __init__(self, cas: Cas) -> None:
+        self.cas = cas
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        responder = OcspResponder.of(self.cas)
+        answers = CounterMetricFamily(
+            "confide_cas_ocsp_answers",
+            "OCSP answers (outcome: signed, cached, malformed, unauthorized, try_later)",
+            labels=["outcome"],
+        )
+        for outcome, n in (("signed", responder.signed), ("cached", responder.cached),
+                           ("malformed", responder.malformed), ("unauthorized", responder.unauthorized),
+                           ("try_later", responder.limited)):  # fmt: skip
+            answers.add_metric([outcome], n)
+        yield answers
 
 
 class _FetchCollector:

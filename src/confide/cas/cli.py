@@ -93,7 +93,8 @@ def cas() -> None:
     default="file",
     show_default=True,
     help="What protects the master key: file (plain, development only), gramine (SGX MRENCLAVE), "
-    "gramine-mrsigner, sev-snp (measurement and policy); tdx is refused (no sealing key).",
+    "gramine-mrsigner, sev-snp (measurement and policy); tdx is refused (no sealing key: use --join). "
+    "With --join, file means: held in memory only.",
 )
 @click.option(
     "--tee",
@@ -122,7 +123,20 @@ def cas() -> None:
     metavar="URL",
     help="The base URL (http:// or https://) relying parties reach the CAS under. Certificates the "
     "CAS issues under a CA declared crl_distribution then carry a CRL distribution point "
-    'URL/v1/crl/<id>.crl (docs/cas.md "CRL distribution points").',
+    "URL/v1/crl/<id>.crl, under one declared ca_issuers a caIssuers URL/v1/ca/<id>.crt, under one "
+    "declared ocsp an OCSP URL/v1/ocsp/<id> "
+    '(docs/cas.md "CRL distribution points").',
+)
+@click.option(
+    "--public-http-listen",
+    "public_http_listen",
+    metavar="HOST:PORT",
+    help="Also listen over plain HTTP there, for the public CRLs, CA certificates and OCSP "
+    "responders only (GET/HEAD /v1/crl/<id>.crl and /v1/ca/<id>.crt, GET/POST /v1/ocsp/<id>; "
+    "everything else 404), with connection limits "
+    "of its own (the values of --max-connections and --max-connections-per-ip). Give --public-url "
+    'http://HOST:PORT (or a name of it) for certificates to point there (docs/cas.md "The public '
+    'HTTP listener").',
 )
 @click.option("--max-connections", type=click.IntRange(min=0), default=1024, show_default=True,
               help="Open connections at once (TLS handshakes included); one more is closed when"
@@ -137,6 +151,9 @@ def cas() -> None:
 @click.option("--tls-handshake-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               metavar="SECONDS", help="A TLS handshake must complete within this, else the connection is"
               " closed.")  # fmt: skip
+@click.option("--tls-session-tickets", type=click.IntRange(min=0, max=16), default=0, show_default=True,
+              metavar="N", help="TLS 1.3 session tickets sent after each handshake, for clients that"
+              " resume sessions (confide's own clients do not).")  # fmt: skip
 @click.option("--attest-rate", default="200", show_default=True, metavar="PER_SECOND",
               help="Per client IP address (IPv6: /64): POST /v1/attest/nonce and /v1/attest requests"
               " a second, answered 429 with Retry-After past it. 0: no limit.")  # fmt: skip
@@ -149,6 +166,11 @@ def cas() -> None:
 @click.option(
     "--write-burst", metavar="N", help="The most such requests at once (default: twice --write-rate)."
 )
+@click.option("--join", metavar="URL",
+              help="Obtain the master key from the CAS running at URL by attestation (needs --tee or"
+              " --dev; released only if this CAS runs the same code on the same kind of TEE), for a"
+              " data directory without a master key; with --seal PROVIDER it is sealed there, else"
+              ' held in memory only (docs/cas.md "Joining a running CAS").')  # fmt: skip
 def cas_serve(
     data_dir: Path,
     listen: str,
@@ -166,14 +188,17 @@ def cas_serve(
     nvidia_rim: str | None,
     crl_validity: str | None,
     public_url: str | None,
+    public_http_listen: str | None,
     max_connections: int,
     max_connections_per_ip: int,
     body_timeout: float,
     tls_handshake_timeout: float,
+    tls_session_tickets: int,
     attest_rate: str,
     attest_burst: str | None,
     write_rate: str,
     write_burst: str | None,
+    join: str | None,
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
     from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity, parse_public_url
@@ -225,6 +250,9 @@ def cas_serve(
         ),
         attest_rate=parse_rate(attest_rate, attest_burst, "attest"),
         write_rate=parse_rate(write_rate, write_burst, "write"),
+        public_http_listen=public_http_listen,
+        join=join,
+        session_tickets=tls_session_tickets,
     )
 
 

@@ -69,10 +69,13 @@ def _raise_for(response: httpx2.Response) -> Any:
 
 
 class CasClient:
+    """``cert``: the file of the one certificate to trust, or its PEM bytes (a certificate pinned
+    by attestation in memory, :mod:`confide.cas.join`: then the host name is not checked)."""
+
     def __init__(
         self,
         url: str,
-        cert: Path | None,
+        cert: Path | bytes | None,
         *,
         timeout: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
@@ -83,10 +86,18 @@ class CasClient:
             if cert is None:
                 raise UsageError(f"{ENV_CERT} is not set: the CAS certificate to trust is required")
             try:
-                context = ssl.create_default_context(cafile=str(cert))
-            except (OSError, ssl.SSLError) as exc:
-                raise UsageError(f"cannot load the CAS certificate {cert}: {exc}") from None
+                if isinstance(cert, bytes):  # the PEM itself (a certificate pinned in memory)
+                    context = ssl.create_default_context(cadata=cert.decode("ascii"))
+                else:
+                    context = ssl.create_default_context(cafile=str(cert))
+            except (OSError, ssl.SSLError, UnicodeDecodeError) as exc:
+                shown = "(pinned in memory)" if isinstance(cert, bytes) else cert
+                raise UsageError(f"cannot load the CAS certificate {shown}: {exc}") from None
             context.minimum_version = ssl.TLSVersion.TLSv1_3
+            if isinstance(cert, bytes):
+                # Pinned by attestation (confide.cas.join): the exact certificate is the trust,
+                # and the names it carries (the CAS's listen address) add nothing to it.
+                context.check_hostname = False
             verify: ssl.SSLContext | bool = context
         else:
             verify = False
@@ -189,6 +200,15 @@ class CasClient:
 
     def attest(self, request: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", "/v1/attest", json=request)
+        return result
+
+    def key_release_nonce(self) -> str:
+        """A single-use nonce for a master-key release (docs/cas.md "Joining a running CAS")."""
+        return str(self._call("POST", "/v1/cas/key-release/nonce")["nonce"])
+
+    def key_release(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The master key, encrypted to the request's key (:mod:`confide.cas.key_release`)."""
+        result: dict[str, Any] = self._call("POST", "/v1/cas/key-release", json=request)
         return result
 
     def report_volume_tag(

@@ -27,8 +27,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -61,10 +62,14 @@ from confide.cas.db import Database, EventSink, raw_connection, raw_execute, raw
 from confide.cas.owner_revocation import REVOKE_TYPE, parse_request, refusal, revoke_request
 from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due
 from confide.cas.secrets import (
+    CA_PATH,
     CERTIFICATE_KINDS,
     CRL_PATH,
+    OCSP_PATH,
+    Published,
     Sealer,
     SecretValue,
+    crl_distribution_id,
     crl_distribution_id_of,
     generate,
     issue_to_runtime,
@@ -104,6 +109,9 @@ from confide.policy.placeholders import (
 )
 from confide.policy.secret import Secret
 from confide.verify.result import Platform, VerifiedEvidence
+
+if TYPE_CHECKING:
+    from confide.cas.key_release import KeyReleaser
 
 __all__ = [
     "APPROVAL_TYPE",
@@ -173,6 +181,9 @@ def verify_signed(doc: Any, expected_type: str) -> tuple[dict[str, Any], PublicI
         signature = base64.b64decode(sig_text, validate=True)
     except ValueError:
         raise ParseError("signature is not base64", structure=expected_type, field="signature") from None
+    if base64.b64encode(signature).decode() != sig_text:  # RFC 4648 §3.5: one text per signature
+        raise ParseError("signature is not canonical base64 (pad bits set)", structure=expected_type,
+                         field="signature")  # fmt: skip
     signer = PublicIdentity.from_base64(doc.get("signer"))
     body = {k: v for k, v in doc.items() if k != "signature"}
     signer.verify(signature, jcs(body))
@@ -485,6 +496,9 @@ class Cas:
         self._txn_answers: tuple[object, dict[tuple[str, str, str], Any]] = (None, {})
         self._next_sweep = 0.0
         self.renewals = RenewalSchedule()
+        # docs/cas.md "Joining a running CAS": set by confide.cas.server.prepare.
+        self.key_release: KeyReleaser | None = None  # releases the master key to attested CAS
+        self.master_key_in_memory = False  # the key came from an attested CAS and has no file
 
     # -- governance ---------------------------------------------------------------------------
     def apply(self, submission: Any) -> ApplyResult:
@@ -1168,7 +1182,7 @@ class Cas:
             if row is not None:
                 revoke_previous(spec.name, SUPERSEDED)
             value = generate(spec, resolved=resolved, now=datetime.fromtimestamp(self.clock(), UTC),
-                             crl_base=self.crl_base(policy, spec))  # fmt: skip
+                             published=self.published(policy, spec))  # fmt: skip
             resolved[spec.name] = value
             version = (row.version + 1) if row is not None else 1
             public = {**value.public_info(), "spec": fingerprint}
@@ -1321,6 +1335,18 @@ class Cas:
                         secrets[spec.name]["crl"]["public_path"] = path
                         if self.public_url is not None:
                             secrets[spec.name]["crl"]["distribution_point"] = self.public_url + path
+                    dist = crl_distribution_id_of(crl.der) if spec.ca_issuers else None
+                    if dist is not None:  # served to anyone (docs/cas.md "CA certificates (caIssuers)")
+                        path = f"{CA_PATH}{dist}.crt"
+                        published = secrets[spec.name]["ca_issuers"] = {"public_path": path}
+                        if self.public_url is not None:
+                            published["url"] = self.public_url + path
+                    dist = crl_distribution_id_of(crl.der) if spec.ocsp else None
+                    if dist is not None:  # answered to anyone (docs/cas.md "OCSP")
+                        path = f"{OCSP_PATH}{dist}"
+                        published = secrets[spec.name]["ocsp"] = {"public_path": path}
+                        if self.public_url is not None:
+                            published["url"] = self.public_url + path
         return {
             "name": name,
             "hash": head.hash,
@@ -1726,7 +1752,7 @@ class Cas:
                 released[(issuer_ref["policy"], issuer_ref["name"])] = issuer_ref
                 now = self.clock()
                 value = cache[name] = issue_to_runtime(
-                    spec, runtime_key, issuer, datetime.fromtimestamp(now, UTC), self.crl_base(policy, spec)
+                    spec, runtime_key, issuer, datetime.fromtimestamp(now, UTC), self.published(policy, spec)
                 )
                 assert value.certificate is not None
                 record = runtime_certificate(
@@ -1842,11 +1868,13 @@ class Cas:
         reads.dues.append(("crl", owner, ca, row.this_update, row.next_update))
         return row.der
 
-    def crl_base(self, policy: Policy, spec: Secret) -> str | None:
-        """The CAS's public URL when certificates of ``spec`` get a CRL distribution point: it is
-        set (``cas serve --public-url``), and ``spec``'s certificates are generated (or issued to
-        runtimes) under a CA of ``policy`` that the CAS generated and that is declared
-        ``crl_distribution`` (docs/cas.md "CRL distribution points")."""
+    def published(self, policy: Policy, spec: Secret) -> Published | None:
+        """What certificates of ``spec`` name of their issuer's publications, when the CAS's
+        public URL is set (``cas serve --public-url``) and ``spec``'s certificates are generated
+        (or issued to runtimes) under a CA of ``policy`` that the CAS generated: its CRL when the
+        CA is declared ``crl_distribution`` (docs/cas.md "CRL distribution points"), its
+        certificate when declared ``ca_issuers`` ("CA certificates (caIssuers)"), its OCSP
+        responder when declared ``ocsp`` ("OCSP"). ``None`` when they name none."""
         if self.public_url is None or spec.issuer is None:
             return None
         if not (renewable(spec) or spec.issue_to_runtime):
@@ -1855,7 +1883,9 @@ class Cas:
             issuer = policy.secret(spec.issuer)
         except KeyError:
             return None
-        return self.public_url if generated_ca(issuer) and issuer.crl_distribution else None
+        if not generated_ca(issuer) or not (issuer.crl_distribution or issuer.ca_issuers or issuer.ocsp):
+            return None
+        return Published(self.public_url, issuer.crl_distribution, issuer.ca_issuers, issuer.ocsp)
 
     def crl(self, name: str, ca: str, read_request: Any | None) -> tuple[bytes, float, bool]:
         """The current CRL (DER) of the generated CA ``ca`` of policy ``name``, when it is due
@@ -1915,29 +1945,59 @@ class Cas:
         row: CrlRow | None = None
         for attempt in range(2):
             with self.db.read() as conn:
-                found = raw_execute(
-                    conn, "SELECT policy, ca FROM crls WHERE distribution_id = ? ORDER BY policy, ca LIMIT 8",
-                    (crl_id,),
-                ).fetchall()  # fmt: skip
-                served = []
-                for name, ca in found:
-                    head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
-                    if head is None:
-                        continue
-                    try:
-                        spec: Any = self._load(conn, name, head.hash).secret(ca)
-                    except KeyError:
-                        continue
-                    if generated_ca(spec) and spec.crl_distribution:
-                        served.append((str(name), str(ca)))
-                if len(served) != 1:
+                served = self._published_ca(conn, crl_id, "crl_distribution")
+                if served is None:
                     return None
-                row = current_crl(conn, *served[0])
+                row = current_crl(conn, *served)
             if row is not None and not crl_due(row.this_update, row.next_update, self.clock()):
                 return row
             if attempt == 0:  # due (the sweep has not run yet): issue it, read again
-                renew_due(self, [served[0][0]])
+                renew_due(self, [served[0]])
         return row
+
+    def published_ca_certificate(self, ca_id: str) -> x509.Certificate | None:
+        """The certificate served at the public URL ``/v1/ca/<ca_id>.crt`` (docs/cas.md "CA
+        certificates (caIssuers)"), to anyone: the current version's certificate of the one
+        generated CA whose id (:func:`confide.cas.secrets.crl_distribution_id`, the same as its
+        CRL's) is ``ca_id`` and that the current version of its policy declares ``ca_issuers``.
+        ``None`` for anything else, all alike, as :meth:`distributed_crl`. Only the row's public
+        metadata is read: nothing is unsealed."""
+        if not _CRL_ID.fullmatch(ca_id):
+            return None
+        with self.db.read() as conn:
+            served = self._published_ca(conn, ca_id, "ca_issuers")
+            row = None if served is None else self._latest_secret(conn, *served)
+        if row is None:
+            return None
+        try:
+            cert = x509.load_pem_x509_certificate(json.loads(row.public)["certificate"].encode())
+            ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+        except (KeyError, TypeError, ValueError, AttributeError, x509.ExtensionNotFound):
+            return None
+        # The id the crls row was found by names the CA's key of the CRL issued with its current
+        # version (same transaction); checked again against the certificate served.
+        return cert if crl_distribution_id(cert.subject, ski) == ca_id else None
+
+    def _published_ca(self, conn: Connection, dist_id: str, flag: str) -> tuple[str, str] | None:
+        """The (policy, CA) of the one generated CA with distribution id ``dist_id`` whose policy's
+        current version declares ``flag`` (``crl_distribution`` or ``ca_issuers``) on it; ``None``
+        when none or several do (two CAs with one subject and key cannot be told apart)."""
+        found = raw_execute(
+            conn, "SELECT policy, ca FROM crls WHERE distribution_id = ? ORDER BY policy, ca LIMIT 8",
+            (dist_id,),
+        ).fetchall()  # fmt: skip
+        served = []
+        for name, ca in found:
+            head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
+            if head is None:
+                continue
+            try:
+                spec: Any = self._load(conn, name, head.hash).secret(ca)
+            except KeyError:
+                continue
+            if generated_ca(spec) and getattr(spec, flag):
+                served.append((str(name), str(ca)))
+        return served[0] if len(served) == 1 else None
 
     def events_for(self, read_request: Any) -> dict[str, Any]:
         """The ledger entries of a policy, for identities that may read it, each with its
@@ -2165,10 +2225,13 @@ def _gpu_summary(slot: str, v: VerifiedEvidence) -> dict[str, Any]:
 
 
 def _declaration(spec: Any) -> dict[str, Any]:
-    """A secret's declaration as far as its value depends on it (exports do not matter, nor does
-    ``crl_distribution``: certificates get their distribution point at their next version)."""
+    """A secret's declaration as far as its value depends on it (exports do not matter, nor do
+    ``crl_distribution``, ``ca_issuers`` and ``ocsp``: certificates get their distribution point,
+    caIssuers and OCSP URLs at their next version)."""
     out: dict[str, Any] = spec.model_dump(
-        mode="json", by_alias=True, exclude={"export", "export_public", "crl_distribution"}
+        mode="json",
+        by_alias=True,
+        exclude={"export", "export_public", "crl_distribution", "ca_issuers", "ocsp"},
     )
     return out
 

@@ -16,8 +16,10 @@ any of the CAS's memory. The TLS handshake itself must complete within
 **Request heads.** uvicorn's httptools protocol keeps a request's URL and each header value in
 memory until the head is complete, with no limit of its own: a client that never ends its head
 can make the CAS buffer gigabytes. :class:`BoundedHttpToolsProtocol` counts the bytes of each
-request head and answers ``431 Request Header Fields Too Large`` (RFC 6585 §5), then closes the
-connection, once a head exceeds :data:`MAX_HEAD` bytes, and closes a connection whose request
+request head as they are read, before the parser sees them (a head that comes in one read
+included), and answers ``431 Request Header Fields Too Large`` (RFC 6585 §5), then closes the
+connection, once a head exceeds :data:`MAX_HEAD` bytes (:data:`PUBLIC_MAX_HEAD` on the public
+listener, :meth:`HttpLimits.plain_protocol`), and closes a connection whose request
 head is not complete :data:`HEAD_TIMEOUT` seconds after the connection was made (after its TLS
 handshake) or after the request's first byte (``408 Request Timeout``, RFC 9110 §15.5.9, when
 some of it came): uvicorn itself bounds only the idle time between requests
@@ -30,6 +32,10 @@ is armed only when a body did not come whole with its head (no cost for the usua
 Bodies are bounded in size by the application (``confide.cas.app.MAX_BODY``: 413, RFC 9110
 §15.5.14) and by uvicorn's flow control, which stops reading from a connection whose body the
 application has not consumed yet.
+
+**Responses.** :class:`OneWriteCycle` writes a response's head together with its body: one
+TLS record and one socket write per response where uvicorn wrote two (docs/performance.md,
+"The serving layer").
 """
 
 from __future__ import annotations
@@ -38,11 +44,21 @@ import asyncio
 import json
 import logging
 import ssl
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, cast
 
+import httptools  # type: ignore[import-untyped]
 import uvloop.loop
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from confide.cas.ratelimit import client_key
 
@@ -53,8 +69,10 @@ __all__ = [
     "MAX_CONNECTIONS",
     "MAX_CONNECTIONS_PER_CLIENT",
     "MAX_HEAD",
+    "PUBLIC_MAX_HEAD",
     "BoundedHttpToolsProtocol",
     "HttpLimits",
+    "OneWriteCycle",
 ]
 
 # The request line and all header fields of one request. The largest legitimate head is a
@@ -71,13 +89,22 @@ MAX_CONNECTIONS = 1024
 # benchmark's 64 concurrent clients on one address included).
 MAX_CONNECTIONS_PER_CLIENT = 128
 
-_BODY = b"the request head exceeds 65536 bytes\n"
-_REFUSAL = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-    b"content-type: text/plain; charset=utf-8\r\n"
-    b"content-length: " + str(len(_BODY)).encode() + b"\r\n"
-    b"connection: close\r\n\r\n" + _BODY
-)
+# The public HTTP listener's request heads (confide.cas.public_http): a GET of a short path,
+# which needs no header of any size.
+PUBLIC_MAX_HEAD = 8 * 1024
+
+
+def _refusal(max_head: int) -> bytes:
+    body = f"the request head exceeds {max_head} bytes\n".encode()
+    return (
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+        b"content-type: text/plain; charset=utf-8\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n"
+        b"connection: close\r\n\r\n" + body
+    )
+
+
+_REFUSAL = _refusal(MAX_HEAD)
 _TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
@@ -93,7 +120,10 @@ class HttpLimits:
         head_timeout: float = HEAD_TIMEOUT,
         body_timeout: float = BODY_TIMEOUT,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_head: int = MAX_HEAD,
     ) -> None:
+        if max_head < 1024:
+            raise ValueError("request heads are bounded at 1024 bytes or more")
         if max_connections < 0 or max_connections_per_client < 0 or body_timeout < 0:
             raise ValueError("connection limits and timeouts are >= 0 (0: off)")
         if head_timeout <= 0 or handshake_timeout <= 0:
@@ -102,6 +132,7 @@ class HttpLimits:
         self.max_per_client = max_connections_per_client
         self.head_timeout, self.body_timeout = head_timeout, body_timeout
         self.handshake_timeout = handshake_timeout
+        self.max_head = max_head
         self.open = 0  # connections accepted and not yet closed (handshakes included)
         self._per_client: dict[str, int] = {}
         # What was refused, by reason (confide_cas_connections_refused_total and
@@ -142,12 +173,42 @@ class HttpLimits:
         return len(self._per_client)
 
     def http_protocol(self) -> type[BoundedHttpToolsProtocol]:
-        """:class:`BoundedHttpToolsProtocol` with these timeouts, counting into these limits."""
+        """:class:`BoundedHttpToolsProtocol` with these timeouts and head bound, counting into
+        these limits."""
         return type(
             "LimitedHttpToolsProtocol",
             (BoundedHttpToolsProtocol,),
-            {"head_timeout": self.head_timeout, "body_timeout": self.body_timeout, "limits": self},
-        )
+            {"head_timeout": self.head_timeout, "body_timeout": self.body_timeout, "limits": self,
+             "max_head": self.max_head, "refusal": _refusal(self.max_head)},
+        )  # fmt: skip
+
+    def plain_protocol(self) -> type[BoundedHttpToolsProtocol]:
+        """:meth:`http_protocol` for a plain-HTTP server (the public listener,
+        ``confide.cas.public_http``; ``Config.http``): each connection is admitted by
+        :meth:`admit` when accepted, and closed at once when over a limit, before a byte is
+        read; released when lost. Its head deadline counts from the accept."""
+        limits = self
+
+        class GatedHttp(self.http_protocol()):  # type: ignore[misc]
+            _gate_key: str | None = None
+
+            def connection_made(self, transport: asyncio.Transport) -> None:
+                key = limits.admit(transport.get_extra_info("peername"))
+                if key is None:  # over a limit: closed, nothing read or answered
+                    transport.abort()
+                    return
+                self._gate_key = key
+                super().connection_made(transport)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                key = self._gate_key
+                if key is None:
+                    return  # refused: never started
+                self._gate_key = None
+                limits.release(key)
+                super().connection_lost(exc)
+
+        return GatedHttp
 
     def tls_protocol(
         self, http: Callable[..., asyncio.Protocol], context: ssl.SSLContext
@@ -193,20 +254,25 @@ class HttpLimits:
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, refusing request heads over :data:`MAX_HEAD` bytes or
+    """uvicorn's httptools protocol, refusing request heads over :attr:`max_head` bytes or
     :attr:`head_timeout` seconds, and bodies not complete :attr:`body_timeout` seconds after
     their head (0: no limit)."""
 
     head_timeout = HEAD_TIMEOUT
     body_timeout = BODY_TIMEOUT
+    max_head = MAX_HEAD
+    refusal = _REFUSAL  # the 431 response, naming max_head
     limits: HttpLimits | None = None  # counts refusals when set (HttpLimits.http_protocol)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True
         self._in_body = False
-        self._head_bytes = 0
+        self._head_bytes = 0  # of the head being received, counted before the parser sees them
+        self._head_tail = b""  # its last 3 bytes, to find a CRLF CRLF across reads
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_deadline = 0.0
+        self._served = False  # a request began on this connection
         self._body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -220,14 +286,59 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head, self._head_bytes = True, 0
-        self._arm_head_timer()  # a later request on a kept-alive connection: its own deadline
+        self._in_head = True
+        if self._served:  # a later request on a kept-alive connection: its own deadline
+            self._arm_head_timer()
+        self._served = True  # the first one's counts from the connection (connection_made)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._in_head = False  # the head timer, still armed, finds this when it fires
         self._in_body = True
-        self._cancel_head_timer()
-        super().on_headers_complete()
+        # uvicorn's HttpToolsProtocol.on_headers_complete (uvicorn 0.54.0, pinned), with the
+        # request-response cycle of this module, which writes a response in one write.
+        parser = self.parser
+        http_version = parser.get_http_version()
+        method = parser.get_method()
+        scope = self.scope
+        scope["method"] = method.decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        if parser.should_upgrade() and self._should_upgrade():
+            return
+        parsed_url = httptools.parse_url(self.url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope["path"] = self.root_path + path
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = parsed_url.query or b""
+        app = self.app
+        if self.limit_concurrency is not None and (
+            len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency
+        ):
+            app = service_unavailable
+            self.logger.warning("Exceeded concurrency limit.")
+        existing_cycle = self.cycle
+        self.cycle = cycle = OneWriteCycle(
+            scope=scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
+            on_response=self.on_response_complete,
+        )
+        cycle.loop = self.loop
+        if existing_cycle is None or existing_cycle.response_complete:
+            self._start_asgi_task(cycle, app)
+        else:  # pipelined: queued until the previous response is complete
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, app))
 
     def on_message_complete(self) -> None:
         self._in_body = False
@@ -235,6 +346,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def _arm_head_timer(self) -> None:
+        """Start the head's deadline. One timer per connection, not one per request: it stays
+        armed when a head completes, and when it fires it re-arms itself for a later head's
+        deadline (or does nothing between heads), so a request costs a clock read here instead
+        of arming and cancelling a timer (``_head_timed_out``)."""
+        self._head_deadline = self.loop.time() + self.head_timeout
         if self._head_timer is None:
             self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
 
@@ -251,6 +367,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if not self._in_head or self.transport.is_closing():
+            return  # between heads: the next one arms the timer again
+        remaining = self._head_deadline - self.loop.time()
+        if remaining > 0:  # a later head than the one the timer was armed for
+            self._head_timer = self.loop.call_later(remaining, self._head_timed_out)
             return
         if self.limits is not None:
             self.limits.head_timeouts += 1
@@ -270,23 +390,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self._in_head:
-            if self.transport.is_closing():
+        if not self._in_body and not self.transport.is_closing():
+            # A request head (or the next one, between requests) is coming: its bytes in this
+            # read are counted before the parser buffers any, up to the empty line that ends it
+            # (CRLF CRLF, RFC 9112 §2.1) when it ends here. What follows it in the same read (a
+            # body, a pipelined request) is the parser's: at most one read's worth uncounted.
+            window = self._head_tail + data
+            end = window.find(b"\r\n\r\n")
+            size = len(data) if end < 0 else end + 4 - len(self._head_tail)
+            if self._head_bytes + size > self.max_head:
+                self._refuse_head()
                 return
-            # Still in a head after the parser took all of `data`: every byte of it was head
-            # (but for the end of a previous pipelined request in the same read, counted too:
-            # at most one read's worth of over-counting, never under-counting).
-            self._head_bytes += len(data) or 1
-            if self._head_bytes > MAX_HEAD:
-                if self.limits is not None:
-                    self.limits.head_too_large += 1
-                logging.getLogger("confide.cas").warning(
-                    json.dumps({"event": "request", "status": 431, "reason": f"head over {MAX_HEAD} bytes"})
-                )
-                self.transport.write(_REFUSAL)
-                self.transport.close()
-        elif (
+            if end < 0:
+                self._head_bytes, self._head_tail = self._head_bytes + size, window[-3:]
+            else:
+                self._head_bytes, self._head_tail = 0, b""
+        super().data_received(data)
+        if (
             self._in_body
             and self._body_timer is None
             and self.body_timeout
@@ -295,3 +415,131 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # A body still coming after the read that completed its head: its deadline counts
             # from that read (the head was timed by the head deadline until then).
             self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
+
+    def _refuse_head(self) -> None:
+        if self.limits is not None:
+            self.limits.head_too_large += 1
+        logging.getLogger("confide.cas").warning(
+            json.dumps({"event": "request", "status": 431, "reason": f"head over {self.max_head} bytes"})
+        )
+        self.transport.write(self.refusal)
+        self.transport.close()
+
+
+# A response's head and body up to this size go out as one TLS record (16 KiB of plaintext at
+# most, RFC 8446 §5.1); a larger body follows its head in the same socket write.
+_ONE_RECORD = 16 * 1024 - 1024
+
+
+class OneWriteCycle(RequestResponseCycle):
+    """uvicorn's request-response cycle (uvicorn 0.54.0), writing a response's head together
+    with its body: one ``transport.write`` — one TLS record and one socket write — for a whole
+    response of up to ~15 KiB, where uvicorn writes the head and the body separately (two TLS
+    records, two writes). The head is kept from ``http.response.start`` until the first
+    ``http.response.body``, and at most until the end of the loop iteration it was made in: a
+    streaming response whose first body part comes later has its head sent on its own, at once,
+    as before. Everything else (header checks, ``Content-Length`` accounting, chunked encoding,
+    ``HEAD``, keep-alive and ``Connection: close``, flow control) is uvicorn's.
+
+    ``send`` and ``_response_head`` are adapted from uvicorn's ``RequestResponseCycle.send``
+    (uvicorn 0.54.0, BSD-3-Clause, Copyright © 2017-present, Encode OSS Ltd.); re-check them
+    against uvicorn's when its pin moves."""
+
+    loop: asyncio.AbstractEventLoop
+    _head: bytes | None = None
+
+    def _flush_head(self) -> None:
+        head, self._head = self._head, None
+        if head is not None and not self.disconnected and not self.transport.is_closing():
+            self.transport.write(head)
+
+    async def send(self, message: Any) -> None:
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        if not self.response_started:
+            if message["type"] != "http.response.start":
+                raise RuntimeError(
+                    f"Expected ASGI message 'http.response.start', but got '{message['type']}'."
+                )
+            self.response_started = True
+            self.waiting_for_100_continue = False
+            self._head = self._response_head(message)
+            self.loop.call_soon(self._flush_head)
+            return
+        if self.response_complete:
+            raise RuntimeError(
+                f"Unexpected ASGI message '{message['type']}' sent, after response already completed."
+            )
+        if message["type"] != "http.response.body":
+            raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{message['type']}'.")
+        body = message.get("body", b"")
+        more_body = message.get("more_body", False)
+        if self.scope["method"] == "HEAD":
+            self.expected_content_length = 0
+            data: bytes = b""
+        elif self.chunked_encoding:
+            data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+            if not more_body:
+                data += b"0\r\n\r\n"
+        else:
+            if len(body) > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= len(body)
+            data = body
+        head, self._head = self._head, None
+        if head is None:
+            self.transport.write(data)
+        elif len(data) <= _ONE_RECORD:
+            self.transport.write(head + data)
+        else:
+            self.transport.writelines((head, data))
+        if not more_body:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()
+
+    def _response_head(self, message: Any) -> bytes:
+        """The status line and header fields of ``http.response.start``, as uvicorn writes them
+        (and the response's framing: ``Content-Length``, chunked, keep-alive)."""
+        status_code = message["status"]
+        headers = self.default_headers + list(message.get("headers", []))
+        if self.access_log:
+            self.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d',
+                get_client_addr(self.scope),
+                self.scope["method"],
+                get_path_with_query_string(self.scope),
+                self.scope["http_version"],
+                status_code,
+            )
+        content = [STATUS_LINE[status_code]]
+        has_connection_close = False
+        for raw_name, value in headers:
+            if HEADER_RE.search(raw_name):
+                raise RuntimeError("Invalid HTTP header name.")
+            if HEADER_VALUE_RE.search(value):
+                raise RuntimeError("Invalid HTTP header value.")
+            name = raw_name.lower()
+            if name == b"content-length" and self.chunked_encoding is None:
+                self.expected_content_length = int(value.decode())
+                self.chunked_encoding = False
+            elif name == b"transfer-encoding" and value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+            elif name == b"connection" and b"close" in [t.lower().strip() for t in value.split(b",")]:
+                self.keep_alive = False
+                has_connection_close = True
+            content.extend((name, b": ", value, b"\r\n"))
+        if not self.keep_alive and not has_connection_close:
+            content.append(b"connection: close\r\n")
+        if self.chunked_encoding is None and self.scope["method"] != "HEAD" and status_code not in (204, 304):
+            self.chunked_encoding = True  # neither Content-Length nor Transfer-Encoding
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        return b"".join(content)

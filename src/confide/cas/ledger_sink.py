@@ -42,6 +42,8 @@ ENTRY_TYPES: dict[str, EntryType] = {
     "secret-release": EntryType.SECRET_RELEASED,
     "volume-tag": EntryType.VOLUME_TAG,
     "master-key-rotated": EntryType.KEY_ROTATED,
+    "master-key-released": EntryType.KEY_RELEASED,
+    "master-key-release-refused": EntryType.KEY_RELEASE_REFUSED,
 }
 
 

@@ -30,7 +30,9 @@ apart from "this file was modified"; it reveals nothing about the key.
   file removed. A crash before the rename leaves the plain file as it was; a crash after it
   leaves both, and the next start checks that they hold the same key and removes the plain one.
 
-Replacing the key itself (rotation) is :mod:`confide.cas.rotation`.
+:func:`install_master_key` seals a key this CAS was given by an attested CAS
+(:mod:`confide.cas.join`) into a data directory that holds none. Replacing the key itself
+(rotation) is :mod:`confide.cas.rotation`.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ __all__ = [
     "PLAIN_NAME",
     "SEALED_NAME",
     "SealedMasterKey",
+    "install_master_key",
     "load_master_key",
     "seal_master_key",
     "unseal_master_key",
@@ -275,3 +278,24 @@ def load_master_key(data_dir: Path, provider: SealingKeyProvider | None) -> byte
         plain.unlink()
         fsync_dir(data_dir)
     return key
+
+
+def install_master_key(data_dir: Path, key: bytes, provider: SealingKeyProvider) -> None:
+    """Seal ``key`` (released by an attested CAS, ``cas serve --join``) as ``master.key.sealed``
+    in ``data_dir``, which must hold no master key file: written atomically, read back and
+    opened with a fresh ``sealing_key()`` call, removed again if that fails. Never plain."""
+    present = sorted(p.name for p in data_dir.glob(f"{PLAIN_NAME}*"))
+    if present:
+        raise UsageError(
+            f"{data_dir} already holds {', '.join(present)}: a released key is installed only into a"
+            " data directory without a master key"
+        )
+    sealed = data_dir / SEALED_NAME
+    write_atomic(sealed, seal_master_key(key, provider), mode=0o600)
+    try:
+        if not hmac.compare_digest(unseal_master_key(_read_bounded(sealed), provider), key):
+            raise StorageError(f"{sealed}: re-read after writing does not hold the master key")
+    except BaseException:
+        sealed.unlink()
+        fsync_dir(data_dir)
+        raise

@@ -7,6 +7,8 @@ signed documents of :mod:`confide.cas.core`)::
     {"type": "confide/revoke/v1", "name": POLICY, "secret": NAME, "reason": REASON,
      "serial": HEX | "all_valid": true, "time": UNIX_SECONDS, "signer": KEY, "signature": SIG}
 
+and nothing else (a field this CAS does not know is refused, :func:`parse_request`).
+
 Steps, in one write transaction (:func:`revoke_request`):
 
 1. Who: an identity named by the *current* version's ``access_policy.update`` rules, as a listed
@@ -71,6 +73,9 @@ if TYPE_CHECKING:
 __all__ = ["REVOKE_TYPE", "RevokeRequest", "in_scope", "parse_request", "refusal", "revoke_request"]
 
 REVOKE_TYPE = "confide/revoke/v1"
+# The signed body's fields (``signature`` is not part of it): a field this CAS does not know,
+# say one a later version would use to narrow a revocation, is refused rather than ignored.
+FIELDS = frozenset({"type", "name", "secret", "reason", "serial", "all_valid", "time", "signer"})
 _SERIAL = re.compile(r"[0-9a-fA-F]{1,40}")  # RFC 5280 §4.1.2.2: at most 20 octets
 
 
@@ -89,6 +94,11 @@ class RevokeRequest:
 def parse_request(body: dict[str, Any], signer: str) -> RevokeRequest:
     """Check the fields of a revocation request (hostile input) whose signature by ``signer``
     (a fingerprint) the caller has checked."""
+    unknown = sorted(set(body) - FIELDS)
+    if unknown:
+        raise ParseError(
+            f"got field {unknown[0][:40]!r}, expected only {', '.join(sorted(FIELDS))}", structure=REVOKE_TYPE
+        )
     for field in ("name", "secret", "reason"):
         value = body.get(field)
         if not isinstance(value, str) or not 0 < len(value) <= 256:

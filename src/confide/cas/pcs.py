@@ -43,7 +43,9 @@ source's ``get_pck_certificate`` (:class:`~confide.collateral.dcap.PckCertificat
 HTTP source keeps it on disk, checked to chain to the pinned root when written and when read
 back), keeps it in memory :data:`PCK_MEMORY_SECONDS` (monotonic) by its identifier, at most
 ``max_entries`` of them, and shares one fetch between attestations of the same platform, like
-the collateral. Nothing is verified here either: the verifier checks the certificate (chain,
+the collateral (memory, failures and the single fetch: a
+:class:`~confide.cas.fetch_cache.FetchCache`, whose entries' age is monotonic, not ``at``'s).
+Nothing is verified here either: the verifier checks the certificate (chain,
 dates, CRL, that it is the quote's platform's) at every attestation.
 """
 
@@ -55,11 +57,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 
 from cryptography import x509
 
+from confide.cas.fetch_cache import FetchCache
 from confide.cas.fetch_stats import FetchStats
 from confide.cas.flight import SingleFlight
 from confide.collateral.dcap import PCK_CERT_CACHE_TIME, DcapCollateralSource, PckCertificateSource
@@ -81,6 +84,9 @@ not current is not prefetched again within them either, an error is)."""
 PCK_MEMORY_SECONDS = PCK_CERT_CACHE_TIME.total_seconds()
 """Seconds (monotonic clock) a fetched PCK certificate is kept in memory (the HTTP source keeps
 it on disk as long)."""
+_PCK_AT = datetime.min.replace(tzinfo=UTC)
+"""The ``at`` given to the PCK certificates' FetchCache, which does not read it: their age is
+monotonic (:data:`PCK_MEMORY_SECONDS`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +131,15 @@ class DcapCollateralCache:
         self._memory: Lru[DcapKey, _Entry] = Lru(max_entries)
         self._failures: Lru[DcapKey, tuple[float, ConfideError]] = Lru(max_entries)
         self._flights: SingleFlight[DcapKey, DcapCollateral] = SingleFlight()
-        self._pcks: Lru[PckCertId, tuple[float, PckCertificate]] = Lru(max_entries)
-        self._pck_failures: Lru[PckCertId, tuple[float, ConfideError]] = Lru(max_entries)
-        self._pck_flights: SingleFlight[PckCertId, PckCertificate] = SingleFlight()
+        # The PCK certificates: memory (fetched less than PCK_MEMORY_SECONDS ago), failures
+        # kept FAILURE_GRACE seconds, one fetch per certificate at a time. Their fetches are
+        # timed in self.stats, with the collateral's (not in the FetchCache's own stats).
+        self._pcks: FetchCache[PckCertId, tuple[float, PckCertificate]] = FetchCache(
+            max_entries,
+            lambda entry, _at: self.monotonic() - entry[0] < PCK_MEMORY_SECONDS,
+            grace=FAILURE_GRACE,
+            monotonic=lambda: self.monotonic(),  # noqa: PLW0108 (self.monotonic as it is then)
+        )
 
     @property
     def fetches(self) -> int:
@@ -237,10 +249,8 @@ class DcapCollateralCache:
     def pck_found(self, cert_id: PckCertId) -> PckCertificate | None:
         """No I/O: the PCK certificate in memory (fetched less than :data:`PCK_MEMORY_SECONDS`
         ago), if any."""
-        entry = self._pcks.get(cert_id)
-        if entry is None or self.monotonic() - entry[0] >= PCK_MEMORY_SECONDS:
-            return None
-        return entry[1]
+        entry = self._pcks.cached(cert_id, _PCK_AT)
+        return None if entry is None else entry[1]
 
     def pck_prefetch(self, cert_id: PckCertId) -> PckCertificate | ConfideError:
         """Blocking (run it off the event loop): the certificate from memory, else fetched; a
@@ -255,15 +265,9 @@ class DcapCollateralCache:
         """The certificate from memory; else the error of a fetch in the last
         :data:`FAILURE_GRACE` seconds; else fetched (blocking, one fetch per platform at a
         time). Raises :class:`CollateralMissingError` when the source fails."""
-        found = self.pck_found(cert_id)
-        if found is not None:
-            return found
-        failed = self._pck_failures.get(cert_id)
-        if failed is not None and self.monotonic() - failed[0] < FAILURE_GRACE:
-            raise copy.copy(failed[1])
-        return self._pck_flights.run(cert_id, partial(self._pck_load, cert_id))
+        return self._pcks.get(cert_id, _PCK_AT, partial(self._pck_load, cert_id))[1]
 
-    def _pck_load(self, cert_id: PckCertId) -> PckCertificate:
+    def _pck_load(self, cert_id: PckCertId) -> tuple[float, PckCertificate]:
         source = self.source
         try:
             if not isinstance(source, PckCertificateSource):
@@ -274,16 +278,12 @@ class DcapCollateralCache:
             log.info(
                 json.dumps({"event": "pck-fetch-failed", "cert_type": cert_id.cert_type, "error": exc.kind})
             )
-            error = CollateralMissingError(
+            raise CollateralMissingError(
                 f"fetching the PCK certificate for the quote's {cert_id.describe()} from {self.where} "
                 f"failed: {exc.kind}: {exc.message}"
-            )
-            self._pck_failures.put(cert_id, (self.monotonic(), error))
-            raise error from None
-        self._pcks.put(cert_id, (self.monotonic(), pck))
-        self._pck_failures.pop(cert_id)
+            ) from None
         log.info(json.dumps({"event": "pck-fetched", "cert_type": cert_id.cert_type}))
-        return pck
+        return self.monotonic(), pck
 
 
 def _expires(c: DcapCollateral) -> datetime | None:

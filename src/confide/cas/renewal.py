@@ -139,7 +139,7 @@ def renew_policy(cas: Cas, conn: Connection, name: str, now: float) -> list[dict
                 issuer = cas.sealer.unseal(
                     issuer_row.sealed, policy=name, name=spec.issuer, version=issuer_row.version
                 )
-        value = renew_certificate(spec, old, issuer=issuer, now=at, crl_base=cas.crl_base(policy, spec))
+        value = renew_certificate(spec, old, issuer=issuer, now=at, published=cas.published(policy, spec))
         version = row.version + 1
         public = {**value.public_info(), "spec": json.loads(row.public).get("spec")}
         conn.execute(

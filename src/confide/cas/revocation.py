@@ -34,7 +34,8 @@ nonce of the request it once answered proves nothing now, so, as for a stored re
 (``--nvidia-ocsp DIR``), its ``nextUpdate`` bounds its use. A file that does not pass (tampered,
 another certificate's, expired, not yet valid at ``at``, revoked, malformed, too large) is not
 used and is removed (``rejected_files`` counts them), and the source is asked; one that cannot be
-read is not used either (logged, left in place).
+read is not used either (logged, left in place). (Reading, removing and writing the files:
+:class:`~confide.cas.cache_files.CacheFiles`, shared with the RIM cache.)
 
 Every response handed out, cached or fresh, is verified once more by the caller
 (:func:`confide.verify.nvidia.verify_nvidia_report` at the attestation's ``at``); the cache only
@@ -70,10 +71,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from confide.cas.cache_files import CacheFiles, Log
 from confide.cas.fetch_stats import FetchStats
 from confide.collateral.nvidia_ocsp import OcspSource
 from confide.errors import ConfideError, UsageError
-from confide.fsutil import prune_oldest, write_atomic
 from confide.lru import Lru
 from confide.policy._types import duration_seconds
 from confide.verify.ocsp import MAX_RESPONSE_SIZE, OcspResponse, verify_ocsp_response
@@ -128,12 +129,10 @@ class OcspCache:
         disk_entries: int = DISK_ENTRIES,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        if disk_entries < 1:
-            raise ValueError("disk_entries must be >= 1")
+        self.files = CacheFiles(directory, "*.der", disk_entries, max_size=MAX_RESPONSE_SIZE)
         self.source = source
         self.directory = directory
         self.disk_entries = disk_entries
-        self.rejected_files = 0
         self.monotonic = monotonic
         self._entries: Lru[tuple[bytes, int], _Entry] = Lru(max_entries)
         self._count_lock = threading.Lock()
@@ -143,6 +142,11 @@ class OcspCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def rejected_files(self) -> int:
+        """Files of the disk directory that did not verify (removed)."""
+        return self.files.rejected
 
     def prefetch(
         self, cert: x509.Certificate, issuer: x509.Certificate, *, at: datetime
@@ -207,9 +211,9 @@ class OcspCache:
 
     # -- disk (blocking: worker threads only) -----------------------------------------------------
 
-    def _path(self, key: tuple[bytes, int]) -> Path:
-        assert self.directory is not None
-        return self.directory / f"{key[0].hex()}-{key[1]:x}.der"
+    @staticmethod
+    def _name(key: tuple[bytes, int]) -> str:
+        return f"{key[0].hex()}-{key[1]:x}.der"
 
     def _from_disk(
         self, key: tuple[bytes, int], cert: x509.Certificate, issuer: x509.Certificate, at: datetime
@@ -217,48 +221,22 @@ class OcspCache:
         """The file of ``key``, verified as a fresh response at ``at`` without a nonce (module
         docstring), then kept in memory; ``None`` when there is none, or when it does not
         verify (it is then removed)."""
-        if self.directory is None:
+
+        def check(der: bytes, _mtime: float) -> _Entry:
+            stored = OcspResponse(der)  # no nonce: its nextUpdate bounds it (RFC 6960 §4.2.2.1)
+            result = verify_ocsp_response(stored, cert, issuer, at=at)
+            assert result.next_update is not None  # without a nonce, verify_ocsp_response requires it
+            return _Entry(stored, at, result.next_update)
+
+        entry = self.files.load(self._name(key), check, _disk_log(key))
+        if entry is None:
             return None
-        path = self._path(key)
-        try:
-            with path.open("rb") as fh:
-                der = fh.read(MAX_RESPONSE_SIZE + 1)  # larger: refused by the verification
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            _log("ocsp-cache-unreadable", key, error=type(exc).__name__)
-            return None
-        stored = OcspResponse(der)  # no nonce: its nextUpdate bounds it (RFC 6960 §4.2.2.1)
-        try:
-            check = verify_ocsp_response(stored, cert, issuer, at=at)
-        except ConfideError as exc:
-            with self._count_lock:
-                self.rejected_files += 1
-            _log("ocsp-cache-rejected", key, error=exc.kind)
-            try:
-                path.unlink(missing_ok=True)
-            except OSError as unlink_error:
-                _log("ocsp-cache-remove-failed", key, error=type(unlink_error).__name__)
-            return None
-        assert check.next_update is not None  # without a nonce, verify_ocsp_response requires it
-        self._entries.put(key, _Entry(stored, at, check.next_update))
+        self._entries.put(key, entry)
         self._failures.pop(key)
-        return stored
+        return entry.response
 
     def _to_disk(self, key: tuple[bytes, int], der: bytes) -> None:
-        if self.directory is None:
-            return
-        try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_atomic(self._path(key), der, mode=0o600)
-            self._prune()
-        except OSError as exc:  # the response is in memory; a restarted CAS asks the source again
-            _log("ocsp-cache-write-failed", key, error=type(exc).__name__)
-
-    def _prune(self) -> None:
-        """Keep at most :attr:`disk_entries` response files, removing the oldest."""
-        assert self.directory is not None
-        prune_oldest(self.directory, "*.der", self.disk_entries)
+        self.files.store(self._name(key), der, _disk_log(key))
 
 
 def parse_stapled_max_age(text: str) -> timedelta:
@@ -288,6 +266,10 @@ def _key_hash(issuer: x509.Certificate) -> bytes:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return hashlib.sha256(spki).digest()
+
+
+def _disk_log(key: tuple[bytes, int]) -> Log:
+    return lambda event, error: _log(f"ocsp-cache-{event}", key, error=error)
 
 
 def _log(event: str, key: tuple[bytes, int], **extra: str) -> None:

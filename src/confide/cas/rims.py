@@ -28,7 +28,8 @@ it exactly as a fetched RIM, at ``at``; its modification time is its ``stored_at
 than :data:`MAX_AGE`, or written after ``at``, is not used: the source is asked, and the file
 replaced). A file that does not verify
 (tampered, another root's, expired, malformed, too large) is not used and is removed
-(``rejected_files`` counts them), and the source is asked.
+(``rejected_files`` counts them), and the source is asked. (Reading, removing and writing the
+files: :class:`~confide.cas.cache_files.CacheFiles`, shared with the OCSP cache.)
 
 Every RIM handed out, cached or fresh, is verified once more by the caller
 (:func:`confide.verify.nvidia.verify_nvidia_report` at the attestation's ``at``, with the OCSP
@@ -46,9 +47,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,11 +56,11 @@ from pathlib import Path
 
 from cryptography import x509
 
+from confide.cas.cache_files import CacheFiles, Log
 from confide.cas.fetch_cache import FetchCache
 from confide.collateral.nvidia_rim import RimSource
 from confide.errors import CollateralError, CollateralMissingError, ConfideError, ParseError
 from confide.evidence.nvidia_rim import MAX_RIM_SIZE, ReferenceManifest
-from confide.fsutil import prune_oldest, write_atomic
 from confide.verify.nvidia_rim import verify_rim
 
 __all__ = ["DISK_ENTRIES", "FAILURE_GRACE", "MAX_AGE", "MAX_ENTRIES", "RimCache"]
@@ -105,16 +104,13 @@ class RimCache:
         disk_entries: int = DISK_ENTRIES,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        if disk_entries < 1:
-            raise ValueError("disk_entries must be >= 1")
+        self.files = CacheFiles(directory, "*.xml", disk_entries, max_size=MAX_RIM_SIZE)
         self.source = source
         self.directory = directory
         self.disk_entries = disk_entries
-        self.rejected_files = 0
         self.where = where
         self.kind = kind
         self.root = root
-        self._count_lock = threading.Lock()
         # Memory, the failures kept FAILURE_GRACE seconds, one fetch per RIM ID at a time.
         self.memory: FetchCache[str, _Entry] = FetchCache(
             max_entries, _Entry.usable, grace=FAILURE_GRACE, monotonic=monotonic
@@ -125,6 +121,11 @@ class RimCache:
     def fetches(self) -> int:
         """Calls of the source so far."""
         return self.memory.fetches
+
+    @property
+    def rejected_files(self) -> int:
+        """Files of the disk directory that did not verify (removed)."""
+        return self.files.rejected
 
     def __len__(self) -> int:
         return len(self.memory)
@@ -180,58 +181,35 @@ class RimCache:
 
     # -- disk (blocking: worker threads only) -----------------------------------------------------
 
-    def _path(self, rim_id: str) -> Path | None:
-        if self.directory is None or not _FILE_ID.fullmatch(rim_id):
-            return None
-        return self.directory / f"{rim_id}.xml"
+    def _name(self, rim_id: str) -> str | None:
+        return f"{rim_id}.xml" if _FILE_ID.fullmatch(rim_id) else None
 
     def _from_disk(self, rim_id: str, at: datetime) -> _Entry | None:
         """The file of ``rim_id``, verified as a fetched RIM at ``at`` (module docstring), stored
         at its modification time; ``None`` when there is none, it is not usable at ``at`` (older
         than :data:`MAX_AGE`, or from after ``at``), or it does not verify (it is then removed)."""
-        path = self._path(rim_id)
-        if path is None:
+        name = self._name(rim_id)
+        if name is None:
             return None
-        try:
-            with path.open("rb") as fh:
-                stored_at = datetime.fromtimestamp(os.fstat(fh.fileno()).st_mtime, at.tzinfo)
-                data = fh.read(MAX_RIM_SIZE + 1)  # larger: refused by the parse
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            _log("rim-cache-unreadable", rim_id, error=type(exc).__name__)
-            return None
-        if not stored_at <= at < stored_at + MAX_AGE:
-            return None  # fetched again, and the file replaced
-        try:
+
+        def check(data: bytes, mtime: float) -> _Entry | None:
+            stored_at = datetime.fromtimestamp(mtime, at.tzinfo)
+            if not stored_at <= at < stored_at + MAX_AGE:
+                return None  # fetched again, and the file replaced
             rim = ReferenceManifest.from_bytes(data)
             verify_rim(rim.raw, at=at, root=self.root)
-        except ConfideError as exc:
-            with self._count_lock:
-                self.rejected_files += 1
-            _log("rim-cache-rejected", rim_id, error=exc.kind)
-            try:
-                path.unlink(missing_ok=True)
-            except OSError as unlink_error:
-                _log("rim-cache-remove-failed", rim_id, error=type(unlink_error).__name__)
-            return None
-        return _Entry(rim, stored_at)
+            return _Entry(rim, stored_at)
+
+        return self.files.load(name, check, _disk_log(rim_id))
 
     def _to_disk(self, rim_id: str, data: bytes) -> None:
-        path = self._path(rim_id)
-        if path is None:
-            return
-        try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_atomic(path, data, mode=0o600)
-            self._prune()
-        except OSError as exc:  # the RIM is in memory; a restarted CAS asks the source again
-            _log("rim-cache-write-failed", rim_id, error=type(exc).__name__)
+        name = self._name(rim_id)
+        if name is not None:
+            self.files.store(name, data, _disk_log(rim_id))
 
-    def _prune(self) -> None:
-        """Keep at most :attr:`disk_entries` RIM files, removing the oldest."""
-        assert self.directory is not None
-        prune_oldest(self.directory, "*.xml", self.disk_entries)
+
+def _disk_log(rim_id: str) -> Log:
+    return lambda event, error: _log(f"rim-cache-{event}", rim_id, error=error)
 
 
 def _log(event: str, rim_id: str, **extra: str) -> None:

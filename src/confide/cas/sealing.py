@@ -14,7 +14,9 @@ platform, different otherwise), plus two descriptive attributes written into the
   measurement and the guest policy.
 
 Intel TDX has no sealing-key primitive (no ``EGETKEY`` or ``MSG_KEY_REQ`` equivalent), so
-:func:`provider_for` refuses ``tdx`` with a :class:`~confide.errors.UsageError` that says so.
+:func:`provider_for` refuses ``tdx`` with a :class:`~confide.errors.UsageError` that says so
+and names the alternative: a key released by a running CAS (``cas serve --join``,
+:mod:`confide.cas.join`), held in memory.
 
 Every provider expands its platform key with HKDF-SHA256 (RFC 5869, no salt, info
 ``confide-cas-master/v1``): the raw platform key is never used directly, and Gramine's 16-byte
@@ -362,9 +364,9 @@ def provider_for(name: str) -> SealingKeyProvider | None:
         case "tdx":
             raise UsageError(
                 "--seal tdx: Intel TDX has no sealing key (no EGETKEY or MSG_KEY_REQ equivalent: "
-                "nothing in a TD derives a key from its measurement). A CAS in a TD must receive "
-                "its master key from another attested CAS (key release), which is not implemented; "
-                "see docs/limitations.md"
+                "nothing in a TD derives a key from its measurement). A CAS in a TD receives its "
+                "master key from a running attested CAS and holds it in memory: cas serve --join URL "
+                '--tee tdx (docs/cas.md "Joining a running CAS", docs/limitations.md)'
             )
         case _:
             raise UsageError(f"--seal: got {name!r}, expected one of {', '.join(SEAL_PROVIDERS)}")

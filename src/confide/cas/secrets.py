@@ -21,7 +21,7 @@ import string
 import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from confide.errors import ParseError, PolicyError, SignatureError
 from confide.policy._types import duration_seconds
@@ -38,15 +38,20 @@ from confide.policy.secret import KeyType, Secret, SecretKind
 from confide.verify.x509util import CERTIFICATE_ERRORS, check_certificate_fields
 
 __all__ = [
+    "CA_PATH",
     "CERTIFICATE_KINDS",
     "CRL_PATH",
+    "OCSP_PATH",
+    "Published",
     "Sealer",
     "SecretValue",
+    "ca_certificate_url",
     "crl_distribution_id",
     "crl_distribution_id_of",
     "crl_url",
     "generate",
     "key_id",
+    "ocsp_url",
     "render",
     "renew_certificate",
     "renewable",
@@ -91,6 +96,39 @@ def crl_distribution_id_of(crl_der: bytes) -> str | None:
 def crl_url(base: str, issuer: x509.Name, key_id: bytes) -> str:
     """The URL of a CA's distributed CRL under the CAS's public URL ``base`` (no trailing slash)."""
     return f"{base}{CRL_PATH}{crl_distribution_id(issuer, key_id)}.crl"
+
+
+CA_PATH = "/v1/ca/"
+"""Where the CAS serves the certificates of CAs declared ``ca_issuers``, unauthenticated
+(docs/cas.md "CA certificates (caIssuers)"), under the same opaque id as their CRL."""
+
+
+def ca_certificate_url(base: str, issuer: x509.Name, key_id: bytes) -> str:
+    """The URL of a CA's published certificate under the CAS's public URL ``base``."""
+    return f"{base}{CA_PATH}{crl_distribution_id(issuer, key_id)}.crt"
+
+
+OCSP_PATH = "/v1/ocsp/"
+"""Where the CAS answers OCSP requests about the certificates of CAs declared ``ocsp``,
+unauthenticated (docs/cas.md "OCSP"), under the same opaque id as their CRL."""
+
+
+def ocsp_url(base: str, issuer: x509.Name, key_id: bytes) -> str:
+    """The URL of a CA's OCSP responder under the CAS's public URL ``base``: POST to it, or GET
+    it followed by ``/`` and the request (RFC 6960 Appendix A.1)."""
+    return f"{base}{OCSP_PATH}{crl_distribution_id(issuer, key_id)}"
+
+
+class Published(NamedTuple):
+    """What certificates issued under a CA name of what the CAS publishes about that CA: under
+    the CAS's public URL ``base`` (``cas serve --public-url``, no trailing slash), its CRL
+    (``crl``: the CA is declared ``crl_distribution``), its certificate (``ca_issuers``) and its
+    OCSP responder (``ocsp``)."""
+
+    base: str
+    crl: bool
+    ca_issuers: bool
+    ocsp: bool = False
 
 
 @dataclass(frozen=True)
@@ -205,6 +243,12 @@ class Sealer:
         """A sealer of just the key with this id (one this sealer holds): its ``derive_key``
         derives from that key."""
         return Sealer(self._raw[bytes.fromhex(key_id_hex)])
+
+    def export_key(self, key_id_hex: str) -> bytes:
+        """The bytes of the master key with this id (one the sealer holds): only for the
+        attested master-key release (:mod:`confide.cas.key_release`), which encrypts them to
+        the joining CAS's key. Raises :class:`KeyError` for a key it does not hold."""
+        return self._raw[bytes.fromhex(key_id_hex)]
 
     def seal_with(self, key_id_hex: str) -> None:
         """Seal new rows under the key with this id (one the sealer holds)."""
@@ -353,16 +397,16 @@ def renew_certificate(
     *,
     issuer: SecretValue | None,
     now: datetime,
-    crl_base: str | None = None,
+    published: Published | None = None,
 ) -> SecretValue:
     """A new certificate for the key ``value`` holds: same key, same subject and extensions
     (from ``spec``), a new serial and validity from ``now``, signed by ``issuer`` (the issuer's
     current version; ``None``: self-signed). A renewed CA keeps its key and subject, so what it
-    signed before still verifies under the new certificate. ``crl_base``: as for :func:`generate`."""
+    signed before still verifies under the new certificate. ``published``: as for :func:`generate`."""
     if value.kind not in CERTIFICATE_KINDS or value.certificate is None or not value.data:
         raise PolicyError(f"secret {spec.name}: a {value.kind} without its private key cannot be renewed")
     cert, chain = _certificate(
-        spec, value.data, issuer=issuer, now=now, is_ca=spec.kind == SecretKind.X509_CA, crl_base=crl_base
+        spec, value.data, issuer=issuer, now=now, is_ca=spec.kind == SecretKind.X509_CA, published=published
     )
     return SecretValue(value.kind, value.data, cert, chain)
 
@@ -375,7 +419,7 @@ def _certificate(
     now: datetime,
     is_ca: bool,
     public_key: Any = None,
-    crl_base: str | None = None,
+    published: Published | None = None,
 ) -> tuple[bytes, tuple[bytes, ...]]:
     key = _load_private(key_der) if key_der is not None else None
     subject_key = key.public_key() if key is not None else public_key
@@ -412,16 +456,37 @@ def _certificate(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()), critical=False
         )
     )
-    if crl_base is not None and issuer is not None:
-        # RFC 5280 §4.2.1.13: one DistributionPoint, its fullName the URI of the issuer's CRL
-        # (DER over HTTP, RFC 5280 §4.2.1.13 and RFC 2585 §4.2); no reasons, no cRLIssuer (the CA
-        # signs its own complete CRL). Non-critical, as the RFC recommends.
+    if published is not None and issuer is not None:
         aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()).key_identifier
         assert aki is not None
-        point = x509.DistributionPoint(
-            [x509.UniformResourceIdentifier(crl_url(crl_base, issuer_name, aki))], None, None, None
-        )
-        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
+        if published.crl:
+            # RFC 5280 §4.2.1.13: one DistributionPoint, its fullName the URI of the issuer's CRL
+            # (DER over HTTP, RFC 5280 §4.2.1.13 and RFC 2585 §4.2); no reasons, no cRLIssuer (the
+            # CA signs its own complete CRL). Non-critical, as the RFC recommends.
+            point = x509.DistributionPoint(
+                [x509.UniformResourceIdentifier(crl_url(published.base, issuer_name, aki))], None, None, None
+            )
+            builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
+        # RFC 5280 §4.2.2.1: one AuthorityInfoAccess extension, non-critical (MUST), with an
+        # AccessDescription per access method the issuer is declared for.
+        access: list[x509.AccessDescription] = []
+        if published.ocsp:
+            # id-ad-ocsp: the URI of the issuer's OCSP responder (RFC 6960 Appendix A.1 over
+            # HTTP), whose responses the issuer's key signs.
+            location = x509.UniformResourceIdentifier(ocsp_url(published.base, issuer_name, aki))
+            access.append(x509.AccessDescription(AuthorityInformationAccessOID.OCSP, location))
+        if published.ca_issuers:
+            # id-ad-caIssuers: the URI of the issuer's certificate: one DER certificate over HTTP
+            # (the RFC's "single DER encoded certificate", served as application/pkix-cert, RFC
+            # 2585 §4.1), for path building, not trust.
+            ca_url = ca_certificate_url(published.base, issuer_name, aki)
+            access.append(
+                x509.AccessDescription(
+                    AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(ca_url)
+                )
+            )
+        if access:
+            builder = builder.add_extension(x509.AuthorityInformationAccess(access), critical=False)
     if is_ca:
         builder = builder.add_extension(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
@@ -449,12 +514,14 @@ def generate(
     *,
     resolved: dict[str, SecretValue],
     now: datetime | None = None,
-    crl_base: str | None = None,
+    published: Published | None = None,
 ) -> SecretValue:
     """Create the value of a secret declared in a policy (``resolved`` holds the values of the
-    policy's other secrets generated so far, for issuers and key references). ``crl_base``: the
-    CAS's public URL when the certificate gets a CRL distribution point (its issuer is a
-    generated CA declared ``crl_distribution``, docs/cas.md "CRL distribution points")."""
+    policy's other secrets generated so far, for issuers and key references). ``published``:
+    what of its issuer the CAS publishes, for the certificate to name: a CRL distribution point
+    (its issuer is a generated CA declared ``crl_distribution``, docs/cas.md "CRL distribution
+    points"), a caIssuers URL (declared ``ca_issuers``, "CA certificates (caIssuers)") and an
+    OCSP responder URL (declared ``ocsp``, "OCSP")."""
     now = now or datetime.now(UTC)
     kind = spec.kind
     if spec.value is not None and kind in (SecretKind.ASCII, SecretKind.BINARY):
@@ -506,7 +573,7 @@ def generate(
                     raise PolicyError(f"secret {spec.name}: issuer {spec.issuer!r} is not available")
                 issuer = resolved[spec.issuer]
             cert, chain = _certificate(
-                spec, key_der, issuer=issuer, now=now, is_ca=kind == SecretKind.X509_CA, crl_base=crl_base
+                spec, key_der, issuer=issuer, now=now, is_ca=kind == SecretKind.X509_CA, published=published
             )
             return SecretValue(str(kind), key_der, cert, chain)
         case _:
@@ -619,13 +686,13 @@ def issue_to_runtime(
     runtime_key: Any,
     issuer: SecretValue,
     now: datetime | None = None,
-    crl_base: str | None = None,
+    published: Published | None = None,
 ) -> SecretValue:
     """A certificate for the attested runtime's ephemeral public key (the private key stays in
-    the TEE), issued by ``issuer`` (an x509-ca secret) at release time. ``crl_base``: as for
+    the TEE), issued by ``issuer`` (an x509-ca secret) at release time. ``published``: as for
     :func:`generate`."""
     cert, chain = _certificate(spec, None, issuer=issuer, now=now or datetime.now(UTC), is_ca=False,
-                               public_key=runtime_key, crl_base=crl_base)  # fmt: skip
+                               public_key=runtime_key, published=published)  # fmt: skip
     return SecretValue(str(spec.kind), b"", cert, chain, runtime_key=True)
 
 

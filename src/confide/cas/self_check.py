@@ -24,7 +24,8 @@ from typing import Any
 
 from confide.cas.pin import DCAP_PLATFORMS, verify_cas_document
 from confide.collateral.dcap import DcapCollateralSource
-from confide.verify.result import Platform
+from confide.errors import CollateralMissingError
+from confide.verify.result import Platform, VerifiedEvidence
 from confide.verify.sev_snp import AmdRootStore
 
 __all__ = ["SelfCheck", "unchecked_reason"]
@@ -47,6 +48,23 @@ class SelfCheck:
     collateral: DcapCollateralSource | None = None
     amd_roots: AmdRootStore | None = None
     sim_key_pem: bytes | None = None
+
+    def verified(self, body: bytes, at: datetime) -> VerifiedEvidence:
+        """The CAS's own document ``body`` verified at ``at`` (as :meth:`__call__` checks it),
+        for the attested master-key release (:mod:`confide.cas.key_release`), which compares it
+        with a peer's. DCAP evidence without a collateral source cannot be verified here:
+        :class:`~confide.errors.CollateralMissingError`."""
+        platform = str(json.loads(body).get("platform", ""))
+        if self.collateral is None and platform in {p.value for p in DCAP_PLATFORMS}:
+            raise CollateralMissingError(unchecked_reason(platform) + "; start it with --collateral")
+        return verify_cas_document(
+            self.cert_der,
+            body,
+            sim_key_pem=self.sim_key_pem,
+            at=at,
+            collateral=self.collateral,
+            amd_roots=self.amd_roots,
+        ).evidence
 
     def __call__(self, body: bytes, at: datetime) -> dict[str, Any]:
         """The summary logged with the document: ``verified`` and, when verified, the platform,

@@ -1,4 +1,6 @@
-"""``confide cas serve``: the CAS over TLS (uvicorn), with its state in a data directory.
+"""``confide cas serve``: the CAS over TLS (uvicorn), with its state in a data directory; with
+``--public-http-listen``, also a plain-HTTP listener for its public CRLs and CA certificates only
+(:mod:`confide.cas.public_http`, :func:`public_http_server`), on the same event loop.
 
 The data directory holds (created on first start, mode 0700/0600):
 
@@ -39,7 +41,9 @@ not published on a refresh.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -51,7 +55,7 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -67,25 +71,31 @@ from confide.cas.app import create_app
 from confide.cas.core import Cas
 from confide.cas.crl import DEFAULT_CRL_VALIDITY
 from confide.cas.db import Database, raw_connection
-from confide.cas.http_limits import HttpLimits
+from confide.cas.dev_measurement import cas_dev_measurement
+from confide.cas.http_limits import PUBLIC_MAX_HEAD, HttpLimits
+from confide.cas.join import JoinResult, join_cas
+from confide.cas.key_release import KeyReleaser, OwnEvidence
 from confide.cas.keyfiles import TLS_KEY_NAME, load_log_signer, load_tls_key, tls_key_password
 from confide.cas.ledger_sink import LedgerEventSink
+from confide.cas.master_key import PLAIN_NAME, install_master_key
 from confide.cas.online_rotation import OnlineRotation, add_pending_key
 from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, CasEvidence, EvidenceRefresher
 from confide.cas.own_vcek import with_kds_vcek
 from confide.cas.pin import cas_binding
+from confide.cas.public_http import PublicApp
 from confide.cas.ratelimit import ATTEST_RATE, WRITE_RATE, Rate, RateLimiter
 from confide.cas.renewal import DEFAULT_SWEEP_SECONDS, CertificateRenewer
 from confide.cas.revocation import STAPLED, OcspCache
-from confide.cas.rotation import bind_master_key, open_master_key
+from confide.cas.rotation import bind_master_key, open_master_key, stored_master_key_id, stored_next_key_id
 from confide.cas.runlock import RunLock, run_lock
 from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer
 from confide.cas.self_check import SelfCheck
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral import is_url, public_url
+from confide.collateral import public_url as public_url_of
 from confide.collateral.amd_kds import DEFAULT_KDS_URL, KdsHttpCollateral
-from confide.collateral.dcap import source_for
+from confide.collateral.dcap import DcapCollateralSource, source_for
 from confide.collateral.nvidia_ocsp import HttpOcspSource
 from confide.collateral.nvidia_ocsp import source_for as ocsp_source_for
 from confide.collateral.nvidia_rim import source_for as rim_source_for
@@ -97,22 +107,38 @@ from confide.ledger.note import NoteSigner, NoteVerifier
 from confide.ledger.store import Ledger
 from confide.ledger.witness_http import request_cosignatures
 from confide.runtime.azure_vtpm import AzureVtpmQuoteProvider
-from confide.runtime.quote import ConfigfsTsmQuoteProvider, GramineQuoteProvider, QuoteProvider
-from confide.sim.measure import measure_current_process
+from confide.runtime.quote import (
+    ConfigfsTsmQuoteProvider,
+    Evidence,
+    GramineQuoteProvider,
+    QuoteProvider,
+    SimQuoteProvider,
+)
 from confide.sim.platform import SimPlatform
 from confide.verify.ocsp import STAPLED_MAX_AGE
-from confide.verify.result import Platform
+from confide.verify.result import Platform, VerifiedEvidence
 from confide.verify.sev_snp import AmdRootStore
 
 __all__ = [
+    "SESSION_TICKETS",
     "TEE_CHOICES",
     "prepare",
+    "public_http_server",
     "quote_provider_for",
     "serve",
     "tee_document",
     "tee_evidence",
     "uvicorn_server",
 ]
+
+
+# TLS 1.3 session tickets (RFC 8446 §4.6.1) sent after each full handshake. No confide client
+# resumes a session: CasClient (``confide run``, ``cas attest``, the policy commands) goes
+# through httpx2's sync transport, which wraps every new connection without an SSL session, and
+# reuses a kept-alive connection instead. Each ticket costs the CAS a session encryption and a
+# TLS record, and every client the parsing of it, for nothing; ``--tls-session-tickets N``
+# sends N again for clients that do resume (OpenSSL's default is 2).
+SESSION_TICKETS = 0
 
 
 def _tls_identity(data_dir: Path, host: str, sealer: Sealer | None = None) -> tuple[Path, Path]:
@@ -217,11 +243,29 @@ class Checkpointer:
                 )
 
 
-def _parse_listen(listen: str) -> tuple[str, int]:
+def _parse_listen(listen: str, option: str = "--listen", example: str = "127.0.0.1:8443") -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise UsageError(f"--listen: got {listen!r}, expected HOST:PORT (e.g. 127.0.0.1:8443)")
+    if not sep or not port.isdigit() or not host or int(port) > 65535:
+        raise UsageError(f"{option}: got {listen[:80]!r}, expected HOST:PORT (e.g. {example})")
     return host.strip("[]"), int(port)
+
+
+def _bind(host: str, port: int, option: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"{option}: cannot bind {host}:{port}: {exc.strerror}") from None
+    sock.listen(1024)
+    return sock
+
+
+def _url(scheme: str, host: str, sock: socket.socket) -> str:
+    shown_host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown_host}:{sock.getsockname()[1]}"
 
 
 class _JsonFormatter(logging.Formatter):
@@ -323,6 +367,7 @@ def prepare(
     crl_validity: float = DEFAULT_CRL_VALIDITY,
     nvidia_rim: str | None = None,
     nvidia_ocsp_max_age: timedelta | None = None,
+    join: str | None = None,
 ) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
     """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (``dev``:
     simulated; ``tee``: from the TEE's quote provider, ``quote_provider`` or the one at the
@@ -352,29 +397,26 @@ def prepare(
 
     ``nvidia_rim``: NVIDIA's RIM service URL or a directory of RIM files: NVIDIA reports sent
     without RIMs are compared with the driver and VBIOS RIMs from there (``confide.cas.rims``);
-    a service's verified RIMs are also kept in ``data_dir/rim-cache``, verified again when read."""
+    a service's verified RIMs are also kept in ``data_dir/rim-cache``, verified again when read.
+
+    ``join``: the URL of a running CAS to obtain the master key from by attestation
+    (:mod:`confide.cas.join`, docs/cas.md "Joining a running CAS"), for a data directory that
+    holds none; with ``seal`` the key is then sealed into it, otherwise it is held in memory
+    only (``cas.master_key_in_memory``) and the TLS and log keys are protected by it."""
     if dev and tee is not None:
         raise UsageError(
             f"--dev and --tee {tee} exclude each other: a CAS in a TEE does not accept simulated evidence"
         )
+    if join is not None:
+        _join_preconditions(join, data_dir, dev=dev, tee=tee)
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     database = Database(db_url or f"sqlite:///{(data_dir / 'cas.db').resolve()}")
-    # Before any key is read: finish an interrupted master-key rotation, and refuse a key that
-    # is not the one the database names (confide.cas.rotation).
-    master = open_master_key(data_dir, seal, database)
-    sealer = Sealer(master)
-    add_pending_key(sealer, data_dir, seal, database)  # an online rotation in progress: both keys
-    master_key = f"sealed: {seal.name} ({seal.binding})" if seal else "plain file"
-    protect = sealer if seal is not None else None
-    key_path, cert_path = _tls_identity(data_dir, host, protect)
-    env = {"CONFIDE_CAS_CERT": str(cert_path.resolve())}
-    signer = load_log_signer(data_dir, f"confide-cas/{_cert_sha256(cert_path)[:16]}", protect)
-    env["CONFIDE_LOG_KEY"] = signer.verifier.vkey
-    cas_evidence = None
-    log_key = env["CONFIDE_LOG_KEY"]
-    cert_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(serialization.Encoding.DER)
-    report_data = cas_binding(cert_der, log_key)  # the same for every evidence the CAS obtains
+    master = b""
+    if join is None:
+        # Before anything else is read or written: finish an interrupted master-key rotation,
+        # and refuse a key that is not the one the database names (confide.cas.rotation).
+        master = open_master_key(data_dir, seal, database)
     dcap_source = source_for(collateral) if collateral else None
     ocsp_cache = None
     if nvidia_ocsp and nvidia_ocsp != STAPLED:
@@ -412,10 +454,36 @@ def prepare(
         nvidia_ocsp_max_age=nvidia_ocsp_max_age or STAPLED_MAX_AGE,
         nvidia_rim=rim_source, nvidia_rim_where=rim_where, nvidia_rim_cache=rim_cache,
     )  # fmt: skip
+    joined: JoinResult | None = None
+    if join is not None:
+        # docs/cas.md "Joining a running CAS": the key from an attested CAS, never from a file
+        # (the verifier first: it checks the running CAS's evidence and this CAS's own).
+        joined = _join(
+            join, data_dir, database, tee=tee, quote_provider=quote_provider,
+            sim_platform=sim_platform, verifier=verifier, collateral=dcap_source, amd_roots=amd_roots,
+        )  # fmt: skip
+        master = joined.master_key
+        if seal is not None:
+            install_master_key(data_dir, master, seal)
+    sealer = Sealer(master)
+    if joined is None:
+        add_pending_key(sealer, data_dir, seal, database)  # an online rotation in progress: both keys
+    in_memory = joined is not None and seal is None
+    master_key = describe_key_holding(seal, in_memory)
+    # The TLS and log keys are protected by the master key whenever it is not a plain file.
+    protect = sealer if seal is not None or in_memory else None
+    key_path, cert_path = _tls_identity(data_dir, host, protect)
+    env = {"CONFIDE_CAS_CERT": str(cert_path.resolve())}
+    signer = load_log_signer(data_dir, f"confide-cas/{_cert_sha256(cert_path)[:16]}", protect)
+    env["CONFIDE_LOG_KEY"] = signer.verifier.vkey
+    cas_evidence = None
+    log_key = env["CONFIDE_LOG_KEY"]
+    cert_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(serialization.Encoding.DER)
+    report_data = cas_binding(cert_der, log_key)  # the same for every evidence the CAS obtains
     if sim_platform is not None:
         platform = sim_platform
         env["CONFIDE_SIM_DIR"] = str(sim_dir.resolve())
-        measurement = measure_current_process().digest  # the code loaded at startup
+        measurement = cas_dev_measurement()  # the CAS's code (confide.cas.dev_measurement)
 
         def simulated(now: datetime) -> dict[str, Any]:
             evidence = platform.issue(
@@ -455,14 +523,112 @@ def prepare(
             )
     database.migrate()
     cas = Cas(database, sealer, verifier, events=LedgerEventSink(), crl_validity=crl_validity)
+    cas.master_key_in_memory = in_memory
+    # docs/cas.md "Joining a running CAS": this CAS releases its key to attested CAS that are
+    # the same as its own current evidence says it is (none without evidence of its own).
+    own: OwnEvidence | None = None
+    if cas_evidence is not None:
+        published, own_check = cas_evidence, check
+
+        def own_evidence(at: datetime) -> VerifiedEvidence:
+            return own_check.verified(published.body, at)
+
+        own = own_evidence
+    cas.key_release = KeyReleaser(cas, own)
     with database.write() as conn:
         master_key_id = bind_master_key(conn, master)
         cas.events.record(
             conn, "cas-start", None,
             {"dev": dev, "tls_cert_sha256": _cert_sha256(cert_path), "log_key": env["CONFIDE_LOG_KEY"],
-             "master_key": master_key, "master_key_id": master_key_id, **({"tee": tee} if tee else {})},
+             "master_key": master_key, "master_key_id": master_key_id, **({"tee": tee} if tee else {}),
+             **({"joined": joined.summary()} if joined is not None else {})},
+        )  # fmt: skip
+    if joined is not None:
+        logging.getLogger("confide.cas").info(
+            json.dumps({"event": "cas-joined", "master_key_id": master_key_id, "master_key": master_key,
+                        **joined.summary()})
         )  # fmt: skip
     return cas, cas_evidence, key_path, cert_path, env, signer
+
+
+def describe_key_holding(seal: SealingKeyProvider | None, in_memory: bool) -> str:
+    """How the master key is held, as the ``cas-start`` entry and the ``listening`` line say."""
+    if seal is not None:
+        return f"sealed: {seal.name} ({seal.binding})"
+    return "in memory (released by an attested CAS)" if in_memory else "plain file"
+
+
+def _join_preconditions(url: str, data_dir: Path, *, dev: bool, tee: str | None) -> None:
+    """``--join``: what is refused before anything is read or written (docs/cas.md "Joining a
+    running CAS")."""
+    shown = public_url(url)
+    if not url.startswith("https://"):
+        raise UsageError(f"--join: got {shown!r}, expected the https:// URL of a running CAS")
+    if tee is None and not dev:
+        raise UsageError(
+            "--join needs --tee or --dev: a CAS releases its master key only to evidence that it runs"
+            " the same code on the same kind of TEE"
+        )
+    if tee == "az-vtpm":
+        raise UsageError(
+            "--join: not with --tee az-vtpm (the hardware measurement of an Azure confidential VM is the"
+            " paravisor's, not the CAS's; see docs/limitations.md)"
+        )
+    present = sorted(p.name for p in data_dir.glob(f"{PLAIN_NAME}*"))
+    if present:
+        raise UsageError(
+            f"--join: {data_dir} already holds {', '.join(present)}: start without --join (the key is"
+            " there), or join with a data directory that holds no master key"
+        )
+
+
+def _join(
+    url: str,
+    data_dir: Path,
+    database: Database,
+    *,
+    tee: str | None,
+    quote_provider: QuoteProvider | None,
+    sim_platform: SimPlatform | None,
+    verifier: PlatformVerifier,
+    collateral: DcapCollateralSource | None,
+    amd_roots: AmdRootStore | None,
+) -> JoinResult:
+    """``--join URL``: the master key from the attested CAS at ``url`` (:func:`join_cas`), for a
+    data directory without a master key, on a database without an online rotation in progress.
+    Any failure keeps its error class (exit code) and says that the CAS does not start."""
+    shown = public_url(url)
+    if stored_next_key_id(database) is not None:
+        raise UsageError(
+            "--join: an online master-key rotation is in progress on this database; join after it"
+        )
+    sim_pem = None
+    if sim_platform is not None:
+        sim_pem = sim_platform.public_key_pem()
+        simulator = SimQuoteProvider(sim_platform, cas_dev_measurement())
+        obtain: Callable[[bytes], Evidence] = simulator.get_evidence
+    else:
+        assert tee is not None
+        provider = quote_provider if quote_provider is not None else quote_provider_for(tee)
+        wanted = _TEE_PLATFORMS[tee]
+
+        def obtain(report_data: bytes) -> Evidence:
+            evidence = provider.get_evidence(report_data)
+            if evidence.platform not in wanted:
+                expected = " or ".join(sorted(p.value for p in wanted))
+                raise UsageError(
+                    f"got {evidence.platform} evidence from {evidence.provider}, expected {expected}"
+                )
+            return evidence
+
+    try:
+        return join_cas(
+            url, obtain=obtain, verifier=verifier, sim_key_pem=sim_pem, collateral=collateral,
+            amd_roots=amd_roots, expected_key_id=stored_master_key_id(database),
+        )  # fmt: skip
+    except ConfideError as exc:
+        message = f"--join {shown}: cannot obtain the master key, not starting: {exc.message}"
+        raise type(exc)(message) from None
 
 
 def _cert_sha256(cert_path: Path) -> str:
@@ -504,6 +670,9 @@ def serve(
     http_limits: HttpLimits | None = None,
     attest_rate: Rate | None = ATTEST_RATE,
     write_rate: Rate | None = WRITE_RATE,
+    public_http_listen: str | None = None,
+    join: str | None = None,
+    session_tickets: int = SESSION_TICKETS,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
@@ -512,8 +681,17 @@ def serve(
     ``nvidia_rim``: see :func:`prepare`. ``public_url``: the base of CRL distribution points
     (``--public-url``, :func:`confide.cas.crl.parse_public_url`). ``http_limits``: connection
     limits and timeouts (default :class:`HttpLimits`' defaults); ``attest_rate``,
-    ``write_rate``: per-client rate limits (``None``: off; docs/cas.md "HTTP API")."""
+    ``write_rate``: per-client rate limits (``None``: off; docs/cas.md "HTTP API").
+    ``public_http_listen``: ``HOST:PORT`` of the plain-HTTP listener for the public CRLs and CA
+    certificates (``--public-http-listen``, :mod:`confide.cas.public_http`), with limits of its
+    own of the same values as ``http_limits`` (its request heads: at most
+    :data:`~confide.cas.http_limits.PUBLIC_MAX_HEAD` bytes).
+    ``join``: obtain the master key from the running CAS at this URL (:func:`prepare`).
+    ``session_tickets``: TLS 1.3 session tickets per handshake (:data:`SESSION_TICKETS`)."""
     host, port = _parse_listen(listen)
+    public_addr = None
+    if public_http_listen is not None:
+        public_addr = _parse_listen(public_http_listen, "--public-http-listen", "0.0.0.0:8080")
     _configure_logging()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Held until the process exits: `confide cas rotate-master-key` refuses to run meanwhile.
@@ -525,16 +703,27 @@ def serve(
                crl_validity=crl_validity, nvidia_rim=nvidia_rim,
                nvidia_ocsp_max_age=nvidia_ocsp_max_age, public_url=public_url,
                http_limits=http_limits if http_limits is not None else HttpLimits(),
-               attest_rate=attest_rate, write_rate=write_rate)  # fmt: skip
+               attest_rate=attest_rate, write_rate=write_rate, public_addr=public_addr,
+               join=join, session_tickets=session_tickets)  # fmt: skip
 
 
 def uvicorn_server(
-    app: Any, key_path: Path, cert_path: Path, key_password: str | None, limits: HttpLimits
+    app: Any,
+    key_path: Path,
+    cert_path: Path,
+    key_password: str | None,
+    limits: HttpLimits,
+    public: tuple[uvicorn.Server, socket.socket] | None = None,
+    *,
+    session_tickets: int = SESSION_TICKETS,
 ) -> uvicorn.Server:
     """The CAS's uvicorn server (uvloop, httptools) over TLS, with ``limits``: uvicorn builds
     the TLS context from the key and certificate as usual, then the loop's server is made plain
     TCP and the TLS layer is put under it by :meth:`HttpLimits.tls_protocol`, so that connections
-    over a limit are closed before their handshake (``confide.cas.http_limits``)."""
+    over a limit are closed before their handshake (``confide.cas.http_limits``). ``public``:
+    the public listener's server (:func:`public_http_server`) and socket, served on the same
+    event loop, started after this one and stopped before it finishes. ``session_tickets``: TLS
+    1.3 session tickets sent after each handshake (:data:`SESSION_TICKETS`)."""
     config = uvicorn.Config(
         app,
         ssl_keyfile=str(key_path),
@@ -555,9 +744,66 @@ def uvicorn_server(
     context = config.ssl
     if context is None:  # pragma: no cover - the key and certificate are always given
         raise UsageError("the CAS serves TLS only")
+    context.num_tickets = session_tickets
     config.ssl = None
     config.http_protocol_class = limits.tls_protocol(config.http_protocol_class, context)  # type: ignore[assignment]
-    return uvicorn.Server(config)
+    return _CasServer(config, public)
+
+
+def public_http_server(app: PublicApp, limits: HttpLimits) -> uvicorn.Server:
+    """The public listener's uvicorn server (:mod:`confide.cas.public_http`): plain HTTP/1.1
+    (httptools), connections admitted by :meth:`HttpLimits.plain_protocol`, request heads
+    bounded and timed as there; no lifespan, no proxy headers. It handles no signal: the
+    TLS server it is given to (:func:`uvicorn_server`) stops it."""
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        http=limits.plain_protocol(),
+        proxy_headers=False,
+        lifespan="off",
+        loop="uvloop",
+        timeout_graceful_shutdown=5,
+    )
+    return _PublicServer(config)
+
+
+class _PublicServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the TLS server's handlers stop both
+
+
+class _CasServer(uvicorn.Server):
+    """uvicorn's server, also running the public listener's (``public``) on its loop: started
+    once this one has started; this one stops when it fails; stopped, and waited for, when
+    this one shuts down (before uvicorn re-raises the signal that stopped it)."""
+
+    def __init__(self, config: uvicorn.Config, public: tuple[uvicorn.Server, socket.socket] | None) -> None:
+        super().__init__(config)
+        self.public = public
+        self._public_task: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.public is not None and self.started:
+            server, sock = self.public
+            self._public_task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._public_task is not None and self._public_task.done():
+            return True  # the public listener stopped (failed): so does the CAS
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        task = self._public_task
+        if self.public is not None:
+            self.public[0].should_exit = True
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if task is not None:
+                await task  # its failure, if it failed, is the CAS's
 
 
 # File descriptors the CAS needs besides its connections: the database, its WAL and journal,
@@ -565,13 +811,14 @@ def uvicorn_server(
 _RESERVED_DESCRIPTORS = 256
 
 
-def _reserve_descriptors(max_connections: int) -> None:
-    """Raise the soft limit of open files (up to the hard one) to what ``max_connections`` and the
-    CAS's own files need; refuse to start when the hard limit is lower. Past the limit, accept()
-    would fail and the database could not open its files."""
+def _reserve_descriptors(max_connections: int, public_max_connections: int = 0) -> None:
+    """Raise the soft limit of open files (up to the hard one) to what ``max_connections`` (and
+    the public listener's ``public_max_connections``) and the CAS's own files need; refuse to
+    start when the hard limit is lower. Past the limit, accept() would fail and the database
+    could not open its files."""
     if not max_connections:
         return
-    needed = max_connections + _RESERVED_DESCRIPTORS
+    needed = max_connections + public_max_connections + _RESERVED_DESCRIPTORS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return
@@ -607,18 +854,34 @@ def _serve(
     http_limits: HttpLimits,
     attest_rate: Rate | None,
     write_rate: Rate | None,
+    public_addr: tuple[str, int] | None = None,
+    join: str | None,
+    session_tickets: int,
 ) -> None:
-    _reserve_descriptors(http_limits.max_connections)
+    public_limits = None
+    if public_addr is not None:
+        public_limits = HttpLimits(
+            max_connections=http_limits.max_connections,
+            max_connections_per_client=http_limits.max_per_client,
+            head_timeout=http_limits.head_timeout,
+            body_timeout=http_limits.body_timeout,
+            handshake_timeout=http_limits.handshake_timeout,
+            max_head=PUBLIC_MAX_HEAD,
+        )
+    _reserve_descriptors(http_limits.max_connections, public_limits.max_connections if public_limits else 0)
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
         data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee, kds=kds,
         nvidia_ocsp=nvidia_ocsp, crl_validity=crl_validity, nvidia_rim=nvidia_rim,
-        nvidia_ocsp_max_age=nvidia_ocsp_max_age,
+        nvidia_ocsp_max_age=nvidia_ocsp_max_age, join=join,
     )  # fmt: skip
     cas.public_url = public_url  # docs/cas.md "CRL distribution points"
     # docs/cas.md "Online rotation": the admin channel, and a rotation a crash interrupted resumes.
     rotation = OnlineRotation(data_dir, cas.db, cas.sealer, seal, cas.events, lock)
     admin = AdminChannel(data_dir, rotation)
-    admin.start(required=False)
+    if not cas.master_key_in_memory:
+        # A key held in memory only has no file an online rotation could replace (it would
+        # write the new key in plain): such a CAS takes no admin requests; it joins again.
+        admin.start(required=False)
     if rotation.in_progress():
         rotation.start()
     checkpointer = Checkpointer(cas, signer, witnesses=witnesses, witness_tls=witness_tls)
@@ -629,17 +892,14 @@ def _serve(
     if cas_evidence is not None and evidence_refresh > 0:
         refresher = EvidenceRefresher(cas_evidence, evidence_refresh)
         refresher.start()
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        raise UsageError(f"--listen: cannot bind {host}:{port}: {exc.strerror}") from None
-    sock.listen(1024)
-    bound_port = sock.getsockname()[1]
-    shown_host = f"[{host}]" if ":" in host else host
-    url = f"https://{shown_host}:{bound_port}"
+    sock = _bind(host, port, "--listen")
+    url = _url("https", host, sock)
+    public = public_app = None
+    if public_addr is not None and public_limits is not None:
+        public_sock = _bind(*public_addr, "--public-http-listen")
+        public_url_bound = _url("http", public_addr[0], public_sock)
+        public_app = PublicApp(cas, public_limits)
+        public = (public_http_server(public_app, public_limits), public_sock)
     env = {"CONFIDE_CAS_URL": url, **env, "CONFIDE_LOG_URL": f"{url}/v1/log"}
     lines = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     write_atomic(data_dir / "client.env", lines.encode())
@@ -649,14 +909,20 @@ def _serve(
         http_limits=http_limits,
         attest_limiter=RateLimiter(attest_rate) if attest_rate is not None else None,
         write_limiter=RateLimiter(write_rate) if write_rate is not None else None,
+        public_http=public_app,
     )
-    password = tls_key_password(cas.sealer).decode() if seal is not None else None
-    server = uvicorn_server(app, key_path, cert_path, password, http_limits)
+    protected = seal is not None or cas.master_key_in_memory  # as prepare() protects the TLS key
+    password = tls_key_password(cas.sealer).decode() if protected else None
+    server = uvicorn_server(
+        app, key_path, cert_path, password, http_limits, public, session_tickets=session_tickets
+    )
     logging.getLogger("confide.cas").info(
         json.dumps(
             {
                 "event": "listening",
                 "url": env["CONFIDE_CAS_URL"],
+                "public_http": public_url_bound if public is not None else None,
+                "public_url": public_url,
                 "dev": dev,
                 "tee": tee,
                 "kds": kds,
@@ -670,8 +936,10 @@ def _serve(
                 "body_timeout": http_limits.body_timeout,
                 "attest_rate": list(attest_rate) if attest_rate is not None else None,
                 "write_rate": list(write_rate) if write_rate is not None else None,
+                "tls_session_tickets": session_tickets,
                 "db": cas.db.redacted_url,
-                "master_key": f"sealed: {seal.name} ({seal.binding})" if seal else "plain file",
+                "master_key": describe_key_holding(seal, cas.master_key_in_memory),
+                "joined": public_url_of(join) if join is not None else None,
             }
         )
     )

@@ -15,7 +15,7 @@ Steps (docs/sconify.md):
    the mount placeholders and ``/confide/sconify.json``. The entrypoint becomes
    ``/confide/bin/confide run --config-id POLICY/SERVICE --tee TEE -- <entrypoint + cmd>``.
 6. The image is written (reproducibly: fixed mtimes, sorted members, gzip mtime 0) and the
-   policy template is returned; a :class:`PolicySink` (the CAS, later) may apply it.
+   policy template is returned; a :class:`PolicySink` may apply it.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ _VOLUME_ID_INFO = b"confide sconify volume id\x00"
 
 
 class PolicySink(Protocol):
-    """Where a finished policy goes besides --policy-out (the CAS with ``--cas``, later)."""
+    """Where a finished policy goes besides the returned template (a library caller's hook; the
+    CLI's ``--cas`` applies the template with :class:`~confide.cas.client.CasClient`)."""
 
     def apply(self, policy: dict[str, Any]) -> None: ...
 

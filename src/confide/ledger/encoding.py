@@ -52,6 +52,8 @@ class EntryType(StrEnum):
     VOLUME_TAG = "volume.tag"
     CAS_STARTED = "cas.started"
     KEY_ROTATED = "key.rotated"
+    KEY_RELEASED = "key.released"  # the master key released to an attested CAS (never the key)
+    KEY_RELEASE_REFUSED = "key.release-refused"
     POLICY_SUBMITTED = "policy.submitted"  # awaiting board approval
     POLICY_STALE = "policy.stale"  # a pending version that can no longer apply
     POLICY_REFUSED = "policy.refused"  # an update by an identity without the right

@@ -138,7 +138,17 @@ _ALLOWED: dict[SecretKind, frozenset[str]] = {
         }
     ),
     SecretKind.X509_CA: frozenset(
-        {"value", "private_key", "issuer", "common_name", "valid_for", "renew_before", "crl_distribution"}
+        {
+            "value",
+            "private_key",
+            "issuer",
+            "common_name",
+            "valid_for",
+            "renew_before",
+            "crl_distribution",
+            "ca_issuers",
+            "ocsp",
+        }
     ),
 }
 _KIND_PARAMS = frozenset().union(*_ALLOWED.values())
@@ -184,10 +194,20 @@ class Secret(_Model):
     authentication, at an opaque URL, and with ``cas serve --public-url`` names that URL in the
     CRLDistributionPoints of the certificates it issues under it (docs/cas.md "CRL distribution
     points")."""
+    ca_issuers: StrictBool = False
+    """confide extension (generated x509-ca): the CAS serves this CA's certificate to anyone,
+    without authentication, at an opaque URL, and with ``cas serve --public-url`` names that URL
+    in an AuthorityInfoAccess caIssuers access method (RFC 5280 §4.2.2.1) of the certificates it
+    issues under it (docs/cas.md "CA certificates (caIssuers)")."""
+    ocsp: StrictBool = False
+    """confide extension (generated x509-ca): the CAS answers OCSP requests (RFC 6960) about the
+    certificates this CA issued, to anyone, without authentication, at an opaque URL, and with
+    ``cas serve --public-url`` names that URL in an AuthorityInfoAccess id-ad-ocsp access method
+    (RFC 5280 §4.2.2.1) of the certificates it issues under it (docs/cas.md "OCSP")."""
     import_: SecretImport | None = Field(default=None, alias="import")
 
     def _set_params(self) -> set[str]:
-        flags = {"migrate", "issue_to_runtime", "crl_distribution"}
+        flags = {"migrate", "issue_to_runtime", "crl_distribution", "ca_issuers", "ocsp"}
         out = {f for f in _KIND_PARAMS - flags if getattr(self, f) is not None}
         out.update(f for f in flags if getattr(self, f))
         return out
@@ -219,6 +239,16 @@ class Secret(_Model):
             raise ValueError(
                 "got crl_distribution with an explicit value, expected it only on a generated x509-ca "
                 "(the CAS has a CRL only for the CAs it generates)"
+            )
+        if self.ca_issuers and self.value is not None:
+            raise ValueError(
+                "got ca_issuers with an explicit value, expected it only on a generated x509-ca "
+                "(the CAS publishes only the CAs it generates and signs with)"
+            )
+        if self.ocsp and self.value is not None:
+            raise ValueError(
+                "got ocsp with an explicit value, expected it only on a generated x509-ca "
+                "(the CAS answers OCSP only for the CAs it generates and signs with)"
             )
         getattr(self, "_check_" + self.kind.replace("-", "_"))()
         if self.renew_before is not None:

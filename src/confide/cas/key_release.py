@@ -1,0 +1,347 @@
+"""Attested master-key release between CAS instances: the releasing side and the rule.
+
+A CAS that joins (``confide cas serve --join URL``, :mod:`confide.cas.join`) gets the master key
+from a running CAS without the operator ever seeing it (docs/cas.md "Joining a running CAS"):
+
+1. ``POST /v1/cas/key-release/nonce``: a single-use nonce (stateless as the attestation nonces:
+   expiry, randomness and a MAC, here under a key derived for ``confide-key-release-nonce/v1``,
+   so an attestation nonce is no key-release nonce and the other way round).
+2. The joiner obtains evidence whose report data is :func:`key_release_binding`:
+   SHA-512("confide-key-release/v1" || 0 || SPKI DER of a fresh P-256 key || nonce).
+3. ``POST /v1/cas/key-release`` with platform, evidence, aux, public key and nonce.
+   :meth:`KeyReleaser.release` verifies the evidence with the CAS's verifier (the ``verify``
+   layer, as for services), checks the binding, and appraises it with :func:`appraise_peer`
+   against the releasing CAS's *own current* evidence, verified again now. The rule is fixed:
+   no option, policy or request weakens it.
+4. In one write transaction: the nonce and the evidence are spent (single use; the ``nonces``
+   and ``evidence_seen`` tables of the attestations), the database must name the key this CAS
+   holds and no online rotation may be in progress, and a ``master-key-released`` event (ledger
+   ``key.released``) or, for every refusal, ``master-key-release-refused`` (``key.release-
+   refused``) is recorded: names, claims and hashes, never the key.
+5. The answer is the master key encrypted to the joiner's key, with the release encryption of
+   the attestation flow (:meth:`confide.cas.core.Cas._encrypt`: ECDH P-256, HKDF-SHA256,
+   AES-256-GCM): ``{"type": "confide/master-key/v1", "master_key", "master_key_id"}``.
+
+:func:`appraise_peer` is used by both sides: the releasing CAS appraises the joiner, and the
+joiner appraises the releasing CAS before it sends anything. Every mismatch is reported.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import Connection, select
+
+from confide.cas.db import meta, raw_execute
+from confide.cas.rotation import KEY_ID_META, NEXT_KEY_META
+from confide.cas.verifier import check_binding
+from confide.errors import (
+    AppraisalError,
+    BindingError,
+    ConfideError,
+    ConflictError,
+    ParseError,
+    StorageError,
+    UsageError,
+)
+from confide.policy.appraise import check_security
+from confide.policy.model import AttestationSecurity, Tolerance
+from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
+
+if TYPE_CHECKING:
+    from confide.cas.core import Cas
+
+__all__ = [
+    "IDENTITY_CLAIMS",
+    "KEY_RELEASE_PREFIX",
+    "PAYLOAD_TYPE",
+    "KeyReleaser",
+    "OwnEvidence",
+    "appraise_peer",
+    "identity_of",
+    "key_release_binding",
+]
+
+KEY_RELEASE_PREFIX = b"confide-key-release/v1\x00"
+NONCE_PURPOSE = b"confide-key-release-nonce/v1"
+NONCE_TTL = 60.0
+PAYLOAD_TYPE = "confide/master-key/v1"
+EVENT_RELEASED = "master-key-released"
+EVENT_REFUSED = "master-key-release-refused"
+_MAX_AUX = 8
+
+log = logging.getLogger("confide.cas")
+
+IDENTITY_CLAIMS: Mapping[Platform, tuple[str, ...]] = {
+    # The simulated measurement of a dev CAS: its code (confide.cas.dev_measurement).
+    Platform.SIMULATED: ("measurement",),
+    # SGX: the enclave (MRENCLAVE), its signer and product, and what its SIGSTRUCT and KSS
+    # configuration say (ISVSVN, CONFIGID/CONFIGSVN, ISVEXTPRODID, ISVFAMILYID). The debug
+    # attribute is judged by check_security; the other attributes are constrained by the
+    # SIGSTRUCT that MRSIGNER signed (XFRM differs between CPUs and is not compared).
+    Platform.SGX: (
+        "mr_enclave", "mr_signer", "isv_prod_id", "isv_svn", "config_id", "config_svn",
+        "isv_ext_prod_id", "isv_family_id",
+    ),
+    # TDX: MR_TD (the TD's initial memory: firmware) and all four RTMRs (RTMR0 firmware
+    # configuration with the ACPI tables, RTMR1 kernel and boot loader, RTMR2 command line and
+    # initrd, RTMR3 what the guest extends), the host-set MRCONFIGID/MROWNER/MROWNERCONFIG and
+    # the TD attributes. So a replica must be the same image in the same VM shape.
+    Platform.TDX: (
+        "mr_td", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mr_config_id", "mr_owner", "mr_owner_config",
+        "td_attributes",
+    ),
+    # SEV-SNP: the launch digest (image and vCPU count), the guest policy, HOST_DATA, the VMPL
+    # of the requester and the ID block's identity fields.
+    Platform.SEV_SNP: (
+        "measurement", "policy", "host_data", "vmpl", "family_id", "image_id", "id_key_digest",
+        "author_key_digest",
+    ),
+}  # fmt: skip
+"""The claims that must be equal, per platform, for a key release (both directions). The Azure
+vTPM platforms are absent on purpose: their hardware measurement is the paravisor's, the same
+for every confidential VM of that Azure release, and the CAS's code is in PCRs only."""
+
+
+def key_release_binding(public_key_der: bytes, nonce: bytes) -> bytes:
+    """The 64 bytes of report data of a joiner's evidence:
+    SHA-512("confide-key-release/v1" || 0 || SPKI DER || nonce)."""
+    return hashlib.sha512(KEY_RELEASE_PREFIX + public_key_der + nonce).digest()
+
+
+def identity_of(evidence: VerifiedEvidence) -> dict[str, ClaimValue]:
+    """The identity claims of ``evidence`` (:data:`IDENTITY_CLAIMS`; those it has)."""
+    names = IDENTITY_CLAIMS.get(evidence.platform, ())
+    return {name: evidence.claims[name] for name in names if name in evidence.claims}
+
+
+def _shown(value: ClaimValue) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
+def appraise_peer(own: VerifiedEvidence, peer: VerifiedEvidence) -> tuple[str, ...]:
+    """Whether ``peer`` (verified) may share this CAS's master key, given ``own``, this CAS's
+    own evidence (verified): every reason it may not, empty when it may.
+
+    1. ``own`` is on a platform of :data:`IDENTITY_CLAIMS`, and ``peer`` on the same one
+       (simulated evidence only ever matches simulated evidence);
+    2. ``peer`` is acceptable under a policy's ``security.attestation`` without tolerances
+       (:func:`confide.policy.appraise.check_security`): not debug, TCB status UpToDate, no
+       advisory; the only tolerance is ``simulation``, and only when both are simulated;
+    3. every identity claim of the platform is present in both and equal."""
+    reasons: list[str] = []
+    names = IDENTITY_CLAIMS.get(own.platform)
+    if names is None:
+        known = ", ".join(p.value for p in IDENTITY_CLAIMS)
+        return (f"this CAS runs on {own.platform}; the master key is released only between CAS on {known}",)
+    if peer.platform is not own.platform:
+        return (f"platform: got {peer.platform}, expected {own.platform} (this CAS's)",)
+    tolerate = (Tolerance.SIMULATION,) if own.simulated and peer.simulated else ()
+    security_reasons, _ = check_security(peer, AttestationSecurity(tolerate=tolerate))
+    reasons += [str(r) for r in security_reasons]
+    for name in names:
+        if name not in own.claims:
+            reasons.append(f"{name}: this CAS's own evidence has no such claim")
+        elif name not in peer.claims:
+            reasons.append(f"{name}: missing, expected {_shown(own.claims[name])} (this CAS's)")
+        elif not _equal(own.claims[name], peer.claims[name]):
+            reasons.append(
+                f"{name}: got {_shown(peer.claims[name])}, expected {_shown(own.claims[name])} (this CAS's)"
+            )
+    return tuple(reasons)
+
+
+def _equal(a: ClaimValue, b: ClaimValue) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool) or not (isinstance(a, str) and isinstance(b, str)):
+        return type(a) is type(b) and a == b
+    return hmac.compare_digest(a.lower().encode(), b.lower().encode())
+
+
+OwnEvidence = Callable[[datetime], VerifiedEvidence]
+"""This CAS's own current evidence, verified at the given time (raises when it cannot be)."""
+
+
+class _Parsed:
+    __slots__ = ("aux", "evidence", "key", "key_der", "nonce", "platform")
+
+    def __init__(
+        self,
+        platform: Platform,
+        evidence: bytes,
+        aux: dict[str, bytes],
+        key_der: bytes,
+        key: ec.EllipticCurvePublicKey,
+        nonce: bytes,
+    ) -> None:
+        self.platform, self.evidence, self.aux = platform, evidence, aux
+        self.key_der, self.key, self.nonce = key_der, key, nonce
+
+
+def _parse(request: Any) -> _Parsed:
+    what = "key-release request"
+    expected = (
+        "expected platform, evidence (base64), aux (names to base64), public_key (base64 DER), nonce (hex)"
+    )
+    if not isinstance(request, dict):
+        raise ParseError("expected a JSON object", structure=what)
+    try:
+        raw_aux = request.get("aux") or {}
+        if not isinstance(raw_aux, dict) or len(raw_aux) > _MAX_AUX:
+            raise TypeError
+        platform = Platform(str(request["platform"]))
+        evidence = base64.b64decode(str(request["evidence"]), validate=True)
+        aux = {str(k): base64.b64decode(str(v), validate=True) for k, v in raw_aux.items()}
+        key_der = base64.b64decode(str(request["public_key"]), validate=True)
+        nonce = bytes.fromhex(str(request["nonce"]))
+    except (KeyError, ValueError, TypeError, binascii.Error):
+        raise ParseError(expected, structure=what) from None
+    try:
+        key = serialization.load_der_public_key(key_der)
+    except (ValueError, UnsupportedAlgorithm):
+        raise ParseError("public_key is not a DER SubjectPublicKeyInfo", structure=what) from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ParseError("public_key must be a P-256 key", structure=what)
+    return _Parsed(platform, evidence, aux, key_der, key, nonce)
+
+
+class KeyReleaser:
+    """The releasing side (module docstring) for ``cas``; ``own`` gives this CAS's own current
+    evidence, verified (``None``: the CAS has none, and releases its key to no one)."""
+
+    def __init__(self, cas: Cas, own: OwnEvidence | None, *, clock: Callable[[], float] = time.time) -> None:
+        self.cas, self.own, self.clock = cas, own, clock
+        self._nonce_key = cas.sealer.derive_key(NONCE_PURPOSE)
+
+    # --- nonces (as Cas.new_nonce: expiry ms || 16 random bytes || MAC) ------------------------
+
+    def new_nonce(self) -> str:
+        expiry = int((self.clock() + NONCE_TTL) * 1000).to_bytes(8, "big")
+        body = expiry + os.urandom(16)
+        return (body + self._mac(body)).hex()
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._nonce_key, body, hashlib.sha256).digest()[:8]
+
+    def _check_nonce(self, nonce: bytes) -> float:
+        if len(nonce) != 32 or not hmac.compare_digest(self._mac(nonce[:24]), nonce[24:]):
+            raise BindingError("the nonce was not issued by this CAS for a key release")
+        expires = int.from_bytes(nonce[:8], "big") / 1000
+        if expires < self.clock():
+            raise BindingError("the key-release nonce has expired")
+        return expires
+
+    def _spend(self, conn: Connection, nonce: bytes, digest: str) -> None:
+        """Spend the nonce and the evidence in the write transaction (single use); the rows
+        are swept with the attestations' (confide.cas.core.Cas._use_once)."""
+        expires = self._check_nonce(nonce)
+        spent = raw_execute(
+            conn,
+            "INSERT INTO nonces (nonce, expires_at, used) VALUES (?, ?, 1) ON CONFLICT DO NOTHING",
+            (nonce.hex(), expires),
+        )
+        if spent.rowcount != 1:
+            raise BindingError("the key-release nonce was already used (replay)")
+        seen = raw_execute(
+            conn,
+            "INSERT INTO evidence_seen (digest, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (digest, self.clock()),
+        )
+        if seen.rowcount != 1:
+            raise BindingError("this evidence was presented before (replay)")
+
+    # --- the release -------------------------------------------------------------------------
+
+    def release(self, request: Any) -> dict[str, Any]:
+        """Verify, bind, appraise, record, and return the master key encrypted to the joiner's
+        key; every refusal after parsing is recorded and raised. A malformed request is a
+        :class:`ParseError` (not recorded)."""
+        parsed = _parse(request)
+        digest = hashlib.sha256(parsed.evidence).hexdigest()
+        outcome: dict[str, Any] = {
+            "platform": parsed.platform.value,
+            "evidence_sha256": digest,
+            "public_key_sha256": hashlib.sha256(parsed.key_der).hexdigest(),
+        }
+        at = datetime.fromtimestamp(self.clock(), UTC)
+        try:
+            self._check_nonce(parsed.nonce)
+            if self.own is None:
+                raise UsageError(
+                    "this CAS has no evidence of its own (started without --tee or --dev): it releases"
+                    " its master key to no one"
+                )
+            own = self.own(at)
+            outcome["releaser"] = {"platform": own.platform.value, "identity": identity_of(own)}
+            peer = self.cas.verifier.verify(parsed.platform, parsed.evidence, parsed.aux, at=at)
+            outcome.update(
+                {
+                    "simulated": peer.simulated,
+                    "identity": identity_of(peer),
+                    "tcb_status": peer.tcb_status.value if peer.tcb_status else None,
+                    "advisories": list(peer.advisory_ids),
+                }
+            )
+            check_binding(peer, key_release_binding(parsed.key_der, parsed.nonce))
+            reasons = appraise_peer(own, peer)
+            if reasons:
+                raise AppraisalError(
+                    "the joining CAS is not the same CAS as this one: " + "; ".join(reasons),
+                    problems=list(reasons),
+                )
+        except ConfideError as exc:
+            self._refuse(parsed, digest, outcome, exc)
+            raise
+        try:
+            with self.cas.db.write() as conn:
+                self._spend(conn, parsed.nonce, digest)
+                key_id = self._current_key_id(conn)
+                outcome.update({"verdict": "released", "master_key_id": key_id})
+                self.cas.events.record(conn, EVENT_RELEASED, None, outcome)
+        except ConfideError as exc:
+            self._refuse(parsed, digest, outcome, exc)
+            raise
+        log.info(json.dumps({"event": EVENT_RELEASED, **outcome}))
+        payload = {
+            "type": PAYLOAD_TYPE,
+            "master_key": base64.b64encode(self.cas.sealer.export_key(key_id)).decode(),
+            "master_key_id": key_id,
+        }
+        return self.cas._encrypt(payload, parsed.key, parsed.nonce, parsed.key_der)
+
+    def _current_key_id(self, conn: Connection) -> str:
+        wanted = (KEY_ID_META, NEXT_KEY_META)
+        query = select(meta.c.key, meta.c.value).where(meta.c.key.in_(wanted))
+        rows = {r.key: r.value for r in conn.execute(query)}
+        if rows.get(NEXT_KEY_META) is not None:
+            raise ConflictError(
+                "an online master-key rotation is in progress: the master key is released after it"
+            )
+        key_id = rows.get(KEY_ID_META)
+        if key_id is None or key_id not in self.cas.sealer.key_ids:
+            raise StorageError("the database does not name the master key this CAS holds")
+        return str(key_id)
+
+    def _refuse(self, parsed: _Parsed, digest: str, outcome: dict[str, Any], exc: ConfideError) -> None:
+        outcome.update({"verdict": "refused", "reason_class": exc.kind, "reason": exc.message[:500]})
+        try:
+            with self.cas.db.write() as conn:
+                with contextlib.suppress(ConfideError):  # spent all the same (a replay is recorded too)
+                    self._spend(conn, parsed.nonce, digest)
+                self.cas.events.record(conn, EVENT_REFUSED, None, outcome)
+        finally:
+            log.warning(json.dumps({"event": EVENT_REFUSED, **outcome}))
