@@ -15,6 +15,9 @@ measured phases. ``--cprofile FILE`` profiles the event-loop thread's attestatio
 functions by their own time. Run ``py-spy``/``perf`` on it with ``--repeat`` for longer runs.
 ``--core N`` pins the process as ``attest_load.py`` pins the CAS; ``--log`` writes the request
 log lines as ``cas serve`` does; ``--inline`` (an experiment) commits on the event loop.
+``--callgrind`` (under valgrind: ``bench/attest_instructions.py`` runs it) dumps callgrind's
+counts of each measured part of each thread; ``--commit-interval`` sets the group commit's pacing
+and ``--warmup`` the flows before the measured rounds.
 
 ``--phases B`` instead runs the flows in one thread, without the ASGI app: phase 1
 (``attest_begin``), phase 2 in write transactions of B attestations, the release; and prints
@@ -50,6 +53,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from _callgrind import Callgrind  # noqa: E402
 from _sim_request import MEASUREMENT, POLICY, sim_attest_request  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
@@ -106,6 +110,23 @@ class Writer:
         return time.clock_gettime(time.pthread_getcpuclockid(self.thread.ident))
 
 
+class Marks:
+    """Callgrind's counters zeroed and dumped on the event-loop thread and on the writer thread
+    (a client request acts on the thread that makes it); the writer's by a job of its own, in an
+    otherwise empty transaction."""
+
+    def __init__(self, batcher: WriteBatcher) -> None:
+        self.callgrind, self.batcher = Callgrind(), batcher
+
+    async def zero(self) -> None:
+        await self.batcher.submit_async(lambda _conn: self.callgrind.zero())
+        self.callgrind.zero()
+
+    async def dump(self, what: str) -> None:
+        self.callgrind.dump(what)
+        await self.batcher.submit_async(lambda _conn: self.callgrind.dump(what))
+
+
 def client_requests(
     platform: SimPlatform, nonces: list[str]
 ) -> list[tuple[ec.EllipticCurvePrivateKey, str, bytes]]:
@@ -121,7 +142,7 @@ def client_requests(
 
 
 async def run_flows(app: Any, platform: SimPlatform, n: int, concurrency: int, writer: Writer,
-                    profile: cProfile.Profile | None) -> dict[str, float]:  # fmt: skip
+                    profile: cProfile.Profile | None, marks: Marks | None = None) -> dict[str, float]:  # fmt: skip
     sem = asyncio.Semaphore(concurrency)
 
     async def one_nonce() -> str:
@@ -130,9 +151,13 @@ async def run_flows(app: Any, platform: SimPlatform, n: int, concurrency: int, w
             assert status == 200, body
             return str(json.loads(body)["nonce"])
 
+    if marks is not None:
+        await marks.zero()
     t0 = time.thread_time()
     nonces = await asyncio.gather(*(one_nonce() for _ in range(n)))
     nonce_cpu = time.thread_time() - t0
+    if marks is not None:
+        await marks.dump("nonce")
     requests = client_requests(platform, nonces)
 
     async def one_attest(body: bytes) -> bytes:
@@ -141,12 +166,16 @@ async def run_flows(app: Any, platform: SimPlatform, n: int, concurrency: int, w
             assert status == 200, out
             return out
 
+    if marks is not None:
+        await marks.zero()
     w0, t0, wall0 = writer.cpu() if writer.thread else 0.0, time.thread_time(), time.perf_counter()
     if profile is not None:
         profile.enable()
     releases = await asyncio.gather(*(one_attest(body) for _, _, body in requests))
     if profile is not None:
         profile.disable()
+    if marks is not None:
+        await marks.dump("attest")
     attest_cpu, wall = time.thread_time() - t0, time.perf_counter() - wall0
     writer_cpu = writer.cpu() - w0
     for (key, nonce, _), release in zip(requests[:20], releases[:20], strict=True):
@@ -168,6 +197,18 @@ def main() -> None:
     )
     parser.add_argument(
         "--inline", action="store_true", help="(experiment) commit on the event loop, no writer thread"
+    )
+    parser.add_argument("--warmup", type=int, help="flows of the warm-up round (default: min(n, 500))")
+    parser.add_argument(
+        "--commit-interval",
+        type=float,
+        default=0.008,
+        help="the group commit's pacing (WriteBatcher interval)",
+    )
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="(under valgrind, see bench/attest_instructions.py) dump the counts of each measured part",
     )
     parser.add_argument("--phases", type=int, help="one thread, B attestations per transaction, per part")
     parser.add_argument("--top", type=int, default=0, help="print the N top functions by own time")
@@ -193,7 +234,7 @@ def main() -> None:
     init = WriteBatcher.__init__
 
     def remember(self: WriteBatcher, *a: Any, **kw: Any) -> None:
-        init(self, *a, **kw)
+        init(self, *a, **{**kw, "interval": args.commit_interval})
         WriteBatcher.instances.append(self)  # type: ignore[attr-defined]
 
     WriteBatcher.instances = []  # type: ignore[attr-defined]
@@ -228,10 +269,14 @@ def main() -> None:
     writer = Writer()
     profile = cProfile.Profile(time.thread_time) if args.cprofile else None
 
+    marks = Marks(WriteBatcher.instances[-1]) if args.callgrind else None  # type: ignore[attr-defined]
+
     async def main_async() -> list[dict[str, float]]:
-        await run_flows(app, platform, min(args.n, 500), args.concurrency, writer, None)  # warm-up
+        warmup = min(args.n, 500) if args.warmup is None else args.warmup
+        if warmup:
+            await run_flows(app, platform, warmup, args.concurrency, writer, None)
         return [
-            await run_flows(app, platform, args.n, args.concurrency, writer, profile)
+            await run_flows(app, platform, args.n, args.concurrency, writer, profile, marks)
             for _ in range(args.repeat)
         ]
 

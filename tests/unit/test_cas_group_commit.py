@@ -4,6 +4,7 @@ in process on a real SQLite database."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import sys
 import threading
@@ -15,7 +16,9 @@ from sqlalchemy import Connection, text
 
 from confide.cas.core import Cas, decrypt_release
 from confide.cas.db import SCHEMA_VERSION, Database, WriteBatcher, raw_execute
+from confide.cas.ledger_sink import ENTRY_TYPES
 from confide.errors import BindingError, StorageError, UsageError
+from confide.ledger.encoding import Entry
 from confide.ledger.store import Ledger
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
@@ -40,10 +43,30 @@ def ledger_size(cas: Cas) -> int:
         return Ledger.size(conn.connection.driver_connection)  # type: ignore[arg-type]
 
 
-def test_one_batch_commits_many_attestations(setup: tuple[InProcessCas, Clock[float]]) -> None:
+def events_match_the_ledger(cas: Cas) -> None:
+    """Every events row is the ledger entry at its seq (the same payload), in order."""
+    with cas.db.read() as conn:
+        rows = raw_execute(conn, "SELECT seq, type, payload FROM events ORDER BY seq").fetchall()
+        raw = conn.connection.driver_connection
+        for seq, type_, payload in rows:
+            data = Ledger.entry(raw, seq - 1)  # type: ignore[arg-type]
+            assert data is not None
+            entry = Entry.from_bytes(data)
+            assert entry.type is ENTRY_TYPES[type_] and entry.payload == json.loads(payload)
+        assert [r[0] for r in rows] == list(range(1, Ledger.size(raw) + 1))  # type: ignore[arg-type]
+
+
+def batcher_of(cas: Cas, batched: bool) -> WriteBatcher:
+    """The group commit as the API makes it (batched: one ledger append per transaction, through
+    LedgerEventSink.batched), or appending per attestation."""
+    return WriteBatcher(cas.db, around=cas.events.batched if batched else None)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_one_batch_commits_many_attestations(setup: tuple[InProcessCas, Clock[float]], batched: bool) -> None:
     env, _ = setup
     cas = env.cas
-    batcher = WriteBatcher(cas.db)
+    batcher = batcher_of(cas, batched)
     gate = threading.Event()
     try:
         blocker = batcher.submit(lambda conn: gate.wait(10))  # holds the writer
@@ -62,6 +85,7 @@ def test_one_batch_commits_many_attestations(setup: tuple[InProcessCas, Clock[fl
             assert config["command"][0] == "svc"
         assert ledger_size(cas) == before + 40  # attestation + secret-release each
         assert count(cas, "sessions") == 20
+        events_match_the_ledger(cas)
     finally:
         batcher.close()
 
@@ -81,10 +105,13 @@ def test_the_same_nonce_twice_in_one_batch_is_refused_once(setup: tuple[InProces
         second.result()
 
 
-def test_a_failing_job_does_not_fail_or_lose_the_others(setup: tuple[InProcessCas, Clock[float]]) -> None:
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_failing_job_does_not_fail_or_lose_the_others(
+    setup: tuple[InProcessCas, Clock[float]], batched: bool
+) -> None:
     env, _ = setup
     cas = env.cas
-    batcher = WriteBatcher(cas.db)
+    batcher = batcher_of(cas, batched)
     gate = threading.Event()
     try:
         blocker = batcher.submit(lambda conn: gate.wait(10))
@@ -107,6 +134,8 @@ def test_a_failing_job_does_not_fail_or_lose_the_others(setup: tuple[InProcessCa
         assert count(cas, "sessions") == 4
         with cas.db.read() as conn:  # the broken job's own write was rolled back
             assert raw_execute(conn, "SELECT 1 FROM meta WHERE key = 'half-done'").fetchone() is None
+        events_match_the_ledger(cas)  # nothing of the rolled-back batch, each retried job once
+        assert count(cas, "events") == ledger_size(cas)
     finally:
         batcher.close()
     with pytest.raises(StorageError, match="shutting down"):
@@ -189,7 +218,7 @@ def test_a_refusal_for_a_policy_that_does_not_exist_is_not_filed_under_its_name(
         rows = raw_execute(conn, "SELECT policy, payload FROM events WHERE type = 'attestation'").fetchall()
     assert len(rows) == 1
     assert rows[0][0] is None  # recorded, but under no policy
-    assert '"verdict": "refused"' in rows[0][1]
+    assert json.loads(rows[0][1])["verdict"] == "refused"
 
 
 def test_jobs_arriving_soon_after_a_commit_share_the_next_one(

@@ -5,6 +5,7 @@ a CAS process: tests/integration/test_cas_crl_e2e.py."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import sys
@@ -23,7 +24,7 @@ from asgi_call import call
 from confide.cas import cli
 from confide.cas.app import create_app
 from confide.cas.client import policy_submission
-from confide.cas.core import APPROVAL_TYPE, sign_document
+from confide.cas.core import APPROVAL_TYPE, decrypt_release, sign_document
 from confide.cas.crl import REASONS
 from confide.cas.db import Database, raw_execute
 from confide.errors import AccessDeniedError, ConflictError, ParseError, PolicyError
@@ -335,17 +336,25 @@ def test_requests_are_fresh_single_use_and_well_formed(env: Env) -> None:
         env.cas.revoke_certificates(tampered)
 
 
-def test_a_release_rendered_before_a_revocation_is_refused_at_commit(env: Env) -> None:
-    body, _ = env.request(policy="tls")
+def test_a_release_rendered_before_a_revocation_is_rendered_again_at_commit(env: Env) -> None:
+    env.release()  # a snapshot of what phase 1 reads is kept
+    body, key = env.request(policy="tls")
     pending = env.cas.attest_begin(body)  # phase 1 rendered the current srv
-    env.cas.revoke_certificates(env.revocation(serial=env.serial()))
+    revoked_serial = env.serial()
+    env.cas.revoke_certificates(env.revocation(serial=revoked_serial))
     with env.cas.db.write() as conn:
         pending.commit(conn)
-    with pytest.raises(ConflictError, match="revoked during the attestation"):
-        pending.result()
-    files = env.release()  # attesting again gets the re-issued certificate
-    served = x509.load_pem_x509_certificates(files[f"{FILES}/srv.pem"])[0]
-    assert served.serial_number == env.serial() and served.serial_number not in revoked(env.crl())
+    # Phase 2 saw the revision move: it rendered again, in its write transaction, so the
+    # revoked certificate is not released; the re-issued one is.
+    assert pending.rendered_at_commit
+    config = decrypt_release(key, pending.result(), bytes.fromhex(body["nonce"]))
+    served = x509.load_pem_x509_certificates(base64.b64decode(config["files"][f"{FILES}/srv.pem"]))[0]
+    assert served.serial_number == env.serial() != revoked_serial
+    assert served.serial_number not in revoked(env.crl()) and revoked_serial in revoked(env.crl())
+    (*_, release) = env.events("secret-release", EntryType.SECRET_RELEASED)
+    assert {"policy": "tls", "name": "srv", "version": env.versions()[-1][0]} in release["secrets"]
+    files = env.release()  # the next attestation reads afresh and gets the same
+    assert x509.load_pem_x509_certificates(files[f"{FILES}/srv.pem"])[0].serial_number == env.serial()
 
 
 def test_the_cli_offers_the_reasons_the_crl_lists() -> None:

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from confide.errors import ParseError
-from confide.ledger.encoding import Entry, EntryType, _serialise, canonical_json, parse_canonical_json
+from confide.ledger.encoding import (
+    MAX_DEPTH,
+    Entry,
+    EntryType,
+    _serialise,
+    canonical_json,
+    parse_canonical_json,
+)
 
 AT = datetime(2026, 11, 27, 10, 52, 20, 123456, tzinfo=UTC)
 
@@ -157,3 +166,45 @@ def test_secret_values_are_refused_at_any_depth(name: str) -> None:
     with pytest.raises(ParseError, match="secret material"):
         Entry.create(EntryType.SECRET_RELEASED, AT, {"secrets": [{"name": "x", name: "hunter2"}]})
     Entry.create(EntryType.SECRET_RELEASED, AT, {"secrets": [{"name": "x", "version": 1}]})  # twin
+
+
+def _error_or_bytes(make: Callable[[], bytes]) -> bytes | None:
+    try:
+        return make()
+    except ParseError:
+        return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.text(max_size=4) | st.sampled_from(["a", "é", "policy"]), _mixed, max_size=4),
+    st.sampled_from([None, "team/db", "é"]),
+)
+def test_an_entry_encoded_around_its_payload_is_its_bytes(
+    payload: dict[str, Any], policy: str | None
+) -> None:
+    """Entry.encoded splices the payload's own canonical JSON into the entry: the same bytes as
+    to_bytes (or the same refusal), and the payload part is the payload's canonical JSON."""
+    try:
+        entry = Entry(EntryType.SECRET_RELEASED, "2026-11-27T10:52:20.123456Z", policy, payload)
+    except ParseError:
+        return
+    whole = _error_or_bytes(entry.to_bytes)
+    spliced = _error_or_bytes(lambda: entry.encoded()[0])
+    assert spliced == whole
+    if whole is not None:
+        assert entry.encoded()[1] == canonical_json(payload)
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH - 2, MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1])
+@pytest.mark.parametrize("leaf", [1, "x", None, True, {}, []])
+def test_the_nesting_limit_is_the_serialisers_on_the_fast_path(depth: int, leaf: object) -> None:
+    """A member at the deepest level is judged as the RFC 8785 serialiser judges it."""
+    value: object = {"k": leaf}
+    for _ in range(depth):
+        value = {"k": value}
+    assert _error_or_bytes(lambda: canonical_json(value)) == _error_or_bytes(
+        lambda: _serialise(value, 0).encode("utf-8")
+    )
+    entry = Entry(EntryType.SECRET_RELEASED, "2026-11-27T10:52:20.123456Z", None, {"k": value})
+    assert _error_or_bytes(lambda: entry.encoded()[0]) == _error_or_bytes(entry.to_bytes)

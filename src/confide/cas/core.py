@@ -255,6 +255,146 @@ class SecretRow(NamedTuple):
     public: str
 
 
+# Phase-1 snapshots kept (one per policy and service); docs/cas.md "Phase 1 from a snapshot".
+SNAPSHOTS = 1024
+
+
+class _Miss(Exception):
+    """Phase 1 asked a snapshot for something it does not hold (read it afresh)."""
+
+
+# A renewal check of a rendering: ("secret", policy, its Secret spec, version, public) or
+# ("crl", policy, CA, this_update, next_update); made again whenever the rendering is reused.
+_Due = tuple[str, str, Any, Any, Any]
+
+
+class _Rendered(NamedTuple):
+    """A service's rendered configuration, what it releases and its volume rows (``frozen``),
+    and the renewal checks it made: a function of the answers it read alone (nothing issued to
+    the runtime's key), so it is reused with them."""
+
+    config: dict[str, Any]
+    released: list[Any]
+    frozen: tuple[tuple[object, ...], ...]
+    dues: tuple[_Due, ...]
+
+
+class _Snapshot(NamedTuple):
+    """What a phase 1 read of the CAS's state, in one read transaction: every answer (by key:
+    see :class:`_Reads`) and the policy versions it loaded, and its rendering when that can be
+    reused. Kept by (policy, service); ``head`` is the policy's (hash, revision) it was read at."""
+
+    head: tuple[str, int]
+    answers: dict[tuple[str, str, str], Any]
+    policies: dict[tuple[str, str], Policy]
+    rendered: _Rendered | None
+
+
+class _Reads:
+    """What phase 1 of an attestation reads of the CAS's state (policy heads, the latest secret
+    rows, volume tags, current CRLs, policy versions), answered from a database connection or
+    from a :class:`_Snapshot`, and the answers it got (``got``). Phase 2 reads each of them again
+    inside its write transaction (:meth:`current`), so a release is only ever made from answers
+    that are the current state at commit (docs/cas.md "Phase 1 from a snapshot")."""
+
+    __slots__ = ("cas", "conn", "dues", "got", "policies", "source")
+
+    def __init__(self, cas: Cas, conn: Connection | None, source: _Snapshot | None = None) -> None:
+        self.cas, self.conn, self.source = cas, conn, source
+        self.got: dict[tuple[str, str, str], Any] = {}
+        self.policies: dict[tuple[str, str], Policy] = {}
+        self.dues: list[_Due] = []  # the renewal checks the rendering made
+
+    def _ask(self, key: tuple[str, str, str]) -> Any:
+        if key in self.got:
+            return self.got[key]
+        if self.source is not None:
+            if key not in self.source.answers:
+                raise _Miss(key)
+            value = self.source.answers[key]
+        else:
+            assert self.conn is not None
+            value = _query(self.cas, self.conn, key)
+        self.got[key] = value
+        return value
+
+    def head(self, name: str) -> tuple[str, int] | None:
+        """The policy's current (hash, revision), ``None`` when there is no such policy."""
+        answer: tuple[str, int] | None = self._ask(("head", name, ""))
+        return answer
+
+    def secret(self, policy: str, name: str) -> SecretRow | None:
+        answer: SecretRow | None = self._ask(("secret", policy, name))
+        return answer
+
+    def tag(self, policy: str, volume: str) -> tuple[str, int] | None:
+        """The volume's current (tag, generation)."""
+        answer: tuple[str, int] | None = self._ask(("tag", policy, volume))
+        return answer
+
+    def crl(self, policy: str, ca: str) -> CrlRow | None:
+        answer: CrlRow | None = self._ask(("crl", policy, ca))
+        return answer
+
+    def policy(self, name: str, digest: str) -> Policy:
+        """The policy version ``digest`` (immutable: the snapshot's or loaded)."""
+        key = (name, digest)
+        found = self.policies.get(key)
+        if found is None:
+            if self.source is not None:
+                found = self.source.policies.get(key)
+                if found is None:
+                    raise _Miss(key)
+            else:
+                assert self.conn is not None
+                found = self.cas._load(self.conn, name, digest)
+            self.policies[key] = found
+        return found
+
+    def current(self, conn: Connection) -> bool:
+        """Whether every answer this phase 1 used is still the database's (read in ``conn``, a
+        write transaction). Each answer is read once per transaction: the attestations of a
+        group commit share it (they write none of these rows, and the write lock keeps every
+        other writer out until the commit)."""
+        answers = self.cas._answers_in(conn)
+        for key, value in self.got.items():
+            now = answers.get(key, _UNREAD)
+            if now is _UNREAD:
+                now = answers[key] = _query(self.cas, conn, key)
+            if now != value:
+                return False
+        return True
+
+    def snapshot(self, policy: str, rendered: _Rendered | None) -> _Snapshot | None:
+        """These answers as a snapshot, when they were read in one transaction (not from a
+        snapshot) and ``policy`` exists."""
+        head = self.got.get(("head", policy, ""))
+        if self.source is not None or head is None:
+            return None
+        return _Snapshot(head, dict(self.got), dict(self.policies), rendered)
+
+
+_UNREAD = object()
+
+
+def _query(cas: Cas, conn: Connection, key: tuple[str, str, str]) -> Any:
+    """One answer of :class:`_Reads`, from the database."""
+    what, a, b = key
+    if what == "head":
+        row = raw_execute(conn, "SELECT hash, revision FROM policy_heads WHERE name = ?", (a,)).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]))
+    if what == "secret":
+        return cas._latest_secret(conn, a, b)
+    if what == "tag":
+        row = raw_execute(
+            conn, "SELECT tag, generation FROM volume_tags WHERE policy = ? AND volume = ?", (a, b)
+        ).fetchone()
+        return None if row is None else (row[0], int(row[1]))
+    if what == "crl":
+        return current_crl(conn, a, b)
+    raise AssertionError(what)
+
+
 class _Refused(Exception):
     """A refused governance request: its transaction is rolled back, then ``event`` is recorded
     under ``filed_under`` in a transaction of its own and ``error`` raised."""
@@ -350,6 +490,10 @@ class Cas:
         # Unsealed values by (policy, name, version, sealed bytes), in memory only: the rows
         # stay sealed at rest, and a row sealed anew (new version, another master key) misses.
         self._unsealed: Lru[tuple[str, str, int, bytes], SecretValue] = Lru(1024)
+        # What phase 1 read, by (policy, service) (docs/cas.md "Phase 1 from a snapshot").
+        self._snapshots: Lru[tuple[str, str], _Snapshot] = Lru(SNAPSHOTS)
+        # The answers phase 2 read in the current write transaction (_Reads.current).
+        self._txn_answers: tuple[object, dict[tuple[str, str, str], Any]] = (None, {})
         self._next_sweep = 0.0
         self.renewals = RenewalSchedule()
         # docs/cas.md "Joining a running CAS": set by confide.cas.server.prepare.
@@ -747,7 +891,7 @@ class Cas:
             # An imported volume's tag is the owner's: every export on the chain is checked as
             # of now (docs/cas.md, "Volumes shared between policies"): a withdrawn link refuses
             # the report even under a frozen mode (docs/policy.md, "Frozen at release").
-            source = self._volume_source(conn, policy, head.hash, volume)
+            source = self._volume_source(_Reads(self, conn), policy, head.hash, volume)
             owner, owned, exported = source.policy, source.volume, source.exported
             current_mode = _update_policy(mount, exported)
             frozen = self._frozen_volume(conn, session, token_sha256, volume, (owner, owned))
@@ -856,19 +1000,19 @@ class Cas:
             tag=row.tag,
         )
 
-    def _exporter(self, conn: Connection, session: str, pinned: str | None, what: str) -> tuple[Policy, str]:
+    def _exporter(self, reads: _Reads, session: str, pinned: str | None, what: str) -> tuple[Policy, str]:
         """The current version (and its hash) of the policy an import names (secrets and volumes
         alike); it must exist and, when the import pins ``session_hash``, be that version."""
-        head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == session)).first()
+        head = reads.head(session)
         if head is None:
             raise AccessDeniedError(f"{what}: policy {session} does not exist")
-        if pinned is not None and pinned != head.hash:
+        if pinned is not None and pinned != head[0]:
             raise AccessDeniedError(
-                f"{what}: policy {session} is at {head.hash[:16]}…, the import pins {pinned[:16]}…"
+                f"{what}: policy {session} is at {head[0][:16]}…, the import pins {pinned[:16]}…"
             )
-        return self._load(conn, session, head.hash), str(head.hash)
+        return reads.policy(session, head[0]), head[0]
 
-    def _volume_source(self, conn: Connection, policy: Policy, digest: str, name: str) -> VolumeSource:
+    def _volume_source(self, reads: _Reads, policy: Policy, digest: str, name: str) -> VolumeSource:
         """Where volume ``name`` of ``policy`` (at ``digest``) comes from: itself for an own
         volume; for an import, the chain of imports followed to the volume's owner, the policy
         that holds its key and its one current tag (docs/cas.md, "Volumes shared between
@@ -910,7 +1054,7 @@ class Cas:
                 )
                 raise PolicyError(f"{start}: the chain of imports is a cycle ({path})")
             what = f"volume import {volume}" if not links else f"{start} via {importer.name}/{volume}"
-            exporter, exporter_hash = self._exporter(conn, imp.session, imp.session_hash, what)
+            exporter, exporter_hash = self._exporter(reads, imp.session, imp.session_hash, what)
             exported = next((v for v in exporter.volumes if v.name == imp.volume), None)
             if exported is None:
                 raise AccessDeniedError(f"{what}: {imp.session} has no volume {imp.volume}")
@@ -934,6 +1078,17 @@ class Cas:
             links.append((imp.session, imp.volume))
             seen.add((imp.session, imp.volume))
             importer, importer_hash, volume = exporter, exporter_hash, imp.volume
+
+    def _answers_in(self, conn: Connection) -> dict[tuple[str, str, str], Any]:
+        """The answers read so far in ``conn``'s current transaction (a new dict per
+        transaction: the entry holds the transaction object, so its identity is not reused)."""
+        txn = conn.get_transaction()
+        entry = self._txn_answers
+        if txn is None or entry[0] is not txn:
+            entry = (txn, {})
+            if txn is not None:
+                self._txn_answers = entry
+        return entry[1]
 
     def _unseal(self, row: SecretRow) -> SecretValue:
         """A secret row's value for a release: unsealed on first use, then from memory."""
@@ -1211,7 +1366,8 @@ class Cas:
         return (body + self._nonce_mac(body)).hex()
 
     def _nonce_mac(self, body: bytes) -> bytes:
-        return hmac.new(self.nonce_key, body, hashlib.sha256).digest()[:8]
+        # hmac.digest: the one-shot HMAC (OpenSSL's), the same bytes as hmac.new(...).digest()
+        return hmac.digest(self.nonce_key, body, "sha256")[:8]
 
     def _check_nonce_mac(self, nonce: bytes) -> float:
         if len(nonce) != 32 or not hmac.compare_digest(self._nonce_mac(nonce[:24]), nonce[24:]):
@@ -1221,9 +1377,14 @@ class Cas:
             raise BindingError("nonce has expired")
         return expires
 
-    def _use_once(self, conn: Connection, nonce: bytes, digest: str) -> None:
-        """Spend the nonce and the evidence (single use), inside the write transaction."""
-        expires = self._check_nonce_mac(nonce)
+    def _use_once(self, conn: Connection, nonce: bytes, digest: str, expires: float | None = None) -> None:
+        """Spend the nonce and the evidence (single use), inside the write transaction.
+        ``expires``: the nonce's expiry when phase 1 checked its MAC already (only the expiry
+        is checked again, as time has passed), else both are checked here."""
+        if expires is None:
+            expires = self._check_nonce_mac(nonce)
+        elif expires < self.clock():
+            raise BindingError("nonce has expired")
         now = self.clock()
         if now >= self._next_sweep:
             # Expired rows, at most once per second: a used nonce is refused by its MAC'd expiry
@@ -1303,7 +1464,7 @@ class Cas:
         return pending.result()
 
     def attest_begin(
-        self, request: Any, *, prefetched: Prefetched | None = None, _renewals: int = 0
+        self, request: Any, *, prefetched: Prefetched | None = None, fresh: bool = False, _renewals: int = 0
     ) -> PendingAttestation:
         """Phase 1 of :meth:`attest`, without the write lock: parse, verify, bind, appraise and
         render against the policy versions current now. ``prefetched``: what the job of
@@ -1312,7 +1473,8 @@ class Cas:
         fetched, blocking (callers that ran no prefetch). Raises :class:`ParseError` for a
         malformed request (nothing recorded); every other outcome is recorded by the returned
         attestation's :meth:`PendingAttestation.commit`, in a write transaction of the caller's
-        choosing (one of its own, or a group commit shared with other attestations)."""
+        choosing (one of its own, or a group commit shared with other attestations). ``fresh``:
+        read the CAS's state in a transaction even when a snapshot of it is kept."""
         if not isinstance(request, dict):
             raise ParseError("expected a JSON object", structure="attestation request")
         try:
@@ -1351,7 +1513,7 @@ class Cas:
             self, policy_name, service_name, nonce, digest, key_der, runtime_key, outcome
         )
         try:
-            self._check_nonce_mac(nonce)
+            pending.expires = self._check_nonce_mac(nonce)
             cpu_aux, gpus = split_gpu_aux(platform, aux)
             # Verify (signatures, chains, collateral).
             verified = self.verifier.verify(platform, evidence, cpu_aux, at=at, prefetched=prefetched)
@@ -1362,38 +1524,41 @@ class Cas:
             # Composite attestation: every GPU report sent with it is verified and bound to the
             # same key and nonce (its SPDM requester nonce), so all pieces belong to this request.
             devices = self._verify_gpus(gpus, binding, outcome, at, prefetched)
-            # Appraise against the service's policy, then render its configuration.
-            with self.db.read() as conn:
-                head = raw_execute(
-                    conn, "SELECT hash, revision FROM policy_heads WHERE name = ?", (policy_name,)
-                ).fetchone()
-                if head is None:
-                    raise AccessDeniedError(f"no policy {policy_name}")
-                pending.policy_known = True
-                pending.revision = int(head[1])
-                outcome["policy_hash"] = head[0]
-                pending.used[policy_name] = head[0]
-                policy = self._load(conn, policy_name, head[0])
-                try:
-                    service = policy.service(service_name)
-                except KeyError:
-                    raise AccessDeniedError(f"policy {policy_name} has no service {service_name}") from None
-                result = appraise(verified, policy, service_name, at=at, devices=devices)
-                outcome["tolerated"] = sorted(str(x) for x in getattr(result, "tolerated", ()) or ())
-                if not result.accepted:
-                    raise AppraisalError(
-                        f"{len(result.reasons)} mismatch(es): " + "; ".join(str(r) for r in result.reasons),
-                        problems=[str(r) for r in result.reasons],
-                    )
-                pending.config, pending.released = self._render(
-                    conn, policy, head[0], service, pending.used, runtime_key, pending.frozen, pending.issued
-                )
         except ConfideError as exc:
             pending.refused = exc
+            return pending
+        pending.verified = (verified, devices, at)
+        # Appraise against the service's policy, then render its configuration: from the
+        # snapshot of the state a previous attestation of this service read, when there is one
+        # (no read transaction; phase 2 checks every answer used again, and appraises and
+        # renders again if one changed), else from a read transaction (docs/cas.md "Phase 1
+        # from a snapshot").
+        key = (policy_name, service_name)
+        snapshot = None if fresh else self._snapshots.get(key)
+        try:
+            if snapshot is not None:
+                try:
+                    self._appraise_and_render(pending, _Reads(self, None, snapshot))
+                    return pending
+                except _Miss:
+                    pass  # the snapshot does not cover it: read afresh
+            with self.db.read() as conn:
+                reads = _Reads(self, conn)
+                self._appraise_and_render(pending, reads)
+            rendered = None
+            if not pending.issued:  # else the rendering depends on the runtime's key
+                frozen = tuple(pending.frozen)
+                rendered = _Rendered(pending.config, pending.released, frozen, tuple(reads.dues))
+            kept = reads.snapshot(policy_name, rendered)
+            if kept is not None and pending.refused is None:
+                # only a rendered release is kept: requests naming a policy or service that
+                # does not exist cannot fill the cache
+                self._snapshots.put(key, kept)
         except RenewalDue as due:
             # A certificate to release is due (docs/cas.md "Certificate renewal"): renew it in a
             # write transaction of its own, then run phase 1 again on a fresh snapshot. Once per
             # certificate lifetime (the sweep of `cas serve` usually renews first), not per request.
+            self._snapshots.pop(key)
             if _renewals >= 3:
                 pending.refused = ConflictError(f"{due}, and renewing it did not succeed; attest again")
                 return pending
@@ -1402,8 +1567,65 @@ class Cas:
             except ConfideError as exc:
                 pending.refused = exc
                 return pending
-            return self.attest_begin(request, prefetched=prefetched, _renewals=_renewals + 1)
+            return self.attest_begin(request, prefetched=prefetched, fresh=True, _renewals=_renewals + 1)
+        except ConfideError as exc:  # e.g. the database could not be read
+            pending.refused = exc
         return pending
+
+    def _appraise_and_render(self, pending: PendingAttestation, reads: _Reads) -> None:
+        """The part of phase 1 that depends on the CAS's state (what ``reads`` answers): appraise
+        the verified evidence against the service's policy and render its configuration, into
+        ``pending`` (a refusal into ``pending.refused``). ``RenewalDue`` and ``_Miss`` are raised.
+        Run again by phase 2, inside its write transaction, when an answer changed."""
+        pending.reset(reads)
+        assert pending.verified is not None
+        verified, devices, at = pending.verified
+        policy_name, outcome = pending.policy, pending.outcome
+        try:
+            head = reads.head(policy_name)
+            if head is None:
+                raise AccessDeniedError(f"no policy {policy_name}")
+            pending.policy_known = True
+            outcome["policy_hash"] = pending.policy_hash = head[0]
+            policy = reads.policy(policy_name, head[0])
+            try:
+                service = policy.service(pending.service)
+            except KeyError:
+                raise AccessDeniedError(f"policy {policy_name} has no service {pending.service}") from None
+            result = appraise(verified, policy, pending.service, at=at, devices=devices)
+            outcome["tolerated"] = sorted(str(x) for x in getattr(result, "tolerated", ()) or ())
+            if not result.accepted:
+                raise AppraisalError(
+                    f"{len(result.reasons)} mismatch(es): " + "; ".join(str(r) for r in result.reasons),
+                    problems=[str(r) for r in result.reasons],
+                )
+            source = reads.source
+            if source is not None and source.rendered is not None:
+                # The snapshot's rendering, made from the same answers (all of which phase 2
+                # checks again); only its renewal checks depend on the time.
+                config, released, frozen, dues = source.rendered
+                self._check_dues(dues)
+                reads.got.update(source.answers)
+                reads.policies.update(source.policies)
+                pending.config, pending.released = dict(config), list(released)
+                pending.frozen.extend(frozen)
+                return
+            pending.config, pending.released = self._render(
+                reads, policy, head[0], service, pending.runtime_key, pending.frozen, pending.issued
+            )
+        except ConfideError as exc:
+            pending.refused = exc
+
+    def _check_dues(self, dues: tuple[_Due, ...]) -> None:
+        """The renewal checks a rendering made, again: :class:`RenewalDue` for the first
+        certificate or CRL due now (docs/cas.md "Certificate renewal")."""
+        now = self.clock()
+        for kind, owner, what, a, b in dues:
+            if kind == "secret":
+                if self.renewals.due_at(owner, what, a, b) <= now:
+                    raise RenewalDue(owner, what.name)
+            elif crl_due(a, b, now):
+                raise RenewalDue(owner, what)
 
     def _verify_gpus(
         self,
@@ -1450,24 +1672,24 @@ class Cas:
         }
 
     def _secret_value(
-        self, conn: Connection, policy: Policy, digest: str, name: str
+        self, reads: _Reads, policy: Policy, digest: str, name: str
     ) -> tuple[SecretValue, dict[str, Any]]:
         spec = policy.secret(name)
         if spec.import_ is None:
-            row = self._latest_secret(conn, policy.name, name)
+            row = reads.secret(policy.name, name)
             if row is None:
                 raise PolicyError(f"secret {name} of {policy.name} has no value")
-            if row.kind in CERTIFICATE_KINDS and (
-                self.renewals.due_at(policy.name, spec, row.version, row.public) <= self.clock()
-            ):
-                raise RenewalDue(policy.name, name)
+            if row.kind in CERTIFICATE_KINDS:
+                reads.dues.append(("secret", policy.name, spec, row.version, row.public))
+                if self.renewals.due_at(policy.name, spec, row.version, row.public) <= self.clock():
+                    raise RenewalDue(policy.name, name)
             return self._unseal(row), {
                 "policy": policy.name,
                 "name": name,
                 "version": row.version,
             }
         imp = spec.import_
-        exporter, _ = self._exporter(conn, imp.session, imp.session_hash, f"import {name}")
+        exporter, _ = self._exporter(reads, imp.session, imp.session_hash, f"import {name}")
         try:
             exported = exporter.secret(imp.secret)
         except KeyError:
@@ -1482,13 +1704,13 @@ class Cas:
             raise AccessDeniedError(
                 f"import {name}: {imp.session} does not export {imp.secret} to this version of {policy.name}"
             )
-        row = self._latest_secret(conn, imp.session, imp.secret)
+        row = reads.secret(imp.session, imp.secret)
         if row is None:
             raise PolicyError(f"import {name}: {imp.session}/{imp.secret} has no value")
-        if row.kind in CERTIFICATE_KINDS and (
-            self.renewals.due_at(imp.session, exported, row.version, row.public) <= self.clock()
-        ):
-            raise RenewalDue(imp.session, imp.secret)  # importers receive the renewed version
+        if row.kind in CERTIFICATE_KINDS:
+            reads.dues.append(("secret", imp.session, exported, row.version, row.public))
+            if self.renewals.due_at(imp.session, exported, row.version, row.public) <= self.clock():
+                raise RenewalDue(imp.session, imp.secret)  # importers receive the renewed version
         value = self._unseal(row)
         if public_only:
             try:
@@ -1503,19 +1725,19 @@ class Cas:
 
     def _render(
         self,
-        conn: Connection,
+        reads: _Reads,
         policy: Policy,
         digest: str,
         service: Any,
-        used: dict[str, str] | None = None,
         runtime_key: ec.EllipticCurvePublicKey | None = None,
         frozen: list[tuple[object, ...]] | None = None,
         issued: list[RuntimeCertificate] | None = None,
     ) -> tuple[dict[str, Any], list[Any]]:
-        """The service's configuration and the secrets it releases. ``used`` collects the policy
-        versions used, ``frozen`` each volume's ``session_volumes`` row but the token (docs/
-        policy.md, "Frozen at release"). Certificates issued to ``runtime_key`` are appended to
-        ``issued``, which the release records (docs/cas.md "Revocation")."""
+        """The service's configuration and the secrets it releases, from what ``reads`` answers
+        (each answer it used is checked again at commit). ``frozen`` collects each volume's
+        ``session_volumes`` row but the token (docs/policy.md, "Frozen at release").
+        Certificates issued to ``runtime_key`` are appended to ``issued``, which the release
+        records (docs/cas.md "Revocation")."""
         released: dict[tuple[str, str], dict[str, Any]] = {}
         cache: dict[str, SecretValue] = {}
         specs = {x.name: x for x in policy.secrets}
@@ -1526,8 +1748,7 @@ class Cas:
             if name not in cache and spec is not None and spec.issue_to_runtime:
                 if runtime_key is None or spec.issuer is None:
                     raise PolicyError(f"secret {name} is issued to the runtime, which has no key here")
-                issuer, issuer_ref = self._secret_value(conn, policy, digest, spec.issuer)
-                issuer_ref.pop("policy_hash", None)
+                issuer, issuer_ref = self._secret_value(reads, policy, digest, spec.issuer)
                 released[(issuer_ref["policy"], issuer_ref["name"])] = issuer_ref
                 now = self.clock()
                 value = cache[name] = issue_to_runtime(
@@ -1546,9 +1767,7 @@ class Cas:
                     "serial": None if record is None else record.serial,
                 }
             if name not in cache:
-                value, ref = self._secret_value(conn, policy, digest, name)
-                if used is not None and "policy_hash" in ref:
-                    used[ref["policy"]] = ref.pop("policy_hash")
+                value, ref = self._secret_value(reads, policy, digest, name)
                 cache[name] = value
                 released[(ref["policy"], ref["name"])] = ref
             return cache[name]
@@ -1562,7 +1781,7 @@ class Cas:
                     raise PolicyError(f"$$SCONE::{ph.name}$$: {exc}") from None
                 assert encoding is not None
                 if encoding in (Encoding.CRL_PEM, Encoding.CRL_DER):
-                    der = self._crl_of(conn, policy, digest, ph.name)
+                    der = self._crl_of(reads, policy, digest, ph.name)
                     return crl_pem(der) if encoding == Encoding.CRL_PEM else der
                 return render(value, encoding)
 
@@ -1578,18 +1797,10 @@ class Cas:
         }
         volumes = []
         for mount in _service_volumes(policy, service):
-            source = self._volume_source(conn, policy, digest, mount.name)
+            source = self._volume_source(reads, policy, digest, mount.name)
             owner, owned = source.policy, source.volume
-            if used is not None:
-                # every exporter on the chain as checked: a change to one of them before the
-                # release commits voids it (PendingAttestation.commit), as for the policy itself
-                used.update(source.heads)
-            key_row = self._latest_secret(conn, owner, f"volume/{owned}")
-            tag_row = raw_execute(
-                conn,
-                "SELECT tag, generation FROM volume_tags WHERE policy = ? AND volume = ?",
-                (owner, owned),
-            ).fetchone()
+            key_row = reads.secret(owner, f"volume/{owned}")
+            tag_row = reads.tag(owner, owned)
             if key_row is None or tag_row is None:
                 raise PolicyError(f"volume {owned} of {owner} has no key or tag")
             key = self._unseal(key_row)
@@ -1637,7 +1848,7 @@ class Cas:
                 config["templates"] = {"paths": templates, "secrets": values}
         return config, sorted(released.values(), key=lambda r: (r["policy"], r["name"]))
 
-    def _crl_of(self, conn: Connection, policy: Policy, digest: str, name: str) -> bytes:
+    def _crl_of(self, reads: _Reads, policy: Policy, digest: str, name: str) -> bytes:
         """The current CRL (DER) of the CA that secret ``name`` of ``policy`` is (its own, or the
         exporter's for an import, whose access :meth:`_secret_value` has checked). Raises
         :class:`RenewalDue` when it is missing or due (the caller issues it and renders again)."""
@@ -1645,15 +1856,16 @@ class Cas:
         owner, ca, ca_spec = policy.name, name, spec
         if spec.import_ is not None:
             imp = spec.import_
-            exporter, _ = self._exporter(conn, imp.session, imp.session_hash, f"import {name}")
+            exporter, _ = self._exporter(reads, imp.session, imp.session_hash, f"import {name}")
             owner, ca, ca_spec = imp.session, imp.secret, exporter.secret(imp.secret)
         if not generated_ca(ca_spec):
             raise PolicyError(
                 f"$$SCONE::{name}:crl$$: {owner}/{ca} is not a CA the CAS generated: it has no CRL"
             )
-        row = current_crl(conn, owner, ca)
+        row = reads.crl(owner, ca)
         if row is None or crl_due(row.this_update, row.next_update, self.clock()):
             raise RenewalDue(owner, ca)
+        reads.dues.append(("crl", owner, ca, row.this_update, row.next_update))
         return row.der
 
     def published(self, policy: Policy, spec: Secret) -> Published | None:
@@ -1833,28 +2045,58 @@ class PendingAttestation:
         self.cas, self.policy, self.service = cas, policy, service
         self.nonce, self.digest, self.key_der, self.runtime_key = nonce, digest, key_der, runtime_key
         self.outcome = outcome
-        self.used: dict[str, str] = {}
+        # (evidence, GPU evidence, time) once verified and bound: what appraisal needs again
+        # when phase 2 renders anew
+        self.verified: tuple[VerifiedEvidence, list[VerifiedEvidence], datetime] | None = None
+        self.reads: _Reads | None = None  # what the appraisal and rendering read (and were told)
+        self.policy_hash = ""
         self.config: dict[str, Any] = {}
         self.released: list[Any] = []
         self.frozen: list[tuple[object, ...]] = []  # session_volumes rows but the token
         self.issued: list[RuntimeCertificate] = []  # certificates issued to the runtime's key
         self.policy_known = False  # the policy existed in phase 1
-        self.revision = 0  # policy_heads.revision of the policy in phase 1
         self.refused: ConfideError | None = None  # the verdict of phase 1
         self.error: ConfideError | None = None  # the final verdict, set by commit
         self.token = os.urandom(32)
         self.committed = False
+        self.expires: float | None = None  # the nonce's expiry, once phase 1 checked its MAC
+        self.rendered_at_commit = False  # phase 2 appraised and rendered again (an answer had changed)
+
+    def reset(self, reads: _Reads) -> None:
+        """Forget the appraisal and rendering (before they run, again, on ``reads``)."""
+        self.reads = reads
+        self.policy_hash, self.policy_known, self.refused = "", False, None
+        self.config, self.released = {}, []
+        self.frozen.clear()
+        self.issued.clear()
+        for k in ("policy_hash", "tolerated"):
+            self.outcome.pop(k, None)
 
     def commit(self, conn: Connection) -> None:
         """Phase 2, inside a write transaction. Never raises for a refusal: the refusal is
-        recorded and kept in ``error`` (so a shared group commit is not rolled back by it)."""
+        recorded and kept in ``error`` (so a shared group commit is not rolled back by it).
+
+        Every answer phase 1's appraisal and rendering used (policy heads with their revisions,
+        the latest secret rows, volume tags, CRLs: ``reads``) is read again here; if one changed
+        since (another request, another CAS process sharing the database, or a snapshot older
+        than the change), the appraisal and rendering run again on the state as of this
+        transaction, which holds the write lock: the release is always the current state's."""
         cas, outcome = self.cas, self.outcome
+        for k in ("verdict", "reason_class", "reason"):  # a retry after a rolled-back group commit
+            outcome.pop(k, None)
+        if self.reads is not None and not self.reads.current(conn):
+            cas._snapshots.pop((self.policy, self.service))
+            self.rendered_at_commit = True
+            try:
+                cas._appraise_and_render(self, _Reads(cas, conn))
+            except RenewalDue as due:  # the renewal needs a write transaction of its own
+                self.refused = ConflictError(f"{due}; attest again")
         self.error = self.refused  # a retry after a rolled-back group commit starts afresh
         if self.error is not None:
             # Refused in phase 1: the nonce and evidence are spent all the same (a replay is
             # recorded with the original reason).
             with contextlib.suppress(ConfideError):
-                cas._use_once(conn, self.nonce, self.digest)
+                cas._use_once(conn, self.nonce, self.digest, self.expires)
             outcome.update(
                 {"verdict": "refused", "reason_class": self.error.kind, "reason": self.error.message[:500]}
             )
@@ -1864,31 +2106,7 @@ class PendingAttestation:
             self.committed = True
             return
         try:
-            cas._use_once(conn, self.nonce, self.digest)
-            for name, version in self.used.items():
-                now_head = raw_execute(
-                    conn, "SELECT hash, revision FROM policy_heads WHERE name = ?", (name,)
-                ).fetchone()
-                if now_head is None or now_head[0] != version:
-                    raise ConflictError(f"policy {name} changed during the attestation; attest again")
-                if name == self.policy and int(now_head[1]) != self.revision:
-                    raise ConflictError(
-                        f"a certificate of policy {name} was revoked during the attestation; attest again"
-                    )
-            for vol in self.config.get("volumes", []):
-                owner = vol.get("owner") or {"policy": self.policy, "volume": vol["name"]}
-                current = raw_execute(
-                    conn,
-                    "SELECT tag FROM volume_tags WHERE policy = ? AND volume = ?",
-                    (owner["policy"], owner["volume"]),
-                ).fetchone()
-                # no_rollback_protection: the runtime accepts any authentic version, so the
-                # released tag binds nothing and a concurrent update does not matter.
-                stale = current is None or (
-                    current[0] != vol["tag"] and vol["update_policy"] != UpdatePolicy.NO_ROLLBACK_PROTECTION
-                )
-                if stale:
-                    raise ConflictError(f"volume {vol['name']} changed during the attestation; attest again")
+            cas._use_once(conn, self.nonce, self.digest, self.expires)
             token_sha256 = hashlib.sha256(self.token).hexdigest()
             raw_execute(
                 conn,
@@ -1915,7 +2133,7 @@ class PendingAttestation:
         else:
             outcome["verdict"] = "accepted"
             release = {
-                "service": self.service, "policy_hash": self.used[self.policy], "secrets": self.released,
+                "service": self.service, "policy_hash": self.policy_hash, "secrets": self.released,
                 "runtime_key_sha256": hashlib.sha256(self.key_der).hexdigest(),
                 "measurement": outcome.get("measurement"),
             }  # fmt: skip

@@ -358,15 +358,22 @@ class EventSink:
 
 
 def insert_events(
-    conn: Connection, first: int, events_: Sequence[tuple[str, str | None, dict[str, Any]]]
+    conn: Connection,
+    first: int,
+    events_: Sequence[tuple[str, str | None, dict[str, Any]]],
+    payloads: Sequence[str] | None = None,
 ) -> None:
+    """The ``events`` rows of ``events_``; ``payloads``: their payloads as JSON text already
+    (the ledger entries' canonical JSON), else written here."""
     now = time.time()
+    if payloads is None:
+        payloads = [json.dumps(payload, sort_keys=True) for _, _, payload in events_]
     raw_executemany(
         conn,
         "INSERT INTO events (seq, at, type, policy, payload) VALUES (?, ?, ?, ?, ?)",
         [
-            (first + i, now, type_, policy, json.dumps(payload, sort_keys=True))
-            for i, (type_, policy, payload) in enumerate(events_)
+            (first + i, now, type_, policy, text)
+            for i, ((type_, policy, _), text) in enumerate(zip(events_, payloads, strict=True))
         ],
     )
 
@@ -519,8 +526,18 @@ class WriteBatcher:
     pooled connections' commits); after a failed transaction it takes a fresh one.
     """
 
-    def __init__(self, db: Database, *, max_batch: int = 256, interval: float = 0.008) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_batch: int = 256,
+        interval: float = 0.008,
+        around: Callable[[Connection], contextlib.AbstractContextManager[Any]] | None = None,
+    ) -> None:
         self.db, self.max_batch, self.interval = db, max_batch, interval
+        # entered around each transaction's jobs (e.g. LedgerEventSink.batched: one ledger
+        # append per transaction); its exit runs before the commit
+        self.around = around
         self._conn: Connection | None = None
         self._last_commit = 0.0
         self._queue: SimpleQueue[object] = SimpleQueue()
@@ -600,7 +617,10 @@ class WriteBatcher:
         try:
             if self._conn is None:
                 self._conn = self.db.engine.connect()
-            with self.db.write(self._conn) as conn:
+            with (
+                self.db.write(self._conn) as conn,
+                self.around(conn) if self.around is not None else contextlib.nullcontext(),
+            ):
                 for job, _ in batch:
                     results.append(job(conn))
         except Exception as exc:

@@ -9,14 +9,17 @@ the RFC 9162 Merkle log stored in the same database, through the same connection
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection
 
 from confide.cas.db import EventSink, insert_events, raw_connection
-from confide.ledger.encoding import Entry, EntryType
+from confide.errors import StorageError, UsageError
+from confide.ledger.encoding import Entry, EntryType, format_time
 from confide.ledger.store import Ledger
 
 __all__ = ["ENTRY_TYPES", "LedgerEventSink"]
@@ -44,16 +47,63 @@ ENTRY_TYPES: dict[str, EntryType] = {
 }
 
 
+class _Batch:
+    """Events recorded on one connection inside :meth:`LedgerEventSink.batched`, encoded and
+    waiting to be appended (``start``: the ledger's size when the first was recorded)."""
+
+    __slots__ = ("conn", "entries", "events", "payloads", "start")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.start: int | None = None
+        self.entries: list[bytes] = []
+        self.events: list[tuple[str, str | None, dict[str, Any]]] = []
+        self.payloads: list[str] = []
+
+
 class LedgerEventSink(EventSink):
     def __init__(self) -> None:
         self.ledger = Ledger()
+        self._local = threading.local()  # .batch: the _Batch of this thread's transaction
 
     def record_many(self, conn: Connection, events: Sequence[tuple[str, str | None, dict[str, Any]]]) -> int:
-        now = datetime.now(UTC)
-        entries = [
-            Entry.create(ENTRY_TYPES[type_], now, payload, policy).to_bytes()
-            for type_, policy, payload in events
-        ]
+        at = format_time(datetime.now(UTC))  # one time for the events of one change
+        entries, payloads = [], []
+        for type_, policy, payload in events:
+            entry, payload_json = Entry(ENTRY_TYPES[type_], at, policy, payload).encoded()
+            entries.append(entry)
+            payloads.append(payload_json.decode("utf-8"))
+        batch: _Batch | None = getattr(self._local, "batch", None)
+        if batch is not None and batch.conn is conn:
+            # In a group commit: appended with the others of its transaction (batched)
+            if batch.start is None:
+                batch.start = Ledger.size(raw_connection(conn))
+            first = batch.start + len(batch.entries) + 1
+            batch.entries += entries
+            batch.events += events
+            batch.payloads += payloads
+            return first
         first = self.ledger.append_batch(raw_connection(conn), entries) + 1
-        insert_events(conn, first, events)
+        # the events index keeps the payload as the entry has it (canonical JSON)
+        insert_events(conn, first, events, payloads)
         return first
+
+    @contextmanager
+    def batched(self, conn: Connection) -> Iterator[None]:
+        """The events recorded on ``conn`` inside are encoded at once and appended together when
+        the block ends without an exception, still inside the caller's write transaction: one
+        ledger append (head, tiles) and one ``events`` insert for a group commit's attestations
+        instead of one each. Nothing else may append to the ledger in that transaction meanwhile
+        (the group commit's jobs are attestations, which only record events)."""
+        if getattr(self._local, "batch", None) is not None:
+            raise UsageError("LedgerEventSink.batched: already batching in this thread")
+        batch = self._local.batch = _Batch(conn)
+        try:
+            yield
+        finally:
+            self._local.batch = None
+        if batch.entries:
+            first = self.ledger.append_batch(raw_connection(conn), batch.entries) + 1
+            if batch.start is not None and first != batch.start + 1:
+                raise StorageError("the ledger grew during a batched append")
+            insert_events(conn, first, batch.events, batch.payloads)

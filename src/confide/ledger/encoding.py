@@ -144,23 +144,53 @@ def _plain(value: object, depth: int) -> bool:
     if isinstance(value, int):
         return -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
     if isinstance(value, dict):
-        # Loops rather than all() over a generator: entries are encoded in the CAS's write
-        # transactions, two per attestation.
+        # Entries are encoded in the CAS's write transactions, two per attestation: the
+        # members of the exact types str, int, bool and None are judged here, without a call
+        # (the same rules as above); anything else, subclasses included, by the call.
+        if value and depth == MAX_DEPTH:
+            return False  # its members would be deeper than MAX_DEPTH
         for k, v in value.items():
-            if not isinstance(k, str) or not k.isascii() or not _plain(v, depth + 1):
+            if type(k) is not str or not k.isascii():
+                return False
+            kind = type(v)
+            if kind is str:
+                if not v.isascii() and _LONE_SURROGATE.search(v) is not None:
+                    return False
+            elif kind is int:
+                if not -MAX_SAFE_INTEGER <= v <= MAX_SAFE_INTEGER:
+                    return False
+            elif v is not None and kind is not bool and not _plain(v, depth + 1):
                 return False
         return True
     if isinstance(value, list | tuple):
-        return all(_plain(v, depth + 1) for v in value)
+        if value and depth == MAX_DEPTH:
+            return False
+        for v in value:  # as for a dict's members
+            kind = type(v)
+            if kind is str:
+                if not v.isascii() and _LONE_SURROGATE.search(v) is not None:
+                    return False
+            elif kind is int:
+                if not -MAX_SAFE_INTEGER <= v <= MAX_SAFE_INTEGER:
+                    return False
+            elif v is not None and kind is not bool and not _plain(v, depth + 1):
+                return False
+        return True
     return False
 
 
-def canonical_json(value: object) -> bytes:
+# json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False), made once (json.dumps
+# makes an encoder per call when given any argument)
+_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical_json(value: object, depth: int = 0) -> bytes:
     """RFC 8785 serialisation (integers only) as UTF-8 bytes. Values that ``json`` writes
-    canonically take its C encoder; the rest (and every error) the serialiser above."""
-    if _plain(value, 0):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return _serialise(value, 0).encode("utf-8")
+    canonically take its C encoder; the rest (and every error) the serialiser above. ``depth``:
+    how deep ``value`` sits in the document it is part of (for the nesting limit)."""
+    if _plain(value, depth):
+        return _JSON.encode(value).encode("utf-8")
+    return _serialise(value, depth).encode("utf-8")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -276,6 +306,15 @@ class Entry:
 
     def to_bytes(self) -> bytes:
         return canonical_json(self.to_json())
+
+    def encoded(self) -> tuple[bytes, bytes]:
+        """(:meth:`to_bytes`, the canonical JSON of the payload alone), the payload serialised
+        once: RFC 8785 §3.2.3 sorts the members, so the entry is ``{"payload":`` the payload's
+        bytes, then the other members (which sort after it) as their own object writes them."""
+        payload = canonical_json(self.payload, 1)
+        rest = canonical_json({"policy": self.policy, "time": self.time, "type": self.type.value,
+                               "v": ENTRY_VERSION})  # fmt: skip
+        return b'{"payload":' + payload + b"," + rest[1:], payload
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Entry:
