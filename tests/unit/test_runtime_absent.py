@@ -165,3 +165,58 @@ def test_the_policy_command_must_be_the_measured_absent_program(tmp_path: Path) 
             check_absent(measured, [str(mnt / "other")], {}, str(tmp_path), mounted.regions())
     finally:
         mounted.abort()
+
+
+class _ReleasingClient:
+    """Releases ``config`` to whoever attests (the CAS's side of the release, no policy check)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def nonce(self) -> str:
+        return "ab" * 32
+
+    def attest(self, request: dict[str, Any]) -> dict[str, Any]:
+        import base64
+        import json
+
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+        from confide.cas.core import RELEASE_INFO, _release_key_der, _spki
+
+        runtime = load_der_public_key(base64.b64decode(request["public_key"]))
+        assert isinstance(runtime, ec.EllipticCurvePublicKey)
+        cas = ec.generate_private_key(ec.SECP256R1())
+        key = _release_key_der(
+            cas.exchange(ec.ECDH(), runtime),
+            _spki(cas.public_key()),
+            _spki(runtime),
+            bytes.fromhex(request["nonce"]),
+        )
+        iv = os.urandom(12)
+        sealed = AESGCM(key).encrypt(iv, json.dumps(self.config).encode(), RELEASE_INFO)
+        return {
+            "cas_key": base64.b64encode(_spki(cas.public_key())).decode(),
+            "iv": base64.b64encode(iv).decode(),
+            "ciphertext": base64.b64encode(sealed).decode(),
+        }
+
+
+def test_the_policy_may_name_the_absent_program_by_the_same_path(tmp_path: Path) -> None:
+    from confide.errors import UsageError
+    from confide.runtime.quote import SimQuoteProvider
+    from confide.runtime.run import attest_and_prepare
+    from confide.sim.platform import SimPlatform
+
+    program = str(tmp_path / "mnt" / "run.sh")
+    SimPlatform.load_or_create(tmp_path / "sim")
+    provider = SimQuoteProvider.for_command(tmp_path / "sim", [program])
+    assert provider.launch_measurement is not None and provider.launch_measurement.absent
+    same = _ReleasingClient({"command": [program, "--serve"], "environment": {"PATH": "/usr/bin:/bin"}})
+    plan = attest_and_prepare(same, provider, "pol", "svc", [program])  # type: ignore[arg-type]
+    assert plan.argv == [program, "--serve"]
+    other = _ReleasingClient({"command": [str(tmp_path / "mnt" / "other")], "environment": {}})
+    with pytest.raises(UsageError, match="they must be the same program"):
+        attest_and_prepare(other, provider, "pol", "svc", [program])  # type: ignore[arg-type]
