@@ -183,3 +183,46 @@ def test_sconified_container_runs_with_runc(tmp_path: Path) -> None:
         assert "TOP-SECRET-MODEL" not in old.stdout
     finally:
         cas.stop()
+
+
+def test_a_script_inside_a_protected_directory_runs_with_runc(tmp_path: Path) -> None:
+    """--protect /app (the whole directory, the script included): `/bin/sh /app/run.sh` is
+    measured with the script as an absent argument file (docs/simulator.md, "Absent
+    components"); sconify computes that measurement and confide run, after mounting the volume,
+    finds the script inside it and runs it."""
+    cas = CasProcess(tmp_path / "cas", None).start()
+    try:
+        env = dict(cas.env)
+        src, out, bundle = tmp_path / "src", tmp_path / "out", tmp_path / "bundle"
+        _native_image(src)
+        made = _confide(env, "sconify", "--from", f"oci:{src}:latest", "--to", f"oci:{out}:latest", "--protect",
+                        "/app", "--protect", "/data", "--policy", "app", "--service", "main",
+                        "--policy-out", str(tmp_path / "policy.yaml"), "--key-out", str(tmp_path / "volume.key"),
+                        "--no-runtime-check")  # fmt: skip
+        computed = made.stdout.split("measurement: ", 1)[1].split()[0]
+        subprocess.run(["umoci", "unpack", "--image", f"{out}:latest", str(bundle)], check=True,
+                       capture_output=True, timeout=300)  # fmt: skip
+        inside = {"CONFIDE_CAS_URL": env["CONFIDE_CAS_URL"], "CONFIDE_CAS_CERT": "/cas/cas-cert.pem",
+                  "CONFIDE_SIM_DIR": "/cas/sim"}  # fmt: skip
+        _prepare_bundle(bundle, inside, [("/usr", "/usr", True), ("/lib", "/lib", True), ("/lib64", "/lib64", True),
+                                         (env["CONFIDE_CAS_CERT"], "/cas/cas-cert.pem", True),
+                                         (env["CONFIDE_SIM_DIR"], "/cas/sim", True)])  # fmt: skip
+        measured = _runc(
+            bundle, ["/confide/bin/confide", "sim", "measure", "--json", "--", "/bin/sh", "/app/run.sh"]
+        )
+        assert measured.returncode == 0, measured.stderr
+        assert json.loads(measured.stdout)["measurement"] == computed
+        assert json.loads(measured.stdout)["manifest"]["files"] == [{"arg": 1, "absent": True}]
+        assert "/app/run.sh does not exist: measured as absent" in measured.stderr
+        policy = (tmp_path / "policy.yaml").read_text()
+        assert computed in policy and "00" * 48 not in policy
+        _confide(env, "identity", "create", "--out", str(tmp_path / "owner.id"))
+        _confide(
+            env, "policy", "apply", str(tmp_path / "policy.yaml"), "--identity", str(tmp_path / "owner.id")
+        )
+        first = _runc(bundle)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "model: TOP-SECRET-MODEL" in first.stdout and "first-note-7f3a" in first.stdout
+        assert "/app/run.sh does not exist yet: measured as absent" in first.stderr
+    finally:
+        cas.stop()

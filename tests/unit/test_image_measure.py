@@ -91,16 +91,44 @@ def test_a_protected_script_file_measures_as_its_empty_mount_point(tmp_path: Pat
     assert any("empty mount point at the protected path /app/run.sh" in w for w in res.warnings)
 
 
-def test_a_script_inside_a_protected_directory_keeps_the_placeholder(tmp_path: Path) -> None:
+def test_a_script_inside_a_protected_directory_is_measured_as_absent(tmp_path: Path) -> None:
+    """--protect /app, entrypoint /app/run.sh: the measurement confide run reports (the program
+    absent), with warnings: the program is checked after mounting, and its #! interpreter
+    /bin/sh is outside the volume and unmeasured, so confide run will refuse it."""
     app = [M("app/", "d"), M("app/run.sh", data=SCRIPT, mode=0o755)]
+    res = sconified(tmp_path, image(app, ["/app/run.sh", "--serve"]), protect=["/app"])
+    expected = in_unpacked(tmp_path, ["/app/run.sh", "--serve"], "/usr/bin:/bin")
+    assert res.measurement == expected == policy_measurement(res)
+    assert "REPLACE" not in policy_yaml(res.policy, KEY, "src")
+    m = measure_command(
+        ["/app/run.sh", "--serve"], search_path="", cwd="/", fs=RootedView(tmp_path / "rootfs")
+    )
+    assert m.manifest["chain"] == [{"role": "program", "absent": True}]
+    assert any("will refuse to start /app/run.sh: its interpreter /bin/sh" in w for w in res.warnings)
+    assert any('["/bin/sh", "/app/run.sh", ...]' in w for w in res.warnings)
+    assert any("/app/run.sh is in a protected path: measured as absent" in w for w in res.warnings)
+
+
+def test_a_protected_program_with_a_protected_interpreter_is_not_refused(tmp_path: Path) -> None:
+    app = [
+        M("app/", "d"),
+        M("app/bin/", "d"),
+        M("app/bin/sh", data=SH, mode=0o755),
+        M("app/run.sh", data=b"#!/app/bin/sh\necho hi\n", mode=0o755),
+    ]
     res = sconified(tmp_path, image(app, ["/app/run.sh"]), protect=["/app"])
+    assert res.measurement == in_unpacked(tmp_path, ["/app/run.sh"], "/usr/bin:/bin")
+    assert not any("refuse" in w for w in res.warnings)
+
+
+def test_a_missing_program_outside_protected_paths_keeps_the_placeholder(tmp_path: Path) -> None:
+    res = sconified(tmp_path, image([M("app/", "d")], ["/app/run.sh"]), protect=["/data"])
     assert res.measurement is None and policy_measurement(res) == "00" * 48
-    assert "cannot resolve '/app/run.sh'" in res.warnings[0]
-    assert "fails the same way" in res.warnings[0]
+    assert (
+        "the program '/app/run.sh' does not exist in the image and is not under a protected path"
+        in (res.warnings[0])
+    )
     assert "REPLACE the measurement" in policy_yaml(res.policy, KEY, "src")
-    # the same failure on the unpacked output: confide run --tee sim could not start
-    with pytest.raises(UsageError, match="cannot resolve"):
-        in_unpacked(tmp_path, ["/app/run.sh"], "/usr/bin:/bin")
 
 
 def test_env_python3_is_looked_up_in_the_images_path(tmp_path: Path) -> None:
@@ -180,7 +208,10 @@ def test_a_missing_interpreter_keeps_the_placeholder_with_a_warning(tmp_path: Pa
     app = [M("app/", "d"), M("app/run.sh", data=b"#!/usr/bin/nope\n", mode=0o755)]
     res = sconified(tmp_path, image(app, ["/app/run.sh"]))
     assert res.measurement is None and policy_measurement(res) == "00" * 48
-    assert "#! interpreter of '/app/run.sh': cannot resolve '/usr/bin/nope'" in res.warnings[0]
+    assert (
+        "the interpreter '/usr/bin/nope' does not exist in the image and is not under a protected"
+        in (res.warnings[0])
+    )
     assert any("--measurement HEX" in w for w in res.warnings)
 
 
@@ -281,9 +312,9 @@ def test_unpacked_and_sconify_agree_on_the_host_root_semantics(tmp_path: Path) -
     )
 
 
-def test_a_protected_script_passed_to_its_interpreter_is_not_measured(tmp_path: Path) -> None:
+def test_a_protected_script_passed_to_its_interpreter_is_an_absent_file(tmp_path: Path) -> None:
     """/bin/sh /app/run.sh with /app protected: the script is not there before the volume is
-    mounted, so only sh and the arguments are measured (the script is covered by the volume)."""
+    mounted, so sh is measured, the script as an absent argument file (covered by the volume)."""
     app = [M("app/", "d"), M("app/run.sh", data=SCRIPT, mode=0o755)]
     res = sconified(tmp_path, image(app, ["/bin/sh", "/app/run.sh"]), protect=["/app"])
     assert res.warnings == []
@@ -293,7 +324,8 @@ def test_a_protected_script_passed_to_its_interpreter_is_not_measured(tmp_path: 
         cwd="/",
         fs=RootedView(unpack(tmp_path / "out", tmp_path / "r")),
     )
-    assert res.measurement == m.hex and m.files == () and [c.sha384 for c in m.chain] == [sha(SH)]
+    assert res.measurement == m.hex and [c.sha384 for c in m.chain] == [sha(SH)]
+    assert m.manifest["files"] == [{"arg": 1, "absent": True}]
 
 
 def test_the_layers_read_for_the_measurement_are_verified_again(tmp_path: Path) -> None:

@@ -135,7 +135,10 @@ def test_entrypoint_and_policy(tmp_path: Path) -> None:
     assert [m["path"] for m in contract["volumes"][0]["mounts"]] == ["/app", "/data/model.bin"]
     text = policy_yaml(res.policy, KEY, "src")
     assert KEY.hex() in text and 'version: "0.3"' in text.replace("'", '"')
-    assert "REPLACE the measurement" in text
+    # /app/run.sh is inside the protected /app: measured as absent (docs/sconify.md "The
+    # measurement"); its #! /bin/sh is not in the image, so confide run would refuse it
+    assert "REPLACE the measurement" not in text and res.measurement in text
+    assert any("will refuse to start /app/run.sh" in w for w in res.warnings)
     from confide.policy import loads_policy
 
     loaded = loads_policy(text)  # the template is a valid policy as it stands

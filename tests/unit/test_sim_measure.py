@@ -189,7 +189,6 @@ def test_nested_interpreters_are_followed_up_to_the_kernel_limit(tmp_path: Path,
     [
         (b"#!\n", "empty #! line"),
         (b"#!" + b"/x" * 200, "longer than 256"),
-        (b"#!/no/such/interpreter\n", "cannot resolve"),
     ],
 )
 def test_bad_shebang_lines_are_usage_errors(tmp_path: Path, content: bytes, message: str) -> None:
@@ -295,3 +294,103 @@ def test_rooted_view_refuses_to_climb_above_the_root_and_symlink_loops(tmp_path:
     # a file below a regular file: ENOTDIR, an unmeasured argument
     m = measure_command(["/bin/tool", "/bin/tool/x"], search_path="", cwd="/", fs=RootedView(root))
     assert m.files == ()
+
+
+# --- absent components (docs/simulator.md, "Absent components") -------------------------------
+
+
+def test_a_missing_program_path_is_measured_as_absent(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    m = measure_command(["/nonexistent-confide/app/run.sh", "--serve"], cwd=tmp_path)
+    assert [(c.role, c.absent, c.sha384) for c in m.chain] == [("program", True, "")]
+    assert m.manifest["chain"] == [{"role": "program", "absent": True}]
+    assert m.executable == "/nonexistent-confide/app/run.sh" and m.absent == m.chain
+    assert m.to_json()["chain"] == [
+        {"role": "program", "path": "/nonexistent-confide/app/run.sh", "absent": True}
+    ]
+    expected = {
+        "kind": "confide-sim-measurement", "version": 1, "program": "run.sh", "args": ["--serve"],
+        "chain": [{"role": "program", "absent": True}], "files": [],
+    }  # fmt: skip
+    assert m.digest == hashlib.sha384(canonical_json(expected)).digest()
+    # once the file exists it measures with its content: a different measurement
+    real = _exe(tmp_path / "app" / "run.sh", b"\x7fELF")
+    present = measure_command([str(real), "--serve"], cwd=tmp_path)
+    assert not present.absent and present.hex != m.hex
+
+
+def test_a_missing_name_in_path_is_still_an_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="expected a program found in PATH"):
+        measure_command(["no-such-confide-program"], search_path=str(tmp_path), cwd=tmp_path)
+
+
+def test_a_missing_interpreter_is_measured_as_absent(tmp_path: Path) -> None:
+    content = b"#!/nonexistent-confide/python3\nprint(1)\n"
+    app = _exe(tmp_path / "app", content)
+    m = measure_command([str(app)], cwd=tmp_path)
+    assert m.manifest["chain"] == [
+        {"role": "program", "sha384": hashlib.sha384(content).hexdigest()},
+        {"role": "interpreter", "absent": True},
+    ]
+    assert [c.path for c in m.absent] == ["/nonexistent-confide/python3"]
+
+
+def test_other_resolution_failures_are_still_errors(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    for path, message in ((tmp_path / "dir", "expected a regular file"), (plain, "not executable")):
+        with pytest.raises(UsageError, match=message):
+            measure_command([str(path)], cwd=tmp_path)
+
+
+def test_an_argument_below_an_empty_directory_is_an_absent_file(tmp_path: Path, script: Path) -> None:
+    mount_point = tmp_path / "app"
+    mount_point.mkdir()
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "other").write_bytes(b"x")
+    argv = [str(script), str(mount_point / "sub" / "main.py"), str(full / "out.json"), "8080", "a/b"]
+    m = measure_command(argv, cwd=tmp_path)
+    # only the path below the empty directory: a missing file in a non-empty directory, a word
+    # and a relative path below a non-empty working directory stay plain arguments
+    assert m.manifest["files"] == [{"arg": 1, "absent": True}]
+    assert [f.path for f in m.absent] == [str(mount_point / "sub" / "main.py")]
+    # an existing file is measured as before
+    (mount_point / "sub").mkdir()
+    (mount_point / "sub" / "main.py").write_bytes(b"print(1)")
+    after = measure_command(argv, cwd=tmp_path)
+    assert after.manifest["files"] == [{"arg": 1, "sha384": hashlib.sha384(b"print(1)").hexdigest()}]
+
+
+def test_excluded_trees_and_the_root_give_no_absent_file(script: Path, tmp_path: Path) -> None:
+    m = measure_command([str(script), "/proc/nonexistent/x", "/nonexistent-confide"], cwd=tmp_path)
+    assert m.files == ()
+
+
+def test_present_commands_keep_their_manifest_shape(script: Path, interp: Path, tmp_path: Path) -> None:
+    """No absent component: the manifest is exactly the documented one (known digests elsewhere)."""
+    data = tmp_path / "data.txt"
+    data.write_bytes(b"d")
+    m = measure_command([str(script), str(data)], cwd=tmp_path)
+    assert m.manifest == {
+        "kind": "confide-sim-measurement", "version": 1, "program": "app.sh", "args": [str(data)],
+        "chain": [
+            {"role": "program", "sha384": hashlib.sha384(script.read_bytes()).hexdigest()},
+            {"role": "interpreter", "sha384": hashlib.sha384(interp.read_bytes()).hexdigest()},
+        ],
+        "files": [{"arg": 1, "sha384": hashlib.sha384(b"d").hexdigest()}],
+    }  # fmt: skip
+    assert m.absent == ()
+
+
+def test_sim_measure_warns_about_absent_components(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from confide.sim.cli import sim
+
+    result = CliRunner().invoke(sim, ["measure", "--", "/nonexistent-confide/run.sh"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout.strip()
+    assert out == measure_command(["/nonexistent-confide/run.sh"]).hex
+    assert "/nonexistent-confide/run.sh does not exist: measured as absent" in result.stderr

@@ -5,6 +5,7 @@ Clients read the CAS location from the variables in ``client.env`` (``source DIR
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -664,14 +665,22 @@ def run(config_id: str, tee: str, gpus: str | None, gpu_ocsp: str | None, comman
     if gpu_ocsp is not None and gpus is None:
         raise UsageError("--gpu-ocsp needs --gpus")
     provider: QuoteProvider
+    measured = None
     if tee == "sim":
         sim_dir = os.environ.get("CONFIDE_SIM_DIR")
         if not sim_dir:
             raise UsageError("--tee sim: CONFIDE_SIM_DIR is not set (source the CAS's client.env)")
         if not command:
             raise UsageError("--tee sim measures the command: give it after --")
-        provider = SimQuoteProvider.for_command(Path(sim_dir), list(command))
+        sim_provider = SimQuoteProvider.for_command(Path(sim_dir), list(command))
+        provider, measured = sim_provider, sim_provider.launch_measurement
         click.echo("confide run: SIMULATED TEE - no hardware protection", err=True)
+        for item in measured.absent if measured is not None else ():
+            click.echo(
+                f"confide run: {item.path} does not exist yet: measured as absent, it must be inside a "
+                "protected volume once mounted",
+                err=True,
+            )
     elif tee in ("tdx", "sev-snp"):
         provider = ConfigfsTsmQuoteProvider()
     elif tee == "az-vtpm":
@@ -695,6 +704,8 @@ def run(config_id: str, tee: str, gpus: str | None, gpu_ocsp: str | None, comman
         provider = GpuQuoteProvider(provider, NvmlGpuSource(), count=gpu_count, ocsp=stapler)
     client = CasClient.from_env()
     plan = attest_and_prepare(client, provider, policy_name, service, list(command))
+    if measured is not None:
+        plan = dataclasses.replace(plan, measured=measured)
     sys.stdout.flush()
     if plan.volumes:
         code = supervise(plan, client)

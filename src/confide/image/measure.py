@@ -17,7 +17,9 @@ Paths whose content comes from the container engine at run time (``/proc``, ``/s
 ``/etc/hosts``, ``/etc/hostname``, ``/etc/resolv.conf``, the config's ``Volumes``) and
 ``/confide`` (added by sconify) are not measured from the image: reaching one gives no
 measurement (:class:`NotFromImageError`), as does a missing file; the caller keeps the
-placeholder and says why.
+placeholder and says why. A program or ``#!`` interpreter below a protected path is not
+missing: it is measured as absent (docs/simulator.md, "Absent components"), as ``confide run``
+does, which then requires it to be inside the mounted volume.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import IO, Any
 from confide.errors import UsageError
 from confide.image.flatten import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, FsIndex, Node, is_under, read_members
 from confide.image.oci import Layer
-from confide.sim.measure import Measurement, TreeEntry, TreeView, hash_stream, measure_command
+from confide.sim.measure import Measurement, TreeEntry, TreeView, hash_stream, measure_chain, measure_command
 
 __all__ = [
     "DEFAULT_PATH",
@@ -131,6 +133,32 @@ class ImageView(TreeView):
     def describe(self) -> str:
         return "the image"
 
+    def is_empty_dir(self, real: str) -> bool:
+        found = self._node(real)
+        if found is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), real)
+        rel, node = found
+        if rel in self.protected:  # the mount point: empty until the volume is mounted
+            return node.kind == DIR
+        return node.kind == DIR and not node.children
+
+    def below_protected(self, path: str) -> bool:
+        """Whether the missing ``path`` lies below a protected mount point once its existing
+        ancestors are resolved (symlinks followed): the volume will provide it at run time."""
+        parent, rest = path, list[str]()
+        while parent not in ("", "/"):
+            try:
+                real = self.real_path(parent, "/")
+            except FileNotFoundError:
+                rest.insert(0, posixpath.basename(parent))
+                parent = posixpath.dirname(parent)
+                continue
+            except (OSError, UsageError):
+                return False
+            rel = posixpath.join(real, *rest).lstrip("/")
+            return any(is_under(rel, outer) and rel != outer for outer in self.protected)
+        return False
+
     def source_of(self, path: str, cwd: str) -> tuple[int, int] | None:
         """The layer member holding ``path``'s content, if it is a file the image provides."""
         try:
@@ -154,6 +182,37 @@ class ImageView(TreeView):
 
             read_members(layers[layer_no], {o for s, o in sources if s == layer_no}, sink)
             self.contents.update({(layer_no, o): v for o, v in got.items()})
+
+
+def _unmeasured_link(
+    layers: Sequence[Layer], view: ImageView, measured: Measurement, path: str, search_path: str, cwd: str
+) -> str | None:
+    """Why ``confide run`` will refuse the absent program or interpreter ``path`` once the
+    volume (holding the image's files) is mounted, or None: each link of its ``#!`` chain must
+    be inside a protected path or be part of the measurement (confide.runtime.absent)."""
+    inner = ImageView(view.idx, [], view.run_time)  # the tree with the volume's content in place
+    present = {(link.path, link.sha384) for link in measured.chain if not link.absent}
+    wanted: set[tuple[int, int]] = set()
+    for _ in range(MAX_ROUNDS):
+        if wanted:
+            inner.load(layers, wanted)
+        try:
+            chain = measure_chain(path, search_path=search_path, cwd=cwd, fs=inner)
+        except _NeedContent as need:
+            wanted = {need.source}
+            continue
+        except UsageError as exc:
+            return f"confide run --tee sim will refuse to start {path}: {exc}"
+        for link in chain:
+            inside = any(is_under(link.path.lstrip("/"), outer) for outer in view.protected)
+            if not inside and (link.path, link.sha384) not in present:
+                return (
+                    f"confide run --tee sim will refuse to start {path}: its {link.role} {link.path} is "
+                    "outside the protected paths and not measured: make the image's command run it as "
+                    f'INTERPRETER SCRIPT (["{link.path}", "{path}", ...]) or protect the interpreter too'
+                )
+        return None
+    return f"confide run --tee sim may refuse to start {path}: too many files to read to check it"
 
 
 @dataclass(frozen=True)
@@ -217,6 +276,27 @@ def measure_image_command(
                 "provides the file at run time"
             )
             return ImageMeasurement(None, (f"cannot compute the measurement from the image: {exc}{hint}",))
+        outside = [link for link in measured.chain if link.absent and not view.below_protected(link.path)]
+        if outside:
+            link = outside[0]
+            return ImageMeasurement(
+                None,
+                (
+                    f"cannot compute the measurement from the image: the {link.role} {link.path!r} does not "
+                    "exist in the image and is not under a protected path; confide run --tee sim in this "
+                    "container refuses to start it unless a protected volume provides it",
+                ),
+            )
+        for link in measured.chain:
+            if link.absent:
+                refused = _unmeasured_link(layers, view, measured, link.path, search_path, cwd)
+                if refused is not None:
+                    warnings.append(refused)
+                warnings.append(
+                    f"the {link.role} {link.path} is in a protected path: measured as absent, confide run "
+                    'checks after mounting that it lies inside the volume (docs/simulator.md, "Absent '
+                    'components")'
+                )
         for path in sorted(view.placeholders):
             warnings.append(
                 f"the measurement covers the empty mount point at the protected path {path}, not its "

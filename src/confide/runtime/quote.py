@@ -41,7 +41,7 @@ from typing import Protocol
 
 from confide.errors import BindingError, ParseError, StorageError, UsageError
 from confide.evidence.sim import REPORT_DATA_SIZE
-from confide.sim.measure import measure_command
+from confide.sim.measure import Measurement, measure_command
 from confide.sim.platform import SimPlatform
 from confide.verify.result import Platform
 
@@ -149,6 +149,9 @@ class SimQuoteProvider:
         self._debug = debug
         self._svn = svn
         self._clock = clock
+        self.launch_measurement: Measurement | None = None
+        """The measured command when made by :meth:`for_command` (its absent components are
+        checked by ``confide run`` after mounting the volumes)."""
 
     @classmethod
     def for_command(
@@ -164,7 +167,9 @@ class SimQuoteProvider:
         """Measure ``argv`` (see :mod:`confide.sim.measure`) with the platform key in ``platform_dir``."""
         platform = SimPlatform.load(platform_dir)
         measurement = measure_command(argv, search_path=search_path, cwd=cwd)
-        return cls(platform, measurement.digest, debug=debug, svn=svn)
+        provider = cls(platform, measurement.digest, debug=debug, svn=svn)
+        provider.launch_measurement = measurement
+        return provider
 
     def get_evidence(self, report_data: bytes) -> Evidence:
         check_report_data(report_data)

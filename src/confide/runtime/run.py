@@ -38,8 +38,10 @@ from confide.cas.secrets import RUNTIME_KEY_MARKER, render, template_secret
 from confide.errors import ParseError, PolicyError, SignatureError, UsageError
 from confide.fsutil import read_bounded
 from confide.policy.placeholders import Context, Placeholder, encoding_for, render_file
+from confide.runtime.absent import check_absent
 from confide.runtime.quote import QuoteProvider
 from confide.runtime.volumes import MountedVolumes, VolumeRelease, bind_mount, mount_released
+from confide.sim.measure import Measurement
 from confide.volume.mount import _private_namespace, mount_tmpfs_at
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,9 @@ class Launch:
     policy: str = ""
     volumes: tuple[VolumeRelease, ...] = ()
     session: str = ""
+    measured: Measurement | None = None
+    """The simulated TEE's measurement of the command (``--tee sim``): its absent components are
+    checked after the volumes are mounted (:mod:`confide.runtime.absent`)."""
 
 
 def _mounts() -> list[tuple[str, str]]:
@@ -138,7 +143,12 @@ def attest_and_prepare(
     files = {p: c.replace(RUNTIME_KEY_MARKER, pem) for p, c in files.items()}
     if command and config.get("command"):
         measured, released = shutil.which(command[0]), shutil.which(argv[0], path=environment.get("PATH"))
-        if measured is None or released is None or Path(measured).resolve() != Path(released).resolve():
+        # a program measured as absent is found by neither before the volumes are mounted: the
+        # same name is required, and confide.runtime.absent checks the file after mounting
+        absent_same = measured is None and released is None and command[0] == argv[0] and "/" in argv[0]
+        if not absent_same and (
+            measured is None or released is None or Path(measured).resolve() != Path(released).resolve()
+        ):
             raise UsageError(
                 f"the policy's command runs {argv[0]!r}, but {command[0]!r} was measured; "
                 "they must be the same program"
@@ -292,7 +302,10 @@ def supervise(plan: Launch, client: CasClient) -> int:
     mounted = mount_released(list(plan.volumes))
     env = {**plan.environment, **mounted.environment}
     try:
-        program = _resolve(plan.argv[0], env)
+        checked = None
+        if plan.measured is not None:
+            checked = check_absent(plan.measured, plan.argv, env, plan.pwd, mounted.regions())
+        program = checked or _resolve(plan.argv[0], env)
         proc = subprocess.Popen(plan.argv, executable=program, env=env, cwd=plan.pwd or None)  # noqa: S603
     except OSError as exc:
         mounted.close()
@@ -333,7 +346,10 @@ def launch(plan: Launch) -> None:
                 f"cannot change to the service's working directory {plan.pwd}: {exc.strerror}"
             ) from None
     env = dict(plan.environment)
-    program = _resolve(plan.argv[0], env)
+    checked = None
+    if plan.measured is not None:  # no volumes: any absent component is refused
+        checked = check_absent(plan.measured, plan.argv, env, None, ())
+    program = checked or _resolve(plan.argv[0], env)
     try:
         os.execve(program, plan.argv, env)  # noqa: S606 - exec of the attested program is the point
     except OSError as exc:

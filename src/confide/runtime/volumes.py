@@ -121,6 +121,11 @@ class MountedVolumes:
     binds: list[Path] = field(default_factory=list)
     mounted_tags: dict[str, str] = field(default_factory=dict)  # name -> the tag mounted
 
+    def regions(self) -> list[Path]:
+        """Where this run's protected volumes are visible: each volume's mount (or files
+        directory) and the protected paths bound at their original places."""
+        return [*self.binds, *(handle.path for _, handle in self.handles)]
+
     def integrity_failure(self) -> str | None:
         """``volume:path`` of the first file that failed authentication, if any (never blocks)."""
         for release, handle in self.handles:

@@ -76,6 +76,12 @@ def sim_measure(as_json: bool, root: Path | None, cwd: str | None, command: tupl
         measurement = measure_command(command, cwd=cwd or "/", fs=RootedView(root))
     else:
         measurement = measure_command(command, cwd=cwd)
+    for item in measurement.absent:  # docs/simulator.md, "Absent components"
+        click.echo(
+            f"warning: {item.path} does not exist: measured as absent (confide run requires it to be "
+            "inside a protected volume once mounted)",
+            err=True,
+        )
     if as_json:
         click.echo(json.dumps(measurement.to_json(), indent=2))
     else:

@@ -17,6 +17,13 @@ simulator measures the *launch* of a command the way the Linux kernel would exec
 4. **Argument files.** Every argument that names an existing regular file (relative to the
    working directory, symlinks followed, not under ``/proc``, ``/sys`` or ``/dev``) has its
    content hashed, so ``python3 app.py`` covers ``app.py``.
+5. **Absent components.** A program or ``#!`` interpreter given as a path (with ``/``) that does
+   not exist (ENOENT) is measured as *absent*: ``{"role", "absent": true}`` in the chain instead
+   of failing, as is an argument with ``/`` that does not exist but whose nearest existing
+   ancestor is an empty directory (a mount point waiting for its volume): ``{"arg",
+   "absent": true}``. ``confide run`` then requires each to lie inside a protected volume it
+   mounted (``confide.runtime.absent``; docs/simulator.md, "Absent components"). A command
+   with no absent component measures exactly as before.
 
 The measurement is SHA-384 over the canonical JSON (sorted keys, no white space, ASCII) of the
 *manifest*: ``{"args", "chain": [{"role", "sha384"}], "files": [{"arg", "sha384"}], "kind",
@@ -37,6 +44,7 @@ import errno
 import hashlib
 import json
 import os
+import posixpath
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,6 +68,7 @@ __all__ = [
     "TreeView",
     "canonical_json",
     "hash_stream",
+    "measure_chain",
     "measure_command",
     "measure_current_process",
     "resolve_command",
@@ -82,8 +91,9 @@ class ChainLink:
     """One file of the execution chain: the program, an interpreter, or env's target."""
 
     role: str  # "program" | "interpreter" | "env-target"
-    path: str  # resolved absolute path (informational: not measured)
-    sha384: str
+    path: str  # resolved absolute path (informational: not measured); absent: as named
+    sha384: str  # "" when absent
+    absent: bool = False  # did not exist at measurement time (docs/simulator.md "Absent components")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +101,9 @@ class ArgumentFile:
     """An argument naming a regular file whose content is measured."""
 
     arg: int  # index into argv
-    path: str  # resolved absolute path (informational: not measured)
-    sha384: str
+    path: str  # resolved absolute path (informational: not measured); absent: as named
+    sha384: str  # "" when absent
+    absent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,16 +125,26 @@ class Measurement:
     def manifest(self) -> dict[str, Any]:
         return _manifest(self.argv, self.chain, self.files)
 
+    @property
+    def absent(self) -> tuple[ChainLink | ArgumentFile, ...]:
+        """The components that did not exist at measurement time."""
+        return (*(c for c in self.chain if c.absent), *(f for f in self.files if f.absent))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "measurement": self.hex,
             "algorithm": "sha384",
             "executable": self.executable,
             "argv": list(self.argv),
-            "chain": [{"role": c.role, "path": c.path, "sha384": c.sha384} for c in self.chain],
-            "files": [{"arg": f.arg, "path": f.path, "sha384": f.sha384} for f in self.files],
+            "chain": [_entry({"role": c.role, "path": c.path}, c) for c in self.chain],
+            "files": [_entry({"arg": f.arg, "path": f.path}, f) for f in self.files],
             "manifest": self.manifest,
         }
+
+
+def _entry(head: dict[str, Any], item: ChainLink | ArgumentFile) -> dict[str, Any]:
+    """A manifest entry: the digest, or the absent marker (docs/simulator.md "Absent components")."""
+    return {**head, "absent": True} if item.absent else {**head, "sha384": item.sha384}
 
 
 def canonical_json(value: Any) -> bytes:
@@ -139,8 +160,8 @@ def _manifest(
         "version": MANIFEST_VERSION,
         "program": os.path.basename(argv[0]),
         "args": list(argv[1:]),
-        "chain": [{"role": c.role, "sha384": c.sha384} for c in chain],
-        "files": [{"arg": f.arg, "sha384": f.sha384} for f in files],
+        "chain": [_entry({"role": c.role}, c) for c in chain],
+        "files": [_entry({"arg": f.arg}, f) for f in files],
     }
 
 
@@ -166,6 +187,10 @@ class FileView(Protocol):
 
     def digest(self, real: str) -> tuple[str, bytes]:
         """SHA-384 (hex) of the resolved file and its first ``BINPRM_BUF_SIZE`` bytes."""
+        ...
+
+    def is_empty_dir(self, real: str) -> bool:
+        """Whether the resolved path is a directory with no entries (``OSError`` if missing)."""
         ...
 
 
@@ -194,6 +219,10 @@ class HostView:
     def digest(self, real: str) -> tuple[str, bytes]:
         with open(real, "rb") as fh:
             return hash_stream(fh)
+
+    def is_empty_dir(self, real: str) -> bool:
+        with os.scandir(real) as it:
+            return next(it, None) is None
 
 
 MAX_SYMLINKS = 40
@@ -230,6 +259,9 @@ class TreeView:
         raise NotImplementedError
 
     def describe(self) -> str:
+        raise NotImplementedError
+
+    def is_empty_dir(self, real: str) -> bool:
         raise NotImplementedError
 
     def real_path(self, path: str, cwd: str) -> str:
@@ -302,6 +334,10 @@ class RootedView(TreeView):
     def describe(self) -> str:
         return str(self.root)
 
+    def is_empty_dir(self, real: str) -> bool:
+        with os.scandir(self.root / real.lstrip("/")) as it:
+            return next(it, None) is None
+
 
 _HOST = HostView()
 
@@ -325,6 +361,18 @@ def _real_file(fs: FileView, path: str, cwd: str, what: str) -> str:
     if not fs.executable(real):
         raise UsageError(f"{what}: {real!r} is not executable")
     return real
+
+
+def _real_or_absent(fs: FileView, path: str, cwd: str, what: str) -> str | None:
+    """Like :func:`_real_file`, but None when ``path`` does not exist (ENOENT): an absent
+    component (docs/simulator.md "Absent components")."""
+    try:
+        fs.real_path(path, cwd)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        pass  # _real_file reports it
+    return _real_file(fs, path, cwd, what)
 
 
 def resolve_command(
@@ -416,11 +464,21 @@ def _walk_chain(
     if depth >= MAX_INTERPRETER_DEPTH:
         raise UsageError(f"{program!r}: more than {MAX_INTERPRETER_DEPTH} levels of #! interpreters")
     interpreter_name, arg = _parse_shebang(head, program)
-    interpreter = _real_file(fs, interpreter_name, cwd, f"#! interpreter of {program!r}")
-    _walk_chain(
-        fs, interpreter, search_path=search_path, cwd=cwd, chain=chain, role="interpreter", depth=depth + 1
-    )
-    if os.path.basename(interpreter_name) == "env" or os.path.basename(interpreter) == "env":
+    interpreter = _real_or_absent(fs, interpreter_name, cwd, f"#! interpreter of {program!r}")
+    if interpreter is None:
+        named = posixpath.join(cwd, interpreter_name)
+        chain.append(ChainLink(role="interpreter", path=named, sha384="", absent=True))
+    else:
+        _walk_chain(
+            fs,
+            interpreter,
+            search_path=search_path,
+            cwd=cwd,
+            chain=chain,
+            role="interpreter",
+            depth=depth + 1,
+        )
+    if os.path.basename(interpreter_name) == "env" or os.path.basename(interpreter or "") == "env":
         target = _env_target(arg, program)
         if target is not None:
             resolved = _resolve(fs, target, search_path, cwd)
@@ -449,6 +507,40 @@ def _argument_file(fs: FileView, arg: str, cwd: str) -> str | None:
     return real
 
 
+def _absent_argument(fs: FileView, arg: str, cwd: str) -> str | None:
+    """The path an argument names if it is an absent argument file: it has a ``/``, does not
+    exist (ENOENT), and its nearest existing ancestor is an empty directory other than ``/``
+    (a mount point waiting for its volume). Any other missing path is an ordinary argument."""
+    if "/" not in arg or "\0" in arg:
+        return None
+    named = posixpath.join(cwd, arg)
+    if any(is_under(posixpath.normpath(named), tree) for tree in _EXCLUDED_TREES):
+        return None
+    try:
+        fs.real_path(arg, cwd)
+        return None
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError):
+        return None
+    parent = posixpath.dirname(named.rstrip("/"))
+    while parent not in ("", "/"):
+        try:
+            real = fs.real_path(parent, cwd)
+            mode = fs.mode(real)
+        except FileNotFoundError:
+            parent = posixpath.dirname(parent)
+            continue
+        except (OSError, ValueError):
+            return None
+        try:
+            empty = stat.S_ISDIR(mode) and real != "/" and fs.is_empty_dir(real)
+        except OSError:
+            return None
+        return named if empty else None
+    return None
+
+
 def is_under(path: str, tree: str) -> bool:
     """Whether the absolute ``path`` is ``tree`` or below it."""
     return path == tree or path.startswith(tree.rstrip("/") + "/")
@@ -471,8 +563,29 @@ def measure_command(
         raise UsageError("got no command, expected CMD [ARGS...]")
     view = fs if fs is not None else _HOST
     base = _cwd(cwd)
-    program = _resolve(view, argv[0], search_path, base)
+    program: str | None
+    if "/" in argv[0]:
+        program = _real_or_absent(view, argv[0], base, "command")
+    else:
+        program = _resolve(view, argv[0], search_path, base)
     return _measure(view, tuple(argv), program, search_path=search_path, cwd=base)
+
+
+def measure_chain(
+    program: str, *, search_path: str | None = None, cwd: Path | str | None = None, fs: FileView | None = None
+) -> tuple[ChainLink, ...]:
+    """The execution chain of the existing file ``program`` (it, its ``#!`` interpreters and
+    env's target) as :func:`measure_command` measures it; ``UsageError`` if a link is absent.
+    ``confide run`` uses it to check what a component measured as absent will run."""
+    view = fs if fs is not None else _HOST
+    base = _cwd(cwd)
+    chain: list[ChainLink] = []
+    real = _real_file(view, program, base, "command")
+    _walk_chain(view, real, search_path=search_path, cwd=base, chain=chain, role="program", depth=0)
+    for link in chain:
+        if link.absent:
+            raise UsageError(f"{link.role} {link.path!r} of {program!r} does not exist")
+    return tuple(chain)
 
 
 def measure_current_process(*, proc: Path = Path("/proc/self")) -> Measurement:
@@ -494,10 +607,14 @@ def measure_current_process(*, proc: Path = Path("/proc/self")) -> Measurement:
 
 
 def _measure(
-    fs: FileView, argv: tuple[str, ...], program: str, *, search_path: str | None, cwd: str
+    fs: FileView, argv: tuple[str, ...], program: str | None, *, search_path: str | None, cwd: str
 ) -> Measurement:
     chain: list[ChainLink] = []
-    _walk_chain(fs, program, search_path=search_path, cwd=cwd, chain=chain, role="program", depth=0)
+    if program is None:  # absent (docs/simulator.md "Absent components"): nothing to read
+        program = posixpath.join(cwd, argv[0])
+        chain.append(ChainLink(role="program", path=program, sha384="", absent=True))
+    else:
+        _walk_chain(fs, program, search_path=search_path, cwd=cwd, chain=chain, role="program", depth=0)
     if os.path.basename(argv[0]) == "env" or os.path.basename(program) == "env":
         target = _env_command(argv[1:])
         if target is not None:
@@ -510,5 +627,7 @@ def _measure(
         real = _argument_file(fs, arg, cwd)
         if real is not None:
             files.append(ArgumentFile(arg=index, path=real, sha384=_hash_file(fs, real)[0]))
+        elif (named := _absent_argument(fs, arg, cwd)) is not None:
+            files.append(ArgumentFile(arg=index, path=named, sha384="", absent=True))
     digest = hashlib.sha384(canonical_json(_manifest(argv, chain, files))).digest()
     return Measurement(digest=digest, executable=program, argv=argv, chain=tuple(chain), files=tuple(files))
