@@ -52,6 +52,7 @@ from test_cas_key_release import Joiner
 from test_cas_ocsp import NONCE_OID, SHA1_OID, _call, _der, _int, ca_id
 
 from asgi_call import call
+from confide import errors
 from confide.cas.app import create_app
 from confide.cas.db import raw_execute
 from confide.cas.http_limits import PUBLIC_MAX_HEAD, HttpLimits
@@ -869,6 +870,70 @@ def test_another_text_of_a_key_release_request_is_refused_and_not_recorded(
     assert r.events() == before
     status, reply = r.post(json.dumps(body).encode())
     assert status == 200 and r.events()[-1][0] == EVENT_RELEASED, reply
+
+
+def mutate_answer(answer: dict[str, Any], rng: random.Random) -> Any:
+    """An edit of a release answer as the joiner receives it: a field set to a hostile value,
+    removed, its bytes edited, another curve's key, or not an object at all."""
+    out: dict[str, Any] = dict(answer)
+    op = rng.randrange(6)
+    field = rng.choice(["cas_key", "iv", "ciphertext", "cas_key", "x"])
+    if op == 0:
+        out[field] = hostile_json(rng)
+    elif op == 1:
+        out.pop(field, None)
+    elif op == 2 and field in answer:
+        out[field] = flip_b64(answer[field], rng)
+    elif op == 3:
+        curve = rng.choice([ec.SECP384R1(), ec.SECP521R1(), ec.SECP256K1(), ec.SECP256R1()])
+        other = ec.generate_private_key(curve).public_key()
+        out["cas_key"] = base64.b64encode(
+            other.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        ).decode()
+    elif op == 4:
+        return rng.choice([[answer], None, "x", 1, {}])
+    else:
+        out["iv"] = base64.b64encode(rng.randbytes(rng.choice([0, 1, 11, 12, 13, 64]))).decode()
+    return out
+
+
+def test_the_joiner_reads_a_hostile_answer_as_a_confide_error(releasing: Releaser) -> None:
+    """The joining side (:func:`confide.cas.join.join_cas` step 4): a release answer mutated in
+    transit or by a releasing CAS gone wrong is refused with a confide error (no other
+    exception: ``cas serve --join`` exits with its code), never opened to another key."""
+    r = releasing
+    rng = random.Random("fuzz4/join/answer")
+    opened = 0
+    for _ in range(40 * SCALE):
+        joiner = Joiner(r.nonce())
+        status, answer = r.post(json.dumps(joiner.sim_request(r.sim)).encode())
+        assert status == 200, answer
+        mutated = mutate_answer(answer, rng)
+        try:
+            key, _key_id = joiner.open(mutated)
+        except errors.ConfideError:
+            continue
+        opened += 1
+        assert key == joiner.open(answer)[0]  # only an unchanged ciphertext opens, to the same key
+    assert opened < 40 * SCALE
+
+
+@pytest.mark.parametrize("curve", [ec.SECP384R1(), ec.SECP521R1(), ec.SECP256K1()], ids=lambda c: c.name)
+def test_a_release_answer_with_a_key_on_another_curve_is_a_parse_error(
+    releasing: Releaser, curve: ec.EllipticCurve
+) -> None:
+    """Found by the fuzz4 campaign: ``decrypt_release`` (the joiner's, and a runtime's) raised
+    cryptography's ``ValueError`` from ECDH for a ``cas_key`` on another curve: ``cas serve
+    --join`` ended with a traceback, not a confide error and its exit code."""
+    r = releasing
+    joiner = Joiner(r.nonce())
+    status, answer = r.post(json.dumps(joiner.sim_request(r.sim)).encode())
+    assert status == 200, answer
+    other = ec.generate_private_key(curve).public_key()
+    spki = other.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    with pytest.raises(errors.ParseError, match=f"CAS key is on {curve.name}, expected secp256r1"):
+        joiner.open({**answer, "cas_key": base64.b64encode(spki).decode()})
+    assert joiner.open(answer)[0] == (r.cas.sealer.export_key(r.cas.sealer.sealing_key_id))
 
 
 def mutate_release_bytes(raw: bytes, rng: random.Random) -> bytes:
