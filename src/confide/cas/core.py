@@ -428,6 +428,10 @@ def decrypt_release(
         raise ParseError("malformed release", structure="release") from None
     if not isinstance(cas_pub, ec.EllipticCurvePublicKey):
         raise ParseError("CAS key is not an EC key", structure="release")
+    if cas_pub.curve.name != private_key.curve.name:  # ECDH raised ValueError (fuzz4)
+        raise ParseError(
+            f"CAS key is on {cas_pub.curve.name}, expected {private_key.curve.name}", structure="release"
+        )
     key = _release_key(private_key.exchange(ec.ECDH(), cas_pub), cas_pub, private_key.public_key(), nonce)
     try:
         plain = AESGCM(key).decrypt(iv, ciphertext, RELEASE_INFO)

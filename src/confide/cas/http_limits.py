@@ -274,6 +274,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_deadline = 0.0
         self._served = False  # a request began on this connection
         self._body_timer: asyncio.TimerHandle | None = None
+        # A refusal behind a pending response (_end_after_pending): made once that response is
+        # sent; meanwhile nothing more is read.
+        self._refusal_after: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -364,16 +367,50 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._body_timer.cancel()
             self._body_timer = None
 
+    def _end_after_pending(self, refuse: Callable[[], None]) -> bool:
+        """Whether a response to an earlier, pipelined request is still to be written; if so,
+        ``refuse`` (write the refusal and close) is called once it (and any queued before the
+        refused request) is sent, not now: the client would take the refusal for that response
+        (RFC 9112 §9.3.2: responses in the order of the requests); nothing more is read
+        meanwhile. The fuzz4 campaign found a valid request followed by an invalid one in the
+        same read answered with uvicorn's 400 only, and, when the app then wrote to the closed
+        transport, "Exception in ASGI application" logged at ERROR."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            return False
+        self._refusal_after = refuse
+        self.transport.pause_reading()
+        return True
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # may start the next pipelined request
+        refuse = self._refusal_after
+        cycle = self.cycle
+        done = cycle is not None and cycle.response_complete and not self.pipeline  # the last before it
+        if refuse is not None and done and not self.transport.is_closing():
+            self._refusal_after = None
+            refuse()
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._end_after_pending(lambda: super(BoundedHttpToolsProtocol, self).send_400_response(msg)):
+            super().send_400_response(msg)
+
+    def _write_and_close(self, response: bytes) -> None:
+        self.transport.write(response)
+        self.transport.close()
+
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if not self._in_head or self.transport.is_closing():
-            return  # between heads: the next one arms the timer again
+        if not self._in_head or self.transport.is_closing() or self._refusal_after is not None:
+            return  # between heads (the next one arms the timer again), or a refusal is pending
         remaining = self._head_deadline - self.loop.time()
         if remaining > 0:  # a later head than the one the timer was armed for
             self._head_timer = self.loop.call_later(remaining, self._head_timed_out)
             return
         if self.limits is not None:
             self.limits.head_timeouts += 1
+        if self._end_after_pending(lambda: self._write_and_close(_TIMEOUT)):
+            return
         if self._head_bytes:  # some of a head came: say why the connection ends
             self.transport.write(_TIMEOUT)
         self.transport.close()
@@ -390,6 +427,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._refusal_after is not None:
+            return
         if not self._in_body and not self.transport.is_closing():
             # A request head (or the next one, between requests) is coming: its bytes in this
             # read are counted before the parser buffers any, up to the empty line that ends it
@@ -422,6 +461,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         logging.getLogger("confide.cas").warning(
             json.dumps({"event": "request", "status": 431, "reason": f"head over {self.max_head} bytes"})
         )
+        if self._end_after_pending(lambda: self._write_and_close(self.refusal)):
+            return
         self.transport.write(self.refusal)
         self.transport.close()
 

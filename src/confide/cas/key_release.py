@@ -192,22 +192,51 @@ class _Parsed:
         self.key_der, self.key, self.nonce = key_der, key, nonce
 
 
+_FIELDS = frozenset({"platform", "evidence", "aux", "public_key", "nonce"})
+_REQUIRED = frozenset({"platform", "evidence", "public_key", "nonce"})
+_HEX = frozenset("0123456789abcdef")
+
+
+def _b64(value: Any) -> bytes:
+    """A JSON string of canonical base64 (RFC 4648 §4; §3.5: the unused bits of the last
+    character zero, so one text per byte string); raises ValueError for anything else (another
+    JSON type, white space, missing or extra padding)."""
+    if not isinstance(value, str):
+        raise ValueError
+    raw = base64.b64decode(value, validate=True)
+    if base64.b64encode(raw).decode() != value:
+        raise ValueError
+    return raw
+
+
 def _parse(request: Any) -> _Parsed:
+    """The request as docs/cas.md "Joining a running CAS" step 5 describes it, read strictly (the
+    fuzz4 campaign: ``str()`` of any JSON value was taken, so ``"aux": ""``, a number as the
+    nonce or white space in it were second texts of a request): an object of exactly those
+    fields (``aux`` optional), strings where strings are meant, canonical base64, a nonce of
+    lower-case hex, ``aux`` an object of at most 8 names to canonical base64."""
     what = "key-release request"
     expected = (
         "expected platform, evidence (base64), aux (names to base64), public_key (base64 DER), nonce (hex)"
     )
     if not isinstance(request, dict):
         raise ParseError("expected a JSON object", structure=what)
+    if set(request) - _FIELDS or not set(request) >= _REQUIRED:
+        raise ParseError(expected, structure=what)
     try:
-        raw_aux = request.get("aux") or {}
+        raw_aux = request.get("aux", {})
         if not isinstance(raw_aux, dict) or len(raw_aux) > _MAX_AUX:
             raise TypeError
-        platform = Platform(str(request["platform"]))
-        evidence = base64.b64decode(str(request["evidence"]), validate=True)
-        aux = {str(k): base64.b64decode(str(v), validate=True) for k, v in raw_aux.items()}
-        key_der = base64.b64decode(str(request["public_key"]), validate=True)
-        nonce = bytes.fromhex(str(request["nonce"]))
+        if not isinstance(request["platform"], str):
+            raise TypeError
+        platform = Platform(request["platform"])
+        evidence = _b64(request["evidence"])
+        aux = {str(k): _b64(v) for k, v in raw_aux.items()}
+        key_der = _b64(request["public_key"])
+        nonce_text = request["nonce"]
+        if not isinstance(nonce_text, str) or not set(nonce_text) <= _HEX:
+            raise TypeError
+        nonce = bytes.fromhex(nonce_text)
     except (KeyError, ValueError, TypeError, binascii.Error):
         raise ParseError(expected, structure=what) from None
     try:

@@ -155,26 +155,22 @@ class _Status(NamedTuple):
 def parse_request(der: bytes) -> _Query | None:
     """The CertID and nonce of ``der``; ``None`` when it is to be answered ``malformedRequest``
     (module docstring, step 1). Raises :class:`UnsupportedAlgorithm` for a CertID hash
-    algorithm ``cryptography`` does not compute."""
+    algorithm ``cryptography`` does not compute, and only for a request that is otherwise well
+    formed: a request that is malformed is answered so whatever its algorithm (RFC 8954 §2.1: a
+    bad nonce MUST get malformedRequest; the fuzz4 campaign found such a request with an MD5
+    CertID answered ``unauthorized``)."""
     if not der or len(der) > MAX_REQUEST:
         return None
     try:
         request = ocsp.load_der_ocsp_request(der)  # the whole input: trailing bytes are refused
         extensions = request.extensions
-        query = _Query(
-            request.hash_algorithm,
-            request.issuer_name_hash,
-            request.issuer_key_hash,
-            request.serial_number,
-            None,
-        )
-    except UnsupportedAlgorithm:
-        raise
+        serial = request.serial_number
+        name_hash, key_hash = request.issuer_name_hash, request.issuer_key_hash
     except NotImplementedError:
         return None  # more than one Request (RFC 5019 §2.1.1: one per OCSPRequest)
     except (ValueError, TypeError, x509.DuplicateExtension):
         return None
-    if query.serial <= 0:
+    if serial <= 0:
         return None  # RFC 5280 §4.1.2.2: a serial number is a positive integer
     nonce = None
     for ext in extensions:
@@ -184,7 +180,9 @@ def parse_request(der: bytes) -> _Query | None:
                 return None  # RFC 8954 §2.1
         elif ext.critical:
             return None  # RFC 6960 §4.4: an unrecognised critical extension
-    return query._replace(nonce=nonce)
+    return _Query(
+        request.hash_algorithm, name_hash, key_hash, serial, nonce
+    )  # may raise UnsupportedAlgorithm
 
 
 class OcspResponder:
