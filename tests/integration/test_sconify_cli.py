@@ -58,11 +58,14 @@ def test_sconify_layout_with_key_and_policy_files(tmp_path: Path) -> None:
     assert load_policy(tmp_path / "p.yaml").name == "pol"
     assert all(SECRET not in b for b in all_blob_bytes(tmp_path / "out"))
     # no progress output when stderr is not a terminal; /app/run.sh is inside the protected /app,
-    # so confide run --tee sim cannot measure it before the volume is mounted: said, and the
-    # template keeps the placeholder
+    # so it is measured as absent (the template gets what confide run --tee sim reports), but its
+    # interpreter /bin/sh lies outside every volume and was never measured, so confide run would
+    # refuse to start it after mounting: said (docs/simulator.md "Absent components")
     assert [line.split(":", 1)[0] for line in r.stderr.splitlines()] == ["warning", "warning"]
-    assert "cannot resolve '/app/run.sh'" in r.stderr and "measurement:" not in r.stdout
-    assert policy["services"][0]["attestation"] == [{"sim": {"measurement": "00" * 48}}]
+    assert "will refuse to start /app/run.sh: interpreter '/bin/sh'" in r.stderr
+    measured = r.stdout.split("measurement: ", 1)[1].split()[0]
+    assert len(measured) == 96 and measured != "00" * 48
+    assert policy["services"][0]["attestation"] == [{"sim": {"measurement": measured}}]
     # same input + same key -> identical digest
     r2 = confide(
         "sconify", "--from", str(tmp_path / "src"), "--to", str(tmp_path / "out2"), "--protect", "/app",
