@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -27,15 +26,9 @@ from cryptography.x509.oid import AuthorityInformationAccessOID
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from test_cas_e2e import SHM, app_script, apply, confide, identity, measure, policy_yaml
 
-from cas_harness import CasProcess
+from cas_harness import CasProcess, free_port
 
 NAME = "pki/ocsp"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def secrets_body(inject: Path) -> str:
@@ -74,7 +67,7 @@ def ocsp_url(cert: x509.Certificate) -> str:
 
 
 def test_openssl_asks_the_responder(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     cas = CasProcess(
         tmp_path / "cas", None, extra_args=("--public-http-listen", f"127.0.0.1:{port}", "--public-url", base)

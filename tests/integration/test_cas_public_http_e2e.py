@@ -26,17 +26,11 @@ from cryptography.x509.oid import AuthorityInformationAccessOID
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from test_cas_e2e import SHM, app_script, apply, confide, identity, measure, policy_yaml
 
-from cas_harness import CasProcess
+from cas_harness import CasProcess, free_port
 from confide import errors
 from confide.cas.http_limits import PUBLIC_MAX_HEAD
 
 NAME = "pki/web"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def secrets_body(inject: Path) -> str:
@@ -99,7 +93,7 @@ def raw(port: int, request: bytes) -> bytes:
 
 
 def test_openssl_fetches_the_crl_from_the_public_listener(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     cas = CasProcess(
         tmp_path / "cas", None, extra_args=("--public-http-listen", f"127.0.0.1:{port}", "--public-url", base)
