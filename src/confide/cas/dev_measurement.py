@@ -32,16 +32,12 @@ __all__ = ["MEASUREMENT_KIND", "cas_dev_measurement", "measure_package"]
 
 MEASUREMENT_KIND = "confide-cas-dev-measurement"
 _VERSION = 1
-_CHUNK = 1 << 20
 _MAX_FILES = 20000  # far above the package's few hundred files: bounds a wrong root
 
 
 def _sha384(path: Path) -> str:
-    digest = hashlib.sha384()
     with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha384").hexdigest()
 
 
 def measure_package(package_dir: Path, interpreter: Path) -> bytes:
