@@ -101,16 +101,36 @@ def _runc(bundle: Path, args: list[str] | None = None) -> subprocess.CompletedPr
         cfg_path.write_text(original)
 
 
+def _sconify(
+    env: dict[str, str], src: Path, out: Path, tmp: Path, *protect: str
+) -> subprocess.CompletedProcess[str]:
+    """sconify the native image ``src`` into ``out`` (policy ``app``, service ``main``), writing
+    ``tmp/policy.yaml`` and ``tmp/volume.key``."""
+    flags = [arg for path in protect for arg in ("--protect", path)]
+    return _confide(env, "sconify", "--from", f"oci:{src}:latest", "--to", f"oci:{out}:latest", *flags,
+                    "--policy", "app", "--service", "main", "--policy-out", str(tmp / "policy.yaml"),
+                    "--key-out", str(tmp / "volume.key"), "--no-runtime-check")  # fmt: skip
+
+
+def _unpack(env: dict[str, str], out: Path, bundle: Path) -> None:
+    """umoci-unpack ``out`` into the runc ``bundle``, with the host's /usr and /lib (the runtime's
+    Python), the CAS's certificate and the simulated platform bound in, read-only."""
+    subprocess.run(["umoci", "unpack", "--image", f"{out}:latest", str(bundle)], check=True,
+                   capture_output=True, timeout=300)  # fmt: skip
+    inside = {"CONFIDE_CAS_URL": env["CONFIDE_CAS_URL"], "CONFIDE_CAS_CERT": "/cas/cas-cert.pem",
+              "CONFIDE_SIM_DIR": "/cas/sim"}  # fmt: skip
+    _prepare_bundle(bundle, inside, [("/usr", "/usr", True), ("/lib", "/lib", True), ("/lib64", "/lib64", True),
+                                     (env["CONFIDE_CAS_CERT"], "/cas/cas-cert.pem", True),
+                                     (env["CONFIDE_SIM_DIR"], "/cas/sim", True)])  # fmt: skip
+
+
 def test_sconified_container_runs_with_runc(tmp_path: Path) -> None:
     cas = CasProcess(tmp_path / "cas", None).start()
     try:
         env = dict(cas.env)
         src, out, bundle = tmp_path / "src", tmp_path / "out", tmp_path / "bundle"
         _native_image(src)
-        made = _confide(env, "sconify", "--from", f"oci:{src}:latest", "--to", f"oci:{out}:latest", "--protect",
-                        "/app/model.txt", "--protect", "/data", "--policy", "app", "--service", "main",
-                        "--policy-out", str(tmp_path / "policy.yaml"), "--key-out", str(tmp_path / "volume.key"),
-                        "--no-runtime-check")  # fmt: skip
+        made = _sconify(env, src, out, tmp_path, "/app/model.txt", "/data")
         # sconify computed the simulated measurement of `/bin/sh /app/run.sh` in the image (busybox
         # and the script are the image's; the bind-mounted host /usr is the runtime's Python only)
         computed = made.stdout.split("measurement: ", 1)[1].split()[0]
@@ -122,13 +142,7 @@ def test_sconified_container_runs_with_runc(tmp_path: Path) -> None:
             if data[:2] == b"\x1f\x8b":
                 data = gzip.decompress(data)
             assert b"TOP-SECRET-MODEL" not in data and b"first-note-7f3a" not in data
-        subprocess.run(["umoci", "unpack", "--image", f"{out}:latest", str(bundle)], check=True,
-                       capture_output=True, timeout=300)  # fmt: skip
-        inside = {"CONFIDE_CAS_URL": env["CONFIDE_CAS_URL"], "CONFIDE_CAS_CERT": "/cas/cas-cert.pem",
-                  "CONFIDE_SIM_DIR": "/cas/sim"}  # fmt: skip
-        _prepare_bundle(bundle, inside, [("/usr", "/usr", True), ("/lib", "/lib", True), ("/lib64", "/lib64", True),
-                                         (env["CONFIDE_CAS_CERT"], "/cas/cas-cert.pem", True),
-                                         (env["CONFIDE_SIM_DIR"], "/cas/sim", True)])  # fmt: skip
+        _unpack(env, out, bundle)
         # ... and it is what the runtime measures in the running container
         measured = _runc(bundle, ["/confide/bin/confide", "sim", "measure", "--", "/bin/sh", "/app/run.sh"])
         assert measured.returncode == 0, measured.stderr
@@ -195,18 +209,9 @@ def test_a_script_inside_a_protected_directory_runs_with_runc(tmp_path: Path) ->
         env = dict(cas.env)
         src, out, bundle = tmp_path / "src", tmp_path / "out", tmp_path / "bundle"
         _native_image(src)
-        made = _confide(env, "sconify", "--from", f"oci:{src}:latest", "--to", f"oci:{out}:latest", "--protect",
-                        "/app", "--protect", "/data", "--policy", "app", "--service", "main",
-                        "--policy-out", str(tmp_path / "policy.yaml"), "--key-out", str(tmp_path / "volume.key"),
-                        "--no-runtime-check")  # fmt: skip
+        made = _sconify(env, src, out, tmp_path, "/app", "/data")
         computed = made.stdout.split("measurement: ", 1)[1].split()[0]
-        subprocess.run(["umoci", "unpack", "--image", f"{out}:latest", str(bundle)], check=True,
-                       capture_output=True, timeout=300)  # fmt: skip
-        inside = {"CONFIDE_CAS_URL": env["CONFIDE_CAS_URL"], "CONFIDE_CAS_CERT": "/cas/cas-cert.pem",
-                  "CONFIDE_SIM_DIR": "/cas/sim"}  # fmt: skip
-        _prepare_bundle(bundle, inside, [("/usr", "/usr", True), ("/lib", "/lib", True), ("/lib64", "/lib64", True),
-                                         (env["CONFIDE_CAS_CERT"], "/cas/cas-cert.pem", True),
-                                         (env["CONFIDE_SIM_DIR"], "/cas/sim", True)])  # fmt: skip
+        _unpack(env, out, bundle)
         measured = _runc(
             bundle, ["/confide/bin/confide", "sim", "measure", "--json", "--", "/bin/sh", "/app/run.sh"]
         )
