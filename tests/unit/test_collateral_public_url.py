@@ -21,6 +21,8 @@ from confide.evidence.dcap import TeeType
          "https://pccs.example:8081/sgx/certification/v4/tcb?fmspc=00906ED50000"),
         ("http://token@[::1]:9/x#frag", "http://[::1]:9/x"),
         ("https://host:notaport/", "<unparsable URL>"),
+        ("alice:hunter2@pccs.example", "<not an absolute URL>"),
+        ("notaurl", "<not an absolute URL>"),
     ],
 )  # fmt: skip
 def test_public_url_drops_the_userinfo(url: str, shown: str) -> None:

@@ -24,6 +24,10 @@ def public_url(url: str) -> str:
         port = f":{parts.port}" if parts.port is not None else ""
     except ValueError:
         return "<unparsable URL>"
+    if not parts.scheme or not parts.netloc:
+        # Not an absolute URL (RFC 3986 §4.3): its parts are not where the userinfo would be
+        # (urlsplit reads "user:pw@host" as scheme "user", path "pw@host"), so none is shown.
+        return "<not an absolute URL>"
     if ":" in host:
         host = f"[{host}]"  # IPv6 literal
     query = f"?{parts.query}" if parts.query else ""
