@@ -26,7 +26,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from snp_fakes import AT, FakeAmd, make_fake_amd
 
+from asgi_call import call
 from confide import errors
+from confide.cas.app import create_app
 from confide.cas.core import Cas, binding_report_data, decrypt_release
 from confide.cas.db import raw_connection, raw_execute
 from confide.cas.dev_measurement import cas_dev_measurement, measure_package
@@ -541,3 +543,23 @@ def test_the_dev_measurement_is_the_code_not_the_place(tmp_path: Path) -> None:
     assert measure_package(tmp_path / "b" / "confide", interpreter) != a
     interpreter.write_bytes(b"another interpreter")
     assert measure_package(tmp_path / "a" / "confide", interpreter) != a
+
+
+def test_a_request_with_a_duplicated_key_is_refused_over_http(dev_cas: Releaser) -> None:
+    """``POST /v1/cas/key-release`` giving ``public_key`` twice: Python's json reads the last,
+    another reader the first (a parser differential); 400 (ParseError naming the key), nothing
+    recorded, the nonce not spent: the same request without the duplicate gets the key."""
+    app = create_app(dev_cas.cas)
+    joiner = Joiner(dev_cas.releaser.new_nonce())
+    request = joiner.sim_request(dev_cas.sim)
+    other = base64.b64encode(b"another key").decode()
+    body = json.dumps(request)
+    status, answer = call(app, "/v1/cas/key-release", [f'{{"public_key": "{other}", {body[1:]}'.encode()])
+    assert status == 400, answer
+    error = json.loads(answer)["error"]
+    assert error["class"] == "ParseError" and "duplicate key 'public_key'" in error["message"]
+    assert other not in error["message"] and dev_cas.events() == []
+    status, answer = call(app, "/v1/cas/key-release", [body.encode()])
+    assert status == 200, answer
+    assert joiner.open(json.loads(answer))[0] == (dev_cas.data_dir / "master.key").read_bytes()
+    assert [kind for kind, _ in dev_cas.events()] == [EVENT_RELEASED]

@@ -21,10 +21,12 @@ from fastapi import Body, FastAPI, Header, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from starlette.exceptions import HTTPException
 
-from confide import __version__, errors
+from confide import __version__, errors, jsonstrict
 from confide.cas.core import Cas
 from confide.cas.crl import crl_pem
 from confide.cas.db import WriteBatcher, raw_connection
@@ -89,9 +91,10 @@ def _read_doc(header: str | None) -> Any:
     if not header:
         raise errors.AccessDeniedError("reading needs a signed X-Confide-Read header (confide/read/v1)")
     try:
-        return json.loads(base64.b64decode(header, validate=True))
+        raw = base64.b64decode(header, validate=True)
     except (ValueError, binascii.Error):
         raise ParseError("X-Confide-Read is not base64 JSON", structure="read request") from None
+    return jsonstrict.loads(raw, structure="X-Confide-Read")
 
 
 def create_app(
@@ -131,6 +134,7 @@ def create_app(
         await asyncio.to_thread(writer.close)
 
     app = _CasApp(title="confide CAS", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.router.route_class = _StrictRoute  # JSON bodies read by confide.jsonstrict
 
     @app.exception_handler(ConfideError)
     async def _confide_error(request: Request, exc: ConfideError) -> JSONResponse:
@@ -522,11 +526,43 @@ def _write_route(path: str) -> str:
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
+    """The fast path's reading of a body; ``None`` for anything but a JSON object, which the
+    full stack then refuses with its usual error (a duplicate key: 400, :class:`_StrictRoute`)."""
     try:
-        value = json.loads(body)
-    except (ValueError, RecursionError):
+        value = jsonstrict.decode(body)
+    except (ValueError, RecursionError, ParseError):
         return None
     return value if isinstance(value, dict) else None
+
+
+class _StrictRequest(Request):
+    """A request whose JSON body FastAPI reads with :func:`confide.jsonstrict.decode`: a syntax
+    error is FastAPI's usual 422; a duplicate key, NaN or Infinity a ParseError (400)."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = jsonstrict.decode(await self.body(), structure="request body")
+        return self._json
+
+
+class _StrictRoute(APIRoute):
+    """Routes whose handlers see a :class:`_StrictRequest`. FastAPI answers an exception of its
+    body reading other than a JSON syntax error with a bare 400 ("There was an error parsing the
+    body") raised from it: the ParseError is raised instead, for the CAS's error answer."""
+
+    def get_route_handler(self) -> Any:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            try:
+                return await handler(_StrictRequest(request.scope, request.receive))
+            except HTTPException as exc:
+                cause = exc.__cause__
+                if isinstance(cause, ParseError):
+                    raise cause from None
+                raise
+
+        return strict
 
 
 def _replay(body: bytes, whole: bool, receive: Any) -> Any:

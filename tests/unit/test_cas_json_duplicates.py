@@ -1,0 +1,135 @@
+"""Request bodies that give a member name twice (RFC 8259 §4) are refused by the CAS with 400
+and a ParseError naming the key: Python's json would read the last value, another reader the
+first (a parser differential). Through the attestation fast path and through FastAPI's routes
+alike; nothing is processed or recorded, and the same request without the duplicate is served."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asgi_call import call
+from confide.cas.app import create_app
+from confide.cas.client import policy_submission
+from confide.cas.core import decrypt_release
+from confide.cas.db import raw_execute
+from confide.identity import Identity
+from confide.policy.loader import loads_policy
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from cas_inproc import InProcessCas, sim_policy
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> tuple[InProcessCas, Any]:
+    cas = InProcessCas.start(tmp_path_factory.mktemp("cas"))
+    return cas, create_app(cas.cas)
+
+
+def events(inproc: InProcessCas) -> list[tuple[str, str]]:
+    with inproc.cas.db.read() as conn:
+        return [
+            tuple(r) for r in raw_execute(conn, "SELECT type, payload FROM events ORDER BY seq").fetchall()
+        ]
+
+
+def with_first(data: dict[str, Any], key: str, value: Any) -> bytes:
+    """``data`` as JSON with ``key`` given once more, first, with ``value``: Python's json reads
+    the last (the real one), a first-wins reader ``value``."""
+    text = json.dumps(data)
+    return (f"{{{json.dumps(key)}: {json.dumps(value)}, " + text[1:]).encode()
+
+
+def refused(app: Any, path: str, body: bytes, key: str, secret: str) -> None:
+    status, answer = call(app, path, [body])
+    assert status == 400, answer
+    error = json.loads(answer)["error"]
+    assert error["class"] == "ParseError" and error["exit_code"] == 10
+    assert f"duplicate key {key!r}" in error["message"]
+    assert secret not in error["message"]
+
+
+@pytest.mark.parametrize("member", ["nonce", "evidence", "public_key"])
+def test_an_attestation_with_a_duplicated_member_is_refused(
+    env: tuple[InProcessCas, Any], member: str
+) -> None:
+    inproc, app = env
+    status, body = call(app, "/v1/attest/nonce", [b""])
+    nonce = json.loads(body)["nonce"]
+    request, key = inproc.request(nonce)
+    other = "ff" * 32 if member == "nonce" else base64.b64encode(b"other " + member.encode()).decode()
+    before = events(inproc)
+    refused(app, "/v1/attest", with_first(request, member, other), member, other)
+    assert events(inproc) == before  # nothing recorded, the nonce not spent
+    status, body = call(app, "/v1/attest", [json.dumps(request).encode()])
+    assert status == 200, body
+    assert decrypt_release(key, json.loads(body), bytes.fromhex(nonce))["command"][0] == "svc"
+    assert "attestation" in [kind for kind, _ in events(inproc)[len(before) :]]
+
+
+def test_a_duplicate_inside_a_nested_object_is_refused(env: tuple[InProcessCas, Any]) -> None:
+    inproc, app = env
+    request, _key = inproc.request()
+    request["aux"] = {"x": "AA=="}
+    text = json.dumps(request).replace('"aux": {"x": "AA=="}', '"aux": {"x": "AA==", "\\u0078": "AQ=="}')
+    before = events(inproc)
+    refused(app, "/v1/attest", text.encode(), "x", "AQ==")
+    assert events(inproc) == before
+
+
+def test_nan_and_infinity_are_refused(env: tuple[InProcessCas, Any]) -> None:
+    inproc, app = env
+    request, _key = inproc.request()
+    for constant in ("NaN", "Infinity", "1e999"):
+        body = json.dumps(request)[:-1] + f', "x": {constant}}}'
+        status, answer = call(app, "/v1/attest", [body.encode()])
+        assert status == 400, answer
+        assert json.loads(answer)["error"]["class"] == "ParseError"
+
+
+def test_a_policy_submission_with_a_duplicated_key_is_refused(env: tuple[InProcessCas, Any]) -> None:
+    """A signed submission whose policy gives ``services`` twice: the signature covers one
+    reading; the CAS must not pick one."""
+    inproc, app = env
+    submission = policy_submission(loads_policy(sim_policy(name="dup")), Identity.generate())
+    text = json.dumps(submission)
+    policy = json.dumps(submission["policy"])
+    assert policy in text
+    doubled = '{"services": [], ' + policy[1:]
+    before = events(inproc)
+    refused(app, "/v1/policies", text.replace(policy, doubled).encode(), "services", "[]")
+    refused(app, "/v1/policies", with_first(submission, "signature", "AAAA"), "signature", "AAAA")
+    assert events(inproc) == before
+    status, body = call(app, "/v1/policies", [text.encode()])
+    assert status == 200, body
+    assert json.loads(body)["name"] == "dup"
+
+
+def test_an_approval_and_a_volume_tag_with_a_duplicated_key_are_refused(
+    env: tuple[InProcessCas, Any],
+) -> None:
+    inproc, app = env
+    before = events(inproc)
+    refused(app, "/v1/policies/app/approvals", b'{"name": "other", "name": "app"}', "name", "other")
+    refused(app, "/v1/volumes/tag", b'{"volume": {"tag": "a", "tag": "zz9"}}', "tag", "zz9")
+    assert events(inproc) == before
+
+
+def test_a_syntax_error_keeps_fastapis_answer(env: tuple[InProcessCas, Any]) -> None:
+    _inproc, app = env
+    assert call(app, "/v1/policies", [b'{"a": 1,}'])[0] == 422
+    assert call(app, "/v1/attest", [b'{"a": 1,}'])[0] == 422
+
+
+def test_a_read_request_header_with_a_duplicated_key_is_refused(env: tuple[InProcessCas, Any]) -> None:
+    _inproc, app = env
+    header = base64.b64encode(b'{"name": "other", "name": "app"}')
+    status, answer = call(app, "/v1/policies/app", [b""], method="GET", headers=[(b"x-confide-read", header)])
+    assert status == 400, answer
+    error = json.loads(answer)["error"]
+    assert error["class"] == "ParseError" and "duplicate key 'name'" in error["message"]
