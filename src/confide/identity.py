@@ -25,6 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from confide import jsonstrict
 from confide.errors import ParseError, SignatureError, UsageError
 
 __all__ = ["Identity", "PublicIdentity", "fingerprint_of", "load_identity"]
@@ -128,10 +129,7 @@ class Identity:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Identity:
-        try:
-            obj: Any = json.loads(text)
-        except ValueError:
-            raise ParseError("not JSON", structure="identity") from None
+        obj: Any = jsonstrict.loads(text, structure="identity")
         if not isinstance(obj, dict) or obj.get("type") != IDENTITY_TYPE:
             raise ParseError(f"expected type {IDENTITY_TYPE!r}", structure="identity", field="type")
         seed = _unb64(obj.get("private_key"), "private_key", 32)

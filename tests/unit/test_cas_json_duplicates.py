@@ -11,12 +11,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from asgi_call import call
+from confide import errors
 from confide.cas.app import create_app
-from confide.cas.client import policy_submission
-from confide.cas.core import decrypt_release
+from confide.cas.client import _raise_for, policy_submission
+from confide.cas.core import RELEASE_INFO, _release_key, decrypt_release
 from confide.cas.db import raw_execute
 from confide.identity import Identity
 from confide.policy.loader import loads_policy
@@ -133,3 +138,39 @@ def test_a_read_request_header_with_a_duplicated_key_is_refused(env: tuple[InPro
     assert status == 400, answer
     error = json.loads(answer)["error"]
     assert error["class"] == "ParseError" and "duplicate key 'name'" in error["message"]
+
+
+# --- the client side: the CAS's answers and the release payload -------------------------------
+
+
+def test_a_cas_answer_giving_a_key_twice_is_refused_by_the_client() -> None:
+    ok = httpx2.Response(200, content=b'{"nonce": "' + b"00" * 32 + b'", "nonce": "' + b"11" * 32 + b'"}')
+    with pytest.raises(errors.ParseError, match="CAS answer: duplicate key 'nonce'"):
+        _raise_for(ok)
+    assert _raise_for(httpx2.Response(200, content=b'{"nonce": "00"}')) == {"nonce": "00"}
+    # An error answer that does not parse is as any error answer without the CAS's error shape.
+    with pytest.raises(errors.NetworkError, match="HTTP 403"):
+        _raise_for(httpx2.Response(403, content=b'{"error": {}, "error": {}}'))
+
+
+def test_a_release_whose_payload_gives_a_key_twice_is_refused() -> None:
+    runtime = ec.generate_private_key(ec.SECP256R1())
+    cas_key = ec.generate_private_key(ec.SECP256R1())
+    nonce = bytes(32)
+    key = _release_key(
+        cas_key.exchange(ec.ECDH(), runtime.public_key()), cas_key.public_key(), runtime.public_key(), nonce
+    )
+
+    def release(plain: bytes) -> dict[str, Any]:
+        iv = bytes(12)
+        der = cas_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return {"cas_key": base64.b64encode(der).decode(), "iv": base64.b64encode(iv).decode(),
+                "ciphertext": base64.b64encode(AESGCM(key).encrypt(iv, plain, RELEASE_INFO)).decode()}  # fmt: skip
+
+    assert decrypt_release(runtime, release(b'{"command": ["svc"]}'), nonce) == {"command": ["svc"]}
+    with pytest.raises(errors.ParseError, match="release: duplicate key 'command'"):
+        decrypt_release(runtime, release(b'{"command": ["svc"], "command": ["sh"]}'), nonce)
+    with pytest.raises(errors.ParseError, match="expected a JSON object"):
+        decrypt_release(runtime, release(b'["svc"]'), nonce)

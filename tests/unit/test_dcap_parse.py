@@ -136,6 +136,26 @@ def test_collateral_models() -> None:
     assert again == bundle
 
 
+def test_a_pcs_response_giving_a_key_twice_is_refused_before_its_signature_is_checked() -> None:
+    """Intel signs the exact bytes of ``tcbInfo``; a response that gives a key twice (inside
+    the signed part or beside it) is refused when it is split, before any signature check:
+    another reader would take the first value (confide.jsonstrict)."""
+    body = (ASSETS / "sgx/automata-dcap-attestation/sgx_tcbinfov3_00606a000000.json").read_bytes()
+    split_pcs_response(body, "tcbInfo")
+    for doubled, key in (
+        (body.replace(b'"tcbStatus":', b'"tcbStatus":"UpToDate","tcbStatus":', 1), "tcbStatus"),
+        (body.replace(b'"fmspc":', b'"fmspc":"00906ed50000","\\u0066mspc":', 1), "fmspc"),
+        (body.replace(b'{"tcbInfo":', b'{"signature":"00","tcbInfo":', 1), "signature"),
+    ):
+        assert doubled != body
+        with pytest.raises(ParseError, match=f"duplicate key '{key}'"):
+            split_pcs_response(doubled, "tcbInfo")
+        text = doubled[doubled.index(b"{", 1) : doubled.rindex(b',"signature"')]
+        if key != "signature":
+            with pytest.raises(ParseError, match=f"duplicate key '{key}'"):
+                TcbInfo.from_json_text(text)
+
+
 @pytest.mark.parametrize(
     "text",
     [

@@ -402,3 +402,21 @@ def test_mutated_collateral_raises_only_confide_errors(
         assert field in ("root_ca_crl", "pck_crl"), f"{field} changed ({kind}) and still verifies"
         got, want = (x509.load_der_x509_crl(getattr(c, field)) for c in (coll, original))
         assert (got.tbs_certlist_bytes, got.signature) == (want.tbs_certlist_bytes, want.signature)
+
+
+@pytest.mark.parametrize("kind", ["tcb_info", "qe_identity"])
+def test_signed_collateral_giving_a_key_twice_is_refused(pki: ForgedPki, kind: str) -> None:
+    """A TCB Info / QE Identity whose signed bytes give ``tcbStatus`` twice in a TCB level,
+    validly signed (by the test PKI's TCB signing key): Python's json reads the last value, a
+    first-wins verifier "UpToDate" (a parser differential). The signature verifies over the
+    exact bytes; the parse that follows refuses the document (confide.jsonstrict)."""
+    raw = pki.forge_quote(SGX.quote_bytes())
+    real = _coll(SGX)
+    text = getattr(real, kind)
+    doubled = text.replace(b'"tcbStatus":', b'"tcbStatus":"UpToDate","tcbStatus":', 1)
+    assert doubled != text and json.loads(doubled) == json.loads(text)  # json: the last value wins
+    coll = pki.forge_collateral(dataclasses.replace(real, **{kind: doubled}))
+    verifier = DcapVerifier(root_ca_der=pki.root_der)
+    with pytest.raises(errors.ParseError, match="duplicate key 'tcbStatus'"):
+        verifier.verify(raw, coll, at=SGX.time)
+    verifier.verify(raw, pki.forge_collateral(real), at=SGX.time)  # the same without the duplicate

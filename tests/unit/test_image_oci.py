@@ -182,7 +182,7 @@ def test_missing_config(tmp_path: Path) -> None:
 def test_bad_json_index(tmp_path: Path) -> None:
     root, _, _ = _layout(tmp_path)
     (root / "index.json").write_text("{not json")
-    with pytest.raises(ParseError, match="invalid JSON"):
+    with pytest.raises(ParseError, match="not JSON"):
         open_image(parse_ref(str(root)))
 
 

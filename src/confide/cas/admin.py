@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from confide import jsonstrict
 from confide.cas.online_rotation import MAX_BATCH, MAX_PAUSE, OnlineRotation
-from confide.errors import ConfideError, UsageError
+from confide.errors import ConfideError, ParseError, UsageError
 
 __all__ = ["MAX_REQUEST", "SOCKET_NAME", "AdminChannel", "request"]
 
@@ -161,8 +162,8 @@ class AdminChannel:
             )
             return
         try:
-            req = json.loads(_read_line(conn, _TIMEOUT))
-        except (ValueError, RecursionError, UsageError) as exc:
+            req = jsonstrict.loads(_read_line(conn, _TIMEOUT), structure="admin request")
+        except (ParseError, UsageError) as exc:
             answer = {"ok": False, "error": f"bad request: {exc}"[:200]}
         else:
             answer = self._answer(req)
@@ -261,9 +262,9 @@ def request(data_dir: Path, req: dict[str, Any], *, timeout: float = _TIMEOUT) -
         except OSError as exc:
             raise UsageError(f"the CAS's admin channel failed: {exc.strerror or exc}") from None
     try:
-        reply = json.loads(buf.split(b"\n", 1)[0])
-    except ValueError:
-        raise UsageError("the CAS's admin channel sent no valid reply") from None
+        reply = jsonstrict.loads(buf.split(b"\n", 1)[0], structure="admin reply")
+    except ParseError as exc:
+        raise UsageError(f"the CAS's admin channel sent no valid reply ({exc.message})") from None
     if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
         raise UsageError("the CAS's admin channel sent no valid reply")
     if not reply["ok"]:

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from confide import jsonstrict
 from confide.cas.client import CasClient
 from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, verify_signed
 from confide.cas.ledger_sink import ENTRY_TYPES
@@ -179,7 +180,4 @@ class PolicyChainChecker:
 
 
 def _loads(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        raise ParseError("not JSON", structure="ledger entry document") from None
+    return jsonstrict.loads(text, structure="ledger entry document")

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx2
 
-from confide import errors
+from confide import errors, jsonstrict
 from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, READ_TYPE, sign_document
 from confide.cas.owner_revocation import REVOKE_TYPE
 from confide.errors import ConfideError, NetworkError, UsageError
@@ -51,9 +51,13 @@ def policy_submission(policy: Policy, identity: Identity) -> dict[str, Any]:
 
 
 def _raise_for(response: httpx2.Response) -> Any:
+    """The JSON of a CAS answer (read strictly: a key given twice is a ParseError), or the
+    error class and message of an error answer raised; other error answers are NetworkErrors."""
     try:
-        data = response.json()
-    except ValueError:
+        data = jsonstrict.loads(response.content, structure="CAS answer")
+    except errors.ParseError:
+        if response.status_code < 400:
+            raise
         data = None
     if response.status_code >= 400:
         err = data.get("error") if isinstance(data, dict) else None

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import Connection, and_, insert, select, update
 
+from confide import jsonstrict
 from confide.cas import db as t
 from confide.cas.crl import (
     CESSATION,
@@ -437,7 +438,9 @@ def decrypt_release(
         plain = AESGCM(key).decrypt(iv, ciphertext, RELEASE_INFO)
     except Exception:
         raise BindingError("the release does not decrypt with this runtime's key") from None
-    out: dict[str, Any] = json.loads(plain)
+    out = jsonstrict.loads(plain, structure="release")
+    if not isinstance(out, dict):
+        raise ParseError(f"got {type(out).__name__}, expected a JSON object", structure="release")
     return out
 
 

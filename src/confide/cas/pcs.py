@@ -62,11 +62,12 @@ from functools import partial
 
 from cryptography import x509
 
+from confide import jsonstrict
 from confide.cas.fetch_cache import FetchCache
 from confide.cas.fetch_stats import FetchStats
 from confide.cas.flight import SingleFlight
 from confide.collateral.dcap import PCK_CERT_CACHE_TIME, DcapCollateralSource, PckCertificateSource
-from confide.errors import CollateralMissingError, ConfideError
+from confide.errors import CollateralMissingError, ConfideError, ParseError
 from confide.evidence.dcap import PckCertId, TeeType
 from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate
 from confide.lru import Lru
@@ -292,9 +293,9 @@ def _expires(c: DcapCollateral) -> datetime | None:
     dates: list[datetime | None] = []
     for text in (c.tcb_info, c.qe_identity):
         try:
-            value = json.loads(text).get("nextUpdate")
+            value = jsonstrict.loads(text).get("nextUpdate")
             dates.append(datetime.fromisoformat(value) if isinstance(value, str) else None)
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, AttributeError, TypeError, ParseError):
             dates.append(None)
     for der in (c.pck_crl, c.root_ca_crl):
         try:

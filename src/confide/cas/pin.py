@@ -21,7 +21,6 @@ import base64
 import dataclasses
 import hashlib
 import hmac
-import json
 import re
 import socket
 import ssl
@@ -35,6 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
+from confide import jsonstrict
 from confide.cas.own_vcek import AMD_CRL_FIELD
 from confide.cas.verifier import PlatformVerifier, check_binding
 from confide.collateral.dcap import DcapCollateralSource
@@ -224,8 +224,8 @@ def _parse_document(body: bytes) -> _Document:
     """The evidence document (hostile input): platform, evidence, aux blobs, log key and, when
     present, ``obtained_at`` (a CAS that refreshes its evidence) and ``amd_crl`` (module
     docstring)."""
+    doc = jsonstrict.loads(body, structure="CAS evidence")  # hostile: a duplicate key is refused
     try:
-        doc = json.loads(body)
         name = doc["platform"]
         evidence = base64.b64decode(doc["evidence"], validate=True)
         log_key = doc["log_key"]

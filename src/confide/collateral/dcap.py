@@ -34,6 +34,7 @@ import httpx2
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from confide import jsonstrict
 from confide.collateral import cache_dir as default_cache_dir
 from confide.collateral import is_url, public_url
 from confide.errors import (
@@ -223,14 +224,16 @@ class PcsDirectorySource:
                 continue
             if kind == "tcbInfo":
                 text, sig = value
-                obj = json.loads(text)
-                newer = tcb is None or obj.get("issueDate", "") > json.loads(tcb[0]).get("issueDate", "")
+                obj = jsonstrict.loads(text, structure=f.name)
+                before = "" if tcb is None else jsonstrict.loads(tcb[0]).get("issueDate", "")
+                newer = tcb is None or obj.get("issueDate", "") > before
                 if obj.get("fmspc", "").lower() == fmspc.hex() and obj.get("id", "SGX") == want_tcb and newer:
                     tcb = (text, sig)
             elif kind == "enclaveIdentity":
                 text, sig = value
-                obj = json.loads(text)
-                newer = qe is None or obj.get("issueDate", "") > json.loads(qe[0]).get("issueDate", "")
+                obj = jsonstrict.loads(text, structure=f.name)
+                before = "" if qe is None else jsonstrict.loads(qe[0]).get("issueDate", "")
+                newer = qe is None or obj.get("issueDate", "") > before
                 if obj.get("id") == want_qe and newer:
                     qe = (text, sig)
             elif kind == "chain":
@@ -376,7 +379,7 @@ def _next_update(kind: str, body: bytes, now: datetime) -> datetime | None:
         if kind in ("tcb", "qe"):
             key = "tcbInfo" if kind == "tcb" else "enclaveIdentity"
             text, _ = split_pcs_response(body, key)
-            value = json.loads(text)["nextUpdate"]
+            value = jsonstrict.loads(text)["nextUpdate"]
             return datetime.fromisoformat(value) if isinstance(value, str) else None
         crl = x509.load_der_x509_crl(crl_from_bytes(body, kind))
         next_update: datetime | None = crl.next_update_utc
@@ -466,7 +469,7 @@ class PcsHttpSource:
         path = self._cache_path(url)
         now = self.clock()
         try:
-            cached = json.loads(path.read_text())
+            cached = jsonstrict.loads(path.read_bytes(), structure="collateral cache file")
             expires = datetime.fromisoformat(cached["expires"])
             if now < expires:
                 body, chain = bytes.fromhex(cached["body"]), bytes.fromhex(cached["chain"])
@@ -477,7 +480,7 @@ class PcsHttpSource:
                     return body, chain
                 except ConfideError:
                     pass  # not what was written, or no longer chains: fetch again
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, ParseError):
             pass
         try:
             response = self.client.get(url, headers=headers)

@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from pathlib import Path
 from typing import Protocol
 
 import httpx2
 
+from confide import jsonstrict
 from confide.collateral import public_url
 from confide.errors import CollateralMissingError, NetworkError, ParseError, UsageError
 from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
@@ -159,10 +159,7 @@ class HttpRimSource:
 
 def _rim_from_answer(data: bytes, where: str) -> bytes:
     structure = f"answer of {where}"
-    try:
-        answer = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise ParseError("not JSON", structure=structure) from None
+    answer = jsonstrict.loads(data, structure=structure)
     encoded = answer.get("rim") if isinstance(answer, dict) else None
     if not isinstance(encoded, str):
         raise ParseError('expected a JSON object with a string "rim"', structure=structure)

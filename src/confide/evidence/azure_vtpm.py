@@ -42,7 +42,6 @@ import base64
 import binascii
 import enum
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from confide import jsonstrict
 from confide.errors import ParseError
 from confide.evidence._reader import Reader
 
@@ -216,43 +216,9 @@ class HclReport:
 # Runtime claims (the variable data)
 
 
-class _Duplicate(Exception):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _Duplicate(key)
-        out[key] = value
-    return out
-
-
-def _no_float(text: str) -> Any:
-    raise ValueError(f"non-integer number {text[:20]!r}")
-
-
-def _no_constant(text: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {text}")
-
-
 def _load_json(data: bytes, structure: str) -> Any:
-    try:
-        return json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_float=_no_float,
-            parse_constant=_no_constant,
-        )
-    except UnicodeDecodeError as exc:
-        raise ParseError(f"not UTF-8: {exc.reason} at byte {exc.start}", structure=structure) from None
-    except _Duplicate as exc:
-        raise ParseError(f"duplicate key {exc.args[0]!r}", structure=structure) from None
-    except RecursionError:
-        raise ParseError("nested too deeply", structure=structure) from None
-    except ValueError as exc:
-        raise ParseError(f"not JSON: {exc}", structure=structure) from None
+    # confide.jsonstrict: duplicate keys, NaN/Infinity and non-integer numbers refused
+    return jsonstrict.loads(data, structure=structure, floats=False)
 
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")

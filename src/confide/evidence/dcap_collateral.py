@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from confide import jsonstrict
 from confide.errors import ParseError
 from confide.evidence.pem import normalise_pem, parse_pem_chain, pem_chain
 
@@ -93,10 +94,9 @@ def _strings(obj: Any, key: str, structure: str) -> tuple[str, ...]:
 def _loads(text: bytes, structure: str) -> Any:
     if len(text) > MAX_JSON_SIZE:
         raise _perr(structure, f"got {len(text)} bytes, expected at most {MAX_JSON_SIZE}")
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise _perr(structure, f"invalid JSON: {exc}") from None
+    # strict (confide.jsonstrict): a TCB Info or QE Identity giving a key twice is refused here,
+    # before its signature is checked, whatever the signed bytes say
+    return jsonstrict.loads(text, structure=structure)
 
 
 _STATUSES = {
@@ -324,10 +324,11 @@ def split_pcs_response(body: bytes, key: str) -> tuple[bytes, bytes]:
     if stripped[cut + len(marker) : -2].decode("ascii", "replace") != sig_hex:
         raise _perr(structure, "signature is not the last member")
     try:
-        if json.loads(text) != obj[key]:
-            raise _perr(structure, "could not isolate the signed text")
-    except ValueError:
-        raise _perr(structure, "could not isolate the signed text") from None
+        signed = jsonstrict.loads(text, structure=structure)
+    except ParseError:
+        signed = None
+    if signed != obj[key]:
+        raise _perr(structure, "could not isolate the signed text")
     try:
         sig = bytes.fromhex(sig_hex)
     except ValueError:

@@ -10,10 +10,10 @@ signature over the rebuilt bytes. Every value is type- and range-checked (ParseE
 
 from __future__ import annotations
 
-import json
 import struct
 from typing import Any
 
+from confide import jsonstrict
 from confide.errors import ParseError
 from confide.evidence.sev_snp import REPORT_SIZE
 
@@ -66,10 +66,7 @@ def report_from_serde_json(text: bytes) -> tuple[bytes, bytes | None]:
     """(raw report bytes, the VCEK/VLEK DER from ``cert_chain`` if present)."""
     if len(text) > MAX_JSON:
         raise _err(f"got {len(text)} bytes, expected at most {MAX_JSON}")
-    try:
-        doc = json.loads(text)
-    except (ValueError, RecursionError):
-        raise _err("not JSON") from None
+    doc = jsonstrict.loads(text, structure=_S)
     r = doc.get("attestation_report") if isinstance(doc, dict) else None
     if not isinstance(r, dict):
         raise _err("expected an object with attestation_report", "attestation_report")

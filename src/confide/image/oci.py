@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from confide import jsonstrict
 from confide.errors import NetworkError, ParseError, StorageError, UsageError
 from confide.image.blobs import GZIP, NONE, ZSTD, check_digest, sha256_digest
 
@@ -195,10 +196,7 @@ def _obj(value: object, what: str) -> dict[str, Any]:
 def _json(data: bytes, what: str) -> Any:
     if len(data) > MAX_JSON:
         raise ParseError(f"got {len(data)} bytes, expected at most {MAX_JSON}", structure=what)
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ParseError(f"invalid JSON: {exc}", structure=what) from None
+    return jsonstrict.loads(data, structure=what)
 
 
 def _read_bounded(f: IO[bytes], what: str, limit: int = MAX_JSON) -> bytes:

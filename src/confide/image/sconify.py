@@ -41,6 +41,7 @@ from typing import IO, Any, Protocol
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
+from confide import jsonstrict
 from confide.errors import ParseError, StorageError, UsageError
 from confide.evidence.sim import MEASUREMENT_SIZE
 from confide.image.blobs import GZIP, NONE, ZSTD, CompressingWriter, HashingReader, HashingWriter
@@ -323,12 +324,12 @@ def _runtime_layer(store: BlobStore, python: ImagePython, compression: str) -> t
     cached blob is used only if its SHA-256 still matches its name."""
     cache = _cache_dir() / f"{_runtime_key(python, compression)}.json"
     try:
-        meta = json.loads(cache.read_text())
+        meta = jsonstrict.loads(cache.read_bytes(), structure="runtime layer cache")
         data = (cache.parent / meta["digest"][7:]).read_bytes()
         if hashlib.sha256(data).hexdigest() == meta["digest"][7:] and isinstance(meta["diff_id"], str):
             desc = store.put(data)
             return Descriptor(_MEDIA[compression], desc.digest, desc.size), meta["diff_id"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, ParseError):
         pass
     desc, diff_id = _build_runtime_layer(store, python, compression)
     try:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from confide import jsonstrict
 from confide.errors import (
     ConfideError,
     ConsistencyError,
@@ -293,10 +294,7 @@ class AuditorState:
             return None
         except OSError as exc:
             raise StorageError(f"cannot read state file {str(self.path)!r}: {exc.strerror}") from None
-        try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise ParseError("not JSON", structure="auditor state file") from None
+        doc = jsonstrict.loads(raw, structure="auditor state file")
         if (
             not isinstance(doc, dict)
             or doc.get("version") != self.VERSION

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from confide import jsonstrict
 from confide.errors import ParseError
 
 __all__ = ["ENTRY_VERSION", "Entry", "EntryType", "canonical_json", "parse_canonical_json"]
@@ -193,40 +194,10 @@ def canonical_json(value: object, depth: int = 0) -> bytes:
     return _serialise(value, depth).encode("utf-8")
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ParseError(f"duplicate member name {k[:40]!r}", structure="canonical JSON")
-        out[k] = v
-    return out
-
-
-def _reject_float(text: str) -> Any:
-    raise ParseError(f"number {text[:40]} is not an integer", structure="canonical JSON")
-
-
-def _reject_constant(text: str) -> Any:
-    raise ParseError(f"{text} is not JSON", structure="canonical JSON")
-
-
 def parse_canonical_json(data: bytes) -> JSONValue:
     """Parse JSON and require that it is exactly its own RFC 8785 serialisation."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ParseError("not UTF-8", structure="canonical JSON", offset=exc.start) from None
-    try:
-        value = json.loads(
-            text,
-            object_pairs_hook=_no_duplicates,
-            parse_float=_reject_float,
-            parse_constant=_reject_constant,
-        )
-    except json.JSONDecodeError as exc:
-        raise ParseError(exc.msg, structure="canonical JSON", offset=exc.pos) from None
-    except RecursionError:
-        raise ParseError("nesting too deep", structure="canonical JSON") from None
+    # confide.jsonstrict: UTF-8, no duplicate names, no NaN/Infinity, integers only
+    value = jsonstrict.loads(data, structure="canonical JSON", floats=False)
     if canonical_json(value) != data:
         raise ParseError("not in canonical (RFC 8785) form", structure="canonical JSON")
     return value  # type: ignore[no-any-return]

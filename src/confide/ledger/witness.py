@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+from confide import jsonstrict
 from confide.errors import (
     ConfideError,
     ConsistencyError,
@@ -137,10 +138,10 @@ class Witness:
 
     def _load(self) -> dict[str, str]:
         try:
-            doc = json.loads(self.state_path.read_bytes())
+            doc = jsonstrict.loads(self.state_path.read_bytes(), structure="witness state")
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as exc:
+        except (OSError, ParseError) as exc:
             raise StorageError(f"witness state {str(self.state_path)!r} unreadable: {exc}") from None
         if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("logs"), dict):
             raise StorageError(f"witness state {str(self.state_path)!r}: unexpected content")

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import cast
 
+from confide import jsonstrict
 from confide.errors import ParseError, UsageError
 from confide.verify.result import Platform, VerifiedEvidence
 
@@ -94,8 +94,8 @@ def _detect_json(evidence: bytes) -> Platform | None:
     if len(evidence) > _MAX_JSON_DETECT or evidence.lstrip()[:1] != b"{":
         return None
     try:
-        doc = json.loads(evidence)
-    except (ValueError, RecursionError):
+        doc = jsonstrict.loads(evidence)
+    except ParseError:
         return None
     return _AZURE_KEYS.get(frozenset(doc)) if isinstance(doc, dict) else None
 

@@ -50,6 +50,7 @@ import httpx2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from confide import jsonstrict
 from confide.errors import (
     BindingError,
     MeasurementError,
@@ -199,10 +200,7 @@ def _imds_json(
         raise NetworkError(f"{method} {url}: {exc}") from None
     if response.status_code != 200:
         raise NetworkError(f"{method} {url}: got HTTP {response.status_code}, expected 200")
-    try:
-        body = response.json()
-    except ValueError:
-        raise ParseError("not JSON", structure=f"response of {url}") from None
+    body = jsonstrict.loads(response.content, structure=f"response of {url}")
     if not isinstance(body, dict):
         raise ParseError("not a JSON object", structure=f"response of {url}")
     return body

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import json
 import logging
 import os
 import re
@@ -39,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from confide import jsonstrict
 from confide.errors import ParseError, StorageError, UsageError
 from confide.policy.model import UpdatePolicy
 from confide.volume.keys import VolumeKey
@@ -88,10 +88,10 @@ class VolumeRelease:
 def _contract_mounts(name: str) -> list[tuple[str, str]] | None:
     path = Path(os.environ.get("CONFIDE_SCONIFY") or CONTRACT)
     try:
-        doc = json.loads(path.read_text())
+        doc = jsonstrict.loads(path.read_bytes(), structure="sconify contract")
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
+    except OSError:
         raise ParseError(f"cannot read the image contract {path}", structure="sconify contract") from None
     for vol in doc.get("volumes", []):
         if vol.get("name") == name:
