@@ -71,11 +71,11 @@ _INT_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_const
 
 
 def decode(data: bytes | bytearray | str, *, structure: str = "JSON", floats: bool = True) -> Any:
-    """The JSON value of ``data``, strictly (module docstring). Errors as :func:`json.loads`
-    raises them (:class:`json.JSONDecodeError` for a syntax error, ValueError for an integer of
-    more digits than ``sys.get_int_max_str_digits()``, RecursionError), except that what this
-    reader refuses and :func:`json.loads` reads is a :class:`~confide.errors.ParseError` about
-    ``structure``, as is a ``data`` of bytes that is not UTF-8. For callers that keep their own
+    """The JSON value of ``data``, strictly (module docstring). A syntax error is the
+    :class:`json.JSONDecodeError` of :func:`json.loads`; every other refusal (what this reader
+    refuses and :func:`json.loads` reads, bytes that are not UTF-8, nesting deeper than the
+    stack, an integer of more digits than ``sys.get_int_max_str_digits()``) is a
+    :class:`~confide.errors.ParseError` about ``structure``. For callers that keep their own
     answer to a syntax error (the CAS's FastAPI routes); the others call :func:`loads`.
     ``floats=False``: numbers with a fraction or an exponent are refused too."""
     try:
@@ -86,17 +86,19 @@ def decode(data: bytes | bytearray | str, *, structure: str = "JSON", floats: bo
     except UnicodeDecodeError as exc:
         reason = f"not UTF-8 (RFC 8259 §8.1): {exc.reason}"
         raise ParseError(reason, structure=structure, offset=exc.start) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:  # an integer of more digits than int() reads
+        raise ParseError(f"not JSON: {str(exc)[:80]}", structure=structure) from None
+    except RecursionError:
+        raise ParseError("nested too deeply", structure=structure) from None
 
 
 def loads(data: bytes | bytearray | str, *, structure: str = "JSON", floats: bool = True) -> Any:
-    """The JSON value of ``data``, strictly (module docstring); every refusal, syntax errors and
-    too deep nesting included, is a :class:`~confide.errors.ParseError` about ``structure``.
+    """The JSON value of ``data``, strictly (module docstring); every refusal, syntax errors
+    included, is a :class:`~confide.errors.ParseError` about ``structure``.
     ``floats=False``: numbers with a fraction or an exponent are refused too."""
     try:
         return decode(data, structure=structure, floats=floats)
     except json.JSONDecodeError as exc:
         raise ParseError(f"not JSON: {exc.msg}", structure=structure, offset=exc.pos) from None
-    except ValueError as exc:  # an integer of more digits than int() reads
-        raise ParseError(f"not JSON: {str(exc)[:80]}", structure=structure) from None
-    except RecursionError:
-        raise ParseError("nested too deeply", structure=structure) from None

@@ -125,6 +125,26 @@ def test_an_approval_and_a_volume_tag_with_a_duplicated_key_are_refused(
     assert events(inproc) == before
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"policy": "app"}'.encode("utf-16"),  # RFC 8259 §8.1: UTF-8 (json.loads reads UTF-16 too)
+        b'{"policy": "\xff"}',
+        b"[" * 100_000 + b"]" * 100_000,  # deeper than the stack
+        b'{"n": ' + b"9" * 5000 + b"}",  # more digits than int() reads
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/attest", "/v1/policies"])
+def test_bodies_json_cannot_read_are_parse_errors(
+    env: tuple[InProcessCas, Any], path: str, body: bytes
+) -> None:
+    """Before: FastAPI's bare 400 ("There was an error parsing the body"), or UTF-16 read."""
+    _inproc, app = env
+    status, answer = call(app, path, [body])
+    assert status == 400, answer
+    assert json.loads(answer)["error"]["class"] == "ParseError"
+
+
 def test_a_syntax_error_keeps_fastapis_answer(env: tuple[InProcessCas, Any]) -> None:
     _inproc, app = env
     assert call(app, "/v1/policies", [b'{"a": 1,}'])[0] == 422

@@ -122,3 +122,9 @@ _JSON = st.recursive(
 def test_everything_else_reads_as_json_loads_reads_it(value: Any, ascii_only: bool) -> None:
     text = json.dumps(value, ensure_ascii=ascii_only)
     assert jsonstrict.loads(text) == json.loads(text) == jsonstrict.loads(text.encode())
+
+
+def test_decode_raises_only_syntax_errors_as_json_does() -> None:
+    for data in ("[" * 100_000 + "]" * 100_000, "1" * 5000, b"\xff", '{"a": NaN}', '{"a": 1, "a": 1}'):
+        with pytest.raises(ParseError):
+            jsonstrict.decode(data)

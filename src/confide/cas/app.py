@@ -530,14 +530,15 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
     full stack then refuses with its usual error (a duplicate key: 400, :class:`_StrictRoute`)."""
     try:
         value = jsonstrict.decode(body)
-    except (ValueError, RecursionError, ParseError):
+    except (ValueError, ParseError):
         return None
     return value if isinstance(value, dict) else None
 
 
 class _StrictRequest(Request):
     """A request whose JSON body FastAPI reads with :func:`confide.jsonstrict.decode`: a syntax
-    error is FastAPI's usual 422; a duplicate key, NaN or Infinity a ParseError (400)."""
+    error is FastAPI's usual 422; a duplicate key, NaN, Infinity, bytes that are not UTF-8,
+    too deep nesting a ParseError (400)."""
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
