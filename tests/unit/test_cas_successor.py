@@ -246,3 +246,16 @@ def test_board_files_are_read_strictly(tmp_path: Path, people: list[Identity]) -
             parse_board_file(path)
     with pytest.raises(UsageError):
         parse_board_file(tmp_path / "absent.yaml")
+
+
+def test_join_options_are_checked_before_anything_is_written(tmp_path: Path, people: list[Identity]) -> None:
+    with pytest.raises(UsageError, match="--join-as-successor needs --join"):
+        prepare(
+            tmp_path / "a", host="127.0.0.1", dev=True, db_url=None, collateral=None, join_as_successor=True
+        )
+    assert not list((tmp_path / "a").glob("master.key*"))
+    # A joiner never sets a board: the key it gets is an existing CAS's.
+    with pytest.raises(UsageError, match="only when the CAS is initialised"):
+        prepare(tmp_path / "b", host="127.0.0.1", dev=True, db_url=None, collateral=None,
+                join="https://127.0.0.1:1", successor_board=_board(people))  # fmt: skip
+    assert not list((tmp_path / "b").glob("master.key*"))
