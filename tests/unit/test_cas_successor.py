@@ -16,6 +16,7 @@ import pytest
 
 from confide.cas.core import Cas, sign_document
 from confide.cas.db import Database, raw_execute
+from confide.cas.join import join_cas
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.master_key import load_master_key
 from confide.cas.online_rotation import OnlineRotation
@@ -259,3 +260,12 @@ def test_join_options_are_checked_before_anything_is_written(tmp_path: Path, peo
         prepare(tmp_path / "b", host="127.0.0.1", dev=True, db_url=None, collateral=None,
                 join="https://127.0.0.1:1", successor_board=_board(people))  # fmt: skip
     assert not list((tmp_path / "b").glob("master.key*"))
+
+
+def test_a_successor_joins_only_a_database_that_names_its_key() -> None:
+    def never(_report_data: bytes) -> Any:
+        raise AssertionError("no evidence is obtained")
+
+    with pytest.raises(UsageError, match="needs a database that names its master key"):
+        join_cas("https://127.0.0.1:1", obtain=never, verifier=None, sim_key_pem=None, collateral=None,  # type: ignore[arg-type]
+                 expected_key_id=None, successor=True)  # fmt: skip
