@@ -45,6 +45,7 @@ from confide.cas.public_http import (
 )
 from confide.cas.ratelimit import RateLimiter, client_key, retry_after
 from confide.cas.secrets import OCSP_PATH
+from confide.cas.successor import Successors
 from confide.cas.verifier import Prefetched
 from confide.errors import ConfideError, ParseError
 from confide.ledger.serve import serve as serve_log
@@ -386,6 +387,15 @@ def create_app(
         # Blocking (verification, collateral, a write transaction): FastAPI runs it in a thread.
         return _key_releaser(cas).release(request)
 
+    @app.get("/v1/cas/successor")
+    def successor_show() -> dict[str, Any]:
+        # docs/cas.md "Handing over to a successor version" (confide.cas.successor)
+        return _successors(cas).show()
+
+    @app.post("/v1/cas/successor/approvals")
+    def successor_approve(request: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+        return _successors(cas).approve(request)
+
     @app.post("/v1/volumes/tag")
     def volume_tag(request: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
         return cas.update_volume_tag(request)
@@ -516,9 +526,22 @@ def _key_releaser(cas: Cas) -> KeyReleaser:
     return cas.key_release
 
 
+def _successors(cas: Cas) -> Successors:
+    successors = _key_releaser(cas).successors
+    if successors is None:
+        raise errors.UsageError("this CAS hands its master key over to no other version")
+    return successors
+
+
 def _write_route(path: str) -> str:
     """The metrics label of a rate-limited POST outside the fast path (never the policy name)."""
-    if path in ("/v1/policies", "/v1/volumes/tag", "/v1/cas/key-release/nonce", "/v1/cas/key-release"):
+    if path in (
+        "/v1/policies",
+        "/v1/volumes/tag",
+        "/v1/cas/key-release/nonce",
+        "/v1/cas/key-release",
+        "/v1/cas/successor/approvals",
+    ):
         return path
     if path.startswith("/v1/policies/") and path.endswith("/approvals"):
         return "/v1/policies/{name}/approvals"

@@ -172,6 +172,16 @@ def cas() -> None:
               " --dev; released only if this CAS runs the same code on the same kind of TEE), for a"
               " data directory without a master key; with --seal PROVIDER it is sealed there, else"
               ' held in memory only (docs/cas.md "Joining a running CAS").')  # fmt: skip
+@click.option("--join-as-successor", "join_as_successor", is_flag=True,
+              help="With --join: this CAS is a new version of the running one (another measurement):"
+              " the running CAS releases its key only with its successor board's authorisation of"
+              " this CAS's identity claims, and this CAS accepts only the key its database names"
+              ' (docs/cas.md "Handing over to a successor version").')  # fmt: skip
+@click.option("--successor-board", "successor_board", type=_PATH, metavar="FILE",
+              help="Only on the first start (the one that creates the master key): the board whose"
+              " quorum may authorise handing the master key over to another version, YAML or JSON"
+              " of one rule, {require-all: [...]} or {require-at-least-N: [...]}, over identity"
+              " fingerprints or public keys. Fixed: it cannot be changed later.")  # fmt: skip
 def cas_serve(
     data_dir: Path,
     listen: str,
@@ -200,6 +210,8 @@ def cas_serve(
     write_rate: str,
     write_burst: str | None,
     join: str | None,
+    join_as_successor: bool,
+    successor_board: Path | None,
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
     from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity, parse_public_url
@@ -209,6 +221,7 @@ def cas_serve(
     from confide.cas.revocation import parse_stapled_max_age
     from confide.cas.sealing import provider_for
     from confide.cas.server import parse_witnesses, serve
+    from confide.cas.successor_board import parse_board_file
     from confide.ledger.http import client_tls_context
 
     refresh = DEFAULT_REFRESH_SECONDS
@@ -254,6 +267,8 @@ def cas_serve(
         public_http_listen=public_http_listen,
         join=join,
         session_tickets=tls_session_tickets,
+        join_as_successor=join_as_successor,
+        successor_board=None if successor_board is None else parse_board_file(successor_board),
     )
 
 
@@ -486,6 +501,66 @@ def _obtained(at: datetime | None) -> str:
     if age < 0:
         return f"{when} (ahead of this machine's clock by {-age} s)"
     return f"{when} ({age // 3600} h {age % 3600 // 60} min ago)"
+
+
+@cas.group("successor")
+def cas_successor() -> None:
+    """The successor board: authorise handing the master key over to a new CAS version."""
+
+
+@cas_successor.command("show")
+def cas_successor_show() -> None:
+    """Show the successor board, the CAS's master key id and the approvals that have not expired."""
+    from confide.cas.client import CasClient
+
+    click.echo(json.dumps(CasClient.from_env().successor(), indent=2))
+
+
+@cas_successor.command("approve")
+@click.option("--platform", required=True, help="The successor's platform kind: sim, sgx, tdx or sev-snp.")
+@click.option("--claim", "claims", multiple=True, required=True, metavar="NAME=VALUE",
+              help="An identity claim of the successor (all those the join rule compares for the"
+              " platform, e.g. measurement=HEX for sim).")  # fmt: skip
+@click.option("--expires", required=True, metavar="TIME|DURATION",
+              help="When the approval expires: an ISO 8601 UTC time (2027-01-31T00:00:00Z) or a"
+              " duration from now (12h, 7d; at most 90 days).")  # fmt: skip
+@click.option("--master-key-id", "master_key_id", metavar="HEX",
+              help="The CAS the approval applies to (default: the id the CAS reports; see cas"
+              " successor show).")  # fmt: skip
+@click.option("--identity", "identity_file", type=_PATH, required=True)
+def cas_successor_approve(
+    platform: str, claims: tuple[str, ...], expires: str, master_key_id: str | None, identity_file: Path
+) -> None:
+    """Sign and submit an approval of a successor version; prints the approvers so far."""
+    from confide.cas.client import CasClient
+
+    named: dict[str, str] = {}
+    for item in claims:
+        name, sep, value = item.partition("=")
+        if not sep or not name or name in named:
+            raise UsageError(f"--claim: got {item[:80]!r}, expected NAME=VALUE, each name once")
+        named[name] = value.strip().lower()
+    ident = load_identity(identity_file)
+    client = CasClient.from_env()
+    key_id = master_key_id.lower() if master_key_id else str(client.successor()["master_key_id"])
+    result = client.approve_successor(key_id, platform, named, _expiry(expires), ident)
+    have = len(result["approvers"])
+    state = "authorised" if result["authorised"] else f"pending ({have} of {result['needed']} approvals)"
+    click.echo(f"{result['target']} {state}")
+
+
+def _expiry(text: str) -> int:
+    """``--expires``: an ISO 8601 time with a zone, or ``N`` followed by ``m``, ``h`` or ``d``."""
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].isdigit() and len(text) <= 8:
+        return int(datetime.now(UTC).timestamp()) + int(text[:-1]) * units[text[-1]]
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--expires: got {text[:40]!r}, expected an ISO 8601 time or 12h, 7d") from None
+    if when.tzinfo is None:
+        raise UsageError("--expires: give the time zone (e.g. 2027-01-31T00:00:00Z)")
+    return int(when.timestamp())
 
 
 @click.group()

@@ -24,6 +24,7 @@ import httpx2
 from confide import errors, jsonstrict
 from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, READ_TYPE, sign_document
 from confide.cas.owner_revocation import REVOKE_TYPE
+from confide.cas.successor import APPROVAL_TYPE as SUCCESSOR_APPROVAL_TYPE
 from confide.errors import ConfideError, NetworkError, UsageError
 from confide.identity import Identity
 from confide.policy import Policy
@@ -209,6 +210,24 @@ class CasClient:
     def key_release_nonce(self) -> str:
         """A single-use nonce for a master-key release (docs/cas.md "Joining a running CAS")."""
         return str(self._call("POST", "/v1/cas/key-release/nonce")["nonce"])
+
+    def successor(self) -> dict[str, Any]:
+        """The successor board, the master key id and the approvals (:mod:`confide.cas.successor`)."""
+        result: dict[str, Any] = self._call("GET", "/v1/cas/successor")
+        return result
+
+    def approve_successor(
+        self, master_key_id: str, platform: str, claims: dict[str, str], expires: int, identity: Identity
+    ) -> dict[str, Any]:
+        """Sign and submit an approval of a successor version (docs/cas.md "Handing over to a
+        successor version")."""
+        body = {
+            "type": SUCCESSOR_APPROVAL_TYPE, "master_key_id": master_key_id, "platform": platform,
+            "claims": claims, "expires": expires,
+        }  # fmt: skip
+        doc = sign_document(body, identity.sign, identity.public.public_base64)
+        result: dict[str, Any] = self._call("POST", "/v1/cas/successor/approvals", json=doc)
+        return result
 
     def key_release(self, request: dict[str, Any]) -> dict[str, Any]:
         """The master key, encrypted to the request's key (:mod:`confide.cas.key_release`)."""

@@ -249,8 +249,31 @@ revocation_requests = Table(
     Column("digest", String(64), primary_key=True),
     Column("expires_at", Float, nullable=False),
 )
+successor_board = Table(
+    "successor_board",
+    metadata,
+    # docs/cas.md "Handing over to a successor version" (confide.cas.successor): one row, set
+    # when the CAS is initialised; ``record`` is authenticated by ``mac`` under a key derived
+    # from the master key ``key_id`` names.
+    Column("id", Integer, primary_key=True),
+    Column("record", Text, nullable=False),
+    Column("key_id", String(32), nullable=False),
+    Column("mac", String(64), nullable=False),
+)
+successor_approvals = Table(
+    "successor_approvals",
+    metadata,
+    # A board member's signed approval of a successor (``target``: the SHA-256 that names the
+    # master key id, platform and identity claims approved); re-checked at every use.
+    Column("target", String(64), nullable=False),
+    Column("signer", String(64), nullable=False),
+    Column("document", Text, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("target", "signer"),
+)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 T = TypeVar("T")
 
@@ -338,7 +361,16 @@ def _v6(conn: Connection) -> None:
         raw_executemany(conn, "UPDATE crls SET distribution_id = ? WHERE policy = ? AND ca = ?", found)
 
 
-_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6}
+def _v7(conn: Connection) -> None:
+    """Successor hand-over (docs/cas.md "Handing over to a successor version"): the successor
+    board and the board's approvals. A database from before this version has no board."""
+    successor_board.create(conn, checkfirst=True)
+    successor_approvals.create(conn, checkfirst=True)
+
+
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7,
+}  # fmt: skip
 
 
 class EventSink:

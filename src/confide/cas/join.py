@@ -13,7 +13,11 @@ the rule are :mod:`confide.cas.key_release`; docs/cas.md "Joining a running CAS"
 3. It appraises the running CAS with the same fixed rule the running CAS applies to it
    (:func:`~confide.cas.key_release.appraise_peer`: same platform, not debug, TCB UpToDate,
    the same identity claims as its own evidence): it sends nothing to a CAS that is not the
-   same code on the same kind of TEE.
+   same code on the same kind of TEE. With ``successor`` (``--join-as-successor``: this CAS is
+   a new version of the running one) the identity claims may differ, but only when the database
+   names a key: the check of step 4 then accepts only that key, whose id (a one-way function of
+   the key) no CAS can match without holding the database's key, so an impostor cannot make
+   this CAS seal anything under a key of its choosing.
 4. It sends the evidence and decrypts the answer with its private key (which never leaves the
    process). The key must have the id the answer names and, when the database names one, the
    database's (:func:`~confide.cas.rotation.stored_master_key_id`).
@@ -37,13 +41,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from confide.cas.client import CasClient
 from confide.cas.core import EvidenceVerifier, decrypt_release
-from confide.cas.key_release import PAYLOAD_TYPE, appraise_peer, identity_of, key_release_binding
+from confide.cas.key_release import (
+    PAYLOAD_TYPE,
+    appraise_peer,
+    appraise_platform,
+    identity_of,
+    key_release_binding,
+)
 from confide.cas.pin import fetch_unverified, verify_cas_document
 from confide.cas.rotation import master_key_id
 from confide.cas.verifier import check_binding
 from confide.collateral import public_url
 from confide.collateral.dcap import DcapCollateralSource
-from confide.errors import AppraisalError, BindingError, ParseError
+from confide.errors import AppraisalError, BindingError, ParseError, UsageError
 from confide.runtime.quote import Evidence
 from confide.verify.result import ClaimValue
 from confide.verify.sev_snp import AmdRootStore
@@ -67,6 +77,8 @@ class JoinResult:
     platform: str
     simulated: bool
     identity: dict[str, ClaimValue]
+    releaser_identity: dict[str, ClaimValue] = field(default_factory=dict)
+    successor: bool = False
 
     def summary(self) -> dict[str, object]:
         """For the ``cas-start`` ledger entry and the log: names and hashes, never the key."""
@@ -78,6 +90,7 @@ class JoinResult:
             "platform": self.platform,
             "simulated": self.simulated,
             "identity": self.identity,
+            **({"successor_of": self.releaser_identity} if self.successor else {}),
         }
 
 
@@ -92,12 +105,19 @@ def join_cas(
     expected_key_id: str | None = None,
     at: datetime | None = None,
     client: Callable[[str, bytes], CasClient] = CasClient,
+    successor: bool = False,
 ) -> JoinResult:
     """Obtain the master key from the CAS at ``url`` (module docstring). ``expected_key_id``:
     the id the database names (``None``: it names none). ``client`` makes the client that trusts
-    only the given PEM certificate (tests pass their own)."""
+    only the given PEM certificate (tests pass their own). ``successor``: this CAS is another
+    version of the running one (step 3)."""
     when = at or datetime.now(UTC)
     shown_url = public_url(url)
+    if successor and expected_key_id is None:
+        raise UsageError(
+            "--join-as-successor needs a database that names its master key: the key id is what "
+            "proves that the key released by a CAS of another version is the database's"
+        )
     # 1. The running CAS, verified and bound to the certificate of this TLS connection.
     cert_der, body = fetch_unverified(url, "/v1/cas/evidence")
     pinned = verify_cas_document(
@@ -120,7 +140,7 @@ def join_cas(
         own = verifier.verify(evidence.platform, evidence.raw, dict(evidence.aux), at=when)
         check_binding(own, binding)
         # 3. The running CAS must be the same CAS (the rule it applies to this one).
-        reasons = appraise_peer(own, releaser)
+        reasons = appraise_platform(own, releaser) if successor else appraise_peer(own, releaser)
         if reasons:
             raise AppraisalError(
                 f"the CAS at {shown_url} is not the same CAS as this one, not joining: " + "; ".join(reasons),
@@ -152,6 +172,8 @@ def join_cas(
         platform=own.platform.value,
         simulated=own.simulated,
         identity=identity_of(own),
+        releaser_identity=identity_of(releaser),
+        successor=successor,
     )
 
 

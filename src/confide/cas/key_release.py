@@ -12,7 +12,10 @@ from a running CAS without the operator ever seeing it (docs/cas.md "Joining a r
    :meth:`KeyReleaser.release` verifies the evidence with the CAS's verifier (the ``verify``
    layer, as for services), checks the binding, and appraises it with :func:`appraise_peer`
    against the releasing CAS's *own current* evidence, verified again now. The rule is fixed:
-   no option, policy or request weakens it.
+   no option, policy or request weakens it. A joiner that differs only in its identity claims
+   (another version) is released to only with the successor board's authorisation of exactly
+   those claims (:meth:`confide.cas.successor.Successors.authorise`, in step 4's transaction,
+   recorded as ``successor`` in the release's event).
 4. In one write transaction: the nonce and the evidence are spent (single use; the ``nonces``
    and ``evidence_seen`` tables of the attestations), the database must name the key this CAS
    holds and no online rotation may be in progress, and a ``master-key-released`` event (ledger
@@ -64,6 +67,7 @@ from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
 
 if TYPE_CHECKING:
     from confide.cas.core import Cas
+    from confide.cas.successor import Successors
 
 __all__ = [
     "IDENTITY_CLAIMS",
@@ -72,6 +76,8 @@ __all__ = [
     "KeyReleaser",
     "OwnEvidence",
     "appraise_peer",
+    "appraise_platform",
+    "identity_differences",
     "identity_of",
     "key_release_binding",
 ]
@@ -143,7 +149,16 @@ def appraise_peer(own: VerifiedEvidence, peer: VerifiedEvidence) -> tuple[str, .
     2. ``peer`` is acceptable under a policy's ``security.attestation`` without tolerances
        (:func:`confide.policy.appraise.check_security`): not debug, TCB status UpToDate, no
        advisory; the only tolerance is ``simulation``, and only when both are simulated;
-    3. every identity claim of the platform is present in both and equal."""
+    3. every identity claim of the platform is present in both and equal
+       (:func:`identity_differences`; a successor version differs only there)."""
+    reasons = appraise_platform(own, peer)
+    if own.platform not in IDENTITY_CLAIMS or peer.platform is not own.platform:
+        return reasons
+    return reasons + identity_differences(own, peer)
+
+
+def appraise_platform(own: VerifiedEvidence, peer: VerifiedEvidence) -> tuple[str, ...]:
+    """Steps 1 and 2 of :func:`appraise_peer`: what a successor version must pass as well."""
     reasons: list[str] = []
     names = IDENTITY_CLAIMS.get(own.platform)
     if names is None:
@@ -154,7 +169,13 @@ def appraise_peer(own: VerifiedEvidence, peer: VerifiedEvidence) -> tuple[str, .
     tolerate = (Tolerance.SIMULATION,) if own.simulated and peer.simulated else ()
     security_reasons, _ = check_security(peer, AttestationSecurity(tolerate=tolerate))
     reasons += [str(r) for r in security_reasons]
-    for name in names:
+    return tuple(reasons)
+
+
+def identity_differences(own: VerifiedEvidence, peer: VerifiedEvidence) -> tuple[str, ...]:
+    """Step 3 of :func:`appraise_peer`: every identity claim that is not the same in both."""
+    reasons: list[str] = []
+    for name in IDENTITY_CLAIMS.get(own.platform, ()):
         if name not in own.claims:
             reasons.append(f"{name}: this CAS's own evidence has no such claim")
         elif name not in peer.claims:
@@ -250,10 +271,19 @@ def _parse(request: Any) -> _Parsed:
 
 class KeyReleaser:
     """The releasing side (module docstring) for ``cas``; ``own`` gives this CAS's own current
-    evidence, verified (``None``: the CAS has none, and releases its key to no one)."""
+    evidence, verified (``None``: the CAS has none, and releases its key to no one).
+    ``successors``: the successor board and its approvals (:mod:`confide.cas.successor`), which
+    may authorise a joiner whose identity claims differ from this CAS's (``None``: never)."""
 
-    def __init__(self, cas: Cas, own: OwnEvidence | None, *, clock: Callable[[], float] = time.time) -> None:
-        self.cas, self.own, self.clock = cas, own, clock
+    def __init__(
+        self,
+        cas: Cas,
+        own: OwnEvidence | None,
+        *,
+        successors: Successors | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cas, self.own, self.successors, self.clock = cas, own, successors, clock
         self._nonce_key = cas.sealer.derive_key(NONCE_PURPOSE)
 
     # --- nonces (as Cas.new_nonce: expiry ms || 16 random bytes || MAC) ------------------------
@@ -327,7 +357,11 @@ class KeyReleaser:
             )
             check_binding(peer, key_release_binding(parsed.key_der, parsed.nonce))
             reasons = appraise_peer(own, peer)
-            if reasons:
+            # Another version (only its identity claims differ) needs the successor board's
+            # authorisation, checked in the write transaction (docs/cas.md "Handing over to a
+            # successor version"); anything else is refused here.
+            other_version = bool(reasons) and not appraise_platform(own, peer)
+            if reasons and (not other_version or self.successors is None):
                 raise AppraisalError(
                     "the joining CAS is not the same CAS as this one: " + "; ".join(reasons),
                     problems=list(reasons),
@@ -339,6 +373,17 @@ class KeyReleaser:
             with self.cas.db.write() as conn:
                 self._spend(conn, parsed.nonce, digest)
                 key_id = self._current_key_id(conn)
+                if other_version and self.successors is not None:
+                    try:
+                        outcome["successor"] = self.successors.authorise(conn, peer, key_id, self.clock())
+                    except AppraisalError as exc:
+                        raise AppraisalError(
+                            "the joining CAS is not the same CAS as this one: "
+                            + "; ".join(reasons)
+                            + "; "
+                            + exc.message,
+                            problems=[*reasons, exc.message],
+                        ) from None
                 outcome.update({"verdict": "released", "master_key_id": key_id})
                 self.cas.events.record(conn, EVENT_RELEASED, None, outcome)
         except ConfideError as exc:

@@ -44,6 +44,9 @@ ENTRY_TYPES: dict[str, EntryType] = {
     "master-key-rotated": EntryType.KEY_ROTATED,
     "master-key-released": EntryType.KEY_RELEASED,
     "master-key-release-refused": EntryType.KEY_RELEASE_REFUSED,
+    "successor-board-set": EntryType.SUCCESSOR_BOARD_SET,
+    "successor-approved": EntryType.SUCCESSOR_APPROVED,
+    "successor-approval-refused": EntryType.SUCCESSOR_APPROVAL_REFUSED,
 }
 
 

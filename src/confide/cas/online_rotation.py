@@ -77,6 +77,7 @@ from confide.cas.rotation import (
 from confide.cas.runlock import RunLock
 from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer, row_key_id
+from confide.cas.successor_board import reauthenticate_board
 from confide.errors import ConfideError, StorageError, UsageError
 from confide.fsutil import write_atomic
 
@@ -340,6 +341,8 @@ class OnlineRotation:
                 conn, [r for r in rows if row_key_id(r.sealed) != new_id], new_id
             )
             status.resealed += status.stragglers
+            # The successor board, checked under the old key and authenticated under the new one.
+            board = reauthenticate_board(conn, self.sealer.only(old_id), self.sealer.only(new_id), new_id)
             _write_id(conn, new_id, KEY_ID_META)
             _write_id(conn, None, NEXT_KEY_META)
             tls = (self.data_dir / (TLS_KEY_NAME + PENDING_SUFFIX)).exists()
@@ -349,6 +352,7 @@ class OnlineRotation:
                 "sealing": {"from": describe(self.provider), "to": describe(self.provider)},
                 "tls_key": "re-protected" if tls else "plain", "log_key": "re-sealed" if log else "plain",
                 "online": True, "batches": status.batches,
+                **({"successor_board": "re-authenticated"} if board else {}),
             }  # fmt: skip
             status.event_seq = self.events.record(conn, EVENT_TYPE, None, payload)
             self.step("resealed")

@@ -77,6 +77,7 @@ from confide.cas.master_key import (
 )
 from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer, key_id
+from confide.cas.successor_board import reauthenticate_board
 from confide.errors import ConfideError, ParseError, StorageError, UsageError
 from confide.fsutil import TMP_PREFIX, fsync_dir, read_bounded, write_atomic
 
@@ -512,9 +513,12 @@ def rotate_master_key(
             if stored != old_id:
                 raise UsageError(f"the database's master key id changed during the rotation (now {stored})")
             count = _reseal(conn, old, new)
+            # The successor board, checked under K0 and authenticated under K1 (confide.cas.successor).
+            board = reauthenticate_board(conn, old, new, new_id)
             _write_id(conn, new_id)
             payload = {
                 "old_key_id": old_id, "new_key_id": new_id, "secrets": count,
+                **({"successor_board": "re-authenticated"} if board else {}),
                 "sealing": {"from": describe(seal), "to": describe(to_seal)},
                 "tls_key": tls_key, "log_key": log_key,
             }  # fmt: skip

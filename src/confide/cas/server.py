@@ -55,6 +55,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -91,6 +92,8 @@ from confide.cas.runlock import RunLock, run_lock
 from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer
 from confide.cas.self_check import SelfCheck
+from confide.cas.successor import Successors
+from confide.cas.successor_board import EVENT_BOARD, Board, store_board
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral import is_url, public_url
 from confide.collateral import public_url as public_url_of
@@ -368,6 +371,8 @@ def prepare(
     nvidia_rim: str | None = None,
     nvidia_ocsp_max_age: timedelta | None = None,
     join: str | None = None,
+    join_as_successor: bool = False,
+    successor_board: Board | None = None,
 ) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
     """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (``dev``:
     simulated; ``tee``: from the TEE's quote provider, ``quote_provider`` or the one at the
@@ -402,16 +407,27 @@ def prepare(
     ``join``: the URL of a running CAS to obtain the master key from by attestation
     (:mod:`confide.cas.join`, docs/cas.md "Joining a running CAS"), for a data directory that
     holds none; with ``seal`` the key is then sealed into it, otherwise it is held in memory
-    only (``cas.master_key_in_memory``) and the TLS and log keys are protected by it."""
+    only (``cas.master_key_in_memory``) and the TLS and log keys are protected by it.
+    ``join_as_successor``: this CAS is another version of the one at ``join`` (its identity
+    claims differ; the running CAS releases its key only with its successor board's
+    authorisation, and this one accepts only the key the database names).
+
+    ``successor_board``: the successor board (:mod:`confide.cas.successor`, docs/cas.md "Handing
+    over to a successor version"), stored authenticated under the master key; only on the start
+    that initialises the CAS (creates its master key), else :class:`UsageError`."""
     if dev and tee is not None:
         raise UsageError(
             f"--dev and --tee {tee} exclude each other: a CAS in a TEE does not accept simulated evidence"
         )
     if join is not None:
         _join_preconditions(join, data_dir, dev=dev, tee=tee)
+    elif join_as_successor:
+        raise UsageError("--join-as-successor needs --join URL")
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     database = Database(db_url or f"sqlite:///{(data_dir / 'cas.db').resolve()}")
+    if successor_board is not None:
+        _initialising(data_dir, database, join)
     master = b""
     if join is None:
         # Before anything else is read or written: finish an interrupted master-key rotation,
@@ -461,6 +477,7 @@ def prepare(
         joined = _join(
             join, data_dir, database, tee=tee, quote_provider=quote_provider,
             sim_platform=sim_platform, verifier=verifier, collateral=dcap_source, amd_roots=amd_roots,
+            successor=join_as_successor,
         )  # fmt: skip
         master = joined.master_key
         if seal is not None:
@@ -534,7 +551,7 @@ def prepare(
             return own_check.verified(published.body, at)
 
         own = own_evidence
-    cas.key_release = KeyReleaser(cas, own)
+    cas.key_release = KeyReleaser(cas, own, successors=Successors(cas))
     with database.write() as conn:
         master_key_id = bind_master_key(conn, master)
         cas.events.record(
@@ -543,6 +560,14 @@ def prepare(
              "master_key": master_key, "master_key_id": master_key_id, **({"tee": tee} if tee else {}),
              **({"joined": joined.summary()} if joined is not None else {})},
         )  # fmt: skip
+        if successor_board is not None:
+            # docs/cas.md "Handing over to a successor version": fixed now, never replaced.
+            record = store_board(conn, sealer, master_key_id, successor_board, time.time())
+            cas.events.record(
+                conn, EVENT_BOARD, None,
+                {"board": record["board"], "board_sha256": successor_board.sha256,
+                 "master_key_id": master_key_id},
+            )  # fmt: skip
     if joined is not None:
         logging.getLogger("confide.cas").info(
             json.dumps({"event": "cas-joined", "master_key_id": master_key_id, "master_key": master_key,
@@ -582,6 +607,22 @@ def _join_preconditions(url: str, data_dir: Path, *, dev: bool, tee: str | None)
         )
 
 
+def _initialising(data_dir: Path, database: Database, join: str | None) -> None:
+    """``--successor-board``: only on the start that initialises the CAS, i.e. creates its master
+    key (no key file, a database that names no key, no --join). The board is authenticated
+    under that key; on any later start the operator could otherwise replace a board (or add
+    one) after deleting the row, so it is fixed when the CAS is initialised."""
+    if (
+        join is not None
+        or any(data_dir.glob(f"{PLAIN_NAME}*"))  # master.key, master.key.sealed, pending ones
+        or stored_master_key_id(database) is not None
+    ):
+        raise UsageError(
+            "--successor-board is set only when the CAS is initialised (the start that creates its "
+            "master key); this CAS has a master key already, and its board cannot be changed"
+        )
+
+
 def _join(
     url: str,
     data_dir: Path,
@@ -593,6 +634,7 @@ def _join(
     verifier: PlatformVerifier,
     collateral: DcapCollateralSource | None,
     amd_roots: AmdRootStore | None,
+    successor: bool = False,
 ) -> JoinResult:
     """``--join URL``: the master key from the attested CAS at ``url`` (:func:`join_cas`), for a
     data directory without a master key, on a database without an online rotation in progress.
@@ -624,7 +666,7 @@ def _join(
     try:
         return join_cas(
             url, obtain=obtain, verifier=verifier, sim_key_pem=sim_pem, collateral=collateral,
-            amd_roots=amd_roots, expected_key_id=stored_master_key_id(database),
+            amd_roots=amd_roots, expected_key_id=stored_master_key_id(database), successor=successor,
         )  # fmt: skip
     except ConfideError as exc:
         message = f"--join {shown}: cannot obtain the master key, not starting: {exc.message}"
@@ -673,6 +715,8 @@ def serve(
     public_http_listen: str | None = None,
     join: str | None = None,
     session_tickets: int = SESSION_TICKETS,
+    join_as_successor: bool = False,
+    successor_board: Board | None = None,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
@@ -686,7 +730,8 @@ def serve(
     certificates (``--public-http-listen``, :mod:`confide.cas.public_http`), with limits of its
     own of the same values as ``http_limits`` (its request heads: at most
     :data:`~confide.cas.http_limits.PUBLIC_MAX_HEAD` bytes).
-    ``join``: obtain the master key from the running CAS at this URL (:func:`prepare`).
+    ``join``: obtain the master key from the running CAS at this URL (:func:`prepare`), as a
+    successor version with ``join_as_successor``. ``successor_board``: see :func:`prepare`.
     ``session_tickets``: TLS 1.3 session tickets per handshake (:data:`SESSION_TICKETS`)."""
     host, port = _parse_listen(listen)
     public_addr = None
@@ -704,7 +749,8 @@ def serve(
                nvidia_ocsp_max_age=nvidia_ocsp_max_age, public_url=public_url,
                http_limits=http_limits if http_limits is not None else HttpLimits(),
                attest_rate=attest_rate, write_rate=write_rate, public_addr=public_addr,
-               join=join, session_tickets=session_tickets)  # fmt: skip
+               join=join, session_tickets=session_tickets, join_as_successor=join_as_successor,
+               successor_board=successor_board)  # fmt: skip
 
 
 def uvicorn_server(
@@ -857,6 +903,8 @@ def _serve(
     public_addr: tuple[str, int] | None = None,
     join: str | None,
     session_tickets: int,
+    join_as_successor: bool = False,
+    successor_board: Board | None = None,
 ) -> None:
     public_limits = None
     if public_addr is not None:
@@ -872,7 +920,8 @@ def _serve(
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
         data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee, kds=kds,
         nvidia_ocsp=nvidia_ocsp, crl_validity=crl_validity, nvidia_rim=nvidia_rim,
-        nvidia_ocsp_max_age=nvidia_ocsp_max_age, join=join,
+        nvidia_ocsp_max_age=nvidia_ocsp_max_age, join=join, join_as_successor=join_as_successor,
+        successor_board=successor_board,
     )  # fmt: skip
     cas.public_url = public_url  # docs/cas.md "CRL distribution points"
     # docs/cas.md "Online rotation": the admin channel, and a rotation a crash interrupted resumes.

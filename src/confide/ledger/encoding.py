@@ -55,6 +55,9 @@ class EntryType(StrEnum):
     KEY_ROTATED = "key.rotated"
     KEY_RELEASED = "key.released"  # the master key released to an attested CAS (never the key)
     KEY_RELEASE_REFUSED = "key.release-refused"
+    SUCCESSOR_BOARD_SET = "successor.board-set"  # the successor board, when the CAS is initialised
+    SUCCESSOR_APPROVED = "successor.approved"  # a board member's approval of a successor version
+    SUCCESSOR_APPROVAL_REFUSED = "successor.approval-refused"
     POLICY_SUBMITTED = "policy.submitted"  # awaiting board approval
     POLICY_STALE = "policy.stale"  # a pending version that can no longer apply
     POLICY_REFUSED = "policy.refused"  # an update by an identity without the right

@@ -1,0 +1,310 @@
+"""Handing the master key over to a successor version: the successor board and its approvals.
+
+A CAS update changes the measurement, so the attested release (:mod:`confide.cas.key_release`)
+refuses the new version: its identity claims are not the running CAS's. docs/cas.md "Handing
+over to a successor version" describes the authorised hand-over implemented here:
+
+1. **The board** is fixed when the CAS is initialised (``cas serve --successor-board FILE`` on
+   the start that creates the master key; :func:`parse_board_file`): a ``require-all`` or
+   ``require-at-least-N`` rule over stakeholder identities, the policy boards' format and
+   evaluation (:mod:`confide.policy.access`). It is stored as one row (``successor_board``) whose
+   record is authenticated with HMAC-SHA256 under a key derived from the master key with
+   HKDF-SHA256 (RFC 5869 §2; no salt, info ``confide-successor-board/v1``;
+   :meth:`confide.cas.secrets.Sealer.derive_key`): the operator, who controls the database,
+   can delete it (no hand-over then) but cannot write one the CAS accepts, and a CAS started on
+   an existing key never sets one. :func:`load_board` checks it at every use; a mismatch is a
+   :class:`~confide.errors.StorageError`. A master-key rotation re-authenticates it under the
+   new key in its transaction (:func:`reauthenticate_board`). Changing the board is not offered.
+2. **Approvals** (``confide/successor-approval/v1``, signed as policy approvals are: Ed25519
+   over RFC 8785 JSON without ``signature``): ``{"type", "master_key_id", "platform",
+   "claims", "expires", "signer"}``. ``claims`` are exactly the identity claims the join rule
+   compares for ``platform`` (:data:`~confide.cas.key_release.IDENTITY_CLAIMS`), in their text
+   form (:func:`claim_text`); ``master_key_id`` names the CAS (its current master key);
+   ``expires`` is a Unix time at most :data:`MAX_LIFETIME` ahead. The *target*, SHA-256 of RFC
+   8785 JSON of ``{"claims", "master_key_id", "platform"}``, names what is approved. A member's
+   approval is stored (its newest per target) and recorded in the ledger; anything else after
+   the signature verified is refused and recorded.
+3. **The release** (:meth:`Successors.authorise`, in the key release's write transaction): for a
+   joiner whose only difference from the running CAS is its identity claims, the board is
+   checked, every stored approval for the joiner's target is verified again (signature, signer
+   a member, not expired), and the board's rule must be met by their signers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, and_, delete, insert, select
+
+from confide.cas.core import verify_signed
+from confide.cas.db import meta, successor_approvals
+from confide.cas.key_release import IDENTITY_CLAIMS
+from confide.cas.rotation import KEY_ID_META
+from confide.cas.successor_board import Board, load_board
+from confide.errors import (
+    AccessDeniedError,
+    AppraisalError,
+    ConfideError,
+    ParseError,
+    UsageError,
+)
+from confide.policy.canonical import jcs
+from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
+
+if TYPE_CHECKING:
+    from confide.cas.core import Cas
+
+__all__ = [
+    "APPROVAL_TYPE",
+    "MAX_LIFETIME",
+    "Approval",
+    "Successors",
+    "claim_text",
+    "parse_approval",
+    "target_of",
+]
+
+APPROVAL_TYPE = "confide/successor-approval/v1"
+MAX_LIFETIME = 90 * 24 * 3600  # an approval expires at most this long after it is submitted
+EVENT_APPROVED = "successor-approved"
+EVENT_REFUSED = "successor-approval-refused"
+_MAX_CLAIM = 256
+_CLAIM_TEXT = re.compile(r"[0-9a-z_.:-]{1,256}")
+_KEY_ID = re.compile(r"[0-9a-f]{32}")
+_APPROVAL_FIELDS = frozenset(
+    {"type", "master_key_id", "platform", "claims", "expires", "signer", "signature"}
+)
+
+
+def claim_text(value: ClaimValue) -> str:
+    """The text an approval names a claim value by: lower-case for strings (the hex of
+    measurements), decimal for integers, ``true``/``false`` for booleans."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return value.lower()
+    return json.dumps(value, sort_keys=True)  # not an identity claim type: never matches a text
+
+
+def target_of(master_key_id: str, platform: str, claims: Mapping[str, str]) -> str:
+    """What an approval approves, as one SHA-256 (hex): the CAS, the platform and the claims."""
+    return hashlib.sha256(
+        jcs({"claims": dict(claims), "master_key_id": master_key_id, "platform": platform})
+    ).hexdigest()
+
+
+# --- approvals ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A parsed, signature-checked approval."""
+
+    signer: str
+    master_key_id: str
+    platform: Platform
+    claims: dict[str, str]
+    expires: int
+
+    @property
+    def target(self) -> str:
+        return target_of(self.master_key_id, self.platform.value, self.claims)
+
+
+def parse_approval(doc: Any) -> Approval:
+    """An approval document, read strictly, its signature verified (hostile input)."""
+    what = APPROVAL_TYPE
+    if not isinstance(doc, dict) or set(doc) != _APPROVAL_FIELDS:
+        raise ParseError(
+            "expected exactly type, master_key_id, platform, claims, expires, signer, signature",
+            structure=what,
+        )
+    body, signer = verify_signed(doc, APPROVAL_TYPE)
+    key_id, platform_text, claims, expires = (
+        body["master_key_id"], body["platform"], body["claims"], body["expires"],
+    )  # fmt: skip
+    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+        raise ParseError("master_key_id: expected 32 lower-case hex digits", structure=what)
+    try:
+        platform = Platform(platform_text) if isinstance(platform_text, str) else None
+    except ValueError:
+        platform = None
+    names = IDENTITY_CLAIMS.get(platform) if platform is not None else None
+    if platform is None or names is None:
+        known = ", ".join(p.value for p in IDENTITY_CLAIMS)
+        got = str(platform_text)[:40]
+        raise ParseError(f"platform: got {got!r}, expected one of {known}", structure=what)
+    if not isinstance(claims, dict) or set(claims) != set(names):
+        raise ParseError(f"claims: expected exactly {', '.join(names)} for {platform.value}", structure=what)
+    for name, value in claims.items():
+        if not isinstance(value, str) or not _CLAIM_TEXT.fullmatch(value):
+            raise ParseError(
+                f"claims.{name}: expected its text (lower-case hex, or decimal), at most "
+                f"{_MAX_CLAIM} characters",
+                structure=what,
+            )
+    if isinstance(expires, bool) or not isinstance(expires, int) or not 0 < expires < 2**53:
+        raise ParseError("expires: expected a Unix time in seconds", structure=what)
+    return Approval(signer.fingerprint, key_id, platform, dict(claims), expires)
+
+
+def _current_key_id(conn: Connection) -> str | None:
+    value = conn.execute(select(meta.c.value).where(meta.c.key == KEY_ID_META)).scalar()
+    return None if value is None else str(value)
+
+
+class Successors:
+    """The board and approvals of ``cas`` (module docstring)."""
+
+    def __init__(self, cas: Cas, *, clock: Callable[[], float] = time.time) -> None:
+        self.cas, self.clock = cas, clock
+
+    def _board(self, conn: Connection) -> Board:
+        board = load_board(conn, self.cas.sealer)
+        if board is None:
+            raise UsageError(
+                "this CAS has no successor board (one is set only when the CAS is initialised, with "
+                "cas serve --successor-board): it hands its master key over to no other version"
+            )
+        return board
+
+    def approve(self, doc: Any) -> dict[str, Any]:
+        """Store a board member's approval and record it; every refusal after the signature
+        verified is recorded and raised."""
+        approval = parse_approval(doc)
+        now = self.clock()
+        outcome: dict[str, Any] = {
+            "signer": approval.signer, "target": approval.target, "master_key_id": approval.master_key_id,
+            "platform": approval.platform.value, "claims": approval.claims, "expires": approval.expires,
+        }  # fmt: skip
+        try:
+            with self.cas.db.write() as conn:
+                board = self._board(conn)
+                current = _current_key_id(conn)
+                if current != approval.master_key_id:
+                    raise UsageError(
+                        f"master_key_id: got {approval.master_key_id}, expected {current} (this CAS's)"
+                    )
+                if approval.expires <= now:
+                    raise UsageError("the approval has expired already")
+                if approval.expires > now + MAX_LIFETIME:
+                    raise UsageError(f"expires: at most {MAX_LIFETIME // 86400} days ahead")
+                if approval.signer not in board.members:
+                    raise AccessDeniedError(f"identity {approval.signer[:16]}… is not on the successor board")
+                conn.execute(
+                    delete(successor_approvals).where(
+                        and_(
+                            successor_approvals.c.target == approval.target,
+                            successor_approvals.c.signer == approval.signer,
+                        )
+                    )
+                )
+                conn.execute(
+                    insert(successor_approvals).values(
+                        target=approval.target, signer=approval.signer, document=jcs(doc).decode(),
+                        expires_at=float(approval.expires), created_at=now,
+                    )
+                )  # fmt: skip
+                approvers = self._approvers(conn, board, approval.target, now)
+                outcome.update(
+                    {
+                        "approval": jcs(doc).decode(), "board_sha256": board.sha256,
+                        "approvers": sorted(approvers), "authorised": board.satisfied_by(approvers),
+                    }
+                )  # fmt: skip
+                self.cas.events.record(conn, EVENT_APPROVED, None, outcome)
+        except ConfideError as exc:
+            outcome.update({"reason_class": exc.kind, "reason": exc.message[:500]})
+            with self.cas.db.write() as conn:
+                self.cas.events.record(conn, EVENT_REFUSED, None, outcome)
+            raise
+        return {
+            "target": approval.target, "approvers": sorted(approvers), "needed": board.needed,
+            "authorised": outcome["authorised"],
+        }  # fmt: skip
+
+    def _approvers(self, conn: Connection, board: Board, target: str, now: float) -> set[str]:
+        """The members whose stored approval of ``target`` verifies and has not expired: each
+        row is checked again (the operator may have written it)."""
+        found: set[str] = set()
+        rows = conn.execute(
+            select(successor_approvals.c.signer, successor_approvals.c.document).where(
+                successor_approvals.c.target == target
+            )
+        )
+        for row in rows:
+            try:
+                approval = parse_approval(json.loads(row.document))
+            except (ValueError, RecursionError, ConfideError):
+                continue
+            if (
+                approval.target == target
+                and approval.signer == row.signer
+                and approval.expires > now
+                and approval.signer in board.members
+            ):
+                found.add(approval.signer)
+        return found
+
+    def authorise(self, conn: Connection, peer: VerifiedEvidence, key_id: str, now: float) -> dict[str, Any]:
+        """In the key release's write transaction: the board's authorisation of ``peer`` (its
+        platform and identity claims) for the master key ``key_id``, for the ledger; an
+        :class:`AppraisalError` without it, a :class:`StorageError` for an altered board."""
+        board = load_board(conn, self.cas.sealer)
+        if board is None:
+            raise AppraisalError("this CAS has no successor board: it hands its key over to no other version")
+        names = IDENTITY_CLAIMS.get(peer.platform, ())
+        missing = [n for n in names if n not in peer.claims]
+        if not names or missing:
+            lacking = ", ".join(missing) or "-"
+            raise AppraisalError(f"the joiner's evidence lacks the identity claims {lacking}")
+        claims = {n: claim_text(peer.claims[n]) for n in names}
+        target = target_of(key_id, peer.platform.value, claims)
+        approvers = self._approvers(conn, board, target, now)
+        if not board.satisfied_by(approvers):
+            raise AppraisalError(
+                f"no successor authorisation for these claims (target {target[:16]}…): "
+                f"{len(approvers)} valid approval(s), the successor board needs {board.needed}"
+            )
+        return {
+            "authorisation": target, "approvers": sorted(approvers), "board_sha256": board.sha256,
+            "claims": claims,
+        }  # fmt: skip
+
+    def show(self) -> dict[str, Any]:
+        """The board, this CAS's master key id and the approvals (for ``cas successor show``
+        and for approvers, who sign the key id)."""
+        now = self.clock()
+        with self.cas.db.read() as conn:
+            board = self._board(conn)
+            key_id = _current_key_id(conn)
+            rows = conn.execute(select(successor_approvals.c.target, successor_approvals.c.document)).all()
+            targets: dict[str, dict[str, Any]] = {}
+            for row in rows:
+                try:
+                    approval = parse_approval(json.loads(row.document))
+                except (ValueError, RecursionError, ConfideError):
+                    continue
+                if approval.target != row.target or approval.expires <= now:
+                    continue
+                entry = targets.setdefault(
+                    row.target,
+                    {"target": row.target, "platform": approval.platform.value, "claims": approval.claims,
+                     "master_key_id": approval.master_key_id, "approvers": []},
+                )  # fmt: skip
+                if approval.signer in board.members:
+                    entry["approvers"].append({"signer": approval.signer, "expires": approval.expires})
+        for entry in targets.values():
+            entry["authorised"] = board.satisfied_by({a["signer"] for a in entry["approvers"]})
+        return {
+            "board": board.to_json(), "board_sha256": board.sha256, "needed": board.needed,
+            "master_key_id": key_id, "approvals": sorted(targets.values(), key=lambda e: e["target"]),
+        }  # fmt: skip

@@ -1,0 +1,205 @@
+"""The successor board: who may authorise handing the master key over to another version.
+
+Fixed when the CAS is initialised (``cas serve --successor-board FILE`` on the start that creates
+the master key): a ``require-all`` or ``require-at-least-N`` rule over stakeholder identities,
+in the policy boards' format and evaluated by their code (:mod:`confide.policy.access`). Stored
+as one row (``successor_board``) whose record is authenticated with HMAC-SHA256 under a key
+derived from the master key with HKDF-SHA256 (RFC 5869 §2: no salt, info
+``confide-successor-board/v1``; :meth:`confide.cas.secrets.Sealer.derive_key`), so the operator,
+who controls the database, can delete it (then no hand-over happens) but cannot write one the
+CAS accepts. :func:`load_board` checks it at every use; a mismatch is a
+:class:`~confide.errors.StorageError`. A master-key rotation checks it under the old key and
+authenticates it under the new one in its transaction (:func:`reauthenticate_board`). Changing
+the board is not offered. The approvals it counts are :mod:`confide.cas.successor`'s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import Connection, insert, select
+
+from confide.cas.db import successor_board
+from confide.cas.secrets import Sealer
+from confide.errors import ConfideError, ParseError, PolicyError, StorageError, UsageError
+from confide.identity import PublicIdentity
+from confide.policy.access import RequireAll, RequireAtLeast, is_authorized
+from confide.policy.canonical import jcs
+from confide.policy.loader import parse_yaml
+
+__all__ = [
+    "BOARD_INFO",
+    "EVENT_BOARD",
+    "Board",
+    "board_from_json",
+    "load_board",
+    "parse_board_file",
+    "reauthenticate_board",
+    "store_board",
+]
+
+BOARD_RECORD_TYPE = "confide/successor-board/v1"
+BOARD_INFO = b"confide-successor-board/v1"  # the HKDF info of the board's MAC key (RFC 5869 §2.3)
+EVENT_BOARD = "successor-board-set"
+_MAX_MEMBERS = 64
+_MAX_BOARD_FILE = 64 * 1024
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+_KEY_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class Board:
+    """A successor board: a ``require-all`` or ``require-at-least-N`` rule over identity
+    fingerprints (:mod:`confide.policy.access`)."""
+
+    rule: RequireAll | RequireAtLeast
+
+    @property
+    def members(self) -> frozenset[str]:
+        rules = self.rule.require_all if isinstance(self.rule, RequireAll) else self.rule.rules
+        return frozenset(str(r) for r in rules)
+
+    @property
+    def needed(self) -> int:
+        return len(self.members) if isinstance(self.rule, RequireAll) else self.rule.n
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.rule.model_dump(by_alias=True, mode="json")
+        return data
+
+    def satisfied_by(self, signers: set[str]) -> bool:
+        return is_authorized((self.rule,), signers, creator=None)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(jcs(self.to_json())).hexdigest()
+
+
+def _member(value: object) -> str:
+    """An identity fingerprint (64 lower-case hex digits) or an Ed25519 public key in base64,
+    as ``confide identity create`` makes them, as the fingerprint."""
+    if isinstance(value, str) and _FINGERPRINT.fullmatch(value):
+        return value
+    if isinstance(value, dict) and set(value) == {"signer"}:
+        return _member(value["signer"])
+    try:
+        return PublicIdentity.from_base64(value).fingerprint
+    except ParseError:
+        raise ParseError(
+            f"got {str(value)[:80]!r}, expected an identity fingerprint (64 hex digits) or its "
+            "public key (base64)",
+            structure="successor board",
+        ) from None
+
+
+def board_from_json(data: object, what: str = "successor board") -> Board:
+    """A board from its JSON form (``{"require-all": [...]}`` or ``{"require-at-least-N":
+    [...]}``, members as :func:`_member` reads them), read strictly."""
+    if not isinstance(data, dict) or len(data) != 1:
+        raise ParseError(
+            "expected one rule: {require-all: [...]} or {require-at-least-N: [...]}", structure=what
+        )
+    ((key, members),) = data.items()
+    if not isinstance(members, list) or not 1 <= len(members) <= _MAX_MEMBERS:
+        raise ParseError(f"expected a list of 1 to {_MAX_MEMBERS} members", structure=what)
+    fingerprints = sorted(_member(m) for m in members)
+    if len(set(fingerprints)) != len(fingerprints):
+        raise ParseError("an identity is listed twice (one signature must not count twice)", structure=what)
+    try:
+        if key == "require-all":
+            return Board(RequireAll.model_validate({"require-all": fingerprints}))
+        rule = RequireAtLeast.model_validate({key: fingerprints})
+    except ValidationError as exc:
+        raise ParseError(str(exc.errors()[0].get("msg", "invalid"))[:200], structure=what) from None
+    return Board(rule)
+
+
+def parse_board_file(path: Path) -> Board:
+    """``cas serve --successor-board FILE``: YAML or JSON of one rule, e.g.::
+
+    require-at-least-2:
+      - <fingerprint or base64 public key>
+      - ...
+    """
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(_MAX_BOARD_FILE + 1)
+    except OSError as exc:
+        raise UsageError(f"--successor-board: cannot read {path}: {exc.strerror}") from None
+    if len(raw) > _MAX_BOARD_FILE:
+        raise ParseError(f"larger than {_MAX_BOARD_FILE} bytes", structure=f"successor board {path}")
+    try:  # the policy loader's hardened YAML (no aliases, tags, duplicate keys; bounded)
+        data, _tree = parse_yaml(raw, source=str(path))
+    except PolicyError as exc:
+        raise ParseError(exc.message[:300], structure=f"successor board {path}") from None
+    return board_from_json(data, f"successor board {path}")
+
+
+def _mac(key: bytes, key_id: str, record: str) -> str:
+    message = BOARD_INFO + b"\x00" + key_id.encode() + b"\x00" + record.encode()
+    return hmac.new(key, message, "sha256").hexdigest()
+
+
+def _board_key(sealer: Sealer, key_id: str) -> bytes:
+    """HKDF-SHA256 (RFC 5869) of the master key with id ``key_id``, info :data:`BOARD_INFO`."""
+    try:
+        return sealer.only(key_id).derive_key(BOARD_INFO)
+    except (KeyError, ValueError):
+        raise StorageError(
+            f"the successor board is authenticated under master key id {key_id[:32]!r}, which this CAS "
+            "does not hold: the database was altered"
+        ) from None
+
+
+def store_board(conn: Connection, sealer: Sealer, key_id: str, board: Board, at: float) -> dict[str, Any]:
+    """Write the board (the CAS is being initialised: there is none); returns the record."""
+    if conn.execute(select(successor_board.c.id)).first() is not None:
+        raise UsageError(
+            "this database has a successor board already: it is fixed when the CAS is initialised"
+        )
+    record = {"board": board.to_json(), "set_at": int(at), "type": BOARD_RECORD_TYPE}
+    text = jcs(record).decode()
+    mac = _mac(_board_key(sealer, key_id), key_id, text)
+    conn.execute(insert(successor_board).values(id=1, record=text, key_id=key_id, mac=mac))
+    return record
+
+
+def load_board(conn: Connection, sealer: Sealer) -> Board | None:
+    """The stored board, authenticated (``None``: this CAS has none). A row that does not
+    authenticate under the master key it names, or does not parse, is a StorageError."""
+    row = conn.execute(select(successor_board)).first()
+    if row is None:
+        return None
+    altered = (
+        "the stored successor board does not authenticate under the master key: the database was altered"
+    )
+    if row.id != 1 or not isinstance(row.key_id, str) or not _KEY_ID.fullmatch(row.key_id):
+        raise StorageError(altered)
+    expected = _mac(_board_key(sealer, row.key_id), row.key_id, str(row.record))
+    if not hmac.compare_digest(expected.encode(), str(row.mac).encode()):
+        raise StorageError(altered)
+    try:
+        record = json.loads(row.record)
+        if not isinstance(record, dict) or record.get("type") != BOARD_RECORD_TYPE:
+            raise ValueError
+        return board_from_json(record["board"], "stored successor board")
+    except (ValueError, KeyError, ConfideError):
+        raise StorageError(altered) from None
+
+
+def reauthenticate_board(conn: Connection, old: Sealer, new: Sealer, new_key_id: str) -> bool:
+    """In a master-key rotation's transaction: check the board under the old key and
+    authenticate it under the new one (``False``: there is none)."""
+    if load_board(conn, old) is None:
+        return False
+    record = str(conn.execute(select(successor_board.c.record)).scalar_one())
+    mac = _mac(_board_key(new, new_key_id), new_key_id, record)
+    conn.execute(successor_board.update().values(key_id=new_key_id, mac=mac))
+    return True

@@ -1,0 +1,257 @@
+"""Handing the master key over to a successor version end to end: two ``cas serve --dev``
+processes over real TLS sharing one PostgreSQL database (docs/cas.md "Handing over to a
+successor version").
+
+The first CAS is initialised with a successor board (``--successor-board``: two of alice, bob
+and carol). The successor runs other code: a copy of the sources with one more file, so its
+simulated measurement (its code, :mod:`confide.cas.dev_measurement`) really differs. It joins
+with ``--join URL --join-as-successor`` and is refused until two members have approved exactly
+its measurement (``confide cas successor approve``); a non-member's approval, one for other
+claims and an expired one do not count. Then it gets the key, and the ledger shows the
+approvals, the release naming the authorisation and the successor's start. An edited board row
+makes the first CAS refuse to use the board.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from test_cas_e2e import confide
+
+from cas_harness import ROOT, CasProcess, PostgresCluster
+from confide import errors
+from confide.cas.client import CasClient
+from confide.cas.core import sign_document
+from confide.cas.db import Database, raw_connection, raw_execute
+from confide.cas.dev_measurement import cas_dev_measurement, measure_package
+from confide.cas.ledger_sink import ENTRY_TYPES
+from confide.cas.successor import APPROVAL_TYPE, target_of
+from confide.identity import Identity
+from confide.ledger.encoding import Entry
+from confide.ledger.store import Ledger
+
+KINDS = (
+    "successor-board-set", "successor-approved", "successor-approval-refused",
+    "master-key-released", "master-key-release-refused",
+)  # fmt: skip
+
+
+@pytest.fixture
+def board(tmp_path: Path) -> dict[str, tuple[Path, Identity]]:
+    """alice, bob and carol on the board (two of them needed); mallory is not on it."""
+    people = {}
+    for name in ("alice", "bob", "carol", "mallory"):
+        ident = Identity.generate(name)
+        ident.save(tmp_path / f"{name}.id")
+        people[name] = (tmp_path / f"{name}.id", ident)
+    members = [people[n][1].public.public_base64 for n in ("alice", "bob")] + [people["carol"][1].fingerprint]
+    (tmp_path / "board.yaml").write_text("require-at-least-2:\n" + "".join(f"  - {m}\n" for m in members))
+    return people
+
+
+@pytest.fixture
+def first(postgres: PostgresCluster, tmp_path: Path, board: dict[str, Any]) -> Iterator[CasProcess]:
+    cas = CasProcess(
+        tmp_path / "a",
+        postgres.new_database(),
+        extra_args=("--successor-board", str(tmp_path / "board.yaml")),
+    ).start()
+    try:
+        yield cas
+    finally:
+        cas.stop()
+
+
+@pytest.fixture
+def successor_src(tmp_path: Path) -> tuple[Path, str]:
+    """A new version: a copy of the sources with one more file, and its simulated measurement."""
+    src = tmp_path / "src-v2"
+    shutil.copytree(ROOT / "src" / "confide", src / "confide", ignore=shutil.ignore_patterns("__pycache__"))
+    (src / "confide" / "release_notes.py").write_text('"""Version 2."""\n')
+    measurement = measure_package(src / "confide", Path(sys.executable).resolve()).hex()
+    assert measurement != cas_dev_measurement().hex()
+    return src, measurement
+
+
+def _successor(first: CasProcess, data_dir: Path, src: Path) -> CasProcess:
+    data_dir.mkdir(mode=0o700)
+    shutil.copytree(first.data_dir / "sim", data_dir / "sim")  # the simulated platform both trust
+    url = first.env["CONFIDE_CAS_URL"]
+    return CasProcess(
+        data_dir, first.db_url, extra_args=("--join", url, "--join-as-successor"), pythonpath=src
+    )
+
+
+def _refused(first: CasProcess, data_dir: Path, src: Path, match: str) -> None:
+    joiner = _successor(first, data_dir, src)
+    with pytest.raises(RuntimeError, match=match):
+        joiner.start()
+    assert joiner.proc is not None and joiner.proc.returncode in (
+        errors.AppraisalError.exit_code, errors.StorageError.exit_code,
+    )  # fmt: skip
+    assert not list(data_dir.glob("master.key*")) and not (data_dir / "cas-key.pem").exists()
+
+
+def _approve(first: CasProcess, who: Path, measurement: str, expires: str = "7d") -> Any:
+    return confide(
+        first, "cas", "successor", "approve", "--platform", "sim", "--claim", f"measurement={measurement}",
+        "--expires", expires, "--identity", str(who),
+    )  # fmt: skip
+
+
+def _events(db_url: str) -> list[tuple[str, dict[str, Any]]]:
+    """The successor and key-release events, each checked against its ledger entry."""
+    db = Database(db_url)
+    try:
+        with db.read() as conn:
+            marks = ", ".join("?" for _ in KINDS)
+            rows = raw_execute(
+                conn, f"SELECT seq, type, payload FROM events WHERE type IN ({marks}) ORDER BY seq", KINDS
+            ).fetchall()
+            out = []
+            for seq, type_, payload in rows:
+                entry = Entry.from_bytes(Ledger.entry(raw_connection(conn), seq - 1) or b"")
+                assert entry.type is ENTRY_TYPES[type_] and entry.payload == json.loads(payload)
+                out.append((str(type_), json.loads(payload)))
+            return out
+    finally:
+        db.dispose()
+
+
+def test_a_successor_gets_the_key_only_with_the_boards_quorum(
+    first: CasProcess,
+    tmp_path: Path,
+    board: dict[str, tuple[Path, Identity]],
+    successor_src: tuple[Path, str],
+) -> None:
+    assert first.db_url is not None
+    src, measurement = successor_src
+    alice, bob, carol, mallory = (board[n] for n in ("alice", "bob", "carol", "mallory"))
+    with CasClient(first.env["CONFIDE_CAS_URL"], Path(first.env["CONFIDE_CAS_CERT"])) as client:
+        shown = client.successor()
+    key_id = shown["master_key_id"]
+    assert shown["needed"] == 2 and shown["approvals"] == []
+    target = target_of(key_id, "sim", {"measurement": measurement})
+
+    # No approval: refused (the joiner's AppraisalError carries the releasing CAS's reasons).
+    _refused(first, tmp_path / "j1", src, "no successor authorisation for these claims")
+
+    # A non-member's approval is refused at the door and recorded ...
+    r = _approve(first, mallory[0], measurement)
+    assert r.returncode == errors.AccessDeniedError.exit_code and "not on the successor board" in r.stderr
+    # ... and one written into the database by the operator is not counted either (below).
+    body = {"type": APPROVAL_TYPE, "master_key_id": key_id, "platform": "sim",
+            "claims": {"measurement": measurement}, "expires": int(time.time()) + 3600}  # fmt: skip
+    forged = sign_document(body, mallory[1].sign, mallory[1].public.public_base64)
+    db = Database(first.db_url)
+    try:
+        with db.write() as conn:
+            raw_execute(
+                conn,
+                "INSERT INTO successor_approvals (target, signer, document, expires_at, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (target, mallory[1].fingerprint, json.dumps(forged), body["expires"], time.time()),
+            )
+    finally:
+        db.dispose()
+
+    # alice approves the successor's measurement; bob approves other claims (the current code).
+    r = _approve(first, alice[0], measurement)
+    assert r.returncode == 0 and r.stdout.split() == [target, "pending", "(1", "of", "2", "approvals)"], (
+        r.stderr
+    )
+    r = _approve(first, bob[0], cas_dev_measurement().hex())
+    assert r.returncode == 0 and "pending (1 of 2" in r.stdout, r.stderr
+    # carol approves it, but her approval expires before the successor asks.
+    soon = int(time.time()) + 10
+    r = _approve(first, carol[0], measurement, datetime.fromtimestamp(soon, UTC).isoformat())
+    assert r.returncode == 0 and r.stdout.split()[1] == "authorised", r.stdout + r.stderr
+    time.sleep(max(0.0, soon + 1 - time.time()))
+    _refused(
+        first,
+        tmp_path / "j2",
+        src,
+        r"no successor authorisation .* 1 valid approval\(s\), the successor board needs 2",
+    )
+
+    # bob approves the right claims: two members, unexpired: the key is handed over.
+    r = _approve(first, bob[0], measurement)
+    assert r.returncode == 0 and r.stdout.split()[1] == "authorised", r.stderr
+    successor = _successor(first, tmp_path / "j3", src).start()
+    try:
+        assert successor.log is not None
+        lines = [json.loads(x) for x in successor.log.read_text().splitlines() if x.startswith("{")]
+        (joined,) = [x for x in lines if x["event"] == "cas-joined"]
+        assert joined["identity"] == {"measurement": measurement}
+        assert joined["successor_of"] == {"measurement": cas_dev_measurement().hex()}
+        assert joined["master_key_id"] == key_id
+        # The successor serves the same database: the board is the first CAS's, under the same key.
+        with CasClient(successor.env["CONFIDE_CAS_URL"], Path(successor.env["CONFIDE_CAS_CERT"])) as client:
+            assert client.successor()["board_sha256"] == shown["board_sha256"]
+    finally:
+        successor.stop()
+
+    # The ledger: the board, every approval and refusal, the refused and the granted release.
+    events = _events(first.db_url)
+    kinds = [kind for kind, _ in events]
+    assert kinds == [
+        "successor-board-set",
+        "master-key-release-refused",  # j1: no approval
+        "successor-approval-refused",  # mallory
+        "successor-approved", "successor-approved", "successor-approved",  # alice, bob (other), carol
+        "master-key-release-refused",  # j2: carol's expired
+        "successor-approved",  # bob
+        "master-key-released",
+    ]  # fmt: skip
+    assert events[0][1]["board_sha256"] == shown["board_sha256"] and events[0][1]["master_key_id"] == key_id
+    assert (
+        events[2][1]["signer"] == mallory[1].fingerprint
+        and events[2][1]["reason_class"] == "AccessDeniedError"
+    )
+    assert events[4][1]["target"] != target and events[4][1]["claims"] == {
+        "measurement": cas_dev_measurement().hex()
+    }
+    released = events[-1][1]
+    assert released["identity"] == {"measurement": measurement} and released["master_key_id"] == key_id
+    assert released["successor"]["authorisation"] == target
+    assert released["successor"]["approvers"] == sorted([alice[1].fingerprint, bob[1].fingerprint])
+    assert released["successor"]["board_sha256"] == shown["board_sha256"]
+
+
+def test_an_edited_board_is_not_used(
+    first: CasProcess,
+    tmp_path: Path,
+    board: dict[str, tuple[Path, Identity]],
+    successor_src: tuple[Path, str],
+) -> None:
+    assert first.db_url is not None
+    src, measurement = successor_src
+    alice, mallory = board["alice"], board["mallory"]
+    assert _approve(first, alice[0], measurement).returncode == 0
+    # The operator replaces the board by one of mallory alone, keeping the stored MAC.
+    db = Database(first.db_url)
+    try:
+        with db.write() as conn:
+            (record,) = raw_execute(conn, "SELECT record FROM successor_board", ()).fetchone()
+            edited = json.loads(record)
+            edited["board"] = {"require-all": [mallory[1].fingerprint]}
+            raw_execute(conn, "UPDATE successor_board SET record = ?", (json.dumps(edited),))
+    finally:
+        db.dispose()
+    r = _approve(first, mallory[0], measurement)
+    assert r.returncode == errors.StorageError.exit_code and "database was altered" in r.stderr, r.stderr
+    r = confide(first, "cas", "successor", "show")
+    assert r.returncode == errors.StorageError.exit_code and "database was altered" in r.stderr
+    _refused(first, tmp_path / "j", src, "successor board does not authenticate")
+    refused = [p for kind, p in _events(first.db_url) if kind == "master-key-release-refused"]
+    assert refused[-1]["reason_class"] == "StorageError"

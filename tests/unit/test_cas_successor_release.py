@@ -1,0 +1,137 @@
+"""The releasing side of a successor hand-over, in process (docs/cas.md "Handing over to a
+successor version"): a dev CAS initialised with a successor board releases its key to another
+measurement once the board's quorum approved exactly its claims, and every other check of the
+join rule still applies (debug, another simulated platform, the binding). SEV-SNP with reports
+signed by a private AMD-shaped PKI (snp_fakes.py), verified for real: a new launch measurement
+approved gets the key; the same approval does not cover another HOST_DATA, nor a debug guest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from snp_fakes import AT
+from test_cas_key_release import AMD, Joiner, Releaser, _refused, _snp, _vcek
+
+from confide import errors
+from confide.cas.core import sign_document
+from confide.cas.key_release import EVENT_RELEASED, IDENTITY_CLAIMS, KeyReleaser
+from confide.cas.server import prepare
+from confide.cas.successor import APPROVAL_TYPE, Successors, claim_text, target_of
+from confide.cas.successor_board import board_from_json
+from confide.cas.verifier import PlatformVerifier
+from confide.evidence.sev_snp import GuestPolicy
+from confide.identity import Identity
+from confide.sim.platform import SimPlatform
+from confide.verify.result import Platform, VerifiedEvidence
+
+NEW = bytes([0xEE]) * 48  # the successor's simulated measurement
+
+
+@pytest.fixture
+def people() -> list[Identity]:
+    return [Identity.generate(n) for n in ("alice", "bob", "carol")]
+
+
+@pytest.fixture
+def board_cas(tmp_path: Path, people: list[Identity]) -> Iterator[Releaser]:
+    board = board_from_json({"require-at-least-2": [p.fingerprint for p in people]})
+    cas, evidence, *_ = prepare(
+        tmp_path / "cas", host="127.0.0.1", dev=True, db_url=None, collateral=None, successor_board=board
+    )
+    assert cas.key_release is not None and evidence is not None
+    yield Releaser(cas, cas.key_release, SimPlatform.load(tmp_path / "cas" / "sim"), tmp_path / "cas")
+    cas.db.dispose()
+
+
+def _approve(r: Releaser, who: Identity, platform: str, claims: dict[str, str], expires: float) -> Any:
+    successors = r.releaser.successors
+    assert successors is not None
+    body = {"type": APPROVAL_TYPE, "master_key_id": r.cas.sealer.sealing_key_id, "platform": platform,
+            "claims": claims, "expires": int(expires)}  # fmt: skip
+    return successors.approve(sign_document(body, who.sign, who.public.public_base64))
+
+
+def test_an_approved_successor_gets_the_key_and_the_rest_of_the_rule_still_applies(
+    board_cas: Releaser, people: list[Identity]
+) -> None:
+    claims = {"measurement": NEW.hex()}
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    _refused(board_cas, joiner.sim_request(board_cas.sim, NEW), errors.AppraisalError, "0 valid approval")
+    for who in people[:2]:
+        _approve(board_cas, who, "sim", claims, time.time() + 600)
+    # Debug evidence of the approved measurement, or evidence of another simulated platform: no.
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    _refused(board_cas, joiner.sim_request(board_cas.sim, NEW, debug=True), errors.AppraisalError, "debug")
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    _refused(board_cas, joiner.sim_request(SimPlatform.generate(), NEW), errors.SignatureError, None)
+    # Approved, not debug, bound to the joiner's key and nonce: released, naming the authorisation.
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    key, key_id = joiner.open(board_cas.releaser.release(joiner.sim_request(board_cas.sim, NEW)))
+    assert key == (board_cas.data_dir / "master.key").read_bytes()
+    kind, payload = board_cas.events()[-1]
+    assert kind == EVENT_RELEASED and payload["identity"] == claims
+    assert payload["successor"]["authorisation"] == target_of(key_id, "sim", claims)
+    assert payload["successor"]["approvers"] == sorted(p.fingerprint for p in people[:2])
+    # The same CAS (no successor) needs no approval, and gets no "successor" in its entry.
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    joiner.open(board_cas.releaser.release(joiner.sim_request(board_cas.sim)))
+    assert "successor" not in board_cas.events()[-1][1]
+
+
+def test_without_successors_another_version_is_refused_as_before(
+    board_cas: Releaser, people: list[Identity]
+) -> None:
+    for who in people:
+        _approve(board_cas, who, "sim", {"measurement": NEW.hex()}, time.time() + 600)
+    board_cas.releaser = KeyReleaser(board_cas.cas, board_cas.releaser.own, successors=None)
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    _refused(
+        board_cas, joiner.sim_request(board_cas.sim, NEW), errors.AppraisalError, "measurement: got eeee"
+    )
+
+
+@pytest.fixture
+def snp_board_cas(board_cas: Releaser) -> Releaser:
+    """The board CAS as a CAS in an SEV-SNP guest of ``AMD.report()``'s measurement, at ``AT``."""
+    board_cas.cas.verifier = PlatformVerifier(amd_roots=AMD.roots())
+    own_report = _snp(AMD, bytes(64))
+
+    def own(at: datetime) -> VerifiedEvidence:
+        return board_cas.cas.verifier.verify(Platform.SEV_SNP, own_report, _vcek(AMD), at=at)
+
+    successors = Successors(board_cas.cas, clock=AT.timestamp)
+    board_cas.releaser = KeyReleaser(board_cas.cas, own, successors=successors, clock=AT.timestamp)
+    return board_cas
+
+
+def test_sev_snp_an_approved_launch_measurement_gets_the_key(
+    snp_board_cas: Releaser, people: list[Identity]
+) -> None:
+    r = snp_board_cas
+    new_image = bytes([0x77]) * 48
+    probe = r.cas.verifier.verify(
+        Platform.SEV_SNP, _snp(AMD, bytes(64), measurement=new_image), _vcek(AMD), at=AT
+    )
+    claims = {n: claim_text(probe.claims[n]) for n in IDENTITY_CLAIMS[Platform.SEV_SNP]}
+    assert claims["measurement"] == new_image.hex() and claims["policy"].isdigit()
+    for who in people[1:]:
+        _approve(r, who, "sev-snp", claims, AT.timestamp() + 600)
+    # The approval names the claims exactly: another HOST_DATA is another target; debug is refused.
+    joiner = Joiner(r.releaser.new_nonce())
+    other = _snp(AMD, joiner.binding, measurement=new_image, host_data=bytes(32))
+    _refused(r, joiner.request("sev-snp", other, _vcek(AMD)), errors.AppraisalError, "0 valid approval")
+    joiner = Joiner(r.releaser.new_nonce())
+    debug = _snp(AMD, joiner.binding, measurement=new_image, policy=GuestPolicy(0x30000 | 1 << 19))
+    _refused(r, joiner.request("sev-snp", debug, _vcek(AMD)), errors.AppraisalError, "debug")
+    joiner = Joiner(r.releaser.new_nonce())
+    request = joiner.request("sev-snp", _snp(AMD, joiner.binding, measurement=new_image), _vcek(AMD))
+    key, _ = joiner.open(r.releaser.release(request))
+    assert key == (r.data_dir / "master.key").read_bytes()
+    _kind, payload = r.events()[-1]
+    assert payload["simulated"] is False and payload["successor"]["claims"] == claims
