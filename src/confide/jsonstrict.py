@@ -17,7 +17,11 @@ values). This reader refuses what it would read differently:
   lets an implementation limit the range it accepts);
 * bytes that are not UTF-8 (RFC 8259 §8.1: JSON exchanged between systems "MUST be encoded
   using UTF-8"; :func:`json.loads` also reads UTF-16 and UTF-32 and skips a UTF-8 byte order
-  mark).
+  mark);
+* an escaped surrogate that is not half of a pair (``"\\ud800"``, ``"\\udc00x"``): RFC 8259
+  §8.2 says the behaviour of software receiving such a string is unpredictable (one reader
+  keeps the lone code unit, another replaces it with U+FFFD, so two different names could read
+  as one). A pair (``"\\ud83d\\ude00"``) is one character, as in :func:`json.loads`.
 
 Everything else is RFC 8259 as :func:`json.loads` reads it. Size limits stay with the callers
 (each knows its own); the nesting depth is bounded by the interpreter's recursion limit, and
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from confide.errors import ParseError
@@ -66,6 +71,29 @@ def _no_float(text: str) -> Any:
     raise _Refused(f"number {text[:32]}{'…' if len(text) > 32 else ''} is not an integer")
 
 
+# A \\u escape of a UTF-16 surrogate (D800-DFFF). json.loads joins a high and a low one into
+# one character; whatever surrogate is left in the decoded value stood alone. The text is only
+# searched for the escape; the decoded value is walked only when it occurs (rarely).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 _DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant, parse_float=_float)
 _INT_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant, parse_float=_no_float)
 
@@ -79,11 +107,18 @@ def decode(data: bytes | bytearray | str, *, structure: str = "JSON", floats: bo
     answer to a syntax error (the CAS's FastAPI routes); the others call :func:`loads`.
     ``floats=False``: numbers with a fraction or an exponent are refused too."""
     try:
-        text = data if isinstance(data, str) else data.decode("utf-8")
-        return (_DECODER if floats else _INT_DECODER).decode(text)
+        if isinstance(data, str):
+            text = data
+            text.encode("utf-8")  # a raw lone surrogate in a str: no UTF-8 text has one
+        else:
+            text = data.decode("utf-8")
+        value = (_DECODER if floats else _INT_DECODER).decode(text)
+        if _SURROGATE_ESCAPE.search(text) and _lone_surrogate(value):
+            raise _Refused("an escaped surrogate that is not half of a pair (RFC 8259 §8.2)")
+        return value
     except _Refused as exc:
         raise ParseError(str(exc), structure=structure) from None
-    except UnicodeDecodeError as exc:
+    except (UnicodeDecodeError, UnicodeEncodeError) as exc:
         reason = f"not UTF-8 (RFC 8259 §8.1): {exc.reason}"
         raise ParseError(reason, structure=structure, offset=exc.start) from None
     except json.JSONDecodeError:

@@ -128,3 +128,31 @@ def test_decode_raises_only_syntax_errors_as_json_does() -> None:
     for data in ("[" * 100_000 + "]" * 100_000, "1" * 5000, b"\xff", '{"a": NaN}', '{"a": 1, "a": 1}'):
         with pytest.raises(ParseError):
             jsonstrict.decode(data)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": "\\ud800"}',  # a lone high surrogate
+        '{"a": "x\\udc00y"}',  # a lone low surrogate
+        '{"\\ud800": 1}',  # in a name
+        '[["\\uDBFF"]]',  # upper-case hex, nested
+        '{"a": "\\ude00\\ud83d"}',  # low then high: not a pair
+        '{"a": "\\ud83d\\u0041"}',  # high then not low
+    ],
+)
+def test_lone_escaped_surrogates_are_refused(text: str) -> None:
+    json.loads(text)  # Python's json keeps the lone code unit
+    for data in (text, text.encode()):
+        with pytest.raises(ParseError, match="surrogate"):
+            jsonstrict.loads(data)
+
+
+def test_surrogate_pairs_and_escaped_backslashes_read_as_json_loads() -> None:
+    for text in ('{"a": "\\ud83d\\ude00"}', '{"a": "\\\\ud800"}', '{"\\\\uD800": ["\\\\udc00"]}'):
+        assert jsonstrict.loads(text) == json.loads(text)
+
+
+def test_a_raw_lone_surrogate_in_a_str_is_refused() -> None:
+    with pytest.raises(ParseError, match="not UTF-8"):
+        jsonstrict.loads('{"a": "\ud800"}')
