@@ -173,7 +173,7 @@ def test_expired_nonces_sessions_and_evidence_are_swept(setup: tuple[InProcessCa
 def test_migration_from_schema_1_adds_the_sweep_indexes_and_revocation_tables(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cas.db'}"
     db = Database(url)
-    assert db.migrate() == SCHEMA_VERSION == 7
+    assert db.migrate() == SCHEMA_VERSION == 8
     with db.write() as conn:  # back to what a version-1 CAS left
         for name in ("nonces_expires_at", "sessions_expires_at", "evidence_seen_seen_at",
                      "runtime_certificates_not_after", "runtime_certificates_name"):  # fmt: skip

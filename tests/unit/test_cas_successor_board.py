@@ -2,7 +2,9 @@
 in process: the board is set only when the CAS is initialised, authenticated under the master
 key (an edited, moved or foreign row is a StorageError, a deleted one means no hand-over),
 re-authenticated by offline and online master-key rotation; board files and approval documents
-are read strictly; refusals of approvals are recorded. The hand-over itself, over TLS between two
+are read strictly; refusals of approvals are recorded. Withdrawals: only the signer, once,
+within the time window, before expiry; refusals recorded, nothing marked withdrawn; a withdrawn
+approval is never accepted again. The hand-over itself, over TLS between two
 CAS processes, is tests/integration/test_cas_successor.py."""
 
 from __future__ import annotations
@@ -23,9 +25,24 @@ from confide.cas.online_rotation import OnlineRotation
 from confide.cas.rotation import master_key_id, rotate_master_key
 from confide.cas.secrets import Sealer
 from confide.cas.server import prepare
-from confide.cas.successor import APPROVAL_TYPE, MAX_LIFETIME, Successors, claim_text, parse_approval
+from confide.cas.successor import (
+    APPROVAL_TYPE,
+    MAX_LIFETIME,
+    WITHDRAWAL_TYPE,
+    Successors,
+    claim_text,
+    parse_approval,
+    parse_withdrawal,
+)
 from confide.cas.successor_board import Board, board_from_json, load_board, parse_board_file
-from confide.errors import AccessDeniedError, ParseError, SignatureError, StorageError, UsageError
+from confide.errors import (
+    AccessDeniedError,
+    ConflictError,
+    ParseError,
+    SignatureError,
+    StorageError,
+    UsageError,
+)
 from confide.identity import Identity
 
 MEASUREMENT = "ab" * 48
@@ -269,3 +286,132 @@ def test_a_successor_joins_only_a_database_that_names_its_key() -> None:
     with pytest.raises(UsageError, match="needs a database that names its master key"):
         join_cas("https://127.0.0.1:1", obtain=never, verifier=None, sim_key_pem=None, collateral=None,  # type: ignore[arg-type]
                  expected_key_id=None, successor=True)  # fmt: skip
+
+
+def _withdrawal(who: Identity, key_id: str, approval: str, **changes: Any) -> dict[str, Any]:
+    body = {"type": WITHDRAWAL_TYPE, "approval": approval, "master_key_id": key_id,
+            "time": int(time.time()), **changes}  # fmt: skip
+    return sign_document(body, who.sign, who.public.public_base64)
+
+
+def _withdrawn_rows(cas: Cas) -> list[tuple[str, str]]:
+    with cas.db.read() as conn:
+        return [tuple(r) for r in raw_execute(conn, "SELECT approval, signer FROM successor_withdrawals")]
+
+
+def test_a_member_withdraws_their_own_approval(tmp_path: Path, people: list[Identity]) -> None:
+    alice, bob, carol = people
+    cas = _start(tmp_path / "cas", _board(people))
+    successors = _successors(cas)
+    key_id = successors.show()["master_key_id"]
+    a_doc = _approval(alice, key_id)
+    a = successors.approve(a_doc)
+    b = successors.approve(_approval(bob, key_id))
+    assert b["authorised"] is True and a["digest"] == parse_approval(a_doc).digest
+    (shown,) = successors.show()["approvals"]
+    assert {x["approval"] for x in shown["approvers"]} == {a["digest"], b["digest"]}
+
+    # Refused, recorded (the signature verified), nothing withdrawn.
+    now = int(time.time())
+    refusals: list[tuple[dict[str, Any], type[Exception], str]] = [
+        (_withdrawal(carol, key_id, a["digest"]), AccessDeniedError, "only its signer can withdraw it"),
+        (_withdrawal(alice, key_id, "00" * 32), UsageError, "no stored approval has the digest"),
+        (_withdrawal(alice, key_id, a["digest"], time=now - 400), AccessDeniedError, "from the CAS clock"),
+        (_withdrawal(alice, key_id, a["digest"], time=now + 400), AccessDeniedError, "from the CAS clock"),
+        (_withdrawal(alice, "00" * 16, a["digest"]), UsageError, "expected " + key_id),
+    ]
+    for doc, error, text in refusals:
+        with pytest.raises(error, match=text):
+            successors.withdraw(doc)
+    refused = _events(cas, "successor-withdrawal-refused")
+    assert [(r["signer"], r["reason_class"]) for r in refused] == [
+        (carol.fingerprint, "AccessDeniedError"),
+        (alice.fingerprint, "UsageError"),
+        (alice.fingerprint, "AccessDeniedError"),
+        (alice.fingerprint, "AccessDeniedError"),
+        (alice.fingerprint, "UsageError"),
+    ]
+    assert refused[0]["target"] == a["target"]
+    # A bad signature or a malformed document: refused, not recorded.
+    good = _withdrawal(alice, key_id, a["digest"])
+    with pytest.raises(SignatureError):
+        successors.withdraw({**good, "time": good["time"] + 1})
+    with pytest.raises(ParseError):
+        successors.withdraw({**good, "note": "x"})
+    assert len(_events(cas, "successor-withdrawal-refused")) == len(refusals)
+    assert _withdrawn_rows(cas) == [] and _events(cas, "successor-withdrawn") == []
+    assert successors.show()["approvals"][0]["authorised"] is True
+
+    # alice withdraws her own: recorded with the withdrawal, the target is no longer authorised.
+    done = successors.withdraw(good)
+    assert done == {"approval": a["digest"], "target": a["target"], "approvers": [bob.fingerprint],
+                    "needed": 2, "authorised": False}  # fmt: skip
+    (event,) = _events(cas, "successor-withdrawn")
+    assert event["approval"] == a["digest"] and event["signer"] == alice.fingerprint
+    assert json.loads(event["withdrawal"]) == good and event["authorised"] is False
+    assert _withdrawn_rows(cas) == [(a["digest"], alice.fingerprint)]
+    (shown,) = successors.show()["approvals"]
+    assert shown["authorised"] is False and [x["signer"] for x in shown["approvers"]] == [bob.fingerprint]
+    (gone,) = shown["withdrawn"]
+    assert gone["signer"] == alice.fingerprint and gone["approval"] == a["digest"]
+
+    # Twice: refused; the same approval again (a replay, or the ledger's copy): refused.
+    with pytest.raises(ConflictError, match="withdrawn already"):
+        successors.withdraw(_withdrawal(alice, key_id, a["digest"]))
+    with pytest.raises(ConflictError, match="never accepted again"):
+        successors.approve(a_doc)
+    assert _events(cas, "successor-approval-refused")[-1]["reason_class"] == "ConflictError"
+    assert len(_withdrawn_rows(cas)) == 1
+    # A new approval by alice (another document) counts again.
+    again = successors.approve(_approval(alice, key_id, expires=int(time.time()) + 7200))
+    assert again["authorised"] is True and again["digest"] != a["digest"]
+    cas.db.dispose()
+
+
+def test_an_expired_approval_cannot_be_withdrawn(tmp_path: Path, people: list[Identity]) -> None:
+    cas = _start(tmp_path / "cas", _board(people))
+    successors = _successors(cas)
+    key_id = successors.show()["master_key_id"]
+    start = time.time()
+    a = successors.approve(_approval(people[0], key_id, expires=int(start) + 60))
+    successors.clock = lambda: start + 120
+    with pytest.raises(UsageError, match="expired already"):
+        successors.withdraw(_withdrawal(people[0], key_id, a["digest"], time=int(start) + 120))
+    assert _withdrawn_rows(cas) == []
+    cas.db.dispose()
+
+
+def test_withdrawal_documents_are_read_strictly(people: list[Identity]) -> None:
+    who, key_id, digest = people[0], "ab" * 16, "cd" * 32
+    good = _withdrawal(who, key_id, digest)
+    assert parse_withdrawal(good).approval == digest
+    bad: list[dict[str, Any]] = [
+        {"approval": digest.upper()},
+        {"approval": digest[:-2]},
+        {"approval": 5},
+        {"master_key_id": "AB" * 16},
+        {"time": True},
+        {"time": 1.5},
+        {"time": -1},
+        {"time": "1700000000"},
+    ]
+    for changes in bad:
+        body = {k: v for k, v in good.items() if k not in ("signer", "signature")} | changes
+        with pytest.raises(ParseError):
+            parse_withdrawal(sign_document(body, who.sign, who.public.public_base64))
+    with pytest.raises(ParseError):
+        parse_withdrawal({k: v for k, v in good.items() if k != "time"})
+    with pytest.raises(ParseError):
+        parse_withdrawal({**good, "type": APPROVAL_TYPE})
+    with pytest.raises(SignatureError):
+        parse_withdrawal({**good, "approval": "ef" * 32})
+
+
+def test_schema_8_adds_the_withdrawals_table(tmp_path: Path, people: list[Identity]) -> None:
+    cas = _start(tmp_path / "cas", _board(people))
+    with cas.db.write() as conn:  # back to what a schema-7 CAS left
+        raw_execute(conn, "DROP TABLE successor_withdrawals")
+        raw_execute(conn, "UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    assert cas.db.migrate() == 8
+    assert _withdrawn_rows(cas) == []
+    cas.db.dispose()

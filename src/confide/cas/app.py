@@ -396,6 +396,11 @@ def create_app(
     def successor_approve(request: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
         return _successors(cas).approve(request)
 
+    @app.post("/v1/cas/successor/withdrawals")
+    def successor_withdraw(request: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+        # docs/cas.md "Withdrawing an approval" (confide.cas.successor)
+        return _successors(cas).withdraw(request)
+
     @app.post("/v1/volumes/tag")
     def volume_tag(request: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
         return cas.update_volume_tag(request)
@@ -541,6 +546,7 @@ def _write_route(path: str) -> str:
         "/v1/cas/key-release/nonce",
         "/v1/cas/key-release",
         "/v1/cas/successor/approvals",
+        "/v1/cas/successor/withdrawals",
     ):
         return path
     if path.startswith("/v1/policies/") and path.endswith("/approvals"):

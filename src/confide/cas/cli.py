@@ -11,6 +11,7 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -544,9 +545,33 @@ def cas_successor_approve(
     client = CasClient.from_env()
     key_id = master_key_id.lower() if master_key_id else str(client.successor()["master_key_id"])
     result = client.approve_successor(key_id, platform, named, _expiry(expires), ident)
+    click.echo(f"{result['target']} {_state(result)}")
+    click.echo(f"approval {result['digest']} (cas successor withdraw --approval names it)", err=True)
+
+
+@cas_successor.command("withdraw")
+@click.option("--approval", required=True, metavar="DIGEST",
+              help="The approval to withdraw: its SHA-256, as cas successor approve and cas successor"
+              " show print it.")  # fmt: skip
+@click.option("--master-key-id", "master_key_id", metavar="HEX",
+              help="The CAS the withdrawal applies to (default: the id the CAS reports).")  # fmt: skip
+@click.option("--identity", "identity_file", type=_PATH, required=True)
+def cas_successor_withdraw(approval: str, master_key_id: str | None, identity_file: Path) -> None:
+    """Withdraw one's own approval of a successor version before it expires; prints the
+    approvals of its target that still count (docs/cas.md "Withdrawing an approval")."""
+    from confide.cas.client import CasClient
+
+    ident = load_identity(identity_file)
+    client = CasClient.from_env()
+    key_id = master_key_id.lower() if master_key_id else str(client.successor()["master_key_id"])
+    result = client.withdraw_successor_approval(key_id, approval.strip().lower(), ident)
+    click.echo(f"{result['approval']} withdrawn: {result['target']} {_state(result)}")
+
+
+def _state(result: dict[str, Any]) -> str:
+    """``authorised`` or ``pending (K of N approvals)``, for an approval or a withdrawal."""
     have = len(result["approvers"])
-    state = "authorised" if result["authorised"] else f"pending ({have} of {result['needed']} approvals)"
-    click.echo(f"{result['target']} {state}")
+    return "authorised" if result["authorised"] else f"pending ({have} of {result['needed']} approvals)"
 
 
 def _expiry(text: str) -> int:

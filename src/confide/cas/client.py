@@ -25,6 +25,7 @@ from confide import errors, jsonstrict
 from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, READ_TYPE, sign_document
 from confide.cas.owner_revocation import REVOKE_TYPE
 from confide.cas.successor import APPROVAL_TYPE as SUCCESSOR_APPROVAL_TYPE
+from confide.cas.successor import WITHDRAWAL_TYPE as SUCCESSOR_WITHDRAWAL_TYPE
 from confide.errors import ConfideError, NetworkError, UsageError
 from confide.identity import Identity
 from confide.policy import Policy
@@ -227,6 +228,19 @@ class CasClient:
         }  # fmt: skip
         doc = sign_document(body, identity.sign, identity.public.public_base64)
         result: dict[str, Any] = self._call("POST", "/v1/cas/successor/approvals", json=doc)
+        return result
+
+    def withdraw_successor_approval(
+        self, master_key_id: str, approval: str, identity: Identity, at: int | None = None
+    ) -> dict[str, Any]:
+        """Sign and submit the withdrawal of one's own successor approval, named by its digest
+        (docs/cas.md "Withdrawing an approval"); ``at``: the signed time (default: now)."""
+        body = {
+            "type": SUCCESSOR_WITHDRAWAL_TYPE, "approval": approval, "master_key_id": master_key_id,
+            "time": int(time.time()) if at is None else at,
+        }  # fmt: skip
+        doc = sign_document(body, identity.sign, identity.public.public_base64)
+        result: dict[str, Any] = self._call("POST", "/v1/cas/successor/withdrawals", json=doc)
         return result
 
     def key_release(self, request: dict[str, Any]) -> dict[str, Any]:

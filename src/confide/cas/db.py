@@ -272,8 +272,20 @@ successor_approvals = Table(
     Column("created_at", Float, nullable=False),
     PrimaryKeyConstraint("target", "signer"),
 )
+successor_withdrawals = Table(
+    "successor_withdrawals",
+    metadata,
+    # docs/cas.md "Withdrawing an approval": a member's signed withdrawal of their own approval
+    # (``approval``: the SHA-256 of the approval's RFC 8785 JSON). Kept for good: an approval
+    # whose digest is here is never counted or accepted again.
+    Column("approval", String(64), primary_key=True),
+    Column("signer", String(64), nullable=False),
+    Column("target", String(64), nullable=False),
+    Column("document", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 T = TypeVar("T")
 
@@ -368,8 +380,14 @@ def _v7(conn: Connection) -> None:
     successor_approvals.create(conn, checkfirst=True)
 
 
+def _v8(conn: Connection) -> None:
+    """Withdrawn successor approvals (docs/cas.md "Withdrawing an approval"): the
+    ``successor_withdrawals`` table. Approvals stored before this version stay as they were."""
+    successor_withdrawals.create(conn, checkfirst=True)
+
+
 _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8,
 }  # fmt: skip
 
 

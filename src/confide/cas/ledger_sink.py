@@ -47,6 +47,8 @@ ENTRY_TYPES: dict[str, EntryType] = {
     "successor-board-set": EntryType.SUCCESSOR_BOARD_SET,
     "successor-approved": EntryType.SUCCESSOR_APPROVED,
     "successor-approval-refused": EntryType.SUCCESSOR_APPROVAL_REFUSED,
+    "successor-withdrawn": EntryType.SUCCESSOR_WITHDRAWN,
+    "successor-withdrawal-refused": EntryType.SUCCESSOR_WITHDRAWAL_REFUSED,
 }
 
 

@@ -27,7 +27,15 @@ over to a successor version" describes the authorised hand-over implemented here
 3. **The release** (:meth:`Successors.authorise`, in the key release's write transaction): for a
    joiner whose only difference from the running CAS is its identity claims, the board is
    checked, every stored approval for the joiner's target is verified again (signature, signer
-   a member, not expired), and the board's rule must be met by their signers.
+   a member, not expired, not withdrawn), and the board's rule must be met by their signers.
+4. **Withdrawals** (``confide/successor-withdrawal/v1``, signed the same way; docs/cas.md
+   "Withdrawing an approval"): ``{"type", "approval", "master_key_id", "time", "signer"}``.
+   ``approval`` is the approval's *digest*, SHA-256 of its RFC 8785 JSON (signature included);
+   ``time`` must be within :data:`~confide.cas.core.READ_WINDOW` of the CAS clock, as for the
+   other signed requests. Only the approval's own signer can withdraw it, once, before it
+   expires. The withdrawal is stored (``successor_withdrawals``, kept for good: the same approval
+   is never accepted or counted again) and recorded in the same transaction; the release's
+   transaction reads it, so a withdrawal committed before the release wins.
 """
 
 from __future__ import annotations
@@ -42,8 +50,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_, delete, insert, select
 
-from confide.cas.core import verify_signed
-from confide.cas.db import meta, successor_approvals
+from confide.cas.core import READ_WINDOW, verify_signed
+from confide.cas.db import meta, successor_approvals, successor_withdrawals
 from confide.cas.key_release import IDENTITY_CLAIMS
 from confide.cas.rotation import KEY_ID_META
 from confide.cas.successor_board import Board, load_board
@@ -51,6 +59,7 @@ from confide.errors import (
     AccessDeniedError,
     AppraisalError,
     ConfideError,
+    ConflictError,
     ParseError,
     UsageError,
 )
@@ -63,10 +72,13 @@ if TYPE_CHECKING:
 __all__ = [
     "APPROVAL_TYPE",
     "MAX_LIFETIME",
+    "WITHDRAWAL_TYPE",
     "Approval",
     "Successors",
+    "Withdrawal",
     "claim_text",
     "parse_approval",
+    "parse_withdrawal",
     "target_of",
 ]
 
@@ -74,12 +86,18 @@ APPROVAL_TYPE = "confide/successor-approval/v1"
 MAX_LIFETIME = 90 * 24 * 3600  # an approval expires at most this long after it is submitted
 EVENT_APPROVED = "successor-approved"
 EVENT_REFUSED = "successor-approval-refused"
+WITHDRAWAL_TYPE = "confide/successor-withdrawal/v1"
+EVENT_WITHDRAWN = "successor-withdrawn"
+EVENT_WITHDRAWAL_REFUSED = "successor-withdrawal-refused"
 _MAX_CLAIM = 256
 _CLAIM_TEXT = re.compile(r"[0-9a-z_.:-]{1,256}")
 _KEY_ID = re.compile(r"[0-9a-f]{32}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 _APPROVAL_FIELDS = frozenset(
     {"type", "master_key_id", "platform", "claims", "expires", "signer", "signature"}
 )
+_WITHDRAWAL_FIELDS = frozenset({"type", "approval", "master_key_id", "time", "signer", "signature"})
+_ROW = (successor_approvals.c.target, successor_approvals.c.signer, successor_approvals.c.document)
 
 
 def claim_text(value: ClaimValue) -> str:
@@ -113,6 +131,7 @@ class Approval:
     platform: Platform
     claims: dict[str, str]
     expires: int
+    digest: str  # SHA-256 of the document's RFC 8785 JSON, signature included: what a withdrawal names
 
     @property
     def target(self) -> str:
@@ -153,7 +172,36 @@ def parse_approval(doc: Any) -> Approval:
             )
     if isinstance(expires, bool) or not isinstance(expires, int) or not 0 < expires < 2**53:
         raise ParseError("expires: expected a Unix time in seconds", structure=what)
-    return Approval(signer.fingerprint, key_id, platform, dict(claims), expires)
+    digest = hashlib.sha256(jcs(doc)).hexdigest()
+    return Approval(signer.fingerprint, key_id, platform, dict(claims), expires, digest)
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """A parsed, signature-checked withdrawal of an approval (module docstring, 4)."""
+
+    signer: str
+    approval: str
+    master_key_id: str
+    time: int
+
+
+def parse_withdrawal(doc: Any) -> Withdrawal:
+    """A withdrawal document, read strictly, its signature verified (hostile input)."""
+    what = WITHDRAWAL_TYPE
+    if not isinstance(doc, dict) or set(doc) != _WITHDRAWAL_FIELDS:
+        raise ParseError(
+            "expected exactly type, approval, master_key_id, time, signer, signature", structure=what
+        )
+    body, signer = verify_signed(doc, WITHDRAWAL_TYPE)
+    digest, key_id, when = body["approval"], body["master_key_id"], body["time"]
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        raise ParseError("approval: expected its SHA-256, 64 lower-case hex digits", structure=what)
+    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+        raise ParseError("master_key_id: expected 32 lower-case hex digits", structure=what)
+    if isinstance(when, bool) or not isinstance(when, int) or not 0 < when < 2**53:
+        raise ParseError("time: expected a Unix time in seconds", structure=what)
+    return Withdrawal(signer.fingerprint, digest, key_id, when)
 
 
 def _current_key_id(conn: Connection) -> str | None:
@@ -189,6 +237,11 @@ class Successors:
             with self.cas.db.write() as conn:
                 board = self._board(conn)
                 current = _current_key_id(conn)
+                if self._withdrawn(conn, {approval.digest}):
+                    raise ConflictError(
+                        f"approval {approval.digest[:16]}… was withdrawn: it is never accepted again "
+                        "(sign a new one, e.g. with another expiry)"
+                    )
                 if current != approval.master_key_id:
                     raise UsageError(
                         f"master_key_id: got {approval.master_key_id}, expected {current} (this CAS's)"
@@ -216,7 +269,8 @@ class Successors:
                 approvers = self._approvers(conn, board, approval.target, now)
                 outcome.update(
                     {
-                        "approval": jcs(doc).decode(), "board_sha256": board.sha256,
+                        "approval": jcs(doc).decode(), "digest": approval.digest,
+                        "board_sha256": board.sha256,
                         "approvers": sorted(approvers), "authorised": board.satisfied_by(approvers),
                     }
                 )  # fmt: skip
@@ -227,32 +281,110 @@ class Successors:
                 self.cas.events.record(conn, EVENT_REFUSED, None, outcome)
             raise
         return {
-            "target": approval.target, "approvers": sorted(approvers), "needed": board.needed,
-            "authorised": outcome["authorised"],
+            "target": approval.target, "digest": approval.digest, "approvers": sorted(approvers),
+            "needed": board.needed, "authorised": outcome["authorised"],
         }  # fmt: skip
 
+    def withdraw(self, doc: Any) -> dict[str, Any]:
+        """Withdraw a stored approval at its signer's request (module docstring, 4): stored and
+        recorded in one transaction; every refusal after the signature verified is recorded
+        and raised."""
+        withdrawal = parse_withdrawal(doc)
+        now = self.clock()
+        outcome: dict[str, Any] = {
+            "signer": withdrawal.signer, "approval": withdrawal.approval,
+            "master_key_id": withdrawal.master_key_id, "time": withdrawal.time,
+        }  # fmt: skip
+        try:
+            if abs(now - withdrawal.time) > READ_WINDOW:
+                raise AccessDeniedError(
+                    f"withdrawal time {withdrawal.time} is more than {READ_WINDOW}s from the CAS clock"
+                )
+            with self.cas.db.write() as conn:
+                board = self._board(conn)
+                current = _current_key_id(conn)
+                if current != withdrawal.master_key_id:
+                    raise UsageError(
+                        f"master_key_id: got {withdrawal.master_key_id}, expected {current} (this CAS's)"
+                    )
+                if self._withdrawn(conn, {withdrawal.approval}):
+                    raise ConflictError(f"approval {withdrawal.approval[:16]}… was withdrawn already")
+                approval = self._stored(conn, withdrawal.approval)
+                if approval is None:
+                    raise UsageError(
+                        f"no stored approval has the digest {withdrawal.approval} (cas successor show lists "
+                        "them; a newer approval of the same claims by the same member replaces the older)"
+                    )
+                found = {"target": approval.target, "platform": approval.platform.value}
+                outcome.update({**found, "claims": approval.claims})
+                if approval.signer != withdrawal.signer:
+                    raise AccessDeniedError(
+                        f"approval {withdrawal.approval[:16]}… was signed by {approval.signer[:16]}…: only "
+                        "its signer can withdraw it"
+                    )
+                if approval.expires <= now:
+                    raise UsageError("the approval has expired already: it counts no more")
+                conn.execute(
+                    insert(successor_withdrawals).values(
+                        approval=approval.digest, signer=approval.signer, target=approval.target,
+                        document=jcs(doc).decode(), created_at=now,
+                    )
+                )  # fmt: skip
+                approvers = self._approvers(conn, board, approval.target, now)
+                outcome.update(
+                    {
+                        "withdrawal": jcs(doc).decode(), "board_sha256": board.sha256,
+                        "approvers": sorted(approvers), "authorised": board.satisfied_by(approvers),
+                    }
+                )  # fmt: skip
+                self.cas.events.record(conn, EVENT_WITHDRAWN, None, outcome)
+        except ConfideError as exc:
+            outcome.update({"reason_class": exc.kind, "reason": exc.message[:500]})
+            with self.cas.db.write() as conn:
+                self.cas.events.record(conn, EVENT_WITHDRAWAL_REFUSED, None, outcome)
+            raise
+        return {
+            "approval": approval.digest, "target": approval.target, "approvers": sorted(approvers),
+            "needed": board.needed, "authorised": outcome["authorised"],
+        }  # fmt: skip
+
+    @staticmethod
+    def _withdrawn(conn: Connection, digests: set[str]) -> dict[str, float]:
+        """Which of the approvals ``digests`` were withdrawn, and when."""
+        if not digests:
+            return {}
+        rows = conn.execute(
+            select(successor_withdrawals.c.approval, successor_withdrawals.c.created_at).where(
+                successor_withdrawals.c.approval.in_(sorted(digests))
+            )
+        )
+        return {str(row.approval): float(row.created_at) for row in rows}
+
+    @staticmethod
+    def _stored(conn: Connection, digest: str) -> Approval | None:
+        """The stored approval whose document has ``digest``, checked again (its signature, and
+        the row's target and signer its own); ``None`` when there is none."""
+        for row in conn.execute(select(*_ROW)):
+            approval = _checked(row.document, row.target, row.signer)
+            if approval is not None and approval.digest == digest:
+                return approval
+        return None
+
     def _approvers(self, conn: Connection, board: Board, target: str, now: float) -> set[str]:
-        """The members whose stored approval of ``target`` verifies and has not expired: each
-        row is checked again (the operator may have written it)."""
-        found: set[str] = set()
+        """The members whose stored approval of ``target`` verifies, has not expired and was not
+        withdrawn: each row is checked again (the operator may have written it)."""
+        valid: list[Approval] = []
         rows = conn.execute(
             select(successor_approvals.c.signer, successor_approvals.c.document).where(
                 successor_approvals.c.target == target
             )
         )
         for row in rows:
-            try:
-                approval = parse_approval(json.loads(row.document))
-            except (ValueError, RecursionError, ConfideError):
-                continue
-            if (
-                approval.target == target
-                and approval.signer == row.signer
-                and approval.expires > now
-                and approval.signer in board.members
-            ):
-                found.add(approval.signer)
-        return found
+            approval = _checked(row.document, target, row.signer)
+            if approval is not None and approval.expires > now and approval.signer in board.members:
+                valid.append(approval)
+        withdrawn = self._withdrawn(conn, {a.digest for a in valid})
+        return {a.signer for a in valid if a.digest not in withdrawn}
 
     def authorise(self, conn: Connection, peer: VerifiedEvidence, key_id: str, now: float) -> dict[str, Any]:
         """In the key release's write transaction: the board's authorisation of ``peer`` (its
@@ -286,25 +418,39 @@ class Successors:
         with self.cas.db.read() as conn:
             board = self._board(conn)
             key_id = _current_key_id(conn)
-            rows = conn.execute(select(successor_approvals.c.target, successor_approvals.c.document)).all()
+            rows = conn.execute(select(*_ROW)).all()
+            approvals = [
+                a for a in (_checked(r.document, r.target, r.signer) for r in rows) if a and a.expires > now
+            ]
+            withdrawn = self._withdrawn(conn, {a.digest for a in approvals})
             targets: dict[str, dict[str, Any]] = {}
-            for row in rows:
-                try:
-                    approval = parse_approval(json.loads(row.document))
-                except (ValueError, RecursionError, ConfideError):
-                    continue
-                if approval.target != row.target or approval.expires <= now:
-                    continue
+            for approval in approvals:
                 entry = targets.setdefault(
-                    row.target,
-                    {"target": row.target, "platform": approval.platform.value, "claims": approval.claims,
-                     "master_key_id": approval.master_key_id, "approvers": []},
+                    approval.target,
+                    {"target": approval.target, "platform": approval.platform.value,
+                     "claims": approval.claims, "master_key_id": approval.master_key_id, "approvers": [],
+                     "withdrawn": []},
                 )  # fmt: skip
-                if approval.signer in board.members:
-                    entry["approvers"].append({"signer": approval.signer, "expires": approval.expires})
+                if approval.signer not in board.members:
+                    continue
+                shown = {"signer": approval.signer, "expires": approval.expires, "approval": approval.digest}
+                if approval.digest in withdrawn:
+                    entry["withdrawn"].append({**shown, "withdrawn_at": int(withdrawn[approval.digest])})
+                else:
+                    entry["approvers"].append(shown)
         for entry in targets.values():
             entry["authorised"] = board.satisfied_by({a["signer"] for a in entry["approvers"]})
         return {
             "board": board.to_json(), "board_sha256": board.sha256, "needed": board.needed,
             "master_key_id": key_id, "approvals": sorted(targets.values(), key=lambda e: e["target"]),
         }  # fmt: skip
+
+
+def _checked(document: str, target: str, signer: str) -> Approval | None:
+    """A stored approval row's document, parsed and verified again, when it is what the row
+    says (its target and signer); ``None`` otherwise (the operator may have written it)."""
+    try:
+        approval = parse_approval(json.loads(document))
+    except (ValueError, RecursionError, ConfideError):
+        return None
+    return approval if approval.target == target and approval.signer == signer else None

@@ -58,6 +58,8 @@ class EntryType(StrEnum):
     SUCCESSOR_BOARD_SET = "successor.board-set"  # the successor board, when the CAS is initialised
     SUCCESSOR_APPROVED = "successor.approved"  # a board member's approval of a successor version
     SUCCESSOR_APPROVAL_REFUSED = "successor.approval-refused"
+    SUCCESSOR_WITHDRAWN = "successor.withdrawn"  # a member's withdrawal of their own approval
+    SUCCESSOR_WITHDRAWAL_REFUSED = "successor.withdrawal-refused"
     POLICY_SUBMITTED = "policy.submitted"  # awaiting board approval
     POLICY_STALE = "policy.stale"  # a pending version that can no longer apply
     POLICY_REFUSED = "policy.refused"  # an update by an identity without the right
