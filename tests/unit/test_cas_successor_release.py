@@ -19,10 +19,11 @@ from snp_fakes import AT
 from test_cas_key_release import AMD, Joiner, Releaser, _refused, _snp, _vcek
 
 from confide import errors
+from confide.cas import key_release
 from confide.cas.core import sign_document
 from confide.cas.key_release import EVENT_RELEASED, IDENTITY_CLAIMS, KeyReleaser
 from confide.cas.server import prepare
-from confide.cas.successor import APPROVAL_TYPE, Successors, claim_text, target_of
+from confide.cas.successor import APPROVAL_TYPE, WITHDRAWAL_TYPE, Successors, claim_text, target_of
 from confide.cas.successor_board import board_from_json
 from confide.cas.verifier import PlatformVerifier
 from confide.evidence.sev_snp import GuestPolicy
@@ -94,6 +95,42 @@ def test_without_successors_another_version_is_refused_as_before(
     _refused(
         board_cas, joiner.sim_request(board_cas.sim, NEW), errors.AppraisalError, "measurement: got eeee"
     )
+
+
+def _withdraw(r: Releaser, who: Identity, digest: str) -> Any:
+    successors = r.releaser.successors
+    assert successors is not None
+    body = {"type": WITHDRAWAL_TYPE, "approval": digest, "master_key_id": r.cas.sealer.sealing_key_id,
+            "time": int(time.time())}  # fmt: skip
+    return successors.withdraw(sign_document(body, who.sign, who.public.public_base64))
+
+
+def test_a_withdrawal_committed_before_the_releases_transaction_wins(
+    board_cas: Releaser, people: list[Identity], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claims = {"measurement": NEW.hex()}
+    alice, bob, carol = people
+    a = _approve(board_cas, alice, "sim", claims, time.time() + 600)
+    assert _approve(board_cas, bob, "sim", claims, time.time() + 600)["authorised"] is True
+    # alice withdraws while the release is under way: after the joiner's evidence was appraised
+    # (approvals are not read there), before the release's write transaction.
+    appraise = key_release.appraise_peer
+
+    def appraise_then_withdraw(own: Any, peer: Any) -> Any:
+        reasons = appraise(own, peer)
+        _withdraw(board_cas, alice, a["digest"])
+        return reasons
+
+    monkeypatch.setattr(key_release, "appraise_peer", appraise_then_withdraw)
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    _refused(board_cas, joiner.sim_request(board_cas.sim, NEW), errors.AppraisalError, "1 valid approval")
+    monkeypatch.undo()
+    # carol approves: two members again, the key is released, alice not among the approvers.
+    _approve(board_cas, carol, "sim", claims, time.time() + 600)
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    joiner.open(board_cas.releaser.release(joiner.sim_request(board_cas.sim, NEW)))
+    _kind, payload = board_cas.events()[-1]
+    assert payload["successor"]["approvers"] == sorted([bob.fingerprint, carol.fingerprint])
 
 
 @pytest.fixture
