@@ -9,7 +9,9 @@ with ``--join URL --join-as-successor`` and is refused until two members have ap
 its measurement (``confide cas successor approve``); a non-member's approval, one for other
 claims and an expired one do not count. Then it gets the key, and the ledger shows the
 approvals, the release naming the authorisation and the successor's start. An edited board row
-makes the first CAS refuse to use the board.
+makes the first CAS refuse to use the board. With a ``require-all`` board, a member's
+withdrawal of their approval (``confide cas successor withdraw``) makes the successor refused
+until that member approves again.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from confide.ledger.store import Ledger
 
 KINDS = (
     "successor-board-set", "successor-approved", "successor-approval-refused",
+    "successor-withdrawn", "successor-withdrawal-refused",
     "master-key-released", "master-key-release-refused",
 )  # fmt: skip
 
@@ -255,3 +258,63 @@ def test_an_edited_board_is_not_used(
     _refused(first, tmp_path / "j", src, "successor board does not authenticate")
     refused = [p for kind, p in _events(first.db_url) if kind == "master-key-release-refused"]
     assert refused[-1]["reason_class"] == "StorageError"
+
+
+def test_a_withdrawn_approval_no_longer_counts(
+    postgres: PostgresCluster,
+    tmp_path: Path,
+    board: dict[str, tuple[Path, Identity]],
+    successor_src: tuple[Path, str],
+) -> None:
+    src, measurement = successor_src
+    alice, bob = board["alice"], board["bob"]
+    (tmp_path / "all.yaml").write_text(
+        f"require-all:\n  - {alice[1].fingerprint}\n  - {bob[1].fingerprint}\n"
+    )
+    first = CasProcess(
+        tmp_path / "a", postgres.new_database(), extra_args=("--successor-board", str(tmp_path / "all.yaml"))
+    ).start()
+    try:
+        assert first.db_url is not None
+        r = _approve(first, alice[0], measurement)
+        assert r.returncode == 0 and "pending (1 of 2" in r.stdout, r.stderr
+        (digest,) = [w for w in r.stderr.split() if len(w) == 64]
+        target = r.stdout.split()[0]
+        r = _approve(first, bob[0], measurement)
+        assert r.returncode == 0 and r.stdout.split()[1] == "authorised", r.stderr
+
+        # bob cannot withdraw alice's approval; alice can, once.
+        withdraw = ("cas", "successor", "withdraw", "--approval", digest, "--identity")
+        r = confide(first, *withdraw, str(bob[0]))
+        assert r.returncode == errors.AccessDeniedError.exit_code and "only its signer" in r.stderr, r.stderr
+        r = confide(first, *withdraw, str(alice[0]))
+        assert r.returncode == 0 and r.stdout.split() == [
+            digest, "withdrawn:", target, "pending", "(1", "of", "2", "approvals)"
+        ], r.stderr  # fmt: skip
+        r = confide(first, *withdraw, str(alice[0]))
+        assert r.returncode == errors.ConflictError.exit_code and "withdrawn already" in r.stderr, r.stderr
+        (shown,) = json.loads(confide(first, "cas", "successor", "show", check=True).stdout)["approvals"]
+        assert shown["authorised"] is False and [w["approval"] for w in shown["withdrawn"]] == [digest]
+        assert [a["signer"] for a in shown["approvers"]] == [bob[1].fingerprint]
+
+        _refused(first, tmp_path / "j1", src, r"1 valid approval\(s\), the successor board needs 2")
+
+        # alice approves again (a new document): the key is handed over.
+        r = _approve(first, alice[0], measurement, "6d")
+        assert r.returncode == 0 and r.stdout.split()[1] == "authorised", r.stderr
+        _successor(first, tmp_path / "j2", src).start().stop()
+
+        events = _events(first.db_url)
+        assert [kind for kind, _ in events] == [
+            "successor-board-set", "successor-approved", "successor-approved",
+            "successor-withdrawal-refused",  # bob, alice's approval
+            "successor-withdrawn",
+            "successor-withdrawal-refused",  # alice, twice
+            "master-key-release-refused", "successor-approved", "master-key-released",
+        ]  # fmt: skip
+        withdrawn = events[4][1]
+        assert withdrawn["approval"] == digest and withdrawn["signer"] == alice[1].fingerprint
+        assert withdrawn["target"] == target and withdrawn["authorised"] is False
+        assert events[-1][1]["successor"]["approvers"] == sorted([alice[1].fingerprint, bob[1].fingerprint])
+    finally:
+        first.stop()
