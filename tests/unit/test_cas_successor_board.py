@@ -415,3 +415,46 @@ def test_schema_8_adds_the_withdrawals_table(tmp_path: Path, people: list[Identi
     assert cas.db.migrate() == 8
     assert _withdrawn_rows(cas) == []
     cas.db.dispose()
+
+
+def test_the_board_authenticates_the_withdrawals(tmp_path: Path, people: list[Identity]) -> None:
+    """A withdrawal the operator deletes (to make its approval count again) or adds: the board no
+    longer authenticates. A rotation keeps them bound under the new key."""
+    alice, bob, _carol = people
+    cas = _start(tmp_path / "cas", _board(people))
+    successors = _successors(cas)
+    key_id = successors.show()["master_key_id"]
+    a = successors.approve(_approval(alice, key_id))
+    b = successors.approve(_approval(bob, key_id))
+    successors.withdraw(_withdrawal(alice, key_id, a["digest"]))
+    assert _stored(cas) == _board(people)
+    with cas.db.read() as conn:
+        (saved,) = raw_execute(conn, "SELECT approval, signer, target, document, created_at "
+                               "FROM successor_withdrawals").fetchall()  # fmt: skip
+    with cas.db.write() as conn:
+        raw_execute(conn, "DELETE FROM successor_withdrawals")
+    with pytest.raises(StorageError, match="database was altered"):
+        successors.show()
+    with pytest.raises(StorageError):
+        successors.approve(_approval(alice, key_id, expires=int(time.time()) + 7200))
+    with cas.db.write() as conn:
+        raw_execute(conn, "INSERT INTO successor_withdrawals VALUES (?, ?, ?, ?, ?)", tuple(saved))
+        raw_execute(conn, "INSERT INTO successor_withdrawals VALUES (?, ?, ?, ?, ?)",
+                    (b["digest"], bob.fingerprint, b["target"], "{}", 0.0))  # fmt: skip
+    with pytest.raises(StorageError):
+        _stored(cas)
+    with cas.db.write() as conn:
+        raw_execute(conn, "DELETE FROM successor_withdrawals WHERE approval = ?", (b["digest"],))
+    assert _stored(cas) == _board(people)  # as the CAS left it
+    status = OnlineRotation(tmp_path / "cas", cas.db, cas.sealer, None, cas.events, None).run()  # type: ignore[arg-type]
+    assert status.state == "done"
+    (shown,) = successors.show()["approvals"]
+    assert [w["approval"] for w in shown["withdrawn"]] == [a["digest"]]
+    cas.db.dispose()
+
+
+def test_withdrawals_have_their_own_rate_limit_label() -> None:
+    from confide.cas.app import _write_route
+
+    assert _write_route("/v1/cas/successor/withdrawals") == "/v1/cas/successor/withdrawals"
+    assert _write_route("/v1/cas/successor/withdrawals/x") == "unmatched"

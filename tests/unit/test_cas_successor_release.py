@@ -131,6 +131,9 @@ def test_a_withdrawal_committed_before_the_releases_transaction_wins(
     joiner.open(board_cas.releaser.release(joiner.sim_request(board_cas.sim, NEW)))
     _kind, payload = board_cas.events()[-1]
     assert payload["successor"]["approvers"] == sorted([bob.fingerprint, carol.fingerprint])
+    assert (
+        a["digest"] not in payload["successor"]["approvals"] and len(payload["successor"]["approvals"]) == 2
+    )
 
 
 @pytest.fixture

@@ -34,8 +34,11 @@ over to a successor version" describes the authorised hand-over implemented here
    ``time`` must be within :data:`~confide.cas.core.READ_WINDOW` of the CAS clock, as for the
    other signed requests. Only the approval's own signer can withdraw it, once, before it
    expires. The withdrawal is stored (``successor_withdrawals``, kept for good: the same approval
-   is never accepted or counted again) and recorded in the same transaction; the release's
-   transaction reads it, so a withdrawal committed before the release wins.
+   is never accepted or counted again) and recorded in the same transaction, which also
+   authenticates the board again with the set of withdrawals
+   (:func:`~confide.cas.successor_board.bind_withdrawals`: deleting one is a StorageError). The
+   release's transaction reads them, so a withdrawal committed before the release wins; its
+   ledger entry names the digests of the approvals it counted.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from confide.cas.core import READ_WINDOW, verify_signed
 from confide.cas.db import meta, successor_approvals, successor_withdrawals
 from confide.cas.key_release import IDENTITY_CLAIMS
 from confide.cas.rotation import KEY_ID_META
-from confide.cas.successor_board import Board, load_board
+from confide.cas.successor_board import Board, bind_withdrawals, load_board
 from confide.errors import (
     AccessDeniedError,
     AppraisalError,
@@ -330,6 +333,7 @@ class Successors:
                         document=jcs(doc).decode(), created_at=now,
                     )
                 )  # fmt: skip
+                bind_withdrawals(conn, self.cas.sealer)
                 approvers = self._approvers(conn, board, approval.target, now)
                 outcome.update(
                     {
@@ -371,8 +375,12 @@ class Successors:
         return None
 
     def _approvers(self, conn: Connection, board: Board, target: str, now: float) -> set[str]:
-        """The members whose stored approval of ``target`` verifies, has not expired and was not
-        withdrawn: each row is checked again (the operator may have written it)."""
+        return {a.signer for a in self._counted(conn, board, target, now)}
+
+    def _counted(self, conn: Connection, board: Board, target: str, now: float) -> list[Approval]:
+        """The stored approvals of ``target`` that count: each verifies, is a member's, has not
+        expired and was not withdrawn (each row is checked again: the operator may have written
+        it)."""
         valid: list[Approval] = []
         rows = conn.execute(
             select(successor_approvals.c.signer, successor_approvals.c.document).where(
@@ -384,7 +392,7 @@ class Successors:
             if approval is not None and approval.expires > now and approval.signer in board.members:
                 valid.append(approval)
         withdrawn = self._withdrawn(conn, {a.digest for a in valid})
-        return {a.signer for a in valid if a.digest not in withdrawn}
+        return [a for a in valid if a.digest not in withdrawn]
 
     def authorise(self, conn: Connection, peer: VerifiedEvidence, key_id: str, now: float) -> dict[str, Any]:
         """In the key release's write transaction: the board's authorisation of ``peer`` (its
@@ -400,7 +408,8 @@ class Successors:
             raise AppraisalError(f"the joiner's evidence lacks the identity claims {lacking}")
         claims = {n: claim_text(peer.claims[n]) for n in names}
         target = target_of(key_id, peer.platform.value, claims)
-        approvers = self._approvers(conn, board, target, now)
+        counted = self._counted(conn, board, target, now)
+        approvers = {a.signer for a in counted}
         if not board.satisfied_by(approvers):
             raise AppraisalError(
                 f"no successor authorisation for these claims (target {target[:16]}…): "
@@ -408,7 +417,7 @@ class Successors:
             )
         return {
             "authorisation": target, "approvers": sorted(approvers), "board_sha256": board.sha256,
-            "claims": claims,
+            "claims": claims, "approvals": sorted(a.digest for a in counted),
         }  # fmt: skip
 
     def show(self) -> dict[str, Any]:

@@ -11,6 +11,11 @@ CAS accepts. :func:`load_board` checks it at every use; a mismatch is a
 :class:`~confide.errors.StorageError`. A master-key rotation checks it under the old key and
 authenticates it under the new one in its transaction (:func:`reauthenticate_board`). Changing
 the board is not offered. The approvals it counts are :mod:`confide.cas.successor`'s.
+
+The MAC also covers the set of withdrawn approvals (docs/cas.md "Withdrawing an approval"), once
+there is one: a withdrawal rewrites the MAC in its transaction (:func:`bind_withdrawals`), so the
+operator cannot delete a withdrawal to make its approval count again without the board failing
+to authenticate (a StorageError, and no hand-over).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import Connection, insert, select
 
-from confide.cas.db import successor_board
+from confide.cas.db import successor_board, successor_withdrawals
 from confide.cas.secrets import Sealer
 from confide.errors import ConfideError, ParseError, PolicyError, StorageError, UsageError
 from confide.identity import PublicIdentity
@@ -38,6 +43,7 @@ __all__ = [
     "BOARD_INFO",
     "EVENT_BOARD",
     "Board",
+    "bind_withdrawals",
     "board_from_json",
     "load_board",
     "parse_board_file",
@@ -142,9 +148,20 @@ def parse_board_file(path: Path) -> Board:
     return board_from_json(data, f"successor board {path}")
 
 
-def _mac(key: bytes, key_id: str, record: str) -> str:
+def _mac(key: bytes, key_id: str, record: str, withdrawn: str | None) -> str:
+    """HMAC-SHA256 of the board's record under its key; ``withdrawn``: :func:`_withdrawn`
+    (``None``, no withdrawal: the message is the one a board had before withdrawals existed)."""
     message = BOARD_INFO + b"\x00" + key_id.encode() + b"\x00" + record.encode()
+    if withdrawn is not None:
+        message += b"\x00withdrawn\x00" + withdrawn.encode()
     return hmac.new(key, message, "sha256").hexdigest()
+
+
+def _withdrawn(conn: Connection) -> str | None:
+    """SHA-256 of the withdrawn approvals' digests, sorted, one a line; ``None`` for none."""
+    rows = conn.execute(select(successor_withdrawals.c.approval).order_by(successor_withdrawals.c.approval))
+    digests = [str(r.approval) for r in rows]
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest() if digests else None
 
 
 def _board_key(sealer: Sealer, key_id: str) -> bytes:
@@ -166,7 +183,7 @@ def store_board(conn: Connection, sealer: Sealer, key_id: str, board: Board, at:
         )
     record = {"board": board.to_json(), "set_at": int(at), "type": BOARD_RECORD_TYPE}
     text = jcs(record).decode()
-    mac = _mac(_board_key(sealer, key_id), key_id, text)
+    mac = _mac(_board_key(sealer, key_id), key_id, text, _withdrawn(conn))
     conn.execute(insert(successor_board).values(id=1, record=text, key_id=key_id, mac=mac))
     return record
 
@@ -182,7 +199,7 @@ def load_board(conn: Connection, sealer: Sealer) -> Board | None:
     )
     if row.id != 1 or not isinstance(row.key_id, str) or not _KEY_ID.fullmatch(row.key_id):
         raise StorageError(altered)
-    expected = _mac(_board_key(sealer, row.key_id), row.key_id, str(row.record))
+    expected = _mac(_board_key(sealer, row.key_id), row.key_id, str(row.record), _withdrawn(conn))
     if not hmac.compare_digest(expected.encode(), str(row.mac).encode()):
         raise StorageError(altered)
     try:
@@ -200,6 +217,14 @@ def reauthenticate_board(conn: Connection, old: Sealer, new: Sealer, new_key_id:
     if load_board(conn, old) is None:
         return False
     record = str(conn.execute(select(successor_board.c.record)).scalar_one())
-    mac = _mac(_board_key(new, new_key_id), new_key_id, record)
+    mac = _mac(_board_key(new, new_key_id), new_key_id, record, _withdrawn(conn))
     conn.execute(successor_board.update().values(key_id=new_key_id, mac=mac))
     return True
+
+
+def bind_withdrawals(conn: Connection, sealer: Sealer) -> None:
+    """In a withdrawal's transaction, after :func:`load_board` authenticated the board and the
+    withdrawal was stored: authenticate the board with the new set of withdrawals."""
+    row = conn.execute(select(successor_board.c.record, successor_board.c.key_id)).one()
+    mac = _mac(_board_key(sealer, row.key_id), row.key_id, str(row.record), _withdrawn(conn))
+    conn.execute(successor_board.update().values(mac=mac))
