@@ -179,7 +179,8 @@ def test_migration_from_schema_1_adds_the_sweep_indexes_and_revocation_tables(tm
                      "runtime_certificates_not_after", "runtime_certificates_name"):  # fmt: skip
             conn.execute(text(f"DROP INDEX {name}"))
         for table in ("revoked_certificates", "crls", "session_volumes", "runtime_certificates",
-                      "revocation_requests", "successor_board", "successor_approvals"):  # fmt: skip
+                      "revocation_requests", "successor_board", "successor_approvals",
+                      "successor_withdrawals"):  # fmt: skip
             conn.execute(text(f"DROP TABLE {table}"))
         conn.execute(text("ALTER TABLE sessions DROP COLUMN volumes_frozen"))
         conn.execute(
@@ -189,7 +190,7 @@ def test_migration_from_schema_1_adds_the_sweep_indexes_and_revocation_tables(tm
         conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
     db.dispose()
     db = Database(url)
-    assert db.migrate() == 7
+    assert db.migrate() == 8
     db.dispose()
     with sqlite3.connect(tmp_path / "cas.db") as raw:
         names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
@@ -201,9 +202,10 @@ def test_migration_from_schema_1_adds_the_sweep_indexes_and_revocation_tables(tm
     assert {"nonces_expires_at", "sessions_expires_at", "evidence_seen_seen_at",
             "runtime_certificates_not_after", "runtime_certificates_name", "crls_distribution_id"} <= names  # fmt: skip
     assert {"revoked_certificates", "crls", "session_volumes", "runtime_certificates",
-            "revocation_requests", "successor_board", "successor_approvals"} <= tables  # fmt: skip
+            "revocation_requests", "successor_board", "successor_approvals",
+            "successor_withdrawals"} <= tables  # fmt: skip
     assert "volumes_frozen" in columns
-    assert version == "7"
+    assert version == "8"
 
 
 def test_a_refusal_for_a_policy_that_does_not_exist_is_not_filed_under_its_name(
