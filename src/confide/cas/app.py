@@ -152,24 +152,19 @@ def create_app(
             return
         scope["confide.observed"] = True  # once per request, also when the fast path declines
         start = time.perf_counter()
-        status = [500]
-
-        async def send_wrapper(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
+        method, path = scope["method"], scope["path"]
+        status = 500
         route: str | None = None
         held = [0]  # bytes of this request's body counted in the budget, given back at the end
         try:
-            fast = hot.get(scope["path"]) if scope["method"] == "POST" else None
+            fast = hot.get(path) if method == "POST" else None
             if fast is not None:
-                route = scope["path"]
-            if scope["method"] == "POST":
+                route = path
+            if method == "POST":
                 # Per-client rate limits (confide.cas.ratelimit), before the body is read: a
                 # refused request costs a bucket lookup; its body is discarded as it comes.
                 limiter = attest_limiter if fast is not None else write_limiter
-                if scope["path"].startswith(OCSP_PATH):
+                if path.startswith(OCSP_PATH):
                     # An OCSP request writes nothing: bounded like the other public routes, and
                     # its signatures by the responder's own per-client rate (docs/cas.md "OCSP").
                     limiter = None
@@ -177,15 +172,19 @@ def create_app(
                     client = scope.get("client")
                     wait = limiter.take(client_key(client[0]) if client else "")
                     if wait:
-                        route = route or _write_route(scope["path"])
-                        await _too_many(wait)(scope, receive, send_wrapper)
+                        route = route or _write_route(path)
+                        response: Response = _too_many(wait)
+                        status = response.status_code
+                        await _send_response(response, send)
                         return
             # Every request body is read here, bounded by MAX_BODY, before anything parses it:
             # a larger one (declared or sent) is refused with 413 without being read further;
             # one that would take the bodies held at once past MAX_BODIES, with 503.
             body, whole = await _read_body(scope, receive, budget, held)
             if body is None:
-                await _refusal(held[0] < 0)(scope, receive, send_wrapper)
+                response = _refusal(held[0] < 0)
+                status = response.status_code
+                await _send_response(response, send)
                 return
             if fast is not None:
                 # The attestation endpoints skip FastAPI's routing and body validation for a
@@ -198,18 +197,30 @@ def create_app(
                         response = await (endpoint(data) if wants_body else endpoint())
                     except ConfideError as exc:
                         response = _error_response(exc)
-                    await response(scope, receive, send_wrapper)
+                    status = response.status_code
+                    await _send_response(response, send)
                     return
-            await inner(scope, _replay(body, whole, receive), send_wrapper)
+            # The full stack: its status seen as its response starts.
+            seen = [500]
+
+            async def send_wrapper(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    seen[0] = message["status"]
+                await send(message)
+
+            try:
+                await inner(scope, _replay(body, whole, receive), send_wrapper)
+            finally:
+                status = seen[0]
         finally:
             budget.give(max(held[0], 0))
             elapsed = time.perf_counter() - start
             route = route or str(getattr(scope.get("route"), "path", "unmatched"))
-            key = (route, status[0])
+            key = (route, status)
             children = metric_children.get(key)
             if children is None:  # labels() takes a lock and builds a tuple: once per key
                 children = metric_children[key] = (
-                    requests.labels(route, str(status[0])),
+                    requests.labels(route, str(status)),
                     latency.labels(route),
                 )
             children[0].inc()
@@ -217,7 +228,7 @@ def create_app(
             if log.isEnabledFor(logging.INFO):
                 log.info(
                     '{"event": "request", "method": "%s", "route": "%s", "status": %d, "ms": %.2f}',
-                    scope["method"], route, status[0], elapsed * 1000,
+                    method, route, status, elapsed * 1000,
                 )  # fmt: skip
 
     @app.get("/v1/health")
@@ -527,6 +538,15 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
+
+
+async def _send_response(response: Response, send: Any) -> None:
+    """What ``await response(scope, receive, send)`` sends for the responses the fast path and
+    the refusals make (http scope, no background task), without its call."""
+    await send(
+        {"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers}
+    )
+    await send({"type": "http.response.body", "body": response.body})
 
 
 def _replay(body: bytes, whole: bool, receive: Any) -> Any:
