@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import contextlib
 import json
 import logging
@@ -21,8 +22,10 @@ from fastapi import Body, FastAPI, Header, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from confide import __version__, errors
 from confide.cas.core import Cas
@@ -113,19 +116,19 @@ def create_app(
     ``public_http``: the public plain-HTTP listener's application, whose responses and
     connection limits ``/metrics`` counts too (``cas serve --public-http-listen``)."""
     registry = CollectorRegistry()
-    requests = Counter("confide_requests_total", "HTTP requests", ["route", "status"], registry=registry)
-    attestations = Counter(
-        "confide_attestations_total", "Attestation outcomes", ["verdict"], registry=registry
-    )
-    # labels() takes a lock and builds a tuple: the two children once
-    accepted, refused = attestations.labels("accepted"), attestations.labels("refused")
-    latency = Histogram("confide_request_seconds", "Request latency", ["route"], registry=registry)
+    requests = _Counts("confide_requests", "HTTP requests", ("route", "status"))
+    registry.register(requests)
+    attestations = _Counts("confide_attestations", "Attestation outcomes", ("verdict",))
+    registry.register(attestations)
+    accepted, refused = attestations.child("accepted"), attestations.child("refused")
+    latency = _Latency("confide_request_seconds", "Request latency", "route")
+    registry.register(latency)
 
     # With the ledger sink: one ledger append per group-commit transaction (its attestations'
     # entries together), not one per attestation.
     writer = WriteBatcher(cas.db, around=getattr(cas.events, "batched", None))
     budget = BodyBudget(MAX_BODIES)
-    metric_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+    metric_children: dict[tuple[str, int], tuple[list[float], list[Any]]] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -220,13 +223,9 @@ def create_app(
             route = route or str(getattr(scope.get("route"), "path", "unmatched"))
             key = (route, status)
             children = metric_children.get(key)
-            if children is None:  # labels() takes a lock and builds a tuple: once per key
-                children = metric_children[key] = (
-                    requests.labels(route, str(status)),
-                    latency.labels(route),
-                )
-            children[0].inc()
-            children[1].observe(elapsed)
+            if children is None:
+                children = metric_children[key] = (requests.child(route, str(status)), latency.child(route))
+            _count_request(children, elapsed)
             if log.isEnabledFor(logging.INFO):
                 log.info(
                     '{"event": "request", "method": "%s", "route": "%s", "status": %d, "ms": %.2f}',
@@ -382,9 +381,9 @@ def create_app(
         try:
             out = pending.result()
         except ConfideError:
-            refused.inc()
+            refused[0] += 1.0
             raise
-        accepted.inc()
+        accepted[0] += 1.0
         return _Json(out)
 
     @app.post("/v1/cas/key-release/nonce")
@@ -568,6 +567,80 @@ def _error_response(exc: ConfideError) -> JSONResponse:
         status_code=status_for(exc),
         content={"error": {"class": exc.kind, "message": exc.message, "exit_code": exc.exit_code}},
     )
+
+
+LATENCY_BOUNDS = tuple(float(b) for b in Histogram.DEFAULT_BUCKETS)  # +Inf last
+_LE = tuple(floatToGoString(b) for b in LATENCY_BOUNDS)  # type: ignore[no-untyped-call]
+
+
+def _count_request(children: tuple[list[float], list[Any]], seconds: float) -> None:
+    """One request in its ``_Counts`` child and its ``_Latency`` child: as ``Counter.inc()`` and
+    ``Histogram.observe(seconds)`` count it (the first bucket whose bound is >= ``seconds``)."""
+    children[0][0] += 1.0
+    counts = children[1]
+    counts[0][bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1.0
+    counts[1] += seconds
+
+
+def _created_series() -> bool:
+    """Whether prometheus_client writes the ``_created`` series (PROMETHEUS_DISABLE_CREATED_SERIES,
+    ``disable_created_metrics()``)."""
+    return bool(getattr(prometheus_metrics, "_use_created", True))
+
+
+class _Counts:
+    """A labelled counter, exposed as prometheus_client's ``Counter`` exposes one (``NAME_total``
+    and ``NAME_created`` per label set, in the order the sets were first counted, float values),
+    counted without ``Counter.inc``'s lock and checks: only the event loop's thread counts (the
+    request path), and a scrape (``/metrics``, in a worker thread) copies the table, which is
+    atomic under the GIL. A child is ``[value, created]``."""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, labelnames
+        self.children: dict[tuple[str, ...], list[float]] = {}
+
+    def child(self, *labels: str) -> list[float]:
+        found = self.children.get(labels)
+        if found is None:
+            found = self.children[labels] = [0.0, time.time()]
+        return found
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        created = _created_series()
+        for labels, (value, at) in list(self.children.items()):
+            family.add_metric(labels, value, created=at if created else None)
+        yield family
+
+
+class _Latency:
+    """A histogram with one label and prometheus_client's default buckets, exposed as its
+    ``Histogram`` exposes one (cumulative ``_bucket`` series, ``_count``, ``_sum``, ``_created``
+    per label value, float values), counted as :class:`_Counts` counts. A child is ``[counts per
+    bucket, sum, created]``."""
+
+    def __init__(self, name: str, documentation: str, labelname: str) -> None:
+        self.name, self.documentation, self.labelname = name, documentation, labelname
+        self.children: dict[str, list[Any]] = {}
+
+    def child(self, label: str) -> list[Any]:
+        found = self.children.get(label)
+        if found is None:
+            found = self.children[label] = [[0.0] * len(LATENCY_BOUNDS), 0.0, time.time()]
+        return found
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.labelname])
+        created = _created_series()
+        for label, (counts, total, at) in list(self.children.items()):
+            acc, buckets = 0.0, []
+            for le, n in zip(_LE, list(counts), strict=True):
+                acc += n
+                buckets.append((le, acc))
+            family.add_metric([label], buckets, total)
+            if created:
+                family.add_sample(self.name + "_created", {self.labelname: label}, at)
+        yield family
 
 
 class _GroupCommitCollector:
