@@ -41,14 +41,23 @@ def logged() -> Iterator[tuple[logging.Logger, _Stream]]:
 
 
 def test_lines_on_the_loop_go_out_in_one_write_at_the_end_of_the_iteration(
-    logged: tuple[logging.Logger, _Stream],
+    logged: tuple[logging.Logger, _Stream], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     logger, stream = logged
+    asked: list[object] = []
+    running = asyncio._get_running_loop
+
+    def counted() -> asyncio.AbstractEventLoop | None:
+        asked.append(None)
+        return running()
+
+    monkeypatch.setattr(asyncio, "_get_running_loop", counted)
 
     async def main() -> None:
         for i in range(3):
             logger.info('{"event": "request", "n": %d}', i)
         assert stream.writes == []  # not yet: at the end of this iteration
+        assert len(asked) == 1  # the running loop asked for once (a getpid each on 3.11)
         await asyncio.sleep(0)
         assert stream.writes == ['{"event": "request", "n": 0}\n{"event": "request", "n": 1}\n'
                                  '{"event": "request", "n": 2}\n']  # fmt: skip

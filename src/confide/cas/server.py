@@ -292,19 +292,24 @@ class _LoopBatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(stream)
         self._pending: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop whose callback will write
+        self._loop_thread = 0  # the thread that scheduled that callback, on that loop
 
     def emit(self, record: logging.LogRecord) -> None:
         # Handler.handle holds self.lock
         try:
             line = self.format(record) + self.terminator
+            if self._loop is not None and threading.get_ident() == self._loop_thread:
+                # on the loop whose callback is pending (asked once per loop iteration: on
+                # Python 3.11, asking for the running loop is a getpid system call)
+                self._pending.append(line)
+                return
             loop = asyncio._get_running_loop()
-            if loop is None or (self._loop is not None and loop is not self._loop):
+            if loop is None or self._loop is not None:  # off a loop, or another one's turn
                 self._pending.append(line)
                 self._write_pending()
                 return
-            if self._loop is None:
-                loop.call_soon(self._on_loop)
-                self._loop = loop
+            loop.call_soon(self._on_loop)
+            self._loop, self._loop_thread = loop, threading.get_ident()
             self._pending.append(line)
         except RecursionError:  # as StreamHandler.emit
             raise
