@@ -162,7 +162,7 @@ def _plain(value: object, depth: int) -> bool:
             elif v is not None and kind is not bool and not _plain(v, depth + 1):
                 return False
         return True
-    if isinstance(value, (list, tuple)):  # a tuple: faster than a union (list | tuple)
+    if isinstance(value, list | tuple):
         if value and depth == MAX_DEPTH:
             return False
         for v in value:  # as for a dict's members
@@ -254,7 +254,7 @@ def _has_forbidden(value: object) -> bool:
     return False
 
 
-_CONTAINERS = (dict, list)  # a tuple: isinstance with a union (dict | list) is several times slower
+_CONTAINERS = (dict, list)
 
 
 def _refuse_forbidden(value: object, path: str) -> None:
