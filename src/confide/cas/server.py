@@ -842,6 +842,19 @@ class _CasServer(uvicorn.Server):
         self.public = public
         self._public_task: asyncio.Task[None] | None = None
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises the signal that stopped it when this block ends, still on the event
+        # loop, and the process dies of it: the log lines of that last loop iteration (its
+        # "Finished server process" included), which _LoopBatchedHandler holds until the end of
+        # the iteration, are written first.
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                for handler in logging.getLogger().handlers:
+                    handler.flush()
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.public is not None and self.started:
