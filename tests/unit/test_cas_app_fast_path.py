@@ -37,6 +37,14 @@ def attestation(env: InProcessCas, app: Any) -> tuple[dict[str, Any], Any, str]:
     return request, key, nonce
 
 
+def test_the_nonce_response_is_compact_json(env: tuple[InProcessCas, Any]) -> None:
+    """Written without the JSON encoder: the bytes the encoder writes for the same object."""
+    status, body = call(env[1], "/v1/attest/nonce", [b""])
+    nonce = json.loads(body)["nonce"]
+    assert status == 200 and len(bytes.fromhex(nonce)) == 32
+    assert body == json.dumps({"nonce": nonce, "expires_in": 60}, separators=(",", ":")).encode()
+
+
 def test_a_well_formed_attestation_in_several_chunks(env: tuple[InProcessCas, Any]) -> None:
     inproc, app = env
     request, key, nonce = attestation(inproc, app)

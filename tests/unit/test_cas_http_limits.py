@@ -7,6 +7,7 @@ uvicorn frames them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -39,7 +40,10 @@ async def _app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": b""})
         return
     body, headers = b"ok", [(b"content-length", b"2")]
-    if path == "/big":
+    if path == "/addr":  # the addresses uvicorn puts in the scope
+        body = json.dumps([scope["server"], scope["client"]]).encode()
+        headers = [(b"content-length", str(len(body)).encode())]
+    elif path == "/big":
         body, headers = BIG, [(b"content-length", str(len(BIG)).encode())]
     elif path == "/close":
         headers.append((b"connection", b"close"))
@@ -51,11 +55,10 @@ async def _app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-@pytest.fixture(scope="module")
-def port() -> Iterator[int]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(_app, http=_Quick, loop="asyncio", log_config=None, lifespan="off")
+def _serve(host: str = "127.0.0.1", loop: str = "asyncio") -> Iterator[int]:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.bind((host, 0))
+    config = uvicorn.Config(_app, http=_Quick, loop=loop, log_config=None, lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -65,6 +68,11 @@ def port() -> Iterator[int]:
     yield sock.getsockname()[1]
     server.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def port() -> Iterator[int]:
+    yield from _serve()
 
 
 def _read_all(s: socket.socket, timeout: float = 5.0) -> bytes:
@@ -107,6 +115,28 @@ def test_requests_are_served_and_kept_alive(port: int) -> None:
         time.sleep(0.6)
         s.sendall(b"Host: t\r\n\r\n")
         assert _response(s).startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_the_scope_has_the_connections_addresses(host: str, loop: str) -> None:
+    """The server's and the client's address in the scope, IPv4 from what the transport noted
+    when it accepted the connection, IPv6 as uvicorn looks them up: the socket's own."""
+    if host == "::1" and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    served = _serve(host, loop)
+    try:
+        port = next(served)
+    except OSError:
+        pytest.skip(f"cannot bind {host}")
+    try:
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.sendall(b"GET /addr HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            server, client = json.loads(_read_all(s).split(b"\r\n\r\n", 1)[1])
+            assert server == list(s.getpeername()[:2])
+            assert client == list(s.getsockname()[:2])
+    finally:
+        next(served, None)
 
 
 def test_a_silent_connection_is_closed(port: int) -> None:

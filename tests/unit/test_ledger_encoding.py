@@ -19,6 +19,7 @@ from confide.ledger.encoding import (
     EntryType,
     _serialise,
     canonical_json,
+    format_time,
     parse_canonical_json,
 )
 
@@ -168,6 +169,36 @@ def test_secret_values_are_refused_at_any_depth(name: str) -> None:
     Entry.create(EntryType.SECRET_RELEASED, AT, {"secrets": [{"name": "x", "version": 1}]})  # twin
 
 
+def test_a_refusal_names_the_first_secret_member_by_its_path() -> None:
+    payload = {"a": [{"name": "x"}, {"b": {"Seed": 1, "value": 2}}], "password": 3}
+    with pytest.raises(ParseError, match=r"payload member payload\.a\[1\]\.b\.Seed would record"):
+        Entry.create(EntryType.SECRET_RELEASED, AT, payload)
+    with pytest.raises(AttributeError):  # a member name that is not a string, as before
+        Entry.create(EntryType.SECRET_RELEASED, AT, {"a": {1: "x"}})
+
+
+def test_an_invalid_time_is_refused_after_a_valid_one() -> None:
+    """The last valid time string is remembered (the entries of one change share it); any other
+    string is checked."""
+    good = "2026-11-27T10:52:20.123456Z"
+    Entry(EntryType.CAS_STARTED, good, None, {})
+    for bad in ("2026-02-30T00:00:00.000000Z", good[:-1], good + " ", good.replace("T", " ")):
+        with pytest.raises(ParseError, match="time"):
+            Entry(EntryType.CAS_STARTED, bad, None, {})
+    Entry(EntryType.CAS_STARTED, "".join(good), None, {})  # an equal string, another object
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31)),
+    st.timedeltas(min_value=-timedelta(hours=23), max_value=timedelta(hours=23)),
+)
+def test_format_time_is_the_strftime_form(naive: datetime, offset: timedelta) -> None:
+    """Four-digit years take isoformat; earlier ones strftime (whose %Y does not pad them)."""
+    at = naive.replace(tzinfo=timezone(offset))
+    assert format_time(at) == at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _error_or_bytes(make: Callable[[], bytes]) -> bytes | None:
     try:
         return make()
@@ -178,7 +209,7 @@ def _error_or_bytes(make: Callable[[], bytes]) -> bytes | None:
 @settings(max_examples=300, deadline=None)
 @given(
     st.dictionaries(st.text(max_size=4) | st.sampled_from(["a", "é", "policy"]), _mixed, max_size=4),
-    st.sampled_from([None, "team/db", "é"]),
+    st.sampled_from([None, "team/db", "é", 'a"b\\c\n\x01', "\ud800"]),
 )
 def test_an_entry_encoded_around_its_payload_is_its_bytes(
     payload: dict[str, Any], policy: str | None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import contextlib
 import json
 import logging
@@ -22,8 +23,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 from starlette.exceptions import HTTPException
 
 from confide import __version__, errors, jsonstrict
@@ -84,6 +87,8 @@ class _Json(JSONResponse):
         return self._encoder.encode(content).encode("utf-8")
 
 
+_JSON = "application/json"
+
 # What phase 1 is handed when nothing was fetched for it (Prefetched is immutable: one for all).
 NOTHING_PREFETCHED = Prefetched()
 
@@ -115,19 +120,19 @@ def create_app(
     ``public_http``: the public plain-HTTP listener's application, whose responses and
     connection limits ``/metrics`` counts too (``cas serve --public-http-listen``)."""
     registry = CollectorRegistry()
-    requests = Counter("confide_requests_total", "HTTP requests", ["route", "status"], registry=registry)
-    attestations = Counter(
-        "confide_attestations_total", "Attestation outcomes", ["verdict"], registry=registry
-    )
-    # labels() takes a lock and builds a tuple: the two children once
-    accepted, refused = attestations.labels("accepted"), attestations.labels("refused")
-    latency = Histogram("confide_request_seconds", "Request latency", ["route"], registry=registry)
+    requests = _Counts("confide_requests", "HTTP requests", ("route", "status"))
+    registry.register(requests)
+    attestations = _Counts("confide_attestations", "Attestation outcomes", ("verdict",))
+    registry.register(attestations)
+    accepted, refused = attestations.child("accepted"), attestations.child("refused")
+    latency = _Latency("confide_request_seconds", "Request latency", "route")
+    registry.register(latency)
 
     # With the ledger sink: one ledger append per group-commit transaction (its attestations'
     # entries together), not one per attestation.
     writer = WriteBatcher(cas.db, around=getattr(cas.events, "batched", None))
     budget = BodyBudget(MAX_BODIES)
-    metric_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+    metric_children: dict[tuple[str, int], tuple[list[float], list[Any]]] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -157,24 +162,19 @@ def create_app(
             return
         scope["confide.observed"] = True  # once per request, also when the fast path declines
         start = time.perf_counter()
-        status = [500]
-
-        async def send_wrapper(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
+        method, path = scope["method"], scope["path"]
+        status = 500
         route: str | None = None
         held = [0]  # bytes of this request's body counted in the budget, given back at the end
         try:
-            fast = hot.get(scope["path"]) if scope["method"] == "POST" else None
+            fast = hot.get(path) if method == "POST" else None
             if fast is not None:
-                route = scope["path"]
-            if scope["method"] == "POST":
+                route = path
+            if method == "POST":
                 # Per-client rate limits (confide.cas.ratelimit), before the body is read: a
                 # refused request costs a bucket lookup; its body is discarded as it comes.
                 limiter = attest_limiter if fast is not None else write_limiter
-                if scope["path"].startswith(OCSP_PATH):
+                if path.startswith(OCSP_PATH):
                     # An OCSP request writes nothing: bounded like the other public routes, and
                     # its signatures by the responder's own per-client rate (docs/cas.md "OCSP").
                     limiter = None
@@ -182,15 +182,19 @@ def create_app(
                     client = scope.get("client")
                     wait = limiter.take(client_key(client[0]) if client else "")
                     if wait:
-                        route = route or _write_route(scope["path"])
-                        await _too_many(wait)(scope, receive, send_wrapper)
+                        route = route or _write_route(path)
+                        response: Response = _too_many(wait)
+                        status = response.status_code
+                        await _send_response(response, send)
                         return
             # Every request body is read here, bounded by MAX_BODY, before anything parses it:
             # a larger one (declared or sent) is refused with 413 without being read further;
             # one that would take the bodies held at once past MAX_BODIES, with 503.
             body, whole = await _read_body(scope, receive, budget, held)
             if body is None:
-                await _refusal(held[0] < 0)(scope, receive, send_wrapper)
+                response = _refusal(held[0] < 0)
+                status = response.status_code
+                await _send_response(response, send)
                 return
             if fast is not None:
                 # The attestation endpoints skip FastAPI's routing and body validation for a
@@ -203,26 +207,34 @@ def create_app(
                         response = await (endpoint(data) if wants_body else endpoint())
                     except ConfideError as exc:
                         response = _error_response(exc)
-                    await response(scope, receive, send_wrapper)
+                    status = response.status_code
+                    await _send_response(response, send)
                     return
-            await inner(scope, _replay(body, whole, receive), send_wrapper)
+            # The full stack: its status seen as its response starts.
+            seen = [500]
+
+            async def send_wrapper(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    seen[0] = message["status"]
+                await send(message)
+
+            try:
+                await inner(scope, _replay(body, whole, receive), send_wrapper)
+            finally:
+                status = seen[0]
         finally:
             budget.give(max(held[0], 0))
             elapsed = time.perf_counter() - start
             route = route or str(getattr(scope.get("route"), "path", "unmatched"))
-            key = (route, status[0])
+            key = (route, status)
             children = metric_children.get(key)
-            if children is None:  # labels() takes a lock and builds a tuple: once per key
-                children = metric_children[key] = (
-                    requests.labels(route, str(status[0])),
-                    latency.labels(route),
-                )
-            children[0].inc()
-            children[1].observe(elapsed)
+            if children is None:
+                children = metric_children[key] = (requests.child(route, str(status)), latency.child(route))
+            _count_request(children, elapsed)
             if log.isEnabledFor(logging.INFO):
                 log.info(
                     '{"event": "request", "method": "%s", "route": "%s", "status": %d, "ms": %.2f}',
-                    scope["method"], route, status[0], elapsed * 1000,
+                    method, route, status, elapsed * 1000,
                 )  # fmt: skip
 
     @app.get("/v1/health")
@@ -346,8 +358,10 @@ def create_app(
         return Response(resource.body, media_type=resource.content_type, headers={"Cache-Control": cache})
 
     @app.post("/v1/attest/nonce")
-    async def nonce() -> JSONResponse:  # no I/O: served on the event loop
-        return _Json({"nonce": cas.new_nonce(), "expires_in": 60})
+    async def nonce() -> Response:  # no I/O: served on the event loop
+        # {"nonce": ..., "expires_in": 60} as _Json writes it, without the encoder: the nonce
+        # is hex (nothing to escape)
+        return Response(b'{"nonce":"%s","expires_in":60}' % cas.new_nonce().encode("ascii"), media_type=_JSON)
 
     @app.post("/v1/attest")
     async def attest(request: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
@@ -372,9 +386,9 @@ def create_app(
         try:
             out = pending.result()
         except ConfideError:
-            refused.inc()
+            refused[0] += 1.0
             raise
-        accepted.inc()
+        accepted[0] += 1.0
         return _Json(out)
 
     @app.post("/v1/cas/key-release/nonce")
@@ -595,6 +609,15 @@ class _StrictRoute(APIRoute):
         return strict
 
 
+async def _send_response(response: Response, send: Any) -> None:
+    """What ``await response(scope, receive, send)`` sends for the responses the fast path and
+    the refusals make (http scope, no background task), without its call."""
+    await send(
+        {"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers}
+    )
+    await send({"type": "http.response.body", "body": response.body})
+
+
 def _replay(body: bytes, whole: bool, receive: Any) -> Any:
     """A ``receive`` that first hands back the body already read, then the rest."""
     pending = [{"type": "http.request", "body": body, "more_body": not whole}]
@@ -610,6 +633,80 @@ def _error_response(exc: ConfideError) -> JSONResponse:
         status_code=status_for(exc),
         content={"error": {"class": exc.kind, "message": exc.message, "exit_code": exc.exit_code}},
     )
+
+
+LATENCY_BOUNDS = tuple(float(b) for b in Histogram.DEFAULT_BUCKETS)  # +Inf last
+_LE = tuple(floatToGoString(b) for b in LATENCY_BOUNDS)  # type: ignore[no-untyped-call]
+
+
+def _count_request(children: tuple[list[float], list[Any]], seconds: float) -> None:
+    """One request in its ``_Counts`` child and its ``_Latency`` child: as ``Counter.inc()`` and
+    ``Histogram.observe(seconds)`` count it (the first bucket whose bound is >= ``seconds``)."""
+    children[0][0] += 1.0
+    counts = children[1]
+    counts[0][bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1.0
+    counts[1] += seconds
+
+
+def _created_series() -> bool:
+    """Whether prometheus_client writes the ``_created`` series (PROMETHEUS_DISABLE_CREATED_SERIES,
+    ``disable_created_metrics()``)."""
+    return bool(getattr(prometheus_metrics, "_use_created", True))
+
+
+class _Counts:
+    """A labelled counter, exposed as prometheus_client's ``Counter`` exposes one (``NAME_total``
+    and ``NAME_created`` per label set, in the order the sets were first counted, float values),
+    counted without ``Counter.inc``'s lock and checks: only the event loop's thread counts (the
+    request path), and a scrape (``/metrics``, in a worker thread) copies the table, which is
+    atomic under the GIL. A child is ``[value, created]``."""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, labelnames
+        self.children: dict[tuple[str, ...], list[float]] = {}
+
+    def child(self, *labels: str) -> list[float]:
+        found = self.children.get(labels)
+        if found is None:
+            found = self.children[labels] = [0.0, time.time()]
+        return found
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        created = _created_series()
+        for labels, (value, at) in list(self.children.items()):
+            family.add_metric(labels, value, created=at if created else None)
+        yield family
+
+
+class _Latency:
+    """A histogram with one label and prometheus_client's default buckets, exposed as its
+    ``Histogram`` exposes one (cumulative ``_bucket`` series, ``_count``, ``_sum``, ``_created``
+    per label value, float values), counted as :class:`_Counts` counts. A child is ``[counts per
+    bucket, sum, created]``."""
+
+    def __init__(self, name: str, documentation: str, labelname: str) -> None:
+        self.name, self.documentation, self.labelname = name, documentation, labelname
+        self.children: dict[str, list[Any]] = {}
+
+    def child(self, label: str) -> list[Any]:
+        found = self.children.get(label)
+        if found is None:
+            found = self.children[label] = [[0.0] * len(LATENCY_BOUNDS), 0.0, time.time()]
+        return found
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.labelname])
+        created = _created_series()
+        for label, (counts, total, at) in list(self.children.items()):
+            acc, buckets = 0.0, []
+            for le, n in zip(_LE, list(counts), strict=True):
+                acc += n
+                buckets.append((le, acc))
+            family.add_metric([label], buckets, total)
+            if created:
+                family.add_sample(self.name + "_created", {self.labelname: label}, at)
+        yield family
 
 
 class _GroupCommitCollector:

@@ -50,7 +50,8 @@ from typing import Any, cast
 
 import httptools  # type: ignore[import-untyped]
 import uvloop.loop
-from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.logging import TRACE_LOG_LEVEL
+from uvicorn.protocols.http.flow_control import FlowControl, service_unavailable
 from uvicorn.protocols.http.httptools_impl import (
     HEADER_RE,
     HEADER_VALUE_RE,
@@ -58,7 +59,13 @@ from uvicorn.protocols.http.httptools_impl import (
     HttpToolsProtocol,
     RequestResponseCycle,
 )
-from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+from uvicorn.protocols.utils import (
+    get_client_addr,
+    get_local_addr,
+    get_path_with_query_string,
+    get_remote_addr,
+    is_ssl,
+)
 
 from confide.cas.ratelimit import client_key
 
@@ -279,7 +286,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refusal_after: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # uvicorn's HttpToolsProtocol.connection_made (uvicorn 0.54.0, pinned), with an IPv4
+        # connection's addresses as the loop's TCP transport noted them when it accepted the
+        # connection: uvicorn asks the socket again (get_local_addr, get_remote_addr: a socket
+        # object made twice, four getsockname and one getpeername system calls per connection).
+        # Other addresses (IPv6, which may carry a scope) are looked up as uvicorn does.
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        local, remote = transport.get_extra_info("sockname"), transport.get_extra_info("peername")
+        if type(local) is tuple and len(local) == 2 and type(remote) is tuple and len(remote) == 2:
+            self.server = (str(local[0]), int(local[1]))
+            self.client = (str(remote[0]), int(remote[1]))
+        else:
+            self.server = get_local_addr(transport)
+            self.client = get_remote_addr(transport)
+        self.scheme = "https" if is_ssl(transport) else "http"
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = f"{self.client[0]}:{self.client[1]:d} - " if self.client else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:

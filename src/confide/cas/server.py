@@ -281,13 +281,71 @@ class _JsonFormatter(logging.Formatter):
         )
 
 
+class _LoopBatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A ``StreamHandler`` that writes the lines logged on a running event loop together: the
+    first one schedules a callback (``call_soon``), which writes every line logged until it runs
+    in one ``write`` at the end of that loop iteration, where each line was a system call of its
+    own (two per attestation flow: the request lines). The lines, their order on the loop, and
+    the records the handler is given are the same; a line is out at most one loop iteration
+    later. Lines logged off the loop (another thread, no loop running) are written at once,
+    after those pending; so are the pending ones on :meth:`flush` (``logging.shutdown``, at
+    exit) and :meth:`setStream`."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop whose callback will write
+        self._loop_thread = 0  # the thread that scheduled that callback, on that loop
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Handler.handle holds self.lock
+        try:
+            line = self.format(record) + self.terminator
+            if self._loop is not None and threading.get_ident() == self._loop_thread:
+                # on the loop whose callback is pending (asked once per loop iteration: on
+                # Python 3.11, asking for the running loop is a getpid system call)
+                self._pending.append(line)
+                return
+            loop = asyncio._get_running_loop()
+            if loop is None or self._loop is not None:  # off a loop, or another one's turn
+                self._pending.append(line)
+                self._write_pending()
+                return
+            loop.call_soon(self._on_loop)
+            self._loop, self._loop_thread = loop, threading.get_ident()
+            self._pending.append(line)
+        except RecursionError:  # as StreamHandler.emit
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def _on_loop(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        self._loop = None
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending.clear()
+            self.stream.write(text)
+            super().flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self._pending:
+                self._write_pending()
+            else:
+                super().flush()
+
+
 def _configure_logging() -> None:
     # The JSON lines name no source file, line, thread or process: the records need not look
     # them up (a stack walk and three calls per request line; the logging HOWTO's
     # "Optimization" settings).
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _LoopBatchedHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -829,6 +887,19 @@ class _CasServer(uvicorn.Server):
         super().__init__(config)
         self.public = public
         self._public_task: asyncio.Task[None] | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises the signal that stopped it when this block ends, still on the event
+        # loop, and the process dies of it: the log lines of that last loop iteration (its
+        # "Finished server process" included), which _LoopBatchedHandler holds until the end of
+        # the iteration, are written first.
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                for handler in logging.getLogger().handlers:
+                    handler.flush()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
