@@ -1,7 +1,8 @@
-"""The release's keys on both sides (docs/cas.md "The release"): the SubjectPublicKeyInfo
-encodings bound by the key derivation are taken as received when they have the fixed form of a
-P-256 key with an uncompressed point, and encoded again otherwise; hostile CAS keys are refused
-as before (load_der_public_key decides what is a key)."""
+"""The release's keys on both sides (docs/cas.md "The attestation flow": ECDH P-256,
+HKDF-SHA256 over both keys' SubjectPublicKeyInfo, AES-256-GCM): the encodings bound by the key
+derivation are taken as received when they have the fixed form of a P-256 key with an
+uncompressed point, and encoded again otherwise; hostile CAS keys are refused as before
+(load_der_public_key decides what is a key)."""
 
 from __future__ import annotations
 
