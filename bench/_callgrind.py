@@ -2,7 +2,8 @@
 before a measured part and dump them after it (``CALLGRIND_ZERO_STATS``,
 ``CALLGRIND_DUMP_STATS_AT``), so a run's dumps hold only the measured parts, every thread
 included. The macros are inline assembly (valgrind/callgrind.h), so a four-line C library is
-compiled on first use with the machine's C compiler; outside valgrind the requests do nothing.
+compiled on first use with the machine's C compiler (and ``CALLGRIND_START_INSTRUMENTATION``, for
+a process started with instrumentation off); outside valgrind the requests do nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 _SOURCE = """
 #include <valgrind/callgrind.h>
+void cg_start(void) { CALLGRIND_START_INSTRUMENTATION; }
 void cg_zero(void) { CALLGRIND_ZERO_STATS; }
 void cg_dump(const char *what) { CALLGRIND_DUMP_STATS_AT(what); }
 int cg_running(void) { return RUNNING_ON_VALGRIND; }
@@ -38,6 +40,10 @@ class Callgrind:
             raise SystemExit(
                 "--callgrind: run under `valgrind --tool=callgrind` (bench/attest_instructions.py)"
             )
+
+    def start(self) -> None:
+        """Instrumentation on (for a process started with ``--instr-atstart=no``)."""
+        self._lib.cg_start()
 
     def zero(self) -> None:
         self._lib.cg_zero()

@@ -146,3 +146,113 @@ def test_any_valid_evidence_round_trips(
 ) -> None:
     ev = _sample(debug=debug, svn=svn, timestamp=timestamp, measurement=measurement, report_data=report_data)
     assert SimEvidence.from_bytes(ev.to_bytes()) == ev
+
+
+def _reference_from_bytes(data: bytes) -> SimEvidence:
+    """``SimEvidence.from_bytes`` as it was before it unpacked the fixed layout in one struct
+    call (field by field through ``Reader``): the new parser must accept and refuse exactly as
+    this one, with the same message, field and offset."""
+    from confide.evidence import sim
+    from confide.evidence._reader import Reader
+
+    r = Reader(bytes(data), sim.STRUCTURE)
+    if len(data) != SIM_EVIDENCE_SIZE:
+        if len(data) >= sim.MAGIC_SIZE and bytes(data[: sim.MAGIC_SIZE]) != MAGIC:
+            raise r.error(f"got {bytes(data[: sim.MAGIC_SIZE])!r}, expected {MAGIC!r}", "magic", 0)
+        raise r.error(f"got {len(data)} bytes, expected exactly {SIM_EVIDENCE_SIZE}", "length", 0)
+    magic = r.take(sim.MAGIC_SIZE, "magic")
+    if magic != MAGIC:
+        raise r.error(f"got {magic!r}, expected {MAGIC!r}", "magic", 0)
+    version_pos = r.pos
+    version = r.u8("version")
+    if version != sim.VERSION:
+        raise r.error(f"got version {version}, expected {sim.VERSION}", "version", version_pos)
+    marker_pos = r.pos
+    marker = r.take(sim.MARKER_SIZE, "marker")
+    if marker != MARKER:
+        raise r.error(f"got {marker!r}, expected {MARKER!r}", "marker", marker_pos)
+    flags_pos = r.pos
+    flags = r.u32("flags")
+    if flags & ~sim.FLAG_DEBUG:
+        raise r.error(f"got reserved flag bits {flags & ~sim.FLAG_DEBUG:#x}, expected 0", "flags", flags_pos)
+    svn, timestamp = r.u32("svn"), r.u64("timestamp")
+    measurement = r.take(sim.MEASUREMENT_SIZE, "measurement")
+    report_data = r.take(sim.REPORT_DATA_SIZE, "report_data")
+    platform_key_id = r.take(sim.PLATFORM_KEY_ID_SIZE, "platform_key_id")
+    signature = r.take(sim.SIGNATURE_SIZE, "signature")
+    r.expect_end()
+    return SimEvidence(
+        debug=bool(flags & sim.FLAG_DEBUG), svn=svn, timestamp=timestamp, measurement=measurement,
+        report_data=report_data, platform_key_id=platform_key_id, signature=signature, version=version,
+    )  # fmt: skip
+
+
+def _outcome(parse: object, data: bytes) -> object:
+    try:
+        return parse(data)  # type: ignore[operator]
+    except ParseError as exc:
+        return ("refused", exc.message, exc.structure, exc.field, exc.offset)
+
+
+@settings(max_examples=400)
+@given(
+    st.integers(0, SIM_EVIDENCE_SIZE - 1),
+    st.binary(min_size=1, max_size=8),
+    st.sampled_from(["keep", "cut", "pad"]),
+    st.booleans(),
+)
+def test_the_struct_parser_accepts_and_refuses_exactly_as_the_field_reader(
+    pos: int, patch: bytes, shape: str, debug: bool
+) -> None:
+    raw = bytearray(_sample(debug=debug).to_bytes())
+    raw[pos : pos + len(patch)] = patch
+    data = {"keep": bytes(raw), "cut": bytes(raw[:pos]), "pad": bytes(raw) + patch}[shape]
+    assert _outcome(SimEvidence.from_bytes, data) == _outcome(_reference_from_bytes, data)
+
+
+@pytest.mark.parametrize("length", [*range(0, 20), 43, 44, 48, 203, 204, 267, 269, 536])
+def test_every_truncation_and_padding_is_refused_as_before(length: int) -> None:
+    data = (_sample().to_bytes() * 2)[:length]
+    assert _outcome(SimEvidence.from_bytes, data) == _outcome(_reference_from_bytes, data)
+    assert isinstance(_outcome(SimEvidence.from_bytes, data), tuple)
+
+
+def test_a_bytearray_or_memoryview_parses_as_bytes() -> None:
+    raw = _sample().to_bytes()
+    assert SimEvidence.from_bytes(bytearray(raw)) == SimEvidence.from_bytes(memoryview(raw)) == _sample()
+
+
+@given(
+    debug=st.booleans(),
+    svn=st.integers(0, 2**32 - 1),
+    timestamp=st.integers(0, 2**64 - 1),
+    measurement=st.binary(min_size=48, max_size=48),
+    report_data=st.binary(min_size=64, max_size=64),
+)
+def test_signed_bytes_are_the_documented_fields_in_order(
+    debug: bool, svn: int, timestamp: int, measurement: bytes, report_data: bytes
+) -> None:
+    ev = _sample(debug=debug, svn=svn, timestamp=timestamp, measurement=measurement, report_data=report_data)
+    assert ev.signed_bytes() == b"".join(
+        (
+            MAGIC,
+            b"\x01",
+            MARKER,
+            (1 if debug else 0).to_bytes(4, "little"),
+            svn.to_bytes(4, "little"),
+            timestamp.to_bytes(8, "little"),
+            measurement,
+            report_data,
+            ev.platform_key_id,
+        )
+    )
+
+
+@pytest.mark.parametrize("pos", [0, 5, 10, 11, 12, 20, 43, 44, 45, 47, 48, 52, 60, 203, 204, 267])
+@pytest.mark.parametrize("value", [0x00, 0x01, 0x02, 0x80, 0xFF])
+@pytest.mark.parametrize("length", [None, 10, 11, 12, 200, 268, 269])
+def test_each_checked_field_is_refused_as_before(pos: int, value: int, length: int | None) -> None:
+    raw = bytearray(_sample().to_bytes() + bytes(8))
+    raw[pos] = value
+    data = bytes(raw[: SIM_EVIDENCE_SIZE if length is None else length])
+    assert _outcome(SimEvidence.from_bytes, data) == _outcome(_reference_from_bytes, data)

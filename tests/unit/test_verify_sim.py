@@ -130,6 +130,66 @@ def test_arbitrary_public_key_bytes_raise_only_parse_error(data: bytes) -> None:
     assert len(key.public_bytes_raw()) == 32
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**64 - 1))
+def test_issued_at_is_the_timestamp_in_iso_8601_utc_clamped_to_year_9999(timestamp: int) -> None:
+    platform = SimPlatform.generate()
+    raw = platform.issue(report_data=REPORT_DATA, measurement=MEASUREMENT, timestamp=timestamp).to_bytes()
+    issued = verify_sim(raw, platform.public_key, at=AT).details["issued_at"]
+    expected = datetime.fromtimestamp(min(timestamp, 253402300799), UTC).isoformat().replace("+00:00", "Z")
+    assert issued == expected
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "issued"),
+    [
+        (0, "1970-01-01T00:00:00Z"),
+        (253402300799, "9999-12-31T23:59:59Z"),
+        (2**64 - 1, "9999-12-31T23:59:59Z"),
+    ],
+)
+def test_issued_at_at_the_ends_of_the_range(platform: SimPlatform, timestamp: int, issued: str) -> None:
+    raw = platform.issue(report_data=REPORT_DATA, measurement=MEASUREMENT, timestamp=timestamp).to_bytes()
+    assert verify_sim(raw, platform.public_key, at=AT).details["issued_at"] == issued
+
+
+def test_the_kept_key_ids_follow_each_trusted_key_object() -> None:
+    """The verifier keeps the id of each trusted key object it was given (a few at most): each
+    key's evidence verifies with that key and only with it, however many keys came before, and
+    a new object of the same key is the same key."""
+    platforms = [SimPlatform.generate() for _ in range(20)]
+    issued = [
+        p.issue(report_data=REPORT_DATA, measurement=MEASUREMENT, timestamp=i).to_bytes()
+        for i, p in enumerate(platforms)
+    ]
+    for _ in range(2):
+        for i, (platform, raw) in enumerate(zip(platforms, issued, strict=True)):
+            assert verify_sim(raw, platform.public_key, at=AT).claims["timestamp"] == i
+            again = load_platform_public_key(platform.public_key_pem())
+            assert verify_sim(raw, again, at=AT).claims["platform_key_id"] == platform.key_id.hex()
+            other = platforms[(i + 1) % len(platforms)]
+            with pytest.raises(SignatureError, match=other.key_id.hex()):
+                verify_sim(raw, other.public_key, at=AT)
+
+
+def test_the_signature_covers_the_bytes_received(platform: SimPlatform, evidence: bytes) -> None:
+    """What is verified is the evidence as sent: re-serialising the parsed fields gives the same
+    bytes (no field is normalised on the way), so a signature over anything else fails."""
+    parsed = SimEvidence.from_bytes(evidence)
+    assert parsed.signed_bytes() == evidence[:SIGNED_SIZE]
+    resigned = SimEvidence(
+        debug=parsed.debug,
+        svn=parsed.svn,
+        timestamp=parsed.timestamp,
+        measurement=parsed.measurement,
+        report_data=parsed.report_data,
+        platform_key_id=parsed.platform_key_id,
+        signature=bytes(64),
+    )
+    with pytest.raises(SignatureError):
+        verify_sim(resigned.to_bytes(), platform.public_key, at=AT)
+
+
 @pytest.mark.parametrize(
     "module",
     [

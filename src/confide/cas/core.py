@@ -418,11 +418,18 @@ def _decrypt_key(sealer: Sealer, row: Any) -> SecretValue:
 
 
 def decrypt_release(
-    private_key: ec.EllipticCurvePrivateKey, response: dict[str, Any], nonce: bytes
+    private_key: ec.EllipticCurvePrivateKey,
+    response: dict[str, Any],
+    nonce: bytes,
+    *,
+    public_key_der: bytes | None = None,
 ) -> dict[str, Any]:
-    """Runtime side of the release: ECDH with the CAS's ephemeral key, HKDF, AES-256-GCM."""
+    """Runtime side of the release: ECDH with the CAS's ephemeral key, HKDF, AES-256-GCM.
+    ``public_key_der``: the SubjectPublicKeyInfo DER of ``private_key``'s public key as the
+    request sent it (saves encoding it again; DER of another key makes the release not decrypt)."""
     try:
-        cas_pub = serialization.load_der_public_key(base64.b64decode(response["cas_key"]))
+        cas_der = base64.b64decode(response["cas_key"])
+        cas_pub = serialization.load_der_public_key(cas_der)
         iv = base64.b64decode(response["iv"])
         ciphertext = base64.b64decode(response["ciphertext"])
     except (KeyError, ValueError, TypeError):
@@ -433,7 +440,14 @@ def decrypt_release(
         raise ParseError(
             f"CAS key is on {cas_pub.curve.name}, expected {private_key.curve.name}", structure="release"
         )
-    key = _release_key(private_key.exchange(ec.ECDH(), cas_pub), cas_pub, private_key.public_key(), nonce)
+    # The key derivation binds both keys' own encodings (uncompressed points): bytes that have
+    # that fixed form are that encoding (the CAS key's were just loaded from them), others are
+    # encoded again.
+    cas_spki = cas_der if _is_p256_spki(cas_der) else _spki(cas_pub)
+    if public_key_der is None or not _is_p256_spki(public_key_der):
+        public_key_der = _spki(private_key.public_key())
+    shared = private_key.exchange(ec.ECDH(), cas_pub)
+    key = _release_key_der(shared, cas_spki, public_key_der, nonce)
     try:
         plain = AESGCM(key).decrypt(iv, ciphertext, RELEASE_INFO)
     except Exception:
@@ -447,16 +461,17 @@ def decrypt_release(
 # SubjectPublicKeyInfo DER of a P-256 key up to its uncompressed point (RFC 5480 §2, SEC 1
 # §2.3.3): SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING { 04 || X || Y } }.
 _P256_SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200") + b"\x04"
+_P256_SPKI_SIZE = len(_P256_SPKI_PREFIX) + 64
+
+
+def _is_p256_spki(der: bytes) -> bool:
+    """Whether ``der`` has the fixed form of a P-256 key's SPKI with an uncompressed point (its
+    own encoding, when the key loads from it)."""
+    return len(der) == _P256_SPKI_SIZE and der.startswith(_P256_SPKI_PREFIX)
 
 
 def _spki(key: ec.EllipticCurvePublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _release_key(
-    shared: bytes, cas_pub: ec.EllipticCurvePublicKey, runtime_pub: ec.EllipticCurvePublicKey, nonce: bytes
-) -> bytes:
-    return _release_key_der(shared, _spki(cas_pub), _spki(runtime_pub), nonce)
 
 
 def _release_key_der(shared: bytes, cas_spki: bytes, runtime_spki: bytes, nonce: bytes) -> bytes:
@@ -1667,7 +1682,7 @@ class Cas:
         encoding when they have its fixed form, and are then not serialised again."""
         eph = ec.generate_private_key(ec.SECP256R1())
         eph_der = _spki(eph.public_key())
-        if len(runtime_der) != len(_P256_SPKI_PREFIX) + 64 or not runtime_der.startswith(_P256_SPKI_PREFIX):
+        if not _is_p256_spki(runtime_der):
             runtime_der = _spki(runtime_key)  # e.g. a compressed point: re-encode it
         key = _release_key_der(eph.exchange(ec.ECDH(), runtime_key), eph_der, runtime_der, nonce)
         iv = os.urandom(12)

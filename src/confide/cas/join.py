@@ -156,7 +156,7 @@ def join_cas(
                 "nonce": nonce_hex,
             }
         )
-    key, key_id = _open_payload(decrypt_release(private_key, response, nonce))
+    key, key_id = _open_payload(decrypt_release(private_key, response, nonce, public_key_der=key_der))
     if expected_key_id is not None and not hmac.compare_digest(key_id, expected_key_id):
         raise BindingError(
             f"the CAS at {shown_url} released master key id {key_id}, but the database's secrets are"

@@ -1,8 +1,9 @@
 """A bounds-checked reader for fixed-layout binary structures.
 
-Every parser in ``confide.evidence`` reads through :class:`Reader`, so malformed input always
-raises :class:`~confide.errors.ParseError` naming the structure, the field and the offset,
-never ``IndexError`` or ``struct.error``.
+Every parser in ``confide.evidence`` reads through :class:`Reader` (or, for a fixed-size
+structure whose exact length it checked first, one ``struct.Struct`` that then cannot fail), so
+malformed input always raises :class:`~confide.errors.ParseError` naming the structure, the
+field and the offset, never ``IndexError`` or ``struct.error``.
 """
 
 from __future__ import annotations

@@ -21,10 +21,10 @@ This module only parses and serialises; :mod:`confide.verify.sim` checks the sig
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from confide.errors import ParseError
-from confide.evidence._reader import Reader
 
 __all__ = [
     "FLAG_DEBUG",
@@ -75,6 +75,13 @@ SIM_EVIDENCE_SIZE = SIGNED_SIZE + SIGNATURE_SIZE  # 0x10C = 268
 assert len(MARKER) == MARKER_SIZE
 assert SIGNED_SIZE == 0xCC
 
+# The layout above as one struct (little-endian, no padding): the signed part, then the signature.
+_SIGNED = struct.Struct(
+    f"<{MAGIC_SIZE}sB{MARKER_SIZE}sIIQ{MEASUREMENT_SIZE}s{REPORT_DATA_SIZE}s{PLATFORM_KEY_ID_SIZE}s"
+)
+_LAYOUT = struct.Struct(_SIGNED.format + f"{SIGNATURE_SIZE}s")
+assert _SIGNED.size == SIGNED_SIZE and _LAYOUT.size == SIM_EVIDENCE_SIZE
+
 
 def _check_width(value: bytes, size: int, name: str) -> None:
     if len(value) != size:
@@ -113,19 +120,18 @@ class SimEvidence:
         return FLAG_DEBUG if self.debug else 0
 
     def signed_bytes(self) -> bytes:
-        """The bytes the platform key signs: everything before the signature."""
-        return b"".join(
-            (
-                MAGIC,
-                self.version.to_bytes(VERSION_SIZE, "little"),
-                MARKER,
-                self.flags.to_bytes(FLAGS_SIZE, "little"),
-                self.svn.to_bytes(SVN_SIZE, "little"),
-                self.timestamp.to_bytes(TIMESTAMP_SIZE, "little"),
-                self.measurement,
-                self.report_data,
-                self.platform_key_id,
-            )
+        """The bytes the platform key signs: everything before the signature (the widths and
+        ranges were checked by ``__post_init__``, so the struct neither pads nor truncates)."""
+        return _SIGNED.pack(
+            MAGIC,
+            self.version,
+            MARKER,
+            FLAG_DEBUG if self.debug else 0,
+            self.svn,
+            self.timestamp,
+            self.measurement,
+            self.report_data,
+            self.platform_key_id,
         )
 
     def to_bytes(self) -> bytes:
@@ -133,36 +139,26 @@ class SimEvidence:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SimEvidence:
-        r = Reader(bytes(data), STRUCTURE)
+        data = bytes(data)
         if len(data) != SIM_EVIDENCE_SIZE:
             # Checked first so that a truncated or padded blob is named as such.
-            if len(data) >= MAGIC_SIZE and bytes(data[:MAGIC_SIZE]) != MAGIC:
-                raise r.error(f"got {bytes(data[:MAGIC_SIZE])!r}, expected {MAGIC!r}", "magic", 0)
-            raise r.error(f"got {len(data)} bytes, expected exactly {SIM_EVIDENCE_SIZE}", "length", 0)
-        magic = r.take(MAGIC_SIZE, "magic")
+            if len(data) >= MAGIC_SIZE and data[:MAGIC_SIZE] != MAGIC:
+                raise _error(f"got {data[:MAGIC_SIZE]!r}, expected {MAGIC!r}", "magic", 0)
+            raise _error(f"got {len(data)} bytes, expected exactly {SIM_EVIDENCE_SIZE}", "length", 0)
+        # Exactly the layout's size: every field is there, so the fixed layout is read in one
+        # struct call (which cannot fail), then checked field by field in the layout's order.
+        (magic, version, marker, flags, svn, timestamp, measurement, report_data, platform_key_id,
+         signature) = _LAYOUT.unpack(data)  # fmt: skip
         if magic != MAGIC:
-            raise r.error(f"got {magic!r}, expected {MAGIC!r}", "magic", 0)
-        version_pos = r.pos
-        version = r.u8("version")
+            raise _error(f"got {magic!r}, expected {MAGIC!r}", "magic", 0)
         if version != VERSION:
-            raise r.error(f"got version {version}, expected {VERSION}", "version", version_pos)
-        marker_pos = r.pos
-        marker = r.take(MARKER_SIZE, "marker")
+            raise _error(f"got version {version}, expected {VERSION}", "version", MAGIC_SIZE)
         if marker != MARKER:
-            raise r.error(f"got {marker!r}, expected {MARKER!r}", "marker", marker_pos)
-        flags_pos = r.pos
-        flags = r.u32("flags")
+            raise _error(f"got {marker!r}, expected {MARKER!r}", "marker", MAGIC_SIZE + VERSION_SIZE)
         if flags & ~_KNOWN_FLAGS:
-            raise r.error(
-                f"got reserved flag bits {flags & ~_KNOWN_FLAGS:#x}, expected 0", "flags", flags_pos
+            raise _error(
+                f"got reserved flag bits {flags & ~_KNOWN_FLAGS:#x}, expected 0", "flags", _FLAGS_OFFSET
             )
-        svn = r.u32("svn")
-        timestamp = r.u64("timestamp")
-        measurement = r.take(MEASUREMENT_SIZE, "measurement")
-        report_data = r.take(REPORT_DATA_SIZE, "report_data")
-        platform_key_id = r.take(PLATFORM_KEY_ID_SIZE, "platform_key_id")
-        signature = r.take(SIGNATURE_SIZE, "signature")
-        r.expect_end()
         return cls(
             debug=bool(flags & FLAG_DEBUG),
             svn=svn,
@@ -173,3 +169,10 @@ class SimEvidence:
             signature=signature,
             version=version,
         )
+
+
+_FLAGS_OFFSET = MAGIC_SIZE + VERSION_SIZE + MARKER_SIZE  # 0x02C
+
+
+def _error(message: str, field: str, offset: int) -> ParseError:
+    return ParseError(message, structure=STRUCTURE, field=field, offset=offset)

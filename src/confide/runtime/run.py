@@ -117,7 +117,7 @@ def attest_and_prepare(
     aux = getattr(evidence, "aux", None)
     if aux:
         request["aux"] = {k: base64.b64encode(v).decode() for k, v in dict(aux).items()}
-    config = decrypt_release(key, client.attest(request), nonce)
+    config = decrypt_release(key, client.attest(request), nonce, public_key_der=key_der)
     try:
         argv = list(config["command"]) if config.get("command") else list(command)
         environment = {str(k): str(v) for k, v in dict(config.get("environment") or {}).items()}

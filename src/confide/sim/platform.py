@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import binascii
 import contextlib
-import dataclasses
 import os
 import secrets
 import stat
@@ -30,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from confide.errors import ParseError, StorageError, UsageError
-from confide.evidence.sim import MEASUREMENT_SIZE, REPORT_DATA_SIZE, SimEvidence
+from confide.evidence.sim import MEASUREMENT_SIZE, REPORT_DATA_SIZE, SIGNATURE_SIZE, SimEvidence
 from confide.verify.sim import platform_key_id
 
 __all__ = [
@@ -48,10 +47,11 @@ _RAW_KEY_SIZE = 32
 class SimPlatform:
     """The simulated platform's signing key and the evidence it issues."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_key", "_key_id")
 
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
         self._key = private_key
+        self._key_id = platform_key_id(private_key.public_key())  # the key never changes
 
     def __repr__(self) -> str:  # never show key material
         return f"SimPlatform(key_id={self.key_id.hex()})"
@@ -66,7 +66,7 @@ class SimPlatform:
 
     @property
     def key_id(self) -> bytes:
-        return platform_key_id(self.public_key)
+        return self._key_id
 
     def public_key_pem(self) -> bytes:
         return self.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
@@ -85,16 +85,24 @@ class SimPlatform:
             raise UsageError(f"report_data: got {len(report_data)} bytes, expected {REPORT_DATA_SIZE}")
         if len(measurement) != MEASUREMENT_SIZE:
             raise UsageError(f"measurement: got {len(measurement)} bytes, expected {MEASUREMENT_SIZE}")
-        unsigned = SimEvidence(
+        unsigned = SimEvidence(  # checks the fields' ranges before they are signed
             debug=debug,
             svn=svn,
             timestamp=timestamp,
             measurement=measurement,
             report_data=report_data,
-            platform_key_id=self.key_id,
-            signature=bytes(64),
+            platform_key_id=self._key_id,
+            signature=bytes(SIGNATURE_SIZE),
         )
-        return dataclasses.replace(unsigned, signature=self._key.sign(unsigned.signed_bytes()))
+        return SimEvidence(
+            debug=debug,
+            svn=svn,
+            timestamp=timestamp,
+            measurement=measurement,
+            report_data=report_data,
+            platform_key_id=self._key_id,
+            signature=self._key.sign(unsigned.signed_bytes()),
+        )
 
     # --- storage -----------------------------------------------------------------------------
 

@@ -1,0 +1,154 @@
+"""Instructions per call of each step of the attestation's crypto path, on both sides, counted by
+callgrind (not a timing: repeatable on a shared VM).
+
+The client's steps (``_sim_request.sim_attest_request``: a fresh P-256 key, its SPKI, the binding,
+the simulated evidence signed with Ed25519; ``decrypt_release``), the CAS's (``verify_sim``,
+loading the runtime's key, ``Cas._encrypt``), the primitives inside them, and alternatives the
+code does not use (ECDSA P-256 for the simulated evidence's signature, X25519 for the release,
+``EllipticCurvePublicKey.from_encoded_point`` for the runtime's key), each called ``-n`` times
+after a warm-up between a ``CALLGRIND_ZERO_STATS`` and a ``CALLGRIND_DUMP_STATS_AT``. ``--root
+DIR`` takes ``confide`` and the bench helpers from another checkout, for before/after
+comparisons (a step the checkout lacks is skipped).
+
+    .venv/bin/python bench/crypto_instructions.py [-n 200] [--root DIR] [STEP ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import importlib
+import importlib.util
+import inspect
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+
+
+def _steps(root: Path) -> dict[str, Callable[[], object]]:
+    sys.path[:0] = [str(root / "bench"), str(root / "src")]
+    serialization: Any = importlib.import_module("cryptography.hazmat.primitives.serialization")
+    hashes: Any = importlib.import_module("cryptography.hazmat.primitives.hashes")
+    ec: Any = importlib.import_module("cryptography.hazmat.primitives.asymmetric.ec")
+    x25519: Any = importlib.import_module("cryptography.hazmat.primitives.asymmetric.x25519")
+    sim_request: Any = importlib.import_module("_sim_request")
+    core: Any = importlib.import_module("confide.cas.core")
+    verify: Any = importlib.import_module("confide.verify.sim")
+    platform = importlib.import_module("confide.sim.platform").SimPlatform.generate()  # type: ignore[attr-defined]
+    nonce_hex = os.urandom(32).hex()
+    nonce = bytes.fromhex(nonce_hex)
+    key, request = sim_request.sim_attest_request(
+        platform, nonce_hex, policy="bench", service="app", measurement=sim_request.MEASUREMENT
+    )
+    der, evidence = base64.b64decode(request["public_key"]), base64.b64decode(request["evidence"])
+    public = key.public_key()
+    config = {"command": ["app", "--token", "x" * 20], "environment": {"KEY": "ab" * 32}}
+    cas = object.__new__(core.Cas)
+    release = core.Cas._encrypt(cas, config, public, nonce, der)
+    cas_public = serialization.load_der_public_key(base64.b64decode(release["cas_key"]))
+    at = datetime.now(UTC)
+    trusted = platform.public_key
+    signed, signature = evidence[:-64], evidence[-64:]
+    p256 = ec.generate_private_key(ec.SECP256R1())
+    p256_signature = p256.sign(signed, ec.ECDSA(hashes.SHA256()))
+    x_private, x_peer = x25519.X25519PrivateKey.generate(), x25519.X25519PrivateKey.generate().public_key()
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    with_der = "public_key_der" in inspect.signature(core.decrypt_release).parameters
+    steps: dict[str, Callable[[], object]] = {
+        "client: sim_attest_request": lambda: sim_request.sim_attest_request(
+            platform, nonce_hex, policy="bench", service="app", measurement=sim_request.MEASUREMENT
+        ),
+        "client: decrypt_release": lambda: core.decrypt_release(key, release, nonce),
+        "CAS: verify_sim": lambda: verify.verify_sim(evidence, trusted, at=at),
+        "CAS: load runtime key (load_der_public_key)": lambda: serialization.load_der_public_key(der),
+        "CAS: Cas._encrypt": lambda: core.Cas._encrypt(cas, config, public, nonce, der),
+        "P-256 key generation": lambda: ec.generate_private_key(ec.SECP256R1()),
+        "P-256 SPKI encoding": lambda: public.public_bytes(*spki),
+        "P-256 ECDH": lambda: key.exchange(ec.ECDH(), cas_public),
+        "Ed25519 sign (evidence)": lambda: platform._key.sign(signed),
+        "Ed25519 verify (evidence)": lambda: trusted.verify(signature, signed),
+        "alt: from_encoded_point (runtime key)": lambda: ec.EllipticCurvePublicKey.from_encoded_point(
+            ec.SECP256R1(), der[26:]
+        ),
+        "alt: ECDSA P-256 sign (evidence)": lambda: p256.sign(signed, ec.ECDSA(hashes.SHA256())),
+        "alt: ECDSA P-256 verify (evidence)": lambda: p256.public_key().verify(
+            p256_signature, signed, ec.ECDSA(hashes.SHA256())
+        ),
+        "alt: P-256 key generation + SPKI": lambda: (
+            ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(*spki)
+        ),
+        "alt: X25519 key generation + raw key": lambda: (
+            x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()
+        ),
+        "alt: X25519 exchange": lambda: x_private.exchange(x_peer),
+    }
+    if with_der:
+        steps["client: decrypt_release (public_key_der)"] = lambda: core.decrypt_release(
+            key, release, nonce, public_key_der=der
+        )
+    return steps
+
+
+def _load_callgrind() -> Any:
+    spec = importlib.util.spec_from_file_location("_callgrind", BENCH / "_callgrind.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Callgrind()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-n", type=int, default=200, help="calls per step")
+    parser.add_argument("--root", type=Path, default=BENCH.parent, help="checkout whose code to count")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("steps", nargs="*", help="steps to count (default: all)")
+    args = parser.parse_args()
+    root = args.root.resolve()
+    if args.child:
+        callgrind = _load_callgrind()
+        steps = _steps(root)
+        for name in args.steps or list(steps):
+            if name not in steps:
+                continue
+            step = steps[name]
+            for _ in range(20):
+                step()
+            callgrind.zero()
+            for _ in range(args.n):
+                step()
+            callgrind.dump(name)
+        return
+    work = Path(tempfile.mkdtemp(prefix="confide-cg-crypto-"))
+    run = subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/cg.out", "-q", sys.executable,
+         str(Path(__file__).resolve()), "--child", "-n", str(args.n), "--root", str(root), *args.steps],
+        env={**os.environ, "PYTHONHASHSEED": "0"}, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if run.returncode != 0:
+        sys.stderr.write(run.stderr[-4000:])
+        raise SystemExit(run.returncode)
+    counts: list[tuple[int, str, int]] = []
+    for path in work.glob("cg.out.*"):
+        text = path.read_text(errors="replace")
+        trigger = re.search(r"^desc: Trigger: Client Request: (.*)$", text, re.M)
+        total = re.search(r"^(?:totals|summary):\s+(\d+)", text, re.M)
+        if trigger and total:
+            counts.append((int(path.name.rsplit(".", 1)[1]), trigger.group(1), int(total.group(1))))
+    print(f"instructions per call ({args.n} calls each; {root}):")
+    for _, name, total in sorted(counts):
+        print(f"  {name:<45} {total / args.n:12,.0f}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
