@@ -21,7 +21,7 @@ from asgi_call import call
 from confide import errors
 from confide.cas.app import create_app
 from confide.cas.client import _raise_for, policy_submission
-from confide.cas.core import RELEASE_INFO, _release_key, decrypt_release
+from confide.cas.core import RELEASE_INFO, _release_key_der, _spki, decrypt_release
 from confide.cas.db import raw_execute
 from confide.identity import Identity
 from confide.policy.loader import loads_policy
@@ -177,8 +177,11 @@ def test_a_release_whose_payload_gives_a_key_twice_is_refused() -> None:
     runtime = ec.generate_private_key(ec.SECP256R1())
     cas_key = ec.generate_private_key(ec.SECP256R1())
     nonce = bytes(32)
-    key = _release_key(
-        cas_key.exchange(ec.ECDH(), runtime.public_key()), cas_key.public_key(), runtime.public_key(), nonce
+    key = _release_key_der(
+        cas_key.exchange(ec.ECDH(), runtime.public_key()),
+        _spki(cas_key.public_key()),
+        _spki(runtime.public_key()),
+        nonce,
     )
 
     def release(plain: bytes) -> dict[str, Any]:
