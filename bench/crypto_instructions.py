@@ -2,9 +2,10 @@
 callgrind (not a timing: repeatable on a shared VM).
 
 The client's steps (``_sim_request.sim_attest_request``: a fresh P-256 key, its SPKI, the binding,
-the simulated evidence signed with Ed25519; ``decrypt_release``), the CAS's (``verify_sim``,
-loading the runtime's key, ``Cas._encrypt``), the primitives inside them, and alternatives the
-code does not use (ECDSA P-256 for the simulated evidence's signature, X25519 for the release,
+the simulated evidence signed by a new platform key: ECDSA P-256, version 2, and with a checkout
+that has it also by an Ed25519 key, version 1; ``decrypt_release``), the CAS's (``verify_sim``
+of both versions, loading the runtime's key, ``Cas._encrypt``), the primitives inside them, and
+alternatives the code does not use (X25519 for the release,
 ``EllipticCurvePublicKey.from_encoded_point`` for the runtime's key), each called ``-n`` times
 after a warm-up between a ``CALLGRIND_ZERO_STATS`` and a ``CALLGRIND_DUMP_STATS_AT``. ``--root
 DIR`` takes ``confide`` and the bench helpers from another checkout, for before/after
@@ -43,7 +44,15 @@ def _steps(root: Path) -> dict[str, Callable[[], object]]:
     sim_request: Any = importlib.import_module("_sim_request")
     core: Any = importlib.import_module("confide.cas.core")
     verify: Any = importlib.import_module("confide.verify.sim")
-    platform = importlib.import_module("confide.sim.platform").SimPlatform.generate()  # type: ignore[attr-defined]
+    ed25519: Any = importlib.import_module("cryptography.hazmat.primitives.asymmetric.ed25519")
+    sim_platform: Any = importlib.import_module("confide.sim.platform").SimPlatform  # type: ignore[attr-defined]
+    platform = sim_platform.generate()  # a new platform key (P-256 since evidence version 2)
+    # An Ed25519 platform (version 1) where the checkout can make one on request.
+    v1 = (
+        sim_platform.generate(ed25519=True)
+        if "ed25519" in inspect.signature(sim_platform.generate).parameters
+        else None
+    )
     nonce_hex = os.urandom(32).hex()
     nonce = bytes.fromhex(nonce_hex)
     key, request = sim_request.sim_attest_request(
@@ -57,9 +66,11 @@ def _steps(root: Path) -> dict[str, Callable[[], object]]:
     cas_public = serialization.load_der_public_key(base64.b64decode(release["cas_key"]))
     at = datetime.now(UTC)
     trusted = platform.public_key
-    signed, signature = evidence[:-64], evidence[-64:]
+    signed = evidence[:-64]
     p256 = ec.generate_private_key(ec.SECP256R1())
     p256_signature = p256.sign(signed, ec.ECDSA(hashes.SHA256()))
+    ed_key = ed25519.Ed25519PrivateKey.generate()
+    ed_signature, ed_public = ed_key.sign(signed), ed_key.public_key()
     x_private, x_peer = x25519.X25519PrivateKey.generate(), x25519.X25519PrivateKey.generate().public_key()
     spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     with_der = "public_key_der" in inspect.signature(core.decrypt_release).parameters
@@ -74,13 +85,13 @@ def _steps(root: Path) -> dict[str, Callable[[], object]]:
         "P-256 key generation": lambda: ec.generate_private_key(ec.SECP256R1()),
         "P-256 SPKI encoding": lambda: public.public_bytes(*spki),
         "P-256 ECDH": lambda: key.exchange(ec.ECDH(), cas_public),
-        "Ed25519 sign (evidence)": lambda: platform._key.sign(signed),
-        "Ed25519 verify (evidence)": lambda: trusted.verify(signature, signed),
+        "Ed25519 sign (evidence v1)": lambda: ed_key.sign(signed),
+        "Ed25519 verify (evidence v1)": lambda: ed_public.verify(ed_signature, signed),
         "alt: from_encoded_point (runtime key)": lambda: ec.EllipticCurvePublicKey.from_encoded_point(
             ec.SECP256R1(), der[26:]
         ),
-        "alt: ECDSA P-256 sign (evidence)": lambda: p256.sign(signed, ec.ECDSA(hashes.SHA256())),
-        "alt: ECDSA P-256 verify (evidence)": lambda: p256.public_key().verify(
+        "ECDSA P-256 sign, DER (evidence v2)": lambda: p256.sign(signed, ec.ECDSA(hashes.SHA256())),
+        "ECDSA P-256 verify, DER (evidence v2)": lambda: p256.public_key().verify(
             p256_signature, signed, ec.ECDSA(hashes.SHA256())
         ),
         "alt: P-256 key generation + SPKI": lambda: (
@@ -91,6 +102,15 @@ def _steps(root: Path) -> dict[str, Callable[[], object]]:
         ),
         "alt: X25519 exchange": lambda: x_private.exchange(x_peer),
     }
+    if v1 is not None:
+        _, v1_request = sim_request.sim_attest_request(
+            v1, nonce_hex, policy="bench", service="app", measurement=sim_request.MEASUREMENT
+        )
+        v1_evidence, v1_trusted = base64.b64decode(v1_request["evidence"]), v1.public_key
+        steps["client: sim_attest_request (v1, Ed25519)"] = lambda: sim_request.sim_attest_request(
+            v1, nonce_hex, policy="bench", service="app", measurement=sim_request.MEASUREMENT
+        )
+        steps["CAS: verify_sim (v1, Ed25519)"] = lambda: verify.verify_sim(v1_evidence, v1_trusted, at=at)
     if with_der:
         steps["client: decrypt_release (public_key_der)"] = lambda: core.decrypt_release(
             key, release, nonce, public_key_der=der

@@ -75,6 +75,7 @@ def test_init_quote_verify_round_trip(tmp_path: Path, app: Path) -> None:
     assert init.returncode == 0, init.stderr
     assert (tmp_path / "k" / "platform-key.pem").stat().st_mode & 0o777 == 0o600
     key_id = init.stdout.decode().split()[3]
+    assert "key type: ECDSA P-256 (simulated evidence version 2)" in init.stdout.decode()
     assert confide("sim", "init", "--dir", "k", cwd=tmp_path).stdout.decode().split()[3] == key_id
 
     rd = "ab" * 64
@@ -183,3 +184,51 @@ def test_quote_rejects_bad_report_data(tmp_path: Path, app: Path, report_data: s
     out = confide("sim", "quote", "--dir", "k", "--report-data", report_data, "--", "./app.sh", cwd=tmp_path)
     assert out.returncode == UsageError.exit_code
     assert out.stdout == b""
+
+
+def test_an_ed25519_sim_dir_keeps_issuing_and_verifying_version_1(tmp_path: Path, app: Path) -> None:
+    """A sim directory from before version 2 (Ed25519 key) keeps working through the CLI; its
+    version 1 evidence is refused with a P-256 platform's key, naming the mismatch, and the
+    reverse."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    (tmp_path / "old").mkdir(mode=0o700)
+    key = tmp_path / "old" / "platform-key.pem"
+    key.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    )
+    key.chmod(0o600)
+    init = confide("sim", "init", "--dir", "old", cwd=tmp_path)
+    assert init.returncode == 0, init.stderr
+    assert "key type: Ed25519 (simulated evidence version 1)" in init.stdout.decode()
+    assert confide("sim", "init", "--dir", "new", cwd=tmp_path).returncode == 0
+    for d in ("old", "new"):
+        quote = confide(
+            "sim",
+            "quote",
+            "--dir",
+            d,
+            "--report-data",
+            "01",
+            "--out",
+            f"{d}.bin",
+            "--",
+            "./app.sh",
+            cwd=tmp_path,
+        )
+        assert quote.returncode == 0, quote.stderr
+    assert (tmp_path / "old.bin").read_bytes()[0x0B] == 1
+    assert (tmp_path / "new.bin").read_bytes()[0x0B] == 2
+    for d in ("old", "new"):
+        out = confide(
+            "evidence", "verify", f"{d}.bin", "--root", f"{d}/platform-key.pub.pem", "--json", cwd=tmp_path
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert json.loads(out.stdout)["claims"]["report_data"].startswith("01")
+    for ev, root in (("old", "new"), ("new", "old")):
+        wrong = confide(
+            "evidence", "verify", f"{ev}.bin", "--root", f"{root}/platform-key.pub.pem", cwd=tmp_path
+        )
+        assert wrong.returncode == SignatureError.exit_code
+        assert b"version" in wrong.stderr and b"Traceback" not in wrong.stderr

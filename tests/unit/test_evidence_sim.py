@@ -48,6 +48,18 @@ def test_layout_matches_the_documented_offsets() -> None:
     assert ev.signed_bytes() == raw[:SIGNED_SIZE]
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_both_versions_share_the_layout_and_round_trip(version: int) -> None:
+    ev = _sample(version=version)
+    raw = ev.to_bytes()
+    assert len(raw) == SIM_EVIDENCE_SIZE
+    assert raw[0x00B] == version
+    assert raw[:0x00B] + raw[0x00C:] == (r := _sample().to_bytes())[:0x00B] + r[0x00C:]
+    parsed = SimEvidence.from_bytes(raw)
+    assert parsed == ev and parsed.version == version
+    assert parsed.to_bytes() == raw
+
+
 def test_round_trip_is_byte_exact() -> None:
     raw = _sample().to_bytes()
     parsed = SimEvidence.from_bytes(raw)
@@ -65,7 +77,9 @@ def test_debug_flag_clear_round_trips() -> None:
     ("offset", "value", "field"),
     [
         (0x000, b"X", "magic"),
-        (0x00B, b"\x02", "version"),
+        (0x00B, b"\x00", "version"),
+        (0x00B, b"\x03", "version"),
+        (0x00B, b"\xff", "version"),
         (0x00C, b"s", "marker"),  # the loud marker cannot be altered
         (0x02C, b"\x02", "flags"),  # reserved flag bit
         (0x02F, b"\x80", "flags"),
@@ -103,7 +117,8 @@ def test_wrong_magic_is_named_even_for_a_wrong_length() -> None:
         {"svn": -1},
         {"svn": 1 << 32},
         {"timestamp": -1},
-        {"version": 2},
+        {"version": 0},
+        {"version": 3},
     ],
 )
 def test_constructor_rejects_bad_widths(overrides: dict[str, object]) -> None:
@@ -124,7 +139,7 @@ def test_arbitrary_bytes_raise_only_parse_error(data: bytes) -> None:
 @settings(max_examples=300)
 @given(st.integers(0, SIM_EVIDENCE_SIZE - 1), st.binary(min_size=1, max_size=8), st.booleans())
 def test_mutated_evidence_raises_only_parse_error_or_round_trips(pos: int, patch: bytes, cut: bool) -> None:
-    raw = bytearray(_sample().to_bytes())
+    raw = bytearray(_sample(version=1 + pos % 2).to_bytes())
     raw[pos : pos + len(patch)] = patch
     data = bytes(raw[:pos]) if cut else bytes(raw)
     try:
@@ -165,8 +180,8 @@ def _reference_from_bytes(data: bytes) -> SimEvidence:
         raise r.error(f"got {magic!r}, expected {MAGIC!r}", "magic", 0)
     version_pos = r.pos
     version = r.u8("version")
-    if version != sim.VERSION:
-        raise r.error(f"got version {version}, expected {sim.VERSION}", "version", version_pos)
+    if version not in (1, 2):  # version 2 (ECDSA P-256) has the same layout as version 1
+        raise r.error(f"got version {version}, expected 1 or 2", "version", version_pos)
     marker_pos = r.pos
     marker = r.take(sim.MARKER_SIZE, "marker")
     if marker != MARKER:
@@ -204,15 +219,16 @@ def _outcome(parse: object, data: bytes) -> object:
 def test_the_struct_parser_accepts_and_refuses_exactly_as_the_field_reader(
     pos: int, patch: bytes, shape: str, debug: bool
 ) -> None:
-    raw = bytearray(_sample(debug=debug).to_bytes())
+    raw = bytearray(_sample(debug=debug, version=2 if pos % 2 else 1).to_bytes())
     raw[pos : pos + len(patch)] = patch
     data = {"keep": bytes(raw), "cut": bytes(raw[:pos]), "pad": bytes(raw) + patch}[shape]
     assert _outcome(SimEvidence.from_bytes, data) == _outcome(_reference_from_bytes, data)
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("length", [*range(0, 20), 43, 44, 48, 203, 204, 267, 269, 536])
-def test_every_truncation_and_padding_is_refused_as_before(length: int) -> None:
-    data = (_sample().to_bytes() * 2)[:length]
+def test_every_truncation_and_padding_is_refused_as_before(length: int, version: int) -> None:
+    data = (_sample(version=version).to_bytes() * 2)[:length]
     assert _outcome(SimEvidence.from_bytes, data) == _outcome(_reference_from_bytes, data)
     assert isinstance(_outcome(SimEvidence.from_bytes, data), tuple)
 
@@ -228,15 +244,23 @@ def test_a_bytearray_or_memoryview_parses_as_bytes() -> None:
     timestamp=st.integers(0, 2**64 - 1),
     measurement=st.binary(min_size=48, max_size=48),
     report_data=st.binary(min_size=64, max_size=64),
+    version=st.sampled_from([1, 2]),
 )
 def test_signed_bytes_are_the_documented_fields_in_order(
-    debug: bool, svn: int, timestamp: int, measurement: bytes, report_data: bytes
+    debug: bool, svn: int, timestamp: int, measurement: bytes, report_data: bytes, version: int
 ) -> None:
-    ev = _sample(debug=debug, svn=svn, timestamp=timestamp, measurement=measurement, report_data=report_data)
+    ev = _sample(
+        debug=debug,
+        svn=svn,
+        timestamp=timestamp,
+        measurement=measurement,
+        report_data=report_data,
+        version=version,
+    )
     assert ev.signed_bytes() == b"".join(
         (
             MAGIC,
-            b"\x01",
+            bytes([version]),
             MARKER,
             (1 if debug else 0).to_bytes(4, "little"),
             svn.to_bytes(4, "little"),
@@ -248,11 +272,14 @@ def test_signed_bytes_are_the_documented_fields_in_order(
     )
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("pos", [0, 5, 10, 11, 12, 20, 43, 44, 45, 47, 48, 52, 60, 203, 204, 267])
-@pytest.mark.parametrize("value", [0x00, 0x01, 0x02, 0x80, 0xFF])
+@pytest.mark.parametrize("value", [0x00, 0x01, 0x02, 0x03, 0x80, 0xFF])
 @pytest.mark.parametrize("length", [None, 10, 11, 12, 200, 268, 269])
-def test_each_checked_field_is_refused_as_before(pos: int, value: int, length: int | None) -> None:
-    raw = bytearray(_sample().to_bytes() + bytes(8))
+def test_each_checked_field_is_refused_as_before(
+    pos: int, value: int, length: int | None, version: int
+) -> None:
+    raw = bytearray(_sample(version=version).to_bytes() + bytes(8))
     raw[pos] = value
     data = bytes(raw[: SIM_EVIDENCE_SIZE if length is None else length])
     assert _outcome(SimEvidence.from_bytes, data) == _outcome(_reference_from_bytes, data)

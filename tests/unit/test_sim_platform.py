@@ -6,8 +6,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from confide.errors import ParseError, UsageError
 from confide.sim.platform import (
@@ -25,7 +26,9 @@ def test_first_use_creates_a_private_key_and_a_public_key(tmp_path: Path) -> Non
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert stat.S_IMODE((directory / PRIVATE_KEY_FILE).stat().st_mode) == 0o600
     pub = load_platform_public_key((directory / PUBLIC_KEY_FILE).read_bytes())
-    assert pub.public_bytes_raw() == platform.public_key.public_bytes_raw()
+    assert pub == platform.public_key
+    assert platform.version == 2  # a new platform key is ECDSA P-256
+    assert b"BEGIN PRIVATE KEY" in (directory / PRIVATE_KEY_FILE).read_bytes()
     assert {p.name for p in directory.iterdir()} == {PRIVATE_KEY_FILE, PUBLIC_KEY_FILE}
 
 
@@ -81,19 +84,65 @@ def test_a_garbage_key_file_is_a_parse_error(tmp_path: Path) -> None:
 
 def test_repr_shows_no_key_material() -> None:
     platform = SimPlatform.generate()
-    assert repr(platform) == f"SimPlatform(key_id={platform.key_id.hex()})"
+    assert repr(platform) == f"SimPlatform(key_id={platform.key_id.hex()}, version=2)"
 
 
-def test_public_key_encodings_all_load() -> None:
-    key = SimPlatform.generate().public_key
-    raw = key.public_bytes_raw()
+@pytest.mark.parametrize("ed25519", [False, True])
+def test_public_key_encodings_all_load(ed25519: bool) -> None:
+    key = SimPlatform.generate(ed25519=ed25519).public_key
+    if isinstance(key, Ed25519PublicKey):
+        raw = key.public_bytes_raw()
+    else:
+        raw = key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        assert len(raw) == 65 and raw[0] == 4
     for data in (
         key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo),
         key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
         raw,
         raw.hex().encode() + b"\n",
     ):
-        assert load_platform_public_key(data).public_bytes_raw() == raw
+        assert load_platform_public_key(data) == key
+
+
+def test_an_existing_ed25519_platform_keeps_its_key_and_issues_version_1(tmp_path: Path) -> None:
+    """A sim dir created before version 2 (Ed25519 key) keeps working: load and load_or_create
+    keep the key, and it issues version 1 evidence."""
+    directory = tmp_path / "sim"
+    directory.mkdir(mode=0o700)
+    key = Ed25519PrivateKey.generate()
+    path = directory / PRIVATE_KEY_FILE
+    path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    path.chmod(0o600)
+    platform = SimPlatform.load_or_create(directory)
+    assert platform.version == 1 and SimPlatform.load(directory).key_id == platform.key_id
+    assert load_platform_public_key((directory / PUBLIC_KEY_FILE).read_bytes()) == key.public_key()
+    ev = platform.issue(report_data=bytes(64), measurement=bytes(48), timestamp=0)
+    assert ev.version == 1 and ev.to_bytes()[0x0B] == 1
+
+
+@pytest.mark.parametrize("curve", [ec.SECP384R1(), ec.SECP256K1()])
+def test_a_private_key_on_another_curve_is_refused(tmp_path: Path, curve: ec.EllipticCurve) -> None:
+    path = tmp_path / PRIVATE_KEY_FILE
+    pem = ec.generate_private_key(curve).private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    path.write_bytes(pem)
+    path.chmod(0o600)
+    with pytest.raises(ParseError, match="expected an ECDSA P-256 or Ed25519 key"):
+        SimPlatform.load(tmp_path)
+    with pytest.raises(UsageError):
+        SimPlatform(ec.generate_private_key(curve))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x04" + bytes(64),  # not a point of the curve
+        b"\x05" + bytes(64),  # not an uncompressed point: falls to DER, refused
+        b"04" + b"00" * 64,
+    ],
+)
+def test_bad_raw_p256_points_are_parse_errors(data: bytes) -> None:
+    with pytest.raises(ParseError):
+        load_platform_public_key(data)
 
 
 @pytest.mark.parametrize(
@@ -104,10 +153,13 @@ def test_bad_public_keys_are_parse_errors(data: bytes) -> None:
         load_platform_public_key(data)
 
 
-def test_a_non_ed25519_public_key_is_refused() -> None:
-    p256 = ec.generate_private_key(ec.SECP256R1()).public_key()
-    with pytest.raises(ParseError, match="expected an Ed25519"):
-        load_platform_public_key(p256.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+def test_a_non_p256_non_ed25519_public_key_is_refused() -> None:
+    p384 = ec.generate_private_key(ec.SECP384R1()).public_key()
+    with pytest.raises(ParseError, match="got a secp384r1 key, expected an ECDSA P-256 or Ed25519"):
+        load_platform_public_key(p384.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    rsa_key = rsa.generate_private_key(65537, 2048).public_key()
+    with pytest.raises(ParseError, match="expected an ECDSA P-256 or Ed25519"):
+        load_platform_public_key(rsa_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
 
 
 @pytest.mark.parametrize(("rd", "m"), [(bytes(63), bytes(48)), (bytes(64), bytes(32))])

@@ -105,7 +105,6 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from confide.cas.fetch_stats import FetchStats
 from confide.cas.kds import FetchedVek, KdsVcekCache, vek_key, vek_request
@@ -151,7 +150,7 @@ from confide.verify.ocsp import (
 )
 from confide.verify.result import Platform, VerifiedEvidence
 from confide.verify.sev_snp import AmdRootStore, SnpVerifier
-from confide.verify.sim import verify_sim
+from confide.verify.sim import SimPlatformPublicKey, verify_sim
 from confide.verify.x509util import load_certificate_chain
 
 __all__ = [
@@ -325,7 +324,7 @@ class PlatformVerifier:
     def __init__(
         self,
         *,
-        sim_key: Ed25519PublicKey | None = None,
+        sim_key: SimPlatformPublicKey | None = None,
         dcap_source: DcapCollateralSource | None = None,
         nvidia_root: x509.Certificate | None = None,
         nvidia_rim_root: x509.Certificate | None = None,

@@ -2,19 +2,25 @@
 
 The format is confide's own (there is no vendor specification); it is documented here and in
 ``docs/simulator.md``. All integers are little-endian, every field has a fixed width, and the
-whole structure is :data:`SIM_EVIDENCE_SIZE` (268) bytes::
+whole structure is :data:`SIM_EVIDENCE_SIZE` (268) bytes in both versions, which differ only in
+the version byte and in how the platform key and the signature are defined::
 
     offset size  field
     0x000   11   magic            b"CONFIDE-SIM"
-    0x00B    1   version          1
+    0x00B    1   version          1 (Ed25519) or 2 (ECDSA P-256)
     0x00C   32   marker           b"SIMULATED:NO-HARDWARE-PROTECTION" (fixed, loud)
     0x02C    4   flags            bit 0: debug; all other bits reserved, must be zero
     0x030    4   svn              security version number of the simulated platform
     0x034    8   timestamp        Unix seconds (UTC) at which the evidence was produced
     0x03C   48   measurement      SHA-384 launch measurement (see confide.sim.measure)
     0x06C   64   report_data      caller-chosen data (binds a key and a nonce)
-    0x0AC   32   platform_key_id  SHA-256 of the raw 32-byte Ed25519 platform public key
-    0x0CC   64   signature        Ed25519 (RFC 8032) over bytes [0x000, 0x0CC)
+    0x0AC   32   platform_key_id  v1: SHA-256 of the raw 32-byte Ed25519 platform public key
+                                  v2: SHA-256 of the 65-byte uncompressed P-256 point
+                                  (SEC 1 v2 section 2.3.3: 0x04 || X || Y)
+    0x0CC   64   signature        v1: Ed25519 (RFC 8032) over bytes [0x000, 0x0CC)
+                                  v2: ECDSA P-256 with SHA-256 (FIPS 186-5 section 6.4) over
+                                  bytes [0x000, 0x0CC), as r || s, each a 32-byte big-endian
+                                  integer (the encoding of DCAP quote signatures)
 
 This module only parses and serialises; :mod:`confide.verify.sim` checks the signature.
 """
@@ -37,6 +43,9 @@ __all__ = [
     "SIGNED_SIZE",
     "SIM_EVIDENCE_SIZE",
     "VERSION",
+    "VERSIONS",
+    "VERSION_ED25519",
+    "VERSION_P256",
     "SimEvidence",
 ]
 
@@ -44,7 +53,10 @@ STRUCTURE = "confide simulated evidence"
 
 MAGIC = b"CONFIDE-SIM"
 MAGIC_SIZE = len(MAGIC)  # 11
-VERSION = 1
+VERSION_ED25519 = 1  # signed with Ed25519
+VERSION_P256 = 2  # signed with ECDSA P-256 / SHA-256
+VERSIONS = (VERSION_ED25519, VERSION_P256)
+VERSION = VERSION_ED25519  # the dataclass's default (the format before version 2 existed)
 VERSION_SIZE = 1
 MARKER = b"SIMULATED:NO-HARDWARE-PROTECTION"
 MARKER_SIZE = 32
@@ -54,7 +66,9 @@ TIMESTAMP_SIZE = 8
 MEASUREMENT_SIZE = 48  # SHA-384, the width of TDX MRTD and SEV-SNP MEASUREMENT
 REPORT_DATA_SIZE = 64  # as SGX/TDX REPORTDATA and SEV-SNP REPORT_DATA
 PLATFORM_KEY_ID_SIZE = 32  # SHA-256
-SIGNATURE_SIZE = 64  # Ed25519, RFC 8032 section 5.1.6
+SIGNATURE_SIZE = 64  # v1: Ed25519, RFC 8032 section 5.1.6; v2: ECDSA P-256 r || s (2 x 32 bytes)
+
+_EXPECTED_VERSIONS = f"{VERSION_ED25519} or {VERSION_P256}"
 
 FLAG_DEBUG = 0x1
 _KNOWN_FLAGS = FLAG_DEBUG
@@ -102,8 +116,10 @@ class SimEvidence:
     version: int = VERSION
 
     def __post_init__(self) -> None:
-        if self.version != VERSION:
-            raise ParseError(f"got version {self.version}, expected {VERSION}", structure=STRUCTURE)
+        if self.version not in VERSIONS:
+            raise ParseError(
+                f"got version {self.version}, expected {_EXPECTED_VERSIONS}", structure=STRUCTURE
+            )
         if not 0 <= self.svn < 1 << (8 * SVN_SIZE):
             raise ParseError(f"got svn {self.svn}, expected 0..2^32-1", structure=STRUCTURE, field="svn")
         if not 0 <= self.timestamp < 1 << (8 * TIMESTAMP_SIZE):
@@ -151,8 +167,8 @@ class SimEvidence:
          signature) = _LAYOUT.unpack(data)  # fmt: skip
         if magic != MAGIC:
             raise _error(f"got {magic!r}, expected {MAGIC!r}", "magic", 0)
-        if version != VERSION:
-            raise _error(f"got version {version}, expected {VERSION}", "version", MAGIC_SIZE)
+        if version not in VERSIONS:
+            raise _error(f"got version {version}, expected {_EXPECTED_VERSIONS}", "version", MAGIC_SIZE)
         if marker != MARKER:
             raise _error(f"got {marker!r}, expected {MARKER!r}", "marker", MAGIC_SIZE + VERSION_SIZE)
         if flags & ~_KNOWN_FLAGS:

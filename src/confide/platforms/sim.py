@@ -1,6 +1,7 @@
 """``confide evidence verify --platform sim``: the simulated TEE (development only).
 
-``--root`` names the simulated platform public key (PEM, DER or raw 32 bytes), e.g.
+``--root`` names the simulated platform public key (PEM or DER SubjectPublicKeyInfo, ECDSA
+P-256 or Ed25519; or the raw 65-byte P-256 point or 32-byte Ed25519 key), e.g.
 ``DIR/platform-key.pub.pem`` written by ``confide sim init --dir DIR``. ``--nonce HEX``, if
 given, must equal the report data (zero-padded on the right to 64 bytes).
 """

@@ -58,6 +58,7 @@ def sim_init(directory: Path) -> None:
     platform = SimPlatform.load_or_create(directory)
     click.echo(f"platform key id: {platform.key_id.hex()}")
     click.echo(f"public key: {directory / PUBLIC_KEY_FILE}")
+    click.echo(f"key type: {platform.algorithm} (simulated evidence version {platform.version})")
 
 
 @sim.command("measure", context_settings=_COMMAND_CONTEXT)

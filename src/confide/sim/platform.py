@@ -1,4 +1,8 @@
-"""The simulated platform: an Ed25519 "platform key" kept in a directory.
+"""The simulated platform: a "platform key" kept in a directory.
+
+The key's type decides the evidence version it issues (``docs/simulator.md``): ECDSA P-256
+(version 2, what new platforms get, as real SGX/TDX quotes are signed with ECDSA P-256) or
+Ed25519 (version 1, platforms created before version 2 existed; they keep working).
 
 A real TEE keeps its attestation key in hardware; the simulator keeps it in
 ``DIR/platform-key.pem`` (PKCS#8, mode 0600, directory 0700), so anyone who can read that file
@@ -17,7 +21,10 @@ import stat
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
@@ -28,9 +35,15 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
-from confide.errors import ParseError, StorageError, UsageError
-from confide.evidence.sim import MEASUREMENT_SIZE, REPORT_DATA_SIZE, SIGNATURE_SIZE, SimEvidence
-from confide.verify.sim import platform_key_id
+from confide.errors import ParseError, SignatureError, StorageError, UsageError
+from confide.evidence.sim import (
+    MEASUREMENT_SIZE,
+    REPORT_DATA_SIZE,
+    SIGNATURE_SIZE,
+    VERSION_ED25519,
+    SimEvidence,
+)
+from confide.verify.sim import SimPlatformPublicKey, key_version, platform_key_id
 
 __all__ = [
     "PRIVATE_KEY_FILE",
@@ -41,32 +54,54 @@ __all__ = [
 
 PRIVATE_KEY_FILE = "platform-key.pem"
 PUBLIC_KEY_FILE = "platform-key.pub.pem"
-_RAW_KEY_SIZE = 32
+_RAW_KEY_SIZE = 32  # Ed25519
+_P256_POINT_SIZE = 65  # uncompressed P-256 point, SEC 1 v2 section 2.3.3
+_P256_SCALAR_SIZE = 32
+
+SimPlatformPrivateKey = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
 
 class SimPlatform:
-    """The simulated platform's signing key and the evidence it issues."""
+    """The simulated platform's signing key and the evidence it issues (version 2 with an
+    ECDSA P-256 key, version 1 with an Ed25519 key)."""
 
-    __slots__ = ("_key", "_key_id")
+    __slots__ = ("_key", "_key_id", "_public", "_version")
 
-    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+    def __init__(self, private_key: SimPlatformPrivateKey) -> None:
         self._key = private_key
-        self._key_id = platform_key_id(private_key.public_key())  # the key never changes
+        self._public: SimPlatformPublicKey = private_key.public_key()
+        try:
+            self._version = key_version(self._public)
+        except SignatureError:
+            raise UsageError("the simulated platform key must be Ed25519 or ECDSA P-256") from None
+        self._key_id = platform_key_id(self._public)  # the key never changes
 
     def __repr__(self) -> str:  # never show key material
-        return f"SimPlatform(key_id={self.key_id.hex()})"
+        return f"SimPlatform(key_id={self.key_id.hex()}, version={self._version})"
 
     @classmethod
-    def generate(cls) -> SimPlatform:
-        return cls(Ed25519PrivateKey.generate())
+    def generate(cls, *, ed25519: bool = False) -> SimPlatform:
+        """A new platform key: ECDSA P-256 (evidence version 2), or Ed25519 (version 1) if asked."""
+        if ed25519:
+            return cls(Ed25519PrivateKey.generate())
+        return cls(ec.generate_private_key(ec.SECP256R1()))
 
     @property
-    def public_key(self) -> Ed25519PublicKey:
-        return self._key.public_key()
+    def public_key(self) -> SimPlatformPublicKey:
+        return self._public
 
     @property
     def key_id(self) -> bytes:
         return self._key_id
+
+    @property
+    def version(self) -> int:
+        """The evidence version this platform issues (1: Ed25519, 2: ECDSA P-256)."""
+        return self._version
+
+    @property
+    def algorithm(self) -> str:
+        return "Ed25519" if self._version == VERSION_ED25519 else "ECDSA P-256"
 
     def public_key_pem(self) -> bytes:
         return self.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
@@ -93,6 +128,7 @@ class SimPlatform:
             report_data=report_data,
             platform_key_id=self._key_id,
             signature=bytes(SIGNATURE_SIZE),
+            version=self._version,
         )
         return SimEvidence(
             debug=debug,
@@ -101,8 +137,18 @@ class SimPlatform:
             measurement=measurement,
             report_data=report_data,
             platform_key_id=self._key_id,
-            signature=self._key.sign(unsigned.signed_bytes()),
+            signature=self._sign(unsigned.signed_bytes()),
+            version=self._version,
         )
+
+    def _sign(self, message: bytes) -> bytes:
+        key = self._key
+        if isinstance(key, Ed25519PrivateKey):
+            return key.sign(message)  # RFC 8032 section 5.1.6
+        # FIPS 186-5 section 6.4.1 (OpenSSL's randomised k), SHA-256; the DER signature is
+        # re-encoded as r || s, 32-byte big-endian integers (docs/simulator.md, version 2).
+        r, s = decode_dss_signature(key.sign(message, ec.ECDSA(hashes.SHA256())))
+        return r.to_bytes(_P256_SCALAR_SIZE, "big") + s.to_bytes(_P256_SCALAR_SIZE, "big")
 
     # --- storage -----------------------------------------------------------------------------
 
@@ -130,8 +176,12 @@ class SimPlatform:
             key = load_pem_private_key(data, password=None)
         except (ValueError, TypeError):
             raise ParseError("not a PEM PKCS#8 private key", structure=str(path)) from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ParseError("got a non-Ed25519 key, expected Ed25519", structure=str(path))
+        if not isinstance(key, Ed25519PrivateKey) and not (
+            isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
+        ):
+            raise ParseError(
+                f"got a {type(key).__name__}, expected an ECDSA P-256 or Ed25519 key", structure=str(path)
+            )
         return cls(key)
 
     @classmethod
@@ -189,9 +239,10 @@ class SimPlatform:
                 tmp.unlink()
 
 
-def load_platform_public_key(data: bytes, *, source: str = "platform public key") -> Ed25519PublicKey:
-    """Parse a simulated platform public key: PEM or DER SubjectPublicKeyInfo, or the raw
-    32-byte key (binary or hex text)."""
+def load_platform_public_key(data: bytes, *, source: str = "platform public key") -> SimPlatformPublicKey:
+    """Parse a simulated platform public key: PEM or DER SubjectPublicKeyInfo (ECDSA P-256 or
+    Ed25519), the raw 32-byte Ed25519 key or the 65-byte uncompressed P-256 point (SEC 1 v2
+    section 2.3.3; each binary or hex text)."""
     text = data.strip()
     key: object
     try:
@@ -201,12 +252,21 @@ def load_platform_public_key(data: bytes, *, source: str = "platform public key"
             key = Ed25519PublicKey.from_public_bytes(data)
         elif len(text) == 2 * _RAW_KEY_SIZE:
             key = Ed25519PublicKey.from_public_bytes(binascii.unhexlify(text))
+        elif len(data) == _P256_POINT_SIZE and data[0] == 0x04:
+            key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), data)
+        elif len(text) == 2 * _P256_POINT_SIZE and text[:2] == b"04":
+            key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), binascii.unhexlify(text))
         else:
             key = load_der_public_key(data)
     except (ValueError, TypeError, binascii.Error, UnsupportedAlgorithm):
         raise ParseError(
-            "got neither a PEM/DER public key nor a raw 32-byte Ed25519 key", structure=source
+            "got neither a PEM/DER public key, a raw 32-byte Ed25519 key nor a 65-byte uncompressed "
+            "P-256 point",
+            structure=source,
         ) from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise ParseError(f"got a {type(key).__name__}, expected an Ed25519 public key", structure=source)
-    return key
+    if isinstance(key, Ed25519PublicKey):
+        return key
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return key
+    name = key.curve.name if isinstance(key, ec.EllipticCurvePublicKey) else type(key).__name__
+    raise ParseError(f"got a {name} key, expected an ECDSA P-256 or Ed25519 public key", structure=source)
