@@ -5,7 +5,9 @@ each authenticated; an integrity failure is logged and returned as ``EIO``, neve
 Writes (``writable``) follow the format's rule that a (key, nonce) pair is never reused: a file
 opened for writing is copied, decrypted, into an anonymous memory file (``memfd_create``, so
 no plaintext reaches a disk) and every commit of it (on flush, fsync, release, or a truncate
-without a handle) encrypts the whole file under a *new random file id*, hence a new key. The
+without a handle) writes it as a chunked file (format version 3): only the chunks changed since
+the last commit are sealed, each under a *new random chunk id*, hence a new key; the others
+keep their objects (unprotected files: the whole file under a new file id). The
 volume is sealed once, at unmount, by :func:`seal` (new generation, new tag); until then the
 sealed MANIFEST is untouched, so discarding a session just drops its new objects.
 
