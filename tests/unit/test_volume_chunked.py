@@ -7,6 +7,7 @@ Byte counts are those of the objects that appear in the volume directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import secrets
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from confide.errors import ParseError, SignatureError
 from confide.volume import (
@@ -212,6 +215,28 @@ def test_hostile_version_3_bodies_are_parse_errors() -> None:
     whole = Entry("c", EntryKind.FILE, 0o644, 0, 0, Region.ENCRYPTED, a.chunks[0], 1, b"\x00" * 32)
     with pytest.raises(ParseError, match="used twice"):
         parse(_body3(a, whole))
+
+
+@given(st.data())
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+def test_mutated_version_3_bodies_raise_only_parse_error(data: st.DataObject) -> None:
+    """Bodies that authenticate (a key holder wrote them) are still parsed defensively."""
+    whole = Entry("w", EntryKind.FILE, 0o644, 0, 0, Region.AUTHENTICATED, b"\x09" * 16, 7, b"\x01" * 32)
+    body = bytearray(_body3(_chunked_entry("a", 2 * CS + 3, 40), whole, _chunked_entry("z", 0, 50)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(["flip", "insert", "delete"]))
+        pos = data.draw(st.integers(0, max(0, len(body) - 1)))
+        if op == "flip" and body:
+            body[pos] ^= data.draw(st.integers(1, 255))
+        elif op == "insert":
+            body[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
+        elif body:
+            del body[pos : pos + data.draw(st.integers(1, 8))]
+    with contextlib.suppress(ParseError):
+        m = parse_manifest_body(bytes(body), VID, 1, ManifestState.SEALED, version=3)
+        for e in m.entries:  # whatever parsed is consistent
+            if e.chunks is not None:
+                assert len(e.chunks) == -(-e.size // m.chunk_size) and e.region is not Region.UNPROTECTED
 
 
 # --- writable sessions -----------------------------------------------------------------------
