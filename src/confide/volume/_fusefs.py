@@ -5,7 +5,9 @@ each authenticated; an integrity failure is logged and returned as ``EIO``, neve
 Writes (``writable``) follow the format's rule that a (key, nonce) pair is never reused: a file
 opened for writing is copied, decrypted, into an anonymous memory file (``memfd_create``, so
 no plaintext reaches a disk) and every commit of it (on flush, fsync, release, or a truncate
-without a handle) encrypts the whole file under a *new random file id*, hence a new key. The
+without a handle) writes it as a chunked file (format version 3): only the chunks changed since
+the last commit are sealed, each under a *new random chunk id*, hence a new key; the others
+keep their objects (unprotected files: the whole file under a new file id). The
 volume is sealed once, at unmount, by :func:`seal` (new generation, new tag); until then the
 sealed MANIFEST is untouched, so discarding a session just drops its new objects.
 
@@ -37,23 +39,27 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import mfusepy  # the parent sets FUSE_LIBRARY_PATH to libfuse 3 (see mount.fuse3_library)
 
 from confide.errors import ConfideError, SignatureError, UsageError
+from confide.volume._chunked import decrypt_chunked, write_chunks
 from confide.volume._io import copy_raw, decrypt_object
 from confide.volume.format import (
     FILE_ID_SIZE,
     MAX_MTIME_NS,
+    ROOT_SIZE,
     ChunkCodec,
+    ChunkKeys,
     Entry,
     EntryKind,
     Manifest,
     Region,
     check_path,
+    chunked_count,
     region_for,
 )
 from confide.volume.keys import VolumeKey
@@ -82,6 +88,8 @@ class _Node:
     explicit: bool = True  # False: an implicit directory (not listed in the manifest)
     buf_fd: int | None = None  # files being written: memfd with the plaintext
     dirty: bool = False  # buf_fd changed since the last commit
+    dirty_chunks: set[int] = field(default_factory=set)  # chunks written since the last commit
+    dirty_from: int | None = None  # every chunk from this index on changed (truncation)
     opens: int = 0
     orphan: bool = False  # unlinked while open
     mtime_ns: int = 0  # recorded in the manifest
@@ -119,7 +127,9 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         self._key = key
         self.writable = writable
         self.changed = False
-        self.new_objects: set[bytes] = set()  # file ids written in this session
+        self.new_objects: set[bytes] = set()  # file and chunk ids written in this session
+        self.bytes_written = 0  # bytes of chunk objects written in this session (tests, bench)
+        self._chunk_keys = ChunkKeys(key.raw, self.manifest.volume_id)
         self.integrity_failures = 0
         self.on_integrity: Callable[[str], None] | None = None
         self._lock = threading.RLock()
@@ -213,7 +223,9 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         fd = os.memfd_create("confide-volume-file", os.MFD_CLOEXEC)
         try:
             e = node.entry
-            if keep_contents and e is not None and e.size:
+            if keep_contents and e is not None and e.size and e.chunks is not None:
+                decrypt_chunked(self.directory, self._chunk_keys, e, self.manifest.chunk_size, fd)
+            elif keep_contents and e is not None and e.size:
                 obj_fd = os.open(object_path(self.directory, e.file_id), os.O_RDONLY | os.O_NOFOLLOW)
                 try:
                     if e.region is Region.UNPROTECTED:
@@ -230,29 +242,76 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             os.close(fd)
             raise
         node.buf_fd = fd
+        if not keep_contents:
+            self._truncated(node, 0)
         return fd
 
+    def _wrote(self, node: _Node, offset: int, length: int) -> None:
+        """Mark the chunks of [offset, offset + length) as changed (copy-on-write at commit)."""
+        if length > 0:
+            cs = self.manifest.chunk_size
+            node.dirty_chunks.update(range(offset // cs, (offset + length - 1) // cs + 1))
+
+    def _truncated(self, node: _Node, length: int) -> None:
+        """A truncation (or extension) to ``length``: the chunk holding the new end and all after
+        it changed (extended bytes are zeros, even where the old version had data)."""
+        first = length // self.manifest.chunk_size
+        node.dirty_from = first if node.dirty_from is None else min(node.dirty_from, first)
+
     def _commit(self, node: _Node) -> None:
-        """Encrypt the node's memfd under a new file id (new key) into a new object."""
+        """Write the node's memfd as a new version of the file.
+
+        Protected regions: a chunked file (format version 3) in which only the chunks changed
+        since the last commit are sealed, each as a new chunk object under a new random chunk
+        id (so a key never seals two plaintexts); the others keep their objects. A file stored
+        as one object (versions 1 and 2) or moved to another region is written in full, as
+        chunks. Unprotected files: one new object under a new file id.
+        """
         if node.buf_fd is None or not node.dirty or node.orphan:
             return
-        fid = secrets.token_bytes(FILE_ID_SIZE)
-        src = os.dup(node.buf_fd)  # own offset
-        try:
-            os.lseek(src, 0, os.SEEK_SET)
-            size, root = write_object(self.directory, self._key, self.manifest, fid, node.region, src)
-        finally:
-            os.close(src)
         old = node.entry
-        node.entry = Entry(
-            node.path, EntryKind.FILE, node.mode, node.uid, node.gid, node.region, fid, size, root,
-            mtime_ns=node.mtime_ns,
-        )  # fmt: skip
-        self.new_objects.add(fid)
-        if old is not None and old.file_id in self.new_objects:
-            object_path(self.directory, old.file_id).unlink(missing_ok=True)  # superseded in-session
-            self.new_objects.discard(old.file_id)
+        size = os.fstat(node.buf_fd).st_size
+        if node.region is Region.UNPROTECTED:
+            fid = secrets.token_bytes(FILE_ID_SIZE)
+            src = os.dup(node.buf_fd)  # own offset
+            try:
+                os.lseek(src, 0, os.SEEK_SET)
+                size, root = write_object(self.directory, self._key, self.manifest, fid, node.region, src)
+            finally:
+                os.close(src)
+            new_ids: tuple[bytes, ...] = (fid,)
+            node.entry = Entry(
+                node.path, EntryKind.FILE, node.mode, node.uid, node.gid, node.region, fid, size, root,
+                mtime_ns=node.mtime_ns,
+            )  # fmt: skip
+        else:
+            base = None
+            if old is not None and old.chunks is not None and old.region is node.region:
+                base = (old.chunks, old.size)
+            n = chunked_count(size, self.manifest.chunk_size)
+            dirty = set(node.dirty_chunks)
+            if node.dirty_from is not None:
+                dirty.update(range(node.dirty_from, n))
+            w = write_chunks(
+                self.directory, self._chunk_keys, self.manifest.chunk_size, node.region, node.buf_fd, size,
+                base, dirty,
+            )  # fmt: skip
+            self.bytes_written += w.written
+            new_ids = w.new
+            node.entry = Entry(
+                node.path, EntryKind.FILE, node.mode, node.uid, node.gid, node.region, b"", size,
+                bytes(ROOT_SIZE), mtime_ns=node.mtime_ns, chunks=w.chunks,
+            )  # fmt: skip
+        self.new_objects.update(new_ids)
+        if old is not None:  # objects of this session that the new version no longer uses
+            keep = set(node.entry.chunks or (node.entry.file_id,))
+            for oid in old.chunks if old.chunks is not None else (old.file_id,):
+                if oid in self.new_objects and oid not in keep:
+                    object_path(self.directory, oid).unlink(missing_ok=True)  # superseded in-session
+                    self.new_objects.discard(oid)
         node.dirty = False
+        node.dirty_chunks = set()
+        node.dirty_from = None
         self.changed = True
 
     def _integrity(self, path: str, exc: SignatureError) -> None:
@@ -354,6 +413,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
                 fd = self._materialize(node, keep_contents=not trunc)
                 if trunc and had:
                     os.ftruncate(fd, 0)
+                    self._truncated(node, 0)
                     node.dirty = True
                 if trunc:  # POSIX open(): O_TRUNC marks st_mtime and st_ctime, even of an empty file
                     self._modified(node)
@@ -391,6 +451,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             node = self._fh.get(fh) or self._node(path)
             fd = self._materialize(node)
             n = os.pwrite(fd, data, offset)
+            self._wrote(node, offset, n)
             node.dirty = True
             self._modified(node)
             self.changed = True
@@ -404,6 +465,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
                 raise _err(errno.EISDIR)
             fd = self._materialize(node, keep_contents=length > 0)
             os.ftruncate(fd, length)
+            self._truncated(node, length)
             node.dirty = True
             self._modified(node)
             self.changed = True

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from confide.errors import ConfideError, SignatureError, StorageError, UsageError
+from confide.volume._chunked import decrypt_chunked
 from confide.volume._io import copy_raw, decrypt_object
-from confide.volume.format import ChunkCodec, Entry, EntryKind, Manifest, Region
+from confide.volume.format import ChunkCodec, ChunkKeys, Entry, EntryKind, Manifest, Region
 from confide.volume.keys import VolumeKey
-from confide.volume.store import OBJECTS_DIR, PENDING_NAME, load_sealed, object_path
+from confide.volume.store import OBJECTS_DIR, PENDING_NAME, live_objects, load_sealed, object_path
 
 __all__ = ["OpenResult", "Problem", "VerifyReport", "open_volume", "verify_volume"]
 
@@ -67,6 +68,9 @@ def _check_file(
     pool: ThreadPoolExecutor | None,
     write_piece: int | None = None,
 ) -> None:
+    if e.chunks is not None:  # a chunked file (version 3): one object per chunk
+        decrypt_chunked(directory, ChunkKeys(key.raw, m.volume_id), e, m.chunk_size, out_fd)
+        return
     try:
         obj_fd = os.open(object_path(directory, e.file_id), os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
@@ -96,18 +100,17 @@ def verify_volume(
     m, tag = load_sealed(directory, key, expected_tag)
     report = VerifyReport(tag=tag, generation=m.generation)
     report.pending_changes = (directory / PENDING_NAME).exists()
-    live: set[str] = set()
     with ThreadPoolExecutor(_workers(workers)) as pool:
         for e in m.entries:
             if e.kind is not EntryKind.FILE:
                 continue
-            live.add(e.file_id.hex())
             report.files += 1
             try:
                 _check_file(directory, key, m, e, out_fd=None, pool=pool)
                 report.bytes += e.size
             except SignatureError as exc:
                 report.problems.append(Problem(e.path, exc.message))
+    live = live_objects(m.entries)
     try:
         names = sorted(p.name for p in (directory / OBJECTS_DIR).iterdir())
     except OSError as exc:

@@ -17,7 +17,7 @@ import click
 
 from confide.errors import ConfideError, SignatureError
 from confide.volume.check import open_volume, verify_volume
-from confide.volume.format import DEFAULT_CHUNK_SIZE, MAX_MTIME_NS, Region, RegionRule
+from confide.volume.format import DEFAULT_CHUNK_SIZE, MAX_MTIME_NS, EntryKind, Region, RegionRule
 from confide.volume.keys import KEY_ENV, VolumeKey, load_key, write_key
 from confide.volume.mount import MountMode, mount_volume, wait_for_signal
 from confide.volume.store import add_sources, create_volume, remove_paths, seal_volume, source_date_epoch
@@ -149,7 +149,7 @@ def add_cmd(
     except ConfideError as exc:
         _die(exc)
         return
-    files = [e for e in added if e.file_id]
+    files = [e for e in added if e.kind is EntryKind.FILE]
     size = sum(e.size for e in files)
     click.echo(f"added {len(added)} entries ({len(files)} files, {size} bytes); not sealed yet")
 
@@ -166,7 +166,7 @@ def rm_cmd(directory: Path, paths: tuple[str, ...], key_file: Path | None, recur
     except ConfideError as exc:
         _die(exc)
         return
-    files = sum(1 for e in removed if e.file_id)
+    files = sum(1 for e in removed if e.kind is EntryKind.FILE)
     click.echo(f"removed {len(removed)} entries ({files} files); not sealed yet")
 
 

@@ -1,4 +1,4 @@
-"""The on-disk format of protected volumes (version 2; version 1 is still read); see
+"""The on-disk format of protected volumes (versions 2 and 3; version 1 is still read); see
 ``docs/volume-format.md``.
 
 This module is pure: it encodes, decodes and authenticates byte strings and never touches the
@@ -16,6 +16,10 @@ file system. Everything is little-endian. The pieces:
   files or volumes. The nonce is the chunk index: each file id (hence each file key) is used
   for exactly one write of the file, so a (key, nonce) pair never repeats.
 * **Root**: SHA-256 over the chunk count and the chunk tags, recorded per file in the manifest.
+* **Chunk objects** (version 3): a file may instead be stored as a list of chunk objects, one
+  per chunk, each named by its own random 128-bit chunk id and sealed under its own key
+  (HKDF from the chunk id) with a fixed nonce: every key seals exactly one plaintext. The
+  manifest lists each file's chunk ids in order, so a writer replaces only changed chunks.
 * **Manifest**: header (clear, authenticated) + AES-256-GCM encrypted body listing regions and
   entries (paths, kinds, modes, owners, modification times, sizes, file ids, roots). The volume
   *tag* is the SHA-256 of the whole manifest file.
@@ -40,6 +44,7 @@ from confide.errors import ParseError, SignatureError
 from confide.evidence._reader import Reader
 
 __all__ = [
+    "CHUNKED_VERSION",
     "CHUNK_AAD_MAGIC",
     "DEFAULT_CHUNK_SIZE",
     "FILE_ID_SIZE",
@@ -55,6 +60,7 @@ __all__ = [
     "TAG_SIZE",
     "VOLUME_ID_SIZE",
     "ChunkCodec",
+    "ChunkKeys",
     "Entry",
     "EntryKind",
     "Manifest",
@@ -65,6 +71,8 @@ __all__ = [
     "check_entries",
     "check_path",
     "chunk_count",
+    "chunked_count",
+    "chunked_length",
     "clamp_mtime_ns",
     "decode_manifest",
     "derive_file_id",
@@ -72,6 +80,7 @@ __all__ = [
     "encode_manifest_body",
     "file_key",
     "finish_root",
+    "manifest_version",
     "object_size",
     "parse_manifest_body",
     "parse_manifest_header",
@@ -97,8 +106,11 @@ MAX_FILE_SIZE = 2**62  # keeps chunk indexes and offsets far from 64-bit overflo
 
 # Version 2 (docs/volume-format.md, "Versions") added each entry's modification time; the
 # key schedule, objects and chunk format are those of version 1 (hence the v1 labels below).
+# Version 3 added chunked files (a list of chunk objects per file, for copy-on-write of
+# chunks); a manifest is written as version 3 only when it lists a chunked file, else as 2.
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+CHUNKED_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 # Modification times are u64 nanoseconds since 1970-01-01T00:00:00Z; at most 2**63 - 1
 # (2262-04-11T23:47:16.854775807Z) so that every value fits a signed 64-bit nanosecond clock
 # (Linux ktime_t, Python's st_mtime_ns, a FUSE timespec) on every consumer.
@@ -106,6 +118,7 @@ MAX_MTIME_NS = 2**63 - 1
 _U32_MAX = 2**32 - 1
 MANIFEST_MAGIC = b"CFDVOLM1"
 CHUNK_AAD_MAGIC = b"CFDVCHK1"
+CHUNK_OBJECT_AAD_MAGIC = b"CFDVCHK3"  # chunk objects (version 3)
 ROOT_MAGIC = b"CFDVROOT"
 
 # Manifest header: magic(8) version(u16) state(u8) reserved(u8) volume_id(16) generation(u64)
@@ -121,6 +134,10 @@ _INFO_MANIFEST = b"confide-volume-v1 manifest key"
 _INFO_MANIFEST_NONCE = b"confide-volume-v1 manifest nonce key"
 _INFO_FILE = b"confide-volume-v1 file key"
 _INFO_FILE_ID = b"confide-volume-v1 file id key"
+_INFO_CHUNK = b"confide-volume-v3 chunk key"
+# Layout byte of a version-3 file entry.
+_LAYOUT_OBJECT = 0  # one object for the whole file (versions 1 and 2)
+_LAYOUT_CHUNKS = 1  # one object per chunk
 
 
 class Region(IntEnum):
@@ -256,6 +273,85 @@ class ChunkCodec:
         return bytes(out[:n])
 
 
+def chunked_count(size: int, chunk_size: int) -> int:
+    """Number of chunk objects of a chunked file (version 3): ceil(size / chunk_size); an empty
+    file has none."""
+    return -(-size // chunk_size)
+
+
+def chunked_length(size: int, chunk_size: int, index: int) -> int:
+    """Plaintext bytes of chunk ``index`` of a chunked file of ``size`` bytes."""
+    return min(chunk_size, size - index * chunk_size)
+
+
+class ChunkKeys:
+    """Seals and opens the chunk objects of a volume (version 3, docs/volume-format.md,
+    "Chunk objects").
+
+    Each chunk object is sealed under its own key, HKDF-SHA256 (RFC 5869) of the volume key
+    with info = label || region || volume id || chunk id, and the all-zero nonce. A chunk id is
+    drawn at random (128 bits) for every write of a chunk and never written twice, so each key
+    encrypts exactly one plaintext: the uniqueness requirement on (key, IV) pairs of NIST SP
+    800-38D section 8 holds by construction, without a nonce counter or a random-IV bound.
+    The extract step (RFC 5869 section 2.2, no salt) is done once per volume key; each chunk
+    key is one HMAC of the expand step (section 2.3, one 32-byte block). The associated data
+    binds volume id, chunk id and region; the chunk's place in its file is bound by the
+    authenticated manifest, which lists the ids in order.
+    """
+
+    __slots__ = ("_prk", "volume_id")
+
+    def __init__(self, volume_key: bytes, volume_id: bytes) -> None:
+        _check_key(volume_key)
+        self.volume_id = volume_id
+        self._prk = hmac.digest(bytes(32), volume_key, "sha256")  # HKDF-Extract, salt = 32 zeros
+
+    def key(self, chunk_id: bytes, region: Region) -> bytes:
+        """HKDF-Expand(PRK, info, 32): T(1) = HMAC(PRK, info || 0x01)."""
+        info = _INFO_CHUNK + bytes([region]) + self.volume_id + chunk_id
+        return hmac.digest(self._prk, info + b"\x01", "sha256")
+
+    def _aad(self, chunk_id: bytes, region: Region) -> bytes:
+        return CHUNK_OBJECT_AAD_MAGIC + self.volume_id + chunk_id + bytes([region])
+
+    def seal(self, plaintext: bytes | bytearray | memoryview, chunk_id: bytes, region: Region) -> bytes:
+        """The stored chunk object: ciphertext || tag (encrypted) or plaintext || GMAC tag."""
+        if region is Region.UNPROTECTED:
+            raise ValueError("unprotected files are not chunked")
+        aead = AESGCM(self.key(chunk_id, region))
+        aad = self._aad(chunk_id, region)
+        if region is Region.ENCRYPTED:
+            return aead.encrypt(bytes(NONCE_SIZE), plaintext, aad)
+        return bytes(plaintext) + aead.encrypt(bytes(NONCE_SIZE), b"", aad + bytes(plaintext))
+
+    def open_into(
+        self,
+        record: bytes | bytearray | memoryview,
+        chunk_id: bytes,
+        region: Region,
+        out: bytearray | memoryview,
+    ) -> int:
+        """Authenticate a chunk object and write its plaintext into ``out``; return the length.
+        :class:`SignatureError` (no plaintext written) if it is not chunk ``chunk_id``'s."""
+        if region is Region.UNPROTECTED:
+            raise ValueError("unprotected files are not chunked")
+        n = len(record) - TAG_SIZE
+        if n < 0:
+            raise SignatureError(f"chunk object: got {len(record)} bytes, expected at least {TAG_SIZE}")
+        aead = AESGCM(self.key(chunk_id, region))
+        aad = self._aad(chunk_id, region)
+        try:
+            if region is Region.ENCRYPTED:
+                aead.decrypt_into(bytes(NONCE_SIZE), record, aad, memoryview(out)[:n])
+            else:
+                mv = memoryview(record)
+                aead.decrypt(bytes(NONCE_SIZE), mv[n:], aad + bytes(mv[:n]))
+                out[:n] = mv[:n]
+        except InvalidTag:
+            raise SignatureError(f"chunk object {chunk_id.hex()} does not authenticate") from None
+        return n
+
+
 # --- paths ---------------------------------------------------------------------------------------
 
 
@@ -319,6 +415,9 @@ class Entry:
 
     ``mtime_ns``: modification time, nanoseconds since the Unix epoch (UTC); 0 for entries read
     from a version-1 manifest, which records no times.
+
+    ``chunks`` (version 3): for a chunked file, its chunk ids in order (``file_id`` is then
+    empty and ``root`` all zeros); None for a file stored as one object.
     """
 
     path: str
@@ -332,6 +431,7 @@ class Entry:
     root: bytes = b""
     target: str = ""
     mtime_ns: int = 0
+    chunks: tuple[bytes, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -353,16 +453,26 @@ def _enc_str(text: str) -> bytes:
     return struct.pack("<H", len(raw)) + raw
 
 
+def manifest_version(m: Manifest) -> int:
+    """The version a manifest is written in: CHUNKED_VERSION if it lists a chunked file, else
+    FORMAT_VERSION (so volumes without chunked files stay readable by version-2 readers)."""
+    chunked = any(e.chunks is not None for e in m.entries)
+    return CHUNKED_VERSION if chunked else FORMAT_VERSION
+
+
 def encode_manifest_body(m: Manifest) -> bytes:
-    """The body of a version-``FORMAT_VERSION`` manifest (docs/volume-format.md, "Manifest")."""
+    """The body of a manifest in :func:`manifest_version` (docs/volume-format.md, "Manifest")."""
+    v3 = manifest_version(m) == CHUNKED_VERSION
     out = bytearray(struct.pack("<IBH", m.chunk_size, m.default_region, len(m.rules)))
     for rule in m.rules:
         out += bytes([rule.region]) + _enc_str(rule.prefix)
     out += struct.pack("<I", len(m.entries))
     for e in m.entries:
         out += struct.pack("<BBIIIQ", e.kind, e.region, e.mode, e.uid, e.gid, e.mtime_ns) + _enc_str(e.path)
-        if e.kind is EntryKind.FILE:
-            out += e.file_id + struct.pack("<Q", e.size) + e.root
+        if e.kind is EntryKind.FILE and e.chunks is not None:
+            out += bytes([_LAYOUT_CHUNKS]) + struct.pack("<Q", e.size) + b"".join(e.chunks)
+        elif e.kind is EntryKind.FILE:
+            out += (bytes([_LAYOUT_OBJECT]) if v3 else b"") + e.file_id + struct.pack("<Q", e.size) + e.root
         elif e.kind is EntryKind.SYMLINK:
             out += _enc_str(e.target)
     return bytes(out)
@@ -391,7 +501,8 @@ def _enum(r: Reader, cls: type[IntEnum], fld: str) -> int:
 def parse_manifest_body(
     data: bytes, volume_id: bytes, generation: int, state: ManifestState, version: int = FORMAT_VERSION
 ) -> Manifest:
-    """Parse a decrypted body of format ``version`` (1: no times, every ``mtime_ns`` is 0)."""
+    """Parse a decrypted body of format ``version`` (1: no times, every ``mtime_ns`` is 0;
+    3: a layout byte per file, chunked files list their chunk ids)."""
     if version not in READABLE_VERSIONS:
         raise ParseError(f"got version {version}, expected one of {READABLE_VERSIONS}", field="version")
     r = Reader(data, "volume manifest body")
@@ -439,7 +550,30 @@ def parse_manifest_body(
         path = _read_str(r, f"{f}.path")
         _wrap_path(r, path, f"{f}.path", off)
         file_id, size, root, target = b"", 0, b"", ""
-        if kind is EntryKind.FILE:
+        chunks: tuple[bytes, ...] | None = None
+        layout = _LAYOUT_OBJECT
+        if kind is EntryKind.FILE and version >= CHUNKED_VERSION:
+            off = r.pos
+            layout = r.u8(f"{f}.layout")
+            if layout not in (_LAYOUT_OBJECT, _LAYOUT_CHUNKS):
+                raise r.error(f"got {layout}, expected 0 (one object) or 1 (chunks)", f"{f}.layout", off)
+        if kind is EntryKind.FILE and layout == _LAYOUT_CHUNKS:
+            if region is Region.UNPROTECTED:
+                raise r.error("unprotected files are not chunked", f"{f}.layout", off)
+            off = r.pos
+            size = r.u64(f"{f}.size")
+            if size > MAX_FILE_SIZE:
+                raise r.error(f"got {size}, expected at most 2**62", f"{f}.size", off)
+            n = chunked_count(size, chunk_size)
+            if n * FILE_ID_SIZE > r.remaining:  # bound before taking (hostile input)
+                raise r.error(
+                    f"got size {size}: {n} chunk ids, more than the {r.remaining} remaining bytes hold",
+                    f"{f}.size", off,
+                )  # fmt: skip
+            raw = r.take(n * FILE_ID_SIZE, f"{f}.chunks")
+            chunks = tuple(raw[k : k + FILE_ID_SIZE] for k in range(0, len(raw), FILE_ID_SIZE))
+            root = bytes(ROOT_SIZE)
+        elif kind is EntryKind.FILE:
             file_id = r.take(FILE_ID_SIZE, f"{f}.file_id")
             off = r.pos
             size = r.u64(f"{f}.size")
@@ -451,7 +585,9 @@ def parse_manifest_body(
             target = _read_str(r, f"{f}.target")
             if not target or "\x00" in target:
                 raise r.error("expected a non-empty symlink target without NUL", f"{f}.target", off)
-        entries.append(Entry(path, kind, mode, uid, gid, region, file_id, size, root, target, mtime_ns))
+        entries.append(
+            Entry(path, kind, mode, uid, gid, region, file_id, size, root, target, mtime_ns, chunks)
+        )
     r.expect_end()
     m = Manifest(volume_id, generation, state, chunk_size, default_region, tuple(rules), tuple(entries))
     check_entries(m.entries)
@@ -500,11 +636,15 @@ def check_entries(entries: tuple[Entry, ...]) -> None:
         prev = key
         kinds[e.path] = e.kind
         if e.kind is EntryKind.FILE:
-            if e.file_id in file_ids:
-                raise ParseError(
-                    f"file id of {e.path!r} used twice", structure="volume manifest", field=f"entries[{i}]"
-                )
-            file_ids.add(e.file_id)
+            # File ids and chunk ids name objects in one directory: all of them unique.
+            ids = (e.file_id,) if e.chunks is None else e.chunks
+            for oid in ids:
+                if oid in file_ids or (e.chunks is not None and len(oid) != FILE_ID_SIZE):
+                    raise ParseError(
+                        f"object id of {e.path!r} used twice or not {FILE_ID_SIZE} bytes",
+                        structure="volume manifest", field=f"entries[{i}]",
+                    )  # fmt: skip
+                file_ids.add(oid)
     for i, e in enumerate(entries):
         parts = e.path.split("/")
         for depth in range(1, len(parts)):
@@ -535,15 +675,17 @@ def encode_manifest(m: Manifest, volume_key: bytes) -> bytes:
     if len(m.volume_id) != VOLUME_ID_SIZE:
         raise ValueError("volume id must be 16 bytes")
     check_entries(m.entries)
+    for e in m.entries:
+        if e.chunks is not None and (
+            e.region is Region.UNPROTECTED or len(e.chunks) != chunked_count(e.size, m.chunk_size)
+        ):
+            raise ValueError(f"{e.path!r}: chunk ids not matching the size, or an unprotected file chunked")
     body = encode_manifest_body(m)
     k_enc, k_nonce = _manifest_keys(volume_key, m.volume_id)
-    pre = _HEADER.pack(
-        MANIFEST_MAGIC, FORMAT_VERSION, m.state, 0, m.volume_id, m.generation, bytes(12), len(body)
-    )
+    version = manifest_version(m)
+    pre = _HEADER.pack(MANIFEST_MAGIC, version, m.state, 0, m.volume_id, m.generation, bytes(12), len(body))
     nonce = hmac.new(k_nonce, pre + body, hashlib.sha256).digest()[:NONCE_SIZE]
-    header = _HEADER.pack(
-        MANIFEST_MAGIC, FORMAT_VERSION, m.state, 0, m.volume_id, m.generation, nonce, len(body)
-    )
+    header = _HEADER.pack(MANIFEST_MAGIC, version, m.state, 0, m.volume_id, m.generation, nonce, len(body))
     return header + AESGCM(k_enc).encrypt(nonce, body, header)
 
 

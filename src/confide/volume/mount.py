@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -456,8 +457,8 @@ def _reseal_tree(
             elif p.is_file():
                 now = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                 if prev is not None and prev.kind is EntryKind.FILE and baseline.get(vpath) == now:
-                    entries.append(Entry(vpath, EntryKind.FILE, mode, st.st_uid, st.st_gid, prev.region,
-                                         prev.file_id, prev.size, prev.root, mtime_ns=t))  # fmt: skip
+                    # unchanged: keeps its object(s), chunk ids included (version 3)
+                    entries.append(replace(prev, mode=mode, uid=st.st_uid, gid=st.st_gid, mtime_ns=t))
                     continue
                 region = (
                     prev.region

@@ -17,9 +17,11 @@ from pathlib import Path
 from types import TracebackType
 
 from confide.errors import SignatureError, UsageError
+from confide.volume._chunked import read_chunks_into
 from confide.volume.format import (
     TAG_SIZE,
     ChunkCodec,
+    ChunkKeys,
     Entry,
     EntryKind,
     Manifest,
@@ -72,6 +74,7 @@ class VolumeReader:
             for depth in range(1, len(parts) + 1):
                 self._children.setdefault("/".join(parts[: depth - 1]), set()).add(parts[depth - 1])
         self._open: dict[bytes, _Open] = {}  # by file id
+        self._chunk_keys = ChunkKeys(key.raw, self.manifest.volume_id)
         self._lock = threading.Lock()
 
     # --- metadata ----------------------------------------------------------------------------
@@ -173,6 +176,12 @@ class VolumeReader:
         """
         if offset < 0:
             raise UsageError(f"read: got offset {offset}, expected a non-negative value")
+        if e.chunks is not None:  # a chunked file (version 3): each chunk its own object
+            try:
+                cs = self.manifest.chunk_size
+                return read_chunks_into(self.directory, self._chunk_keys, e, cs, offset, out)
+            except SignatureError as exc:
+                raise SignatureError(f"volume file {e.path!r}: {exc.message}") from None
         o = self._get(e)
         if o.codec is None:
             return os.preadv(o.fd, [out], offset)

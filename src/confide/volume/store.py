@@ -62,6 +62,7 @@ __all__ = [
     "SOURCE_DATE_EPOCH",
     "add_sources",
     "create_volume",
+    "live_objects",
     "load_sealed",
     "lock_volume",
     "object_path",
@@ -137,6 +138,18 @@ def lock_volume(directory: Path, *, shared: bool) -> int | None:
     return fd
 
 
+def live_objects(entries: Sequence[Entry]) -> set[str]:
+    """Names of the objects the entries reference: file ids, and chunk ids of chunked files."""
+    live: set[str] = set()
+    for e in entries:
+        if e.kind is EntryKind.FILE:
+            if e.chunks is None:
+                live.add(e.file_id.hex())
+            else:
+                live.update(c.hex() for c in e.chunks)
+    return live
+
+
 def seal_entries(directory: Path, key: VolumeKey, base: Manifest, entries: Sequence[Entry]) -> str:
     """Seal ``entries`` as the generation after ``base`` (the caller holds the lock); return the tag.
 
@@ -147,7 +160,7 @@ def seal_entries(directory: Path, key: VolumeKey, base: Manifest, entries: Seque
     sealed = replace(base, state=ManifestState.SEALED, generation=base.generation + 1, entries=ordered)
     data = encode_manifest(sealed, key.raw)
     write_atomic(directory / MANIFEST_NAME, data)
-    live = {e.file_id.hex() for e in ordered if e.kind is EntryKind.FILE}
+    live = live_objects(ordered)
     for p in (directory / OBJECTS_DIR).iterdir():
         if p.name not in live:
             p.unlink(missing_ok=True)
@@ -498,7 +511,7 @@ def seal_volume(directory: Path, key: VolumeKey) -> str:
         write_atomic(directory / MANIFEST_NAME, data)
         pending_path.unlink()
         fsync_dir(directory)
-        live = {e.file_id.hex() for e in sealed.entries if e.kind is EntryKind.FILE}
+        live = live_objects(sealed.entries)
         for p in (directory / OBJECTS_DIR).iterdir():
             if p.name not in live:
                 p.unlink(missing_ok=True)

@@ -1,0 +1,159 @@
+"""A small change + fsync to a large file in a writable session: chunk copy-on-write (format
+version 3) vs the whole-file rewrite of the previous format, in the same run.
+
+    .venv/bin/python bench/volume_cow.py [--size-mib 64] [--chunk-kib 64] [--rounds 15] [--workdir /var/tmp]
+
+One file of --size-mib MiB in a protected volume (encrypted region) under --workdir (a disk
+file system by default, so the fsyncs are real). A writable session (the FUSE server's
+operations, ``VolumeFS``, driven in-process: the commit path without the kernel round trips)
+first converts the file to chunks (not timed). Then, alternating per round:
+
+  * "chunked commit": write 100 bytes at a random offset, then ``fsync``: the commit seals the
+    one changed chunk as a new chunk object (what the writable mount does now);
+  * "whole-file rewrite": the same write, then the previous format's commit: the whole file
+    encrypted under a new file id into a new object (``write_object``, the code the writable
+    mount ran before version 3), that object deleted afterwards.
+
+Printed: median and min milliseconds per commit, bytes written to the volume directory per
+commit, and the ratio (whole-file / chunked). Also the read side, alternating: the whole file
+read through ``VolumeReader.read_into`` in 1 MiB pieces, stored as one object (version 2)
+and as chunk objects (version 3), in MiB/s. With /dev/fuse usable, also the end-to-end cost
+through a real writable FUSE mount (``pwrite`` + ``fsync`` of 100 bytes, chunked only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import secrets
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from confide.volume import VolumeKey, add_sources, create_volume, seal_volume
+from confide.volume._fusefs import VolumeFS, seal
+from confide.volume.format import FILE_ID_SIZE
+from confide.volume.mount import fuse_usable, mount_volume
+from confide.volume.reader import VolumeReader
+from confide.volume.store import object_path, write_object
+
+MiB = 1 << 20
+
+
+def _ms(samples: list[float]) -> str:
+    return f"{statistics.median(samples) * 1e3:9.2f} ms (min {min(samples) * 1e3:.2f})"
+
+
+def _read_rate(reader: VolumeReader, path: str) -> float:
+    e = reader.entry(path)
+    buf = memoryview(bytearray(MiB))
+    t = time.perf_counter()
+    off = 0
+    while n := reader.read_into(e, off, buf):
+        off += n
+    return off / MiB / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mib", type=int, default=64)
+    ap.add_argument("--chunk-kib", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
+    args = ap.parse_args()
+    size, cs = args.size_mib * MiB, args.chunk_kib * 1024
+    rng = random.Random(1)
+    with tempfile.TemporaryDirectory(prefix="confide-bench-cow-", dir=args.workdir) as tmp:
+        root = Path(tmp)
+        src = root / "src"
+        src.mkdir()
+        (src / "db.bin").write_bytes(rng.randbytes(size))
+        key = VolumeKey.generate()
+        vol = root / "vol"
+        create_volume(vol, key, chunk_size=cs)
+        os.link(src / "db.bin", src / "whole.bin")  # the same bytes, kept as one object
+        add_sources(vol, key, [src])
+        tag = seal_volume(vol, key)
+
+        reader = VolumeReader(vol, key, tag)
+        fs = VolumeFS(reader, key, writable=True)
+        fh = fs.open("/db.bin", os.O_RDWR)
+        fs.write("/db.bin", b"x", 0, fh)
+        fs.fsync("/db.bin", 0, fh)  # the conversion to chunks: not timed
+        node = fs._fh[fh]
+        chunked: list[float] = []
+        whole: list[float] = []
+        chunked_bytes: list[int] = []
+        whole_bytes: list[int] = []
+        for i in range(2 * args.rounds):
+            off = rng.randrange(size - 100)
+            fs.write("/db.bin", rng.randbytes(100), off, fh)
+            if i % 2 == 0:
+                before = fs.bytes_written
+                t = time.perf_counter()
+                fs.fsync("/db.bin", 0, fh)
+                chunked.append(time.perf_counter() - t)
+                chunked_bytes.append(fs.bytes_written - before)
+            else:
+                fid = secrets.token_bytes(FILE_ID_SIZE)
+                assert node.buf_fd is not None
+                t = time.perf_counter()
+                src_fd = os.dup(node.buf_fd)  # as the previous _commit did
+                try:
+                    os.lseek(src_fd, 0, os.SEEK_SET)
+                    write_object(vol, key, fs.manifest, fid, node.region, src_fd)
+                finally:
+                    os.close(src_fd)
+                whole.append(time.perf_counter() - t)
+                whole_bytes.append(object_path(vol, fid).stat().st_size)
+                object_path(vol, fid).unlink()
+                fs.fsync("/db.bin", 0, fh)  # keep the chunked version in step (not timed)
+        fs.release("/db.bin", fh)
+        tag = seal(fs)
+        reader.close()
+        read_whole: list[float] = []
+        read_chunked: list[float] = []
+        with VolumeReader(vol, key, tag) as r:
+            for _ in range(3):
+                read_whole.append(_read_rate(r, "whole.bin"))
+                read_chunked.append(_read_rate(r, "db.bin"))
+
+        print(
+            f"file {args.size_mib} MiB, chunk {args.chunk_kib} KiB, {args.rounds} rounds each, workdir {tmp}"
+        )
+        print(
+            f"chunked commit (version 3)      {_ms(chunked)}  {statistics.median(chunked_bytes):>12,.0f} bytes"
+        )
+        print(f"whole-file rewrite (version 2)  {_ms(whole)}  {statistics.median(whole_bytes):>12,.0f} bytes")
+        ratio = statistics.median(whole) / statistics.median(chunked)
+        print(f"ratio whole-file / chunked: {ratio:.1f}x time, "
+              f"{statistics.median(whole_bytes) / statistics.median(chunked_bytes):.0f}x bytes")  # fmt: skip
+        rw, rc = statistics.median(read_whole), statistics.median(read_chunked)
+        print(f"read, one object (version 2)  {rw:8.0f} MiB/s; chunk objects (version 3) {rc:8.0f} MiB/s; "
+              f"ratio chunked / one object {rc / rw:.2f}")  # fmt: skip
+
+        why = fuse_usable()
+        if why is not None:
+            print(f"FUSE end to end: skipped ({why})")
+            return
+        mnt = root / "mnt"
+        mnt.mkdir()
+        with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=True):
+            fd = os.open(mnt / "db.bin", os.O_RDWR)
+            try:
+                e2e: list[float] = []
+                for _ in range(args.rounds):
+                    data, off = rng.randbytes(100), rng.randrange(size - 100)
+                    t = time.perf_counter()
+                    os.pwrite(fd, data, off)
+                    os.fsync(fd)
+                    e2e.append(time.perf_counter() - t)
+            finally:
+                os.close(fd)
+        print(f"FUSE end to end, pwrite 100 B + fsync (chunked)  {_ms(e2e)}")
+
+
+if __name__ == "__main__":
+    main()

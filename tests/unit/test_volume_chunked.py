@@ -1,0 +1,515 @@
+"""Chunked files (format version 3): copy-on-write of chunks in writable sessions.
+
+Most tests drive the writable FUSE operations (``VolumeFS``) in-process, without a mount, so
+that they run everywhere; one test goes through a real FUSE mount where /dev/fuse works.
+Byte counts are those of the objects that appear in the volume directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import secrets
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from confide.errors import ParseError, SignatureError
+from confide.volume import (
+    Region,
+    RegionRule,
+    VolumeKey,
+    _chunked,
+    add_sources,
+    create_volume,
+    open_volume,
+    seal_volume,
+    verify_volume,
+)
+from confide.volume import store as volume_store
+from confide.volume._fusefs import VolumeFS, seal
+from confide.volume.format import (
+    TAG_SIZE,
+    ChunkKeys,
+    Entry,
+    EntryKind,
+    Manifest,
+    ManifestState,
+    decode_manifest,
+    encode_manifest,
+    encode_manifest_body,
+    parse_manifest_body,
+)
+from confide.volume.mount import fuse_usable, mount_volume
+from confide.volume.reader import VolumeReader
+from confide.volume.store import MANIFEST_NAME, OBJECTS_DIR, load_sealed
+
+CS = 4096
+VID = bytes(range(16))
+ASSETS_V1 = Path(__file__).resolve().parents[1] / "assets" / "volume-v1"
+V1_KEY = VolumeKey(b"\x11" * 32)
+V1_TAG = "e46c55d1697397bc2b6ee161480ba075bd737f6e0d9b45b16efcc9560728048d"
+
+
+def _data(n: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def _volume(tmp: Path, files: dict[str, bytes]) -> tuple[Path, VolumeKey, str]:
+    src = tmp / "src"
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    key = VolumeKey.generate()
+    vol = tmp / "vol"
+    rules = (RegionRule("auth", Region.AUTHENTICATED), RegionRule("plain", Region.UNPROTECTED))
+    create_volume(vol, key, chunk_size=CS, rules=rules)
+    add_sources(vol, key, [src])
+    return vol, key, seal_volume(vol, key)
+
+
+def _objects(vol: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in (vol / OBJECTS_DIR).iterdir()}
+
+
+def _new_bytes(before: dict[str, int], after: dict[str, int]) -> int:
+    return sum(size for name, size in after.items() if name not in before)
+
+
+def _version(vol: Path) -> int:
+    return int(struct.unpack_from("<H", (vol / MANIFEST_NAME).read_bytes(), 8)[0])
+
+
+class _Session:
+    """A writable VolumeFS over the sealed version ``tag``, driven like the kernel would."""
+
+    def __init__(self, vol: Path, key: VolumeKey, tag: str) -> None:
+        self.reader = VolumeReader(vol, key, tag)
+        self.fs = VolumeFS(self.reader, key, writable=True)
+        self.fs._owner = lambda: (os.getuid(), os.getgid())  # type: ignore[method-assign]
+
+    def write(self, path: str, offset: int, data: bytes) -> None:
+        fh = self.fs.open("/" + path, os.O_RDWR)
+        assert self.fs.write("/" + path, data, offset, fh) == len(data)
+        self.fs.fsync("/" + path, 0, fh)
+        self.fs.release("/" + path, fh)
+
+    def truncate(self, path: str, length: int) -> None:
+        self.fs.truncate("/" + path, length)
+
+    def create(self, path: str, data: bytes) -> None:
+        fh = self.fs.create("/" + path, 0o644)
+        self.fs.write("/" + path, data, 0, fh)
+        self.fs.release("/" + path, fh)
+
+    def seal(self) -> str:
+        try:
+            return seal(self.fs)
+        finally:
+            self.reader.close()
+
+
+def _contents(vol: Path, key: VolumeKey, tag: str, tmp: Path) -> dict[str, bytes]:
+    assert verify_volume(vol, key, tag).ok
+    out = tmp / f"open-{secrets.token_hex(6)}"
+    open_volume(vol, key, out, tag)
+    got = {
+        str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file() and not p.is_symlink()
+    }
+    with VolumeReader(vol, key, tag) as r:  # random access agrees with the extraction
+        for path, data in got.items():
+            for off, n in ((0, len(data)), (CS - 3, 10), (len(data) // 2, CS + 5), (len(data), 4)):
+                assert r.read(path, off, n) == data[off : off + n]
+    return got
+
+
+# --- format ----------------------------------------------------------------------------------
+
+
+def test_chunk_keys_are_rfc5869_hkdf_and_unique_per_chunk_id() -> None:
+    vk = bytes(range(32))
+    keys = ChunkKeys(vk, VID)
+    cid = b"\x05" * 16
+    info = b"confide-volume-v3 chunk key" + bytes([Region.ENCRYPTED]) + VID + cid
+    want = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(vk)
+    assert keys.key(cid, Region.ENCRYPTED) == want
+    assert keys.key(cid, Region.AUTHENTICATED) != want != keys.key(b"\x06" * 16, Region.ENCRYPTED)
+    rec = keys.seal(b"hello", cid, Region.ENCRYPTED)
+    assert len(rec) == 5 + TAG_SIZE and b"hello" not in rec
+    out = bytearray(5)
+    assert keys.open_into(rec, cid, Region.ENCRYPTED, out) == 5 and out == b"hello"
+    for other in ((b"\x06" * 16, Region.ENCRYPTED), (cid, Region.AUTHENTICATED)):
+        with pytest.raises(SignatureError):
+            keys.open_into(rec, *other, out)
+    with pytest.raises(SignatureError):
+        ChunkKeys(vk, bytes(16)).open_into(rec, cid, Region.ENCRYPTED, out)  # another volume
+    auth = keys.seal(b"hello", cid, Region.AUTHENTICATED)
+    assert auth.startswith(b"hello")
+    with pytest.raises(SignatureError):
+        keys.open_into(b"jello" + auth[5:], cid, Region.AUTHENTICATED, out)
+
+
+def _chunked_entry(path: str, size: int, seed: int, region: Region = Region.ENCRYPTED) -> Entry:
+    n = -(-size // CS)
+    ids = tuple(random.Random(seed + i).randbytes(16) for i in range(n))
+    return Entry(path, EntryKind.FILE, 0o644, region=region, size=size, root=bytes(32), chunks=ids)
+
+
+def test_version_3_only_when_a_file_is_chunked_and_round_trips() -> None:
+    key = b"\x07" * 32
+    whole = Entry("a", EntryKind.FILE, 0o644, 0, 0, Region.ENCRYPTED, b"\x01" * 16, 3, b"\x02" * 32)
+    m2 = Manifest(VID, 1, ManifestState.SEALED, CS, entries=(whole,))
+    assert struct.unpack_from("<H", encode_manifest(m2, key), 8)[0] == 2
+    empty = _chunked_entry("c", 0, 9)
+    assert empty.chunks == ()
+    m3 = Manifest(
+        VID, 1, ManifestState.SEALED, CS, entries=(whole, _chunked_entry("b", 3 * CS + 1, 5), empty)
+    )
+    data = encode_manifest(m3, key)
+    assert struct.unpack_from("<H", data, 8)[0] == 3
+    assert decode_manifest(data, key) == m3
+    mismatched = Entry("b", EntryKind.FILE, 0o644, size=CS + 1, chunks=(b"\x01" * 16,))  # needs 2 ids
+    with pytest.raises(ValueError):
+        encode_manifest(Manifest(VID, 1, ManifestState.SEALED, CS, entries=(mismatched,)), key)
+
+
+def _body3(*entries: Entry) -> bytes:
+    return encode_manifest_body(Manifest(VID, 1, ManifestState.SEALED, CS, entries=entries))
+
+
+def test_hostile_version_3_bodies_are_parse_errors() -> None:
+    def parse(body: bytes) -> Manifest:
+        return parse_manifest_body(body, VID, 1, ManifestState.SEALED, version=3)
+
+    good = _body3(_chunked_entry("b", 2 * CS, 3))
+    assert parse(good).entries[0].chunks is not None
+    layout_at = len(good) - 1 - 8 - 32  # layout byte, size, 2 ids
+    assert good[layout_at] == 1
+    for bad_layout in (2, 255):
+        with pytest.raises(ParseError, match="layout"):
+            parse(good[:layout_at] + bytes([bad_layout]) + good[layout_at + 1 :])
+    huge = good[: layout_at + 1] + struct.pack("<Q", 2**40) + good[layout_at + 9 :]
+    with pytest.raises(ParseError, match="chunk ids"):
+        parse(huge)  # the size asks for more ids than the body holds: refused before reading
+    with pytest.raises(ParseError):
+        parse(good[:-1])
+    with pytest.raises(ParseError):
+        parse(good + b"\x00")
+    # an unprotected file cannot be chunked
+    unprot = _body3(_chunked_entry("b", CS, 3))
+    region_at = unprot.index(bytes([EntryKind.FILE, Region.ENCRYPTED]))
+    with pytest.raises(ParseError, match="unprotected"):
+        parse(unprot[: region_at + 1] + bytes([Region.UNPROTECTED]) + unprot[region_at + 2 :])
+    # object ids are unique across files (chunk ids and file ids share the objects directory)
+    a = _chunked_entry("a", CS, 3)
+    with pytest.raises(ParseError, match="used twice"):
+        parse(_body3(a, _chunked_entry("b", CS, 3)))
+    assert a.chunks is not None
+    whole = Entry("c", EntryKind.FILE, 0o644, 0, 0, Region.ENCRYPTED, a.chunks[0], 1, b"\x00" * 32)
+    with pytest.raises(ParseError, match="used twice"):
+        parse(_body3(a, whole))
+
+
+@given(st.data())
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+def test_mutated_version_3_bodies_raise_only_parse_error(data: st.DataObject) -> None:
+    """Bodies that authenticate (a key holder wrote them) are still parsed defensively."""
+    whole = Entry("w", EntryKind.FILE, 0o644, 0, 0, Region.AUTHENTICATED, b"\x09" * 16, 7, b"\x01" * 32)
+    body = bytearray(_body3(_chunked_entry("a", 2 * CS + 3, 40), whole, _chunked_entry("z", 0, 50)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(["flip", "insert", "delete"]))
+        pos = data.draw(st.integers(0, max(0, len(body) - 1)))
+        if op == "flip" and body:
+            body[pos] ^= data.draw(st.integers(1, 255))
+        elif op == "insert":
+            body[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
+        elif body:
+            del body[pos : pos + data.draw(st.integers(1, 8))]
+    with contextlib.suppress(ParseError):
+        m = parse_manifest_body(bytes(body), VID, 1, ManifestState.SEALED, version=3)
+        for e in m.entries:  # whatever parsed is consistent
+            if e.chunks is not None:
+                assert len(e.chunks) == -(-e.size // m.chunk_size) and e.region is not Region.UNPROTECTED
+
+
+# --- writable sessions -----------------------------------------------------------------------
+
+
+def test_small_change_to_a_large_file_writes_only_the_changed_chunks(tmp_path: Path) -> None:
+    big = _data(64 * CS + 100)
+    vol, key, tag0 = _volume(tmp_path, {"big.bin": big, "other.txt": b"untouched\n"})
+    m0, _ = load_sealed(vol, key, tag0)
+    other0 = m0.by_path()["other.txt"]
+    assert _version(vol) == 2
+
+    # first write through a session: the version-2 object is converted to chunks (all of them)
+    s = _Session(vol, key, tag0)
+    before = _objects(vol)
+    s.write("big.bin", 10, b"0123456789")
+    assert _new_bytes(before, _objects(vol)) == len(big) + 65 * TAG_SIZE == s.fs.bytes_written
+    tag1 = s.seal()
+    assert _version(vol) == 3  # upgraded; the untouched file keeps its version-2 object
+    m1, _ = load_sealed(vol, key, tag1)
+    assert m1.by_path()["other.txt"].file_id == other0.file_id
+    assert m1.by_path()["other.txt"].chunks is None
+    expect = bytearray(big)
+    expect[10:20] = b"0123456789"
+    assert _contents(vol, key, tag1, tmp_path) == {"big.bin": bytes(expect), "other.txt": b"untouched\n"}
+
+    # later commits: only the chunks written (one, then two across a boundary)
+    s = _Session(vol, key, tag1)
+    before = _objects(vol)
+    s.write("big.bin", 5 * CS + 7, b"x" * 10)
+    assert _new_bytes(before, _objects(vol)) == CS + TAG_SIZE
+    mid = _objects(vol)
+    s.write("big.bin", 9 * CS - 4, b"y" * 8)
+    assert _new_bytes(mid, _objects(vol)) == 2 * (CS + TAG_SIZE)
+    assert s.fs.bytes_written == 3 * (CS + TAG_SIZE)
+    tag2 = s.seal()
+    expect[5 * CS + 7 : 5 * CS + 17] = b"x" * 10
+    expect[9 * CS - 4 : 9 * CS + 4] = b"y" * 8
+    assert _contents(vol, key, tag2, tmp_path)["big.bin"] == bytes(expect)
+    m2, _ = load_sealed(vol, key, tag2)
+    c1, c2 = m1.by_path()["big.bin"].chunks, m2.by_path()["big.bin"].chunks
+    assert c1 is not None and c2 is not None
+    assert [i for i in range(len(c1)) if c1[i] != c2[i]] == [5, 8, 9]
+    # the seal deleted the replaced chunk objects; nothing unreferenced is left
+    assert not verify_volume(vol, key, tag2).unreferenced_objects
+    assert len(_objects(vol)) == len(c2) + 1
+
+
+def test_random_writes_truncations_and_extensions_match_a_model(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    model = {"enc.bin": bytearray(_data(20 * CS + 5, 2)), "auth/a.bin": bytearray(_data(3 * CS, 3)),
+             "plain/p.bin": bytearray(b"plain")}  # fmt: skip
+    vol, key, tag = _volume(tmp_path, {k: bytes(v) for k, v in model.items()})
+    for session in range(4):
+        s = _Session(vol, key, tag)
+        if session == 1:
+            s.create("new.bin", b"fresh" * 1000)
+            model["new.bin"] = bytearray(b"fresh" * 1000)
+        for _ in range(12):
+            path = rng.choice(sorted(model))
+            cur = model[path]
+            op = rng.randrange(3)
+            if op == 0:  # write, possibly past the end (a hole in between)
+                off = rng.randrange(len(cur) + 2 * CS)
+                data = rng.randbytes(rng.randrange(1, 2 * CS))
+                s.write(path, off, data)
+                if off > len(cur):
+                    cur.extend(bytes(off - len(cur)))
+                cur[off : off + len(data)] = data
+            else:  # truncate shorter or longer (the extension reads as zeros)
+                length = rng.randrange(len(cur) + 3 * CS)
+                s.truncate(path, length)
+                del cur[length:]
+                cur.extend(bytes(length - len(cur)))
+        tag = s.seal()
+        assert _contents(vol, key, tag, tmp_path) == {k: bytes(v) for k, v in model.items()}
+        assert not verify_volume(vol, key, tag).unreferenced_objects
+
+
+def test_shrink_then_grow_in_one_commit_does_not_resurrect_old_bytes(tmp_path: Path) -> None:
+    data = _data(4 * CS, 4)
+    vol, key, tag = _volume(tmp_path, {"f": data})
+    s = _Session(vol, key, tag)
+    s.write("f", 0, b"a")  # now chunked
+    tag = s.seal()
+    s = _Session(vol, key, tag)
+    fh = s.fs.open("/f", os.O_RDWR)
+    s.fs.truncate("/f", CS + 10, fh)
+    s.fs.truncate("/f", 4 * CS, fh)  # same size as before, same chunk lengths
+    s.fs.release("/f", fh)
+    tag = s.seal()
+    want = b"a" + data[1 : CS + 10] + bytes(3 * CS - 10)
+    assert _contents(vol, key, tag, tmp_path)["f"] == want
+
+
+def test_o_trunc_and_rewrite_in_another_region_rewrite_all_chunks(tmp_path: Path) -> None:
+    vol, key, tag = _volume(tmp_path, {"f": _data(3 * CS, 5)})
+    s = _Session(vol, key, tag)
+    s.write("f", 0, b"b")
+    tag = s.seal()
+    s = _Session(vol, key, tag)
+    fh = s.fs.open("/f", os.O_WRONLY | os.O_TRUNC)
+    s.fs.write("/f", b"short", 0, fh)
+    s.fs.release("/f", fh)
+    s.fs.mkdir("/auth", 0o755)
+    s.fs.rename("/f", "/auth/f")  # another region: re-sealed under its keys
+    tag = s.seal()
+    m, _ = load_sealed(vol, key, tag)
+    e = m.by_path()["auth/f"]
+    assert e.region is Region.AUTHENTICATED and e.chunks is not None and len(e.chunks) == 1
+    assert _contents(vol, key, tag, tmp_path) == {"auth/f": b"short"}
+    assert len(_objects(vol)) == 1
+
+
+# --- integrity -------------------------------------------------------------------------------
+
+
+def _chunked_volume(tmp: Path) -> tuple[Path, VolumeKey, str, dict[str, bytes]]:
+    files = {"a.bin": _data(5 * CS, 11), "b.bin": _data(5 * CS, 12)}
+    vol, key, tag = _volume(tmp, files)
+    s = _Session(vol, key, tag)
+    for p in files:
+        s.write(p, 0, files[p][:1])  # converts both to chunks
+    return vol, key, s.seal(), files
+
+
+def _chunk_path(vol: Path, key: VolumeKey, tag: str, path: str, i: int) -> Path:
+    m, _ = load_sealed(vol, key, tag)
+    chunks = m.by_path()[path].chunks
+    assert chunks is not None
+    return vol / OBJECTS_DIR / chunks[i].hex()
+
+
+def _assert_detected(vol: Path, key: VolumeKey, tag: str, path: str) -> None:
+    report = verify_volume(vol, key, tag)
+    assert [p.path for p in report.problems] == [path]
+    with VolumeReader(vol, key, tag) as r, pytest.raises(SignatureError):
+        r.read(path, 0, 5 * CS)
+    with pytest.raises(SignatureError):
+        open_volume(vol, key, vol.parent / "out-bad", tag)
+
+
+def test_a_modified_truncated_or_missing_chunk_object_is_detected(tmp_path: Path) -> None:
+    vol, key, tag, _ = _chunked_volume(tmp_path)
+    p = _chunk_path(vol, key, tag, "a.bin", 2)
+    good = p.read_bytes()
+    for bad in (
+        bytes([good[0] ^ 1]) + good[1:],
+        good[:-1],
+        good + b"\x00",
+        good[:-TAG_SIZE] + bytes(TAG_SIZE),
+    ):
+        p.write_bytes(bad)
+        _assert_detected(vol, key, tag, "a.bin")
+    p.unlink()
+    _assert_detected(vol, key, tag, "a.bin")
+
+
+@pytest.mark.parametrize("other", [("a.bin", 3), ("b.bin", 2)])
+def test_swapped_chunk_objects_are_detected(tmp_path: Path, other: tuple[str, int]) -> None:
+    """Chunk objects exchanged inside a file or between files: the id is in the key and the
+    associated data, and the manifest fixes each id's place."""
+    vol, key, tag, _ = _chunked_volume(tmp_path)
+    p = _chunk_path(vol, key, tag, "a.bin", 2)
+    q = _chunk_path(vol, key, tag, *other)
+    a, b = p.read_bytes(), q.read_bytes()
+    p.write_bytes(b)
+    q.write_bytes(a)
+    report = verify_volume(vol, key, tag)
+    assert sorted({pr.path for pr in report.problems}) == sorted({"a.bin", other[0]})
+
+
+def test_an_older_version_of_a_chunk_is_detected(tmp_path: Path) -> None:
+    vol, key, tag, _ = _chunked_volume(tmp_path)
+    old = _chunk_path(vol, key, tag, "a.bin", 1).read_bytes()
+    s = _Session(vol, key, tag)
+    s.write("a.bin", CS, b"new")
+    tag2 = s.seal()
+    _chunk_path(vol, key, tag2, "a.bin", 1).write_bytes(old)  # same length, authentic elsewhere
+    _assert_detected(vol, key, tag2, "a.bin")
+
+
+# --- crashes ---------------------------------------------------------------------------------
+
+
+def test_failure_in_the_middle_of_a_commit_leaves_the_previous_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vol, key, tag, files = _chunked_volume(tmp_path)
+    before = _objects(vol)
+    s = _Session(vol, key, tag)
+    real = _chunked._write_all
+    calls = {"n": 0}
+
+    def failing(fd: int, data: bytes) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device")
+        real(fd, data)
+
+    monkeypatch.setattr(_chunked, "_write_all", failing)
+    fh = s.fs.open("/a.bin", os.O_RDWR)
+    s.fs.write("/a.bin", b"z" * (4 * CS), 0, fh)
+    with pytest.raises(OSError):
+        s.fs.fsync("/a.bin", 0, fh)
+    assert _objects(vol) == before  # the two objects written before the failure were removed
+    assert _contents(vol, key, tag, tmp_path) == files
+    monkeypatch.setattr(_chunked, "_write_all", real)
+    # a commit that completed but whose seal never happened (the process died): unsealed
+    # objects are ignored by readers of the previous tag and removed by the next seal
+    s.fs.fsync("/a.bin", 0, fh)
+    assert len(_objects(vol)) == len(before) + 4
+    assert _contents(vol, key, tag, tmp_path) == files
+    monkeypatch.setattr(
+        volume_store, "write_atomic", lambda *a, **k: (_ for _ in ()).throw(OSError(5, "EIO"))
+    )
+    with pytest.raises(OSError):
+        s.seal()  # the new MANIFEST was never written
+    assert load_sealed(vol, key)[1] == tag
+    assert _contents(vol, key, tag, tmp_path) == files
+
+
+# --- older versions --------------------------------------------------------------------------
+
+
+def test_a_version_1_volume_written_through_a_session_becomes_version_3(tmp_path: Path) -> None:
+    vol = tmp_path / "v1"
+    shutil.copytree(ASSETS_V1, vol, ignore=shutil.ignore_patterns("README.md"))
+    assert _version(vol) == 1
+    s = _Session(vol, V1_KEY, V1_TAG)
+    s.write("docs/a.txt", 6, b"V3")
+    tag = s.seal()
+    assert _version(vol) == 3
+    got = _contents(vol, V1_KEY, tag, tmp_path)
+    assert got["docs/a.txt"] == b"hello V3\n" and got["auth/b.txt"] == b"authenticated\n"
+    m, _ = load_sealed(vol, V1_KEY, tag)
+    assert m.by_path()["docs/a.txt"].chunks is not None and m.by_path()["auth/b.txt"].chunks is None
+
+
+def test_a_session_that_changes_only_metadata_keeps_version_2(tmp_path: Path) -> None:
+    vol, key, tag = _volume(tmp_path, {"f": b"data", "plain/p": b"unprotected"})
+    s = _Session(vol, key, tag)
+    s.fs.chmod("/f", 0o600)
+    s.write("plain/p", 0, b"U")  # unprotected files stay single objects
+    tag = s.seal()
+    assert _version(vol) == 2
+    assert _contents(vol, key, tag, tmp_path) == {"f": b"data", "plain/p": b"Unprotected"}
+
+
+# --- a real FUSE mount -----------------------------------------------------------------------
+
+FUSE_WHY = fuse_usable()
+
+
+@pytest.mark.skipif(FUSE_WHY is not None, reason=f"FUSE unavailable: {FUSE_WHY}")
+def test_fuse_fsync_of_a_small_change_writes_one_chunk(tmp_path: Path) -> None:
+    big = _data(100 * CS, 21)
+    vol, key, tag = _volume(tmp_path, {"db.sqlite": big})
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    expect = bytearray(big)
+    for session in range(2):
+        with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=True) as h:
+            before = _objects(vol)
+            fd = os.open(mnt / "db.sqlite", os.O_RDWR)
+            try:
+                os.pwrite(fd, b"txn", 50 * CS + 1)
+                os.fsync(fd)
+                written = _new_bytes(before, _objects(vol))
+            finally:
+                os.close(fd)
+            tag = h.close()
+        expect[50 * CS + 1 : 50 * CS + 4] = b"txn"
+        # session 0 converts the version-2 object into chunks; session 1 writes one chunk
+        assert written == (len(big) + 100 * TAG_SIZE if session == 0 else CS + TAG_SIZE)
+    assert _contents(vol, key, tag, tmp_path) == {"db.sqlite": bytes(expect)}
