@@ -250,6 +250,37 @@ def handshake_flow(port: int, ctx: ssl.SSLContext) -> Flow:
     return handshake
 
 
+FLOOR_SAMPLE = json.dumps({"policy": "bench", "evidence": "A" * 400, "public_key": "A" * 120}).encode()
+
+
+def floor_flow(port: int, ctx: ssl.SSLContext) -> Flow:
+    """The framework floors' flow: a fresh TLS connection and the attestation's two requests
+    (``FLOOR_SAMPLE`` as the second body), answered by a constant."""
+
+    async def flow() -> None:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=ctx, server_hostname="localhost"
+        )
+        try:
+            await http(reader, writer, "/v1/attest/nonce")
+            await http(reader, writer, "/v1/attest", FLOOR_SAMPLE)
+        finally:
+            writer.close()
+
+    return flow
+
+
+async def flow_count(n: int, n_clients: int, flow: Flow) -> None:
+    """``n`` flows, ``n_clients`` at a time (the instruction counts' fixed amount of work)."""
+    todo = iter(range(n))
+
+    async def client() -> None:
+        for _ in todo:
+            await flow()
+
+    await asyncio.gather(*(client() for _ in range(n_clients)))
+
+
 async def closed_loop(n_clients: int, seconds: float, flow: Flow) -> tuple[int, list[float]]:
     """Each client starts its next flow when the previous one ends."""
     latencies: list[float] = []
@@ -357,30 +388,16 @@ def main() -> None:
         # both running, the load alternating between them: the limits' cost per flow.
         floor, floor_port = reference(floor_server, cert, key, work, tickets)
         limited, limited_port = reference(limited_floor_server, cert, key, work, tickets)
-        sample = json.dumps({"policy": "bench", "evidence": "A" * 400, "public_key": "A" * 120}).encode()
-
-        def floor_flow_to(port: int) -> Flow:
-            async def floor_flow() -> None:
-                reader, writer = await asyncio.open_connection(
-                    "127.0.0.1", port, ssl=ctx, server_hostname="localhost"
-                )
-                try:
-                    await http(reader, writer, "/v1/attest/nonce")
-                    await http(reader, writer, "/v1/attest", sample)
-                finally:
-                    writer.close()
-
-            return floor_flow
 
         floors = ((floor, floor_port), (limited, limited_port))
         done = {fport: [0, 0.0] for _, fport in floors}  # flows, CPU seconds
         for _, fport in floors:
-            uvloop.run(closed_loop(4, 1.0, floor_flow_to(fport)))
+            uvloop.run(closed_loop(4, 1.0, floor_flow(fport, ctx)))
         for _ in range(2):
             for proc, fport in floors:
                 assert proc.pid is not None
                 fcpu0 = cpu_seconds(proc.pid)
-                nf, _ = uvloop.run(closed_loop(args.clients, half / 4, floor_flow_to(fport)))
+                nf, _ = uvloop.run(closed_loop(args.clients, half / 4, floor_flow(fport, ctx)))
                 done[fport][0] += nf
                 done[fport][1] += cpu_seconds(proc.pid) - fcpu0
         floor_cpu = done[floor_port][1] / done[floor_port][0]

@@ -23,8 +23,6 @@ threads are paced by wall-clock time. ``--tool strace`` counts the server's syst
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import re
 import shutil
@@ -34,7 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
@@ -42,9 +42,8 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import attest_load  # noqa: E402
-from _sim_request import MEASUREMENT, POLICY, sim_attest_request  # noqa: E402
+from _sim_request import POLICY  # noqa: E402
 
-from confide.cas.core import decrypt_release  # noqa: E402
 from confide.sim.platform import SimPlatform  # noqa: E402
 
 
@@ -147,41 +146,16 @@ def main() -> None:
             host, port = "127.0.0.1", ready.read_text().strip()
         ctx = ssl.create_default_context(cafile=cert)
         platform = SimPlatform.load(work / "cas" / "sim")
-        sample = json.dumps({"policy": "bench", "evidence": "A" * 400, "public_key": "A" * 120}).encode()
 
-        async def flow() -> None:
-            reader, writer = await asyncio.open_connection(
-                host, int(port), ssl=ctx, server_hostname="localhost"
-            )
-            try:
-                if args.server == "tls":
-                    writer.write(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n")
-                    await writer.drain()
-                    await reader.read()
-                elif args.server == "cas":
-                    nonce = json.loads(await attest_load.http(reader, writer, "/v1/attest/nonce"))["nonce"]
-                    k, request = sim_attest_request(
-                        platform, nonce, policy="bench", service="app", measurement=MEASUREMENT
-                    )
-                    release = json.loads(
-                        await attest_load.http(reader, writer, "/v1/attest", json.dumps(request).encode())
-                    )
-                    config = decrypt_release(k, release, bytes.fromhex(nonce))
-                    assert config["environment"]["KEY"]
-                else:
-                    await attest_load.http(reader, writer, "/v1/attest/nonce")
-                    await attest_load.http(reader, writer, "/v1/attest", sample)
-            finally:
-                writer.close()
+        if args.server == "tls":
+            flow = attest_load.handshake_flow(int(port), ctx)
+        elif args.server == "cas":
+            flow = attest_load.attest_flow(host, int(port), ctx, platform)
+        else:  # the floors: the same two requests, answered by a constant
+            flow = attest_load.floor_flow(int(port), ctx)
 
-        async def flows(n: int) -> None:
-            todo = iter(range(n))
-
-            async def client() -> None:
-                for _ in todo:
-                    await flow()
-
-            await asyncio.gather(*(client() for _ in range(args.clients)))
+        def flows(n: int) -> Coroutine[Any, Any, None]:
+            return attest_load.flow_count(n, args.clients, flow)
 
         uvloop.run(flows(args.warmup))
         if args.tool == "strace":

@@ -43,11 +43,12 @@ over to a successor version" describes the authorised hand-over implemented here
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -236,53 +237,41 @@ class Successors:
             "signer": approval.signer, "target": approval.target, "master_key_id": approval.master_key_id,
             "platform": approval.platform.value, "claims": approval.claims, "expires": approval.expires,
         }  # fmt: skip
-        try:
-            with self.cas.db.write() as conn:
-                board = self._board(conn)
-                current = _current_key_id(conn)
-                if self._withdrawn(conn, {approval.digest}):
-                    raise ConflictError(
-                        f"approval {approval.digest[:16]}… was withdrawn: it is never accepted again "
-                        "(sign a new one, e.g. with another expiry)"
-                    )
-                if current != approval.master_key_id:
-                    raise UsageError(
-                        f"master_key_id: got {approval.master_key_id}, expected {current} (this CAS's)"
-                    )
-                if approval.expires <= now:
-                    raise UsageError("the approval has expired already")
-                if approval.expires > now + MAX_LIFETIME:
-                    raise UsageError(f"expires: at most {MAX_LIFETIME // 86400} days ahead")
-                if approval.signer not in board.members:
-                    raise AccessDeniedError(f"identity {approval.signer[:16]}… is not on the successor board")
-                conn.execute(
-                    delete(successor_approvals).where(
-                        and_(
-                            successor_approvals.c.target == approval.target,
-                            successor_approvals.c.signer == approval.signer,
-                        )
+        with self._refusals_recorded(outcome, EVENT_REFUSED), self.cas.db.write() as conn:
+            board = self._board(conn)
+            current = _current_key_id(conn)
+            if self._withdrawn(conn, {approval.digest}):
+                raise ConflictError(
+                    f"approval {approval.digest[:16]}… was withdrawn: it is never accepted again "
+                    "(sign a new one, e.g. with another expiry)"
+                )
+            if current != approval.master_key_id:
+                raise UsageError(
+                    f"master_key_id: got {approval.master_key_id}, expected {current} (this CAS's)"
+                )
+            if approval.expires <= now:
+                raise UsageError("the approval has expired already")
+            if approval.expires > now + MAX_LIFETIME:
+                raise UsageError(f"expires: at most {MAX_LIFETIME // 86400} days ahead")
+            if approval.signer not in board.members:
+                raise AccessDeniedError(f"identity {approval.signer[:16]}… is not on the successor board")
+            conn.execute(
+                delete(successor_approvals).where(
+                    and_(
+                        successor_approvals.c.target == approval.target,
+                        successor_approvals.c.signer == approval.signer,
                     )
                 )
-                conn.execute(
-                    insert(successor_approvals).values(
-                        target=approval.target, signer=approval.signer, document=jcs(doc).decode(),
-                        expires_at=float(approval.expires), created_at=now,
-                    )
-                )  # fmt: skip
-                approvers = self._approvers(conn, board, approval.target, now)
-                outcome.update(
-                    {
-                        "approval": jcs(doc).decode(), "digest": approval.digest,
-                        "board_sha256": board.sha256,
-                        "approvers": sorted(approvers), "authorised": board.satisfied_by(approvers),
-                    }
-                )  # fmt: skip
-                self.cas.events.record(conn, EVENT_APPROVED, None, outcome)
-        except ConfideError as exc:
-            outcome.update({"reason_class": exc.kind, "reason": exc.message[:500]})
-            with self.cas.db.write() as conn:
-                self.cas.events.record(conn, EVENT_REFUSED, None, outcome)
-            raise
+            )
+            conn.execute(
+                insert(successor_approvals).values(
+                    target=approval.target, signer=approval.signer, document=jcs(doc).decode(),
+                    expires_at=float(approval.expires), created_at=now,
+                )
+            )  # fmt: skip
+            outcome.update({"approval": jcs(doc).decode(), "digest": approval.digest})
+            approvers = self._tally(conn, board, approval.target, now, outcome)
+            self.cas.events.record(conn, EVENT_APPROVED, None, outcome)
         return {
             "target": approval.target, "digest": approval.digest, "approvers": sorted(approvers),
             "needed": board.needed, "authorised": outcome["authorised"],
@@ -298,7 +287,7 @@ class Successors:
             "signer": withdrawal.signer, "approval": withdrawal.approval,
             "master_key_id": withdrawal.master_key_id, "time": withdrawal.time,
         }  # fmt: skip
-        try:
+        with self._refusals_recorded(outcome, EVENT_WITHDRAWAL_REFUSED):
             if abs(now - withdrawal.time) > READ_WINDOW:
                 raise AccessDeniedError(
                     f"withdrawal time {withdrawal.time} is more than {READ_WINDOW}s from the CAS clock"
@@ -334,23 +323,40 @@ class Successors:
                     )
                 )  # fmt: skip
                 bind_withdrawals(conn, self.cas.sealer)
-                approvers = self._approvers(conn, board, approval.target, now)
-                outcome.update(
-                    {
-                        "withdrawal": jcs(doc).decode(), "board_sha256": board.sha256,
-                        "approvers": sorted(approvers), "authorised": board.satisfied_by(approvers),
-                    }
-                )  # fmt: skip
+                outcome["withdrawal"] = jcs(doc).decode()
+                approvers = self._tally(conn, board, approval.target, now, outcome)
                 self.cas.events.record(conn, EVENT_WITHDRAWN, None, outcome)
-        except ConfideError as exc:
-            outcome.update({"reason_class": exc.kind, "reason": exc.message[:500]})
-            with self.cas.db.write() as conn:
-                self.cas.events.record(conn, EVENT_WITHDRAWAL_REFUSED, None, outcome)
-            raise
         return {
             "approval": approval.digest, "target": approval.target, "approvers": sorted(approvers),
             "needed": board.needed, "authorised": outcome["authorised"],
         }  # fmt: skip
+
+    @contextlib.contextmanager
+    def _refusals_recorded(self, outcome: dict[str, Any], event: str) -> Iterator[None]:
+        """A refusal raised inside (after the signature verified) is recorded as ``event``, with
+        ``outcome`` and the reason, in a transaction of its own, and raised again."""
+        try:
+            yield
+        except ConfideError as exc:
+            outcome.update({"reason_class": exc.kind, "reason": exc.message[:500]})
+            with self.cas.db.write() as conn:
+                self.cas.events.record(conn, event, None, outcome)
+            raise
+
+    def _tally(
+        self, conn: Connection, board: Board, target: str, now: float, outcome: dict[str, Any]
+    ) -> set[str]:
+        """The approvers that count for ``target`` now, noted in ``outcome`` with the board's
+        hash and whether they authorise it."""
+        approvers = self._approvers(conn, board, target, now)
+        outcome.update(
+            {
+                "board_sha256": board.sha256,
+                "approvers": sorted(approvers),
+                "authorised": board.satisfied_by(approvers),
+            }
+        )
+        return approvers
 
     @staticmethod
     def _withdrawn(conn: Connection, digests: set[str]) -> dict[str, float]:
@@ -367,8 +373,12 @@ class Successors:
     @staticmethod
     def _stored(conn: Connection, digest: str) -> Approval | None:
         """The stored approval whose document has ``digest``, checked again (its signature, and
-        the row's target and signer its own); ``None`` when there is none."""
+        the row's target and signer its own); ``None`` when there is none. A row is stored as
+        its document's RFC 8785 text, whose SHA-256 is the digest: only a row whose text hashes
+        to ``digest`` is parsed and its signature verified (not every row)."""
         for row in conn.execute(select(*_ROW)):
+            if hashlib.sha256(str(row.document).encode()).hexdigest() != digest:
+                continue
             approval = _checked(row.document, row.target, row.signer)
             if approval is not None and approval.digest == digest:
                 return approval
