@@ -458,3 +458,27 @@ def test_withdrawals_have_their_own_rate_limit_label() -> None:
 
     assert _write_route("/v1/cas/successor/withdrawals") == "/v1/cas/successor/withdrawals"
     assert _write_route("/v1/cas/successor/withdrawals/x") == "unmatched"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--platform", "nope", "--claim", "measurement=ab", "--expires", "7d"], "--platform: got 'nope'"),
+        (["--platform", "sim", "--claim", "mr_td=ab", "--expires", "7d"], "sim needs exactly measurement"),
+        (["--platform", "sim", "--claim", "measurement=ab", "--expires", "soon"], "--expires: got 'soon'"),
+        (["--platform", "sim", "--claim", "measurement", "--expires", "7d"], "expected NAME=VALUE"),
+    ],
+)
+def test_approve_refuses_bad_arguments_before_contacting_the_cas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    # No CAS is reachable (nothing listens there): the arguments are refused first.
+    from click.testing import CliRunner
+
+    from confide.cas.cli import cas as cas_group
+
+    monkeypatch.setenv("CONFIDE_CAS_URL", "https://127.0.0.1:1")
+    identity = tmp_path / "a.id"
+    Identity.generate().save(identity)
+    result = CliRunner().invoke(cas_group, ["successor", "approve", *args, "--identity", str(identity)])
+    assert isinstance(result.exception, UsageError) and message in result.exception.message

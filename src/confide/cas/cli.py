@@ -534,6 +534,7 @@ def cas_successor_approve(
 ) -> None:
     """Sign and submit an approval of a successor version; prints the approvers so far."""
     from confide.cas.client import CasClient
+    from confide.cas.key_release import IDENTITY_CLAIMS
 
     named: dict[str, str] = {}
     for item in claims:
@@ -541,10 +542,17 @@ def cas_successor_approve(
         if not sep or not name or name in named:
             raise UsageError(f"--claim: got {item[:80]!r}, expected NAME=VALUE, each name once")
         named[name] = value.strip().lower()
+    # what the CAS would refuse, refused before anything is signed or sent
+    known = {p.value: names for p, names in IDENTITY_CLAIMS.items()}
+    if platform not in known:
+        raise UsageError(f"--platform: got {platform[:40]!r}, expected one of {', '.join(sorted(known))}")
+    if set(named) != set(known[platform]):
+        raise UsageError(f"--claim: {platform} needs exactly {', '.join(known[platform])}")
+    expiry = _expiry(expires)
     ident = load_identity(identity_file)
     client = CasClient.from_env()
     key_id = master_key_id.lower() if master_key_id else str(client.successor()["master_key_id"])
-    result = client.approve_successor(key_id, platform, named, _expiry(expires), ident)
+    result = client.approve_successor(key_id, platform, named, expiry, ident)
     click.echo(f"{result['target']} {_state(result)}")
     click.echo(f"approval {result['digest']} (cas successor withdraw --approval names it)", err=True)
 
