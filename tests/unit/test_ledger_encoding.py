@@ -19,6 +19,7 @@ from confide.ledger.encoding import (
     EntryType,
     _serialise,
     canonical_json,
+    encode_entry,
     format_time,
     parse_canonical_json,
 )
@@ -239,3 +240,44 @@ def test_the_nesting_limit_is_the_serialisers_on_the_fast_path(depth: int, leaf:
     )
     entry = Entry(EntryType.SECRET_RELEASED, "2026-11-27T10:52:20.123456Z", None, {"k": value})
     assert _error_or_bytes(lambda: entry.encoded()[0]) == _error_or_bytes(entry.to_bytes)
+
+
+def _outcome(make: Callable[[], tuple[bytes, bytes]]) -> tuple[bytes, bytes] | tuple[type, str]:
+    """The bytes made, or the exception's type and message (whatever the exception)."""
+    try:
+        return make()
+    except Exception as exc:  # noqa: BLE001 - compared, not handled
+        return (type(exc), str(exc))
+
+
+_NAMES = st.text(max_size=4) | st.sampled_from(["a", "é", "policy", "Value", "SEED", "private_key"])
+_payload_values = st.recursive(
+    _mixed, lambda inner: st.dictionaries(_NAMES, inner, max_size=3) | st.lists(inner, max_size=3), max_leaves=8
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.dictionaries(_NAMES | st.integers(0, 3), _payload_values, max_size=4),
+    st.sampled_from([None, "", "team/db", "é", 'a"b\\c\n\x01', "\ud800", 7]),
+    st.sampled_from(["2026-11-27T10:52:20.123456Z", "2026-02-30T00:00:00.000000Z", "2026-11-27 10:52:20Z", 5]),
+    st.sampled_from([EntryType.ATTESTATION, EntryType.SECRET_RELEASED, "attestation"]),
+)
+def test_encode_entry_is_the_entrys_encoding(payload: Any, policy: Any, time: Any, entry_type: Any) -> None:
+    """encode_entry (the CAS writer's path) gives Entry(...).encoded()'s bytes, or raises what
+    the Entry raises, for any payload: forbidden names at any depth, names that are not
+    strings, lone surrogates, integers out of range, tuples, invalid times and policies."""
+    expected = _outcome(lambda: Entry(entry_type, time, policy, payload).encoded())
+    assert _outcome(lambda: encode_entry(entry_type, time, policy, payload)) == expected
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH - 3, MAX_DEPTH - 2, MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1])
+@pytest.mark.parametrize("leaf", [1, "x", None, True, {}, [], [1], {"a": 1}])
+def test_encode_entry_keeps_the_nesting_limit(depth: int, leaf: object) -> None:
+    value: object = {"k": leaf}
+    for i in range(depth):
+        value = {"k": value} if i % 2 else [value]
+    t = "2026-11-27T10:52:20.123456Z"
+    payload = {"k": value}
+    expected = _outcome(lambda: Entry(EntryType.ATTESTATION, t, "p", payload).encoded())
+    assert _outcome(lambda: encode_entry(EntryType.ATTESTATION, t, "p", payload)) == expected

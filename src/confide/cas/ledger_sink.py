@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 
 from confide.cas.db import EventSink, insert_events, raw_connection
 from confide.errors import StorageError, UsageError
-from confide.ledger.encoding import Entry, EntryType, format_time
+from confide.ledger.encoding import EntryType, encode_entry, format_time
 from confide.ledger.store import Ledger
 
 __all__ = ["ENTRY_TYPES", "LedgerEventSink"]
@@ -75,7 +75,7 @@ class LedgerEventSink(EventSink):
         at = format_time(datetime.now(UTC))  # one time for the events of one change
         entries, payloads = [], []
         for type_, policy, payload in events:
-            entry, payload_json = Entry(ENTRY_TYPES[type_], at, policy, payload).encoded()
+            entry, payload_json = encode_entry(ENTRY_TYPES[type_], at, policy, payload)
             entries.append(entry)
             payloads.append(payload_json.decode("utf-8"))
         batch: _Batch | None = getattr(self._local, "batch", None)
