@@ -246,13 +246,15 @@ def _outcome(make: Callable[[], tuple[bytes, bytes]]) -> tuple[bytes, bytes] | t
     """The bytes made, or the exception's type and message (whatever the exception)."""
     try:
         return make()
-    except Exception as exc:  # noqa: BLE001 - compared, not handled
+    except Exception as exc:
         return (type(exc), str(exc))
 
 
 _NAMES = st.text(max_size=4) | st.sampled_from(["a", "é", "policy", "Value", "SEED", "private_key"])
 _payload_values = st.recursive(
-    _mixed, lambda inner: st.dictionaries(_NAMES, inner, max_size=3) | st.lists(inner, max_size=3), max_leaves=8
+    _mixed,
+    lambda inner: st.dictionaries(_NAMES, inner, max_size=3) | st.lists(inner, max_size=3),
+    max_leaves=8,
 )
 
 
@@ -260,7 +262,9 @@ _payload_values = st.recursive(
 @given(
     st.dictionaries(_NAMES | st.integers(0, 3), _payload_values, max_size=4),
     st.sampled_from([None, "", "team/db", "é", 'a"b\\c\n\x01', "\ud800", 7]),
-    st.sampled_from(["2026-11-27T10:52:20.123456Z", "2026-02-30T00:00:00.000000Z", "2026-11-27 10:52:20Z", 5]),
+    st.sampled_from(
+        ["2026-11-27T10:52:20.123456Z", "2026-02-30T00:00:00.000000Z", "2026-11-27 10:52:20Z", 5]
+    ),
     st.sampled_from([EntryType.ATTESTATION, EntryType.SECRET_RELEASED, "attestation"]),
 )
 def test_encode_entry_is_the_entrys_encoding(payload: Any, policy: Any, time: Any, entry_type: Any) -> None:

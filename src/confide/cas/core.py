@@ -92,6 +92,8 @@ from confide.errors import (
 )
 from confide.identity import PublicIdentity
 from confide.ledger.checkpoint import Checkpoint
+from confide.ledger.db import Conn
+from confide.ledger.db import execute as ledger_execute
 from confide.ledger.note import parse_note
 from confide.ledger.store import Ledger
 from confide.lru import Lru
@@ -1399,37 +1401,47 @@ class Cas:
             raise BindingError("nonce has expired")
         return expires
 
-    def _use_once(self, conn: Connection, nonce: bytes, digest: str, expires: float | None = None) -> None:
+    def _use_once(
+        self,
+        conn: Connection,
+        nonce: bytes,
+        digest: str,
+        expires: float | None = None,
+        raw: Conn | None = None,
+    ) -> None:
         """Spend the nonce and the evidence (single use), inside the write transaction.
         ``expires``: the nonce's expiry when phase 1 checked its MAC already (only the expiry
-        is checked again, as time has passed), else both are checked here."""
+        is checked again, as time has passed), else both are checked here. ``raw``: the DB-API
+        connection under ``conn`` when the caller has it (the same transaction)."""
         if expires is None:
             expires = self._check_nonce_mac(nonce)
         elif expires < self.clock():
             raise BindingError("nonce has expired")
+        if raw is None:
+            raw = raw_connection(conn)
         now = self.clock()
         if now >= self._next_sweep:
             # Expired rows, at most once per second: a used nonce is refused by its MAC'd expiry
             # once its row is gone, and spent evidence can only be replayed with its own nonce.
             self._next_sweep = now + 1.0
-            raw_execute(conn, "DELETE FROM nonces WHERE expires_at < ?", (now,))
-            raw_execute(conn, "DELETE FROM evidence_seen WHERE seen_at < ?", (now - 2 * NONCE_TTL,))
-            raw_execute(conn, "DELETE FROM sessions WHERE expires_at < ?", (now,))
+            ledger_execute(raw, "DELETE FROM nonces WHERE expires_at < ?", (now,))
+            ledger_execute(raw, "DELETE FROM evidence_seen WHERE seen_at < ?", (now - 2 * NONCE_TTL,))
+            ledger_execute(raw, "DELETE FROM sessions WHERE expires_at < ?", (now,))
             # Runtime certificates past their notAfter: no longer revocable (docs/cas.md "Revocation").
-            raw_execute(conn, "DELETE FROM runtime_certificates WHERE not_after < ?", (now,))
+            ledger_execute(raw, "DELETE FROM runtime_certificates WHERE not_after < ?", (now,))
         # One statement per spend (no SELECT first): the insert is skipped when the key is
         # there, and its row count says which. ON CONFLICT DO NOTHING is the same statement on
         # SQLite and PostgreSQL, and a conflict is not an error (on PostgreSQL an error would
         # abort the group commit's whole transaction).
-        spent = raw_execute(
-            conn,
+        spent = ledger_execute(
+            raw,
             "INSERT INTO nonces (nonce, expires_at, used) VALUES (?, ?, 1) ON CONFLICT DO NOTHING",
             (nonce.hex(), expires),
         )
         if spent.rowcount != 1:
             raise BindingError("nonce was already used")
-        seen = raw_execute(
-            conn,
+        seen = ledger_execute(
+            raw,
             "INSERT INTO evidence_seen (digest, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
             (digest, now),
         )
@@ -2128,10 +2140,11 @@ class PendingAttestation:
             self.committed = True
             return
         try:
-            cas._use_once(conn, self.nonce, self.digest, self.expires)
+            raw = raw_connection(conn)  # the DB-API connection, resolved once per attestation
+            cas._use_once(conn, self.nonce, self.digest, self.expires, raw)
             token_sha256 = hashlib.sha256(self.token).hexdigest()
-            raw_execute(
-                conn,
+            ledger_execute(
+                raw,
                 "INSERT INTO sessions (token_sha256, policy, service, measurement, expires_at, "
                 "volumes_frozen) VALUES (?, ?, ?, ?, ?, 1)",
                 (token_sha256, self.policy, self.service, outcome.get("measurement"),
