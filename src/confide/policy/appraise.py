@@ -442,13 +442,12 @@ def _variant_mismatches(
     gpus: list[tuple[int, VerifiedEvidence]],
     prefix: str,
 ) -> list[Reason]:
-    if variant.platform is not evidence.platform:
+    platform = variant.platform  # a property that looks at every factor: once
+    if platform is not evidence.platform:
         with_gpus = " with nvidia-gpu reports" if variant.composite else ""
-        return [
-            Reason(f"{prefix}", f"{evidence.platform} evidence", f"{variant.platform} evidence{with_gpus}")
-        ]
+        return [Reason(f"{prefix}", f"{evidence.platform} evidence", f"{platform} evidence{with_gpus}")]
     c = _Checker(evidence.claims, prefix)
-    if variant.platform is Platform.SGX:
+    if platform is Platform.SGX:
         c.hex_in("mrenclave", "mr_enclave", variant.mrenclave)
         if variant.signer is not None:
             _sgx_signer(c, variant.signer)
