@@ -210,11 +210,12 @@ def parse_canonical_json(data: bytes) -> JSONValue:
 
 def _clean(value: dict[Any, Any], depth: int) -> bool:
     """Whether the payload ``value`` (a dict at ``depth``) passes :func:`_check_payload` and is
-    :func:`_plain`, judged in one walk (:func:`encode_entry`'s fast path). ``False`` means "not
-    judged here": anything unusual (a forbidden or non-ASCII member name, a lone surrogate, an
-    integer out of range, a tuple, a subclass, the nesting limit) is left to those two, which
-    then raise or serialise exactly as they do for any entry. Only ``dict`` and ``list``
-    members are descended into, as both of them do."""
+    :func:`_plain` (``json``'s C encoder writes it as RFC 8785 §3.2.2-§3.2.3 do), judged in one
+    walk (:func:`encode_entry`'s fast path). ``False`` means "not judged here": anything unusual
+    (a forbidden or non-ASCII member name, a lone surrogate, an integer out of range, a tuple, a
+    subclass of a JSON type, the nesting limit) is left to those two, which then raise or
+    serialise exactly as they do for any entry. Only exact ``dict`` and ``list`` members are
+    descended into; every other member that is not a JSON scalar returns ``False``."""
     if value and depth >= MAX_DEPTH:
         return False
     for k, v in value.items():
