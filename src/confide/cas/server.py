@@ -609,7 +609,10 @@ def prepare(
             return own_check.verified(published.body, at)
 
         own = own_evidence
-    cas.key_release = KeyReleaser(cas, own, successors=Successors(cas))
+    successors = Successors(cas)
+    cas.key_release = KeyReleaser(cas, own, successors=successors)
+    if own is not None:  # docs/cas.md "Retiring the old version": a retired version does not start
+        successors.refuse_retired_start(own)
     with database.write() as conn:
         master_key_id = bind_master_key(conn, master)
         cas.events.record(
