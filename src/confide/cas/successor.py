@@ -4,7 +4,7 @@ A CAS update changes the measurement, so the attested release (:mod:`confide.cas
 refuses the new version: its identity claims are not the running CAS's. docs/cas.md "Handing
 over to a successor version" describes the authorised hand-over implemented here:
 
-1. **The board** is fixed when the CAS is initialised (``cas serve --successor-board FILE`` on
+1. **The board** is set when the CAS is initialised (``cas serve --successor-board FILE`` on
    the start that creates the master key; :func:`parse_board_file`): a ``require-all`` or
    ``require-at-least-N`` rule over stakeholder identities, the policy boards' format and
    evaluation (:mod:`confide.policy.access`). It is stored as one row (``successor_board``) whose
@@ -14,14 +14,18 @@ over to a successor version" describes the authorised hand-over implemented here
    can delete it (no hand-over then) but cannot write one the CAS accepts, and a CAS started on
    an existing key never sets one. :func:`load_board` checks it at every use; a mismatch is a
    :class:`~confide.errors.StorageError`. A master-key rotation re-authenticates it under the
-   new key in its transaction (:func:`reauthenticate_board`). Changing the board is not offered.
+   new key in its transaction (:func:`reauthenticate_board`). Only its own quorum changes it
+   (:mod:`confide.cas.board_change`); approvals name the board's generation and count only
+   under it.
 2. **Approvals** (``confide/successor-approval/v1``, signed as policy approvals are: Ed25519
    over RFC 8785 JSON without ``signature``): ``{"type", "master_key_id", "platform",
    "claims", "expires", "signer"}``. ``claims`` are exactly the identity claims the join rule
    compares for ``platform`` (:data:`~confide.cas.key_release.IDENTITY_CLAIMS`), in their text
    form (:func:`claim_text`); ``master_key_id`` names the CAS (its current master key);
-   ``expires`` is a Unix time at most :data:`MAX_LIFETIME` ahead. The *target*, SHA-256 of RFC
-   8785 JSON of ``{"claims", "master_key_id", "platform"}``, names what is approved. A member's
+   ``expires`` is a Unix time at most :data:`MAX_LIFETIME` ahead; optionally ``generation``
+   (the board's, left out for 0) and ``retire`` (``true`` only; 5. below). The *target*,
+   SHA-256 of RFC 8785 JSON of ``{"claims", "master_key_id", "platform"}`` (and
+   ``"generation"`` when it is not 0), names what is approved. A member's
    approval is stored (its newest per target) and recorded in the ledger; anything else after
    the signature verified is refused and recorded.
 3. **The release** (:meth:`Successors.authorise`, in the key release's write transaction): for a
@@ -36,9 +40,15 @@ over to a successor version" describes the authorised hand-over implemented here
    expires. The withdrawal is stored (``successor_withdrawals``, kept for good: the same approval
    is never accepted or counted again) and recorded in the same transaction, which also
    authenticates the board again with the set of withdrawals
-   (:func:`~confide.cas.successor_board.bind_withdrawals`: deleting one is a StorageError). The
+   (:func:`~confide.cas.successor_board.bind_state`: deleting one is a StorageError). The
    release's transaction reads them, so a withdrawal committed before the release wins; its
    ledger entry names the digests of the approvals it counted.
+5. **Retirement** (docs/cas.md "Retiring the old version"): an approval may also say ``retire``;
+   when those that count and say it meet the board's rule, the release's transaction retires
+   the releasing CAS's version (:meth:`Successors.retire`: its identity digest stored, covered
+   by the board's MAC, recorded). A retired version releases the key to no one, is released to
+   by no one (:meth:`Successors.check_retired`, in every release's transaction) and does not
+   start (:meth:`Successors.refuse_retired_start`).
 """
 
 from __future__ import annotations
