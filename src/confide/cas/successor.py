@@ -589,11 +589,10 @@ class Successors:
             board = self._board(conn)
             key_id = current_key_id(conn)
             retired = [
-                {"identity": str(r.identity), "platform": str(r.platform), "claims": json.loads(r.claims),
-                 "successor": str(r.successor), "retired_at": int(r.created_at)}
+                shown
                 for r in conn.execute(select(successor_retired).order_by(successor_retired.c.created_at))
-                if identity_digest(str(r.platform), json.loads(r.claims)) == r.identity
-            ]  # fmt: skip
+                if (shown := _retired_row(r)) is not None
+            ]
             rows = conn.execute(select(*_ROW)).all()
             approvals = [
                 a for a in (_checked(r.document, r.target, r.signer) for r in rows) if a and a.expires > now
@@ -639,3 +638,17 @@ def _checked(document: str, target: str, signer: str) -> Approval | None:
 
 def _claims_shown(claims: Mapping[str, str]) -> str:
     return ", ".join(f"{k}={v[:16]}…" if len(v) > 16 else f"{k}={v}" for k, v in claims.items())
+
+
+def _retired_row(row: Any) -> dict[str, Any] | None:
+    """A ``successor_retired`` row as ``show`` lists it, when its platform and claims hash to its
+    identity (the set of identities is authenticated by the board's MAC; the text beside each is
+    checked here); ``None`` otherwise."""
+    try:
+        claims = json.loads(row.claims)
+        if not isinstance(claims, dict) or identity_digest(str(row.platform), claims) != row.identity:
+            return None
+    except (ValueError, TypeError, RecursionError, ConfideError):
+        return None
+    return {"identity": str(row.identity), "platform": str(row.platform), "claims": claims,
+            "successor": str(row.successor), "retired_at": int(row.created_at)}  # fmt: skip
