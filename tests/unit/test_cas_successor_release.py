@@ -21,6 +21,7 @@ from test_cas_key_release import AMD, Joiner, Releaser, _refused, _snp, _vcek
 
 from confide import errors
 from confide.cas import key_release
+from confide.cas.board_change import CHANGE_TYPE
 from confide.cas.core import sign_document
 from confide.cas.db import raw_execute
 from confide.cas.dev_measurement import cas_dev_measurement
@@ -312,3 +313,47 @@ def test_retire_is_read_strictly(people: list[Identity]) -> None:
     approval = parse_approval(doc)
     assert approval.retire is True and approval.generation == 2
     assert approval.target == target_of("ab" * 16, "sim", {"measurement": NEW.hex()}, 2)
+
+
+def test_a_board_change_committed_before_the_releases_transaction_wins(
+    board_cas: Releaser, people: list[Identity], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change racing with a release: applied after the joiner's evidence was appraised and
+    before the release's transaction, it voids the approvals the release would have counted."""
+    alice, bob, carol = people
+    claims = {"measurement": NEW.hex()}
+    for who in (alice, bob):
+        _approve(board_cas, who, "sim", claims, time.time() + 600)
+    successors = board_cas.releaser.successors
+    assert successors is not None
+    key_id = board_cas.cas.sealer.sealing_key_id
+    new = board_from_json({"require-all": [bob.fingerprint, carol.fingerprint]})
+
+    def change(who: Identity) -> Any:
+        body = {"type": CHANGE_TYPE, "master_key_id": key_id, "generation": 0, "board": new.to_json(),
+                "expires": int(time.time()) + 600}  # fmt: skip
+        return successors.board_changes.approve(sign_document(body, who.sign, who.public.public_base64))
+
+    change(alice)
+    appraise = key_release.appraise_peer
+
+    def appraise_then_change(own: Any, peer: Any) -> Any:
+        reasons = appraise(own, peer)
+        assert change(carol)["applied"] is True
+        return reasons
+
+    monkeypatch.setattr(key_release, "appraise_peer", appraise_then_change)
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    _refused(board_cas, joiner.sim_request(board_cas.sim, NEW), errors.AppraisalError, "0 valid approval")
+    monkeypatch.undo()
+    # The new board approves under generation 1: released, naming generation 1.
+    for who in (bob, carol):
+        body = {"type": APPROVAL_TYPE, "master_key_id": key_id, "platform": "sim", "claims": claims,
+                "expires": int(time.time()) + 600, "generation": 1}  # fmt: skip
+        successors.approve(sign_document(body, who.sign, who.public.public_base64))
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    joiner.open(board_cas.releaser.release(joiner.sim_request(board_cas.sim, NEW)))
+    _kind, payload = board_cas.events()[-1]
+    assert payload["successor"]["generation"] == 1
+    assert payload["successor"]["approvers"] == sorted([bob.fingerprint, carol.fingerprint])
+    assert payload["successor"]["authorisation"] == target_of(key_id, "sim", claims, 1)
