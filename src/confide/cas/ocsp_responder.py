@@ -54,23 +54,35 @@ logged or put in an error.
 
 from __future__ import annotations
 
+import hmac
 import json
 import threading
 import weakref
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from confide.cas.crl import REASONS, UNSPECIFIED, CrlRow, crl_due, current_crl
 from confide.cas.db import raw_execute
+from confide.cas.ocsp_delegate import RESPONDER_KIND, responder_due, responder_name
+from confide.cas.ocsp_der import (
+    MAX_ENTRIES,
+    MAX_NONCE,
+    MIN_NONCE,
+    CertIdEntry,
+    ParsedRequest,
+    SingleAnswer,
+    basic_response,
+    choose_algorithm,
+    parse_ocsp_request,
+)
 from confide.cas.ratelimit import Rate, RateLimiter, client_key
 from confide.cas.renewal import renew_due
 from confide.cas.secrets import CERTIFICATE_KINDS, crl_distribution_id
+from confide.errors import ParseError
 from confide.lru import Lru
 
 if TYPE_CHECKING:
@@ -79,6 +91,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CACHE_SIZE",
     "MAX_AGE",
+    "MAX_ENTRIES",
     "MAX_NONCE",
     "MAX_REQUEST",
     "MIN_NONCE",
@@ -92,7 +105,6 @@ __all__ = [
 MAX_REQUEST = 4096
 """Bytes of a DER OCSPRequest: one CertID and a nonce take about 120; a signed request with its
 signer's certificate a few hundred more (RFC 6960 §4.1.2)."""
-MIN_NONCE, MAX_NONCE = 1, 32  # RFC 8954 §2.1: Nonce ::= OCTET STRING(SIZE(1..32))
 CACHE_SIZE = 4096
 MAX_AGE = 300
 """Seconds an HTTP cache may keep a response without a nonce (never past nextUpdate), as for the
@@ -103,6 +115,18 @@ SIGNATURE_RATE = Rate(20.0, 40.0)
 
 _CA_ID_LEN = 32
 _SERIAL_OCTETS = 20  # RFC 5280 §4.1.2.2: a serial of more than 20 octets is no CAS certificate's
+_STATUS_NAMES = {
+    ocsp.OCSPCertStatus.GOOD: "good",
+    ocsp.OCSPCertStatus.REVOKED: "revoked",
+    ocsp.OCSPCertStatus.UNKNOWN: "unknown",
+}
+_REASON_CODES = {  # RFC 5280 §5.3.1 CRLReason
+    x509.ReasonFlags.unspecified: 0, x509.ReasonFlags.key_compromise: 1, x509.ReasonFlags.ca_compromise: 2,
+    x509.ReasonFlags.affiliation_changed: 3, x509.ReasonFlags.superseded: 4,
+    x509.ReasonFlags.cessation_of_operation: 5, x509.ReasonFlags.certificate_hold: 6,
+    x509.ReasonFlags.remove_from_crl: 8, x509.ReasonFlags.privilege_withdrawn: 9,
+    x509.ReasonFlags.aa_compromise: 10,
+}  # fmt: skip
 
 
 class OcspAnswer(NamedTuple):
@@ -124,18 +148,9 @@ _UNAUTHORIZED = unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
 _TRY_LATER = unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER)
 
 
-class _Query(NamedTuple):
-    """What a parsed request asks (RFC 6960 §4.1.1 CertID) and its nonce."""
-
-    algorithm: hashes.HashAlgorithm
-    name_hash: bytes
-    key_hash: bytes
-    serial: int
-    nonce: bytes | None
-
-
 class _Ca(NamedTuple):
-    """A CA declared ``ocsp``, as of its policy's current version and CRL."""
+    """A CA declared ``ocsp``, as of its policy's current version and CRL, and its current
+    delegated responder certificate (:mod:`confide.cas.ocsp_delegate`)."""
 
     policy: str
     name: str
@@ -143,6 +158,8 @@ class _Ca(NamedTuple):
     key_id: str  # hex, the CA's subjectKeyIdentifier (the authorityKeyIdentifier of what it signs)
     certificate: x509.Certificate
     crl: CrlRow
+    responder_version: int
+    responder_not_after: float
 
 
 class _Status(NamedTuple):
@@ -152,37 +169,23 @@ class _Status(NamedTuple):
     valid_until: float | None = None  # a good certificate's notAfter
 
 
-def parse_request(der: bytes) -> _Query | None:
-    """The CertID and nonce of ``der``; ``None`` when it is to be answered ``malformedRequest``
-    (module docstring, step 1). Raises :class:`UnsupportedAlgorithm` for a CertID hash
-    algorithm ``cryptography`` does not compute, and only for a request that is otherwise well
-    formed: a request that is malformed is answered so whatever its algorithm (RFC 8954 §2.1: a
-    bad nonce MUST get malformedRequest; the fuzz4 campaign found such a request with an MD5
-    CertID answered ``unauthorized``)."""
+class _Signer(NamedTuple):
+    key: Any
+    certificate: bytes  # DER, included in every response (RFC 6960 §4.2.1 certs)
+    key_hash: bytes  # responderID byKey (§4.2.2.3): SHA-1 of the subjectPublicKey value
+
+
+def parse_request(der: bytes) -> ParsedRequest | None:
+    """The CertIDs, nonce and signature preferences of ``der``; ``None`` when it is to be
+    answered ``malformedRequest`` (module docstring, step 1; :mod:`confide.cas.ocsp_der`). A
+    CertID hash algorithm the responder does not compute is not malformed: that entry names no
+    issuer it serves (step 2)."""
     if not der or len(der) > MAX_REQUEST:
         return None
     try:
-        request = ocsp.load_der_ocsp_request(der)  # the whole input: trailing bytes are refused
-        extensions = request.extensions
-        serial = request.serial_number
-        name_hash, key_hash = request.issuer_name_hash, request.issuer_key_hash
-    except NotImplementedError:
-        return None  # more than one Request (RFC 5019 §2.1.1: one per OCSPRequest)
-    except (ValueError, TypeError, x509.DuplicateExtension):
+        return parse_ocsp_request(der)
+    except ParseError:
         return None
-    if serial <= 0:
-        return None  # RFC 5280 §4.1.2.2: a serial number is a positive integer
-    nonce = None
-    for ext in extensions:
-        if isinstance(ext.value, x509.OCSPNonce):
-            nonce = ext.value.nonce
-            if not MIN_NONCE <= len(nonce) <= MAX_NONCE:
-                return None  # RFC 8954 §2.1
-        elif ext.critical:
-            return None  # RFC 6960 §4.4: an unrecognised critical extension
-    return _Query(
-        request.hash_algorithm, name_hash, key_hash, serial, nonce
-    )  # may raise UnsupportedAlgorithm
 
 
 class OcspResponder:
@@ -198,7 +201,7 @@ class OcspResponder:
         self.cas = cas
         self._cache: Lru[tuple[Any, ...], tuple[bytes, float]] = Lru(cache_size)
         self._hashes: Lru[tuple[str, str, str], tuple[bytes, bytes]] = Lru(256)
-        self._keys: Lru[tuple[str, str, int], Any] = Lru(64)
+        self._keys: Lru[tuple[str, str, int], _Signer] = Lru(64)
         self._ca_certs: Lru[tuple[str, str, int], tuple[x509.Certificate, bytes]] = Lru(256)
         self._limiter = RateLimiter(signature_rate) if signature_rate is not None else None
         self._limiter_lock = threading.Lock()
@@ -220,21 +223,17 @@ class OcspResponder:
     def respond(self, ca_id: str, der: bytes, client: str | None) -> OcspAnswer:
         """The answer to the DER OCSPRequest ``der`` sent to ``/v1/ocsp/<ca_id>`` by ``client``
         (its address; ``None``: unknown)."""
-        try:
-            query = parse_request(der)
-        except UnsupportedAlgorithm:
-            query = None
-            ca = None
-        else:
-            if query is None:
-                self.malformed += 1
-                return _MALFORMED
-            ca = self._ca(ca_id)
-        if query is None or ca is None or not self._issued_by(ca, query):
+        query = parse_request(der)
+        if query is None:
+            self.malformed += 1
+            return _MALFORMED
+        ca = self._ca(ca_id)
+        ours = [] if ca is None else [self._issued_by(ca, entry) for entry in query.entries]
+        if ca is None or not any(ours):
             self.unauthorized += 1
             return _UNAUTHORIZED
-        key = (ca.policy, ca.name, ca.version, ca.crl.number, query.algorithm.name, query.name_hash,
-               query.key_hash, query.serial)  # fmt: skip
+        key = (ca.policy, ca.name, ca.version, ca.crl.number, ca.responder_version, query.preferred,
+               tuple(entry.der for entry in query.entries))  # fmt: skip
         now = self.cas.clock()
         if query.nonce is None:
             hit = self._cache.get(key)
@@ -247,24 +246,29 @@ class OcspResponder:
             if wait:
                 self.limited += 1
                 return _TRY_LATER
-        status = self._status(ca, query.serial, now)
-        der_out = self._sign(ca, query, status, now)
+        statuses = [
+            self._status(ca, entry.serial, now) if mine else _Status(ocsp.OCSPCertStatus.UNKNOWN)
+            for entry, mine in zip(query.entries, ours, strict=True)
+        ]
+        der_out = self._sign(ca, query, statuses, now)
         self.signed += 1
         if query.nonce is not None:
             return OcspAnswer(der_out, 0)  # bound to one request: neither kept nor cached by HTTP
-        until = ca.crl.next_update
-        if status.valid_until is not None:
-            until = min(until, status.valid_until)
-        if status.status == ocsp.OCSPCertStatus.UNKNOWN:
-            until = min(until, now + UNKNOWN_TTL)
+        until = min(ca.crl.next_update, ca.responder_not_after)
+        for status in statuses:
+            if status.valid_until is not None:
+                until = min(until, status.valid_until)
+            if status.status == ocsp.OCSPCertStatus.UNKNOWN:
+                until = min(until, now + UNKNOWN_TTL)
         self._cache.put(key, (der_out, until))
         return OcspAnswer(der_out, _max_age(until, now))
 
     # -- the CA, the request's issuer and the certificate's status ------------------------------
 
     def _ca(self, ca_id: str) -> _Ca | None:
-        """The CA declared ``ocsp`` with id ``ca_id`` and its current CRL, re-issued first when
-        due (as :meth:`confide.cas.core.Cas.distributed_crl`); ``None`` for anything else."""
+        """The CA declared ``ocsp`` with id ``ca_id``, its current CRL and responder
+        certificate, each re-issued first when due (as :meth:`confide.cas.core.Cas.distributed_crl`);
+        ``None`` for anything else."""
         if len(ca_id) != _CA_ID_LEN or not all(c in "0123456789abcdef" for c in ca_id):
             return None
         for attempt in range(2):
@@ -274,39 +278,63 @@ class OcspResponder:
                     return None
                 crl = current_crl(conn, *served)
                 row = self.cas._latest_secret(conn, *served)
+                responder = self.cas._latest_secret(conn, served[0], responder_name(served[1]))
             if row is None or crl is None:
                 return None
-            if not crl_due(crl.this_update, crl.next_update, self.cas.clock()):
+            parsed = self._parsed_ca(served[0], served[1], int(row.version), row.public)
+            if parsed is None:
+                return None
+            now = self.cas.clock()
+            public = None if responder is None else responder.public
+            if (
+                not crl_due(crl.this_update, crl.next_update, now)
+                and responder_due(parsed[1], public, now) is None
+            ):
                 break
             if attempt == 0:
                 renew_due(self.cas, [served[0]])
         else:
-            return None  # still due: no response rather than one past the CRL's nextUpdate
-        parsed = self._ca_certs.get((served[0], served[1], int(row.version)))
-        if parsed is None:  # a stored version's public part never changes: parsed once
+            return None  # still due: no response rather than one past a nextUpdate or notAfter
+        cert, ski = parsed
+        if crl_distribution_id(cert.subject, ski) != ca_id:
+            return None  # the CRL row was found by the id of the CA's current key: checked again
+        assert responder is not None  # not due, so present
+        not_after = datetime.fromisoformat(json.loads(responder.public)["not_after"]).timestamp()
+        return _Ca(
+            served[0], served[1], int(row.version), ski.hex(), cert, crl, int(responder.version), not_after
+        )
+
+    def _parsed_ca(
+        self, policy: str, name: str, version: int, public: str
+    ) -> tuple[x509.Certificate, bytes] | None:
+        """A CA version's certificate and subjectKeyIdentifier (a stored version's public part
+        never changes: parsed once)."""
+        parsed = self._ca_certs.get((policy, name, version))
+        if parsed is None:
             try:
-                cert = x509.load_pem_x509_certificate(json.loads(row.public)["certificate"].encode())
+                cert = x509.load_pem_x509_certificate(json.loads(public)["certificate"].encode())
                 ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
             except (KeyError, TypeError, ValueError, AttributeError, x509.ExtensionNotFound):
                 return None
             parsed = (cert, ski)
-            self._ca_certs.put((served[0], served[1], int(row.version)), parsed)
-        cert, ski = parsed
-        if crl_distribution_id(cert.subject, ski) != ca_id:
-            return None  # the CRL row was found by the id of the CA's current key: checked again
-        return _Ca(served[0], served[1], int(row.version), ski.hex(), cert, crl)
+            self._ca_certs.put((policy, name, version), parsed)
+        return parsed
 
-    def _issued_by(self, ca: _Ca, query: _Query) -> bool:
+    def _issued_by(self, ca: _Ca, entry: CertIdEntry) -> bool:
         """Whether the CertID names ``ca`` as issuer (RFC 6960 §4.1.1: the hashes of its subject
         DER and of the value of its subjectPublicKey BIT STRING, with the request's algorithm)."""
-        key = (ca.key_id, ca.certificate.subject.public_bytes().hex(), query.algorithm.name)
+        if entry.algorithm is None:
+            return False  # a hash the responder does not compute: no issuer it can recognise
+        key = (ca.key_id, ca.certificate.subject.public_bytes().hex(), entry.algorithm.name)
         hashed = self._hashes.get(key)
         if hashed is None:
-            probe = ocsp.OCSPRequestBuilder().add_certificate(ca.certificate, ca.certificate, query.algorithm)
+            probe = ocsp.OCSPRequestBuilder().add_certificate(ca.certificate, ca.certificate, entry.algorithm)
             built = probe.build()
             hashed = (built.issuer_name_hash, built.issuer_key_hash)
             self._hashes.put(key, hashed)
-        return hashed == (query.name_hash, query.key_hash)
+        return hmac.compare_digest(hashed[0], entry.name_hash) and hmac.compare_digest(
+            hashed[1], entry.key_hash
+        )
 
     def _status(self, ca: _Ca, serial: int, now: float) -> _Status:
         """The certStatus of ``serial`` under ``ca`` (module docstring, step 4)."""
@@ -330,10 +358,10 @@ class OcspResponder:
             ).fetchone()
             if runtime is not None and float(runtime[0]) > now:
                 return _Status(ocsp.OCSPCertStatus.GOOD, valid_until=float(runtime[0]))
-            kinds = sorted(CERTIFICATE_KINDS)
+            kinds = sorted({*CERTIFICATE_KINDS, RESPONDER_KIND})  # the responder's own: good too
             rows = raw_execute(
                 conn,
-                "SELECT name, public FROM secrets WHERE policy = ? AND kind IN (?, ?)",
+                "SELECT name, public FROM secrets WHERE policy = ? AND kind IN (?, ?, ?)",
                 (ca.policy, *kinds),
             ).fetchall()
         for name, public in rows:
@@ -346,44 +374,48 @@ class OcspResponder:
 
     # -- signing --------------------------------------------------------------------------------
 
-    def _sign(self, ca: _Ca, query: _Query, status: _Status, now: float) -> bytes:
-        """A successful BasicOCSPResponse (RFC 6960 §4.2.1) about ``query`` signed by ``ca``."""
-        signing_key = self._signing_key(ca)
-        this_update = _utc(now)
-        revocation_time = revocation_reason = None
-        if status.status == ocsp.OCSPCertStatus.REVOKED:
-            assert status.revoked_at is not None and status.reason is not None
-            revocation_time = _utc(status.revoked_at)
-            if status.reason != UNSPECIFIED:  # as on the CRL (RFC 5280 §5.3.1)
-                revocation_reason = REASONS[status.reason]
-        builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
-            query.name_hash, query.key_hash, query.serial, query.algorithm, status.status,
-            this_update, _utc(ca.crl.next_update), revocation_time, revocation_reason,
+    def _sign(self, ca: _Ca, query: ParsedRequest, statuses: list[_Status], now: float) -> bytes:
+        """A successful BasicOCSPResponse (RFC 6960 §4.2.1), one SingleResponse per CertID in
+        the request's order, signed by ``ca``'s responder key, its certificate included."""
+        signer = self._signer(ca)
+        next_update = min(ca.crl.next_update, ca.responder_not_after)
+        answers = []
+        for entry, status in zip(query.entries, statuses, strict=True):
+            revoked_at = reason_code = None
+            if status.status == ocsp.OCSPCertStatus.REVOKED:
+                assert status.revoked_at is not None and status.reason is not None
+                revoked_at = status.revoked_at
+                if status.reason != UNSPECIFIED:  # as on the CRL (RFC 5280 §5.3.1)
+                    reason_code = _REASON_CODES[REASONS[status.reason]]
+            answers.append(
+                SingleAnswer(
+                    entry.der, _STATUS_NAMES[status.status], now, next_update, revoked_at, reason_code
+                )
+            )
+        return basic_response(
+            answers, produced_at=now, responder_key_hash=signer.key_hash, key=signer.key,
+            algorithm=choose_algorithm(signer.key, query.preferred), certificates=(signer.certificate,),
+            nonce_value=query.nonce_value,
         )  # fmt: skip
-        builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, ca.certificate)  # §4.2.2.3 byKey
-        if query.nonce is not None:
-            builder = builder.add_extension(x509.OCSPNonce(query.nonce), critical=False)  # RFC 8954
-        algorithm = (
-            None
-            if isinstance(signing_key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
-            else hashes.SHA256()
-        )
-        return builder.sign(signing_key, algorithm).public_bytes(serialization.Encoding.DER)
 
-    def _signing_key(self, ca: _Ca) -> Any:
-        """The CA's private key, loaded once per CA version (its sealed value unsealed as for a
-        CRL; never logged)."""
-        key = (ca.policy, ca.name, ca.version)
+    def _signer(self, ca: _Ca) -> _Signer:
+        """The CA's responder key and certificate, loaded once per responder version (its sealed
+        value unsealed as for a release; never logged)."""
+        key = (ca.policy, ca.name, ca.responder_version)
         found = self._keys.get(key)
         if found is None:
             with self.cas.db.read() as conn:
-                row = self.cas._latest_secret(conn, ca.policy, ca.name)
-            if row is None or int(row.version) != ca.version:
-                raise RuntimeError("the CA changed while answering; the next request sees it")
+                row = self.cas._latest_secret(conn, ca.policy, responder_name(ca.name))
+            if row is None or int(row.version) != ca.responder_version:
+                raise RuntimeError("the OCSP responder changed while answering; the next request sees it")
             value = self.cas._unseal(row)
-            found = serialization.load_der_private_key(value.data, None)
+            assert value.certificate is not None
+            cert = x509.load_der_x509_certificate(value.certificate)
+            digest = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest  # SHA-1, §4.2.2.3
+            found = _Signer(serialization.load_der_private_key(value.data, None), value.certificate, digest)
             self._keys.put(key, found)
-        return found
+        result: _Signer = found
+        return result
 
 
 def _stored_match(public: str, hex_serial: str, key_id: str) -> float | None:
@@ -401,10 +433,6 @@ def _stored_match(public: str, hex_serial: str, key_id: str) -> float | None:
     if aki is None or aki.hex() != key_id or cert.serial_number != int(hex_serial, 16):
         return None
     return cert.not_valid_after_utc.timestamp()
-
-
-def _utc(seconds: float) -> datetime:
-    return datetime.fromtimestamp(int(seconds), UTC)  # GeneralizedTime: whole seconds
 
 
 def _max_age(until: float, now: float) -> int:
