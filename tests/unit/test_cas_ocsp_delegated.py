@@ -154,9 +154,7 @@ def test_a_regenerated_ca_gets_a_new_responder(env: Env) -> None:
     ``issuer-key-changed``)."""
     old = env.ca_cert()
     ask(env, request(env.certificate(), old))
-    env.apply_text(
-        policy(ca_extra=OCSP, key_type="P-384", runtime="rt.local", predecessor=env.head())
-    )
+    env.apply_text(policy(ca_extra=OCSP, key_type="P-384", runtime="rt.local", predecessor=env.head()))
     ca = env.ca_cert()
     assert ca.public_key() != old.public_key()
     response = checked(env, ask(env, request(env.certificate(), ca)), env.certificate().serial_number)

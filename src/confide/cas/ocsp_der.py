@@ -171,15 +171,27 @@ def _positive(data: bytes, tag: int, start: int, end: int, field: str) -> int:
     return value
 
 
+def _oid(data: bytes, tag: int, start: int, end: int, field: str) -> bytes:
+    """The content octets of an OBJECT IDENTIFIER, each subidentifier in minimal base-128 form
+    (X.690 §8.19.2: the last octet of each has bit 8 clear, and none starts with 0x80)."""
+    if tag != der.TAG_OID or start == end or data[end - 1] & 0x80:
+        raise ParseError("expected an OBJECT IDENTIFIER", structure=_S, field=field, offset=start)
+    if data[start] == 0x80 or any(data[i] == 0x80 and not data[i - 1] & 0x80 for i in range(start + 1, end)):
+        raise ParseError(
+            "non-minimal OBJECT IDENTIFIER subidentifier", structure=_S, field=field, offset=start
+        )
+    return data[start:end]
+
+
 def _algorithm_identifier(data: bytes, start: int, end: int, field: str) -> bytes:
     """The OID content of ``AlgorithmIdentifier ::= SEQUENCE { OID, parameters ANY OPTIONAL }``,
     parameters absent or NULL."""
     parts = der.children(data, start, end, _S)
-    if not parts or parts[0][0] != der.TAG_OID or parts[0][1] == parts[0][2] or len(parts) > 2:
+    if not parts or len(parts) > 2:
         raise ParseError("expected an AlgorithmIdentifier", structure=_S, field=field, offset=start)
     if len(parts) == 2 and (parts[1][0] != 0x05 or parts[1][1] != parts[1][2]):
         raise ParseError("expected NULL or absent parameters", structure=_S, field=field, offset=parts[1][1])
-    return data[parts[0][1] : parts[0][2]]
+    return _oid(data, *parts[0], field)
 
 
 def _extensions(data: bytes, start: int, end: int, field: str) -> list[tuple[bytes, bool, int, int]]:
@@ -195,9 +207,9 @@ def _extensions(data: bytes, start: int, end: int, field: str) -> list[tuple[byt
         if tag != der.TAG_SEQUENCE:
             raise ParseError("expected an Extension", structure=_S, field=field, offset=es)
         parts = der.children(data, es, ee, _S)
-        if len(parts) not in (2, 3) or parts[0][0] != der.TAG_OID or parts[0][1] == parts[0][2]:
+        if len(parts) not in (2, 3):
             raise ParseError("expected an Extension", structure=_S, field=field, offset=es)
-        oid = data[parts[0][1] : parts[0][2]]
+        oid = _oid(data, *parts[0], field)
         critical = False
         if len(parts) == 3:
             critical = der.der_boolean(data, parts[1][0], parts[1][1], parts[1][2], _S, field)
@@ -319,9 +331,9 @@ def _preferences(data: bytes, start: int, end: int) -> tuple[bytes, ...]:
         if not 1 <= len(parts) <= 2 or any(p[0] != der.TAG_SEQUENCE for p in parts):
             raise ParseError("expected a PreferredSignatureAlgorithm", structure=_S, offset=ps)
         params = der.children(data, parts[0][1], parts[0][2], _S)
-        if not params or params[0][0] != der.TAG_OID or len(params) > 2:
+        if not params or len(params) > 2:
             raise ParseError("expected a sigIdentifier", structure=_S, offset=parts[0][1])
-        out.append(data[params[0][1] : params[0][2]])  # the OID: parameters are the algorithm's
+        out.append(_oid(data, *params[0], "sigIdentifier"))  # parameters are the algorithm's own
     return tuple(out)
 
 
