@@ -186,11 +186,9 @@ def test_der_rules_and_fields() -> None:
             ok, extensions=[_extension(bytes.fromhex("06032a0304"), b"\x05\x00", critical=True)]
         ),
         "duplicate": ocsp_request(ok, extensions=[_extension(bytes.fromhex("06032a0304"), b"\x05\x00")] * 2),
-        "no extensions in [2]": ocsp_request(ok, extensions=[]),
         "nonce empty": ocsp_request(ok, extensions=[_extension(NONCE_OID, _der(0x04, b""))]),
         "nonce 33": ocsp_request(ok, extensions=[_extension(NONCE_OID, _der(0x04, b"x" * 33))]),
-        "nonce not wrapped": ocsp_request(ok, extensions=[_extension(NONCE_OID, b"abc")]),
-        "nonce trailing": ocsp_request(ok, extensions=[_extension(NONCE_OID, _der(0x04, b"a") + b"\x00")]),
+        "nonce unwrapped, 33": ocsp_request(ok, extensions=[_extension(NONCE_OID, b"x" * 33)]),
         "nonce per entry": ocsp_request(ok, single_extensions=[_extension(NONCE_OID, _der(0x04, b"a"))]),
         "critical per entry": ocsp_request(
             ok, single_extensions=[_extension(bytes.fromhex("06032a0304"), b"", critical=True)]
@@ -221,6 +219,10 @@ def test_der_rules_and_fields() -> None:
             ok, single_extensions=[_extension(bytes.fromhex("06032a0304"), b"")]
         ),
         "parameters absent": ocsp_request([cert_id(7, params=b"")]),
+        "no extensions in [2] (as cryptography)": ocsp_request(ok, extensions=[]),
+        "another algorithm's parameters": ocsp_request(
+            [cert_id(7, oid=bytes.fromhex("06032a0304"), params=_der(0x04, b"x"))]
+        ),
         "MD5 (not computed)": ocsp_request(
             [cert_id(7, oid=bytes.fromhex("06082a864886f70d0205"), hashed=b"h" * 16)]
         ),
@@ -235,6 +237,16 @@ def test_der_rules_and_fields() -> None:
         parse_ocsp_request(accepted["SHA-1 of a wrong length (never matched)"]).entries[0].algorithm is None
     )
     assert parse_ocsp_request(accepted["a 21-octet serial"]).entries[0].serial == 2**160 + 1
+    # A nonce not wrapped in an OCTET STRING is the extnValue itself, as cryptography reads it.
+    for value, nonce in (
+        (b"abc", b"abc"),
+        (_der(0x04, b"a") + b"\x00", b"\x04\x01a\x00"),
+        (b"\xfa", b"\xfa"),
+    ):
+        der = ocsp_request(ok, extensions=[_extension(NONCE_OID, value)])
+        parsed = parse_ocsp_request(der)
+        assert parsed.nonce == nonce and parsed.nonce_value == value
+        _agree(der, parsed)
 
 
 def test_seeded_mutations_raise_only_parse_errors_and_agree_with_cryptography() -> None:

@@ -17,15 +17,20 @@ responder answers ``malformedRequest``):
   optional ``requestorName [1]`` (skipped), ``requestList`` of 1 to :data:`MAX_ENTRIES`
   Requests, optional ``requestExtensions [2]``;
 - ``Request ::= SEQUENCE { reqCert CertID, singleRequestExtensions [0] EXPLICIT OPTIONAL }``;
-- ``CertID``: an AlgorithmIdentifier (OID, absent or NULL parameters), two OCTET STRINGs of at
-  most 64 octets, a positive INTEGER serial (RFC 5280 §4.1.2.2) of at most
+- ``CertID``: an AlgorithmIdentifier (OID; parameters absent or NULL for the hashes the
+  responder computes, any one element for another algorithm, whose entries it cannot answer),
+  two OCTET STRINGs of at most 64 octets, a positive INTEGER serial (RFC 5280 §4.1.2.2) of at most
   :data:`MAX_SERIAL_OCTETS` octets; its DER is kept to be echoed verbatim in the response;
-- ``Extensions``: 1 or more, no OID twice (RFC 5280 §4.2), ``critical`` not encoded as FALSE
-  (DEFAULT); a critical extension other than the nonce is refused (RFC 6960 §4.4), and so is a
+- ``Extensions``: at most 16 (an empty list, which RFC 5280's SIZE (1..MAX) excludes, is let
+  through, as ``cryptography`` and so the responder before this reader did), no OID twice
+  (RFC 5280 §4.2), ``critical`` not encoded as FALSE (DEFAULT); a critical extension other
+  than the nonce and the preferred signature algorithms is refused (RFC 6960 §4.4), and so is a
   nonce in ``singleRequestExtensions`` (it is a request extension, RFC 8954 §2.1). The nonce's
-  ``extnValue`` must hold one OCTET STRING of :data:`MIN_NONCE` to :data:`MAX_NONCE` octets
-  (RFC 8954 §2.1); the preferred-signature-algorithms extension (§4.4.7) is parsed and its
-  algorithms returned.
+  ``extnValue`` holds one OCTET STRING (RFC 8954 §2.1; else the extnValue is the nonce, the
+  unwrapped form ``cryptography`` reads too) of :data:`MIN_NONCE` to :data:`MAX_NONCE` octets;
+  the preferred-signature-algorithms extension (§4.4.7) is parsed and its algorithms returned;
+  acceptable responses (§4.4.3) must be a SEQUENCE OF OBJECT IDENTIFIER; a requestorName one
+  GeneralName (RFC 5280 §4.2.1.6).
 
 The writer produces ``OCSPResponse { successful, ResponseBytes { id-pkix-ocsp-basic,
 BasicOCSPResponse } }`` with ``version`` omitted (v1), ``responderID`` ``byKey`` (§4.2.2.3),
@@ -62,9 +67,10 @@ __all__ = [
 MAX_ENTRIES = 16
 """Requests in one requestList: each is a status look-up; more is refused (malformedRequest)."""
 MIN_NONCE, MAX_NONCE = 1, 32  # RFC 8954 §2.1: Nonce ::= OCTET STRING(SIZE(1..32))
-MAX_SERIAL_OCTETS = 64
-"""A CertID serial longer than this is refused; RFC 5280 §4.1.2.2 allows 20 octets, and a longer
-one (up to this bound) is answered ``unknown``."""
+MAX_SERIAL_OCTETS = 4096
+"""A CertID serial longer than this is refused (the responder's request bound, MAX_REQUEST,
+is the same). RFC 5280 §4.1.2.2 allows CAs 20 octets; a longer serial is no CAS certificate's and
+is answered ``unknown``, as ``cryptography`` reads it (not malformed)."""
 _MAX_HASH_OCTETS = 64
 _MAX_EXTENSIONS = 16
 _MAX_PREFERRED = 16
@@ -73,6 +79,9 @@ _S = "OCSPRequest"
 _OID_NONCE = bytes.fromhex("2b0601050507300102")  # id-pkix-ocsp-nonce 1.3.6.1.5.5.7.48.1.2
 _OID_PREF_SIG = bytes.fromhex("2b0601050507300108")  # id-pkix-ocsp-pref-sig-algs 1.3.6.1.5.5.7.48.1.8
 _OID_BASIC = bytes.fromhex("2b0601050507300101")  # id-pkix-ocsp-basic 1.3.6.1.5.5.7.48.1.1
+_OID_ACCEPTABLE = bytes.fromhex("2b0601050507300104")  # id-pkix-ocsp-response 1.3.6.1.5.5.7.48.1.4
+_IA5_NAMES = (0x81, 0x82, 0x86)  # rfc822Name [1], dNSName [2], uniformResourceIdentifier [6]
+_GENERAL_NAMES = (0xA0, *_IA5_NAMES, 0xA3, 0xA4, 0xA5, 0x87, 0x88)  # RFC 5280 §4.2.1.6 GeneralName
 
 # CertID hash algorithms the responder computes (OID content octets -> hash).
 _HASHES: dict[bytes, type[hashes.HashAlgorithm]] = {
@@ -90,6 +99,9 @@ def _tlv(tag: int, content: bytes) -> bytes:
         return bytes([tag, n]) + content
     raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
     return bytes([tag, 0x80 | len(raw)]) + raw + content
+
+
+_KNOWN_HASHES = frozenset(_HASHES)
 
 
 class SignatureAlgorithm(NamedTuple):
@@ -183,24 +195,27 @@ def _oid(data: bytes, tag: int, start: int, end: int, field: str) -> bytes:
     return data[start:end]
 
 
-def _algorithm_identifier(data: bytes, start: int, end: int, field: str) -> bytes:
-    """The OID content of ``AlgorithmIdentifier ::= SEQUENCE { OID, parameters ANY OPTIONAL }``,
-    parameters absent or NULL."""
+def _algorithm_identifier(data: bytes, start: int, end: int, field: str, known: frozenset[bytes]) -> bytes:
+    """The OID content of ``AlgorithmIdentifier ::= SEQUENCE { OID, parameters ANY OPTIONAL }``;
+    the parameters of an OID in ``known`` (a hash) absent or NULL, any one element otherwise."""
     parts = der.children(data, start, end, _S)
     if not parts or len(parts) > 2:
         raise ParseError("expected an AlgorithmIdentifier", structure=_S, field=field, offset=start)
-    if len(parts) == 2 and (parts[1][0] != 0x05 or parts[1][1] != parts[1][2]):
+    oid = _oid(data, *parts[0], field)
+    if oid in known and len(parts) == 2 and (parts[1][0] != 0x05 or parts[1][1] != parts[1][2]):
         raise ParseError("expected NULL or absent parameters", structure=_S, field=field, offset=parts[1][1])
-    return _oid(data, *parts[0], field)
+    return oid
 
 
 def _extensions(data: bytes, start: int, end: int, field: str) -> list[tuple[bytes, bool, int, int]]:
-    """``Extensions ::= SEQUENCE SIZE (1..MAX) OF Extension`` inside ``[n] EXPLICIT``: (OID
-    content, critical, extnValue start, end) of each."""
+    """``Extensions ::= SEQUENCE SIZE (1..MAX) OF Extension`` inside ``[n] EXPLICIT`` (empty let
+    through, module docstring): (OID content, critical, extnValue start, end) of each."""
     vs, ve = _one(data, start, end, der.TAG_SEQUENCE, field)
     items = der.children(data, vs, ve, _S)
-    if not items or len(items) > _MAX_EXTENSIONS:
-        raise ParseError(f"expected 1..{_MAX_EXTENSIONS} extensions", structure=_S, field=field, offset=vs)
+    if len(items) > _MAX_EXTENSIONS:
+        raise ParseError(
+            f"expected at most {_MAX_EXTENSIONS} extensions", structure=_S, field=field, offset=vs
+        )
     out: list[tuple[bytes, bool, int, int]] = []
     seen: set[bytes] = set()
     for tag, es, ee in items:
@@ -229,7 +244,7 @@ def _cert_id(data: bytes, start: int, end: int) -> CertIdEntry:
     parts = der.children(data, start, end, _S)
     if len(parts) != 4 or parts[0][0] != der.TAG_SEQUENCE:
         raise ParseError("expected a CertID", structure=_S, field="reqCert", offset=start)
-    oid = _algorithm_identifier(data, parts[0][1], parts[0][2], "hashAlgorithm")
+    oid = _algorithm_identifier(data, parts[0][1], parts[0][2], "hashAlgorithm", _KNOWN_HASHES)
     hashed = []
     for tag, vs, ve in parts[1:3]:
         if tag != der.TAG_OCTET_STRING or ve - vs > _MAX_HASH_OCTETS:
@@ -262,16 +277,14 @@ def parse_ocsp_request(data: bytes) -> ParsedRequest:
             or (len(sig) == 3 and sig[2][0] != der.context_tag(0))
         ):  # fmt: skip
             raise ParseError("expected a Signature", structure=_S, field="optionalSignature", offset=ss)
-        _algorithm_identifier(data, sig[0][1], sig[0][2], "signatureAlgorithm")
+        _algorithm_identifier(data, sig[0][1], sig[0][2], "signatureAlgorithm", frozenset())
     fields = der.children(data, top[0][1], top[0][2], _S)
     i = 0
     if i < len(fields) and fields[i][0] == der.context_tag(0):
         raise ParseError("version encoded: v1 is the DEFAULT (X.690 §11.5) and the only version",
                          structure=_S, field="version", offset=fields[i][1])  # fmt: skip
     if i < len(fields) and fields[i][0] == der.context_tag(1):
-        name_end = der.tlv(data, fields[i][1], _S)[2]  # requestorName [1] EXPLICIT GeneralName
-        if name_end != fields[i][2]:
-            raise ParseError("expected one GeneralName", structure=_S, field="requestorName", offset=name_end)
+        _general_name(data, fields[i][1], fields[i][2])  # requestorName [1] EXPLICIT GeneralName
         i += 1  # not used: anyone may ask
     if i >= len(fields) or fields[i][0] != der.TAG_SEQUENCE:
         raise ParseError("expected requestList", structure=_S, field="requestList", offset=top[0][1])
@@ -301,13 +314,17 @@ def parse_ocsp_request(data: bytes) -> ParsedRequest:
     if i < len(fields) and fields[i][0] == der.context_tag(2):
         for oid, critical, xs, xe in _extensions(data, fields[i][1], fields[i][2], "requestExtensions"):
             if oid == _OID_NONCE:
-                ns, ne = _one(data, xs, xe, der.TAG_OCTET_STRING, "nonce")
+                ns, ne = _nonce(data, xs, xe)
                 if not MIN_NONCE <= ne - ns <= MAX_NONCE:
                     raise ParseError(f"a nonce of {ne - ns} octets, expected {MIN_NONCE}..{MAX_NONCE}",
                                      structure=_S, field="nonce", offset=ns)  # RFC 8954 §2.1  # fmt: skip
                 nonce, nonce_value = data[ns:ne], data[xs:xe]
             elif oid == _OID_PREF_SIG:
                 preferred = _preferences(data, xs, xe)
+            elif oid == _OID_ACCEPTABLE:  # §4.4.3 AcceptableResponses ::= SEQUENCE OF OID
+                vs, ve = _one(data, xs, xe, der.TAG_SEQUENCE, "acceptableResponses")
+                for item in der.children(data, vs, ve, _S):
+                    _oid(data, *item, "acceptableResponses")  # basic is always sent (§4.2.1)
             elif critical:  # RFC 6960 §4.4: an unrecognised critical extension is not ignored
                 raise ParseError("unrecognised critical extension", structure=_S, field="requestExtensions",
                                  offset=xs)  # fmt: skip
@@ -315,6 +332,34 @@ def parse_ocsp_request(data: bytes) -> ParsedRequest:
     if i != len(fields):
         raise ParseError("unexpected element in tbsRequest", structure=_S, offset=fields[i][1])
     return ParsedRequest(tuple(entries), nonce, nonce_value, preferred)
+
+
+def _nonce(data: bytes, start: int, end: int) -> tuple[int, int]:
+    """Where the nonce is in its extnValue: the content of the one OCTET STRING there (RFC 8954
+    §2.1), else the extnValue itself (the unwrapped form some clients send, which
+    ``cryptography`` reads the same way); echoed as sent either way."""
+    try:
+        tag, vs, ve = der.tlv(data, start, _S)
+    except ParseError:
+        return start, end
+    return (vs, ve) if tag == der.TAG_OCTET_STRING and ve == end else (start, end)
+
+
+def _general_name(data: bytes, start: int, end: int) -> None:
+    """One GeneralName (RFC 5280 §4.2.1.6) filling ``data[start:end]``: a CHOICE alternative's
+    tag, IA5String text for the string forms, an OID for registeredID, a SEQUENCE for a
+    directoryName; the rest only as DER elements (the name is not used)."""
+    tag, vs, ve = der.tlv(data, start, _S)
+    if ve != end or tag not in _GENERAL_NAMES:
+        raise ParseError("expected one GeneralName", structure=_S, field="requestorName", offset=start)
+    if tag in _IA5_NAMES and any(b >= 0x80 for b in data[vs:ve]):
+        raise ParseError("expected IA5String text", structure=_S, field="requestorName", offset=vs)
+    if tag == 0x88:
+        _oid(data, der.TAG_OID, vs, ve, "requestorName")
+    elif tag == 0xA4:
+        _one(data, vs, ve, der.TAG_SEQUENCE, "requestorName")
+    elif tag & 0x20:
+        der.children(data, vs, ve, _S)
 
 
 def _preferences(data: bytes, start: int, end: int) -> tuple[bytes, ...]:
