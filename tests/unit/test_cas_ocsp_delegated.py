@@ -36,7 +36,7 @@ from test_cas_ocsp import (
 
 from confide.cas.ocsp_delegate import RESPONDER_KIND, RESPONDER_VALIDITY, responder_name
 from confide.cas.ocsp_der import MAX_ENTRIES
-from confide.cas.ocsp_responder import OcspResponder
+from confide.cas.ocsp_responder import OcspResponder, parse_request
 from confide.cas.renewal import CertificateRenewer, due_policies
 from confide.ledger.encoding import EntryType
 from crl_env import DAY, T0, Env, policy, started
@@ -138,15 +138,20 @@ def test_the_responder_certificate_is_renewed_at_half_its_validity(env: Env) -> 
 
 
 def test_a_cached_answer_does_not_outlive_its_responder(env: Env) -> None:
+    """A cached answer is served after the responder is renewed (the certificate that signed it
+    is valid until at least its nextUpdate), and not past that certificate's notAfter."""
     ca, leaf = env.ca_cert(), env.certificate()
     responder = OcspResponder(env.cas, signature_rate=None)
     first = responder.respond(ca_id(ca), request(leaf, ca), "192.0.2.1")
+    signer = ocsp.load_der_ocsp_response(first.der).certificates[0]
     assert responder.respond(ca_id(ca), request(leaf, ca), "192.0.2.1") == first
-    env.clock.now = T0 + RESPONDER_VALIDITY / 2 + 1  # the responder is renewed: a new cache key
+    env.clock.now = T0 + RESPONDER_VALIDITY / 2 + 1
+    CertificateRenewer(env.cas).sweep_once()  # a new responder version
+    assert responder.respond(ca_id(ca), request(leaf, ca), "192.0.2.1") == first and responder.signed == 1
+    env.clock.now = signer.not_valid_after_utc.timestamp()
     again = responder.respond(ca_id(ca), request(leaf, ca), "192.0.2.1")
     assert again != first and responder.signed == 2
-    parsed = ocsp.load_der_ocsp_response(again.der)
-    assert parsed.certificates[0] != ocsp.load_der_ocsp_response(first.der).certificates[0]
+    assert ocsp.load_der_ocsp_response(again.der).certificates[0] != signer
 
 
 def test_a_regenerated_ca_gets_a_new_responder(env: Env) -> None:
@@ -354,3 +359,26 @@ def test_the_ocsp_show_entry_is_public_only(tmp_path: Path) -> None:
         CertificateRenewer(env.cas).sweep_once()
         [(_, public)] = env.versions(responder_name("ca"))
         assert json.dumps(public).count("PRIVATE") == 0
+
+
+def test_an_answer_begun_before_a_renewal_is_signed_by_the_version_it_read(env: Env) -> None:
+    """The sweep may renew the responder between reading the CA and signing: the answer is
+    signed by the version it read (still valid), not refused."""
+    ca, leaf = env.ca_cert(), env.certificate()
+    responder = OcspResponder(env.cas, signature_rate=None)
+    ask(env, request(leaf, ca))  # issues version 1 at T0
+    env.clock.now = T0 + RESPONDER_VALIDITY / 2 - 10
+    first = responder._ca(ca_id(ca))
+    assert first is not None
+    version = responder._responder(first)
+    assert version is not None and version.version == 1
+    env.clock.now = T0 + RESPONDER_VALIDITY / 2 + 10
+    CertificateRenewer(env.cas).sweep_once()
+    assert len(env.versions(responder_name("ca"))) == 2
+    query = parse_request(request(leaf, ca))
+    assert query is not None
+    statuses = [responder._status(first, leaf.serial_number, env.clock.now)]
+    der = responder._sign(first, version, query, statuses, env.clock.now)
+    signed = ocsp.load_der_ocsp_response(der)
+    assert signed.certificates[0].serial_number == int(env.versions(responder_name("ca"))[0][1]["serial"], 16)
+    responder_of(signed, ca)

@@ -57,10 +57,12 @@ if TYPE_CHECKING:
 __all__ = [
     "RESPONDER_KIND",
     "RESPONDER_VALIDITY",
+    "due_reason",
     "issue_responders",
     "responder_certificate",
     "responder_due",
     "responder_name",
+    "responder_state",
 ]
 
 RESPONDER_KIND = "ocsp-responder"
@@ -77,21 +79,33 @@ def responder_name(ca: str) -> str:
     return ca + _SUFFIX
 
 
-def responder_due(ca_key_id: bytes, public: str | None, now: float) -> str | None:
-    """Why CA ``ca_key_id``'s responder needs a new certificate at ``now`` (``new``,
-    ``issuer-key-changed``, ``due``), from its latest row's public part; ``None``: it does not."""
-    if public is None:
-        return "new"
+def responder_state(public: str) -> tuple[str, float] | None:
+    """The CA key identifier (hex) and notAfter (POSIX seconds) a responder row's public part
+    records; ``None`` when it records neither."""
     try:
         info = json.loads(public)
-        issuer, not_after = info["issuer_key_id"], datetime.fromisoformat(info["not_after"]).timestamp()
+        return str(info["issuer_key_id"]), datetime.fromisoformat(info["not_after"]).timestamp()
     except (KeyError, TypeError, ValueError):
+        return None
+
+
+def due_reason(ca_key_id: bytes, state: tuple[str, float] | None, now: float) -> str | None:
+    """Why CA ``ca_key_id``'s responder needs a new certificate at ``now`` (``new``,
+    ``issuer-key-changed``, ``due``), from its latest row's :func:`responder_state`; ``None``:
+    it does not."""
+    if state is None:
         return "new"
+    issuer, not_after = state
     if issuer != ca_key_id.hex():
         return "issuer-key-changed"
     if not_after - now <= RESPONDER_VALIDITY / 2:
         return "due"
     return None
+
+
+def responder_due(ca_key_id: bytes, public: str | None, now: float) -> str | None:
+    """:func:`due_reason` from the latest row's public part (``None``: no row)."""
+    return due_reason(ca_key_id, None if public is None else responder_state(public), now)
 
 
 def _key_like(ca_key: Any) -> Any:

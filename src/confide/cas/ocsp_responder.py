@@ -58,16 +58,16 @@ import hmac
 import json
 import threading
 import weakref
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
+from confide.cas.core import SecretRow
 from confide.cas.crl import REASONS, UNSPECIFIED, CrlRow, crl_due, current_crl
 from confide.cas.db import raw_execute
-from confide.cas.ocsp_delegate import RESPONDER_KIND, responder_due, responder_name
+from confide.cas.ocsp_delegate import RESPONDER_KIND, due_reason, responder_name, responder_state
 from confide.cas.ocsp_der import (
     MAX_ENTRIES,
     MAX_NONCE,
@@ -149,8 +149,7 @@ _TRY_LATER = unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER)
 
 
 class _Ca(NamedTuple):
-    """A CA declared ``ocsp``, as of its policy's current version and CRL, and its current
-    delegated responder certificate (:mod:`confide.cas.ocsp_delegate`)."""
+    """A CA declared ``ocsp``, as of its policy's current version and CRL."""
 
     policy: str
     name: str
@@ -158,8 +157,13 @@ class _Ca(NamedTuple):
     key_id: str  # hex, the CA's subjectKeyIdentifier (the authorityKeyIdentifier of what it signs)
     certificate: x509.Certificate
     crl: CrlRow
-    responder_version: int
-    responder_not_after: float
+
+
+class _Responder(NamedTuple):
+    """A version of a CA's delegated responder (:mod:`confide.cas.ocsp_delegate`)."""
+
+    version: int
+    not_after: float
 
 
 class _Status(NamedTuple):
@@ -202,6 +206,7 @@ class OcspResponder:
         self._cache: Lru[tuple[Any, ...], tuple[bytes, float]] = Lru(cache_size)
         self._hashes: Lru[tuple[str, str, str], tuple[bytes, bytes]] = Lru(256)
         self._keys: Lru[tuple[str, str, int], _Signer] = Lru(64)
+        self._responders: Lru[tuple[str, str, int], tuple[str, float]] = Lru(256)
         self._ca_certs: Lru[tuple[str, str, int], tuple[x509.Certificate, bytes]] = Lru(256)
         self._limiter = RateLimiter(signature_rate) if signature_rate is not None else None
         self._limiter_lock = threading.Lock()
@@ -232,7 +237,7 @@ class OcspResponder:
         if ca is None or not any(ours):
             self.unauthorized += 1
             return _UNAUTHORIZED
-        key = (ca.policy, ca.name, ca.version, ca.crl.number, ca.responder_version, query.preferred,
+        key = (ca.policy, ca.name, ca.version, ca.crl.number, query.preferred,
                tuple(entry.der for entry in query.entries))  # fmt: skip
         now = self.cas.clock()
         if query.nonce is None:
@@ -246,15 +251,21 @@ class OcspResponder:
             if wait:
                 self.limited += 1
                 return _TRY_LATER
+        responder = self._responder(ca)
+        if responder is None:
+            self.limited += 1
+            return _TRY_LATER  # no usable responder certificate could be issued now
         statuses = [
             self._status(ca, entry.serial, now) if mine else _Status(ocsp.OCSPCertStatus.UNKNOWN)
             for entry, mine in zip(query.entries, ours, strict=True)
         ]
-        der_out = self._sign(ca, query, statuses, now)
+        der_out = self._sign(ca, responder, query, statuses, now)
         self.signed += 1
         if query.nonce is not None:
             return OcspAnswer(der_out, 0)  # bound to one request: neither kept nor cached by HTTP
-        until = min(ca.crl.next_update, ca.responder_not_after)
+        # A cached answer stays good after the responder is renewed: it was signed by a
+        # certificate valid until at least its nextUpdate.
+        until = min(ca.crl.next_update, responder.not_after)
         for status in statuses:
             if status.valid_until is not None:
                 until = min(until, status.valid_until)
@@ -278,31 +289,52 @@ class OcspResponder:
                     return None
                 crl = current_crl(conn, *served)
                 row = self.cas._latest_secret(conn, *served)
-                responder = self.cas._latest_secret(conn, served[0], responder_name(served[1]))
             if row is None or crl is None:
                 return None
-            parsed = self._parsed_ca(served[0], served[1], int(row.version), row.public)
-            if parsed is None:
-                return None
-            now = self.cas.clock()
-            public = None if responder is None else responder.public
-            if (
-                not crl_due(crl.this_update, crl.next_update, now)
-                and responder_due(parsed[1], public, now) is None
-            ):
+            if not crl_due(crl.this_update, crl.next_update, self.cas.clock()):
                 break
             if attempt == 0:
                 renew_due(self.cas, [served[0]])
         else:
-            return None  # still due: no response rather than one past a nextUpdate or notAfter
+            return None  # still due: no response rather than one past the CRL's nextUpdate
+        parsed = self._parsed_ca(served[0], served[1], int(row.version), row.public)
+        if parsed is None:
+            return None
         cert, ski = parsed
         if crl_distribution_id(cert.subject, ski) != ca_id:
             return None  # the CRL row was found by the id of the CA's current key: checked again
-        assert responder is not None  # not due, so present
-        not_after = datetime.fromisoformat(json.loads(responder.public)["not_after"]).timestamp()
-        return _Ca(
-            served[0], served[1], int(row.version), ski.hex(), cert, crl, int(responder.version), not_after
-        )
+        return _Ca(served[0], served[1], int(row.version), ski.hex(), cert, crl)
+
+    def _responder(self, ca: _Ca) -> _Responder | None:
+        """The CA's current responder version, issued or renewed first when due (a new one, or
+        under a new CA key, or past half its validity; :func:`confide.cas.ocsp_delegate.due_reason`);
+        ``None`` when it is still due after that."""
+        name = responder_name(ca.name)
+        for attempt in range(2):
+            with self.cas.db.read() as conn:
+                row = raw_execute(
+                    conn,
+                    "SELECT version, public FROM secrets WHERE policy = ? AND name = ? "
+                    "ORDER BY version DESC LIMIT 1",
+                    (ca.policy, name),
+                ).fetchone()
+            state = None if row is None else self._responder_state(ca.policy, name, int(row[0]), row[1])
+            if row is not None and due_reason(bytes.fromhex(ca.key_id), state, self.cas.clock()) is None:
+                assert state is not None  # due_reason says "new" for none
+                return _Responder(int(row[0]), state[1])
+            if attempt == 0:
+                renew_due(self.cas, [ca.policy])
+        return None
+
+    def _responder_state(self, policy: str, name: str, version: int, public: str) -> tuple[str, float] | None:
+        """:func:`responder_state` of a responder version (its public part never changes:
+        parsed once)."""
+        state = self._responders.get((policy, name, version))
+        if state is None:
+            state = responder_state(public)
+            if state is not None:
+                self._responders.put((policy, name, version), state)
+        return state
 
     def _parsed_ca(
         self, policy: str, name: str, version: int, public: str
@@ -374,11 +406,13 @@ class OcspResponder:
 
     # -- signing --------------------------------------------------------------------------------
 
-    def _sign(self, ca: _Ca, query: ParsedRequest, statuses: list[_Status], now: float) -> bytes:
+    def _sign(
+        self, ca: _Ca, responder: _Responder, query: ParsedRequest, statuses: list[_Status], now: float
+    ) -> bytes:
         """A successful BasicOCSPResponse (RFC 6960 §4.2.1), one SingleResponse per CertID in
         the request's order, signed by ``ca``'s responder key, its certificate included."""
-        signer = self._signer(ca)
-        next_update = min(ca.crl.next_update, ca.responder_not_after)
+        signer = self._signer(ca, responder.version)
+        next_update = min(ca.crl.next_update, responder.not_after)  # never past what signs it
         answers = []
         for entry, status in zip(query.entries, statuses, strict=True):
             revoked_at = reason_code = None
@@ -398,16 +432,25 @@ class OcspResponder:
             nonce_value=query.nonce_value,
         )  # fmt: skip
 
-    def _signer(self, ca: _Ca) -> _Signer:
+    def _signer(self, ca: _Ca, version: int) -> _Signer:
         """The CA's responder key and certificate, loaded once per responder version (its sealed
         value unsealed as for a release; never logged)."""
-        key = (ca.policy, ca.name, ca.responder_version)
+        key = (ca.policy, ca.name, version)
         found = self._keys.get(key)
         if found is None:
-            with self.cas.db.read() as conn:
-                row = self.cas._latest_secret(conn, ca.policy, responder_name(ca.name))
-            if row is None or int(row.version) != ca.responder_version:
-                raise RuntimeError("the OCSP responder changed while answering; the next request sees it")
+            with self.cas.db.read() as conn:  # that version, even if a newer one came since
+                found_row = raw_execute(
+                    conn,
+                    "SELECT policy, name, version, kind, sealed, public FROM secrets "
+                    "WHERE policy = ? AND name = ? AND version = ?",
+                    (ca.policy, responder_name(ca.name), version),
+                ).fetchone()
+            if found_row is None:
+                raise RuntimeError(
+                    "the OCSP responder's version is gone; the next request sees its successor"
+                )
+            p, n, v, k, sealed, public = found_row
+            row = SecretRow(p, n, v, k, bytes(sealed), public)
             value = self.cas._unseal(row)
             assert value.certificate is not None
             cert = x509.load_der_x509_certificate(value.certificate)
