@@ -7,49 +7,57 @@ Each CA is reached at its own opaque URL, ``/v1/ocsp/<id>``, ``<id>`` the CA's C
 (:func:`confide.cas.secrets.crl_distribution_id`); the CA must be generated and its policy's
 current version must declare it ``ocsp`` (:meth:`confide.cas.core.Cas._published_ca`).
 
-A request (DER, at most :data:`MAX_REQUEST` bytes) is answered:
+A request (DER, at most :data:`MAX_REQUEST` bytes, read by :mod:`confide.cas.ocsp_der`) is
+answered:
 
-1. ``malformedRequest`` (RFC 6960 §2.3, unsigned) when it does not parse as one OCSPRequest
-   (trailing bytes included), names more than one certificate (RFC 5019 §2.1.1: one Request
-   per OCSPRequest; ``cryptography`` parses no other), asks about a serial that is not a
-   positive integer (RFC 5280 §4.1.2.2), carries a critical extension other than
-   the nonce (§4.4: unrecognised critical extensions are not ignored), a duplicate extension, or
-   a nonce of 0 or more than 32 octets (RFC 8954 §2.1: MUST reject with malformedRequest);
+1. ``malformedRequest`` (RFC 6960 §2.3, unsigned) when it is not one OCSPRequest as that strict
+   reader reads it (trailing bytes included): no Request or more than :data:`MAX_ENTRIES`, a
+   serial that is not a positive integer (RFC 5280 §4.1.2.2), a critical extension other than
+   the nonce and the preferred signature algorithms (§4.4: unrecognised critical extensions are
+   not ignored), a duplicate extension, a nonce of 0 or more than 32 octets (RFC 8954 §2.1:
+   MUST reject with malformedRequest), and the DER rules listed there;
 2. ``unauthorized`` (§2.3, unsigned: "the server is not capable of responding authoritatively",
-   cf. RFC 5019 §2.2.3) when the URL's id names no CA declared ``ocsp``, when the CertID's
-   issuerNameHash and issuerKeyHash (§4.1.1) are not those of that CA, or when its hash
-   algorithm is one ``cryptography`` cannot compute;
+   cf. RFC 5019 §2.2.3) when the URL's id names no CA declared ``ocsp``, or when no CertID's
+   issuerNameHash and issuerKeyHash (§4.1.1) are those of that CA (a hash algorithm the
+   responder does not compute matches none);
 3. ``tryLater`` (§2.3, unsigned) when the answer needs a new signature and the client (an IPv4
-   address, an IPv6 /64) is over :data:`SIGNATURE_RATE`;
-4. otherwise ``successful``: a BasicOCSPResponse (§4.2.1) signed by the CA's own key (§4.2.2.2:
-   the CA that issued the certificate may sign itself; no delegated responder certificate, so
-   the response carries no certificates), responderID byKey (§4.2.2.3), one SingleResponse
-   echoing the request's CertID, with the certStatus (§4.2.1, §2.2):
+   address, an IPv6 /64) is over :data:`SIGNATURE_RATE`, or no usable responder certificate
+   could be issued;
+4. otherwise ``successful``: a BasicOCSPResponse (§4.2.1) signed by the CA's delegated responder
+   (§4.2.2.2, :mod:`confide.cas.ocsp_delegate`), whose certificate it carries, responderID
+   byKey (§4.2.2.3), signed with the first of the request's preferred signature algorithms the
+   responder key can produce (§4.4.7), else SHA-256 (or EdDSA); one SingleResponse per CertID,
+   in order, echoing it as sent, with the certStatus (§4.2.1, §2.2):
 
    - ``revoked``, with revocationTime and revocationReason (omitted for ``unspecified``, as on
      the CRL, RFC 5280 §5.3.1), when the CA's key signed it and it is recorded as revoked
      (``revoked_certificates``: superseded, removed, owner-revoked, runtime certificates: the
      records the CRL lists, :mod:`confide.cas.crl`);
    - ``good`` when the CAS knows it issued it under the CA's key (a stored version of a secret
-     of the CA's policy whose certificate has that serial and authorityKeyIdentifier, or a
-     recorded runtime certificate) and it is not past its notAfter;
+     of the CA's policy whose certificate has that serial and authorityKeyIdentifier, a
+     responder certificate, or a recorded runtime certificate) and it is not past its notAfter;
    - ``unknown`` for everything else (a serial the CAS never issued under that key, or issued
-     under it as an import by another policy, or past its notAfter and not revoked).
+     under it as an import by another policy, or past its notAfter and not revoked; a CertID
+     of another issuer, §2.2).
 
    thisUpdate is the CAS clock when signed (whole seconds); nextUpdate is the nextUpdate of the
-   CA's current CRL (RFC 5280 §5.1.2.5), so a response is never valid longer than the CRL that
-   says the same; a CRL past half its validity is re-issued first, as on the CRL routes. A nonce
-   in the request (RFC 8954) is echoed in responseExtensions.
+   CA's current CRL (RFC 5280 §5.1.2.5) or the responder certificate's notAfter, whichever
+   comes first, so a response is never valid longer than the CRL that says the same or the
+   certificate that signed it; a CRL past half its validity is re-issued first, as on the CRL
+   routes, and a responder certificate past half its validity renewed first. A nonce in the
+   request (RFC 8954) is echoed in responseExtensions as sent.
 
 **Cache.** A response without a nonce is kept (:class:`~confide.lru.Lru`, at most
-:data:`CACHE_SIZE` entries) keyed by the CA, its version and CRL number, and the CertID: the
+:data:`CACHE_SIZE` entries) keyed by the CA, its version and CRL number, the CertIDs and the
+preferred algorithms: the
 revoked set, the CA's key and its version change only with a new CRL (same transaction,
 :func:`confide.cas.crl.issue_crls`), so a cached ``good`` is never served after a revocation. It
-is served until the CRL's nextUpdate, a ``good`` one at most until the certificate's notAfter,
-an ``unknown`` one :data:`UNKNOWN_TTL` seconds. A flood of one request costs one signature; a
+is served until its nextUpdate (a new responder version does not drop it: the one that signed
+it is valid until then), a ``good`` one at most until the certificate's notAfter, one with an
+``unknown`` entry :data:`UNKNOWN_TTL` seconds. A flood of one request costs one signature; a
 flood of distinct ones (other serials, nonces) is bounded per client by :data:`SIGNATURE_RATE`.
-The CA's value is unsealed as for a CRL (``Cas._unseal``, with its cache); its key is never
-logged or put in an error.
+The responder's value is unsealed as for a release (``Cas._unseal``, with its cache); its key
+is never logged or put in an error.
 """
 
 from __future__ import annotations
