@@ -285,9 +285,8 @@ class OcspResponder:
     # -- the CA, the request's issuer and the certificate's status ------------------------------
 
     def _ca(self, ca_id: str) -> _Ca | None:
-        """The CA declared ``ocsp`` with id ``ca_id``, its current CRL and responder
-        certificate, each re-issued first when due (as :meth:`confide.cas.core.Cas.distributed_crl`);
-        ``None`` for anything else."""
+        """The CA declared ``ocsp`` with id ``ca_id`` and its current CRL, re-issued first when
+        due (as :meth:`confide.cas.core.Cas.distributed_crl`); ``None`` for anything else."""
         if len(ca_id) != _CA_ID_LEN or not all(c in "0123456789abcdef" for c in ca_id):
             return None
         for attempt in range(2):
