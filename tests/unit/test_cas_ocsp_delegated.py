@@ -34,10 +34,16 @@ from test_cas_ocsp import (
     responder_of,
 )
 
+from confide.cas.db import Database
+from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.ocsp_delegate import RESPONDER_KIND, RESPONDER_VALIDITY, responder_name
 from confide.cas.ocsp_der import MAX_ENTRIES
 from confide.cas.ocsp_responder import OcspResponder, parse_request
 from confide.cas.renewal import CertificateRenewer, due_policies
+from confide.cas.rotation import rotate_master_key
+from confide.cas.secrets import Sealer
+from confide.cas.server import prepare
+from confide.errors import SignatureError
 from confide.ledger.encoding import EntryType
 from crl_env import DAY, T0, Env, policy, started
 
@@ -382,3 +388,34 @@ def test_an_answer_begun_before_a_renewal_is_signed_by_the_version_it_read(env: 
     signed = ocsp.load_der_ocsp_response(der)
     assert signed.certificates[0].serial_number == int(env.versions(responder_name("ca"))[0][1]["serial"], 16)
     responder_of(signed, ca)
+
+
+def test_a_master_key_rotation_reseals_the_responder_key(tmp_path: Path) -> None:
+    """The responder key is a sealed row like every generated key: an offline master-key
+    rotation re-seals it, and the restarted CAS signs with the same responder certificate."""
+    with started(tmp_path / "cas", text=policy(ca_extra=OCSP)) as env:
+        ca, leaf = env.ca_cert(), env.certificate()
+        before = responder_of(ask(env, request(leaf, ca)), ca)
+        with env.cas.db.read() as conn:
+            row = env.cas._latest_secret(conn, "tls", "ca/ocsp-responder")
+        assert row is not None
+        old_sealed = row.sealed
+    db = Database(f"sqlite:///{tmp_path / 'cas' / 'cas.db'}")
+    try:
+        result = rotate_master_key(tmp_path / "cas", db, seal=None, to_seal=None, events=LedgerEventSink())
+    finally:
+        db.dispose()
+    assert result.secrets >= 4  # the policy's keys and certificates, and the responder's
+    cas, *_ = prepare(tmp_path / "cas", host="127.0.0.1", dev=True, db_url=None, collateral=None)
+    try:
+        with cas.db.read() as conn:
+            row = cas._latest_secret(conn, "tls", "ca/ocsp-responder")
+        assert row is not None and row.sealed != old_sealed and row.version == 1
+        with pytest.raises(SignatureError):  # the old sealing key no longer opens it
+            Sealer(bytes(32)).unseal(row.sealed, policy="tls", name="ca/ocsp-responder", version=1)
+        cas.clock = lambda: T0 + 60
+        answer = OcspResponder(cas, signature_rate=None).respond(ca_id(ca), request(leaf, ca), "192.0.2.1")
+        again = ocsp.load_der_ocsp_response(answer.der)
+        assert again.certificate_status == C.GOOD and responder_of(again, ca) == before
+    finally:
+        cas.db.dispose()
