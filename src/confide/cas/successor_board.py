@@ -185,10 +185,18 @@ def _digest_of(values: list[str]) -> str | None:
 
 def _bound(conn: Connection) -> tuple[str | None, str | None]:
     """SHA-256 of the withdrawn approvals' digests and of the retired identities, each sorted,
-    one a line (``None`` for none)."""
+    one a line (``None`` for none). Each must be 64 lower-case hex digits (a StorageError
+    otherwise): only then is "one a line" injective. SQLite does not enforce ``String(64)``, and
+    one row holding two digests joined by a newline would hash as the two rows did, leaving
+    neither withdrawn nor retired under a MAC that still verifies."""
     rows = conn.execute(select(successor_withdrawals.c.approval).order_by(successor_withdrawals.c.approval))
     withdrawn = [str(r.approval) for r in rows]
-    return _digest_of(withdrawn), _digest_of(sorted(retired_identities(conn)))
+    retired = sorted(retired_identities(conn))
+    if not all(_FINGERPRINT.fullmatch(v) for v in (*withdrawn, *retired)):
+        raise StorageError(
+            "a stored withdrawal or retirement is not a SHA-256 in hex: the database was altered"
+        )
+    return _digest_of(withdrawn), _digest_of(retired)
 
 
 def retired_identities(conn: Connection) -> set[str]:
