@@ -7,6 +7,7 @@ old board no longer count. The end-to-end run over TLS is tests/integration/test
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from confide.errors import (
     StorageError,
     UsageError,
 )
-from confide.identity import Identity
+from confide.identity import Identity, fingerprint_of
 
 MEASUREMENT = "ab" * 48
 
@@ -246,6 +247,36 @@ def test_forged_and_malformed_change_documents(people: list[Identity]) -> None:
             parse_change_approval(
                 sign_document({**body, field: value}, alice.sign, alice.public.public_base64)
             )
+
+
+# The identity point (y = 1): with R the identity and S = 0, [S]B = R + [k]A holds for every
+# message, so anyone "signs" as this key without a private key (RFC 8032 §5.1.7 does not
+# exclude small-order keys; OpenSSL's verify accepts them).
+_SMALL_ORDER_KEY = bytes([1]) + bytes(31)
+_FORGED = bytes([1]) + bytes(63)
+
+
+def test_a_small_order_member_key_signs_nothing(tmp_path: Path, people: list[Identity]) -> None:
+    """A sub-quorum member proposes a board that lists a fingerprint of a small-order key (the
+    other members see only a fingerprint) and the quorum applies it: approvals "signed" by that
+    key, forged by anyone (the operator), must not verify, or one real member would hand the
+    key over with them."""
+    alice, bob, carol, *_ = people
+    cas = _start(tmp_path / "cas", _rule([alice, bob, carol]))
+    s = _successors(cas)
+    key_id = s.show()["master_key_id"]
+    nobody = fingerprint_of(_SMALL_ORDER_KEY)
+    new = board_from_json({"require-at-least-2": [alice.fingerprint, bob.fingerprint, nobody]})
+    s.board_changes.approve(_change(alice, key_id, new))
+    assert s.board_changes.approve(_change(bob, key_id, new))["applied"] is True
+    assert s.approve(_approval(alice, key_id, 1))["authorised"] is False
+    body = {"type": APPROVAL_TYPE, "master_key_id": key_id, "platform": "sim",
+            "claims": {"measurement": MEASUREMENT}, "expires": int(time.time()) + 3600, "generation": 1}  # fmt: skip
+    forged = sign_document(body, lambda _message: _FORGED, base64.b64encode(_SMALL_ORDER_KEY).decode())
+    with pytest.raises(SignatureError, match="small order"):
+        s.approve(forged)
+    assert s.show()["approvals"][0]["authorised"] is False
+    cas.db.dispose()
 
 
 def test_operator_rows_and_an_edited_board(tmp_path: Path, people: list[Identity]) -> None:
