@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from confide.cas import successor_board
 from confide.cas.board_change import CHANGE_TYPE, change_id, parse_change_approval
 from confide.cas.core import Cas, sign_document
 from confide.cas.db import Database, raw_execute
@@ -32,6 +33,7 @@ from confide.errors import (
     UsageError,
 )
 from confide.identity import Identity, fingerprint_of
+from confide.policy.canonical import jcs
 
 MEASUREMENT = "ab" * 48
 
@@ -311,6 +313,45 @@ def test_operator_rows_and_an_edited_board(tmp_path: Path, people: list[Identity
         s.show()
     with pytest.raises(StorageError):
         s.board_changes.approve(_change(alice, key_id, _rule([alice, bob]), 1))
+    cas.db.dispose()
+
+
+def test_a_changed_board_is_a_record_code_before_schema_9_refuses(
+    tmp_path: Path, people: list[Identity]
+) -> None:
+    """Code from before schema 9 (a CAS of the old version still running on the migrated
+    database) authenticates the record, checks its ``type`` and reads ``board``, ignoring
+    ``generation``: a changed board in a record of the type it reads would be taken as the
+    board of the approvals signed before the change (no generation in their target), which the
+    operator can write back, and its new rule applied to them. A changed board is therefore a
+    ``confide/successor-board/v2`` record (``generation`` 1 or more), which that code refuses."""
+    alice, bob, carol, dave, _ = people
+    cas = _start(tmp_path / "cas", _rule([alice, bob, carol]))
+    s = _successors(cas)
+    key_id = s.show()["master_key_id"]
+
+    def record() -> dict[str, Any]:
+        with cas.db.read() as conn:
+            return dict(json.loads(raw_execute(conn, "SELECT record FROM successor_board").fetchone()[0]))
+
+    assert record()["type"] == "confide/successor-board/v1" and "generation" not in record()
+    new = _rule([alice, dave], "require-at-least-1")
+    s.board_changes.approve(_change(bob, key_id, new))
+    assert s.board_changes.approve(_change(carol, key_id, new))["applied"] is True
+    changed = record()
+    assert changed["type"] == "confide/successor-board/v2" and changed["generation"] == 1
+    # Records the CAS itself would authenticate: v2 needs a generation of 1 or more; v1 none.
+    for edited in ({**changed, "generation": 0}, {k: v for k, v in changed.items() if k != "generation"},
+                   {**changed, "type": "confide/successor-board/v1"}):  # fmt: skip
+        with cas.db.write() as conn:
+            text = jcs(edited).decode()
+            row = raw_execute(conn, "SELECT key_id FROM successor_board").fetchone()
+            mac = successor_board._mac(
+                successor_board._board_key(cas.sealer, row[0]), row[0], text, successor_board._bound(conn)
+            )
+            raw_execute(conn, "UPDATE successor_board SET record = ?, mac = ?", (text, mac))
+        with pytest.raises(StorageError, match="database was altered"):
+            _stored(cas)
     cas.db.dispose()
 
 
