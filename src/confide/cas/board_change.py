@@ -19,7 +19,8 @@ successor board").
 3. **The change is applied** in the write transaction of the approval that makes the approvals of
    one change that count (each verified again: signature, a current member, not expired, not
    withdrawn, the current generation and key id) meet the current board's rule: the new board is
-   stored as generation + 1, authenticated under the master key like the old one
+   stored as generation + 1 (a ``confide/successor-board/v2`` record, which code from before
+   schema 9 refuses), authenticated under the master key like the old one
    (:func:`~confide.cas.successor_board.replace_board`); every pending board-change approval and
    every successor approval is deleted, and ``successor-board-changed`` is recorded (the change,
    both boards' SHA-256, the approvers, the digests of the approvals counted, how many pending

@@ -14,9 +14,11 @@ CAS accepts. :func:`load_board` checks it at every use; a mismatch is a
 authenticates it under the new one in its transaction (:func:`reauthenticate_board`). The
 approvals it counts are :mod:`confide.cas.successor`'s.
 
-The record carries the board's *generation*: 0 when it is set at initialisation, one more at
-every change (:func:`replace_board`); approvals name the generation they were signed under, so
-none signed under an earlier board counts (docs/cas.md "Changing the successor board").
+The record carries the board's *generation*: 0 when it is set at initialisation (a
+:data:`BOARD_RECORD_TYPE` record, without ``generation``), one more at every change
+(:func:`replace_board`; a :data:`CHANGED_RECORD_TYPE` record, which code from before schema 9
+refuses rather than misreads); approvals name the generation they were signed under, so none
+signed under an earlier board counts (docs/cas.md "Changing the successor board").
 
 The MAC also covers the set of withdrawn approvals (docs/cas.md "Withdrawing an approval") and
 the set of retired versions (docs/cas.md "Retiring the old version"), once there is one of
@@ -63,7 +65,12 @@ __all__ = [
     "store_board",
 ]
 
-BOARD_RECORD_TYPE = "confide/successor-board/v1"
+BOARD_RECORD_TYPE = "confide/successor-board/v1"  # the board set at initialisation (generation 0)
+# A board a change stored (generation 1 or more; docs/cas.md "Changing the successor board").
+# Another type on purpose: code from before schema 9, which may still run on the migrated
+# database, reads a v1 record's board and ignores a generation, so it would apply a changed
+# board's rule to approvals signed before the change; it refuses a v2 record instead.
+CHANGED_RECORD_TYPE = "confide/successor-board/v2"
 BOARD_INFO = b"confide-successor-board/v1"  # the HKDF info of the board's MAC key (RFC 5869 §2.3)
 EVENT_BOARD = "successor-board-set"
 MAX_LIFETIME = (
@@ -251,10 +258,17 @@ def load_board(conn: Connection, sealer: Sealer) -> Board | None:
         raise StorageError(altered)
     try:
         record = json.loads(row.record)
-        if not isinstance(record, dict) or record.get("type") != BOARD_RECORD_TYPE:
+        if not isinstance(record, dict):
             raise ValueError
-        generation = record.get("generation", 0)
-        if isinstance(generation, bool) or not isinstance(generation, int) or not 0 <= generation < 2**53:
+        if record.get("type") == BOARD_RECORD_TYPE and "generation" not in record:
+            generation = 0
+        elif record.get("type") == CHANGED_RECORD_TYPE:
+            generation, change = record["generation"], record["change"]
+            if isinstance(generation, bool) or not isinstance(generation, int) or not 0 < generation < 2**53:
+                raise ValueError
+            if not isinstance(change, str) or not _FINGERPRINT.fullmatch(change):
+                raise ValueError
+        else:
             raise ValueError
         board = board_from_json(record["board"], "stored successor board")
     except (ValueError, KeyError, ConfideError):
@@ -291,7 +305,7 @@ def replace_board(
     key_id = str(conn.execute(select(successor_board.c.key_id)).scalar_one())
     record = {
         "board": new.to_json(), "change": change, "generation": current.generation + 1,
-        "set_at": int(at), "type": BOARD_RECORD_TYPE,
+        "set_at": int(at), "type": CHANGED_RECORD_TYPE,
     }  # fmt: skip
     text = jcs(record).decode()
     mac = _mac(_board_key(sealer, key_id), key_id, text, _bound(conn))
