@@ -37,6 +37,29 @@ def fingerprint_of(public_raw: bytes) -> str:
     return hashlib.sha256(public_raw).hexdigest()
 
 
+_P = 2**255 - 19  # RFC 8032 §5.1: the field of edwards25519
+# The y coordinates (mod p) of the eight points of small order: the identity (1), the point of
+# order 2 (-1), those of order 4 (0) and of order 8 (two values, each with both signs of x).
+_SMALL_ORDER_Y = frozenset(
+    {1, _P - 1, 0}
+    | {
+        int.from_bytes(bytes.fromhex(h), "little") & ((1 << 255) - 1)
+        for h in (
+            "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+            "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        )
+    }
+)
+
+
+def _small_order(public_raw: bytes) -> bool:
+    """Whether ``public_raw`` encodes a point of small order (RFC 8032 §5.1.3 decoding: the low
+    255 bits are y, taken mod p here, so encodings with y >= p are caught as well). Such a key
+    verifies signatures nobody made: with R of small order and S = 0, [S]B = R + [k]A holds for
+    one message in eight or more (every message for the identity point)."""
+    return (int.from_bytes(public_raw, "little") & ((1 << 255) - 1)) % _P in _SMALL_ORDER_Y
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -73,6 +96,13 @@ class PublicIdentity:
         return _b64(self.public_raw)
 
     def verify(self, signature: bytes, message: bytes) -> None:
+        if _small_order(self.public_raw):
+            # No private key is needed to "sign" for such a key: it signs nothing (a board
+            # member named only by its fingerprint could otherwise be anyone's).
+            raise SignatureError(
+                f"identity {self.fingerprint[:16]}… is an Ed25519 key of small order: its signatures "
+                "prove nothing"
+            )
         try:
             Ed25519PublicKey.from_public_bytes(self.public_raw).verify(signature, message)
         except (InvalidSignature, ValueError):

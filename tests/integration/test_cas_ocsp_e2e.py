@@ -4,7 +4,10 @@ service started with ``confide run`` receives a certificate under a CA declared 
 AuthorityInfoAccess names the responder; ``openssl ocsp -issuer ca.pem -cert leaf.pem -url URL
 -CAfile ca.pem`` (OpenSSL's own nonce included) says ``good``, then ``revoked`` with the reason
 once ``confide policy revoke`` revoked it; the GET form (RFC 6960 Appendix A.1) gives the same;
-a malformed request is answered ``malformedRequest``; the TLS listener answers too."""
+a malformed request is answered ``malformedRequest``; the TLS listener answers too. Every
+response is signed by the CA's delegated responder (RFC 6960 §4.2.2.2), whose certificate it
+carries and OpenSSL checks against ``ca.pem`` (id-kp-OCSPSigning, OCSP No Check); one request
+about several certificates (``openssl ocsp -cert A -serial B``, §4.1.1) gets one answer each."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from urllib.parse import quote
 import httpx2
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
@@ -106,6 +110,26 @@ def test_openssl_asks_the_responder(tmp_path: Path) -> None:
         assert f"{leaf_pem}: good" in good.stdout
         assert "Response verify OK" in good.stderr and "nonce" not in (good.stdout + good.stderr).lower()
 
+        # The delegated responder (RFC 6960 §4.2.2.2), as OpenSSL prints it; several
+        # certificates in one request (§4.1.1): the leaf, a serial never issued, the CA itself.
+        several = subprocess.run(
+            ["openssl", "ocsp", "-issuer", str(ca_pem), "-cert", str(leaf_pem), "-serial", "0x1234",
+             "-cert", str(ca_pem), "-url", url, "-CAfile", str(ca_pem), "-resp_text"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert several.returncode == 0, several.stdout + several.stderr
+        assert "Response verify OK" in several.stderr, several.stderr
+        assert f"{leaf_pem}: good" in several.stdout and "0x1234: unknown" in several.stdout
+        assert f"{ca_pem}: unknown" in several.stdout
+        assert several.stdout.count("Cert Status:") == 3
+        assert "OCSP Signing" in several.stdout and "OCSP No Check" in several.stdout
+        assert "OCSP CA OCSP responder" in several.stdout  # the responder certificate's subject
+        assert "Responder Id: " in several.stdout  # byKey (§4.2.2.3)
+        shown = json.loads(confide(cas, "policy", "show", NAME, "--identity", str(alice), check=True).stdout)
+        responder_pem = shown["secrets"]["ca/ocsp-responder"]["certificate"]
+        responder = x509.load_pem_x509_certificate(responder_pem.encode())
+        assert responder.issuer == ca.subject and "PRIVATE" not in json.dumps(shown)
+
         def get_form() -> ocsp.OCSPResponse:
             der = (
                 ocsp.OCSPRequestBuilder()
@@ -117,6 +141,10 @@ def test_openssl_asks_the_responder(tmp_path: Path) -> None:
             assert got.status_code == 200 and got.headers["content-type"] == "application/ocsp-response"
             response = ocsp.load_der_ocsp_response(got.content)
             assert response.serial_number == leaf.serial_number
+            assert response.certificates == [responder]  # the delegated responder's certificate
+            public = responder.public_key()
+            assert isinstance(public, ec.EllipticCurvePublicKey)
+            public.verify(response.signature, response.tbs_response_bytes, ec.ECDSA(hashes.SHA256()))
             return response
 
         assert get_form().certificate_status == ocsp.OCSPCertStatus.GOOD

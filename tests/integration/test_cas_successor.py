@@ -11,7 +11,11 @@ claims and an expired one do not count. Then it gets the key, and the ledger sho
 approvals, the release naming the authorisation and the successor's start. An edited board row
 makes the first CAS refuse to use the board. With a ``require-all`` board, a member's
 withdrawal of their approval (``confide cas successor withdraw``) makes the successor refused
-until that member approves again.
+until that member approves again. The board is changed with its own quorum (``confide cas
+successor board propose``/``approve``, the first CAS restarted in between; an approval signed
+under the old board no longer counts), and the new board hands the key over with ``--retire``:
+the first CAS then releases its key to no one, its version does not start again on the
+database, and the successor does not release the key to it.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ from confide.ledger.store import Ledger
 KINDS = (
     "successor-board-set", "successor-approved", "successor-approval-refused",
     "successor-withdrawn", "successor-withdrawal-refused",
-    "master-key-released", "master-key-release-refused",
+    "successor-board-change-approved", "successor-board-change-refused", "successor-board-changed",
+    "successor-version-retired", "master-key-released", "master-key-release-refused",
 )  # fmt: skip
 
 
@@ -318,3 +323,135 @@ def test_a_withdrawn_approval_no_longer_counts(
         assert events[-1][1]["successor"]["approvers"] == sorted([alice[1].fingerprint, bob[1].fingerprint])
     finally:
         first.stop()
+
+
+def test_the_board_changes_with_its_quorum_and_the_old_version_is_retired(
+    first: CasProcess,
+    tmp_path: Path,
+    board: dict[str, tuple[Path, Identity]],
+    successor_src: tuple[Path, str],
+) -> None:
+    """docs/cas.md "Changing the successor board" and "Retiring the old version", end to end."""
+    assert first.db_url is not None
+    src, measurement = successor_src
+    alice, bob, carol, mallory = (board[n] for n in ("alice", "bob", "carol", "mallory"))
+    # alice approves the successor under the first board (generation 0): it will not survive.
+    r = _approve(first, alice[0], measurement)
+    assert r.returncode == 0 and "pending (1 of 2" in r.stdout, r.stderr
+
+    # The new board: carol and mallory, both needed. alice proposes it ...
+    (tmp_path / "new.yaml").write_text(
+        f"require-all:\n  - {carol[1].fingerprint}\n  - {mallory[1].public.public_base64}\n"
+    )
+    r = confide(first, "cas", "successor", "board", "propose", "--board", str(tmp_path / "new.yaml"),
+                "--expires", "2d", "--identity", str(alice[0]))  # fmt: skip
+    assert r.returncode == 0 and r.stdout.split()[1:] == ["pending", "(1", "of", "2", "approvals)"], r.stderr
+    change = r.stdout.split()[0]
+    # ... mallory, not on the current board, cannot approve it ...
+    approve_change = (
+        "cas",
+        "successor",
+        "board",
+        "approve",
+        "--change",
+        change,
+        "--expires",
+        "2d",
+        "--identity",
+    )
+    r = confide(first, *approve_change, str(mallory[0]))
+    assert r.returncode == errors.AccessDeniedError.exit_code and "not on the successor board" in r.stderr
+    # ... the CAS restarts (the approval is kept) ...
+    first.stop()
+    restarted = CasProcess(first.data_dir, first.db_url).start()
+    try:
+        (pending,) = json.loads(confide(restarted, "cas", "successor", "board", "show", check=True).stdout)[
+            "changes"
+        ]
+        assert pending["change"] == change and [a["signer"] for a in pending["approvers"]] == [
+            alice[1].fingerprint
+        ]
+        # ... and bob's approval meets the first board's rule: applied.
+        r = confide(restarted, *approve_change, str(bob[0]))
+        assert r.returncode == 0 and r.stdout.split()[1] == "applied", r.stderr
+        assert "require-all" in r.stderr  # the board bob signed, shown to him
+        shown = json.loads(confide(restarted, "cas", "successor", "show", check=True).stdout)
+        assert shown["generation"] == 1 and shown["needed"] == 2 and shown["approvals"] == []
+        # A replay of the change (alice again, generation 0) is stale; alice is off the board.
+        r = confide(restarted, *approve_change, str(alice[0]))
+        assert r.returncode == errors.UsageError.exit_code and "no pending change" in r.stderr, r.stderr
+        r = _approve(restarted, alice[0], measurement)
+        assert r.returncode == errors.AccessDeniedError.exit_code, r.stderr
+
+        # The new board approves the successor and the retirement of the releasing version.
+        retire = ("--retire",)
+        for who in (carol, mallory):
+            r = confide(restarted, "cas", "successor", "approve", "--platform", "sim", "--claim",
+                        f"measurement={measurement}", "--expires", "7d", "--identity", str(who[0]),
+                        *retire)  # fmt: skip
+            assert r.returncode == 0, r.stderr
+        assert r.stdout.split()[1:] == ["authorised", "(retires", "the", "releasing", "version)"], r.stdout
+        successor = _successor(restarted, tmp_path / "j1", src).start()
+        try:
+            # The retired CAS releases its key to no one: not to another successor ...
+            _refused(restarted, tmp_path / "j2", src, "this CAS's version .* was retired")
+            # ... and not to its own version.
+            old_joiner = tmp_path / "j3"
+            old_joiner.mkdir(mode=0o700)
+            shutil.copytree(first.data_dir / "sim", old_joiner / "sim")
+            joiner = CasProcess(
+                old_joiner, first.db_url, extra_args=("--join", restarted.env["CONFIDE_CAS_URL"])
+            )
+            with pytest.raises(RuntimeError, match="was retired"):
+                joiner.start()
+            # The successor does not release the key to the old version either.
+            shutil.rmtree(old_joiner)
+            old_joiner.mkdir(mode=0o700)
+            shutil.copytree(first.data_dir / "sim", old_joiner / "sim")
+            joiner = CasProcess(
+                old_joiner,
+                first.db_url,
+                extra_args=("--join", successor.env["CONFIDE_CAS_URL"], "--join-as-successor"),
+            )
+            with pytest.raises(RuntimeError, match=r"the joining CAS's version .* was retired"):
+                joiner.start()
+            assert joiner.proc is not None and joiner.proc.returncode == errors.AppraisalError.exit_code
+            with CasClient(
+                successor.env["CONFIDE_CAS_URL"], Path(successor.env["CONFIDE_CAS_CERT"])
+            ) as client:
+                (retired,) = client.successor()["retired"]
+            assert retired["claims"] == {"measurement": cas_dev_measurement().hex()}
+        finally:
+            successor.stop()
+    finally:
+        restarted.stop()
+    # The old version does not start again on this database.
+    again = CasProcess(first.data_dir, first.db_url)
+    with pytest.raises(RuntimeError, match="was retired on this database"):
+        again.start()
+    assert again.proc is not None and again.proc.returncode == errors.AppraisalError.exit_code
+
+    events = _events(first.db_url)
+    assert [kind for kind, _ in events] == [
+        "successor-board-set", "successor-approved",  # alice, generation 0
+        "successor-board-change-approved",  # alice proposes
+        "successor-board-change-refused",  # mallory
+        "successor-board-change-approved", "successor-board-changed",  # bob: applied
+        "successor-approval-refused",  # alice, off the board
+        "successor-approved", "successor-approved",  # carol, mallory (retire)
+        "master-key-released", "successor-version-retired",
+        "master-key-release-refused",  # j2: the retired CAS releases to no one
+        "master-key-release-refused",  # j3 to the retired CAS
+        "master-key-release-refused",  # j3 to the successor
+    ]  # fmt: skip
+    changed = events[5][1]
+    assert (
+        changed["change"] == change
+        and changed["generation"] == 1
+        and changed["voided_successor_approvals"] == 1
+    )
+    released, retired_event = events[9][1], events[10][1]
+    assert released["successor"]["retire"] is True and released["successor"]["generation"] == 1
+    assert retired_event["claims"] == {"measurement": cas_dev_measurement().hex()}
+    assert retired_event["successor"] == released["successor"]["authorisation"]
+    assert retired_event["approvers"] == sorted([carol[1].fingerprint, mallory[1].fingerprint])

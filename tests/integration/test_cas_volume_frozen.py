@@ -370,7 +370,7 @@ def test_sessions_opened_before_schema_4_are_judged_by_the_current_policies(env:
         raw_execute(conn, "ALTER TABLE sessions DROP COLUMN volumes_frozen")
         raw_execute(conn, "UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     env.restart()  # migrates to schema 5
-    assert env.query("SELECT value FROM meta WHERE key = 'schema_version'") == [("8",)]
+    assert env.query("SELECT value FROM meta WHERE key = 'schema_version'") == [("9",)]
     assert env.query("SELECT volumes_frozen FROM sessions") == [(None,)]
     assert env.query("SELECT COUNT(*) FROM session_volumes") == [(0,)]
     env.apply("hospital", hospital(NRP, predecessor=h))

@@ -17,14 +17,16 @@ from urllib.parse import quote
 
 import pytest
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
-from cryptography.x509.oid import AuthorityInformationAccessOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from confide.cas.app import create_app
 from confide.cas.crl import parse_public_url
+from confide.cas.ocsp_delegate import RESPONDER_VALIDITY
 from confide.cas.ocsp_responder import MAX_REQUEST, OcspResponder, parse_request
 from confide.cas.public_http import PublicApp
 from confide.cas.ratelimit import Rate, RateLimiter
@@ -32,7 +34,7 @@ from confide.cas.secrets import crl_distribution_id
 from confide.errors import PolicyError
 from confide.policy.canonical import canonical_json
 from confide.policy.loader import loads_policy
-from crl_env import DAY, T0, Env, policy, started
+from crl_env import DAY, T0, Env, number, policy, started
 
 BASE = "http://pki.example:8080/base"
 OCSP = "    ocsp: true"
@@ -69,21 +71,45 @@ def ask(env: Env, der: bytes, the_id: str | None = None, client: str = "192.0.2.
     return ocsp.load_der_ocsp_response(answer.der)
 
 
-def checked(env: Env, response: ocsp.OCSPResponse, serial: int) -> ocsp.OCSPResponse:
-    """A successful response about ``serial``: signed by the CA's key, responderID byKey, no
-    certificates, thisUpdate the CAS clock, nextUpdate the CRL's."""
-    ca = env.ca_cert()
+def responder_of(response: ocsp.OCSPResponse, ca: x509.Certificate) -> x509.Certificate:
+    """The delegated responder certificate a successful response carries, checked (RFC 6960
+    §4.2.2.2): the only certificate, signed by ``ca``, id-kp-OCSPSigning, id-pkix-ocsp-nocheck,
+    not a CA, valid at most RESPONDER_VALIDITY; the response is signed by its key, responderID
+    byKey its key hash."""
     assert response.response_status == S.SUCCESSFUL
-    assert response.serial_number == serial
-    assert response.certificates == []
-    ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    [responder] = response.certificates
+    responder.verify_directly_issued_by(ca)
+    eku = responder.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.OCSP_SIGNING]
+    assert not responder.extensions.get_extension_for_class(x509.OCSPNoCheck).critical
+    assert responder.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    assert responder.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
+    lifetime = responder.not_valid_after_utc - responder.not_valid_before_utc
+    assert lifetime.total_seconds() == RESPONDER_VALIDITY + 300
+    ski = responder.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     assert response.responder_key_hash == ski and response.responder_name is None
-    public = ca.public_key()
-    assert isinstance(public, ec.EllipticCurvePublicKey)
+    public = responder.public_key()
+    ca_public = ca.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey) and isinstance(ca_public, ec.EllipticCurvePublicKey)
+    assert public.curve.name == ca_public.curve.name  # a key of the CA's type
+    assert response.signature_algorithm_oid == x509.SignatureAlgorithmOID.ECDSA_WITH_SHA256
     public.verify(response.signature, response.tbs_response_bytes, ec.ECDSA(hashes.SHA256()))
+    with pytest.raises(InvalidSignature):  # not the CA's key
+        ca_public.verify(response.signature, response.tbs_response_bytes, ec.ECDSA(hashes.SHA256()))
+    return responder
+
+
+def checked(env: Env, response: ocsp.OCSPResponse, serial: int) -> ocsp.OCSPResponse:
+    """A successful response about ``serial``: signed by the CA's delegated responder
+    (:func:`responder_of`), thisUpdate the CAS clock, nextUpdate the CRL's or the responder
+    certificate's notAfter, whichever comes first."""
+    ca = env.ca_cert()
+    responder = responder_of(response, ca)
+    assert response.serial_number == serial
     assert response.this_update_utc.timestamp() == int(env.clock.now)
     assert response.next_update_utc is not None
-    assert response.next_update_utc.timestamp() == env.crl().next_update_utc.timestamp()
+    expected = min(env.crl().next_update_utc.timestamp(), responder.not_valid_after_utc.timestamp())
+    assert response.next_update_utc.timestamp() == expected
     return response
 
 
@@ -295,7 +321,6 @@ def test_malformed_requests(env: Env) -> None:
     malformed = [
         b"", b"\x00", b"garbage", good[:-1], good + b"\x00", b"\x30\x80" + good[2:],  # indefinite length
         b"\x30" * MAX_REQUEST, good + b"\x00" * MAX_REQUEST,  # over the size bound
-        build_request(ca, leaf.serial_number, count=2),  # RFC 5019 §2.1.1: one Request only
         build_request(ca, leaf.serial_number, count=0),
         build_request(ca, leaf.serial_number, extensions=[_extension(NONCE_OID, _der(0x04, b""))]),
         build_request(ca, leaf.serial_number, extensions=[_extension(NONCE_OID, _der(0x04, b"x" * 33))]),
@@ -313,6 +338,9 @@ def test_malformed_requests(env: Env) -> None:
     # A signed request is answered too: its signature is not required, and not checked (anyone may ask).
     sig = _der(0x30, _der(0x30, bytes.fromhex("06082a8648ce3d040302")) + _der(0x03, b"\x00" + b"\x01" * 64))
     assert ask(env, build_request(ca, leaf.serial_number, signature=sig)).certificate_status == C.GOOD
+    # Several Requests (RFC 6960 §4.1.1): one SingleResponse each (tests/unit/test_cas_ocsp_delegated.py).
+    two = ask(env, build_request(ca, leaf.serial_number, count=2))
+    assert [r.certificate_status for r in two.responses] == [C.GOOD, C.GOOD]
     # RFC 5280 §4.1.2.2: a serial is a positive integer.
     assert _status(env, build_request(ca, -5)) == _status(env, build_request(ca, 0)) == S.MALFORMED_REQUEST
 
@@ -366,12 +394,15 @@ def test_cached_until_the_crl_changes_and_signatures_are_rate_limited(env: Env) 
 
 def test_a_due_crl_is_reissued_first(env: Env) -> None:
     """Past half the CRL's validity the next CRL is issued before answering: nextUpdate is never
-    closer than half the validity."""
+    closer than half the validity (nor past the responder certificate's notAfter, renewed too)."""
     ca, leaf = env.ca_cert(), env.certificate()
-    before = env.crl().next_update_utc.timestamp()
+    before = env.crl()
     env.clock.now = T0 + 4 * DAY  # default validity 7 days: due
     response = checked(env, ask(env, request(leaf, ca)), leaf.serial_number)
-    assert response.next_update_utc is not None and response.next_update_utc.timestamp() > before
+    assert number(env.crl()) == number(before) + 1
+    assert env.crl().next_update_utc.timestamp() > before.next_update_utc.timestamp()
+    assert response.next_update_utc is not None
+    assert response.next_update_utc.timestamp() - env.clock.now > RESPONDER_VALIDITY / 2
 
 
 # -- HTTP, both listeners -------------------------------------------------------------------------------

@@ -31,10 +31,11 @@ from confide.cas.successor import (
     WITHDRAWAL_TYPE,
     Successors,
     claim_text,
+    identity_digest,
     parse_approval,
     parse_withdrawal,
 )
-from confide.cas.successor_board import Board, board_from_json, load_board, parse_board_file
+from confide.cas.successor_board import Board, bind_state, board_from_json, load_board, parse_board_file
 from confide.errors import (
     AccessDeniedError,
     ConflictError,
@@ -412,8 +413,22 @@ def test_schema_8_adds_the_withdrawals_table(tmp_path: Path, people: list[Identi
     with cas.db.write() as conn:  # back to what a schema-7 CAS left
         raw_execute(conn, "DROP TABLE successor_withdrawals")
         raw_execute(conn, "UPDATE meta SET value = '7' WHERE key = 'schema_version'")
-    assert cas.db.migrate() == 8
+    assert cas.db.migrate() == 9
     assert _withdrawn_rows(cas) == []
+    cas.db.dispose()
+
+
+def test_schema_9_adds_the_board_change_and_retirement_tables(tmp_path: Path, people: list[Identity]) -> None:
+    board = _board(people)
+    cas = _start(tmp_path / "cas", board)
+    with cas.db.write() as conn:  # back to what a schema-8 CAS left
+        raw_execute(conn, "DROP TABLE successor_board_approvals")
+        raw_execute(conn, "DROP TABLE successor_retired")
+        raw_execute(conn, "UPDATE meta SET value = '8' WHERE key = 'schema_version'")
+    assert cas.db.migrate() == 9
+    stored = _stored(cas)  # a board stored before schema 9 is generation 0, and still authenticates
+    assert stored == board and stored is not None and stored.generation == 0
+    assert _successors(cas).board_changes.show()["changes"] == []
     cas.db.dispose()
 
 
@@ -450,6 +465,52 @@ def test_the_board_authenticates_the_withdrawals(tmp_path: Path, people: list[Id
     assert status.state == "done"
     (shown,) = successors.show()["approvals"]
     assert [w["approval"] for w in shown["withdrawn"]] == [a["digest"]]
+    cas.db.dispose()
+
+
+def test_merged_withdrawal_rows_do_not_authenticate(tmp_path: Path, people: list[Identity]) -> None:
+    """The MAC covers the withdrawn digests one a line: the operator who replaces two withdrawal
+    rows by one whose key is both digests joined by a newline (SQLite does not enforce
+    ``String(64)``) must not keep the MAC valid while neither approval reads as withdrawn."""
+    alice, bob, _carol = people
+    cas = _start(tmp_path / "cas", _board(people))
+    successors = _successors(cas)
+    key_id = successors.show()["master_key_id"]
+    a = successors.approve(_approval(alice, key_id))
+    b = successors.approve(_approval(bob, key_id))
+    successors.withdraw(_withdrawal(alice, key_id, a["digest"]))
+    successors.withdraw(_withdrawal(bob, key_id, b["digest"]))
+    merged = "\n".join(sorted([a["digest"], b["digest"]]))
+    with cas.db.write() as conn:
+        raw_execute(conn, "DELETE FROM successor_withdrawals")
+        raw_execute(conn, "INSERT INTO successor_withdrawals VALUES (?, ?, ?, ?, ?)",
+                    (merged, alice.fingerprint, a["target"], "{}", 0.0))  # fmt: skip
+    with pytest.raises(StorageError, match="database was altered"):
+        _stored(cas)
+    with pytest.raises(StorageError):
+        successors.approve(_approval(alice, key_id, expires=int(time.time()) + 7200))
+    cas.db.dispose()
+
+
+def test_merged_retirement_rows_do_not_authenticate(tmp_path: Path, people: list[Identity]) -> None:
+    """As for withdrawals: two retired versions (written as ``Successors.retire`` writes them,
+    the board authenticated over both) merged by the operator into one row whose identity is
+    both digests joined by a newline would un-retire both."""
+    cas = _start(tmp_path / "cas", _board(people))
+    identities = sorted(identity_digest("sim", {"measurement": m * 48}) for m in ("aa", "bb"))
+    with cas.db.write() as conn:
+        assert load_board(conn, cas.sealer) is not None
+        for identity in identities:
+            raw_execute(conn, "INSERT INTO successor_retired VALUES (?, ?, ?, ?, ?)",
+                        (identity, "sim", "{}", "00" * 32, 0.0))  # fmt: skip
+        bind_state(conn, cas.sealer)
+    assert _stored(cas) == _board(people)
+    with cas.db.write() as conn:
+        raw_execute(conn, "DELETE FROM successor_retired")
+        raw_execute(conn, "INSERT INTO successor_retired VALUES (?, ?, ?, ?, ?)",
+                    ("\n".join(identities), "sim", "{}", "00" * 32, 0.0))  # fmt: skip
+    with pytest.raises(StorageError, match="database was altered"):
+        _stored(cas)
     cas.db.dispose()
 
 

@@ -8,6 +8,7 @@ approved gets the key; the same approval does not cover another HOST_DATA, nor a
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -20,14 +21,27 @@ from test_cas_key_release import AMD, Joiner, Releaser, _refused, _snp, _vcek
 
 from confide import errors
 from confide.cas import key_release
+from confide.cas.board_change import CHANGE_TYPE
 from confide.cas.core import sign_document
+from confide.cas.db import raw_execute
+from confide.cas.dev_measurement import cas_dev_measurement
 from confide.cas.key_release import EVENT_RELEASED, IDENTITY_CLAIMS, KeyReleaser
 from confide.cas.server import prepare
-from confide.cas.successor import APPROVAL_TYPE, WITHDRAWAL_TYPE, Successors, claim_text, target_of
+from confide.cas.successor import (
+    APPROVAL_TYPE,
+    EVENT_RETIRED,
+    WITHDRAWAL_TYPE,
+    Successors,
+    claim_text,
+    identity_digest,
+    parse_approval,
+    target_of,
+)
 from confide.cas.successor_board import board_from_json
 from confide.cas.verifier import PlatformVerifier
 from confide.evidence.sev_snp import GuestPolicy
 from confide.identity import Identity
+from confide.runtime.quote import SimQuoteProvider
 from confide.sim.platform import SimPlatform
 from confide.verify.result import Platform, VerifiedEvidence
 
@@ -175,3 +189,171 @@ def test_sev_snp_an_approved_launch_measurement_gets_the_key(
     assert key == (r.data_dir / "master.key").read_bytes()
     _kind, payload = r.events()[-1]
     assert payload["simulated"] is False and payload["successor"]["claims"] == claims
+
+
+def _approve_retiring(r: Releaser, who: Identity, claims: dict[str, str]) -> Any:
+    successors = r.releaser.successors
+    assert successors is not None
+    body = {"type": APPROVAL_TYPE, "master_key_id": r.cas.sealer.sealing_key_id, "platform": "sim",
+            "claims": claims, "expires": int(time.time()) + 600, "retire": True}  # fmt: skip
+    return successors.approve(sign_document(body, who.sign, who.public.public_base64))
+
+
+def _retired(r: Releaser) -> list[dict[str, Any]]:
+    with r.cas.db.read() as conn:
+        rows = raw_execute(conn, "SELECT payload FROM events WHERE type = ? ORDER BY seq", (EVENT_RETIRED,))
+        return [json.loads(row[0]) for row in rows.fetchall()]
+
+
+def test_a_hand_over_approved_with_retire_retires_the_releasing_version(
+    board_cas: Releaser, people: list[Identity]
+) -> None:
+    """docs/cas.md "Retiring the old version": with the quorum's ``retire``, the release retires
+    the releasing CAS's version in its transaction; then that CAS releases to no one (its own
+    version, the successor, another successor), no CAS of the database releases to the old
+    version, the old version does not start again, and deleting the retirement is detected."""
+    alice, bob, _carol = people
+    claims = {"measurement": NEW.hex()}
+    old = {"measurement": cas_dev_measurement().hex()}
+    assert _approve_retiring(board_cas, alice, claims)["retire"] is False  # one of two
+    result = _approve_retiring(board_cas, bob, claims)
+    assert result["authorised"] is True and result["retire"] is True
+    assert _retired(board_cas) == []  # approving retires nothing yet: the hand-over does
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    joiner.open(board_cas.releaser.release(joiner.sim_request(board_cas.sim, NEW)))
+    _kind, released = board_cas.events()[-1]
+    assert released["successor"]["retire"] is True
+    (retired,) = _retired(board_cas)
+    assert retired["claims"] == old and retired["platform"] == "sim"
+    assert retired["identity"] == identity_digest("sim", old)
+    assert retired["successor"] == released["successor"]["authorisation"]
+    assert retired["approvers"] == sorted([alice.fingerprint, bob.fingerprint])
+    successors = board_cas.releaser.successors
+    assert successors is not None
+    assert [x["claims"] for x in successors.show()["retired"]] == [old]
+    # The retired CAS releases to no one: not to its own version, not to the successor again.
+    for measurement in (None, NEW):
+        joiner = Joiner(board_cas.releaser.new_nonce())
+        _refused(board_cas, joiner.sim_request(board_cas.sim, measurement), errors.AppraisalError,
+                 "this CAS's version .* was retired")  # fmt: skip
+    # Another CAS of the database (the successor's code, in process: its own evidence is NEW)
+    # does not release to the old version, even with the board's approval of its claims.
+    successor_own = SimQuoteProvider(board_cas.sim, NEW)
+
+    def own_new(at: datetime) -> VerifiedEvidence:
+        evidence = successor_own.get_evidence(bytes(64))
+        return board_cas.cas.verifier.verify(Platform.SIMULATED, evidence.raw, {}, at=at)
+
+    board_cas.releaser = KeyReleaser(board_cas.cas, own_new, successors=successors)
+    for who in (alice, bob):
+        _approve(board_cas, who, "sim", old, time.time() + 600)
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    _refused(board_cas, joiner.sim_request(board_cas.sim), errors.AppraisalError,
+             "the joining CAS's version .* was retired")  # fmt: skip
+    # ... but releases to its own version (a replica of the successor).
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    joiner.open(board_cas.releaser.release(joiner.sim_request(board_cas.sim, NEW)))
+    # The old version does not start again on this database.
+    board_cas.cas.db.dispose()
+    with pytest.raises(errors.AppraisalError, match="was retired on this database"):
+        prepare(board_cas.data_dir, host="127.0.0.1", dev=True, db_url=None, collateral=None)
+
+
+@pytest.mark.parametrize("statement", ["DELETE FROM successor_retired", "DELETE FROM successor_board"])
+def test_deleting_a_retirement_is_detected(
+    board_cas: Releaser, people: list[Identity], statement: str
+) -> None:
+    claims = {"measurement": NEW.hex()}
+    for who in people[:2]:
+        _approve_retiring(board_cas, who, claims)
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    joiner.open(board_cas.releaser.release(joiner.sim_request(board_cas.sim, NEW)))
+    with board_cas.cas.db.write() as conn:
+        raw_execute(conn, statement)
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    _refused(board_cas, joiner.sim_request(board_cas.sim), errors.StorageError, "database was altered")
+    board_cas.cas.db.dispose()
+    with pytest.raises(errors.StorageError):
+        prepare(board_cas.data_dir, host="127.0.0.1", dev=True, db_url=None, collateral=None)
+
+
+def test_without_the_quorums_retire_the_old_version_is_not_retired(
+    board_cas: Releaser, people: list[Identity]
+) -> None:
+    alice, bob, _carol = people
+    claims = {"measurement": NEW.hex()}
+    _approve_retiring(board_cas, alice, claims)
+    assert _approve(board_cas, bob, "sim", claims, time.time() + 600)["retire"] is False
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    joiner.open(board_cas.releaser.release(joiner.sim_request(board_cas.sim, NEW)))
+    _kind, released = board_cas.events()[-1]
+    assert released["successor"]["retire"] is False
+    assert released["successor"]["retire_approvers"] == [alice.fingerprint]
+    assert _retired(board_cas) == []
+    joiner = Joiner(board_cas.releaser.new_nonce())  # still releases to its own version
+    joiner.open(board_cas.releaser.release(joiner.sim_request(board_cas.sim)))
+
+
+def test_retire_is_read_strictly(people: list[Identity]) -> None:
+    body = {"type": APPROVAL_TYPE, "master_key_id": "ab" * 16, "platform": "sim",
+            "claims": {"measurement": NEW.hex()}, "expires": int(time.time()) + 600}  # fmt: skip
+    for extra in (
+        {"retire": False},
+        {"retire": 1},
+        {"generation": 0},
+        {"generation": -1},
+        {"generation": "1"},
+    ):
+        doc = sign_document({**body, **extra}, people[0].sign, people[0].public.public_base64)
+        with pytest.raises(errors.ParseError):
+            parse_approval(doc)
+    doc = sign_document(
+        {**body, "retire": True, "generation": 2}, people[0].sign, people[0].public.public_base64
+    )
+    approval = parse_approval(doc)
+    assert approval.retire is True and approval.generation == 2
+    assert approval.target == target_of("ab" * 16, "sim", {"measurement": NEW.hex()}, 2)
+
+
+def test_a_board_change_committed_before_the_releases_transaction_wins(
+    board_cas: Releaser, people: list[Identity], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change racing with a release: applied after the joiner's evidence was appraised and
+    before the release's transaction, it voids the approvals the release would have counted."""
+    alice, bob, carol = people
+    claims = {"measurement": NEW.hex()}
+    for who in (alice, bob):
+        _approve(board_cas, who, "sim", claims, time.time() + 600)
+    successors = board_cas.releaser.successors
+    assert successors is not None
+    key_id = board_cas.cas.sealer.sealing_key_id
+    new = board_from_json({"require-all": [bob.fingerprint, carol.fingerprint]})
+
+    def change(who: Identity) -> Any:
+        body = {"type": CHANGE_TYPE, "master_key_id": key_id, "generation": 0, "board": new.to_json(),
+                "expires": int(time.time()) + 600}  # fmt: skip
+        return successors.board_changes.approve(sign_document(body, who.sign, who.public.public_base64))
+
+    change(alice)
+    appraise = key_release.appraise_peer
+
+    def appraise_then_change(own: Any, peer: Any) -> Any:
+        reasons = appraise(own, peer)
+        assert change(carol)["applied"] is True
+        return reasons
+
+    monkeypatch.setattr(key_release, "appraise_peer", appraise_then_change)
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    _refused(board_cas, joiner.sim_request(board_cas.sim, NEW), errors.AppraisalError, "0 valid approval")
+    monkeypatch.undo()
+    # The new board approves under generation 1: released, naming generation 1.
+    for who in (bob, carol):
+        body = {"type": APPROVAL_TYPE, "master_key_id": key_id, "platform": "sim", "claims": claims,
+                "expires": int(time.time()) + 600, "generation": 1}  # fmt: skip
+        successors.approve(sign_document(body, who.sign, who.public.public_base64))
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    joiner.open(board_cas.releaser.release(joiner.sim_request(board_cas.sim, NEW)))
+    _kind, payload = board_cas.events()[-1]
+    assert payload["successor"]["generation"] == 1
+    assert payload["successor"]["approvers"] == sorted([bob.fingerprint, carol.fingerprint])
+    assert payload["successor"]["authorisation"] == target_of(key_id, "sim", claims, 1)

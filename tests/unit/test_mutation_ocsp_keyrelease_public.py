@@ -11,9 +11,11 @@ Invariants:
 
 - OCSP: every answer parses as an OCSPResponse (RFC 6960 §4.2.1); its responseStatus is what
   the request calls for (the oracle :func:`expected_ocsp`, which reads the request with
-  ``cryptography`` and decides apart from the responder); a ``successful`` one is signed by the
-  CA, is about the CertID asked, echoes the nonce asked, and says ``good`` or ``revoked`` only of
-  the serials the CAS issued and revoked; the HTTP routes never answer 5xx;
+  ``cryptography`` and decides apart from the responder; a request with several Requests, which
+  ``cryptography`` does not read, with the responder's reader, itself checked against
+  ``cryptography`` in tests/unit/test_ocsp_der.py); a ``successful`` one is signed by the CA's
+  delegated responder, is about the CertIDs asked, echoes the nonce asked, and says ``good`` or
+  ``revoked`` only of the serials the CAS issued and revoked; the HTTP routes never answer 5xx;
 - key release: nothing but an unmutated request (the oracle :func:`release_well_formed`) ever
   releases the key; every refusal is a 4xx with a confide error; a refusal of a request that
   parses is recorded (``master-key-release-refused``, in the ledger), one that does not parse
@@ -58,6 +60,7 @@ from confide.cas.app import create_app
 from confide.cas.db import raw_execute
 from confide.cas.http_limits import PUBLIC_MAX_HEAD, HttpLimits
 from confide.cas.key_release import EVENT_REFUSED, EVENT_RELEASED
+from confide.cas.ocsp_der import CertIdEntry, ParsedRequest, parse_ocsp_request
 from confide.cas.ocsp_responder import MAX_REQUEST, OcspResponder
 from confide.cas.public_http import PublicApp
 from confide.cas.server import prepare, public_http_server
@@ -387,15 +390,30 @@ def truth_of(env: Env) -> Truth:
     return Truth(ca, status, ca_id(ca))
 
 
-def expected_ocsp(der: bytes, truth: Truth) -> tuple[S, ocsp.OCSPRequest | None]:
-    """The responseStatus RFC 6960 (§2.3, §4.1, §4.4), RFC 5019 §2.1.1 and RFC 8954 §2.1 call
-    for, from the request as ``cryptography`` reads it (docs/cas.md "OCSP")."""
+def _ours(truth: Truth, entry: CertIdEntry) -> bool:
+    if entry.algorithm is None:
+        return False
+    probe = ocsp.OCSPRequestBuilder().add_certificate(truth.ca, truth.ca, entry.algorithm).build()
+    return (entry.name_hash, entry.key_hash) == (probe.issuer_name_hash, probe.issuer_key_hash)
+
+
+def expected_ocsp(der: bytes, truth: Truth) -> tuple[S, ocsp.OCSPRequest | ParsedRequest | None]:
+    """The responseStatus RFC 6960 (§2.3, §4.1, §4.4) and RFC 8954 §2.1 call for, from the
+    request as ``cryptography`` reads it (docs/cas.md "OCSP"); with several Requests, as the
+    responder's strict reader reads it (unauthorized when none names the CA)."""
     if not der or len(der) > MAX_REQUEST:
         return S.MALFORMED_REQUEST, None
     try:
         req = ocsp.load_der_ocsp_request(der)
         serial = req.serial_number
         exts = list(req.extensions)
+    except NotImplementedError:  # several Requests (RFC 6960 §4.1.1)
+        try:
+            several = parse_ocsp_request(der)
+        except errors.ParseError:
+            return S.MALFORMED_REQUEST, None
+        assert len(several.entries) > 1
+        return (S.SUCCESSFUL if any(_ours(truth, e) for e in several.entries) else S.UNAUTHORIZED), several
     except Exception:  # whatever cryptography refuses is malformed
         return S.MALFORMED_REQUEST, None
     if serial <= 0:
@@ -428,18 +446,34 @@ def check_answer(der_out: bytes, der_in: bytes, truth: Truth, *, limited: bool =
     assert got == want, (got, want, der_in.hex())
     if got != S.SUCCESSFUL:
         return got
+    [responder] = response.certificates  # RFC 6960 §4.2.2.2: the CA's delegated responder
+    responder.verify_directly_issued_by(truth.ca)
+    eku = responder.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [x509.oid.ExtendedKeyUsageOID.OCSP_SIGNING]
+    key = responder.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    try:
+        key.verify(response.signature, response.tbs_response_bytes, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:  # pragma: no cover - the assertion below names it
+        raise AssertionError("an OCSP response not signed by the CA's responder") from None
+    if isinstance(req, ParsedRequest):
+        singles = list(response.responses)
+        assert len(singles) == len(req.entries)
+        for single, entry in zip(singles, req.entries, strict=True):
+            assert (single.serial_number, single.issuer_name_hash, single.issuer_key_hash) == (
+                entry.serial, entry.name_hash, entry.key_hash,
+            )  # fmt: skip
+            truly = truth.status.get(entry.serial, C.UNKNOWN) if _ours(truth, entry) else C.UNKNOWN
+            assert single.certificate_status == truly, der_in.hex()
+        echoed = [e.value.nonce for e in response.extensions if isinstance(e.value, x509.OCSPNonce)]
+        assert echoed == ([] if req.nonce is None else [req.nonce])
+        return got
     assert req is not None
     assert (response.serial_number, response.issuer_name_hash, response.issuer_key_hash) == (
         req.serial_number, req.issuer_name_hash, req.issuer_key_hash,
     )  # fmt: skip
     assert response.hash_algorithm.name == req.hash_algorithm.name
     assert response.certificate_status == truth.status.get(req.serial_number, C.UNKNOWN), der_in.hex()
-    key = truth.ca.public_key()
-    assert isinstance(key, ec.EllipticCurvePublicKey)
-    try:
-        key.verify(response.signature, response.tbs_response_bytes, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:  # pragma: no cover - the assertion below names it
-        raise AssertionError("an OCSP response not signed by the CA") from None
     asked = [e.value.nonce for e in req.extensions if isinstance(e.value, x509.OCSPNonce)]
     echoed = [e.value.nonce for e in response.extensions if isinstance(e.value, x509.OCSPNonce)]
     assert echoed == asked
@@ -459,6 +493,7 @@ def test_mutated_ocsp_requests_get_the_answer_they_call_for(env: Env, unlimited:
     rng = random.Random("fuzz4/ocsp/der")
     seen: dict[S, int] = {}
     statuses: dict[C, int] = {}
+    several = 0
     serials = [*truth.status, 12345, truth.ca.serial_number]
     for _ in range(700 * SCALE):
         der = mutate_der(ocsp_request(truth.ca, rng.choice(serials), rng), rng)
@@ -466,9 +501,11 @@ def test_mutated_ocsp_requests_get_the_answer_they_call_for(env: Env, unlimited:
         got = check_answer(answer.der, der, truth)
         seen[got] = seen.get(got, 0) + 1
         if got == S.SUCCESSFUL:
-            status = ocsp.load_der_ocsp_response(answer.der).certificate_status
-            statuses[status] = statuses.get(status, 0) + 1
-    # Every kind of answer was exercised, and every certStatus.
+            for single in ocsp.load_der_ocsp_response(answer.der).responses:
+                statuses[single.certificate_status] = statuses.get(single.certificate_status, 0) + 1
+            several += len(list(ocsp.load_der_ocsp_response(answer.der).responses)) > 1
+    # Every kind of answer was exercised, and every certStatus; some requests had several entries.
+    assert several > 0, seen
     assert seen.get(S.MALFORMED_REQUEST, 0) > 100 and seen.get(S.UNAUTHORIZED, 0) > 10, seen
     assert seen.get(S.SUCCESSFUL, 0) > 50 and len(statuses) == 3, (seen, statuses)
 

@@ -415,6 +415,15 @@ def create_app(
         # docs/cas.md "Withdrawing an approval" (confide.cas.successor)
         return _successors(cas).withdraw(request)
 
+    @app.get("/v1/cas/successor/board")
+    def successor_board_show() -> dict[str, Any]:
+        # docs/cas.md "Changing the successor board" (confide.cas.board_change)
+        return _successors(cas).board_changes.show()
+
+    @app.post("/v1/cas/successor/board/approvals")
+    def successor_board_approve(request: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+        return _successors(cas).board_changes.approve(request)
+
     @app.post("/v1/volumes/tag")
     def volume_tag(request: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
         return cas.update_volume_tag(request)
@@ -561,6 +570,7 @@ def _write_route(path: str) -> str:
         "/v1/cas/key-release",
         "/v1/cas/successor/approvals",
         "/v1/cas/successor/withdrawals",
+        "/v1/cas/successor/board/approvals",
     ):
         return path
     if path.startswith("/v1/policies/") and path.endswith("/approvals"):

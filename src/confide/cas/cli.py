@@ -528,9 +528,18 @@ def cas_successor_show() -> None:
 @click.option("--master-key-id", "master_key_id", metavar="HEX",
               help="The CAS the approval applies to (default: the id the CAS reports; see cas"
               " successor show).")  # fmt: skip
+@click.option("--retire", is_flag=True,
+              help="Also approve retiring the version that hands the key over: once the board's"
+              ' quorum says so, it releases its key to no one and does not start again (docs/cas.md'
+              ' "Retiring the old version").')  # fmt: skip
 @click.option("--identity", "identity_file", type=_PATH, required=True)
 def cas_successor_approve(
-    platform: str, claims: tuple[str, ...], expires: str, master_key_id: str | None, identity_file: Path
+    platform: str,
+    claims: tuple[str, ...],
+    expires: str,
+    master_key_id: str | None,
+    retire: bool,
+    identity_file: Path,
 ) -> None:
     """Sign and submit an approval of a successor version; prints the approvers so far."""
     from confide.cas.client import CasClient
@@ -551,9 +560,14 @@ def cas_successor_approve(
     expiry = _expiry(expires)
     ident = load_identity(identity_file)
     client = CasClient.from_env()
-    key_id = master_key_id.lower() if master_key_id else str(client.successor()["master_key_id"])
-    result = client.approve_successor(key_id, platform, named, expiry, ident)
-    click.echo(f"{result['target']} {_state(result)}")
+    shown = client.successor()
+    key_id = master_key_id.lower() if master_key_id else str(shown["master_key_id"])
+    generation = int(shown.get("generation", 0))
+    result = client.approve_successor(
+        key_id, platform, named, expiry, ident, generation=generation, retire=retire
+    )
+    retiring = " (retires the releasing version)" if result.get("retire") else ""
+    click.echo(f"{result['target']} {_state(result)}{retiring}")
     click.echo(f"approval {result['digest']} (cas successor withdraw --approval names it)", err=True)
 
 
@@ -583,17 +597,114 @@ def _state(result: dict[str, Any]) -> str:
 
 
 def _expiry(text: str) -> int:
-    """``--expires``: an ISO 8601 time with a zone, or ``N`` followed by ``m``, ``h`` or ``d``."""
+    """``--expires``: an ISO 8601 time with a zone, or ``N`` followed by ``m``, ``h`` or ``d``;
+    refused unless it is ahead and at most 90 days away, as the CAS would refuse it."""
+    from confide.cas.successor_board import MAX_LIFETIME
+
     units = {"m": 60, "h": 3600, "d": 86400}
+    now = int(datetime.now(UTC).timestamp())
     if text[-1:] in units and text[:-1].isdigit() and len(text) <= 8:
-        return int(datetime.now(UTC).timestamp()) + int(text[:-1]) * units[text[-1]]
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"--expires: got {text[:40]!r}, expected an ISO 8601 time or 12h, 7d") from None
-    if when.tzinfo is None:
-        raise UsageError("--expires: give the time zone (e.g. 2027-01-31T00:00:00Z)")
-    return int(when.timestamp())
+        at = now + int(text[:-1]) * units[text[-1]]
+    else:
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            raise UsageError(f"--expires: got {text[:40]!r}, expected an ISO 8601 time or 12h, 7d") from None
+        if when.tzinfo is None:
+            raise UsageError("--expires: give the time zone (e.g. 2027-01-31T00:00:00Z)")
+        at = int(when.timestamp())
+    if not now < at <= now + MAX_LIFETIME:
+        raise UsageError(f"--expires: got {text[:40]!r}, expected a time ahead, at most 90 days from now")
+    return at
+
+
+@cas_successor.group("board")
+def cas_successor_board() -> None:
+    """Change the successor board with the quorum of the current board (docs/cas.md "Changing
+    the successor board")."""
+
+
+@cas_successor_board.command("show")
+def cas_successor_board_show() -> None:
+    """Show the successor board, its generation and the pending changes with their approvers."""
+    from confide.cas.client import CasClient
+
+    click.echo(json.dumps(CasClient.from_env().successor_board(), indent=2))
+
+
+@cas_successor_board.command("propose")
+@click.option("--board", "board_file", type=_PATH, required=True, metavar="FILE",
+              help="The new board: YAML or JSON of one rule, as cas serve --successor-board"
+              " reads it.")  # fmt: skip
+@click.option("--expires", required=True, metavar="TIME|DURATION",
+              help="When this approval expires (ISO 8601 UTC time or 12h, 7d; at most 90 days).")  # fmt: skip
+@click.option("--identity", "identity_file", type=_PATH, required=True)
+def cas_successor_board_propose(board_file: Path, expires: str, identity_file: Path) -> None:
+    """Propose a new successor board, signing the first approval of the change; prints the
+    change id (what the other members approve) and its state."""
+    from confide.cas.client import CasClient
+    from confide.cas.successor_board import parse_board_file
+
+    # what the CAS would refuse, refused before anything is signed or sent
+    board = parse_board_file(board_file)
+    expiry = _expiry(expires)
+    ident = load_identity(identity_file)
+    client = CasClient.from_env()
+    current = client.successor_board()
+    if board.to_json() == current["board"]:
+        raise UsageError("--board: that is the current successor board")
+    result = client.approve_board_change(
+        str(current["master_key_id"]), int(current["generation"]), board.to_json(), expiry, ident
+    )
+    _echo_change(result)
+
+
+@cas_successor_board.command("approve")
+@click.option("--change", required=True, metavar="ID",
+              help="The change to approve: its id, as cas successor board propose and show"
+              " print it.")  # fmt: skip
+@click.option("--expires", required=True, metavar="TIME|DURATION",
+              help="When this approval expires (ISO 8601 UTC time or 12h, 7d; at most 90 days).")  # fmt: skip
+@click.option("--identity", "identity_file", type=_PATH, required=True)
+def cas_successor_board_approve(change: str, expires: str, identity_file: Path) -> None:
+    """Approve a pending change of the successor board. The change the CAS lists under that id
+    is checked to hash to it (its board, generation and key id) before it is signed: the
+    member signs the board the id names, whatever the CAS says."""
+    from confide.cas.board_change import change_id
+    from confide.cas.client import CasClient
+    from confide.cas.successor_board import board_from_json
+
+    wanted = change.strip().lower()
+    if len(wanted) != 64 or any(c not in "0123456789abcdef" for c in wanted):
+        raise UsageError(f"--change: got {change[:80]!r}, expected the change id (64 hex digits)")
+    expiry = _expiry(expires)
+    ident = load_identity(identity_file)
+    client = CasClient.from_env()
+    current = client.successor_board()
+    listed = [c for c in current["changes"] if c.get("change") == wanted]
+    if not listed:
+        raise UsageError(
+            f"--change: no pending change {wanted[:16]}… of the current board (generation "
+            f"{current['generation']}); cas successor board show lists them"
+        )
+    board = board_from_json(listed[0]["board"], "listed board change")
+    key_id, generation = str(current["master_key_id"]), int(current["generation"])
+    if change_id(key_id, generation, board) != wanted:
+        raise UsageError(
+            f"the CAS lists a change {wanted[:16]}… whose board, generation and key id do not hash to "
+            "it: nothing signed"
+        )
+    click.echo(f"approving the board {json.dumps(board.to_json())} (generation {generation + 1})", err=True)
+    _echo_change(client.approve_board_change(key_id, generation, board.to_json(), expiry, ident))
+
+
+def _echo_change(result: dict[str, Any]) -> None:
+    if result["applied"]:
+        state = f"applied (the board is now generation {result['generation']})"
+    else:
+        state = f"pending ({len(result['approvers'])} of {result['needed']} approvals)"
+    click.echo(f"{result['change']} {state}")
+    click.echo(f"approval {result['digest']} (cas successor withdraw --approval names it)", err=True)
 
 
 @click.group()

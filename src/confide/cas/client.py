@@ -22,6 +22,7 @@ from typing import Any
 import httpx2
 
 from confide import errors, jsonstrict
+from confide.cas.board_change import CHANGE_TYPE as SUCCESSOR_BOARD_CHANGE_TYPE
 from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, READ_TYPE, sign_document
 from confide.cas.owner_revocation import REVOKE_TYPE
 from confide.cas.successor import APPROVAL_TYPE as SUCCESSOR_APPROVAL_TYPE
@@ -218,13 +219,23 @@ class CasClient:
         return result
 
     def approve_successor(
-        self, master_key_id: str, platform: str, claims: dict[str, str], expires: int, identity: Identity
+        self,
+        master_key_id: str,
+        platform: str,
+        claims: dict[str, str],
+        expires: int,
+        identity: Identity,
+        *,
+        generation: int = 0,
+        retire: bool = False,
     ) -> dict[str, Any]:
         """Sign and submit an approval of a successor version (docs/cas.md "Handing over to a
-        successor version")."""
-        body = {
+        successor version"), under the board of ``generation``; ``retire``: it also approves
+        retiring the version that hands the key over ("Retiring the old version")."""
+        body: dict[str, Any] = {
             "type": SUCCESSOR_APPROVAL_TYPE, "master_key_id": master_key_id, "platform": platform,
             "claims": claims, "expires": expires,
+            **({"generation": generation} if generation else {}), **({"retire": True} if retire else {}),
         }  # fmt: skip
         doc = sign_document(body, identity.sign, identity.public.public_base64)
         result: dict[str, Any] = self._call("POST", "/v1/cas/successor/approvals", json=doc)
@@ -241,6 +252,25 @@ class CasClient:
         }  # fmt: skip
         doc = sign_document(body, identity.sign, identity.public.public_base64)
         result: dict[str, Any] = self._call("POST", "/v1/cas/successor/withdrawals", json=doc)
+        return result
+
+    def successor_board(self) -> dict[str, Any]:
+        """The successor board, its generation and the pending board changes
+        (:mod:`confide.cas.board_change`)."""
+        result: dict[str, Any] = self._call("GET", "/v1/cas/successor/board")
+        return result
+
+    def approve_board_change(
+        self, master_key_id: str, generation: int, board: dict[str, Any], expires: int, identity: Identity
+    ) -> dict[str, Any]:
+        """Sign and submit an approval of a change of the successor board to ``board`` (its JSON
+        form), replacing the board of ``generation`` (docs/cas.md "Changing the successor board")."""
+        body = {
+            "type": SUCCESSOR_BOARD_CHANGE_TYPE, "master_key_id": master_key_id, "generation": generation,
+            "board": board, "expires": expires,
+        }  # fmt: skip
+        doc = sign_document(body, identity.sign, identity.public.public_base64)
+        result: dict[str, Any] = self._call("POST", "/v1/cas/successor/board/approvals", json=doc)
         return result
 
     def key_release(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -284,8 +284,33 @@ successor_withdrawals = Table(
     Column("document", Text, nullable=False),
     Column("created_at", Float, nullable=False),
 )
+successor_board_approvals = Table(
+    "successor_board_approvals",
+    metadata,
+    # docs/cas.md "Changing the successor board": a current member's signed approval of a board
+    # change (``change``: the SHA-256 that names the new board, the generation it replaces and
+    # the master key id); re-checked at every use; emptied when a change is applied.
+    Column("change", String(64), nullable=False),
+    Column("signer", String(64), nullable=False),
+    Column("document", Text, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("change", "signer"),
+)
+successor_retired = Table(
+    "successor_retired",
+    metadata,
+    # docs/cas.md "Retiring the old version": the identities (``identity``: SHA-256 of RFC 8785
+    # JSON of the platform and identity claims) that no CAS of this database releases the
+    # master key to or from. The set of ``identity`` values is covered by the board's MAC.
+    Column("identity", String(64), primary_key=True),
+    Column("platform", String(16), nullable=False),
+    Column("claims", Text, nullable=False),
+    Column("successor", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 T = TypeVar("T")
 
@@ -386,8 +411,16 @@ def _v8(conn: Connection) -> None:
     successor_withdrawals.create(conn, checkfirst=True)
 
 
+def _v9(conn: Connection) -> None:
+    """Board changes and retired versions (docs/cas.md "Changing the successor board",
+    "Retiring the old version"): the ``successor_board_approvals`` and ``successor_retired``
+    tables. A board stored before this version is generation 0."""
+    successor_board_approvals.create(conn, checkfirst=True)
+    successor_retired.create(conn, checkfirst=True)
+
+
 _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9,
 }  # fmt: skip
 
 

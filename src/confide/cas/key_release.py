@@ -15,7 +15,10 @@ from a running CAS without the operator ever seeing it (docs/cas.md "Joining a r
    no option, policy or request weakens it. A joiner that differs only in its identity claims
    (another version) is released to only with the successor board's authorisation of exactly
    those claims (:meth:`confide.cas.successor.Successors.authorise`, in step 4's transaction,
-   recorded as ``successor`` in the release's event).
+   recorded as ``successor`` in the release's event). A retired version (docs/cas.md "Retiring
+   the old version") releases to no one and is released to by no one
+   (:meth:`~confide.cas.successor.Successors.check_retired`, in step 4's transaction); a release
+   whose approvals also retire the releasing version retires it in that transaction.
 4. In one write transaction: the nonce and the evidence are spent (single use; the ``nonces``
    and ``evidence_seen`` tables of the attestations), the database must name the key this CAS
    holds and no online rotation may be in progress, and a ``master-key-released`` event (ledger
@@ -373,6 +376,10 @@ class KeyReleaser:
             with self.cas.db.write() as conn:
                 self._spend(conn, parsed.nonce, digest)
                 key_id = self._current_key_id(conn)
+                if self.successors is not None:
+                    # docs/cas.md "Retiring the old version": a retired version releases to no
+                    # one and is released to by no one.
+                    self.successors.check_retired(conn, own, peer)
                 if other_version and self.successors is not None:
                     try:
                         outcome["successor"] = self.successors.authorise(conn, peer, key_id, self.clock())
@@ -386,6 +393,10 @@ class KeyReleaser:
                         ) from None
                 outcome.update({"verdict": "released", "master_key_id": key_id})
                 self.cas.events.record(conn, EVENT_RELEASED, None, outcome)
+                if self.successors is not None and outcome.get("successor", {}).get("retire"):
+                    # The board's quorum approved retiring this (the releasing) version too.
+                    retired = self.successors.retire(conn, own, outcome["successor"], self.clock())
+                    log.info(json.dumps({"event": "successor-version-retired", **retired}))
         except ConfideError as exc:
             self._refuse(parsed, digest, outcome, exc)
             raise

@@ -49,6 +49,10 @@ ENTRY_TYPES: dict[str, EntryType] = {
     "successor-approval-refused": EntryType.SUCCESSOR_APPROVAL_REFUSED,
     "successor-withdrawn": EntryType.SUCCESSOR_WITHDRAWN,
     "successor-withdrawal-refused": EntryType.SUCCESSOR_WITHDRAWAL_REFUSED,
+    "successor-board-change-approved": EntryType.SUCCESSOR_BOARD_CHANGE_APPROVED,
+    "successor-board-change-refused": EntryType.SUCCESSOR_BOARD_CHANGE_REFUSED,
+    "successor-board-changed": EntryType.SUCCESSOR_BOARD_CHANGED,
+    "successor-version-retired": EntryType.SUCCESSOR_VERSION_RETIRED,
 }
 
 

@@ -7,70 +7,90 @@ Each CA is reached at its own opaque URL, ``/v1/ocsp/<id>``, ``<id>`` the CA's C
 (:func:`confide.cas.secrets.crl_distribution_id`); the CA must be generated and its policy's
 current version must declare it ``ocsp`` (:meth:`confide.cas.core.Cas._published_ca`).
 
-A request (DER, at most :data:`MAX_REQUEST` bytes) is answered:
+A request (DER, at most :data:`MAX_REQUEST` bytes, read by :mod:`confide.cas.ocsp_der`) is
+answered:
 
-1. ``malformedRequest`` (RFC 6960 §2.3, unsigned) when it does not parse as one OCSPRequest
-   (trailing bytes included), names more than one certificate (RFC 5019 §2.1.1: one Request
-   per OCSPRequest; ``cryptography`` parses no other), asks about a serial that is not a
-   positive integer (RFC 5280 §4.1.2.2), carries a critical extension other than
-   the nonce (§4.4: unrecognised critical extensions are not ignored), a duplicate extension, or
-   a nonce of 0 or more than 32 octets (RFC 8954 §2.1: MUST reject with malformedRequest);
+1. ``malformedRequest`` (RFC 6960 §2.3, unsigned) when it is not one OCSPRequest as that strict
+   reader reads it (trailing bytes included): no Request or more than :data:`MAX_ENTRIES`, a
+   serial that is not a positive integer (RFC 5280 §4.1.2.2), a critical extension other than
+   the nonce and the preferred signature algorithms (§4.4: unrecognised critical extensions are
+   not ignored), a duplicate extension, a nonce of 0 or more than 32 octets (RFC 8954 §2.1:
+   MUST reject with malformedRequest), and the DER rules listed there;
 2. ``unauthorized`` (§2.3, unsigned: "the server is not capable of responding authoritatively",
-   cf. RFC 5019 §2.2.3) when the URL's id names no CA declared ``ocsp``, when the CertID's
-   issuerNameHash and issuerKeyHash (§4.1.1) are not those of that CA, or when its hash
-   algorithm is one ``cryptography`` cannot compute;
+   cf. RFC 5019 §2.2.3) when the URL's id names no CA declared ``ocsp``, or when no CertID's
+   issuerNameHash and issuerKeyHash (§4.1.1) are those of that CA (a hash algorithm the
+   responder does not compute matches none);
 3. ``tryLater`` (§2.3, unsigned) when the answer needs a new signature and the client (an IPv4
-   address, an IPv6 /64) is over :data:`SIGNATURE_RATE`;
-4. otherwise ``successful``: a BasicOCSPResponse (§4.2.1) signed by the CA's own key (§4.2.2.2:
-   the CA that issued the certificate may sign itself; no delegated responder certificate, so
-   the response carries no certificates), responderID byKey (§4.2.2.3), one SingleResponse
-   echoing the request's CertID, with the certStatus (§4.2.1, §2.2):
+   address, an IPv6 /64) is over :data:`SIGNATURE_RATE`, or no usable responder certificate
+   could be issued;
+4. otherwise ``successful``: a BasicOCSPResponse (§4.2.1) signed by the CA's delegated responder
+   (§4.2.2.2, :mod:`confide.cas.ocsp_delegate`), whose certificate it carries, responderID
+   byKey (§4.2.2.3), signed with the first of the request's preferred signature algorithms the
+   responder key can produce (§4.4.7), else SHA-256 (or EdDSA); one SingleResponse per CertID,
+   in order, echoing it as sent, with the certStatus (§4.2.1, §2.2):
 
    - ``revoked``, with revocationTime and revocationReason (omitted for ``unspecified``, as on
      the CRL, RFC 5280 §5.3.1), when the CA's key signed it and it is recorded as revoked
      (``revoked_certificates``: superseded, removed, owner-revoked, runtime certificates: the
      records the CRL lists, :mod:`confide.cas.crl`);
    - ``good`` when the CAS knows it issued it under the CA's key (a stored version of a secret
-     of the CA's policy whose certificate has that serial and authorityKeyIdentifier, or a
-     recorded runtime certificate) and it is not past its notAfter;
+     of the CA's policy whose certificate has that serial and authorityKeyIdentifier, a
+     responder certificate, or a recorded runtime certificate) and it is not past its notAfter;
    - ``unknown`` for everything else (a serial the CAS never issued under that key, or issued
-     under it as an import by another policy, or past its notAfter and not revoked).
+     under it as an import by another policy, or past its notAfter and not revoked; a CertID
+     of another issuer, §2.2).
 
    thisUpdate is the CAS clock when signed (whole seconds); nextUpdate is the nextUpdate of the
-   CA's current CRL (RFC 5280 §5.1.2.5), so a response is never valid longer than the CRL that
-   says the same; a CRL past half its validity is re-issued first, as on the CRL routes. A nonce
-   in the request (RFC 8954) is echoed in responseExtensions.
+   CA's current CRL (RFC 5280 §5.1.2.5) or the responder certificate's notAfter, whichever
+   comes first, so a response is never valid longer than the CRL that says the same or the
+   certificate that signed it; a CRL past half its validity is re-issued first, as on the CRL
+   routes, and a responder certificate past half its validity renewed first. A nonce in the
+   request (RFC 8954) is echoed in responseExtensions as sent.
 
 **Cache.** A response without a nonce is kept (:class:`~confide.lru.Lru`, at most
-:data:`CACHE_SIZE` entries) keyed by the CA, its version and CRL number, and the CertID: the
+:data:`CACHE_SIZE` entries) keyed by the CA, its version and CRL number, the CertIDs and the
+preferred algorithms: the
 revoked set, the CA's key and its version change only with a new CRL (same transaction,
 :func:`confide.cas.crl.issue_crls`), so a cached ``good`` is never served after a revocation. It
-is served until the CRL's nextUpdate, a ``good`` one at most until the certificate's notAfter,
-an ``unknown`` one :data:`UNKNOWN_TTL` seconds. A flood of one request costs one signature; a
+is served until its nextUpdate (a new responder version does not drop it: the one that signed
+it is valid until then), a ``good`` one at most until the certificate's notAfter, one with an
+``unknown`` entry :data:`UNKNOWN_TTL` seconds. A flood of one request costs one signature; a
 flood of distinct ones (other serials, nonces) is bounded per client by :data:`SIGNATURE_RATE`.
-The CA's value is unsealed as for a CRL (``Cas._unseal``, with its cache); its key is never
-logged or put in an error.
+The responder's value is unsealed as for a release (``Cas._unseal``, with its cache); its key
+is never logged or put in an error.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import threading
 import weakref
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
+from confide.cas.core import SecretRow
 from confide.cas.crl import REASONS, UNSPECIFIED, CrlRow, crl_due, current_crl
 from confide.cas.db import raw_execute
+from confide.cas.ocsp_delegate import RESPONDER_KIND, due_reason, responder_name, responder_state
+from confide.cas.ocsp_der import (
+    MAX_ENTRIES,
+    MAX_NONCE,
+    MIN_NONCE,
+    CertIdEntry,
+    ParsedRequest,
+    SingleAnswer,
+    basic_response,
+    choose_algorithm,
+    parse_ocsp_request,
+)
 from confide.cas.ratelimit import Rate, RateLimiter, client_key
 from confide.cas.renewal import renew_due
 from confide.cas.secrets import CERTIFICATE_KINDS, crl_distribution_id
+from confide.errors import ParseError
 from confide.lru import Lru
 
 if TYPE_CHECKING:
@@ -79,6 +99,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CACHE_SIZE",
     "MAX_AGE",
+    "MAX_ENTRIES",
     "MAX_NONCE",
     "MAX_REQUEST",
     "MIN_NONCE",
@@ -92,7 +113,6 @@ __all__ = [
 MAX_REQUEST = 4096
 """Bytes of a DER OCSPRequest: one CertID and a nonce take about 120; a signed request with its
 signer's certificate a few hundred more (RFC 6960 §4.1.2)."""
-MIN_NONCE, MAX_NONCE = 1, 32  # RFC 8954 §2.1: Nonce ::= OCTET STRING(SIZE(1..32))
 CACHE_SIZE = 4096
 MAX_AGE = 300
 """Seconds an HTTP cache may keep a response without a nonce (never past nextUpdate), as for the
@@ -103,6 +123,18 @@ SIGNATURE_RATE = Rate(20.0, 40.0)
 
 _CA_ID_LEN = 32
 _SERIAL_OCTETS = 20  # RFC 5280 §4.1.2.2: a serial of more than 20 octets is no CAS certificate's
+_STATUS_NAMES = {
+    ocsp.OCSPCertStatus.GOOD: "good",
+    ocsp.OCSPCertStatus.REVOKED: "revoked",
+    ocsp.OCSPCertStatus.UNKNOWN: "unknown",
+}
+_REASON_CODES = {  # RFC 5280 §5.3.1 CRLReason
+    x509.ReasonFlags.unspecified: 0, x509.ReasonFlags.key_compromise: 1, x509.ReasonFlags.ca_compromise: 2,
+    x509.ReasonFlags.affiliation_changed: 3, x509.ReasonFlags.superseded: 4,
+    x509.ReasonFlags.cessation_of_operation: 5, x509.ReasonFlags.certificate_hold: 6,
+    x509.ReasonFlags.remove_from_crl: 8, x509.ReasonFlags.privilege_withdrawn: 9,
+    x509.ReasonFlags.aa_compromise: 10,
+}  # fmt: skip
 
 
 class OcspAnswer(NamedTuple):
@@ -124,16 +156,6 @@ _UNAUTHORIZED = unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
 _TRY_LATER = unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER)
 
 
-class _Query(NamedTuple):
-    """What a parsed request asks (RFC 6960 §4.1.1 CertID) and its nonce."""
-
-    algorithm: hashes.HashAlgorithm
-    name_hash: bytes
-    key_hash: bytes
-    serial: int
-    nonce: bytes | None
-
-
 class _Ca(NamedTuple):
     """A CA declared ``ocsp``, as of its policy's current version and CRL."""
 
@@ -145,6 +167,13 @@ class _Ca(NamedTuple):
     crl: CrlRow
 
 
+class _Responder(NamedTuple):
+    """A version of a CA's delegated responder (:mod:`confide.cas.ocsp_delegate`)."""
+
+    version: int
+    not_after: float
+
+
 class _Status(NamedTuple):
     status: ocsp.OCSPCertStatus
     revoked_at: float | None = None
@@ -152,37 +181,23 @@ class _Status(NamedTuple):
     valid_until: float | None = None  # a good certificate's notAfter
 
 
-def parse_request(der: bytes) -> _Query | None:
-    """The CertID and nonce of ``der``; ``None`` when it is to be answered ``malformedRequest``
-    (module docstring, step 1). Raises :class:`UnsupportedAlgorithm` for a CertID hash
-    algorithm ``cryptography`` does not compute, and only for a request that is otherwise well
-    formed: a request that is malformed is answered so whatever its algorithm (RFC 8954 §2.1: a
-    bad nonce MUST get malformedRequest; the fuzz4 campaign found such a request with an MD5
-    CertID answered ``unauthorized``)."""
+class _Signer(NamedTuple):
+    key: Any
+    certificate: bytes  # DER, included in every response (RFC 6960 §4.2.1 certs)
+    key_hash: bytes  # responderID byKey (§4.2.2.3): SHA-1 of the subjectPublicKey value
+
+
+def parse_request(der: bytes) -> ParsedRequest | None:
+    """The CertIDs, nonce and signature preferences of ``der``; ``None`` when it is to be
+    answered ``malformedRequest`` (module docstring, step 1; :mod:`confide.cas.ocsp_der`). A
+    CertID hash algorithm the responder does not compute is not malformed: that entry names no
+    issuer it serves (step 2)."""
     if not der or len(der) > MAX_REQUEST:
         return None
     try:
-        request = ocsp.load_der_ocsp_request(der)  # the whole input: trailing bytes are refused
-        extensions = request.extensions
-        serial = request.serial_number
-        name_hash, key_hash = request.issuer_name_hash, request.issuer_key_hash
-    except NotImplementedError:
-        return None  # more than one Request (RFC 5019 §2.1.1: one per OCSPRequest)
-    except (ValueError, TypeError, x509.DuplicateExtension):
+        return parse_ocsp_request(der)
+    except ParseError:
         return None
-    if serial <= 0:
-        return None  # RFC 5280 §4.1.2.2: a serial number is a positive integer
-    nonce = None
-    for ext in extensions:
-        if isinstance(ext.value, x509.OCSPNonce):
-            nonce = ext.value.nonce
-            if not MIN_NONCE <= len(nonce) <= MAX_NONCE:
-                return None  # RFC 8954 §2.1
-        elif ext.critical:
-            return None  # RFC 6960 §4.4: an unrecognised critical extension
-    return _Query(
-        request.hash_algorithm, name_hash, key_hash, serial, nonce
-    )  # may raise UnsupportedAlgorithm
 
 
 class OcspResponder:
@@ -198,7 +213,8 @@ class OcspResponder:
         self.cas = cas
         self._cache: Lru[tuple[Any, ...], tuple[bytes, float]] = Lru(cache_size)
         self._hashes: Lru[tuple[str, str, str], tuple[bytes, bytes]] = Lru(256)
-        self._keys: Lru[tuple[str, str, int], Any] = Lru(64)
+        self._keys: Lru[tuple[str, str, int], _Signer] = Lru(64)
+        self._responders: Lru[tuple[str, str, int], tuple[str, float]] = Lru(256)
         self._ca_certs: Lru[tuple[str, str, int], tuple[x509.Certificate, bytes]] = Lru(256)
         self._limiter = RateLimiter(signature_rate) if signature_rate is not None else None
         self._limiter_lock = threading.Lock()
@@ -220,21 +236,17 @@ class OcspResponder:
     def respond(self, ca_id: str, der: bytes, client: str | None) -> OcspAnswer:
         """The answer to the DER OCSPRequest ``der`` sent to ``/v1/ocsp/<ca_id>`` by ``client``
         (its address; ``None``: unknown)."""
-        try:
-            query = parse_request(der)
-        except UnsupportedAlgorithm:
-            query = None
-            ca = None
-        else:
-            if query is None:
-                self.malformed += 1
-                return _MALFORMED
-            ca = self._ca(ca_id)
-        if query is None or ca is None or not self._issued_by(ca, query):
+        query = parse_request(der)
+        if query is None:
+            self.malformed += 1
+            return _MALFORMED
+        ca = self._ca(ca_id)
+        ours = [] if ca is None else [self._issued_by(ca, entry) for entry in query.entries]
+        if ca is None or not any(ours):
             self.unauthorized += 1
             return _UNAUTHORIZED
-        key = (ca.policy, ca.name, ca.version, ca.crl.number, query.algorithm.name, query.name_hash,
-               query.key_hash, query.serial)  # fmt: skip
+        key = (ca.policy, ca.name, ca.version, ca.crl.number, query.preferred,
+               tuple(entry.der for entry in query.entries))  # fmt: skip
         now = self.cas.clock()
         if query.nonce is None:
             hit = self._cache.get(key)
@@ -247,16 +259,26 @@ class OcspResponder:
             if wait:
                 self.limited += 1
                 return _TRY_LATER
-        status = self._status(ca, query.serial, now)
-        der_out = self._sign(ca, query, status, now)
+        responder = self._responder(ca)
+        if responder is None:
+            self.limited += 1
+            return _TRY_LATER  # no usable responder certificate could be issued now
+        statuses = [
+            self._status(ca, entry.serial, now) if mine else _Status(ocsp.OCSPCertStatus.UNKNOWN)
+            for entry, mine in zip(query.entries, ours, strict=True)
+        ]
+        der_out = self._sign(ca, responder, query, statuses, now)
         self.signed += 1
         if query.nonce is not None:
             return OcspAnswer(der_out, 0)  # bound to one request: neither kept nor cached by HTTP
-        until = ca.crl.next_update
-        if status.valid_until is not None:
-            until = min(until, status.valid_until)
-        if status.status == ocsp.OCSPCertStatus.UNKNOWN:
-            until = min(until, now + UNKNOWN_TTL)
+        # A cached answer stays good after the responder is renewed: it was signed by a
+        # certificate valid until at least its nextUpdate.
+        until = min(ca.crl.next_update, responder.not_after)
+        for status in statuses:
+            if status.valid_until is not None:
+                until = min(until, status.valid_until)
+            if status.status == ocsp.OCSPCertStatus.UNKNOWN:
+                until = min(until, now + UNKNOWN_TTL)
         self._cache.put(key, (der_out, until))
         return OcspAnswer(der_out, _max_age(until, now))
 
@@ -282,31 +304,76 @@ class OcspResponder:
                 renew_due(self.cas, [served[0]])
         else:
             return None  # still due: no response rather than one past the CRL's nextUpdate
-        parsed = self._ca_certs.get((served[0], served[1], int(row.version)))
-        if parsed is None:  # a stored version's public part never changes: parsed once
-            try:
-                cert = x509.load_pem_x509_certificate(json.loads(row.public)["certificate"].encode())
-                ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-            except (KeyError, TypeError, ValueError, AttributeError, x509.ExtensionNotFound):
-                return None
-            parsed = (cert, ski)
-            self._ca_certs.put((served[0], served[1], int(row.version)), parsed)
+        parsed = self._parsed_ca(served[0], served[1], int(row.version), row.public)
+        if parsed is None:
+            return None
         cert, ski = parsed
         if crl_distribution_id(cert.subject, ski) != ca_id:
             return None  # the CRL row was found by the id of the CA's current key: checked again
         return _Ca(served[0], served[1], int(row.version), ski.hex(), cert, crl)
 
-    def _issued_by(self, ca: _Ca, query: _Query) -> bool:
+    def _responder(self, ca: _Ca) -> _Responder | None:
+        """The CA's current responder version, issued or renewed first when due (a new one, or
+        under a new CA key, or past half its validity; :func:`confide.cas.ocsp_delegate.due_reason`);
+        ``None`` when it is still due after that."""
+        name = responder_name(ca.name)
+        for attempt in range(2):
+            with self.cas.db.read() as conn:
+                row = raw_execute(
+                    conn,
+                    "SELECT version, public FROM secrets WHERE policy = ? AND name = ? "
+                    "ORDER BY version DESC LIMIT 1",
+                    (ca.policy, name),
+                ).fetchone()
+            state = None if row is None else self._responder_state(ca.policy, name, int(row[0]), row[1])
+            if row is not None and due_reason(bytes.fromhex(ca.key_id), state, self.cas.clock()) is None:
+                assert state is not None  # due_reason says "new" for none
+                return _Responder(int(row[0]), state[1])
+            if attempt == 0:
+                renew_due(self.cas, [ca.policy])
+        return None
+
+    def _responder_state(self, policy: str, name: str, version: int, public: str) -> tuple[str, float] | None:
+        """:func:`responder_state` of a responder version (its public part never changes:
+        parsed once)."""
+        state = self._responders.get((policy, name, version))
+        if state is None:
+            state = responder_state(public)
+            if state is not None:
+                self._responders.put((policy, name, version), state)
+        return state
+
+    def _parsed_ca(
+        self, policy: str, name: str, version: int, public: str
+    ) -> tuple[x509.Certificate, bytes] | None:
+        """A CA version's certificate and subjectKeyIdentifier (a stored version's public part
+        never changes: parsed once)."""
+        parsed = self._ca_certs.get((policy, name, version))
+        if parsed is None:
+            try:
+                cert = x509.load_pem_x509_certificate(json.loads(public)["certificate"].encode())
+                ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+            except (KeyError, TypeError, ValueError, AttributeError, x509.ExtensionNotFound):
+                return None
+            parsed = (cert, ski)
+            self._ca_certs.put((policy, name, version), parsed)
+        return parsed
+
+    def _issued_by(self, ca: _Ca, entry: CertIdEntry) -> bool:
         """Whether the CertID names ``ca`` as issuer (RFC 6960 §4.1.1: the hashes of its subject
         DER and of the value of its subjectPublicKey BIT STRING, with the request's algorithm)."""
-        key = (ca.key_id, ca.certificate.subject.public_bytes().hex(), query.algorithm.name)
+        if entry.algorithm is None:
+            return False  # a hash the responder does not compute: no issuer it can recognise
+        key = (ca.key_id, ca.certificate.subject.public_bytes().hex(), entry.algorithm.name)
         hashed = self._hashes.get(key)
         if hashed is None:
-            probe = ocsp.OCSPRequestBuilder().add_certificate(ca.certificate, ca.certificate, query.algorithm)
+            probe = ocsp.OCSPRequestBuilder().add_certificate(ca.certificate, ca.certificate, entry.algorithm)
             built = probe.build()
             hashed = (built.issuer_name_hash, built.issuer_key_hash)
             self._hashes.put(key, hashed)
-        return hashed == (query.name_hash, query.key_hash)
+        return hmac.compare_digest(hashed[0], entry.name_hash) and hmac.compare_digest(
+            hashed[1], entry.key_hash
+        )
 
     def _status(self, ca: _Ca, serial: int, now: float) -> _Status:
         """The certStatus of ``serial`` under ``ca`` (module docstring, step 4)."""
@@ -330,10 +397,10 @@ class OcspResponder:
             ).fetchone()
             if runtime is not None and float(runtime[0]) > now:
                 return _Status(ocsp.OCSPCertStatus.GOOD, valid_until=float(runtime[0]))
-            kinds = sorted(CERTIFICATE_KINDS)
+            kinds = sorted({*CERTIFICATE_KINDS, RESPONDER_KIND})  # the responder's own: good too
             rows = raw_execute(
                 conn,
-                "SELECT name, public FROM secrets WHERE policy = ? AND kind IN (?, ?)",
+                "SELECT name, public FROM secrets WHERE policy = ? AND kind IN (?, ?, ?)",
                 (ca.policy, *kinds),
             ).fetchall()
         for name, public in rows:
@@ -346,44 +413,59 @@ class OcspResponder:
 
     # -- signing --------------------------------------------------------------------------------
 
-    def _sign(self, ca: _Ca, query: _Query, status: _Status, now: float) -> bytes:
-        """A successful BasicOCSPResponse (RFC 6960 §4.2.1) about ``query`` signed by ``ca``."""
-        signing_key = self._signing_key(ca)
-        this_update = _utc(now)
-        revocation_time = revocation_reason = None
-        if status.status == ocsp.OCSPCertStatus.REVOKED:
-            assert status.revoked_at is not None and status.reason is not None
-            revocation_time = _utc(status.revoked_at)
-            if status.reason != UNSPECIFIED:  # as on the CRL (RFC 5280 §5.3.1)
-                revocation_reason = REASONS[status.reason]
-        builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
-            query.name_hash, query.key_hash, query.serial, query.algorithm, status.status,
-            this_update, _utc(ca.crl.next_update), revocation_time, revocation_reason,
+    def _sign(
+        self, ca: _Ca, responder: _Responder, query: ParsedRequest, statuses: list[_Status], now: float
+    ) -> bytes:
+        """A successful BasicOCSPResponse (RFC 6960 §4.2.1), one SingleResponse per CertID in
+        the request's order, signed by ``ca``'s responder key, its certificate included."""
+        signer = self._signer(ca, responder.version)
+        next_update = min(ca.crl.next_update, responder.not_after)  # never past what signs it
+        answers = []
+        for entry, status in zip(query.entries, statuses, strict=True):
+            revoked_at = reason_code = None
+            if status.status == ocsp.OCSPCertStatus.REVOKED:
+                assert status.revoked_at is not None and status.reason is not None
+                revoked_at = status.revoked_at
+                if status.reason != UNSPECIFIED:  # as on the CRL (RFC 5280 §5.3.1)
+                    reason_code = _REASON_CODES[REASONS[status.reason]]
+            answers.append(
+                SingleAnswer(
+                    entry.der, _STATUS_NAMES[status.status], now, next_update, revoked_at, reason_code
+                )
+            )
+        return basic_response(
+            answers, produced_at=now, responder_key_hash=signer.key_hash, key=signer.key,
+            algorithm=choose_algorithm(signer.key, query.preferred), certificates=(signer.certificate,),
+            nonce_value=query.nonce_value,
         )  # fmt: skip
-        builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, ca.certificate)  # §4.2.2.3 byKey
-        if query.nonce is not None:
-            builder = builder.add_extension(x509.OCSPNonce(query.nonce), critical=False)  # RFC 8954
-        algorithm = (
-            None
-            if isinstance(signing_key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
-            else hashes.SHA256()
-        )
-        return builder.sign(signing_key, algorithm).public_bytes(serialization.Encoding.DER)
 
-    def _signing_key(self, ca: _Ca) -> Any:
-        """The CA's private key, loaded once per CA version (its sealed value unsealed as for a
-        CRL; never logged)."""
-        key = (ca.policy, ca.name, ca.version)
+    def _signer(self, ca: _Ca, version: int) -> _Signer:
+        """The CA's responder key and certificate, loaded once per responder version (its sealed
+        value unsealed as for a release; never logged)."""
+        key = (ca.policy, ca.name, version)
         found = self._keys.get(key)
         if found is None:
-            with self.cas.db.read() as conn:
-                row = self.cas._latest_secret(conn, ca.policy, ca.name)
-            if row is None or int(row.version) != ca.version:
-                raise RuntimeError("the CA changed while answering; the next request sees it")
+            with self.cas.db.read() as conn:  # that version, even if a newer one came since
+                found_row = raw_execute(
+                    conn,
+                    "SELECT policy, name, version, kind, sealed, public FROM secrets "
+                    "WHERE policy = ? AND name = ? AND version = ?",
+                    (ca.policy, responder_name(ca.name), version),
+                ).fetchone()
+            if found_row is None:
+                raise RuntimeError(
+                    "the OCSP responder's version is gone; the next request sees its successor"
+                )
+            p, n, v, k, sealed, public = found_row
+            row = SecretRow(p, n, v, k, bytes(sealed), public)
             value = self.cas._unseal(row)
-            found = serialization.load_der_private_key(value.data, None)
+            assert value.certificate is not None
+            cert = x509.load_der_x509_certificate(value.certificate)
+            digest = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest  # SHA-1, §4.2.2.3
+            found = _Signer(serialization.load_der_private_key(value.data, None), value.certificate, digest)
             self._keys.put(key, found)
-        return found
+        result: _Signer = found
+        return result
 
 
 def _stored_match(public: str, hex_serial: str, key_id: str) -> float | None:
@@ -401,10 +483,6 @@ def _stored_match(public: str, hex_serial: str, key_id: str) -> float | None:
     if aki is None or aki.hex() != key_id or cert.serial_number != int(hex_serial, 16):
         return None
     return cert.not_valid_after_utc.timestamp()
-
-
-def _utc(seconds: float) -> datetime:
-    return datetime.fromtimestamp(int(seconds), UTC)  # GeneralizedTime: whole seconds
 
 
 def _max_age(until: float, now: float) -> int:

@@ -15,10 +15,13 @@ One renewal (:func:`renew_policy`), inside a write transaction (the CAS write lo
    certificate for the *same* key, subject and extensions, with a new serial and validity,
    signed by the issuer's version current now (:func:`confide.cas.secrets.renew_certificate`);
    it is sealed as the next version (associated data: policy, name, version);
-3. one ``certificates-renewed`` event (ledger entry ``certificates.renewed``) names each new
-   version: name, versions, serial, validity, SHA-256 of the certificate, reason. Never a
-   private value;
-4. every generated CA's CRL is brought up to date (:func:`confide.cas.crl.issue_crls`: a new
+3. every generated CA declared ``ocsp`` whose delegated OCSP responder certificate is due gets
+   a new one (:func:`confide.cas.ocsp_delegate.issue_responders`: a new key, signed by the CA's
+   version current now);
+4. one ``certificates-renewed`` event (ledger entry ``certificates.renewed``) names each new
+   version, responder certificates included: name, versions, serial, validity, SHA-256 of the
+   certificate, reason. Never a private value;
+5. every generated CA's CRL is brought up to date (:func:`confide.cas.crl.issue_crls`: a new
    one when the revoked set or the CA changed, or half of the current one's validity has
    passed). The previous version is **not** revoked: it stays valid until its notAfter, so a
    service still running with it keeps working until it attests again; a policy update that
@@ -45,6 +48,7 @@ from sqlalchemy import Connection, insert
 from confide.cas import db as t
 from confide.cas.crl import crl_due, generated_ca, issue_crls
 from confide.cas.db import raw_execute
+from confide.cas.ocsp_delegate import issue_responders, responder_due, responder_name
 from confide.cas.periodic import PeriodicTask
 from confide.cas.secrets import SecretValue, renew_certificate, renewable, renewal_window
 from confide.errors import ConfideError, PolicyError
@@ -107,7 +111,7 @@ class RenewalSchedule:
 
 
 def renew_policy(cas: Cas, conn: Connection, name: str, now: float) -> list[dict[str, Any]]:
-    """Steps 1-4 of the module docstring for policy ``name`` at ``now``, in ``conn`` (a write
+    """Steps 1-5 of the module docstring for policy ``name`` at ``now``, in ``conn`` (a write
     transaction). Returns what the renewal event records (empty: nothing was due)."""
     head = raw_execute(conn, "SELECT hash FROM policy_heads WHERE name = ?", (name,)).fetchone()
     if head is None:
@@ -161,6 +165,9 @@ def renew_policy(cas: Cas, conn: Connection, name: str, now: float) -> list[dict
                 "certificate_sha256": hashlib.sha256(value.certificate).hexdigest(),
             }
         )  # fmt: skip
+    # Each CA declared ``ocsp`` gets a new delegated responder certificate when its own is due
+    # (confide.cas.ocsp_delegate), recorded in the same event.
+    renewed += issue_responders(cas, conn, name, policy, now, fresh)
     if renewed:
         cas.events.record(conn, "certificates-renewed", name, {"hash": head[0], "certificates": renewed})
     issue_crls(cas, conn, policy, head[0], now)
@@ -169,7 +176,8 @@ def renew_policy(cas: Cas, conn: Connection, name: str, now: float) -> list[dict
 
 def due_policies(cas: Cas, now: float) -> list[str]:
     """The policies with a certificate due at ``now``, or a generated CA whose CRL is due or
-    missing (one read transaction, no write lock)."""
+    missing, or (declared ``ocsp``) whose OCSP responder certificate is (one read transaction,
+    no write lock)."""
     due: set[str] = set()
     with cas.db.read() as conn:
         heads = dict(raw_execute(conn, "SELECT name, hash FROM policy_heads").fetchall())
@@ -194,9 +202,20 @@ def due_policies(cas: Cas, now: float) -> list[str]:
                 due.add(policy_name)
             elif generated_ca(spec):
                 crl = crls.get((policy_name, name))
-                if crl is None or crl_due(*crl, now):
+                crl_stale = crl is None or crl_due(*crl, now)
+                if crl_stale or (spec.ocsp and _responder_due(cas, conn, policy_name, name, public, now)):
                     due.add(policy_name)
     return sorted(due)
+
+
+def _responder_due(cas: Cas, conn: Connection, policy: str, ca: str, ca_public: str, now: float) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(json.loads(ca_public)["certificate"].encode())
+        ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except (KeyError, TypeError, ValueError, x509.ExtensionNotFound):
+        return False  # no certificate to issue under
+    row = cas._latest_secret(conn, policy, responder_name(ca))
+    return responder_due(ski, None if row is None else row.public, now) is not None
 
 
 def renew_due(cas: Cas, policies: Iterable[str] | None = None) -> dict[str, list[dict[str, Any]]]:

@@ -609,7 +609,10 @@ def prepare(
             return own_check.verified(published.body, at)
 
         own = own_evidence
-    cas.key_release = KeyReleaser(cas, own, successors=Successors(cas))
+    successors = Successors(cas)
+    cas.key_release = KeyReleaser(cas, own, successors=successors)
+    if own is not None:  # docs/cas.md "Retiring the old version": a retired version does not start
+        successors.refuse_retired_start(own)
     with database.write() as conn:
         master_key_id = bind_master_key(conn, master)
         cas.events.record(
@@ -619,7 +622,7 @@ def prepare(
              **({"joined": joined.summary()} if joined is not None else {})},
         )  # fmt: skip
         if successor_board is not None:
-            # docs/cas.md "Handing over to a successor version": fixed now, never replaced.
+            # docs/cas.md "Handing over to a successor version": set now; changed only by its quorum.
             record = store_board(conn, sealer, master_key_id, successor_board, time.time())
             cas.events.record(
                 conn, EVENT_BOARD, None,
@@ -677,7 +680,8 @@ def _initialising(data_dir: Path, database: Database, join: str | None) -> None:
     ):
         raise UsageError(
             "--successor-board is set only when the CAS is initialised (the start that creates its "
-            "master key); this CAS has a master key already, and its board cannot be changed"
+            "master key); this CAS has a master key already: its board changes only with the "
+            "board's quorum (confide cas successor board propose)"
         )
 
 

@@ -4,7 +4,7 @@ A CAS update changes the measurement, so the attested release (:mod:`confide.cas
 refuses the new version: its identity claims are not the running CAS's. docs/cas.md "Handing
 over to a successor version" describes the authorised hand-over implemented here:
 
-1. **The board** is fixed when the CAS is initialised (``cas serve --successor-board FILE`` on
+1. **The board** is set when the CAS is initialised (``cas serve --successor-board FILE`` on
    the start that creates the master key; :func:`parse_board_file`): a ``require-all`` or
    ``require-at-least-N`` rule over stakeholder identities, the policy boards' format and
    evaluation (:mod:`confide.policy.access`). It is stored as one row (``successor_board``) whose
@@ -14,14 +14,18 @@ over to a successor version" describes the authorised hand-over implemented here
    can delete it (no hand-over then) but cannot write one the CAS accepts, and a CAS started on
    an existing key never sets one. :func:`load_board` checks it at every use; a mismatch is a
    :class:`~confide.errors.StorageError`. A master-key rotation re-authenticates it under the
-   new key in its transaction (:func:`reauthenticate_board`). Changing the board is not offered.
+   new key in its transaction (:func:`reauthenticate_board`). Only its own quorum changes it
+   (:mod:`confide.cas.board_change`); approvals name the board's generation and count only
+   under it.
 2. **Approvals** (``confide/successor-approval/v1``, signed as policy approvals are: Ed25519
    over RFC 8785 JSON without ``signature``): ``{"type", "master_key_id", "platform",
    "claims", "expires", "signer"}``. ``claims`` are exactly the identity claims the join rule
    compares for ``platform`` (:data:`~confide.cas.key_release.IDENTITY_CLAIMS`), in their text
    form (:func:`claim_text`); ``master_key_id`` names the CAS (its current master key);
-   ``expires`` is a Unix time at most :data:`MAX_LIFETIME` ahead. The *target*, SHA-256 of RFC
-   8785 JSON of ``{"claims", "master_key_id", "platform"}``, names what is approved. A member's
+   ``expires`` is a Unix time at most :data:`MAX_LIFETIME` ahead; optionally ``generation``
+   (the board's, left out for 0) and ``retire`` (``true`` only; 5. below). The *target*,
+   SHA-256 of RFC 8785 JSON of ``{"claims", "master_key_id", "platform"}`` (and
+   ``"generation"`` when it is not 0), names what is approved. A member's
    approval is stored (its newest per target) and recorded in the ledger; anything else after
    the signature verified is refused and recorded.
 3. **The release** (:meth:`Successors.authorise`, in the key release's write transaction): for a
@@ -36,9 +40,15 @@ over to a successor version" describes the authorised hand-over implemented here
    expires. The withdrawal is stored (``successor_withdrawals``, kept for good: the same approval
    is never accepted or counted again) and recorded in the same transaction, which also
    authenticates the board again with the set of withdrawals
-   (:func:`~confide.cas.successor_board.bind_withdrawals`: deleting one is a StorageError). The
+   (:func:`~confide.cas.successor_board.bind_state`: deleting one is a StorageError). The
    release's transaction reads them, so a withdrawal committed before the release wins; its
    ledger entry names the digests of the approvals it counted.
+5. **Retirement** (docs/cas.md "Retiring the old version"): an approval may also say ``retire``;
+   when those that count and say it meet the board's rule, the release's transaction retires
+   the releasing CAS's version (:meth:`Successors.retire`: its identity digest stored, covered
+   by the board's MAC, recorded). A retired version releases the key to no one, is released to
+   by no one (:meth:`Successors.check_retired`, in every release's transaction) and does not
+   start (:meth:`Successors.refuse_retired_start`).
 """
 
 from __future__ import annotations
@@ -50,21 +60,30 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_, delete, insert, select
 
+from confide.cas.board_change import BoardChanges, ChangeApproval
 from confide.cas.core import READ_WINDOW, verify_signed
-from confide.cas.db import meta, successor_approvals, successor_withdrawals
+from confide.cas.db import successor_approvals, successor_retired, successor_withdrawals
 from confide.cas.key_release import IDENTITY_CLAIMS
-from confide.cas.rotation import KEY_ID_META
-from confide.cas.successor_board import Board, bind_withdrawals, load_board
+from confide.cas.successor_board import (
+    MAX_LIFETIME,
+    Board,
+    bind_state,
+    current_key_id,
+    load_board,
+    retired_identities,
+)
 from confide.errors import (
     AccessDeniedError,
     AppraisalError,
     ConfideError,
     ConflictError,
     ParseError,
+    StorageError,
     UsageError,
 )
 from confide.policy.canonical import jcs
@@ -81,18 +100,20 @@ __all__ = [
     "Successors",
     "Withdrawal",
     "claim_text",
+    "current_key_id",
+    "identity_digest",
     "parse_approval",
     "parse_withdrawal",
     "target_of",
 ]
 
 APPROVAL_TYPE = "confide/successor-approval/v1"
-MAX_LIFETIME = 90 * 24 * 3600  # an approval expires at most this long after it is submitted
 EVENT_APPROVED = "successor-approved"
 EVENT_REFUSED = "successor-approval-refused"
 WITHDRAWAL_TYPE = "confide/successor-withdrawal/v1"
 EVENT_WITHDRAWN = "successor-withdrawn"
 EVENT_WITHDRAWAL_REFUSED = "successor-withdrawal-refused"
+EVENT_RETIRED = "successor-version-retired"
 _MAX_CLAIM = 256
 _CLAIM_TEXT = re.compile(r"[0-9a-z_.:-]{1,256}")
 _KEY_ID = re.compile(r"[0-9a-f]{32}")
@@ -100,6 +121,7 @@ _DIGEST = re.compile(r"[0-9a-f]{64}")
 _APPROVAL_FIELDS = frozenset(
     {"type", "master_key_id", "platform", "claims", "expires", "signer", "signature"}
 )
+_APPROVAL_OPTIONAL = frozenset({"generation", "retire"})
 _WITHDRAWAL_FIELDS = frozenset({"type", "approval", "master_key_id", "time", "signer", "signature"})
 _ROW = (successor_approvals.c.target, successor_approvals.c.signer, successor_approvals.c.document)
 
@@ -116,11 +138,21 @@ def claim_text(value: ClaimValue) -> str:
     return json.dumps(value, sort_keys=True)  # not an identity claim type: never matches a text
 
 
-def target_of(master_key_id: str, platform: str, claims: Mapping[str, str]) -> str:
-    """What an approval approves, as one SHA-256 (hex): the CAS, the platform and the claims."""
-    return hashlib.sha256(
-        jcs({"claims": dict(claims), "master_key_id": master_key_id, "platform": platform})
-    ).hexdigest()
+def target_of(master_key_id: str, platform: str, claims: Mapping[str, str], generation: int = 0) -> str:
+    """What an approval approves, as one SHA-256 (hex): the CAS, the platform and the claims,
+    under the board of ``generation`` (named only when it is not 0, so a target of a board
+    never changed is what it was before boards could change)."""
+    named: dict[str, Any] = {"claims": dict(claims), "master_key_id": master_key_id, "platform": platform}
+    if generation:
+        named["generation"] = generation
+    return hashlib.sha256(jcs(named)).hexdigest()
+
+
+def identity_digest(platform: str, claims: Mapping[str, str]) -> str:
+    """A version's identity as one SHA-256 (hex) of RFC 8785 JSON of ``{"claims", "platform"}``
+    (claims in :func:`claim_text` form): what a retirement names (docs/cas.md "Retiring the
+    old version")."""
+    return hashlib.sha256(jcs({"claims": dict(claims), "platform": platform})).hexdigest()
 
 
 # --- approvals ---------------------------------------------------------------------------------
@@ -136,18 +168,21 @@ class Approval:
     claims: dict[str, str]
     expires: int
     digest: str  # SHA-256 of the document's RFC 8785 JSON, signature included: what a withdrawal names
+    generation: int = 0  # its board's generation (docs/cas.md "Changing the successor board")
+    retire: bool = False  # it approves retiring the releasing version too ("Retiring the old version")
 
     @property
     def target(self) -> str:
-        return target_of(self.master_key_id, self.platform.value, self.claims)
+        return target_of(self.master_key_id, self.platform.value, self.claims, self.generation)
 
 
 def parse_approval(doc: Any) -> Approval:
     """An approval document, read strictly, its signature verified (hostile input)."""
     what = APPROVAL_TYPE
-    if not isinstance(doc, dict) or set(doc) != _APPROVAL_FIELDS:
+    if not isinstance(doc, dict) or not _APPROVAL_FIELDS <= set(doc) <= _APPROVAL_FIELDS | _APPROVAL_OPTIONAL:
         raise ParseError(
-            "expected exactly type, master_key_id, platform, claims, expires, signer, signature",
+            "expected type, master_key_id, platform, claims, expires, signer, signature, and "
+            "optionally generation and retire",
             structure=what,
         )
     body, signer = verify_signed(doc, APPROVAL_TYPE)
@@ -176,8 +211,17 @@ def parse_approval(doc: Any) -> Approval:
             )
     if isinstance(expires, bool) or not isinstance(expires, int) or not 0 < expires < 2**53:
         raise ParseError("expires: expected a Unix time in seconds", structure=what)
+    # One document per meaning: generation 0 and "not retire" are said by leaving the field out.
+    generation = body.get("generation", 0)
+    if "generation" in body and (isinstance(generation, bool) or not isinstance(generation, int)
+                                 or not 0 < generation < 2**53):  # fmt: skip
+        raise ParseError("generation: expected a positive integer (left out for 0)", structure=what)
+    if "retire" in body and body["retire"] is not True:
+        raise ParseError("retire: expected true (left out for no retirement)", structure=what)
     digest = hashlib.sha256(jcs(doc)).hexdigest()
-    return Approval(signer.fingerprint, key_id, platform, dict(claims), expires, digest)
+    return Approval(
+        signer.fingerprint, key_id, platform, dict(claims), expires, digest, generation, "retire" in body
+    )
 
 
 @dataclass(frozen=True)
@@ -208,16 +252,12 @@ def parse_withdrawal(doc: Any) -> Withdrawal:
     return Withdrawal(signer.fingerprint, digest, key_id, when)
 
 
-def _current_key_id(conn: Connection) -> str | None:
-    value = conn.execute(select(meta.c.value).where(meta.c.key == KEY_ID_META)).scalar()
-    return None if value is None else str(value)
-
-
 class Successors:
     """The board and approvals of ``cas`` (module docstring)."""
 
     def __init__(self, cas: Cas, *, clock: Callable[[], float] = time.time) -> None:
         self.cas, self.clock = cas, clock
+        self.board_changes = BoardChanges(self)
 
     def _board(self, conn: Connection) -> Board:
         board = load_board(conn, self.cas.sealer)
@@ -236,10 +276,11 @@ class Successors:
         outcome: dict[str, Any] = {
             "signer": approval.signer, "target": approval.target, "master_key_id": approval.master_key_id,
             "platform": approval.platform.value, "claims": approval.claims, "expires": approval.expires,
+            "generation": approval.generation, "retire": approval.retire,
         }  # fmt: skip
         with self._refusals_recorded(outcome, EVENT_REFUSED), self.cas.db.write() as conn:
             board = self._board(conn)
-            current = _current_key_id(conn)
+            current = current_key_id(conn)
             if self._withdrawn(conn, {approval.digest}):
                 raise ConflictError(
                     f"approval {approval.digest[:16]}… was withdrawn: it is never accepted again "
@@ -248,6 +289,12 @@ class Successors:
             if current != approval.master_key_id:
                 raise UsageError(
                     f"master_key_id: got {approval.master_key_id}, expected {current} (this CAS's)"
+                )
+            if approval.generation != board.generation:
+                raise ConflictError(
+                    f"generation: got {approval.generation}, expected {board.generation}: the successor "
+                    'board changed since (docs/cas.md "Changing the successor board"); sign again under '
+                    "the current one"
                 )
             if approval.expires <= now:
                 raise UsageError("the approval has expired already")
@@ -275,6 +322,7 @@ class Successors:
         return {
             "target": approval.target, "digest": approval.digest, "approvers": sorted(approvers),
             "needed": board.needed, "authorised": outcome["authorised"],
+            "retire": outcome["retire_authorised"],
         }  # fmt: skip
 
     def withdraw(self, doc: Any) -> dict[str, Any]:
@@ -294,21 +342,29 @@ class Successors:
                 )
             with self.cas.db.write() as conn:
                 board = self._board(conn)
-                current = _current_key_id(conn)
+                current = current_key_id(conn)
                 if current != withdrawal.master_key_id:
                     raise UsageError(
                         f"master_key_id: got {withdrawal.master_key_id}, expected {current} (this CAS's)"
                     )
                 if self._withdrawn(conn, {withdrawal.approval}):
                     raise ConflictError(f"approval {withdrawal.approval[:16]}… was withdrawn already")
-                approval = self._stored(conn, withdrawal.approval)
+                approval: Approval | ChangeApproval | None = self._stored(conn, withdrawal.approval)
+                if approval is None:  # a board change's approval (docs/cas.md "Changing the successor board")
+                    approval = self.board_changes.stored(conn, withdrawal.approval)
                 if approval is None:
                     raise UsageError(
-                        f"no stored approval has the digest {withdrawal.approval} (cas successor show lists "
-                        "them; a newer approval of the same claims by the same member replaces the older)"
+                        f"no stored approval has the digest {withdrawal.approval} (cas successor show and "
+                        "cas successor board show list them; a newer approval of the same claims or change "
+                        "by the same member replaces the older)"
                     )
-                found = {"target": approval.target, "platform": approval.platform.value}
-                outcome.update({**found, "claims": approval.claims})
+                if isinstance(approval, Approval):
+                    target = approval.target
+                    found = {"platform": approval.platform.value, "claims": approval.claims}
+                    outcome.update({"target": target, **found})
+                else:
+                    target = approval.change
+                    outcome.update({"target": target, "change": target, "board": approval.board.to_json()})
                 if approval.signer != withdrawal.signer:
                     raise AccessDeniedError(
                         f"approval {withdrawal.approval[:16]}… was signed by {approval.signer[:16]}…: only "
@@ -318,16 +374,20 @@ class Successors:
                     raise UsageError("the approval has expired already: it counts no more")
                 conn.execute(
                     insert(successor_withdrawals).values(
-                        approval=approval.digest, signer=approval.signer, target=approval.target,
+                        approval=approval.digest, signer=approval.signer, target=target,
                         document=jcs(doc).decode(), created_at=now,
                     )
                 )  # fmt: skip
-                bind_withdrawals(conn, self.cas.sealer)
+                bind_state(conn, self.cas.sealer)
                 outcome["withdrawal"] = jcs(doc).decode()
-                approvers = self._tally(conn, board, approval.target, now, outcome)
+                if isinstance(approval, Approval):
+                    approvers = self._tally(conn, board, target, now, outcome)
+                else:
+                    counted = self.board_changes.tally(conn, board, target, now, outcome)
+                    approvers = {a.signer for a in counted}
                 self.cas.events.record(conn, EVENT_WITHDRAWN, None, outcome)
         return {
-            "approval": approval.digest, "target": approval.target, "approvers": sorted(approvers),
+            "approval": approval.digest, "target": target, "approvers": sorted(approvers),
             "needed": board.needed, "authorised": outcome["authorised"],
         }  # fmt: skip
 
@@ -348,12 +408,14 @@ class Successors:
     ) -> set[str]:
         """The approvers that count for ``target`` now, noted in ``outcome`` with the board's
         hash and whether they authorise it."""
-        approvers = self._approvers(conn, board, target, now)
+        counted = self._counted(conn, board, target, now)
+        approvers = {a.signer for a in counted}
         outcome.update(
             {
                 "board_sha256": board.sha256,
                 "approvers": sorted(approvers),
                 "authorised": board.satisfied_by(approvers),
+                "retire_authorised": board.satisfied_by({a.signer for a in counted if a.retire}),
             }
         )
         return approvers
@@ -384,13 +446,10 @@ class Successors:
                 return approval
         return None
 
-    def _approvers(self, conn: Connection, board: Board, target: str, now: float) -> set[str]:
-        return {a.signer for a in self._counted(conn, board, target, now)}
-
     def _counted(self, conn: Connection, board: Board, target: str, now: float) -> list[Approval]:
-        """The stored approvals of ``target`` that count: each verifies, is a member's, has not
-        expired and was not withdrawn (each row is checked again: the operator may have written
-        it)."""
+        """The stored approvals of ``target`` that count: each verifies, is a member's, was signed
+        under the current board's generation, has not expired and was not withdrawn (each row is
+        checked again: the operator may have written it)."""
         valid: list[Approval] = []
         rows = conn.execute(
             select(successor_approvals.c.signer, successor_approvals.c.document).where(
@@ -399,7 +458,12 @@ class Successors:
         )
         for row in rows:
             approval = _checked(row.document, target, row.signer)
-            if approval is not None and approval.expires > now and approval.signer in board.members:
+            if (
+                approval is not None
+                and approval.expires > now
+                and approval.signer in board.members
+                and approval.generation == board.generation
+            ):
                 valid.append(approval)
         withdrawn = self._withdrawn(conn, {a.digest for a in valid})
         return [a for a in valid if a.digest not in withdrawn]
@@ -407,7 +471,9 @@ class Successors:
     def authorise(self, conn: Connection, peer: VerifiedEvidence, key_id: str, now: float) -> dict[str, Any]:
         """In the key release's write transaction: the board's authorisation of ``peer`` (its
         platform and identity claims) for the master key ``key_id``, for the ledger; an
-        :class:`AppraisalError` without it, a :class:`StorageError` for an altered board."""
+        :class:`AppraisalError` without it, a :class:`StorageError` for an altered board.
+        ``retire`` in the result: the approvals that count and say ``retire`` meet the board's
+        rule as well (docs/cas.md "Retiring the old version"; :meth:`retire` does it)."""
         board = load_board(conn, self.cas.sealer)
         if board is None:
             raise AppraisalError("this CAS has no successor board: it hands its key over to no other version")
@@ -417,7 +483,7 @@ class Successors:
             lacking = ", ".join(missing) or "-"
             raise AppraisalError(f"the joiner's evidence lacks the identity claims {lacking}")
         claims = {n: claim_text(peer.claims[n]) for n in names}
-        target = target_of(key_id, peer.platform.value, claims)
+        target = target_of(key_id, peer.platform.value, claims, board.generation)
         counted = self._counted(conn, board, target, now)
         approvers = {a.signer for a in counted}
         if not board.satisfied_by(approvers):
@@ -425,10 +491,95 @@ class Successors:
                 f"no successor authorisation for these claims (target {target[:16]}…): "
                 f"{len(approvers)} valid approval(s), the successor board needs {board.needed}"
             )
+        retirers = {a.signer for a in counted if a.retire}
         return {
             "authorisation": target, "approvers": sorted(approvers), "board_sha256": board.sha256,
-            "claims": claims, "approvals": sorted(a.digest for a in counted),
+            "generation": board.generation, "claims": claims, "approvals": sorted(a.digest for a in counted),
+            "retire": board.satisfied_by(retirers), "retire_approvers": sorted(retirers),
         }  # fmt: skip
+
+    # --- retirement (docs/cas.md "Retiring the old version") ----------------------------------
+
+    @staticmethod
+    def identity(evidence: VerifiedEvidence) -> tuple[str, dict[str, str]] | None:
+        """The identity digest (:func:`identity_digest`) and claims of ``evidence``; ``None`` on
+        a platform without identity claims, or evidence that lacks one."""
+        names = IDENTITY_CLAIMS.get(evidence.platform, ())
+        if not names or any(n not in evidence.claims for n in names):
+            return None
+        claims = {n: claim_text(evidence.claims[n]) for n in names}
+        return identity_digest(evidence.platform.value, claims), claims
+
+    def _retired(self, conn: Connection) -> set[str]:
+        """The retired identities, authenticated: the board's MAC covers them. Rows without a
+        board are a StorageError: a retirement is only ever written with one, so the operator
+        deleted the board (to un-retire a version)."""
+        board = load_board(conn, self.cas.sealer)
+        retired = retired_identities(conn)
+        if board is None and retired:
+            raise StorageError(
+                "retired versions are stored but the successor board is gone: the database was altered"
+            )
+        return retired
+
+    def check_retired(self, conn: Connection, own: VerifiedEvidence, peer: VerifiedEvidence) -> None:
+        """In every key release's write transaction: an :class:`AppraisalError` when this CAS's
+        own version, or the joiner's, was retired."""
+        retired = self._retired(conn)
+        if not retired:
+            return
+        mine, theirs = self.identity(own), self.identity(peer)
+        if mine is not None and mine[0] in retired:
+            raise AppraisalError(
+                f"this CAS's version ({_claims_shown(mine[1])}) was retired after it handed the master key"
+                " over to its successor: it releases the key to no one"
+            )
+        if theirs is not None and theirs[0] in retired:
+            raise AppraisalError(
+                f"the joining CAS's version ({_claims_shown(theirs[1])}) was retired: no CAS of this "
+                "database releases the master key to it"
+            )
+
+    def refuse_retired_start(self, own: Callable[[datetime], VerifiedEvidence]) -> None:
+        """At startup (``cas serve``), before anything is written: an :class:`AppraisalError`
+        when this CAS's version (``own``: its own evidence, verified at a given time) was
+        retired on this database. Its evidence is verified only when some version was retired."""
+        with self.cas.db.read() as conn:
+            retired = self._retired(conn)
+        if not retired:
+            return
+        mine = self.identity(own(datetime.fromtimestamp(self.clock(), UTC)))
+        if mine is not None and mine[0] in retired:
+            raise AppraisalError(
+                f"this CAS's version ({_claims_shown(mine[1])}) was retired on this database (docs/cas.md "
+                '"Retiring the old version"): it does not start; start its successor instead'
+            )
+
+    def retire(
+        self, conn: Connection, releaser: VerifiedEvidence, authorisation: dict[str, Any], now: float
+    ) -> dict[str, Any]:
+        """In the key release's write transaction, after the release was recorded, when
+        :meth:`authorise` said ``retire``: retire the releasing CAS's version (its own evidence's
+        identity), authenticate the board with it, and record it."""
+        mine = self.identity(releaser)
+        if mine is None:
+            raise AppraisalError("this CAS's own evidence has no identity claims: it cannot be retired")
+        digest, claims = mine
+        conn.execute(
+            insert(successor_retired).values(
+                identity=digest, platform=releaser.platform.value, claims=jcs(claims).decode(),
+                successor=authorisation["authorisation"], created_at=now,
+            )
+        )  # fmt: skip
+        bind_state(conn, self.cas.sealer)
+        event = {
+            "identity": digest, "platform": releaser.platform.value, "claims": claims,
+            "successor": authorisation["authorisation"], "successor_claims": authorisation["claims"],
+            "approvers": authorisation["retire_approvers"], "board_sha256": authorisation["board_sha256"],
+            "generation": authorisation["generation"],
+        }  # fmt: skip
+        self.cas.events.record(conn, EVENT_RETIRED, None, event)
+        return event
 
     def show(self) -> dict[str, Any]:
         """The board, this CAS's master key id and the approvals (for ``cas successor show``
@@ -436,7 +587,12 @@ class Successors:
         now = self.clock()
         with self.cas.db.read() as conn:
             board = self._board(conn)
-            key_id = _current_key_id(conn)
+            key_id = current_key_id(conn)
+            retired = [
+                shown
+                for r in conn.execute(select(successor_retired).order_by(successor_retired.c.created_at))
+                if (shown := _retired_row(r)) is not None
+            ]
             rows = conn.execute(select(*_ROW)).all()
             approvals = [
                 a for a in (_checked(r.document, r.target, r.signer) for r in rows) if a and a.expires > now
@@ -450,18 +606,23 @@ class Successors:
                      "claims": approval.claims, "master_key_id": approval.master_key_id, "approvers": [],
                      "withdrawn": []},
                 )  # fmt: skip
-                if approval.signer not in board.members:
+                if approval.signer not in board.members or approval.generation != board.generation:
                     continue
-                shown = {"signer": approval.signer, "expires": approval.expires, "approval": approval.digest}
+                shown = {"signer": approval.signer, "expires": approval.expires, "approval": approval.digest,
+                         "retire": approval.retire}  # fmt: skip
                 if approval.digest in withdrawn:
                     entry["withdrawn"].append({**shown, "withdrawn_at": int(withdrawn[approval.digest])})
                 else:
                     entry["approvers"].append(shown)
         for entry in targets.values():
             entry["authorised"] = board.satisfied_by({a["signer"] for a in entry["approvers"]})
+            entry["retire"] = board.satisfied_by({a["signer"] for a in entry["approvers"] if a["retire"]})
         return {
-            "board": board.to_json(), "board_sha256": board.sha256, "needed": board.needed,
-            "master_key_id": key_id, "approvals": sorted(targets.values(), key=lambda e: e["target"]),
+            "board": board.to_json(), "board_sha256": board.sha256, "generation": board.generation,
+            "needed": board.needed, "master_key_id": key_id,
+            "approvals": sorted((e for e in targets.values() if e["approvers"] or e["withdrawn"]),
+                                key=lambda e: e["target"]),
+            "retired": retired,
         }  # fmt: skip
 
 
@@ -473,3 +634,21 @@ def _checked(document: str, target: str, signer: str) -> Approval | None:
     except (ValueError, RecursionError, ConfideError):
         return None
     return approval if approval.target == target and approval.signer == signer else None
+
+
+def _claims_shown(claims: Mapping[str, str]) -> str:
+    return ", ".join(f"{k}={v[:16]}…" if len(v) > 16 else f"{k}={v}" for k, v in claims.items())
+
+
+def _retired_row(row: Any) -> dict[str, Any] | None:
+    """A ``successor_retired`` row as ``show`` lists it, when its platform and claims hash to its
+    identity (the set of identities is authenticated by the board's MAC; the text beside each is
+    checked here); ``None`` otherwise."""
+    try:
+        claims = json.loads(row.claims)
+        if not isinstance(claims, dict) or identity_digest(str(row.platform), claims) != row.identity:
+            return None
+    except (ValueError, TypeError, RecursionError, ConfideError):
+        return None
+    return {"identity": str(row.identity), "platform": str(row.platform), "claims": claims,
+            "successor": str(row.successor), "retired_at": int(row.created_at)}  # fmt: skip

@@ -1,7 +1,9 @@
 """The successor board: who may authorise handing the master key over to another version.
 
-Fixed when the CAS is initialised (``cas serve --successor-board FILE`` on the start that creates
-the master key): a ``require-all`` or ``require-at-least-N`` rule over stakeholder identities,
+Set when the CAS is initialised (``cas serve --successor-board FILE`` on the start that creates
+the master key), changed afterwards only with its own quorum (:mod:`confide.cas.board_change`,
+docs/cas.md "Changing the successor board"): a ``require-all`` or ``require-at-least-N`` rule
+over stakeholder identities,
 in the policy boards' format and evaluated by their code (:mod:`confide.policy.access`). Stored
 as one row (``successor_board``) whose record is authenticated with HMAC-SHA256 under a key
 derived from the master key with HKDF-SHA256 (RFC 5869 §2: no salt, info
@@ -9,13 +11,21 @@ derived from the master key with HKDF-SHA256 (RFC 5869 §2: no salt, info
 who controls the database, can delete it (then no hand-over happens) but cannot write one the
 CAS accepts. :func:`load_board` checks it at every use; a mismatch is a
 :class:`~confide.errors.StorageError`. A master-key rotation checks it under the old key and
-authenticates it under the new one in its transaction (:func:`reauthenticate_board`). Changing
-the board is not offered. The approvals it counts are :mod:`confide.cas.successor`'s.
+authenticates it under the new one in its transaction (:func:`reauthenticate_board`). The
+approvals it counts are :mod:`confide.cas.successor`'s.
 
-The MAC also covers the set of withdrawn approvals (docs/cas.md "Withdrawing an approval"), once
-there is one: a withdrawal rewrites the MAC in its transaction (:func:`bind_withdrawals`), so the
-operator cannot delete a withdrawal to make its approval count again without the board failing
-to authenticate (a StorageError, and no hand-over).
+The record carries the board's *generation*: 0 when it is set at initialisation (a
+:data:`BOARD_RECORD_TYPE` record, without ``generation``), one more at every change
+(:func:`replace_board`; a :data:`CHANGED_RECORD_TYPE` record, which code from before schema 9
+refuses rather than misreads); approvals name the generation they were signed under, so none
+signed under an earlier board counts (docs/cas.md "Changing the successor board").
+
+The MAC also covers the set of withdrawn approvals (docs/cas.md "Withdrawing an approval") and
+the set of retired versions (docs/cas.md "Retiring the old version"), once there is one of
+each: a withdrawal or a retirement rewrites the MAC in its transaction (:func:`bind_state`), so
+the operator cannot delete a withdrawal (to make its approval count again) or a retirement (to
+let the retired version have the key again) without the board failing to authenticate (a
+StorageError, and no hand-over, no release at all).
 """
 
 from __future__ import annotations
@@ -24,14 +34,14 @@ import hashlib
 import hmac
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, insert, select
 
-from confide.cas.db import successor_board, successor_withdrawals
+from confide.cas.db import meta, successor_board, successor_retired, successor_withdrawals
 from confide.cas.secrets import Sealer
 from confide.errors import ConfideError, ParseError, PolicyError, StorageError, UsageError
 from confide.identity import PublicIdentity
@@ -42,18 +52,31 @@ from confide.policy.loader import parse_yaml
 __all__ = [
     "BOARD_INFO",
     "EVENT_BOARD",
+    "MAX_LIFETIME",
     "Board",
-    "bind_withdrawals",
+    "bind_state",
     "board_from_json",
+    "current_key_id",
     "load_board",
     "parse_board_file",
     "reauthenticate_board",
+    "replace_board",
+    "retired_identities",
     "store_board",
 ]
 
-BOARD_RECORD_TYPE = "confide/successor-board/v1"
+BOARD_RECORD_TYPE = "confide/successor-board/v1"  # the board set at initialisation (generation 0)
+# A board a change stored (generation 1 or more; docs/cas.md "Changing the successor board").
+# Another type on purpose: code from before schema 9, which may still run on the migrated
+# database, reads a v1 record's board and ignores a generation, so it would apply a changed
+# board's rule to approvals signed before the change; it refuses a v2 record instead.
+CHANGED_RECORD_TYPE = "confide/successor-board/v2"
 BOARD_INFO = b"confide-successor-board/v1"  # the HKDF info of the board's MAC key (RFC 5869 §2.3)
 EVENT_BOARD = "successor-board-set"
+MAX_LIFETIME = (
+    90 * 24 * 3600
+)  # an approval (of a successor or a board change) expires at most this long ahead
+_KEY_ID_META = "master_key_id"  # confide.cas.rotation.KEY_ID_META (rotation imports this module)
 _MAX_MEMBERS = 64
 _MAX_BOARD_FILE = 64 * 1024
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
@@ -63,9 +86,11 @@ _KEY_ID = re.compile(r"[0-9a-f]{32}")
 @dataclass(frozen=True)
 class Board:
     """A successor board: a ``require-all`` or ``require-at-least-N`` rule over identity
-    fingerprints (:mod:`confide.policy.access`)."""
+    fingerprints (:mod:`confide.policy.access`); ``generation``: how many changes made it the
+    stored board (0: set at initialisation; not part of :meth:`to_json` or :attr:`sha256`)."""
 
     rule: RequireAll | RequireAtLeast
+    generation: int = field(default=0)
 
     @property
     def members(self) -> frozenset[str]:
@@ -148,20 +173,49 @@ def parse_board_file(path: Path) -> Board:
     return board_from_json(data, f"successor board {path}")
 
 
-def _mac(key: bytes, key_id: str, record: str, withdrawn: str | None) -> str:
-    """HMAC-SHA256 of the board's record under its key; ``withdrawn``: :func:`_withdrawn`
-    (``None``, no withdrawal: the message is the one a board had before withdrawals existed)."""
+def _mac(key: bytes, key_id: str, record: str, bound: tuple[str | None, str | None]) -> str:
+    """HMAC-SHA256 of the board's record under its key; ``bound``: :func:`_bound` (``None``
+    parts are left out: the message of a board with no withdrawal and no retirement is the one
+    a board had before either existed)."""
+    withdrawn, retired = bound
     message = BOARD_INFO + b"\x00" + key_id.encode() + b"\x00" + record.encode()
     if withdrawn is not None:
         message += b"\x00withdrawn\x00" + withdrawn.encode()
+    if retired is not None:
+        message += b"\x00retired\x00" + retired.encode()
     return hmac.new(key, message, "sha256").hexdigest()
 
 
-def _withdrawn(conn: Connection) -> str | None:
-    """SHA-256 of the withdrawn approvals' digests, sorted, one a line; ``None`` for none."""
+def _digest_of(values: list[str]) -> str | None:
+    return hashlib.sha256("\n".join(values).encode()).hexdigest() if values else None
+
+
+def _bound(conn: Connection) -> tuple[str | None, str | None]:
+    """SHA-256 of the withdrawn approvals' digests and of the retired identities, each sorted,
+    one a line (``None`` for none). Each must be 64 lower-case hex digits (a StorageError
+    otherwise): only then is "one a line" injective. SQLite does not enforce ``String(64)``, and
+    one row holding two digests joined by a newline would hash as the two rows did, leaving
+    neither withdrawn nor retired under a MAC that still verifies."""
     rows = conn.execute(select(successor_withdrawals.c.approval).order_by(successor_withdrawals.c.approval))
-    digests = [str(r.approval) for r in rows]
-    return hashlib.sha256("\n".join(digests).encode()).hexdigest() if digests else None
+    withdrawn = [str(r.approval) for r in rows]
+    retired = sorted(retired_identities(conn))
+    if not all(_FINGERPRINT.fullmatch(v) for v in (*withdrawn, *retired)):
+        raise StorageError(
+            "a stored withdrawal or retirement is not a SHA-256 in hex: the database was altered"
+        )
+    return _digest_of(withdrawn), _digest_of(retired)
+
+
+def retired_identities(conn: Connection) -> set[str]:
+    """The stored retired identities (SHA-256 hex each), *not* authenticated by themselves:
+    :func:`load_board` in the same transaction checks that the board's MAC covers them."""
+    return {str(r.identity) for r in conn.execute(select(successor_retired.c.identity))}
+
+
+def current_key_id(conn: Connection) -> str | None:
+    """The id of the master key the database names (``None``: none yet)."""
+    value = conn.execute(select(meta.c.value).where(meta.c.key == _KEY_ID_META)).scalar()
+    return None if value is None else str(value)
 
 
 def _board_key(sealer: Sealer, key_id: str) -> bytes:
@@ -183,7 +237,7 @@ def store_board(conn: Connection, sealer: Sealer, key_id: str, board: Board, at:
         )
     record = {"board": board.to_json(), "set_at": int(at), "type": BOARD_RECORD_TYPE}
     text = jcs(record).decode()
-    mac = _mac(_board_key(sealer, key_id), key_id, text, _withdrawn(conn))
+    mac = _mac(_board_key(sealer, key_id), key_id, text, _bound(conn))
     conn.execute(insert(successor_board).values(id=1, record=text, key_id=key_id, mac=mac))
     return record
 
@@ -199,16 +253,27 @@ def load_board(conn: Connection, sealer: Sealer) -> Board | None:
     )
     if row.id != 1 or not isinstance(row.key_id, str) or not _KEY_ID.fullmatch(row.key_id):
         raise StorageError(altered)
-    expected = _mac(_board_key(sealer, row.key_id), row.key_id, str(row.record), _withdrawn(conn))
+    expected = _mac(_board_key(sealer, row.key_id), row.key_id, str(row.record), _bound(conn))
     if not hmac.compare_digest(expected.encode(), str(row.mac).encode()):
         raise StorageError(altered)
     try:
         record = json.loads(row.record)
-        if not isinstance(record, dict) or record.get("type") != BOARD_RECORD_TYPE:
+        if not isinstance(record, dict):
             raise ValueError
-        return board_from_json(record["board"], "stored successor board")
+        if record.get("type") == BOARD_RECORD_TYPE and "generation" not in record:
+            generation = 0
+        elif record.get("type") == CHANGED_RECORD_TYPE:
+            generation, change = record["generation"], record["change"]
+            if isinstance(generation, bool) or not isinstance(generation, int) or not 0 < generation < 2**53:
+                raise ValueError
+            if not isinstance(change, str) or not _FINGERPRINT.fullmatch(change):
+                raise ValueError
+        else:
+            raise ValueError
+        board = board_from_json(record["board"], "stored successor board")
     except (ValueError, KeyError, ConfideError):
         raise StorageError(altered) from None
+    return Board(board.rule, generation)
 
 
 def reauthenticate_board(conn: Connection, old: Sealer, new: Sealer, new_key_id: str) -> bool:
@@ -217,14 +282,32 @@ def reauthenticate_board(conn: Connection, old: Sealer, new: Sealer, new_key_id:
     if load_board(conn, old) is None:
         return False
     record = str(conn.execute(select(successor_board.c.record)).scalar_one())
-    mac = _mac(_board_key(new, new_key_id), new_key_id, record, _withdrawn(conn))
+    mac = _mac(_board_key(new, new_key_id), new_key_id, record, _bound(conn))
     conn.execute(successor_board.update().values(key_id=new_key_id, mac=mac))
     return True
 
 
-def bind_withdrawals(conn: Connection, sealer: Sealer) -> None:
-    """In a withdrawal's transaction, after :func:`load_board` authenticated the board and the
-    withdrawal was stored: authenticate the board with the new set of withdrawals."""
+def bind_state(conn: Connection, sealer: Sealer) -> None:
+    """In a withdrawal's or a retirement's transaction, after :func:`load_board` authenticated
+    the board and the row was stored: authenticate the board with the new sets of withdrawals
+    and retirements."""
     row = conn.execute(select(successor_board.c.record, successor_board.c.key_id)).one()
-    mac = _mac(_board_key(sealer, row.key_id), row.key_id, str(row.record), _withdrawn(conn))
+    mac = _mac(_board_key(sealer, row.key_id), row.key_id, str(row.record), _bound(conn))
     conn.execute(successor_board.update().values(mac=mac))
+
+
+def replace_board(
+    conn: Connection, sealer: Sealer, current: Board, new: Board, change: str, at: float
+) -> dict[str, Any]:
+    """In a board change's transaction, after :func:`load_board` authenticated ``current`` and
+    its quorum approved ``change``: store ``new`` as generation ``current.generation + 1``,
+    authenticated under the same master key as the old record; returns the new record."""
+    key_id = str(conn.execute(select(successor_board.c.key_id)).scalar_one())
+    record = {
+        "board": new.to_json(), "change": change, "generation": current.generation + 1,
+        "set_at": int(at), "type": CHANGED_RECORD_TYPE,
+    }  # fmt: skip
+    text = jcs(record).decode()
+    mac = _mac(_board_key(sealer, key_id), key_id, text, _bound(conn))
+    conn.execute(successor_board.update().values(record=text, mac=mac))
+    return record

@@ -60,6 +60,10 @@ class EntryType(StrEnum):
     SUCCESSOR_APPROVAL_REFUSED = "successor.approval-refused"
     SUCCESSOR_WITHDRAWN = "successor.withdrawn"  # a member's withdrawal of their own approval
     SUCCESSOR_WITHDRAWAL_REFUSED = "successor.withdrawal-refused"
+    SUCCESSOR_BOARD_CHANGE_APPROVED = "successor.board-change-approved"  # a member's approval of a change
+    SUCCESSOR_BOARD_CHANGE_REFUSED = "successor.board-change-refused"
+    SUCCESSOR_BOARD_CHANGED = "successor.board-changed"  # the current board's quorum changed it
+    SUCCESSOR_VERSION_RETIRED = "successor.version-retired"  # the releasing version, after a hand-over
     POLICY_SUBMITTED = "policy.submitted"  # awaiting board approval
     POLICY_STALE = "policy.stale"  # a pending version that can no longer apply
     POLICY_REFUSED = "policy.refused"  # an update by an identity without the right
