@@ -8,6 +8,7 @@ Byte counts are those of the objects that appear in the volume directory.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import secrets
@@ -48,7 +49,7 @@ from confide.volume.format import (
     encode_manifest_body,
     parse_manifest_body,
 )
-from confide.volume.mount import fuse_usable, mount_volume
+from confide.volume.mount import _TmpfsMount, fuse_usable, mount_volume
 from confide.volume.reader import VolumeReader
 from confide.volume.store import MANIFEST_NAME, OBJECTS_DIR, load_sealed
 
@@ -634,6 +635,90 @@ def test_a_session_that_changes_only_metadata_keeps_version_2(tmp_path: Path) ->
     tag = s.seal()
     assert _version(vol) == 2
     assert _contents(vol, key, tag, tmp_path) == {"f": b"data", "plain/p": b"Unprotected"}
+
+
+# --- writable tmpfs (/dev/shm) mounts ---------------------------------------------------------
+
+
+def _shm_mount(vol: Path, key: VolumeKey, mnt: Path, tag: str) -> _TmpfsMount:
+    m, tag = load_sealed(vol, key, tag)
+    return _TmpfsMount(vol, key, mnt, tag, True, m, None, private_namespace=False)
+
+
+def _ids(vol: Path, key: VolumeKey, tag: str, path: str) -> tuple[bytes, ...]:
+    chunks = load_sealed(vol, key, tag)[0].by_path()[path].chunks
+    assert chunks is not None
+    return chunks
+
+
+def _kept(old: tuple[bytes, ...], new: tuple[bytes, ...]) -> list[int]:
+    return [i for i in range(min(len(old), len(new))) if old[i] == new[i]]
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_shm_unmount_reseals_only_the_changed_chunks_of_chunked_files(tmp_path: Path) -> None:
+    vol, key, tag, files = _chunked_volume(tmp_path)  # a.bin, b.bin: 5 chunks each, chunked
+    a0, b0 = _ids(vol, key, tag, "a.bin"), _ids(vol, key, tag, "b.bin")
+    before = _objects(vol)
+    mnt = tmp_path / "mnt"
+    h = _shm_mount(vol, key, mnt, tag)
+    fd = os.open(mnt / "a.bin", os.O_RDWR)
+    os.pwrite(fd, b"new", 2 * CS + 5)  # in place: chunk 2
+    os.close(fd)
+    with (mnt / "b.bin").open("ab") as f:  # appended: chunks 5 and 6 (10 bytes)
+        f.write(_data(CS + 10, 13))
+    (mnt / "c.bin").write_bytes(b"new file")  # new files: one object, as before
+    tag1 = h.close()
+    a1, b1 = _ids(vol, key, tag1, "a.bin"), _ids(vol, key, tag1, "b.bin")
+    assert _kept(a0, a1) == [0, 1, 3, 4] and len(a1) == 5
+    assert _kept(b0, b1) == [0, 1, 2, 3, 4] and len(b1) == 7 and not set(b1[5:]) & set(b0)
+    written = _new_bytes(before, _objects(vol))
+    c_obj = 8 + TAG_SIZE
+    assert written == (CS + TAG_SIZE) + (CS + TAG_SIZE) + (10 + TAG_SIZE) + c_obj
+    want_a = bytearray(files["a.bin"])
+    want_a[2 * CS + 5 : 2 * CS + 8] = b"new"
+    want = {"a.bin": bytes(want_a), "b.bin": files["b.bin"] + _data(CS + 10, 13), "c.bin": b"new file"}
+    assert _contents(vol, key, tag1, tmp_path) == want
+    assert not verify_volume(vol, key, tag1).unreferenced_objects  # replaced chunk 2 deleted
+
+    # rewritten with the same bytes (a new inode, a new mtime): no chunk sealed anew; a
+    # truncation inside chunk 2: chunks 0 and 1 kept, chunk 2 (shorter) sealed anew
+    before = _objects(vol)
+    h = _shm_mount(vol, key, mnt, tag1)
+    (mnt / "b.bin").write_bytes(want["b.bin"])
+    os.truncate(mnt / "a.bin", 2 * CS + 7)
+    tag2 = h.close()
+    assert _ids(vol, key, tag2, "b.bin") == b1
+    a2 = _ids(vol, key, tag2, "a.bin")
+    assert _kept(a1, a2) == [0, 1] and len(a2) == 3
+    assert _new_bytes(before, _objects(vol)) == 7 + TAG_SIZE
+    want["a.bin"] = want["a.bin"][: 2 * CS + 7]
+    assert _contents(vol, key, tag2, tmp_path) == want
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_shm_unmount_never_keeps_a_sealed_chunk_that_no_longer_authenticates(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A chunk object changed in storage during the session is never kept as "unchanged": the
+    comparison authenticates it first, and the mounted (authentic) bytes are sealed anew."""
+    vol, key, tag, files = _chunked_volume(tmp_path)
+    a0 = _ids(vol, key, tag, "a.bin")
+    mnt = tmp_path / "mnt"
+    h = _shm_mount(vol, key, mnt, tag)
+    p = _chunk_path(vol, key, tag, "a.bin", 3)
+    good = p.read_bytes()
+    p.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # after the decryption into /dev/shm
+    fd = os.open(mnt / "a.bin", os.O_RDWR)
+    os.pwrite(fd, b"x", CS)  # chunk 1 changed in the mounted copy
+    os.close(fd)
+    with caplog.at_level(logging.WARNING, logger="confide.volume.mount"):
+        tag1 = h.close()
+    assert "1 sealed chunk(s) of 'a.bin' failed authentication" in caplog.text
+    assert _kept(a0, _ids(vol, key, tag1, "a.bin")) == [0, 2, 4]
+    want = bytearray(files["a.bin"])
+    want[CS] = ord("x")
+    assert _contents(vol, key, tag1, tmp_path)["a.bin"] == bytes(want)
 
 
 # --- a real FUSE mount -----------------------------------------------------------------------

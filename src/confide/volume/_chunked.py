@@ -241,6 +241,51 @@ class ChunkReader:
                 out[lo - offset : hi - offset] = scratch[lo - base : hi - base]
         return end - offset
 
+    def changed(self, e: Entry, src_fd: int, size: int) -> tuple[set[int], list[int]]:
+        """Compare the first ``size`` bytes of ``src_fd`` (a new version of the chunked file
+        ``e``, read with pread) with ``e``'s sealed chunks; return (the indexes of the chunks
+        that must be sealed anew, the indexes of old chunks that did not authenticate).
+
+        Chunk ``i`` is unchanged only when ``e`` has it, its plaintext length is the same and
+        the old chunk object authenticates (as in :meth:`read_into`) to exactly the new bytes;
+        chunks past ``e``'s end, of another length, or whose object fails authentication are
+        changed (the new bytes are then sealed under a new id: nothing unauthenticated is
+        kept). For :func:`write_chunks` (``dirty``) when the writes are not tracked (the
+        tmpfs mounts). :class:`OSError` if ``src_fd`` has fewer than ``size`` bytes.
+        """
+        assert e.chunks is not None
+        cs = self.chunk_size
+        n = chunked_count(size, cs)
+        dirty = set(range(len(e.chunks), n))
+        unauthentic: list[int] = []
+        dfd = self._dir()
+        raw, _ = _buffers(cs)
+        old, new = bytearray(cs), bytearray(cs)  # bytearray ==: memcmp (memoryview == is per item)
+        omv, nmv = memoryview(old), memoryview(new)
+        opener = self._openers[e.region]
+        for i in range(min(len(e.chunks), n)):
+            plen = chunked_length(size, cs, i)
+            if plen != chunked_length(e.size, cs, i):
+                dirty.add(i)
+                continue
+            got = os.preadv(src_fd, [nmv[:plen]], i * cs)
+            while 0 < got < plen:
+                k = os.preadv(src_fd, [nmv[got:plen]], i * cs + got)
+                if k == 0:
+                    break
+                got += k
+            if got != plen:
+                raise OSError(f"chunk {i}: source has {got} bytes, expected {plen}")
+            try:
+                _open_chunk(dfd, opener, e.chunks[i], i, plen, raw, omv)
+            except SignatureError:
+                unauthentic.append(i)
+                dirty.add(i)
+                continue
+            if (old != new) if plen == cs else (old[:plen] != new[:plen]):
+                dirty.add(i)
+        return dirty, unauthentic
+
     def decrypt(self, e: Entry, out_fd: int | None) -> None:
         """Authenticate every chunk object of ``e`` (and write the plaintext to ``out_fd``:
         runs of non-zero chunks in writes of up to :data:`~confide.volume._io.BATCH_BYTES`,
