@@ -23,7 +23,9 @@ chunked file again through the same reader ("re-read": chunk keys cached). With 
 usable, also the end-to-end cost through a real writable FUSE mount (``pwrite`` + ``fsync``
 of 100 bytes, chunked only), and the FUSE read path: per round a fresh read-only mount
 (empty kernel page cache) and both files read through it with 1 MiB reads, in alternating
-order (every byte decrypted and authenticated by the FUSE server).
+order (every byte decrypted and authenticated by the FUSE server). And both files
+authenticated and decrypted into /dev/shm the way ``open_volume`` (and so a tmpfs mount)
+does it per file, one thread, alternating.
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ from pathlib import Path
 
 from confide.volume import VolumeKey, add_sources, create_volume, seal_volume
 from confide.volume._fusefs import VolumeFS, seal
+from confide.volume.check import _check_file
 from confide.volume.format import FILE_ID_SIZE
 from confide.volume.mount import fuse_usable, mount_volume
 from confide.volume.reader import VolumeReader
-from confide.volume.store import object_path, write_object
+from confide.volume.store import load_sealed, object_path, write_object
 
 MiB = 1 << 20
 
@@ -76,6 +79,28 @@ def _read_rate(reader: VolumeReader, path: str) -> float:
     while n := reader.read_into(e, off, buf):
         off += n
     return off / MiB / (time.perf_counter() - t)
+
+
+def _decrypt_rates(
+    vol: Path, key: VolumeKey, tag: str, rounds: int, size: int
+) -> tuple[list[float], list[float]]:
+    """Each file authenticated and decrypted into a new /dev/shm file (the step ``open_volume``
+    and the tmpfs mounts run per file; no thread pool), alternating order; MiB/s."""
+    m, _ = load_sealed(vol, key, tag)
+    rates: dict[str, list[float]] = {"whole.bin": [], "db.bin": []}
+    with tempfile.TemporaryDirectory(prefix="confide-bench-cow-", dir="/dev/shm") as shm:
+        for i in range(rounds):
+            for path in ("whole.bin", "db.bin") if i % 2 == 0 else ("db.bin", "whole.bin"):
+                out = Path(shm) / path
+                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    t = time.perf_counter()
+                    _check_file(vol, key, m, m.by_path()[path], out_fd=fd, pool=None)
+                    rates[path].append(size / MiB / (time.perf_counter() - t))
+                finally:
+                    os.close(fd)
+                    out.unlink()
+    return rates["whole.bin"], rates["db.bin"]
 
 
 def main() -> None:
@@ -165,6 +190,10 @@ def main() -> None:
         print(f"VolumeReader read, chunk objects (version 3) {rc:6.0f} MiB/s  (runs {_runs(read_chunked)})")
         print(f"VolumeReader re-read, chunk objects          {rr:6.0f} MiB/s  (runs {_runs(reread_chunked)})")
         print(f"ratio chunked / one object: first read {rc / rw:.2f}, re-read {rr / rw:.2f}")
+        shm_whole, shm_chunked = _decrypt_rates(vol, key, tag, args.reads, size)
+        sw, sc = statistics.median(shm_whole), statistics.median(shm_chunked)
+        print(f"decrypt into /dev/shm (open_volume's per-file step, one thread): one object {sw:6.0f} MiB/s, "
+              f"chunked {sc:6.0f} MiB/s; ratio {sc / sw:.2f}")  # fmt: skip
 
         why = fuse_usable()
         if why is not None:
