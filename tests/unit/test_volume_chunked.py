@@ -8,6 +8,7 @@ Byte counts are those of the objects that appear in the volume directory.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import random
@@ -748,3 +749,34 @@ def test_fuse_fsync_of_a_small_change_writes_one_chunk(tmp_path: Path) -> None:
         # session 0 converts the version-2 object into chunks; session 1 writes one chunk
         assert written == (len(big) + 100 * TAG_SIZE if session == 0 else CS + TAG_SIZE)
     assert _contents(vol, key, tag, tmp_path) == {"db.sqlite": bytes(expect)}
+
+
+@pytest.mark.skipif(FUSE_WHY is not None, reason=f"FUSE unavailable: {FUSE_WHY}")
+def test_fuse_reads_of_chunked_files_are_authenticated(tmp_path: Path) -> None:
+    """The FUSE read path (VolumeReader's ChunkReader, decrypting into libfuse's buffer): a
+    chunked file reads back whole and across chunk boundaries; in a file whose chunks 3 and 4
+    were swapped, the reads that need them are EIO, never data."""
+    vol, key, tag, files = _chunked_volume(tmp_path)
+    p, q = _chunk_path(vol, key, tag, "b.bin", 3), _chunk_path(vol, key, tag, "b.bin", 4)
+    a, b = p.read_bytes(), q.read_bytes()
+    p.write_bytes(b)
+    q.write_bytes(a)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse"):
+        fd = os.open(mnt / "a.bin", os.O_RDONLY)
+        try:
+            assert os.pread(fd, CS + 7, 2 * CS - 3) == files["a.bin"][2 * CS - 3 : 3 * CS + 4]
+        finally:
+            os.close(fd)
+        assert (mnt / "a.bin").read_bytes() == files["a.bin"]
+        fd = os.open(mnt / "b.bin", os.O_RDONLY)
+        try:
+            with pytest.raises(OSError) as ei:
+                os.pread(fd, CS, 3 * CS)
+            assert ei.value.errno == errno.EIO
+        finally:
+            os.close(fd)
+        with pytest.raises(OSError) as ei:
+            (mnt / "b.bin").read_bytes()
+        assert ei.value.errno == errno.EIO

@@ -358,8 +358,9 @@ class ChunkKeys:
         ``cache`` > 0 keeps the AES-GCM contexts of up to that many chunk ids (about 2.5 KiB
         each, with the key schedule), so that a chunk read again skips the key derivation and
         the key setup (~2 us); the whole cache is dropped when full (bounded memory, no
-        per-hit bookkeeping). A context depends only on (volume key, volume id, region, chunk
-        id), so a cached one authenticates exactly as a fresh one would.
+        per-hit bookkeeping; threads racing at the bound may add one entry each over it). A
+        context depends only on (volume key, volume id, region, chunk id), so a cached one
+        authenticates exactly as a fresh one would. Never caches plaintext.
         """
         if region is Region.UNPROTECTED:
             raise ValueError("unprotected files are not chunked")

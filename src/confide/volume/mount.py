@@ -36,6 +36,7 @@ import re
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -451,7 +452,10 @@ def _reseal_chunked(
     differ from the sealed ones are sealed (under new chunk ids). Returns (size, chunk ids)."""
     fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"{str(p)!r} changed into a non-regular file while sealing")
+        size = st.st_size
         dirty, unauthentic = chunks.changed(prev, fd, size)
         if unauthentic:
             log.warning(
