@@ -36,8 +36,8 @@ __all__ = ["KEY_CACHE", "SYNCFS_THRESHOLD", "ChunkReader", "ChunkWrite", "decryp
 _TMP_PREFIX = ".tmp-"
 # AES-GCM contexts of chunk ids kept per region by a ChunkReader (ChunkKeys.opener): ~2.5 KiB
 # each, so ~2.5 MiB per region at most; a re-read of up to this many chunks (64 MiB at the
-# default chunk size) skips the key derivation and setup (re-reads 1.07-1.09x a one-object
-# file, first reads 0.90-0.98x; docs/performance.md, "Chunked reads at one-object speed").
+# default chunk size) skips the key derivation and setup (re-reads 1.00-1.09x a one-object
+# file, first reads 0.89-0.98x; docs/performance.md, "Chunked reads at one-object speed").
 KEY_CACHE = 1024
 # More new chunk objects than this in one write: one syncfs(2) of the volume's file system
 # instead of one fsync(2) per object (thousands of fsyncs for a first write of a large file).
