@@ -8,6 +8,8 @@ Byte counts are those of the objects that appear in the volume directory.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import random
 import secrets
@@ -33,6 +35,7 @@ from confide.volume import (
     seal_volume,
     verify_volume,
 )
+from confide.volume import format as volume_format
 from confide.volume import store as volume_store
 from confide.volume._fusefs import VolumeFS, seal
 from confide.volume.format import (
@@ -47,7 +50,7 @@ from confide.volume.format import (
     encode_manifest_body,
     parse_manifest_body,
 )
-from confide.volume.mount import fuse_usable, mount_volume
+from confide.volume.mount import _TmpfsMount, fuse_usable, mount_volume
 from confide.volume.reader import VolumeReader
 from confide.volume.store import MANIFEST_NAME, OBJECTS_DIR, load_sealed
 
@@ -154,6 +157,43 @@ def test_chunk_keys_are_rfc5869_hkdf_and_unique_per_chunk_id() -> None:
     assert auth.startswith(b"hello")
     with pytest.raises(SignatureError):
         keys.open_into(b"jello" + auth[5:], cid, Region.AUTHENTICATED, out)
+
+
+@given(
+    vk=st.binary(min_size=32, max_size=32),
+    vid=st.binary(min_size=16, max_size=16),
+    cid=st.binary(min_size=16, max_size=16),
+    region=st.sampled_from([Region.ENCRYPTED, Region.AUTHENTICATED]),
+    cache=st.integers(0, 2),
+)
+@settings(max_examples=200)
+def test_chunk_keys_and_openers_match_hkdf_for_any_input(
+    vk: bytes, vid: bytes, cid: bytes, region: Region, cache: int
+) -> None:
+    """The precomputed HMAC states (RFC 2104) give RFC 5869's HKDF, and an opener (with or
+    without its context cache) opens exactly what ChunkKeys seals under the same id."""
+    keys = ChunkKeys(vk, vid)
+    info = b"confide-volume-v3 chunk key" + bytes([region]) + vid + cid
+    assert keys.key(cid, region) == HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(
+        vk
+    )
+    rec = keys.seal(b"plaintext", cid, region)
+    opener = keys.opener(region, cache)
+    for _ in range(2):  # the second time from the cache when there is one
+        out = bytearray(9)
+        assert opener(rec, cid, out) == 9 and out == b"plaintext"
+        with pytest.raises(SignatureError):
+            opener(rec, bytes(b ^ 1 for b in cid), bytearray(9))
+        with pytest.raises(SignatureError):
+            opener(rec[:-1] + bytes([rec[-1] ^ 1]), cid, bytearray(9))
+    with pytest.raises(SignatureError):
+        ChunkKeys(vk, vid).opener(Region.AUTHENTICATED if region is Region.ENCRYPTED else Region.ENCRYPTED)(
+            rec, cid, bytearray(9)
+        )
+    with pytest.raises(ValueError):
+        keys.opener(Region.UNPROTECTED)
+    with pytest.raises(ValueError):
+        keys.opener(region, -1)
 
 
 def _chunked_entry(path: str, size: int, seed: int, region: Region = Region.ENCRYPTED) -> Entry:
@@ -419,6 +459,118 @@ def test_an_older_version_of_a_chunk_is_detected(tmp_path: Path) -> None:
     _assert_detected(vol, key, tag2, "a.bin")
 
 
+def test_a_reader_with_cached_chunk_keys_still_refuses_every_tampering(tmp_path: Path) -> None:
+    """The reader keeps the AES-GCM contexts of the chunks it read, never their plaintext: after
+    a full read, each tampering of a chunk object is refused on the next read through the
+    same reader (whole-chunk and partial reads), and the file reads again once restored."""
+    vol, key, tag, files = _chunked_volume(tmp_path)
+    s = _Session(vol, key, tag)
+    s.write("a.bin", 2 * CS + 5, b"v2")
+    old2 = _chunk_path(vol, key, tag, "a.bin", 2).read_bytes()  # the previous version of chunk 2
+    tag = s.seal()
+    want = bytearray(files["a.bin"])
+    want[2 * CS + 5 : 2 * CS + 7] = b"v2"
+    p = _chunk_path(vol, key, tag, "a.bin", 2)
+    good = p.read_bytes()
+    others = {
+        "same file": _chunk_path(vol, key, tag, "a.bin", 3).read_bytes(),
+        "other file": _chunk_path(vol, key, tag, "b.bin", 2).read_bytes(),
+    }
+    with VolumeReader(vol, key, tag) as r:
+        assert r.read("a.bin", 0, 5 * CS) == want  # every chunk's context now cached
+        assert r.read("a.bin", 0, 5 * CS) == want
+        for name, bad in {
+            "flipped": bytes([good[0] ^ 1]) + good[1:],
+            "flipped tag": good[:-1] + bytes([good[-1] ^ 1]),
+            "truncated": good[:-1],
+            "extended": good + b"\x00",
+            "empty": b"",
+            "older version": old2,
+            **others,
+        }.items():
+            p.write_bytes(bad)
+            for off, n in ((0, 5 * CS), (2 * CS, CS), (2 * CS + 3, 10), (CS + 1, 2 * CS)):
+                with pytest.raises(SignatureError, match="chunk 2"):
+                    r.read("a.bin", off, n)
+                    pytest.fail(f"{name}: read {off}+{n} served")
+            assert r.read("a.bin", 0, 2 * CS) == want[: 2 * CS]  # the chunks before are fine
+        p.unlink()
+        with pytest.raises(SignatureError, match=r"chunk 2: object \w+ unreadable"):
+            r.read("a.bin", 2 * CS, 1)
+        p.write_bytes(good)
+        assert r.read("a.bin", 0, 5 * CS) == want
+
+
+def test_chunk_reader_key_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    vol, key, tag, files = _chunked_volume(tmp_path)
+    m, _ = load_sealed(vol, key, tag)
+    e = m.by_path()["a.bin"]
+    setups: list[bytes] = []
+    real = volume_format.AESGCM
+
+    def counting(k: bytes) -> object:
+        setups.append(k)
+        return real(k)
+
+    monkeypatch.setattr(volume_format, "AESGCM", counting)
+    reader = _chunked.ChunkReader(vol, ChunkKeys(key.raw, m.volume_id), CS, key_cache=2)
+    try:
+        out = memoryview(bytearray(2 * CS))
+        # cache of 2: {0, 1}; hits; 2 fills it: cleared, {2}; {2, 3}; hits; 0 clears it: {0, 1}
+        for offset, derived in ((0, 2), (0, 0), (CS, 1), (2 * CS, 1), (2 * CS, 0), (0, 2)):
+            before = len(setups)
+            assert reader.read_into(e, offset, out) == 2 * CS
+            assert bytes(out) == files["a.bin"][offset : offset + 2 * CS]
+            assert len(setups) - before == derived, offset
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("batch", [1, 3, 1024])
+def test_chunked_files_extract_with_holes_for_zero_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """open_volume writes runs of non-zero chunks in batches (any batch size gives the same
+    bytes) and leaves full zero chunks as holes."""
+    monkeypatch.setattr(_chunked, "batch_chunks", lambda chunk_size: batch)
+    data = _data(2 * CS, 30) + bytes(3 * CS) + _data(4 * CS, 31) + bytes(CS) + b"tail"
+    vol, key, tag = _volume(tmp_path, {"sparse.bin": data})
+    s = _Session(vol, key, tag)
+    s.write("sparse.bin", 0, data[:1])
+    tag = s.seal()
+    assert load_sealed(vol, key, tag)[0].by_path()["sparse.bin"].chunks is not None
+    out = tmp_path / "out"
+    open_volume(vol, key, out, tag)
+    assert (out / "sparse.bin").read_bytes() == data
+    fd = os.open(out / "sparse.bin", os.O_RDONLY)
+    try:
+        assert os.lseek(fd, 0, os.SEEK_HOLE) == 2 * CS  # the first zero chunks were not written
+        assert os.lseek(fd, 2 * CS, os.SEEK_DATA) == 5 * CS
+    finally:
+        os.close(fd)
+
+
+@given(st.data())
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+def test_chunked_reads_of_any_range_match(tmp_path: Path, data: st.DataObject) -> None:
+    vol = tmp_path / "vol"
+    if not vol.exists():
+        files = {"f.bin": _data(7 * CS + 11, 40), "auth/g.bin": _data(3 * CS, 41)}
+        v, key, tag = _volume(tmp_path, files)
+        s = _Session(v, key, tag)
+        for p in files:
+            s.write(p, 0, files[p][:1])
+        tag = s.seal()
+        (tmp_path / "state").write_text(f"{key.raw.hex()} {tag}")
+    khex, tag = (tmp_path / "state").read_text().split()
+    expect = {"f.bin": _data(7 * CS + 11, 40), "auth/g.bin": _data(3 * CS, 41)}
+    path = data.draw(st.sampled_from(sorted(expect)))
+    off = data.draw(st.integers(0, len(expect[path]) + CS))
+    n = data.draw(st.integers(0, 4 * CS))
+    with VolumeReader(vol, VolumeKey(bytes.fromhex(khex)), tag) as r:
+        assert r.read_entry(r.entry(path), off, n) == expect[path][off : off + n]
+
+
 # --- crashes ---------------------------------------------------------------------------------
 
 
@@ -486,6 +638,90 @@ def test_a_session_that_changes_only_metadata_keeps_version_2(tmp_path: Path) ->
     assert _contents(vol, key, tag, tmp_path) == {"f": b"data", "plain/p": b"Unprotected"}
 
 
+# --- writable tmpfs (/dev/shm) mounts ---------------------------------------------------------
+
+
+def _shm_mount(vol: Path, key: VolumeKey, mnt: Path, tag: str) -> _TmpfsMount:
+    m, tag = load_sealed(vol, key, tag)
+    return _TmpfsMount(vol, key, mnt, tag, True, m, None, private_namespace=False)
+
+
+def _ids(vol: Path, key: VolumeKey, tag: str, path: str) -> tuple[bytes, ...]:
+    chunks = load_sealed(vol, key, tag)[0].by_path()[path].chunks
+    assert chunks is not None
+    return chunks
+
+
+def _kept(old: tuple[bytes, ...], new: tuple[bytes, ...]) -> list[int]:
+    return [i for i in range(min(len(old), len(new))) if old[i] == new[i]]
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_shm_unmount_reseals_only_the_changed_chunks_of_chunked_files(tmp_path: Path) -> None:
+    vol, key, tag, files = _chunked_volume(tmp_path)  # a.bin, b.bin: 5 chunks each, chunked
+    a0, b0 = _ids(vol, key, tag, "a.bin"), _ids(vol, key, tag, "b.bin")
+    before = _objects(vol)
+    mnt = tmp_path / "mnt"
+    h = _shm_mount(vol, key, mnt, tag)
+    fd = os.open(mnt / "a.bin", os.O_RDWR)
+    os.pwrite(fd, b"new", 2 * CS + 5)  # in place: chunk 2
+    os.close(fd)
+    with (mnt / "b.bin").open("ab") as f:  # appended: chunks 5 and 6 (10 bytes)
+        f.write(_data(CS + 10, 13))
+    (mnt / "c.bin").write_bytes(b"new file")  # new files: one object, as before
+    tag1 = h.close()
+    a1, b1 = _ids(vol, key, tag1, "a.bin"), _ids(vol, key, tag1, "b.bin")
+    assert _kept(a0, a1) == [0, 1, 3, 4] and len(a1) == 5
+    assert _kept(b0, b1) == [0, 1, 2, 3, 4] and len(b1) == 7 and not set(b1[5:]) & set(b0)
+    written = _new_bytes(before, _objects(vol))
+    c_obj = 8 + TAG_SIZE
+    assert written == (CS + TAG_SIZE) + (CS + TAG_SIZE) + (10 + TAG_SIZE) + c_obj
+    want_a = bytearray(files["a.bin"])
+    want_a[2 * CS + 5 : 2 * CS + 8] = b"new"
+    want = {"a.bin": bytes(want_a), "b.bin": files["b.bin"] + _data(CS + 10, 13), "c.bin": b"new file"}
+    assert _contents(vol, key, tag1, tmp_path) == want
+    assert not verify_volume(vol, key, tag1).unreferenced_objects  # replaced chunk 2 deleted
+
+    # rewritten with the same bytes (a new inode, a new mtime): no chunk sealed anew; a
+    # truncation inside chunk 2: chunks 0 and 1 kept, chunk 2 (shorter) sealed anew
+    before = _objects(vol)
+    h = _shm_mount(vol, key, mnt, tag1)
+    (mnt / "b.bin").write_bytes(want["b.bin"])
+    os.truncate(mnt / "a.bin", 2 * CS + 7)
+    tag2 = h.close()
+    assert _ids(vol, key, tag2, "b.bin") == b1
+    a2 = _ids(vol, key, tag2, "a.bin")
+    assert _kept(a1, a2) == [0, 1] and len(a2) == 3
+    assert _new_bytes(before, _objects(vol)) == 7 + TAG_SIZE
+    want["a.bin"] = want["a.bin"][: 2 * CS + 7]
+    assert _contents(vol, key, tag2, tmp_path) == want
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_shm_unmount_never_keeps_a_sealed_chunk_that_no_longer_authenticates(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A chunk object changed in storage during the session is never kept as "unchanged": the
+    comparison authenticates it first, and the mounted (authentic) bytes are sealed anew."""
+    vol, key, tag, files = _chunked_volume(tmp_path)
+    a0 = _ids(vol, key, tag, "a.bin")
+    mnt = tmp_path / "mnt"
+    h = _shm_mount(vol, key, mnt, tag)
+    p = _chunk_path(vol, key, tag, "a.bin", 3)
+    good = p.read_bytes()
+    p.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # after the decryption into /dev/shm
+    fd = os.open(mnt / "a.bin", os.O_RDWR)
+    os.pwrite(fd, b"x", CS)  # chunk 1 changed in the mounted copy
+    os.close(fd)
+    with caplog.at_level(logging.WARNING, logger="confide.volume.mount"):
+        tag1 = h.close()
+    assert "1 sealed chunk(s) of 'a.bin' failed authentication" in caplog.text
+    assert _kept(a0, _ids(vol, key, tag1, "a.bin")) == [0, 2, 4]
+    want = bytearray(files["a.bin"])
+    want[CS] = ord("x")
+    assert _contents(vol, key, tag1, tmp_path)["a.bin"] == bytes(want)
+
+
 # --- a real FUSE mount -----------------------------------------------------------------------
 
 FUSE_WHY = fuse_usable()
@@ -513,3 +749,34 @@ def test_fuse_fsync_of_a_small_change_writes_one_chunk(tmp_path: Path) -> None:
         # session 0 converts the version-2 object into chunks; session 1 writes one chunk
         assert written == (len(big) + 100 * TAG_SIZE if session == 0 else CS + TAG_SIZE)
     assert _contents(vol, key, tag, tmp_path) == {"db.sqlite": bytes(expect)}
+
+
+@pytest.mark.skipif(FUSE_WHY is not None, reason=f"FUSE unavailable: {FUSE_WHY}")
+def test_fuse_reads_of_chunked_files_are_authenticated(tmp_path: Path) -> None:
+    """The FUSE read path (VolumeReader's ChunkReader, decrypting into libfuse's buffer): a
+    chunked file reads back whole and across chunk boundaries; in a file whose chunks 3 and 4
+    were swapped, the reads that need them are EIO, never data."""
+    vol, key, tag, files = _chunked_volume(tmp_path)
+    p, q = _chunk_path(vol, key, tag, "b.bin", 3), _chunk_path(vol, key, tag, "b.bin", 4)
+    a, b = p.read_bytes(), q.read_bytes()
+    p.write_bytes(b)
+    q.write_bytes(a)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse"):
+        fd = os.open(mnt / "a.bin", os.O_RDONLY)
+        try:
+            assert os.pread(fd, CS + 7, 2 * CS - 3) == files["a.bin"][2 * CS - 3 : 3 * CS + 4]
+        finally:
+            os.close(fd)
+        assert (mnt / "a.bin").read_bytes() == files["a.bin"]
+        fd = os.open(mnt / "b.bin", os.O_RDONLY)
+        try:
+            with pytest.raises(OSError) as ei:
+                os.pread(fd, CS, 3 * CS)
+            assert ei.value.errno == errno.EIO
+        finally:
+            os.close(fd)
+        with pytest.raises(OSError) as ei:
+            (mnt / "b.bin").read_bytes()
+        assert ei.value.errno == errno.EIO

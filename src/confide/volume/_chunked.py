@@ -4,7 +4,7 @@ A chunked file is a list of chunk objects ``objects/<hex chunk id>``, one per ch
 sealed under its own key (:class:`~confide.volume.format.ChunkKeys`). :func:`write_chunks`
 writes a new version of a file and re-seals only the chunks that changed, each under a new
 random chunk id, keeping the objects of the others (copy-on-write of chunks): a chunk id is
-never sealed twice. :func:`read_chunks_into` and :func:`decrypt_chunked` read and
+never sealed twice. :class:`ChunkReader` (and :func:`decrypt_chunked`) read and
 authenticate them.
 """
 
@@ -13,24 +13,32 @@ from __future__ import annotations
 import ctypes
 import os
 import secrets
+import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 from confide.errors import SignatureError
+from confide.volume._io import batch_chunks
 from confide.volume.format import (
     FILE_ID_SIZE,
     TAG_SIZE,
     ChunkKeys,
+    ChunkOpener,
     Entry,
     Region,
     chunked_count,
     chunked_length,
 )
 
-__all__ = ["SYNCFS_THRESHOLD", "ChunkWrite", "decrypt_chunked", "read_chunks_into", "write_chunks"]
+__all__ = ["KEY_CACHE", "SYNCFS_THRESHOLD", "ChunkReader", "ChunkWrite", "decrypt_chunked", "write_chunks"]
 
 _TMP_PREFIX = ".tmp-"
+# AES-GCM contexts of chunk ids kept per region by a ChunkReader (ChunkKeys.opener): ~2.5 KiB
+# each, so ~2.5 MiB per region at most; a re-read of up to this many chunks (64 MiB at the
+# default chunk size) skips the key derivation and setup (re-reads 1.00-1.09x a one-object
+# file, first reads 0.89-0.98x; docs/performance.md, "Chunked reads at one-object speed").
+KEY_CACHE = 1024
 # More new chunk objects than this in one write: one syncfs(2) of the volume's file system
 # instead of one fsync(2) per object (thousands of fsyncs for a first write of a large file).
 SYNCFS_THRESHOLD = 16
@@ -152,64 +160,214 @@ def write_chunks(
     return ChunkWrite(tuple(ids), tuple(new), written)
 
 
-def _read_chunk(directory: Path, keys: ChunkKeys, e: Entry, i: int, out: memoryview, chunk_size: int) -> int:
-    """Authenticate chunk ``i`` of ``e`` into ``out`` (at least its length); return the length."""
-    assert e.chunks is not None
-    cid = e.chunks[i]
-    plen = chunked_length(e.size, chunk_size, i)
+_local = threading.local()
+
+
+def _buffers(chunk_size: int) -> tuple[memoryview, memoryview]:
+    """Per-thread (record, scratch chunk) buffers, reused: no allocation or fresh pages per
+    chunk. The record buffer has one byte more than the largest record, so that one read
+    tells an extended object from an exact one."""
+    bufs: tuple[memoryview, memoryview] | None = getattr(_local, "bufs", None)
+    if bufs is None or len(bufs[1]) != chunk_size:
+        bufs = (memoryview(bytearray(chunk_size + TAG_SIZE + 1)), memoryview(bytearray(chunk_size)))
+        _local.bufs = bufs
+    return bufs
+
+
+class ChunkReader:
+    """Reads and authenticates the chunk objects of one volume directory (format version 3).
+
+    Per chunk: one ``open`` relative to the ``objects`` directory, held open (no path built
+    or resolved per chunk), one ``preadv`` into a reused per-thread buffer (one byte more than
+    the record: an extended object is seen without an ``fstat``), one ``close``, the chunk key
+    (:meth:`ChunkKeys.key`) and AES-GCM straight into the caller's buffer when the whole chunk
+    is wanted. The AES-GCM contexts of the last ``key_cache`` chunk ids read are kept
+    (:meth:`ChunkKeys.opener`), so chunks read again skip the key derivation and setup. Every
+    byte returned is authenticated under the key of the chunk id that the manifest lists at
+    that position, with the plaintext length the manifest's size gives, so a swapped,
+    reordered, truncated, extended or older chunk object is refused as before. Thread-safe
+    (the buffers are per thread; the directory descriptor is opened once, on the first use,
+    so that a volume without chunked files needs no ``objects`` directory).
+    """
+
+    def __init__(self, directory: Path, keys: ChunkKeys, chunk_size: int, key_cache: int = KEY_CACHE) -> None:
+        self.directory = directory
+        self.keys = keys
+        self.chunk_size = chunk_size
+        self._dfd: int | None = None
+        self._lock = threading.Lock()
+        self._openers = {r: keys.opener(r, key_cache) for r in (Region.ENCRYPTED, Region.AUTHENTICATED)}
+
+    def _dir(self) -> int:
+        dfd = self._dfd
+        if dfd is not None:
+            return dfd
+        with self._lock:
+            if self._dfd is None:
+                try:
+                    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+                    self._dfd = os.open(self.directory / "objects", flags)
+                except OSError as exc:
+                    raise SignatureError(f"objects directory unreadable: {exc.strerror or exc}") from None
+            return self._dfd
+
+    def close(self) -> None:
+        with self._lock:
+            if self._dfd is not None:
+                os.close(self._dfd)
+                self._dfd = None
+
+    def read_into(self, e: Entry, offset: int, out: memoryview) -> int:
+        """Fill ``out`` with the chunked file's bytes from ``offset`` (each chunk of the range
+        authenticated); return the count (short at EOF). Whole chunks are decrypted straight
+        into ``out``, the partial ones at the edges through a scratch chunk. On
+        :class:`SignatureError` ``out`` may hold plaintext of earlier, authentic chunks only."""
+        assert e.chunks is not None
+        size = e.size
+        end = min(size, offset + len(out))
+        if offset >= end:
+            return 0
+        cs = self.chunk_size
+        dfd = self._dir()
+        raw, scratch = _buffers(cs)
+        opener, chunks = self._openers[e.region], e.chunks
+        for i in range(offset // cs, (end - 1) // cs + 1):
+            base = i * cs
+            plen = min(cs, size - base)  # fixed by the manifest's size, never by the object
+            lo, hi = max(offset, base), min(end, base + plen)
+            if lo == base and hi == base + plen:  # the whole chunk is wanted
+                _open_chunk(dfd, opener, chunks[i], i, plen, raw, out[lo - offset : hi - offset])
+            else:
+                _open_chunk(dfd, opener, chunks[i], i, plen, raw, scratch)
+                out[lo - offset : hi - offset] = scratch[lo - base : hi - base]
+        return end - offset
+
+    def changed(self, e: Entry, src_fd: int, size: int) -> tuple[set[int], list[int]]:
+        """Compare the first ``size`` bytes of ``src_fd`` (a new version of the chunked file
+        ``e``, read with pread) with ``e``'s sealed chunks; return (the indexes of the chunks
+        that must be sealed anew, the indexes of old chunks that did not authenticate).
+
+        Chunk ``i`` is unchanged only when ``e`` has it, its plaintext length is the same and
+        the old chunk object authenticates (as in :meth:`read_into`) to exactly the new bytes;
+        chunks past ``e``'s end, of another length, or whose object fails authentication are
+        changed (the new bytes are then sealed under a new id: nothing unauthenticated is
+        kept). For :func:`write_chunks` (``dirty``) when the writes are not tracked (the
+        tmpfs mounts). :class:`OSError` if ``src_fd`` has fewer than ``size`` bytes.
+        """
+        assert e.chunks is not None
+        cs = self.chunk_size
+        n = chunked_count(size, cs)
+        dirty = set(range(len(e.chunks), n))
+        unauthentic: list[int] = []
+        dfd = self._dir()
+        raw, _ = _buffers(cs)
+        old, new = bytearray(cs), bytearray(cs)  # bytearray ==: memcmp (memoryview == is per item)
+        omv, nmv = memoryview(old), memoryview(new)
+        opener = self._openers[e.region]
+        for i in range(min(len(e.chunks), n)):
+            plen = chunked_length(size, cs, i)
+            if plen != chunked_length(e.size, cs, i):
+                dirty.add(i)
+                continue
+            got = os.preadv(src_fd, [nmv[:plen]], i * cs)
+            while 0 < got < plen:
+                k = os.preadv(src_fd, [nmv[got:plen]], i * cs + got)
+                if k == 0:
+                    break
+                got += k
+            if got != plen:
+                raise OSError(f"chunk {i}: source has {got} bytes, expected {plen}")
+            try:
+                _open_chunk(dfd, opener, e.chunks[i], i, plen, raw, omv)
+            except SignatureError:
+                unauthentic.append(i)
+                dirty.add(i)
+                continue
+            if (old != new) if plen == cs else (old[:plen] != new[:plen]):
+                dirty.add(i)
+        return dirty, unauthentic
+
+    def decrypt(self, e: Entry, out_fd: int | None) -> None:
+        """Authenticate every chunk object of ``e`` (and write the plaintext to ``out_fd``:
+        runs of non-zero chunks in writes of up to :data:`~confide.volume._io.BATCH_BYTES`,
+        full zero chunks as holes; then its size is set). :class:`SignatureError` names the
+        first bad chunk; the plaintext of a failing chunk is never written."""
+        assert e.chunks is not None
+        cs = self.chunk_size
+        dfd = self._dir()
+        raw, _ = _buffers(cs)
+        per = batch_chunks(cs)
+        plain = bytearray(min(len(e.chunks), per) * cs)
+        pmv = memoryview(plain)
+        zero = bytes(cs)
+        run_start, k = 0, 0  # file offset of plain[0]; bytes of plaintext pending in plain
+        opener = self._openers[e.region]
+        for i, cid in enumerate(e.chunks):
+            plen = chunked_length(e.size, cs, i)
+            _open_chunk(dfd, opener, cid, i, plen, raw, pmv[k : k + plen])
+            if out_fd is None:
+                continue
+            hole = plen == cs and plain.startswith(zero, k)  # memcmp, no copy
+            if not hole:
+                k += plen
+            if k and (hole or k + cs > len(plain)):
+                _pwrite_all(out_fd, pmv[:k], run_start)
+                k = 0
+            if k == 0:
+                run_start = (i + 1) * cs
+        if out_fd is not None:
+            if k:
+                _pwrite_all(out_fd, pmv[:k], run_start)
+            os.ftruncate(out_fd, e.size)
+
+
+_OBJECT_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_chunk(
+    dfd: int, opener: ChunkOpener, cid: bytes, i: int, plen: int, raw: memoryview, out: memoryview
+) -> None:
+    """Authenticate chunk ``i``, object ``cid`` of the objects directory ``dfd``, into ``out``.
+
+    The object must hold exactly ``plen + TAG_SIZE`` bytes (``plen`` from the manifest): it is
+    read with one ``preadv`` of one byte more, so an extended object shows without an
+    ``fstat``. :class:`SignatureError` for a missing, unreadable, truncated, extended or
+    unauthentic object (no plaintext of it is written then).
+    """
+    want = plen + TAG_SIZE
     try:
-        fd = os.open(_object(directory, cid), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(cid.hex(), _OBJECT_FLAGS, dir_fd=dfd)
+        try:
+            got = os.preadv(fd, [raw[: want + 1]], 0)
+            while 0 < got < want:  # a short read before the end (not seen on local file systems)
+                n = os.preadv(fd, [raw[got : want + 1]], got)
+                if n == 0:
+                    break
+                got += n
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise SignatureError(f"chunk {i}: object {cid.hex()} unreadable: {exc.strerror or exc}") from None
+    if got != want:
+        have = f"more than {want}" if got > want else str(got)
+        raise SignatureError(f"chunk {i}: object has {have} bytes, expected {want} (truncated or extended)")
     try:
-        actual = os.fstat(fd).st_size
-        if actual != plen + TAG_SIZE:
-            raise SignatureError(
-                f"chunk {i}: object has {actual} bytes, expected {plen + TAG_SIZE} (truncated or extended)"
-            )
-        record = _pread_full(fd, plen + TAG_SIZE, 0)
-    finally:
-        os.close(fd)
-    try:
-        return keys.open_into(record, cid, e.region, out)
+        opener(raw[:want], cid, out)
     except SignatureError as exc:
         raise SignatureError(f"chunk {i}: {exc.message}") from None
 
 
-def read_chunks_into(
-    directory: Path, keys: ChunkKeys, e: Entry, chunk_size: int, offset: int, out: memoryview
-) -> int:
-    """Fill ``out`` with the chunked file's bytes from ``offset`` (each chunk of the range
-    authenticated); return the count (short at EOF). On :class:`SignatureError` ``out`` may
-    hold plaintext of earlier, authentic chunks only."""
-    end = min(e.size, offset + len(out))
-    if offset >= end:
-        return 0
-    scratch = bytearray(chunk_size)
-    smv = memoryview(scratch)
-    for i in range(offset // chunk_size, (end - 1) // chunk_size + 1):
-        base = i * chunk_size
-        plen = _read_chunk(directory, keys, e, i, smv, chunk_size)
-        lo, hi = max(offset, base), min(end, base + plen)
-        out[lo - offset : hi - offset] = smv[lo - base : hi - base]
-    return end - offset
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
 
 
 def decrypt_chunked(directory: Path, keys: ChunkKeys, e: Entry, chunk_size: int, out_fd: int | None) -> None:
-    """Authenticate every chunk object of ``e`` (and write the plaintext to ``out_fd``, full
-    zero chunks as holes, then set its size). :class:`SignatureError` names the first bad chunk;
-    the plaintext of a failing chunk is never written."""
-    assert e.chunks is not None
-    buf = bytearray(chunk_size)
-    mv = memoryview(buf)
-    zero = bytes(chunk_size)
-    for i in range(len(e.chunks)):
-        plen = _read_chunk(directory, keys, e, i, mv, chunk_size)
-        if out_fd is not None and not (plen == chunk_size and buf == zero):
-            data = mv[:plen]
-            off = i * chunk_size
-            while data:
-                k = os.pwrite(out_fd, data, off)
-                data, off = data[k:], off + k
-    if out_fd is not None:
-        os.ftruncate(out_fd, e.size)
+    """:meth:`ChunkReader.decrypt` with a reader of its own (closed on return; every chunk is
+    read once, so no contexts are cached)."""
+    reader = ChunkReader(directory, keys, chunk_size, key_cache=0)
+    try:
+        reader.decrypt(e, out_fd)
+    finally:
+        reader.close()

@@ -46,7 +46,7 @@ from typing import Any
 import mfusepy  # the parent sets FUSE_LIBRARY_PATH to libfuse 3 (see mount.fuse3_library)
 
 from confide.errors import ConfideError, SignatureError, UsageError
-from confide.volume._chunked import decrypt_chunked, write_chunks
+from confide.volume._chunked import write_chunks
 from confide.volume._io import copy_raw, decrypt_object
 from confide.volume.format import (
     FILE_ID_SIZE,
@@ -224,7 +224,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         try:
             e = node.entry
             if keep_contents and e is not None and e.size and e.chunks is not None:
-                decrypt_chunked(self.directory, self._chunk_keys, e, self.manifest.chunk_size, fd)
+                self.reader.chunks.decrypt(e, fd)
             elif keep_contents and e is not None and e.size:
                 obj_fd = os.open(object_path(self.directory, e.file_id), os.O_RDONLY | os.O_NOFOLLOW)
                 try:

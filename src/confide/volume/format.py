@@ -31,7 +31,7 @@ import hashlib
 import hmac
 import struct
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -61,6 +61,7 @@ __all__ = [
     "VOLUME_ID_SIZE",
     "ChunkCodec",
     "ChunkKeys",
+    "ChunkOpener",
     "Entry",
     "EntryKind",
     "Manifest",
@@ -96,6 +97,7 @@ FILE_ID_SIZE = 16
 TAG_SIZE = 16  # AES-GCM tag (NIST SP 800-38D, full 128-bit tag)
 NONCE_SIZE = 12  # 96-bit GCM IV (SP 800-38D section 8.2.1, deterministic construction)
 ROOT_SIZE = 32  # SHA-256
+_SHA256_BLOCK = 64  # bytes (FIPS 180-4 section 5.1.1)
 DEFAULT_CHUNK_SIZE = 64 * 1024
 MIN_CHUNK_SIZE = 256
 MAX_CHUNK_SIZE = 16 * 1024 * 1024
@@ -284,6 +286,10 @@ def chunked_length(size: int, chunk_size: int, index: int) -> int:
     return min(chunk_size, size - index * chunk_size)
 
 
+# (record, chunk id, out) -> plaintext length; see ChunkKeys.opener
+ChunkOpener = Callable[[bytes | bytearray | memoryview, bytes, bytearray | memoryview], int]
+
+
 class ChunkKeys:
     """Seals and opens the chunk objects of a volume (version 3, docs/volume-format.md,
     "Chunk objects").
@@ -299,17 +305,27 @@ class ChunkKeys:
     authenticated manifest, which lists the ids in order.
     """
 
-    __slots__ = ("_prk", "volume_id")
+    __slots__ = ("_inner", "_outer", "volume_id")
 
     def __init__(self, volume_key: bytes, volume_id: bytes) -> None:
         _check_key(volume_key)
         self.volume_id = volume_id
-        self._prk = hmac.digest(bytes(32), volume_key, "sha256")  # HKDF-Extract, salt = 32 zeros
+        prk = hmac.digest(bytes(32), volume_key, "sha256")  # HKDF-Extract, salt = 32 zeros
+        # HMAC-SHA256 keyed with the PRK (RFC 2104 section 2): H((K ^ opad) || H((K ^ ipad) || m)),
+        # K zero-padded to the 64-byte block. The two padded-key blocks are hashed once here;
+        # a chunk key then costs two copies of these states (~0.8 us, a one-shot hmac.digest
+        # ~2 us: a chunked file derives one key per chunk read, docs/performance.md).
+        block = prk.ljust(_SHA256_BLOCK, b"\x00")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
 
     def key(self, chunk_id: bytes, region: Region) -> bytes:
         """HKDF-Expand(PRK, info, 32): T(1) = HMAC(PRK, info || 0x01)."""
-        info = _INFO_CHUNK + bytes([region]) + self.volume_id + chunk_id
-        return hmac.digest(self._prk, info + b"\x01", "sha256")
+        inner = self._inner.copy()
+        inner.update(_INFO_CHUNK + bytes([region]) + self.volume_id + chunk_id + b"\x01")
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     def _aad(self, chunk_id: bytes, region: Region) -> bytes:
         return CHUNK_OBJECT_AAD_MAGIC + self.volume_id + chunk_id + bytes([region])
@@ -333,23 +349,61 @@ class ChunkKeys:
     ) -> int:
         """Authenticate a chunk object and write its plaintext into ``out``; return the length.
         :class:`SignatureError` (no plaintext written) if it is not chunk ``chunk_id``'s."""
+        return self.opener(region)(record, chunk_id, out)
+
+    def opener(self, region: Region, cache: int = 0) -> ChunkOpener:
+        """:meth:`open_into` for one region, with what does not depend on the chunk id computed
+        once (a reader of many chunks calls it per chunk: ~1 us less per chunk).
+
+        ``cache`` > 0 keeps the AES-GCM contexts of up to that many chunk ids (about 2.5 KiB
+        each, with the key schedule), so that a chunk read again skips the key derivation and
+        the key setup (~2 us); the whole cache is dropped when full (bounded memory, no
+        per-hit bookkeeping; threads racing at the bound may add one entry each over it). A
+        context depends only on (volume key, volume id, region, chunk id), so a cached one
+        authenticates exactly as a fresh one would. Never caches plaintext.
+        """
         if region is Region.UNPROTECTED:
             raise ValueError("unprotected files are not chunked")
-        n = len(record) - TAG_SIZE
-        if n < 0:
-            raise SignatureError(f"chunk object: got {len(record)} bytes, expected at least {TAG_SIZE}")
-        aead = AESGCM(self.key(chunk_id, region))
-        aad = self._aad(chunk_id, region)
-        try:
-            if region is Region.ENCRYPTED:
-                aead.decrypt_into(bytes(NONCE_SIZE), record, aad, memoryview(out)[:n])
-            else:
-                mv = memoryview(record)
-                aead.decrypt(bytes(NONCE_SIZE), mv[n:], aad + bytes(mv[:n]))
-                out[:n] = mv[:n]
-        except InvalidTag:
-            raise SignatureError(f"chunk object {chunk_id.hex()} does not authenticate") from None
-        return n
+        if cache < 0:
+            raise ValueError(f"cache: got {cache}, expected a non-negative entry count")
+        aeads: dict[bytes, AESGCM] = {}
+        inner0, outer0 = self._inner, self._outer
+        info = _INFO_CHUNK + bytes([region]) + self.volume_id  # || chunk id || 0x01: HKDF T(1)
+        aad_prefix = CHUNK_OBJECT_AAD_MAGIC + self.volume_id
+        region_byte = bytes([region])
+        nonce = bytes(NONCE_SIZE)
+        encrypted = region is Region.ENCRYPTED
+
+        def open_into(
+            record: bytes | bytearray | memoryview, chunk_id: bytes, out: bytearray | memoryview
+        ) -> int:
+            n = len(record) - TAG_SIZE
+            if n < 0:
+                raise SignatureError(f"chunk object: got {len(record)} bytes, expected at least {TAG_SIZE}")
+            aead = aeads.get(chunk_id)
+            if aead is None:
+                inner = inner0.copy()  # the key: as ChunkKeys.key, inlined
+                inner.update(info + chunk_id + b"\x01")
+                outer = outer0.copy()
+                outer.update(inner.digest())
+                aead = AESGCM(outer.digest())
+                if cache:
+                    if len(aeads) >= cache:
+                        aeads.clear()
+                    aeads[chunk_id] = aead
+            aad = aad_prefix + chunk_id + region_byte
+            try:
+                if encrypted:
+                    aead.decrypt_into(nonce, record, aad, memoryview(out)[:n])
+                else:
+                    mv = memoryview(record)
+                    aead.decrypt(nonce, mv[n:], aad + bytes(mv[:n]))
+                    out[:n] = mv[:n]
+            except InvalidTag:
+                raise SignatureError(f"chunk object {chunk_id.hex()} does not authenticate") from None
+            return n
+
+        return open_into
 
 
 # --- paths ---------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import re
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -48,9 +49,18 @@ from typing import Literal
 
 import confide
 from confide.errors import ConfideError, StorageError, UsageError
+from confide.volume._chunked import ChunkReader, write_chunks
 from confide.volume._io import LARGE_FOLIO_PIECE
 from confide.volume.check import open_volume
-from confide.volume.format import Entry, EntryKind, Manifest, Region, clamp_mtime_ns, region_for
+from confide.volume.format import (
+    ChunkKeys,
+    Entry,
+    EntryKind,
+    Manifest,
+    Region,
+    clamp_mtime_ns,
+    region_for,
+)
 from confide.volume.keys import VolumeKey
 from confide.volume.store import PENDING_NAME, _store_file, load_sealed, lock_volume, seal_entries
 
@@ -422,9 +432,54 @@ def _reseal_tree(
     """Seal the tree under ``root`` as the next generation; only changed files are re-encrypted.
 
     A file whose (inode, size, mtime, ctime) is what it was after decryption keeps its object;
-    any other file gets a new object under a new file id. Special files are skipped (logged).
-    Returns ``tag`` unchanged when the tree equals the manifest.
+    a changed file that was chunked (format version 3) keeps the chunk objects whose
+    plaintext is unchanged (compared with the authenticated old chunk) and gets new chunk
+    objects for the others (:func:`_reseal_chunked`); any other file gets a new object under a
+    new file id. Special files are skipped (logged). Returns ``tag`` unchanged when the tree
+    equals the manifest.
     """
+    chunks = ChunkReader(directory, ChunkKeys(key.raw, manifest.volume_id), manifest.chunk_size, key_cache=0)
+    try:
+        return _reseal_entries(directory, key, manifest, tag, root, baseline, chunks)
+    finally:
+        chunks.close()
+
+
+def _reseal_chunked(
+    directory: Path, chunks: ChunkReader, prev: Entry, p: Path
+) -> tuple[int, tuple[bytes, ...]]:
+    """Write the new version of the chunked file ``prev`` from ``p``: only the chunks that
+    differ from the sealed ones are sealed (under new chunk ids). Returns (size, chunk ids)."""
+    fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"{str(p)!r} changed into a non-regular file while sealing")
+        size = st.st_size
+        dirty, unauthentic = chunks.changed(prev, fd, size)
+        if unauthentic:
+            log.warning(
+                "confide volume: %d sealed chunk(s) of %r failed authentication at unmount (changed "
+                "in storage during the session); sealed anew from the mounted copy",
+                len(unauthentic),
+                prev.path,
+            )
+        old = (prev.chunks or (), prev.size)
+        w = write_chunks(directory, chunks.keys, chunks.chunk_size, prev.region, fd, size, old, dirty)
+    finally:
+        os.close(fd)
+    return size, w.chunks
+
+
+def _reseal_entries(
+    directory: Path,
+    key: VolumeKey,
+    manifest: Manifest,
+    tag: str,
+    root: Path,
+    baseline: dict[str, tuple[int, int, int, int]],
+    chunks: ChunkReader,
+) -> str:
     old = manifest.by_path()
     entries: list[Entry] = []
     for dirpath, dirs, files in os.walk(root):
@@ -459,6 +514,14 @@ def _reseal_tree(
                 if prev is not None and prev.kind is EntryKind.FILE and baseline.get(vpath) == now:
                     # unchanged: keeps its object(s), chunk ids included (version 3)
                     entries.append(replace(prev, mode=mode, uid=st.st_uid, gid=st.st_gid, mtime_ns=t))
+                    continue
+                if prev is not None and prev.kind is EntryKind.FILE and prev.chunks is not None:
+                    size, ids = _reseal_chunked(directory, chunks, prev, p)
+                    entries.append(
+                        replace(
+                            prev, mode=mode, uid=st.st_uid, gid=st.st_gid, size=size, mtime_ns=t, chunks=ids
+                        )
+                    )
                     continue
                 region = (
                     prev.region

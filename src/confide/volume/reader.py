@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from confide.errors import SignatureError, UsageError
-from confide.volume._chunked import read_chunks_into
+from confide.volume._chunked import ChunkReader
 from confide.volume.format import (
     TAG_SIZE,
     ChunkCodec,
@@ -74,7 +74,9 @@ class VolumeReader:
             for depth in range(1, len(parts) + 1):
                 self._children.setdefault("/".join(parts[: depth - 1]), set()).add(parts[depth - 1])
         self._open: dict[bytes, _Open] = {}  # by file id
-        self._chunk_keys = ChunkKeys(key.raw, self.manifest.volume_id)
+        # chunked files (version 3); also used by the FUSE layer for the chunks it writes
+        keys = ChunkKeys(key.raw, self.manifest.volume_id)
+        self.chunks = ChunkReader(directory, keys, self.manifest.chunk_size)
         self._lock = threading.Lock()
 
     # --- metadata ----------------------------------------------------------------------------
@@ -178,8 +180,7 @@ class VolumeReader:
             raise UsageError(f"read: got offset {offset}, expected a non-negative value")
         if e.chunks is not None:  # a chunked file (version 3): each chunk its own object
             try:
-                cs = self.manifest.chunk_size
-                return read_chunks_into(self.directory, self._chunk_keys, e, cs, offset, out)
+                return self.chunks.read_into(e, offset, out)
             except SignatureError as exc:
                 raise SignatureError(f"volume file {e.path!r}: {exc.message}") from None
         o = self._get(e)
@@ -220,6 +221,7 @@ class VolumeReader:
             for o in self._open.values():
                 os.close(o.fd)
             self._open.clear()
+        self.chunks.close()
 
     def __enter__(self) -> VolumeReader:
         return self
