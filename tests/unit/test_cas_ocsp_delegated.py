@@ -449,7 +449,11 @@ def _signed_or_refused(env: Env, response: ocsp.OCSPResponse) -> ocsp.OCSPRespon
     responder = responder_of(response, env.ca_cert())
     assert response.next_update_utc is not None
     assert response.next_update_utc <= responder.not_valid_after_utc
-    assert responder.not_valid_before_utc.timestamp() <= env.clock.now < responder.not_valid_after_utc.timestamp()
+    assert (
+        responder.not_valid_before_utc.timestamp()
+        <= env.clock.now
+        < responder.not_valid_after_utc.timestamp()
+    )
     return response
 
 
@@ -536,3 +540,22 @@ def test_concurrent_renewals_issue_one_version(env: Env) -> None:
     assert [v for v, _ in env.versions(responder_name("ca"))] == [2, 1] or [
         v for v, _ in env.versions(responder_name("ca"))
     ] == [1, 2]
+
+
+def test_a_responder_row_whose_sealed_value_does_not_open_fails_closed(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sealed value changed in place: tryLater (not an exception, not a signature), and a
+    warning that names the row, never a value."""
+    ca, leaf = env.ca_cert(), env.certificate()
+    ask(env, request(leaf, ca, nonce=b"a" * 8))
+    with env.cas.db.write() as conn:
+        raw_execute(conn, "UPDATE secrets SET sealed = ? WHERE policy = 'tls' AND name = ?",
+                    (b"\x00" * 64, responder_name("ca")))  # fmt: skip
+    with caplog.at_level("WARNING", logger="confide.cas"):
+        assert _ask_restarted(env, request(leaf, ca, nonce=b"b" * 8)).response_status == S.TRY_LATER
+    [record] = [r for r in caplog.records if "ocsp-responder-refused" in r.getMessage()]
+    assert json.loads(record.getMessage()) == {
+        "event": "ocsp-responder-refused", "policy": "tls", "name": "ca/ocsp-responder", "version": 1,
+        "check": "unreadable",
+    }  # fmt: skip
