@@ -10,6 +10,10 @@ atheris is not a project dependency: install it into a throwaway venv that sees 
       flock -x /tmp/confide-cpu.lock /tmp/atheris-venv/bin/python tests/fuzz/ocsp_request_fuzz.py \
       /tmp/ocsp-corpus /tmp/ocsp-seeds -max_len=4096 -rss_limit_mb=1024 -timeout=5 -max_total_time=600
 
+``--der`` (before the libFuzzer flags) mutates the DER element tree instead of bytes (drops,
+duplicates, inserts known OIDs and elements, re-tags, wraps, swaps; lengths re-encoded), which
+reaches far more of the reader than byte flips, which mostly break a length.
+
 Invariants checked on every input (an AssertionError or any exception but ParseError is a
 finding; atheris then writes the input as ``crash-*``):
 
@@ -33,6 +37,7 @@ outer structure only is checked, and the requestorName).
 
 from __future__ import annotations
 
+import random
 import sys
 
 import atheris
@@ -163,6 +168,90 @@ def test_one(data: bytes) -> None:
     assert nonce.nonce == parsed.nonce, "nonce"
 
 
+# -- a structure-aware mutator (``--der``): byte-level mutations rarely keep the nested
+# lengths of DER consistent, so these edit the element tree and re-encode it.
+
+_Tree = list[tuple[int, "bytes | _Tree"]]
+_PIECES = [
+    bytes.fromhex("06092b0601050507300102"),  # id-pkix-ocsp-nonce
+    bytes.fromhex("06092b0601050507300108"),  # preferred signature algorithms
+    bytes.fromhex("06092b0601050507300104"),  # acceptable responses
+    bytes.fromhex("06052b0e03021a"),  # sha1
+    bytes.fromhex("0609608648016503040201"),  # sha256
+    bytes.fromhex("06082a8648ce3d040302"),  # ecdsa-with-SHA256
+    b"\x05\x00", b"\x01\x01\xff", b"\x01\x01\x00", b"\x02\x01\x00", b"\x02\x01\x80", b"\x04\x00",
+    b"\x30\x00", b"\xa0\x00", b"\xa1\x00", b"\xa2\x00", b"\x03\x01\x00", b"\x82\x01a",
+]  # fmt: skip
+
+
+def _tree(data: bytes, start: int, end: int) -> _Tree | None:
+    items = _lenient(data, start, end)
+    if items is None:
+        return None
+    out: _Tree = []
+    for tag, vs, ve in items:
+        sub = _tree(data, vs, ve) if tag & 0x20 else None
+        out.append((tag, data[vs:ve] if sub is None else sub))
+    return out
+
+
+def _encode(tree: _Tree) -> bytes:
+    return b"".join(_tlv(tag, body if isinstance(body, bytes) else _encode(body)) for tag, body in tree)
+
+
+def _nodes(tree: _Tree, out: list[_Tree]) -> list[_Tree]:
+    out.append(tree)
+    for _, body in tree:
+        if not isinstance(body, bytes):
+            _nodes(body, out)
+    return out
+
+
+def _mutate_tree(tree: _Tree, rng: random.Random) -> None:
+    lists = _nodes(tree, [])
+    target = lists[rng.randint(0, len(lists) - 1)]
+    choice = rng.randint(0, 6)
+    if choice == 0 and target:  # drop an element
+        del target[rng.randint(0, len(target) - 1)]
+    elif choice == 1 and target:  # duplicate one (counts, duplicate extensions)
+        i = rng.randint(0, len(target) - 1)
+        for _ in range(rng.randint(1, 20)):
+            target.insert(i, target[i])
+    elif choice == 2:  # insert a known piece
+        piece = _tree(p := _PIECES[rng.randint(0, len(_PIECES) - 1)], 0, len(p))
+        assert piece is not None
+        target.insert(rng.randint(0, len(target)), piece[0])
+    elif choice == 3 and target:  # change a tag
+        i = rng.randint(0, len(target) - 1)
+        target[i] = (rng.randint(0, 255), target[i][1])
+    elif choice == 4 and target:  # replace a primitive's content
+        i = rng.randint(0, len(target) - 1)
+        target[i] = (target[i][0] & 0xDF, rng.randbytes(rng.randint(0, 300)))
+    elif choice == 5 and target:  # wrap an element
+        i = rng.randint(0, len(target) - 1)
+        target[i] = (rng.choice([0x30, 0x04, 0xA0, 0xA1, 0xA2]), [target[i]])
+    elif target:  # swap two
+        i, j = rng.randint(0, len(target) - 1), rng.randint(0, len(target) - 1)
+        target[i], target[j] = target[j], target[i]
+
+
+def der_mutator(data: bytes, max_size: int, seed: int) -> bytes:
+    tree = _tree(data, 0, len(data))
+    if tree is None or not tree:
+        return atheris.Mutate(data, max_size)
+    rng = random.Random(seed)
+    for _ in range(rng.randint(1, 3)):
+        _mutate_tree(tree, rng)
+    out = _encode(tree)
+    if rng.random() < 0.2:  # now and then a byte-level change on top (non-minimal forms, truncation)
+        out = atheris.Mutate(out, max_size)
+    return out[:max_size]
+
+
 if __name__ == "__main__":
-    atheris.Setup(sys.argv, test_one)
+    if "--der" in sys.argv:
+        sys.argv.remove("--der")
+        atheris.Setup(sys.argv, test_one, custom_mutator=der_mutator)
+    else:
+        atheris.Setup(sys.argv, test_one)
     atheris.Fuzz()
