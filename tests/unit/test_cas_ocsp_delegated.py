@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,12 +35,12 @@ from test_cas_ocsp import (
     responder_of,
 )
 
-from confide.cas.db import Database
+from confide.cas.db import Database, raw_execute
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.ocsp_delegate import RESPONDER_KIND, RESPONDER_VALIDITY, responder_name
 from confide.cas.ocsp_der import MAX_ENTRIES
 from confide.cas.ocsp_responder import OcspResponder, parse_request
-from confide.cas.renewal import CertificateRenewer, due_policies
+from confide.cas.renewal import CertificateRenewer, due_policies, renew_due
 from confide.cas.rotation import rotate_master_key
 from confide.cas.secrets import Sealer
 from confide.cas.server import prepare
@@ -419,3 +420,148 @@ def test_a_master_key_rotation_reseals_the_responder_key(tmp_path: Path) -> None
         assert again.certificate_status == C.GOOD and responder_of(again, ca) == before
     finally:
         cas.db.dispose()
+
+
+# -- the responder row changed or removed behind the CAS's back, concurrent renewals -------------
+
+
+def _tamper(env: Env, version: int, **changes: object) -> None:
+    """Edit the public part of responder version ``version`` as an operator with database
+    access could (the sealed value is left as it is)."""
+    [public] = [p for v, p in env.versions(responder_name("ca")) if v == version]
+    public.update(changes)
+    with env.cas.db.write() as conn:
+        raw_execute(conn, "UPDATE secrets SET public = ? WHERE policy = 'tls' AND name = ? AND version = ?",
+                    (json.dumps(public), responder_name("ca"), version))  # fmt: skip
+
+
+def _ask_restarted(env: Env, der: bytes) -> ocsp.OCSPResponse:
+    """``der`` answered by a new responder (a restarted CAS: nothing cached)."""
+    answer = OcspResponder(env.cas, signature_rate=None).respond(ca_id(env.ca_cert()), der, "192.0.2.1")
+    return ocsp.load_der_ocsp_response(answer.der)
+
+
+def _signed_or_refused(env: Env, response: ocsp.OCSPResponse) -> ocsp.OCSPResponse | None:
+    """``None`` for tryLater; else the response, which must be signed by a responder the current
+    CA certified (:func:`responder_of`) and valid no longer than it."""
+    if response.response_status == S.TRY_LATER:
+        return None
+    responder = responder_of(response, env.ca_cert())
+    assert response.next_update_utc is not None
+    assert response.next_update_utc <= responder.not_valid_after_utc
+    assert (
+        responder.not_valid_before_utc.timestamp()
+        <= env.clock.now
+        < responder.not_valid_after_utc.timestamp()
+    )
+    return response
+
+
+def test_a_responder_row_claiming_the_new_ca_key_does_not_sign_for_it(env: Env) -> None:
+    """After the CA's key changed, a responder row whose public part was edited to name the new
+    key (its sealed certificate is the old key's) fails closed: tryLater, never a response
+    signed by a key the current CA did not certify."""
+    old = env.ca_cert()
+    ask(env, request(env.certificate(), old))
+    env.apply_text(policy(ca_extra=OCSP, key_type="P-384", runtime="rt.local", predecessor=env.head()))
+    ca = env.ca_cert()
+    with env.cas.db.write() as conn:  # the operator removes what was issued under the new key
+        raw_execute(conn, "DELETE FROM secrets WHERE policy = 'tls' AND name = ? AND version > 1",
+                    (responder_name("ca"),))  # fmt: skip
+    new_key_id = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+    _tamper(env, 1, issuer_key_id=new_key_id)
+    leaf = env.certificate()
+    for asked in (ask, _ask_restarted):
+        assert _signed_or_refused(env, asked(env, request(leaf, ca, nonce=b"n" * 8))) is None
+        assert _signed_or_refused(env, asked(env, request(leaf, ca))) is None
+
+
+def test_a_responder_row_with_a_later_not_after_does_not_extend_its_certificate(env: Env) -> None:
+    """A public notAfter edited to a later time neither delays the renewal past the sealed
+    certificate's notAfter nor lets a response outlive it."""
+    ca, leaf = env.ca_cert(), env.certificate()
+    first = responder_of(ask(env, request(leaf, ca, nonce=b"a" * 8)), ca)
+    _tamper(env, 1, not_after="2099-01-01T00:00:00+00:00")
+    env.clock.now = first.not_valid_after_utc.timestamp() - 3600  # past half, before the end
+    for asked in (ask, _ask_restarted):
+        _signed_or_refused(env, asked(env, request(leaf, ca, nonce=b"b" * 8)))
+    env.clock.now = first.not_valid_after_utc.timestamp() + 60
+    for asked in (ask, _ask_restarted):
+        _signed_or_refused(env, asked(env, request(leaf, ca, nonce=b"c" * 8)))
+
+
+def test_a_deleted_responder_row_is_not_signed_with_again(env: Env) -> None:
+    """An operator who deletes the responder rows (say, the key is thought leaked) gets a new
+    responder at the next request: the running CAS does not keep signing with the deleted key
+    it had loaded, though the new row has the same version number."""
+    ca, leaf = env.ca_cert(), env.certificate()
+    first = responder_of(ask(env, request(leaf, ca, nonce=b"a" * 8)), ca)
+    with env.cas.db.write() as conn:
+        raw_execute(conn, "DELETE FROM secrets WHERE policy = 'tls' AND name = ?", (responder_name("ca"),))
+    response = _signed_or_refused(env, ask(env, request(leaf, ca, nonce=b"b" * 8)))
+    assert response is not None
+    second = responder_of(response, ca)
+    [(version, public)] = env.versions(responder_name("ca"))
+    assert version == 1 and public["serial"] == format(second.serial_number, "x")
+    assert second.public_key() != first.public_key()
+
+
+def test_a_deleted_responder_row_after_a_ca_key_change_is_reissued(env: Env) -> None:
+    """Deleted rows and a new CA key: the responder is re-issued under the new key (version 1
+    again), not refused for ever because version 1 was once issued under the old key."""
+    ask(env, request(env.certificate(), env.ca_cert(), nonce=b"a" * 8))
+    with env.cas.db.write() as conn:
+        raw_execute(conn, "DELETE FROM secrets WHERE policy = 'tls' AND name = ?", (responder_name("ca"),))
+    env.apply_text(policy(ca_extra=OCSP, key_type="P-384", runtime="rt.local", predecessor=env.head()))
+    ca, leaf = env.ca_cert(), env.certificate()
+    response = _signed_or_refused(env, ask(env, request(leaf, ca, nonce=b"b" * 8)))
+    assert response is not None and responder_of(response, ca).issuer == ca.subject
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str | None:
+    return request.getfixturevalue("postgres").new_database() if request.param == "postgresql" else None
+
+
+def test_concurrent_renewals_issue_one_version(tmp_path: Path, db_url: str | None) -> None:
+    """Two renewals of a due responder at once (the sweep and a request, or two replicas): the
+    CAS write lock (BEGIN IMMEDIATE on SQLite, the cas_lock row on PostgreSQL) serialises them
+    and the second finds it no longer due; exactly one new version."""
+    with started(tmp_path / "cas", db_url=db_url, text=policy(ca_extra=OCSP, runtime="rt.local")) as env:
+        ca, leaf = env.ca_cert(), env.certificate()
+        ask(env, request(leaf, ca, nonce=b"a" * 8))
+        env.clock.now = T0 + RESPONDER_VALIDITY / 2 + 60
+        barrier = threading.Barrier(2)
+        results: list[dict[str, object]] = []
+
+        def renew() -> None:
+            barrier.wait()
+            results.append(renew_due(env.cas, ["tls"]))
+
+        threads = [threading.Thread(target=renew) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(bool(r) for r in results) == [False, True]
+        assert sorted(v for v, _ in env.versions(responder_name("ca"))) == [1, 2]
+        responder_of(ask(env, request(leaf, ca, nonce=b"b" * 8)), ca)
+
+
+def test_a_responder_row_whose_sealed_value_does_not_open_fails_closed(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sealed value changed in place: tryLater (not an exception, not a signature), and a
+    warning that names the row, never a value."""
+    ca, leaf = env.ca_cert(), env.certificate()
+    ask(env, request(leaf, ca, nonce=b"a" * 8))
+    with env.cas.db.write() as conn:
+        raw_execute(conn, "UPDATE secrets SET sealed = ? WHERE policy = 'tls' AND name = ?",
+                    (b"\x00" * 64, responder_name("ca")))  # fmt: skip
+    with caplog.at_level("WARNING", logger="confide.cas"):
+        assert _ask_restarted(env, request(leaf, ca, nonce=b"b" * 8)).response_status == S.TRY_LATER
+    [record] = [r for r in caplog.records if "ocsp-responder-refused" in r.getMessage()]
+    assert json.loads(record.getMessage()) == {
+        "event": "ocsp-responder-refused", "policy": "tls", "name": "ca/ocsp-responder", "version": 1,
+        "check": "unreadable",
+    }  # fmt: skip

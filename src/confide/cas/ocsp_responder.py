@@ -64,13 +64,16 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from confide.cas.core import SecretRow
 from confide.cas.crl import REASONS, UNSPECIFIED, CrlRow, crl_due, current_crl
@@ -90,7 +93,7 @@ from confide.cas.ocsp_der import (
 from confide.cas.ratelimit import Rate, RateLimiter, client_key
 from confide.cas.renewal import renew_due
 from confide.cas.secrets import CERTIFICATE_KINDS, crl_distribution_id
-from confide.errors import ParseError
+from confide.errors import ConfideError, ParseError
 from confide.lru import Lru
 
 if TYPE_CHECKING:
@@ -109,6 +112,8 @@ __all__ = [
     "OcspResponder",
     "unsuccessful",
 ]
+
+log = logging.getLogger("confide.cas")
 
 MAX_REQUEST = 4096
 """Bytes of a DER OCSPRequest: one CertID and a nonce take about 120; a signed request with its
@@ -167,11 +172,20 @@ class _Ca(NamedTuple):
     crl: CrlRow
 
 
+class _Signer(NamedTuple):
+    key: Any
+    certificate: bytes  # DER, included in every response (RFC 6960 §4.2.1 certs)
+    key_hash: bytes  # responderID byKey (§4.2.2.3): SHA-1 of the subjectPublicKey value
+    not_after: float  # the sealed certificate's
+
+
 class _Responder(NamedTuple):
-    """A version of a CA's delegated responder (:mod:`confide.cas.ocsp_delegate`)."""
+    """A version of a CA's delegated responder (:mod:`confide.cas.ocsp_delegate`), its sealed
+    key and certificate checked against the CA (:meth:`OcspResponder._signer`)."""
 
     version: int
     not_after: float
+    signer: _Signer
 
 
 class _Status(NamedTuple):
@@ -179,12 +193,6 @@ class _Status(NamedTuple):
     revoked_at: float | None = None
     reason: str | None = None
     valid_until: float | None = None  # a good certificate's notAfter
-
-
-class _Signer(NamedTuple):
-    key: Any
-    certificate: bytes  # DER, included in every response (RFC 6960 §4.2.1 certs)
-    key_hash: bytes  # responderID byKey (§4.2.2.3): SHA-1 of the subjectPublicKey value
 
 
 def parse_request(der: bytes) -> ParsedRequest | None:
@@ -213,8 +221,10 @@ class OcspResponder:
         self.cas = cas
         self._cache: Lru[tuple[Any, ...], tuple[bytes, float]] = Lru(cache_size)
         self._hashes: Lru[tuple[str, str, str], tuple[bytes, bytes]] = Lru(256)
-        self._keys: Lru[tuple[str, str, int], _Signer] = Lru(64)
-        self._responders: Lru[tuple[str, str, int], tuple[str, float]] = Lru(256)
+        # Keyed by the row's public part too: a row deleted and issued again has the same
+        # version and another certificate (and key).
+        self._keys: Lru[tuple[str, str, int, str, str], _Signer] = Lru(64)
+        self._responders: Lru[tuple[str, str, int, str], tuple[str, float]] = Lru(256)
         self._ca_certs: Lru[tuple[str, str, int], tuple[x509.Certificate, bytes]] = Lru(256)
         self._limiter = RateLimiter(signature_rate) if signature_rate is not None else None
         self._limiter_lock = threading.Lock()
@@ -315,7 +325,8 @@ class OcspResponder:
     def _responder(self, ca: _Ca) -> _Responder | None:
         """The CA's current responder version, issued or renewed first when due (a new one, or
         under a new CA key, or past half its validity; :func:`confide.cas.ocsp_delegate.due_reason`);
-        ``None`` when it is still due after that."""
+        ``None`` when it is still due after that, or when its sealed certificate is not what its
+        row says or not the current CA's (:meth:`_signer`: fails closed, tryLater)."""
         name = responder_name(ca.name)
         for attempt in range(2):
             with self.cas.db.read() as conn:
@@ -328,7 +339,8 @@ class OcspResponder:
             state = None if row is None else self._responder_state(ca.policy, name, int(row[0]), row[1])
             if row is not None and due_reason(bytes.fromhex(ca.key_id), state, self.cas.clock()) is None:
                 assert state is not None  # due_reason says "new" for none
-                return _Responder(int(row[0]), state[1])
+                signer = self._signer(ca, int(row[0]), row[1], state)
+                return None if signer is None else _Responder(int(row[0]), signer.not_after, signer)
             if attempt == 0:
                 renew_due(self.cas, [ca.policy])
         return None
@@ -336,11 +348,11 @@ class OcspResponder:
     def _responder_state(self, policy: str, name: str, version: int, public: str) -> tuple[str, float] | None:
         """:func:`responder_state` of a responder version (its public part never changes:
         parsed once)."""
-        state = self._responders.get((policy, name, version))
+        state = self._responders.get((policy, name, version, public))
         if state is None:
             state = responder_state(public)
             if state is not None:
-                self._responders.put((policy, name, version), state)
+                self._responders.put((policy, name, version, public), state)
         return state
 
     def _parsed_ca(
@@ -418,7 +430,7 @@ class OcspResponder:
     ) -> bytes:
         """A successful BasicOCSPResponse (RFC 6960 §4.2.1), one SingleResponse per CertID in
         the request's order, signed by ``ca``'s responder key, its certificate included."""
-        signer = self._signer(ca, responder.version)
+        signer = responder.signer
         next_update = min(ca.crl.next_update, responder.not_after)  # never past what signs it
         answers = []
         for entry, status in zip(query.entries, statuses, strict=True):
@@ -439,33 +451,71 @@ class OcspResponder:
             nonce_value=query.nonce_value,
         )  # fmt: skip
 
-    def _signer(self, ca: _Ca, version: int) -> _Signer:
-        """The CA's responder key and certificate, loaded once per responder version (its sealed
-        value unsealed as for a release; never logged)."""
-        key = (ca.policy, ca.name, version)
+    def _signer(self, ca: _Ca, version: int, public: str, state: tuple[str, float]) -> _Signer | None:
+        """The CA's responder key and certificate of ``version`` (whose row's public part is
+        ``public``, recording ``state``), unsealed as for a release, loaded once per row. The
+        public part is not authenticated, the sealed value is (associated data: policy, name,
+        version): the sealed certificate must be the one the row shows, record the same CA key
+        and notAfter, be issued directly by the CA's current key with id-kp-OCSPSigning
+        (RFC 6960 §4.2.2.2) and certify the sealed key. Else ``None`` and a warning naming the
+        row and the check (never a value): the responder fails closed rather than sign with a
+        key the current CA did not certify or past its certificate."""
+        key = (ca.policy, ca.name, version, public, ca.key_id)
         found = self._keys.get(key)
-        if found is None:
-            with self.cas.db.read() as conn:  # that version, even if a newer one came since
-                found_row = raw_execute(
-                    conn,
-                    "SELECT policy, name, version, kind, sealed, public FROM secrets "
-                    "WHERE policy = ? AND name = ? AND version = ?",
-                    (ca.policy, responder_name(ca.name), version),
-                ).fetchone()
-            if found_row is None:
-                raise RuntimeError(
-                    "the OCSP responder's version is gone; the next request sees its successor"
-                )
-            p, n, v, k, sealed, public = found_row
-            row = SecretRow(p, n, v, k, bytes(sealed), public)
-            value = self.cas._unseal(row)
-            assert value.certificate is not None
-            cert = x509.load_der_x509_certificate(value.certificate)
-            digest = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest  # SHA-1, §4.2.2.3
-            found = _Signer(serialization.load_der_private_key(value.data, None), value.certificate, digest)
-            self._keys.put(key, found)
-        result: _Signer = found
-        return result
+        if found is not None:
+            return found
+        name = responder_name(ca.name)
+        with self.cas.db.read() as conn:  # that version, even if a newer one came since
+            found_row = raw_execute(
+                conn,
+                "SELECT policy, name, version, kind, sealed, public FROM secrets "
+                "WHERE policy = ? AND name = ? AND version = ?",
+                (ca.policy, name, version),
+            ).fetchone()
+        problem = "gone" if found_row is None or found_row[5] != public else None
+        signer = None
+        if problem is None:
+            p, n, v, k, sealed, _ = found_row
+            try:
+                value = self.cas._unseal(SecretRow(p, n, v, k, bytes(sealed), public))
+                signer, problem = _checked_signer(ca, value.data, value.certificate, public, state)
+            except (ConfideError, KeyError, ValueError, TypeError):
+                problem = "unreadable"
+        if signer is None:
+            log.warning(json.dumps({"event": "ocsp-responder-refused", "policy": ca.policy, "name": name,
+                                    "version": version, "check": problem}))  # fmt: skip
+            return None
+        self._keys.put(key, signer)
+        return signer
+
+
+def _checked_signer(
+    ca: _Ca, private: bytes, certificate: bytes | None, public: str, state: tuple[str, float]
+) -> tuple[_Signer | None, str | None]:
+    """The signer of a responder's sealed ``private`` key and ``certificate`` when they pass
+    :meth:`OcspResponder._signer`'s checks; else ``None`` and the check that failed."""
+    if certificate is None:
+        return None, "certificate"
+    cert = x509.load_der_x509_certificate(certificate)
+    shown = x509.load_pem_x509_certificate(json.loads(public)["certificate"].encode())
+    if shown.public_bytes(serialization.Encoding.DER) != certificate:
+        return None, "certificate"
+    try:
+        cert.verify_directly_issued_by(ca.certificate)  # the current CA key signed it
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (InvalidSignature, ValueError, TypeError, x509.ExtensionNotFound):
+        return None, "issuer"
+    not_after = cert.not_valid_after_utc.timestamp()
+    if aki is None or aki.hex() != ca.key_id or ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
+        return None, "issuer"
+    if state != (ca.key_id, not_after):
+        return None, "state"
+    key: Any = serialization.load_der_private_key(private, None)
+    if key.public_key() != cert.public_key():
+        return None, "key"
+    digest = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest  # SHA-1, §4.2.2.3
+    return _Signer(key, certificate, digest, not_after), None
 
 
 def _stored_match(public: str, hex_serial: str, key_id: str) -> float | None:
