@@ -528,35 +528,47 @@ def cas_successor_show() -> None:
 @click.option("--master-key-id", "master_key_id", metavar="HEX",
               help="The CAS the approval applies to (default: the id the CAS reports; see cas"
               " successor show).")  # fmt: skip
-@click.option("--retire", is_flag=True,
-              help="Also approve retiring the version that hands the key over: once the board's"
-              ' quorum says so, it releases its key to no one and does not start again (docs/cas.md'
-              ' "Retiring the old version").')  # fmt: skip
+@click.option("--retire-claim", "retire_claims", multiple=True, metavar="NAME=VALUE",
+              help="Also approve retiring the version with these identity claims (all those of"
+              " --platform), which must be the one that hands the key over: once the board's quorum"
+              " names it, that release retires its code, which then releases the key to no one and"
+              ' does not start again (docs/cas.md "Retiring the old version").')  # fmt: skip
 @click.option("--identity", "identity_file", type=_PATH, required=True)
 def cas_successor_approve(
     platform: str,
     claims: tuple[str, ...],
     expires: str,
     master_key_id: str | None,
-    retire: bool,
+    retire_claims: tuple[str, ...],
     identity_file: Path,
 ) -> None:
     """Sign and submit an approval of a successor version; prints the approvers so far."""
     from confide.cas.client import CasClient
     from confide.cas.key_release import IDENTITY_CLAIMS
+    from confide.cas.successor import CODE_CLAIMS, code_identity, identity_digest
+    from confide.verify.result import Platform
 
-    named: dict[str, str] = {}
-    for item in claims:
-        name, sep, value = item.partition("=")
-        if not sep or not name or name in named:
-            raise UsageError(f"--claim: got {item[:80]!r}, expected NAME=VALUE, each name once")
-        named[name] = value.strip().lower()
+    named, retire = _named_claims("--claim", claims), _named_claims("--retire-claim", retire_claims)
     # what the CAS would refuse, refused before anything is signed or sent
     known = {p.value: names for p, names in IDENTITY_CLAIMS.items()}
     if platform not in known:
         raise UsageError(f"--platform: got {platform[:40]!r}, expected one of {', '.join(sorted(known))}")
     if set(named) != set(known[platform]):
         raise UsageError(f"--claim: {platform} needs exactly {', '.join(known[platform])}")
+    if retire_claims and set(retire) != set(known[platform]):
+        raise UsageError(f"--retire-claim: {platform} needs exactly {', '.join(known[platform])}")
+    if retire_claims:
+        if code_identity(platform, retire) == code_identity(platform, named):
+            code = ", ".join(CODE_CLAIMS[Platform(platform)])
+            raise UsageError(
+                f"--retire-claim: the successor has the same code ({code}): it would be retired too"
+            )
+        # shown before anything is signed: what the signature will retire
+        click.echo(
+            f"retires the version {identity_digest(platform, retire)} when it hands the key over:", err=True
+        )
+        for name, value in retire.items():
+            click.echo(f"  {name}={value}", err=True)
     expiry = _expiry(expires)
     ident = load_identity(identity_file)
     client = CasClient.from_env()
@@ -564,9 +576,15 @@ def cas_successor_approve(
     key_id = master_key_id.lower() if master_key_id else str(shown["master_key_id"])
     generation = int(shown.get("generation", 0))
     result = client.approve_successor(
-        key_id, platform, named, expiry, ident, generation=generation, retire=retire
+        key_id,
+        platform,
+        named,
+        expiry,
+        ident,
+        generation=generation,
+        retire=retire if retire_claims else None,
     )
-    retiring = " (retires the releasing version)" if result.get("retire") else ""
+    retiring = f" (retires {', '.join(result['retire'])} when it hands over)" if result.get("retire") else ""
     click.echo(f"{result['target']} {_state(result)}{retiring}")
     click.echo(f"approval {result['digest']} (cas successor withdraw --approval names it)", err=True)
 
@@ -588,6 +606,17 @@ def cas_successor_withdraw(approval: str, master_key_id: str | None, identity_fi
     key_id = master_key_id.lower() if master_key_id else str(client.successor()["master_key_id"])
     result = client.withdraw_successor_approval(key_id, approval.strip().lower(), ident)
     click.echo(f"{result['approval']} withdrawn: {result['target']} {_state(result)}")
+
+
+def _named_claims(option: str, items: tuple[str, ...]) -> dict[str, str]:
+    """``NAME=VALUE`` items as claims in text form (values lower-case), each name once."""
+    named: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or name in named:
+            raise UsageError(f"{option}: got {item[:80]!r}, expected NAME=VALUE, each name once")
+        named[name] = value.strip().lower()
+    return named
 
 
 def _state(result: dict[str, Any]) -> str:

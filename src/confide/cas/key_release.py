@@ -382,7 +382,9 @@ class KeyReleaser:
                     self.successors.check_retired(conn, own, peer)
                 if other_version and self.successors is not None:
                     try:
-                        outcome["successor"] = self.successors.authorise(conn, peer, key_id, self.clock())
+                        outcome["successor"] = self.successors.authorise(
+                            conn, peer, key_id, self.clock(), own
+                        )
                     except AppraisalError as exc:
                         raise AppraisalError(
                             "the joining CAS is not the same CAS as this one: "
