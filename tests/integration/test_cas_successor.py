@@ -385,11 +385,15 @@ def test_the_board_changes_with_its_quorum_and_the_old_version_is_retired(
 
         # The new board approves the successor and the retirement of the releasing version.
         old = {"measurement": cas_dev_measurement().hex()}
-        retire = ("--retire-claim", f"measurement={old['measurement']}")
+        # carol names it by its claims, mallory by the CAS she attested (its evidence, verified).
+        retire = {
+            carol: ("--retire-claim", f"measurement={old['measurement']}"),
+            mallory: ("--retire-attested",),
+        }
         for who in (carol, mallory):
             r = confide(restarted, "cas", "successor", "approve", "--platform", "sim", "--claim",
                         f"measurement={measurement}", "--expires", "7d", "--identity", str(who[0]),
-                        *retire)  # fmt: skip
+                        *retire[who])  # fmt: skip
             assert r.returncode == 0, r.stderr
         shown_retire = ["(retires", identity_digest("sim", old), "when", "it", "hands", "over)"]
         assert r.stdout.split()[1:] == ["authorised", *shown_retire], r.stdout
