@@ -254,3 +254,22 @@ def test_migration_10_from_a_schema_9_database_with_a_retirement(
     monkeypatch.setattr(db_module, "SCHEMA_VERSION", 9)
     with pytest.raises(errors.StorageError, match="newer than this CAS"):
         db.migrate()
+
+
+def test_a_retired_row_whose_claims_do_not_hash_to_its_identity_is_detected(
+    board_cas: Releaser, people: list[Identity]
+) -> None:
+    """The code identity is derived from a row's claims, which the board's MAC does not cover
+    itself: claims that no longer hash to the row's (authenticated) digest are a StorageError,
+    not a retirement of other code."""
+    old = {"measurement": cas_dev_measurement().hex()}
+    for who in people[:2]:
+        _approve_retiring(board_cas, who, "sim", {"measurement": NEW.hex()}, old, time.time() + 600)
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    joiner.open(board_cas.releaser.release(joiner.sim_request(board_cas.sim, NEW)))
+    with board_cas.cas.db.write() as conn:
+        raw_execute(conn, "UPDATE successor_retired SET claims = ?", (f'{{"measurement":"{OTHER.hex()}"}}',))
+    successors = board_cas.releaser.successors
+    assert successors is not None
+    with pytest.raises(errors.StorageError, match="database was altered"):
+        successors.refuse_retired_start(_sim_own(board_cas, cas_dev_measurement()))

@@ -23,7 +23,8 @@ over to a successor version" describes the authorised hand-over implemented here
    compares for ``platform`` (:data:`~confide.cas.key_release.IDENTITY_CLAIMS`), in their text
    form (:func:`claim_text`); ``master_key_id`` names the CAS (its current master key);
    ``expires`` is a Unix time at most :data:`MAX_LIFETIME` ahead; optionally ``generation``
-   (the board's, left out for 0) and ``retire`` (``true`` only; 5. below). The *target*,
+   (the board's, left out for 0) and ``retire`` (the identity claims of the version it
+   retires, 5. below). The *target*,
    SHA-256 of RFC 8785 JSON of ``{"claims", "master_key_id", "platform"}`` (and
    ``"generation"`` when it is not 0), names what is approved. A member's
    approval is stored (its newest per target) and recorded in the ledger; anything else after
@@ -43,12 +44,17 @@ over to a successor version" describes the authorised hand-over implemented here
    (:func:`~confide.cas.successor_board.bind_state`: deleting one is a StorageError). The
    release's transaction reads them, so a withdrawal committed before the release wins; its
    ledger entry names the digests of the approvals it counted.
-5. **Retirement** (docs/cas.md "Retiring the old version"): an approval may also say ``retire``;
-   when those that count and say it meet the board's rule, the release's transaction retires
-   the releasing CAS's version (:meth:`Successors.retire`: its identity digest stored, covered
-   by the board's MAC, recorded). A retired version releases the key to no one, is released to
-   by no one (:meth:`Successors.check_retired`, in every release's transaction) and does not
-   start (:meth:`Successors.refuse_retired_start`).
+5. **Retirement** (docs/cas.md "Retiring the old version"): an approval may also name, in
+   ``retire``, the identity claims of the version it retires; it then counts only for a release
+   by exactly that version. When those that count and name the releaser meet the board's rule,
+   the release's transaction retires the releasing CAS's version (:meth:`Successors.retire`:
+   its identity digest stored, covered by the board's MAC, recorded). A retirement matches on
+   the *code identity* (:data:`CODE_CLAIMS`, :func:`code_identity`), whatever the host-set
+   claims: a retired code releases the key to no one, is released to by no one
+   (:meth:`Successors.check_retired`, in every release's transaction) and does not start
+   (:meth:`Successors.refuse_retired_start`). An approval that would retire its successor's
+   code is refused; ``"retire": true`` (schema 9) is refused, and a stored one counts for
+   nothing. Approvals are not consumed by a release (ADR 0004, amendment).
 """
 
 from __future__ import annotations
