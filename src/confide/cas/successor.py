@@ -67,7 +67,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Connection, and_, delete, insert, select
 
@@ -262,7 +262,7 @@ def parse_approval(doc: Any) -> Approval:
         )
     if isinstance(retire, dict) or "retire" in body:
         _check_claims(retire, names, platform, "retire")
-        assert isinstance(retire, dict)
+        retire = cast("dict[str, str]", retire)
         # docs/cas.md "Retiring the old version": retiring the successor's own code would retire
         # the successor too (a retirement matches on the code, whatever the host-set claims).
         if code_identity(platform.value, retire) == code_identity(platform.value, claims):
@@ -699,7 +699,7 @@ class Successors:
             void = [
                 {"target": str(r.target), "signer": str(r.signer), "reason": reason}
                 for r, a in checked
-                if a is None and (reason := _void(r.document)) is not None
+                if a is None and (reason := _void(r.document, r.signer)) is not None
             ]
             withdrawn = self._withdrawn(conn, {a.digest for a in approvals})
             targets: dict[str, dict[str, Any]] = {}
@@ -770,16 +770,20 @@ def _retirements(board: Board, counted: list[Approval]) -> list[str]:
     return sorted(i for i, s in named.items() if board.satisfied_by(s))
 
 
-def _void(document: str) -> str | None:
+def _void(document: str, signer: str) -> str | None:
     """Why a stored approval that no longer parses counts for nothing, when it is a schema-9
-    ``"retire": true`` one (``None`` otherwise: not an approval this CAS ever stored)."""
+    ``"retire": true`` one signed by the row's signer (``None`` otherwise: not an approval this
+    CAS ever stored)."""
     try:
         doc = json.loads(document)
-    except (ValueError, RecursionError):
+        if not isinstance(doc, dict) or doc.get("retire") is not True:
+            return None
+        _body, identity = verify_signed(doc, APPROVAL_TYPE)
+    except (ValueError, RecursionError, ConfideError):
         return None
-    if isinstance(doc, dict) and doc.get("retire") is True:
-        return "retire: true names no version (before schema 10): it counts for nothing; sign again"
-    return None
+    if identity.fingerprint != signer:
+        return None
+    return "retire: true names no version (before schema 10): it counts for nothing; sign again"
 
 
 def _claims_shown(claims: Mapping[str, str]) -> str:
