@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -273,3 +274,58 @@ def test_a_retired_row_whose_claims_do_not_hash_to_its_identity_is_detected(
     assert successors is not None
     with pytest.raises(errors.StorageError, match="database was altered"):
         successors.refuse_retired_start(_sim_own(board_cas, cas_dev_measurement()))
+
+
+def test_retire_attested_refuses_a_cas_that_is_not_the_pinned_one(
+    tmp_path: Path, people: list[Identity], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cas successor approve --retire-attested``: the CAS's evidence, verified again, must be
+    bound to the pinned certificate; a CAS presenting another one (the operator's, say) is
+    refused before anything is signed or sent."""
+    import hashlib
+
+    from click.testing import CliRunner
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from confide.cas import client, pin
+    from confide.cas.cli import cas as cas_group
+
+    def certificate() -> x509.Certificate:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cas")])
+        now = datetime.now(tz=UTC)
+        return (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + timedelta(days=1))
+            .sign(key, hashes.SHA256())
+        )  # fmt: skip
+
+    pinned, presented = certificate(), certificate()
+    (tmp_path / "cas.pem").write_bytes(pinned.public_bytes(serialization.Encoding.PEM))
+    alice_file = tmp_path / "alice.id"
+    people[0].save(alice_file)
+    called: list[str] = []
+
+    def attest(url: str, **_kw: object) -> pin.PinnedCas:
+        called.append(url)
+        der = presented.public_bytes(serialization.Encoding.DER)
+        return pin.PinnedCas(url, b"", hashlib.sha256(der).hexdigest(), "log", None)  # type: ignore[arg-type]
+
+    def no_client() -> object:
+        raise AssertionError("nothing may be sent")
+
+    monkeypatch.setattr(pin, "attest_cas", attest)
+    monkeypatch.setattr(client.CasClient, "from_env", staticmethod(no_client))
+    env = {"CONFIDE_CAS_URL": "https://127.0.0.1:9", "CONFIDE_CAS_CERT": str(tmp_path / "cas.pem")}
+    result = CliRunner().invoke(
+        cas_group,
+        ["successor", "approve", "--platform", "sim", "--claim", f"measurement={NEW.hex()}", "--expires", "1d",
+         "--identity", str(alice_file), "--retire-attested"],
+        env=env,
+    )  # fmt: skip
+    assert called == ["https://127.0.0.1:9"]
+    assert isinstance(result.exception, errors.AppraisalError), result.exception
+    assert "another certificate than the pinned one" in result.exception.message
