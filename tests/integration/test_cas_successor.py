@@ -13,7 +13,7 @@ makes the first CAS refuse to use the board. With a ``require-all`` board, a mem
 withdrawal of their approval (``confide cas successor withdraw``) makes the successor refused
 until that member approves again. The board is changed with its own quorum (``confide cas
 successor board propose``/``approve``, the first CAS restarted in between; an approval signed
-under the old board no longer counts), and the new board hands the key over with ``--retire``:
+under the old board no longer counts), and the new board hands the key over with ``--retire-claim``:
 the first CAS then releases its key to no one, its version does not start again on the
 database, and the successor does not release the key to it.
 """
@@ -41,7 +41,7 @@ from confide.cas.core import sign_document
 from confide.cas.db import Database, raw_connection, raw_execute
 from confide.cas.dev_measurement import cas_dev_measurement, measure_package
 from confide.cas.ledger_sink import ENTRY_TYPES
-from confide.cas.successor import APPROVAL_TYPE, target_of
+from confide.cas.successor import APPROVAL_TYPE, identity_digest, target_of
 from confide.identity import Identity
 from confide.ledger.encoding import Entry
 from confide.ledger.store import Ledger
@@ -384,13 +384,25 @@ def test_the_board_changes_with_its_quorum_and_the_old_version_is_retired(
         assert r.returncode == errors.AccessDeniedError.exit_code, r.stderr
 
         # The new board approves the successor and the retirement of the releasing version.
-        retire = ("--retire",)
+        old = {"measurement": cas_dev_measurement().hex()}
+        # carol names it by its claims, mallory by the CAS she attested (its evidence, verified).
+        retire = {
+            carol: ("--retire-claim", f"measurement={old['measurement']}"),
+            mallory: ("--retire-attested",),
+        }
         for who in (carol, mallory):
             r = confide(restarted, "cas", "successor", "approve", "--platform", "sim", "--claim",
                         f"measurement={measurement}", "--expires", "7d", "--identity", str(who[0]),
-                        *retire)  # fmt: skip
+                        *retire[who])  # fmt: skip
             assert r.returncode == 0, r.stderr
-        assert r.stdout.split()[1:] == ["authorised", "(retires", "the", "releasing", "version)"], r.stdout
+        shown_retire = ["(retires", identity_digest("sim", old), "when", "it", "hands", "over)"]
+        assert r.stdout.split()[1:] == ["authorised", *shown_retire], r.stdout
+        assert f"measurement={old['measurement']}" in r.stderr  # what is retired, shown before signing
+        # One that would retire the successor's own code is refused before anything is signed.
+        r = confide(restarted, "cas", "successor", "approve", "--platform", "sim", "--claim",
+                    f"measurement={measurement}", "--expires", "7d", "--identity", str(carol[0]),
+                    "--retire-claim", f"measurement={measurement}")  # fmt: skip
+        assert r.returncode == errors.UsageError.exit_code and "retired too" in r.stderr, r.stderr
         successor = _successor(restarted, tmp_path / "j1", src).start()
         try:
             # The retired CAS releases its key to no one: not to another successor ...

@@ -224,7 +224,7 @@ def test_schema_6_fills_the_ids_of_existing_crls(env: Env) -> None:
         raw_execute(conn, "DROP INDEX crls_distribution_id")
         raw_execute(conn, "ALTER TABLE crls DROP COLUMN distribution_id")
         raw_execute(conn, "UPDATE meta SET value = '5' WHERE key = 'schema_version'")
-    assert env.cas.db.migrate() == 9
+    assert env.cas.db.migrate() == 10
     row = env.cas.distributed_crl(_id(env))
     assert row is not None and x509.load_der_x509_crl(row.der) == env.crl()
 

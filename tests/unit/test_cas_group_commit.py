@@ -173,7 +173,7 @@ def test_expired_nonces_sessions_and_evidence_are_swept(setup: tuple[InProcessCa
 def test_migration_from_schema_1_adds_the_sweep_indexes_and_revocation_tables(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cas.db'}"
     db = Database(url)
-    assert db.migrate() == SCHEMA_VERSION == 9
+    assert db.migrate() == SCHEMA_VERSION == 10
     with db.write() as conn:  # back to what a version-1 CAS left
         for name in ("nonces_expires_at", "sessions_expires_at", "evidence_seen_seen_at",
                      "runtime_certificates_not_after", "runtime_certificates_name"):  # fmt: skip
@@ -190,7 +190,7 @@ def test_migration_from_schema_1_adds_the_sweep_indexes_and_revocation_tables(tm
         conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
     db.dispose()
     db = Database(url)
-    assert db.migrate() == 9
+    assert db.migrate() == 10
     db.dispose()
     with sqlite3.connect(tmp_path / "cas.db") as raw:
         names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
@@ -205,7 +205,7 @@ def test_migration_from_schema_1_adds_the_sweep_indexes_and_revocation_tables(tm
             "revocation_requests", "successor_board", "successor_approvals",
             "successor_withdrawals", "successor_board_approvals", "successor_retired"} <= tables  # fmt: skip
     assert "volumes_frozen" in columns
-    assert version == "9"
+    assert version == "10"
 
 
 def test_a_refusal_for_a_policy_that_does_not_exist_is_not_filed_under_its_name(

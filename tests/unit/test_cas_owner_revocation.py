@@ -417,7 +417,7 @@ def test_key_compromise_of_an_explicit_key_revokes_without_reissuing(env: Env) -
 def test_schema_5_migrates_a_schema_3_database_on_postgresql(postgres: Any) -> None:
     db = Database(postgres.new_database())
     try:
-        assert db.migrate() == 9
+        assert db.migrate() == 10
         with db.write() as conn:  # back to what a schema-3 CAS left, with a policy head
             raw_execute(conn, "DROP TABLE runtime_certificates")
             raw_execute(conn, "DROP TABLE revocation_requests")
@@ -428,7 +428,7 @@ def test_schema_5_migrates_a_schema_3_database_on_postgresql(postgres: Any) -> N
                 conn, "INSERT INTO policy_heads (name, hash, creator, updated_at) VALUES ('p', 'h', 'c', 0)"
             )
             raw_execute(conn, "UPDATE meta SET value = '3' WHERE key = 'schema_version'")
-        assert db.migrate() == 9
+        assert db.migrate() == 10
         with db.read() as conn:
             assert raw_execute(conn, "SELECT revision FROM policy_heads WHERE name = 'p'").fetchone()[0] == 0
             assert raw_execute(conn, "SELECT COUNT(*) FROM runtime_certificates").fetchone()[0] == 0

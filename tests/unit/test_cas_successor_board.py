@@ -413,7 +413,7 @@ def test_schema_8_adds_the_withdrawals_table(tmp_path: Path, people: list[Identi
     with cas.db.write() as conn:  # back to what a schema-7 CAS left
         raw_execute(conn, "DROP TABLE successor_withdrawals")
         raw_execute(conn, "UPDATE meta SET value = '7' WHERE key = 'schema_version'")
-    assert cas.db.migrate() == 9
+    assert cas.db.migrate() == 10
     assert _withdrawn_rows(cas) == []
     cas.db.dispose()
 
@@ -425,7 +425,7 @@ def test_schema_9_adds_the_board_change_and_retirement_tables(tmp_path: Path, pe
         raw_execute(conn, "DROP TABLE successor_board_approvals")
         raw_execute(conn, "DROP TABLE successor_retired")
         raw_execute(conn, "UPDATE meta SET value = '8' WHERE key = 'schema_version'")
-    assert cas.db.migrate() == 9
+    assert cas.db.migrate() == 10
     stored = _stored(cas)  # a board stored before schema 9 is generation 0, and still authenticates
     assert stored == board and stored is not None and stored.generation == 0
     assert _successors(cas).board_changes.show()["changes"] == []

@@ -195,7 +195,8 @@ def _approve_retiring(r: Releaser, who: Identity, claims: dict[str, str]) -> Any
     successors = r.releaser.successors
     assert successors is not None
     body = {"type": APPROVAL_TYPE, "master_key_id": r.cas.sealer.sealing_key_id, "platform": "sim",
-            "claims": claims, "expires": int(time.time()) + 600, "retire": True}  # fmt: skip
+            "claims": claims, "expires": int(time.time()) + 600,
+            "retire": {"measurement": cas_dev_measurement().hex()}}  # fmt: skip
     return successors.approve(sign_document(body, who.sign, who.public.public_base64))
 
 
@@ -215,9 +216,9 @@ def test_a_hand_over_approved_with_retire_retires_the_releasing_version(
     alice, bob, _carol = people
     claims = {"measurement": NEW.hex()}
     old = {"measurement": cas_dev_measurement().hex()}
-    assert _approve_retiring(board_cas, alice, claims)["retire"] is False  # one of two
+    assert _approve_retiring(board_cas, alice, claims)["retire"] == []  # one of two
     result = _approve_retiring(board_cas, bob, claims)
-    assert result["authorised"] is True and result["retire"] is True
+    assert result["authorised"] is True and result["retire"] == [identity_digest("sim", old)]
     assert _retired(board_cas) == []  # approving retires nothing yet: the hand-over does
     joiner = Joiner(board_cas.releaser.new_nonce())
     joiner.open(board_cas.releaser.release(joiner.sim_request(board_cas.sim, NEW)))
@@ -283,7 +284,7 @@ def test_without_the_quorums_retire_the_old_version_is_not_retired(
     alice, bob, _carol = people
     claims = {"measurement": NEW.hex()}
     _approve_retiring(board_cas, alice, claims)
-    assert _approve(board_cas, bob, "sim", claims, time.time() + 600)["retire"] is False
+    assert _approve(board_cas, bob, "sim", claims, time.time() + 600)["retire"] == []
     joiner = Joiner(board_cas.releaser.new_nonce())
     joiner.open(board_cas.releaser.release(joiner.sim_request(board_cas.sim, NEW)))
     _kind, released = board_cas.events()[-1]
@@ -300,6 +301,7 @@ def test_retire_is_read_strictly(people: list[Identity]) -> None:
     for extra in (
         {"retire": False},
         {"retire": 1},
+        {"retire": True},
         {"generation": 0},
         {"generation": -1},
         {"generation": "1"},
@@ -308,10 +310,12 @@ def test_retire_is_read_strictly(people: list[Identity]) -> None:
         with pytest.raises(errors.ParseError):
             parse_approval(doc)
     doc = sign_document(
-        {**body, "retire": True, "generation": 2}, people[0].sign, people[0].public.public_base64
+        {**body, "retire": {"measurement": "00" * 48}, "generation": 2},
+        people[0].sign,
+        people[0].public.public_base64,
     )
     approval = parse_approval(doc)
-    assert approval.retire is True and approval.generation == 2
+    assert approval.retire == {"measurement": "00" * 48} and approval.generation == 2
     assert approval.target == target_of("ab" * 16, "sim", {"measurement": NEW.hex()}, 2)
 
 

@@ -528,35 +528,58 @@ def cas_successor_show() -> None:
 @click.option("--master-key-id", "master_key_id", metavar="HEX",
               help="The CAS the approval applies to (default: the id the CAS reports; see cas"
               " successor show).")  # fmt: skip
-@click.option("--retire", is_flag=True,
-              help="Also approve retiring the version that hands the key over: once the board's"
-              ' quorum says so, it releases its key to no one and does not start again (docs/cas.md'
-              ' "Retiring the old version").')  # fmt: skip
+@click.option("--retire-claim", "retire_claims", multiple=True, metavar="NAME=VALUE",
+              help="Also approve retiring the version with these identity claims (all those of"
+              " --platform), which must be the one that hands the key over: once the board's quorum"
+              " names it, that release retires its code, which then releases the key to no one and"
+              ' does not start again (docs/cas.md "Retiring the old version").')  # fmt: skip
+@click.option("--retire-attested", is_flag=True,
+              help="As --retire-claim, with the identity claims of the CAS this client talks to,"
+              " read from its evidence verified again (as cas attest does; $CONFIDE_SIM_DIR,"
+              " $CONFIDE_DCAP_COLLATERAL) and bound to the pinned certificate"
+              " ($CONFIDE_CAS_CERT).")  # fmt: skip
 @click.option("--identity", "identity_file", type=_PATH, required=True)
 def cas_successor_approve(
     platform: str,
     claims: tuple[str, ...],
     expires: str,
     master_key_id: str | None,
-    retire: bool,
+    retire_claims: tuple[str, ...],
+    retire_attested: bool,
     identity_file: Path,
 ) -> None:
     """Sign and submit an approval of a successor version; prints the approvers so far."""
     from confide.cas.client import CasClient
     from confide.cas.key_release import IDENTITY_CLAIMS
+    from confide.cas.successor import CODE_CLAIMS, code_identity, identity_digest
+    from confide.verify.result import Platform
 
-    named: dict[str, str] = {}
-    for item in claims:
-        name, sep, value = item.partition("=")
-        if not sep or not name or name in named:
-            raise UsageError(f"--claim: got {item[:80]!r}, expected NAME=VALUE, each name once")
-        named[name] = value.strip().lower()
+    named, retire = _named_claims("--claim", claims), _named_claims("--retire-claim", retire_claims)
     # what the CAS would refuse, refused before anything is signed or sent
     known = {p.value: names for p, names in IDENTITY_CLAIMS.items()}
     if platform not in known:
         raise UsageError(f"--platform: got {platform[:40]!r}, expected one of {', '.join(sorted(known))}")
     if set(named) != set(known[platform]):
         raise UsageError(f"--claim: {platform} needs exactly {', '.join(known[platform])}")
+    if retire_claims and retire_attested:
+        raise UsageError("--retire-claim and --retire-attested: give one")
+    if retire_attested:
+        retire = _attested_claims(platform)
+    elif retire_claims and set(retire) != set(known[platform]):
+        raise UsageError(f"--retire-claim: {platform} needs exactly {', '.join(known[platform])}")
+    retiring = bool(retire_claims) or retire_attested
+    if retiring:
+        if code_identity(platform, retire) == code_identity(platform, named):
+            code = ", ".join(CODE_CLAIMS[Platform(platform)])
+            raise UsageError(
+                f"--retire-claim: the successor has the same code ({code}): it would be retired too"
+            )
+        # shown before anything is signed: what the signature will retire
+        click.echo(
+            f"retires the version {identity_digest(platform, retire)} when it hands the key over:", err=True
+        )
+        for name, value in retire.items():
+            click.echo(f"  {name}={value}", err=True)
     expiry = _expiry(expires)
     ident = load_identity(identity_file)
     client = CasClient.from_env()
@@ -564,10 +587,16 @@ def cas_successor_approve(
     key_id = master_key_id.lower() if master_key_id else str(shown["master_key_id"])
     generation = int(shown.get("generation", 0))
     result = client.approve_successor(
-        key_id, platform, named, expiry, ident, generation=generation, retire=retire
+        key_id,
+        platform,
+        named,
+        expiry,
+        ident,
+        generation=generation,
+        retire=retire if retiring else None,
     )
-    retiring = " (retires the releasing version)" if result.get("retire") else ""
-    click.echo(f"{result['target']} {_state(result)}{retiring}")
+    retires = f" (retires {', '.join(result['retire'])} when it hands over)" if result.get("retire") else ""
+    click.echo(f"{result['target']} {_state(result)}{retires}")
     click.echo(f"approval {result['digest']} (cas successor withdraw --approval names it)", err=True)
 
 
@@ -588,6 +617,64 @@ def cas_successor_withdraw(approval: str, master_key_id: str | None, identity_fi
     key_id = master_key_id.lower() if master_key_id else str(client.successor()["master_key_id"])
     result = client.withdraw_successor_approval(key_id, approval.strip().lower(), ident)
     click.echo(f"{result['approval']} withdrawn: {result['target']} {_state(result)}")
+
+
+def _attested_claims(platform: str) -> dict[str, str]:
+    """``--retire-attested``: the identity claims (text form) of the CAS at ``$CONFIDE_CAS_URL``,
+    from its evidence verified again as ``cas attest`` verifies it, whose TLS certificate must be
+    the pinned one (``$CONFIDE_CAS_CERT``): the version the approver attested, not one the
+    operator names."""
+    import hashlib
+    import hmac
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from confide.cas.key_release import IDENTITY_CLAIMS
+    from confide.cas.pin import attest_cas
+    from confide.cas.successor import claim_text
+    from confide.collateral.dcap import source_for
+    from confide.errors import AppraisalError
+    from confide.platforms.dcap import COLLATERAL_ENV
+
+    url, cert = os.environ.get("CONFIDE_CAS_URL"), os.environ.get("CONFIDE_CAS_CERT")
+    if not url or not cert:
+        raise UsageError(
+            "--retire-attested: set CONFIDE_CAS_URL and CONFIDE_CAS_CERT (pinned with cas attest)"
+        )
+    sim_dir = os.environ.get("CONFIDE_SIM_DIR")
+    try:
+        pinned_pem = Path(cert).read_bytes()
+        key_pem = (Path(sim_dir) / "platform-key.pub.pem").read_bytes() if sim_dir else None
+    except OSError as exc:
+        raise UsageError(f"--retire-attested: cannot read {exc.filename}: {exc.strerror}") from None
+    try:
+        pinned_der = x509.load_pem_x509_certificate(pinned_pem).public_bytes(serialization.Encoding.DER)
+    except ValueError:
+        raise UsageError(f"--retire-attested: {cert} is not a PEM certificate") from None
+    location = os.environ.get(COLLATERAL_ENV)
+    attested = attest_cas(url, sim_key_pem=key_pem, collateral=source_for(location) if location else None)
+    if not hmac.compare_digest(attested.certificate_sha256, hashlib.sha256(pinned_der).hexdigest()):
+        raise AppraisalError(
+            "--retire-attested: the CAS at CONFIDE_CAS_URL presented another certificate than the pinned "
+            "one: attest it again (cas attest --out) before naming its version"
+        )
+    evidence = attested.evidence
+    names = IDENTITY_CLAIMS.get(evidence.platform, ())
+    if evidence.platform.value != platform or not names or any(n not in evidence.claims for n in names):
+        raise UsageError(f"--retire-attested: the CAS runs on {evidence.platform.value}, not {platform}")
+    return {n: claim_text(evidence.claims[n]) for n in names}
+
+
+def _named_claims(option: str, items: tuple[str, ...]) -> dict[str, str]:
+    """``NAME=VALUE`` items as claims in text form (values lower-case), each name once."""
+    named: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or name in named:
+            raise UsageError(f"{option}: got {item[:80]!r}, expected NAME=VALUE, each name once")
+        named[name] = value.strip().lower()
+    return named
 
 
 def _state(result: dict[str, Any]) -> str:

@@ -227,15 +227,17 @@ class CasClient:
         identity: Identity,
         *,
         generation: int = 0,
-        retire: bool = False,
+        retire: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Sign and submit an approval of a successor version (docs/cas.md "Handing over to a
-        successor version"), under the board of ``generation``; ``retire``: it also approves
-        retiring the version that hands the key over ("Retiring the old version")."""
+        successor version"), under the board of ``generation``; ``retire``: the identity claims of
+        the version it also approves retiring, the one that must hand the key over ("Retiring
+        the old version")."""
         body: dict[str, Any] = {
             "type": SUCCESSOR_APPROVAL_TYPE, "master_key_id": master_key_id, "platform": platform,
             "claims": claims, "expires": expires,
-            **({"generation": generation} if generation else {}), **({"retire": True} if retire else {}),
+            **({"generation": generation} if generation else {}),
+            **({"retire": retire} if retire is not None else {}),
         }  # fmt: skip
         doc = sign_document(body, identity.sign, identity.public.public_base64)
         result: dict[str, Any] = self._call("POST", "/v1/cas/successor/approvals", json=doc)

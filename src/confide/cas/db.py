@@ -310,7 +310,7 @@ successor_retired = Table(
     Column("created_at", Float, nullable=False),
 )
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 T = TypeVar("T")
 
@@ -419,8 +419,19 @@ def _v9(conn: Connection) -> None:
     successor_retired.create(conn, checkfirst=True)
 
 
+def _v10(conn: Connection) -> None:
+    """Retirements match on code identity, approvals name the version they retire (docs/cas.md
+    "Retiring the old version"). No table changes: a ``successor_retired`` row keeps all the
+    retired version's identity claims, from which its code identity is derived; a stored
+    ``"retire": true`` approval (schema 9) counts for nothing from now on. The version itself is
+    the change: code from before schema 10 refuses a newer schema and so no longer starts on
+    the database, where it would match retirements on all the claims, host-set ones included
+    (the retired code relaunched with another of them would start)."""
+    del conn
+
+
 _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10,
 }  # fmt: skip
 
 

@@ -16,9 +16,9 @@ from a running CAS without the operator ever seeing it (docs/cas.md "Joining a r
    (another version) is released to only with the successor board's authorisation of exactly
    those claims (:meth:`confide.cas.successor.Successors.authorise`, in step 4's transaction,
    recorded as ``successor`` in the release's event). A retired version (docs/cas.md "Retiring
-   the old version") releases to no one and is released to by no one
-   (:meth:`~confide.cas.successor.Successors.check_retired`, in step 4's transaction); a release
-   whose approvals also retire the releasing version retires it in that transaction.
+   the old version"; matched on its code identity) releases to no one and is released to by no
+   one (:meth:`~confide.cas.successor.Successors.check_retired`, in step 4's transaction); a
+   release whose approvals name the releasing version to retire retires it in that transaction.
 4. In one write transaction: the nonce and the evidence are spent (single use; the ``nonces``
    and ``evidence_seen`` tables of the attestations), the database must name the key this CAS
    holds and no online rotation may be in progress, and a ``master-key-released`` event (ledger
@@ -382,7 +382,9 @@ class KeyReleaser:
                     self.successors.check_retired(conn, own, peer)
                 if other_version and self.successors is not None:
                     try:
-                        outcome["successor"] = self.successors.authorise(conn, peer, key_id, self.clock())
+                        outcome["successor"] = self.successors.authorise(
+                            conn, peer, key_id, self.clock(), own
+                        )
                     except AppraisalError as exc:
                         raise AppraisalError(
                             "the joining CAS is not the same CAS as this one: "

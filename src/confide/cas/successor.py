@@ -23,7 +23,8 @@ over to a successor version" describes the authorised hand-over implemented here
    compares for ``platform`` (:data:`~confide.cas.key_release.IDENTITY_CLAIMS`), in their text
    form (:func:`claim_text`); ``master_key_id`` names the CAS (its current master key);
    ``expires`` is a Unix time at most :data:`MAX_LIFETIME` ahead; optionally ``generation``
-   (the board's, left out for 0) and ``retire`` (``true`` only; 5. below). The *target*,
+   (the board's, left out for 0) and ``retire`` (the identity claims of the version it
+   retires, 5. below). The *target*,
    SHA-256 of RFC 8785 JSON of ``{"claims", "master_key_id", "platform"}`` (and
    ``"generation"`` when it is not 0), names what is approved. A member's
    approval is stored (its newest per target) and recorded in the ledger; anything else after
@@ -43,12 +44,17 @@ over to a successor version" describes the authorised hand-over implemented here
    (:func:`~confide.cas.successor_board.bind_state`: deleting one is a StorageError). The
    release's transaction reads them, so a withdrawal committed before the release wins; its
    ledger entry names the digests of the approvals it counted.
-5. **Retirement** (docs/cas.md "Retiring the old version"): an approval may also say ``retire``;
-   when those that count and say it meet the board's rule, the release's transaction retires
-   the releasing CAS's version (:meth:`Successors.retire`: its identity digest stored, covered
-   by the board's MAC, recorded). A retired version releases the key to no one, is released to
-   by no one (:meth:`Successors.check_retired`, in every release's transaction) and does not
-   start (:meth:`Successors.refuse_retired_start`).
+5. **Retirement** (docs/cas.md "Retiring the old version"): an approval may also name, in
+   ``retire``, the identity claims of the version it retires; it then counts only for a release
+   by exactly that version. When those that count and name the releaser meet the board's rule,
+   the release's transaction retires the releasing CAS's version (:meth:`Successors.retire`:
+   its identity digest stored, covered by the board's MAC, recorded). A retirement matches on
+   the *code identity* (:data:`CODE_CLAIMS`, :func:`code_identity`), whatever the host-set
+   claims: a retired code releases the key to no one, is released to by no one
+   (:meth:`Successors.check_retired`, in every release's transaction) and does not start
+   (:meth:`Successors.refuse_retired_start`). An approval that would retire its successor's
+   code is refused; ``"retire": true`` (schema 9) is refused, and a stored one counts for
+   nothing. Approvals are not consumed by a release (ADR 0004, amendment).
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Connection, and_, delete, insert, select
 
@@ -75,7 +81,6 @@ from confide.cas.successor_board import (
     bind_state,
     current_key_id,
     load_board,
-    retired_identities,
 )
 from confide.errors import (
     AccessDeniedError,
@@ -94,12 +99,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APPROVAL_TYPE",
+    "CODE_CLAIMS",
     "MAX_LIFETIME",
     "WITHDRAWAL_TYPE",
     "Approval",
     "Successors",
     "Withdrawal",
     "claim_text",
+    "code_identity",
     "current_key_id",
     "identity_digest",
     "parse_approval",
@@ -148,6 +155,37 @@ def target_of(master_key_id: str, platform: str, claims: Mapping[str, str], gene
     return hashlib.sha256(jcs(named)).hexdigest()
 
 
+CODE_CLAIMS: Mapping[Platform, tuple[str, ...]] = {
+    # docs/cas.md "Retiring the old version": the identity claims that measure the CAS's code,
+    # per platform; a retirement matches on these only, so the retired code launched with
+    # other host-set claims is still retired.
+    Platform.SIMULATED: ("measurement",),  # the dev CAS's code measurement is all there is
+    # MRENCLAVE measures the enclave's code and initial data; MRSIGNER, ISVPRODID/ISVSVN and
+    # the KSS fields are what a SIGSTRUCT (anyone may sign one for the same enclave) or the
+    # host's CONFIGID say, so the same enclave re-signed or configured otherwise stays retired.
+    Platform.SGX: ("mr_enclave",),
+    # MRTD: the TD's initial memory (the firmware); RTMR1: kernel and boot loader; RTMR2: the
+    # command line and initrd (with them the root file system's hash). Left out: RTMR0 (the
+    # firmware's configuration, ACPI tables that change with the host's VM shape), RTMR3 (what
+    # the running guest extends), MRCONFIGID/MROWNER/MROWNERCONFIG (host-set), TD attributes.
+    Platform.TDX: ("mr_td", "rtmr1", "rtmr2"),
+    # The launch digest (firmware, kernel, initrd, command line, the VMSAs). Left out: the
+    # guest policy, HOST_DATA, the VMPL and the ID block's fields, all set by the host at launch.
+    Platform.SEV_SNP: ("measurement",),
+}  # fmt: skip
+
+
+def code_identity(platform: str, claims: Mapping[str, str]) -> str:
+    """A version's *code* identity as one SHA-256 (hex) of RFC 8785 JSON of ``{"code",
+    "platform"}``, ``code`` the :data:`CODE_CLAIMS` of ``platform`` among ``claims`` (text
+    form): what a retirement matches on (docs/cas.md "Retiring the old version")."""
+    names = CODE_CLAIMS.get(Platform(platform), ())
+    if not names or any(n not in claims for n in names):
+        raise AppraisalError(f"no code identity claims for {platform[:16]}")
+    code = {n: claims[n] for n in names}
+    return hashlib.sha256(jcs({"code": code, "platform": platform})).hexdigest()
+
+
 def identity_digest(platform: str, claims: Mapping[str, str]) -> str:
     """A version's identity as one SHA-256 (hex) of RFC 8785 JSON of ``{"claims", "platform"}``
     (claims in :func:`claim_text` form): what a retirement names (docs/cas.md "Retiring the
@@ -169,7 +207,13 @@ class Approval:
     expires: int
     digest: str  # SHA-256 of the document's RFC 8785 JSON, signature included: what a withdrawal names
     generation: int = 0  # its board's generation (docs/cas.md "Changing the successor board")
-    retire: bool = False  # it approves retiring the releasing version too ("Retiring the old version")
+    # the identity claims of the version it approves retiring ("Retiring the old version"):
+    # it counts only for a release by exactly that version
+    retire: dict[str, str] | None = None
+
+    @property
+    def retire_identity(self) -> str | None:
+        return None if self.retire is None else identity_digest(self.platform.value, self.retire)
 
     @property
     def target(self) -> str:
@@ -200,15 +244,7 @@ def parse_approval(doc: Any) -> Approval:
         known = ", ".join(p.value for p in IDENTITY_CLAIMS)
         got = str(platform_text)[:40]
         raise ParseError(f"platform: got {got!r}, expected one of {known}", structure=what)
-    if not isinstance(claims, dict) or set(claims) != set(names):
-        raise ParseError(f"claims: expected exactly {', '.join(names)} for {platform.value}", structure=what)
-    for name, value in claims.items():
-        if not isinstance(value, str) or not _CLAIM_TEXT.fullmatch(value):
-            raise ParseError(
-                f"claims.{name}: expected its text (lower-case hex, or decimal), at most "
-                f"{_MAX_CLAIM} characters",
-                structure=what,
-            )
+    _check_claims(claims, names, platform, "claims")
     if isinstance(expires, bool) or not isinstance(expires, int) or not 0 < expires < 2**53:
         raise ParseError("expires: expected a Unix time in seconds", structure=what)
     # One document per meaning: generation 0 and "not retire" are said by leaving the field out.
@@ -216,12 +252,43 @@ def parse_approval(doc: Any) -> Approval:
     if "generation" in body and (isinstance(generation, bool) or not isinstance(generation, int)
                                  or not 0 < generation < 2**53):  # fmt: skip
         raise ParseError("generation: expected a positive integer (left out for 0)", structure=what)
-    if "retire" in body and body["retire"] is not True:
-        raise ParseError("retire: expected true (left out for no retirement)", structure=what)
+    retire = body.get("retire")
+    if retire is True:
+        raise ParseError(
+            "retire: true names no version (the form before schema 10, which retired whichever "
+            "version handed the key over): name the version to retire by its identity claims, and "
+            "sign again",
+            structure=what,
+        )
+    if isinstance(retire, dict) or "retire" in body:
+        _check_claims(retire, names, platform, "retire")
+        retire = cast("dict[str, str]", retire)
+        # docs/cas.md "Retiring the old version": retiring the successor's own code would retire
+        # the successor too (a retirement matches on the code, whatever the host-set claims).
+        if code_identity(platform.value, retire) == code_identity(platform.value, claims):
+            raise UsageError(
+                "retire: the version to retire has the successor's code identity "
+                f"({', '.join(CODE_CLAIMS[platform])}): the approval would retire the successor"
+            )
     digest = hashlib.sha256(jcs(doc)).hexdigest()
     return Approval(
-        signer.fingerprint, key_id, platform, dict(claims), expires, digest, generation, "retire" in body
-    )
+        signer.fingerprint, key_id, platform, dict(claims), expires, digest, generation,
+        dict(retire) if isinstance(retire, dict) else None,
+    )  # fmt: skip
+
+
+def _check_claims(claims: object, names: tuple[str, ...], platform: Platform, field: str) -> None:
+    """``claims``: exactly the identity claims ``names`` of ``platform``, each in text form."""
+    what = APPROVAL_TYPE
+    if not isinstance(claims, dict) or set(claims) != set(names):
+        raise ParseError(f"{field}: expected exactly {', '.join(names)} for {platform.value}", structure=what)
+    for name, value in claims.items():
+        if not isinstance(value, str) or not _CLAIM_TEXT.fullmatch(value):
+            raise ParseError(
+                f"{field}.{name}: expected its text (lower-case hex, or decimal), at most "
+                f"{_MAX_CLAIM} characters",
+                structure=what,
+            )
 
 
 @dataclass(frozen=True)
@@ -277,6 +344,7 @@ class Successors:
             "signer": approval.signer, "target": approval.target, "master_key_id": approval.master_key_id,
             "platform": approval.platform.value, "claims": approval.claims, "expires": approval.expires,
             "generation": approval.generation, "retire": approval.retire,
+            "retire_identity": approval.retire_identity,
         }  # fmt: skip
         with self._refusals_recorded(outcome, EVENT_REFUSED), self.cas.db.write() as conn:
             board = self._board(conn)
@@ -414,8 +482,8 @@ class Successors:
             {
                 "board_sha256": board.sha256,
                 "approvers": sorted(approvers),
-                "authorised": board.satisfied_by(approvers),
-                "retire_authorised": board.satisfied_by({a.signer for a in counted if a.retire}),
+                "authorised": _authorised(board, counted),
+                "retire_authorised": _retirements(board, counted),
             }
         )
         return approvers
@@ -468,12 +536,16 @@ class Successors:
         withdrawn = self._withdrawn(conn, {a.digest for a in valid})
         return [a for a in valid if a.digest not in withdrawn]
 
-    def authorise(self, conn: Connection, peer: VerifiedEvidence, key_id: str, now: float) -> dict[str, Any]:
+    def authorise(
+        self, conn: Connection, peer: VerifiedEvidence, key_id: str, now: float, releaser: VerifiedEvidence
+    ) -> dict[str, Any]:
         """In the key release's write transaction: the board's authorisation of ``peer`` (its
-        platform and identity claims) for the master key ``key_id``, for the ledger; an
-        :class:`AppraisalError` without it, a :class:`StorageError` for an altered board.
-        ``retire`` in the result: the approvals that count and say ``retire`` meet the board's
-        rule as well (docs/cas.md "Retiring the old version"; :meth:`retire` does it)."""
+        platform and identity claims) for the master key ``key_id``, released by ``releaser``
+        (this CAS's own evidence), for the ledger; an :class:`AppraisalError` without it, a
+        :class:`StorageError` for an altered board. An approval that names a version to retire
+        counts only when ``releaser`` is exactly that version (all its identity claims).
+        ``retire`` in the result: the approvals that count and name the releaser meet the
+        board's rule as well (docs/cas.md "Retiring the old version"; :meth:`retire` does it)."""
         board = load_board(conn, self.cas.sealer)
         if board is None:
             raise AppraisalError("this CAS has no successor board: it hands its key over to no other version")
@@ -484,18 +556,24 @@ class Successors:
             raise AppraisalError(f"the joiner's evidence lacks the identity claims {lacking}")
         claims = {n: claim_text(peer.claims[n]) for n in names}
         target = target_of(key_id, peer.platform.value, claims, board.generation)
-        counted = self._counted(conn, board, target, now)
+        mine = self.identity(releaser)
+        releasing = None if mine is None else mine[0]
+        counted = [
+            a for a in self._counted(conn, board, target, now)
+            if a.retire is None or a.retire_identity == releasing
+        ]  # fmt: skip
         approvers = {a.signer for a in counted}
         if not board.satisfied_by(approvers):
             raise AppraisalError(
                 f"no successor authorisation for these claims (target {target[:16]}…): "
                 f"{len(approvers)} valid approval(s), the successor board needs {board.needed}"
             )
-        retirers = {a.signer for a in counted if a.retire}
+        retirers = {a.signer for a in counted if a.retire is not None}
         return {
             "authorisation": target, "approvers": sorted(approvers), "board_sha256": board.sha256,
             "generation": board.generation, "claims": claims, "approvals": sorted(a.digest for a in counted),
             "retire": board.satisfied_by(retirers), "retire_approvers": sorted(retirers),
+            "retire_identity": releasing if retirers else None,
         }  # fmt: skip
 
     # --- retirement (docs/cas.md "Retiring the old version") ----------------------------------
@@ -510,17 +588,39 @@ class Successors:
         claims = {n: claim_text(evidence.claims[n]) for n in names}
         return identity_digest(evidence.platform.value, claims), claims
 
+    @staticmethod
+    def code(evidence: VerifiedEvidence) -> tuple[str, dict[str, str]] | None:
+        """The code identity (:func:`code_identity`) of ``evidence`` and its identity claims;
+        ``None`` as for :meth:`identity`."""
+        mine = Successors.identity(evidence)
+        return None if mine is None else (code_identity(evidence.platform.value, mine[1]), mine[1])
+
     def _retired(self, conn: Connection) -> set[str]:
-        """The retired identities, authenticated: the board's MAC covers them. Rows without a
-        board are a StorageError: a retirement is only ever written with one, so the operator
-        deleted the board (to un-retire a version)."""
+        """The code identities of the retired versions, authenticated: the board's MAC covers
+        the set of retired identity digests, and each row's platform and claims must hash to its
+        digest (a StorageError otherwise), so the code identity derived from them is as
+        authentic. Rows without a board are a StorageError: a retirement is only ever written
+        with one, so the operator deleted the board (to un-retire a version)."""
         board = load_board(conn, self.cas.sealer)
-        retired = retired_identities(conn)
-        if board is None and retired:
+        rows = conn.execute(select(successor_retired)).all()
+        if board is None and rows:
             raise StorageError(
                 "retired versions are stored but the successor board is gone: the database was altered"
             )
-        return retired
+        codes: set[str] = set()
+        for row in rows:
+            shown = _retired_row(row)
+            if shown is None:
+                raise StorageError(
+                    "a retired version's claims do not match its identity: the database was altered"
+                )
+            try:
+                codes.add(code_identity(shown["platform"], shown["claims"]))
+            except (ValueError, ConfideError):
+                raise StorageError(
+                    "a retired version's claims are not a version's: the database was altered"
+                ) from None
+        return codes
 
     def check_retired(self, conn: Connection, own: VerifiedEvidence, peer: VerifiedEvidence) -> None:
         """In every key release's write transaction: an :class:`AppraisalError` when this CAS's
@@ -528,7 +628,7 @@ class Successors:
         retired = self._retired(conn)
         if not retired:
             return
-        mine, theirs = self.identity(own), self.identity(peer)
+        mine, theirs = self.code(own), self.code(peer)
         if mine is not None and mine[0] in retired:
             raise AppraisalError(
                 f"this CAS's version ({_claims_shown(mine[1])}) was retired after it handed the master key"
@@ -548,7 +648,7 @@ class Successors:
             retired = self._retired(conn)
         if not retired:
             return
-        mine = self.identity(own(datetime.fromtimestamp(self.clock(), UTC)))
+        mine = self.code(own(datetime.fromtimestamp(self.clock(), UTC)))
         if mine is not None and mine[0] in retired:
             raise AppraisalError(
                 f"this CAS's version ({_claims_shown(mine[1])}) was retired on this database (docs/cas.md "
@@ -594,8 +694,12 @@ class Successors:
                 if (shown := _retired_row(r)) is not None
             ]
             rows = conn.execute(select(*_ROW)).all()
-            approvals = [
-                a for a in (_checked(r.document, r.target, r.signer) for r in rows) if a and a.expires > now
+            checked = [(r, _checked(r.document, r.target, r.signer)) for r in rows]
+            approvals = [a for _r, a in checked if a and a.expires > now]
+            void = [
+                {"target": str(r.target), "signer": str(r.signer), "reason": reason}
+                for r, a in checked
+                if a is None and (reason := _void(r.document, r.signer)) is not None
             ]
             withdrawn = self._withdrawn(conn, {a.digest for a in approvals})
             targets: dict[str, dict[str, Any]] = {}
@@ -609,20 +713,28 @@ class Successors:
                 if approval.signer not in board.members or approval.generation != board.generation:
                     continue
                 shown = {"signer": approval.signer, "expires": approval.expires, "approval": approval.digest,
-                         "retire": approval.retire}  # fmt: skip
+                         "retire": approval.retire, "retire_identity": approval.retire_identity}  # fmt: skip
                 if approval.digest in withdrawn:
                     entry["withdrawn"].append({**shown, "withdrawn_at": int(withdrawn[approval.digest])})
                 else:
                     entry["approvers"].append(shown)
         for entry in targets.values():
-            entry["authorised"] = board.satisfied_by({a["signer"] for a in entry["approvers"]})
-            entry["retire"] = board.satisfied_by({a["signer"] for a in entry["approvers"] if a["retire"]})
+            plain = {a["signer"] for a in entry["approvers"] if a["retire"] is None}
+            named: dict[str, set[str]] = {}
+            for a in entry["approvers"]:
+                if a["retire_identity"] is not None:
+                    named.setdefault(a["retire_identity"], set()).add(a["signer"])
+            # authorised for a release by some version: the plain approvals with those naming it
+            entry["authorised"] = board.satisfied_by(plain) or any(
+                board.satisfied_by(plain | s) for s in named.values()
+            )
+            entry["retire"] = sorted(i for i, s in named.items() if board.satisfied_by(s))
         return {
             "board": board.to_json(), "board_sha256": board.sha256, "generation": board.generation,
             "needed": board.needed, "master_key_id": key_id,
             "approvals": sorted((e for e in targets.values() if e["approvers"] or e["withdrawn"]),
                                 key=lambda e: e["target"]),
-            "retired": retired,
+            "retired": retired, "void": void,
         }  # fmt: skip
 
 
@@ -634,6 +746,44 @@ def _checked(document: str, target: str, signer: str) -> Approval | None:
     except (ValueError, RecursionError, ConfideError):
         return None
     return approval if approval.target == target and approval.signer == signer else None
+
+
+def _authorised(board: Board, counted: list[Approval]) -> bool:
+    """Whether the approvals ``counted`` (of one target) authorise a release by some version:
+    those naming no version to retire, with those naming one version (they count only for a
+    release by it)."""
+    plain = {a.signer for a in counted if a.retire_identity is None}
+    named: dict[str, set[str]] = {}
+    for a in counted:
+        if a.retire_identity is not None:
+            named.setdefault(a.retire_identity, set()).add(a.signer)
+    return board.satisfied_by(plain) or any(board.satisfied_by(plain | s) for s in named.values())
+
+
+def _retirements(board: Board, counted: list[Approval]) -> list[str]:
+    """The identity digests of the versions whose retirement the approvals ``counted`` (of one
+    target) authorise: those naming it meet the board's rule."""
+    named: dict[str, set[str]] = {}
+    for a in counted:
+        if a.retire_identity is not None:
+            named.setdefault(a.retire_identity, set()).add(a.signer)
+    return sorted(i for i, s in named.items() if board.satisfied_by(s))
+
+
+def _void(document: str, signer: str) -> str | None:
+    """Why a stored approval that no longer parses counts for nothing, when it is a schema-9
+    ``"retire": true`` one signed by the row's signer (``None`` otherwise: not an approval this
+    CAS ever stored)."""
+    try:
+        doc = json.loads(document)
+        if not isinstance(doc, dict) or doc.get("retire") is not True:
+            return None
+        _body, identity = verify_signed(doc, APPROVAL_TYPE)
+    except (ValueError, RecursionError, ConfideError):
+        return None
+    if identity.fingerprint != signer:
+        return None
+    return "retire: true names no version (before schema 10): it counts for nothing; sign again"
 
 
 def _claims_shown(claims: Mapping[str, str]) -> str:
