@@ -281,15 +281,30 @@ def test_deleting_a_retirement_is_detected(
 def test_without_the_quorums_retire_the_old_version_is_not_retired(
     board_cas: Releaser, people: list[Identity]
 ) -> None:
-    alice, bob, _carol = people
+    """ADR 0004, amendment: an approval naming a version to retire counts only in a release that
+    retires it. One member's ``retire`` of the two needed, with another's plain approval, is
+    neither the retirement nor the hand-over: counting it would hand the key over without the
+    retirement its signer tied the approval to (a plain approval from a member below the quorum
+    would undo it). With a second plain approval the hand-over goes ahead, retiring nothing."""
+    alice, bob, carol = people
     claims = {"measurement": NEW.hex()}
-    _approve_retiring(board_cas, alice, claims)
-    assert _approve(board_cas, bob, "sim", claims, time.time() + 600)["retire"] == []
+    assert _approve_retiring(board_cas, alice, claims)["authorised"] is False
+    result = _approve(board_cas, bob, "sim", claims, time.time() + 600)
+    assert result["retire"] == [] and result["authorised"] is False
+    successors = board_cas.releaser.successors
+    assert successors is not None
+    (entry,) = successors.show()["approvals"]
+    assert entry["authorised"] is False and entry["retire"] == []
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    _refused(board_cas, joiner.sim_request(board_cas.sim, NEW), errors.AppraisalError, "1 valid approval")
+    assert _retired(board_cas) == []
+    assert _approve(board_cas, carol, "sim", claims, time.time() + 600)["authorised"] is True
     joiner = Joiner(board_cas.releaser.new_nonce())
     joiner.open(board_cas.releaser.release(joiner.sim_request(board_cas.sim, NEW)))
     _kind, released = board_cas.events()[-1]
     assert released["successor"]["retire"] is False
-    assert released["successor"]["retire_approvers"] == [alice.fingerprint]
+    assert released["successor"]["approvers"] == sorted([bob.fingerprint, carol.fingerprint])
+    assert released["successor"]["retire_approvers"] == []
     assert _retired(board_cas) == []
     joiner = Joiner(board_cas.releaser.new_nonce())  # still releases to its own version
     joiner.open(board_cas.releaser.release(joiner.sim_request(board_cas.sim)))
