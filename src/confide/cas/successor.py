@@ -45,9 +45,9 @@ over to a successor version" describes the authorised hand-over implemented here
    release's transaction reads them, so a withdrawal committed before the release wins; its
    ledger entry names the digests of the approvals it counted.
 5. **Retirement** (docs/cas.md "Retiring the old version"): an approval may also name, in
-   ``retire``, the identity claims of the version it retires; it then counts only for a release
-   by exactly that version. When those that count and name the releaser meet the board's rule,
-   the release's transaction retires the releasing CAS's version (:meth:`Successors.retire`:
+   ``retire``, the identity claims of the version it retires; it then counts, for the hand-over
+   too, only in a release by exactly that version in which those naming it meet the board's
+   rule, and that release's transaction retires the releasing CAS's version (:meth:`Successors.retire`:
    its identity digest stored, covered by the board's MAC, recorded). A retirement matches on
    the *code identity* (:data:`CODE_CLAIMS`, :func:`code_identity`), whatever the host-set
    claims: a retired code releases the key to no one, is released to by no one
@@ -543,9 +543,9 @@ class Successors:
         platform and identity claims) for the master key ``key_id``, released by ``releaser``
         (this CAS's own evidence), for the ledger; an :class:`AppraisalError` without it, a
         :class:`StorageError` for an altered board. An approval that names a version to retire
-        counts only when ``releaser`` is exactly that version (all its identity claims).
-        ``retire`` in the result: the approvals that count and name the releaser meet the
-        board's rule as well (docs/cas.md "Retiring the old version"; :meth:`retire` does it)."""
+        counts only when ``releaser`` is exactly that version (all its identity claims) and the
+        approvals naming it meet the board's rule. ``retire`` in the result: they do (docs/cas.md
+        "Retiring the old version"; :meth:`retire` does it)."""
         board = load_board(conn, self.cas.sealer)
         if board is None:
             raise AppraisalError("this CAS has no successor board: it hands its key over to no other version")
@@ -558,10 +558,14 @@ class Successors:
         target = target_of(key_id, peer.platform.value, claims, board.generation)
         mine = self.identity(releaser)
         releasing = None if mine is None else mine[0]
-        counted = [
-            a for a in self._counted(conn, board, target, now)
-            if a.retire is None or a.retire_identity == releasing
-        ]  # fmt: skip
+        valid = self._counted(conn, board, target, now)
+        # ADR 0004, amendment: an approval naming a version to retire counts, for the hand-over
+        # too, only in a release that retires that version: by it, with those naming it meeting
+        # the board's rule. Otherwise a plain approval (of a member below the quorum) would make
+        # it count for a hand-over without the retirement its signer tied it to.
+        naming = [a for a in valid if a.retire is not None and a.retire_identity == releasing]
+        retires = board.satisfied_by({a.signer for a in naming})
+        counted = [a for a in valid if a.retire is None] + (naming if retires else [])
         approvers = {a.signer for a in counted}
         if not board.satisfied_by(approvers):
             raise AppraisalError(
@@ -572,7 +576,7 @@ class Successors:
         return {
             "authorisation": target, "approvers": sorted(approvers), "board_sha256": board.sha256,
             "generation": board.generation, "claims": claims, "approvals": sorted(a.digest for a in counted),
-            "retire": board.satisfied_by(retirers), "retire_approvers": sorted(retirers),
+            "retire": retires, "retire_approvers": sorted(retirers),
             "retire_identity": releasing if retirers else None,
         }  # fmt: skip
 
@@ -724,11 +728,10 @@ class Successors:
             for a in entry["approvers"]:
                 if a["retire_identity"] is not None:
                     named.setdefault(a["retire_identity"], set()).add(a["signer"])
-            # authorised for a release by some version: the plain approvals with those naming it
-            entry["authorised"] = board.satisfied_by(plain) or any(
-                board.satisfied_by(plain | s) for s in named.values()
-            )
+            # authorised for a release by some version: the plain approvals, or those naming it
+            # (with the plain ones) when they meet the rule themselves (ADR 0004, amendment)
             entry["retire"] = sorted(i for i, s in named.items() if board.satisfied_by(s))
+            entry["authorised"] = board.satisfied_by(plain) or bool(entry["retire"])
         return {
             "board": board.to_json(), "board_sha256": board.sha256, "generation": board.generation,
             "needed": board.needed, "master_key_id": key_id,
@@ -750,14 +753,10 @@ def _checked(document: str, target: str, signer: str) -> Approval | None:
 
 def _authorised(board: Board, counted: list[Approval]) -> bool:
     """Whether the approvals ``counted`` (of one target) authorise a release by some version:
-    those naming no version to retire, with those naming one version (they count only for a
-    release by it)."""
+    those naming no version to retire, or those naming one version when they meet the board's
+    rule themselves (they count only in a release by it that retires it; ADR 0004, amendment)."""
     plain = {a.signer for a in counted if a.retire_identity is None}
-    named: dict[str, set[str]] = {}
-    for a in counted:
-        if a.retire_identity is not None:
-            named.setdefault(a.retire_identity, set()).add(a.signer)
-    return board.satisfied_by(plain) or any(board.satisfied_by(plain | s) for s in named.values())
+    return board.satisfied_by(plain) or bool(_retirements(board, counted))
 
 
 def _retirements(board: Board, counted: list[Approval]) -> list[str]:
