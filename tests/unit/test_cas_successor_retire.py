@@ -329,3 +329,31 @@ def test_retire_attested_refuses_a_cas_that_is_not_the_pinned_one(
     assert called == ["https://127.0.0.1:9"]
     assert isinstance(result.exception, errors.AppraisalError), result.exception
     assert "another certificate than the pinned one" in result.exception.message
+
+
+@pytest.mark.parametrize(
+    "retire",
+    [
+        None,  # "retire": null is not "left out"
+        {},
+        [NEW.hex()],
+        "00" * 48,
+        {"measurement": "00" * 48, "mr_enclave": "00" * 32},  # an unknown name
+        {"mr_enclave": "00" * 32},  # another platform's claim
+        {"measurement": ("AB" * 48)},  # not the text form: upper-case hex
+        {"measurement": ""},  # a missing value is not an empty one
+        {"measurement": 7},
+        {"measurement": True},
+        {"measurement": None},
+        {"measurement": "ab" * 129},  # over 256 characters
+        {"measurement": "ab cd"},
+    ],
+)
+def test_retire_claims_are_read_strictly(people: list[Identity], retire: object) -> None:
+    """``retire`` is exactly the platform's identity claims, each in text form, as ``claims``."""
+    body = {"type": APPROVAL_TYPE, "master_key_id": "ab" * 16, "platform": "sim",
+            "claims": {"measurement": NEW.hex()}, "expires": int(time.time()) + 600,
+            "retire": retire}  # fmt: skip
+    doc = sign_document(body, people[0].sign, people[0].public.public_base64)
+    with pytest.raises(errors.ParseError, match="retire"):
+        parse_approval(doc)
