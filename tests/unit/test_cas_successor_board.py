@@ -528,6 +528,25 @@ def test_withdrawals_have_their_own_rate_limit_label() -> None:
         (["--platform", "sim", "--claim", "mr_td=ab", "--expires", "7d"], "sim needs exactly measurement"),
         (["--platform", "sim", "--claim", "measurement=ab", "--expires", "soon"], "--expires: got 'soon'"),
         (["--platform", "sim", "--claim", "measurement", "--expires", "7d"], "expected NAME=VALUE"),
+        (["--platform", "sim", "--claim", "measurement=a b", "--expires", "7d"], "--claim: measurement="),
+        (["--platform", "sim", "--claim", "measurement=", "--expires", "7d"], "--claim: measurement="),
+        (
+            ["--platform", "sim", "--claim", "measurement=" + "a" * 257, "--expires", "7d"],
+            "--claim: measurement=",
+        ),
+        (
+            [
+                "--platform",
+                "sim",
+                "--claim",
+                "measurement=ab",
+                "--retire-claim",
+                "measurement=c/d",
+                "--expires",
+                "7d",
+            ],
+            "--retire-claim: measurement=",
+        ),
     ],
 )
 def test_approve_refuses_bad_arguments_before_contacting_the_cas(

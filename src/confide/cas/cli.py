@@ -551,7 +551,7 @@ def cas_successor_approve(
     """Sign and submit an approval of a successor version; prints the approvers so far."""
     from confide.cas.client import CasClient
     from confide.cas.key_release import IDENTITY_CLAIMS
-    from confide.cas.successor import CODE_CLAIMS, code_identity, identity_digest
+    from confide.cas.successor import CODE_CLAIMS, claim_text_ok, code_identity, identity_digest
     from confide.verify.result import Platform
 
     named, retire = _named_claims("--claim", claims), _named_claims("--retire-claim", retire_claims)
@@ -568,6 +568,13 @@ def cas_successor_approve(
     elif retire_claims and set(retire) != set(known[platform]):
         raise UsageError(f"--retire-claim: {platform} needs exactly {', '.join(known[platform])}")
     retiring = bool(retire_claims) or retire_attested
+    for option, given in (("--claim", named), ("--retire-claim", retire if retire_claims else {})):
+        for name, value in given.items():
+            if not claim_text_ok(value):
+                raise UsageError(
+                    f"{option}: {name}={value[:80]!r}: expected its text form (lower-case hex or decimal:"
+                    " 0-9 a-z _ . : -, at most 256 characters)"
+                )
     if retiring:
         if code_identity(platform, retire) == code_identity(platform, named):
             code = ", ".join(CODE_CLAIMS[Platform(platform)])

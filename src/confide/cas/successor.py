@@ -277,6 +277,12 @@ def parse_approval(doc: Any) -> Approval:
     )  # fmt: skip
 
 
+def claim_text_ok(value: str) -> bool:
+    """Whether ``value`` is a claim's text form as an approval names it (lower-case hex or
+    decimal, at most the length the CAS accepts): the CLI's check before anything is signed."""
+    return _CLAIM_TEXT.fullmatch(value) is not None
+
+
 def _check_claims(claims: object, names: tuple[str, ...], platform: Platform, field: str) -> None:
     """``claims``: exactly the identity claims ``names`` of ``platform``, each in text form."""
     what = APPROVAL_TYPE
