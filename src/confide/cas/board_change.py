@@ -45,8 +45,8 @@ from sqlalchemy import Connection, and_, delete, func, insert, select
 
 from confide.cas.core import verify_signed
 from confide.cas.db import successor_approvals, successor_board_approvals
-from confide.cas.successor_board import MAX_LIFETIME, Board, board_from_json, current_key_id, replace_board
-from confide.errors import AccessDeniedError, ConfideError, ConflictError, ParseError, UsageError
+from confide.cas.successor_board import Board, board_from_json, current_key_id, replace_board
+from confide.errors import ConfideError, ParseError, UsageError
 from confide.policy.canonical import jcs
 
 if TYPE_CHECKING:
@@ -148,26 +148,10 @@ class BoardChanges:
         applied: dict[str, Any] | None = None
         with s._refusals_recorded(outcome, EVENT_CHANGE_REFUSED), s.cas.db.write() as conn:
             board = s._board(conn)
-            current = current_key_id(conn)
-            if s._withdrawn(conn, {approval.digest}):
-                raise ConflictError(
-                    f"approval {approval.digest[:16]}… was withdrawn: it is never accepted again"
-                )
-            if current != approval.master_key_id:
-                raise UsageError(
-                    f"master_key_id: got {approval.master_key_id}, expected {current} (this CAS's)"
-                )
-            if approval.generation != board.generation:
-                raise ConflictError(
-                    f"generation: got {approval.generation}, expected {board.generation}: the successor "
-                    "board this change replaces is not the current one (stale, or replayed)"
-                )
-            if approval.expires <= now:
-                raise UsageError("the approval has expired already")
-            if approval.expires > now + MAX_LIFETIME:
-                raise UsageError(f"expires: at most {MAX_LIFETIME // 86400} days ahead")
-            if approval.signer not in board.members:
-                raise AccessDeniedError(f"identity {approval.signer[:16]}… is not on the successor board")
+            s._admit(
+                conn, board, approval, now, withdrawn_hint="",
+                stale="the successor board this change replaces is not the current one (stale, or replayed)",
+            )  # fmt: skip
             if approval.board.to_json() == board.to_json():
                 raise UsageError("the proposed board is the current successor board")
             conn.execute(

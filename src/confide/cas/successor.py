@@ -67,7 +67,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from sqlalchemy import Connection, and_, delete, insert, select
 
@@ -194,6 +194,21 @@ def identity_digest(platform: str, claims: Mapping[str, str]) -> str:
 
 
 # --- approvals ---------------------------------------------------------------------------------
+
+
+class _Admitted(Protocol):
+    """What :meth:`Successors._admit` reads of a successor or board-change approval."""
+
+    @property
+    def signer(self) -> str: ...
+    @property
+    def master_key_id(self) -> str: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def expires(self) -> int: ...
+    @property
+    def digest(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -354,28 +369,12 @@ class Successors:
         }  # fmt: skip
         with self._refusals_recorded(outcome, EVENT_REFUSED), self.cas.db.write() as conn:
             board = self._board(conn)
-            current = current_key_id(conn)
-            if self._withdrawn(conn, {approval.digest}):
-                raise ConflictError(
-                    f"approval {approval.digest[:16]}… was withdrawn: it is never accepted again "
-                    "(sign a new one, e.g. with another expiry)"
-                )
-            if current != approval.master_key_id:
-                raise UsageError(
-                    f"master_key_id: got {approval.master_key_id}, expected {current} (this CAS's)"
-                )
-            if approval.generation != board.generation:
-                raise ConflictError(
-                    f"generation: got {approval.generation}, expected {board.generation}: the successor "
-                    'board changed since (docs/cas.md "Changing the successor board"); sign again under '
-                    "the current one"
-                )
-            if approval.expires <= now:
-                raise UsageError("the approval has expired already")
-            if approval.expires > now + MAX_LIFETIME:
-                raise UsageError(f"expires: at most {MAX_LIFETIME // 86400} days ahead")
-            if approval.signer not in board.members:
-                raise AccessDeniedError(f"identity {approval.signer[:16]}… is not on the successor board")
+            self._admit(
+                conn, board, approval, now,
+                withdrawn_hint=" (sign a new one, e.g. with another expiry)",
+                stale='the successor board changed since (docs/cas.md "Changing the successor board"); '
+                "sign again under the current one",
+            )  # fmt: skip
             conn.execute(
                 delete(successor_approvals).where(
                     and_(
@@ -464,6 +463,38 @@ class Successors:
             "approval": approval.digest, "target": target, "approvers": sorted(approvers),
             "needed": board.needed, "authorised": outcome["authorised"],
         }  # fmt: skip
+
+    def _admit(
+        self,
+        conn: Connection,
+        board: Board,
+        approval: _Admitted,
+        now: float,
+        *,
+        withdrawn_hint: str,
+        stale: str,
+    ) -> None:
+        """The checks a successor approval and a board-change approval share before they are
+        stored (module docstring, 4; docs/cas.md "Changing the successor board"): not withdrawn,
+        this CAS's master key, the current board's generation (``stale`` says why another one is
+        refused), an expiry ahead and at most :data:`MAX_LIFETIME` away, a member signer."""
+        if self._withdrawn(conn, {approval.digest}):
+            raise ConflictError(
+                f"approval {approval.digest[:16]}… was withdrawn: it is never accepted again{withdrawn_hint}"
+            )
+        current = current_key_id(conn)
+        if current != approval.master_key_id:
+            raise UsageError(f"master_key_id: got {approval.master_key_id}, expected {current} (this CAS's)")
+        if approval.generation != board.generation:
+            raise ConflictError(
+                f"generation: got {approval.generation}, expected {board.generation}: {stale}"
+            )
+        if approval.expires <= now:
+            raise UsageError("the approval has expired already")
+        if approval.expires > now + MAX_LIFETIME:
+            raise UsageError(f"expires: at most {MAX_LIFETIME // 86400} days ahead")
+        if approval.signer not in board.members:
+            raise AccessDeniedError(f"identity {approval.signer[:16]}… is not on the successor board")
 
     @contextlib.contextmanager
     def _refusals_recorded(self, outcome: dict[str, Any], event: str) -> Iterator[None]:
