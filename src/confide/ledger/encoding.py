@@ -244,6 +244,8 @@ def _clean(value: dict[Any, Any], depth: int) -> bool:
 
 
 def _clean_list(value: list[Any], depth: int) -> bool:
+    # The loop body is _clean's, inlined on purpose: a shared per-member function measured
+    # ~1 µs more per payload (3.3 -> 4.3 µs, timeit, a release's payload) on the group commit's path.
     if value and depth >= MAX_DEPTH:
         return False
     for v in value:
