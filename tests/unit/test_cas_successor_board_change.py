@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_cas_successor_board import _board, _start, _stored, _successors
 
 from confide.cas import successor_board
 from confide.cas.board_change import CHANGE_TYPE, change_id, parse_change_approval
@@ -21,9 +22,8 @@ from confide.cas.core import Cas, sign_document
 from confide.cas.db import Database, raw_execute
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.rotation import rotate_master_key
-from confide.cas.server import prepare
-from confide.cas.successor import APPROVAL_TYPE, WITHDRAWAL_TYPE, Successors, target_of
-from confide.cas.successor_board import Board, board_from_json, load_board
+from confide.cas.successor import APPROVAL_TYPE, WITHDRAWAL_TYPE, target_of
+from confide.cas.successor_board import Board, board_from_json
 from confide.errors import (
     AccessDeniedError,
     ConflictError,
@@ -41,25 +41,6 @@ MEASUREMENT = "ab" * 48
 @pytest.fixture
 def people() -> list[Identity]:
     return [Identity.generate(n) for n in ("alice", "bob", "carol", "dave", "erin")]
-
-
-def _rule(members: list[Identity], rule: str = "require-at-least-2") -> Board:
-    return board_from_json({rule: [p.fingerprint for p in members]})
-
-
-def _start(data: Path, board: Board | None = None) -> Cas:
-    cas, *_ = prepare(data, host="127.0.0.1", dev=True, db_url=None, collateral=None, successor_board=board)
-    return cas
-
-
-def _successors(cas: Cas) -> Successors:
-    assert cas.key_release is not None and cas.key_release.successors is not None
-    return cas.key_release.successors
-
-
-def _stored(cas: Cas) -> Board | None:
-    with cas.db.read() as conn:
-        return load_board(conn, cas.sealer)
 
 
 def _change(who: Identity, key_id: str, board: Board, generation: int = 0, **changes: Any) -> dict[str, Any]:
@@ -88,8 +69,8 @@ def _count(cas: Cas, table: str) -> int:
 
 def test_a_change_applies_at_the_current_boards_quorum(tmp_path: Path, people: list[Identity]) -> None:
     alice, bob, carol, dave, erin = people
-    old = _rule([alice, bob, carol])
-    new = _rule([carol, dave, erin], "require-all")
+    old = _board([alice, bob, carol])
+    new = _board([carol, dave, erin], "require-all")
     cas = _start(tmp_path / "cas", old)
     s = _successors(cas)
     key_id = s.show()["master_key_id"]
@@ -141,7 +122,7 @@ def test_approvals_signed_under_the_old_board_no_longer_count(tmp_path: Path, pe
     """Stale: a successor approval of generation 0 after the change is refused; one stored
     before it and written back by the operator does not count (another target)."""
     alice, bob, carol, *_ = people
-    cas = _start(tmp_path / "cas", _rule([alice, bob, carol]))
+    cas = _start(tmp_path / "cas", _board([alice, bob, carol]))
     s = _successors(cas)
     key_id = s.show()["master_key_id"]
     kept = _approval(alice, key_id)
@@ -151,7 +132,7 @@ def test_approvals_signed_under_the_old_board_no_longer_count(tmp_path: Path, pe
             conn, "SELECT target, signer, document, expires_at, created_at FROM successor_approvals"
         )
     # The new board: alice or bob alone (1 of 2) — an old approval carried over would suffice.
-    new = _rule([alice, bob], "require-at-least-1")
+    new = _board([alice, bob], "require-at-least-1")
     s.board_changes.approve(_change(alice, key_id, new))
     assert s.board_changes.approve(_change(carol, key_id, new))["applied"] is True
     with pytest.raises(ConflictError, match="generation: got 0, expected 1"):
@@ -171,11 +152,11 @@ def test_approvals_signed_under_the_old_board_no_longer_count(tmp_path: Path, pe
 
 def test_competing_changes_and_replays_are_stale(tmp_path: Path, people: list[Identity]) -> None:
     alice, bob, carol, dave, erin = people
-    original = _rule([alice, bob, carol])
+    original = _board([alice, bob, carol])
     cas = _start(tmp_path / "cas", original)
     s = _successors(cas)
     key_id = s.show()["master_key_id"]
-    to_dave, to_erin = _rule([alice, bob, dave]), _rule([alice, bob, erin])
+    to_dave, to_erin = _board([alice, bob, dave]), _board([alice, bob, erin])
     # Two changes race for generation 0: carol backs the one to erin, alice and bob the one to dave.
     s.board_changes.approve(_change(carol, key_id, to_erin))
     old_alice = _change(alice, key_id, to_dave)
@@ -199,11 +180,11 @@ def test_competing_changes_and_replays_are_stale(tmp_path: Path, people: list[Id
 
 def test_board_change_refusals(tmp_path: Path, people: list[Identity]) -> None:
     alice, bob, carol, dave, _ = people
-    board = _rule([alice, bob, carol])
+    board = _board([alice, bob, carol])
     cas = _start(tmp_path / "cas", board)
     s = _successors(cas)
     key_id = s.show()["master_key_id"]
-    new = _rule([alice, dave])
+    new = _board([alice, dave])
     now = int(time.time())
     refusals: list[tuple[dict[str, Any], type[Exception], str]] = [
         (_change(alice, "00" * 16, new), UsageError, "expected " + key_id),
@@ -224,7 +205,7 @@ def test_board_change_refusals(tmp_path: Path, people: list[Identity]) -> None:
 
 def test_forged_and_malformed_change_documents(people: list[Identity]) -> None:
     alice, bob, *_ = people
-    new = _rule([alice, bob])
+    new = _board([alice, bob])
     good = _change(alice, "ab" * 16, new)
     assert parse_change_approval(good).change == change_id("ab" * 16, 0, new)
     with pytest.raises(SignatureError):  # another board under alice's signature
@@ -264,7 +245,7 @@ def test_a_small_order_member_key_signs_nothing(tmp_path: Path, people: list[Ide
     key, forged by anyone (the operator), must not verify, or one real member would hand the
     key over with them."""
     alice, bob, carol, *_ = people
-    cas = _start(tmp_path / "cas", _rule([alice, bob, carol]))
+    cas = _start(tmp_path / "cas", _board([alice, bob, carol]))
     s = _successors(cas)
     key_id = s.show()["master_key_id"]
     nobody = fingerprint_of(_SMALL_ORDER_KEY)
@@ -285,14 +266,14 @@ def test_operator_rows_and_an_edited_board(tmp_path: Path, people: list[Identity
     """Rows the operator writes (a non-member's signed approval, a copy under another change id)
     do not count; an edited generation or board after a change does not authenticate."""
     alice, bob, carol, dave, _ = people
-    cas = _start(tmp_path / "cas", _rule([alice, bob, carol]))
+    cas = _start(tmp_path / "cas", _board([alice, bob, carol]))
     s = _successors(cas)
     key_id = s.show()["master_key_id"]
-    new = _rule([alice, dave])
+    new = _board([alice, dave])
     change = change_id(key_id, 0, new)
     s.board_changes.approve(_change(alice, key_id, new))
     forged = _change(dave, key_id, new)
-    other = _change(bob, key_id, _rule([bob, dave]))  # bob's approval of another change
+    other = _change(bob, key_id, _board([bob, dave]))  # bob's approval of another change
     with cas.db.write() as conn:
         for signer, doc in ((dave, forged), (bob, other)):
             raw_execute(
@@ -312,7 +293,7 @@ def test_operator_rows_and_an_edited_board(tmp_path: Path, people: list[Identity
     with pytest.raises(StorageError, match="database was altered"):
         s.show()
     with pytest.raises(StorageError):
-        s.board_changes.approve(_change(alice, key_id, _rule([alice, bob]), 1))
+        s.board_changes.approve(_change(alice, key_id, _board([alice, bob]), 1))
     cas.db.dispose()
 
 
@@ -326,7 +307,7 @@ def test_a_changed_board_is_a_record_code_before_schema_9_refuses(
     operator can write back, and its new rule applied to them. A changed board is therefore a
     ``confide/successor-board/v2`` record (``generation`` 1 or more), which that code refuses."""
     alice, bob, carol, dave, _ = people
-    cas = _start(tmp_path / "cas", _rule([alice, bob, carol]))
+    cas = _start(tmp_path / "cas", _board([alice, bob, carol]))
     s = _successors(cas)
     key_id = s.show()["master_key_id"]
 
@@ -335,7 +316,7 @@ def test_a_changed_board_is_a_record_code_before_schema_9_refuses(
             return dict(json.loads(raw_execute(conn, "SELECT record FROM successor_board").fetchone()[0]))
 
     assert record()["type"] == "confide/successor-board/v1" and "generation" not in record()
-    new = _rule([alice, dave], "require-at-least-1")
+    new = _board([alice, dave], "require-at-least-1")
     s.board_changes.approve(_change(bob, key_id, new))
     assert s.board_changes.approve(_change(carol, key_id, new))["applied"] is True
     changed = record()
@@ -364,10 +345,10 @@ def test_a_board_change_approval_is_withdrawn_like_a_successor_approval(
     tmp_path: Path, people: list[Identity]
 ) -> None:
     alice, bob, carol, dave, _ = people
-    cas = _start(tmp_path / "cas", _rule([alice, bob, carol]))
+    cas = _start(tmp_path / "cas", _board([alice, bob, carol]))
     s = _successors(cas)
     key_id = s.show()["master_key_id"]
-    new = _rule([alice, dave])
+    new = _board([alice, dave])
     change = change_id(key_id, 0, new)
     mine = _change(alice, key_id, new)
     a = s.board_changes.approve(mine)
@@ -395,13 +376,13 @@ def test_a_board_change_approval_is_withdrawn_like_a_successor_approval(
 
 def test_a_restart_between_approvals_keeps_the_pending_change(tmp_path: Path, people: list[Identity]) -> None:
     alice, bob, carol, dave, _ = people
-    cas = _start(tmp_path / "cas", _rule([alice, bob, carol]))
+    cas = _start(tmp_path / "cas", _board([alice, bob, carol]))
     key_id = _successors(cas).show()["master_key_id"]
-    new = _rule([alice, dave], "require-all")
+    new = _board([alice, dave], "require-all")
     _successors(cas).board_changes.approve(_change(alice, key_id, new))
     cas.db.dispose()
     cas = _start(tmp_path / "cas")  # a restart: the approval is stored, the board unchanged
-    assert _stored(cas) == _rule([alice, bob, carol])
+    assert _stored(cas) == _board([alice, bob, carol])
     assert _successors(cas).board_changes.approve(_change(carol, key_id, new))["applied"] is True
     cas.db.dispose()
     cas = _start(tmp_path / "cas")  # and again: generation 1, authenticated
@@ -409,20 +390,20 @@ def test_a_restart_between_approvals_keeps_the_pending_change(tmp_path: Path, pe
     # A later start still cannot set a board by itself.
     cas.db.dispose()
     with pytest.raises(UsageError, match="only when the CAS is initialised"):
-        _start(tmp_path / "cas", _rule([dave], "require-all"))
+        _start(tmp_path / "cas", _board([dave], "require-all"))
 
 
 def test_a_rotation_keeps_the_generation_and_voids_pending_changes(
     tmp_path: Path, people: list[Identity]
 ) -> None:
     alice, bob, carol, dave, _ = people
-    cas = _start(tmp_path / "cas", _rule([alice, bob, carol]))
+    cas = _start(tmp_path / "cas", _board([alice, bob, carol]))
     s = _successors(cas)
     key_id = s.show()["master_key_id"]
-    first = _rule([alice, bob, dave])
+    first = _board([alice, bob, dave])
     s.board_changes.approve(_change(alice, key_id, first))
     s.board_changes.approve(_change(bob, key_id, first))
-    second = _rule([alice, dave])
+    second = _board([alice, dave])
     s.board_changes.approve(_change(alice, key_id, second, 1))  # pending under the old key
     cas.db.dispose()
     db = Database(f"sqlite:///{tmp_path / 'cas' / 'cas.db'}")
