@@ -627,8 +627,9 @@ class Successors:
         mine, theirs = self.code(own), self.code(peer)
         if mine is not None and mine[0] in retired:
             raise AppraisalError(
-                f"this CAS's version ({_claims_shown(mine[1])}) was retired after it handed the master key"
-                " over to its successor: it releases the key to no one"
+                f"this CAS's version ({_claims_shown(mine[1])}) was retired (by a hand-over to its "
+                'successor, or by the board on its own: cas successor show lists it under "retired"): it '
+                "releases the key to no one"
             )
         if theirs is not None and theirs[0] in retired:
             raise AppraisalError(
