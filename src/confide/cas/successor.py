@@ -55,6 +55,11 @@ over to a successor version" describes the authorised hand-over implemented here
    (:meth:`Successors.refuse_retired_start`). An approval that would retire its successor's
    code is refused; ``"retire": true`` (schema 9) is refused, and a stored one counts for
    nothing. Approvals are not consumed by a release (ADR 0004, amendment).
+6. **Retirement on its own** (docs/cas.md "Retiring a version on its own";
+   :mod:`confide.cas.retirement`, :attr:`Successors.retirements`): the board's quorum retires a
+   version named by its code claims without a hand-over, through a CAS of another version
+   (``own``: this CAS's evidence, so that it refuses to retire itself); stored by
+   :meth:`Successors.store_retired`, as a hand-over's retirement is.
 """
 
 from __future__ import annotations
