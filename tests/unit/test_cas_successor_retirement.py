@@ -25,7 +25,7 @@ from test_cas_successor_retire import OTHER, _sim_own
 from confide import errors
 from confide.cas.board_change import CHANGE_TYPE
 from confide.cas.core import sign_document
-from confide.cas.db import SCHEMA_VERSION, raw_connection, raw_execute
+from confide.cas.db import SCHEMA_VERSION, Database, raw_connection, raw_execute
 from confide.cas.dev_measurement import cas_dev_measurement
 from confide.cas.key_release import KeyReleaser
 from confide.cas.ledger_sink import ENTRY_TYPES
@@ -326,6 +326,24 @@ def test_schema_11_keeps_a_schema_10_retirement(board_cas: Releaser, people: lis
     assert s.retirements.show()["retirements"] == []
     with pytest.raises(errors.AppraisalError, match="was retired on this database"):
         s.refuse_retired_start(_sim_own(r, cas_dev_measurement()))
+
+
+def test_schema_11_migrates_a_schema_10_database_on_postgresql(postgres: Any) -> None:
+    db = Database(postgres.new_database())
+    try:
+        assert db.migrate() == SCHEMA_VERSION
+        with db.write() as conn:  # back to what a schema-10 CAS left, with a retirement
+            raw_execute(conn, "DROP TABLE successor_retirement_approvals")
+            raw_execute(conn, "ALTER TABLE successor_retired DROP COLUMN retired_by")
+            raw_execute(conn, "INSERT INTO successor_retired (identity, platform, claims, successor, created_at)"
+                        " VALUES (?, ?, ?, ?, ?)", ("ab" * 32, "sim", "{}", "cd" * 32, 0.0))  # fmt: skip
+            raw_execute(conn, "UPDATE meta SET value = '10' WHERE key = 'schema_version'")
+        assert db.migrate() == SCHEMA_VERSION
+        with db.read() as conn:
+            assert raw_execute(conn, "SELECT retired_by FROM successor_retired").fetchall() == [(None,)]
+            assert raw_execute(conn, "SELECT COUNT(*) FROM successor_retirement_approvals").fetchone()[0] == 0
+    finally:
+        db.dispose()
 
 
 def test_retirement_routes_have_their_own_rate_limit_label() -> None:
