@@ -140,10 +140,15 @@ def test_a_retirement_applies_at_the_quorum_and_the_version_is_retired(
         s.retirements.approve(_retirement(r, carol, OTHER))
     with pytest.raises(errors.AccessDeniedError, match="not on the successor board"):
         s.retirements.approve(_retirement(r, Identity.generate("mallory"), NEW))
+    # OTHER's CAS, retired but still running, takes no retirement: it could not hand the key on.
+    retired_cas = Successors(r.cas, own=_sim_own(r, OTHER))
+    with pytest.raises(errors.AppraisalError, match="own version was retired"):
+        retired_cas.retirements.approve(_retirement(r, carol, NEW))
+    assert _count(r, "successor_retirement_approvals") == 0
     kinds = [k for k, _ in _events(r)]
     assert kinds == [
         "successor-retirement-approved", "successor-retirement-approved", "successor-version-retired",
-        "successor-retirement-refused", "successor-retirement-refused",
+        "successor-retirement-refused", "successor-retirement-refused", "successor-retirement-refused",
     ]  # fmt: skip
     applied = _events(r)[2][1]
     assert applied["retirement"] == rid and applied["claims"] == other and applied["retired_by"] == "board"

@@ -17,7 +17,8 @@ the key, or could be relaunched, found vulnerable or broken.
    (:meth:`~confide.cas.successor.Successors._admit`: not withdrawn, this key id, the current
    generation, expiry ahead and at most 90 days away, a member), and two of its own: the CAS
    taking it does not run that code (a CAS does not retire itself: the version applying a
-   retirement must be another one, module docstring 4), and the code is not retired already.
+   retirement must be another one, module docstring 4), the CAS taking it is not retired itself,
+   and the code is not retired already.
    Each is recorded (``successor-retirement-approved``); every refusal after the signature
    verified too (``successor-retirement-refused``).
 3. **The retirement is applied** in the write transaction of the approval that makes the
@@ -30,10 +31,12 @@ the key, or could be relaunched, found vulnerable or broken.
    approvers, the digests of the approvals counted, the board's SHA-256 and generation). From
    then on the code is retired as after a hand-over: no CAS of the database releases the key to
    or from it, and it does not start.
-4. **Not itself.** The CAS that takes an approval must have evidence of its own, and its code
-   must not be the one named: a CAS that retired its own version would release to no one at
-   once and not start again, and if it was the only version holding the key, no version could
-   get it afterwards (the hand-over needs a releasing CAS). A board that wants the last key
+4. **Not itself.** The CAS that takes an approval must have evidence of its own, its code must
+   not be the one named, and its own version must not be retired: a CAS that retired its own
+   version would release to no one at once and not start again, and if it was the only version
+   holding the key, no version could get it afterwards (the hand-over needs a releasing CAS); a
+   retired CAS that is still running is in that state already. So when a retirement is applied,
+   the CAS applying it holds the key and can still release it. A board that wants the last key
    holder retired hands over first, with ``retire``.
 5. **Withdrawals** are the successor withdrawals (:meth:`Successors.withdraw`, naming the
    approval's digest). A board change deletes every pending retirement approval (they name the
@@ -176,7 +179,7 @@ class Retirements:
         }  # fmt: skip
         applied: dict[str, Any] | None = None
         with s._refusals_recorded(outcome, EVENT_RETIREMENT_REFUSED):
-            self._not_itself(approval, now)
+            mine = self._not_itself(approval, now)
             with s.cas.db.write() as conn:
                 board = s._board(conn)
                 s._admit(
@@ -184,7 +187,13 @@ class Retirements:
                     stale='the successor board changed since (docs/cas.md "Changing the successor board"); '
                     "sign again under the current one",
                 )  # fmt: skip
-                if approval.code_identity in s._retired(conn):
+                retired = s._retired(conn)
+                if mine in retired:
+                    raise AppraisalError(
+                        "this CAS's own version was retired: it takes no retirement (it could not hand the "
+                        "key on after it); submit it to a CAS of a version that is not retired"
+                    )
+                if approval.code_identity in retired:
                     raise ConflictError("that version is retired already")
                 conn.execute(
                     delete(successor_retirement_approvals).where(
@@ -212,9 +221,9 @@ class Retirements:
             **({"identity": applied["identity"]} if applied is not None else {}),
         }  # fmt: skip
 
-    def _not_itself(self, approval: RetirementApproval, now: float) -> None:
+    def _not_itself(self, approval: RetirementApproval, now: float) -> str:
         """Module docstring, 4: this CAS's own code (its current evidence, verified) is not the
-        one the approval names."""
+        one the approval names; returns it (its code identity)."""
         s = self.successors
         if s.own is None:
             raise UsageError(
@@ -230,6 +239,7 @@ class Retirements:
                 'the key to no one and not start again; docs/cas.md "Retiring a version on its own"); '
                 "submit it to a CAS of another version holding the key, or hand over with retire"
             )
+        return mine[0]
 
     def _apply(
         self,
