@@ -272,17 +272,11 @@ class Retirements:
         self, conn: Connection, board: Board, retirement: str, now: float
     ) -> list[RetirementApproval]:
         """The stored approvals of ``retirement`` that count: each verifies, is a current
-        member's, for the current generation and key id, not expired, not withdrawn."""
-        key_id = current_key_id(conn)
+        member's, for the current generation and key id, not expired, not withdrawn
+        (:meth:`~confide.cas.successor.Successors.counting`)."""
         rows = conn.execute(select(*_ROW).where(successor_retirement_approvals.c.retirement == retirement))
-        valid = [
-            a
-            for a in (_checked(r.document, retirement, r.signer) for r in rows)
-            if a is not None and a.expires > now and a.signer in board.members
-            and a.generation == board.generation and a.master_key_id == key_id
-        ]  # fmt: skip
-        withdrawn = self.successors._withdrawn(conn, {a.digest for a in valid})
-        return [a for a in valid if a.digest not in withdrawn]
+        checked = (_checked(r.document, retirement, r.signer) for r in rows)
+        return self.successors.counting(conn, board, checked, now)
 
     def tally(
         self, conn: Connection, board: Board, retirement: str, now: float, outcome: dict[str, Any]
@@ -294,17 +288,10 @@ class Retirements:
         outcome.update({"approvers": sorted(approvers), "authorised": board.satisfied_by(approvers)})
         return counted
 
-    @staticmethod
-    def stored(conn: Connection, digest: str) -> RetirementApproval | None:
+    def stored(self, conn: Connection, digest: str) -> RetirementApproval | None:
         """The stored retirement approval whose document has ``digest``, checked again (``None``:
         there is none); only a row whose text hashes to ``digest`` is parsed."""
-        for row in conn.execute(select(*_ROW)):
-            if hashlib.sha256(str(row.document).encode()).hexdigest() != digest:
-                continue
-            approval = _checked(row.document, row.retirement, row.signer)
-            if approval is not None and approval.digest == digest:
-                return approval
-        return None
+        return self.successors.find_stored(conn.execute(select(*_ROW)), _checked, digest)
 
     def show(self) -> dict[str, Any]:
         """The board, its generation, the pending retirements that have not expired (each with

@@ -69,10 +69,10 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from sqlalchemy import Connection, and_, delete, insert, select
 
@@ -161,7 +161,8 @@ def target_of(master_key_id: str, platform: str, claims: Mapping[str, str], gene
 
 
 class _Admitted(Protocol):
-    """What :meth:`Successors._admit` reads of a successor, board-change or retirement approval."""
+    """What :meth:`Successors._admit` and :meth:`Successors.counting` read of a successor,
+    board-change or retirement approval."""
 
     @property
     def signer(self) -> str: ...
@@ -173,6 +174,9 @@ class _Admitted(Protocol):
     def expires(self) -> int: ...
     @property
     def digest(self) -> str: ...
+
+
+_A = TypeVar("_A", bound=_Admitted)
 
 
 @dataclass(frozen=True)
@@ -498,40 +502,48 @@ class Successors:
         return {str(row.approval): float(row.created_at) for row in rows}
 
     @staticmethod
-    def _stored(conn: Connection, digest: str) -> Approval | None:
-        """The stored approval whose document has ``digest``, checked again (its signature, and
-        the row's target and signer its own); ``None`` when there is none. A row is stored as
-        its document's RFC 8785 text, whose SHA-256 is the digest: only a row whose text hashes
-        to ``digest`` is parsed and its signature verified (not every row)."""
-        for row in conn.execute(select(*_ROW)):
-            if hashlib.sha256(str(row.document).encode()).hexdigest() != digest:
+    def find_stored(
+        rows: Iterable[Any], check: Callable[[str, str, str], _A | None], digest: str
+    ) -> _A | None:
+        """The stored approval whose document has ``digest`` among ``rows`` (``(key, signer,
+        document)``: a successor's target, a change id or a retirement id), checked again by
+        ``check(document, key, signer)``; ``None`` when there is none. A row is stored as its
+        document's RFC 8785 text, whose SHA-256 is the digest: only a row whose text hashes to
+        ``digest`` is parsed and its signature verified (not every row)."""
+        for key, signer, document in rows:
+            if hashlib.sha256(str(document).encode()).hexdigest() != digest:
                 continue
-            approval = _checked(row.document, row.target, row.signer)
+            approval = check(document, key, signer)
             if approval is not None and approval.digest == digest:
                 return approval
         return None
 
-    def _counted(self, conn: Connection, board: Board, target: str, now: float) -> list[Approval]:
-        """The stored approvals of ``target`` that count: each verifies, is a member's, was signed
-        under the current board's generation, has not expired and was not withdrawn (each row is
-        checked again: the operator may have written it)."""
-        valid: list[Approval] = []
-        rows = conn.execute(
-            select(successor_approvals.c.signer, successor_approvals.c.document).where(
-                successor_approvals.c.target == target
-            )
-        )
-        for row in rows:
-            approval = _checked(row.document, target, row.signer)
-            if (
-                approval is not None
-                and approval.expires > now
-                and approval.signer in board.members
-                and approval.generation == board.generation
-            ):
-                valid.append(approval)
+    @staticmethod
+    def _stored(conn: Connection, digest: str) -> Approval | None:
+        """The stored successor approval whose document has ``digest``, checked again (its
+        signature, and the row's target and signer its own; :meth:`find_stored`)."""
+        return Successors.find_stored(conn.execute(select(*_ROW)), _checked, digest)
+
+    def counting(
+        self, conn: Connection, board: Board, approvals: Iterable[_A | None], now: float
+    ) -> list[_A]:
+        """Of ``approvals`` (stored rows checked again, ``None`` for a row that is not what it
+        says: the operator may have written it), those that count: a member's, signed under the
+        current board's generation for the current master key id, not expired, not withdrawn.
+        The same for successor, board-change and retirement approvals."""
+        key_id = current_key_id(conn)
+        valid = [
+            a for a in approvals
+            if a is not None and a.expires > now and a.signer in board.members
+            and a.generation == board.generation and a.master_key_id == key_id
+        ]  # fmt: skip
         withdrawn = self._withdrawn(conn, {a.digest for a in valid})
         return [a for a in valid if a.digest not in withdrawn]
+
+    def _counted(self, conn: Connection, board: Board, target: str, now: float) -> list[Approval]:
+        """The stored approvals of ``target`` that count (:meth:`counting`)."""
+        rows = conn.execute(select(*_ROW).where(successor_approvals.c.target == target))
+        return self.counting(conn, board, (_checked(r.document, target, r.signer) for r in rows), now)
 
     def authorise(
         self, conn: Connection, peer: VerifiedEvidence, key_id: str, now: float, releaser: VerifiedEvidence
