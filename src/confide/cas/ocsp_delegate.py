@@ -30,7 +30,16 @@ the certificate, its serial and notAfter, and the CA's key identifier it was iss
 Issued inside the CAS write transaction of :func:`confide.cas.renewal.renew_policy` (the sweep,
 or the responder itself when it finds none usable), with the renewed certificates in the same
 ``certificates-renewed`` event (ledger ``certificates.renewed``): name, kind, versions, reason,
-serial, validity, certificate SHA-256. Never a private value.
+serial, validity, certificate SHA-256. Never a private value. A CA declared ``ocsp: {signer:
+ca}`` signs its responses itself and gets no responder.
+
+Replacement (:func:`replace_responder`). The row's public part is not authenticated; a row the
+responder refuses (its public part does not match the sealed certificate, or the sealed value
+does not open) is deleted and replaced, in one write transaction, by a new key and certificate
+from the CA's current sealed key, nothing of the refused row being used; reason ``replaced``
+in the event, with the refused version, the check and the SHA-256 of its public part and
+sealed value. How often is the responder's to bound
+(:data:`confide.cas.ocsp_responder.REPLACE_INTERVAL`).
 """
 
 from __future__ import annotations

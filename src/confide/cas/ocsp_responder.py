@@ -22,11 +22,15 @@ answered:
    responder does not compute matches none);
 3. ``tryLater`` (§2.3, unsigned) when the answer needs a new signature and the client (an IPv4
    address, an IPv6 /64) is over :data:`SIGNATURE_RATE`, or no usable responder certificate
-   could be issued;
+   could be issued (a refused row is replaced first, at most once per CA per
+   :data:`REPLACE_INTERVAL`: :meth:`OcspResponder._replace`), or, with ``signer: ca``, the
+   CA's sealed key and certificate do not match its row;
 4. otherwise ``successful``: a BasicOCSPResponse (§4.2.1) signed by the CA's delegated responder
-   (§4.2.2.2, :mod:`confide.cas.ocsp_delegate`), whose certificate it carries, responderID
-   byKey (§4.2.2.3), signed with the first of the request's preferred signature algorithms the
-   responder key can produce (§4.4.7), else SHA-256 (or EdDSA); one SingleResponse per CertID,
+   (§4.2.2.2, :mod:`confide.cas.ocsp_delegate`), whose certificate it carries, or, for a CA
+   declared ``ocsp: {signer: ca}``, by the CA's own key (§4.2.2.2, "the CA who issued the
+   certificate in question"; no certificate); responderID byKey (§4.2.2.3) the signing key's;
+   signed with the first of the request's preferred signature algorithms the
+   signing key can produce (§4.4.7), else SHA-256 (or EdDSA); one SingleResponse per CertID,
    in order, echoing it as sent, with the certStatus (§4.2.1, §2.2):
 
    - ``revoked``, with revocationTime and revocationReason (omitted for ``unspecified``, as on
@@ -41,15 +45,15 @@ answered:
      of another issuer, §2.2).
 
    thisUpdate is the CAS clock when signed (whole seconds); nextUpdate is the nextUpdate of the
-   CA's current CRL (RFC 5280 §5.1.2.5) or the responder certificate's notAfter, whichever
+   CA's current CRL (RFC 5280 §5.1.2.5) or the signing certificate's notAfter, whichever
    comes first, so a response is never valid longer than the CRL that says the same or the
    certificate that signed it; a CRL past half its validity is re-issued first, as on the CRL
    routes, and a responder certificate past half its validity renewed first. A nonce in the
    request (RFC 8954) is echoed in responseExtensions as sent.
 
 **Cache.** A response without a nonce is kept (:class:`~confide.lru.Lru`, at most
-:data:`CACHE_SIZE` entries) keyed by the CA, its version and CRL number, the CertIDs and the
-preferred algorithms: the
+:data:`CACHE_SIZE` entries) keyed by the CA, its version and CRL number, the signer (a policy
+update may change only that), the CertIDs and the preferred algorithms: the
 revoked set, the CA's key and its version change only with a new CRL (same transaction,
 :func:`confide.cas.crl.issue_crls`), so a cached ``good`` is never served after a revocation. It
 is served until its nextUpdate (a new responder version does not drop it: the one that signed
