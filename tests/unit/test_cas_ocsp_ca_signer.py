@@ -8,6 +8,7 @@ The real in-process CAS (tests/crl_env.py) with an injected clock."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from cryptography.x509 import ocsp
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parent))
-from test_cas_ocsp import OCSP, ask, request, responder_of
+from test_cas_ocsp import OCSP, ask, ca_id, request, responder_of
 from test_cas_ocsp_delegated import (
     ECDSA_SHA384,
     ECDSA_SHA512,
@@ -34,6 +35,7 @@ from test_cas_ocsp_delegated import (
     _serial_entry,
 )
 
+from confide.cas.db import raw_execute
 from confide.cas.ocsp_delegate import responder_name
 from confide.cas.ocsp_responder import OcspResponder
 from confide.cas.renewal import CertificateRenewer, due_policies
@@ -280,3 +282,25 @@ def test_a_policy_update_changes_the_signer_of_the_next_response(env: Env) -> No
     env.clock.now = T0 + DAY + 60
     CertificateRenewer(env.cas).sweep_once()
     assert len(env.versions(responder_name("ca"))) == 1
+
+
+def test_a_ca_row_whose_sealed_value_does_not_open_is_not_signed_with(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The CA's sealed value changed in place (or another row's): tryLater and a warning naming
+    the CA and the check, never a value; nothing is replaced or issued (the CA's key is the CA)."""
+    ca, leaf = env.ca_cert(), env.certificate()
+    with env.cas.db.write() as conn:
+        other = env.cas._latest_secret(conn, "tls", "srv_key")
+        assert other is not None
+        raw_execute(
+            conn, "UPDATE secrets SET sealed = ? WHERE policy = 'tls' AND name = 'ca'", (other.sealed,)
+        )
+    responder = OcspResponder(env.cas, signature_rate=None)
+    with caplog.at_level("WARNING", logger="confide.cas"):
+        answer = responder.respond(ca_id(ca), request(leaf, ca, nonce=b"z" * 8), "192.0.2.1")
+    assert ocsp.load_der_ocsp_response(answer.der).response_status == S.TRY_LATER
+    [record] = [r.getMessage() for r in caplog.records if "ocsp-ca-signer-refused" in r.getMessage()]
+    assert json.loads(record) == {"event": "ocsp-ca-signer-refused", "policy": "tls", "name": "ca",
+                                  "version": 1, "check": "unreadable"}  # fmt: skip
+    assert env.versions(responder_name("ca")) == [] and responder.replaced == 0
