@@ -15,6 +15,8 @@ import random
 import secrets
 import shutil
 import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -548,6 +550,122 @@ def test_chunked_files_extract_with_holes_for_zero_chunks(
         assert os.lseek(fd, 2 * CS, os.SEEK_DATA) == 5 * CS
     finally:
         os.close(fd)
+
+
+def _many_chunks_volume(tmp: Path) -> tuple[Path, VolumeKey, str, bytes]:
+    """One chunked file of 23 chunks (zero runs in the middle, a short last chunk)."""
+    data = _data(6 * CS, 50) + bytes(4 * CS) + _data(12 * CS, 51) + b"short tail"
+    vol, key, tag = _volume(tmp, {"big.bin": data})
+    s = _Session(vol, key, tag)
+    s.write("big.bin", 0, data[:1])
+    tag = s.seal()
+    assert load_sealed(vol, key, tag)[0].by_path()["big.bin"].chunks is not None
+    return vol, key, tag, data
+
+
+@pytest.mark.parametrize(
+    ("workers", "batch", "piece"), [(1, 2, None), (2, 3, None), (4, 1, None), (2, 4, 3 * CS)]
+)
+def test_open_volume_decrypts_chunked_files_in_the_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int, batch: int, piece: int | None
+) -> None:
+    """Batches of chunks run in the pool's threads (never in the caller's), out of order, and
+    give the same bytes and holes as one thread; write_piece splits the writes the same way."""
+    monkeypatch.setattr(_chunked, "batch_chunks", lambda chunk_size: batch)
+    vol, key, tag, data = _many_chunks_volume(tmp_path)
+    caller = threading.get_ident()
+    threads: set[int] = set()
+    real = _chunked._open_chunk
+
+    def recording(*args: object, **kwargs: object) -> None:
+        threads.add(threading.get_ident())
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_chunked, "_open_chunk", recording)
+    out = tmp_path / "out"
+    open_volume(vol, key, out, tag, workers=workers, write_piece=piece)
+    assert (out / "big.bin").read_bytes() == data
+    assert threads and caller not in threads
+    fd = os.open(out / "big.bin", os.O_RDONLY)
+    try:
+        assert os.lseek(fd, 0, os.SEEK_HOLE) == 6 * CS  # the zero chunks were not written
+        assert os.lseek(fd, 6 * CS, os.SEEK_DATA) == 10 * CS
+    finally:
+        os.close(fd)
+    assert verify_volume(vol, key, tag, workers=workers).ok
+
+
+def test_chunk_batches_overlap_and_stay_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two batches are decrypted at the same time (batch 0 waits until a later batch has
+    started: it would time out in one thread), and at most 2 x workers batches are in flight."""
+    monkeypatch.setattr(_chunked, "batch_chunks", lambda chunk_size: 2)
+    vol, key, tag, data = _many_chunks_volume(tmp_path)
+    m, _ = load_sealed(vol, key, tag)
+    e = m.by_path()["big.bin"]
+    later = threading.Event()
+    real = _chunked._open_chunk
+
+    def gated(dfd: int, opener: object, cid: bytes, i: int, *rest: object) -> None:
+        if i >= 2:
+            later.set()
+        elif i == 0:
+            assert later.wait(10), "no later batch ran while batch 0 was running"
+        real(dfd, opener, cid, i, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_chunked, "_open_chunk", gated)
+    in_flight, peak = 0, 0
+    lock = threading.Lock()
+
+    class Counting(ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal in_flight, peak
+            with lock:
+                in_flight += 1
+                peak = max(peak, in_flight)
+            fut = super().submit(fn, *args, **kwargs)
+
+            def done(_: object) -> None:
+                nonlocal in_flight
+                with lock:
+                    in_flight -= 1
+
+            fut.add_done_callback(done)
+            return fut
+
+    out = tmp_path / "big.out"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with (
+            Counting(2) as pool,
+            _chunked.ChunkReader(vol, ChunkKeys(key.raw, m.volume_id), CS, key_cache=0) as reader,
+        ):
+            reader.decrypt(e, fd, executor=pool)
+    finally:
+        os.close(fd)
+    assert out.read_bytes() == data
+    assert 2 <= peak <= 4
+
+
+@pytest.mark.parametrize("bad", [[17], [5, 17], [0, 22]])
+def test_a_bad_chunk_in_any_batch_fails_the_open_and_names_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: list[int]
+) -> None:
+    """With the pool, the error is that of the first bad chunk in file order (whichever batch
+    finished first), and nothing of the volume is left in the target."""
+    monkeypatch.setattr(_chunked, "batch_chunks", lambda chunk_size: 2)
+    vol, key, tag, _ = _many_chunks_volume(tmp_path)
+    for i in bad:
+        p = _chunk_path(vol, key, tag, "big.bin", i)
+        good = p.read_bytes()
+        p.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    out = tmp_path / "out"
+    with pytest.raises(
+        SignatureError, match=rf"'big.bin': chunk {bad[0]}: chunk object \w+ does not authenticate"
+    ):
+        open_volume(vol, key, out, tag, workers=2)
+    assert list(out.iterdir()) == []
+    report = verify_volume(vol, key, tag, workers=2)
+    assert [(p.path, p.reason.split(":")[0]) for p in report.problems] == [("big.bin", f"chunk {bad[0]}")]
 
 
 @given(st.data())
