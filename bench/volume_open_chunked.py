@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
 import statistics
 import tempfile
@@ -69,7 +68,7 @@ def main() -> None:
         root = Path(tmp)
         src = root / "src"
         src.mkdir()
-        (src / "f.bin").write_bytes(random.Random(3).randbytes(size))
+        (src / "f.bin").write_bytes(os.urandom(size))
         vols = {
             "one object": _volume(root, "one", src, cs, chunked=False),
             "chunked": _volume(root, "chunked", src, cs, chunked=True),
