@@ -440,15 +440,17 @@ def _reseal_tree(
 ) -> str:
     """Seal the tree under ``root`` as the next generation; only changed files are re-encrypted.
 
-    A file whose (inode, size, mtime, ctime) is what it was after decryption keeps its object;
+    A file whose (inode, size, mtime, ctime) is what it was after decryption keeps its object,
+    and so does a file whose bytes equal its sealed version (touched, chmod'ed or rewritten
+    with the same contents; :func:`_same_protected` authenticates each sealed chunk before
+    comparing, :func:`_same_unprotected` compares with the object as it is now);
     a changed file that was chunked (format version 3) keeps the chunk objects whose
     plaintext is unchanged (compared with the authenticated old chunk) and gets new chunk
     objects for the others (:func:`_reseal_chunked`). Any other changed or new file of a
     protected region is written chunked, every chunk under a new random chunk id, as the FUSE
     commit path writes every protected file (:func:`_write_chunked`): a one-object file
-    changed now is converted, so that later unmounts re-seal only its changed chunks. An
-    unprotected file keeps its object when that object holds exactly the file's bytes
-    (:func:`_same_unprotected`), else gets a new object under a new file id. Special files are
+    changed now is converted, so that later unmounts re-seal only its changed chunks. A
+    changed unprotected file gets a new object under a new file id. Special files are
     skipped (logged). Returns ``tag`` unchanged when the tree equals the manifest.
     """
     chunks = ChunkReader(directory, ChunkKeys(key.raw, manifest.volume_id), manifest.chunk_size, key_cache=0)
