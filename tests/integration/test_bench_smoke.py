@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
         ("verify_gpu_rims.py", ["--seconds", "0.05", "--rounds", "1", "--json"]),
         ("verify_dcap.py", ["--seconds", "0.05"]),
         ("renewal_check.py", ["--rounds", "1", "--per-round", "5"]),
+        ("volume_open_chunked.py", ["--size-mib", "1", "--runs", "1", "--chunk-kib", "16"]),
+        ("volume_reseal.py", ["--size-mib", "1", "--rounds", "1", "--chunk-kib", "16"]),
     ],
 )
 def test_benchmark_runs(script: str, args: list[str]) -> None:

@@ -15,6 +15,8 @@ import random
 import secrets
 import shutil
 import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -550,6 +552,122 @@ def test_chunked_files_extract_with_holes_for_zero_chunks(
         os.close(fd)
 
 
+def _many_chunks_volume(tmp: Path) -> tuple[Path, VolumeKey, str, bytes]:
+    """One chunked file of 23 chunks (zero runs in the middle, a short last chunk)."""
+    data = _data(6 * CS, 50) + bytes(4 * CS) + _data(12 * CS, 51) + b"short tail"
+    vol, key, tag = _volume(tmp, {"big.bin": data})
+    s = _Session(vol, key, tag)
+    s.write("big.bin", 0, data[:1])
+    tag = s.seal()
+    assert load_sealed(vol, key, tag)[0].by_path()["big.bin"].chunks is not None
+    return vol, key, tag, data
+
+
+@pytest.mark.parametrize(
+    ("workers", "batch", "piece"), [(1, 2, None), (2, 3, None), (4, 1, None), (2, 4, 3 * CS)]
+)
+def test_open_volume_decrypts_chunked_files_in_the_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int, batch: int, piece: int | None
+) -> None:
+    """Batches of chunks run in the pool's threads (never in the caller's), out of order, and
+    give the same bytes and holes as one thread; write_piece splits the writes the same way."""
+    monkeypatch.setattr(_chunked, "batch_chunks", lambda chunk_size: batch)
+    vol, key, tag, data = _many_chunks_volume(tmp_path)
+    caller = threading.get_ident()
+    threads: set[int] = set()
+    real = _chunked._open_chunk
+
+    def recording(*args: object, **kwargs: object) -> None:
+        threads.add(threading.get_ident())
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_chunked, "_open_chunk", recording)
+    out = tmp_path / "out"
+    open_volume(vol, key, out, tag, workers=workers, write_piece=piece)
+    assert (out / "big.bin").read_bytes() == data
+    assert threads and caller not in threads
+    fd = os.open(out / "big.bin", os.O_RDONLY)
+    try:
+        assert os.lseek(fd, 0, os.SEEK_HOLE) == 6 * CS  # the zero chunks were not written
+        assert os.lseek(fd, 6 * CS, os.SEEK_DATA) == 10 * CS
+    finally:
+        os.close(fd)
+    assert verify_volume(vol, key, tag, workers=workers).ok
+
+
+def test_chunk_batches_overlap_and_stay_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two batches are decrypted at the same time (batch 0 waits until a later batch has
+    started: it would time out in one thread), and at most 2 x workers batches are in flight."""
+    monkeypatch.setattr(_chunked, "batch_chunks", lambda chunk_size: 2)
+    vol, key, tag, data = _many_chunks_volume(tmp_path)
+    m, _ = load_sealed(vol, key, tag)
+    e = m.by_path()["big.bin"]
+    later = threading.Event()
+    real = _chunked._open_chunk
+
+    def gated(dfd: int, opener: object, cid: bytes, i: int, *rest: object) -> None:
+        if i >= 2:
+            later.set()
+        elif i == 0:
+            assert later.wait(10), "no later batch ran while batch 0 was running"
+        real(dfd, opener, cid, i, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_chunked, "_open_chunk", gated)
+    in_flight, peak = 0, 0
+    lock = threading.Lock()
+
+    class Counting(ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal in_flight, peak
+            with lock:
+                in_flight += 1
+                peak = max(peak, in_flight)
+            fut = super().submit(fn, *args, **kwargs)
+
+            def done(_: object) -> None:
+                nonlocal in_flight
+                with lock:
+                    in_flight -= 1
+
+            fut.add_done_callback(done)
+            return fut
+
+    out = tmp_path / "big.out"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with (
+            Counting(2) as pool,
+            _chunked.ChunkReader(vol, ChunkKeys(key.raw, m.volume_id), CS, key_cache=0) as reader,
+        ):
+            reader.decrypt(e, fd, executor=pool)
+    finally:
+        os.close(fd)
+    assert out.read_bytes() == data
+    assert 2 <= peak <= 4
+
+
+@pytest.mark.parametrize("bad", [[17], [5, 17], [0, 22]])
+def test_a_bad_chunk_in_any_batch_fails_the_open_and_names_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: list[int]
+) -> None:
+    """With the pool, the error is that of the first bad chunk in file order (whichever batch
+    finished first), and nothing of the volume is left in the target."""
+    monkeypatch.setattr(_chunked, "batch_chunks", lambda chunk_size: 2)
+    vol, key, tag, _ = _many_chunks_volume(tmp_path)
+    for i in bad:
+        p = _chunk_path(vol, key, tag, "big.bin", i)
+        good = p.read_bytes()
+        p.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    out = tmp_path / "out"
+    with pytest.raises(
+        SignatureError, match=rf"'big.bin': chunk {bad[0]}: chunk object \w+ does not authenticate"
+    ):
+        open_volume(vol, key, out, tag, workers=2)
+    assert list(out.iterdir()) == []
+    report = verify_volume(vol, key, tag, workers=2)
+    assert [(p.path, p.reason.split(":")[0]) for p in report.problems] == [("big.bin", f"chunk {bad[0]}")]
+
+
 @given(st.data())
 @settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 def test_chunked_reads_of_any_range_match(tmp_path: Path, data: st.DataObject) -> None:
@@ -780,3 +898,228 @@ def test_fuse_reads_of_chunked_files_are_authenticated(tmp_path: Path) -> None:
         with pytest.raises(OSError) as ei:
             (mnt / "b.bin").read_bytes()
         assert ei.value.errno == errno.EIO
+
+
+# --- writable tmpfs (/dev/shm) mounts: one-object files, unchanged contents ------------------
+
+ONE = {
+    "big.bin": _data(5 * CS + 100, 60),
+    "auth/a.bin": _data(3 * CS, 61),
+    "small.txt": b"small\n",
+    "keep.bin": _data(2 * CS, 62),
+    "plain/u.bin": _data(3 * CS, 63),
+}
+
+
+def _pwrite(path: Path, offset: int, data: bytes) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_shm_unmount_converts_changed_one_object_files_to_chunks_as_fuse_does(tmp_path: Path) -> None:
+    vol, key, tag = _volume(tmp_path, ONE)
+    assert _version(vol) == 2
+    m0 = load_sealed(vol, key, tag)[0].by_path()
+    assert all(m0[p].chunks is None for p in ONE)
+    twin = tmp_path / "twin"  # the same changes through the FUSE operations, for comparison
+    shutil.copytree(vol, twin)
+    changes: list[tuple[str, int, bytes]] = [
+        ("big.bin", 2 * CS + 1, b"X"),
+        ("auth/a.bin", 0, b"A"),
+        ("small.txt", 6, b"+"),
+    ]
+    new_files = {"new.bin": _data(2 * CS + 3, 64), "plain/new.txt": b"clear"}
+    before = _objects(vol)
+    mnt = tmp_path / "mnt"
+    h = _shm_mount(vol, key, mnt, tag)
+    for path, off, data in changes:
+        _pwrite(mnt / path, off, data)
+    for path, data in new_files.items():
+        (mnt / path).write_bytes(data)
+    tag1 = h.close()
+    assert _version(vol) == 3
+    m1 = load_sealed(vol, key, tag1)[0].by_path()
+    s = _Session(twin, key, tag)
+    for path, off, data in changes:
+        s.write(path, off, data)
+    for path, data in new_files.items():
+        s.create(path, data)
+    f1 = load_sealed(twin, key, s.seal())[0].by_path()
+    layout = {p: (e.region, None if e.chunks is None else len(e.chunks)) for p, e in m1.items()}
+    assert layout == {p: (e.region, None if e.chunks is None else len(e.chunks)) for p, e in f1.items()}
+    assert layout["big.bin"] == (Region.ENCRYPTED, 6) and layout["auth/a.bin"] == (Region.AUTHENTICATED, 3)
+    assert layout["small.txt"] == (Region.ENCRYPTED, 1) and layout["new.bin"] == (Region.ENCRYPTED, 3)
+    assert m1["plain/new.txt"].chunks is None and m1["plain/new.txt"].region is Region.UNPROTECTED
+    assert m1["keep.bin"] == m0["keep.bin"] and m1["plain/u.bin"] == m0["plain/u.bin"]  # untouched
+    # every chunk of a converted file written once (one object per chunk); nothing else
+    converted = (5 * CS + 100 + 6 * TAG_SIZE) + (3 * CS + 3 * TAG_SIZE) + (7 + TAG_SIZE)
+    assert _new_bytes(before, _objects(vol)) == converted + (2 * CS + 3 + 3 * TAG_SIZE) + len(b"clear")
+    want = dict(ONE, **new_files)
+    for path, off, data in changes:
+        b = bytearray(want[path])
+        b[off : off + len(data)] = data
+        want[path] = bytes(b)
+    assert _contents(vol, key, tag1, tmp_path) == want
+    assert not verify_volume(vol, key, tag1).unreferenced_objects  # the one objects were deleted
+
+    # the second unmount after a small change re-seals only the changed chunk
+    before = _objects(vol)
+    h = _shm_mount(vol, key, mnt, tag1)
+    _pwrite(mnt / "big.bin", 4 * CS + 7, b"Y")
+    tag2 = h.close()
+    assert _kept(m1["big.bin"].chunks or (), _ids(vol, key, tag2, "big.bin")) == [0, 1, 2, 3, 5]
+    assert _new_bytes(before, _objects(vol)) == CS + TAG_SIZE
+    b = bytearray(want["big.bin"])
+    b[4 * CS + 7] = ord("Y")
+    want["big.bin"] = bytes(b)
+    assert _contents(vol, key, tag2, tmp_path) == want
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_shm_unmount_keeps_the_objects_of_files_whose_contents_did_not_change(tmp_path: Path) -> None:
+    """touch, chmod or a rewrite with the same bytes: the file is compared with its sealed
+    object (protected: authenticated first), which is kept; the volume stays version 2."""
+    vol, key, tag = _volume(tmp_path, ONE)
+    m0 = load_sealed(vol, key, tag)[0].by_path()
+    before = _objects(vol)
+    mnt = tmp_path / "mnt"
+    h = _shm_mount(vol, key, mnt, tag)
+    os.utime(mnt / "big.bin")  # now
+    os.utime(mnt / "plain/u.bin")
+    os.chmod(mnt / "small.txt", 0o600)
+    (mnt / "keep.bin").unlink()
+    (mnt / "keep.bin").write_bytes(ONE["keep.bin"])  # a new inode, the same bytes
+    tag1 = h.close()
+    assert tag1 != tag and _version(vol) == 2  # the times and the mode changed
+    m1 = load_sealed(vol, key, tag1)[0].by_path()
+    assert _objects(vol) == before  # nothing written, nothing deleted
+    for p in ONE:
+        assert (m1[p].file_id, m1[p].chunks) == (m0[p].file_id, None), p
+    assert m1["small.txt"].mode == 0o600
+    assert _contents(vol, key, tag1, tmp_path) == ONE
+
+    # negative twin: one byte changed, size and mtime restored: found by the comparison
+    h = _shm_mount(vol, key, mnt, tag1)
+    for p in ("big.bin", "plain/u.bin"):
+        st = (mnt / p).stat()
+        _pwrite(mnt / p, len(ONE[p]) - 1, bytes([ONE[p][-1] ^ 1]))
+        os.utime(mnt / p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    tag2 = h.close()
+    m2 = load_sealed(vol, key, tag2)[0].by_path()
+    assert m2["big.bin"].chunks is not None and m2["plain/u.bin"].file_id != m1["plain/u.bin"].file_id
+    assert m2["keep.bin"] == m1["keep.bin"]
+    got = _contents(vol, key, tag2, tmp_path)
+    assert (
+        got["big.bin"][-1] == ONE["big.bin"][-1] ^ 1 and got["plain/u.bin"][-1] == ONE["plain/u.bin"][-1] ^ 1
+    )
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_shm_unmount_compares_with_the_objects_as_they_are_at_the_seal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Objects changed in storage during the session are never kept as "unchanged": the
+    unprotected object differs from the mounted copy, the protected one no longer
+    authenticates (logged); both files are sealed anew from the mounted copies."""
+    vol, key, tag = _volume(tmp_path, ONE)
+    m0 = load_sealed(vol, key, tag)[0].by_path()
+    mnt = tmp_path / "mnt"
+    h = _shm_mount(vol, key, mnt, tag)
+    for p in ("plain/u.bin", "big.bin"):
+        obj = vol / OBJECTS_DIR / m0[p].file_id.hex()
+        raw = bytearray(obj.read_bytes())
+        raw[CS + 3] ^= 0x20
+        obj.write_bytes(bytes(raw))
+        os.utime(mnt / p)  # touched by the application, same bytes
+    with caplog.at_level(logging.WARNING, logger="confide.volume.mount"):
+        tag1 = h.close()
+    assert "sealed object of 'big.bin' failed authentication" in caplog.text
+    m1 = load_sealed(vol, key, tag1)[0].by_path()
+    assert m1["plain/u.bin"].file_id != m0["plain/u.bin"].file_id and m1["big.bin"].chunks is not None
+    assert _contents(vol, key, tag1, tmp_path) == ONE
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_shm_a_file_in_place_of_a_symlink_gets_its_rule_region(tmp_path: Path) -> None:
+    """A path that was a symlink (entries of symlinks and directories carry the unprotected
+    region byte) and is now a file gets the region of its rule, not the symlink's."""
+    vol, key, tag = _volume(tmp_path, {"f": b"f"})
+    s = _Session(vol, key, tag)
+    s.fs.symlink("/lnk", "f")
+    tag = s.seal()
+    mnt = tmp_path / "mnt"
+    h = _shm_mount(vol, key, mnt, tag)
+    (mnt / "lnk").unlink()
+    (mnt / "lnk").write_bytes(b"secret")
+    tag1 = h.close()
+    e = load_sealed(vol, key, tag1)[0].by_path()["lnk"]
+    assert e.region is Region.ENCRYPTED and e.chunks is not None
+    assert all(b"secret" not in (vol / OBJECTS_DIR / c.hex()).read_bytes() for c in e.chunks)
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_interrupted_shm_unmount_leaves_the_previous_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure while the converted chunks are written (their objects removed) or while the
+    manifest is written (the new objects stay unreferenced until the next seal): the previous
+    version stays current and readable."""
+    vol, key, tag = _volume(tmp_path, ONE)
+    before = _objects(vol)
+    mnt = tmp_path / "mnt"
+    real = _chunked._write_all
+    calls = {"n": 0}
+
+    def failing(fd: int, data: bytes) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device")
+        real(fd, data)
+
+    monkeypatch.setattr(_chunked, "_write_all", failing)
+    h = _shm_mount(vol, key, mnt, tag)
+    _pwrite(mnt / "big.bin", 0, b"Z")
+    with pytest.raises(OSError, match="No space"):
+        h.close()
+    monkeypatch.setattr(_chunked, "_write_all", real)
+    assert _objects(vol) == before and load_sealed(vol, key)[1] == tag
+    assert _contents(vol, key, tag, tmp_path) == ONE
+
+    def no_manifest(*a: object, **k: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(volume_store, "write_atomic", no_manifest)
+    h = _shm_mount(vol, key, mnt, tag)
+    _pwrite(mnt / "big.bin", 0, b"Z")
+    with pytest.raises(OSError, match="Input/output"):
+        h.close()
+    monkeypatch.undo()
+    assert load_sealed(vol, key)[1] == tag and len(_objects(vol)) == len(before) + 6
+    assert _contents(vol, key, tag, tmp_path) == ONE
+    h = _shm_mount(vol, key, mnt, tag)
+    _pwrite(mnt / "small.txt", 0, b"S")
+    tag1 = h.close()
+    report = verify_volume(vol, key, tag1)
+    assert report.ok and report.unreferenced_objects == []  # removed by the next seal
+
+
+def test_fuse_commit_keeps_an_unprotected_object_with_the_same_bytes(tmp_path: Path) -> None:
+    vol, key, tag = _volume(tmp_path, ONE)
+    m0 = load_sealed(vol, key, tag)[0].by_path()
+    before = _objects(vol)
+    s = _Session(vol, key, tag)
+    s.write("plain/u.bin", CS, ONE["plain/u.bin"][CS : CS + 10])  # the same bytes
+    assert _objects(vol) == before
+    s.write("plain/u.bin", CS, b"different!")  # negative twin
+    assert _new_bytes(before, _objects(vol)) == len(ONE["plain/u.bin"])
+    s.write("plain/u.bin", CS, ONE["plain/u.bin"][CS : CS + 10])  # the sealed bytes again: compared with the
+    # session's object, which differs: rewritten once more (the superseded one deleted)
+    tag1 = s.seal()
+    m1 = load_sealed(vol, key, tag1)[0].by_path()
+    assert m1["plain/u.bin"].file_id != m0["plain/u.bin"].file_id and m1["plain/u.bin"].chunks is None
+    assert _contents(vol, key, tag1, tmp_path) == ONE
+    assert not verify_volume(vol, key, tag1).unreferenced_objects

@@ -86,14 +86,26 @@ def test_reseal_of_an_unchanged_tree_keeps_the_tag(tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     h = _shm_mount(vol, key, mnt, tag, writable=True)
     assert h.close() == tag
-    # ... and the helper on its own, as the negative twin of the test above
+    # ... and the helper on its own without a baseline: every file counts as touched, so each
+    # is compared with its (authenticated) sealed object: equal contents keep the tag, and
+    # one changed byte (same size, same mtime) is found and sealed (negative twin)
     m, _ = load_sealed(vol, key, tag)
-    out = tmp_path / "out"
-    h2 = _shm_mount(vol, key, out, tag, writable=False)
+    h2 = _shm_mount(vol, key, tmp_path / "out", tag, writable=True)
     try:
-        assert _reseal_tree(vol, key, m, tag, h2.path, {}) != tag  # no baseline: all re-encrypted
+        assert _reseal_tree(vol, key, m, tag, h2.path, {}) == tag
+        p = h2.path / "d" / "a.bin"
+        st = p.stat()
+        data = bytearray(p.read_bytes())
+        data[-1] ^= 1
+        p.write_bytes(bytes(data))
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+        new = _reseal_tree(vol, key, m, tag, h2.path, {})
+        assert new != tag
+        after = load_sealed(vol, key, new)[0].by_path()
+        assert after["d/a.bin"].chunks is not None and after["b.txt"] == m.by_path()["b.txt"]
     finally:
-        h2.close()
+        h2.abort()
+    assert verify_volume(vol, key, new).ok
 
 
 def test_non_empty_mountpoint_is_refused_and_nothing_is_left(tmp_path: Path) -> None:

@@ -14,12 +14,14 @@ import ctypes
 import os
 import secrets
 import threading
+from collections import deque
 from collections.abc import Collection
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from confide.errors import SignatureError
-from confide.volume._io import batch_chunks
+from confide.volume._io import _pwrite_pieces, batch_chunks
 from confide.volume.format import (
     FILE_ID_SIZE,
     TAG_SIZE,
@@ -174,6 +176,24 @@ def _buffers(chunk_size: int) -> tuple[memoryview, memoryview]:
     return bufs
 
 
+def _batch_buffer(size: int) -> memoryview:
+    """This thread's plaintext buffer for one batch of :meth:`ChunkReader.decrypt` (at least
+    ``size`` bytes; reused, so its pages are touched once per thread, not per batch)."""
+    buf: memoryview | None = getattr(_local, "batch", None)
+    if buf is None or len(buf) < size:
+        buf = memoryview(bytearray(size))
+        _local.batch = buf
+    return buf
+
+
+def _zero(chunk_size: int) -> bytes:
+    z: bytes | None = getattr(_local, "zero", None)
+    if z is None or len(z) != chunk_size:
+        z = bytes(chunk_size)
+        _local.zero = z
+    return z
+
+
 class ChunkReader:
     """Reads and authenticates the chunk objects of one volume directory (format version 3).
 
@@ -216,6 +236,12 @@ class ChunkReader:
             if self._dfd is not None:
                 os.close(self._dfd)
                 self._dfd = None
+
+    def __enter__(self) -> ChunkReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def read_into(self, e: Entry, offset: int, out: memoryview) -> int:
         """Fill ``out`` with the chunked file's bytes from ``offset`` (each chunk of the range
@@ -287,38 +313,91 @@ class ChunkReader:
                 dirty.add(i)
         return dirty, unauthentic
 
-    def decrypt(self, e: Entry, out_fd: int | None) -> None:
+    def decrypt(
+        self,
+        e: Entry,
+        out_fd: int | None,
+        *,
+        executor: ThreadPoolExecutor | None = None,
+        write_piece: int | None = None,
+    ) -> None:
         """Authenticate every chunk object of ``e`` (and write the plaintext to ``out_fd``:
-        runs of non-zero chunks in writes of up to :data:`~confide.volume._io.BATCH_BYTES`,
-        full zero chunks as holes; then its size is set). :class:`SignatureError` names the
-        first bad chunk; the plaintext of a failing chunk is never written."""
+        runs of non-zero chunks at their offsets, full zero chunks as holes; then its size is
+        set). :class:`SignatureError` names the first bad chunk; the plaintext of a failing
+        chunk is never written.
+
+        The chunks are cut into batches of :func:`~confide.volume._io.batch_chunks` (4 MiB of
+        plaintext); with an ``executor`` the batches run in its threads (chunks are
+        independent: each batch reads, authenticates and writes its own range), at most twice
+        as many batches in flight as the executor has workers, one plaintext batch buffer per
+        thread: memory stays bounded whatever the file size. The results are taken in file
+        order, so the error raised is the one of the first failing batch, which names its first
+        bad chunk, as without an executor; on an error the batches not started are cancelled
+        and the running ones waited for (no thread writes after this returns or raises).
+        ``write_piece`` splits each write at multiples of that many bytes of the file (see
+        :data:`~confide.volume._io.LARGE_FOLIO_PIECE`).
+        """
         assert e.chunks is not None
         cs = self.chunk_size
-        dfd = self._dir()
-        raw, _ = _buffers(cs)
         per = batch_chunks(cs)
-        plain = bytearray(min(len(e.chunks), per) * cs)
-        pmv = memoryview(plain)
-        zero = bytes(cs)
-        run_start, k = 0, 0  # file offset of plain[0]; bytes of plaintext pending in plain
-        opener = self._openers[e.region]
-        for i, cid in enumerate(e.chunks):
+        piece = write_piece if write_piece is not None else per * cs
+        if piece <= 0:
+            raise ValueError(f"write_piece: got {piece}, expected a positive byte count")
+        n = len(e.chunks)
+        batches = [(a, min(n, a + per)) for a in range(0, n, per)]
+        dfd = self._dir()
+        if executor is None or len(batches) < 2:
+            for span in batches:
+                self._decrypt_batch(dfd, e, span, out_fd, piece)
+        else:
+            window: deque[Future[None]] = deque()
+            limit = 2 * (executor._max_workers or 1)
+            try:
+                for span in batches:
+                    window.append(executor.submit(self._decrypt_batch, dfd, e, span, out_fd, piece))
+                    if len(window) >= limit:
+                        window.popleft().result()
+                while window:
+                    window.popleft().result()
+            finally:
+                for fut in window:
+                    fut.cancel()
+                for fut in window:
+                    if not fut.cancelled():
+                        fut.exception()  # wait, so no worker writes after we return
+        if out_fd is not None:
+            os.ftruncate(out_fd, e.size)
+
+    def _decrypt_batch(
+        self, dfd: int, e: Entry, span: tuple[int, int], out_fd: int | None, piece: int
+    ) -> None:
+        """Authenticate chunks [first, end) of ``e`` into this thread's batch buffer; write
+        each run of non-zero chunks with one ``pwrite`` (split at multiples of ``piece``)."""
+        assert e.chunks is not None
+        first, end = span
+        cs = self.chunk_size
+        raw, _ = _buffers(cs)
+        pmv = _batch_buffer((end - first) * cs)
+        plain = pmv.obj
+        assert isinstance(plain, bytearray)
+        zero = _zero(cs)
+        opener, chunks = self._openers[e.region], e.chunks
+        run: int | None = None  # first chunk of the current run of non-zero plaintext
+        for i in range(first, end):
             plen = chunked_length(e.size, cs, i)
-            _open_chunk(dfd, opener, cid, i, plen, raw, pmv[k : k + plen])
+            k = (i - first) * cs
+            _open_chunk(dfd, opener, chunks[i], i, plen, raw, pmv[k : k + plen])
             if out_fd is None:
                 continue
             hole = plen == cs and plain.startswith(zero, k)  # memcmp, no copy
-            if not hole:
-                k += plen
-            if k and (hole or k + cs > len(plain)):
-                _pwrite_all(out_fd, pmv[:k], run_start)
-                k = 0
-            if k == 0:
-                run_start = (i + 1) * cs
-        if out_fd is not None:
-            if k:
-                _pwrite_all(out_fd, pmv[:k], run_start)
-            os.ftruncate(out_fd, e.size)
+            if hole and run is not None:
+                _pwrite_pieces(out_fd, pmv[(run - first) * cs : k], run * cs, piece)
+                run = None
+            elif not hole and run is None:
+                run = i
+        if out_fd is not None and run is not None:
+            hi = min((end - first) * cs, e.size - first * cs)
+            _pwrite_pieces(out_fd, pmv[(run - first) * cs : hi], run * cs, piece)
 
 
 _OBJECT_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -357,17 +436,20 @@ def _open_chunk(
         raise SignatureError(f"chunk {i}: {exc.message}") from None
 
 
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        n = os.pwrite(fd, data, offset)
-        data, offset = data[n:], offset + n
-
-
-def decrypt_chunked(directory: Path, keys: ChunkKeys, e: Entry, chunk_size: int, out_fd: int | None) -> None:
+def decrypt_chunked(
+    directory: Path,
+    keys: ChunkKeys,
+    e: Entry,
+    chunk_size: int,
+    out_fd: int | None,
+    *,
+    executor: ThreadPoolExecutor | None = None,
+    write_piece: int | None = None,
+) -> None:
     """:meth:`ChunkReader.decrypt` with a reader of its own (closed on return; every chunk is
     read once, so no contexts are cached)."""
     reader = ChunkReader(directory, keys, chunk_size, key_cache=0)
     try:
-        reader.decrypt(e, out_fd)
+        reader.decrypt(e, out_fd, executor=executor, write_piece=write_piece)
     finally:
         reader.close()

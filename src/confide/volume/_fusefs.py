@@ -47,7 +47,7 @@ import mfusepy  # the parent sets FUSE_LIBRARY_PATH to libfuse 3 (see mount.fuse
 
 from confide.errors import ConfideError, SignatureError, UsageError
 from confide.volume._chunked import write_chunks
-from confide.volume._io import copy_raw, decrypt_object
+from confide.volume._io import copy_raw, decrypt_object, equal_contents
 from confide.volume.format import (
     FILE_ID_SIZE,
     MAX_MTIME_NS,
@@ -265,13 +265,24 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         since the last commit are sealed, each as a new chunk object under a new random chunk
         id (so a key never seals two plaintexts); the others keep their objects. A file stored
         as one object (versions 1 and 2) or moved to another region is written in full, as
-        chunks. Unprotected files: one new object under a new file id.
+        chunks. Unprotected files: one new object under a new file id, unless the file's object
+        already holds exactly the new bytes (:meth:`_same_object`: then it is kept).
         """
         if node.buf_fd is None or not node.dirty or node.orphan:
             return
         old = node.entry
         size = os.fstat(node.buf_fd).st_size
-        if node.region is Region.UNPROTECTED:
+        if (
+            node.region is Region.UNPROTECTED
+            and old is not None
+            and self._same_object(old, node.buf_fd, size)
+        ):
+            # the object already holds exactly these bytes (unprotected content is not
+            # authenticated: keeping it or a new copy is the same to readers): nothing written
+            node.entry = replace(old, path=node.path, mode=node.mode, uid=node.uid, gid=node.gid,
+                                 mtime_ns=node.mtime_ns)  # fmt: skip
+            new_ids: tuple[bytes, ...] = ()
+        elif node.region is Region.UNPROTECTED:
             fid = secrets.token_bytes(FILE_ID_SIZE)
             src = os.dup(node.buf_fd)  # own offset
             try:
@@ -279,7 +290,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
                 size, root = write_object(self.directory, self._key, self.manifest, fid, node.region, src)
             finally:
                 os.close(src)
-            new_ids: tuple[bytes, ...] = (fid,)
+            new_ids = (fid,)
             node.entry = Entry(
                 node.path, EntryKind.FILE, node.mode, node.uid, node.gid, node.region, fid, size, root,
                 mtime_ns=node.mtime_ns,
@@ -313,6 +324,23 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         node.dirty_chunks = set()
         node.dirty_from = None
         self.changed = True
+
+    def _same_object(self, old: Entry, buf_fd: int, size: int) -> bool:
+        """True when ``old`` is an unprotected one-object file whose object holds exactly the
+        ``size`` bytes of ``buf_fd`` (docs/volume-mount.md; compared as found at this commit,
+        so an object changed in storage meanwhile is rewritten from the session's copy)."""
+        if old.region is not Region.UNPROTECTED or old.chunks is not None or old.size != size:
+            return False
+        try:
+            obj = os.open(
+                object_path(self.directory, old.file_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            )
+        except OSError:
+            return False
+        try:
+            return equal_contents(buf_fd, obj, size)
+        finally:
+            os.close(obj)
 
     def _integrity(self, path: str, exc: SignatureError) -> None:
         self.integrity_failures += 1

@@ -30,7 +30,9 @@ __all__ = [
     "copy_raw",
     "decrypt_object",
     "encrypt_stream",
+    "equal_contents",
     "read_full",
+    "same_plaintext",
 ]
 
 # Plaintext per unit of parallel work: one preadv and one pwrite per run of non-zero chunks.
@@ -66,6 +68,38 @@ def read_full(fd: int, buf: bytearray) -> int:
             break
         got += n
     return got
+
+
+COMPARE_BLOCK = 1 << 20  # bytes read at a time from each side by equal_contents
+
+
+def _pread_into(fd: int, buf: memoryview, offset: int) -> int:
+    got = 0
+    while got < len(buf):
+        n = os.preadv(fd, [buf[got:]], offset + got)
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+def equal_contents(a_fd: int, b_fd: int, size: int) -> bool:
+    """True when both descriptors hold exactly ``size`` bytes, the same ones (read with
+    ``preadv`` in blocks of :data:`COMPARE_BLOCK`, stopping at the first difference). For
+    content that is not secret (unprotected files): not constant-time."""
+    if os.fstat(a_fd).st_size != size or os.fstat(b_fd).st_size != size:
+        return False
+    a, b = bytearray(min(size, COMPARE_BLOCK)), bytearray(min(size, COMPARE_BLOCK))
+    amv, bmv = memoryview(a), memoryview(b)
+    offset = 0
+    while offset < size:
+        want = min(len(a), size - offset)
+        if _pread_into(a_fd, amv[:want], offset) != want or _pread_into(b_fd, bmv[:want], offset) != want:
+            return False
+        if (a != b) if want == len(a) else (a[:want] != b[:want]):  # bytearray ==: memcmp
+            return False
+        offset += want
+    return True
 
 
 def encrypt_stream(src_fd: int, dst_fd: int, codec: ChunkCodec, chunk_size: int) -> tuple[int, bytes]:
@@ -253,6 +287,42 @@ def decrypt_object(
         raise SignatureError("file root does not match the manifest (chunks replaced from another version?)")
     if out_fd is not None:
         os.ftruncate(out_fd, entry.size)
+
+
+def same_plaintext(obj_fd: int, src_fd: int, codec: ChunkCodec, entry: Entry, chunk_size: int) -> bool:
+    """True when ``src_fd`` holds exactly the plaintext of ``entry``'s object ``obj_fd`` (one
+    object, a protected region): every chunk authenticated as :func:`decrypt_object` does
+    (exact object size, index and last-chunk mark, then the file root) and compared with the
+    same range of ``src_fd``, stopping at the first difference. :class:`SignatureError` when
+    a chunk read does not authenticate or the root does not match (the object changed in
+    storage), so that a caller never keeps an unauthentic object as "unchanged".
+    """
+    size = entry.size
+    if os.fstat(src_fd).st_size != size:
+        return False
+    expected = object_size(size, chunk_size, entry.region)
+    actual = os.fstat(obj_fd).st_size
+    if actual != expected:
+        raise SignatureError(f"object has {actual} bytes, expected {expected} (truncated or extended)")
+    n = chunk_count(size, chunk_size)
+    h = root_hasher()
+    rec, old, new = bytearray(chunk_size + TAG_SIZE), bytearray(chunk_size), bytearray(chunk_size)
+    rmv, omv, nmv = memoryview(rec), memoryview(old), memoryview(new)
+    for i in range(n):
+        last = i == n - 1
+        plen = size - chunk_size * i if last else chunk_size
+        want = plen + TAG_SIZE
+        if _pread_into(obj_fd, rmv[:want], i * (chunk_size + TAG_SIZE)) != want:
+            raise SignatureError(f"chunk {i}: object truncated")
+        codec.open_into(rmv[:want], i, last, omv[:plen])
+        h.update(rmv[plen:want])
+        if _pread_into(src_fd, nmv[:plen], i * chunk_size) != plen:
+            return False
+        if (old != new) if plen == chunk_size else (old[:plen] != new[:plen]):  # bytearray ==: memcmp
+            return False
+    if not hmac.compare_digest(finish_root(h, n), entry.root):
+        raise SignatureError("file root does not match the manifest (chunks replaced from another version?)")
+    return True
 
 
 def copy_raw(src_fd: int, dst_fd: int) -> int:

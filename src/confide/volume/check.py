@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from confide.errors import ConfideError, SignatureError, StorageError, UsageError
-from confide.volume._chunked import decrypt_chunked
+from confide.volume._chunked import ChunkReader
 from confide.volume._io import copy_raw, decrypt_object
 from confide.volume.format import ChunkCodec, ChunkKeys, Entry, EntryKind, Manifest, Region
 from confide.volume.keys import VolumeKey
@@ -58,6 +58,12 @@ def _workers(workers: int | None) -> int:
     return max(1, workers if workers is not None else min(4, os.cpu_count() or 1))
 
 
+def _chunk_reader(directory: Path, key: VolumeKey, m: Manifest) -> ChunkReader:
+    """One reader of the chunk objects for a whole verify/open (every chunk is read once, so
+    no AES-GCM contexts are cached)."""
+    return ChunkReader(directory, ChunkKeys(key.raw, m.volume_id), m.chunk_size, key_cache=0)
+
+
 def _check_file(
     directory: Path,
     key: VolumeKey,
@@ -66,10 +72,11 @@ def _check_file(
     *,
     out_fd: int | None,
     pool: ThreadPoolExecutor | None,
+    chunks: ChunkReader,
     write_piece: int | None = None,
 ) -> None:
-    if e.chunks is not None:  # a chunked file (version 3): one object per chunk
-        decrypt_chunked(directory, ChunkKeys(key.raw, m.volume_id), e, m.chunk_size, out_fd)
+    if e.chunks is not None:  # a chunked file (version 3): one object per chunk, batches in the pool
+        chunks.decrypt(e, out_fd, executor=pool, write_piece=write_piece)
         return
     try:
         obj_fd = os.open(object_path(directory, e.file_id), os.O_RDONLY | os.O_NOFOLLOW)
@@ -100,13 +107,14 @@ def verify_volume(
     m, tag = load_sealed(directory, key, expected_tag)
     report = VerifyReport(tag=tag, generation=m.generation)
     report.pending_changes = (directory / PENDING_NAME).exists()
-    with ThreadPoolExecutor(_workers(workers)) as pool:
+    chunks = _chunk_reader(directory, key, m)
+    with chunks, ThreadPoolExecutor(_workers(workers)) as pool:
         for e in m.entries:
             if e.kind is not EntryKind.FILE:
                 continue
             report.files += 1
             try:
-                _check_file(directory, key, m, e, out_fd=None, pool=pool)
+                _check_file(directory, key, m, e, out_fd=None, pool=pool, chunks=chunks)
                 report.bytes += e.size
             except SignatureError as exc:
                 report.problems.append(Problem(e.path, exc.message))
@@ -166,8 +174,9 @@ def open_volume(
     staging = target / f".confide-open-{secrets.token_hex(8)}"
     staging.mkdir(mode=0o700)
     total = files = 0
+    chunks = _chunk_reader(directory, key, m)
     try:
-        with ThreadPoolExecutor(_workers(workers)) as pool:
+        with chunks, ThreadPoolExecutor(_workers(workers)) as pool:
             for e in m.entries:
                 dest = staging / e.path
                 dest.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -182,7 +191,16 @@ def open_volume(
                     tmp = dest.with_name(f".confide-part-{secrets.token_hex(8)}")
                     out_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                     try:
-                        _check_file(directory, key, m, e, out_fd=out_fd, pool=pool, write_piece=write_piece)
+                        _check_file(
+                            directory,
+                            key,
+                            m,
+                            e,
+                            out_fd=out_fd,
+                            pool=pool,
+                            chunks=chunks,
+                            write_piece=write_piece,
+                        )
                         if owner:
                             os.fchown(out_fd, e.uid, e.gid)
                         os.fchmod(out_fd, e.mode)

@@ -48,11 +48,13 @@ from types import TracebackType
 from typing import Literal
 
 import confide
-from confide.errors import ConfideError, StorageError, UsageError
+from confide.errors import ConfideError, SignatureError, StorageError, UsageError
 from confide.volume._chunked import ChunkReader, write_chunks
-from confide.volume._io import LARGE_FOLIO_PIECE
+from confide.volume._io import LARGE_FOLIO_PIECE, equal_contents, same_plaintext
 from confide.volume.check import open_volume
 from confide.volume.format import (
+    ROOT_SIZE,
+    ChunkCodec,
     ChunkKeys,
     Entry,
     EntryKind,
@@ -62,7 +64,14 @@ from confide.volume.format import (
     region_for,
 )
 from confide.volume.keys import VolumeKey
-from confide.volume.store import PENDING_NAME, _store_file, load_sealed, lock_volume, seal_entries
+from confide.volume.store import (
+    PENDING_NAME,
+    _store_file,
+    load_sealed,
+    lock_volume,
+    object_path,
+    seal_entries,
+)
 
 __all__ = ["MountHandle", "MountMode", "fuse_usable", "mount_volume"]
 
@@ -431,12 +440,18 @@ def _reseal_tree(
 ) -> str:
     """Seal the tree under ``root`` as the next generation; only changed files are re-encrypted.
 
-    A file whose (inode, size, mtime, ctime) is what it was after decryption keeps its object;
+    A file whose (inode, size, mtime, ctime) is what it was after decryption keeps its object,
+    and so does a file whose bytes equal its sealed version (touched, chmod'ed or rewritten
+    with the same contents; :func:`_same_protected` authenticates each sealed chunk before
+    comparing, :func:`_same_unprotected` compares with the object as it is now);
     a changed file that was chunked (format version 3) keeps the chunk objects whose
     plaintext is unchanged (compared with the authenticated old chunk) and gets new chunk
-    objects for the others (:func:`_reseal_chunked`); any other file gets a new object under a
-    new file id. Special files are skipped (logged). Returns ``tag`` unchanged when the tree
-    equals the manifest.
+    objects for the others (:func:`_reseal_chunked`). Any other changed or new file of a
+    protected region is written chunked, every chunk under a new random chunk id, as the FUSE
+    commit path writes every protected file (:func:`_write_chunked`): a one-object file
+    changed now is converted, so that later unmounts re-seal only its changed chunks. A
+    changed unprotected file gets a new object under a new file id. Special files are
+    skipped (logged). Returns ``tag`` unchanged when the tree equals the manifest.
     """
     chunks = ChunkReader(directory, ChunkKeys(key.raw, manifest.volume_id), manifest.chunk_size, key_cache=0)
     try:
@@ -445,17 +460,22 @@ def _reseal_tree(
         chunks.close()
 
 
+def _open_regular(p: Path) -> int:
+    fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"{str(p)!r} changed into a non-regular file while sealing")
+    return fd
+
+
 def _reseal_chunked(
     directory: Path, chunks: ChunkReader, prev: Entry, p: Path
 ) -> tuple[int, tuple[bytes, ...]]:
     """Write the new version of the chunked file ``prev`` from ``p``: only the chunks that
     differ from the sealed ones are sealed (under new chunk ids). Returns (size, chunk ids)."""
-    fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = _open_regular(p)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UsageError(f"{str(p)!r} changed into a non-regular file while sealing")
-        size = st.st_size
+        size = os.fstat(fd).st_size
         dirty, unauthentic = chunks.changed(prev, fd, size)
         if unauthentic:
             log.warning(
@@ -469,6 +489,84 @@ def _reseal_chunked(
     finally:
         os.close(fd)
     return size, w.chunks
+
+
+def _write_chunked(
+    directory: Path, chunks: ChunkReader, region: Region, p: Path
+) -> tuple[int, tuple[bytes, ...]]:
+    """Write ``p`` as a chunked file of ``region`` (format version 3): every chunk sealed as a
+    new chunk object under a new random chunk id (:func:`write_chunks`, durable on return, its
+    objects removed on error). Returns (size, chunk ids)."""
+    fd = _open_regular(p)
+    try:
+        size = os.fstat(fd).st_size
+        w = write_chunks(directory, chunks.keys, chunks.chunk_size, region, fd, size)
+    finally:
+        os.close(fd)
+    return size, w.chunks
+
+
+def _same_unprotected(directory: Path, prev: Entry, p: Path) -> bool:
+    """True when the unprotected file ``prev``'s object holds exactly the bytes of ``p`` now.
+
+    Unprotected content is not authenticated (no tag, no root: docs/volume-format.md, "File
+    objects"), so whether the sealed version keeps this object or a new copy makes no
+    difference to what a reader can rely on: either is host storage that the host can change
+    before or after the seal. What must hold is that the sealed version holds what the
+    application left, so the comparison is with the object as it is at the seal (not with a
+    record of the mount time): an object changed in storage during the session differs and is
+    rewritten from the mounted copy, as before. Missing or unreadable object: False.
+    """
+    if prev.chunks is not None or prev.region is not Region.UNPROTECTED:
+        return False
+    try:
+        obj = os.open(object_path(directory, prev.file_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fd = _open_regular(p)
+        try:
+            return equal_contents(fd, obj, prev.size)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(obj)
+
+
+def _same_protected(directory: Path, key: VolumeKey, manifest: Manifest, prev: Entry, p: Path) -> bool:
+    """True when ``p`` holds exactly the plaintext of the protected one-object file ``prev``.
+
+    Each sealed chunk is authenticated before it is compared (:func:`same_plaintext`), so
+    only an authentic object is kept as "unchanged"; one that no longer authenticates (changed
+    in storage during the session) is logged and counts as changed: the mounted copy is then
+    sealed anew. Only files of the same size are compared (the first differing chunk ends the
+    comparison); which files an unmount rewrites is visible in the volume directory anyway.
+    """
+    if prev.chunks is not None or prev.region is Region.UNPROTECTED:
+        return False
+    fd = _open_regular(p)
+    try:
+        if os.fstat(fd).st_size != prev.size:
+            return False
+        try:
+            obj = os.open(object_path(directory, prev.file_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            codec = ChunkCodec(key.raw, manifest.volume_id, prev.file_id, prev.region)
+            return same_plaintext(obj, fd, codec, prev, manifest.chunk_size)
+        except SignatureError as exc:
+            log.warning(
+                "confide volume: the sealed object of %r failed authentication at unmount (%s; changed "
+                "in storage during the session); sealed anew from the mounted copy",
+                prev.path,
+                exc.message,
+            )
+            return False
+        finally:
+            os.close(obj)
+    finally:
+        os.close(fd)
 
 
 def _reseal_entries(
@@ -510,12 +608,18 @@ def _reseal_entries(
                     Entry(vpath, EntryKind.DIR, mode, st.st_uid, st.st_gid, Region.UNPROTECTED, mtime_ns=t)
                 )
             elif p.is_file():
+                if prev is not None and prev.kind is not EntryKind.FILE:
+                    prev = None  # a directory or symlink replaced by a file: a new file
                 now = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                if prev is not None and prev.kind is EntryKind.FILE and baseline.get(vpath) == now:
+                if prev is not None and (
+                    baseline.get(vpath) == now
+                    or _same_unprotected(directory, prev, p)
+                    or _same_protected(directory, key, manifest, prev, p)
+                ):
                     # unchanged: keeps its object(s), chunk ids included (version 3)
                     entries.append(replace(prev, mode=mode, uid=st.st_uid, gid=st.st_gid, mtime_ns=t))
                     continue
-                if prev is not None and prev.kind is EntryKind.FILE and prev.chunks is not None:
+                if prev is not None and prev.chunks is not None:
                     size, ids = _reseal_chunked(directory, chunks, prev, p)
                     entries.append(
                         replace(
@@ -528,9 +632,29 @@ def _reseal_entries(
                     if prev is not None
                     else region_for(vpath, manifest.rules, manifest.default_region)
                 )
-                fid, size, froot, _ = _store_file(
-                    directory, key, manifest, vpath, p, region=region, deterministic=False
-                )
+                if region is Region.UNPROTECTED:
+                    fid, size, froot, _ = _store_file(
+                        directory, key, manifest, vpath, p, region=region, deterministic=False
+                    )
+                    entries.append(
+                        Entry(
+                            vpath,
+                            EntryKind.FILE,
+                            mode,
+                            st.st_uid,
+                            st.st_gid,
+                            region,
+                            fid,
+                            size,
+                            froot,
+                            mtime_ns=t,
+                        )
+                    )
+                    continue
+                # a protected file stored as one object (or new): written chunked, as the FUSE
+                # commit path does (docs/volume-mount.md); later unmounts re-seal only its
+                # changed chunks
+                size, ids = _write_chunked(directory, chunks, region, p)
                 entries.append(
                     Entry(
                         vpath,
@@ -539,10 +663,11 @@ def _reseal_entries(
                         st.st_uid,
                         st.st_gid,
                         region,
-                        fid,
+                        b"",
                         size,
-                        froot,
+                        bytes(ROOT_SIZE),
                         mtime_ns=t,
+                        chunks=ids,
                     )
                 )
             else:
