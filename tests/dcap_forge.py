@@ -111,6 +111,7 @@ class ForgedPki:
             .issuer_name(_name(issuer))
             .last_update(this_update or self.at - timedelta(days=1))
             .next_update(next_update or self.at + timedelta(days=30))
+            .add_extension(x509.CRLNumber(1), critical=False)
         )
         for serial in revoked:
             b = b.add_revoked_certificate(
