@@ -424,7 +424,10 @@ NEEDS: dict[TcbStatus, list[tuple[str, ...]] | None] = {
     TcbStatus.UP_TO_DATE: [],
     TcbStatus.SW_HARDENING_NEEDED: [("software-hardening-needed",)],
     TcbStatus.CONFIGURATION_NEEDED: [("configuration-needed",)],
-    TcbStatus.CONFIGURATION_AND_SW_HARDENING_NEEDED: [("configuration-needed",), ("software-hardening-needed",)],
+    TcbStatus.CONFIGURATION_AND_SW_HARDENING_NEEDED: [
+        ("configuration-needed",),
+        ("software-hardening-needed",),
+    ],
     TcbStatus.OUT_OF_DATE: [("outdated-tcb",)],
     TcbStatus.OUT_OF_DATE_CONFIGURATION_NEEDED: [("outdated-tcb",), ("configuration-needed",)],
     TcbStatus.REVOKED: None,

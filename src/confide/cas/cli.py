@@ -397,6 +397,7 @@ def _rotate_online(data_dir: Path, batch_size: int | None, pause_ms: int | None)
 _CAS_TOLERANCES = (
     "debug-mode",
     "outdated-tcb",
+    "relaunch-advised",
     "software-hardening-needed",
     "configuration-needed",
     "insecure-configuration",
