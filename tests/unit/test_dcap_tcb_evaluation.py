@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+import dcap_qvl._dcap_qvl as qvl
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
@@ -306,3 +307,29 @@ def test_cas_serve_has_the_option() -> None:
     assert "--min-tcb-eval-number" in r.stdout
     r = run_confide("cas", "serve", "--data-dir", "/nonexistent/x", "--min-tcb-eval-number", "0")
     assert r.returncode == 2
+
+
+@pytest.mark.parametrize(("tcb_info", "qe_identity"), [(17, 17), (19, 17), (17, 19), (18, 18), (18, 30)])
+def test_same_verdict_as_dcap_qvl(tcb_info: int, qe_identity: int) -> None:
+    """dcap-qvl 0.7.0's ``min_tcb_eval_data_number`` (a peer): it too judges the lower of the two
+    numbers, and reports it as the collateral's."""
+    v, raw, coll, pki = _forged(tcb_info, qe_identity)
+    at = int(TDX.time.timestamp())
+    policy = qvl.PyQuotePolicy.strict(at).allow_dynamic_platform(True).allow_cached_keys(True)
+    policy = policy.allow_smt(True).platform_grace_period(1 << 40).qe_grace_period(1 << 40)
+    policy = policy.min_tcb_eval_data_number(18)
+    try:
+        claims = qvl.PyQuoteVerifier(pki.root_der).verify_with_policy(
+            raw, qvl.PyQuoteCollateralV3.from_json(coll.to_dcap_qvl_json()), at, policy
+        )
+        theirs: int | str = json.loads(claims.to_json())["tcb"]["eval_data_number"]
+    except ValueError as exc:
+        theirs = str(exc)
+    ours_refused = bool(v.tcb_evaluation is not None and v.tcb_evaluation.below(18))
+    assert ours_refused == isinstance(theirs, str), theirs
+    if isinstance(theirs, str):
+        assert f"TCB eval data number {min(tcb_info, qe_identity)} is below minimum 18" in theirs
+        with pytest.raises(errors.CollateralOutdatedError):
+            require_tcb_evaluation(v, 18, "x")
+    else:
+        assert theirs == min(tcb_info, qe_identity)
