@@ -310,6 +310,10 @@ def _need_relaunch(
     )
 
 
+_PIECES = {"TCB Info": "tcb_info", "QE Identity": "qe_identity"}
+"""The field suffix of each piece of collateral that :meth:`TcbEvaluation.below` names."""
+
+
 def _check_tcb_evaluation(
     evidence: VerifiedEvidence, security: AttestationSecurity, reasons: list[Reason]
 ) -> None:
@@ -328,7 +332,7 @@ def _check_tcb_evaluation(
     for name, number in numbers.below(minimum):
         reasons.append(
             Reason(
-                f"tcb_evaluation_data_number.{'tcb_info' if name == 'TCB Info' else 'qe_identity'}",
+                f"tcb_evaluation_data_number.{_PIECES[name]}",
                 f"{number} ({name})",
                 f"{wanted}: collateral of a later TCB evaluation",
             )
