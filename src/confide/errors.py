@@ -17,7 +17,9 @@ contain secret values.
     │   ├── RevocationError (23)            a certificate of the chain is revoked
     │   ├── CollateralError (24)            collateral unusable (bad signature chain, mismatch)
     │   │   ├── CollateralMissingError (25) a needed piece of collateral is absent
-    │   │   └── CollateralExpiredError (26) collateral not valid at the verification time
+    │   │   ├── CollateralExpiredError (26) collateral not valid at the verification time
+    │   │   └── CollateralOutdatedError (62) valid collateral, but of an older TCB evaluation than
+    │   │                                   required (Intel tcbEvaluationDataNumber below the minimum)
     │   ├── TcbLevelNotFoundError (27)      no TCB level of the TCB Info matches the platform
     │   ├── BindingError (28)               report data / nonce / key binding mismatch
     │   ├── MeasurementError (29)           event-log replay or reference-measurement mismatch
@@ -50,6 +52,7 @@ __all__ = [
     "CollateralError",
     "CollateralExpiredError",
     "CollateralMissingError",
+    "CollateralOutdatedError",
     "ConfideError",
     "ConflictError",
     "ConsistencyError",
@@ -158,6 +161,15 @@ class CollateralMissingError(CollateralError):
 
 class CollateralExpiredError(CollateralError):
     exit_code = 26
+
+
+class CollateralOutdatedError(CollateralError):
+    """Collateral that is signed and within its validity window, but made for an older TCB
+    evaluation than required: Intel's ``tcbEvaluationDataNumber`` of a TCB Info or QE Identity
+    below the minimum asked for (``--min-tcb-eval-number``; a stale PCCS, or replayed
+    collateral, that would let a platform a TCB recovery made out of date pass)."""
+
+    exit_code = 62
 
 
 class TcbLevelNotFoundError(VerificationError):

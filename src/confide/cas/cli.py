@@ -52,6 +52,10 @@ def cas() -> None:
 @click.option("--dev", is_flag=True, help="Development: enable the SIMULATED TEE (never in production).")
 @click.option("--db", "db_url", help="Database URL (default: SQLite in --data-dir; postgresql://...).")
 @click.option("--collateral", help="DCAP collateral source for SGX/TDX evidence (file, directory or URL).")
+@click.option("--min-tcb-eval-number", "min_tcb_eval", type=click.IntRange(1, 0xFFFF_FFFF), metavar="N",
+              help="Refuse SGX/TDX evidence verified with Intel collateral (TCB Info, QE Identity) of a"
+              " TCB evaluation data number below N; a --collateral URL's older answers are not"
+              " kept but asked for again.")  # fmt: skip
 @click.option("--kds", metavar="URL",
               help="AMD KDS (https://kdsintf.amd.com) or a mirror: fetch the VCEK of SEV-SNP evidence"
               " sent without one, and with --tee sev-snp the CAS's own (cached in"
@@ -213,6 +217,7 @@ def cas_serve(
     join: str | None,
     join_as_successor: bool,
     successor_board: Path | None,
+    min_tcb_eval: int | None,
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
     from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity, parse_public_url
@@ -246,6 +251,7 @@ def cas_serve(
         dev=dev,
         db_url=db_url,
         collateral=collateral,
+        min_tcb_evaluation_data_number=min_tcb_eval,
         kds=kds,
         witnesses=parse_witnesses(witness_specs),
         witness_tls=None if witness_cacert is None else client_tls_context(witness_cacert),
@@ -391,6 +397,7 @@ def _rotate_online(data_dir: Path, batch_size: int | None, pause_ms: int | None)
 _CAS_TOLERANCES = (
     "debug-mode",
     "outdated-tcb",
+    "relaunch-advised",
     "software-hardening-needed",
     "configuration-needed",
     "insecure-configuration",

@@ -431,6 +431,7 @@ def prepare(
     join: str | None = None,
     join_as_successor: bool = False,
     successor_board: Board | None = None,
+    min_tcb_evaluation_data_number: int | None = None,
 ) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
     """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (``dev``:
     simulated; ``tee``: from the TEE's quote provider, ``quote_provider`` or the one at the
@@ -445,6 +446,10 @@ def prepare(
     only). DCAP evidence without ``collateral`` is published unchecked, which is logged once.
     A URL as ``collateral`` (Intel PCS or a PCCS): clients' quotes have their platform's
     collateral fetched before phase 1 and kept in memory (:mod:`confide.cas.pcs`).
+    ``min_tcb_evaluation_data_number`` (``--min-tcb-eval-number``): clients' DCAP evidence
+    verified with a TCB Info or QE Identity of an older TCB evaluation is refused
+    (``CollateralOutdatedError``, :meth:`PlatformVerifier._recent_enough`), and a URL source
+    neither keeps nor serves such collateral (it asks again).
     ``kds``: the AMD KDS base URL (``--kds``) the CAS fetches the VCEKs of SEV-SNP evidence sent
     without one from, cached in ``data_dir/kds-cache``; with ``tee`` ``sev-snp``, also the VCEK
     of its own report when configfs-tsm's certificate table has none, published in its document
@@ -491,7 +496,11 @@ def prepare(
         # Before anything else is read or written: finish an interrupted master-key rotation,
         # and refuse a key that is not the one the database names (confide.cas.rotation).
         master = open_master_key(data_dir, seal, database)
-    dcap_source = source_for(collateral) if collateral else None
+    dcap_source = (
+        source_for(collateral, min_tcb_evaluation_data_number=min_tcb_evaluation_data_number)
+        if collateral
+        else None
+    )
     ocsp_cache = None
     if nvidia_ocsp and nvidia_ocsp != STAPLED:
         ocsp_source = ocsp_source_for(nvidia_ocsp, "--nvidia-ocsp")
@@ -527,6 +536,7 @@ def prepare(
         nvidia_ocsp=ocsp_cache, nvidia_ocsp_stapled_only=nvidia_ocsp == STAPLED,
         nvidia_ocsp_max_age=nvidia_ocsp_max_age or STAPLED_MAX_AGE,
         nvidia_rim=rim_source, nvidia_rim_where=rim_where, nvidia_rim_cache=rim_cache,
+        min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
     )  # fmt: skip
     joined: JoinResult | None = None
     if join is not None:
@@ -779,6 +789,7 @@ def serve(
     session_tickets: int = SESSION_TICKETS,
     join_as_successor: bool = False,
     successor_board: Board | None = None,
+    min_tcb_evaluation_data_number: int | None = None,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
@@ -794,7 +805,8 @@ def serve(
     :data:`~confide.cas.http_limits.PUBLIC_MAX_HEAD` bytes).
     ``join``: obtain the master key from the running CAS at this URL (:func:`prepare`), as a
     successor version with ``join_as_successor``. ``successor_board``: see :func:`prepare`.
-    ``session_tickets``: TLS 1.3 session tickets per handshake (:data:`SESSION_TICKETS`)."""
+    ``session_tickets``: TLS 1.3 session tickets per handshake (:data:`SESSION_TICKETS`).
+    ``min_tcb_evaluation_data_number``: see :func:`prepare`."""
     host, port = _parse_listen(listen)
     public_addr = None
     if public_http_listen is not None:
@@ -812,7 +824,8 @@ def serve(
                http_limits=http_limits if http_limits is not None else HttpLimits(),
                attest_rate=attest_rate, write_rate=write_rate, public_addr=public_addr,
                join=join, session_tickets=session_tickets, join_as_successor=join_as_successor,
-               successor_board=successor_board)  # fmt: skip
+               successor_board=successor_board,
+               min_tcb_evaluation_data_number=min_tcb_evaluation_data_number)  # fmt: skip
 
 
 def uvicorn_server(
@@ -980,6 +993,7 @@ def _serve(
     session_tickets: int,
     join_as_successor: bool = False,
     successor_board: Board | None = None,
+    min_tcb_evaluation_data_number: int | None = None,
 ) -> None:
     public_limits = None
     if public_addr is not None:
@@ -996,7 +1010,7 @@ def _serve(
         data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee, kds=kds,
         nvidia_ocsp=nvidia_ocsp, crl_validity=crl_validity, nvidia_rim=nvidia_rim,
         nvidia_ocsp_max_age=nvidia_ocsp_max_age, join=join, join_as_successor=join_as_successor,
-        successor_board=successor_board,
+        successor_board=successor_board, min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
     )  # fmt: skip
     cas.public_url = public_url  # docs/cas.md "CRL distribution points"
     # docs/cas.md "Online rotation": the admin channel, and a rotation a crash interrupted resumes.
