@@ -28,33 +28,10 @@ from confide.cas.server import prepare
 from confide.cas.witness_quorum import RETRY_SECONDS, WitnessGuard, WitnessQuorum, parse_max_lag
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, NoteSigner, NoteVerifier, parse_note
 from confide.ledger.store import Ledger, connect, write_transaction
-from confide.ledger.witness import Witness
-from confide.ledger.witness_http import WitnessServer, request_cosignatures
+from confide.ledger.witness_http import request_cosignatures
+from witness_servers import Witnesses
 
 ORIGIN = "cas.example/log"
-
-
-class Witnesses:
-    """``n`` witness servers on 127.0.0.1 that know the log ``log_key``."""
-
-    def __init__(self, tmp_path: Path, log_key: NoteVerifier, n: int) -> None:
-        self.witnesses = [
-            Witness(NoteSigner.generate(f"w{i}.example", SIG_TYPE_COSIGNATURE_V1), tmp_path / f"w{i}.json",
-                    {log_key.name: log_key})
-            for i in range(n)
-        ]  # fmt: skip
-        self.servers = [WitnessServer(w, ("127.0.0.1", 0)) for w in self.witnesses]
-        for server in self.servers:
-            server.serve_in_thread()
-
-    @property
-    def specs(self) -> tuple[tuple[str, NoteVerifier], ...]:
-        return tuple((s.url, w.verifier) for s, w in zip(self.servers, self.witnesses, strict=True))
-
-    def close(self) -> None:
-        for server in self.servers:
-            server.shutdown()
-            server.server_close()
 
 
 @pytest.fixture
