@@ -6,8 +6,8 @@ TLS handshake itself (without trusting it yet), fetches the evidence, verifies i
 binding, and only then writes the certificate as the one to trust (``CONFIDE_CAS_CERT``).
 
 A CAS started with ``--witness-quorum N`` binds its witnesses too (docs/adr/0005-witness-quorum.md):
-SHA-512("confide-cas/v2" || 0 || TLS certificate DER || log verifier key || 0 || "quorum N\n" ||
-"witness VKEY\n" for each witness key, sorted), and its document says ``witnesses: {quorum,
+SHA-512("confide-cas/v2" || 0 || TLS certificate DER || log verifier key || 0 || "quorum N\\n" ||
+"witness VKEY\\n" for each witness key, sorted), and its document says ``witnesses: {quorum,
 keys}`` (:class:`AttestedWitnesses`). The document's member decides which binding is checked,
 so removing, adding or changing it makes the binding fail; without it the v1 binding is
 byte-for-byte what it was. The client can require a quorum (:func:`witness_mismatches`).
@@ -117,7 +117,7 @@ class AttestedWitnesses:
             raise ParseError("a witness's public key is listed twice", structure="CAS witnesses")
 
     def config(self) -> bytes:
-        """What the v2 binding covers after the log key: ``quorum N\n`` and ``witness VKEY\n``
+        """What the v2 binding covers after the log key: ``quorum N\\n`` and ``witness VKEY\\n``
         per key (in order: sorted)."""
         lines = [f"quorum {self.quorum}\n", *(f"witness {k}\n" for k in self.keys)]
         return "".join(lines).encode("ascii")
@@ -373,12 +373,7 @@ def _parse_document(body: bytes) -> _Document:
             structure="CAS evidence",
         )
     amd_crl = _parse_amd_crl(doc[AMD_CRL_FIELD], platform) if AMD_CRL_FIELD in doc else None
-    witnesses = None
-    if WITNESSES_FIELD in doc:
-        try:
-            witnesses = AttestedWitnesses.from_json(doc[WITNESSES_FIELD])
-        except ParseError as exc:
-            raise ParseError(exc.message, structure="CAS evidence", field=WITNESSES_FIELD) from None
+    witnesses = AttestedWitnesses.from_json(doc[WITNESSES_FIELD]) if WITNESSES_FIELD in doc else None
     return _Document(platform, evidence, aux, log_key, obtained_at, amd_crl, witnesses)
 
 

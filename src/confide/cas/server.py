@@ -37,6 +37,11 @@ then re-obtained every ``--evidence-refresh`` seconds (:mod:`confide.cas.own_evi
 publishing, at startup and on every refresh, the CAS verifies the document as a client would
 (:mod:`confide.cas.self_check`): evidence that does not verify stops the CAS at startup and is
 not published on a refresh.
+
+With ``--witness-quorum N`` (:mod:`confide.cas.witness_quorum`, docs/cas.md "Witness quorum")
+the CAS binds its witnesses' keys and N into that evidence, does not listen before N witnesses
+cosigned its log as it is (a witness's rollback or fork answer: :class:`LogRollbackError`, exit
+62), and halts releases and changes on such an answer while it runs (:class:`Checkpointer`).
 """
 
 from __future__ import annotations
@@ -244,6 +249,7 @@ class Checkpointer:
             f"--witness-quorum {quorum}: {got} of {count} witnesses cosigned checkpoint"
             f" {self.signed_size} after {attempts} attempts, {quorum} needed, not starting"
             + (f" ({reasons[:600]})" if reasons else "")
+            + f"; the witnesses must know this log: {self.signer.verifier.vkey}"
         )
 
     def tick(self, *, force: bool = False) -> Round | None:

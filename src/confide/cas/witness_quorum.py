@@ -41,6 +41,8 @@ __all__ = [
     "MAX_LAG_RANGE",
     "RETRY_SECONDS",
     "START_ATTEMPTS",
+    "START_DELAYS",
+    "Round",
     "WitnessGuard",
     "WitnessQuorum",
     "parse_max_lag",
@@ -83,16 +85,23 @@ class WitnessQuorum:
                 f"--witness-quorum: got {self.quorum}, expected 1 to {len(self.witnesses)}"
                 " (the number of --witness)"
             )
+        seen: dict[bytes, str] = {}
         for _, key in self.witnesses:
             if key.sig_type != SIG_TYPE_COSIGNATURE_V1:
                 raise UsageError(f"--witness: {key.vkey[:60]!r} is not a cosignature/v1 witness key")
+            if key.public_key in seen:  # under any name: one witness would count twice
+                raise UsageError(
+                    f"--witness: the key of {key.name!r} is given twice (also as {seen[key.public_key]!r});"
+                    " each witness counts once towards --witness-quorum"
+                )
+            seen[key.public_key] = key.name
         if self.max_lag is not None and not (math.isfinite(self.max_lag) and self.max_lag > 0):
             raise UsageError(
                 f"--witness-max-lag: got {self.max_lag!r}, expected a positive number of seconds"
             )
         try:
             self.attested()
-        except ParseError as exc:  # the same key twice: one witness would count twice
+        except ParseError as exc:  # e.g. more witnesses than a document may name
             raise UsageError(f"--witness: {exc.message}") from None
 
     def attested(self) -> AttestedWitnesses:
