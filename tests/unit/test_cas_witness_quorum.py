@@ -398,3 +398,45 @@ def _at(document: dict[str, Any]) -> Any:
     from datetime import UTC, datetime
 
     return datetime.fromisoformat(document["obtained_at"][:-1]).replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize("with_witnesses", [True, False])
+def test_cas_attest_prints_the_witness_quorum(monkeypatch: pytest.MonkeyPatch, with_witnesses: bool) -> None:
+    """``confide cas attest`` says which witnesses a CAS binds, or that it has none, and hands
+    ``--expect-witnesses``/``--expect-witness`` (keys read as verifier keys) to the check."""
+    from datetime import UTC, datetime
+
+    from click.testing import CliRunner
+
+    from confide.cas import cli, pin
+    from confide.verify.result import Platform, VerifiedEvidence
+
+    attested = AttestedWitnesses(2, _keys(3)) if with_witnesses else None
+    evidence = VerifiedEvidence(
+        platform=Platform.SIMULATED, claims={"measurement": "cd" * 48}, verified_at=datetime.now(UTC),
+        evidence_digest="00" * 32, simulated=True,
+    )  # fmt: skip
+    pinned = pin.PinnedCas("https://cas", b"", "ab" * 32, "log-key", evidence, witnesses=attested)
+    seen: list[object] = []
+
+    def attest(url: str, **kw: Any) -> pin.PinnedCas:
+        seen.append(kw["expect_witnesses"])
+        return pinned
+
+    monkeypatch.setattr(pin, "attest_cas", attest)
+    result = CliRunner().invoke(cli.cas, ["attest", "https://cas.example"])
+    assert result.exit_code == 0, result.output
+    if attested is None:
+        assert "witness quorum: none (the CAS does not check its database against witnesses)" in result.stderr
+    else:
+        assert "witness quorum: 2 of 3\n" in result.stderr
+        assert all(f"    witness: {k}\n" in result.stderr for k in attested.keys)
+    keys = _keys(1)
+    result = CliRunner().invoke(
+        cli.cas, ["attest", "https://cas.example", "--expect-witness", f" {keys[0]} "]
+    )
+    assert result.exit_code == 0, result.output
+    assert seen[-1] == WitnessExpectation(1, keys)
+    result = CliRunner().invoke(cli.cas, ["attest", "https://cas.example", "--expect-witness", "nope"])
+    assert result.exit_code != 0 and isinstance(result.exception, errors.UsageError)
+    assert "--expect-witness: " in result.exception.message
