@@ -303,11 +303,12 @@ class Checkpointer:
                 )
                 continue
             guard = self.guard
-            if outcome is not None and guard is not None and outcome.cosigned < guard.config.quorum:
+            if outcome is not None and guard is not None and outcome.failures:
+                missed = outcome.cosigned < guard.config.quorum  # else: a quorum without them
                 log.warning(
                     json.dumps(
                         {
-                            "event": "witness-quorum-missed",
+                            "event": "witness-quorum-missed" if missed else "witness-failed",
                             "size": outcome.size,
                             "cosigned": outcome.cosigned,
                             "quorum": guard.config.quorum,

@@ -13,9 +13,10 @@ it cosigned a larger tree, or another tree (a 409 or a refused consistency proof
 :class:`~confide.errors.LogRollbackError`), ends the round and halts the guard for good (until
 the process restarts): :meth:`WitnessGuard.refusal` then gives the reason every release and
 change is refused for. A witness that cannot be reached or answers anything else is a failure,
-counted per witness, and nothing more. With ``max_lag``, :meth:`refusal` also refuses while the
-newest quorum is older than that (measured on the monotonic clock), and recovers with the next
-quorum. Time is injected (``monotonic``, ``wall``), so tests drive it without sleeping.
+counted per witness; the checkpoint is sent again (:meth:`WitnessGuard.due`). With ``max_lag``,
+:meth:`refusal` also refuses while the newest quorum is older than that (measured on the
+monotonic clock), and recovers with the next quorum. Time is injected (``monotonic``,
+``wall``), so tests drive it without sleeping.
 """
 
 from __future__ import annotations
