@@ -226,6 +226,9 @@ def test_an_unreachable_witness_at_start(tmp_path: Path, witnesses: Witnesses) -
         assert 'confide_cas_witness_failures_total{witness="dead.example"}' in text
         assert 'confide_cas_witness_cosignatures_total{witness="w0.example"} 1.0' in text
         assert _metric(cas, "confide_cas_witness_quorum_age_seconds") >= 0.0
+        failed = [e for e in _log_events(cas) if e.get("event") == "witness-failed"]
+        assert failed and failed[-1]["cosigned"] == 2 and failed[-1]["quorum"] == 2
+        assert [f["witness"] for f in failed[-1]["failures"]] == ["dead.example"]  # type: ignore[union-attr]
         listening = [e for e in _log_events(cas) if e.get("event") == "listening"][-1]  # this start's
         assert (listening["witnesses"], listening["witness_quorum"]) == (3, 2)
     finally:

@@ -239,8 +239,10 @@ class Checkpointer:
                 outcome = self.tick(force=True)
             except LogRollbackError as exc:
                 raise LogRollbackError(f"--witness-quorum {quorum}: not starting: {exc.message}") from None
-            if outcome is not None and outcome.cosigned >= quorum:
-                return
+            if outcome is not None:
+                self._log_failures(outcome)
+                if outcome.cosigned >= quorum:
+                    return
             if attempt + 1 < attempts:
                 self.sleep(START_DELAYS[min(attempt, len(START_DELAYS) - 1)])
         got = 0 if outcome is None else outcome.cosigned
@@ -302,23 +304,30 @@ class Checkpointer:
                     )
                 )
                 continue
-            guard = self.guard
-            if outcome is not None and guard is not None and outcome.failures:
-                missed = outcome.cosigned < guard.config.quorum  # else: a quorum without them
-                log.warning(
-                    json.dumps(
-                        {
-                            "event": "witness-quorum-missed" if missed else "witness-failed",
-                            "size": outcome.size,
-                            "cosigned": outcome.cosigned,
-                            "quorum": guard.config.quorum,
-                            "failures": [
-                                {"witness": name, "error": kind, "detail": detail}
-                                for name, kind, detail in outcome.failures
-                            ],
-                        }
-                    )
-                )
+            if outcome is not None:
+                self._log_failures(outcome)
+
+    def _log_failures(self, outcome: Round) -> None:
+        """One line for a round in which a witness failed: ``witness-quorum-missed`` without a
+        quorum, ``witness-failed`` when the others made one."""
+        guard = self.guard
+        if guard is None or not outcome.failures:
+            return
+        missed = outcome.cosigned < guard.config.quorum
+        logging.getLogger("confide.cas").warning(
+            json.dumps(
+                {
+                    "event": "witness-quorum-missed" if missed else "witness-failed",
+                    "size": outcome.size,
+                    "cosigned": outcome.cosigned,
+                    "quorum": guard.config.quorum,
+                    "failures": [
+                        {"witness": name, "error": kind, "detail": detail}
+                        for name, kind, detail in outcome.failures
+                    ],
+                }
+            )
+        )
 
 
 def _parse_listen(listen: str, option: str = "--listen", example: str = "127.0.0.1:8443") -> tuple[str, int]:
