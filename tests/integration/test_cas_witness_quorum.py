@@ -233,3 +233,30 @@ def test_an_unreachable_witness_at_start(tmp_path: Path, witnesses: Witnesses) -
         assert (listening["witnesses"], listening["witness_quorum"]) == (3, 2)
     finally:
         cas.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_every_witness_cosignature_is_stored(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    """On both databases: a quorum of two cosigns each checkpoint, and the stored checkpoint
+    carries both cosignatures (each one merged into the note read again), which an auditor
+    requiring both witnesses (`ledger verify --witness A --witness B`) accepts."""
+    db_url = request.getfixturevalue("postgres").new_database() if backend == "postgresql" else None
+    first = CasProcess(tmp_path / "cas", db_url).start()
+    first.stop()
+    log_key = first.env["CONFIDE_LOG_KEY"]
+    witnesses = Witnesses(tmp_path, NoteVerifier.from_vkey(log_key), 2)
+    cas = CasProcess(tmp_path / "cas", db_url, extra_args=witnesses.args(quorum=2)).start()
+    try:
+        alice, _ = identity(cas, tmp_path, "alice")
+        assert apply(cas, tmp_path, policy_yaml("stored", "00" * 48), alice).returncode == 0
+        size = wait_for_log(cas.env, 3)
+        _wait(lambda: min(witnesses.size(0), witnesses.size(1)) >= size, "the witnesses")
+        args = ["ledger", "verify", "--url", cas.env["CONFIDE_LOG_URL"], "--key", log_key, "--json"]
+        both = [a for _, key in witnesses.specs for a in ("--witness", key.vkey)]
+        _wait(lambda: confide(cas, *args, *both).returncode == 0, "both cosignatures served")
+        assert sorted(json.loads(confide(cas, *args, *both).stdout)["witnesses"]) == sorted(both[1::2])
+    finally:
+        cas.stop()
+        witnesses.close()
