@@ -3,7 +3,7 @@
 NetworkError), the guard's quorum, halt and ``--witness-max-lag`` (an injected monotonic clock),
 and the v2 binding of the witness set with ``confide cas attest``'s checks of it. Real witness
 servers (``WitnessServer``) on 127.0.0.1, logs in SQLite files. A real ``cas serve`` with
-witnesses: tests/integration/test_cas_witness_quorum.py."""
+witnesses: tests/integration/test_cas_witness_quorum_cli.py."""
 
 from __future__ import annotations
 
