@@ -7,7 +7,9 @@ once ``confide policy revoke`` revoked it; the GET form (RFC 6960 Appendix A.1) 
 a malformed request is answered ``malformedRequest``; the TLS listener answers too. Every
 response is signed by the CA's delegated responder (RFC 6960 §4.2.2.2), whose certificate it
 carries and OpenSSL checks against ``ca.pem`` (id-kp-OCSPSigning, OCSP No Check); one request
-about several certificates (``openssl ocsp -cert A -serial B``, §4.1.1) gets one answer each."""
+about several certificates (``openssl ocsp -cert A -serial B``, §4.1.1) gets one answer each.
+After a policy update to ``ocsp: {signer: ca}`` the responses are the CA's own (no
+certificate, responderID the CA's key), which OpenSSL and ``cryptography`` verify."""
 
 from __future__ import annotations
 
@@ -188,6 +190,33 @@ def test_openssl_asks_the_responder(tmp_path: Path) -> None:
             assert ocsp.load_der_ocsp_response(got.content).certificate_status == ocsp.OCSPCertStatus.REVOKED
             metrics = tls.get(cas.env["CONFIDE_CAS_URL"] + "/metrics").text
         assert 'confide_cas_public_http_requests_total{route="/v1/ocsp/{id}",status="200"}' in metrics
+
+        # Signed by the CA's own key instead (`ocsp: {signer: ca}`, §4.2.2.2), by a policy
+        # update: the next response is the CA's, the same GET as above included (answered from
+        # the cache before, signed by the responder): no certificate, responderID the CA's key.
+        shown = json.loads(confide(cas, "policy", "show", NAME, "--identity", str(alice), check=True).stdout)
+        update = text.replace("    ocsp: true\n", "    ocsp:\n      signer: ca\n").replace(
+            'version: "0.3"', f'version: "0.3"\npredecessor: "{shown["hash"]}"'
+        )
+        assert "signer: ca" in update and apply(cas, tmp_path, update, alice).returncode == 0
+        by_ca = subprocess.run(
+            ["openssl", "ocsp", "-issuer", str(ca_pem), "-cert", str(leaf_pem), "-url", url,
+             "-CAfile", str(ca_pem), "-resp_text"], capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert by_ca.returncode == 0 and "Response verify OK" in by_ca.stderr, by_ca.stdout + by_ca.stderr
+        assert f"{leaf_pem}: revoked" in by_ca.stdout and "Reason: keyCompromise" in by_ca.stdout
+        assert "Certificate:" not in by_ca.stdout and "OCSP responder" not in by_ca.stdout
+        der = ocsp.OCSPRequestBuilder().add_certificate(leaf, ca, hashes.SHA1()).build()
+        got = httpx2.get(f"{url}/{quote(base64.b64encode(der.public_bytes(serialization.Encoding.DER)).decode(), safe='')}",
+                         timeout=30)  # fmt: skip
+        response = ocsp.load_der_ocsp_response(got.content)
+        assert response.certificate_status == ocsp.OCSPCertStatus.REVOKED and response.certificates == []
+        ca_key = ca.public_key()
+        assert isinstance(ca_key, ec.EllipticCurvePublicKey)
+        assert response.responder_key_hash == x509.SubjectKeyIdentifier.from_public_key(ca_key).digest
+        ca_key.verify(response.signature, response.tbs_response_bytes, ec.ECDSA(hashes.SHA256()))
+        shown = json.loads(confide(cas, "policy", "show", NAME, "--identity", str(alice), check=True).stdout)
+        assert shown["secrets"]["ca"]["ocsp"]["signer"] == "ca"
     finally:
         cas.stop()
         for f in inject.iterdir() if inject.exists() else ():

@@ -51,6 +51,7 @@ KINDS = (
     "successor-withdrawn", "successor-withdrawal-refused",
     "successor-board-change-approved", "successor-board-change-refused", "successor-board-changed",
     "successor-version-retired", "master-key-released", "master-key-release-refused",
+    "successor-retirement-approved", "successor-retirement-refused",
 )  # fmt: skip
 
 
@@ -467,3 +468,133 @@ def test_the_board_changes_with_its_quorum_and_the_old_version_is_retired(
     assert retired_event["claims"] == {"measurement": cas_dev_measurement().hex()}
     assert retired_event["successor"] == released["successor"]["authorisation"]
     assert retired_event["approvers"] == sorted([carol[1].fingerprint, mallory[1].fingerprint])
+
+
+def test_a_version_is_retired_on_its_own_by_the_boards_quorum(
+    first: CasProcess,
+    tmp_path: Path,
+    board: dict[str, tuple[Path, Identity]],
+    successor_src: tuple[Path, str],
+) -> None:
+    """docs/cas.md "Retiring a version on its own", end to end: the successor is handed the key
+    (plain approvals: the first version keeps it), then the board retires the first version's
+    code through the successor's CAS (the first CAS refuses to retire itself). A withdrawn
+    approval and an expired one do not count; at the quorum the first version is retired: it
+    releases to no one, the successor releases nothing to it, it does not start again. A board
+    change voids a pending retirement; ``--retire-attested --expect`` with a wrong value signs and
+    sends nothing."""
+    assert first.db_url is not None
+    src, measurement = successor_src
+    alice, bob, carol = (board[n] for n in ("alice", "bob", "carol"))
+    old = {"measurement": cas_dev_measurement().hex()}
+    for who in (alice, bob):
+        assert _approve(first, who[0], measurement).returncode == 0
+    successor = _successor(first, tmp_path / "s", src).start()
+    try:
+        # The first CAS does not retire its own code: refused before anything is stored.
+        propose = ("cas", "successor", "retire", "propose", "--platform", "sim", "--claim",
+                   f"measurement={old['measurement']}", "--expires", "2d", "--identity")  # fmt: skip
+        r = confide(first, *propose, str(alice[0]))
+        assert r.returncode == errors.UsageError.exit_code and "this CAS's own code" in r.stderr, r.stderr
+        # alice proposes it to the successor's CAS, then withdraws her approval.
+        r = confide(successor, *propose, str(alice[0]))
+        assert r.returncode == 0 and r.stdout.split()[1:] == ["pending", "(1", "of", "2", "approvals)"], (
+            r.stderr
+        )
+        retirement = r.stdout.split()[0]
+        digest = r.stderr.split("\napproval ")[-1].split()[0]
+        confide(successor, "cas", "successor", "withdraw", "--approval", digest, "--identity", str(alice[0]),
+                check=True)  # fmt: skip
+        approve = ("cas", "successor", "retire", "approve", "--retirement", retirement, "--expires")
+        # carol approves, her approval expiring soon.
+        soon = int(time.time()) + 8
+        r = confide(successor, *approve, datetime.fromtimestamp(soon, UTC).isoformat(), "--identity",
+                    str(carol[0]))  # fmt: skip
+        assert r.returncode == 0 and "pending (1 of 2" in r.stdout, r.stderr
+        assert f"measurement={old['measurement']}" in r.stderr  # what carol signs, shown to her
+        # Below the quorum nothing is retired: the first CAS still releases to its own version.
+        replica = tmp_path / "j1"
+        replica.mkdir(mode=0o700)
+        shutil.copytree(first.data_dir / "sim", replica / "sim")
+        CasProcess(replica, first.db_url, extra_args=("--join", first.env["CONFIDE_CAS_URL"])).start().stop()
+        time.sleep(max(0.0, soon + 1 - time.time()))
+        # bob: his is the only approval that counts (alice's withdrawn, carol's expired).
+        r = confide(successor, *approve, "2d", "--identity", str(bob[0]))
+        assert r.returncode == 0 and "pending (1 of 2" in r.stdout, r.stderr
+        shown = json.loads(confide(successor, "cas", "successor", "retire", "show", check=True).stdout)
+        assert shown["retired"] == [] and [a["approval"] for a in shown["retirements"][0]["withdrawn"]] == [
+            digest
+        ]
+        # alice approves again (a new document): the quorum, applied.
+        r = confide(successor, *approve, "3d", "--identity", str(alice[0]))
+        assert r.returncode == 0 and r.stdout.split()[1] == "applied", r.stderr
+        (retired,) = json.loads(confide(successor, "cas", "successor", "retire", "show", check=True).stdout)[
+            "retired"
+        ]
+        assert (
+            retired["claims"] == old
+            and retired["retired_by"] == "board"
+            and retired["retirement"] == retirement
+        )
+        # The first CAS releases to no one now, and the successor releases nothing to its version.
+        for releaser, match in ((first, "this CAS's version .* was retired"),
+                                (successor, "the joining CAS's version .* was retired")):  # fmt: skip
+            joiner_dir = tmp_path / f"j-{releaser.data_dir.name}"
+            joiner_dir.mkdir(mode=0o700)
+            shutil.copytree(first.data_dir / "sim", joiner_dir / "sim")
+            extra = ("--join-as-successor",) if releaser is successor else ()
+            joiner = CasProcess(
+                joiner_dir, first.db_url, extra_args=("--join", releaser.env["CONFIDE_CAS_URL"], *extra)
+            )
+            with pytest.raises(RuntimeError, match=match):
+                joiner.start()
+            assert joiner.proc is not None and joiner.proc.returncode == errors.AppraisalError.exit_code
+
+        # --retire-attested --expect with a value the attested CAS does not have: nothing sent.
+        before = len(_events(first.db_url))
+        r = confide(successor, "cas", "successor", "approve", "--platform", "sim", "--claim",
+                    f"measurement={'ab' * 48}", "--expires", "1d", "--identity", str(carol[0]),
+                    "--retire-attested", "--expect", f"measurement={old['measurement']}")  # fmt: skip
+        assert (
+            r.returncode == errors.MeasurementError.exit_code and f"expected {old['measurement']}" in r.stderr
+        )
+        assert len(_events(first.db_url)) == before
+
+        # A pending retirement is voided by a board change.
+        r = confide(successor, "cas", "successor", "retire", "propose", "--platform", "sim", "--claim",
+                    f"measurement={'ab' * 48}", "--expires", "2d", "--identity", str(carol[0]))  # fmt: skip
+        assert r.returncode == 0 and "pending (1 of 2" in r.stdout, r.stderr
+        (tmp_path / "new.yaml").write_text(
+            f"require-all:\n  - {alice[1].fingerprint}\n  - {bob[1].fingerprint}\n"
+        )
+        r = confide(successor, "cas", "successor", "board", "propose", "--board", str(tmp_path / "new.yaml"),
+                    "--expires", "2d", "--identity", str(alice[0]))  # fmt: skip
+        r = confide(successor, "cas", "successor", "board", "approve", "--change", r.stdout.split()[0],
+                    "--expires", "2d", "--identity", str(bob[0]))  # fmt: skip
+        assert r.returncode == 0 and r.stdout.split()[1] == "applied", r.stderr
+        shown = json.loads(confide(successor, "cas", "successor", "retire", "show", check=True).stdout)
+        assert shown["retirements"] == [] and shown["generation"] == 1 and len(shown["retired"]) == 1
+    finally:
+        successor.stop()
+    first.stop()
+    # The first version does not start again on this database.
+    again = CasProcess(first.data_dir, first.db_url)
+    with pytest.raises(RuntimeError, match="was retired on this database"):
+        again.start()
+    assert again.proc is not None and again.proc.returncode == errors.AppraisalError.exit_code
+
+    events = [(k, p) for k, p in _events(first.db_url) if k.startswith("successor-") and "board" not in k]
+    kinds = [k for k, _ in events if k != "successor-approved"]
+    assert kinds == [
+        "successor-retirement-refused",  # the first CAS, its own code
+        "successor-retirement-approved", "successor-withdrawn",  # alice
+        "successor-retirement-approved",  # carol
+        "successor-retirement-approved",  # bob
+        "successor-retirement-approved", "successor-version-retired",  # alice again: applied
+        "successor-retirement-approved",  # carol's proposal, voided by the board change
+    ]  # fmt: skip
+    applied = next(p for k, p in events if k == "successor-version-retired")
+    assert applied["retirement"] == retirement and applied["claims"] == old
+    assert applied["approvers"] == sorted([alice[1].fingerprint, bob[1].fingerprint])
+    changed = next(p for k, p in _events(first.db_url) if k == "successor-board-changed")
+    assert changed["voided_retirement_approvals"] == 1

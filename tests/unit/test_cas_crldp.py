@@ -25,7 +25,7 @@ from test_cas_crl import _get
 
 from confide.cas.app import create_app
 from confide.cas.crl import parse_public_url
-from confide.cas.db import raw_execute
+from confide.cas.db import SCHEMA_VERSION, raw_execute
 from confide.cas.secrets import crl_distribution_id
 from confide.errors import PolicyError, UsageError
 from confide.policy.canonical import canonical_json
@@ -224,7 +224,7 @@ def test_schema_6_fills_the_ids_of_existing_crls(env: Env) -> None:
         raw_execute(conn, "DROP INDEX crls_distribution_id")
         raw_execute(conn, "ALTER TABLE crls DROP COLUMN distribution_id")
         raw_execute(conn, "UPDATE meta SET value = '5' WHERE key = 'schema_version'")
-    assert env.cas.db.migrate() == 10
+    assert env.cas.db.migrate() == SCHEMA_VERSION
     row = env.cas.distributed_crl(_id(env))
     assert row is not None and x509.load_der_x509_crl(row.der) == env.crl()
 

@@ -173,14 +173,15 @@ def test_expired_nonces_sessions_and_evidence_are_swept(setup: tuple[InProcessCa
 def test_migration_from_schema_1_adds_the_sweep_indexes_and_revocation_tables(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cas.db'}"
     db = Database(url)
-    assert db.migrate() == SCHEMA_VERSION == 10
+    assert db.migrate() == SCHEMA_VERSION
     with db.write() as conn:  # back to what a version-1 CAS left
         for name in ("nonces_expires_at", "sessions_expires_at", "evidence_seen_seen_at",
                      "runtime_certificates_not_after", "runtime_certificates_name"):  # fmt: skip
             conn.execute(text(f"DROP INDEX {name}"))
         for table in ("revoked_certificates", "crls", "session_volumes", "runtime_certificates",
                       "revocation_requests", "successor_board", "successor_approvals",
-                      "successor_withdrawals", "successor_board_approvals", "successor_retired"):  # fmt: skip
+                      "successor_withdrawals", "successor_board_approvals", "successor_retired",
+                      "successor_retirement_approvals"):  # fmt: skip
             conn.execute(text(f"DROP TABLE {table}"))
         conn.execute(text("ALTER TABLE sessions DROP COLUMN volumes_frozen"))
         conn.execute(
@@ -190,7 +191,7 @@ def test_migration_from_schema_1_adds_the_sweep_indexes_and_revocation_tables(tm
         conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
     db.dispose()
     db = Database(url)
-    assert db.migrate() == 10
+    assert db.migrate() == SCHEMA_VERSION
     db.dispose()
     with sqlite3.connect(tmp_path / "cas.db") as raw:
         names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
@@ -203,9 +204,10 @@ def test_migration_from_schema_1_adds_the_sweep_indexes_and_revocation_tables(tm
             "runtime_certificates_not_after", "runtime_certificates_name", "crls_distribution_id"} <= names  # fmt: skip
     assert {"revoked_certificates", "crls", "session_volumes", "runtime_certificates",
             "revocation_requests", "successor_board", "successor_approvals",
-            "successor_withdrawals", "successor_board_approvals", "successor_retired"} <= tables  # fmt: skip
+            "successor_withdrawals", "successor_board_approvals", "successor_retired",
+            "successor_retirement_approvals"} <= tables  # fmt: skip
     assert "volumes_frozen" in columns
-    assert version == "10"
+    assert version == str(SCHEMA_VERSION)
 
 
 def test_a_refusal_for_a_policy_that_does_not_exist_is_not_filed_under_its_name(

@@ -168,7 +168,7 @@ def test_certificates_name_the_responder_from_their_next_version(tmp_path: Path)
         rt = x509.load_pem_x509_certificate(next(v for k, v in files.items() if k.endswith("rt.pem")))
         assert _aia(rt) == [(AuthorityInformationAccessOID.OCSP, BASE + path)]
         shown = env.cas.show(env.read_request())["secrets"]["ca"]
-        assert shown["ocsp"] == {"public_path": path, "url": BASE + path}
+        assert shown["ocsp"] == {"public_path": path, "url": BASE + path, "signer": "delegated"}
         assert "ca_issuers" not in shown and "public_path" not in shown["crl"]
         env.apply_text(
             policy(ca_extra=OCSP + "\n    ca_issuers: true", dns="b.local", predecessor=env.head())

@@ -6,6 +6,7 @@ OCSP loader."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import threading
@@ -37,9 +38,9 @@ from test_cas_ocsp import (
 
 from confide.cas.db import Database, raw_execute
 from confide.cas.ledger_sink import LedgerEventSink
-from confide.cas.ocsp_delegate import RESPONDER_KIND, RESPONDER_VALIDITY, responder_name
+from confide.cas.ocsp_delegate import REPLACED, RESPONDER_KIND, RESPONDER_VALIDITY, responder_name
 from confide.cas.ocsp_der import MAX_ENTRIES
-from confide.cas.ocsp_responder import OcspResponder, parse_request
+from confide.cas.ocsp_responder import REPLACE_INTERVAL, OcspResponder, parse_request
 from confide.cas.renewal import CertificateRenewer, due_policies, renew_due
 from confide.cas.rotation import rotate_master_key
 from confide.cas.secrets import Sealer
@@ -378,7 +379,9 @@ def test_an_answer_begun_before_a_renewal_is_signed_by_the_version_it_read(env: 
     first = responder._ca(ca_id(ca))
     assert first is not None
     version = responder._responder(first)
-    assert version is not None and version.version == 1
+    [(_, public)] = env.versions(responder_name("ca"))
+    assert version is not None
+    assert x509.load_der_x509_certificate(version.certificates[0]).serial_number == int(public["serial"], 16)
     env.clock.now = T0 + RESPONDER_VALIDITY / 2 + 10
     CertificateRenewer(env.cas).sweep_once()
     assert len(env.versions(responder_name("ca"))) == 2
@@ -457,23 +460,29 @@ def _signed_or_refused(env: Env, response: ocsp.OCSPResponse) -> ocsp.OCSPRespon
     return response
 
 
-def test_a_responder_row_claiming_the_new_ca_key_does_not_sign_for_it(env: Env) -> None:
+def test_a_responder_row_claiming_the_new_ca_key_is_replaced_not_signed_with(env: Env) -> None:
     """After the CA's key changed, a responder row whose public part was edited to name the new
-    key (its sealed certificate is the old key's) fails closed: tryLater, never a response
-    signed by a key the current CA did not certify."""
+    key (its sealed certificate is the old key's) is never signed with: it is replaced by a new
+    key and certificate of the current CA, which signs."""
     old = env.ca_cert()
-    ask(env, request(env.certificate(), old))
+    old_responder = responder_of(ask(env, request(env.certificate(), old)), old)
     env.apply_text(policy(ca_extra=OCSP, key_type="P-384", runtime="rt.local", predecessor=env.head()))
     ca = env.ca_cert()
-    with env.cas.db.write() as conn:  # the operator removes what was issued under the new key
+    with env.cas.db.write() as conn:  # what was issued under the new key, removed
         raw_execute(conn, "DELETE FROM secrets WHERE policy = 'tls' AND name = ? AND version > 1",
                     (responder_name("ca"),))  # fmt: skip
     new_key_id = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
     _tamper(env, 1, issuer_key_id=new_key_id)
     leaf = env.certificate()
     for asked in (ask, _ask_restarted):
-        assert _signed_or_refused(env, asked(env, request(leaf, ca, nonce=b"n" * 8))) is None
-        assert _signed_or_refused(env, asked(env, request(leaf, ca))) is None
+        for nonce in (b"n" * 8, None):
+            response = _signed_or_refused(env, asked(env, request(leaf, ca, nonce=nonce)))
+            assert response is not None
+            responder = response.certificates[0]
+            assert responder.issuer == ca.subject and responder.public_key() != old_responder.public_key()
+    [(version, _)] = env.versions(responder_name("ca"))
+    assert version == 2
+    assert [e["reason"] for e in _responder_events(env)][-1] == REPLACED
 
 
 def test_a_responder_row_with_a_later_not_after_does_not_extend_its_certificate(env: Env) -> None:
@@ -548,20 +557,141 @@ def test_concurrent_renewals_issue_one_version(tmp_path: Path, db_url: str | Non
         responder_of(ask(env, request(leaf, ca, nonce=b"b" * 8)), ca)
 
 
-def test_a_responder_row_whose_sealed_value_does_not_open_fails_closed(
-    env: Env, caplog: pytest.LogCaptureFixture
+def _stored(env: Env, version: int) -> tuple[str, bytes]:
+    with env.cas.db.read() as conn:
+        public, sealed = raw_execute(
+            conn, "SELECT public, sealed FROM secrets WHERE policy = 'tls' AND name = ? AND version = ?",
+            (responder_name("ca"), version),
+        ).fetchone()  # fmt: skip
+    return str(public), bytes(sealed)
+
+
+@pytest.mark.parametrize(
+    ("tampering", "check"),
+    [
+        ("certificate", "certificate"),
+        ("not_after", "state"),
+        ("sealed", "unreadable"),
+        ("swapped", "unreadable"),
+    ],
+)
+def test_a_tampered_responder_row_is_replaced(
+    env: Env, caplog: pytest.LogCaptureFixture, tampering: str, check: str
 ) -> None:
-    """A sealed value changed in place: tryLater (not an exception, not a signature), and a
-    warning that names the row, never a value."""
+    """A responder row whose public part does not match its sealed certificate, or whose sealed
+    value does not open (changed in place, or another row's sealed value: the associated data
+    differs), is refused (warning ``ocsp-responder-refused``), then replaced: the row deleted
+    and a new key and certificate, issued by the CA's current sealed key, inserted as the next
+    version in one write transaction, recorded in a ledger event with hashes only, and a
+    warning ``ocsp-responder-replaced``. The answer is signed by the new responder, checked as
+    every responder is before its first signature; the old key never signs again."""
+    ca, leaf = env.ca_cert(), env.certificate()
+    first = responder_of(ask(env, request(leaf, ca, nonce=b"a" * 8)), ca)
+    if tampering == "certificate":  # another certificate of the CA shown in the public part
+        _tamper(env, 1, certificate=leaf.public_bytes(serialization.Encoding.PEM).decode())
+    elif tampering == "not_after":
+        _tamper(env, 1, not_after="2099-01-01T00:00:00+00:00")
+    else:  # zeros, or the CA's own sealed key (which must not become the responder's)
+        with env.cas.db.write() as conn:
+            ca_sealed = env.cas._latest_secret(conn, "tls", "ca")
+            assert ca_sealed is not None
+            value = b"\x00" * 64 if tampering == "sealed" else ca_sealed.sealed
+            raw_execute(conn, "UPDATE secrets SET sealed = ? WHERE policy = 'tls' AND name = ?",
+                        (value, responder_name("ca")))  # fmt: skip
+    public, sealed = _stored(env, 1)
+    with caplog.at_level("WARNING", logger="confide.cas"):
+        response = _ask_restarted(env, request(leaf, ca, nonce=b"b" * 8))
+    second = responder_of(response, ca)
+    assert second.public_key() != first.public_key() and second.serial_number != first.serial_number
+    [(version, shown)] = env.versions(responder_name("ca"))  # the refused row is gone
+    assert version == 2 and shown["serial"] == format(second.serial_number, "x")
+    [refused, replaced] = [
+        json.loads(r.getMessage()) for r in caplog.records if "ocsp-responder-re" in r.getMessage()
+    ]
+    assert refused == {"event": "ocsp-responder-refused", "policy": "tls", "name": "ca/ocsp-responder",
+                       "version": 1, "check": check}  # fmt: skip
+    assert replaced == {
+        "event": "ocsp-responder-replaced", "policy": "tls", "name": "ca/ocsp-responder", "refused_version": 1,
+        "check": check, "version": 2, "serial": format(second.serial_number, "x"),
+        "certificate_sha256": hashlib.sha256(second.public_bytes(serialization.Encoding.DER)).hexdigest(),
+    }  # fmt: skip
+    record = _responder_events(env)[-1]
+    assert record == {
+        "name": "ca/ocsp-responder", "kind": RESPONDER_KIND, "version": 2, "previous_version": 1,
+        "reason": REPLACED, "serial": format(second.serial_number, "x"),
+        "not_before": second.not_valid_before_utc.isoformat(), "not_after": second.not_valid_after_utc.isoformat(),
+        "certificate_sha256": replaced["certificate_sha256"],
+        "replaced": {"version": 1, "check": check, "public_sha256": hashlib.sha256(public.encode()).hexdigest(),
+                     "sealed_sha256": hashlib.sha256(sealed).hexdigest()},
+    }  # fmt: skip
+    # Read back and checked as any row: the next CAS signs with it and replaces nothing.
+    again = responder_of(_ask_restarted(env, request(leaf, ca, nonce=b"c" * 8)), ca)
+    assert again == second and len(_responder_events(env)) == 2
+
+
+def test_replacement_is_bounded_per_ca(env: Env) -> None:
+    """An attacker who edits every new responder row as soon as it is written (a trigger here)
+    gets one replacement per CA every REPLACE_INTERVAL from this CAS, and tryLater in between,
+    never a signature by a refused row; once the edits stop, the next replacement signs."""
     ca, leaf = env.ca_cert(), env.certificate()
     ask(env, request(leaf, ca, nonce=b"a" * 8))
     with env.cas.db.write() as conn:
-        raw_execute(conn, "UPDATE secrets SET sealed = ? WHERE policy = 'tls' AND name = ?",
-                    (b"\x00" * 64, responder_name("ca")))  # fmt: skip
-    with caplog.at_level("WARNING", logger="confide.cas"):
-        assert _ask_restarted(env, request(leaf, ca, nonce=b"b" * 8)).response_status == S.TRY_LATER
-    [record] = [r for r in caplog.records if "ocsp-responder-refused" in r.getMessage()]
-    assert json.loads(record.getMessage()) == {
-        "event": "ocsp-responder-refused", "policy": "tls", "name": "ca/ocsp-responder", "version": 1,
-        "check": "unreadable",
-    }  # fmt: skip
+        raw_execute(
+            conn,
+            "CREATE TRIGGER tamper AFTER INSERT ON secrets WHEN NEW.name = 'ca/ocsp-responder' BEGIN "
+            "UPDATE secrets SET public = json_set(NEW.public, '$.not_after', '2099-01-01T00:00:00+00:00') "
+            "WHERE policy = NEW.policy AND name = NEW.name AND version = NEW.version; END",
+            (),
+        )
+    _tamper(env, 1, not_after="2099-01-01T00:00:00+00:00")
+    responder = OcspResponder(env.cas, signature_rate=None)
+
+    def status(nonce: bytes) -> S:
+        answer = responder.respond(ca_id(ca), request(leaf, ca, nonce=nonce), "192.0.2.1")
+        return ocsp.load_der_ocsp_response(answer.der).response_status
+
+    start = env.clock.now
+    assert status(b"b" * 8) == S.TRY_LATER  # replaced once; the new row edited as well
+    assert responder.replaced == 1 and [v for v, _ in env.versions(responder_name("ca"))] == [2]
+    for i in range(5):
+        env.clock.now = start + (i + 1) * (REPLACE_INTERVAL / 6)
+        assert status(bytes([i]) * 8) == S.TRY_LATER
+    assert responder.replaced == 1 and [v for v, _ in env.versions(responder_name("ca"))] == [2]
+    env.clock.now = start + REPLACE_INTERVAL
+    assert status(b"c" * 8) == S.TRY_LATER
+    assert responder.replaced == 2 and [v for v, _ in env.versions(responder_name("ca"))] == [3]
+    with env.cas.db.write() as conn:
+        raw_execute(conn, "DROP TRIGGER tamper", ())
+    env.clock.now = start + REPLACE_INTERVAL + 60
+    assert status(b"d" * 8) == S.TRY_LATER  # still within the interval
+    env.clock.now = start + 2 * REPLACE_INTERVAL
+    assert status(b"e" * 8) == S.SUCCESSFUL and responder.replaced == 3
+    assert [e["reason"] for e in _responder_events(env)].count(REPLACED) == 3
+
+
+def test_concurrent_replacements_replace_once(tmp_path: Path, db_url: str | None) -> None:
+    """Two CASes (two responders on one database) refusing the same row at once: the write
+    lock serialises them, the second finds the row already replaced and signs with the new
+    one; exactly one replacement."""
+    with started(tmp_path / "cas", db_url=db_url, text=policy(ca_extra=OCSP, runtime="rt.local")) as env:
+        ca, leaf = env.ca_cert(), env.certificate()
+        ask(env, request(leaf, ca, nonce=b"a" * 8))
+        _tamper(env, 1, not_after="2099-01-01T00:00:00+00:00")
+        barrier = threading.Barrier(2)
+        results: list[ocsp.OCSPResponse] = []
+
+        def asked(nonce: bytes) -> None:
+            responder = OcspResponder(env.cas, signature_rate=None)
+            barrier.wait()
+            der = responder.respond(ca_id(ca), request(leaf, ca, nonce=nonce), "192.0.2.1").der
+            results.append(ocsp.load_der_ocsp_response(der))
+
+        threads = [threading.Thread(target=asked, args=(bytes([i]) * 8,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [r.response_status for r in results] == [S.SUCCESSFUL] * 2
+        assert responder_of(results[0], ca) == responder_of(results[1], ca)
+        assert [v for v, _ in env.versions(responder_name("ca"))] == [2]
+        assert [e["reason"] for e in _responder_events(env)].count(REPLACED) == 1

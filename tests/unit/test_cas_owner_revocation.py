@@ -26,7 +26,7 @@ from confide.cas.app import create_app
 from confide.cas.client import policy_submission
 from confide.cas.core import APPROVAL_TYPE, decrypt_release, sign_document
 from confide.cas.crl import REASONS
-from confide.cas.db import Database, raw_execute
+from confide.cas.db import SCHEMA_VERSION, Database, raw_execute
 from confide.errors import AccessDeniedError, ConflictError, ParseError, PolicyError
 from confide.identity import Identity
 from confide.ledger.encoding import EntryType
@@ -417,7 +417,7 @@ def test_key_compromise_of_an_explicit_key_revokes_without_reissuing(env: Env) -
 def test_schema_5_migrates_a_schema_3_database_on_postgresql(postgres: Any) -> None:
     db = Database(postgres.new_database())
     try:
-        assert db.migrate() == 10
+        assert db.migrate() == SCHEMA_VERSION
         with db.write() as conn:  # back to what a schema-3 CAS left, with a policy head
             raw_execute(conn, "DROP TABLE runtime_certificates")
             raw_execute(conn, "DROP TABLE revocation_requests")
@@ -428,7 +428,7 @@ def test_schema_5_migrates_a_schema_3_database_on_postgresql(postgres: Any) -> N
                 conn, "INSERT INTO policy_heads (name, hash, creator, updated_at) VALUES ('p', 'h', 'c', 0)"
             )
             raw_execute(conn, "UPDATE meta SET value = '3' WHERE key = 'schema_version'")
-        assert db.migrate() == 10
+        assert db.migrate() == SCHEMA_VERSION
         with db.read() as conn:
             assert raw_execute(conn, "SELECT revision FROM policy_heads WHERE name = 'p'").fetchone()[0] == 0
             assert raw_execute(conn, "SELECT COUNT(*) FROM runtime_certificates").fetchone()[0] == 0

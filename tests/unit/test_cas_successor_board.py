@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from confide.cas.core import Cas, sign_document
-from confide.cas.db import Database, raw_execute
+from confide.cas.db import SCHEMA_VERSION, Database, raw_execute
 from confide.cas.join import join_cas
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.master_key import load_master_key
@@ -413,7 +413,7 @@ def test_schema_8_adds_the_withdrawals_table(tmp_path: Path, people: list[Identi
     with cas.db.write() as conn:  # back to what a schema-7 CAS left
         raw_execute(conn, "DROP TABLE successor_withdrawals")
         raw_execute(conn, "UPDATE meta SET value = '7' WHERE key = 'schema_version'")
-    assert cas.db.migrate() == 10
+    assert cas.db.migrate() == SCHEMA_VERSION
     assert _withdrawn_rows(cas) == []
     cas.db.dispose()
 
@@ -425,7 +425,7 @@ def test_schema_9_adds_the_board_change_and_retirement_tables(tmp_path: Path, pe
         raw_execute(conn, "DROP TABLE successor_board_approvals")
         raw_execute(conn, "DROP TABLE successor_retired")
         raw_execute(conn, "UPDATE meta SET value = '8' WHERE key = 'schema_version'")
-    assert cas.db.migrate() == 10
+    assert cas.db.migrate() == SCHEMA_VERSION
     stored = _stored(cas)  # a board stored before schema 9 is generation 0, and still authenticates
     assert stored == board and stored is not None and stored.generation == 0
     assert _successors(cas).board_changes.show()["changes"] == []
@@ -501,13 +501,15 @@ def test_merged_retirement_rows_do_not_authenticate(tmp_path: Path, people: list
     with cas.db.write() as conn:
         assert load_board(conn, cas.sealer) is not None
         for identity in identities:
-            raw_execute(conn, "INSERT INTO successor_retired VALUES (?, ?, ?, ?, ?)",
+            raw_execute(conn, "INSERT INTO successor_retired (identity, platform, claims, successor, created_at)"
+                        " VALUES (?, ?, ?, ?, ?)",
                         (identity, "sim", "{}", "00" * 32, 0.0))  # fmt: skip
         bind_state(conn, cas.sealer)
     assert _stored(cas) == _board(people)
     with cas.db.write() as conn:
         raw_execute(conn, "DELETE FROM successor_retired")
-        raw_execute(conn, "INSERT INTO successor_retired VALUES (?, ?, ?, ?, ?)",
+        raw_execute(conn, "INSERT INTO successor_retired (identity, platform, claims, successor, created_at)"
+                        " VALUES (?, ?, ?, ?, ?)",
                     ("\n".join(identities), "sim", "{}", "00" * 32, 0.0))  # fmt: skip
     with pytest.raises(StorageError, match="database was altered"):
         _stored(cas)

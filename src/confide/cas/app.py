@@ -442,6 +442,15 @@ def create_app(
     def successor_board_approve(request: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
         return _successors(cas).board_changes.approve(request)
 
+    @app.get("/v1/cas/successor/retirements")
+    def successor_retirements_show() -> dict[str, Any]:
+        # docs/cas.md "Retiring a version on its own" (confide.cas.retirement)
+        return _successors(cas).retirements.show()
+
+    @app.post("/v1/cas/successor/retirements/approvals")
+    def successor_retirement_approve(request: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+        return _successors(cas).retirements.approve(request)
+
     @app.post("/v1/volumes/tag")
     def volume_tag(request: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
         return cas.update_volume_tag(request)
@@ -600,6 +609,7 @@ def _write_route(path: str) -> str:
         "/v1/cas/successor/approvals",
         "/v1/cas/successor/withdrawals",
         "/v1/cas/successor/board/approvals",
+        "/v1/cas/successor/retirements/approvals",
     ):
         return path
     if path.startswith("/v1/policies/") and path.endswith("/approvals"):

@@ -21,8 +21,9 @@ successor board").
    withdrawn, the current generation and key id) meet the current board's rule: the new board is
    stored as generation + 1 (a ``confide/successor-board/v2`` record, which code from before
    schema 9 refuses), authenticated under the master key like the old one
-   (:func:`~confide.cas.successor_board.replace_board`); every pending board-change approval and
-   every successor approval is deleted, and ``successor-board-changed`` is recorded (the change,
+   (:func:`~confide.cas.successor_board.replace_board`); every pending board-change approval,
+   every successor approval and every pending retirement approval (:mod:`confide.cas.retirement`)
+   is deleted, and ``successor-board-changed`` is recorded (the change,
    both boards' SHA-256, the approvers, the digests of the approvals counted, how many pending
    approvals were voided). Successor approvals name the generation they were signed under
    (:func:`~confide.cas.successor.target_of`), so none signed under the old board counts after
@@ -44,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, and_, delete, func, insert, select
 
 from confide.cas.core import verify_signed
-from confide.cas.db import successor_approvals, successor_board_approvals
+from confide.cas.db import successor_approvals, successor_board_approvals, successor_retirement_approvals
 from confide.cas.successor_board import Board, board_from_json, current_key_id, replace_board
 from confide.errors import ConfideError, ParseError, UsageError
 from confide.policy.canonical import jcs
@@ -194,32 +195,28 @@ class BoardChanges:
         record = replace_board(conn, s.cas.sealer, board, approval.board, approval.change, now)
         pending = conn.execute(select(func.count()).select_from(successor_board_approvals)).scalar_one()
         voided = conn.execute(select(func.count()).select_from(successor_approvals)).scalar_one()
+        retiring = conn.execute(select(func.count()).select_from(successor_retirement_approvals)).scalar_one()
         conn.execute(delete(successor_board_approvals))
         conn.execute(delete(successor_approvals))
+        conn.execute(delete(successor_retirement_approvals))
         event = {
             "change": approval.change, "generation": record["generation"], "board": record["board"],
             "board_sha256": approval.board.sha256, "previous_board_sha256": board.sha256,
             "previous_generation": board.generation, "master_key_id": approval.master_key_id,
             "approvers": sorted(a.signer for a in counted), "approvals": sorted(a.digest for a in counted),
             "voided_board_change_approvals": int(pending) - len(counted),
-            "voided_successor_approvals": int(voided),
+            "voided_successor_approvals": int(voided), "voided_retirement_approvals": int(retiring),
         }  # fmt: skip
         s.cas.events.record(conn, EVENT_BOARD_CHANGED, None, event)
         return event
 
     def counted(self, conn: Connection, board: Board, change: str, now: float) -> list[ChangeApproval]:
         """The stored approvals of ``change`` that count: each verifies, is a current member's,
-        for the current generation and key id, not expired, not withdrawn."""
-        key_id = current_key_id(conn)
+        for the current generation and key id, not expired, not withdrawn
+        (:meth:`~confide.cas.successor.Successors.counting`)."""
         rows = conn.execute(select(*_ROW).where(successor_board_approvals.c.change == change))
-        valid = [
-            a
-            for a in (_checked(r.document, change, r.signer) for r in rows)
-            if a is not None and a.expires > now and a.signer in board.members
-            and a.generation == board.generation and a.master_key_id == key_id
-        ]  # fmt: skip
-        withdrawn = self.successors._withdrawn(conn, {a.digest for a in valid})
-        return [a for a in valid if a.digest not in withdrawn]
+        checked = (_checked(r.document, change, r.signer) for r in rows)
+        return self.successors.counting(conn, board, checked, now)
 
     def tally(
         self, conn: Connection, board: Board, change: str, now: float, outcome: dict[str, Any]
@@ -231,17 +228,10 @@ class BoardChanges:
         outcome.update({"approvers": sorted(approvers), "authorised": board.satisfied_by(approvers)})
         return counted
 
-    @staticmethod
-    def stored(conn: Connection, digest: str) -> ChangeApproval | None:
+    def stored(self, conn: Connection, digest: str) -> ChangeApproval | None:
         """The stored board-change approval whose document has ``digest``, checked again
         (``None``: there is none); only a row whose text hashes to ``digest`` is parsed."""
-        for row in conn.execute(select(*_ROW)):
-            if hashlib.sha256(str(row.document).encode()).hexdigest() != digest:
-                continue
-            approval = _checked(row.document, row.change, row.signer)
-            if approval is not None and approval.digest == digest:
-                return approval
-        return None
+        return self.successors.find_stored(conn.execute(select(*_ROW)), _checked, digest)
 
     def show(self) -> dict[str, Any]:
         """The current board, its generation and the pending changes that have not expired,

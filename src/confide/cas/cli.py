@@ -478,12 +478,7 @@ def cas_attest(
         if len(text) not in (64, 96) or any(c not in "0123456789abcdef" for c in text):
             raise UsageError(f"--measurement: got {m[:40]!r}, expected 32 or 48 bytes in hex")
         expected.append(text)
-    expect: dict[str, tuple[str, ...]] = {}
-    for spec in expect_specs:
-        name, sep, value = spec.partition("=")
-        if not sep or not name.strip() or not value.strip():
-            raise UsageError(f"--expect: got {spec[:60]!r}, expected CLAIM=VALUE")
-        expect[name.strip()] = (*expect.get(name.strip(), ()), value.strip())
+    expect = _expected_claims(expect_specs)
     witness_expectation = None
     if expect_witnesses is not None or expect_witness_keys:
         trusted = []
@@ -540,6 +535,18 @@ def cas_attest(
     click.echo(pinned.certificate_sha256)
 
 
+def _expected_claims(specs: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """``--expect CLAIM=VALUE`` items (``cas attest``, ``cas successor approve
+    --retire-attested``): each claim's allowed values, in the order given."""
+    expect: dict[str, tuple[str, ...]] = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise UsageError(f"--expect: got {spec[:60]!r}, expected CLAIM=VALUE")
+        expect[name.strip()] = (*expect.get(name.strip(), ()), value.strip())
+    return expect
+
+
 def _obtained(at: datetime | None) -> str:
     """``confide cas attest``'s line for the document's ``obtained_at`` (the CAS's word)."""
     if at is None:
@@ -585,6 +592,10 @@ def cas_successor_show() -> None:
               " read from its evidence verified again (as cas attest does; $CONFIDE_SIM_DIR,"
               " $CONFIDE_DCAP_COLLATERAL) and bound to the pinned certificate"
               " ($CONFIDE_CAS_CERT).")  # fmt: skip
+@click.option("--expect", "expect_specs", multiple=True, metavar="CLAIM=VALUE",
+              help="With --retire-attested: a claim the attested CAS's evidence must have (as cas"
+              " attest --expect: repeat; the same claim repeated allows any of its values; every"
+              " claim named must match), checked before anything is signed.")  # fmt: skip
 @click.option("--identity", "identity_file", type=_PATH, required=True)
 def cas_successor_approve(
     platform: str,
@@ -593,6 +604,7 @@ def cas_successor_approve(
     master_key_id: str | None,
     retire_claims: tuple[str, ...],
     retire_attested: bool,
+    expect_specs: tuple[str, ...],
     identity_file: Path,
 ) -> None:
     """Sign and submit an approval of a successor version; prints the approvers so far."""
@@ -610,8 +622,11 @@ def cas_successor_approve(
         raise UsageError(f"--claim: {platform} needs exactly {', '.join(known[platform])}")
     if retire_claims and retire_attested:
         raise UsageError("--retire-claim and --retire-attested: give one")
+    if expect_specs and not retire_attested:
+        raise UsageError("--expect: only with --retire-attested (it checks the attested CAS's claims)")
+    expect = _expected_claims(expect_specs)
     if retire_attested:
-        retire = _attested_claims(platform)
+        retire = _attested_claims(platform, expect)
     elif retire_claims and set(retire) != set(known[platform]):
         raise UsageError(f"--retire-claim: {platform} needs exactly {', '.join(known[platform])}")
     retiring = bool(retire_claims) or retire_attested
@@ -673,11 +688,13 @@ def cas_successor_withdraw(approval: str, master_key_id: str | None, identity_fi
     click.echo(f"{result['approval']} withdrawn: {result['target']} {_state(result)}")
 
 
-def _attested_claims(platform: str) -> dict[str, str]:
+def _attested_claims(platform: str, expect: dict[str, tuple[str, ...]]) -> dict[str, str]:
     """``--retire-attested``: the identity claims (text form) of the CAS at ``$CONFIDE_CAS_URL``,
     from its evidence verified again as ``cas attest`` verifies it, whose TLS certificate must be
-    the pinned one (``$CONFIDE_CAS_CERT``): the version the approver attested, not one the
-    operator names."""
+    the pinned one (``$CONFIDE_CAS_CERT``): the version the approver attested. ``expect``
+    (``--expect``): claims it must have, a :class:`~confide.errors.MeasurementError` otherwise,
+    so that the version is the one the approver means, not only the one the operator made the
+    pinned certificate's CAS (docs/cas.md "Retiring the old version")."""
     import hashlib
     import hmac
 
@@ -707,7 +724,9 @@ def _attested_claims(platform: str) -> dict[str, str]:
     except ValueError:
         raise UsageError(f"--retire-attested: {cert} is not a PEM certificate") from None
     location = os.environ.get(COLLATERAL_ENV)
-    attested = attest_cas(url, sim_key_pem=key_pem, collateral=source_for(location) if location else None)
+    attested = attest_cas(
+        url, sim_key_pem=key_pem, collateral=source_for(location) if location else None, expect=expect
+    )
     if not hmac.compare_digest(attested.certificate_sha256, hashlib.sha256(pinned_der).hexdigest()):
         raise AppraisalError(
             "--retire-attested: the CAS at CONFIDE_CAS_URL presented another certificate than the pinned "
@@ -717,6 +736,14 @@ def _attested_claims(platform: str) -> dict[str, str]:
     names = IDENTITY_CLAIMS.get(evidence.platform, ())
     if evidence.platform.value != platform or not names or any(n not in evidence.claims for n in names):
         raise UsageError(f"--retire-attested: the CAS runs on {evidence.platform.value}, not {platform}")
+    if expect:
+        click.echo(f"--retire-attested: the attested CAS has the expected {', '.join(expect)}", err=True)
+    else:
+        click.echo(
+            "--retire-attested without --expect: the version is the attested CAS's, which the operator "
+            "chooses; compare the claims below with the version you mean",
+            err=True,
+        )
     return {n: claim_text(evidence.claims[n]) for n in names}
 
 
@@ -845,6 +872,119 @@ def _echo_change(result: dict[str, Any]) -> None:
     else:
         state = f"pending ({len(result['approvers'])} of {result['needed']} approvals)"
     click.echo(f"{result['change']} {state}")
+    click.echo(f"approval {result['digest']} (cas successor withdraw --approval names it)", err=True)
+
+
+@cas_successor.group("retire")
+def cas_successor_retire() -> None:
+    """Retire a version on its own, with the successor board's quorum (docs/cas.md "Retiring a
+    version on its own"): it then releases the master key to no one, is released to by no one
+    and does not start on the database."""
+
+
+@cas_successor_retire.command("show")
+def cas_successor_retire_show() -> None:
+    """Show the board, its generation, the pending retirements with their approvers and the
+    retired versions."""
+    from confide.cas.client import CasClient
+
+    click.echo(json.dumps(CasClient.from_env().successor_retirements(), indent=2))
+
+
+@cas_successor_retire.command("propose")
+@click.option("--platform", required=True, help="The version's platform kind: sim, sgx, tdx or sev-snp.")
+@click.option("--claim", "claims", multiple=True, required=True, metavar="NAME=VALUE",
+              help="A code identity claim of the version to retire (exactly those of the platform:"
+              " sim and sev-snp measurement; sgx mr_enclave; tdx mr_td, rtmr1, rtmr2).")  # fmt: skip
+@click.option("--expires", required=True, metavar="TIME|DURATION",
+              help="When this approval expires (ISO 8601 UTC time or 12h, 7d; at most 90 days).")  # fmt: skip
+@click.option("--identity", "identity_file", type=_PATH, required=True)
+def cas_successor_retire_propose(
+    platform: str, claims: tuple[str, ...], expires: str, identity_file: Path
+) -> None:
+    """Propose retiring a version, signing the first approval; prints the retirement id (what the
+    other members approve) and its state. Submit it to a CAS of another version: a CAS refuses
+    to retire its own."""
+    from confide.cas.client import CasClient
+    from confide.cas.successor import CODE_CLAIMS, claim_text_ok, code_identity
+
+    code = _named_claims("--claim", claims)
+    # what the CAS would refuse, refused before anything is signed or sent
+    known = {p.value: names for p, names in CODE_CLAIMS.items()}
+    if platform not in known:
+        raise UsageError(f"--platform: got {platform[:40]!r}, expected one of {', '.join(sorted(known))}")
+    if set(code) != set(known[platform]):
+        raise UsageError(f"--claim: the code identity of {platform} is exactly {', '.join(known[platform])}")
+    for name, value in code.items():
+        if not claim_text_ok(value):
+            raise UsageError(
+                f"--claim: {name}={value[:80]!r}: expected its text form (lower-case hex or decimal:"
+                " 0-9 a-z _ . : -, at most 256 characters)"
+            )
+    expiry = _expiry(expires)
+    ident = load_identity(identity_file)
+    client = CasClient.from_env()
+    current = client.successor_retirements()
+    click.echo(f"retires the code {code_identity(platform, code)} on {platform}:", err=True)
+    for name, value in code.items():
+        click.echo(f"  {name}={value}", err=True)
+    key_id, generation = str(current["master_key_id"]), int(current["generation"])
+    _echo_retirement(client.approve_retirement(key_id, generation, platform, code, expiry, ident))
+
+
+@cas_successor_retire.command("approve")
+@click.option("--retirement", required=True, metavar="ID",
+              help="The retirement to approve: its id, as cas successor retire propose and show"
+              " print it.")  # fmt: skip
+@click.option("--expires", required=True, metavar="TIME|DURATION",
+              help="When this approval expires (ISO 8601 UTC time or 12h, 7d; at most 90 days).")  # fmt: skip
+@click.option("--identity", "identity_file", type=_PATH, required=True)
+def cas_successor_retire_approve(retirement: str, expires: str, identity_file: Path) -> None:
+    """Approve a pending retirement. The version the CAS lists under that id is checked to hash to
+    it (its platform, code claims, the board's generation and the key id) before it is signed:
+    the member signs the version the id names, whatever the CAS says."""
+    from confide.cas.client import CasClient
+    from confide.cas.retirement import retirement_id
+    from confide.cas.successor import CODE_CLAIMS, claim_text_ok, code_identity
+    from confide.verify.result import Platform
+
+    wanted = retirement.strip().lower()
+    if len(wanted) != 64 or any(c not in "0123456789abcdef" for c in wanted):
+        raise UsageError(f"--retirement: got {retirement[:80]!r}, expected the retirement id (64 hex digits)")
+    expiry = _expiry(expires)
+    ident = load_identity(identity_file)
+    client = CasClient.from_env()
+    current = client.successor_retirements()
+    listed = [r for r in current["retirements"] if r.get("retirement") == wanted]
+    if not listed:
+        raise UsageError(
+            f"--retirement: no pending retirement {wanted[:16]}… under the current board (generation "
+            f"{current['generation']}); cas successor retire show lists them"
+        )
+    platform, code = str(listed[0]["platform"]), listed[0]["code"]
+    key_id, generation = str(current["master_key_id"]), int(current["generation"])
+    names = CODE_CLAIMS.get(Platform(platform)) if platform in {p.value for p in Platform} else None
+    well_formed = (
+        names is not None and isinstance(code, dict) and set(code) == set(names)
+        and all(isinstance(v, str) and claim_text_ok(v) for v in code.values())
+    )  # fmt: skip
+    if not well_formed or retirement_id(key_id, generation, platform, code) != wanted:
+        raise UsageError(
+            f"the CAS lists a retirement {wanted[:16]}… whose platform, code claims, generation and key id "
+            "do not hash to it: nothing signed"
+        )
+    click.echo(f"retires the code {code_identity(platform, code)} on {platform}:", err=True)
+    for name, value in code.items():
+        click.echo(f"  {name}={value}", err=True)
+    _echo_retirement(client.approve_retirement(key_id, generation, platform, code, expiry, ident))
+
+
+def _echo_retirement(result: dict[str, Any]) -> None:
+    if result["applied"]:
+        state = f"applied (the version {result['identity']} is retired)"
+    else:
+        state = f"pending ({len(result['approvers'])} of {result['needed']} approvals)"
+    click.echo(f"{result['retirement']} {state}")
     click.echo(f"approval {result['digest']} (cas successor withdraw --approval names it)", err=True)
 
 

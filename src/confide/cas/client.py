@@ -25,6 +25,7 @@ from confide import errors, jsonstrict
 from confide.cas.board_change import CHANGE_TYPE as SUCCESSOR_BOARD_CHANGE_TYPE
 from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, READ_TYPE, sign_document
 from confide.cas.owner_revocation import REVOKE_TYPE
+from confide.cas.retirement import RETIREMENT_TYPE as SUCCESSOR_RETIREMENT_TYPE
 from confide.cas.successor import APPROVAL_TYPE as SUCCESSOR_APPROVAL_TYPE
 from confide.cas.successor import WITHDRAWAL_TYPE as SUCCESSOR_WITHDRAWAL_TYPE
 from confide.errors import ConfideError, NetworkError, UsageError
@@ -273,6 +274,31 @@ class CasClient:
         }  # fmt: skip
         doc = sign_document(body, identity.sign, identity.public.public_base64)
         result: dict[str, Any] = self._call("POST", "/v1/cas/successor/board/approvals", json=doc)
+        return result
+
+    def successor_retirements(self) -> dict[str, Any]:
+        """The successor board, its generation, the pending retirements and the retired versions
+        (:mod:`confide.cas.retirement`)."""
+        result: dict[str, Any] = self._call("GET", "/v1/cas/successor/retirements")
+        return result
+
+    def approve_retirement(
+        self,
+        master_key_id: str,
+        generation: int,
+        platform: str,
+        code: dict[str, str],
+        expires: int,
+        identity: Identity,
+    ) -> dict[str, Any]:
+        """Sign and submit an approval of retiring the version whose code identity claims are
+        ``code``, under the board of ``generation`` (docs/cas.md "Retiring a version on its own")."""
+        body = {
+            "type": SUCCESSOR_RETIREMENT_TYPE, "master_key_id": master_key_id, "generation": generation,
+            "platform": platform, "code": code, "expires": expires,
+        }  # fmt: skip
+        doc = sign_document(body, identity.sign, identity.public.public_base64)
+        result: dict[str, Any] = self._call("POST", "/v1/cas/successor/retirements/approvals", json=doc)
         return result
 
     def key_release(self, request: dict[str, Any]) -> dict[str, Any]:

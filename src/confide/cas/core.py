@@ -1371,6 +1371,8 @@ class Cas:
                         published = secrets[spec.name]["ocsp"] = {"public_path": path}
                         if self.public_url is not None:
                             published["url"] = self.public_url + path
+                        assert spec.ocsp_signer is not None
+                        published["signer"] = spec.ocsp_signer.value
         return {
             "name": name,
             "hash": head.hash,
@@ -1919,7 +1921,9 @@ class Cas:
             return None
         if not generated_ca(issuer) or not (issuer.crl_distribution or issuer.ca_issuers or issuer.ocsp):
             return None
-        return Published(self.public_url, issuer.crl_distribution, issuer.ca_issuers, issuer.ocsp)
+        return Published(
+            self.public_url, issuer.crl_distribution, issuer.ca_issuers, issuer.ocsp_signer is not None
+        )
 
     def crl(self, name: str, ca: str, read_request: Any | None) -> tuple[bytes, float, bool]:
         """The current CRL (DER) of the generated CA ``ca`` of policy ``name``, when it is due
@@ -2014,8 +2018,16 @@ class Cas:
 
     def _published_ca(self, conn: Connection, dist_id: str, flag: str) -> tuple[str, str] | None:
         """The (policy, CA) of the one generated CA with distribution id ``dist_id`` whose policy's
-        current version declares ``flag`` (``crl_distribution`` or ``ca_issuers``) on it; ``None``
-        when none or several do (two CAs with one subject and key cannot be told apart)."""
+        current version declares ``flag`` (``crl_distribution``, ``ca_issuers`` or ``ocsp``) on
+        it; ``None`` when none or several do (two CAs with one subject and key cannot be told
+        apart)."""
+        found = self._published_ca_declaration(conn, dist_id, flag)
+        return None if found is None else (found[0], found[1])
+
+    def _published_ca_declaration(
+        self, conn: Connection, dist_id: str, flag: str
+    ) -> tuple[str, str, Secret] | None:
+        """:meth:`_published_ca` with the CA's declaration in its policy's current version."""
         found = raw_execute(
             conn, "SELECT policy, ca FROM crls WHERE distribution_id = ? ORDER BY policy, ca LIMIT 8",
             (dist_id,),
@@ -2030,7 +2042,7 @@ class Cas:
             except KeyError:
                 continue
             if generated_ca(spec) and getattr(spec, flag):
-                served.append((str(name), str(ca)))
+                served.append((str(name), str(ca), spec))
         return served[0] if len(served) == 1 else None
 
     def events_for(self, read_request: Any) -> dict[str, Any]:

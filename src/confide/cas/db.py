@@ -306,11 +306,30 @@ successor_retired = Table(
     Column("identity", String(64), primary_key=True),
     Column("platform", String(16), nullable=False),
     Column("claims", Text, nullable=False),
+    # the successor's target (a hand-over's retirement) or the retirement id (one the board
+    # approved on its own, ``retired_by`` "board"; docs/cas.md "Retiring a version on its own")
     Column("successor", String(64), nullable=False),
     Column("created_at", Float, nullable=False),
+    # "hand-over" or "board" (schema 11; NULL: a hand-over's, stored before). Not authenticated:
+    # shown, never used to decide (the MAC covers the set of ``identity`` values).
+    Column("retired_by", String(16), nullable=True),
+)
+successor_retirement_approvals = Table(
+    "successor_retirement_approvals",
+    metadata,
+    # docs/cas.md "Retiring a version on its own": a member's signed approval of retiring a
+    # version named by its code identity claims (``retirement``: the SHA-256 that names the code
+    # claims, platform, board generation and master key id); re-checked at every use; a
+    # retirement's rows are deleted when it is applied, all of them when the board changes.
+    Column("retirement", String(64), nullable=False),
+    Column("signer", String(64), nullable=False),
+    Column("document", Text, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("retirement", "signer"),
 )
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 T = TypeVar("T")
 
@@ -430,8 +449,18 @@ def _v10(conn: Connection) -> None:
     del conn
 
 
+def _v11(conn: Connection) -> None:
+    """Retiring a version on its own (docs/cas.md "Retiring a version on its own"): the
+    ``successor_retirement_approvals`` table and ``successor_retired.retired_by`` (NULL for the
+    retirements stored before, all of them by a hand-over). Code from before schema 11 refuses
+    the database, so a board change by it cannot leave pending retirement approvals behind."""
+    if "retired_by" not in {c["name"] for c in inspect(conn).get_columns("successor_retired")}:
+        raw_execute(conn, "ALTER TABLE successor_retired ADD COLUMN retired_by VARCHAR(16)")
+    successor_retirement_approvals.create(conn, checkfirst=True)
+
+
 _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11,
 }  # fmt: skip
 
 

@@ -53,6 +53,8 @@ ENTRY_TYPES: dict[str, EntryType] = {
     "successor-board-change-refused": EntryType.SUCCESSOR_BOARD_CHANGE_REFUSED,
     "successor-board-changed": EntryType.SUCCESSOR_BOARD_CHANGED,
     "successor-version-retired": EntryType.SUCCESSOR_VERSION_RETIRED,
+    "successor-retirement-approved": EntryType.SUCCESSOR_RETIREMENT_APPROVED,
+    "successor-retirement-refused": EntryType.SUCCESSOR_RETIREMENT_REFUSED,
 }
 
 

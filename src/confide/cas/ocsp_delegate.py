@@ -30,7 +30,16 @@ the certificate, its serial and notAfter, and the CA's key identifier it was iss
 Issued inside the CAS write transaction of :func:`confide.cas.renewal.renew_policy` (the sweep,
 or the responder itself when it finds none usable), with the renewed certificates in the same
 ``certificates-renewed`` event (ledger ``certificates.renewed``): name, kind, versions, reason,
-serial, validity, certificate SHA-256. Never a private value.
+serial, validity, certificate SHA-256. Never a private value. A CA declared ``ocsp: {signer:
+ca}`` signs its responses itself and gets no responder.
+
+Replacement (:func:`replace_responder`). The row's public part is not authenticated; a row the
+responder refuses (its public part does not match the sealed certificate, or the sealed value
+does not open) is deleted and replaced, in one write transaction, by a new key and certificate
+from the CA's current sealed key, nothing of the refused row being used; reason ``replaced``
+in the event, with the refused version, the check and the SHA-256 of its public part and
+sealed value. How often is the responder's to bound
+(:data:`confide.cas.ocsp_responder.REPLACE_INTERVAL`).
 """
 
 from __future__ import annotations
@@ -48,17 +57,21 @@ from sqlalchemy import Connection, insert
 
 from confide.cas import db as t
 from confide.cas.crl import generated_ca
+from confide.cas.db import raw_execute
 from confide.cas.secrets import SecretValue
+from confide.policy.secret import OcspSigner
 
 if TYPE_CHECKING:
     from confide.cas.core import Cas
     from confide.policy.model import Policy
 
 __all__ = [
+    "REPLACED",
     "RESPONDER_KIND",
     "RESPONDER_VALIDITY",
     "due_reason",
     "issue_responders",
+    "replace_responder",
     "responder_certificate",
     "responder_due",
     "responder_name",
@@ -70,6 +83,8 @@ RESPONDER_VALIDITY = 2 * 86400.0
 """Seconds a responder certificate is valid: renewed at half, so a response's nextUpdate (never
 past the certificate's notAfter) is at least one day ahead, and a leaked responder key signs
 answers relying parties accept for at most two days after the CAS stops using it."""
+REPLACED = "replaced"
+"""The ``reason`` of a responder version that replaced a refused row (:func:`replace_responder`)."""
 _SUFFIX = "/ocsp-responder"
 _CN_MAX = 64  # RFC 5280 Appendix A: ub-common-name
 
@@ -174,12 +189,13 @@ def issue_responders(
     cas: Cas, conn: Connection, name: str, policy: Policy, now: float, fresh: dict[str, SecretValue]
 ) -> list[dict[str, Any]]:
     """A new responder certificate for every generated CA of ``policy`` (policy ``name``)
-    declared ``ocsp`` whose responder is due (:func:`responder_due`), in ``conn`` (a write
-    transaction). ``fresh``: CA values renewed in this transaction. Returns what the
-    ``certificates-renewed`` event records of each."""
+    declared ``ocsp`` with the delegated signer whose responder is due (:func:`responder_due`),
+    in ``conn`` (a write transaction). ``fresh``: CA values renewed in this transaction. Returns
+    what the ``certificates-renewed`` event records of each. A CA whose responses its own key
+    signs (``ocsp: {signer: ca}``) gets none."""
     out: list[dict[str, Any]] = []
     for spec in policy.secrets:
-        if not (generated_ca(spec) and spec.ocsp):
+        if not (generated_ca(spec) and spec.ocsp_signer is OcspSigner.DELEGATED):
             continue
         ca_row = cas._latest_secret(conn, name, spec.name)
         if ca_row is None:
@@ -194,26 +210,86 @@ def issue_responders(
         reason = responder_due(ski, None if row is None else row.public, now)
         if reason is None:
             continue
-        value = responder_certificate(ca, now)
         version = 1 if row is None else row.version + 1
-        public = {**value.public_info(), "issuer_key_id": ski.hex(), "ca_version": ca_row.version}
-        conn.execute(
-            insert(t.secrets).values(
-                policy=name, name=responder_name(spec.name), version=version, kind=RESPONDER_KIND,
-                sealed=cas.sealer.seal(value, policy=name, name=responder_name(spec.name), version=version),
-                public=json.dumps(public), created_at=now,
-            )
-        )  # fmt: skip
-        assert value.certificate is not None
-        cert = x509.load_der_x509_certificate(value.certificate)
-        out.append(
-            {
-                "name": responder_name(spec.name), "kind": RESPONDER_KIND, "version": version,
-                "previous_version": None if row is None else row.version, "reason": reason,
-                "serial": format(cert.serial_number, "x"),
-                "not_before": cert.not_valid_before_utc.isoformat(),
-                "not_after": cert.not_valid_after_utc.isoformat(),
-                "certificate_sha256": hashlib.sha256(value.certificate).hexdigest(),
-            }
-        )  # fmt: skip
+        record = _store(cas, conn, name, spec.name, ca_row.version, ca, version, now)
+        out.append({**record, "previous_version": None if row is None else row.version, "reason": reason})
     return out
+
+
+def _store(
+    cas: Cas,
+    conn: Connection,
+    policy: str,
+    ca_name: str,
+    ca_version: int,
+    ca: SecretValue,
+    version: int,
+    now: float,
+) -> dict[str, Any]:
+    """A new responder key and certificate (:func:`responder_certificate`) by CA ``ca`` (version
+    ``ca_version`` of ``ca_name``), sealed and inserted as ``version`` of its row in ``conn``;
+    what the ``certificates-renewed`` event records of it (names, serial, validity, hash)."""
+    assert ca.certificate is not None
+    value = responder_certificate(ca, now)
+    name = responder_name(ca_name)
+    public = {**value.public_info(), "issuer_key_id": _ski(ca.certificate).hex(), "ca_version": ca_version}
+    conn.execute(
+        insert(t.secrets).values(
+            policy=policy, name=name, version=version, kind=RESPONDER_KIND,
+            sealed=cas.sealer.seal(value, policy=policy, name=name, version=version),
+            public=json.dumps(public), created_at=now,
+        )
+    )  # fmt: skip
+    assert value.certificate is not None
+    cert = x509.load_der_x509_certificate(value.certificate)
+    return {
+        "name": name, "kind": RESPONDER_KIND, "version": version,
+        "serial": format(cert.serial_number, "x"),
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "certificate_sha256": hashlib.sha256(value.certificate).hexdigest(),
+    }  # fmt: skip
+
+
+def replace_responder(
+    cas: Cas, conn: Connection, policy: str, ca_name: str, refused: tuple[int, str], check: str, now: float
+) -> dict[str, Any] | None:
+    """Replace CA ``ca_name``'s refused responder row (module docstring, "Replacement") in
+    ``conn`` (a write transaction): ``refused`` is its (version, public part) as the responder
+    read them, ``check`` the check it failed. The row is deleted and a new key and certificate,
+    signed by the CA's current sealed key, inserted as the next version, recorded in a
+    ``certificates-renewed`` event (reason ``replaced``, with the refused version, the check and
+    the SHA-256 of the refused public part and sealed value; never a value). ``None``, writing
+    nothing, when the latest row is no longer that one (replaced or renewed meanwhile) or the CA
+    no longer has a delegated responder."""
+    head = raw_execute(conn, "SELECT hash FROM policy_heads WHERE name = ?", (policy,)).fetchone()
+    if head is None:
+        return None
+    try:
+        spec = cas._load(conn, policy, head[0]).secret(ca_name)
+    except KeyError:
+        return None
+    if not generated_ca(spec) or spec.ocsp_signer is not OcspSigner.DELEGATED:
+        return None
+    name = responder_name(ca_name)
+    row = cas._latest_secret(conn, policy, name)
+    ca_row = cas._latest_secret(conn, policy, ca_name)
+    if row is None or (row.version, row.public) != refused or ca_row is None:
+        return None
+    ca = cas.sealer.unseal(ca_row.sealed, policy=policy, name=ca_name, version=ca_row.version)
+    if ca.certificate is None:
+        return None
+    raw_execute(
+        conn, "DELETE FROM secrets WHERE policy = ? AND name = ? AND version = ?", (policy, name, row.version)
+    )
+    record = _store(cas, conn, policy, ca_name, ca_row.version, ca, row.version + 1, now)
+    record.update(
+        previous_version=row.version, reason=REPLACED,
+        replaced={
+            "version": row.version, "check": check,
+            "public_sha256": hashlib.sha256(row.public.encode()).hexdigest(),
+            "sealed_sha256": hashlib.sha256(row.sealed).hexdigest(),
+        },
+    )  # fmt: skip
+    cas.events.record(conn, "certificates-renewed", policy, {"hash": head[0], "certificates": [record]})
+    return record

@@ -22,11 +22,15 @@ answered:
    responder does not compute matches none);
 3. ``tryLater`` (§2.3, unsigned) when the answer needs a new signature and the client (an IPv4
    address, an IPv6 /64) is over :data:`SIGNATURE_RATE`, or no usable responder certificate
-   could be issued;
+   could be issued (a refused row is replaced first, at most once per CA per
+   :data:`REPLACE_INTERVAL`: :meth:`OcspResponder._replace`), or, with ``signer: ca``, the
+   CA's sealed key and certificate do not match its row;
 4. otherwise ``successful``: a BasicOCSPResponse (§4.2.1) signed by the CA's delegated responder
-   (§4.2.2.2, :mod:`confide.cas.ocsp_delegate`), whose certificate it carries, responderID
-   byKey (§4.2.2.3), signed with the first of the request's preferred signature algorithms the
-   responder key can produce (§4.4.7), else SHA-256 (or EdDSA); one SingleResponse per CertID,
+   (§4.2.2.2, :mod:`confide.cas.ocsp_delegate`), whose certificate it carries, or, for a CA
+   declared ``ocsp: {signer: ca}``, by the CA's own key (§4.2.2.2, "the CA who issued the
+   certificate in question"; no certificate); responderID byKey (§4.2.2.3) the signing key's;
+   signed with the first of the request's preferred signature algorithms the
+   signing key can produce (§4.4.7), else SHA-256 (or EdDSA); one SingleResponse per CertID,
    in order, echoing it as sent, with the certStatus (§4.2.1, §2.2):
 
    - ``revoked``, with revocationTime and revocationReason (omitted for ``unspecified``, as on
@@ -41,15 +45,15 @@ answered:
      of another issuer, §2.2).
 
    thisUpdate is the CAS clock when signed (whole seconds); nextUpdate is the nextUpdate of the
-   CA's current CRL (RFC 5280 §5.1.2.5) or the responder certificate's notAfter, whichever
+   CA's current CRL (RFC 5280 §5.1.2.5) or the signing certificate's notAfter, whichever
    comes first, so a response is never valid longer than the CRL that says the same or the
    certificate that signed it; a CRL past half its validity is re-issued first, as on the CRL
    routes, and a responder certificate past half its validity renewed first. A nonce in the
    request (RFC 8954) is echoed in responseExtensions as sent.
 
 **Cache.** A response without a nonce is kept (:class:`~confide.lru.Lru`, at most
-:data:`CACHE_SIZE` entries) keyed by the CA, its version and CRL number, the CertIDs and the
-preferred algorithms: the
+:data:`CACHE_SIZE` entries) keyed by the CA, its version and CRL number, the signer (a policy
+update may change only that), the CertIDs and the preferred algorithms: the
 revoked set, the CA's key and its version change only with a new CRL (same transaction,
 :func:`confide.cas.crl.issue_crls`), so a cached ``good`` is never served after a revocation. It
 is served until its nextUpdate (a new responder version does not drop it: the one that signed
@@ -78,7 +82,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from confide.cas.core import SecretRow
 from confide.cas.crl import REASONS, UNSPECIFIED, CrlRow, crl_due, current_crl
 from confide.cas.db import raw_execute
-from confide.cas.ocsp_delegate import RESPONDER_KIND, due_reason, responder_name, responder_state
+from confide.cas.ocsp_delegate import (
+    RESPONDER_KIND,
+    due_reason,
+    replace_responder,
+    responder_name,
+    responder_state,
+)
 from confide.cas.ocsp_der import (
     MAX_ENTRIES,
     MAX_NONCE,
@@ -95,6 +105,7 @@ from confide.cas.renewal import renew_due
 from confide.cas.secrets import CERTIFICATE_KINDS, crl_distribution_id
 from confide.errors import ConfideError, ParseError
 from confide.lru import Lru
+from confide.policy.secret import OcspSigner
 
 if TYPE_CHECKING:
     from confide.cas.core import Cas
@@ -106,6 +117,7 @@ __all__ = [
     "MAX_NONCE",
     "MAX_REQUEST",
     "MIN_NONCE",
+    "REPLACE_INTERVAL",
     "SIGNATURE_RATE",
     "UNKNOWN_TTL",
     "OcspAnswer",
@@ -125,6 +137,11 @@ public CRLs: a revocation reaches HTTP caches within 5 minutes."""
 UNKNOWN_TTL = 60.0
 SIGNATURE_RATE = Rate(20.0, 40.0)
 """New signatures per second per client (and burst): cached responses are not counted."""
+REPLACE_INTERVAL = 600.0
+"""Seconds (CAS clock) before this CAS replaces a CA's refused responder row again
+(:meth:`OcspResponder._replace`): rows edited again and again, or a CA row whose public part
+makes every new responder fail the checks, cost one key, one certificate and one ledger entry
+per CA every 10 minutes, not one per request; ``tryLater`` in between."""
 
 _CA_ID_LEN = 32
 _SERIAL_OCTETS = 20  # RFC 5280 §4.1.2.2: a serial of more than 20 octets is no CAS certificate's
@@ -170,22 +187,17 @@ class _Ca(NamedTuple):
     key_id: str  # hex, the CA's subjectKeyIdentifier (the authorityKeyIdentifier of what it signs)
     certificate: x509.Certificate
     crl: CrlRow
+    signer: OcspSigner  # who signs its responses, as its policy's current version says
 
 
 class _Signer(NamedTuple):
+    """A key that signs a CA's responses, checked (:meth:`OcspResponder._signer`,
+    :meth:`OcspResponder._ca_signer`)."""
+
     key: Any
-    certificate: bytes  # DER, included in every response (RFC 6960 §4.2.1 certs)
+    certificates: tuple[bytes, ...]  # DER, included in every response (RFC 6960 §4.2.1 certs)
     key_hash: bytes  # responderID byKey (§4.2.2.3): SHA-1 of the subjectPublicKey value
-    not_after: float  # the sealed certificate's
-
-
-class _Responder(NamedTuple):
-    """A version of a CA's delegated responder (:mod:`confide.cas.ocsp_delegate`), its sealed
-    key and certificate checked against the CA (:meth:`OcspResponder._signer`)."""
-
-    version: int
-    not_after: float
-    signer: _Signer
+    not_after: float  # its sealed certificate's
 
 
 class _Status(NamedTuple):
@@ -224,6 +236,9 @@ class OcspResponder:
         # Keyed by the row's public part too: a row deleted and issued again has the same
         # version and another certificate (and key).
         self._keys: Lru[tuple[str, str, int, str, str], _Signer] = Lru(64)
+        self._ca_keys: Lru[tuple[str, str, int, bytes], _Signer] = Lru(64)
+        self._replaced: dict[tuple[str, str], float] = {}  # (policy, CA): last replacement try
+        self._replace_lock = threading.Lock()
         self._responders: Lru[tuple[str, str, int, str], tuple[str, float]] = Lru(256)
         self._ca_certs: Lru[tuple[str, str, int], tuple[x509.Certificate, bytes]] = Lru(256)
         self._limiter = RateLimiter(signature_rate) if signature_rate is not None else None
@@ -233,6 +248,7 @@ class OcspResponder:
         self.limited = 0  # tryLater for a client over its signature rate
         self.malformed = 0  # malformedRequest
         self.unauthorized = 0  # unauthorized
+        self.replaced = 0  # refused responder rows replaced (:meth:`_replace`)
 
     @classmethod
     def of(cls, cas: Cas) -> OcspResponder:
@@ -255,7 +271,9 @@ class OcspResponder:
         if ca is None or not any(ours):
             self.unauthorized += 1
             return _UNAUTHORIZED
-        key = (ca.policy, ca.name, ca.version, ca.crl.number, query.preferred,
+        # The signer is in the key: after a policy update changes it, nothing the other signed
+        # is served (the CRL number need not change with it).
+        key = (ca.policy, ca.name, ca.version, ca.crl.number, ca.signer, query.preferred,
                tuple(entry.der for entry in query.entries))  # fmt: skip
         now = self.cas.clock()
         if query.nonce is None:
@@ -269,21 +287,21 @@ class OcspResponder:
             if wait:
                 self.limited += 1
                 return _TRY_LATER
-        responder = self._responder(ca)
-        if responder is None:
+        signer = self._ca_signer(ca) if ca.signer is OcspSigner.CA else self._responder(ca)
+        if signer is None:
             self.limited += 1
-            return _TRY_LATER  # no usable responder certificate could be issued now
+            return _TRY_LATER  # no usable responder certificate could be issued now, or CA key
         statuses = [
             self._status(ca, entry.serial, now) if mine else _Status(ocsp.OCSPCertStatus.UNKNOWN)
             for entry, mine in zip(query.entries, ours, strict=True)
         ]
-        der_out = self._sign(ca, responder, query, statuses, now)
+        der_out = self._sign(ca, signer, query, statuses, now)
         self.signed += 1
         if query.nonce is not None:
             return OcspAnswer(der_out, 0)  # bound to one request: neither kept nor cached by HTTP
         # A cached answer stays good after the responder is renewed: it was signed by a
         # certificate valid until at least its nextUpdate.
-        until = min(ca.crl.next_update, responder.not_after)
+        until = min(ca.crl.next_update, signer.not_after)
         for status in statuses:
             if status.valid_until is not None:
                 until = min(until, status.valid_until)
@@ -301,9 +319,10 @@ class OcspResponder:
             return None
         for attempt in range(2):
             with self.cas.db.read() as conn:
-                served = self.cas._published_ca(conn, ca_id, "ocsp")
-                if served is None:
+                declared = self.cas._published_ca_declaration(conn, ca_id, "ocsp")
+                if declared is None:
                     return None
+                served = (declared[0], declared[1])
                 crl = current_crl(conn, *served)
                 row = self.cas._latest_secret(conn, *served)
             if row is None or crl is None:
@@ -320,15 +339,19 @@ class OcspResponder:
         cert, ski = parsed
         if crl_distribution_id(cert.subject, ski) != ca_id:
             return None  # the CRL row was found by the id of the CA's current key: checked again
-        return _Ca(served[0], served[1], int(row.version), ski.hex(), cert, crl)
+        signer = declared[2].ocsp_signer
+        assert signer is not None  # declared ocsp
+        return _Ca(served[0], served[1], int(row.version), ski.hex(), cert, crl, signer)
 
-    def _responder(self, ca: _Ca) -> _Responder | None:
-        """The CA's current responder version, issued or renewed first when due (a new one, or
-        under a new CA key, or past half its validity; :func:`confide.cas.ocsp_delegate.due_reason`);
-        ``None`` when it is still due after that, or when its sealed certificate is not what its
-        row says or not the current CA's (:meth:`_signer`: fails closed, tryLater)."""
+    def _responder(self, ca: _Ca) -> _Signer | None:
+        """The CA's current delegated responder version, issued or renewed first when due (a new
+        one, or under a new CA key, or past half its validity;
+        :func:`confide.cas.ocsp_delegate.due_reason`), or replaced first when refused
+        (:meth:`_signer`, :meth:`_replace`); ``None`` (tryLater) when it is still due or refused
+        after that: the responder never signs with a row that failed the checks."""
         name = responder_name(ca.name)
-        for attempt in range(2):
+        renewed = replaced = False
+        while True:  # at most one renewal and one replacement
             with self.cas.db.read() as conn:
                 row = raw_execute(
                     conn,
@@ -339,11 +362,53 @@ class OcspResponder:
             state = None if row is None else self._responder_state(ca.policy, name, int(row[0]), row[1])
             if row is not None and due_reason(bytes.fromhex(ca.key_id), state, self.cas.clock()) is None:
                 assert state is not None  # due_reason says "new" for none
-                signer = self._signer(ca, int(row[0]), row[1], state)
-                return None if signer is None else _Responder(int(row[0]), signer.not_after, signer)
-            if attempt == 0:
+                signer, problem = self._signer(ca, int(row[0]), row[1], state)
+                if signer is not None:
+                    return signer
+                if replaced or problem is None:
+                    return None
+                # "gone": the row changed between two reads (renewed or replaced meanwhile): read
+                # it again, once. Any other check: replace it, then read it again, once.
+                if problem != "gone" and not self._replace(ca, (int(row[0]), row[1]), problem):
+                    return None
+                replaced = True
+            elif renewed:
+                return None
+            else:
                 renew_due(self.cas, [ca.policy])
-        return None
+                renewed = True
+
+    def _replace(self, ca: _Ca, refused: tuple[int, str], check: str) -> bool:
+        """Replace ``ca``'s refused responder row ``refused`` (version, public part) that failed
+        ``check`` (:func:`confide.cas.ocsp_delegate.replace_responder`: a new key and
+        certificate by the CA's current sealed key, the row rewritten in one write transaction,
+        a ledger event), unless this CAS tried for this CA less than :data:`REPLACE_INTERVAL`
+        ago. True: read the row again (replaced, here or meanwhile by another CAS); False:
+        answer tryLater. A warning names what was replaced (names, versions, the check, the
+        new serial and certificate SHA-256; never a value)."""
+        now = self.cas.clock()
+        with self._replace_lock:
+            last = self._replaced.get((ca.policy, ca.name))
+            if last is not None and now - last < REPLACE_INTERVAL:
+                return False
+            self._replaced[(ca.policy, ca.name)] = now  # counted whether or not it succeeds
+        name = responder_name(ca.name)
+        try:
+            with self.cas.db.write() as conn:
+                record = replace_responder(self.cas, conn, ca.policy, ca.name, refused, check, now)
+        except (ConfideError, KeyError, ValueError, TypeError) as exc:
+            failed = {"event": "ocsp-responder-replace-failed", "policy": ca.policy, "name": name,
+                      "version": refused[0], "error": type(exc).__name__}  # fmt: skip
+            log.warning(json.dumps(failed))
+            return False
+        if record is not None:
+            self.replaced += 1
+            done = {"event": "ocsp-responder-replaced", "policy": ca.policy, "name": name,
+                    "refused_version": refused[0], "check": check, "version": record["version"],
+                    "serial": record["serial"],
+                    "certificate_sha256": record["certificate_sha256"]}  # fmt: skip
+            log.warning(json.dumps(done))
+        return True
 
     def _responder_state(self, policy: str, name: str, version: int, public: str) -> tuple[str, float] | None:
         """:func:`responder_state` of a responder version (its public part never changes:
@@ -426,12 +491,12 @@ class OcspResponder:
     # -- signing --------------------------------------------------------------------------------
 
     def _sign(
-        self, ca: _Ca, responder: _Responder, query: ParsedRequest, statuses: list[_Status], now: float
+        self, ca: _Ca, signer: _Signer, query: ParsedRequest, statuses: list[_Status], now: float
     ) -> bytes:
         """A successful BasicOCSPResponse (RFC 6960 §4.2.1), one SingleResponse per CertID in
-        the request's order, signed by ``ca``'s responder key, its certificate included."""
-        signer = responder.signer
-        next_update = min(ca.crl.next_update, responder.not_after)  # never past what signs it
+        the request's order, signed by ``signer`` (``ca``'s responder key, its certificate
+        included; or the CA's own key, no certificate)."""
+        next_update = min(ca.crl.next_update, signer.not_after)  # never past what signs it
         answers = []
         for entry, status in zip(query.entries, statuses, strict=True):
             revoked_at = reason_code = None
@@ -447,23 +512,25 @@ class OcspResponder:
             )
         return basic_response(
             answers, produced_at=now, responder_key_hash=signer.key_hash, key=signer.key,
-            algorithm=choose_algorithm(signer.key, query.preferred), certificates=(signer.certificate,),
+            algorithm=choose_algorithm(signer.key, query.preferred), certificates=signer.certificates,
             nonce_value=query.nonce_value,
         )  # fmt: skip
 
-    def _signer(self, ca: _Ca, version: int, public: str, state: tuple[str, float]) -> _Signer | None:
+    def _signer(
+        self, ca: _Ca, version: int, public: str, state: tuple[str, float]
+    ) -> tuple[_Signer | None, str | None]:
         """The CA's responder key and certificate of ``version`` (whose row's public part is
         ``public``, recording ``state``), unsealed as for a release, loaded once per row. The
         public part is not authenticated, the sealed value is (associated data: policy, name,
         version): the sealed certificate must be the one the row shows, record the same CA key
         and notAfter, be issued directly by the CA's current key with id-kp-OCSPSigning
         (RFC 6960 §4.2.2.2) and certify the sealed key. Else ``None`` and a warning naming the
-        row and the check (never a value): the responder fails closed rather than sign with a
-        key the current CA did not certify or past its certificate."""
+        row and the check (never a value), returned with it: the responder fails closed rather
+        than sign with a key the current CA did not certify or past its certificate."""
         key = (ca.policy, ca.name, version, public, ca.key_id)
         found = self._keys.get(key)
         if found is not None:
-            return found
+            return found, None
         name = responder_name(ca.name)
         with self.cas.db.read() as conn:  # that version, even if a newer one came since
             found_row = raw_execute(
@@ -484,9 +551,46 @@ class OcspResponder:
         if signer is None:
             log.warning(json.dumps({"event": "ocsp-responder-refused", "policy": ca.policy, "name": name,
                                     "version": version, "check": problem}))  # fmt: skip
-            return None
+            return None, problem or "unreadable"
         self._keys.put(key, signer)
-        return signer
+        return signer, None
+
+    def _ca_signer(self, ca: _Ca) -> _Signer | None:
+        """The CA's own key, for a CA declared ``ocsp: {signer: ca}`` (RFC 6960 §4.2.2.2: "the
+        CA who issued the certificate in question"): its version ``ca.version`` unsealed as for a
+        release, loaded once per version. The sealed certificate must be the one the row's
+        public part shows (whose subject and key the CertIDs were matched against), certify the
+        sealed key and be valid now. Else ``None`` (tryLater) and the warning
+        ``ocsp-ca-signer-refused`` naming the CA and the check, never a value: a CA row cannot be
+        replaced as a responder row can (its key is the CA)."""
+        cert_der = ca.certificate.public_bytes(serialization.Encoding.DER)
+        key = (ca.policy, ca.name, ca.version, cert_der)
+        found = self._ca_keys.get(key)
+        if found is None:
+            with self.cas.db.read() as conn:
+                row = raw_execute(
+                    conn,
+                    "SELECT policy, name, version, kind, sealed, public FROM secrets "
+                    "WHERE policy = ? AND name = ? AND version = ?",
+                    (ca.policy, ca.name, ca.version),
+                ).fetchone()
+            problem: str | None = "gone" if row is None else None
+            if row is not None:
+                p, n, v, k, sealed, public = row
+                try:
+                    value = self.cas._unseal(SecretRow(p, n, v, k, bytes(sealed), public))
+                    found, problem = _checked_ca_signer(cert_der, value.data, value.certificate)
+                except (ConfideError, KeyError, ValueError, TypeError):
+                    problem = "unreadable"
+            if found is None:
+                refused = {"event": "ocsp-ca-signer-refused", "policy": ca.policy, "name": ca.name,
+                           "version": ca.version, "check": problem}  # fmt: skip
+                log.warning(json.dumps(refused))
+                return None
+            self._ca_keys.put(key, found)
+        if found.not_after <= self.cas.clock():
+            return None  # expired: the renewal sweep renews the CA before (``renew_before``)
+        return found
 
 
 def _checked_signer(
@@ -515,7 +619,25 @@ def _checked_signer(
     if key.public_key() != cert.public_key():
         return None, "key"
     digest = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest  # SHA-1, §4.2.2.3
-    return _Signer(key, certificate, digest, not_after), None
+    return _Signer(key, (certificate,), digest, not_after), None
+
+
+def _checked_ca_signer(
+    shown: bytes, private: bytes, certificate: bytes | None
+) -> tuple[_Signer | None, str | None]:
+    """The CA's signer from its sealed ``private`` key and ``certificate`` when that certificate
+    is ``shown`` (the row's public part, DER) and certifies the key; else ``None`` and the check
+    that failed. No certificate goes into the responses: the relying party has the CA's."""
+    if certificate is None or certificate != shown:
+        return None, "certificate"
+    cert = x509.load_der_x509_certificate(certificate)
+    key: Any = serialization.load_der_private_key(private, None)
+    if key.public_key() != cert.public_key():
+        return None, "key"
+    # responderID byKey (§4.2.2.3), as for the delegated responder: the SHA-1 of the CA's
+    # subjectPublicKey value (what RFC 5280 §4.2.1.2 method 1 puts in the CA's own SKI).
+    digest = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
+    return _Signer(key, (), digest, cert.not_valid_after_utc.timestamp()), None
 
 
 def _stored_match(public: str, hex_serial: str, key_id: str) -> float | None:

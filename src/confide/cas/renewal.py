@@ -52,7 +52,7 @@ from confide.cas.ocsp_delegate import issue_responders, responder_due, responder
 from confide.cas.periodic import PeriodicTask
 from confide.cas.secrets import SecretValue, renew_certificate, renewable, renewal_window
 from confide.errors import ConfideError, PolicyError
-from confide.policy.secret import Secret
+from confide.policy.secret import OcspSigner, Secret
 
 if TYPE_CHECKING:
     from confide.cas.core import Cas
@@ -203,7 +203,10 @@ def due_policies(cas: Cas, now: float) -> list[str]:
             elif generated_ca(spec):
                 crl = crls.get((policy_name, name))
                 crl_stale = crl is None or crl_due(*crl, now)
-                if crl_stale or (spec.ocsp and _responder_due(cas, conn, policy_name, name, public, now)):
+                if crl_stale or (
+                    spec.ocsp_signer is OcspSigner.DELEGATED
+                    and _responder_due(cas, conn, policy_name, name, public, now)
+                ):
                     due.add(policy_name)
     return sorted(due)
 

@@ -708,7 +708,7 @@ def prepare(
             return own_check.verified(published.body, at)
 
         own = own_evidence
-    successors = Successors(cas)
+    successors = Successors(cas, own=own)
     cas.key_release = KeyReleaser(cas, own, successors=successors)
     if own is not None:  # docs/cas.md "Retiring the old version": a retired version does not start
         successors.refuse_retired_start(own)

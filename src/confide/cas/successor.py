@@ -55,6 +55,11 @@ over to a successor version" describes the authorised hand-over implemented here
    (:meth:`Successors.refuse_retired_start`). An approval that would retire its successor's
    code is refused; ``"retire": true`` (schema 9) is refused, and a stored one counts for
    nothing. Approvals are not consumed by a release (ADR 0004, amendment).
+6. **Retirement on its own** (docs/cas.md "Retiring a version on its own";
+   :mod:`confide.cas.retirement`, :attr:`Successors.retirements`): the board's quorum retires a
+   version named by its code claims without a hand-over, through a CAS of another version
+   (``own``: this CAS's evidence, so that it refuses to retire itself); stored by
+   :meth:`Successors.store_retired`, as a hand-over's retirement is.
 """
 
 from __future__ import annotations
@@ -64,23 +69,33 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from sqlalchemy import Connection, and_, delete, insert, select
 
 from confide.cas.board_change import BoardChanges, ChangeApproval
 from confide.cas.core import READ_WINDOW, verify_signed
 from confide.cas.db import successor_approvals, successor_retired, successor_withdrawals
-from confide.cas.key_release import IDENTITY_CLAIMS
+from confide.cas.key_release import IDENTITY_CLAIMS, OwnEvidence
+from confide.cas.retirement import RetirementApproval, Retirements
 from confide.cas.successor_board import (
     MAX_LIFETIME,
     Board,
     bind_state,
     current_key_id,
     load_board,
+)
+from confide.cas.versions import (
+    CODE_CLAIMS,
+    EVENT_RETIRED,
+    check_claims,
+    claim_text,
+    claim_text_ok,
+    code_identity,
+    identity_digest,
 )
 from confide.errors import (
     AccessDeniedError,
@@ -92,7 +107,7 @@ from confide.errors import (
     UsageError,
 )
 from confide.policy.canonical import jcs
-from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
+from confide.verify.result import Platform, VerifiedEvidence
 
 if TYPE_CHECKING:
     from confide.cas.core import Cas
@@ -105,7 +120,9 @@ __all__ = [
     "Approval",
     "Successors",
     "Withdrawal",
+    "check_claims",
     "claim_text",
+    "claim_text_ok",
     "code_identity",
     "current_key_id",
     "identity_digest",
@@ -120,9 +137,6 @@ EVENT_REFUSED = "successor-approval-refused"
 WITHDRAWAL_TYPE = "confide/successor-withdrawal/v1"
 EVENT_WITHDRAWN = "successor-withdrawn"
 EVENT_WITHDRAWAL_REFUSED = "successor-withdrawal-refused"
-EVENT_RETIRED = "successor-version-retired"
-_MAX_CLAIM = 256
-_CLAIM_TEXT = re.compile(r"[0-9a-z_.:-]{1,256}")
 _KEY_ID = re.compile(r"[0-9a-f]{32}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _APPROVAL_FIELDS = frozenset(
@@ -131,18 +145,6 @@ _APPROVAL_FIELDS = frozenset(
 _APPROVAL_OPTIONAL = frozenset({"generation", "retire"})
 _WITHDRAWAL_FIELDS = frozenset({"type", "approval", "master_key_id", "time", "signer", "signature"})
 _ROW = (successor_approvals.c.target, successor_approvals.c.signer, successor_approvals.c.document)
-
-
-def claim_text(value: ClaimValue) -> str:
-    """The text an approval names a claim value by: lower-case for strings (the hex of
-    measurements), decimal for integers, ``true``/``false`` for booleans."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return value.lower()
-    return json.dumps(value, sort_keys=True)  # not an identity claim type: never matches a text
 
 
 def target_of(master_key_id: str, platform: str, claims: Mapping[str, str], generation: int = 0) -> str:
@@ -155,49 +157,12 @@ def target_of(master_key_id: str, platform: str, claims: Mapping[str, str], gene
     return hashlib.sha256(jcs(named)).hexdigest()
 
 
-CODE_CLAIMS: Mapping[Platform, tuple[str, ...]] = {
-    # docs/cas.md "Retiring the old version": the identity claims that measure the CAS's code,
-    # per platform; a retirement matches on these only, so the retired code launched with
-    # other host-set claims is still retired.
-    Platform.SIMULATED: ("measurement",),  # the dev CAS's code measurement is all there is
-    # MRENCLAVE measures the enclave's code and initial data; MRSIGNER, ISVPRODID/ISVSVN and
-    # the KSS fields are what a SIGSTRUCT (anyone may sign one for the same enclave) or the
-    # host's CONFIGID say, so the same enclave re-signed or configured otherwise stays retired.
-    Platform.SGX: ("mr_enclave",),
-    # MRTD: the TD's initial memory (the firmware); RTMR1: kernel and boot loader; RTMR2: the
-    # command line and initrd (with them the root file system's hash). Left out: RTMR0 (the
-    # firmware's configuration, ACPI tables that change with the host's VM shape), RTMR3 (what
-    # the running guest extends), MRCONFIGID/MROWNER/MROWNERCONFIG (host-set), TD attributes.
-    Platform.TDX: ("mr_td", "rtmr1", "rtmr2"),
-    # The launch digest (firmware, kernel, initrd, command line, the VMSAs). Left out: the
-    # guest policy, HOST_DATA, the VMPL and the ID block's fields, all set by the host at launch.
-    Platform.SEV_SNP: ("measurement",),
-}  # fmt: skip
-
-
-def code_identity(platform: str, claims: Mapping[str, str]) -> str:
-    """A version's *code* identity as one SHA-256 (hex) of RFC 8785 JSON of ``{"code",
-    "platform"}``, ``code`` the :data:`CODE_CLAIMS` of ``platform`` among ``claims`` (text
-    form): what a retirement matches on (docs/cas.md "Retiring the old version")."""
-    names = CODE_CLAIMS.get(Platform(platform), ())
-    if not names or any(n not in claims for n in names):
-        raise AppraisalError(f"no code identity claims for {platform[:16]}")
-    code = {n: claims[n] for n in names}
-    return hashlib.sha256(jcs({"code": code, "platform": platform})).hexdigest()
-
-
-def identity_digest(platform: str, claims: Mapping[str, str]) -> str:
-    """A version's identity as one SHA-256 (hex) of RFC 8785 JSON of ``{"claims", "platform"}``
-    (claims in :func:`claim_text` form): what a retirement names (docs/cas.md "Retiring the
-    old version")."""
-    return hashlib.sha256(jcs({"claims": dict(claims), "platform": platform})).hexdigest()
-
-
 # --- approvals ---------------------------------------------------------------------------------
 
 
 class _Admitted(Protocol):
-    """What :meth:`Successors._admit` reads of a successor or board-change approval."""
+    """What :meth:`Successors._admit` and :meth:`Successors.counting` read of a successor,
+    board-change or retirement approval."""
 
     @property
     def signer(self) -> str: ...
@@ -209,6 +174,9 @@ class _Admitted(Protocol):
     def expires(self) -> int: ...
     @property
     def digest(self) -> str: ...
+
+
+_A = TypeVar("_A", bound=_Admitted)
 
 
 @dataclass(frozen=True)
@@ -259,7 +227,7 @@ def parse_approval(doc: Any) -> Approval:
         known = ", ".join(p.value for p in IDENTITY_CLAIMS)
         got = str(platform_text)[:40]
         raise ParseError(f"platform: got {got!r}, expected one of {known}", structure=what)
-    _check_claims(claims, names, platform, "claims")
+    check_claims(claims, names, platform, "claims", what)
     if isinstance(expires, bool) or not isinstance(expires, int) or not 0 < expires < 2**53:
         raise ParseError("expires: expected a Unix time in seconds", structure=what)
     # One document per meaning: generation 0 and "not retire" are said by leaving the field out.
@@ -276,7 +244,7 @@ def parse_approval(doc: Any) -> Approval:
             structure=what,
         )
     if isinstance(retire, dict) or "retire" in body:
-        _check_claims(retire, names, platform, "retire")
+        check_claims(retire, names, platform, "retire", what)
         retire = cast("dict[str, str]", retire)
         # docs/cas.md "Retiring the old version": retiring the successor's own code would retire
         # the successor too (a retirement matches on the code, whatever the host-set claims).
@@ -290,26 +258,6 @@ def parse_approval(doc: Any) -> Approval:
         signer.fingerprint, key_id, platform, dict(claims), expires, digest, generation,
         dict(retire) if isinstance(retire, dict) else None,
     )  # fmt: skip
-
-
-def claim_text_ok(value: str) -> bool:
-    """Whether ``value`` is a claim's text form as an approval names it (lower-case hex or
-    decimal, at most the length the CAS accepts): the CLI's check before anything is signed."""
-    return _CLAIM_TEXT.fullmatch(value) is not None
-
-
-def _check_claims(claims: object, names: tuple[str, ...], platform: Platform, field: str) -> None:
-    """``claims``: exactly the identity claims ``names`` of ``platform``, each in text form."""
-    what = APPROVAL_TYPE
-    if not isinstance(claims, dict) or set(claims) != set(names):
-        raise ParseError(f"{field}: expected exactly {', '.join(names)} for {platform.value}", structure=what)
-    for name, value in claims.items():
-        if not isinstance(value, str) or not _CLAIM_TEXT.fullmatch(value):
-            raise ParseError(
-                f"{field}.{name}: expected its text (lower-case hex, or decimal), at most "
-                f"{_MAX_CLAIM} characters",
-                structure=what,
-            )
 
 
 @dataclass(frozen=True)
@@ -343,9 +291,14 @@ def parse_withdrawal(doc: Any) -> Withdrawal:
 class Successors:
     """The board and approvals of ``cas`` (module docstring)."""
 
-    def __init__(self, cas: Cas, *, clock: Callable[[], float] = time.time) -> None:
-        self.cas, self.clock = cas, clock
+    def __init__(
+        self, cas: Cas, *, clock: Callable[[], float] = time.time, own: OwnEvidence | None = None
+    ) -> None:
+        """``own``: this CAS's own current evidence, verified (``None``: it has none and takes no
+        retirement approval; :mod:`confide.cas.retirement`, module docstring 4)."""
+        self.cas, self.clock, self.own = cas, clock, own
         self.board_changes = BoardChanges(self)
+        self.retirements = Retirements(self)
 
     def _board(self, conn: Connection) -> Board:
         board = load_board(conn, self.cas.sealer)
@@ -422,19 +375,27 @@ class Successors:
                     )
                 if self._withdrawn(conn, {withdrawal.approval}):
                     raise ConflictError(f"approval {withdrawal.approval[:16]}… was withdrawn already")
-                approval: Approval | ChangeApproval | None = self._stored(conn, withdrawal.approval)
+                approval: Approval | ChangeApproval | RetirementApproval | None = self._stored(
+                    conn, withdrawal.approval
+                )
                 if approval is None:  # a board change's approval (docs/cas.md "Changing the successor board")
                     approval = self.board_changes.stored(conn, withdrawal.approval)
+                if approval is None:  # a retirement's ("Retiring a version on its own")
+                    approval = self.retirements.stored(conn, withdrawal.approval)
                 if approval is None:
                     raise UsageError(
-                        f"no stored approval has the digest {withdrawal.approval} (cas successor show and "
-                        "cas successor board show list them; a newer approval of the same claims or change "
-                        "by the same member replaces the older)"
+                        f"no stored approval has the digest {withdrawal.approval} (cas successor show, "
+                        "cas successor board show and cas successor retire show list them; a newer approval "
+                        "of the same claims, change or retirement by the same member replaces the older)"
                     )
                 if isinstance(approval, Approval):
                     target = approval.target
                     found = {"platform": approval.platform.value, "claims": approval.claims}
                     outcome.update({"target": target, **found})
+                elif isinstance(approval, RetirementApproval):
+                    target = approval.retirement
+                    found = {"platform": approval.platform.value, "code": approval.code}
+                    outcome.update({"target": target, "retirement": target, **found})
                 else:
                     target = approval.change
                     outcome.update({"target": target, "change": target, "board": approval.board.to_json()})
@@ -455,6 +416,8 @@ class Successors:
                 outcome["withdrawal"] = jcs(doc).decode()
                 if isinstance(approval, Approval):
                     approvers = self._tally(conn, board, target, now, outcome)
+                elif isinstance(approval, RetirementApproval):
+                    approvers = {a.signer for a in self.retirements.tally(conn, board, target, now, outcome)}
                 else:
                     counted = self.board_changes.tally(conn, board, target, now, outcome)
                     approvers = {a.signer for a in counted}
@@ -474,8 +437,9 @@ class Successors:
         withdrawn_hint: str,
         stale: str,
     ) -> None:
-        """The checks a successor approval and a board-change approval share before they are
-        stored (module docstring, 4; docs/cas.md "Changing the successor board"): not withdrawn,
+        """The checks a successor, board-change and retirement approval share before they are
+        stored (module docstring, 4; docs/cas.md "Changing the successor board", "Retiring a
+        version on its own"): not withdrawn,
         this CAS's master key, the current board's generation (``stale`` says why another one is
         refused), an expiry ahead and at most :data:`MAX_LIFETIME` away, a member signer."""
         if self._withdrawn(conn, {approval.digest}):
@@ -538,40 +502,48 @@ class Successors:
         return {str(row.approval): float(row.created_at) for row in rows}
 
     @staticmethod
-    def _stored(conn: Connection, digest: str) -> Approval | None:
-        """The stored approval whose document has ``digest``, checked again (its signature, and
-        the row's target and signer its own); ``None`` when there is none. A row is stored as
-        its document's RFC 8785 text, whose SHA-256 is the digest: only a row whose text hashes
-        to ``digest`` is parsed and its signature verified (not every row)."""
-        for row in conn.execute(select(*_ROW)):
-            if hashlib.sha256(str(row.document).encode()).hexdigest() != digest:
+    def find_stored(
+        rows: Iterable[Any], check: Callable[[str, str, str], _A | None], digest: str
+    ) -> _A | None:
+        """The stored approval whose document has ``digest`` among ``rows`` (``(key, signer,
+        document)``: a successor's target, a change id or a retirement id), checked again by
+        ``check(document, key, signer)``; ``None`` when there is none. A row is stored as its
+        document's RFC 8785 text, whose SHA-256 is the digest: only a row whose text hashes to
+        ``digest`` is parsed and its signature verified (not every row)."""
+        for key, signer, document in rows:
+            if hashlib.sha256(str(document).encode()).hexdigest() != digest:
                 continue
-            approval = _checked(row.document, row.target, row.signer)
+            approval = check(document, key, signer)
             if approval is not None and approval.digest == digest:
                 return approval
         return None
 
-    def _counted(self, conn: Connection, board: Board, target: str, now: float) -> list[Approval]:
-        """The stored approvals of ``target`` that count: each verifies, is a member's, was signed
-        under the current board's generation, has not expired and was not withdrawn (each row is
-        checked again: the operator may have written it)."""
-        valid: list[Approval] = []
-        rows = conn.execute(
-            select(successor_approvals.c.signer, successor_approvals.c.document).where(
-                successor_approvals.c.target == target
-            )
-        )
-        for row in rows:
-            approval = _checked(row.document, target, row.signer)
-            if (
-                approval is not None
-                and approval.expires > now
-                and approval.signer in board.members
-                and approval.generation == board.generation
-            ):
-                valid.append(approval)
+    @staticmethod
+    def _stored(conn: Connection, digest: str) -> Approval | None:
+        """The stored successor approval whose document has ``digest``, checked again (its
+        signature, and the row's target and signer its own; :meth:`find_stored`)."""
+        return Successors.find_stored(conn.execute(select(*_ROW)), _checked, digest)
+
+    def counting(
+        self, conn: Connection, board: Board, approvals: Iterable[_A | None], now: float
+    ) -> list[_A]:
+        """Of ``approvals`` (stored rows checked again, ``None`` for a row that is not what it
+        says: the operator may have written it), those that count: a member's, signed under the
+        current board's generation for the current master key id, not expired, not withdrawn.
+        The same for successor, board-change and retirement approvals."""
+        key_id = current_key_id(conn)
+        valid = [
+            a for a in approvals
+            if a is not None and a.expires > now and a.signer in board.members
+            and a.generation == board.generation and a.master_key_id == key_id
+        ]  # fmt: skip
         withdrawn = self._withdrawn(conn, {a.digest for a in valid})
         return [a for a in valid if a.digest not in withdrawn]
+
+    def _counted(self, conn: Connection, board: Board, target: str, now: float) -> list[Approval]:
+        """The stored approvals of ``target`` that count (:meth:`counting`)."""
+        rows = conn.execute(select(*_ROW).where(successor_approvals.c.target == target))
+        return self.counting(conn, board, (_checked(r.document, target, r.signer) for r in rows), now)
 
     def authorise(
         self, conn: Connection, peer: VerifiedEvidence, key_id: str, now: float, releaser: VerifiedEvidence
@@ -672,8 +644,9 @@ class Successors:
         mine, theirs = self.code(own), self.code(peer)
         if mine is not None and mine[0] in retired:
             raise AppraisalError(
-                f"this CAS's version ({_claims_shown(mine[1])}) was retired after it handed the master key"
-                " over to its successor: it releases the key to no one"
+                f"this CAS's version ({_claims_shown(mine[1])}) was retired (by a hand-over to its "
+                'successor, or by the board on its own: cas successor show lists it under "retired"): it '
+                "releases the key to no one"
             )
         if theirs is not None and theirs[0] in retired:
             raise AppraisalError(
@@ -706,13 +679,9 @@ class Successors:
         if mine is None:
             raise AppraisalError("this CAS's own evidence has no identity claims: it cannot be retired")
         digest, claims = mine
-        conn.execute(
-            insert(successor_retired).values(
-                identity=digest, platform=releaser.platform.value, claims=jcs(claims).decode(),
-                successor=authorisation["authorisation"], created_at=now,
-            )
-        )  # fmt: skip
-        bind_state(conn, self.cas.sealer)
+        self.store_retired(
+            conn, releaser.platform.value, claims, authorisation["authorisation"], now, retired_by="hand-over"
+        )
         event = {
             "identity": digest, "platform": releaser.platform.value, "claims": claims,
             "successor": authorisation["authorisation"], "successor_claims": authorisation["claims"],
@@ -722,6 +691,40 @@ class Successors:
         self.cas.events.record(conn, EVENT_RETIRED, None, event)
         return event
 
+    def store_retired(
+        self,
+        conn: Connection,
+        platform: str,
+        claims: Mapping[str, str],
+        by: str,
+        now: float,
+        *,
+        retired_by: str,
+    ) -> str:
+        """In a retirement's write transaction, after :func:`load_board` authenticated the board:
+        store the version (``claims``: all its identity claims after a hand-over, its code claims
+        for a retirement on its own) with ``by`` (the successor's target, or the retirement id),
+        and authenticate the board over the new set of retired versions; returns its identity
+        digest."""
+        digest = identity_digest(platform, claims)
+        conn.execute(
+            insert(successor_retired).values(
+                identity=digest, platform=platform, claims=jcs(dict(claims)).decode(), successor=by,
+                created_at=now, retired_by=retired_by,
+            )
+        )  # fmt: skip
+        bind_state(conn, self.cas.sealer)
+        return digest
+
+    @staticmethod
+    def retired_shown(conn: Connection) -> list[dict[str, Any]]:
+        """The retired versions as ``show`` lists them (:func:`_retired_row`), oldest first."""
+        return [
+            shown
+            for r in conn.execute(select(successor_retired).order_by(successor_retired.c.created_at))
+            if (shown := _retired_row(r)) is not None
+        ]
+
     def show(self) -> dict[str, Any]:
         """The board, this CAS's master key id and the approvals (for ``cas successor show``
         and for approvers, who sign the key id)."""
@@ -729,11 +732,7 @@ class Successors:
         with self.cas.db.read() as conn:
             board = self._board(conn)
             key_id = current_key_id(conn)
-            retired = [
-                shown
-                for r in conn.execute(select(successor_retired).order_by(successor_retired.c.created_at))
-                if (shown := _retired_row(r)) is not None
-            ]
+            retired = self.retired_shown(conn)
             rows = conn.execute(select(*_ROW)).all()
             checked = [(r, _checked(r.document, r.target, r.signer)) for r in rows]
             approvals = [a for _r, a in checked if a and a.expires > now]
@@ -836,5 +835,8 @@ def _retired_row(row: Any) -> dict[str, Any] | None:
             return None
     except (ValueError, TypeError, RecursionError, ConfideError):
         return None
-    return {"identity": str(row.identity), "platform": str(row.platform), "claims": claims,
-            "successor": str(row.successor), "retired_at": int(row.created_at)}  # fmt: skip
+    # "retired_by" is shown, not authenticated (NULL: a hand-over's, stored before schema 11)
+    by = "board" if row.retired_by == "board" else "hand-over"
+    named = {"retirement": str(row.successor)} if by == "board" else {"successor": str(row.successor)}
+    return {"identity": str(row.identity), "platform": str(row.platform), "claims": claims, **named,
+            "retired_at": int(row.created_at), "retired_by": by}  # fmt: skip

@@ -63,7 +63,9 @@ class EntryType(StrEnum):
     SUCCESSOR_BOARD_CHANGE_APPROVED = "successor.board-change-approved"  # a member's approval of a change
     SUCCESSOR_BOARD_CHANGE_REFUSED = "successor.board-change-refused"
     SUCCESSOR_BOARD_CHANGED = "successor.board-changed"  # the current board's quorum changed it
-    SUCCESSOR_VERSION_RETIRED = "successor.version-retired"  # the releasing version, after a hand-over
+    SUCCESSOR_VERSION_RETIRED = "successor.version-retired"  # after a hand-over, or the board's retirement
+    SUCCESSOR_RETIREMENT_APPROVED = "successor.retirement-approved"  # a member's approval of a retirement
+    SUCCESSOR_RETIREMENT_REFUSED = "successor.retirement-refused"
     POLICY_SUBMITTED = "policy.submitted"  # awaiting board approval
     POLICY_STALE = "policy.stale"  # a pending version that can no longer apply
     POLICY_REFUSED = "policy.refused"  # an update by an identity without the right

@@ -301,7 +301,7 @@ def _message(err: Any, path: Sequence[str | int]) -> str:
     if kind in ("string_too_short", "string_too_long"):
         size = len(value) if isinstance(value, str) else "?"
         return f"got a string of {size} characters, expected {err['msg'].removeprefix('String should have ')}"
-    if kind in ("union_tag_invalid", "union_tag_not_found", "access_rule"):
+    if kind in ("union_tag_invalid", "union_tag_not_found", "access_rule", "ocsp_declaration"):
         return f"got {_got(value, redact)}, {err['msg']}"
     return f"{err['msg']}: got {_got(value, redact)}"
 

@@ -14,10 +14,12 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key, l
 from pydantic import (
     AfterValidator,
     BeforeValidator,
+    Discriminator,
     Field,
     StrictBool,
     StrictInt,
     StrictStr,
+    Tag,
     model_validator,
 )
 
@@ -40,6 +42,8 @@ __all__ = [
     "Endpoint",
     "ExportTarget",
     "KeyType",
+    "OcspOptions",
+    "OcspSigner",
     "Secret",
     "SecretImport",
     "SecretKind",
@@ -95,6 +99,49 @@ class SecretImport(_Model):
     session: PolicyName
     secret: SecretName
     session_hash: Hex32 | None = None
+
+
+class OcspSigner(enum.StrEnum):
+    """Who signs a CA's OCSP responses (RFC 6960 §4.2.2.2 allows both; docs/cas.md "OCSP")."""
+
+    DELEGATED = "delegated"
+    """A short-lived responder certificate the CA issues (id-kp-OCSPSigning): the default."""
+    CA = "ca"
+    """The CA's own key, for relying parties that accept no delegated responder."""
+
+
+class OcspOptions(_Model):
+    """``ocsp: {signer: ...}``: the CAS answers OCSP for the CA, signed as ``signer`` says."""
+
+    signer: OcspSigner = OcspSigner.DELEGATED
+
+
+def _ocsp_tag(value: object) -> str | None:
+    # Tags with "[" are pydantic location segments the loader leaves out of the path it shows.
+    if isinstance(value, bool):
+        return "ocsp[flag]"
+    if isinstance(value, dict | OcspOptions):
+        return "ocsp[options]"
+    return None
+
+
+def _ocsp_normal(value: bool | OcspOptions) -> bool | OcspOptions:
+    """``{signer: delegated}`` (or ``{}``) means ``true``, and is held (and hashed) as ``true``:
+    one meaning, one canonical form; ``true`` keeps the hash it always had."""
+    if isinstance(value, OcspOptions) and value.signer is OcspSigner.DELEGATED:
+        return True
+    return value
+
+
+OcspDeclaration = Annotated[
+    Annotated[StrictBool, Tag("ocsp[flag]")] | Annotated[OcspOptions, Tag("ocsp[options]")],
+    Discriminator(
+        _ocsp_tag,
+        custom_error_type="ocsp_declaration",
+        custom_error_message="expected true, false or a mapping {signer: delegated|ca}",
+    ),
+    AfterValidator(_ocsp_normal),
+]
 
 
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -199,11 +246,13 @@ class Secret(_Model):
     without authentication, at an opaque URL, and with ``cas serve --public-url`` names that URL
     in an AuthorityInfoAccess caIssuers access method (RFC 5280 §4.2.2.1) of the certificates it
     issues under it (docs/cas.md "CA certificates (caIssuers)")."""
-    ocsp: StrictBool = False
+    ocsp: OcspDeclaration = False
     """confide extension (generated x509-ca): the CAS answers OCSP requests (RFC 6960) about the
     certificates this CA issued, to anyone, without authentication, at an opaque URL, and with
     ``cas serve --public-url`` names that URL in an AuthorityInfoAccess id-ad-ocsp access method
-    (RFC 5280 §4.2.2.1) of the certificates it issues under it (docs/cas.md "OCSP")."""
+    (RFC 5280 §4.2.2.1) of the certificates it issues under it (docs/cas.md "OCSP"). ``true``
+    (or ``{signer: delegated}``, held as ``true``): signed by a delegated responder certificate;
+    ``{signer: ca}``: signed by the CA's own key (:attr:`ocsp_signer`)."""
     import_: SecretImport | None = Field(default=None, alias="import")
 
     def _set_params(self) -> set[str]:
@@ -337,6 +386,13 @@ class Secret(_Model):
             raise ValueError("got dns/san with endpoint client, expected them only for server certificates")
 
     _check_x509_ca = _check_x509
+
+    @property
+    def ocsp_signer(self) -> OcspSigner | None:
+        """Who signs this CA's OCSP responses; ``None``: it has no OCSP responder."""
+        if isinstance(self.ocsp, OcspOptions):
+            return self.ocsp.signer
+        return OcspSigner.DELEGATED if self.ocsp else None
 
     @property
     def generated(self) -> bool:
