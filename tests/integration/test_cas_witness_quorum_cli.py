@@ -21,7 +21,7 @@ import httpx2
 import pytest
 from test_cas_e2e import apply, confide, identity, policy_yaml
 
-from cas_harness import ROOT, CasProcess, free_port, wait_for_log
+from cas_harness import ROOT, CasProcess, free_port, log_size, wait_for_log
 from confide import errors
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, NoteSigner, NoteVerifier
 from witness_servers import Witnesses
@@ -119,7 +119,8 @@ def test_a_rolled_back_database_is_refused_at_start(tmp_path: Path, witnesses: W
     try:
         alice, _ = identity(cas, tmp_path, "alice")
         assert apply(cas, tmp_path, policy_yaml("later", "00" * 48), alice).returncode == 0
-        _wait(lambda: min(witnesses.size(0), witnesses.size(1)) > old_size + 1, "the witnesses")
+        grown = wait_for_log(cas.env, old_size + 2)
+        _wait(lambda: witnesses.size(0) == witnesses.size(1) == log_size(cas.env) >= grown, "the witnesses")
     finally:
         cas.stop()
     newest = witnesses.size(0)
