@@ -152,7 +152,7 @@ def test_cosignatures_of_several_witnesses_are_all_kept(
 # --- the guard ---------------------------------------------------------------------------------
 
 
-def test_guard_quorum_halt_and_recovery_of_failures(
+def test_guard_counts_a_quorum_without_a_dead_witness_and_halts_on_a_fork(
     tmp_path: Path, log_signer: NoteSigner, witnesses: Witnesses
 ) -> None:
     clock = Monotonic()
