@@ -23,7 +23,7 @@ contain secret values.
     │   ├── MeasurementError (29)           event-log replay or reference-measurement mismatch
     │   └── RollbackError (60)              authentic, but older than the recorded version
     │       │                               (e.g. a protected volume presented with an old tag)
-    │       └── LogRollbackError (62)       a witness cosigned a log state this log does not
+    │       └── LogRollbackError (67)       a witness cosigned a log state this log does not
     │                                       extend: its database was rolled back, or forked
     ├── PolicyError (30)                    a policy document is invalid
     │   ├── AppraisalError (31)             verified evidence does not satisfy the policy
@@ -219,7 +219,7 @@ class LogRollbackError(RollbackError):
     or a smaller size (a copy of the database forked). The witness's word, not a network failure
     (docs/adr/0005-witness-quorum.md)."""
 
-    exit_code = 62
+    exit_code = 67
 
 
 class ConsistencyError(VerificationError):

@@ -1,6 +1,6 @@
 """``confide cas serve --witness-quorum`` for real: a CAS process over TLS, witnesses
 (``WitnessServer``) in the test process, all on 127.0.0.1. A database rolled back to a copy is
-refused at start (exit 62); a copy of the database run beside the CAS forks it, and the CAS halts
+refused at start (exit 67); a copy of the database run beside the CAS forks it, and the CAS halts
 its releases and changes while it runs (503, ``/metrics``, a JSON log line); an unreachable
 witness at start is refused (exit 40) unless a quorum is reached without it; ``cas attest``
 shows the bound witnesses and refuses a lower quorum than expected."""
@@ -130,7 +130,7 @@ def test_a_rolled_back_database_is_refused_at_start(tmp_path: Path, witnesses: W
         if (backup / path.name).exists():
             shutil.copy2(backup / path.name, path)
     r = _serve(data_dir, *witnesses.args(quorum=2))
-    assert r.returncode == errors.LogRollbackError.exit_code == 62, r.stderr[-2000:]
+    assert r.returncode == errors.LogRollbackError.exit_code == 67, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith(
         "error: LogRollbackError: --witness-quorum 2: not starting: witness http://127.0.0.1:"
@@ -188,7 +188,7 @@ def test_a_fork_halts_releases_while_running(tmp_path: Path, witnesses: Witnesse
                 refused = http.post(path, json={})
                 assert refused.status_code == 503, (path, refused.text)
                 assert refused.json()["error"]["class"] == "LogRollbackError"
-                assert refused.json()["error"]["exit_code"] == 62
+                assert refused.json()["error"]["exit_code"] == 67
             assert http.get("/v1/cas/evidence").status_code == 200  # reads go on
             assert http.get("/v1/log/checkpoint").status_code == 200
         r = apply(a, tmp_path, policy_yaml("third", "00" * 48), alice)

@@ -123,7 +123,7 @@ def test_a_forked_log_is_a_log_rollback_error(
     forked = _grow(b, log_signer, _entries("b", 3 + extra))
     with pytest.raises(errors.LogRollbackError, match="forked") as info:
         request_cosignatures(b, url, key, note=forked)
-    assert info.value.exit_code == 62
+    assert info.value.exit_code == 67
     assert witnesses.witnesses[0].latest(ORIGIN).size == 8  # type: ignore[union-attr]
     # The honest copy grows on: still cosigned.
     request_cosignatures(a, url, key, note=_grow(a, log_signer, _entries("a2", 2)), old_size=8)

@@ -63,7 +63,7 @@ def cas() -> None:
               " (default: the system's CAs).")  # fmt: skip
 @click.option("--witness-quorum", "witness_quorum", type=click.IntRange(min=1), metavar="N",
               help="N of the --witness witnesses must cosign the log before the CAS starts (else it"
-              " exits: 62 when one says the database was rolled back or forked, 40 without a"
+              " exits: 67 when one says the database was rolled back or forked, 40 without a"
               " quorum); while running, such an answer halts releases and changes until restart."
               ' The witness keys and N are bound into the CAS\'s evidence (docs/cas.md "Witness'
               ' quorum").')  # fmt: skip

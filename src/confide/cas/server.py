@@ -41,7 +41,7 @@ not published on a refresh.
 With ``--witness-quorum N`` (:mod:`confide.cas.witness_quorum`, docs/cas.md "Witness quorum")
 the CAS binds its witnesses' keys and N into that evidence, does not listen before N witnesses
 cosigned its log as it is (a witness's rollback or fork answer: :class:`LogRollbackError`, exit
-62), and halts releases and changes on such an answer while it runs (:class:`Checkpointer`).
+67), and halts releases and changes on such an answer while it runs (:class:`Checkpointer`).
 """
 
 from __future__ import annotations
