@@ -24,7 +24,9 @@ contain secret values.
     │   ├── BindingError (28)               report data / nonce / key binding mismatch
     │   ├── MeasurementError (29)           event-log replay or reference-measurement mismatch
     │   └── RollbackError (60)              authentic, but older than the recorded version
-    │                                       (e.g. a protected volume presented with an old tag)
+    │       │                               (e.g. a protected volume presented with an old tag)
+    │       └── LogRollbackError (67)       a witness cosigned a log state this log does not
+    │                                       extend: its database was rolled back, or forked
     ├── PolicyError (30)                    a policy document is invalid
     │   ├── AppraisalError (31)             verified evidence does not satisfy the policy
     │   ├── ConflictError (32)              stale predecessor, duplicate or no-longer-applicable version
@@ -58,6 +60,7 @@ __all__ = [
     "ConsistencyError",
     "EntryMismatchError",
     "EntryMissingError",
+    "LogRollbackError",
     "MeasurementError",
     "NetworkError",
     "ParseError",
@@ -220,6 +223,15 @@ class RollbackError(VerificationError):
     presented with an old tag, or a log presenting a tree smaller than one it presented before."""
 
     exit_code = 60
+
+
+class LogRollbackError(RollbackError):
+    """A transparency-log witness cosigned a state of this log that the log does not extend: a
+    larger tree than the log holds (its database was rolled back), or another tree of the same
+    or a smaller size (a copy of the database forked). The witness's word, not a network failure
+    (docs/adr/0005-witness-quorum.md)."""
+
+    exit_code = 67
 
 
 class ConsistencyError(VerificationError):

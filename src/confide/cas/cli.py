@@ -65,6 +65,15 @@ def cas() -> None:
 @click.option("--witness-cacert", type=click.Path(path_type=Path), metavar="FILE",
               help="Trust only the certificates in FILE (PEM) for https:// witnesses"
               " (default: the system's CAs).")  # fmt: skip
+@click.option("--witness-quorum", "witness_quorum", type=click.IntRange(min=1), metavar="N",
+              help="N of the --witness witnesses must cosign the log before the CAS starts (else it"
+              " exits: 67 when one says the database was rolled back or forked, 40 without a"
+              " quorum); while running, such an answer halts releases and changes until restart."
+              ' The witness keys and N are bound into the CAS\'s evidence (docs/cas.md "Witness'
+              ' quorum").')  # fmt: skip
+@click.option("--witness-max-lag", "witness_max_lag", metavar="SECONDS",
+              help="With --witness-quorum: refuse releases and changes while no checkpoint was"
+              " cosigned by a quorum for this long (10 to 2592000; default: no bound).")  # fmt: skip
 @click.option(
     "--nvidia-ocsp",
     "nvidia_ocsp",
@@ -196,6 +205,8 @@ def cas_serve(
     kds: str | None,
     witness_specs: tuple[str, ...],
     witness_cacert: Path | None,
+    witness_quorum: int | None,
+    witness_max_lag: str | None,
     seal: str,
     tee: str | None,
     evidence_refresh: str | None,
@@ -228,6 +239,7 @@ def cas_serve(
     from confide.cas.sealing import provider_for
     from confide.cas.server import parse_witnesses, serve
     from confide.cas.successor_board import parse_board_file
+    from confide.cas.witness_quorum import parse_max_lag
     from confide.ledger.http import client_tls_context
 
     refresh = DEFAULT_REFRESH_SECONDS
@@ -245,6 +257,10 @@ def cas_serve(
     provider = provider_for(seal)
     if witness_cacert is not None and not witness_specs:
         raise UsageError("--witness-cacert needs --witness")
+    if witness_quorum is not None and not witness_specs:
+        raise UsageError("--witness-quorum needs --witness URL=VKEY (at least as many as the quorum)")
+    if witness_max_lag is not None and witness_quorum is None:
+        raise UsageError("--witness-max-lag needs --witness-quorum")
     serve(
         data_dir,
         listen,
@@ -276,6 +292,8 @@ def cas_serve(
         session_tickets=tls_session_tickets,
         join_as_successor=join_as_successor,
         successor_board=None if successor_board is None else parse_board_file(successor_board),
+        witness_quorum=witness_quorum,
+        witness_max_lag=None if witness_max_lag is None else parse_max_lag(witness_max_lag),
     )
 
 
@@ -424,6 +442,13 @@ _CAS_TOLERANCES = (
               help="Accept a CAS in this state (as a policy's security.attestation.tolerate).")  # fmt: skip
 @click.option("--ignore-advisory", "ignore_advisories", multiple=True, metavar="ID",
               help="Accept this advisory ID (e.g. INTEL-SA-00615) in the CAS's TCB.")  # fmt: skip
+@click.option("--expect-witnesses", "expect_witnesses", type=click.IntRange(min=1), metavar="N",
+              help="Refuse a CAS whose attested witness quorum (cas serve --witness-quorum) is below"
+              " N; with --expect-witness, a CAS whose quorum does not always include N of those"
+              " witnesses.")  # fmt: skip
+@click.option("--expect-witness", "expect_witness_keys", multiple=True, metavar="VKEY",
+              help="A witness you trust (repeat): the CAS's quorum must include --expect-witnesses"
+              " of them (default 1) whichever of its witnesses cosign.")  # fmt: skip
 def cas_attest(
     url: str | None,
     sim_key: Path | None,
@@ -433,10 +458,14 @@ def cas_attest(
     collateral: str | None,
     tolerate: tuple[str, ...],
     ignore_advisories: tuple[str, ...],
+    expect_witnesses: int | None,
+    expect_witness_keys: tuple[str, ...],
 ) -> None:
     """Verify the CAS's own evidence, bound to its TLS certificate, and pin that certificate."""
-    from confide.cas.pin import attest_cas, write_pin
+    from confide.cas.pin import WitnessExpectation, attest_cas, write_pin
     from confide.collateral.dcap import source_for
+    from confide.errors import ParseError
+    from confide.ledger.note import NoteVerifier
     from confide.platforms.dcap import COLLATERAL_ENV
     from confide.policy.model import Tolerance
     from confide.verify.result import Platform
@@ -457,6 +486,15 @@ def cas_attest(
             raise UsageError(f"--measurement: got {m[:40]!r}, expected 32 or 48 bytes in hex")
         expected.append(text)
     expect = _expected_claims(expect_specs)
+    witness_expectation = None
+    if expect_witnesses is not None or expect_witness_keys:
+        trusted = []
+        for vkey in expect_witness_keys:
+            try:
+                trusted.append(NoteVerifier.from_vkey(vkey.strip()).vkey)
+            except ParseError as exc:
+                raise UsageError(f"--expect-witness: {exc.message}") from None
+        witness_expectation = WitnessExpectation(expect_witnesses or 1, tuple(trusted))
     location = collateral or os.environ.get(COLLATERAL_ENV)
     pinned = attest_cas(
         url,
@@ -466,6 +504,7 @@ def cas_attest(
         tolerate=tuple(Tolerance(t) for t in tolerate),
         ignore_advisories=ignore_advisories,
         expect=expect,
+        expect_witnesses=witness_expectation,
     )
     ev = pinned.evidence
     label = " (SIMULATED)" if ev.simulated else ""
@@ -488,6 +527,14 @@ def cas_attest(
         click.echo(f"  AMD CRL: {crl}", err=True)
     click.echo(f"  TLS certificate SHA-256: {pinned.certificate_sha256}", err=True)
     click.echo(f"  transparency log key: {pinned.log_key}", err=True)
+    witnesses = pinned.witnesses
+    if witnesses is None:
+        click.echo("  witness quorum: none (the CAS does not check its database against witnesses)", err=True)
+    else:
+        checked = " (as expected)" if witness_expectation is not None else ""
+        click.echo(f"  witness quorum: {witnesses.quorum} of {len(witnesses.keys)}{checked}", err=True)
+        for key in witnesses.keys:
+            click.echo(f"    witness: {key}", err=True)
     click.echo(f"  evidence obtained: {_obtained(pinned.obtained_at)}", err=True)
     if out:
         write_pin(pinned, out)
