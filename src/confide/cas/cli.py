@@ -6,18 +6,22 @@ Clients read the CAS location from the variables in ``client.env`` (``source DIR
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from confide.cas.sealing import SEAL_PROVIDERS
 from confide.errors import UsageError
 from confide.identity import Identity, load_identity
+
+if TYPE_CHECKING:
+    from confide.runtime.nvidia import GpuQuoteProvider
 
 __all__ = ["cas", "identity", "policy", "run"]
 
@@ -1146,15 +1150,38 @@ def policy_revoke(
     "libnvidia-ml.so.1): all of them, or the first N; with --tee tdx, sev-snp, az-vtpm or sim.",
 )
 @click.option(
+    "--gpu-index",
+    "gpu_index",
+    metavar="I,J,...",
+    help="Instead of --gpus: attest the GPUs with these NVML indices (e.g. 0,2, as nvidia-smi "
+    "numbers them), each once, their reports sent in this order.",
+)
+@click.option(
+    "--gpu-ready-state",
+    "gpu_ready_state",
+    type=click.Choice(["set", "skip"]),
+    help="With --gpus/--gpu-index: 'set' (the default) sets the GPUs' confidential-computing ready "
+    "state (they then accept CUDA work) after the CAS accepted them, right before COMMAND starts; "
+    "it is system-wide, so every GPU must be attested, and needs root. 'skip' leaves it alone.",
+)
+@click.option(
     "--gpu-ocsp",
     "gpu_ocsp",
     metavar="URL|DIR",
-    help="With --gpus: staple the OCSP responses about each GPU's certificate chain to the evidence, "
-    "fetched from this responder (NVIDIA's is https://ocsp.ndis.nvidia.com/) or read from "
-    "DIR/<serial hex>.der, for a CAS that does not ask the responder itself.",
+    help="With --gpus/--gpu-index: staple the OCSP responses about each GPU's certificate chain to "
+    "the evidence, fetched from this responder (NVIDIA's is https://ocsp.ndis.nvidia.com/) or read "
+    "from DIR/<serial hex>.der, for a CAS that does not ask the responder itself.",
 )
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def run(config_id: str, tee: str, gpus: str | None, gpu_ocsp: str | None, command: tuple[str, ...]) -> None:
+def run(
+    config_id: str,
+    tee: str,
+    gpus: str | None,
+    gpu_index: str | None,
+    gpu_ready_state: str | None,
+    gpu_ocsp: str | None,
+    command: tuple[str, ...],
+) -> None:
     """Attest, receive configuration and secrets, and exec COMMAND (after --)."""
     from confide.cas.client import CasClient
     from confide.runtime.quote import (
@@ -1168,9 +1195,12 @@ def run(config_id: str, tee: str, gpus: str | None, gpu_ocsp: str | None, comman
     policy_name, sep, service = config_id.rpartition("/")
     if not sep or not policy_name or not service:
         raise UsageError(f"--config-id: got {config_id!r}, expected POLICY/SERVICE")
-    gpu_count = _gpu_count(gpus, tee) if gpus is not None else None
-    if gpu_ocsp is not None and gpus is None:
-        raise UsageError("--gpu-ocsp needs --gpus")
+    with_gpus = gpus is not None or gpu_index is not None
+    gpu_count, gpu_indices = _gpu_selection(gpus, gpu_index, tee) if with_gpus else (None, None)
+    if gpu_ocsp is not None and not with_gpus:
+        raise UsageError("--gpu-ocsp needs --gpus or --gpu-index")
+    if gpu_ready_state is not None and not with_gpus:
+        raise UsageError("--gpu-ready-state needs --gpus or --gpu-index")
     provider: QuoteProvider
     measured = None
     if tee == "sim":
@@ -1202,40 +1232,84 @@ def run(config_id: str, tee: str, gpus: str | None, gpu_ocsp: str | None, comman
         provider = NitroQuoteProvider(transport)
     else:
         provider = GramineQuoteProvider()
-    if gpus is not None:
+    before_exec = None
+    if with_gpus:
         from confide.collateral.nvidia_ocsp import source_for as ocsp_source_for
         from confide.runtime.nvidia import GpuQuoteProvider, NvmlGpuSource
 
         # No NVML, or no such directory: refuse before asking the CAS for a nonce.
         stapler = ocsp_source_for(gpu_ocsp, "--gpu-ocsp") if gpu_ocsp is not None else None
-        provider = GpuQuoteProvider(provider, NvmlGpuSource(), count=gpu_count, ocsp=stapler)
+        gpu_provider = GpuQuoteProvider(
+            provider,
+            NvmlGpuSource(),
+            count=gpu_count,
+            indices=gpu_indices,
+            ocsp=stapler,
+            ready=gpu_ready_state != "skip",
+            warn=lambda message: click.echo(f"confide run: warning: {message}", err=True),
+        )
+        provider = gpu_provider
+        if gpu_ready_state != "skip":
+            before_exec = functools.partial(_gpus_ready, gpu_provider)
     client = CasClient.from_env()
     plan = attest_and_prepare(client, provider, policy_name, service, list(command))
     if measured is not None:
         plan = dataclasses.replace(plan, measured=measured)
     sys.stdout.flush()
+    # From here on the CAS accepted the attestation and its release decrypted: only now, right
+    # before the program starts, may the GPUs' ready state be set (before_exec).
     if plan.volumes:
-        code = supervise(plan, client)
+        code = supervise(plan, client, before_exec=before_exec)
         client.close()
         sys.exit(code)
     client.close()
-    launch(plan)
+    launch(plan, before_exec=before_exec)
 
 
 _GPU_TEES = ("tdx", "sev-snp", "az-vtpm", "sim")  # confide.policy.attestation.GPU_HOSTS
 
 
-def _gpu_count(gpus: str, tee: str) -> int | None:
-    """``--gpus``: None for ``all``, else the number (1 to MAX_GPUS); only with a VM TEE."""
+def _gpu_selection(
+    gpus: str | None, gpu_index: str | None, tee: str
+) -> tuple[int | None, tuple[int, ...] | None]:
+    """``--gpus`` (None for ``all``, else the number, 1 to MAX_GPUS) or ``--gpu-index`` (the
+    indices): (count, indices); only with a VM TEE."""
     from confide.policy.attestation import MAX_GPUS
+    from confide.runtime.nvidia import parse_gpu_indices
 
+    option = "--gpus" if gpus is not None else "--gpu-index"
     if tee not in _GPU_TEES:
         raise UsageError(
-            f"--gpus: got --tee {tee}, expected one of {', '.join(_GPU_TEES)} (GPUs in "
+            f"{option}: got --tee {tee}, expected one of {', '.join(_GPU_TEES)} (GPUs in "
             "confidential-computing mode belong to confidential VMs, not to enclaves)"
         )
+    if gpus is not None and gpu_index is not None:
+        raise UsageError("give --gpus (all or a number) or --gpu-index (which GPUs), not both")
+    if gpu_index is not None:
+        return None, parse_gpu_indices(gpu_index)
+    assert gpus is not None
     if gpus == "all":
-        return None
+        return None, None
     if not (gpus.isascii() and gpus.isdigit()) or not 1 <= int(gpus) <= MAX_GPUS:
-        raise UsageError(f"--gpus: got {gpus[:20]!r}, expected 'all' or a number from 1 to {MAX_GPUS}")
-    return int(gpus)
+        raise UsageError(
+            f"--gpus: got {gpus[:20]!r}, expected 'all' or a number from 1 to {MAX_GPUS} (to name "
+            "GPUs: --gpu-index)"
+        )
+    return int(gpus), None
+
+
+def _gpus_ready(provider: GpuQuoteProvider) -> None:
+    """``confide run``'s ``before_exec`` with ``--gpu-ready-state set``: the CAS accepted the GPUs."""
+    already = provider.mark_ready()
+    gpus = ", ".join(map(str, provider.attested))
+    if already:
+        click.echo(
+            f"confide run: the GPUs' ready state was set already (left as it is); GPU(s) {gpus} attested",
+            err=True,
+        )
+    else:
+        click.echo(
+            f"confide run: GPU(s) {gpus} attested and accepted by the CAS: ready state set, the GPUs "
+            "accept client requests",
+            err=True,
+        )
