@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from cas_inproc import InProcessCas, InProcessClient, last_attestation
+from cas_inproc import InProcessCas, InProcessClient, RuntimeKey, last_attestation
 from confide import errors
 from confide.cas.client import CasClient
 from confide.runtime import nvidia
@@ -251,8 +251,6 @@ def test_gpus_by_index_end_to_end(cas: InProcessCas) -> None:
 
 
 def test_gpu_index_order_is_the_slot_order(cas: InProcessCas) -> None:
-    from cas_inproc import RuntimeKey
-
     evidence = GpuQuoteProvider(sim_cpu(cas), FakeGpus(3), indices=[2, 0]).get_evidence(
         RuntimeKey(cas.cas).binding
     )
