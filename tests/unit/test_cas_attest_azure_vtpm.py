@@ -204,6 +204,19 @@ def test_real_azure_tdx_evidence_is_verified_up_to_the_binding(cas: Cas) -> None
     rt = RuntimeKey(cas)
     body = request(rt, evidence, service="aztdx", platform="az-tdx-vtpm", aux={"collateral": collateral})
     refused(cas, body, errors.BindingError, "az-tdx-vtpm nonce got 6368616c6c656e6765")
+    # the TD quote's collateral vintage is recorded (Intel PCS API v4 tcbEvaluationDataNumber)
+    bundle = json.loads(collateral)
+    want = {
+        "tcb_info": json.loads(bundle["tcb_info"])["tcbEvaluationDataNumber"],
+        "qe_identity": json.loads(bundle["qe_identity"])["tcbEvaluationDataNumber"],
+    }
+    assert last_attestation(cas)["tcb_evaluation"] == want
+
+
+def test_other_platforms_record_no_tcb_evaluation(cas: Cas) -> None:
+    rt = RuntimeKey(cas)
+    rt.open(cas.attest(request(rt, azure_snp_evidence(user_data=rt.binding, extra_data=rt.binding))))
+    assert "tcb_evaluation" not in last_attestation(cas)
 
 
 def test_policy_factors_are_validated() -> None:

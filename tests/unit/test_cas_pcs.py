@@ -110,6 +110,12 @@ def verified_then_unbound(cas: Cas, body: dict[str, Any], tee: str = "sgx") -> d
     refused(cas, body, errors.BindingError, f"{tee} report data got")
     event = last_attestation(cas)
     assert event["tcb_status"] == STATUS[tee]
+    # the TCB evaluation data numbers of the collateral that judged it (Intel PCS API v4)
+    coll = DcapCollateral.from_dcap_qvl_json(CASE[tee].collateral_bytes())
+    assert event["tcb_evaluation"] == {
+        "tcb_info": json.loads(coll.tcb_info)["tcbEvaluationDataNumber"],
+        "qe_identity": json.loads(coll.qe_identity)["tcbEvaluationDataNumber"],
+    }
     return event
 
 

@@ -2231,6 +2231,13 @@ def _evidence_summary(v: VerifiedEvidence) -> dict[str, Any]:
         summary.update(_revocation_summary(v))
     if v.platform is Platform.SEV_SNP:  # the runtime sent the VCEK, or the CAS fetched it (--kds)
         summary["vcek_source"] = v.details.get("vcek_source")
+    if v.tcb_evaluation is not None:
+        # Intel DCAP: the tcbEvaluationDataNumber of the TCB Info and QE Identity that judged
+        # this evidence (Intel PCS API v4), so that an auditor sees the collateral's vintage
+        summary["tcb_evaluation"] = {
+            "tcb_info": v.tcb_evaluation.tcb_info,
+            "qe_identity": v.tcb_evaluation.qe_identity,
+        }
     return summary
 
 
