@@ -22,6 +22,7 @@ from confide import errors
 from confide.cas.cli import _obtained
 from confide.cas.own_evidence import CasEvidence, EvidenceRefresher, parse_refresh_interval, rfc3339
 from confide.cas.pin import verify_cas_evidence
+from confide.cas.self_check import SelfCheck
 from confide.cas.server import prepare
 from confide.runtime.quote import CONFIGFS_TSM_ROOT
 
@@ -209,6 +210,21 @@ def test_dev_cas_reissues_its_simulated_evidence(dev_cas: Any) -> None:
         "verified": True, "platform": "sim", "tcb_status": None, "advisory_ids": [], "debug": False,
         "simulated": True,
     }  # fmt: skip
+
+
+def test_minimum_tcb_evaluation_judges_intel_evidence_only(dev_cas: Any) -> None:
+    """``cas serve --min-tcb-eval-number`` leaves the own evidence of a CAS on another platform
+    (here the simulator) as it is (its summary has no numbers); ``cas attest
+    --min-tcb-eval-number`` asked of such a CAS is a usage error, not a silent pass."""
+    _clock, evidence, cert_der, sim_key = dev_cas
+    check = SelfCheck(cert_der, sim_key_pem=sim_key, min_tcb_evaluation_data_number=1000)
+    summary = check(evidence.body, T0)
+    assert summary["verified"] is True and "tcb_evaluation" not in summary
+    assert check.verified(evidence.body, T0).tcb_evaluation is None
+    with pytest.raises(errors.UsageError, match="applies to Intel DCAP evidence only"):
+        verify_cas_evidence(
+            cert_der, evidence.body, sim_key_pem=sim_key, at=T0, min_tcb_evaluation_data_number=1
+        )
 
 
 # --- obtained_at as `confide cas attest` reads it ----------------------------------------------------

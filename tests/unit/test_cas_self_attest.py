@@ -933,3 +933,54 @@ def test_sgx_outdated_tcb_is_refused_unless_tolerated(cert_der: bytes) -> None:
     with pytest.raises(errors.BindingError):
         _dcap(advised, cert_der, tolerate=(Tolerance.OUTDATED_TCB,),
               ignore_advisories=("INTEL-SA-00960", "INTEL-SA-00657", "INTEL-SA-00767", "INTEL-SA-00615"))  # fmt: skip
+
+
+# --- --min-tcb-eval-number: cas attest, and the CAS's own evidence (cas serve) ---------------------
+
+
+def _numbers(case: Case) -> tuple[int, int]:
+    bundle = json.loads(case.collateral_bytes())
+    return (
+        json.loads(bundle["tcb_info"])["tcbEvaluationDataNumber"],
+        json.loads(bundle["qe_identity"])["tcbEvaluationDataNumber"],
+    )
+
+
+def test_cas_attest_minimum_tcb_evaluation(cert_der: bytes) -> None:
+    """Checked right after verification, before the binding: at the collateral's own number the
+    real quote goes on to the binding (which it cannot pass here); above it, refused for its
+    collateral with the numbers and the option named."""
+    case = _case("tdx/google-go-tdx-guest/cos-113-tdx-quote.dat", "collateral_0625_00806f050000.dcapqvl.json")
+    lowest = min(_numbers(case))
+    with pytest.raises(errors.BindingError):
+        _dcap(case, cert_der, min_tcb_evaluation_data_number=lowest)
+    with pytest.raises(errors.CollateralOutdatedError, match="cas attest --min-tcb-eval-number") as info:
+        _dcap(case, cert_der, min_tcb_evaluation_data_number=lowest + 1)
+    assert f"tcbEvaluationDataNumber {lowest}, expected at least {lowest + 1}" in info.value.message
+
+
+def test_self_check_applies_the_cas_minimum_to_its_own_evidence(cert_der: bytes) -> None:
+    from confide.cas.self_check import SelfCheck
+
+    case = _case("tdx/google-go-tdx-guest/cos-113-tdx-quote.dat", "collateral_0625_00806f050000.dcapqvl.json")
+    lowest = min(_numbers(case))
+    doc = {"platform": "tdx", "evidence": base64.b64encode(case.quote_bytes()).decode(), "log_key": "k"}
+    body = json.dumps(doc).encode()
+    collateral = source_for(str(ASSETS / case.collateral))
+    for minimum in (None, lowest):  # verified, then refused for the binding only
+        check = SelfCheck(cert_der, collateral=collateral, min_tcb_evaluation_data_number=minimum)
+        with pytest.raises(errors.BindingError):
+            check(body, case.time)
+        with pytest.raises(errors.BindingError):
+            check.verified(body, case.time)
+    strict = SelfCheck(cert_der, collateral=collateral, min_tcb_evaluation_data_number=lowest + 1)
+    for run in (strict, strict.verified):
+        with pytest.raises(errors.CollateralOutdatedError, match="the CAS's own evidence"):
+            run(body, case.time)
+
+
+def test_cli_cas_attest_has_the_option() -> None:
+    r = run_confide("cas", "attest", "--help")
+    assert "--min-tcb-eval-number" in r.stdout
+    r = run_confide("cas", "attest", "https://127.0.0.1:1", "--min-tcb-eval-number", "0")
+    assert r.returncode == errors.UsageError.exit_code, r.stderr

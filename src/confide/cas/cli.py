@@ -453,6 +453,9 @@ _CAS_TOLERANCES = (
 @click.option("--expect-witness", "expect_witness_keys", multiple=True, metavar="VKEY",
               help="A witness you trust (repeat): the CAS's quorum must include --expect-witnesses"
               " of them (default 1) whichever of its witnesses cosign.")  # fmt: skip
+@click.option("--min-tcb-eval-number", "min_tcb_eval", type=click.IntRange(1, 0xFFFF_FFFF), metavar="N",
+              help="SGX/TDX: refuse a CAS whose evidence verifies only with Intel collateral (TCB Info,"
+              " QE Identity) of a TCB evaluation data number below N (exit 62).")  # fmt: skip
 def cas_attest(
     url: str | None,
     sim_key: Path | None,
@@ -464,6 +467,7 @@ def cas_attest(
     ignore_advisories: tuple[str, ...],
     expect_witnesses: int | None,
     expect_witness_keys: tuple[str, ...],
+    min_tcb_eval: int | None,
 ) -> None:
     """Verify the CAS's own evidence, bound to its TLS certificate, and pin that certificate."""
     from confide.cas.pin import WitnessExpectation, attest_cas, write_pin
@@ -509,6 +513,7 @@ def cas_attest(
         ignore_advisories=ignore_advisories,
         expect=expect,
         expect_witnesses=witness_expectation,
+        min_tcb_evaluation_data_number=min_tcb_eval,
     )
     ev = pinned.evidence
     label = " (SIMULATED)" if ev.simulated else ""
@@ -516,6 +521,14 @@ def cas_attest(
     if ev.tcb_status is not None:
         advisories = f" (advisories: {', '.join(ev.advisory_ids)})" if ev.advisory_ids else ""
         click.echo(f"  TCB status: {ev.tcb_status.value}{advisories}", err=True)
+    if ev.tcb_evaluation is not None:
+        numbers = ev.tcb_evaluation
+        checked = f" (at least {min_tcb_eval}, as expected)" if min_tcb_eval is not None else ""
+        click.echo(
+            f"  TCB evaluation data numbers: TCB Info {numbers.tcb_info}, QE Identity {numbers.qe_identity}"
+            f"{checked}",
+            err=True,
+        )
     checked = " (as expected)" if expected else " (not checked: pass --measurement)"
     claim = pinned.measurement_claim
     click.echo(f"  {claim}: {ev.claims.get(claim)}{checked}", err=True)

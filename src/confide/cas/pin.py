@@ -56,6 +56,7 @@ from confide.errors import (
     UsageError,
 )
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, NoteVerifier
+from confide.platforms import require_tcb_evaluation
 from confide.policy.appraise import check_security
 from confide.policy.model import AttestationSecurity, Tolerance
 from confide.sim.platform import load_platform_public_key
@@ -450,16 +451,23 @@ def verify_cas_document(
     at: datetime,
     collateral: DcapCollateralSource | None = None,
     amd_roots: AmdRootStore | None = None,
+    min_tcb_evaluation_data_number: int | None = None,
 ) -> PinnedCas:
     """The verification core of :func:`verify_cas_evidence` without its appraisal: the document
     is parsed, its evidence verified (signatures, certificate chains, collateral) and its binding
     to ``cert_der`` and the log key checked. Debug mode, the TCB status and advisories are
     *reported* in the result (``evidence.claims["debug"]``, ``evidence.tcb_status``,
     ``evidence.advisory_ids``), not judged: that is the client's decision. The CAS runs this on
-    its own document before publishing it (:mod:`confide.cas.self_check`)."""
+    its own document before publishing it (:mod:`confide.cas.self_check`), with
+    ``min_tcb_evaluation_data_number`` of ``cas serve --min-tcb-eval-number``: DCAP evidence
+    verified with older collateral is refused (:class:`~confide.errors.CollateralOutdatedError`)
+    before the binding is checked; other platforms' evidence is not affected."""
     verified, document = _verify_document(
         body, sim_key_pem=sim_key_pem, at=at, collateral=collateral, amd_roots=amd_roots
     )
+    if min_tcb_evaluation_data_number is not None and verified.tcb_evaluation is not None:
+        where = "cas serve --min-tcb-eval-number, the CAS's own evidence"
+        require_tcb_evaluation(verified, min_tcb_evaluation_data_number, where)
     return _pin(cert_der, verified, document)
 
 
@@ -476,12 +484,17 @@ def verify_cas_evidence(
     amd_roots: AmdRootStore | None = None,
     expect: Mapping[str, tuple[str, ...]] | None = None,
     expect_witnesses: WitnessExpectation | None = None,
+    min_tcb_evaluation_data_number: int | None = None,
 ) -> PinnedCas:
     """Verify the CAS's evidence document ``body`` for the certificate ``cert_der`` it was
     served with; see :func:`attest_cas`."""
     verified, document = _verify_document(
         body, sim_key_pem=sim_key_pem, at=at, collateral=collateral, amd_roots=amd_roots
     )
+    if min_tcb_evaluation_data_number is not None:
+        # As confide evidence verify --min-tcb-eval-number: CollateralOutdatedError (exit 62),
+        # a UsageError for evidence of a platform without Intel collateral.
+        require_tcb_evaluation(verified, min_tcb_evaluation_data_number, "cas attest --min-tcb-eval-number")
     # The same tolerance rules as a policy's security.attestation (confide.policy.appraise);
     # simulated evidence is the caller's explicit choice (--sim-key).
     try:
@@ -574,6 +587,7 @@ def attest_cas(
     amd_roots: AmdRootStore | None = None,
     expect: Mapping[str, tuple[str, ...]] | None = None,
     expect_witnesses: WitnessExpectation | None = None,
+    min_tcb_evaluation_data_number: int | None = None,
 ) -> PinnedCas:
     """Verify the CAS's evidence and its binding to the TLS certificate and log key (and, from
     a CAS with a witness quorum, its witnesses).
@@ -587,7 +601,10 @@ def attest_cas(
     (:data:`MEASUREMENT_CLAIMS`); with ``expect`` (claim → allowed values), every named claim
     must equal one of its values (:func:`expected_claim_mismatches`); with ``expect_witnesses``
     the bound witness quorum must satisfy it (:func:`witness_mismatches`). The pin is refused
-    otherwise, naming every mismatch."""
+    otherwise, naming every mismatch. With ``min_tcb_evaluation_data_number`` (SGX/TDX only), the
+    TCB Info and QE Identity the evidence was verified with must both be of that TCB evaluation
+    or later (:func:`~confide.platforms.require_tcb_evaluation`:
+    :class:`~confide.errors.CollateralOutdatedError`)."""
     cert_der, body = fetch_unverified(url, "/v1/cas/evidence")
     pinned = verify_cas_evidence(
         cert_der,
@@ -601,6 +618,7 @@ def attest_cas(
         amd_roots=amd_roots,
         expect=expect,
         expect_witnesses=expect_witnesses,
+        min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
     )
     return dataclasses.replace(pinned, url=url)
 

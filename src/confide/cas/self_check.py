@@ -7,7 +7,9 @@ DCAP collateral source of ``--collateral`` (TDX, SGX, az-tdx-vtpm) and the pinne
 (SEV-SNP, az-snp-vtpm; replaceable for test PKIs only). Signatures, certificate chains,
 collateral and the binding to the TLS certificate and log key must verify; debug mode, the TCB
 status and advisories are not judged (that is the client's decision, ``--tolerate``) but
-reported in :meth:`SelfCheck.__call__`'s summary, which the CAS logs.
+reported in :meth:`SelfCheck.__call__`'s summary, which the CAS logs. With ``cas serve
+--min-tcb-eval-number N``, DCAP evidence verified with collateral of an older TCB evaluation is
+refused (:class:`~confide.errors.CollateralOutdatedError`), as a client's would be.
 
 Without a collateral source, DCAP evidence cannot be verified locally: the summary says so
 (``"verified": false``) and the document is published unchecked; the CAS logs that once at
@@ -48,6 +50,9 @@ class SelfCheck:
     collateral: DcapCollateralSource | None = None
     amd_roots: AmdRootStore | None = None
     sim_key_pem: bytes | None = None
+    min_tcb_evaluation_data_number: int | None = None
+    """``cas serve --min-tcb-eval-number``: the CAS's own DCAP evidence is judged by the minimum
+    it applies to its clients' (:func:`~confide.cas.pin.verify_cas_document`)."""
 
     def verified(self, body: bytes, at: datetime) -> VerifiedEvidence:
         """The CAS's own document ``body`` verified at ``at`` (as :meth:`__call__` checks it),
@@ -64,6 +69,7 @@ class SelfCheck:
             at=at,
             collateral=self.collateral,
             amd_roots=self.amd_roots,
+            min_tcb_evaluation_data_number=self.min_tcb_evaluation_data_number,
         ).evidence
 
     def __call__(self, body: bytes, at: datetime) -> dict[str, Any]:
@@ -79,10 +85,11 @@ class SelfCheck:
             at=at,
             collateral=self.collateral,
             amd_roots=self.amd_roots,
+            min_tcb_evaluation_data_number=self.min_tcb_evaluation_data_number,
         )
         evidence = pinned.evidence
         debug = evidence.claims.get("debug")
-        return {
+        summary: dict[str, Any] = {
             "verified": True,
             "platform": evidence.platform.value,
             "tcb_status": evidence.tcb_status.value if evidence.tcb_status else None,
@@ -90,3 +97,9 @@ class SelfCheck:
             "debug": debug if isinstance(debug, bool) else None,
             "simulated": evidence.platform is Platform.SIMULATED,
         }
+        if evidence.tcb_evaluation is not None:
+            summary["tcb_evaluation"] = {
+                "tcb_info": evidence.tcb_evaluation.tcb_info,
+                "qe_identity": evidence.tcb_evaluation.qe_identity,
+            }
+        return summary

@@ -695,7 +695,10 @@ def prepare(
                 document = with_kds_vcek(document, own_kds, now)
             return {**document, "log_key": log_key, **bound}
 
-        check = SelfCheck(cert_der, collateral=dcap_source, amd_roots=amd_roots)
+        check = SelfCheck(
+            cert_der, collateral=dcap_source, amd_roots=amd_roots,
+            min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
+        )  # fmt: skip
         try:
             cas_evidence = CasEvidence(from_tee, check=check, clock=clock)
         except ConfideError as exc:
