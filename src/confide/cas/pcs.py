@@ -38,7 +38,11 @@ cause: a refusal recorded with the attestation. A source built with a minimum TC
 data number (``cas serve --min-tcb-eval-number``) that answers older collateral fails with
 :class:`~confide.errors.CollateralOutdatedError` instead, kept like any failure (and the source
 keeps no such answer on its disk), so the next attestation after :data:`FAILURE_GRACE` asks
-again.
+again. With a :class:`~confide.cas.tcb_floor.TcbEvaluationFloor` (``floor``), collateral in
+memory whose TCB Info or QE Identity is below the floor the CAS has reached since it was fetched
+(another CA's entry of the same FMSPC, another platform's newer QE Identity) is not served: the
+prefetch fetches it again (its numbers are read once, unverified, when it is fetched: they only
+decide what is served from memory; the verified ones are judged).
 
 PCK certificates: a quote whose certification data only names its PCK certificate (types 1-4,
 :class:`~confide.evidence.dcap.PckCertId`) needs it before the platform's FMSPC and PCK CA (the
@@ -70,6 +74,7 @@ from confide import jsonstrict
 from confide.cas.fetch_cache import FetchCache
 from confide.cas.fetch_stats import FetchStats
 from confide.cas.flight import SingleFlight
+from confide.cas.tcb_floor import TcbEvaluationFloor
 from confide.collateral.dcap import PCK_CERT_CACHE_TIME, DcapCollateralSource, PckCertificateSource
 from confide.errors import CollateralMissingError, CollateralOutdatedError, ConfideError, ParseError
 from confide.evidence.dcap import PckCertId, TeeType
@@ -112,6 +117,8 @@ class _Entry:
     expires: datetime | None
     """The earliest nextUpdate of the four pieces; ``None``: one had none (never current)."""
     fetched: float  # monotonic
+    numbers: tuple[int, int] = (0, 0)
+    """The (TCB Info, QE Identity) tcbEvaluationDataNumber as read, unverified, when fetched."""
 
 
 class DcapCollateralCache:
@@ -125,10 +132,12 @@ class DcapCollateralCache:
         where: str = "Intel PCS",
         max_entries: int = MEMORY_ENTRIES,
         monotonic: Callable[[], float] = time.monotonic,
+        floor: TcbEvaluationFloor | None = None,
     ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be >= 1")
         self.source = source
+        self.floor = floor
         self.where = where
         self.max_entries = max_entries
         self.monotonic = monotonic
@@ -157,9 +166,18 @@ class DcapCollateralCache:
     def cached(self, key: DcapKey, at: datetime) -> DcapCollateral | None:
         """The collateral in memory if it is current at ``at`` (before its earliest nextUpdate)."""
         entry = self._memory.get(key)
-        if entry is None or entry.expires is None or not at < entry.expires:
+        if entry is None or entry.expires is None or not at < entry.expires or self._below_floor(key, entry):
             return None
         return entry.collateral
+
+    def _below_floor(self, key: DcapKey, entry: _Entry) -> bool:
+        """Whether ``entry`` is older than the floor reached since it was fetched (module
+        docstring): not served, fetched again."""
+        if self.floor is None:
+            return False
+        tee = "tdx" if key.tee == TeeType.TDX else "sgx"
+        tcb_info, qe_identity = self.floor.floors(tee, key.fmspc.hex())
+        return entry.numbers[0] < tcb_info or entry.numbers[1] < qe_identity
 
     def _recent(self, key: DcapKey) -> _Entry | tuple[float, ConfideError] | None:
         """The outcome of a fetch of ``key`` in the last :data:`FAILURE_GRACE` seconds."""
@@ -171,7 +189,7 @@ class DcapCollateralCache:
             and now - failed[0] < FAILURE_GRACE
         ):
             return failed
-        if entry is not None and now - entry.fetched < FAILURE_GRACE:
+        if entry is not None and now - entry.fetched < FAILURE_GRACE and not self._below_floor(key, entry):
             return entry
         return None
 
@@ -253,7 +271,7 @@ class DcapCollateralCache:
                 f"fetching the DCAP collateral of {key} from {self.where} failed: {exc.kind}: {exc.message}"
             ) from None
         expires = _expires(collateral)
-        self._remember(key, _Entry(collateral, expires, self.monotonic()))
+        self._remember(key, _Entry(collateral, expires, self.monotonic(), _numbers(collateral)))
         _log("pcs-fetched", key, next_update=expires.isoformat() if expires else "none")
         return collateral
 
@@ -297,6 +315,20 @@ class DcapCollateralCache:
             ) from None
         log.info(json.dumps({"event": "pck-fetched", "cert_type": cert_id.cert_type}))
         return self.monotonic(), pck
+
+
+def _numbers(c: DcapCollateral) -> tuple[int, int]:
+    """The (TCB Info, QE Identity) tcbEvaluationDataNumber as the texts say (unverified: they
+    decide what memory serves, :meth:`DcapCollateralCache._below_floor`); 0 where unreadable
+    (the verifier refuses such collateral anyway)."""
+    found = []
+    for text in (c.tcb_info, c.qe_identity):
+        try:
+            number = json.loads(text).get("tcbEvaluationDataNumber")
+        except (ValueError, AttributeError):
+            number = None
+        found.append(number if isinstance(number, int) and not isinstance(number, bool) else 0)
+    return found[0], found[1]
 
 
 def _expires(c: DcapCollateral) -> datetime | None:

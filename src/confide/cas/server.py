@@ -99,6 +99,7 @@ from confide.cas.secrets import Sealer
 from confide.cas.self_check import SelfCheck
 from confide.cas.successor import Successors
 from confide.cas.successor_board import EVENT_BOARD, Board, store_board
+from confide.cas.tcb_floor import FLOOR_FILE, TcbEvaluationFloor
 from confide.cas.verifier import PlatformVerifier
 from confide.cas.witness_quorum import START_ATTEMPTS, START_DELAYS, Round, WitnessGuard, WitnessQuorum
 from confide.collateral import is_url, public_url
@@ -590,8 +591,13 @@ def prepare(
         # Before anything else is read or written: finish an interrupted master-key rotation,
         # and refuse a key that is not the one the database names (confide.cas.rotation).
         master = open_master_key(data_dir, seal, database)
+    # The highest TCB evaluation numbers verified so far (docs/cas.md "No going back"): read
+    # before anything is verified; a file that does not parse stops the CAS.
+    tcb_floor = TcbEvaluationFloor(data_dir / FLOOR_FILE)
     dcap_source = (
-        source_for(collateral, min_tcb_evaluation_data_number=min_tcb_evaluation_data_number)
+        source_for(
+            collateral, min_tcb_evaluation_data_number=min_tcb_evaluation_data_number, floor=tcb_floor.minimum
+        )
         if collateral
         else None
     )
@@ -630,7 +636,7 @@ def prepare(
         nvidia_ocsp=ocsp_cache, nvidia_ocsp_stapled_only=nvidia_ocsp == STAPLED,
         nvidia_ocsp_max_age=nvidia_ocsp_max_age or STAPLED_MAX_AGE,
         nvidia_rim=rim_source, nvidia_rim_where=rim_where, nvidia_rim_cache=rim_cache,
-        min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
+        min_tcb_evaluation_data_number=min_tcb_evaluation_data_number, tcb_floor=tcb_floor,
     )  # fmt: skip
     joined: JoinResult | None = None
     if join is not None:

@@ -111,6 +111,7 @@ from confide.cas.kds import FetchedVek, KdsVcekCache, vek_key, vek_request
 from confide.cas.pcs import DcapCollateralCache, DcapKey
 from confide.cas.revocation import OcspCache, ocsp_key
 from confide.cas.rims import RimCache
+from confide.cas.tcb_floor import TcbEvaluationFloor
 from confide.collateral import public_url
 from confide.collateral.amd_kds import AmdCollateralRequest, AmdCollateralSource
 from confide.collateral.dcap import DcapCollateralSource, PckCertificateSource, PcsHttpSource
@@ -342,6 +343,7 @@ class PlatformVerifier:
         nvidia_ocsp_stapled_only: bool = False,
         nvidia_ocsp_max_age: timedelta = STAPLED_MAX_AGE,
         min_tcb_evaluation_data_number: int | None = None,
+        tcb_floor: TcbEvaluationFloor | None = None,
     ) -> None:
         if nvidia_ocsp_stapled_only and nvidia_ocsp is not None:
             raise ValueError("nvidia_ocsp_stapled_only takes no nvidia_ocsp source")
@@ -350,6 +352,7 @@ class PlatformVerifier:
         self.sim_key = sim_key
         self.dcap_source = dcap_source
         self.min_tcb_evaluation_data_number = min_tcb_evaluation_data_number
+        self.tcb_floor = tcb_floor
         if dcap_remote is None:
             dcap_remote = isinstance(dcap_source, PcsHttpSource)
         self.dcap_cache: DcapCollateralCache | None = None
@@ -359,7 +362,7 @@ class PlatformVerifier:
                 if isinstance(dcap_source, PcsHttpSource)
                 else "Intel PCS"
             )
-            self.dcap_cache = DcapCollateralCache(dcap_source, where=where)
+            self.dcap_cache = DcapCollateralCache(dcap_source, where=where, floor=tcb_floor)
         self.nvidia_ocsp = nvidia_ocsp
         self.nvidia_ocsp_stapled_only = nvidia_ocsp_stapled_only
         self.nvidia_ocsp_max_age = nvidia_ocsp_max_age
@@ -619,16 +622,21 @@ class PlatformVerifier:
 
         return CollateralJob(Prefetched(ocsp=_frozen(found)), prefetch)
 
-    def _recent_enough(self, verified: VerifiedEvidence) -> VerifiedEvidence:
+    def _recent_enough(self, verified: VerifiedEvidence, *, sent: bool) -> VerifiedEvidence:
         """With ``min_tcb_evaluation_data_number`` (``cas serve --min-tcb-eval-number``): DCAP
         evidence verified with collateral of an older TCB evaluation is refused
         (:class:`~confide.errors.CollateralOutdatedError`), whatever its source (the request's
-        own bundle, a file or directory, a PCS/PCCS), before any policy sees it."""
-        if self.min_tcb_evaluation_data_number is None:
-            return verified
-        return require_tcb_evaluation(
-            verified, self.min_tcb_evaluation_data_number, "cas serve --min-tcb-eval-number"
-        )
+        own bundle, a file or directory, a PCS/PCCS), before any policy sees it. With a
+        ``tcb_floor``, so is collateral older than collateral this CAS already verified; the
+        CAS's own source's (``sent`` false) raises the floor, a request's bundle never does
+        (:mod:`confide.cas.tcb_floor`)."""
+        if self.min_tcb_evaluation_data_number is not None:
+            require_tcb_evaluation(
+                verified, self.min_tcb_evaluation_data_number, "cas serve --min-tcb-eval-number"
+            )
+        if self.tcb_floor is not None:
+            self.tcb_floor.judge(verified, raise_floor=not sent)
+        return verified
 
     def verify(
         self,
@@ -657,7 +665,8 @@ class PlatformVerifier:
         if platform in (Platform.SGX, Platform.TDX):
             quote = Quote.from_bytes(evidence)
             collateral, pck = self._dcap_collateral(quote, aux, at, prefetched)
-            return self._recent_enough(self.dcap.verify_parsed(quote, evidence, collateral, at=at, pck=pck))
+            verified = self.dcap.verify_parsed(quote, evidence, collateral, at=at, pck=pck)
+            return self._recent_enough(verified, sent="collateral" in aux)
         if platform is Platform.AZURE_SNP_VTPM:
             _no_aux(platform, aux, allowed=frozenset())
             return verify_azure_snp(parse_evidence(evidence, HclReportType.SNP), self.snp, at=at)
@@ -667,7 +676,8 @@ class PlatformVerifier:
             if parsed.td_quote is None:  # parse_evidence requires it for TDX; kept for the type
                 raise ParseError("no td_quote", structure="Azure vTPM evidence")
             collateral, pck = self._dcap_collateral(Quote.from_bytes(parsed.td_quote), aux, at, prefetched)
-            return self._recent_enough(verify_azure_tdx(parsed, self.dcap, collateral, at=at, pck=pck))
+            verified = verify_azure_tdx(parsed, self.dcap, collateral, at=at, pck=pck)
+            return self._recent_enough(verified, sent="collateral" in aux)
         if platform is Platform.SEV_SNP:
             # The VCEK/VLEK comes with the evidence: configfs-tsm's auxblob (certificate table)
             # or a "vcek" blob; the ASK/ARK chain is the embedded, pinned one.

@@ -19,7 +19,10 @@ decision reads an unverified field: an HTTP source given ``min_tcb_evaluation_da
 neither serves from its disk cache nor keeps a TCB Info or QE Identity whose
 ``tcbEvaluationDataNumber`` is below it (a response older than required is asked for again,
 and refused when the service answers it again), so that collateral of a TCB evaluation that was
-superseded is not cached until its ``nextUpdate``.
+superseded is not cached until its ``nextUpdate``. A ``floor`` (the CAS's
+:class:`~confide.cas.tcb_floor.TcbEvaluationFloor`: the highest numbers it has verified for the
+platform) is a minimum of the same kind, per TCB Info (TEE type, FMSPC) and QE Identity (TEE
+type).
 """
 
 from __future__ import annotations
@@ -92,6 +95,10 @@ notAfter): a PCK certificate has no nextUpdate, and the PCS may issue another fo
 TCB after a TCB recovery."""
 
 MAX_RESPONSE_SIZE = 4 << 20
+EvaluationFloor = Callable[[str, str, str], int]
+"""(piece ``tcbInfo`` or ``enclaveIdentity``, TEE type ``sgx``/``tdx``, FMSPC hex) → the lowest
+tcbEvaluationDataNumber to keep or serve (0: any);
+:meth:`confide.cas.tcb_floor.TcbEvaluationFloor.minimum`."""
 
 
 class DcapCollateralSource(Protocol):
@@ -430,9 +437,11 @@ class PcsHttpSource:
         pck_query: str | None = None,
         root_ca_der: bytes = INTEL_SGX_ROOT_CA_DER,
         min_tcb_evaluation_data_number: int | None = None,
+        floor: EvaluationFloor | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.min_tcb_evaluation_data_number = min_tcb_evaluation_data_number
+        self.floor = floor
         self.cache_dir = cache_dir
         if root_crl_url is None:
             root_crl_url = (
@@ -532,14 +541,14 @@ class PcsHttpSource:
         v4 = f"{self.base_url}/{{}}/certification/v4"
         tcb_url = f"{v4.format(tee_path)}/tcb?fmspc={fmspc.hex()}"
         qe_url = f"{v4.format(tee_path)}/qe/identity"
-        tcb_body, tcb_chain = self._fetch(
-            tcb_url, "tcb", "TCB-Info-Issuer-Chain", check=self._evaluation_check(tcb_url, "tcbInfo")
-        )
+        floor_key = (tee_path, fmspc.hex())
+        tcb_check = self._evaluation_check(tcb_url, "tcbInfo", floor_key)
+        tcb_body, tcb_chain = self._fetch(tcb_url, "tcb", "TCB-Info-Issuer-Chain", check=tcb_check)
         qe_body, qe_chain = self._fetch(
             qe_url,
             "qe",
             "SGX-Enclave-Identity-Issuer-Chain",
-            check=self._evaluation_check(qe_url, "enclaveIdentity"),
+            check=self._evaluation_check(qe_url, "enclaveIdentity", floor_key),
         )
         crl_body, crl_chain = self._fetch(
             f"{v4.format('sgx')}/pckcrl?ca={ca}&encoding=der", "crl", "SGX-PCK-CRL-Issuer-Chain"
@@ -563,13 +572,16 @@ class PcsHttpSource:
             qe_identity_signature=qe_sig,
         )
 
-    def _evaluation_check(self, url: str, key: str) -> Callable[[bytes, bytes], None] | None:
-        """With ``min_tcb_evaluation_data_number``: a check (``_fetch``) refusing a TCB Info or
-        QE Identity response of an older TCB evaluation (module docstring). The number is read
-        unverified, for the cache only: the verifier checks the signature over it, and the
-        caller (``evidence verify --min-tcb-eval-number``, a policy) the verified numbers."""
-        minimum = self.min_tcb_evaluation_data_number
-        if minimum is None:
+    def _evaluation_check(
+        self, url: str, key: str, floor_key: tuple[str, str]
+    ) -> Callable[[bytes, bytes], None] | None:
+        """With ``min_tcb_evaluation_data_number`` or a ``floor``: a check (``_fetch``) refusing
+        a TCB Info or QE Identity response of an older TCB evaluation (module docstring). The
+        number is read unverified, for the cache only: the verifier checks the signature over
+        it, and the caller (``evidence verify --min-tcb-eval-number``, a policy, the CAS's floor)
+        the verified numbers."""
+        configured, floor = self.min_tcb_evaluation_data_number, self.floor
+        if configured is None and floor is None:
             return None
 
         def check(body: bytes, _chain: bytes) -> None:
@@ -577,10 +589,16 @@ class PcsHttpSource:
             number = jsonstrict.loads(text, structure=f"pcs_response.{key}").get("tcbEvaluationDataNumber")
             if not isinstance(number, int) or isinstance(number, bool):
                 raise ParseError("missing or not an integer", structure=key, field="tcbEvaluationDataNumber")
-            if number < minimum:
+            if configured is not None and number < configured:
                 raise CollateralOutdatedError(
-                    f"GET {self._shown(url)}: tcbEvaluationDataNumber {number}, expected at least {minimum} "
-                    "(the collateral service serves an older TCB evaluation than required)"
+                    f"GET {self._shown(url)}: tcbEvaluationDataNumber {number}, expected at least "
+                    f"{configured} (the collateral service serves an older TCB evaluation than required)"
+                )
+            seen = floor(key, *floor_key) if floor is not None else 0
+            if number < seen:
+                raise CollateralOutdatedError(
+                    f"GET {self._shown(url)}: tcbEvaluationDataNumber {number}, this CAS has already "
+                    f"verified {seen} (the collateral service serves an older TCB evaluation than before)"
                 )
 
         return check
@@ -624,7 +642,11 @@ class PcsHttpSource:
 
 
 def source_for(
-    location: str, *, cache_dir: Path | None = None, min_tcb_evaluation_data_number: int | None = None
+    location: str,
+    *,
+    cache_dir: Path | None = None,
+    min_tcb_evaluation_data_number: int | None = None,
+    floor: EvaluationFloor | None = None,
 ) -> DcapCollateralSource:
     """The source named by ``--collateral``: an http(s) URL (Intel PCS or a PCCS; the PCS
     subscription key for PCK certificate look-ups from ``$CONFIDE_PCS_API_KEY``;
@@ -636,6 +658,7 @@ def source_for(
             cache_dir=cache_dir or default_cache_dir("pcs"),
             api_key=os.environ.get(PCS_API_KEY_ENV) or None,
             min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
+            floor=floor,
         )
     path = Path(location)
     if path.is_dir():
