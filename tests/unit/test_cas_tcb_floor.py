@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from confide.evidence.dcap import Quote
 from confide.evidence.dcap_collateral import DcapCollateral
 from confide.verify.dcap import DcapVerifier, pck_info
 from confide.verify.result import Platform, TcbEvaluation, VerifiedEvidence
-from dcap_cases import CASES
+from dcap_cases import ASSETS, CASES
 from dcap_forge import ForgedPki
 from pcs_fake import FakePcs, fake_pcs
 
@@ -226,3 +227,19 @@ def test_memory_does_not_serve_collateral_below_the_floor(tmp_path: Path) -> Non
         assert cache.cached(key, AT) is None and cache.found(key, AT) is None
         outcome = cache.prefetch(key, AT)  # asks the PCCS, which still serves 17: refused
         assert isinstance(outcome, errors.CollateralOutdatedError)
+
+
+def test_azure_tdx_evidence_is_judged_as_tdx(tmp_path: Path) -> None:
+    """Real Azure TDX CVM evidence (trustee's) with its collateral: judged by the TDX floor of its
+    FMSPC (its claims carry the TD quote's)."""
+    evidence = (ASSETS / "tpm" / "trustee-az-tdx-vtpm" / "evidence-v1.json").read_bytes()
+    bundle = (ASSETS / "tdx/automata-dcap-attestation/collateral_0625_00806f050000.dcapqvl.json").read_bytes()
+    at = datetime.fromtimestamp(1_749_030_758, UTC)  # inside the collateral's window
+    floor = TcbEvaluationFloor(tmp_path / FLOOR_FILE)
+    verifier = PlatformVerifier(tcb_floor=floor)
+    v = verifier.verify(Platform.AZURE_TDX_VTPM, evidence, {"collateral": bundle}, at=at)
+    assert v.tcb_evaluation is not None and v.claims["fmspc"] == "00806f050000"
+    assert floor.floors("tdx", "00806f050000") == (0, 0)  # sent with the request: not raised
+    floor.judge(_evidence("00806f050000", v.tcb_evaluation.tcb_info + 1, 0), raise_floor=True)
+    with pytest.raises(errors.CollateralOutdatedError, match="tdx FMSPC 00806f050000"):
+        verifier.verify(Platform.AZURE_TDX_VTPM, evidence, {"collateral": bundle}, at=at)
