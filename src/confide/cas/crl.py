@@ -299,6 +299,7 @@ class RuntimeCertificate(NamedTuple):
     issued_at: float
     not_after: float
     certificate_sha256: str
+    der: bytes  # the certificate (the OCSP responder's ``good`` rests on its signature)
 
 
 def runtime_certificate(
@@ -314,6 +315,7 @@ def runtime_certificate(
     return RuntimeCertificate(
         policy, issuer, format(cert.serial_number, "x"), name, service, str(ca["policy"]), str(ca["name"]),
         int(ca["version"]), issued_at, cert.not_valid_after_utc.timestamp(), hashlib.sha256(der).hexdigest(),
+        der,
     )  # fmt: skip
 
 
@@ -325,10 +327,10 @@ def record_runtime_certificates(
     raw_executemany(
         conn,
         "INSERT INTO runtime_certificates (policy, issuer_key_id, serial, name, service, session_sha256, "
-        "ca_policy, ca_name, ca_version, issued_at, not_after, certificate_sha256) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        "ca_policy, ca_name, ca_version, issued_at, not_after, certificate_sha256, der) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         [(c.policy, c.issuer_key_id, c.serial, c.name, c.service, session_sha256, c.ca_policy, c.ca_name,
-          c.ca_version, c.issued_at, c.not_after, c.certificate_sha256) for c in issued],
+          c.ca_version, c.issued_at, c.not_after, c.certificate_sha256, c.der) for c in issued],
     )  # fmt: skip
 
 
