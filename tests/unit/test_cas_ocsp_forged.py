@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parent))
 from test_cas_ocsp import OCSP, ask, ca_id, checked, request
 
-from confide.cas.db import raw_execute
+from confide.cas.db import SCHEMA_VERSION, raw_execute
 from confide.cas.ocsp_responder import OcspResponder
 from crl_env import Env, number, policy, started
 
@@ -187,3 +187,20 @@ def test_revoked_stays_revoked_while_its_crl_is_current(env: Env, caplog: pytest
         assert ask(env, request(leaf, ca, nonce=b"s" * 8)).response_status == S.TRY_LATER
     warned = [json.loads(r.getMessage()) for r in caplog.records if "ocsp-crl-refused" in r.getMessage()]
     assert warned == [{"event": "ocsp-crl-refused", "policy": "tls", "name": "ca", "check": "rollback"}]
+
+
+def test_schema_12_adds_the_runtime_certificate_column(env: Env) -> None:
+    """A database of schema 11 (no ``runtime_certificates.der``) is migrated: the column is
+    added, the rows recorded before keep it NULL and their serials are ``unknown``, the next
+    release records the certificate and it is ``good``."""
+    ca = env.ca_cert()
+    files = env.release()
+    before = x509.load_pem_x509_certificate(next(v for k, v in files.items() if k.endswith("rt.pem")))
+    with env.cas.db.write() as conn:
+        raw_execute(conn, "ALTER TABLE runtime_certificates DROP COLUMN der")
+        raw_execute(conn, "UPDATE meta SET value = '11' WHERE key = 'schema_version'")
+    assert env.cas.db.migrate() == SCHEMA_VERSION == 12
+    assert ask(env, request(before, ca, nonce=b"m" * 8)).certificate_status == C.UNKNOWN
+    files = env.release()
+    after = x509.load_pem_x509_certificate(next(v for k, v in files.items() if k.endswith("rt.pem")))
+    assert checked(env, ask(env, request(after, ca)), after.serial_number).certificate_status == C.GOOD
