@@ -24,7 +24,10 @@ answered:
    address, an IPv6 /64) is over :data:`SIGNATURE_RATE`, or no usable responder certificate
    could be issued (a refused row is replaced first, at most once per CA per
    :data:`REPLACE_INTERVAL`: :meth:`OcspResponder._replace`), or, with ``signer: ca``, the
-   CA's sealed key and certificate do not match its row;
+   CA's sealed key and certificate do not match its row; or the CA row's public part shows
+   another key than the one the signer was authenticated with (``ocsp-ca-refused``); or the
+   CRL row's DER is not signed by the CA's key, or is older than one verified before
+   (``ocsp-crl-refused``, :meth:`OcspResponder._crl`);
 4. otherwise ``successful``: a BasicOCSPResponse (§4.2.1) signed by the CA's delegated responder
    (§4.2.2.2, :mod:`confide.cas.ocsp_delegate`), whose certificate it carries, or, for a CA
    declared ``ocsp: {signer: ca}``, by the CA's own key (§4.2.2.2, "the CA who issued the
@@ -34,12 +37,15 @@ answered:
    in order, echoing it as sent, with the certStatus (§4.2.1, §2.2):
 
    - ``revoked``, with revocationTime and revocationReason (omitted for ``unspecified``, as on
-     the CRL, RFC 5280 §5.3.1), when the CA's key signed it and it is recorded as revoked
-     (``revoked_certificates``: superseded, removed, owner-revoked, runtime certificates: the
-     records the CRL lists, :mod:`confide.cas.crl`);
-   - ``good`` when the CAS knows it issued it under the CA's key (a stored version of a secret
-     of the CA's policy whose certificate has that serial and authorityKeyIdentifier, a
-     responder certificate, or a recorded runtime certificate) and it is not past its notAfter;
+     the CRL, RFC 5280 §5.3.1), when it is on the CA's current CRL (its signature checked), or
+     recorded as revoked under the CA's key (``revoked_certificates``: superseded, removed,
+     owner-revoked, runtime certificates: the records the CRL is made of,
+     :mod:`confide.cas.crl`);
+   - ``good`` when the CAS holds a certificate with that serial and the CA's key identifier as
+     authorityKeyIdentifier **whose signature verifies under the CA's key** (a stored version
+     of a secret of the CA's policy, a responder certificate, or a recorded runtime
+     certificate's DER: none of them authenticated otherwise; :meth:`OcspResponder._genuine`)
+     and it is not past its notAfter (read from that certificate);
    - ``unknown`` for everything else (a serial the CAS never issued under that key, or issued
      under it as an import by another policy, or past its notAfter and not revoked; a CertID
      of another issuer, §2.2).
@@ -52,7 +58,7 @@ answered:
    request (RFC 8954) is echoed in responseExtensions as sent.
 
 **Cache.** A response without a nonce is kept (:class:`~confide.lru.Lru`, at most
-:data:`CACHE_SIZE` entries) keyed by the CA, its version and CRL number, the signer (a policy
+:data:`CACHE_SIZE` entries) keyed by the CA, its version and the checked CRL's number, the signer (a policy
 update may change only that), the CertIDs and the preferred algorithms: the
 revoked set, the CA's key and its version change only with a new CRL (same transaction,
 :func:`confide.cas.crl.issue_crls`), so a cached ``good`` is never served after a revocation. It
