@@ -146,13 +146,13 @@ def test_a_ca_row_showing_another_key_gets_try_later(env: Env, caplog: pytest.Lo
     with caplog.at_level("WARNING", logger="confide.cas"):
         # The CRL row is the CA's, signed by its real key: not the shown certificate's.
         assert ask(env, request(fake_leaf, fake_ca)).response_status == S.TRY_LATER
-        # A CRL signed by the shown key, with the current number: the signer was authenticated
-        # under the real key, so the shown one is refused.
+        # A CRL signed by the shown key, with a far higher number: the signer was authenticated
+        # under the real key, so the shown one is refused (and its CRL number not remembered).
         current = env.crl()
         crl = (
             x509.CertificateRevocationListBuilder().issuer_name(fake_ca.subject)
             .last_update(current.last_update_utc).next_update(current.next_update_utc + timedelta(days=300))
-            .add_extension(x509.CRLNumber(number(current)), critical=False).sign(key, hashes.SHA256())
+            .add_extension(x509.CRLNumber(number(current) + 10**6), critical=False).sign(key, hashes.SHA256())
         )  # fmt: skip
         with env.cas.db.write() as conn:
             raw_execute(conn, "UPDATE crls SET der = ? WHERE policy = 'tls' AND ca = 'ca'",
@@ -163,6 +163,13 @@ def test_a_ca_row_showing_another_key_gets_try_later(env: Env, caplog: pytest.Lo
         {"event": "ocsp-crl-refused", "policy": "tls", "name": "ca", "check": "signature"},
         {"event": "ocsp-ca-refused", "policy": "tls", "name": "ca", "version": 1, "check": "key"},
     ]
+    # The rows put back: answered again, the real CRL not taken for a rollback.
+    with env.cas.db.write() as conn:
+        raw_execute(conn, "UPDATE secrets SET public = ? WHERE policy = 'tls' AND name = 'ca' AND version = ?",
+                    (row.public, row.version))  # fmt: skip
+        raw_execute(conn, "UPDATE crls SET der = ? WHERE policy = 'tls' AND ca = 'ca'",
+                    (current.public_bytes(serialization.Encoding.DER),))  # fmt: skip
+    assert ask(env, request(leaf, ca, nonce=b"o" * 8)).certificate_status == C.GOOD
 
 
 def test_revoked_stays_revoked_while_its_crl_is_current(env: Env, caplog: pytest.LogCaptureFixture) -> None:
@@ -171,7 +178,11 @@ def test_revoked_stays_revoked_while_its_crl_is_current(env: Env, caplog: pytest
     back to an earlier CRL (the CA's own, signed, from before the revocation) is refused
     (``tryLater``, ``ocsp-crl-refused`` ``rollback``) by a responder that verified the newer one."""
     ca, leaf = env.ca_cert(), env.certificate()
-    before = env.crl().public_bytes(serialization.Encoding.DER)
+    columns = "number, ca_version, entries_sha256, this_update, next_update, der"
+    with env.cas.db.read() as conn:
+        before = raw_execute(
+            conn, f"SELECT {columns} FROM crls WHERE policy = 'tls' AND ca = 'ca'"
+        ).fetchone()
     env.cas.revoke_certificates(env.revocation(serial=leaf.serial_number, reason="keyCompromise"))
     revoked = ask(env, request(leaf, ca))
     assert revoked.certificate_status == C.REVOKED
@@ -181,8 +192,12 @@ def test_revoked_stays_revoked_while_its_crl_is_current(env: Env, caplog: pytest
     assert again.certificate_status == C.REVOKED
     assert again.revocation_reason == x509.ReasonFlags.key_compromise
     assert again.revocation_time_utc == revoked.revocation_time_utc
-    with env.cas.db.write() as conn:
-        raw_execute(conn, "UPDATE crls SET der = ? WHERE policy = 'tls' AND ca = 'ca'", (before,))
+    with env.cas.db.write() as conn:  # the DER alone: the row's other columns find the current CRL
+        raw_execute(conn, "UPDATE crls SET der = ? WHERE policy = 'tls' AND ca = 'ca'", (bytes(before[5]),))
+    assert ask(env, request(leaf, ca, nonce=b"t" * 8)).certificate_status == C.REVOKED
+    with env.cas.db.write() as conn:  # the whole row
+        raw_execute(conn, "UPDATE crls SET number = ?, ca_version = ?, entries_sha256 = ?, this_update = ?, "
+                    "next_update = ?, der = ? WHERE policy = 'tls' AND ca = 'ca'", tuple(before))  # fmt: skip
     with caplog.at_level("WARNING", logger="confide.cas"):
         assert ask(env, request(leaf, ca, nonce=b"s" * 8)).response_status == S.TRY_LATER
     warned = [json.loads(r.getMessage()) for r in caplog.records if "ocsp-crl-refused" in r.getMessage()]

@@ -270,7 +270,7 @@ class OcspResponder:
         # Certificates checked for ``good`` (:meth:`_genuine`), by the CA key and the stored bytes
         # (a row's public part, a runtime certificate's DER): the notAfter, or -inf when refused.
         self._genuine_certs: Lru[tuple[bytes, str | bytes], float] = Lru(GENUINE_CACHE_SIZE)
-        self._crls: Lru[tuple[bytes, bytes], _Crl] = Lru(64)
+        self._crls: Lru[tuple[bytes, int, float, str, int], _Crl] = Lru(64)
         self._newest_crl: dict[tuple[str, str], int] = {}  # (policy, CA): newest cRLNumber verified
         self._limiter = RateLimiter(signature_rate) if signature_rate is not None else None
         self._limiter_lock = threading.Lock()
@@ -334,6 +334,7 @@ class OcspResponder:
                                     "version": ca.version, "check": "key"}))  # fmt: skip
             self.limited += 1
             return _TRY_LATER
+        self._noted(ca, crl)
         statuses = [
             self._status(ca, crl, entry.serial, now) if mine else _Status(ocsp.OCSPCertStatus.UNKNOWN)
             for entry, mine in zip(query.entries, ours, strict=True)
@@ -501,12 +502,17 @@ class OcspResponder:
 
     def _crl(self, ca: _Ca) -> _Crl | None:
         """``ca``'s current CRL as its row's DER says, checked: issued by the CA's subject and
-        signed by the key of ``ca.certificate`` (RFC 5280 §6.3.3 (f), (g); that key is the
-        signer's, :meth:`respond`), parsed once per DER; and not older than the newest this
-        process verified for the CA (a CRL row written back). Else ``None`` (``tryLater``) and
-        the warning ``ocsp-crl-refused`` (policy, CA, the check: ``signature``, ``rollback``).
-        The ``crls`` row's other columns are not used for the answer."""
-        cache_key = (ca.spki, ca.crl.der)
+        signed by the key of ``ca.certificate`` (RFC 5280 §6.3.3 (f), (g); that key is then
+        checked to be the signer's, :meth:`respond`), parsed once per CRL; and not older than
+        the newest this process verified for the CA with an authenticated key (a CRL row written
+        back; :meth:`_noted`). Else ``None`` (``tryLater``) and the warning ``ocsp-crl-refused``
+        (policy, CA, the check: ``signature``, ``rollback``). The answer uses nothing else of the
+        ``crls`` row. The parsed CRL is kept by the row's number, thisUpdate, entries digest and
+        CA version (not by the DER, whose hash would cost a pass over the whole CRL per
+        request): whatever the row's DER, a hit is a CRL the CA's key signed with that
+        cRLNumber, which the CA signs once, so the rollback check sees its real number."""
+        row = ca.crl
+        cache_key = (ca.spki, row.number, row.this_update, row.entries_sha256, row.ca_version)
         found = self._crls.get(cache_key)
         problem = None
         if found is None:
@@ -515,18 +521,22 @@ class OcspResponder:
                 problem = "signature"
             else:
                 self._crls.put(cache_key, found)
-        if found is not None:
-            with self._replace_lock:
-                newest = self._newest_crl.get((ca.policy, ca.name), 0)
-                if found.number < newest:
-                    problem = "rollback"
-                else:
-                    self._newest_crl[(ca.policy, ca.name)] = found.number
+        if found is not None and found.number < self._newest_crl.get((ca.policy, ca.name), 0):
+            problem = "rollback"
         if problem is not None:
             log.warning(json.dumps({"event": "ocsp-crl-refused", "policy": ca.policy, "name": ca.name,
                                     "check": problem}))  # fmt: skip
             return None
         return found
+
+    def _noted(self, ca: _Ca, crl: _Crl) -> None:
+        """Remember ``crl``'s number as the newest of ``ca`` (:meth:`_crl`'s rollback check),
+        once the key it was verified with is known to be the CA's (after the signer check: a CA
+        row showing another key, with a CRL of that key, must not raise the bar for the real
+        CRLs)."""
+        with self._replace_lock:
+            if crl.number > self._newest_crl.get((ca.policy, ca.name), 0):
+                self._newest_crl[(ca.policy, ca.name)] = crl.number
 
     def _status(self, ca: _Ca, crl: _Crl, serial: int, now: float) -> _Status:
         """The certStatus of ``serial`` under ``ca`` (module docstring, step 4), ``crl`` its
