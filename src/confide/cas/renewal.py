@@ -60,7 +60,7 @@ from confide.cas.secrets import (
     renewal_window,
 )
 from confide.errors import ConfideError, PolicyError
-from confide.policy.secret import OcspSigner, Secret
+from confide.policy.secret import OcspSigner, Secret, SecretKind
 
 if TYPE_CHECKING:
     from confide.cas.core import Cas
@@ -137,10 +137,13 @@ def renew_policy(
     for spec in policy.secrets:
         if not renewable(spec):
             continue
+        follows = spec.issuer is not None and spec.issuer in fresh
+        if at_update and spec.kind != SecretKind.X509_CA and not follows:
+            continue  # only a CA's keyUsage can have changed, and what such a CA signed follows it
         row = cas._latest_secret(conn, name, spec.name)
         if row is None:
             continue
-        if spec.issuer is not None and spec.issuer in fresh:
+        if follows:
             reason = "issuer-renewed"
         elif key_usage_changed(spec, row.public):
             # ``ocsp: {signer: ...}`` changed: a re-issue with the same key and subject (as a
