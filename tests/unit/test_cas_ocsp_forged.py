@@ -103,8 +103,8 @@ def test_forged_rows_are_not_good(env: Env, caplog: pytest.LogCaptureFixture) ->
         ("rt", "5eed03"),
     }
     assert responder.refused_certificates == 3
-    # Nothing else changed: the genuine runtime certificate is good, and so is the CA's
-    # responder; the edited row's own serial is unknown once its cached answer is not used (a
+    # The genuine runtime certificate next to the forged record is good; the edited row's own
+    # serial is unknown once its cached answer (signed while it was genuine) is not used (a
     # nonce): its certificate is no longer shown.
     assert checked(env, ask(env, request(rt, ca)), rt.serial_number).certificate_status == C.GOOD
     assert ask(env, request(leaf, ca)).certificate_status == C.GOOD  # cached (same CRL number)
