@@ -21,9 +21,11 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parent))
 from test_cas_ocsp import OCSP, ask, ca_id, checked, request
 
+from confide.cas.crl import DEFAULT_CRL_VALIDITY
 from confide.cas.db import SCHEMA_VERSION, raw_execute
 from confide.cas.ocsp_responder import OcspResponder
-from crl_env import Env, number, policy, started
+from confide.cas.renewal import renew_due
+from crl_env import Env, check_signed_by_ca, number, policy, started
 
 S = ocsp.OCSPResponseStatus
 C = ocsp.OCSPCertStatus
@@ -219,3 +221,31 @@ def test_schema_12_adds_the_runtime_certificate_column(env: Env) -> None:
     files = env.release()
     after = x509.load_pem_x509_certificate(next(v for k, v in files.items() if k.endswith("rt.pem")))
     assert checked(env, ask(env, request(after, ca)), after.serial_number).certificate_status == C.GOOD
+
+
+def test_a_ca_row_showing_another_key_identifier_does_not_empty_the_next_crl(env: Env) -> None:
+    """The next CRL lists the revocations of the key that signs it (the CA's sealed
+    certificate's key identifier), not of the identifier its row's public part shows: a public
+    part edited to another subjectKeyIdentifier does not make it leave them out."""
+    ca, leaf = env.ca_cert(), env.certificate()
+    env.cas.revoke_certificates(env.revocation(serial=leaf.serial_number, reason="keyCompromise"))
+    before = env.crl()
+    key = ec.generate_private_key(ec.SECP256R1())
+    shown = (
+        x509.CertificateBuilder().subject_name(ca.subject).issuer_name(ca.subject).public_key(ca.public_key())
+        .serial_number(ca.serial_number).not_valid_before(ca.not_valid_before_utc)
+        .not_valid_after(ca.not_valid_after_utc)
+        .add_extension(x509.SubjectKeyIdentifier(b"\x01" * 20), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    with env.cas.db.write() as conn:
+        raw_execute(conn, "UPDATE secrets SET public = ? WHERE policy = 'tls' AND name = 'ca'",
+                    (json.dumps({**env.versions("ca")[-1][1], "certificate": shown.public_bytes(serialization.Encoding.PEM).decode()}),))  # fmt: skip
+    env.clock.now += DEFAULT_CRL_VALIDITY / 2 + 60  # the CRL is due: the sweep issues the next one
+    renew_due(env.cas, ["tls"])
+    after = env.crl()
+    assert number(after) == number(before) + 1
+    check_signed_by_ca(after, ca)
+    assert after.get_revoked_certificate_by_serial_number(leaf.serial_number) is not None

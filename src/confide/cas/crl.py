@@ -463,11 +463,19 @@ def issue_crls(cas: Cas, conn: Connection, policy: Policy, digest: str, now: flo
             and not crl_due(current.this_update, current.next_update, now)
         ):
             continue
+        value = cas._unseal(row)
+        sealed = None if value.certificate is None else x509.load_der_x509_certificate(value.certificate)
+        sealed_id = None if sealed is None else _key_id(sealed, authority=False)
+        if sealed is not None and sealed_id is not None and sealed_id != key_id:
+            # The row's public part (not authenticated) shows another key identifier than the
+            # sealed certificate: the entries are those of the key that signs (RFC 5280 §5.2.1).
+            cert, key_id = sealed, sealed_id
+            entries = _entries(conn, policy.name, key_id)
+            entries_sha256 = _entries_sha256(entries)
         number = 1 if current is None else current.number + 1
         this_update = float(int(now))
         next_update = this_update + cas.crl_validity
-        der = build_crl(cas._unseal(row), entries, number=number, this_update=this_update,
-                        next_update=next_update)  # fmt: skip
+        der = build_crl(value, entries, number=number, this_update=this_update, next_update=next_update)
         assert cert is not None
         dist = crl_distribution_id(cert.subject, bytes.fromhex(key_id))
         if current is None:
