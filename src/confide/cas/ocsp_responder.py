@@ -119,6 +119,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CACHE_SIZE",
+    "GENUINE_CACHE_SIZE",
     "MAX_AGE",
     "MAX_ENTRIES",
     "MAX_NONCE",
