@@ -42,11 +42,11 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, select
+from sqlalchemy import Connection, delete, func, select
 
 from confide.cas.core import verify_signed
 from confide.cas.db import successor_approvals, successor_board_approvals, successor_retirement_approvals
-from confide.cas.successor_board import Board, board_from_json, current_key_id, replace_board
+from confide.cas.successor_board import Board, board_from_json, current_key_id, replace_board, store_newest
 from confide.errors import ConfideError, ParseError, UsageError
 from confide.policy.canonical import jcs
 
@@ -155,19 +155,9 @@ class BoardChanges:
             )  # fmt: skip
             if approval.board.to_json() == board.to_json():
                 raise UsageError("the proposed board is the current successor board")
-            conn.execute(
-                delete(successor_board_approvals).where(
-                    and_(
-                        successor_board_approvals.c.change == approval.change,
-                        successor_board_approvals.c.signer == approval.signer,
-                    )
-                )
-            )
-            conn.execute(
-                insert(successor_board_approvals).values(
-                    change=approval.change, signer=approval.signer, document=jcs(doc).decode(),
-                    expires_at=float(approval.expires), created_at=now,
-                )
+            store_newest(
+                conn, successor_board_approvals, "change", approval.change, approval.signer, approval.expires,
+                jcs(doc).decode(), now,
             )  # fmt: skip
             outcome.update({"approval": jcs(doc).decode(), "digest": approval.digest})
             outcome["current_board_sha256"] = board.sha256

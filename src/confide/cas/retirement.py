@@ -53,11 +53,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, and_, delete, insert, select
+from sqlalchemy import Connection, delete, select
 
 from confide.cas.core import verify_signed
 from confide.cas.db import successor_retirement_approvals
-from confide.cas.successor_board import Board, current_key_id
+from confide.cas.successor_board import Board, current_key_id, store_newest
 from confide.cas.versions import CODE_CLAIMS, EVENT_RETIRED, check_claims, code_identity
 from confide.errors import AppraisalError, ConfideError, ConflictError, ParseError, UsageError
 from confide.policy.canonical import jcs
@@ -195,19 +195,9 @@ class Retirements:
                     )
                 if approval.code_identity in retired:
                     raise ConflictError("that version is retired already")
-                conn.execute(
-                    delete(successor_retirement_approvals).where(
-                        and_(
-                            successor_retirement_approvals.c.retirement == approval.retirement,
-                            successor_retirement_approvals.c.signer == approval.signer,
-                        )
-                    )
-                )
-                conn.execute(
-                    insert(successor_retirement_approvals).values(
-                        retirement=approval.retirement, signer=approval.signer, document=jcs(doc).decode(),
-                        expires_at=float(approval.expires), created_at=now,
-                    )
+                store_newest(
+                    conn, successor_retirement_approvals, "retirement", approval.retirement, approval.signer,
+                    approval.expires, jcs(doc).decode(), now,
                 )  # fmt: skip
                 outcome.update({"approval": jcs(doc).decode(), "digest": approval.digest})
                 outcome["board_sha256"] = board.sha256

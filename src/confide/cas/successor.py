@@ -74,7 +74,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
-from sqlalchemy import Connection, and_, delete, insert, select
+from sqlalchemy import Connection, insert, select
 
 from confide.cas.board_change import BoardChanges, ChangeApproval
 from confide.cas.core import READ_WINDOW, verify_signed
@@ -87,6 +87,7 @@ from confide.cas.successor_board import (
     bind_state,
     current_key_id,
     load_board,
+    store_newest,
 )
 from confide.cas.versions import (
     CODE_CLAIMS,
@@ -328,19 +329,9 @@ class Successors:
                 stale='the successor board changed since (docs/cas.md "Changing the successor board"); '
                 "sign again under the current one",
             )  # fmt: skip
-            conn.execute(
-                delete(successor_approvals).where(
-                    and_(
-                        successor_approvals.c.target == approval.target,
-                        successor_approvals.c.signer == approval.signer,
-                    )
-                )
-            )
-            conn.execute(
-                insert(successor_approvals).values(
-                    target=approval.target, signer=approval.signer, document=jcs(doc).decode(),
-                    expires_at=float(approval.expires), created_at=now,
-                )
+            store_newest(
+                conn, successor_approvals, "target", approval.target, approval.signer, approval.expires,
+                jcs(doc).decode(), now,
             )  # fmt: skip
             outcome.update({"approval": jcs(doc).decode(), "digest": approval.digest})
             approvers = self._tally(conn, board, approval.target, now, outcome)

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, Table, and_, delete, insert, select
 
 from confide.cas.db import meta, successor_board, successor_retired, successor_withdrawals
 from confide.cas.secrets import Sealer
@@ -63,6 +63,7 @@ __all__ = [
     "replace_board",
     "retired_identities",
     "store_board",
+    "store_newest",
 ]
 
 BOARD_RECORD_TYPE = "confide/successor-board/v1"  # the board set at initialisation (generation 0)
@@ -216,6 +217,20 @@ def current_key_id(conn: Connection) -> str | None:
     """The id of the master key the database names (``None``: none yet)."""
     value = conn.execute(select(meta.c.value).where(meta.c.key == _KEY_ID_META)).scalar()
     return None if value is None else str(value)
+
+
+def store_newest(
+    conn: Connection, table: Table, key: str, value: str, signer: str, expires: int, document: str, now: float
+) -> None:
+    """Keep ``document`` as ``signer``'s only approval of ``value`` in ``table`` (its ``key``
+    column: a successor target, a board change or a retirement): the previous one is replaced."""
+    conn.execute(delete(table).where(and_(table.c[key] == value, table.c.signer == signer)))
+    conn.execute(
+        insert(table).values(
+            {key: value, "signer": signer, "document": document,
+             "expires_at": float(expires), "created_at": now}
+        )
+    )  # fmt: skip
 
 
 def _board_key(sealer: Sealer, key_id: str) -> bytes:
