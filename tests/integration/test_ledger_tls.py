@@ -85,7 +85,7 @@ def test_tiles_over_https(tmp_path: Path, setup: dict[str, object]) -> None:
                         "--tls-key", str(key)])  # fmt: skip
     try:
         # Clients that misbehave first: garbage instead of a ClientHello, and one that connects
-        # and says nothing (its handler thread waits for the handshake; the server goes on).
+        # and says nothing (its handshake is timed; the server goes on).
         port = int(url.rsplit(":", 1)[1].split("/")[0])
         with socket.create_connection(("127.0.0.1", port)) as raw:
             raw.sendall(b"GET /checkpoint HTTP/1.1\r\nHost: x\r\n\r\n")  # plain HTTP to HTTPS
@@ -110,8 +110,9 @@ def test_tiles_over_https(tmp_path: Path, setup: dict[str, object]) -> None:
             silent.close()
     finally:
         rest = _stop(proc)
+    # A failed handshake costs its connection only, and is not logged (as in the CAS: a flood of
+    # garbage must not flood the log).
     assert "Traceback" not in rest, rest
-    assert "ledger-tiles: connection from" in rest  # one line for the garbage client
 
 
 def test_witness_over_https(tmp_path: Path, setup: dict[str, object]) -> None:
