@@ -178,6 +178,7 @@ def test_limit_options(setup: dict[str, object]) -> None:
     proc, url = _start(["serve", "--log-db", str(db), "--listen", "127.0.0.1:0", "--tls-cert", str(cert),
                         "--tls-key", str(key), "--request-rate", "0.5", "--request-burst", "1",
                         "--max-connections-per-ip", "1"])  # fmt: skip
+    url = url.rstrip("/")
     try:
         with httpx2.Client(verify=ssl.create_default_context(cafile=str(ca)), timeout=10) as http:
             assert http.get(url + "/checkpoint").status_code == 200
