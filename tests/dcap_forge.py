@@ -9,6 +9,7 @@ collateral that no public source provides, while the rest of the verification ru
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -16,10 +17,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
-from confide.evidence.dcap import CertificationData, EcdsaSignatureData, QeReportCertificationData, Quote
+from confide.evidence.dcap import (
+    CertificationData,
+    EcdsaSignatureData,
+    QeReportCertificationData,
+    Quote,
+    TdReport,
+)
 from confide.evidence.dcap_collateral import DcapCollateral
 from confide.evidence.pem import parse_pem_chain, pem_chain
 from pki import issue, key_usage
@@ -111,6 +118,7 @@ class ForgedPki:
             .issuer_name(_name(issuer))
             .last_update(this_update or self.at - timedelta(days=1))
             .next_update(next_update or self.at + timedelta(days=30))
+            .add_extension(x509.CRLNumber(1), critical=False)
         )
         for serial in revoked:
             b = b.add_revoked_certificate(
@@ -120,6 +128,28 @@ class ForgedPki:
                 .build()
             )
         return b.sign(key, hashes.SHA256()).public_bytes(Encoding.DER)
+
+    def forge_td_quote(self, raw: bytes, leaf_serial: int = 0x1234, **td_report: bytes) -> bytes:
+        """:meth:`forge_quote` with fields of the TD report replaced (e.g. ``tee_tcb_svn2``):
+        a new attestation key, which the re-signed QE report binds, signs the edited quote."""
+        quote = Quote.from_bytes(raw)
+        assert isinstance(quote.report, TdReport)
+        report = dataclasses.replace(quote.report, **td_report)
+        att_key = ec.generate_private_key(ec.SECP256R1())
+        att_raw = att_key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)[1:]
+        qe = quote.signature_data.qe
+        qe_report = dataclasses.replace(
+            qe.qe_report, report_data=hashlib.sha256(att_raw + qe.qe_auth_data).digest() + bytes(32)
+        )
+        qe = dataclasses.replace(qe, qe_report=qe_report, qe_report_raw=qe_report.to_bytes())
+        sig = dataclasses.replace(quote.signature_data, attestation_key=att_raw, qe=qe)
+        edited = dataclasses.replace(quote, report=report, body_raw=report.to_bytes(), signature_data=sig)
+        unsigned = Quote.from_bytes(self.forge_quote(edited.to_bytes(), leaf_serial))
+        signature = raw_sign(att_key, unsigned.signed_bytes(unsigned.to_bytes()))
+        final = dataclasses.replace(
+            unsigned, signature_data=dataclasses.replace(unsigned.signature_data, signature=signature)
+        )
+        return final.to_bytes()
 
     def forge_quote(self, raw: bytes, leaf_serial: int = 0x1234) -> bytes:
         """Re-issue the quote's PCK chain under this PKI and re-sign its QE report."""

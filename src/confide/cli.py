@@ -18,7 +18,13 @@ from confide import __version__
 from confide.collateral import is_url
 from confide.errors import ConfideError, UsageError
 from confide.evidence._reader import decode_evidence_text
-from confide.platforms import VerifyRequest, detect_platform, verify_request
+from confide.platforms import (
+    DCAP_PLATFORMS,
+    VerifyRequest,
+    detect_platform,
+    require_tcb_evaluation,
+    verify_request,
+)
 from confide.verify.result import Platform, VerifiedEvidence
 
 __all__ = ["main", "parse_time"]
@@ -74,6 +80,9 @@ _PATH = click.Path(path_type=Path)
 @click.option("--nonce", metavar="HEX", help="Expected nonce (NVIDIA, Nitro, GCE and Azure vTPM).")
 @click.option("--event-log", type=_PATH, help="TDX: directory with the CCEL table and event log to replay.")
 @click.option("--rim-root", type=_PATH, help="NVIDIA: override the pinned RIM signing root (tests only).")
+@click.option("--min-tcb-eval-number", "min_tcb_eval", type=click.IntRange(1, 0xFFFF_FFFF), metavar="N",
+              help="SGX/TDX: refuse collateral (TCB Info, QE Identity) of a TCB evaluation data number"
+                   " below N (exit 62).")  # fmt: skip
 @click.option("--ocsp", metavar="URL|DIR",
               help="NVIDIA: check the GPU chain's revocation at this OCSP responder (e.g."
                    " https://ocsp.ndis.nvidia.com/) or stored responses DIR/<serial hex>.der.")  # fmt: skip
@@ -91,6 +100,7 @@ def evidence_verify(
     event_log: Path | None,
     rim_root: Path | None,
     ocsp: str | None,
+    min_tcb_eval: int | None,
 ) -> None:
     """Verify EVIDENCE (binary, or hex text with or without 0x); exit 0 only when verified."""
     chosen: Platform | None = Platform(platform.lower()) if platform else None
@@ -108,6 +118,11 @@ def evidence_verify(
                 raise UsageError(f"--nonce: got {nonce!r}, expected hex") from None
         if ocsp is not None and chosen is not Platform.NVIDIA_GPU:
             raise UsageError(f"--ocsp is only for --platform nvidia-gpu, got {chosen.value}")
+        if min_tcb_eval is not None and chosen not in DCAP_PLATFORMS:
+            raise UsageError(
+                "--min-tcb-eval-number is only for Intel DCAP evidence (sgx, tdx, az-tdx-vtpm), "
+                f"got {chosen.value}"
+            )
         request = VerifyRequest(
             evidence=raw,
             platform=chosen,
@@ -122,8 +137,11 @@ def evidence_verify(
             event_log=event_log,
             rim_root=rim_root,
             ocsp=ocsp,
+            min_tcb_evaluation_data_number=min_tcb_eval,
         )
         result = verify_request(request)
+        if min_tcb_eval is not None:
+            require_tcb_evaluation(result, min_tcb_eval, "--min-tcb-eval-number")
     except ConfideError as exc:
         _fail(exc, chosen, as_json)
         return

@@ -17,12 +17,16 @@ contain secret values.
     │   ├── RevocationError (23)            a certificate of the chain is revoked
     │   ├── CollateralError (24)            collateral unusable (bad signature chain, mismatch)
     │   │   ├── CollateralMissingError (25) a needed piece of collateral is absent
-    │   │   └── CollateralExpiredError (26) collateral not valid at the verification time
+    │   │   ├── CollateralExpiredError (26) collateral not valid at the verification time
+    │   │   └── CollateralOutdatedError (62) valid collateral, but of an older TCB evaluation than
+    │   │                                   required (Intel tcbEvaluationDataNumber below the minimum)
     │   ├── TcbLevelNotFoundError (27)      no TCB level of the TCB Info matches the platform
     │   ├── BindingError (28)               report data / nonce / key binding mismatch
     │   ├── MeasurementError (29)           event-log replay or reference-measurement mismatch
     │   └── RollbackError (60)              authentic, but older than the recorded version
-    │                                       (e.g. a protected volume presented with an old tag)
+    │       │                               (e.g. a protected volume presented with an old tag)
+    │       └── LogRollbackError (67)       a witness cosigned a log state this log does not
+    │                                       extend: its database was rolled back, or forked
     ├── PolicyError (30)                    a policy document is invalid
     │   ├── AppraisalError (31)             verified evidence does not satisfy the policy
     │   ├── ConflictError (32)              stale predecessor, duplicate or no-longer-applicable version
@@ -50,11 +54,13 @@ __all__ = [
     "CollateralError",
     "CollateralExpiredError",
     "CollateralMissingError",
+    "CollateralOutdatedError",
     "ConfideError",
     "ConflictError",
     "ConsistencyError",
     "EntryMismatchError",
     "EntryMissingError",
+    "LogRollbackError",
     "MeasurementError",
     "NetworkError",
     "ParseError",
@@ -160,6 +166,15 @@ class CollateralExpiredError(CollateralError):
     exit_code = 26
 
 
+class CollateralOutdatedError(CollateralError):
+    """Collateral that is signed and within its validity window, but made for an older TCB
+    evaluation than required: Intel's ``tcbEvaluationDataNumber`` of a TCB Info or QE Identity
+    below the minimum asked for (``--min-tcb-eval-number``; a stale PCCS, or replayed
+    collateral, that would let a platform a TCB recovery made out of date pass)."""
+
+    exit_code = 62
+
+
 class TcbLevelNotFoundError(VerificationError):
     exit_code = 27
 
@@ -208,6 +223,15 @@ class RollbackError(VerificationError):
     presented with an old tag, or a log presenting a tree smaller than one it presented before."""
 
     exit_code = 60
+
+
+class LogRollbackError(RollbackError):
+    """A transparency-log witness cosigned a state of this log that the log does not extend: a
+    larger tree than the log holds (its database was rolled back), or another tree of the same
+    or a smaller size (a copy of the database forked). The witness's word, not a network failure
+    (docs/adr/0005-witness-quorum.md)."""
+
+    exit_code = 67
 
 
 class ConsistencyError(VerificationError):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from confide.errors import NetworkError, UnknownKeyError
+from confide.errors import LogRollbackError, UnknownKeyError
 from confide.ledger.store import Ledger, connect, write_transaction
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -131,7 +131,7 @@ def test_witnessed_log(tmp_path: Path, keys: dict[str, str], witness_url: str) -
         "--witness-key",
         keys["witness"],
     )
-    assert res.returncode == NetworkError.exit_code
-    assert "422" in res.stderr and "ConsistencyError" in res.stderr
+    assert res.returncode == LogRollbackError.exit_code
+    assert "refused the consistency proof from size 250, the size it cosigned, to 260" in res.stderr
     # The witness still holds the honest size 250.
     assert "\\n250\\n" in (tmp_path / "witness.json").read_text()

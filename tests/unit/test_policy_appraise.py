@@ -418,18 +418,28 @@ def test_platform_mismatch() -> None:
 
 # --- TCB status, advisories, debug --------------------------------------------------------------
 
-# Independent statement of the rule (issue 4 / Intel TCB statuses): what each status needs.
-NEEDS = {
-    TcbStatus.UP_TO_DATE: set(),
-    TcbStatus.SW_HARDENING_NEEDED: {"software-hardening-needed"},
-    TcbStatus.CONFIGURATION_NEEDED: {"configuration-needed"},
-    TcbStatus.CONFIGURATION_AND_SW_HARDENING_NEEDED: {"configuration-needed", "software-hardening-needed"},
-    TcbStatus.OUT_OF_DATE: {"outdated-tcb"},
-    TcbStatus.OUT_OF_DATE_CONFIGURATION_NEEDED: {"outdated-tcb", "configuration-needed"},
+# Independent statement of the rule (issue 4 / Intel TCB statuses): what each status needs, as
+# groups of tolerances of which one each must be tolerated (the first one named when none is).
+NEEDS: dict[TcbStatus, list[tuple[str, ...]] | None] = {
+    TcbStatus.UP_TO_DATE: [],
+    TcbStatus.SW_HARDENING_NEEDED: [("software-hardening-needed",)],
+    TcbStatus.CONFIGURATION_NEEDED: [("configuration-needed",)],
+    TcbStatus.CONFIGURATION_AND_SW_HARDENING_NEEDED: [
+        ("configuration-needed",),
+        ("software-hardening-needed",),
+    ],
+    TcbStatus.OUT_OF_DATE: [("outdated-tcb",)],
+    TcbStatus.OUT_OF_DATE_CONFIGURATION_NEEDED: [("outdated-tcb",), ("configuration-needed",)],
     TcbStatus.REVOKED: None,
+    # a TD advised to relaunch: its own tolerance, or the wider outdated-tcb
+    TcbStatus.TD_RELAUNCH_ADVISED: [("relaunch-advised", "outdated-tcb")],
+    TcbStatus.TD_RELAUNCH_ADVISED_CONFIGURATION_NEEDED: [
+        ("relaunch-advised", "outdated-tcb"),
+        ("configuration-needed",),
+    ],
 }
-TOLERABLE = ["software-hardening-needed", "configuration-needed", "outdated-tcb"]
-SUBSETS = [set(c) for n in range(4) for c in itertools.combinations(TOLERABLE, n)]
+TOLERABLE = ["software-hardening-needed", "configuration-needed", "outdated-tcb", "relaunch-advised"]
+SUBSETS = [set(c) for n in range(5) for c in itertools.combinations(TOLERABLE, n)]
 
 
 @pytest.mark.parametrize("status", list(TcbStatus), ids=str)
@@ -438,15 +448,17 @@ def test_tcb_status_tolerance_matrix(status: TcbStatus, tolerate: set[str]) -> N
     security = f"    tolerate: [{', '.join(sorted(tolerate))}]\n" if tolerate else ""
     pol = policy(f"      mrenclave: {H32['b']}\n", security)
     result = appraise(evidence(Platform.SGX, sgx(), tcb=status), pol, "svc", at=AT)
-    needs = NEEDS[status]
-    assert result.accepted == (needs is not None and needs <= tolerate)
-    if needs is None:
+    groups = NEEDS[status]
+    if groups is None:
+        assert not result.accepted
         assert fields(result) == ["tcb_status"] and "Revoked" in str(result.reasons[0])
-    else:
-        missing = needs - tolerate
-        assert len(result.reasons) == len(missing)
-        assert {r.expected.split("'")[1] for r in result.reasons} == missing
-        assert {t.value for t in result.tolerated} == needs & tolerate
+        return
+    missing = {g[0] for g in groups if not set(g) & tolerate}
+    used = {next(t for t in g if t in tolerate) for g in groups if set(g) & tolerate}
+    assert result.accepted == (not missing)
+    assert len(result.reasons) == len(missing)
+    assert {r.expected.split("'")[1] for r in result.reasons} == missing
+    assert {t.value for t in result.tolerated} == used
 
 
 def test_scone_insecure_configuration_is_configuration_needed() -> None:
@@ -597,10 +609,10 @@ def test_arbitrary_claims_never_crash_and_never_pass_unchecked(
 
 
 def test_a_tcb_status_unknown_to_appraisal_is_refused() -> None:
-    ev = evidence(Platform.SGX, sgx(), tcb="TDRelaunchAdvised")  # type: ignore[arg-type]
+    ev = evidence(Platform.SGX, sgx(), tcb="SomeFutureStatus")  # type: ignore[arg-type]
     result = appraise(ev, SGX_POLICY, "svc", at=AT)
     assert not result.accepted and fields(result) == ["tcb_status"]
-    assert result.reasons[0].got == "TDRelaunchAdvised"
+    assert result.reasons[0].got == "SomeFutureStatus"
 
 
 def test_hyperthreading_shortcut_stands_for_its_configuration_category() -> None:

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import shutil
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,10 +26,9 @@ from confide.runtime.nvidia import GpuQuoteProvider, NvmlGpuSource, nvml_error
 from confide.runtime.quote import Evidence, SimQuoteProvider
 from confide.runtime.run import attest_and_prepare
 from confide.verify.result import Platform
-from gpu_cas import CPU, FWID, NOW, NV_MEASUREMENTS, NV_REPORT, PKI
-from nvidia_forge import NvidiaPki, make_leaf, resign
+from gpu_cas import CPU, NOW, NV_MEASUREMENTS, NV_REPORT, PKI
+from nvml_fakes import GPUS, FakeGpus, FakeNvml, build_stub
 
-GPUS = [PKI] + [NvidiaPki(PKI.root, PKI.ica, make_leaf(PKI.ica, FWID, NOW)) for _ in range(MAX_GPUS)]
 M22 = NV_MEASUREMENTS[22].hex()
 
 POLICY = f"""name: app
@@ -62,26 +58,6 @@ def cas(tmp_path: Path) -> InProcessCas:
 
 def sim_cpu(cas: InProcessCas) -> SimQuoteProvider:
     return SimQuoteProvider(cas.platform, bytes.fromhex(CPU), clock=lambda: NOW)
-
-
-class FakeGpus:
-    """A :class:`~confide.runtime.nvidia.GpuSource` of ``count`` GPUs whose reports are forged
-    under the test PKI for the nonce asked for (``nonce_for`` may change it per GPU)."""
-
-    def __init__(self, count: int, nonce_for: Callable[[int, bytes], bytes] = lambda _k, n: n) -> None:
-        self.count = count
-        self.nonce_for = nonce_for
-        self.asked: list[tuple[int, bytes]] = []
-
-    def devices(self) -> int:
-        return self.count
-
-    def attestation_report(self, index: int, nonce: bytes) -> bytes:
-        self.asked.append((index, nonce))
-        return resign(NV_REPORT, GPUS[index].leaf[1], nonce=self.nonce_for(index, nonce))
-
-    def certificate_chain(self, index: int) -> bytes:
-        return GPUS[index].chain_pem()
 
 
 # --- end to end into the CAS -------------------------------------------------------------------
@@ -245,64 +221,6 @@ def test_structure_layouts_match_nvml_h() -> None:
     assert ctypes.sizeof(ctypes.c_uint) == 4
 
 
-class FakeNvml:
-    """A stand-in for ``libnvidia-ml.so.1``: the NVML functions as attributes, called with the
-    same ctypes arguments the real ones get. Reports are forged under the test PKI for the nonce
-    written into the structure. ``codes[name]`` makes ``name`` return that code; ``sizes``
-    overrides what the driver says it wrote; ``missing`` names absent symbols."""
-
-    def __init__(
-        self,
-        count: int = 1,
-        *,
-        codes: dict[str, int] | None = None,
-        sizes: dict[str, int] | None = None,
-        cc_feature: int = 1,
-        missing: tuple[str, ...] = (),
-    ) -> None:
-        self.count, self.codes, self.sizes, self.cc_feature = count, codes or {}, sizes or {}, cc_feature
-        self.calls: list[str] = []
-        self.nonces: list[bytes] = []
-        for name in nvidia._PROTOTYPES:
-            if name not in missing:
-                setattr(self, name, self._entry(name, getattr(self, "_" + name)))
-
-    def _entry(self, name: str, body: Callable[..., None]) -> Callable[..., int]:
-        def call(*args: Any) -> int:
-            self.calls.append(name)
-            if name in self.codes:
-                return self.codes[name]
-            body(*args)
-            return 0
-
-        return call
-
-    def _nvmlInit_v2(self) -> None:
-        pass
-
-    def _nvmlSystemGetConfComputeState(self, state: Any) -> None:
-        state.contents.ccFeature = self.cc_feature
-
-    def _nvmlDeviceGetCount_v2(self, count: Any) -> None:
-        count.contents.value = self.sizes.get("count", self.count)
-
-    def _nvmlDeviceGetHandleByIndex_v2(self, index: int, handle: Any) -> None:
-        handle.contents.value = 0x1000 + index
-
-    def _nvmlDeviceGetConfComputeGpuAttestationReport(self, handle: Any, out: Any) -> None:
-        report = out.contents
-        nonce = bytes(report.nonce)
-        self.nonces.append(nonce)
-        data = resign(NV_REPORT, GPUS[handle.value - 0x1000].leaf[1], nonce=nonce)
-        ctypes.memmove(report.attestationReport, data, len(data))
-        report.attestationReportSize = self.sizes.get("report", len(data))
-
-    def _nvmlDeviceGetConfComputeGpuCertificate(self, handle: Any, out: Any) -> None:
-        chain = GPUS[handle.value - 0x1000].chain_pem()
-        ctypes.memmove(out.contents.attestationCertChain, chain, len(chain))
-        out.contents.attestationCertChainSize = self.sizes.get("certs", len(chain))
-
-
 def test_nvml_marshalling() -> None:
     lib = FakeNvml(2)
     source = NvmlGpuSource(lib)
@@ -313,9 +231,57 @@ def test_nvml_marshalling() -> None:
     parsed = NvidiaAttestationReport.from_bytes(report)
     assert parsed.nonce == nonce and len(report) == len(NV_REPORT)
     assert source.certificate_chain(1) == GPUS[1].chain_pem()
+    assert source.ready_state() is False
+    source.set_ready_state()
+    assert lib.set_values == [1]  # NVML_CC_ACCEPTING_CLIENT_REQUESTS_TRUE, by value
+    assert source.ready_state() is True
     assert lib.calls.count("nvmlInit_v2") == 1 and lib.calls.count("nvmlSystemGetConfComputeState") == 1
     for name in nvidia._PROTOTYPES:
         assert getattr(lib, name).restype is ctypes.c_int
+
+
+def test_ready_state_prototypes_match_nvml_h() -> None:
+    # nvmlSystemGetConfComputeGpusReadyState(unsigned int *isAcceptingWork),
+    # nvmlSystemSetConfComputeGpusReadyState(unsigned int isAcceptingWork)
+    assert nvidia._PROTOTYPES["nvmlSystemGetConfComputeGpusReadyState"] == [ctypes.POINTER(ctypes.c_uint)]
+    assert nvidia._PROTOTYPES["nvmlSystemSetConfComputeGpusReadyState"] == [ctypes.c_uint]
+    assert (
+        nvidia.NVML_CC_ACCEPTING_CLIENT_REQUESTS_FALSE,
+        nvidia.NVML_CC_ACCEPTING_CLIENT_REQUESTS_TRUE,
+    ) == (0, 1)
+
+
+@pytest.mark.parametrize("value", [2, 0xFFFFFFFF])
+def test_a_ready_state_other_than_0_or_1_is_a_parse_error(value: int) -> None:
+    with pytest.raises(errors.ParseError, match=f"isAcceptingWork: got {value}, expected 0 or 1"):
+        NvmlGpuSource(FakeNvml(1, ready=value)).ready_state()
+
+
+@pytest.mark.parametrize(
+    ("code", "error", "match"),
+    [
+        (4, errors.UsageError, r"^NVML nvmlSystemSetConfComputeGpusReadyState: NVML_ERROR_NO_PERMISSION \(4\): setting it needs root$"),
+        (3, errors.UsageError, r"NVML_ERROR_NOT_SUPPORTED \(3\): not supported"),
+        (19, errors.StorageError, r"NVML_ERROR_IN_USE \(19\)$"),
+    ],
+)  # fmt: skip
+def test_setting_the_ready_state_fails(code: int, error: type[Exception], match: str) -> None:
+    lib = FakeNvml(1, codes={"nvmlSystemSetConfComputeGpusReadyState": code})
+    with pytest.raises(error, match=match) as info:
+        NvmlGpuSource(lib).set_ready_state()
+    assert type(info.value) is error
+    assert lib.calls[-1] == "nvmlSystemSetConfComputeGpusReadyState" and lib.ready == 0
+
+
+@pytest.mark.parametrize(
+    "missing", ["nvmlSystemGetConfComputeGpusReadyState", "nvmlSystemSetConfComputeGpusReadyState"]
+)
+def test_a_driver_without_the_ready_state_fails_when_it_is_read(missing: str) -> None:
+    # Reading it (before the attestation) looks the setter up too: an old driver fails there.
+    lib = FakeNvml(1, missing=(missing,))
+    with pytest.raises(errors.UsageError, match=f"NVML {missing}: NVML_ERROR_FUNCTION_NOT_FOUND"):
+        NvmlGpuSource(lib).ready_state()
+    assert "nvmlSystemSetConfComputeGpusReadyState" not in lib.calls
 
 
 @pytest.mark.parametrize(
@@ -419,6 +385,15 @@ def test_the_library_is_loaded_by_its_soname(monkeypatch: pytest.MonkeyPatch) ->
         (("--gpus", "0", "--tee", "tdx"), "--gpus: got '0', expected 'all' or a number from 1 to 8"),
         (("--gpus", "9", "--tee", "sev-snp"), "--gpus: got '9'"),
         (("--gpus", "two", "--tee", "az-vtpm"), "--gpus: got 'two'"),
+        (("--gpus", "0,2", "--tee", "tdx"), "--gpus: got '0,2', expected 'all' or a number from 1 to 8 (to name GPUs: --gpu-index)"),
+        (("--gpu-index", "0", "--tee", "sgx-gramine"), "--gpu-index: got --tee sgx-gramine, expected one of tdx"),
+        (("--gpus", "2", "--gpu-index", "0,1", "--tee", "tdx"), "give --gpus (all or a number) or --gpu-index (which GPUs), not both"),
+        (("--gpu-index", "0,0", "--tee", "tdx"), "--gpu-index: got GPU 0 twice, expected each GPU once"),
+        (("--gpu-index", "0,", "--tee", "tdx"), "--gpu-index: got '' in '0,', expected GPU indices separated by commas"),
+        (("--gpu-index", "all", "--tee", "tdx"), "--gpu-index: got 'all' in 'all'"),
+        (("--gpu-index", ",".join(map(str, range(9))), "--tee", "tdx"), "--gpu-index: got 9 GPUs, expected 1 to 8"),
+        (("--gpu-ready-state", "skip", "--tee", "tdx"), "--gpu-ready-state needs --gpus or --gpu-index"),
+        (("--gpu-ocsp", "/nonexistent", "--tee", "tdx"), "--gpu-ocsp needs --gpus or --gpu-index"),
     ],
 )  # fmt: skip
 def test_cli_refuses_gpus_where_they_cannot_be(args: tuple[str, ...], match: str) -> None:
@@ -441,56 +416,12 @@ def test_cli_gpus_without_the_nvidia_driver() -> None:
 
 # --- the real ctypes calls, into a C library with NVML's symbols ------------------------------------
 
-# A stand-in for libnvidia-ml.so.1 built from C with nvml.h's structure definitions (written out
-# here, from the header's text): checks that the prototypes and pointers confide passes reach C
-# as NVML expects them. Its report is "nonce echo": the 32 nonce bytes followed by the device
-# index, so the Python side can check what C received.
-_STUB_C = r"""
-#include <string.h>
-typedef struct nvmlDevice_st *nvmlDevice_t;
-typedef struct { unsigned environment, ccFeature, devToolsMode; } nvmlConfComputeSystemState_t;
-typedef struct {
-    unsigned isCecAttestationReportPresent, attestationReportSize, cecAttestationReportSize;
-    unsigned char nonce[0x20], attestationReport[0x2000], cecAttestationReport[0x1000];
-} nvmlConfComputeGpuAttestationReport_t;
-typedef struct {
-    unsigned certChainSize, attestationCertChainSize;
-    unsigned char certChain[0x1000], attestationCertChain[0x1400];
-} nvmlConfComputeGpuCertificate_t;
-static nvmlDevice_t devices[2] = {(nvmlDevice_t)0x1000, (nvmlDevice_t)0x1001};
-int nvmlInit_v2(void) { return 0; }
-int nvmlSystemGetConfComputeState(nvmlConfComputeSystemState_t *s) { s->ccFeature = 1; return 0; }
-int nvmlDeviceGetCount_v2(unsigned *count) { *count = 2; return 0; }
-int nvmlDeviceGetHandleByIndex_v2(unsigned index, nvmlDevice_t *device) {
-    if (index > 1) return 2;
-    *device = devices[index];
-    return 0;
-}
-int nvmlDeviceGetConfComputeGpuAttestationReport(nvmlDevice_t d, nvmlConfComputeGpuAttestationReport_t *r) {
-    if (d == devices[1]) return 10;
-    memcpy(r->attestationReport, r->nonce, 0x20);
-    r->attestationReport[0x20] = (unsigned char)((unsigned long)d & 0xff);
-    r->attestationReportSize = 0x21;
-    r->cecAttestationReportSize = 0x1000;
-    return 0;
-}
-int nvmlDeviceGetConfComputeGpuCertificate(nvmlDevice_t d, nvmlConfComputeGpuCertificate_t *c) {
-    memset(c->attestationCertChain, 'C', 0x1400);
-    c->attestationCertChainSize = d == devices[0] ? 0x1400 : 0x1401;
-    return 0;
-}
-"""
-
 
 @pytest.fixture(scope="module")
 def stub_library(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
+    library = build_stub(tmp_path_factory.mktemp("nvml"))
+    if library is None:
         pytest.skip("no C compiler to build the NVML stand-in")
-    directory = tmp_path_factory.mktemp("nvml")
-    (directory / "stub.c").write_text(_STUB_C)
-    library = directory / "libnvml-stub.so"
-    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(library), str(directory / "stub.c")], check=True)
     return ctypes.CDLL(str(library))
 
 
@@ -506,3 +437,30 @@ def test_real_ctypes_calls_into_c(stub_library: Any) -> None:
     assert source.certificate_chain(0) == b"C" * 0x1400
     with pytest.raises(errors.ParseError, match="got 5121 bytes, expected 1 to 5120"):
         source.certificate_chain(1)
+
+
+def test_the_ready_state_through_real_ctypes_calls(stub_library: Any) -> None:
+    state, calls, value, code = (
+        ctypes.c_uint.in_dll(stub_library, "ready_state"),
+        ctypes.c_uint.in_dll(stub_library, "ready_set_calls"),
+        ctypes.c_uint.in_dll(stub_library, "ready_set_value"),
+        ctypes.c_int.in_dll(stub_library, "ready_set_code"),
+    )
+    source = NvmlGpuSource(stub_library)
+    try:
+        assert source.ready_state() is False  # the pointer reached C and came back written
+        code.value = 4
+        with pytest.raises(
+            errors.UsageError, match=r"NVML_ERROR_NO_PERMISSION \(4\): setting it needs root$"
+        ):
+            source.set_ready_state()
+        assert (calls.value, value.value, state.value) == (1, 1, 0)
+        code.value = 0
+        source.set_ready_state()
+        assert (calls.value, value.value, state.value) == (2, 1, 1)  # 1 = ACCEPTING_CLIENT_REQUESTS_TRUE
+        assert source.ready_state() is True
+        state.value = 7
+        with pytest.raises(errors.ParseError, match="got 7, expected 0 or 1"):
+            source.ready_state()
+    finally:
+        state.value, calls.value, value.value, code.value = 0, 0, 0xFFFFFFFF, 0

@@ -14,6 +14,7 @@ import bisect
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -48,6 +49,7 @@ from confide.cas.public_http import (
 from confide.cas.secrets import OCSP_PATH
 from confide.cas.successor import Successors
 from confide.cas.verifier import Prefetched
+from confide.cas.witness_quorum import WitnessGuard
 from confide.errors import ConfideError, ParseError
 from confide.httpserve.limits import HttpLimits
 from confide.httpserve.ratelimit import RateLimiter, client_key, retry_after
@@ -111,6 +113,7 @@ def create_app(
     attest_limiter: RateLimiter | None = None,
     write_limiter: RateLimiter | None = None,
     public_http: PublicApp | None = None,
+    witness_guard: WitnessGuard | None = None,
 ) -> FastAPI:
     """The CAS's API; ``cas_evidence``: its own evidence (``GET /v1/cas/evidence``), whose
     refreshes and their failures ``/metrics`` counts. ``http_limits``: the server's connection
@@ -118,7 +121,11 @@ def create_app(
     rate of ``POST /v1/attest/nonce`` and ``POST /v1/attest``; ``write_limiter``: of every other
     POST (policy submissions and updates, board approvals, volume tags); ``None``: unlimited.
     ``public_http``: the public plain-HTTP listener's application, whose responses and
-    connection limits ``/metrics`` counts too (``cas serve --public-http-listen``)."""
+    connection limits ``/metrics`` counts too (``cas serve --public-http-listen``).
+    ``witness_guard``: with ``cas serve --witness-quorum`` (docs/cas.md "Witness quorum"), every
+    POST but OCSP's (releases, nonces, policy and board changes, volume tags) is answered 503
+    while the guard refuses (a witness's rollback or fork answer, or ``--witness-max-lag``
+    passed), and ``/metrics`` shows what the witnesses said."""
     registry = CollectorRegistry()
     requests = _Counts("confide_requests", "HTTP requests", ("route", "status"))
     registry.register(requests)
@@ -187,6 +194,17 @@ def create_app(
                         status = response.status_code
                         await _send_response(response, send)
                         return
+                # docs/cas.md "Witness quorum": no release or change from a database a witness
+                # says was rolled back or forked (or, with --witness-max-lag, not cosigned lately).
+                stopped = None
+                if witness_guard is not None and not path.startswith(OCSP_PATH):
+                    stopped = witness_guard.refusal()
+                if stopped is not None:
+                    route = route or _write_route(path)
+                    response = _halted(stopped)
+                    status = response.status_code
+                    await _send_response(response, send)
+                    return
             # Every request body is read here, bounded by MAX_BODY, before anything parses it:
             # a larger one (declared or sent) is refused with 413 without being read further;
             # one that would take the bodies held at once past MAX_BODIES, with 503.
@@ -447,6 +465,8 @@ def create_app(
         registry.register(_PublicHttpCollector(public_http))
     if cas_evidence is not None:
         registry.register(_EvidenceCollector(cas_evidence))
+    if witness_guard is not None:
+        registry.register(_WitnessCollector(witness_guard))
 
     @app.get("/metrics")
     def metrics() -> Response:
@@ -554,6 +574,15 @@ def _too_many(wait: float) -> JSONResponse:
     )
     response.status_code = 429
     response.headers["Retry-After"] = delay
+    return response
+
+
+def _halted(exc: ConfideError) -> JSONResponse:
+    """503 while the witness guard refuses (its error's class, so clients exit with its code);
+    the connection is kept (the unread body is discarded by uvicorn once the response is
+    complete). A halt lasts until the CAS restarts; a lag, until the next quorum."""
+    response = _error_response(exc)
+    response.status_code = 503
     return response
 
 
@@ -910,6 +939,61 @@ class _EvidenceCollector:
             "When the CAS obtained the evidence it serves (Unix time)",
             value=self.evidence.obtained_at.timestamp(),
         )
+
+
+class _WitnessCollector:
+    """What the witnesses said (``--witness-quorum``, confide.cas.witness_quorum), read at
+    scrape time."""
+
+    def __init__(self, guard: WitnessGuard) -> None:
+        self.guard = guard
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        guard = self.guard
+        yield GaugeMetricFamily(
+            "confide_cas_witness_quorum", "Witnesses that must cosign a checkpoint", value=guard.config.quorum
+        )
+        yield GaugeMetricFamily(
+            "confide_cas_witness_halted",
+            "1 once a witness said the database was rolled back or forked (releases stop until restart)",
+            value=0 if guard.halted is None else 1,
+        )
+        refused = guard.refusal()
+        yield GaugeMetricFamily(
+            "confide_cas_witness_refusing",
+            "1 while releases and changes are refused (halted, or --witness-max-lag passed)",
+            value=0 if refused is None else 1,
+        )
+        yield GaugeMetricFamily(
+            "confide_cas_witness_quorum_size",
+            "Size of the newest checkpoint cosigned by a quorum (-1: none)",
+            value=guard.quorum_size,
+        )
+        age = guard.age()
+        yield GaugeMetricFamily(
+            "confide_cas_witness_quorum_age_seconds",
+            "Seconds since the newest checkpoint cosigned by a quorum (NaN: none)",
+            value=math.nan if age is None else age,
+        )
+        if guard.quorum_wall is not None:
+            yield GaugeMetricFamily(
+                "confide_cas_witness_quorum_timestamp_seconds",
+                "When the newest checkpoint cosigned by a quorum was (Unix time)",
+                value=guard.quorum_wall,
+            )
+        cosigned = CounterMetricFamily(
+            "confide_cas_witness_cosignatures", "Cosignatures got, per witness", labels=["witness"]
+        )
+        failed = CounterMetricFamily(
+            "confide_cas_witness_failures",
+            "Witness requests that failed (unreachable, another answer), per witness",
+            labels=["witness"],
+        )
+        for name, cosignatures, failures in guard.witnesses:
+            cosigned.add_metric([name], cosignatures)
+            failed.add_metric([name], failures)
+        yield cosigned
+        yield failed
 
 
 class _CasApp(FastAPI):

@@ -6,18 +6,22 @@ Clients read the CAS location from the variables in ``client.env`` (``source DIR
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from confide.cas.sealing import SEAL_PROVIDERS
 from confide.errors import UsageError
 from confide.identity import Identity, load_identity
+
+if TYPE_CHECKING:
+    from confide.runtime.nvidia import GpuQuoteProvider
 
 __all__ = ["cas", "identity", "policy", "run"]
 
@@ -52,6 +56,10 @@ def cas() -> None:
 @click.option("--dev", is_flag=True, help="Development: enable the SIMULATED TEE (never in production).")
 @click.option("--db", "db_url", help="Database URL (default: SQLite in --data-dir; postgresql://...).")
 @click.option("--collateral", help="DCAP collateral source for SGX/TDX evidence (file, directory or URL).")
+@click.option("--min-tcb-eval-number", "min_tcb_eval", type=click.IntRange(1, 0xFFFF_FFFF), metavar="N",
+              help="Refuse SGX/TDX evidence verified with Intel collateral (TCB Info, QE Identity) of a"
+              " TCB evaluation data number below N; a --collateral URL's older answers are not"
+              " kept but asked for again.")  # fmt: skip
 @click.option("--kds", metavar="URL",
               help="AMD KDS (https://kdsintf.amd.com) or a mirror: fetch the VCEK of SEV-SNP evidence"
               " sent without one, and with --tee sev-snp the CAS's own (cached in"
@@ -61,6 +69,15 @@ def cas() -> None:
 @click.option("--witness-cacert", type=click.Path(path_type=Path), metavar="FILE",
               help="Trust only the certificates in FILE (PEM) for https:// witnesses"
               " (default: the system's CAs).")  # fmt: skip
+@click.option("--witness-quorum", "witness_quorum", type=click.IntRange(min=1), metavar="N",
+              help="N of the --witness witnesses must cosign the log before the CAS starts (else it"
+              " exits: 67 when one says the database was rolled back or forked, 40 without a"
+              " quorum); while running, such an answer halts releases and changes until restart."
+              ' The witness keys and N are bound into the CAS\'s evidence (docs/cas.md "Witness'
+              ' quorum").')  # fmt: skip
+@click.option("--witness-max-lag", "witness_max_lag", metavar="SECONDS",
+              help="With --witness-quorum: refuse releases and changes while no checkpoint was"
+              " cosigned by a quorum for this long (10 to 2592000; default: no bound).")  # fmt: skip
 @click.option(
     "--nvidia-ocsp",
     "nvidia_ocsp",
@@ -192,6 +209,8 @@ def cas_serve(
     kds: str | None,
     witness_specs: tuple[str, ...],
     witness_cacert: Path | None,
+    witness_quorum: int | None,
+    witness_max_lag: str | None,
     seal: str,
     tee: str | None,
     evidence_refresh: str | None,
@@ -213,6 +232,7 @@ def cas_serve(
     join: str | None,
     join_as_successor: bool,
     successor_board: Path | None,
+    min_tcb_eval: int | None,
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
     from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity, parse_public_url
@@ -221,6 +241,7 @@ def cas_serve(
     from confide.cas.sealing import provider_for
     from confide.cas.server import parse_witnesses, serve
     from confide.cas.successor_board import parse_board_file
+    from confide.cas.witness_quorum import parse_max_lag
     from confide.httpserve.limits import HttpLimits
     from confide.httpserve.ratelimit import parse_rate
     from confide.ledger.http import client_tls_context
@@ -240,12 +261,17 @@ def cas_serve(
     provider = provider_for(seal)
     if witness_cacert is not None and not witness_specs:
         raise UsageError("--witness-cacert needs --witness")
+    if witness_quorum is not None and not witness_specs:
+        raise UsageError("--witness-quorum needs --witness URL=VKEY (at least as many as the quorum)")
+    if witness_max_lag is not None and witness_quorum is None:
+        raise UsageError("--witness-max-lag needs --witness-quorum")
     serve(
         data_dir,
         listen,
         dev=dev,
         db_url=db_url,
         collateral=collateral,
+        min_tcb_evaluation_data_number=min_tcb_eval,
         kds=kds,
         witnesses=parse_witnesses(witness_specs),
         witness_tls=None if witness_cacert is None else client_tls_context(witness_cacert),
@@ -270,6 +296,8 @@ def cas_serve(
         session_tickets=tls_session_tickets,
         join_as_successor=join_as_successor,
         successor_board=None if successor_board is None else parse_board_file(successor_board),
+        witness_quorum=witness_quorum,
+        witness_max_lag=None if witness_max_lag is None else parse_max_lag(witness_max_lag),
     )
 
 
@@ -391,6 +419,7 @@ def _rotate_online(data_dir: Path, batch_size: int | None, pause_ms: int | None)
 _CAS_TOLERANCES = (
     "debug-mode",
     "outdated-tcb",
+    "relaunch-advised",
     "software-hardening-needed",
     "configuration-needed",
     "insecure-configuration",
@@ -417,6 +446,13 @@ _CAS_TOLERANCES = (
               help="Accept a CAS in this state (as a policy's security.attestation.tolerate).")  # fmt: skip
 @click.option("--ignore-advisory", "ignore_advisories", multiple=True, metavar="ID",
               help="Accept this advisory ID (e.g. INTEL-SA-00615) in the CAS's TCB.")  # fmt: skip
+@click.option("--expect-witnesses", "expect_witnesses", type=click.IntRange(min=1), metavar="N",
+              help="Refuse a CAS whose attested witness quorum (cas serve --witness-quorum) is below"
+              " N; with --expect-witness, a CAS whose quorum does not always include N of those"
+              " witnesses.")  # fmt: skip
+@click.option("--expect-witness", "expect_witness_keys", multiple=True, metavar="VKEY",
+              help="A witness you trust (repeat): the CAS's quorum must include --expect-witnesses"
+              " of them (default 1) whichever of its witnesses cosign.")  # fmt: skip
 def cas_attest(
     url: str | None,
     sim_key: Path | None,
@@ -426,10 +462,14 @@ def cas_attest(
     collateral: str | None,
     tolerate: tuple[str, ...],
     ignore_advisories: tuple[str, ...],
+    expect_witnesses: int | None,
+    expect_witness_keys: tuple[str, ...],
 ) -> None:
     """Verify the CAS's own evidence, bound to its TLS certificate, and pin that certificate."""
-    from confide.cas.pin import attest_cas, write_pin
+    from confide.cas.pin import WitnessExpectation, attest_cas, write_pin
     from confide.collateral.dcap import source_for
+    from confide.errors import ParseError
+    from confide.ledger.note import NoteVerifier
     from confide.platforms.dcap import COLLATERAL_ENV
     from confide.policy.model import Tolerance
     from confide.verify.result import Platform
@@ -450,6 +490,15 @@ def cas_attest(
             raise UsageError(f"--measurement: got {m[:40]!r}, expected 32 or 48 bytes in hex")
         expected.append(text)
     expect = _expected_claims(expect_specs)
+    witness_expectation = None
+    if expect_witnesses is not None or expect_witness_keys:
+        trusted = []
+        for vkey in expect_witness_keys:
+            try:
+                trusted.append(NoteVerifier.from_vkey(vkey.strip()).vkey)
+            except ParseError as exc:
+                raise UsageError(f"--expect-witness: {exc.message}") from None
+        witness_expectation = WitnessExpectation(expect_witnesses or 1, tuple(trusted))
     location = collateral or os.environ.get(COLLATERAL_ENV)
     pinned = attest_cas(
         url,
@@ -459,6 +508,7 @@ def cas_attest(
         tolerate=tuple(Tolerance(t) for t in tolerate),
         ignore_advisories=ignore_advisories,
         expect=expect,
+        expect_witnesses=witness_expectation,
     )
     ev = pinned.evidence
     label = " (SIMULATED)" if ev.simulated else ""
@@ -481,6 +531,14 @@ def cas_attest(
         click.echo(f"  AMD CRL: {crl}", err=True)
     click.echo(f"  TLS certificate SHA-256: {pinned.certificate_sha256}", err=True)
     click.echo(f"  transparency log key: {pinned.log_key}", err=True)
+    witnesses = pinned.witnesses
+    if witnesses is None:
+        click.echo("  witness quorum: none (the CAS does not check its database against witnesses)", err=True)
+    else:
+        checked = " (as expected)" if witness_expectation is not None else ""
+        click.echo(f"  witness quorum: {witnesses.quorum} of {len(witnesses.keys)}{checked}", err=True)
+        for key in witnesses.keys:
+            click.echo(f"    witness: {key}", err=True)
     click.echo(f"  evidence obtained: {_obtained(pinned.obtained_at)}", err=True)
     if out:
         write_pin(pinned, out)
@@ -1092,15 +1150,38 @@ def policy_revoke(
     "libnvidia-ml.so.1): all of them, or the first N; with --tee tdx, sev-snp, az-vtpm or sim.",
 )
 @click.option(
+    "--gpu-index",
+    "gpu_index",
+    metavar="I,J,...",
+    help="Instead of --gpus: attest the GPUs with these NVML indices (e.g. 0,2, as nvidia-smi "
+    "numbers them), each once, their reports sent in this order.",
+)
+@click.option(
+    "--gpu-ready-state",
+    "gpu_ready_state",
+    type=click.Choice(["set", "skip"]),
+    help="With --gpus/--gpu-index: 'set' (the default) sets the GPUs' confidential-computing ready "
+    "state (they then accept CUDA work) after the CAS accepted them, right before COMMAND starts; "
+    "it is system-wide, so every GPU must be attested, and needs root. 'skip' leaves it alone.",
+)
+@click.option(
     "--gpu-ocsp",
     "gpu_ocsp",
     metavar="URL|DIR",
-    help="With --gpus: staple the OCSP responses about each GPU's certificate chain to the evidence, "
-    "fetched from this responder (NVIDIA's is https://ocsp.ndis.nvidia.com/) or read from "
-    "DIR/<serial hex>.der, for a CAS that does not ask the responder itself.",
+    help="With --gpus/--gpu-index: staple the OCSP responses about each GPU's certificate chain to "
+    "the evidence, fetched from this responder (NVIDIA's is https://ocsp.ndis.nvidia.com/) or read "
+    "from DIR/<serial hex>.der, for a CAS that does not ask the responder itself.",
 )
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def run(config_id: str, tee: str, gpus: str | None, gpu_ocsp: str | None, command: tuple[str, ...]) -> None:
+def run(
+    config_id: str,
+    tee: str,
+    gpus: str | None,
+    gpu_index: str | None,
+    gpu_ready_state: str | None,
+    gpu_ocsp: str | None,
+    command: tuple[str, ...],
+) -> None:
     """Attest, receive configuration and secrets, and exec COMMAND (after --)."""
     from confide.cas.client import CasClient
     from confide.runtime.quote import (
@@ -1114,9 +1195,12 @@ def run(config_id: str, tee: str, gpus: str | None, gpu_ocsp: str | None, comman
     policy_name, sep, service = config_id.rpartition("/")
     if not sep or not policy_name or not service:
         raise UsageError(f"--config-id: got {config_id!r}, expected POLICY/SERVICE")
-    gpu_count = _gpu_count(gpus, tee) if gpus is not None else None
-    if gpu_ocsp is not None and gpus is None:
-        raise UsageError("--gpu-ocsp needs --gpus")
+    with_gpus = gpus is not None or gpu_index is not None
+    gpu_count, gpu_indices = _gpu_selection(gpus, gpu_index, tee) if with_gpus else (None, None)
+    if gpu_ocsp is not None and not with_gpus:
+        raise UsageError("--gpu-ocsp needs --gpus or --gpu-index")
+    if gpu_ready_state is not None and not with_gpus:
+        raise UsageError("--gpu-ready-state needs --gpus or --gpu-index")
     provider: QuoteProvider
     measured = None
     if tee == "sim":
@@ -1148,40 +1232,84 @@ def run(config_id: str, tee: str, gpus: str | None, gpu_ocsp: str | None, comman
         provider = NitroQuoteProvider(transport)
     else:
         provider = GramineQuoteProvider()
-    if gpus is not None:
+    before_exec = None
+    if with_gpus:
         from confide.collateral.nvidia_ocsp import source_for as ocsp_source_for
         from confide.runtime.nvidia import GpuQuoteProvider, NvmlGpuSource
 
         # No NVML, or no such directory: refuse before asking the CAS for a nonce.
         stapler = ocsp_source_for(gpu_ocsp, "--gpu-ocsp") if gpu_ocsp is not None else None
-        provider = GpuQuoteProvider(provider, NvmlGpuSource(), count=gpu_count, ocsp=stapler)
+        gpu_provider = GpuQuoteProvider(
+            provider,
+            NvmlGpuSource(),
+            count=gpu_count,
+            indices=gpu_indices,
+            ocsp=stapler,
+            ready=gpu_ready_state != "skip",
+            warn=lambda message: click.echo(f"confide run: warning: {message}", err=True),
+        )
+        provider = gpu_provider
+        if gpu_ready_state != "skip":
+            before_exec = functools.partial(_gpus_ready, gpu_provider)
     client = CasClient.from_env()
     plan = attest_and_prepare(client, provider, policy_name, service, list(command))
     if measured is not None:
         plan = dataclasses.replace(plan, measured=measured)
     sys.stdout.flush()
+    # From here on the CAS accepted the attestation and its release decrypted: only now, right
+    # before the program starts, may the GPUs' ready state be set (before_exec).
     if plan.volumes:
-        code = supervise(plan, client)
+        code = supervise(plan, client, before_exec=before_exec)
         client.close()
         sys.exit(code)
     client.close()
-    launch(plan)
+    launch(plan, before_exec=before_exec)
 
 
 _GPU_TEES = ("tdx", "sev-snp", "az-vtpm", "sim")  # confide.policy.attestation.GPU_HOSTS
 
 
-def _gpu_count(gpus: str, tee: str) -> int | None:
-    """``--gpus``: None for ``all``, else the number (1 to MAX_GPUS); only with a VM TEE."""
+def _gpu_selection(
+    gpus: str | None, gpu_index: str | None, tee: str
+) -> tuple[int | None, tuple[int, ...] | None]:
+    """``--gpus`` (None for ``all``, else the number, 1 to MAX_GPUS) or ``--gpu-index`` (the
+    indices): (count, indices); only with a VM TEE."""
     from confide.policy.attestation import MAX_GPUS
+    from confide.runtime.nvidia import parse_gpu_indices
 
+    option = "--gpus" if gpus is not None else "--gpu-index"
     if tee not in _GPU_TEES:
         raise UsageError(
-            f"--gpus: got --tee {tee}, expected one of {', '.join(_GPU_TEES)} (GPUs in "
+            f"{option}: got --tee {tee}, expected one of {', '.join(_GPU_TEES)} (GPUs in "
             "confidential-computing mode belong to confidential VMs, not to enclaves)"
         )
+    if gpus is not None and gpu_index is not None:
+        raise UsageError("give --gpus (all or a number) or --gpu-index (which GPUs), not both")
+    if gpu_index is not None:
+        return None, parse_gpu_indices(gpu_index)
+    assert gpus is not None
     if gpus == "all":
-        return None
+        return None, None
     if not (gpus.isascii() and gpus.isdigit()) or not 1 <= int(gpus) <= MAX_GPUS:
-        raise UsageError(f"--gpus: got {gpus[:20]!r}, expected 'all' or a number from 1 to {MAX_GPUS}")
-    return int(gpus)
+        raise UsageError(
+            f"--gpus: got {gpus[:20]!r}, expected 'all' or a number from 1 to {MAX_GPUS} (to name "
+            "GPUs: --gpu-index)"
+        )
+    return int(gpus), None
+
+
+def _gpus_ready(provider: GpuQuoteProvider) -> None:
+    """``confide run``'s ``before_exec`` with ``--gpu-ready-state set``: the CAS accepted the GPUs."""
+    already = provider.mark_ready()
+    gpus = ", ".join(map(str, provider.attested))
+    if already:
+        click.echo(
+            f"confide run: the GPUs' ready state was set already (left as it is); GPU(s) {gpus} attested",
+            err=True,
+        )
+    else:
+        click.echo(
+            f"confide run: GPU(s) {gpus} attested and accepted by the CAS: ready state set, the GPUs "
+            "accept client requests",
+            err=True,
+        )

@@ -34,7 +34,11 @@ for its outcome, in their own worker threads).
 
 A source failure (unreachable, HTTP 404/429/5xx, a malformed answer) is a
 :class:`~confide.errors.CollateralMissingError` that names the platform, the source and the
-cause: a refusal recorded with the attestation.
+cause: a refusal recorded with the attestation. A source built with a minimum TCB evaluation
+data number (``cas serve --min-tcb-eval-number``) that answers older collateral fails with
+:class:`~confide.errors.CollateralOutdatedError` instead, kept like any failure (and the source
+keeps no such answer on its disk), so the next attestation after :data:`FAILURE_GRACE` asks
+again.
 
 PCK certificates: a quote whose certification data only names its PCK certificate (types 1-4,
 :class:`~confide.evidence.dcap.PckCertId`) needs it before the platform's FMSPC and PCK CA (the
@@ -67,7 +71,7 @@ from confide.cas.fetch_cache import FetchCache
 from confide.cas.fetch_stats import FetchStats
 from confide.cas.flight import SingleFlight
 from confide.collateral.dcap import PCK_CERT_CACHE_TIME, DcapCollateralSource, PckCertificateSource
-from confide.errors import CollateralMissingError, ConfideError, ParseError
+from confide.errors import CollateralMissingError, CollateralOutdatedError, ConfideError, ParseError
 from confide.evidence.dcap import PckCertId, TeeType
 from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate
 from confide.lru import Lru
@@ -237,7 +241,15 @@ class DcapCollateralCache:
                 collateral = self.source.get_collateral(fmspc=key.fmspc, ca=key.ca, tee=key.tee)
         except ConfideError as exc:
             _log("pcs-fetch-failed", key, error=exc.kind)
-            raise CollateralMissingError(
+            # A source that serves an older TCB evaluation than the CAS requires (its
+            # min_tcb_evaluation_data_number) keeps that distinct refusal; it is asked again
+            # after FAILURE_GRACE, and what it answered is not kept (here or on its disk).
+            error = (
+                CollateralOutdatedError
+                if isinstance(exc, CollateralOutdatedError)
+                else CollateralMissingError
+            )
+            raise error(
                 f"fetching the DCAP collateral of {key} from {self.where} failed: {exc.kind}: {exc.message}"
             ) from None
         expires = _expires(collateral)

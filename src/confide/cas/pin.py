@@ -5,6 +5,13 @@ certificate || its transparency-log verifier key). The client fetches the certif
 TLS handshake itself (without trusting it yet), fetches the evidence, verifies it, checks the
 binding, and only then writes the certificate as the one to trust (``CONFIDE_CAS_CERT``).
 
+A CAS started with ``--witness-quorum N`` binds its witnesses too (docs/adr/0005-witness-quorum.md):
+SHA-512("confide-cas/v2" || 0 || TLS certificate DER || log verifier key || 0 || "quorum N\\n" ||
+"witness VKEY\\n" for each witness key, sorted), and its document says ``witnesses: {quorum,
+keys}`` (:class:`AttestedWitnesses`). The document's member decides which binding is checked,
+so removing, adding or changing it makes the binding fail; without it the v1 binding is
+byte-for-byte what it was. The client can require a quorum (:func:`witness_mismatches`).
+
 SEV-SNP: a CAS that fetched its own VCEK from AMD KDS publishes the ARK's CRL it verified that
 VCEK's chain with (``amd_crl``, :mod:`confide.cas.own_vcek`). The client checks the chain
 against it (signed by the pinned ARK, current at the client's time, the ASK not revoked:
@@ -48,6 +55,7 @@ from confide.errors import (
     ParseError,
     UsageError,
 )
+from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, NoteVerifier
 from confide.policy.appraise import check_security
 from confide.policy.model import AttestationSecurity, Tolerance
 from confide.sim.platform import load_platform_public_key
@@ -57,16 +65,120 @@ from confide.verify.sev_snp import AmdRootStore
 __all__ = [
     "DCAP_PLATFORMS",
     "MEASUREMENT_CLAIMS",
+    "AttestedWitnesses",
     "PinnedCas",
+    "WitnessExpectation",
     "attest_cas",
     "cas_binding",
     "fetch_unverified",
     "verify_cas_document",
     "verify_cas_evidence",
+    "witness_mismatches",
 ]
 
 CAS_BINDING_PREFIX = b"confide-cas/v1\x00"
+CAS_BINDING_PREFIX_V2 = b"confide-cas/v2\x00"  # with the witnesses (AttestedWitnesses)
+WITNESSES_FIELD = "witnesses"
+MAX_WITNESSES = 32
 MAX_BODY = 1 << 20
+
+
+@dataclass(frozen=True)
+class AttestedWitnesses:
+    """The witnesses a CAS started with ``--witness-quorum`` binds into its report data: their
+    verifier keys (``vkey`` strings, sorted, distinct) and how many of them must cosign each
+    checkpoint (``quorum``, 1..len(keys))."""
+
+    quorum: int
+    keys: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.keys) <= MAX_WITNESSES:
+            raise ParseError(
+                f"got {len(self.keys)} witness keys, expected 1 to {MAX_WITNESSES}", structure="CAS witnesses"
+            )
+        if list(self.keys) != sorted(set(self.keys)):
+            raise ParseError("the witness keys are not sorted and distinct", structure="CAS witnesses")
+        if not 1 <= self.quorum <= len(self.keys):
+            raise ParseError(
+                f"got quorum {self.quorum}, expected 1 to {len(self.keys)} (the number of witnesses)",
+                structure="CAS witnesses",
+            )
+        public = set()
+        for vkey in self.keys:  # each one a cosignature/v1 key, each key once (under any name)
+            verifier = NoteVerifier.from_vkey(vkey)
+            if verifier.sig_type != SIG_TYPE_COSIGNATURE_V1 or verifier.vkey != vkey:
+                raise ParseError(
+                    f"got witness key {vkey[:60]!r}, expected a cosignature/v1 verifier key",
+                    structure="CAS witnesses",
+                )
+            public.add(verifier.public_key)
+        if len(public) != len(self.keys):
+            raise ParseError("a witness's public key is listed twice", structure="CAS witnesses")
+
+    def config(self) -> bytes:
+        """What the v2 binding covers after the log key: ``quorum N\\n`` and ``witness VKEY\\n``
+        per key (in order: sorted)."""
+        lines = [f"quorum {self.quorum}\n", *(f"witness {k}\n" for k in self.keys)]
+        return "".join(lines).encode("ascii")
+
+    def to_json(self) -> dict[str, object]:
+        return {"quorum": self.quorum, "keys": list(self.keys)}
+
+    @classmethod
+    def from_json(cls, value: object) -> AttestedWitnesses:
+        """The document's ``witnesses`` member (hostile input)."""
+        if (
+            not isinstance(value, dict)
+            or set(value) != {"quorum", "keys"}
+            or type(value["quorum"]) is not int
+            or not isinstance(value["keys"], list)
+            or len(value["keys"]) > MAX_WITNESSES
+            or not all(isinstance(k, str) and k.isascii() and len(k) <= 512 for k in value["keys"])
+        ):
+            raise ParseError(
+                "the CAS's evidence document has a witnesses member that is not"
+                " {quorum: N, keys: [vkey, ...]}",
+                structure="CAS evidence",
+                field=WITNESSES_FIELD,
+            )
+        return cls(value["quorum"], tuple(value["keys"]))
+
+
+@dataclass(frozen=True)
+class WitnessExpectation:
+    """``cas attest --expect-witnesses N [--expect-witness VKEY]...``: every checkpoint the CAS
+    has cosigned by a quorum must carry at least ``minimum`` cosignatures of ``trusted`` keys
+    (empty: any of the CAS's own witnesses)."""
+
+    minimum: int
+    trusted: tuple[str, ...] = ()
+
+
+def witness_mismatches(witnesses: AttestedWitnesses | None, expect: WitnessExpectation) -> list[str]:
+    """Why the attested witness set does not satisfy ``expect`` (empty when it does). Of a
+    quorum of Q over W witnesses, W - T may be witnesses the client does not trust (T of them
+    it does), so a quorum guarantees Q - (W - T) cosignatures by trusted ones."""
+    if witnesses is None:
+        return [
+            f"the CAS has no witness quorum (started without --witness-quorum), expected at least"
+            f" {expect.minimum} (--expect-witnesses)"
+        ]
+    trusted = set(expect.trusted) if expect.trusted else set(witnesses.keys)
+    untrusted = sum(1 for k in witnesses.keys if k not in trusted)
+    guaranteed = witnesses.quorum - untrusted
+    if guaranteed >= expect.minimum:
+        return []
+    if expect.trusted:
+        return [
+            f"the CAS's quorum of {witnesses.quorum} over {len(witnesses.keys)} witnesses guarantees"
+            f" {max(guaranteed, 0)} cosignatures by the witnesses of --expect-witness ({untrusted} of"
+            f" its witnesses are not among them), expected at least {expect.minimum}"
+        ]
+    return [
+        f"the CAS's witness quorum is {witnesses.quorum} (of {len(witnesses.keys)}), expected at"
+        f" least {expect.minimum} (--expect-witnesses)"
+    ]
 
 
 @dataclass(frozen=True)
@@ -80,6 +192,9 @@ class PinnedCas:
     """When the CAS says it obtained this evidence (the document's ``obtained_at``; ``None`` from
     a CAS that does not say, which obtains its evidence once at startup). The CAS's claim over
     the attested TLS connection, not part of the signed evidence."""
+    witnesses: AttestedWitnesses | None = None
+    """The witness keys and quorum bound into the report data (``None``: a CAS without
+    ``--witness-quorum``, the v1 binding)."""
 
     @property
     def measurement_claim(self) -> str:
@@ -165,9 +280,15 @@ DCAP_PLATFORMS = frozenset({Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM}
 client's ``--collateral``, the CAS's own ``--collateral``), never the CAS's document."""
 
 
-def cas_binding(cert_der: bytes, log_key: str) -> bytes:
-    """The CAS's report data: SHA-512("confide-cas/v1" || 0 || TLS certificate DER || log key)."""
-    return hashlib.sha512(CAS_BINDING_PREFIX + cert_der + log_key.encode()).digest()
+def cas_binding(cert_der: bytes, log_key: str, witnesses: AttestedWitnesses | None = None) -> bytes:
+    """The CAS's report data: SHA-512("confide-cas/v1" || 0 || TLS certificate DER || log key);
+    with ``witnesses``, SHA-512("confide-cas/v2" || 0 || TLS certificate DER || log key || 0 ||
+    :meth:`AttestedWitnesses.config`)."""
+    if witnesses is None:
+        return hashlib.sha512(CAS_BINDING_PREFIX + cert_der + log_key.encode()).digest()
+    return hashlib.sha512(
+        CAS_BINDING_PREFIX_V2 + cert_der + log_key.encode() + b"\x00" + witnesses.config()
+    ).digest()
 
 
 # RFC 3339 section 5.6 ``date-time``, restricted to UTC ("Z", upper case) and at most
@@ -200,6 +321,7 @@ class _Document:
     log_key: str
     obtained_at: datetime | None
     amd_crl: x509.CertificateRevocationList | None
+    witnesses: AttestedWitnesses | None
 
 
 def _parse_amd_crl(value: object, platform: Platform) -> x509.CertificateRevocationList:
@@ -222,8 +344,8 @@ def _parse_amd_crl(value: object, platform: Platform) -> x509.CertificateRevocat
 
 def _parse_document(body: bytes) -> _Document:
     """The evidence document (hostile input): platform, evidence, aux blobs, log key and, when
-    present, ``obtained_at`` (a CAS that refreshes its evidence) and ``amd_crl`` (module
-    docstring)."""
+    present, ``obtained_at`` (a CAS that refreshes its evidence), ``amd_crl`` and ``witnesses``
+    (module docstring)."""
     doc = jsonstrict.loads(body, structure="CAS evidence")  # hostile: a duplicate key is refused
     try:
         name = doc["platform"]
@@ -251,7 +373,8 @@ def _parse_document(body: bytes) -> _Document:
             structure="CAS evidence",
         )
     amd_crl = _parse_amd_crl(doc[AMD_CRL_FIELD], platform) if AMD_CRL_FIELD in doc else None
-    return _Document(platform, evidence, aux, log_key, obtained_at, amd_crl)
+    witnesses = AttestedWitnesses.from_json(doc[WITNESSES_FIELD]) if WITNESSES_FIELD in doc else None
+    return _Document(platform, evidence, aux, log_key, obtained_at, amd_crl, witnesses)
 
 
 def _verify_document(
@@ -261,10 +384,9 @@ def _verify_document(
     at: datetime,
     collateral: DcapCollateralSource | None,
     amd_roots: AmdRootStore | None,
-) -> tuple[VerifiedEvidence, str, datetime | None]:
+) -> tuple[VerifiedEvidence, _Document]:
     """Parse the document and verify its evidence (signatures, chains, collateral; the AMD CRL
-    it carries): the verified evidence, the log key and ``obtained_at``. No appraisal, no
-    binding."""
+    it carries): the verified evidence and the document. No appraisal, no binding."""
     document = _parse_document(body)
     platform, evidence, aux = document.platform, document.evidence, document.aux
     sim_key = None
@@ -292,7 +414,7 @@ def _verify_document(
             " next refreshes its evidence (--evidence-refresh): attest again after that, or check"
             " the CAS's access to its --kds"
         ) from None
-    return verified, document.log_key, document.obtained_at
+    return verified, document
 
 
 def _crl_current(crl: x509.CertificateRevocationList, at: datetime) -> bool:
@@ -301,21 +423,23 @@ def _crl_current(crl: x509.CertificateRevocationList, at: datetime) -> bool:
     return crl.last_update_utc <= at and (next_update is None or at <= next_update)
 
 
-def _pin(
-    cert_der: bytes, verified: VerifiedEvidence, log_key: str, obtained_at: datetime | None
-) -> PinnedCas:
-    """Check the binding of ``verified`` to ``cert_der`` and ``log_key``; the pin."""
+def _pin(cert_der: bytes, verified: VerifiedEvidence, document: _Document) -> PinnedCas:
+    """Check the binding of ``verified`` to ``cert_der``, the log key and (when the document
+    names them) the witnesses; the pin."""
+    log_key, witnesses = document.log_key, document.witnesses
     try:
-        check_binding(verified, cas_binding(cert_der, log_key))
+        check_binding(verified, cas_binding(cert_der, log_key, witnesses))
     except BindingError:
+        what = "log key and witnesses" if witnesses is not None else "log key"
         raise BindingError(
-            "the CAS's evidence is not bound to the TLS certificate and log key it presented"
+            f"the CAS's evidence is not bound to the TLS certificate and {what} it presented"
         ) from None
     try:
         pem = x509.load_der_x509_certificate(cert_der).public_bytes(serialization.Encoding.PEM)
     except ValueError:
         raise ParseError("the CAS's TLS certificate is not DER X.509", structure="CAS certificate") from None
-    return PinnedCas("", pem, hashlib.sha256(cert_der).hexdigest(), log_key, verified, obtained_at)
+    digest = hashlib.sha256(cert_der).hexdigest()
+    return PinnedCas("", pem, digest, log_key, verified, document.obtained_at, witnesses)
 
 
 def verify_cas_document(
@@ -333,10 +457,10 @@ def verify_cas_document(
     *reported* in the result (``evidence.claims["debug"]``, ``evidence.tcb_status``,
     ``evidence.advisory_ids``), not judged: that is the client's decision. The CAS runs this on
     its own document before publishing it (:mod:`confide.cas.self_check`)."""
-    verified, log_key, obtained_at = _verify_document(
+    verified, document = _verify_document(
         body, sim_key_pem=sim_key_pem, at=at, collateral=collateral, amd_roots=amd_roots
     )
-    return _pin(cert_der, verified, log_key, obtained_at)
+    return _pin(cert_der, verified, document)
 
 
 def verify_cas_evidence(
@@ -351,10 +475,11 @@ def verify_cas_evidence(
     ignore_advisories: tuple[str, ...] = (),
     amd_roots: AmdRootStore | None = None,
     expect: Mapping[str, tuple[str, ...]] | None = None,
+    expect_witnesses: WitnessExpectation | None = None,
 ) -> PinnedCas:
     """Verify the CAS's evidence document ``body`` for the certificate ``cert_der`` it was
     served with; see :func:`attest_cas`."""
-    verified, log_key, obtained_at = _verify_document(
+    verified, document = _verify_document(
         body, sim_key_pem=sim_key_pem, at=at, collateral=collateral, amd_roots=amd_roots
     )
     # The same tolerance rules as a policy's security.attestation (confide.policy.appraise);
@@ -386,7 +511,12 @@ def verify_cas_evidence(
     mismatches += expected_claim_mismatches(verified.claims, expect or {})
     if mismatches:
         raise MeasurementError("; ".join(mismatches))
-    return _pin(cert_der, verified, log_key, obtained_at)
+    pinned = _pin(cert_der, verified, document)  # the witnesses are judged once bound
+    if expect_witnesses is not None:
+        refused = witness_mismatches(pinned.witnesses, expect_witnesses)
+        if refused:
+            raise AppraisalError("the CAS is not acceptable: " + "; ".join(refused), problems=refused)
+    return pinned
 
 
 def _claim_text(value: ClaimValue, expected: str) -> tuple[str, str] | None:
@@ -443,8 +573,10 @@ def attest_cas(
     ignore_advisories: tuple[str, ...] = (),
     amd_roots: AmdRootStore | None = None,
     expect: Mapping[str, tuple[str, ...]] | None = None,
+    expect_witnesses: WitnessExpectation | None = None,
 ) -> PinnedCas:
-    """Verify the CAS's evidence and its binding to the TLS certificate and log key.
+    """Verify the CAS's evidence and its binding to the TLS certificate and log key (and, from
+    a CAS with a witness quorum, its witnesses).
 
     The evidence is verified by :class:`~confide.cas.verifier.PlatformVerifier`: simulated
     (``sim_key_pem``), SEV-SNP (the VCEK/VLEK from the document's aux blobs under the pinned AMD
@@ -453,7 +585,8 @@ def attest_cas(
     refused unless tolerated (``tolerate``, ``ignore_advisories``: the policy vocabulary of
     ``security.attestation``). With ``measurements`` (hex), the CAS must run one of them
     (:data:`MEASUREMENT_CLAIMS`); with ``expect`` (claim → allowed values), every named claim
-    must equal one of its values (:func:`expected_claim_mismatches`). The pin is refused
+    must equal one of its values (:func:`expected_claim_mismatches`); with ``expect_witnesses``
+    the bound witness quorum must satisfy it (:func:`witness_mismatches`). The pin is refused
     otherwise, naming every mismatch."""
     cert_der, body = fetch_unverified(url, "/v1/cas/evidence")
     pinned = verify_cas_evidence(
@@ -467,6 +600,7 @@ def attest_cas(
         ignore_advisories=ignore_advisories,
         amd_roots=amd_roots,
         expect=expect,
+        expect_witnesses=expect_witnesses,
     )
     return dataclasses.replace(pinned, url=url)
 

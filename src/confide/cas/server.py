@@ -37,6 +37,11 @@ then re-obtained every ``--evidence-refresh`` seconds (:mod:`confide.cas.own_evi
 publishing, at startup and on every refresh, the CAS verifies the document as a client would
 (:mod:`confide.cas.self_check`): evidence that does not verify stops the CAS at startup and is
 not published on a refresh.
+
+With ``--witness-quorum N`` (:mod:`confide.cas.witness_quorum`, docs/cas.md "Witness quorum")
+the CAS binds its witnesses' keys and N into that evidence, does not listen before N witnesses
+cosigned its log as it is (a witness's rollback or fork answer: :class:`LogRollbackError`, exit
+67), and halts releases and changes on such an answer while it runs (:class:`Checkpointer`).
 """
 
 from __future__ import annotations
@@ -80,7 +85,7 @@ from confide.cas.master_key import PLAIN_NAME, install_master_key
 from confide.cas.online_rotation import OnlineRotation, add_pending_key
 from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, CasEvidence, EvidenceRefresher
 from confide.cas.own_vcek import with_kds_vcek
-from confide.cas.pin import cas_binding
+from confide.cas.pin import AttestedWitnesses, cas_binding
 from confide.cas.public_http import PublicApp
 from confide.cas.renewal import DEFAULT_SWEEP_SECONDS, CertificateRenewer
 from confide.cas.revocation import STAPLED, OcspCache
@@ -92,6 +97,7 @@ from confide.cas.self_check import SelfCheck
 from confide.cas.successor import Successors
 from confide.cas.successor_board import EVENT_BOARD, Board, store_board
 from confide.cas.verifier import PlatformVerifier
+from confide.cas.witness_quorum import START_ATTEMPTS, START_DELAYS, Round, WitnessGuard, WitnessQuorum
 from confide.collateral import is_url, public_url
 from confide.collateral import public_url as public_url_of
 from confide.collateral.amd_kds import DEFAULT_KDS_URL, KdsHttpCollateral
@@ -99,7 +105,7 @@ from confide.collateral.dcap import DcapCollateralSource, source_for
 from confide.collateral.nvidia_ocsp import HttpOcspSource
 from confide.collateral.nvidia_ocsp import source_for as ocsp_source_for
 from confide.collateral.nvidia_rim import source_for as rim_source_for
-from confide.errors import ConfideError, UsageError
+from confide.errors import ConfideError, LogRollbackError, NetworkError, UsageError
 from confide.fsutil import write_atomic
 from confide.httpserve.limits import PUBLIC_MAX_HEAD, HttpLimits
 from confide.httpserve.ratelimit import ATTEST_RATE, WRITE_RATE, Rate, RateLimiter
@@ -181,7 +187,12 @@ class Checkpointer:
     """Signs a checkpoint whenever the log grew: every acknowledged entry is covered by a signed
     checkpoint within ``interval`` seconds (default 0.5 s). With witnesses, each new checkpoint
     is then sent to them (C2SP tlog-witness) and their cosignatures stored with it, outside the
-    CAS's write lock (a separate autocommit connection to the same database)."""
+    CAS's write lock (a separate autocommit connection to the same database).
+
+    With a ``guard`` (``--witness-quorum``, :mod:`confide.cas.witness_quorum`) the witnesses are
+    asked through it: :meth:`start` refuses to return until a quorum cosigned the checkpoint of
+    the log as it is now (:meth:`start_with_quorum`), and while running a checkpoint not yet
+    cosigned by a quorum is sent again (and with ``--witness-max-lag``, a quiet log's too)."""
 
     def __init__(
         self,
@@ -190,35 +201,78 @@ class Checkpointer:
         interval: float = 0.5,
         witnesses: tuple[tuple[str, NoteVerifier], ...] = (),
         witness_tls: ssl.SSLContext | None = None,
+        guard: WitnessGuard | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.cas, self.signer, self.interval = cas, signer, interval
-        self.witnesses = witnesses
+        self.witnesses = witnesses if guard is None else guard.config.witnesses
         self.witness_tls = witness_tls  # trust for https:// witnesses (None: the system's CAs)
+        self.guard, self.sleep = guard, sleep
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="checkpointer", daemon=True)
         self.signed_size = -1
+        self.signed_note = b""
 
     def start(self) -> None:
-        self.tick()
+        if self.guard is not None:
+            self.start_with_quorum()
+        else:
+            self.tick()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
-    def tick(self) -> None:
+    def start_with_quorum(self, attempts: int = START_ATTEMPTS) -> None:
+        """Sign a checkpoint of the log as it is and have it cosigned by a quorum, in up to
+        ``attempts`` rounds (1 s, then 2 s apart), before the CAS accepts a connection. A
+        witness's rollback or fork answer is a :class:`LogRollbackError` at once; no quorum
+        after the last round, a :class:`NetworkError`; both say that the CAS does not start."""
+        guard = self.guard
+        assert guard is not None
+        quorum, count = guard.config.quorum, len(guard.config.witnesses)
+        outcome = None
+        for attempt in range(attempts):
+            try:
+                outcome = self.tick(force=True)
+            except LogRollbackError as exc:
+                raise LogRollbackError(f"--witness-quorum {quorum}: not starting: {exc.message}") from None
+            if outcome is not None:
+                self._log_failures(outcome)
+                if outcome.cosigned >= quorum:
+                    return
+            if attempt + 1 < attempts:
+                self.sleep(START_DELAYS[min(attempt, len(START_DELAYS) - 1)])
+        got = 0 if outcome is None else outcome.cosigned
+        reasons = "; ".join(f"{name}: {detail}" for name, _, detail in (outcome.failures if outcome else ()))
+        raise NetworkError(
+            f"--witness-quorum {quorum}: {got} of {count} witnesses cosigned checkpoint"
+            f" {self.signed_size} after {attempts} attempts, {quorum} needed, not starting"
+            + (f" ({reasons[:600]})" if reasons else "")
+            + f"; the witnesses must know this log: {self.signer.verifier.vkey}"
+        )
+
+    def tick(self, *, force: bool = False) -> Round | None:
+        """Sign a checkpoint if the log grew, and have it cosigned (with a guard: when
+        :meth:`WitnessGuard.due`, or ``force``). The guard's round, if one ran."""
         with self.cas.db.read() as conn:
             size = Ledger.size(raw_connection(conn))
-        if size == self.signed_size:
-            return
-        with self.cas.db.write() as conn:
-            raw = raw_connection(conn)
-            Ledger().sign_checkpoint(raw, self.signer)
-            self.signed_size = Ledger.size(raw)
-        if self.witnesses:
+        grown = size != self.signed_size
+        if grown:
+            with self.cas.db.write() as conn:
+                raw = raw_connection(conn)
+                self.signed_note = Ledger().sign_checkpoint(raw, self.signer)
+                self.signed_size = Ledger.size(raw)
+        if self.guard is not None:
+            if force or self.guard.due(self.signed_size):
+                return self._cosign()
+        elif grown and self.witnesses:
             self._cosign()
+        return None
 
-    def _cosign(self) -> None:
+    def _cosign(self) -> Round | None:
         url = self.cas.db.url
         if self.cas.db.is_sqlite:
             conn: Conn = ledger_connect(url.split("sqlite:///", 1)[1])
@@ -226,8 +280,11 @@ class Checkpointer:
             conn = connect_postgres(url.replace("postgresql+psycopg://", "postgresql://", 1))
         http = None if self.witness_tls is None else httpx2.Client(verify=self.witness_tls, timeout=10.0)
         try:
+            if self.guard is not None:
+                return self.guard.round(conn, self.signed_note, http)
             for witness_url, key in self.witnesses:
                 request_cosignatures(conn, witness_url, key, client=http)
+            return None
         finally:
             conn.close()
             if http is not None:
@@ -237,13 +294,40 @@ class Checkpointer:
         log = logging.getLogger("confide.cas")
         while not self._stop.wait(self.interval):
             try:
-                self.tick()
+                outcome = self.tick()
+            except LogRollbackError:  # the guard halted releases and logged it (witness-rollback)
+                continue
             except Exception as exc:  # keep signing; report once per failure
                 log.error(
                     json.dumps(
                         {"event": "checkpoint-failed", "error": type(exc).__name__, "detail": str(exc)[:200]}
                     )
                 )
+                continue
+            if outcome is not None:
+                self._log_failures(outcome)
+
+    def _log_failures(self, outcome: Round) -> None:
+        """One line for a round in which a witness failed: ``witness-quorum-missed`` without a
+        quorum, ``witness-failed`` when the others made one."""
+        guard = self.guard
+        if guard is None or not outcome.failures:
+            return
+        missed = outcome.cosigned < guard.config.quorum
+        logging.getLogger("confide.cas").warning(
+            json.dumps(
+                {
+                    "event": "witness-quorum-missed" if missed else "witness-failed",
+                    "size": outcome.size,
+                    "cosigned": outcome.cosigned,
+                    "quorum": guard.config.quorum,
+                    "failures": [
+                        {"witness": name, "error": kind, "detail": detail}
+                        for name, kind, detail in outcome.failures
+                    ],
+                }
+            )
+        )
 
 
 def _parse_listen(listen: str, option: str = "--listen", example: str = "127.0.0.1:8443") -> tuple[str, int]:
@@ -364,6 +448,11 @@ _TEE_PLATFORMS: dict[str, frozenset[Platform]] = {
     "az-vtpm": frozenset({Platform.AZURE_SNP_VTPM, Platform.AZURE_TDX_VTPM}),
 }
 CAS_BINDING_TEXT = "SHA-512('confide-cas/v1' || 0 || TLS certificate DER || log verifier key)"
+CAS_BINDING_TEXT_V2 = (
+    "SHA-512('confide-cas/v2' || 0 || TLS certificate DER || log verifier key || 0 || 'quorum N\\n'"
+    " || 'witness VKEY\\n' for each witness key, sorted)"
+)
+"""The binding of a CAS with ``--witness-quorum`` (:func:`confide.cas.pin.cas_binding`)."""
 
 
 def quote_provider_for(tee: str) -> QuoteProvider:
@@ -431,6 +520,8 @@ def prepare(
     join: str | None = None,
     join_as_successor: bool = False,
     successor_board: Board | None = None,
+    min_tcb_evaluation_data_number: int | None = None,
+    witnesses: AttestedWitnesses | None = None,
 ) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
     """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (``dev``:
     simulated; ``tee``: from the TEE's quote provider, ``quote_provider`` or the one at the
@@ -445,6 +536,10 @@ def prepare(
     only). DCAP evidence without ``collateral`` is published unchecked, which is logged once.
     A URL as ``collateral`` (Intel PCS or a PCCS): clients' quotes have their platform's
     collateral fetched before phase 1 and kept in memory (:mod:`confide.cas.pcs`).
+    ``min_tcb_evaluation_data_number`` (``--min-tcb-eval-number``): clients' DCAP evidence
+    verified with a TCB Info or QE Identity of an older TCB evaluation is refused
+    (``CollateralOutdatedError``, :meth:`PlatformVerifier._recent_enough`), and a URL source
+    neither keeps nor serves such collateral (it asks again).
     ``kds``: the AMD KDS base URL (``--kds``) the CAS fetches the VCEKs of SEV-SNP evidence sent
     without one from, cached in ``data_dir/kds-cache``; with ``tee`` ``sev-snp``, also the VCEK
     of its own report when configfs-tsm's certificate table has none, published in its document
@@ -472,7 +567,11 @@ def prepare(
 
     ``successor_board``: the successor board (:mod:`confide.cas.successor`, docs/cas.md "Handing
     over to a successor version"), stored authenticated under the master key; only on the start
-    that initialises the CAS (creates its master key), else :class:`UsageError`."""
+    that initialises the CAS (creates its master key), else :class:`UsageError`.
+
+    ``witnesses``: the witness keys and quorum of ``--witness-quorum``
+    (:mod:`confide.cas.witness_quorum`), bound into the report data (the v2 binding), published in
+    the evidence document and recorded in the ``cas-start`` entry; ``None``: the v1 binding."""
     if dev and tee is not None:
         raise UsageError(
             f"--dev and --tee {tee} exclude each other: a CAS in a TEE does not accept simulated evidence"
@@ -491,7 +590,11 @@ def prepare(
         # Before anything else is read or written: finish an interrupted master-key rotation,
         # and refuse a key that is not the one the database names (confide.cas.rotation).
         master = open_master_key(data_dir, seal, database)
-    dcap_source = source_for(collateral) if collateral else None
+    dcap_source = (
+        source_for(collateral, min_tcb_evaluation_data_number=min_tcb_evaluation_data_number)
+        if collateral
+        else None
+    )
     ocsp_cache = None
     if nvidia_ocsp and nvidia_ocsp != STAPLED:
         ocsp_source = ocsp_source_for(nvidia_ocsp, "--nvidia-ocsp")
@@ -527,6 +630,7 @@ def prepare(
         nvidia_ocsp=ocsp_cache, nvidia_ocsp_stapled_only=nvidia_ocsp == STAPLED,
         nvidia_ocsp_max_age=nvidia_ocsp_max_age or STAPLED_MAX_AGE,
         nvidia_rim=rim_source, nvidia_rim_where=rim_where, nvidia_rim_cache=rim_cache,
+        min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
     )  # fmt: skip
     joined: JoinResult | None = None
     if join is not None:
@@ -554,7 +658,11 @@ def prepare(
     cas_evidence = None
     log_key = env["CONFIDE_LOG_KEY"]
     cert_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(serialization.Encoding.DER)
-    report_data = cas_binding(cert_der, log_key)  # the same for every evidence the CAS obtains
+    # The same for every evidence the CAS obtains; with witnesses, the v2 binding covers them.
+    report_data = cas_binding(cert_der, log_key, witnesses)
+    bound: dict[str, Any] = {}
+    if witnesses is not None:
+        bound = {"binding": CAS_BINDING_TEXT_V2, "witnesses": witnesses.to_json()}
     if sim_platform is not None:
         platform = sim_platform
         env["CONFIDE_SIM_DIR"] = str(sim_dir.resolve())
@@ -569,6 +677,7 @@ def prepare(
                 "evidence": base64.b64encode(evidence.to_bytes()).decode(),
                 "binding": CAS_BINDING_TEXT,
                 "log_key": log_key,
+                **bound,
             }
 
         sim_pem = platform.public_key.public_bytes(
@@ -584,7 +693,7 @@ def prepare(
             document = tee_document(tee, provider, report_data)
             if own_kds is not None:  # blocking: at startup, or in the refresher's thread
                 document = with_kds_vcek(document, own_kds, now)
-            return {**document, "log_key": log_key}
+            return {**document, "log_key": log_key, **bound}
 
         check = SelfCheck(cert_der, collateral=dcap_source, amd_roots=amd_roots)
         try:
@@ -619,7 +728,8 @@ def prepare(
             conn, "cas-start", None,
             {"dev": dev, "tls_cert_sha256": _cert_sha256(cert_path), "log_key": env["CONFIDE_LOG_KEY"],
              "master_key": master_key, "master_key_id": master_key_id, **({"tee": tee} if tee else {}),
-             **({"joined": joined.summary()} if joined is not None else {})},
+             **({"joined": joined.summary()} if joined is not None else {}),
+             **({"witnesses": witnesses.to_json()} if witnesses is not None else {})},
         )  # fmt: skip
         if successor_board is not None:
             # docs/cas.md "Handing over to a successor version": set now; changed only by its quorum.
@@ -779,6 +889,9 @@ def serve(
     session_tickets: int = SESSION_TICKETS,
     join_as_successor: bool = False,
     successor_board: Board | None = None,
+    min_tcb_evaluation_data_number: int | None = None,
+    witness_quorum: int | None = None,
+    witness_max_lag: float | None = None,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
@@ -794,7 +907,17 @@ def serve(
     :data:`~confide.httpserve.limits.PUBLIC_MAX_HEAD` bytes).
     ``join``: obtain the master key from the running CAS at this URL (:func:`prepare`), as a
     successor version with ``join_as_successor``. ``successor_board``: see :func:`prepare`.
-    ``session_tickets``: TLS 1.3 session tickets per handshake (:data:`SESSION_TICKETS`)."""
+    ``session_tickets``: TLS 1.3 session tickets per handshake (:data:`SESSION_TICKETS`).
+    ``min_tcb_evaluation_data_number``: see :func:`prepare`.
+    ``witness_quorum``: how many of ``witnesses`` must cosign a checkpoint of the log before the
+    CAS starts, and whose rollback or fork answer halts its releases (``--witness-quorum``,
+    :mod:`confide.cas.witness_quorum`); ``witness_max_lag``: seconds without a quorum after
+    which releases wait (``--witness-max-lag``; ``None``: no bound)."""
+    quorum = None
+    if witness_quorum is not None:
+        quorum = WitnessQuorum(witnesses, witness_quorum, witness_max_lag)
+    elif witness_max_lag is not None:
+        raise UsageError("--witness-max-lag needs --witness-quorum")
     host, port = _parse_listen(listen)
     public_addr = None
     if public_http_listen is not None:
@@ -812,7 +935,8 @@ def serve(
                http_limits=http_limits if http_limits is not None else HttpLimits(),
                attest_rate=attest_rate, write_rate=write_rate, public_addr=public_addr,
                join=join, session_tickets=session_tickets, join_as_successor=join_as_successor,
-               successor_board=successor_board)  # fmt: skip
+               successor_board=successor_board,
+               min_tcb_evaluation_data_number=min_tcb_evaluation_data_number, quorum=quorum)  # fmt: skip
 
 
 def uvicorn_server(
@@ -956,6 +1080,8 @@ def _serve(
     session_tickets: int,
     join_as_successor: bool = False,
     successor_board: Board | None = None,
+    min_tcb_evaluation_data_number: int | None = None,
+    quorum: WitnessQuorum | None = None,
 ) -> None:
     public_limits = None
     if public_addr is not None:
@@ -972,9 +1098,15 @@ def _serve(
         data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee, kds=kds,
         nvidia_ocsp=nvidia_ocsp, crl_validity=crl_validity, nvidia_rim=nvidia_rim,
         nvidia_ocsp_max_age=nvidia_ocsp_max_age, join=join, join_as_successor=join_as_successor,
-        successor_board=successor_board,
+        successor_board=successor_board, min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
+        witnesses=quorum.attested() if quorum is not None else None,
     )  # fmt: skip
     cas.public_url = public_url  # docs/cas.md "CRL distribution points"
+    # docs/cas.md "Witness quorum": with --witness-quorum, a quorum cosigns the log as it is
+    # before anything else starts (a rollback or fork answer, or no quorum: not starting).
+    guard = WitnessGuard(quorum) if quorum is not None else None
+    checkpointer = Checkpointer(cas, signer, witnesses=witnesses, witness_tls=witness_tls, guard=guard)
+    checkpointer.start()
     # docs/cas.md "Online rotation": the admin channel, and a rotation a crash interrupted resumes.
     rotation = OnlineRotation(data_dir, cas.db, cas.sealer, seal, cas.events, lock)
     admin = AdminChannel(data_dir, rotation)
@@ -984,8 +1116,6 @@ def _serve(
         admin.start(required=False)
     if rotation.in_progress():
         rotation.start()
-    checkpointer = Checkpointer(cas, signer, witnesses=witnesses, witness_tls=witness_tls)
-    checkpointer.start()
     renewer = CertificateRenewer(cas, renewal_interval)  # docs/cas.md "Certificate renewal"
     renewer.start()
     refresher = None
@@ -1010,6 +1140,7 @@ def _serve(
         attest_limiter=RateLimiter(attest_rate) if attest_rate is not None else None,
         write_limiter=RateLimiter(write_rate) if write_rate is not None else None,
         public_http=public_app,
+        witness_guard=guard,
     )
     protected = seal is not None or cas.master_key_in_memory  # as prepare() protects the TLS key
     password = tls_key_password(cas.sealer).decode() if protected else None
@@ -1040,6 +1171,9 @@ def _serve(
                 "db": cas.db.redacted_url,
                 "master_key": describe_key_holding(seal, cas.master_key_in_memory),
                 "joined": public_url_of(join) if join is not None else None,
+                "witnesses": len(witnesses),
+                "witness_quorum": quorum.quorum if quorum is not None else None,
+                "witness_max_lag": quorum.max_lag if quorum is not None else None,
             }
         )
     )

@@ -133,6 +133,7 @@ from confide.evidence.nvidia import NONCE_SIZE as SPDM_NONCE_SIZE
 from confide.evidence.nvidia import NvidiaAttestationReport
 from confide.evidence.nvidia_rim import ReferenceManifest
 from confide.evidence.snp_certs import VCEK_GUID, VLEK_GUID, parse_cert_table
+from confide.platforms import require_tcb_evaluation
 from confide.platforms.sev_snp import embedded_roots
 from confide.policy.attestation import GPU_HOSTS, MAX_GPUS
 from confide.verify._pinned_chain import subject_cn, verify_pinned_chain
@@ -340,6 +341,7 @@ class PlatformVerifier:
         nvidia_rim_cache: Path | None = None,
         nvidia_ocsp_stapled_only: bool = False,
         nvidia_ocsp_max_age: timedelta = STAPLED_MAX_AGE,
+        min_tcb_evaluation_data_number: int | None = None,
     ) -> None:
         if nvidia_ocsp_stapled_only and nvidia_ocsp is not None:
             raise ValueError("nvidia_ocsp_stapled_only takes no nvidia_ocsp source")
@@ -347,6 +349,7 @@ class PlatformVerifier:
             raise ValueError("nvidia_ocsp_max_age must be positive")
         self.sim_key = sim_key
         self.dcap_source = dcap_source
+        self.min_tcb_evaluation_data_number = min_tcb_evaluation_data_number
         if dcap_remote is None:
             dcap_remote = isinstance(dcap_source, PcsHttpSource)
         self.dcap_cache: DcapCollateralCache | None = None
@@ -616,6 +619,17 @@ class PlatformVerifier:
 
         return CollateralJob(Prefetched(ocsp=_frozen(found)), prefetch)
 
+    def _recent_enough(self, verified: VerifiedEvidence) -> VerifiedEvidence:
+        """With ``min_tcb_evaluation_data_number`` (``cas serve --min-tcb-eval-number``): DCAP
+        evidence verified with collateral of an older TCB evaluation is refused
+        (:class:`~confide.errors.CollateralOutdatedError`), whatever its source (the request's
+        own bundle, a file or directory, a PCS/PCCS), before any policy sees it."""
+        if self.min_tcb_evaluation_data_number is None:
+            return verified
+        return require_tcb_evaluation(
+            verified, self.min_tcb_evaluation_data_number, "cas serve --min-tcb-eval-number"
+        )
+
     def verify(
         self,
         platform: Platform,
@@ -643,7 +657,7 @@ class PlatformVerifier:
         if platform in (Platform.SGX, Platform.TDX):
             quote = Quote.from_bytes(evidence)
             collateral, pck = self._dcap_collateral(quote, aux, at, prefetched)
-            return self.dcap.verify_parsed(quote, evidence, collateral, at=at, pck=pck)
+            return self._recent_enough(self.dcap.verify_parsed(quote, evidence, collateral, at=at, pck=pck))
         if platform is Platform.AZURE_SNP_VTPM:
             _no_aux(platform, aux, allowed=frozenset())
             return verify_azure_snp(parse_evidence(evidence, HclReportType.SNP), self.snp, at=at)
@@ -653,7 +667,7 @@ class PlatformVerifier:
             if parsed.td_quote is None:  # parse_evidence requires it for TDX; kept for the type
                 raise ParseError("no td_quote", structure="Azure vTPM evidence")
             collateral, pck = self._dcap_collateral(Quote.from_bytes(parsed.td_quote), aux, at, prefetched)
-            return verify_azure_tdx(parsed, self.dcap, collateral, at=at, pck=pck)
+            return self._recent_enough(verify_azure_tdx(parsed, self.dcap, collateral, at=at, pck=pck))
         if platform is Platform.SEV_SNP:
             # The VCEK/VLEK comes with the evidence: configfs-tsm's auxblob (certificate table)
             # or a "vcek" blob; the ASK/ARK chain is the embedded, pinned one.

@@ -14,7 +14,12 @@ HTTP sources are also a :class:`PckCertificateSource` (``get_pck_certificate``),
 through Intel PCS API v4 "Get PCK Certificate V4" (by encrypted PPID) or a PCCS (by QE ID).
 
 Sources only fetch and parse; they never decide whether collateral is valid — the verifier
-checks every signature, chain and date. Time and the HTTP transport are injected.
+checks every signature, chain and date. Time and the HTTP transport are injected. One caching
+decision reads an unverified field: an HTTP source given ``min_tcb_evaluation_data_number``
+neither serves from its disk cache nor keeps a TCB Info or QE Identity whose
+``tcbEvaluationDataNumber`` is below it (a response older than required is asked for again,
+and refused when the service answers it again), so that collateral of a TCB evaluation that was
+superseded is not cached until its ``nextUpdate``.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from confide.collateral import is_url, public_url
 from confide.errors import (
     CertificateChainError,
     CollateralMissingError,
+    CollateralOutdatedError,
     ConfideError,
     NetworkError,
     ParseError,
@@ -423,8 +429,10 @@ class PcsHttpSource:
         api_key: str | None = None,
         pck_query: str | None = None,
         root_ca_der: bytes = INTEL_SGX_ROOT_CA_DER,
+        min_tcb_evaluation_data_number: int | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.min_tcb_evaluation_data_number = min_tcb_evaluation_data_number
         self.cache_dir = cache_dir
         if root_crl_url is None:
             root_crl_url = (
@@ -522,11 +530,16 @@ class PcsHttpSource:
             )
         tee_path = "tdx" if tee == TeeType.TDX else "sgx"
         v4 = f"{self.base_url}/{{}}/certification/v4"
+        tcb_url = f"{v4.format(tee_path)}/tcb?fmspc={fmspc.hex()}"
+        qe_url = f"{v4.format(tee_path)}/qe/identity"
         tcb_body, tcb_chain = self._fetch(
-            f"{v4.format(tee_path)}/tcb?fmspc={fmspc.hex()}", "tcb", "TCB-Info-Issuer-Chain"
+            tcb_url, "tcb", "TCB-Info-Issuer-Chain", check=self._evaluation_check(tcb_url, "tcbInfo")
         )
         qe_body, qe_chain = self._fetch(
-            f"{v4.format(tee_path)}/qe/identity", "qe", "SGX-Enclave-Identity-Issuer-Chain"
+            qe_url,
+            "qe",
+            "SGX-Enclave-Identity-Issuer-Chain",
+            check=self._evaluation_check(qe_url, "enclaveIdentity"),
         )
         crl_body, crl_chain = self._fetch(
             f"{v4.format('sgx')}/pckcrl?ca={ca}&encoding=der", "crl", "SGX-PCK-CRL-Issuer-Chain"
@@ -549,6 +562,28 @@ class PcsHttpSource:
             qe_identity=qe_text,
             qe_identity_signature=qe_sig,
         )
+
+    def _evaluation_check(self, url: str, key: str) -> Callable[[bytes, bytes], None] | None:
+        """With ``min_tcb_evaluation_data_number``: a check (``_fetch``) refusing a TCB Info or
+        QE Identity response of an older TCB evaluation (module docstring). The number is read
+        unverified, for the cache only: the verifier checks the signature over it, and the
+        caller (``evidence verify --min-tcb-eval-number``, a policy) the verified numbers."""
+        minimum = self.min_tcb_evaluation_data_number
+        if minimum is None:
+            return None
+
+        def check(body: bytes, _chain: bytes) -> None:
+            text, _sig = split_pcs_response(body, key)
+            number = jsonstrict.loads(text, structure=f"pcs_response.{key}").get("tcbEvaluationDataNumber")
+            if not isinstance(number, int) or isinstance(number, bool):
+                raise ParseError("missing or not an integer", structure=key, field="tcbEvaluationDataNumber")
+            if number < minimum:
+                raise CollateralOutdatedError(
+                    f"GET {self._shown(url)}: tcbEvaluationDataNumber {number}, expected at least {minimum} "
+                    "(the collateral service serves an older TCB evaluation than required)"
+                )
+
+        return check
 
     def pck_url(self, cert_id: PckCertId) -> str:
         """The ``pckcert`` request for ``cert_id`` (class docstring)."""
@@ -588,15 +623,19 @@ class PcsHttpSource:
         return PckCertificate.from_pem(body, chain, structure="pckcert")
 
 
-def source_for(location: str, *, cache_dir: Path | None = None) -> DcapCollateralSource:
+def source_for(
+    location: str, *, cache_dir: Path | None = None, min_tcb_evaluation_data_number: int | None = None
+) -> DcapCollateralSource:
     """The source named by ``--collateral``: an http(s) URL (Intel PCS or a PCCS; the PCS
-    subscription key for PCK certificate look-ups from ``$CONFIDE_PCS_API_KEY``), a directory,
-    or a bundle file."""
+    subscription key for PCK certificate look-ups from ``$CONFIDE_PCS_API_KEY``;
+    ``min_tcb_evaluation_data_number``: see the module docstring), a directory, or a bundle
+    file."""
     if is_url(location):
         return PcsHttpSource(
             location,
             cache_dir=cache_dir or default_cache_dir("pcs"),
             api_key=os.environ.get(PCS_API_KEY_ENV) or None,
+            min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
         )
     path = Path(location)
     if path.is_dir():

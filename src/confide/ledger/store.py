@@ -363,6 +363,12 @@ class Ledger:
         row = execute(conn, "SELECT note FROM ledger_checkpoints ORDER BY size DESC LIMIT 1").fetchone()
         return None if row is None else bytes(row[0])
 
+    @staticmethod
+    def checkpoint_note(conn: Conn, size: int) -> bytes | None:
+        """The stored signed checkpoint of ``size`` (with its cosignatures), if any."""
+        row = execute(conn, "SELECT note FROM ledger_checkpoints WHERE size = ?", (size,)).fetchone()
+        return None if row is None else bytes(row[0])
+
     def sign_checkpoint(self, conn: Conn, signer: NoteSigner, *, origin: str | None = None) -> bytes:
         """Sign a checkpoint of the current tree and record it; returns the signed note.
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx2
 
-from confide.errors import ConfideError, NetworkError, ParseError, StorageError
+from confide.errors import ConfideError, LogRollbackError, NetworkError, ParseError, StorageError
 from confide.httpserve.limits import HttpLimits
 from confide.httpserve.ratelimit import Rate, RateLimiter
 from confide.ledger.checkpoint import Checkpoint
@@ -153,20 +153,37 @@ def request_cosignatures(
     *,
     ledger: Ledger | None = None,
     client: httpx2.Client | None = None,
+    note: bytes | None = None,
+    old_size: int = 0,
 ) -> NoteSignature:
-    """Get the witness's cosignature on the latest checkpoint and store it with the checkpoint."""
+    """Get the witness's cosignature on a checkpoint and store it with the checkpoint.
+
+    ``note``: the signed checkpoint to have cosigned (default: the latest stored one); its
+    cosignature is stored only while the stored checkpoint of its size has the same text.
+    ``old_size``: the size the witness is believed to have cosigned last (sent first; a 409
+    tells the right one, c2sp.org/tlog-witness "add-checkpoint": the response body of a 409 is
+    the size the witness knows).
+
+    Errors: the witness's word that this log does not extend what it cosigned is a
+    :class:`~confide.errors.LogRollbackError` (a 409 naming a larger size than the checkpoint's:
+    rolled back; a 409 naming the very size we sent, which the witness answers for another root
+    of that size: forked; a 422 for the consistency proof from the size it cosigned: forked).
+    Anything else (unreachable, another status, a malformed answer) is a
+    :class:`~confide.errors.NetworkError`."""
     ledger = ledger or Ledger()
-    raw = Ledger.latest_checkpoint(conn)
+    raw = note if note is not None else Ledger.latest_checkpoint(conn)
     if raw is None:
         raise StorageError("the log has no checkpoint to have cosigned")
-    note = parse_note(raw)
-    checkpoint = Checkpoint.from_text(note.text)
-    others = tuple(s for s in note.signatures if (s.name, s.key_id) != (witness_key.name, witness_key.key_id))
-    bare = Note(note.text, others).to_bytes()
+    parsed = parse_note(raw)
+    checkpoint = Checkpoint.from_text(parsed.text)
+    others = tuple(
+        s for s in parsed.signatures if (s.name, s.key_id) != (witness_key.name, witness_key.key_id)
+    )
+    bare = Note(parsed.text, others).to_bytes()
     http = client or httpx2.Client(timeout=10.0)
     try:
-        old = 0
-        for _ in range(2):
+        old = old_size if 0 <= old_size <= checkpoint.size else 0
+        for _ in range(3):  # a witness another writer of this origin moves meanwhile: asked again
             proof = ledger.consistency_proof(conn, old, checkpoint.size) if old else []
             try:
                 resp = http.post(witness_url.rstrip("/") + ADD_CHECKPOINT, content=_body(old, proof, bare))
@@ -174,12 +191,29 @@ def request_cosignatures(
                 raise NetworkError(f"witness {witness_url}: {exc}") from None
             if resp.status_code == 409 and resp.headers.get("content-type", "").startswith(SIZE_CONTENT_TYPE):
                 text = resp.text.strip()
-                if not text.isdigit() or int(text) > checkpoint.size:
+                if not text.isdigit() or len(text) > 19:
                     raise NetworkError(
-                        f"witness {witness_url}: it knows size {text[:20]!r}, the log is at {checkpoint.size}"
+                        f"witness {witness_url}: got size {text[:20]!r} in its 409, expected a number"
                     )
-                old = int(text)
+                known = int(text)
+                if known > checkpoint.size:
+                    raise LogRollbackError(
+                        f"witness {witness_url} cosigned size {known} of {checkpoint.origin}, this log"
+                        f" holds {checkpoint.size}: its database was rolled back (or a forked copy grew)"
+                    )
+                if known == old:  # old was the witness's size: it holds another root for it
+                    raise LogRollbackError(
+                        f"witness {witness_url} cosigned another tree of size {known} of"
+                        f" {checkpoint.origin} than this log's: a copy of its database forked"
+                    )
+                old = known
                 continue
+            if resp.status_code == 422 and old:
+                raise LogRollbackError(
+                    f"witness {witness_url} refused the consistency proof from size {old}, the size it"
+                    f" cosigned, to {checkpoint.size} of {checkpoint.origin}: this log does not extend the"
+                    " tree it cosigned (a copy of its database forked)"
+                )
             if resp.status_code != 200:
                 raise NetworkError(f"witness {witness_url}: HTTP {resp.status_code}: {resp.text[:200]}")
             cosigned = bare + resp.content
@@ -188,10 +222,32 @@ def request_cosignatures(
             except ParseError as exc:
                 raise NetworkError(f"witness {witness_url}: malformed cosignature: {exc.message}") from None
             sig = verified[0]
-            stored = Note(note.text, (*others, sig))
-            Ledger.store_checkpoint_note(conn, checkpoint.size, stored.to_bytes())
+            _store_cosignature(conn, checkpoint.size, parsed.text, witness_key, sig, given=note is not None)
             return sig
-        raise NetworkError(f"witness {witness_url}: conflicting sizes twice")
+        raise NetworkError(f"witness {witness_url}: its size changed three times while asked")
     finally:
         if client is None:
             http.close()
+
+
+def _store_cosignature(
+    conn: Conn, size: int, text: str, witness_key: NoteVerifier, sig: NoteSignature, *, given: bool
+) -> None:
+    """Add ``sig`` to the stored checkpoint of ``size`` (replacing the witness's earlier one),
+    read again now: other witnesses' cosignatures stored meanwhile are kept. A checkpoint that
+    was given (not read from the store) and is no longer the stored one of its size (another
+    signer's, replacing it) is left alone: the cosignature is not for it."""
+    stored = Ledger.checkpoint_note(conn, size)
+    if stored is None:
+        if given:
+            return
+        raise StorageError(f"no checkpoint of size {size} is stored")
+    current = parse_note(stored)
+    if current.text != text:
+        if given:
+            return
+        raise StorageError(f"the stored checkpoint of size {size} changed while it was being cosigned")
+    kept = tuple(
+        s for s in current.signatures if (s.name, s.key_id) != (witness_key.name, witness_key.key_id)
+    )
+    Ledger.store_checkpoint_note(conn, size, Note(text, (*kept, sig)).to_bytes())

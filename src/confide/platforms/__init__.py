@@ -15,10 +15,17 @@ from pathlib import Path
 from typing import cast
 
 from confide import jsonstrict
-from confide.errors import ParseError, UsageError
+from confide.errors import CollateralOutdatedError, ParseError, UsageError
 from confide.verify.result import Platform, VerifiedEvidence
 
-__all__ = ["PLATFORM_MODULES", "VerifyRequest", "detect_platform", "verify_request"]
+__all__ = [
+    "DCAP_PLATFORMS",
+    "PLATFORM_MODULES",
+    "VerifyRequest",
+    "detect_platform",
+    "require_tcb_evaluation",
+    "verify_request",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +47,8 @@ class VerifyRequest:
     rim_root: Path | None = None
     ocsp: str | None = None
     """NVIDIA: ``--ocsp`` (an OCSP responder URL or a directory of stored responses)."""
+    min_tcb_evaluation_data_number: int | None = None
+    """Intel DCAP: ``--min-tcb-eval-number`` (:func:`require_tcb_evaluation`)."""
 
     @property
     def digest(self) -> str:
@@ -57,6 +66,30 @@ PLATFORM_MODULES: dict[Platform, str] = {
     Platform.GCE_TPM: "confide.platforms.gce_tpm",
     Platform.SIMULATED: "confide.platforms.sim",
 }
+
+
+DCAP_PLATFORMS = frozenset({Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM})
+"""The platforms whose evidence is verified with Intel DCAP collateral (TCB evaluation data
+numbers apply)."""
+
+
+def require_tcb_evaluation(result: VerifiedEvidence, minimum: int, where: str) -> VerifiedEvidence:
+    """``result`` if the TCB Info and QE Identity it was verified with are both of TCB
+    evaluation ``minimum`` or later (Intel PCS API v4 ``tcbEvaluationDataNumber``), else
+    :class:`~confide.errors.CollateralOutdatedError` naming each number and the minimum
+    (``where``: the option or setting that asked for it)."""
+    numbers = result.tcb_evaluation
+    if numbers is None:
+        raise UsageError(f"{where} applies to Intel DCAP evidence only, got {result.platform.value}")
+    low = numbers.below(minimum)
+    if low:
+        found = ", ".join(f"{name} tcbEvaluationDataNumber {n}" for name, n in low)
+        raise CollateralOutdatedError(
+            f"the collateral is of an older TCB evaluation than required: {found}, expected at least "
+            f"{minimum} ({where}); get current collateral (a PCCS that serves superseded collateral, "
+            "or collateral replayed, would let a platform pass that a later TCB recovery made out of date)"
+        )
+    return result
 
 
 def verify_request(request: VerifyRequest) -> VerifiedEvidence:

@@ -57,5 +57,7 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     location = req.collateral_url or (
         str(req.collateral) if req.collateral else os.environ.get(COLLATERAL_ENV)
     )
-    collateral, pck = fetch_collateral(dcap, Quote.from_bytes(evidence.td_quote), location)
+    collateral, pck = fetch_collateral(
+        dcap, Quote.from_bytes(evidence.td_quote), location, req.min_tcb_evaluation_data_number
+    )
     return verify_azure_tdx(evidence, dcap, collateral, at=req.at, nonce=req.nonce, pck=pck)

@@ -44,15 +44,20 @@ def root_der(path: Path) -> bytes:
 
 
 def fetch_collateral(
-    verifier: DcapVerifier, quote: Quote, location: str | None
+    verifier: DcapVerifier,
+    quote: Quote,
+    location: str | None,
+    min_tcb_evaluation_data_number: int | None = None,
 ) -> tuple[DcapCollateral | None, PckCertificate | None]:
     """The collateral of ``quote`` from ``location`` (``--collateral``; ``None``: none), and for
     a quote whose certification data only names its PCK certificate (types 1-4) that
     certificate first: the platform's FMSPC and PCK CA, which the collateral is looked up by,
-    are read from it once it chains to the pinned root."""
+    are read from it once it chains to the pinned root. ``min_tcb_evaluation_data_number``
+    (``--min-tcb-eval-number``): a URL source neither serves from its disk cache nor keeps
+    collateral of an older TCB evaluation (:mod:`confide.collateral.dcap`)."""
     if not location:
         return None, None
-    source = source_for(location)
+    source = source_for(location, min_tcb_evaluation_data_number=min_tcb_evaluation_data_number)
     pck: PckCertificate | None = None
     cert_id = quote.pck_cert_id()
     if cert_id is not None:
@@ -78,7 +83,7 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     location = req.collateral_url or (
         str(req.collateral) if req.collateral else os.environ.get(COLLATERAL_ENV)
     )
-    collateral, pck = fetch_collateral(verifier, quote, location)
+    collateral, pck = fetch_collateral(verifier, quote, location, req.min_tcb_evaluation_data_number)
     result = verifier.verify_parsed(quote, req.evidence, collateral, at=req.at, pck=pck)
     if req.event_log is not None:
         if not isinstance(quote.report, TdReport):

@@ -7,7 +7,9 @@ evidence had and what the policy expected. It checks, independently:
 1. the evidence is not newer than ``at`` (no evidence from the future);
 2. simulated evidence only with ``tolerate: [simulation]``;
 3. debug mode (the ``debug`` claim) only with ``tolerate: [debug-mode]``;
-4. the TCB status against the tolerances (Intel's statuses; see :data:`TCB_TOLERANCES`);
+4. the TCB status against the tolerances (Intel's statuses; see :data:`TCB_TOLERANCES`), and
+   for Intel DCAP evidence the TCB evaluation data numbers of its collateral against
+   ``min_tcb_evaluation_data_number``;
 5. every advisory ID of the evidence is ignored (``ignore_advisories``, or ``"*"``, or the
    shortcuts ``hyperthreading`` = INTEL-SA-00233 and ``insecure-igpu`` = INTEL-SA-00219, as
    SCONE documents them; when *all* advisories are covered by tolerated shortcuts, the
@@ -65,8 +67,15 @@ TCB_TOLERANCES: dict[TcbStatus, tuple[Tolerance, ...] | None] = {
     TcbStatus.OUT_OF_DATE: (Tolerance.OUTDATED_TCB,),
     TcbStatus.OUT_OF_DATE_CONFIGURATION_NEEDED: (Tolerance.OUTDATED_TCB, Tolerance.CONFIGURATION_NEEDED),
     TcbStatus.REVOKED: None,
+    TcbStatus.TD_RELAUNCH_ADVISED: (Tolerance.RELAUNCH_ADVISED,),
+    TcbStatus.TD_RELAUNCH_ADVISED_CONFIGURATION_NEEDED: (
+        Tolerance.RELAUNCH_ADVISED,
+        Tolerance.CONFIGURATION_NEEDED,
+    ),
 }
-"""The tolerances each TCB status needs (``None``: never acceptable)."""
+"""The tolerances each TCB status needs (``None``: never acceptable). ``relaunch-advised`` is
+also satisfied by ``outdated-tcb``: a TD advised to relaunch has an out-of-date launch TCB and a
+current one that is not, so a policy that accepts OutOfDate accepts it too."""
 
 ADVISORY_SHORTCUTS: dict[str, Tolerance] = {
     "INTEL-SA-00233": Tolerance.HYPERTHREADING,
@@ -85,6 +94,7 @@ _DEBUG_CLAIM_PLATFORMS = frozenset(
     }
 )
 _TCB_PLATFORMS = frozenset({Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM})
+"""Intel DCAP evidence: a TCB status and TCB evaluation data numbers are required."""
 _MISSING = object()
 
 
@@ -215,6 +225,7 @@ def _check_security(
         )  # fmt: skip
     _check_debug(evidence, security, tolerated, reasons)
     _check_tcb(evidence, security, tolerated, reasons)
+    _check_tcb_evaluation(evidence, security, reasons)
     _check_advisories(evidence, security, tolerated, reasons)
 
 
@@ -275,7 +286,57 @@ def _check_tcb(
     for t in needed:
         if t is Tolerance.CONFIGURATION_NEEDED and _shortcuts_cover(evidence, security):
             continue  # e.g. ConfigurationNeeded only because of Hyper-Threading: the shortcut suffices
+        if t is Tolerance.RELAUNCH_ADVISED:
+            _need_relaunch(status, security, tolerated, reasons)
+            continue
         _need(t, security, tolerated, reasons, "tcb_status", status.value)
+
+
+def _need_relaunch(
+    status: TcbStatus, security: AttestationSecurity, tolerated: set[Tolerance], reasons: list[Reason]
+) -> None:
+    """``relaunch-advised``, or the wider ``outdated-tcb`` (:data:`TCB_TOLERANCES`)."""
+    for t in (Tolerance.RELAUNCH_ADVISED, Tolerance.OUTDATED_TCB):
+        if security.tolerates(t):
+            tolerated.add(t)
+            return
+    reasons.append(
+        Reason(
+            "tcb_status",
+            status.value,
+            "security.attestation.tolerate to include 'relaunch-advised' (or 'outdated-tcb'); "
+            "or the TD relaunched on its updated TDX module",
+        )
+    )
+
+
+_PIECES = {"TCB Info": "tcb_info", "QE Identity": "qe_identity"}
+"""The field suffix of each piece of collateral that :meth:`TcbEvaluation.below` names."""
+
+
+def _check_tcb_evaluation(
+    evidence: VerifiedEvidence, security: AttestationSecurity, reasons: list[Reason]
+) -> None:
+    """``min_tcb_evaluation_data_number`` (Intel DCAP evidence only): the TCB Info and the QE
+    Identity the evidence was verified with must both be of at least that TCB evaluation."""
+    minimum = security.min_tcb_evaluation_data_number
+    if minimum is None or evidence.platform not in _TCB_PLATFORMS:
+        return
+    wanted = f">= {minimum} (security.attestation.min_tcb_evaluation_data_number)"
+    numbers = evidence.tcb_evaluation
+    if numbers is None:
+        reasons.append(
+            Reason("tcb_evaluation_data_number", "none", f"{wanted} in {evidence.platform} evidence")
+        )
+        return
+    for name, number in numbers.below(minimum):
+        reasons.append(
+            Reason(
+                f"tcb_evaluation_data_number.{_PIECES[name]}",
+                f"{number} ({name})",
+                f"{wanted}: collateral of a later TCB evaluation",
+            )
+        )
 
 
 def _shortcuts_cover(evidence: VerifiedEvidence, security: AttestationSecurity) -> bool:

@@ -9,7 +9,8 @@ command string to its argument list, ``tolerate`` sorted), so that the canonical
 
 confide extensions: attestation variants for other platforms (``tdx``, ``sev-snp``,
 ``nvidia-gpu``, ``aws-nitro``, ``sim``), the ``public-key`` secret kind, ``san`` and
-``renew_before`` on certificates, the ``configuration-needed`` and ``simulation`` tolerances.
+``renew_before`` on certificates, the ``configuration-needed``, ``relaunch-advised`` and
+``simulation`` tolerances, ``min_tcb_evaluation_data_number``.
 Deviations are listed in ``docs/policy.md``.
 """
 
@@ -24,6 +25,7 @@ from pydantic import (
     AfterValidator,
     BeforeValidator,
     Field,
+    StrictInt,
     StrictStr,
     field_validator,
     model_validator,
@@ -329,6 +331,9 @@ class Tolerance(enum.StrEnum):
     INSECURE_CONFIGURATION = "insecure-configuration"
     """SCONE's name for ``configuration-needed``; both are accepted and mean the same."""
     OUTDATED_TCB = "outdated-tcb"
+    RELAUNCH_ADVISED = "relaunch-advised"
+    """confide: accept an Intel TD whose launch TCB is out of date while the TDX module it runs
+    now is not (``TDRelaunchAdvised``; ``outdated-tcb`` accepts it too)."""
     SIMULATION = "simulation"
     """confide: accept evidence from the development simulator."""
     GPU_ONLY = "gpu-only"
@@ -364,6 +369,11 @@ class AttestationSecurity(_Model):
     ] = ()
     trusted_scone_qe_pubkeys: tuple[Hex32, ...] = ()
     """Accepted for compatibility; confide has no SCONE quoting enclave, so it has no effect."""
+    min_tcb_evaluation_data_number: Annotated[StrictInt, Field(ge=1, le=0xFFFF_FFFF)] | None = None
+    """confide: Intel DCAP evidence (sgx, tdx, az-tdx-vtpm) must have been verified with a TCB
+    Info and a QE Identity whose ``tcbEvaluationDataNumber`` are both at least this (Intel PCS
+    API v4), so that collateral made before a TCB recovery (a stale PCCS, or replayed) cannot
+    pass a platform the recovery made out of date. Other platforms are not affected."""
 
     @field_validator("mode", mode="before")
     @classmethod

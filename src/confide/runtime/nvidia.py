@@ -34,7 +34,17 @@ uses it through pynvml:
   ``attestationReport[attestationReportSize]`` (and the CEC report, which confide does not use);
 - ``nvmlDeviceGetConfComputeGpuCertificate(device, nvmlConfComputeGpuCertificate_t *)``:
   ``attestationCertChain[attestationCertChainSize]`` is the attestation key's chain, leaf
-  first (PEM); ``certChain`` (the device identity chain) is not used.
+  first (PEM); ``certChain`` (the device identity chain) is not used;
+- ``nvmlSystemGetConfComputeGpusReadyState(unsigned int *isAcceptingWork)`` and
+  ``nvmlSystemSetConfComputeGpusReadyState(unsigned int isAcceptingWork)``: the *system's* GPU
+  ready state, ``NVML_CC_ACCEPTING_CLIENT_REQUESTS_TRUE`` (1) or ``_FALSE`` (0). In CC mode the
+  GPUs take no client (CUDA) work until it is set; NVIDIA's verifier sets it after a successful
+  attestation, and so does ``confide run`` (:meth:`GpuQuoteProvider.mark_ready`): after the CAS
+  accepted the composite attestation, right before the program starts, never before. It is one
+  state for all of the system's GPUs, so it is set only when every one of them was attested.
+
+GPU selection: ``count`` (``--gpus N``) takes the first N GPUs, ``indices`` (``--gpu-index
+0,2``) the GPUs with those NVML indices, in that order; slot ``gpu<k>`` carries the k-th.
 
 Every size the driver returns is hostile input: it must fit the structure's array, else
 :class:`~confide.errors.ParseError`. NVML return codes map to errors by kind
@@ -50,8 +60,9 @@ from __future__ import annotations
 
 import ctypes
 import hmac
+import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -66,13 +77,18 @@ from confide.verify.nvidia import ocsp_targets
 from confide.verify.ocsp import verify_ocsp_response
 from confide.verify.x509util import load_certificate_chain
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "NVML_CC_ACCEPTING_CLIENT_REQUESTS_FALSE",
+    "NVML_CC_ACCEPTING_CLIENT_REQUESTS_TRUE",
     "NVML_LIBRARY",
     "NVML_USAGE_ERRORS",
     "GpuQuoteProvider",
     "GpuSource",
     "NvmlGpuSource",
     "nvml_error",
+    "parse_gpu_indices",
 ]
 
 NVML_LIBRARY = "libnvidia-ml.so.1"
@@ -84,7 +100,12 @@ NVML_CC_GPU_CEC_NONCE_SIZE = 0x20
 NVML_CC_GPU_ATTESTATION_REPORT_SIZE = 0x2000
 NVML_CC_GPU_CEC_ATTESTATION_REPORT_SIZE = 0x1000
 NVML_CC_SYSTEM_FEATURE_ENABLED = 1
+# nvml.h: Confidential Compute GPUs/System Ready State values.
+NVML_CC_ACCEPTING_CLIENT_REQUESTS_FALSE = 0
+NVML_CC_ACCEPTING_CLIENT_REQUESTS_TRUE = 1
 NVML_SUCCESS = 0
+_SET_READY_STATE = "nvmlSystemSetConfComputeGpusReadyState"
+_GET_READY_STATE = "nvmlSystemGetConfComputeGpusReadyState"
 # nvml.h caps the devices a system reports far below this; a larger count is a lying driver.
 _MAX_DEVICE_COUNT = 1024
 
@@ -150,6 +171,17 @@ def nvml_error(function: str, code: int, where: str = "") -> UsageError | Storag
     return StorageError(f"NVML {function}{place}: {name} ({code})")
 
 
+def _ready_state_error(exc: UsageError | StorageError) -> UsageError | StorageError:
+    """``exc`` (from reading or setting the GPUs' ready state) with what the user can do."""
+    return type(exc)(
+        f"{exc.message}; the GPUs' ready state was not set (--gpu-ready-state skip leaves it to you)"
+    )
+
+
+def _names(indices: Sequence[int]) -> str:
+    return ", ".join(map(str, indices))
+
+
 class _ConfComputeSystemState(ctypes.Structure):
     """nvml.h ``nvmlConfComputeSystemState_t``."""
 
@@ -197,6 +229,8 @@ _PROTOTYPES: dict[str, list[Any]] = {
         ctypes.POINTER(_ConfComputeGpuAttestationReport),
     ],
     "nvmlDeviceGetConfComputeGpuCertificate": [_Device, ctypes.POINTER(_ConfComputeGpuCertificate)],
+    _GET_READY_STATE: [ctypes.POINTER(ctypes.c_uint)],  # unsigned int *isAcceptingWork
+    _SET_READY_STATE: [ctypes.c_uint],  # unsigned int isAcceptingWork, by value
 }
 
 
@@ -213,6 +247,14 @@ class GpuSource(Protocol):
 
     def certificate_chain(self, index: int) -> bytes:
         """GPU ``index``'s attestation certificate chain, leaf first (PEM or concatenated DER)."""
+        ...
+
+    def ready_state(self) -> bool:
+        """Whether the system's GPUs accept client requests (their CC ready state is set)."""
+        ...
+
+    def set_ready_state(self) -> None:
+        """Set the system's GPUs' CC ready state: from now on they accept client requests."""
         ...
 
 
@@ -316,13 +358,77 @@ class NvmlGpuSource:
             f"GPU {index} nvmlConfComputeGpuCertificate_t.attestationCertChainSize",
         )
 
+    def ready_state(self) -> bool:
+        self._init()
+        # Both functions came with the same drivers: looking the setter up here makes a driver
+        # without it fail before the attestation rather than after the CAS accepted it.
+        self._function(_SET_READY_STATE)
+        state = ctypes.c_uint(0xFFFFFFFF)
+        self._call(_GET_READY_STATE, ctypes.pointer(state))
+        if state.value not in (
+            NVML_CC_ACCEPTING_CLIENT_REQUESTS_FALSE,
+            NVML_CC_ACCEPTING_CLIENT_REQUESTS_TRUE,
+        ):
+            raise ParseError(
+                f"got {state.value}, expected {NVML_CC_ACCEPTING_CLIENT_REQUESTS_FALSE} or "
+                f"{NVML_CC_ACCEPTING_CLIENT_REQUESTS_TRUE}",
+                structure=f"{_GET_READY_STATE} isAcceptingWork",
+            )
+        return state.value == NVML_CC_ACCEPTING_CLIENT_REQUESTS_TRUE
+
+    def set_ready_state(self) -> None:
+        self._init()
+        code = int(self._function(_SET_READY_STATE)(NVML_CC_ACCEPTING_CLIENT_REQUESTS_TRUE))
+        if code == 4:  # NO_PERMISSION: nvtrust's verifier, too, must run as root to set it
+            raise UsageError(f"NVML {_SET_READY_STATE}: NVML_ERROR_NO_PERMISSION (4): setting it needs root")
+        if code != NVML_SUCCESS:
+            raise nvml_error(_SET_READY_STATE, code)
+
+
+def _check_indices(indices: Sequence[int], what: str) -> tuple[int, ...]:
+    """``indices`` as a tuple after checking that there are 1 to MAX_GPUS of them, each a GPU
+    index NVML could report, none twice."""
+    out = tuple(indices)
+    if not 1 <= len(out) <= MAX_GPUS:
+        raise UsageError(f"{what}: got {len(out)} GPUs, expected 1 to {MAX_GPUS}")
+    for i in out:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < _MAX_DEVICE_COUNT:
+            raise UsageError(f"{what}: got {i!r}, expected GPU indices 0 to {_MAX_DEVICE_COUNT - 1}")
+    twice = sorted({i for i in out if out.count(i) > 1})
+    if twice:
+        raise UsageError(f"{what}: got GPU {twice[0]} twice, expected each GPU once")
+    return out
+
+
+def parse_gpu_indices(text: str) -> tuple[int, ...]:
+    """``confide run --gpu-index``: NVML GPU indices separated by commas (``0,2``), in the order
+    their reports are sent; 1 to MAX_GPUS of them, none twice. That they exist is checked when
+    NVML is asked (:meth:`GpuQuoteProvider.get_evidence`)."""
+    items = text.split(",")
+    if len(items) > MAX_GPUS:
+        raise UsageError(f"--gpu-index: got {len(items)} GPUs, expected 1 to {MAX_GPUS}")
+    for item in items:
+        if not (item.isascii() and item.isdigit() and len(item) <= 4):
+            raise UsageError(
+                f"--gpu-index: got {item[:20]!r} in {text[:40]!r}, expected GPU indices separated by "
+                "commas (e.g. 0,2)"
+            )
+    return _check_indices([int(item) for item in items], "--gpu-index")
+
 
 class GpuQuoteProvider:
     """The CPU provider's evidence plus every GPU's report and certificate chain in ``aux``
     (``gpu<k>``, ``gpu<k>.certs``), each report requested with nonce ``report_data[:32]`` and
-    checked to carry it before it is returned. ``count``: exactly that many GPUs (the first
-    ones), or all of them when None. ``ocsp``: staple the OCSP responses about each chain
-    (``gpu<k>.ocsp:<i>``, module docstring), verified at ``clock()`` first; ``None``: none."""
+    checked to carry it before it is returned. Which GPUs: ``count`` (exactly that many, the
+    first ones), ``indices`` (exactly those NVML indices, ``gpu<k>`` carrying the k-th), or all of
+    them when neither is given. ``ocsp``: staple the OCSP responses about each chain
+    (``gpu<k>.ocsp:<i>``, module docstring), verified at ``clock()`` first; ``None``: none.
+
+    ``ready``: the caller will set the GPUs' ready state with :meth:`mark_ready` once the CAS
+    accepted the evidence. The state is one for all of the system's GPUs, so
+    :meth:`get_evidence` then refuses to attest fewer than all of them, and it reads the state
+    before anything is sent (a driver without the ready-state functions fails there): a state
+    already set is reported through ``warn`` (the GPUs took work before any attestation)."""
 
     def __init__(
         self,
@@ -330,31 +436,68 @@ class GpuQuoteProvider:
         source: GpuSource,
         *,
         count: int | None = None,
+        indices: Sequence[int] | None = None,
         ocsp: OcspSource | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        ready: bool = False,
+        warn: Callable[[str], None] = log.warning,
     ) -> None:
+        if count is not None and indices is not None:
+            raise UsageError("give a GPU count or GPU indices, not both")
         if count is not None and not 1 <= count <= MAX_GPUS:
             raise UsageError(f"GPU count: got {count}, expected 1 to {MAX_GPUS}")
         self._cpu = cpu
         self._source = source
         self._count = count
+        self._indices = _check_indices(indices, "GPU indices") if indices is not None else None
         self._ocsp = ocsp
         self._clock = clock
+        self._ready = ready
+        self._warn = warn
+        self._attested: tuple[int, ...] | None = None  # NVML indices, once their reports were made
+        self._available = 0  # the system's GPUs then
 
-    def _gpu_count(self) -> int:
+    def _gpu_indices(self) -> tuple[list[int], int]:
+        """The NVML indices to attest, and how many GPUs the system has."""
         available = self._source.devices()
         if available == 0:
             raise UsageError("no NVIDIA GPU on this machine")
+        if self._indices is not None:
+            absent = [i for i in self._indices if i >= available]
+            if absent:
+                raise UsageError(
+                    f"--gpu-index: got GPU {absent[0]}, expected 0 to {available - 1} (this machine has "
+                    f"{available} GPU(s))"
+                )
+            return list(self._indices), available
         if self._count is None:
             if available > MAX_GPUS:
                 raise UsageError(
                     f"got {available} GPUs, expected at most {MAX_GPUS} (the CAS takes at most "
                     f"{MAX_GPUS} GPU reports): give their number with --gpus"
                 )
-            return available
+            return list(range(available)), available
         if self._count > available:
             raise UsageError(f"--gpus {self._count}: this machine has only {available} GPU(s)")
-        return self._count
+        return list(range(self._count)), available
+
+    def _check_ready_state(self, indices: list[int], available: int) -> None:
+        """Before anything is sent: every GPU is attested, and the ready state can be read."""
+        if sorted(indices) != list(range(available)):
+            raise UsageError(
+                f"the GPUs' ready state is one for the whole system ({_SET_READY_STATE}): setting it "
+                f"would let all {available} GPUs take work, but only GPU(s) {_names(indices)} are "
+                "attested; attest every GPU (--gpus all) or give --gpu-ready-state skip"
+            )
+        try:
+            already = self._source.ready_state()
+        except (UsageError, StorageError) as exc:
+            raise _ready_state_error(exc) from None
+        if already:
+            self._warn(
+                "the GPUs' ready state is set already, before this attestation: they accept client "
+                "requests (CUDA work) that nothing attested; confide run leaves it set"
+            )
 
     def get_evidence(self, report_data: bytes) -> Evidence:
         check_report_data(report_data)
@@ -365,24 +508,63 @@ class GpuQuoteProvider:
         clash = sorted(k for k in cpu.aux if k.startswith("gpu"))
         if clash:
             raise UsageError(f"the CPU evidence already has aux {clash[0]!r}: cannot add GPU reports")
+        indices, available = self._gpu_indices()
+        if self._ready:
+            self._check_ready_state(indices, available)
         nonce = report_data[:NONCE_SIZE]
         aux = dict(cpu.aux)
         stapled: dict[tuple[x509.Certificate, x509.Certificate], bytes] = {}  # shared intermediates
-        for k in range(self._gpu_count()):
-            report = self._source.attestation_report(k, nonce)
+        for k, index in enumerate(indices):
+            slot = f"gpu{k}" if k == index else f"gpu{k} (GPU {index})"
+            report = self._source.attestation_report(index, nonce)
             # The CAS's check (DSP0274 Table 40 requester nonce = binding[:32]), made here too so
             # that a report for another nonce is never sent.
             got = NvidiaAttestationReport.from_bytes(report).nonce
             if not hmac.compare_digest(got, nonce):
                 raise BindingError(
-                    f"gpu{k}: the GPU's report carries SPDM nonce {got.hex()}, expected {nonce.hex()} "
+                    f"{slot}: the GPU's report carries SPDM nonce {got.hex()}, expected {nonce.hex()} "
                     "(the first 32 bytes of the report data)"
                 )
             aux[f"gpu{k}"] = report
-            aux[f"gpu{k}.certs"] = self._source.certificate_chain(k)
+            aux[f"gpu{k}.certs"] = self._source.certificate_chain(index)
             if self._ocsp is not None:
                 aux |= self._staple(f"gpu{k}", aux[f"gpu{k}.certs"], self._ocsp, stapled)
+        self._attested, self._available = tuple(indices), available
         return Evidence(platform=cpu.platform, raw=cpu.raw, provider=f"{cpu.provider}+nvml", aux=aux)
+
+    @property
+    def attested(self) -> tuple[int, ...]:
+        """The NVML indices of the GPUs whose reports the last evidence carries (empty before)."""
+        return self._attested or ()
+
+    def mark_ready(self) -> bool:
+        """Set the GPUs' ready state (NVIDIA's verifier does so after a successful attestation):
+        call it once the CAS accepted the evidence :meth:`get_evidence` made (its release
+        arrived and decrypted), right before the program starts, and never otherwise. Returns
+        True when the state was set already (it is left so), False when this call set it (and
+        read it back). Raises when this provider was made without ``ready``, has made no evidence,
+        the system's GPU count changed since, or NVML fails (the error says how to skip it)."""
+        if not self._ready:
+            raise UsageError("this GPU provider was made without ready=True: it does not set the ready state")
+        if self._attested is None:
+            raise UsageError("the GPUs' ready state is set only after they were attested")
+        try:
+            available = self._source.devices()
+            if available != self._available:
+                raise StorageError(
+                    f"the system has {available} GPU(s) now, {self._available} when they were "
+                    "attested: not every GPU that would take work was attested"
+                )
+            if self._source.ready_state():
+                return True
+            self._source.set_ready_state()
+            if not self._source.ready_state():
+                raise StorageError(
+                    f"NVML {_SET_READY_STATE} returned success, but the state is still not set"
+                )
+        except (UsageError, StorageError) as exc:
+            raise _ready_state_error(exc) from None
+        return False
 
     def _staple(
         self,

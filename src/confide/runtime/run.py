@@ -24,7 +24,7 @@ import shutil
 import signal
 import stat
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -295,9 +295,12 @@ def _wait(proc: subprocess.Popen[bytes], mounted: MountedVolumes) -> tuple[int, 
             return proc.wait(), tampered
 
 
-def supervise(plan: Launch, client: CasClient) -> int:
+def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None] | None = None) -> int:
     """With protected volumes: mount them, run the program as a child, then seal changed
-    volumes and report their new tags to the CAS; returns the program's exit code."""
+    volumes and report their new tags to the CAS; returns the program's exit code.
+    ``before_exec`` runs after everything else was prepared, right before the program starts
+    (``confide run --gpus`` sets the GPUs' ready state there); if it raises, the program does
+    not start and the volumes are closed."""
     _write_files(plan.files)
     mounted = mount_released(list(plan.volumes))
     env = {**plan.environment, **mounted.environment}
@@ -306,6 +309,8 @@ def supervise(plan: Launch, client: CasClient) -> int:
         if plan.measured is not None:
             checked = check_absent(plan.measured, plan.argv, env, plan.pwd, mounted.regions())
         program = checked or _resolve(plan.argv[0], env)
+        if before_exec is not None:
+            before_exec()
         proc = subprocess.Popen(plan.argv, executable=program, env=env, cwd=plan.pwd or None)  # noqa: S603
     except OSError as exc:
         mounted.close()
@@ -335,8 +340,10 @@ def supervise(plan: Launch, client: CasClient) -> int:
     return code
 
 
-def launch(plan: Launch) -> None:
-    """Inject and exec; does not return on success."""
+def launch(plan: Launch, *, before_exec: Callable[[], None] | None = None) -> None:
+    """Inject and exec; does not return on success. ``before_exec`` runs after everything else
+    was prepared, right before the ``exec`` (``confide run --gpus`` sets the GPUs' ready state
+    there); if it raises, nothing is executed."""
     _write_files(plan.files)
     if plan.pwd:
         try:
@@ -350,6 +357,8 @@ def launch(plan: Launch) -> None:
     if plan.measured is not None:  # no volumes: any absent component is refused
         checked = check_absent(plan.measured, plan.argv, env, None, ())
     program = checked or _resolve(plan.argv[0], env)
+    if before_exec is not None:
+        before_exec()
     try:
         os.execve(program, plan.argv, env)  # noqa: S606 - exec of the attested program is the point
     except OSError as exc:

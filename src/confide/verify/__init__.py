@@ -5,6 +5,6 @@ No policy decisions, no network, no clock: collateral comes in through a
 :class:`~confide.verify.result.VerifiedEvidence`.
 """
 
-from confide.verify.result import ClaimValue, Platform, TcbStatus, VerifiedEvidence
+from confide.verify.result import ClaimValue, Platform, TcbEvaluation, TcbStatus, VerifiedEvidence
 
-__all__ = ["ClaimValue", "Platform", "TcbStatus", "VerifiedEvidence"]
+__all__ = ["ClaimValue", "Platform", "TcbEvaluation", "TcbStatus", "VerifiedEvidence"]

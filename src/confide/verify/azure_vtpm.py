@@ -186,6 +186,7 @@ def _steps_3_to_6(
         tcb_status=hw.tcb_status,
         advisory_ids=hw.advisory_ids,
         details=details,
+        tcb_evaluation=hw.tcb_evaluation,
     )
 
 

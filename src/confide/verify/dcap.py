@@ -31,7 +31,19 @@ The steps follow Intel's DCAP Quote Verification Library (QVL, ``QuoteVerifier::
    TDX module identity ``TDX_<version>`` checks MRSIGNER_SEAM and SEAM_ATTRIBUTES and gives
    the module's TCB status;
 9. statuses are converged as in QVL (module, then QE) and advisory IDs collected from every
-   level that contributed.
+   level that contributed;
+10. TD relaunch advice (QVL ``TcbLevelCheck`` 4.1.2.5.1.20, TD report 1.5 only): the current
+    TCB, TEE_TCB_SVN2 (the TDX module running now, after any TD preserving update), is
+    evaluated as steps 8-9 evaluate the launch TCB (TEE_TCB_SVN); when the launch TCB is
+    OutOfDate(ConfigurationNeeded) and the current one is UpToDate, SWHardeningNeeded,
+    ConfigurationNeeded or ConfigurationAndSWHardeningNeeded, the status is TDRelaunchAdvised
+    (TDRelaunchAdvisedConfigurationNeeded when either needs configuration); the advisory IDs
+    stay the launch TCB's. A current TCB that matches no level fails as the launch TCB would
+    (``TcbLevelNotFoundError``); one that is Revoked makes the status Revoked (confide: QVL keeps
+    the launch status; dcap-qvl refuses it too).
+
+The TCB evaluation data numbers of the TCB Info and QE Identity used are returned
+(``VerifiedEvidence.tcb_evaluation``); how recent they must be is a policy's decision.
 
 Nothing here reads the clock or does I/O. Claims are reported, never judged: debug enclaves,
 TDs without SEPT_VE_DISABLE or with MRSERVICETD are verified and flagged for the policy.
@@ -83,7 +95,7 @@ from confide.evidence.dcap_collateral import (
 from confide.evidence.pck import SGX_EXTENSION_OID, PckExtension, parse_pck_extension
 from confide.evidence.pem import parse_pem_chain
 from confide.lru import Lru
-from confide.verify.result import ClaimValue, Platform, TcbStatus, VerifiedEvidence
+from confide.verify.result import ClaimValue, Platform, TcbEvaluation, TcbStatus, VerifiedEvidence
 from confide.verify.roots import INTEL_SGX_ROOT_CA_DER
 from confide.verify.x509util import (
     check_crl,
@@ -212,6 +224,37 @@ def _converge(level_status: TcbStatus, other: TcbStatus) -> TcbStatus:
     return level_status
 
 
+_RELAUNCH_FROM = frozenset({TcbStatus.OUT_OF_DATE, TcbStatus.OUT_OF_DATE_CONFIGURATION_NEEDED})
+_RELAUNCH_TO = frozenset(
+    {
+        TcbStatus.UP_TO_DATE,
+        TcbStatus.SW_HARDENING_NEEDED,
+        TcbStatus.CONFIGURATION_NEEDED,
+        TcbStatus.CONFIGURATION_AND_SW_HARDENING_NEEDED,
+    }
+)
+_NEEDS_CONFIGURATION = frozenset(
+    {
+        TcbStatus.CONFIGURATION_NEEDED,
+        TcbStatus.CONFIGURATION_AND_SW_HARDENING_NEEDED,
+        TcbStatus.OUT_OF_DATE_CONFIGURATION_NEEDED,
+    }
+)
+
+
+def _relaunch(launch: TcbStatus, current: TcbStatus) -> TcbStatus:
+    """QVL ``checkForRelaunch(launch, current)`` (TcbLevelCheck 4.1.2.5.1.20.2; step 10 of the
+    module docstring): relaunch advice when only the launch TCB is out of date. A Revoked
+    current TCB is Revoked (confide's addition: the TD runs on a revoked TDX module now)."""
+    if current is TcbStatus.REVOKED:
+        return TcbStatus.REVOKED
+    if launch in _RELAUNCH_FROM and current in _RELAUNCH_TO:
+        if launch in _NEEDS_CONFIGURATION or current in _NEEDS_CONFIGURATION:
+            return TcbStatus.TD_RELAUNCH_ADVISED_CONFIGURATION_NEEDED
+        return TcbStatus.TD_RELAUNCH_ADVISED
+    return launch
+
+
 def _identity_level(levels: tuple[IdentityTcbLevel, ...], isv_svn: int) -> IdentityTcbLevel | None:
     # Levels are ordered from highest to lowest ISVSVN (PCS API v4); the first one the SVN
     # reaches applies.
@@ -240,6 +283,25 @@ def _match_levels(
         if all(tee_tcb_svn[i] >= tdx[i] for i in range(start, len(tdx))):
             return sgx_level, level
     return sgx_level, None
+
+
+def _module_level(info: TcbInfo, tee_tcb_svn: bytes, what: str) -> IdentityTcbLevel | None:
+    """The TDX module's TCB level for a TEE TCB SVN (QVL ``checkTdxModuleTcbStatus``): ``None``
+    for module version 0 (TEE_TCB_SVN[1], no module identity applies), else the level of
+    identity ``TDX_<version>`` that the module's ISVSVN (TEE_TCB_SVN[0]) reaches."""
+    version, isv_svn = tee_tcb_svn[1], tee_tcb_svn[0]
+    if version == 0:
+        return None
+    want = f"TDX_{version:02X}"
+    found = [m for m in info.tdx_module_identities if m.id.upper() == want]
+    if not found:
+        raise TcbLevelNotFoundError(
+            f"TCB Info has no TDX module identity {want} for TDX module version {version} ({what})"
+        )
+    level = _identity_level(found[0].tcb_levels, isv_svn)
+    if level is None:
+        raise TcbLevelNotFoundError(f"TDX module ISVSVN {isv_svn} ({what}) is below every level of {want}")
+    return level
 
 
 def pck_info(quote: Quote, pck: PckCertificate | None = None) -> tuple[bytes, str]:
@@ -606,6 +668,13 @@ class DcapVerifier:
         qe_status = TcbStatus(qe_level.status)
         status = _converge(status, qe_status)
         advisories += qe_level.advisory_ids
+        launch_status = status
+
+        # Step 10: TD relaunch advice (TD report 1.5).
+        current_status: TcbStatus | None = None
+        if isinstance(report, TdReport) and report.tee_tcb_svn2 is not None:
+            current_status = _current_tcb_status(info, ext, report.tee_tcb_svn2, qe_status)
+            status = _relaunch(status, current_status)
 
         claims = _claims(quote, ext)
         details: dict[str, ClaimValue] = {
@@ -613,6 +682,7 @@ class DcapVerifier:
             "pck_ca": chain.ca,
             "pck_serial": format(chain.leaf.serial_number, "x"),
             "tcb_evaluation_data_number": info.tcb_evaluation_data_number,
+            "qe_identity_tcb_evaluation_data_number": ident.tcb_evaluation_data_number,
             "tcb_info_version": info.version,
             "tcb_info_issue_date": info.issue_date.isoformat(),
             "tcb_level_date": platform_level.tcb_date.isoformat(),
@@ -629,6 +699,9 @@ class DcapVerifier:
             "certification_data_type": qe.certification.cert_type,
             "pck_source": "quote" if chain.cert_id is None else "collateral",
         }
+        if current_status is not None:
+            details["launch_tcb_status"] = launch_status.value
+            details["current_tcb_status"] = current_status.value
         cid = chain.cert_id
         if cid is not None and cid.leaf_der is None:
             # The raw TCB the PCE signed at, and the TCB of the certificate the PCS chose for it
@@ -650,6 +723,7 @@ class DcapVerifier:
             tcb_status=status,
             advisory_ids=tuple(dict.fromkeys(advisories)),
             details=details,
+            tcb_evaluation=TcbEvaluation(info.tcb_evaluation_data_number, ident.tcb_evaluation_data_number),
         )
 
     @staticmethod
@@ -675,7 +749,7 @@ class DcapVerifier:
     @staticmethod
     def _check_tdx_module(report: TdReport, info: TcbInfo) -> IdentityTcbLevel | None:
         """QVL ``checkTdxModuleTcbStatus`` and the TDX module identity check."""
-        version, isv_svn = report.tee_tcb_svn[1], report.tee_tcb_svn[0]
+        version = report.tee_tcb_svn[1]
         if version == 0:
             signer, attrs, mask = (
                 info.tdx_module_mr_signer,
@@ -700,12 +774,24 @@ class DcapVerifier:
                 f"TDX module does not match {name}: MRSIGNER_SEAM {report.mr_signer_seam.hex()} "
                 f"(expected {signer.hex()}), masked SEAM_ATTRIBUTES {masked.hex()} (expected {attrs.hex()})"
             )
-        if version == 0:
-            return None
-        level = _identity_level(found[0].tcb_levels, isv_svn)
-        if level is None:
-            raise TcbLevelNotFoundError(f"TDX module ISVSVN {isv_svn} is below every level of {name}")
-        return level
+        return _module_level(info, report.tee_tcb_svn, "TEE_TCB_SVN")
+
+
+def _current_tcb_status(
+    info: TcbInfo, pck: PckExtension, tee_tcb_svn2: bytes, qe_status: TcbStatus
+) -> TcbStatus:
+    """Step 10: the current TCB (TEE_TCB_SVN2) evaluated as the launch TCB is in steps 8-9
+    (QVL ``tdxEvaluateTCB`` on TEE_TCB_SVN2): the TDX level it reaches, converged with its TDX
+    module's level and the QE's status."""
+    _, level = _match_levels(info, pck, tee_tcb_svn2)
+    if level is None:
+        raise TcbLevelNotFoundError(
+            f"no TDX TCB level matches the current TEE TCB SVN (TEE_TCB_SVN2) {tee_tcb_svn2.hex()} "
+            f"(TD report 1.5; TCB Info evaluation data number {info.tcb_evaluation_data_number})"
+        )
+    module = _module_level(info, tee_tcb_svn2, "TEE_TCB_SVN2")
+    status = _converge(TcbStatus(level.status), TcbStatus(module.status) if module else _STATUS_OK)
+    return _converge(status, qe_status)
 
 
 def _claims(quote: Quote, pck: PckExtension) -> dict[str, ClaimValue]:

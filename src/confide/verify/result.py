@@ -16,7 +16,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import TypeAlias, Union
 
-__all__ = ["ClaimValue", "Platform", "TcbStatus", "VerifiedEvidence"]
+__all__ = ["ClaimValue", "Platform", "TcbEvaluation", "TcbStatus", "VerifiedEvidence"]
 
 # A claim is JSON-shaped: byte strings are normalised to lower-case hex text.
 ClaimValue: TypeAlias = Union[str, int, bool, list["ClaimValue"], dict[str, "ClaimValue"], None]  # noqa: UP007
@@ -39,7 +39,10 @@ class Platform(enum.StrEnum):
 
 class TcbStatus(enum.StrEnum):
     """Intel's TCB status values (Intel PCS API v4, TCB Info ``tcbStatus``), in the order
-    from best to worst that Intel's QVL uses when combining statuses."""
+    from best to worst that Intel's QVL uses when combining statuses, then the two that only
+    Intel's QVL computes, never a TCB Info: a TD (TD report 1.5) launched before a TD
+    preserving update of its TDX module, whose launch TCB is out of date but whose current
+    TCB (TEE_TCB_SVN2) is not (QVL ``TcbLevelCheck``, 4.1.2.5.1.20, ``checkForRelaunch``)."""
 
     UP_TO_DATE = "UpToDate"
     SW_HARDENING_NEEDED = "SWHardeningNeeded"
@@ -48,9 +51,31 @@ class TcbStatus(enum.StrEnum):
     OUT_OF_DATE = "OutOfDate"
     OUT_OF_DATE_CONFIGURATION_NEEDED = "OutOfDateConfigurationNeeded"
     REVOKED = "Revoked"
+    TD_RELAUNCH_ADVISED = "TDRelaunchAdvised"
+    TD_RELAUNCH_ADVISED_CONFIGURATION_NEEDED = "TDRelaunchAdvisedConfigurationNeeded"
 
     def __str__(self) -> str:
         return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class TcbEvaluation:
+    """The ``tcbEvaluationDataNumber`` of the two signed pieces of Intel collateral that a DCAP
+    verification used (Intel PCS API v4, "TCB Info" and "Enclave Identity" models): the TCB
+    evaluation (TCB recovery) each was made for. Verification reports them; a policy decides
+    how recent they must be (``security.attestation.min_tcb_evaluation_data_number``)."""
+
+    tcb_info: int
+    qe_identity: int
+
+    def below(self, minimum: int) -> tuple[tuple[str, int], ...]:
+        """The pieces whose number is below ``minimum``, as (name, number): "TCB Info",
+        "QE Identity"; empty when both are at least ``minimum``."""
+        return tuple(
+            (name, number)
+            for name, number in (("TCB Info", self.tcb_info), ("QE Identity", self.qe_identity))
+            if number < minimum
+        )
 
 
 def _frozen(claims: Mapping[str, ClaimValue]) -> Mapping[str, ClaimValue]:
@@ -72,6 +97,9 @@ class VerifiedEvidence:
     """True only for the development simulator: policies must tolerate ``simulation``."""
     details: Mapping[str, ClaimValue] = field(default_factory=dict)
     """Verification details that are not claims (collateral dates, matched TCB level, ...)."""
+    tcb_evaluation: TcbEvaluation | None = None
+    """Intel DCAP (SGX, TDX, Azure TDX vTPM): the TCB evaluation data numbers of the collateral
+    used; ``None`` for every other platform."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "claims", _frozen(self.claims))

@@ -1,0 +1,234 @@
+"""``cas serve --witness-quorum N``: the CAS checks its own database against its witnesses
+(docs/cas.md "Witness quorum", docs/adr/0005-witness-quorum.md).
+
+:class:`WitnessQuorum` is the configuration (the ``--witness URL=VKEY`` witnesses, the quorum
+and the optional ``--witness-max-lag``); its :meth:`~WitnessQuorum.attested` keys and quorum are
+bound into the CAS's report data (:func:`confide.cas.pin.cas_binding`, v2).
+
+:class:`WitnessGuard` holds what the witnesses said. One :meth:`WitnessGuard.round` sends a
+signed checkpoint to every witness (c2sp.org/tlog-witness ``add-checkpoint``, through
+:func:`~confide.ledger.witness_http.request_cosignatures`) and counts the cosignatures; a quorum
+of them makes that checkpoint the newest one cosigned by a quorum. A witness that answers that
+it cosigned a larger tree, or another tree (a 409 or a refused consistency proof:
+:class:`~confide.errors.LogRollbackError`), ends the round and halts the guard for good (until
+the process restarts): :meth:`WitnessGuard.refusal` then gives the reason every release and
+change is refused for. A witness that cannot be reached or answers anything else is a failure,
+counted per witness; the checkpoint is sent again (:meth:`WitnessGuard.due`). With ``max_lag``,
+:meth:`refusal` also refuses while the newest quorum is older than that (measured on the
+monotonic clock), and recovers with the next quorum. Time is injected (``monotonic``,
+``wall``), so tests drive it without sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx2
+
+from confide.cas.pin import AttestedWitnesses
+from confide.errors import ConfideError, LogRollbackError, NetworkError, ParseError, UsageError
+from confide.ledger.checkpoint import Checkpoint
+from confide.ledger.db import Conn
+from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, NoteVerifier, parse_note
+from confide.ledger.witness_http import request_cosignatures
+
+__all__ = [
+    "MAX_LAG_RANGE",
+    "RETRY_SECONDS",
+    "START_ATTEMPTS",
+    "START_DELAYS",
+    "Round",
+    "WitnessGuard",
+    "WitnessQuorum",
+    "parse_max_lag",
+]
+
+START_ATTEMPTS = 3
+"""Rounds at startup before the CAS gives up on a quorum (1 s, then 2 s between them)."""
+START_DELAYS = (1.0, 2.0)
+RETRY_SECONDS = 5.0
+"""While running, a checkpoint not yet cosigned by a quorum is sent again after this long."""
+MAX_LAG_RANGE = (10, 30 * 86400)
+"""``--witness-max-lag``: whole seconds, at least 10 (twenty checkpoint intervals and a few
+witness round trips), at most 30 days."""
+
+log = logging.getLogger("confide.cas")
+
+
+def parse_max_lag(text: str) -> int:
+    """``--witness-max-lag SECONDS``: whole seconds in :data:`MAX_LAG_RANGE`."""
+    low, high = MAX_LAG_RANGE
+    value = text.strip()
+    if not value.isascii() or not value.isdigit() or len(value) > 12 or not low <= int(value) <= high:
+        raise UsageError(f"--witness-max-lag: got {text[:40]!r}, expected whole seconds from {low} to {high}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class WitnessQuorum:
+    """``--witness URL=VKEY``... ``--witness-quorum N`` [``--witness-max-lag SECONDS``]."""
+
+    witnesses: tuple[tuple[str, NoteVerifier], ...]
+    quorum: int
+    max_lag: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.witnesses:
+            raise UsageError("--witness-quorum needs --witness URL=VKEY (at least one)")
+        if not 1 <= self.quorum <= len(self.witnesses):
+            raise UsageError(
+                f"--witness-quorum: got {self.quorum}, expected 1 to {len(self.witnesses)}"
+                " (the number of --witness)"
+            )
+        seen: dict[bytes, str] = {}
+        for _, key in self.witnesses:
+            if key.sig_type != SIG_TYPE_COSIGNATURE_V1:
+                raise UsageError(f"--witness: {key.vkey[:60]!r} is not a cosignature/v1 witness key")
+            if key.public_key in seen:  # under any name: one witness would count twice
+                raise UsageError(
+                    f"--witness: the key of {key.name!r} is given twice (also as {seen[key.public_key]!r});"
+                    " each witness counts once towards --witness-quorum"
+                )
+            seen[key.public_key] = key.name
+        if self.max_lag is not None and not (math.isfinite(self.max_lag) and self.max_lag > 0):
+            raise UsageError(
+                f"--witness-max-lag: got {self.max_lag!r}, expected a positive number of seconds"
+            )
+        try:
+            self.attested()
+        except ParseError as exc:  # e.g. more witnesses than a document may name
+            raise UsageError(f"--witness: {exc.message}") from None
+
+    def attested(self) -> AttestedWitnesses:
+        """The witness keys and quorum the CAS binds into its report data."""
+        return AttestedWitnesses(self.quorum, tuple(sorted(k.vkey for _, k in self.witnesses)))
+
+
+@dataclass
+class _Witness:
+    url: str
+    key: NoteVerifier
+    size: int = 0  # the size it last cosigned for us (sent as old size first)
+    cosignatures: int = 0
+    failures: int = 0
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round's outcome: the checkpoint's size, the cosignatures got, the failures (witness
+    name, error class, message)."""
+
+    size: int
+    cosigned: int
+    failures: tuple[tuple[str, str, str], ...] = ()
+
+
+class WitnessGuard:
+    """What the witnesses said (module docstring). ``monotonic`` and ``wall``: the clocks."""
+
+    def __init__(
+        self,
+        config: WitnessQuorum,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config, self.monotonic, self.wall = config, monotonic, wall
+        self.halted: str | None = None  # why releases stopped for good (a rollback or fork answer)
+        self.quorum_size = -1  # the newest checkpoint cosigned by a quorum (-1: none yet)
+        self.quorum_at: float | None = None  # when (monotonic)
+        self.quorum_wall: float | None = None  # when (POSIX time, for /metrics)
+        self.attempted_at: float | None = None  # the last round (monotonic)
+        self.attempted_size = -1
+        self.rounds = 0
+        self._witnesses = [_Witness(url, key) for url, key in config.witnesses]
+        self._lock = threading.Lock()  # one round at a time (startup, then the checkpointer)
+
+    @property
+    def witnesses(self) -> tuple[tuple[str, int, int], ...]:
+        """(key name, cosignatures, failures) per witness, for ``/metrics``."""
+        return tuple((w.key.name, w.cosignatures, w.failures) for w in self._witnesses)
+
+    def refusal(self) -> ConfideError | None:
+        """Why a release or change is refused now: the halt (:class:`LogRollbackError`), or with
+        ``max_lag`` a newest quorum older than that (a :class:`NetworkError`, recoverable: the
+        next quorum ends it); ``None`` when releases may go on."""
+        halted = self.halted
+        if halted is not None:
+            return LogRollbackError(halted)
+        lag = self.config.max_lag
+        if lag is not None:
+            at = self.quorum_at
+            age = math.inf if at is None else self.monotonic() - at
+            if age > lag:
+                shown = "none yet" if at is None else f"the newest is {int(age)} s old"
+                return NetworkError(
+                    f"no checkpoint cosigned by a quorum of {self.config.quorum} witnesses within"
+                    f" --witness-max-lag {int(lag)} s ({shown}): releases and changes wait for the witnesses"
+                )
+        return None
+
+    def age(self) -> float | None:
+        """Seconds since the newest checkpoint cosigned by a quorum (``None``: none yet)."""
+        at = self.quorum_at
+        return None if at is None else max(self.monotonic() - at, 0.0)
+
+    def due(self, size: int) -> bool:
+        """Whether a round is due for the current checkpoint of ``size``: one not yet cosigned by
+        a quorum (at once for a size not yet sent, else every :data:`RETRY_SECONDS`), or with
+        ``max_lag``, when the newest quorum is half that old (a quiet log is cosigned again)."""
+        if self.halted is not None:
+            return False
+        now = self.monotonic()
+        retry = self.attempted_at is None or now - self.attempted_at >= RETRY_SECONDS
+        if size > self.quorum_size:
+            return retry or self.attempted_size < size
+        lag = self.config.max_lag
+        return lag is not None and self.quorum_at is not None and now - self.quorum_at >= lag / 2 and retry
+
+    def round(self, conn: Conn, note: bytes, client: httpx2.Client | None = None) -> Round:
+        """Send the signed checkpoint ``note`` to every witness; a quorum of cosignatures makes it
+        the newest cosigned by a quorum. A rollback or fork answer halts the guard and raises
+        :class:`LogRollbackError` (after one JSON log line); other failures are counted and
+        returned."""
+        size = Checkpoint.from_text(parse_note(note).text).size
+        with self._lock:
+            self.rounds += 1
+            self.attempted_at, self.attempted_size = self.monotonic(), size
+            cosigned = 0
+            failures: list[tuple[str, str, str]] = []
+            for witness in self._witnesses:
+                try:
+                    request_cosignatures(
+                        conn, witness.url, witness.key, client=client, note=note, old_size=witness.size
+                    )
+                except LogRollbackError as exc:
+                    self.halted = exc.message
+                    log.error(
+                        json.dumps(
+                            {
+                                "event": "witness-rollback",
+                                "witness": witness.key.name,
+                                "size": size,
+                                "detail": exc.message[:400],
+                                "releases": "halted until restart",
+                            }
+                        )
+                    )
+                    raise
+                except ConfideError as exc:
+                    witness.failures += 1
+                    failures.append((witness.key.name, exc.kind, exc.message[:200]))
+                    continue
+                witness.size = size
+                witness.cosignatures += 1
+                cosigned += 1
+            if cosigned >= self.config.quorum and size >= self.quorum_size:
+                self.quorum_size, self.quorum_at, self.quorum_wall = size, self.monotonic(), self.wall()
+            return Round(size, cosigned, tuple(failures))
