@@ -7,11 +7,13 @@ auditor's client), TLS, and concurrent add-checkpoint requests serialised by the
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import socket
 import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx2
 import pytest
@@ -27,6 +29,7 @@ from confide.ledger.witness_http import WitnessServer
 from pki import tls_server_files
 
 ORIGIN = "cas.example/ledger"
+S = TypeVar("S", TilesServer, WitnessServer)
 LEAVES = [i.to_bytes(4, "big") for i in range(64)]
 
 
@@ -49,7 +52,8 @@ def witness(tmp_path: Path) -> tuple[Witness, NoteSigner]:
     return Witness(signer, tmp_path / "w.json", {ORIGIN: log.verifier}), log
 
 
-def _started(server: TilesServer | WitnessServer) -> Iterator[TilesServer | WitnessServer]:
+@contextlib.contextmanager
+def _started(server: S) -> Iterator[S]:
     server.serve_in_thread()
     try:
         yield server
@@ -89,7 +93,7 @@ def _cp(log: NoteSigner, n: int) -> bytes:
 
 def test_connections_over_the_limits_are_closed_when_accepted(db: Path) -> None:
     limits = ledger_limits(max_connections=0, max_connections_per_client=2)
-    for server in _started(TilesServer(db, ("127.0.0.1", 0), limits=limits, rate=None)):
+    with _started(TilesServer(db, ("127.0.0.1", 0), limits=limits, rate=None)) as server:
         held = [socket.create_connection(("127.0.0.1", _port(server))) for _ in range(2)]
         try:
             with socket.create_connection(("127.0.0.1", _port(server))) as third:
@@ -107,7 +111,7 @@ def test_connections_over_the_limits_are_closed_when_accepted(db: Path) -> None:
         assert httpx2.get(server.url + "/checkpoint", timeout=10).status_code == 200
 
     limits = ledger_limits(max_connections=1, max_connections_per_client=0)
-    for server in _started(TilesServer(db, ("127.0.0.1", 0), limits=limits, rate=None)):
+    with _started(TilesServer(db, ("127.0.0.1", 0), limits=limits, rate=None)) as server:
         with socket.create_connection(("127.0.0.1", _port(server))) as first:
             first.sendall(b"GET /checkpoint HTTP/1.1\r\nHost: x\r\n\r\n")
             first.settimeout(10)
@@ -120,7 +124,7 @@ def test_connections_over_the_limits_are_closed_when_accepted(db: Path) -> None:
 def test_slow_heads_and_bodies_are_timed_out(witness: tuple[Witness, NoteSigner]) -> None:
     w, log = witness
     limits = ledger_limits(head_timeout=0.5, body_timeout=0.5)
-    for server in _started(WitnessServer(w, ("127.0.0.1", 0), limits=limits, rate=None)):
+    with _started(WitnessServer(w, ("127.0.0.1", 0), limits=limits, rate=None)) as server:
         with socket.create_connection(("127.0.0.1", _port(server))) as slow:
             slow.sendall(b"POST /add-checkpoint HTTP/1.1\r\nHost: x\r\n")  # the head never ends
             assert _read_all(slow).startswith(b"HTTP/1.1 408 ")
@@ -139,7 +143,7 @@ def test_slow_heads_and_bodies_are_timed_out(witness: tuple[Witness, NoteSigner]
 
 def test_oversized_heads_and_bodies_are_refused(witness: tuple[Witness, NoteSigner]) -> None:
     w, _ = witness
-    for server in _started(WitnessServer(w, ("127.0.0.1", 0), rate=None)):
+    with _started(WitnessServer(w, ("127.0.0.1", 0), rate=None)) as server:
         with socket.create_connection(("127.0.0.1", _port(server))) as big_head:
             big_head.sendall(b"POST /add-checkpoint HTTP/1.1\r\nX-Pad: " + b"a" * 9000 + b"\r\n\r\n")
             assert _read_all(big_head).startswith(b"HTTP/1.1 431 ")
@@ -158,7 +162,7 @@ def test_oversized_heads_and_bodies_are_refused(witness: tuple[Witness, NoteSign
 
 def test_rate_limits(db: Path, witness: tuple[Witness, NoteSigner]) -> None:
     w, log = witness
-    for server in _started(WitnessServer(w, ("127.0.0.1", 0), rate=Rate(0.5, 2))):
+    with _started(WitnessServer(w, ("127.0.0.1", 0), rate=Rate(0.5, 2))) as server:
         with httpx2.Client(timeout=10) as http:
             post = lambda body: http.post(server.url + "/add-checkpoint", content=body)  # noqa: E731
             assert post(_add_body(0, _cp(log, 10))).status_code == 200
@@ -170,22 +174,24 @@ def test_rate_limits(db: Path, witness: tuple[Witness, NoteSigner]) -> None:
         assert w.latest(ORIGIN) is not None and w.latest(ORIGIN).size == 10  # type: ignore[union-attr]
         assert server.limiter is not None and server.limiter.limited == 1
 
-    for server in _started(TilesServer(db, ("127.0.0.1", 0), rate=Rate(1, 1))):
-        with httpx2.Client(timeout=10) as http:
-            assert http.get(server.url + "/checkpoint").status_code == 200
-            refused = http.get(server.url + "/checkpoint")
-            assert (refused.status_code, refused.headers["retry-after"]) == (429, "1")
-            # The auditor's client waits out Retry-After (about a second here) and gets it.
-            start = time.monotonic()
-            assert HttpLogClient(server.url, client=http).fetch("checkpoint") is not None
-            assert time.monotonic() - start >= 0.5
+    with (
+        _started(TilesServer(db, ("127.0.0.1", 0), rate=Rate(1, 1))) as server,
+        httpx2.Client(timeout=10) as http,
+    ):
+        assert http.get(server.url + "/checkpoint").status_code == 200
+        refused = http.get(server.url + "/checkpoint")
+        assert (refused.status_code, refused.headers["retry-after"]) == (429, "1")
+        # The auditor's client waits out Retry-After (about a second here) and gets it.
+        start = time.monotonic()
+        assert HttpLogClient(server.url, client=http).fetch("checkpoint") is not None
+        assert time.monotonic() - start >= 0.5
 
 
 def test_tls(tmp_path: Path, db: Path) -> None:
     ca, cert, key = tls_server_files(tmp_path, "ledger")
     limits = ledger_limits(max_connections_per_client=1, handshake_timeout=0.5)
     tls = server_tls_context(cert, key)
-    for server in _started(TilesServer(db, ("127.0.0.1", 0), tls=tls, limits=limits, rate=None)):
+    with _started(TilesServer(db, ("127.0.0.1", 0), tls=tls, limits=limits, rate=None)) as server:
         assert server.url.startswith("https://127.0.0.1:")
         client = ssl.create_default_context(cafile=str(ca))
         with httpx2.Client(verify=client, timeout=10) as http:
@@ -209,7 +215,7 @@ def test_concurrent_add_checkpoints_are_serialised(witness: tuple[Witness, NoteS
     """Sixteen logs' worth of racing requests from size 0: exactly one is cosigned, the others
     learn its size (409), and the state file holds that one."""
     w, log = witness
-    for server in _started(WitnessServer(w, ("127.0.0.1", 0), rate=None)):
+    with _started(WitnessServer(w, ("127.0.0.1", 0), rate=None)) as server:
         bodies = [_add_body(0, _cp(log, n)) for n in range(10, 26)]
 
         def post(body: bytes) -> httpx2.Response:
@@ -228,7 +234,7 @@ def test_concurrent_add_checkpoints_are_serialised(witness: tuple[Witness, NoteS
 
 def test_methods_and_paths(db: Path, witness: tuple[Witness, NoteSigner]) -> None:
     w, _ = witness
-    for server in _started(WitnessServer(w, ("127.0.0.1", 0), prefix="/w/")):
+    with _started(WitnessServer(w, ("127.0.0.1", 0), prefix="/w/")) as server:
         assert server.url.endswith("/w")
         with httpx2.Client(timeout=10) as http:
             assert http.get(server.url + "/add-checkpoint").status_code == 501
@@ -237,14 +243,16 @@ def test_methods_and_paths(db: Path, witness: tuple[Witness, NoteSigner]) -> Non
                 http.post(server.url.removesuffix("/w") + "/add-checkpoint", content=b"").status_code == 404
             )
             assert http.post(server.url + "/add-checkpoint", content=b"garbage").status_code == 400
-    for tiles in _started(TilesServer(db, ("127.0.0.1", 0), prefix="/log")):
-        with httpx2.Client(timeout=10) as http:
-            assert http.post(tiles.url + "/checkpoint").status_code == 501
-            head = http.head(tiles.url + "/checkpoint")
-            assert head.status_code == 200 and head.content == b""
-            assert int(head.headers["content-length"]) > 0
-            assert http.get(tiles.url + "/checkpoint?x").status_code == 404
-            assert http.get(tiles.url.removesuffix("/log") + "/checkpoint").status_code == 404
-            assert http.get(tiles.url + "/tile/0/001").status_code == 404  # beyond the tree
-            partial = http.get(tiles.url + "/tile/0/001.p/44")
-            assert partial.status_code == 200 and len(partial.content) == 44 * 32
+    with (
+        _started(TilesServer(db, ("127.0.0.1", 0), prefix="/log")) as tiles,
+        httpx2.Client(timeout=10) as http,
+    ):
+        assert http.post(tiles.url + "/checkpoint").status_code == 501
+        head = http.head(tiles.url + "/checkpoint")
+        assert head.status_code == 200 and head.content == b""
+        assert int(head.headers["content-length"]) > 0
+        assert http.get(tiles.url + "/checkpoint?x").status_code == 404
+        assert http.get(tiles.url.removesuffix("/log") + "/checkpoint").status_code == 404
+        assert http.get(tiles.url + "/tile/0/001").status_code == 404  # beyond the tree
+        partial = http.get(tiles.url + "/tile/0/001.p/44")
+        assert partial.status_code == 200 and len(partial.content) == 44 * 32

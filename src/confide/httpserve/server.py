@@ -87,7 +87,16 @@ class HttpServer:
         self.limits = limits if limits is not None else HttpLimits()
         self.tls = tls
         self.socket = bind(address)
+        try:
+            self._server = self._uvicorn(app)
+        except BaseException:
+            self.socket.close()
+            raise
         self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
+        self._thread: threading.Thread | None = None
+
+    def _uvicorn(self, app: Any) -> uvicorn.Server:
+        tls = self.tls
         config = uvicorn.Config(
             app,
             log_config=None,
@@ -105,8 +114,7 @@ class HttpServer:
         if tls is not None:
             http = config.http_protocol_class
             config.http_protocol_class = self.limits.tls_protocol(http, tls)  # type: ignore[assignment]
-        self._server = uvicorn.Server(config)
-        self._thread: threading.Thread | None = None
+        return uvicorn.Server(config)
 
     def serve_forever(self) -> None:
         self._server.run(sockets=[self.socket])
