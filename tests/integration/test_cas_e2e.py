@@ -1263,7 +1263,7 @@ def test_oversized_request_heads_and_bodies_are_refused(cas: CasProcess, client:
     import httpx2
 
     from confide.cas.app import MAX_BODY
-    from confide.cas.http_limits import MAX_HEAD
+    from confide.httpserve.limits import MAX_HEAD
 
     host, port = cas.env["CONFIDE_CAS_URL"].removeprefix("https://").rsplit(":", 1)
     ctx = ssl.create_default_context(cafile=cas.env["CONFIDE_CAS_CERT"])

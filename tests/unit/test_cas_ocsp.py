@@ -29,9 +29,9 @@ from confide.cas.crl import parse_public_url
 from confide.cas.ocsp_delegate import RESPONDER_VALIDITY
 from confide.cas.ocsp_responder import MAX_REQUEST, OcspResponder, parse_request
 from confide.cas.public_http import PublicApp
-from confide.cas.ratelimit import Rate, RateLimiter
 from confide.cas.secrets import crl_distribution_id
 from confide.errors import PolicyError
+from confide.httpserve.ratelimit import Rate, RateLimiter
 from confide.policy.canonical import canonical_json
 from confide.policy.loader import loads_policy
 from crl_env import DAY, T0, Env, number, policy, started

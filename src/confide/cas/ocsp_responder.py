@@ -107,10 +107,10 @@ from confide.cas.ocsp_der import (
     choose_algorithm,
     parse_ocsp_request,
 )
-from confide.cas.ratelimit import Rate, RateLimiter, client_key
 from confide.cas.renewal import renew_due
 from confide.cas.secrets import CERTIFICATE_KINDS, crl_distribution_id
 from confide.errors import ConfideError, ParseError
+from confide.httpserve.ratelimit import Rate, RateLimiter, client_key
 from confide.lru import Lru
 from confide.policy.secret import OcspSigner
 
