@@ -87,6 +87,8 @@ from confide.cas.successor_board import (
     bind_state,
     current_key_id,
     load_board,
+    read_key_id,
+    read_unix_time,
     store_newest,
 )
 from confide.cas.versions import (
@@ -138,7 +140,6 @@ EVENT_REFUSED = "successor-approval-refused"
 WITHDRAWAL_TYPE = "confide/successor-withdrawal/v1"
 EVENT_WITHDRAWN = "successor-withdrawn"
 EVENT_WITHDRAWAL_REFUSED = "successor-withdrawal-refused"
-_KEY_ID = re.compile(r"[0-9a-f]{32}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _APPROVAL_FIELDS = frozenset(
     {"type", "master_key_id", "platform", "claims", "expires", "signer", "signature"}
@@ -217,8 +218,7 @@ def parse_approval(doc: Any) -> Approval:
     key_id, platform_text, claims, expires = (
         body["master_key_id"], body["platform"], body["claims"], body["expires"],
     )  # fmt: skip
-    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
-        raise ParseError("master_key_id: expected 32 lower-case hex digits", structure=what)
+    read_key_id(key_id, what)
     try:
         platform = Platform(platform_text) if isinstance(platform_text, str) else None
     except ValueError:
@@ -229,8 +229,7 @@ def parse_approval(doc: Any) -> Approval:
         got = str(platform_text)[:40]
         raise ParseError(f"platform: got {got!r}, expected one of {known}", structure=what)
     check_claims(claims, names, platform, "claims", what)
-    if isinstance(expires, bool) or not isinstance(expires, int) or not 0 < expires < 2**53:
-        raise ParseError("expires: expected a Unix time in seconds", structure=what)
+    read_unix_time(expires, "expires", what)
     # One document per meaning: generation 0 and "not retire" are said by leaving the field out.
     generation = body.get("generation", 0)
     if "generation" in body and (isinstance(generation, bool) or not isinstance(generation, int)
@@ -282,10 +281,8 @@ def parse_withdrawal(doc: Any) -> Withdrawal:
     digest, key_id, when = body["approval"], body["master_key_id"], body["time"]
     if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
         raise ParseError("approval: expected its SHA-256, 64 lower-case hex digits", structure=what)
-    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
-        raise ParseError("master_key_id: expected 32 lower-case hex digits", structure=what)
-    if isinstance(when, bool) or not isinstance(when, int) or not 0 < when < 2**53:
-        raise ParseError("time: expected a Unix time in seconds", structure=what)
+    read_key_id(key_id, what)
+    read_unix_time(when, "time", what)
     return Withdrawal(signer.fingerprint, digest, key_id, when)
 
 

@@ -59,6 +59,9 @@ __all__ = [
     "current_key_id",
     "load_board",
     "parse_board_file",
+    "read_generation",
+    "read_key_id",
+    "read_unix_time",
     "reauthenticate_board",
     "replace_board",
     "retired_identities",
@@ -82,6 +85,31 @@ _MAX_MEMBERS = 64
 _MAX_BOARD_FILE = 64 * 1024
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 _KEY_ID = re.compile(r"[0-9a-f]{32}")
+
+
+# --- the fields every signed board document shares (successor, board-change and retirement
+# approvals, withdrawals), read strictly: hostile input ---------------------------------------
+
+
+def read_key_id(value: object, what: str) -> str:
+    """``master_key_id``: 32 lower-case hex digits."""
+    if not isinstance(value, str) or not _KEY_ID.fullmatch(value):
+        raise ParseError("master_key_id: expected 32 lower-case hex digits", structure=what)
+    return value
+
+
+def read_generation(value: object, what: str) -> int:
+    """``generation``: the current board's generation, 0 or more."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**53:
+        raise ParseError("generation: expected the current board's generation (0 or more)", structure=what)
+    return value
+
+
+def read_unix_time(value: object, name: str, what: str) -> int:
+    """``expires`` / ``time``: a Unix time in whole seconds."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**53:
+        raise ParseError(f"{name}: expected a Unix time in seconds", structure=what)
+    return value
 
 
 @dataclass(frozen=True)
