@@ -61,8 +61,8 @@ from _served_cas import start_cas as served_cas  # noqa: E402
 from _sim_request import MEASUREMENT, POLICY, sim_attest_request  # noqa: E402
 
 from confide.cas.core import decrypt_release  # noqa: E402
-from confide.cas.http_limits import HttpLimits  # noqa: E402
 from confide.cas.server import SESSION_TICKETS, uvicorn_server  # noqa: E402
+from confide.httpserve.limits import HttpLimits  # noqa: E402
 from confide.sim.platform import SimPlatform  # noqa: E402
 
 CORES = sorted(os.sched_getaffinity(0))

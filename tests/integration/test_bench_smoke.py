@@ -27,6 +27,14 @@ ROOT = Path(__file__).resolve().parents[2]
         ("renewal_check.py", ["--rounds", "1", "--per-round", "5"]),
         ("volume_open_chunked.py", ["--size-mib", "1", "--runs", "1", "--chunk-kib", "16"]),
         ("volume_reseal.py", ["--size-mib", "1", "--rounds", "1", "--chunk-kib", "16"]),
+        (
+            "witness_serve.py",
+            [
+                "--baseline-src",
+                str(ROOT / "src"),
+                *["--clients", "2", "--seconds", "0.2", "--per-log", "20", "--rounds", "1"],
+            ],
+        ),
     ],
 )
 def test_benchmark_runs(script: str, args: list[str]) -> None:

@@ -979,6 +979,7 @@ def test_certificate_issued_to_the_runtime_key(cas: CasProcess, tmp_path: Path) 
         pytest.skip("same on both databases")
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
 
     alice, _ = identity(cas, tmp_path, "alice")
     script = app_script(tmp_path)
@@ -1018,11 +1019,19 @@ images:
     assert cert.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
     assert cert.issuer.rfc4514_string() == "CN=Test CA"
     cas.stop()
-    key_der = key.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    # The private scalar, not the end of the PKCS#8 DER: that is the public point, which the
+    # CAS keeps in the issued certificate it records (runtime_certificates.der, for OCSP).
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    size = (key.curve.key_size + 7) // 8
+    scalar = key.private_numbers().private_value.to_bytes(size, "big")
+    blobs = [p.read_bytes() for p in cas.data_dir.glob("cas.db*")]
+    assert blobs
+    public_point = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
     )
-    for blob in [p.read_bytes() for p in cas.data_dir.glob("cas.db*")]:
-        assert key_der[-32:] not in blob
+    assert any(public_point in blob for blob in blobs)  # the search sees the file's certificate bytes
+    for blob in blobs:
+        assert scalar not in blob
     for f in inject.iterdir():
         f.unlink()
     inject.rmdir()
@@ -1263,7 +1272,7 @@ def test_oversized_request_heads_and_bodies_are_refused(cas: CasProcess, client:
     import httpx2
 
     from confide.cas.app import MAX_BODY
-    from confide.cas.http_limits import MAX_HEAD
+    from confide.httpserve.limits import MAX_HEAD
 
     host, port = cas.env["CONFIDE_CAS_URL"].removeprefix("https://").rsplit(":", 1)
     ctx = ssl.create_default_context(cafile=cas.env["CONFIDE_CAS_CERT"])

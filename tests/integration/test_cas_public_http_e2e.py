@@ -28,7 +28,7 @@ from test_cas_e2e import SHM, app_script, apply, confide, identity, measure, pol
 
 from cas_harness import CasProcess, free_port
 from confide import errors
-from confide.cas.http_limits import PUBLIC_MAX_HEAD
+from confide.httpserve.limits import PUBLIC_MAX_HEAD
 
 NAME = "pki/web"
 

@@ -1,4 +1,4 @@
-"""`confide.cas.http_limits.BoundedHttpToolsProtocol` under a real uvicorn server on loopback:
+"""`confide.httpserve.limits.BoundedHttpToolsProtocol` under a real uvicorn server on loopback:
 request heads are bounded in size (431) and time (408, or a silent close), and ordinary
 requests, kept-alive ones included, are served as before; its responses (``OneWriteCycle``) go
 out in one write, streaming, ``HEAD``, chunked, large and ``Connection: close`` ones framed as
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from confide.cas.http_limits import MAX_HEAD, BoundedHttpToolsProtocol, OneWriteCycle
+from confide.httpserve.limits import MAX_HEAD, BoundedHttpToolsProtocol, OneWriteCycle
 
 BIG = bytes(range(256)) * 400  # 100 KiB: more than one TLS record
 

@@ -28,8 +28,8 @@ from confide import errors
 from confide.cas.app import create_app
 from confide.cas.core import Cas
 from confide.cas.db import raw_execute
-from confide.cas.http_limits import HttpLimits
 from confide.cas.server import prepare, uvicorn_server
+from confide.httpserve.limits import HttpLimits
 from confide.runtime.quote import ConfigfsTsmQuoteProvider
 
 

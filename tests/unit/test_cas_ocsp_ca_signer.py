@@ -40,6 +40,7 @@ from confide.cas.ocsp_delegate import responder_name
 from confide.cas.ocsp_responder import OcspResponder
 from confide.cas.renewal import CertificateRenewer, due_policies
 from confide.errors import PolicyError
+from confide.ledger.encoding import EntryType
 from confide.policy.canonical import canonical_json, policy_hash
 from confide.policy.loader import loads_policy
 from confide.policy.secret import OcspOptions, OcspSigner
@@ -251,37 +252,110 @@ def test_openssl_verifies_the_ca_signed_response(env: Env, tmp_path: Path) -> No
 # -- changing the signer by a policy update ----------------------------------------------------------
 
 
-def test_a_policy_update_changes_the_signer_of_the_next_response(env: Env) -> None:
-    """Cached answers (same CA version and CRL number: the option is not in the declaration's
-    fingerprint, nothing is re-issued) are keyed by the signer too: after the update the same
-    request is signed again by the new signer, never served as the other signed it."""
+def _key_usage(cert: x509.Certificate) -> tuple[bool, bool, bool]:
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage)
+    assert usage.critical
+    return usage.value.digital_signature, usage.value.key_cert_sign, usage.value.crl_sign
+
+
+def _openssl_verify(
+    tmp_path: Path, ca: x509.Certificate, leaf: x509.Certificate
+) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "anchor.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "cert.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    return subprocess.run(
+        ["openssl", "verify", "-attime", str(int(T0) + 3600), "-CAfile", str(tmp_path / "anchor.pem"),
+         str(tmp_path / "cert.pem")], capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_a_policy_update_changes_the_signer_and_the_ca_key_usage(env: Env, tmp_path: Path) -> None:
+    """The CA certificate of a CA declared ``signer: ca`` has keyUsage digitalSignature (RFC 5280
+    §4.2.1.3: its key signs OCSP responses) besides keyCertSign and cRLSign; a delegated CA's
+    does not. Switching the signer by a policy update re-issues the CA certificate in the
+    update's transaction (reason ``key-usage``) with the same key and subject (the key is not
+    regenerated: the option is not in the declaration's fingerprint), and what it signed
+    (``issuer-renewed``); nothing is revoked. Chains of certificates issued before and after
+    still verify under either CA certificate (``cryptography``, ``openssl verify``). Cached
+    answers are keyed by the CA version and the signer: after the update the same request is
+    signed again by the new signer."""
     ca, leaf = env.ca_cert(), env.certificate()
+    assert _key_usage(ca) == (True, True, True)
     responder = OcspResponder.of(env.cas)
-    crl_number = env.crl().extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     der = request(leaf, ca)
-    first = ca_signed(env, ask(env, der), leaf.serial_number)
+    ca_signed(env, ask(env, der), leaf.serial_number)
     ca_signed(env, ask(env, der), leaf.serial_number)
     assert (responder.signed, responder.cached) == (1, 1)
     env.apply_text(policy(ca_extra=OCSP, predecessor=env.head()))
-    assert env.crl().extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == crl_number
-    assert env.ca_cert() == ca  # the CA's version did not change either
+    delegated_ca = env.ca_cert()
+    assert _key_usage(delegated_ca) == (False, True, True) and [v for v, _ in env.versions("ca")] == [1, 2]
+    assert delegated_ca.public_key() == ca.public_key() and delegated_ca.subject == ca.subject
+    assert [v for v, _ in env.versions("ca_key")] == [1]  # the key was not regenerated
+    renewed = env.events("certificates-renewed", EntryType.CERTIFICATES_RENEWED)[-1]["certificates"]
+    assert [(c["name"], c["version"], c["reason"]) for c in renewed] == [
+        ("ca", 2, "key-usage"), ("srv", 2, "issuer-renewed")
+    ]  # fmt: skip
+    assert env.crl().get_revoked_certificate_by_serial_number(leaf.serial_number) is None
+    new_leaf = env.certificate()
+    for anchor in (ca, delegated_ca):
+        for cert in (leaf, new_leaf):
+            cert.verify_directly_issued_by(anchor)
+            out = _openssl_verify(tmp_path, anchor, cert)
+            assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr
     delegated = ask(env, der)
     responder_of(delegated, ca)
-    assert (responder.signed, responder.cached) == (2, 1)
-    assert responder_of(ask(env, der), ca) and responder.cached == 2
+    assert delegated.certificate_status == C.GOOD and responder.signed == 2  # the old leaf: still good
     env.apply_text(policy(ca_extra=CA_SIGNER, predecessor=env.head()))
+    again_ca = env.ca_cert()
+    assert _key_usage(again_ca) == (True, True, True) and [v for v, _ in env.versions("ca")] == [1, 2, 3]
+    assert again_ca.public_key() == ca.public_key() and [v for v, _ in env.versions("ca_key")] == [1]
     again = ca_signed(env, ask(env, der), leaf.serial_number)
-    # The CA's own answer cached before is the signer's again (same CA version and CRL number).
-    assert (responder.signed, responder.cached) == (2, 3) and again.signature == first.signature
-    ca_signed(env, ask(env, request(leaf, ca, nonce=b"x" * 8)), leaf.serial_number)  # a new one
-    assert responder.signed == 3
+    assert again.certificate_status == C.GOOD and responder.signed == 3
+    # openssl ocsp accepts it with the CA certificate from before any switch as well.
+    out = _openssl(tmp_path, again, ca, leaf, "-no_intern", "-VAfile", str(tmp_path / "ca.pem"))
+    assert out.returncode == 0 and "Response verify OK" in out.stderr, out.stdout + out.stderr
+    # A due renewal keeps the keyUsage.
+    env.clock.now = again_ca.not_valid_after_utc.timestamp() - 29 * DAY
+    CertificateRenewer(env.cas).sweep_once()
+    assert env.versions("ca")[-1][0] == 4 and _key_usage(env.ca_cert()) == (True, True, True)
     # The responder certificate issued meanwhile is left to expire (not renewed, still good).
     [(_, public)] = env.versions(responder_name("ca"))
-    serial = int(public["serial"], 16)
-    assert ask(env, _multi([_serial_entry(ca, serial)])).certificate_status == C.GOOD
     env.clock.now = T0 + DAY + 60
     CertificateRenewer(env.cas).sweep_once()
-    assert len(env.versions(responder_name("ca"))) == 1
+    assert len(env.versions(responder_name("ca"))) == 1 and public["serial"]
+
+
+def test_a_ca_certificate_from_before_the_key_usage_is_reissued_by_the_sweep(env: Env) -> None:
+    """A CA declared ``signer: ca`` whose stored certificate lacks digitalSignature (issued by a
+    CAS before this rule; here: its row's keyUsage taken from a delegated CA's certificate by
+    switching the declaration back without the update's re-issue) is due: the sweep re-issues it
+    with the same key (reason ``key-usage``)."""
+    ca = env.ca_cert()
+    with env.cas.db.write() as conn:  # the update's transaction without the re-issue
+        raw_execute(conn, "UPDATE secrets SET public = ? WHERE policy = 'tls' AND name = 'ca' AND version = 1",
+                    (json.dumps({**env.versions("ca")[0][1], "certificate": _without_digital_signature(ca)}),))  # fmt: skip
+    assert "tls" in due_policies(env.cas, env.clock.now)
+    renewed = CertificateRenewer(env.cas).sweep_once()["tls"]
+    assert [(c["name"], c["reason"]) for c in renewed][:1] == [("ca", "key-usage")]
+    assert _key_usage(env.ca_cert()) == (True, True, True) and env.ca_cert().public_key() == ca.public_key()
+    assert "tls" not in due_policies(env.cas, env.clock.now)
+
+
+def _without_digital_signature(ca: x509.Certificate) -> str:
+    """``ca`` as a CAS before this rule issued it: keyCertSign, cRLSign only (signed by another
+    key: only the public part is read for the keyUsage)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder().subject_name(ca.subject).issuer_name(ca.issuer).public_key(ca.public_key())
+        .serial_number(ca.serial_number).not_valid_before(ca.not_valid_before_utc)
+        .not_valid_after(ca.not_valid_after_utc)
+    )  # fmt: skip
+    for ext in ca.extensions:
+        value = ext.value
+        if isinstance(value, x509.KeyUsage):
+            value = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+        builder = builder.add_extension(value, ext.critical)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
 
 
 def test_a_ca_row_whose_sealed_value_does_not_open_is_not_signed_with(

@@ -387,8 +387,10 @@ def test_an_answer_begun_before_a_renewal_is_signed_by_the_version_it_read(env: 
     assert len(env.versions(responder_name("ca"))) == 2
     query = parse_request(request(leaf, ca))
     assert query is not None
-    statuses = [responder._status(first, leaf.serial_number, env.clock.now)]
-    der = responder._sign(first, version, query, statuses, env.clock.now)
+    crl = responder._crl(first)
+    assert crl is not None
+    statuses = [responder._status(first, crl, leaf.serial_number, env.clock.now)]
+    der = responder._sign(crl, version, query, statuses, env.clock.now)
     signed = ocsp.load_der_ocsp_response(der)
     assert signed.certificates[0].serial_number == int(env.versions(responder_name("ca"))[0][1]["serial"], 16)
     responder_of(signed, ca)

@@ -26,11 +26,11 @@ from test_cas_crl import _get
 
 from confide.cas.app import create_app
 from confide.cas.crl import parse_public_url
-from confide.cas.http_limits import MAX_HEAD, PUBLIC_MAX_HEAD, HttpLimits
 from confide.cas.public_http import PublicApp
 from confide.cas.secrets import crl_distribution_id
 from confide.cas.server import public_http_server
 from confide.errors import PolicyError
+from confide.httpserve.limits import MAX_HEAD, PUBLIC_MAX_HEAD, HttpLimits
 from confide.policy.canonical import canonical_json
 from confide.policy.loader import loads_policy
 from crl_env import DAY, T0, TWO_LEVEL, Env, policy, started

@@ -1,11 +1,12 @@
-"""`confide.cas.ratelimit`: client keys (IPv6 by /64), token buckets on an injected clock, and
+"""`confide.httpserve.ratelimit`: client keys (IPv6 by /64), token buckets on an injected clock, and
 the bound on the bucket table."""
 
 from __future__ import annotations
 
 import pytest
 
-from confide.cas.ratelimit import (
+from confide.errors import UsageError
+from confide.httpserve.ratelimit import (
     ATTEST_RATE,
     WRITE_RATE,
     Rate,
@@ -14,7 +15,6 @@ from confide.cas.ratelimit import (
     parse_rate,
     retry_after,
 )
-from confide.errors import UsageError
 
 
 class _Clock:
@@ -91,7 +91,7 @@ def test_parse_rate() -> None:
 
 def test_the_cli_defaults_are_the_modules() -> None:
     from confide.cas.cli import cas_serve
-    from confide.cas.http_limits import (
+    from confide.httpserve.limits import (
         BODY_TIMEOUT,
         HANDSHAKE_TIMEOUT,
         MAX_CONNECTIONS,

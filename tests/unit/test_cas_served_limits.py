@@ -20,9 +20,9 @@ import pytest
 from confide import errors
 from confide.cas.app import create_app
 from confide.cas.client import RATE_LIMIT_RETRIES, CasClient
-from confide.cas.http_limits import HttpLimits
-from confide.cas.ratelimit import Rate, RateLimiter
 from confide.cas.server import prepare, uvicorn_server
+from confide.httpserve.limits import HttpLimits
+from confide.httpserve.ratelimit import Rate, RateLimiter
 
 
 class _Clock:

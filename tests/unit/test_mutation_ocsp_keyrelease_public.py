@@ -58,12 +58,12 @@ from asgi_call import call
 from confide import errors, jsonstrict
 from confide.cas.app import create_app
 from confide.cas.db import raw_execute
-from confide.cas.http_limits import PUBLIC_MAX_HEAD, HttpLimits
 from confide.cas.key_release import EVENT_REFUSED, EVENT_RELEASED
 from confide.cas.ocsp_der import CertIdEntry, ParsedRequest, parse_ocsp_request
 from confide.cas.ocsp_responder import MAX_REQUEST, OcspResponder
 from confide.cas.public_http import PublicApp
 from confide.cas.server import prepare, public_http_server
+from confide.httpserve.limits import PUBLIC_MAX_HEAD, HttpLimits
 from confide.sim.platform import SimPlatform
 from confide.verify.result import Platform
 from crl_env import T0, Env, policy, started

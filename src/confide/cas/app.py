@@ -35,7 +35,6 @@ from confide.cas.core import Cas
 from confide.cas.crl import crl_pem
 from confide.cas.db import WriteBatcher, raw_connection
 from confide.cas.fetch_stats import BUCKETS, FetchStats
-from confide.cas.http_limits import HttpLimits
 from confide.cas.key_release import KeyReleaser
 from confide.cas.ocsp_responder import OcspResponder
 from confide.cas.own_evidence import CasEvidence
@@ -47,12 +46,13 @@ from confide.cas.public_http import (
     crl_response,
     ocsp_response,
 )
-from confide.cas.ratelimit import RateLimiter, client_key, retry_after
 from confide.cas.secrets import OCSP_PATH
 from confide.cas.successor import Successors
 from confide.cas.verifier import Prefetched
 from confide.cas.witness_quorum import WitnessGuard
 from confide.errors import ConfideError, ParseError
+from confide.httpserve.limits import HttpLimits
+from confide.httpserve.ratelimit import RateLimiter, client_key, retry_after
 from confide.ledger.serve import serve as serve_log
 
 __all__ = ["MAX_BODIES", "MAX_BODY", "STATUS", "BodyBudget", "create_app"]
@@ -178,7 +178,7 @@ def create_app(
             if fast is not None:
                 route = path
             if method == "POST":
-                # Per-client rate limits (confide.cas.ratelimit), before the body is read: a
+                # Per-client rate limits (confide.httpserve.ratelimit), before the body is read: a
                 # refused request costs a bucket lookup; its body is discarded as it comes.
                 limiter = attest_limiter if fast is not None else write_limiter
                 if path.startswith(OCSP_PATH):

@@ -38,15 +38,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, select
+from sqlalchemy import Connection, delete, func, select
 
 from confide.cas.core import verify_signed
 from confide.cas.db import successor_approvals, successor_board_approvals, successor_retirement_approvals
-from confide.cas.successor_board import Board, board_from_json, current_key_id, replace_board
+from confide.cas.successor_board import (
+    Board,
+    board_from_json,
+    current_key_id,
+    read_generation,
+    read_key_id,
+    read_unix_time,
+    replace_board,
+    store_newest,
+)
 from confide.errors import ConfideError, ParseError, UsageError
 from confide.policy.canonical import jcs
 
@@ -65,7 +73,6 @@ CHANGE_TYPE = "confide/successor-board-change/v1"
 EVENT_CHANGE_APPROVED = "successor-board-change-approved"
 EVENT_CHANGE_REFUSED = "successor-board-change-refused"
 EVENT_BOARD_CHANGED = "successor-board-changed"
-_KEY_ID = re.compile(r"[0-9a-f]{32}")
 _FIELDS = frozenset({"type", "master_key_id", "generation", "board", "expires", "signer", "signature"})
 _ROW = (
     successor_board_approvals.c.change,
@@ -106,13 +113,9 @@ def parse_change_approval(doc: Any) -> ChangeApproval:
             structure=what,
         )
     body, signer = verify_signed(doc, CHANGE_TYPE)
-    key_id, generation, expires = body["master_key_id"], body["generation"], body["expires"]
-    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
-        raise ParseError("master_key_id: expected 32 lower-case hex digits", structure=what)
-    if isinstance(generation, bool) or not isinstance(generation, int) or not 0 <= generation < 2**53:
-        raise ParseError("generation: expected the current board's generation (0 or more)", structure=what)
-    if isinstance(expires, bool) or not isinstance(expires, int) or not 0 < expires < 2**53:
-        raise ParseError("expires: expected a Unix time in seconds", structure=what)
+    key_id = read_key_id(body["master_key_id"], what)
+    generation = read_generation(body["generation"], what)
+    expires = read_unix_time(body["expires"], "expires", what)
     board = board_from_json(body["board"], f"{what} board")
     digest = hashlib.sha256(jcs(doc)).hexdigest()
     return ChangeApproval(signer.fingerprint, key_id, generation, board, expires, digest)
@@ -155,19 +158,9 @@ class BoardChanges:
             )  # fmt: skip
             if approval.board.to_json() == board.to_json():
                 raise UsageError("the proposed board is the current successor board")
-            conn.execute(
-                delete(successor_board_approvals).where(
-                    and_(
-                        successor_board_approvals.c.change == approval.change,
-                        successor_board_approvals.c.signer == approval.signer,
-                    )
-                )
-            )
-            conn.execute(
-                insert(successor_board_approvals).values(
-                    change=approval.change, signer=approval.signer, document=jcs(doc).decode(),
-                    expires_at=float(approval.expires), created_at=now,
-                )
+            store_newest(
+                conn, successor_board_approvals, "change", approval.change, approval.signer, approval.expires,
+                jcs(doc).decode(), now,
             )  # fmt: skip
             outcome.update({"approval": jcs(doc).decode(), "digest": approval.digest})
             outcome["current_board_sha256"] = board.sha256

@@ -236,14 +236,14 @@ def cas_serve(
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
     from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity, parse_public_url
-    from confide.cas.http_limits import HttpLimits
     from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, parse_refresh_interval
-    from confide.cas.ratelimit import parse_rate
     from confide.cas.revocation import parse_stapled_max_age
     from confide.cas.sealing import provider_for
     from confide.cas.server import parse_witnesses, serve
     from confide.cas.successor_board import parse_board_file
     from confide.cas.witness_quorum import parse_max_lag
+    from confide.httpserve.limits import HttpLimits
+    from confide.httpserve.ratelimit import parse_rate
     from confide.ledger.http import client_tls_context
 
     refresh = DEFAULT_REFRESH_SECONDS

@@ -61,7 +61,7 @@ from confide.cas.crl import (
 )
 from confide.cas.db import Database, EventSink, raw_connection, raw_execute, raw_executemany
 from confide.cas.owner_revocation import REVOKE_TYPE, parse_request, refusal, revoke_request
-from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due
+from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due, renew_policy
 from confide.cas.secrets import (
     CA_PATH,
     CERTIFICATE_KINDS,
@@ -803,6 +803,10 @@ class Cas:
                 .values(hash=digest, updated_at=now)
             )
         self._generate_secrets(conn, policy, digest, previous)
+        # A CA whose OCSP signer this version changed gets its certificate re-issued with the
+        # same key and subject (keyUsage digitalSignature with ``signer: ca``; docs/cas.md
+        # "OCSP"), with what it signed, in this transaction: nothing is regenerated or revoked.
+        renew_policy(self, conn, policy.name, now, at_update=True)
         # Revocation (docs/cas.md "Revocation"): every generated CA's CRL reflects what this
         # version superseded or removed, in this transaction.
         issue_crls(self, conn, policy, digest, now)

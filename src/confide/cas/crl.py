@@ -299,6 +299,7 @@ class RuntimeCertificate(NamedTuple):
     issued_at: float
     not_after: float
     certificate_sha256: str
+    der: bytes  # the certificate (the OCSP responder's ``good`` rests on its signature)
 
 
 def runtime_certificate(
@@ -314,6 +315,7 @@ def runtime_certificate(
     return RuntimeCertificate(
         policy, issuer, format(cert.serial_number, "x"), name, service, str(ca["policy"]), str(ca["name"]),
         int(ca["version"]), issued_at, cert.not_valid_after_utc.timestamp(), hashlib.sha256(der).hexdigest(),
+        der,
     )  # fmt: skip
 
 
@@ -325,10 +327,10 @@ def record_runtime_certificates(
     raw_executemany(
         conn,
         "INSERT INTO runtime_certificates (policy, issuer_key_id, serial, name, service, session_sha256, "
-        "ca_policy, ca_name, ca_version, issued_at, not_after, certificate_sha256) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        "ca_policy, ca_name, ca_version, issued_at, not_after, certificate_sha256, der) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         [(c.policy, c.issuer_key_id, c.serial, c.name, c.service, session_sha256, c.ca_policy, c.ca_name,
-          c.ca_version, c.issued_at, c.not_after, c.certificate_sha256) for c in issued],
+          c.ca_version, c.issued_at, c.not_after, c.certificate_sha256, c.der) for c in issued],
     )  # fmt: skip
 
 
@@ -461,11 +463,19 @@ def issue_crls(cas: Cas, conn: Connection, policy: Policy, digest: str, now: flo
             and not crl_due(current.this_update, current.next_update, now)
         ):
             continue
+        value = cas._unseal(row)
+        sealed = None if value.certificate is None else x509.load_der_x509_certificate(value.certificate)
+        sealed_id = None if sealed is None else _key_id(sealed, authority=False)
+        if sealed is not None and sealed_id is not None and sealed_id != key_id:
+            # The row's public part (not authenticated) shows another key identifier than the
+            # sealed certificate: the entries are those of the key that signs (RFC 5280 §5.2.1).
+            cert, key_id = sealed, sealed_id
+            entries = _entries(conn, policy.name, key_id)
+            entries_sha256 = _entries_sha256(entries)
         number = 1 if current is None else current.number + 1
         this_update = float(int(now))
         next_update = this_update + cas.crl_validity
-        der = build_crl(cas._unseal(row), entries, number=number, this_update=this_update,
-                        next_update=next_update)  # fmt: skip
+        der = build_crl(value, entries, number=number, this_update=this_update, next_update=next_update)
         assert cert is not None
         dist = crl_distribution_id(cert.subject, bytes.fromhex(key_id))
         if current is None:

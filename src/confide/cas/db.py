@@ -239,6 +239,10 @@ runtime_certificates = Table(
     Column("issued_at", Float, nullable=False),
     Column("not_after", Float, nullable=False),
     Column("certificate_sha256", String(64), nullable=False),
+    # The certificate, DER (schema 12): what the OCSP responder answers ``good`` from, once its
+    # signature verifies under the CA's key (the other columns are not authenticated). NULL for
+    # rows recorded before schema 12.
+    Column("der", LargeBinary),
     PrimaryKeyConstraint("policy", "issuer_key_id", "serial"),
 )
 revocation_requests = Table(
@@ -329,7 +333,7 @@ successor_retirement_approvals = Table(
     PrimaryKeyConstraint("retirement", "signer"),
 )
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 T = TypeVar("T")
 
@@ -459,8 +463,18 @@ def _v11(conn: Connection) -> None:
     successor_retirement_approvals.create(conn, checkfirst=True)
 
 
+def _v12(conn: Connection) -> None:
+    """``runtime_certificates.der``: the certificate issued to a runtime, so that the OCSP
+    responder answers ``good`` only for a certificate whose signature verifies under the CA's key
+    (docs/cas.md "OCSP"). Rows recorded before have none and are answered ``unknown`` (they
+    expire within their ``valid_for``; their revocation is unchanged)."""
+    if "der" not in {c["name"] for c in inspect(conn).get_columns("runtime_certificates")}:
+        kind = "BLOB" if conn.dialect.name == "sqlite" else "BYTEA"
+        raw_execute(conn, f"ALTER TABLE runtime_certificates ADD COLUMN der {kind}")
+
+
 _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12,
 }  # fmt: skip
 
 

@@ -24,7 +24,10 @@ answered:
    address, an IPv6 /64) is over :data:`SIGNATURE_RATE`, or no usable responder certificate
    could be issued (a refused row is replaced first, at most once per CA per
    :data:`REPLACE_INTERVAL`: :meth:`OcspResponder._replace`), or, with ``signer: ca``, the
-   CA's sealed key and certificate do not match its row;
+   CA's sealed key and certificate do not match its row; or the CA row's public part shows
+   another key than the one the signer was authenticated with (``ocsp-ca-refused``); or the
+   CRL row's DER is not signed by the CA's key, or is older than one verified before
+   (``ocsp-crl-refused``, :meth:`OcspResponder._crl`);
 4. otherwise ``successful``: a BasicOCSPResponse (§4.2.1) signed by the CA's delegated responder
    (§4.2.2.2, :mod:`confide.cas.ocsp_delegate`), whose certificate it carries, or, for a CA
    declared ``ocsp: {signer: ca}``, by the CA's own key (§4.2.2.2, "the CA who issued the
@@ -34,12 +37,15 @@ answered:
    in order, echoing it as sent, with the certStatus (§4.2.1, §2.2):
 
    - ``revoked``, with revocationTime and revocationReason (omitted for ``unspecified``, as on
-     the CRL, RFC 5280 §5.3.1), when the CA's key signed it and it is recorded as revoked
-     (``revoked_certificates``: superseded, removed, owner-revoked, runtime certificates: the
-     records the CRL lists, :mod:`confide.cas.crl`);
-   - ``good`` when the CAS knows it issued it under the CA's key (a stored version of a secret
-     of the CA's policy whose certificate has that serial and authorityKeyIdentifier, a
-     responder certificate, or a recorded runtime certificate) and it is not past its notAfter;
+     the CRL, RFC 5280 §5.3.1), when it is on the CA's current CRL (its signature checked), or
+     recorded as revoked under the CA's key (``revoked_certificates``: superseded, removed,
+     owner-revoked, runtime certificates: the records the CRL is made of,
+     :mod:`confide.cas.crl`);
+   - ``good`` when the CAS holds a certificate with that serial and the CA's key identifier as
+     authorityKeyIdentifier **whose signature verifies under the CA's key** (a stored version
+     of a secret of the CA's policy, a responder certificate, or a recorded runtime
+     certificate's DER: none of them authenticated otherwise; :meth:`OcspResponder._genuine`)
+     and it is not past its notAfter (read from that certificate);
    - ``unknown`` for everything else (a serial the CAS never issued under that key, or issued
      under it as an import by another policy, or past its notAfter and not revoked; a CertID
      of another issuer, §2.2).
@@ -52,7 +58,7 @@ answered:
    request (RFC 8954) is echoed in responseExtensions as sent.
 
 **Cache.** A response without a nonce is kept (:class:`~confide.lru.Lru`, at most
-:data:`CACHE_SIZE` entries) keyed by the CA, its version and CRL number, the signer (a policy
+:data:`CACHE_SIZE` entries) keyed by the CA, its version and the checked CRL's number, the signer (a policy
 update may change only that), the CertIDs and the preferred algorithms: the
 revoked set, the CA's key and its version change only with a new CRL (same transaction,
 :func:`confide.cas.crl.issue_crls`), so a cached ``good`` is never served after a revocation. It
@@ -69,6 +75,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
@@ -100,10 +107,10 @@ from confide.cas.ocsp_der import (
     choose_algorithm,
     parse_ocsp_request,
 )
-from confide.cas.ratelimit import Rate, RateLimiter, client_key
 from confide.cas.renewal import renew_due
 from confide.cas.secrets import CERTIFICATE_KINDS, crl_distribution_id
 from confide.errors import ConfideError, ParseError
+from confide.httpserve.ratelimit import Rate, RateLimiter, client_key
 from confide.lru import Lru
 from confide.policy.secret import OcspSigner
 
@@ -112,6 +119,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CACHE_SIZE",
+    "GENUINE_CACHE_SIZE",
     "MAX_AGE",
     "MAX_ENTRIES",
     "MAX_NONCE",
@@ -131,6 +139,8 @@ MAX_REQUEST = 4096
 """Bytes of a DER OCSPRequest: one CertID and a nonce take about 120; a signed request with its
 signer's certificate a few hundred more (RFC 6960 §4.1.2)."""
 CACHE_SIZE = 4096
+GENUINE_CACHE_SIZE = 4096
+"""Stored certificates whose signature was checked for ``good`` (:meth:`OcspResponder._genuine`)."""
 MAX_AGE = 300
 """Seconds an HTTP cache may keep a response without a nonce (never past nextUpdate), as for the
 public CRLs: a revocation reaches HTTP caches within 5 minutes."""
@@ -157,6 +167,9 @@ _REASON_CODES = {  # RFC 5280 §5.3.1 CRLReason
     x509.ReasonFlags.remove_from_crl: 8, x509.ReasonFlags.privilege_withdrawn: 9,
     x509.ReasonFlags.aa_compromise: 10,
 }  # fmt: skip
+
+
+_REASON_NAMES = {flag: name for name, flag in REASONS.items()}
 
 
 class OcspAnswer(NamedTuple):
@@ -186,6 +199,7 @@ class _Ca(NamedTuple):
     version: int
     key_id: str  # hex, the CA's subjectKeyIdentifier (the authorityKeyIdentifier of what it signs)
     certificate: x509.Certificate
+    spki: bytes  # the certificate's SubjectPublicKeyInfo, DER
     crl: CrlRow
     signer: OcspSigner  # who signs its responses, as its policy's current version says
 
@@ -198,6 +212,19 @@ class _Signer(NamedTuple):
     certificates: tuple[bytes, ...]  # DER, included in every response (RFC 6960 §4.2.1 certs)
     key_hash: bytes  # responderID byKey (§4.2.2.3): SHA-1 of the subjectPublicKey value
     not_after: float  # its sealed certificate's
+    # The CA key as authenticated when the signer was checked (the CA's sealed certificate, or
+    # the key that verifiably signed the responder's sealed certificate): SubjectPublicKeyInfo
+    # DER and its key identifier (RFC 5280 §4.2.1.2 method 1, as the CAS generates them, hex).
+    ca_spki: bytes
+    ca_key_id: str
+
+
+class _Crl(NamedTuple):
+    """A CA's current CRL, its signature checked (:meth:`OcspResponder._crl`)."""
+
+    number: int  # cRLNumber (RFC 5280 §5.2.3)
+    next_update: float  # §5.1.2.5
+    entries: dict[int, tuple[float, str]]  # serial: revocationDate, reason (a REASONS name)
 
 
 class _Status(NamedTuple):
@@ -232,7 +259,7 @@ class OcspResponder:
     ) -> None:
         self.cas = cas
         self._cache: Lru[tuple[Any, ...], tuple[bytes, float]] = Lru(cache_size)
-        self._hashes: Lru[tuple[str, str, str], tuple[bytes, bytes]] = Lru(256)
+        self._hashes: Lru[tuple[bytes, bytes, str], tuple[bytes, bytes]] = Lru(256)
         # Keyed by the row's public part too: a row deleted and issued again has the same
         # version and another certificate (and key).
         self._keys: Lru[tuple[str, str, int, str, str], _Signer] = Lru(64)
@@ -240,7 +267,12 @@ class OcspResponder:
         self._replaced: dict[tuple[str, str], float] = {}  # (policy, CA): last replacement try
         self._replace_lock = threading.Lock()
         self._responders: Lru[tuple[str, str, int, str], tuple[str, float]] = Lru(256)
-        self._ca_certs: Lru[tuple[str, str, int], tuple[x509.Certificate, bytes]] = Lru(256)
+        self._ca_certs: Lru[tuple[str, str, int, str], tuple[x509.Certificate, bytes, bytes]] = Lru(256)
+        # Certificates checked for ``good`` (:meth:`_genuine`), by the CA key and the stored bytes
+        # (a row's public part, a runtime certificate's DER): the notAfter, or -inf when refused.
+        self._genuine_certs: Lru[tuple[bytes, str | bytes], float] = Lru(GENUINE_CACHE_SIZE)
+        self._crls: Lru[tuple[bytes, int, float, str, int], _Crl] = Lru(64)
+        self._newest_crl: dict[tuple[str, str], int] = {}  # (policy, CA): newest cRLNumber verified
         self._limiter = RateLimiter(signature_rate) if signature_rate is not None else None
         self._limiter_lock = threading.Lock()
         self.signed = 0  # responses signed (cache misses)
@@ -249,6 +281,7 @@ class OcspResponder:
         self.malformed = 0  # malformedRequest
         self.unauthorized = 0  # unauthorized
         self.replaced = 0  # refused responder rows replaced (:meth:`_replace`)
+        self.refused_certificates = 0  # stored certificates of a requested serial that did not verify
 
     @classmethod
     def of(cls, cas: Cas) -> OcspResponder:
@@ -271,9 +304,13 @@ class OcspResponder:
         if ca is None or not any(ours):
             self.unauthorized += 1
             return _UNAUTHORIZED
+        crl = self._crl(ca)
+        if crl is None:
+            self.limited += 1
+            return _TRY_LATER  # the CRL row is not one the CA's key signed, or an older one
         # The signer is in the key: after a policy update changes it, nothing the other signed
         # is served (the CRL number need not change with it).
-        key = (ca.policy, ca.name, ca.version, ca.crl.number, ca.signer, query.preferred,
+        key = (ca.policy, ca.name, ca.version, crl.number, ca.signer, query.preferred,
                tuple(entry.der for entry in query.entries))  # fmt: skip
         now = self.cas.clock()
         if query.nonce is None:
@@ -291,17 +328,25 @@ class OcspResponder:
         if signer is None:
             self.limited += 1
             return _TRY_LATER  # no usable responder certificate could be issued now, or CA key
+        if not (hmac.compare_digest(signer.ca_spki, ca.spki) and signer.ca_key_id == ca.key_id):
+            # The CA row's public part (whose key and subject the CertIDs were matched against)
+            # no longer shows the key the signer was authenticated with: edited since.
+            log.warning(json.dumps({"event": "ocsp-ca-refused", "policy": ca.policy, "name": ca.name,
+                                    "version": ca.version, "check": "key"}))  # fmt: skip
+            self.limited += 1
+            return _TRY_LATER
+        self._noted(ca, crl)
         statuses = [
-            self._status(ca, entry.serial, now) if mine else _Status(ocsp.OCSPCertStatus.UNKNOWN)
+            self._status(ca, crl, entry.serial, now) if mine else _Status(ocsp.OCSPCertStatus.UNKNOWN)
             for entry, mine in zip(query.entries, ours, strict=True)
         ]
-        der_out = self._sign(ca, signer, query, statuses, now)
+        der_out = self._sign(crl, signer, query, statuses, now)
         self.signed += 1
         if query.nonce is not None:
             return OcspAnswer(der_out, 0)  # bound to one request: neither kept nor cached by HTTP
         # A cached answer stays good after the responder is renewed: it was signed by a
         # certificate valid until at least its nextUpdate.
-        until = min(ca.crl.next_update, signer.not_after)
+        until = min(crl.next_update, signer.not_after)
         for status in statuses:
             if status.valid_until is not None:
                 until = min(until, status.valid_until)
@@ -336,12 +381,12 @@ class OcspResponder:
         parsed = self._parsed_ca(served[0], served[1], int(row.version), row.public)
         if parsed is None:
             return None
-        cert, ski = parsed
+        cert, ski, spki = parsed
         if crl_distribution_id(cert.subject, ski) != ca_id:
             return None  # the CRL row was found by the id of the CA's current key: checked again
         signer = declared[2].ocsp_signer
         assert signer is not None  # declared ocsp
-        return _Ca(served[0], served[1], int(row.version), ski.hex(), cert, crl, signer)
+        return _Ca(served[0], served[1], int(row.version), ski.hex(), cert, spki, crl, signer)
 
     def _responder(self, ca: _Ca) -> _Signer | None:
         """The CA's current delegated responder version, issued or renewed first when due (a new
@@ -422,18 +467,22 @@ class OcspResponder:
 
     def _parsed_ca(
         self, policy: str, name: str, version: int, public: str
-    ) -> tuple[x509.Certificate, bytes] | None:
-        """A CA version's certificate and subjectKeyIdentifier (a stored version's public part
-        never changes: parsed once)."""
-        parsed = self._ca_certs.get((policy, name, version))
+    ) -> tuple[x509.Certificate, bytes, bytes] | None:
+        """A CA version's certificate, subjectKeyIdentifier and SubjectPublicKeyInfo DER, parsed
+        once per public part (not authenticated: the signer checks bind it to the sealed key,
+        :meth:`respond`)."""
+        parsed = self._ca_certs.get((policy, name, version, public))
         if parsed is None:
             try:
                 cert = x509.load_pem_x509_certificate(json.loads(public)["certificate"].encode())
                 ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+                spki = cert.public_key().public_bytes(
+                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
             except (KeyError, TypeError, ValueError, AttributeError, x509.ExtensionNotFound):
                 return None
-            parsed = (cert, ski)
-            self._ca_certs.put((policy, name, version), parsed)
+            parsed = (cert, ski, spki)
+            self._ca_certs.put((policy, name, version, public), parsed)
         return parsed
 
     def _issued_by(self, ca: _Ca, entry: CertIdEntry) -> bool:
@@ -441,7 +490,7 @@ class OcspResponder:
         DER and of the value of its subjectPublicKey BIT STRING, with the request's algorithm)."""
         if entry.algorithm is None:
             return False  # a hash the responder does not compute: no issuer it can recognise
-        key = (ca.key_id, ca.certificate.subject.public_bytes().hex(), entry.algorithm.name)
+        key = (ca.spki, ca.certificate.subject.public_bytes(), entry.algorithm.name)
         hashed = self._hashes.get(key)
         if hashed is None:
             probe = ocsp.OCSPRequestBuilder().add_certificate(ca.certificate, ca.certificate, entry.algorithm)
@@ -452,10 +501,52 @@ class OcspResponder:
             hashed[1], entry.key_hash
         )
 
-    def _status(self, ca: _Ca, serial: int, now: float) -> _Status:
-        """The certStatus of ``serial`` under ``ca`` (module docstring, step 4)."""
+    def _crl(self, ca: _Ca) -> _Crl | None:
+        """``ca``'s current CRL as its row's DER says, checked: issued by the CA's subject and
+        signed by the key of ``ca.certificate`` (RFC 5280 §6.3.3 (f), (g); that key is then
+        checked to be the signer's, :meth:`respond`), parsed once per CRL; and not older than
+        the newest this process verified for the CA with an authenticated key (a CRL row written
+        back; :meth:`_noted`). Else ``None`` (``tryLater``) and the warning ``ocsp-crl-refused``
+        (policy, CA, the check: ``signature``, ``rollback``). The answer uses nothing else of the
+        ``crls`` row. The parsed CRL is kept by the row's number, thisUpdate, entries digest and
+        CA version (not by the DER, whose hash would cost a pass over the whole CRL per
+        request): whatever the row's DER, a hit is a CRL the CA's key signed with that
+        cRLNumber, which the CA signs once, so the rollback check sees its real number."""
+        row = ca.crl
+        cache_key = (ca.spki, row.number, row.this_update, row.entries_sha256, row.ca_version)
+        found = self._crls.get(cache_key)
+        problem = None
+        if found is None:
+            found = _verified_crl(ca)
+            if found is None:
+                problem = "signature"
+            else:
+                self._crls.put(cache_key, found)
+        if found is not None and found.number < self._newest_crl.get((ca.policy, ca.name), 0):
+            problem = "rollback"
+        if problem is not None:
+            log.warning(json.dumps({"event": "ocsp-crl-refused", "policy": ca.policy, "name": ca.name,
+                                    "check": problem}))  # fmt: skip
+            return None
+        return found
+
+    def _noted(self, ca: _Ca, crl: _Crl) -> None:
+        """Remember ``crl``'s number as the newest of ``ca`` (:meth:`_crl`'s rollback check),
+        once the key it was verified with is known to be the CA's (after the signer check: a CA
+        row showing another key, with a CRL of that key, must not raise the bar for the real
+        CRLs)."""
+        with self._replace_lock:
+            if crl.number > self._newest_crl.get((ca.policy, ca.name), 0):
+                self._newest_crl[(ca.policy, ca.name)] = crl.number
+
+    def _status(self, ca: _Ca, crl: _Crl, serial: int, now: float) -> _Status:
+        """The certStatus of ``serial`` under ``ca`` (module docstring, step 4), ``crl`` its
+        checked current CRL."""
         if serial.bit_length() > 8 * _SERIAL_OCTETS:
             return _Status(ocsp.OCSPCertStatus.UNKNOWN)
+        listed = crl.entries.get(serial)
+        if listed is not None:  # on the CA's signed CRL: revoked, whatever the rows say now
+            return _Status(ocsp.OCSPCertStatus.REVOKED, listed[0], listed[1])
         hex_serial = format(serial, "x")
         with self.cas.db.read() as conn:
             revoked = raw_execute(
@@ -468,35 +559,58 @@ class OcspResponder:
                 return _Status(ocsp.OCSPCertStatus.REVOKED, float(revoked[0]), str(revoked[1]))
             runtime = raw_execute(
                 conn,
-                "SELECT not_after FROM runtime_certificates "
+                "SELECT name, der FROM runtime_certificates "
                 "WHERE policy = ? AND issuer_key_id = ? AND serial = ? AND ca_policy = ?",
                 (ca.policy, ca.key_id, hex_serial, ca.policy),
             ).fetchone()
-            if runtime is not None and float(runtime[0]) > now:
-                return _Status(ocsp.OCSPCertStatus.GOOD, valid_until=float(runtime[0]))
             kinds = sorted({*CERTIFICATE_KINDS, RESPONDER_KIND})  # the responder's own: good too
             rows = raw_execute(
                 conn,
-                "SELECT name, public FROM secrets WHERE policy = ? AND kind IN (?, ?, ?)",
+                "SELECT name, version, public FROM secrets WHERE policy = ? AND kind IN (?, ?, ?)",
                 (ca.policy, *kinds),
             ).fetchall()
-        for name, public in rows:
-            if name == ca.name or f'"{hex_serial}"' not in public:
-                continue  # the CA's own certificate (not one it issued), or another serial
-            until = _stored_match(public, hex_serial, ca.key_id)
-            if until is not None and until > now:
+        found: list[tuple[str, int, str | bytes]] = []
+        if runtime is not None and runtime[1] is not None:  # none recorded before schema 12
+            found.append((str(runtime[0]), 0, bytes(runtime[1])))
+        found += [(name, int(version), public) for name, version, public in rows
+                  if name != ca.name and f'"{hex_serial}"' in public]  # fmt: skip
+        for name, version, stored in found:  # the CA's own certificate is not one it issued
+            until = self._genuine(ca, name, version, stored, serial)
+            if until > now:
                 return _Status(ocsp.OCSPCertStatus.GOOD, valid_until=until)
         return _Status(ocsp.OCSPCertStatus.UNKNOWN)
+
+    def _genuine(self, ca: _Ca, name: str, version: int, stored: str | bytes, serial: int) -> float:
+        """The notAfter of the certificate ``stored`` (a secret row's public part, or a runtime
+        certificate's DER: neither authenticated) when it has ``serial``, the CA's key identifier
+        as authorityKeyIdentifier (RFC 5280 §4.2.1.1) and a signature that verifies under the CA's
+        authenticated key (RFC 5280 §4.1.1.3; ``ca.certificate``'s key is the signer's, checked in
+        :meth:`respond`), all read from the verified certificate; else ``-inf``. A certificate of
+        that serial and key identifier whose signature does not verify was not issued by the CA:
+        the warning ``ocsp-certificate-refused`` (policy, row, version, serial; 0: a runtime
+        certificate), once per stored value, and ``unknown``."""
+        key = (ca.spki, stored)
+        until = self._genuine_certs.get(key)
+        if until is not None:
+            return until
+        until, refused = _verified_until(ca, stored, serial)
+        if refused:
+            self.refused_certificates += 1
+            log.warning(json.dumps({"event": "ocsp-certificate-refused", "policy": ca.policy, "name": name,
+                                    "version": version, "serial": format(serial, "x")}))  # fmt: skip
+        if refused or until != -math.inf:  # a row that merely mentions the serial is not kept
+            self._genuine_certs.put(key, until)
+        return until
 
     # -- signing --------------------------------------------------------------------------------
 
     def _sign(
-        self, ca: _Ca, signer: _Signer, query: ParsedRequest, statuses: list[_Status], now: float
+        self, crl: _Crl, signer: _Signer, query: ParsedRequest, statuses: list[_Status], now: float
     ) -> bytes:
         """A successful BasicOCSPResponse (RFC 6960 §4.2.1), one SingleResponse per CertID in
         the request's order, signed by ``signer`` (``ca``'s responder key, its certificate
         included; or the CA's own key, no certificate)."""
-        next_update = min(ca.crl.next_update, signer.not_after)  # never past what signs it
+        next_update = min(crl.next_update, signer.not_after)  # never past what signs it
         answers = []
         for entry, status in zip(query.entries, statuses, strict=True):
             revoked_at = reason_code = None
@@ -619,7 +733,11 @@ def _checked_signer(
     if key.public_key() != cert.public_key():
         return None, "key"
     digest = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest  # SHA-1, §4.2.2.3
-    return _Signer(key, (certificate,), digest, not_after), None
+    ca_spki = ca.certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )  # verifiably signed the sealed (authenticated) responder certificate: the CA's key
+    ca_key_id = x509.SubjectKeyIdentifier.from_public_key(ca.certificate.public_key()).digest.hex()
+    return _Signer(key, (certificate,), digest, not_after, ca_spki, ca_key_id), None
 
 
 def _checked_ca_signer(
@@ -637,24 +755,55 @@ def _checked_ca_signer(
     # responderID byKey (§4.2.2.3), as for the delegated responder: the SHA-1 of the CA's
     # subjectPublicKey value (what RFC 5280 §4.2.1.2 method 1 puts in the CA's own SKI).
     digest = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
-    return _Signer(key, (), digest, cert.not_valid_after_utc.timestamp()), None
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return _Signer(key, (), digest, cert.not_valid_after_utc.timestamp(), spki, digest.hex()), None
 
 
-def _stored_match(public: str, hex_serial: str, key_id: str) -> float | None:
-    """The notAfter of the certificate in a secret row's public metadata when its serial is
-    ``hex_serial`` and its authorityKeyIdentifier ``key_id``; ``None`` otherwise."""
+def _verified_crl(ca: _Ca) -> _Crl | None:
+    """:meth:`OcspResponder._crl` without the caches: ``None`` when the row's DER is not a CRL
+    of ``ca.certificate``'s subject signed by its key, with a cRLNumber and a nextUpdate."""
     try:
-        info = json.loads(public)
-        serial = info.get("serial")
-        if not isinstance(serial, str) or int(serial, 16) != int(hex_serial, 16):
+        crl = x509.load_der_x509_crl(ca.crl.der)
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        next_update = crl.next_update_utc
+        if crl.issuer != ca.certificate.subject or next_update is None:
             return None
-        cert = x509.load_pem_x509_certificate(info["certificate"].encode())
+        if not crl.is_signature_valid(ca.certificate.public_key()):  # type: ignore[arg-type]
+            return None
+        entries: dict[int, tuple[float, str]] = {}
+        for revoked in crl:
+            try:
+                flag = revoked.extensions.get_extension_for_class(x509.CRLReason).value.reason
+            except x509.ExtensionNotFound:
+                flag = x509.ReasonFlags.unspecified  # §5.3.1: listed without a reasonCode
+            entries[revoked.serial_number] = (revoked.revocation_date_utc.timestamp(), _REASON_NAMES[flag])
+    except (ValueError, TypeError, KeyError, x509.ExtensionNotFound):
+        return None
+    return _Crl(number, next_update.timestamp(), entries)
+
+
+def _verified_until(ca: _Ca, stored: str | bytes, serial: int) -> tuple[float, bool]:
+    """:meth:`OcspResponder._genuine` without the cache: (notAfter or ``-inf``, whether a
+    certificate claiming ``serial`` under the CA's key identifier failed the signature)."""
+    try:
+        if isinstance(stored, bytes):
+            cert = x509.load_der_x509_certificate(stored)
+        else:
+            cert = x509.load_pem_x509_certificate(json.loads(stored)["certificate"].encode())
         aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
     except (KeyError, TypeError, ValueError, AttributeError, x509.ExtensionNotFound):
-        return None
-    if aki is None or aki.hex() != key_id or cert.serial_number != int(hex_serial, 16):
-        return None
-    return cert.not_valid_after_utc.timestamp()
+        return -math.inf, False
+    if cert.serial_number != serial or aki is None or aki.hex() != ca.key_id:
+        return -math.inf, False  # another certificate (the row only mentions the serial)
+    try:
+        # The issuer's name and the signature (RFC 5280 §6.1.3 (a)(1), (a)(4)) under the CA's
+        # key, which the signer checks authenticated (the public part alone is not).
+        cert.verify_directly_issued_by(ca.certificate)
+    except (InvalidSignature, ValueError, TypeError):
+        return -math.inf, True
+    return cert.not_valid_after_utc.timestamp(), False
 
 
 def _max_age(until: float, now: float) -> int:

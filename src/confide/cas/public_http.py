@@ -28,8 +28,8 @@ HEAD (RFC 9110 §9.3.1-2) of those paths, and POST of an OCSP request; any other
 ``/v1/ocsp/``, ``GET, HEAD`` elsewhere); a request other than an OCSP POST that carries content
 ``413`` and the connection closed (the listener reads no other request body), an OCSP request
 body over :data:`~confide.cas.ocsp_responder.MAX_REQUEST` bytes the same. Its connections and
-request heads are bounded by an :class:`~confide.cas.http_limits.HttpLimits` of their own
-(:meth:`~confide.cas.http_limits.HttpLimits.plain_protocol`).
+request heads are bounded by an :class:`~confide.httpserve.limits.HttpLimits` of their own
+(:meth:`~confide.httpserve.limits.HttpLimits.plain_protocol`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from confide.cas.secrets import CA_PATH, CRL_PATH, OCSP_PATH
 
 if TYPE_CHECKING:
     from confide.cas.core import Cas
-    from confide.cas.http_limits import HttpLimits
+    from confide.httpserve.limits import HttpLimits
 
 __all__ = [
     "OCSP_REQUEST_TYPE",

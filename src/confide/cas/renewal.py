@@ -11,7 +11,9 @@ One renewal (:func:`renew_policy`), inside a write transaction (the CAS write lo
 
 1. read the latest version of every renewable certificate of the policy's current version, in
    declaration order (an issuer is declared before what it signs);
-2. a certificate that is due, or whose issuer was renewed in this transaction, gets a new
+2. a certificate that is due, or whose issuer was renewed in this transaction, or a CA whose
+   certificate's keyUsage no longer matches its OCSP signer (``key-usage``, :func:`confide.cas.
+   secrets.key_usage_changed`: digitalSignature exactly when ``ocsp: {signer: ca}``), gets a new
    certificate for the *same* key, subject and extensions, with a new serial and validity,
    signed by the issuer's version current now (:func:`confide.cas.secrets.renew_certificate`);
    it is sealed as the next version (associated data: policy, name, version);
@@ -50,9 +52,15 @@ from confide.cas.crl import crl_due, generated_ca, issue_crls
 from confide.cas.db import raw_execute
 from confide.cas.ocsp_delegate import issue_responders, responder_due, responder_name
 from confide.cas.periodic import PeriodicTask
-from confide.cas.secrets import SecretValue, renew_certificate, renewable, renewal_window
+from confide.cas.secrets import (
+    SecretValue,
+    key_usage_changed,
+    renew_certificate,
+    renewable,
+    renewal_window,
+)
 from confide.errors import ConfideError, PolicyError
-from confide.policy.secret import OcspSigner, Secret
+from confide.policy.secret import OcspSigner, Secret, SecretKind
 
 if TYPE_CHECKING:
     from confide.cas.core import Cas
@@ -110,9 +118,15 @@ class RenewalSchedule:
         return at
 
 
-def renew_policy(cas: Cas, conn: Connection, name: str, now: float) -> list[dict[str, Any]]:
+def renew_policy(
+    cas: Cas, conn: Connection, name: str, now: float, *, at_update: bool = False
+) -> list[dict[str, Any]]:
     """Steps 1-5 of the module docstring for policy ``name`` at ``now``, in ``conn`` (a write
-    transaction). Returns what the renewal event records (empty: nothing was due)."""
+    transaction). Returns what the renewal event records (empty: nothing was due).
+    ``at_update``: in the transaction of the policy update that made ``name``'s current version
+    (:meth:`confide.cas.core.Cas._activate`): only CAs whose keyUsage their OCSP signer changed
+    (reason ``key-usage``) and what they signed are renewed, and steps 3 and 5 are left to the
+    update (it brings the CRLs up to date itself; responders are issued as before)."""
     head = raw_execute(conn, "SELECT hash FROM policy_heads WHERE name = ?", (name,)).fetchone()
     if head is None:
         return []
@@ -123,12 +137,20 @@ def renew_policy(cas: Cas, conn: Connection, name: str, now: float) -> list[dict
     for spec in policy.secrets:
         if not renewable(spec):
             continue
+        follows = spec.issuer is not None and spec.issuer in fresh
+        if at_update and spec.kind != SecretKind.X509_CA and not follows:
+            continue  # only a CA's keyUsage can have changed, and what such a CA signed follows it
         row = cas._latest_secret(conn, name, spec.name)
         if row is None:
             continue
-        if spec.issuer is not None and spec.issuer in fresh:
+        if follows:
             reason = "issuer-renewed"
-        elif cas.renewals.due_at(name, spec, row.version, row.public) <= now:
+        elif key_usage_changed(spec, row.public):
+            # ``ocsp: {signer: ...}`` changed: a re-issue with the same key and subject (as a
+            # renewal), so the CA certificate's keyUsage says whether its key signs OCSP
+            # responses (RFC 5280 §4.2.1.3 digitalSignature; docs/cas.md "OCSP").
+            reason = "key-usage"
+        elif not at_update and cas.renewals.due_at(name, spec, row.version, row.public) <= now:
             reason = "due"
         else:
             continue
@@ -165,6 +187,10 @@ def renew_policy(cas: Cas, conn: Connection, name: str, now: float) -> list[dict
                 "certificate_sha256": hashlib.sha256(value.certificate).hexdigest(),
             }
         )  # fmt: skip
+    if at_update:
+        if renewed:
+            cas.events.record(conn, "certificates-renewed", name, {"hash": head[0], "certificates": renewed})
+        return renewed
     # Each CA declared ``ocsp`` gets a new delegated responder certificate when its own is due
     # (confide.cas.ocsp_delegate), recorded in the same event.
     renewed += issue_responders(cas, conn, name, policy, now, fresh)
@@ -198,7 +224,9 @@ def due_policies(cas: Cas, now: float) -> list[str]:
                 spec = cas._load(conn, policy_name, heads[policy_name]).secret(name)
             except KeyError:
                 continue  # no longer declared: never released again
-            if cas.renewals.due_at(policy_name, spec, version, public) <= now:
+            if cas.renewals.due_at(policy_name, spec, version, public) <= now or key_usage_changed(
+                spec, public
+            ):
                 due.add(policy_name)
             elif generated_ca(spec):
                 crl = crls.get((policy_name, name))

@@ -47,17 +47,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, and_, delete, insert, select
+from sqlalchemy import Connection, delete, select
 
 from confide.cas.core import verify_signed
 from confide.cas.db import successor_retirement_approvals
-from confide.cas.successor_board import Board, current_key_id
+from confide.cas.successor_board import (
+    Board,
+    current_key_id,
+    read_generation,
+    read_key_id,
+    read_unix_time,
+    store_newest,
+)
 from confide.cas.versions import CODE_CLAIMS, EVENT_RETIRED, check_claims, code_identity
 from confide.errors import AppraisalError, ConfideError, ConflictError, ParseError, UsageError
 from confide.policy.canonical import jcs
@@ -77,7 +83,6 @@ __all__ = [
 RETIREMENT_TYPE = "confide/successor-retirement/v1"
 EVENT_RETIREMENT_APPROVED = "successor-retirement-approved"
 EVENT_RETIREMENT_REFUSED = "successor-retirement-refused"
-_KEY_ID = re.compile(r"[0-9a-f]{32}")
 _FIELDS = frozenset(
     {"type", "master_key_id", "generation", "platform", "code", "expires", "signer", "signature"}
 )
@@ -125,11 +130,8 @@ def parse_retirement_approval(doc: Any) -> RetirementApproval:
             structure=what,
         )
     body, signer = verify_signed(doc, RETIREMENT_TYPE)
-    key_id, generation, expires = body["master_key_id"], body["generation"], body["expires"]
-    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
-        raise ParseError("master_key_id: expected 32 lower-case hex digits", structure=what)
-    if isinstance(generation, bool) or not isinstance(generation, int) or not 0 <= generation < 2**53:
-        raise ParseError("generation: expected the current board's generation (0 or more)", structure=what)
+    key_id = read_key_id(body["master_key_id"], what)
+    generation = read_generation(body["generation"], what)
     platform_text = body["platform"]
     try:
         platform = Platform(platform_text) if isinstance(platform_text, str) else None
@@ -141,8 +143,7 @@ def parse_retirement_approval(doc: Any) -> RetirementApproval:
         got = str(platform_text)[:40]
         raise ParseError(f"platform: got {got!r}, expected one of {known}", structure=what)
     check_claims(body["code"], names, platform, "code", what)
-    if isinstance(expires, bool) or not isinstance(expires, int) or not 0 < expires < 2**53:
-        raise ParseError("expires: expected a Unix time in seconds", structure=what)
+    expires = read_unix_time(body["expires"], "expires", what)
     digest = hashlib.sha256(jcs(doc)).hexdigest()
     return RetirementApproval(
         signer.fingerprint, key_id, generation, platform, dict(body["code"]), expires, digest
@@ -195,19 +196,9 @@ class Retirements:
                     )
                 if approval.code_identity in retired:
                     raise ConflictError("that version is retired already")
-                conn.execute(
-                    delete(successor_retirement_approvals).where(
-                        and_(
-                            successor_retirement_approvals.c.retirement == approval.retirement,
-                            successor_retirement_approvals.c.signer == approval.signer,
-                        )
-                    )
-                )
-                conn.execute(
-                    insert(successor_retirement_approvals).values(
-                        retirement=approval.retirement, signer=approval.signer, document=jcs(doc).decode(),
-                        expires_at=float(approval.expires), created_at=now,
-                    )
+                store_newest(
+                    conn, successor_retirement_approvals, "retirement", approval.retirement, approval.signer,
+                    approval.expires, jcs(doc).decode(), now,
                 )  # fmt: skip
                 outcome.update({"approval": jcs(doc).decode(), "digest": approval.digest})
                 outcome["board_sha256"] = board.sha256

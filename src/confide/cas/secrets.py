@@ -34,7 +34,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from confide.errors import ParseError, PolicyError, SignatureError
 from confide.policy._types import duration_seconds
 from confide.policy.placeholders import Encoding, encode_bytes
-from confide.policy.secret import KeyType, Secret, SecretKind
+from confide.policy.secret import KeyType, OcspSigner, Secret, SecretKind
 from confide.verify.x509util import CERTIFICATE_ERRORS, check_certificate_fields
 
 __all__ = [
@@ -46,11 +46,13 @@ __all__ = [
     "Sealer",
     "SecretValue",
     "ca_certificate_url",
+    "ca_key_usage",
     "crl_distribution_id",
     "crl_distribution_id_of",
     "crl_url",
     "generate",
     "key_id",
+    "key_usage_changed",
     "ocsp_url",
     "render",
     "renew_certificate",
@@ -391,6 +393,29 @@ def renewal_window(spec: Secret) -> timedelta:
     return _duration(spec.valid_for) / 3
 
 
+def ca_key_usage(spec: Secret) -> x509.KeyUsage:
+    """The keyUsage of a CA certificate of ``spec`` (RFC 5280 §4.2.1.3): keyCertSign and cRLSign,
+    and digitalSignature when its OCSP responses are signed by its own key (``ocsp: {signer:
+    ca}``, docs/cas.md "OCSP": RFC 5280 §4.2.1.3 names digitalSignature for signatures other
+    than on certificates and CRLs, such as OCSP responses)."""
+    signs_ocsp = spec.ocsp_signer is OcspSigner.CA
+    return x509.KeyUsage(signs_ocsp, False, False, False, False, True, True, False, False)
+
+
+def key_usage_changed(spec: Secret, public: str) -> bool:
+    """Whether the CA certificate in a stored version's ``public`` metadata has another
+    digitalSignature bit than :func:`ca_key_usage` of ``spec`` gives (its OCSP signer changed
+    since it was issued). ``False`` for anything but a generated ``x509-ca`` with a certificate."""
+    if spec.kind != SecretKind.X509_CA or not renewable(spec):
+        return False
+    try:
+        cert = x509.load_pem_x509_certificate(json.loads(public)["certificate"].encode())
+        shown = cert.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
+    except (KeyError, TypeError, ValueError, AttributeError, x509.ExtensionNotFound):
+        return False
+    return shown != ca_key_usage(spec).digital_signature
+
+
 def renew_certificate(
     spec: Secret,
     value: SecretValue,
@@ -488,9 +513,7 @@ def _certificate(
         if access:
             builder = builder.add_extension(x509.AuthorityInformationAccess(access), critical=False)
     if is_ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
+        builder = builder.add_extension(ca_key_usage(spec), critical=True)
     else:
         names: list[x509.GeneralName] = [x509.DNSName(d) for d in (spec.dns or ())]
         for entry in spec.san or ():

@@ -54,7 +54,6 @@ import ipaddress
 import json
 import logging
 import os
-import resource
 import shlex
 import socket
 import ssl
@@ -78,7 +77,6 @@ from confide.cas.core import Cas
 from confide.cas.crl import DEFAULT_CRL_VALIDITY
 from confide.cas.db import Database, raw_connection
 from confide.cas.dev_measurement import cas_dev_measurement
-from confide.cas.http_limits import PUBLIC_MAX_HEAD, HttpLimits
 from confide.cas.join import JoinResult, join_cas
 from confide.cas.key_release import KeyReleaser, OwnEvidence
 from confide.cas.keyfiles import TLS_KEY_NAME, load_log_signer, load_tls_key, tls_key_password
@@ -89,7 +87,6 @@ from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, CasEvidence, Evide
 from confide.cas.own_vcek import with_kds_vcek
 from confide.cas.pin import AttestedWitnesses, cas_binding
 from confide.cas.public_http import PublicApp
-from confide.cas.ratelimit import ATTEST_RATE, WRITE_RATE, Rate, RateLimiter
 from confide.cas.renewal import DEFAULT_SWEEP_SECONDS, CertificateRenewer
 from confide.cas.revocation import STAPLED, OcspCache
 from confide.cas.rotation import bind_master_key, open_master_key, stored_master_key_id, stored_next_key_id
@@ -111,6 +108,9 @@ from confide.collateral.nvidia_ocsp import source_for as ocsp_source_for
 from confide.collateral.nvidia_rim import source_for as rim_source_for
 from confide.errors import ConfideError, LogRollbackError, NetworkError, UsageError
 from confide.fsutil import write_atomic
+from confide.httpserve.limits import PUBLIC_MAX_HEAD, HttpLimits
+from confide.httpserve.ratelimit import ATTEST_RATE, WRITE_RATE, Rate, RateLimiter
+from confide.httpserve.server import reserve_descriptors
 from confide.ledger.db import Conn, connect_postgres
 from confide.ledger.db import connect as ledger_connect
 from confide.ledger.note import NoteSigner, NoteVerifier
@@ -913,7 +913,7 @@ def serve(
     ``public_http_listen``: ``HOST:PORT`` of the plain-HTTP listener for the public CRLs and CA
     certificates (``--public-http-listen``, :mod:`confide.cas.public_http`), with limits of its
     own of the same values as ``http_limits`` (its request heads: at most
-    :data:`~confide.cas.http_limits.PUBLIC_MAX_HEAD` bytes).
+    :data:`~confide.httpserve.limits.PUBLIC_MAX_HEAD` bytes).
     ``join``: obtain the master key from the running CAS at this URL (:func:`prepare`), as a
     successor version with ``join_as_successor``. ``successor_board``: see :func:`prepare`.
     ``session_tickets``: TLS 1.3 session tickets per handshake (:data:`SESSION_TICKETS`).
@@ -961,7 +961,7 @@ def uvicorn_server(
     """The CAS's uvicorn server (uvloop, httptools) over TLS, with ``limits``: uvicorn builds
     the TLS context from the key and certificate as usual, then the loop's server is made plain
     TCP and the TLS layer is put under it by :meth:`HttpLimits.tls_protocol`, so that connections
-    over a limit are closed before their handshake (``confide.cas.http_limits``). ``public``:
+    over a limit are closed before their handshake (``confide.httpserve.limits``). ``public``:
     the public listener's server (:func:`public_http_server`) and socket, served on the same
     event loop, started after this one and stopped before it finishes. ``session_tickets``: TLS
     1.3 session tickets sent after each handshake (:data:`SESSION_TICKETS`)."""
@@ -1060,30 +1060,6 @@ class _CasServer(uvicorn.Server):
                 await task  # its failure, if it failed, is the CAS's
 
 
-# File descriptors the CAS needs besides its connections: the database, its WAL and journal,
-# caches, log files, the listening socket, outgoing fetches (PCS, KDS, OCSP, witnesses).
-_RESERVED_DESCRIPTORS = 256
-
-
-def _reserve_descriptors(max_connections: int, public_max_connections: int = 0) -> None:
-    """Raise the soft limit of open files (up to the hard one) to what ``max_connections`` (and
-    the public listener's ``public_max_connections``) and the CAS's own files need; refuse to
-    start when the hard limit is lower. Past the limit, accept() would fail and the database
-    could not open its files."""
-    if not max_connections:
-        return
-    needed = max_connections + public_max_connections + _RESERVED_DESCRIPTORS
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= needed:
-        return
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        raise UsageError(
-            f"--max-connections {max_connections}: needs {needed} open files, the hard limit is {hard}"
-            f" (raise it, e.g. LimitNOFILE= in a systemd unit, or lower --max-connections)"
-        )
-    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-
-
 def _serve(
     data_dir: Path,
     host: str,
@@ -1126,7 +1102,7 @@ def _serve(
             handshake_timeout=http_limits.handshake_timeout,
             max_head=PUBLIC_MAX_HEAD,
         )
-    _reserve_descriptors(http_limits.max_connections, public_limits.max_connections if public_limits else 0)
+    reserve_descriptors(http_limits.max_connections, public_limits.max_connections if public_limits else 0)
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
         data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee, kds=kds,
         nvidia_ocsp=nvidia_ocsp, crl_validity=crl_validity, nvidia_rim=nvidia_rim,

@@ -74,7 +74,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
-from sqlalchemy import Connection, and_, delete, insert, select
+from sqlalchemy import Connection, insert, select
 
 from confide.cas.board_change import BoardChanges, ChangeApproval
 from confide.cas.core import READ_WINDOW, verify_signed
@@ -87,6 +87,9 @@ from confide.cas.successor_board import (
     bind_state,
     current_key_id,
     load_board,
+    read_key_id,
+    read_unix_time,
+    store_newest,
 )
 from confide.cas.versions import (
     CODE_CLAIMS,
@@ -137,7 +140,6 @@ EVENT_REFUSED = "successor-approval-refused"
 WITHDRAWAL_TYPE = "confide/successor-withdrawal/v1"
 EVENT_WITHDRAWN = "successor-withdrawn"
 EVENT_WITHDRAWAL_REFUSED = "successor-withdrawal-refused"
-_KEY_ID = re.compile(r"[0-9a-f]{32}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _APPROVAL_FIELDS = frozenset(
     {"type", "master_key_id", "platform", "claims", "expires", "signer", "signature"}
@@ -216,8 +218,7 @@ def parse_approval(doc: Any) -> Approval:
     key_id, platform_text, claims, expires = (
         body["master_key_id"], body["platform"], body["claims"], body["expires"],
     )  # fmt: skip
-    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
-        raise ParseError("master_key_id: expected 32 lower-case hex digits", structure=what)
+    read_key_id(key_id, what)
     try:
         platform = Platform(platform_text) if isinstance(platform_text, str) else None
     except ValueError:
@@ -228,8 +229,7 @@ def parse_approval(doc: Any) -> Approval:
         got = str(platform_text)[:40]
         raise ParseError(f"platform: got {got!r}, expected one of {known}", structure=what)
     check_claims(claims, names, platform, "claims", what)
-    if isinstance(expires, bool) or not isinstance(expires, int) or not 0 < expires < 2**53:
-        raise ParseError("expires: expected a Unix time in seconds", structure=what)
+    read_unix_time(expires, "expires", what)
     # One document per meaning: generation 0 and "not retire" are said by leaving the field out.
     generation = body.get("generation", 0)
     if "generation" in body and (isinstance(generation, bool) or not isinstance(generation, int)
@@ -281,10 +281,8 @@ def parse_withdrawal(doc: Any) -> Withdrawal:
     digest, key_id, when = body["approval"], body["master_key_id"], body["time"]
     if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
         raise ParseError("approval: expected its SHA-256, 64 lower-case hex digits", structure=what)
-    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
-        raise ParseError("master_key_id: expected 32 lower-case hex digits", structure=what)
-    if isinstance(when, bool) or not isinstance(when, int) or not 0 < when < 2**53:
-        raise ParseError("time: expected a Unix time in seconds", structure=what)
+    read_key_id(key_id, what)
+    read_unix_time(when, "time", what)
     return Withdrawal(signer.fingerprint, digest, key_id, when)
 
 
@@ -328,19 +326,9 @@ class Successors:
                 stale='the successor board changed since (docs/cas.md "Changing the successor board"); '
                 "sign again under the current one",
             )  # fmt: skip
-            conn.execute(
-                delete(successor_approvals).where(
-                    and_(
-                        successor_approvals.c.target == approval.target,
-                        successor_approvals.c.signer == approval.signer,
-                    )
-                )
-            )
-            conn.execute(
-                insert(successor_approvals).values(
-                    target=approval.target, signer=approval.signer, document=jcs(doc).decode(),
-                    expires_at=float(approval.expires), created_at=now,
-                )
+            store_newest(
+                conn, successor_approvals, "target", approval.target, approval.signer, approval.expires,
+                jcs(doc).decode(), now,
             )  # fmt: skip
             outcome.update({"approval": jcs(doc).decode(), "digest": approval.digest})
             approvers = self._tally(conn, board, approval.target, now, outcome)

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, Table, and_, delete, insert, select
 
 from confide.cas.db import meta, successor_board, successor_retired, successor_withdrawals
 from confide.cas.secrets import Sealer
@@ -59,10 +59,14 @@ __all__ = [
     "current_key_id",
     "load_board",
     "parse_board_file",
+    "read_generation",
+    "read_key_id",
+    "read_unix_time",
     "reauthenticate_board",
     "replace_board",
     "retired_identities",
     "store_board",
+    "store_newest",
 ]
 
 BOARD_RECORD_TYPE = "confide/successor-board/v1"  # the board set at initialisation (generation 0)
@@ -81,6 +85,31 @@ _MAX_MEMBERS = 64
 _MAX_BOARD_FILE = 64 * 1024
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 _KEY_ID = re.compile(r"[0-9a-f]{32}")
+
+
+# --- the fields every signed board document shares (successor, board-change and retirement
+# approvals, withdrawals), read strictly: hostile input ---------------------------------------
+
+
+def read_key_id(value: object, what: str) -> str:
+    """``master_key_id``: 32 lower-case hex digits."""
+    if not isinstance(value, str) or not _KEY_ID.fullmatch(value):
+        raise ParseError("master_key_id: expected 32 lower-case hex digits", structure=what)
+    return value
+
+
+def read_generation(value: object, what: str) -> int:
+    """``generation``: the current board's generation, 0 or more."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**53:
+        raise ParseError("generation: expected the current board's generation (0 or more)", structure=what)
+    return value
+
+
+def read_unix_time(value: object, name: str, what: str) -> int:
+    """``expires`` / ``time``: a Unix time in whole seconds."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**53:
+        raise ParseError(f"{name}: expected a Unix time in seconds", structure=what)
+    return value
 
 
 @dataclass(frozen=True)
@@ -216,6 +245,20 @@ def current_key_id(conn: Connection) -> str | None:
     """The id of the master key the database names (``None``: none yet)."""
     value = conn.execute(select(meta.c.value).where(meta.c.key == _KEY_ID_META)).scalar()
     return None if value is None else str(value)
+
+
+def store_newest(
+    conn: Connection, table: Table, key: str, value: str, signer: str, expires: int, document: str, now: float
+) -> None:
+    """Keep ``document`` as ``signer``'s only approval of ``value`` in ``table`` (its ``key``
+    column: a successor target, a board change or a retirement): the previous one is replaced."""
+    conn.execute(delete(table).where(and_(table.c[key] == value, table.c.signer == signer)))
+    conn.execute(
+        insert(table).values(
+            {key: value, "signer": signer, "document": document,
+             "expires_at": float(expires), "created_at": now}
+        )
+    )  # fmt: skip
 
 
 def _board_key(sealer: Sealer, key_id: str) -> bytes:

@@ -20,12 +20,25 @@ import click
 import httpx2
 
 from confide.errors import AccessDeniedError, ConfideError, UsageError
+from confide.httpserve.limits import (
+    HANDSHAKE_TIMEOUT,
+    HEAD_TIMEOUT,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_CLIENT,
+    HttpLimits,
+)
+from confide.httpserve.ratelimit import Rate, parse_rate
+from confide.httpserve.server import reserve_descriptors
 from confide.ledger.auditor import AuditorState, LocalLogClient, LogClient, audit_once
 from confide.ledger.http import (
+    LEDGER_BODY_TIMEOUT,
+    TILES_RATE,
+    WITNESS_RATE,
     HttpLogClient,
     LedgerHTTPServer,
     TilesServer,
     client_tls_context,
+    ledger_limits,
     server_tls_context,
 )
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, SIG_TYPE_ED25519, NoteSigner, NoteVerifier
@@ -189,6 +202,58 @@ def _tls_options(f: Any) -> Any:
     return f
 
 
+def _limit_options(rate: Rate) -> Callable[[Any], Any]:
+    """The serving limits of ``ledger serve`` and ``ledger witness serve`` (docs/ledger.md
+    "Serving limits"); ``rate``: the default per-client request rate."""
+    options = [
+        click.option("--max-connections", type=click.IntRange(min=0), default=MAX_CONNECTIONS,
+                     show_default=True, help="Open connections at once (TLS handshakes included); one"
+                     " more is closed when accepted, before its handshake. 0: no limit."),
+        click.option("--max-connections-per-ip", type=click.IntRange(min=0),
+                     default=MAX_CONNECTIONS_PER_CLIENT, show_default=True,
+                     help="Open connections at once per client IP address (IPv6: per /64). 0: no limit."),
+        click.option("--head-timeout", type=click.FloatRange(min=0.1), default=HEAD_TIMEOUT,
+                     show_default=True, metavar="SECONDS", help="A request head must be complete this"
+                     " long after the connection (or the request's first byte), else the connection is"
+                     " closed."),
+        click.option("--body-timeout", type=click.FloatRange(min=0), default=LEDGER_BODY_TIMEOUT,
+                     show_default=True, metavar="SECONDS", help="A request body must be complete this"
+                     " long after its head, else 408 and the connection is closed. 0: no limit."),
+        click.option("--tls-handshake-timeout", type=click.FloatRange(min=0.1), default=HANDSHAKE_TIMEOUT,
+                     show_default=True, metavar="SECONDS",
+                     help="A TLS handshake must complete within this, else the connection is closed."),
+        click.option("--request-rate", default=f"{rate.per_second:g}", show_default=True,
+                     metavar="PER_SECOND", help="Requests a second per client IP address (IPv6: /64),"
+                     " answered 429 with Retry-After past it. 0: no limit."),
+        click.option("--request-burst", metavar="N",
+                     help="The most requests at once per client (default: twice --request-rate)."),
+    ]  # fmt: skip
+
+    def apply(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply
+
+
+def _limits(
+    max_connections: int,
+    max_connections_per_ip: int,
+    head_timeout: float,
+    body_timeout: float,
+    tls_handshake_timeout: float,
+) -> HttpLimits:
+    reserve_descriptors(max_connections)
+    return ledger_limits(
+        max_connections=max_connections,
+        max_connections_per_client=max_connections_per_ip,
+        head_timeout=head_timeout,
+        body_timeout=body_timeout,
+        handshake_timeout=tls_handshake_timeout,
+    )
+
+
 def _serve(listen: str, start: Callable[[], tuple[LedgerHTTPServer, str]]) -> None:
     """Serve until interrupted what ``start()`` bound to ``listen`` (it returns the server and
     the banner to print); an error of ``start`` exits with its code (a socket's: a usage error)."""
@@ -212,8 +277,16 @@ def _serve(listen: str, start: Callable[[], tuple[LedgerHTTPServer, str]]) -> No
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to listen on.")
 @click.option("--serve-entries", is_flag=True, help="Also serve entry bundles (they reveal entry contents).")
 @_tls_options
+@_limit_options(TILES_RATE)
 def serve_tiles(
-    log_db: Path, listen: str, serve_entries: bool, tls_cert: Path | None, tls_key: Path | None
+    log_db: Path,
+    listen: str,
+    serve_entries: bool,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    request_rate: str,
+    request_burst: str | None,
+    **limits: Any,
 ) -> None:
     """Serve the log read-only as C2SP tlog-tiles (checkpoint, tiles), over HTTPS with --tls-cert."""
 
@@ -221,7 +294,9 @@ def serve_tiles(
         if not log_db.is_file():
             raise UsageError(f"--log-db: {str(log_db)!r} does not exist")
         tls = _tls(tls_cert, tls_key)
-        server = TilesServer(log_db, _address(listen), serve_entries=serve_entries, tls=tls)
+        rate = parse_rate(request_rate, request_burst, "request")
+        server = TilesServer(log_db, _address(listen), serve_entries=serve_entries, tls=tls,
+                             limits=_limits(**limits), rate=rate)  # fmt: skip
         return server, f"serving {log_db} at {server.url}/"
 
     _serve(listen, start)
@@ -327,6 +402,7 @@ def _witness_options(f: Any) -> Any:
 @_witness_options
 @click.option("--listen", default="127.0.0.1:8090", show_default=True, help="HOST:PORT to listen on.")
 @_tls_options
+@_limit_options(WITNESS_RATE)
 def witness_serve(
     state: Path,
     key_file: Path,
@@ -334,12 +410,17 @@ def witness_serve(
     listen: str,
     tls_cert: Path | None,
     tls_key: Path | None,
+    request_rate: str,
+    request_burst: str | None,
+    **limits: Any,
 ) -> None:
     """Serve POST /add-checkpoint until interrupted (over HTTPS with --tls-cert)."""
 
     def start() -> tuple[LedgerHTTPServer, str]:
         witness = _make_witness(state, key_file, logs)
-        server = WitnessServer(witness, _address(listen), tls=_tls(tls_cert, tls_key))
+        rate = parse_rate(request_rate, request_burst, "request")
+        server = WitnessServer(witness, _address(listen), tls=_tls(tls_cert, tls_key),
+                               limits=_limits(**limits), rate=rate)  # fmt: skip
         return server, f"witness {witness.verifier.vkey} at {server.url}/add-checkpoint"
 
     _serve(listen, start)

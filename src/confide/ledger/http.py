@@ -7,32 +7,58 @@ database through :func:`~confide.ledger.serve.serve` (entry bundles only when
 serving the same paths).
 
 Both servers here (:class:`TilesServer`, and the witness's server in
-:mod:`confide.ledger.witness_http`) speak HTTPS when given a TLS context
-(:func:`server_tls_context`: TLS 1.2 or later, the certificate chain and key from PEM files).
-The handshake runs in the connection's own thread, never in the accepting one, so a client
-that stalls in it holds one thread until the per-connection timeout, not the server.
+:mod:`confide.ledger.witness_http`) run on the CAS's hardened serving stack
+(:mod:`confide.httpserve`: uvicorn on uvloop, httptools): connections limited in total and per
+client, and closed over a limit before any TLS handshake; TLS handshakes, request heads and
+bodies timed; heads bounded at :data:`~confide.httpserve.limits.PUBLIC_MAX_HEAD` bytes
+(``431``); per-client rate limits (``429`` with ``Retry-After``). They speak HTTPS when given a
+TLS context (:func:`server_tls_context`: TLS 1.2 or later, the certificate chain and key from
+PEM files).
 """
 
 from __future__ import annotations
 
-import socket
+import asyncio
 import sqlite3
 import ssl
-import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx2
 
 from confide.errors import ConfideError, NetworkError, UsageError
+from confide.httpserve.limits import (
+    HANDSHAKE_TIMEOUT,
+    HEAD_TIMEOUT,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_CLIENT,
+    PUBLIC_MAX_HEAD,
+    HttpLimits,
+)
+from confide.httpserve.ratelimit import Rate, RateLimiter, client_key, retry_after
+from confide.httpserve.server import HttpServer
 from confide.ledger.serve import serve
 from confide.ledger.store import connect
 
-__all__ = ["HttpLogClient", "TilesServer", "client_tls_context", "server_tls_context"]
+__all__ = [
+    "LEDGER_BODY_TIMEOUT",
+    "TILES_RATE",
+    "WITNESS_RATE",
+    "HttpLogClient",
+    "LedgerHTTPServer",
+    "TilesApp",
+    "TilesServer",
+    "client_tls_context",
+    "ledger_limits",
+    "server_tls_context",
+]
 
 MAX_RESOURCE = 1 << 24  # a full entry bundle is at most 256 * 65,537 bytes
-CONNECTION_TIMEOUT = 30.0  # seconds a connection may stay silent (handshake, request line, body)
+# A 429's Retry-After the auditor's client waits out (RFC 9110 §10.2.3), at most this long
+# each time and this many times per resource; longer, or more often, is a failure.
+MAX_RETRY_WAIT = 10.0
+MAX_RETRIES = 5
 
 
 def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -62,7 +88,9 @@ def client_tls_context(cacert: Path) -> ssl.SSLContext:
 
 
 class HttpLogClient:
-    """``fetch(path)`` = ``GET <base_url>/<path>``; ``None`` on 404."""
+    """``fetch(path)`` = ``GET <base_url>/<path>``; ``None`` on 404. A ``429`` (a server's
+    per-client rate limit) is retried after its ``Retry-After`` seconds, up to
+    :data:`MAX_RETRIES` times and :data:`MAX_RETRY_WAIT` seconds each."""
 
     def __init__(self, base_url: str, *, client: httpx2.Client | None = None, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
@@ -71,10 +99,17 @@ class HttpLogClient:
 
     def fetch(self, path: str) -> bytes | None:
         url = f"{self.base_url}/{path}"
-        try:
-            resp = self._client.get(url)
-        except httpx2.HTTPError as exc:
-            raise NetworkError(f"GET {url}: {exc}") from None
+        for attempt in range(MAX_RETRIES + 1):
+            try:
+                resp = self._client.get(url)
+            except httpx2.HTTPError as exc:
+                raise NetworkError(f"GET {url}: {exc}") from None
+            if resp.status_code != 429 or attempt == MAX_RETRIES:
+                break
+            wait = resp.headers.get("retry-after", "")
+            if not wait.isdigit() or int(wait) > MAX_RETRY_WAIT:
+                raise NetworkError(f"GET {url}: HTTP 429, Retry-After {wait[:20]!r}")
+            time.sleep(int(wait))
         if resp.status_code == 404:
             return None
         if resp.status_code != 200:
@@ -94,109 +129,155 @@ class HttpLogClient:
         self.close()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: TilesServer
-    protocol_version = "HTTP/1.1"
-    timeout = CONNECTION_TIMEOUT
+# The defaults of `confide ledger serve` and `confide ledger witness serve` (docs/ledger.md
+# "Serving"). Connections: those of the CAS. Request heads: a GET of a short path or a POST
+# with a Content-Length, which need no large header (PUBLIC_MAX_HEAD). Bodies: an
+# add-checkpoint request is at most 1 MiB (MAX_REQUEST_SIZE), 30 s allows 35 KB/s.
+LEDGER_BODY_TIMEOUT = 30.0
+# Per client: tile and checkpoint reads (one SQLite read each), 200 a second, 400 at once: an
+# auditor fetching a log of a million entries (~8,000 tiles and bundles) takes ~40 s, and
+# HttpLogClient waits out a 429's Retry-After. add-checkpoint requests (a signature check, a
+# consistency proof and a durable state write each): 10 a second, 20 at once; a log asks once
+# per checkpoint (twice when the witness knows an older size).
+TILES_RATE = Rate(200.0, 400.0)
+WITNESS_RATE = Rate(10.0, 20.0)
 
-    def log_message(self, format: str, *args: object) -> None:
-        return
+_TEXT = b"text/plain; charset=utf-8"
 
-    def _reply(self, status: int, body: bytes, content_type: str, cache: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", cache)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+Headers = list[tuple[bytes, bytes]]
 
-    def do_HEAD(self) -> None:
-        self.do_GET()
 
-    def do_GET(self) -> None:
-        prefix = self.server.prefix + "/"
-        path = self.path
+def ledger_limits(
+    *,
+    max_connections: int = MAX_CONNECTIONS,
+    max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
+    head_timeout: float = HEAD_TIMEOUT,
+    body_timeout: float = LEDGER_BODY_TIMEOUT,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
+) -> HttpLimits:
+    """The connection limits and timeouts of a ledger server (request heads: at most
+    :data:`~confide.httpserve.limits.PUBLIC_MAX_HEAD` bytes; refusals logged as ``confide.ledger``)."""
+    return HttpLimits(
+        max_connections=max_connections,
+        max_connections_per_client=max_connections_per_client,
+        head_timeout=head_timeout,
+        body_timeout=body_timeout,
+        handshake_timeout=handshake_timeout,
+        max_head=PUBLIC_MAX_HEAD,
+        log_name="confide.ledger",
+    )
+
+
+async def reply(send: Any, status: int, body: bytes, headers: Headers, *, head_only: bool = False) -> None:
+    """An ASGI response with ``Content-Length``; no body for ``HEAD``."""
+    raw = [(b"content-length", str(len(body)).encode()), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": b"" if head_only else body})
+
+
+async def refuse_rate(send: Any, limiter: RateLimiter | None, scope: Any, *, close: bool = False) -> bool:
+    """Answer ``429 Too Many Requests`` (RFC 6585 §4) with ``Retry-After`` (RFC 9110 §10.2.3)
+    when the client (:func:`~confide.httpserve.ratelimit.client_key`) has no token left in
+    ``limiter``; whether it did. ``close``: the request's body is left unread, so the
+    connection is closed after the answer."""
+    if limiter is None:
+        return False
+    client = scope.get("client")
+    wait = limiter.take(client_key(str(client[0])) if client else "")
+    if not wait:
+        return False
+    headers: Headers = [(b"content-type", _TEXT), (b"retry-after", retry_after(wait).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    body = b"too many requests from this address; retry later\n"
+    await reply(send, 429, body, headers, head_only=scope["method"] == "HEAD")
+    return True
+
+
+def request_target(scope: Any) -> str:
+    """The request target as sent (undecoded path, and query when there is one): what the
+    ledger's routes are matched against, so that an escaped or suffixed path is not a route."""
+    raw = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string") or b""
+    target = raw + b"?" + query if query else raw
+    return str(target.decode("latin-1"))
+
+
+class LedgerHTTPServer(HttpServer):
+    """A ledger server (an ASGI ``app`` under an optional path ``prefix``) on the shared hardened
+    stack (:class:`~confide.httpserve.server.HttpServer`); ``url`` is its base URL."""
+
+    thread_name = "ledger-http"
+
+    def __init__(
+        self,
+        app: Any,
+        address: tuple[str, int],
+        *,
+        prefix: str = "",
+        tls: ssl.SSLContext | None = None,
+        limits: HttpLimits | None = None,
+    ) -> None:
+        self.prefix = prefix.rstrip("/")
+        super().__init__(app, address, limits=limits if limits is not None else ledger_limits(), tls=tls)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address
+        shown = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.tls else 'http'}://{shown}:{port}{self.prefix}"
+
+
+class TilesApp:
+    """The tlog-tiles ASGI application of :class:`TilesServer`: ``GET``/``HEAD`` of
+    ``<prefix>/checkpoint`` and ``<prefix>/tile/...`` (:func:`~confide.ledger.serve.serve`, in
+    a worker thread, one read-only connection per request), any other method ``501``."""
+
+    def __init__(self, db: Path, *, prefix: str, serve_entries: bool, limiter: RateLimiter | None) -> None:
+        self.db, self.prefix, self.serve_entries, self.limiter = db, prefix, serve_entries, limiter
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        method = scope["method"]
+        head_only = method == "HEAD"
+        if method not in ("GET", "HEAD"):
+            await reply(
+                send, 501, b"unsupported method\n", [(b"content-type", _TEXT), (b"connection", b"close")]
+            )
+            return
+        if await refuse_rate(send, self.limiter, scope):
+            return
+        status, body, content_type, cache = await asyncio.to_thread(self._resource, request_target(scope))
+        headers = [(b"content-type", content_type), (b"cache-control", cache)]
+        await reply(send, status, body, headers, head_only=head_only)
+
+    def _resource(self, path: str) -> tuple[int, bytes, bytes, bytes]:
+        prefix = self.prefix + "/"
         if not path.startswith(prefix):
-            self._reply(404, b"not found\n", "text/plain; charset=utf-8", "no-store")
-            return
+            return 404, b"not found\n", _TEXT, b"no-store"
         rel = path[len(prefix) :]
-        if rel.startswith("tile/entries/") and not self.server.serve_entries:
-            self._reply(404, b"entries are not public here\n", "text/plain; charset=utf-8", "no-store")
-            return
+        if rel.startswith("tile/entries/") and not self.serve_entries:
+            return 404, b"entries are not public here\n", _TEXT, b"no-store"
         try:
-            conn = connect(self.server.db, durable=False)
+            conn = connect(self.db, durable=False)
             try:
                 resource = serve(conn, rel)
             finally:
                 conn.close()
         except (ConfideError, sqlite3.Error):
-            self._reply(500, b"internal error\n", "text/plain; charset=utf-8", "no-store")
-            return
+            return 500, b"internal error\n", _TEXT, b"no-store"
         if resource is None:
-            self._reply(404, b"not found\n", "text/plain; charset=utf-8", "no-store")
-            return
+            return 404, b"not found\n", _TEXT, b"no-store"
         # tlog-tiles: the checkpoint must not be cached beyond a few seconds; tiles are immutable.
-        cache = "public, max-age=31536000, immutable" if resource.immutable else "no-cache"
-        self._reply(200, resource.body, resource.content_type, cache)
-
-
-class LedgerHTTPServer(ThreadingHTTPServer):
-    """A threaded HTTP(S) server under an optional path prefix, embeddable with ``serve_in_thread``.
-
-    With ``tls`` (a server context), each accepted connection is wrapped without a handshake;
-    the handshake happens on the handler thread's first read (OpenSSL's ``SSL_read`` performs
-    it), bounded by the handler's timeout. A failed handshake or a dropped connection costs that
-    connection only, and is reported as one line on stderr, without a traceback.
-    """
-
-    daemon_threads = True
-    thread_name = "ledger-http"
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        handler: type[BaseHTTPRequestHandler],
-        *,
-        prefix: str = "",
-        tls: ssl.SSLContext | None = None,
-    ) -> None:
-        self.prefix = prefix.rstrip("/")
-        self.tls = tls
-        super().__init__(address, handler)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"{'https' if self.tls else 'http'}://{host!s}:{port}{self.prefix}"
-
-    def get_request(self) -> tuple[socket.socket, object]:
-        sock, addr = super().get_request()
-        if self.tls is None:
-            return sock, addr
-        try:
-            return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
-        except (OSError, ValueError):
-            sock.close()
-            raise
-
-    def handle_error(
-        self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
-    ) -> None:
-        exc = sys.exc_info()[1]
-        if isinstance(exc, OSError | TimeoutError):  # ssl.SSLError is an OSError
-            reason = getattr(exc, "reason", None) or type(exc).__name__
-            print(f"{self.thread_name}: connection from {client_address}: {reason}", file=sys.stderr)
-            return
-        super().handle_error(request, client_address)
-
-    def serve_in_thread(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name=self.thread_name, daemon=True)
-        thread.start()
-        return thread
+        cache = b"public, max-age=31536000, immutable" if resource.immutable else b"no-cache"
+        return 200, resource.body, resource.content_type.encode(), cache
 
 
 class TilesServer(LedgerHTTPServer):
+    """``confide ledger serve``: ``TilesServer(db, ("127.0.0.1", 0))``; ``serve_in_thread()``
+    for embedding. ``rate``: per-client requests a second (``None``: no limit)."""
+
     thread_name = "ledger-tiles"
 
     def __init__(
@@ -207,7 +288,11 @@ class TilesServer(LedgerHTTPServer):
         prefix: str = "",
         serve_entries: bool = False,
         tls: ssl.SSLContext | None = None,
+        limits: HttpLimits | None = None,
+        rate: Rate | None = TILES_RATE,
     ) -> None:
         self.db = Path(db)
         self.serve_entries = serve_entries
-        super().__init__(address, _Handler, prefix=prefix, tls=tls)
+        self.limiter = RateLimiter(rate) if rate is not None else None
+        app = TilesApp(self.db, prefix=prefix.rstrip("/"), serve_entries=serve_entries, limiter=self.limiter)
+        super().__init__(app, address, prefix=prefix, tls=tls, limits=limits)

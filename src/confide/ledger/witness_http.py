@@ -1,7 +1,9 @@
 """tlog-witness over HTTP: the witness's ``POST <prefix>/add-checkpoint`` and the log's client.
 
-The server is the standard library's threading HTTP server (the witness is small and has
-one route), over TLS when given a context (``ledger witness serve --tls-cert/--tls-key``). The client side
+The server (:class:`WitnessServer`) runs on the CAS's hardened serving stack
+(:mod:`confide.httpserve`, through :class:`~confide.ledger.http.LedgerHTTPServer`: connection
+limits, timed handshakes, heads and bodies, a per-client rate limit), over TLS when given a
+context (``ledger witness serve --tls-cert/--tls-key``). The client side
 (:func:`request_cosignatures`) is what a log runs after signing a checkpoint: it sends the
 checkpoint with a consistency proof from the size the witness last cosigned (learning that
 size from a 409 reply), and attaches the returned cosignatures to the stored checkpoint.
@@ -9,17 +11,20 @@ size from a 409 reply), and attaches the returned cosignatures to the stored che
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ssl
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler
+from typing import Any
 
 import httpx2
 
 from confide.errors import ConfideError, LogRollbackError, NetworkError, ParseError, StorageError
+from confide.httpserve.limits import HttpLimits
+from confide.httpserve.ratelimit import Rate, RateLimiter
 from confide.ledger.checkpoint import Checkpoint
 from confide.ledger.db import Conn
-from confide.ledger.http import CONNECTION_TIMEOUT, LedgerHTTPServer
+from confide.ledger.http import WITNESS_RATE, LedgerHTTPServer, refuse_rate, reply, request_target
 from confide.ledger.note import Note, NoteSignature, NoteVerifier, open_note, parse_note
 from confide.ledger.store import Ledger
 from confide.ledger.witness import (
@@ -30,50 +35,53 @@ from confide.ledger.witness import (
     parse_add_checkpoint,
 )
 
-__all__ = ["WitnessServer", "request_cosignatures"]
+__all__ = ["WitnessApp", "WitnessServer", "request_cosignatures"]
 
 ADD_CHECKPOINT = "/add-checkpoint"
 SIZE_CONTENT_TYPE = "text/x.tlog.size"
+_TEXT = b"text/plain; charset=utf-8"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: WitnessServer
-    protocol_version = "HTTP/1.1"
-    timeout = CONNECTION_TIMEOUT  # a stalled handshake or body holds its thread this long at most
+class WitnessApp:
+    """The ASGI application of :class:`WitnessServer`: ``POST <prefix>/add-checkpoint``
+    (c2sp.org/tlog-witness "add-checkpoint"). A body needs a ``Content-Length`` of at most
+    :data:`~confide.ledger.witness.MAX_REQUEST_SIZE` bytes (else ``400``, unread, the
+    connection closed); it is processed by :meth:`Witness.add_checkpoint` in a worker thread
+    (the witness's lock serialises the checks and the atomic state write, as before). Any
+    other path ``404``, any other method ``501`` (both closing the connection)."""
 
-    def log_message(self, format: str, *args: object) -> None:  # quiet; no request data logged
-        return
+    def __init__(self, witness: Witness, *, prefix: str, limiter: RateLimiter | None) -> None:
+        self.witness, self.path, self.limiter = witness, prefix + ADD_CHECKPOINT, limiter
 
-    def _reply(
-        self,
-        status: int,
-        body: bytes,
-        content_type: str = "text/plain; charset=utf-8",
-        *,
-        close: bool = False,
-    ) -> None:
-        self.send_response(status)
-        if close:  # the request body was not read: this connection cannot carry another request
-            self.close_connection = True
-            self.send_header("Connection", "close")
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_POST(self) -> None:
-        if self.path != self.server.prefix + ADD_CHECKPOINT:
-            self._reply(404, b"not found\n", close=True)
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
             return
-        try:
-            length = int(self.headers.get("Content-Length", "-1"))
-        except ValueError:
-            length = -1
+        if scope["method"] != "POST":
+            await _text(send, 501, b"unsupported method\n", close=True)
+            return
+        if request_target(scope) != self.path:
+            await _text(send, 404, b"not found\n", close=True)
+            return
+        length = -1
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                length = int(value) if value.isdigit() and len(value) < 12 else -1
+            elif name == b"transfer-encoding":
+                length = -1
+                break
         if not 0 <= length <= MAX_REQUEST_SIZE:
-            self._reply(400, b"a Content-Length of at most 1 MiB is required\n", close=True)
+            await _text(send, 400, b"a Content-Length of at most 1 MiB is required\n", close=True)
             return
-        body = self.rfile.read(length)
-        witness = self.server.witness
+        if await refuse_rate(send, self.limiter, scope, close=True):
+            return
+        body = await _read(receive, length)
+        if body is None:
+            return  # the client left
+        status, reply_body, content_type = await asyncio.to_thread(self._add_checkpoint, body)
+        await _text(send, status, reply_body, content_type)
+
+    def _add_checkpoint(self, body: bytes) -> tuple[int, bytes, bytes]:
+        witness = self.witness
         origin_known = True
         try:
             old_size, proof, note = parse_add_checkpoint(body)
@@ -81,17 +89,39 @@ class _Handler(BaseHTTPRequestHandler):
             origin_known = origin in witness.logs
             cosig = witness.add_checkpoint(old_size, proof, note, at=datetime.now(UTC))
         except WitnessConflictError as exc:
-            self._reply(409, f"{exc.known_size}\n".encode(), SIZE_CONTENT_TYPE)
-            return
+            return 409, f"{exc.known_size}\n".encode(), SIZE_CONTENT_TYPE.encode()
         except ConfideError as exc:
             status = http_status(exc, origin_known=origin_known)
-            self._reply(status, f"{exc.kind}: {exc.message}\n".encode())
-            return
-        self._reply(200, cosig.line().encode("utf-8"))
+            return status, f"{exc.kind}: {exc.message}\n".encode(), _TEXT
+        return 200, cosig.line().encode("utf-8"), _TEXT
+
+
+async def _text(
+    send: Any, status: int, body: bytes, content_type: bytes = b"", *, close: bool = False
+) -> None:
+    headers = [(b"content-type", content_type or _TEXT)]
+    if close:  # the request body was not read: this connection cannot carry another request
+        headers.append((b"connection", b"close"))
+    await reply(send, status, body, headers)
+
+
+async def _read(receive: Any, length: int) -> bytes | None:
+    """The request body of ``length`` bytes (its Content-Length: httptools delivers no more)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            body = b"".join(chunks)
+            return body if len(body) == length else None
 
 
 class WitnessServer(LedgerHTTPServer):
-    """``WitnessServer(witness, ("127.0.0.1", 0))``; ``serve_in_thread()`` for embedding."""
+    """``confide ledger witness serve``: ``WitnessServer(witness, ("127.0.0.1", 0))``;
+    ``serve_in_thread()`` for embedding. ``rate``: per-client add-checkpoint requests a second
+    (``None``: no limit)."""
 
     thread_name = "ledger-witness"
 
@@ -102,9 +132,13 @@ class WitnessServer(LedgerHTTPServer):
         *,
         prefix: str = "",
         tls: ssl.SSLContext | None = None,
+        limits: HttpLimits | None = None,
+        rate: Rate | None = WITNESS_RATE,
     ) -> None:
         self.witness = witness
-        super().__init__(address, _Handler, prefix=prefix, tls=tls)
+        self.limiter = RateLimiter(rate) if rate is not None else None
+        app = WitnessApp(witness, prefix=prefix.rstrip("/"), limiter=self.limiter)
+        super().__init__(app, address, prefix=prefix, tls=tls, limits=limits)
 
 
 def _body(old_size: int, proof: list[bytes], note: bytes) -> bytes:

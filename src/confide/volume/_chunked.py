@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from confide.errors import SignatureError
-from confide.volume._io import _pwrite_pieces, batch_chunks
+from confide.volume._io import _pwrite_pieces, _zero, batch_chunks
 from confide.volume.format import (
     FILE_ID_SIZE,
     TAG_SIZE,
@@ -184,14 +184,6 @@ def _batch_buffer(size: int) -> memoryview:
         buf = memoryview(bytearray(size))
         _local.batch = buf
     return buf
-
-
-def _zero(chunk_size: int) -> bytes:
-    z: bytes | None = getattr(_local, "zero", None)
-    if z is None or len(z) != chunk_size:
-        z = bytes(chunk_size)
-        _local.zero = z
-    return z
 
 
 class ChunkReader:

@@ -632,44 +632,23 @@ def _reseal_entries(
                     if prev is not None
                     else region_for(vpath, manifest.rules, manifest.default_region)
                 )
+                chunk_ids: tuple[bytes, ...] | None = None
                 if region is Region.UNPROTECTED:
                     fid, size, froot, _ = _store_file(
                         directory, key, manifest, vpath, p, region=region, deterministic=False
                     )
-                    entries.append(
-                        Entry(
-                            vpath,
-                            EntryKind.FILE,
-                            mode,
-                            st.st_uid,
-                            st.st_gid,
-                            region,
-                            fid,
-                            size,
-                            froot,
-                            mtime_ns=t,
-                        )
-                    )
-                    continue
-                # a protected file stored as one object (or new): written chunked, as the FUSE
-                # commit path does (docs/volume-mount.md); later unmounts re-seal only its
-                # changed chunks
-                size, ids = _write_chunked(directory, chunks, region, p)
+                else:
+                    # a protected file stored as one object (or new): written chunked, as the FUSE
+                    # commit path does (docs/volume-mount.md); later unmounts re-seal only its
+                    # changed chunks
+                    size, chunk_ids = _write_chunked(directory, chunks, region, p)
+                    fid, froot = b"", bytes(ROOT_SIZE)
                 entries.append(
                     Entry(
-                        vpath,
-                        EntryKind.FILE,
-                        mode,
-                        st.st_uid,
-                        st.st_gid,
-                        region,
-                        b"",
-                        size,
-                        bytes(ROOT_SIZE),
-                        mtime_ns=t,
-                        chunks=ids,
+                        vpath, EntryKind.FILE, mode, st.st_uid, st.st_gid, region, fid, size, froot,
+                        mtime_ns=t, chunks=chunk_ids,
                     )
-                )
+                )  # fmt: skip
             else:
                 log.warning("confide volume: %r is a special file; not stored in the volume", vpath)
     normalized = {e.path: e for e in entries}

@@ -1,4 +1,4 @@
-"""Per-client token buckets for the CAS's expensive endpoints, in bounded memory.
+"""Per-client token buckets for expensive endpoints (the CAS's, the ledger servers'), in bounded memory.
 
 A client is its IP address, an IPv6 client its /64 (:func:`client_key`: one subscriber's
 network usually gets a whole /64, so counting single IPv6 addresses would let one host take

@@ -1,7 +1,9 @@
-"""Bounds on the CAS's connections and on what its HTTP/1.1 server buffers and waits for.
+"""Bounds on a server's connections and on what its HTTP/1.1 server buffers and waits for: the
+CAS's (``confide cas serve``, its public listener) and the ledger's (``confide ledger serve``,
+``confide ledger witness serve``, :mod:`confide.httpserve.server`).
 
 **Connections.** :class:`HttpLimits` counts the open connections, in total and per client (an
-IP address, an IPv6 client's /64: :func:`confide.cas.ratelimit.client_key`), from the moment
+IP address, an IPv6 client's /64: :func:`confide.httpserve.ratelimit.client_key`), from the moment
 they are accepted: the loop's server is plain TCP, and :meth:`HttpLimits.tls_protocol` gives
 each accepted connection the TLS layer itself (uvloop's own ``SSLProtocol``, as uvloop's TLS
 server would), so a connection over either limit is closed in ``connection_made`` before a byte
@@ -67,7 +69,7 @@ from uvicorn.protocols.utils import (
     is_ssl,
 )
 
-from confide.cas.ratelimit import client_key
+from confide.httpserve.ratelimit import client_key
 
 __all__ = [
     "BODY_TIMEOUT",
@@ -128,6 +130,7 @@ class HttpLimits:
         body_timeout: float = BODY_TIMEOUT,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         max_head: int = MAX_HEAD,
+        log_name: str = "confide.cas",
     ) -> None:
         if max_head < 1024:
             raise ValueError("request heads are bounded at 1024 bytes or more")
@@ -140,6 +143,7 @@ class HttpLimits:
         self.head_timeout, self.body_timeout = head_timeout, body_timeout
         self.handshake_timeout = handshake_timeout
         self.max_head = max_head
+        self.log_name = log_name  # the logger of refused heads (a JSON line each)
         self.open = 0  # connections accepted and not yet closed (handshakes included)
         self._per_client: dict[str, int] = {}
         # What was refused, by reason (confide_cas_connections_refused_total and
@@ -186,7 +190,7 @@ class HttpLimits:
             "LimitedHttpToolsProtocol",
             (BoundedHttpToolsProtocol,),
             {"head_timeout": self.head_timeout, "body_timeout": self.body_timeout, "limits": self,
-             "max_head": self.max_head, "refusal": _refusal(self.max_head)},
+             "max_head": self.max_head, "refusal": _refusal(self.max_head), "log_name": self.log_name},
         )  # fmt: skip
 
     def plain_protocol(self) -> type[BoundedHttpToolsProtocol]:
@@ -270,6 +274,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     max_head = MAX_HEAD
     refusal = _REFUSAL  # the 431 response, naming max_head
     limits: HttpLimits | None = None  # counts refusals when set (HttpLimits.http_protocol)
+    log_name = "confide.cas"  # the logger of refused heads
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -483,7 +488,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse_head(self) -> None:
         if self.limits is not None:
             self.limits.head_too_large += 1
-        logging.getLogger("confide.cas").warning(
+        logging.getLogger(self.log_name).warning(
             json.dumps({"event": "request", "status": 431, "reason": f"head over {self.max_head} bytes"})
         )
         if self._end_after_pending(lambda: self._write_and_close(self.refusal)):

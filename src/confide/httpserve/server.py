@@ -1,0 +1,142 @@
+"""An ASGI application served on the shared hardened stack, in the foreground or in a thread.
+
+:class:`HttpServer` binds its socket when made (so that a bad ``--listen`` fails before
+anything is printed, and port 0 is known at once), then runs uvicorn on uvloop with httptools
+over it: plain HTTP with connections admitted by :meth:`HttpLimits.plain_protocol`, or TLS
+with uvloop's TLS protocol put under httptools by :meth:`HttpLimits.tls_protocol`, so that a
+connection over a limit is closed before its handshake, exactly as ``confide cas serve`` does
+(:mod:`confide.httpserve.limits`). The ledger's servers (``confide ledger serve``, ``confide
+ledger witness serve``) run on it.
+
+:func:`reserve_descriptors` raises the open-files limit to what the connection limits need.
+"""
+
+from __future__ import annotations
+
+import resource
+import socket
+import ssl
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+from confide.errors import UsageError
+from confide.httpserve.limits import HttpLimits
+
+__all__ = ["RESERVED_DESCRIPTORS", "HttpServer", "bind", "reserve_descriptors"]
+
+# File descriptors a server needs besides its connections: its database, its WAL and journal,
+# caches, log files, the listening socket, outgoing fetches.
+RESERVED_DESCRIPTORS = 256
+
+
+def reserve_descriptors(max_connections: int, public_max_connections: int = 0) -> None:
+    """Raise the soft limit of open files (up to the hard one) to what ``max_connections`` (and
+    a second listener's ``public_max_connections``) and the server's own files need; refuse to
+    start when the hard limit is lower. Past the limit, accept() would fail and the database
+    could not open its files."""
+    if not max_connections:
+        return
+    needed = max_connections + public_max_connections + RESERVED_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise UsageError(
+            f"--max-connections {max_connections}: needs {needed} open files, the hard limit is {hard}"
+            f" (raise it, e.g. LimitNOFILE= in a systemd unit, or lower --max-connections)"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def bind(address: tuple[str, int], backlog: int = 1024) -> socket.socket:
+    """A listening TCP socket on ``address`` (IPv6 when the host has a colon); ``OSError`` when
+    it cannot be bound."""
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class HttpServer:
+    """``app`` (ASGI 3) on ``address`` with ``limits``, over TLS with ``tls`` (a server
+    context). ``serve_forever()`` runs it in this thread until SIGINT or SIGTERM (uvicorn's
+    graceful shutdown, then the signal is re-raised); ``serve_in_thread()`` runs it in a daemon
+    thread, returned once the server accepts connections, until ``shutdown()``.
+    ``server_close()`` closes the listening socket."""
+
+    thread_name = "http"
+
+    def __init__(
+        self,
+        app: Any,
+        address: tuple[str, int],
+        *,
+        limits: HttpLimits | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.limits = limits if limits is not None else HttpLimits()
+        self.tls = tls
+        self.socket = bind(address)
+        try:
+            self._server = self._uvicorn(app)
+        except BaseException:
+            self.socket.close()
+            raise
+        self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
+        self._thread: threading.Thread | None = None
+
+    def _uvicorn(self, app: Any) -> uvicorn.Server:
+        tls = self.tls
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            # TLS: httptools with bounded heads and bodies, under uvloop's TLS protocol (below);
+            # plain: each connection admitted when accepted.
+            http=self.limits.http_protocol() if tls is not None else self.limits.plain_protocol(),
+            # A client is the address it connects from (connection and rate limits).
+            proxy_headers=False,
+            lifespan="off",
+            loop="uvloop",
+            timeout_graceful_shutdown=5,
+        )
+        config.load()
+        if tls is not None:
+            http = config.http_protocol_class
+            config.http_protocol_class = self.limits.tls_protocol(http, tls)  # type: ignore[assignment]
+        return uvicorn.Server(config)
+
+    def serve_forever(self) -> None:
+        self._server.run(sockets=[self.socket])
+
+    def serve_in_thread(self, timeout: float = 10.0) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, name=self.thread_name, daemon=True)
+        self._thread = thread
+        thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:  # uvicorn sets it once its listener is up
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.thread_name}: the server did not start")
+            time.sleep(0.005)
+        return thread
+
+    def shutdown(self) -> None:
+        """Stop a server started by ``serve_in_thread`` and wait for it (open connections get
+        uvicorn's graceful shutdown, at most 5 s)."""
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def server_close(self) -> None:
+        self.socket.close()
