@@ -1179,7 +1179,7 @@ class Cas:
             ).fetchall()
             for version, public in rows:
                 if not_after(public) > now:
-                    entry = revoke(conn, policy.name, name, int(version), public, reason, now)
+                    entry = revoke(conn, self.sealer, policy.name, name, int(version), public, reason, now)
                     if entry is not None:
                         revoked.append(entry)
 
@@ -1260,7 +1260,7 @@ class Cas:
                 reason = SUPERSEDED
             else:
                 continue
-            out += revoke_runtime_certificates(conn, policy.name, old.name, reason, now)[1]
+            out += revoke_runtime_certificates(conn, self.sealer, policy.name, old.name, reason, now)[1]
         return out
 
     def revoke_certificates(self, request: Any) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import math
 import re
 from collections.abc import Sequence
@@ -62,7 +63,14 @@ from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
 from sqlalchemy import Connection
 
 from confide.cas.db import raw_execute, raw_executemany
-from confide.cas.secrets import SecretValue, crl_distribution_id, renewable
+from confide.cas.revocation_auth import (
+    EVENT_ALTERED,
+    RevocationRow,
+    RevocationsAltered,
+    add_revocation,
+    verified_rows,
+)
+from confide.cas.secrets import Sealer, SecretValue, crl_distribution_id, renewable
 from confide.errors import PolicyError, UsageError
 from confide.policy import Policy
 from confide.policy._types import duration_seconds
@@ -70,6 +78,8 @@ from confide.policy.secret import Secret, SecretKind
 
 if TYPE_CHECKING:
     from confide.cas.core import Cas
+
+log = logging.getLogger("confide.cas")
 
 __all__ = [
     "CA_COMPROMISE",
@@ -236,6 +246,7 @@ def _key_id(cert: x509.Certificate, *, authority: bool) -> str | None:
 
 def revoke_serial(
     conn: Connection,
+    sealer: Sealer,
     policy: str,
     issuer: str,
     serial: str,
@@ -250,17 +261,26 @@ def revoke_serial(
     """Record the certificate with ``serial`` (hex) signed by the key ``issuer`` (its key
     identifier, hex) as revoked for ``reason`` at ``now``: secret ``name``, stored ``version``
     (0: issued to a runtime). Returns what the ``certificates-revoked`` event lists, or ``None``
-    when it was revoked before (the first revocation stands)."""
+    when it was revoked before (the first revocation stands). The row is MAC'd and added to its
+    CA's authenticated set (:func:`confide.cas.revocation_auth.add_revocation`; ``sealer`` holds
+    the master key)."""
     if reason not in REASONS:
         raise ValueError(f"got reason {reason!r}, expected one of {sorted(REASONS)}")
-    inserted = raw_execute(
+    exists = raw_execute(
+        conn,
+        "SELECT 1 FROM revoked_certificates WHERE policy = ? AND issuer_key_id = ? AND serial = ?",
+        (policy, issuer, serial),
+    ).fetchone()
+    if exists is not None:
+        return None  # revoked before (a revocation is never changed)
+    row = RevocationRow(serial, name, version, reason, float(now), float(not_after), None)
+    mac = add_revocation(conn, sealer, policy, issuer, row)
+    raw_execute(
         conn,
         "INSERT INTO revoked_certificates (policy, issuer_key_id, serial, name, version, reason, revoked_at, "
-        "not_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        (policy, issuer, serial, name, version, reason, now, not_after),
-    ).rowcount
-    if inserted != 1:
-        return None  # revoked before (a revocation is never changed)
+        "not_after, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (policy, issuer, serial, name, version, reason, row.revoked_at, row.not_after, mac),
+    )
     return {
         "name": name, "version": version, "serial": serial, "reason": reason, "issuer_key_id": issuer,
         "revoked_at": datetime.fromtimestamp(int(now), UTC).isoformat(),
@@ -269,7 +289,14 @@ def revoke_serial(
 
 
 def revoke(
-    conn: Connection, policy: str, name: str, version: int, public: str, reason: str, now: float
+    conn: Connection,
+    sealer: Sealer,
+    policy: str,
+    name: str,
+    version: int,
+    public: str,
+    reason: str,
+    now: float,
 ) -> dict[str, Any] | None:
     """Record the certificate of stored version ``version`` of ``policy``/``name`` (its
     ``public`` metadata) as revoked (:func:`revoke_serial`). ``None`` also when the row has no
@@ -279,8 +306,8 @@ def revoke(
     if cert is None or issuer is None:
         return None
     return revoke_serial(
-        conn, policy, issuer, format(cert.serial_number, "x"), name=name, version=version, reason=reason,
-        now=now, not_after=cert.not_valid_after_utc.timestamp(),
+        conn, sealer, policy, issuer, format(cert.serial_number, "x"), name=name, version=version,
+        reason=reason, now=now, not_after=cert.not_valid_after_utc.timestamp(),
         certificate_sha256=hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
     )  # fmt: skip
 
@@ -335,7 +362,14 @@ def record_runtime_certificates(
 
 
 def revoke_runtime_certificates(
-    conn: Connection, policy: str, name: str, reason: str, now: float, *, serial: str | None = None
+    conn: Connection,
+    sealer: Sealer,
+    policy: str,
+    name: str,
+    reason: str,
+    now: float,
+    *,
+    serial: str | None = None,
 ) -> tuple[int, list[dict[str, Any]]]:
     """Revoke the still-valid certificates issued to runtimes for secret ``name`` of ``policy``
     by a CA of ``policy`` itself (the scope of revocation: its CRL), or only the one with
@@ -352,7 +386,7 @@ def revoke_runtime_certificates(
     out = []
     for issuer, found, service, ca_name, ca_version, expiry, digest in rows:
         entry = revoke_serial(
-            conn, policy, issuer, found, name=name, version=0, reason=reason, now=now,
+            conn, sealer, policy, issuer, found, name=name, version=0, reason=reason, now=now,
             not_after=float(expiry), certificate_sha256=digest,
         )  # fmt: skip
         if entry is not None:
@@ -377,18 +411,15 @@ def crl_due(this_update: float, next_update: float, now: float) -> bool:
     return now >= this_update + (next_update - this_update) / 2 or now < this_update
 
 
-def _entries(conn: Connection, policy: str, key_id: str) -> list[_Entry]:
+def _entries(conn: Connection, sealer: Sealer, policy: str, key_id: str, now: float) -> list[_Entry]:
     """What the next CRL of the CA with key ``key_id`` lists: every certificate it signed that
     was revoked, until a CRL issued after the certificate's notAfter listed it (RFC 5280 §3.3:
     an entry stays until it has appeared on one regularly scheduled CRL beyond the certificate's
-    validity period; so a CRL does not grow without bound)."""
-    rows = raw_execute(
-        conn,
-        "SELECT serial, revoked_at, reason, not_after FROM revoked_certificates "
-        "WHERE policy = ? AND issuer_key_id = ? AND expiry_listed_at IS NULL ORDER BY serial",
-        (policy, key_id),
-    ).fetchall()
-    return [_Entry(r[0], float(r[1]), r[2], float(r[3])) for r in rows]
+    validity period; so a CRL does not grow without bound). The rows and their set are
+    authenticated first (:func:`confide.cas.revocation_auth.verified_rows`; RevocationsAltered
+    otherwise)."""
+    rows = verified_rows(conn, sealer, policy, key_id, now)
+    return [_Entry(r.serial, r.revoked_at, r.reason, r.not_after) for r in rows if r.expiry_listed_at is None]
 
 
 def _entries_sha256(entries: Sequence[_Entry]) -> str:
@@ -439,12 +470,23 @@ def crl_pem(der: bytes) -> bytes:
     return b"-----BEGIN X509 CRL-----\n" + lines + b"\n-----END X509 CRL-----\n"
 
 
-def issue_crls(cas: Cas, conn: Connection, policy: Policy, digest: str, now: float) -> list[dict[str, Any]]:
+def issue_crls(
+    cas: Cas, conn: Connection, policy: Policy, digest: str, now: float, *, strict: bool = True
+) -> list[dict[str, Any]]:
     """Bring the CRL of every generated CA of ``policy`` (its version ``digest``, current in
     ``conn``, a write transaction) up to date at ``now``: a new one where there is none, the CA
     has a new version, the revoked set changed or the current one is due (:func:`crl_due`).
-    Records one ``crl-issued`` event; returns what it lists."""
+    Records one ``crl-issued`` event; returns what it lists.
+
+    A CA whose revocation records do not authenticate (RevocationsAltered: a row edited,
+    deleted or forged) gets no new CRL: the current one stays (fail closed: a CRL that may omit a
+    revocation is never signed). ``strict`` (a policy update, an owner revocation: transactions
+    that may record revocations): the error is raised, so the transaction, and whatever it would
+    have revoked, is rolled back and the caller told. Otherwise (the renewal sweep) the warning
+    and the ledger event ``revocations-altered`` (policy, CA, key identifier, the check) and the
+    next CA."""
     issued: list[dict[str, Any]] = []
+    altered: list[dict[str, str]] = []
     for spec in policy.secrets:
         if not generated_ca(spec):
             continue
@@ -453,7 +495,14 @@ def issue_crls(cas: Cas, conn: Connection, policy: Policy, digest: str, now: flo
         key_id = None if cert is None else _key_id(cert, authority=False)
         if row is None or key_id is None:
             continue
-        entries = _entries(conn, policy.name, key_id)
+        try:
+            entries = _entries(conn, cas.sealer, policy.name, key_id, now)
+        except RevocationsAltered as exc:
+            log.warning(json.dumps({"event": EVENT_ALTERED, "ca": spec.name, **exc.summary()}))
+            if strict:
+                raise
+            altered.append({"ca": spec.name, **exc.summary()})
+            continue
         entries_sha256 = _entries_sha256(entries)
         current = current_crl(conn, policy.name, spec.name)
         if (
@@ -470,7 +519,14 @@ def issue_crls(cas: Cas, conn: Connection, policy: Policy, digest: str, now: flo
             # The row's public part (not authenticated) shows another key identifier than the
             # sealed certificate: the entries are those of the key that signs (RFC 5280 §5.2.1).
             cert, key_id = sealed, sealed_id
-            entries = _entries(conn, policy.name, key_id)
+            try:
+                entries = _entries(conn, cas.sealer, policy.name, key_id, now)
+            except RevocationsAltered as exc:
+                log.warning(json.dumps({"event": EVENT_ALTERED, "ca": spec.name, **exc.summary()}))
+                if strict:
+                    raise
+                altered.append({"ca": spec.name, **exc.summary()})
+                continue
             entries_sha256 = _entries_sha256(entries)
         number = 1 if current is None else current.number + 1
         this_update = float(int(now))
@@ -511,4 +567,6 @@ def issue_crls(cas: Cas, conn: Connection, policy: Policy, digest: str, now: flo
         )  # fmt: skip
     if issued:
         cas.events.record(conn, "crl-issued", policy.name, {"hash": digest, "crls": issued})
+    if altered:
+        cas.events.record(conn, EVENT_ALTERED, policy.name, {"hash": digest, "cas": altered})
     return issued

@@ -204,7 +204,26 @@ revoked_certificates = Table(
     # thisUpdate of the first CRL that listed it after its notAfter: later CRLs leave it out
     # (RFC 5280 §3.3).
     Column("expiry_listed_at", Float),
+    # HMAC-SHA256 of the row's other columns but expiry_listed_at (schema 13;
+    # confide.cas.revocation_auth): NULL only for rows of schema 12 not yet bound at a start.
+    Column("mac", String(64)),
     PrimaryKeyConstraint("policy", "issuer_key_id", "serial"),
+)
+revocation_sets = Table(
+    "revocation_sets",
+    metadata,
+    # Schema 13 (confide.cas.revocation_auth): per CA key of a policy, how many revocation rows
+    # and the sum of their MACs (mod 2^256, 64 hex digits), MAC'd under the master key ``key_id``
+    # names; the row with empty policy and issuer_key_id is the anchor over all the others
+    # (``records``: how many).
+    Column("policy", String(128), nullable=False),
+    Column("issuer_key_id", String(128), nullable=False),
+    Column("entries", BigInteger, nullable=False),
+    Column("mac_sum", String(64), nullable=False),
+    Column("records", BigInteger, nullable=False),
+    Column("key_id", String(32), nullable=False),
+    Column("mac", String(64), nullable=False),
+    PrimaryKeyConstraint("policy", "issuer_key_id"),
 )
 crls = Table(
     "crls",
@@ -333,7 +352,7 @@ successor_retirement_approvals = Table(
     PrimaryKeyConstraint("retirement", "signer"),
 )
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 T = TypeVar("T")
 
@@ -473,8 +492,20 @@ def _v12(conn: Connection) -> None:
         raw_execute(conn, f"ALTER TABLE runtime_certificates ADD COLUMN der {kind}")
 
 
+def _v13(conn: Connection) -> None:
+    """Authenticated revocations (confide.cas.revocation_auth, docs/cas.md "What the revocation
+    records rest on"): ``revoked_certificates.mac`` and ``revocation_sets``. The migration runs
+    without the master key: the rows recorded before are MAC'd at the next start
+    (``revocation_auth.bind_unbound``, in the start's write transaction). Code from before
+    schema 13 refuses the database, so it cannot add a revocation without its MAC."""
+    if "mac" not in {c["name"] for c in inspect(conn).get_columns("revoked_certificates")}:
+        raw_execute(conn, "ALTER TABLE revoked_certificates ADD COLUMN mac VARCHAR(64)")
+    revocation_sets.create(conn, checkfirst=True)
+
+
 _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12,
+    13: _v13,
 }  # fmt: skip
 
 

@@ -108,6 +108,7 @@ from confide.cas.ocsp_der import (
     parse_ocsp_request,
 )
 from confide.cas.renewal import renew_due
+from confide.cas.revocation_auth import RevocationsAltered, verified_rows
 from confide.cas.secrets import CERTIFICATE_KINDS, crl_distribution_id
 from confide.errors import ConfideError, ParseError
 from confide.httpserve.ratelimit import Rate, RateLimiter, client_key
@@ -336,10 +337,14 @@ class OcspResponder:
             self.limited += 1
             return _TRY_LATER
         self._noted(ca, crl)
-        statuses = [
+        checked = [
             self._status(ca, crl, entry.serial, now) if mine else _Status(ocsp.OCSPCertStatus.UNKNOWN)
             for entry, mine in zip(query.entries, ours, strict=True)
         ]
+        statuses = [status for status in checked if status is not None]
+        if len(statuses) != len(checked):
+            self.limited += 1
+            return _TRY_LATER  # the CA's revocation records do not authenticate: no answer from them
         der_out = self._sign(crl, signer, query, statuses, now)
         self.signed += 1
         if query.nonce is not None:
@@ -539,9 +544,13 @@ class OcspResponder:
             if crl.number > self._newest_crl.get((ca.policy, ca.name), 0):
                 self._newest_crl[(ca.policy, ca.name)] = crl.number
 
-    def _status(self, ca: _Ca, crl: _Crl, serial: int, now: float) -> _Status:
+    def _status(self, ca: _Ca, crl: _Crl, serial: int, now: float) -> _Status | None:
         """The certStatus of ``serial`` under ``ca`` (module docstring, step 4), ``crl`` its
-        checked current CRL."""
+        checked current CRL. Past the CRL, the CA's revocation records are read authenticated
+        (:func:`confide.cas.revocation_auth.verified_rows`: every row's MAC, their count and
+        sum): when they do not authenticate (a row edited, deleted or forged), ``None``
+        (``tryLater``: neither ``good`` nor a ``revoked`` the CRL does not say) and the warning
+        ``ocsp-revocations-refused`` (policy, CA, the check)."""
         if serial.bit_length() > 8 * _SERIAL_OCTETS:
             return _Status(ocsp.OCSPCertStatus.UNKNOWN)
         listed = crl.entries.get(serial)
@@ -549,14 +558,16 @@ class OcspResponder:
             return _Status(ocsp.OCSPCertStatus.REVOKED, listed[0], listed[1])
         hex_serial = format(serial, "x")
         with self.cas.db.read() as conn:
-            revoked = raw_execute(
-                conn,
-                "SELECT revoked_at, reason FROM revoked_certificates "
-                "WHERE policy = ? AND issuer_key_id = ? AND serial = ?",
-                (ca.policy, ca.key_id, hex_serial),
-            ).fetchone()
+            try:
+                records = verified_rows(conn, self.cas.sealer, ca.policy, ca.key_id, now)
+            except RevocationsAltered as exc:
+                log.warning(
+                    json.dumps({"event": "ocsp-revocations-refused", "name": ca.name, **exc.summary()})
+                )
+                return None
+            revoked = next((r for r in records if r.serial == hex_serial), None)
             if revoked is not None:
-                return _Status(ocsp.OCSPCertStatus.REVOKED, float(revoked[0]), str(revoked[1]))
+                return _Status(ocsp.OCSPCertStatus.REVOKED, revoked.revoked_at, revoked.reason)
             runtime = raw_execute(
                 conn,
                 "SELECT name, der FROM runtime_certificates "

@@ -59,6 +59,7 @@ from confide.cas.db import Database, EventSink, raw_execute
 from confide.cas.db import secrets as secrets_table
 from confide.cas.keyfiles import SEALED_LOG_KEY_NAME, TLS_KEY_NAME, reprotect_tls_key, reseal_log_key
 from confide.cas.master_key import MASTER_KEY_SIZE, PLAIN_NAME, SEALED_NAME, seal_master_key
+from confide.cas.revocation_auth import reauthenticate_revocations
 from confide.cas.rotation import (
     EVENT_TYPE,
     KEY_ID_META,
@@ -343,6 +344,10 @@ class OnlineRotation:
             status.resealed += status.stragglers
             # The successor board, checked under the old key and authenticated under the new one.
             board = reauthenticate_board(conn, self.sealer.only(old_id), self.sealer.only(new_id), new_id)
+            # The revocation records, checked under the old key and MAC'd under the new one.
+            revocations = reauthenticate_revocations(
+                conn, self.sealer.only(old_id), self.sealer.only(new_id), new_id
+            )
             _write_id(conn, new_id, KEY_ID_META)
             _write_id(conn, None, NEXT_KEY_META)
             tls = (self.data_dir / (TLS_KEY_NAME + PENDING_SUFFIX)).exists()
@@ -353,6 +358,7 @@ class OnlineRotation:
                 "tls_key": "re-protected" if tls else "plain", "log_key": "re-sealed" if log else "plain",
                 "online": True, "batches": status.batches,
                 **({"successor_board": "re-authenticated"} if board else {}),
+                **({"revocations": revocations} if revocations else {}),
             }  # fmt: skip
             status.event_seq = self.events.record(conn, EVENT_TYPE, None, payload)
             self.step("resealed")

@@ -198,7 +198,9 @@ def revoke_request(
     kept_key: str | None = None
     found = 0
     if spec.issue_to_runtime:
-        found, revoked = revoke_runtime(conn, req.name, req.secret, req.reason, now, serial=req.serial)
+        found, revoked = revoke_runtime(
+            conn, cas.sealer, req.name, req.secret, req.reason, now, serial=req.serial
+        )
     else:
         versions = _versions(conn, req.name, req.secret, now)
         targets = [
@@ -209,7 +211,7 @@ def revoke_request(
         current_key = None if current is None else _public_key(current.public)
         compromised = False
         for version, public, _serial in targets:
-            entry = revoke(conn, req.name, req.secret, version, public, req.reason, now)
+            entry = revoke(conn, cas.sealer, req.name, req.secret, version, public, req.reason, now)
             if entry is not None:
                 revoked.append(entry)
                 if current is not None and version == current.version:
@@ -225,7 +227,7 @@ def revoke_request(
                 for version, public, _serial in _versions(conn, req.name, other.name, now):
                     if _public_key(public) != current_key:
                         continue
-                    entry = revoke(conn, req.name, other.name, version, public, req.reason, now)
+                    entry = revoke(conn, cas.sealer, req.name, other.name, version, public, req.reason, now)
                     if entry is not None:
                         revoked.append(entry)
             regenerate.discard(req.secret)  # re-issued after its key, as derived from it

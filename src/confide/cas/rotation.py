@@ -75,6 +75,7 @@ from confide.cas.master_key import (
     seal_master_key,
     unseal_master_key,
 )
+from confide.cas.revocation_auth import reauthenticate_revocations
 from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer, key_id
 from confide.cas.successor_board import reauthenticate_board
@@ -515,10 +516,13 @@ def rotate_master_key(
             count = _reseal(conn, old, new)
             # The successor board, checked under K0 and authenticated under K1 (confide.cas.successor).
             board = reauthenticate_board(conn, old, new, new_id)
+            # The revocation records, checked under K0 and MAC'd under K1 (confide.cas.revocation_auth).
+            revocations = reauthenticate_revocations(conn, old, new, new_id)
             _write_id(conn, new_id)
             payload = {
                 "old_key_id": old_id, "new_key_id": new_id, "secrets": count,
                 **({"successor_board": "re-authenticated"} if board else {}),
+                **({"revocations": revocations} if revocations else {}),
                 "sealing": {"from": describe(seal), "to": describe(to_seal)},
                 "tls_key": tls_key, "log_key": log_key,
             }  # fmt: skip

@@ -89,6 +89,7 @@ from confide.cas.pin import AttestedWitnesses, cas_binding
 from confide.cas.public_http import PublicApp
 from confide.cas.renewal import DEFAULT_SWEEP_SECONDS, CertificateRenewer
 from confide.cas.revocation import STAPLED, OcspCache
+from confide.cas.revocation_auth import EVENT_BOUND, bind_unbound
 from confide.cas.rotation import bind_master_key, open_master_key, stored_master_key_id, stored_next_key_id
 from confide.cas.runlock import RunLock, run_lock
 from confide.cas.sealing import SealingKeyProvider
@@ -733,6 +734,10 @@ def prepare(
         successors.refuse_retired_start(own)
     with database.write() as conn:
         master_key_id = bind_master_key(conn, master)
+        # Revocations recorded before schema 13, MAC'd as found, once (confide.cas.revocation_auth).
+        first_bound = bind_unbound(conn, sealer)
+        if first_bound is not None:
+            cas.events.record(conn, EVENT_BOUND, None, first_bound)
         cas.events.record(
             conn, "cas-start", None,
             {"dev": dev, "tls_cert_sha256": _cert_sha256(cert_path), "log_key": env["CONFIDE_LOG_KEY"],
