@@ -272,7 +272,10 @@ def revoke_serial(
         (policy, issuer, serial),
     ).fetchone()
     if exists is not None:
-        return None  # revoked before (a revocation is never changed)
+        # Revoked before (a revocation is never changed), if that row is genuine: a forged one
+        # must not make the real revocation a no-op (RevocationsAltered).
+        verified_rows(conn, sealer, policy, issuer, now)
+        return None
     row = RevocationRow(serial, name, version, reason, float(now), float(not_after), None)
     mac = add_revocation(conn, sealer, policy, issuer, row)
     raw_execute(

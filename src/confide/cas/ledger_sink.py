@@ -38,6 +38,8 @@ ENTRY_TYPES: dict[str, EntryType] = {
     "certificates-renewed": EntryType.CERTIFICATES_RENEWED,
     "certificates-revoked": EntryType.CERTIFICATES_REVOKED,
     "crl-issued": EntryType.CRL_ISSUED,
+    "revocations-altered": EntryType.REVOCATIONS_ALTERED,
+    "revocations-bound": EntryType.REVOCATIONS_BOUND,
     "attestation": EntryType.ATTESTATION,
     "secret-release": EntryType.SECRET_RELEASED,
     "volume-tag": EntryType.VOLUME_TAG,

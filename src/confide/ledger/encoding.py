@@ -73,6 +73,8 @@ class EntryType(StrEnum):
     CERTIFICATES_RENEWED = "certificates.renewed"
     CERTIFICATES_REVOKED = "certificates.revoked"
     CRL_ISSUED = "crl.issued"
+    REVOCATIONS_ALTERED = "revocations.altered"  # a CA's revocation records failed their MACs
+    REVOCATIONS_BOUND = "revocations.bound"  # rows from before schema 13 MAC'd at a start
 
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
