@@ -152,7 +152,8 @@ def _read_set(conn: Connection, sealer: Sealer, policy: str, issuer: str) -> _Se
     count, total, records, key_id, mac = row
     check = "anchor" if (policy, issuer) == _ANCHOR else "record"
     if not (isinstance(key_id, str) and _KEY_ID.fullmatch(key_id) and isinstance(total, str)
-            and _MAC.fullmatch(total) and isinstance(mac, str)):  # fmt: skip
+            and _MAC.fullmatch(total) and isinstance(mac, str)
+            and _integer(count) and _integer(records)):  # fmt: skip
         raise RevocationsAltered(policy, issuer, check)
     expected = _set_mac(_key(sealer, key_id, policy, issuer), key_id, policy, issuer, int(count), total,
                         int(records))  # fmt: skip
@@ -193,6 +194,8 @@ def _check_anchor(conn: Connection, sealer: Sealer, policy: str, issuer: str) ->
         if rows:
             raise RevocationsAltered(policy, issuer, "anchor")
         return None
+    if not all(_integer(r[0]) for r in rows):
+        raise RevocationsAltered(policy, issuer, "anchor")
     count = sum(int(r[0]) for r in rows)
     total = sum(int(str(r[1]), 16) for r in rows if _MAC.fullmatch(str(r[1]))) % _MODULUS
     if (anchor.records, anchor.entries, anchor.total) != (len(rows), count, total):
@@ -218,6 +221,11 @@ def add_revocation(conn: Connection, sealer: Sealer, policy: str, issuer: str, r
     return mac
 
 
+def _integer(value: object) -> bool:
+    """An integer column as stored (SQLite keeps whatever type was written)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _rows(conn: Connection, policy: str, issuer: str) -> list[tuple[RevocationRow, Any]]:
     found = raw_execute(
         conn,
@@ -225,6 +233,13 @@ def _rows(conn: Connection, policy: str, issuer: str) -> list[tuple[RevocationRo
         "FROM revoked_certificates WHERE policy = ? AND issuer_key_id = ? ORDER BY serial",
         (policy, issuer),
     ).fetchall()
+    try:
+        return _parsed(found)
+    except (TypeError, ValueError):  # SQLite keeps whatever type was written
+        raise RevocationsAltered(policy, issuer, "row") from None
+
+
+def _parsed(found: Sequence[Any]) -> list[tuple[RevocationRow, Any]]:
     return [
         (RevocationRow(str(r[0]), str(r[1]), int(r[2]), str(r[3]), float(r[4]), float(r[5]),
                        None if r[6] is None else float(r[6])), r[7])
