@@ -473,6 +473,29 @@ def crl_pem(der: bytes) -> bytes:
     return b"-----BEGIN X509 CRL-----\n" + lines + b"\n-----END X509 CRL-----\n"
 
 
+def _verified_entries(
+    cas: Cas,
+    conn: Connection,
+    policy: str,
+    ca: str,
+    key_id: str,
+    now: float,
+    strict: bool,
+    altered: list[dict[str, str]],
+) -> list[_Entry] | None:
+    """:func:`_entries` of the CA ``ca``; when its revocation records do not authenticate, the
+    error is logged and raised (``strict``) or added to ``altered`` and ``None`` returned (the
+    CA gets no new CRL: the current one stays served)."""
+    try:
+        return _entries(conn, cas.sealer, policy, key_id, now)
+    except RevocationsAltered as exc:
+        log.warning(json.dumps({"event": EVENT_ALTERED, "ca": ca, **exc.summary()}))
+        if strict:
+            raise
+        altered.append({"ca": ca, **exc.summary()})
+        return None
+
+
 def issue_crls(
     cas: Cas, conn: Connection, policy: Policy, digest: str, now: float, *, strict: bool = True
 ) -> list[dict[str, Any]]:
@@ -498,13 +521,8 @@ def issue_crls(
         key_id = None if cert is None else _key_id(cert, authority=False)
         if row is None or key_id is None:
             continue
-        try:
-            entries = _entries(conn, cas.sealer, policy.name, key_id, now)
-        except RevocationsAltered as exc:
-            log.warning(json.dumps({"event": EVENT_ALTERED, "ca": spec.name, **exc.summary()}))
-            if strict:
-                raise
-            altered.append({"ca": spec.name, **exc.summary()})
+        entries = _verified_entries(cas, conn, policy.name, spec.name, key_id, now, strict, altered)
+        if entries is None:
             continue
         entries_sha256 = _entries_sha256(entries)
         current = current_crl(conn, policy.name, spec.name)
@@ -522,13 +540,8 @@ def issue_crls(
             # The row's public part (not authenticated) shows another key identifier than the
             # sealed certificate: the entries are those of the key that signs (RFC 5280 §5.2.1).
             cert, key_id = sealed, sealed_id
-            try:
-                entries = _entries(conn, cas.sealer, policy.name, key_id, now)
-            except RevocationsAltered as exc:
-                log.warning(json.dumps({"event": EVENT_ALTERED, "ca": spec.name, **exc.summary()}))
-                if strict:
-                    raise
-                altered.append({"ca": spec.name, **exc.summary()})
+            entries = _verified_entries(cas, conn, policy.name, spec.name, key_id, now, strict, altered)
+            if entries is None:
                 continue
             entries_sha256 = _entries_sha256(entries)
         number = 1 if current is None else current.number + 1
