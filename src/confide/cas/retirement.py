@@ -61,6 +61,7 @@ from confide.cas.successor_board import (
     current_key_id,
     read_generation,
     read_key_id,
+    read_platform,
     read_unix_time,
     store_newest,
 )
@@ -132,17 +133,8 @@ def parse_retirement_approval(doc: Any) -> RetirementApproval:
     body, signer = verify_signed(doc, RETIREMENT_TYPE)
     key_id = read_key_id(body["master_key_id"], what)
     generation = read_generation(body["generation"], what)
-    platform_text = body["platform"]
-    try:
-        platform = Platform(platform_text) if isinstance(platform_text, str) else None
-    except ValueError:
-        platform = None
-    names = CODE_CLAIMS.get(platform) if platform is not None else None
-    if platform is None or names is None:
-        known = ", ".join(p.value for p in CODE_CLAIMS)
-        got = str(platform_text)[:40]
-        raise ParseError(f"platform: got {got!r}, expected one of {known}", structure=what)
-    check_claims(body["code"], names, platform, "code", what)
+    platform = read_platform(body["platform"], CODE_CLAIMS, what)
+    check_claims(body["code"], CODE_CLAIMS[platform], platform, "code", what)
     expires = read_unix_time(body["expires"], "expires", what)
     digest = hashlib.sha256(jcs(doc)).hexdigest()
     return RetirementApproval(

@@ -88,6 +88,7 @@ from confide.cas.successor_board import (
     current_key_id,
     load_board,
     read_key_id,
+    read_platform,
     read_unix_time,
     store_newest,
 )
@@ -219,15 +220,8 @@ def parse_approval(doc: Any) -> Approval:
         body["master_key_id"], body["platform"], body["claims"], body["expires"],
     )  # fmt: skip
     read_key_id(key_id, what)
-    try:
-        platform = Platform(platform_text) if isinstance(platform_text, str) else None
-    except ValueError:
-        platform = None
-    names = IDENTITY_CLAIMS.get(platform) if platform is not None else None
-    if platform is None or names is None:
-        known = ", ".join(p.value for p in IDENTITY_CLAIMS)
-        got = str(platform_text)[:40]
-        raise ParseError(f"platform: got {got!r}, expected one of {known}", structure=what)
+    platform = read_platform(platform_text, IDENTITY_CLAIMS, what)
+    names = IDENTITY_CLAIMS[platform]
     check_claims(claims, names, platform, "claims", what)
     read_unix_time(expires, "expires", what)
     # One document per meaning: generation 0 and "not retire" are said by leaving the field out.

@@ -34,6 +34,7 @@ import hashlib
 import hmac
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from confide.identity import PublicIdentity
 from confide.policy.access import RequireAll, RequireAtLeast, is_authorized
 from confide.policy.canonical import jcs
 from confide.policy.loader import parse_yaml
+from confide.verify.result import Platform
 
 __all__ = [
     "BOARD_INFO",
@@ -61,6 +63,7 @@ __all__ = [
     "parse_board_file",
     "read_generation",
     "read_key_id",
+    "read_platform",
     "read_unix_time",
     "reauthenticate_board",
     "replace_board",
@@ -110,6 +113,18 @@ def read_unix_time(value: object, name: str, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**53:
         raise ParseError(f"{name}: expected a Unix time in seconds", structure=what)
     return value
+
+
+def read_platform(value: object, table: Mapping[Platform, object], what: str) -> Platform:
+    """``platform``: one of the platforms ``table`` (the claims each one names) knows."""
+    try:
+        platform = Platform(value) if isinstance(value, str) else None
+    except ValueError:
+        platform = None
+    if platform is None or platform not in table:
+        known = ", ".join(p.value for p in table)
+        raise ParseError(f"platform: got {str(value)[:40]!r}, expected one of {known}", structure=what)
+    return platform
 
 
 @dataclass(frozen=True)
