@@ -37,8 +37,8 @@ successor board").
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, delete, func, select
@@ -54,8 +54,9 @@ from confide.cas.successor_board import (
     read_unix_time,
     replace_board,
     store_newest,
+    stored_document,
 )
-from confide.errors import ConfideError, ParseError, UsageError
+from confide.errors import ParseError, UsageError
 from confide.policy.canonical import jcs
 
 if TYPE_CHECKING:
@@ -122,13 +123,7 @@ def parse_change_approval(doc: Any) -> ChangeApproval:
 
 
 def _checked(document: str, change: str, signer: str) -> ChangeApproval | None:
-    """A stored row's document, parsed and verified again, when it is what the row says; ``None``
-    otherwise (the operator may have written it)."""
-    try:
-        approval = parse_change_approval(json.loads(document))
-    except (ValueError, RecursionError, ConfideError):
-        return None
-    return approval if approval.change == change and approval.signer == signer else None
+    return stored_document(document, parse_change_approval, attrgetter("change", "signer"), change, signer)
 
 
 class BoardChanges:

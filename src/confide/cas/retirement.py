@@ -46,10 +46,10 @@ the key, or could be relaunched, found vulnerable or broken.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, delete, select
@@ -64,9 +64,10 @@ from confide.cas.successor_board import (
     read_platform,
     read_unix_time,
     store_newest,
+    stored_document,
 )
 from confide.cas.versions import CODE_CLAIMS, EVENT_RETIRED, check_claims, code_identity
-from confide.errors import AppraisalError, ConfideError, ConflictError, ParseError, UsageError
+from confide.errors import AppraisalError, ConflictError, ParseError, UsageError
 from confide.policy.canonical import jcs
 from confide.verify.result import Platform
 
@@ -143,13 +144,8 @@ def parse_retirement_approval(doc: Any) -> RetirementApproval:
 
 
 def _checked(document: str, retirement: str, signer: str) -> RetirementApproval | None:
-    """A stored row's document, parsed and verified again, when it is what the row says; ``None``
-    otherwise (the operator may have written it)."""
-    try:
-        approval = parse_retirement_approval(json.loads(document))
-    except (ValueError, RecursionError, ConfideError):
-        return None
-    return approval if approval.retirement == retirement and approval.signer == signer else None
+    key = attrgetter("retirement", "signer")
+    return stored_document(document, parse_retirement_approval, key, retirement, signer)
 
 
 class Retirements:

@@ -72,6 +72,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from sqlalchemy import Connection, insert, select
@@ -91,6 +92,7 @@ from confide.cas.successor_board import (
     read_platform,
     read_unix_time,
     store_newest,
+    stored_document,
 )
 from confide.cas.versions import (
     CODE_CLAIMS,
@@ -760,13 +762,7 @@ class Successors:
 
 
 def _checked(document: str, target: str, signer: str) -> Approval | None:
-    """A stored approval row's document, parsed and verified again, when it is what the row
-    says (its target and signer); ``None`` otherwise (the operator may have written it)."""
-    try:
-        approval = parse_approval(json.loads(document))
-    except (ValueError, RecursionError, ConfideError):
-        return None
-    return approval if approval.target == target and approval.signer == signer else None
+    return stored_document(document, parse_approval, attrgetter("target", "signer"), target, signer)
 
 
 def _authorised(board: Board, counted: list[Approval]) -> bool:

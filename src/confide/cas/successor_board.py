@@ -34,10 +34,10 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, Table, and_, delete, insert, select
@@ -70,6 +70,7 @@ __all__ = [
     "retired_identities",
     "store_board",
     "store_newest",
+    "stored_document",
 ]
 
 BOARD_RECORD_TYPE = "confide/successor-board/v1"  # the board set at initialisation (generation 0)
@@ -125,6 +126,22 @@ def read_platform(value: object, table: Mapping[Platform, object], what: str) ->
         known = ", ".join(p.value for p in table)
         raise ParseError(f"platform: got {str(value)[:40]!r}, expected one of {known}", structure=what)
     return platform
+
+
+_S = TypeVar("_S")
+
+
+def stored_document(
+    document: str, parse: Callable[[Any], _S], key: Callable[[_S], tuple[str, str]], value: str, signer: str
+) -> _S | None:
+    """A stored approval row's ``document``, parsed and verified again with ``parse``, when it is
+    what the row says (``key`` of it, what it approves and its signer, is ``(value, signer)``);
+    ``None`` otherwise (the operator may have written the row)."""
+    try:
+        parsed = parse(json.loads(document))
+    except (ValueError, RecursionError, ConfideError):
+        return None
+    return parsed if key(parsed) == (value, signer) else None
 
 
 @dataclass(frozen=True)
