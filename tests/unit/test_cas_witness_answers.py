@@ -86,12 +86,11 @@ def test_a_cosignature_of_another_text_is_not_counted_or_stored(tmp_path: Path) 
     log_signer = NoteSigner.generate(ORIGIN)
     witness = NoteSigner.generate("w.example", SIG_TYPE_COSIGNATURE_V1)
     conn = _log(tmp_path / "log.db")
-    note = _grow(conn, log_signer, "e", 3)
-    bare = note  # the checkpoint as sent (no cosignature yet)
+    note = _grow(conn, log_signer, "e", 3)  # the checkpoint as sent: the log's signature only
 
     def answer(_text: str) -> httpx2.Response:
         extra = "\nsomething else\n"  # a blank line, then more text
-        text = parse_note(bare).text + "\n" + parse_note(bare).signatures[0].line() + extra
+        text = parse_note(note).text + "\n" + parse_note(note).signatures[0].line() + extra
         return httpx2.Response(200, content=(extra + "\n" + witness.sign(text, timestamp=1).line()).encode())
 
     guard = WitnessGuard(WitnessQuorum(((URL, witness.verifier),), 1), monotonic=Monotonic())

@@ -235,11 +235,12 @@ class WitnessGuard:
                 # later than that one (rounds on one size are at least 1 s apart).
                 stamp = int.from_bytes(sig.signature[:8], "big")
                 if size == witness.size and stamp <= witness.stamp:
+                    stale = (
+                        f"its cosignature of size {size} has time {stamp}, not later than the"
+                        f" {witness.stamp} of its cosignature of that checkpoint before: not a fresh one"
+                    )
                     witness.failures += 1
-                    failures.append((witness.key.name, NetworkError.__name__, (
-                        f"its cosignature of size {size} has time {stamp}, not later than the {witness.stamp}"
-                        " of its cosignature of that checkpoint before: not a fresh one (replayed?)"
-                    )[:200]))  # fmt: skip
+                    failures.append((witness.key.name, NetworkError.__name__, stale[:200]))
                     continue
                 witness.size, witness.stamp = size, stamp
                 witness.cosignatures += 1
