@@ -181,3 +181,34 @@ def test_a_halt_while_a_posts_body_arrives_refuses_it(tmp_path: Path) -> None:
     guard.halted = None  # its negative twin: no halt, the same POST is served
     status, reply = post(halt=False)
     assert status == 200, reply
+
+
+def test_a_quorums_age_counts_from_before_the_first_witness_was_asked(tmp_path: Path) -> None:
+    """The witnesses are asked one after the other (each up to 10 s, a 409 retried up to three
+    times): the first cosignature of a round can be much older than its end. A quorum's age was
+    measured from the round's end, so --witness-max-lag let a quorum whose first cosignature was
+    older than the bound count as recent. It is measured from the round's start (no cosignature
+    of the round is older)."""
+    log_signer = NoteSigner.generate(ORIGIN)
+    first = NoteSigner.generate("w1.example", SIG_TYPE_COSIGNATURE_V1)
+    slow = NoteSigner.generate("w2.example", SIG_TYPE_COSIGNATURE_V1)
+    clock = Monotonic()
+    specs = (("http://w1.test", first.verifier), ("http://w2.test", slow.verifier))
+    guard = WitnessGuard(WitnessQuorum(specs, 2, max_lag=30), monotonic=clock, wall=lambda: clock.now)
+    conn = _log(tmp_path / "log.db")
+    note = _grow(conn, log_signer, "e", 2)
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        _old, _proof, sent = parse_add_checkpoint(request.content)
+        text = parse_note(sent).text
+        if request.url.host == "w2.test":
+            clock.now += 25  # the second witness answers 25 s after the first cosigned
+            return httpx2.Response(200, content=slow.sign(text, timestamp=int(clock.now)).line().encode())
+        return httpx2.Response(200, content=first.sign(text, timestamp=int(clock.now)).line().encode())
+
+    started = clock.now
+    assert guard.round(conn, note, httpx2.Client(transport=httpx2.MockTransport(handler))).cosigned == 2
+    assert guard.quorum_at == started and guard.quorum_wall == started and guard.age() == 25.0
+    clock.now += 6  # the first cosignature is 31 s old
+    refusal = guard.refusal()
+    assert isinstance(refusal, errors.NetworkError) and "the newest is 31 s old" in refusal.message

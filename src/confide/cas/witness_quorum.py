@@ -201,7 +201,11 @@ class WitnessGuard:
         size = Checkpoint.from_text(parse_note(note).text).size
         with self._lock:
             self.rounds += 1
-            self.attempted_at, self.attempted_size = self.monotonic(), size
+            # Before any witness is asked: no cosignature of this round is older, so a quorum's
+            # age is counted from here (the witnesses are asked one after the other, each up to
+            # 10 s and three 409s: the round's end could be minutes after its first cosignature).
+            started, started_wall = self.monotonic(), self.wall()
+            self.attempted_at, self.attempted_size = started, size
             cosigned = 0
             failures: list[tuple[str, str, str]] = []
             for witness in self._witnesses:
@@ -246,5 +250,5 @@ class WitnessGuard:
                 witness.cosignatures += 1
                 cosigned += 1
             if cosigned >= self.config.quorum and size >= self.quorum_size:
-                self.quorum_size, self.quorum_at, self.quorum_wall = size, self.monotonic(), self.wall()
+                self.quorum_size, self.quorum_at, self.quorum_wall = size, started, started_wall
             return Round(size, cosigned, tuple(failures))
