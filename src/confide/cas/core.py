@@ -193,6 +193,37 @@ def verify_signed(doc: Any, expected_type: str) -> tuple[dict[str, Any], PublicI
     return body, signer
 
 
+WITHHELD = "(withheld)"
+"""What ``policy show`` returns in place of an explicit secret value or volume key."""
+
+
+def _explicit_volume_key(key: object) -> bool:
+    # a placeholder ($$SCONE::name$$) names a generated secret; anything else is the key itself
+    return isinstance(key, str) and "$$" not in key
+
+
+def holds_explicit_values(policy: Policy) -> bool:
+    """Whether the policy's document carries secret material: an explicit secret ``value`` or
+    an explicit volume ``fspf_key`` (docs/policy.md). Its submission then stays out of the
+    ledger (only its hash goes in), as the ledger is read by every reader of the policy."""
+    return any(sec.value is not None for sec in policy.secrets) or any(
+        _explicit_volume_key(vol.fspf_key) for vol in policy.volumes
+    )
+
+
+def withhold_explicit_values(document: dict[str, Any]) -> dict[str, Any]:
+    """The canonical policy JSON as ``policy show`` returns it: every explicit secret
+    ``value`` and explicit volume ``fspf_key`` replaced by :data:`WITHHELD` (docs/cas.md,
+    command-line contract: "never secret values"; a reader need not be the owner)."""
+    for sec in document.get("secrets") or []:
+        if isinstance(sec, dict) and "value" in sec:
+            sec["value"] = WITHHELD
+    for vol in document.get("volumes") or []:
+        if isinstance(vol, dict) and _explicit_volume_key(vol.get("fspf_key")):
+            vol["fspf_key"] = WITHHELD
+    return document
+
+
 def sign_document(body: dict[str, Any], sign: Callable[[bytes], bytes], signer_b64: str) -> dict[str, Any]:
     doc = {**body, "signer": signer_b64}
     return {**doc, "signature": base64.b64encode(sign(jcs(doc))).decode()}
@@ -603,8 +634,9 @@ class Cas:
                 "hash": digest, "predecessor": policy.predecessor, "signer": submitter,
                 "submission_sha256": hashlib.sha256(jcs(submission)).hexdigest(),
             }  # fmt: skip
-            if any(sec.value is not None for sec in policy.secrets):
-                # The document carries explicit secret values: the ledger records its hash only.
+            if holds_explicit_values(policy):
+                # The document carries explicit secret values or volume keys: the ledger records
+                # its hash only (docs/cas.md "Transparency").
                 payload["submission_withheld"] = "explicit secret values"
             else:
                 payload["submission"] = jcs(submission).decode()
@@ -1381,7 +1413,7 @@ class Cas:
             "name": name,
             "hash": head.hash,
             "creator": head.creator,
-            "policy": json.loads(canonical_json(policy)),
+            "policy": withhold_explicit_values(json.loads(canonical_json(policy))),
             "versions": versions,
             "secrets": secrets,
         }
