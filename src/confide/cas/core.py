@@ -842,11 +842,19 @@ class Cas:
         # Revocation (docs/cas.md "Revocation"): every generated CA's CRL reflects what this
         # version superseded or removed, in this transaction.
         issue_crls(self, conn, policy, digest, now)
-        self._prepare_volumes(conn, policy, digest)
+        self._prepare_volumes(conn, policy, digest, previous)
 
-    def _prepare_volumes(self, conn: Connection, policy: Policy, digest: str) -> None:
+    def _prepare_volumes(
+        self, conn: Connection, policy: Policy, digest: str, previous: Policy | None
+    ) -> None:
         """Each volume gets a key (the policy's ``fspf_key``, else generated and kept across
-        updates) and a current tag (the policy's ``fspf_tag`` when it declares a new one)."""
+        updates) and a current tag (the policy's ``fspf_tag`` when it declares a new one: one
+        the previous version did not declare for this volume; an update that keeps its
+        ``fspf_tag`` keeps the tag the services reported since, docs/cas.md "Volumes shared
+        between policies")."""
+        declared_before = {
+            vol.name: vol.fspf_tag for vol in (previous.volumes if previous else ()) if vol.import_ is None
+        }
         for vol in policy.volumes:
             if vol.import_ is not None:
                 continue
@@ -892,7 +900,9 @@ class Cas:
                     policy.name,
                     {"volume": vol.name, "tag": declared, "generation": 0, "by": digest},
                 )
-            elif vol.fspf_tag and vol.fspf_tag != current.tag and public.get("declared_tag") != vol.fspf_tag:
+            elif (
+                vol.fspf_tag and vol.fspf_tag != current.tag and declared_before.get(vol.name) != vol.fspf_tag
+            ):
                 conn.execute(
                     update(t.volume_tags)
                     .where(and_(t.volume_tags.c.policy == policy.name, t.volume_tags.c.volume == vol.name))
