@@ -166,6 +166,14 @@ EOF
 confide policy apply "$WORK/probe.yaml" --identity "$KEYS/hospital-a.id" >/dev/null
 expect 33 confide run --config-id hospital-a-probe/peek --tee sim -- "${TRAIN[@]}"
 
+step "refused: hospital A's policy points its own volume at hospital B's encrypted files"
+sed "s|^name: hospital-a|name: hospital-a-probe2|; s|/hospital-a/records|/hospital-b/records|" "$WORK/hospital-a.yaml" |
+  "$ROOT/.venv/bin/python" -c 'import re, sys; t = sys.stdin.read()
+t = t.replace("  - name: model\n    import:\n      session: fl-model\n      volume: model\n", "")
+print(re.sub(r"      - name: model\n        path: .*\n", "", t), end="")' >"$WORK/probe2.yaml"
+confide policy apply "$WORK/probe2.yaml" --identity "$KEYS/hospital-a.id" >/dev/null
+expect 21 confide run --config-id hospital-a-probe2/train --tee sim -- "${TRAIN[@]}"
+
 step "refused: policy updates by non-owners"
 sed "s|^version: \"0.3\"|version: \"0.3\"\npredecessor: ${HOSPITAL_HASH[a]}|; s|measurement: \"$TRAIN_M\"|measurement: \"$(confide sim measure -- "$SERVICE_PY" -I -B "$WORK/train-modified.py")\"|" \
   "$WORK/hospital-a.yaml" >"$WORK/hospital-a-hijack.yaml"
