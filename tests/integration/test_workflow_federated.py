@@ -99,13 +99,11 @@ class Workflow:
         out = confide(self.cas, "policy", "events", policy, "--identity", self.ident(who)).stdout
         return [json.loads(line) for line in out.splitlines()]
 
-    def open_volume(self, owner_policy: str, volume: str, directory: Path, who: str) -> Path:
-        """What the volume's owner reads with its key at the CAS's current tag."""
-        tags = [e["payload"] for e in self.events(owner_policy, who) if e["type"] == "volume-tag"]
-        current = [t for t in tags if t["volume"] == volume][-1]["tag"]  # type: ignore[index]
+    def open_volume(self, owner_policy: str, volume: str, directory: Path, tag: str) -> Path:
+        """What the volume's owner reads with its key at ``tag``."""
         keyfile = self.work / f"{owner_policy}-{volume}.key"
         out = self.work / f"open-{owner_policy}-{volume}-{time.monotonic_ns()}"
-        confide(self.cas, "volume", "open", str(directory), "--key", str(keyfile), "--tag", str(current),
+        confide(self.cas, "volume", "open", str(directory), "--key", str(keyfile), "--tag", tag,
                 "--to", str(out))  # fmt: skip
         return out
 
@@ -215,8 +213,17 @@ def expected_model(rounds: int) -> list[float]:
 
 
 def test_the_aggregated_model_is_the_federated_average(wf: Workflow) -> None:
-    model = json.loads((wf.open_volume("fl-model", "model", wf.store / "model-owner" / "model", "model-owner")
-                        / "model.json").read_text())  # fmt: skip
+    # the model owner reads the model at the CAS's current tag, and the versions of the hospitals'
+    # updates released to the aggregator's last run (its ledger entry names their tags)
+    tags = [e["payload"] for e in wf.events("fl-model", "model-owner") if e["type"] == "volume-tag"]
+    current = str(tags[-1]["tag"])  # type: ignore[index]
+    out = confide(
+        wf.cas, "ledger", "accesses", "fl-aggregator", "--identity", wf.ident("model-owner"), "--json"
+    )
+    released = {v["name"]: v for v in json.loads(out.stdout)[-1]["volumes"]}
+    assert released["model"]["tag"] != current  # the aggregator's run moved the model's tag
+    model_dir = wf.open_volume("fl-model", "model", wf.store / "model-owner" / "model", current)
+    model = json.loads((model_dir / "model.json").read_text())
     assert model["round"] == ROUNDS
     assert [h["sites"] for h in model["history"]] == [[f"hospital-{s}" for s in SITES]] * ROUNDS
     assert [h["samples"] for h in model["history"]] == [180] * ROUNDS
@@ -228,7 +235,7 @@ def test_the_aggregated_model_is_the_federated_average(wf: Workflow) -> None:
     updates = []
     for s in SITES:
         h = f"hospital-{s}"
-        opened = wf.open_volume(h, "update", wf.store / h / "update", h)
+        opened = wf.open_volume(h, "update", wf.store / h / "update", released[f"update-{s}"]["tag"])
         updates.append(json.loads((opened / "update.json").read_text()))
     assert [(u["site"], u["round"], u["samples"]) for u in updates] == [
         ("hospital-a", ROUNDS - 1, 40), ("hospital-b", ROUNDS - 1, 60), ("hospital-c", ROUNDS - 1, 80)
@@ -345,7 +352,8 @@ def test_a_changed_policy_stops_the_exports_pinned_to_it(wf: Workflow) -> None:
     wf.apply("fl-model", model_v2, "model-owner")
     assert "hospital-c: round" in wf.run("hospital-c/train", train).stdout
 
-    tags_before = [e for e in wf.events("fl-model", "model-owner") if e["type"] == "volume-tag"]
+    manifest = wf.store / "model-owner" / "model" / "MANIFEST"
+    model_before = manifest.read_bytes()
     v2 = wf.work / "aggregate-v2.py"
     v2.write_text((EXAMPLE / "services" / "aggregate.py").read_text() + "# v2\n")
     m_v2 = confide(wf.cas, "sim", "measure", "--", *wf.service(str(v2))).stdout.strip()
@@ -357,4 +365,4 @@ def test_a_changed_policy_stops_the_exports_pinned_to_it(wf: Workflow) -> None:
     r = wf.run("fl-aggregator/aggregate", str(v2), check=False)
     assert r.returncode == errors.AccessDeniedError.exit_code, r.stderr
     assert "does not export volume update to this version of fl-aggregator" in r.stderr
-    assert [e for e in wf.events("fl-model", "model-owner") if e["type"] == "volume-tag"] == tags_before
+    assert manifest.read_bytes() == model_before  # the refused aggregator wrote no model
