@@ -29,6 +29,7 @@ from confide.cas.secrets import Sealer
 from confide.cas.tcb_floor import (
     EVENT_ALTERED,
     EVENT_BOUND,
+    EVENT_FROM_LEDGER,
     EVENT_RAISED,
     FLOOR_FILE,
     TcbEvaluationFloor,
@@ -153,17 +154,21 @@ def test_a_backup_with_a_valid_mac_behind_the_ledger_is_restored(tmp_path: Path)
     authenticated(path).judge(evidence(18, 17), raise_floor=True)
     path.write_bytes(backup)  # an older file, MAC'd by this CAS
     floor = TcbEvaluationFloor(path)
-    event = floor.authenticate(K0, ({TDX: 18}, {"tdx": 17}))
-    assert event is not None and event[1]["check"] == "behind-ledger"
+    assert floor.authenticate(K0, ({TDX: 18}, {"tdx": 17})) is None  # the ledger holds these already
     assert floor.floors("tdx", FMSPC) == (18, 17)
+    assert json.loads(path.read_bytes())["tcb_info"] == {TDX: 18} and verifies(path, K0)
 
 
-def test_a_deleted_file_is_restored_from_the_ledger(tmp_path: Path) -> None:
+def test_a_deleted_file_or_a_new_replica_takes_the_ledgers_floor(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / FLOOR_FILE
     floor = TcbEvaluationFloor(path)
-    event = floor.authenticate(K0, ({TDX: 18}, {"tdx": 17}))
-    assert event is not None and event[1]["check"] == "missing"
+    with caplog.at_level(logging.INFO, logger="confide.cas"):
+        assert floor.authenticate(K0, ({TDX: 18}, {"tdx": 17})) is None
     assert floor.floors("tdx", FMSPC) == (18, 17) and verifies(path, K0)
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if EVENT_FROM_LEDGER in r.getMessage()]
+    assert line["check"] == "missing"
     assert TcbEvaluationFloor(tmp_path / "other").authenticate(K0, None) is None  # a fresh CAS
 
 
@@ -351,3 +356,26 @@ def test_online_rotation_re_macs_the_file_before_the_database_names_the_new_key(
     assert verifies(data_dir / FLOOR_FILE, new)
     floor.judge(evidence(19, 17), raise_floor=True)  # raised after the rotation: MAC'd under it
     assert verifies(data_dir / FLOOR_FILE, new)
+    assert wait_for(started, EVENT_RAISED, 2)[-1]["tcb_info"] == {TDX: 19}  # (its entry's thread done)
+
+
+def test_replicas_on_one_database_take_each_others_floor_at_start(tmp_path: Path, postgres: object) -> None:
+    """A replica with its own data directory (the same master key) on the shared PostgreSQL
+    database: at its start it takes the floor another replica raised (from the ledger)."""
+    db_url = postgres.new_database()  # type: ignore[attr-defined]
+    first = InProcessCas.start(tmp_path / "a", "", db_url=db_url).cas
+    try:
+        floor_of(first).judge(evidence(18, 17), raise_floor=True)
+        wait_for(first, EVENT_RAISED, 1)
+        (tmp_path / "b").mkdir(mode=0o700)
+        (tmp_path / "b" / PLAIN_NAME).write_bytes((tmp_path / "a" / PLAIN_NAME).read_bytes())
+        second = InProcessCas.start(tmp_path / "b", "", db_url=db_url).cas
+        try:
+            assert floor_of(second).floors("tdx", FMSPC) == (18, 17)
+            assert not events(second, EVENT_ALTERED)
+            with pytest.raises(CollateralOutdatedError):
+                floor_of(second).judge(evidence(17, 17), raise_floor=True)
+        finally:
+            second.db.dispose()
+    finally:
+        first.db.dispose()

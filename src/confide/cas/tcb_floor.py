@@ -40,15 +40,25 @@ or not the rotation's commit happened. Each raise is also a ledger entry
 replayed from a backup (a valid MAC over older numbers) cannot roll back.
 
 At each start, once the master key is open (:meth:`TcbEvaluationFloor.authenticate`, in the start
-transaction): a file whose MAC verifies under a held key and that is not behind the latest floor
-the ledger recorded is used as it is. Otherwise the CAS keeps running, failing closed: the floor
-is the larger of the file's numbers and the ledger's (never lower than either: an edit down is
-undone as far as the ledger knows, an edit up is kept), written back MAC'd, logged, and recorded
-(``dcap-tcb-evaluation-floor-altered``, with what failed). A file of an earlier version (no MAC,
-``v`` 1) is MAC'd as found (its numbers raised to the ledger's) at the first start, once
-(``dcap-tcb-evaluation-floor-bound``). A missing file is read as empty (the ledger's floor, and
-an ``altered`` entry if the ledger had one). The floor can no longer be lowered by editing the
-file: only a fresh data directory and database start from nothing.
+transaction), the floor is the larger, number by number, of the file's and of the latest floor
+the ledger recorded (so neither a file nor a database rolled back alone lowers it):
+
+- a file whose MAC verifies under a held key is used as it is; if the ledger's floor is higher
+  (a backup of the file restored, or a replica on a shared database whose peers raised it), or
+  there is no file (a new replica, a deleted file), the ledger's numbers are taken and written
+  back, logged (``dcap-tcb-evaluation-floor-from-ledger``), no ledger entry (it holds them);
+- a file whose MAC does not verify (edited, forged, the MAC removed, under a key the CAS does not
+  hold) fails closed: the CAS keeps running with the larger numbers (an edit down is undone as
+  far as the ledger knows, an edit up is kept), writes them back MAC'd, logs a warning that
+  says what to do, and records ``dcap-tcb-evaluation-floor-altered`` (what failed; whether the
+  ledger restored a number);
+- a file of an earlier version (``v`` 1, no MAC) is MAC'd as found (raised to the ledger's
+  numbers) at the first start, once (``dcap-tcb-evaluation-floor-bound``); after the ledger has
+  a floor, a version-1 file is one whose MAC was removed;
+- a verified file ahead of the ledger (a raise whose entry a crash lost) is recorded then.
+
+The floor can no longer be lowered by editing the file: only a fresh data directory with a
+fresh database starts from nothing.
 """
 
 from __future__ import annotations
@@ -74,6 +84,7 @@ from confide.verify.result import Platform, VerifiedEvidence
 __all__ = [
     "EVENT_ALTERED",
     "EVENT_BOUND",
+    "EVENT_FROM_LEDGER",
     "EVENT_RAISED",
     "FLOOR_FILE",
     "FLOOR_INFO",
@@ -89,6 +100,7 @@ FLOOR_INFO = b"confide-dcap-tcb-floor/v1"  # the HKDF info of the MAC key (RFC 5
 EVENT_RAISED = "dcap-tcb-evaluation-floor-raised"
 EVENT_ALTERED = "dcap-tcb-evaluation-floor-altered"
 EVENT_BOUND = "dcap-tcb-evaluation-floor-bound"
+EVENT_FROM_LEDGER = "dcap-tcb-evaluation-floor-from-ledger"  # a log line, not a ledger entry
 _KEY_ID = re.compile(r"[0-9a-f]{32}")
 _MAC = re.compile(r"[0-9a-f]{64}")
 MAX_FILE_SIZE = 1 << 20  # ~20 000 platforms; a CAS sees a few
@@ -272,6 +284,11 @@ class TcbEvaluationFloor:
             if check == "unbound":
                 _LOG.info(json.dumps({"event": EVENT_BOUND, "file": str(self.path)}))
                 return EVENT_BOUND, payload
+            if check in ("missing", "behind-ledger"):
+                # Nothing altered that the ledger does not already undo: a replica on a shared
+                # database (a new one has no file; another raised the floor), a backup restored.
+                _LOG.info(json.dumps({"event": EVENT_FROM_LEDGER, "check": check, "file": str(self.path)}))
+                return None
             lowered = recorded is not None and _below(current, recorded)
             event = {"event": EVENT_ALTERED, "check": check, "restored_from_ledger": lowered}
             _LOG.warning(json.dumps({**event, "file": str(self.path), "action": (
