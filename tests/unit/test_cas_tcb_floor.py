@@ -16,8 +16,8 @@ import pytest
 
 from confide import errors
 from confide.cas.pcs import DcapCollateralCache, DcapKey
-from confide.cas.server import prepare
 from confide.cas.secrets import Sealer
+from confide.cas.server import prepare
 from confide.cas.tcb_floor import FLOOR_FILE, TcbEvaluationFloor, floor_mac
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral.dcap import PcsHttpSource
