@@ -118,7 +118,6 @@ def test_a_file_edited_down_is_restored_from_the_ledger_logged_and_recorded(
         ({"macs": {}}, "mac"),  # the MAC removed
         ({"macs": {K1.sealing_key_id: "ab" * 32}}, "mac"),  # under a key the CAS does not hold
         ({"macs": {K0.sealing_key_id: "ab" * 32}}, "mac"),  # forged
-        ({"v": 1}, "mac"),  # passed off as a file of before the MAC, after the ledger has a floor
     ],
 )
 def test_a_missing_or_foreign_mac_never_lowers_the_floor(
@@ -126,10 +125,7 @@ def test_a_missing_or_foreign_mac_never_lowers_the_floor(
 ) -> None:
     path = tmp_path / FLOOR_FILE
     raised_file(path)
-    doc = {**json.loads(path.read_bytes()), "tcb_info": {TDX: 1}, **members}
-    if doc["v"] == 1:
-        del doc["macs"]
-    path.write_text(json.dumps(doc))
+    path.write_text(json.dumps({**json.loads(path.read_bytes()), "tcb_info": {TDX: 1}, **members}))
     floor = TcbEvaluationFloor(path)
     event = floor.authenticate(K0, ({TDX: 18}, {"tdx": 17}))
     assert event is not None and event[0] == EVENT_ALTERED and event[1]["check"] == check
@@ -176,9 +172,25 @@ def test_a_file_of_before_the_mac_is_bound_once(tmp_path: Path) -> None:
     path = tmp_path / FLOOR_FILE
     path.write_text(json.dumps({"v": 1, "tcb_info": {TDX: 18}, "qe_identity": {"tdx": 17}}))
     floor = TcbEvaluationFloor(path)
-    assert floor.authenticate(K0, None) == (EVENT_BOUND, {"tcb_info": {TDX: 18}, "qe_identity": {"tdx": 17}})
+    assert floor.authenticate(K0, None) == (
+        EVENT_BOUND,
+        {"tcb_info": {TDX: 18}, "qe_identity": {"tdx": 17}, "restored_from_ledger": False},
+    )
     assert verifies(path, K0) and not verifies(path, K1)
     assert TcbEvaluationFloor(path).authenticate(K0, ({TDX: 18}, {"tdx": 17})) is None  # once
+
+
+def test_a_mac_stripped_to_pass_as_an_old_file_lowers_nothing_the_ledger_holds(tmp_path: Path) -> None:
+    """Also a replica upgraded after another on a shared database (the ledger's floor is there)."""
+    path = tmp_path / FLOOR_FILE
+    path.write_text(json.dumps({"v": 1, "tcb_info": {TDX: 12}, "qe_identity": {"tdx": 17}}))
+    floor = TcbEvaluationFloor(path)
+    event = floor.authenticate(K0, ({TDX: 18}, {"tdx": 16}))
+    assert event == (
+        EVENT_BOUND,
+        {"tcb_info": {TDX: 18}, "qe_identity": {"tdx": 17}, "restored_from_ledger": True},
+    )
+    assert floor.floors("tdx", FMSPC) == (18, 17) and verifies(path, K0)
 
 
 def test_a_floor_ahead_of_the_ledger_is_recorded_at_the_start(tmp_path: Path) -> None:
@@ -286,7 +298,7 @@ def test_a_file_of_an_earlier_version_is_bound_at_the_first_start(data_dir: Path
     cas = restart(data_dir, db_url)
     try:
         (bound,) = events(cas, EVENT_BOUND)
-        assert bound == {"tcb_info": {TDX: 18}, "qe_identity": {"tdx": 17}}
+        assert bound == {"tcb_info": {TDX: 18}, "qe_identity": {"tdx": 17}, "restored_from_ledger": False}
         assert verifies(data_dir / FLOOR_FILE, Sealer(load_master_key(data_dir, None)))
     finally:
         cas.db.dispose()

@@ -53,8 +53,11 @@ the ledger recorded (so neither a file nor a database rolled back alone lowers i
   says what to do, and records ``dcap-tcb-evaluation-floor-altered`` (what failed; whether the
   ledger restored a number);
 - a file of an earlier version (``v`` 1, no MAC) is MAC'd as found (raised to the ledger's
-  numbers) at the first start, once (``dcap-tcb-evaluation-floor-bound``); after the ledger has
-  a floor, a version-1 file is one whose MAC was removed;
+  numbers) at the first start, once (``dcap-tcb-evaluation-floor-bound``, saying whether the
+  ledger raised a number). On a shared database a replica upgraded after another finds the
+  ledger's floor already there, so a version-1 file is bound whenever it is found: a MAC
+  stripped to pass a file off as an old one lowers nothing the ledger holds, and shows as a
+  second ``bound`` entry;
 - a verified file ahead of the ledger (a raise whose entry a crash lost) is recorded then.
 
 The floor can no longer be lowered by editing the file: only a fresh data directory with a
@@ -264,8 +267,7 @@ class TcbEvaluationFloor:
             if found is None:
                 check = "missing" if recorded is not None and (recorded[0] or recorded[1]) else None
             elif found.version != FLOOR_VERSION:
-                # A file of before the MAC; once the ledger has a floor, this version wrote it MAC'd
-                check = "unbound" if recorded is None else "mac"
+                check = "unbound"  # a file of before the MAC (module docstring)
             elif not found.verifies(sealer):
                 check = "mac"
             elif recorded is not None and _below((found.tcb_info, found.qe_identity), recorded):
@@ -281,15 +283,19 @@ class TcbEvaluationFloor:
             self._tcb_info, self._qe_identity = restored
             self._write(restored)
             payload: dict[str, Any] = {"tcb_info": restored[0], "qe_identity": restored[1]}
+            lowered = recorded is not None and _below(current, recorded)
             if check == "unbound":
-                _LOG.info(json.dumps({"event": EVENT_BOUND, "file": str(self.path)}))
-                return EVENT_BOUND, payload
+                _LOG.info(
+                    json.dumps(
+                        {"event": EVENT_BOUND, "file": str(self.path), "restored_from_ledger": lowered}
+                    )
+                )
+                return EVENT_BOUND, {**payload, "restored_from_ledger": lowered}
             if check in ("missing", "behind-ledger"):
                 # Nothing altered that the ledger does not already undo: a replica on a shared
                 # database (a new one has no file; another raised the floor), a backup restored.
                 _LOG.info(json.dumps({"event": EVENT_FROM_LEDGER, "check": check, "file": str(self.path)}))
                 return None
-            lowered = recorded is not None and _below(current, recorded)
             event = {"event": EVENT_ALTERED, "check": check, "restored_from_ledger": lowered}
             _LOG.warning(json.dumps({**event, "file": str(self.path), "action": (
                 "the floor is the larger of the file's and the ledger's numbers, written back MAC'd; "
