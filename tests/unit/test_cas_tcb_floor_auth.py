@@ -32,8 +32,10 @@ from confide.cas.tcb_floor import (
     EVENT_FROM_LEDGER,
     EVENT_RAISED,
     FLOOR_FILE,
+    LEDGER_META,
     TcbEvaluationFloor,
     floor_mac,
+    ledger_floor,
     rebind_floor_file,
 )
 from confide.errors import CollateralOutdatedError
@@ -44,9 +46,9 @@ FMSPC = "b0c06f000000"
 TDX = "tdx:" + FMSPC
 
 
-def evidence(tcb_info: int, qe_identity: int) -> VerifiedEvidence:
+def evidence(tcb_info: int, qe_identity: int, fmspc: str = FMSPC) -> VerifiedEvidence:
     return VerifiedEvidence(
-        Platform.TDX, {"fmspc": FMSPC}, 0.0, "00" * 32, tcb_evaluation=TcbEvaluation(tcb_info, qe_identity)
+        Platform.TDX, {"fmspc": fmspc}, 0.0, "00" * 32, tcb_evaluation=TcbEvaluation(tcb_info, qe_identity)
     )
 
 
@@ -387,6 +389,19 @@ def test_replicas_on_one_database_take_each_others_floor_at_start(tmp_path: Path
             assert not events(second, EVENT_ALTERED)
             with pytest.raises(CollateralOutdatedError):
                 floor_of(second).judge(evidence(17, 17), raise_floor=True)
+            # The first raises another platform; the second's later raise is recorded merged
+            # with it (each entry is the ledger's whole floor), so a third replica gets both.
+            floor_of(first).judge(evidence(20, 17, fmspc="00806f050000"), raise_floor=True)
+            wait_for(first, EVENT_RAISED, 2)
+            floor_of(second).judge(evidence(19, 17), raise_floor=True)
+            latest = wait_for(second, EVENT_RAISED, 3)[-1]
+            assert latest["tcb_info"] == {TDX: 19, "tdx:00806f050000": 20}
+            with second.db.read() as conn:
+                assert ledger_floor(conn) == ({TDX: 19, "tdx:00806f050000": 20}, {"tdx": 17})
+            with second.db.write() as conn:  # without the meta row: the entries themselves
+                raw_execute(conn, "DELETE FROM meta WHERE key = ?", (LEDGER_META,))
+            with second.db.read() as conn:
+                assert ledger_floor(conn) == ({TDX: 19, "tdx:00806f050000": 20}, {"tdx": 17})
         finally:
             second.db.dispose()
     finally:

@@ -97,7 +97,7 @@ from confide.cas.secrets import Sealer
 from confide.cas.self_check import SelfCheck
 from confide.cas.successor import Successors
 from confide.cas.successor_board import EVENT_BOARD, Board, store_board
-from confide.cas.tcb_floor import EVENT_RAISED, FLOOR_FILE, TcbEvaluationFloor, ledger_floor
+from confide.cas.tcb_floor import EVENT_RAISED, FLOOR_FILE, TcbEvaluationFloor, ledger_floor, record_floor
 from confide.cas.verifier import PlatformVerifier
 from confide.cas.witness_quorum import START_ATTEMPTS, START_DELAYS, Round, WitnessGuard, WitnessQuorum
 from confide.collateral import is_url, public_url
@@ -742,7 +742,7 @@ def prepare(
         # ledger's latest floor; a failure is recorded and the floor restored (confide.cas.tcb_floor).
         floor_event = tcb_floor.authenticate(sealer, ledger_floor(conn))
         if floor_event is not None:
-            cas.events.record(conn, floor_event[0], None, floor_event[1])
+            record_floor(conn, cas.events, *floor_event)
         cas.events.record(
             conn, "cas-start", None,
             {"dev": dev, "tls_cert_sha256": _cert_sha256(cert_path), "log_key": env["CONFIDE_LOG_KEY"],
@@ -769,8 +769,8 @@ def prepare(
 
 def _floor_recorder(cas: Cas, floor: TcbEvaluationFloor) -> Callable[[], None]:
     """What a raise of the DCAP TCB evaluation floor calls: a ledger entry
-    (``dcap-tcb-evaluation-floor-raised``) of the floor as it is when the entry is written (so
-    the latest entry is never behind an earlier one), in a thread of its own: the raise happens
+    (``dcap-tcb-evaluation-floor-raised``, :func:`record_floor`) of the floor as it is when the
+    entry is written, merged with the ledger's, in a thread of its own: the raise happens
     while evidence is verified, possibly inside another write transaction. A failure is logged;
     the next start records a floor the ledger lacks (:meth:`TcbEvaluationFloor.authenticate`)."""
     lock = threading.Lock()
@@ -778,7 +778,7 @@ def _floor_recorder(cas: Cas, floor: TcbEvaluationFloor) -> Callable[[], None]:
     def write() -> None:
         try:
             with lock, cas.db.write() as conn:
-                cas.events.record(conn, EVENT_RAISED, None, floor.tables())
+                record_floor(conn, cas.events, EVENT_RAISED, floor.tables())
         except Exception as exc:  # logged, never raised into a daemon thread's void
             logging.getLogger("confide.cas").warning(
                 json.dumps({"event": "dcap-tcb-evaluation-floor-not-recorded", "error": type(exc).__name__})

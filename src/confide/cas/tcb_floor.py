@@ -78,7 +78,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from confide import jsonstrict
-from confide.cas.db import raw_execute
+from confide.cas.db import EventSink, raw_execute
 from confide.cas.secrets import Sealer
 from confide.errors import CollateralOutdatedError, ConfideError, ParseError
 from confide.fsutil import read_bounded, write_atomic
@@ -95,6 +95,7 @@ __all__ = [
     "floor_tee",
     "ledger_floor",
     "rebind_floor_file",
+    "record_floor",
 ]
 
 FLOOR_FILE = "dcap-tcb-evaluation.json"
@@ -104,6 +105,7 @@ EVENT_RAISED = "dcap-tcb-evaluation-floor-raised"
 EVENT_ALTERED = "dcap-tcb-evaluation-floor-altered"
 EVENT_BOUND = "dcap-tcb-evaluation-floor-bound"
 EVENT_FROM_LEDGER = "dcap-tcb-evaluation-floor-from-ledger"  # a log line, not a ledger entry
+LEDGER_META = "dcap_tcb_evaluation_floor"  # the meta row: the ledger's merged floor (record_floor)
 _KEY_ID = re.compile(r"[0-9a-f]{32}")
 _MAC = re.compile(r"[0-9a-f]{64}")
 MAX_FILE_SIZE = 1 << 20  # ~20 000 platforms; a CAS sees a few
@@ -199,22 +201,60 @@ def _below(a: Tables, b: Tables) -> bool:
     return any(a[i].get(k, 0) < n for i in (0, 1) for k, n in b[i].items())
 
 
-def ledger_floor(conn: Connection) -> Tables | None:
-    """The latest floor the ledger recorded (events ``dcap-tcb-evaluation-floor-*``, each with the
-    whole tables), ``None`` when it recorded none. A payload that does not parse is ignored (it
-    cannot lower anything: the file's numbers still count)."""
-    row = raw_execute(
-        conn,
-        "SELECT payload FROM events WHERE type IN (?, ?, ?) ORDER BY seq DESC LIMIT 1",
-        (EVENT_RAISED, EVENT_ALTERED, EVENT_BOUND),
-    ).fetchone()
-    if row is None:
-        return None
+def _tables(payload: object) -> Tables | None:
+    """The tables of a floor entry's payload (or of the meta row); ``None`` if they do not parse."""
     try:
-        payload = json.loads(row[0])
+        if not isinstance(payload, dict):
+            return None
         return _table(payload["tcb_info"], "tcb_info"), _table(payload["qe_identity"], "qe_identity")
-    except (ValueError, KeyError, TypeError, ParseError):
+    except (KeyError, ParseError):
         return None
+
+
+def ledger_floor(conn: Connection) -> Tables | None:
+    """The floor the ledger recorded: the merge of every ``dcap-tcb-evaluation-floor-*`` entry
+    (each records the merged floor as it then was, so the latest is the merge of all), read from
+    the ``meta`` row :data:`LEDGER_META` that :func:`record_floor` writes in the same transaction
+    (one row, not a scan of the events at every start); without that row, from the entries
+    themselves. ``None`` when the ledger recorded none. A payload that does not parse counts
+    for nothing (it cannot lower anything: the file's numbers still count)."""
+    row = raw_execute(conn, "SELECT value FROM meta WHERE key = ?", (LEDGER_META,)).fetchone()
+    if row is not None:
+        try:
+            cached = _tables(json.loads(row[0]))
+        except ValueError:
+            cached = None
+        if cached is not None:
+            return cached
+    rows = raw_execute(
+        conn, "SELECT payload FROM events WHERE type IN (?, ?, ?)", (EVENT_RAISED, EVENT_ALTERED, EVENT_BOUND)
+    ).fetchall()
+    merged: Tables | None = None
+    for (payload,) in rows:
+        try:
+            tables = _tables(json.loads(payload))
+        except ValueError:
+            tables = None
+        if tables is not None:
+            merged = _merge(merged or ({}, {}), tables)
+    return merged
+
+
+def record_floor(conn: Connection, events: EventSink, type_: str, payload: dict[str, Any]) -> None:
+    """Record the floor entry ``type_`` in the caller's write transaction: ``payload``'s tables
+    merged with the ledger's floor (:func:`ledger_floor`; replicas on one database each record
+    their own raises), its other members as they are; and the merged floor in the ``meta`` row
+    :data:`LEDGER_META`."""
+    tables = _tables(payload) or ({}, {})
+    merged = _merge(tables, ledger_floor(conn) or ({}, {}))
+    events.record(conn, type_, None, {**payload, "tcb_info": merged[0], "qe_identity": merged[1]})
+    value = json.dumps(
+        {"tcb_info": merged[0], "qe_identity": merged[1]}, sort_keys=True, separators=(",", ":")
+    )
+    if raw_execute(conn, "SELECT 1 FROM meta WHERE key = ?", (LEDGER_META,)).fetchone() is None:
+        raw_execute(conn, "INSERT INTO meta (key, value) VALUES (?, ?)", (LEDGER_META, value))
+    else:
+        raw_execute(conn, "UPDATE meta SET value = ? WHERE key = ?", (value, LEDGER_META))
 
 
 def rebind_floor_file(data_dir: Path, old_key: bytes, new_key: bytes) -> str | None:
