@@ -22,6 +22,8 @@ The data directory holds (created on first start, mode 0700/0600):
   verified again whenever it is read);
 - ``rim-cache/``: with ``--nvidia-rim URL``, the NVIDIA RIMs fetched from the RIM service
   (:mod:`confide.cas.rims`: bounded, and verified again whenever it is read);
+- ``dcap-tcb-evaluation.json``: the highest Intel TCB evaluation numbers verified with the
+  CAS's own collateral, MAC'd under the master key (:mod:`confide.cas.tcb_floor`);
 - ``client.env``: ``export`` lines with what a client needs (``CONFIDE_CAS_URL``,
   ``CONFIDE_CAS_CERT``, and with ``--dev`` ``CONFIDE_SIM_DIR``);
 - ``*.new``: only while ``confide cas rotate-master-key`` runs, or after it was interrupted

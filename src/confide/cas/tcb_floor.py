@@ -36,8 +36,9 @@ key the CAS holds, its id and HMAC-SHA256 (RFC 2104) of the tables under HKDF-SH
 (:func:`rebind_floor_file`, before its commit) or online (:meth:`TcbEvaluationFloor.rewrite` once
 the sealer holds the new key, before the database names it), leaves a file that verifies whether
 or not the rotation's commit happened. Each raise is also a ledger entry
-(``dcap-tcb-evaluation-floor-raised``, the whole tables): the ledger's history, which a file
-replayed from a backup (a valid MAC over older numbers) cannot roll back.
+(``dcap-tcb-evaluation-floor-raised``, :func:`record_floor`: the whole tables merged with the
+ledger's, also kept in a ``meta`` row): the ledger's history, which a file replayed from a
+backup (a valid MAC over older numbers) cannot roll back.
 
 At each start, once the master key is open (:meth:`TcbEvaluationFloor.authenticate`, in the start
 transaction), the floor is the larger, number by number, of the file's and of the latest floor
