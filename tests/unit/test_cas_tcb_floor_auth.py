@@ -267,6 +267,9 @@ def restart(data_dir: Path, db_url: str | None) -> Cas:
 def test_a_raise_is_a_ledger_entry_and_an_edit_down_is_undone_at_the_next_start(
     started: Cas, data_dir: Path, db_url: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
+    with started.db.read() as conn:  # the start scanned the events once and kept the (empty) result
+        (kept,) = raw_execute(conn, "SELECT value FROM meta WHERE key = ?", (LEDGER_META,)).fetchone()
+    assert json.loads(kept) == {"tcb_info": {}, "qe_identity": {}}
     floor_of(started).judge(evidence(17, 17), raise_floor=True)
     floor_of(started).judge(evidence(18, 17), raise_floor=True)
     raised = wait_for(started, EVENT_RAISED, 2)

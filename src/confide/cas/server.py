@@ -742,7 +742,7 @@ def prepare(
             cas.events.record(conn, EVENT_BOUND, None, first_bound)
         # The DCAP TCB evaluation floor file checked under the master key and against the
         # ledger's latest floor; a failure is recorded and the floor restored (confide.cas.tcb_floor).
-        floor_event = tcb_floor.authenticate(sealer, ledger_floor(conn))
+        floor_event = tcb_floor.authenticate(sealer, ledger_floor(conn, store=True))
         if floor_event is not None:
             record_floor(conn, cas.events, *floor_event)
         cas.events.record(

@@ -212,33 +212,49 @@ def _tables(payload: object) -> Tables | None:
         return None
 
 
-def ledger_floor(conn: Connection) -> Tables | None:
+def ledger_floor(conn: Connection, *, store: bool = False) -> Tables | None:
     """The floor the ledger recorded: the merge of every ``dcap-tcb-evaluation-floor-*`` entry
     (each records the merged floor as it then was, so the latest is the merge of all), read from
     the ``meta`` row :data:`LEDGER_META` that :func:`record_floor` writes in the same transaction
     (one row, not a scan of the events at every start); without that row, from the entries
-    themselves. ``None`` when the ledger recorded none. A payload that does not parse counts
-    for nothing (it cannot lower anything: the file's numbers still count)."""
+    themselves, and with ``store`` (in a write transaction: the start's) the row is written then,
+    empty tables included, so the scan happens once. ``None`` when the ledger recorded none. A
+    payload that does not parse counts for nothing (it cannot lower anything: the file's numbers
+    still count)."""
     row = raw_execute(conn, "SELECT value FROM meta WHERE key = ?", (LEDGER_META,)).fetchone()
+    merged: Tables | None = None
     if row is not None:
         try:
-            cached = _tables(json.loads(row[0]))
+            merged = _tables(json.loads(row[0]))
         except ValueError:
-            cached = None
-        if cached is not None:
-            return cached
-    rows = raw_execute(
-        conn, "SELECT payload FROM events WHERE type IN (?, ?, ?)", (EVENT_RAISED, EVENT_ALTERED, EVENT_BOUND)
-    ).fetchall()
-    merged: Tables | None = None
-    for (payload,) in rows:
-        try:
-            tables = _tables(json.loads(payload))
-        except ValueError:
-            tables = None
-        if tables is not None:
-            merged = _merge(merged or ({}, {}), tables)
-    return merged
+            merged = None
+    if merged is None:
+        rows = raw_execute(
+            conn,
+            "SELECT payload FROM events WHERE type IN (?, ?, ?)",
+            (EVENT_RAISED, EVENT_ALTERED, EVENT_BOUND),
+        ).fetchall()
+        merged = ({}, {})
+        for (payload,) in rows:
+            try:
+                tables = _tables(json.loads(payload))
+            except ValueError:
+                tables = None
+            if tables is not None:
+                merged = _merge(merged, tables)
+        if store:
+            _store(conn, merged)
+    return merged if merged[0] or merged[1] else None
+
+
+def _store(conn: Connection, tables: Tables) -> None:
+    value = json.dumps(
+        {"tcb_info": tables[0], "qe_identity": tables[1]}, sort_keys=True, separators=(",", ":")
+    )
+    if raw_execute(conn, "SELECT 1 FROM meta WHERE key = ?", (LEDGER_META,)).fetchone() is None:
+        raw_execute(conn, "INSERT INTO meta (key, value) VALUES (?, ?)", (LEDGER_META, value))
+    else:
+        raw_execute(conn, "UPDATE meta SET value = ? WHERE key = ?", (value, LEDGER_META))
 
 
 def record_floor(conn: Connection, events: EventSink, type_: str, payload: dict[str, Any]) -> None:
@@ -249,13 +265,7 @@ def record_floor(conn: Connection, events: EventSink, type_: str, payload: dict[
     tables = _tables(payload) or ({}, {})
     merged = _merge(tables, ledger_floor(conn) or ({}, {}))
     events.record(conn, type_, None, {**payload, "tcb_info": merged[0], "qe_identity": merged[1]})
-    value = json.dumps(
-        {"tcb_info": merged[0], "qe_identity": merged[1]}, sort_keys=True, separators=(",", ":")
-    )
-    if raw_execute(conn, "SELECT 1 FROM meta WHERE key = ?", (LEDGER_META,)).fetchone() is None:
-        raw_execute(conn, "INSERT INTO meta (key, value) VALUES (?, ?)", (LEDGER_META, value))
-    else:
-        raw_execute(conn, "UPDATE meta SET value = ? WHERE key = ?", (value, LEDGER_META))
+    _store(conn, merged)
 
 
 def rebind_floor_file(data_dir: Path, old_key: bytes, new_key: bytes) -> str | None:
