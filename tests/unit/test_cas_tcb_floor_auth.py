@@ -205,6 +205,16 @@ def test_a_floor_ahead_of_the_ledger_is_recorded_at_the_start(tmp_path: Path) ->
     )
 
 
+def test_a_raise_before_the_master_key_is_open_is_written_once_it_is(tmp_path: Path) -> None:
+    """A joining CAS verifies its peer before it has the master key: nothing to MAC under yet."""
+    path = tmp_path / FLOOR_FILE
+    floor = TcbEvaluationFloor(path)
+    floor.judge(evidence(18, 17), raise_floor=True)
+    assert floor.floors("tdx", FMSPC) == (18, 17) and not path.exists()
+    assert floor.authenticate(K0, None) == (EVENT_RAISED, {"tcb_info": {TDX: 18}, "qe_identity": {"tdx": 17}})
+    assert verifies(path, K0) and json.loads(path.read_bytes())["tcb_info"] == {TDX: 18}
+
+
 def test_rebind_for_an_offline_rotation_verifies_under_either_key(tmp_path: Path) -> None:
     path = tmp_path / FLOOR_FILE
     assert rebind_floor_file(tmp_path, bytes(32), bytes(range(32))) is None

@@ -324,8 +324,11 @@ class TcbEvaluationFloor:
             elif recorded is not None and _below((found.tcb_info, found.qe_identity), recorded):
                 check = "behind-ledger"
             if check is None:
-                if found is not None and set(found.macs) != set(sealer.key_ids) and self.path is not None:
-                    self._write(current)  # MACs under exactly the keys now held (after a rotation)
+                on_disk = (found.tcb_info, found.qe_identity, set(found.macs)) if found is not None else None
+                if on_disk != (*current, set(sealer.key_ids)) and (found is not None or any(current)):
+                    # MACs under exactly the keys now held (after a rotation), and a raise held in
+                    # memory before the master key was open (a joining CAS verifying its peer)
+                    self._write(current)
                 if _below(recorded or ({}, {}), current):
                     # A raise whose ledger entry was not written (a crash): recorded now.
                     return EVENT_RAISED, {"tcb_info": dict(current[0]), "qe_identity": dict(current[1])}
