@@ -131,7 +131,9 @@ def test_online_rotation_reseals_in_batches_and_records_ids_only(setup: Setup) -
     finally:
         cas.db.dispose()
     assert status.state == "done" and status.old_key_id == old_id and status.new_key_id != old_id
-    assert status.resealed == 6 and status.batches == 3 and status.stragglers == 0
+    # 6 secrets in 3 batches of 2, then the one policy version in a batch of its own
+    assert status.resealed == 6 and status.batches == 4 and status.stragglers == 0
+    assert status.policy_versions == 1
     assert assert_settled(s) == status.new_key_id
     assert cas.sealer.key_ids == {status.new_key_id}  # the old key is forgotten
     for (policy, name, version), row in secret_rows(s.url).items():  # the old key opens nothing
@@ -154,7 +156,7 @@ def test_online_rotation_reseals_in_batches_and_records_ids_only(setup: Setup) -
     assert (
         event["online"] is True and event["old_key_id"] == old_id and event["new_key_id"] == status.new_key_id
     )
-    assert event["secrets"] == 6
+    assert event["secrets"] == 6 and event["policy_versions"] == 1
     assert s.old_key.hex() not in payload and current_key(s).hex() not in payload
     # The restarted CAS opens everything with the new key alone.
     cas = start(s)
@@ -317,7 +319,7 @@ def test_admin_socket_rotates_and_reports(channel: tuple[Setup, Cas, admin.Admin
     while (status := admin.request(s.data, {"op": "rotation-status"})["status"])["state"] == "running":
         assert time.time() < deadline
         time.sleep(0.05)
-    assert status["state"] == "done" and status["batches"] == 6
+    assert status["state"] == "done" and status["batches"] == 7  # 6 secrets, 1 policy version
     assert assert_settled(s) == status["new_key_id"]
 
 

@@ -61,6 +61,7 @@ from confide.cas.crl import (
 )
 from confide.cas.db import Database, EventSink, raw_connection, raw_execute, raw_executemany
 from confide.cas.owner_revocation import REVOKE_TYPE, parse_request, refusal, revoke_request
+from confide.cas.policy_rows import open_column, seal_column
 from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due, renew_policy
 from confide.cas.secrets import (
     CA_PATH,
@@ -626,7 +627,11 @@ class Cas:
             conn.execute(
                 insert(t.policies).values(
                     name=policy.name, hash=digest, seq=seq, predecessor=policy.predecessor,
-                    document=document, submission=json.dumps(submission, sort_keys=True),
+                    # sealed at rest (confide.cas.policy_rows, docs/cas.md "Policies at rest")
+                    document=seal_column(self.sealer, "document", policy.name, digest, document),
+                    submission=seal_column(
+                        self.sealer, "submission", policy.name, digest, json.dumps(submission, sort_keys=True)
+                    ),
                     submitter=submitter, creator=creator, state=state, created_at=now,
                 )
             )  # fmt: skip
@@ -708,7 +713,9 @@ class Cas:
         self, conn: Connection, approval: Any, signer: Any, name: str, digest: str
     ) -> ApplyResult | ConfideError:
         row = conn.execute(
-            select(t.policies).where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
+            select(
+                t.policies.c.state, t.policies.c.predecessor, t.policies.c.submitter, t.policies.c.creator
+            ).where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
         ).first()
         if row is None:
             raise ConflictError(f"no submitted version {digest[:16]}… of policy {name}")
@@ -800,7 +807,8 @@ class Cas:
         ).fetchone()
         if row is None:
             raise ConflictError(f"policy {name} version {digest} not found")
-        cached = loads_policy(row[0], source=f"stored policy {name}")
+        document = open_column(self.sealer, "document", name, digest, row[0])
+        cached = loads_policy(document, source=f"stored policy {name}")
         if policy_hash(cached) != digest:
             raise ConflictError(f"stored policy {name} does not hash to {digest}: the database was altered")
         self._policies.put((name, digest), cached)
@@ -1371,7 +1379,15 @@ class Cas:
                     "submitter": r.submitter,
                 }
                 for r in conn.execute(
-                    select(t.policies).where(t.policies.c.name == name).order_by(t.policies.c.seq)
+                    select(
+                        t.policies.c.hash,
+                        t.policies.c.seq,
+                        t.policies.c.state,
+                        t.policies.c.predecessor,
+                        t.policies.c.submitter,
+                    )
+                    .where(t.policies.c.name == name)
+                    .order_by(t.policies.c.seq)
                 )
             ]
             secrets: dict[str, Any] = {}

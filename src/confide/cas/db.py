@@ -77,6 +77,8 @@ policies = Table(
     Column("hash", String(64), nullable=False),
     Column("seq", BigInteger, nullable=False),
     Column("predecessor", String(64)),
+    # Both sealed at rest from schema 14 (confide.cas.policy_rows): read only through
+    # policy_rows.open_column.
     Column("document", Text, nullable=False),  # canonical policy JSON
     Column("submission", Text, nullable=False),  # the signed submission as received
     Column("submitter", String(64), nullable=False),
@@ -352,7 +354,7 @@ successor_retirement_approvals = Table(
     PrimaryKeyConstraint("retirement", "signer"),
 )
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 T = TypeVar("T")
 
@@ -503,9 +505,19 @@ def _v13(conn: Connection) -> None:
     revocation_sets.create(conn, checkfirst=True)
 
 
+def _v14(conn: Connection) -> None:
+    """Policy documents sealed at rest (confide.cas.policy_rows, docs/cas.md "Policies at
+    rest"): ``policies.document`` and ``policies.submission`` hold sealed values (still
+    ``TEXT``). The migration runs without the master key: the rows stored before are sealed at
+    the next start (``policy_rows.seal_clear_rows``, in the start's write transaction, once).
+    Code from before schema 14 refuses the database, so it never reads a sealed value as a
+    policy nor stores a clear one next to them."""
+    del conn
+
+
 _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12,
-    13: _v13,
+    13: _v13, 14: _v14,
 }  # fmt: skip
 
 

@@ -59,6 +59,7 @@ from confide.cas.db import Database, EventSink, raw_execute
 from confide.cas.db import secrets as secrets_table
 from confide.cas.keyfiles import SEALED_LOG_KEY_NAME, TLS_KEY_NAME, reprotect_tls_key, reseal_log_key
 from confide.cas.master_key import MASTER_KEY_SIZE, PLAIN_NAME, SEALED_NAME, seal_master_key
+from confide.cas.policy_rows import all_rows, reseal_rows
 from confide.cas.revocation_auth import reauthenticate_revocations
 from confide.cas.rotation import (
     EVENT_TYPE,
@@ -128,6 +129,7 @@ class RotationStatus:
     resealed: int = 0
     batches: int = 0
     stragglers: int = 0
+    policy_versions: int = 0  # policy rows re-sealed (confide.cas.policy_rows)
     event_seq: int | None = None
     error: str | None = None
     started_at: float | None = None
@@ -311,7 +313,7 @@ class OnlineRotation:
                     query.order_by(t.c.policy, t.c.name, t.c.version).limit(self.batch_size)
                 ).all()
                 if not rows:
-                    return
+                    break
                 count = self._reseal_rows(conn, rows, new_id)
                 last = (rows[-1].policy, rows[-1].name, rows[-1].version)
             self.status.resealed += count
@@ -319,6 +321,32 @@ class OnlineRotation:
             self.step("batch")
             if self.pause > 0:
                 time.sleep(self.pause)  # the attestations' turn at the write lock
+        self._reseal_policy_batches(new_id)
+
+    def _reseal_policy_batches(self, new_id: str) -> None:
+        """The policy documents (confide.cas.policy_rows), as the secrets: in primary-key order,
+        ``batch_size`` rows per transaction, a row already under the new key left alone."""
+        after: tuple[str, str] | None = None
+        while True:
+            with self.database.write() as conn:
+                rows = all_rows(conn, after=after, limit=self.batch_size)
+                if not rows:
+                    return
+                count = self._reseal_policy_rows(conn, rows, new_id)
+                after = (rows[-1].name, rows[-1].hash)
+            self.status.policy_versions += count
+            self.status.batches += 1
+            self.step("batch")
+            if self.pause > 0:
+                time.sleep(self.pause)
+
+    def _reseal_policy_rows(self, conn: Connection, rows: Any, new_id: str) -> int:
+        if self.database.is_sqlite:
+            raw_execute(conn, "PRAGMA secure_delete = ON")  # freed cell content is zeroed
+        if self.sealer.sealing_key_id != new_id:
+            raise StorageError("the sealer no longer seals under the new key: rotation abandoned")
+        # a row that opens under neither key aborts
+        return reseal_rows(conn, self.sealer, self.sealer, rows, skip=new_id)
 
     def _reseal_rows(self, conn: Connection, rows: Any, new_id: str) -> int:
         if self.database.is_sqlite:
@@ -349,6 +377,8 @@ class OnlineRotation:
                 conn, [r for r in rows if row_key_id(r.sealed) != new_id], new_id
             )
             status.resealed += status.stragglers
+            # The policy documents still not under the new key, in this transaction too.
+            status.policy_versions += self._reseal_policy_rows(conn, all_rows(conn), new_id)
             # The successor board, checked under the old key and authenticated under the new one.
             board = reauthenticate_board(conn, self.sealer.only(old_id), self.sealer.only(new_id), new_id)
             # The revocation records, checked under the old key and MAC'd under the new one.
@@ -361,6 +391,7 @@ class OnlineRotation:
             log = (self.data_dir / (SEALED_LOG_KEY_NAME + PENDING_SUFFIX)).exists()
             payload = {
                 "old_key_id": old_id, "new_key_id": new_id, "secrets": status.resealed,
+                "policy_versions": status.policy_versions,
                 "sealing": {"from": describe(self.provider), "to": describe(self.provider)},
                 "tls_key": "re-protected" if tls else "plain", "log_key": "re-sealed" if log else "plain",
                 "online": True, "batches": status.batches,

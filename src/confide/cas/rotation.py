@@ -58,6 +58,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, insert, inspect, select, text
 
 from confide.cas.db import Database, EventSink, meta, raw_execute
+from confide.cas.db import policies as policies_table
 from confide.cas.db import secrets as secrets_table
 from confide.cas.keyfiles import (
     LOG_KEY_NAME,
@@ -75,6 +76,7 @@ from confide.cas.master_key import (
     seal_master_key,
     unseal_master_key,
 )
+from confide.cas.policy_rows import all_rows, reseal_rows, seal_clear_rows
 from confide.cas.revocation_auth import reauthenticate_revocations
 from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer, key_id
@@ -449,7 +451,8 @@ def _scrub(database: Database) -> None:
             raw.close()
         return
     with database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text(f"VACUUM FULL {secrets_table.name}"))
+        for table in (secrets_table.name, policies_table.name):
+            conn.execute(text(f"VACUUM FULL {table}"))
 
 
 def rotate_master_key(
@@ -518,6 +521,10 @@ def rotate_master_key(
             if stored != old_id:
                 raise UsageError(f"the database's master key id changed during the rotation (now {stored})")
             count = _reseal(conn, old, new)
+            # The policy documents (confide.cas.policy_rows): rows of a database migrated but
+            # not started since are sealed first, as a start would; then all re-sealed.
+            seal_clear_rows(conn, old)
+            policy_rows = reseal_rows(conn, old, new, all_rows(conn))
             # The successor board, checked under K0 and authenticated under K1 (confide.cas.successor).
             board = reauthenticate_board(conn, old, new, new_id)
             # The revocation records, checked under K0 and MAC'd under K1 (confide.cas.revocation_auth).
@@ -525,6 +532,7 @@ def rotate_master_key(
             _write_id(conn, new_id)
             payload = {
                 "old_key_id": old_id, "new_key_id": new_id, "secrets": count,
+                "policy_versions": policy_rows,
                 **({"successor_board": "re-authenticated"} if board else {}),
                 **({"revocations": revocations} if revocations else {}),
                 **({"tcb_floor": tcb_floor} if tcb_floor else {}),

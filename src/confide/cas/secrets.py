@@ -19,6 +19,7 @@ import os
 import secrets as pysecrets
 import string
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -275,22 +276,51 @@ class Sealer:
         return b"confide-secret-v2\x00" + kid + b"\x00" + base
 
     def seal(self, value: SecretValue, *, policy: str, name: str, version: int) -> bytes:
+        return self._seal(value.to_bytes(), lambda kid: self._aad(policy, name, version, kid))
+
+    def unseal(self, sealed: bytes, *, policy: str, name: str, version: int) -> SecretValue:
+        what = f"sealed secret {policy}/{name} v{version}"
+        plain = self._open(sealed, lambda kid: self._aad(policy, name, version, kid), what, legacy=True)
+        try:
+            return SecretValue.from_bytes(plain)
+        except Exception:  # a corrupt body that authenticated: cannot happen without the key
+            raise SignatureError(f"{what} does not authenticate") from None
+
+    @staticmethod
+    def _record_aad(record: tuple[str, ...], kid: bytes) -> bytes:
+        # JSON: an unambiguous encoding of the parts, whatever characters they hold
+        return b"confide-record-v1\x00" + kid + b"\x00" + json.dumps(list(record)).encode()
+
+    def seal_record(self, plain: bytes, *, record: tuple[str, ...]) -> bytes:
+        """Seal ``plain`` (the same ``CSL2`` envelope as a secret) bound to ``record``, the parts
+        that name where it is stored (table, column, row key), as associated data of both
+        layers: moved to another row, column or table it does not open. Used for the policy
+        documents at rest (:mod:`confide.cas.policy_rows`)."""
+        return self._seal(plain, lambda kid: self._record_aad(record, kid or b""))
+
+    def unseal_record(self, sealed: bytes, *, record: tuple[str, ...], what: str) -> bytes:
+        """The bytes sealed by :meth:`seal_record` for ``record``; :class:`SignatureError` (naming
+        ``what``, never the content) when it is malformed or does not authenticate."""
+        return self._open(sealed, lambda kid: self._record_aad(record, kid or b""), what, legacy=False)
+
+    def _seal(self, plain: bytes, aad_of: Callable[[bytes], bytes]) -> bytes:
         kid = self._sealing
         kek = self._keys[kid]
-        aad = self._aad(policy, name, version, kid)
+        aad = aad_of(kid)
         dek = AESGCM.generate_key(bit_length=256)
         n1, n2 = os.urandom(_NONCE), os.urandom(_NONCE)
         wrapped = kek.encrypt(n1, dek, aad)
-        body = AESGCM(dek).encrypt(n2, value.to_bytes(), aad)
+        body = AESGCM(dek).encrypt(n2, plain, aad)
         return _MAGIC + kid + n1 + wrapped + n2 + body
 
-    def unseal(self, sealed: bytes, *, policy: str, name: str, version: int) -> SecretValue:
+    def _open(
+        self, sealed: bytes, aad_of: Callable[[bytes | None], bytes], what: str, *, legacy: bool
+    ) -> bytes:
         wrapped_len = 32 + 16
-        what = f"sealed secret {policy}/{name} v{version}"
         if sealed.startswith(_MAGIC):
             kid: bytes | None = sealed[4 : 4 + KEY_ID_SIZE]
             p = 4 + KEY_ID_SIZE
-        elif sealed.startswith(_MAGIC_V1):
+        elif legacy and sealed.startswith(_MAGIC_V1):
             kid, p = None, 4
         else:
             raise SignatureError(f"{what} is malformed")
@@ -305,7 +335,7 @@ class Sealer:
             raise SignatureError(
                 f"{what} is sealed under master key id {kid.hex()}, which this CAS does not hold"
             )
-        aad = self._aad(policy, name, version, kid)
+        aad = aad_of(kid)
         n1 = sealed[p : p + _NONCE]
         p += _NONCE
         wrapped = sealed[p : p + wrapped_len]
@@ -318,8 +348,8 @@ class Sealer:
             except InvalidTag:
                 continue
             try:
-                return SecretValue.from_bytes(AESGCM(dek).decrypt(n2, sealed[p:], aad))
-            except Exception:  # InvalidTag, or a corrupt body
+                return AESGCM(dek).decrypt(n2, sealed[p:], aad)
+            except InvalidTag:
                 break
         raise SignatureError(f"{what} does not authenticate") from None
 

@@ -88,11 +88,18 @@ from confide.cas.online_rotation import OnlineRotation, add_pending_key
 from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, CasEvidence, EvidenceRefresher
 from confide.cas.own_vcek import with_kds_vcek
 from confide.cas.pin import AttestedWitnesses, cas_binding
+from confide.cas.policy_rows import seal_clear_rows
 from confide.cas.public_http import PublicApp
 from confide.cas.renewal import DEFAULT_SWEEP_SECONDS, CertificateRenewer
 from confide.cas.revocation import STAPLED, OcspCache
 from confide.cas.revocation_auth import EVENT_BOUND, bind_unbound
-from confide.cas.rotation import bind_master_key, open_master_key, stored_master_key_id, stored_next_key_id
+from confide.cas.rotation import (
+    _scrub,
+    bind_master_key,
+    open_master_key,
+    stored_master_key_id,
+    stored_next_key_id,
+)
 from confide.cas.runlock import RunLock, run_lock
 from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer
@@ -736,6 +743,8 @@ def prepare(
         successors.refuse_retired_start(own)
     with database.write() as conn:
         master_key_id = bind_master_key(conn, master)
+        # Policy rows stored before schema 14, sealed as found, once (confide.cas.policy_rows).
+        policies_sealed = seal_clear_rows(conn, sealer)
         # Revocations recorded before schema 13, MAC'd as found, once (confide.cas.revocation_auth).
         first_bound = bind_unbound(conn, sealer)
         if first_bound is not None:
@@ -760,6 +769,8 @@ def prepare(
                 {"board": record["board"], "board_sha256": successor_board.sha256,
                  "master_key_id": master_key_id},
             )  # fmt: skip
+    if policies_sealed:
+        _scrub(database)  # the clear contents out of the database files (as after a rotation)
     tcb_floor.on_raise = _floor_recorder(cas, tcb_floor)
     if joined is not None:
         logging.getLogger("confide.cas").info(

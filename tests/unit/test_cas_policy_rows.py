@@ -1,0 +1,293 @@
+"""Policy documents sealed at rest (confide.cas.policy_rows; docs/cas.md "Policies at rest"): a
+policy's explicit secret ``value`` or volume ``fspf_key`` never reaches the database files in
+clear (after apply, update, approval, migration, offline and online rotation), a sealed value
+moved to another row or column, edited, or replaced by clear text is refused with
+:class:`SignatureError`, and an older database is sealed at its first start. The real
+in-process CAS on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from cas_inproc import InProcessCas
+from confide.cas.core import APPROVAL_TYPE, READ_TYPE, WITHHELD, sign_document
+from confide.cas.db import SCHEMA_VERSION, Database, raw_execute
+from confide.cas.ledger_sink import LedgerEventSink
+from confide.cas.master_key import load_master_key
+from confide.cas.online_rotation import OnlineRotation
+from confide.cas.policy_rows import PREFIX, SEALED_META, open_column, row_key_ids, seal_clear_rows
+from confide.cas.rotation import rotate_master_key
+from confide.cas.secrets import Sealer
+from confide.errors import SignatureError
+from confide.identity import Identity
+
+VOLUME_KEY = "5e" * 32
+SECRET_VALUE = "an explicit password 7f3a9c"
+SECRET_VALUE_2 = "the second explicit password 41b8e2"
+
+
+def policy(name: str, body: str, *, predecessor: str | None = None, update: str = "[CREATOR]") -> str:
+    pred = f"predecessor: {predecessor}\n" if predecessor else ""
+    return f"""name: {name}
+version: "0.3"
+{pred}{body}
+access_policy:
+  read: [CREATOR]
+  update: {update}
+"""
+
+
+EXPLICIT = (
+    f"secrets:\n  - name: pw\n    kind: ascii\n    value: {SECRET_VALUE}\n"
+    f'volumes:\n  - name: records\n    fspf_key: {VOLUME_KEY}\n    fspf_tag: "{"0c" * 32}"\n'
+)
+EXPLICIT_2 = EXPLICIT.replace(SECRET_VALUE, SECRET_VALUE_2)
+NEEDLES = [SECRET_VALUE, SECRET_VALUE_2, VOLUME_KEY, VOLUME_KEY.upper()]
+
+
+def read_request(name: str, who: Identity) -> dict[str, Any]:
+    body = {"type": READ_TYPE, "name": name, "time": int(time.time())}
+    return sign_document(body, who.sign, who.public.public_base64)
+
+
+@dataclass
+class Env:
+    data: Path
+    db_url: str | None
+    ipc: InProcessCas
+    owner: Identity
+    pg_data: Path | None
+
+    def restart(self) -> None:
+        self.ipc.cas.db.dispose()
+        self.ipc = InProcessCas.start(self.data, "", db_url=self.db_url)
+
+    def sql(self, statement: str, params: tuple[object, ...] = ()) -> list[Any]:
+        with self.ipc.cas.db.write() as conn:
+            cur = raw_execute(conn, statement, params)
+            return list(cur.fetchall()) if statement.lstrip().upper().startswith("SELECT") else []
+
+    def url(self) -> str:
+        return self.db_url or f"sqlite:///{self.data / 'cas.db'}"
+
+    def files(self) -> list[bytes]:
+        """The raw bytes of the database's files (PostgreSQL: after a checkpoint, the database's
+        directory; its write-ahead log is the server's, outside the CAS's control)."""
+        if self.pg_data is None:
+            return [p.read_bytes() for p in self.data.glob("cas.db*")]
+        (oid,) = self.sql("SELECT oid FROM pg_database WHERE datname = current_database()")[0]
+        db = Database(self.url())
+        try:
+            with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                raw_execute(conn, "CHECKPOINT")
+        finally:
+            db.dispose()
+        return [p.read_bytes() for p in (self.pg_data / "base" / str(oid)).iterdir() if p.is_file()]
+
+    def assert_no_values(self) -> None:
+        blobs = self.files()
+        assert blobs
+        for blob in blobs:
+            for needle in NEEDLES:
+                assert needle.encode() not in blob
+            assert bytes.fromhex(VOLUME_KEY) not in blob
+        for document, submission in self.sql("SELECT document, submission FROM policies"):
+            assert document.startswith(PREFIX) and submission.startswith(PREFIX)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    pg_data = None
+    db_url = None
+    if request.param == "postgresql":
+        cluster = request.getfixturevalue("postgres")
+        db_url, pg_data = cluster.new_database(), cluster.data
+    data = tmp_path / "cas"
+    out = Env(data, db_url, InProcessCas.start(data, "", db_url=db_url), Identity.generate(), pg_data)
+    try:
+        yield out
+    finally:
+        out.ipc.cas.db.dispose()
+
+
+def apply_both(env: Env) -> str:
+    """``vault`` with explicit values, then updated (new explicit values); returns its head hash."""
+    first = env.ipc.apply(policy("vault", EXPLICIT), env.owner)
+    second = env.ipc.apply(policy("vault", EXPLICIT_2, predecessor=first.hash), env.owner)
+    assert second.state == "active"
+    return str(second.hash)
+
+
+def assert_shown(env: Env, digest: str) -> None:
+    shown = env.ipc.cas.show(read_request("vault", env.owner))
+    assert shown["hash"] == digest
+    assert [s.get("value") for s in shown["policy"]["secrets"]] == [WITHHELD]
+    assert [v.get("fspf_key") for v in shown["policy"]["volumes"]] == [WITHHELD]
+    text = json.dumps(shown)
+    assert all(needle not in text for needle in NEEDLES)
+
+
+def test_apply_and_update_keep_explicit_values_out_of_the_database_files(env: Env) -> None:
+    digest = apply_both(env)
+    assert_shown(env, digest)
+    env.assert_no_values()
+    env.restart()  # read back from the database, not from the cache
+    assert_shown(env, digest)
+
+
+def test_a_pending_version_and_its_approval_stay_sealed(env: Env) -> None:
+    other = Identity.generate()
+    board = f"\n    - require-all:\n        - signer: {env.owner.fingerprint}\n        - signer: {other.fingerprint}"
+    first = env.ipc.apply(policy("vault", EXPLICIT, update=board), env.owner)
+    pending = env.ipc.apply(policy("vault", EXPLICIT_2, predecessor=first.hash, update=board), env.owner)
+    assert pending.state == "pending"
+    env.assert_no_values()
+    approval = sign_document(
+        {"type": APPROVAL_TYPE, "name": "vault", "hash": pending.hash}, other.sign, other.public.public_base64
+    )
+    assert env.ipc.cas.approve(approval).state == "active"
+    env.restart()
+    assert env.ipc.cas.show(read_request("vault", env.owner))["hash"] == pending.hash
+    env.assert_no_values()
+
+
+def rows(env: Env) -> dict[tuple[str, str], tuple[str, str]]:
+    return {(n, h): (d, s) for n, h, d, s in env.sql("SELECT name, hash, document, submission FROM policies")}
+
+
+def set_row(env: Env, key: tuple[str, str], document: str, submission: str) -> None:
+    env.sql(
+        "UPDATE policies SET document = ?, submission = ? WHERE name = ? AND hash = ?",
+        (document, submission, *key),
+    )
+
+
+@pytest.mark.parametrize("change", ["other-row", "other-column", "edited", "clear", "garbage"])
+def test_a_moved_edited_or_clear_row_is_refused(env: Env, change: str) -> None:
+    env.ipc.apply(policy("vault", EXPLICIT), env.owner)
+    env.ipc.apply(policy("other", EXPLICIT_2), env.owner)
+    stored = rows(env)
+    [key] = [k for k in stored if k[0] == "vault"]
+    [other] = [k for k in stored if k[0] == "other"]
+    document, submission = stored[key]
+    clear = open_column(env.ipc.cas.sealer, "document", key[0], key[1], document)
+    match change:
+        case "other-row":  # another policy's sealed document
+            document = stored[other][0]
+        case "other-column":  # the row's own submission as its document
+            document, submission = submission, document
+        case "edited":
+            body = document[len(PREFIX) :]
+            flipped = "A" if body[40] != "A" else "B"
+            document = PREFIX + body[:40] + flipped + body[41:]
+        case "clear":  # the right document, hashing to the row's hash, in clear
+            document = clear
+        case "garbage":
+            document = PREFIX + "not base64!"
+    set_row(env, key, document, submission)
+    env.restart()  # no cached policy: the row is read
+    with pytest.raises(SignatureError, match="stored policy vault") as info:
+        env.ipc.cas.show(read_request("vault", env.owner))
+    assert SECRET_VALUE not in str(info.value)
+    # the start did not take the clear row as a migration: it stays refused
+    assert rows(env)[key][0] == document
+    env.ipc.cas.show(read_request("other", env.owner))  # the other policy is untouched
+
+
+def make_old(env: Env) -> dict[tuple[str, str], tuple[str, str]]:
+    """Turn the database into one of schema 13 (the policy rows in clear, no ``policies_sealed``)
+    and stop the CAS; returns the clear rows."""
+    sealer = env.ipc.cas.sealer
+    clear = {
+        (n, h): (open_column(sealer, "document", n, h, d), open_column(sealer, "submission", n, h, s))
+        for (n, h), (d, s) in rows(env).items()
+    }
+    for key, (document, submission) in clear.items():
+        set_row(env, key, document, submission)
+    env.sql("DELETE FROM meta WHERE key = ?", (SEALED_META,))
+    env.sql("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION - 1),))
+    assert any(SECRET_VALUE_2.encode() in blob for blob in env.files())  # the test sees clear rows
+    env.ipc.cas.db.dispose()
+    return clear
+
+
+def test_an_older_database_is_sealed_at_its_first_start(env: Env) -> None:
+    digest = apply_both(env)
+    clear = make_old(env)
+    env.ipc = InProcessCas.start(env.data, "", db_url=env.db_url)
+    assert env.sql("SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
+    assert env.sql("SELECT value FROM meta WHERE key = ?", (SEALED_META,)) == [("1",)]
+    sealer = env.ipc.cas.sealer
+    for (n, h), (document, submission) in rows(env).items():
+        assert open_column(sealer, "document", n, h, document) == clear[(n, h)][0]
+        assert open_column(sealer, "submission", n, h, submission) == clear[(n, h)][1]
+    assert_shown(env, digest)
+    env.assert_no_values()
+    with env.ipc.cas.db.write() as conn:  # once: a second call does nothing
+        assert seal_clear_rows(conn, sealer) is None
+
+
+def test_offline_rotation_reseals_the_policy_rows(env: Env) -> None:
+    digest = apply_both(env)
+    old = env.ipc.cas.sealer
+    before = rows(env)
+    env.ipc.cas.db.dispose()
+    db = Database(env.url())
+    try:
+        result = rotate_master_key(env.data, db, seal=None, to_seal=None, events=LedgerEventSink())
+    finally:
+        db.dispose()
+    env.ipc = InProcessCas.start(env.data, "", db_url=env.db_url)
+    after = rows(env)
+    assert after.keys() == before.keys()
+    for (n, h), (document, submission) in after.items():
+        assert row_key_ids(document, submission) == {result.new_key_id}
+        with pytest.raises(SignatureError):
+            open_column(old, "document", n, h, document)
+    assert_shown(env, digest)
+    env.assert_no_values()
+    [payload] = env.sql("SELECT payload FROM events WHERE type = 'master-key-rotated'")
+    assert json.loads(payload[0])["policy_versions"] == len(after)
+
+
+def test_offline_rotation_of_an_older_database_seals_its_rows(env: Env) -> None:
+    digest = apply_both(env)
+    make_old(env)
+    db = Database(env.url())
+    try:
+        result = rotate_master_key(env.data, db, seal=None, to_seal=None, events=LedgerEventSink())
+    finally:
+        db.dispose()
+    env.ipc = InProcessCas.start(env.data, "", db_url=env.db_url)
+    for document, submission in rows(env).values():
+        assert row_key_ids(document, submission) == {result.new_key_id}
+    assert_shown(env, digest)
+    env.assert_no_values()
+
+
+def test_online_rotation_reseals_the_policy_rows(env: Env) -> None:
+    digest = apply_both(env)
+    env.ipc.apply(policy("other", EXPLICIT), env.owner)
+    old_key = load_master_key(env.data, None)
+    cas = env.ipc.cas
+    status = OnlineRotation(
+        env.data, cas.db, cas.sealer, None, LedgerEventSink(), None, batch_size=1, pause=0
+    ).run()
+    assert status.state == "done" and status.policy_versions == 3
+    stored = rows(env)
+    for (n, h), (document, submission) in stored.items():
+        assert row_key_ids(document, submission) == {status.new_key_id}
+        with pytest.raises(SignatureError):
+            open_column(Sealer(old_key), "submission", n, h, submission)
+    env.restart()
+    assert_shown(env, digest)
+    env.assert_no_values()
