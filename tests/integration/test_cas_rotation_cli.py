@@ -143,3 +143,66 @@ def test_to_seal_sev_snp_outside_snp_changes_nothing(tmp_path: Path) -> None:
     assert out.returncode == errors.UsageError.exit_code, out.stderr
     out = run_confide("cas", "rotate-master-key", "--data-dir", tmp_path / "absent")
     assert out.returncode == errors.UsageError.exit_code and "not a directory" in out.stderr
+
+
+EXPLICIT_VALUE = "explicit-e2e-value-9d41c7"
+EXPLICIT_KEY = "7a" * 32
+
+
+def test_explicit_values_are_sealed_in_the_database_before_and_after_a_rotation(
+    cas: CasProcess, tmp_path: Path
+) -> None:
+    """A policy's explicit secret ``value`` and volume ``fspf_key`` are in no database file (the
+    ``policies`` rows are sealed, docs/cas.md "Policies at rest"), while the service still
+    receives the value, ``policy show`` withholds it, and the auditor's ledger checks pass;
+    likewise after an offline rotation of the master key."""
+    alice, _ = identity(cas, tmp_path, "alice")
+    script = app_script(tmp_path)
+    m = measure(cas, "/bin/sh", str(script))
+    body = (
+        f"secrets:\n  - name: s\n    kind: ascii\n    value: {EXPLICIT_VALUE}\n"
+        f'volumes:\n  - name: v\n    fspf_key: {EXPLICIT_KEY}\n    fspf_tag: "{"0c" * 32}"\n'
+    )
+    service = '    environment:\n      S: "$$SCONE::s$$"\n'
+    assert (
+        apply(cas, tmp_path, policy_yaml("rot", m, extra_service=service, body=body), alice).returncode == 0
+    )
+
+    def check() -> None:
+        assert released(cas, script) == {"S": EXPLICIT_VALUE}
+        shown = confide(cas, "policy", "show", "rot", "--identity", str(alice), check=True).stdout
+        assert EXPLICIT_VALUE not in shown and EXPLICIT_KEY not in shown
+        hist = json.loads(
+            confide(cas, "ledger", "history", "rot", "--identity", str(alice), "--json", check=True).stdout
+        )
+        assert [h["event"] for h in hist["history"]] == ["policy.created"]
+
+    def assert_sealed() -> None:
+        db = Database(cas.db_url or f"sqlite:///{cas.data_dir / 'cas.db'}")
+        try:
+            with db.read() as conn:
+                stored = raw_execute(conn, "SELECT document, submission FROM policies").fetchall()
+        finally:
+            db.dispose()
+        assert stored and all(d.startswith("sealed:") and s.startswith("sealed:") for d, s in stored)
+        if not cas.db_url:  # the raw files (PostgreSQL's: tests/unit/test_cas_policy_rows.py)
+            blobs = [p.read_bytes() for p in cas.data_dir.glob("cas.db*")]
+            assert blobs
+            for blob in blobs:
+                for needle in (EXPLICIT_VALUE.encode(), EXPLICIT_KEY.encode(), bytes.fromhex(EXPLICIT_KEY)):
+                    assert needle not in blob
+
+    check()
+    wait_for_log(cas.env, 3)
+    state = tmp_path / "auditor.state"
+    args = ["ledger", "verify", "--url", cas.env["CONFIDE_LOG_URL"], "--key", cas.env["CONFIDE_LOG_KEY"],
+            "--state", str(state), "--json"]  # fmt: skip
+    assert json.loads(confide(cas, *args, check=True).stdout)["verified"]
+    cas.stop()
+    assert_sealed()
+    code, _out, err = rotate(cas)
+    assert code == 0, err
+    assert_sealed()
+    cas.start()
+    check()
+    assert json.loads(confide(cas, *args, check=True).stdout)["verified"]

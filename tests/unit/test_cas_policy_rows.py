@@ -203,6 +203,27 @@ def test_a_moved_edited_or_clear_row_is_refused(env: Env, change: str) -> None:
     env.ipc.cas.show(read_request("other", env.owner))  # the other policy is untouched
 
 
+def test_a_clear_row_next_to_sealed_ones_is_never_sealed(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """Even with the ``meta`` row that records the migration removed: only a database whose
+    rows are all clear is sealed at a start."""
+    env.ipc.apply(policy("vault", EXPLICIT), env.owner)
+    env.ipc.apply(policy("other", EXPLICIT_2), env.owner)
+    stored = rows(env)
+    [key] = [k for k in stored if k[0] == "vault"]
+    document, submission = stored[key]
+    clear = open_column(env.ipc.cas.sealer, "document", key[0], key[1], document)
+    set_row(env, key, clear, submission)
+    env.sql("DELETE FROM meta WHERE key = ?", (SEALED_META,))
+    with caplog.at_level("WARNING", logger="confide.cas"):
+        env.restart()
+    assert any("policy-rows-not-sealed" in r.getMessage() for r in caplog.records)
+    assert rows(env)[key][0] == clear
+    assert env.sql("SELECT value FROM meta WHERE key = ?", (SEALED_META,)) == [("1",)]
+    with pytest.raises(SignatureError, match="is not sealed"):
+        env.ipc.cas.show(read_request("vault", env.owner))
+    env.ipc.cas.show(read_request("other", env.owner))
+
+
 def make_old(env: Env) -> dict[tuple[str, str], tuple[str, str]]:
     """Turn the database into one of schema 13 (the policy rows in clear, no ``policies_sealed``)
     and stop the CAS; returns the clear rows."""

@@ -382,7 +382,8 @@ def cas_rotate_master_key(
             database.dispose()
     click.echo(
         f"master key rotated: {result.old_key_id} -> {result.new_key_id} ({result.sealing_from} -> "
-        f"{result.sealing_to}); {result.secrets} secrets re-sealed; TLS key {result.tls_key}, log key "
+        f"{result.sealing_to}); {result.secrets} secrets re-sealed, {result.policy_versions} policy "
+        f"versions; TLS key {result.tls_key}, log key "
         f"{result.log_key}; ledger entry {result.event_seq - 1} (key.rotated)",
         err=True,
     )
@@ -409,7 +410,8 @@ def _rotate_online(data_dir: Path, batch_size: int | None, pause_ms: int | None)
         )
     click.echo(
         f"master key rotated online: {status['old_key_id']} -> {status['new_key_id']}; "
-        f"{status['resealed']} secrets re-sealed in {status['batches']} batches; "
+        f"{status['resealed']} secrets re-sealed, {status['policy_versions']} policy versions, in "
+        f"{status['batches']} batches; "
         f"ledger entry {status['event_seq'] - 1} (key.rotated)",
         err=True,
     )

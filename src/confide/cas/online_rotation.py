@@ -23,9 +23,11 @@ CAS's uid can use. The network API has no such operation.
 4. ``batch``: the rows are re-sealed under K1 in primary-key order, ``batch_size`` rows per
    write transaction, each row with a fresh data key; a row already under K1 (its
    :func:`~confide.cas.secrets.row_key_id`) is left alone, so a resumed rotation redoes nothing.
-   Attestations run between the batches and read rows under either key.
+   Attestations run between the batches and read rows under either key. Then the policy
+   versions (:mod:`confide.cas.policy_rows`) the same way, in batches of their own.
 5. ``resealed`` (before the commit) and ``committed``: the switch-over transaction checks that
-   the database still names K0 and K1, re-seals any row still not under K1, sets
+   the database still names K0 and K1, re-seals any row (secret or policy version) still not
+   under K1, sets
    ``master_key_id`` to K1, deletes ``master_key_next`` and records ``master-key-rotated``
    (ledger ``key.rotated``: both ids, counts, ``online``; never key bytes).
 6. ``scrubbed``: as offline (SQLite WAL checkpoint; PostgreSQL ``VACUUM FULL secrets``).

@@ -18,10 +18,11 @@ not open, is a :class:`~confide.errors.SignatureError` that names the row, never
 
 **Migration.** The schema 14 migration runs without the master key; the rows of an older
 database are sealed at the next start (:func:`seal_clear_rows`, in the start's write
-transaction, so all or none), once: the ``meta`` row ``policies_sealed`` records it, and from
-then on a clear row is refused, never sealed. An offline master-key rotation of a database that
-was migrated but not yet started does the same first. Afterwards the old contents are scrubbed
-from the database files as after a rotation (:func:`confide.cas.rotation._scrub`).
+transaction, so all or none), once, and only when every row is clear: the ``meta`` row
+``policies_sealed`` records it, and from then on a clear row is refused, never sealed. An
+offline master-key rotation of a database that was migrated but not yet started does the same
+first. Afterwards the old contents are scrubbed from the database files as after a rotation
+(:func:`confide.cas.rotation._scrub`).
 
 **Rotation.** :func:`reseal_rows` re-seals rows under the sealer's current key, in the same
 transaction as the secrets (offline) or in batches and the switch-over transaction (online).
@@ -110,30 +111,33 @@ def _sealed_already(conn: Connection) -> bool:
 def seal_clear_rows(conn: Connection, sealer: Sealer) -> int | None:
     """The schema 14 migration of the ``policies`` rows, at a start (or an offline rotation), in
     its write transaction: once per database, seal every row as found and record
-    ``policies_sealed``. Returns the number of rows sealed, ``None`` when done before. A row
-    already sealed (a CAS of schema 14 wrote it meanwhile) is opened to check it, not sealed
-    again."""
+    ``policies_sealed``. Returns the number of rows sealed, ``None`` when done before.
+
+    Only a database whose rows are all clear is sealed (one written before schema 14). A value
+    already sealed next to clear ones means the ``meta`` row was removed and clear values were
+    written since (rows are only ever written sealed from schema 14): nothing is sealed, the
+    ``meta`` row is recorded again and the clear values stay refused by :func:`open_column`
+    (logged, ``policy-rows-not-sealed``)."""
     if _sealed_already(conn):
         return None
-    if conn.dialect.name == "sqlite":
-        raw_execute(conn, "PRAGMA secure_delete = ON")  # the clear cells are zeroed when freed
     t = policies_table
     rows = conn.execute(select(t.c.name, t.c.hash, t.c.document, t.c.submission)).all()
-    updates = []
-    for row in rows:
-        values: dict[str, str] = {}
-        for column in COLUMNS:
-            stored = getattr(row, column)
-            if stored.startswith(PREFIX):
-                open_column(sealer, column, row.name, row.hash, stored)
-            else:
-                values[column] = seal_column(sealer, column, row.name, row.hash, stored)
-        if values:
-            updates.append(_update(row, {c: values.get(c, getattr(row, c)) for c in COLUMNS}))
-    _write(conn, updates)
+    stored = [getattr(row, c) for row in rows for c in COLUMNS]
+    clear = sum(1 for value in stored if not value.startswith(PREFIX))
     conn.execute(insert(meta).values(key=SEALED_META, value="1"))
-    if updates:
-        _LOG.info(json.dumps({"event": "policies-sealed", "rows": len(updates)}))
+    if clear and clear != len(stored):
+        _LOG.warning(json.dumps({"event": "policy-rows-not-sealed", "clear_values": clear}))
+        return 0
+    if not clear:
+        return 0
+    if conn.dialect.name == "sqlite":
+        raw_execute(conn, "PRAGMA secure_delete = ON")  # the clear cells are zeroed when freed
+    updates = [
+        _update(row, {c: seal_column(sealer, c, row.name, row.hash, getattr(row, c)) for c in COLUMNS})
+        for row in rows
+    ]
+    _write(conn, updates)
+    _LOG.info(json.dumps({"event": "policies-sealed", "rows": len(updates)}))
     return len(updates)
 
 

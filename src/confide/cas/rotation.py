@@ -19,12 +19,15 @@ by step, with the name the ``step`` hook is called with after each:
 3. ``files-written``: with sealing, the TLS key and the log key protected under K1 (the same
    key pairs: pinned clients see no change) as ``cas-key.pem.new`` and ``log.key.sealed.new``.
 4. ``resealed`` (inside the transaction, before its commit) and ``committed``: one database
-   write transaction checks that the database still names K0, re-seals every secret under K1
-   with a fresh data key each (so K0 and an old copy of a row open nothing of the new row),
+   write transaction checks that the database still names K0, re-seals every secret and every
+   policy version's document and submission (:mod:`confide.cas.policy_rows`; a database migrated
+   to schema 14 but not started since has them sealed first) under K1 with a fresh data key each
+   (so K0 and an old copy of a row open nothing of the new row),
    sets ``master_key_id`` to K1's id and records a ``master-key-rotated`` event (ledger entry
    ``key.rotated``: both ids, counts, how each key is held; never key bytes).
 5. ``scrubbed``: SQLite: the re-sealed rows were written with ``secure_delete`` (old content
-   zeroed) and the WAL is checkpointed and truncated; PostgreSQL: ``VACUUM FULL secrets``.
+   zeroed) and the WAL is checkpointed and truncated; PostgreSQL: ``VACUUM FULL`` of
+   ``secrets`` and ``policies``.
 6. ``done``: :func:`finish_interrupted_rotation` rolls forward: the pending TLS and log keys
    are renamed into place, the old master key file(s) overwritten with zeros, fsynced and
    unlinked, and the pending key renamed into place last.
@@ -407,6 +410,7 @@ class RotationResult:
     sealing_from: str
     sealing_to: str
     event_seq: int
+    policy_versions: int = 0  # policy rows re-sealed (confide.cas.policy_rows)
 
 
 def _no_step(_name: str) -> None:
@@ -552,4 +556,6 @@ def rotate_master_key(
     # 6. Switch the files over (what a start after a crash here would do).
     finish_interrupted_rotation(data_dir, new_id, to_seal, seal)
     step("done")
-    return RotationResult(old_id, new_id, count, tls_key, log_key, describe(seal), describe(to_seal), seq)
+    return RotationResult(
+        old_id, new_id, count, tls_key, log_key, describe(seal), describe(to_seal), seq, policy_rows
+    )
