@@ -192,17 +192,23 @@ def test_explicit_values_are_sealed_in_the_database_before_and_after_a_rotation(
                 for needle in (EXPLICIT_VALUE.encode(), EXPLICIT_KEY.encode(), bytes.fromhex(EXPLICIT_KEY)):
                     assert needle not in blob
 
+    def audit() -> dict[str, object]:  # the URL changes with each start
+        args = ["ledger", "verify", "--url", cas.env["CONFIDE_LOG_URL"], "--key", cas.env["CONFIDE_LOG_KEY"],
+                "--state", str(tmp_path / "auditor.state"), "--json"]  # fmt: skip
+        return dict(json.loads(confide(cas, *args, check=True).stdout))
+
     check()
     wait_for_log(cas.env, 3)
-    state = tmp_path / "auditor.state"
-    args = ["ledger", "verify", "--url", cas.env["CONFIDE_LOG_URL"], "--key", cas.env["CONFIDE_LOG_KEY"],
-            "--state", str(state), "--json"]  # fmt: skip
-    assert json.loads(confide(cas, *args, check=True).stdout)["verified"]
+    first = audit()
+    assert first["verified"]
     cas.stop()
     assert_sealed()
     code, _out, err = rotate(cas)
     assert code == 0, err
+    assert "1 policy versions" in err, err
     assert_sealed()
     cas.start()
     check()
-    assert json.loads(confide(cas, *args, check=True).stdout)["verified"]
+    wait_for_log(cas.env, int(str(first["size"])) + 3)
+    second = audit()
+    assert second["verified"] and second["previous_size"] == first["size"]
