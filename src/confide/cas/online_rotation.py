@@ -27,10 +27,11 @@ CAS's uid can use. The network API has no such operation.
    versions (:mod:`confide.cas.policy_rows`) the same way, in batches of their own.
 5. ``resealed`` (before the commit) and ``committed``: the switch-over transaction checks that
    the database still names K0 and K1, re-seals any row (secret or policy version) still not
-   under K1, sets
-   ``master_key_id`` to K1, deletes ``master_key_next`` and records ``master-key-rotated``
-   (ledger ``key.rotated``: both ids, counts, ``online``; never key bytes).
-6. ``scrubbed``: as offline (SQLite WAL checkpoint; PostgreSQL ``VACUUM FULL secrets``).
+   under K1, sets ``master_key_id`` to K1, deletes ``master_key_next`` and records
+   ``master-key-rotated`` (ledger ``key.rotated``: both ids, counts, ``online``; never key
+   bytes).
+6. ``scrubbed``: as offline (SQLite WAL checkpoint; PostgreSQL ``VACUUM FULL`` of ``secrets``
+   and ``policies``).
 7. ``done``: the files switch over as after an offline rotation (the pending TLS and log keys
    renamed into place, K0's file overwritten with zeros and unlinked, K1 renamed into place
    last), and the sealer forgets K0.

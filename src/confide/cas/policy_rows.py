@@ -48,6 +48,7 @@ __all__ = [
     "COLUMNS",
     "PREFIX",
     "SEALED_META",
+    "all_rows",
     "open_column",
     "reseal_rows",
     "row_key_ids",
