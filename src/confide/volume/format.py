@@ -71,6 +71,7 @@ __all__ = [
     "RegionRule",
     "check_entries",
     "check_path",
+    "check_symlink_target",
     "chunk_count",
     "chunked_count",
     "chunked_length",
@@ -435,6 +436,18 @@ def check_path(path: str, what: str = "path") -> str:
     return path
 
 
+def check_symlink_target(target: str, what: str = "symlink target") -> str:
+    """Return ``target`` if a manifest can hold it (non-empty, valid UTF-8, no NUL, at most
+    65535 bytes: a u16-length ``str``), else raise :class:`ParseError`."""
+    try:
+        raw = target.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ParseError(f"got {target!r}, expected valid UTF-8", field=what) from None
+    if not raw or b"\x00" in raw or len(raw) > 0xFFFF:
+        raise ParseError(f"got {target[:80]!r}, expected a non-empty target without NUL", field=what)
+    return target
+
+
 def _is_under(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix + "/")
 
@@ -730,6 +743,12 @@ def encode_manifest(m: Manifest, volume_key: bytes) -> bytes:
         raise ValueError("volume id must be 16 bytes")
     check_entries(m.entries)
     for e in m.entries:
+        # What the parser refuses is never written: a manifest with such a path or target
+        # could not be read again (docs/volume-format.md, "Manifest"; a writable tmpfs mount
+        # can hold names that no FUSE or `add` path accepts).
+        check_path(e.path)
+        if e.kind is EntryKind.SYMLINK:
+            check_symlink_target(e.target)
         if e.chunks is not None and (
             e.region is Region.UNPROTECTED or len(e.chunks) != chunked_count(e.size, m.chunk_size)
         ):

@@ -48,7 +48,7 @@ from types import TracebackType
 from typing import Literal
 
 import confide
-from confide.errors import ConfideError, SignatureError, StorageError, UsageError
+from confide.errors import ConfideError, ParseError, SignatureError, StorageError, UsageError
 from confide.volume._chunked import ChunkReader, write_chunks
 from confide.volume._io import LARGE_FOLIO_PIECE, equal_contents, same_plaintext
 from confide.volume.check import open_volume
@@ -60,6 +60,8 @@ from confide.volume.format import (
     EntryKind,
     Manifest,
     Region,
+    check_path,
+    check_symlink_target,
     clamp_mtime_ns,
     region_for,
 )
@@ -585,6 +587,19 @@ def _reseal_entries(
             p = Path(dirpath) / name
             vpath = str(p.relative_to(root))
             st = p.lstat()
+            why = _unrepresentable(vpath, p)
+            if why is not None:
+                # a tmpfs cannot refuse the name when it is made (a FUSE mount does: EINVAL), and
+                # a manifest with it could never be read again: skipped, like special files
+                log.warning(
+                    "confide volume: the volume format cannot hold %r (%s); not stored in the volume%s",
+                    vpath,
+                    why,
+                    ", nor anything below it" if stat.S_ISDIR(st.st_mode) else "",
+                )
+                if name in dirs:
+                    dirs.remove(name)  # os.walk does not descend into it
+                continue
             mode = st.st_mode & 0o7777
             t = clamp_mtime_ns(st.st_mtime_ns)  # the format's range (docs/volume-format.md)
             prev = old.get(vpath)
@@ -655,6 +670,19 @@ def _reseal_entries(
     if normalized == {e.path: e for e in manifest.entries}:
         return tag
     return seal_entries(directory, key, manifest, entries)
+
+
+def _unrepresentable(vpath: str, p: Path) -> str | None:
+    """Why the manifest cannot hold the entry at ``vpath`` (its path, or a symlink's target:
+    docs/volume-format.md, "Manifest"), or None. Names come from the file system as str with
+    surrogate escapes for bytes that are not UTF-8."""
+    try:
+        check_path(vpath)
+        if p.is_symlink():
+            check_symlink_target(os.readlink(p))
+    except ParseError as exc:
+        return exc.message
+    return None
 
 
 def _fork_guard(shm: Path) -> int:
