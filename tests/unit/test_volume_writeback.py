@@ -78,3 +78,70 @@ def test_the_encoder_refuses_what_the_reader_would_refuse() -> None:
         m = Manifest(bytes(16), 1, ManifestState.SEALED, 4096, Region.ENCRYPTED, (), (e,))
         with pytest.raises(ParseError):
             encode_manifest(m, key.raw)
+
+
+def _trace_durability(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Record every rename (its target) and every fsync/syncfs (the path of the descriptor)."""
+    events: list[tuple[str, str]] = []
+    real_replace, real_fsync = os.replace, os.fsync
+
+    def replace(src: object, dst: object, *a: object, **k: object) -> None:
+        real_replace(src, dst, *a, **k)  # type: ignore[arg-type]
+        events.append(("replace", os.path.realpath(os.fsdecode(dst))))  # type: ignore[arg-type]
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    return events
+
+
+def _objects_durable_before_manifest(events: list[tuple[str, str]], vol: Path) -> None:
+    objects, manifest = str(vol.resolve() / "objects"), str(vol.resolve() / "MANIFEST")
+    last_manifest = max(i for i, (what, p) in enumerate(events) if what == "replace" and p == manifest)
+    renames = [i for i, (what, p) in enumerate(events[:last_manifest]) if what == "replace" and
+               os.path.dirname(p) == objects]  # fmt: skip
+    assert renames, "nothing renamed into objects/ (the test must write an object)"
+    synced = [i for i, e in enumerate(events[:last_manifest]) if e == ("fsync", objects)]
+    # every rename of an object is made durable (fsync of objects/) before the manifest that
+    # references it replaces the old one: else a power loss can keep the new manifest and lose
+    # the object's directory entry
+    assert synced and max(synced) > max(renames), events
+
+
+def test_unmount_makes_new_unprotected_objects_durable_before_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "pub.txt").write_bytes(b"public")
+    key = VolumeKey.generate()
+    vol = tmp_path / "vol"
+    create_volume(vol, key, chunk_size=4096, default_region=Region.UNPROTECTED)
+    add_sources(vol, key, [src])
+    tag = seal_volume(vol, key)
+    h = _shm_mount(vol, key, tmp_path / "mnt", tag)
+    (h.path / "pub.txt").write_bytes(b"changed")
+    events = _trace_durability(monkeypatch)
+    new = h.close()
+    monkeypatch.undo()
+    _objects_durable_before_manifest(events, vol)
+    assert verify_volume(vol, key, new).ok
+
+
+def test_seal_makes_added_objects_durable_before_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"secret")
+    key = VolumeKey.generate()
+    vol = tmp_path / "vol"
+    create_volume(vol, key, chunk_size=4096)
+    events = _trace_durability(monkeypatch)
+    add_sources(vol, key, [src])
+    seal_volume(vol, key)
+    monkeypatch.undo()
+    _objects_durable_before_manifest(events, vol)

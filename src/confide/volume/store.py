@@ -150,6 +150,18 @@ def live_objects(entries: Sequence[Entry]) -> set[str]:
     return live
 
 
+def _objects_durable(directory: Path) -> None:
+    """fsync the objects directory before a manifest that references its entries replaces
+    the old one: :func:`write_object` renames each object into place after an fsync of its
+    data, but the rename itself (the directory entry) is durable only once the directory is
+    synced; without this a power loss could keep the new manifest and lose an object it
+    lists (the manifest's own rename is synced by :func:`write_atomic`, a different
+    directory). One fsync per seal, not per object."""
+    objects = directory / OBJECTS_DIR
+    if objects.is_dir():
+        fsync_dir(objects)
+
+
 def seal_entries(directory: Path, key: VolumeKey, base: Manifest, entries: Sequence[Entry]) -> str:
     """Seal ``entries`` as the generation after ``base`` (the caller holds the lock); return the tag.
 
@@ -159,6 +171,7 @@ def seal_entries(directory: Path, key: VolumeKey, base: Manifest, entries: Seque
     ordered = tuple(sorted(entries, key=lambda e: e.path.encode()))
     sealed = replace(base, state=ManifestState.SEALED, generation=base.generation + 1, entries=ordered)
     data = encode_manifest(sealed, key.raw)
+    _objects_durable(directory)
     write_atomic(directory / MANIFEST_NAME, data)
     live = live_objects(ordered)
     for p in (directory / OBJECTS_DIR).iterdir():
@@ -508,6 +521,7 @@ def seal_volume(directory: Path, key: VolumeKey) -> str:
         m = _working(directory, key)
         sealed = replace(m, state=ManifestState.SEALED, generation=m.generation + 1)
         data = encode_manifest(sealed, key.raw)
+        _objects_durable(directory)
         write_atomic(directory / MANIFEST_NAME, data)
         pending_path.unlink()
         fsync_dir(directory)
