@@ -6,13 +6,23 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import shutil
 from pathlib import Path
 
 import pytest
 
 from confide.errors import ParseError
-from confide.volume import VolumeKey, add_sources, create_volume, seal_volume, verify_volume
-from confide.volume.format import Entry, EntryKind, Manifest, ManifestState, Region, encode_manifest
+from confide.volume import VolumeKey, add_sources, create_volume, open_volume, seal_volume, verify_volume
+from confide.volume.format import (
+    Entry,
+    EntryKind,
+    Manifest,
+    ManifestState,
+    Region,
+    RegionRule,
+    encode_manifest,
+)
 from confide.volume.mount import _TmpfsMount
 from confide.volume.store import load_sealed
 
@@ -145,3 +155,139 @@ def test_seal_makes_added_objects_durable_before_the_manifest(
     seal_volume(vol, key)
     monkeypatch.undo()
     _objects_durable_before_manifest(events, vol)
+
+
+CS = 4096  # chunk size of the random-edit volumes: sizes around it and its multiples
+
+
+def _tree(root: Path) -> dict[str, tuple[object, ...]]:
+    """What a reader of the tree sees: per path its kind, mode, and bytes or target; files also
+    their mtime (directories' times are not compared: implicit ones keep the extraction time)."""
+    out: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            vpath = str(p.relative_to(root))
+            if p.is_symlink():
+                out[vpath] = ("link", os.readlink(p))
+            elif p.is_dir():
+                out[vpath] = ("dir", st.st_mode & 0o7777)
+            else:
+                out[vpath] = ("file", st.st_mode & 0o7777, p.read_bytes(), st.st_mtime_ns)
+    return out
+
+
+def _sizes(rng: random.Random) -> int:
+    return rng.choice([0, 1, CS - 1, CS, CS + 1, 2 * CS, 3 * CS - 1, 3 * CS + 1, rng.randrange(5 * CS)])
+
+
+def _edit(rng: random.Random, root: Path) -> str:
+    """One random edit of the mounted tree; returns what it did (for the failure message)."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+    dirs = sorted(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())
+    links = sorted(p for p in root.rglob("*") if p.is_symlink())
+    where = rng.choice([root, *dirs])
+    fresh = where / f"n{rng.randrange(10**6)}"
+    op = rng.choice(
+        ["new", "new", "overwrite", "overwrite", "truncate", "extend", "sparse", "rename", "delete",
+         "rmtree", "file_to_dir", "dir_to_file", "link_to_file", "file_to_link", "chmod", "touch",
+         "same_bytes", "hardlink", "mkdir"]
+    )  # fmt: skip
+    if op == "new" or (not files and op in ("overwrite", "truncate", "extend", "sparse", "rename",
+                                             "delete", "file_to_dir", "file_to_link", "chmod",
+                                             "touch", "same_bytes", "hardlink")):  # fmt: skip
+        fresh.write_bytes(rng.randbytes(_sizes(rng)))
+        return f"new {fresh}"
+    f = rng.choice(files) if files else fresh
+    if op == "overwrite":
+        size = f.stat().st_size
+        at = rng.randrange(size + 1)
+        with f.open("r+b") as fh:
+            fh.seek(at)
+            fh.write(rng.randbytes(rng.choice([1, 100, CS, CS + 7])))
+    elif op == "truncate":
+        os.truncate(f, rng.choice([0, 1, CS - 1, CS, CS + 1, f.stat().st_size // 2]))
+    elif op == "extend":
+        with f.open("ab") as fh:
+            fh.write(rng.randbytes(rng.choice([1, CS - 1, CS, 2 * CS + 3])))
+    elif op == "sparse":
+        os.truncate(f, f.stat().st_size + rng.choice([CS, 3 * CS + 5]))  # a hole at the end
+    elif op == "rename":
+        os.replace(f, rng.choice([root, *dirs]) / f"r{rng.randrange(10**6)}")
+    elif op == "delete":
+        f.unlink()
+    elif op == "rmtree" and dirs:
+        shutil.rmtree(rng.choice(dirs))
+    elif op == "file_to_dir":
+        f.unlink()
+        f.mkdir()
+        (f / "inner").write_bytes(rng.randbytes(_sizes(rng)))
+    elif op == "dir_to_file" and dirs:
+        d = rng.choice(dirs)
+        shutil.rmtree(d)
+        d.write_bytes(rng.randbytes(_sizes(rng)))
+    elif op == "link_to_file" and links:
+        ln = rng.choice(links)
+        ln.unlink()
+        ln.write_bytes(rng.randbytes(_sizes(rng)))
+    elif op == "file_to_link":
+        f.unlink()
+        os.symlink(f"target-{rng.randrange(100)}", f)
+    elif op == "chmod":
+        f.chmod(rng.choice([0o600, 0o644, 0o755, 0o400]))
+    elif op == "touch":
+        os.utime(f, ns=(0, rng.randrange(1, 2**40) * 1000))
+    elif op == "same_bytes":
+        st = f.stat()
+        f.write_bytes(f.read_bytes())
+        if rng.random() < 0.5:
+            os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    elif op == "hardlink":
+        os.link(f, fresh)
+    else:
+        fresh.mkdir(mode=rng.choice([0o700, 0o755]))
+        return f"mkdir {fresh}"
+    return f"{op} {f}"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("default_region", [Region.ENCRYPTED, Region.UNPROTECTED])
+def test_random_edits_read_back_as_the_tree_left_at_unmount(
+    tmp_path: Path, seed: int, default_region: Region
+) -> None:
+    rng = random.Random(seed)
+    src = tmp_path / "src"
+    (src / "sub" / "deep").mkdir(parents=True)
+    for i, size in enumerate([0, 1, CS - 1, CS, CS + 1, 3 * CS]):
+        (src / ("sub" if i % 2 else "") / f"f{i}").write_bytes(rng.randbytes(size))
+    (src / "sub" / "deep" / "z").write_bytes(bytes(2 * CS) + b"tail")  # a hole
+    os.symlink("f0", src / "lnk")
+    key = VolumeKey.generate()
+    vol = tmp_path / "vol"
+    create_volume(vol, key, chunk_size=CS, default_region=default_region,
+                  rules=[RegionRule("pub", Region.UNPROTECTED), RegionRule("sec", Region.ENCRYPTED)])  # fmt: skip
+    (src / "pub").mkdir()
+    (src / "pub" / "p").write_bytes(rng.randbytes(CS + 3))
+    add_sources(vol, key, [src])
+    tag = seal_volume(vol, key)
+    for session in range(4):  # one-object files first, then chunked ones from earlier unmounts
+        h = _shm_mount(vol, key, tmp_path / f"mnt{session}", tag)
+        done = [_edit(rng, h.path) for _ in range(rng.randrange(1, 8))]
+        if session == 2:
+            (h.path / "sec").mkdir(exist_ok=True)
+            (h.path / "sec" / "s").write_bytes(rng.randbytes(CS + 1))
+        expected = _tree(h.path)
+        tag = h.close()
+        out = tmp_path / f"out{session}"
+        open_volume(vol, key, out, tag)
+        assert _tree(out) == expected, (seed, session, done)
+        report = verify_volume(vol, key, tag)
+        assert report.ok and report.unreferenced_objects == [], (seed, session, done)
+        m, _ = load_sealed(vol, key, tag)
+        for e in m.entries:
+            if e.kind is EntryKind.FILE:
+                # protected stays protected: a file's region is its rule's unless it was kept
+                assert (e.region is Region.UNPROTECTED) == (e.chunks is None and e.root == bytes(32)), e
+                if e.path.startswith("sec/"):
+                    assert e.region is Region.ENCRYPTED

@@ -843,6 +843,11 @@ class _TmpfsMount(MountHandle):
                 self.tag = _reseal_tree(
                     self._dir, self._key, self._manifest, self.tag, self.path, self._baseline
                 )
+        except OSError as exc:  # the volume directory (ENOSPC, EIO, removed); no file name (plaintext tree)
+            raise StorageError(
+                f"volume {str(self._dir)!r}: cannot seal the session's changes "
+                f"({exc.strerror or type(exc).__name__}); they are discarded"
+            ) from None
         finally:
             self._teardown()
         return self.tag

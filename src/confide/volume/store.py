@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import stat
@@ -78,6 +79,8 @@ LOCK_NAME = ".lock"
 _TMP_PREFIX = ".tmp-"
 SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
 _NS = 1_000_000_000
+
+log = logging.getLogger("confide.volume")
 
 
 def source_date_epoch(environ: Mapping[str, str] | None = None) -> int | None:
@@ -162,6 +165,22 @@ def _objects_durable(directory: Path) -> None:
         fsync_dir(objects)
 
 
+def _collect(directory: Path, live: set[str]) -> None:
+    """Delete the objects the new (durable) manifest does not reference. Best effort: the
+    seal has happened, so a failure here must not report it as failed (its new tag would be
+    lost to the caller); what is left is removed by the next seal (logged)."""
+    try:
+        for p in (directory / OBJECTS_DIR).iterdir():
+            if p.name not in live:
+                p.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning(
+            "confide volume: %r: unreferenced objects not all removed (%s); the next seal removes them",
+            str(directory),
+            exc.strerror or exc,
+        )
+
+
 def seal_entries(directory: Path, key: VolumeKey, base: Manifest, entries: Sequence[Entry]) -> str:
     """Seal ``entries`` as the generation after ``base`` (the caller holds the lock); return the tag.
 
@@ -173,10 +192,7 @@ def seal_entries(directory: Path, key: VolumeKey, base: Manifest, entries: Seque
     data = encode_manifest(sealed, key.raw)
     _objects_durable(directory)
     write_atomic(directory / MANIFEST_NAME, data)
-    live = live_objects(ordered)
-    for p in (directory / OBJECTS_DIR).iterdir():
-        if p.name not in live:
-            p.unlink(missing_ok=True)
+    _collect(directory, live_objects(ordered))
     return volume_tag(data)
 
 
@@ -525,8 +541,5 @@ def seal_volume(directory: Path, key: VolumeKey) -> str:
         write_atomic(directory / MANIFEST_NAME, data)
         pending_path.unlink()
         fsync_dir(directory)
-        live = live_objects(sealed.entries)
-        for p in (directory / OBJECTS_DIR).iterdir():
-            if p.name not in live:
-                p.unlink(missing_ok=True)
+        _collect(directory, live_objects(sealed.entries))
         return volume_tag(data)
