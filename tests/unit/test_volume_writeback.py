@@ -291,3 +291,46 @@ def test_random_edits_read_back_as_the_tree_left_at_unmount(
                 assert (e.region is Region.UNPROTECTED) == (e.chunks is None and e.root == bytes(32)), e
                 if e.path.startswith("sec/"):
                     assert e.region is Region.ENCRYPTED
+
+
+def test_a_caller_that_cannot_apply_owners_keeps_the_recorded_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"owned")
+    (src / "g").write_bytes(b"other")
+    for p in (src / "d", src / "d" / "f", src / "g"):
+        os.chown(p, 1234, 2345, follow_symlinks=False)
+    key = VolumeKey.generate()
+    vol = tmp_path / "vol"
+    create_volume(vol, key, chunk_size=CS)
+    add_sources(vol, key, [src])
+    tag = seal_volume(vol, key)
+    before = load_sealed(vol, key, tag)[0].by_path()
+    # the non-root shm fallback: open_volume cannot apply the recorded owners (os.geteuid != 0),
+    # every decrypted file belongs to the caller
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    h = _shm_mount(vol, key, tmp_path / "mnt", tag)
+    monkeypatch.undo()
+    assert (h.path / "g").stat().st_uid != 1234
+    assert h.close() == tag  # untouched: no new generation, the recorded owners kept
+    h = _shm_mount_as(vol, key, tmp_path / "mnt2", tag, monkeypatch)
+    (h.path / "g").write_bytes(b"changed")
+    (h.path / "new").write_bytes(b"new")
+    new = h.close()
+    after = load_sealed(vol, key, new)[0].by_path()
+    assert (after["g"].uid, after["g"].gid) == (1234, 2345)  # changed content, owner as recorded
+    assert (after["d/f"].uid, after["d"].uid) == (1234, 1234)
+    assert after["new"].uid == os.getuid()  # a new file: the caller's
+    assert before["g"].uid == 1234
+
+
+def _shm_mount_as(
+    vol: Path, key: VolumeKey, mnt: Path, tag: str, monkeypatch: pytest.MonkeyPatch
+) -> _TmpfsMount:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    try:
+        return _shm_mount(vol, key, mnt, tag)
+    finally:
+        monkeypatch.undo()

@@ -439,6 +439,8 @@ def _reseal_tree(
     tag: str,
     root: Path,
     baseline: dict[str, tuple[int, int, int, int]],
+    *,
+    owners: bool = True,
 ) -> str:
     """Seal the tree under ``root`` as the next generation; only changed files are re-encrypted.
 
@@ -454,10 +456,14 @@ def _reseal_tree(
     changed now is converted, so that later unmounts re-seal only its changed chunks. A
     changed unprotected file gets a new object under a new file id. Special files are
     skipped (logged). Returns ``tag`` unchanged when the tree equals the manifest.
+
+    ``owners``: whether the decryption applied the recorded uid/gid (root). When it could not
+    (the non-root ``shm`` fallback: every file belongs to the caller, who cannot chown), an
+    entry that was in the manifest keeps its recorded owner, and new entries get the caller's.
     """
     chunks = ChunkReader(directory, ChunkKeys(key.raw, manifest.volume_id), manifest.chunk_size, key_cache=0)
     try:
-        return _reseal_entries(directory, key, manifest, tag, root, baseline, chunks)
+        return _reseal_entries(directory, key, manifest, tag, root, baseline, chunks, owners)
     finally:
         chunks.close()
 
@@ -579,6 +585,7 @@ def _reseal_entries(
     root: Path,
     baseline: dict[str, tuple[int, int, int, int]],
     chunks: ChunkReader,
+    owners: bool,
 ) -> str:
     old = manifest.by_path()
     entries: list[Entry] = []
@@ -603,14 +610,15 @@ def _reseal_entries(
             mode = st.st_mode & 0o7777
             t = clamp_mtime_ns(st.st_mtime_ns)  # the format's range (docs/volume-format.md)
             prev = old.get(vpath)
+            uid, gid = (prev.uid, prev.gid) if prev is not None and not owners else (st.st_uid, st.st_gid)
             if p.is_symlink():
                 entries.append(
                     Entry(
                         vpath,
                         EntryKind.SYMLINK,
                         mode,
-                        st.st_uid,
-                        st.st_gid,
+                        uid,
+                        gid,
                         Region.UNPROTECTED,
                         target=os.readlink(p),
                         mtime_ns=t,
@@ -619,9 +627,7 @@ def _reseal_entries(
             elif p.is_dir():
                 if prev is None and mode == 0o755 and any(p.iterdir()):
                     continue  # an implicit directory stays implicit
-                entries.append(
-                    Entry(vpath, EntryKind.DIR, mode, st.st_uid, st.st_gid, Region.UNPROTECTED, mtime_ns=t)
-                )
+                entries.append(Entry(vpath, EntryKind.DIR, mode, uid, gid, Region.UNPROTECTED, mtime_ns=t))
             elif p.is_file():
                 if prev is not None and prev.kind is not EntryKind.FILE:
                     prev = None  # a directory or symlink replaced by a file: a new file
@@ -632,14 +638,12 @@ def _reseal_entries(
                     or _same_protected(directory, key, manifest, prev, p)
                 ):
                     # unchanged: keeps its object(s), chunk ids included (version 3)
-                    entries.append(replace(prev, mode=mode, uid=st.st_uid, gid=st.st_gid, mtime_ns=t))
+                    entries.append(replace(prev, mode=mode, uid=uid, gid=gid, mtime_ns=t))
                     continue
                 if prev is not None and prev.chunks is not None:
                     size, ids = _reseal_chunked(directory, chunks, prev, p)
                     entries.append(
-                        replace(
-                            prev, mode=mode, uid=st.st_uid, gid=st.st_gid, size=size, mtime_ns=t, chunks=ids
-                        )
+                        replace(prev, mode=mode, uid=uid, gid=gid, size=size, mtime_ns=t, chunks=ids)
                     )
                     continue
                 region = (
@@ -660,7 +664,7 @@ def _reseal_entries(
                     fid, froot = b"", bytes(ROOT_SIZE)
                 entries.append(
                     Entry(
-                        vpath, EntryKind.FILE, mode, st.st_uid, st.st_gid, region, fid, size, froot,
+                        vpath, EntryKind.FILE, mode, uid, gid, region, fid, size, froot,
                         mtime_ns=t, chunks=chunk_ids,
                     )
                 )  # fmt: skip
@@ -741,6 +745,7 @@ class _TmpfsMount(MountHandle):
     ) -> None:
         self._dir, self._key, self._manifest, self._lock = volume_dir, key, manifest, lock
         self._write_piece: int | None = None
+        self._owners = os.geteuid() == 0  # open_volume applies the recorded owners only as root
         self._guard: _Guard | None = None
         self._restore_dir = False
         try:
@@ -760,7 +765,9 @@ class _TmpfsMount(MountHandle):
                 shutil.rmtree(self.path, ignore_errors=True)
             raise
         try:
-            open_volume(volume_dir, key, self.path, tag, write_piece=self._write_piece)
+            open_volume(
+                volume_dir, key, self.path, tag, preserve_owner=self._owners, write_piece=self._write_piece
+            )
             self._baseline = _snapshot(self.path) if writable else {}
             if self.mode == "tmpfs" and not writable:
                 flags = _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV
@@ -841,7 +848,13 @@ class _TmpfsMount(MountHandle):
         try:
             if self.writable:
                 self.tag = _reseal_tree(
-                    self._dir, self._key, self._manifest, self.tag, self.path, self._baseline
+                    self._dir,
+                    self._key,
+                    self._manifest,
+                    self.tag,
+                    self.path,
+                    self._baseline,
+                    owners=self._owners,
                 )
         except OSError as exc:  # the volume directory (ENOSPC, EIO, removed); no file name (plaintext tree)
             raise StorageError(
