@@ -8,6 +8,10 @@ import logging
 import os
 import random
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -334,3 +338,105 @@ def _shm_mount_as(
         return _shm_mount(vol, key, mnt, tag)
     finally:
         monkeypatch.undo()
+
+
+_KILLED_UNMOUNT = """
+import os, signal, sys
+from pathlib import Path
+from confide.volume import VolumeKey
+from confide.volume.mount import _TmpfsMount
+from confide.volume.store import load_sealed
+vol, keyhex, mnt, tag, kill_at = sys.argv[1:]
+key, vol, kill_at = VolumeKey.from_hex(keyhex), Path(vol), int(kill_at)
+m, tag = load_sealed(vol, key, tag)
+h = _TmpfsMount(vol, key, Path(mnt), tag, True, m, None, private_namespace=False)
+print(h.path, flush=True)
+root = h.path
+(root / "b.txt").write_bytes(b"changed")                        # one-object file -> chunked
+with open(root / "d" / "a.bin", "r+b") as f:                    # chunked by an earlier unmount
+    f.seek(5000); f.write(b"Z" * 10)
+(root / "pub").mkdir(exist_ok=True)
+(root / "pub" / "p.txt").write_bytes(b"public, changed")        # unprotected object
+(root / "new.bin").write_bytes(bytes(range(256)) * 48 + b"x")  # new protected file
+os.unlink(root / "gone.txt")                                    # deleted: its objects collected
+calls = 0
+def killing(real):
+    def call(*a, **k):
+        global calls
+        calls += 1
+        if calls == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*a, **k)
+    return call
+for name in ("replace", "fsync", "unlink", "write", "pwrite"):
+    setattr(os, name, killing(getattr(os, name)))
+print(h.close(), flush=True)
+"""
+
+
+def test_an_unmount_killed_at_any_step_leaves_the_old_or_the_new_version(tmp_path: Path) -> None:
+    """SIGKILL at each rename, fsync, unlink and write of the write-back (a chunk conversion, a
+    chunked re-seal, an unprotected copy, a new file, a deletion): the volume always loads,
+    verifies and reads back as the version before or the one after, never a mix, and the
+    decrypted copy in /dev/shm is removed (the guard)."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "a.bin").write_bytes(os.urandom(10_000))
+    (src / "b.txt").write_bytes(b"bee\n")
+    (src / "gone.txt").write_bytes(b"to be deleted")
+    (src / "pub").mkdir()
+    (src / "pub" / "p.txt").write_bytes(b"public")
+    key = VolumeKey.generate()
+    vol = tmp_path / "vol"
+    create_volume(vol, key, chunk_size=CS, rules=[RegionRule("pub", Region.UNPROTECTED)])
+    add_sources(vol, key, [src])
+    tag0 = seal_volume(vol, key)
+    # a first session makes d/a.bin chunked, so the killed one re-seals chunks of it too
+    h = _shm_mount(vol, key, tmp_path / "mnt", tag0)
+    with (h.path / "d" / "a.bin").open("r+b") as f:
+        f.write(b"first")
+    tag = h.close()
+    assert load_sealed(vol, key, tag)[0].by_path()["d/a.bin"].chunks is not None
+    open_volume(vol, key, tmp_path / "old", tag)
+    old = _tree(tmp_path / "old")
+    shutil.copytree(vol, tmp_path / "vol-old")
+    new: dict[str, tuple[object, ...]] | None = None
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    outcomes = set()
+    for kill_at in range(1, 1000):
+        shutil.rmtree(vol)
+        shutil.copytree(tmp_path / "vol-old", vol)  # every run starts from the same version
+        proc = subprocess.run(
+            [sys.executable, "-c", _KILLED_UNMOUNT, str(vol), key.hex(), str(tmp_path / f"m{kill_at}"), tag,
+             str(kill_at)],
+            capture_output=True, text=True, env=env, check=False,
+        )  # fmt: skip
+        lines = proc.stdout.split()
+        shm = Path(lines[0])
+        deadline = time.monotonic() + 10
+        while shm.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not shm.exists(), kill_at  # no plaintext left behind
+        _, now = load_sealed(vol, key)  # always loads ...
+        out = tmp_path / f"out{kill_at}"
+        open_volume(vol, key, out, now)  # ... and reads back whole
+        tree = _tree(out)
+        shutil.rmtree(out)
+        if now == tag:
+            assert tree == old, kill_at
+            outcomes.add("old")
+        else:
+            # the same new version, whichever step was the last (the session's mtimes differ)
+            tree = {k: v[:3] for k, v in tree.items()}
+            new = tree if new is None else new
+            assert tree == new, kill_at
+            assert "gone.txt" not in tree and tree["b.txt"][2] == b"changed", kill_at
+            outcomes.add("new")
+        if proc.returncode == 0:
+            assert lines[1] == now != tag
+            assert verify_volume(vol, key, now).unreferenced_objects == []
+            break
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+    else:
+        pytest.fail("the unmount never completed")
+    assert outcomes == {"old", "new"}
