@@ -440,3 +440,44 @@ def test_an_unmount_killed_at_any_step_leaves_the_old_or_the_new_version(tmp_pat
     else:
         pytest.fail("the unmount never completed")
     assert outcomes == {"old", "new"}
+
+
+_UNLISTABLE = """
+import os, sys
+from pathlib import Path
+from confide.volume import VolumeKey
+from confide.volume.mount import _TmpfsMount
+from confide.volume.store import load_sealed
+from confide.errors import StorageError
+vol, keyhex, mnt, tag = sys.argv[1:]
+key, vol = VolumeKey.from_hex(keyhex), Path(vol)
+m, tag = load_sealed(vol, key, tag)
+h = _TmpfsMount(vol, key, Path(mnt), tag, True, m, None, private_namespace=False)
+(h.path / "b.txt").write_bytes(b"changed")
+os.chmod(h.path / "d", 0)  # the application makes a directory of the volume unreadable
+try:
+    print("sealed", h.close())
+except StorageError as exc:
+    print("refused", exc.message)
+"""
+
+
+def test_a_directory_the_unmount_cannot_list_fails_it_instead_of_dropping_its_files(tmp_path: Path) -> None:
+    """Without CAP_DAC_OVERRIDE (the non-root fallback's case), a directory the application
+    made unreadable could not be listed by os.walk, which skipped it silently: its files
+    (d/a.bin, in the volume since before) vanished from the sealed version. Now the unmount
+    fails (StorageError) and the volume keeps its previous version."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv (util-linux) to drop CAP_DAC_OVERRIDE")
+    vol, key, tag = _volume(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    proc = subprocess.run(
+        [setpriv, "--bounding-set", "-dac_override,-dac_read_search", sys.executable, "-c", _UNLISTABLE,
+         str(vol), key.hex(), str(tmp_path / "mnt"), tag],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("refused") and "cannot list" in proc.stdout, proc.stdout
+    m, now = load_sealed(vol, key)
+    assert now == tag and "d/a.bin" in m.by_path()

@@ -589,7 +589,7 @@ def _reseal_entries(
 ) -> str:
     old = manifest.by_path()
     entries: list[Entry] = []
-    for dirpath, dirs, files in os.walk(root):
+    for dirpath, dirs, files in os.walk(root, onerror=_unlistable):
         for name in sorted(dirs + files):
             p = Path(dirpath) / name
             vpath = str(p.relative_to(root))
@@ -674,6 +674,16 @@ def _reseal_entries(
     if normalized == {e.path: e for e in manifest.entries}:
         return tag
     return seal_entries(directory, key, manifest, entries)
+
+
+def _unlistable(exc: OSError) -> None:
+    """os.walk's error handler: a directory of the tree that cannot be listed (without
+    CAP_DAC_OVERRIDE, one the application made unreadable) would otherwise be skipped, and its
+    files, in the volume since before, would vanish from the sealed version. Nothing is sealed."""
+    raise StorageError(
+        f"cannot list a directory of the mounted tree ({exc.strerror or type(exc).__name__}); "
+        "nothing was sealed"
+    )
 
 
 def _unrepresentable(vpath: str, p: Path) -> str | None:
