@@ -347,7 +347,9 @@ def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None
         raise first
     if errors:
         raise StorageError("; ".join(errors))
-    return code
+    # Popen reports a program killed by signal N as -N; sys.exit(-N) would exit 256 - N. Report it
+    # as a shell does (128 + N), the status a caller of an exec'd program sees as "killed by N".
+    return 128 - code if code < 0 else code
 
 
 def launch(plan: Launch, *, before_exec: Callable[[], None] | None = None) -> None:
