@@ -205,8 +205,20 @@ def _write_private(path: Path, content: bytes) -> None:
         while view:
             written = os.write(fd, view)
             view = view[written:]
+    except BaseException:
+        _remove([path])  # no partial secret stays behind
+        raise
     finally:
         os.close(fd)
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    """Remove injected files written in place (a failure before the program started)."""
+    for path in paths:
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            log.warning("confide: cannot remove the injected file %s: %s", path, exc.strerror or exc)
 
 
 def _mount_point_for(path: Path) -> None:
@@ -230,12 +242,7 @@ def _mount_point_for(path: Path) -> None:
 
 def _inject_over_persistent(items: Sequence[tuple[Path, bytes]]) -> None:
     """Serve ``items`` from a private tmpfs bind-mounted over their paths (see the module doc)."""
-    if os.geteuid() != 0:
-        raise UsageError(
-            f"injection file {items[0][0]} would land on persistent storage; confide writes injected files "
-            "only to memory: run confide run as root (it then binds a tmpfs copy over the path in a private "
-            "mount namespace), or mount a tmpfs at its directory (e.g. under /dev/shm or /run)"
-        )
+    _check_root_for(items[0][0])
     _private_namespace()
     INJECT_STAGING.mkdir(parents=True, exist_ok=True, mode=0o700)
     mount_tmpfs_at(INJECT_STAGING, b"mode=0700")
@@ -246,19 +253,40 @@ def _inject_over_persistent(items: Sequence[tuple[Path, bytes]]) -> None:
         bind_mount(staged, path)
 
 
-def _write_files(files: Mapping[str, bytes]) -> None:
+def _check_root_for(path: Path) -> None:
+    if os.geteuid() != 0:
+        raise UsageError(
+            f"injection file {path} would land on persistent storage; confide writes injected files "
+            "only to memory: run confide run as root (it then binds a tmpfs copy over the path in a private "
+            "mount namespace), or mount a tmpfs at its directory (e.g. under /dev/shm or /run)"
+        )
+
+
+def _write_files(files: Mapping[str, bytes]) -> list[Path]:
+    """Inject ``files``: every path is checked before any is written, and on a failure the files
+    already written are removed. Returns the paths written in place (on a memory file system),
+    for the caller to remove if the program then does not start."""
+    memory: list[tuple[Path, bytes]] = []
     persistent: list[tuple[Path, bytes]] = []
     for path_text, content in files.items():
         path = Path(path_text)
         if not path.is_absolute():
             raise UsageError(f"injection file {path_text}: expected an absolute path")
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if is_memory_backed(path):
-            _write_private(path, content)
-        else:
-            persistent.append((path, content))
+        (memory if is_memory_backed(path) else persistent).append((path, content))
     if persistent:
-        _inject_over_persistent(persistent)
+        _check_root_for(persistent[0][0])
+    written: list[Path] = []
+    try:
+        for path, content in memory:
+            _write_private(path, content)
+            written.append(path)
+        if persistent:
+            _inject_over_persistent(persistent)
+    except BaseException:
+        _remove(written)
+        raise
+    return written
 
 
 def _resolve(program: str, env: Mapping[str, str]) -> str:
@@ -301,8 +329,12 @@ def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None
     ``before_exec`` runs after everything else was prepared, right before the program starts
     (``confide run --gpus`` sets the GPUs' ready state there); if it raises, the program does
     not start and the volumes are closed."""
-    _write_files(plan.files)
-    mounted = mount_released(list(plan.volumes))
+    injected = _write_files(plan.files)
+    try:
+        mounted = mount_released(list(plan.volumes))
+    except BaseException:
+        _remove(injected)
+        raise
     env = {**plan.environment, **mounted.environment}
     try:
         checked = None
@@ -314,9 +346,11 @@ def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None
         proc = subprocess.Popen(plan.argv, executable=program, env=env, cwd=plan.pwd or None)  # noqa: S603
     except OSError as exc:
         mounted.close()
+        _remove(injected)
         raise UsageError(f"cannot execute {plan.argv[0]}: {exc.strerror}") from None
     except BaseException:
         mounted.close()
+        _remove(injected)
         raise
     previous = {
         sig: signal.signal(sig, lambda s, _f: proc.send_signal(s)) for sig in (signal.SIGTERM, signal.SIGINT)
@@ -356,7 +390,15 @@ def launch(plan: Launch, *, before_exec: Callable[[], None] | None = None) -> No
     """Inject and exec; does not return on success. ``before_exec`` runs after everything else
     was prepared, right before the ``exec`` (``confide run --gpus`` sets the GPUs' ready state
     there); if it raises, nothing is executed."""
-    _write_files(plan.files)
+    injected = _write_files(plan.files)
+    try:
+        _exec(plan, before_exec)
+    except BaseException:
+        _remove(injected)  # the program did not start: its secrets do not stay behind
+        raise
+
+
+def _exec(plan: Launch, before_exec: Callable[[], None] | None) -> None:
     if plan.pwd:
         try:
             os.chdir(plan.pwd)
