@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from confide.errors import UsageError
+from confide.cas import core
+from confide.cas.client import CasClient
+from confide.errors import ParseError, UsageError
 from confide.runtime import run
+from confide.runtime.quote import Evidence
 from confide.runtime.run import Launch, supervise
+from confide.sim.measure import measure_command
+from confide.verify.result import Platform
 
 
 def test_supervise_reports_a_program_killed_by_a_signal_as_128_plus_n() -> None:
@@ -20,7 +31,9 @@ def test_supervise_reports_a_program_killed_by_a_signal_as_128_plus_n() -> None:
     assert supervise(plan, None) == 3  # type: ignore[arg-type]
 
 
-def test_nothing_is_written_when_a_later_path_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nothing_is_written_when_a_later_path_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     memory, disk = tmp_path / "shm" / "secret", tmp_path / "disk" / "app.conf"
     monkeypatch.setattr(run, "is_memory_backed", lambda p: p == memory)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
@@ -29,7 +42,9 @@ def test_nothing_is_written_when_a_later_path_is_refused(tmp_path: Path, monkeyp
     assert not memory.exists() and not disk.exists()
 
 
-def test_a_failed_write_removes_the_files_already_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_write_removes_the_files_already_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(run, "is_memory_backed", lambda _p: True)
     first = tmp_path / "a"
     (tmp_path / "dir").mkdir()  # a directory where the second file goes: its write fails
@@ -58,3 +73,122 @@ def test_injected_files_are_removed_when_the_program_does_not_start(
     with pytest.raises(UsageError, match="not ready"):
         run.launch(ok, before_exec=refuse)
     assert not secret.exists()
+
+
+def _prog(directory: Path, marker: Path, text: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    prog = directory / "prog"
+    prog.write_text(f"#!/bin/sh\necho {text} > {marker}\n")
+    prog.chmod(0o755)
+
+
+def test_the_measured_program_runs_not_another_found_with_the_released_path_or_pwd(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    measured_dir, other_dir = tmp_path / "measured", tmp_path / "other"
+    _prog(measured_dir, marker, "measured")
+    _prog(other_dir, marker, "other")
+    # measured with one PATH; the release sets another one that names another file "prog"
+    measured = measure_command(["prog"], search_path=str(measured_dir), cwd=tmp_path)
+    plan = Launch(["prog"], {"PATH": f"{other_dir}:/bin:/usr/bin"}, {}, None, measured=measured)
+    assert supervise(plan, None) == 0  # type: ignore[arg-type]
+    assert marker.read_text() == "measured\n"
+    # measured as ./prog in one directory; the release's pwd holds another ./prog
+    measured = measure_command(["./prog"], cwd=measured_dir)
+    plan = Launch(["./prog"], {"PATH": "/bin:/usr/bin"}, {}, str(other_dir), measured=measured)
+    assert supervise(plan, None) == 0  # type: ignore[arg-type]
+    assert marker.read_text() == "measured\n"
+
+
+def test_a_program_name_is_not_looked_up_in_the_hosts_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _prog(tmp_path / "host", tmp_path / "ran", "host")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'host'}:{os.defpath}")
+    with pytest.raises(UsageError, match="not found on PATH"):
+        run._resolve("prog", {})  # the release sets no PATH: the default search path applies
+    assert run._resolve("prog", {"PATH": str(tmp_path / "host")}) == str(tmp_path / "host" / "prog")
+    assert run._resolve("sh", {}) in ("/bin/sh", "/usr/bin/sh")
+
+
+class _HostileCas:
+    """A CAS client whose answers are given: the release is encrypted to the runtime's key
+    exactly as confide.cas.core does it, so only its content is hostile."""
+
+    def __init__(self, config: Any, nonce: Any = "00" * 16) -> None:
+        self.config, self.nonce_answer = config, nonce
+
+    def nonce(self) -> Any:
+        return self.nonce_answer
+
+    def attest(self, request: dict[str, Any]) -> dict[str, Any]:
+        runtime_der = base64.b64decode(request["public_key"])
+        runtime_key = serialization.load_der_public_key(runtime_der)
+        assert isinstance(runtime_key, ec.EllipticCurvePublicKey)
+        eph = ec.generate_private_key(ec.SECP256R1())
+        eph_der = core._spki(eph.public_key())
+        key = core._release_key_der(
+            eph.exchange(ec.ECDH(), runtime_key), eph_der, runtime_der, bytes.fromhex(request["nonce"])
+        )
+        iv = os.urandom(12)
+        ciphertext = AESGCM(key).encrypt(iv, json.dumps(self.config).encode(), core.RELEASE_INFO)
+        return {"cas_key": base64.b64encode(eph_der).decode(), "iv": base64.b64encode(iv).decode(),
+                "ciphertext": base64.b64encode(ciphertext).decode()}  # fmt: skip
+
+
+class _Provider:
+    def get_evidence(self, report_data: bytes) -> Evidence:
+        return Evidence(platform=Platform.SIMULATED, raw=report_data, provider="test")
+
+
+def _prepare(config: Any, nonce: Any = "00" * 16) -> Launch:
+    return run.attest_and_prepare(_HostileCas(config, nonce), _Provider(), "p", "s", ["/bin/true"])  # type: ignore[arg-type]
+
+
+def test_a_well_formed_release_is_taken_as_given() -> None:
+    plan = _prepare({"command": None, "environment": {"A": "b"}, "files": {"/dev/shm/x": "eA=="}, "pwd": "/"})
+    assert plan.argv == ["/bin/true"] and plan.environment == {"A": "b"}
+    assert plan.files == {"/dev/shm/x": b"x"} and plan.pwd == "/"
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"command": "/bin/sh"}, "command"),  # a string was run as ["/", "b", "i", ...]
+        ({"command": ["/bin/sh", 1]}, "command"),
+        ({"command": ["/bin/sh", "-c", "s3cret\0"]}, "command"),  # execve: ValueError
+        ({"environment": {"A": {"nested": 1}}}, "environment"),  # was str()-ed into the environment
+        ({"environment": ["A"]}, "environment"),
+        ({"environment": {"A": "s3cret\0x"}}, "environment"),
+        ({"environment": {"A=B": "x"}}, "environment"),  # execve: ValueError
+        ({"environment": {"": "x"}}, "environment"),
+        ({"files": {"/dev/shm/x": "eA==!"}}, None),  # invalid characters were dropped: b"x"
+        ({"files": {"/dev/shm/x\0": "eA=="}}, "files"),
+        ({"pwd": ["/"]}, "pwd"),
+        ({"session": 5}, "session"),
+    ],
+)
+def test_a_malformed_release_is_a_parse_error_naming_the_field_not_the_value(
+    config: Any, field: str | None
+) -> None:
+    with pytest.raises(ParseError, match="release") as info:
+        _prepare(config)
+    assert "s3cret" not in str(info.value)
+    if field is not None:
+        assert f"field {field}" in str(info.value)
+
+
+@pytest.mark.parametrize("answer", ["not hex", 5, None])
+def test_a_malformed_nonce_is_a_parse_error(answer: Any) -> None:
+    with pytest.raises(ParseError, match="nonce"):
+        _prepare({}, nonce=answer)
+
+
+def test_the_clients_nonce_answer_must_be_an_object_with_a_string(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = CasClient("http://127.0.0.1:1", None)  # never connects: _call is replaced
+    for answer in ([], {}, {"nonce": 5}):
+        monkeypatch.setattr(client, "_call", lambda *_a, answer=answer, **_k: answer)
+        with pytest.raises(ParseError, match="nonce"):
+            client.nonce()
+    monkeypatch.setattr(client, "_call", lambda *_a, **_k: {"nonce": "ab"})
+    assert client.nonce() == "ab"
+    client.close()

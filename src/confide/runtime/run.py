@@ -104,7 +104,10 @@ def attest_and_prepare(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     nonce_hex = client.nonce()
-    nonce = bytes.fromhex(nonce_hex)
+    try:
+        nonce = bytes.fromhex(nonce_hex)
+    except (TypeError, ValueError):
+        raise ParseError("expected a hex string", structure="the CAS's nonce answer", field="nonce") from None
     evidence = provider.get_evidence(binding_report_data(key_der, nonce))
     request: dict[str, Any] = {
         "policy": policy,
@@ -118,15 +121,21 @@ def attest_and_prepare(
     if aux:
         request["aux"] = {k: base64.b64encode(v).decode() for k, v in dict(aux).items()}
     config = decrypt_release(key, client.attest(request), nonce, public_key_der=key_der)
+    argv = _strings(config.get("command"), "command") or list(command)
+    environment = _string_map(config.get("environment"), "environment")
+    for name in environment:
+        if not name or "=" in name:
+            raise ParseError("expected variable names without '='", structure="release", field="environment")
     try:
-        argv = list(config["command"]) if config.get("command") else list(command)
-        environment = {str(k): str(v) for k, v in dict(config.get("environment") or {}).items()}
-        files = {str(p): base64.b64decode(c) for p, c in dict(config.get("files") or {}).items()}
-        pwd = config.get("pwd")
+        files = {
+            p: base64.b64decode(c, validate=True)
+            for p, c in _string_map(config.get("files"), "files").items()
+        }
         volumes = tuple(VolumeRelease.from_config(v) for v in config.get("volumes") or [])
-        session = str(config.get("session") or "")
     except (TypeError, ValueError):
         raise ParseError("the CAS's configuration is malformed", structure="release") from None
+    pwd = _optional_string(config.get("pwd"), "pwd")
+    session = _optional_string(config.get("session"), "session") or ""
     if not argv:
         raise UsageError("no command: give one after -- or in the policy's service")
     templates = config.get("templates")
@@ -142,7 +151,8 @@ def attest_and_prepare(
     environment = {k: v.replace(marker, pem.decode()) for k, v in environment.items()}
     files = {p: c.replace(RUNTIME_KEY_MARKER, pem) for p, c in files.items()}
     if command and config.get("command"):
-        measured, released = shutil.which(command[0]), shutil.which(argv[0], path=environment.get("PATH"))
+        measured = shutil.which(command[0])
+        released = shutil.which(argv[0], path=_search_path(environment))
         # a program measured as absent is found by neither before the volumes are mounted: the
         # same name is required, and confide.runtime.absent checks the file after mounting
         absent_same = measured is None and released is None and command[0] == argv[0] and "/" in argv[0]
@@ -153,7 +163,41 @@ def attest_and_prepare(
                 f"the policy's command runs {argv[0]!r}, but {command[0]!r} was measured; "
                 "they must be the same program"
             )
-    return Launch(argv, environment, files, str(pwd) if pwd else None, policy, volumes, session)
+    return Launch(argv, environment, files, pwd or None, policy, volumes, session)
+
+
+def _no_nul(text: str, field: str) -> str:
+    # execve(2) and open(2) take C strings: a NUL would cut the value (Python refuses it with a
+    # ValueError). The value itself may be a secret: the reason names the field only.
+    if "\0" in text:
+        raise ParseError("contains a NUL character", structure="release", field=field)
+    return text
+
+
+def _strings(value: Any, field: str) -> list[str]:
+    """A released list of strings (None or empty: none)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ParseError("expected a list of strings", structure="release", field=field)
+    return [_no_nul(v, field) for v in value]
+
+
+def _string_map(value: Any, field: str) -> dict[str, str]:
+    """A released object of string values (None: empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ParseError("expected an object of strings", structure="release", field=field)
+    return {_no_nul(k, field): _no_nul(v, field) for k, v in value.items()}
+
+
+def _optional_string(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ParseError(f"got {type(value).__name__}, expected a string", structure="release", field=field)
+    return _no_nul(value, field)
 
 
 MAX_TEMPLATE = 1 << 20
@@ -289,11 +333,16 @@ def _write_files(files: Mapping[str, bytes]) -> list[Path]:
     return written
 
 
+def _search_path(env: Mapping[str, str]) -> str:
+    """Where a program name is looked up: the released ``PATH``, else the default search path
+    (``os.defpath``, as ``execvp`` without ``PATH``), never the host's ``PATH``."""
+    return env.get("PATH") or os.defpath
+
+
 def _resolve(program: str, env: Mapping[str, str]) -> str:
     if "/" in program:
         return program
-    search = env.get("PATH") or os.environ.get("PATH") or "/usr/bin:/bin"
-    for directory in search.split(":"):
+    for directory in _search_path(env).split(":"):
         candidate = Path(directory) / program
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
@@ -340,7 +389,7 @@ def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None
         checked = None
         if plan.measured is not None:
             checked = check_absent(plan.measured, plan.argv, env, plan.pwd, mounted.regions())
-        program = checked or _resolve(plan.argv[0], env)
+        program = checked or _program(plan, env)
         if before_exec is not None:
             before_exec()
         proc = subprocess.Popen(plan.argv, executable=program, env=env, cwd=plan.pwd or None)  # noqa: S603
@@ -398,6 +447,16 @@ def launch(plan: Launch, *, before_exec: Callable[[], None] | None = None) -> No
         raise
 
 
+def _program(plan: Launch, env: Mapping[str, str]) -> str:
+    """The file to execute. With ``--tee sim`` it is the file that was measured (resolved with the
+    measuring ``PATH`` and working directory, docs/simulator.md "For confide run"), not a new
+    lookup with the released ``PATH`` or after changing to the released ``pwd``, which can name
+    another file than the one the evidence vouches for."""
+    if plan.measured is not None:
+        return plan.measured.executable
+    return _resolve(plan.argv[0], env)
+
+
 def _exec(plan: Launch, before_exec: Callable[[], None] | None) -> None:
     if plan.pwd:
         try:
@@ -410,7 +469,7 @@ def _exec(plan: Launch, before_exec: Callable[[], None] | None) -> None:
     checked = None
     if plan.measured is not None:  # no volumes: any absent component is refused
         checked = check_absent(plan.measured, plan.argv, env, None, ())
-    program = checked or _resolve(plan.argv[0], env)
+    program = checked or _program(plan, env)
     if before_exec is not None:
         before_exec()
     try:
