@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ def test_nothing_is_written_when_a_later_path_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     memory, disk = tmp_path / "shm" / "secret", tmp_path / "disk" / "app.conf"
-    monkeypatch.setattr(run, "is_memory_backed", lambda p: p == memory)
+    monkeypatch.setattr(run, "is_memory_backed", lambda p, **_k: p == memory)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(UsageError, match="would land on persistent storage"):
         run._write_files({str(memory): b"s3cret", str(disk): b"other"})
@@ -45,7 +47,7 @@ def test_nothing_is_written_when_a_later_path_is_refused(
 def test_a_failed_write_removes_the_files_already_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(run, "is_memory_backed", lambda _p: True)
+    monkeypatch.setattr(run, "is_memory_backed", lambda _p, **_k: True)
     first = tmp_path / "a"
     (tmp_path / "dir").mkdir()  # a directory where the second file goes: its write fails
     with pytest.raises(IsADirectoryError):
@@ -56,7 +58,7 @@ def test_a_failed_write_removes_the_files_already_written(
 def test_injected_files_are_removed_when_the_program_does_not_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(run, "is_memory_backed", lambda _p: True)
+    monkeypatch.setattr(run, "is_memory_backed", lambda _p, **_k: True)
     secret = tmp_path / "secret"
     plan = Launch(["no-such-program-xyz"], {"PATH": str(tmp_path)}, {str(secret): b"s3cret"}, None)
     with pytest.raises(UsageError, match="not found on PATH"):
@@ -192,3 +194,38 @@ def test_the_clients_nonce_answer_must_be_an_object_with_a_string(monkeypatch: p
     monkeypatch.setattr(client, "_call", lambda *_a, **_k: {"nonce": "ab"})
     assert client.nonce() == "ab"
     client.close()
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_is_memory_backed_tells_tmpfs_from_other_file_systems() -> None:
+    assert run.is_memory_backed(Path("/dev/shm/x"))
+    assert not run.is_memory_backed(Path("/proc/x"))  # proc
+    assert not run.is_memory_backed(Path("/no-such-dir/x"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_a_symlink_planted_at_a_parent_after_the_check_does_not_redirect_the_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if run.is_memory_backed(disk / "x"):
+        pytest.skip("tmp_path is on a memory file system")
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        app = shm / "app"
+        checked = run.is_memory_backed
+
+        def racing(path: Path, **kwargs: Any) -> bool:
+            answer = checked(path, **kwargs)
+            # another process swaps the (checked, memory-backed) directory for a link to a disk
+            app.rename(shm / "app.old")
+            app.symlink_to(disk)
+            return answer
+
+        monkeypatch.setattr(run, "is_memory_backed", racing)
+        run._write_files({str(app / "secret"): b"s3cret"})
+        assert not (disk / "secret").exists()
+        assert (shm / "app.old" / "secret").read_bytes() == b"s3cret"
+    finally:
+        shutil.rmtree(shm)

@@ -18,6 +18,7 @@ one is created empty, mode 0600, as the mount point). Without root such a path i
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import shutil
@@ -67,33 +68,48 @@ class Launch:
     checked after the volumes are mounted (:mod:`confide.runtime.absent`)."""
 
 
-def _mounts() -> list[tuple[str, str]]:
-    out = []
+def _mount_id(fd: int) -> str | None:
+    """The mount ID of the file open at ``fd`` (``mnt_id`` in /proc/self/fdinfo, Linux >= 3.15)."""
+    try:
+        text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key == "mnt_id":
+            return value.strip()
+    return None
+
+
+def _fstype_of_mount(mount_id: str) -> str | None:
+    """The file system type of the mount ``mount_id`` (proc(5), /proc/self/mountinfo)."""
     try:
         text = Path("/proc/self/mountinfo").read_text()
     except OSError:
-        return []
+        return None
     for line in text.splitlines():
         parts = line.split()
-        try:
+        if parts and parts[0] == mount_id and "-" in parts:
             sep = parts.index("-")
-        except ValueError:
-            continue
-        mount_point = parts[4].encode().decode("unicode_escape")
-        out.append((mount_point, parts[sep + 1]))
-    return out
+            return parts[sep + 1] if len(parts) > sep + 1 else None
+    return None
 
 
-def is_memory_backed(path: Path) -> bool:
-    """Whether ``path`` would be stored on a memory file system (tmpfs/ramfs)."""
-    target = str(path.parent.resolve())
-    best, fstype = "", ""
-    for mount_point, fs in _mounts():
-        if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(
-            mount_point
-        ) >= len(best):
-            best, fstype = mount_point, fs
-    return fstype in _MEMORY_FS
+def is_memory_backed(path: Path, *, dir_fd: int | None = None) -> bool:
+    """Whether ``path`` would be stored on a memory file system (tmpfs/ramfs). ``dir_fd``: its
+    directory, open: the answer is then about that very directory (the one a write through
+    ``dir_fd`` reaches), whatever its path names by then."""
+    if dir_fd is not None:
+        mount_id = _mount_id(dir_fd)
+        return mount_id is not None and _fstype_of_mount(mount_id) in _MEMORY_FS
+    try:
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return is_memory_backed(path, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def attest_and_prepare(
@@ -240,9 +256,12 @@ def render_templates(templates: Any) -> dict[str, bytes]:
     return out
 
 
-def _write_private(path: Path, content: bytes) -> None:
-    """Create or replace ``path`` (never through a symlink) with ``content``, mode 0600."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+def _write_private(path: Path, content: bytes, *, dir_fd: int | None = None) -> None:
+    """Create or replace ``path`` (never through a symlink) with ``content``, mode 0600; with
+    ``dir_fd``, the entry of that name in the directory open there."""
+    name: str | Path = path.name if dir_fd is not None else path
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
     try:
         os.fchmod(fd, 0o600)
         view = memoryview(content)
@@ -250,10 +269,18 @@ def _write_private(path: Path, content: bytes) -> None:
             written = os.write(fd, view)
             view = view[written:]
     except BaseException:
-        _remove([path])  # no partial secret stays behind
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=dir_fd)  # no partial secret stays behind
         raise
     finally:
         os.close(fd)
+
+
+def _remove_at(path: Path, dir_fd: int) -> None:
+    try:
+        os.unlink(path.name, dir_fd=dir_fd)
+    except OSError as exc:
+        log.warning("confide: cannot remove the injected file %s: %s", path, exc.strerror or exc)
 
 
 def _remove(paths: Sequence[Path]) -> None:
@@ -310,27 +337,43 @@ def _write_files(files: Mapping[str, bytes]) -> list[Path]:
     """Inject ``files``: every path is checked before any is written, and on a failure the files
     already written are removed. Returns the paths written in place (on a memory file system),
     for the caller to remove if the program then does not start."""
-    memory: list[tuple[Path, bytes]] = []
+    # Each file on a memory file system is written through its directory opened when it was
+    # checked: a symlink planted at a parent afterwards cannot redirect it onto a disk.
+    memory: list[tuple[Path, bytes, int]] = []
     persistent: list[tuple[Path, bytes]] = []
-    for path_text, content in files.items():
-        path = Path(path_text)
-        if not path.is_absolute():
-            raise UsageError(f"injection file {path_text}: expected an absolute path")
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (memory if is_memory_backed(path) else persistent).append((path, content))
-    if persistent:
-        _check_root_for(persistent[0][0])
-    written: list[Path] = []
+    written: list[tuple[Path, int]] = []
     try:
-        for path, content in memory:
-            _write_private(path, content)
-            written.append(path)
+        for path_text, content in files.items():
+            path = Path(path_text)
+            if not path.is_absolute():
+                raise UsageError(f"injection file {path_text}: expected an absolute path")
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise UsageError(
+                    f"injection file {path}: cannot open its directory: {exc.strerror}"
+                ) from None
+            memory.append((path, content, dir_fd))
+            if not is_memory_backed(path, dir_fd=dir_fd):
+                memory.pop()
+                os.close(dir_fd)
+                persistent.append((path, content))
+        if persistent:
+            _check_root_for(persistent[0][0])
+        for path, content, dir_fd in memory:
+            _write_private(path, content, dir_fd=dir_fd)
+            written.append((path, dir_fd))
         if persistent:
             _inject_over_persistent(persistent)
     except BaseException:
-        _remove(written)
+        for path, dir_fd in written:
+            _remove_at(path, dir_fd)
         raise
-    return written
+    finally:
+        for _p, _c, dir_fd in memory:
+            os.close(dir_fd)
+    return [path for path, _fd in written]
 
 
 def _search_path(env: Mapping[str, str]) -> str:
