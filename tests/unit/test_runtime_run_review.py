@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -229,3 +231,27 @@ def test_a_symlink_planted_at_a_parent_after_the_check_does_not_redirect_the_wri
         assert (shm / "app.old" / "secret").read_bytes() == b"s3cret"
     finally:
         shutil.rmtree(shm)
+
+
+# prctl option 3: PR_GET_DUMPABLE (<linux/prctl.h>)
+_DUMPABLE_CHILD = """
+import ctypes, sys
+from confide.runtime import run
+
+class Client:  # stops the run at its first CAS call, reporting whether the process is dumpable
+    def nonce(self):
+        sys.exit(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))
+
+run.attest_and_prepare(Client(), None, "p", "s", ["/bin/true"])
+"""
+
+
+def test_the_runtime_is_not_dumpable_before_it_holds_a_key_or_a_secret() -> None:
+    src = str(Path(run.__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": src}
+    child = subprocess.run([sys.executable, "-c", _DUMPABLE_CHILD], env=env, check=False, timeout=60)
+    assert child.returncode == 0  # PR_GET_DUMPABLE: 0
+    # the program it executes is dumpable again (execve resets it)
+    code = "import ctypes, sys; sys.exit(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))"
+    plan = Launch([sys.executable, "-c", code], {}, {}, None)
+    assert supervise(plan, None) == 1  # type: ignore[arg-type]

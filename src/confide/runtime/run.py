@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -112,9 +113,26 @@ def is_memory_backed(path: Path, *, dir_fd: int | None = None) -> bool:
         os.close(fd)
 
 
+_PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+
+
+def _not_dumpable() -> None:
+    """prctl(PR_SET_DUMPABLE, 0) (prctl(2)): no core dump of this process, which is about to
+    hold the ephemeral key and the released secrets (and, supervising, the volume keys for the
+    program's lifetime), and no ptrace or /proc/PID/mem access by other processes of the same
+    user. ``execve`` resets it for the program (it is not inherited across exec)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    except (OSError, AttributeError) as exc:  # not Linux: nothing to disable this way
+        log.warning("confide: cannot disable core dumps of confide run: %s", exc)
+
+
 def attest_and_prepare(
     client: CasClient, provider: QuoteProvider, policy: str, service: str, command: Sequence[str]
 ) -> Launch:
+    _not_dumpable()
     key = ec.generate_private_key(ec.SECP256R1())
     key_der = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
