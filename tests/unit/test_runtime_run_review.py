@@ -255,3 +255,30 @@ def test_the_runtime_is_not_dumpable_before_it_holds_a_key_or_a_secret() -> None
     code = "import ctypes, sys; sys.exit(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))"
     plan = Launch([sys.executable, "-c", code], {}, {}, None)
     assert supervise(plan, None) == 1  # type: ignore[arg-type]
+
+
+_RELOAD_CHILD = """
+import os, pathlib, signal, sys, threading, time
+from confide.runtime.run import Launch, supervise
+
+ready = pathlib.Path(sys.argv[1])
+script = f'trap "exit 5" HUP; touch {ready}; for i in $(seq 200); do sleep 0.05; done; exit 9'
+plan = Launch(["/bin/sh", "-c", script], {"PATH": "/bin:/usr/bin"}, {}, None)
+
+def reload():
+    while not ready.exists():
+        time.sleep(0.02)
+    os.kill(os.getpid(), signal.SIGHUP)  # e.g. a service manager's "reload"
+
+threading.Thread(target=reload, daemon=True).start()
+print(supervise(plan, None))
+"""
+
+
+def test_supervise_passes_a_reload_signal_on_to_the_program(tmp_path: Path) -> None:
+    src = str(Path(run.__file__).resolve().parents[2])
+    child = subprocess.run(
+        [sys.executable, "-c", _RELOAD_CHILD, str(tmp_path / "ready")],
+        env={**os.environ, "PYTHONPATH": src}, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert (child.returncode, child.stdout) == (0, "5\n"), child.stderr

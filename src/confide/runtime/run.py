@@ -410,6 +410,18 @@ def _resolve(program: str, env: Mapping[str, str]) -> str:
     raise UsageError(f"{program}: not found on PATH")
 
 
+FORWARDED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+"""Signals the supervising ``confide run`` passes on to the program (as ``exec`` would have them
+reach it), instead of being stopped by them itself and leaving the program and its volumes
+without their supervisor (e.g. SIGHUP or SIGUSR1, a service's "reload")."""
+
 INTEGRITY_POLL = 0.2  # seconds between checks of the volume servers' integrity reports
 
 
@@ -462,9 +474,7 @@ def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None
         mounted.close()
         _remove(injected)
         raise
-    previous = {
-        sig: signal.signal(sig, lambda s, _f: proc.send_signal(s)) for sig in (signal.SIGTERM, signal.SIGINT)
-    }
+    previous = {sig: signal.signal(sig, lambda s, _f: proc.send_signal(s)) for sig in FORWARDED_SIGNALS}
     try:
         code, tampered = _wait(proc, mounted)
     finally:
