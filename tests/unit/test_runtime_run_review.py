@@ -282,3 +282,10 @@ def test_supervise_passes_a_reload_signal_on_to_the_program(tmp_path: Path) -> N
         env={**os.environ, "PYTHONPATH": src}, capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
     assert (child.returncode, child.stdout) == (0, "5\n"), child.stderr
+
+
+@pytest.mark.parametrize("mode", ["launch", "supervise"])
+def test_a_missing_working_directory_is_named_as_such(tmp_path: Path, mode: str) -> None:
+    plan = Launch(["/bin/true"], {}, {}, str(tmp_path / "missing"))
+    with pytest.raises(UsageError, match=r"cannot change to the service's working directory .*missing"):
+        run.launch(plan) if mode == "launch" else supervise(plan, None)  # type: ignore[arg-type]

@@ -469,6 +469,10 @@ def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None
     except OSError as exc:
         mounted.close()
         _remove(injected)
+        if plan.pwd and exc.filename == plan.pwd:  # the child's chdir failed, as in launch()
+            raise UsageError(
+                f"cannot change to the service's working directory {plan.pwd}: {exc.strerror}"
+            ) from None
         raise UsageError(f"cannot execute {plan.argv[0]}: {exc.strerror}") from None
     except BaseException:
         mounted.close()
