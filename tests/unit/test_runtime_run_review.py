@@ -289,3 +289,19 @@ def test_a_missing_working_directory_is_named_as_such(tmp_path: Path, mode: str)
     plan = Launch(["/bin/true"], {}, {}, str(tmp_path / "missing"))
     with pytest.raises(UsageError, match=r"cannot change to the service's working directory .*missing"):
         run.launch(plan) if mode == "launch" else supervise(plan, None)  # type: ignore[arg-type]
+
+
+def test_a_partial_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "secret"
+    real_write = os.write
+
+    def full_after_some(fd: int, data: Any) -> int:
+        if real_write(fd, bytes(data[:3])) and fd > 2:
+            raise OSError(28, "No space left on device")
+        return 3
+
+    monkeypatch.setattr(os, "write", full_after_some)
+    with pytest.raises(OSError, match="No space left"):
+        run._write_private(target, b"s3cret-value")
+    monkeypatch.undo()
+    assert not target.exists()
