@@ -191,7 +191,9 @@ def request_cosignatures(
                 raise NetworkError(f"witness {witness_url}: {exc}") from None
             if resp.status_code == 409 and resp.headers.get("content-type", "").startswith(SIZE_CONTENT_TYPE):
                 text = resp.text.strip()
-                if not text.isdigit() or len(text) > 19:
+                # ASCII digits only: str.isdigit() is also true of "²" (which int() refuses) and
+                # of other scripts' digits (which int() reads, "٣" as 3).
+                if not text.isascii() or not text.isdigit() or len(text) > 19:
                     raise NetworkError(
                         f"witness {witness_url}: got size {text[:20]!r} in its 409, expected a number"
                     )
