@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
 import random
+import re
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +37,22 @@ import httpx2
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
+sys.path.insert(0, str(Path(__file__).parents[1]))
+import dcap_qvl._dcap_qvl as qvl
 from test_cas_successor_release import board_cas, people
 
 from asgi_call import call
-from confide import errors
+from confide import errors, jsonstrict
 from confide.cas.app import create_app
 from confide.cas.board_change import CHANGE_TYPE
 from confide.cas.core import sign_document
 from confide.cas.db import Database, raw_execute
 from confide.cas.retirement import RETIREMENT_TYPE
 from confide.cas.successor import APPROVAL_TYPE, WITHDRAWAL_TYPE
+from confide.cas.successor_board import board_from_json
+from confide.cas.tcb_floor import FLOOR_FILE, TcbEvaluationFloor
 from confide.cas.witness_quorum import WitnessGuard, WitnessQuorum
+from confide.evidence.dcap_collateral import DcapCollateral
 from confide.identity import Identity
 from confide.ledger.checkpoint import Checkpoint
 from confide.ledger.http import TilesApp
@@ -52,6 +61,9 @@ from confide.ledger.store import Ledger, connect, write_transaction
 from confide.ledger.witness import Witness
 from confide.ledger.witness_http import SIZE_CONTENT_TYPE, WitnessApp, request_cosignatures
 from confide.policy.canonical import jcs
+from confide.verify.dcap import DcapVerifier, verify_quote
+from dcap_cases import CASES
+from dcap_forge import ForgedPki
 
 __all__ = ["board_cas", "people"]  # fixtures, re-used
 
@@ -367,6 +379,15 @@ def _doc_body(kind: str, key_id: str, board: list[str], now: int) -> dict[str, A
             "code": {"measurement": "dd" * 48}, "expires": now + 600}  # fmt: skip
 
 
+def _a_board(value: Any) -> bool:
+    """Whether a board change may propose ``value`` (any board the CAS could be given)."""
+    try:
+        board_from_json(value)
+    except errors.ConfideError:
+        return False
+    return True
+
+
 def _tables(r: Any) -> dict[str, list[tuple[Any, ...]]]:
     with r.cas.db.read() as conn:
         return {
@@ -405,6 +426,7 @@ def test_successor_documents_mutated(board_cas: Any, people: list[Identity]) -> 
                 benign = body.pop(name, None) is None  # (absent: no change)
             else:
                 body[name] = rng.choice(HOSTILE_VALUES)
+                benign = kind == CHANGE_TYPE and name == "board" and _a_board(body[name])
             try:
                 doc = sign_document(body, who.sign, who.public.public_base64)
             except errors.ConfideError:
@@ -508,7 +530,9 @@ def test_successor_stored_rows_mutated(board_cas: Any, people: list[Identity]) -
             _restore(db, honest)
             for p in SHOW_ROUTES:
                 again = _get_json(app, p)
-                assert again == shown[p], [(k, again[k], shown[p][k]) for k in again if again[k] != shown[p][k]]
+                assert again == shown[p], [
+                    (k, again[k], shown[p][k]) for k in again if again[k] != shown[p][k]
+                ]
     finally:
         db.dispose()
     assert statuses.get(200, 0) > 0 and statuses.get(503, 0) > 0, statuses
@@ -570,3 +594,227 @@ def _restore(db: Database, tables: dict[str, list[tuple[Any, ...]]]) -> None:
             for row in rows:
                 marks = ", ".join("?" for _ in row)
                 raw_execute(conn, f"INSERT INTO {table} VALUES ({marks})", row)
+
+
+# --- DCAP collateral with TCB evaluation numbers, and the CAS's floor file ------------------------
+
+
+def _json_paths(node: Any, at: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path (keys and indexes) into a JSON tree, the root's children first."""
+    out: list[tuple[Any, ...]] = []
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in items:
+        out.append((*at, key))
+        out.extend(_json_paths(child, (*at, key)))
+    return out
+
+
+def _edit_json(obj: Any, rng: random.Random) -> tuple[Any, tuple[Any, ...], str]:
+    """``obj`` (a copy) with one value replaced by a hostile one, removed, or a member added;
+    the path and what was done."""
+    obj = json.loads(json.dumps(obj))
+    path = rng.choice(_json_paths(obj))
+    parent = obj
+    for key in path[:-1]:
+        parent = parent[key]
+    last = path[-1]
+    roll = rng.random()
+    if roll < 0.15:
+        del parent[last]
+        return obj, path, "removed"
+    if roll < 0.25 and isinstance(parent, dict):
+        parent[rng.choice(["x", "tcbStatus", "tcbEvaluationDataNumber", "advisoryIDs"]) + "_"] = 1
+        return obj, path, "added"
+    parent[last] = rng.choice([*HOSTILE_VALUES, "UpToDate", "OutOfDate", "Revoked", "TDRelaunchAdvised",
+                               "2099-01-01T00:00:00Z", "2000-01-01T00:00:00Z", "2024-03-13T00:00:00",
+                               255, 256, 65535, 65536, 2**32 - 1, 2**32, -0, 17, 18, 19])  # fmt: skip
+    return obj, path, "replaced"
+
+
+def _dcap_qvl_status(pki: Any, raw: bytes, coll: Any, at: datetime) -> str:
+    """dcap-qvl's verdict (a peer): its TCB status, or ``refused: <why>``."""
+    when = int(at.timestamp())
+    policy = qvl.PyQuotePolicy.strict(when).allow_dynamic_platform(True).allow_cached_keys(True)
+    policy = policy.allow_smt(True).platform_grace_period(1 << 40).qe_grace_period(1 << 40)
+    try:
+        claims = qvl.PyQuoteVerifier(pki.root_der).verify_with_policy(
+            raw, qvl.PyQuoteCollateralV3.from_json(coll.to_dcap_qvl_json()), when, policy
+        )
+    except (ValueError, RuntimeError) as exc:
+        return f"refused: {exc}"
+    return str(json.loads(claims.to_json())["tcb"]["status"])
+
+
+@pytest.mark.parametrize("case_id", ["tdx", "sgx"])
+def test_dcap_signed_texts_mutated(case_id: str) -> None:
+    """Real collateral (SGX and TDX), its signed TCB Info and QE Identity texts edited byte by byte
+    (not signed again), and the dcap-qvl bundle around them edited: nothing but the unmutated
+    texts verifies, and a bundle that still verifies gives the same status and numbers."""
+    rng = random.Random(f"fuzz8/dcap/signed/{case_id}")
+    case = _dcap_case(case_id)
+    real = DcapCollateral.from_dcap_qvl_json(case.collateral_bytes())
+    honest = verify_quote(case.quote_bytes(), real, at=case.time)
+    bundle = case.collateral_bytes()
+    for _ in range(120 * SCALE):
+        roll = rng.random()
+        if roll < 0.7:
+            piece = rng.choice(["tcb_info", "qe_identity"])
+            edited = mutate_bytes(getattr(real, piece), rng)
+            coll = dataclasses.replace(real, **{piece: edited})
+            try:
+                got = verify_quote(case.quote_bytes(), coll, at=case.time)
+            except errors.ConfideError:
+                continue
+            assert edited == getattr(real, piece), (piece, edited[:200])
+        else:
+            mutated = mutate_bytes(bundle, rng)
+            try:
+                coll = DcapCollateral.from_dcap_qvl_json(mutated)
+                got = verify_quote(case.quote_bytes(), coll, at=case.time)
+            except errors.ConfideError:
+                continue
+        assert (got.tcb_status, got.tcb_evaluation, got.claims) == (
+            honest.tcb_status,
+            honest.tcb_evaluation,
+            honest.claims,
+        )
+
+
+def test_dcap_resigned_fields_mutated() -> None:
+    """The TCB Info and QE Identity of a real TDX quote's collateral, one value at a time set to a
+    hostile JSON value, removed or added, and signed again under a test PKI: verification refuses
+    with a confide error or reports the numbers of the signed texts; when dcap-qvl (a peer) takes
+    the same collateral, the TCB status is its (TDX relaunch advice aside: dcap-qvl 0.7 reports the
+    level's status)."""
+    rng = random.Random("fuzz8/dcap/resigned")
+    case = _dcap_case("tdx")
+    pki = ForgedPki(at=case.time)
+    raw = pki.forge_quote(case.quote_bytes())
+    real = DcapCollateral.from_dcap_qvl_json(case.collateral_bytes())
+    verifier = DcapVerifier(root_ca_der=pki.root_der)
+    outcomes: dict[str, int] = {}
+    for step in range(150 * SCALE):
+        piece = rng.choice(["tcb_info", "qe_identity"])
+        obj, path, what = _edit_json(json.loads(getattr(real, piece)), rng)
+        text = json.dumps(obj, separators=(",", ":")).encode()
+        coll = pki.forge_collateral(dataclasses.replace(real, **{piece: text}))
+        try:
+            got = verifier.verify(raw, coll, at=case.time)
+        except errors.ConfideError as exc:
+            outcomes[exc.kind] = outcomes.get(exc.kind, 0) + 1
+            continue
+        outcomes["verified"] = outcomes.get("verified", 0) + 1
+        numbers = (json.loads(coll.tcb_info)["tcbEvaluationDataNumber"],
+                   json.loads(coll.qe_identity)["tcbEvaluationDataNumber"])  # fmt: skip
+        assert got.tcb_evaluation is not None
+        assert (got.tcb_evaluation.tcb_info, got.tcb_evaluation.qe_identity) == numbers
+        assert all(type(n) is int for n in numbers)
+        theirs = _dcap_qvl_status(pki, raw, coll, case.time)
+        if not theirs.startswith("refused"):
+            assert got.details["platform_tcb_status"] == theirs or got.tcb_status.value == theirs, (
+                step, piece, path, what, got.tcb_status, theirs)  # fmt: skip
+    assert outcomes.get("verified", 0) > 0 and len(outcomes) > 2, outcomes
+
+
+FLOOR_HOSTILE: list[bytes] = [
+    b"", b"{}", b"[]", b"null", b'{"v":1}', b'{"v":1,"tcb_info":{},"qe_identity":{}}',
+    b'{"v":true,"tcb_info":{},"qe_identity":{}}', b'{"v":1.0,"tcb_info":{},"qe_identity":{}}',
+    b'{"v":2,"tcb_info":{},"qe_identity":{}}', b'{"v":1,"tcb_info":[],"qe_identity":{}}',
+    b'{"v":1,"tcb_info":{"sgx:00a067110000":18},"qe_identity":{"sgx":18},"x":1}',
+    b'{"v":1,"tcb_info":{"sgx:00a067110000":18},"tcb_info":{},"qe_identity":{}}',
+    b'{"v":1,"tcb_info":{"sgx:00A067110000":18},"qe_identity":{}}',
+    b'{"v":1,"tcb_info":{"SGX:00a067110000":18},"qe_identity":{}}',
+    b'{"v":1,"tcb_info":{"sgx:00a06711000":18},"qe_identity":{}}',
+    b'{"v":1,"tcb_info":{"sgx:00a067110000 ":18},"qe_identity":{}}',
+    b'{"v":1,"tcb_info":{"sev:00a067110000":18},"qe_identity":{}}',
+    b'{"v":1,"tcb_info":{},"qe_identity":{"SGX":18}}', b'{"v":1,"tcb_info":{},"qe_identity":{"sgx ":18}}',
+    b'{"v":1,"tcb_info":{},"qe_identity":{"sgx:00a067110000":18}}',
+    b'{"v":1,"tcb_info":{"sgx":18},"qe_identity":{}}',
+    b'{"v":1,"tcb_info":{"sgx:00a067110000":-1},"qe_identity":{}}',
+    b'{"v":1,"tcb_info":{"sgx:00a067110000":4294967296},"qe_identity":{}}',
+    b'{"v":1,"tcb_info":{"sgx:00a067110000":18.0},"qe_identity":{}}',
+    b'{"v":1,"tcb_info":{"sgx:00a067110000":"18"},"qe_identity":{}}',
+    b'{"v":1,"tcb_info":{"sgx:00a067110000":true},"qe_identity":{}}',
+    b'{"v":1,"tcb_info":{"sgx:00a067110000":1e400},"qe_identity":{}}', b"\xff\xfe{}", b"{" * 100000,
+]  # fmt: skip
+_FLOOR_KEY = re.compile(r"(sgx|tdx):[0-9a-f]{12}")
+
+
+def _floor_well_formed(raw: bytes) -> bool:
+    """The oracle: a floor file the CAS may load (module tcb_floor: members v = 1, tcb_info keyed
+    ``<tee>:<fmspc, 12 lower-case hex>``, qe_identity keyed ``<tee>``, numbers 0..2^32-1)."""
+    try:
+        doc = jsonstrict.loads(raw, structure="oracle")
+    except errors.ParseError:
+        return False
+    if not isinstance(doc, dict) or set(doc) != {"v", "tcb_info", "qe_identity"} or type(doc["v"]) is not int:
+        return False
+    tables = doc["tcb_info"], doc["qe_identity"]
+    if doc["v"] != 1 or not all(isinstance(t, dict) for t in tables):
+        return False
+    numbers = [*tables[0].values(), *tables[1].values()]
+    return (all(_FLOOR_KEY.fullmatch(k) for k in tables[0]) and all(k in ("sgx", "tdx") for k in tables[1])
+            and all(type(n) is int and 0 <= n < 2**32 for n in numbers))  # fmt: skip
+
+
+def test_dcap_floor_file_mutated(tmp_path: Path) -> None:
+    """``DIR/dcap-tcb-evaluation.json`` hostile or edited byte by byte: the CAS loads it only when
+    it is well formed (the oracle), else a ParseError (or a StorageError for what cannot be read);
+    a loaded floor holds exactly the file's numbers, and judges by them."""
+    rng = random.Random("fuzz8/dcap/floor")
+    path = tmp_path / FLOOR_FILE
+    valid = (
+        b'{"qe_identity":{"sgx":17,"tdx":18},"tcb_info":{"sgx:00a067110000":17,"tdx:b0c06f000000":18},"v":1}'
+    )
+    candidates = [*FLOOR_HOSTILE, *(mutate_bytes(valid, rng) for _ in range(300 * SCALE)), valid]
+    for raw in candidates:
+        path.write_bytes(raw)
+        try:
+            floor = TcbEvaluationFloor(path)
+        except (errors.ParseError, errors.StorageError):
+            assert not _floor_well_formed(raw), raw[:200]
+            continue
+        assert _floor_well_formed(raw), raw[:200]
+        doc = json.loads(raw)
+        for key, number in doc["tcb_info"].items():
+            tee, fmspc = key.split(":")
+            assert floor.floors(tee, fmspc)[0] == number
+        for tee, number in doc["qe_identity"].items():
+            assert floor.floors(tee, "000000000000")[1] == number
+
+
+def test_dcap_floor_file_that_is_not_a_regular_file(tmp_path: Path) -> None:
+    """Found by this campaign: a FIFO at ``DIR/dcap-tcb-evaluation.json`` made ``cas serve`` hang
+    at the start (an open for reading waits for a writer); a directory gave a StorageError. Now
+    both are a StorageError at once."""
+    path = tmp_path / FLOOR_FILE
+    os.mkfifo(path)
+    done: list[BaseException | None] = []
+
+    def load() -> None:
+        try:
+            TcbEvaluationFloor(path)
+        except BaseException as exc:
+            done.append(exc)
+        else:
+            done.append(None)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(5)
+    if thread.is_alive():  # release the reader, then fail
+        with open(path, "wb"):
+            pass
+        thread.join(5)
+        pytest.fail("loading a FIFO floor file hung")
+    assert isinstance(done[0], errors.StorageError) and "regular file" in done[0].message
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(errors.StorageError):
+        TcbEvaluationFloor(path)
+
+
+def _dcap_case(case_id: str) -> Any:
+    if case_id == "tdx":
+        return next(c for c in CASES if c.quote == "tdx/phala-dcap-qvl/tdx_quote")
+    return next(c for c in CASES if isinstance(c.expected, tuple) and c.quote.startswith("sgx"))

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from pathlib import Path
 
@@ -48,6 +49,8 @@ MAX_FILE_SIZE = 1 << 20  # ~20 000 platforms; a CAS sees a few
 _STRUCTURE = "TCB evaluation floor"
 _LOG = logging.getLogger("confide.cas")
 _TEES = {Platform.SGX: "sgx", Platform.TDX: "tdx", Platform.AZURE_TDX_VTPM: "tdx"}
+_TCB_INFO_KEY = re.compile(r"(sgx|tdx):[0-9a-f]{12}")  # <TEE type>:<FMSPC, 6 bytes in lower-case hex>
+_QE_IDENTITY_KEY = re.compile(r"sgx|tdx")
 
 
 def floor_tee(platform: Platform) -> str:
@@ -55,10 +58,14 @@ def floor_tee(platform: Platform) -> str:
     return _TEES[platform]
 
 
-def _table(value: object, name: str) -> dict[str, int]:
+def _table(value: object, name: str, keys: re.Pattern[str]) -> dict[str, int]:
+    """One table of the floor file, its keys as :meth:`TcbEvaluationFloor.judge` writes them (an
+    edited key would match no platform: that platform's floor would be dropped silently)."""
     if not isinstance(value, dict):
         raise ParseError("not an object", structure=_STRUCTURE, field=name)
     for key, number in value.items():
+        if not keys.fullmatch(key):
+            raise ParseError(f"key {key[:40]!r}: expected {keys.pattern}", structure=_STRUCTURE, field=name)
         if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= 0xFFFF_FFFF:
             raise ParseError(f"{key!r}: not a number 0..2^32-1", structure=_STRUCTURE, field=name)
     return dict(value)
@@ -75,7 +82,7 @@ class TcbEvaluationFloor:
         self._qe_identity: dict[str, int] = {}
         if path is not None and path.exists():
             raw = read_bounded(path, MAX_FILE_SIZE, label=_STRUCTURE, expected="a small JSON file",
-                               structure=_STRUCTURE)  # fmt: skip
+                               structure=_STRUCTURE, regular=True)  # fmt: skip
             try:
                 doc = jsonstrict.loads(raw, structure=_STRUCTURE)
             except ParseError as exc:
@@ -83,11 +90,11 @@ class TcbEvaluationFloor:
             if not isinstance(doc, dict) or set(doc) != {"v", "tcb_info", "qe_identity"}:
                 want = "expected the members v, tcb_info, qe_identity"
                 raise ParseError(f"{path}: {want}", structure=_STRUCTURE)
-            if doc["v"] != FLOOR_VERSION:
+            if type(doc["v"]) is not int or doc["v"] != FLOOR_VERSION:  # true and 1.0 are == 1
                 got = f"version {doc['v']!r}, expected {FLOOR_VERSION}"
                 raise ParseError(f"{path}: {got}", structure=_STRUCTURE)
-            self._tcb_info = _table(doc["tcb_info"], "tcb_info")
-            self._qe_identity = _table(doc["qe_identity"], "qe_identity")
+            self._tcb_info = _table(doc["tcb_info"], "tcb_info", _TCB_INFO_KEY)
+            self._qe_identity = _table(doc["qe_identity"], "qe_identity", _QE_IDENTITY_KEY)
 
     def floors(self, tee: str, fmspc: str) -> tuple[int, int]:
         """(TCB Info floor for ``tee``/``fmspc`` (lower-case hex), QE Identity floor for ``tee``);
