@@ -39,7 +39,21 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 import dcap_qvl._dcap_qvl as qvl
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
+from test_cas_ocsp import _call
 from test_cas_successor_release import board_cas, people
+from test_mutation_ocsp_keyrelease_public import (
+    ALL_PUBLIC,
+    Truth,
+    _ours,
+    expected_ocsp,
+    mutate_der,
+    ocsp_request,
+    truth_of,
+)
 
 from asgi_call import call
 from confide import errors, jsonstrict
@@ -47,6 +61,9 @@ from confide.cas.app import create_app
 from confide.cas.board_change import CHANGE_TYPE
 from confide.cas.core import sign_document
 from confide.cas.db import Database, raw_execute
+from confide.cas.ocsp_der import ParsedRequest
+from confide.cas.ocsp_responder import OcspResponder
+from confide.cas.public_http import PublicApp
 from confide.cas.retirement import RETIREMENT_TYPE
 from confide.cas.successor import APPROVAL_TYPE, WITHDRAWAL_TYPE
 from confide.cas.successor_board import board_from_json
@@ -62,12 +79,15 @@ from confide.ledger.witness import Witness
 from confide.ledger.witness_http import SIZE_CONTENT_TYPE, WitnessApp, request_cosignatures
 from confide.policy.canonical import jcs
 from confide.verify.dcap import DcapVerifier, verify_quote
+from crl_env import T0, Env, policy, started
 from dcap_cases import CASES
 from dcap_forge import ForgedPki
 
 __all__ = ["board_cas", "people"]  # fixtures, re-used
 
 SCALE = int(os.environ.get("CONFIDE_MUTATION_SCALE", "1"))
+S = ocsp.OCSPResponseStatus
+C = ocsp.OCSPCertStatus
 ORIGIN = "cas.example/log"
 
 HOSTILE_TOKENS = [
@@ -379,6 +399,16 @@ def _doc_body(kind: str, key_id: str, board: list[str], now: int) -> dict[str, A
             "code": {"measurement": "dd" * 48}, "expires": now + 600}  # fmt: skip
 
 
+_CLAIMS_FIELDS = {(APPROVAL_TYPE, "claims"), (APPROVAL_TYPE, "retire"), (RETIREMENT_TYPE, "code")}
+
+
+def _claims_text(value: Any) -> bool:
+    """Whether ``value`` names a simulated version (its ``measurement`` in text form: any
+    lower-case hex or decimal, a version that may never have run)."""
+    return (isinstance(value, dict) and set(value) == {"measurement"} and isinstance(value["measurement"], str)
+            and re.fullmatch(r"[0-9a-f]+|[0-9]+", value["measurement"]) is not None)  # fmt: skip
+
+
 def _a_board(value: Any) -> bool:
     """Whether a board change may propose ``value`` (any board the CAS could be given)."""
     try:
@@ -426,7 +456,11 @@ def test_successor_documents_mutated(board_cas: Any, people: list[Identity]) -> 
                 benign = body.pop(name, None) is None  # (absent: no change)
             else:
                 body[name] = rng.choice(HOSTILE_VALUES)
-                benign = kind == CHANGE_TYPE and name == "board" and _a_board(body[name])
+                benign = (kind == CHANGE_TYPE and name == "board" and _a_board(body[name])) or (
+                    (kind, name) in _CLAIMS_FIELDS
+                    and _claims_text(body[name])
+                    and body[name] != body.get("claims")
+                )
             try:
                 doc = sign_document(body, who.sign, who.public.public_base64)
             except errors.ConfideError:
@@ -818,3 +852,165 @@ def _dcap_case(case_id: str) -> Any:
     if case_id == "tdx":
         return next(c for c in CASES if c.quote == "tdx/phala-dcap-qvl/tdx_quote")
     return next(c for c in CASES if isinstance(c.expected, tuple) and c.quote.startswith("sgx"))
+
+
+# --- OCSP signed by the CA itself, owner revocations, stored revocation records -------------------
+
+
+@pytest.fixture(scope="module")
+def ca_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """Policy ``tls``: CA ``ca`` declared ``ocsp: {signer: ca}`` (and the other public options),
+    leaf ``srv`` and runtime certificate ``rt``; the first ``srv`` revoked (keyCompromise)."""
+    text = policy(ca_extra=ALL_PUBLIC + "\n    ocsp:\n      signer: ca", runtime="rt.local")
+    text = text.replace("    ocsp: true\n", "")
+    with started(tmp_path_factory.mktemp("fuzz8-ocsp") / "cas", None, text) as out:
+        out.release()
+        first = out.certificate()
+        out.clock.now = T0 + 3600
+        out.cas.revoke_certificates(out.revocation(serial=first.serial_number, reason="keyCompromise"))
+        out.clock.now = T0 + 3700
+        out.release()
+        yield out
+
+
+def check_ca_signed(der_out: bytes, der_in: bytes, truth: Truth) -> S:
+    """:func:`check_answer`'s oracle, for a CA that signs its own responses: no certificate, the
+    responderID the CA's key hash, the signature the CA key's."""
+    response = ocsp.load_der_ocsp_response(der_out)
+    want, req = expected_ocsp(der_in, truth)
+    got = response.response_status
+    assert got == want, (got, want, der_in.hex())
+    if got != S.SUCCESSFUL:
+        return got
+    assert response.certificates == []
+    assert (
+        response.responder_key_hash == x509.SubjectKeyIdentifier.from_public_key(truth.ca.public_key()).digest
+    )
+    public = truth.ca.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey) and response.signature_hash_algorithm is not None
+    public.verify(
+        response.signature, response.tbs_response_bytes, ec.ECDSA(response.signature_hash_algorithm)
+    )
+    singles = list(response.responses)
+    entries = req.entries if isinstance(req, ParsedRequest) else None
+    if entries is None:
+        assert req is not None and len(singles) == 1
+        asked = [(req.serial_number, req.issuer_name_hash, req.issuer_key_hash, True)]
+    else:
+        asked = [(e.serial, e.name_hash, e.key_hash, _ours(truth, e)) for e in entries]
+    assert len(singles) == len(asked)
+    for single, (serial, name_hash, key_hash, ours) in zip(singles, asked, strict=True):
+        assert (single.serial_number, single.issuer_name_hash, single.issuer_key_hash) == (
+            serial,
+            name_hash,
+            key_hash,
+        )
+        truly = truth.status.get(serial, C.UNKNOWN) if ours else C.UNKNOWN
+        assert single.certificate_status == truly, der_in.hex()
+    return got
+
+
+def test_ca_signed_ocsp_requests_mutated(ca_env: Env) -> None:
+    """fuzz4's DER mutations of OCSP requests (truncation, lying lengths, tag flips, several
+    Requests, nonces of every size, critical extensions, hostile serials and hash algorithms) to
+    a CA declared ``signer: ca``, in process and through the API's and the public listener's
+    routes: every answer is the one the request calls for, signed by the CA's own key."""
+    responder = OcspResponder(ca_env.cas, signature_rate=None)
+    OcspResponder._by_cas[ca_env.cas] = responder
+    truth = truth_of(ca_env)
+    rng = random.Random("fuzz8/ocsp-ca/der")
+    seen: dict[S, int] = {}
+    serials = [*truth.status, 12345, truth.ca.serial_number]
+    for _ in range(300 * SCALE):
+        der = mutate_der(ocsp_request(truth.ca, rng.choice(serials), rng), rng)
+        got = check_ca_signed(responder.respond(truth.ca_id, der, "192.0.2.1").der, der, truth)
+        seen[got] = seen.get(got, 0) + 1
+    apps = [create_app(ca_env.cas), PublicApp(ca_env.cas)]
+    for _ in range(60 * SCALE):
+        der = mutate_der(ocsp_request(truth.ca, rng.choice(serials), rng), rng)
+        app = rng.choice(apps)
+        status, _, body = _call(app, "POST", f"/v1/ocsp/{truth.ca_id}", der,
+                                {"content-type": "application/ocsp-request"})  # fmt: skip
+        assert status == 200, (status, body[:200])
+        check_ca_signed(body, der, truth)
+    assert seen.get(S.SUCCESSFUL, 0) > 20 and seen.get(S.MALFORMED_REQUEST, 0) > 20, seen
+
+
+REVOCATION_HOSTILE: list[Any] = [
+    None, "", "x", "00", "0" * 64, "AB" * 32, "ab" * 32 + "\n", b"\xff", 0, -1, 1.5, 2**62, 1e300,
+    "keyCompromise", "removeFromCRL", "unspecified", "superseded", "tls", "ca", "srv", "rt",
+]  # fmt: skip
+
+
+def test_revocation_records_mutated(ca_env: Env) -> None:
+    """The stored revocation records (``revoked_certificates`` rows and ``revocation_sets``), one
+    column of one row at a time set to hostile SQLite values: OCSP answers parse, never say
+    ``good`` of the revoked serial nor ``revoked`` of a good one (``tryLater`` when the records do
+    not authenticate), the CRL and owner-revocation routes answer without a 5xx but 503, and
+    nothing changes the records but an accepted revocation, which the restore undoes."""
+    responder = OcspResponder(ca_env.cas, signature_rate=None)
+    OcspResponder._by_cas[ca_env.cas] = responder
+    truth = truth_of(ca_env)
+    rng = random.Random("fuzz8/revocation/stored")
+    app = create_app(ca_env.cas)
+    db = ca_env.cas.db
+    with db.read() as conn:
+        honest = {t: list(map(tuple, raw_execute(conn, f"SELECT * FROM {t} ORDER BY rowid").fetchall()))
+                  for t in ("revoked_certificates", "revocation_sets")}  # fmt: skip
+    revoked = {s for s, c in truth.status.items() if c == C.REVOKED}
+    good = {s for s, c in truth.status.items() if c == C.GOOD}
+    statuses: dict[str, int] = {}
+    for step in range(40 * SCALE):
+        table = rng.choice(list(honest))
+        with db.write() as conn:
+            columns = [c[1] for c in raw_execute(conn, f"PRAGMA table_info({table})").fetchall()]
+            rowid = rng.choice([r[0] for r in raw_execute(conn, f"SELECT rowid FROM {table}").fetchall()])
+            column, value = rng.choice(columns), rng.choice(REVOCATION_HOSTILE)
+            try:
+                raw_execute(conn, f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (value, rowid))
+            except Exception:  # a constraint: not this edit
+                continue
+        for serial in [*revoked, *good]:
+            name = _ocsp_status(responder, truth, serial, rng)
+            assert name in ("TRY_LATER", "REVOKED" if serial in revoked else "GOOD"), (
+                step,
+                table,
+                column,
+                value,
+            )
+            statuses[name] = statuses.get(name, 0) + 1
+        status, _ = call(app, f"/v1/crl/{truth.ca_id}.crl", [b""], method="GET")
+        assert status in (200, 404, 503), (step, table, column, value, status)
+        ca_env.clock.now += 1
+        # A revocation of a serial the CA never issued (one that goes through would change the
+        # records, which the restore below would then roll back: refused as a rollback).
+        request = ca_env.revocation(serial=rng.choice([999, 2**100]), reason="superseded")
+        status, answer = call(app, "/v1/policies/tls/revocations", [json.dumps(request).encode()])
+        assert status == 503 or 400 <= status < 500, (step, table, column, value, status, answer)
+        with db.write() as conn:
+            for t, rows in honest.items():
+                raw_execute(conn, f"DELETE FROM {t}")
+                for row in rows:
+                    raw_execute(conn, f"INSERT INTO {t} VALUES ({', '.join('?' for _ in row)})", row)
+        # Restored: every answer is again the truth (nothing was lost).
+        assert {s: _ocsp_status(responder, truth, s, rng) for s in truth.status} == {
+            s: c.name for s, c in truth.status.items()
+        }, (step, table, column, value)
+    assert statuses.get("TRY_LATER", 0) > 0 and statuses.get("GOOD", 0) > 0, statuses
+
+
+def _ocsp_status(responder: OcspResponder, truth: Truth, serial: int, rng: random.Random) -> str:
+    """The certStatus (or the responseStatus when not successful) the responder gives ``serial``
+    now: a request with a nonce, so not a cached answer."""
+    builder = ocsp.OCSPRequestBuilder().add_certificate_by_hash(*_hashes(truth.ca), serial, hashes.SHA1())
+    builder = builder.add_extension(x509.OCSPNonce(rng.randbytes(16)), critical=False)
+    der = builder.build().public_bytes(serialization.Encoding.DER)
+    response = ocsp.load_der_ocsp_response(responder.respond(truth.ca_id, der, None).der)
+    if response.response_status != S.SUCCESSFUL:
+        return response.response_status.name
+    return response.certificate_status.name
+
+
+def _hashes(ca: x509.Certificate) -> tuple[bytes, bytes]:
+    probe = ocsp.OCSPRequestBuilder().add_certificate(ca, ca, hashes.SHA1()).build()
+    return probe.issuer_name_hash, probe.issuer_key_hash
