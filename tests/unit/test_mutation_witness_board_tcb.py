@@ -43,7 +43,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
-from test_cas_ocsp import _call
+from test_cas_ocsp import _call, ca_id
 from test_cas_successor_release import board_cas, people
 from test_mutation_ocsp_keyrelease_public import (
     ALL_PUBLIC,
@@ -53,6 +53,14 @@ from test_mutation_ocsp_keyrelease_public import (
     mutate_der,
     ocsp_request,
     truth_of,
+)
+from test_mutation_revocation_admin_crl import (
+    base_body,
+    mutate_body,
+    post,
+    revocation_state,
+    signed_or_not,
+    well_formed,
 )
 
 from asgi_call import call
@@ -65,6 +73,7 @@ from confide.cas.ocsp_der import ParsedRequest
 from confide.cas.ocsp_responder import OcspResponder
 from confide.cas.public_http import PublicApp
 from confide.cas.retirement import RETIREMENT_TYPE
+from confide.cas.revocation_auth import verified_rows
 from confide.cas.successor import APPROVAL_TYPE, WITHDRAWAL_TYPE
 from confide.cas.successor_board import board_from_json
 from confide.cas.tcb_floor import FLOOR_FILE, TcbEvaluationFloor
@@ -1011,6 +1020,71 @@ def _ocsp_status(responder: OcspResponder, truth: Truth, serial: int, rng: rando
     return response.certificate_status.name
 
 
+def _key_id(ca: x509.Certificate) -> str:
+    return ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+
+
+def _issued(env: Env) -> Truth:
+    """Every certificate the CA issued (``srv``'s versions, the runtime's), ``revoked`` when the
+    CAS's authenticated records list it, else ``good``."""
+    ca = env.ca_cert()
+    with env.cas.db.read() as conn:
+        listed = {
+            int(r.serial, 16) for r in verified_rows(conn, env.cas.sealer, "tls", _key_id(ca), env.clock.now)
+        }
+        runtime = [
+            int(r[0], 16) for r in raw_execute(conn, "SELECT serial FROM runtime_certificates").fetchall()
+        ]
+    serials = [
+        x509.load_pem_x509_certificate(p["certificate"].encode()).serial_number for _, p in env.versions()
+    ]
+    status = {s: C.REVOKED if s in listed else C.GOOD for s in [*serials, *runtime]}
+    return Truth(ca, status, ca_id(ca))
+
+
 def _hashes(ca: x509.Certificate) -> tuple[bytes, bytes]:
     probe = ocsp.OCSPRequestBuilder().add_certificate(ca, ca, hashes.SHA1()).build()
     return probe.issuer_name_hash, probe.issuer_key_hash
+
+
+def test_owner_revocations_mutated_with_authenticated_records(ca_env: Env) -> None:
+    """fuzz3's mutations of owners' revocation requests (hostile values, fields removed or added,
+    serials edited as text, every reason, times moved), signed by the owner or a stranger, posted
+    to a CAS whose CA signs its own OCSP responses and whose revocation records are authenticated
+    (run last: it revokes). Never 5xx; carried out only when well formed and the owner's; after
+    each, the records still authenticate, and the CA's responses and CRL say ``revoked`` of exactly
+    the certificates revoked (the responder answering for every one of them)."""
+    env = ca_env
+    responder = OcspResponder(env.cas, signature_rate=None)
+    OcspResponder._by_cas[env.cas] = responder
+    app = create_app(env.cas)
+    stranger = Identity.generate()
+    rng = random.Random("fuzz8/revoke/api")
+    done = 0
+    for _ in range(60 * SCALE):
+        truth = _issued(env)
+        good = sorted(s for s, c in truth.status.items() if c == C.GOOD) or [12345]
+        serial = rng.choice([format(rng.choice(good), "x"), format(rng.choice(good), "X"), "1f", None])
+        body = mutate_body(
+            base_body(secret=rng.choice(["srv", "rt"]), serial=serial, at=int(env.clock.now)), rng
+        )
+        body.pop("signer", None)
+        who = env.owner if rng.random() < 0.8 else stranger
+        before = revocation_state(env)
+        status, _ = post(app, json.dumps(signed_or_not(body, who)).encode())
+        if status == 200:
+            done += 1
+            assert who is env.owner and well_formed({**body, "signer": "x"}), body
+        else:
+            assert revocation_state(env) == before, body
+        with env.cas.db.read() as conn:
+            rows = verified_rows(conn, env.cas.sealer, "tls", _key_id(truth.ca), env.clock.now)
+        listed = {int(r.serial, 16) for r in rows}  # what the CAS has revoked: authenticated
+        assert {s for s, c in truth.status.items() if c == C.REVOKED} <= listed
+        if status == 200:
+            assert len(listed) > len({s for s, c in truth.status.items() if c == C.REVOKED})
+        for s in rng.sample(sorted(truth.status), min(3, len(truth.status))):
+            want = C.REVOKED if s in listed else C.GOOD
+            assert _ocsp_status(responder, truth, s, rng) == want.name
+        env.clock.now += 1
+    assert done > 0
