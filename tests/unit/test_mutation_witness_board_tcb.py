@@ -69,8 +69,8 @@ from confide.cas.app import create_app
 from confide.cas.board_change import CHANGE_TYPE
 from confide.cas.core import sign_document
 from confide.cas.db import Database, raw_execute
-from confide.cas.ocsp_der import ParsedRequest
-from confide.cas.ocsp_responder import OcspResponder
+from confide.cas.ocsp_der import ParsedRequest, parse_ocsp_request
+from confide.cas.ocsp_responder import MAX_REQUEST, OcspResponder
 from confide.cas.public_http import PublicApp
 from confide.cas.retirement import RETIREMENT_TYPE
 from confide.cas.revocation_auth import verified_rows
@@ -888,6 +888,9 @@ def check_ca_signed(der_out: bytes, der_in: bytes, truth: Truth) -> S:
     response = ocsp.load_der_ocsp_response(der_out)
     want, req = expected_ocsp(der_in, truth)
     got = response.response_status
+    if got != want and {got, want} == {S.MALFORMED_REQUEST, S.UNAUTHORIZED}:
+        assert _oracle_differs(der_in), (got, want, der_in.hex())
+        return got
     assert got == want, (got, want, der_in.hex())
     if got != S.SUCCESSFUL:
         return got
@@ -919,6 +922,24 @@ def check_ca_signed(der_out: bytes, der_in: bytes, truth: Truth) -> S:
     return got
 
 
+def _oracle_differs(der: bytes) -> bool:
+    """Where the oracle (``cryptography``) and the responder's reader read a CertID apart, both
+    answering with an error and no certStatus (docs/limitations.md, the fuzz4 and fuzz8 notes):
+    the parameters of a hash algorithm the reader does not compute (not read: ``unauthorized``,
+    the entry names no issuer; ``cryptography`` types them, e.g. a NULL with content, and refuses),
+    or an issuer hash whose length is not its algorithm's digest size (the reader refuses:
+    ``malformedRequest``; ``cryptography`` reads it, and it matches no issuer)."""
+    try:
+        ocsp.load_der_ocsp_request(der)
+    except ValueError as exc:
+        return "AlgorithmIdentifier::params" in str(exc)
+    try:
+        parse_ocsp_request(der)
+    except errors.ParseError as exc:
+        return "expected an OCTET STRING hash" in exc.message
+    return False
+
+
 def test_ca_signed_ocsp_requests_mutated(ca_env: Env) -> None:
     """fuzz4's DER mutations of OCSP requests (truncation, lying lengths, tag flips, several
     Requests, nonces of every size, critical extensions, hostile serials and hash algorithms) to
@@ -940,6 +961,9 @@ def test_ca_signed_ocsp_requests_mutated(ca_env: Env) -> None:
         app = rng.choice(apps)
         status, _, body = _call(app, "POST", f"/v1/ocsp/{truth.ca_id}", der,
                                 {"content-type": "application/ocsp-request"})  # fmt: skip
+        if status == 413:  # larger than a request may be: refused unread
+            assert len(der) > MAX_REQUEST
+            continue
         assert status == 200, (status, body[:200])
         check_ca_signed(body, der, truth)
     assert seen.get(S.SUCCESSFUL, 0) > 20 and seen.get(S.MALFORMED_REQUEST, 0) > 20, seen
@@ -1071,7 +1095,7 @@ def test_owner_revocations_mutated_with_authenticated_records(ca_env: Env) -> No
         body.pop("signer", None)
         who = env.owner if rng.random() < 0.8 else stranger
         before = revocation_state(env)
-        status, _ = post(app, json.dumps(signed_or_not(body, who)).encode())
+        status, reply = post(app, json.dumps(signed_or_not(body, who)).encode())
         if status == 200:
             done += 1
             assert who is env.owner and well_formed({**body, "signer": "x"}), body
@@ -1081,8 +1105,8 @@ def test_owner_revocations_mutated_with_authenticated_records(ca_env: Env) -> No
             rows = verified_rows(conn, env.cas.sealer, "tls", _key_id(truth.ca), env.clock.now)
         listed = {int(r.serial, 16) for r in rows}  # what the CAS has revoked: authenticated
         assert {s for s, c in truth.status.items() if c == C.REVOKED} <= listed
-        if status == 200:
-            assert len(listed) > len({s for s, c in truth.status.items() if c == C.REVOKED})
+        if status == 200:  # what it revoked is listed (nothing when all was revoked before: idempotent)
+            assert {int(r["serial"], 16) for r in reply["revoked"]} <= listed, reply
         for s in rng.sample(sorted(truth.status), min(3, len(truth.status))):
             want = C.REVOKED if s in listed else C.GOOD
             assert _ocsp_status(responder, truth, s, rng) == want.name
