@@ -13,6 +13,7 @@ import re
 import shutil
 import sqlite3
 from collections.abc import Iterator
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -185,10 +186,24 @@ def test_guard_counts_a_quorum_without_a_dead_witness_and_halts_on_a_fork(
     assert guard.quorum_size == 4 and not guard.due(6)  # no more rounds: restart to try again
 
 
+class WitnessTime(datetime):
+    """The witness servers' clock (``datetime.now`` in confide.ledger.witness_http), moved with
+    the test's monotonic clock: the cosignatures' timestamps follow the test's time."""
+
+    clock: Monotonic | None = None
+
+    @classmethod
+    def now(cls, tz: tzinfo | None = None) -> WitnessTime:
+        assert cls.clock is not None
+        return cls.fromtimestamp(1_800_000_000 + cls.clock.now, tz)
+
+
 def test_guard_max_lag_refuses_until_the_next_quorum(
-    tmp_path: Path, log_signer: NoteSigner, witnesses: Witnesses
+    tmp_path: Path, log_signer: NoteSigner, witnesses: Witnesses, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = Monotonic()
+    monkeypatch.setattr(WitnessTime, "clock", clock)
+    monkeypatch.setattr("confide.ledger.witness_http.datetime", WitnessTime)
     guard = WitnessGuard(WitnessQuorum(witnesses.specs, 3, max_lag=60), monotonic=clock)
     refusal = guard.refusal()
     assert isinstance(refusal, errors.NetworkError) and "(none yet)" in refusal.message

@@ -214,6 +214,17 @@ def create_app(
                 status = response.status_code
                 await _send_response(response, send)
                 return
+            if method == "POST" and witness_guard is not None and not path.startswith(OCSP_PATH):
+                # Asked again once the body is in: reading it may take --body-timeout, and a
+                # witness's rollback or fork answer (or the lag bound) that came meanwhile must
+                # refuse this request too (docs/cas.md "Witness quorum").
+                stopped = witness_guard.refusal()
+                if stopped is not None:
+                    route = route or _write_route(path)
+                    response = _halted(stopped)
+                    status = response.status_code
+                    await _send_response(response, send)
+                    return
             if fast is not None:
                 # The attestation endpoints skip FastAPI's routing and body validation for a
                 # well-formed JSON object (the same endpoint function runs); anything else takes

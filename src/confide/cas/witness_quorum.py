@@ -115,6 +115,7 @@ class _Witness:
     url: str
     key: NoteVerifier
     size: int = 0  # the size it last cosigned for us (sent as old size first)
+    stamp: int = -1  # the timestamp of that cosignature (tlog-cosignature "time")
     cosignatures: int = 0
     failures: int = 0
 
@@ -200,12 +201,16 @@ class WitnessGuard:
         size = Checkpoint.from_text(parse_note(note).text).size
         with self._lock:
             self.rounds += 1
-            self.attempted_at, self.attempted_size = self.monotonic(), size
+            # Before any witness is asked: no cosignature of this round is older, so a quorum's
+            # age is counted from here (the witnesses are asked one after the other, each up to
+            # 10 s and three 409s: the round's end could be minutes after its first cosignature).
+            started, started_wall = self.monotonic(), self.wall()
+            self.attempted_at, self.attempted_size = started, size
             cosigned = 0
             failures: list[tuple[str, str, str]] = []
             for witness in self._witnesses:
                 try:
-                    request_cosignatures(
+                    sig = request_cosignatures(
                         conn, witness.url, witness.key, client=client, note=note, old_size=witness.size
                     )
                 except LogRollbackError as exc:
@@ -226,9 +231,24 @@ class WitnessGuard:
                     witness.failures += 1
                     failures.append((witness.key.name, exc.kind, exc.message[:200]))
                     continue
-                witness.size = size
+                # tlog-cosignature: the cosignature/v1 signature starts with its 8-byte big-endian
+                # timestamp. The same checkpoint sent again (a retry, a quiet log re-cosigned for
+                # --witness-max-lag) has the same text, so an earlier answer of the witness verifies
+                # again: replayed by whoever is on the path to it, it would count as the witness's
+                # word now. A new cosignature of a checkpoint the witness cosigned before must be
+                # later than that one (rounds on one size are at least 1 s apart).
+                stamp = int.from_bytes(sig.signature[:8], "big")
+                if size == witness.size and stamp <= witness.stamp:
+                    stale = (
+                        f"its cosignature of size {size} has time {stamp}, not later than the"
+                        f" {witness.stamp} of its cosignature of that checkpoint before: not a fresh one"
+                    )
+                    witness.failures += 1
+                    failures.append((witness.key.name, NetworkError.__name__, stale[:200]))
+                    continue
+                witness.size, witness.stamp = size, stamp
                 witness.cosignatures += 1
                 cosigned += 1
             if cosigned >= self.config.quorum and size >= self.quorum_size:
-                self.quorum_size, self.quorum_at, self.quorum_wall = size, self.monotonic(), self.wall()
+                self.quorum_size, self.quorum_at, self.quorum_wall = size, started, started_wall
             return Round(size, cosigned, tuple(failures))

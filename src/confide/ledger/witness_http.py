@@ -191,9 +191,10 @@ def request_cosignatures(
                 raise NetworkError(f"witness {witness_url}: {exc}") from None
             if resp.status_code == 409 and resp.headers.get("content-type", "").startswith(SIZE_CONTENT_TYPE):
                 text = resp.text.strip()
-                # ASCII digits only: str.isdigit() is also true of "²" (which int() refuses) and
-                # of other scripts' digits (which int() reads, "٣" as 3).
-                if not text.isascii() or not text.isdigit() or len(text) > 19:
+                # "the tree size ... in decimal" (tlog-witness "add-checkpoint"): ASCII digits only;
+                # str.isdigit() alone also takes superscripts (int() then raises ValueError, which
+                # no caller expects) and other scripts' digits.
+                if not (text.isascii() and text.isdigit()) or len(text) > 19:
                     raise NetworkError(
                         f"witness {witness_url}: got size {text[:20]!r} in its 409, expected a number"
                     )
@@ -220,6 +221,14 @@ def request_cosignatures(
                 raise NetworkError(f"witness {witness_url}: HTTP {resp.status_code}: {resp.text[:200]}")
             cosigned = bare + resp.content
             try:
+                # tlog-witness "add-checkpoint": the 200 body is "a sequence of one or more note
+                # signature lines" on *this* checkpoint. Opened after it, anything else (a blank
+                # line and more text) would move the note's text past the checkpoint, and a
+                # cosignature of that other text would verify and be counted and stored.
+                if parse_note(cosigned).text != parsed.text:
+                    raise NetworkError(
+                        f"witness {witness_url}: answered more than signature lines on the checkpoint"
+                    )
                 _, verified = open_note(cosigned, [witness_key])
             except ParseError as exc:
                 raise NetworkError(f"witness {witness_url}: malformed cosignature: {exc.message}") from None
