@@ -14,6 +14,19 @@ Invariants:
 - witness and tiles servers (the ASGI apps of ``ledger witness serve`` and ``ledger serve``):
   every request gets a 4xx or the honest answer, never a 5xx, and the witness's state changes
   only with a 200 for a checkpoint the log signed;
+- successor-board documents (successor, board-change, retirement approvals, withdrawals) through
+  the API: never 5xx; taken only when a member would have signed them so (the oracle); a refusal
+  changes no approval row; stored rows edited to anything SQLite keeps: the ``show`` routes and
+  a new approval answer 200 or 503, never 500, and an edited row never counts for more;
+- DCAP collateral: no byte edit of a signed TCB Info or QE Identity verifies; values edited and
+  signed again under a test PKI verify only with the numbers of their texts and, when dcap-qvl
+  (a peer) takes them too, its TCB status; the CAS's floor file loads only when it is what the
+  CAS writes, and never hangs;
+- OCSP for a CA that signs its own responses: every answer is what the request calls for
+  (fuzz4's oracle), signed by the CA's key; stored revocation records edited: never ``good`` of
+  a revoked serial nor ``revoked`` of a good one (``tryLater`` instead), restored: the truth
+  again; owners' revocation requests mutated: carried out only when well formed and the owner's,
+  the records authenticating after each.
 """
 
 from __future__ import annotations
@@ -36,7 +49,7 @@ from typing import Any
 import httpx2
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
+sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 import dcap_qvl._dcap_qvl as qvl
 from cryptography import x509
