@@ -46,7 +46,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
 
 unit: $(STAMP) $(APT_MARK)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --cov=confide --cov-report=term --cov-report=xml:coverage.xml
+	$(BIN)/python -m pytest -q -p no:cacheprovider --cov=confide --cov-report=term --cov-report=xml:coverage.xml --durations=25
 
 test: lint typecheck unit
 
