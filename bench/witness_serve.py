@@ -12,6 +12,8 @@ cosignatures a second for each server and the ratio candidate/baseline. The load
 runs in this process (Python threads, one GIL): read the ratio, not the absolute numbers.
 
     flock -x /tmp/confide-cpu.lock .venv/bin/python bench/witness_serve.py --baseline-src ../main/src
+
+A peer that has rate limits too is run without them: ``--baseline-args="--request-rate 0"``.
 """
 
 from __future__ import annotations
@@ -143,11 +145,23 @@ def main() -> None:
     parser.add_argument(
         "--state-dir", help="where the witness state is written (default: $TMPDIR; /dev/shm: no disk flush)"
     )
+    parser.add_argument(
+        "--baseline-args",
+        default="",
+        help='options for the peer\'s witness serve ("--request-rate 0" for a peer with rate limits)',
+    )
     args = parser.parse_args()
     logs = [NoteSigner.generate(f"bench.example/log{i}") for i in range(args.clients)]
     bodies = [_bodies(log, args.per_log) for log in logs]
     for r in range(args.rounds):
-        base = _run(args.baseline_src.resolve(), [], logs, bodies, args.seconds, args.state_dir)
+        base = _run(
+            args.baseline_src.resolve(),
+            args.baseline_args.split(),
+            logs,
+            bodies,
+            args.seconds,
+            args.state_dir,
+        )
         cand = _run(SRC, ["--request-rate", "0"], logs, bodies, args.seconds, args.state_dir)
         print(
             f"round {r + 1}: {args.clients} logs, add-checkpoint/s: baseline {base:.0f}, "

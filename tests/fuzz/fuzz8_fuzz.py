@@ -147,7 +147,9 @@ def floor(data: bytes) -> None:
     except (errors.ParseError, errors.StorageError):
         return
     doc = json.loads(data)
-    assert set(doc) == {"v", "tcb_info", "qe_identity"} and type(doc["v"]) is int and doc["v"] == 1
+    assert type(doc["v"]) is int and doc["v"] in (1, 2)
+    members = {"v", "tcb_info", "qe_identity"}
+    assert members <= set(doc) <= members | ({"macs"} if doc["v"] == 2 else set())
     for key, number in doc["tcb_info"].items():
         tee, fmspc = key.split(":")
         assert tee in ("sgx", "tdx") and len(fmspc) == 12 and type(number) is int

@@ -16,8 +16,9 @@ import pytest
 
 from confide import errors
 from confide.cas.pcs import DcapCollateralCache, DcapKey
+from confide.cas.secrets import Sealer
 from confide.cas.server import prepare
-from confide.cas.tcb_floor import FLOOR_FILE, TcbEvaluationFloor
+from confide.cas.tcb_floor import FLOOR_FILE, TcbEvaluationFloor, floor_mac
 from confide.cas.verifier import PlatformVerifier
 from confide.collateral.dcap import PcsHttpSource
 from confide.evidence.dcap import Quote
@@ -30,6 +31,16 @@ from pcs_fake import FakePcs, fake_pcs
 
 TDX = next(c for c in CASES if c.quote == "tdx/phala-dcap-qvl/tdx_quote")  # TCB Info and QE Identity: 17
 AT = TDX.time
+
+
+SEALER = Sealer(bytes(range(32)))  # the CAS's master key
+
+
+def _floor(path: Path) -> TcbEvaluationFloor:
+    """The floor as a started CAS holds it: authenticated under the master key."""
+    floor = TcbEvaluationFloor(path)
+    floor.authenticate(SEALER, None)
+    return floor
 
 
 def _real() -> DcapCollateral:
@@ -64,16 +75,22 @@ def _evidence(
 
 def test_raised_by_own_collateral_persisted_and_remembered_after_a_restart(tmp_path: Path) -> None:
     path = tmp_path / FLOOR_FILE
-    floor = TcbEvaluationFloor(path)
+    floor = _floor(path)
     assert floor.floors("tdx", "b0c06f000000") == (0, 0) and not path.exists()
     floor.judge(_evidence("b0c06f000000", 18, 17), raise_floor=True)
     assert floor.floors("tdx", "b0c06f000000") == (18, 17)
-    assert json.loads(path.read_bytes()) == {
-        "v": 1,
+    doc = json.loads(path.read_bytes())
+    assert doc == {
+        "v": 2,
         "tcb_info": {"tdx:b0c06f000000": 18},
         "qe_identity": {"tdx": 17},
+        "macs": {
+            SEALER.sealing_key_id: floor_mac(
+                SEALER, SEALER.sealing_key_id, doc["tcb_info"], doc["qe_identity"]
+            )
+        },
     }
-    again = TcbEvaluationFloor(path)  # a restarted CAS
+    again = _floor(path)  # a restarted CAS
     with pytest.raises(errors.CollateralOutdatedError) as info:
         again.judge(_evidence("b0c06f000000", 17, 17), raise_floor=True)
     assert info.value.exit_code == 62
@@ -85,7 +102,7 @@ def test_raised_by_own_collateral_persisted_and_remembered_after_a_restart(tmp_p
 
 
 def test_keys_tcb_info_per_tee_and_fmspc_qe_identity_per_tee(tmp_path: Path) -> None:
-    floor = TcbEvaluationFloor(tmp_path / FLOOR_FILE)
+    floor = _floor(tmp_path / FLOOR_FILE)
     floor.judge(_evidence("b0c06f000000", 19, 18), raise_floor=True)
     # another FMSPC's TCB Info has its own number; the TD QE's identity is the same one
     floor.judge(_evidence("00806f050000", 16, 18), raise_floor=True)
@@ -106,7 +123,7 @@ def test_keys_tcb_info_per_tee_and_fmspc_qe_identity_per_tee(tmp_path: Path) -> 
 def test_collateral_sent_with_a_request_is_judged_but_never_raises_it(tmp_path: Path) -> None:
     """A client can fetch Intel's update=early collateral; raising the floor with it would have
     every other attestation refused until the standard update caught up."""
-    floor = TcbEvaluationFloor(tmp_path / FLOOR_FILE)
+    floor = _floor(tmp_path / FLOOR_FILE)
     floor.judge(_evidence("b0c06f000000", 17, 17), raise_floor=True)
     floor.judge(_evidence("b0c06f000000", 19, 19), raise_floor=False)  # accepted ...
     assert floor.floors("tdx", "b0c06f000000") == (17, 17)  # ... and the floor is unchanged
@@ -120,7 +137,11 @@ def test_collateral_sent_with_a_request_is_judged_but_never_raises_it(tmp_path: 
         b"",
         b"[]",
         b'{"v":1,"tcb_info":{}}',
-        b'{"v":2,"tcb_info":{},"qe_identity":{}}',
+        b'{"v":3,"tcb_info":{},"qe_identity":{}}',
+        b'{"v":true,"tcb_info":{},"qe_identity":{}}',
+        b'{"v":1,"tcb_info":{},"qe_identity":{},"macs":{}}',
+        b'{"v":2,"tcb_info":{},"qe_identity":{},"macs":{"00":"11"}}',
+        b'{"v":2,"tcb_info":{},"qe_identity":{},"macs":[]}',
         b'{"v":1,"tcb_info":{"tdx:b0c06f000000":"18"},"qe_identity":{}}',
         b'{"v":1,"tcb_info":{},"qe_identity":{"tdx":-1}}',
         b'{"v":1,"tcb_info":{},"qe_identity":{"tdx":true}}',
@@ -140,7 +161,7 @@ def test_a_file_that_does_not_parse_stops_the_cas_rather_than_being_forgotten(
 def test_a_floor_that_cannot_be_written_is_not_raised_and_the_attestation_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    floor = TcbEvaluationFloor(tmp_path / "missing-dir" / FLOOR_FILE)
+    floor = _floor(tmp_path / "missing-dir" / FLOOR_FILE)
     with caplog.at_level(logging.WARNING, logger="confide.cas"):
         floor.judge(_evidence("b0c06f000000", 18, 18), raise_floor=True)
     assert floor.floors("tdx", "b0c06f000000") == (0, 0)  # memory never ahead of the file
@@ -152,7 +173,7 @@ def test_a_floor_that_cannot_be_written_is_not_raised_and_the_attestation_goes_o
 
 def _cas_verifier(pcs: FakePcs, data_dir: Path, cache_dir: Path, pki: ForgedPki) -> PlatformVerifier:
     """The verifier ``cas serve --collateral URL`` builds (server.prepare), for the test PKI."""
-    floor = TcbEvaluationFloor(data_dir / FLOOR_FILE)
+    floor = _floor(data_dir / FLOOR_FILE)
     source = PcsHttpSource(pcs.url, cache_dir=cache_dir, clock=lambda: AT, floor=floor.minimum)
     verifier = PlatformVerifier(dcap_source=source, tcb_floor=floor)
     verifier.dcap = DcapVerifier(root_ca_der=pki.root_der)
@@ -216,7 +237,7 @@ def test_memory_does_not_serve_collateral_below_the_floor(tmp_path: Path) -> Non
     pki = ForgedPki(at=AT)
     quote = pki.forge_quote(TDX.quote_bytes())
     fmspc, ca = pck_info(Quote.from_bytes(quote))
-    floor = TcbEvaluationFloor(tmp_path / FLOOR_FILE)
+    floor = _floor(tmp_path / FLOOR_FILE)
     with fake_pcs() as pcs:
         pcs.serve(quote, _renumbered(pki, 17, 17))
         source = PcsHttpSource(pcs.url, cache_dir=tmp_path / "c", clock=lambda: AT, floor=floor.minimum)
@@ -235,7 +256,7 @@ def test_azure_tdx_evidence_is_judged_as_tdx(tmp_path: Path) -> None:
     evidence = (ASSETS / "tpm" / "trustee-az-tdx-vtpm" / "evidence-v1.json").read_bytes()
     bundle = (ASSETS / "tdx/automata-dcap-attestation/collateral_0625_00806f050000.dcapqvl.json").read_bytes()
     at = datetime.fromtimestamp(1_749_030_758, UTC)  # inside the collateral's window
-    floor = TcbEvaluationFloor(tmp_path / FLOOR_FILE)
+    floor = _floor(tmp_path / FLOOR_FILE)
     verifier = PlatformVerifier(tcb_floor=floor)
     v = verifier.verify(Platform.AZURE_TDX_VTPM, evidence, {"collateral": bundle}, at=at)
     assert v.tcb_evaluation is not None and v.claims["fmspc"] == "00806f050000"

@@ -170,3 +170,42 @@ def test_importing_a_missing_policy_or_volume_is_refused(ipc: InProcessCas) -> N
     body, _ = ipc.request(policy="lab", service="analytics")
     with pytest.raises(errors.AccessDeniedError, match="has no volume records"):
         ipc.cas.attest(body)
+
+
+def current_tag(ipc: InProcessCas) -> tuple[str, int]:
+    with ipc.cas.db.read() as conn:
+        row = raw_execute(
+            conn, "SELECT tag, generation FROM volume_tags WHERE policy = 'hospital' AND volume = 'records'"
+        ).fetchone()
+    return str(row[0]), int(row[1])
+
+
+def test_an_update_that_keeps_the_declared_tag_keeps_the_current_tag(ipc: InProcessCas) -> None:
+    """The owner's policy update that changes something else (here: an export) and keeps its
+    ``fspf_tag`` must not set the volume back to that declared tag: the services' newer tag
+    stays current (else the current copy is refused and the old one accepted). A newly
+    declared tag is adopted."""
+    hospital = Identity.generate()
+    ipc.apply(exporter(""), hospital)
+    got = release(ipc, "hospital", "writer")
+    tag1 = "02" * 32
+    ipc.cas.update_volume_tag(
+        {
+            "policy": "hospital",
+            "volume": "records",
+            "session": got["session"],
+            "old_tag": TAG0,
+            "new_tag": tag1,
+        }
+    )
+    assert current_tag(ipc) == (tag1, 1)
+    ipc.apply(exporter(EXPORT_TO_LAB, predecessor=f"predecessor: {head(ipc, 'hospital')}"), hospital)
+    assert current_tag(ipc) == (tag1, 1)
+    assert release(ipc, "hospital", "writer")["volumes"][0]["tag"] == tag1
+    # the owner declares another tag (e.g. a version it sealed itself): adopted
+    tag2 = "04" * 32
+    redeclared = exporter(EXPORT_TO_LAB, predecessor=f"predecessor: {head(ipc, 'hospital')}").replace(
+        TAG0, tag2
+    )
+    ipc.apply(redeclared, hospital)
+    assert current_tag(ipc) == (tag2, 2)

@@ -87,9 +87,10 @@ from confide.cas.ocsp_responder import MAX_REQUEST, OcspResponder
 from confide.cas.public_http import PublicApp
 from confide.cas.retirement import RETIREMENT_TYPE
 from confide.cas.revocation_auth import verified_rows
+from confide.cas.secrets import Sealer
 from confide.cas.successor import APPROVAL_TYPE, WITHDRAWAL_TYPE
 from confide.cas.successor_board import board_from_json
-from confide.cas.tcb_floor import FLOOR_FILE, TcbEvaluationFloor
+from confide.cas.tcb_floor import EVENT_ALTERED, FLOOR_FILE, TcbEvaluationFloor, floor_mac
 from confide.cas.witness_quorum import WitnessGuard, WitnessQuorum
 from confide.evidence.dcap_collateral import DcapCollateral
 from confide.identity import Identity
@@ -797,32 +798,52 @@ _FLOOR_KEY = re.compile(r"(sgx|tdx):[0-9a-f]{12}")
 
 
 def _floor_well_formed(raw: bytes) -> bool:
-    """The oracle: a floor file the CAS may load (module tcb_floor: members v = 1, tcb_info keyed
-    ``<tee>:<fmspc, 12 lower-case hex>``, qe_identity keyed ``<tee>``, numbers 0..2^32-1)."""
+    """The oracle: a floor file the CAS may load (module tcb_floor: members v (the integer 1 or 2),
+    tcb_info keyed ``<tee>:<fmspc, 12 lower-case hex>``, qe_identity keyed ``<tee>``, numbers
+    0..2^32-1, and in version 2 optionally macs, key id (32 hex) -> MAC (64 hex))."""
     try:
         doc = jsonstrict.loads(raw, structure="oracle")
     except errors.ParseError:
         return False
-    if not isinstance(doc, dict) or set(doc) != {"v", "tcb_info", "qe_identity"} or type(doc["v"]) is not int:
+    if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] not in (1, 2):
         return False
-    tables = doc["tcb_info"], doc["qe_identity"]
-    if doc["v"] != 1 or not all(isinstance(t, dict) for t in tables):
+    members = {"v", "tcb_info", "qe_identity"}
+    if not members <= set(doc) <= members | ({"macs"} if doc["v"] == 2 else set()):
+        return False
+    tables, macs = (doc["tcb_info"], doc["qe_identity"]), doc.get("macs", {})
+    if not all(isinstance(t, dict) for t in tables) or not isinstance(macs, dict):
         return False
     numbers = [*tables[0].values(), *tables[1].values()]
     return (all(_FLOOR_KEY.fullmatch(k) for k in tables[0]) and all(k in ("sgx", "tdx") for k in tables[1])
-            and all(type(n) is int and 0 <= n < 2**32 for n in numbers))  # fmt: skip
+            and all(type(n) is int and 0 <= n < 2**32 for n in numbers)
+            and all(re.fullmatch("[0-9a-f]{32}", k) and isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v)
+                    for k, v in macs.items()))  # fmt: skip
+
+
+FLOOR_SEALER = Sealer(bytes(range(32)))
+FLOOR_TABLES = ({"sgx:00a067110000": 17, "tdx:b0c06f000000": 18}, {"sgx": 17, "tdx": 18})
 
 
 def test_dcap_floor_file_mutated(tmp_path: Path) -> None:
-    """``DIR/dcap-tcb-evaluation.json`` hostile or edited byte by byte: the CAS loads it only when
-    it is well formed (the oracle), else a ParseError (or a StorageError for what cannot be read);
-    a loaded floor holds exactly the file's numbers, and judges by them."""
+    """``DIR/dcap-tcb-evaluation.json`` (version 1, and version 2 with its MAC) hostile or edited
+    byte by byte: the CAS loads it only when it is well formed (the oracle), else a ParseError (or
+    a StorageError for what cannot be read); a loaded floor holds exactly the file's numbers; once
+    authenticated, a version-2 file passes its MAC only with the tables it was MAC'd with, and
+    the floor is never below the file's numbers."""
     rng = random.Random("fuzz8/dcap/floor")
     path = tmp_path / FLOOR_FILE
-    valid = (
-        b'{"qe_identity":{"sgx":17,"tdx":18},"tcb_info":{"sgx:00a067110000":17,"tdx:b0c06f000000":18},"v":1}'
-    )
-    candidates = [*FLOOR_HOSTILE, *(mutate_bytes(valid, rng) for _ in range(300 * SCALE)), valid]
+    macs = {kid: floor_mac(FLOOR_SEALER, kid, *FLOOR_TABLES) for kid in FLOOR_SEALER.key_ids}
+    v1 = json.dumps({"v": 1, "tcb_info": FLOOR_TABLES[0], "qe_identity": FLOOR_TABLES[1]}).encode()
+    v2 = json.dumps(
+        {"v": 2, "tcb_info": FLOOR_TABLES[0], "qe_identity": FLOOR_TABLES[1], "macs": macs}
+    ).encode()
+    candidates = [
+        *FLOOR_HOSTILE,
+        *(mutate_bytes(rng.choice([v1, v2]), rng) for _ in range(300 * SCALE)),
+        v1,
+        v2,
+    ]
+    verified = 0
     for raw in candidates:
         path.write_bytes(raw)
         try:
@@ -837,6 +858,15 @@ def test_dcap_floor_file_mutated(tmp_path: Path) -> None:
             assert floor.floors(tee, fmspc)[0] == number
         for tee, number in doc["qe_identity"].items():
             assert floor.floors(tee, "000000000000")[1] == number
+        event = floor.authenticate(FLOOR_SEALER, None)
+        if doc["v"] == 2 and (event is None or event[0] != EVENT_ALTERED):  # its MAC verified
+            # (no ledger floor given: a verified file's numbers are recorded, EVENT_RAISED)
+            verified += 1
+            assert (doc["tcb_info"], doc["qe_identity"]) == FLOOR_TABLES, raw[:200]
+        tables = floor.tables()
+        assert all(tables["tcb_info"].get(k, 0) >= n for k, n in doc["tcb_info"].items())
+        assert all(tables["qe_identity"].get(k, 0) >= n for k, n in doc["qe_identity"].items())
+    assert verified > 0
 
 
 def test_dcap_floor_file_that_is_not_a_regular_file(tmp_path: Path) -> None:

@@ -193,6 +193,37 @@ def verify_signed(doc: Any, expected_type: str) -> tuple[dict[str, Any], PublicI
     return body, signer
 
 
+WITHHELD = "(withheld)"
+"""What ``policy show`` returns in place of an explicit secret value or volume key."""
+
+
+def _explicit_volume_key(key: object) -> bool:
+    # a placeholder ($$SCONE::name$$) names a generated secret; anything else is the key itself
+    return isinstance(key, str) and "$$" not in key
+
+
+def holds_explicit_values(policy: Policy) -> bool:
+    """Whether the policy's document carries secret material: an explicit secret ``value`` or
+    an explicit volume ``fspf_key`` (docs/policy.md). Its submission then stays out of the
+    ledger (only its hash goes in), as the ledger is read by every reader of the policy."""
+    return any(sec.value is not None for sec in policy.secrets) or any(
+        _explicit_volume_key(vol.fspf_key) for vol in policy.volumes
+    )
+
+
+def withhold_explicit_values(document: dict[str, Any]) -> dict[str, Any]:
+    """The canonical policy JSON as ``policy show`` returns it: every explicit secret
+    ``value`` and explicit volume ``fspf_key`` replaced by :data:`WITHHELD` (docs/cas.md,
+    command-line contract: "never secret values"; a reader need not be the owner)."""
+    for sec in document.get("secrets") or []:
+        if isinstance(sec, dict) and "value" in sec:
+            sec["value"] = WITHHELD
+    for vol in document.get("volumes") or []:
+        if isinstance(vol, dict) and _explicit_volume_key(vol.get("fspf_key")):
+            vol["fspf_key"] = WITHHELD
+    return document
+
+
 def sign_document(body: dict[str, Any], sign: Callable[[bytes], bytes], signer_b64: str) -> dict[str, Any]:
     doc = {**body, "signer": signer_b64}
     return {**doc, "signature": base64.b64encode(sign(jcs(doc))).decode()}
@@ -603,8 +634,9 @@ class Cas:
                 "hash": digest, "predecessor": policy.predecessor, "signer": submitter,
                 "submission_sha256": hashlib.sha256(jcs(submission)).hexdigest(),
             }  # fmt: skip
-            if any(sec.value is not None for sec in policy.secrets):
-                # The document carries explicit secret values: the ledger records its hash only.
+            if holds_explicit_values(policy):
+                # The document carries explicit secret values or volume keys: the ledger records
+                # its hash only (docs/cas.md "Transparency").
                 payload["submission_withheld"] = "explicit secret values"
             else:
                 payload["submission"] = jcs(submission).decode()
@@ -810,11 +842,19 @@ class Cas:
         # Revocation (docs/cas.md "Revocation"): every generated CA's CRL reflects what this
         # version superseded or removed, in this transaction.
         issue_crls(self, conn, policy, digest, now)
-        self._prepare_volumes(conn, policy, digest)
+        self._prepare_volumes(conn, policy, digest, previous)
 
-    def _prepare_volumes(self, conn: Connection, policy: Policy, digest: str) -> None:
+    def _prepare_volumes(
+        self, conn: Connection, policy: Policy, digest: str, previous: Policy | None
+    ) -> None:
         """Each volume gets a key (the policy's ``fspf_key``, else generated and kept across
-        updates) and a current tag (the policy's ``fspf_tag`` when it declares a new one)."""
+        updates) and a current tag (the policy's ``fspf_tag`` when it declares a new one: one
+        the previous version did not declare for this volume; an update that keeps its
+        ``fspf_tag`` keeps the tag the services reported since, docs/cas.md "Volumes shared
+        between policies")."""
+        declared_before = {
+            vol.name: vol.fspf_tag for vol in (previous.volumes if previous else ()) if vol.import_ is None
+        }
         for vol in policy.volumes:
             if vol.import_ is not None:
                 continue
@@ -860,7 +900,9 @@ class Cas:
                     policy.name,
                     {"volume": vol.name, "tag": declared, "generation": 0, "by": digest},
                 )
-            elif vol.fspf_tag and vol.fspf_tag != current.tag and public.get("declared_tag") != vol.fspf_tag:
+            elif (
+                vol.fspf_tag and vol.fspf_tag != current.tag and declared_before.get(vol.name) != vol.fspf_tag
+            ):
                 conn.execute(
                     update(t.volume_tags)
                     .where(and_(t.volume_tags.c.policy == policy.name, t.volume_tags.c.volume == vol.name))
@@ -1381,7 +1423,7 @@ class Cas:
             "name": name,
             "hash": head.hash,
             "creator": head.creator,
-            "policy": json.loads(canonical_json(policy)),
+            "policy": withhold_explicit_values(json.loads(canonical_json(policy))),
             "versions": versions,
             "secrets": secrets,
         }

@@ -79,6 +79,7 @@ from confide.cas.runlock import RunLock
 from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer, row_key_id
 from confide.cas.successor_board import reauthenticate_board
+from confide.cas.tcb_floor import TcbEvaluationFloor
 from confide.errors import ConfideError, StorageError, UsageError
 from confide.fsutil import write_atomic
 
@@ -152,6 +153,7 @@ class OnlineRotation:
         batch_size: int = DEFAULT_BATCH,
         pause: float = 0.005,
         step: Step = _no_step,
+        floor: TcbEvaluationFloor | None = None,
     ) -> None:
         if batch_size < 1:
             raise UsageError("batch size must be at least 1")
@@ -160,6 +162,7 @@ class OnlineRotation:
         self._mutex = threading.Lock()
         self._thread: threading.Thread | None = None
         self.status = RotationStatus()
+        self.floor = floor  # the DCAP TCB evaluation floor, MAC'd under both keys (_prepare)
 
     def in_progress(self) -> bool:
         """Whether the database names the new key of a rotation not yet switched over."""
@@ -264,6 +267,10 @@ class OnlineRotation:
                     )
             self.step("files-written")
             self.sealer.add_key(new_key)
+            if self.floor is not None:
+                # MAC'd under both keys before the database names the new one: the file verifies
+                # whichever key a crash leaves (confide.cas.tcb_floor).
+                self.floor.rewrite()
             with self.database.write() as conn:
                 if _read_id(conn) != old_id or _read_id(conn, NEXT_KEY_META) is not None:
                     raise UsageError("the database's master key changed meanwhile: rotation abandoned")

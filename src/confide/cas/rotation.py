@@ -79,6 +79,7 @@ from confide.cas.revocation_auth import reauthenticate_revocations
 from confide.cas.sealing import SealingKeyProvider
 from confide.cas.secrets import Sealer, key_id
 from confide.cas.successor_board import reauthenticate_board
+from confide.cas.tcb_floor import rebind_floor_file
 from confide.errors import ConfideError, ParseError, StorageError, UsageError
 from confide.fsutil import TMP_PREFIX, fsync_dir, read_bounded, write_atomic
 
@@ -505,6 +506,9 @@ def rotate_master_key(
             if sealed_log is not None:
                 write_atomic(data_dir / (SEALED_LOG_KEY_NAME + PENDING_SUFFIX), sealed_log, mode=0o600)
                 log_key = "re-sealed"
+        # The DCAP TCB evaluation floor file, MAC'd under both keys: it verifies whether or not
+        # the commit below happens (confide.cas.tcb_floor).
+        tcb_floor = rebind_floor_file(data_dir, old_key, new_key)
         step("files-written")
         # 4. Every secret re-sealed, the new id and the ledger entry: one transaction.
         with database.write() as conn:
@@ -523,6 +527,7 @@ def rotate_master_key(
                 "old_key_id": old_id, "new_key_id": new_id, "secrets": count,
                 **({"successor_board": "re-authenticated"} if board else {}),
                 **({"revocations": revocations} if revocations else {}),
+                **({"tcb_floor": tcb_floor} if tcb_floor else {}),
                 "sealing": {"from": describe(seal), "to": describe(to_seal)},
                 "tls_key": tls_key, "log_key": log_key,
             }  # fmt: skip

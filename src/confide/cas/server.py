@@ -22,6 +22,8 @@ The data directory holds (created on first start, mode 0700/0600):
   verified again whenever it is read);
 - ``rim-cache/``: with ``--nvidia-rim URL``, the NVIDIA RIMs fetched from the RIM service
   (:mod:`confide.cas.rims`: bounded, and verified again whenever it is read);
+- ``dcap-tcb-evaluation.json``: the highest Intel TCB evaluation numbers verified with the
+  CAS's own collateral, MAC'd under the master key (:mod:`confide.cas.tcb_floor`);
 - ``client.env``: ``export`` lines with what a client needs (``CONFIDE_CAS_URL``,
   ``CONFIDE_CAS_CERT``, and with ``--dev`` ``CONFIDE_SIM_DIR``);
 - ``*.new``: only while ``confide cas rotate-master-key`` runs, or after it was interrupted
@@ -97,7 +99,7 @@ from confide.cas.secrets import Sealer
 from confide.cas.self_check import SelfCheck
 from confide.cas.successor import Successors
 from confide.cas.successor_board import EVENT_BOARD, Board, store_board
-from confide.cas.tcb_floor import FLOOR_FILE, TcbEvaluationFloor
+from confide.cas.tcb_floor import EVENT_RAISED, FLOOR_FILE, TcbEvaluationFloor, ledger_floor, record_floor
 from confide.cas.verifier import PlatformVerifier
 from confide.cas.witness_quorum import START_ATTEMPTS, START_DELAYS, Round, WitnessGuard, WitnessQuorum
 from confide.collateral import is_url, public_url
@@ -738,6 +740,11 @@ def prepare(
         first_bound = bind_unbound(conn, sealer)
         if first_bound is not None:
             cas.events.record(conn, EVENT_BOUND, None, first_bound)
+        # The DCAP TCB evaluation floor file checked under the master key and against the
+        # ledger's latest floor; a failure is recorded and the floor restored (confide.cas.tcb_floor).
+        floor_event = tcb_floor.authenticate(sealer, ledger_floor(conn, store=True))
+        if floor_event is not None:
+            record_floor(conn, cas.events, *floor_event)
         cas.events.record(
             conn, "cas-start", None,
             {"dev": dev, "tls_cert_sha256": _cert_sha256(cert_path), "log_key": env["CONFIDE_LOG_KEY"],
@@ -753,12 +760,36 @@ def prepare(
                 {"board": record["board"], "board_sha256": successor_board.sha256,
                  "master_key_id": master_key_id},
             )  # fmt: skip
+    tcb_floor.on_raise = _floor_recorder(cas, tcb_floor)
     if joined is not None:
         logging.getLogger("confide.cas").info(
             json.dumps({"event": "cas-joined", "master_key_id": master_key_id, "master_key": master_key,
                         **joined.summary()})
         )  # fmt: skip
     return cas, cas_evidence, key_path, cert_path, env, signer
+
+
+def _floor_recorder(cas: Cas, floor: TcbEvaluationFloor) -> Callable[[], None]:
+    """What a raise of the DCAP TCB evaluation floor calls: a ledger entry
+    (``dcap-tcb-evaluation-floor-raised``, :func:`record_floor`) of the floor as it is when the
+    entry is written, merged with the ledger's, in a thread of its own: the raise happens
+    while evidence is verified, possibly inside another write transaction. A failure is logged;
+    the next start records a floor the ledger lacks (:meth:`TcbEvaluationFloor.authenticate`)."""
+    lock = threading.Lock()
+
+    def write() -> None:
+        try:
+            with lock, cas.db.write() as conn:
+                record_floor(conn, cas.events, EVENT_RAISED, floor.tables())
+        except Exception as exc:  # logged, never raised into a daemon thread's void
+            logging.getLogger("confide.cas").warning(
+                json.dumps({"event": "dcap-tcb-evaluation-floor-not-recorded", "error": type(exc).__name__})
+            )
+
+    def record() -> None:
+        threading.Thread(target=write, name="tcb-floor-entry", daemon=True).start()
+
+    return record
 
 
 def describe_key_holding(seal: SealingKeyProvider | None, in_memory: bool) -> str:
@@ -1122,7 +1153,9 @@ def _serve(
     checkpointer = Checkpointer(cas, signer, witnesses=witnesses, witness_tls=witness_tls, guard=guard)
     checkpointer.start()
     # docs/cas.md "Online rotation": the admin channel, and a rotation a crash interrupted resumes.
-    rotation = OnlineRotation(data_dir, cas.db, cas.sealer, seal, cas.events, lock)
+    rotation = OnlineRotation(
+        data_dir, cas.db, cas.sealer, seal, cas.events, lock, floor=getattr(cas.verifier, "tcb_floor", None)
+    )
     admin = AdminChannel(data_dir, rotation)
     if not cas.master_key_in_memory:
         # A key held in memory only has no file an online rotation could replace (it would

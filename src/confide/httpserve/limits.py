@@ -153,18 +153,30 @@ class HttpLimits:
         self.head_too_large = 0
         self.head_timeouts = 0
         self.body_timeouts = 0
+        # Told of each refusal (reason, client key), on the event loop's thread: the ledger's
+        # servers log them (confide.ledger.metrics.RefusalLog); None: only counted (and a 431
+        # logged to log_name, as the CAS does).
+        self.on_refusal: Callable[[str, str], None] | None = None
+
+    def refused(self, reason: str, client: str) -> None:
+        """Tell :attr:`on_refusal` (reasons: ``max-connections``, ``max-connections-per-client``,
+        ``head-too-large``, ``head-timeout``, ``body-timeout``)."""
+        if self.on_refusal is not None:
+            self.on_refusal(reason, client)
 
     def admit(self, peername: Any) -> str | None:
         """Count a new connection from ``peername``: its client key, or ``None`` when it is over
         a limit (and must be closed, uncounted)."""
+        key = client_key(str(peername[0])) if isinstance(peername, tuple) and peername else ""
         if self.max_connections and self.open >= self.max_connections:
             self.refused_total += 1
+            self.refused("max-connections", key)
             return None
-        key = client_key(str(peername[0])) if isinstance(peername, tuple) and peername else ""
         if self.max_per_client:
             n = self._per_client.get(key, 0)
             if n >= self.max_per_client:
                 self.refused_per_client += 1
+                self.refused("max-connections-per-client", key)
                 return None
             self._per_client[key] = n + 1
         self.open += 1
@@ -439,6 +451,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.limits is not None:
             self.limits.head_timeouts += 1
+            self.limits.refused("head-timeout", self._client_key())
         if self._end_after_pending(lambda: self._write_and_close(_TIMEOUT)):
             return
         if self._head_bytes:  # some of a head came: say why the connection ends
@@ -451,6 +464,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.limits is not None:
             self.limits.body_timeouts += 1
+            self.limits.refused("body-timeout", self._client_key())
         cycle = self.cycle
         if cycle is None or not cycle.response_started:  # never in the middle of a response
             self.transport.write(_TIMEOUT)
@@ -485,12 +499,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # from that read (the head was timed by the head deadline until then).
             self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
 
+    def _client_key(self) -> str:
+        client = getattr(self, "client", None)
+        return client_key(str(client[0])) if client else ""
+
     def _refuse_head(self) -> None:
         if self.limits is not None:
             self.limits.head_too_large += 1
-        logging.getLogger(self.log_name).warning(
-            json.dumps({"event": "request", "status": 431, "reason": f"head over {self.max_head} bytes"})
-        )
+        if self.limits is not None and self.limits.on_refusal is not None:
+            self.limits.refused("head-too-large", self._client_key())
+        else:
+            logging.getLogger(self.log_name).warning(
+                json.dumps({"event": "request", "status": 431, "reason": f"head over {self.max_head} bytes"})
+            )
         if self._end_after_pending(lambda: self._write_and_close(self.refusal)):
             return
         self.transport.write(self.refusal)

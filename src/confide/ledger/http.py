@@ -22,10 +22,12 @@ import asyncio
 import sqlite3
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx2
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from confide.errors import ConfideError, NetworkError, UsageError
 from confide.httpserve.limits import (
@@ -38,6 +40,7 @@ from confide.httpserve.limits import (
 )
 from confide.httpserve.ratelimit import Rate, RateLimiter, client_key, retry_after
 from confide.httpserve.server import HttpServer
+from confide.ledger.metrics import METRICS_PATH, LedgerMetrics, tiles_route, tree_size_of
 from confide.ledger.serve import serve
 from confide.ledger.store import connect
 
@@ -47,6 +50,7 @@ __all__ = [
     "WITNESS_RATE",
     "HttpLogClient",
     "LedgerHTTPServer",
+    "MetricsApp",
     "TilesApp",
     "TilesServer",
     "client_tls_context",
@@ -175,17 +179,27 @@ async def reply(send: Any, status: int, body: bytes, headers: Headers, *, head_o
     await send({"type": "http.response.body", "body": b"" if head_only else body})
 
 
-async def refuse_rate(send: Any, limiter: RateLimiter | None, scope: Any, *, close: bool = False) -> bool:
+async def refuse_rate(
+    send: Any,
+    limiter: RateLimiter | None,
+    scope: Any,
+    *,
+    close: bool = False,
+    metrics: LedgerMetrics | None = None,
+    route: str = "",
+) -> bool:
     """Answer ``429 Too Many Requests`` (RFC 6585 §4) with ``Retry-After`` (RFC 9110 §10.2.3)
     when the client (:func:`~confide.httpserve.ratelimit.client_key`) has no token left in
-    ``limiter``; whether it did. ``close``: the request's body is left unread, so the
-    connection is closed after the answer."""
+    ``limiter``; whether it did (counted and logged in ``metrics``, as ``route``). ``close``:
+    the request's body is left unread, so the connection is closed after the answer."""
     if limiter is None:
         return False
     client = scope.get("client")
     wait = limiter.take(client_key(str(client[0])) if client else "")
     if not wait:
         return False
+    if metrics is not None:
+        metrics.refuse("rate-limited", scope, route, 429)
     headers: Headers = [(b"content-type", _TEXT), (b"retry-after", retry_after(wait).encode())]
     if close:
         headers.append((b"connection", b"close"))
@@ -216,10 +230,13 @@ class LedgerHTTPServer(HttpServer):
         *,
         prefix: str = "",
         tls: ssl.SSLContext | None = None,
-        limits: HttpLimits | None = None,
+        metrics: LedgerMetrics,
+        route: Callable[[str], str],
+        limiter: RateLimiter | None,
     ) -> None:
         self.prefix = prefix.rstrip("/")
-        super().__init__(app, address, limits=limits if limits is not None else ledger_limits(), tls=tls)
+        self.metrics = metrics  # /metrics, and the refusal log (confide.ledger.metrics)
+        super().__init__(MetricsApp(app, metrics, route, limiter), address, limits=metrics.limits, tls=tls)
 
     @property
     def url(self) -> str:
@@ -233,8 +250,17 @@ class TilesApp:
     ``<prefix>/checkpoint`` and ``<prefix>/tile/...`` (:func:`~confide.ledger.serve.serve`, in
     a worker thread, one read-only connection per request), any other method ``501``."""
 
-    def __init__(self, db: Path, *, prefix: str, serve_entries: bool, limiter: RateLimiter | None) -> None:
+    def __init__(
+        self,
+        db: Path,
+        *,
+        prefix: str,
+        serve_entries: bool,
+        limiter: RateLimiter | None,
+        metrics: LedgerMetrics | None = None,
+    ) -> None:
         self.db, self.prefix, self.serve_entries, self.limiter = db, prefix, serve_entries, limiter
+        self.metrics = metrics
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -246,9 +272,12 @@ class TilesApp:
                 send, 501, b"unsupported method\n", [(b"content-type", _TEXT), (b"connection", b"close")]
             )
             return
-        if await refuse_rate(send, self.limiter, scope):
+        target = request_target(scope)
+        if await refuse_rate(
+            send, self.limiter, scope, metrics=self.metrics, route=tiles_route(target, self.prefix)
+        ):
             return
-        status, body, content_type, cache = await asyncio.to_thread(self._resource, request_target(scope))
+        status, body, content_type, cache = await asyncio.to_thread(self._resource, target)
         headers = [(b"content-type", content_type), (b"cache-control", cache)]
         await reply(send, status, body, headers, head_only=head_only)
 
@@ -274,6 +303,45 @@ class TilesApp:
         return 200, resource.body, resource.content_type.encode(), cache
 
 
+class MetricsApp:
+    """ASGI middleware of a ledger server: ``GET``/``HEAD /metrics`` answered here (rate-limited
+    as the server's other reads), every answer counted by ``route(target)`` and status."""
+
+    def __init__(
+        self, app: Any, metrics: LedgerMetrics, route: Callable[[str], str], limiter: RateLimiter | None
+    ) -> None:
+        self.app, self.metrics, self.route, self.limiter = app, metrics, route, limiter
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        target = request_target(scope)
+        route = self.route(target)
+        status = 0
+
+        async def counted(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            if target == METRICS_PATH and scope["method"] in ("GET", "HEAD"):
+                if not await refuse_rate(counted, self.limiter, scope, metrics=self.metrics, route=route):
+                    body = await asyncio.to_thread(self.metrics.render)
+                    headers = [
+                        (b"content-type", CONTENT_TYPE_LATEST.encode()),
+                        (b"cache-control", b"no-store"),
+                    ]
+                    await reply(counted, 200, body, headers, head_only=scope["method"] == "HEAD")
+            else:
+                await self.app(scope, receive, counted)
+        finally:
+            if status:
+                self.metrics.request(route, status)
+
+
 class TilesServer(LedgerHTTPServer):
     """``confide ledger serve``: ``TilesServer(db, ("127.0.0.1", 0))``; ``serve_in_thread()``
     for embedding. ``rate``: per-client requests a second (``None``: no limit)."""
@@ -294,5 +362,13 @@ class TilesServer(LedgerHTTPServer):
         self.db = Path(db)
         self.serve_entries = serve_entries
         self.limiter = RateLimiter(rate) if rate is not None else None
-        app = TilesApp(self.db, prefix=prefix.rstrip("/"), serve_entries=serve_entries, limiter=self.limiter)
-        super().__init__(app, address, prefix=prefix, tls=tls, limits=limits)
+        metrics = LedgerMetrics(limits if limits is not None else ledger_limits())
+        metrics.extra = tree_size_of(self.db)
+        prefix = prefix.rstrip("/")
+        app = TilesApp(
+            self.db, prefix=prefix, serve_entries=serve_entries, limiter=self.limiter, metrics=metrics
+        )
+        super().__init__(
+            app, address, prefix=prefix, tls=tls, metrics=metrics, limiter=self.limiter,
+            route=lambda target: tiles_route(target, prefix),
+        )  # fmt: skip

@@ -14,17 +14,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx2
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from confide.errors import ConfideError, LogRollbackError, NetworkError, ParseError, StorageError
 from confide.httpserve.limits import HttpLimits
 from confide.httpserve.ratelimit import Rate, RateLimiter
 from confide.ledger.checkpoint import Checkpoint
 from confide.ledger.db import Conn
-from confide.ledger.http import WITNESS_RATE, LedgerHTTPServer, refuse_rate, reply, request_target
+from confide.ledger.http import (
+    WITNESS_RATE,
+    LedgerHTTPServer,
+    ledger_limits,
+    refuse_rate,
+    reply,
+    request_target,
+)
+from confide.ledger.metrics import METRICS_PATH, LedgerMetrics
 from confide.ledger.note import Note, NoteSignature, NoteVerifier, open_note, parse_note
 from confide.ledger.store import Ledger
 from confide.ledger.witness import (
@@ -50,8 +60,41 @@ class WitnessApp:
     (the witness's lock serialises the checks and the atomic state write, as before). Any
     other path ``404``, any other method ``501`` (both closing the connection)."""
 
-    def __init__(self, witness: Witness, *, prefix: str, limiter: RateLimiter | None) -> None:
+    def __init__(
+        self,
+        witness: Witness,
+        *,
+        prefix: str,
+        limiter: RateLimiter | None,
+        metrics: LedgerMetrics | None = None,
+    ) -> None:
         self.witness, self.path, self.limiter = witness, prefix + ADD_CHECKPOINT, limiter
+        self.metrics = metrics
+        self.cosignatures: dict[str, int] = {}  # issued since the start, by origin (/metrics)
+
+    def route(self, target: str) -> str:
+        """The ``route`` label of a request target (never the target itself)."""
+        return "add-checkpoint" if target == self.path else "metrics" if target == METRICS_PATH else "other"
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        """The witness's own metrics: cosignatures issued and the size cosigned last, by origin."""
+        issued = CounterMetricFamily(
+            "confide_witness_cosignatures", "Cosignatures issued since the start", labels=["origin"]
+        )
+        for origin, n in sorted(self.cosignatures.copy().items()):
+            issued.add_metric([origin], n)
+        yield issued
+        sizes = GaugeMetricFamily(
+            "confide_witness_tree_size", "Size of the checkpoint cosigned last", labels=["origin"]
+        )
+        for origin in sorted(self.witness.logs):
+            try:
+                latest = self.witness.latest(origin)
+            except ConfideError:
+                continue  # no gauge rather than a wrong one
+            if latest is not None:
+                sizes.add_metric([origin], latest.size)
+        yield sizes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -70,30 +113,37 @@ class WitnessApp:
                 length = -1
                 break
         if not 0 <= length <= MAX_REQUEST_SIZE:
+            if self.metrics is not None:
+                self.metrics.refuse("body-limit", scope, "add-checkpoint", 400)
             await _text(send, 400, b"a Content-Length of at most 1 MiB is required\n", close=True)
             return
-        if await refuse_rate(send, self.limiter, scope, close=True):
+        if await refuse_rate(
+            send, self.limiter, scope, close=True, metrics=self.metrics, route="add-checkpoint"
+        ):
             return
         body = await _read(receive, length)
         if body is None:
             return  # the client left
-        status, reply_body, content_type = await asyncio.to_thread(self._add_checkpoint, body)
+        status, reply_body, content_type, origin = await asyncio.to_thread(self._add_checkpoint, body)
+        if status == 200:  # on the event loop's thread, as every count
+            self.cosignatures[origin] = self.cosignatures.get(origin, 0) + 1
         await _text(send, status, reply_body, content_type)
 
-    def _add_checkpoint(self, body: bytes) -> tuple[int, bytes, bytes]:
+    def _add_checkpoint(self, body: bytes) -> tuple[int, bytes, bytes, str]:
         witness = self.witness
         origin_known = True
+        origin = ""
         try:
             old_size, proof, note = parse_add_checkpoint(body)
             origin = Checkpoint.from_text(parse_note(note).text).origin
             origin_known = origin in witness.logs
             cosig = witness.add_checkpoint(old_size, proof, note, at=datetime.now(UTC))
         except WitnessConflictError as exc:
-            return 409, f"{exc.known_size}\n".encode(), SIZE_CONTENT_TYPE.encode()
+            return 409, f"{exc.known_size}\n".encode(), SIZE_CONTENT_TYPE.encode(), origin
         except ConfideError as exc:
             status = http_status(exc, origin_known=origin_known)
-            return status, f"{exc.kind}: {exc.message}\n".encode(), _TEXT
-        return 200, cosig.line().encode("utf-8"), _TEXT
+            return status, f"{exc.kind}: {exc.message}\n".encode(), _TEXT, origin
+        return 200, cosig.line().encode("utf-8"), _TEXT, origin
 
 
 async def _text(
@@ -137,8 +187,12 @@ class WitnessServer(LedgerHTTPServer):
     ) -> None:
         self.witness = witness
         self.limiter = RateLimiter(rate) if rate is not None else None
-        app = WitnessApp(witness, prefix=prefix.rstrip("/"), limiter=self.limiter)
-        super().__init__(app, address, prefix=prefix, tls=tls, limits=limits)
+        metrics = LedgerMetrics(limits if limits is not None else ledger_limits())
+        app = WitnessApp(witness, prefix=prefix.rstrip("/"), limiter=self.limiter, metrics=metrics)
+        metrics.extra = app.collect
+        super().__init__(
+            app, address, prefix=prefix, tls=tls, metrics=metrics, route=app.route, limiter=self.limiter
+        )
 
 
 def _body(old_size: int, proof: list[bytes], note: bytes) -> bytes:

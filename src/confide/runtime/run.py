@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from confide.cas.client import CasClient
 from confide.cas.core import binding_report_data, decrypt_release
 from confide.cas.secrets import RUNTIME_KEY_MARKER, render, template_secret
-from confide.errors import ParseError, PolicyError, SignatureError, UsageError
+from confide.errors import ParseError, PolicyError, SignatureError, StorageError, UsageError
 from confide.fsutil import read_bounded
 from confide.policy.placeholders import Context, Placeholder, encoding_for, render_file
 from confide.runtime.absent import check_absent
@@ -334,9 +334,19 @@ def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None
             f"protected volume integrity failure in {tampered}: the service was stopped and "
             "this session's volume changes were discarded"
         )
-    changed = mounted.close()
+    # every sealed volume's new tag is reported, also when another volume failed to seal: a
+    # sealed volume no longer holds the version the CAS knows
+    changed, errors = mounted.seal()
+    first: BaseException | None = None
     for name, (old, new) in changed.items():
-        client.report_volume_tag(plan.policy, name, plan.session, old, new)
+        try:
+            client.report_volume_tag(plan.policy, name, plan.session, old, new)
+        except Exception as exc:
+            first = first or exc
+    if first is not None:
+        raise first
+    if errors:
+        raise StorageError("; ".join(errors))
     return code
 
 
