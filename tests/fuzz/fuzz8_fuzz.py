@@ -104,10 +104,10 @@ def witness_request(data: bytes) -> None:
     state.unlink(missing_ok=True)
     witness = witness_mod.Witness(_WITNESS_SIGNER, state, {ORIGIN: _LOG_SIGNER.verifier})
     app = witness_http.WitnessApp(witness, prefix="", limiter=None)
-    status, body, _ = app._add_checkpoint(_add_body(0, _NOTES[0]))  # the witness knows size 4
+    status, body, _, _ = app._add_checkpoint(_add_body(0, _NOTES[0]))  # the witness knows size 4
     assert status == 200
     before = state.read_bytes()
-    status, body, _ = app._add_checkpoint(data)
+    status, body, _, _ = app._add_checkpoint(data)
     assert status in (200, 400, 403, 404, 409, 422), (status, body)
     if status != 200:
         assert state.read_bytes() == before

@@ -182,7 +182,7 @@ class MutatingWitness:
         self.older: list[bytes] = []
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
-        status, body, ctype = self.app._add_checkpoint(request.read())
+        status, body, ctype, _origin = self.app._add_checkpoint(request.read())
         self.honest.append(status)
         if status == 200:
             self.older.append(body)
