@@ -216,7 +216,9 @@ def write_seeds(directory: Path) -> None:
             b"\x01\x01" + b"8\n", b"\x01\x01" + b"13\n", b"\x02\x00" + b"no\n",
         ],
         "floor": [json.dumps({"v": 1, "tcb_info": {"sgx:00a067110000": 17, "tdx:b0c06f000000": 18},
-                              "qe_identity": {"sgx": 17, "tdx": 18}}).encode()],
+                              "qe_identity": {"sgx": 17, "tdx": 18}}).encode(),
+                  json.dumps({"v": 2, "tcb_info": {"sgx:00a067110000": 17}, "qe_identity": {"sgx": 17},
+                              "macs": {"ab" * 16: "cd" * 32}}).encode()],
     }  # fmt: skip
     assets = Path(__file__).parents[1] / "assets"
     found = sorted(assets.rglob("*collateral*.json"))[:4]
