@@ -1225,6 +1225,15 @@ class Cas:
                     if entry is not None:
                         revoked.append(entry)
 
+        # The secrets whose value the replaced version held (generated or explicit). A stored
+        # value of another name is from an earlier version that removed it, or turned it into an
+        # import or ``issue_to_runtime``; a certificate then was revoked, and "a secret
+        # re-declared later gets a new version" (docs/cas.md "Revocation"), whatever its kind.
+        held_before = (
+            None
+            if previous is None
+            else {s.name for s in previous.secrets if s.import_ is None and not s.issue_to_runtime}
+        )
         if previous is not None:
             names = {s.name for s in policy.secrets}
             for old_spec in previous.secrets:
@@ -1245,7 +1254,11 @@ class Cas:
             # A value derived from one regenerated here (its key, its issuer) is regenerated too,
             # so a certificate always matches its private key and chains to its issuer's version.
             derived_from_new = any(d in created_names for d in (spec.private_key, spec.issuer))
-            unchanged = row is not None and json.loads(row.public).get("spec") == fingerprint
+            unchanged = (
+                row is not None
+                and json.loads(row.public).get("spec") == fingerprint
+                and (held_before is None or spec.name in held_before)
+            )
             if row is not None and unchanged and not derived_from_new and spec.name not in regenerate:
                 resolved[spec.name] = _decrypt_key(self.sealer, row)
                 continue
