@@ -106,6 +106,7 @@ from confide.policy.placeholders import (
     Encoding,
     Placeholder,
     encoding_for,
+    find_placeholders,
     render_command,
     render_environment,
     render_file,
@@ -855,6 +856,9 @@ class Cas:
         declared_before = {
             vol.name: vol.fspf_tag for vol in (previous.volumes if previous else ()) if vol.import_ is None
         }
+        key_before = {
+            vol.name: vol.fspf_key for vol in (previous.volumes if previous else ()) if vol.import_ is None
+        }
         for vol in policy.volumes:
             if vol.import_ is not None:
                 continue
@@ -862,15 +866,38 @@ class Cas:
             row = self._latest_secret(conn, policy.name, key_name)
             public = json.loads(row.public) if row is not None else {}
             declared_key = vol.fspf_key if vol.fspf_key and "$$" not in vol.fspf_key else None
-            if row is None or (declared_key and public.get("declared_key_sha256") != _sha(declared_key)):
-                value = SecretValue(
-                    "volume-key", bytes.fromhex(declared_key) if declared_key else os.urandom(32)
-                )
+            # ``fspf_key: $$SCONE::k$$``: the key is secret k's current value (docs/cas.md
+            # "Volumes shared between policies"), a new volume-key version when k has a new one.
+            # A key generated before this was honoured, under the same placeholder, is kept:
+            # data the services sealed with it would otherwise become unreadable.
+            placeholder = bool(vol.fspf_key) and not declared_key
+            legacy = (
+                placeholder
+                and row is not None
+                and "key_from" not in public
+                and public.get("declared_key_sha256") is None
+                and key_before.get(vol.name) == vol.fspf_key
+            )
+            named = self._volume_key_secret(conn, policy, vol) if placeholder and not legacy else None
+            if (
+                row is None
+                or (declared_key and public.get("declared_key_sha256") != _sha(declared_key))
+                or (named is not None and public.get("key_from") != named[1])
+            ):
+                if named is not None:
+                    data = named[0]
+                elif declared_key:
+                    data = bytes.fromhex(declared_key)
+                else:
+                    data = os.urandom(32)
+                value = SecretValue("volume-key", data)
                 version = (row.version + 1) if row is not None else 1
-                meta = {
+                meta: dict[str, Any] = {
                     "kind": "volume-key",
                     "declared_key_sha256": _sha(declared_key) if declared_key else None,
                 }
+                if named is not None:
+                    meta["key_from"] = named[1]
                 conn.execute(
                     insert(t.secrets).values(
                         policy=policy.name, name=key_name, version=version, kind="volume-key",
@@ -919,6 +946,24 @@ class Cas:
                         "by": digest,
                     },
                 )
+
+    def _volume_key_secret(self, conn: Connection, policy: Policy, vol: Any) -> tuple[bytes, dict[str, Any]]:
+        """The key a volume's ``fspf_key: $$SCONE::k$$`` names: the current value of the
+        policy's own binary secret k (generated in this transaction when new or changed), 32
+        bytes, with ``{"secret": k, "version": n}``. An imported k is refused (``PolicyError``):
+        the volume's key must not change under its owner when the exporter changes k."""
+        (found,) = find_placeholders(vol.fspf_key)
+        spec = policy.secret(found.name)
+        where = f"volume {vol.name} of {policy.name}: fspf_key $$SCONE::{found.name}$$"
+        if spec.import_ is not None:
+            raise PolicyError(f"{where} names an imported secret; a volume key must be the policy's own")
+        row = self._latest_secret(conn, policy.name, found.name)
+        if row is None or row.kind != "binary":
+            raise PolicyError(f"{where}: expected a binary secret of the policy")
+        data = self._unseal(row).data
+        if len(data) != 32:
+            raise PolicyError(f"{where}: got a {len(data)}-byte secret, expected 32 bytes (an AES-256 key)")
+        return data, {"secret": found.name, "version": row.version}
 
     def update_volume_tag(self, request: Any) -> dict[str, Any]:
         """A running, attested service reports its volume's new tag (docs/policy.md, "Frozen at
