@@ -4,15 +4,16 @@ board; refusals are recorded in the ledger under the namespace."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
 import pytest
 
-from cas_inproc import InProcessCas
+from cas_inproc import MEASUREMENT, InProcessCas
 from confide import errors
 from confide.cas.client import policy_submission
-from confide.cas.core import APPROVAL_TYPE, sign_document
+from confide.cas.core import APPROVAL_TYPE, decrypt_release, sign_document
 from confide.cas.db import raw_execute
 from confide.identity import Identity
 from confide.policy.loader import loads_policy
@@ -139,3 +140,53 @@ def test_refused_update_is_recorded_in_the_ledger(cas: InProcessCas) -> None:
     with pytest.raises(errors.AccessDeniedError):
         cas.cas.apply(policy_submission(loads_policy(text), mallory))
     assert _events(cas, "solo")[-1] == ("policy-update-refused", {"signer": mallory.fingerprint})
+
+
+def _with_service(name: str, secrets: str, content: str = "x") -> str:
+    return f"""name: {name}
+version: "0.3"
+services:
+  - name: svc
+    image_name: img
+    command: svc
+    attestation:
+      sim:
+        measurement: "{MEASUREMENT}"
+secrets:
+{secrets}
+images:
+  - name: img
+    injection_files:
+      - path: /dev/shm/ns-export/out
+        content: "{content}"
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
+def _released(cas: InProcessCas, policy: str) -> bytes:
+    body, key = cas.request(policy=policy)
+    release = decrypt_release(key, cas.cas.attest(body), bytes.fromhex(body["nonce"]))
+    return base64.b64decode(release["files"]["/dev/shm/ns-export/out"])
+
+
+def test_a_secret_exported_to_a_namespace_is_imported_by_its_policies(cas: InProcessCas) -> None:
+    """``export: {namespace: N}`` (docs/cas.md "Secrets"): every policy named ``N/...`` may
+    import the secret, while a policy named N exists (it governs who creates names in N); a
+    name merely starting with N, or N when nobody claimed it, may not."""
+    owner, lab = Identity.generate(), Identity.generate()
+    token = "s3cr3t-token-value-42"
+    exported = f"  - name: tok\n    kind: ascii\n    value: {token}\n    export:\n      - namespace: lab\n"
+    cas.apply(_with_service("owner", exported), owner)
+    importing = "  - name: t\n    import:\n      session: owner\n      secret: tok\n"
+    cas.apply(_with_service("lab/app", importing, "$$SCONE::t$$"), lab)  # namespace lab unclaimed
+    with pytest.raises(errors.AccessDeniedError, match="does not export tok to this version of lab/app"):
+        _released(cas, "lab/app")
+    cas.apply(_policy("lab"), lab)  # claimed: creating names in it is now governed
+    assert _released(cas, "lab/app") == token.encode()
+    cas.apply(_with_service("lab/app/deep", importing, "$$SCONE::t$$"), lab)
+    assert _released(cas, "lab/app/deep") == token.encode()
+    cas.apply(_with_service("labx", importing, "$$SCONE::t$$"), lab)
+    with pytest.raises(errors.AccessDeniedError, match="does not export tok to this version of labx"):
+        _released(cas, "labx")

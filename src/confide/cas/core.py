@@ -1834,10 +1834,7 @@ class Cas:
             exported = exporter.secret(imp.secret)
         except KeyError:
             raise AccessDeniedError(f"import {name}: {imp.session} has no secret {imp.secret}") from None
-        allowed = any(
-            e.session == policy.name and (e.session_hash is None or e.session_hash == digest)
-            for e in exported.export
-        )
+        allowed = any(self._exports_to(reads, e, policy.name, digest) for e in exported.export)
         # export_public: the public part (certificate and chain, public key) to every policy.
         public_only = not allowed and exported.export_public
         if not allowed and not public_only:
@@ -1987,6 +1984,20 @@ class Cas:
                         continue
                 config["templates"] = {"paths": templates, "secrets": values}
         return config, sorted(released.values(), key=lambda r: (r["policy"], r["name"]))
+
+    @staticmethod
+    def _exports_to(reads: _Reads, target: Any, name: str, digest: str) -> bool:
+        """Whether a secret's ``export`` entry names this version (``digest``) of policy
+        ``name`` (docs/cas.md "Secrets"): ``{session, session_hash?}`` that policy (at that
+        hash when pinned); ``{namespace: N}`` every policy named ``N/...``, while a policy named
+        ``N`` exists (it governs who creates policies in ``N``; an unclaimed namespace would be
+        anyone's to create names in, docs/cas.md "Policies and governance")."""
+        if target.session is not None:
+            return bool(target.session == name and target.session_hash in (None, digest))
+        namespace = target.namespace
+        return (
+            namespace is not None and name.startswith(namespace + "/") and reads.head(namespace) is not None
+        )
 
     def _crl_of(self, reads: _Reads, policy: Policy, digest: str, name: str) -> bytes:
         """The current CRL (DER) of the CA that secret ``name`` of ``policy`` is (its own, or the
