@@ -99,7 +99,7 @@ def test_create_sessions_board_approves_a_pending_creation(cas: InProcessCas) ->
     cas.apply(_policy("lab", board), alice)
     pending = cas.apply(_policy("lab/trial"), alice)
     assert pending.state == "pending"
-    with pytest.raises(errors.AccessDeniedError, match="create_sessions board of namespace lab"):
+    with pytest.raises(errors.AccessDeniedError, match=r"may not approve version .* of policy lab/trial"):
         _approve(cas, "lab/trial", pending.hash, dave)
     assert _approve(cas, "lab/trial", pending.hash, carol) == "active"
     types = [t for t, _ in _events(cas, "lab/trial")]
@@ -190,3 +190,40 @@ def test_a_secret_exported_to_a_namespace_is_imported_by_its_policies(cas: InPro
     cas.apply(_with_service("labx", importing, "$$SCONE::t$$"), lab)
     with pytest.raises(errors.AccessDeniedError, match="does not export tok to this version of labx"):
         _released(cas, "labx")
+
+
+def test_an_identity_on_no_board_learns_nothing_from_an_approval(cas: InProcessCas) -> None:
+    """An approval signed by someone on no board that decides the name is refused with one
+    error, whether the policy or the version exists and whatever its state (``policy show``
+    tells a non-reader nothing either), and changes nothing: it does not mark a stale version."""
+    alice, bob, mallory = Identity.generate(), Identity.generate(), Identity.generate()
+    board = (
+        "access_policy:\n  update:\n    - require-all:\n"
+        f"        - signer: {alice.fingerprint}\n        - signer: {bob.fingerprint}\n"
+        f"    - {alice.fingerprint}\n"
+    )
+    created = cas.apply(_policy("vault", board), alice)
+    pending = cas.apply(
+        _policy("vault", board + "secrets:\n  - name: s\n    kind: ascii\n") + _pred(cas, "vault"), bob
+    )
+    assert pending.state == "pending"
+    cas.apply(
+        _policy("vault", board + "secrets:\n  - name: t\n    kind: ascii\n") + _pred(cas, "vault"), alice
+    )
+    # pending's predecessor is no longer current: stale for a board member, nothing to mallory
+    for name, digest in [
+        ("vault", pending.hash),  # pending (now stale)
+        ("vault", created.hash),  # superseded
+        ("vault", "ab" * 32),  # no such version
+        ("nothing", "ab" * 32),  # no such policy
+    ]:
+        with pytest.raises(errors.AccessDeniedError) as refused:
+            _approve(cas, name, digest, mallory)
+        assert refused.value.message == (
+            f"identity {mallory.fingerprint[:16]}… may not approve version {digest[:16]}… of policy {name} "
+            "(it is on no board that decides it)"
+        )
+    assert ("policy-stale", {"hash": pending.hash}) not in _events(cas, "vault")
+    with pytest.raises(errors.ConflictError, match="changed since"):
+        _approve(cas, "vault", pending.hash, bob)
+    assert ("policy-stale", {"hash": pending.hash}) in _events(cas, "vault")

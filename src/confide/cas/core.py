@@ -711,12 +711,33 @@ class Cas:
         row = conn.execute(
             select(t.policies).where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
         ).first()
+        head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
+        # The board first: an identity on no board that decides this name learns nothing of it
+        # (whether the policy or the version exists, its state), as ``policy show`` says nothing
+        # to a non-reader, and changes nothing (no stale mark). A creation (a version without
+        # predecessor, or an unknown version of a name that does not exist) is decided by the
+        # namespace's create_sessions board, read now (it may be nearer than at submission);
+        # an update by the current version's update board.
+        creation = row.predecessor is None if row is not None else head is None
+        rules: tuple[Any, ...] = ()
+        rules_creator = ""
+        if creation:
+            found = self._creation_rules(conn, name)
+            if found is not None:
+                _parent, parent_head, rules = found
+                rules_creator = parent_head.creator
+        elif head is not None:
+            rules_creator = head.creator
+            rules = tuple(self._load(conn, name, head.hash).access_policy.update)
+        if not rules or not _mentions(rules, signer.fingerprint, rules_creator):
+            raise AccessDeniedError(
+                f"identity {signer.fingerprint[:16]}… may not approve version {digest[:16]}… of policy "
+                f"{name} (it is on no board that decides it)"
+            )
         if row is None:
             raise ConflictError(f"no submitted version {digest[:16]}… of policy {name}")
         if row.state != "pending":
             raise ConflictError(f"policy {name} version {digest[:16]}… is {row.state}, not pending approval")
-        head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
-        creation = head is None
         if (head.hash if head is not None else None) != row.predecessor:
             conn.execute(
                 update(t.policies)
@@ -729,21 +750,8 @@ class Cas:
                 f"policy {name} changed since version {digest[:16]}… was submitted; "
                 "it can no longer be applied"
             )
-        if head is not None:
-            rules_creator, creator = head.creator, head.creator
-            rules: tuple[Any, ...] = tuple(self._load(conn, name, head.hash).access_policy.update)
-            board = f"the update board of {name}"
-        else:
-            # A pending creation: the namespace's create_sessions board decides (the
-            # nearest owning policy now, which may be nearer than at submission).
-            found = self._creation_rules(conn, name)
-            if found is None:  # policies are never deleted: cannot happen
-                raise ConflictError(f"policy {name}: no policy owns its namespace any more")
-            parent, parent_head, rules = found
-            rules_creator, creator = parent_head.creator, row.creator
-            board = f"the create_sessions board of namespace {parent}"
-        if not _mentions(rules, signer.fingerprint, rules_creator):
-            raise AccessDeniedError(f"identity {signer.fingerprint[:16]}… is not on {board}")
+        # Not stale: an update's predecessor is the head, a creation's name is still free.
+        creator = row.creator if creation else head.creator
         already = conn.execute(
             select(t.approvals.c.signer).where(
                 and_(
