@@ -751,7 +751,7 @@ class Cas:
                 "it can no longer be applied"
             )
         # Not stale: an update's predecessor is the head, a creation's name is still free.
-        creator = row.creator if creation else head.creator
+        creator = row.creator if head is None else head.creator
         already = conn.execute(
             select(t.approvals.c.signer).where(
                 and_(
