@@ -227,3 +227,30 @@ def test_an_identity_on_no_board_learns_nothing_from_an_approval(cas: InProcessC
     with pytest.raises(errors.ConflictError, match="changed since"):
         _approve(cas, "vault", pending.hash, bob)
     assert ("policy-stale", {"hash": pending.hash}) in _events(cas, "vault")
+
+
+def test_a_refused_submitter_learns_neither_the_current_hash_nor_the_versions(cas: InProcessCas) -> None:
+    """A submission by an identity that may not update the policy (or create in its
+    namespace) is refused before any conflict is reported: the conflict messages name the
+    current version's hash and say which versions were submitted, which only those who may
+    submit need (``policy show`` tells a non-reader nothing)."""
+    alice, mallory = Identity.generate(), Identity.generate()
+    created = cas.apply(_policy("solo"), alice)
+    attempts = [
+        _policy("solo", "secrets:\n  - name: s\n    kind: ascii\n"),  # no predecessor
+        _policy("solo", "secrets:\n  - name: s\n    kind: ascii\n") + f"predecessor: {'ab' * 32}\n",
+        _policy("solo"),  # the current version itself
+    ]
+    for text in attempts:
+        with pytest.raises(errors.AccessDeniedError) as refused:
+            cas.cas.apply(policy_submission(loads_policy(text), mallory))
+        assert created.hash not in refused.value.message and created.hash[:16] not in refused.value.message
+    # a policy in a namespace: the same
+    cas.apply(_policy("corp"), alice)
+    inner = cas.apply(_policy("corp/x"), alice)
+    for text in [_policy("corp/x"), _policy("corp/x") + f"predecessor: {inner.hash}\n"]:
+        with pytest.raises(errors.AccessDeniedError):
+            cas.cas.apply(policy_submission(loads_policy(text), mallory))
+    # those who may submit still get the conflict, with the current hash to rebase on
+    with pytest.raises(errors.ConflictError, match=created.hash):
+        cas.cas.apply(policy_submission(loads_policy(attempts[0]), alice))

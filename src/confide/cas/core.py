@@ -579,29 +579,17 @@ class Cas:
     ) -> ApplyResult:
         with self.db.write() as conn:
             head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == policy.name)).first()
-            existing = conn.execute(
-                select(t.policies.c.state).where(
-                    and_(t.policies.c.name == policy.name, t.policies.c.hash == digest)
-                )
-            ).first()
-            if existing is not None:
-                raise ConflictError(
-                    f"policy {policy.name} version {digest[:16]}… was already submitted ({existing.state})"
-                )
+            # Who may submit is decided first: an identity that may not create or update the
+            # policy learns neither its current hash nor which versions were submitted.
             if head is None:
+                creator = submitter
+                state = self._creation_state(conn, policy.name, submitter)
                 if policy.predecessor is not None:
                     raise ConflictError(
                         f"policy {policy.name} does not exist; a new policy has no predecessor"
                     )
-                creator = submitter
-                state = self._creation_state(conn, policy.name, submitter)
             else:
                 creator = head.creator
-                if policy.predecessor != head.hash:
-                    raise ConflictError(
-                        f"policy {policy.name}: predecessor is {policy.predecessor or 'absent'}, the current "
-                        f"version is {head.hash} (someone else updated it first; rebase your change)"
-                    )
                 current = self._load(conn, policy.name, head.hash)
                 rules = current.access_policy.update
                 if is_authorized(rules, {submitter}, creator=creator):
@@ -615,6 +603,20 @@ class Cas:
                         policy.name,
                         {"signer": submitter},
                     )
+                if policy.predecessor != head.hash:
+                    raise ConflictError(
+                        f"policy {policy.name}: predecessor is {policy.predecessor or 'absent'}, the current "
+                        f"version is {head.hash} (someone else updated it first; rebase your change)"
+                    )
+            existing = conn.execute(
+                select(t.policies.c.state).where(
+                    and_(t.policies.c.name == policy.name, t.policies.c.hash == digest)
+                )
+            ).first()
+            if existing is not None:
+                raise ConflictError(
+                    f"policy {policy.name} version {digest[:16]}… was already submitted ({existing.state})"
+                )
             seq = 1 + (
                 conn.execute(
                     select(t.policies.c.seq)
