@@ -1132,8 +1132,10 @@ class Cas:
         if head is None:
             raise AccessDeniedError(f"{what}: policy {session} does not exist")
         if pinned is not None and pinned != head[0]:
+            # Not the exporter's current hash: the message reaches the importer's runtime and
+            # its ledger entries, read by the importer's readers, not the exporter's.
             raise AccessDeniedError(
-                f"{what}: policy {session} is at {head[0][:16]}…, the import pins {pinned[:16]}…"
+                f"{what}: policy {session} is not at the version the import pins ({pinned[:16]}…)"
             )
         return reads.policy(session, head[0]), head[0]
 
@@ -1181,10 +1183,8 @@ class Cas:
             what = f"volume import {volume}" if not links else f"{start} via {importer.name}/{volume}"
             exporter, exporter_hash = self._exporter(reads, imp.session, imp.session_hash, what)
             exported = next((v for v in exporter.volumes if v.name == imp.volume), None)
-            if exported is None:
-                raise AccessDeniedError(f"{what}: {imp.session} has no volume {imp.volume}")
             link = []
-            for e in exported.export:
+            for e in exported.export if exported is not None else ():
                 session, pinned = (
                     (e.session, e.session_hash) if e.to is None else (e.to.session, e.to.session_hash)
                 )
@@ -1841,13 +1841,17 @@ class Cas:
         imp = spec.import_
         exporter, _ = self._exporter(reads, imp.session, imp.session_hash, f"import {name}")
         try:
-            exported = exporter.secret(imp.secret)
+            exported: Secret | None = exporter.secret(imp.secret)
         except KeyError:
-            raise AccessDeniedError(f"import {name}: {imp.session} has no secret {imp.secret}") from None
-        allowed = any(self._exports_to(reads, e, policy.name, digest) for e in exported.export)
+            exported = None
+        allowed = exported is not None and any(
+            self._exports_to(reads, e, policy.name, digest) for e in exported.export
+        )
         # export_public: the public part (certificate and chain, public key) to every policy.
-        public_only = not allowed and exported.export_public
-        if not allowed and not public_only:
+        public_only = not allowed and exported is not None and exported.export_public
+        if exported is None or (not allowed and not public_only):
+            # One message whether the exporter has no such secret or does not export it: the
+            # importer learns nothing of the exporter's other secrets (its readers see it).
             raise AccessDeniedError(
                 f"import {name}: {imp.session} does not export {imp.secret} to this version of {policy.name}"
             )
