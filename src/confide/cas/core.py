@@ -98,7 +98,7 @@ from confide.ledger.note import parse_note
 from confide.ledger.store import Ledger
 from confide.lru import Lru
 from confide.policy import Policy, appraise, loads_policy, policy_hash
-from confide.policy.access import is_authorized
+from confide.policy.access import RequireAll, RequireAtLeast, SignerRule, is_authorized
 from confide.policy.canonical import canonical_json, jcs
 from confide.policy.model import ImageVolume, UpdatePolicy
 from confide.policy.placeholders import (
@@ -2445,7 +2445,20 @@ def _service_volumes(policy: Policy, service: Any) -> list[Any]:
 
 
 def _mentions(rules: Any, fingerprint: str, creator: str) -> bool:
-    """Whether ``fingerprint`` appears anywhere in the rules (as itself or as CREATOR)."""
-    dumped = [r if isinstance(r, str) else r.model_dump(mode="json", by_alias=True) for r in rules]
-    text = json.dumps(dumped)
-    return fingerprint in text or (fingerprint == creator and "CREATOR" in text)
+    """Whether one of the rules' identities, at any depth of their boards, is ``fingerprint``
+    (itself, or ``CREATOR`` when it is the creator): a board member (docs/cas.md "Policies and
+    governance"). Identities are compared whole: one that merely contains the fingerprint (or
+    ``CREATOR``), such as a certificate or a ``$$SCONE::name$$`` entry, does not name it."""
+    for rule in rules:
+        if isinstance(rule, RequireAll):
+            nested: Any = rule.require_all
+        elif isinstance(rule, RequireAtLeast):
+            nested = rule.rules
+        else:
+            identity = rule.signer if isinstance(rule, SignerRule) else rule
+            if identity == fingerprint or (identity == "CREATOR" and fingerprint == creator):
+                return True
+            continue
+        if _mentions(nested, fingerprint, creator):
+            return True
+    return False
