@@ -1855,6 +1855,13 @@ class Cas:
             raise AccessDeniedError(
                 f"import {name}: {imp.session} does not export {imp.secret} to this version of {policy.name}"
             )
+        if exported.issue_to_runtime or exported.import_ is not None:
+            # The CAS holds no value of it in the exporter's current version: a stored row is
+            # from an earlier version (for a certificate, the one revoked as superseded).
+            what = "issued to runtimes" if exported.issue_to_runtime else "itself an import"
+            raise PolicyError(
+                f"import {name}: {imp.session}/{imp.secret} is {what}: the CAS holds no value of it"
+            )
         row = reads.secret(imp.session, imp.secret)
         if row is None:
             raise PolicyError(f"import {name}: {imp.session}/{imp.secret} has no value")
