@@ -39,14 +39,14 @@ demo: $(STAMP)
 	$(BIN)/python -m confide.demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
 
 unit: $(STAMP) $(APT_MARK)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --cov=confide --cov-report=term --cov-report=xml:coverage.xml
+	$(BIN)/python -m pytest -q -p no:cacheprovider --cov=confide --cov-report=term --cov-report=xml:coverage.xml --durations=25
 
 test: lint typecheck unit
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from confide.errors import ParseError, StorageError
@@ -63,17 +64,28 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     fsync_dir(path.parent)
 
 
-def read_bounded(path: Path, limit: int, *, label: str | None, expected: str, structure: str) -> bytes:
+def read_bounded(
+    path: Path, limit: int, *, label: str | None, expected: str, structure: str, regular: bool = False
+) -> bytes:
     """The contents of ``path``, reading at most ``limit + 1`` bytes. Raises
     :class:`~confide.errors.StorageError` (``"<label> '<path>': <reason>"``, or without the label
     when it is ``None``) when the file cannot be read, and :class:`~confide.errors.ParseError`
     (``"got more than <limit> bytes, expected <expected>"`` for ``structure``) when it is
-    larger than ``limit``."""
+    larger than ``limit``. ``regular``: only a regular file (after symlinks) is read, opened
+    without blocking, so a FIFO or a device put in its place is a StorageError, not a read that
+    waits for a writer for ever."""
+    where = f"{label} {str(path)!r}" if label is not None else repr(str(path))
     try:
-        with path.open("rb") as f:
-            data = f.read(limit + 1)
+        if regular:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise StorageError(f"{where}: not a regular file")
+                data = f.read(limit + 1)
+        else:
+            with path.open("rb") as f:
+                data = f.read(limit + 1)
     except OSError as exc:
-        where = f"{label} {str(path)!r}" if label is not None else repr(str(path))
         raise StorageError(f"{where}: {exc.strerror or exc}") from None
     if len(data) > limit:
         raise ParseError(f"got more than {limit} bytes, expected {expected}", structure=structure)

@@ -127,6 +127,60 @@ def test_a_changed_declaration_supersedes_and_a_removed_secret_ceases(env: Env) 
     assert number(crl) == 3 and set(revoked(crl)) == {first, second}
 
 
+def test_a_secret_re_declared_unchanged_gets_a_new_certificate_not_the_revoked_one(env: Env) -> None:
+    """A revocation is final (docs/cas.md "Revocation"): a certificate removed by one update
+    (revoked, cessationOfOperation) and declared again, exactly as before, by a later one gets
+    a new version; the stored, revoked certificate is never released again."""
+    first = env.serial()
+    released = env.release()[f"{FILES}/srv.pem"]
+    assert env.certificate().public_bytes(serialization.Encoding.PEM) in released
+    env.clock.now = T0 + 60
+    env.apply_text(policy(leaf=False, predecessor=env.head()))  # srv removed: revoked
+    assert set(revoked(env.crl())) == {first}
+    env.clock.now = T0 + 120
+    env.apply_text(policy(predecessor=env.head()))  # the same declaration as at first
+    assert [v for v, _ in env.versions()] == [1, 2]
+    second = env.serial()
+    assert second != first and second not in revoked(env.crl())
+    released = env.release()[f"{FILES}/srv.pem"]
+    assert env.certificate().public_bytes(serialization.Encoding.PEM) in released
+    assert env.certificate(version=1).public_bytes(serialization.Encoding.PEM) not in released
+    # An update that keeps it declared keeps its value (secrets survive updates).
+    env.clock.now = T0 + 180
+    env.apply_text(policy(access="access_policy:\n  read: [CREATOR]\n", predecessor=env.head()))
+    assert [v for v, _ in env.versions()] == [1, 2] and env.serial() == second
+
+
+def test_an_importer_never_gets_a_certificate_its_exporter_no_longer_holds(env: Env) -> None:
+    """An exported certificate that an update turns into one issued to runtimes is revoked
+    (superseded) and no longer held by the CAS: an importer's release is refused, and never
+    carries the stored, revoked certificate (or its key)."""
+    exported = "    valid_for: 30 days\n    export:\n      - session: imp\n"
+    env.apply_text(policy(predecessor=env.head()).replace("    valid_for: 30 days\n", exported, 1))
+    importer = header("imp") + (
+        "secrets:\n  - name: s\n    import:\n      session: tls\n      secret: srv\n"
+        f"images:\n  - name: img\n    injection_files:\n      - path: {FILES}/imp.pem\n"
+        '        content: "$$SCONE::s:privatekey$$$$SCONE::s:crt$$"\n'
+        "security:\n  attestation:\n    tolerate: [simulation]\n"
+    )
+    env.apply_text(importer)
+    first = env.serial()
+    pem = env.certificate().public_bytes(serialization.Encoding.PEM)
+    assert pem in env.release("imp")[f"{FILES}/imp.pem"]
+    env.clock.now = T0 + 60
+    runtime = (
+        policy(predecessor=env.head())
+        .replace("    valid_for: 30 days\n", exported, 1)
+        .replace(
+            "    private_key: srv_key\n    issuer: ca\n", "    issue_to_runtime: true\n    issuer: ca\n", 1
+        )
+    )
+    env.apply_text(runtime)
+    assert first in revoked(env.crl())
+    with pytest.raises(PolicyError, match="tls/srv is issued to runtimes"):
+        env.release("imp")
+
+
 def test_a_regenerated_ca_starts_a_new_scope(env: Env) -> None:
     """A changed CA declaration is a new key: its leaf is superseded (recorded under the old
     key), and the new CA's CRL, numbered on, lists nothing of the old key's."""

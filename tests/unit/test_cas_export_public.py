@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cas_inproc import MEASUREMENT, InProcessCas
 from confide import errors
 from confide.cas.core import decrypt_release
+from confide.cas.db import raw_execute
 
 FILES = "/dev/shm/public"
 
@@ -146,3 +147,34 @@ security:
     assert templates["paths"] == ["/etc/app.conf"]
     assert set(templates["secrets"]) == {"token"}  # the unresolvable import is left out
     assert templates["secrets"]["token"]["kind"] == "ascii"
+
+
+def test_a_refused_import_says_nothing_of_the_exporters_other_secrets_or_version(tmp_path: Path) -> None:
+    """The refusal of an import reaches the importer's runtime and its ledger entries, read by
+    the importer's readers: it is the same whether the exporter has no such secret or does not
+    export it, and a pin that does not match does not name the exporter's current hash."""
+    ipc = InProcessCas.start(tmp_path / "cas")
+    ipc.apply(OWNER.replace("    export_public: true\n", ""))
+    with ipc.cas.db.read() as conn:
+        (current,) = raw_execute(conn, "SELECT hash FROM policy_heads WHERE name = 'pki'").fetchone()
+    messages = []
+    for policy, imported in [("e", "token"), ("f", "no_such_secret")]:
+        ipc.apply(consumer(policy, imported, "$$SCONE::mine$$"))
+        body, _ = ipc.request(policy=policy)
+        with pytest.raises(errors.AccessDeniedError) as refused:
+            ipc.cas.attest(body)
+        messages.append(refused.value.message.replace(imported, "S").replace(f"of {policy}", "of P"))
+    assert messages[0] == messages[1] == "import mine: pki does not export S to this version of P"
+    pinned = consumer("g", "token", "$$SCONE::mine$$").replace(
+        "      secret: token\n", f'      secret: token\n      session_hash: "{"00" * 32}"\n'
+    )
+    ipc.apply(pinned)
+    body, _ = ipc.request(policy="g")
+    with pytest.raises(errors.AccessDeniedError, match=r"pki is not at the version the import pins \(0000"):
+        ipc.cas.attest(body)
+    with ipc.cas.db.read() as conn:
+        logged = [
+            r[0] for r in raw_execute(conn, "SELECT payload FROM events WHERE policy IN ('e', 'f', 'g')")
+        ]
+    assert logged and not any(current[:16] in p for p in logged)
+    assert not any("no_such_secret" in p and "has no" in p for p in logged)

@@ -4,15 +4,16 @@ board; refusals are recorded in the ledger under the namespace."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
 import pytest
 
-from cas_inproc import InProcessCas
+from cas_inproc import MEASUREMENT, InProcessCas
 from confide import errors
 from confide.cas.client import policy_submission
-from confide.cas.core import APPROVAL_TYPE, sign_document
+from confide.cas.core import APPROVAL_TYPE, decrypt_release, sign_document
 from confide.cas.db import raw_execute
 from confide.identity import Identity
 from confide.policy.loader import loads_policy
@@ -98,7 +99,7 @@ def test_create_sessions_board_approves_a_pending_creation(cas: InProcessCas) ->
     cas.apply(_policy("lab", board), alice)
     pending = cas.apply(_policy("lab/trial"), alice)
     assert pending.state == "pending"
-    with pytest.raises(errors.AccessDeniedError, match="create_sessions board of namespace lab"):
+    with pytest.raises(errors.AccessDeniedError, match=r"may not approve version .* of policy lab/trial"):
         _approve(cas, "lab/trial", pending.hash, dave)
     assert _approve(cas, "lab/trial", pending.hash, carol) == "active"
     types = [t for t, _ in _events(cas, "lab/trial")]
@@ -139,3 +140,117 @@ def test_refused_update_is_recorded_in_the_ledger(cas: InProcessCas) -> None:
     with pytest.raises(errors.AccessDeniedError):
         cas.cas.apply(policy_submission(loads_policy(text), mallory))
     assert _events(cas, "solo")[-1] == ("policy-update-refused", {"signer": mallory.fingerprint})
+
+
+def _with_service(name: str, secrets: str, content: str = "x") -> str:
+    return f"""name: {name}
+version: "0.3"
+services:
+  - name: svc
+    image_name: img
+    command: svc
+    attestation:
+      sim:
+        measurement: "{MEASUREMENT}"
+secrets:
+{secrets}
+images:
+  - name: img
+    injection_files:
+      - path: /dev/shm/ns-export/out
+        content: "{content}"
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
+def _released(cas: InProcessCas, policy: str) -> bytes:
+    body, key = cas.request(policy=policy)
+    release = decrypt_release(key, cas.cas.attest(body), bytes.fromhex(body["nonce"]))
+    return base64.b64decode(release["files"]["/dev/shm/ns-export/out"])
+
+
+def test_a_secret_exported_to_a_namespace_is_imported_by_its_policies(cas: InProcessCas) -> None:
+    """``export: {namespace: N}`` (docs/cas.md "Secrets"): every policy named ``N/...`` may
+    import the secret, while a policy named N exists (it governs who creates names in N); a
+    name merely starting with N, or N when nobody claimed it, may not."""
+    owner, lab = Identity.generate(), Identity.generate()
+    token = "s3cr3t-token-value-42"
+    exported = f"  - name: tok\n    kind: ascii\n    value: {token}\n    export:\n      - namespace: lab\n"
+    cas.apply(_with_service("owner", exported), owner)
+    importing = "  - name: t\n    import:\n      session: owner\n      secret: tok\n"
+    cas.apply(_with_service("lab/app", importing, "$$SCONE::t$$"), lab)  # namespace lab unclaimed
+    with pytest.raises(errors.AccessDeniedError, match="does not export tok to this version of lab/app"):
+        _released(cas, "lab/app")
+    cas.apply(_policy("lab"), lab)  # claimed: creating names in it is now governed
+    assert _released(cas, "lab/app") == token.encode()
+    cas.apply(_with_service("lab/app/deep", importing, "$$SCONE::t$$"), lab)
+    assert _released(cas, "lab/app/deep") == token.encode()
+    cas.apply(_with_service("labx", importing, "$$SCONE::t$$"), lab)
+    with pytest.raises(errors.AccessDeniedError, match="does not export tok to this version of labx"):
+        _released(cas, "labx")
+
+
+def test_an_identity_on_no_board_learns_nothing_from_an_approval(cas: InProcessCas) -> None:
+    """An approval signed by someone on no board that decides the name is refused with one
+    error, whether the policy or the version exists and whatever its state (``policy show``
+    tells a non-reader nothing either), and changes nothing: it does not mark a stale version."""
+    alice, bob, mallory = Identity.generate(), Identity.generate(), Identity.generate()
+    board = (
+        "access_policy:\n  update:\n    - require-all:\n"
+        f"        - signer: {alice.fingerprint}\n        - signer: {bob.fingerprint}\n"
+        f"    - {alice.fingerprint}\n"
+    )
+    created = cas.apply(_policy("vault", board), alice)
+    pending = cas.apply(
+        _policy("vault", board + "secrets:\n  - name: s\n    kind: ascii\n") + _pred(cas, "vault"), bob
+    )
+    assert pending.state == "pending"
+    cas.apply(
+        _policy("vault", board + "secrets:\n  - name: t\n    kind: ascii\n") + _pred(cas, "vault"), alice
+    )
+    # pending's predecessor is no longer current: stale for a board member, nothing to mallory
+    for name, digest in [
+        ("vault", pending.hash),  # pending (now stale)
+        ("vault", created.hash),  # superseded
+        ("vault", "ab" * 32),  # no such version
+        ("nothing", "ab" * 32),  # no such policy
+    ]:
+        with pytest.raises(errors.AccessDeniedError) as refused:
+            _approve(cas, name, digest, mallory)
+        assert refused.value.message == (
+            f"identity {mallory.fingerprint[:16]}… may not approve version {digest[:16]}… of policy {name} "
+            "(it is on no board that decides it)"
+        )
+    assert ("policy-stale", {"hash": pending.hash}) not in _events(cas, "vault")
+    with pytest.raises(errors.ConflictError, match="changed since"):
+        _approve(cas, "vault", pending.hash, bob)
+    assert ("policy-stale", {"hash": pending.hash}) in _events(cas, "vault")
+
+
+def test_a_refused_submitter_learns_neither_the_current_hash_nor_the_versions(cas: InProcessCas) -> None:
+    """A submission by an identity that may not update the policy (or create in its
+    namespace) is refused before any conflict is reported: the conflict messages name the
+    current version's hash and say which versions were submitted, which only those who may
+    submit need (``policy show`` tells a non-reader nothing)."""
+    alice, mallory = Identity.generate(), Identity.generate()
+    created = cas.apply(_policy("solo"), alice)
+    attempts = [
+        _policy("solo", "secrets:\n  - name: s\n    kind: ascii\n"),  # no predecessor
+        _policy("solo", "secrets:\n  - name: s\n    kind: ascii\n") + f"predecessor: {'ab' * 32}\n",
+        _policy("solo"),  # the current version itself
+    ]
+    for text in attempts:
+        with pytest.raises(errors.AccessDeniedError) as refused:
+            cas.cas.apply(policy_submission(loads_policy(text), mallory))
+        assert created.hash not in refused.value.message and created.hash[:16] not in refused.value.message
+    # a policy in a namespace: the same
+    cas.apply(_policy("corp"), alice)
+    inner = cas.apply(_policy("corp/x"), alice)
+    for text in [_policy("corp/x"), _policy("corp/x") + f"predecessor: {inner.hash}\n"]:
+        with pytest.raises(errors.AccessDeniedError):
+            cas.cas.apply(policy_submission(loads_policy(text), mallory))
+    # those who may submit still get the conflict, with the current hash to rebase on
+    with pytest.raises(errors.ConflictError, match=created.hash):
+        cas.cas.apply(policy_submission(loads_policy(attempts[0]), alice))

@@ -303,6 +303,27 @@ def test_who_may_revoke_follows_the_update_rules(env: Env) -> None:
         env.cas.revoke_certificates(env.revocation())
 
 
+def test_a_board_member_is_an_identity_of_the_rules_not_a_substring_of_them(env: Env) -> None:
+    """Membership (which lets an identity revoke alone, or submit for approval) is an identity
+    of the update rules compared whole: the creator is not a member because a secret named in
+    the rules contains ``CREATOR``, nor another identity because an entry contains its
+    fingerprint."""
+    alice, mallory = Identity.generate(), Identity.generate()
+    ids = f"  - name: CREATOR_id\n    kind: ascii\n  - name: id_{mallory.fingerprint}\n    kind: ascii\n"
+    rules = (
+        f"access_policy:\n  update:\n    - {alice.fingerprint}\n"
+        f'    - "$$SCONE::CREATOR_id$$"\n    - "$$SCONE::id_{mallory.fingerprint}$$"\n'
+    )
+    env.apply_text(policy(runtime=RT, access=rules, ca_extra=ids, predecessor=env.head()))
+    for who in (env.owner, mallory):  # the creator, and the fingerprint inside a secret's name
+        with pytest.raises(AccessDeniedError):
+            env.cas.revoke_certificates(env.revocation(who=who))
+        text = policy(runtime=RT, access=rules, ca_extra=ids, dns="x.local", predecessor=env.head())
+        with pytest.raises(AccessDeniedError):
+            env.cas.apply(policy_submission(loads_policy(text), who))
+    assert env.cas.revoke_certificates(env.revocation(who=alice))["revoked"]
+
+
 def test_requests_are_fresh_single_use_and_well_formed(env: Env) -> None:
     request = env.revocation(serial=env.serial())
     env.cas.revoke_certificates(request)

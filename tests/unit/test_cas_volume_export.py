@@ -14,6 +14,7 @@ from cas_inproc import MEASUREMENT, InProcessCas
 from confide import errors
 from confide.cas.core import decrypt_release
 from confide.cas.db import raw_execute
+from confide.cas.secrets import SecretValue
 from confide.identity import Identity
 
 KEY, TAG0 = "ab" * 32, "01" * 32
@@ -142,7 +143,7 @@ def test_a_pinned_exporter_version_must_be_current(ipc: InProcessCas) -> None:
     ipc.apply(exporter(EXPORT_TO_LAB))
     ipc.apply(importer(f'      session_hash: "{"00" * 32}"\n'))
     body, _ = ipc.request(policy="lab", service="analytics")
-    with pytest.raises(errors.AccessDeniedError, match="the import pins 0000"):
+    with pytest.raises(errors.AccessDeniedError, match=r"is not at the version the import pins \(0000"):
         ipc.cas.attest(body)
 
 
@@ -168,7 +169,9 @@ def test_importing_a_missing_policy_or_volume_is_refused(ipc: InProcessCas) -> N
         ipc.cas.attest(body)
     ipc.apply(exporter(EXPORT_TO_LAB).replace("name: records", "name: other"))
     body, _ = ipc.request(policy="lab", service="analytics")
-    with pytest.raises(errors.AccessDeniedError, match="has no volume records"):
+    with pytest.raises(
+        errors.AccessDeniedError, match="hospital does not export volume records to this version of lab"
+    ):
         ipc.cas.attest(body)
 
 
@@ -209,3 +212,59 @@ def test_an_update_that_keeps_the_declared_tag_keeps_the_current_tag(ipc: InProc
     )
     ipc.apply(redeclared, hospital)
     assert current_tag(ipc) == (tag2, 2)
+
+
+def keyed_exporter(secret: str, *, export: str = EXPORT_TO_LAB, predecessor: str = "") -> str:
+    """The exporter with ``fspf_key: $$SCONE::k$$`` and ``secret`` (k's fields) declaring k."""
+    text = exporter(export, predecessor=f"predecessor: {predecessor}" if predecessor else "")
+    text = text.replace(f"    fspf_key: {KEY}\n", '    fspf_key: "$$SCONE::k$$"\n')
+    return text.replace("volumes:\n", f"secrets:\n  - name: k\n{secret}volumes:\n", 1)
+
+
+def test_a_volume_key_given_as_a_placeholder_is_that_secrets_value(ipc: InProcessCas) -> None:
+    """``fspf_key: $$SCONE::k$$`` (docs/policy.md): the volume's key is the policy's binary
+    secret k, for its own services and for importers, and follows k when an update gives k a
+    new value; a secret of another size, or an imported one, is refused."""
+    hospital = Identity.generate()
+    explicit, other = "5a" * 32, "a5" * 32
+    ipc.apply(keyed_exporter(f"    kind: binary\n    value: {explicit}\n"), hospital)
+    ipc.apply(importer())
+    assert release(ipc, "hospital", "writer")["volumes"][0]["key"] == explicit
+    assert release(ipc, "lab", "analytics")["volumes"][0]["key"] == explicit
+    # k changes (the owner sealed the volume anew under another key): the volume follows
+    update = keyed_exporter(f"    kind: binary\n    value: {other}\n", predecessor=head(ipc, "hospital"))
+    ipc.apply(update, hospital)
+    assert release(ipc, "hospital", "writer")["volumes"][0]["key"] == other
+    assert release(ipc, "lab", "analytics")["volumes"][0]["key"] == other
+    # a generated k of 16 bytes is no AES-256 key: the update is refused, nothing changes
+    before = head(ipc, "hospital")
+    with pytest.raises(errors.PolicyError, match="16-byte secret, expected 32 bytes"):
+        ipc.apply(keyed_exporter("    kind: binary\n    size: 16\n", predecessor=before), hospital)
+    assert head(ipc, "hospital") == before
+    assert release(ipc, "hospital", "writer")["volumes"][0]["key"] == other
+    # an imported k is refused (the key must not change under the owner when k's exporter
+    # changes it)
+    clinic = keyed_exporter("    import:\n      session: hospital\n      secret: k\n")
+    with pytest.raises(errors.PolicyError, match="names an imported secret"):
+        ipc.apply(clinic.replace("name: hospital", "name: clinic", 1))
+
+
+def test_a_volume_key_generated_before_the_placeholder_was_honoured_is_kept(ipc: InProcessCas) -> None:
+    """A volume whose key the CAS generated at random while its ``fspf_key`` already named a
+    secret (before that was honoured) keeps it across updates that keep the placeholder: data
+    its services sealed stays readable (docs/limitations.md)."""
+    hospital = Identity.generate()
+    ipc.apply(keyed_exporter("    kind: binary\n    size: 32\n", export=""), hospital)
+    # What the CAS stored before the fix: a random key, no key_from.
+    legacy = SecretValue("volume-key", bytes.fromhex("3c" * 32))
+    sealed = ipc.cas.sealer.seal(legacy, policy="hospital", name="volume/records", version=1)
+    meta = json.dumps({"kind": "volume-key", "declared_key_sha256": None})
+    with ipc.cas.db.write() as conn:
+        raw_execute(
+            conn,
+            "UPDATE secrets SET sealed = ?, public = ? WHERE policy = 'hospital' AND name = 'volume/records'",
+            (sealed, meta),
+        )
+    update = keyed_exporter("    kind: binary\n    size: 32\n", predecessor=head(ipc, "hospital"))
+    ipc.apply(update, hospital)  # another export, the same placeholder
+    assert release(ipc, "hospital", "writer")["volumes"][0]["key"] == "3c" * 32

@@ -70,3 +70,22 @@ def test_read_bounded_reports_unreadable_files_with_or_without_a_label(tmp_path:
         read_bounded(missing, 16, label="the key", expected="a key", structure="key file")
     with pytest.raises(StorageError, match=rf"^{re.escape(repr(str(missing)))}: No such file or directory$"):
         read_bounded(missing, 16, label=None, expected="a key", structure="key file")
+
+
+def test_read_bounded_regular_refuses_what_is_not_a_regular_file_without_waiting(tmp_path: Path) -> None:
+    """``regular=True`` (the TCB evaluation floor file): a FIFO, which an open for reading would
+    wait on for a writer, and a directory are a StorageError at once; a regular file reached
+    through a symlink is read."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(StorageError, match=re.escape(f"floor {str(fifo)!r}: not a regular file")):
+        read_bounded(fifo, 10, label="floor", expected="x", structure="x", regular=True)
+    with pytest.raises(StorageError, match="Is a directory"):  # (io refuses a directory first)
+        read_bounded(tmp_path, 10, label="floor", expected="x", structure="x", regular=True)
+    (tmp_path / "f").write_bytes(b"abc")
+    (tmp_path / "link").symlink_to(tmp_path / "f")
+    assert (
+        read_bounded(tmp_path / "link", 10, label=None, expected="x", structure="x", regular=True) == b"abc"
+    )
+    with pytest.raises(ParseError, match="got more than 2 bytes"):
+        read_bounded(tmp_path / "f", 2, label=None, expected="x", structure="x", regular=True)

@@ -268,7 +268,7 @@ def mutate_der(der: bytes, rng: random.Random) -> bytes:
             tree = replace(tree, target, (target[0], bytes(content)))
         elif op == 5:  # several Requests in the requestList (RFC 5019 §2.1.1: one)
             request_list = _request_list(tree)
-            if request_list is not None:
+            if request_list is not None and isinstance(request_list[1], list):  # not a primitive
                 extra = [
                     rng.choice(request_list[1] or [garbage_node(rng)]) for _ in range(rng.randrange(1, 4))
                 ]  # type: ignore[operator]
@@ -297,13 +297,14 @@ def mutate_der(der: bytes, rng: random.Random) -> bytes:
             if alg is not None:
                 params: list[Node] = rng.choice([[(0x05, b"")], [], [(0x05, b"\x00")], [(0x04, b"x")]])
                 tree = replace(tree, alg, (0x30, [parse_der(rng.choice(HASH_OIDS)), *params]))
-        elif op == 9:  # version, requestorName
-            tbs = tree[1][0]  # type: ignore[index]
+        elif op == 9 and isinstance(tree[1], list) and tree[1] and isinstance(tree[1][0][1], list):
+            # version, requestorName (into a constructed tbsRequest)
+            tbs = tree[1][0]
             extra: Node = rng.choice([(0xA0, [(0x02, b"\x00")]), (0xA0, [(0x02, b"\x01")]),
                                       (0xA0, [(0x02, b"\x7f" * 9)]), (0xA1, [(0x82, b"x.example")]),
                                       (0xA1, [(0x30, [])])])  # fmt: skip
             tree = replace(tree, tbs, (0x30, [extra, *tbs[1]]))  # type: ignore[misc]
-        elif op == 10:  # garbage at the top level: a signature, trailing, leading
+        elif op == 10 and isinstance(tree[1], list):  # garbage at the top level: a signature, trailing
             tree = (0x30, [*tree[1], garbage_node(rng)])  # type: ignore[misc]
     counter_total = count_nodes(tree)
     out = encode(tree)

@@ -12,7 +12,7 @@ from confide.runtime import run
 
 
 def test_a_persistent_path_without_root_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(run, "is_memory_backed", lambda _p: False)
+    monkeypatch.setattr(run, "is_memory_backed", lambda _p, **_k: False)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     target = tmp_path / "app.conf"
     with pytest.raises(UsageError, match=r"would land on persistent storage; .*run confide run as root"):
@@ -21,7 +21,7 @@ def test_a_persistent_path_without_root_is_refused(tmp_path: Path, monkeypatch: 
 
 
 def test_memory_paths_are_written_in_place_mode_0600(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(run, "is_memory_backed", lambda _p: True)
+    monkeypatch.setattr(run, "is_memory_backed", lambda _p, **_k: True)
     target = tmp_path / "sub" / "f"
     run._write_files({str(target): b"x" * 70000})
     assert target.read_bytes() == b"x" * 70000 and target.stat().st_mode & 0o777 == 0o600

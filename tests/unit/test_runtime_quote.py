@@ -220,3 +220,24 @@ def test_gramine_short_quote_is_a_parse_error(tmp_path: Path) -> None:
     (root / "quote").write_bytes(b"\x03\x00" + bytes(100))  # a truncated quote
     with pytest.raises(ParseError, match="at least 432"):
         GramineQuoteProvider(root).get_evidence(REPORT_DATA)
+
+
+def test_gramine_requests_of_several_providers_in_one_process_are_serialised(gramine: Path) -> None:
+    # /dev/attestation holds one user_report_data per process, whichever provider object wrote it
+    errors: list[BaseException] = []
+
+    def request(i: int) -> None:
+        provider = GramineQuoteProvider(gramine)
+        try:
+            for j in range(15):
+                rd = hashlib.sha512(b"%d/%d" % (i, j)).digest()
+                assert provider.get_evidence(rd).raw[SGX_REPORT_DATA : SGX_REPORT_DATA + 64] == rd
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

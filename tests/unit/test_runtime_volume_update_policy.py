@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from confide.errors import RollbackError
+from confide.errors import RollbackError, StorageError
 from confide.policy.model import UpdatePolicy
 from confide.runtime.volumes import MountedVolumes, VolumeRelease
 from confide.volume import VolumeKey, add_sources, create_volume, seal_volume
@@ -69,3 +69,53 @@ def test_persisting_modes_report_the_new_tag(tmp_path: Path, mode: UpdatePolicy)
     [(old, new)] = mounted.close().values()
     # rollback_protected reports from the CAS's tag; no_rollback_protection from the version mounted
     assert old == tag0 and new == load_sealed(vol, key)[1] != tag0
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, ...]] = []
+
+    def report_volume_tag(self, *args: str) -> None:
+        self.reports.append(args)
+
+
+@pytest.mark.parametrize("failing", [0, 1])  # closed in reverse order: the failure after or before
+def test_a_volume_that_fails_to_seal_does_not_keep_another_volumes_new_tag_unreported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: int
+) -> None:
+    from confide.runtime import run as run_module
+    from confide.runtime.run import Launch, supervise
+
+    handles = []
+    tags = []
+    for i in range(2):
+        (tmp_path / f"v{i}").mkdir()
+        vol, key, tag = _volume(tmp_path / f"v{i}")
+        tags.append(tag)
+        release = VolumeRelease(f"vol{i}", vol, key.raw, tag)
+        manifest, _ = load_sealed(vol, key, tag)
+        mnt = tmp_path / f"mnt{i}"
+        handles.append(
+            (release, _TmpfsMount(vol, key, mnt, tag, True, manifest, None, private_namespace=False))
+        )
+    mounted = MountedVolumes(
+        handles, {}, mounted_tags={r.name: t for (r, _), t in zip(handles, tags, strict=True)}
+    )
+    monkeypatch.setattr(run_module, "mount_released", lambda _volumes: mounted)
+    bad = tmp_path / f"v{failing}" / "vol" / "objects"
+    # the program changes both volumes; the host removes one volume's objects directory meanwhile
+    script = (
+        f"printf more >> {tmp_path}/mnt0/notes.txt; printf more >> {tmp_path}/mnt1/notes.txt; rm -r {bad}"
+    )
+    plan = Launch(["/bin/sh", "-c", script], {"PATH": "/usr/bin:/bin"}, {}, None, "pol", (), "s", None)
+    client = _Client()
+    with pytest.raises(StorageError, match=f"vol{failing}: "):
+        supervise(plan, client)  # type: ignore[arg-type]
+    ok = 1 - failing
+    ok_dir = tmp_path / f"v{ok}" / "vol"
+    key_ok = VolumeKey(handles[ok][0].key)
+    new = load_sealed(ok_dir, key_ok)[1]
+    assert new != tags[ok]  # sealed: its old version is gone from the volume directory ...
+    # ... so its new tag must reach the CAS, else the next run is refused (RollbackError)
+    assert client.reports == [("pol", f"vol{ok}", "s", tags[ok], new)]
+    assert all(h.closed for _, h in handles)

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from confide.errors import ParseError, SignatureError
+from confide.errors import ParseError, SignatureError, StorageError
 from confide.volume import (
     Region,
     RegionRule,
@@ -1083,7 +1083,7 @@ def test_interrupted_shm_unmount_leaves_the_previous_version(
     monkeypatch.setattr(_chunked, "_write_all", failing)
     h = _shm_mount(vol, key, mnt, tag)
     _pwrite(mnt / "big.bin", 0, b"Z")
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(StorageError, match="No space"):  # an OSError, reported as StorageError
         h.close()
     monkeypatch.setattr(_chunked, "_write_all", real)
     assert _objects(vol) == before and load_sealed(vol, key)[1] == tag
@@ -1095,7 +1095,7 @@ def test_interrupted_shm_unmount_leaves_the_previous_version(
     monkeypatch.setattr(volume_store, "write_atomic", no_manifest)
     h = _shm_mount(vol, key, mnt, tag)
     _pwrite(mnt / "big.bin", 0, b"Z")
-    with pytest.raises(OSError, match="Input/output"):
+    with pytest.raises(StorageError, match="Input/output"):
         h.close()
     monkeypatch.undo()
     assert load_sealed(vol, key)[1] == tag and len(_objects(vol)) == len(before) + 6

@@ -234,3 +234,13 @@ def test_encoding_an_owner_or_mode_out_of_range_is_a_parse_error(
     with pytest.raises(ParseError, match=f"entries\\[0\\]\\.{next(iter(change))}: 'a': {message}"):
         encode_manifest(_manifest((dataclasses.replace(entry, **change),)), KEY)
     assert decode_manifest(encode_manifest(_manifest((entry,)), KEY), KEY).entries == (entry,)
+
+
+def test_the_control_character_class_is_unicode_category_cc() -> None:
+    import unicodedata
+
+    from confide.volume.format import _CONTROL
+
+    for cp in range(0x110000):
+        c = chr(cp)
+        assert (_CONTROL.search(c) is not None) == (unicodedata.category(c) == "Cc"), hex(cp)

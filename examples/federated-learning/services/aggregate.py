@@ -55,7 +55,10 @@ def main() -> int:
     tmp.write_text(json.dumps(new, indent=1) + "\n")
     os.replace(tmp, model_dir / "model.json")
     digest = hashlib.sha256(json.dumps(weights).encode()).hexdigest()[:16]
-    print(f"aggregator: round {model['round']} -> {new['round']}: {len(updates)} sites, {total} records, weights {digest}")
+    print(
+        f"aggregator: round {model['round']} -> {new['round']}: {len(updates)} sites,"
+        f" {total} records, weights {digest}"
+    )
     return 0
 
 

@@ -40,7 +40,7 @@ def load_records(path: Path) -> list[tuple[list[float], int]]:
 
 def predict(weights: list[float], x: list[float]) -> float:
     # weights: one per feature, then the bias
-    return sigmoid(sum(w * v for w, v in zip(weights, x)) + weights[-1])
+    return sigmoid(sum(w * v for w, v in zip(weights[:-1], x, strict=True)) + weights[-1])
 
 
 def loss(weights: list[float], rows: list[tuple[list[float], int]]) -> float:
@@ -62,7 +62,7 @@ def train(weights: list[float], rows: list[tuple[list[float], int]], epochs: int
             for j, v in enumerate(x):
                 grad[j] += err * v
             grad[-1] += err
-        w = [wj - rate * gj / n for wj, gj in zip(w, grad)]
+        w = [wj - rate * gj / n for wj, gj in zip(w, grad, strict=True)]
     return w
 
 
@@ -76,7 +76,9 @@ def main() -> int:
     model = json.loads(model_bytes)
     rows = load_records(records)
     if len(rows[0][0]) + 1 != len(model["weights"]):
-        raise SystemExit(f"{site}: the model has {len(model['weights'])} weights, the records {len(rows[0][0])} features")
+        raise SystemExit(
+            f"{site}: the model has {len(model['weights'])} weights, the records {len(rows[0][0])} features"
+        )
     weights = train(model["weights"], rows, epochs, rate)
     update = {
         "site": site,
@@ -90,7 +92,10 @@ def main() -> int:
     tmp = out / "update.json.tmp"
     tmp.write_text(json.dumps(update, indent=1) + "\n")
     os.replace(tmp, out / "update.json")  # the aggregator never sees half an update
-    print(f"{site}: round {model['round']}: trained on {len(rows)} records, local loss {update['local_loss']:.4f}")
+    print(
+        f"{site}: round {model['round']}: trained on {len(rows)} records,"
+        f" local loss {update['local_loss']:.4f}"
+    )
     return 0
 
 

@@ -246,7 +246,7 @@ class BoardChanges:
             )  # fmt: skip
             shown = {"signer": a.signer, "expires": a.expires, "approval": a.digest}
             if a.digest in withdrawn:
-                entry["withdrawn"].append({**shown, "withdrawn_at": int(withdrawn[a.digest])})
+                entry["withdrawn"].append({**shown, "withdrawn_at": withdrawn[a.digest]})
             else:
                 entry["approvers"].append(shown)
         return {

@@ -204,7 +204,11 @@ class CasClient:
         return result
 
     def nonce(self) -> str:
-        return str(self._call("POST", "/v1/attest/nonce")["nonce"])
+        answer = self._call("POST", "/v1/attest/nonce")
+        nonce = answer.get("nonce") if isinstance(answer, dict) else None
+        if not isinstance(nonce, str):
+            raise errors.ParseError("expected an object with a string", structure="the CAS's nonce answer")
+        return nonce
 
     def attest(self, request: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", "/v1/attest", json=request)

@@ -99,7 +99,7 @@ from confide.ledger.note import parse_note
 from confide.ledger.store import Ledger
 from confide.lru import Lru
 from confide.policy import Policy, appraise, loads_policy, policy_hash
-from confide.policy.access import is_authorized
+from confide.policy.access import RequireAll, RequireAtLeast, SignerRule, is_authorized
 from confide.policy.canonical import canonical_json, jcs
 from confide.policy.model import ImageVolume, UpdatePolicy
 from confide.policy.placeholders import (
@@ -107,6 +107,7 @@ from confide.policy.placeholders import (
     Encoding,
     Placeholder,
     encoding_for,
+    find_placeholders,
     render_command,
     render_environment,
     render_file,
@@ -579,29 +580,17 @@ class Cas:
     ) -> ApplyResult:
         with self.db.write() as conn:
             head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == policy.name)).first()
-            existing = conn.execute(
-                select(t.policies.c.state).where(
-                    and_(t.policies.c.name == policy.name, t.policies.c.hash == digest)
-                )
-            ).first()
-            if existing is not None:
-                raise ConflictError(
-                    f"policy {policy.name} version {digest[:16]}… was already submitted ({existing.state})"
-                )
+            # Who may submit is decided first: an identity that may not create or update the
+            # policy learns neither its current hash nor which versions were submitted.
             if head is None:
+                creator = submitter
+                state = self._creation_state(conn, policy.name, submitter)
                 if policy.predecessor is not None:
                     raise ConflictError(
                         f"policy {policy.name} does not exist; a new policy has no predecessor"
                     )
-                creator = submitter
-                state = self._creation_state(conn, policy.name, submitter)
             else:
                 creator = head.creator
-                if policy.predecessor != head.hash:
-                    raise ConflictError(
-                        f"policy {policy.name}: predecessor is {policy.predecessor or 'absent'}, the current "
-                        f"version is {head.hash} (someone else updated it first; rebase your change)"
-                    )
                 current = self._load(conn, policy.name, head.hash)
                 rules = current.access_policy.update
                 if is_authorized(rules, {submitter}, creator=creator):
@@ -615,6 +604,20 @@ class Cas:
                         policy.name,
                         {"signer": submitter},
                     )
+                if policy.predecessor != head.hash:
+                    raise ConflictError(
+                        f"policy {policy.name}: predecessor is {policy.predecessor or 'absent'}, the current "
+                        f"version is {head.hash} (someone else updated it first; rebase your change)"
+                    )
+            existing = conn.execute(
+                select(t.policies.c.state).where(
+                    and_(t.policies.c.name == policy.name, t.policies.c.hash == digest)
+                )
+            ).first()
+            if existing is not None:
+                raise ConflictError(
+                    f"policy {policy.name} version {digest[:16]}… was already submitted ({existing.state})"
+                )
             seq = 1 + (
                 conn.execute(
                     select(t.policies.c.seq)
@@ -717,12 +720,33 @@ class Cas:
                 t.policies.c.state, t.policies.c.predecessor, t.policies.c.submitter, t.policies.c.creator
             ).where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
         ).first()
+        head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
+        # The board first: an identity on no board that decides this name learns nothing of it
+        # (whether the policy or the version exists, its state), as ``policy show`` says nothing
+        # to a non-reader, and changes nothing (no stale mark). A creation (a version without
+        # predecessor, or an unknown version of a name that does not exist) is decided by the
+        # namespace's create_sessions board, read now (it may be nearer than at submission);
+        # an update by the current version's update board.
+        creation = row.predecessor is None if row is not None else head is None
+        rules: tuple[Any, ...] = ()
+        rules_creator = ""
+        if creation:
+            found = self._creation_rules(conn, name)
+            if found is not None:
+                _parent, parent_head, rules = found
+                rules_creator = parent_head.creator
+        elif head is not None:
+            rules_creator = head.creator
+            rules = tuple(self._load(conn, name, head.hash).access_policy.update)
+        if not rules or not _mentions(rules, signer.fingerprint, rules_creator):
+            raise AccessDeniedError(
+                f"identity {signer.fingerprint[:16]}… may not approve version {digest[:16]}… of policy "
+                f"{name} (it is on no board that decides it)"
+            )
         if row is None:
             raise ConflictError(f"no submitted version {digest[:16]}… of policy {name}")
         if row.state != "pending":
             raise ConflictError(f"policy {name} version {digest[:16]}… is {row.state}, not pending approval")
-        head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
-        creation = head is None
         if (head.hash if head is not None else None) != row.predecessor:
             conn.execute(
                 update(t.policies)
@@ -735,21 +759,8 @@ class Cas:
                 f"policy {name} changed since version {digest[:16]}… was submitted; "
                 "it can no longer be applied"
             )
-        if head is not None:
-            rules_creator, creator = head.creator, head.creator
-            rules: tuple[Any, ...] = tuple(self._load(conn, name, head.hash).access_policy.update)
-            board = f"the update board of {name}"
-        else:
-            # A pending creation: the namespace's create_sessions board decides (the
-            # nearest owning policy now, which may be nearer than at submission).
-            found = self._creation_rules(conn, name)
-            if found is None:  # policies are never deleted: cannot happen
-                raise ConflictError(f"policy {name}: no policy owns its namespace any more")
-            parent, parent_head, rules = found
-            rules_creator, creator = parent_head.creator, row.creator
-            board = f"the create_sessions board of namespace {parent}"
-        if not _mentions(rules, signer.fingerprint, rules_creator):
-            raise AccessDeniedError(f"identity {signer.fingerprint[:16]}… is not on {board}")
+        # Not stale: an update's predecessor is the head, a creation's name is still free.
+        creator = row.creator if head is None else head.creator
         already = conn.execute(
             select(t.approvals.c.signer).where(
                 and_(
@@ -863,6 +874,9 @@ class Cas:
         declared_before = {
             vol.name: vol.fspf_tag for vol in (previous.volumes if previous else ()) if vol.import_ is None
         }
+        key_before = {
+            vol.name: vol.fspf_key for vol in (previous.volumes if previous else ()) if vol.import_ is None
+        }
         for vol in policy.volumes:
             if vol.import_ is not None:
                 continue
@@ -870,15 +884,38 @@ class Cas:
             row = self._latest_secret(conn, policy.name, key_name)
             public = json.loads(row.public) if row is not None else {}
             declared_key = vol.fspf_key if vol.fspf_key and "$$" not in vol.fspf_key else None
-            if row is None or (declared_key and public.get("declared_key_sha256") != _sha(declared_key)):
-                value = SecretValue(
-                    "volume-key", bytes.fromhex(declared_key) if declared_key else os.urandom(32)
-                )
+            # ``fspf_key: $$SCONE::k$$``: the key is secret k's current value (docs/cas.md
+            # "Volumes shared between policies"), a new volume-key version when k has a new one.
+            # A key generated before this was honoured, under the same placeholder, is kept:
+            # data the services sealed with it would otherwise become unreadable.
+            placeholder = bool(vol.fspf_key) and not declared_key
+            legacy = (
+                placeholder
+                and row is not None
+                and "key_from" not in public
+                and public.get("declared_key_sha256") is None
+                and key_before.get(vol.name) == vol.fspf_key
+            )
+            named = self._volume_key_secret(conn, policy, vol) if placeholder and not legacy else None
+            if (
+                row is None
+                or (declared_key and public.get("declared_key_sha256") != _sha(declared_key))
+                or (named is not None and public.get("key_from") != named[1])
+            ):
+                if named is not None:
+                    data = named[0]
+                elif declared_key:
+                    data = bytes.fromhex(declared_key)
+                else:
+                    data = os.urandom(32)
+                value = SecretValue("volume-key", data)
                 version = (row.version + 1) if row is not None else 1
-                meta = {
+                meta: dict[str, Any] = {
                     "kind": "volume-key",
                     "declared_key_sha256": _sha(declared_key) if declared_key else None,
                 }
+                if named is not None:
+                    meta["key_from"] = named[1]
                 conn.execute(
                     insert(t.secrets).values(
                         policy=policy.name, name=key_name, version=version, kind="volume-key",
@@ -927,6 +964,24 @@ class Cas:
                         "by": digest,
                     },
                 )
+
+    def _volume_key_secret(self, conn: Connection, policy: Policy, vol: Any) -> tuple[bytes, dict[str, Any]]:
+        """The key a volume's ``fspf_key: $$SCONE::k$$`` names: the current value of the
+        policy's own binary secret k (generated in this transaction when new or changed), 32
+        bytes, with ``{"secret": k, "version": n}``. An imported k is refused (``PolicyError``):
+        the volume's key must not change under its owner when the exporter changes k."""
+        (found,) = find_placeholders(vol.fspf_key)
+        spec = policy.secret(found.name)
+        where = f"volume {vol.name} of {policy.name}: fspf_key $$SCONE::{found.name}$$"
+        if spec.import_ is not None:
+            raise PolicyError(f"{where} names an imported secret; a volume key must be the policy's own")
+        row = self._latest_secret(conn, policy.name, found.name)
+        if row is None or row.kind != "binary":
+            raise PolicyError(f"{where}: expected a binary secret of the policy")
+        data = self._unseal(row).data
+        if len(data) != 32:
+            raise PolicyError(f"{where}: got a {len(data)}-byte secret, expected 32 bytes (an AES-256 key)")
+        return data, {"secret": found.name, "version": row.version}
 
     def update_volume_tag(self, request: Any) -> dict[str, Any]:
         """A running, attested service reports its volume's new tag (docs/policy.md, "Frozen at
@@ -1085,8 +1140,10 @@ class Cas:
         if head is None:
             raise AccessDeniedError(f"{what}: policy {session} does not exist")
         if pinned is not None and pinned != head[0]:
+            # Not the exporter's current hash: the message reaches the importer's runtime and
+            # its ledger entries, read by the importer's readers, not the exporter's.
             raise AccessDeniedError(
-                f"{what}: policy {session} is at {head[0][:16]}…, the import pins {pinned[:16]}…"
+                f"{what}: policy {session} is not at the version the import pins ({pinned[:16]}…)"
             )
         return reads.policy(session, head[0]), head[0]
 
@@ -1134,10 +1191,8 @@ class Cas:
             what = f"volume import {volume}" if not links else f"{start} via {importer.name}/{volume}"
             exporter, exporter_hash = self._exporter(reads, imp.session, imp.session_hash, what)
             exported = next((v for v in exporter.volumes if v.name == imp.volume), None)
-            if exported is None:
-                raise AccessDeniedError(f"{what}: {imp.session} has no volume {imp.volume}")
             link = []
-            for e in exported.export:
+            for e in exported.export if exported is not None else ():
                 session, pinned = (
                     (e.session, e.session_hash) if e.to is None else (e.to.session, e.to.session_hash)
                 )
@@ -1233,6 +1288,15 @@ class Cas:
                     if entry is not None:
                         revoked.append(entry)
 
+        # The secrets whose value the replaced version held (generated or explicit). A stored
+        # value of another name is from an earlier version that removed it, or turned it into an
+        # import or ``issue_to_runtime``; a certificate then was revoked, and "a secret
+        # re-declared later gets a new version" (docs/cas.md "Revocation"), whatever its kind.
+        held_before = (
+            None
+            if previous is None
+            else {s.name for s in previous.secrets if s.import_ is None and not s.issue_to_runtime}
+        )
         if previous is not None:
             names = {s.name for s in policy.secrets}
             for old_spec in previous.secrets:
@@ -1253,7 +1317,11 @@ class Cas:
             # A value derived from one regenerated here (its key, its issuer) is regenerated too,
             # so a certificate always matches its private key and chains to its issuer's version.
             derived_from_new = any(d in created_names for d in (spec.private_key, spec.issuer))
-            unchanged = row is not None and json.loads(row.public).get("spec") == fingerprint
+            unchanged = (
+                row is not None
+                and json.loads(row.public).get("spec") == fingerprint
+                and (held_before is None or spec.name in held_before)
+            )
             if row is not None and unchanged and not derived_from_new and spec.name not in regenerate:
                 resolved[spec.name] = _decrypt_key(self.sealer, row)
                 continue
@@ -1789,18 +1857,26 @@ class Cas:
         imp = spec.import_
         exporter, _ = self._exporter(reads, imp.session, imp.session_hash, f"import {name}")
         try:
-            exported = exporter.secret(imp.secret)
+            exported: Secret | None = exporter.secret(imp.secret)
         except KeyError:
-            raise AccessDeniedError(f"import {name}: {imp.session} has no secret {imp.secret}") from None
-        allowed = any(
-            e.session == policy.name and (e.session_hash is None or e.session_hash == digest)
-            for e in exported.export
+            exported = None
+        allowed = exported is not None and any(
+            self._exports_to(reads, e, policy.name, digest) for e in exported.export
         )
         # export_public: the public part (certificate and chain, public key) to every policy.
-        public_only = not allowed and exported.export_public
-        if not allowed and not public_only:
+        public_only = not allowed and exported is not None and exported.export_public
+        if exported is None or (not allowed and not public_only):
+            # One message whether the exporter has no such secret or does not export it: the
+            # importer learns nothing of the exporter's other secrets (its readers see it).
             raise AccessDeniedError(
                 f"import {name}: {imp.session} does not export {imp.secret} to this version of {policy.name}"
+            )
+        if exported.issue_to_runtime or exported.import_ is not None:
+            # The CAS holds no value of it in the exporter's current version: a stored row is
+            # from an earlier version (for a certificate, the one revoked as superseded).
+            what = "issued to runtimes" if exported.issue_to_runtime else "itself an import"
+            raise PolicyError(
+                f"import {name}: {imp.session}/{imp.secret} is {what}: the CAS holds no value of it"
             )
         row = reads.secret(imp.session, imp.secret)
         if row is None:
@@ -1945,6 +2021,20 @@ class Cas:
                         continue
                 config["templates"] = {"paths": templates, "secrets": values}
         return config, sorted(released.values(), key=lambda r: (r["policy"], r["name"]))
+
+    @staticmethod
+    def _exports_to(reads: _Reads, target: Any, name: str, digest: str) -> bool:
+        """Whether a secret's ``export`` entry names this version (``digest``) of policy
+        ``name`` (docs/cas.md "Secrets"): ``{session, session_hash?}`` that policy (at that
+        hash when pinned); ``{namespace: N}`` every policy named ``N/...``, while a policy named
+        ``N`` exists (it governs who creates policies in ``N``; an unclaimed namespace would be
+        anyone's to create names in, docs/cas.md "Policies and governance")."""
+        if target.session is not None:
+            return bool(target.session == name and target.session_hash in (None, digest))
+        namespace = target.namespace
+        return (
+            namespace is not None and name.startswith(namespace + "/") and reads.head(namespace) is not None
+        )
 
     def _crl_of(self, reads: _Reads, policy: Policy, digest: str, name: str) -> bytes:
         """The current CRL (DER) of the CA that secret ``name`` of ``policy`` is (its own, or the
@@ -2378,7 +2468,20 @@ def _service_volumes(policy: Policy, service: Any) -> list[Any]:
 
 
 def _mentions(rules: Any, fingerprint: str, creator: str) -> bool:
-    """Whether ``fingerprint`` appears anywhere in the rules (as itself or as CREATOR)."""
-    dumped = [r if isinstance(r, str) else r.model_dump(mode="json", by_alias=True) for r in rules]
-    text = json.dumps(dumped)
-    return fingerprint in text or (fingerprint == creator and "CREATOR" in text)
+    """Whether one of the rules' identities, at any depth of their boards, is ``fingerprint``
+    (itself, or ``CREATOR`` when it is the creator): a board member (docs/cas.md "Policies and
+    governance"). Identities are compared whole: one that merely contains the fingerprint (or
+    ``CREATOR``), such as a certificate or a ``$$SCONE::name$$`` entry, does not name it."""
+    for rule in rules:
+        if isinstance(rule, RequireAll):
+            nested: Any = rule.require_all
+        elif isinstance(rule, RequireAtLeast):
+            nested = rule.rules
+        else:
+            identity = rule.signer if isinstance(rule, SignerRule) else rule
+            if identity == fingerprint or (identity == "CREATOR" and fingerprint == creator):
+                return True
+            continue
+        if _mentions(nested, fingerprint, creator):
+            return True
+    return False

@@ -240,6 +240,10 @@ def _rows(conn: Connection, policy: str, issuer: str) -> list[tuple[RevocationRo
 
 
 def _parsed(found: Sequence[Any]) -> list[tuple[RevocationRow, Any]]:
+    """The rows as :class:`RevocationRow`; a ``version`` that is not an integer as stored (``1.5``
+    would read as 1, a second stored form of the row under the same MAC) is a ValueError."""
+    if not all(_integer(r[2]) for r in found):
+        raise ValueError("a version that is not an integer")
     return [
         (RevocationRow(str(r[0]), str(r[1]), int(r[2]), str(r[3]), float(r[4]), float(r[5]),
                        None if r[6] is None else float(r[6])), r[7])

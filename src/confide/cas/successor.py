@@ -90,6 +90,7 @@ from confide.cas.successor_board import (
     load_board,
     read_key_id,
     read_platform,
+    read_stored_time,
     read_unix_time,
     store_newest,
     stored_document,
@@ -474,8 +475,10 @@ class Successors:
         return approvers
 
     @staticmethod
-    def _withdrawn(conn: Connection, digests: set[str]) -> dict[str, float]:
-        """Which of the approvals ``digests`` were withdrawn, and when."""
+    def _withdrawn(conn: Connection, digests: set[str]) -> dict[str, int | None]:
+        """Which of the approvals ``digests`` were withdrawn, and when (``None``: the stored time
+        is not a number, :func:`~confide.cas.successor_board.read_stored_time`; the withdrawal
+        still stands, its digest being bound by the board's MAC)."""
         if not digests:
             return {}
         rows = conn.execute(
@@ -483,7 +486,7 @@ class Successors:
                 successor_withdrawals.c.approval.in_(sorted(digests))
             )
         )
-        return {str(row.approval): float(row.created_at) for row in rows}
+        return {str(row.approval): read_stored_time(row.created_at) for row in rows}
 
     @staticmethod
     def find_stored(
@@ -739,7 +742,7 @@ class Successors:
                 shown = {"signer": approval.signer, "expires": approval.expires, "approval": approval.digest,
                          "retire": approval.retire, "retire_identity": approval.retire_identity}  # fmt: skip
                 if approval.digest in withdrawn:
-                    entry["withdrawn"].append({**shown, "withdrawn_at": int(withdrawn[approval.digest])})
+                    entry["withdrawn"].append({**shown, "withdrawn_at": withdrawn[approval.digest]})
                 else:
                     entry["approvers"].append(shown)
         for entry in targets.values():
@@ -817,4 +820,4 @@ def _retired_row(row: Any) -> dict[str, Any] | None:
     by = "board" if row.retired_by == "board" else "hand-over"
     named = {"retirement": str(row.successor)} if by == "board" else {"successor": str(row.successor)}
     return {"identity": str(row.identity), "platform": str(row.platform), "claims": claims, **named,
-            "retired_at": int(row.created_at), "retired_by": by}  # fmt: skip
+            "retired_at": read_stored_time(row.created_at), "retired_by": by}  # fmt: skip

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ __all__ = [
     "read_generation",
     "read_key_id",
     "read_platform",
+    "read_stored_time",
     "read_unix_time",
     "reauthenticate_board",
     "replace_board",
@@ -126,6 +128,17 @@ def read_platform(value: object, table: Mapping[Platform, object], what: str) ->
         known = ", ".join(p.value for p in table)
         raise ParseError(f"platform: got {str(value)[:40]!r}, expected one of {known}", structure=what)
     return platform
+
+
+def read_stored_time(value: object) -> int | None:
+    """A stored row's ``created_at`` as whole seconds, for display only (not authenticated: the
+    operator may have written anything, and SQLite keeps text or a blob in a REAL column);
+    ``None`` when it is not a finite number from 0 to 2^53."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not (math.isfinite(value) and 0 <= value < 2**53):
+        return None
+    return int(value)
 
 
 _S = TypeVar("_S")

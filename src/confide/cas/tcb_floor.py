@@ -115,6 +115,8 @@ MAX_FILE_SIZE = 1 << 20  # ~20 000 platforms; a CAS sees a few
 _STRUCTURE = "TCB evaluation floor"
 _LOG = logging.getLogger("confide.cas")
 _TEES = {Platform.SGX: "sgx", Platform.TDX: "tdx", Platform.AZURE_TDX_VTPM: "tdx"}
+_TCB_INFO_KEY = re.compile(r"(sgx|tdx):[0-9a-f]{12}")  # <TEE type>:<FMSPC, 6 bytes in lower-case hex>
+_QE_IDENTITY_KEY = re.compile(r"sgx|tdx")
 
 
 def floor_tee(platform: Platform) -> str:
@@ -122,10 +124,15 @@ def floor_tee(platform: Platform) -> str:
     return _TEES[platform]
 
 
-def _table(value: object, name: str) -> dict[str, int]:
+def _table(value: object, name: str, keys: re.Pattern[str] | None = None) -> dict[str, int]:
+    """One table; ``keys``: the form of its keys (the file's, as :meth:`TcbEvaluationFloor.judge`
+    writes them: an edited key would match no platform, and that platform's floor would be read
+    as none)."""
     if not isinstance(value, dict):
         raise ParseError("not an object", structure=_STRUCTURE, field=name)
     for key, number in value.items():
+        if keys is not None and not keys.fullmatch(key):
+            raise ParseError(f"key {key[:40]!r}: expected {keys.pattern}", structure=_STRUCTURE, field=name)
         if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= 0xFFFF_FFFF:
             raise ParseError(f"{key!r}: not a number 0..2^32-1", structure=_STRUCTURE, field=name)
     return dict(value)
@@ -154,8 +161,13 @@ class _FloorFile:
     """The parsed file: the tables, its version and its MACs (not yet checked)."""
 
     def __init__(self, path: Path) -> None:
-        raw = read_bounded(
-            path, MAX_FILE_SIZE, label=_STRUCTURE, expected="a small JSON file", structure=_STRUCTURE
+        raw = read_bounded(  # a regular file: a FIFO put in its place would block the start
+            path,
+            MAX_FILE_SIZE,
+            label=_STRUCTURE,
+            expected="a small JSON file",
+            structure=_STRUCTURE,
+            regular=True,
         )
         try:
             doc = jsonstrict.loads(raw, structure=_STRUCTURE)
@@ -172,8 +184,8 @@ class _FloorFile:
             want = ", ".join(sorted(members)) + (" (and macs)" if doc["v"] == FLOOR_VERSION else "")
             raise ParseError(f"{path}: expected the members {want}", structure=_STRUCTURE)
         self.version: int = doc["v"]
-        self.tcb_info = _table(doc["tcb_info"], "tcb_info")
-        self.qe_identity = _table(doc["qe_identity"], "qe_identity")
+        self.tcb_info = _table(doc["tcb_info"], "tcb_info", _TCB_INFO_KEY)
+        self.qe_identity = _table(doc["qe_identity"], "qe_identity", _QE_IDENTITY_KEY)
         macs = doc.get("macs", {})
         if not isinstance(macs, dict) or not all(
             isinstance(k, str) and _KEY_ID.fullmatch(k) and isinstance(v, str) and _MAC.fullmatch(v)

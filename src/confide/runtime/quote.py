@@ -338,10 +338,12 @@ class ConfigfsTsmQuoteProvider:
 class GramineQuoteProvider:
     """SGX DCAP quotes inside Gramine-SGX via the ``/dev/attestation`` pseudo-files."""
 
+    _lock = threading.Lock()
+    """The pseudo-files hold one user_report_data per process: the requests of every provider
+    object in this process are serialised (a lock per object let two interleave)."""
+
     def __init__(self, root: Path = GRAMINE_ATTESTATION_ROOT) -> None:
         self.root = root
-        # The pseudo-files hold one user_report_data per process: serialise our requests.
-        self._lock = threading.Lock()
 
     def get_evidence(self, report_data: bytes) -> Evidence:
         check_report_data(report_data)

@@ -18,6 +18,8 @@ one is created empty, mode 0600, as the mount point). Without root such a path i
 from __future__ import annotations
 
 import base64
+import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -35,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from confide.cas.client import CasClient
 from confide.cas.core import binding_report_data, decrypt_release
 from confide.cas.secrets import RUNTIME_KEY_MARKER, render, template_secret
-from confide.errors import ParseError, PolicyError, SignatureError, UsageError
+from confide.errors import ParseError, PolicyError, SignatureError, StorageError, UsageError
 from confide.fsutil import read_bounded
 from confide.policy.placeholders import Context, Placeholder, encoding_for, render_file
 from confide.runtime.absent import check_absent
@@ -67,44 +69,79 @@ class Launch:
     checked after the volumes are mounted (:mod:`confide.runtime.absent`)."""
 
 
-def _mounts() -> list[tuple[str, str]]:
-    out = []
+def _mount_id(fd: int) -> str | None:
+    """The mount ID of the file open at ``fd`` (``mnt_id`` in /proc/self/fdinfo, Linux >= 3.15)."""
+    try:
+        text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key == "mnt_id":
+            return value.strip()
+    return None
+
+
+def _fstype_of_mount(mount_id: str) -> str | None:
+    """The file system type of the mount ``mount_id`` (proc(5), /proc/self/mountinfo)."""
     try:
         text = Path("/proc/self/mountinfo").read_text()
     except OSError:
-        return []
+        return None
     for line in text.splitlines():
         parts = line.split()
-        try:
+        if parts and parts[0] == mount_id and "-" in parts:
             sep = parts.index("-")
-        except ValueError:
-            continue
-        mount_point = parts[4].encode().decode("unicode_escape")
-        out.append((mount_point, parts[sep + 1]))
-    return out
+            return parts[sep + 1] if len(parts) > sep + 1 else None
+    return None
 
 
-def is_memory_backed(path: Path) -> bool:
-    """Whether ``path`` would be stored on a memory file system (tmpfs/ramfs)."""
-    target = str(path.parent.resolve())
-    best, fstype = "", ""
-    for mount_point, fs in _mounts():
-        if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(
-            mount_point
-        ) >= len(best):
-            best, fstype = mount_point, fs
-    return fstype in _MEMORY_FS
+def is_memory_backed(path: Path, *, dir_fd: int | None = None) -> bool:
+    """Whether ``path`` would be stored on a memory file system (tmpfs/ramfs). ``dir_fd``: its
+    directory, open: the answer is then about that very directory (the one a write through
+    ``dir_fd`` reaches), whatever its path names by then."""
+    if dir_fd is not None:
+        mount_id = _mount_id(dir_fd)
+        return mount_id is not None and _fstype_of_mount(mount_id) in _MEMORY_FS
+    try:
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return is_memory_backed(path, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+_PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+
+
+def _not_dumpable() -> None:
+    """prctl(PR_SET_DUMPABLE, 0) (prctl(2)): no core dump of this process, which is about to
+    hold the ephemeral key and the released secrets (and, supervising, the volume keys for the
+    program's lifetime), and no ptrace or /proc/PID/mem access by other processes of the same
+    user. ``execve`` resets it for the program (it is not inherited across exec)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    except (OSError, AttributeError) as exc:  # not Linux: nothing to disable this way
+        log.warning("confide: cannot disable core dumps of confide run: %s", exc)
 
 
 def attest_and_prepare(
     client: CasClient, provider: QuoteProvider, policy: str, service: str, command: Sequence[str]
 ) -> Launch:
+    _not_dumpable()
     key = ec.generate_private_key(ec.SECP256R1())
     key_der = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     nonce_hex = client.nonce()
-    nonce = bytes.fromhex(nonce_hex)
+    try:
+        nonce = bytes.fromhex(nonce_hex)
+    except (TypeError, ValueError):
+        raise ParseError("expected a hex string", structure="the CAS's nonce answer", field="nonce") from None
     evidence = provider.get_evidence(binding_report_data(key_der, nonce))
     request: dict[str, Any] = {
         "policy": policy,
@@ -118,15 +155,21 @@ def attest_and_prepare(
     if aux:
         request["aux"] = {k: base64.b64encode(v).decode() for k, v in dict(aux).items()}
     config = decrypt_release(key, client.attest(request), nonce, public_key_der=key_der)
+    argv = _strings(config.get("command"), "command") or list(command)
+    environment = _string_map(config.get("environment"), "environment")
+    for name in environment:
+        if not name or "=" in name:
+            raise ParseError("expected variable names without '='", structure="release", field="environment")
     try:
-        argv = list(config["command"]) if config.get("command") else list(command)
-        environment = {str(k): str(v) for k, v in dict(config.get("environment") or {}).items()}
-        files = {str(p): base64.b64decode(c) for p, c in dict(config.get("files") or {}).items()}
-        pwd = config.get("pwd")
+        files = {
+            p: base64.b64decode(c, validate=True)
+            for p, c in _string_map(config.get("files"), "files").items()
+        }
         volumes = tuple(VolumeRelease.from_config(v) for v in config.get("volumes") or [])
-        session = str(config.get("session") or "")
     except (TypeError, ValueError):
         raise ParseError("the CAS's configuration is malformed", structure="release") from None
+    pwd = _optional_string(config.get("pwd"), "pwd")
+    session = _optional_string(config.get("session"), "session") or ""
     if not argv:
         raise UsageError("no command: give one after -- or in the policy's service")
     templates = config.get("templates")
@@ -142,7 +185,8 @@ def attest_and_prepare(
     environment = {k: v.replace(marker, pem.decode()) for k, v in environment.items()}
     files = {p: c.replace(RUNTIME_KEY_MARKER, pem) for p, c in files.items()}
     if command and config.get("command"):
-        measured, released = shutil.which(command[0]), shutil.which(argv[0], path=environment.get("PATH"))
+        measured = shutil.which(command[0])
+        released = shutil.which(argv[0], path=_search_path(environment))
         # a program measured as absent is found by neither before the volumes are mounted: the
         # same name is required, and confide.runtime.absent checks the file after mounting
         absent_same = measured is None and released is None and command[0] == argv[0] and "/" in argv[0]
@@ -153,7 +197,41 @@ def attest_and_prepare(
                 f"the policy's command runs {argv[0]!r}, but {command[0]!r} was measured; "
                 "they must be the same program"
             )
-    return Launch(argv, environment, files, str(pwd) if pwd else None, policy, volumes, session)
+    return Launch(argv, environment, files, pwd or None, policy, volumes, session)
+
+
+def _no_nul(text: str, field: str) -> str:
+    # execve(2) and open(2) take C strings: a NUL would cut the value (Python refuses it with a
+    # ValueError). The value itself may be a secret: the reason names the field only.
+    if "\0" in text:
+        raise ParseError("contains a NUL character", structure="release", field=field)
+    return text
+
+
+def _strings(value: Any, field: str) -> list[str]:
+    """A released list of strings (None or empty: none)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ParseError("expected a list of strings", structure="release", field=field)
+    return [_no_nul(v, field) for v in value]
+
+
+def _string_map(value: Any, field: str) -> dict[str, str]:
+    """A released object of string values (None: empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ParseError("expected an object of strings", structure="release", field=field)
+    return {_no_nul(k, field): _no_nul(v, field) for k, v in value.items()}
+
+
+def _optional_string(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ParseError(f"got {type(value).__name__}, expected a string", structure="release", field=field)
+    return _no_nul(value, field)
 
 
 MAX_TEMPLATE = 1 << 20
@@ -196,17 +274,40 @@ def render_templates(templates: Any) -> dict[str, bytes]:
     return out
 
 
-def _write_private(path: Path, content: bytes) -> None:
-    """Create or replace ``path`` (never through a symlink) with ``content``, mode 0600."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+def _write_private(path: Path, content: bytes, *, dir_fd: int | None = None) -> None:
+    """Create or replace ``path`` (never through a symlink) with ``content``, mode 0600; with
+    ``dir_fd``, the entry of that name in the directory open there."""
+    name: str | Path = path.name if dir_fd is not None else path
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
     try:
         os.fchmod(fd, 0o600)
         view = memoryview(content)
         while view:
             written = os.write(fd, view)
             view = view[written:]
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=dir_fd)  # no partial secret stays behind
+        raise
     finally:
         os.close(fd)
+
+
+def _remove_at(path: Path, dir_fd: int) -> None:
+    try:
+        os.unlink(path.name, dir_fd=dir_fd)
+    except OSError as exc:
+        log.warning("confide: cannot remove the injected file %s: %s", path, exc.strerror or exc)
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    """Remove injected files written in place (a failure before the program started)."""
+    for path in paths:
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            log.warning("confide: cannot remove the injected file %s: %s", path, exc.strerror or exc)
 
 
 def _mount_point_for(path: Path) -> None:
@@ -230,12 +331,7 @@ def _mount_point_for(path: Path) -> None:
 
 def _inject_over_persistent(items: Sequence[tuple[Path, bytes]]) -> None:
     """Serve ``items`` from a private tmpfs bind-mounted over their paths (see the module doc)."""
-    if os.geteuid() != 0:
-        raise UsageError(
-            f"injection file {items[0][0]} would land on persistent storage; confide writes injected files "
-            "only to memory: run confide run as root (it then binds a tmpfs copy over the path in a private "
-            "mount namespace), or mount a tmpfs at its directory (e.g. under /dev/shm or /run)"
-        )
+    _check_root_for(items[0][0])
     _private_namespace()
     INJECT_STAGING.mkdir(parents=True, exist_ok=True, mode=0o700)
     mount_tmpfs_at(INJECT_STAGING, b"mode=0700")
@@ -246,31 +342,85 @@ def _inject_over_persistent(items: Sequence[tuple[Path, bytes]]) -> None:
         bind_mount(staged, path)
 
 
-def _write_files(files: Mapping[str, bytes]) -> None:
+def _check_root_for(path: Path) -> None:
+    if os.geteuid() != 0:
+        raise UsageError(
+            f"injection file {path} would land on persistent storage; confide writes injected files "
+            "only to memory: run confide run as root (it then binds a tmpfs copy over the path in a private "
+            "mount namespace), or mount a tmpfs at its directory (e.g. under /dev/shm or /run)"
+        )
+
+
+def _write_files(files: Mapping[str, bytes]) -> list[Path]:
+    """Inject ``files``: every path is checked before any is written, and on a failure the files
+    already written are removed. Returns the paths written in place (on a memory file system),
+    for the caller to remove if the program then does not start."""
+    # Each file on a memory file system is written through its directory opened when it was
+    # checked: a symlink planted at a parent afterwards cannot redirect it onto a disk.
+    memory: list[tuple[Path, bytes, int]] = []
     persistent: list[tuple[Path, bytes]] = []
-    for path_text, content in files.items():
-        path = Path(path_text)
-        if not path.is_absolute():
-            raise UsageError(f"injection file {path_text}: expected an absolute path")
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if is_memory_backed(path):
-            _write_private(path, content)
-        else:
-            persistent.append((path, content))
-    if persistent:
-        _inject_over_persistent(persistent)
+    written: list[tuple[Path, int]] = []
+    try:
+        for path_text, content in files.items():
+            path = Path(path_text)
+            if not path.is_absolute():
+                raise UsageError(f"injection file {path_text}: expected an absolute path")
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise UsageError(
+                    f"injection file {path}: cannot open its directory: {exc.strerror}"
+                ) from None
+            memory.append((path, content, dir_fd))
+            if not is_memory_backed(path, dir_fd=dir_fd):
+                memory.pop()
+                os.close(dir_fd)
+                persistent.append((path, content))
+        if persistent:
+            _check_root_for(persistent[0][0])
+        for path, content, dir_fd in memory:
+            _write_private(path, content, dir_fd=dir_fd)
+            written.append((path, dir_fd))
+        if persistent:
+            _inject_over_persistent(persistent)
+    except BaseException:
+        for path, dir_fd in written:
+            _remove_at(path, dir_fd)
+        raise
+    finally:
+        for _p, _c, dir_fd in memory:
+            os.close(dir_fd)
+    return [path for path, _fd in written]
+
+
+def _search_path(env: Mapping[str, str]) -> str:
+    """Where a program name is looked up: the released ``PATH``, else the default search path
+    (``os.defpath``, as ``execvp`` without ``PATH``), never the host's ``PATH``."""
+    return env.get("PATH") or os.defpath
 
 
 def _resolve(program: str, env: Mapping[str, str]) -> str:
     if "/" in program:
         return program
-    search = env.get("PATH") or os.environ.get("PATH") or "/usr/bin:/bin"
-    for directory in search.split(":"):
+    for directory in _search_path(env).split(":"):
         candidate = Path(directory) / program
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
     raise UsageError(f"{program}: not found on PATH")
 
+
+FORWARDED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+"""Signals the supervising ``confide run`` passes on to the program (as ``exec`` would have them
+reach it), instead of being stopped by them itself and leaving the program and its volumes
+without their supervisor (e.g. SIGHUP or SIGUSR1, a service's "reload")."""
 
 INTEGRITY_POLL = 0.2  # seconds between checks of the volume servers' integrity reports
 
@@ -301,26 +451,34 @@ def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None
     ``before_exec`` runs after everything else was prepared, right before the program starts
     (``confide run --gpus`` sets the GPUs' ready state there); if it raises, the program does
     not start and the volumes are closed."""
-    _write_files(plan.files)
-    mounted = mount_released(list(plan.volumes))
+    injected = _write_files(plan.files)
+    try:
+        mounted = mount_released(list(plan.volumes))
+    except BaseException:
+        _remove(injected)
+        raise
     env = {**plan.environment, **mounted.environment}
     try:
         checked = None
         if plan.measured is not None:
             checked = check_absent(plan.measured, plan.argv, env, plan.pwd, mounted.regions())
-        program = checked or _resolve(plan.argv[0], env)
+        program = checked or _program(plan, env)
         if before_exec is not None:
             before_exec()
         proc = subprocess.Popen(plan.argv, executable=program, env=env, cwd=plan.pwd or None)  # noqa: S603
     except OSError as exc:
         mounted.close()
+        _remove(injected)
+        if plan.pwd and exc.filename == plan.pwd:  # the child's chdir failed, as in launch()
+            raise UsageError(
+                f"cannot change to the service's working directory {plan.pwd}: {exc.strerror}"
+            ) from None
         raise UsageError(f"cannot execute {plan.argv[0]}: {exc.strerror}") from None
     except BaseException:
         mounted.close()
+        _remove(injected)
         raise
-    previous = {
-        sig: signal.signal(sig, lambda s, _f: proc.send_signal(s)) for sig in (signal.SIGTERM, signal.SIGINT)
-    }
+    previous = {sig: signal.signal(sig, lambda s, _f: proc.send_signal(s)) for sig in FORWARDED_SIGNALS}
     try:
         code, tampered = _wait(proc, mounted)
     finally:
@@ -334,17 +492,47 @@ def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None
             f"protected volume integrity failure in {tampered}: the service was stopped and "
             "this session's volume changes were discarded"
         )
-    changed = mounted.close()
+    # every sealed volume's new tag is reported, also when another volume failed to seal: a
+    # sealed volume no longer holds the version the CAS knows
+    changed, errors = mounted.seal()
+    first: BaseException | None = None
     for name, (old, new) in changed.items():
-        client.report_volume_tag(plan.policy, name, plan.session, old, new)
-    return code
+        try:
+            client.report_volume_tag(plan.policy, name, plan.session, old, new)
+        except Exception as exc:
+            first = first or exc
+    if first is not None:
+        raise first
+    if errors:
+        raise StorageError("; ".join(errors))
+    # Popen reports a program killed by signal N as -N; sys.exit(-N) would exit 256 - N. Report it
+    # as a shell does (128 + N), the status a caller of an exec'd program sees as "killed by N".
+    return 128 - code if code < 0 else code
 
 
 def launch(plan: Launch, *, before_exec: Callable[[], None] | None = None) -> None:
     """Inject and exec; does not return on success. ``before_exec`` runs after everything else
     was prepared, right before the ``exec`` (``confide run --gpus`` sets the GPUs' ready state
     there); if it raises, nothing is executed."""
-    _write_files(plan.files)
+    injected = _write_files(plan.files)
+    try:
+        _exec(plan, before_exec)
+    except BaseException:
+        _remove(injected)  # the program did not start: its secrets do not stay behind
+        raise
+
+
+def _program(plan: Launch, env: Mapping[str, str]) -> str:
+    """The file to execute. With ``--tee sim`` it is the file that was measured (resolved with the
+    measuring ``PATH`` and working directory, docs/simulator.md "For confide run"), not a new
+    lookup with the released ``PATH`` or after changing to the released ``pwd``, which can name
+    another file than the one the evidence vouches for."""
+    if plan.measured is not None:
+        return plan.measured.executable
+    return _resolve(plan.argv[0], env)
+
+
+def _exec(plan: Launch, before_exec: Callable[[], None] | None) -> None:
     if plan.pwd:
         try:
             os.chdir(plan.pwd)
@@ -356,7 +544,7 @@ def launch(plan: Launch, *, before_exec: Callable[[], None] | None = None) -> No
     checked = None
     if plan.measured is not None:  # no volumes: any absent component is refused
         checked = check_absent(plan.measured, plan.argv, env, None, ())
-    program = checked or _resolve(plan.argv[0], env)
+    program = checked or _program(plan, env)
     if before_exec is not None:
         before_exec()
     try:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from confide import jsonstrict
-from confide.errors import ParseError, StorageError, UsageError
+from confide.errors import ConfideError, ParseError, StorageError, UsageError
 from confide.policy.model import UpdatePolicy
 from confide.volume.keys import VolumeKey
 from confide.volume.mount import MountHandle, _private_namespace, mount_volume
@@ -147,7 +147,18 @@ class MountedVolumes:
         """Seal and unmount (an ``ephemeral`` volume: unmount and discard); returns
         {name: (old tag, new tag)} for the volumes whose new tag is to be reported. The old tag
         is the CAS's (``rollback_protected``) or the version mounted (``no_rollback_protection``,
-        where the two may differ)."""
+        where the two may differ). :class:`StorageError` if a volume could not be sealed (every
+        volume is closed first; use :meth:`seal` to get the others' new tags as well)."""
+        changed, errors = self.seal()
+        if errors:
+            raise StorageError("; ".join(errors))
+        return changed
+
+    def seal(self) -> tuple[dict[str, tuple[str, str]], list[str]]:
+        """:meth:`close`, but returning the failures ("name: message") with the tags: a volume
+        that sealed has replaced its previous version in its directory, so its new tag must
+        reach the CAS even when another volume failed (else the next run is refused its
+        volume, whose released tag no longer exists). Every handle is closed whatever fails."""
         for target in reversed(self.binds):
             _detach(target)
         self.binds.clear()
@@ -155,13 +166,17 @@ class MountedVolumes:
         errors: list[str] = []
         for release, handle in reversed(self.handles):
             if release.update_policy is UpdatePolicy.EPHEMERAL:
-                handle.abort()
+                try:
+                    handle.abort()
+                except (ConfideError, OSError) as exc:
+                    errors.append(f"{release.name}: {_message(exc)}")
+                    continue
                 log.info("confide: volume %s is ephemeral: this run's changes were discarded", release.name)
                 continue
             try:
                 new = handle.close()
-            except StorageError as exc:
-                errors.append(f"{release.name}: {exc.message}")
+            except (ConfideError, OSError) as exc:
+                errors.append(f"{release.name}: {_message(exc)}")
                 continue
             old = (
                 self.mounted_tags.get(release.name, release.tag)
@@ -170,9 +185,17 @@ class MountedVolumes:
             )
             if new and new != old:
                 changed[release.name] = (old, new)
-        if errors:
-            raise StorageError("; ".join(errors))
-        return changed
+        return changed, errors
+
+
+def _message(exc: BaseException) -> str:
+    """The failure of one volume's close, without file names (an OSError's ``filename`` may
+    be a path in the decrypted tree)."""
+    if isinstance(exc, ConfideError):
+        return exc.message
+    if isinstance(exc, OSError):
+        return f"cannot seal the session's changes: {exc.strerror or type(exc).__name__}"
+    return type(exc).__name__
 
 
 def mount_released(volumes: list[VolumeRelease]) -> MountedVolumes:

@@ -48,7 +48,7 @@ from types import TracebackType
 from typing import Literal
 
 import confide
-from confide.errors import ConfideError, SignatureError, StorageError, UsageError
+from confide.errors import ConfideError, ParseError, SignatureError, StorageError, UsageError
 from confide.volume._chunked import ChunkReader, write_chunks
 from confide.volume._io import LARGE_FOLIO_PIECE, equal_contents, same_plaintext
 from confide.volume.check import open_volume
@@ -60,6 +60,8 @@ from confide.volume.format import (
     EntryKind,
     Manifest,
     Region,
+    check_path,
+    check_symlink_target,
     clamp_mtime_ns,
     region_for,
 )
@@ -437,6 +439,8 @@ def _reseal_tree(
     tag: str,
     root: Path,
     baseline: dict[str, tuple[int, int, int, int]],
+    *,
+    owners: bool = True,
 ) -> str:
     """Seal the tree under ``root`` as the next generation; only changed files are re-encrypted.
 
@@ -452,10 +456,14 @@ def _reseal_tree(
     changed now is converted, so that later unmounts re-seal only its changed chunks. A
     changed unprotected file gets a new object under a new file id. Special files are
     skipped (logged). Returns ``tag`` unchanged when the tree equals the manifest.
+
+    ``owners``: whether the decryption applied the recorded uid/gid (root). When it could not
+    (the non-root ``shm`` fallback: every file belongs to the caller, who cannot chown), an
+    entry that was in the manifest keeps its recorded owner, and new entries get the caller's.
     """
     chunks = ChunkReader(directory, ChunkKeys(key.raw, manifest.volume_id), manifest.chunk_size, key_cache=0)
     try:
-        return _reseal_entries(directory, key, manifest, tag, root, baseline, chunks)
+        return _reseal_entries(directory, key, manifest, tag, root, baseline, chunks, owners)
     finally:
         chunks.close()
 
@@ -577,25 +585,40 @@ def _reseal_entries(
     root: Path,
     baseline: dict[str, tuple[int, int, int, int]],
     chunks: ChunkReader,
+    owners: bool,
 ) -> str:
     old = manifest.by_path()
     entries: list[Entry] = []
-    for dirpath, dirs, files in os.walk(root):
+    for dirpath, dirs, files in os.walk(root, onerror=_unlistable):
         for name in sorted(dirs + files):
             p = Path(dirpath) / name
             vpath = str(p.relative_to(root))
             st = p.lstat()
+            why = _unrepresentable(vpath, p)
+            if why is not None:
+                # a tmpfs cannot refuse the name when it is made (a FUSE mount does: EINVAL), and
+                # a manifest with it could never be read again: skipped, like special files
+                log.warning(
+                    "confide volume: the volume format cannot hold %r (%s); not stored in the volume%s",
+                    vpath,
+                    why,
+                    ", nor anything below it" if stat.S_ISDIR(st.st_mode) else "",
+                )
+                if name in dirs:
+                    dirs.remove(name)  # os.walk does not descend into it
+                continue
             mode = st.st_mode & 0o7777
             t = clamp_mtime_ns(st.st_mtime_ns)  # the format's range (docs/volume-format.md)
             prev = old.get(vpath)
+            uid, gid = (prev.uid, prev.gid) if prev is not None and not owners else (st.st_uid, st.st_gid)
             if p.is_symlink():
                 entries.append(
                     Entry(
                         vpath,
                         EntryKind.SYMLINK,
                         mode,
-                        st.st_uid,
-                        st.st_gid,
+                        uid,
+                        gid,
                         Region.UNPROTECTED,
                         target=os.readlink(p),
                         mtime_ns=t,
@@ -604,9 +627,7 @@ def _reseal_entries(
             elif p.is_dir():
                 if prev is None and mode == 0o755 and any(p.iterdir()):
                     continue  # an implicit directory stays implicit
-                entries.append(
-                    Entry(vpath, EntryKind.DIR, mode, st.st_uid, st.st_gid, Region.UNPROTECTED, mtime_ns=t)
-                )
+                entries.append(Entry(vpath, EntryKind.DIR, mode, uid, gid, Region.UNPROTECTED, mtime_ns=t))
             elif p.is_file():
                 if prev is not None and prev.kind is not EntryKind.FILE:
                     prev = None  # a directory or symlink replaced by a file: a new file
@@ -617,14 +638,12 @@ def _reseal_entries(
                     or _same_protected(directory, key, manifest, prev, p)
                 ):
                     # unchanged: keeps its object(s), chunk ids included (version 3)
-                    entries.append(replace(prev, mode=mode, uid=st.st_uid, gid=st.st_gid, mtime_ns=t))
+                    entries.append(replace(prev, mode=mode, uid=uid, gid=gid, mtime_ns=t))
                     continue
                 if prev is not None and prev.chunks is not None:
                     size, ids = _reseal_chunked(directory, chunks, prev, p)
                     entries.append(
-                        replace(
-                            prev, mode=mode, uid=st.st_uid, gid=st.st_gid, size=size, mtime_ns=t, chunks=ids
-                        )
+                        replace(prev, mode=mode, uid=uid, gid=gid, size=size, mtime_ns=t, chunks=ids)
                     )
                     continue
                 region = (
@@ -645,7 +664,7 @@ def _reseal_entries(
                     fid, froot = b"", bytes(ROOT_SIZE)
                 entries.append(
                     Entry(
-                        vpath, EntryKind.FILE, mode, st.st_uid, st.st_gid, region, fid, size, froot,
+                        vpath, EntryKind.FILE, mode, uid, gid, region, fid, size, froot,
                         mtime_ns=t, chunks=chunk_ids,
                     )
                 )  # fmt: skip
@@ -655,6 +674,29 @@ def _reseal_entries(
     if normalized == {e.path: e for e in manifest.entries}:
         return tag
     return seal_entries(directory, key, manifest, entries)
+
+
+def _unlistable(exc: OSError) -> None:
+    """os.walk's error handler: a directory of the tree that cannot be listed (without
+    CAP_DAC_OVERRIDE, one the application made unreadable) would otherwise be skipped, and its
+    files, in the volume since before, would vanish from the sealed version. Nothing is sealed."""
+    raise StorageError(
+        f"cannot list a directory of the mounted tree ({exc.strerror or type(exc).__name__}); "
+        "nothing was sealed"
+    )
+
+
+def _unrepresentable(vpath: str, p: Path) -> str | None:
+    """Why the manifest cannot hold the entry at ``vpath`` (its path, or a symlink's target:
+    docs/volume-format.md, "Manifest"), or None. Names come from the file system as str with
+    surrogate escapes for bytes that are not UTF-8."""
+    try:
+        check_path(vpath)
+        if p.is_symlink():
+            check_symlink_target(os.readlink(p))
+    except ParseError as exc:
+        return exc.message
+    return None
 
 
 def _fork_guard(shm: Path) -> int:
@@ -713,6 +755,7 @@ class _TmpfsMount(MountHandle):
     ) -> None:
         self._dir, self._key, self._manifest, self._lock = volume_dir, key, manifest, lock
         self._write_piece: int | None = None
+        self._owners = os.geteuid() == 0  # open_volume applies the recorded owners only as root
         self._guard: _Guard | None = None
         self._restore_dir = False
         try:
@@ -732,7 +775,9 @@ class _TmpfsMount(MountHandle):
                 shutil.rmtree(self.path, ignore_errors=True)
             raise
         try:
-            open_volume(volume_dir, key, self.path, tag, write_piece=self._write_piece)
+            open_volume(
+                volume_dir, key, self.path, tag, preserve_owner=self._owners, write_piece=self._write_piece
+            )
             self._baseline = _snapshot(self.path) if writable else {}
             if self.mode == "tmpfs" and not writable:
                 flags = _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV
@@ -813,8 +858,19 @@ class _TmpfsMount(MountHandle):
         try:
             if self.writable:
                 self.tag = _reseal_tree(
-                    self._dir, self._key, self._manifest, self.tag, self.path, self._baseline
+                    self._dir,
+                    self._key,
+                    self._manifest,
+                    self.tag,
+                    self.path,
+                    self._baseline,
+                    owners=self._owners,
                 )
+        except OSError as exc:  # the volume directory (ENOSPC, EIO, removed); no file name (plaintext tree)
+            raise StorageError(
+                f"volume {str(self._dir)!r}: cannot seal the session's changes "
+                f"({exc.strerror or type(exc).__name__}); they are discarded"
+            ) from None
         finally:
             self._teardown()
         return self.tag

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import stat
@@ -78,6 +79,8 @@ LOCK_NAME = ".lock"
 _TMP_PREFIX = ".tmp-"
 SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
 _NS = 1_000_000_000
+
+log = logging.getLogger("confide.volume")
 
 
 def source_date_epoch(environ: Mapping[str, str] | None = None) -> int | None:
@@ -150,6 +153,34 @@ def live_objects(entries: Sequence[Entry]) -> set[str]:
     return live
 
 
+def _objects_durable(directory: Path) -> None:
+    """fsync the objects directory before a manifest that references its entries replaces
+    the old one: :func:`write_object` renames each object into place after an fsync of its
+    data, but the rename itself (the directory entry) is durable only once the directory is
+    synced; without this a power loss could keep the new manifest and lose an object it
+    lists (the manifest's own rename is synced by :func:`write_atomic`, a different
+    directory). One fsync per seal, not per object."""
+    objects = directory / OBJECTS_DIR
+    if objects.is_dir():
+        fsync_dir(objects)
+
+
+def _collect(directory: Path, live: set[str]) -> None:
+    """Delete the objects the new (durable) manifest does not reference. Best effort: the
+    seal has happened, so a failure here must not report it as failed (its new tag would be
+    lost to the caller); what is left is removed by the next seal (logged)."""
+    try:
+        for p in (directory / OBJECTS_DIR).iterdir():
+            if p.name not in live:
+                p.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning(
+            "confide volume: %r: unreferenced objects not all removed (%s); the next seal removes them",
+            str(directory),
+            exc.strerror or exc,
+        )
+
+
 def seal_entries(directory: Path, key: VolumeKey, base: Manifest, entries: Sequence[Entry]) -> str:
     """Seal ``entries`` as the generation after ``base`` (the caller holds the lock); return the tag.
 
@@ -159,11 +190,9 @@ def seal_entries(directory: Path, key: VolumeKey, base: Manifest, entries: Seque
     ordered = tuple(sorted(entries, key=lambda e: e.path.encode()))
     sealed = replace(base, state=ManifestState.SEALED, generation=base.generation + 1, entries=ordered)
     data = encode_manifest(sealed, key.raw)
+    _objects_durable(directory)
     write_atomic(directory / MANIFEST_NAME, data)
-    live = live_objects(ordered)
-    for p in (directory / OBJECTS_DIR).iterdir():
-        if p.name not in live:
-            p.unlink(missing_ok=True)
+    _collect(directory, live_objects(ordered))
     return volume_tag(data)
 
 
@@ -508,11 +537,9 @@ def seal_volume(directory: Path, key: VolumeKey) -> str:
         m = _working(directory, key)
         sealed = replace(m, state=ManifestState.SEALED, generation=m.generation + 1)
         data = encode_manifest(sealed, key.raw)
+        _objects_durable(directory)
         write_atomic(directory / MANIFEST_NAME, data)
         pending_path.unlink()
         fsync_dir(directory)
-        live = live_objects(sealed.entries)
-        for p in (directory / OBJECTS_DIR).iterdir():
-            if p.name not in live:
-                p.unlink(missing_ok=True)
+        _collect(directory, live_objects(sealed.entries))
         return volume_tag(data)
