@@ -16,6 +16,7 @@ import os
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,40 @@ def policy_submission(policy: Policy, identity: Identity) -> dict[str, Any]:
     return sign_document(body, identity.sign, identity.public.public_base64)
 
 
-def _raise_for(response: httpx2.Response) -> Any:
+MAX_ANSWER = 64 * 1024 * 1024
+"""The largest answer the client reads from a CAS (bytes, after any content decoding): a
+release carries the service's injected files, which a policy bounds to the CAS's 16 MiB request
+limit, base64-encoded. A larger answer is a ``ParseError``, read no further."""
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status_code: int
+    headers: httpx2.Headers
+    content: bytes
+
+
+def _fetch(http: httpx2.Client, url: str, method: str, path: str, **kwargs: Any) -> _Answer:
+    """One request, its answer read up to :data:`MAX_ANSWER` bytes: a hostile or broken CAS
+    cannot make the client (``confide run`` holding a key) read without bound."""
+    try:
+        with http.stream(method, path, **kwargs) as response:
+            declared = response.headers.get("content-length", "")
+            if declared.isascii() and declared.isdigit() and int(declared) > MAX_ANSWER:
+                raise errors.ParseError(f"the CAS's answer declares {declared} bytes, more than {MAX_ANSWER}")
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > MAX_ANSWER:
+                    raise errors.ParseError(f"the CAS's answer is larger than {MAX_ANSWER} bytes")
+                chunks.append(chunk)
+            return _Answer(response.status_code, response.headers, b"".join(chunks))
+    except httpx2.HTTPError as exc:
+        raise NetworkError(f"cannot reach the CAS at {url}: {type(exc).__name__}: {exc}") from None
+
+
+def _raise_for(response: _Answer) -> Any:
     """The JSON of a CAS answer (read strictly: a key given twice is a ParseError), or the
     error class and message of an error answer raised; other error answers are NetworkErrors."""
     try:
@@ -130,12 +164,7 @@ class CasClient:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         for attempt in range(RATE_LIMIT_RETRIES + 1):
-            try:
-                response = self.http.request(method, path, **kwargs)
-            except httpx2.HTTPError as exc:
-                raise NetworkError(
-                    f"cannot reach the CAS at {self.url}: {type(exc).__name__}: {exc}"
-                ) from None
+            response = _fetch(self.http, self.url, method, path, **kwargs)
             if response.status_code != 429 or attempt == RATE_LIMIT_RETRIES:
                 break
             self.sleep(_retry_after(response.headers.get("retry-after")))
@@ -180,10 +209,9 @@ class CasClient:
         ``export_public``)."""
         headers = self._read_header(name, identity) if identity is not None else {}
         params = {"format": "pem"} if pem else {}
-        try:
-            response = self.http.get(f"/v1/policies/{name}/crl/{secret}", headers=headers, params=params)
-        except httpx2.HTTPError as exc:
-            raise NetworkError(f"cannot reach the CAS at {self.url}: {type(exc).__name__}: {exc}") from None
+        response = _fetch(
+            self.http, self.url, "GET", f"/v1/policies/{name}/crl/{secret}", headers=headers, params=params
+        )
         if response.status_code >= 400:
             _raise_for(response)
         return response.content
