@@ -196,14 +196,11 @@ def create_app(
                         return
                 # docs/cas.md "Witness quorum": no release or change from a database a witness
                 # says was rolled back or forked (or, with --witness-max-lag, not cosigned lately).
-                stopped = None
-                if witness_guard is not None and not path.startswith(OCSP_PATH):
-                    stopped = witness_guard.refusal()
-                if stopped is not None:
+                halted = _witness_refusal(witness_guard, path)
+                if halted is not None:
                     route = route or _write_route(path)
-                    response = _halted(stopped)
-                    status = response.status_code
-                    await _send_response(response, send)
+                    status = halted.status_code
+                    await _send_response(halted, send)
                     return
             # Every request body is read here, bounded by MAX_BODY, before anything parses it:
             # a larger one (declared or sent) is refused with 413 without being read further;
@@ -214,17 +211,15 @@ def create_app(
                 status = response.status_code
                 await _send_response(response, send)
                 return
-            if method == "POST" and witness_guard is not None and not path.startswith(OCSP_PATH):
-                # Asked again once the body is in: reading it may take --body-timeout, and a
-                # witness's rollback or fork answer (or the lag bound) that came meanwhile must
-                # refuse this request too (docs/cas.md "Witness quorum").
-                stopped = witness_guard.refusal()
-                if stopped is not None:
-                    route = route or _write_route(path)
-                    response = _halted(stopped)
-                    status = response.status_code
-                    await _send_response(response, send)
-                    return
+            # Asked again once the body is in: reading it may take --body-timeout, and a
+            # witness's rollback or fork answer (or the lag bound) that came meanwhile must
+            # refuse this request too (docs/cas.md "Witness quorum").
+            halted = _witness_refusal(witness_guard, path) if method == "POST" else None
+            if halted is not None:
+                route = route or _write_route(path)
+                status = halted.status_code
+                await _send_response(halted, send)
+                return
             if fast is not None:
                 # The attestation endpoints skip FastAPI's routing and body validation for a
                 # well-formed JSON object (the same endpoint function runs); anything else takes
@@ -588,10 +583,16 @@ def _too_many(wait: float) -> JSONResponse:
     return response
 
 
-def _halted(exc: ConfideError) -> JSONResponse:
-    """503 while the witness guard refuses (its error's class, so clients exit with its code);
-    the connection is kept (the unread body is discarded by uvicorn once the response is
-    complete). A halt lasts until the CAS restarts; a lag, until the next quorum."""
+def _witness_refusal(guard: WitnessGuard | None, path: str) -> JSONResponse | None:
+    """The answer to a POST while the witness guard refuses (``None`` when it does not, or for
+    OCSP, which writes nothing): 503 with its error's class, so clients exit with its code; the
+    connection is kept (the unread body is discarded by uvicorn once the response is complete).
+    A halt lasts until the CAS restarts; a lag, until the next quorum."""
+    if guard is None or path.startswith(OCSP_PATH):
+        return None
+    exc = guard.refusal()
+    if exc is None:
+        return None
     response = _error_response(exc)
     response.status_code = 503
     return response
