@@ -17,6 +17,7 @@ from confide.sim.platform import (
     SimPlatform,
     load_platform_public_key,
 )
+from confide.verify.sim import SimPlatformPublicKey
 from malformed_x509 import UNKNOWN_ALGORITHM_SPKI
 
 
@@ -102,6 +103,30 @@ def test_public_key_encodings_all_load(ed25519: bool) -> None:
         raw.hex().encode() + b"\n",
     ):
         assert load_platform_public_key(data) == key
+
+
+def _key_whose_raw_bytes_touch_white_space(ed25519: bool) -> tuple[SimPlatformPublicKey, bytes]:
+    """A key whose raw encoding ends (or, for Ed25519, begins) with a white-space byte: such a
+    key was once mistaken for hex text after strip() and refused (about 1 key in 40)."""
+    for _ in range(100_000):
+        if ed25519:
+            ed_key = Ed25519PrivateKey.generate().public_key()
+            raw = ed_key.public_bytes_raw()
+            if raw[:1].isspace() or raw[-1:].isspace():
+                return ed_key, raw
+        else:
+            ec_key = ec.generate_private_key(ec.SECP256R1()).public_key()
+            raw = ec_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+            if raw[-1:].isspace():
+                return ec_key, raw
+    raise AssertionError("no such key found")
+
+
+@pytest.mark.parametrize("ed25519", [False, True])
+def test_a_raw_key_ending_in_a_white_space_byte_loads(ed25519: bool) -> None:
+    key, raw = _key_whose_raw_bytes_touch_white_space(ed25519)
+    assert load_platform_public_key(raw) == key
+    assert load_platform_public_key(raw.hex().encode() + b"\n") == key
 
 
 def test_an_existing_ed25519_platform_keeps_its_key_and_issues_version_1(tmp_path: Path) -> None:

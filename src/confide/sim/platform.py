@@ -246,14 +246,18 @@ def load_platform_public_key(data: bytes, *, source: str = "platform public key"
     text = data.strip()
     key: object
     try:
-        if text.startswith(b"-----BEGIN"):
-            key = load_pem_public_key(text)
-        elif len(data) == _RAW_KEY_SIZE:
+        # The binary forms first, judged on the bytes as given: a raw key may begin or end with
+        # bytes that are white space (0x0a, 0x20, ...), so its stripped length says nothing.
+        # Neither binary form is ever PEM or hex text (a point starts with 0x04; a text that is
+        # 32 bytes long is no key in any text form).
+        if len(data) == _RAW_KEY_SIZE:
             key = Ed25519PublicKey.from_public_bytes(data)
-        elif len(text) == 2 * _RAW_KEY_SIZE:
-            key = Ed25519PublicKey.from_public_bytes(binascii.unhexlify(text))
         elif len(data) == _P256_POINT_SIZE and data[0] == 0x04:
             key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), data)
+        elif text.startswith(b"-----BEGIN"):
+            key = load_pem_public_key(text)
+        elif len(text) == 2 * _RAW_KEY_SIZE:
+            key = Ed25519PublicKey.from_public_bytes(binascii.unhexlify(text))
         elif len(text) == 2 * _P256_POINT_SIZE and text[:2] == b"04":
             key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), binascii.unhexlify(text))
         else:
