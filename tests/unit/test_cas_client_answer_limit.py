@@ -28,7 +28,7 @@ class _Endless(httpx2.SyncByteStream):
 
 
 def _client(handler: httpx2.MockTransport) -> CasClient:
-    client = CasClient("http://cas.test", None)
+    client = CasClient("http://cas.test", None, plain_http_for_tests=True)
     client.http.close()
     client.http = httpx2.Client(base_url="http://cas.test", transport=handler)
     return client

@@ -188,7 +188,9 @@ def test_a_malformed_nonce_is_a_parse_error(answer: Any) -> None:
 
 
 def test_the_clients_nonce_answer_must_be_an_object_with_a_string(monkeypatch: pytest.MonkeyPatch) -> None:
-    client = CasClient("http://127.0.0.1:1", None)  # never connects: _call is replaced
+    client = CasClient(
+        "http://127.0.0.1:1", None, plain_http_for_tests=True
+    )  # never connects: _call is replaced
     for answer in ([], {}, {"nonce": 5}):
         monkeypatch.setattr(client, "_call", lambda *_a, answer=answer, **_k: answer)
         with pytest.raises(ParseError, match="nonce"):

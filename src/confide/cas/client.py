@@ -121,9 +121,18 @@ class CasClient:
         *,
         timeout: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
+        plain_http_for_tests: bool = False,
     ) -> None:
         self.url = url.rstrip("/")
         self.sleep = sleep  # waits out a 429's Retry-After (tests pass their own)
+        if not url.startswith("https://") and not plain_http_for_tests:
+            # Without TLS the CAS is not authenticated: anyone on the path could answer with a
+            # release of their own (command, environment, files) or accept a signed policy
+            # document in its place. Every CAS serves TLS (docs/cas.md "HTTP API").
+            raise UsageError(
+                f"the CAS URL must be an https:// URL (got {url[:80]!r}): the CAS is authenticated by "
+                f"TLS with the certificate in {ENV_CERT}"
+            )
         if url.startswith("https://"):
             if cert is None:
                 raise UsageError(f"{ENV_CERT} is not set: the CAS certificate to trust is required")
