@@ -492,6 +492,25 @@ def test_both_listeners_answer_post_and_get(env: Env) -> None:
     assert public.responses[("/v1/ocsp/{id}", 200)] == 8
 
 
+def test_get_reads_base64_with_slashes_as_sent_or_percent_encoded(env: Env) -> None:
+    """RFC 6960 Appendix A.1: "{url}/{url-encoding of base-64 encoding of the DER}". Clients
+    differ in what they percent-encode: '/' (also in lower case, %2f), '+' and '=' sent as they
+    are or encoded; a '+' is never a space (no form decoding). A nonce of 0xff octets puts '/'
+    in the base64 at any alignment (deterministic)."""
+    ca, leaf = env.ca_cert(), env.certificate()
+    text = base64.b64encode(request(leaf, ca, nonce=b"\xff" * 24 + b"\xfb\xef\xbe" * 2)).decode()
+    assert "//" in text
+    forms = (text, quote(text, safe="/"), quote(text, safe="/+="), quote(text, safe="").replace("%2F", "%2f"))
+    for app in (create_app(env.cas), PublicApp(env.cas)):
+        for form in forms:
+            status, _, body = _call(app, "GET", f"/v1/ocsp/{ca_id(ca)}/{form}")
+            assert status == 200 and ocsp.load_der_ocsp_response(body).certificate_status == C.GOOD, form
+        # a '+' read as a space, or a '/' dropped, is another request: malformed, never good
+        for form in (text.replace("/", "", 1), text.replace("/", "%20", 1)):
+            _, _, body = _call(app, "GET", f"/v1/ocsp/{ca_id(ca)}/{form}")
+            assert ocsp.load_der_ocsp_response(body).response_status == S.MALFORMED_REQUEST
+
+
 def test_the_api_does_not_count_ocsp_against_the_write_rate(env: Env) -> None:
     """OCSP requests are not write requests; ``/metrics`` counts the answers by outcome."""
     ca, leaf = env.ca_cert(), env.certificate()
