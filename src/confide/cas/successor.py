@@ -770,7 +770,11 @@ class Successors:
                      "claims": approval.claims, "master_key_id": approval.master_key_id, "approvers": [],
                      "withdrawn": []},
                 )  # fmt: skip
-                if approval.signer not in board.members or approval.generation != board.generation:
+                if (
+                    approval.signer not in board.members
+                    or approval.generation != board.generation
+                    or approval.master_key_id != key_id  # void after a rotation: counts for nothing
+                ):
                     continue
                 shown = {"signer": approval.signer, "expires": approval.expires, "approval": approval.digest,
                          "retire": approval.retire, "retire_identity": approval.retire_identity}  # fmt: skip
