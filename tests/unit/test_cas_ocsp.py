@@ -246,8 +246,12 @@ def test_unspecified_superseded_runtime_and_unknown(env: Env) -> None:
 
 
 def test_the_nonce_is_echoed(env: Env) -> None:
+    """RFC 9654 §2.1 (which obsoletes RFC 8954): ``Nonce ::= OCTET STRING(SIZE(1..128))``; a
+    nonce of 33 to 128 octets is a valid request (the responder may leave it out of the answer,
+    not refuse it): echoed as every other. Only one of more than 128 is malformedRequest
+    (test_malformed_requests)."""
     ca, leaf = env.ca_cert(), env.certificate()
-    for nonce in (b"\x01", b"n" * 16, b"z" * 32):
+    for nonce in (b"\x01", b"n" * 16, b"z" * 32, b"y" * 33, b"x" * 64, b"w" * 128):
         response = checked(env, ask(env, request(leaf, ca, nonce=nonce)), leaf.serial_number)
         assert response.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
     plain = ask(env, request(leaf, ca))
@@ -323,7 +327,8 @@ def test_malformed_requests(env: Env) -> None:
         b"\x30" * MAX_REQUEST, good + b"\x00" * MAX_REQUEST,  # over the size bound
         build_request(ca, leaf.serial_number, count=0),
         build_request(ca, leaf.serial_number, extensions=[_extension(NONCE_OID, _der(0x04, b""))]),
-        build_request(ca, leaf.serial_number, extensions=[_extension(NONCE_OID, _der(0x04, b"x" * 33))]),
+        build_request(ca, leaf.serial_number, extensions=[_extension(NONCE_OID, _der(0x04, b"x" * 129))]),
+        build_request(ca, leaf.serial_number, extensions=[_extension(NONCE_OID, b"x" * 129)]),  # unwrapped
         build_request(ca, leaf.serial_number, extensions=[_extension(NONCE_OID, _der(0x04, b"a"))] * 2),
         build_request(ca, leaf.serial_number,
                       extensions=[_extension(bytes.fromhex("06032a0304"), b"\x05\x00", critical=True)]),
