@@ -280,7 +280,7 @@ def test_a_lost_hand_over_answer_can_be_asked_for_again(board_cas: Releaser, peo
     board_cas.releaser.release(lost.sim_request(board_cas.sim, NEW))  # the answer never arrives
     assert len(_retired(board_cas)) == 1
     again = Joiner(board_cas.releaser.new_nonce())
-    key, key_id = again.open(board_cas.releaser.release(again.sim_request(board_cas.sim, NEW)))
+    key, _ = again.open(board_cas.releaser.release(again.sim_request(board_cas.sim, NEW)))
     assert key == (board_cas.data_dir / "master.key").read_bytes()
     kind, released = board_cas.events()[-1]
     assert kind == EVENT_RELEASED and released["successor"]["retire"] is False

@@ -376,16 +376,16 @@ class KeyReleaser:
             with self.cas.db.write() as conn:
                 self._spend(conn, parsed.nonce, digest)
                 key_id = self._current_key_id(conn)
-                retired = False
+                own_retired = False
                 if self.successors is not None:
                     # docs/cas.md "Retiring the old version": a retired version is released to by
                     # no one, and releases to no one but the successor its retiring approvals
                     # name (again, when the answer of the hand-over that retired it was lost).
-                    retired = self.successors.check_retired(conn, own, peer, successor=other_version)
+                    own_retired = self.successors.check_retired(conn, own, peer, successor=other_version)
                 if other_version and self.successors is not None:
                     try:
                         outcome["successor"] = self.successors.authorise(
-                            conn, peer, key_id, self.clock(), own, retired=retired
+                            conn, peer, key_id, self.clock(), own, retired=own_retired
                         )
                     except AppraisalError as exc:
                         raise AppraisalError(
