@@ -66,9 +66,8 @@ __all__ = [
 
 MAX_ENTRIES = 16
 """Requests in one requestList: each is a status look-up; more is refused (malformedRequest)."""
-# RFC 9654 §2.1 (obsoletes RFC 8954, whose bound was 32): Nonce ::= OCTET STRING(SIZE(1..128));
-# a longer one is malformedRequest, a shorter or longer than 16..32 one may be answered without it
-# (this responder echoes every one it accepts).
+# RFC 9654 §2.1 and its ASN.1 module (obsoleting RFC 8954, whose bound was 32): Nonce ::= OCTET
+# STRING(SIZE(1..128)). Every nonce in that range is echoed; an empty or longer one is malformed.
 MIN_NONCE, MAX_NONCE = 1, 128
 MAX_SERIAL_OCTETS = 4096
 """A CertID serial longer than this is refused (the responder's request bound, MAX_REQUEST,
