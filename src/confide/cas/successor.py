@@ -50,7 +50,8 @@ over to a successor version" describes the authorised hand-over implemented here
    rule, and that release's transaction retires the releasing CAS's version (:meth:`Successors.retire`:
    its identity digest stored, covered by the board's MAC, recorded). A retirement matches on
    the *code identity* (:data:`CODE_CLAIMS`, :func:`code_identity`), whatever the host-set
-   claims: a retired code releases the key to no one, is released to by no one
+   claims: a retired code releases the key to no one but a successor its retiring approvals
+   name (the hand-over again, when its answer was lost), is released to by no one
    (:meth:`Successors.check_retired`, in every release's transaction) and does not start
    (:meth:`Successors.refuse_retired_start`). An approval that would retire its successor's
    code is refused; ``"retire": true`` (schema 9) is refused, and a stored one counts for
