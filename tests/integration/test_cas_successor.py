@@ -406,8 +406,14 @@ def test_the_board_changes_with_its_quorum_and_the_old_version_is_retired(
         assert r.returncode == errors.UsageError.exit_code and "retired too" in r.stderr, r.stderr
         successor = _successor(restarted, tmp_path / "j1", src).start()
         try:
-            # The retired CAS releases its key to no one: not to another successor ...
-            _refused(restarted, tmp_path / "j2", src, "this CAS's version .* was retired")
+            # The retired CAS hands the key over again to the approved successor's version (a
+            # successor whose answer was lost asks again: docs/cas.md "What "retired" means") ...
+            _successor(restarted, tmp_path / "j2", src).start().stop()
+            # ... but to no other version: not to another successor ...
+            other = tmp_path / "src-v3"
+            shutil.copytree(src, other, ignore=shutil.ignore_patterns("__pycache__"))
+            (other / "confide" / "release_notes.py").write_text('"""Version 3."""\n')
+            _refused(restarted, tmp_path / "j4", other, "this CAS's version .* was retired")
             # ... and not to its own version.
             old_joiner = tmp_path / "j3"
             old_joiner.mkdir(mode=0o700)
@@ -453,7 +459,8 @@ def test_the_board_changes_with_its_quorum_and_the_old_version_is_retired(
         "successor-approval-refused",  # alice, off the board
         "successor-approved", "successor-approved",  # carol, mallory (retire)
         "master-key-released", "successor-version-retired",
-        "master-key-release-refused",  # j2: the retired CAS releases to no one
+        "master-key-released",  # j2: the approved successor's version again, nothing retired again
+        "master-key-release-refused",  # j4: another version, not approved
         "master-key-release-refused",  # j3 to the retired CAS
         "master-key-release-refused",  # j3 to the successor
     ]  # fmt: skip
@@ -468,6 +475,8 @@ def test_the_board_changes_with_its_quorum_and_the_old_version_is_retired(
     assert retired_event["claims"] == {"measurement": cas_dev_measurement().hex()}
     assert retired_event["successor"] == released["successor"]["authorisation"]
     assert retired_event["approvers"] == sorted([carol[1].fingerprint, mallory[1].fingerprint])
+    again_released = events[11][1]["successor"]
+    assert again_released["retire"] is False and again_released["retired_before"] is True
 
 
 def test_a_version_is_retired_on_its_own_by_the_boards_quorum(

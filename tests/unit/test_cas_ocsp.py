@@ -246,8 +246,12 @@ def test_unspecified_superseded_runtime_and_unknown(env: Env) -> None:
 
 
 def test_the_nonce_is_echoed(env: Env) -> None:
+    """RFC 9654 §2.1 (which obsoletes RFC 8954): ``Nonce ::= OCTET STRING(SIZE(1..128))``; a
+    nonce of 33 to 128 octets is a valid request (the responder may leave it out of the answer,
+    not refuse it): echoed as every other. Only one of more than 128 is malformedRequest
+    (test_malformed_requests)."""
     ca, leaf = env.ca_cert(), env.certificate()
-    for nonce in (b"\x01", b"n" * 16, b"z" * 32):
+    for nonce in (b"\x01", b"n" * 16, b"z" * 32, b"y" * 33, b"x" * 64, b"w" * 128):
         response = checked(env, ask(env, request(leaf, ca, nonce=nonce)), leaf.serial_number)
         assert response.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
     plain = ask(env, request(leaf, ca))
@@ -323,7 +327,8 @@ def test_malformed_requests(env: Env) -> None:
         b"\x30" * MAX_REQUEST, good + b"\x00" * MAX_REQUEST,  # over the size bound
         build_request(ca, leaf.serial_number, count=0),
         build_request(ca, leaf.serial_number, extensions=[_extension(NONCE_OID, _der(0x04, b""))]),
-        build_request(ca, leaf.serial_number, extensions=[_extension(NONCE_OID, _der(0x04, b"x" * 33))]),
+        build_request(ca, leaf.serial_number, extensions=[_extension(NONCE_OID, _der(0x04, b"x" * 129))]),
+        build_request(ca, leaf.serial_number, extensions=[_extension(NONCE_OID, b"x" * 129)]),  # unwrapped
         build_request(ca, leaf.serial_number, extensions=[_extension(NONCE_OID, _der(0x04, b"a"))] * 2),
         build_request(ca, leaf.serial_number,
                       extensions=[_extension(bytes.fromhex("06032a0304"), b"\x05\x00", critical=True)]),
@@ -490,6 +495,25 @@ def test_both_listeners_answer_post_and_get(env: Env) -> None:
     assert status == 405 and headers["allow"] == "GET, HEAD"
     assert _call(public, "GET", f"/v1/ocsp/{the_id}/{encoded}", b"x")[0] == 413  # a GET with content
     assert public.responses[("/v1/ocsp/{id}", 200)] == 8
+
+
+def test_get_reads_base64_with_slashes_as_sent_or_percent_encoded(env: Env) -> None:
+    """RFC 6960 Appendix A.1: "{url}/{url-encoding of base-64 encoding of the DER}". Clients
+    differ in what they percent-encode: '/' (also in lower case, %2f), '+' and '=' sent as they
+    are or encoded; a '+' is never a space (no form decoding). A nonce of 0xff octets puts '/'
+    in the base64 at any alignment (deterministic)."""
+    ca, leaf = env.ca_cert(), env.certificate()
+    text = base64.b64encode(request(leaf, ca, nonce=b"\xff" * 24 + b"\xfb\xef\xbe" * 2)).decode()
+    assert "//" in text
+    forms = (text, quote(text, safe="/"), quote(text, safe="/+="), quote(text, safe="").replace("%2F", "%2f"))
+    for app in (create_app(env.cas), PublicApp(env.cas)):
+        for form in forms:
+            status, _, body = _call(app, "GET", f"/v1/ocsp/{ca_id(ca)}/{form}")
+            assert status == 200 and ocsp.load_der_ocsp_response(body).certificate_status == C.GOOD, form
+        # a '+' read as a space, or a '/' dropped, is another request: malformed, never good
+        for form in (text.replace("/", "", 1), text.replace("/", "%20", 1)):
+            _, _, body = _call(app, "GET", f"/v1/ocsp/{ca_id(ca)}/{form}")
+            assert ocsp.load_der_ocsp_response(body).response_status == S.MALFORMED_REQUEST
 
 
 def test_the_api_does_not_count_ocsp_against_the_write_rate(env: Env) -> None:

@@ -183,6 +183,27 @@ def test_online_rotation_re_authenticates_the_board(tmp_path: Path, people: list
     cas.db.dispose()
 
 
+def test_show_does_not_count_approvals_a_rotation_voided(tmp_path: Path, people: list[Identity]) -> None:
+    """After a master-key rotation the approvals signed for the old key id count for nothing (the
+    release refuses them); ``cas successor show`` listed them as approvers of a target it said was
+    ``authorised``, so an approver saw a hand-over ready that the CAS would refuse."""
+    data = tmp_path / "cas"
+    cas = _start(data, _board(people))
+    old_id = _successors(cas).show()["master_key_id"]
+    for who in people[:2]:
+        _successors(cas).approve(_approval(who, old_id))
+    assert [e["authorised"] for e in _successors(cas).show()["approvals"]] == [True]
+    cas.db.dispose()
+    db = Database(f"sqlite:///{data / 'cas.db'}")
+    rotate_master_key(data, db, seal=None, to_seal=None, events=LedgerEventSink())
+    db.dispose()
+    cas = _start(data)
+    shown = _successors(cas).show()
+    assert shown["master_key_id"] != old_id
+    assert shown["approvals"] == []  # void: another key id, as board changes and retirements show
+    cas.db.dispose()
+
+
 def test_approvals_are_refused_and_recorded(tmp_path: Path, people: list[Identity]) -> None:
     cas = _start(tmp_path / "cas", _board(people))
     successors = _successors(cas)
@@ -463,8 +484,13 @@ def test_the_board_authenticates_the_withdrawals(tmp_path: Path, people: list[Id
     assert _stored(cas) == _board(people)  # as the CAS left it
     status = OnlineRotation(tmp_path / "cas", cas.db, cas.sealer, None, cas.events, None).run()  # type: ignore[arg-type]
     assert status.state == "done"
-    (shown,) = successors.show()["approvals"]
-    assert [w["approval"] for w in shown["withdrawn"]] == [a["digest"]]
+    # The approvals name the old key id: void, not listed; the withdrawal is still bound, under
+    # the new key (deleting it does not authenticate).
+    assert successors.show()["approvals"] == []
+    with cas.db.write() as conn:
+        raw_execute(conn, "DELETE FROM successor_withdrawals")
+    with pytest.raises(StorageError):
+        successors.show()
     cas.db.dispose()
 
 

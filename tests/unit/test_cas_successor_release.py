@@ -232,8 +232,13 @@ def test_a_hand_over_approved_with_retire_retires_the_releasing_version(
     successors = board_cas.releaser.successors
     assert successors is not None
     assert [x["claims"] for x in successors.show()["retired"]] == [old]
-    # The retired CAS releases to no one: not to its own version, not to the successor again.
-    for measurement in (None, NEW):
+    # The retired CAS releases to no one else: not to its own version, not to another successor
+    # (even with a quorum of plain approvals of its claims). The successor it handed over to may
+    # ask again (test_a_lost_hand_over_answer_can_be_asked_for_again).
+    other = {"measurement": (bytes([0xDD]) * 48).hex()}
+    for who in (alice, bob):
+        _approve(board_cas, who, "sim", other, time.time() + 600)
+    for measurement in (None, bytes([0xDD]) * 48):
         joiner = Joiner(board_cas.releaser.new_nonce())
         _refused(board_cas, joiner.sim_request(board_cas.sim, measurement), errors.AppraisalError,
                  "this CAS's version .* was retired")  # fmt: skip
@@ -258,6 +263,50 @@ def test_a_hand_over_approved_with_retire_retires_the_releasing_version(
     board_cas.cas.db.dispose()
     with pytest.raises(errors.AppraisalError, match="was retired on this database"):
         prepare(board_cas.data_dir, host="127.0.0.1", dev=True, db_url=None, collateral=None)
+
+
+def test_a_lost_hand_over_answer_can_be_asked_for_again(board_cas: Releaser, people: list[Identity]) -> None:
+    """A retiring hand-over's transaction retires the releasing version before the successor has
+    the key: when the answer is lost (the connection drops, the successor stops before it seals
+    the key), the successor asks again and the retired CAS hands the key over again, to that
+    successor only and while the approvals retiring it still meet the board's rule; nothing is
+    retired twice. Before, the retired CAS refused it and no CAS could ever release the key: the
+    secrets were lost with the old CAS's memory (docs/cas.md "What "retired" means")."""
+    alice, bob, _carol = people
+    claims = {"measurement": NEW.hex()}
+    for who in (alice, bob):
+        _approve_retiring(board_cas, who, claims)
+    lost = Joiner(board_cas.releaser.new_nonce())
+    board_cas.releaser.release(lost.sim_request(board_cas.sim, NEW))  # the answer never arrives
+    assert len(_retired(board_cas)) == 1
+    again = Joiner(board_cas.releaser.new_nonce())
+    key, _ = again.open(board_cas.releaser.release(again.sim_request(board_cas.sim, NEW)))
+    assert key == (board_cas.data_dir / "master.key").read_bytes()
+    kind, released = board_cas.events()[-1]
+    assert kind == EVENT_RELEASED and released["successor"]["retire"] is False
+    assert released["successor"]["retired_before"] is True
+    assert released["successor"]["approvers"] == sorted([alice.fingerprint, bob.fingerprint])
+    assert len(_retired(board_cas)) == 1  # retired once
+    # Its own version still gets nothing; nor does the successor once a retiring approval is
+    # withdrawn (the rule is no longer met by the approvals naming the retired version).
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    _refused(
+        board_cas,
+        joiner.sim_request(board_cas.sim),
+        errors.AppraisalError,
+        "this CAS's version .* was retired",
+    )
+    successors = board_cas.releaser.successors
+    assert successors is not None
+    (entry,) = successors.show()["approvals"]
+    _withdraw(
+        board_cas, alice, next(a["approval"] for a in entry["approvers"] if a["signer"] == alice.fingerprint)
+    )
+    # A plain approval of another member does not stand in for the withdrawn retiring one.
+    _approve(board_cas, people[2], "sim", claims, time.time() + 600)
+    joiner = Joiner(board_cas.releaser.new_nonce())
+    _refused(board_cas, joiner.sim_request(board_cas.sim, NEW), errors.AppraisalError, "was retired")
+    assert len(_retired(board_cas)) == 1
 
 
 @pytest.mark.parametrize("statement", ["DELETE FROM successor_retired", "DELETE FROM successor_board"])

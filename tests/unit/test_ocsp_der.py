@@ -187,8 +187,8 @@ def test_der_rules_and_fields() -> None:
         ),
         "duplicate": ocsp_request(ok, extensions=[_extension(bytes.fromhex("06032a0304"), b"\x05\x00")] * 2),
         "nonce empty": ocsp_request(ok, extensions=[_extension(NONCE_OID, _der(0x04, b""))]),
-        "nonce 33": ocsp_request(ok, extensions=[_extension(NONCE_OID, _der(0x04, b"x" * 33))]),
-        "nonce unwrapped, 33": ocsp_request(ok, extensions=[_extension(NONCE_OID, b"x" * 33)]),
+        "nonce 129": ocsp_request(ok, extensions=[_extension(NONCE_OID, _der(0x04, b"x" * 129))]),
+        "nonce unwrapped, 129": ocsp_request(ok, extensions=[_extension(NONCE_OID, b"x" * 129)]),
         "nonce per entry": ocsp_request(ok, single_extensions=[_extension(NONCE_OID, _der(0x04, b"a"))]),
         "critical per entry": ocsp_request(
             ok, single_extensions=[_extension(bytes.fromhex("06032a0304"), b"", critical=True)]

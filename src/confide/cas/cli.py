@@ -611,8 +611,9 @@ def cas_successor_show() -> None:
 @click.option("--retire-claim", "retire_claims", multiple=True, metavar="NAME=VALUE",
               help="Also approve retiring the version with these identity claims (all those of"
               " --platform), which must be the one that hands the key over: once the board's quorum"
-              " names it, that release retires its code, which then releases the key to no one and"
-              ' does not start again (docs/cas.md "Retiring the old version").')  # fmt: skip
+              " names it, that release retires its code, which then releases the key to no one but this"
+              " successor (again, if the answer was lost) and does not start again (docs/cas.md"
+              ' "Retiring the old version").')  # fmt: skip
 @click.option("--retire-attested", is_flag=True,
               help="As --retire-claim, with the identity claims of the CAS this client talks to,"
               " read from its evidence verified again (as cas attest does; $CONFIDE_SIM_DIR,"

@@ -16,9 +16,11 @@ from a running CAS without the operator ever seeing it (docs/cas.md "Joining a r
    (another version) is released to only with the successor board's authorisation of exactly
    those claims (:meth:`confide.cas.successor.Successors.authorise`, in step 4's transaction,
    recorded as ``successor`` in the release's event). A retired version (docs/cas.md "Retiring
-   the old version"; matched on its code identity) releases to no one and is released to by no
-   one (:meth:`~confide.cas.successor.Successors.check_retired`, in step 4's transaction); a
-   release whose approvals name the releasing version to retire retires it in that transaction.
+   the old version"; matched on its code identity) is released to by no one and releases to no
+   one but a successor whose approvals retiring it still meet the board's rule (the hand-over
+   again, when its answer was lost; :meth:`~confide.cas.successor.Successors.check_retired`, in
+   step 4's transaction); a release whose approvals name the releasing version to retire retires
+   it in that transaction.
 4. In one write transaction: the nonce and the evidence are spent (single use; the ``nonces``
    and ``evidence_seen`` tables of the attestations), the database must name the key this CAS
    holds and no online rotation may be in progress, and a ``master-key-released`` event (ledger
@@ -376,14 +378,16 @@ class KeyReleaser:
             with self.cas.db.write() as conn:
                 self._spend(conn, parsed.nonce, digest)
                 key_id = self._current_key_id(conn)
+                own_retired = False
                 if self.successors is not None:
-                    # docs/cas.md "Retiring the old version": a retired version releases to no
-                    # one and is released to by no one.
-                    self.successors.check_retired(conn, own, peer)
+                    # docs/cas.md "Retiring the old version": a retired version is released to by
+                    # no one, and releases to no one but the successor its retiring approvals
+                    # name (again, when the answer of the hand-over that retired it was lost).
+                    own_retired = self.successors.check_retired(conn, own, peer, successor=other_version)
                 if other_version and self.successors is not None:
                     try:
                         outcome["successor"] = self.successors.authorise(
-                            conn, peer, key_id, self.clock(), own
+                            conn, peer, key_id, self.clock(), own, retired=own_retired
                         )
                     except AppraisalError as exc:
                         raise AppraisalError(

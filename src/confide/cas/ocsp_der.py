@@ -25,8 +25,8 @@ responder answers ``malformedRequest``):
   through, as ``cryptography`` and so the responder before this reader did), no OID twice
   (RFC 5280 §4.2), ``critical`` not encoded as FALSE (DEFAULT); a critical extension other
   than the nonce and the preferred signature algorithms is refused (RFC 6960 §4.4), and so is a
-  nonce in ``singleRequestExtensions`` (it is a request extension, RFC 8954 §2.1). The nonce's
-  ``extnValue`` holds one OCTET STRING (RFC 8954 §2.1; else the extnValue is the nonce, the
+  nonce in ``singleRequestExtensions`` (it is a request extension, RFC 9654 §2.1). The nonce's
+  ``extnValue`` holds one OCTET STRING (RFC 9654 §2.1; else the extnValue is the nonce, the
   unwrapped form ``cryptography`` reads too) of :data:`MIN_NONCE` to :data:`MAX_NONCE` octets;
   the preferred-signature-algorithms extension (§4.4.7) is parsed and its algorithms returned;
   acceptable responses (§4.4.3) must be a SEQUENCE OF OBJECT IDENTIFIER; a requestorName one
@@ -66,7 +66,9 @@ __all__ = [
 
 MAX_ENTRIES = 16
 """Requests in one requestList: each is a status look-up; more is refused (malformedRequest)."""
-MIN_NONCE, MAX_NONCE = 1, 32  # RFC 8954 §2.1: Nonce ::= OCTET STRING(SIZE(1..32))
+# RFC 9654 §2.1 and its ASN.1 module (obsoleting RFC 8954, whose bound was 32): Nonce ::= OCTET
+# STRING(SIZE(1..128)). Every nonce in that range is echoed; an empty or longer one is malformed.
+MIN_NONCE, MAX_NONCE = 1, 128
 MAX_SERIAL_OCTETS = 4096
 """A CertID serial longer than this is refused (the responder's request bound, MAX_REQUEST,
 is the same). RFC 5280 §4.1.2.2 allows CAs 20 octets; a longer serial is no CAS certificate's and
@@ -317,7 +319,7 @@ def parse_ocsp_request(data: bytes) -> ParsedRequest:
                 ns, ne = _nonce(data, xs, xe)
                 if not MIN_NONCE <= ne - ns <= MAX_NONCE:
                     raise ParseError(f"a nonce of {ne - ns} octets, expected {MIN_NONCE}..{MAX_NONCE}",
-                                     structure=_S, field="nonce", offset=ns)  # RFC 8954 §2.1  # fmt: skip
+                                     structure=_S, field="nonce", offset=ns)  # RFC 9654 §2.1  # fmt: skip
                 nonce, nonce_value = data[ns:ne], data[xs:xe]
             elif oid == _OID_PREF_SIG:
                 preferred = _preferences(data, xs, xe)
@@ -335,7 +337,7 @@ def parse_ocsp_request(data: bytes) -> ParsedRequest:
 
 
 def _nonce(data: bytes, start: int, end: int) -> tuple[int, int]:
-    """Where the nonce is in its extnValue: the content of the one OCTET STRING there (RFC 8954
+    """Where the nonce is in its extnValue: the content of the one OCTET STRING there (RFC 9654
     §2.1), else the extnValue itself (the unwrapped form some clients send, which
     ``cryptography`` reads the same way); echoed as sent either way."""
     try:
@@ -458,7 +460,7 @@ def basic_response(
     tbs = _tlv(0xA2, _tlv(der.TAG_OCTET_STRING, responder_key_hash))  # responderID byKey [2]
     tbs += _time(produced_at)
     tbs += _tlv(der.TAG_SEQUENCE, b"".join(_single(a) for a in answers))
-    if nonce_value is not None:  # responseExtensions [1] EXPLICIT: the nonce (RFC 8954 §2.1)
+    if nonce_value is not None:  # responseExtensions [1] EXPLICIT: the nonce (RFC 9654 §2.1)
         nonce_ext = _tlv(der.TAG_OID, _OID_NONCE) + _tlv(der.TAG_OCTET_STRING, nonce_value)
         tbs += _tlv(0xA1, _tlv(der.TAG_SEQUENCE, _tlv(der.TAG_SEQUENCE, nonce_ext)))
     tbs = _tlv(der.TAG_SEQUENCE, tbs)

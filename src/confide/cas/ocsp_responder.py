@@ -14,8 +14,9 @@ answered:
    reader reads it (trailing bytes included): no Request or more than :data:`MAX_ENTRIES`, a
    serial that is not a positive integer (RFC 5280 §4.1.2.2), a critical extension other than
    the nonce and the preferred signature algorithms (§4.4: unrecognised critical extensions are
-   not ignored), a duplicate extension, a nonce of 0 or more than 32 octets (RFC 8954 §2.1:
-   MUST reject with malformedRequest), and the DER rules listed there;
+   not ignored), a duplicate extension, a nonce of 0 or more than 128 octets (RFC 9654 §2.1,
+   which obsoletes RFC 8954 and its bound of 32: MUST reject with malformedRequest), and the
+   DER rules listed there;
 2. ``unauthorized`` (§2.3, unsigned: "the server is not capable of responding authoritatively",
    cf. RFC 5019 §2.2.3) when the URL's id names no CA declared ``ocsp``, or when no CertID's
    issuerNameHash and issuerKeyHash (§4.1.1) are those of that CA (a hash algorithm the
@@ -55,7 +56,7 @@ answered:
    comes first, so a response is never valid longer than the CRL that says the same or the
    certificate that signed it; a CRL past half its validity is re-issued first, as on the CRL
    routes, and a responder certificate past half its validity renewed first. A nonce in the
-   request (RFC 8954) is echoed in responseExtensions as sent.
+   request (RFC 9654, 1 to 128 octets) is echoed in responseExtensions as sent.
 
 **Cache.** A response without a nonce is kept (:class:`~confide.lru.Lru`, at most
 :data:`CACHE_SIZE` entries) keyed by the CA, its version and the checked CRL's number, the signer (a policy

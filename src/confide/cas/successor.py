@@ -50,7 +50,8 @@ over to a successor version" describes the authorised hand-over implemented here
    rule, and that release's transaction retires the releasing CAS's version (:meth:`Successors.retire`:
    its identity digest stored, covered by the board's MAC, recorded). A retirement matches on
    the *code identity* (:data:`CODE_CLAIMS`, :func:`code_identity`), whatever the host-set
-   claims: a retired code releases the key to no one, is released to by no one
+   claims: a retired code releases the key to no one but a successor its retiring approvals
+   name (the hand-over again, when its answer was lost), is released to by no one
    (:meth:`Successors.check_retired`, in every release's transaction) and does not start
    (:meth:`Successors.refuse_retired_start`). An approval that would retire its successor's
    code is refused; ``"retire": true`` (schema 9) is refused, and a stored one counts for
@@ -533,7 +534,14 @@ class Successors:
         return self.counting(conn, board, (_checked(r.document, target, r.signer) for r in rows), now)
 
     def authorise(
-        self, conn: Connection, peer: VerifiedEvidence, key_id: str, now: float, releaser: VerifiedEvidence
+        self,
+        conn: Connection,
+        peer: VerifiedEvidence,
+        key_id: str,
+        now: float,
+        releaser: VerifiedEvidence,
+        *,
+        retired: bool = False,
     ) -> dict[str, Any]:
         """In the key release's write transaction: the board's authorisation of ``peer`` (its
         platform and identity claims) for the master key ``key_id``, released by ``releaser``
@@ -541,7 +549,10 @@ class Successors:
         :class:`StorageError` for an altered board. An approval that names a version to retire
         counts only when ``releaser`` is exactly that version (all its identity claims) and the
         approvals naming it meet the board's rule. ``retire`` in the result: they do (docs/cas.md
-        "Retiring the old version"; :meth:`retire` does it)."""
+        "Retiring the old version"; :meth:`retire` does it). ``retired``: ``releaser``'s version
+        was retired already (:meth:`check_retired`): only the approvals naming it count, they
+        must meet the rule by themselves (the hand-over that retired it, asked for again when its
+        answer was lost), and nothing is retired again (``retire`` false, ``retired_before``)."""
         board = load_board(conn, self.cas.sealer)
         if board is None:
             raise AppraisalError("this CAS has no successor board: it hands its key over to no other version")
@@ -561,7 +572,20 @@ class Successors:
         # it count for a hand-over without the retirement its signer tied it to.
         naming = [a for a in valid if a.retire is not None and a.retire_identity == releasing]
         retires = board.satisfied_by({a.signer for a in naming})
-        counted = [a for a in valid if a.retire is None] + (naming if retires else [])
+        if retired:
+            # A retired version releases to no one but a successor its retiring approvals name:
+            # they authorise this very hand-over (its answer may have been lost after the
+            # transaction that retired it), and no plain approval stands in for one of them.
+            if not retires:
+                shown = "" if mine is None else f" ({_claims_shown(mine[1])})"
+                raise AppraisalError(
+                    f"this CAS's version{shown} was retired: it hands the key over only to a successor whose "
+                    f"approvals retiring it meet the board's rule (target {target[:16]}…: "
+                    f"{len({a.signer for a in naming})} such approval(s), the board needs {board.needed})"
+                )
+            counted = naming
+        else:
+            counted = [a for a in valid if a.retire is None] + (naming if retires else [])
         approvers = {a.signer for a in counted}
         if not board.satisfied_by(approvers):
             raise AppraisalError(
@@ -572,8 +596,9 @@ class Successors:
         return {
             "authorisation": target, "approvers": sorted(approvers), "board_sha256": board.sha256,
             "generation": board.generation, "claims": claims, "approvals": sorted(a.digest for a in counted),
-            "retire": retires, "retire_approvers": sorted(retirers),
+            "retire": retires and not retired, "retire_approvers": sorted(retirers),
             "retire_identity": releasing if retirers else None,
+            **({"retired_before": True} if retired else {}),
         }  # fmt: skip
 
     # --- retirement (docs/cas.md "Retiring the old version") ----------------------------------
@@ -622,24 +647,33 @@ class Successors:
                 ) from None
         return codes
 
-    def check_retired(self, conn: Connection, own: VerifiedEvidence, peer: VerifiedEvidence) -> None:
-        """In every key release's write transaction: an :class:`AppraisalError` when this CAS's
-        own version, or the joiner's, was retired."""
+    def check_retired(
+        self, conn: Connection, own: VerifiedEvidence, peer: VerifiedEvidence, *, successor: bool = False
+    ) -> bool:
+        """In every key release's write transaction: an :class:`AppraisalError` when the joiner's
+        version was retired, or this CAS's own version and the joiner is no other version
+        (``successor`` false). True when this CAS's own version was retired and the joiner is
+        another version: :meth:`authorise` then counts only the approvals that retire this
+        version (docs/cas.md "What "retired" means": the hand-over that retired it, asked for
+        again after its answer was lost)."""
         retired = self._retired(conn)
         if not retired:
-            return
+            return False
         mine, theirs = self.code(own), self.code(peer)
-        if mine is not None and mine[0] in retired:
+        own_retired = mine is not None and mine[0] in retired
+        if own_retired and not successor:
+            assert mine is not None
             raise AppraisalError(
                 f"this CAS's version ({_claims_shown(mine[1])}) was retired (by a hand-over to its "
                 'successor, or by the board on its own: cas successor show lists it under "retired"): it '
-                "releases the key to no one"
+                "releases the key to no one but a successor whose approvals retiring it meet the board's rule"
             )
         if theirs is not None and theirs[0] in retired:
             raise AppraisalError(
                 f"the joining CAS's version ({_claims_shown(theirs[1])}) was retired: no CAS of this "
                 "database releases the master key to it"
             )
+        return own_retired
 
     def refuse_retired_start(self, own: Callable[[datetime], VerifiedEvidence]) -> None:
         """At startup (``cas serve``), before anything is written: an :class:`AppraisalError`
@@ -737,7 +771,11 @@ class Successors:
                      "claims": approval.claims, "master_key_id": approval.master_key_id, "approvers": [],
                      "withdrawn": []},
                 )  # fmt: skip
-                if approval.signer not in board.members or approval.generation != board.generation:
+                if (
+                    approval.signer not in board.members
+                    or approval.generation != board.generation
+                    or approval.master_key_id != key_id  # void after a rotation: counts for nothing
+                ):
                     continue
                 shown = {"signer": approval.signer, "expires": approval.expires, "approval": approval.digest,
                          "retire": approval.retire, "retire_identity": approval.retire_identity}  # fmt: skip
