@@ -22,6 +22,8 @@ from confide.policy import (
     loads_policy,
     raise_for_result,
 )
+from confide.policy.appraise import check_security
+from confide.policy.model import AttestationSecurity
 from confide.verify.result import ClaimValue, Platform, TcbStatus, VerifiedEvidence
 
 AT = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -536,6 +538,21 @@ def test_only_verified_evidence_is_accepted() -> None:
         appraise({"platform": "sgx"}, SGX_POLICY, "svc", at=AT)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="timezone-aware"):
         appraise(evidence(Platform.SGX, sgx()), SGX_POLICY, "svc", at=datetime(2026, 1, 1))
+
+
+def test_check_security_accepts_only_verified_evidence() -> None:
+    """The tolerances-only entry point (the CAS's own evidence, a peer's) keeps the same typed
+    boundary as :func:`appraise`: a look-alike of verified evidence is refused, not judged."""
+    security = AttestationSecurity()
+    assert check_security(evidence(Platform.SGX, sgx()), security) == ((), ())
+    duck = SimpleNamespace(
+        **{f: getattr(evidence(Platform.SGX, sgx()), f) for f in VerifiedEvidence.__slots__}
+    )
+    for fake in (duck, {"platform": "sgx"}):
+        with pytest.raises(TypeError, match="expected VerifiedEvidence"):
+            check_security(fake, security)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="expected an AttestationSecurity"):
+        check_security(evidence(Platform.SGX, sgx()), {"tolerate": ["debug-mode"]})  # type: ignore[arg-type]
 
 
 def test_evidence_from_the_future_and_unknown_service() -> None:

@@ -147,11 +147,7 @@ def appraise(
     """Appraise verified evidence (and the verified reports of the GPUs sent with it,
     ``devices``) against the attestation rules of ``service_name`` in ``policy``."""
     devices = tuple(devices)
-    for item in (evidence, *devices):
-        if not isinstance(item, VerifiedEvidence):
-            raise TypeError(
-                f"got {type(item).__name__}, expected VerifiedEvidence (verify the evidence first)"
-            )
+    _require_verified(evidence, *devices)
     if not isinstance(policy, Policy):
         raise TypeError(f"got {type(policy).__name__}, expected a validated Policy")
     if not isinstance(at, datetime) or at.tzinfo is None:
@@ -202,10 +198,23 @@ def check_security(
     advisories), without a policy's services: for evidence judged against tolerances only, e.g.
     the CAS's own evidence (``confide cas attest --tolerate``). Returns the mismatches (empty:
     acceptable) and the tolerances relied on."""
+    _require_verified(evidence)
+    if not isinstance(security, AttestationSecurity):
+        raise TypeError(f"got {type(security).__name__}, expected an AttestationSecurity")
     reasons: list[Reason] = []
     tolerated: set[Tolerance] = set()
     _check_security(evidence, security, tolerated, reasons)
     return tuple(reasons), tuple(sorted(tolerated))
+
+
+def _require_verified(*items: object) -> None:
+    """The typed boundary (``confide.verify.result``): appraisal judges only what verification
+    produced, never parsed or look-alike data."""
+    for item in items:
+        if not isinstance(item, VerifiedEvidence):
+            raise TypeError(
+                f"got {type(item).__name__}, expected VerifiedEvidence (verify the evidence first)"
+            )
 
 
 def _check_security(
