@@ -145,7 +145,8 @@ class SevSnpFactors(_Model):
     family_id: Hex16List | None = None
     image_id: Hex16List | None = None
     policy: Annotated[StrictInt, Field(ge=0, le=(1 << 53) - 1)] | None = None
-    """The guest policy, compared exactly (bits 63:25 are reserved, so 53 bits suffice)."""
+    """The guest policy, compared exactly (bits 63:26 are reserved in ABI Table 9, so 53 bits
+    suffice; a report with a higher bit set never matches)."""
     vmpl: Annotated[StrictInt, Field(ge=0, le=3)] | None = None
     guest_svn: U32 | None = None
     guest_svn_min: U32 | None = None
