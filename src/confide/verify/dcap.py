@@ -227,9 +227,9 @@ def _converge(level_status: TcbStatus, other: TcbStatus) -> TcbStatus:
 
 _IDENTITY_STATUSES = frozenset({TcbStatus.UP_TO_DATE, TcbStatus.OUT_OF_DATE, TcbStatus.REVOKED})
 """What an identity's TCB level (the QE's, the TDX module's) may say: Intel PCS API v4, Enclave
-Identity V2 ``tcbStatus`` (UpToDate, OutOfDate, Revoked); QVL converges only OutOfDate and
+Identity V2 ``tcbStatus`` (UpToDate, OutOfDate, Revoked). QVL converges only OutOfDate and
 Revoked of the QE and of the TDX module (``convergeTcbStatusWithQeTcbStatus``,
-``...WithTdxModuleStatus``) and fails on any other module status, as dcap-qvl does."""
+``...WithTdxModuleStatus``); dcap-qvl 0.7.0 refuses any other module status."""
 
 
 def _identity_status(level: IdentityTcbLevel, what: str) -> TcbStatus:
