@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from snp_fakes import AT as SNP_AT
 from snp_fakes import FakeAmd, cert_table, make_fake_amd
 
 from asgi_call import call
@@ -31,7 +32,8 @@ from confide.cas.server import prepare
 from confide.cas.verifier import PlatformVerifier, Prefetched
 from confide.collateral.amd_kds import AmdCollateral, AmdCollateralRequest, KdsHttpCollateral
 from confide.evidence.sev_snp import Product
-from confide.evidence.snp_certs import VCEK_GUID
+from confide.evidence.snp_certs import VCEK_GUID, VLEK_GUID
+from confide.verify.result import Platform
 from confide.verify.sev_snp import VekKind
 from kds_fake import FakeKds, fake_kds
 
@@ -508,3 +510,27 @@ def test_collateral_job_for_a_report_sent_without_its_vcek(idle_cas: Cas) -> Non
     _rt, empty = snp_request(idle_cas, aux={"auxblob": b""})  # an empty table: no VCEK sent
     job = idle_cas.collateral_job(empty)
     assert job is not None and callable(job.fetch)
+
+
+@pytest.mark.parametrize("order", ["vcek-first", "vlek-first"])
+def test_a_certificate_table_with_a_vcek_and_a_vlek_gives_the_key_that_signed(order: str) -> None:
+    """A host's certificate table (GHCB "SNP Extended Guest Request") may hold both a VCEK and a
+    VLEK; the report's SIGNING_KEY (ABI Table 23, 0x048 bits 4:2) says which one signed it. The
+    VCEK was always taken first, so a VLEK-signed report was refused (its VEK "is a VCEK")."""
+    vlek = make_fake_amd(Product.MILAN, VekKind.VLEK)
+    vcek = make_fake_amd(Product.MILAN)
+    der = {k: a.vek.public_bytes(serialization.Encoding.DER) for k, a in (("vcek", vcek), ("vlek", vlek))}
+    entries = [(VCEK_GUID, der["vcek"]), (VLEK_GUID, der["vlek"])]
+    table = cert_table(entries if order == "vcek-first" else entries[::-1])
+    verifier = PlatformVerifier(amd_roots=vlek.roots())
+    report = vlek.sign(vlek.report())
+    verified = verifier.verify(Platform.SEV_SNP, report, {"auxblob": table}, at=SNP_AT)
+    assert verified.claims["signing_key"] == "vlek" and verified.details["vcek_source"] == "sent"
+    vcek_verifier = PlatformVerifier(amd_roots=vcek.roots())
+    signed_by_vcek = vcek.sign(vcek.report())
+    assert (
+        vcek_verifier.verify(Platform.SEV_SNP, signed_by_vcek, {"auxblob": table}, at=SNP_AT).claims[
+            "signing_key"
+        ]
+        == "vcek"
+    )

@@ -217,3 +217,35 @@ def test_the_edited_quote_needs_its_new_signature() -> None:
 )
 def test_relaunch_rule(launch: str, current: str, expected: str) -> None:
     assert _relaunch(TcbStatus(launch), TcbStatus(current)) is TcbStatus(expected)
+
+
+_NOT_IDENTITY_STATUSES = [
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDateConfigurationNeeded",
+]
+
+
+@pytest.mark.parametrize("status", _NOT_IDENTITY_STATUSES)
+def test_a_module_or_qe_identity_status_other_than_the_three_is_refused(status: str) -> None:
+    """An identity's TCB level (the TDX module's, the TD QE's) is judged UpToDate, OutOfDate or
+    Revoked (QVL ``convergeTcbStatusWithTdxModuleStatus`` / ``...WithQeTcbStatus``; Intel PCS API
+    v4 Enclave Identity V2 ``tcbStatus`` enumerates only these). Any other status of the module
+    was taken as UpToDate (an OutOfDateConfigurationNeeded module passed as up to date); it is
+    now refused, as dcap-qvl refuses it. A QE level with such a status is refused too (dcap-qvl
+    ignores it: confide is stricter than its peer there)."""
+    pki = ForgedPki(at=V5.time)
+    raw = pki.forge_quote(V5.quote_bytes())
+    coll = _collateral(pki, DcapCollateral.from_dcap_qvl_json(V5.collateral_bytes()), [_level(6, status)])
+    with pytest.raises(errors.CollateralError, match=f"TDX module identity TDX_01 .*{status}"):
+        DcapVerifier(root_ca_der=pki.root_der).verify(raw, coll, at=V5.time)
+    assert "TDX module" in _dcap_qvl(pki, raw, coll, int(V5.time.timestamp()))
+    coll = _collateral(
+        pki,
+        DcapCollateral.from_dcap_qvl_json(V5.collateral_bytes()),
+        [_level(6, "UpToDate")],
+        qe_status=status,
+    )
+    with pytest.raises(errors.CollateralError, match=f"QE Identity .*{status}"):
+        DcapVerifier(root_ca_der=pki.root_der).verify(raw, coll, at=V5.time)

@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from confide import errors
-from confide.evidence.dcap import Quote
+from confide.evidence.dcap import Quote, TdReport
 from confide.evidence.dcap_collateral import DcapCollateral
 from confide.evidence.pem import parse_pem_chain, pem_chain
+from confide.policy import appraise, loads_policy
 from confide.verify.dcap import DcapVerifier, verify_quote
 from confide.verify.result import Platform, TcbStatus
 from dcap_cases import ASSETS, CASES, TDX_2023, Case
@@ -81,6 +82,34 @@ def test_debug_and_td_properties_are_claims_not_refusals() -> None:
     ali = next(c for c in CASES if "alibaba" in c.quote)
     mr = verify_quote(ali.quote_bytes(), _coll(ali), at=ali.time).claims["mr_servicetd"]
     assert isinstance(mr, str) and mr.startswith("383c87d3")
+
+
+@pytest.mark.parametrize("tud_bit", range(8))
+def test_every_td_under_debug_flag_makes_a_debug_td(tud_bit: int) -> None:
+    """TD_ATTRIBUTES bits 7:0 are the TUD ("TD under debug") group: Intel's TDX DCAP Quoting
+    Library API, 2.3.2 "Extended TD checks", says a TD with any TUD flag set is not to be trusted,
+    not only one with DEBUG (bit 0). A real TD quote re-signed under a test PKI with one flag set
+    is ``debug`` and needs ``tolerate: [debug-mode]``; the same quote without it passes."""
+    pki = ForgedPki(at=TDX.time)
+    quote = Quote.from_bytes(TDX.quote_bytes())
+    assert isinstance(quote.report, TdReport) and quote.report.td_attributes[0] == 0
+    coll = pki.forge_collateral(_coll(TDX))
+    verifier = DcapVerifier(root_ca_der=pki.root_der)
+    attrs = bytearray(quote.report.td_attributes)
+    attrs[0] |= 1 << tud_bit
+    debug = verifier.verify(
+        pki.forge_td_quote(TDX.quote_bytes(), td_attributes=bytes(attrs)), coll, at=TDX.time
+    )
+    clean = verifier.verify(pki.forge_quote(TDX.quote_bytes()), coll, at=TDX.time)
+    assert debug.claims["td_attributes"] == attrs.hex() and debug.claims["debug"] is True
+    assert clean.claims["debug"] is False
+    pol = loads_policy(
+        f'name: p\nversion: "0.3"\nservices:\n  - name: s\n    attestation:\n'
+        f"      tdx: {{mr_td: {clean.claims['mr_td']}}}\n"
+    )
+    assert appraise(clean, pol, "s", at=TDX.time).accepted
+    refused = appraise(debug, pol, "s", at=TDX.time)
+    assert [r.field for r in refused.reasons] == ["claims.debug"]
 
 
 def test_v5_quote_claims() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from confide.errors import AppraisalError
+from confide.errors import AppraisalError, PolicyError
+from confide.platforms.sev_snp import embedded_roots
 from confide.policy import (
     AppraisalResult,
     Policy,
@@ -22,7 +24,10 @@ from confide.policy import (
     loads_policy,
     raise_for_result,
 )
+from confide.policy.appraise import check_security
+from confide.policy.model import AttestationSecurity
 from confide.verify.result import ClaimValue, Platform, TcbStatus, VerifiedEvidence
+from confide.verify.sev_snp import load_certificates, verify_report
 
 AT = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 H32 = {c: c * 64 for c in "abcdef0123"}
@@ -226,6 +231,58 @@ def test_sev_snp_accepts_without_tcb_status_and_reports_every_mismatch() -> None
     ]
     assert result.reasons[2].got == "7"
     assert result.reasons[3] == Reason("attestation[0].sev-snp.policy", str(0x70000), str(0x30000))
+
+
+SNP_TCB_POLICY = policy(
+    f"""      sev-snp:
+        measurement: {H48["a"]}
+        min_tcb: {{bootloader: 3, snp: 8, microcode: 115}}
+"""
+)
+MILAN_TCB: dict[str, ClaimValue] = {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}
+
+
+def test_sev_snp_min_tcb_judges_every_component_of_the_reported_tcb() -> None:
+    """``min_tcb``: each SPL given is a minimum for the same component of REPORTED_TCB (the TCB
+    the VCEK/VLEK certifies). SEV-SNP has no TCB status, so this is how a policy refuses an old
+    firmware or microcode; every component below its minimum is reported."""
+    ok = evidence(Platform.SEV_SNP, snp(reported_tcb=MILAN_TCB), tcb=None)
+    assert appraise(ok, SNP_TCB_POLICY, "svc", at=AT).accepted
+    newer = snp(reported_tcb={**MILAN_TCB, "bootloader": 4, "microcode": 219})
+    assert appraise(evidence(Platform.SEV_SNP, newer, tcb=None), SNP_TCB_POLICY, "svc", at=AT).accepted
+    old = snp(reported_tcb={**MILAN_TCB, "bootloader": 2, "microcode": 68})
+    result = appraise(evidence(Platform.SEV_SNP, old, tcb=None), SNP_TCB_POLICY, "svc", at=AT)
+    assert result.reasons == (
+        Reason("attestation[0].sev-snp.min_tcb.bootloader", "2", ">= 3 (reported_tcb)"),
+        Reason("attestation[0].sev-snp.min_tcb.microcode", "68", ">= 115 (reported_tcb)"),
+    )
+    for claims in (snp(), snp(reported_tcb="0300000000000873"), snp(reported_tcb={"bootloader": 3})):
+        result = appraise(evidence(Platform.SEV_SNP, claims, tcb=None), SNP_TCB_POLICY, "svc", at=AT)
+        assert not result.accepted and fields(result)[0].startswith("attestation[0].sev-snp.min_tcb")
+    turin = policy(f"      sev-snp: {{measurement: {H48['a']}, min_tcb: {{fmc: 1, snp: 3}}}}\n")
+    milan = appraise(evidence(Platform.SEV_SNP, snp(reported_tcb=MILAN_TCB), tcb=None), turin, "svc", at=AT)
+    assert [str(r) for r in milan.reasons] == [
+        "attestation[0].sev-snp.min_tcb.fmc: got no component, expected >= 1 (reported_tcb; Turin only)"
+    ]
+    with pytest.raises(PolicyError, match="min_tcb"):
+        policy(f"      sev-snp: {{measurement: {H48['a']}, min_tcb: {{}}}}\n")
+    with pytest.raises(PolicyError, match="min_tcb"):
+        policy(f"      sev-snp: {{measurement: {H48['a']}, min_tcb: {{snp: 256}}}}\n")
+
+
+def test_sev_snp_min_tcb_on_a_real_report() -> None:
+    """trustee's Milan report (REPORTED_TCB bl 3, tee 0, snp 8, ucode 115), verified under the
+    pinned AMD roots: a minimum it reaches passes, one microcode SPL above it does not."""
+    assets = Path(__file__).parents[1] / "assets" / "sev-snp" / "trustee"
+    vek = load_certificates((assets / "test-vcek.der").read_bytes(), "vcek")[0]
+    verified = verify_report(
+        (assets / "test-report.bin").read_bytes(), vek, embedded_roots(), at=datetime(2024, 1, 1, tzinfo=UTC)
+    )
+    measurement = verified.claims["measurement"]
+    at = datetime(2024, 1, 1, 0, 0, 1, tzinfo=UTC)
+    for microcode, accepted in ((115, True), (116, False)):
+        pol = policy(f"      sev-snp: {{measurement: {measurement}, min_tcb: {{microcode: {microcode}}}}}\n")
+        assert appraise(verified, pol, "svc", at=at).accepted is accepted
 
 
 # --- NVIDIA GPU, AWS Nitro, simulator ---------------------------------------------------------
@@ -536,6 +593,21 @@ def test_only_verified_evidence_is_accepted() -> None:
         appraise({"platform": "sgx"}, SGX_POLICY, "svc", at=AT)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="timezone-aware"):
         appraise(evidence(Platform.SGX, sgx()), SGX_POLICY, "svc", at=datetime(2026, 1, 1))
+
+
+def test_check_security_accepts_only_verified_evidence() -> None:
+    """The tolerances-only entry point (the CAS's own evidence, a peer's) keeps the same typed
+    boundary as :func:`appraise`: a look-alike of verified evidence is refused, not judged."""
+    security = AttestationSecurity()
+    assert check_security(evidence(Platform.SGX, sgx()), security) == ((), ())
+    duck = SimpleNamespace(
+        **{f: getattr(evidence(Platform.SGX, sgx()), f) for f in VerifiedEvidence.__slots__}
+    )
+    for fake in (duck, {"platform": "sgx"}):
+        with pytest.raises(TypeError, match="expected VerifiedEvidence"):
+            check_security(fake, security)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="expected an AttestationSecurity"):
+        check_security(evidence(Platform.SGX, sgx()), {"tolerate": ["debug-mode"]})  # type: ignore[arg-type]
 
 
 def test_evidence_from_the_future_and_unknown_service() -> None:

@@ -133,6 +133,7 @@ from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate
 from confide.evidence.nvidia import NONCE_SIZE as SPDM_NONCE_SIZE
 from confide.evidence.nvidia import NvidiaAttestationReport
 from confide.evidence.nvidia_rim import ReferenceManifest
+from confide.evidence.sev_snp import AttestationReport, SigningKey
 from confide.evidence.snp_certs import VCEK_GUID, VLEK_GUID, parse_cert_table
 from confide.platforms import require_tcb_evaluation
 from confide.platforms.sev_snp import embedded_roots
@@ -540,7 +541,7 @@ class PlatformVerifier:
             return None
         kds = self.kds
         try:
-            if _sent_vek(aux) is not None:
+            if _sent_vek(aux, evidence) is not None:
                 return None
             request = vek_request(evidence)
         except ConfideError:
@@ -681,7 +682,7 @@ class PlatformVerifier:
         if platform is Platform.SEV_SNP:
             # The VCEK/VLEK comes with the evidence: configfs-tsm's auxblob (certificate table)
             # or a "vcek" blob; the ASK/ARK chain is the embedded, pinned one.
-            vek = _sent_vek(aux)
+            vek = _sent_vek(aux, evidence)
             if vek is not None:
                 return _vcek_source(self.snp.verify(evidence, vek, at=at, crl=snp_crl), "sent")
             if self.kds is None:
@@ -1075,14 +1076,27 @@ def _vcek_source(verified: VerifiedEvidence, source: str) -> VerifiedEvidence:
     return dataclasses.replace(verified, details={**verified.details, "vcek_source": source})
 
 
-def _sent_vek(aux: dict[str, bytes]) -> bytes | None:
+def _sent_vek(aux: dict[str, bytes], evidence: bytes) -> bytes | None:
     """The VCEK/VLEK a runtime sent with SEV-SNP evidence: aux ``vcek``, else the one in
-    configfs-tsm's certificate table (``auxblob``; an empty table is no VEK)."""
+    configfs-tsm's certificate table (``auxblob``; an empty table is no VEK). A table may hold
+    both (GHCB specification, "SNP Extended Guest Request"): the one the report's SIGNING_KEY
+    names (ABI Table 23, 0x048 bits 4:2: 0 VCEK, 1 VLEK) comes first, the other is the fallback
+    (verification then names the mismatch)."""
     vek = aux.get("vcek")
     if vek is None and aux.get("auxblob"):
         table = parse_cert_table(aux["auxblob"])
-        vek = table.get(VCEK_GUID) or table.get(VLEK_GUID)
+        first, second = (VLEK_GUID, VCEK_GUID) if _signed_by_vlek(evidence) else (VCEK_GUID, VLEK_GUID)
+        vek = table.get(first) or table.get(second)
     return vek
+
+
+def _signed_by_vlek(evidence: bytes) -> bool:
+    """Whether the report's SIGNING_KEY says VLEK (False for what does not parse: verification
+    reports that)."""
+    try:
+        return AttestationReport.from_bytes(evidence).signing_key is SigningKey.VLEK
+    except ParseError:
+        return False
 
 
 def _no_aux(platform: Platform, aux: dict[str, bytes], *, allowed: frozenset[str]) -> None:

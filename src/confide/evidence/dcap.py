@@ -230,6 +230,10 @@ class EnclaveReport:
         return bool(self.attributes[0] & 0x04)
 
 
+_TUD_MASK = 0xFF
+"""TD_ATTRIBUTES bits 7:0, the TUD group (:attr:`TdReport.debug`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class TdReport:
     """TD report body 1.0 (584 bytes, A.3.3) or 1.5 (648 bytes, A.3.4: adds TEE_TCB_SVN2 and
@@ -292,14 +296,20 @@ class TdReport:
         return self.mr_servicetd is not None
 
     # TD_ATTRIBUTES (TDX Module ABI spec, "TDINFO_STRUCT" / ATTRIBUTES): a 64-bit little-endian
-    # word. Bit 0 DEBUG, bit 28 SEPT_VE_DISABLE, bit 30 PKS, bit 31 KL, bit 63 PERFMON.
+    # word. Bits 7:0 TUD ("TD under debug": bit 0 DEBUG, the others reserved for further TUD
+    # flags in TDX 1.0; TDX 1.5 names bits 6:4 "TD under profiling"), bit 28 SEPT_VE_DISABLE,
+    # bit 30 PKS, bit 31 KL, bit 63 PERFMON.
     @property
     def td_attributes_word(self) -> int:
         return int.from_bytes(self.td_attributes, "little")
 
     @property
     def debug(self) -> bool:
-        return bool(self.td_attributes_word & 1)
+        """Any TUD flag (TD_ATTRIBUTES bits 7:0) set, not only DEBUG: Intel TDX DCAP Quoting
+        Library API, 2.3.2 "Extended TD checks": "Verify that all TD Under Debug flags
+        (TDATTRIBUTES.TUD) are set to zero. If any flag is non-zero, the TD should not be
+        trusted" (dcap-qvl reads the same byte)."""
+        return self.td_attributes_word & _TUD_MASK != 0
 
     @property
     def sept_ve_disable(self) -> bool:

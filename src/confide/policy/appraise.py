@@ -49,6 +49,7 @@ from confide.policy.model import (
     SevSnpFactors,
     SgxSigner,
     SimFactors,
+    SnpTcbMinimum,
     TdxFactors,
     Tolerance,
 )
@@ -147,11 +148,7 @@ def appraise(
     """Appraise verified evidence (and the verified reports of the GPUs sent with it,
     ``devices``) against the attestation rules of ``service_name`` in ``policy``."""
     devices = tuple(devices)
-    for item in (evidence, *devices):
-        if not isinstance(item, VerifiedEvidence):
-            raise TypeError(
-                f"got {type(item).__name__}, expected VerifiedEvidence (verify the evidence first)"
-            )
+    _require_verified(evidence, *devices)
     if not isinstance(policy, Policy):
         raise TypeError(f"got {type(policy).__name__}, expected a validated Policy")
     if not isinstance(at, datetime) or at.tzinfo is None:
@@ -202,10 +199,23 @@ def check_security(
     advisories), without a policy's services: for evidence judged against tolerances only, e.g.
     the CAS's own evidence (``confide cas attest --tolerate``). Returns the mismatches (empty:
     acceptable) and the tolerances relied on."""
+    _require_verified(evidence)
+    if not isinstance(security, AttestationSecurity):
+        raise TypeError(f"got {type(security).__name__}, expected an AttestationSecurity")
     reasons: list[Reason] = []
     tolerated: set[Tolerance] = set()
     _check_security(evidence, security, tolerated, reasons)
     return tuple(reasons), tuple(sorted(tolerated))
+
+
+def _require_verified(*items: object) -> None:
+    """The typed boundary (``confide.verify.result``): appraisal judges only what verification
+    produced, never parsed or look-alike data."""
+    for item in items:
+        if not isinstance(item, VerifiedEvidence):
+            raise TypeError(
+                f"got {type(item).__name__}, expected VerifiedEvidence (verify the evidence first)"
+            )
 
 
 def _check_security(
@@ -582,6 +592,30 @@ def _sev_snp(c: _Checker, s: SevSnpFactors, key: str = "sev-snp") -> None:
     c.int_range(f"{key}.vmpl", "vmpl", s.vmpl)
     field = f"{key}.guest_svn" if s.guest_svn is not None else f"{key}.guest_svn_min/guest_svn_max"
     c.int_range(field, "guest_svn", s.guest_svn, s.guest_svn_min, s.guest_svn_max)
+    if s.min_tcb is not None:
+        _snp_min_tcb(c, s.min_tcb, f"{key}.min_tcb")
+
+
+_SNP_TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")
+
+
+def _snp_min_tcb(c: _Checker, minimum: SnpTcbMinimum, field: str) -> None:
+    """Each SPL of ``min_tcb`` against the same component of the ``reported_tcb`` claim (a map of
+    the decoded REPORTED_TCB); a component the evidence lacks (``fmc`` before Turin) fails."""
+    reported = c.claims.get("reported_tcb", _MISSING)
+    if not isinstance(reported, Mapping):
+        c.fail(field, _show(reported), "a reported_tcb claim (the decoded REPORTED_TCB)")
+        return
+    for name in _SNP_TCB_COMPONENTS:
+        wanted: int | None = getattr(minimum, name)
+        if wanted is None:
+            continue
+        value = reported.get(name, _MISSING)
+        expected = f">= {wanted} (reported_tcb{'; Turin only' if name == 'fmc' else ''})"
+        if not isinstance(value, int) or isinstance(value, bool):
+            c.fail(f"{field}.{name}", "no component" if value is _MISSING else _show(value), expected)
+        elif value < wanted:
+            c.fail(f"{field}.{name}", str(value), expected)
 
 
 def _vtpm_pcrs(c: _Checker, key: str, pcrs: dict[str, tuple[str, ...]] | None) -> None:

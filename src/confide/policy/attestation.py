@@ -49,6 +49,7 @@ __all__ = [
     "SevSnpFactors",
     "SgxSigner",
     "SimFactors",
+    "SnpTcbMinimum",
     "TdxFactors",
 ]
 
@@ -110,6 +111,32 @@ class TdxFactors(_Model):
         return self
 
 
+Spl = Annotated[StrictInt, Field(ge=0, le=0xFF)]
+"""A security patch level: one byte of a SEV-SNP ``TCB_VERSION`` (ABI spec, Tables 3 and 4)."""
+
+
+class SnpTcbMinimum(_Model):
+    """``min_tcb``: the lowest SPL accepted for each component of the report's ``REPORTED_TCB``
+    (SEV-SNP ABI spec, Table 23 offset 0x180; the TCB the VCEK/VLEK certifies, AMD 57230
+    blSPL/teeSPL/snpSPL/ucodeSPL/fmcSPL, which verification compared with it). Components not
+    given are not judged; ``fmc`` exists on Turin only (Table 4), so a report of Milan or Genoa
+    never reaches a minimum ``fmc``."""
+
+    bootloader: Spl | None = None
+    tee: Spl | None = None
+    snp: Spl | None = None
+    microcode: Spl | None = None
+    fmc: Spl | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> SnpTcbMinimum:
+        if all(getattr(self, f) is None for f in type(self).model_fields):
+            raise ValueError(
+                "got an empty min_tcb, expected at least one of bootloader, tee, snp, microcode, fmc"
+            )
+        return self
+
+
 class SevSnpFactors(_Model):
     """AMD SEV-SNP attestation report fields (SEV-SNP ABI spec, Table "ATTESTATION_REPORT")."""
 
@@ -118,11 +145,15 @@ class SevSnpFactors(_Model):
     family_id: Hex16List | None = None
     image_id: Hex16List | None = None
     policy: Annotated[StrictInt, Field(ge=0, le=(1 << 53) - 1)] | None = None
-    """The guest policy, compared exactly (bits 63:25 are reserved, so 53 bits suffice)."""
+    """The guest policy, compared exactly (bits 63:26 are reserved in ABI Table 9, so 53 bits
+    suffice; a report with a higher bit set never matches)."""
     vmpl: Annotated[StrictInt, Field(ge=0, le=3)] | None = None
     guest_svn: U32 | None = None
     guest_svn_min: U32 | None = None
     guest_svn_max: U32 | None = None
+    min_tcb: SnpTcbMinimum | None = None
+    """Minimum SPLs of ``REPORTED_TCB`` (:class:`SnpTcbMinimum`): SEV-SNP has no TCB status,
+    so this is how a policy refuses an out-of-date firmware or microcode."""
 
     _variant_name: ClassVar[str] = "sev-snp"
 

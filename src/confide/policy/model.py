@@ -66,6 +66,7 @@ from confide.policy.attestation import (
     SevSnpFactors,
     SgxSigner,
     SimFactors,
+    SnpTcbMinimum,
     TdxFactors,
 )
 from confide.policy.problems import Path, Problem, policy_error
@@ -100,6 +101,7 @@ __all__ = [
     "SgxSigner",
     "SignerRule",
     "SimFactors",
+    "SnpTcbMinimum",
     "TdxFactors",
     "Tolerance",
     "UpdatePolicy",

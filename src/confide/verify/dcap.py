@@ -30,8 +30,9 @@ The steps follow Intel's DCAP Quote Verification Library (QVL, ``QuoteVerifier::
    most the TEE TCB SVN (skipping the first two when the TDX module version is non-zero); the
    TDX module identity ``TDX_<version>`` checks MRSIGNER_SEAM and SEAM_ATTRIBUTES and gives
    the module's TCB status;
-9. statuses are converged as in QVL (module, then QE) and advisory IDs collected from every
-   level that contributed;
+9. statuses are converged as in QVL (module, then QE; each of their levels must say UpToDate,
+   OutOfDate or Revoked, :func:`_identity_status`) and advisory IDs collected from every level
+   that contributed;
 10. TD relaunch advice (QVL ``TcbLevelCheck`` 4.1.2.5.1.20, TD report 1.5 only): the current
     TCB, TEE_TCB_SVN2 (the TDX module running now, after any TD preserving update), is
     evaluated as steps 8-9 evaluate the launch TCB (TEE_TCB_SVN); when the launch TCB is
@@ -222,6 +223,26 @@ def _converge(level_status: TcbStatus, other: TcbStatus) -> TcbStatus:
     if other is TcbStatus.REVOKED:
         return TcbStatus.REVOKED
     return level_status
+
+
+_IDENTITY_STATUSES = frozenset({TcbStatus.UP_TO_DATE, TcbStatus.OUT_OF_DATE, TcbStatus.REVOKED})
+"""What an identity's TCB level (the QE's, the TDX module's) may say: Intel PCS API v4, Enclave
+Identity V2 ``tcbStatus`` (UpToDate, OutOfDate, Revoked). QVL converges only OutOfDate and
+Revoked of the QE and of the TDX module (``convergeTcbStatusWithQeTcbStatus``,
+``...WithTdxModuleStatus``); dcap-qvl 0.7.0 refuses any other module status."""
+
+
+def _identity_status(level: IdentityTcbLevel, what: str) -> TcbStatus:
+    """The status of an identity's TCB level, refused unless UpToDate, OutOfDate or Revoked:
+    :func:`_converge` would otherwise take, say, an OutOfDateConfigurationNeeded module as
+    up to date."""
+    status = TcbStatus(level.status)
+    if status not in _IDENTITY_STATUSES:
+        raise CollateralError(
+            f"{what} level for ISVSVN {level.isv_svn} has status {status.value}, expected UpToDate, "
+            "OutOfDate or Revoked (the statuses of an identity's TCB levels)"
+        )
+    return status
 
 
 _RELAUNCH_FROM = frozenset({TcbStatus.OUT_OF_DATE, TcbStatus.OUT_OF_DATE_CONFIGURATION_NEEDED})
@@ -655,7 +676,11 @@ class DcapVerifier:
                     f"(TCB Info evaluation data number {info.tcb_evaluation_data_number})"
                 )
             module_level = self._check_tdx_module(report, info)
-            module_status = TcbStatus(module_level.status) if module_level else _STATUS_OK
+            module_status = (
+                _identity_status(module_level, f"TDX module identity TDX_{report.tee_tcb_svn[1]:02X}")
+                if module_level
+                else _STATUS_OK
+            )
             status = _converge(TcbStatus(tdx_level.status), module_status)
             advisories += tdx_level.advisory_ids
             if module_level:
@@ -665,7 +690,7 @@ class DcapVerifier:
             status = TcbStatus(sgx_level.status)
             advisories += sgx_level.advisory_ids
             platform_level = sgx_level
-        qe_status = TcbStatus(qe_level.status)
+        qe_status = _identity_status(qe_level, f"QE Identity ({ident.id})")
         status = _converge(status, qe_status)
         advisories += qe_level.advisory_ids
         launch_status = status
@@ -790,7 +815,12 @@ def _current_tcb_status(
             f"(TD report 1.5; TCB Info evaluation data number {info.tcb_evaluation_data_number})"
         )
     module = _module_level(info, tee_tcb_svn2, "TEE_TCB_SVN2")
-    status = _converge(TcbStatus(level.status), TcbStatus(module.status) if module else _STATUS_OK)
+    module_status = (
+        _identity_status(module, f"TDX module identity TDX_{tee_tcb_svn2[1]:02X} (TEE_TCB_SVN2)")
+        if module
+        else _STATUS_OK
+    )
+    status = _converge(TcbStatus(level.status), module_status)
     return _converge(status, qe_status)
 
 
