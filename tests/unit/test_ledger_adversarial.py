@@ -318,3 +318,56 @@ def test_the_cas_answer_must_be_an_object_with_a_list(tmp_path: Path) -> None:
         with pytest.raises(ParseError):
             verified_events(_FakeCas(bad), POLICY, None, key)  # type: ignore[arg-type]
     parse_note(answer["checkpoint"].encode())  # the fixture's checkpoint itself is well formed
+
+
+@pytest.mark.parametrize("wait", ["²", "9" * 5000, "1.5", "-1", "11", "٩٩"])
+def test_a_retry_after_that_is_not_a_small_ascii_number_is_a_network_error(wait: str) -> None:
+    """HttpLogClient waited out a 429's Retry-After when str.isdigit() said so: "²" and 5,000
+    nines passed that test and int() raised ValueError (a traceback of `ledger verify --url`).
+    RFC 9110 §10.2.3: delay-seconds is 1*DIGIT (ASCII); over 10 s is refused."""
+    transport = httpx2.MockTransport(
+        lambda request: httpx2.Response(429, headers=[(b"retry-after", wait.encode())], content=b"")
+    )
+    client = HttpLogClient("http://log.test", client=httpx2.Client(transport=transport))
+    with pytest.raises(NetworkError, match="429"):
+        client.fetch("checkpoint")
+
+
+@pytest.mark.parametrize("port", ["²", "9" * 5000, "٩٩٩٩٩٩", "65536", "", "80a"])
+def test_a_listen_port_that_is_not_an_ascii_number_is_a_usage_error(port: str) -> None:
+    """`ledger serve --listen 127.0.0.1:²` was a ValueError traceback (str.isdigit()). (No port
+    here is one the old code would bind: this test must not start a server when it fails.)"""
+    from click.testing import CliRunner
+
+    from confide.ledger.cli import ledger
+
+    result = CliRunner().invoke(ledger, ["serve", "--log-db", __file__, "--listen", f"127.0.0.1:{port}"])
+    assert result.exit_code == 2, result.output
+    assert "expected HOST:PORT" in result.output
+    assert not isinstance(result.exception, ValueError)
+
+
+def test_the_witness_answers_a_proof_to_the_same_size_with_422_not_a_fork(tmp_path: Path) -> None:
+    """tlog-witness: a checkpoint of the size cosigned last with another root is a 409 (fork);
+    with the same root and a non-empty proof it was a 409 too, which the log's client reads as
+    "forked" (LogRollbackError, a halted CAS). A proof from a size to itself is empty
+    (RFC 9162 §2.1.4): one that is not does not verify, a 422."""
+    from confide.ledger.witness import WitnessConflictError, http_status
+
+    log = NoteSigner.generate(ORIGIN)
+    witness = Witness(NoteSigner.generate("w.example", SIG_TYPE_COSIGNATURE_V1), tmp_path / "w.json",
+                      {ORIGIN: log.verifier})  # fmt: skip
+    at = datetime(2026, 12, 6, tzinfo=UTC)
+    leaves = [b"a", b"b", b"c"]
+    note = sign_checkpoint(Checkpoint(ORIGIN, 3, mth(leaves)), log)
+    witness.add_checkpoint(0, [], note, at=at)
+    with pytest.raises(ConsistencyError, match="to itself") as info:
+        witness.add_checkpoint(3, [EMPTY_ROOT], note, at=at)
+    assert not isinstance(info.value, WitnessConflictError)
+    assert http_status(info.value) == 422
+    with pytest.raises(WitnessConflictError) as conflict:
+        witness.add_checkpoint(
+            3, [], sign_checkpoint(Checkpoint(ORIGIN, 3, mth([b"x", b"b", b"c"])), log), at=at
+        )
+    assert http_status(conflict.value) == 409
+    witness.add_checkpoint(3, [], note, at=at)  # the same checkpoint again: cosigned

@@ -1,8 +1,8 @@
 """``confide ledger``: audit a ledger, manage keys, sign checkpoints, run a witness.
 
-Exit codes are those of :mod:`confide.errors`: 0 verified, 21 bad signature, 60 checkpoint
-not signed by the pinned key, 61 fork (inconsistent), 62 rollback, 63 entry mismatch,
-64 entry missing, 10 malformed input, 50 storage.
+Exit codes are those of :mod:`confide.errors`: 0 verified, 21 bad signature, 65 checkpoint
+not signed by the pinned key, 61 fork (inconsistent), 60 rollback, 63 entry mismatch,
+64 entry missing, 10 malformed input, 40 network, 50 storage.
 """
 
 from __future__ import annotations
@@ -178,7 +178,8 @@ def verify(
 
 def _address(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
+    # ASCII digits only (str.isdigit() takes "²", which int() refuses), at most 5 of them
+    if not host or not (port.isascii() and port.isdigit() and len(port) <= 5) or int(port) > 65535:
         raise UsageError(f"--listen: got {listen!r}, expected HOST:PORT")
     return host, int(port)
 

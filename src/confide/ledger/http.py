@@ -114,7 +114,7 @@ def read_bounded(client: httpx2.Client, method: str, url: str, limit: int, **kwa
     try:
         with client.stream(method, url, **kwargs) as response:
             declared = response.headers.get("content-length", "")
-            if declared.isascii() and declared.isdigit() and int(declared) > limit:
+            if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
                 raise NetworkError(
                     f"{method} {url}: the answer declares {declared} bytes, expected at most {limit}"
                 )
@@ -148,7 +148,9 @@ class HttpLogClient:
             if resp.status_code != 429 or attempt == MAX_RETRIES:
                 break
             wait = resp.headers.get("retry-after", "")
-            if not wait.isdigit() or int(wait) > MAX_RETRY_WAIT:
+            # RFC 9110 §10.2.3 delay-seconds = 1*DIGIT, ASCII digits only: str.isdigit() alone
+            # takes "²" (int() then raises ValueError) and 5,000 nines (int() refuses that many).
+            if not (wait.isascii() and wait.isdigit() and len(wait) <= 4) or int(wait) > MAX_RETRY_WAIT:
                 raise NetworkError(f"GET {url}: HTTP 429, Retry-After {wait[:20]!r}")
             time.sleep(int(wait))
         if resp.status_code == 404:

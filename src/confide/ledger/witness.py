@@ -194,10 +194,17 @@ class Witness:
                 # RFC 9162 §2.1.1: a checkpoint of size 0 must have the empty tree's root.
                 verify_consistency(0, new.size, EMPTY_ROOT, new.root, [])
             elif new.size == known.size:
-                if proof or new.root != known.root:
+                # tlog-witness: same size, another root is a 409 (a fork); the same root with a
+                # proof is a consistency proof that does not verify (RFC 9162 §2.1.4: from a
+                # size to itself it is empty), a 422, not a claim of a fork.
+                if new.root != known.root:
                     raise WitnessConflictError(
                         f"a different root for size {new.size} than the one cosigned before: fork",
                         known_size=known_size,
+                    )
+                if proof:
+                    raise ConsistencyError(
+                        f"the consistency proof from size {new.size} to itself must be empty"
                     )
             else:
                 verify_consistency(known.size, new.size, known.root, new.root, proof)
