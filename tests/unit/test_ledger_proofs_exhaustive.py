@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from functools import cache
+from pathlib import Path
 
 import pytest
 
@@ -26,9 +27,11 @@ from confide.ledger.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from confide.ledger.store import Ledger, connect, write_transaction
 
 MAX_SIZE = 70
-LEAVES = [f"entry {i}".encode() for i in range(MAX_SIZE)]
+STORED = 530  # entries in the store test: two level-0 tiles and a partial third
+LEAVES = [f"entry {i}".encode() for i in range(STORED)]
 ZERO = bytes(32)
 
 
@@ -167,7 +170,7 @@ class MemNodes:
     def node(self, height: int, index: int) -> bytes:
         begin = index << height
         end = begin + (1 << height)
-        assert end <= MAX_SIZE
+        assert end <= STORED
         return ref_mth(begin, end)
 
 
@@ -294,3 +297,39 @@ def test_the_tree_of_size_0_has_one_root() -> None:
     for size2, root2 in [(0, other), (1, other), (5, ref_mth(0, 5))]:
         with pytest.raises(ConsistencyError, match="size 0"):
             verify_consistency(0, size2, other, root2, [])
+
+
+def test_the_stores_proofs_match_the_reference_across_tile_boundaries(tmp_path: Path) -> None:
+    """The proofs the store computes (stored tiles and their interior nodes) and those a client
+    computes from the C2SP tiles alone, for every size of 1..70 and around the 256- and
+    512-leaf tile boundaries, equal the RFC's PATH and PROOF. Entries appended in uneven
+    batches, so partial tiles grow in place across several appends."""
+    conn = connect(tmp_path / "log.db", durable=False)
+    Ledger.init_schema(conn)
+    ledger = Ledger()
+    start = 0
+    for batch in [1, 2, 3, 60, 4, 180, 5, 1, 255, 19]:
+        with write_transaction(conn):
+            assert ledger.append_batch(conn, LEAVES[start : start + batch]) == start
+        start += batch
+    assert start == STORED == Ledger.size(conn)
+    sizes = [*range(1, MAX_SIZE + 1), *range(250, 263), *range(509, STORED + 1)]
+    for n in sizes:
+        assert ledger.root(conn, n) == ref_mth(0, n), n
+        tiles = Ledger.tile_nodes(conn, n)
+        indices = (
+            range(n)
+            if n <= MAX_SIZE
+            else sorted({0, 1, 127, 128, 255, 256, 257, 511, n - 2, n - 1} & set(range(n)))
+        )
+        for m in indices:
+            expected = ref_path(m, 0, n)
+            assert ledger.inclusion_proof(conn, m, n) == expected, (m, n)
+            assert inclusion_proof(tiles, m, n) == expected, (m, n)
+    for n in sizes[MAX_SIZE:]:
+        tiles = Ledger.tile_nodes(conn, n)
+        for m in [*range(0, MAX_SIZE + 1), *(x for x in sizes[MAX_SIZE:] if x <= n)]:
+            expected = [] if m in (0, n) else ref_subproof(m, 0, n, True)
+            assert ledger.consistency_proof(conn, m, n) == expected, (m, n)
+            assert consistency_proof(tiles, m, n) == expected, (m, n)
+    conn.close()
