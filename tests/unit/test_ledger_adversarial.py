@@ -371,3 +371,27 @@ def test_the_witness_answers_a_proof_to_the_same_size_with_422_not_a_fork(tmp_pa
         )
     assert http_status(conflict.value) == 409
     witness.add_checkpoint(3, [], note, at=at)  # the same checkpoint again: cosigned
+
+
+@pytest.mark.parametrize("command", ["checkpoint", "request-cosignature"])
+def test_a_missing_log_database_is_a_usage_error_and_not_created(tmp_path: Path, command: str) -> None:
+    """`ledger checkpoint --log-db typo.db` created an empty database and signed the empty tree
+    with the log's key (a checkpoint of another log than the one meant); `request-cosignature`
+    created one too before failing."""
+    from click.testing import CliRunner
+
+    from confide.ledger.cli import ledger
+
+    key = tmp_path / "log.key"
+    key.write_text(NoteSigner.generate(ORIGIN).skey + "\n")
+    witness = NoteSigner.generate("w.example", SIG_TYPE_COSIGNATURE_V1).verifier.vkey
+    missing = tmp_path / "typo.db"
+    args = {
+        "checkpoint": ["checkpoint", "--log-db", str(missing), "--signing-key", str(key)],
+        "request-cosignature": ["request-cosignature", "--log-db", str(missing), "--witness-url",
+                                "http://127.0.0.1:9", "--witness-key", witness],
+    }[command]  # fmt: skip
+    result = CliRunner().invoke(ledger, args)
+    assert result.exit_code == 2, result.output
+    assert "does not exist" in result.output
+    assert not missing.exists()
