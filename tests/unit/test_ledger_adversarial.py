@@ -395,3 +395,50 @@ def test_a_missing_log_database_is_a_usage_error_and_not_created(tmp_path: Path,
     assert result.exit_code == 2, result.output
     assert "does not exist" in result.output
     assert not missing.exists()
+
+
+class _PrunedPartials:
+    """A tlog-tiles log that deleted every partial tile and bundle whose full one exists (the
+    spec allows it), serving an older checkpoint (as a cache would)."""
+
+    def __init__(self, inner: Any, checkpoint: bytes) -> None:
+        self.inner, self.checkpoint = inner, checkpoint
+
+    def fetch(self, path: str) -> bytes | None:
+        if path == "checkpoint":
+            return self.checkpoint
+        if ".p/" in path and self.inner.fetch(path.partition(".p/")[0]) is not None:
+            return None
+        return self.inner.fetch(path)
+
+
+def test_the_auditor_takes_a_full_tile_for_a_deleted_partial_one(tmp_path: Path) -> None:
+    """tlog-tiles "Partial Tiles": a log MAY delete a partial tile once the full tile is
+    available, and clients may fetch the full one. The auditor asked only for the partial tile
+    and reported a fork (ConsistencyError, exit 61) for a log that did so."""
+    from confide.ledger.auditor import LocalLogClient, audit_once
+
+    signer = NoteSigner.generate(ORIGIN)
+    conn = connect(tmp_path / "log.db")
+    Ledger.init_schema(conn)
+    entries = [encode_entry(EntryType.CAS_STARTED, TIME, None, {"n": i})[0] for i in range(600)]
+    with write_transaction(conn):
+        Ledger().append_batch(conn, entries[:300])
+    old = Ledger().sign_checkpoint(conn, signer)
+    with write_transaction(conn):
+        Ledger().append_batch(conn, entries[300:])
+    Ledger().sign_checkpoint(conn, signer)
+    client = _PrunedPartials(LocalLogClient(conn), old)
+    assert client.fetch("tile/0/001.p/44") is None and client.fetch("tile/entries/001.p/44") is None
+    _, signed = audit_once(client, signer.verifier, None, full=True)
+    assert signed.checkpoint.size == 300
+    # Neither the partial tile nor the full one: missing, as before.
+    inner = LocalLogClient(conn)
+
+    class _NoTile1:
+        def fetch(self, path: str) -> bytes | None:
+            return None if path.startswith("tile/0/001") else inner.fetch(path)
+
+    with pytest.raises(ConsistencyError, match=r"does not serve tile/0/001\.p/44"):
+        audit_once(_PrunedPartials(_NoTile1(), old), signer.verifier, None)
+    conn.close()
