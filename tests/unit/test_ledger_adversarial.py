@@ -22,6 +22,7 @@ from confide.errors import (
     EntryMismatchError,
     NetworkError,
     ParseError,
+    RollbackError,
     UnknownKeyError,
 )
 from confide.ledger import http as ledger_http
@@ -442,3 +443,49 @@ def test_the_auditor_takes_a_full_tile_for_a_deleted_partial_one(tmp_path: Path)
     with pytest.raises(ConsistencyError, match=r"does not serve tile/0/001\.p/44"):
         audit_once(_PrunedPartials(_NoTile1(), old), signer.verifier, None)
     conn.close()
+
+
+# --- entries: one encoding per event, fork at equal sizes -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        b'{"payload":{"n":1,"n":2},"policy":null,"time":"' + TIME.encode() + b'","type":"cas.started","v":1}',
+        b'{"payload":{"n":1,"\\u006e":2},"policy":null,"time":"'
+        + TIME.encode()
+        + b'","type":"cas.started","v":1}',
+        b'{"payload":{"n":1.0},"policy":null,"time":"' + TIME.encode() + b'","type":"cas.started","v":1}',
+        b'{"payload":{"n":1},"policy":null,"time":"' + TIME.encode() + b'","type":"cas.started","v":1.0}',
+        b'{"payload":{"n":1},"policy":null,"time":"' + TIME.encode() + b'","type":"cas.started","v":true}',
+        b'{"payload":{"n":1}, "policy":null,"time":"' + TIME.encode() + b'","type":"cas.started","v":1}',
+        b'{"policy":null,"payload":{"n":1},"time":"' + TIME.encode() + b'","type":"cas.started","v":1}',
+        b'{"payload":{"n":1},"policy":null,"time":"' + TIME.encode() + b'","type":"cas.\\u0073tarted","v":1}',
+        b'\xef\xbb\xbf{"payload":{"n":1},"policy":null,"time":"'
+        + TIME.encode()
+        + b'","type":"cas.started","v":1}',
+    ],
+)
+def test_an_entry_has_one_encoding(variant: bytes) -> None:
+    """RFC 8785: an event is one byte string, so one leaf; duplicate names (also escaped), a
+    float for an integer, a boolean for the version, spacing, member order, needless escapes and
+    a byte order mark are refused rather than read as the same event."""
+    from confide.ledger.encoding import Entry
+
+    canonical = encode_entry(EntryType.CAS_STARTED, TIME, None, {"n": 1})[0]
+    assert Entry.from_bytes(canonical).to_bytes() == canonical
+    with pytest.raises(ParseError):
+        Entry.from_bytes(variant)
+
+
+def test_two_checkpoints_of_one_size_with_different_roots_are_a_fork() -> None:
+    from confide.ledger.auditor import verify_checkpoint_update
+
+    log = NoteSigner.generate(ORIGIN)
+    old = Checkpoint(ORIGIN, 3, mth([b"a", b"b", b"c"]))
+    other = sign_checkpoint(Checkpoint(ORIGIN, 3, mth([b"a", b"x", b"c"])), log)
+    with pytest.raises(ConsistencyError, match="fork: two different roots for tree size 3"):
+        verify_checkpoint_update(old, other, [], log.verifier)
+    smaller = sign_checkpoint(Checkpoint(ORIGIN, 2, mth([b"a", b"b"])), log)
+    with pytest.raises(RollbackError):
+        verify_checkpoint_update(old, smaller, [], log.verifier)
