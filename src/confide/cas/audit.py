@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,18 +44,28 @@ def verified_events(
     client: CasClient, name: str, identity: Identity, log_key: NoteVerifier
 ) -> tuple[SignedCheckpoint | None, list[VerifiedEvent]]:
     data = client.events(name, identity)
+    if not isinstance(data, dict) or not isinstance(data.get("events", []), list):
+        raise ParseError("expected an object with a list of events", structure="events")
     signed = None
     if data.get("checkpoint"):
         signed = open_checkpoint(str(data["checkpoint"]).encode(), log_key)
-    out = []
+    out: list[VerifiedEvent] = []
     for ev in data.get("events", []):
         try:
-            index = int(ev["index"])
+            index = ev["index"]
+            if type(index) is not int or index < 0:
+                raise TypeError(index)
             entry_bytes = base64.b64decode(ev["entry"], validate=True)
         except (KeyError, ValueError, TypeError):
             raise ParseError(
                 "the CAS returned an event without its ledger entry", structure="events"
             ) from None
+        # One entry is one event: the same index twice (or out of order) would show one release
+        # or approval as several.
+        if out and index <= out[-1].index:
+            raise EntryMismatchError(
+                f"entry {index}: the CAS returned it after entry {out[-1].index} (indices must increase)"
+            )
         entry = Entry.from_bytes(entry_bytes)
         if ENTRY_TYPES.get(str(ev.get("type"))) != entry.type or entry.policy != name:
             raise EntryMismatchError(
@@ -64,13 +75,30 @@ def verified_events(
             raise EntryMismatchError(f"entry {index}: the CAS's summary differs from the ledger entry")
         included = False
         if signed is not None and index < signed.checkpoint.size:
-            proof = [bytes.fromhex(h) for h in ev.get("inclusion_proof", [])]
+            proof = _proof(index, ev.get("inclusion_proof", []))
             verify_inclusion(
                 index, signed.checkpoint.size, hash_leaf(entry_bytes), proof, signed.checkpoint.root
             )
             included = True
         out.append(VerifiedEvent(index, entry.type.value, entry.time, entry.payload, included))
     return signed, out
+
+
+_HASH_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _proof(index: int, value: object) -> list[bytes]:
+    """An event's ``inclusion_proof`` (hex SHA-256 hashes, RFC 9162 §2.1.3: at most 63 for a
+    tree below 2**63 entries), hostile input: anything else is a ParseError naming the entry."""
+    if (
+        not isinstance(value, list)
+        or len(value) > 63
+        or not all(isinstance(h, str) and _HASH_HEX.fullmatch(h) for h in value)
+    ):
+        raise ParseError(
+            f"entry {index}: the inclusion proof is not a list of hex hashes", structure="events"
+        )
+    return [bytes.fromhex(h) for h in value]
 
 
 def history(events: list[VerifiedEvent]) -> list[dict[str, Any]]:

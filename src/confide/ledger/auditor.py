@@ -91,11 +91,32 @@ class _ClientTiles:
     def read_tile(self, level: int, index: int, width: int) -> bytes:
         path = format_tile_path(TileId(level, index, width))
         data = self.client.fetch(path)
+        if data is None and width < TILE_WIDTH:
+            # tlog-tiles "Partial Tiles": a log "MAY delete any partial tile once the
+            # corresponding full tile is available", and clients may fetch the full tile
+            # instead; its first hashes are the partial tile's (checked against the signed root
+            # like any other).
+            full = self.client.fetch(format_tile_path(TileId(level, index)))
+            if full is not None and len(full) == TILE_WIDTH * HASH_SIZE:
+                return full[: width * HASH_SIZE]
         if data is None:
             raise ConsistencyError(f"the log does not serve {path}, which its checkpoint requires")
         if len(data) != width * HASH_SIZE:
             raise ConsistencyError(f"{path}: got {len(data)} bytes, expected {width * HASH_SIZE}")
         return data
+
+    def read_bundle(self, index: int, width: int) -> tuple[str, list[bytes] | None]:
+        """The entries of bundle ``index`` up to ``width`` (the path asked for, and ``None``
+        when the log has neither the partial bundle nor the full one); a bundle that does not
+        parse is a ParseError."""
+        path = format_tile_path(TileId(-1, index, width))
+        data = self.client.fetch(path)
+        if data is None and width < TILE_WIDTH:
+            full = self.client.fetch(format_tile_path(TileId(-1, index)))
+            if full is not None:  # tlog-tiles: the full bundle instead of a deleted partial one
+                entries = parse_bundle(full)
+                return path, entries[:width] if len(entries) == TILE_WIDTH else entries
+        return path, None if data is None else parse_bundle(data)
 
 
 def verify_checkpoint_update(
@@ -208,14 +229,13 @@ class Auditor:
                 continue
             start = tile_index * TILE_WIDTH
             path = format_tile_path(TileId(-1, tile_index, width))
-            bundle = self.client.fetch(path)
-            if bundle is None:
-                first_bad = EntryMissingError(f"entries {start}..{start + width - 1} are missing ({path})")
-                continue
             try:
-                entries = parse_bundle(bundle)
+                path, entries = _ClientTiles(self.client).read_bundle(tile_index, width)
             except ParseError as exc:
                 first_bad = EntryMismatchError(f"{path}: {exc.message}")
+                continue
+            if entries is None:
+                first_bad = EntryMissingError(f"entries {start}..{start + width - 1} are missing ({path})")
                 continue
             first_bad = _compare(start, hashes, entries, entry_check)
         if rng.root() != checkpoint.root:

@@ -1,8 +1,8 @@
 """``confide ledger``: audit a ledger, manage keys, sign checkpoints, run a witness.
 
-Exit codes are those of :mod:`confide.errors`: 0 verified, 21 bad signature, 60 checkpoint
-not signed by the pinned key, 61 fork (inconsistent), 62 rollback, 63 entry mismatch,
-64 entry missing, 10 malformed input, 50 storage.
+Exit codes are those of :mod:`confide.errors`: 0 verified, 21 bad signature, 65 checkpoint
+not signed by the pinned key, 61 fork (inconsistent), 60 rollback, 63 entry mismatch,
+64 entry missing, 10 malformed input, 40 network, 50 storage.
 """
 
 from __future__ import annotations
@@ -123,8 +123,7 @@ def verify(
         with contextlib.ExitStack() as stack:
             client: LogClient
             if log_db is not None:
-                if not log_db.is_file():
-                    raise UsageError(f"--log-db: {str(log_db)!r} does not exist")
+                _existing(log_db)
                 conn = connect(log_db, durable=False)
                 stack.callback(conn.close)
                 client = LocalLogClient(conn)
@@ -176,9 +175,17 @@ def verify(
         click.echo(f"  cosigned by witness {w.name}")
 
 
+def _existing(log_db: Path) -> None:
+    """``--log-db`` names a database that exists: connecting would create an empty one (and
+    ``ledger checkpoint`` would then sign the empty tree of a log that is not the one meant)."""
+    if not log_db.is_file():
+        raise UsageError(f"--log-db: {str(log_db)!r} does not exist")
+
+
 def _address(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
+    # ASCII digits only (str.isdigit() takes "²", which int() refuses), at most 5 of them
+    if not host or not (port.isascii() and port.isdigit() and len(port) <= 5) or int(port) > 65535:
         raise UsageError(f"--listen: got {listen!r}, expected HOST:PORT")
     return host, int(port)
 
@@ -291,8 +298,7 @@ def serve_tiles(
     """Serve the log read-only as C2SP tlog-tiles (checkpoint, tiles), over HTTPS with --tls-cert."""
 
     def start() -> tuple[LedgerHTTPServer, str]:
-        if not log_db.is_file():
-            raise UsageError(f"--log-db: {str(log_db)!r} does not exist")
+        _existing(log_db)
         tls = _tls(tls_cert, tls_key)
         rate = parse_rate(request_rate, request_burst, "request")
         server = TilesServer(log_db, _address(listen), serve_entries=serve_entries, tls=tls,
@@ -327,6 +333,7 @@ def keygen(name: str, witness: bool, out: Path) -> None:
 def checkpoint(log_db: Path, signing_key: Path) -> None:
     """Sign and record a checkpoint of the current tree; prints it."""
     try:
+        _existing(log_db)
         signer = NoteSigner.from_skey(_read_key_text(str(signing_key), "--signing-key"))
         conn = connect(log_db)
         try:
@@ -357,6 +364,7 @@ def request_cosignature(log_db: Path, witness_url: str, witness_key: str, cacert
             http = None
             if cacert is not None:
                 http = stack.enter_context(httpx2.Client(verify=client_tls_context(cacert), timeout=10.0))
+            _existing(log_db)
             conn = connect(log_db)
             stack.callback(conn.close)
             sig = request_cosignatures(conn, witness_url, key, client=http)

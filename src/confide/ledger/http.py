@@ -46,8 +46,10 @@ from confide.ledger.store import connect
 
 __all__ = [
     "LEDGER_BODY_TIMEOUT",
+    "MAX_RESOURCE",
     "TILES_RATE",
     "WITNESS_RATE",
+    "Answer",
     "HttpLogClient",
     "LedgerHTTPServer",
     "MetricsApp",
@@ -55,6 +57,7 @@ __all__ = [
     "TilesServer",
     "client_tls_context",
     "ledger_limits",
+    "read_bounded",
     "server_tls_context",
 ]
 
@@ -91,6 +94,42 @@ def client_tls_context(cacert: Path) -> ssl.SSLContext:
         raise UsageError(f"--cacert: cannot load {cacert}: {exc}") from None
 
 
+class Answer:
+    """An HTTP answer read by :func:`read_bounded`: status, headers and the whole body."""
+
+    __slots__ = ("content", "headers", "status_code")
+
+    def __init__(self, status_code: int, headers: httpx2.Headers, content: bytes) -> None:
+        self.status_code, self.headers, self.content = status_code, headers, content
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+
+def read_bounded(client: httpx2.Client, method: str, url: str, limit: int, **kwargs: Any) -> Answer:
+    """One request whose answer is read up to ``limit`` bytes (after any content decoding): a
+    larger one, declared (``Content-Length``) or sent, is a :class:`NetworkError` and read no
+    further, so a hostile log or witness cannot make its client read without bound."""
+    try:
+        with client.stream(method, url, **kwargs) as response:
+            declared = response.headers.get("content-length", "")
+            if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+                raise NetworkError(
+                    f"{method} {url}: the answer declares {declared} bytes, expected at most {limit}"
+                )
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise NetworkError(f"{method} {url}: the answer is larger than {limit} bytes")
+                chunks.append(chunk)
+            return Answer(response.status_code, response.headers, b"".join(chunks))
+    except httpx2.HTTPError as exc:
+        raise NetworkError(f"{method} {url}: {exc}") from None
+
+
 class HttpLogClient:
     """``fetch(path)`` = ``GET <base_url>/<path>``; ``None`` on 404. A ``429`` (a server's
     per-client rate limit) is retried after its ``Retry-After`` seconds, up to
@@ -104,22 +143,20 @@ class HttpLogClient:
     def fetch(self, path: str) -> bytes | None:
         url = f"{self.base_url}/{path}"
         for attempt in range(MAX_RETRIES + 1):
-            try:
-                resp = self._client.get(url)
-            except httpx2.HTTPError as exc:
-                raise NetworkError(f"GET {url}: {exc}") from None
+            # Read no more than the largest resource a log serves (an entry bundle).
+            resp = read_bounded(self._client, "GET", url, MAX_RESOURCE)
             if resp.status_code != 429 or attempt == MAX_RETRIES:
                 break
             wait = resp.headers.get("retry-after", "")
-            if not wait.isdigit() or int(wait) > MAX_RETRY_WAIT:
+            # RFC 9110 §10.2.3 delay-seconds = 1*DIGIT, ASCII digits only: str.isdigit() alone
+            # takes "²" (int() then raises ValueError) and 5,000 nines (int() refuses that many).
+            if not (wait.isascii() and wait.isdigit() and len(wait) <= 4) or int(wait) > MAX_RETRY_WAIT:
                 raise NetworkError(f"GET {url}: HTTP 429, Retry-After {wait[:20]!r}")
             time.sleep(int(wait))
         if resp.status_code == 404:
             return None
         if resp.status_code != 200:
             raise NetworkError(f"GET {url}: HTTP {resp.status_code}, expected 200")
-        if len(resp.content) > MAX_RESOURCE:
-            raise NetworkError(f"GET {url}: {len(resp.content)} bytes, expected at most {MAX_RESOURCE}")
         return resp.content
 
     def close(self) -> None:

@@ -249,8 +249,15 @@ def verify_consistency(size1: int, size2: int, root1: bytes, root2: bytes, proof
     _check_hash(root2, "second root")
     for p in proof:
         _check_hash(p, "consistency proof element")
+    # §2.1.4.2 is defined for trees of sizes 0 <= first <= second; a negative size names no tree.
+    if size1 < 0 or size2 < 0:
+        raise ConsistencyError(f"consistency proof from size {size1} to {size2}: sizes must not be negative")
     if size1 > size2:
         raise ConsistencyError(f"consistency proof: size {size2} is smaller than {size1}")
+    # §2.1.1: the tree of size 0 has one root, MTH({}) = SHA-256(); a "first tree" of size 0 with
+    # any other root is no tree, and nothing is a prefix of it (sigsum's verifier asks the same).
+    if size1 == 0 and not hmac.compare_digest(root1, EMPTY_ROOT):
+        raise ConsistencyError(f"the tree of size 0 has root {EMPTY_ROOT.hex()}, got {root1.hex()}")
     if size1 == size2:
         if proof:
             raise ConsistencyError("consistency proof between equal sizes must be empty")

@@ -313,19 +313,27 @@ def open_note(data: bytes, verifiers: list[NoteVerifier]) -> tuple[Note, list[No
 
     Signatures by unknown keys (name or key ID differ) are ignored. A signature by a known
     key that fails raises :class:`SignatureError`; no verified signature at all raises
-    :class:`UnknownKeyError`. Returns the note and its verified signatures.
+    :class:`UnknownKeyError`. Returns the note and its verified signatures: one per key (the
+    first), however many lines that key signed, so a count of them is a count of keys.
     """
     note = parse_note(data)
     _check_note_text(note.text, _STRUCTURE)
     known = {(v.name, v.key_id): v for v in verifiers}
     verified: list[NoteSignature] = []
+    seen: set[tuple[str, int]] = set()
     for sig in note.signatures:
         verifier = known.get((sig.name, sig.key_id))
         if verifier is None:
             continue
+        # signed-note "Signatures": a signature whose name and ID match a known key MUST be
+        # verified, and one that fails rejects the whole note, repeated lines included.
         if not verifier.verify(note.text, sig.signature):
             raise SignatureError(f"invalid signature for key {sig.name}+{sig.key_id:08x}")
-        if sig not in verified:
+        # The tuple of key name and key ID identifies the key: a key that signed twice (two
+        # cosignature/v1 lines with other timestamps are both valid) is one signer, as in Go's
+        # note.Open ("Drop repeated signatures by a single verifier").
+        if (sig.name, sig.key_id) not in seen:
+            seen.add((sig.name, sig.key_id))
             verified.append(sig)
     if not verified:
         present = ", ".join(f"{s.name}+{s.key_id:08x}" for s in note.signatures)

@@ -37,7 +37,7 @@ from confide.errors import (
 )
 from confide.ledger.auditor import atomic_write
 from confide.ledger.checkpoint import Checkpoint, open_checkpoint
-from confide.ledger.merkle import verify_consistency
+from confide.ledger.merkle import EMPTY_ROOT, verify_consistency
 from confide.ledger.note import (
     SIG_TYPE_COSIGNATURE_V1,
     NoteSignature,
@@ -191,11 +191,20 @@ class Witness:
             if known is None:
                 if proof:
                     raise ConsistencyError("the consistency proof must be empty when the old size is 0")
+                # RFC 9162 §2.1.1: a checkpoint of size 0 must have the empty tree's root.
+                verify_consistency(0, new.size, EMPTY_ROOT, new.root, [])
             elif new.size == known.size:
-                if proof or new.root != known.root:
+                # tlog-witness: same size, another root is a 409 (a fork); the same root with a
+                # proof is a consistency proof that does not verify (RFC 9162 §2.1.4: from a
+                # size to itself it is empty), a 422, not a claim of a fork.
+                if new.root != known.root:
                     raise WitnessConflictError(
                         f"a different root for size {new.size} than the one cosigned before: fork",
                         known_size=known_size,
+                    )
+                if proof:
+                    raise ConsistencyError(
+                        f"the consistency proof from size {new.size} to itself must be empty"
                     )
             else:
                 verify_consistency(known.size, new.size, known.root, new.root, proof)

@@ -30,12 +30,13 @@ from confide.ledger.http import (
     WITNESS_RATE,
     LedgerHTTPServer,
     ledger_limits,
+    read_bounded,
     refuse_rate,
     reply,
     request_target,
 )
 from confide.ledger.metrics import METRICS_PATH, LedgerMetrics
-from confide.ledger.note import Note, NoteSignature, NoteVerifier, open_note, parse_note
+from confide.ledger.note import MAX_NOTE_SIZE, Note, NoteSignature, NoteVerifier, open_note, parse_note
 from confide.ledger.store import Ledger
 from confide.ledger.witness import (
     MAX_REQUEST_SIZE,
@@ -239,10 +240,13 @@ def request_cosignatures(
         old = old_size if 0 <= old_size <= checkpoint.size else 0
         for _ in range(3):  # a witness another writer of this origin moves meanwhile: asked again
             proof = ledger.consistency_proof(conn, old, checkpoint.size) if old else []
+            url = witness_url.rstrip("/") + ADD_CHECKPOINT
             try:
-                resp = http.post(witness_url.rstrip("/") + ADD_CHECKPOINT, content=_body(old, proof, bare))
-            except httpx2.HTTPError as exc:
-                raise NetworkError(f"witness {witness_url}: {exc}") from None
+                # A witness answers signature lines, a size or a short error: read no more than a
+                # whole note may be (MAX_NOTE_SIZE, which parse_note refuses past anyway).
+                resp = read_bounded(http, "POST", url, MAX_NOTE_SIZE, content=_body(old, proof, bare))
+            except NetworkError as exc:
+                raise NetworkError(f"witness {witness_url}: {exc.message}") from None
             if resp.status_code == 409 and resp.headers.get("content-type", "").startswith(SIZE_CONTENT_TYPE):
                 text = resp.text.strip()
                 # "the tree size ... in decimal" (tlog-witness "add-checkpoint"): ASCII digits only;
