@@ -66,11 +66,12 @@ def test_an_endless_answer_without_a_length_is_read_no_further_than_the_limit() 
     assert stream.read == LIMIT // 100 + 1  # stopped at the first chunk past the limit
 
 
-def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_read() -> None:
+@pytest.mark.parametrize("declared", [str(10**12), "9" * 5000])
+def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_read(declared: str) -> None:
     stream = _Endless()
     client = _client(
         httpx2.MockTransport(
-            lambda request: httpx2.Response(200, headers={"content-length": str(10**12)}, stream=stream)
+            lambda request: httpx2.Response(200, headers={"content-length": declared}, stream=stream)
         )
     )
     with pytest.raises(ParseError, match="declares"):

@@ -74,8 +74,15 @@ def _fetch(http: httpx2.Client, url: str, method: str, path: str, **kwargs: Any)
     try:
         with http.stream(method, path, **kwargs) as response:
             declared = response.headers.get("content-length", "")
-            if declared.isascii() and declared.isdigit() and int(declared) > MAX_ANSWER:
-                raise errors.ParseError(f"the CAS's answer declares {declared} bytes, more than {MAX_ANSWER}")
+            # Judged on the digits' count first: int() of thousands of digits is a ValueError.
+            if (
+                declared.isascii()
+                and declared.isdigit()
+                and (len(declared) > 18 or int(declared) > MAX_ANSWER)
+            ):
+                raise errors.ParseError(
+                    f"the CAS's answer declares {declared[:20]} bytes, more than {MAX_ANSWER}"
+                )
             chunks: list[bytes] = []
             size = 0
             for chunk in response.iter_bytes():
