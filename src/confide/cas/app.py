@@ -529,7 +529,7 @@ async def _read_body(
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
             # httptools/uvicorn refuse a malformed Content-Length before the app is called.
-            if value.isdigit() and int(value) > MAX_BODY:
+            if value.isdigit() and (len(value) > 18 or int(value) > MAX_BODY):
                 return None, False
             break
     chunks: list[bytes] = []

@@ -1306,7 +1306,7 @@ def _gpu_selection(
     assert gpus is not None
     if gpus == "all":
         return None, None
-    if not (gpus.isascii() and gpus.isdigit()) or not 1 <= int(gpus) <= MAX_GPUS:
+    if not (gpus.isascii() and gpus.isdigit()) or len(gpus) > 6 or not 1 <= int(gpus) <= MAX_GPUS:
         raise UsageError(
             f"--gpus: got {gpus[:20]!r}, expected 'all' or a number from 1 to {MAX_GPUS} (to name "
             "GPUs: --gpu-index)"

@@ -173,7 +173,7 @@ async def _read_bounded(scope: Any, receive: Any, limit: int) -> bytes | None:
     """The request body, at most ``limit`` bytes: ``None`` when its Content-Length says more
     (nothing is read) or more was sent (reading stops there), or the client left."""
     for name, value in scope.get("headers", ()):
-        if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+        if name == b"content-length" and (not value.isdigit() or len(value) > 18 or int(value) > limit):
             return None
     chunks: list[bytes] = []
     size = 0

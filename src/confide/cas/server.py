@@ -343,7 +343,7 @@ class Checkpointer:
 
 def _parse_listen(listen: str, option: str = "--listen", example: str = "127.0.0.1:8443") -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not host or int(port) > 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or len(port) > 5 or not host or int(port) > 65535:
         raise UsageError(f"{option}: got {listen[:80]!r}, expected HOST:PORT (e.g. {example})")
     return host.strip("[]"), int(port)
 

@@ -172,7 +172,7 @@ class SevSnpFactors(_Model):
 
 def _index_checker(limit: int) -> Callable[[str], str]:
     def check(value: str) -> str:
-        if not value.isascii() or not value.isdigit() or int(value) > limit:
+        if not value.isascii() or not value.isdigit() or len(value) > 18 or int(value) > limit:
             raise ValueError(f"got {short(value)}, expected an index 0..{limit}")
         return str(int(value))
 
