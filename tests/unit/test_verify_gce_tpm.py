@@ -506,3 +506,11 @@ def test_a_second_secure_boot_event_before_the_separator_is_refused() -> None:
     log = _log_with(4, data=data, digests=_rehash(data))  # the PK event, now a second SecureBoot
     with pytest.raises(MeasurementError, match="a second SecureBoot event before the separator"):
         _secure_boot_claim(log)
+
+
+def test_secure_boot_needs_pcr7_separator() -> None:
+    # Without PCR 7's separator nothing tells the firmware's events from a boot loader's (the
+    # firmware measures the separator before it starts one): no Secure Boot state is claimed.
+    log = _secure_boot_log(firmware_value=1, extra=[])
+    log = dataclasses.replace(log, events=tuple(e for e in log.events if e.number != 8))
+    assert _secure_boot_claim(log) is None

@@ -24,10 +24,10 @@ Steps (after go-tpm-tools ``server/verify.go`` ``VerifyAttestation``, with confi
    technology (EV_NONHOST_INFO, "GCE NonHostInfo"); and the Secure Boot state from PCR 7's
    verified events before its separator (TCG PFP §3.3.4.8, as go-attestation
    ``ParseSecurebootState``): the firmware's EV_EFI_VARIABLE_DRIVER_CONFIG event of the
-   ``SecureBoot`` variable of EFI_GLOBAL_VARIABLE. An event that looks like a separator but is
-   not a valid one, or one of these events whose digest is not the hash of its data, or a
-   second or malformed ``SecureBoot`` event → :class:`MeasurementError` (the event type itself
-   is not measured). Events after the separator come from code the firmware started, which can
+   ``SecureBoot`` variable of EFI_GLOBAL_VARIABLE (none without PCR 7's separator). An event
+   that looks like a separator but is not a valid one, or one of these events whose digest is
+   not the hash of its data, or a second or malformed ``SecureBoot`` event →
+   :class:`MeasurementError` (the event type itself is not measured). Events after the separator come from code the firmware started, which can
    extend a PCR with any event (an unsigned boot loader writing "SecureBoot = 1"): they say
    nothing of the firmware's state.
 6. The instance the AK belongs to comes from the AK certificate's Google extension
@@ -275,12 +275,14 @@ def _gce_firmware_version(data: bytes) -> int | None:
     return version if version <= 0xFFFFFFFF else None
 
 
-def _pre_separator_events(log: EventLog, pcr: int) -> Iterator[tuple[Event, bool]]:
+def _pre_separator_events(log: EventLog, pcr: int) -> tuple[list[tuple[Event, bool]], bool]:
     """The events of ``pcr`` before its first separator, each with whether its digest is the
-    SHA-256 of its data (TCG PFP §10.4.4: firmware events before EV_SEPARATOR). An event that
-    looks like a separator (by type or by digest, as go-tpm-tools ``checkIfValidSeparator``) but
-    is not a valid one → :class:`MeasurementError`. Only called for a reproduced ``pcr``."""
+    SHA-256 of its data (TCG PFP §10.4.4: firmware events before EV_SEPARATOR), and whether that
+    separator was found. An event that looks like a separator (by type or by digest, as
+    go-tpm-tools ``checkIfValidSeparator``) but is not a valid one → :class:`MeasurementError`.
+    Only called for a reproduced ``pcr``."""
     separators = {hashlib.sha256(d).digest() for d in SEPARATOR_DATA}
+    events: list[tuple[Event, bool]] = []
     for event in log.events:
         if event.mr_index != pcr or event.event_type == EV_NO_ACTION:
             continue
@@ -292,8 +294,9 @@ def _pre_separator_events(log: EventLog, pcr: int) -> Iterator[tuple[Event, bool
                     f"event {event.number} in PCR {pcr} looks like a separator but is not a valid one"
                     " (type EV_SEPARATOR, data 00000000h or FFFFFFFFh, digest of the data)"
                 )
-            return  # nothing after the separator is the firmware's
-        yield event, digest_ok
+            return events, True  # nothing after the separator is the firmware's
+        events.append((event, digest_ok))
+    return events, False
 
 
 def _platform_state(log: EventLog) -> dict[str, ClaimValue]:
@@ -301,7 +304,7 @@ def _platform_state(log: EventLog) -> dict[str, ClaimValue]:
     only called when PCR 0 was reproduced, so every PCR 0 event's digest is in the quote."""
     version_data: bytes | None = None
     nonhost: bytes | None = None
-    for event, digest_ok in _pre_separator_events(log, 0):
+    for event, digest_ok in _pre_separator_events(log, 0)[0]:
         if event.event_type in (EV_S_CRTM_VERSION, EV_NONHOST_INFO):
             if not digest_ok:
                 raise MeasurementError(
@@ -330,9 +333,11 @@ def _platform_state(log: EventLog) -> dict[str, ClaimValue]:
 def _secure_boot(log: EventLog) -> bool | None:
     """The ``SecureBoot`` variable the firmware measured into PCR 7 before its separator (module
     docstring, step 5; TCG PFP §3.3.4.8, UEFI 2.10 §3.3: one byte, 1 = enabled), ``None`` when
-    the log has no such event. Only called when PCR 7 was reproduced."""
+    the log has no such event or no PCR 7 separator (then nothing tells the firmware's events
+    from a boot loader's). Only called when PCR 7 was reproduced."""
     found: bool | None = None
-    for event, digest_ok in _pre_separator_events(log, SECURE_BOOT_PCR):
+    events, separated = _pre_separator_events(log, SECURE_BOOT_PCR)
+    for event, digest_ok in events:
         if event.event_type != EV_EFI_VARIABLE_DRIVER_CONFIG:
             continue
         details = decode_event(event)
@@ -354,7 +359,7 @@ def _secure_boot(log: EventLog) -> bool | None:
         if problem is not None:
             raise MeasurementError(f"event {event.number} (SecureBoot variable) in PCR 7: {problem}")
         found = value == 1
-    return found
+    return found if separated else None
 
 
 def _event_claim(event: Event, verified: bool) -> dict[str, ClaimValue]:
