@@ -27,9 +27,9 @@ Steps (after go-tpm-tools ``server/verify.go`` ``VerifyAttestation``, with confi
    ``SecureBoot`` variable of EFI_GLOBAL_VARIABLE (none without PCR 7's separator). An event
    that looks like a separator but is not a valid one, or one of these events whose digest is
    not the hash of its data, or a second or malformed ``SecureBoot`` event →
-   :class:`MeasurementError` (the event type itself is not measured). Events after the separator come from code the firmware started, which can
-   extend a PCR with any event (an unsigned boot loader writing "SecureBoot = 1"): they say
-   nothing of the firmware's state.
+   :class:`MeasurementError` (the event type itself is not measured). Events after the
+   separator come from code the firmware started, which can extend a PCR with any event (an
+   unsigned boot loader writing "SecureBoot = 1"): they say nothing of the firmware's state.
 6. The instance the AK belongs to comes from the AK certificate's Google extension
    (``confide.evidence.gce_instance``), decoded only after the chain verified; a malformed
    extension → :class:`CertificateChainError`. As in go-tpm-tools ``getInstanceInfoFromExtensions``,

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from confide.errors import BindingError, CertificateChainError, ParseError, SignatureError
 from confide.evidence.nitro import COSE_ALG_ES384, NitroDocument
 from confide.verify._pinned_chain import (
-    extensions,
+    check_signing_end_entity,
     fingerprint,
     load_chain_certificate,
     load_pinned_root,
@@ -67,25 +67,6 @@ def document_time(timestamp_ms: int) -> datetime:
         ) from None
 
 
-def _check_leaf(leaf: x509.Certificate) -> None:
-    """Step 2: the document's signer is an end entity allowed to sign (attestation_process.md
-    §3.2.3.3: "Key usage: digitalSignature bit is present; pathLenConstraint must be undefined
-    since this is a client certificate")."""
-    ext = extensions(leaf)
-    try:
-        if ext.get_extension_for_class(x509.BasicConstraints).value.ca:
-            raise CertificateChainError(
-                f"leaf {subject_cn(leaf)!r} is a CA certificate, expected the enclave's end entity"
-            )
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        if not ext.get_extension_for_class(x509.KeyUsage).value.digital_signature:
-            raise CertificateChainError(f"leaf {subject_cn(leaf)!r}: KeyUsage lacks digitalSignature")
-    except x509.ExtensionNotFound:
-        pass
-
-
 def verify_nitro_document(
     evidence: bytes,
     *,
@@ -108,7 +89,9 @@ def verify_nitro_document(
         )
     chain = [leaf, *reversed(bundle)]
     verify_pinned_chain(chain, pinned, at)
-    _check_leaf(leaf)
+    # attestation_process.md §3.2.3.3: the target certificate has digitalSignature and no
+    # pathLenConstraint ("this is a client certificate").
+    check_signing_end_entity(leaf, "leaf")
     # 3. the document was produced while its leaf was valid
     produced = document_time(doc.timestamp)
     if not leaf.not_valid_before_utc <= produced <= leaf.not_valid_after_utc:
