@@ -111,6 +111,10 @@ _DROP = object()
         ({"module_id": ""}, "module_id"),
         ({"module_id": b"bytes"}, "module_id"),
         ({"digest": "MD5"}, "digest"),
+        # attestation_process.md §3.2.2.2: digest ∈ {"SHA384"}, not any SHA-2
+        ({"digest": "SHA256", "pcrs": {0: bytes(32)}}, "digest"),
+        ({"digest": "SHA512", "pcrs": {0: bytes(64)}}, "digest"),
+        ({"digest": "sha384"}, "digest"),
         ({"timestamp": 0}, "timestamp"),
         ({"timestamp": -5}, "timestamp"),
         ({"timestamp": True}, "timestamp"),

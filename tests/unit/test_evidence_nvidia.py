@@ -184,3 +184,16 @@ def test_rim_hash_count_must_match_alternatives() -> None:
 def test_rim_parser_only_raises_parse_error(data: bytes) -> None:
     with contextlib.suppress(ParseError):
         ReferenceManifest.from_bytes(data)
+
+
+@pytest.mark.parametrize("version", [0x10, 0x12, 0x13])
+def test_only_spdm_1_1_is_read(version: int) -> None:
+    # DSP0274 1.1 is what this parser and the verifier implement: a 1.0 GET_MEASUREMENTS request
+    # has no SlotIDParam (added in 1.1), and from 1.2 on the signature covers the combined SPDM
+    # prefix and the transcript's hash (DSP0274 1.2 §15), not the transcript. Either must be
+    # refused as an unsupported version, not parsed (and its signature checked) as 1.1.
+    bad = bytearray(REPORT)
+    bad[0] = bad[REQUEST_SIZE] = version
+    with pytest.raises(ParseError, match=r"SPDM 1\.1") as info:
+        NvidiaAttestationReport.from_bytes(bytes(bad))
+    assert info.value.field == "SPDMVersion" and info.value.offset == 0

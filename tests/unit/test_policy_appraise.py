@@ -443,10 +443,24 @@ def test_composite_and_single_platform_variants_side_by_side() -> None:
 
 def test_aws_nitro_pcrs() -> None:
     nitro = policy(f"      aws-nitro:\n        pcrs: {{0: {H48['a']}, 8: {H48['b']}}}\n")
-    claims: dict[str, ClaimValue] = {"pcr0": H48["a"], "pcr1": H48["0"], "pcr8": H48["b"]}
+    claims: dict[str, ClaimValue] = {"pcr0": H48["a"], "pcr1": H48["0"], "pcr8": H48["b"], "debug": False}
     assert appraise(evidence(Platform.AWS_NITRO, claims, tcb=None), nitro, "svc", at=AT).accepted
-    result = appraise(evidence(Platform.AWS_NITRO, {"pcr0": H48["0"]}, tcb=None), nitro, "svc", at=AT)
+    result = appraise(
+        evidence(Platform.AWS_NITRO, {"pcr0": H48["0"], "debug": False}, tcb=None), nitro, "svc", at=AT
+    )
     assert fields(result) == ["attestation[0].aws-nitro.pcrs.0", "attestation[0].aws-nitro.pcrs.8"]
+
+
+def test_aws_nitro_needs_a_debug_claim() -> None:
+    # A debug-mode enclave (PCR0..2 zero) needs tolerate: [debug-mode]; evidence that does not say
+    # whether it is one is refused as for every CPU TEE, not taken for a production enclave.
+    nitro = policy(f"      aws-nitro:\n        pcrs: {{0: {H48['a']}}}\n")
+    result = appraise(evidence(Platform.AWS_NITRO, {"pcr0": H48["a"]}, tcb=None), nitro, "svc", at=AT)
+    assert fields(result) == ["claims.debug"] and not result.accepted
+    debug = appraise(
+        evidence(Platform.AWS_NITRO, {"pcr0": H48["a"], "debug": True}, tcb=None), nitro, "svc", at=AT
+    )
+    assert fields(debug) == ["claims.debug"]
 
 
 SIM_POLICY = policy(f"      - sim: {{measurement: {H32['a']}}}\n", "    tolerate: [simulation]\n")

@@ -412,3 +412,105 @@ def test_platform_state_decodes_technology_and_version_strings() -> None:
 def test_gce_firmware_version_strings(text: str, expected: int | None) -> None:
     assert gce_tpm._gce_firmware_version(text.encode("utf-16-le")) == expected
     assert gce_tpm._gce_firmware_version(text.encode("utf-16-le") + b"\x00") is None  # odd length
+
+
+# --- Secure Boot state from PCR 7 (TCG PFP §3.3.4.8; go-attestation ParseSecurebootState) --
+
+EFI_GLOBAL_VARIABLE = bytes.fromhex("61dfe48bca93d211aa0d00e098032b8c")  # 8be4df61-93ca-11d2-...
+SHIM_LOCK_GUID = bytes.fromhex("50ab5d6046e0004386b53a8a2ac8b2e0")  # a vendor GUID, not the global one
+
+
+def _variable_data(guid: bytes, name: str, value: bytes) -> bytes:
+    """A UEFI_VARIABLE_DATA (TCG PFP §10.4.4): GUID, name length, data length, name, data."""
+    encoded = name.encode("utf-16-le")
+    return (
+        guid + (len(encoded) // 2).to_bytes(8, "little") + len(value).to_bytes(8, "little") + encoded + value
+    )
+
+
+def _secure_boot_log(*, firmware_value: int, extra: list[tuple[int, int, bytes]]) -> EventLog:
+    """The real log with the firmware's SecureBoot event (number 3, PCR 7, before the separator)
+    set to ``firmware_value`` and ``extra`` (PCR, event type, data) events appended, every digest
+    the hash of its data: a log some TPM would reproduce."""
+    data = _variable_data(EFI_GLOBAL_VARIABLE, "SecureBoot", bytes([firmware_value]))
+    log = _log_with(3, data=data, digests=_rehash(data))
+    events = list(log.events)
+    for pcr, event_type, data in extra:
+        last = events[-1]
+        events.append(
+            dataclasses.replace(
+                last,
+                number=last.number + 1,
+                mr_index=pcr,
+                event_type=event_type,
+                data=data,
+                digests=_rehash(data),
+            )
+        )
+    return dataclasses.replace(log, events=tuple(events))
+
+
+def _secure_boot_claim(log: EventLog) -> object:
+    summary, _ = gce_tpm._replay_claims(log, replay_pcrs(log))  # PCRs the log reproduces
+    return summary["secure_boot"]
+
+
+EV_EFI_VARIABLE_DRIVER_CONFIG = 0x80000001
+EV_EFI_VARIABLE_AUTHORITY = 0x800000E0
+
+
+@pytest.mark.parametrize(
+    ("pcr", "event_type", "guid"),
+    [
+        (7, EV_EFI_VARIABLE_DRIVER_CONFIG, EFI_GLOBAL_VARIABLE),  # after PCR 7's separator
+        (7, EV_EFI_VARIABLE_DRIVER_CONFIG, SHIM_LOCK_GUID),
+        (7, EV_EFI_VARIABLE_AUTHORITY, EFI_GLOBAL_VARIABLE),
+        (14, EV_EFI_VARIABLE_DRIVER_CONFIG, EFI_GLOBAL_VARIABLE),  # another PCR (not quoted: 0..9)
+        (8, EV_EFI_VARIABLE_DRIVER_CONFIG, EFI_GLOBAL_VARIABLE),
+    ],
+    ids=["after-separator", "vendor-guid", "authority-event", "unquoted-pcr", "pcr8"],
+)
+def test_secure_boot_comes_from_the_firmware_event_before_pcr7_separator(
+    pcr: int, event_type: int, guid: bytes
+) -> None:
+    # Code that runs after the firmware (secure boot off: anything) can extend a PCR with an
+    # event that says "SecureBoot = 1": the replay still matches, the claim must not change.
+    forged = _variable_data(guid, "SecureBoot", b"\x01")
+    log = _secure_boot_log(firmware_value=0, extra=[(pcr, event_type, forged)])
+    if pcr not in range(10):
+        with pytest.raises(MeasurementError, match=f"extends PCR {pcr}"):
+            gce_tpm._replay_claims(log, {i: v for i, v in replay_pcrs(log).items() if i < 10})
+        return
+    assert _secure_boot_claim(log) is False
+
+
+def test_secure_boot_from_the_firmware_event() -> None:
+    assert _secure_boot_claim(_secure_boot_log(firmware_value=1, extra=[])) is True
+    assert _secure_boot_claim(_secure_boot_log(firmware_value=0, extra=[])) is False
+    # A SecureBoot value that is not one byte is malformed, not "off"
+    data = _variable_data(EFI_GLOBAL_VARIABLE, "SecureBoot", b"\x01\x00")
+    log = _log_with(3, data=data, digests=_rehash(data))
+    with pytest.raises(MeasurementError, match="SecureBoot"):
+        _secure_boot_claim(log)
+    # Its data altered (the digest, which the quote covers, unchanged): refused
+    real = _log_with(3)
+    event = real.events[2]
+    altered = event.data[:-1] + b"\x00"
+    log = _log_with(3, data=altered)
+    with pytest.raises(MeasurementError, match="SecureBoot"):
+        gce_tpm._replay_claims(log, replay_pcrs(real))
+
+
+def test_a_second_secure_boot_event_before_the_separator_is_refused() -> None:
+    data = _variable_data(EFI_GLOBAL_VARIABLE, "SecureBoot", b"\x01")
+    log = _log_with(4, data=data, digests=_rehash(data))  # the PK event, now a second SecureBoot
+    with pytest.raises(MeasurementError, match="a second SecureBoot event before the separator"):
+        _secure_boot_claim(log)
+
+
+def test_secure_boot_needs_pcr7_separator() -> None:
+    # Without PCR 7's separator nothing tells the firmware's events from a boot loader's (the
+    # firmware measures the separator before it starts one): no Secure Boot state is claimed.
+    log = _secure_boot_log(firmware_value=1, extra=[])
+    log = dataclasses.replace(log, events=tuple(e for e in log.events if e.number != 8))
+    assert _secure_boot_claim(log) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import cbor2
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from confide.errors import BindingError, CertificateChainError, ParseError, SignatureError
@@ -19,6 +21,7 @@ from confide.verify.nitro import AWS_NITRO_ROOT_SHA256, aws_nitro_root, document
 from confide.verify.result import Platform
 from malformed_x509 import bad_name_tag, bad_version, bitstring_cn
 from nitro_forge import Issuer, forge_document, make_ca, make_pki
+from pki import issue, key_usage
 
 ASSETS = Path(__file__).parent.parent / "assets" / "nitro"
 EXAMPLE = base64.b64decode((ASSETS / "example_attestation.b64").read_bytes())
@@ -205,3 +208,29 @@ def test_malformed_bundle_certificate_is_a_chain_error(edit: Callable[[bytes], b
         verify_nitro_document(
             _rebuild(EXAMPLE, cabundle=[bundle[0], edit(bundle[1]), *bundle[2:]]), at=EXAMPLE_AT
         )
+
+
+@pytest.mark.parametrize(
+    ("ca", "usage", "match"),
+    [
+        (True, None, "is a CA certificate"),
+        (None, key_usage(cert_sign=True, digital_signature=False), "digitalSignature"),
+    ],
+    ids=["ca-leaf", "no-digital-signature"],
+)
+def test_leaf_must_be_a_signing_end_entity(ca: bool | None, usage: x509.KeyUsage | None, match: str) -> None:
+    # attestation_process.md §3.2.3.3: the target certificate has the digitalSignature key usage
+    # and no pathLenConstraint (an end entity, RFC 5280 §4.2.1.9), whatever its issuer signed.
+    now = datetime(2025, 6, 1, tzinfo=UTC)
+    pki = make_pki(now)
+    key = ec.generate_private_key(ec.SECP384R1())
+    leaf = issue(
+        "Test enclave", key.public_key(), issuer=pki.ica[0].subject, signing_key=pki.ica[1],
+        not_before=now - timedelta(hours=1), not_after=now + timedelta(hours=3), ca=ca, usage=usage,
+    )  # fmt: skip
+    bad = dataclasses.replace(pki, leaf=(leaf, key))
+    doc = forge_document(bad, certificate=leaf.public_bytes(Encoding.DER))
+    with pytest.raises(CertificateChainError, match=match):
+        verify_nitro_document(doc, at=now, root=pki.root_cert)
+    # the same PKI with the usual leaf verifies
+    verify_nitro_document(forge_document(pki), at=now, root=pki.root_cert)

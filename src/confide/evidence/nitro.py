@@ -50,8 +50,10 @@ COSE_HEADER_ALG = 1  # RFC 9052 §3.1
 COSE_HEADER_CRIT = 2
 COSE_ALG_ES384 = -35  # RFC 9053 §2.1
 COSE_ARRAY_LENGTH = 4
-# AWS attestation_process.md §3.2.2.1 "Syntactical validation".
-DIGEST_SIZES = {"SHA256": 32, "SHA384": 48, "SHA512": 64}
+# AWS attestation_process.md §3.2.2.2 "Check content": ``digest`` ∈ {"SHA384"} (the NSM's PCR
+# bank is SHA-384, so every PCR value is 48 bytes; §3.2.2.2 lists 32/48/64 for PCR lengths in
+# general, but with SHA384 the only length a PCR of that bank has is 48).
+DIGEST_SIZES = {"SHA384": 48}
 MAX_PCRS = 32
 MAX_CERT_SIZE = 1024
 MAX_PUBLIC_KEY_SIZE = 1024

@@ -37,8 +37,11 @@ __all__ = [
     "parse_opaque_data",
 ]
 
-# DSP0274 §10.1 Table 4: SPDMVersion byte (major << 4 | minor). H100 speaks 1.1.
-SPDM_VERSIONS = frozenset({0x10, 0x11, 0x12})
+# DSP0274 §10.1 Table 4: SPDMVersion byte (major << 4 | minor). H100 speaks 1.1, the only version
+# read: a 1.0 GET_MEASUREMENTS request has no SlotIDParam (added in 1.1, Table 40), and from 1.2
+# on the signature is over the combined SPDM prefix and the hash of the transcript (DSP0274 1.2
+# §15 "Signature generation"), not over the transcript as verified here.
+SPDM_VERSION_1_1 = 0x11
 # DSP0274 Table 4 (request/response codes).
 GET_MEASUREMENTS_CODE = 0xE0
 MEASUREMENTS_CODE = 0x60
@@ -131,8 +134,12 @@ def _read_spdm_header(r: Reader, expected_code: int, name: str) -> tuple[int, in
     """The generic SPDM message header (DSP0274, "Generic SPDM message format"): version,
     request/response code, Param1, Param2."""
     version = r.u8("SPDMVersion")
-    if version not in SPDM_VERSIONS:
-        raise r.error(f"got {version:#04x}, expected one of 0x10, 0x11, 0x12", "SPDMVersion", r.pos - 1)
+    if version != SPDM_VERSION_1_1:
+        raise r.error(
+            f"got {version:#04x}, expected {SPDM_VERSION_1_1:#04x} (SPDM 1.1, the version read)",
+            "SPDMVersion",
+            r.pos - 1,
+        )
     code = r.u8("RequestResponseCode")
     if code != expected_code:
         raise r.error(
@@ -281,13 +288,7 @@ class NvidiaAttestationReport:
         request = MeasurementsRequest.read(r)
         if not request.signature_requested:
             raise r.error("the request did not ask for a signature (Param1 bit 0 clear)", "Param1", 2)
-        response = MeasurementsResponse.read(r)
-        if response.version != request.version:
-            raise r.error(
-                f"response SPDM version {response.version:#04x} differs from the request's"
-                f" {request.version:#04x}",
-                "SPDMVersion",
-            )
+        response = MeasurementsResponse.read(r)  # the same SPDM version as the request (1.1)
         if r.remaining != signature_size:
             raise r.error(
                 f"got {r.remaining} bytes after the opaque data, expected a {signature_size}-byte signature",

@@ -91,9 +91,12 @@ _DEBUG_CLAIM_PLATFORMS = frozenset(
         Platform.SEV_SNP,
         Platform.AZURE_SNP_VTPM,
         Platform.AZURE_TDX_VTPM,
+        Platform.AWS_NITRO,
         Platform.SIMULATED,
     }
 )
+"""Platforms whose verifier always states ``debug``: evidence of them without the claim is refused
+(never taken for production); NVIDIA GPU reports have no debug mode to state."""
 _TCB_PLATFORMS = frozenset({Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM})
 """Intel DCAP evidence: a TCB status and TCB evaluation data numbers are required."""
 _MISSING = object()

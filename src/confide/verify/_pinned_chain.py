@@ -31,6 +31,7 @@ from confide.verify.x509util import (
 )
 
 __all__ = [
+    "check_signing_end_entity",
     "extensions",
     "fingerprint",
     "load_chain_certificate",
@@ -60,6 +61,25 @@ def extensions(cert: x509.Certificate) -> x509.Extensions:
         return cert.extensions
     except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
         raise CertificateChainError(f"certificate {subject_cn(cert)!r}: malformed extension: {exc}") from None
+
+
+def check_signing_end_entity(cert: x509.Certificate, what: str) -> None:
+    """``cert`` signs data, not certificates: not a CA (BasicConstraints cA false or absent, RFC
+    5280 §4.2.1.9) and, with a KeyUsage extension, ``digitalSignature`` (§4.2.1.3).
+    :class:`CertificateChainError` naming ``what`` otherwise."""
+    ext = extensions(cert)
+    try:
+        if ext.get_extension_for_class(x509.BasicConstraints).value.ca:
+            raise CertificateChainError(
+                f"{what} {subject_cn(cert)!r} is a CA certificate, expected an end entity"
+            )
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        if not ext.get_extension_for_class(x509.KeyUsage).value.digital_signature:
+            raise CertificateChainError(f"{what} {subject_cn(cert)!r}: KeyUsage lacks digitalSignature")
+    except x509.ExtensionNotFound:
+        pass
 
 
 def load_chain_certificate(der: bytes, what: str) -> x509.Certificate:

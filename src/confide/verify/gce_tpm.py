@@ -21,9 +21,15 @@ Steps (after go-tpm-tools ``server/verify.go`` ``VerifyAttestation``, with confi
    → :class:`MeasurementError`. Only events of reproduced PCRs are reported as verified.
 5. The platform state from PCR 0's verified events before its separator, as go-tpm-tools
    ``getPlatformState``: the GCE firmware version (EV_S_CRTM_VERSION) and the confidential
-   technology (EV_NONHOST_INFO, "GCE NonHostInfo"). An event that looks like a separator but is
-   not a valid one, or one of these events whose digest is not the hash of its data →
-   :class:`MeasurementError` (the event type itself is not measured).
+   technology (EV_NONHOST_INFO, "GCE NonHostInfo"); and the Secure Boot state from PCR 7's
+   verified events before its separator (TCG PFP §3.3.4.8, as go-attestation
+   ``ParseSecurebootState``): the firmware's EV_EFI_VARIABLE_DRIVER_CONFIG event of the
+   ``SecureBoot`` variable of EFI_GLOBAL_VARIABLE (none without PCR 7's separator). An event
+   that looks like a separator but is not a valid one, or one of these events whose digest is
+   not the hash of its data, or a second or malformed ``SecureBoot`` event →
+   :class:`MeasurementError` (the event type itself is not measured). Events after the
+   separator come from code the firmware started, which can extend a PCR with any event (an
+   unsigned boot loader writing "SecureBoot = 1"): they say nothing of the firmware's state.
 6. The instance the AK belongs to comes from the AK certificate's Google extension
    (``confide.evidence.gce_instance``), decoded only after the chain verified; a malformed
    extension → :class:`CertificateChainError`. As in go-tpm-tools ``getInstanceInfoFromExtensions``,
@@ -91,6 +97,10 @@ TPM_RH_ENDORSEMENT = 0x4000000B
 EV_SEPARATOR = 0x4  # TCG PFP §10.4.1, event types
 EV_S_CRTM_VERSION = 0x8
 EV_NONHOST_INFO = 0x11
+EV_EFI_VARIABLE_DRIVER_CONFIG = 0x80000001
+SECURE_BOOT_PCR = 7  # TCG PFP §3.3.4.8: PCR[7], Secure Boot policy measurements
+EFI_GLOBAL_VARIABLE = "8be4df61-93ca-11d2-aa0d-00e098032b8c"  # UEFI 2.10 §3.3
+SECURE_BOOT_VARIABLE = "SecureBoot"
 SEPARATOR_DATA = (bytes(4), b"\xff" * 4)  # TCG PFP §10.4.4: 00000000h, or FFFFFFFFh on errors
 # "GCE Virtual Firmware v" in little-endian UCS-2, then the version digits and a NUL
 # (go-tpm-tools server/policy_constants.go, GceVirtualFirmwarePrefix).
@@ -265,24 +275,36 @@ def _gce_firmware_version(data: bytes) -> int | None:
     return version if version <= 0xFFFFFFFF else None
 
 
-def _platform_state(log: EventLog) -> dict[str, ClaimValue]:
-    """Firmware version and confidential technology from PCR 0 (module docstring, step 5);
-    only called when PCR 0 was reproduced, so every PCR 0 event's digest is in the quote."""
+def _pre_separator_events(log: EventLog, pcr: int) -> tuple[list[tuple[Event, bool]], bool]:
+    """The events of ``pcr`` before its first separator, each with whether its digest is the
+    SHA-256 of its data (TCG PFP §10.4.4: firmware events before EV_SEPARATOR), and whether that
+    separator was found. An event that looks like a separator (by type or by digest, as
+    go-tpm-tools ``checkIfValidSeparator``) but is not a valid one → :class:`MeasurementError`.
+    Only called for a reproduced ``pcr``."""
     separators = {hashlib.sha256(d).digest() for d in SEPARATOR_DATA}
-    version_data: bytes | None = None
-    nonhost: bytes | None = None
+    events: list[tuple[Event, bool]] = []
     for event in log.events:
-        if event.mr_index != 0 or event.event_type == EV_NO_ACTION:
+        if event.mr_index != pcr or event.event_type == EV_NO_ACTION:
             continue
         digest = event.digest(REPLAY_BANK)
         digest_ok = digest is not None and hmac.compare_digest(hashlib.sha256(event.data).digest(), digest)
         if event.event_type == EV_SEPARATOR or digest in separators:
             if event.event_type != EV_SEPARATOR or not digest_ok or event.data not in SEPARATOR_DATA:
                 raise MeasurementError(
-                    f"event {event.number} in PCR 0 looks like a separator but is not a valid one"
+                    f"event {event.number} in PCR {pcr} looks like a separator but is not a valid one"
                     " (type EV_SEPARATOR, data 00000000h or FFFFFFFFh, digest of the data)"
                 )
-            break  # nothing after the separator is trusted
+            return events, True  # nothing after the separator is the firmware's
+        events.append((event, digest_ok))
+    return events, False
+
+
+def _platform_state(log: EventLog) -> dict[str, ClaimValue]:
+    """Firmware version and confidential technology from PCR 0 (module docstring, step 5);
+    only called when PCR 0 was reproduced, so every PCR 0 event's digest is in the quote."""
+    version_data: bytes | None = None
+    nonhost: bytes | None = None
+    for event, digest_ok in _pre_separator_events(log, 0)[0]:
         if event.event_type in (EV_S_CRTM_VERSION, EV_NONHOST_INFO):
             if not digest_ok:
                 raise MeasurementError(
@@ -306,6 +328,38 @@ def _platform_state(log: EventLog) -> dict[str, ClaimValue]:
         "scrtm_version_id": None if version is not None or version_data is None else version_data.hex(),
         "confidential_technology": technology,
     }
+
+
+def _secure_boot(log: EventLog) -> bool | None:
+    """The ``SecureBoot`` variable the firmware measured into PCR 7 before its separator (module
+    docstring, step 5; TCG PFP §3.3.4.8, UEFI 2.10 §3.3: one byte, 1 = enabled), ``None`` when
+    the log has no such event or no PCR 7 separator (then nothing tells the firmware's events
+    from a boot loader's). Only called when PCR 7 was reproduced."""
+    found: bool | None = None
+    events, separated = _pre_separator_events(log, SECURE_BOOT_PCR)
+    for event, digest_ok in events:
+        if event.event_type != EV_EFI_VARIABLE_DRIVER_CONFIG:
+            continue
+        details = decode_event(event)
+        if (
+            details.get("variable_guid") != EFI_GLOBAL_VARIABLE
+            or details.get("variable_name") != SECURE_BOOT_VARIABLE
+        ):
+            continue
+        value = details.get("value")  # set by the decoder for a one-byte value only
+        problem = (
+            "its digest is not the SHA-256 of its data"
+            if not digest_ok
+            else "a second SecureBoot event before the separator"
+            if found is not None
+            else "its value is not one byte"
+            if not isinstance(value, int)
+            else None
+        )
+        if problem is not None:
+            raise MeasurementError(f"event {event.number} (SecureBoot variable) in PCR 7: {problem}")
+        found = value == 1
+    return found if separated else None
 
 
 def _event_claim(event: Event, verified: bool) -> dict[str, ClaimValue]:
@@ -341,28 +395,17 @@ def _replay_claims(
                 f"PCR {index} replayed from the event log: got {replayed[index].hex()},"
                 f" expected the quoted {quoted[index].hex()}"
             )
-    events: list[ClaimValue] = []
-    secure_boot: ClaimValue = None
-    for event in log.events:
-        verified = event.event_type != EV_NO_ACTION and event.mr_index in replayed
-        claim = _event_claim(event, verified)
-        details = claim["details"]
-        if (
-            verified
-            and claim["digest_matches_event"]
-            and isinstance(details, dict)
-            and details.get("variable_name") == "SecureBoot"
-            and "value" in details
-        ):
-            secure_boot = details["value"] == 1
-        events.append(claim)
+    events: list[ClaimValue] = [
+        _event_claim(event, event.event_type != EV_NO_ACTION and event.mr_index in replayed)
+        for event in log.events
+    ]
     summary: dict[str, ClaimValue] = {
         "bank": "sha256",
         "platform": _platform_state(log) if 0 in replayed else None,
         "reproduced_pcrs": list[ClaimValue](sorted(replayed)),
         "not_in_log": list[ClaimValue](sorted(set(quoted) - set(replayed))),
         "event_count": len(log.events),
-        "secure_boot": secure_boot,
+        "secure_boot": _secure_boot(log) if SECURE_BOOT_PCR in replayed else None,
     }
     return summary, events
 

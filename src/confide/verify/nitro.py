@@ -7,6 +7,8 @@ trust"; RFC 9052 §4.4):
 2. ``cabundle[0]`` must be the pinned AWS Nitro Enclaves root (G1, SHA-256
    ``641a0321…79bb5b``); the chain root → ``cabundle[1..]`` → ``certificate`` is checked link by
    link at ``at`` (names, signatures, dates, BasicConstraints, path length, keyCertSign).
+   The leaf (``certificate``) must be a signing end entity (§3.2.3.3): not a CA (BasicConstraints
+   cA false or absent, RFC 5280 §4.2.1.9) and, with a KeyUsage extension, ``digitalSignature``.
 3. The document's own timestamp must fall within the leaf certificate's validity.
 4. The protected header must name ES384 (-35); the signature (r ‖ s, 48 + 48 bytes) over the
    ``Sig_structure`` ``["Signature1", protected, b"", payload]`` must verify with the leaf key
@@ -32,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from confide.errors import BindingError, CertificateChainError, ParseError, SignatureError
 from confide.evidence.nitro import COSE_ALG_ES384, NitroDocument
 from confide.verify._pinned_chain import (
+    check_signing_end_entity,
     fingerprint,
     load_chain_certificate,
     load_pinned_root,
@@ -86,6 +89,9 @@ def verify_nitro_document(
         )
     chain = [leaf, *reversed(bundle)]
     verify_pinned_chain(chain, pinned, at)
+    # attestation_process.md §3.2.3.3: the target certificate has digitalSignature and no
+    # pathLenConstraint ("this is a client certificate").
+    check_signing_end_entity(leaf, "leaf")
     # 3. the document was produced while its leaf was valid
     produced = document_time(doc.timestamp)
     if not leaf.not_valid_before_utc <= produced <= leaf.not_valid_after_utc:

@@ -62,7 +62,7 @@ from confide.errors import CertificateChainError, ParseError, SignatureError
 from confide.evidence.nvidia_rim import ReferenceManifest
 from confide.lru import Lru
 from confide.verify._pinned_chain import (
-    extensions,
+    check_signing_end_entity,
     fingerprint,
     load_pinned_root,
     subject_cn,
@@ -262,19 +262,7 @@ def _order(certs: Sequence[x509.Certificate], root: x509.Certificate) -> list[x5
 
 
 def _check_signer(leaf: x509.Certificate) -> None:
-    ext = extensions(leaf)
-    try:
-        if ext.get_extension_for_class(x509.BasicConstraints).value.ca:
-            raise CertificateChainError(
-                f"RIM signer {subject_cn(leaf)!r} is a CA certificate, expected an end entity"
-            )
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        if not ext.get_extension_for_class(x509.KeyUsage).value.digital_signature:
-            raise CertificateChainError(f"RIM signer {subject_cn(leaf)!r}: KeyUsage lacks digitalSignature")
-    except x509.ExtensionNotFound:
-        pass
+    check_signing_end_entity(leaf, "RIM signer")
     if not isinstance(leaf.public_key(), (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
         raise CertificateChainError(
             f"RIM signer {subject_cn(leaf)!r}: got an unsupported key, expected EC or RSA"
