@@ -68,7 +68,8 @@ KEY_ID_SIZE = 16
 _KEY_ID_INFO = b"confide-cas-master/v1 master-key-id"
 _NONCE = 12
 _ASCII = string.ascii_letters + string.digits
-_DEFAULT_SIZE = {SecretKind.ASCII: 32, SecretKind.BINARY: 32}
+_DEFAULT_SIZE = {SecretKind.ASCII: 20, SecretKind.BINARY: 20}
+"""SCONE v0.3 "ascii", "binary": "size ... Optional. Default value: 20" (characters, bytes)."""
 _DEFAULT_VALID = timedelta(days=365)
 CERTIFICATE_KINDS = frozenset({SecretKind.X509.value, SecretKind.X509_CA.value})
 CRL_PATH = "/v1/crl/"
@@ -478,7 +479,7 @@ def _certificate(
 ) -> tuple[bytes, tuple[bytes, ...]]:
     key = _load_private(key_der) if key_der is not None else None
     subject_key = key.public_key() if key is not None else public_key
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spec.common_name or spec.name)])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spec.subject_common_name)])
     chain: tuple[bytes, ...] = ()
     if issuer is None:
         if key is None:
@@ -791,8 +792,16 @@ def render(value: SecretValue, encoding: Encoding) -> bytes:
             return _pem(_need_cert(value), "CERTIFICATE")
         case Encoding.CERT_DER:
             return _need_cert(value)
-        case Encoding.CHAIN_PEM | Encoding.LEGACY_CHAIN_PEM:
-            return b"".join(_pem(c, "CERTIFICATE") for c in (_need_cert(value), *value.chain))
+        case Encoding.CHAIN_PEM:
+            # SCONE v0.3 "x509 and x509-ca": the issuers, from the first intermediate to the root;
+            # "the certificate itself is not included" (``crt`` followed by ``chain`` is the full
+            # chain). Empty for a self-signed certificate.
+            _need_cert(value)
+            return b"".join(_pem(c, "CERTIFICATE") for c in value.chain)
+        case Encoding.LEGACY_CHAIN_PEM:
+            # SCONE's deprecated ``.chain``: the "reverse" chain, root first, then the
+            # intermediates, and the certificate itself last (included).
+            return b"".join(_pem(c, "CERTIFICATE") for c in (*reversed(value.chain), _need_cert(value)))
         case Encoding.CRL_PEM | Encoding.CRL_DER:
             # The CAS renders a CA's CRL itself (confide.cas.core, docs/cas.md "Revocation"): it is
             # not part of the value, so a template rendered at start cannot have it.

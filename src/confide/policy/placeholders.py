@@ -26,7 +26,9 @@ x509, x509-ca  ``crt:der``                                      CERT_DER (binary
 x509, x509-ca  ``privatekey``, ``privatekey:pem``,              PEM_PKCS8
                ``privatekey:pkcs8:pem`` (``.key``)
 x509, x509-ca  ``privatekey:der``, ``privatekey:pkcs8:der``     DER_PKCS8 (binary)
-x509, x509-ca  ``chain``                                        CHAIN_PEM (issuers, leaf first)
+x509, x509-ca  ``chain``                                        CHAIN_PEM (the issuers only:
+                                                                first intermediate to root,
+                                                                without the certificate)
 x509, x509-ca  ``.chain`` (deprecated)                          LEGACY_CHAIN_PEM (root first,
                                                                 certificate itself last)
 x509-ca        ``crl``, ``crl:pem`` (confide)                   CRL_PEM (the CA's current CRL)
