@@ -546,8 +546,11 @@ def _certificate(
     if is_ca:
         builder = builder.add_extension(ca_key_usage(spec), critical=True)
     else:
-        names: list[x509.GeneralName] = [x509.DNSName(d) for d in (spec.dns or ())]
-        for entry in spec.san or ():
+        # RFC 5280 §4.2.1.6: an IP address is an iPAddress (its 4 or 16 octets), never a
+        # dNSName, which no client matches against an address (RFC 6125 §6.2.1): so also an
+        # address written under dns (it passes as a name of digit labels).
+        names: list[x509.GeneralName] = []
+        for entry in (*(spec.dns or ()), *(spec.san or ())):
             try:
                 names.append(x509.IPAddress(ipaddress.ip_address(entry)))
             except ValueError:

@@ -27,6 +27,7 @@ from pydantic import (
     Field,
     StrictInt,
     StrictStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -436,8 +437,9 @@ class Policy(_Model):
     security: Security = Security()
 
     @model_validator(mode="after")
-    def _references(self) -> Policy:
-        problems = list(_reference_problems(self))
+    def _references(self, info: ValidationInfo) -> Policy:
+        stored = bool(isinstance(info.context, dict) and info.context.get("stored"))
+        problems = list(_reference_problems(self, stored=stored))
         if problems:
             raise policy_error(problems)
         return self
@@ -497,8 +499,11 @@ def _placeholder_problems(
             yield Problem(path, f"{p}: {why}")
 
 
-def _reference_problems(policy: Policy) -> Iterator[Problem]:
-    """Cross-references: names unique and defined, placeholders valid, issuers and keys right."""
+def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Problem]:
+    """Cross-references: names unique and defined, placeholders valid, issuers and keys right.
+    ``stored``: a version the CAS stored before (:func:`confide.policy.loader.loads_policy`):
+    the checks added after versions could pass without them are left out, so such a version
+    still loads (and can be updated); what they refuse is refused at release instead."""
     yield from _duplicates("services", [s.name for s in policy.services])
     yield from _duplicates("secrets", [s.name for s in policy.secrets])
     yield from _duplicates("volumes", [v.name for v in policy.volumes])
@@ -515,6 +520,8 @@ def _reference_problems(policy: Policy) -> Iterator[Problem]:
                     "got a private-key format for a certificate given as an explicit value without"
                     " private_key, expected a certificate format (or name the key with private_key)"
                 )
+        if stored:
+            continue
         if s.issue_to_runtime:
             # The runtime's own key never leaves the TEE: confide run writes it as PEM only.
             refused[s.name, ph.Encoding.DER_PKCS8] = (

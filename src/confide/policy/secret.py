@@ -151,25 +151,14 @@ def _dns_name(value: str) -> str:
     labels = value[2:].split(".") if value.startswith("*.") else value.split(".")
     if len(value) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
         raise ValueError(f"got {short(value)}, expected a DNS name (optionally starting with '*.')")
-    if labels[-1].isdigit():
-        # An IPv4 literal (or a name whose last label is all digits, which RFC 1123 §2.1 rules
-        # out for host names) would go into a dNSName, which no client matches against an IP
-        # address (RFC 6125 §6.2.1 / RFC 9525 §6.2): IP addresses belong in san, as iPAddress.
-        raise ValueError(
-            f"got {short(value)}, expected a DNS name (an IP address goes into san, as an iPAddress)"
-        )
     return value
 
 
 def _san(value: str) -> str:
     try:
-        address = ipaddress.ip_address(value)
+        ipaddress.ip_address(value)
     except ValueError:
         return _dns_name(value)
-    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
-        # RFC 5280 §4.2.1.6: an iPAddress is the 4 or 16 octets of the address; a zone (RFC 4007
-        # §11) has no place in it and would be silently dropped.
-        raise ValueError(f"got {short(value)}, expected an IP address without a zone (%...)")
     return value
 
 
@@ -399,10 +388,9 @@ class Secret(_Model):
             raise ValueError("got dns/san with endpoint client, expected them only for server certificates")
         if self.value is None and len(self.subject_common_name) > MAX_COMMON_NAME:
             # RFC 5280 Appendix A.1: ub-common-name 64; without this the CAS could not issue it.
-            source = "the first dns name" if self.common_name is None and self.dns else "the name"
             raise ValueError(
-                f"got {source} of {len(self.subject_common_name)} characters as the certificate's"
-                f" common name, expected at most {MAX_COMMON_NAME} (or a shorter common_name)"
+                f"got the name of {len(self.subject_common_name)} characters as the certificate's"
+                f" common name, expected at most {MAX_COMMON_NAME} (or a common_name, or a dns name)"
             )
 
     _check_x509_ca = _check_x509
@@ -410,8 +398,14 @@ class Secret(_Model):
     @property
     def subject_common_name(self) -> str:
         """The commonName of a generated certificate's subject (SCONE v0.3 "x509 and x509-ca"):
-        ``common_name``, else the first ``dns`` name, else the secret's ``name``."""
-        return self.common_name or (self.dns[0] if self.dns else self.name)
+        ``common_name``, else the first ``dns`` name, else the secret's ``name``. A first ``dns``
+        name longer than a commonName may be (RFC 5280 ``ub-common-name``, 64) is passed over for
+        the ``name``: it is in the subjectAltName, where a DNS name is matched (RFC 6125 §6.4.4)."""
+        if self.common_name is not None:
+            return self.common_name
+        if self.dns and len(self.dns[0]) <= MAX_COMMON_NAME:
+            return self.dns[0]
+        return self.name
 
     @property
     def ocsp_signer(self) -> OcspSigner | None:
