@@ -250,3 +250,21 @@ def test_a_crl_of_an_explicit_ca_is_refused_at_load(fmt: str) -> None:
         loads_policy(_policy(secrets, f"$$SCONE::ext:{fmt}$$"))
     # a version stored before the check still loads (the CAS refuses its release: test_cas_crl)
     loads_policy(_policy(secrets, f"$$SCONE::ext:{fmt}$$"), stored=True)
+
+
+def test_an_explicit_public_key_renders_as_spki_whatever_pem_it_was_given_in() -> None:
+    """``public-key`` ``pem`` is a PEM SubjectPublicKeyInfo (``BEGIN PUBLIC KEY``), ``der`` its
+    DER: a value given as a PKCS#1 ``RSA PUBLIC KEY``, or with text around the PEM block, is
+    released as that SPKI, not verbatim."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(65537, 2048).public_key()
+    spki_der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    spki_pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pkcs1 = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1).decode()
+    for given in (pkcs1, "comment line\n" + spki_pem.decode()):
+        block = "\n".join("      " + line for line in given.strip().splitlines())
+        policy = loads_policy(_policy(f"  - name: pub\n    kind: public-key\n    value: |\n{block}\n"))
+        value = _generate_all(policy)["pub"]
+        assert render(value, Encoding.PEM_SPKI) == spki_pem
+        assert render(value, Encoding.DER_SPKI) == spki_der

@@ -607,7 +607,13 @@ def generate(
             return SecretValue(str(kind), _private_key(spec.key_type))
         case SecretKind.PUBLIC_KEY:
             if spec.value is not None:
-                return SecretValue(str(kind), spec.value.encode())
+                # Held as the PEM SubjectPublicKeyInfo its formats give (``pem``; ``der`` its DER),
+                # whatever PEM it was given in (a PKCS#1 "RSA PUBLIC KEY", text around the block).
+                given = serialization.load_pem_public_key(spec.value.encode())
+                spki_pem: bytes = given.public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+                return SecretValue(str(kind), spki_pem)
             if spec.private_key is None or spec.private_key not in resolved:
                 raise PolicyError(
                     f"secret {spec.name}: private_key {spec.private_key!r} is not a generated key"
