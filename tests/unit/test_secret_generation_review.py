@@ -268,3 +268,37 @@ def test_an_explicit_public_key_renders_as_spki_whatever_pem_it_was_given_in() -
         value = _generate_all(policy)["pub"]
         assert render(value, Encoding.PEM_SPKI) == spki_pem
         assert render(value, Encoding.DER_SPKI) == spki_der
+
+
+@pytest.mark.parametrize(("kind", "encoding"), [("ascii", Encoding.TEXT), ("binary", Encoding.BINARY)])
+def test_a_value_holding_the_runtime_key_marker_is_never_rendered(kind: str, encoding: Encoding) -> None:
+    """``confide run`` replaces the runtime-key marker with the runtime's own private key
+    wherever it appears in what the CAS released. A value holding the marker (an ascii secret
+    exported by another stakeholder, say, that the importer's program sends back to them) would
+    have the runtime's key put in its place: such a value is refused, and the error shows no
+    part of it."""
+    from confide.cas.secrets import RUNTIME_KEY_MARKER
+
+    value = SecretValue(kind, b"token-" + RUNTIME_KEY_MARKER + b"-secret-tail")
+    with pytest.raises(PolicyError) as raised:
+        render(value, encoding)
+    assert "secret-tail" not in str(raised.value) and "token" not in str(raised.value)
+    assert render(SecretValue(kind, b"token"), encoding) == b"token"
+
+
+def test_values_that_spell_the_runtime_key_marker_together_are_refused() -> None:
+    """Two values side by side (or a value and the text next to it) that form the marker
+    between them are refused as well; a marker a runtime certificate rendered is kept."""
+    from confide.policy.placeholders import RUNTIME_KEY_MARKER, render_file, substitute_text
+
+    half = len(RUNTIME_KEY_MARKER) // 2
+    parts = {"a": RUNTIME_KEY_MARKER[:half], "b": RUNTIME_KEY_MARKER[half:], "rt": RUNTIME_KEY_MARKER}
+
+    def resolve(ph: object) -> bytes:
+        return parts[ph.name]  # type: ignore[attr-defined]
+
+    with pytest.raises(PolicyError, match="together spell"):
+        render_file("$$SCONE::a$$$$SCONE::b$$", resolve, where="f")
+    with pytest.raises(PolicyError, match="together spell"):
+        substitute_text("$$SCONE::a$$" + RUNTIME_KEY_MARKER[half:].decode(), resolve, where="env")
+    assert render_file("key: $$SCONE::rt$$", resolve, where="f") == b"key: " + RUNTIME_KEY_MARKER

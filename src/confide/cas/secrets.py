@@ -34,6 +34,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 
 from confide.errors import ParseError, PolicyError, SignatureError
 from confide.policy._types import duration_seconds
+from confide.policy.placeholders import RUNTIME_KEY_MARKER as _RUNTIME_KEY_MARKER
 from confide.policy.placeholders import Encoding, encode_bytes
 from confide.policy.secret import KeyType, OcspSigner, Secret, SecretKind
 from confide.verify.x509util import CERTIFICATE_ERRORS, check_certificate_fields
@@ -740,8 +741,9 @@ def _explicit_certificate(spec: Secret, resolved: dict[str, SecretValue]) -> Sec
     return SecretValue(str(spec.kind), key_der, leaf.public_bytes(serialization.Encoding.DER), chain)
 
 
-RUNTIME_KEY_MARKER = b"@@CONFIDE:RUNTIME-PRIVATE-KEY-PEM@@"
-"""Stands for the runtime's own private key (PEM) in a release; ``confide run`` replaces it."""
+RUNTIME_KEY_MARKER = _RUNTIME_KEY_MARKER
+"""Stands for the runtime's own private key (PEM) in a release; ``confide run`` replaces it
+wherever it appears, so no other value may hold it (:func:`render`)."""
 
 
 def issue_to_runtime(
@@ -766,7 +768,21 @@ def _pem(der: bytes, label: str) -> bytes:
 
 
 def render(value: SecretValue, encoding: Encoding) -> bytes:
-    """A secret value in the encoding a placeholder asks for."""
+    """A secret value in the encoding a placeholder asks for. A value other than a certificate
+    issued to the runtime whose rendering holds :data:`RUNTIME_KEY_MARKER` is refused
+    (``PolicyError``, naming no part of it): ``confide run`` would put the runtime's own private
+    key in its place, e.g. into a value exported by another stakeholder that the program sends
+    back to them."""
+    out = _render(value, encoding)
+    if not value.runtime_key and RUNTIME_KEY_MARKER in out:
+        raise PolicyError(
+            f"a {value.kind} value holds confide's runtime-key marker, which confide run would replace"
+            " with the runtime's private key: refused"
+        )
+    return out
+
+
+def _render(value: SecretValue, encoding: Encoding) -> bytes:
     runtime_held = value.runtime_key
     keyless = value.kind in CERTIFICATE_KINDS and not value.data and not runtime_held
     match encoding:
