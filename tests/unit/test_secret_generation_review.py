@@ -161,6 +161,12 @@ def test_a_common_name_longer_than_64_is_refused_at_load() -> None:
                 f"  - name: k\n    kind: private-key\n  - name: {long_name}\n    kind: x509\n    private_key: k\n"
             )
         )
+    # a version stored before the check still loads; the CAS refuses to issue it, clearly
+    long_text = _policy(
+        f"  - name: k\n    kind: private-key\n  - name: {long_name}\n    kind: x509\n    private_key: k\n"
+    )
+    with pytest.raises(PolicyError, match=r"got a common name of 65 characters, expected at most 64"):
+        _generate_all(loads_policy(long_text, stored=True))
     long_dns = ("a" * 60) + ".example"
     text = f"""  - name: k
     kind: private-key

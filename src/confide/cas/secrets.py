@@ -36,7 +36,7 @@ from confide.errors import ParseError, PolicyError, SignatureError
 from confide.policy._types import duration_seconds
 from confide.policy.placeholders import RUNTIME_KEY_MARKER as _RUNTIME_KEY_MARKER
 from confide.policy.placeholders import Encoding, encode_bytes
-from confide.policy.secret import KeyType, OcspSigner, Secret, SecretKind
+from confide.policy.secret import MAX_COMMON_NAME, KeyType, OcspSigner, Secret, SecretKind
 from confide.verify.x509util import CERTIFICATE_ERRORS, check_certificate_fields
 
 __all__ = [
@@ -480,7 +480,13 @@ def _certificate(
 ) -> tuple[bytes, tuple[bytes, ...]]:
     key = _load_private(key_der) if key_der is not None else None
     subject_key = key.public_key() if key is not None else public_key
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spec.subject_common_name)])
+    common_name = spec.subject_common_name
+    if len(common_name) > MAX_COMMON_NAME:  # a version stored before the load-time check
+        raise PolicyError(
+            f"secret {spec.name}: got a common name of {len(common_name)} characters, expected at"
+            f" most {MAX_COMMON_NAME} (RFC 5280 ub-common-name): give the secret a common_name"
+        )
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     chain: tuple[bytes, ...] = ()
     if issuer is None:
         if key is None:

@@ -73,11 +73,11 @@ __all__ = [
 PREFIX = "$$SCONE::"
 SUFFIX = "$$"
 MAX_PLACEHOLDER = 256
+"""Longest placeholder body considered (name + format); a longer one is malformed."""
 RUNTIME_KEY_MARKER = b"@@CONFIDE:RUNTIME-PRIVATE-KEY-PEM@@"
 """What a certificate issued to the runtime (``issue_to_runtime``) renders ``privatekey`` as;
 ``confide run`` replaces every occurrence with the runtime's own private key (PEM). A
 substitution that forms it where no placeholder rendered it is refused (:func:`_substitute`)."""
-"""Longest placeholder body considered (name + format); a longer one is malformed."""
 
 _BODY_RE = re.compile(
     r"(?P<name>[A-Za-z0-9_\-]{1,128})"

@@ -20,6 +20,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     Tag,
+    ValidationInfo,
     model_validator,
 )
 
@@ -264,7 +265,10 @@ class Secret(_Model):
         return out
 
     @model_validator(mode="after")
-    def _checks(self) -> Secret:
+    def _checks(self, info: ValidationInfo) -> Secret:
+        # A version the CAS stored before (loads_policy(stored=True)) skips the checks added
+        # since versions could be stored without them; the CAS refuses at release what they do.
+        stored = bool(isinstance(info.context, dict) and info.context.get("stored"))
         params = self._set_params()
         if self.import_ is not None:
             extra = sorted(
@@ -302,6 +306,8 @@ class Secret(_Model):
                 "(the CAS answers OCSP only for the CAs it generates and signs with)"
             )
         getattr(self, "_check_" + self.kind.replace("-", "_"))()
+        if self.kind in (SecretKind.X509, SecretKind.X509_CA) and self.value is None and not stored:
+            self._check_common_name()
         if self.renew_before is not None:
             if self.valid_for is None:
                 raise ValueError("got renew_before without valid_for, expected valid_for too")
@@ -386,14 +392,16 @@ class Secret(_Model):
             raise ValueError("got no private_key, expected a private-key secret name (or an explicit value)")
         if self.endpoint is Endpoint.CLIENT and (self.dns or self.san):
             raise ValueError("got dns/san with endpoint client, expected them only for server certificates")
-        if self.value is None and len(self.subject_common_name) > MAX_COMMON_NAME:
-            # RFC 5280 Appendix A.1: ub-common-name 64; without this the CAS could not issue it.
+
+    _check_x509_ca = _check_x509
+
+    def _check_common_name(self) -> None:
+        if len(self.subject_common_name) > MAX_COMMON_NAME:
+            # RFC 5280 Appendix A.1: ub-common-name 64; the CAS could not issue the certificate.
             raise ValueError(
                 f"got the name of {len(self.subject_common_name)} characters as the certificate's"
                 f" common name, expected at most {MAX_COMMON_NAME} (or a common_name, or a dns name)"
             )
-
-    _check_x509_ca = _check_x509
 
     @property
     def subject_common_name(self) -> str:
