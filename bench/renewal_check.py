@@ -65,7 +65,7 @@ images:
   - name: img
     injection_files:
       - path: /dev/shm/tls/srv.pem
-        content: "$$SCONE::srv:chain$$"
+        content: "$$SCONE::srv:crt$$$$SCONE::srv:chain$$"
       - path: /dev/shm/tls/ca.pem
         content: "$$SCONE::ca:crt$$"
 security:

@@ -71,7 +71,7 @@ def policy(
     valid_for: 30 days
 """ if leaf else ""  # fmt: skip
     files = f"""      - path: {FILES}/srv.pem
-        content: "$$SCONE::srv:chain$$"
+        content: "$$SCONE::srv:crt$$$$SCONE::srv:chain$$"
 """ if leaf else ""  # fmt: skip
     if runtime is not None:
         leaf_text += f"""  - name: rt

@@ -57,7 +57,7 @@ images:
   - name: img
     injection_files:
       - path: {inject}/srv.pem
-        content: "$$SCONE::srv:chain$$"
+        content: "$$SCONE::srv:crt$$$$SCONE::srv:chain$$"
       - path: {inject}/ca.pem
         content: "$$SCONE::ca:crt$$"
       - path: {inject}/ca.crl

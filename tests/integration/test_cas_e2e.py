@@ -130,7 +130,7 @@ images:
   - name: img
     injection_files:
       - path: {inject}/cert.pem
-        content: "$$SCONE::srv:chain$$$$SCONE::explicit_s$$"
+        content: "$$SCONE::srv:crt$$$$SCONE::srv:chain$$$$SCONE::explicit_s$$"
       - path: {inject}/key.der
         content: "$$SCONE::srv:privatekey:der$$"
 """,
@@ -1077,7 +1077,7 @@ images:
   - name: img
     injection_files:
       - path: {inject}/srv.pem
-        content: "$$SCONE::srv:chain$$"
+        content: "$$SCONE::srv:crt$$$$SCONE::srv:chain$$"
       - path: {inject}/ca.pem
         content: "$$SCONE::ca:crt$$"
       - path: {inject}/srv.key

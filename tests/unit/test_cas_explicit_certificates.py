@@ -114,7 +114,7 @@ def test_an_explicit_certificate_with_its_key_and_chain_is_released_as_given(ipc
     ])  # fmt: skip
     got = _release(ipc, policy(body, files))
     assert x509.load_pem_x509_certificate(got["crt.pem"]) == pki.leaf
-    assert x509.load_pem_x509_certificates(got["chain.pem"]) == [pki.leaf, pki.root]
+    assert x509.load_pem_x509_certificates(got["chain.pem"]) == [pki.root]  # the issuers only
     key = serialization.load_pem_private_key(got["key.pem"], None)
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     assert key.public_key().public_bytes(*spki) == pki.leaf_key.public_key().public_bytes(*spki)
@@ -159,7 +159,7 @@ def test_an_explicit_ca_with_its_key_issues_generated_certificates(ipc: InProces
     issuer: root
     common_name: svc.example
     dns: [svc.example]"""
-    got = _release(ipc, policy(body, _file("chain.pem", "$$SCONE::svc_cert:chain$$")))
+    got = _release(ipc, policy(body, _file("chain.pem", "$$SCONE::svc_cert:crt$$$$SCONE::svc_cert:chain$$")))
     leaf, ca = x509.load_pem_x509_certificates(got["chain.pem"])
     assert ca == pki.root
     leaf.verify_directly_issued_by(pki.root)
@@ -181,7 +181,7 @@ def test_an_explicit_leaf_named_with_its_issuer_must_be_signed_by_it(ipc: InProc
 {_indent(_pem(pki.leaf))}"""
     )
     got = _release(ipc, policy(ok, _file("chain.pem", "$$SCONE::api:chain$$")))
-    assert x509.load_pem_x509_certificates(got["chain.pem"]) == [pki.leaf, pki.root]
+    assert x509.load_pem_x509_certificates(got["chain.pem"]) == [pki.root]
     wrong = (
         root
         + f"""

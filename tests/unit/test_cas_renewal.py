@@ -69,7 +69,7 @@ images:
   - name: img
     injection_files:
       - path: {FILES}/srv.pem
-        content: "$$SCONE::srv:chain$$"
+        content: "$$SCONE::srv:crt$$$$SCONE::srv:chain$$"
       - path: {FILES}/ca.pem
         content: "$$SCONE::ca:crt$$"
       - path: {FILES}/srv.key

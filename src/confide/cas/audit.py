@@ -202,7 +202,7 @@ class PolicyChainChecker:
                 f"entry {index}: submission signed by {signer.fingerprint[:16]}…, "
                 f"the entry names {signer_fp[:16]}…"
             )
-        policy = loads_policy(json.dumps(body["policy"]), source=f"ledger entry {index}")
+        policy = loads_policy(json.dumps(body["policy"]), source=f"ledger entry {index}", stored=True)
         if policy.name != name or policy_hash(policy) != digest:
             raise EntryMismatchError(f"entry {index}: the signed policy does not hash to {digest[:16]}…")
 

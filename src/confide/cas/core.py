@@ -819,7 +819,7 @@ class Cas:
         if row is None:
             raise ConflictError(f"policy {name} version {digest} not found")
         document = open_column(self.sealer, "document", name, digest, row[0])
-        cached = loads_policy(document, source=f"stored policy {name}")
+        cached = loads_policy(document, source=f"stored policy {name}", stored=True)
         if policy_hash(cached) != digest:
             raise ConflictError(f"stored policy {name} does not hash to {digest}: the database was altered")
         self._policies.put((name, digest), cached)

@@ -34,8 +34,9 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 
 from confide.errors import ParseError, PolicyError, SignatureError
 from confide.policy._types import duration_seconds
+from confide.policy.placeholders import RUNTIME_KEY_MARKER as _RUNTIME_KEY_MARKER
 from confide.policy.placeholders import Encoding, encode_bytes
-from confide.policy.secret import KeyType, OcspSigner, Secret, SecretKind
+from confide.policy.secret import MAX_COMMON_NAME, KeyType, OcspSigner, Secret, SecretKind
 from confide.verify.x509util import CERTIFICATE_ERRORS, check_certificate_fields
 
 __all__ = [
@@ -68,7 +69,8 @@ KEY_ID_SIZE = 16
 _KEY_ID_INFO = b"confide-cas-master/v1 master-key-id"
 _NONCE = 12
 _ASCII = string.ascii_letters + string.digits
-_DEFAULT_SIZE = {SecretKind.ASCII: 32, SecretKind.BINARY: 32}
+_DEFAULT_SIZE = {SecretKind.ASCII: 20, SecretKind.BINARY: 20}
+"""SCONE v0.3 "ascii", "binary": "size ... Optional. Default value: 20" (characters, bytes)."""
 _DEFAULT_VALID = timedelta(days=365)
 CERTIFICATE_KINDS = frozenset({SecretKind.X509.value, SecretKind.X509_CA.value})
 CRL_PATH = "/v1/crl/"
@@ -478,7 +480,13 @@ def _certificate(
 ) -> tuple[bytes, tuple[bytes, ...]]:
     key = _load_private(key_der) if key_der is not None else None
     subject_key = key.public_key() if key is not None else public_key
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spec.common_name or spec.name)])
+    common_name = spec.subject_common_name
+    if len(common_name) > MAX_COMMON_NAME:  # a version stored before the load-time check
+        raise PolicyError(
+            f"secret {spec.name}: got a common name of {len(common_name)} characters, expected at"
+            f" most {MAX_COMMON_NAME} (RFC 5280 ub-common-name): give the secret a common_name"
+        )
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     chain: tuple[bytes, ...] = ()
     if issuer is None:
         if key is None:
@@ -545,8 +553,11 @@ def _certificate(
     if is_ca:
         builder = builder.add_extension(ca_key_usage(spec), critical=True)
     else:
-        names: list[x509.GeneralName] = [x509.DNSName(d) for d in (spec.dns or ())]
-        for entry in spec.san or ():
+        # RFC 5280 §4.2.1.6: an IP address is an iPAddress (its 4 or 16 octets), never a
+        # dNSName, which no client matches against an address (RFC 6125 §6.2.1): so also an
+        # address written under dns (it passes as a name of digit labels).
+        names: list[x509.GeneralName] = []
+        for entry in (*(spec.dns or ()), *(spec.san or ())):
             try:
                 names.append(x509.IPAddress(ipaddress.ip_address(entry)))
             except ValueError:
@@ -603,7 +614,13 @@ def generate(
             return SecretValue(str(kind), _private_key(spec.key_type))
         case SecretKind.PUBLIC_KEY:
             if spec.value is not None:
-                return SecretValue(str(kind), spec.value.encode())
+                # Held as the PEM SubjectPublicKeyInfo its formats give (``pem``; ``der`` its DER),
+                # whatever PEM it was given in (a PKCS#1 "RSA PUBLIC KEY", text around the block).
+                given = serialization.load_pem_public_key(spec.value.encode())
+                spki_pem: bytes = given.public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+                return SecretValue(str(kind), spki_pem)
             if spec.private_key is None or spec.private_key not in resolved:
                 raise PolicyError(
                     f"secret {spec.name}: private_key {spec.private_key!r} is not a generated key"
@@ -730,8 +747,9 @@ def _explicit_certificate(spec: Secret, resolved: dict[str, SecretValue]) -> Sec
     return SecretValue(str(spec.kind), key_der, leaf.public_bytes(serialization.Encoding.DER), chain)
 
 
-RUNTIME_KEY_MARKER = b"@@CONFIDE:RUNTIME-PRIVATE-KEY-PEM@@"
-"""Stands for the runtime's own private key (PEM) in a release; ``confide run`` replaces it."""
+RUNTIME_KEY_MARKER = _RUNTIME_KEY_MARKER
+"""Stands for the runtime's own private key (PEM) in a release; ``confide run`` replaces it
+wherever it appears, so no other value may hold it (:func:`render`)."""
 
 
 def issue_to_runtime(
@@ -756,7 +774,21 @@ def _pem(der: bytes, label: str) -> bytes:
 
 
 def render(value: SecretValue, encoding: Encoding) -> bytes:
-    """A secret value in the encoding a placeholder asks for."""
+    """A secret value in the encoding a placeholder asks for. A value other than a certificate
+    issued to the runtime whose rendering holds :data:`RUNTIME_KEY_MARKER` is refused
+    (``PolicyError``, naming no part of it): ``confide run`` would put the runtime's own private
+    key in its place, e.g. into a value exported by another stakeholder that the program sends
+    back to them."""
+    out = _render(value, encoding)
+    if not value.runtime_key and RUNTIME_KEY_MARKER in out:
+        raise PolicyError(
+            f"a {value.kind} value holds confide's runtime-key marker, which confide run would replace"
+            " with the runtime's private key: refused"
+        )
+    return out
+
+
+def _render(value: SecretValue, encoding: Encoding) -> bytes:
     runtime_held = value.runtime_key
     keyless = value.kind in CERTIFICATE_KINDS and not value.data and not runtime_held
     match encoding:
@@ -791,8 +823,16 @@ def render(value: SecretValue, encoding: Encoding) -> bytes:
             return _pem(_need_cert(value), "CERTIFICATE")
         case Encoding.CERT_DER:
             return _need_cert(value)
-        case Encoding.CHAIN_PEM | Encoding.LEGACY_CHAIN_PEM:
-            return b"".join(_pem(c, "CERTIFICATE") for c in (_need_cert(value), *value.chain))
+        case Encoding.CHAIN_PEM:
+            # SCONE v0.3 "x509 and x509-ca": the issuers, from the first intermediate to the root;
+            # "the certificate itself is not included" (``crt`` followed by ``chain`` is the full
+            # chain). Empty for a self-signed certificate.
+            _need_cert(value)
+            return b"".join(_pem(c, "CERTIFICATE") for c in value.chain)
+        case Encoding.LEGACY_CHAIN_PEM:
+            # SCONE's deprecated ``.chain``: the "reverse" chain, root first, then the
+            # intermediates, and the certificate itself last (included).
+            return b"".join(_pem(c, "CERTIFICATE") for c in (*reversed(value.chain), _need_cert(value)))
         case Encoding.CRL_PEM | Encoding.CRL_DER:
             # The CAS renders a CA's CRL itself (confide.cas.core, docs/cas.md "Revocation"): it is
             # not part of the value, so a template rendered at start cannot have it.

@@ -53,11 +53,14 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
     return loads_policy(data, source=os.fspath(path))
 
 
-def loads_policy(text: str | bytes, *, source: str = "<policy>") -> Policy:
-    """Validate a policy given as YAML text (or bytes, which must be UTF-8)."""
+def loads_policy(text: str | bytes, *, source: str = "<policy>", stored: bool = False) -> Policy:
+    """Validate a policy given as YAML text (or bytes, which must be UTF-8). ``stored``: a
+    version the CAS accepted before, read back: checks added since versions could be stored
+    without them are left out, so it still loads (and can be updated); what they refuse is
+    refused at release instead (:func:`confide.policy.model._reference_problems`)."""
     document, tree = parse_yaml(text, source=source)
     try:
-        return Policy.model_validate(document)
+        return Policy.model_validate(document, context={"stored": stored})
     except ValidationError as exc:
         raise policy_error(_problems_from_validation(exc, tree, source), source=source) from None
     except PolicyError as exc:  # cross-reference problems, raised by Policy's model validator

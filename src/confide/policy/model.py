@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -27,6 +27,7 @@ from pydantic import (
     Field,
     StrictInt,
     StrictStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -436,8 +437,9 @@ class Policy(_Model):
     security: Security = Security()
 
     @model_validator(mode="after")
-    def _references(self) -> Policy:
-        problems = list(_reference_problems(self))
+    def _references(self, info: ValidationInfo) -> Policy:
+        stored = bool(isinstance(info.context, dict) and info.context.get("stored"))
+        problems = list(_reference_problems(self, stored=stored))
         if problems:
             raise policy_error(problems)
         return self
@@ -474,8 +476,9 @@ def _placeholder_problems(
     path: Path,
     context: ph.Context,
     kinds: dict[str, SecretKind | None],
-    keyless: frozenset[str] = frozenset(),
+    refused: Mapping[tuple[str, ph.Encoding], str] | None = None,
 ) -> Iterator[Problem]:
+    """``refused``: (secret, encoding) pairs the kind has but this secret cannot give, with why."""
     try:
         found = ph.find_placeholders(text)
     except ph.PlaceholderSyntaxError as exc:  # already reported by the field validator
@@ -491,28 +494,47 @@ def _placeholder_problems(
         except ValueError as exc:
             yield Problem(path, f"{p}: {exc}")
             continue
-        if p.name in keyless and encoding in (ph.Encoding.PEM_PKCS8, ph.Encoding.DER_PKCS8):
-            yield Problem(
-                path,
-                f"{p}: got a private-key format for a certificate given as an explicit value without"
-                " private_key, expected a certificate format (or name the key with private_key)",
-            )
+        why = (refused or {}).get((p.name, encoding)) if encoding is not None else None
+        if why is not None:
+            yield Problem(path, f"{p}: {why}")
 
 
-def _reference_problems(policy: Policy) -> Iterator[Problem]:
-    """Cross-references: names unique and defined, placeholders valid, issuers and keys right."""
+def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Problem]:
+    """Cross-references: names unique and defined, placeholders valid, issuers and keys right.
+    ``stored``: a version the CAS stored before (:func:`confide.policy.loader.loads_policy`):
+    the checks added after versions could pass without them are left out, so such a version
+    still loads (and can be updated); what they refuse is refused at release instead."""
     yield from _duplicates("services", [s.name for s in policy.services])
     yield from _duplicates("secrets", [s.name for s in policy.secrets])
     yield from _duplicates("volumes", [v.name for v in policy.volumes])
     yield from _duplicates("images", [i.name for i in policy.images])
 
     kinds: dict[str, SecretKind | None] = {s.name: s.kind for s in policy.secrets}
-    # Certificates given as a value without private_key: the CAS holds no key to inject.
-    keyless = frozenset(
-        s.name
-        for s in policy.secrets
-        if s.kind in (SecretKind.X509, SecretKind.X509_CA) and s.value is not None and s.private_key is None
-    )
+    keyless = (ph.Encoding.PEM_PKCS8, ph.Encoding.DER_PKCS8)
+    refused: dict[tuple[str, ph.Encoding], str] = {}
+    for s in policy.secrets:
+        if s.kind in (SecretKind.X509, SecretKind.X509_CA) and s.value is not None and s.private_key is None:
+            # Certificates given as a value without private_key: the CAS holds no key to inject.
+            for e in keyless:
+                refused[s.name, e] = (
+                    "got a private-key format for a certificate given as an explicit value without"
+                    " private_key, expected a certificate format (or name the key with private_key)"
+                )
+        if stored:
+            continue
+        if s.issue_to_runtime:
+            # The runtime's own key never leaves the TEE: confide run writes it as PEM only.
+            refused[s.name, ph.Encoding.DER_PKCS8] = (
+                "got a DER private-key format for a certificate issued to the runtime, expected"
+                " privatekey (PEM: confide run writes the runtime's own key only as PEM)"
+            )
+        if s.kind == SecretKind.X509_CA and s.value is not None:
+            # The CAS has a CRL only for the CAs it generates (docs/cas.md "Revocation").
+            for e in (ph.Encoding.CRL_PEM, ph.Encoding.CRL_DER):
+                refused[s.name, e] = (
+                    "got a crl format for a CA given as an explicit value, expected it only for a CA"
+                    " the CAS generates (it keeps no CRL for another's CA)"
+                )
     images = {i.name for i in policy.images}
     volumes = {v.name for v in policy.volumes}
     sec = policy.security.attestation
@@ -545,10 +567,10 @@ def _reference_problems(policy: Policy) -> Iterator[Problem]:
         if svc.image_name is not None and svc.image_name not in images:
             yield Problem((*base, "image_name"), f"got {svc.image_name!r}, expected the name of an image")
         for j, arg in enumerate(svc.command or ()):
-            yield from _placeholder_problems(arg, (*base, "command", j), ph.Context.COMMAND, kinds, keyless)
+            yield from _placeholder_problems(arg, (*base, "command", j), ph.Context.COMMAND, kinds, refused)
         for k, v in svc.environment.items():
             yield from _placeholder_problems(
-                v, (*base, "environment", k), ph.Context.ENVIRONMENT, kinds, keyless
+                v, (*base, "environment", k), ph.Context.ENVIRONMENT, kinds, refused
             )
         if svc.fspf_key is not None and svc.fspf_key.startswith("$$"):
             yield from _placeholder_problems(svc.fspf_key, (*base, "fspf_key"), ph.Context.FSPF_KEY, kinds)
@@ -582,7 +604,7 @@ def _reference_problems(policy: Policy) -> Iterator[Problem]:
         for j, f in enumerate(img.injection_files):
             if f.content is not None:
                 yield from _placeholder_problems(
-                    f.content, ("images", i, "injection_files", j, "content"), ph.Context.FILE, kinds, keyless
+                    f.content, ("images", i, "injection_files", j, "content"), ph.Context.FILE, kinds, refused
                 )
 
     ap = policy.access_policy

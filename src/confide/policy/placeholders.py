@@ -26,7 +26,9 @@ x509, x509-ca  ``crt:der``                                      CERT_DER (binary
 x509, x509-ca  ``privatekey``, ``privatekey:pem``,              PEM_PKCS8
                ``privatekey:pkcs8:pem`` (``.key``)
 x509, x509-ca  ``privatekey:der``, ``privatekey:pkcs8:der``     DER_PKCS8 (binary)
-x509, x509-ca  ``chain``                                        CHAIN_PEM (issuers, leaf first)
+x509, x509-ca  ``chain``                                        CHAIN_PEM (the issuers only:
+                                                                first intermediate to root,
+                                                                without the certificate)
 x509, x509-ca  ``.chain`` (deprecated)                          LEGACY_CHAIN_PEM (root first,
                                                                 certificate itself last)
 x509-ca        ``crl``, ``crl:pem`` (confide)                   CRL_PEM (the CA's current CRL)
@@ -52,6 +54,7 @@ from dataclasses import dataclass
 from confide.errors import PolicyError
 
 __all__ = [
+    "RUNTIME_KEY_MARKER",
     "Context",
     "Encoding",
     "Placeholder",
@@ -71,6 +74,10 @@ PREFIX = "$$SCONE::"
 SUFFIX = "$$"
 MAX_PLACEHOLDER = 256
 """Longest placeholder body considered (name + format); a longer one is malformed."""
+RUNTIME_KEY_MARKER = b"@@CONFIDE:RUNTIME-PRIVATE-KEY-PEM@@"
+"""What a certificate issued to the runtime (``issue_to_runtime``) renders ``privatekey`` as;
+``confide run`` replaces every occurrence with the runtime's own private key (PEM). A
+substitution that forms it where no placeholder rendered it is refused (:func:`_substitute`)."""
 
 _BODY_RE = re.compile(
     r"(?P<name>[A-Za-z0-9_\-]{1,128})"
@@ -288,11 +295,18 @@ def _substitute(text: str, resolve: Resolver) -> bytes:
         return text.encode()
     out = bytearray()
     pos = 0
+    markers = 0
     for ph in _placeholders_of(text):
         out += text[pos : ph.start].encode()
-        out += resolve(ph)
+        piece = resolve(ph)
+        markers += piece.count(RUNTIME_KEY_MARKER)
+        out += piece
         pos = ph.end
     out += text[pos:].encode()
+    if out.count(RUNTIME_KEY_MARKER) > markers + text.encode().count(RUNTIME_KEY_MARKER):
+        # Values side by side (or a value and the text around it) that spell the marker between
+        # them: confide run would put the runtime's private key there.
+        raise PolicyError("got values that together spell confide's runtime-key marker: refused")
     return bytes(out)
 
 

@@ -20,6 +20,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     Tag,
+    ValidationInfo,
     model_validator,
 )
 
@@ -200,6 +201,8 @@ _ALLOWED: dict[SecretKind, frozenset[str]] = {
 }
 _KIND_PARAMS = frozenset().union(*_ALLOWED.values())
 MAX_SECRET_SIZE = 65536
+MAX_COMMON_NAME = 64
+"""RFC 5280 Appendix A.1 ``ub-common-name``: the longest commonName a certificate may carry."""
 
 
 def _pem_private_key_type(value: str) -> KeyType | None:
@@ -224,7 +227,7 @@ class Secret(_Model):
     migrate: StrictBool = False
     private_key: SecretName | None = None
     issuer: SecretName | None = None
-    common_name: Annotated[Text, Field(min_length=1, max_length=64)] | None = None
+    common_name: Annotated[Text, Field(min_length=1, max_length=MAX_COMMON_NAME)] | None = None
     endpoint: Endpoint | None = None
     dns: Annotated[tuple[DnsName, ...], BeforeValidator(_one_or_many), Field(min_length=1)] | None = None
     san: Annotated[tuple[SanEntry, ...], BeforeValidator(_one_or_many), Field(min_length=1)] | None = None
@@ -262,7 +265,10 @@ class Secret(_Model):
         return out
 
     @model_validator(mode="after")
-    def _checks(self) -> Secret:
+    def _checks(self, info: ValidationInfo) -> Secret:
+        # A version the CAS stored before (loads_policy(stored=True)) skips the checks added
+        # since versions could be stored without them; the CAS refuses at release what they do.
+        stored = bool(isinstance(info.context, dict) and info.context.get("stored"))
         params = self._set_params()
         if self.import_ is not None:
             extra = sorted(
@@ -300,6 +306,8 @@ class Secret(_Model):
                 "(the CAS answers OCSP only for the CAs it generates and signs with)"
             )
         getattr(self, "_check_" + self.kind.replace("-", "_"))()
+        if self.kind in (SecretKind.X509, SecretKind.X509_CA) and self.value is None and not stored:
+            self._check_common_name()
         if self.renew_before is not None:
             if self.valid_for is None:
                 raise ValueError("got renew_before without valid_for, expected valid_for too")
@@ -386,6 +394,26 @@ class Secret(_Model):
             raise ValueError("got dns/san with endpoint client, expected them only for server certificates")
 
     _check_x509_ca = _check_x509
+
+    def _check_common_name(self) -> None:
+        if len(self.subject_common_name) > MAX_COMMON_NAME:
+            # RFC 5280 Appendix A.1: ub-common-name 64; the CAS could not issue the certificate.
+            raise ValueError(
+                f"got the name of {len(self.subject_common_name)} characters as the certificate's"
+                f" common name, expected at most {MAX_COMMON_NAME} (or a common_name, or a dns name)"
+            )
+
+    @property
+    def subject_common_name(self) -> str:
+        """The commonName of a generated certificate's subject (SCONE v0.3 "x509 and x509-ca"):
+        ``common_name``, else the first ``dns`` name, else the secret's ``name``. A first ``dns``
+        name longer than a commonName may be (RFC 5280 ``ub-common-name``, 64) is passed over for
+        the ``name``: it is in the subjectAltName, where a DNS name is matched (RFC 6125 §6.4.4)."""
+        if self.common_name is not None:
+            return self.common_name
+        if self.dns and len(self.dns[0]) <= MAX_COMMON_NAME:
+            return self.dns[0]
+        return self.name
 
     @property
     def ocsp_signer(self) -> OcspSigner | None:
