@@ -14,7 +14,16 @@ from confide.errors import ParseError, UsageError
 from confide.image import SconifyOptions, parse_ref, policy_yaml, sconify
 from confide.volume import VolumeKey, open_volume
 from confide.volume.store import load_sealed
-from image_builder import PYTHON_BASE, Image, M, all_blob_bytes, extract_volume, layer_names, read_layout
+from image_builder import (
+    PYTHON_BASE,
+    Image,
+    M,
+    all_blob_bytes,
+    extract_volume,
+    layer_names,
+    read_layout,
+    sparse_content,
+)
 
 KEY = VolumeKey(bytes(range(32)))
 S_OLD = b"SECRET-v1-overwritten-later-7d1c"
@@ -489,3 +498,36 @@ def test_a_member_larger_than_the_layer_is_a_parse_error_not_a_hang(tmp_path: Pa
     )  # fmt: skip
     with pytest.raises(ParseError, match="a tar member is larger than the layer"):
         run(tmp_path, img, protect=["/app"])
+
+
+SPARSE = [(0, b"A" * 700), (19_000, b"B" * 512), (40_000, b"C" * 3)]
+
+
+@pytest.mark.parametrize("fmt", ["0.1", "1.0"])
+def test_a_sparse_file_outside_the_protected_paths_is_rewritten_whole(tmp_path: Path, fmt: str) -> None:
+    """A GNU sparse member (pax formats 0.1 and 1.0) in a rewritten layer is written out expanded as
+    a regular file. Before, its data was read after the member had been made regular (the stored
+    bytes, then the following headers: "corrupt or truncated tar"), and its GNU.sparse.* records
+    were copied, so a reader took the expanded data for a sparse map again."""
+    sparse = M("data/sparse.bin", "s", regions=SPARSE, real_size=40_003, sparse_format=fmt, mode=0o640)
+    secret = M("app/sparse.key", "s", regions=[(8192, S_FINAL)], real_size=9000, sparse_format=fmt)
+    img = Image(
+        [[*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755), secret,
+          M("data/", "d"), sparse]],
+        entrypoint=["/app/run.sh"],
+    )  # fmt: skip
+    res = run(tmp_path, img, protect=["/app"])
+    assert res.rewritten_layers == [0]
+    _, _, layers = read_layout(tmp_path / "out")
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(layers[0])) as tf:
+        info = tf.getmember("data/sparse.bin")
+        assert not info.issparse() and info.size == 40_003 and info.mode == 0o640
+        assert not any(k.startswith("GNU.sparse") for k in info.pax_headers)
+        assert tf.extractfile(info).read() == sparse_content(sparse)  # type: ignore[union-attr]
+        assert not any("GNUSparseFile" in n for n in tf.getnames())
+    vol = extract_volume(tmp_path / "out", tmp_path / "x")
+    open_volume(vol, KEY, tmp_path / "opened", res.volume_tag)
+    assert (tmp_path / "opened/app/sparse.key").read_bytes() == sparse_content(secret)

@@ -415,6 +415,23 @@ def _apply(idx: FsIndex, layer_no: int, members: list[_Member], roots: Sequence[
         idx.put(m.path, node)
 
 
+def _as_regular(info: tarfile.TarInfo) -> None:
+    """Turn a GNU sparse member into the header of a regular file holding its expanded data.
+
+    The sparse map must go: GNU tar's pax sparse formats (GNU tar manual, "Storing Sparse
+    Files") keep it in ``GNU.sparse.*`` records (0.0, 0.1) or at the start of the data (1.0,
+    the header naming ``DIR/GNUSparseFile.N/NAME`` and the real name in ``GNU.sparse.name``).
+    Copied next to expanded data, a reader takes the data for a map again (holes where the data
+    was, or not a tar at all). tarfile writes a copied ``path`` or ``size`` record in place of
+    the member's own name and size ("the pax header has priority"), so those go too and are
+    written again from the member itself (POSIX.1-2017 pax, "pax Extended Header": a record
+    overrides the header field)."""
+    info.type, info.sparse = tarfile.REGTYPE, None
+    info.pax_headers = {
+        k: v for k, v in info.pax_headers.items() if not k.startswith("GNU.sparse.") and k not in ("path", "size")
+    }
+
+
 def rewrite_layer(
     layer: Layer,
     roots: Sequence[str],
@@ -439,9 +456,9 @@ def rewrite_layer(
                         assert f is not None
                         sink((layer.index, ordinal), f, info.size)
                     continue
-                if info.issparse():  # written out expanded, as a regular file
-                    info.type, info.sparse = tarfile.REGTYPE, None
-                data = tf.extractfile(info) if info.isreg() else None
+                data = tf.extractfile(info) if info.isreg() else None  # sparse: expanded
+                if info.issparse():
+                    _as_regular(info)
                 if isinstance(info.mtime, float) and not math.isfinite(info.mtime):
                     # tarfile's writer rounds a float mtime (ValueError for a pax "nan",
                     # OverflowError for "inf"; fuzz2 campaign); the ustar field gets 0 and
