@@ -17,7 +17,8 @@ OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 @dataclass
 class M:
-    """One tar member: kind f (file), d (dir), l (symlink), h (hard link), c (char dev), p (fifo)."""
+    """One tar member: kind f (file), d (dir), l (symlink), h (hard link), c (char dev), p (fifo),
+    s (sparse file), raw (``data`` is spliced in as tar blocks: see :func:`blocks`)."""
 
     name: str
     kind: str = "f"
@@ -78,6 +79,11 @@ def layer_tar(members: list[M]) -> bytes:
             if m.kind == "s":
                 _add_sparse(tf, ti, m)
                 continue
+            if m.kind == "raw":  # header and data blocks written as given (hostile headers)
+                assert len(m.data) % tarfile.BLOCKSIZE == 0
+                tf.fileobj.write(m.data)
+                tf.offset += len(m.data)
+                continue
             if m.kind == "f":
                 ti.size, ti.mode = len(m.data), 0o644 if m.mode is None else m.mode
                 tf.addfile(ti, io.BytesIO(m.data))
@@ -90,6 +96,33 @@ def layer_tar(members: list[M]) -> bytes:
                 ti.devmajor, ti.devminor = 1, 3
             tf.addfile(ti)
     return buf.getvalue()
+
+
+def blocks(
+    name: str,
+    data: bytes = b"",
+    *,
+    fmt: int = tarfile.PAX_FORMAT,
+    pax: dict[str, str] | None = None,
+    glob: dict[str, str] | None = None,
+    only_header: bool = False,
+    link: str | None = None,
+) -> bytes:
+    """The tar blocks tarfile writes for one regular file (no end-of-archive blocks), for an
+    M(kind="raw"): ``pax`` records, a global header (``glob``), or a GNU long name (fmt GNU and
+    a name over 100 bytes); ``only_header``: just the first extended header (2 blocks); ``link``:
+    a hard link to that name instead (a GNU long link when over 100 bytes)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt, pax_headers=glob) as tf:
+        ti = tarfile.TarInfo(name)
+        ti.size, ti.mode, ti.mtime = len(data), 0o644, 1_700_000_000
+        if link is not None:
+            ti.type, ti.linkname, ti.size = tarfile.LNKTYPE, link, 0
+        if pax:
+            ti.pax_headers = dict(pax)
+        tf.addfile(ti, io.BytesIO(data))
+        out = buf.getvalue()[: tf.offset]  # before close() adds the end-of-archive blocks
+    return out[: 2 * tarfile.BLOCKSIZE] if only_header else out
 
 
 def compress(raw: bytes, compression: str) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tarfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from image_builder import (
     Image,
     M,
     all_blob_bytes,
+    blocks,
     extract_volume,
     layer_names,
     read_layout,
@@ -520,7 +522,6 @@ def test_a_sparse_file_outside_the_protected_paths_is_rewritten_whole(tmp_path: 
     assert res.rewritten_layers == [0]
     _, _, layers = read_layout(tmp_path / "out")
     import io
-    import tarfile
 
     with tarfile.open(fileobj=io.BytesIO(layers[0])) as tf:
         info = tf.getmember("data/sparse.bin")
@@ -531,3 +532,51 @@ def test_a_sparse_file_outside_the_protected_paths_is_rewritten_whole(tmp_path: 
     vol = extract_volume(tmp_path / "out", tmp_path / "x")
     open_volume(vol, KEY, tmp_path / "opened", res.volume_tag)
     assert (tmp_path / "opened/app/sparse.key").read_bytes() == sparse_content(secret)
+
+
+LONG = "app/" + "k" * 110  # a GNU long name (over 100 bytes) below the protected /app
+S_NAMED = b"SECRET-named-twice-6a0b"
+
+
+def _xhd(**records: str) -> bytes:
+    return blocks("x", pax=records, only_header=True)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        # tarfile applies a chain of headers from the last to the first, so the pax path won;
+        # Go's archive/tar (Docker, containerd) lets the GNU long name win: /app/kkk...
+        (_xhd(path="etc/innocent") + blocks(LONG, S_NAMED, fmt=tarfile.GNU_FORMAT), "readers disagree"),
+        (_xhd(path="etc/innocent") + blocks("app/s", S_NAMED, pax={"path": "app/s"}), "two pax headers"),
+        (blocks("app/s", S_NAMED, glob={"path": "etc/innocent"}), "global pax header sets path"),
+        (blocks("app/s", S_NAMED, pax={"GNU.sparse.name": "etc/innocent"}), "not sparse"),
+        (
+            blocks(LONG, S_NAMED, fmt=tarfile.GNU_FORMAT)
+            + _xhd(linkpath="etc/innocent")
+            + blocks("etc/h", link=LONG, fmt=tarfile.GNU_FORMAT),
+            "links to",
+        ),
+    ],
+)
+def test_a_member_named_differently_by_tar_readers_is_refused(
+    tmp_path: Path, raw: bytes, message: str
+) -> None:
+    """Python's tarfile (sconify) named these members /etc/innocent, the engines' Go reader names
+    them below /app: the protected file's plaintext was copied into the output layer."""
+    members = [*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755), M("etc/", "d"),
+               M("etc/innocent", data=b"i")]  # fmt: skip
+    with pytest.raises(ParseError, match=message):
+        run(
+            tmp_path,
+            Image([[*members, M("x", "raw", data=raw)]], entrypoint=["/app/run.sh"]),
+            protect=["/app"],
+        )
+    assert not (tmp_path / "out").exists()
+    # benign twins: one GNU long name, one pax path, a global header with a comment only
+    ok = [M("a", "raw", data=blocks(LONG, S_NAMED, fmt=tarfile.GNU_FORMAT)),
+          M("b", "raw", data=blocks("app/p", S_FINAL, pax={"path": "app/p"})),
+          M("c", "raw", data=blocks("etc/c", b"c", glob={"comment": "git"}))]  # fmt: skip
+    res = run(tmp_path / "ok", Image([[*members, *ok]], entrypoint=["/app/run.sh"]), protect=["/app"])
+    assert res.files == 3  # run.sh, the long-named file, p
+    assert not any(S_NAMED in b or S_FINAL in b for b in all_blob_bytes(tmp_path / "ok" / "out"))

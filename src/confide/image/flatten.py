@@ -169,7 +169,12 @@ MAX_HEADER = 1 << 20  # bytes of one pax / GNU long-name header
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
-    """Refuses oversized pax and GNU long-name headers before tarfile reads them into memory."""
+    """Refuses oversized pax and GNU long-name headers before tarfile reads them into memory,
+    and records which extended headers named the member (checked by :func:`_check_names`)."""
+
+    long_name: str | None = None  # a GNU long-name header's name ('L'), as tarfile applied it
+    long_link: str | None = None  # a GNU long-link header's target ('K')
+    extended: tuple[str, ...] = ()  # the kinds of extended header that preceded the member
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _META_TYPES and self.size > MAX_HEADER:
@@ -184,11 +189,83 @@ class _BoundedTarInfo(tarfile.TarInfo):
             # sparse records ("GNU.sparse.size", ".realsize", ".map", the 1.0 map in the data):
             # int() of a hostile text raises ValueError (found by the fuzz2 mutation campaign).
             raise ParseError(f"malformed extended header: {exc}", structure="layer tar") from None
+        kind = _EXTENDED.get(self.type)
+        if kind is not None and isinstance(member, _BoundedTarInfo):
+            # tarfile applies a chain of extended headers from the last to the first (the first
+            # wins), Go's archive/tar (Docker, containerd) keeps the last pax header and lets a
+            # GNU long name win over any pax path: two of a kind name a member ambiguously.
+            if kind in member.extended:
+                raise ParseError(
+                    f"member {member.name!r} has two {kind} headers, expected at most one",
+                    structure="layer tar",
+                )
+            member.extended = (*member.extended, kind)
+            if self.type == tarfile.GNUTYPE_LONGNAME:
+                member.long_name = member.name
+            elif self.type == tarfile.GNUTYPE_LONGLINK:
+                member.long_link = member.linkname
         return member
 
 
 _META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
                tarfile.GNUTYPE_LONGLINK)  # fmt: skip
+_EXTENDED = {
+    tarfile.XHDTYPE: "pax",
+    tarfile.SOLARIS_XHDTYPE: "pax",
+    tarfile.GNUTYPE_LONGNAME: "GNU long-name",
+    tarfile.GNUTYPE_LONGLINK: "GNU long-link",
+}
+
+
+def _clean(name: str) -> str:
+    return "/".join(p for p in name.split("/") if p not in ("", "."))
+
+
+def _check_names(info: tarfile.TarInfo, tf: tarfile.TarFile, what: str) -> None:
+    """Refuse a member whose name or link target depends on which tar reader reads it.
+
+    The layer is applied by the container engine (Go's archive/tar in Docker and containerd),
+    but indexed and rewritten here with Python's tarfile; where they disagree on a name, the
+    protected paths would be cut out of the wrong members. POSIX.1-2017 pax ("pax Extended
+    Header"): a ``path``/``linkpath`` record overrides the header field; GNU tar's long-name
+    and long-link headers ('L', 'K') do the same; tarfile applies a global header's records
+    ('g') to every later member, Go's reader ignores them (and the engines skip the entry);
+    a ``GNU.sparse.name`` names only a sparse file (GNU tar manual, "Storing Sparse Files")."""
+    glob = sorted(k for k in tf.pax_headers if k != "comment")
+    if glob:
+        raise ParseError(
+            f"a global pax header sets {', '.join(glob)}: readers disagree on whether it applies "
+            "(only comment records are accepted)",
+            structure=what,
+        )
+    pax = info.pax_headers
+    named = []
+    if "GNU.sparse.name" in pax:  # a sparse 1.0 member's path names the header, not the file
+        if not info.issparse():
+            raise ParseError(
+                f"member {info.name!r}: GNU.sparse.name on a file that is not sparse", structure=what
+            )
+        named.append(("GNU.sparse.name", pax["GNU.sparse.name"]))
+    elif "path" in pax:
+        named.append(("path record", pax["path"]))
+    if isinstance(info, _BoundedTarInfo) and info.long_name is not None:
+        named.append(("GNU long name", info.long_name))
+    for source, value in named:
+        if _clean(value) != _clean(info.name):
+            raise ParseError(
+                f"member named {info.name!r} and, by its {source}, {value!r}: readers disagree",
+                structure=what,
+            )
+    linked = [("linkpath record", pax["linkpath"])] if "linkpath" in pax else []
+    if isinstance(info, _BoundedTarInfo) and info.long_link is not None:
+        linked.append(("GNU long link", info.long_link))
+    for source, value in linked:
+        if value != info.linkname:
+            raise ParseError(
+                f"member {info.name!r} links to {info.linkname!r} and, by its {source}, {value!r}: "
+                "readers disagree",
+                structure=what,
+            )
 
 
 @dataclass
@@ -343,6 +420,7 @@ def _members(layer: Layer, tf: tarfile.TarFile) -> Iterator[tuple[int, str, tarf
                 f"member {info.name!r} has tar type {info.type!r}, expected a file, directory, link, device",
                 structure=f"layer {layer.index}",
             )
+        _check_names(info, tf, f"layer {layer.index}")
         yield ordinal, normalize(info.name), info
 
 
@@ -428,7 +506,9 @@ def _as_regular(info: tarfile.TarInfo) -> None:
     overrides the header field)."""
     info.type, info.sparse = tarfile.REGTYPE, None
     info.pax_headers = {
-        k: v for k, v in info.pax_headers.items() if not k.startswith("GNU.sparse.") and k not in ("path", "size")
+        k: v
+        for k, v in info.pax_headers.items()
+        if not k.startswith("GNU.sparse.") and k not in ("path", "size")
     }
 
 
