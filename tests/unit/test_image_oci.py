@@ -429,3 +429,30 @@ def test_public_names_sorted() -> None:
 
     assert list(pkg.__all__) == sorted(pkg.__all__)
     assert all(hasattr(pkg, n) for n in pkg.__all__)
+
+
+@pytest.mark.parametrize(
+    ("upper", "match"),
+    [
+        # image-spec layer.md "Whiteouts": ".wh." + a basename; an engine joining ".." or "."
+        # deletes the marker's directory or its parent (here all of /etc)
+        ([M("etc/sub/.wh...")], "names '..'"),
+        ([M("etc/.wh..")], "names '.'"),
+        ([M("etc/.wh.")], "names ''"),
+        # through a lower symlink: an engine resolves lnk -> /etc and deletes /etc/passwd
+        ([M("lnk/.wh.passwd")], "through the symlink 'lnk'"),
+        ([M("lnk/sub/.wh..wh..opq")], "through the symlink 'lnk'"),
+    ],
+)
+def test_hostile_whiteouts(tmp_path: Path, upper: list[M], match: str) -> None:
+    lower = [M("etc/", "d"), M("etc/passwd", data=b"root"), M("etc/sub/", "d"), M("lnk", "l", link="/etc")]
+    Image([lower, upper]).write_layout(tmp_path / "l")
+    with pytest.raises(ParseError, match=match):
+        index_of(f"oci:{tmp_path / 'l'}")
+    # benign twins: a whiteout of a file, an opaque directory that replaces the symlink itself
+    # (overlayfs records a directory made over a lower symlink so)
+    twin = [M("etc/.wh.passwd"), M("lnk/", "d"), M("lnk/.wh..wh..opq"), M("lnk/x", data=b"x")]
+    Image([lower, twin]).write_layout(tmp_path / "t")
+    idx = index_of(f"oci:{tmp_path / 't'}")
+    assert idx.lookup("etc/passwd") is None and idx.lookup("etc/sub") is not None
+    assert idx.lookup("lnk/x") is not None

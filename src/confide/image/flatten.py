@@ -454,8 +454,17 @@ def _apply(idx: FsIndex, layer_no: int, members: list[_Member], roots: Sequence[
     for m in members:
         head, _, base = m.path.rpartition("/")
         if base == WH_OPAQUE:
+            _check_whiteout_parent(idx, m.path, head.rpartition("/")[0] if head else "", layer_no)
             idx.clear(head)
         elif (target := whiteout_target(m.path)) is not None:
+            if target.rpartition("/")[2] in ("", ".", ".."):
+                # image-spec layer.md, "Whiteouts": ".wh." plus the *basename* of the path to
+                # delete; ".wh..." would make an engine delete the marker's parent directory
+                raise ParseError(
+                    f"whiteout {m.path!r} names {target.rpartition('/')[2]!r}, expected a file name",
+                    structure=f"layer {layer_no}",
+                )
+            _check_whiteout_parent(idx, m.path, head, layer_no)
             idx.remove(target)
     # 2. this layer's entries, in order
     for m in members:
@@ -510,6 +519,27 @@ def _as_regular(info: tarfile.TarInfo) -> None:
         for k, v in info.pax_headers.items()
         if not k.startswith("GNU.sparse.") and k not in ("path", "size")
     }
+
+
+def _check_whiteout_parent(idx: FsIndex, path: str, parent: str, layer_no: int) -> None:
+    """Refuse a whiteout whose directory ``parent`` is reached through a symlink of the lower
+    layers: an engine resolves the symlink (inside the root) and deletes what it points to,
+    where this tree would delete nothing; entries through a symlink are refused likewise.
+    (An opaque marker's own directory may be a lower symlink the layer replaces by a
+    directory, as overlayfs records it: only its ancestors are checked.)"""
+    node = idx.root
+    for i, part in enumerate(parent.split("/") if parent else []):
+        child = node.children.get(part) if node.children is not None else None
+        if child is None or child.kind != DIR:
+            if child is not None and child.kind == SYMLINK:
+                link = "/".join(parent.split("/")[: i + 1])
+                raise ParseError(
+                    f"whiteout {path!r} goes through the symlink {link!r} (refused: an engine would "
+                    "delete below its target)",
+                    structure=f"layer {layer_no}",
+                )
+            return
+        node = child
 
 
 def rewrite_layer(
