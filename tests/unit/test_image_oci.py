@@ -456,3 +456,70 @@ def test_hostile_whiteouts(tmp_path: Path, upper: list[M], match: str) -> None:
     idx = index_of(f"oci:{tmp_path / 't'}")
     assert idx.lookup("etc/passwd") is None and idx.lookup("etc/sub") is not None
     assert idx.lookup("lnk/x") is not None
+
+
+def _multi_layout(tmp_path: Path, entries: list[tuple[str, dict[str, str], str | None]]) -> Path:
+    """One layout whose index.json lists one image per entry (its app/which file says which),
+    with the entry's platform and ref name (image-index.md, image-layout.md)."""
+    root = tmp_path / "multi"
+    (root / "blobs/sha256").mkdir(parents=True)
+    descs = []
+    for i, (which, plat, ref) in enumerate(entries):
+        img = Image([[*PYTHON_BASE, M("app/", "d"), M("app/which", data=which.encode())]])
+        one = img.write_layout(tmp_path / f"one{i}", ref=ref)
+        for blob in (one / "blobs/sha256").iterdir():
+            shutil.copyfile(blob, root / "blobs/sha256" / blob.name)
+        desc = json.loads((one / "index.json").read_bytes())["manifests"][0]
+        descs.append({**desc, "platform": plat})
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": descs}
+    (root / "index.json").write_text(json.dumps(index))
+    return root
+
+
+def _which(ref: str, platform: str) -> bytes:
+    img = open_image(parse_ref(ref), platform=platform)
+    try:
+        idx = index_layers(img.layers, [])
+        node = idx.lookup("app/which")
+        assert node is not None and node.source is not None
+        got: list[bytes] = []
+        from confide.image.flatten import read_members
+
+        read_members(img.layers[node.source[0]], {node.source[1]}, lambda _o, f, _n: got.append(f.read()))
+        return got[0]
+    finally:
+        img.close()
+
+
+AMD64 = {"os": "linux", "architecture": "amd64"}
+ARM64 = {"os": "linux", "architecture": "arm64"}
+
+
+def test_an_ambiguous_platform_in_an_index_is_refused(tmp_path: Path) -> None:
+    """Two images for linux/amd64 (or two under one name): the first listed was taken silently."""
+    root = _multi_layout(tmp_path, [("arm", ARM64, None), ("one", AMD64, None), ("two", AMD64, None)])
+    with pytest.raises(UsageError, match="2 different images for platform linux/amd64"):
+        open_image(parse_ref(f"oci:{root}"))
+    assert _which(f"oci:{root}", "linux/arm64") == b"arm"  # benign twin: one image for arm64
+
+
+def test_a_ref_naming_several_platforms_picks_the_platform(tmp_path: Path) -> None:
+    """Both images are named "app": the first listed (arm64) was taken whatever --platform said."""
+    root = _multi_layout(tmp_path, [("arm", ARM64, "app"), ("amd", AMD64, "app"), ("other", AMD64, "x")])
+    assert _which(f"oci:{root}:app", "linux/amd64") == b"amd"
+    assert _which(f"oci:{root}:app", "linux/arm64") == b"arm"
+    with pytest.raises(UsageError, match="named 'app' and none for platform linux/s390x"):
+        open_image(parse_ref(f"oci:{root}:app"), platform="linux/s390x")
+
+
+def test_platform_variants(tmp_path: Path) -> None:
+    v7 = {"os": "linux", "architecture": "arm", "variant": "v7"}
+    v6 = {"os": "linux", "architecture": "arm", "variant": "v6"}
+    root = _multi_layout(tmp_path, [("v6", v6, None), ("v7", v7, None), ("amd", AMD64, None)])
+    assert _which(f"oci:{root}", "linux/arm/v7") == b"v7"  # was: no image for "arm/v7"
+    assert _which(f"oci:{root}", "linux/arm/v6") == b"v6"
+    with pytest.raises(
+        UsageError, match=r"2 different images for platform linux/arm \(linux/arm/v6, linux/arm/v7\)"
+    ):
+        open_image(parse_ref(f"oci:{root}"), platform="linux/arm")

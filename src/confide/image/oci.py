@@ -293,25 +293,46 @@ def _read_blob(root: Path, desc: Descriptor, what: str) -> bytes:
 
 
 def _select(manifests: list[Descriptor], ref: str | None, platform: str, what: str) -> Descriptor:
+    """The entry of an index to read: the one named ``ref`` (annotation
+    ``org.opencontainers.image.ref.name``, image-layout.md "index.json"), the only one, or the
+    one for ``platform`` (``OS/ARCH[/VARIANT]``; image-index.md "platform": ``os``,
+    ``architecture``, ``variant``). Several entries for the platform (e.g. two variants, or two
+    images under one name) are refused, not resolved by their order in the index."""
+    found = manifests
     if ref is not None:
         found = [m for m in manifests if m.annotations.get(REF_ANNOTATION) == ref]
         if not found:
             names = sorted({m.annotations.get(REF_ANNOTATION, "") for m in manifests} - {""})
             raise UsageError(f"{what}: no image named {ref!r} (got {', '.join(names) or 'no named images'})")
+    if len(found) == 1:
         return found[0]
-    if len(manifests) == 1:
-        return manifests[0]
     os_, _, arch = platform.partition("/")
+    arch, _, variant = arch.partition("/")
+    named = f" named {ref!r}" if ref is not None else ""
     found = [
         m
-        for m in manifests
-        if m.platform and m.platform.get("os") == os_ and m.platform.get("architecture") == arch
+        for m in found
+        if m.platform
+        and m.platform.get("os") == os_
+        and m.platform.get("architecture") == arch
+        and (not variant or m.platform.get("variant") == variant)
     ]
     if not found:
         raise UsageError(
-            f"{what}: {len(manifests)} images and none for platform {platform}; name one with :REF"
+            f"{what}: {len(manifests)} images{named} and none for platform {platform}; name one with :REF"
+        )
+    if len({m.digest for m in found}) > 1:
+        plats = ", ".join(sorted({_platform_name(m.platform or {}) for m in found}))
+        raise UsageError(
+            f"{what}: {len(found)} different images{named} for platform {platform} ({plats}): "
+            "ambiguous; give --platform OS/ARCH/VARIANT or name one with :REF"
         )
     return found[0]
+
+
+def _platform_name(platform: dict[str, Any]) -> str:
+    parts = [str(platform.get(k, "")) for k in ("os", "architecture", "variant")]
+    return "/".join(parts).rstrip("/")
 
 
 def _open_layout(root: Path, ref: str | None, platform: str) -> SourceImage:
@@ -529,9 +550,11 @@ def open_image(src: ImageRef, *, platform: str = "linux/amd64", tls_verify: bool
     tmp = Path(tempfile.mkdtemp(prefix="confide-pull-"))
     try:
         os_, _, arch = platform.partition("/")
+        arch, _, variant = arch.partition("/")
         _skopeo(
             ["copy", "--quiet", f"--src-tls-verify={str(tls_verify).lower()}", "--override-os", os_,
-             "--override-arch", arch, str(src), f"oci:{tmp}:image"],
+             "--override-arch", arch, *(["--override-variant", variant] if variant else []),
+             str(src), f"oci:{tmp}:image"],
             f"pull {src}",
         )  # fmt: skip
         image = _open_layout(tmp, "image", platform)
