@@ -580,3 +580,34 @@ def test_a_member_named_differently_by_tar_readers_is_refused(
     res = run(tmp_path / "ok", Image([[*members, *ok]], entrypoint=["/app/run.sh"]), protect=["/app"])
     assert res.files == 3  # run.sh, the long-named file, p
     assert not any(S_NAMED in b or S_FINAL in b for b in all_blob_bytes(tmp_path / "ok" / "out"))
+
+
+def test_a_docker_save_layer_changed_between_the_passes_is_refused(tmp_path: Path) -> None:
+    """A docker-save ``layer.tar`` has no digest of its own: an untouched one changed (same size)
+    after pass 1 verified its diff_id was copied as it then was, under the old diff_id."""
+    img = base_image()
+    img.layers.append([M("opt/", "d"), M("opt/tool", data=b"tool-version-1")])
+    archive = img.write_archive(tmp_path / "src.tar")
+
+    def tamper(phase: str, _advance: int, total: int | None) -> None:
+        if phase == "rewrite" and total is not None:  # after pass 1, before any layer is copied
+            with tarfile.open(archive) as tf:
+                offset = tf.getmember("layer2/layer.tar").offset_data
+            data = archive.read_bytes()
+            at = data.index(b"tool-version-1", offset)
+            with archive.open("r+b") as f:
+                f.seek(at)
+                f.write(b"TOOL-version-2")
+
+    opts = SconifyOptions(
+        parse_ref(f"docker-archive:{archive}"), parse_ref(f"oci:{tmp_path / 'out'}"),
+        protect=["/app", "/data/model.bin"], policy="pol", service="svc",
+    )  # fmt: skip
+    with pytest.raises(ParseError, match="layer 2: got digest"):
+        sconify(opts, KEY, progress=tamper)
+    assert not (tmp_path / "out").exists()
+    # benign twin: the archive untouched converts, the layer copied as it was
+    archive.unlink()
+    img.write_archive(archive)
+    res = sconify(opts, KEY, progress=lambda *_: None)
+    assert res.rewritten_layers == [0, 1]

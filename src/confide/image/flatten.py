@@ -277,6 +277,7 @@ class FsIndex:
     diff_ids: list[str] = field(default_factory=list)
     touches_protected: list[bool] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)  # uncompressed bytes per layer
+    digests: list[str] = field(default_factory=list)  # each blob's digest as pass 1 read it
 
     def lookup(self, path: str) -> Node | None:
         node = self.root
@@ -438,12 +439,13 @@ def index_layers(
                 if progress is not None and dr.count - before > (1 << 22):
                     progress(dr.count - before)
                     before = dr.count
-            _, diff_id = dr.verify()
+            digest, diff_id = dr.verify()
             if progress is not None:
                 progress(dr.count - before)
         idx.compressions.append(dr.compression)
         idx.diff_ids.append(diff_id)
         idx.sizes.append(dr.count)
+        idx.digests.append(digest)
         idx.touches_protected.append(any(dropped(m.path, roots) for m in members))
         _apply(idx, layer.index, members, roots)
     return idx

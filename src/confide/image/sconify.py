@@ -378,17 +378,20 @@ def _volume_layer(
     return _write_layer(store, entries, compression)
 
 
-def _copy_blob(store: BlobStore, image: SourceImage, i: int, compression: str) -> Descriptor:
+def _copy_blob(store: BlobStore, image: SourceImage, i: int, idx: FsIndex) -> Descriptor:
+    """Copy layer ``i`` byte for byte, checked against the digest pass 1 verified: a docker-save
+    ``layer.tar`` has no digest of its own (its diff_id was checked in pass 1), so a blob
+    changed between the passes was copied as it now was, under the old diff_id."""
     layer = image.layers[i]
     tmp, f = store.temp()
     try:
         with f, layer.open() as raw:
-            hr = HashingReader(raw, f"layer {i}", digest=layer.digest, size=layer.size, limit=MAX_BLOB)
+            hr = HashingReader(raw, f"layer {i}", digest=idx.digests[i], size=layer.size, limit=MAX_BLOB)
             while chunk := hr.read(1 << 20):
                 f.write(chunk)
             digest = hr.verify()
         store.commit(tmp, digest)
-        return Descriptor(_MEDIA[compression], digest, hr.count)
+        return Descriptor(_MEDIA[idx.compressions[i]], digest, hr.count)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -457,7 +460,7 @@ def sconify(
         rewritten = []
         for i, layer in enumerate(image.layers):
             if not idx.touches_protected[i]:
-                layers.append(_copy_blob(store, image, i, idx.compressions[i]))
+                layers.append(_copy_blob(store, image, i, idx))
                 diff_ids.append(idx.diff_ids[i])
                 continue
             tmp, f = store.temp()
