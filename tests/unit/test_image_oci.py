@@ -523,3 +523,51 @@ def test_platform_variants(tmp_path: Path) -> None:
         UsageError, match=r"2 different images for platform linux/arm \(linux/arm/v6, linux/arm/v7\)"
     ):
         open_image(parse_ref(f"oci:{root}"), platform="linux/arm")
+
+
+def test_a_huge_or_special_index_json_is_not_read_whole(tmp_path: Path) -> None:
+    """index.json (and oci-layout) were read whole before the 4 MiB limit was applied: a large
+    file took its size in memory, a FIFO or /dev/zero in its place never ended."""
+    import os
+    import tracemalloc
+
+    root = simple().write_layout(tmp_path / "l")
+    with (root / "index.json").open("r+b") as f:
+        f.truncate(64 << 20)  # sparse: no disk used
+    tracemalloc.start()
+    try:
+        with pytest.raises(ParseError, match="expected at most"):
+            open_image(parse_ref(f"oci:{root}"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, peak
+    (root / "index.json").unlink()
+    os.mkfifo(root / "index.json")
+    with pytest.raises(ParseError, match=r"index\.json is not a regular file"):
+        open_image(parse_ref(f"oci:{root}"))
+    (root / "index.json").unlink()
+    (root / "index.json").symlink_to("/dev/zero")
+    with pytest.raises(ParseError, match=r"index\.json is not a regular file"):
+        open_image(parse_ref(f"oci:{root}"))
+    # benign twin: a symlink to a regular index.json is read
+    simple().write_layout(tmp_path / "m")
+    (root / "index.json").unlink()
+    (root / "index.json").symlink_to(tmp_path / "m" / "index.json")
+    shutil.rmtree(root / "blobs")
+    shutil.copytree(tmp_path / "m" / "blobs", root / "blobs")
+    assert open_image(parse_ref(f"oci:{root}")).layers
+
+
+@pytest.mark.parametrize("which", ["manifest", "layer"])
+def test_a_fifo_in_a_blobs_place_is_refused_not_waited_on(tmp_path: Path, which: str) -> None:
+    """Opening a FIFO named like a blob waited for a writer for ever (no O_NONBLOCK)."""
+    import os
+
+    root, manifest, blobs = _layout(tmp_path)
+    index = json.loads((root / "index.json").read_bytes())
+    digest = index["manifests"][0]["digest"] if which == "manifest" else manifest["layers"][0]["digest"]
+    (blobs / digest[7:]).unlink()
+    os.mkfifo(blobs / digest[7:])
+    with pytest.raises(ParseError, match="is not a regular file"):
+        index_of(f"oci:{root}")

@@ -264,7 +264,8 @@ def _blob_path(root: Path, digest: str) -> Path:
 def _open_blob(root: Path, digest: str, what: str) -> Iterator[IO[bytes]]:
     path = _blob_path(root, digest)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO in a blob's place is refused below, not waited on for ever
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ParseError(f"blob {digest} is missing ({path})", structure=what) from None
     except OSError as exc:
@@ -335,17 +336,29 @@ def _platform_name(platform: dict[str, Any]) -> str:
     return "/".join(parts).rstrip("/")
 
 
-def _open_layout(root: Path, ref: str | None, platform: str) -> SourceImage:
-    what = f"OCI layout {str(root)!r}"
+def _read_layout_file(root: Path, name: str, what: str) -> bytes:
+    """``oci-layout`` or ``index.json`` (image-layout.md): a regular file, read up to
+    MAX_JSON + 1 bytes (a larger one is refused without being read whole; a FIFO or a device
+    in its place is refused, not read until it ends)."""
     try:
-        layout = (root / "oci-layout").read_bytes()[: MAX_JSON + 1]
-        index_bytes = (root / "index.json").read_bytes()[: MAX_JSON + 1]
-    except FileNotFoundError as exc:
-        raise ParseError(
-            f"{Path(str(exc.filename)).name} missing: not an OCI image layout", structure=what
-        ) from None
+        fd = os.open(root / name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ParseError(f"{name} missing: not an OCI image layout", structure=what) from None
     except OSError as exc:
         raise UsageError(f"cannot read {what}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not _is_regular(fd):
+            raise ParseError(f"{name} is not a regular file", structure=what)
+        try:
+            return _read_bounded(f, name)
+        except OSError as exc:
+            raise UsageError(f"cannot read {what}: {exc.strerror or exc}") from None
+
+
+def _open_layout(root: Path, ref: str | None, platform: str) -> SourceImage:
+    what = f"OCI layout {str(root)!r}"
+    layout = _read_layout_file(root, "oci-layout", what)
+    index_bytes = _read_layout_file(root, "index.json", what)
     lv = _obj(_json(layout, "oci-layout"), "oci-layout").get("imageLayoutVersion")
     if lv != "1.0.0":
         raise ParseError(f"got {lv!r}, expected '1.0.0'", structure="oci-layout", field="imageLayoutVersion")
