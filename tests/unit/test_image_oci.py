@@ -571,3 +571,35 @@ def test_a_fifo_in_a_blobs_place_is_refused_not_waited_on(tmp_path: Path, which:
     os.mkfifo(blobs / digest[7:])
     with pytest.raises(ParseError, match="is not a regular file"):
         index_of(f"oci:{root}")
+
+
+def _archive_with_symlinked_layer(tmp_path: Path, link: str) -> Path:
+    """A docker save archive (old layout) whose third layer repeats the first: docker before 25
+    writes it as a relative symlink to the first layer.tar (moby image/tarexport)."""
+    same = [M("opt/", "d"), M("opt/tool", data=b"tool")]
+    img = Image([same, [*PYTHON_BASE, M("app/", "d"), M("app/s", data=b"s")], same])
+    archive = img.write_archive(tmp_path / "a.tar")
+    out = tmp_path / f"b{len(list(tmp_path.iterdir()))}.tar"
+    with tarfile.open(archive) as src, tarfile.open(out, "w") as dst:
+        for m in src:
+            if m.name == "layer2/layer.tar":
+                ti = tarfile.TarInfo(m.name)
+                ti.type, ti.linkname = tarfile.SYMTYPE, link
+                dst.addfile(ti)
+            else:
+                dst.addfile(m, src.extractfile(m))
+    archive.unlink()
+    return out
+
+
+def test_archive_layer_symlinked_to_an_identical_one(tmp_path: Path) -> None:
+    """Was refused as "missing" (only regular members were layers)."""
+    idx = index_of(str(_archive_with_symlinked_layer(tmp_path, "../layer0/layer.tar")))
+    assert idx.lookup("opt/tool") is not None and len(idx.diff_ids) == 3
+    assert idx.diff_ids[0] == idx.diff_ids[2]
+    with pytest.raises(ParseError, match="outside the archive"):
+        open_image(parse_ref(str(_archive_with_symlinked_layer(tmp_path, "../../layer0/layer.tar"))))
+    with pytest.raises(ParseError, match="outside the archive"):
+        open_image(parse_ref(str(_archive_with_symlinked_layer(tmp_path, "/etc/passwd"))))
+    with pytest.raises(ParseError, match="missing"):
+        open_image(parse_ref(str(_archive_with_symlinked_layer(tmp_path, "../layer9/layer.tar"))))

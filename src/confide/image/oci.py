@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import posixpath
 import shutil
 import stat
 import subprocess
@@ -509,6 +510,17 @@ def _open_archive(path: Path, ref: str | None) -> SourceImage:
         layers = []
         for i, (name, diff_id) in enumerate(zip(layer_names, diff_ids, strict=True)):
             lm = members.get(name)
+            if lm is not None and lm.issym():
+                # docker save before 25 (moby image/tarexport, old layout) writes a layer whose
+                # diff_id was saved already as a relative symlink to that layer.tar
+                target = posixpath.normpath(posixpath.join(posixpath.dirname(name), lm.linkname))
+                if lm.linkname.startswith("/") or target.startswith("../") or target == "..":
+                    raise ParseError(
+                        f"layer {name!r} is a symlink to {lm.linkname!r}, outside the archive",
+                        structure=what,
+                        field=f"Layers[{i}]",
+                    )
+                lm = members.get(target)
             if lm is None or not lm.isreg():
                 raise ParseError(f"layer {name!r} is missing", structure=what, field=f"Layers[{i}]")
 
