@@ -35,6 +35,7 @@ from typing import IO, Any
 
 from confide import jsonstrict
 from confide.errors import NetworkError, ParseError, StorageError, UsageError
+from confide.fsutil import fsync_dir
 from confide.image.blobs import GZIP, NONE, ZSTD, check_digest, sha256_digest
 
 __all__ = [
@@ -607,6 +608,7 @@ class BlobStore:
 
     def commit(self, tmp: Path, digest: str) -> Path:
         final = _blob_path(self.root, digest)
+        _fsync_file(tmp)  # durable before the image naming it is published
         os.replace(tmp, final)
         os.chmod(final, 0o644)
         return final
@@ -617,9 +619,30 @@ class BlobStore:
     def put(self, data: bytes) -> Descriptor:
         digest = sha256_digest(data)
         path = _blob_path(self.root, digest)
-        path.write_bytes(data)
-        os.chmod(path, 0o644)
+        _write_synced(path, data)
         return Descriptor("", digest, len(data))
+
+    def sync(self) -> None:
+        """Make the directory entries durable (the files were synced when written)."""
+        for d in (self.root / "blobs" / "sha256", self.root / "blobs", self.root):
+            fsync_dir(d)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(path, 0o644)
 
 
 def _canonical(obj: object) -> bytes:
@@ -654,9 +677,12 @@ def write_image(
         "mediaType": MEDIA_OCI_INDEX,
         "manifests": [Descriptor(MEDIA_OCI_MANIFEST, mdesc.digest, mdesc.size, ann).to_json()],
     }
-    (store.root / "oci-layout").write_bytes(_canonical({"imageLayoutVersion": "1.0.0"}))
-    (store.root / "index.json").write_bytes(_canonical(index))
+    _write_synced(store.root / "oci-layout", _canonical({"imageLayoutVersion": "1.0.0"}))
+    _write_synced(store.root / "index.json", _canonical(index))
     if dst.kind == "oci":
+        # every file and directory entry durable before the rename publishes the layout: a
+        # crash must not leave an image at DST whose blobs are empty or missing
+        store.sync()
         _publish_layout(store.root, Path(dst.location))
     elif dst.kind == "docker-archive":
         docker_manifest = [
@@ -666,7 +692,7 @@ def write_image(
                 "Layers": [f"blobs/sha256/{d.digest[7:]}" for d in layers],
             }
         ]
-        (store.root / "manifest.json").write_bytes(_canonical(docker_manifest))
+        _write_synced(store.root / "manifest.json", _canonical(docker_manifest))
         _write_archive(store.root, Path(dst.location))
     else:
         _skopeo(
@@ -700,7 +726,12 @@ def _publish_layout(src: Path, dst: Path) -> None:
                 raise
             tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
             shutil.copytree(src, tmp)
+            for d, _, files in os.walk(tmp):
+                for name in files:
+                    _fsync_file(Path(d) / name)
+                fsync_dir(Path(d))
             os.replace(tmp, dst)
+        fsync_dir(dst.parent)
     except OSError as exc:
         raise StorageError(f"cannot write {str(dst)!r}: {exc.strerror or exc}") from None
 
@@ -726,7 +757,16 @@ def _write_archive(src: Path, dst: Path) -> None:
                 ti.size, ti.mode = p.stat().st_size, 0o644
                 with p.open("rb") as f:
                     tf.addfile(ti, f)
+        _fsync_file(tmp)  # durable before the rename publishes it
         os.replace(tmp, dst)
-    except OSError as exc:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise StorageError(f"cannot write {str(dst)!r}: {exc.strerror or exc}") from None
+        if isinstance(exc, OSError):
+            raise StorageError(f"cannot write {str(dst)!r}: {exc.strerror or exc}") from None
+        raise
+    try:
+        fsync_dir(dst.parent)
+    except OSError as exc:
+        raise StorageError(
+            f"wrote {str(dst)!r} but cannot sync its directory: {exc.strerror or exc}"
+        ) from None
