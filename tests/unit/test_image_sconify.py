@@ -611,3 +611,24 @@ def test_a_docker_save_layer_changed_between_the_passes_is_refused(tmp_path: Pat
     img.write_archive(archive)
     res = sconify(opts, KEY, progress=lambda *_: None)
     assert res.rewritten_layers == [0, 1]
+
+
+def test_a_protected_file_with_extended_attributes_is_refused(tmp_path: Path) -> None:
+    """A volume entry has no extended attributes: a protected file's capabilities (or ACL) were
+    dropped silently (the ACL's mask then read as the owning group's permissions)."""
+    members = [*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755), M("etc/", "d")]
+    cap = {"SCHILY.xattr.security.capability": "\x01\x00\x00\x02\x00\x20\x00\x00"}
+    img = Image([[*members, M("app/ping", data=b"ping", mode=0o755, pax=cap)]], entrypoint=["/app/run.sh"])
+    with pytest.raises(
+        UsageError, match=r"'/app/ping' below a protected path has extended attributes \(security"
+    ):
+        run(tmp_path, img, protect=["/app"])
+    assert not (tmp_path / "out").exists()
+    # benign twin: outside the protected paths the attributes are kept in the rewritten layer
+    img = Image([[*members, M("etc/ping", data=b"ping", mode=0o755, pax=cap)]], entrypoint=["/app/run.sh"])
+    run(tmp_path / "ok", img, protect=["/app"])
+    _, _, layers = read_layout(tmp_path / "ok" / "out")
+    import io
+
+    with tarfile.open(fileobj=io.BytesIO(layers[0])) as tf:
+        assert "SCHILY.xattr.security.capability" in tf.getmember("etc/ping").pax_headers

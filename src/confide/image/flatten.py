@@ -79,6 +79,7 @@ class Node:
     source: tuple[int, int] | None = None  # (layer, member ordinal) whose data is the content
     children: dict[str, Node] | None = None
     mtime_ns: int = 0  # from the tar header (tar_mtime_ns: any integer; the user clamps it)
+    xattrs: tuple[str, ...] = ()  # names of its extended attributes (pax SCHILY.xattr.* records)
 
 
 def _new_dir(mode: int = 0o755) -> Node:
@@ -135,6 +136,16 @@ def tar_mtime_ns(info: tarfile.TarInfo) -> int:
     return int(value) * _NS
 
 
+_XATTR_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")
+
+
+def xattr_names(info: tarfile.TarInfo) -> tuple[str, ...]:
+    """The extended attributes a member carries: pax records ``SCHILY.xattr.NAME`` (star, GNU
+    tar, Go's archive/tar as Docker and containerd write and apply them) and libarchive's
+    ``LIBARCHIVE.xattr.NAME`` (name URL-encoded; shown as found)."""
+    return tuple(sorted(k.split(".xattr.", 1)[1] for k in info.pax_headers if k.startswith(_XATTR_PREFIXES)))
+
+
 def is_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root + "/")
 
@@ -153,6 +164,7 @@ class _Member:
     linkname: str
     sparse: bool
     mtime_ns: int
+    xattrs: tuple[str, ...]
 
     @classmethod
     def of(cls, ordinal: int, path: str, info: tarfile.TarInfo) -> _Member:
@@ -161,7 +173,7 @@ class _Member:
             link = f"{info.devmajor}:{info.devminor}"
         return cls(
             ordinal, path, info.type, info.mode, info.uid, info.gid, info.size, link, info.issparse(),
-            tar_mtime_ns(info),
+            tar_mtime_ns(info), xattr_names(info),
         )  # fmt: skip
 
 
@@ -490,11 +502,11 @@ def _apply(idx: FsIndex, layer_no: int, members: list[_Member], roots: Sequence[
                 )
             node = Node(
                 tnode.kind, tnode.mode, tnode.uid, tnode.gid, tnode.size, tnode.linkname, tnode.source,
-                mtime_ns=tnode.mtime_ns,  # one inode: the target's time
+                mtime_ns=tnode.mtime_ns, xattrs=tnode.xattrs,  # one inode: the target's
             )  # fmt: skip
         else:
             kind = FILE if m.sparse else _KINDS[m.type]
-            node = Node(kind, *meta, mtime_ns=m.mtime_ns)
+            node = Node(kind, *meta, mtime_ns=m.mtime_ns, xattrs=m.xattrs)
             if kind == FILE:
                 node.size, node.source = m.size, (layer_no, m.ordinal)
             elif kind == DIR:

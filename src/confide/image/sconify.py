@@ -170,6 +170,16 @@ def _check_paths(
                 raise UsageError(
                     f"{'/' + p!r} below a protected path is a {n.kind}; a volume holds no special files"
                 )
+            if n.xattrs:
+                # a volume entry has no extended attributes (docs/volume-format.md): file
+                # capabilities (security.capability) would be lost and a POSIX ACL
+                # (system.posix_acl_access) dropped, leaving the group bits, the ACL's mask,
+                # as the owning group's permissions
+                raise UsageError(
+                    f"{'/' + p!r} below a protected path has extended attributes "
+                    f"({', '.join(n.xattrs)}); a volume holds none: protect another path or "
+                    "remove them from the image"
+                )
             if n.kind == FILE:
                 assert n.source is not None
                 wanted.setdefault(n.source, []).append(p)
