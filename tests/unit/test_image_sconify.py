@@ -632,3 +632,22 @@ def test_a_protected_file_with_extended_attributes_is_refused(tmp_path: Path) ->
 
     with tarfile.open(fileobj=io.BytesIO(layers[0])) as tf:
         assert "SCHILY.xattr.security.capability" in tf.getmember("etc/ping").pax_headers
+
+
+def test_names_the_file_system_refuses_are_clear_errors(tmp_path: Path) -> None:
+    """A 300-byte name (over NAME_MAX), or a protected path that fits the tar limit but not
+    PATH_MAX once below the work directory, raised a bare OSError (a traceback)."""
+    members = [*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755)]
+    img = Image([[*members, M("app/" + "n" * 300, data=b"x")]], entrypoint=["/app/run.sh"])
+    with pytest.raises(ParseError, match="path component of 300 characters"):
+        run(tmp_path / "a", img, protect=["/app"])
+    deep = "app/" + "/".join(["d" * 200] * 19) + "/f"  # 3,823 bytes: under the 4,096 of a tar name
+    img = Image([[*members, M(deep, data=b"x")]], entrypoint=["/app/run.sh"])
+    from confide.errors import StorageError
+
+    with pytest.raises(StorageError, match="File name too long"):
+        run(tmp_path / "b" / ("w" * 200) / ("w" * 200), img, protect=["/app"])
+    assert not (tmp_path / "b" / ("w" * 200) / ("w" * 200) / "out").exists()
+    # benign twin: a 255-byte name converts
+    img = Image([[*members, M("app/" + "n" * 255, data=b"x")]], entrypoint=["/app/run.sh"])
+    assert run(tmp_path / "c", img, protect=["/app"]).files == 2

@@ -50,6 +50,7 @@ __all__ = [
 MAX_LAYER_BYTES = 1 << 40  # uncompressed bytes per layer
 MAX_MEMBERS = 2_000_000  # tar members per layer
 MAX_PATH = 4096
+MAX_NAME = 255
 WH_PREFIX = ".wh."
 WH_OPAQUE = ".wh..wh..opq"
 
@@ -100,6 +101,14 @@ def normalize(name: str, what: str = "member") -> str:
             f"got {name!r} with '..', expected no parent references", structure="layer tar", field=what
         )
     path = "/".join(parts)
+    for part in parts:  # NAME_MAX (POSIX.1-2017 <limits.h>; 255 on Linux): no engine creates it
+        if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME:
+            raise ParseError(
+                f"got a path component of {len(part)} characters in {name[:100]!r}, "
+                f"expected at most {MAX_NAME} bytes",
+                structure="layer tar",
+                field=what,
+            )
     if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH:
         raise ParseError(
             f"got a {len(path)}-character name, expected at most {MAX_PATH}", structure="layer tar"

@@ -530,6 +530,11 @@ def sconify(
         if sink is not None:
             sink.apply(policy)
         return SconifyResult(digest, tag, policy, command, files, size, rewritten, measurement, warnings)
+    except OSError as exc:
+        # the file system refused a write (no space left while staging or writing a layer, a
+        # path longer than PATH_MAX below the work directory, ...): a clear error, not a traceback
+        name = f" ({str(exc.filename)[:200]!r})" if exc.filename else ""
+        raise StorageError(f"sconify: {exc.strerror or exc}{name}") from None
     finally:
         image.close()
         if work is not None:
