@@ -603,3 +603,35 @@ def test_archive_layer_symlinked_to_an_identical_one(tmp_path: Path) -> None:
         open_image(parse_ref(str(_archive_with_symlinked_layer(tmp_path, "/etc/passwd"))))
     with pytest.raises(ParseError, match="missing"):
         open_image(parse_ref(str(_archive_with_symlinked_layer(tmp_path, "../layer9/layer.tar"))))
+
+
+@pytest.mark.parametrize("where", ["end", "start", "between"])
+def test_zstd_skippable_frames(tmp_path: Path, where: str) -> None:
+    """RFC 8878 3.1.2: a decoder skips skippable frames; zstd:chunked layers (podman,
+    containers/storage) end with ones holding their table of contents. They were refused
+    ("got bytes after the zstd stream"; at the start: "got none data, expected zstd")."""
+    import struct
+
+    from backports import zstd
+
+    root = simple("zstd").write_layout(tmp_path / "l")
+    manifest, _, (raw,) = read_layout(root)
+    skip = struct.pack("<II", 0x184D2A5E, 9) + b"TOC-bytes"
+    half = len(raw) // 2
+    blob = {
+        "end": zstd.compress(raw) + skip,
+        "start": skip + zstd.compress(raw),
+        "between": zstd.compress(raw[:half]) + skip + zstd.compress(raw[half:]) + skip,
+    }[where]
+    (root / "blobs/sha256" / sha(blob)[7:]).write_bytes(blob)
+    manifest["layers"][0].update(digest=sha(blob), size=len(blob))
+    _rewrite_manifest(root, manifest)
+    idx = index_of(f"oci:{root}")
+    assert idx.diff_ids == [sha(raw)] and idx.lookup("app/s") is not None
+    # negative twin: other bytes after the last frame are still refused
+    bad = zstd.compress(raw) + b"\x00garbage"
+    (root / "blobs/sha256" / sha(bad)[7:]).write_bytes(bad)
+    manifest["layers"][0].update(digest=sha(bad), size=len(bad))
+    _rewrite_manifest(root, manifest)
+    with pytest.raises(ParseError, match="after the zstd stream"):
+        index_of(f"oci:{root}")
