@@ -442,6 +442,9 @@ def test_public_names_sorted() -> None:
         # through a lower symlink: an engine resolves lnk -> /etc and deletes /etc/passwd
         ([M("lnk/.wh.passwd")], "through the symlink 'lnk'"),
         ([M("lnk/sub/.wh..wh..opq")], "through the symlink 'lnk'"),
+        # containerd resolves the marker's directory: lnk -> /etc, and empties /etc
+        ([M("lnk/.wh..wh..opq")], "through the symlink 'lnk'"),
+        ([M("lnk/.wh..wh..opq"), M("lnk/", "d")], "through the symlink 'lnk'"),  # replaced after
     ],
 )
 def test_hostile_whiteouts(tmp_path: Path, upper: list[M], match: str) -> None:
@@ -450,8 +453,14 @@ def test_hostile_whiteouts(tmp_path: Path, upper: list[M], match: str) -> None:
     with pytest.raises(ParseError, match=match):
         index_of(f"oci:{tmp_path / 'l'}")
     # benign twins: a whiteout of a file, an opaque directory that replaces the symlink itself
-    # (overlayfs records a directory made over a lower symlink so)
-    twin = [M("etc/.wh.passwd"), M("lnk/", "d"), M("lnk/.wh..wh..opq"), M("lnk/x", data=b"x")]
+    # first (overlayfs records a directory made over a lower symlink so), a whiteout in it
+    twin = [
+        M("etc/.wh.passwd"),
+        M("lnk/", "d"),
+        M("lnk/.wh..wh..opq"),
+        M("lnk/.wh.passwd"),
+        M("lnk/x", data=b"x"),
+    ]
     Image([lower, twin]).write_layout(tmp_path / "t")
     idx = index_of(f"oci:{tmp_path / 't'}")
     assert idx.lookup("etc/passwd") is None and idx.lookup("etc/sub") is not None

@@ -474,10 +474,14 @@ def index_layers(
 
 def _apply(idx: FsIndex, layer_no: int, members: list[_Member], roots: Sequence[str]) -> None:
     # 1. whiteouts act on the lower layers only, before this layer's entries
+    dirs: dict[str, int] = {}  # path -> ordinal of this layer's first directory entry there
+    for m in members:
+        if m.type == tarfile.DIRTYPE:
+            dirs.setdefault(m.path, m.ordinal)
     for m in members:
         head, _, base = m.path.rpartition("/")
         if base == WH_OPAQUE:
-            _check_whiteout_parent(idx, m.path, head.rpartition("/")[0] if head else "", layer_no)
+            _check_whiteout_parent(idx, m, head, dirs, layer_no)
             idx.clear(head)
         elif (target := whiteout_target(m.path)) is not None:
             if target.rpartition("/")[2] in ("", ".", ".."):
@@ -487,7 +491,7 @@ def _apply(idx: FsIndex, layer_no: int, members: list[_Member], roots: Sequence[
                     f"whiteout {m.path!r} names {target.rpartition('/')[2]!r}, expected a file name",
                     structure=f"layer {layer_no}",
                 )
-            _check_whiteout_parent(idx, m.path, head, layer_no)
+            _check_whiteout_parent(idx, m, head, dirs, layer_no)
             idx.remove(target)
     # 2. this layer's entries, in order
     for m in members:
@@ -544,21 +548,26 @@ def _as_regular(info: tarfile.TarInfo) -> None:
     }
 
 
-def _check_whiteout_parent(idx: FsIndex, path: str, parent: str, layer_no: int) -> None:
-    """Refuse a whiteout whose directory ``parent`` is reached through a symlink of the lower
-    layers: an engine resolves the symlink (inside the root) and deletes what it points to,
-    where this tree would delete nothing; entries through a symlink are refused likewise.
-    (An opaque marker's own directory may be a lower symlink the layer replaces by a
-    directory, as overlayfs records it: only its ancestors are checked.)"""
+def _check_whiteout_parent(
+    idx: FsIndex, m: _Member, directory: str, dirs: dict[str, int], layer_no: int
+) -> None:
+    """Refuse a whiteout acting in ``directory`` (a plain one's parent, an opaque marker's own
+    directory) reached through a symlink of the lower layers: the engines resolve the symlink
+    inside the root (containerd's RootPath of the marker's parent, moby in a chroot) and
+    delete below its target, where this tree would delete nothing. Entries through a symlink
+    are refused likewise. Accepted: the layer replaces the symlink by a directory *before* the
+    marker in the tar (as overlayfs-based diffs write it: ``lnk/`` then ``lnk/.wh..wh..opq``),
+    which the engines apply first too, leaving nothing below it to delete."""
     node = idx.root
-    for i, part in enumerate(parent.split("/") if parent else []):
+    parts = directory.split("/") if directory else []
+    for i, part in enumerate(parts):
         child = node.children.get(part) if node.children is not None else None
         if child is None or child.kind != DIR:
-            if child is not None and child.kind == SYMLINK:
-                link = "/".join(parent.split("/")[: i + 1])
+            prefix = "/".join(parts[: i + 1])
+            if child is not None and child.kind == SYMLINK and dirs.get(prefix, m.ordinal) >= m.ordinal:
                 raise ParseError(
-                    f"whiteout {path!r} goes through the symlink {link!r} (refused: an engine would "
-                    "delete below its target)",
+                    f"whiteout {m.path!r} goes through the symlink {prefix!r} (refused: an engine "
+                    "would delete below its target)",
                     structure=f"layer {layer_no}",
                 )
             return
