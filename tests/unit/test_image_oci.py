@@ -445,6 +445,10 @@ def test_public_names_sorted() -> None:
         # containerd resolves the marker's directory: lnk -> /etc, and empties /etc
         ([M("lnk/.wh..wh..opq")], "through the symlink 'lnk'"),
         ([M("lnk/.wh..wh..opq"), M("lnk/", "d")], "through the symlink 'lnk'"),  # replaced after
+        # in tar order (the engines' order) the whiteout comes last: the engines write
+        # /etc/passwd through lnk, then delete lnk; the image-spec keeps a new lnk/passwd
+        ([M("lnk/passwd", data=b"evil"), M(".wh.lnk")], "follows an entry at or below 'lnk'"),
+        ([M("etc/passwd", data=b"new"), M("etc/.wh.passwd")], "follows an entry at or below 'etc/passwd'"),
     ],
 )
 def test_hostile_whiteouts(tmp_path: Path, upper: list[M], match: str) -> None:
@@ -465,6 +469,11 @@ def test_hostile_whiteouts(tmp_path: Path, upper: list[M], match: str) -> None:
     idx = index_of(f"oci:{tmp_path / 't'}")
     assert idx.lookup("etc/passwd") is None and idx.lookup("etc/sub") is not None
     assert idx.lookup("lnk/x") is not None
+    Image(
+        [lower, [M(".wh.lnk"), M("lnk/passwd", data=b"p"), M("etc/.wh.passwd"), M("etc/passwd")]]
+    ).write_layout(tmp_path / "u")
+    idx = index_of(f"oci:{tmp_path / 'u'}")  # whiteouts first: every reader agrees
+    assert idx.lookup("lnk/passwd").size == 1 and idx.lookup("etc/passwd").size == 0  # type: ignore[union-attr]
 
 
 def _multi_layout(tmp_path: Path, entries: list[tuple[str, dict[str, str], str | None]]) -> Path:

@@ -478,6 +478,7 @@ def _apply(idx: FsIndex, layer_no: int, members: list[_Member], roots: Sequence[
     for m in members:
         if m.type == tarfile.DIRTYPE:
             dirs.setdefault(m.path, m.ordinal)
+    earliest = _earliest_entries(members)
     for m in members:
         head, _, base = m.path.rpartition("/")
         if base == WH_OPAQUE:
@@ -492,6 +493,14 @@ def _apply(idx: FsIndex, layer_no: int, members: list[_Member], roots: Sequence[
                     structure=f"layer {layer_no}",
                 )
             _check_whiteout_parent(idx, m, head, dirs, layer_no)
+            if earliest.get(target, m.ordinal) < m.ordinal:
+                # image-spec layer.md, "Whiteouts": a whiteout does not hide entries of its own
+                # layer, but the engines apply the tar in order and delete those before it
+                raise ParseError(
+                    f"whiteout {m.path!r} follows an entry at or below {target!r} in the same layer "
+                    "(engines would delete it, the image-spec keeps it)",
+                    structure=f"layer {layer_no}",
+                )
             idx.remove(target)
     # 2. this layer's entries, in order
     for m in members:
@@ -546,6 +555,24 @@ def _as_regular(info: tarfile.TarInfo) -> None:
         for k, v in info.pax_headers.items()
         if not k.startswith("GNU.sparse.") and k not in ("path", "size")
     }
+
+
+def _earliest_entries(members: list[_Member]) -> dict[str, int]:
+    """For every path a whiteout of this layer names: the ordinal of the layer's first entry at
+    or below it (whiteouts themselves excluded)."""
+    targets = {t for m in members if (t := whiteout_target(m.path)) is not None}
+    out: dict[str, int] = {}
+    if not targets:
+        return out
+    for m in members:
+        if m.path.rpartition("/")[2].startswith(WH_PREFIX):
+            continue
+        parts = m.path.split("/")
+        for i in range(len(parts)):
+            prefix = "/".join(parts[: i + 1])
+            if prefix in targets and prefix not in out:
+                out[prefix] = m.ordinal
+    return out
 
 
 def _check_whiteout_parent(
