@@ -653,3 +653,17 @@ def test_zstd_skippable_frames(tmp_path: Path, where: str) -> None:
     _rewrite_manifest(root, manifest)
     with pytest.raises(ParseError, match="after the zstd stream"):
         index_of(f"oci:{root}")
+
+
+def test_a_sparse_bomb_is_refused_in_pass_1(tmp_path: Path) -> None:
+    """A GNU sparse member of a few stored bytes declaring 2 TiB of holes was accepted: pass 2
+    then wrote it out expanded (a rewritten layer) or staged it on disk (protected)."""
+    from confide.image.flatten import MAX_LAYER_BYTES
+
+    bomb = M("app/holes", "s", regions=[(MAX_LAYER_BYTES * 2 - 1, b"x")], real_size=MAX_LAYER_BYTES * 2)
+    with pytest.raises(ParseError, match="exceed the limit of"):
+        index_of(str(_one_layer_layout(tmp_path / "a", layer_tar([*PYTHON_BASE, bomb]))))
+    # benign twin: a sparse file within the limit is indexed with its expanded size
+    ok = M("app/holes", "s", regions=[(1 << 30, b"x")], real_size=(1 << 30) + 1)
+    idx = index_of(str(_one_layer_layout(tmp_path / "b", layer_tar([*PYTHON_BASE, ok]))))
+    assert idx.lookup("app/holes").size == (1 << 30) + 1  # type: ignore[union-attr]

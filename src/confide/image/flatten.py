@@ -426,6 +426,7 @@ def _layer_stream(layer: Layer) -> Iterator[tuple[DecompressingReader, tarfile.T
 
 
 def _members(layer: Layer, tf: tarfile.TarFile) -> Iterator[tuple[int, str, tarfile.TarInfo]]:
+    expanded = 0  # bytes of the members' contents, sparse files expanded
     for ordinal, info in enumerate(tf):
         kept: list[tarfile.TarInfo] = tf.members  # type: ignore[attr-defined]
         if len(kept) >= 1024:
@@ -442,6 +443,18 @@ def _members(layer: Layer, tf: tarfile.TarFile) -> Iterator[tuple[int, str, tarf
                 f"member {info.name!r} has tar type {info.type!r}, expected a file, directory, link, device",
                 structure=f"layer {layer.index}",
             )
+        if info.isreg():
+            # A GNU sparse member declares its expanded size (GNU.sparse.size / .realsize) and
+            # stores only its data: a few bytes of layer can declare 2**63 of holes, which pass 2
+            # writes out (expanded in a rewritten layer, or staged when protected). The
+            # expanded contents count against the layer's limit, as decompressed bytes do.
+            expanded += info.size
+            if expanded > MAX_LAYER_BYTES:
+                raise ParseError(
+                    f"member {info.name!r}: the members' contents exceed the limit of {MAX_LAYER_BYTES} "
+                    "bytes (sparse files expanded)",
+                    structure=f"layer {layer.index}",
+                )
         _check_names(info, tf, f"layer {layer.index}")
         yield ordinal, normalize(info.name), info
 
