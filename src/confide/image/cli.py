@@ -43,8 +43,9 @@ class _PrivateOutput:
             raise UsageError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
 
     def commit(self, text: str) -> None:
+        fd, self._fd = self._fd, -1  # the file object below owns (and closes) it
         try:
-            with os.fdopen(self._fd, "w") as f:
+            with os.fdopen(fd, "w") as f:
                 os.fchmod(f.fileno(), 0o600)
                 f.write(text)
                 f.flush()
@@ -56,8 +57,10 @@ class _PrivateOutput:
             raise UsageError(f"cannot write {str(self.path)!r}: {exc.strerror or exc}") from None
 
     def discard(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
         self.tmp.unlink(missing_ok=True)
 
 

@@ -527,9 +527,7 @@ def sconify(
         new_cfg = _new_config(cfg, diff_ids, entrypoint, command)
         digest = write_image(store, opts.dst, new_cfg, layers, tls_verify=opts.tls_verify)
         policy = make_policy(opts, cfg, command, tag, digest, outer, roots, measurement=measurement)
-        if sink is not None:
-            sink.apply(policy)
-        return SconifyResult(digest, tag, policy, command, files, size, rewritten, measurement, warnings)
+        result = SconifyResult(digest, tag, policy, command, files, size, rewritten, measurement, warnings)
     except OSError as exc:
         # the file system refused a write (no space left while staging or writing a layer, a
         # path longer than PATH_MAX below the work directory, ...): a clear error, not a traceback
@@ -539,6 +537,9 @@ def sconify(
         image.close()
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
+    if sink is not None:  # outside the OSError handling: a sink's errors are its own
+        sink.apply(policy)
+    return result
 
 
 def _given_measurement(text: str) -> str:
