@@ -667,3 +667,19 @@ def test_a_sparse_bomb_is_refused_in_pass_1(tmp_path: Path) -> None:
     ok = M("app/holes", "s", regions=[(1 << 30, b"x")], real_size=(1 << 30) + 1)
     idx = index_of(str(_one_layer_layout(tmp_path / "b", layer_tar([*PYTHON_BASE, ok]))))
     assert idx.lookup("app/holes").size == (1 << 30) + 1  # type: ignore[union-attr]
+
+
+def test_data_after_the_end_of_a_layer_tar_is_refused(tmp_path: Path) -> None:
+    """A second tar appended to a layer (or a header after one zero block) is in no reader's
+    tree but was copied with the layer: a protected file's plaintext could ride along."""
+    first = layer_tar([*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"run")])
+    hidden = layer_tar([M("etc/", "d"), M("etc/copy-of-secret", data=b"SECRET-hidden-tail")])
+    with pytest.raises(ParseError, match="data after the end-of-archive blocks"):
+        index_of(str(_one_layer_layout(tmp_path / "a", first + hidden)))
+    end = first.rstrip(b"\0")
+    end += b"\0" * (-len(end) % 512)  # the members, no end-of-archive blocks
+    with pytest.raises(ParseError, match="data after the end-of-archive blocks"):
+        index_of(str(_one_layer_layout(tmp_path / "b", end + b"\0" * 512 + hidden)))
+    # benign twins: no end blocks at all, or more zero padding than a record
+    assert index_of(str(_one_layer_layout(tmp_path / "c", end))).lookup("app/run.sh") is not None
+    assert index_of(str(_one_layer_layout(tmp_path / "d", first + b"\0" * 30_000))).lookup("app/run.sh")

@@ -459,6 +459,26 @@ def _members(layer: Layer, tf: tarfile.TarFile) -> Iterator[tuple[int, str, tarf
         yield ordinal, normalize(info.name), info
 
 
+def _check_tail(tf: tarfile.TarFile, what: str) -> None:
+    """Refuse bytes other than zeros after the end of the archive.
+
+    tarfile stops at the first zero block; Go's archive/tar (the engines) stops at two and
+    fails on a zero block followed by a header. What follows is in no reader's tree, but it
+    is in the blob, which sconify copies unchanged when no member is protected: a second tar
+    appended to a layer (``cat a.tar b.tar``) could carry a protected file's plaintext into
+    the output. Writers pad the end with zeros only (POSIX.1-2017 pax, "ustar Interchange
+    Format": two zero blocks; GNU tar and tarfile fill the last record with zeros)."""
+    stream = tf.fileobj
+    assert stream is not None
+    while chunk := stream.read(1 << 20):
+        if chunk.count(0) != len(chunk):
+            raise ParseError(
+                "got data after the end-of-archive blocks, expected only zeros (a second tar "
+                "appended, or a header after one zero block)",
+                structure=what,
+            )
+
+
 def index_layers(
     layers: Sequence[Layer], roots: Sequence[str], progress: Callable[[int], None] | None = None
 ) -> FsIndex:
@@ -473,6 +493,7 @@ def index_layers(
                 if progress is not None and dr.count - before > (1 << 22):
                     progress(dr.count - before)
                     before = dr.count
+            _check_tail(tf, f"layer {layer.index}")
             digest, diff_id = dr.verify()
             if progress is not None:
                 progress(dr.count - before)
