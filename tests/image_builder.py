@@ -17,7 +17,8 @@ OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 @dataclass
 class M:
-    """One tar member: kind f (file), d (dir), l (symlink), h (hard link), c (char dev), p (fifo)."""
+    """One tar member: kind f (file), d (dir), l (symlink), h (hard link), c (char dev), p (fifo),
+    s (sparse file), raw (``data`` is spliced in as tar blocks: see :func:`blocks`)."""
 
     name: str
     kind: str = "f"
@@ -29,6 +30,40 @@ class M:
     mtime: int = 1_700_000_000  # the ustar header's seconds
     pax_mtime: str | None = None  # a pax "mtime" record, written as given (e.g. with a fraction)
     pax: dict[str, str] | None = None  # other pax records, written as given (hostile ones too)
+    # kind s (a GNU sparse file in a pax header, format "0.1" or "1.0"): the data regions
+    # (offset, bytes) of a file of real_size bytes, zeros elsewhere
+    regions: list[tuple[int, bytes]] = field(default_factory=list)
+    real_size: int = 0
+    sparse_format: str = "0.1"
+
+
+def sparse_content(m: M) -> bytes:
+    """The expanded contents of a kind-s member."""
+    out = bytearray(m.real_size)
+    for off, data in m.regions:
+        out[off : off + len(data)] = data
+    return bytes(out)
+
+
+def _add_sparse(tf: tarfile.TarFile, ti: tarfile.TarInfo, m: M) -> None:
+    # GNU tar's pax sparse formats (GNU tar manual, "Storing Sparse Files": 0.1 keeps the map in
+    # GNU.sparse.map; 1.0 keeps it in decimal lines at the start of the data, padded to a block,
+    # and the real name in GNU.sparse.name, the header naming DIR/GNUSparseFile.0/NAME)
+    stored = b"".join(d for _, d in m.regions)
+    flat = [str(v) for off, d in m.regions for v in (off, len(d))]
+    ti.mode = 0o644 if m.mode is None else m.mode
+    if m.sparse_format == "0.1":
+        ti.pax_headers = {**ti.pax_headers, "GNU.sparse.size": str(m.real_size),
+                          "GNU.sparse.numblocks": str(len(m.regions)), "GNU.sparse.map": ",".join(flat)}  # fmt: skip
+    else:
+        head, _, base = m.name.rpartition("/")
+        ti.name = f"{head}/GNUSparseFile.0/{base}" if head else f"GNUSparseFile.0/{base}"
+        ti.pax_headers = {**ti.pax_headers, "GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                          "GNU.sparse.name": m.name, "GNU.sparse.realsize": str(m.real_size)}  # fmt: skip
+        table = ("\n".join([str(len(m.regions)), *flat]) + "\n").encode()
+        stored = table.ljust(-(-len(table) // 512) * 512, b"\0") + stored
+    ti.size = len(stored)
+    tf.addfile(ti, io.BytesIO(stored))
 
 
 def layer_tar(members: list[M]) -> bytes:
@@ -41,6 +76,14 @@ def layer_tar(members: list[M]) -> bytes:
                 ti.pax_headers = {"mtime": m.pax_mtime}
             if m.pax is not None:
                 ti.pax_headers = {**ti.pax_headers, **m.pax}
+            if m.kind == "s":
+                _add_sparse(tf, ti, m)
+                continue
+            if m.kind == "raw":  # header and data blocks written as given (hostile headers)
+                assert len(m.data) % tarfile.BLOCKSIZE == 0
+                tf.fileobj.write(m.data)
+                tf.offset += len(m.data)
+                continue
             if m.kind == "f":
                 ti.size, ti.mode = len(m.data), 0o644 if m.mode is None else m.mode
                 tf.addfile(ti, io.BytesIO(m.data))
@@ -53,6 +96,33 @@ def layer_tar(members: list[M]) -> bytes:
                 ti.devmajor, ti.devminor = 1, 3
             tf.addfile(ti)
     return buf.getvalue()
+
+
+def blocks(
+    name: str,
+    data: bytes = b"",
+    *,
+    fmt: int = tarfile.PAX_FORMAT,
+    pax: dict[str, str] | None = None,
+    glob: dict[str, str] | None = None,
+    only_header: bool = False,
+    link: str | None = None,
+) -> bytes:
+    """The tar blocks tarfile writes for one regular file (no end-of-archive blocks), for an
+    M(kind="raw"): ``pax`` records, a global header (``glob``), or a GNU long name (fmt GNU and
+    a name over 100 bytes); ``only_header``: just the first extended header (2 blocks); ``link``:
+    a hard link to that name instead (a GNU long link when over 100 bytes)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt, pax_headers=glob) as tf:
+        ti = tarfile.TarInfo(name)
+        ti.size, ti.mode, ti.mtime = len(data), 0o644, 1_700_000_000
+        if link is not None:
+            ti.type, ti.linkname, ti.size = tarfile.LNKTYPE, link, 0
+        if pax:
+            ti.pax_headers = dict(pax)
+        tf.addfile(ti, io.BytesIO(data))
+        out = buf.getvalue()[: tf.offset]  # before close() adds the end-of-archive blocks
+    return out[: 2 * tarfile.BLOCKSIZE] if only_header else out
 
 
 def compress(raw: bytes, compression: str) -> bytes:

@@ -150,6 +150,25 @@ def test_usage_errors(tmp_path: Path, extra: list[str], code: int, message: str)
     assert not (tmp_path / "p.yaml").exists()
 
 
+def test_an_unwritable_policy_out_fails_before_the_image_is_written(tmp_path: Path) -> None:
+    """The policy template holds the only copy of a new key (no --key-out): it was written after
+    the image, so a path that could not be written left an image whose key was lost."""
+    image().write_layout(tmp_path / "src")
+    args = ["sconify", "--from", str(tmp_path / "src"), "--to", str(tmp_path / "out"), "--protect", "/app",
+            "--policy", "p", "--service", "s"]  # fmt: skip
+    r = confide(*args, "--policy-out", str(tmp_path / "missing-dir" / "p.yaml"))
+    assert r.returncode == 2, r.stderr
+    assert "cannot write" in r.stderr and "No such file or directory" in r.stderr
+    assert not (tmp_path / "out").exists()
+    # an existing template is replaced whole, mode 0600, nothing left beside it
+    (tmp_path / "p.yaml").write_text("old")
+    r = confide(*args, "--policy-out", str(tmp_path / "p.yaml"))
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE((tmp_path / "p.yaml").stat().st_mode) == 0o600
+    assert "fspf_key" in (tmp_path / "p.yaml").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "p.yaml", "src"]
+
+
 def test_tampered_image_exit_code(tmp_path: Path) -> None:
     image().write_layout(tmp_path / "src")
     manifest, _, _ = read_layout(tmp_path / "src")

@@ -429,3 +429,257 @@ def test_public_names_sorted() -> None:
 
     assert list(pkg.__all__) == sorted(pkg.__all__)
     assert all(hasattr(pkg, n) for n in pkg.__all__)
+
+
+@pytest.mark.parametrize(
+    ("upper", "match"),
+    [
+        # image-spec layer.md "Whiteouts": ".wh." + a basename; an engine joining ".." or "."
+        # deletes the marker's directory or its parent (here all of /etc)
+        ([M("etc/sub/.wh...")], "names '..'"),
+        ([M("etc/.wh..")], "names '.'"),
+        ([M("etc/.wh.")], "names ''"),
+        # through a lower symlink: an engine resolves lnk -> /etc and deletes /etc/passwd
+        ([M("lnk/.wh.passwd")], "through the symlink 'lnk'"),
+        ([M("lnk/sub/.wh..wh..opq")], "through the symlink 'lnk'"),
+        # containerd resolves the marker's directory: lnk -> /etc, and empties /etc
+        ([M("lnk/.wh..wh..opq")], "through the symlink 'lnk'"),
+        ([M("lnk/.wh..wh..opq"), M("lnk/", "d")], "through the symlink 'lnk'"),  # replaced after
+        # in tar order (the engines' order) the whiteout comes last: the engines write
+        # /etc/passwd through lnk, then delete lnk; the image-spec keeps a new lnk/passwd
+        ([M("lnk/passwd", data=b"evil"), M(".wh.lnk")], "follows an entry at or below 'lnk'"),
+        ([M("etc/passwd", data=b"new"), M("etc/.wh.passwd")], "follows an entry at or below 'etc/passwd'"),
+    ],
+)
+def test_hostile_whiteouts(tmp_path: Path, upper: list[M], match: str) -> None:
+    lower = [M("etc/", "d"), M("etc/passwd", data=b"root"), M("etc/sub/", "d"), M("lnk", "l", link="/etc")]
+    Image([lower, upper]).write_layout(tmp_path / "l")
+    with pytest.raises(ParseError, match=match):
+        index_of(f"oci:{tmp_path / 'l'}")
+    # benign twins: a whiteout of a file, an opaque directory that replaces the symlink itself
+    # first (overlayfs records a directory made over a lower symlink so), a whiteout in it
+    twin = [
+        M("etc/.wh.passwd"),
+        M("lnk/", "d"),
+        M("lnk/.wh..wh..opq"),
+        M("lnk/.wh.passwd"),
+        M("lnk/x", data=b"x"),
+    ]
+    Image([lower, twin]).write_layout(tmp_path / "t")
+    idx = index_of(f"oci:{tmp_path / 't'}")
+    assert idx.lookup("etc/passwd") is None and idx.lookup("etc/sub") is not None
+    assert idx.lookup("lnk/x") is not None
+    Image(
+        [lower, [M(".wh.lnk"), M("lnk/passwd", data=b"p"), M("etc/.wh.passwd"), M("etc/passwd")]]
+    ).write_layout(tmp_path / "u")
+    idx = index_of(f"oci:{tmp_path / 'u'}")  # whiteouts first: every reader agrees
+    assert idx.lookup("lnk/passwd").size == 1 and idx.lookup("etc/passwd").size == 0  # type: ignore[union-attr]
+
+
+def _multi_layout(tmp_path: Path, entries: list[tuple[str, dict[str, str], str | None]]) -> Path:
+    """One layout whose index.json lists one image per entry (its app/which file says which),
+    with the entry's platform and ref name (image-index.md, image-layout.md)."""
+    root = tmp_path / "multi"
+    (root / "blobs/sha256").mkdir(parents=True)
+    descs = []
+    for i, (which, plat, ref) in enumerate(entries):
+        img = Image([[*PYTHON_BASE, M("app/", "d"), M("app/which", data=which.encode())]])
+        one = img.write_layout(tmp_path / f"one{i}", ref=ref)
+        for blob in (one / "blobs/sha256").iterdir():
+            shutil.copyfile(blob, root / "blobs/sha256" / blob.name)
+        desc = json.loads((one / "index.json").read_bytes())["manifests"][0]
+        descs.append({**desc, "platform": plat})
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": descs}
+    (root / "index.json").write_text(json.dumps(index))
+    return root
+
+
+def _which(ref: str, platform: str) -> bytes:
+    img = open_image(parse_ref(ref), platform=platform)
+    try:
+        idx = index_layers(img.layers, [])
+        node = idx.lookup("app/which")
+        assert node is not None and node.source is not None
+        got: list[bytes] = []
+        from confide.image.flatten import read_members
+
+        read_members(img.layers[node.source[0]], {node.source[1]}, lambda _o, f, _n: got.append(f.read()))
+        return got[0]
+    finally:
+        img.close()
+
+
+AMD64 = {"os": "linux", "architecture": "amd64"}
+ARM64 = {"os": "linux", "architecture": "arm64"}
+
+
+def test_an_ambiguous_platform_in_an_index_is_refused(tmp_path: Path) -> None:
+    """Two images for linux/amd64 (or two under one name): the first listed was taken silently."""
+    root = _multi_layout(tmp_path, [("arm", ARM64, None), ("one", AMD64, None), ("two", AMD64, None)])
+    with pytest.raises(UsageError, match="2 different images for platform linux/amd64"):
+        open_image(parse_ref(f"oci:{root}"))
+    assert _which(f"oci:{root}", "linux/arm64") == b"arm"  # benign twin: one image for arm64
+
+
+def test_a_ref_naming_several_platforms_picks_the_platform(tmp_path: Path) -> None:
+    """Both images are named "app": the first listed (arm64) was taken whatever --platform said."""
+    root = _multi_layout(tmp_path, [("arm", ARM64, "app"), ("amd", AMD64, "app"), ("other", AMD64, "x")])
+    assert _which(f"oci:{root}:app", "linux/amd64") == b"amd"
+    assert _which(f"oci:{root}:app", "linux/arm64") == b"arm"
+    with pytest.raises(UsageError, match="named 'app' and none for platform linux/s390x"):
+        open_image(parse_ref(f"oci:{root}:app"), platform="linux/s390x")
+
+
+def test_platform_variants(tmp_path: Path) -> None:
+    v7 = {"os": "linux", "architecture": "arm", "variant": "v7"}
+    v6 = {"os": "linux", "architecture": "arm", "variant": "v6"}
+    root = _multi_layout(tmp_path, [("v6", v6, None), ("v7", v7, None), ("amd", AMD64, None)])
+    assert _which(f"oci:{root}", "linux/arm/v7") == b"v7"  # was: no image for "arm/v7"
+    assert _which(f"oci:{root}", "linux/arm/v6") == b"v6"
+    with pytest.raises(
+        UsageError, match=r"2 different images for platform linux/arm \(linux/arm/v6, linux/arm/v7\)"
+    ):
+        open_image(parse_ref(f"oci:{root}"), platform="linux/arm")
+
+
+def test_a_huge_or_special_index_json_is_not_read_whole(tmp_path: Path) -> None:
+    """index.json (and oci-layout) were read whole before the 4 MiB limit was applied: a large
+    file took its size in memory, a FIFO or /dev/zero in its place never ended."""
+    import os
+    import tracemalloc
+
+    root = simple().write_layout(tmp_path / "l")
+    with (root / "index.json").open("r+b") as f:
+        f.truncate(64 << 20)  # sparse: no disk used
+    tracemalloc.start()
+    try:
+        with pytest.raises(ParseError, match="expected at most"):
+            open_image(parse_ref(f"oci:{root}"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, peak
+    (root / "index.json").unlink()
+    os.mkfifo(root / "index.json")
+    with pytest.raises(ParseError, match=r"index\.json is not a regular file"):
+        open_image(parse_ref(f"oci:{root}"))
+    (root / "index.json").unlink()
+    (root / "index.json").symlink_to("/dev/zero")
+    with pytest.raises(ParseError, match=r"index\.json is not a regular file"):
+        open_image(parse_ref(f"oci:{root}"))
+    # benign twin: a symlink to a regular index.json is read
+    simple().write_layout(tmp_path / "m")
+    (root / "index.json").unlink()
+    (root / "index.json").symlink_to(tmp_path / "m" / "index.json")
+    shutil.rmtree(root / "blobs")
+    shutil.copytree(tmp_path / "m" / "blobs", root / "blobs")
+    assert open_image(parse_ref(f"oci:{root}")).layers
+
+
+@pytest.mark.parametrize("which", ["manifest", "layer"])
+def test_a_fifo_in_a_blobs_place_is_refused_not_waited_on(tmp_path: Path, which: str) -> None:
+    """Opening a FIFO named like a blob waited for a writer for ever (no O_NONBLOCK)."""
+    import os
+
+    root, manifest, blobs = _layout(tmp_path)
+    index = json.loads((root / "index.json").read_bytes())
+    digest = index["manifests"][0]["digest"] if which == "manifest" else manifest["layers"][0]["digest"]
+    (blobs / digest[7:]).unlink()
+    os.mkfifo(blobs / digest[7:])
+    with pytest.raises(ParseError, match="is not a regular file"):
+        index_of(f"oci:{root}")
+
+
+def _archive_with_symlinked_layer(tmp_path: Path, link: str) -> Path:
+    """A docker save archive (old layout) whose third layer repeats the first: docker before 25
+    writes it as a relative symlink to the first layer.tar (moby image/tarexport)."""
+    same = [M("opt/", "d"), M("opt/tool", data=b"tool")]
+    img = Image([same, [*PYTHON_BASE, M("app/", "d"), M("app/s", data=b"s")], same])
+    archive = img.write_archive(tmp_path / "a.tar")
+    out = tmp_path / f"b{len(list(tmp_path.iterdir()))}.tar"
+    with tarfile.open(archive) as src, tarfile.open(out, "w") as dst:
+        for m in src:
+            if m.name == "layer2/layer.tar":
+                ti = tarfile.TarInfo(m.name)
+                ti.type, ti.linkname = tarfile.SYMTYPE, link
+                dst.addfile(ti)
+            else:
+                dst.addfile(m, src.extractfile(m))
+    archive.unlink()
+    return out
+
+
+def test_archive_layer_symlinked_to_an_identical_one(tmp_path: Path) -> None:
+    """Was refused as "missing" (only regular members were layers)."""
+    idx = index_of(str(_archive_with_symlinked_layer(tmp_path, "../layer0/layer.tar")))
+    assert idx.lookup("opt/tool") is not None and len(idx.diff_ids) == 3
+    assert idx.diff_ids[0] == idx.diff_ids[2]
+    with pytest.raises(ParseError, match="outside the archive"):
+        open_image(parse_ref(str(_archive_with_symlinked_layer(tmp_path, "../../layer0/layer.tar"))))
+    with pytest.raises(ParseError, match="outside the archive"):
+        open_image(parse_ref(str(_archive_with_symlinked_layer(tmp_path, "/etc/passwd"))))
+    with pytest.raises(ParseError, match="missing"):
+        open_image(parse_ref(str(_archive_with_symlinked_layer(tmp_path, "../layer9/layer.tar"))))
+
+
+@pytest.mark.parametrize("where", ["end", "start", "between"])
+def test_zstd_skippable_frames(tmp_path: Path, where: str) -> None:
+    """RFC 8878 3.1.2: a decoder skips skippable frames; zstd:chunked layers (podman,
+    containers/storage) end with ones holding their table of contents. They were refused
+    ("got bytes after the zstd stream"; at the start: "got none data, expected zstd")."""
+    import struct
+
+    from backports import zstd
+
+    root = simple("zstd").write_layout(tmp_path / "l")
+    manifest, _, (raw,) = read_layout(root)
+    skip = struct.pack("<II", 0x184D2A5E, 9) + b"TOC-bytes"
+    half = len(raw) // 2
+    blob = {
+        "end": zstd.compress(raw) + skip,
+        "start": skip + zstd.compress(raw),
+        "between": zstd.compress(raw[:half]) + skip + zstd.compress(raw[half:]) + skip,
+    }[where]
+    (root / "blobs/sha256" / sha(blob)[7:]).write_bytes(blob)
+    manifest["layers"][0].update(digest=sha(blob), size=len(blob))
+    _rewrite_manifest(root, manifest)
+    idx = index_of(f"oci:{root}")
+    assert idx.diff_ids == [sha(raw)] and idx.lookup("app/s") is not None
+    # negative twin: other bytes after the last frame are still refused
+    bad = zstd.compress(raw) + b"\x00garbage"
+    (root / "blobs/sha256" / sha(bad)[7:]).write_bytes(bad)
+    manifest["layers"][0].update(digest=sha(bad), size=len(bad))
+    _rewrite_manifest(root, manifest)
+    with pytest.raises(ParseError, match="after the zstd stream"):
+        index_of(f"oci:{root}")
+
+
+def test_a_sparse_bomb_is_refused_in_pass_1(tmp_path: Path) -> None:
+    """A GNU sparse member of a few stored bytes declaring 2 TiB of holes was accepted: pass 2
+    then wrote it out expanded (a rewritten layer) or staged it on disk (protected)."""
+    from confide.image.flatten import MAX_LAYER_BYTES
+
+    bomb = M("app/holes", "s", regions=[(MAX_LAYER_BYTES * 2 - 1, b"x")], real_size=MAX_LAYER_BYTES * 2)
+    with pytest.raises(ParseError, match="exceed the limit of"):
+        index_of(str(_one_layer_layout(tmp_path / "a", layer_tar([*PYTHON_BASE, bomb]))))
+    # benign twin: a sparse file within the limit is indexed with its expanded size
+    ok = M("app/holes", "s", regions=[(1 << 30, b"x")], real_size=(1 << 30) + 1)
+    idx = index_of(str(_one_layer_layout(tmp_path / "b", layer_tar([*PYTHON_BASE, ok]))))
+    assert idx.lookup("app/holes").size == (1 << 30) + 1  # type: ignore[union-attr]
+
+
+def test_data_after_the_end_of_a_layer_tar_is_refused(tmp_path: Path) -> None:
+    """A second tar appended to a layer (or a header after one zero block) is in no reader's
+    tree but was copied with the layer: a protected file's plaintext could ride along."""
+    first = layer_tar([*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"run")])
+    hidden = layer_tar([M("etc/", "d"), M("etc/copy-of-secret", data=b"SECRET-hidden-tail")])
+    with pytest.raises(ParseError, match="data after the end-of-archive blocks"):
+        index_of(str(_one_layer_layout(tmp_path / "a", first + hidden)))
+    end = first.rstrip(b"\0")
+    end += b"\0" * (-len(end) % 512)  # the members, no end-of-archive blocks
+    with pytest.raises(ParseError, match="data after the end-of-archive blocks"):
+        index_of(str(_one_layer_layout(tmp_path / "b", end + b"\0" * 512 + hidden)))
+    # benign twins: no end blocks at all, or more zero padding than a record
+    assert index_of(str(_one_layer_layout(tmp_path / "c", end))).lookup("app/run.sh") is not None
+    assert index_of(str(_one_layer_layout(tmp_path / "d", first + b"\0" * 30_000))).lookup("app/run.sh")

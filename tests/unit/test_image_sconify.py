@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tarfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,17 @@ from confide.errors import ParseError, UsageError
 from confide.image import SconifyOptions, parse_ref, policy_yaml, sconify
 from confide.volume import VolumeKey, open_volume
 from confide.volume.store import load_sealed
-from image_builder import PYTHON_BASE, Image, M, all_blob_bytes, extract_volume, layer_names, read_layout
+from image_builder import (
+    PYTHON_BASE,
+    Image,
+    M,
+    all_blob_bytes,
+    blocks,
+    extract_volume,
+    layer_names,
+    read_layout,
+    sparse_content,
+)
 
 KEY = VolumeKey(bytes(range(32)))
 S_OLD = b"SECRET-v1-overwritten-later-7d1c"
@@ -479,13 +490,173 @@ def test_a_non_finite_pax_mtime_outside_the_protected_paths_is_copied(tmp_path: 
     assert run(tmp_path, img, protect=["/app"]).files == 1
 
 
-def test_a_member_larger_than_the_layer_is_a_parse_error_not_a_hang(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        (2**39, "a tar member is larger than the layer"),
+        (2**63, "the members' contents exceed the limit"),  # now refused before it is skipped
+    ],
+)
+def test_a_member_larger_than_the_layer_is_a_parse_error_not_a_hang(
+    tmp_path: Path, size: int, message: str
+) -> None:
     """Found by the fuzz2 mutation campaign: a pax size of 2**63 made tarfile skip the data
     block by block past the end of the stream, for ever."""
     img = Image(
         [[*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755),
-          M("etc/", "d"), M("etc/x", data=b"x", pax={"size": str(2**63)})]],
+          M("etc/", "d"), M("etc/x", data=b"x", pax={"size": str(size)})]],
         entrypoint=["/app/run.sh"],
     )  # fmt: skip
-    with pytest.raises(ParseError, match="a tar member is larger than the layer"):
+    with pytest.raises(ParseError, match=message):
         run(tmp_path, img, protect=["/app"])
+
+
+SPARSE = [(0, b"A" * 700), (19_000, b"B" * 512), (40_000, b"C" * 3)]
+
+
+@pytest.mark.parametrize("fmt", ["0.1", "1.0"])
+def test_a_sparse_file_outside_the_protected_paths_is_rewritten_whole(tmp_path: Path, fmt: str) -> None:
+    """A GNU sparse member (pax formats 0.1 and 1.0) in a rewritten layer is written out expanded as
+    a regular file. Before, its data was read after the member had been made regular (the stored
+    bytes, then the following headers: "corrupt or truncated tar"), and its GNU.sparse.* records
+    were copied, so a reader took the expanded data for a sparse map again."""
+    sparse = M("data/sparse.bin", "s", regions=SPARSE, real_size=40_003, sparse_format=fmt, mode=0o640)
+    secret = M("app/sparse.key", "s", regions=[(8192, S_FINAL)], real_size=9000, sparse_format=fmt)
+    img = Image(
+        [[*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755), secret,
+          M("data/", "d"), sparse]],
+        entrypoint=["/app/run.sh"],
+    )  # fmt: skip
+    res = run(tmp_path, img, protect=["/app"])
+    assert res.rewritten_layers == [0]
+    _, _, layers = read_layout(tmp_path / "out")
+    import io
+
+    with tarfile.open(fileobj=io.BytesIO(layers[0])) as tf:
+        info = tf.getmember("data/sparse.bin")
+        assert not info.issparse() and info.size == 40_003 and info.mode == 0o640
+        assert not any(k.startswith("GNU.sparse") for k in info.pax_headers)
+        assert tf.extractfile(info).read() == sparse_content(sparse)  # type: ignore[union-attr]
+        assert not any("GNUSparseFile" in n for n in tf.getnames())
+    vol = extract_volume(tmp_path / "out", tmp_path / "x")
+    open_volume(vol, KEY, tmp_path / "opened", res.volume_tag)
+    assert (tmp_path / "opened/app/sparse.key").read_bytes() == sparse_content(secret)
+
+
+LONG = "app/" + "k" * 110  # a GNU long name (over 100 bytes) below the protected /app
+S_NAMED = b"SECRET-named-twice-6a0b"
+
+
+def _xhd(**records: str) -> bytes:
+    return blocks("x", pax=records, only_header=True)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        # tarfile applies a chain of headers from the last to the first, so the pax path won;
+        # Go's archive/tar (Docker, containerd) lets the GNU long name win: /app/kkk...
+        (_xhd(path="etc/innocent") + blocks(LONG, S_NAMED, fmt=tarfile.GNU_FORMAT), "readers disagree"),
+        (_xhd(path="etc/innocent") + blocks("app/s", S_NAMED, pax={"path": "app/s"}), "two pax headers"),
+        (blocks("app/s", S_NAMED, glob={"path": "etc/innocent"}), "global pax header sets path"),
+        (blocks("app/s", S_NAMED, pax={"GNU.sparse.name": "etc/innocent"}), "not sparse"),
+        (
+            blocks(LONG, S_NAMED, fmt=tarfile.GNU_FORMAT)
+            + _xhd(linkpath="etc/innocent")
+            + blocks("etc/h", link=LONG, fmt=tarfile.GNU_FORMAT),
+            "links to",
+        ),
+    ],
+)
+def test_a_member_named_differently_by_tar_readers_is_refused(
+    tmp_path: Path, raw: bytes, message: str
+) -> None:
+    """Python's tarfile (sconify) named these members /etc/innocent, the engines' Go reader names
+    them below /app: the protected file's plaintext was copied into the output layer."""
+    members = [*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755), M("etc/", "d"),
+               M("etc/innocent", data=b"i")]  # fmt: skip
+    with pytest.raises(ParseError, match=message):
+        run(
+            tmp_path,
+            Image([[*members, M("x", "raw", data=raw)]], entrypoint=["/app/run.sh"]),
+            protect=["/app"],
+        )
+    assert not (tmp_path / "out").exists()
+    # benign twins: one GNU long name, one pax path, a global header with a comment only
+    ok = [M("a", "raw", data=blocks(LONG, S_NAMED, fmt=tarfile.GNU_FORMAT)),
+          M("b", "raw", data=blocks("app/p", S_FINAL, pax={"path": "app/p"})),
+          M("c", "raw", data=blocks("etc/c", b"c", glob={"comment": "git"}))]  # fmt: skip
+    res = run(tmp_path / "ok", Image([[*members, *ok]], entrypoint=["/app/run.sh"]), protect=["/app"])
+    assert res.files == 3  # run.sh, the long-named file, p
+    assert not any(S_NAMED in b or S_FINAL in b for b in all_blob_bytes(tmp_path / "ok" / "out"))
+
+
+def test_a_docker_save_layer_changed_between_the_passes_is_refused(tmp_path: Path) -> None:
+    """A docker-save ``layer.tar`` has no digest of its own: an untouched one changed (same size)
+    after pass 1 verified its diff_id was copied as it then was, under the old diff_id."""
+    img = base_image()
+    img.layers.append([M("opt/", "d"), M("opt/tool", data=b"tool-version-1")])
+    archive = img.write_archive(tmp_path / "src.tar")
+
+    def tamper(phase: str, _advance: int, total: int | None) -> None:
+        if phase == "rewrite" and total is not None:  # after pass 1, before any layer is copied
+            with tarfile.open(archive) as tf:
+                offset = tf.getmember("layer2/layer.tar").offset_data
+            data = archive.read_bytes()
+            at = data.index(b"tool-version-1", offset)
+            with archive.open("r+b") as f:
+                f.seek(at)
+                f.write(b"TOOL-version-2")
+
+    opts = SconifyOptions(
+        parse_ref(f"docker-archive:{archive}"), parse_ref(f"oci:{tmp_path / 'out'}"),
+        protect=["/app", "/data/model.bin"], policy="pol", service="svc",
+    )  # fmt: skip
+    with pytest.raises(ParseError, match="layer 2: got digest"):
+        sconify(opts, KEY, progress=tamper)
+    assert not (tmp_path / "out").exists()
+    # benign twin: the archive untouched converts, the layer copied as it was
+    archive.unlink()
+    img.write_archive(archive)
+    res = sconify(opts, KEY, progress=lambda *_: None)
+    assert res.rewritten_layers == [0, 1]
+
+
+def test_a_protected_file_with_extended_attributes_is_refused(tmp_path: Path) -> None:
+    """A volume entry has no extended attributes: a protected file's capabilities (or ACL) were
+    dropped silently (the ACL's mask then read as the owning group's permissions)."""
+    members = [*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755), M("etc/", "d")]
+    cap = {"SCHILY.xattr.security.capability": "\x01\x00\x00\x02\x00\x20\x00\x00"}
+    img = Image([[*members, M("app/ping", data=b"ping", mode=0o755, pax=cap)]], entrypoint=["/app/run.sh"])
+    with pytest.raises(
+        UsageError, match=r"'/app/ping' below a protected path has extended attributes \(security"
+    ):
+        run(tmp_path, img, protect=["/app"])
+    assert not (tmp_path / "out").exists()
+    # benign twin: outside the protected paths the attributes are kept in the rewritten layer
+    img = Image([[*members, M("etc/ping", data=b"ping", mode=0o755, pax=cap)]], entrypoint=["/app/run.sh"])
+    run(tmp_path / "ok", img, protect=["/app"])
+    _, _, layers = read_layout(tmp_path / "ok" / "out")
+    import io
+
+    with tarfile.open(fileobj=io.BytesIO(layers[0])) as tf:
+        assert "SCHILY.xattr.security.capability" in tf.getmember("etc/ping").pax_headers
+
+
+def test_names_the_file_system_refuses_are_clear_errors(tmp_path: Path) -> None:
+    """A 300-byte name (over NAME_MAX), or a protected path that fits the tar limit but not
+    PATH_MAX once below the work directory, raised a bare OSError (a traceback)."""
+    members = [*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755)]
+    img = Image([[*members, M("app/" + "n" * 300, data=b"x")]], entrypoint=["/app/run.sh"])
+    with pytest.raises(ParseError, match="path component of 300 characters"):
+        run(tmp_path / "a", img, protect=["/app"])
+    deep = "app/" + "/".join(["d" * 200] * 19) + "/f"  # 3,823 bytes: under the 4,096 of a tar name
+    img = Image([[*members, M(deep, data=b"x")]], entrypoint=["/app/run.sh"])
+    from confide.errors import StorageError
+
+    with pytest.raises(StorageError, match="File name too long"):
+        run(tmp_path / "b" / ("w" * 200) / ("w" * 200), img, protect=["/app"])
+    assert not (tmp_path / "b" / ("w" * 200) / ("w" * 200) / "out").exists()
+    # benign twin: a 255-byte name converts
+    img = Image([[*members, M("app/" + "n" * 255, data=b"x")]], entrypoint=["/app/run.sh"])
+    assert run(tmp_path / "c", img, protect=["/app"]).files == 2

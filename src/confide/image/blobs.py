@@ -31,6 +31,20 @@ NONE, GZIP, ZSTD = "none", "gzip", "zstd"
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_SKIPPABLE_TAIL = b"\x2a\x4d\x18"  # bytes 1..3 of a skippable frame's magic 0x184D2A5?
+
+
+def _zstd_frame_start(data: bytes) -> bool:
+    """Whether ``data`` starts a zstd frame, or a prefix of one (RFC 8878 3.1.1: magic
+    0xFD2FB528) or a skippable frame (3.1.2: magic 0x184D2A50..0x184D2A5F, little-endian; its
+    user data is ignored by decoders). zstd:chunked layers (containers/storage) end with
+    skippable frames holding their table of contents."""
+    head = data[:4]
+    if _ZSTD_MAGIC.startswith(head):
+        return True
+    return (head[0] & 0xF0) == 0x50 and _SKIPPABLE_TAIL.startswith(head[1:])
+
+
 READ_SIZE = 1 << 20
 _OUT_MAX = 4 << 20  # bytes of decompressed output per step
 
@@ -126,7 +140,7 @@ class DecompressingReader:
         if self._pending.startswith(_GZIP_MAGIC):
             self.compression = GZIP
             self._d = zlib.decompressobj(wbits=31)
-        elif self._pending.startswith(_ZSTD_MAGIC):
+        elif len(self._pending) == 4 and _zstd_frame_start(self._pending):
             self.compression = ZSTD
             self._d = _zstd_module().ZstdDecompressor()
         else:
@@ -179,8 +193,8 @@ class DecompressingReader:
             self._eof = True
             return b""
         self._more = False
-        if d.eof:  # another frame follows
-            if not data.startswith(_ZSTD_MAGIC[: len(data)]):
+        if d.eof:  # another frame follows (a skippable one too: the decompressor skips it)
+            if not _zstd_frame_start(data):
                 raise ParseError("got bytes after the zstd stream, expected none", field=self._what)
             self._d = d = zstd.ZstdDecompressor()
         try:

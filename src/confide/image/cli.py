@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from confide.errors import ConfideError, UsageError
+from confide.fsutil import fsync_dir
 from confide.image.blobs import GZIP, NONE, ZSTD
 from confide.image.oci import parse_ref
 from confide.image.sconify import SconifyOptions, policy_yaml, sconify
@@ -22,15 +25,43 @@ __all__ = ["sconify_cmd"]
 _PATH = click.Path(path_type=Path)
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600 (it contains a key); never through a symlink."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
-        raise UsageError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(text)
+class _PrivateOutput:
+    """A file written with mode 0600 (it contains a key), created before the work starts.
+
+    The temporary file beside ``path`` is created first, so a path that cannot be written (a
+    missing directory, no permission) fails before the image is written: otherwise the image
+    was published and the only copy of a new volume key lost. :meth:`commit` writes, syncs and
+    renames it over ``path`` (atomic; a symlink at ``path`` is replaced, not followed);
+    :meth:`discard` removes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
+        try:
+            self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise UsageError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+
+    def commit(self, text: str) -> None:
+        fd, self._fd = self._fd, -1  # the file object below owns (and closes) it
+        try:
+            with os.fdopen(fd, "w") as f:
+                os.fchmod(f.fileno(), 0o600)
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(self.tmp, self.path)
+            fsync_dir(self.path.parent)
+        except OSError as exc:
+            self.tmp.unlink(missing_ok=True)
+            raise UsageError(f"cannot write {str(self.path)!r}: {exc.strerror or exc}") from None
+
+    def discard(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        self.tmp.unlink(missing_ok=True)
 
 
 class _RichProgress:
@@ -134,6 +165,7 @@ def sconify_cmd(
     No plaintext copy of a protected file is left in any layer. The entrypoint becomes
     `confide run` for the original command. Prints the image digest and the volume tag.
     """
+    policy_file: _PrivateOutput | None = None
     try:
         if cas is not None and identity_file is None:
             raise UsageError("--cas needs --identity (the stakeholder that signs the policy)")
@@ -147,8 +179,10 @@ def sconify_cmd(
                     "a new volume key would be lost: give --key-out FILE and/or --policy-out FILE"
                 )
             key = VolumeKey.generate()
-            if key_out is not None:
-                write_key(key_out, key)
+        if policy_out is not None:
+            policy_file = _PrivateOutput(policy_out)
+        if key_file is None and key_out is not None:
+            write_key(key_out, key)
         opts = SconifyOptions(
             src=parse_ref(src),
             dst=parse_ref(dst),
@@ -172,8 +206,9 @@ def sconify_cmd(
         for warning in result.warnings:
             click.echo(f"warning: {warning}", err=True)
         text = policy_yaml(result.policy, key, str(opts.src))
-        if policy_out is not None:
-            _write_private(policy_out, text)
+        if policy_file is not None:
+            policy_file.commit(text)
+            policy_file = None
         applied = None
         if cas is not None and identity_file is not None:
             from confide.cas.client import CasClient
@@ -188,6 +223,9 @@ def sconify_cmd(
     except ConfideError as exc:
         click.echo(f"error: {exc.diagnostics()}", err=True)
         sys.exit(exc.exit_code)
+    finally:
+        if policy_file is not None:
+            policy_file.discard()
     click.echo(f"image: {result.manifest_digest}")
     click.echo(f"volume tag: {result.volume_tag}")
     click.echo(

@@ -50,6 +50,7 @@ __all__ = [
 MAX_LAYER_BYTES = 1 << 40  # uncompressed bytes per layer
 MAX_MEMBERS = 2_000_000  # tar members per layer
 MAX_PATH = 4096
+MAX_NAME = 255
 WH_PREFIX = ".wh."
 WH_OPAQUE = ".wh..wh..opq"
 
@@ -79,6 +80,7 @@ class Node:
     source: tuple[int, int] | None = None  # (layer, member ordinal) whose data is the content
     children: dict[str, Node] | None = None
     mtime_ns: int = 0  # from the tar header (tar_mtime_ns: any integer; the user clamps it)
+    xattrs: tuple[str, ...] = ()  # names of its extended attributes (pax SCHILY.xattr.* records)
 
 
 def _new_dir(mode: int = 0o755) -> Node:
@@ -99,6 +101,14 @@ def normalize(name: str, what: str = "member") -> str:
             f"got {name!r} with '..', expected no parent references", structure="layer tar", field=what
         )
     path = "/".join(parts)
+    for part in parts:  # NAME_MAX (POSIX.1-2017 <limits.h>; 255 on Linux): no engine creates it
+        if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME:
+            raise ParseError(
+                f"got a path component of {len(part)} characters in {name[:100]!r}, "
+                f"expected at most {MAX_NAME} bytes",
+                structure="layer tar",
+                field=what,
+            )
     if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH:
         raise ParseError(
             f"got a {len(path)}-character name, expected at most {MAX_PATH}", structure="layer tar"
@@ -135,6 +145,16 @@ def tar_mtime_ns(info: tarfile.TarInfo) -> int:
     return int(value) * _NS
 
 
+_XATTR_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")
+
+
+def xattr_names(info: tarfile.TarInfo) -> tuple[str, ...]:
+    """The extended attributes a member carries: pax records ``SCHILY.xattr.NAME`` (star, GNU
+    tar, Go's archive/tar as Docker and containerd write and apply them) and libarchive's
+    ``LIBARCHIVE.xattr.NAME`` (name URL-encoded; shown as found)."""
+    return tuple(sorted(k.split(".xattr.", 1)[1] for k in info.pax_headers if k.startswith(_XATTR_PREFIXES)))
+
+
 def is_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root + "/")
 
@@ -153,6 +173,7 @@ class _Member:
     linkname: str
     sparse: bool
     mtime_ns: int
+    xattrs: tuple[str, ...]
 
     @classmethod
     def of(cls, ordinal: int, path: str, info: tarfile.TarInfo) -> _Member:
@@ -161,7 +182,7 @@ class _Member:
             link = f"{info.devmajor}:{info.devminor}"
         return cls(
             ordinal, path, info.type, info.mode, info.uid, info.gid, info.size, link, info.issparse(),
-            tar_mtime_ns(info),
+            tar_mtime_ns(info), xattr_names(info),
         )  # fmt: skip
 
 
@@ -169,7 +190,12 @@ MAX_HEADER = 1 << 20  # bytes of one pax / GNU long-name header
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
-    """Refuses oversized pax and GNU long-name headers before tarfile reads them into memory."""
+    """Refuses oversized pax and GNU long-name headers before tarfile reads them into memory,
+    and records which extended headers named the member (checked by :func:`_check_names`)."""
+
+    long_name: str | None = None  # a GNU long-name header's name ('L'), as tarfile applied it
+    long_link: str | None = None  # a GNU long-link header's target ('K')
+    extended: tuple[str, ...] = ()  # the kinds of extended header that preceded the member
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _META_TYPES and self.size > MAX_HEADER:
@@ -184,11 +210,83 @@ class _BoundedTarInfo(tarfile.TarInfo):
             # sparse records ("GNU.sparse.size", ".realsize", ".map", the 1.0 map in the data):
             # int() of a hostile text raises ValueError (found by the fuzz2 mutation campaign).
             raise ParseError(f"malformed extended header: {exc}", structure="layer tar") from None
+        kind = _EXTENDED.get(self.type)
+        if kind is not None and isinstance(member, _BoundedTarInfo):
+            # tarfile applies a chain of extended headers from the last to the first (the first
+            # wins), Go's archive/tar (Docker, containerd) keeps the last pax header and lets a
+            # GNU long name win over any pax path: two of a kind name a member ambiguously.
+            if kind in member.extended:
+                raise ParseError(
+                    f"member {member.name!r} has two {kind} headers, expected at most one",
+                    structure="layer tar",
+                )
+            member.extended = (*member.extended, kind)
+            if self.type == tarfile.GNUTYPE_LONGNAME:
+                member.long_name = member.name
+            elif self.type == tarfile.GNUTYPE_LONGLINK:
+                member.long_link = member.linkname
         return member
 
 
 _META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
                tarfile.GNUTYPE_LONGLINK)  # fmt: skip
+_EXTENDED = {
+    tarfile.XHDTYPE: "pax",
+    tarfile.SOLARIS_XHDTYPE: "pax",
+    tarfile.GNUTYPE_LONGNAME: "GNU long-name",
+    tarfile.GNUTYPE_LONGLINK: "GNU long-link",
+}
+
+
+def _clean(name: str) -> str:
+    return "/".join(p for p in name.split("/") if p not in ("", "."))
+
+
+def _check_names(info: tarfile.TarInfo, tf: tarfile.TarFile, what: str) -> None:
+    """Refuse a member whose name or link target depends on which tar reader reads it.
+
+    The layer is applied by the container engine (Go's archive/tar in Docker and containerd),
+    but indexed and rewritten here with Python's tarfile; where they disagree on a name, the
+    protected paths would be cut out of the wrong members. POSIX.1-2017 pax ("pax Extended
+    Header"): a ``path``/``linkpath`` record overrides the header field; GNU tar's long-name
+    and long-link headers ('L', 'K') do the same; tarfile applies a global header's records
+    ('g') to every later member, Go's reader ignores them (and the engines skip the entry);
+    a ``GNU.sparse.name`` names only a sparse file (GNU tar manual, "Storing Sparse Files")."""
+    glob = sorted(k for k in tf.pax_headers if k != "comment")
+    if glob:
+        raise ParseError(
+            f"a global pax header sets {', '.join(glob)}: readers disagree on whether it applies "
+            "(only comment records are accepted)",
+            structure=what,
+        )
+    pax = info.pax_headers
+    named = []
+    if "GNU.sparse.name" in pax:  # a sparse 1.0 member's path names the header, not the file
+        if not info.issparse():
+            raise ParseError(
+                f"member {info.name!r}: GNU.sparse.name on a file that is not sparse", structure=what
+            )
+        named.append(("GNU.sparse.name", pax["GNU.sparse.name"]))
+    elif "path" in pax:
+        named.append(("path record", pax["path"]))
+    if isinstance(info, _BoundedTarInfo) and info.long_name is not None:
+        named.append(("GNU long name", info.long_name))
+    for source, value in named:
+        if _clean(value) != _clean(info.name):
+            raise ParseError(
+                f"member named {info.name!r} and, by its {source}, {value!r}: readers disagree",
+                structure=what,
+            )
+    linked = [("linkpath record", pax["linkpath"])] if "linkpath" in pax else []
+    if isinstance(info, _BoundedTarInfo) and info.long_link is not None:
+        linked.append(("GNU long link", info.long_link))
+    for source, value in linked:
+        if value != info.linkname:
+            raise ParseError(
+                f"member {info.name!r} links to {info.linkname!r} and, by its {source}, {value!r}: "
+                "readers disagree",
+                structure=what,
+            )
 
 
 @dataclass
@@ -200,6 +298,7 @@ class FsIndex:
     diff_ids: list[str] = field(default_factory=list)
     touches_protected: list[bool] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)  # uncompressed bytes per layer
+    digests: list[str] = field(default_factory=list)  # each blob's digest as pass 1 read it
 
     def lookup(self, path: str) -> Node | None:
         node = self.root
@@ -327,6 +426,7 @@ def _layer_stream(layer: Layer) -> Iterator[tuple[DecompressingReader, tarfile.T
 
 
 def _members(layer: Layer, tf: tarfile.TarFile) -> Iterator[tuple[int, str, tarfile.TarInfo]]:
+    expanded = 0  # bytes of the members' contents, sparse files expanded
     for ordinal, info in enumerate(tf):
         kept: list[tarfile.TarInfo] = tf.members  # type: ignore[attr-defined]
         if len(kept) >= 1024:
@@ -343,7 +443,40 @@ def _members(layer: Layer, tf: tarfile.TarFile) -> Iterator[tuple[int, str, tarf
                 f"member {info.name!r} has tar type {info.type!r}, expected a file, directory, link, device",
                 structure=f"layer {layer.index}",
             )
+        if info.isreg():
+            # A GNU sparse member declares its expanded size (GNU.sparse.size / .realsize) and
+            # stores only its data: a few bytes of layer can declare 2**63 of holes, which pass 2
+            # writes out (expanded in a rewritten layer, or staged when protected). The
+            # expanded contents count against the layer's limit, as decompressed bytes do.
+            expanded += info.size
+            if expanded > MAX_LAYER_BYTES:
+                raise ParseError(
+                    f"member {info.name!r}: the members' contents exceed the limit of {MAX_LAYER_BYTES} "
+                    "bytes (sparse files expanded)",
+                    structure=f"layer {layer.index}",
+                )
+        _check_names(info, tf, f"layer {layer.index}")
         yield ordinal, normalize(info.name), info
+
+
+def _check_tail(tf: tarfile.TarFile, what: str) -> None:
+    """Refuse bytes other than zeros after the end of the archive.
+
+    tarfile stops at the first zero block; Go's archive/tar (the engines) stops at two and
+    fails on a zero block followed by a header. What follows is in no reader's tree, but it
+    is in the blob, which sconify copies unchanged when no member is protected: a second tar
+    appended to a layer (``cat a.tar b.tar``) could carry a protected file's plaintext into
+    the output. Writers pad the end with zeros only (POSIX.1-2017 pax, "ustar Interchange
+    Format": two zero blocks; GNU tar and tarfile fill the last record with zeros)."""
+    stream = tf.fileobj
+    assert stream is not None
+    while chunk := stream.read(1 << 20):
+        if chunk.count(0) != len(chunk):
+            raise ParseError(
+                "got data after the end-of-archive blocks, expected only zeros (a second tar "
+                "appended, or a header after one zero block)",
+                structure=what,
+            )
 
 
 def index_layers(
@@ -360,12 +493,14 @@ def index_layers(
                 if progress is not None and dr.count - before > (1 << 22):
                     progress(dr.count - before)
                     before = dr.count
-            _, diff_id = dr.verify()
+            _check_tail(tf, f"layer {layer.index}")
+            digest, diff_id = dr.verify()
             if progress is not None:
                 progress(dr.count - before)
         idx.compressions.append(dr.compression)
         idx.diff_ids.append(diff_id)
         idx.sizes.append(dr.count)
+        idx.digests.append(digest)
         idx.touches_protected.append(any(dropped(m.path, roots) for m in members))
         _apply(idx, layer.index, members, roots)
     return idx
@@ -373,11 +508,33 @@ def index_layers(
 
 def _apply(idx: FsIndex, layer_no: int, members: list[_Member], roots: Sequence[str]) -> None:
     # 1. whiteouts act on the lower layers only, before this layer's entries
+    dirs: dict[str, int] = {}  # path -> ordinal of this layer's first directory entry there
+    for m in members:
+        if m.type == tarfile.DIRTYPE:
+            dirs.setdefault(m.path, m.ordinal)
+    earliest = _earliest_entries(members)
     for m in members:
         head, _, base = m.path.rpartition("/")
         if base == WH_OPAQUE:
+            _check_whiteout_parent(idx, m, head, dirs, layer_no)
             idx.clear(head)
         elif (target := whiteout_target(m.path)) is not None:
+            if target.rpartition("/")[2] in ("", ".", ".."):
+                # image-spec layer.md, "Whiteouts": ".wh." plus the *basename* of the path to
+                # delete; ".wh..." would make an engine delete the marker's parent directory
+                raise ParseError(
+                    f"whiteout {m.path!r} names {target.rpartition('/')[2]!r}, expected a file name",
+                    structure=f"layer {layer_no}",
+                )
+            _check_whiteout_parent(idx, m, head, dirs, layer_no)
+            if earliest.get(target, m.ordinal) < m.ordinal:
+                # image-spec layer.md, "Whiteouts": a whiteout does not hide entries of its own
+                # layer, but the engines apply the tar in order and delete those before it
+                raise ParseError(
+                    f"whiteout {m.path!r} follows an entry at or below {target!r} in the same layer "
+                    "(engines would delete it, the image-spec keeps it)",
+                    structure=f"layer {layer_no}",
+                )
             idx.remove(target)
     # 2. this layer's entries, in order
     for m in members:
@@ -401,11 +558,11 @@ def _apply(idx: FsIndex, layer_no: int, members: list[_Member], roots: Sequence[
                 )
             node = Node(
                 tnode.kind, tnode.mode, tnode.uid, tnode.gid, tnode.size, tnode.linkname, tnode.source,
-                mtime_ns=tnode.mtime_ns,  # one inode: the target's time
+                mtime_ns=tnode.mtime_ns, xattrs=tnode.xattrs,  # one inode: the target's
             )  # fmt: skip
         else:
             kind = FILE if m.sparse else _KINDS[m.type]
-            node = Node(kind, *meta, mtime_ns=m.mtime_ns)
+            node = Node(kind, *meta, mtime_ns=m.mtime_ns, xattrs=m.xattrs)
             if kind == FILE:
                 node.size, node.source = m.size, (layer_no, m.ordinal)
             elif kind == DIR:
@@ -413,6 +570,69 @@ def _apply(idx: FsIndex, layer_no: int, members: list[_Member], roots: Sequence[
             else:  # symlink target, or major:minor of a device
                 node.linkname = m.linkname
         idx.put(m.path, node)
+
+
+def _as_regular(info: tarfile.TarInfo) -> None:
+    """Turn a GNU sparse member into the header of a regular file holding its expanded data.
+
+    The sparse map must go: GNU tar's pax sparse formats (GNU tar manual, "Storing Sparse
+    Files") keep it in ``GNU.sparse.*`` records (0.0, 0.1) or at the start of the data (1.0,
+    the header naming ``DIR/GNUSparseFile.N/NAME`` and the real name in ``GNU.sparse.name``).
+    Copied next to expanded data, a reader takes the data for a map again (holes where the data
+    was, or not a tar at all). tarfile writes a copied ``path`` or ``size`` record in place of
+    the member's own name and size ("the pax header has priority"), so those go too and are
+    written again from the member itself (POSIX.1-2017 pax, "pax Extended Header": a record
+    overrides the header field)."""
+    info.type, info.sparse = tarfile.REGTYPE, None
+    info.pax_headers = {
+        k: v
+        for k, v in info.pax_headers.items()
+        if not k.startswith("GNU.sparse.") and k not in ("path", "size")
+    }
+
+
+def _earliest_entries(members: list[_Member]) -> dict[str, int]:
+    """For every path a whiteout of this layer names: the ordinal of the layer's first entry at
+    or below it (whiteouts themselves excluded)."""
+    targets = {t for m in members if (t := whiteout_target(m.path)) is not None}
+    out: dict[str, int] = {}
+    if not targets:
+        return out
+    for m in members:
+        if m.path.rpartition("/")[2].startswith(WH_PREFIX):
+            continue
+        parts = m.path.split("/")
+        for i in range(len(parts)):
+            prefix = "/".join(parts[: i + 1])
+            if prefix in targets and prefix not in out:
+                out[prefix] = m.ordinal
+    return out
+
+
+def _check_whiteout_parent(
+    idx: FsIndex, m: _Member, directory: str, dirs: dict[str, int], layer_no: int
+) -> None:
+    """Refuse a whiteout acting in ``directory`` (a plain one's parent, an opaque marker's own
+    directory) reached through a symlink of the lower layers: the engines resolve the symlink
+    inside the root (containerd's RootPath of the marker's parent, moby in a chroot) and
+    delete below its target, where this tree would delete nothing. Entries through a symlink
+    are refused likewise. Accepted: the layer replaces the symlink by a directory *before* the
+    marker in the tar (as overlayfs-based diffs write it: ``lnk/`` then ``lnk/.wh..wh..opq``),
+    which the engines apply first too, leaving nothing below it to delete."""
+    node = idx.root
+    parts = directory.split("/") if directory else []
+    for i, part in enumerate(parts):
+        child = node.children.get(part) if node.children is not None else None
+        if child is None or child.kind != DIR:
+            prefix = "/".join(parts[: i + 1])
+            if child is not None and child.kind == SYMLINK and dirs.get(prefix, m.ordinal) >= m.ordinal:
+                raise ParseError(
+                    f"whiteout {m.path!r} goes through the symlink {prefix!r} (refused: an engine "
+                    "would delete below its target)",
+                    structure=f"layer {layer_no}",
+                )
+            return
+        node = child
 
 
 def rewrite_layer(
@@ -439,9 +659,9 @@ def rewrite_layer(
                         assert f is not None
                         sink((layer.index, ordinal), f, info.size)
                     continue
-                if info.issparse():  # written out expanded, as a regular file
-                    info.type, info.sparse = tarfile.REGTYPE, None
-                data = tf.extractfile(info) if info.isreg() else None
+                data = tf.extractfile(info) if info.isreg() else None  # sparse: expanded
+                if info.issparse():
+                    _as_regular(info)
                 if isinstance(info.mtime, float) and not math.isfinite(info.mtime):
                     # tarfile's writer rounds a float mtime (ValueError for a pax "nan",
                     # OverflowError for "inf"; fuzz2 campaign); the ustar field gets 0 and

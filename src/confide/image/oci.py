@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import posixpath
 import shutil
 import stat
 import subprocess
@@ -34,6 +35,7 @@ from typing import IO, Any
 
 from confide import jsonstrict
 from confide.errors import NetworkError, ParseError, StorageError, UsageError
+from confide.fsutil import fsync_dir
 from confide.image.blobs import GZIP, NONE, ZSTD, check_digest, sha256_digest
 
 __all__ = [
@@ -264,7 +266,8 @@ def _blob_path(root: Path, digest: str) -> Path:
 def _open_blob(root: Path, digest: str, what: str) -> Iterator[IO[bytes]]:
     path = _blob_path(root, digest)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO in a blob's place is refused below, not waited on for ever
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ParseError(f"blob {digest} is missing ({path})", structure=what) from None
     except OSError as exc:
@@ -293,38 +296,71 @@ def _read_blob(root: Path, desc: Descriptor, what: str) -> bytes:
 
 
 def _select(manifests: list[Descriptor], ref: str | None, platform: str, what: str) -> Descriptor:
+    """The entry of an index to read: the one named ``ref`` (annotation
+    ``org.opencontainers.image.ref.name``, image-layout.md "index.json"), the only one, or the
+    one for ``platform`` (``OS/ARCH[/VARIANT]``; image-index.md "platform": ``os``,
+    ``architecture``, ``variant``). Several entries for the platform (e.g. two variants, or two
+    images under one name) are refused, not resolved by their order in the index."""
+    found = manifests
     if ref is not None:
         found = [m for m in manifests if m.annotations.get(REF_ANNOTATION) == ref]
         if not found:
             names = sorted({m.annotations.get(REF_ANNOTATION, "") for m in manifests} - {""})
             raise UsageError(f"{what}: no image named {ref!r} (got {', '.join(names) or 'no named images'})")
+    if len(found) == 1:
         return found[0]
-    if len(manifests) == 1:
-        return manifests[0]
     os_, _, arch = platform.partition("/")
+    arch, _, variant = arch.partition("/")
+    named = f" named {ref!r}" if ref is not None else ""
     found = [
         m
-        for m in manifests
-        if m.platform and m.platform.get("os") == os_ and m.platform.get("architecture") == arch
+        for m in found
+        if m.platform
+        and m.platform.get("os") == os_
+        and m.platform.get("architecture") == arch
+        and (not variant or m.platform.get("variant") == variant)
     ]
     if not found:
         raise UsageError(
-            f"{what}: {len(manifests)} images and none for platform {platform}; name one with :REF"
+            f"{what}: {len(manifests)} images{named} and none for platform {platform}; name one with :REF"
+        )
+    if len({m.digest for m in found}) > 1:
+        plats = ", ".join(sorted({_platform_name(m.platform or {}) for m in found}))
+        raise UsageError(
+            f"{what}: {len(found)} different images{named} for platform {platform} ({plats}): "
+            "ambiguous; give --platform OS/ARCH/VARIANT or name one with :REF"
         )
     return found[0]
 
 
-def _open_layout(root: Path, ref: str | None, platform: str) -> SourceImage:
-    what = f"OCI layout {str(root)!r}"
+def _platform_name(platform: dict[str, Any]) -> str:
+    parts = [str(platform.get(k, "")) for k in ("os", "architecture", "variant")]
+    return "/".join(parts).rstrip("/")
+
+
+def _read_layout_file(root: Path, name: str, what: str) -> bytes:
+    """``oci-layout`` or ``index.json`` (image-layout.md): a regular file, read up to
+    MAX_JSON + 1 bytes (a larger one is refused without being read whole; a FIFO or a device
+    in its place is refused, not read until it ends)."""
     try:
-        layout = (root / "oci-layout").read_bytes()[: MAX_JSON + 1]
-        index_bytes = (root / "index.json").read_bytes()[: MAX_JSON + 1]
-    except FileNotFoundError as exc:
-        raise ParseError(
-            f"{Path(str(exc.filename)).name} missing: not an OCI image layout", structure=what
-        ) from None
+        fd = os.open(root / name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ParseError(f"{name} missing: not an OCI image layout", structure=what) from None
     except OSError as exc:
         raise UsageError(f"cannot read {what}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not _is_regular(fd):
+            raise ParseError(f"{name} is not a regular file", structure=what)
+        try:
+            return _read_bounded(f, name)
+        except OSError as exc:
+            raise UsageError(f"cannot read {what}: {exc.strerror or exc}") from None
+
+
+def _open_layout(root: Path, ref: str | None, platform: str) -> SourceImage:
+    what = f"OCI layout {str(root)!r}"
+    layout = _read_layout_file(root, "oci-layout", what)
+    index_bytes = _read_layout_file(root, "index.json", what)
     lv = _obj(_json(layout, "oci-layout"), "oci-layout").get("imageLayoutVersion")
     if lv != "1.0.0":
         raise ParseError(f"got {lv!r}, expected '1.0.0'", structure="oci-layout", field="imageLayoutVersion")
@@ -475,6 +511,17 @@ def _open_archive(path: Path, ref: str | None) -> SourceImage:
         layers = []
         for i, (name, diff_id) in enumerate(zip(layer_names, diff_ids, strict=True)):
             lm = members.get(name)
+            if lm is not None and lm.issym():
+                # docker save before 25 (moby image/tarexport, old layout) writes a layer whose
+                # diff_id was saved already as a relative symlink to that layer.tar
+                target = posixpath.normpath(posixpath.join(posixpath.dirname(name), lm.linkname))
+                if lm.linkname.startswith("/") or target.startswith("../") or target == "..":
+                    raise ParseError(
+                        f"layer {name!r} is a symlink to {lm.linkname!r}, outside the archive",
+                        structure=what,
+                        field=f"Layers[{i}]",
+                    )
+                lm = members.get(target)
             if lm is None or not lm.isreg():
                 raise ParseError(f"layer {name!r} is missing", structure=what, field=f"Layers[{i}]")
 
@@ -529,9 +576,11 @@ def open_image(src: ImageRef, *, platform: str = "linux/amd64", tls_verify: bool
     tmp = Path(tempfile.mkdtemp(prefix="confide-pull-"))
     try:
         os_, _, arch = platform.partition("/")
+        arch, _, variant = arch.partition("/")
         _skopeo(
             ["copy", "--quiet", f"--src-tls-verify={str(tls_verify).lower()}", "--override-os", os_,
-             "--override-arch", arch, str(src), f"oci:{tmp}:image"],
+             "--override-arch", arch, *(["--override-variant", variant] if variant else []),
+             str(src), f"oci:{tmp}:image"],
             f"pull {src}",
         )  # fmt: skip
         image = _open_layout(tmp, "image", platform)
@@ -559,6 +608,7 @@ class BlobStore:
 
     def commit(self, tmp: Path, digest: str) -> Path:
         final = _blob_path(self.root, digest)
+        _fsync_file(tmp)  # durable before the image naming it is published
         os.replace(tmp, final)
         os.chmod(final, 0o644)
         return final
@@ -569,9 +619,30 @@ class BlobStore:
     def put(self, data: bytes) -> Descriptor:
         digest = sha256_digest(data)
         path = _blob_path(self.root, digest)
-        path.write_bytes(data)
-        os.chmod(path, 0o644)
+        _write_synced(path, data)
         return Descriptor("", digest, len(data))
+
+    def sync(self) -> None:
+        """Make the directory entries durable (the files were synced when written)."""
+        for d in (self.root / "blobs" / "sha256", self.root / "blobs", self.root):
+            fsync_dir(d)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(path, 0o644)
 
 
 def _canonical(obj: object) -> bytes:
@@ -606,9 +677,12 @@ def write_image(
         "mediaType": MEDIA_OCI_INDEX,
         "manifests": [Descriptor(MEDIA_OCI_MANIFEST, mdesc.digest, mdesc.size, ann).to_json()],
     }
-    (store.root / "oci-layout").write_bytes(_canonical({"imageLayoutVersion": "1.0.0"}))
-    (store.root / "index.json").write_bytes(_canonical(index))
+    _write_synced(store.root / "oci-layout", _canonical({"imageLayoutVersion": "1.0.0"}))
+    _write_synced(store.root / "index.json", _canonical(index))
     if dst.kind == "oci":
+        # every file and directory entry durable before the rename publishes the layout: a
+        # crash must not leave an image at DST whose blobs are empty or missing
+        store.sync()
         _publish_layout(store.root, Path(dst.location))
     elif dst.kind == "docker-archive":
         docker_manifest = [
@@ -618,7 +692,7 @@ def write_image(
                 "Layers": [f"blobs/sha256/{d.digest[7:]}" for d in layers],
             }
         ]
-        (store.root / "manifest.json").write_bytes(_canonical(docker_manifest))
+        _write_synced(store.root / "manifest.json", _canonical(docker_manifest))
         _write_archive(store.root, Path(dst.location))
     else:
         _skopeo(
@@ -652,7 +726,12 @@ def _publish_layout(src: Path, dst: Path) -> None:
                 raise
             tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
             shutil.copytree(src, tmp)
+            for d, _, files in os.walk(tmp):
+                for name in files:
+                    _fsync_file(Path(d) / name)
+                fsync_dir(Path(d))
             os.replace(tmp, dst)
+        fsync_dir(dst.parent)
     except OSError as exc:
         raise StorageError(f"cannot write {str(dst)!r}: {exc.strerror or exc}") from None
 
@@ -678,7 +757,16 @@ def _write_archive(src: Path, dst: Path) -> None:
                 ti.size, ti.mode = p.stat().st_size, 0o644
                 with p.open("rb") as f:
                     tf.addfile(ti, f)
+        _fsync_file(tmp)  # durable before the rename publishes it
         os.replace(tmp, dst)
-    except OSError as exc:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise StorageError(f"cannot write {str(dst)!r}: {exc.strerror or exc}") from None
+        if isinstance(exc, OSError):
+            raise StorageError(f"cannot write {str(dst)!r}: {exc.strerror or exc}") from None
+        raise
+    try:
+        fsync_dir(dst.parent)
+    except OSError as exc:
+        raise StorageError(
+            f"wrote {str(dst)!r} but cannot sync its directory: {exc.strerror or exc}"
+        ) from None

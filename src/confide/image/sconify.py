@@ -170,6 +170,16 @@ def _check_paths(
                 raise UsageError(
                     f"{'/' + p!r} below a protected path is a {n.kind}; a volume holds no special files"
                 )
+            if n.xattrs:
+                # a volume entry has no extended attributes (docs/volume-format.md): file
+                # capabilities (security.capability) would be lost and a POSIX ACL
+                # (system.posix_acl_access) dropped, leaving the group bits, the ACL's mask,
+                # as the owning group's permissions
+                raise UsageError(
+                    f"{'/' + p!r} below a protected path has extended attributes "
+                    f"({', '.join(n.xattrs)}); a volume holds none: protect another path or "
+                    "remove them from the image"
+                )
             if n.kind == FILE:
                 assert n.source is not None
                 wanted.setdefault(n.source, []).append(p)
@@ -378,17 +388,20 @@ def _volume_layer(
     return _write_layer(store, entries, compression)
 
 
-def _copy_blob(store: BlobStore, image: SourceImage, i: int, compression: str) -> Descriptor:
+def _copy_blob(store: BlobStore, image: SourceImage, i: int, idx: FsIndex) -> Descriptor:
+    """Copy layer ``i`` byte for byte, checked against the digest pass 1 verified: a docker-save
+    ``layer.tar`` has no digest of its own (its diff_id was checked in pass 1), so a blob
+    changed between the passes was copied as it now was, under the old diff_id."""
     layer = image.layers[i]
     tmp, f = store.temp()
     try:
         with f, layer.open() as raw:
-            hr = HashingReader(raw, f"layer {i}", digest=layer.digest, size=layer.size, limit=MAX_BLOB)
+            hr = HashingReader(raw, f"layer {i}", digest=idx.digests[i], size=layer.size, limit=MAX_BLOB)
             while chunk := hr.read(1 << 20):
                 f.write(chunk)
             digest = hr.verify()
         store.commit(tmp, digest)
-        return Descriptor(_MEDIA[compression], digest, hr.count)
+        return Descriptor(_MEDIA[idx.compressions[i]], digest, hr.count)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -457,7 +470,7 @@ def sconify(
         rewritten = []
         for i, layer in enumerate(image.layers):
             if not idx.touches_protected[i]:
-                layers.append(_copy_blob(store, image, i, idx.compressions[i]))
+                layers.append(_copy_blob(store, image, i, idx))
                 diff_ids.append(idx.diff_ids[i])
                 continue
             tmp, f = store.temp()
@@ -514,13 +527,19 @@ def sconify(
         new_cfg = _new_config(cfg, diff_ids, entrypoint, command)
         digest = write_image(store, opts.dst, new_cfg, layers, tls_verify=opts.tls_verify)
         policy = make_policy(opts, cfg, command, tag, digest, outer, roots, measurement=measurement)
-        if sink is not None:
-            sink.apply(policy)
-        return SconifyResult(digest, tag, policy, command, files, size, rewritten, measurement, warnings)
+        result = SconifyResult(digest, tag, policy, command, files, size, rewritten, measurement, warnings)
+    except OSError as exc:
+        # the file system refused a write (no space left while staging or writing a layer, a
+        # path longer than PATH_MAX below the work directory, ...): a clear error, not a traceback
+        name = f" ({str(exc.filename)[:200]!r})" if exc.filename else ""
+        raise StorageError(f"sconify: {exc.strerror or exc}{name}") from None
     finally:
         image.close()
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
+    if sink is not None:  # outside the OSError handling: a sink's errors are its own
+        sink.apply(policy)
+    return result
 
 
 def _given_measurement(text: str) -> str:
