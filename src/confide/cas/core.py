@@ -599,7 +599,7 @@ class Cas:
                     state = "pending"
                 else:
                     raise _Refused(
-                        AccessDeniedError(f"identity {submitter[:16]}… may not update policy {policy.name}"),
+                        _submission_refused(submitter, policy.name),
                         "policy-update-refused",
                         policy.name,
                         {"signer": submitter},
@@ -692,10 +692,7 @@ class Cas:
             return "pending"
         # Filed under the namespace: the name itself does not exist (and may never).
         raise _Refused(
-            AccessDeniedError(
-                f"identity {submitter[:16]}… may not create policies in namespace {parent} "
-                f"(its access_policy.create_sessions)"
-            ),
+            _submission_refused(submitter, name),
             "policy-create-refused",
             parent,
             {"signer": submitter, "name": name},
@@ -2465,6 +2462,17 @@ def _service_volumes(policy: Policy, service: Any) -> list[Any]:
         return []
     image = next((i for i in policy.images if i.name == service.image_name), None)
     return list(image.volumes) if image is not None else []
+
+
+def _submission_refused(submitter: str, name: str) -> AccessDeniedError:
+    """The one refusal of a submission by an identity that may neither create ``name`` (its
+    namespace's ``create_sessions``) nor update it (its ``update`` rules), whether or not the
+    policy exists (docs/cas.md "Policies and governance"): its existence is shown only to those
+    who may read it, as by ``policy show`` and approvals."""
+    return AccessDeniedError(
+        f"identity {submitter[:16]}… may not create or update policy {name} (its access_policy.update, "
+        "or for a new name its namespace's create_sessions)"
+    )
 
 
 def _mentions(rules: Any, fingerprint: str, creator: str) -> bool:
