@@ -341,6 +341,19 @@ def check_revoke(w: World) -> None:
         existing = w.call("POST", "/v1/policies/mx/revocations", revoke_doc("mx", who))
         missing = w.call("POST", "/v1/policies/mx-none/revocations", revoke_doc("mx-none", who))
         same_refusal(w, existing, missing, "mx", "mx-none")
+
+    # Nor does the ledger's size: a refusal is recorded for a missing policy too (under no
+    # policy), so between two refusals for mx (seen by mx's reader with their ledger indices),
+    # a refusal for a missing policy took one index.
+    def last_refusal() -> int:
+        events = w.call("GET", "/v1/policies/mx/events", headers=header(read_doc("mx", w.reader))).json()
+        return max(e["seq"] for e in events["events"] if e["type"] == "revocation-refused")
+
+    assert w.call("POST", "/v1/policies/mx/revocations", revoke_doc("mx", w.stranger)).status == 403
+    first = last_refusal()
+    assert w.call("POST", "/v1/policies/mx-none/revocations", revoke_doc("mx-none", w.stranger)).status == 403
+    assert w.call("POST", "/v1/policies/mx/revocations", revoke_doc("mx", w.stranger)).status == 403
+    assert last_refusal() == first + 2
     # Another endpoint's documents, a request for another policy, expired and future-dated.
     assert w.call("POST", "/v1/policies/mx/revocations", read_doc("mx", w.owner)).status == 400
     assert w.call("POST", "/v1/policies/mxb/revocations", revoke_doc("mx", w.owner)).status == 400

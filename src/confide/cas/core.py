@@ -435,7 +435,9 @@ class _Refused(Exception):
     """A refused governance request: its transaction is rolled back, then ``event`` is recorded
     under ``filed_under`` in a transaction of its own and ``error`` raised."""
 
-    def __init__(self, error: ConfideError, event: str, filed_under: str, payload: dict[str, Any]) -> None:
+    def __init__(
+        self, error: ConfideError, event: str, filed_under: str | None, payload: dict[str, Any]
+    ) -> None:
         super().__init__(error.message)
         self.error, self.event, self.filed_under, self.payload = error, event, filed_under, payload
 
@@ -1393,7 +1395,17 @@ class Cas:
             with self.db.write() as conn:
                 head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == req.name)).first()
                 if head is None:
-                    raise refusal(req.name, req.signer)
+                    # Recorded too, filed under no policy (there is none to file it under): the
+                    # public checkpoint's size grows by one entry whether or not the policy
+                    # exists, so a refused caller cannot tell (docs/cas.md "Revoking a
+                    # certificate").
+                    raise _Refused(
+                        refusal(req.name, req.signer),
+                        "revocation-refused",
+                        None,
+                        {"signer": req.signer, "name": req.name, "secret": req.secret,
+                         "request_sha256": req.digest},
+                    )  # fmt: skip
                 # Step 1: listed in the update rules, alone or as a board member (no approvals).
                 rules = self._load(conn, req.name, head.hash).access_policy.update
                 if not (
