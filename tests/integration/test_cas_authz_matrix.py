@@ -194,6 +194,20 @@ def check_show(w: World) -> None:
     ):
         answer = w.call("GET", "/v1/policies/mx", headers=header(doc))
         assert answer.status == 400 and answer.error()[0] == "ParseError", answer.body
+    # Malformed headers: a parse error that names no value, never a 500.
+    good = read_doc("mx", w.owner)
+    for raw in (
+        "not base64!",
+        base64.b64encode(b"not json").decode(),
+        base64.b64encode(b"[1]").decode(),
+        header({**good, "signer": "AAAA"})["X-Confide-Read"],
+        header({**good, "signature": "AAAA"})["X-Confide-Read"],
+        header({k: v for k, v in good.items() if k != "signature"})["X-Confide-Read"],
+        header({**good, "time": str(good["time"])})["X-Confide-Read"],
+    ):
+        answer = w.call("GET", "/v1/policies/mx", headers={"X-Confide-Read": raw})
+        assert answer.status in (400, 403), (raw, answer.status, answer.body)
+        assert answer.error()[0] in ("ParseError", "SignatureError", "AccessDeniedError"), answer.body
     # A read with the type field rewritten is not signed by anyone.
     forged = {**revoke_doc("mx", w.owner), "type": READ_TYPE}
     assert w.call("GET", "/v1/policies/mx", headers=header(forged)).status == 403
