@@ -170,6 +170,9 @@ def check_show(w: World) -> None:
     for who in (w.owner, w.reader):
         answer = w.call("GET", "/v1/policies/mx", headers=header(read_doc("mx", who)))
         assert answer.status == 200 and answer.json()["name"] == "mx"
+        # What a reader sees depends on its X-Confide-Read header, which no HTTP cache knows
+        # to key on (RFC 9111 §3.5 covers Authorization only): never stored by one.
+        assert answer.headers["cache-control"] == "no-store"
         assert "token" in answer.json()["secrets"] and "value" not in json.dumps(
             answer.json()["secrets"]["token"]
         )
@@ -220,6 +223,14 @@ def check_show(w: World) -> None:
 def check_events(w: World) -> None:
     answer = w.call("GET", "/v1/policies/mx/events", headers=header(read_doc("mx", w.reader)))
     assert answer.status == 200 and answer.json()["events"]
+    assert answer.headers["cache-control"] == "no-store"
+    # A policy named mx/events, shown through the events route, and one named mx/crl/ca through
+    # the CRL route (the read request names the policy): the same.
+    for name in ("mx/events", "mx/crl/ca"):
+        assert w.submit(policy_text(name, _access(["CREATOR"], "[CREATOR]")), w.owner).status == 200
+        answer = w.call("GET", f"/v1/policies/{name}", headers=header(read_doc(name, w.owner)))
+        assert answer.status == 200 and answer.json()["name"] == name
+        assert answer.headers["cache-control"] == "no-store"
     for who in (w.updater, w.board[0], w.stranger):
         same_refusal(
             w,
