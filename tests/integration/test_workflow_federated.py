@@ -286,7 +286,7 @@ def test_policy_updates_by_non_owners_are_refused(wf: Workflow) -> None:
     for who in ("hospital-b", "model-owner", "auditor"):
         r = wf.apply("hospital-a", hijack, who, check=False)
         assert r.returncode == errors.AccessDeniedError.exit_code, r.stderr
-        assert "may not update policy hospital-a" in r.stderr
+        assert "may not create or update policy hospital-a" in r.stderr
     refused = [e for e in wf.events("hospital-a", "hospital-a") if e["type"] == "policy-update-refused"]
     assert len(refused) == 3
 

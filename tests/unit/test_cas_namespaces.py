@@ -44,9 +44,9 @@ def cas(tmp_path: Path) -> InProcessCas:
 def test_namespace_owner_decides_who_creates_below_it(cas: InProcessCas) -> None:
     alice, bob = Identity.generate(), Identity.generate()
     assert cas.apply(_policy("acme"), alice).state == "active"
-    with pytest.raises(errors.AccessDeniedError, match="may not create policies in namespace acme"):
+    with pytest.raises(errors.AccessDeniedError, match="may not create or update policy acme/shop "):
         cas.apply(_policy("acme/shop"), bob)
-    with pytest.raises(errors.AccessDeniedError, match="namespace acme"):
+    with pytest.raises(errors.AccessDeniedError, match="may not create or update policy acme/deep/er "):
         cas.apply(_policy("acme/deep/er"), bob)  # the nearest existing ancestor decides
     # Refusals are recorded under the namespace (the names do not exist), nothing was created.
     refused = [p for t, p in _events(cas, "acme") if t == "policy-create-refused"]
@@ -69,15 +69,15 @@ def test_create_sessions_grants_others_and_nearest_ancestor_wins(cas: InProcessC
     assert cas.apply(_policy("org/team"), bob).state == "active"  # bob becomes its creator
     # org/team's own (default) rules govern below it: bob yes, alice no, even as org's owner.
     assert cas.apply(_policy("org/team/svc"), bob).state == "active"
-    with pytest.raises(errors.AccessDeniedError, match="namespace org/team"):
+    with pytest.raises(errors.AccessDeniedError, match="may not create or update policy org/team/other "):
         cas.apply(_policy("org/team/other"), alice)
-    with pytest.raises(errors.AccessDeniedError, match="namespace org"):
+    with pytest.raises(errors.AccessDeniedError, match="may not create or update policy org/x "):
         cas.apply(_policy("org/x"), carol)
     # ANY opens a namespace to everyone.
     cas.apply(_policy("pub", "access_policy:\n  create_sessions: ANY\n"), alice)
     assert cas.apply(_policy("pub/mine"), carol).state == "active"
     # The creator of the child is its submitter: carol may update it, alice may not.
-    with pytest.raises(errors.AccessDeniedError, match="may not update policy pub/mine"):
+    with pytest.raises(errors.AccessDeniedError, match="may not create or update policy pub/mine "):
         cas.apply(
             _policy("pub/mine", "secrets:\n  - name: s\n    kind: ascii\n") + _pred(cas, "pub/mine"), alice
         )
@@ -254,3 +254,18 @@ def test_a_refused_submitter_learns_neither_the_current_hash_nor_the_versions(ca
     # those who may submit still get the conflict, with the current hash to rebase on
     with pytest.raises(errors.ConflictError, match=created.hash):
         cas.cas.apply(policy_submission(loads_policy(attempts[0]), alice))
+
+
+def test_a_refused_submission_does_not_tell_whether_the_name_exists(cas: InProcessCas) -> None:
+    """An identity that may neither create in a namespace nor update a policy in it gets one
+    refusal for an existing and a missing name (docs/cas.md "Policies and governance"), as
+    ``policy show`` and approvals do."""
+    alice, mallory = Identity.generate(), Identity.generate()
+    cas.apply(_policy("acme"), alice)
+    cas.apply(_policy("acme/secret-project"), alice)
+    messages = []
+    for name in ("acme/secret-project", "acme/nothing-here"):
+        with pytest.raises(errors.AccessDeniedError) as info:
+            cas.apply(_policy(name), mallory)
+        messages.append(info.value.message.replace(name, "NAME"))
+    assert messages[0] == messages[1]

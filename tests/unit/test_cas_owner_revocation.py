@@ -26,10 +26,11 @@ from confide.cas.app import create_app
 from confide.cas.client import policy_submission
 from confide.cas.core import APPROVAL_TYPE, decrypt_release, sign_document
 from confide.cas.crl import REASONS
-from confide.cas.db import SCHEMA_VERSION, Database, raw_execute
+from confide.cas.db import SCHEMA_VERSION, Database, raw_connection, raw_execute
 from confide.errors import AccessDeniedError, ConflictError, ParseError, PolicyError
 from confide.identity import Identity
 from confide.ledger.encoding import EntryType
+from confide.ledger.store import Ledger
 from confide.policy.loader import loads_policy
 from crl_env import FILES, T0, TWO_LEVEL, Env, check_signed_by_ca, number, policy, revoked, started
 
@@ -262,20 +263,32 @@ def test_a_serial_of_another_ca_or_secret_and_out_of_scope_secrets_are_refused(e
 
 def test_who_may_revoke_follows_the_update_rules(env: Env) -> None:
     stranger, member, reader = Identity.generate(), Identity.generate(), Identity.generate()
-    refusals = []
+    refusals, grown = [], []
     for request in (
         env.revocation(who=stranger),
-        env.revocation(who=stranger, name="ghost"),  # no such policy: the same refusal, unrecorded
+        # No such policy: the same refusal, and recorded too (filed under no policy): the
+        # public checkpoint's size grows by one entry either way, so it tells nobody whether
+        # the policy exists.
+        env.revocation(who=stranger, name="ghost"),
     ):
+        with env.cas.db.read() as conn:
+            before = Ledger.size(raw_connection(conn))
         with pytest.raises(AccessDeniedError) as err:
             env.cas.revoke_certificates(request)
+        with env.cas.db.read() as conn:
+            grown.append(Ledger.size(raw_connection(conn)) - before)
         refusals.append(err.value.message.replace("ghost", "tls"))
     assert len(set(refusals)) == 1
+    assert grown == [1, 1]
     with env.cas.db.read() as conn:
         rows = raw_execute(
-            conn, "SELECT policy, payload FROM events WHERE type = 'revocation-refused'"
+            conn, "SELECT policy, payload FROM events WHERE type = 'revocation-refused' ORDER BY seq"
         ).fetchall()
-    assert [(r[0], json.loads(r[1])["signer"]) for r in rows] == [("tls", stranger.fingerprint)]
+    assert [(r[0], json.loads(r[1])["signer"]) for r in rows] == [
+        ("tls", stranger.fingerprint),
+        (None, stranger.fingerprint),
+    ]
+    assert json.loads(rows[1][1])["name"] == "ghost"
     (entry,) = env.events("revocation-refused", EntryType.POLICY_REFUSED)  # checked against the ledger
     assert entry["secret"] == "srv"
     # An update board: one member alone revokes at once (no approvals); a reader may not.

@@ -297,13 +297,13 @@ def create_app(
         return cas.revoke_certificates(request)
 
     @app.get("/v1/policies/{name:path}/events")
-    def policy_events(name: str, x_confide_read: str | None = Header(default=None)) -> dict[str, Any]:
+    def policy_events(name: str, x_confide_read: str | None = Header(default=None)) -> Response:
         doc = _read_doc(x_confide_read)
         if isinstance(doc, dict) and doc.get("name") == f"{name}/events":
-            return cas.show(doc)  # GET /v1/policies/<a/events>: the policy named a/events
+            return _private(cas.show(doc))  # GET /v1/policies/<a/events>: the policy named a/events
         if not isinstance(doc, dict) or doc.get("name") != name:
             raise ParseError("read request names another policy than the URL", structure="read request")
-        return cas.events_for(doc)
+        return _private(cas.events_for(doc))
 
     @app.get("/v1/policies/{name:path}/crl/{secret}")
     def policy_crl(
@@ -316,7 +316,7 @@ def create_app(
             raise errors.UsageError(f"got format {format[:16]!r}, expected der or pem")
         doc = _read_doc(x_confide_read) if x_confide_read else None
         if isinstance(doc, dict) and doc.get("name") == f"{name}/crl/{secret}":
-            return JSONResponse(cas.show(doc))  # GET /v1/policies/<a/crl/b>: the policy named a/crl/b
+            return _private(cas.show(doc))  # GET /v1/policies/<a/crl/b>: the policy named a/crl/b
         der, next_update, public = cas.crl(name, secret, doc)
         if public:  # cached at most 5 minutes: a new revocation is published at once
             max_age = max(0, min(CRL_MAX_AGE, int(next_update - cas.clock())))
@@ -362,11 +362,11 @@ def create_app(
         )
 
     @app.get("/v1/policies/{name:path}")
-    def show_policy(name: str, x_confide_read: str | None = Header(default=None)) -> dict[str, Any]:
+    def show_policy(name: str, x_confide_read: str | None = Header(default=None)) -> Response:
         doc = _read_doc(x_confide_read)
         if not isinstance(doc, dict) or doc.get("name") != name:
             raise ParseError("read request names another policy than the URL", structure="read request")
-        return cas.show(doc)
+        return _private(cas.show(doc))
 
     @app.get("/v1/log/{path:path}")
     def log_resource(path: str) -> Response:
@@ -484,6 +484,14 @@ def create_app(
 
 
 CRL_MAX_AGE = PUBLIC_MAX_AGE  # seconds a public CRL may be cached (docs/cas.md "Revocation")
+
+
+def _private(content: dict[str, Any]) -> Response:
+    """A reader's answer (``policy show``, its events): ``Cache-Control: no-store`` (RFC 9111
+    §5.2.2.5). It depends on the signed ``X-Confide-Read`` header, which no HTTP cache keys on
+    (§3.5 keeps only responses to ``Authorization`` out of shared caches): a cache between
+    reader and CAS must not hand one reader's answer to the next request for the same URL."""
+    return JSONResponse(content, headers={"Cache-Control": "no-store"})
 
 
 def _public(response: PublicResponse) -> Response:

@@ -435,7 +435,9 @@ class _Refused(Exception):
     """A refused governance request: its transaction is rolled back, then ``event`` is recorded
     under ``filed_under`` in a transaction of its own and ``error`` raised."""
 
-    def __init__(self, error: ConfideError, event: str, filed_under: str, payload: dict[str, Any]) -> None:
+    def __init__(
+        self, error: ConfideError, event: str, filed_under: str | None, payload: dict[str, Any]
+    ) -> None:
         super().__init__(error.message)
         self.error, self.event, self.filed_under, self.payload = error, event, filed_under, payload
 
@@ -599,7 +601,7 @@ class Cas:
                     state = "pending"
                 else:
                     raise _Refused(
-                        AccessDeniedError(f"identity {submitter[:16]}… may not update policy {policy.name}"),
+                        _submission_refused(submitter, policy.name),
                         "policy-update-refused",
                         policy.name,
                         {"signer": submitter},
@@ -692,10 +694,7 @@ class Cas:
             return "pending"
         # Filed under the namespace: the name itself does not exist (and may never).
         raise _Refused(
-            AccessDeniedError(
-                f"identity {submitter[:16]}… may not create policies in namespace {parent} "
-                f"(its access_policy.create_sessions)"
-            ),
+            _submission_refused(submitter, name),
             "policy-create-refused",
             parent,
             {"signer": submitter, "name": name},
@@ -1396,7 +1395,17 @@ class Cas:
             with self.db.write() as conn:
                 head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == req.name)).first()
                 if head is None:
-                    raise refusal(req.name, req.signer)
+                    # Recorded too, filed under no policy (there is none to file it under): the
+                    # public checkpoint's size grows by one entry whether or not the policy
+                    # exists, so a refused caller cannot tell (docs/cas.md "Revoking a
+                    # certificate").
+                    raise _Refused(
+                        refusal(req.name, req.signer),
+                        "revocation-refused",
+                        None,
+                        {"signer": req.signer, "name": req.name, "secret": req.secret,
+                         "request_sha256": req.digest},
+                    )  # fmt: skip
                 # Step 1: listed in the update rules, alone or as a board member (no approvals).
                 rules = self._load(conn, req.name, head.hash).access_policy.update
                 if not (
@@ -2465,6 +2474,17 @@ def _service_volumes(policy: Policy, service: Any) -> list[Any]:
         return []
     image = next((i for i in policy.images if i.name == service.image_name), None)
     return list(image.volumes) if image is not None else []
+
+
+def _submission_refused(submitter: str, name: str) -> AccessDeniedError:
+    """The one refusal of a submission by an identity that may neither create ``name`` (its
+    namespace's ``create_sessions``) nor update it (its ``update`` rules), whether or not the
+    policy exists (docs/cas.md "Policies and governance"): its existence is shown only to those
+    who may read it, as by ``policy show`` and approvals."""
+    return AccessDeniedError(
+        f"identity {submitter[:16]}… may not create or update policy {name} (its access_policy.update, "
+        "or for a new name its namespace's create_sessions)"
+    )
 
 
 def _mentions(rules: Any, fingerprint: str, creator: str) -> bool:

@@ -15,7 +15,9 @@ Steps, in one write transaction (:func:`revoke_request`):
    identity or as a member of a board (``require-all``, ``require-at-least-N``), alone and at
    once: a revocation takes nothing away but validity, and one for key compromise must not wait
    for a board's quorum. Everyone else is refused (``AccessDeniedError``, the same message
-   whether the policy exists or not; recorded as ``revocation-refused`` when it exists).
+   whether the policy exists or not; recorded as ``revocation-refused`` either way: under the
+   policy, or under no policy with the name when it does not exist, so that the public
+   checkpoint's size does not tell a refused caller whether it does).
 2. Freshness: ``time`` within :data:`~confide.cas.core.READ_WINDOW` of the CAS clock, and the
    request is carried out once (its digest is kept until its window has passed): a replay of an
    ``all_valid`` request cannot revoke certificates issued after it.

@@ -1,0 +1,531 @@
+"""The CAS HTTP API's authorisation matrix (docs/cas.md "HTTP API", "Policies and governance"),
+over real TLS against a real ``confide cas serve`` process: for every route of the OpenAPI
+schema (read from the running CAS, so a new route without an entry here fails
+:func:`test_every_route_has_an_entry`), what each class of caller gets: the policy's owner
+(its creator), an identity on its ``read`` list, one on its ``update`` list, a board member who
+is not an owner, a stranger with a valid identity, no signature, a valid signature over a
+request for another policy, a replayed request (again; after the policy changed; after the
+signer was removed), a document of another endpoint's type, and an expired or future-dated
+request. A refused caller must learn nothing: the refusal of an existing policy is the refusal
+of a policy that does not exist, byte for byte once the name is the same."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from cas_harness import CasProcess
+from confide.cas.client import policy_submission
+from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, READ_TYPE, READ_WINDOW, sign_document
+from confide.cas.owner_revocation import REVOKE_TYPE
+from confide.identity import Identity
+from confide.policy import loads_policy
+
+
+@dataclass
+class Answer:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def error(self) -> tuple[str, str]:
+        err = self.json()["error"]
+        return err["class"], err["message"]
+
+
+@dataclass
+class World:
+    cas: CasProcess
+    owner: Identity
+    reader: Identity
+    updater: Identity
+    board: tuple[Identity, Identity]
+    stranger: Identity
+    hashes: dict[str, str] = field(default_factory=dict)
+
+    def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Answer:
+        url = urlsplit(self.cas.env["CONFIDE_CAS_URL"])
+        ctx = ssl.create_default_context(cafile=self.cas.env["CONFIDE_CAS_CERT"])
+        conn = http.client.HTTPSConnection(url.hostname or "", url.port, context=ctx, timeout=30)
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            hdrs = {"Content-Type": "application/json"} if data is not None else {}
+            conn.request(method, path, body=data, headers={**hdrs, **(headers or {})})
+            r = conn.getresponse()
+            return Answer(r.status, r.read(), {k.lower(): v for k, v in r.getheaders()})
+        finally:
+            conn.close()
+
+    def submit(self, text: str, who: Identity) -> Answer:
+        return self.call("POST", "/v1/policies", policy_submission(loads_policy(text), who))
+
+
+def signed(body: dict[str, Any], who: Identity) -> dict[str, Any]:
+    return sign_document(body, who.sign, who.public.public_base64)
+
+
+def read_doc(name: str, who: Identity, *, at: int | None = None) -> dict[str, Any]:
+    return signed({"type": READ_TYPE, "name": name, "time": int(time.time()) if at is None else at}, who)
+
+
+def header(doc: dict[str, Any]) -> dict[str, str]:
+    return {"X-Confide-Read": base64.b64encode(json.dumps(doc).encode()).decode()}
+
+
+def revoke_doc(name: str, who: Identity, *, at: int | None = None) -> dict[str, Any]:
+    when = int(time.time()) if at is None else at
+    return signed(
+        {"type": REVOKE_TYPE, "name": name, "secret": "srv", "reason": "superseded", "all_valid": True,
+         "time": when},
+        who,
+    )  # fmt: skip
+
+
+def _access(read: list[str], update: str) -> str:
+    return f"access_policy:\n  read: [{', '.join(read)}]\n  update: {update}\n"
+
+
+SECRETS = """secrets:
+  - name: ca_key
+    kind: private-key
+  - name: ca
+    kind: x509-ca
+    private_key: ca_key
+    common_name: Matrix CA
+    valid_for: 90 days
+  - name: srv_key
+    kind: private-key
+  - name: srv
+    kind: x509
+    private_key: srv_key
+    issuer: ca
+    common_name: srv.local
+    valid_for: 30 days
+  - name: token
+    kind: ascii
+"""
+
+
+def policy_text(name: str, access: str, predecessor: str | None = None, extra: str = "") -> str:
+    pred = f'predecessor: "{predecessor}"\n' if predecessor else ""
+    return f'name: {name}\nversion: "0.3"\n{pred}{access}{SECRETS}{extra}'
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    data = tmp_path_factory.mktemp("authz") / "cas"
+    cas = CasProcess(data, None, extra_args=("--write-rate", "0")).start()
+    try:
+        owner, reader, updater, stranger = (Identity.generate() for _ in range(4))
+        board = (Identity.generate(), Identity.generate())
+        w = World(cas, owner, reader, updater, board, stranger)
+        # mx: the owner, a reader, an updater. mxb: updated by a board of two (not owners).
+        # mxns: a namespace whose policy mxns/exists exists; its children are the owner's.
+        texts = {
+            "mx": policy_text(
+                "mx", _access(["CREATOR", reader.fingerprint], f"[CREATOR, {updater.fingerprint}]")
+            ),
+            "mxb": policy_text(
+                "mxb",
+                _access(["CREATOR"], f"[{{require-all: [{board[0].fingerprint}, {board[1].fingerprint}]}}]"),
+            ),
+            "mxns": policy_text("mxns", _access(["CREATOR"], "[CREATOR]")),
+            "mxns/exists": policy_text("mxns/exists", _access(["CREATOR"], "[CREATOR]")),
+        }
+        for name, text in texts.items():
+            answer = w.submit(text, owner)
+            assert answer.status == 200, answer.body
+            w.hashes[name] = answer.json()["hash"]
+        yield w
+    finally:
+        cas.stop()
+
+
+# -- the matrix: one check per (method, OpenAPI path) ---------------------------------------
+
+
+def same_refusal(w: World, existing: Answer, missing: Answer, existing_name: str, missing_name: str) -> None:
+    """A refused caller learns nothing: status, class and message are those of a policy that does
+    not exist (once its name replaces the other's)."""
+    assert existing.status == missing.status == 403, (existing.body, missing.body)
+    assert existing.error()[0] == missing.error()[0] == "AccessDeniedError"
+    assert existing.error()[1].replace(existing_name, "NAME") == missing.error()[1].replace(
+        missing_name, "NAME"
+    )
+
+
+def check_show(w: World) -> None:
+    for who in (w.owner, w.reader):
+        answer = w.call("GET", "/v1/policies/mx", headers=header(read_doc("mx", who)))
+        assert answer.status == 200 and answer.json()["name"] == "mx"
+        # What a reader sees depends on its X-Confide-Read header, which no HTTP cache knows
+        # to key on (RFC 9111 §3.5 covers Authorization only): never stored by one.
+        assert answer.headers["cache-control"] == "no-store"
+        assert "token" in answer.json()["secrets"] and "value" not in json.dumps(
+            answer.json()["secrets"]["token"]
+        )
+    for who in (w.updater, w.board[0], w.stranger):  # on no read list
+        same_refusal(
+            w,
+            w.call("GET", "/v1/policies/mx", headers=header(read_doc("mx", who))),
+            w.call("GET", "/v1/policies/mx-none", headers=header(read_doc("mx-none", who))),
+            "mx", "mx-none",
+        )  # fmt: skip
+    # No signature.
+    answer = w.call("GET", "/v1/policies/mx")
+    assert answer.status == 403 and answer.error()[0] == "AccessDeniedError"
+    # A reader's valid request for another policy, sent for this one.
+    answer = w.call("GET", "/v1/policies/mxb", headers=header(read_doc("mx", w.reader)))
+    assert answer.status == 400 and answer.error()[0] == "ParseError"
+    # Another endpoint's document type as a read (an approval, a revocation, a submission).
+    for doc in (
+        signed({"type": APPROVAL_TYPE, "name": "mx", "hash": w.hashes["mx"]}, w.owner),
+        revoke_doc("mx", w.owner),
+        policy_submission(loads_policy(policy_text("mx", "")), w.owner),
+    ):
+        answer = w.call("GET", "/v1/policies/mx", headers=header(doc))
+        assert answer.status == 400 and answer.error()[0] == "ParseError", answer.body
+    # Malformed headers: a parse error that names no value, never a 500.
+    good = read_doc("mx", w.owner)
+    for raw in (
+        "not base64!",
+        base64.b64encode(b"not json").decode(),
+        base64.b64encode(b"[1]").decode(),
+        header({**good, "signer": "AAAA"})["X-Confide-Read"],
+        header({**good, "signature": "AAAA"})["X-Confide-Read"],
+        header({k: v for k, v in good.items() if k != "signature"})["X-Confide-Read"],
+        header({**good, "time": str(good["time"])})["X-Confide-Read"],
+    ):
+        answer = w.call("GET", "/v1/policies/mx", headers={"X-Confide-Read": raw})
+        assert answer.status in (400, 403), (raw, answer.status, answer.body)
+        assert answer.error()[0] in ("ParseError", "SignatureError", "AccessDeniedError"), answer.body
+    # A read with the type field rewritten is not signed by anyone.
+    forged = {**revoke_doc("mx", w.owner), "type": READ_TYPE}
+    assert w.call("GET", "/v1/policies/mx", headers=header(forged)).status == 403
+    # Expired and future-dated requests (READ_WINDOW seconds either side).
+    for at in (int(time.time()) - READ_WINDOW - 60, int(time.time()) + READ_WINDOW + 60):
+        answer = w.call("GET", "/v1/policies/mx", headers=header(read_doc("mx", w.owner, at=at)))
+        assert answer.status == 403 and "from the CAS clock" in answer.error()[1]
+
+
+def check_events(w: World) -> None:
+    answer = w.call("GET", "/v1/policies/mx/events", headers=header(read_doc("mx", w.reader)))
+    assert answer.status == 200 and answer.json()["events"]
+    assert answer.headers["cache-control"] == "no-store"
+    # A policy named mx/events, shown through the events route, and one named mx/crl/ca through
+    # the CRL route (the read request names the policy): the same.
+    for name in ("mx/events", "mx/crl/ca"):
+        assert w.submit(policy_text(name, _access(["CREATOR"], "[CREATOR]")), w.owner).status == 200
+        answer = w.call("GET", f"/v1/policies/{name}", headers=header(read_doc(name, w.owner)))
+        assert answer.status == 200 and answer.json()["name"] == name
+        assert answer.headers["cache-control"] == "no-store"
+    for who in (w.updater, w.board[0], w.stranger):
+        same_refusal(
+            w,
+            w.call("GET", "/v1/policies/mx/events", headers=header(read_doc("mx", who))),
+            w.call("GET", "/v1/policies/mx-none/events", headers=header(read_doc("mx-none", who))),
+            "mx", "mx-none",
+        )  # fmt: skip
+    assert w.call("GET", "/v1/policies/mx/events").status == 403
+    answer = w.call("GET", "/v1/policies/mx/events", headers=header(read_doc("mxb", w.owner)))
+    assert answer.status == 400
+    approval = signed({"type": APPROVAL_TYPE, "name": "mx", "hash": w.hashes["mx"]}, w.owner)
+    assert w.call("GET", "/v1/policies/mx/events", headers=header(approval)).status == 400
+
+
+def check_policy_crl(w: World) -> None:
+    answer = w.call("GET", "/v1/policies/mx/crl/ca", headers=header(read_doc("mx", w.reader)))
+    assert answer.status == 200 and answer.headers["content-type"] == "application/pkix-crl"
+    assert answer.headers["cache-control"] == "private, no-store"
+    for who in (w.updater, w.board[0], w.stranger):
+        refused = [
+            w.call("GET", f"/v1/policies/{name}/crl/{ca}", headers=header(read_doc(name, who)))
+            for name, ca in (("mx", "ca"), ("mx", "nosuch"), ("mx", "token"))
+        ]
+        missing = w.call("GET", "/v1/policies/mx-none/crl/ca", headers=header(read_doc("mx-none", who)))
+        for r in refused:
+            assert r.status == 403
+        assert refused[0].error()[1].replace("mx/ca", "X") == missing.error()[1].replace("mx-none/ca", "X")
+    # Without a signature: only an export_public CA's, and the same refusal otherwise.
+    anonymous = [w.call("GET", f"/v1/policies/{p}/crl/ca") for p in ("mx", "mx-none")]
+    assert [a.status for a in anonymous] == [403, 403]
+    assert anonymous[0].error()[1].replace("mx/ca", "X") == anonymous[1].error()[1].replace("mx-none/ca", "X")
+    answer = w.call("GET", "/v1/policies/mx/crl/ca", headers=header(read_doc("mxb", w.owner)))
+    assert answer.status == 400
+
+
+def check_submit(w: World) -> None:
+    # The owner and the updater update at once; a board member's update waits for the board.
+    for who in (w.owner, w.updater):
+        answer = w.submit(
+            policy_text("mx", _access(["CREATOR", w.reader.fingerprint],
+                                      f"[CREATOR, {w.updater.fingerprint}]"),
+                        w.hashes["mx"], extra=f"  - name: by_{who.fingerprint[:8]}\n    kind: ascii\n"),
+            who,
+        )  # fmt: skip
+        assert answer.status == 200 and answer.json()["state"] == "active", answer.body
+        w.hashes["mx"] = answer.json()["hash"]
+    answer = w.submit(policy_text("mxb", _access(["CREATOR"], "NONE"), w.hashes["mxb"]), w.board[0])
+    assert answer.status == 200 and answer.json()["state"] == "pending"
+    w.hashes["mxb-pending"] = answer.json()["hash"]
+    # The owner of mxb is not on its board; a reader, a board member of another policy and a
+    # stranger may not update mx. Each gets the refusal of a name in a namespace it may not
+    # create in, whether or not the name exists (and never the current hash).
+    answer = w.submit(policy_text("mxb", "", w.hashes["mxb"]), w.owner)
+    assert answer.status == 403 and w.hashes["mxb"] not in answer.body.decode()
+    for who in (w.reader, w.board[0], w.stranger):
+        for pred in (None, "00" * 32, w.hashes["mx"]):
+            answer = w.submit(policy_text("mx", "", pred), who)
+            assert answer.status == 403 and answer.error()[0] == "AccessDeniedError"
+            assert w.hashes["mx"] not in answer.body.decode()
+        same_refusal(
+            w,
+            w.submit(policy_text("mxns/exists", ""), who),
+            w.submit(policy_text("mxns/absent", ""), who),
+            "mxns/exists", "mxns/absent",
+        )  # fmt: skip
+        same_refusal(
+            w,
+            w.submit(policy_text("mxns/exists", "", w.hashes["mxns/exists"]), who),
+            w.submit(policy_text("mxns/absent", "", w.hashes["mxns/exists"]), who),
+            "mxns/exists", "mxns/absent",
+        )  # fmt: skip
+    # No signature, a forged one, another endpoint's type.
+    unsigned = {"type": POLICY_TYPE, "policy": json.loads(json.dumps(
+        {"name": "mx", "version": "0.3", "predecessor": w.hashes["mx"]}))}  # fmt: skip
+    assert w.call("POST", "/v1/policies", unsigned).status == 400
+    sub = policy_submission(loads_policy(policy_text("mx", "", w.hashes["mx"])), w.owner)
+    sub["policy"]["access_policy"] = {"read": ["ANY"]}
+    assert w.call("POST", "/v1/policies", sub).status == 403  # the signature no longer verifies
+    approval = signed({"type": APPROVAL_TYPE, "name": "mx", "hash": w.hashes["mx"]}, w.owner)
+    assert w.call("POST", "/v1/policies", approval).status == 400
+    # A replayed submission: the same signed update again is a conflict, and changes nothing.
+    text = policy_text(
+        "mxns/exists",
+        _access(["CREATOR"], "[CREATOR]"),
+        w.hashes["mxns/exists"],
+        "  - name: more\n    kind: ascii\n",
+    )
+    first = policy_submission(loads_policy(text), w.owner)
+    assert w.call("POST", "/v1/policies", first).status == 200
+    again = w.call("POST", "/v1/policies", first)
+    assert again.status == 409 and again.error()[0] == "ConflictError"
+
+
+def check_approve(w: World) -> None:
+    def approve(name: str, digest: str, who: Identity, url_name: str | None = None) -> Answer:
+        doc = signed({"type": APPROVAL_TYPE, "name": name, "hash": digest}, who)
+        return w.call("POST", f"/v1/policies/{url_name or name}/approvals", doc)
+
+    if "mxb-pending" not in w.hashes:
+        check_submit(w)
+    digest = w.hashes["mxb-pending"]
+    # Not on the board (the owner included): the same refusal whether the version or the
+    # policy exists or not.
+    for who in (w.owner, w.reader, w.stranger):
+        answers = [
+            approve("mxb", digest, who),
+            approve("mxb", "00" * 32, who),
+            approve("mxb-none", digest, who),
+        ]
+        assert {a.status for a in answers} == {403}
+        texts = {
+            a.error()[1].replace("mxb-none", "mxb").replace("0000000000000000", digest[:16]) for a in answers
+        }
+        assert len(texts) == 1
+    # A read document as an approval; an approval naming another policy than the URL.
+    assert w.call("POST", "/v1/policies/mxb/approvals", read_doc("mxb", w.board[1])).status == 400
+    assert approve("mx", digest, w.board[1], url_name="mxb").status == 400
+    # The board's second member completes it. The new version's update rules are NONE (the
+    # board removed itself): the same approval replayed, by a signer no longer on any board of
+    # mxb, is refused as a stranger's, and changes nothing.
+    doc = signed({"type": APPROVAL_TYPE, "name": "mxb", "hash": digest}, w.board[1])
+    answer = w.call("POST", "/v1/policies/mxb/approvals", doc)
+    assert answer.status == 200 and answer.json()["state"] == "active"
+    w.hashes["mxb"] = digest
+    for replayed in (w.call("POST", "/v1/policies/mxb/approvals", doc), approve("mxb", digest, w.board[0])):
+        assert replayed.status == 403 and replayed.error()[0] == "AccessDeniedError"
+
+
+def check_revoke(w: World) -> None:
+    # The owner may; the reader, the board member of another policy and a stranger may not,
+    # with one refusal whether the policy exists or not.
+    for who in (w.reader, w.board[0], w.stranger):
+        existing = w.call("POST", "/v1/policies/mx/revocations", revoke_doc("mx", who))
+        missing = w.call("POST", "/v1/policies/mx-none/revocations", revoke_doc("mx-none", who))
+        same_refusal(w, existing, missing, "mx", "mx-none")
+
+    # Nor does the ledger's size: a refusal is recorded for a missing policy too (under no
+    # policy), so between two refusals for mx (seen by mx's reader with their ledger indices),
+    # a refusal for a missing policy took one index.
+    def last_refusal() -> int:
+        events = w.call("GET", "/v1/policies/mx/events", headers=header(read_doc("mx", w.reader))).json()
+        return max(e["seq"] for e in events["events"] if e["type"] == "revocation-refused")
+
+    assert w.call("POST", "/v1/policies/mx/revocations", revoke_doc("mx", w.stranger)).status == 403
+    first = last_refusal()
+    assert w.call("POST", "/v1/policies/mx-none/revocations", revoke_doc("mx-none", w.stranger)).status == 403
+    assert w.call("POST", "/v1/policies/mx/revocations", revoke_doc("mx", w.stranger)).status == 403
+    assert last_refusal() == first + 2
+    # Another endpoint's documents, a request for another policy, expired and future-dated.
+    assert w.call("POST", "/v1/policies/mx/revocations", read_doc("mx", w.owner)).status == 400
+    assert w.call("POST", "/v1/policies/mxb/revocations", revoke_doc("mx", w.owner)).status == 400
+    for at in (int(time.time()) - READ_WINDOW - 60, int(time.time()) + READ_WINDOW + 60):
+        answer = w.call("POST", "/v1/policies/mx/revocations", revoke_doc("mx", w.owner, at=at))
+        assert answer.status == 403 and "from the CAS clock" in answer.error()[1]
+    doc = revoke_doc("mx", w.owner)
+    answer = w.call("POST", "/v1/policies/mx/revocations", doc)
+    assert answer.status == 200, answer.body
+    again = w.call("POST", "/v1/policies/mx/revocations", doc)  # replayed: carried out once
+    assert again.status == 409 and again.error()[0] == "ConflictError"
+
+
+def check_public_get(path: str, *, statuses: tuple[int, ...] = (200,)) -> Callable[[World], None]:
+    """A route for anyone: no signature needed, and what it answers names no policy."""
+
+    def check(w: World) -> None:
+        answer = w.call("GET", path)
+        assert answer.status in statuses, (path, answer.status, answer.body[:200])
+        for name in ("mxns/exists", "mxb", '"mx"', "mx-none"):
+            assert name.encode() not in answer.body, (path, name)
+
+    return check
+
+
+def check_metrics(w: World) -> None:
+    # Every refused and allowed request above (policy names in their paths) has been counted:
+    # the labels are route templates, never a name, and nothing is counted per identity.
+    check_show(w)
+    body = w.call("GET", "/metrics").body.decode()
+    assert 'route="/v1/policies/{name:path}"' in body
+    for needle in ("mxns", "mxb", "/mx", "mx-none", w.owner.fingerprint[:16], w.stranger.fingerprint[:16]):
+        assert needle not in body, needle
+
+
+def check_unsigned_post(path: str, statuses: tuple[int, ...]) -> Callable[[World], None]:
+    """A POST whose body is a signed document of its own kind (or evidence): a stranger's
+    approval-shaped or empty body is refused, never a 2xx."""
+
+    def check(w: World) -> None:
+        for body in ({}, signed({"type": APPROVAL_TYPE, "name": "mx", "hash": w.hashes["mx"]}, w.stranger)):
+            answer = w.call("POST", path, body)
+            assert answer.status in statuses, (path, answer.status, answer.body[:200])
+
+    return check
+
+
+def check_volume_tag(w: World) -> None:
+    body = {"policy": "mx", "volume": "v", "session": "00" * 32, "old_tag": "00", "new_tag": "11"}
+    answer = w.call("POST", "/v1/volumes/tag", body)
+    assert answer.status == 403 and answer.error()[0] == "AccessDeniedError"
+    missing = w.call("POST", "/v1/volumes/tag", {**body, "policy": "mx-none"})
+    assert missing.error()[1] == answer.error()[1]
+
+
+def check_ocsp(w: World) -> None:
+    for method in ("GET", "POST"):
+        answer = w.call(method, "/v1/ocsp/" + "0" * 40 + ("/MAo=" if method == "GET" else ""))
+        assert answer.status in (400, 404), (method, answer.status)
+
+
+def check_nonce(path: str) -> Callable[[World], None]:
+    """A nonce, to anyone: it grants nothing but a try at attesting within its minute."""
+
+    def check(w: World) -> None:
+        answer = w.call("POST", path)
+        assert answer.status == 200 and set(answer.json()) == {"nonce", "expires_in"}
+
+    return check
+
+
+MATRIX: dict[tuple[str, str], Callable[[World], None]] = {
+    ("GET", "/v1/health"): check_public_get("/v1/health"),
+    ("GET", "/v1/cas/evidence"): check_public_get("/v1/cas/evidence"),
+    ("POST", "/v1/policies"): check_submit,
+    ("POST", "/v1/policies/{name}/approvals"): check_approve,
+    ("POST", "/v1/policies/{name}/revocations"): check_revoke,
+    ("GET", "/v1/policies/{name}/events"): check_events,
+    ("GET", "/v1/policies/{name}/crl/{secret}"): check_policy_crl,
+    ("GET", "/v1/crl/{file}"): check_public_get("/v1/crl/" + "0" * 40 + ".crl", statuses=(404,)),
+    ("GET", "/v1/ca/{file}"): check_public_get("/v1/ca/" + "0" * 40 + ".crt", statuses=(404,)),
+    ("GET", "/v1/ocsp/{rest}"): check_ocsp,
+    ("HEAD", "/v1/ocsp/{rest}"): check_ocsp,
+    ("POST", "/v1/ocsp/{rest}"): check_ocsp,
+    ("GET", "/v1/policies/{name}"): check_show,
+    ("GET", "/v1/log/{path}"): check_public_get("/v1/log/checkpoint", statuses=(200, 404)),
+    ("POST", "/v1/attest/nonce"): check_nonce("/v1/attest/nonce"),
+    ("POST", "/v1/attest"): check_unsigned_post("/v1/attest", (400, 403, 422)),
+    # A --dev CAS releases its master key to no one and hands over to no successor (400).
+    ("POST", "/v1/cas/key-release/nonce"): check_nonce("/v1/cas/key-release/nonce"),
+    ("POST", "/v1/cas/key-release"): check_unsigned_post("/v1/cas/key-release", (400,)),
+    ("GET", "/v1/cas/successor"): check_public_get("/v1/cas/successor", statuses=(400,)),
+    ("POST", "/v1/cas/successor/approvals"): check_unsigned_post("/v1/cas/successor/approvals", (400,)),
+    ("POST", "/v1/cas/successor/withdrawals"): check_unsigned_post("/v1/cas/successor/withdrawals", (400,)),
+    ("GET", "/v1/cas/successor/board"): check_public_get("/v1/cas/successor/board", statuses=(400,)),
+    ("POST", "/v1/cas/successor/board/approvals"): check_unsigned_post(
+        "/v1/cas/successor/board/approvals", (400,)
+    ),
+    ("GET", "/v1/cas/successor/retirements"): check_public_get(
+        "/v1/cas/successor/retirements", statuses=(400,)
+    ),
+    ("POST", "/v1/cas/successor/retirements/approvals"): check_unsigned_post(
+        "/v1/cas/successor/retirements/approvals", (400,)
+    ),
+    ("POST", "/v1/volumes/tag"): check_volume_tag,
+    ("GET", "/metrics"): check_metrics,
+}
+
+
+def test_every_route_has_an_entry(world: World) -> None:
+    schema = world.call("GET", "/openapi.json").json()
+    routes = {(m.upper(), p) for p, ops in schema["paths"].items() for m in ops}
+    assert routes == set(MATRIX), (sorted(routes - set(MATRIX)), sorted(set(MATRIX) - routes))
+    # The schema itself is the same for everyone and names no policy.
+    for name in ("mxns", "mxb", '"mx"'):
+        assert name.encode() not in world.call("GET", "/openapi.json").body
+
+
+@pytest.mark.parametrize("route", sorted(MATRIX), ids=lambda r: f"{r[0]} {r[1]}")
+def test_route(world: World, route: tuple[str, str]) -> None:
+    MATRIX[route](world)
+
+
+def test_a_removed_reader_keeps_nothing_of_an_old_request(world: World) -> None:
+    """A read request stays valid for READ_WINDOW seconds, but who may read is decided at each
+    request: once the reader is removed, its earlier signed request (replayed) is refused; while
+    listed, the replay after an update shows the current version."""
+    w = world
+    name = "mx-removal"
+    first = w.submit(policy_text(name, _access(["CREATOR", w.reader.fingerprint], "[CREATOR]")), w.owner)
+    digest = first.json()["hash"]
+    old = header(read_doc(name, w.reader))
+    assert w.call("GET", f"/v1/policies/{name}", headers=old).json()["hash"] == digest
+    second = w.submit(
+        policy_text(
+            name,
+            _access(["CREATOR", w.reader.fingerprint], "[CREATOR]"),
+            digest,
+            "  - name: more\n    kind: ascii\n",
+        ),
+        w.owner,
+    )
+    digest = second.json()["hash"]
+    assert w.call("GET", f"/v1/policies/{name}", headers=old).json()["hash"] == digest  # replayed: current
+    third = w.submit(policy_text(name, _access(["CREATOR"], "[CREATOR]"), digest), w.owner)
+    assert third.status == 200
+    for path in (f"/v1/policies/{name}", f"/v1/policies/{name}/events", f"/v1/policies/{name}/crl/ca"):
+        answer = w.call("GET", path, headers=old)
+        assert answer.status == 403 and answer.error()[0] == "AccessDeniedError", path
+        assert digest not in answer.body.decode()
