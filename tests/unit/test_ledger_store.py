@@ -257,7 +257,11 @@ def test_acknowledged_appends_survive_sigkill(tmp_path: Path) -> None:
     assert Ledger().root(conn) == mth(entries)  # tiles and entries agree after the crash
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(st.lists(st.integers(1, 700), min_size=1, max_size=8), st.data())
 def test_any_batching_gives_the_same_tree(tmp_path: Path, batches: list[int], data: st.DataObject) -> None:
     db = Path(tempfile.mkdtemp(dir=tmp_path)) / "prop.db"
