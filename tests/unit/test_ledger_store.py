@@ -158,13 +158,14 @@ def test_group_commit_checkpoints_every_acknowledged_entry_within_the_interval(t
         last = max(gc.append(f"e{i}".encode()) for i in range(50))
         acked_at = time.monotonic()
         covered = None
-        while time.monotonic() - acked_at < 1.0:
+        while time.monotonic() - acked_at < 30:  # no other append, nor the close, makes it come
             note = Ledger.latest_checkpoint(reader)
             if note is not None and open_checkpoint(note, signer.verifier).checkpoint.size > last:
                 covered = time.monotonic() - acked_at
                 break
             time.sleep(0.02)
-        assert covered is not None and covered < 0.6, "acknowledged entries not checkpointed in time"
+        # 0.2 s, and what a loaded machine adds to a thread's wake-up, a signature and an fsync
+        assert covered is not None and covered < 3.0, "acknowledged entries not checkpointed in time"
         assert gc.checkpoint_error is None
     note = Ledger.latest_checkpoint(reader)
     assert note is not None
