@@ -31,6 +31,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextmanager
+def refusing_port() -> Iterator[int]:
+    """A TCP port of 127.0.0.1 that refuses connections while the block runs: bound, never
+    listening. (A port found free and closed at once could meanwhile be taken by a server that
+    binds port 0, another test's fixture in this process, and then answer.)"""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
+
+
 class PostgresCluster:
     """A throwaway PostgreSQL cluster (initdb in a temp dir, run as the postgres user when root)."""
 

@@ -30,6 +30,15 @@ def assets() -> Path:
     return ASSETS
 
 
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A TCP port of 127.0.0.1 that refuses connections during the test (a server that is down)."""
+    from cas_harness import refusing_port
+
+    with refusing_port() as port:
+        yield port
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresCluster]:
     """A throwaway PostgreSQL cluster for the whole test session (unit tests of the in-process
