@@ -1174,7 +1174,14 @@ def test_witness_cosigns_every_cas_checkpoint(tmp_path: Path, scheme: str) -> No
         tmp_path / "cas", None, extra_args=("--witness", f"{scheme}://127.0.0.1:{port}={wkey}", *cas_tls)
     )
     try:
-        _time.sleep(1.0)
+        deadline = _time.time() + 60  # the witness listens before the CAS starts (it asks at its start)
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                break
+            except OSError:
+                assert witness.poll() is None and _time.time() < deadline, "the witness did not start"
+                _time.sleep(0.05)
         cas.start()
         alice, _ = identity(cas, tmp_path, "alice")
         assert apply(cas, tmp_path, policy_yaml("witnessed", "00" * 48), alice).returncode == 0
