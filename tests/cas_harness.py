@@ -173,7 +173,7 @@ def log_size(env: dict[str, str]) -> int:
 
     ctx = ssl.create_default_context(cafile=env["CONFIDE_CAS_CERT"])
     try:
-        with urllib.request.urlopen(env["CONFIDE_LOG_URL"] + "/checkpoint", context=ctx, timeout=5) as r:
+        with urllib.request.urlopen(env["CONFIDE_LOG_URL"] + "/checkpoint", context=ctx, timeout=30) as r:
             return int(r.read().decode().split("\n")[1])
     except urllib.error.HTTPError:
         return 0

@@ -59,7 +59,7 @@ def attest(cas: CasProcess, evidence: bytes | None = None) -> errors.ConfideErro
 
 def metrics(cas: CasProcess) -> str:
     ctx = ssl.create_default_context(cafile=cas.env["CONFIDE_CAS_CERT"])
-    with urllib.request.urlopen(cas.env["CONFIDE_CAS_URL"] + "/metrics", context=ctx, timeout=5) as r:
+    with urllib.request.urlopen(cas.env["CONFIDE_CAS_URL"] + "/metrics", context=ctx, timeout=30) as r:
         return str(r.read().decode())
 
 

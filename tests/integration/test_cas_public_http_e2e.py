@@ -77,8 +77,8 @@ def ca_issuers_url(cert: x509.Certificate) -> str:
 
 
 def raw(port: int, request: bytes) -> bytes:
-    """One request over a fresh connection; everything the server sent until it closed (or 5 s)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+    """One request over a fresh connection; everything the server sent until it closed (or 30 s)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         try:
             s.sendall(request)
         except (BrokenPipeError, ConnectionResetError):
