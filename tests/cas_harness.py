@@ -50,7 +50,6 @@ class PostgresCluster:
             raise RuntimeError("PostgreSQL server binaries not found (apt-get install postgresql)")
         self.bindir = bindir
         self.dir = Path(tempfile.mkdtemp(prefix="confide-pg-"))
-        self.port = free_port()
         self._as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self._as_user:
             shutil.chown(self.dir, "postgres", "postgres")
@@ -67,11 +66,18 @@ class PostgresCluster:
             "-E",
             "UTF8",
         )
-        self._run(
-            str(bindir / "pg_ctl"), "-D", str(data), "-l", str(self.dir / "log"), "-w", "-o",
-            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-            "start",
-        )  # fmt: skip
+        for attempt in range(5):  # a port found free is not reserved: taken meanwhile, take another
+            self.port = free_port()
+            try:
+                self._run(
+                    str(bindir / "pg_ctl"), "-D", str(data), "-l", str(self.dir / "log"), "-w", "-o",
+                    f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+                    "start",
+                )  # fmt: skip
+                break
+            except subprocess.CalledProcessError:
+                if attempt == 4:
+                    raise
         self.data = data
         self._n = 0
 
