@@ -394,7 +394,7 @@ def test_the_api_serves_other_requests_while_the_pcs_stalls(pcs: FakePcs, tmp_pa
     def slow(path: str) -> tuple[int, bytes, dict[str, str]]:
         if not asked.is_set():
             asked.set()
-            waited_out.append(not release.wait(5))  # True: nobody released it (the loop was stuck)
+            waited_out.append(not release.wait(30))  # True: nobody released it (the loop was stuck)
         return pcs.honest(path)
 
     pcs.behaviour = slow
@@ -402,7 +402,7 @@ def test_the_api_serves_other_requests_while_the_pcs_stalls(pcs: FakePcs, tmp_pa
 
     async def scenario() -> tuple[tuple[int, bytes], tuple[int, bytes]]:
         attest = asyncio.create_task(call_async(app, "/v1/attest", [json.dumps(body).encode()]))
-        await asyncio.to_thread(asked.wait, 5)
+        await asyncio.to_thread(asked.wait, 30)
         nonce = await call_async(app, "/v1/attest/nonce", [b""])
         release.set()
         return nonce, await attest

@@ -474,7 +474,7 @@ def test_the_api_waits_for_the_responder_off_the_event_loop(cas: InProcessCas, r
 
     def slow(cert: x509.Certificate, issuer: Issuer, nonce: bytes | None) -> tuple[int, bytes]:
         asked.set()
-        waited_out.append(not release.wait(5))  # True: nobody released it (the loop was stuck)
+        waited_out.append(not release.wait(30))  # True: nobody released it (the loop was stuck)
         return responder.honest(cert, issuer, nonce)
 
     responder.behaviour = slow
@@ -482,7 +482,7 @@ def test_the_api_waits_for_the_responder_off_the_event_loop(cas: InProcessCas, r
 
     async def scenario() -> tuple[tuple[int, bytes], tuple[int, bytes]]:
         attest = asyncio.create_task(call_async(app, "/v1/attest", [json.dumps(rt.gpu_only()).encode()]))
-        await asyncio.to_thread(asked.wait, 5)
+        await asyncio.to_thread(asked.wait, 30)
         nonce = await call_async(app, "/v1/attest/nonce", [b""])
         release.set()
         return nonce, await attest
