@@ -71,7 +71,7 @@ def _serve(host: str = "127.0.0.1", loop: str = "asyncio") -> Iterator[int]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
     yield sock.getsockname()[1]
