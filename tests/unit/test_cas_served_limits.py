@@ -175,7 +175,7 @@ def test_a_handshake_must_complete_in_time(served: Served) -> None:
             assert s.recv(1) == b""
         except ConnectionResetError:
             pass
-        assert 0.9 * TIMEOUT < time.monotonic() - started < WAIT
+        assert 0.9 * TIMEOUT < time.monotonic() - started < TIMEOUT + 5  # not the default 10 s
     _until(lambda: served.limits.open == 0)  # and its place is given back
 
 
@@ -193,7 +193,7 @@ def test_a_slow_body_gets_408(served: Served) -> None:
         s.sendall(_post("/v1/volumes/tag", body).encode() + body[:10])
         status, headers, _ = _exchange(s, "")
         assert status == 408 and headers["connection"] == "close"
-        assert 0.9 * TIMEOUT < time.monotonic() - started < WAIT
+        assert 0.9 * TIMEOUT < time.monotonic() - started < TIMEOUT + 10  # not the default 60 s
         assert s.recv(1) == b""
     assert served.limits.body_timeouts == before + 1
 
