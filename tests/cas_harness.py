@@ -162,6 +162,22 @@ class CasProcess:
                 self.proc.wait()
 
 
+def start_with_public_listener(data_dir: Path) -> tuple[CasProcess, str]:
+    """A CAS (SQLite, no extra options) serving its public HTTP listener on a port found free, or
+    on another when that one was taken before the CAS bound it (its URL goes into certificates,
+    so the CAS cannot pick it itself); the CAS and the listener's base URL."""
+    for attempt in range(5):
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        args = ("--public-http-listen", f"127.0.0.1:{port}", "--public-url", base)
+        try:
+            return CasProcess(data_dir, None, extra_args=args).start(), base
+        except RuntimeError as exc:
+            if "--public-http-listen: cannot bind" not in str(exc) or attempt == 4:
+                raise
+    raise AssertionError("not reached")
+
+
 @contextmanager
 def running_cas(data_dir: Path, db_url: str | None) -> Iterator[CasProcess]:
     cas = CasProcess(data_dir, db_url).start()
