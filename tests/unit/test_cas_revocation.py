@@ -117,7 +117,7 @@ def responder(clock: Clock[float]) -> Iterator[Responder]:
 
 @pytest.fixture
 def cache(responder: Responder) -> Iterator[OcspCache]:
-    with HttpOcspSource(responder.url, timeout=5) as source:
+    with HttpOcspSource(responder.url, timeout=30) as source:
         yield OcspCache(source)
 
 
@@ -506,7 +506,7 @@ def test_phase_one_uses_its_prefetch_when_the_responses_left_memory(
     if case == "down":
         responder.behaviour = lambda cert, issuer, nonce: (503, b"busy")
     verdicts = []
-    with HttpOcspSource(responder.url, timeout=5) as source:
+    with HttpOcspSource(responder.url, timeout=30) as source:
         for name, evicting in (("plain", False), ("evicted", True)):
             threads: list[str] = []
 
@@ -614,7 +614,7 @@ def refused_url(refused_port: int) -> str:
 def restarted(inproc: InProcessCas, directory: Path, url: str) -> OcspCache:
     """The CAS's revocation cache as after a restart (nothing in memory) with ``directory``,
     asking the responder at ``url``."""
-    cache = OcspCache(HttpOcspSource(url, timeout=5), directory=directory)
+    cache = OcspCache(HttpOcspSource(url, timeout=30), directory=directory)
     inproc.verify_with(nvidia_root=PKI.root[0], nvidia_rim_root=RIM_PKI.root, nvidia_ocsp=cache)
     return cache
 

@@ -284,7 +284,7 @@ def test_session_tickets_when_asked_for(tmp_path: Path) -> None:
     try:
         _until(lambda: server.started, 20)
         context = ssl.create_default_context(cafile=str(cert_path))
-        raw = socket.create_connection(("127.0.0.1", sock.getsockname()[1]), timeout=5)
+        raw = socket.create_connection(("127.0.0.1", sock.getsockname()[1]), timeout=WAIT)
         with context.wrap_socket(raw, server_hostname="127.0.0.1") as s:
             assert _health(s) == 200
             assert s.session is not None and s.session.has_ticket
