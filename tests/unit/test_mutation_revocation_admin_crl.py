@@ -495,7 +495,7 @@ def exchange(path: Path, raw: bytes, *, close: bool = True) -> dict[str, Any] | 
     """Send ``raw`` on a new connection; the reply line (None when the channel closed without
     one)."""
     with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
+        sock.settimeout(30)  # the channel answers within its 5 s (_TIMEOUT), later on a loaded machine
         sock.connect(str(path / admin.SOCKET_NAME))
         sock.sendall(raw)
         if close:
