@@ -361,6 +361,9 @@ def test_snp_failed_refresh_keeps_the_served_evidence_and_is_counted(
     assert refreshed != served
     verify_cas_evidence(cert_der, refreshed, sim_key_pem=None, at=clock.now, amd_roots=amd.roots())
     warnings = [json.loads(r.getMessage()) for r in caplog.records if r.levelno == logging.WARNING]
+    # Once at start, not on a refresh (no --replica-min-tcb: docs/cas.md "Joining a running CAS").
+    assert [w["event"] for w in warnings].count("replica-tcb-not-judged") == 1
+    warnings = [w for w in warnings if w["event"] != "replica-tcb-not-judged"]
     assert len(warnings) == 2
     assert warnings[0]["event"] == "cas-evidence-refresh-failed"
     assert warnings[0]["serving_obtained_at"] == "2025-06-01T00:00:00Z"
@@ -757,7 +760,8 @@ def test_snp_cas_kds_down_at_a_refresh_keeps_the_served_evidence_and_is_counted(
         assert metric(app, "confide_cas_evidence_refreshes_total") == 1
     cas.db.dispose()
     assert tsm.issued.value == 3
-    (warning,) = [json.loads(r.getMessage()) for r in caplog.records if r.levelno == logging.WARNING]
+    start, warning = [json.loads(r.getMessage()) for r in caplog.records if r.levelno == logging.WARNING]
+    assert start["event"] == "replica-tcb-not-judged"  # once at start (no --replica-min-tcb)
     assert warning["event"] == "cas-evidence-refresh-failed" and warning["failures"] == 1
     assert warning["error"] == "CollateralMissingError" and "--kds could not supply it" in warning["detail"]
     assert warning["serving_obtained_at"] == "2025-06-01T00:00:00Z"
