@@ -30,6 +30,7 @@ from confide.cas.retirement import RETIREMENT_TYPE as SUCCESSOR_RETIREMENT_TYPE
 from confide.cas.successor import APPROVAL_TYPE as SUCCESSOR_APPROVAL_TYPE
 from confide.cas.successor import WITHDRAWAL_TYPE as SUCCESSOR_WITHDRAWAL_TYPE
 from confide.errors import ConfideError, NetworkError, UsageError
+from confide.httpbody import read_body
 from confide.identity import Identity
 from confide.policy import Policy
 from confide.policy.canonical import canonical_json
@@ -73,24 +74,8 @@ def _fetch(http: httpx2.Client, url: str, method: str, path: str, **kwargs: Any)
     cannot make the client (``confide run`` holding a key) read without bound."""
     try:
         with http.stream(method, path, **kwargs) as response:
-            declared = response.headers.get("content-length", "")
-            # Judged on the digits' count first: int() of thousands of digits is a ValueError.
-            if (
-                declared.isascii()
-                and declared.isdigit()
-                and (len(declared) > 18 or int(declared) > MAX_ANSWER)
-            ):
-                raise errors.ParseError(
-                    f"the CAS's answer declares {declared[:20]} bytes, more than {MAX_ANSWER}"
-                )
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > MAX_ANSWER:
-                    raise errors.ParseError(f"the CAS's answer is larger than {MAX_ANSWER} bytes")
-                chunks.append(chunk)
-            return _Answer(response.status_code, response.headers, b"".join(chunks))
+            body = read_body(response, MAX_ANSWER, lambda how: errors.ParseError(f"the CAS's answer {how}"))
+            return _Answer(response.status_code, response.headers, body)
     except httpx2.HTTPError as exc:
         raise NetworkError(f"cannot reach the CAS at {url}: {type(exc).__name__}: {exc}") from None
 

@@ -30,6 +30,7 @@ import httpx2
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from confide.errors import ConfideError, NetworkError, UsageError
+from confide.httpbody import read_body
 from confide.httpserve.limits import (
     HANDSHAKE_TIMEOUT,
     HEAD_TIMEOUT,
@@ -113,19 +114,8 @@ def read_bounded(client: httpx2.Client, method: str, url: str, limit: int, **kwa
     further, so a hostile log or witness cannot make its client read without bound."""
     try:
         with client.stream(method, url, **kwargs) as response:
-            declared = response.headers.get("content-length", "")
-            if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
-                raise NetworkError(
-                    f"{method} {url}: the answer declares {declared} bytes, expected at most {limit}"
-                )
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > limit:
-                    raise NetworkError(f"{method} {url}: the answer is larger than {limit} bytes")
-                chunks.append(chunk)
-            return Answer(response.status_code, response.headers, b"".join(chunks))
+            body = read_body(response, limit, lambda how: NetworkError(f"{method} {url}: the answer {how}"))
+            return Answer(response.status_code, response.headers, body)
     except httpx2.HTTPError as exc:
         raise NetworkError(f"{method} {url}: {exc}") from None
 
