@@ -31,6 +31,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextmanager
+def refusing_port() -> Iterator[int]:
+    """A TCP port of 127.0.0.1 that refuses connections while the block runs: bound, never
+    listening. (A port found free and closed at once could meanwhile be taken by a server that
+    binds port 0, another test's fixture in this process, and then answer.)"""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
+
+
 class PostgresCluster:
     """A throwaway PostgreSQL cluster (initdb in a temp dir, run as the postgres user when root)."""
 
@@ -40,7 +50,6 @@ class PostgresCluster:
             raise RuntimeError("PostgreSQL server binaries not found (apt-get install postgresql)")
         self.bindir = bindir
         self.dir = Path(tempfile.mkdtemp(prefix="confide-pg-"))
-        self.port = free_port()
         self._as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self._as_user:
             shutil.chown(self.dir, "postgres", "postgres")
@@ -57,11 +66,18 @@ class PostgresCluster:
             "-E",
             "UTF8",
         )
-        self._run(
-            str(bindir / "pg_ctl"), "-D", str(data), "-l", str(self.dir / "log"), "-w", "-o",
-            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-            "start",
-        )  # fmt: skip
+        for attempt in range(5):  # a port found free is not reserved: taken meanwhile, take another
+            self.port = free_port()
+            try:
+                self._run(
+                    str(bindir / "pg_ctl"), "-D", str(data), "-l", str(self.dir / "log"), "-w", "-o",
+                    f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+                    "start",
+                )  # fmt: skip
+                break
+            except subprocess.CalledProcessError:
+                if attempt == 4:
+                    raise
         self.data = data
         self._n = 0
 
@@ -146,6 +162,22 @@ class CasProcess:
                 self.proc.wait()
 
 
+def start_with_public_listener(data_dir: Path) -> tuple[CasProcess, str]:
+    """A CAS (SQLite, no extra options) serving its public HTTP listener on a port found free, or
+    on another when that one was taken before the CAS bound it (its URL goes into certificates,
+    so the CAS cannot pick it itself); the CAS and the listener's base URL."""
+    for attempt in range(5):
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        args = ("--public-http-listen", f"127.0.0.1:{port}", "--public-url", base)
+        try:
+            return CasProcess(data_dir, None, extra_args=args).start(), base
+        except RuntimeError as exc:
+            if "--public-http-listen: cannot bind" not in str(exc) or attempt == 4:
+                raise
+    raise AssertionError("not reached")
+
+
 @contextmanager
 def running_cas(data_dir: Path, db_url: str | None) -> Iterator[CasProcess]:
     cas = CasProcess(data_dir, db_url).start()
@@ -163,7 +195,7 @@ def log_size(env: dict[str, str]) -> int:
 
     ctx = ssl.create_default_context(cafile=env["CONFIDE_CAS_CERT"])
     try:
-        with urllib.request.urlopen(env["CONFIDE_LOG_URL"] + "/checkpoint", context=ctx, timeout=5) as r:
+        with urllib.request.urlopen(env["CONFIDE_LOG_URL"] + "/checkpoint", context=ctx, timeout=30) as r:
             return int(r.read().decode().split("\n")[1])
     except urllib.error.HTTPError:
         return 0

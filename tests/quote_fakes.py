@@ -195,7 +195,7 @@ def mounted(mountpoint: Path, operations: Any) -> Iterator[Path]:
     child = multiprocessing.get_context("fork").Process(target=serve_fuse, args=(str(mountpoint), operations))
     child.start()
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while not os.path.ismount(mountpoint):
             if not child.is_alive() or time.monotonic() > deadline:
                 pytest.fail("the fake device file system did not mount")

@@ -74,35 +74,57 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _spawn_swtpm(exe: str, state: str) -> tuple[subprocess.Popen[bytes], int] | None:
+    """swtpm serving on two ports found free; ``None`` when it exits at once (a port taken
+    meanwhile: found free is not reserved)."""
+    port = _free_port()
+    ctrl = _free_port()
+    while ctrl == port:
+        ctrl = _free_port()
+    process = subprocess.Popen(
+        [
+            exe, "socket", "--tpm2",
+            "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
+            "--ctrl", f"type=tcp,port={ctrl},bindaddr=127.0.0.1",
+            "--flags", "not-need-init",
+            "--tpmstate", f"dir={state}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while process.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                err = process.stderr.read().decode() if process.stderr else ""
+                raise RuntimeError(f"swtpm did not start: {err}") from None
+            time.sleep(0.02)
+            continue
+        if process.poll() is None:  # serving (not another process on a port taken meanwhile)
+            return process, port
+    if process.stderr:
+        process.stderr.close()
+    return None
+
+
 @contextmanager
 def start_swtpm() -> Iterator[Swtpm]:
     exe = shutil.which("swtpm")
     if exe is None:
         raise FileNotFoundError("swtpm")
     with tempfile.TemporaryDirectory(prefix="confide-swtpm-") as state:
-        port, ctrl = _free_port(), _free_port()
-        process = subprocess.Popen(
-            [
-                exe, "socket", "--tpm2",
-                "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
-                "--ctrl", f"type=tcp,port={ctrl},bindaddr=127.0.0.1",
-                "--flags", "not-need-init",
-                "--tpmstate", f"dir={state}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
+        for _ in range(5):
+            started = _spawn_swtpm(exe, state)
+            if started is not None:
+                break
+        else:
+            raise RuntimeError("swtpm did not start (5 attempts)")
+        process, port = started
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        err = process.stderr.read().decode() if process.stderr else ""
-                        raise RuntimeError(f"swtpm did not start: {err}") from None
-                    time.sleep(0.02)
             yield Swtpm(process, port, Path(state))
         finally:
             process.terminate()

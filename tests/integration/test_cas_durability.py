@@ -79,7 +79,7 @@ def test_sigkill_under_load_loses_no_acknowledged_release(cas: CasProcess) -> No
     stop = threading.Event()
 
     def load() -> None:
-        with CasClient(cas.env["CONFIDE_CAS_URL"], Path(cas.env["CONFIDE_CAS_CERT"]), timeout=5) as c:
+        with CasClient(cas.env["CONFIDE_CAS_URL"], Path(cas.env["CONFIDE_CAS_CERT"]), timeout=30) as c:
             while not stop.is_set():
                 try:
                     acknowledged.append(_attest(c, platform))

@@ -1145,7 +1145,6 @@ def test_witness_cosigns_every_cas_checkpoint(tmp_path: Path, scheme: str) -> No
     """With --witness, every checkpoint the CAS signs is cosigned by the witness, which first
     checks it extends the last one it saw; an auditor can require that cosignature. Over HTTPS
     the CAS trusts the witness through --witness-cacert only."""
-    import socket
     import time as _time
 
     from pki import tls_server_files
@@ -1157,24 +1156,30 @@ def test_witness_cosigns_every_cas_checkpoint(tmp_path: Path, scheme: str) -> No
     wkey = subprocess.run([sys.executable, "-m", "confide", "ledger", "keygen", "--name", "witness.example/w1",
                            "--witness", "--out", str(tmp_path / "w.key")], capture_output=True, text=True,
                           env=env, check=True).stdout.strip()  # fmt: skip
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     tls: tuple[str, ...] = ()
     cas_tls: tuple[str, ...] = ()
     if scheme == "https":
         ca, cert, key = tls_server_files(tmp_path, "witness")
         tls, cas_tls = ("--tls-cert", str(cert), "--tls-key", str(key)), ("--witness-cacert", str(ca))
-    witness = subprocess.Popen(
-        [sys.executable, "-m", "confide", "ledger", "witness", "serve", "--state", str(tmp_path / "w.state"),
-         "--key", str(tmp_path / "w.key"), "--log", log_key, "--listen", f"127.0.0.1:{port}", *tls],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    cas = CasProcess(
-        tmp_path / "cas", None, extra_args=("--witness", f"{scheme}://127.0.0.1:{port}={wkey}", *cas_tls)
-    )
+    # The witness takes a free port itself and says which on its first stderr line, once it
+    # listens; the CAS starts after it (it asks the witness at its start).
+    witness_log = tmp_path / "witness.log"
+    with witness_log.open("wb") as err:
+        witness = subprocess.Popen(
+            [sys.executable, "-m", "confide", "ledger", "witness", "serve", "--state", str(tmp_path / "w.state"),
+             "--key", str(tmp_path / "w.key"), "--log", log_key, "--listen", "127.0.0.1:0", *tls],
+            env=env, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    cas: CasProcess | None = None
     try:
-        _time.sleep(1.0)
+        deadline = _time.time() + 60
+        while "\n" not in (banner := witness_log.read_text()):
+            assert witness.poll() is None and _time.time() < deadline, banner
+            _time.sleep(0.05)
+        port = int(banner.split("\n", 1)[0].rsplit(":", 1)[1].split("/", 1)[0])
+        cas = CasProcess(
+            tmp_path / "cas", None, extra_args=("--witness", f"{scheme}://127.0.0.1:{port}={wkey}", *cas_tls)
+        )
         cas.start()
         alice, _ = identity(cas, tmp_path, "alice")
         assert apply(cas, tmp_path, policy_yaml("witnessed", "00" * 48), alice).returncode == 0
@@ -1193,7 +1198,8 @@ def test_witness_cosigns_every_cas_checkpoint(tmp_path: Path, scheme: str) -> No
         missing = confide(cas, *args, "--witness", other)
         assert missing.returncode == errors.UnknownKeyError.exit_code, missing.stdout + missing.stderr
     finally:
-        cas.stop()
+        if cas is not None:
+            cas.stop()
         witness.terminate()
         witness.wait(timeout=10)
 

@@ -9,7 +9,6 @@ Acceptance under a test PKI is covered in process (``tests/unit/test_cas_kds.py`
 from __future__ import annotations
 
 import base64
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,11 +107,10 @@ def test_cas_serve_kds_fetches_verifies_under_the_pinned_roots_and_caches(
         cas.stop()
 
 
-def test_cas_serve_kds_down_and_without_kds_are_collateral_refusals(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cas = applied(start(tmp_path / "down", "--kds", f"http://127.0.0.1:{port}"))
+def test_cas_serve_kds_down_and_without_kds_are_collateral_refusals(
+    tmp_path: Path, refused_port: int
+) -> None:
+    cas = applied(start(tmp_path / "down", "--kds", f"http://127.0.0.1:{refused_port}"))
     try:
         refusal = attest(cas)
         assert type(refusal) is errors.CollateralMissingError and refusal.exit_code == 25

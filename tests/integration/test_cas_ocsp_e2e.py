@@ -32,7 +32,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from test_cas_e2e import SHM, app_script, apply, confide, identity, measure, policy_yaml
 
-from cas_harness import CasProcess, free_port
+from cas_harness import start_with_public_listener
 
 NAME = "pki/ocsp"
 
@@ -73,11 +73,7 @@ def ocsp_url(cert: x509.Certificate) -> str:
 
 
 def test_openssl_asks_the_responder(tmp_path: Path) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    cas = CasProcess(
-        tmp_path / "cas", None, extra_args=("--public-http-listen", f"127.0.0.1:{port}", "--public-url", base)
-    ).start()
+    cas, base = start_with_public_listener(tmp_path / "cas")
     inject = SHM / f"confide-ocsp-{os.getpid()}-{tmp_path.name}"
     try:
         alice, _ = identity(cas, tmp_path, "alice")

@@ -133,8 +133,9 @@ def test_secrets_are_released_before_during_and_after_an_online_rotation(cas: Ca
     for t in threads:
         t.start()
     try:
-        # One row per transaction, 150 ms apart: the attestations run between the batches.
-        r = _cli("--online", "--data-dir", str(cas.data_dir), "--batch-size", "1", "--batch-pause-ms", "150")
+        # One row per transaction, 400 ms apart: the attestations run between the batches (about
+        # 5 s for three or more of them, by two clients, on a loaded machine too).
+        r = _cli("--online", "--data-dir", str(cas.data_dir), "--batch-size", "1", "--batch-pause-ms", "400")
     finally:
         stop.set()
         for t in threads:

@@ -9,7 +9,6 @@ binding, the memory and disk caches and failures are covered in process
 from __future__ import annotations
 
 import base64
-import socket
 import ssl
 import urllib.request
 from collections.abc import Iterator
@@ -59,7 +58,7 @@ def attest(cas: CasProcess, evidence: bytes | None = None) -> errors.ConfideErro
 
 def metrics(cas: CasProcess) -> str:
     ctx = ssl.create_default_context(cafile=cas.env["CONFIDE_CAS_CERT"])
-    with urllib.request.urlopen(cas.env["CONFIDE_CAS_URL"] + "/metrics", context=ctx, timeout=5) as r:
+    with urllib.request.urlopen(cas.env["CONFIDE_CAS_URL"] + "/metrics", context=ctx, timeout=30) as r:
         return str(r.read().decode())
 
 
@@ -80,11 +79,10 @@ def test_cas_serve_collateral_url_fetches_before_phase_one(pcs: FakePcs, tmp_pat
         cas.stop()
 
 
-def test_cas_serve_collateral_url_down_is_a_collateral_refusal(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cas = CasProcess(tmp_path / "cas", None, extra_args=("--collateral", f"http://127.0.0.1:{port}")).start()
+def test_cas_serve_collateral_url_down_is_a_collateral_refusal(tmp_path: Path, refused_port: int) -> None:
+    cas = CasProcess(
+        tmp_path / "cas", None, extra_args=("--collateral", f"http://127.0.0.1:{refused_port}")
+    ).start()
     try:
         refusal = attest(cas)
         assert type(refusal) is errors.CollateralMissingError and refusal.exit_code == 25

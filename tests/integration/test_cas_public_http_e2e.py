@@ -26,7 +26,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from test_cas_e2e import SHM, app_script, apply, confide, identity, measure, policy_yaml
 
-from cas_harness import CasProcess, free_port
+from cas_harness import CasProcess, start_with_public_listener
 from confide import errors
 from confide.httpserve.limits import PUBLIC_MAX_HEAD
 
@@ -77,8 +77,8 @@ def ca_issuers_url(cert: x509.Certificate) -> str:
 
 
 def raw(port: int, request: bytes) -> bytes:
-    """One request over a fresh connection; everything the server sent until it closed (or 5 s)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+    """One request over a fresh connection; everything the server sent until it closed (or 30 s)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         try:
             s.sendall(request)
         except (BrokenPipeError, ConnectionResetError):
@@ -93,11 +93,8 @@ def raw(port: int, request: bytes) -> bytes:
 
 
 def test_openssl_fetches_the_crl_from_the_public_listener(tmp_path: Path) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    cas = CasProcess(
-        tmp_path / "cas", None, extra_args=("--public-http-listen", f"127.0.0.1:{port}", "--public-url", base)
-    ).start()
+    cas, base = start_with_public_listener(tmp_path / "cas")
+    port = int(base.rsplit(":", 1)[1])
     inject = SHM / f"confide-public-http-{os.getpid()}-{tmp_path.name}"
     try:
         alice, _ = identity(cas, tmp_path, "alice")

@@ -21,7 +21,7 @@ import httpx2
 import pytest
 from test_cas_e2e import apply, confide, identity, policy_yaml
 
-from cas_harness import ROOT, CasProcess, free_port, log_size, wait_for_log
+from cas_harness import ROOT, CasProcess, log_size, wait_for_log
 from confide import errors
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, NoteSigner, NoteVerifier
 from witness_servers import Witnesses
@@ -203,10 +203,10 @@ def test_a_fork_halts_releases_while_running(tmp_path: Path, witnesses: Witnesse
         a.stop()
 
 
-def test_an_unreachable_witness_at_start(tmp_path: Path, witnesses: Witnesses) -> None:
+def test_an_unreachable_witness_at_start(tmp_path: Path, witnesses: Witnesses, refused_port: int) -> None:
     data_dir = tmp_path / "cas"
     dead = NoteSigner.generate("dead.example", SIG_TYPE_COSIGNATURE_V1).verifier
-    dead_args = ("--witness", f"http://127.0.0.1:{free_port()}={dead.vkey}")
+    dead_args = ("--witness", f"http://127.0.0.1:{refused_port}={dead.vkey}")
     began = time.monotonic()
     r = _serve(data_dir, *dead_args, "--witness-quorum", "1")
     assert r.returncode == errors.NetworkError.exit_code, r.stderr[-2000:]

@@ -197,22 +197,32 @@ def registry(tmp_path: Path):
     exe = shutil.which("docker-registry")
     if exe is None or shutil.which("skopeo") is None:
         pytest.skip("needs the Debian packages docker-registry and skopeo")
-    port = _free_port()
     cfg = tmp_path / "registry.yml"
-    cfg.write_text(
-        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: "
-        f"{tmp_path / 'registry'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
-    )
-    proc = subprocess.Popen([exe, "serve", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
+    for _ in range(5):  # a port found free is not reserved: when it was taken meanwhile, another
+        port = _free_port()
+        cfg.write_text(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: "
+            f"{tmp_path / 'registry'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
+        )
+        proc = subprocess.Popen(
+            [exe, "serve", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 30
+        while proc.poll() is None:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
                 break
             except OSError:
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    proc.wait()
+                    pytest.fail("docker-registry did not start")
                 time.sleep(0.1)
-        else:
-            pytest.fail("docker-registry did not start")
+        if proc.poll() is None:
+            break
+    else:
+        pytest.fail("docker-registry did not start (5 attempts)")
+    try:
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -191,7 +191,11 @@ _MEMBER_VALUES = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(
     changes=st.dictionaries(
         st.sampled_from(["policy", "service", "platform", "nonce", "evidence", "public_key", "aux", "x"]),

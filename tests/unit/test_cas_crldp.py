@@ -238,7 +238,7 @@ def http_cas(env: Env) -> Iterator[tuple[Env, str]]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
     env.cas.public_url = f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -33,7 +33,7 @@ def _count_waiters(flights: SingleFlight[str, int], key: str) -> _CountingEvent:
 
 
 def _until(predicate: object) -> None:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while not predicate():  # type: ignore[operator]
         assert time.monotonic() < deadline
         time.sleep(0.001)

@@ -9,11 +9,13 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, text
 
+import confide.cas.db
 from confide.cas.core import Cas, decrypt_release
 from confide.cas.db import SCHEMA_VERSION, Database, WriteBatcher, raw_execute
 from confide.cas.ledger_sink import ENTRY_TYPES
@@ -56,6 +58,19 @@ def events_match_the_ledger(cas: Cas) -> None:
         assert [r[0] for r in rows] == list(range(1, Ledger.size(raw) + 1))  # type: ignore[arg-type]
 
 
+def holding(gate: threading.Event, running: threading.Event) -> Callable[[Connection], bool]:
+    """A job that holds the writer until ``gate`` is set, and sets ``running`` when it runs. A
+    test waits for ``running`` before it submits more: the job is then alone in its batch, the
+    jobs submitted meanwhile queue behind it. (Without the wait, a writer thread that a loaded
+    machine had not scheduled yet took the jobs submitted next into the same batch.)"""
+
+    def job(conn: Connection) -> bool:
+        running.set()
+        return gate.wait(30)
+
+    return job
+
+
 def batcher_of(cas: Cas, batched: bool) -> WriteBatcher:
     """The group commit as the API makes it (batched: one ledger append per transaction, through
     LedgerEventSink.batched), or appending per attestation."""
@@ -67,17 +82,18 @@ def test_one_batch_commits_many_attestations(setup: tuple[InProcessCas, Clock[fl
     env, _ = setup
     cas = env.cas
     batcher = batcher_of(cas, batched)
-    gate = threading.Event()
+    gate, running = threading.Event(), threading.Event()
     try:
-        blocker = batcher.submit(lambda conn: gate.wait(10))  # holds the writer
+        blocker = batcher.submit(holding(gate, running))  # holds the writer
+        assert running.wait(30)
         requests = [env.request() for _ in range(20)]
         pendings = [cas.attest_begin(body) for body, _ in requests]
         before = ledger_size(cas)
         futures = [batcher.submit(p.commit) for p in pendings]
         gate.set()
-        blocker.result(10)
+        blocker.result(30)
         for f in futures:
-            f.result(10)
+            f.result(30)
         assert batcher.commits == 2  # the blocker's batch, then all twenty together
         for p, (body, key) in zip(pendings, requests, strict=True):
             assert p.accepted
@@ -112,9 +128,10 @@ def test_a_failing_job_does_not_fail_or_lose_the_others(
     env, _ = setup
     cas = env.cas
     batcher = batcher_of(cas, batched)
-    gate = threading.Event()
+    gate, running = threading.Event(), threading.Event()
     try:
-        blocker = batcher.submit(lambda conn: gate.wait(10))
+        blocker = batcher.submit(holding(gate, running))
+        assert running.wait(30)
         pendings = [cas.attest_begin(env.request()[0]) for _ in range(4)]
 
         def broken(conn: Connection) -> None:
@@ -125,11 +142,11 @@ def test_a_failing_job_does_not_fail_or_lose_the_others(
         bad = batcher.submit(broken)
         futures += [batcher.submit(p.commit) for p in pendings[2:]]
         gate.set()
-        blocker.result(10)
+        blocker.result(30)
         with pytest.raises(RuntimeError, match="a bug in a job"):
-            bad.result(10)
+            bad.result(30)
         for f in futures:
-            f.result(10)
+            f.result(30)
         assert all(p.accepted for p in pendings)
         assert count(cas, "sessions") == 4
         with cas.db.read() as conn:  # the broken job's own write was rolled back
@@ -225,25 +242,50 @@ def test_a_refusal_for_a_policy_that_does_not_exist_is_not_filed_under_its_name(
     assert json.loads(rows[0][1])["verdict"] == "refused"
 
 
+class _HeldSleep:
+    """``confide.cas.db``'s ``time`` for a test: the writer's wait before a batch (the rest of
+    ``WriteBatcher.interval`` after its last commit) is recorded and lasts until the test
+    releases it, however slow the machine."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+        self.release = threading.Event()
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        assert self.release.wait(30)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
 def test_jobs_arriving_soon_after_a_commit_share_the_next_one(
-    setup: tuple[InProcessCas, Clock[float]],
+    setup: tuple[InProcessCas, Clock[float]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env, _ = setup
     cas = env.cas
+    held = _HeldSleep()
+    monkeypatch.setattr(confide.cas.db, "time", held)
     batcher = WriteBatcher(cas.db, interval=2.0)
     try:
-        batcher.submit(cas.attest_begin(env.request()[0]).commit).result(10)  # idle: at once
-        assert batcher.commits == 1
         pendings = [cas.attest_begin(env.request()[0]) for _ in range(3)]
+        batcher.submit(cas.attest_begin(env.request()[0]).commit).result(30)  # idle: at once
+        assert batcher.commits == 1 and held.waits == []
         futures = [batcher.submit(pendings[0].commit)]  # within 2 s of that commit: it waits
-        time.sleep(0.3)  # (a writer that did not wait would commit it alone meanwhile)
-        futures += [batcher.submit(p.commit) for p in pendings[1:]]
+        deadline = time.monotonic() + 30
+        while not held.waits:  # (a writer that did not wait would commit it alone)
+            assert time.monotonic() < deadline and not futures[0].done()
+            time.sleep(0.01)
+        assert 0 < held.waits[0] <= 2.0
+        futures += [batcher.submit(p.commit) for p in pendings[1:]]  # while it waits
+        held.release.set()
         for f in futures:
-            f.result(10)
+            f.result(30)
         assert (batcher.commits, batcher.committed_jobs) == (2, 4)
         assert all(p.accepted for p in pendings)
         assert count(cas, "sessions") == 4
     finally:
+        held.release.set()
         batcher.close()
 
 
@@ -254,7 +296,7 @@ def test_a_lost_connection_is_replaced_and_the_batch_committed(
     cas = env.cas
     batcher = WriteBatcher(cas.db, interval=0.0)
     try:
-        batcher.submit(cas.attest_begin(env.request()[0]).commit).result(10)
+        batcher.submit(cas.attest_begin(env.request()[0]).commit).result(30)
         kept = batcher._conn
         assert kept is not None
 
@@ -271,7 +313,7 @@ def test_a_lost_connection_is_replaced_and_the_batch_committed(
             raw_execute(conn, "INSERT INTO meta (key, value) VALUES ('after-loss', 'x')")
             return "done"
 
-        assert batcher.submit(job).result(10) == "done"
+        assert batcher.submit(job).result(30) == "done"
         assert len(attempts) == 2  # on the kept connection, then on a fresh one
         assert batcher._conn is not None and batcher._conn is not kept
         with cas.db.read() as conn:
@@ -308,14 +350,14 @@ def test_async_submissions_resolve_after_their_commit_in_one_batch(
     env, _ = setup
     cas = env.cas
     batcher = WriteBatcher(cas.db)
-    gate = threading.Event()
+    gate, running = threading.Event(), threading.Event()
 
     def fails(conn: Connection) -> None:
         raise StorageError("this job fails")
 
     async def main() -> None:
-        blocker = batcher.submit_async(lambda conn: gate.wait(10))  # holds the writer
-        await asyncio.sleep(0.05)
+        blocker = batcher.submit_async(holding(gate, running))  # holds the writer
+        assert await asyncio.to_thread(running.wait, 30)
         pendings = [cas.attest_begin(env.request()[0]) for _ in range(5)]
         futures = [batcher.submit_async(p.commit) for p in pendings]
         failing = batcher.submit_async(fails)

@@ -20,10 +20,16 @@ import uvicorn
 from confide.httpserve.limits import MAX_HEAD, BoundedHttpToolsProtocol, OneWriteCycle
 
 BIG = bytes(range(256)) * 400  # 100 KiB: more than one TLS record
+# The head deadline of the server under test. Each pause below is a fraction of it, chosen so that
+# a client or a server thread delayed by a loaded machine by up to about a second (and the server's
+# timers firing that late) changes no outcome.
+HEAD_TIMEOUT = 4.0
+WAIT = HEAD_TIMEOUT + 26.0  # how long a read waits for what must come (only a failure waits this long)
+_STREAM_BODY = threading.Event()  # set by the test: /stream's body may go
 
 
 class _Quick(BoundedHttpToolsProtocol):
-    head_timeout = 1.0
+    head_timeout = HEAD_TIMEOUT
 
 
 async def _app(scope: Any, receive: Any, send: Any) -> None:
@@ -34,7 +40,10 @@ async def _app(scope: Any, receive: Any, send: Any) -> None:
     path = scope["path"]
     if path == "/stream":  # chunked, its first part late: the head must not wait for it
         await send({"type": "http.response.start", "status": 200, "headers": []})
-        await asyncio.sleep(1.0)
+        for _ in range(int(WAIT / 0.01)):  # until the test has read the head
+            if _STREAM_BODY.is_set():
+                break
+            await asyncio.sleep(0.01)
         await send({"type": "http.response.body", "body": b"part1", "more_body": True})
         await send({"type": "http.response.body", "body": b"part2", "more_body": True})
         await send({"type": "http.response.body", "body": b""})
@@ -62,7 +71,7 @@ def _serve(host: str = "127.0.0.1", loop: str = "asyncio") -> Iterator[int]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
     yield sock.getsockname()[1]
@@ -75,7 +84,7 @@ def port() -> Iterator[int]:
     yield from _serve()
 
 
-def _read_all(s: socket.socket, timeout: float = 5.0) -> bytes:
+def _read_all(s: socket.socket, timeout: float = WAIT) -> bytes:
     s.settimeout(timeout)
     out = b""
     while True:
@@ -90,7 +99,7 @@ def _read_all(s: socket.socket, timeout: float = 5.0) -> bytes:
 
 def _response(s: socket.socket) -> bytes:
     """One whole response of the test app (head, then the two-byte body)."""
-    s.settimeout(5)
+    s.settimeout(WAIT)
     out = b""
     while not (out.startswith(b"HTTP/1.1 ") and out.endswith(b"\r\n\r\nok")):
         data = s.recv(4096)
@@ -107,12 +116,12 @@ def test_requests_are_served_and_kept_alive(port: int) -> None:
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(_request())
         assert _response(s).startswith(b"HTTP/1.1 200 ")
-        time.sleep(0.6)  # idle between requests: uvicorn's keep-alive (5 s), not the head deadline
+        time.sleep(0.5 * HEAD_TIMEOUT)  # idle: uvicorn's keep-alive (5 s), not the head deadline
         s.sendall(_request())
         assert _response(s).startswith(b"HTTP/1.1 200 ")
-        time.sleep(0.6)  # a second head gets its own deadline, counted from its first byte
+        time.sleep(0.4 * HEAD_TIMEOUT)  # a third head gets its own deadline, counted from its first byte
         s.sendall(b"GET / HTTP/1.1\r\n")
-        time.sleep(0.6)
+        time.sleep(0.4 * HEAD_TIMEOUT)  # past the connection's first deadline, within the head's
         s.sendall(b"Host: t\r\n\r\n")
         assert _response(s).startswith(b"HTTP/1.1 200 ")
 
@@ -140,10 +149,10 @@ def test_the_scope_has_the_connections_addresses(host: str, loop: str) -> None:
 
 
 def test_a_silent_connection_is_closed(port: int) -> None:
+    started = time.monotonic()  # before the server can have accepted it
     with socket.create_connection(("127.0.0.1", port)) as s:
-        started = time.monotonic()
         assert _read_all(s) == b""  # closed without a word
-        assert 0.8 < time.monotonic() - started < 4
+        assert 0.9 * HEAD_TIMEOUT < time.monotonic() - started < HEAD_TIMEOUT + 10  # not the default 30 s
 
 
 def test_a_slow_head_gets_408(port: int) -> None:
@@ -151,7 +160,7 @@ def test_a_slow_head_gets_408(port: int) -> None:
         s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n")  # never finished
         started = time.monotonic()
         assert _read_all(s).startswith(b"HTTP/1.1 408 ")
-        assert time.monotonic() - started < 4
+        assert time.monotonic() - started < HEAD_TIMEOUT + 10  # not the default 30 s
 
 
 def test_a_long_head_gets_431(port: int) -> None:
@@ -184,7 +193,7 @@ def test_a_long_head_is_refused_when_it_comes_in_one_read(port: int) -> None:
         assert _response(s).startswith(b"HTTP/1.1 200 ")
 
 
-def _read_until(s: socket.socket, end: bytes, timeout: float = 5.0) -> bytes:
+def _read_until(s: socket.socket, end: bytes, timeout: float = WAIT) -> bytes:
     s.settimeout(timeout)
     out = b""
     while not out.endswith(end):
@@ -195,12 +204,12 @@ def _read_until(s: socket.socket, end: bytes, timeout: float = 5.0) -> bytes:
 
 
 def test_a_streaming_head_is_sent_before_its_late_body(port: int) -> None:
+    _STREAM_BODY.clear()
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(_request("/stream"))
-        started = time.monotonic()
-        head = _read_until(s, b"\r\n\r\n")
-        assert time.monotonic() - started < 0.8  # the body comes after 1 s
+        head = _read_until(s, b"\r\n\r\n")  # the body waits for this read to end
         assert head.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding: chunked\r\n" in head
+        _STREAM_BODY.set()
         rest = _read_until(s, b"0\r\n\r\n")
         assert rest == b"5\r\npart1\r\n5\r\npart2\r\n0\r\n\r\n"
         s.sendall(_request())  # kept alive after a chunked response
@@ -313,23 +322,27 @@ def test_one_write_per_response() -> None:
 
 def test_head_deadlines_first_from_the_connection_then_from_each_head(port: int) -> None:
     # The first head's deadline counts from the connection: a late first byte does not move it.
+    # Counted from that byte, the 408 could come no sooner than pause + HEAD_TIMEOUT after
+    # `started`; counted from the connection it comes at HEAD_TIMEOUT (later only by as much as
+    # the server is delayed, which may be up to almost `pause` here).
+    pause = 0.5 * HEAD_TIMEOUT
     with socket.create_connection(("127.0.0.1", port)) as s:
         started = time.monotonic()
-        time.sleep(0.7)
+        time.sleep(pause)
         s.sendall(b"GET / HTTP/1.1\r\n")
         assert _read_all(s).startswith(b"HTTP/1.1 408 ")
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < pause + HEAD_TIMEOUT - 0.1
     # A later head's counts from its first byte, also when the connection's timer fires while
-    # it is coming (at 1 s here, the head's deadline being 1.8 s).
+    # it is coming (at HEAD_TIMEOUT here, the head's deadline being 1.5 * HEAD_TIMEOUT).
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(_request())
         assert _response(s).startswith(b"HTTP/1.1 200 ")
-        time.sleep(0.8)
+        time.sleep(0.5 * HEAD_TIMEOUT)
         s.sendall(b"GET / HTTP/1.1\r\n")
-        time.sleep(0.6)
+        time.sleep(0.6 * HEAD_TIMEOUT)
         s.sendall(b"Host: t\r\n\r\n")
         assert _response(s).startswith(b"HTTP/1.1 200 ")
+        started = time.monotonic()  # before the server can have its first byte
         s.sendall(b"GET / HTTP/1.1\r\n")  # and a third head that never ends is timed out
-        started = time.monotonic()
         assert _read_all(s).startswith(b"HTTP/1.1 408 ")
-        assert 0.8 < time.monotonic() - started < 1.8
+        assert 0.9 * HEAD_TIMEOUT < time.monotonic() - started < HEAD_TIMEOUT + 10  # not the default 30 s

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -172,11 +171,10 @@ def test_kds_failures_are_recorded_collateral_refusals(
     assert not list((tmp_path / "cas" / "kds-cache").rglob("*.der"))
 
 
-def test_an_unreachable_kds_is_a_collateral_refusal_and_is_retried(kds: FakeKds, tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cas = kds_cas(tmp_path / "cas", f"http://127.0.0.1:{port}")
+def test_an_unreachable_kds_is_a_collateral_refusal_and_is_retried(
+    kds: FakeKds, tmp_path: Path, refused_port: int
+) -> None:
+    cas = kds_cas(tmp_path / "cas", f"http://127.0.0.1:{refused_port}")
     _rt, req = snp_request(cas)
     refused(cas, req, errors.CollateralMissingError, "ConnectError")
     # The next attestation asks again (no negative caching across attestations).

@@ -98,7 +98,7 @@ def service() -> Iterator[FakeRimService]:
 
 
 def rim_service(service: FakeRimService) -> HttpRimSource:
-    return HttpRimSource(service.base_url, timeout=5)
+    return HttpRimSource(service.base_url, timeout=30)
 
 
 def service_cache(service: FakeRimService, **options: Any) -> RimCache:
@@ -392,7 +392,7 @@ def test_the_signing_chain_of_a_fetched_rim_is_checked_by_ocsp(
 
     responder = FakeOcsp(OCSP_KNOWN, answer).start()
     try:
-        with HttpOcspSource(responder.url, timeout=5) as source:
+        with HttpOcspSource(responder.url, timeout=30) as source:
             inproc = start(tmp_path, nvidia_ocsp=OcspCache(source), nvidia_rim=rim_service(service))
             rt = Runtime(inproc)
             event = accepted(inproc, rt.gpu_only(), rt)

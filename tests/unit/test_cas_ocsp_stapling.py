@@ -186,7 +186,7 @@ def start_cas(tmp_path: Path, clock: Clock[float], name: str = "cas", **verifier
 @pytest.fixture
 def cas(tmp_path: Path, clock: Clock[float], responder: Responder) -> Iterator[InProcessCas]:
     """A CAS with a responder URL: stapled responses are used instead of asking when usable."""
-    with HttpOcspSource(responder.url, timeout=5) as source:
+    with HttpOcspSource(responder.url, timeout=30) as source:
         yield start_cas(tmp_path, clock, nvidia_ocsp=OcspCache(source))
 
 
@@ -385,7 +385,7 @@ def test_gpu_keys_of_a_composite_request(cas: InProcessCas) -> None:
 
 
 def test_mixed_stapled_and_asked(tmp_path: Path, clock: Clock[float], responder: Responder) -> None:
-    with HttpOcspSource(responder.url, timeout=5) as source:
+    with HttpOcspSource(responder.url, timeout=30) as source:
         inproc = start_cas(tmp_path, clock, nvidia_ocsp=OcspCache(source))
         rt = Runtime(inproc)
         # Position 1 (ICA 2) stapled, position 2 (ICA 1) asked about.
@@ -469,7 +469,7 @@ def test_the_runtime_staples_and_a_stapled_only_cas_accepts(
 ) -> None:
     cpu = SimQuoteProvider(stapled_only.platform, bytes.fromhex(CPU), clock=lambda: NOW)
     client = InProcessClient(stapled_only.cas)
-    with HttpOcspSource(responder.url, timeout=5) as source:
+    with HttpOcspSource(responder.url, timeout=30) as source:
         provider = GpuQuoteProvider(cpu, FakeGpus(), ocsp=source, clock=lambda: NOW)
         evidence = provider.get_evidence(RuntimeKey(stapled_only.cas).binding)
         assert sorted(k for k in evidence.aux if ".ocsp:" in k) == ["gpu0.ocsp:1", "gpu1.ocsp:1"]
@@ -490,7 +490,7 @@ def test_the_runtime_refuses_a_revoked_chain_before_sending(
     )  # fmt: skip
     cpu = SimQuoteProvider(stapled_only.platform, bytes.fromhex(CPU), clock=lambda: NOW)
     client = InProcessClient(stapled_only.cas)
-    with HttpOcspSource(responder.url, timeout=5) as source:
+    with HttpOcspSource(responder.url, timeout=30) as source:
         provider = GpuQuoteProvider(cpu, FakeGpus(), ocsp=source, clock=lambda: NOW)
         with pytest.raises(errors.RevocationError, match=r"'Test ICA' .* is revoked"):
             attest_and_prepare(client, provider, "app", "ai", [])  # type: ignore[arg-type]
@@ -503,7 +503,7 @@ def test_the_runtime_refuses_a_response_without_next_update(responder: Responder
         200,
         response(cert, issuer, nonce=nonce, valid_for=None),
     )
-    with HttpOcspSource(responder.url, timeout=5) as source:
+    with HttpOcspSource(responder.url, timeout=30) as source:
         provider = GpuQuoteProvider(_FixedSim(), FakeGpus(), ocsp=source, clock=lambda: NOW)
         with pytest.raises(errors.CollateralExpiredError, match=r"gpu0: .* 'Test ICA' has no nextUpdate"):
             provider.get_evidence(bytes(64))

@@ -26,7 +26,7 @@ from test_cas_rotation import (
     secret_rows,
 )
 
-from confide.cas import admin
+from confide.cas import admin, online_rotation
 from confide.cas.core import Cas
 from confide.cas.db import Database
 from confide.cas.ledger_sink import LedgerEventSink
@@ -233,6 +233,28 @@ def test_a_second_rotation_is_refused_while_one_runs(setup: Setup) -> None:
         release.set()
         cas.db.dispose()
     assert_settled(s)
+
+
+def test_start_returns_the_status_as_it_started(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What start() returns (the admin channel's reply) is the status as the rotation began, not
+    the object its thread goes on changing: when the thread was quicker than the reply, the reply
+    said "done" (or showed a status half updated). Here the thread ends before start() returns."""
+
+    class Joined(threading.Thread):
+        def start(self) -> None:
+            super().start()
+            self.join()
+
+    monkeypatch.setattr(online_rotation.threading, "Thread", Joined)
+    cas = start(setup)
+    try:
+        rot = rotation(setup, cas, batch_size=2, pause=0)
+        started = rot.start()
+        assert rot.status.state == "done"  # the thread has ended
+        assert (started.state, started.resealed, started.finished_at) == ("running", 0, None)
+    finally:
+        cas.db.dispose()
+    assert_settled(setup)
 
 
 def test_offline_rotation_and_a_cas_without_the_new_key_refuse_an_online_rotation_in_progress(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -284,11 +283,10 @@ def test_a_failing_pcs_is_a_recorded_collateral_refusal(
     assert len(pcs.requests) == asked  # the prefetch's; phase 1 reported its error without asking
 
 
-def test_an_unreachable_pcs_is_refused_then_asked_again_after_the_grace(pcs: FakePcs, tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cas = pcs_cas(tmp_path / "cas", f"http://127.0.0.1:{port}")
+def test_an_unreachable_pcs_is_refused_then_asked_again_after_the_grace(
+    pcs: FakePcs, tmp_path: Path, refused_port: int
+) -> None:
+    cas = pcs_cas(tmp_path / "cas", f"http://127.0.0.1:{refused_port}")
     cache = cache_of(cas)
     monotonic = Monotonic()
     cache.monotonic = monotonic
@@ -396,7 +394,7 @@ def test_the_api_serves_other_requests_while_the_pcs_stalls(pcs: FakePcs, tmp_pa
     def slow(path: str) -> tuple[int, bytes, dict[str, str]]:
         if not asked.is_set():
             asked.set()
-            waited_out.append(not release.wait(5))  # True: nobody released it (the loop was stuck)
+            waited_out.append(not release.wait(30))  # True: nobody released it (the loop was stuck)
         return pcs.honest(path)
 
     pcs.behaviour = slow
@@ -404,7 +402,7 @@ def test_the_api_serves_other_requests_while_the_pcs_stalls(pcs: FakePcs, tmp_pa
 
     async def scenario() -> tuple[tuple[int, bytes], tuple[int, bytes]]:
         attest = asyncio.create_task(call_async(app, "/v1/attest", [json.dumps(body).encode()]))
-        await asyncio.to_thread(asked.wait, 5)
+        await asyncio.to_thread(asked.wait, 30)
         nonce = await call_async(app, "/v1/attest/nonce", [b""])
         release.set()
         return nonce, await attest

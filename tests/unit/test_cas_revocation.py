@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -118,7 +117,7 @@ def responder(clock: Clock[float]) -> Iterator[Responder]:
 
 @pytest.fixture
 def cache(responder: Responder) -> Iterator[OcspCache]:
-    with HttpOcspSource(responder.url, timeout=5) as source:
+    with HttpOcspSource(responder.url, timeout=30) as source:
         yield OcspCache(source)
 
 
@@ -475,7 +474,7 @@ def test_the_api_waits_for_the_responder_off_the_event_loop(cas: InProcessCas, r
 
     def slow(cert: x509.Certificate, issuer: Issuer, nonce: bytes | None) -> tuple[int, bytes]:
         asked.set()
-        waited_out.append(not release.wait(5))  # True: nobody released it (the loop was stuck)
+        waited_out.append(not release.wait(30))  # True: nobody released it (the loop was stuck)
         return responder.honest(cert, issuer, nonce)
 
     responder.behaviour = slow
@@ -483,7 +482,7 @@ def test_the_api_waits_for_the_responder_off_the_event_loop(cas: InProcessCas, r
 
     async def scenario() -> tuple[tuple[int, bytes], tuple[int, bytes]]:
         attest = asyncio.create_task(call_async(app, "/v1/attest", [json.dumps(rt.gpu_only()).encode()]))
-        await asyncio.to_thread(asked.wait, 5)
+        await asyncio.to_thread(asked.wait, 30)
         nonce = await call_async(app, "/v1/attest/nonce", [b""])
         release.set()
         return nonce, await attest
@@ -507,7 +506,7 @@ def test_phase_one_uses_its_prefetch_when_the_responses_left_memory(
     if case == "down":
         responder.behaviour = lambda cert, issuer, nonce: (503, b"busy")
     verdicts = []
-    with HttpOcspSource(responder.url, timeout=5) as source:
+    with HttpOcspSource(responder.url, timeout=30) as source:
         for name, evicting in (("plain", False), ("evicted", True)):
             threads: list[str] = []
 
@@ -606,16 +605,16 @@ def test_stored_responses_from_a_directory(tmp_path: Path, responder: Responder,
 ICA, ROOT = PKI.ica[0], PKI.root
 
 
-def _closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}/"
+@pytest.fixture
+def refused_url(refused_port: int) -> str:
+    """An OCSP responder that is down: its port refuses connections."""
+    return f"http://127.0.0.1:{refused_port}/"
 
 
 def restarted(inproc: InProcessCas, directory: Path, url: str) -> OcspCache:
     """The CAS's revocation cache as after a restart (nothing in memory) with ``directory``,
     asking the responder at ``url``."""
-    cache = OcspCache(HttpOcspSource(url, timeout=5), directory=directory)
+    cache = OcspCache(HttpOcspSource(url, timeout=30), directory=directory)
     inproc.verify_with(nvidia_root=PKI.root[0], nvidia_rim_root=RIM_PKI.root, nvidia_ocsp=cache)
     return cache
 
@@ -627,7 +626,7 @@ def ica_file(directory: Path) -> Path:
 
 
 def test_a_restarted_cas_uses_the_responses_on_disk_while_the_responder_is_down(
-    cas: InProcessCas, responder: Responder, clock: Clock[float], tmp_path: Path
+    cas: InProcessCas, responder: Responder, clock: Clock[float], tmp_path: Path, refused_url: str
 ) -> None:
     directory = tmp_path / "ocsp-cache"
     first = restarted(cas, directory, responder.url)
@@ -637,7 +636,7 @@ def test_a_restarted_cas_uses_the_responses_on_disk_while_the_responder_is_down(
     stored = ica_file(directory).read_bytes()
     assert stored == responder.answers[-1]  # the responder's DER, as it answered
     # Restarted, with the responder unreachable: the file is verified and used, while it is valid.
-    cache = restarted(cas, directory, _closed_port_url())
+    cache = restarted(cas, directory, refused_url)
     clock.now += 3599  # one second before its nextUpdate
     rt = Runtime(cas)
     job = cas.cas.collateral_job(rt.gpu_only())
@@ -648,7 +647,7 @@ def test_a_restarted_cas_uses_the_responses_on_disk_while_the_responder_is_down(
     assert cas.cas.collateral_job(rt.gpu_only()).fetch is None  # type: ignore[union-attr]  # in memory now
     accepted(cas, rt.gpu_only(), rt)
     # At its nextUpdate: not used, and removed; the responder is asked (and is down): refused.
-    cache = restarted(cas, directory, _closed_port_url())
+    cache = restarted(cas, directory, refused_url)
     clock.now += 1
     rt = Runtime(cas)
     refused(cas.cas, rt.gpu_only(), errors.NetworkError, "^revocation check: OCSP responder")
@@ -688,7 +687,7 @@ TAMPERINGS = {
 
 @pytest.mark.parametrize("tampering", sorted(TAMPERINGS))
 def test_a_file_that_does_not_verify_is_not_used_and_is_removed(
-    cas: InProcessCas, responder: Responder, tmp_path: Path, tampering: str
+    cas: InProcessCas, responder: Responder, tmp_path: Path, tampering: str, refused_url: str
 ) -> None:
     directory = tmp_path / "ocsp-cache"
     restarted(cas, directory, responder.url)
@@ -697,7 +696,7 @@ def test_a_file_that_does_not_verify_is_not_used_and_is_removed(
     path = ica_file(directory)
     path.write_bytes(TAMPERINGS[tampering](responder, path.read_bytes()))
     # Restarted with the responder down: the file is not trusted (refused, as with no file).
-    cache = restarted(cas, directory, _closed_port_url())
+    cache = restarted(cas, directory, refused_url)
     rt = Runtime(cas)
     refused(cas.cas, rt.gpu_only(), errors.NetworkError, "^revocation check: OCSP responder")
     assert (cache.rejected_files, cache.fetches) == (1, 1)

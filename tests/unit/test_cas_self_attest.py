@@ -22,7 +22,6 @@ import errno
 import json
 import logging
 import multiprocessing
-import socket
 import ssl
 import subprocess
 import threading
@@ -362,6 +361,9 @@ def test_snp_failed_refresh_keeps_the_served_evidence_and_is_counted(
     assert refreshed != served
     verify_cas_evidence(cert_der, refreshed, sim_key_pem=None, at=clock.now, amd_roots=amd.roots())
     warnings = [json.loads(r.getMessage()) for r in caplog.records if r.levelno == logging.WARNING]
+    # Once at start, not on a refresh (no --replica-min-tcb: docs/cas.md "Joining a running CAS").
+    assert [w["event"] for w in warnings].count("replica-tcb-not-judged") == 1
+    warnings = [w for w in warnings if w["event"] != "replica-tcb-not-judged"]
     assert len(warnings) == 2
     assert warnings[0]["event"] == "cas-evidence-refresh-failed"
     assert warnings[0]["serving_obtained_at"] == "2025-06-01T00:00:00Z"
@@ -694,16 +696,10 @@ def test_snp_cas_with_its_vcek_in_the_table_asks_no_kds(tmp_path: Path, amd: Fak
     assert base64.b64decode(evidence.document["aux"]["auxblob"]) == tsm.auxblob  # as the host gave it
 
 
-def _closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-
 @pytest.mark.parametrize(
     ("kds", "message"),
     [
-        (_closed_port_url, "the CAS's own SEV-SNP report came without its VCEK (configfs-tsm's certificate"
+        ("down", "the CAS's own SEV-SNP report came without its VCEK (configfs-tsm's certificate"
          " table has none) and --kds could not supply it: SEV-SNP evidence came without its VCEK, and"
          " fetching it from AMD KDS http://127.0.0.1:"),
         (None, "the evidence obtained does not verify (checked as a client would): SEV-SNP evidence came"
@@ -712,13 +708,18 @@ def _closed_port_url() -> str:
     ids=["kds-down", "no-kds"],
 )  # fmt: skip
 def test_snp_cas_without_its_vcek_does_not_start_when_kds_cannot_supply_it(
-    tmp_path: Path, amd: FakeAmd, kds: Any, message: str
+    tmp_path: Path, amd: FakeAmd, kds: str | None, message: str, refused_port: int
 ) -> None:
     with (
         signing_tsm(tmp_path, amd, auxblob=EMPTY_TABLE) as (root, _tsm),
         pytest.raises(errors.CollateralMissingError) as info,
     ):
-        _prepare_snp(tmp_path / "cas", root, amd_roots=amd.roots(), kds=kds() if kds else None)
+        _prepare_snp(
+            tmp_path / "cas",
+            root,
+            amd_roots=amd.roots(),
+            kds=f"http://127.0.0.1:{refused_port}" if kds else None,
+        )
     assert info.value.message.startswith(
         "--tee sev-snp: cannot obtain the CAS's own evidence, not starting: " + message
     ), info.value.message
@@ -759,7 +760,8 @@ def test_snp_cas_kds_down_at_a_refresh_keeps_the_served_evidence_and_is_counted(
         assert metric(app, "confide_cas_evidence_refreshes_total") == 1
     cas.db.dispose()
     assert tsm.issued.value == 3
-    (warning,) = [json.loads(r.getMessage()) for r in caplog.records if r.levelno == logging.WARNING]
+    start, warning = [json.loads(r.getMessage()) for r in caplog.records if r.levelno == logging.WARNING]
+    assert start["event"] == "replica-tcb-not-judged"  # once at start (no --replica-min-tcb)
     assert warning["event"] == "cas-evidence-refresh-failed" and warning["failures"] == 1
     assert warning["error"] == "CollateralMissingError" and "--kds could not supply it" in warning["detail"]
     assert warning["serving_obtained_at"] == "2025-06-01T00:00:00Z"

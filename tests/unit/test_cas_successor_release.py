@@ -130,8 +130,8 @@ def test_a_withdrawal_committed_before_the_releases_transaction_wins(
     # (approvals are not read there), before the release's write transaction.
     appraise = key_release.appraise_peer
 
-    def appraise_then_withdraw(own: Any, peer: Any) -> Any:
-        reasons = appraise(own, peer)
+    def appraise_then_withdraw(own: Any, peer: Any, **options: Any) -> Any:
+        reasons = appraise(own, peer, **options)
         _withdraw(board_cas, alice, a["digest"])
         return reasons
 
@@ -405,8 +405,8 @@ def test_a_board_change_committed_before_the_releases_transaction_wins(
     change(alice)
     appraise = key_release.appraise_peer
 
-    def appraise_then_change(own: Any, peer: Any) -> Any:
-        reasons = appraise(own, peer)
+    def appraise_then_change(own: Any, peer: Any, **options: Any) -> Any:
+        reasons = appraise(own, peer, **options)
         assert change(carol)["applied"] is True
         return reasons
 

@@ -255,7 +255,7 @@ def events(cas: Cas, type_: str) -> list[dict[str, object]]:
 
 
 def wait_for(cas: Cas, type_: str, count: int) -> list[dict[str, object]]:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while len(found := events(cas, type_)) < count and time.monotonic() < deadline:
         time.sleep(0.02)
     return found

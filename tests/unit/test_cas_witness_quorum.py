@@ -21,7 +21,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from cas_harness import free_port
 from cli import run_confide
 from confide import errors
 from confide.cas.pin import AttestedWitnesses, WitnessExpectation, cas_binding, verify_cas_evidence
@@ -130,12 +129,14 @@ def test_a_forked_log_is_a_log_rollback_error(
     request_cosignatures(a, url, key, note=_grow(a, log_signer, _entries("a2", 2)), old_size=8)
 
 
-def test_an_unreachable_witness_is_a_network_error(tmp_path: Path, log_signer: NoteSigner) -> None:
+def test_an_unreachable_witness_is_a_network_error(
+    tmp_path: Path, log_signer: NoteSigner, refused_port: int
+) -> None:
     conn = _log(tmp_path / "log.db")
     _grow(conn, log_signer, _entries("e", 2))
     key = NoteSigner.generate("w.example", SIG_TYPE_COSIGNATURE_V1).verifier
     with pytest.raises(errors.NetworkError, match=re.escape("witness http://127.0.0.1:")):
-        request_cosignatures(conn, f"http://127.0.0.1:{free_port()}", key)
+        request_cosignatures(conn, f"http://127.0.0.1:{refused_port}", key)
 
 
 def test_cosignatures_of_several_witnesses_are_all_kept(
@@ -154,11 +155,11 @@ def test_cosignatures_of_several_witnesses_are_all_kept(
 
 
 def test_guard_counts_a_quorum_without_a_dead_witness_and_halts_on_a_fork(
-    tmp_path: Path, log_signer: NoteSigner, witnesses: Witnesses
+    tmp_path: Path, log_signer: NoteSigner, witnesses: Witnesses, refused_port: int
 ) -> None:
     clock = Monotonic()
     dead = (
-        f"http://127.0.0.1:{free_port()}",
+        f"http://127.0.0.1:{refused_port}",
         NoteSigner.generate("dead.example", SIG_TYPE_COSIGNATURE_V1).verifier,
     )
     guard = WitnessGuard(WitnessQuorum((*witnesses.specs[:2], dead), 2), monotonic=clock)

@@ -13,11 +13,13 @@ import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TypeVar
 
 import httpx2
 import pytest
 
+import confide.ledger.http
 from confide.httpserve.ratelimit import Rate
 from confide.ledger.checkpoint import Checkpoint, sign_checkpoint
 from confide.ledger.http import HttpLogClient, TilesServer, ledger_limits, server_tls_context
@@ -31,6 +33,21 @@ from pki import tls_server_files
 ORIGIN = "cas.example/ledger"
 S = TypeVar("S", TilesServer, WitnessServer)
 LEAVES = [i.to_bytes(4, "big") for i in range(64)]
+# Deadlines of the servers under test: a client delayed by a loaded machine by a second or two
+# still sends what it means to send in time (and only a failure waits WAIT for an answer).
+TIMEOUT = 3.0
+WAIT = 30.0
+
+
+class _Clock:
+    """A rate limiter's monotonic clock that moves only when the test moves it: no pause of a
+    loaded machine between two requests refills a bucket."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture
@@ -67,8 +84,8 @@ def _port(server: TilesServer | WitnessServer) -> int:
 
 
 def _closed(sock: socket.socket) -> bool:
-    """Whether the server closed SOCK without answering (EOF or reset within 5 s)."""
-    sock.settimeout(5)
+    """Whether the server closed SOCK without answering (EOF or reset within WAIT)."""
+    sock.settimeout(WAIT)
     try:
         return sock.recv(1) == b""
     except ConnectionResetError:
@@ -76,7 +93,7 @@ def _closed(sock: socket.socket) -> bool:
 
 
 def _read_all(sock: socket.socket) -> bytes:
-    sock.settimeout(10)
+    sock.settimeout(WAIT)
     data = b""
     while chunk := sock.recv(65536):
         data += chunk
@@ -103,7 +120,7 @@ def test_connections_over_the_limits_are_closed_when_accepted(db: Path) -> None:
         finally:
             for s in held:
                 s.close()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + WAIT
         while server.limits.open and time.monotonic() < deadline:  # released when closed
             time.sleep(0.01)
         assert server.limits.open == 0
@@ -123,7 +140,7 @@ def test_connections_over_the_limits_are_closed_when_accepted(db: Path) -> None:
 
 def test_slow_heads_and_bodies_are_timed_out(witness: tuple[Witness, NoteSigner]) -> None:
     w, log = witness
-    limits = ledger_limits(head_timeout=0.5, body_timeout=0.5)
+    limits = ledger_limits(head_timeout=TIMEOUT, body_timeout=TIMEOUT)
     with _started(WitnessServer(w, ("127.0.0.1", 0), limits=limits, rate=None)) as server:
         with socket.create_connection(("127.0.0.1", _port(server))) as slow:
             slow.sendall(b"POST /add-checkpoint HTTP/1.1\r\nHost: x\r\n")  # the head never ends
@@ -160,9 +177,12 @@ def test_oversized_heads_and_bodies_are_refused(witness: tuple[Witness, NoteSign
         assert chunked.status_code == 400  # no Content-Length: refused as before
 
 
-def test_rate_limits(db: Path, witness: tuple[Witness, NoteSigner]) -> None:
+def test_rate_limits(db: Path, witness: tuple[Witness, NoteSigner], monkeypatch: pytest.MonkeyPatch) -> None:
     w, log = witness
+    clock = _Clock()
     with _started(WitnessServer(w, ("127.0.0.1", 0), rate=Rate(0.5, 2))) as server:
+        assert server.limiter is not None
+        server.limiter.clock = clock
         with httpx2.Client(timeout=10) as http:
             post = lambda body: http.post(server.url + "/add-checkpoint", content=body)  # noqa: E731
             assert post(_add_body(0, _cp(log, 10))).status_code == 200
@@ -178,18 +198,26 @@ def test_rate_limits(db: Path, witness: tuple[Witness, NoteSigner]) -> None:
         _started(TilesServer(db, ("127.0.0.1", 0), rate=Rate(1, 1))) as server,
         httpx2.Client(timeout=10) as http,
     ):
+        assert server.limiter is not None
+        server.limiter.clock = clock
         assert http.get(server.url + "/checkpoint").status_code == 200
         refused = http.get(server.url + "/checkpoint")
         assert (refused.status_code, refused.headers["retry-after"]) == (429, "1")
-        # The auditor's client waits out Retry-After (about a second here) and gets it.
-        start = time.monotonic()
+        # The auditor's client waits out Retry-After (a second here) and gets it.
+        waits: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            clock.now += seconds
+
+        monkeypatch.setattr(confide.ledger.http, "time", SimpleNamespace(sleep=sleep))
         assert HttpLogClient(server.url, client=http).fetch("checkpoint") is not None
-        assert time.monotonic() - start >= 0.5
+        assert waits == [1] and server.limiter.limited == 2
 
 
 def test_tls(tmp_path: Path, db: Path) -> None:
     ca, cert, key = tls_server_files(tmp_path, "ledger")
-    limits = ledger_limits(max_connections_per_client=1, handshake_timeout=0.5)
+    limits = ledger_limits(max_connections_per_client=1, handshake_timeout=TIMEOUT)
     tls = server_tls_context(cert, key)
     with _started(TilesServer(db, ("127.0.0.1", 0), tls=tls, limits=limits, rate=None)) as server:
         assert server.url.startswith("https://127.0.0.1:")

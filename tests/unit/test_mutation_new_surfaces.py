@@ -563,7 +563,7 @@ def test_stapled_and_responder_mutations_with_a_responder_never_answer_5xx(tmp_p
     )  # fmt: skip
     server = FakeOcsp({PKI.ica[0].serial_number: (PKI.ica[0], PKI.root)}, behaviour).start()
     try:
-        with HttpOcspSource(server.url, timeout=5) as source:
+        with HttpOcspSource(server.url, timeout=30) as source:
             inproc = InProcessCas.start(tmp_path / "cas", STAPLING_POLICY).verify_with(
                 nvidia_root=PKI.root[0], nvidia_ocsp=OcspCache(source)
             )

@@ -495,7 +495,7 @@ def exchange(path: Path, raw: bytes, *, close: bool = True) -> dict[str, Any] | 
     """Send ``raw`` on a new connection; the reply line (None when the channel closed without
     one)."""
     with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
+        sock.settimeout(30)  # the channel answers within its 5 s (_TIMEOUT), later on a loaded machine
         sock.connect(str(path / admin.SOCKET_NAME))
         sock.sendall(raw)
         if close:
@@ -525,7 +525,7 @@ def test_hostile_admin_requests_start_a_rotation_only_when_well_formed(
         if reply["ok"] and isinstance(req, dict) and req.get("op") == "rotate-master-key":
             assert admin_valid(req), req
             started_ok += 1
-            rotation.wait(5)
+            rotation.wait(60)
             batch, pause = rotation.runs[-1]  # null is as absent: the value before stays
             if req.get("batch_size") is not None:
                 assert batch == req["batch_size"]
@@ -571,7 +571,7 @@ def test_hostile_admin_bytes_are_answered_or_closed_and_the_channel_keeps_servin
             req = None
         if reply is not None and reply["ok"] and "rotate" in first.decode(errors="replace"):
             assert admin_valid(req), raw[:200]
-        rotation.wait(5)
+        rotation.wait(60)
         assert len(rotation.runs) - runs == int(bool(reply and reply["ok"] and admin_valid(req)))
     assert exchange(path, lines[0])["ok"]  # type: ignore[index]
 
@@ -585,17 +585,17 @@ def test_an_admin_request_giving_a_key_twice_is_refused(
     runs = len(rotation.runs)
     reply = exchange(path, b'{"op": "rotation-status", "op": "rotate-master-key"}\n')
     assert reply is not None and not reply["ok"] and "duplicate key 'op'" in reply["error"], reply
-    rotation.wait(5)
+    rotation.wait(60)
     assert len(rotation.runs) == runs
 
 
 def test_a_slow_client_holds_the_channel_for_at_most_its_time_limit(
     admin_channel: tuple[Path, RecordingRotation], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A client sending one byte at a time, each within the per-read timeout, for 3 s: another
+    """A client sending one byte at a time, each within the per-read timeout, for 20 s: another
     client is answered after the channel's overall limit (0.6 s here), not after the slow one
     stopped (the channel served nobody else meanwhile, for up to MAX_REQUEST reads: fuzz3
-    finding)."""
+    finding). The bound leaves a loaded machine 9 s and is still half the slow client's time."""
     path, _rotation = admin_channel
     monkeypatch.setattr(admin, "_TIMEOUT", 0.6)
     stop = threading.Event()
@@ -603,7 +603,7 @@ def test_a_slow_client_holds_the_channel_for_at_most_its_time_limit(
     def trickle() -> None:
         with socket.socket(socket.AF_UNIX) as slow:
             slow.connect(str(path / admin.SOCKET_NAME))
-            deadline = time.monotonic() + 3
+            deadline = time.monotonic() + 20
             while not stop.is_set() and time.monotonic() < deadline:
                 try:
                     slow.sendall(b" ")
@@ -622,7 +622,7 @@ def test_a_slow_client_holds_the_channel_for_at_most_its_time_limit(
         stop.set()
         thread.join()
     assert reply is not None and reply["ok"]
-    assert waited < 2, waited
+    assert waited < 10, waited
 
 
 @pytest.mark.parametrize(

@@ -887,7 +887,7 @@ def test_dcap_floor_file_that_is_not_a_regular_file(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=load, daemon=True)
     thread.start()
-    thread.join(5)
+    thread.join(30)
     if thread.is_alive():  # release the reader, then fail
         with open(path, "wb"):
             pass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -130,12 +129,9 @@ def test_http_errors_are_network_errors(
         source.fetch(go_request())
 
 
-def test_unreachable_kds_is_a_network_error(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def test_unreachable_kds_is_a_network_error(tmp_path: Path, refused_port: int) -> None:
     with (
-        KdsHttpCollateral(tmp_path, base_url=f"http://127.0.0.1:{port}", timeout=2) as source,
+        KdsHttpCollateral(tmp_path, base_url=f"http://127.0.0.1:{refused_port}", timeout=2) as source,
         pytest.raises(NetworkError, match="ConnectError"),
     ):
         source.fetch(go_request())

@@ -200,6 +200,11 @@ def cas() -> None:
               " quorum may authorise handing the master key over to another version, YAML or JSON"
               " of one rule, {require-all: [...]} or {require-at-least-N: [...]}, over identity"
               " fingerprints or public keys. Fixed: it cannot be changed later.")  # fmt: skip
+@click.option("--replica-min-tcb", "replica_min_tcb", metavar="bootloader=N,tee=N,snp=N,microcode=N[,fmc=N]",
+              help="With --tee sev-snp: release the master key only to an SEV-SNP CAS whose"
+              " REPORTED_TCB reaches these SPLs (0 to 255; fmc: Turin only), and with --join obtain"
+              " it only from one; without it, replicas' TCB is not judged (SEV-SNP has no TCB"
+              ' status; docs/cas.md "Joining a running CAS").')  # fmt: skip
 def cas_serve(
     data_dir: Path,
     listen: str,
@@ -233,9 +238,11 @@ def cas_serve(
     join_as_successor: bool,
     successor_board: Path | None,
     min_tcb_eval: int | None,
+    replica_min_tcb: str | None,
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
     from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity, parse_public_url
+    from confide.cas.key_release import parse_replica_min_tcb
     from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, parse_refresh_interval
     from confide.cas.revocation import parse_stapled_max_age
     from confide.cas.sealing import provider_for
@@ -265,6 +272,13 @@ def cas_serve(
         raise UsageError("--witness-quorum needs --witness URL=VKEY (at least as many as the quorum)")
     if witness_max_lag is not None and witness_quorum is None:
         raise UsageError("--witness-max-lag needs --witness-quorum")
+    min_tcb = None
+    if replica_min_tcb is not None:
+        min_tcb = parse_replica_min_tcb(replica_min_tcb)
+        if tee != "sev-snp":
+            raise UsageError(
+                "--replica-min-tcb needs --tee sev-snp: it judges the REPORTED_TCB of SEV-SNP replicas"
+            )
     serve(
         data_dir,
         listen,
@@ -298,6 +312,7 @@ def cas_serve(
         successor_board=None if successor_board is None else parse_board_file(successor_board),
         witness_quorum=witness_quorum,
         witness_max_lag=None if witness_max_lag is None else parse_max_lag(witness_max_lag),
+        replica_min_tcb=min_tcb,
     )
 
 

@@ -12,7 +12,8 @@ the rule are :mod:`confide.cas.key_release`; docs/cas.md "Joining a running CAS"
    TEE, or the simulator with ``--dev``), and verifies that too with its own verifier.
 3. It appraises the running CAS with the same fixed rule the running CAS applies to it
    (:func:`~confide.cas.key_release.appraise_peer`: same platform, not debug, TCB UpToDate,
-   the same identity claims as its own evidence): it sends nothing to a CAS that is not the
+   the same identity claims as its own evidence; with ``--replica-min-tcb``, an SEV-SNP
+   releaser's ``REPORTED_TCB`` at least that minimum): it sends nothing to a CAS that is not the
    same code on the same kind of TEE. With ``successor`` (``--join-as-successor``: this CAS is
    a new version of the running one) the identity claims may differ, but only when the database
    names a key: the check of step 4 then accepts only that key, whose id (a one-way function of
@@ -54,6 +55,7 @@ from confide.cas.verifier import check_binding
 from confide.collateral import public_url
 from confide.collateral.dcap import DcapCollateralSource
 from confide.errors import AppraisalError, BindingError, ParseError, UsageError
+from confide.policy.attestation import SnpTcbMinimum
 from confide.runtime.quote import Evidence
 from confide.verify.result import ClaimValue
 from confide.verify.sev_snp import AmdRootStore
@@ -106,11 +108,13 @@ def join_cas(
     at: datetime | None = None,
     client: Callable[[str, bytes], CasClient] = CasClient,
     successor: bool = False,
+    min_tcb: SnpTcbMinimum | None = None,
 ) -> JoinResult:
     """Obtain the master key from the CAS at ``url`` (module docstring). ``expected_key_id``:
     the id the database names (``None``: it names none). ``client`` makes the client that trusts
     only the given PEM certificate (tests pass their own). ``successor``: this CAS is another
-    version of the running one (step 3)."""
+    version of the running one (step 3). ``min_tcb``: ``--replica-min-tcb``, the minimum
+    ``REPORTED_TCB`` of an SEV-SNP releaser (step 3; ``None``: not judged)."""
     when = at or datetime.now(UTC)
     shown_url = public_url(url)
     if successor and expected_key_id is None:
@@ -140,7 +144,8 @@ def join_cas(
         own = verifier.verify(evidence.platform, evidence.raw, dict(evidence.aux), at=when)
         check_binding(own, binding)
         # 3. The running CAS must be the same CAS (the rule it applies to this one).
-        reasons = appraise_platform(own, releaser) if successor else appraise_peer(own, releaser)
+        appraise = appraise_platform if successor else appraise_peer
+        reasons = appraise(own, releaser, min_tcb=min_tcb)
         if reasons:
             raise AppraisalError(
                 f"the CAS at {shown_url} is not the same CAS as this one, not joining: " + "; ".join(reasons),

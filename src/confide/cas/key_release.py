@@ -32,6 +32,16 @@ from a running CAS without the operator ever seeing it (docs/cas.md "Joining a r
 
 :func:`appraise_peer` is used by both sides: the releasing CAS appraises the joiner, and the
 joiner appraises the releasing CAS before it sends anything. Every mismatch is reported.
+
+SEV-SNP has no TCB status (its verification only checks that the VCEK certifies the report's
+``REPORTED_TCB``), so the fixed rule alone would release the key to the same image on a host
+whose firmware or microcode is older and vulnerable. ``cas serve --replica-min-tcb`` (parsed by
+:func:`parse_replica_min_tcb`) gives the minimum SPLs an SEV-SNP peer's ``REPORTED_TCB`` must
+reach (SEV-SNP ABI spec Table 23 offset 0x180, Table 3/4 ``TCB_VERSION``), compared as a
+policy's ``sev-snp`` ``min_tcb`` (:func:`confide.policy.appraise.check_snp_min_tcb`); both sides
+apply it: the releasing CAS to the joiner, a joiner to the releasing CAS. It is a minimum the
+operator sets, not "at least this CAS's TCB": SPLs of different AMD products are not
+comparable, and that rule would force equal TCBs on every host.
 """
 
 from __future__ import annotations
@@ -66,7 +76,8 @@ from confide.errors import (
     StorageError,
     UsageError,
 )
-from confide.policy.appraise import check_security
+from confide.policy.appraise import check_security, check_snp_min_tcb
+from confide.policy.attestation import SnpTcbMinimum
 from confide.policy.model import AttestationSecurity, Tolerance
 from confide.verify.result import ClaimValue, Platform, VerifiedEvidence
 
@@ -85,6 +96,8 @@ __all__ = [
     "identity_differences",
     "identity_of",
     "key_release_binding",
+    "min_tcb_text",
+    "parse_replica_min_tcb",
 ]
 
 KEY_RELEASE_PREFIX = b"confide-key-release/v1\x00"
@@ -94,6 +107,10 @@ PAYLOAD_TYPE = "confide/master-key/v1"
 EVENT_RELEASED = "master-key-released"
 EVENT_REFUSED = "master-key-release-refused"
 _MAX_AUX = 8
+MIN_TCB_OPTION = "--replica-min-tcb"
+"""The ``cas serve`` option, and the field a peer's TCB below it is reported under."""
+_MIN_TCB_REQUIRED = ("bootloader", "tee", "snp", "microcode")
+_MIN_TCB_NAMES = (*_MIN_TCB_REQUIRED, "fmc")
 
 log = logging.getLogger("confide.cas")
 
@@ -145,7 +162,40 @@ def _shown(value: ClaimValue) -> str:
     return text if len(text) <= 40 else text[:40] + "…"
 
 
-def appraise_peer(own: VerifiedEvidence, peer: VerifiedEvidence) -> tuple[str, ...]:
+def parse_replica_min_tcb(text: str) -> SnpTcbMinimum:
+    """``--replica-min-tcb bootloader=N,tee=N,snp=N,microcode=N[,fmc=N]``: the four SPLs every
+    SEV-SNP product has, ``fmc`` (Turin only, SEV-SNP ABI spec Table 4) optional, each a decimal
+    0 to 255 (one byte of ``TCB_VERSION``), each once. Anything else is a :class:`UsageError`."""
+    expected = (
+        "expected bootloader=N,tee=N,snp=N,microcode=N[,fmc=N] with each N a decimal 0 to 255"
+        " (the SPLs of REPORTED_TCB)"
+    )
+    shown = repr(text[:80])
+    values: dict[str, int] = {}
+    for item in text.split(","):
+        name, sep, number = item.strip().partition("=")
+        name, number = name.strip(), number.strip()
+        if not sep or name not in _MIN_TCB_NAMES:
+            raise UsageError(f"{MIN_TCB_OPTION}: got {shown}, {expected}")
+        if name in values:
+            raise UsageError(f"{MIN_TCB_OPTION}: got {shown}, {name} given twice; {expected}")
+        if not number.isascii() or not number.isdigit() or len(number) > 3 or int(number) > 0xFF:
+            raise UsageError(f"{MIN_TCB_OPTION}: got {name}={number[:20]!r}, {expected}")
+        values[name] = int(number)
+    missing = [n for n in _MIN_TCB_REQUIRED if n not in values]
+    if missing:
+        raise UsageError(f"{MIN_TCB_OPTION}: got {shown}, {', '.join(missing)} missing; {expected}")
+    return SnpTcbMinimum(**values)
+
+
+def min_tcb_text(minimum: SnpTcbMinimum) -> str:
+    """``minimum`` as :func:`parse_replica_min_tcb` reads it (for the log and the ledger)."""
+    return ",".join(f"{n}={getattr(minimum, n)}" for n in _MIN_TCB_NAMES if getattr(minimum, n) is not None)
+
+
+def appraise_peer(
+    own: VerifiedEvidence, peer: VerifiedEvidence, *, min_tcb: SnpTcbMinimum | None = None
+) -> tuple[str, ...]:
     """Whether ``peer`` (verified) may share this CAS's master key, given ``own``, this CAS's
     own evidence (verified): every reason it may not, empty when it may.
 
@@ -153,16 +203,20 @@ def appraise_peer(own: VerifiedEvidence, peer: VerifiedEvidence) -> tuple[str, .
        (simulated evidence only ever matches simulated evidence);
     2. ``peer`` is acceptable under a policy's ``security.attestation`` without tolerances
        (:func:`confide.policy.appraise.check_security`): not debug, TCB status UpToDate, no
-       advisory; the only tolerance is ``simulation``, and only when both are simulated;
+       advisory; the only tolerance is ``simulation``, and only when both are simulated; with
+       ``min_tcb`` (``--replica-min-tcb``), SEV-SNP evidence's ``REPORTED_TCB`` reaches it in
+       every component given (:func:`confide.policy.appraise.check_snp_min_tcb`);
     3. every identity claim of the platform is present in both and equal
        (:func:`identity_differences`; a successor version differs only there)."""
-    reasons = appraise_platform(own, peer)
+    reasons = appraise_platform(own, peer, min_tcb=min_tcb)
     if own.platform not in IDENTITY_CLAIMS or peer.platform is not own.platform:
         return reasons
     return reasons + identity_differences(own, peer)
 
 
-def appraise_platform(own: VerifiedEvidence, peer: VerifiedEvidence) -> tuple[str, ...]:
+def appraise_platform(
+    own: VerifiedEvidence, peer: VerifiedEvidence, *, min_tcb: SnpTcbMinimum | None = None
+) -> tuple[str, ...]:
     """Steps 1 and 2 of :func:`appraise_peer`: what a successor version must pass as well."""
     reasons: list[str] = []
     names = IDENTITY_CLAIMS.get(own.platform)
@@ -174,6 +228,8 @@ def appraise_platform(own: VerifiedEvidence, peer: VerifiedEvidence) -> tuple[st
     tolerate = (Tolerance.SIMULATION,) if own.simulated and peer.simulated else ()
     security_reasons, _ = check_security(peer, AttestationSecurity(tolerate=tolerate))
     reasons += [str(r) for r in security_reasons]
+    if min_tcb is not None and peer.platform is Platform.SEV_SNP:
+        reasons += [str(r) for r in check_snp_min_tcb(peer, min_tcb, MIN_TCB_OPTION.removeprefix("--"))]
     return tuple(reasons)
 
 
@@ -278,7 +334,9 @@ class KeyReleaser:
     """The releasing side (module docstring) for ``cas``; ``own`` gives this CAS's own current
     evidence, verified (``None``: the CAS has none, and releases its key to no one).
     ``successors``: the successor board and its approvals (:mod:`confide.cas.successor`), which
-    may authorise a joiner whose identity claims differ from this CAS's (``None``: never)."""
+    may authorise a joiner whose identity claims differ from this CAS's (``None``: never).
+    ``min_tcb``: ``--replica-min-tcb``, the minimum ``REPORTED_TCB`` of an SEV-SNP joiner
+    (:func:`appraise_peer`; ``None``: its TCB is not judged), recorded in every event."""
 
     def __init__(
         self,
@@ -287,8 +345,10 @@ class KeyReleaser:
         *,
         successors: Successors | None = None,
         clock: Callable[[], float] = time.time,
+        min_tcb: SnpTcbMinimum | None = None,
     ) -> None:
         self.cas, self.own, self.successors, self.clock = cas, own, successors, clock
+        self.min_tcb = min_tcb
         self._nonce_key = cas.sealer.derive_key(NONCE_PURPOSE)
 
     # --- nonces (as Cas.new_nonce: expiry ms || 16 random bytes || MAC) ------------------------
@@ -341,6 +401,8 @@ class KeyReleaser:
             "evidence_sha256": digest,
             "public_key_sha256": hashlib.sha256(parsed.key_der).hexdigest(),
         }
+        if self.min_tcb is not None:
+            outcome["replica_min_tcb"] = min_tcb_text(self.min_tcb)
         at = datetime.fromtimestamp(self.clock(), UTC)
         try:
             self._check_nonce(parsed.nonce)
@@ -360,12 +422,14 @@ class KeyReleaser:
                     "advisories": list(peer.advisory_ids),
                 }
             )
+            if "reported_tcb" in peer.claims:  # SEV-SNP: the SPLs --replica-min-tcb judges
+                outcome["reported_tcb"] = peer.claims["reported_tcb"]
             check_binding(peer, key_release_binding(parsed.key_der, parsed.nonce))
-            reasons = appraise_peer(own, peer)
+            reasons = appraise_peer(own, peer, min_tcb=self.min_tcb)
             # Another version (only its identity claims differ) needs the successor board's
             # authorisation, checked in the write transaction (docs/cas.md "Handing over to a
             # successor version"); anything else is refused here.
-            other_version = bool(reasons) and not appraise_platform(own, peer)
+            other_version = bool(reasons) and not appraise_platform(own, peer, min_tcb=self.min_tcb)
             if reasons and (not other_version or self.successors is None):
                 raise AppraisalError(
                     "the joining CAS is not the same CAS as this one: " + "; ".join(reasons),

@@ -52,7 +52,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +176,9 @@ class OnlineRotation:
     def start(self, *, batch_size: int | None = None, pause: float | None = None) -> RotationStatus:
         """Start (or resume) the rotation in a background thread, optionally with another
         ``batch_size`` (rows per transaction) and ``pause`` (seconds between batches); returns
-        its status. A :class:`~confide.errors.UsageError` if one is already running here."""
+        its status as it starts (a copy: the thread goes on changing :attr:`status`, and may
+        even finish before the caller reads it). A :class:`~confide.errors.UsageError` if one
+        is already running here."""
         if batch_size is not None and not 1 <= batch_size <= MAX_BATCH:
             raise UsageError(f"batch size: got {batch_size}, expected 1..{MAX_BATCH}")
         if pause is not None and not 0 <= pause <= MAX_PAUSE:
@@ -189,9 +191,10 @@ class OnlineRotation:
             if pause is not None:
                 self.pause = pause
             self.status = RotationStatus(state="running", started_at=time.time())
+            started = replace(self.status)
             self._thread = threading.Thread(target=self._background, name="cas-key-rotation", daemon=True)
             self._thread.start()
-            return self.status
+            return started
 
     def wait(self, timeout: float | None = None) -> RotationStatus:
         thread = self._thread

@@ -80,7 +80,7 @@ from confide.cas.crl import DEFAULT_CRL_VALIDITY
 from confide.cas.db import Database, raw_connection
 from confide.cas.dev_measurement import cas_dev_measurement
 from confide.cas.join import JoinResult, join_cas
-from confide.cas.key_release import KeyReleaser, OwnEvidence
+from confide.cas.key_release import KeyReleaser, OwnEvidence, min_tcb_text
 from confide.cas.keyfiles import TLS_KEY_NAME, load_log_signer, load_tls_key, tls_key_password
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.master_key import PLAIN_NAME, install_master_key
@@ -126,6 +126,7 @@ from confide.ledger.db import connect as ledger_connect
 from confide.ledger.note import NoteSigner, NoteVerifier
 from confide.ledger.store import Ledger
 from confide.ledger.witness_http import request_cosignatures
+from confide.policy.attestation import SnpTcbMinimum
 from confide.runtime.azure_vtpm import AzureVtpmQuoteProvider
 from confide.runtime.quote import (
     ConfigfsTsmQuoteProvider,
@@ -533,6 +534,7 @@ def prepare(
     successor_board: Board | None = None,
     min_tcb_evaluation_data_number: int | None = None,
     witnesses: AttestedWitnesses | None = None,
+    replica_min_tcb: SnpTcbMinimum | None = None,
 ) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
     """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (``dev``:
     simulated; ``tee``: from the TEE's quote provider, ``quote_provider`` or the one at the
@@ -582,10 +584,31 @@ def prepare(
 
     ``witnesses``: the witness keys and quorum of ``--witness-quorum``
     (:mod:`confide.cas.witness_quorum`), bound into the report data (the v2 binding), published in
-    the evidence document and recorded in the ``cas-start`` entry; ``None``: the v1 binding."""
+    the evidence document and recorded in the ``cas-start`` entry; ``None``: the v1 binding.
+
+    ``replica_min_tcb`` (``--replica-min-tcb``, ``tee`` ``sev-snp`` only): the minimum
+    ``REPORTED_TCB`` of an SEV-SNP CAS the master key is released to, and, with ``join``, of the
+    CAS it is obtained from (:func:`~confide.cas.key_release.appraise_peer`); recorded in the
+    ``cas-start`` entry. Without it, an SEV-SNP CAS logs once that replicas' TCB is not judged."""
     if dev and tee is not None:
         raise UsageError(
             f"--dev and --tee {tee} exclude each other: a CAS in a TEE does not accept simulated evidence"
+        )
+    if replica_min_tcb is not None and tee != "sev-snp":
+        raise UsageError(
+            "--replica-min-tcb is only for --tee sev-snp: it judges the REPORTED_TCB of SEV-SNP"
+            " replicas (SGX and TDX replicas need TCB status UpToDate)"
+        )
+    if tee == "sev-snp" and replica_min_tcb is None:  # once, at start (docs/limitations.md)
+        logging.getLogger("confide.cas").warning(
+            json.dumps(
+                {
+                    "event": "replica-tcb-not-judged",
+                    "reason": "SEV-SNP has no TCB status and no --replica-min-tcb was given: the master key"
+                    " is released to (and with --join obtained from) a CAS of the same image whatever"
+                    " the firmware and microcode of its host",
+                }
+            )
         )
     if join is not None:
         _join_preconditions(join, data_dir, dev=dev, tee=tee)
@@ -655,7 +678,7 @@ def prepare(
         joined = _join(
             join, data_dir, database, tee=tee, quote_provider=quote_provider,
             sim_platform=sim_platform, verifier=verifier, collateral=dcap_source, amd_roots=amd_roots,
-            successor=join_as_successor,
+            successor=join_as_successor, min_tcb=replica_min_tcb,
         )  # fmt: skip
         master = joined.master_key
         if seal is not None:
@@ -743,7 +766,7 @@ def prepare(
 
         own = own_evidence
     successors = Successors(cas, own=own)
-    cas.key_release = KeyReleaser(cas, own, successors=successors)
+    cas.key_release = KeyReleaser(cas, own, successors=successors, min_tcb=replica_min_tcb)
     if own is not None:  # docs/cas.md "Retiring the old version": a retired version does not start
         successors.refuse_retired_start(own)
     with database.write() as conn:
@@ -764,7 +787,8 @@ def prepare(
             {"dev": dev, "tls_cert_sha256": _cert_sha256(cert_path), "log_key": env["CONFIDE_LOG_KEY"],
              "master_key": master_key, "master_key_id": master_key_id, **({"tee": tee} if tee else {}),
              **({"joined": joined.summary()} if joined is not None else {}),
-             **({"witnesses": witnesses.to_json()} if witnesses is not None else {})},
+             **({"witnesses": witnesses.to_json()} if witnesses is not None else {}),
+             **({"replica_min_tcb": min_tcb_text(replica_min_tcb)} if replica_min_tcb is not None else {})},
         )  # fmt: skip
         if successor_board is not None:
             # docs/cas.md "Handing over to a successor version": set now; changed only by its quorum.
@@ -868,6 +892,7 @@ def _join(
     collateral: DcapCollateralSource | None,
     amd_roots: AmdRootStore | None,
     successor: bool = False,
+    min_tcb: SnpTcbMinimum | None = None,
 ) -> JoinResult:
     """``--join URL``: the master key from the attested CAS at ``url`` (:func:`join_cas`), for a
     data directory without a master key, on a database without an online rotation in progress.
@@ -900,6 +925,7 @@ def _join(
         return join_cas(
             url, obtain=obtain, verifier=verifier, sim_key_pem=sim_pem, collateral=collateral,
             amd_roots=amd_roots, expected_key_id=stored_master_key_id(database), successor=successor,
+            min_tcb=min_tcb,
         )  # fmt: skip
     except ConfideError as exc:
         message = f"--join {shown}: cannot obtain the master key, not starting: {exc.message}"
@@ -953,6 +979,7 @@ def serve(
     min_tcb_evaluation_data_number: int | None = None,
     witness_quorum: int | None = None,
     witness_max_lag: float | None = None,
+    replica_min_tcb: SnpTcbMinimum | None = None,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
@@ -973,7 +1000,8 @@ def serve(
     ``witness_quorum``: how many of ``witnesses`` must cosign a checkpoint of the log before the
     CAS starts, and whose rollback or fork answer halts its releases (``--witness-quorum``,
     :mod:`confide.cas.witness_quorum`); ``witness_max_lag``: seconds without a quorum after
-    which releases wait (``--witness-max-lag``; ``None``: no bound)."""
+    which releases wait (``--witness-max-lag``; ``None``: no bound).
+    ``replica_min_tcb``: see :func:`prepare`."""
     quorum = None
     if witness_quorum is not None:
         quorum = WitnessQuorum(witnesses, witness_quorum, witness_max_lag)
@@ -997,7 +1025,8 @@ def serve(
                attest_rate=attest_rate, write_rate=write_rate, public_addr=public_addr,
                join=join, session_tickets=session_tickets, join_as_successor=join_as_successor,
                successor_board=successor_board,
-               min_tcb_evaluation_data_number=min_tcb_evaluation_data_number, quorum=quorum)  # fmt: skip
+               min_tcb_evaluation_data_number=min_tcb_evaluation_data_number, quorum=quorum,
+               replica_min_tcb=replica_min_tcb)  # fmt: skip
 
 
 def uvicorn_server(
@@ -1143,6 +1172,7 @@ def _serve(
     successor_board: Board | None = None,
     min_tcb_evaluation_data_number: int | None = None,
     quorum: WitnessQuorum | None = None,
+    replica_min_tcb: SnpTcbMinimum | None = None,
 ) -> None:
     public_limits = None
     if public_addr is not None:
@@ -1160,7 +1190,7 @@ def _serve(
         nvidia_ocsp=nvidia_ocsp, crl_validity=crl_validity, nvidia_rim=nvidia_rim,
         nvidia_ocsp_max_age=nvidia_ocsp_max_age, join=join, join_as_successor=join_as_successor,
         successor_board=successor_board, min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
-        witnesses=quorum.attested() if quorum is not None else None,
+        witnesses=quorum.attested() if quorum is not None else None, replica_min_tcb=replica_min_tcb,
     )  # fmt: skip
     cas.public_url = public_url  # docs/cas.md "CRL distribution points"
     # docs/cas.md "Witness quorum": with --witness-quorum, a quorum cosigns the log as it is

@@ -55,7 +55,15 @@ from confide.policy.model import (
 )
 from confide.verify.result import ClaimValue, Platform, TcbStatus, VerifiedEvidence
 
-__all__ = ["TCB_TOLERANCES", "AppraisalResult", "Reason", "appraise", "check_security", "raise_for_result"]
+__all__ = [
+    "TCB_TOLERANCES",
+    "AppraisalResult",
+    "Reason",
+    "appraise",
+    "check_security",
+    "check_snp_min_tcb",
+    "raise_for_result",
+]
 
 TCB_TOLERANCES: dict[TcbStatus, tuple[Tolerance, ...] | None] = {
     TcbStatus.UP_TO_DATE: (),
@@ -209,6 +217,18 @@ def check_security(
     tolerated: set[Tolerance] = set()
     _check_security(evidence, security, tolerated, reasons)
     return tuple(reasons), tuple(sorted(tolerated))
+
+
+def check_snp_min_tcb(evidence: VerifiedEvidence, minimum: SnpTcbMinimum, field: str) -> tuple[Reason, ...]:
+    """The ``min_tcb`` factor of ``sev-snp`` alone (the comparison of :func:`appraise`, each SPL
+    of ``minimum`` against the same component of the evidence's ``REPORTED_TCB``, SEV-SNP ABI
+    spec Table 23 offset 0x180), for SEV-SNP evidence judged without a policy, e.g. a CAS
+    replica's (``cas serve --replica-min-tcb``). Each mismatch is named ``field.<component>``;
+    evidence without a ``reported_tcb`` claim (not SEV-SNP) fails as a whole."""
+    _require_verified(evidence)
+    c = _Checker(evidence.claims, "")
+    _snp_min_tcb(c, minimum, field)
+    return tuple(c.reasons)
 
 
 def _require_verified(*items: object) -> None:
@@ -449,7 +469,7 @@ class _Checker:
         self.reasons: list[Reason] = []
 
     def fail(self, field: str, got: str, expected: str) -> None:
-        self.reasons.append(Reason(f"{self.prefix}.{field}", got, expected))
+        self.reasons.append(Reason(f"{self.prefix}.{field}" if self.prefix else field, got, expected))
 
     def hex_in(self, field: str, claim: str, allowed: tuple[str, ...] | str | None) -> None:
         if allowed is None:
