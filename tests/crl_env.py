@@ -162,9 +162,13 @@ class Env(InProcessCas):
         config = decrypt_release(key, self.cas.attest(body), bytes.fromhex(body["nonce"]))
         return {path: base64.b64decode(b64) for path, b64 in config["files"].items()}
 
-    def read_request(self, name: str = "tls", who: Identity | None = None) -> dict[str, Any]:
+    def read_request(
+        self, name: str = "tls", who: Identity | None = None, *, route: str = "show"
+    ) -> dict[str, Any]:
+        """A signed read request for this CAS and ``route`` (docs/cas.md "Policies and governance")."""
         who = who or self.owner
-        body = {"type": READ_TYPE, "name": name, "time": int(self.clock.now)}
+        body = {"type": READ_TYPE, "name": name, "time": int(self.clock.now),
+                "cas": self.cas.tls_spki_sha256, "route": route}  # fmt: skip
         return sign_document(body, who.sign, who.public.public_base64)
 
     def revocation(
@@ -189,7 +193,7 @@ class Env(InProcessCas):
         return sign_document(body, who.sign, who.public.public_base64)
 
     def crl(self, name: str = "tls", ca: str = "ca") -> x509.CertificateRevocationList:
-        der, _, public = self.cas.crl(name, ca, self.read_request(name))
+        der, _, public = self.cas.crl(name, ca, self.read_request(name, route="crl"))
         assert not public
         return x509.load_der_x509_crl(der)
 

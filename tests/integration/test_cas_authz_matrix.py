@@ -12,20 +12,24 @@ of a policy that does not exist, byte for byte once the name is the same."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import json
+import re
 import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from cryptography import x509
 
 from cas_harness import CasProcess
 from confide.cas.client import policy_submission
-from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, READ_TYPE, READ_WINDOW, sign_document
+from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, READ_TYPE, READ_WINDOW, sign_document, spki_sha256
 from confide.cas.owner_revocation import REVOKE_TYPE
 from confide.identity import Identity
 from confide.policy import loads_policy
@@ -55,6 +59,12 @@ class World:
     stranger: Identity
     hashes: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def spki(self) -> str:
+        """The SHA-256 of the CAS's TLS key (SubjectPublicKeyInfo): what a read request names."""
+        pem = Path(self.cas.env["CONFIDE_CAS_CERT"]).read_bytes()
+        return spki_sha256(x509.load_pem_x509_certificate(pem))
+
     def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Answer:
         url = urlsplit(self.cas.env["CONFIDE_CAS_URL"])
         ctx = ssl.create_default_context(cafile=self.cas.env["CONFIDE_CAS_CERT"])
@@ -76,8 +86,14 @@ def signed(body: dict[str, Any], who: Identity) -> dict[str, Any]:
     return sign_document(body, who.sign, who.public.public_base64)
 
 
-def read_doc(name: str, who: Identity, *, at: int | None = None) -> dict[str, Any]:
-    return signed({"type": READ_TYPE, "name": name, "time": int(time.time()) if at is None else at}, who)
+def read_doc(
+    w: World, name: str, who: Identity, *, at: int | None = None, route: str = "show", cas: str | None = None
+) -> dict[str, Any]:
+    """A signed read request for ``route``, for the CAS under test (or the one whose TLS key hash
+    is ``cas``)."""
+    body = {"type": READ_TYPE, "name": name, "time": int(time.time()) if at is None else at,
+            "cas": w.spki if cas is None else cas, "route": route}  # fmt: skip
+    return signed(body, who)
 
 
 def header(doc: dict[str, Any]) -> dict[str, str]:
@@ -168,7 +184,7 @@ def same_refusal(w: World, existing: Answer, missing: Answer, existing_name: str
 
 def check_show(w: World) -> None:
     for who in (w.owner, w.reader):
-        answer = w.call("GET", "/v1/policies/mx", headers=header(read_doc("mx", who)))
+        answer = w.call("GET", "/v1/policies/mx", headers=header(read_doc(w, "mx", who)))
         assert answer.status == 200 and answer.json()["name"] == "mx"
         # What a reader sees depends on its X-Confide-Read header, which no HTTP cache knows
         # to key on (RFC 9111 §3.5 covers Authorization only): never stored by one.
@@ -179,15 +195,15 @@ def check_show(w: World) -> None:
     for who in (w.updater, w.board[0], w.stranger):  # on no read list
         same_refusal(
             w,
-            w.call("GET", "/v1/policies/mx", headers=header(read_doc("mx", who))),
-            w.call("GET", "/v1/policies/mx-none", headers=header(read_doc("mx-none", who))),
+            w.call("GET", "/v1/policies/mx", headers=header(read_doc(w, "mx", who))),
+            w.call("GET", "/v1/policies/mx-none", headers=header(read_doc(w, "mx-none", who))),
             "mx", "mx-none",
         )  # fmt: skip
     # No signature.
     answer = w.call("GET", "/v1/policies/mx")
     assert answer.status == 403 and answer.error()[0] == "AccessDeniedError"
     # A reader's valid request for another policy, sent for this one.
-    answer = w.call("GET", "/v1/policies/mxb", headers=header(read_doc("mx", w.reader)))
+    answer = w.call("GET", "/v1/policies/mxb", headers=header(read_doc(w, "mx", w.reader)))
     assert answer.status == 400 and answer.error()[0] == "ParseError"
     # Another endpoint's document type as a read (an approval, a revocation, a submission).
     for doc in (
@@ -198,7 +214,7 @@ def check_show(w: World) -> None:
         answer = w.call("GET", "/v1/policies/mx", headers=header(doc))
         assert answer.status == 400 and answer.error()[0] == "ParseError", answer.body
     # Malformed headers: a parse error that names no value, never a 500.
-    good = read_doc("mx", w.owner)
+    good = read_doc(w, "mx", w.owner)
     for raw in (
         "not base64!",
         base64.b64encode(b"not json").decode(),
@@ -216,45 +232,90 @@ def check_show(w: World) -> None:
     assert w.call("GET", "/v1/policies/mx", headers=header(forged)).status == 403
     # Expired and future-dated requests (READ_WINDOW seconds either side).
     for at in (int(time.time()) - READ_WINDOW - 60, int(time.time()) + READ_WINDOW + 60):
-        answer = w.call("GET", "/v1/policies/mx", headers=header(read_doc("mx", w.owner, at=at)))
+        answer = w.call("GET", "/v1/policies/mx", headers=header(read_doc(w, "mx", w.owner, at=at)))
         assert answer.status == 403 and "from the CAS clock" in answer.error()[1]
+    check_bound_reads(w, "/v1/policies/{}", "show")
+
+
+OTHER_CAS = hashlib.sha256(b"another CAS's SubjectPublicKeyInfo").hexdigest()
+
+
+def check_bound_reads(w: World, path: str, route: str) -> None:
+    """A read request is for one CAS and one route (docs/cas.md "Policies and governance"): the
+    owner's own request, signed for another CAS (whose TLS key hash is not this one's) or for
+    another route, is refused like any other refusal: 403, AccessDeniedError, and for an existing
+    policy the very answer a missing one gets. A request in the old format (no ``cas`` nor
+    ``route``) is malformed."""
+    others = [r for r in ("show", "events", "crl") if r != route]
+    # The right request first, so that what is refused below is refused for its binding only.
+    assert (
+        w.call("GET", path.format("mx"), headers=header(read_doc(w, "mx", w.owner, route=route))).status
+        == 200
+    )
+    for who in (w.owner, w.stranger):
+        for cas, for_route in ((OTHER_CAS, route), *((w.spki, r) for r in others)):
+            same_refusal(
+                w,
+                w.call("GET", path.format("mx"), headers=header(read_doc(w, "mx", who, route=for_route, cas=cas))),
+                w.call(
+                    "GET", path.format("mx-none"),
+                    headers=header(read_doc(w, "mx-none", who, route=for_route, cas=cas)),
+                ),
+                "mx", "mx-none",
+            )  # fmt: skip
+    old_format = signed({"type": "confide/read/v1", "name": "mx", "time": int(time.time())}, w.owner)
+    unbound = {
+        k: v for k, v in read_doc(w, "mx", w.owner, route=route).items() if k not in ("cas", "signature")
+    }
+    for doc in (old_format, signed(unbound, w.owner)):
+        answer = w.call("GET", path.format("mx"), headers=header(doc))
+        assert answer.status == 400 and answer.error()[0] == "ParseError", answer.body
 
 
 def check_events(w: World) -> None:
-    answer = w.call("GET", "/v1/policies/mx/events", headers=header(read_doc("mx", w.reader)))
+    answer = w.call(
+        "GET", "/v1/policies/mx/events", headers=header(read_doc(w, "mx", w.reader, route="events"))
+    )
     assert answer.status == 200 and answer.json()["events"]
     assert answer.headers["cache-control"] == "no-store"
     # A policy named mx/events, shown through the events route, and one named mx/crl/ca through
     # the CRL route (the read request names the policy): the same.
     for name in ("mx/events", "mx/crl/ca"):
         assert w.submit(policy_text(name, _access(["CREATOR"], "[CREATOR]")), w.owner).status == 200
-        answer = w.call("GET", f"/v1/policies/{name}", headers=header(read_doc(name, w.owner)))
+        answer = w.call("GET", f"/v1/policies/{name}", headers=header(read_doc(w, name, w.owner)))
         assert answer.status == 200 and answer.json()["name"] == name
         assert answer.headers["cache-control"] == "no-store"
     for who in (w.updater, w.board[0], w.stranger):
         same_refusal(
             w,
-            w.call("GET", "/v1/policies/mx/events", headers=header(read_doc("mx", who))),
-            w.call("GET", "/v1/policies/mx-none/events", headers=header(read_doc("mx-none", who))),
+            w.call("GET", "/v1/policies/mx/events", headers=header(read_doc(w, "mx", who, route="events"))),
+            w.call("GET", "/v1/policies/mx-none/events", headers=header(read_doc(w, "mx-none", who, route="events"))),
             "mx", "mx-none",
         )  # fmt: skip
     assert w.call("GET", "/v1/policies/mx/events").status == 403
-    answer = w.call("GET", "/v1/policies/mx/events", headers=header(read_doc("mxb", w.owner)))
+    answer = w.call(
+        "GET", "/v1/policies/mx/events", headers=header(read_doc(w, "mxb", w.owner, route="events"))
+    )
     assert answer.status == 400
     approval = signed({"type": APPROVAL_TYPE, "name": "mx", "hash": w.hashes["mx"]}, w.owner)
     assert w.call("GET", "/v1/policies/mx/events", headers=header(approval)).status == 400
+    check_bound_reads(w, "/v1/policies/{}/events", "events")
 
 
 def check_policy_crl(w: World) -> None:
-    answer = w.call("GET", "/v1/policies/mx/crl/ca", headers=header(read_doc("mx", w.reader)))
+    answer = w.call("GET", "/v1/policies/mx/crl/ca", headers=header(read_doc(w, "mx", w.reader, route="crl")))
     assert answer.status == 200 and answer.headers["content-type"] == "application/pkix-crl"
     assert answer.headers["cache-control"] == "private, no-store"
     for who in (w.updater, w.board[0], w.stranger):
         refused = [
-            w.call("GET", f"/v1/policies/{name}/crl/{ca}", headers=header(read_doc(name, who)))
+            w.call(
+                "GET", f"/v1/policies/{name}/crl/{ca}", headers=header(read_doc(w, name, who, route="crl"))
+            )
             for name, ca in (("mx", "ca"), ("mx", "nosuch"), ("mx", "token"))
         ]
-        missing = w.call("GET", "/v1/policies/mx-none/crl/ca", headers=header(read_doc("mx-none", who)))
+        missing = w.call(
+            "GET", "/v1/policies/mx-none/crl/ca", headers=header(read_doc(w, "mx-none", who, route="crl"))
+        )
         for r in refused:
             assert r.status == 403
         assert refused[0].error()[1].replace("mx/ca", "X") == missing.error()[1].replace("mx-none/ca", "X")
@@ -262,8 +323,9 @@ def check_policy_crl(w: World) -> None:
     anonymous = [w.call("GET", f"/v1/policies/{p}/crl/ca") for p in ("mx", "mx-none")]
     assert [a.status for a in anonymous] == [403, 403]
     assert anonymous[0].error()[1].replace("mx/ca", "X") == anonymous[1].error()[1].replace("mx-none/ca", "X")
-    answer = w.call("GET", "/v1/policies/mx/crl/ca", headers=header(read_doc("mxb", w.owner)))
+    answer = w.call("GET", "/v1/policies/mx/crl/ca", headers=header(read_doc(w, "mxb", w.owner, route="crl")))
     assert answer.status == 400
+    check_bound_reads(w, "/v1/policies/{}/crl/ca", "crl")
 
 
 def check_submit(w: World) -> None:
@@ -346,7 +408,7 @@ def check_approve(w: World) -> None:
         }
         assert len(texts) == 1
     # A read document as an approval; an approval naming another policy than the URL.
-    assert w.call("POST", "/v1/policies/mxb/approvals", read_doc("mxb", w.board[1])).status == 400
+    assert w.call("POST", "/v1/policies/mxb/approvals", read_doc(w, "mxb", w.board[1])).status == 400
     assert approve("mx", digest, w.board[1], url_name="mxb").status == 400
     # The board's second member completes it. The new version's update rules are NONE (the
     # board removed itself): the same approval replayed, by a signer no longer on any board of
@@ -371,7 +433,9 @@ def check_revoke(w: World) -> None:
     # policy), so between two refusals for mx (seen by mx's reader with their ledger indices),
     # a refusal for a missing policy took one index.
     def last_refusal() -> int:
-        events = w.call("GET", "/v1/policies/mx/events", headers=header(read_doc("mx", w.reader))).json()
+        events = w.call(
+            "GET", "/v1/policies/mx/events", headers=header(read_doc(w, "mx", w.reader, route="events"))
+        ).json()
         return max(e["seq"] for e in events["events"] if e["type"] == "revocation-refused")
 
     assert w.call("POST", "/v1/policies/mx/revocations", revoke_doc("mx", w.stranger)).status == 403
@@ -380,7 +444,7 @@ def check_revoke(w: World) -> None:
     assert w.call("POST", "/v1/policies/mx/revocations", revoke_doc("mx", w.stranger)).status == 403
     assert last_refusal() == first + 2
     # Another endpoint's documents, a request for another policy, expired and future-dated.
-    assert w.call("POST", "/v1/policies/mx/revocations", read_doc("mx", w.owner)).status == 400
+    assert w.call("POST", "/v1/policies/mx/revocations", read_doc(w, "mx", w.owner)).status == 400
     assert w.call("POST", "/v1/policies/mxb/revocations", revoke_doc("mx", w.owner)).status == 400
     for at in (int(time.time()) - READ_WINDOW - 60, int(time.time()) + READ_WINDOW + 60):
         answer = w.call("POST", "/v1/policies/mx/revocations", revoke_doc("mx", w.owner, at=at))
@@ -398,8 +462,11 @@ def check_public_get(path: str, *, statuses: tuple[int, ...] = (200,)) -> Callab
     def check(w: World) -> None:
         answer = w.call("GET", path)
         assert answer.status in statuses, (path, answer.status, answer.body[:200])
-        for name in ("mxns/exists", "mxb", '"mx"', "mx-none"):
+        for name in ("mxns/exists", '"mx"', "mx-none"):
             assert name.encode() not in answer.body, (path, name)
+        # "mxb" as a name, not three letters inside a base64 run: the CAS's evidence and log key
+        # are random base64, where "mxb" turns up in about one answer of every few hundred.
+        assert not re.search(rb"(?<![A-Za-z0-9+/])mxb(?![A-Za-z0-9+/=])", answer.body), path
 
     return check
 
@@ -510,8 +577,12 @@ def test_a_removed_reader_keeps_nothing_of_an_old_request(world: World) -> None:
     name = "mx-removal"
     first = w.submit(policy_text(name, _access(["CREATOR", w.reader.fingerprint], "[CREATOR]")), w.owner)
     digest = first.json()["hash"]
-    old = header(read_doc(name, w.reader))
+    old = header(read_doc(w, name, w.reader))
+    # Signed for each route while the reader was listed (and accepted there: checked below).
+    olds = {route: header(read_doc(w, name, w.reader, route=route)) for route in ("events", "crl")}
     assert w.call("GET", f"/v1/policies/{name}", headers=old).json()["hash"] == digest
+    assert w.call("GET", f"/v1/policies/{name}/events", headers=olds["events"]).status == 200
+    assert w.call("GET", f"/v1/policies/{name}/crl/ca", headers=olds["crl"]).status == 200
     second = w.submit(
         policy_text(
             name,
@@ -525,7 +596,11 @@ def test_a_removed_reader_keeps_nothing_of_an_old_request(world: World) -> None:
     assert w.call("GET", f"/v1/policies/{name}", headers=old).json()["hash"] == digest  # replayed: current
     third = w.submit(policy_text(name, _access(["CREATOR"], "[CREATOR]"), digest), w.owner)
     assert third.status == 200
-    for path in (f"/v1/policies/{name}", f"/v1/policies/{name}/events", f"/v1/policies/{name}/crl/ca"):
-        answer = w.call("GET", path, headers=old)
+    for path, sent in (
+        (f"/v1/policies/{name}", old),
+        (f"/v1/policies/{name}/events", olds["events"]),
+        (f"/v1/policies/{name}/crl/ca", olds["crl"]),
+    ):
+        answer = w.call("GET", path, headers=sent)
         assert answer.status == 403 and answer.error()[0] == "AccessDeniedError", path
         assert digest not in answer.body.decode()

@@ -243,7 +243,7 @@ def test_an_explicit_ca_has_no_crl(env: Env) -> None:
         text = text.replace(placeholder, "$$SCONE::ca:crt$$")
     env.apply_text(text)
     with pytest.raises(PolicyError, match="not a CA the CAS generated"):
-        env.cas.crl("explicit", "ca", env.read_request("explicit"))
+        env.cas.crl("explicit", "ca", env.read_request("explicit", route="crl"))
 
 
 def test_who_may_fetch_a_crl(env: Env) -> None:
@@ -261,11 +261,11 @@ def test_who_may_fetch_a_crl(env: Env) -> None:
     refusals = []
     for name in ("tls", "ghost"):
         with pytest.raises(AccessDeniedError) as err:
-            env.cas.crl(name, "ca", env.read_request(name, stranger))
+            env.cas.crl(name, "ca", env.read_request(name, stranger, route="crl"))
         refusals.append(err.value.message.replace(f"{name}/ca", "X"))
     assert len(set(refusals)) == 1
     with pytest.raises(Exception, match="another policy"):
-        env.cas.crl("tls", "ca", env.read_request("other"))
+        env.cas.crl("tls", "ca", env.read_request("other", route="crl"))
     env.crl()  # the owner reads it
     # export_public: the CA's public parts are every policy's, and so is its CRL.
     env.apply_text(policy(ca_extra="    export_public: true", predecessor=env.head()))
@@ -316,8 +316,9 @@ def _get(
 def test_the_http_route(env: Env) -> None:
     app = create_app(env.cas)
 
-    def read_header(name: str) -> dict[str, str]:
-        return {"X-Confide-Read": base64.b64encode(json.dumps(env.read_request(name)).encode()).decode()}
+    def read_header(name: str, route: str = "crl") -> dict[str, str]:
+        doc = env.read_request(name, route=route)
+        return {"X-Confide-Read": base64.b64encode(json.dumps(doc).encode()).decode()}
 
     status, headers, body = _get(app, "/v1/policies/tls/crl/ca", headers=read_header("tls"))
     assert status == 200 and headers["content-type"] == "application/pkix-crl"
@@ -330,7 +331,7 @@ def test_the_http_route(env: Env) -> None:
     assert status == 403 and json.loads(body)["error"]["class"] == "AccessDeniedError"
     # A policy whose name ends in /crl/<secret> is still shown to its readers.
     env.apply_text(policy(name="tls/crl/ca", leaf=False))
-    status, _, body = _get(app, "/v1/policies/tls/crl/ca", headers=read_header("tls/crl/ca"))
+    status, _, body = _get(app, "/v1/policies/tls/crl/ca", headers=read_header("tls/crl/ca", "show"))
     assert status == 200 and json.loads(body)["name"] == "tls/crl/ca"
     # export_public: served to anyone, cacheable briefly (a revocation is published at once).
     env.apply_text(policy(ca_extra="    export_public: true", predecessor=env.head()))

@@ -98,7 +98,11 @@ def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pair]:
     db_url = request.getfixturevalue("postgres").new_database() if request.param == "postgresql" else None
     a = InProcessCas.start(tmp_path / "cas", "", db_url=db_url)
     owner = Identity.generate()
-    out = Pair(a, Cas(Database(a.cas.db.url), a.cas.sealer, a.cas.verifier, events=LedgerEventSink()), owner)
+    b = Cas(
+        Database(a.cas.db.url), a.cas.sealer, a.cas.verifier, events=LedgerEventSink(),
+        tls_spki_sha256=a.cas.tls_spki_sha256,
+    )  # fmt: skip
+    out = Pair(a, b, owner)
     out.update_through_b(policy())
     try:
         yield out

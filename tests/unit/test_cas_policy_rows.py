@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cas_inproc import InProcessCas
-from confide.cas.core import APPROVAL_TYPE, READ_TYPE, WITHHELD, sign_document
+from confide.cas.core import APPROVAL_TYPE, READ_TYPE, WITHHELD, Cas, sign_document
 from confide.cas.db import SCHEMA_VERSION, Database, raw_execute
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.master_key import load_master_key
@@ -54,8 +54,10 @@ EXPLICIT_2 = EXPLICIT.replace(SECRET_VALUE, SECRET_VALUE_2)
 NEEDLES = [SECRET_VALUE, SECRET_VALUE_2, VOLUME_KEY, VOLUME_KEY.upper()]
 
 
-def read_request(name: str, who: Identity) -> dict[str, Any]:
-    body = {"type": READ_TYPE, "name": name, "time": int(time.time())}
+def read_request(cas: Cas, name: str, who: Identity, route: str = "show") -> dict[str, Any]:
+    """A signed read request for ``cas`` and ``route`` (docs/cas.md "Policies and governance")."""
+    body = {"type": READ_TYPE, "name": name, "time": int(time.time()), "cas": cas.tls_spki_sha256,
+            "route": route}  # fmt: skip
     return sign_document(body, who.sign, who.public.public_base64)
 
 
@@ -128,7 +130,7 @@ def apply_both(env: Env) -> str:
 
 
 def assert_shown(env: Env, digest: str) -> None:
-    shown = env.ipc.cas.show(read_request("vault", env.owner))
+    shown = env.ipc.cas.show(read_request(env.ipc.cas, "vault", env.owner))
     assert shown["hash"] == digest
     assert [s.get("value") for s in shown["policy"]["secrets"]] == [WITHHELD]
     assert [v.get("fspf_key") for v in shown["policy"]["volumes"]] == [WITHHELD]
@@ -156,7 +158,7 @@ def test_a_pending_version_and_its_approval_stay_sealed(env: Env) -> None:
     )
     assert env.ipc.cas.approve(approval).state == "active"
     env.restart()
-    assert env.ipc.cas.show(read_request("vault", env.owner))["hash"] == pending.hash
+    assert env.ipc.cas.show(read_request(env.ipc.cas, "vault", env.owner))["hash"] == pending.hash
     env.assert_no_values()
 
 
@@ -196,11 +198,11 @@ def test_a_moved_edited_or_clear_row_is_refused(env: Env, change: str) -> None:
     set_row(env, key, document, submission)
     env.restart()  # no cached policy: the row is read
     with pytest.raises(SignatureError, match="stored policy vault") as info:
-        env.ipc.cas.show(read_request("vault", env.owner))
+        env.ipc.cas.show(read_request(env.ipc.cas, "vault", env.owner))
     assert SECRET_VALUE not in str(info.value)
     # the start did not take the clear row as a migration: it stays refused
     assert rows(env)[key][0] == document
-    env.ipc.cas.show(read_request("other", env.owner))  # the other policy is untouched
+    env.ipc.cas.show(read_request(env.ipc.cas, "other", env.owner))  # the other policy is untouched
 
 
 def test_a_clear_row_next_to_sealed_ones_is_never_sealed(env: Env, caplog: pytest.LogCaptureFixture) -> None:
@@ -220,8 +222,8 @@ def test_a_clear_row_next_to_sealed_ones_is_never_sealed(env: Env, caplog: pytes
     assert rows(env)[key][0] == clear
     assert env.sql("SELECT value FROM meta WHERE key = ?", (SEALED_META,)) == [("1",)]
     with pytest.raises(SignatureError, match="is not sealed"):
-        env.ipc.cas.show(read_request("vault", env.owner))
-    env.ipc.cas.show(read_request("other", env.owner))
+        env.ipc.cas.show(read_request(env.ipc.cas, "vault", env.owner))
+    env.ipc.cas.show(read_request(env.ipc.cas, "other", env.owner))
 
 
 def make_old(env: Env) -> dict[tuple[str, str], tuple[str, str]]:

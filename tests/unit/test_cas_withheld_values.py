@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from cas_inproc import InProcessCas
-from confide.cas.core import READ_TYPE, WITHHELD, sign_document
+from confide.cas.core import READ_TYPE, WITHHELD, Cas, sign_document
 from confide.identity import Identity
 
 VOLUME_KEY = "5e" * 32
@@ -29,8 +29,10 @@ access_policy:
 """
 
 
-def read_request(name: str, who: Identity) -> dict[str, Any]:
-    body = {"type": READ_TYPE, "name": name, "time": int(time.time())}
+def read_request(cas: Cas, name: str, who: Identity, route: str = "show") -> dict[str, Any]:
+    """A signed read request for ``cas`` and ``route`` (docs/cas.md "Policies and governance")."""
+    body = {"type": READ_TYPE, "name": name, "time": int(time.time()), "cas": cas.tls_spki_sha256,
+            "route": route}  # fmt: skip
     return sign_document(body, who.sign, who.public.public_base64)
 
 
@@ -56,8 +58,8 @@ def test_explicit_values_stay_out_of_the_ledger_and_policy_show(
     owner, auditor = Identity.generate(), Identity.generate()
     ipc.apply(policy("hospital", auditor.fingerprint, body), owner)
     for who in (owner, auditor):
-        shown = ipc.cas.show(read_request("hospital", who))
-        events = ipc.cas.events_for(read_request("hospital", who))
+        shown = ipc.cas.show(read_request(ipc.cas, "hospital", who))
+        events = ipc.cas.events_for(read_request(ipc.cas, "hospital", who, "events"))
         text = json.dumps(shown) + json.dumps(events)
         assert secret not in text and secret.upper() not in text
         [created] = [e for e in events["events"] if e["type"] == "policy-created"]
@@ -80,9 +82,9 @@ def test_a_generated_volume_key_keeps_the_signed_submission_in_the_ledger(ipc: I
         'volumes:\n  - name: a\n  - name: b\n    fspf_key: $$SCONE::vk$$\n    fspf_tag: "' + "0c" * 32 + '"\n'
     )
     ipc.apply(policy("lab", owner.fingerprint, body), owner)
-    events = ipc.cas.events_for(read_request("lab", owner))["events"]
+    events = ipc.cas.events_for(read_request(ipc.cas, "lab", owner, "events"))["events"]
     [created] = [e for e in events if e["type"] == "policy-created"]
     assert "submission_withheld" not in created["payload"]
     assert "$$SCONE::vk$$" in created["payload"]["submission"]
-    shown = ipc.cas.show(read_request("lab", owner))["policy"]
+    shown = ipc.cas.show(read_request(ipc.cas, "lab", owner))["policy"]
     assert [v.get("fspf_key") for v in shown["volumes"]] == [None, "$$SCONE::vk$$"]

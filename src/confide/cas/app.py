@@ -97,7 +97,7 @@ NOTHING_PREFETCHED = Prefetched()
 
 def _read_doc(header: str | None) -> Any:
     if not header:
-        raise errors.AccessDeniedError("reading needs a signed X-Confide-Read header (confide/read/v1)")
+        raise errors.AccessDeniedError("reading needs a signed X-Confide-Read header (confide/read/v2)")
     try:
         raw = base64.b64decode(header, validate=True)
     except (ValueError, binascii.Error):

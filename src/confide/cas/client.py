@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+from cryptography import x509
 
 from confide import errors, jsonstrict
 from confide.cas.board_change import CHANGE_TYPE as SUCCESSOR_BOARD_CHANGE_TYPE
-from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, READ_TYPE, sign_document
+from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, READ_TYPE, sign_document, spki_sha256
 from confide.cas.owner_revocation import REVOKE_TYPE
 from confide.cas.retirement import RETIREMENT_TYPE as SUCCESSOR_RETIREMENT_TYPE
 from confide.cas.successor import APPROVAL_TYPE as SUCCESSOR_APPROVAL_TYPE
@@ -102,6 +103,23 @@ def _raise_for(response: _Answer) -> Any:
     return data
 
 
+def _one_certificate_spki(cert: Path | bytes) -> str:
+    """:func:`confide.cas.core.spki_sha256` of the one certificate in ``cert`` (a file or PEM
+    bytes): the CAS this client's read requests are for."""
+    try:
+        pem = cert if isinstance(cert, bytes) else cert.read_bytes()
+        certificates = x509.load_pem_x509_certificates(pem)
+    except (OSError, ValueError) as exc:
+        shown = "(pinned in memory)" if isinstance(cert, bytes) else cert
+        raise UsageError(f"cannot load the CAS certificate {shown}: {exc}") from None
+    if len(certificates) != 1:
+        shown = "(pinned in memory)" if isinstance(cert, bytes) else cert
+        raise UsageError(
+            f"the CAS certificate {shown} holds {len(certificates)} certificates, expected the CAS's one"
+        )
+    return spki_sha256(certificates[0])
+
+
 class CasClient:
     """``cert``: the file of the one certificate to trust, or its PEM bytes (a certificate pinned
     by attestation in memory, :mod:`confide.cas.join`: then the host name is not checked)."""
@@ -142,8 +160,10 @@ class CasClient:
                 # and the names it carries (the CAS's listen address) add nothing to it.
                 context.check_hostname = False
             verify: ssl.SSLContext | bool = context
+            self.cas_spki_sha256: str | None = _one_certificate_spki(cert)
         else:
             verify = False
+            self.cas_spki_sha256 = None
         self.http = httpx2.Client(base_url=self.url, verify=verify, timeout=timeout)
 
     @classmethod
@@ -184,23 +204,28 @@ class CasClient:
         result: dict[str, str] = self._call("POST", f"/v1/policies/{name}/approvals", json=doc)
         return result
 
-    def _read_header(self, name: str, identity: Identity) -> dict[str, str]:
+    def _read_header(self, name: str, identity: Identity, route: str) -> dict[str, str]:
+        """A signed read request (docs/cas.md "Policies and governance") for the one CAS this
+        client trusts (the SHA-256 of its certificate's key) and for ``route``."""
+        if self.cas_spki_sha256 is None:
+            raise UsageError("reading needs the CAS's certificate: a read request names the CAS's key")
         doc = sign_document(
-            {"type": READ_TYPE, "name": name, "time": int(time.time())},
+            {"type": READ_TYPE, "name": name, "time": int(time.time()), "cas": self.cas_spki_sha256,
+             "route": route},
             identity.sign,
             identity.public.public_base64,
-        )
+        )  # fmt: skip
         return {"X-Confide-Read": base64.b64encode(json.dumps(doc).encode()).decode()}
 
     def show(self, name: str, identity: Identity) -> dict[str, Any]:
         result: dict[str, Any] = self._call(
-            "GET", f"/v1/policies/{name}", headers=self._read_header(name, identity)
+            "GET", f"/v1/policies/{name}", headers=self._read_header(name, identity, "show")
         )
         return result
 
     def events(self, name: str, identity: Identity) -> dict[str, Any]:
         result: dict[str, Any] = self._call(
-            "GET", f"/v1/policies/{name}/events", headers=self._read_header(name, identity)
+            "GET", f"/v1/policies/{name}/events", headers=self._read_header(name, identity, "events")
         )
         return result
 
@@ -208,7 +233,7 @@ class CasClient:
         """The current CRL of the generated CA ``secret`` of policy ``name`` (DER, or PEM), read
         as ``identity`` (a reader of the policy) or, without one, as the public (a CA declared
         ``export_public``)."""
-        headers = self._read_header(name, identity) if identity is not None else {}
+        headers = self._read_header(name, identity, "crl") if identity is not None else {}
         params = {"format": "pem"} if pem else {}
         response = _fetch(
             self.http, self.url, "GET", f"/v1/policies/{name}/crl/{secret}", headers=headers, params=params

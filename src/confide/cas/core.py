@@ -8,7 +8,9 @@ without its ``signature`` member; ``type`` names the purpose):
 
 - ``confide/policy/v1``: ``{"type", "policy": <policy JSON>, "signer": <base64 key>}``
 - ``confide/approval/v1``: ``{"type", "name", "hash", "signer"}``
-- ``confide/read/v1``: ``{"type", "name", "time": <unix seconds>, "signer"}`` (valid 5 minutes)
+- ``confide/read/v2``: ``{"type", "name", "time": <unix seconds>, "cas": <hex SHA-256 of the
+  CAS's TLS SubjectPublicKeyInfo>, "route": "show" | "events" | "crl", "signer"}`` (valid 5
+  minutes, at the one CAS and for the one route it names)
 - ``confide/revoke/v1``: ``{"type", "name", "secret", "reason", "serial" | "all_valid", "time",
   "signer"}`` (valid 5 minutes, carried out once; :mod:`confide.cas.owner_revocation`)
 """
@@ -127,13 +129,16 @@ __all__ = [
     "binding_report_data",
     "check_binding",
     "decrypt_release",
+    "spki_sha256",
     "verify_signed",
 ]
 
 POLICY_TYPE = "confide/policy/v1"
 APPROVAL_TYPE = "confide/approval/v1"
-READ_TYPE = "confide/read/v1"
+READ_TYPE = "confide/read/v2"
 READ_WINDOW = 300
+# What a read request is for (its ``route``): the answers differ, so one request reads one of them.
+READ_ROUTES = ("show", "events", "crl")
 NONCE_TTL = 60.0
 SESSION_TTL = 24 * 3600.0
 # At most this many imports between a volume's owner and its final importer (docs/cas.md,
@@ -170,6 +175,16 @@ def binding_report_data(public_key_der: bytes, nonce: bytes) -> bytes:
     """The 64 bytes of report data that bind evidence to the runtime's ephemeral key and the
     CAS nonce: SHA-512("confide-attest/v1" || 0 || SPKI DER || nonce)."""
     return hashlib.sha512(BINDING_PREFIX + public_key_der + nonce).digest()
+
+
+def spki_sha256(certificate: x509.Certificate) -> str:
+    """The hex SHA-256 of ``certificate``'s DER SubjectPublicKeyInfo (RFC 5280 §4.1.2.7): the
+    CAS a read request is for (its ``cas``; docs/cas.md "Policies and governance"). The key,
+    not the certificate: a certificate re-issued for the same TLS key names the same CAS."""
+    spki = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()
 
 
 def verify_signed(doc: Any, expected_type: str) -> tuple[dict[str, Any], PublicIdentity]:
@@ -530,6 +545,7 @@ class Cas:
         clock: Callable[[], float] = time.time,
         crl_validity: float = DEFAULT_CRL_VALIDITY,
         public_url: str | None = None,
+        tls_spki_sha256: str,
     ) -> None:
         if not (math.isfinite(crl_validity) and MIN_CRL_VALIDITY <= crl_validity <= MAX_CRL_VALIDITY):
             raise UsageError(
@@ -539,6 +555,8 @@ class Cas:
         self.crl_validity = crl_validity
         # ``cas serve --public-url``: the base of the CRL distribution points (parse_public_url).
         self.public_url = public_url
+        # spki_sha256 of the TLS certificate this CAS serves: a read request names it (``cas``).
+        self.tls_spki_sha256 = tls_spki_sha256
         self.db = database
         self.sealer = sealer
         self.verifier = verifier
@@ -1424,13 +1442,32 @@ class Cas:
                 self.events.record(conn, refused.event, refused.filed_under, refused.payload)
             raise refused.error from None
 
-    def _read_request(self, read_request: Any) -> tuple[dict[str, Any], PublicIdentity]:
-        """A signed ``confide/read/v1`` request within :data:`READ_WINDOW` of the CAS clock: its
-        body (``name`` a string) and signer."""
+    def _read_request(self, read_request: Any, route: str) -> tuple[dict[str, Any], PublicIdentity]:
+        """A signed ``confide/read/v2`` request for this CAS (its ``cas``: :attr:`tls_spki_sha256`)
+        and ``route`` (one of :data:`READ_ROUTES`), within :data:`READ_WINDOW` of the CAS clock:
+        its body (``name`` a string) and signer. A request for another CAS or route is refused
+        before any policy is looked at, so the refusal says nothing of the policy."""
         body, signer = verify_signed(read_request, READ_TYPE)
-        name, when = body.get("name"), body.get("time")
-        if not isinstance(name, str) or not isinstance(when, int) or isinstance(when, bool):
-            raise ParseError("name and time are required", structure=READ_TYPE)
+        name, when, cas, for_route = body.get("name"), body.get("time"), body.get("cas"), body.get("route")
+        if (
+            not isinstance(name, str)
+            or not isinstance(when, int)
+            or isinstance(when, bool)
+            or not isinstance(cas, str)
+            or for_route not in READ_ROUTES
+        ):
+            raise ParseError(
+                f"name, time, cas and route (one of {', '.join(READ_ROUTES)}) are required",
+                structure=READ_TYPE,
+            )
+        # Public values (the CAS's key hash, a route name): a plain comparison leaks nothing.
+        if cas != self.tls_spki_sha256:
+            raise AccessDeniedError(
+                f"read request is for another CAS (TLS key SHA-256 {cas[:16]!r}…, this CAS has "
+                f"{self.tls_spki_sha256[:16]}…)"
+            )
+        if for_route != route:
+            raise AccessDeniedError(f"read request is for {for_route}, not {route}")
         if abs(self.clock() - when) > READ_WINDOW:
             raise AccessDeniedError(
                 f"read request time {when} is more than {READ_WINDOW}s from the CAS clock"
@@ -1438,7 +1475,10 @@ class Cas:
         return body, signer
 
     def show(self, read_request: Any) -> dict[str, Any]:
-        body, signer = self._read_request(read_request)
+        """The policy a signed read request (route ``show``) names, for an identity that may read it."""
+        return self._show(*self._read_request(read_request, "show"))
+
+    def _show(self, body: dict[str, Any], signer: PublicIdentity) -> dict[str, Any]:
         name = body["name"]
         with self.db.read() as conn:
             head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
@@ -2095,7 +2135,7 @@ class Cas:
         policy or the CA exists."""
         signer = None
         if read_request is not None:
-            body, identity = self._read_request(read_request)
+            body, identity = self._read_request(read_request, "crl")
             if body["name"] != name:
                 raise ParseError("read request names another policy than the URL", structure=READ_TYPE)
             signer = identity.fingerprint
@@ -2209,7 +2249,7 @@ class Cas:
     def events_for(self, read_request: Any) -> dict[str, Any]:
         """The ledger entries of a policy, for identities that may read it, each with its
         inclusion proof in the latest signed checkpoint (``checkpoint``, a C2SP signed note)."""
-        info = self.show(read_request)
+        info = self._show(*self._read_request(read_request, "events"))
         with self.db.read() as conn:
             raw = raw_connection(conn)
             note = Ledger.latest_checkpoint(raw)

@@ -75,7 +75,7 @@ from cryptography.x509.oid import NameOID
 
 from confide.cas.admin import AdminChannel
 from confide.cas.app import create_app
-from confide.cas.core import Cas
+from confide.cas.core import Cas, spki_sha256
 from confide.cas.crl import DEFAULT_CRL_VALIDITY
 from confide.cas.db import Database, raw_connection
 from confide.cas.dev_measurement import cas_dev_measurement
@@ -748,7 +748,12 @@ def prepare(
                 json.dumps({"event": "cas-evidence-unchecked", "tee": tee, "reason": summary["reason"]})
             )
     database.migrate()
-    cas = Cas(database, sealer, verifier, events=LedgerEventSink(), crl_validity=crl_validity)
+    # The TLS key is made once per data directory and kept by every master-key rotation (only
+    # re-protected), so the key a read request names (``cas``) is this CAS's for its life.
+    cas = Cas(
+        database, sealer, verifier, events=LedgerEventSink(), crl_validity=crl_validity,
+        tls_spki_sha256=spki_sha256(x509.load_der_x509_certificate(cert_der)),
+    )  # fmt: skip
     cas.master_key_in_memory = in_memory
     # docs/cas.md "Joining a running CAS": this CAS releases its key to attested CAS that are
     # the same as its own current evidence says it is (none without evidence of its own).
