@@ -8,7 +8,8 @@
 5. Write injected files (memory only, mode 0600), set exactly the released environment (the
    host environment does not leak in), and ``exec`` the program.
 
-Injected files never reach persistent storage. A path on a tmpfs/ramfs is written in place.
+Injected files never reach persistent storage. A path on a tmpfs/ramfs gets a new file renamed
+over it (whatever the host left there is replaced, never written into: :func:`_write_private`).
 Any other path is served from memory: as root, ``confide run`` enters a private mount
 namespace (what the program then inherits), mounts a tmpfs at :data:`INJECT_STAGING`, writes
 the content there and bind-mounts it over the path; the file on disk is not changed (a missing
