@@ -1,7 +1,8 @@
 """confide.runtime.run, reviewed adversarially: injected files replace what the host left at
 their paths (never written into it), failures are one-line confide errors, a persistent path's
-bind mount cannot be redirected, signals reach a program being started, and the release's
-secrets stay out of reprs and template errors."""
+bind mount cannot be redirected, signals reach a program being started, the release's
+secrets stay out of reprs and template errors and are not expanded again, and the CAS client
+survives a malformed Retry-After."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
+from test_runtime_run_review import _prepare
 
+from confide.cas.client import CasClient
 from confide.cas.secrets import SecretValue, template_value
 from confide.errors import ParseError, StorageError, UsageError
 from confide.runtime import run
@@ -197,3 +201,37 @@ def test_a_malformed_secret_value_in_a_template_is_a_parse_error(tmp_path: Path)
     with pytest.raises(ParseError, match=r"\$\$SCONE::pub\$\$: malformed value") as info:
         run.render_templates({"paths": [str(template)], "secrets": {"pub": secret}})
     assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize("retry_after", [b"\xb2", b"\xd9\xa3", b"1e3", b"-1", b""])
+def test_a_malformed_retry_after_waits_one_second_not_a_traceback(retry_after: bytes) -> None:
+    # RFC 9110 §10.2.3 delay-seconds is 1*DIGIT (ASCII); "²" passed str.isdigit and float() raised
+    answers = [
+        httpx2.Response(429, headers=[(b"Retry-After", retry_after)]),
+        httpx2.Response(200, json={"nonce": "ab"}),
+    ]
+    waits: list[float] = []
+    client = CasClient("http://cas.test", None, plain_http_for_tests=True, sleep=waits.append)
+    client.http = httpx2.Client(base_url=client.url, transport=httpx2.MockTransport(lambda _: answers.pop(0)))
+    with client:
+        assert client.nonce() == "ab"
+    assert waits == [1.0]
+
+
+def test_placeholders_in_released_values_are_not_expanded_again(tmp_path: Path) -> None:
+    # the CAS substitutes once; a value that spells a placeholder reaches the program as it is,
+    # in the command, the environment, injected files and templates rendered at start
+    spelled = "$$SCONE::other$$"
+    release = {
+        "command": ["/bin/true", spelled],
+        "environment": {"A": spelled},
+        "files": {"/dev/shm/f": "JCRTQ09ORTo6b3RoZXIkJA=="},
+    }
+    plan = _prepare(release)
+    assert plan.argv == ["/bin/true", spelled] and plan.environment == {"A": spelled}
+    assert plan.files == {"/dev/shm/f": spelled.encode()}
+    template = tmp_path / "app.conf"
+    template.write_text("a=$$SCONE::token$$\n")
+    value = template_value(SecretValue("ascii", spelled.encode()))
+    rendered = run.render_templates({"paths": [str(template)], "secrets": {"token": value, "other": value}})
+    assert rendered == {str(template): f"a={spelled}\n".encode()}
