@@ -235,3 +235,24 @@ def test_placeholders_in_released_values_are_not_expanded_again(tmp_path: Path) 
     value = template_value(SecretValue("ascii", spelled.encode()))
     rendered = run.render_templates({"paths": [str(template)], "secrets": {"token": value, "other": value}})
     assert rendered == {str(template): f"a={spelled}\n".encode()}
+
+
+_INHERIT_CHILD = """
+import os, sys
+from confide.runtime.run import Launch, launch
+
+fd = os.open(sys.argv[1], os.O_RDONLY)
+os.set_inheritable(fd, True)  # as the host may pass a descriptor to confide run
+script = f'test -e /proc/self/fd/{fd} && exit 7; exit 0'
+launch(Launch(["/bin/sh", "-c", script], {"PATH": "/bin:/usr/bin"}, {}, None))
+"""
+
+
+def test_the_program_gets_no_descriptor_beyond_stderr_from_the_host(tmp_path: Path) -> None:
+    host_file = tmp_path / "host"
+    host_file.write_text("host's")
+    child = subprocess.run(
+        [sys.executable, "-c", _INHERIT_CHILD, str(host_file)],
+        env={**os.environ, "PYTHONPATH": SRC}, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr  # 7: the host's descriptor reached the program

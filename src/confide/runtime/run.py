@@ -627,6 +627,22 @@ def _program(plan: Launch, env: Mapping[str, str]) -> str:
     return _resolve(plan.argv[0], env)
 
 
+def _close_on_exec_above_stderr() -> None:
+    """Mark every descriptor above 2 close-on-exec: the program gets standard input, output and
+    error only, as a supervised one does (``Popen(close_fds=True)``), not what the host passed
+    to ``confide run`` without close-on-exec (or a library left open). Marked, not closed: if
+    ``execve`` fails, this process still has them."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:  # no /proc: the descriptors Python opened are close-on-exec already (PEP 446)
+        return
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+                os.set_inheritable(fd, False)
+
+
 def _exec(plan: Launch, before_exec: Callable[[], None] | None) -> None:
     if plan.pwd:
         try:
@@ -642,6 +658,7 @@ def _exec(plan: Launch, before_exec: Callable[[], None] | None) -> None:
     program = checked or _program(plan, env)
     if before_exec is not None:
         before_exec()
+    _close_on_exec_above_stderr()
     try:
         os.execve(program, plan.argv, env)  # noqa: S606 - exec of the attested program is the point
     except OSError as exc:
