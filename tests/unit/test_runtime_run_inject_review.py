@@ -256,3 +256,40 @@ def test_the_program_gets_no_descriptor_beyond_stderr_from_the_host(tmp_path: Pa
         env={**os.environ, "PYTHONPATH": SRC}, capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
     assert child.returncode == 0, child.stderr  # 7: the host's descriptor reached the program
+
+
+_STAGING_CHILD = """
+import os, sys
+from pathlib import Path
+from confide.errors import StorageError
+from confide.runtime import run
+
+base, host_dir = Path(sys.argv[1]), Path(sys.argv[2])
+# another user renamed the staging directory (its tmpfs went with it) and put its own in place,
+# on a memory file system, with a file of its own where the first injected file is staged
+run.INJECT_STAGING = host_dir
+run.mount_tmpfs_at = lambda path, opts: None
+target = base / "app.conf"
+try:
+    run._write_files({str(target): b"s3cret"})
+    print("written")
+except StorageError as exc:
+    print("refused:", exc.message)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="binding over a persistent path needs root (CAP_SYS_ADMIN)")
+def test_a_staging_directory_that_is_not_the_fresh_tmpfs_gets_nothing(tmp_path: Path, shm: Path) -> None:
+    host_dir = shm / "staging"
+    host_dir.mkdir(mode=0o777)
+    (host_dir / "0").write_text("host's")
+    (host_dir / "0").chmod(0o666)
+    os.chown(host_dir, 1000, 1000)
+    os.chown(host_dir / "0", 1000, 1000)
+    child = subprocess.run(
+        [sys.executable, "-c", _STAGING_CHILD, str(tmp_path), str(host_dir)],
+        env={**os.environ, "PYTHONPATH": SRC}, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.startswith("refused:") and "is not the tmpfs just mounted there" in child.stdout
+    assert (host_dir / "0").read_text() == "host's" and sorted(os.listdir(host_dir)) == ["0"]

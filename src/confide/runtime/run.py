@@ -382,9 +382,9 @@ def _mount_point_for(path: Path) -> int:
 
 def _inject_over_persistent(items: Sequence[tuple[Path, bytes]]) -> None:
     """Serve ``items`` from a private tmpfs bind-mounted over their paths (see the module doc).
-    The tmpfs is used through a descriptor opened right after mounting it and checked to be a
-    memory file system: its path (on the host's /run) can be renamed from another mount
-    namespace, and what is then put there is never written to."""
+    The tmpfs is used through a descriptor opened right after mounting it and checked to be the
+    fresh tmpfs (:func:`_is_fresh_tmpfs`): its path (on the host's /run) can be renamed from
+    another mount namespace, and what another user then puts there is never written to."""
     _check_root_for(items[0][0])
     _private_namespace()
     try:
@@ -397,7 +397,7 @@ def _inject_over_persistent(items: Sequence[tuple[Path, bytes]]) -> None:
     except OSError as exc:
         raise StorageError(f"cannot open the tmpfs at {INJECT_STAGING}: {exc.strerror or exc}") from None
     try:
-        if not is_memory_backed(INJECT_STAGING, dir_fd=staging):
+        if not _is_fresh_tmpfs(staging):
             raise StorageError(f"{INJECT_STAGING} is not the tmpfs just mounted there: nothing is written")
         for index, (path, content) in enumerate(items):
             try:
@@ -411,6 +411,19 @@ def _inject_over_persistent(items: Sequence[tuple[Path, bytes]]) -> None:
                 os.close(target)
     finally:
         os.close(staging)
+
+
+def _is_fresh_tmpfs(dir_fd: int) -> bool:
+    """Whether the directory open at ``dir_fd`` is the root of the tmpfs this process just
+    mounted with ``mode=0700``: a memory file system, owned by this user with mode 0700, empty.
+    A directory put at that path by another user (through another mount namespace) is not ours."""
+    st = os.fstat(dir_fd)
+    return (
+        is_memory_backed(INJECT_STAGING, dir_fd=dir_fd)
+        and st.st_uid == os.geteuid()
+        and stat.S_IMODE(st.st_mode) == 0o700
+        and not os.listdir(dir_fd)
+    )
 
 
 def _check_root_for(path: Path) -> None:
