@@ -83,7 +83,7 @@ _SGX_REPORT_DATA_OFFSET = 320
 _CONFIGFS_PROVIDERS: dict[str, Platform] = {"sev_guest": Platform.SEV_SNP, "tdx_guest": Platform.TDX}
 _PRIVLEVEL_MAX = 3  # include/linux/tsm.h TSM_PRIVLEVEL_MAX
 TSM_OUTBLOB_MAX = 32 * 1024
-"""include/linux/tsm.h ``TSM_OUTBLOB_MAX`` (SZ_32K, ``TSM_REPORT_OUTBLOB_MAX`` since 6.10): the
+"""include/linux/tsm.h ``TSM_OUTBLOB_MAX`` (SZ_32K; ``TSM_REPORT_OUTBLOB_MAX`` in later kernels): the
 ``cb_max_size`` of the ``outblob`` and ``auxblob`` binary attributes, more than configfs ever
 returns. A longer read is not the kernel's configfs-tsm: ParseError."""
 TEXT_ATTRIBUTE_MAX = 4096
