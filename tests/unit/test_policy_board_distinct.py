@@ -112,3 +112,18 @@ def cas(tmp_path: object) -> InProcessCas:
 
     assert isinstance(tmp_path, Path)
     return InProcessCas.start(tmp_path, "")
+
+
+def test_an_upper_case_fingerprint_is_refused_at_load_and_kept_when_stored() -> None:
+    from confide.errors import PolicyError
+
+    text = f'name: p\nversion: "0.3"\naccess_policy:\n  update:\n    require-all: [CREATOR, {{signer: "{"AB" * 32}"}}]\n'
+    with pytest.raises(PolicyError, match=r"5:\d+: .*in upper case, expected lower-case hex") as info:
+        loads_policy(text, source="p.yaml")
+    assert len(info.value.problems) == 1
+    stored = loads_policy(text, stored=True)  # a version the CAS accepted before this check
+    assert not is_authorized(stored.access_policy.update, {"ab" * 32, A}, creator=A)  # matches no one
+    mixed = text.replace("AB" * 32, "ab" * 31 + "Ab")
+    with pytest.raises(PolicyError, match="in upper case"):
+        loads_policy(mixed)
+    assert loads_policy(text.replace("AB" * 32, "ab" * 32))  # lower case: fine
