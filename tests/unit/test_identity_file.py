@@ -25,7 +25,7 @@ def test_a_failed_write_leaves_no_file_and_says_why(tmp_path: Path, monkeypatch:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(identity.os, "fsync", full_disk)
-    with pytest.raises(errors.UsageError, match="cannot write .*alice.id: No space left on device"):
+    with pytest.raises(errors.UsageError, match=r"cannot write .*alice\.id: No space left on device"):
         Identity.generate().save(path)
     monkeypatch.undo()
     # Nothing at the path (a truncated identity there would also block the next create), and no
@@ -85,9 +85,14 @@ _GOOD = json.loads(Identity.generate("x").to_json())
         (bytes(range(128, 256)), "not UTF-8"),
         (b"[" * 30_000 + b"]" * 30_000, "nested too deeply"),
         # a P-384 scalar, and an X25519 key whose public half is not the Ed25519 one of the seed
-        (json.dumps({**_GOOD, "private_key": base64.b64encode(b"\x01" * 48).decode()}).encode(), "got 48 bytes"),
-        (json.dumps({**_GOOD, "public_key": base64.b64encode(b"\x09" + b"\x00" * 31).decode()}).encode(),
-         "does not belong"),
+        (
+            json.dumps({**_GOOD, "private_key": base64.b64encode(b"\x01" * 48).decode()}).encode(),
+            "got 48 bytes",
+        ),
+        (
+            json.dumps({**_GOOD, "public_key": base64.b64encode(b"\x09" + b"\x00" * 31).decode()}).encode(),
+            "does not belong",
+        ),
         (json.dumps({**_GOOD, "type": "confide-identity/v2"}).encode(), "expected type"),
         (b'{"type": "confide-identity/v1", "type": "x"}', "duplicate key"),
     ],

@@ -35,11 +35,21 @@ def _update_rules(update: str) -> tuple[object, ...]:
         (f"{{require-at-least-2: ['{A}', {{require-at-least-1: ['{A}', '{B}']}}]}}", {A, B}, None, True),
         (f"{{require-at-least-2: ['{A}', {{require-all: ['{A}']}}, '{B}']}}", {A}, None, False),
         (f"{{require-at-least-2: ['{A}', {{require-all: ['{A}']}}, '{B}']}}", {A, B}, None, True),
-        (f"{{require-at-least-2: ['{A}', {{signer: '{B}'}}, {{require-all: ['{A}', '{B}']}}]}}", {A, B}, None, True),
+        (
+            f"{{require-at-least-2: ['{A}', {{signer: '{B}'}}, {{require-all: ['{A}', '{B}']}}]}}",
+            {A, B},
+            None,
+            True,
+        ),
         # the nested board needs A and C; A cannot serve it and the plain A entry at once
         (f"{{require-at-least-2: [{{require-all: [CREATOR, '{C}']}}, '{A}', '{B}']}}", {A, C}, A, False),
         # ...but a nested board C alone meets leaves A to the other entry
-        (f"{{require-at-least-2: [{{require-at-least-1: [CREATOR, '{C}']}}, '{A}', '{B}']}}", {A, C}, A, True),
+        (
+            f"{{require-at-least-2: [{{require-at-least-1: [CREATOR, '{C}']}}, '{A}', '{B}']}}",
+            {A, C},
+            A,
+            True,
+        ),
         # nested twice: the inner board's own count is of distinct signers too
         (f"{{require-all: [{{require-at-least-2: [CREATOR, '{A}']}}]}}", {A}, A, False),
         (f"{{require-all: [{{require-at-least-2: [CREATOR, '{A}']}}]}}", {A, B}, B, True),
@@ -74,14 +84,21 @@ def test_a_hostile_board_is_judged_within_the_budget() -> None:
     # the budget allows; the answer is a refusal (never a grant), reached within the budget.
     members = [f"{i:064x}" for i in range(1, 13)]
     entry = "{require-at-least-1: [" + ", ".join(f"'{m}'" for m in members) + "]}"
-    rules = _update_rules("{require-at-least-12: [" + ", ".join([entry] * 1) + ", " + ", ".join(
-        "{require-all: [{require-at-least-1: [" + ", ".join(f"'{m}'" for m in members) + "]}]}" for _ in range(11)
-    ) + "]}")
+    rules = _update_rules(
+        "{require-at-least-12: ["
+        + ", ".join([entry] * 1)
+        + ", "
+        + ", ".join(
+            "{require-all: [{require-at-least-1: [" + ", ".join(f"'{m}'" for m in members) + "]}]}"
+            for _ in range(11)
+        )
+        + "]}"
+    )
     assert is_authorized(rules, set(members[:11]), creator=None) is False
 
 
 def _approve(cas: InProcessCas, name: str, digest: str, who: Identity) -> str:
-    body = {"type": APPROVAL_TYPE, "name": name, "hash": digest}
+    body = {"type": APPROVAL_TYPE, "name": name, "hash": digest, "cas": cas.cas.tls_spki_sha256}
     return str(cas.cas.approve(sign_document(body, who.sign, who.public.public_base64)).state)
 
 

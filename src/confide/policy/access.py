@@ -306,9 +306,7 @@ def _distinct(
         count = 0
         for i, r in enumerate(met):
             withheld = frozenset(who for who, owner in zip(shared, owners, strict=True) if owner != i)
-            if not withheld & named[i] or _satisfied(
-                r, have - withheld, creator, resolve, budget
-            ):
+            if not withheld & named[i] or _satisfied(r, have - withheld, creator, resolve, budget):
                 count += 1
         best = max(best, count)
         if best >= n or budget.left < 0:
