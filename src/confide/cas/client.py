@@ -197,8 +197,12 @@ class CasClient:
         return result
 
     def approve(self, name: str, digest: str, identity: Identity) -> dict[str, str]:
+        """A board member's signed approval of a pending version, for the one CAS this client
+        trusts (the SHA-256 of its certificate's key, as a read request names it)."""
+        if self.cas_spki_sha256 is None:
+            raise UsageError("approving needs the CAS's certificate: an approval names the CAS's key")
         doc = sign_document(
-            {"type": APPROVAL_TYPE, "name": name, "hash": digest},
+            {"type": APPROVAL_TYPE, "name": name, "hash": digest, "cas": self.cas_spki_sha256},
             identity.sign,
             identity.public.public_base64,
         )
