@@ -19,8 +19,10 @@ The steps follow Intel's DCAP Quote Verification Library (QVL, ``QuoteVerifier::
    SHA-256(attestation key || QE authentication data) followed by 32 zero bytes;
 4. the quote (header and body) is signed by the attestation key;
 5. the collateral: Root CA CRL signed by the root; PCK CRL signed by the quote's PCK issuer CA;
-   TCB Info and QE Identity signed by the Intel SGX TCB Signing certificate, which chains to the
-   root; all of them, and their issuer chains, valid at ``at``;
+   TCB Info and QE Identity signed by the Intel SGX TCB Signing certificate, their issuer chain
+   exactly that certificate (subject CN, an end entity) and the root (any other certificate
+   under the root, such as a platform's PCK certificate, is refused as their signer); all of
+   them, and their issuer chains, valid at ``at``;
 6. revocation: the PCK issuer CA and the TCB signing certificate against the Root CA CRL, the
    PCK leaf against the PCK CRL;
 7. TCB Info matches the platform (FMSPC, PCE-ID, SGX vs TDX), QE Identity matches the QE
@@ -96,6 +98,7 @@ from confide.evidence.dcap_collateral import (
 from confide.evidence.pck import SGX_EXTENSION_OID, PckExtension, parse_pck_extension
 from confide.evidence.pem import parse_pem_chain
 from confide.lru import Lru
+from confide.verify._pinned_chain import check_signing_end_entity
 from confide.verify.result import ClaimValue, Platform, TcbEvaluation, TcbStatus, VerifiedEvidence
 from confide.verify.roots import INTEL_SGX_ROOT_CA_DER
 from confide.verify.x509util import (
@@ -170,6 +173,19 @@ def _ca_kind(intermediate: x509.Certificate) -> str:
     if name == "Intel SGX PCK Processor CA":
         return "processor"
     raise CertificateChainError(f"PCK issuer is {name!r}, expected Intel SGX PCK Platform CA or Processor CA")
+
+
+_TCB_SIGNING_CN = "Intel SGX TCB Signing"
+"""The subject CN of the one certificate that signs TCB Info and QE Identity (Intel PCS API v4;
+QVL ``constants::TCB_SUBJECT``)."""
+
+
+def _subject_cn(cert: x509.Certificate) -> str:
+    try:
+        cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    except ValueError:
+        return ""
+    return str(cn[0].value) if len(cn) == 1 else ""
 
 
 def _revoked(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> bool:
@@ -500,15 +516,33 @@ class DcapVerifier:
         return verified
 
     def _signing_chain(self, chain_der: tuple[bytes, ...], what: str) -> tuple[x509.Certificate, ...]:
-        """An issuer chain (signer first, root last) verified once per verifier (LRU)."""
+        """The issuer chain of a TCB Info or QE Identity, verified once per verifier (LRU):
+        exactly the Intel SGX TCB Signing certificate and the pinned root (Intel PCS API v4,
+        ``TCB-Info-Issuer-Chain`` / ``SGX-Enclave-Identity-Issuer-Chain``: "Issuer chain of the
+        Intel SGX TCB Signing certificate: TCB Signing Certificate, Intel SGX Root CA"; QVL
+        ``TCBSigningChain::verify`` looks the signer up by the subject CN=Intel SGX TCB Signing).
+        Any other certificate under the root is refused as a signer, however validly it chains:
+        a PCK certificate's key is a platform's, held by its PCE, and a platform whose PCK key
+        was extracted (the out-of-date platforms TCB recovery is for) must not sign a TCB Info
+        that rates it UpToDate; the PCK CA's key signs PCK certificates and CRLs, not TCB
+        Info."""
         cached = self._signing_chains.get(chain_der)
         if cached is not None:
             return cached
-        if len(chain_der) < 2:
-            raise CollateralError(f"{what} has {len(chain_der)} certificate(s), expected signer and root")
+        if len(chain_der) != 2:
+            raise CollateralError(
+                f"{what} has {len(chain_der)} certificate(s), expected 2: the Intel SGX TCB Signing "
+                "certificate and the root"
+            )
         try:
             check_pinned_root(chain_der[-1], self._root_der, self._root_sha256, what)
             chain = tuple(load_der_certificate(d, what) for d in chain_der[:-1])
+            signer = chain[0]
+            if _subject_cn(signer) != _TCB_SIGNING_CN:
+                raise CertificateChainError(
+                    f"{what}: the signer is {name_of(signer)}, expected the {_TCB_SIGNING_CN} certificate"
+                )
+            check_signing_end_entity(signer, f"{what}: signer")
             verify_chain_signatures(chain, self._root, self._root_der, what)
         except CertificateChainError as exc:
             raise CollateralError(exc.message) from None

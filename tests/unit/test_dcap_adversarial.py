@@ -1,0 +1,89 @@
+"""Adversarial review of the DCAP path: collateral signed by the wrong certificate under the
+Intel root, field-by-field tampering of the real quotes, and hostile PCS responses."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from confide import errors
+from confide.evidence.dcap_collateral import DcapCollateral
+from confide.verify.dcap import DcapVerifier
+from dcap_cases import CASES, Case
+from dcap_forge import ForgedPki, _cert, _der, raw_sign
+
+SGX = CASES[0]
+
+
+def _coll(case: Case) -> DcapCollateral:
+    return DcapCollateral.from_dcap_qvl_json(case.collateral_bytes())
+
+
+def _all_up_to_date(text: bytes) -> bytes:
+    """The TCB Info / QE Identity with every level UpToDate and no advisories."""
+    obj = json.loads(text)
+    levels = obj["tcbLevels"]
+    for level in levels:
+        level["tcbStatus"] = "UpToDate"
+        level.pop("advisoryIDs", None)
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+# --- who may sign TCB Info and QE Identity ---------------------------------------------------
+
+
+def _signer(pki: ForgedPki, which: str) -> tuple[tuple[bytes, ...], object]:
+    """(issuer chain, private key) of a certificate under the test root other than the TCB
+    Signing certificate."""
+    assert pki.leaf is not None
+    if which == "pck-leaf":  # a platform's PCK key (held by its PCE; extracted on a broken TCB)
+        return (_der(pki.leaf), _der(pki.ca), _der(pki.root)), pki.leaf_key
+    if which == "pck-ca":
+        return (_der(pki.ca), _der(pki.root)), pki.ca_key
+    if which == "tcb-signing-ca":  # the right name, but a CA certificate
+        cert = _cert(
+            "Intel SGX TCB Signing", pki.ca_key, "Intel SGX Root CA", pki.root_key, 9,
+            pki.at - timedelta(days=1), pki.at + timedelta(days=30), ca=True,
+        )  # fmt: skip
+        return (_der(cert), _der(pki.root)), pki.ca_key
+    if which == "tcb-signing-via-ca":  # the right signer, one certificate too many in the chain
+        return (_der(pki.signing), _der(pki.ca), _der(pki.root)), pki.signing_key
+    raise AssertionError(which)
+
+
+SIGNERS = ["pck-leaf", "pck-ca", "tcb-signing-ca", "tcb-signing-via-ca"]
+
+
+@pytest.mark.parametrize("which", SIGNERS)
+@pytest.mark.parametrize("kind", ["tcb_info", "qe_identity"])
+def test_collateral_signed_under_the_root_but_not_by_tcb_signing_is_refused(which: str, kind: str) -> None:
+    """Intel PCS API v4: TCB Info and QE Identity are signed by the Intel SGX TCB Signing
+    certificate, whose issuer chain is that certificate and the root. A PCK certificate also
+    chains to the root, and its key is a platform's: before the fix a TCB Info rating every
+    level UpToDate, signed with the PCK key and sent with [PCK leaf, PCK CA, root] as its issuer
+    chain, verified, and an out-of-date platform came out UpToDate."""
+    pki = ForgedPki(at=SGX.time)
+    raw = pki.forge_quote(SGX.quote_bytes())
+    verifier = DcapVerifier(root_ca_der=pki.root_der)
+    good = pki.forge_collateral(_coll(SGX))
+    assert verifier.verify(raw, good, at=SGX.time).tcb_status.value == "ConfigurationAndSWHardeningNeeded"
+    chain, key = _signer(pki, which)
+    text = _all_up_to_date(getattr(good, kind))
+    bad = dataclasses.replace(
+        good,
+        **{kind: text, f"{kind}_signature": raw_sign(key, text), f"{kind}_issuer_chain": chain},  # type: ignore[arg-type]
+    )
+    with pytest.raises(errors.CollateralError, match=r"TCB Signing|expected 2|CA certificate"):
+        DcapVerifier(root_ca_der=pki.root_der).verify(raw, bad, at=SGX.time)
+    # The same text signed by the TCB Signing key verifies (the refusal is the signer's): a
+    # TCB Info rating every level UpToDate makes the platform UpToDate, a QE Identity doing so
+    # leaves the platform's own status.
+    ok = dataclasses.replace(good, **{kind: text, f"{kind}_signature": raw_sign(pki.signing_key, text)})  # type: ignore[arg-type]
+    want = "UpToDate" if kind == "tcb_info" else "ConfigurationAndSWHardeningNeeded"
+    assert DcapVerifier(root_ca_der=pki.root_der).verify(raw, ok, at=SGX.time).tcb_status.value == want
