@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
+import urllib.parse
 from datetime import timedelta
 from pathlib import Path
 
+import httpx2
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from confide import errors
+from confide.collateral.dcap import PcsHttpSource
+from confide.evidence.dcap import TeeType
 from confide.evidence.dcap_collateral import DcapCollateral
+from confide.evidence.pem import pem_chain
 from confide.verify.dcap import DcapVerifier
 from dcap_cases import CASES, Case
 from dcap_forge import ForgedPki, _cert, _der, raw_sign
@@ -87,3 +93,55 @@ def test_collateral_signed_under_the_root_but_not_by_tcb_signing_is_refused(whic
     ok = dataclasses.replace(good, **{kind: text, f"{kind}_signature": raw_sign(pki.signing_key, text)})  # type: ignore[arg-type]
     want = "UpToDate" if kind == "tcb_info" else "ConfigurationAndSWHardeningNeeded"
     assert DcapVerifier(root_ca_der=pki.root_der).verify(raw, ok, at=SGX.time).tcb_status.value == want
+
+
+# --- hostile answers of a collateral service ------------------------------------------------
+
+
+def _pcs_transport(c: DcapCollateral, tcb_info: bytes) -> httpx2.MockTransport:
+    """Intel PCS API v4 answers (no socket) for ``c``, with ``tcb_info`` as the TCB Info text."""
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        path = request.url.path
+        if path.endswith("/tcb"):
+            body = b'{"tcbInfo":' + tcb_info + b',"signature":"' + c.tcb_info_signature.hex().encode() + b'"}'
+            chain = {"TCB-Info-Issuer-Chain": urllib.parse.quote(pem_chain(c.tcb_info_issuer_chain))}
+            return httpx2.Response(200, content=body, headers=chain)
+        if path.endswith("/qe/identity"):
+            body = b'{"enclaveIdentity":' + c.qe_identity + b',"signature":"'
+            body += c.qe_identity_signature.hex().encode() + b'"}'
+            chain = {
+                "SGX-Enclave-Identity-Issuer-Chain": urllib.parse.quote(pem_chain(c.qe_identity_issuer_chain))
+            }
+            return httpx2.Response(200, content=body, headers=chain)
+        if path.endswith("/pckcrl"):
+            chain = {"SGX-PCK-CRL-Issuer-Chain": urllib.parse.quote(pem_chain(c.pck_crl_issuer_chain))}
+            return httpx2.Response(200, content=c.pck_crl, headers=chain)
+        return httpx2.Response(200, content=c.root_ca_crl.hex().encode())
+
+    return httpx2.MockTransport(handler)
+
+
+@pytest.mark.parametrize("next_update", ["2025-07-19T10:56:11", "2025-07-19", "2025-07-19T10:56:11.000"])
+def test_pcs_answer_with_a_next_update_without_zone_is_not_a_type_error(
+    tmp_path: Path, next_update: str
+) -> None:
+    """An answer whose TCB Info gives nextUpdate without a zone (unsigned until the verifier
+    checks it): before the fix, comparing it with the clock raised TypeError out of
+    ``get_collateral`` (not a confide error). Now it is not cached, and the verifier refuses
+    it with a confide error."""
+    c = _coll(SGX)
+    edited = re.sub(rb'"nextUpdate":"[^"]*"', f'"nextUpdate":"{next_update}"'.encode(), c.tcb_info, count=1)
+    assert edited != c.tcb_info
+    src = PcsHttpSource(
+        "https://pccs.invalid", cache_dir=tmp_path, clock=lambda: SGX.time,
+        client=httpx2.Client(transport=_pcs_transport(c, edited)),
+    )  # fmt: skip
+    fmspc = bytes.fromhex("00a067110000")
+    got = src.get_collateral(fmspc=fmspc, ca="processor", tee=TeeType.SGX)
+    assert got.tcb_info == edited
+    tcb_url = f"https://pccs.invalid/sgx/certification/v4/tcb?fmspc={fmspc.hex()}"
+    assert not src._cache_path(tcb_url).exists()  # not kept: no usable nextUpdate
+    assert src._cache_path("https://pccs.invalid/sgx/certification/v4/qe/identity").exists()
+    with pytest.raises(errors.ConfideError):
+        DcapVerifier().verify(SGX.quote_bytes(), got, at=SGX.time)

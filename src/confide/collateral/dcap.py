@@ -393,7 +393,11 @@ def _next_update(kind: str, body: bytes, now: datetime) -> datetime | None:
             key = "tcbInfo" if kind == "tcb" else "enclaveIdentity"
             text, _ = split_pcs_response(body, key)
             value = jsonstrict.loads(text)["nextUpdate"]
-            return datetime.fromisoformat(value) if isinstance(value, str) else None
+            when = datetime.fromisoformat(value) if isinstance(value, str) else None
+            # Intel PCS API v4 gives nextUpdate in UTC with its zone ("…Z"). One without a zone
+            # (an unsigned answer: its signature is checked later, by the verifier) cannot be
+            # compared with the clock: the answer is not cached, and the verifier refuses it.
+            return when if when is not None and when.tzinfo is not None else None
         crl = x509.load_der_x509_crl(crl_from_bytes(body, kind))
         next_update: datetime | None = crl.next_update_utc
         return next_update
