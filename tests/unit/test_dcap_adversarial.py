@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from confide import errors
-from confide.collateral.dcap import PcsHttpSource
+from confide.collateral.dcap import PcsDirectorySource, PcsHttpSource
 from confide.evidence.dcap import TeeType
 from confide.evidence.dcap_collateral import DcapCollateral
 from confide.evidence.pem import pem_chain
@@ -145,3 +145,33 @@ def test_pcs_answer_with_a_next_update_without_zone_is_not_a_type_error(
     assert src._cache_path("https://pccs.invalid/sgx/certification/v4/qe/identity").exists()
     with pytest.raises(errors.ConfideError):
         DcapVerifier().verify(SGX.quote_bytes(), got, at=SGX.time)
+
+
+@pytest.mark.parametrize(
+    "bodies",
+    [
+        [b'{"tcbInfo":{"fmspc":5},"signature":"00"}'],
+        [b'{"tcbInfo":{"fmspc":["00a067110000"]},"signature":"00"}'],
+        [
+            b'{"tcbInfo":{"fmspc":"00a067110000","issueDate":"2025-06-19T10:56:11Z"},"signature":"00"}',
+            b'{"tcbInfo":{"fmspc":"00a067110000","issueDate":7},"signature":"01"}',
+        ],
+        [
+            b'{"enclaveIdentity":{"id":"QE","issueDate":[1]},"signature":"00"}',
+            b'{"enclaveIdentity":{"id":"QE","issueDate":"2025-06-19T10:56:11Z"},"signature":"01"}',
+        ],
+    ],
+    ids=["fmspc int", "fmspc list", "issueDate int after str", "issueDate list before str"],
+)
+def test_pcs_directory_with_members_of_another_type_is_a_confide_error(
+    tmp_path: Path, bodies: list[bytes]
+) -> None:
+    """A PCS directory file whose (unverified) fmspc or issueDate is not a string: before the
+    fix, AttributeError (``int.lower``) or TypeError (``int > str``) while choosing among the
+    files. Such a file now matches nothing, and the source says what is missing."""
+    for i, body in enumerate(bodies):
+        (tmp_path / f"{i}.json").write_bytes(body)
+    with pytest.raises(errors.CollateralMissingError, match="lacks"):
+        PcsDirectorySource(tmp_path).get_collateral(
+            fmspc=bytes.fromhex("00a067110000"), ca="processor", tee=TeeType.SGX
+        )

@@ -172,6 +172,14 @@ class BundleFileSource:
         return DcapCollateral.from_dcap_qvl_json(text)
 
 
+def _member(obj: dict[str, Any], key: str, default: str = "") -> str:
+    """A string member of an unverified TCB Info / QE Identity in a directory file, for choosing
+    among the files only; ``default`` when absent, "" when not a string (the file then matches
+    nothing: the verifier parses and checks what is chosen)."""
+    value = obj.get(key, default)
+    return value if isinstance(value, str) else ""
+
+
 def _cn(der: bytes) -> str:
     """The subject CN of a certificate in a directory file, "" when it does not parse (the file
     is then not recognised; a certificate used later is parsed and checked again)."""
@@ -238,16 +246,22 @@ class PcsDirectorySource:
             if kind == "tcbInfo":
                 text, sig = value
                 obj = jsonstrict.loads(text, structure=f.name)
-                before = "" if tcb is None else jsonstrict.loads(tcb[0]).get("issueDate", "")
-                newer = tcb is None or obj.get("issueDate", "") > before
-                if obj.get("fmspc", "").lower() == fmspc.hex() and obj.get("id", "SGX") == want_tcb and newer:
+                newer = tcb is None or _member(obj, "issueDate") > _member(
+                    jsonstrict.loads(tcb[0]), "issueDate"
+                )
+                if (
+                    _member(obj, "fmspc").lower() == fmspc.hex()
+                    and _member(obj, "id", "SGX") == want_tcb
+                    and newer
+                ):
                     tcb = (text, sig)
             elif kind == "enclaveIdentity":
                 text, sig = value
                 obj = jsonstrict.loads(text, structure=f.name)
-                before = "" if qe is None else jsonstrict.loads(qe[0]).get("issueDate", "")
-                newer = qe is None or obj.get("issueDate", "") > before
-                if obj.get("id") == want_qe and newer:
+                newer = qe is None or _member(obj, "issueDate") > _member(
+                    jsonstrict.loads(qe[0]), "issueDate"
+                )
+                if _member(obj, "id") == want_qe and newer:
                     qe = (text, sig)
             elif kind == "chain":
                 chain = value
