@@ -4,20 +4,24 @@ Intel root, field-by-field tampering of the real quotes, and hostile PCS respons
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import sys
 import urllib.parse
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import httpx2
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from confide import errors
 from confide.collateral.dcap import PcsDirectorySource, PcsHttpSource
-from confide.evidence.dcap import TeeType
+from confide.evidence.dcap import CertificationData, EnclaveReport, Quote, QuoteHeader, TdReport, TeeType
 from confide.evidence.dcap_collateral import DcapCollateral
 from confide.evidence.pem import pem_chain
 from confide.verify.dcap import DcapVerifier
@@ -175,3 +179,165 @@ def test_pcs_directory_with_members_of_another_type_is_a_confide_error(
         PcsDirectorySource(tmp_path).get_collateral(
             fmspc=bytes.fromhex("00a067110000"), ca="processor", tee=TeeType.SGX
         )
+
+
+# --- field by field, re-signed by whoever can sign it -----------------------------------------
+#
+# A byte flipped anywhere in the real quotes fails a signature (test_dcap_verify: every byte of
+# two quotes, a dense sample of the others). What a signature cannot catch is a field changed by
+# someone who holds the key that signs it: the attestation key (the quote), or the PCK key (the
+# QE report). Under a test PKI in Intel's shape the matrix below changes one field at a time,
+# re-signs the QE report with the PCK key and the quote with a fresh attestation key, and checks
+# that the check meant for that field refuses it: QE vendor ID, QE identity (MRSIGNER,
+# ISVPRODID, masked MISCSELECT and ATTRIBUTES, ISVSVN), the QE report binding the attestation
+# key and QE authentication data, who signed what, the certification data type, and for TDX the
+# TDX module identity.
+
+_P256 = ec.SECP256R1()
+_SGX = SGX
+_TDX_V4 = next(c for c in CASES if c.quote.endswith("phala-dcap-qvl/tdx_quote"))
+_TDX_V5 = next(c for c in CASES if c.quote.endswith("quote_v5_sample.dat"))
+_BASELINE = {
+    _SGX.id: "ConfigurationAndSWHardeningNeeded",
+    _TDX_V4.id: "UpToDate",
+    _TDX_V5.id: "UpToDate",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Edit:
+    name: str
+    error: type[errors.ConfideError] | None  # None: verifies, with ``status``
+    match: str = ""
+    status: str = ""
+    tdx_only: bool = False
+    sgx_only: bool = False
+    header: Callable[[QuoteHeader], QuoteHeader] | None = None
+    qe_report: Callable[[EnclaveReport, bytes], EnclaveReport] | None = None  # (report, att key)
+    qe_auth: Callable[[bytes], bytes] | None = None  # after the QE report was bound
+    td: Callable[[TdReport], TdReport] | None = None
+    cert: Callable[[CertificationData], CertificationData] | None = None
+    qe_signer: str = "pck"  # or "attestation"
+    quote_signer: str = "attestation"  # or "pck"
+
+
+def _flip(b: bytes, i: int = 0, mask: int = 0x01) -> bytes:
+    out = bytearray(b)
+    out[i] ^= mask
+    return bytes(out)
+
+
+EDITS = [
+    Edit("nothing", None, status="baseline"),
+    Edit("header.qe_vendor_id", errors.VerificationError, "QE vendor ID",
+         header=lambda h: dataclasses.replace(h, qe_vendor_id=bytes(16))),
+    Edit("header.version", errors.ParseError, header=lambda h: dataclasses.replace(h, version=h.version ^ 7)),
+    Edit("header.att_key_type", errors.ParseError, "attestation key type",
+         header=lambda h: dataclasses.replace(h, att_key_type=3)),
+    Edit("header.tee_type", errors.ParseError, header=lambda h: dataclasses.replace(h, tee_type=h.tee_type ^ 0x81)),
+    Edit("qe_report.mr_signer", errors.VerificationError, "MRSIGNER",
+         qe_report=lambda r, _k: dataclasses.replace(r, mr_signer=_flip(r.mr_signer))),
+    Edit("qe_report.isv_prod_id", errors.VerificationError, "ISVPRODID",
+         qe_report=lambda r, _k: dataclasses.replace(r, isv_prod_id=r.isv_prod_id + 1)),
+    Edit("qe_report.misc_select", errors.VerificationError, "MISCSELECT",
+         qe_report=lambda r, _k: dataclasses.replace(r, misc_select=r.misc_select ^ 1)),
+    Edit("qe_report.attributes.debug", errors.VerificationError, "ATTRIBUTES",
+         qe_report=lambda r, _k: dataclasses.replace(r, attributes=_flip(r.attributes, 0, 0x02))),
+    Edit("qe_report.isv_svn below every level", errors.TcbLevelNotFoundError, "QE ISVSVN",
+         qe_report=lambda r, _k: dataclasses.replace(r, isv_svn=0)),
+    Edit("qe_report.isv_svn at an OutOfDate level", None, status="OutOfDateConfigurationNeeded", sgx_only=True,
+         qe_report=lambda r, _k: dataclasses.replace(r, isv_svn=7)),
+    Edit("qe_report.report_data of another attestation key", errors.SignatureError, "QE report data",
+         qe_report=lambda r, _k: dataclasses.replace(r, report_data=hashlib.sha256(bytes(64)).digest() + bytes(32))),
+    Edit("qe_report.report_data upper half", errors.SignatureError, "QE report data",
+         qe_report=lambda r, _k: dataclasses.replace(r, report_data=r.report_data[:32] + b"\x01" + bytes(31))),
+    Edit("qe_auth_data after binding", errors.SignatureError, "QE report data", qe_auth=lambda a: a + b"\x00"),
+    Edit("qe_report signed by the attestation key", errors.SignatureError, "QE report signature",
+         qe_signer="attestation"),
+    Edit("quote signed by the PCK key", errors.SignatureError, "quote signature", quote_signer="pck"),
+    Edit("certification type 4 with the whole chain", errors.ParseError, "PCK leaf alone",
+         cert=lambda c: dataclasses.replace(c, cert_type=4)),
+    Edit("certification type 1", errors.ParseError, "expected 36",
+         cert=lambda c: dataclasses.replace(c, cert_type=1)),
+    Edit("certification type 6 inside", errors.CollateralMissingError, "type 6",
+         cert=lambda c: dataclasses.replace(c, cert_type=6)),
+    Edit("certification type 7", errors.CollateralMissingError, "type 7",
+         cert=lambda c: dataclasses.replace(c, cert_type=7)),
+    Edit("td.mr_signer_seam", errors.VerificationError, "TDX module", tdx_only=True,
+         td=lambda t: dataclasses.replace(t, mr_signer_seam=_flip(t.mr_signer_seam))),
+    Edit("td.seam_attributes", errors.VerificationError, "TDX module", tdx_only=True,
+         td=lambda t: dataclasses.replace(t, seam_attributes=_flip(t.seam_attributes))),
+    Edit("td.tee_tcb_svn module version without identity", errors.TcbLevelNotFoundError, "TDX_EE",
+         tdx_only=True, td=lambda t: dataclasses.replace(t, tee_tcb_svn=t.tee_tcb_svn[:1] + b"\xee" + t.tee_tcb_svn[2:])),
+    Edit("td.tee_tcb_svn module ISVSVN below every level", errors.TcbLevelNotFoundError, "below every level",
+         tdx_only=True, td=lambda t: dataclasses.replace(t, tee_tcb_svn=b"\x00" + t.tee_tcb_svn[1:])),
+    Edit("td.tee_tcb_svn components below every level", errors.TcbLevelNotFoundError, "TEE TCB SVN",
+         tdx_only=True, td=lambda t: dataclasses.replace(t, tee_tcb_svn=t.tee_tcb_svn[:2] + bytes(14))),
+]  # fmt: skip
+
+
+def _att_raw(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)[1:]
+
+
+def _resign(pki: ForgedPki, raw: bytes, edit: Edit) -> bytes:
+    """The real quote with its PCK chain re-issued under ``pki``, ``edit`` applied, the QE report
+    re-signed (bound to a fresh attestation key) and the quote signed by that key."""
+    base = Quote.from_bytes(pki.forge_quote(raw))
+    sig = base.signature_data
+    qe = sig.qe
+    att = ec.generate_private_key(_P256)
+    att_raw = _att_raw(att)
+    auth = qe.qe_auth_data
+    report = dataclasses.replace(
+        qe.qe_report, report_data=hashlib.sha256(att_raw + auth).digest() + bytes(32)
+    )
+    if edit.qe_report is not None:
+        report = edit.qe_report(report, att_raw)
+    if edit.qe_auth is not None:
+        auth = edit.qe_auth(auth)
+    report_raw = report.to_bytes()
+    qe_key = pki.leaf_key if edit.qe_signer == "pck" else att
+    cert = edit.cert(qe.certification) if edit.cert is not None else qe.certification
+    qe = dataclasses.replace(
+        qe, qe_report=report, qe_report_raw=report_raw, qe_auth_data=auth,
+        qe_report_signature=raw_sign(qe_key, report_raw), certification=cert,
+    )  # fmt: skip
+    body = base.report
+    if edit.td is not None:
+        assert isinstance(body, TdReport)
+        body = edit.td(body)
+    header = edit.header(base.header) if edit.header is not None else base.header
+    quote = dataclasses.replace(
+        base, header=header, report=body, body_raw=body.to_bytes(),
+        signature_data=dataclasses.replace(sig, attestation_key=att_raw, qe=qe, signature=bytes(64)),
+    )  # fmt: skip
+    unsigned = quote.to_bytes()
+    quote_key = att if edit.quote_signer == "attestation" else pki.leaf_key
+    signature = raw_sign(quote_key, unsigned[: base.signed_length])
+    signed = dataclasses.replace(
+        quote, signature_data=dataclasses.replace(quote.signature_data, signature=signature)
+    )
+    return signed.to_bytes()
+
+
+_MATRIX = [
+    pytest.param(case, edit, id=f"{Path(case.quote).name}-{edit.name}")
+    for case in (_SGX, _TDX_V4, _TDX_V5)
+    for edit in EDITS
+    if not (edit.tdx_only and case is _SGX) and not (edit.sgx_only and case is not _SGX)
+]
+
+
+@pytest.mark.parametrize(("case", "edit"), _MATRIX)
+def test_field_changed_and_re_signed_is_refused_by_its_own_check(case: Case, edit: Edit) -> None:
+    pki = ForgedPki(at=case.time)
+    raw = _resign(pki, case.quote_bytes(), edit)
+    coll = pki.forge_collateral(_coll(case))
+    verifier = DcapVerifier(root_ca_der=pki.root_der)
+    if edit.error is None:
+        want = _BASELINE[case.id] if edit.status == "baseline" else edit.status
+        assert verifier.verify(raw, coll, at=case.time).tcb_status.value == want
+        return
+    with pytest.raises(edit.error, match=edit.match or None):
+        verifier.verify(raw, coll, at=case.time)
