@@ -3,6 +3,7 @@ Intel root, field-by-field tampering of the real quotes, and hostile PCS respons
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
@@ -341,3 +342,59 @@ def test_field_changed_and_re_signed_is_refused_by_its_own_check(case: Case, edi
         return
     with pytest.raises(edit.error, match=edit.match or None):
         verifier.verify(raw, coll, at=case.time)
+
+
+# --- verification reads no clock and opens no socket -------------------------------------------
+
+_VERIFY = Path(__file__).parents[2] / "src" / "confide" / "verify"
+_NETWORK_MODULES = {"socket", "ssl", "http", "httpx", "httpx2", "urllib", "requests", "asyncio", "aiohttp"}
+_CLOCK_CALLS = {
+    ("datetime", "now"), ("datetime", "utcnow"), ("datetime", "today"), ("date", "today"),
+    ("time", "time"), ("time", "time_ns"), ("time", "monotonic"), ("time", "monotonic_ns"),
+    ("time", "perf_counter"), ("time", "perf_counter_ns"),
+}  # fmt: skip
+
+
+def _clock_or_network(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            found += [f"imports {n}" for n in names if n.split(".")[0] in _NETWORK_MODULES]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            name = (
+                owner.id
+                if isinstance(owner, ast.Name)
+                else owner.attr
+                if isinstance(owner, ast.Attribute)
+                else ""
+            )
+            if (name, node.func.attr) in _CLOCK_CALLS:
+                found.append(f"line {node.lineno}: {name}.{node.func.attr}()")
+            if (
+                name == "time"
+                and node.func.attr in ("gmtime", "localtime", "ctime", "strftime")
+                and (len(node.args) < (2 if node.func.attr == "strftime" else 1))
+            ):
+                found.append(f"line {node.lineno}: time.{node.func.attr}() of the current time")
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(_VERIFY.glob("*.py")), ids=lambda p: p.name)
+def test_nothing_under_verify_reads_the_clock_or_opens_a_socket(path: Path) -> None:
+    """DESIGN: time and network are injected into confide.verify. Any import of a network
+    module, or a call that reads the current time, is refused here."""
+    assert _clock_or_network(path) == []
+
+
+def test_the_clock_check_sees_what_it_looks_for(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import socket\nimport time\nfrom datetime import datetime\nfrom urllib.request import urlopen\n"
+        "a = datetime.now()\nb = time.monotonic()\nc = time.gmtime()\nd = time.gmtime(0)\n"
+    )
+    assert _clock_or_network(probe) == [
+        "imports socket", "imports urllib.request", "line 5: datetime.now()", "line 6: time.monotonic()",
+        "line 7: time.gmtime() of the current time",
+    ]  # fmt: skip
