@@ -26,7 +26,7 @@ from confide.evidence.dcap import CertificationData, EnclaveReport, Quote, Quote
 from confide.evidence.dcap_collateral import DcapCollateral
 from confide.evidence.pem import pem_chain
 from confide.verify.dcap import DcapVerifier
-from dcap_cases import CASES, Case
+from dcap_cases import ASSETS, CASES, Case
 from dcap_forge import ForgedPki, _cert, _der, raw_sign
 
 SGX = CASES[0]
@@ -398,3 +398,20 @@ def test_the_clock_check_sees_what_it_looks_for(tmp_path: Path) -> None:
         "imports socket", "imports urllib.request", "line 5: datetime.now()", "line 6: time.monotonic()",
         "line 7: time.gmtime() of the current time",
     ]  # fmt: skip
+
+
+# --- the pinned root ------------------------------------------------------------------------
+
+
+def test_the_embedded_intel_root_is_the_one_intel_publishes() -> None:
+    """The root every chain is compared with is Intel's (tests/assets/intel-roots, fingerprint
+    in MANIFEST.md), and its SHA-256 constant is checked, not only declared."""
+    from confide.verify import roots
+
+    published = (ASSETS / "intel-roots" / "Intel_SGX_RootCA.der").read_bytes()
+    assert published == roots.INTEL_SGX_ROOT_CA_DER
+    assert hashlib.sha256(published).digest() == roots.INTEL_SGX_ROOT_CA_SHA256
+    edited = roots._INTEL_SGX_ROOT_CA_PEM.replace("MIICjzCCAjSgAwIBAgIUImUM", "MIICjzCCAjSgAwIBAgIUImUN")
+    assert roots.der_from_pem(edited) != published
+    with pytest.raises(errors.CertificateChainError, match="package tampered"):
+        roots.pinned_der(edited, roots.INTEL_SGX_ROOT_CA_SHA256, "Intel SGX Root CA")
