@@ -7,15 +7,19 @@ import ast
 import dataclasses
 import hashlib
 import json
+import random
 import re
 import sys
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import dcap_qvl._dcap_qvl as qvl
 import httpx2
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -24,10 +28,11 @@ from confide import errors
 from confide.collateral.dcap import PcsDirectorySource, PcsHttpSource
 from confide.evidence.dcap import CertificationData, EnclaveReport, Quote, QuoteHeader, TdReport, TeeType
 from confide.evidence.dcap_collateral import DcapCollateral
-from confide.evidence.pem import pem_chain
+from confide.evidence.pck import parse_pck_extension
+from confide.evidence.pem import parse_pem_chain, pem_chain
 from confide.verify.dcap import DcapVerifier
 from dcap_cases import ASSETS, CASES, Case
-from dcap_forge import ForgedPki, _cert, _der, raw_sign
+from dcap_forge import SGX_OID, ForgedPki, _cert, _der, raw_sign
 
 SGX = CASES[0]
 
@@ -415,3 +420,110 @@ def test_the_embedded_intel_root_is_the_one_intel_publishes() -> None:
     assert roots.der_from_pem(edited) != published
     with pytest.raises(errors.CertificateChainError, match="package tampered"):
         roots.pinned_der(edited, roots.INTEL_SGX_ROOT_CA_SHA256, "Intel SGX Root CA")
+
+
+# --- TCB level matching, differential against dcap-qvl ------------------------------------------
+
+_PLATFORM_STATUSES = [
+    "UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate", "OutOfDateConfigurationNeeded", "Revoked",
+]  # fmt: skip
+
+
+def _qvl(pki: ForgedPki, raw: bytes, coll: DcapCollateral, at: int) -> tuple[str, tuple[str, ...]]:
+    """dcap-qvl 0.7.0's (status, advisory IDs), or ("error", message); its policy accepts every
+    status and platform property."""
+    policy = qvl.PyQuotePolicy.claims_only(at)
+    for status in [*_PLATFORM_STATUSES[1:], "TDRelaunchAdvised", "TDRelaunchAdvisedConfigurationNeeded"]:
+        policy = policy.allow_status(status)
+    policy = policy.allow_dynamic_platform(True).allow_cached_keys(True).allow_smt(True)
+    policy = policy.platform_grace_period(1 << 40).qe_grace_period(1 << 40)
+    try:
+        claims = qvl.PyQuoteVerifier(pki.root_der).verify_with_policy(
+            raw, qvl.PyQuoteCollateralV3.from_json(coll.to_dcap_qvl_json()), at, policy
+        )
+    except ValueError as exc:
+        return "error", (str(exc),)
+    tcb = json.loads(claims.to_json())["tcb"]
+    return tcb["status"], tuple(tcb["advisory_ids"])
+
+
+def _near(rng: random.Random, svns: Sequence[int]) -> list[int]:
+    """``svns`` with up to two components one below or one above (0..255)."""
+    out = list(svns)
+    for i in rng.sample(range(len(out)), rng.randint(0, 2)):
+        out[i] = min(255, max(0, out[i] + rng.choice([-1, -1, 1])))
+    return out
+
+
+def _random_levels(rng: random.Random, pck: tuple[int, ...], pce_svn: int, tee: bytes | None) -> list[Any]:
+    """1-6 TCB levels near the platform's TCB (:func:`_near`; PCESVN one below, the same or one
+    above), in Intel's order (descending), with random statuses and advisories."""
+    levels = []
+    for _ in range(rng.randint(1, 6)):
+        sgx = _near(rng, pck)
+        pce = pce_svn + rng.choice([-1, 0, 0, 1])
+        tcb: dict[str, Any] = {"sgxtcbcomponents": [{"svn": c} for c in sgx], "pcesvn": pce}
+        order: tuple[Any, ...] = (sgx, pce)
+        if tee is not None:
+            tdx = _near(rng, tee)
+            tcb["tdxtcbcomponents"] = [{"svn": c} for c in tdx]
+            order = (sgx, pce, tdx)
+        level: dict[str, Any] = {"tcb": tcb, "tcbDate": "2024-01-01T00:00:00Z"}
+        level["tcbStatus"] = rng.choice(_PLATFORM_STATUSES)
+        advisories = sorted(
+            rng.sample(["INTEL-SA-00001", "INTEL-SA-00002", "INTEL-SA-00003"], rng.randint(0, 2))
+        )
+        if advisories:
+            level["advisoryIDs"] = advisories
+        levels.append((order, level))
+    levels.sort(key=lambda ol: ol[0], reverse=True)
+    return [level for _, level in levels]
+
+
+@pytest.mark.parametrize(
+    ("case", "module_version"),
+    [(_SGX, None), (_TDX_V4, None), (_TDX_V4, 0), (_TDX_V5, None)],
+    ids=["sgx", "tdx-v4", "tdx-v4-module-version-0", "tdx-v5"],
+)
+def test_tcb_level_matching_agrees_with_dcap_qvl(case: Case, module_version: int | None) -> None:
+    """40 TCB Infos per quote (seeded: the same every run), levels near the platform's PCK TCB
+    (16 SGX components and PCESVN) and, for TDX, its TEE TCB SVN (module version > 0: the first
+    two components skipped; 0: all sixteen and the tdxModule identity), re-signed under a test
+    PKI: confide gives dcap-qvl's status and advisories, or refuses where it does (no level
+    matches). The one difference by design: a Revoked level is confide's status Revoked (which
+    no policy tolerates), dcap-qvl's error."""
+    pki = ForgedPki(at=case.time)
+    real = _coll(case)
+    quote = Quote.from_bytes(case.quote_bytes())
+    leaf = x509.load_der_x509_certificate(parse_pem_chain(quote.signature_data.qe.certification.data)[0])
+    ext = parse_pck_extension(leaf.extensions.get_extension_for_oid(SGX_OID).value.value)  # type: ignore[attr-defined]
+    tee = quote.report.tee_tcb_svn if isinstance(quote.report, TdReport) else None
+    if module_version is not None:
+        assert tee is not None
+        tee = tee[:1] + bytes([module_version]) + tee[2:]
+        raw = pki.forge_td_quote(case.quote_bytes(), tee_tcb_svn=tee)
+    else:
+        raw = pki.forge_quote(case.quote_bytes())
+    verifier = DcapVerifier(root_ca_der=pki.root_der)
+    seen, mismatches = set(), []
+    for seed in range(40):
+        info = json.loads(real.tcb_info)
+        info["tcbLevels"] = _random_levels(random.Random(seed), ext.tcb_components, ext.pce_svn, tee)
+        text = json.dumps(info, separators=(",", ":")).encode()
+        coll = pki.forge_collateral(dataclasses.replace(real, tcb_info=text))
+        try:
+            v = verifier.verify(raw, coll, at=case.time)
+            ours: tuple[str, tuple[str, ...]] = (v.tcb_status.value, v.advisory_ids)
+        except errors.TcbLevelNotFoundError:
+            ours = ("no level", ())
+        theirs = _qvl(pki, raw, coll, int(case.time.timestamp()))
+        if theirs[0] == "error" and "No matching TCB level" in theirs[1][0]:
+            theirs = ("no level", ())
+        elif theirs[0] == "error" and "Revoked" in theirs[1][0] and ours[0] == "Revoked":
+            theirs = ours
+        seen.add(ours[0])
+        if ours != theirs:
+            mismatches.append((seed, ours, theirs))
+    assert mismatches == []
+    assert len(seen) >= 5, seen  # the seeds reach several outcomes, not one
