@@ -11,7 +11,7 @@ import random
 import re
 import sys
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from confide import errors
-from confide.collateral.dcap import PcsDirectorySource, PcsHttpSource
+from confide.collateral.dcap import MAX_RESPONSE_SIZE, PcsDirectorySource, PcsHttpSource
 from confide.evidence.dcap import CertificationData, EnclaveReport, Quote, QuoteHeader, TdReport, TeeType
 from confide.evidence.dcap_collateral import DcapCollateral
 from confide.evidence.pck import parse_pck_extension
@@ -527,3 +527,35 @@ def test_tcb_level_matching_agrees_with_dcap_qvl(case: Case, module_version: int
             mismatches.append((seed, ours, theirs))
     assert mismatches == []
     assert len(seen) >= 5, seen  # the seeds reach several outcomes, not one
+
+
+_MIB = 1 << 20
+
+
+@pytest.mark.parametrize("declared", [False, True], ids=["streamed", "content-length"])
+def test_pcs_answer_larger_than_the_limit_is_not_read_whole(tmp_path: Path, declared: bool) -> None:
+    """A collateral service answering without end (hostile, or broken): before the fix the
+    source read the whole body into memory (``client.get``) and only then compared its size
+    with MAX_RESPONSE_SIZE (4 MiB). It now stops once the limit is passed, or before reading
+    when Content-Length says more, as the AMD KDS and NVIDIA clients do."""
+    sent = [0]
+
+    def endless() -> Iterator[bytes]:
+        for _ in range(64):
+            sent[0] += 1
+            yield b"\x30" * _MIB
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        headers = {"TCB-Info-Issuer-Chain": "x"}
+        if declared:
+            headers["Content-Length"] = str(64 * _MIB)
+        return httpx2.Response(200, content=endless(), headers=headers)
+
+    src = PcsHttpSource(
+        "https://pccs.invalid", cache_dir=tmp_path, clock=lambda: SGX.time,
+        client=httpx2.Client(transport=httpx2.MockTransport(handler)),
+    )  # fmt: skip
+    with pytest.raises(errors.NetworkError, match=r"declares|larger than"):
+        src.get_collateral(fmspc=bytes.fromhex("00a067110000"), ca="processor", tee=TeeType.SGX)
+    assert sent[0] <= (0 if declared else MAX_RESPONSE_SIZE // _MIB + 1)
+    assert list(tmp_path.iterdir()) == []

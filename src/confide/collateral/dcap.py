@@ -63,6 +63,7 @@ from confide.evidence.dcap_collateral import (
 from confide.evidence.pck import PckExtension, parse_pck_extension
 from confide.evidence.pem import normalise_pem, parse_pem_chain
 from confide.fsutil import write_atomic
+from confide.httpbody import read_body
 from confide.verify.dcap import pck_lookup
 from confide.verify.roots import INTEL_SGX_ROOT_CA_DER, INTEL_SGX_TCB_SIGNING_2025_DER
 from confide.verify.x509util import (
@@ -517,22 +518,27 @@ class PcsHttpSource:
                     pass  # not what was written, or no longer chains: fetch again
         except (OSError, ValueError, KeyError, TypeError, ParseError):
             pass
+        shown = self._shown(url)
         try:
-            response = self.client.get(url, headers=headers)
+            with self.client.stream("GET", url, headers=headers) as response:
+                if response.status_code == 404:
+                    raise CollateralMissingError(
+                        f"GET {shown}: 404, the collateral service has nothing for this platform"
+                    )
+                if response.status_code != 200:
+                    raise NetworkError(f"GET {shown}: HTTP {response.status_code}, expected 200")
+                # Read at most MAX_RESPONSE_SIZE (Intel PCS API v4 answers are a few KiB, a PCK
+                # CRL some hundreds): a hostile or broken service cannot make the source read,
+                # and hold, an answer without bound (a Content-Length above it is refused first).
+                body = read_body(
+                    response, MAX_RESPONSE_SIZE, lambda how: NetworkError(f"GET {shown}: the answer {how}")
+                )
+                response_headers = response.headers
         except httpx2.HTTPError as exc:
-            raise NetworkError(f"GET {self._shown(url)} failed: {type(exc).__name__}") from None
-        if response.status_code == 404:
-            raise CollateralMissingError(
-                f"GET {self._shown(url)}: 404, the collateral service has nothing for this platform"
-            )
-        if response.status_code != 200:
-            raise NetworkError(f"GET {self._shown(url)}: HTTP {response.status_code}, expected 200")
-        body = response.content
-        if len(body) > MAX_RESPONSE_SIZE:
-            raise NetworkError(f"GET {self._shown(url)}: response of {len(body)} bytes is too large")
+            raise NetworkError(f"GET {shown} failed: {type(exc).__name__}") from None
         chain = b""
         if chain_header:
-            raw = response.headers.get(chain_header)
+            raw = response_headers.get(chain_header)
             if raw is None:
                 raise CollateralMissingError(f"GET {self._shown(url)}: no {chain_header} header")
             chain = urllib.parse.unquote(raw).encode()
