@@ -10,6 +10,7 @@ import json
 import random
 import re
 import sys
+import tracemalloc
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
@@ -26,7 +27,15 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from confide import errors
 from confide.collateral.dcap import MAX_RESPONSE_SIZE, PcsDirectorySource, PcsHttpSource
-from confide.evidence.dcap import CertificationData, EnclaveReport, Quote, QuoteHeader, TdReport, TeeType
+from confide.evidence.dcap import (
+    CertificationData,
+    EnclaveReport,
+    PckCertId,
+    Quote,
+    QuoteHeader,
+    TdReport,
+    TeeType,
+)
 from confide.evidence.dcap_collateral import DcapCollateral
 from confide.evidence.pck import parse_pck_extension
 from confide.evidence.pem import parse_pem_chain, pem_chain
@@ -559,3 +568,23 @@ def test_pcs_answer_larger_than_the_limit_is_not_read_whole(tmp_path: Path, decl
         src.get_collateral(fmspc=bytes.fromhex("00a067110000"), ca="processor", tee=TeeType.SGX)
     assert sent[0] <= (0 if declared else MAX_RESPONSE_SIZE // _MIB + 1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pcs_directory_does_not_read_a_huge_file_whole(tmp_path: Path) -> None:
+    """A 256 MiB file (sparse: no disk used) in a collateral directory: before the fix it was
+    read whole and then cut to MAX_RESPONSE_SIZE + 1 bytes; now at most that much is read."""
+    with (tmp_path / "huge.bin").open("wb") as fh:
+        fh.truncate(256 * _MIB)
+    tracemalloc.start()
+    try:
+        with pytest.raises(errors.CollateralMissingError, match=r"huge\.bin \(too large\)"):
+            PcsDirectorySource(tmp_path).get_collateral(
+                fmspc=bytes.fromhex("00a067110000"), ca="processor", tee=TeeType.SGX
+            )
+        with pytest.raises(errors.CollateralMissingError):
+            cert_id = PckCertId(1, bytes(16), bytes(16), 0, bytes(2), ppid=bytes(16))
+            PcsDirectorySource(tmp_path).get_pck_certificate(cert_id)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * _MIB

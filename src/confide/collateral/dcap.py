@@ -181,6 +181,17 @@ def _member(obj: dict[str, Any], key: str, default: str = "") -> str:
     return value if isinstance(value, str) else ""
 
 
+def _head(path: Path) -> bytes | None:
+    """At most MAX_RESPONSE_SIZE + 1 bytes of a directory file (a larger one is skipped by the
+    caller): a huge file is not read whole to be cut afterwards. ``None``: it cannot be read
+    (skipped too)."""
+    try:
+        with path.open("rb") as fh:
+            return fh.read(MAX_RESPONSE_SIZE + 1)
+    except OSError:
+        return None
+
+
 def _cn(der: bytes) -> str:
     """The subject CN of a certificate in a directory file, "" when it does not parse (the file
     is then not recognised; a certificate used later is parsed and checked again)."""
@@ -235,9 +246,9 @@ class PcsDirectorySource:
         pck_issuer_chain: tuple[bytes, ...] | None = None
         skipped: list[str] = []
         for f in self._files():
-            data = f.read_bytes()[: MAX_RESPONSE_SIZE + 1]
-            if len(data) > MAX_RESPONSE_SIZE:
-                skipped.append(f"{f.name} (too large)")
+            data = _head(f)
+            if data is None or len(data) > MAX_RESPONSE_SIZE:
+                skipped.append(f"{f.name} ({'unreadable' if data is None else 'too large'})")
                 continue
             try:
                 kind, value = _classify(data, f.name)
@@ -316,8 +327,8 @@ class PcsDirectorySource:
         leaves: list[tuple[bytes, ...]] = []
         ca_chains: dict[str, tuple[bytes, ...]] = {}
         for f in self._files():
-            data = f.read_bytes()[: MAX_RESPONSE_SIZE + 1]
-            if len(data) > MAX_RESPONSE_SIZE or b"-----BEGIN CERTIFICATE-----" not in data:
+            data = _head(f)
+            if data is None or len(data) > MAX_RESPONSE_SIZE or b"-----BEGIN CERTIFICATE-----" not in data:
                 continue
             try:
                 chain = tuple(parse_pem_chain(normalise_pem(data, structure=f.name), structure=f.name))
