@@ -7,6 +7,7 @@ import ast
 import dataclasses
 import hashlib
 import json
+import os
 import random
 import re
 import sys
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from confide import errors
-from confide.collateral.dcap import MAX_RESPONSE_SIZE, PcsDirectorySource, PcsHttpSource
+from confide.collateral.dcap import MAX_RESPONSE_SIZE, BundleFileSource, PcsDirectorySource, PcsHttpSource
 from confide.evidence.dcap import (
     CertificationData,
     EnclaveReport,
@@ -588,3 +589,28 @@ def test_pcs_directory_does_not_read_a_huge_file_whole(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 32 * _MIB
+
+
+def test_bundle_file_is_read_up_to_its_limit_and_only_if_regular(tmp_path: Path) -> None:
+    """A bundle file (``--collateral FILE``) of 256 MiB (sparse) was read whole before the
+    parse refused it; a FIFO would have been read until its writer closed it. Now at most
+    MAX_JSON_SIZE + 1 bytes of a regular file are read."""
+    huge = tmp_path / "huge.json"
+    with huge.open("wb") as fh:
+        fh.truncate(256 * _MIB)
+    tracemalloc.start()
+    try:
+        with pytest.raises(errors.ParseError, match="got more than"):
+            BundleFileSource(huge).get_collateral(fmspc=bytes(6), ca="platform", tee=TeeType.SGX)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * _MIB
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    with pytest.raises(errors.CollateralMissingError, match="not a regular file"):
+        BundleFileSource(fifo).get_collateral(fmspc=bytes(6), ca="platform", tee=TeeType.SGX)
+    good = BundleFileSource(ASSETS / SGX.collateral).get_collateral(
+        fmspc=bytes(6), ca="platform", tee=TeeType.SGX
+    )
+    assert good == _coll(SGX)

@@ -52,9 +52,11 @@ from confide.errors import (
     ConfideError,
     NetworkError,
     ParseError,
+    StorageError,
 )
 from confide.evidence.dcap import CERT_TYPE_PPID_CLEARTEXT, CERT_TYPE_PPID_RSA3072, PckCertId, TeeType
 from confide.evidence.dcap_collateral import (
+    MAX_JSON_SIZE,
     PCK_CHAIN_LENGTH,
     DcapCollateral,
     PckCertificate,
@@ -62,7 +64,7 @@ from confide.evidence.dcap_collateral import (
 )
 from confide.evidence.pck import PckExtension, parse_pck_extension
 from confide.evidence.pem import normalise_pem, parse_pem_chain
-from confide.fsutil import write_atomic
+from confide.fsutil import read_bounded, write_atomic
 from confide.httpbody import read_body
 from confide.verify.dcap import pck_lookup
 from confide.verify.roots import INTEL_SGX_ROOT_CA_DER, INTEL_SGX_TCB_SIGNING_2025_DER
@@ -164,12 +166,15 @@ class BundleFileSource:
     path: Path
 
     def get_collateral(self, *, fmspc: bytes, ca: str, tee: TeeType) -> DcapCollateral:
+        # At most MAX_JSON_SIZE + 1 bytes (what the bundle's parse accepts), a regular file only:
+        # neither a huge file nor a FIFO/device given as the bundle is read without bound.
         try:
-            text = self.path.read_bytes()
-        except OSError as exc:
-            raise CollateralMissingError(
-                f"cannot read collateral bundle {self.path}: {exc.strerror}"
-            ) from None
+            text = read_bounded(
+                self.path, MAX_JSON_SIZE, label="collateral bundle", expected="a collateral bundle (JSON)",
+                structure="collateral_bundle", regular=True,
+            )  # fmt: skip
+        except StorageError as exc:
+            raise CollateralMissingError(f"cannot read {exc.message}") from None
         return DcapCollateral.from_dcap_qvl_json(text)
 
 
