@@ -4,6 +4,7 @@ Intel root, field-by-field tampering of the real quotes, and hostile PCS respons
 from __future__ import annotations
 
 import ast
+import base64
 import dataclasses
 import hashlib
 import json
@@ -27,7 +28,14 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from confide import errors
-from confide.collateral.dcap import MAX_RESPONSE_SIZE, BundleFileSource, PcsDirectorySource, PcsHttpSource
+from confide.cas import pcs as cas_pcs
+from confide.collateral.dcap import (
+    MAX_RESPONSE_SIZE,
+    BundleFileSource,
+    PcsDirectorySource,
+    PcsHttpSource,
+    crl_from_bytes,
+)
 from confide.evidence.dcap import (
     CertificationData,
     EnclaveReport,
@@ -614,3 +622,38 @@ def test_bundle_file_is_read_up_to_its_limit_and_only_if_regular(tmp_path: Path)
         fmspc=bytes(6), ca="platform", tee=TeeType.SGX
     )
     assert good == _coll(SGX)
+
+
+def _crl_version_7(der: bytes) -> bytes:
+    """``der`` with its version INTEGER (v2, the first element of tbsCertList) set to 7."""
+    at = der.index(b"\x02\x01\x01")
+    assert at < 12
+    return der[:at] + b"\x02\x01\x07" + der[at + 3 :]
+
+
+def test_crl_of_an_unknown_version_is_a_confide_error_everywhere(tmp_path: Path) -> None:
+    """A CRL whose version is not v1/v2: ``cryptography`` raises InvalidVersion, which is not a
+    ValueError. Before the fix it escaped the PCS source (caching decision), the CRL text
+    conversion (PEM) and the CAS's collateral memory (expiry); now the answer is not cached,
+    the PEM is a ParseError, the expiry is "none", and the verifier refuses the CRL."""
+    c = _coll(SGX)
+    bad_crl = _crl_version_7(c.pck_crl)
+    with pytest.raises(x509.InvalidVersion):
+        x509.load_der_x509_crl(bad_crl)
+    edited = dataclasses.replace(c, pck_crl=bad_crl)
+    transport = _pcs_transport(edited, c.tcb_info)
+    src = PcsHttpSource(
+        "https://pccs.invalid",
+        cache_dir=tmp_path,
+        clock=lambda: SGX.time,
+        client=httpx2.Client(transport=transport),
+    )
+    got = src.get_collateral(fmspc=bytes.fromhex("00a067110000"), ca="processor", tee=TeeType.SGX)
+    assert got.pck_crl == bad_crl
+    with pytest.raises(errors.ParseError, match="pck_crl"):
+        DcapVerifier().verify(SGX.quote_bytes(), got, at=SGX.time)
+    pem = b"-----BEGIN X509 CRL-----\n" + base64.encodebytes(bad_crl) + b"-----END X509 CRL-----\n"
+    with pytest.raises(errors.ParseError, match="invalid PEM CRL"):
+        crl_from_bytes(pem, "pck_crl")
+    assert cas_pcs._expires(edited) is None
+    assert cas_pcs._expires(c) is not None

@@ -344,7 +344,7 @@ def _expires(c: DcapCollateral) -> datetime | None:
     for der in (c.pck_crl, c.root_ca_crl):
         try:
             dates.append(x509.load_der_x509_crl(der).next_update_utc)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):  # InvalidVersion is not a ValueError
             dates.append(None)
     if any(d is None or d.tzinfo is None for d in dates):
         return None

@@ -149,7 +149,7 @@ def crl_from_bytes(data: bytes, what: str) -> bytes:
     if stripped.startswith(b"-----BEGIN X509 CRL-----"):
         try:
             return x509.load_pem_x509_crl(stripped).public_bytes(Encoding.DER)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):  # InvalidVersion is not a ValueError
             raise ParseError("invalid PEM CRL", structure=what) from None
     if stripped[:1] != b"\x30":
         try:
@@ -432,7 +432,9 @@ def _next_update(kind: str, body: bytes, now: datetime) -> datetime | None:
         crl = x509.load_der_x509_crl(crl_from_bytes(body, kind))
         next_update: datetime | None = crl.next_update_utc
         return next_update
-    except (ConfideError, ValueError, KeyError, TypeError):
+    except (ConfideError, ValueError, KeyError, TypeError, x509.InvalidVersion):
+        # InvalidVersion (a CRL version other than v1/v2, RFC 5280 §5.1.2.1) is not a
+        # ValueError: such an answer is not cached either, and the verifier refuses it.
         return None
 
 
