@@ -657,3 +657,44 @@ def test_crl_of_an_unknown_version_is_a_confide_error_everywhere(tmp_path: Path)
         crl_from_bytes(pem, "pck_crl")
     assert cas_pcs._expires(edited) is None
     assert cas_pcs._expires(c) is not None
+
+
+# --- QE Identity MISCSELECT byte order ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("report_misc_select", "identity_hex", "accepted"),
+    [
+        (0x00000001, "01000000", True),  # the hex is MISCSELECT's bytes in report order
+        (0x00000001, "00000001", False),
+        (0x00000100, "00010000", True),
+        (0x00000100, "00000100", False),
+        (0x00000000, "00000000", True),  # Intel's QE and TD_QE identities today
+    ],
+)
+def test_qe_identity_miscselect_is_read_as_the_report_reads_it(
+    report_misc_select: int, identity_hex: str, accepted: bool
+) -> None:
+    """QE Identity ``miscselect`` / ``miscselectMask`` (Intel PCS API v4, Enclave Identity V2)
+    are hex of MISCSELECT's 4 bytes as the report holds them (little-endian): Intel's QVL
+    (``EnclaveReportVerifier::vectorToUint32``: swapBytes of the big-endian reading) and
+    dcap-qvl compare them so. Before the fix confide read the hex big-endian, so a QE whose
+    masked MISCSELECT Intel's identity names was refused, and one it does not name accepted
+    (invisible with today's "00000000"/"FFFFFFFF"). Same verdict as dcap-qvl, each case."""
+    pki = ForgedPki(at=_SGX.time)
+    edit = Edit("misc", None, qe_report=lambda r, _k: dataclasses.replace(r, misc_select=report_misc_select))
+    raw = _resign(pki, _SGX.quote_bytes(), edit)
+    real = _coll(_SGX)
+    qe = json.loads(real.qe_identity)
+    qe["miscselect"] = identity_hex
+    coll = pki.forge_collateral(
+        dataclasses.replace(real, qe_identity=json.dumps(qe, separators=(",", ":")).encode())
+    )
+    theirs = _qvl(pki, raw, coll, int(_SGX.time.timestamp()))
+    assert (theirs[0] != "error") is accepted, theirs
+    verifier = DcapVerifier(root_ca_der=pki.root_der)
+    if accepted:
+        assert verifier.verify(raw, coll, at=_SGX.time).tcb_status.value == _BASELINE[_SGX.id]
+    else:
+        with pytest.raises(errors.VerificationError, match="MISCSELECT"):
+            verifier.verify(raw, coll, at=_SGX.time)

@@ -793,8 +793,11 @@ class DcapVerifier:
         if report.isv_prod_id != ident.isv_prod_id:
             problems.append(f"ISVPRODID got {report.isv_prod_id}, expected {ident.isv_prod_id}")
         if report.misc_select & ident.miscselect_mask != ident.miscselect:
-            got = report.misc_select & ident.miscselect_mask
-            problems.append(f"masked MISCSELECT got {got:08x}, expected {ident.miscselect:08x}")
+            # Shown as the report's bytes, as QE Identity gives them (little-endian).
+            got = (report.misc_select & ident.miscselect_mask).to_bytes(4, "little").hex()
+            problems.append(
+                f"masked MISCSELECT got {got}, expected {ident.miscselect.to_bytes(4, 'little').hex()}"
+            )
         masked = bytes(a & m for a, m in zip(report.attributes, ident.attributes_mask, strict=True))
         if masked != ident.attributes:
             problems.append(f"masked ATTRIBUTES got {masked.hex()}, expected {ident.attributes.hex()}")
