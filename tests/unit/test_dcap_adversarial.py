@@ -698,3 +698,25 @@ def test_qe_identity_miscselect_is_read_as_the_report_reads_it(
     else:
         with pytest.raises(errors.VerificationError, match="MISCSELECT"):
             verifier.verify(raw, coll, at=_SGX.time)
+
+
+@pytest.mark.parametrize("case", [_SGX, _TDX_V4], ids=["sgx", "tdx"])
+def test_qe_isvsvn_status_and_advisories_agree_with_dcap_qvl(case: Case) -> None:
+    """The QE report's ISVSVN from 0 to 11 (re-signed under a test PKI) against Intel's real QE
+    Identity levels: the QE TCB status converged with the platform's, and the advisories of the
+    QE level added, as dcap-qvl does; both refuse an ISVSVN below every level."""
+    real = _coll(case)
+    for svn in range(12):
+        pki = ForgedPki(at=case.time)
+        edit = Edit("isvsvn", None, qe_report=lambda r, _k, svn=svn: dataclasses.replace(r, isv_svn=svn))  # type: ignore[misc]
+        raw = _resign(pki, case.quote_bytes(), edit)
+        coll = pki.forge_collateral(real)
+        try:
+            v = DcapVerifier(root_ca_der=pki.root_der).verify(raw, coll, at=case.time)
+            ours: tuple[str, tuple[str, ...]] = (v.tcb_status.value, v.advisory_ids)
+        except errors.TcbLevelNotFoundError:
+            ours = ("below every level", ())
+        theirs = _qvl(pki, raw, coll, int(case.time.timestamp()))
+        if theirs[0] == "error" and "is below minimum required" in theirs[1][0]:
+            theirs = ("below every level", ())
+        assert ours == theirs, svn
