@@ -517,10 +517,11 @@ class DcapVerifier:
 
     def _signing_chain(self, chain_der: tuple[bytes, ...], what: str) -> tuple[x509.Certificate, ...]:
         """The issuer chain of a TCB Info or QE Identity, verified once per verifier (LRU):
-        exactly the Intel SGX TCB Signing certificate and the pinned root (Intel PCS API v4,
-        ``TCB-Info-Issuer-Chain`` / ``SGX-Enclave-Identity-Issuer-Chain``: "Issuer chain of the
-        Intel SGX TCB Signing certificate: TCB Signing Certificate, Intel SGX Root CA"; QVL
-        ``TCBSigningChain::verify`` looks the signer up by the subject CN=Intel SGX TCB Signing).
+        exactly the Intel SGX TCB Signing certificate and the pinned root, as Intel PCS API v4
+        serves it (``TCB-Info-Issuer-Chain`` / ``SGX-Enclave-Identity-Issuer-Chain``); QVL
+        (``TCBInfoVerifier::verify``, ``QEIdentityVerifier::verify``) takes the signer by its
+        subject (``chain.get(constants::TCB_SUBJECT)``, CN=Intel SGX TCB Signing) and checks the
+        signature with that certificate's key only.
         Any other certificate under the root is refused as a signer, however validly it chains:
         a PCK certificate's key is a platform's, held by its PCE, and a platform whose PCK key
         was extracted (the out-of-date platforms TCB recovery is for) must not sign a TCB Info
