@@ -1,5 +1,14 @@
-"""Adversarial review of the DCAP path: collateral signed by the wrong certificate under the
-Intel root, field-by-field tampering of the real quotes, and hostile PCS responses."""
+"""Adversarial review of the Intel DCAP path (docs/dcap.md):
+
+- TCB Info / QE Identity signed by a certificate under the Intel root other than the TCB
+  Signing certificate (a PCK key holder rating its own platform UpToDate);
+- hostile collateral services and files: answers without end, a nextUpdate without a zone,
+  members of the wrong type, CRLs of an unknown version, huge files, a FIFO as the bundle;
+- the pinned root's fingerprint; nothing under ``confide.verify`` reads the clock or the network;
+- field-by-field tampering of the real SGX v3, TDX v4 and v5 quotes, each field re-signed by
+  whoever holds its key and refused by its own check;
+- differentials against dcap-qvl 0.7.0 (under a test PKI): TCB level matching, QE and TDX
+  module ISVSVN, QE Identity MISCSELECT byte order."""
 
 from __future__ import annotations
 
