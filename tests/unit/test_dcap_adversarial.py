@@ -760,3 +760,67 @@ def test_tdx_module_isvsvn_and_version_agree_with_dcap_qvl(case: Case) -> None:
             seen.add(ours[0])
             assert ours == theirs, (version, svn)
     assert {"UpToDate", "refused"} <= seen and len(seen) >= 3
+
+
+# --- one answer that is not Intel's is not kept until the nextUpdate it names -------------------
+
+
+def _far_future(c: DcapCollateral) -> DcapCollateral:
+    """``c`` with its TCB Info's nextUpdate moved to 2099 (its signature no longer verifies)."""
+    text = re.sub(rb'"nextUpdate":"[^"]*"', b'"nextUpdate":"2099-01-01T00:00:00Z"', c.tcb_info, count=1)
+    assert text != c.tcb_info
+    return dataclasses.replace(c, tcb_info=text)
+
+
+def test_pcs_source_keeps_on_disk_only_what_intel_signed(tmp_path: Path) -> None:
+    """Before the fix one answer whose TCB Info was not Intel's (a hostile or broken PCCS, or
+    anyone on the path of an http:// PCCS) was kept on disk until the nextUpdate it named (here
+    2099) and served, refused by every verification, to every later run. Now an answer is kept
+    only when its signatures lead to the pinned root; one already on disk that does not (written
+    before the fix) is fetched again."""
+    c = _coll(SGX)
+    forged = _far_future(c)
+    fmspc = bytes.fromhex("00a067110000")
+
+    def source(tcb_info: bytes) -> PcsHttpSource:
+        client = httpx2.Client(transport=_pcs_transport(c, tcb_info))
+        return PcsHttpSource(
+            "https://pccs.invalid", cache_dir=tmp_path, clock=lambda: SGX.time, client=client
+        )
+
+    bad = source(forged.tcb_info).get_collateral(fmspc=fmspc, ca="processor", tee=TeeType.SGX)
+    assert bad.tcb_info == forged.tcb_info
+    with pytest.raises(errors.SignatureError, match="TCB Info"):
+        DcapVerifier().verify(SGX.quote_bytes(), bad, at=SGX.time)
+    honest = source(c.tcb_info)
+    assert honest.get_collateral(fmspc=fmspc, ca="processor", tee=TeeType.SGX) == c
+    # A record of the forged answer written as the old code wrote it: fetched again, replaced.
+    tcb_url = f"https://pccs.invalid/sgx/certification/v4/tcb?fmspc={fmspc.hex()}"
+    body = b'{"tcbInfo":' + forged.tcb_info + b',"signature":"' + c.tcb_info_signature.hex().encode() + b'"}'
+    record = {"url": tcb_url, "expires": "2099-01-01T00:00:00+00:00", "body": body.hex(), "chain": ""}
+    honest._cache_path(tcb_url).write_text(json.dumps(record))
+    assert source(c.tcb_info).get_collateral(fmspc=fmspc, ca="processor", tee=TeeType.SGX) == c
+    assert json.loads(honest._cache_path(tcb_url).read_text())["body"] != body.hex()
+
+
+def test_cas_collateral_memory_keeps_as_current_only_what_intel_signed() -> None:
+    """The CAS's memory (DcapCollateralCache): collateral whose signatures do not lead to the
+    pinned root is not current (it was current until the nextUpdate it named, refused by every
+    attestation meanwhile): it is handed over for FAILURE_GRACE seconds, then asked for again."""
+    c = _coll(SGX)
+    answers = [_far_future(c), c]
+    now = [1000.0]
+
+    class Pccs:
+        def get_collateral(self, *, fmspc: bytes, ca: str, tee: TeeType) -> DcapCollateral:
+            return answers.pop(0)
+
+    cache = cas_pcs.DcapCollateralCache(Pccs(), monotonic=lambda: now[0])
+    key = cas_pcs.DcapKey(bytes.fromhex("00a067110000"), "processor", TeeType.SGX)
+    first = cache.prefetch(key, SGX.time)
+    assert first == _far_future(c) and cache.cached(key, SGX.time) is None
+    assert cache.found(key, SGX.time) == first  # within FAILURE_GRACE: not asked again
+    now[0] += cas_pcs.FAILURE_GRACE + 1
+    assert cache.prefetch(key, SGX.time) == c
+    assert cache.cached(key, SGX.time) == c  # Intel's: current until its nextUpdate
+    assert answers == []

@@ -75,12 +75,18 @@ from confide.cas.fetch_cache import FetchCache
 from confide.cas.fetch_stats import FetchStats
 from confide.cas.flight import SingleFlight
 from confide.cas.tcb_floor import TcbEvaluationFloor
-from confide.collateral.dcap import PCK_CERT_CACHE_TIME, DcapCollateralSource, PckCertificateSource
+from confide.collateral.dcap import (
+    PCK_CERT_CACHE_TIME,
+    DcapCollateralSource,
+    PckCertificateSource,
+    PcsHttpSource,
+)
 from confide.errors import CollateralMissingError, CollateralOutdatedError, ConfideError, ParseError
 from confide.evidence.dcap import PckCertId, TeeType
 from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate
 from confide.lru import Lru
-from confide.verify.dcap import missing_pck_error
+from confide.verify.dcap import DcapVerifier, missing_pck_error
+from confide.verify.roots import INTEL_SGX_ROOT_CA_DER
 
 __all__ = ["FAILURE_GRACE", "MEMORY_ENTRIES", "PCK_MEMORY_SECONDS", "DcapCollateralCache", "DcapKey"]
 
@@ -133,10 +139,18 @@ class DcapCollateralCache:
         max_entries: int = MEMORY_ENTRIES,
         monotonic: Callable[[], float] = time.monotonic,
         floor: TcbEvaluationFloor | None = None,
+        root_ca_der: bytes | None = None,
     ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be >= 1")
         self.source = source
+        # Only collateral whose signatures lead to this root is kept as current until its
+        # nextUpdate (:meth:`_load`); the source's own root when it has one.
+        if root_ca_der is None:
+            root_ca_der = source.root_ca_der if isinstance(source, PcsHttpSource) else INTEL_SGX_ROOT_CA_DER
+        self._signatures = DcapVerifier(
+            root_ca_der=root_ca_der, chain_cache_size=16, collateral_cache_size=16
+        )
         self.floor = floor
         self.where = where
         self.max_entries = max_entries
@@ -270,7 +284,11 @@ class DcapCollateralCache:
             raise error(
                 f"fetching the DCAP collateral of {key} from {self.where} failed: {exc.kind}: {exc.message}"
             ) from None
-        expires = _expires(collateral)
+        # Current until its earliest nextUpdate only if its signatures lead to the pinned root:
+        # collateral that is not Intel's (a broken or hostile PCCS) names its own nextUpdate, and
+        # would be handed to every attestation until then. Not current, it is handed over for
+        # FAILURE_GRACE seconds (the verifier refuses it), then fetched again.
+        expires = _expires(collateral) if self._signatures.collateral_signed(collateral) else None
         self._remember(key, _Entry(collateral, expires, self.monotonic(), _numbers(collateral)))
         _log("pcs-fetched", key, next_update=expires.isoformat() if expires else "none")
         return collateral

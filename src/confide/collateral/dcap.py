@@ -66,7 +66,7 @@ from confide.evidence.pck import PckExtension, parse_pck_extension
 from confide.evidence.pem import normalise_pem, parse_pem_chain
 from confide.fsutil import read_bounded, write_atomic
 from confide.httpbody import read_body
-from confide.verify.dcap import pck_lookup
+from confide.verify.dcap import DcapVerifier, pck_lookup
 from confide.verify.roots import INTEL_SGX_ROOT_CA_DER, INTEL_SGX_TCB_SIGNING_2025_DER
 from confide.verify.x509util import (
     CERTIFICATE_ERRORS,
@@ -438,6 +438,11 @@ def _next_update(kind: str, body: bytes, now: datetime) -> datetime | None:
         return None
 
 
+def _pem_ders(pem: bytes, what: str) -> tuple[bytes, ...]:
+    """The DER certificates of an issuer chain header (re-flowed PEM)."""
+    return tuple(parse_pem_chain(normalise_pem(pem, structure=what), structure=what))
+
+
 _LONG_PPID = re.compile(r"(encrypted_ppid=[0-9a-fA-F]{16})[0-9a-fA-F]+")
 
 
@@ -494,6 +499,7 @@ class PcsHttpSource:
             raise ValueError(f"pck_query is {pck_query!r}, expected 'pcs' or 'pccs'")
         self.pck_query = pck_query
         self.root_ca_der = root_ca_der
+        self._verifier = DcapVerifier(root_ca_der=root_ca_der, chain_cache_size=16, collateral_cache_size=16)
         self._api_key = api_key
         self.client = client or httpx2.Client(timeout=30.0, follow_redirects=False)
 
@@ -516,10 +522,14 @@ class PcsHttpSource:
         *,
         headers: dict[str, str] | None = None,
         check: Callable[[bytes, bytes], object] | None = None,
+        signed: Callable[[bytes, bytes], object] | None = None,
     ) -> tuple[bytes, bytes]:
         """(body, issuer chain PEM) from the cache if still current, else from the network.
-        ``check`` (raises ConfideError): what a response must pass to be kept on disk; a cached
-        one that no longer passes it is fetched again."""
+        ``check`` (raises ConfideError): what a response must pass to be returned and kept on
+        disk. ``signed`` (raises ConfideError): what it must pass to be kept on disk only (its
+        signatures lead to the pinned root); one that does not is returned, for the verifier to
+        refuse with its own error, but not kept until the ``nextUpdate`` it names itself. A
+        cached one that no longer passes either is fetched again."""
         path = self._cache_path(url)
         now = self.clock()
         try:
@@ -527,10 +537,10 @@ class PcsHttpSource:
             expires = datetime.fromisoformat(cached["expires"])
             if now < expires:
                 body, chain = bytes.fromhex(cached["body"]), bytes.fromhex(cached["chain"])
-                if check is None:
-                    return body, chain
                 try:
-                    check(body, chain)
+                    for must in (check, signed):
+                        if must is not None:
+                            must(body, chain)
                     return body, chain
                 except ConfideError:
                     pass  # not what was written, or no longer chains: fetch again
@@ -562,7 +572,13 @@ class PcsHttpSource:
             chain = urllib.parse.unquote(raw).encode()
         if check is not None:
             check(body, chain)
-        expires_at = _next_update(kind, body, now)
+        keep = True
+        if signed is not None:
+            try:
+                signed(body, chain)
+            except ConfideError:
+                keep = False
+        expires_at = _next_update(kind, body, now) if keep else None
         if expires_at is not None and now < expires_at:
             record = {
                 "url": self._shown(url),
@@ -585,17 +601,25 @@ class PcsHttpSource:
         qe_url = f"{v4.format(tee_path)}/qe/identity"
         floor_key = (tee_path, fmspc.hex())
         tcb_check = self._evaluation_check(tcb_url, "tcbInfo", floor_key)
-        tcb_body, tcb_chain = self._fetch(tcb_url, "tcb", "TCB-Info-Issuer-Chain", check=tcb_check)
+        tcb_body, tcb_chain = self._fetch(
+            tcb_url, "tcb", "TCB-Info-Issuer-Chain", check=tcb_check, signed=self._signed_json("tcbInfo")
+        )
         qe_body, qe_chain = self._fetch(
             qe_url,
             "qe",
             "SGX-Enclave-Identity-Issuer-Chain",
             check=self._evaluation_check(qe_url, "enclaveIdentity", floor_key),
+            signed=self._signed_json("enclaveIdentity"),
         )
         crl_body, crl_chain = self._fetch(
-            f"{v4.format('sgx')}/pckcrl?ca={ca}&encoding=der", "crl", "SGX-PCK-CRL-Issuer-Chain"
+            f"{v4.format('sgx')}/pckcrl?ca={ca}&encoding=der",
+            "crl",
+            "SGX-PCK-CRL-Issuer-Chain",
+            signed=self._signed_crl("PCK CRL", with_chain=True),
         )
-        root_body, _ = self._fetch(self.root_crl_url, "crl", None)
+        root_body, _ = self._fetch(
+            self.root_crl_url, "crl", None, signed=self._signed_crl("Root CA CRL", with_chain=False)
+        )
         tcb_text, tcb_sig = split_pcs_response(tcb_body, "tcbInfo")
         qe_text, qe_sig = split_pcs_response(qe_body, "enclaveIdentity")
 
@@ -613,6 +637,24 @@ class PcsHttpSource:
             qe_identity=qe_text,
             qe_identity_signature=qe_sig,
         )
+
+    # Intel PCS API v4 answers are kept on disk until their own nextUpdate only when their
+    # signatures lead to the pinned root (DcapVerifier.check_signed_json, check_crl_signature;
+    # no dates): an answer that is not Intel's (a broken or hostile PCCS, a corrupted one) must
+    # not be served again until a date it names itself.
+    def _signed_json(self, key: str) -> Callable[[bytes, bytes], None]:
+        def signed(body: bytes, chain: bytes) -> None:
+            text, sig = split_pcs_response(body, key)
+            self._verifier.check_signed_json(_pem_ders(chain, key), text, sig, key)
+
+        return signed
+
+    def _signed_crl(self, what: str, *, with_chain: bool) -> Callable[[bytes, bytes], None]:
+        def signed(body: bytes, chain: bytes) -> None:
+            issuers = _pem_ders(chain, what) if with_chain else None
+            self._verifier.check_crl_signature(crl_from_bytes(body, what), issuers, what)
+
+        return signed
 
     def _evaluation_check(
         self, url: str, key: str, floor_key: tuple[str, str]

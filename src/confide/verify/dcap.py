@@ -70,6 +70,7 @@ from confide.errors import (
     CollateralError,
     CollateralExpiredError,
     CollateralMissingError,
+    ConfideError,
     ParseError,
     RevocationError,
     SignatureError,
@@ -562,6 +563,56 @@ class DcapVerifier:
         ):
             raise SignatureError(f"{what} signature does not verify with {name_of(chain[0])}")
         return (*chain, self._root)
+
+    # -- signatures only, for collateral sources and caches (no dates, no quote) ---------------
+    def check_signed_json(self, chain_der: tuple[bytes, ...], text: bytes, sig: bytes, what: str) -> None:
+        """Step 5 for one TCB Info or QE Identity, signatures only (no dates): ``sig`` over
+        ``text`` by the Intel SGX TCB Signing certificate of ``chain_der``, which leads to the
+        pinned root. Raises a ConfideError otherwise."""
+        self._signed_json(chain_der, text, sig, what)
+
+    def check_crl_signature(
+        self, crl_der: bytes, issuer_chain_der: tuple[bytes, ...] | None, what: str
+    ) -> None:
+        """Step 5 for one CRL, signatures only (no dates): ``issuer_chain_der`` ``None``, the
+        Root CA CRL, signed by the pinned root; else a PCK CRL signed by the first certificate of
+        its issuer chain (the ``SGX-PCK-CRL-Issuer-Chain`` header: the PCK Platform or Processor
+        CA, then the pinned root), that CA issued by the root. (The verification proper checks
+        a PCK CRL against the quote's own PCK CA.) Raises a ConfideError otherwise."""
+        crl = load_der_crl(crl_der, what)
+        if issuer_chain_der is None:
+            check_crl(crl, self._root, what)
+            return
+        where = f"{what} issuer chain"
+        if len(issuer_chain_der) != 2:
+            raise CollateralError(
+                f"{where} has {len(issuer_chain_der)} certificate(s), expected the PCK CA and the root"
+            )
+        try:
+            check_pinned_root(issuer_chain_der[-1], self._root_der, self._root_sha256, where)
+            ca = load_der_certificate(issuer_chain_der[0], where)
+            _ca_kind(ca)
+            verify_chain_signatures((ca,), self._root, self._root_der, where)
+        except CertificateChainError as exc:
+            raise CollateralError(exc.message) from None
+        check_crl(crl, ca, what)
+
+    def collateral_signed(self, c: DcapCollateral) -> bool:
+        """Whether every signature of ``c`` leads to the pinned root (:meth:`check_signed_json`,
+        :meth:`check_crl_signature`; the PCK CRL against its own issuer chain). What a source or
+        cache checks before it keeps collateral until its (unsigned until then) ``nextUpdate``:
+        one answer that is not Intel's must not be served again until a date it names itself.
+        Dates and the platform are the verification's business."""
+        try:
+            self.check_signed_json(c.tcb_info_issuer_chain, c.tcb_info, c.tcb_info_signature, "TCB Info")
+            self.check_signed_json(
+                c.qe_identity_issuer_chain, c.qe_identity, c.qe_identity_signature, "QE Identity"
+            )
+            self.check_crl_signature(c.root_ca_crl, None, "Root CA CRL")
+            self.check_crl_signature(c.pck_crl, c.pck_crl_issuer_chain, "PCK CRL")
+        except ConfideError:
+            return False
+        return True
 
     def _verify_collateral(self, c: DcapCollateral, pck_issuer: x509.Certificate) -> VerifiedCollateral:
         root_crl = load_der_crl(c.root_ca_crl, "root_ca_crl")
