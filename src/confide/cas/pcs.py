@@ -6,12 +6,13 @@ TCB Info and QE Identity (SGX or TDX) and the PCK CRL and Root CA CRL of a platf
 its FMSPC, PCK CA (``platform`` / ``processor``) and TEE type (:class:`DcapKey`; Intel PCS API
 v4 serves them per FMSPC, per CA and per TEE). What it keeps and for how long:
 
-- What the source answered, whole, keyed by :class:`DcapKey`; nothing is verified here (the
-  DCAP verifier checks every signature, chain and date of it at every attestation, and refuses
-  what is out of date).
+- What the source answered, whole, keyed by :class:`DcapKey` (the DCAP verifier checks every
+  signature, chain and date of it at every attestation, and refuses what is out of date).
 - Used while ``at`` is before the earliest ``nextUpdate`` of the four (TCB Info and QE
-  Identity: Intel PCS API v4 ``nextUpdate``; CRLs: RFC 5280 §5.1.2.5): newer collateral is due
-  then, and the next attestation's prefetch asks the source again. The source keeps its own
+  Identity: Intel PCS API v4 ``nextUpdate``; CRLs: RFC 5280 §5.1.2.5), and only if its
+  signatures lead to the pinned root (:meth:`~confide.verify.dcap.DcapVerifier.collateral_signed`,
+  no dates): newer collateral is due then, and the next attestation's prefetch asks the source
+  again. Collateral that is not Intel's is never current, whatever ``nextUpdate`` it names. The source keeps its own
   on-disk cache of each response until that response's ``nextUpdate``, so a restarted CAS
   reads what is still current from disk, not from the network.
 - Collateral that is already out of date when it is fetched (a PCCS that serves stale

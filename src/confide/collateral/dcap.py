@@ -14,8 +14,10 @@ HTTP sources are also a :class:`PckCertificateSource` (``get_pck_certificate``),
 through Intel PCS API v4 "Get PCK Certificate V4" (by encrypted PPID) or a PCCS (by QE ID).
 
 Sources only fetch and parse; they never decide whether collateral is valid — the verifier
-checks every signature, chain and date. Time and the HTTP transport are injected. One caching
-decision reads an unverified field: an HTTP source given ``min_tcb_evaluation_data_number``
+checks every signature, chain and date. Time and the HTTP transport are injected. The HTTP
+source keeps a response on disk (until its own ``nextUpdate``) only when its signatures lead to
+the pinned root (no dates): one answer that is not Intel's is not served again until a date it
+names itself. One caching decision reads an unverified field: an HTTP source given ``min_tcb_evaluation_data_number``
 neither serves from its disk cache nor keeps a TCB Info or QE Identity whose
 ``tcbEvaluationDataNumber`` is below it (a response older than required is asked for again,
 and refused when the service answers it again), so that collateral of a TCB evaluation that was
