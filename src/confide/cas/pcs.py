@@ -12,9 +12,10 @@ v4 serves them per FMSPC, per CA and per TEE). What it keeps and for how long:
   Identity: Intel PCS API v4 ``nextUpdate``; CRLs: RFC 5280 §5.1.2.5), and only if its
   signatures lead to the pinned root (:meth:`~confide.verify.dcap.DcapVerifier.collateral_signed`,
   no dates): newer collateral is due then, and the next attestation's prefetch asks the source
-  again. Collateral that is not Intel's is never current, whatever ``nextUpdate`` it names. The source keeps its own
-  on-disk cache of each response until that response's ``nextUpdate``, so a restarted CAS
-  reads what is still current from disk, not from the network.
+  again. Collateral that is not Intel's is never current, whatever ``nextUpdate`` it names.
+  The source keeps its own on-disk cache of each response until that response's
+  ``nextUpdate``, so a restarted CAS reads what is still current from disk, not from the
+  network.
 - Collateral that is already out of date when it is fetched (a PCCS that serves stale
   collateral), or becomes so within :data:`FAILURE_GRACE` seconds of its fetch, is handed to
   phase 1 for those seconds (the verifier refuses what is out of date at ``at``); the source is

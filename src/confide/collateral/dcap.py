@@ -17,11 +17,11 @@ Sources only fetch and parse; they never decide whether collateral is valid — 
 checks every signature, chain and date. Time and the HTTP transport are injected. The HTTP
 source keeps a response on disk (until its own ``nextUpdate``) only when its signatures lead to
 the pinned root (no dates): one answer that is not Intel's is not served again until a date it
-names itself. One caching decision reads an unverified field: an HTTP source given ``min_tcb_evaluation_data_number``
-neither serves from its disk cache nor keeps a TCB Info or QE Identity whose
-``tcbEvaluationDataNumber`` is below it (a response older than required is asked for again,
-and refused when the service answers it again), so that collateral of a TCB evaluation that was
-superseded is not cached until its ``nextUpdate``. A ``floor`` (the CAS's
+names itself. One caching decision reads an unverified field: an HTTP source given
+``min_tcb_evaluation_data_number`` neither serves from its disk cache nor keeps a TCB Info or
+QE Identity whose ``tcbEvaluationDataNumber`` is below it (a response older than required is
+asked for again, and refused when the service answers it again), so that collateral of a TCB
+evaluation that was superseded is not cached until its ``nextUpdate``. A ``floor`` (the CAS's
 :class:`~confide.cas.tcb_floor.TcbEvaluationFloor`: the highest numbers it has verified for the
 platform) is a minimum of the same kind, per TCB Info (TEE type, FMSPC) and QE Identity (TEE
 type).
