@@ -19,7 +19,7 @@ from pathlib import Path
 
 from confide.errors import ConfideError, SignatureError, StorageError, UsageError
 from confide.volume._chunked import ChunkReader
-from confide.volume._io import copy_raw, decrypt_object
+from confide.volume._io import check_unprotected, copy_unprotected, decrypt_object, open_object
 from confide.volume.format import ChunkCodec, ChunkKeys, Entry, EntryKind, Manifest, Region
 from confide.volume.keys import VolumeKey
 from confide.volume.store import OBJECTS_DIR, PENDING_NAME, live_objects, load_sealed, object_path
@@ -79,15 +79,17 @@ def _check_file(
         chunks.decrypt(e, out_fd, executor=pool, write_piece=write_piece)
         return
     try:
-        obj_fd = os.open(object_path(directory, e.file_id), os.O_RDONLY | os.O_NOFOLLOW)
+        obj_fd = open_object(object_path(directory, e.file_id))
     except FileNotFoundError:
         raise SignatureError(f"object {e.file_id.hex()} is missing") from None
     except OSError as exc:
         raise SignatureError(f"object {e.file_id.hex()} unreadable: {exc.strerror or exc}") from None
     try:
-        if e.region is Region.UNPROTECTED:
+        if e.region is Region.UNPROTECTED:  # content not authenticated; its size is
             if out_fd is not None:
-                copy_raw(obj_fd, out_fd)
+                copy_unprotected(obj_fd, out_fd, e)
+            else:
+                check_unprotected(obj_fd, e)
             return
         codec = ChunkCodec(key.raw, m.volume_id, e.file_id, e.region)
         decrypt_object(obj_fd, out_fd, codec, e, m.chunk_size, executor=pool, write_piece=write_piece)
