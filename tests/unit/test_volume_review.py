@@ -184,14 +184,6 @@ def test_an_unprotected_object_of_another_size_than_recorded_is_refused(tmp_path
         r.read("plain/u.bin", 0, 10)
 
 
-def test_unprotected_reads_stop_at_the_recorded_size(tmp_path: Path) -> None:
-    vol, key, tag = _volume(tmp_path)
-    with VolumeReader(vol, key, tag) as r:
-        assert r.read("plain/u.bin", 0, 10 * CS) == FILES["plain/u.bin"]
-        out = bytearray(10 * CS)
-        assert r.read_into(r.entry("plain/u.bin"), CS, memoryview(out)) == 9
-
-
 # --- the objects directory, the lock file, temporary names ----------------------------------
 
 
