@@ -415,3 +415,28 @@ def test_a_missing_object_when_opening_for_write_is_an_integrity_failure(tmp_pat
         s.fs.open("/a.bin", os.O_RDWR)
     assert ei.value.errno == errno.EIO and reports == ["a.bin"]
     s.reader.close()
+
+
+def test_a_fuse_rename_that_would_push_a_path_below_past_4096_bytes_is_refused(tmp_path: Path) -> None:
+    """Each path is checked when it is made, but a renamed directory moves every path below it:
+    one longer than the format's 4096 bytes was accepted and the seal at unmount then failed
+    (ParseError), losing the session's changes."""
+    vol, key, tag = _volume(tmp_path)
+    s = _session(vol, key, tag)
+    deep = "a"
+    s.fs.mkdir("/a", 0o755)
+    for i in range(16):  # 16 components of 250 bytes below "a": 4017 bytes
+        deep += "/" + chr(ord("b") + i) * 250
+        s.fs.mkdir("/" + deep, 0o755)
+    fh = s.fs.create("/" + deep + "/f", 0o644)
+    s.fs.write("/" + deep + "/f", b"deep", 0, fh)
+    s.fs.release("/" + deep + "/f", fh)
+    assert len((deep + "/f").encode()) <= 4096
+    with pytest.raises(mfusepy.FuseOSError) as ei:
+        s.fs.rename("/a", "/" + "z" * 255)  # the file would be at 4273 bytes
+    assert ei.value.errno == errno.ENAMETOOLONG
+    s.fs.rename("/a", "/" + "z" * 70)  # 4088 bytes, within 4096: moved
+    tag1 = s.seal()
+    moved = "z" * 70 + deep[1:] + "/f"
+    with VolumeReader(vol, key, tag1) as r:
+        assert r.read(moved, 0, 10) == b"deep"

@@ -644,6 +644,18 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             if dst_path.startswith(src.path + "/"):
                 raise _err(errno.EINVAL)
             existing = self.nodes.get(dst_path)
+            if existing is None:
+                self._new_child(new)  # checks the new path (EINVAL, ENOENT, ENOTDIR)
+            old_path = src.path  # src.path changes below
+            moved = [p for p in self.nodes if p == old_path or p.startswith(old_path + "/")]
+            for p in moved:
+                if p != old_path:
+                    # every path below a renamed directory must still be one the manifest can
+                    # hold (at most 4096 bytes), else the seal at unmount fails as a whole
+                    try:
+                        check_path(dst_path + p[len(old_path) :])
+                    except ConfideError:
+                        raise _err(errno.ENAMETOOLONG) from None
             if existing is not None:
                 if existing.kind is EntryKind.DIR and src.kind is not EntryKind.DIR:
                     raise _err(errno.EISDIR)
@@ -654,12 +666,8 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
                 self._remove(dst_path)
                 if existing.opens:
                     existing.orphan = True
-            else:
-                self._new_child(new)
             now = time.time_ns()
             self._changed_dir_of(src.path, now)
-            old_path = src.path  # src.path changes below
-            moved = [p for p in self.nodes if p == old_path or p.startswith(old_path + "/")]
             moved.sort(key=len)
             nodes = [self._remove(p) for p in reversed(moved)]
             for node in reversed(nodes):
