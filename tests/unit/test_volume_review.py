@@ -29,6 +29,7 @@ from confide.volume import (
     write_key,
 )
 from confide.volume._fusefs import VolumeFS, seal
+from confide.volume.mount import _TmpfsMount
 from confide.volume.store import (
     LOCK_NAME,
     MANIFEST_NAME,
@@ -440,3 +441,24 @@ def test_a_fuse_rename_that_would_push_a_path_below_past_4096_bytes_is_refused(t
     moved = "z" * 70 + deep[1:] + "/f"
     with VolumeReader(vol, key, tag1) as r:
         assert r.read(moved, 0, 10) == b"deep"
+
+
+def test_implicit_directories_are_0755_whatever_the_umask(tmp_path: Path) -> None:
+    """`open` (hence the tmpfs mounts) created implicit directories with mkdir(0o755), i.e.
+    minus the umask: 0700 under umask 077, so a writable mount's unmount sealed them as listed
+    directories of mode 0700 (a new tag, and other users locked out) though nothing changed."""
+    vol, key, _ = _volume(tmp_path)
+    (tmp_path / "n.txt").write_bytes(b"n")
+    add_sources(vol, key, [tmp_path / "n.txt"], dest="x/y")  # x and x/y are implicit
+    tag = seal_volume(vol, key)
+    old = os.umask(0o077)
+    try:
+        open_volume(vol, key, tmp_path / "out", tag)
+        m, _ = load_sealed(vol, key, tag)
+        h = _TmpfsMount(vol, key, tmp_path / "mnt", tag, True, m, None, private_namespace=False)
+        assert stat.S_IMODE((h.path / "x").stat().st_mode) == 0o755
+        assert h.close() == tag  # nothing changed: the same tag
+    finally:
+        os.umask(old)
+    for d in ("x", "x/y"):
+        assert stat.S_IMODE((tmp_path / "out" / d).stat().st_mode) == 0o755

@@ -150,6 +150,20 @@ def _prepare_target(target: Path) -> None:
         raise StorageError(f"cannot prepare {str(target)!r}: {exc.strerror or exc}") from None
 
 
+def _implicit_dirs(path: Path, top: Path) -> None:
+    """Create ``path`` and its missing parents below ``top``: directories the manifest does not
+    list (implicit), mode 0755 whatever the umask, as the FUSE mount reports them and as a
+    writable tmpfs mount's unmount expects them (a 0700 one, under umask 077, would be sealed
+    as a listed directory of that mode: a new tag for an unchanged tree)."""
+    missing: list[Path] = []
+    while path != top and not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        d.mkdir()
+        os.chmod(d, 0o755)  # noqa: S103 - what implicit directories are (docs/volume-format.md)
+
+
 def open_volume(
     directory: Path,
     key: VolumeKey,
@@ -181,7 +195,7 @@ def open_volume(
         with chunks, ThreadPoolExecutor(_workers(workers)) as pool:
             for e in m.entries:
                 dest = staging / e.path
-                dest.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                _implicit_dirs(dest.parent, staging)
                 if e.kind is EntryKind.DIR:
                     dest.mkdir(mode=0o700, exist_ok=True)
                 elif e.kind is EntryKind.SYMLINK:
