@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from confide.errors import SignatureError
-from confide.volume._io import _pwrite_pieces, _zero, batch_chunks
+from confide.volume._io import OBJECT_FLAGS, _pwrite_pieces, _zero, batch_chunks
 from confide.volume.format import (
     FILE_ID_SIZE,
     TAG_SIZE,
@@ -392,7 +392,9 @@ class ChunkReader:
             _pwrite_pieces(out_fd, pmv[(run - first) * cs : hi], run * cs, piece)
 
 
-_OBJECT_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+# never through a symlink, never blocking on a FIFO put in an object's place (it then fails
+# in preadv: ESPIPE); a device's bytes fail the exact length or the authentication
+_OBJECT_FLAGS = OBJECT_FLAGS
 
 
 def _open_chunk(

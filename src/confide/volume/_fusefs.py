@@ -47,7 +47,7 @@ import mfusepy  # the parent sets FUSE_LIBRARY_PATH to libfuse 3 (see mount.fuse
 
 from confide.errors import ConfideError, SignatureError, UsageError
 from confide.volume._chunked import write_chunks
-from confide.volume._io import copy_raw, decrypt_object, equal_contents
+from confide.volume._io import copy_unprotected, decrypt_object, equal_contents, open_object
 from confide.volume.format import (
     FILE_ID_SIZE,
     MAX_MTIME_NS,
@@ -59,6 +59,7 @@ from confide.volume.format import (
     Manifest,
     Region,
     check_path,
+    check_symlink_target,
     chunked_count,
     region_for,
 )
@@ -133,6 +134,12 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         self.integrity_failures = 0
         self.on_integrity: Callable[[str], None] | None = None
         self._lock = threading.RLock()
+        # Reads of committed objects run outside the lock; objects of this session that a later
+        # commit supersedes are deleted only when no such read is in flight (a read that took
+        # the entry before the commit must still find its objects: else a false EIO and
+        # integrity report), see _commit and read_into.
+        self._reads = 0
+        self._superseded: list[bytes] = []
         self._fh: dict[int, _Node] = {}
         self._next_fh = 1
         self._mtime_ns = time.time_ns()  # of the root and implicit directories (not recorded)
@@ -226,10 +233,13 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             if keep_contents and e is not None and e.size and e.chunks is not None:
                 self.reader.chunks.decrypt(e, fd)
             elif keep_contents and e is not None and e.size:
-                obj_fd = os.open(object_path(self.directory, e.file_id), os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    obj_fd = open_object(object_path(self.directory, e.file_id))
+                except OSError as exc:  # missing, or not a regular file: as a read would say
+                    raise SignatureError(f"object unreadable: {exc.strerror or exc}") from None
                 try:
                     if e.region is Region.UNPROTECTED:
-                        copy_raw(obj_fd, fd)
+                        copy_unprotected(obj_fd, fd, e)
                     else:
                         codec = ChunkCodec(self._key.raw, self.manifest.volume_id, e.file_id, e.region)
                         decrypt_object(obj_fd, fd, codec, e, self.manifest.chunk_size)
@@ -318,12 +328,23 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             keep = set(node.entry.chunks or (node.entry.file_id,))
             for oid in old.chunks if old.chunks is not None else (old.file_id,):
                 if oid in self.new_objects and oid not in keep:
-                    object_path(self.directory, oid).unlink(missing_ok=True)  # superseded in-session
+                    self._superseded.append(oid)  # superseded in-session
                     self.new_objects.discard(oid)
+            self._drop_superseded()
         node.dirty = False
         node.dirty_chunks = set()
         node.dirty_from = None
         self.changed = True
+
+    def _drop_superseded(self) -> None:
+        """Delete the superseded objects of this session, unless a read is in flight (caller
+        holds the lock; the last read to finish deletes them)."""
+        if self._reads:
+            return
+        for oid in self._superseded:
+            self.reader.forget(oid)
+            object_path(self.directory, oid).unlink(missing_ok=True)
+        self._superseded.clear()
 
     def _same_object(self, old: Entry, buf_fd: int, size: int) -> bool:
         """True when ``old`` is an unprotected one-object file whose object holds exactly the
@@ -332,9 +353,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         if old.region is not Region.UNPROTECTED or old.chunks is not None or old.size != size:
             return False
         try:
-            obj = os.open(
-                object_path(self.directory, old.file_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-            )
+            obj = open_object(object_path(self.directory, old.file_id))
         except OSError:
             return False
         try:
@@ -464,14 +483,19 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             buf_fd, entry = node.buf_fd, node.entry
             if buf_fd is not None:
                 return os.preadv(buf_fd, [out], offset)
-        if entry is None:
-            return 0
+            if entry is None:
+                return 0
+            self._reads += 1  # entry's objects stay until this read is done (_drop_superseded)
         try:
             return self.reader.read_into(entry, offset, out)
         except SignatureError as exc:
             out[:] = bytes(len(out))  # nothing of the reply buffer goes back, but be tidy
             self._integrity(entry.path, exc)
             raise  # unreachable: _integrity raises
+        finally:
+            with self._lock:
+                self._reads -= 1
+                self._drop_superseded()
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         self._check_writable()
@@ -565,8 +589,12 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         self._check_writable()
         with self._lock:
             vp, _ = self._new_child(target)
-            if not source or "\x00" in source:
-                raise _err(errno.EINVAL)
+            try:
+                # what the manifest can hold (a target that is not UTF-8 arrives with surrogate
+                # escapes): refused now, not at the seal, which would then fail as a whole
+                check_symlink_target(source)
+            except ConfideError:
+                raise _err(errno.EINVAL) from None
             uid, gid = self._owner()
             now = time.time_ns()
             self._insert(_Node(vp, EntryKind.SYMLINK, 0o777, uid, gid, Region.UNPROTECTED, target=source,
@@ -616,6 +644,18 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             if dst_path.startswith(src.path + "/"):
                 raise _err(errno.EINVAL)
             existing = self.nodes.get(dst_path)
+            if existing is None:
+                self._new_child(new)  # checks the new path (EINVAL, ENOENT, ENOTDIR)
+            old_path = src.path  # src.path changes below
+            moved = [p for p in self.nodes if p == old_path or p.startswith(old_path + "/")]
+            for p in moved:
+                if p != old_path:
+                    # every path below a renamed directory must still be one the manifest can
+                    # hold (at most 4096 bytes), else the seal at unmount fails as a whole
+                    try:
+                        check_path(dst_path + p[len(old_path) :])
+                    except ConfideError:
+                        raise _err(errno.ENAMETOOLONG) from None
             if existing is not None:
                 if existing.kind is EntryKind.DIR and src.kind is not EntryKind.DIR:
                     raise _err(errno.EISDIR)
@@ -626,12 +666,8 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
                 self._remove(dst_path)
                 if existing.opens:
                     existing.orphan = True
-            else:
-                self._new_child(new)
             now = time.time_ns()
             self._changed_dir_of(src.path, now)
-            old_path = src.path  # src.path changes below
-            moved = [p for p in self.nodes if p == old_path or p.startswith(old_path + "/")]
             moved.sort(key=len)
             nodes = [self._remove(p) for p in reversed(moved)]
             for node in reversed(nodes):
@@ -728,9 +764,10 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             return out
 
     def discard(self) -> None:
-        for fid in self.new_objects:
+        for fid in (*self.new_objects, *self._superseded):
             object_path(self.directory, fid).unlink(missing_ok=True)
         self.new_objects.clear()
+        self._superseded.clear()
 
 
 def seal(fs: VolumeFS) -> str:

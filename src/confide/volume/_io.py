@@ -6,8 +6,10 @@ only per-file state kept is the running root hash.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import os
+import stat
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,11 +28,15 @@ from confide.volume.format import (
 __all__ = [
     "BATCH_BYTES",
     "LARGE_FOLIO_PIECE",
+    "OBJECT_FLAGS",
     "batch_chunks",
+    "check_unprotected",
     "copy_raw",
+    "copy_unprotected",
     "decrypt_object",
     "encrypt_stream",
     "equal_contents",
+    "open_object",
     "read_full",
     "same_plaintext",
 ]
@@ -326,9 +332,49 @@ def same_plaintext(obj_fd: int, src_fd: int, codec: ChunkCodec, entry: Entry, ch
 
 
 def copy_raw(src_fd: int, dst_fd: int) -> int:
-    """Copy an unprotected object as is; return the byte count."""
+    """Copy a source file as is into a new unprotected object; return the byte count."""
     total = 0
     while chunk := os.read(src_fd, 1 << 20):
         _write_all(dst_fd, chunk)
         total += len(chunk)
     return total
+
+
+# Stored objects are host storage: opened never through a symlink and never blocking (a FIFO
+# put in an object's place would make open(2) wait for a writer for ever; O_NONBLOCK changes
+# nothing for regular files).
+OBJECT_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def open_object(path: str | os.PathLike[str]) -> int:
+    """Open a one-object file's object for reading (:data:`OBJECT_FLAGS`); :class:`OSError`
+    unless it is a regular file (a FIFO, device, socket or directory put in its place)."""
+    fd = os.open(path, OBJECT_FLAGS)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return fd
+
+
+def check_unprotected(obj_fd: int, entry: Entry) -> None:
+    """An unprotected object must hold exactly the size its (authenticated) manifest entry
+    records: its bytes are not authenticated, but its size is (docs/volume-format.md,
+    "File objects"). :class:`SignatureError` otherwise, so that nothing copies or serves more
+    (or less) than the sealed size, e.g. a huge sparse file put in its place."""
+    actual = os.fstat(obj_fd).st_size
+    if actual != entry.size:
+        raise SignatureError(f"unprotected object has {actual} bytes, expected {entry.size}")
+
+
+def copy_unprotected(obj_fd: int, dst_fd: int, entry: Entry) -> None:
+    """Copy the unprotected object of ``entry`` (exactly its recorded size, checked first and
+    while copying) into ``dst_fd``."""
+    check_unprotected(obj_fd, entry)
+    left, offset = entry.size, 0
+    while left:
+        chunk = os.pread(obj_fd, min(left, 1 << 20), offset)
+        if not chunk:
+            raise SignatureError(f"unprotected object shrank to {offset} bytes, expected {entry.size}")
+        _write_all(dst_fd, chunk)
+        left -= len(chunk)
+        offset += len(chunk)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from confide.errors import ConfideError, SignatureError, StorageError, UsageError
 from confide.volume._chunked import ChunkReader
-from confide.volume._io import copy_raw, decrypt_object
+from confide.volume._io import check_unprotected, copy_unprotected, decrypt_object, open_object
 from confide.volume.format import ChunkCodec, ChunkKeys, Entry, EntryKind, Manifest, Region
 from confide.volume.keys import VolumeKey
 from confide.volume.store import OBJECTS_DIR, PENDING_NAME, live_objects, load_sealed, object_path
@@ -79,15 +79,17 @@ def _check_file(
         chunks.decrypt(e, out_fd, executor=pool, write_piece=write_piece)
         return
     try:
-        obj_fd = os.open(object_path(directory, e.file_id), os.O_RDONLY | os.O_NOFOLLOW)
+        obj_fd = open_object(object_path(directory, e.file_id))
     except FileNotFoundError:
         raise SignatureError(f"object {e.file_id.hex()} is missing") from None
     except OSError as exc:
         raise SignatureError(f"object {e.file_id.hex()} unreadable: {exc.strerror or exc}") from None
     try:
-        if e.region is Region.UNPROTECTED:
+        if e.region is Region.UNPROTECTED:  # content not authenticated; its size is
             if out_fd is not None:
-                copy_raw(obj_fd, out_fd)
+                copy_unprotected(obj_fd, out_fd, e)
+            else:
+                check_unprotected(obj_fd, e)
             return
         codec = ChunkCodec(key.raw, m.volume_id, e.file_id, e.region)
         decrypt_object(obj_fd, out_fd, codec, e, m.chunk_size, executor=pool, write_piece=write_piece)
@@ -148,6 +150,20 @@ def _prepare_target(target: Path) -> None:
         raise StorageError(f"cannot prepare {str(target)!r}: {exc.strerror or exc}") from None
 
 
+def _implicit_dirs(path: Path, top: Path) -> None:
+    """Create ``path`` and its missing parents below ``top``: directories the manifest does not
+    list (implicit), mode 0755 whatever the umask, as the FUSE mount reports them and as a
+    writable tmpfs mount's unmount expects them (a 0700 one, under umask 077, would be sealed
+    as a listed directory of that mode: a new tag for an unchanged tree)."""
+    missing: list[Path] = []
+    while path != top and not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        d.mkdir()
+        os.chmod(d, 0o755)  # noqa: S103 - what implicit directories are (docs/volume-format.md)
+
+
 def open_volume(
     directory: Path,
     key: VolumeKey,
@@ -179,7 +195,7 @@ def open_volume(
         with chunks, ThreadPoolExecutor(_workers(workers)) as pool:
             for e in m.entries:
                 dest = staging / e.path
-                dest.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                _implicit_dirs(dest.parent, staging)
                 if e.kind is EntryKind.DIR:
                     dest.mkdir(mode=0o700, exist_ok=True)
                 elif e.kind is EntryKind.SYMLINK:

@@ -181,15 +181,21 @@ def file_key(volume_key: bytes, volume_id: bytes, file_id: bytes, region: Region
     return _hkdf(volume_key, _INFO_FILE + bytes([region]) + volume_id + file_id)
 
 
-def derive_file_id(volume_key: bytes, volume_id: bytes, path: str, content_digest: bytes) -> bytes:
-    """A deterministic file id (reproducible builds): HMAC over the path and content digest.
+def derive_file_id(
+    volume_key: bytes, volume_id: bytes, path: str, content_digest: bytes, region: Region
+) -> bytes:
+    """A deterministic file id (reproducible builds): HMAC over the path, content digest and
+    region (docs/volume-format.md, "Deterministic mode").
 
     Two different contents get different ids (and so different keys), and the same content
-    gives the same ciphertext: only equality of (path, content) is revealed.
+    gives the same ciphertext: only equality of (path, content) is revealed. The region is
+    part of the input because the object's bytes depend on it: the same file added again
+    under another region must not get the id (the object name) of the sealed version's
+    object, which would replace that object before the seal and break the sealed version.
     """
     _check_key(volume_key)
     k = _hkdf(volume_key, _INFO_FILE_ID + volume_id)
-    msg = path.encode("utf-8") + b"\x00" + content_digest
+    msg = path.encode("utf-8") + b"\x00" + content_digest + bytes([region])
     return hmac.new(k, msg, hashlib.sha256).digest()[:FILE_ID_SIZE]
 
 

@@ -13,6 +13,7 @@ import stat
 from pathlib import Path
 
 from confide.errors import UsageError
+from confide.fsutil import fsync_dir
 from confide.volume.format import KEY_SIZE
 
 __all__ = ["KEY_ENV", "VolumeKey", "load_key", "write_key"]
@@ -78,6 +79,9 @@ def write_key(path: Path, key: VolumeKey) -> None:
         f.write(key.hex() + "\n")
         f.flush()
         os.fsync(f.fileno())
+    # the key's directory entry too: a power loss must not keep a volume sealed under a key
+    # whose file is gone (the volume could never be read again)
+    fsync_dir(path.parent)
 
 
 def load_key(path: Path | None = None, *, env: dict[str, str] | None = None) -> VolumeKey:

@@ -50,7 +50,7 @@ from typing import Literal
 import confide
 from confide.errors import ConfideError, ParseError, SignatureError, StorageError, UsageError
 from confide.volume._chunked import ChunkReader, write_chunks
-from confide.volume._io import LARGE_FOLIO_PIECE, equal_contents, same_plaintext
+from confide.volume._io import LARGE_FOLIO_PIECE, equal_contents, open_object, same_plaintext
 from confide.volume.check import open_volume
 from confide.volume.format import (
     ROOT_SIZE,
@@ -72,6 +72,7 @@ from confide.volume.store import (
     load_sealed,
     lock_volume,
     object_path,
+    pending_changes,
     seal_entries,
 )
 
@@ -528,7 +529,7 @@ def _same_unprotected(directory: Path, prev: Entry, p: Path) -> bool:
     if prev.chunks is not None or prev.region is not Region.UNPROTECTED:
         return False
     try:
-        obj = os.open(object_path(directory, prev.file_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        obj = open_object(object_path(directory, prev.file_id))
     except OSError:
         return False
     try:
@@ -557,7 +558,7 @@ def _same_protected(directory: Path, key: VolumeKey, manifest: Manifest, prev: E
         if os.fstat(fd).st_size != prev.size:
             return False
         try:
-            obj = os.open(object_path(directory, prev.file_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            obj = open_object(object_path(directory, prev.file_id))
         except OSError:
             return False
         try:
@@ -903,7 +904,7 @@ def mount_volume(
     volume_dir = volume_dir.resolve()
     mountpoint = Path(os.path.abspath(mountpoint))
     manifest, tag = load_sealed(volume_dir, key, expected_tag)
-    if writable and (volume_dir / PENDING_NAME).exists():
+    if writable and pending_changes(volume_dir, key):
         raise UsageError(
             f"volume {str(volume_dir)!r} has unsealed changes ({PENDING_NAME}); seal or remove them before "
             "mounting it writable"

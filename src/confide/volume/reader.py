@@ -18,6 +18,7 @@ from types import TracebackType
 
 from confide.errors import SignatureError, UsageError
 from confide.volume._chunked import ChunkReader
+from confide.volume._io import check_unprotected, open_object
 from confide.volume.format import (
     TAG_SIZE,
     ChunkCodec,
@@ -115,12 +116,16 @@ class VolumeReader:
                 return o
             cs = self.manifest.chunk_size
             try:
-                fd = os.open(object_path(self.directory, e.file_id), os.O_RDONLY | os.O_NOFOLLOW)
+                fd = open_object(object_path(self.directory, e.file_id))
             except OSError as exc:
                 raise SignatureError(f"{e.path!r}: object unreadable: {exc.strerror or exc}") from None
             try:
                 actual = os.fstat(fd).st_size
                 if e.region is Region.UNPROTECTED:
+                    try:
+                        check_unprotected(fd, e)  # its recorded size (content not authenticated)
+                    except SignatureError as exc:
+                        raise SignatureError(f"{e.path!r}: {exc.message}") from None
                     o = _Open(fd, None, 0)
                 else:
                     expected = object_size(e.size, cs, e.region)
@@ -162,7 +167,7 @@ class VolumeReader:
         """
         if offset < 0 or size < 0:
             raise UsageError(f"read: got offset {offset}, size {size}, expected non-negative values")
-        n = max(0, min(size, e.size - offset)) if e.region is not Region.UNPROTECTED else size
+        n = max(0, min(size, e.size - offset))
         out = bytearray(n)
         got = self.read_into(e, offset, memoryview(out))
         return bytes(out[:got])
@@ -184,11 +189,11 @@ class VolumeReader:
             except SignatureError as exc:
                 raise SignatureError(f"volume file {e.path!r}: {exc.message}") from None
         o = self._get(e)
-        if o.codec is None:
-            return os.preadv(o.fd, [out], offset)
         end = min(e.size, offset + len(out))
         if offset >= end:
             return 0
+        if o.codec is None:  # unprotected: as stored, up to the recorded size
+            return os.preadv(o.fd, [out[: end - offset]], offset)
         cs = self.manifest.chunk_size
         rec = cs + TAG_SIZE
         first, last_chunk = offset // cs, (end - 1) // cs
@@ -215,6 +220,14 @@ class VolumeReader:
         except SignatureError as exc:
             raise SignatureError(f"volume file {e.path!r}: {exc.message}") from None
         return end - offset
+
+    def forget(self, file_id: bytes) -> None:
+        """Close the descriptor kept for the object ``file_id`` (a writer superseded it; the
+        caller guarantees that no read of it is in flight)."""
+        with self._lock:
+            o = self._open.pop(file_id, None)
+        if o is not None:
+            os.close(o.fd)
 
     def close(self) -> None:
         with self._lock:

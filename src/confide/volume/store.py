@@ -33,10 +33,12 @@ from confide.volume._io import copy_raw, encrypt_stream
 from confide.volume.format import (
     DEFAULT_CHUNK_SIZE,
     FILE_ID_SIZE,
+    MANIFEST_HEADER_SIZE,
     MAX_CHUNK_SIZE,
     MAX_MTIME_NS,
     MIN_CHUNK_SIZE,
     ROOT_SIZE,
+    TAG_SIZE,
     VOLUME_ID_SIZE,
     ChunkCodec,
     Entry,
@@ -67,6 +69,7 @@ __all__ = [
     "load_sealed",
     "lock_volume",
     "object_path",
+    "pending_changes",
     "seal_entries",
     "seal_volume",
     "source_date_epoch",
@@ -109,7 +112,9 @@ def object_path(directory: Path, file_id: bytes) -> Path:
 @contextmanager
 def _locked(directory: Path) -> Iterator[None]:
     try:
-        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        # never through a symlink: the host could point it anywhere in our file system and
+        # O_CREAT would create the file there
+        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise StorageError(f"volume {str(directory)!r}: cannot lock: {exc.strerror or exc}") from None
     try:
@@ -127,7 +132,7 @@ def lock_volume(directory: Path, *, shared: bool) -> int | None:
     another writer (or, for an exclusive lock, a mount) holds it.
     """
     try:
-        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError:
         if shared:
             return None
@@ -168,11 +173,27 @@ def _objects_durable(directory: Path) -> None:
 def _collect(directory: Path, live: set[str]) -> None:
     """Delete the objects the new (durable) manifest does not reference. Best effort: the
     seal has happened, so a failure here must not report it as failed (its new tag would be
-    lost to the caller); what is left is removed by the next seal (logged)."""
+    lost to the caller); what is left is removed by the next seal (logged).
+
+    The objects directory is opened without following a symlink and every name is removed
+    relative to it: the host, which controls the volume directory, could otherwise replace
+    ``objects`` with a symlink to any directory of ours and have its files deleted."""
     try:
-        for p in (directory / OBJECTS_DIR).iterdir():
-            if p.name not in live:
-                p.unlink(missing_ok=True)
+        dfd = os.open(directory / OBJECTS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            failed: OSError | None = None
+            for name in os.listdir(dfd):
+                if name not in live:
+                    try:
+                        os.unlink(name, dir_fd=dfd)
+                    except FileNotFoundError:
+                        pass
+                    except OSError as exc:  # e.g. a directory put there: the others still go
+                        failed = failed or exc
+            if failed is not None:
+                raise failed
+        finally:
+            os.close(dfd)
     except OSError as exc:
         log.warning(
             "confide volume: %r: unreferenced objects not all removed (%s); the next seal removes them",
@@ -197,12 +218,43 @@ def seal_entries(directory: Path, key: VolumeKey, base: Manifest, entries: Seque
 
 
 def _read(path: Path, what: str) -> bytes:
+    """A manifest file's bytes, as much as its header says it holds (plus one byte, so that a
+    longer file is seen: :func:`parse_manifest_header` refuses any other length).
+
+    The file is host storage: only a regular file is read (opened without blocking, so that a
+    FIFO put in its place is an error, not a read that waits for ever), and never more than its
+    header's body length allows (at most 4 GiB, the u32's range), not a symlink to
+    ``/dev/zero`` read until memory runs out.
+    """
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise UsageError(f"{str(path.parent)!r} is not a protected volume: {what} missing") from None
     except OSError as exc:
         raise StorageError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StorageError(f"cannot read {str(path)!r}: not a regular file")
+        head = _pread_upto(fd, MANIFEST_HEADER_SIZE, 0)
+        if len(head) < MANIFEST_HEADER_SIZE:
+            return head  # too short: parse_manifest_header names what is missing
+        body_length = int.from_bytes(head[MANIFEST_HEADER_SIZE - 4 :], "little")
+        return head + _pread_upto(fd, body_length + TAG_SIZE + 1, MANIFEST_HEADER_SIZE)
+    except OSError as exc:
+        raise StorageError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def _pread_upto(fd: int, n: int, offset: int) -> bytes:
+    """Up to ``n`` bytes of ``fd`` from ``offset`` (fewer only at its end)."""
+    out = bytearray()
+    while len(out) < n:
+        got = os.pread(fd, min(n - len(out), 1 << 24), offset + len(out))
+        if not got:
+            break
+        out += got
+    return bytes(out)
 
 
 def load_sealed(directory: Path, key: VolumeKey, expected_tag: str | None = None) -> tuple[Manifest, str]:
@@ -252,6 +304,7 @@ def create_volume(
         if any(directory.iterdir()):
             raise UsageError(f"{str(directory)!r}: got a non-empty directory, expected an absent/empty one")
         (directory / OBJECTS_DIR).mkdir(mode=0o755)
+        fsync_dir(directory.parent)  # the volume directory's own entry (write_atomic syncs its contents)
     except OSError as exc:
         raise StorageError(f"cannot create volume {str(directory)!r}: {exc.strerror or exc}") from None
     m = Manifest(vid, 0, ManifestState.SEALED, chunk_size, default_region, rules, ())
@@ -272,13 +325,26 @@ def _merge_rules(old: Sequence[RegionRule], new: Sequence[RegionRule]) -> tuple[
 
 
 def _working(directory: Path, key: VolumeKey) -> Manifest:
-    sealed, _ = load_sealed(directory, key)
+    """The manifest that `add`/`rm`/`seal` change: the pending one, else the sealed one (the
+    caller holds the lock). A pending manifest that the current MANIFEST already seals is the
+    leftover of a `seal` interrupted between the two renames (:func:`seal_volume` replaces
+    MANIFEST, then removes MANIFEST.pending): it is removed, not reported as a conflict."""
+    sealed, tag = load_sealed(directory, key)
     pending_path = directory / PENDING_NAME
     if not pending_path.exists():
         return sealed
     pending = decode_manifest(_read(pending_path, PENDING_NAME), key.raw)
     if pending.state is not ManifestState.PENDING or pending.volume_id != sealed.volume_id:
         raise SignatureError(f"{PENDING_NAME} does not belong to this volume's current state")
+    if pending.generation + 1 == sealed.generation:
+        # encode_manifest is deterministic: equal bytes iff this pending is what was sealed
+        as_sealed = replace(pending, state=ManifestState.SEALED, generation=sealed.generation)
+        if hmac.compare_digest(volume_tag(encode_manifest(as_sealed, key.raw)), tag):
+            log.info("confide volume: %r: removing %s, already sealed (an interrupted seal)", str(directory),
+                     PENDING_NAME)  # fmt: skip
+            pending_path.unlink(missing_ok=True)
+            fsync_dir(directory)
+            return sealed
     if pending.generation != sealed.generation:
         raise StorageError(
             f"{PENDING_NAME}: got base generation {pending.generation}, expected {sealed.generation}; "
@@ -337,7 +403,7 @@ def _store_file(
 
     The time is the source's when it was opened (before its contents were read)."""
     if deterministic:
-        file_id = derive_file_id(key.raw, m.volume_id, vpath, _content_digest(src))
+        file_id = derive_file_id(key.raw, m.volume_id, vpath, _content_digest(src), region)
     else:
         file_id = secrets.token_bytes(FILE_ID_SIZE)
     src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
@@ -359,8 +425,10 @@ def write_object(
     Written under a temporary name, fsynced, then renamed: a failure leaves nothing behind.
     Returns (plaintext size, file root; zeros for unprotected objects)."""
     final = object_path(directory, file_id)
-    tmp = final.with_name(f"{_TMP_PREFIX}{final.name}")
-    dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    # A new name of our own, never through a symlink: a file id can be known in advance
+    # (deterministic ids of a file added again), and the host could have put a symlink there.
+    tmp = final.with_name(f"{_TMP_PREFIX}{final.name}-{secrets.token_hex(8)}")
+    dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         try:
             if region is Region.UNPROTECTED:
@@ -523,6 +591,21 @@ def remove_paths(
         return sorted(removed.values(), key=lambda e: e.path.encode())
 
 
+def pending_changes(directory: Path, key: VolumeKey) -> bool:
+    """Whether the volume has unsealed changes (``MANIFEST.pending``), after removing a pending
+    manifest that the current MANIFEST already seals (see :func:`_working`). Takes the writer
+    lock without waiting when there is a pending manifest (:class:`StorageError` if in use)."""
+    if not (directory / PENDING_NAME).exists():
+        return False
+    lock = lock_volume(directory, shared=False)
+    try:
+        _working(directory, key)
+        return (directory / PENDING_NAME).exists()
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
 def seal_volume(directory: Path, key: VolumeKey) -> str:
     """Turn the pending manifest into the sealed one (generation + 1); return the new tag.
 
@@ -531,10 +614,10 @@ def seal_volume(directory: Path, key: VolumeKey) -> str:
     """
     with _locked(directory):
         pending_path = directory / PENDING_NAME
-        if not pending_path.exists():
+        m = _working(directory, key)
+        if not pending_path.exists():  # nothing pending (or only an already sealed leftover)
             _, tag = load_sealed(directory, key)
             return tag
-        m = _working(directory, key)
         sealed = replace(m, state=ManifestState.SEALED, generation=m.generation + 1)
         data = encode_manifest(sealed, key.raw)
         _objects_durable(directory)
