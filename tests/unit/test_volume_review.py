@@ -191,17 +191,19 @@ def test_an_unprotected_object_of_another_size_than_recorded_is_refused(tmp_path
 def test_a_seal_never_deletes_through_a_symlinked_objects_directory(tmp_path: Path) -> None:
     """The host replaces objects/ with a symlink to a directory of ours holding copies of the
     objects and other files: the seal's removal of unreferenced objects must not delete them."""
-    vol, key, _tag = _volume(tmp_path)
+    vol, key, tag = _volume(tmp_path)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "x").write_bytes(b"x")
+    add_sources(vol, key, [extra])  # the next seal would remove the old objects it replaces
     victim = tmp_path / "victim"
     (vol / OBJECTS_DIR).rename(victim)
     (victim / "precious.txt").write_bytes(b"not an object")
     (vol / OBJECTS_DIR).symlink_to(victim)
-    extra = tmp_path / "extra"
-    extra.mkdir()
-    (extra / "x").write_bytes(b"x")
-    add_sources(vol, key, [extra])
-    seal_volume(vol, key)
+    with pytest.raises(StorageError, match="a symlink or not a directory"):
+        seal_volume(vol, key)  # since objects/ is opened O_NOFOLLOW by every writer, refused
     assert (victim / "precious.txt").read_bytes() == b"not an object"
+    assert load_sealed(vol, key)[1] == tag
 
 
 def test_the_collection_of_unreferenced_objects_goes_past_one_it_cannot_remove(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ authenticate them.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import secrets
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from confide.errors import SignatureError
-from confide.volume._io import OBJECT_FLAGS, _pwrite_pieces, _zero, batch_chunks
+from confide.volume._io import OBJECT_FLAGS, _pwrite_pieces, _zero, batch_chunks, open_objects_dir
 from confide.volume.format import (
     FILE_ID_SIZE,
     TAG_SIZE,
@@ -46,8 +47,9 @@ KEY_CACHE = 1024
 SYNCFS_THRESHOLD = 16
 
 
-def _object(directory: Path, oid: bytes) -> Path:
-    return directory / "objects" / oid.hex()
+def _unlink_at(name: str, dfd: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dfd)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ def write_chunks(
     size: int,
     old: tuple[tuple[bytes, ...], int] | None = None,
     dirty: Collection[int] = (),
+    *,
+    objects_fd: int | None = None,
 ) -> ChunkWrite:
     """Write the first ``size`` bytes of ``src_fd`` (read with pread) as a chunked file.
 
@@ -102,15 +106,25 @@ def write_chunks(
     under a new random id. Durable on return (fsync of the objects, or one syncfs, then the
     renames and an fsync of the objects directory); on any error the objects written by this
     call are removed and the previous ones are untouched.
+
+    Every object is created, renamed and removed relative to ``objects_fd`` (or to the objects
+    directory opened here when it is None, :func:`~confide.volume._io.open_objects_dir`):
+    never through a symlinked ``objects`` (:class:`StorageError`).
     """
     if region is Region.UNPROTECTED:
         raise ValueError("unprotected files are not chunked")
+    if objects_fd is None:
+        dfd = open_objects_dir(directory)
+        try:
+            return write_chunks(directory, keys, chunk_size, region, src_fd, size, old, dirty, objects_fd=dfd)
+        finally:
+            os.close(dfd)
     n = chunked_count(size, chunk_size)
     old_ids, old_size = old if old is not None else ((), 0)
     dirty_set = set(dirty)
     ids: list[bytes] = []
-    pending: list[tuple[Path, Path, int]] = []  # (temporary, final, open fd)
-    done: list[Path] = []
+    pending: list[tuple[str, str, int]] = []  # (temporary, final, open fd), names in objects_fd
+    done: list[str] = []
     written = 0
     new: list[bytes] = []
     try:
@@ -124,9 +138,10 @@ def write_chunks(
                 raise OSError(f"chunk {i}: source has {len(plain)} bytes, expected {plen}")
             cid = secrets.token_bytes(FILE_ID_SIZE)
             record = keys.seal(plain, cid, region)
-            final = _object(directory, cid)
-            tmp = final.with_name(f"{_TMP_PREFIX}{final.name}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            final = cid.hex()
+            tmp = f"{_TMP_PREFIX}{final}"
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(tmp, flags, 0o644, dir_fd=objects_fd)
             pending.append((tmp, final, fd))
             _write_all(fd, record)
             written += len(record)
@@ -142,22 +157,18 @@ def write_chunks(
                 tmp, final, fd = pending.pop()
                 os.close(fd)
                 try:
-                    os.replace(tmp, final)
+                    os.replace(tmp, final, src_dir_fd=objects_fd, dst_dir_fd=objects_fd)
                 except BaseException:
-                    tmp.unlink(missing_ok=True)
+                    _unlink_at(tmp, objects_fd)
                     raise
                 done.append(final)
-            dfd = os.open(directory / "objects", os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            os.fsync(objects_fd)
     except BaseException:
         for tmp, _, fd in pending:
             os.close(fd)
-            tmp.unlink(missing_ok=True)
+            _unlink_at(tmp, objects_fd)
         for final in done:
-            final.unlink(missing_ok=True)
+            _unlink_at(final, objects_fd)
         raise
     return ChunkWrite(tuple(ids), tuple(new), written)
 

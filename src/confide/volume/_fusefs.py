@@ -45,7 +45,7 @@ from typing import Any
 
 import mfusepy  # the parent sets FUSE_LIBRARY_PATH to libfuse 3 (see mount.fuse3_library)
 
-from confide.errors import ConfideError, SignatureError, UsageError
+from confide.errors import ConfideError, SignatureError, StorageError, UsageError
 from confide.volume._chunked import write_chunks
 from confide.volume._io import copy_unprotected, decrypt_object, equal_contents, open_object
 from confide.volume.format import (
@@ -65,7 +65,14 @@ from confide.volume.format import (
 )
 from confide.volume.keys import VolumeKey
 from confide.volume.reader import VolumeReader
-from confide.volume.store import lock_volume, object_path, seal_entries, write_object
+from confide.volume.store import (
+    lock_volume,
+    object_path,
+    open_objects_dir,
+    remove_objects,
+    seal_entries,
+    write_object,
+)
 
 log = logging.getLogger("confide.volume.mount")
 
@@ -280,6 +287,20 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         """
         if node.buf_fd is None or not node.dirty or node.orphan:
             return
+        try:
+            objects_fd = open_objects_dir(self.directory)  # once per commit, never through a symlink
+        except StorageError as exc:
+            log.error("confide volume: %r not committed: %s", node.path, exc.message)
+            raise _err(errno.EIO) from None  # the file stays dirty: a later commit may succeed
+        try:
+            self._commit_at(node, objects_fd)
+        finally:
+            os.close(objects_fd)
+
+    def _commit_at(self, node: _Node, objects_fd: int) -> None:
+        """:meth:`_commit` with the objects directory open (every object written relative to it)."""
+        if node.buf_fd is None:
+            return
         old = node.entry
         size = os.fstat(node.buf_fd).st_size
         if (
@@ -297,7 +318,9 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             src = os.dup(node.buf_fd)  # own offset
             try:
                 os.lseek(src, 0, os.SEEK_SET)
-                size, root = write_object(self.directory, self._key, self.manifest, fid, node.region, src)
+                size, root = write_object(
+                    self.directory, self._key, self.manifest, fid, node.region, src, objects_fd=objects_fd
+                )
             finally:
                 os.close(src)
             new_ids = (fid,)
@@ -315,7 +338,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
                 dirty.update(range(node.dirty_from, n))
             w = write_chunks(
                 self.directory, self._chunk_keys, self.manifest.chunk_size, node.region, node.buf_fd, size,
-                base, dirty,
+                base, dirty, objects_fd=objects_fd,
             )  # fmt: skip
             self.bytes_written += w.written
             new_ids = w.new
@@ -343,7 +366,11 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             return
         for oid in self._superseded:
             self.reader.forget(oid)
-            object_path(self.directory, oid).unlink(missing_ok=True)
+        try:
+            remove_objects(self.directory, self._superseded)
+        except (OSError, ConfideError) as exc:  # a read's or commit's result stands; the seal collects them
+            log.warning("confide volume: superseded objects not removed (%s); the seal removes them", exc)
+            return
         self._superseded.clear()
 
     def _same_object(self, old: Entry, buf_fd: int, size: int) -> bool:
@@ -764,8 +791,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             return out
 
     def discard(self) -> None:
-        for fid in (*self.new_objects, *self._superseded):
-            object_path(self.directory, fid).unlink(missing_ok=True)
+        remove_objects(self.directory, (*self.new_objects, *self._superseded))
         self.new_objects.clear()
         self._superseded.clear()
 

@@ -14,7 +14,7 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from confide.errors import SignatureError
+from confide.errors import SignatureError, StorageError
 from confide.volume.format import (
     TAG_SIZE,
     ChunkCodec,
@@ -37,6 +37,7 @@ __all__ = [
     "encrypt_stream",
     "equal_contents",
     "open_object",
+    "open_objects_dir",
     "read_full",
     "same_plaintext",
 ]
@@ -353,6 +354,30 @@ def open_object(path: str | os.PathLike[str]) -> int:
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, "not a regular file")
+    return fd
+
+
+def open_objects_dir(directory: str | os.PathLike[str]) -> int:
+    """Open the volume's ``objects`` directory for the writers (docs/volume-format.md,
+    "Directory layout"): never through a symlink (``O_NOFOLLOW|O_DIRECTORY``), and only a
+    directory owned by this user or root that neither group nor others can write. Every new
+    object is then created, renamed and removed relative to this descriptor (``dir_fd=``), so
+    a host that replaces ``objects`` with a symlink cannot make a writer put objects (or its
+    temporary files) into another directory, and a swap after the open changes nothing.
+    :class:`StorageError` otherwise; the caller closes the descriptor."""
+    path = os.path.join(directory, "objects")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        what = "a symlink or not a directory" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else exc.strerror
+        raise StorageError(f"cannot open the volume's objects directory {path!r}: {what or exc}") from None
+    st = os.fstat(fd)
+    if st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
+        os.close(fd)
+        raise StorageError(
+            f"the volume's objects directory {path!r}: got owner uid {st.st_uid}, mode "
+            f"{stat.S_IMODE(st.st_mode):#o}, expected this user's or root's and not writable by others"
+        )
     return fd
 
 

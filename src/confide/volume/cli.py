@@ -49,6 +49,10 @@ def _rules(
 _key_option = click.option(
     "--key", "key_file", type=_PATH, help=f"Volume key file (default: ${KEY_ENV} as 64 hex digits)."
 )
+_expect_option = click.option(
+    "--expect-tag", "expect_tag", metavar="HEX",
+    help="Refuse (exit 60, nothing changed) unless the sealed tag is HEX and pending changes build on it.",
+)  # fmt: skip
 _region_options = [
     click.option("--encrypt", multiple=True, metavar="PATH", help="Encrypt files at/below PATH."),
     click.option("--authenticate", multiple=True, metavar="PATH", help="Plaintext + MAC at/below PATH."),
@@ -117,6 +121,7 @@ def create_cmd(
     "--mtime", "mtime", type=click.IntRange(0, MAX_MTIME_NS // 1_000_000_000), metavar="SECONDS",
     help="Record this modification time (seconds since 1970 UTC) for every entry, not the sources'.",
 )  # fmt: skip
+@_expect_option
 @_with_regions
 def add_cmd(
     directory: Path,
@@ -125,6 +130,7 @@ def add_cmd(
     dest: str,
     deterministic: bool,
     mtime: int | None,
+    expect_tag: str | None,
     encrypt: tuple[str, ...],
     authenticate: tuple[str, ...],
     unprotected: tuple[str, ...],
@@ -145,6 +151,7 @@ def add_cmd(
             deterministic=deterministic,
             mtime_ns=None if mtime is None else mtime * 1_000_000_000,
             mtime_clamp_ns=source_date_epoch(),
+            expected_tag=expect_tag,
         )
     except ConfideError as exc:
         _die(exc)
@@ -159,10 +166,15 @@ def add_cmd(
 @click.argument("paths", metavar="PATH...", nargs=-1, required=True)
 @_key_option
 @click.option("-r", "--recursive", is_flag=True, help="Remove directories and everything below them.")
-def rm_cmd(directory: Path, paths: tuple[str, ...], key_file: Path | None, recursive: bool) -> None:
+@_expect_option
+def rm_cmd(
+    directory: Path, paths: tuple[str, ...], key_file: Path | None, recursive: bool, expect_tag: str | None
+) -> None:
     """Remove volume PATHs (files, symlinks, directories with -r); seal to publish."""
     try:
-        removed = remove_paths(directory, load_key(key_file), list(paths), recursive=recursive)
+        removed = remove_paths(
+            directory, load_key(key_file), list(paths), recursive=recursive, expected_tag=expect_tag
+        )
     except ConfideError as exc:
         _die(exc)
         return
@@ -173,10 +185,11 @@ def rm_cmd(directory: Path, paths: tuple[str, ...], key_file: Path | None, recur
 @volume.command("seal")
 @click.argument("directory", metavar="DIR", type=_PATH)
 @_key_option
-def seal_cmd(directory: Path, key_file: Path | None) -> None:
-    """Publish the added files as a new generation; print the new volume tag."""
+@_expect_option
+def seal_cmd(directory: Path, key_file: Path | None, expect_tag: str | None) -> None:
+    """Publish the added files as a new generation; print the new volume tag (one line)."""
     try:
-        tag = seal_volume(directory, load_key(key_file))
+        tag = seal_volume(directory, load_key(key_file), expect_tag)
     except ConfideError as exc:
         _die(exc)
         return

@@ -53,6 +53,7 @@ __all__ = [
     "MANIFEST_HEADER_SIZE",
     "MANIFEST_MAGIC",
     "MAX_CHUNK_SIZE",
+    "MAX_MANIFEST_BODY",
     "MAX_MTIME_NS",
     "MIN_CHUNK_SIZE",
     "READABLE_VERSIONS",
@@ -86,6 +87,7 @@ __all__ = [
     "object_size",
     "parse_manifest_body",
     "parse_manifest_header",
+    "pending_base_mac",
     "region_for",
     "root_hasher",
     "volume_tag",
@@ -103,6 +105,12 @@ DEFAULT_CHUNK_SIZE = 64 * 1024
 MIN_CHUNK_SIZE = 256
 MAX_CHUNK_SIZE = 16 * 1024 * 1024
 MAX_PATH_BYTES = 4096
+# Largest manifest body read or written (docs/volume-format.md, "Manifest", body length): a
+# manifest is read whole before it authenticates, so this is what a host can make a reader
+# allocate. 1 GiB holds 1M files with paths of ~1,000 bytes on average (a file entry is 80
+# bytes + its path: 1M files with 100-byte paths take ~180 MB), or 4 TiB of chunked files at
+# the default chunk size (16 bytes of chunk id per 64 KiB chunk); the u32 field allows 4 GiB.
+MAX_MANIFEST_BODY = 1 << 30
 MAX_NAME_BYTES = 255
 MAX_ENTRIES = 10_000_000
 MAX_FILE_SIZE = 2**62  # keeps chunk indexes and offsets far from 64-bit overflow
@@ -138,6 +146,7 @@ _INFO_MANIFEST_NONCE = b"confide-volume-v1 manifest nonce key"
 _INFO_FILE = b"confide-volume-v1 file key"
 _INFO_FILE_ID = b"confide-volume-v1 file id key"
 _INFO_CHUNK = b"confide-volume-v3 chunk key"
+_INFO_PENDING_BASE = b"confide-volume-v1 pending base key"
 # Layout byte of a version-3 file entry.
 _LAYOUT_OBJECT = 0  # one object for the whole file (versions 1 and 2)
 _LAYOUT_CHUNKS = 1  # one object per chunk
@@ -179,6 +188,17 @@ def file_key(volume_key: bytes, volume_id: bytes, file_id: bytes, region: Region
     """The per-file AES-256 key: HKDF-SHA256(volume key, info = label || region || ids)."""
     _check_key(volume_key)
     return _hkdf(volume_key, _INFO_FILE + bytes([region]) + volume_id + file_id)
+
+
+def pending_base_mac(volume_key: bytes, volume_id: bytes, pending: bytes, base_tag: str) -> bytes:
+    """The MAC of a pending manifest's base record (docs/volume-format.md, "Pending base"):
+    HMAC-SHA256 under HKDF(volume key, "confide-volume-v1 pending base key" || volume_id) over
+    SHA-256(the pending manifest's bytes) || the base tag (64 lower-case hex digits, ASCII).
+    It binds a staged MANIFEST.pending to the sealed version it was built on, which the
+    manifest format itself does not record (only the generation)."""
+    _check_key(volume_key)
+    k = _hkdf(volume_key, _INFO_PENDING_BASE + volume_id)
+    return hmac.new(k, hashlib.sha256(pending).digest() + base_tag.encode("ascii"), hashlib.sha256).digest()
 
 
 def derive_file_id(
@@ -766,6 +786,12 @@ def encode_manifest(m: Manifest, volume_key: bytes) -> bytes:
         ):
             raise ValueError(f"{e.path!r}: chunk ids not matching the size, or an unprotected file chunked")
     body = encode_manifest_body(m)
+    if len(body) > MAX_MANIFEST_BODY:  # never written: no reader would read it
+        raise ParseError(
+            f"got {len(body)} bytes, expected at most {MAX_MANIFEST_BODY} (too many entries or chunks "
+            "for one volume)",
+            field="body_length",
+        )
     k_enc, k_nonce = _manifest_keys(volume_key, m.volume_id)
     version = manifest_version(m)
     pre = _HEADER.pack(MANIFEST_MAGIC, version, m.state, 0, m.volume_id, m.generation, bytes(12), len(body))
@@ -804,6 +830,8 @@ def parse_manifest_header(data: bytes) -> ManifestHeader:
     nonce = r.take(NONCE_SIZE, "nonce")
     off = r.pos
     body_length = r.u32("body_length")
+    if body_length > MAX_MANIFEST_BODY:
+        raise r.error(f"got {body_length}, expected at most {MAX_MANIFEST_BODY}", "body_length", off)
     if r.remaining != body_length + TAG_SIZE:
         raise r.error(
             f"got {r.remaining} bytes of body and tag, expected {body_length + TAG_SIZE}", "body_length", off

@@ -72,6 +72,7 @@ from confide.volume.store import (
     load_sealed,
     lock_volume,
     object_path,
+    open_objects_dir,
     pending_changes,
     seal_entries,
 )
@@ -478,7 +479,7 @@ def _open_regular(p: Path) -> int:
 
 
 def _reseal_chunked(
-    directory: Path, chunks: ChunkReader, prev: Entry, p: Path
+    directory: Path, chunks: ChunkReader, prev: Entry, p: Path, objects_fd: int
 ) -> tuple[int, tuple[bytes, ...]]:
     """Write the new version of the chunked file ``prev`` from ``p``: only the chunks that
     differ from the sealed ones are sealed (under new chunk ids). Returns (size, chunk ids)."""
@@ -494,14 +495,24 @@ def _reseal_chunked(
                 prev.path,
             )
         old = (prev.chunks or (), prev.size)
-        w = write_chunks(directory, chunks.keys, chunks.chunk_size, prev.region, fd, size, old, dirty)
+        w = write_chunks(
+            directory,
+            chunks.keys,
+            chunks.chunk_size,
+            prev.region,
+            fd,
+            size,
+            old,
+            dirty,
+            objects_fd=objects_fd,
+        )
     finally:
         os.close(fd)
     return size, w.chunks
 
 
 def _write_chunked(
-    directory: Path, chunks: ChunkReader, region: Region, p: Path
+    directory: Path, chunks: ChunkReader, region: Region, p: Path, objects_fd: int
 ) -> tuple[int, tuple[bytes, ...]]:
     """Write ``p`` as a chunked file of ``region`` (format version 3): every chunk sealed as a
     new chunk object under a new random chunk id (:func:`write_chunks`, durable on return, its
@@ -509,7 +520,7 @@ def _write_chunked(
     fd = _open_regular(p)
     try:
         size = os.fstat(fd).st_size
-        w = write_chunks(directory, chunks.keys, chunks.chunk_size, region, fd, size)
+        w = write_chunks(directory, chunks.keys, chunks.chunk_size, region, fd, size, objects_fd=objects_fd)
     finally:
         os.close(fd)
     return size, w.chunks
@@ -588,6 +599,26 @@ def _reseal_entries(
     chunks: ChunkReader,
     owners: bool,
 ) -> str:
+    # every new object is written relative to the objects directory opened once here, never
+    # through a symlink the host put in its place (docs/volume-format.md, "Directory layout")
+    objects_fd = open_objects_dir(directory)
+    try:
+        return _reseal_entries_at(directory, key, manifest, tag, root, baseline, chunks, owners, objects_fd)
+    finally:
+        os.close(objects_fd)
+
+
+def _reseal_entries_at(
+    directory: Path,
+    key: VolumeKey,
+    manifest: Manifest,
+    tag: str,
+    root: Path,
+    baseline: dict[str, tuple[int, int, int, int]],
+    chunks: ChunkReader,
+    owners: bool,
+    objects_fd: int,
+) -> str:
     old = manifest.by_path()
     entries: list[Entry] = []
     for dirpath, dirs, files in os.walk(root, onerror=_unlistable):
@@ -642,7 +673,7 @@ def _reseal_entries(
                     entries.append(replace(prev, mode=mode, uid=uid, gid=gid, mtime_ns=t))
                     continue
                 if prev is not None and prev.chunks is not None:
-                    size, ids = _reseal_chunked(directory, chunks, prev, p)
+                    size, ids = _reseal_chunked(directory, chunks, prev, p, objects_fd)
                     entries.append(
                         replace(prev, mode=mode, uid=uid, gid=gid, size=size, mtime_ns=t, chunks=ids)
                     )
@@ -655,13 +686,14 @@ def _reseal_entries(
                 chunk_ids: tuple[bytes, ...] | None = None
                 if region is Region.UNPROTECTED:
                     fid, size, froot, _ = _store_file(
-                        directory, key, manifest, vpath, p, region=region, deterministic=False
-                    )
+                        directory, key, manifest, vpath, p, region=region, deterministic=False,
+                        objects_fd=objects_fd,
+                    )  # fmt: skip
                 else:
                     # a protected file stored as one object (or new): written chunked, as the FUSE
                     # commit path does (docs/volume-mount.md); later unmounts re-seal only its
                     # changed chunks
-                    size, chunk_ids = _write_chunked(directory, chunks, region, p)
+                    size, chunk_ids = _write_chunked(directory, chunks, region, p, objects_fd)
                     fid, froot = b"", bytes(ROOT_SIZE)
                 entries.append(
                     Entry(
@@ -872,6 +904,8 @@ class _TmpfsMount(MountHandle):
                 f"volume {str(self._dir)!r}: cannot seal the session's changes "
                 f"({exc.strerror or type(exc).__name__}); they are discarded"
             ) from None
+        except StorageError as exc:  # e.g. a symlinked objects directory (open_objects_dir)
+            raise StorageError(f"{exc.message}; the session's changes are discarded") from None
         finally:
             self._teardown()
         return self.tag

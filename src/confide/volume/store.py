@@ -4,6 +4,7 @@ A volume is a directory::
 
     DIR/MANIFEST           sealed manifest (its SHA-256 is the volume tag)
     DIR/MANIFEST.pending   manifest written by `add`, replaced into MANIFEST by `seal`
+    DIR/MANIFEST.pending.base  the sealed tag that pending manifest was built on, with a MAC
     DIR/objects/<hex id>   one object per file, named by its random file id
     DIR/.lock              flock(2) lock serialising writers
 
@@ -22,19 +23,20 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 
 from confide.errors import ParseError, RollbackError, SignatureError, StorageError, UsageError
 from confide.fsutil import fsync_dir, write_atomic
-from confide.volume._io import copy_raw, encrypt_stream
+from confide.volume._io import copy_raw, encrypt_stream, open_objects_dir
 from confide.volume.format import (
     DEFAULT_CHUNK_SIZE,
     FILE_ID_SIZE,
     MANIFEST_HEADER_SIZE,
     MAX_CHUNK_SIZE,
+    MAX_MANIFEST_BODY,
     MAX_MTIME_NS,
     MIN_CHUNK_SIZE,
     ROOT_SIZE,
@@ -53,6 +55,7 @@ from confide.volume.format import (
     decode_manifest,
     derive_file_id,
     encode_manifest,
+    pending_base_mac,
     region_for,
     volume_tag,
 )
@@ -61,15 +64,19 @@ from confide.volume.keys import VolumeKey
 __all__ = [
     "MANIFEST_NAME",
     "OBJECTS_DIR",
+    "PENDING_BASE_NAME",
     "PENDING_NAME",
     "SOURCE_DATE_EPOCH",
     "add_sources",
+    "check_expected_tag",
     "create_volume",
     "live_objects",
     "load_sealed",
     "lock_volume",
     "object_path",
+    "open_objects_dir",
     "pending_changes",
+    "remove_objects",
     "seal_entries",
     "seal_volume",
     "source_date_epoch",
@@ -77,6 +84,9 @@ __all__ = [
 
 MANIFEST_NAME = "MANIFEST"
 PENDING_NAME = "MANIFEST.pending"
+PENDING_BASE_NAME = "MANIFEST.pending.base"
+# "<64 hex tag> <64 hex MAC>\n": anything longer is not a base record
+_BASE_RECORD_SIZE = 2 * 64 + 2
 OBJECTS_DIR = "objects"
 LOCK_NAME = ".lock"
 _TMP_PREFIX = ".tmp-"
@@ -124,6 +134,39 @@ def _locked(directory: Path) -> Iterator[None]:
         os.close(fd)
 
 
+@contextmanager
+def _objects_dir(directory: Path) -> Iterator[int]:
+    """The objects directory opened once for a writer (:func:`open_objects_dir`), closed after."""
+    fd = open_objects_dir(directory)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def remove_objects(directory: Path, ids: Iterable[bytes]) -> None:
+    """Remove the objects ``ids`` (absent ones are fine) relative to the objects directory,
+    never through a symlink (:func:`open_objects_dir`); the first other failure is raised
+    after trying all."""
+    names = [oid.hex() for oid in ids]
+    if not names:
+        return
+    dfd = open_objects_dir(directory)
+    try:
+        failed: OSError | None = None
+        for name in names:
+            try:
+                os.unlink(name, dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+    finally:
+        os.close(dfd)
+
+
 def lock_volume(directory: Path, *, shared: bool) -> int | None:
     """Take the volume's writer lock without waiting (``shared`` for readers that pin a version).
 
@@ -165,9 +208,13 @@ def _objects_durable(directory: Path) -> None:
     synced; without this a power loss could keep the new manifest and lose an object it
     lists (the manifest's own rename is synced by :func:`write_atomic`, a different
     directory). One fsync per seal, not per object."""
-    objects = directory / OBJECTS_DIR
-    if objects.is_dir():
-        fsync_dir(objects)
+    if not os.path.lexists(directory / OBJECTS_DIR):
+        return  # nothing written (a volume whose objects directory is gone has no objects)
+    dfd = open_objects_dir(directory)  # never a symlink: the objects must be in the volume's own
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def _collect(directory: Path, live: set[str]) -> None:
@@ -223,8 +270,9 @@ def _read(path: Path, what: str) -> bytes:
 
     The file is host storage: only a regular file is read (opened without blocking, so that a
     FIFO put in its place is an error, not a read that waits for ever), and never more than its
-    header's body length allows (at most 4 GiB, the u32's range), not a symlink to
-    ``/dev/zero`` read until memory runs out.
+    header's body length allows, not a symlink to ``/dev/zero`` read until memory runs out; a
+    body length above :data:`MAX_MANIFEST_BODY` (1 GiB) is a :class:`ParseError` before any
+    of the body is read.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -239,6 +287,13 @@ def _read(path: Path, what: str) -> bytes:
         if len(head) < MANIFEST_HEADER_SIZE:
             return head  # too short: parse_manifest_header names what is missing
         body_length = int.from_bytes(head[MANIFEST_HEADER_SIZE - 4 :], "little")
+        if body_length > MAX_MANIFEST_BODY:  # refused before reading any of it
+            raise ParseError(
+                f"got {body_length}, expected at most {MAX_MANIFEST_BODY}",
+                structure="volume manifest",
+                field="body_length",
+                offset=MANIFEST_HEADER_SIZE - 4,
+            )
         return head + _pread_upto(fd, body_length + TAG_SIZE + 1, MANIFEST_HEADER_SIZE)
     except OSError as exc:
         raise StorageError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
@@ -324,16 +379,88 @@ def _merge_rules(old: Sequence[RegionRule], new: Sequence[RegionRule]) -> tuple[
     return tuple(sorted(merged.values(), key=lambda r: r.prefix.encode()))
 
 
-def _working(directory: Path, key: VolumeKey) -> Manifest:
+def check_expected_tag(expected_tag: str | None) -> str | None:
+    """``expected_tag`` normalised (stripped, lower case), or None; :class:`UsageError` unless it
+    is 64 hex digits (a volume tag, docs/volume-format.md, "Directory layout")."""
+    if expected_tag is None:
+        return None
+    want = expected_tag.strip().lower()
+    if len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
+        raise UsageError(f"expected tag: got {expected_tag[:80]!r}, expected 64 hex digits (a volume tag)")
+    return want
+
+
+def _pending_base(directory: Path, key: VolumeKey, volume_id: bytes, pending: bytes) -> str | None:
+    """The sealed tag that the pending manifest ``pending`` was built on, from its base record
+    (docs/volume-format.md, "Pending base"), or None when the record is missing, malformed or
+    does not authenticate for these pending bytes (a pending manifest staged by an older
+    confide, a crash between the two renames of :func:`_write_pending`, or a host's edit: all
+    are "base unknown", which a caller with an expected tag refuses)."""
+    try:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(directory / PENDING_BASE_NAME, flags)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        raw = os.pread(fd, _BASE_RECORD_SIZE + 1, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    parts = raw.split(b" ")
+    if len(raw) != _BASE_RECORD_SIZE or len(parts) != 2 or not raw.endswith(b"\n"):
+        return None
+    try:
+        base = check_expected_tag(parts[0].decode("ascii"))
+        mac = bytes.fromhex(parts[1][:-1].decode("ascii"))
+    except (UnicodeDecodeError, ValueError, UsageError):
+        return None
+    if base is None or not hmac.compare_digest(mac, pending_base_mac(key.raw, volume_id, pending, base)):
+        return None
+    return base
+
+
+def _write_pending(directory: Path, key: VolumeKey, m: Manifest, base_tag: str) -> None:
+    """Write the pending manifest ``m`` and its base record (the sealed tag it was built on,
+    MAC'd together with its bytes). The record is written second: a crash between the two
+    leaves a record that does not authenticate for the new pending bytes, "base unknown"."""
+    data = encode_manifest(m, key.raw)
+    write_atomic(directory / PENDING_NAME, data)
+    mac = pending_base_mac(key.raw, m.volume_id, data, base_tag)
+    write_atomic(directory / PENDING_BASE_NAME, f"{base_tag} {mac.hex()}\n".encode("ascii"))
+
+
+def _drop_pending(directory: Path) -> None:
+    """Remove MANIFEST.pending, then its base record (missing either is fine), durably."""
+    (directory / PENDING_NAME).unlink(missing_ok=True)
+    (directory / PENDING_BASE_NAME).unlink(missing_ok=True)
+    fsync_dir(directory)
+
+
+def _working(
+    directory: Path, key: VolumeKey, expected_tag: str | None = None, *, check_base: bool = True
+) -> tuple[Manifest, str]:
     """The manifest that `add`/`rm`/`seal` change: the pending one, else the sealed one (the
-    caller holds the lock). A pending manifest that the current MANIFEST already seals is the
-    leftover of a `seal` interrupted between the two renames (:func:`seal_volume` replaces
-    MANIFEST, then removes MANIFEST.pending): it is removed, not reported as a conflict."""
-    sealed, tag = load_sealed(directory, key)
+    caller holds the lock), with the current sealed tag. A pending manifest that the current
+    MANIFEST already seals is the leftover of a `seal` interrupted between the two renames
+    (:func:`seal_volume` replaces MANIFEST, then removes MANIFEST.pending): it is removed, not
+    reported as a conflict.
+
+    Freshness (docs/volume-format.md, "Pending base"): with ``expected_tag`` (normalised by
+    :func:`check_expected_tag`), a sealed MANIFEST with another tag is a :class:`RollbackError`.
+    A pending manifest whose base record names another tag than the current MANIFEST's was
+    built on another sealed version (the host rolled MANIFEST back or swapped in a fork of the
+    same generation since): :class:`RollbackError`, with or without ``expected_tag``. One whose
+    base is unknown is refused only with ``expected_tag`` (its freshness cannot be shown).
+    ``check_base=False`` (:func:`pending_changes`, which only reports) skips the base record."""
+    sealed, tag = load_sealed(directory, key, expected_tag)
     pending_path = directory / PENDING_NAME
     if not pending_path.exists():
-        return sealed
-    pending = decode_manifest(_read(pending_path, PENDING_NAME), key.raw)
+        return sealed, tag
+    data = _read(pending_path, PENDING_NAME)
+    pending = decode_manifest(data, key.raw)
     if pending.state is not ManifestState.PENDING or pending.volume_id != sealed.volume_id:
         raise SignatureError(f"{PENDING_NAME} does not belong to this volume's current state")
     if pending.generation + 1 == sealed.generation:
@@ -342,15 +469,30 @@ def _working(directory: Path, key: VolumeKey) -> Manifest:
         if hmac.compare_digest(volume_tag(encode_manifest(as_sealed, key.raw)), tag):
             log.info("confide volume: %r: removing %s, already sealed (an interrupted seal)", str(directory),
                      PENDING_NAME)  # fmt: skip
-            pending_path.unlink(missing_ok=True)
-            fsync_dir(directory)
-            return sealed
+            _drop_pending(directory)
+            return sealed, tag
     if pending.generation != sealed.generation:
         raise StorageError(
             f"{PENDING_NAME}: got base generation {pending.generation}, expected {sealed.generation}; "
             "remove it and add the files again"
         )
-    return pending
+    if not check_base:
+        return pending, tag
+    base = _pending_base(directory, key, pending.volume_id, data)
+    if base is not None and not hmac.compare_digest(base.encode(), tag.encode()):
+        raise RollbackError(
+            f"{PENDING_NAME} was staged on volume tag {base}, but MANIFEST now has tag {tag} "
+            f"(generation {sealed.generation}): the sealed version changed since (rolled back or "
+            f"forked); nothing was changed. Check the volume (verify --tag), then remove {PENDING_NAME} "
+            "and add the files again"
+        )
+    if base is None and expected_tag is not None:
+        raise RollbackError(
+            f"{PENDING_NAME} records no authentic base tag (staged by an older confide, an interrupted "
+            f"add/rm, or edited), so it cannot be shown to build on tag {tag}; nothing was changed. "
+            f"Remove {PENDING_NAME} and add the files again"
+        )
+    return pending, tag
 
 
 def _walk(src: Path, dest: str) -> Iterator[tuple[str, Path, os.stat_result]]:
@@ -398,10 +540,12 @@ def _store_file(
     *,
     region: Region,
     deterministic: bool,
+    objects_fd: int | None = None,
 ) -> tuple[bytes, int, bytes, int]:
     """Write the object of one file; return (file id, size, root, source mtime in ns).
 
-    The time is the source's when it was opened (before its contents were read)."""
+    The time is the source's when it was opened (before its contents were read).
+    ``objects_fd``: as for :func:`write_object`."""
     if deterministic:
         file_id = derive_file_id(key.raw, m.volume_id, vpath, _content_digest(src), region)
     else:
@@ -411,38 +555,56 @@ def _store_file(
         st = os.fstat(src_fd)
         if not stat.S_ISREG(st.st_mode):
             raise UsageError(f"{str(src)!r} changed into a non-regular file while adding")
-        size, root = write_object(directory, key, m, file_id, region, src_fd)
+        size, root = write_object(directory, key, m, file_id, region, src_fd, objects_fd=objects_fd)
     finally:
         os.close(src_fd)
     return file_id, size, root, st.st_mtime_ns
 
 
 def write_object(
-    directory: Path, key: VolumeKey, m: Manifest, file_id: bytes, region: Region, src_fd: int
+    directory: Path,
+    key: VolumeKey,
+    m: Manifest,
+    file_id: bytes,
+    region: Region,
+    src_fd: int,
+    *,
+    objects_fd: int | None = None,
 ) -> tuple[int, bytes]:
     """Write the object of ``file_id`` from ``src_fd`` (read from its current offset to EOF):
     encrypted in chunks (format.md, "Objects"), or copied as is for the unprotected region.
     Written under a temporary name, fsynced, then renamed: a failure leaves nothing behind.
-    Returns (plaintext size, file root; zeros for unprotected objects)."""
-    final = object_path(directory, file_id)
-    # A new name of our own, never through a symlink: a file id can be known in advance
-    # (deterministic ids of a file added again), and the host could have put a symlink there.
-    tmp = final.with_name(f"{_TMP_PREFIX}{final.name}-{secrets.token_hex(8)}")
-    dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    Returns (plaintext size, file root; zeros for unprotected objects).
+
+    Written relative to ``objects_fd`` (from :func:`~confide.volume._io.open_objects_dir`; the
+    caller keeps it open across its writes), or to the objects directory opened here when it
+    is None: never through a symlinked ``objects`` (:class:`StorageError`)."""
+    dfd = open_objects_dir(directory) if objects_fd is None else objects_fd
     try:
+        final = file_id.hex()
+        # A new name of our own, never through a symlink: a file id can be known in advance
+        # (deterministic ids of a file added again), and the host could have put a symlink there.
+        tmp = f"{_TMP_PREFIX}{final}-{secrets.token_hex(8)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        dst_fd = os.open(tmp, flags, 0o644, dir_fd=dfd)
         try:
-            if region is Region.UNPROTECTED:
-                size, root = copy_raw(src_fd, dst_fd), bytes(ROOT_SIZE)
-            else:
-                codec = ChunkCodec(key.raw, m.volume_id, file_id, region)
-                size, root = encrypt_stream(src_fd, dst_fd, codec, m.chunk_size)
-            os.fsync(dst_fd)
-        finally:
-            os.close(dst_fd)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            try:
+                if region is Region.UNPROTECTED:
+                    size, root = copy_raw(src_fd, dst_fd), bytes(ROOT_SIZE)
+                else:
+                    codec = ChunkCodec(key.raw, m.volume_id, file_id, region)
+                    size, root = encrypt_stream(src_fd, dst_fd, codec, m.chunk_size)
+                os.fsync(dst_fd)
+            finally:
+                os.close(dst_fd)
+            os.replace(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+    finally:
+        if objects_fd is None:
+            os.close(dfd)
     return size, root
 
 
@@ -456,6 +618,7 @@ def add_sources(
     deterministic: bool = False,
     mtime_ns: int | None = None,
     mtime_clamp_ns: int | None = None,
+    expected_tag: str | None = None,
 ) -> list[Entry]:
     """Add files, directories and symlinks from ``sources`` to the pending manifest.
 
@@ -471,7 +634,11 @@ def add_sources(
     volume are replaced (a new file id, hence a new key). Special files are refused. Hard links
     are stored as separate files. Returns the entries added or replaced. Nothing is visible
     to verify/open until :func:`seal_volume`.
+
+    ``expected_tag``: refuse (:class:`RollbackError`, nothing changed) unless the sealed
+    MANIFEST has this tag and any pending manifest was staged on it (:func:`_working`).
     """
+    want = check_expected_tag(expected_tag)
     if dest:
         try:
             check_path(dest, "--dest")
@@ -485,8 +652,8 @@ def add_sources(
         t = source_ns if mtime_ns is None else mtime_ns
         return clamp_mtime_ns(t if mtime_clamp_ns is None else min(t, mtime_clamp_ns))
 
-    with _locked(directory):
-        m = _working(directory, key)
+    with _locked(directory), _objects_dir(directory) as objects_fd:
+        m, base_tag = _working(directory, key, want)
         merged = _merge_rules(m.rules, rules)
         entries = m.by_path()
         added: list[Entry] = []
@@ -520,8 +687,9 @@ def add_sources(
                 elif stat.S_ISREG(st.st_mode):
                     region = region_for(vpath, merged, m.default_region)
                     fid, size, root, file_ns = _store_file(
-                        directory, key, m, vpath, spath, region=region, deterministic=deterministic
-                    )
+                        directory, key, m, vpath, spath, region=region, deterministic=deterministic,
+                        objects_fd=objects_fd,
+                    )  # fmt: skip
                     e = Entry(vpath, EntryKind.FILE, mode, uid, gid, region, fid, size, root,
                               mtime_ns=recorded(file_ns))  # fmt: skip
                 else:
@@ -546,12 +714,17 @@ def add_sources(
             check_entries(new.entries)
         except ParseError as exc:
             raise UsageError(exc.message) from None
-        write_atomic(directory / PENDING_NAME, encode_manifest(new, key.raw))
+        _write_pending(directory, key, new, base_tag)
         return added
 
 
 def remove_paths(
-    directory: Path, key: VolumeKey, paths: Sequence[str], *, recursive: bool = False
+    directory: Path,
+    key: VolumeKey,
+    paths: Sequence[str],
+    *,
+    recursive: bool = False,
+    expected_tag: str | None = None,
 ) -> list[Entry]:
     """Remove ``paths`` (volume paths) from the pending manifest; return the entries removed.
 
@@ -559,8 +732,9 @@ def remove_paths(
     of other paths) is removed only with ``recursive``, together with everything below it.
     A path that is not in the volume is an error. All or nothing: on any error the pending
     manifest is unchanged. The removed files' objects are deleted by :func:`seal_volume`, so
-    the sealed version stays readable until then.
+    the sealed version stays readable until then. ``expected_tag``: as for :func:`add_sources`.
     """
+    want = check_expected_tag(expected_tag)
     wanted: list[str] = []
     for raw in paths:
         path = raw.strip("/")
@@ -572,7 +746,7 @@ def remove_paths(
     if not wanted:
         raise UsageError("got no path to remove, expected at least one")
     with _locked(directory):
-        m = _working(directory, key)
+        m, base_tag = _working(directory, key, want)
         entries = m.by_path()
         removed: dict[str, Entry] = {}
         for path in wanted:
@@ -587,7 +761,7 @@ def remove_paths(
                 removed[p] = entries[p]
         kept = tuple(e for p, e in sorted(entries.items(), key=lambda kv: kv[0].encode()) if p not in removed)
         new = replace(m, state=ManifestState.PENDING, entries=kept)
-        write_atomic(directory / PENDING_NAME, encode_manifest(new, key.raw))
+        _write_pending(directory, key, new, base_tag)
         return sorted(removed.values(), key=lambda e: e.path.encode())
 
 
@@ -599,30 +773,32 @@ def pending_changes(directory: Path, key: VolumeKey) -> bool:
         return False
     lock = lock_volume(directory, shared=False)
     try:
-        _working(directory, key)
+        _working(directory, key, check_base=False)
         return (directory / PENDING_NAME).exists()
     finally:
         if lock is not None:
             os.close(lock)
 
 
-def seal_volume(directory: Path, key: VolumeKey) -> str:
+def seal_volume(directory: Path, key: VolumeKey, expected_tag: str | None = None) -> str:
     """Turn the pending manifest into the sealed one (generation + 1); return the new tag.
 
     Without pending changes, the current tag is returned unchanged. Objects no longer
-    referenced are deleted after the new manifest is in place.
+    referenced are deleted after the new manifest is in place. ``expected_tag``: refuse
+    (:class:`RollbackError`, nothing changed) unless the sealed MANIFEST has this tag and the
+    pending manifest was staged on it; without it, a pending manifest staged on another tag
+    is still refused (:func:`_working`).
     """
+    want = check_expected_tag(expected_tag)
     with _locked(directory):
         pending_path = directory / PENDING_NAME
-        m = _working(directory, key)
+        m, tag = _working(directory, key, want)
         if not pending_path.exists():  # nothing pending (or only an already sealed leftover)
-            _, tag = load_sealed(directory, key)
             return tag
         sealed = replace(m, state=ManifestState.SEALED, generation=m.generation + 1)
         data = encode_manifest(sealed, key.raw)
         _objects_durable(directory)
         write_atomic(directory / MANIFEST_NAME, data)
-        pending_path.unlink()
-        fsync_dir(directory)
+        _drop_pending(directory)
         _collect(directory, live_objects(sealed.entries))
         return volume_tag(data)
