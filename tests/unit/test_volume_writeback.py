@@ -101,7 +101,11 @@ def _trace_durability(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 
     def replace(src: object, dst: object, *a: object, **k: object) -> None:
         real_replace(src, dst, *a, **k)  # type: ignore[arg-type]
-        events.append(("replace", os.path.realpath(os.fsdecode(dst))))  # type: ignore[arg-type]
+        target = os.fsdecode(dst)  # type: ignore[arg-type]
+        dfd = k.get("dst_dir_fd")
+        if isinstance(dfd, int):  # a name relative to a directory descriptor (writers of objects/)
+            target = os.path.join(os.readlink(f"/proc/self/fd/{dfd}"), target)
+        events.append(("replace", os.path.realpath(target)))
 
     def fsync(fd: int) -> None:
         real_fsync(fd)
