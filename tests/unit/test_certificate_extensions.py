@@ -622,6 +622,8 @@ def test_an_update_that_adds_a_ca_level_reissues_the_ca_above_it(tmp_path: Path)
         # Nothing was revoked: the update changed no declaration.
         assert env.events("certificates-revoked", EntryType.CERTIFICATES_REVOKED) == []
         # The new intermediate is under the re-issued CA, and the chain validates.
+        # Generated under the CA's previous certificate, then re-issued in the same transaction.
+        assert [v for v, _ in env.versions("int")] == [1, 2]
         int_cert, below = env.certificate("int"), env.certificate("below")
         assert _ext(int_cert, x509.BasicConstraints).value.path_length == 0
         assert int_cert.verify_directly_issued_by(ca) is None
