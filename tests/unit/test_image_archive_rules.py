@@ -42,8 +42,45 @@ def _files(tmp_path: Path, *, new_layout: bool = True) -> dict[str, bytes]:
         out = {m.name: tf.extractfile(m).read() for m in tf}  # type: ignore[union-attr]
     archive.unlink()
     if new_layout:
-        out["index.json"] = json.dumps({"schemaVersion": 2, "manifests": []}).encode()
+        config, layers = _manifest_names(out)
+        manifest = _oci_manifest(out, config, layers)
+        out["blobs/sha256/" + hashlib.sha256(manifest).hexdigest()] = manifest
+        out["index.json"] = _index([(manifest, "docker.io/library/app:1")])
     return out
+
+
+def _oci_manifest(files: dict[str, bytes], config: str, layers: list[str]) -> bytes:
+    """The OCI image manifest docker 25+ stores among the blobs for ``config`` and ``layers``."""
+
+    def desc(name: str, media: str) -> dict[str, object]:
+        return {"mediaType": media, "digest": "sha256:" + name.rsplit("/", 1)[1], "size": len(files[name])}
+
+    return json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": desc(config, "application/vnd.oci.image.config.v1+json"),
+        "layers": [desc(n, "application/vnd.oci.image.layer.v1.tar+gzip") for n in layers],
+    }).encode()  # fmt: skip
+
+
+def _index(manifests: list[tuple[bytes, str | None]], *, missing: int = 0) -> bytes:
+    """An index.json listing each manifest (with its containerd name annotation) and
+    ``missing`` entries whose blobs the archive does not hold (other platforms)."""
+    entries: list[dict[str, object]] = []
+    for manifest, name in manifests:
+        entry: dict[str, object] = {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                    "digest": "sha256:" + hashlib.sha256(manifest).hexdigest(),
+                                    "size": len(manifest)}  # fmt: skip
+        if name is not None:
+            entry["annotations"] = {
+                "io.containerd.image.name": name,
+                "org.opencontainers.image.ref.name": "1",
+            }
+        entries.append(entry)
+    for i in range(missing):
+        entries.append({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": "sha256:" + f"{i:064x}", "size": 100,
+                        "platform": {"os": "linux", "architecture": "arm64"}})  # fmt: skip
+    return json.dumps({"schemaVersion": 2, "manifests": entries}).encode()
 
 
 def _write(path: Path, raw: bytes) -> Path:
@@ -330,3 +367,104 @@ def test_sconify_refuses_a_single_entry_index_for_another_platform_and_writes_no
         sconify(opts, KEY)
     assert not out.exists()
     shutil.rmtree(tmp_path / "layout")
+
+
+# ------------------------------------------------------------------ index.json against manifest.json
+
+
+def _other_image_files(tmp_path: Path) -> dict[str, bytes]:
+    other = Image([[*PYTHON_BASE, M("app/", "d"), M("app/s", data=b"OTHER-image")]])
+    archive = other.write_archive(tmp_path / "other.tar", new_layout=True)
+    with tarfile.open(archive) as tf:
+        out = {m.name: tf.extractfile(m).read() for m in tf}  # type: ignore[union-attr]
+    archive.unlink()
+    return out
+
+
+def test_an_index_json_that_names_another_image_is_refused(tmp_path: Path) -> None:
+    """containerd's importer (``docker load`` with the containerd image store) reads index.json,
+    sconify and docker's own store manifest.json: the two must describe the same image."""
+    files = _files(tmp_path)
+    config, layers = _manifest_names(files)
+    mine = _oci_manifest(files, config, layers)
+    other = _other_image_files(tmp_path)
+    other_config, other_layers = _manifest_names(other)
+    theirs = _oci_manifest(other, other_config, other_layers)
+    blobs = {k: v for k, v in other.items() if k.startswith("blobs/")}
+    blobs["blobs/sha256/" + hashlib.sha256(theirs).hexdigest()] = theirs
+    # only the other image in the index
+    only_other = {**files, **blobs, "index.json": _index([(theirs, "docker.io/library/app:1")])}
+    with pytest.raises(ParseError, match=r"index\.json does not list the image manifest\.json gives"):
+        _read(_write(tmp_path / "a.tar", _archive(only_other)))
+    # both, but the index gives manifest.json's tag (app:1) to the other one
+    both = {**files, **blobs, "index.json": _index([(mine, None), (theirs, "docker.io/library/app:1")])}
+    with pytest.raises(ParseError, match=r"index\.json names docker\.io/library/app:1 another image"):
+        _read(_write(tmp_path / "b.tar", _archive(both)))
+    # a malformed index.json is refused, not ignored
+    broken = {**files, "index.json": b'{"schemaVersion": 2}'}
+    with pytest.raises(ParseError, match="manifests list"):
+        _read(_write(tmp_path / "c.tar", _archive(broken)))
+    # benign twins: both images under their own names, and entries for platforms not saved
+    fine = {**files, **blobs,
+            "index.json": _index([(mine, "docker.io/library/app:1"), (theirs, "docker.io/library/other:1")],
+                                 missing=2)}  # fmt: skip
+    assert len(_read(_write(tmp_path / "d.tar", _archive(fine)))) == 1
+    assert len(_read(_write(tmp_path / "e.tar", _archive(files)))) == 1
+
+
+def test_an_index_json_blob_that_does_not_match_its_descriptor_is_refused(tmp_path: Path) -> None:
+    files = _files(tmp_path)
+    index = json.loads(files["index.json"])
+    index["manifests"][0]["size"] += 1
+    files["index.json"] = json.dumps(index).encode()
+    with pytest.raises(ParseError, match="another size or digest"):
+        _read(_write(tmp_path / "a.tar", _archive(files)))
+
+
+def test_a_multi_platform_index_with_attestations_is_read(tmp_path: Path) -> None:
+    """What a containerd image store saves: index.json names one nested index (all platforms,
+    and buildx's attestation manifests), whose blobs the archive holds only for one platform."""
+    files = _files(tmp_path)
+    config, layers = _manifest_names(files)
+    mine = _oci_manifest(files, config, layers)
+    statement = b'{"_type": "https://in-toto.io/Statement/v0.1"}'
+    attestation = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": "sha256:" + hashlib.sha256(b"{}").hexdigest(), "size": 2},
+        "layers": [{"mediaType": "application/vnd.in-toto+json",
+                    "digest": "sha256:" + hashlib.sha256(statement).hexdigest(), "size": len(statement)}],
+    }).encode()  # fmt: skip
+    nested = json.loads(_index([(mine, None), (attestation, None)], missing=1))
+    nested["mediaType"] = "application/vnd.oci.image.index.v1+json"
+    nested_bytes = json.dumps(nested).encode()
+    top = {"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.index.v1+json",
+         "digest": "sha256:" + hashlib.sha256(nested_bytes).hexdigest(), "size": len(nested_bytes),
+         "annotations": {"io.containerd.image.name": "docker.io/library/app:1"}}]}  # fmt: skip
+    saved = {**files, "index.json": json.dumps(top).encode()}
+    for blob in (nested_bytes, attestation, statement, b"{}"):
+        saved["blobs/sha256/" + hashlib.sha256(blob).hexdigest()] = blob
+    assert len(_read(_write(tmp_path / "a.tar", _archive(saved)))) == 1
+    # negative twin: the nested index without this image
+    nested["manifests"] = nested["manifests"][1:]
+    other_nested = json.dumps(nested).encode()
+    top["manifests"][0].update(
+        digest="sha256:" + hashlib.sha256(other_nested).hexdigest(), size=len(other_nested)
+    )
+    saved["blobs/sha256/" + hashlib.sha256(other_nested).hexdigest()] = other_nested
+    saved["index.json"] = json.dumps(top).encode()
+    with pytest.raises(ParseError, match="does not list the image"):
+        _read(_write(tmp_path / "b.tar", _archive(saved)))
+
+
+@pytest.mark.parametrize(
+    ("tag", "name"),
+    [("app:1", "docker.io/library/app:1"), ("user/app:1", "docker.io/user/app:1"),
+     ("ghcr.io/o/app:1", "ghcr.io/o/app:1"), ("localhost/app:1", "localhost/app:1"),
+     ("localhost:5000/app:1", "localhost:5000/app:1")],
+)  # fmt: skip
+def test_docker_names(tag: str, name: str) -> None:
+    from confide.image.oci import _docker_name
+
+    assert _docker_name(tag) == name

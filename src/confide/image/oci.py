@@ -576,6 +576,12 @@ def _open_archive(path: Path, ref: str | None) -> SourceImage:
             )
         layer_names = [_archive_name(n, f"Layers[{i}]") for i, n in enumerate(names)]
         cfg, diff_ids = _check_config(config_bytes, len(layer_names))
+        if "index.json" in members:
+            # a blob's digest is in its name; an old-layout layer.tar is the uncompressed layer
+            digests = tuple(_name_digest(n) or d for n, d in zip(layer_names, diff_ids, strict=True))
+            tags = chosen.get("RepoTags") or []
+            named = [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+            _check_archive_index(read_member, members, (sha256_digest(config_bytes), digests), named, what)
         layers = []
         for i, (name, diff_id) in enumerate(zip(layer_names, diff_ids, strict=True)):
             lm = members.get(name)
@@ -607,6 +613,112 @@ def _open_archive(path: Path, ref: str | None) -> SourceImage:
     finally:
         if image is None:
             tf.close()
+
+
+CONTAINERD_NAME = "io.containerd.image.name"
+MAX_INDEX_MANIFESTS = 1000  # image manifests read from a docker save archive's index.json
+
+
+def _docker_name(tag: str) -> str:
+    """A ``RepoTags`` entry as docker names it in full (distribution/reference, "normalized
+    named"): a first component without ``.`` or ``:`` that is not ``localhost`` is on
+    ``docker.io``, and a name of one component is below ``library/``."""
+    first, sep, _ = tag.partition("/")
+    if not sep:
+        return "docker.io/library/" + tag
+    if "." not in first and ":" not in first and first != "localhost":
+        return "docker.io/" + tag
+    return tag
+
+
+def _archive_index_images(
+    read_member: Callable[[str, str], bytes], members: dict[str, tarfile.TarInfo]
+) -> list[tuple[str, tuple[str, ...], str | None]]:
+    """(config digest, layer digests, name) of every image manifest the archive's
+    ``index.json`` reaches (image-index.md; nested indexes up to 3 deep). The name is the
+    entry's ``io.containerd.image.name`` for an entry of ``index.json`` itself whose layers are
+    all image layers, else ``None``: below a nested (multi-platform) index one name covers an
+    image per platform and their attestation manifests. An entry whose blob is not in the
+    archive is passed over (a multi-platform index saved for one platform lists the others); a
+    blob that is there must have its descriptor's size and digest."""
+    out: list[tuple[str, tuple[str, ...], str | None]] = []
+
+    def blob(desc: Descriptor, what: str) -> bytes | None:
+        name = f"blobs/sha256/{desc.digest[7:]}"
+        if name not in members:
+            return None
+        data = read_member(name, what)
+        if len(data) != desc.size or sha256_digest(data) != desc.digest:
+            raise ParseError(f"got a blob of another size or digest than {desc.digest}", structure=what)
+        return data
+
+    def walk(data: bytes, depth: int) -> None:
+        index = _obj(_json(data, "index.json"), "index.json")
+        entries = index.get("manifests")
+        if index.get("schemaVersion") != 2 or not isinstance(entries, list):
+            raise ParseError("expected schemaVersion 2 and a manifests list", structure="index.json")
+        for i, raw in enumerate(entries):
+            desc = Descriptor.from_json(raw, f"index.json manifests[{i}]")
+            if desc.media_type in INDEX_TYPES:
+                if depth >= 2:
+                    raise ParseError("image indexes nested too deeply", structure="index.json")
+                nested = blob(desc, "nested image index")
+                if nested is not None:
+                    walk(nested, depth + 1)
+                continue
+            if desc.media_type not in MANIFEST_TYPES:
+                continue
+            found = blob(desc, "image manifest")
+            if found is None:
+                continue
+            if len(out) >= MAX_INDEX_MANIFESTS:
+                raise ParseError(f"more than {MAX_INDEX_MANIFESTS} image manifests", structure="index.json")
+            manifest = _obj(_json(found, "image manifest"), "image manifest")
+            config = Descriptor.from_json(manifest.get("config"), "manifest config")
+            raw_layers = manifest.get("layers")
+            if not isinstance(raw_layers, list) or len(raw_layers) > MAX_LAYERS:
+                raise ParseError(
+                    f"expected a list of at most {MAX_LAYERS} layers",
+                    structure="image manifest",
+                    field="layers",
+                )
+            descs = [Descriptor.from_json(d, f"layer {j}") for j, d in enumerate(raw_layers)]
+            image = depth == 0 and all(d.media_type in LAYER_TYPES for d in descs)
+            name = desc.annotations.get(CONTAINERD_NAME) if image else None
+            out.append((config.digest, tuple(d.digest for d in descs), name))
+
+    walk(read_member("index.json", "index.json"), 0)
+    return out
+
+
+def _check_archive_index(
+    read_member: Callable[[str, str], bytes],
+    members: dict[str, tarfile.TarInfo],
+    image: tuple[str, tuple[str, ...]],
+    tags: list[str],
+    what: str,
+) -> None:
+    """A ``docker save`` archive with an ``index.json`` (docker 25 and later) describes its
+    images twice: ``manifest.json``, which sconify and docker's own image store read, and the
+    OCI index, which containerd's importer reads (``docker load`` with the containerd image
+    store, ``ctr import``). Refuse an archive whose two descriptions disagree on the image
+    converted: ``image`` (config digest, layer digests, from ``manifest.json``) must be one the
+    index reaches, and no image the index names directly like one of its ``tags`` may be
+    another (:func:`_archive_index_images`: names below a nested index are not compared)."""
+    images = _archive_index_images(read_member, members)
+    if not any((config, layers) == image for config, layers, _ in images):
+        raise ParseError(
+            f"index.json does not list the image manifest.json gives (config {image[0]}): "
+            "readers of the index would load other images",
+            structure=what,
+        )
+    names = {_docker_name(t) for t in tags}
+    for config, layers, name in images:
+        if name in names and (config, layers) != image:
+            raise ParseError(
+                f"index.json names {name} another image than manifest.json does (config {config})",
+                structure=what,
+            )
 
 
 def _name_digest(name: str) -> str | None:
