@@ -229,6 +229,7 @@ def due_policies(cas: Cas, now: float) -> list[str]:
             "WHERE s.kind IN ('x509', 'x509-ca') AND s.version = "
             "(SELECT MAX(m.version) FROM secrets m WHERE m.policy = s.policy AND m.name = s.name)",
         ).fetchall()
+        lengths: dict[str, dict[str, int]] = {}  # per policy: its CAs' pathLenConstraints
         for policy_name, name, version, public in rows:
             if policy_name in due or policy_name not in heads:
                 continue
@@ -237,7 +238,11 @@ def due_policies(cas: Cas, now: float) -> list[str]:
                 spec = current.secret(name)
             except KeyError:
                 continue  # no longer declared: never released again
-            path_length = ca_path_lengths(current.secrets).get(name, 0) if generated_ca(spec) else 0
+            path_length = 0
+            if generated_ca(spec):
+                if policy_name not in lengths:
+                    lengths[policy_name] = ca_path_lengths(current.secrets)
+                path_length = lengths[policy_name].get(name, 0)
             if (
                 cas.renewals.due_at(policy_name, spec, version, public) <= now
                 or ca_reissue_reason(spec, public, path_length) is not None

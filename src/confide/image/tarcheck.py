@@ -83,9 +83,10 @@ def clean_name(name: str) -> str:
 def check_names(info: tarfile.TarInfo, tf: tarfile.TarFile, what: str) -> None:
     """Refuse a member whose name or link target depends on which tar reader reads it.
 
-    The layer is applied by the container engine (Go's archive/tar in Docker and containerd),
+    A layer is applied by the container engine (Go's archive/tar in Docker and containerd),
     but indexed and rewritten here with Python's tarfile; where they disagree on a name, the
-    protected paths would be cut out of the wrong members. POSIX.1-2017 pax ("pax Extended
+    protected paths would be cut out of the wrong members (and a ``docker save`` archive would
+    hold another image for ``docker load`` than for sconify). POSIX.1-2017 pax ("pax Extended
     Header"): a ``path``/``linkpath`` record overrides the header field; GNU tar's long-name
     and long-link headers ('L', 'K') do the same; tarfile applies a global header's records
     ('g') to every later member, Go's reader ignores them (and the engines skip the entry);
