@@ -532,17 +532,20 @@ def test_reissue_reasons(pki: dict[str, SecretValue]) -> None:
     assert ca_reissue_reason(root, _public(pki["root"]), 2) == "path-length"  # a level added
     assert ca_reissue_reason(mid, _public(pki["mid"]), 0) is None
     assert ca_reissue_reason(pol.secret("srv"), _public(pki["srv"]), 0) is None  # not a CA
+    # A level removed: a constraint larger than the policy's is tightened too.
+    assert ca_reissue_reason(root, _public(pki["root"]), 0) == "path-length"
     # A CA certificate issued before confide set a pathLenConstraint is left until its renewal
     # (it refuses no path), unless the policy declares path_len.
-    unconstrained = renew_certificate(root, pki["root"], issuer=None, now=NOW)
-    unconstrained_public = _public(unconstrained)
-    cert = _cert(unconstrained)
-    assert _ext(cert, x509.BasicConstraints).value.path_length == 0
     old = _reissued_without_path_length(pki["root"])
+    assert _ext(_cert(old), x509.BasicConstraints).value.path_length is None
     assert ca_reissue_reason(root, _public(old), 1) is None
     declared = root.model_copy(update={"path_len": 1})
     assert ca_reissue_reason(declared, _public(old), 1) == "path-length"
-    assert ca_reissue_reason(declared, unconstrained_public, 1) == "path-length"
+    # A renewal for path_length 0 under a declared path_len 1 is re-issued; one for 1 is not.
+    tight = renew_certificate(root, pki["root"], issuer=None, now=NOW, path_length=0)
+    assert ca_reissue_reason(declared, _public(tight), 1) == "path-length"
+    exact = renew_certificate(root, pki["root"], issuer=None, now=NOW, path_length=1)
+    assert ca_reissue_reason(declared, _public(exact), 1) is None
 
 
 def _reissued_without_path_length(ca: SecretValue) -> SecretValue:
