@@ -40,6 +40,9 @@ except (ImportError, OSError) as exc:  # OSError: libfuse itself is not installe
     )
 
 
+OVERSIZE = 32 * 1024 + 1  # include/linux/tsm.h TSM_OUTBLOB_MAX + 1
+
+
 @dataclass
 class TsmBehaviour:
     provider: str = "sev_guest"
@@ -48,6 +51,7 @@ class TsmBehaviour:
     outblob_error: int | None = None  # errno returned when outblob is read
     privlevel_floor: int = 0
     quote_version: int = 4
+    oversize: str | None = None  # an attribute answered with more than the kernel ever returns
 
 
 class FakeTsm(mfusepy.Operations):  # type: ignore[misc]
@@ -179,6 +183,8 @@ class FakeTsm(mfusepy.Operations):  # type: ignore[misc]
                 data = b"%d\n" % self.b.privlevel_floor
             else:
                 raise mfusepy.FuseOSError(errno.EACCES)
+            if attr == self.b.oversize:  # outblob/auxblob beyond TSM_OUTBLOB_MAX, text beyond a page
+                data = data.rstrip(b"\n") + b" " * (OVERSIZE - len(data)) + b"\n"
         return data[offset : offset + size]
 
 

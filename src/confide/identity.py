@@ -2,7 +2,7 @@
 
 An identity is named in policies by its *fingerprint*: the lower-case hex SHA-256 of the raw
 32-byte Ed25519 public key. The identity file (``confide identity create --out FILE``) is JSON,
-mode 0600::
+mode 0600, written atomically (:meth:`Identity.save`)::
 
     {"type": "confide-identity/v1", "name": "...", "fingerprint": "<hex>",
      "public_key": "<base64 raw>", "private_key": "<base64 raw seed>"}
@@ -14,9 +14,12 @@ whose ``type`` names what is signed, so a signature for one purpose never verifi
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
+import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,17 +148,42 @@ class Identity:
         )
 
     def save(self, path: Path) -> None:
-        """Write the identity file with mode 0600; never overwrite an existing one."""
+        """Write the identity file with mode 0600, atomically, and never over an existing file.
+
+        The key is written and synced to a fresh temporary file in the same directory, which is
+        then hard-linked to ``path`` (``link`` fails when ``path`` exists, so nothing is ever
+        replaced) and removed: ``path`` appears whole or not at all, and a failed write (a full
+        disk, an interrupted process) leaves neither a truncated identity at ``path`` nor a key
+        in a stray file. The directory is synced so that the new name survives a crash."""
+        if os.path.lexists(path):
+            raise UsageError(f"{path} exists; refusing to overwrite an identity")
+        directory = path.parent
+        tmp = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp"
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise UsageError(f"{path} exists; refusing to overwrite an identity") from None
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise UsageError(f"cannot create {path}: {exc.strerror}") from None
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self.to_json())
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            try:
+                os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(self.to_json())
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.link(tmp, path)
+            except FileExistsError:
+                raise UsageError(f"{path} exists; refusing to overwrite an identity") from None
+            except OSError as exc:
+                raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        with contextlib.suppress(OSError):  # durability of the name; the file itself is synced
+            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Identity:
@@ -170,13 +198,26 @@ class Identity:
         return identity
 
 
+MAX_IDENTITY_FILE = 64 * 1024
+"""An identity file is about 300 bytes; a larger one is not one (and is not read whole)."""
+
+
 def load_identity(path: Path) -> Identity:
     try:
         st = path.stat()
-        data = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"--identity: cannot read {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        # A FIFO or a device would block or never end; neither is an identity file.
+        raise UsageError(f"--identity: {path} is not a regular file")
     if st.st_mode & 0o077:
         mode = st.st_mode & 0o777
         raise UsageError(f"--identity: {path} is readable by others (mode {mode:o}); chmod 600 it")
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_IDENTITY_FILE + 1)
+    except OSError as exc:
+        raise UsageError(f"--identity: cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_IDENTITY_FILE:
+        raise UsageError(f"--identity: {path} is larger than {MAX_IDENTITY_FILE} bytes: not an identity file")
     return Identity.from_json(data)

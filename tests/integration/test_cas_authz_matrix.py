@@ -207,7 +207,7 @@ def check_show(w: World) -> None:
     assert answer.status == 400 and answer.error()[0] == "ParseError"
     # Another endpoint's document type as a read (an approval, a revocation, a submission).
     for doc in (
-        signed({"type": APPROVAL_TYPE, "name": "mx", "hash": w.hashes["mx"]}, w.owner),
+        signed({"type": APPROVAL_TYPE, "name": "mx", "hash": w.hashes["mx"], "cas": w.spki}, w.owner),
         revoke_doc("mx", w.owner),
         policy_submission(loads_policy(policy_text("mx", "")), w.owner),
     ):
@@ -297,7 +297,7 @@ def check_events(w: World) -> None:
         "GET", "/v1/policies/mx/events", headers=header(read_doc(w, "mxb", w.owner, route="events"))
     )
     assert answer.status == 400
-    approval = signed({"type": APPROVAL_TYPE, "name": "mx", "hash": w.hashes["mx"]}, w.owner)
+    approval = signed({"type": APPROVAL_TYPE, "name": "mx", "hash": w.hashes["mx"], "cas": w.spki}, w.owner)
     assert w.call("GET", "/v1/policies/mx/events", headers=header(approval)).status == 400
     check_bound_reads(w, "/v1/policies/{}/events", "events")
 
@@ -371,7 +371,7 @@ def check_submit(w: World) -> None:
     sub = policy_submission(loads_policy(policy_text("mx", "", w.hashes["mx"])), w.owner)
     sub["policy"]["access_policy"] = {"read": ["ANY"]}
     assert w.call("POST", "/v1/policies", sub).status == 403  # the signature no longer verifies
-    approval = signed({"type": APPROVAL_TYPE, "name": "mx", "hash": w.hashes["mx"]}, w.owner)
+    approval = signed({"type": APPROVAL_TYPE, "name": "mx", "hash": w.hashes["mx"], "cas": w.spki}, w.owner)
     assert w.call("POST", "/v1/policies", approval).status == 400
     # A replayed submission: the same signed update again is a conflict, and changes nothing.
     text = policy_text(
@@ -387,8 +387,12 @@ def check_submit(w: World) -> None:
 
 
 def check_approve(w: World) -> None:
-    def approve(name: str, digest: str, who: Identity, url_name: str | None = None) -> Answer:
-        doc = signed({"type": APPROVAL_TYPE, "name": name, "hash": digest}, who)
+    def approve(
+        name: str, digest: str, who: Identity, url_name: str | None = None, cas: str | None = None
+    ) -> Answer:
+        doc = signed(
+            {"type": APPROVAL_TYPE, "name": name, "hash": digest, "cas": w.spki if cas is None else cas}, who
+        )
         return w.call("POST", f"/v1/policies/{url_name or name}/approvals", doc)
 
     if "mxb-pending" not in w.hashes:
@@ -410,10 +414,23 @@ def check_approve(w: World) -> None:
     # A read document as an approval; an approval naming another policy than the URL.
     assert w.call("POST", "/v1/policies/mxb/approvals", read_doc(w, "mxb", w.board[1])).status == 400
     assert approve("mx", digest, w.board[1], url_name="mxb").status == 400
+    # A board member's approval for another CAS (docs/cas.md "Policies and governance"): the same
+    # refusal whether the version or the policy exists, before either is looked at; the former
+    # confide/approval/v1, which names no CAS, is malformed. Neither counts.
+    answers = [
+        approve("mxb", digest, w.board[1], cas=OTHER_CAS),
+        approve("mxb", "00" * 32, w.board[1], cas=OTHER_CAS),
+        approve("mxb-none", digest, w.board[1], cas=OTHER_CAS),
+    ]
+    assert {a.status for a in answers} == {403}
+    assert len({a.error()[1] for a in answers}) == 1 and "another CAS" in answers[0].error()[1]
+    v1 = signed({"type": "confide/approval/v1", "name": "mxb", "hash": digest}, w.board[1])
+    answer = w.call("POST", "/v1/policies/mxb/approvals", v1)
+    assert answer.status == 400 and answer.error()[0] == "ParseError" and "names no CAS" in answer.error()[1]
     # The board's second member completes it. The new version's update rules are NONE (the
     # board removed itself): the same approval replayed, by a signer no longer on any board of
     # mxb, is refused as a stranger's, and changes nothing.
-    doc = signed({"type": APPROVAL_TYPE, "name": "mxb", "hash": digest}, w.board[1])
+    doc = signed({"type": APPROVAL_TYPE, "name": "mxb", "hash": digest, "cas": w.spki}, w.board[1])
     answer = w.call("POST", "/v1/policies/mxb/approvals", doc)
     assert answer.status == 200 and answer.json()["state"] == "active"
     w.hashes["mxb"] = digest
@@ -486,7 +503,10 @@ def check_unsigned_post(path: str, statuses: tuple[int, ...]) -> Callable[[World
     approval-shaped or empty body is refused, never a 2xx."""
 
     def check(w: World) -> None:
-        for body in ({}, signed({"type": APPROVAL_TYPE, "name": "mx", "hash": w.hashes["mx"]}, w.stranger)):
+        for body in (
+            {},
+            signed({"type": APPROVAL_TYPE, "name": "mx", "hash": w.hashes["mx"], "cas": w.spki}, w.stranger),
+        ):
             answer = w.call("POST", path, body)
             assert answer.status in statuses, (path, answer.status, answer.body[:200])
 

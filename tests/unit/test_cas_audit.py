@@ -59,3 +59,26 @@ def test_wrong_signer_hash_or_second_creation_fail() -> None:
     check(0, _entry(EntryType.POLICY_CREATED, p1))
     with pytest.raises(EntryMismatchError, match="created twice"):
         check(1, _entry(EntryType.POLICY_CREATED, p1))
+
+
+@pytest.mark.parametrize("kind", ["confide/approval/v1", "confide/approval/v2"])
+def test_approvals_of_both_versions_are_checked(kind: str) -> None:
+    # v1 (no cas) is what entries recorded before approvals named their CAS hold; the CAS now
+    # takes v2 only, but the ledger's older entries must still audit.
+    from confide.cas.core import sign_document
+
+    alice, bob = Identity.generate(), Identity.generate()
+    h1, _ = _version(alice, "aa" * 48, None)
+    body: dict[str, object] = {"type": kind, "name": "p", "hash": h1}
+    if kind.endswith("v2"):
+        body["cas"] = "ab" * 32
+    approval = sign_document(body, bob.sign, bob.public.public_base64)
+    entry = {"hash": h1, "signer": bob.fingerprint, "approval": jcs(approval).decode()}
+    PolicyChainChecker()(0, _entry(EntryType.POLICY_APPROVED, entry))
+    with pytest.raises(EntryMismatchError, match="does not match"):
+        PolicyChainChecker()(0, _entry(EntryType.POLICY_APPROVED, {**entry, "hash": "00" * 32}))
+    forged = {**approval, "type": "confide/approval/v1" if kind.endswith("v2") else "confide/approval/v2"}
+    with pytest.raises(EntryMismatchError):
+        PolicyChainChecker()(
+            0, _entry(EntryType.POLICY_APPROVED, {**entry, "approval": jcs(forged).decode()})
+        )

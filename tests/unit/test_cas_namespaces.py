@@ -24,7 +24,7 @@ def _policy(name: str, access: str = "") -> str:
 
 
 def _approve(cas: InProcessCas, name: str, digest: str, who: Identity) -> str:
-    body = {"type": APPROVAL_TYPE, "name": name, "hash": digest}
+    body = {"type": APPROVAL_TYPE, "name": name, "hash": digest, "cas": cas.cas.tls_spki_sha256}
     return cas.cas.approve(sign_document(body, who.sign, who.public.public_base64)).state
 
 

@@ -308,7 +308,7 @@ def test_who_may_revoke_follows_the_update_rules(env: Env) -> None:
     text = policy(runtime=RT, access="access_policy:\n  update: NONE\n", predecessor=env.head())
     pending = env.cas.apply(policy_submission(loads_policy(text), env.owner))
     assert pending.state == "pending"  # the board's rule still governs updates
-    approval = {"type": APPROVAL_TYPE, "name": "tls", "hash": pending.hash}
+    approval = {"type": APPROVAL_TYPE, "name": "tls", "hash": pending.hash, "cas": env.cas.tls_spki_sha256}
     assert (
         env.cas.approve(sign_document(approval, member.sign, member.public.public_base64)).state == "active"
     )

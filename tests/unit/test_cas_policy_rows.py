@@ -154,7 +154,9 @@ def test_a_pending_version_and_its_approval_stay_sealed(env: Env) -> None:
     assert pending.state == "pending"
     env.assert_no_values()
     approval = sign_document(
-        {"type": APPROVAL_TYPE, "name": "vault", "hash": pending.hash}, other.sign, other.public.public_base64
+        {"type": APPROVAL_TYPE, "name": "vault", "hash": pending.hash, "cas": env.ipc.cas.tls_spki_sha256},
+        other.sign,
+        other.public.public_base64,
     )
     assert env.ipc.cas.approve(approval).state == "active"
     env.restart()

@@ -174,7 +174,9 @@ def test_a_floor_that_cannot_be_written_is_not_raised_and_the_attestation_goes_o
 def _cas_verifier(pcs: FakePcs, data_dir: Path, cache_dir: Path, pki: ForgedPki) -> PlatformVerifier:
     """The verifier ``cas serve --collateral URL`` builds (server.prepare), for the test PKI."""
     floor = _floor(data_dir / FLOOR_FILE)
-    source = PcsHttpSource(pcs.url, cache_dir=cache_dir, clock=lambda: AT, floor=floor.minimum)
+    source = PcsHttpSource(
+        pcs.url, cache_dir=cache_dir, clock=lambda: AT, floor=floor.minimum, root_ca_der=pki.root_der
+    )
     verifier = PlatformVerifier(dcap_source=source, tcb_floor=floor)
     verifier.dcap = DcapVerifier(root_ca_der=pki.root_der)
     return verifier
@@ -240,7 +242,9 @@ def test_memory_does_not_serve_collateral_below_the_floor(tmp_path: Path) -> Non
     floor = _floor(tmp_path / FLOOR_FILE)
     with fake_pcs() as pcs:
         pcs.serve(quote, _renumbered(pki, 17, 17))
-        source = PcsHttpSource(pcs.url, cache_dir=tmp_path / "c", clock=lambda: AT, floor=floor.minimum)
+        source = PcsHttpSource(
+            pcs.url, cache_dir=tmp_path / "c", clock=lambda: AT, floor=floor.minimum, root_ca_der=pki.root_der
+        )
         cache = DcapCollateralCache(source, floor=floor, monotonic=lambda: 1000.0)
         key = DcapKey(fmspc, ca, Quote.from_bytes(quote).tee)
         assert cache.prefetch(key, AT) == cache.cached(key, AT) is not None

@@ -243,26 +243,33 @@ def test_http_source_neither_keeps_nor_serves_older_collateral(tmp_path: Path) -
         with pytest.raises(errors.CollateralOutdatedError):
             strict.get_collateral(fmspc=fmspc, ca=ca, tee=quote.tee)
         assert len(pcs.requests) == asked + 1
-        # The service has caught up: the newer answer is served and kept.
+        # The service has caught up: the newer answer is served and kept. (It is signed under a
+        # test PKI: sources whose root is that PKI's, since a source keeps on disk only answers
+        # whose signatures lead to its root; the real CRLs on disk do not, and are fetched again.)
         pki = ForgedPki(at=TDX.time)
         newer = _renumbered(pki, _coll(TDX), 18, 18)
         pcs.serve(TDX.quote_bytes(), newer)
-        got = strict.get_collateral(fmspc=fmspc, ca=ca, tee=quote.tee)
-        assert got.tcb_info == newer.tcb_info and got.qe_identity == newer.qe_identity
-        asked = len(pcs.requests)
-        again = PcsHttpSource(pcs.url, cache_dir=tmp_path, clock=clock, min_tcb_evaluation_data_number=18)
-        assert again.get_collateral(fmspc=fmspc, ca=ca, tee=quote.tee).tcb_info == newer.tcb_info
-        assert len(pcs.requests) == asked  # from the disk cache now
-        # (the CRLs came from the disk cache: the real ones; the test PKI's go with its signatures)
-        signed = dataclasses.replace(
-            newer,
-            tcb_info=got.tcb_info,
-            tcb_info_signature=got.tcb_info_signature,
-            qe_identity=got.qe_identity,
-            qe_identity_signature=got.qe_identity_signature,
+        caught_up = PcsHttpSource(
+            pcs.url,
+            cache_dir=tmp_path,
+            clock=clock,
+            min_tcb_evaluation_data_number=18,
+            root_ca_der=pki.root_der,
         )
+        got = caught_up.get_collateral(fmspc=fmspc, ca=ca, tee=quote.tee)
+        assert got == newer
+        asked = len(pcs.requests)
+        again = PcsHttpSource(
+            pcs.url,
+            cache_dir=tmp_path,
+            clock=clock,
+            min_tcb_evaluation_data_number=18,
+            root_ca_der=pki.root_der,
+        )
+        assert again.get_collateral(fmspc=fmspc, ca=ca, tee=quote.tee) == newer
+        assert len(pcs.requests) == asked  # from the disk cache now
         v = DcapVerifier(root_ca_der=pki.root_der).verify(
-            pki.forge_quote(TDX.quote_bytes()), signed, at=TDX.time
+            pki.forge_quote(TDX.quote_bytes()), got, at=TDX.time
         )
         assert v.tcb_evaluation == TcbEvaluation(18, 18)
 

@@ -493,6 +493,28 @@ def test_imds_vcek_negatives(reply: httpx2.Response, error: type[Exception], mat
         ImdsVcekSource(transport=httpx2.MockTransport(lambda _: reply)).get_vcek()
 
 
+@pytest.mark.parametrize("declared", [True, False])
+def test_imds_answer_larger_than_evidence_is_refused_unread(declared: bool) -> None:
+    # IMDS is served by the host: a well-formed answer padded past the bound (the evidence size
+    # limit, MAX_IMDS_ANSWER) is not taken
+    from confide.evidence.azure_vtpm import MAX_EVIDENCE_SIZE as MAX_IMDS_ANSWER
+
+    pem = _cert().public_bytes(serialization.Encoding.PEM).decode()
+    body = json.dumps({"vcekCert": pem, "pad": "x" * MAX_IMDS_ANSWER}).encode()
+    sent: list[int] = []
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(body), 1 << 16):
+            sent.append(i)
+            yield body[i : i + (1 << 16)]
+
+    headers = {"Content-Length": str(len(body))} if declared else {}
+    reply = httpx2.Response(200, headers=headers, content=chunks())
+    with pytest.raises(ParseError, match=f"larger than {MAX_IMDS_ANSWER} bytes|declares {len(body)} bytes"):
+        ImdsVcekSource(transport=httpx2.MockTransport(lambda _: reply)).get_vcek()
+    assert len(sent) <= MAX_IMDS_ANSWER // (1 << 16) + 1  # read no further than the bound
+
+
 def test_imds_unreachable_is_a_network_error() -> None:
     def handler(request: httpx2.Request) -> httpx2.Response:
         raise httpx2.ConnectError("no route", request=request)

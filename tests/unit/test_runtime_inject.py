@@ -34,11 +34,13 @@ def test_relative_paths_are_refused() -> None:
 
 def test_mount_point_is_created_empty_or_must_be_a_regular_file(tmp_path: Path) -> None:
     missing = tmp_path / "new.conf"
-    run._mount_point_for(missing)
+    fd = run._mount_point_for(missing)
+    assert os.path.samestat(os.fstat(fd), missing.stat())  # the mount goes onto the file checked
+    os.close(fd)
     assert missing.read_bytes() == b"" and missing.stat().st_mode & 0o777 == 0o600
     existing = tmp_path / "old.conf"
     existing.write_text("keep")
-    run._mount_point_for(existing)
+    os.close(run._mount_point_for(existing))
     assert existing.read_text() == "keep"
     link = tmp_path / "link.conf"
     link.symlink_to(existing)

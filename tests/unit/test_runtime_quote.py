@@ -241,3 +241,44 @@ def test_gramine_requests_of_several_providers_in_one_process_are_serialised(gra
     for t in threads:
         t.join()
     assert errors == []
+
+
+@pytest.mark.parametrize(
+    "fake_tsm",
+    [_param(oversize="outblob"), _param(oversize="auxblob"), _param(oversize="generation"),
+     _param(oversize="provider")],
+    indirect=True,
+)  # fmt: skip
+def test_configfs_attribute_longer_than_the_kernel_returns_is_refused_unread(fake_tsm: Path) -> None:
+    # configfs never returns more than TSM_OUTBLOB_MAX (32 KiB) of outblob/auxblob, nor more than a
+    # page of a text attribute: a tree that does is not the kernel's, and is read no further
+    with pytest.raises(ParseError, match=r"got more than (32768|4096) bytes"):
+        ConfigfsTsmQuoteProvider(fake_tsm).get_evidence(REPORT_DATA)
+    assert os.listdir(fake_tsm) == []  # the report entry was removed
+
+
+def _plain_gramine(root: Path, quote: bytes, attestation_type: bytes = b"dcap\n") -> Path:
+    root.mkdir()
+    (root / "attestation_type").write_bytes(attestation_type)
+    (root / "user_report_data").write_bytes(b"")
+    (root / "quote").write_bytes(quote)
+    return root
+
+
+def test_gramine_quote_larger_than_the_verifier_takes_is_refused_unread(tmp_path: Path) -> None:
+    from confide.evidence.dcap import MAX_QUOTE_SIZE
+
+    quote = bytearray(MAX_QUOTE_SIZE + 1)  # carries our report data: only its size is wrong
+    quote[SGX_REPORT_DATA : SGX_REPORT_DATA + 64] = REPORT_DATA
+    root = _plain_gramine(tmp_path / "attestation", bytes(quote))
+    with pytest.raises(ParseError, match=f"got more than {MAX_QUOTE_SIZE} bytes"):
+        GramineQuoteProvider(root).get_evidence(REPORT_DATA)
+    quote = quote[:MAX_QUOTE_SIZE]  # at the limit: taken
+    (root / "quote").write_bytes(bytes(quote))
+    assert len(GramineQuoteProvider(root).get_evidence(REPORT_DATA).raw) == MAX_QUOTE_SIZE
+
+
+def test_gramine_attestation_type_longer_than_a_page_is_refused(tmp_path: Path) -> None:
+    root = _plain_gramine(tmp_path / "attestation", b"", attestation_type=b"dcap" + b" " * 5000)
+    with pytest.raises(ParseError, match="got more than 4096 bytes"):
+        GramineQuoteProvider(root).get_evidence(REPORT_DATA)

@@ -52,7 +52,8 @@ def test_a_failed_write_removes_the_files_already_written(
     monkeypatch.setattr(run, "is_memory_backed", lambda _p, **_k: True)
     first = tmp_path / "a"
     (tmp_path / "dir").mkdir()  # a directory where the second file goes: its write fails
-    with pytest.raises(IsADirectoryError):
+    (tmp_path / "dir" / "sub").mkdir()
+    with pytest.raises(UsageError, match=r"injection file .*dir: cannot write it: Is a directory"):
         run._write_files({str(first): b"s3cret", str(tmp_path / "dir"): b"x"})
     assert not first.exists()
 
@@ -306,4 +307,4 @@ def test_a_partial_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(OSError, match="No space left"):
         run._write_private(target, b"s3cret-value")
     monkeypatch.undo()
-    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its staged copy

@@ -18,7 +18,7 @@ from typing import Any
 
 from confide import jsonstrict
 from confide.cas.client import CasClient
-from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, verify_signed
+from confide.cas.core import APPROVAL_TYPE, APPROVAL_V1_TYPE, POLICY_TYPE, verify_signed
 from confide.cas.ledger_sink import ENTRY_TYPES
 from confide.errors import ConfideError, EntryMismatchError, ParseError
 from confide.identity import Identity
@@ -182,7 +182,11 @@ class PolicyChainChecker:
                         )
                     self.heads[name] = digest
             elif entry.type.value == "policy.approved" and "approval" in p:
-                body, signer = verify_signed(_loads(str(p["approval"])), APPROVAL_TYPE)
+                doc = _loads(str(p["approval"]))
+                # v1 (no ``cas``): entries recorded before approvals named their CAS.
+                v1 = isinstance(doc, dict) and doc.get("type") == APPROVAL_V1_TYPE
+                kind = APPROVAL_V1_TYPE if v1 else APPROVAL_TYPE
+                body, signer = verify_signed(doc, kind)
                 if (
                     body.get("name") != name
                     or body.get("hash") != p.get("hash")

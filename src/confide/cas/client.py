@@ -45,9 +45,10 @@ MAX_RETRY_AFTER = 10.0  # seconds: a longer Retry-After is waited for this long
 
 
 def _retry_after(value: str | None) -> float:
-    """The wait of a 429's ``Retry-After`` (RFC 9110 §10.2.3): delay-seconds; an HTTP-date, a
-    missing or a malformed value waits 1 s; at most :data:`MAX_RETRY_AFTER`."""
-    if value is None or not value.isdigit() or len(value) > 6:
+    """The wait of a 429's ``Retry-After`` (RFC 9110 §10.2.3): delay-seconds (1*DIGIT, ASCII
+    digits: ``str.isdigit`` also takes "²", which ``float`` refuses); an HTTP-date, a missing or
+    a malformed value waits 1 s; at most :data:`MAX_RETRY_AFTER`."""
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 6:
         return 1.0
     return min(float(value), MAX_RETRY_AFTER)
 
@@ -196,8 +197,12 @@ class CasClient:
         return result
 
     def approve(self, name: str, digest: str, identity: Identity) -> dict[str, str]:
+        """A board member's signed approval of a pending version, for the one CAS this client
+        trusts (the SHA-256 of its certificate's key, as a read request names it)."""
+        if self.cas_spki_sha256 is None:
+            raise UsageError("approving needs the CAS's certificate: an approval names the CAS's key")
         doc = sign_document(
-            {"type": APPROVAL_TYPE, "name": name, "hash": digest},
+            {"type": APPROVAL_TYPE, "name": name, "hash": digest, "cas": self.cas_spki_sha256},
             identity.sign,
             identity.public.public_base64,
         )

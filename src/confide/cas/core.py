@@ -7,7 +7,9 @@ Signed documents (all signatures are Ed25519 over RFC 8785 canonical JSON of the
 without its ``signature`` member; ``type`` names the purpose):
 
 - ``confide/policy/v1``: ``{"type", "policy": <policy JSON>, "signer": <base64 key>}``
-- ``confide/approval/v1``: ``{"type", "name", "hash", "signer"}``
+- ``confide/approval/v2``: ``{"type", "name", "hash", "cas": <hex SHA-256 of the CAS's TLS
+  SubjectPublicKeyInfo>, "signer"}`` (counted only at the one CAS it names; ``confide/approval/v1``,
+  which named no CAS, is refused and read only from ledger entries recorded before)
 - ``confide/read/v2``: ``{"type", "name", "time": <unix seconds>, "cas": <hex SHA-256 of the
   CAS's TLS SubjectPublicKeyInfo>, "route": "show" | "events" | "crl", "signer"}`` (valid 5
   minutes, at the one CAS and for the one route it names)
@@ -123,6 +125,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APPROVAL_TYPE",
+    "APPROVAL_V1_TYPE",
     "POLICY_TYPE",
     "READ_TYPE",
     "Cas",
@@ -135,7 +138,10 @@ __all__ = [
 ]
 
 POLICY_TYPE = "confide/policy/v1"
-APPROVAL_TYPE = "confide/approval/v1"
+APPROVAL_TYPE = "confide/approval/v2"
+APPROVAL_V1_TYPE = "confide/approval/v1"
+"""An approval of a version that names no CAS: refused since v2 (docs/cas.md "Policies and
+governance"); ledger entries recorded before hold such approvals (``confide.cas.audit``)."""
 READ_TYPE = "confide/read/v2"
 READ_WINDOW = 300
 # What a read request is for (its ``route``): the answers differ, so one request reads one of them.
@@ -720,10 +726,25 @@ class Cas:
         )
 
     def approve(self, approval: Any) -> ApplyResult:
+        if isinstance(approval, dict) and approval.get("type") == APPROVAL_V1_TYPE:
+            raise ParseError(
+                f"a {APPROVAL_V1_TYPE} approval names no CAS, so it could count at any CAS where the "
+                f"version is pending; approve again with a current client ({APPROVAL_TYPE} names this CAS)",
+                structure=APPROVAL_V1_TYPE,
+            )
         body, signer = verify_signed(approval, APPROVAL_TYPE)
-        name, digest = body.get("name"), body.get("hash")
-        if not isinstance(name, str) or not isinstance(digest, str):
-            raise ParseError("name and hash must be strings", structure=APPROVAL_TYPE)
+        name, digest, cas = body.get("name"), body.get("hash"), body.get("cas")
+        if not isinstance(name, str) or not isinstance(digest, str) or not isinstance(cas, str):
+            raise ParseError("name, hash and cas must be strings", structure=APPROVAL_TYPE)
+        # The CAS the member approved at (its TLS key, as a read request names it): an approval
+        # given at one CAS (a staging CAS, another deployment with the same policy history) is
+        # refused at another, before any policy is looked at, so the refusal says nothing of it.
+        # Public values: a plain comparison leaks nothing.
+        if cas != self.tls_spki_sha256:
+            raise AccessDeniedError(
+                f"approval is for another CAS (TLS key SHA-256 {cas[:16]!r}…, this CAS has "
+                f"{self.tls_spki_sha256[:16]}…)"
+            )
         with self.db.write() as conn:
             outcome = self._approve(conn, approval, signer, name, digest)
         if isinstance(outcome, ConfideError):

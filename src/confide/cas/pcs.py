@@ -6,14 +6,16 @@ TCB Info and QE Identity (SGX or TDX) and the PCK CRL and Root CA CRL of a platf
 its FMSPC, PCK CA (``platform`` / ``processor``) and TEE type (:class:`DcapKey`; Intel PCS API
 v4 serves them per FMSPC, per CA and per TEE). What it keeps and for how long:
 
-- What the source answered, whole, keyed by :class:`DcapKey`; nothing is verified here (the
-  DCAP verifier checks every signature, chain and date of it at every attestation, and refuses
-  what is out of date).
+- What the source answered, whole, keyed by :class:`DcapKey` (the DCAP verifier checks every
+  signature, chain and date of it at every attestation, and refuses what is out of date).
 - Used while ``at`` is before the earliest ``nextUpdate`` of the four (TCB Info and QE
-  Identity: Intel PCS API v4 ``nextUpdate``; CRLs: RFC 5280 §5.1.2.5): newer collateral is due
-  then, and the next attestation's prefetch asks the source again. The source keeps its own
-  on-disk cache of each response until that response's ``nextUpdate``, so a restarted CAS
-  reads what is still current from disk, not from the network.
+  Identity: Intel PCS API v4 ``nextUpdate``; CRLs: RFC 5280 §5.1.2.5), and only if its
+  signatures lead to the pinned root (:meth:`~confide.verify.dcap.DcapVerifier.collateral_signed`,
+  no dates): newer collateral is due then, and the next attestation's prefetch asks the source
+  again. Collateral that is not Intel's is never current, whatever ``nextUpdate`` it names.
+  The source keeps its own on-disk cache of each response until that response's
+  ``nextUpdate``, so a restarted CAS reads what is still current from disk, not from the
+  network.
 - Collateral that is already out of date when it is fetched (a PCCS that serves stale
   collateral), or becomes so within :data:`FAILURE_GRACE` seconds of its fetch, is handed to
   phase 1 for those seconds (the verifier refuses what is out of date at ``at``); the source is
@@ -75,12 +77,18 @@ from confide.cas.fetch_cache import FetchCache
 from confide.cas.fetch_stats import FetchStats
 from confide.cas.flight import SingleFlight
 from confide.cas.tcb_floor import TcbEvaluationFloor
-from confide.collateral.dcap import PCK_CERT_CACHE_TIME, DcapCollateralSource, PckCertificateSource
+from confide.collateral.dcap import (
+    PCK_CERT_CACHE_TIME,
+    DcapCollateralSource,
+    PckCertificateSource,
+    PcsHttpSource,
+)
 from confide.errors import CollateralMissingError, CollateralOutdatedError, ConfideError, ParseError
 from confide.evidence.dcap import PckCertId, TeeType
 from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate
 from confide.lru import Lru
-from confide.verify.dcap import missing_pck_error
+from confide.verify.dcap import DcapVerifier, missing_pck_error
+from confide.verify.roots import INTEL_SGX_ROOT_CA_DER
 
 __all__ = ["FAILURE_GRACE", "MEMORY_ENTRIES", "PCK_MEMORY_SECONDS", "DcapCollateralCache", "DcapKey"]
 
@@ -133,10 +141,18 @@ class DcapCollateralCache:
         max_entries: int = MEMORY_ENTRIES,
         monotonic: Callable[[], float] = time.monotonic,
         floor: TcbEvaluationFloor | None = None,
+        root_ca_der: bytes | None = None,
     ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be >= 1")
         self.source = source
+        # Only collateral whose signatures lead to this root is kept as current until its
+        # nextUpdate (:meth:`_load`); the source's own root when it has one.
+        if root_ca_der is None:
+            root_ca_der = source.root_ca_der if isinstance(source, PcsHttpSource) else INTEL_SGX_ROOT_CA_DER
+        self._signatures = DcapVerifier(
+            root_ca_der=root_ca_der, chain_cache_size=16, collateral_cache_size=16
+        )
         self.floor = floor
         self.where = where
         self.max_entries = max_entries
@@ -270,7 +286,11 @@ class DcapCollateralCache:
             raise error(
                 f"fetching the DCAP collateral of {key} from {self.where} failed: {exc.kind}: {exc.message}"
             ) from None
-        expires = _expires(collateral)
+        # Current until its earliest nextUpdate only if its signatures lead to the pinned root:
+        # collateral that is not Intel's (a broken or hostile PCCS) names its own nextUpdate, and
+        # would be handed to every attestation until then. Not current, it is handed over for
+        # FAILURE_GRACE seconds (the verifier refuses it), then fetched again.
+        expires = _expires(collateral) if self._signatures.collateral_signed(collateral) else None
         self._remember(key, _Entry(collateral, expires, self.monotonic(), _numbers(collateral)))
         _log("pcs-fetched", key, next_update=expires.isoformat() if expires else "none")
         return collateral
@@ -344,7 +364,7 @@ def _expires(c: DcapCollateral) -> datetime | None:
     for der in (c.pck_crl, c.root_ca_crl):
         try:
             dates.append(x509.load_der_x509_crl(der).next_update_utc)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):  # InvalidVersion is not a ValueError
             dates.append(None)
     if any(d is None or d.tzinfo is None for d in dates):
         return None

@@ -14,12 +14,14 @@ HTTP sources are also a :class:`PckCertificateSource` (``get_pck_certificate``),
 through Intel PCS API v4 "Get PCK Certificate V4" (by encrypted PPID) or a PCCS (by QE ID).
 
 Sources only fetch and parse; they never decide whether collateral is valid — the verifier
-checks every signature, chain and date. Time and the HTTP transport are injected. One caching
-decision reads an unverified field: an HTTP source given ``min_tcb_evaluation_data_number``
-neither serves from its disk cache nor keeps a TCB Info or QE Identity whose
-``tcbEvaluationDataNumber`` is below it (a response older than required is asked for again,
-and refused when the service answers it again), so that collateral of a TCB evaluation that was
-superseded is not cached until its ``nextUpdate``. A ``floor`` (the CAS's
+checks every signature, chain and date. Time and the HTTP transport are injected. The HTTP
+source keeps a response on disk (until its own ``nextUpdate``) only when its signatures lead to
+the pinned root (no dates): one answer that is not Intel's is not served again until a date it
+names itself. One caching decision reads an unverified field: an HTTP source given
+``min_tcb_evaluation_data_number`` neither serves from its disk cache nor keeps a TCB Info or
+QE Identity whose ``tcbEvaluationDataNumber`` is below it (a response older than required is
+asked for again, and refused when the service answers it again), so that collateral of a TCB
+evaluation that was superseded is not cached until its ``nextUpdate``. A ``floor`` (the CAS's
 :class:`~confide.cas.tcb_floor.TcbEvaluationFloor`: the highest numbers it has verified for the
 platform) is a minimum of the same kind, per TCB Info (TEE type, FMSPC) and QE Identity (TEE
 type).
@@ -52,9 +54,11 @@ from confide.errors import (
     ConfideError,
     NetworkError,
     ParseError,
+    StorageError,
 )
 from confide.evidence.dcap import CERT_TYPE_PPID_CLEARTEXT, CERT_TYPE_PPID_RSA3072, PckCertId, TeeType
 from confide.evidence.dcap_collateral import (
+    MAX_JSON_SIZE,
     PCK_CHAIN_LENGTH,
     DcapCollateral,
     PckCertificate,
@@ -62,8 +66,9 @@ from confide.evidence.dcap_collateral import (
 )
 from confide.evidence.pck import PckExtension, parse_pck_extension
 from confide.evidence.pem import normalise_pem, parse_pem_chain
-from confide.fsutil import write_atomic
-from confide.verify.dcap import pck_lookup
+from confide.fsutil import read_bounded, write_atomic
+from confide.httpbody import read_body
+from confide.verify.dcap import DcapVerifier, pck_lookup
 from confide.verify.roots import INTEL_SGX_ROOT_CA_DER, INTEL_SGX_TCB_SIGNING_2025_DER
 from confide.verify.x509util import (
     CERTIFICATE_ERRORS,
@@ -146,7 +151,7 @@ def crl_from_bytes(data: bytes, what: str) -> bytes:
     if stripped.startswith(b"-----BEGIN X509 CRL-----"):
         try:
             return x509.load_pem_x509_crl(stripped).public_bytes(Encoding.DER)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):  # InvalidVersion is not a ValueError
             raise ParseError("invalid PEM CRL", structure=what) from None
     if stripped[:1] != b"\x30":
         try:
@@ -163,13 +168,35 @@ class BundleFileSource:
     path: Path
 
     def get_collateral(self, *, fmspc: bytes, ca: str, tee: TeeType) -> DcapCollateral:
+        # At most MAX_JSON_SIZE + 1 bytes (what the bundle's parse accepts), a regular file only:
+        # neither a huge file nor a FIFO/device given as the bundle is read without bound.
         try:
-            text = self.path.read_bytes()
-        except OSError as exc:
-            raise CollateralMissingError(
-                f"cannot read collateral bundle {self.path}: {exc.strerror}"
-            ) from None
+            text = read_bounded(
+                self.path, MAX_JSON_SIZE, label="collateral bundle", expected="a collateral bundle (JSON)",
+                structure="collateral_bundle", regular=True,
+            )  # fmt: skip
+        except StorageError as exc:
+            raise CollateralMissingError(f"cannot read {exc.message}") from None
         return DcapCollateral.from_dcap_qvl_json(text)
+
+
+def _member(obj: dict[str, Any], key: str, default: str = "") -> str:
+    """A string member of an unverified TCB Info / QE Identity in a directory file, for choosing
+    among the files only; ``default`` when absent, "" when not a string (the file then matches
+    nothing: the verifier parses and checks what is chosen)."""
+    value = obj.get(key, default)
+    return value if isinstance(value, str) else ""
+
+
+def _head(path: Path) -> bytes | None:
+    """At most MAX_RESPONSE_SIZE + 1 bytes of a directory file (a larger one is skipped by the
+    caller): a huge file is not read whole to be cut afterwards. ``None``: it cannot be read
+    (skipped too)."""
+    try:
+        with path.open("rb") as fh:
+            return fh.read(MAX_RESPONSE_SIZE + 1)
+    except OSError:
+        return None
 
 
 def _cn(der: bytes) -> str:
@@ -226,9 +253,9 @@ class PcsDirectorySource:
         pck_issuer_chain: tuple[bytes, ...] | None = None
         skipped: list[str] = []
         for f in self._files():
-            data = f.read_bytes()[: MAX_RESPONSE_SIZE + 1]
-            if len(data) > MAX_RESPONSE_SIZE:
-                skipped.append(f"{f.name} (too large)")
+            data = _head(f)
+            if data is None or len(data) > MAX_RESPONSE_SIZE:
+                skipped.append(f"{f.name} ({'unreadable' if data is None else 'too large'})")
                 continue
             try:
                 kind, value = _classify(data, f.name)
@@ -238,16 +265,22 @@ class PcsDirectorySource:
             if kind == "tcbInfo":
                 text, sig = value
                 obj = jsonstrict.loads(text, structure=f.name)
-                before = "" if tcb is None else jsonstrict.loads(tcb[0]).get("issueDate", "")
-                newer = tcb is None or obj.get("issueDate", "") > before
-                if obj.get("fmspc", "").lower() == fmspc.hex() and obj.get("id", "SGX") == want_tcb and newer:
+                newer = tcb is None or _member(obj, "issueDate") > _member(
+                    jsonstrict.loads(tcb[0]), "issueDate"
+                )
+                if (
+                    _member(obj, "fmspc").lower() == fmspc.hex()
+                    and _member(obj, "id", "SGX") == want_tcb
+                    and newer
+                ):
                     tcb = (text, sig)
             elif kind == "enclaveIdentity":
                 text, sig = value
                 obj = jsonstrict.loads(text, structure=f.name)
-                before = "" if qe is None else jsonstrict.loads(qe[0]).get("issueDate", "")
-                newer = qe is None or obj.get("issueDate", "") > before
-                if obj.get("id") == want_qe and newer:
+                newer = qe is None or _member(obj, "issueDate") > _member(
+                    jsonstrict.loads(qe[0]), "issueDate"
+                )
+                if _member(obj, "id") == want_qe and newer:
                     qe = (text, sig)
             elif kind == "chain":
                 chain = value
@@ -301,8 +334,8 @@ class PcsDirectorySource:
         leaves: list[tuple[bytes, ...]] = []
         ca_chains: dict[str, tuple[bytes, ...]] = {}
         for f in self._files():
-            data = f.read_bytes()[: MAX_RESPONSE_SIZE + 1]
-            if len(data) > MAX_RESPONSE_SIZE or b"-----BEGIN CERTIFICATE-----" not in data:
+            data = _head(f)
+            if data is None or len(data) > MAX_RESPONSE_SIZE or b"-----BEGIN CERTIFICATE-----" not in data:
                 continue
             try:
                 chain = tuple(parse_pem_chain(normalise_pem(data, structure=f.name), structure=f.name))
@@ -393,12 +426,23 @@ def _next_update(kind: str, body: bytes, now: datetime) -> datetime | None:
             key = "tcbInfo" if kind == "tcb" else "enclaveIdentity"
             text, _ = split_pcs_response(body, key)
             value = jsonstrict.loads(text)["nextUpdate"]
-            return datetime.fromisoformat(value) if isinstance(value, str) else None
+            when = datetime.fromisoformat(value) if isinstance(value, str) else None
+            # Intel PCS API v4 gives nextUpdate in UTC with its zone ("…Z"). One without a zone
+            # (an unsigned answer: its signature is checked later, by the verifier) cannot be
+            # compared with the clock: the answer is not cached, and the verifier refuses it.
+            return when if when is not None and when.tzinfo is not None else None
         crl = x509.load_der_x509_crl(crl_from_bytes(body, kind))
         next_update: datetime | None = crl.next_update_utc
         return next_update
-    except (ConfideError, ValueError, KeyError, TypeError):
+    except (ConfideError, ValueError, KeyError, TypeError, x509.InvalidVersion):
+        # InvalidVersion (a CRL version other than v1/v2, RFC 5280 §5.1.2.1) is not a
+        # ValueError: such an answer is not cached either, and the verifier refuses it.
         return None
+
+
+def _pem_ders(pem: bytes, what: str) -> tuple[bytes, ...]:
+    """The DER certificates of an issuer chain header (re-flowed PEM)."""
+    return tuple(parse_pem_chain(normalise_pem(pem, structure=what), structure=what))
 
 
 _LONG_PPID = re.compile(r"(encrypted_ppid=[0-9a-fA-F]{16})[0-9a-fA-F]+")
@@ -457,6 +501,7 @@ class PcsHttpSource:
             raise ValueError(f"pck_query is {pck_query!r}, expected 'pcs' or 'pccs'")
         self.pck_query = pck_query
         self.root_ca_der = root_ca_der
+        self._verifier = DcapVerifier(root_ca_der=root_ca_der, chain_cache_size=16, collateral_cache_size=16)
         self._api_key = api_key
         self.client = client or httpx2.Client(timeout=30.0, follow_redirects=False)
 
@@ -479,10 +524,14 @@ class PcsHttpSource:
         *,
         headers: dict[str, str] | None = None,
         check: Callable[[bytes, bytes], object] | None = None,
+        signed: Callable[[bytes, bytes], object] | None = None,
     ) -> tuple[bytes, bytes]:
         """(body, issuer chain PEM) from the cache if still current, else from the network.
-        ``check`` (raises ConfideError): what a response must pass to be kept on disk; a cached
-        one that no longer passes it is fetched again."""
+        ``check`` (raises ConfideError): what a response must pass to be returned and kept on
+        disk. ``signed`` (raises ConfideError): what it must pass to be kept on disk only (its
+        signatures lead to the pinned root); one that does not is returned, for the verifier to
+        refuse with its own error, but not kept until the ``nextUpdate`` it names itself. A
+        cached one that no longer passes either is fetched again."""
         path = self._cache_path(url)
         now = self.clock()
         try:
@@ -490,37 +539,48 @@ class PcsHttpSource:
             expires = datetime.fromisoformat(cached["expires"])
             if now < expires:
                 body, chain = bytes.fromhex(cached["body"]), bytes.fromhex(cached["chain"])
-                if check is None:
-                    return body, chain
                 try:
-                    check(body, chain)
+                    for must in (check, signed):
+                        if must is not None:
+                            must(body, chain)
                     return body, chain
                 except ConfideError:
                     pass  # not what was written, or no longer chains: fetch again
         except (OSError, ValueError, KeyError, TypeError, ParseError):
             pass
+        shown = self._shown(url)
         try:
-            response = self.client.get(url, headers=headers)
+            with self.client.stream("GET", url, headers=headers) as response:
+                if response.status_code == 404:
+                    raise CollateralMissingError(
+                        f"GET {shown}: 404, the collateral service has nothing for this platform"
+                    )
+                if response.status_code != 200:
+                    raise NetworkError(f"GET {shown}: HTTP {response.status_code}, expected 200")
+                # Read at most MAX_RESPONSE_SIZE (Intel PCS API v4 answers are a few KiB, a PCK
+                # CRL some hundreds): a hostile or broken service cannot make the source read,
+                # and hold, an answer without bound (a Content-Length above it is refused first).
+                body = read_body(
+                    response, MAX_RESPONSE_SIZE, lambda how: NetworkError(f"GET {shown}: the answer {how}")
+                )
+                response_headers = response.headers
         except httpx2.HTTPError as exc:
-            raise NetworkError(f"GET {self._shown(url)} failed: {type(exc).__name__}") from None
-        if response.status_code == 404:
-            raise CollateralMissingError(
-                f"GET {self._shown(url)}: 404, the collateral service has nothing for this platform"
-            )
-        if response.status_code != 200:
-            raise NetworkError(f"GET {self._shown(url)}: HTTP {response.status_code}, expected 200")
-        body = response.content
-        if len(body) > MAX_RESPONSE_SIZE:
-            raise NetworkError(f"GET {self._shown(url)}: response of {len(body)} bytes is too large")
+            raise NetworkError(f"GET {shown} failed: {type(exc).__name__}") from None
         chain = b""
         if chain_header:
-            raw = response.headers.get(chain_header)
+            raw = response_headers.get(chain_header)
             if raw is None:
                 raise CollateralMissingError(f"GET {self._shown(url)}: no {chain_header} header")
             chain = urllib.parse.unquote(raw).encode()
         if check is not None:
             check(body, chain)
-        expires_at = _next_update(kind, body, now)
+        keep = True
+        if signed is not None:
+            try:
+                signed(body, chain)
+            except ConfideError:
+                keep = False
+        expires_at = _next_update(kind, body, now) if keep else None
         if expires_at is not None and now < expires_at:
             record = {
                 "url": self._shown(url),
@@ -543,17 +603,25 @@ class PcsHttpSource:
         qe_url = f"{v4.format(tee_path)}/qe/identity"
         floor_key = (tee_path, fmspc.hex())
         tcb_check = self._evaluation_check(tcb_url, "tcbInfo", floor_key)
-        tcb_body, tcb_chain = self._fetch(tcb_url, "tcb", "TCB-Info-Issuer-Chain", check=tcb_check)
+        tcb_body, tcb_chain = self._fetch(
+            tcb_url, "tcb", "TCB-Info-Issuer-Chain", check=tcb_check, signed=self._signed_json("tcbInfo")
+        )
         qe_body, qe_chain = self._fetch(
             qe_url,
             "qe",
             "SGX-Enclave-Identity-Issuer-Chain",
             check=self._evaluation_check(qe_url, "enclaveIdentity", floor_key),
+            signed=self._signed_json("enclaveIdentity"),
         )
         crl_body, crl_chain = self._fetch(
-            f"{v4.format('sgx')}/pckcrl?ca={ca}&encoding=der", "crl", "SGX-PCK-CRL-Issuer-Chain"
+            f"{v4.format('sgx')}/pckcrl?ca={ca}&encoding=der",
+            "crl",
+            "SGX-PCK-CRL-Issuer-Chain",
+            signed=self._signed_crl("PCK CRL", with_chain=True),
         )
-        root_body, _ = self._fetch(self.root_crl_url, "crl", None)
+        root_body, _ = self._fetch(
+            self.root_crl_url, "crl", None, signed=self._signed_crl("Root CA CRL", with_chain=False)
+        )
         tcb_text, tcb_sig = split_pcs_response(tcb_body, "tcbInfo")
         qe_text, qe_sig = split_pcs_response(qe_body, "enclaveIdentity")
 
@@ -571,6 +639,24 @@ class PcsHttpSource:
             qe_identity=qe_text,
             qe_identity_signature=qe_sig,
         )
+
+    # Intel PCS API v4 answers are kept on disk until their own nextUpdate only when their
+    # signatures lead to the pinned root (DcapVerifier.check_signed_json, check_crl_signature;
+    # no dates): an answer that is not Intel's (a broken or hostile PCCS, a corrupted one) must
+    # not be served again until a date it names itself.
+    def _signed_json(self, key: str) -> Callable[[bytes, bytes], None]:
+        def signed(body: bytes, chain: bytes) -> None:
+            text, sig = split_pcs_response(body, key)
+            self._verifier.check_signed_json(_pem_ders(chain, key), text, sig, key)
+
+        return signed
+
+    def _signed_crl(self, what: str, *, with_chain: bool) -> Callable[[bytes, bytes], None]:
+        def signed(body: bytes, chain: bytes) -> None:
+            issuers = _pem_ders(chain, what) if with_chain else None
+            self._verifier.check_crl_signature(crl_from_bytes(body, what), issuers, what)
+
+        return signed
 
     def _evaluation_check(
         self, url: str, key: str, floor_key: tuple[str, str]

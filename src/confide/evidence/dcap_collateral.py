@@ -293,8 +293,11 @@ class EnclaveIdentity:
             issue_date=_time(obj, "issueDate", s),
             next_update=_time(obj, "nextUpdate", s),
             tcb_evaluation_data_number=_int(obj, "tcbEvaluationDataNumber", s, 0xFFFFFFFF),
-            miscselect=int.from_bytes(_hex(obj, "miscselect", 4, s), "big"),
-            miscselect_mask=int.from_bytes(_hex(obj, "miscselectMask", 4, s), "big"),
+            # The hex is MISCSELECT's 4 bytes as the report holds them (a little-endian u32):
+            # Intel's QVL reads it so (EnclaveReportVerifier::vectorToUint32, a byte swap of the
+            # big-endian reading; 4.1.2.9.5), and so does dcap-qvl.
+            miscselect=int.from_bytes(_hex(obj, "miscselect", 4, s), "little"),
+            miscselect_mask=int.from_bytes(_hex(obj, "miscselectMask", 4, s), "little"),
             attributes=_hex(obj, "attributes", 16, s),
             attributes_mask=_hex(obj, "attributesMask", 16, s),
             mr_signer=_hex(obj, "mrsigner", 32, s),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Collection, Sequence
 from typing import Annotated, Any
@@ -197,36 +198,117 @@ def is_authorized(
     (one operation's list: any entry suffices, as in SCONE).
 
     ``CREATOR`` is satisfied by ``creator``; ``ANY`` always, ``NONE`` never; ``signer: X`` and a
-    plain ``X`` by X; ``require-all`` by all its rules; ``require-at-least-N`` by N of them. A
-    ``$$SCONE::name$$`` entry is replaced by ``resolve(name)`` (the secret's value: an identity
-    or ``CREATOR``); an entry that cannot be resolved is ignored, as SCONE documents.
+    plain ``X`` by X; ``require-all`` by all its rules; ``require-at-least-N`` by N of them, met
+    by N *distinct* signers: one signature counts for one of the N at most, also where one
+    identity stands in two of them (``CREATOR`` and the creator's own fingerprint, or a member
+    that a nested board names again; docs/policy.md "access_policy"). A ``$$SCONE::name$$``
+    entry is replaced by ``resolve(name)`` (the secret's value: an identity or ``CREATOR``); an
+    entry that cannot be resolved is ignored, as SCONE documents.
     """
     have = frozenset(identities)
-    return any(_satisfied(r, have, creator, resolve) for r in rules)
+    budget = _Budget()
+    return any(_satisfied(r, have, creator, resolve, budget) for r in rules)
 
 
-def _satisfied(
-    rule: Any, have: frozenset[str], creator: str | None, resolve: Callable[[str], str | None] | None
-) -> bool:
-    if isinstance(rule, RequireAll):
-        return all(_satisfied(r, have, creator, resolve) for r in rule.require_all)
-    if isinstance(rule, RequireAtLeast):
-        return sum(_satisfied(r, have, creator, resolve) for r in rule.rules) >= rule.n
+class _Budget:
+    """How many rule evaluations one :func:`is_authorized` may make. Counting distinct signers
+    tries the ways to share out identities that several entries of a board name; a hostile
+    policy could make that exponential, so past this many evaluations every further one is
+    "not satisfied": the rules are monotone, so that can only refuse, never grant."""
+
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self.left = self.LIMIT
+
+    def spend(self) -> bool:
+        self.left -= 1
+        return self.left >= 0
+
+
+def _leaf_identity(rule: Any, creator: str | None, resolve: Callable[[str], str | None] | None) -> str | None:
+    """The identity a leaf rule stands for, a placeholder resolved and ``CREATOR`` replaced by
+    the creator; ``ANY`` itself; ``None`` when it stands for no one (``NONE``, an unresolvable
+    placeholder, ``CREATOR`` without a creator, a board)."""
     identity = _identity_of(rule)
     if identity is None:
-        return False
+        return None
     found = ph.find_placeholders(identity)
     if found:
         if resolve is None or len(found) != 1 or found[0].start != 0 or found[0].end != len(identity):
-            return False
+            return None
         resolved = resolve(found[0].name)
         if resolved is None or ph.find_placeholders(resolved):
-            return False
+            return None
         identity = resolved
-    if identity == "ANY":
-        return True
     if identity == "NONE":
-        return False
+        return None
     if identity == "CREATOR":
-        return creator is not None and creator in have
-    return identity in have
+        return creator
+    return identity
+
+
+def _signers(rule: Any, creator: str | None, resolve: Callable[[str], str | None] | None) -> frozenset[str]:
+    """Every identity that can take part in satisfying ``rule`` (``ANY`` names none)."""
+    if isinstance(rule, RequireAll | RequireAtLeast):
+        nested = rule.require_all if isinstance(rule, RequireAll) else rule.rules
+        return frozenset().union(*(_signers(r, creator, resolve) for r in nested))
+    identity = _leaf_identity(rule, creator, resolve)
+    return frozenset() if identity is None or identity == "ANY" else frozenset({identity})
+
+
+def _satisfied(
+    rule: Any,
+    have: frozenset[str],
+    creator: str | None,
+    resolve: Callable[[str], str | None] | None,
+    budget: _Budget,
+) -> bool:
+    if not budget.spend():
+        return False
+    if isinstance(rule, RequireAll):
+        return all(_satisfied(r, have, creator, resolve, budget) for r in rule.require_all)
+    if isinstance(rule, RequireAtLeast):
+        return _distinct(rule.rules, rule.n, have, creator, resolve, budget) >= rule.n
+    identity = _leaf_identity(rule, creator, resolve)
+    if identity is None:
+        return False
+    return identity == "ANY" or identity in have
+
+
+def _distinct(
+    rules: Sequence[Any],
+    n: int,
+    have: frozenset[str],
+    creator: str | None,
+    resolve: Callable[[str], str | None] | None,
+    budget: _Budget,
+) -> int:
+    """How many of ``rules`` (the entries of a ``require-at-least-n``) distinct signers satisfy,
+    up to ``n``: each identity of ``have`` that two or more satisfied entries name is given to
+    one of them, every way in turn, and the others are judged without it. A loader check
+    already refuses one member listed twice; this also covers ``CREATOR`` next to the creator's
+    fingerprint and members repeated inside nested boards, where one signature would
+    otherwise count twice (docs/policy.md "access_policy")."""
+    met = [r for r in rules if _satisfied(r, have, creator, resolve, budget)]
+    if len(met) < n:
+        return len(met)
+    named = [_signers(r, creator, resolve) & have for r in met]
+    holders: dict[str, list[int]] = {}
+    for i, whom in enumerate(named):
+        for who in whom:
+            holders.setdefault(who, []).append(i)
+    shared = sorted(who for who, held in holders.items() if len(held) > 1)
+    if not shared:
+        return len(met)
+    best = 0
+    for owners in itertools.product(*(holders[who] for who in shared)):
+        count = 0
+        for i, r in enumerate(met):
+            withheld = frozenset(who for who, owner in zip(shared, owners, strict=True) if owner != i)
+            if not withheld & named[i] or _satisfied(r, have - withheld, creator, resolve, budget):
+                count += 1
+        best = max(best, count)
+        if best >= n or budget.left < 0:
+            break
+    return best

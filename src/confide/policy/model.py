@@ -622,7 +622,7 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
     for op in ("read", "update", "create_sessions"):
         rules = getattr(ap, op)
         for j, rule in enumerate(rules or ()):
-            yield from _access_rule_problems(rule, ("access_policy", op, j), kinds)
+            yield from _access_rule_problems(rule, ("access_policy", op, j), kinds, stored)
 
 
 def _explicit_path_length(value: str) -> tuple[bool, int | None] | None:
@@ -674,14 +674,27 @@ def _path_length_problems(policy: Policy, *, stored: bool) -> Iterator[Problem]:
             )
 
 
-def _access_rule_problems(rule: Any, path: Path, kinds: dict[str, SecretKind | None]) -> Iterator[Problem]:
-    if isinstance(rule, str):
-        yield from _placeholder_problems(rule, path, ph.Context.ACCESS_POLICY, kinds)
-    elif isinstance(rule, SignerRule):
-        yield from _placeholder_problems(rule.signer, (*path, "signer"), ph.Context.ACCESS_POLICY, kinds)
+_UPPER_FINGERPRINT = re.compile(r"(?=.*[A-F])[0-9a-fA-F]{64}")
+
+
+def _access_rule_problems(
+    rule: Any, path: Path, kinds: dict[str, SecretKind | None], stored: bool
+) -> Iterator[Problem]:
+    if isinstance(rule, str | SignerRule):
+        identity, where = (rule, path) if isinstance(rule, str) else (rule.signer, (*path, "signer"))
+        yield from _placeholder_problems(identity, where, ph.Context.ACCESS_POLICY, kinds)
+        if not stored and _UPPER_FINGERPRINT.fullmatch(identity):
+            # The CAS compares an identity's fingerprint as ``confide identity create`` prints it
+            # (lower-case hex): written in upper case it names no one, so a board needing it
+            # could never be met. Left out for stored versions, which loaded before this check.
+            yield Problem(
+                where,
+                f"got the fingerprint {identity[:16]}… in upper case, expected lower-case hex "
+                "(as confide identity create prints it; in upper case it matches no one)",
+            )
     elif isinstance(rule, RequireAll):
         for k, r in enumerate(rule.require_all):
-            yield from _access_rule_problems(r, (*path, "require-all", k), kinds)
+            yield from _access_rule_problems(r, (*path, "require-all", k), kinds, stored)
     elif isinstance(rule, RequireAtLeast):
         for k, r in enumerate(rule.rules):
-            yield from _access_rule_problems(r, (*path, f"require-at-least-{rule.n}", k), kinds)
+            yield from _access_rule_problems(r, (*path, f"require-at-least-{rule.n}", k), kinds, stored)

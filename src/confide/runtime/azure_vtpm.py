@@ -62,6 +62,7 @@ from confide.errors import (
 from confide.evidence.azure_vtpm import (
     AK_KEY_ID,
     HCL_NV_INDEX,
+    MAX_EVIDENCE_SIZE,
     TD_REPORT_SIZE,
     HclReport,
     HclReportType,
@@ -75,6 +76,7 @@ from confide.evidence.tpm import (
     parse_attest,
     parse_signature,
 )
+from confide.httpbody import read_body
 from confide.runtime.quote import (
     SNP_REPORT_DATA_OFFSET,
     Evidence,
@@ -115,6 +117,9 @@ REPORT_DATA_NV_INDEX = 0x01400002
 AK_HANDLE = 0x81000003
 IMDS_THIM_URL = "http://169.254.169.254/metadata/THIM/amd/certification"
 IMDS_TDQUOTE_URL = "http://169.254.169.254/acc/tdquote"
+MAX_IMDS_ANSWER = MAX_EVIDENCE_SIZE
+"""The largest IMDS answer read (bytes): a VCEK with its chain, or a TD quote, base64url in JSON,
+is a few KiB; the host that serves IMDS could otherwise send without end."""
 
 EVIDENCE_VERSION = 1
 # Intel TDX Module ABI, REPORTMACSTRUCT.REPORTTYPE.type: 0x81 is a TDX TD report.
@@ -194,13 +199,21 @@ def _imds_json(
 ) -> dict[str, Any]:
     try:
         # trust_env=False: IMDS is link-local and must not go through a proxy.
-        with httpx2.Client(timeout=timeout, trust_env=False, transport=transport) as client:
-            response = client.request(method, url, **kwargs)
+        with (
+            httpx2.Client(timeout=timeout, trust_env=False, transport=transport) as client,
+            client.stream(method, url, **kwargs) as response,
+        ):
+            if response.status_code != 200:
+                raise NetworkError(f"{method} {url}: got HTTP {response.status_code}, expected 200")
+            # IMDS is the host's: its answer is read up to a bound, like any hostile party's
+            content = read_body(
+                response,
+                MAX_IMDS_ANSWER,
+                lambda how: ParseError(f"the answer {how}", structure=f"response of {url}"),
+            )
     except httpx2.HTTPError as exc:
         raise NetworkError(f"{method} {url}: {exc}") from None
-    if response.status_code != 200:
-        raise NetworkError(f"{method} {url}: got HTTP {response.status_code}, expected 200")
-    body = jsonstrict.loads(response.content, structure=f"response of {url}")
+    body = jsonstrict.loads(content, structure=f"response of {url}")
     if not isinstance(body, dict):
         raise ParseError("not a JSON object", structure=f"response of {url}")
     return body

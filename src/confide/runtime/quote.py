@@ -21,7 +21,10 @@ Errors (all :class:`~confide.errors.ConfideError`, one exit code each):
   attestation disabled, no permission) or the request is malformed (report data not 64 bytes).
 - :class:`~confide.errors.BindingError`: the ``generation`` counter shows a concurrent writer,
   or the evidence does not carry our report data.
-- :class:`~confide.errors.ParseError`: the evidence is too short to hold report data.
+- :class:`~confide.errors.ParseError`: the evidence is too short to hold report data, or an
+  attribute is longer than the interface ever returns (``outblob``/``auxblob`` more than
+  :data:`TSM_OUTBLOB_MAX`, a text attribute more than a page, a Gramine quote more than the
+  verifier takes): it is read no further.
 - :class:`~confide.errors.StorageError`: the device returned an I/O error.
 """
 
@@ -40,6 +43,7 @@ from types import MappingProxyType
 from typing import Protocol
 
 from confide.errors import BindingError, ParseError, StorageError, UsageError
+from confide.evidence.dcap import MAX_QUOTE_SIZE
 from confide.evidence.sim import REPORT_DATA_SIZE
 from confide.sim.measure import Measurement, measure_command
 from confide.sim.platform import SimPlatform
@@ -78,6 +82,13 @@ _SGX_REPORT_DATA_OFFSET = 320
 
 _CONFIGFS_PROVIDERS: dict[str, Platform] = {"sev_guest": Platform.SEV_SNP, "tdx_guest": Platform.TDX}
 _PRIVLEVEL_MAX = 3  # include/linux/tsm.h TSM_PRIVLEVEL_MAX
+TSM_OUTBLOB_MAX = 32 * 1024
+"""include/linux/tsm.h ``TSM_OUTBLOB_MAX`` (SZ_32K; ``TSM_REPORT_OUTBLOB_MAX`` in later kernels): the
+``cb_max_size`` of the ``outblob`` and ``auxblob`` binary attributes, more than configfs ever
+returns. A longer read is not the kernel's configfs-tsm: ParseError."""
+TEXT_ATTRIBUTE_MAX = 4096
+"""configfs text attributes (``generation``, ``provider``, ``privlevel_floor``) are one page at
+most (fs/configfs/file.c, ``SIMPLE_ATTR_SIZE``); so are Gramine's ``attestation_type``."""
 _MKDIR_ATTEMPTS = 3
 
 
@@ -194,27 +205,35 @@ def _io_error(what: str, path: Path, exc: OSError) -> StorageError | UsageError:
     return StorageError(f"{what}: {str(path)!r}: {exc.strerror or exc}")
 
 
-def _read(path: Path, what: str) -> bytes:
+def _read(path: Path, what: str, limit: int) -> bytes:
+    """The content of the attribute ``path``, at most ``limit`` bytes: a longer one is a
+    ParseError, read no further (a device tree that answers without end cannot exhaust memory)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise _io_error(what, path, exc) from None
     try:
         chunks = []
-        while chunk := os.read(fd, 1 << 16):
+        size = 0
+        while size <= limit and (chunk := os.read(fd, min(1 << 16, limit + 1 - size))):
             chunks.append(chunk)
-        return b"".join(chunks)
+            size += len(chunk)
     except OSError as exc:
         raise _io_error(what, path, exc) from None
     finally:
         os.close(fd)
+    if size > limit:
+        raise ParseError(
+            f"got more than {limit} bytes, expected at most {limit}", structure=f"{what} {str(path)!r}"
+        )
+    return b"".join(chunks)
 
 
 def _write(path: Path, data: bytes, what: str) -> None:
     # No O_CREAT: the attribute must already exist (the kernel creates them); a missing one
     # means this is not the interface we think it is.
     try:
-        fd = os.open(path, os.O_WRONLY)
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise _io_error(what, path, exc) from None
     try:
@@ -231,7 +250,7 @@ def _write(path: Path, data: bytes, what: str) -> None:
 
 
 def _read_int(path: Path, what: str) -> int:
-    text = _read(path, what).strip()
+    text = _read(path, what, TEXT_ATTRIBUTE_MAX).strip()
     try:
         return int(text)
     except ValueError:
@@ -301,13 +320,13 @@ class ConfigfsTsmQuoteProvider:
             writes += 1
         _write(entry / "inblob", report_data, what)
         writes += 1
-        outblob = _read(entry / "outblob", what)
+        outblob = _read(entry / "outblob", what, TSM_OUTBLOB_MAX)
         aux: dict[str, bytes] = {}
         if (entry / "auxblob").exists():
-            auxblob = _read(entry / "auxblob", what)
+            auxblob = _read(entry / "auxblob", what, TSM_OUTBLOB_MAX)
             if auxblob:
                 aux["auxblob"] = auxblob
-        provider = _read(entry / "provider", what).strip().decode("ascii", "replace")
+        provider = _read(entry / "provider", what, TEXT_ATTRIBUTE_MAX).strip().decode("ascii", "replace")
         after = _read_int(entry / "generation", what)
         if after != before + writes:
             raise BindingError(
@@ -352,7 +371,9 @@ class GramineQuoteProvider:
             raise UsageError(
                 f"{what}: {str(self.root / 'attestation_type')!r} not found: not running inside Gramine-SGX"
             )
-        kind = _read(self.root / "attestation_type", what).strip().decode("ascii", "replace")
+        kind = (
+            _read(self.root / "attestation_type", what, TEXT_ATTRIBUTE_MAX).strip().decode("ascii", "replace")
+        )
         if kind == "none":
             raise UsageError(
                 f"{what}: attestation_type is 'none': set sgx.remote_attestation = \"dcap\" in the manifest"
@@ -361,7 +382,9 @@ class GramineQuoteProvider:
             raise UsageError(f"{what}: got attestation_type {kind!r}, expected 'dcap'")
         with self._lock:
             _write(self.root / "user_report_data", report_data, what)
-            quote = _read(self.root / "quote", what)
+            # Gramine's own quote buffer is 8 KiB (SGX_QUOTE_MAX_SIZE, sgx_arch.h); more than the
+            # verifier takes (confide.evidence.dcap.MAX_QUOTE_SIZE, 1 MiB) is not read at all.
+            quote = _read(self.root / "quote", what, MAX_QUOTE_SIZE)
         if not quote:
             raise StorageError(f"{what}: empty quote")
         check_report_data_binding(

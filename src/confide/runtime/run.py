@@ -8,7 +8,8 @@
 5. Write injected files (memory only, mode 0600), set exactly the released environment (the
    host environment does not leak in), and ``exec`` the program.
 
-Injected files never reach persistent storage. A path on a tmpfs/ramfs is written in place.
+Injected files never reach persistent storage. A path on a tmpfs/ramfs gets a new file renamed
+over it (whatever the host left there is replaced, never written into: :func:`_write_private`).
 Any other path is served from memory: as root, ``confide run`` enters a private mount
 namespace (what the program then inherits), mounts a tmpfs at :data:`INJECT_STAGING`, writes
 the content there and bind-mounts it over the path; the file on disk is not changed (a missing
@@ -20,14 +21,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import errno
 import logging
 import os
+import secrets
 import shutil
 import signal
 import stat
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +60,10 @@ INJECT_STAGING = Path("/run/confide/inject")
 
 @dataclass(frozen=True)
 class Launch:
-    argv: list[str]
-    environment: dict[str, str]
-    files: dict[str, bytes]
+    # what the CAS released holds secrets: never in a repr (a log line, a test failure)
+    argv: list[str] = field(repr=False)
+    environment: dict[str, str] = field(repr=False)
+    files: dict[str, bytes] = field(repr=False)
     pwd: str | None
     policy: str = ""
     volumes: tuple[VolumeRelease, ...] = ()
@@ -244,7 +248,10 @@ def render_templates(templates: Any) -> dict[str, bytes]:
     substituted with the secrets the CAS released for it, with the CAS's own rules for formats
     in files."""
     try:
-        paths = [str(p) for p in templates["paths"]]
+        listed = templates["paths"]
+        if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+            raise TypeError
+        paths = [_no_nul(p, "templates") for p in listed]
         values = {str(n): template_secret(v) for n, v in dict(templates["secrets"]).items()}
     except (KeyError, TypeError, ValueError):
         raise ParseError("the CAS's template list is malformed", structure="release") from None
@@ -258,13 +265,16 @@ def render_templates(templates: Any) -> dict[str, bytes]:
         except ValueError as exc:
             raise PolicyError(f"$$SCONE::{ph.name}$$: {exc}") from None
         assert encoding is not None
-        return render(value, encoding)
+        try:
+            return render(value, encoding)
+        except ValueError:  # e.g. a certificate in the release that does not load
+            raise ParseError(f"$$SCONE::{ph.name}$$: malformed value", structure="release") from None
 
     out: dict[str, bytes] = {}
     for path in paths:
         raw = read_bounded(
             Path(path), MAX_TEMPLATE, label="template injection file", expected="a template of at most 1 MiB",
-            structure=path,
+            structure=path, regular=True,
         )  # fmt: skip
         try:
             text = raw.decode("utf-8")
@@ -274,24 +284,57 @@ def render_templates(templates: Any) -> dict[str, bytes]:
     return out
 
 
+_STAGING_PREFIX = ".confide-inject-"
+
+
 def _write_private(path: Path, content: bytes, *, dir_fd: int | None = None) -> None:
-    """Create or replace ``path`` (never through a symlink) with ``content``, mode 0600; with
-    ``dir_fd``, the entry of that name in the directory open there."""
-    name: str | Path = path.name if dir_fd is not None else path
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+    """Put ``content`` at ``path`` as a new file of mode 0600, atomically; with ``dir_fd``, at the
+    entry of that name in the directory open there. The content is written under a fresh random
+    name in the same directory (``O_CREAT | O_EXCL | O_NOFOLLOW``: nothing planted there is
+    opened) and renamed over the name (rename(2) replaces the entry itself, never following a
+    symlink there). A file already at ``path`` is replaced, never written into: another hard link
+    to it, or a descriptor opened on it before, never sees the content, and its owner cannot make
+    it readable; on a failure it stays as it was, and no partial secret stays behind."""
+    if dir_fd is None:
+        own_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _write_private(path, content, dir_fd=own_fd)
+        finally:
+            os.close(own_fd)
+        return
+    staged = _STAGING_PREFIX + secrets.token_hex(8)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(staged, flags, 0o600, dir_fd=dir_fd)
     try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(content)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            view = memoryview(content)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+        finally:
+            os.close(fd)
+        os.rename(staged, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(name, dir_fd=dir_fd)  # no partial secret stays behind
+            os.unlink(staged, dir_fd=dir_fd)  # no partial secret stays behind
         raise
-    finally:
-        os.close(fd)
+
+
+def _inject_error(path: Path, exc: OSError) -> UsageError | StorageError:
+    """One line for an injection file that cannot be written: the path and the reason (never
+    the content). What the path names (a directory, a symlink, no permission, a read-only file
+    system) is the policy's or the host's setup: UsageError; the rest (no space, I/O): StorageError."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _USAGE_ERRNOS:
+        return UsageError(f"injection file {path}: cannot write it: {reason}")
+    return StorageError(f"injection file {path}: cannot write it: {reason}")
+
+
+_USAGE_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG,
+     errno.EROFS, errno.EEXIST, errno.ENOTEMPTY, errno.EBUSY}
+)  # fmt: skip
 
 
 def _remove_at(path: Path, dir_fd: int) -> None:
@@ -310,36 +353,77 @@ def _remove(paths: Sequence[Path]) -> None:
             log.warning("confide: cannot remove the injected file %s: %s", path, exc.strerror or exc)
 
 
-def _mount_point_for(path: Path) -> None:
-    """``path`` as a bind-mount target: an existing regular file (not a symlink), or a new
-    empty one (mode 0600; the injected content never goes there)."""
+def _mount_point_for(path: Path) -> int:
+    """``path`` as a bind-mount target, opened ``O_PATH | O_NOFOLLOW``: an existing regular file
+    (not a symlink), or a new empty one (mode 0600; the injected content never goes there). The
+    mount goes onto the file open here (``/proc/self/fd/N``), so a symlink put at ``path`` after
+    the check cannot redirect it onto another file. Returns the descriptor."""
     try:
-        st = path.lstat()
-    except FileNotFoundError:
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
-        except OSError as exc:
-            raise UsageError(
-                f"injection file {path}: cannot create its mount point: {exc.strerror or exc}"
-            ) from None
-        return
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise UsageError(
+            f"injection file {path}: cannot create its mount point: {exc.strerror or exc}"
+        ) from None
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(
+            f"injection file {path}: cannot open its mount point: {exc.strerror or exc}"
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # O_PATH | O_NOFOLLOW opens a symlink itself
+        os.close(fd)
         raise UsageError(
             f"injection file {path}: the path exists and is not a regular file; expected a file or nothing"
         )
+    return fd
 
 
 def _inject_over_persistent(items: Sequence[tuple[Path, bytes]]) -> None:
-    """Serve ``items`` from a private tmpfs bind-mounted over their paths (see the module doc)."""
+    """Serve ``items`` from a private tmpfs bind-mounted over their paths (see the module doc).
+    The tmpfs is used through a descriptor opened right after mounting it and checked to be the
+    fresh tmpfs (:func:`_is_fresh_tmpfs`): its path (on the host's /run) can be renamed from
+    another mount namespace, and what another user then puts there is never written to."""
     _check_root_for(items[0][0])
     _private_namespace()
-    INJECT_STAGING.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        INJECT_STAGING.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StorageError(f"cannot create {INJECT_STAGING}: {exc.strerror or exc}") from None
     mount_tmpfs_at(INJECT_STAGING, b"mode=0700")
-    for index, (path, content) in enumerate(items):
-        staged = INJECT_STAGING / str(index)
-        _write_private(staged, content)
-        _mount_point_for(path)
-        bind_mount(staged, path)
+    try:
+        staging = os.open(INJECT_STAGING, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StorageError(f"cannot open the tmpfs at {INJECT_STAGING}: {exc.strerror or exc}") from None
+    try:
+        if not _is_fresh_tmpfs(staging):
+            raise StorageError(f"{INJECT_STAGING} is not the tmpfs just mounted there: nothing is written")
+        for index, (path, content) in enumerate(items):
+            try:
+                _write_private(Path(str(index)), content, dir_fd=staging)
+            except OSError as exc:
+                raise _inject_error(path, exc) from None
+            target = _mount_point_for(path)
+            try:
+                bind_mount(Path(f"/proc/self/fd/{staging}/{index}"), Path(f"/proc/self/fd/{target}"))
+            finally:
+                os.close(target)
+    finally:
+        os.close(staging)
+
+
+def _is_fresh_tmpfs(dir_fd: int) -> bool:
+    """Whether the directory open at ``dir_fd`` is the root of the tmpfs this process just
+    mounted with ``mode=0700``: a memory file system, owned by this user with mode 0700, empty.
+    A directory put at that path by another user (through another mount namespace) is not ours."""
+    st = os.fstat(dir_fd)
+    return (
+        is_memory_backed(INJECT_STAGING, dir_fd=dir_fd)
+        and st.st_uid == os.geteuid()
+        and stat.S_IMODE(st.st_mode) == 0o700
+        and not os.listdir(dir_fd)
+    )
 
 
 def _check_root_for(path: Path) -> None:
@@ -365,12 +449,12 @@ def _write_files(files: Mapping[str, bytes]) -> list[Path]:
             path = Path(path_text)
             if not path.is_absolute():
                 raise UsageError(f"injection file {path_text}: expected an absolute path")
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             try:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError as exc:
                 raise UsageError(
-                    f"injection file {path}: cannot open its directory: {exc.strerror}"
+                    f"injection file {path}: cannot create or open its directory: {exc.strerror or exc}"
                 ) from None
             memory.append((path, content, dir_fd))
             if not is_memory_backed(path, dir_fd=dir_fd):
@@ -380,7 +464,10 @@ def _write_files(files: Mapping[str, bytes]) -> list[Path]:
         if persistent:
             _check_root_for(persistent[0][0])
         for path, content, dir_fd in memory:
-            _write_private(path, content, dir_fd=dir_fd)
+            try:
+                _write_private(path, content, dir_fd=dir_fd)
+            except OSError as exc:
+                raise _inject_error(path, exc) from None
             written.append((path, dir_fd))
         if persistent:
             _inject_over_persistent(persistent)
@@ -465,21 +552,42 @@ def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None
         program = checked or _program(plan, env)
         if before_exec is not None:
             before_exec()
-        proc = subprocess.Popen(plan.argv, executable=program, env=env, cwd=plan.pwd or None)  # noqa: S603
-    except OSError as exc:
-        mounted.close()
-        _remove(injected)
-        if plan.pwd and exc.filename == plan.pwd:  # the child's chdir failed, as in launch()
-            raise UsageError(
-                f"cannot change to the service's working directory {plan.pwd}: {exc.strerror}"
-            ) from None
-        raise UsageError(f"cannot execute {plan.argv[0]}: {exc.strerror}") from None
     except BaseException:
         mounted.close()
         _remove(injected)
         raise
-    previous = {sig: signal.signal(sig, lambda s, _f: proc.send_signal(s)) for sig in FORWARDED_SIGNALS}
+    # The forwarding is in place before the program starts: a signal that arrives while it is
+    # being started is kept and passed on as soon as it runs (it would otherwise stop confide run
+    # itself, leaving the program and its volumes without their supervisor). execve(2) resets
+    # the handlers to their defaults in the program.
+    started: list[subprocess.Popen[bytes]] = []
+    pending: list[int] = []
+
+    def forward(sig: int, _frame: object) -> None:
+        if started:
+            started[0].send_signal(sig)
+        else:
+            pending.append(sig)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
+        try:
+            proc = subprocess.Popen(plan.argv, executable=program, env=env, cwd=plan.pwd or None)  # noqa: S603
+        except OSError as exc:
+            mounted.close()
+            _remove(injected)
+            if plan.pwd and exc.filename == plan.pwd:  # the child's chdir failed, as in launch()
+                raise UsageError(
+                    f"cannot change to the service's working directory {plan.pwd}: {exc.strerror}"
+                ) from None
+            raise UsageError(f"cannot execute {plan.argv[0]}: {exc.strerror}") from None
+        except BaseException:
+            mounted.close()
+            _remove(injected)
+            raise
+        started.append(proc)
+        for sig in pending:
+            proc.send_signal(sig)
         code, tampered = _wait(proc, mounted)
     finally:
         for sig, handler in previous.items():
@@ -532,6 +640,22 @@ def _program(plan: Launch, env: Mapping[str, str]) -> str:
     return _resolve(plan.argv[0], env)
 
 
+def _close_on_exec_above_stderr() -> None:
+    """Mark every descriptor above 2 close-on-exec: the program gets standard input, output and
+    error only, as a supervised one does (``Popen(close_fds=True)``), not what the host passed
+    to ``confide run`` without close-on-exec (or a library left open). Marked, not closed: if
+    ``execve`` fails, this process still has them."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:  # no /proc: the descriptors Python opened are close-on-exec already (PEP 446)
+        return
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+                os.set_inheritable(fd, False)
+
+
 def _exec(plan: Launch, before_exec: Callable[[], None] | None) -> None:
     if plan.pwd:
         try:
@@ -547,6 +671,7 @@ def _exec(plan: Launch, before_exec: Callable[[], None] | None) -> None:
     program = checked or _program(plan, env)
     if before_exec is not None:
         before_exec()
+    _close_on_exec_above_stderr()
     try:
         os.execve(program, plan.argv, env)  # noqa: S606 - exec of the attested program is the point
     except OSError as exc:

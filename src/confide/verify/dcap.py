@@ -19,8 +19,10 @@ The steps follow Intel's DCAP Quote Verification Library (QVL, ``QuoteVerifier::
    SHA-256(attestation key || QE authentication data) followed by 32 zero bytes;
 4. the quote (header and body) is signed by the attestation key;
 5. the collateral: Root CA CRL signed by the root; PCK CRL signed by the quote's PCK issuer CA;
-   TCB Info and QE Identity signed by the Intel SGX TCB Signing certificate, which chains to the
-   root; all of them, and their issuer chains, valid at ``at``;
+   TCB Info and QE Identity signed by the Intel SGX TCB Signing certificate, their issuer chain
+   exactly that certificate (subject CN, an end entity) and the root (any other certificate
+   under the root, such as a platform's PCK certificate, is refused as their signer); all of
+   them, and their issuer chains, valid at ``at``;
 6. revocation: the PCK issuer CA and the TCB signing certificate against the Root CA CRL, the
    PCK leaf against the PCK CRL;
 7. TCB Info matches the platform (FMSPC, PCE-ID, SGX vs TDX), QE Identity matches the QE
@@ -68,6 +70,7 @@ from confide.errors import (
     CollateralError,
     CollateralExpiredError,
     CollateralMissingError,
+    ConfideError,
     ParseError,
     RevocationError,
     SignatureError,
@@ -96,6 +99,7 @@ from confide.evidence.dcap_collateral import (
 from confide.evidence.pck import SGX_EXTENSION_OID, PckExtension, parse_pck_extension
 from confide.evidence.pem import parse_pem_chain
 from confide.lru import Lru
+from confide.verify._pinned_chain import check_signing_end_entity
 from confide.verify.result import ClaimValue, Platform, TcbEvaluation, TcbStatus, VerifiedEvidence
 from confide.verify.roots import INTEL_SGX_ROOT_CA_DER
 from confide.verify.x509util import (
@@ -170,6 +174,19 @@ def _ca_kind(intermediate: x509.Certificate) -> str:
     if name == "Intel SGX PCK Processor CA":
         return "processor"
     raise CertificateChainError(f"PCK issuer is {name!r}, expected Intel SGX PCK Platform CA or Processor CA")
+
+
+_TCB_SIGNING_CN = "Intel SGX TCB Signing"
+"""The subject CN of the one certificate that signs TCB Info and QE Identity (Intel PCS API v4;
+QVL ``constants::TCB_SUBJECT``)."""
+
+
+def _subject_cn(cert: x509.Certificate) -> str:
+    try:
+        cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    except ValueError:
+        return ""
+    return str(cn[0].value) if len(cn) == 1 else ""
 
 
 def _revoked(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> bool:
@@ -500,15 +517,34 @@ class DcapVerifier:
         return verified
 
     def _signing_chain(self, chain_der: tuple[bytes, ...], what: str) -> tuple[x509.Certificate, ...]:
-        """An issuer chain (signer first, root last) verified once per verifier (LRU)."""
+        """The issuer chain of a TCB Info or QE Identity, verified once per verifier (LRU):
+        exactly the Intel SGX TCB Signing certificate and the pinned root, as Intel PCS API v4
+        serves it (``TCB-Info-Issuer-Chain`` / ``SGX-Enclave-Identity-Issuer-Chain``); QVL
+        (``TCBInfoVerifier::verify``, ``QEIdentityVerifier::verify``) takes the signer by its
+        subject (``chain.get(constants::TCB_SUBJECT)``, CN=Intel SGX TCB Signing) and checks the
+        signature with that certificate's key only.
+        Any other certificate under the root is refused as a signer, however validly it chains:
+        a PCK certificate's key is a platform's, held by its PCE, and a platform whose PCK key
+        was extracted (the out-of-date platforms TCB recovery is for) must not sign a TCB Info
+        that rates it UpToDate; the PCK CA's key signs PCK certificates and CRLs, not TCB
+        Info."""
         cached = self._signing_chains.get(chain_der)
         if cached is not None:
             return cached
-        if len(chain_der) < 2:
-            raise CollateralError(f"{what} has {len(chain_der)} certificate(s), expected signer and root")
+        if len(chain_der) != 2:
+            raise CollateralError(
+                f"{what} has {len(chain_der)} certificate(s), expected 2: the Intel SGX TCB Signing "
+                "certificate and the root"
+            )
         try:
             check_pinned_root(chain_der[-1], self._root_der, self._root_sha256, what)
             chain = tuple(load_der_certificate(d, what) for d in chain_der[:-1])
+            signer = chain[0]
+            if _subject_cn(signer) != _TCB_SIGNING_CN:
+                raise CertificateChainError(
+                    f"{what}: the signer is {name_of(signer)}, expected the {_TCB_SIGNING_CN} certificate"
+                )
+            check_signing_end_entity(signer, f"{what}: signer")
             verify_chain_signatures(chain, self._root, self._root_der, what)
         except CertificateChainError as exc:
             raise CollateralError(exc.message) from None
@@ -527,6 +563,56 @@ class DcapVerifier:
         ):
             raise SignatureError(f"{what} signature does not verify with {name_of(chain[0])}")
         return (*chain, self._root)
+
+    # -- signatures only, for collateral sources and caches (no dates, no quote) ---------------
+    def check_signed_json(self, chain_der: tuple[bytes, ...], text: bytes, sig: bytes, what: str) -> None:
+        """Step 5 for one TCB Info or QE Identity, signatures only (no dates): ``sig`` over
+        ``text`` by the Intel SGX TCB Signing certificate of ``chain_der``, which leads to the
+        pinned root. Raises a ConfideError otherwise."""
+        self._signed_json(chain_der, text, sig, what)
+
+    def check_crl_signature(
+        self, crl_der: bytes, issuer_chain_der: tuple[bytes, ...] | None, what: str
+    ) -> None:
+        """Step 5 for one CRL, signatures only (no dates): ``issuer_chain_der`` ``None``, the
+        Root CA CRL, signed by the pinned root; else a PCK CRL signed by the first certificate of
+        its issuer chain (the ``SGX-PCK-CRL-Issuer-Chain`` header: the PCK Platform or Processor
+        CA, then the pinned root), that CA issued by the root. (The verification proper checks
+        a PCK CRL against the quote's own PCK CA.) Raises a ConfideError otherwise."""
+        crl = load_der_crl(crl_der, what)
+        if issuer_chain_der is None:
+            check_crl(crl, self._root, what)
+            return
+        where = f"{what} issuer chain"
+        if len(issuer_chain_der) != 2:
+            raise CollateralError(
+                f"{where} has {len(issuer_chain_der)} certificate(s), expected the PCK CA and the root"
+            )
+        try:
+            check_pinned_root(issuer_chain_der[-1], self._root_der, self._root_sha256, where)
+            ca = load_der_certificate(issuer_chain_der[0], where)
+            _ca_kind(ca)
+            verify_chain_signatures((ca,), self._root, self._root_der, where)
+        except CertificateChainError as exc:
+            raise CollateralError(exc.message) from None
+        check_crl(crl, ca, what)
+
+    def collateral_signed(self, c: DcapCollateral) -> bool:
+        """Whether every signature of ``c`` leads to the pinned root (:meth:`check_signed_json`,
+        :meth:`check_crl_signature`; the PCK CRL against its own issuer chain). What a source or
+        cache checks before it keeps collateral until its (unsigned until then) ``nextUpdate``:
+        one answer that is not Intel's must not be served again until a date it names itself.
+        Dates and the platform are the verification's business."""
+        try:
+            self.check_signed_json(c.tcb_info_issuer_chain, c.tcb_info, c.tcb_info_signature, "TCB Info")
+            self.check_signed_json(
+                c.qe_identity_issuer_chain, c.qe_identity, c.qe_identity_signature, "QE Identity"
+            )
+            self.check_crl_signature(c.root_ca_crl, None, "Root CA CRL")
+            self.check_crl_signature(c.pck_crl, c.pck_crl_issuer_chain, "PCK CRL")
+        except ConfideError:
+            return False
+        return True
 
     def _verify_collateral(self, c: DcapCollateral, pck_issuer: x509.Certificate) -> VerifiedCollateral:
         root_crl = load_der_crl(c.root_ca_crl, "root_ca_crl")
@@ -759,8 +845,11 @@ class DcapVerifier:
         if report.isv_prod_id != ident.isv_prod_id:
             problems.append(f"ISVPRODID got {report.isv_prod_id}, expected {ident.isv_prod_id}")
         if report.misc_select & ident.miscselect_mask != ident.miscselect:
-            got = report.misc_select & ident.miscselect_mask
-            problems.append(f"masked MISCSELECT got {got:08x}, expected {ident.miscselect:08x}")
+            # Shown as the report's bytes, as QE Identity gives them (little-endian).
+            got = (report.misc_select & ident.miscselect_mask).to_bytes(4, "little").hex()
+            problems.append(
+                f"masked MISCSELECT got {got}, expected {ident.miscselect.to_bytes(4, 'little').hex()}"
+            )
         masked = bytes(a & m for a, m in zip(report.attributes, ident.attributes_mask, strict=True))
         if masked != ident.attributes:
             problems.append(f"masked ATTRIBUTES got {masked.hex()}, expected {ident.attributes.hex()}")

@@ -1,25 +1,42 @@
 """Pinned vendor roots, embedded as text (nothing under ``verify/`` reads files).
 
 Each root is pinned twice: by its PEM text here and by the SHA-256 fingerprint of its DER
-encoding, which is what chains are compared against.
+encoding, checked when this module is imported (:func:`pinned_der`); chains are compared with
+the DER bytes.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
+
+from confide.errors import CertificateChainError
 
 __all__ = [
     "INTEL_SGX_ROOT_CA_DER",
     "INTEL_SGX_ROOT_CA_SHA256",
     "INTEL_SGX_TCB_SIGNING_2025_DER",
     "der_from_pem",
+    "pinned_der",
 ]
 
 
 def der_from_pem(text: str) -> bytes:
     body = re.sub(r"-----(BEGIN|END) CERTIFICATE-----|\s", "", text)
     return base64.b64decode(body, validate=True)
+
+
+def pinned_der(text: str, sha256: bytes, name: str) -> bytes:
+    """The DER of the PEM ``text`` if its SHA-256 is ``sha256``; else CertificateChainError (the
+    text was edited: the package was tampered with)."""
+    der = der_from_pem(text)
+    got = hashlib.sha256(der).digest()
+    if got != sha256:
+        raise CertificateChainError(
+            f"embedded {name}: got fingerprint {got.hex()}, expected {sha256.hex()} (package tampered?)"
+        )
+    return der
 
 
 # Intel SGX Root CA (production), valid 2018-05-21..2049-12-31. Intel publishes it at
@@ -42,8 +59,8 @@ KoZIzj0EAwIDSQAwRgIhAOW/5QkR+S9CiSDcNoowLuPRLsWGf/Yi7GSX94BgwTwg
 AiEA4J0lrHoMs+Xo5o/sX6O9QWxHRAvZUGOdRQ7cvqRXaqI=
 -----END CERTIFICATE-----
 """
-INTEL_SGX_ROOT_CA_DER = der_from_pem(_INTEL_SGX_ROOT_CA_PEM)
 INTEL_SGX_ROOT_CA_SHA256 = bytes.fromhex("44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3")
+INTEL_SGX_ROOT_CA_DER = pinned_der(_INTEL_SGX_ROOT_CA_PEM, INTEL_SGX_ROOT_CA_SHA256, "Intel SGX Root CA")
 
 # Intel SGX TCB Signing certificate, 2025 issuance (2025-05-06..2032-05-06; same key and serial
 # as the 2018 issuance). Used only as a fallback issuer chain for PCS responses stored without

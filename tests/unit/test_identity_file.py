@@ -1,0 +1,123 @@
+"""Identity files (``confide identity create``, ``--identity FILE``): written atomically with
+mode 0600 and never over an existing file; hostile files refused with a clear error that never
+carries the key."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from cli import run_confide
+from confide import errors, identity
+from confide.identity import Identity, load_identity
+
+
+def test_a_failed_write_leaves_no_file_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "alice.id"
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(identity.os, "fsync", full_disk)
+    with pytest.raises(errors.UsageError, match=r"cannot write .*alice\.id: No space left on device"):
+        Identity.generate().save(path)
+    monkeypatch.undo()
+    # Nothing at the path (a truncated identity there would also block the next create), and no
+    # stray copy of the key beside it.
+    assert sorted(tmp_path.iterdir()) == []
+    Identity.generate().save(path)  # the retry succeeds
+    assert load_identity(path)
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077, 0o277])
+def test_the_file_is_0600_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        Identity.generate().save(tmp_path / "id")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "id").stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["id"]
+
+
+def test_an_existing_file_or_link_is_never_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "id"
+    path.write_text("mine")
+    with pytest.raises(errors.UsageError, match="exists; refusing to overwrite"):
+        Identity.generate().save(path)
+    assert path.read_text() == "mine"
+    dangling = tmp_path / "link"
+    dangling.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(errors.UsageError, match="exists; refusing to overwrite"):
+        Identity.generate().save(dangling)
+    assert not (tmp_path / "elsewhere").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["id", "link"]
+
+
+def test_identity_create_from_the_command_line(tmp_path: Path) -> None:
+    out = tmp_path / "owner.id"
+    first = run_confide("identity", "create", "--out", out, "--name", "owner")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == load_identity(out).fingerprint
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    again = run_confide("identity", "create", "--out", out)
+    assert again.returncode == errors.UsageError.exit_code
+    assert "refusing to overwrite" in again.stderr
+    assert load_identity(out).fingerprint == first.stdout.strip()
+
+
+_GOOD = json.loads(Identity.generate("x").to_json())
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "not JSON"),
+        (Identity.generate().to_json().encode()[:60], "not JSON"),
+        (b"[]", "expected type"),
+        (b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n", "not JSON"),
+        (bytes(range(128, 256)), "not UTF-8"),
+        (b"[" * 30_000 + b"]" * 30_000, "nested too deeply"),
+        # a P-384 scalar, and an X25519 key whose public half is not the Ed25519 one of the seed
+        (
+            json.dumps({**_GOOD, "private_key": base64.b64encode(b"\x01" * 48).decode()}).encode(),
+            "got 48 bytes",
+        ),
+        (
+            json.dumps({**_GOOD, "public_key": base64.b64encode(b"\x09" + b"\x00" * 31).decode()}).encode(),
+            "does not belong",
+        ),
+        (json.dumps({**_GOOD, "type": "confide-identity/v2"}).encode(), "expected type"),
+        (b'{"type": "confide-identity/v1", "type": "x"}', "duplicate key"),
+    ],
+)
+def test_hostile_identity_files_are_parse_errors(tmp_path: Path, content: bytes, expected: str) -> None:
+    path = tmp_path / "id"
+    path.write_bytes(content)
+    path.chmod(0o600)
+    with pytest.raises(errors.ParseError, match=expected) as info:
+        load_identity(path)
+    assert _GOOD["private_key"] not in str(info.value)
+
+
+def test_a_huge_file_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "id"
+    path.write_bytes(b" " * (identity.MAX_IDENTITY_FILE + 1) + Identity.generate().to_json().encode())
+    path.chmod(0o600)
+    with pytest.raises(errors.UsageError, match="larger than 65536 bytes"):
+        load_identity(path)
+
+
+def test_a_fifo_or_a_device_is_not_an_identity_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(errors.UsageError, match="not a regular file"):
+        load_identity(fifo)  # refused before it is opened: no reader blocks on it
+    with pytest.raises(errors.UsageError, match="not a regular file"):
+        load_identity(Path("/dev/null"))
