@@ -75,6 +75,7 @@ from confide.cas.secrets import (
     Published,
     Sealer,
     SecretValue,
+    ca_path_lengths,
     crl_distribution_id,
     crl_distribution_id_of,
     generate,
@@ -1301,6 +1302,7 @@ class Cas:
         resolved: dict[str, SecretValue] = {}
         created: list[dict[str, Any]] = []
         created_names: set[str] = set()
+        path_lengths = ca_path_lengths(policy.secrets)
         revoked: list[dict[str, Any]] = []
         now = self.clock()
 
@@ -1366,7 +1368,8 @@ class Cas:
             if row is not None:
                 revoke_previous(spec.name, SUPERSEDED)
             value = generate(spec, resolved=resolved, now=datetime.fromtimestamp(self.clock(), UTC),
-                             published=self.published(policy, spec))  # fmt: skip
+                             published=self.published(policy, spec),
+                             path_length=path_lengths.get(spec.name, 0))  # fmt: skip
             resolved[spec.name] = value
             version = (row.version + 1) if row is not None else 1
             public = {**value.public_info(), "spec": fingerprint}
@@ -2503,11 +2506,14 @@ def _gpu_summary(slot: str, v: VerifiedEvidence) -> dict[str, Any]:
 def _declaration(spec: Any) -> dict[str, Any]:
     """A secret's declaration as far as its value depends on it (exports do not matter, nor do
     ``crl_distribution``, ``ca_issuers`` and ``ocsp``: certificates get their distribution point,
-    caIssuers and OCSP URLs at their next version)."""
+    caIssuers and OCSP URLs at their next version; nor ``path_len``: a CA certificate whose
+    pathLenConstraint it changes is re-issued for the same key, :func:`confide.cas.secrets.
+    ca_reissue_reason`, and leaving it out keeps the dump of every declaration stored before
+    it existed)."""
     out: dict[str, Any] = spec.model_dump(
         mode="json",
         by_alias=True,
-        exclude={"export", "export_public", "crl_distribution", "ca_issuers", "ocsp"},
+        exclude={"export", "export_public", "crl_distribution", "ca_issuers", "ocsp", "path_len"},
     )
     return out
 
