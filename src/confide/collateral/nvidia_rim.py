@@ -48,6 +48,7 @@ __all__ = [
     "DirRimSource",
     "HttpRimSource",
     "RimSource",
+    "rim_id_version",
     "rim_ids",
     "rim_targets",
     "source_for",
@@ -104,6 +105,22 @@ def rim_targets(report: NvidiaAttestationReport) -> tuple[tuple[str, str], tuple
         (f"NV_GPU_DRIVER_GH100_{driver}", driver),
         (f"NV_GPU_VBIOS_{project}_{project_sku}_{chip_sku}_{''.join(parts)}".upper(), ".".join(parts)),
     )
+
+
+_DRIVER_PREFIX = "NV_GPU_DRIVER_GH100_"
+_VBIOS_VERSION = re.compile(r"NV_GPU_VBIOS_.*_([0-9A-Fa-f]{10})")
+
+
+def rim_id_version(rim_id: str) -> str | None:
+    """The version a RIM ID of :func:`rim_targets` names (what the RIM's ``colloquialVersion``
+    must be, compared without regard to case), or ``None`` for an ID of another form."""
+    if rim_id.startswith(_DRIVER_PREFIX):
+        return rim_id[len(_DRIVER_PREFIX) :] or None
+    match = _VBIOS_VERSION.fullmatch(rim_id)
+    if match is None:
+        return None
+    digits = match.group(1).lower()
+    return ".".join(digits[i : i + 2] for i in range(0, len(digits), 2))
 
 
 def _check_id(rim_id: str) -> None:
