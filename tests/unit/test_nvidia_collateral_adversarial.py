@@ -5,9 +5,10 @@ A fake RIM service on 127.0.0.1 serves RIMs signed under a test RIM PKI (``gpu_c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,9 +17,10 @@ import pytest
 from confide import errors
 from confide.cas.cache_files import CacheFiles
 from confide.cas.rims import RimCache
-from confide.collateral.nvidia_rim import HttpRimSource, rim_id_version, rim_targets
+from confide.collateral.nvidia_ocsp import DirOcspSource
+from confide.collateral.nvidia_rim import DirRimSource, HttpRimSource, rim_id_version, rim_targets
 from confide.evidence.nvidia import NvidiaAttestationReport
-from gpu_cas import DRIVER_ID, NOW, NV_REPORT, RIM_PKI, VBIOS_ID, driver_rim, vbios_rim
+from gpu_cas import DRIVER_ID, NOW, NV_REPORT, PKI, RIM_PKI, VBIOS_ID, driver_rim, vbios_rim
 from rim_fake import FakeRimService, fake_rim_service
 
 DRIVER, VBIOS = driver_rim(), vbios_rim()
@@ -85,21 +87,47 @@ def test_a_fifo_in_a_cache_directory_is_not_waited_on(service: FakeRimService, t
     os.mkfifo(fifo)
     events: list[tuple[str, str]] = []
     files = CacheFiles(directory, "*.xml", 10, max_size=1024)
-    done = threading.Event()
-    thread = threading.Thread(
-        target=lambda: (
-            files.load(fifo.name, lambda data, mtime: data, lambda *e: events.append(e)),
-            done.set(),
-        ),
-        daemon=True,
+    assert _comes_back(
+        lambda: files.load(fifo.name, lambda data, mtime: data, lambda *e: events.append(e)), fifo
     )
-    thread.start()
-    returned = done.wait(10)
-    if not returned:  # release the reader, then fail
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        thread.join(10)
-    assert returned
     assert events == [("unreadable", "NotARegularFile")]
     # The RIM cache asks the service, and its store replaces the FIFO.
     assert _cache(service, directory).get(DRIVER_ID, datetime.now(UTC)).raw == DRIVER
     assert fifo.read_bytes() == DRIVER
+
+
+def _comes_back(call: Callable[[], object], fifo: Path) -> bool:
+    """Whether ``call`` returns or raises within 10 s; if not (it waits on ``fifo``), the FIFO is
+    opened for writing and closed so that the thread ends, and ``False``."""
+    done = threading.Event()
+
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            call()
+        done.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    if done.wait(10):
+        return True
+    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    thread.join(10)
+    return False
+
+
+def test_a_fifo_in_an_operators_rim_or_ocsp_directory_is_refused(tmp_path: Path) -> None:
+    """``--nvidia-rim DIR`` and ``--nvidia-ocsp DIR`` (the CAS's and ``evidence verify``'s): a
+    FIFO in place of a file blocked the reader (the CAS's prefetch thread) for ever."""
+    rim_fifo = tmp_path / f"{DRIVER_ID}.xml"
+    os.mkfifo(rim_fifo)
+    rims = DirRimSource(tmp_path)
+    assert _comes_back(lambda: rims.fetch(DRIVER_ID), rim_fifo)
+    with pytest.raises(errors.CollateralMissingError, match="not a regular file"):
+        rims.fetch(DRIVER_ID)
+    leaf, issuer = PKI.chain[0], PKI.chain[1]
+    ocsp_fifo = tmp_path / f"{leaf.serial_number:x}.der"
+    os.mkfifo(ocsp_fifo)
+    responses = DirOcspSource(tmp_path)
+    assert _comes_back(lambda: responses.fetch(leaf, issuer), ocsp_fifo)
+    with pytest.raises(errors.CollateralMissingError, match="not a regular file"):
+        responses.fetch(leaf, issuer)

@@ -28,7 +28,6 @@ Nothing fetched here is trusted: ``confide.verify.sev_snp`` verifies it all.
 from __future__ import annotations
 
 import os
-import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from confide.errors import (
     ParseError,
 )
 from confide.evidence.sev_snp import AttestationReport, Product, SigningKey, TcbVersion
+from confide.fsutil import read_regular
 from confide.verify.sev_snp import AmdChain, AmdRootStore, VekKind, load_certificates, verify_vek_chain
 from confide.verify.x509util import CERTIFICATE_ERRORS, check_crl_fields
 
@@ -129,16 +129,9 @@ def read_file(path: Path) -> bytes | None:
     :class:`CollateralMissingError`, not a read that waits for a writer for ever)."""
     where = str(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        data = read_regular(path, MAX_RESPONSE_SIZE)
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        raise CollateralMissingError(f"cannot read {where!r}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise CollateralMissingError(f"cannot read {where!r}: not a regular file")
-            data = fh.read(MAX_RESPONSE_SIZE + 1)
     except OSError as exc:
         raise CollateralMissingError(f"cannot read {where!r}: {exc.strerror or exc}") from None
     if len(data) > MAX_RESPONSE_SIZE:

@@ -41,6 +41,7 @@ from confide.collateral import public_url
 from confide.errors import CollateralMissingError, NetworkError, ParseError, UsageError
 from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
 from confide.evidence.nvidia_rim import MAX_RIM_SIZE
+from confide.fsutil import read_regular
 
 __all__ = [
     "DEFAULT_RIM_URL",
@@ -203,8 +204,7 @@ class DirRimSource:
         _check_id(rim_id)
         path = self.root / f"{rim_id}.xml"
         try:
-            with path.open("rb") as fh:
-                data = fh.read(MAX_RIM_SIZE + 1)
+            data = read_regular(path, MAX_RIM_SIZE)  # a FIFO there is refused, not waited on
         except FileNotFoundError:
             raise CollateralMissingError(f"no RIM {rim_id}: expected {str(path)!r}") from None
         except OSError as exc:
