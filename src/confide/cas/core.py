@@ -6,15 +6,24 @@ same database transaction (``confide.cas.db``), or changes nothing.
 Signed documents (all signatures are Ed25519 over RFC 8785 canonical JSON of the document
 without its ``signature`` member; ``type`` names the purpose):
 
-- ``confide/policy/v1``: ``{"type", "policy": <policy JSON>, "signer": <base64 key>}``
+- ``confide/policy/v2``: ``{"type", "policy": <policy JSON>, "cas": <hex SHA-256 of the CAS's
+  TLS SubjectPublicKeyInfo>, "signer": <base64 key>}`` (taken only by the one CAS it names;
+  ``confide/policy/v1``, which named no CAS, is refused and read only from ledger entries and
+  ``policies`` rows recorded before; the version's hash is the policy's alone, so the same
+  policy has the same hash at every CAS)
 - ``confide/approval/v2``: ``{"type", "name", "hash", "cas": <hex SHA-256 of the CAS's TLS
   SubjectPublicKeyInfo>, "signer"}`` (counted only at the one CAS it names; ``confide/approval/v1``,
   which named no CAS, is refused and read only from ledger entries recorded before)
 - ``confide/read/v2``: ``{"type", "name", "time": <unix seconds>, "cas": <hex SHA-256 of the
   CAS's TLS SubjectPublicKeyInfo>, "route": "show" | "events" | "crl", "signer"}`` (valid 5
   minutes, at the one CAS and for the one route it names)
-- ``confide/revoke/v1``: ``{"type", "name", "secret", "reason", "serial" | "all_valid", "time",
-  "signer"}`` (valid 5 minutes, carried out once; :mod:`confide.cas.owner_revocation`)
+- ``confide/revoke/v2``: ``{"type", "name", "secret", "reason", "serial" | "all_valid", "time",
+  "cas", "signer"}`` (valid 5 minutes, at the one CAS it names, carried out once;
+  :mod:`confide.cas.owner_revocation`; ``confide/revoke/v1``, which named no CAS, is refused)
+
+The successor board's documents (:mod:`confide.cas.successor`, :mod:`confide.cas.board_change`,
+:mod:`confide.cas.retirement`) name the CAS by its ``master_key_id`` instead: they are for every
+CAS holding that master key (the replicas of one deployment), and for no other.
 """
 
 from __future__ import annotations
@@ -64,7 +73,7 @@ from confide.cas.crl import (
     runtime_certificate,
 )
 from confide.cas.db import Database, EventSink, raw_connection, raw_execute, raw_executemany
-from confide.cas.owner_revocation import REVOKE_TYPE, parse_request, refusal, revoke_request
+from confide.cas.owner_revocation import REVOKE_TYPE, REVOKE_V1_TYPE, parse_request, refusal, revoke_request
 from confide.cas.policy_rows import open_column, seal_column
 from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due, renew_policy
 from confide.cas.secrets import (
@@ -127,6 +136,7 @@ __all__ = [
     "APPROVAL_TYPE",
     "APPROVAL_V1_TYPE",
     "POLICY_TYPE",
+    "POLICY_V1_TYPE",
     "READ_TYPE",
     "Cas",
     "EvidenceVerifier",
@@ -137,7 +147,11 @@ __all__ = [
     "verify_signed",
 ]
 
-POLICY_TYPE = "confide/policy/v1"
+POLICY_TYPE = "confide/policy/v2"
+POLICY_V1_TYPE = "confide/policy/v1"
+"""A policy submission that names no CAS: refused since v2 (docs/cas.md "Policies and
+governance"); ledger entries and ``policies`` rows recorded before hold such submissions
+(``confide.cas.audit``)."""
 APPROVAL_TYPE = "confide/approval/v2"
 APPROVAL_V1_TYPE = "confide/approval/v1"
 """An approval of a version that names no CAS: refused since v2 (docs/cas.md "Policies and
@@ -586,8 +600,28 @@ class Cas:
 
     # -- governance ---------------------------------------------------------------------------
     def apply(self, submission: Any) -> ApplyResult:
+        if isinstance(submission, dict) and submission.get("type") == POLICY_V1_TYPE:
+            raise ParseError(
+                f"a {POLICY_V1_TYPE} submission names no CAS, so it could be sent again to any CAS; "
+                f"submit it again with a current client ({POLICY_TYPE} names this CAS)",
+                structure=POLICY_V1_TYPE,
+            )
         body, signer = verify_signed(submission, POLICY_TYPE)
-        policy_obj = body.get("policy")
+        policy_obj, cas = body.get("policy"), body.get("cas")
+        if not isinstance(cas, str):
+            raise ParseError("cas must be a string", structure=POLICY_TYPE, field="cas")
+        # The CAS the signer submitted to (its TLS key, as approvals and read requests name it):
+        # a submission signed for one CAS (a staging CAS whose policy tolerates simulation, say)
+        # is refused at another with the same policy history, whether it would create a free
+        # name, update under a plain list or count as the signer's voice before a board. Checked
+        # before the policy is parsed or any stored policy looked at, so the refusal is the same
+        # for an existing and a missing policy, and nothing is stored or recorded. Public values:
+        # a plain comparison leaks nothing.
+        if cas != self.tls_spki_sha256:
+            raise AccessDeniedError(
+                f"policy submission is for another CAS (TLS key SHA-256 {cas[:16]!r}…, this CAS has "
+                f"{self.tls_spki_sha256[:16]}…)"
+            )
         if not isinstance(policy_obj, dict):
             raise ParseError("policy must be a JSON object", structure=POLICY_TYPE, field="policy")
         policy = loads_policy(json.dumps(policy_obj), source=f"policy {policy_obj.get('name', '?')!s:.64}")
@@ -1424,10 +1458,24 @@ class Cas:
 
     def revoke_certificates(self, request: Any) -> dict[str, Any]:
         """An owner's revocation of a certificate, or of every valid one of a secret, without a
-        policy update: a signed ``confide/revoke/v1`` request (:mod:`confide.cas.owner_revocation`,
+        policy update: a signed ``confide/revoke/v2`` request (:mod:`confide.cas.owner_revocation`,
         docs/cas.md "Revocation"). Returns what was revoked and re-issued, and the CRLs issued."""
+        if isinstance(request, dict) and request.get("type") == REVOKE_V1_TYPE:
+            raise ParseError(
+                f"a {REVOKE_V1_TYPE} request names no CAS, so it could be carried out at any CAS where "
+                f"its signer owns the policy; sign it again with a current client ({REVOKE_TYPE} names "
+                "this CAS)",
+                structure=REVOKE_V1_TYPE,
+            )
         body, signer = verify_signed(request, REVOKE_TYPE)
         req = parse_request(body, signer.fingerprint)
+        # For this CAS (its TLS key), before the time and any policy are looked at: the same
+        # refusal for an existing and a missing policy, nothing recorded. Public values.
+        if req.cas != self.tls_spki_sha256:
+            raise AccessDeniedError(
+                f"revocation request is for another CAS (TLS key SHA-256 {req.cas[:16]!r}…, this CAS "
+                f"has {self.tls_spki_sha256[:16]}…)"
+            )
         now = self.clock()
         if abs(now - req.time) > READ_WINDOW:
             raise AccessDeniedError(
