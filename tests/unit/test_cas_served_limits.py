@@ -198,6 +198,22 @@ def test_a_slow_body_gets_408(served: Served) -> None:
     assert served.limits.body_timeouts == before + 1
 
 
+@pytest.mark.parametrize("path", ["/v1/attest", "/v1/attest/nonce", "/v1/policies"])
+def test_a_malformed_chunked_body_gets_400_at_once(served: Served, path: str) -> None:
+    """On the attestation fast path and the full stack alike: a chunk size that is not hex ends
+    the request with 400 and the connection closed, not with 408 at the body deadline (uvicorn
+    held it, its application waiting for the rest of a body that could never come)."""
+    before = served.limits.body_timeouts
+    with served.tls() as s:
+        s.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: cas\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\nZZ\r\n".encode()
+        )
+        status, headers, body = _exchange(s, "")
+        assert (status, headers["connection"], body) == (400, "close", b"Invalid HTTP request received.")
+        assert s.recv(1) == b""
+    assert served.limits.body_timeouts == before
+
+
 def test_rate_limit_429_with_retry_after_then_recovery(served: Served) -> None:
     limited = served.attest.limited
     with served.tls() as s:
