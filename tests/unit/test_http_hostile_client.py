@@ -18,6 +18,8 @@ import pytest
 
 from confide.httpserve.limits import MAX_HEAD, MAX_PIPELINE, HttpLimits
 from confide.httpserve.server import HttpServer
+from confide.ledger.http import ledger_limits
+from confide.ledger.metrics import LedgerMetrics
 
 # The body deadline of the server under test: far longer than any wait below, so that a test
 # expecting an answer at once fails (by WAIT) where the old code answered only at the deadline.
@@ -208,3 +210,10 @@ def test_pipelining_within_the_bound_is_served(served: tuple[int, HttpLimits]) -
             )
             paths = [json.loads(body)["path"] for _, body in _responses(s, MAX_PIPELINE)]
             assert paths == [f"/b{batch}-{i}" for i in range(MAX_PIPELINE)]
+
+
+def test_the_ledger_servers_metrics_name_the_pipeline_refusals() -> None:
+    limits = ledger_limits()
+    limits.pipeline_too_deep = 3
+    text = LedgerMetrics(limits).render().decode()
+    assert 'confide_ledger_http_requests_refused_total{reason="pipeline-too-deep"} 3.0' in text
