@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import select
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +27,7 @@ from confide.ledger.metrics import LedgerMetrics
 # expecting an answer at once fails (by WAIT) where the old code answered only at the deadline.
 BODY_TIMEOUT = 120.0
 WAIT = 30.0  # how long a read waits for what must come (only a failure waits this long)
+BIG = b"x" * (1 << 20)
 SLOW = 2.0  # seconds /slow takes to answer: a response still pending when the next request is read
 
 
@@ -42,6 +45,12 @@ async def _app(scope: Any, receive: Any, send: Any) -> None:
             break
     if scope["path"] == "/slow":
         await asyncio.sleep(SLOW)
+    if scope["path"] == "/big":
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(BIG))]}
+        )
+        await send({"type": "http.response.body", "body": BIG})
+        return
     SEEN.append({"path": scope["path"], "disconnected": disconnected})
     out = json.dumps(
         {"path": scope["path"], "body": len(body), "headers": [k.decode() for k, _ in scope["headers"]]}
@@ -217,3 +226,41 @@ def test_the_ledger_servers_metrics_name_the_pipeline_refusals() -> None:
     limits.pipeline_too_deep = 3
     text = LedgerMetrics(limits).render().decode()
     assert 'confide_ledger_http_requests_refused_total{reason="pipeline-too-deep"} 3.0' in text
+
+
+class _Errors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_a_client_that_never_reads_and_leaves_costs_no_error(served: tuple[int, HttpLimits]) -> None:
+    """Large responses pipelined and never read: the server waits for the client to drain what
+    it wrote (memory bounded), and when the client leaves, the request being answered is told
+    so. uvicorn told only the last request read, and the one being answered wrote on into the
+    closed connection: "Exception in ASGI application" at ERROR, with a traceback, per
+    connection."""
+    port, limits = served
+    errors = _Errors()
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(errors)
+    try:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", port))
+        s.sendall(
+            b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n" * 16
+        )  # 16 MiB of answers: more than any socket holds
+        time.sleep(SLOW)  # the server fills the socket and waits for it to drain
+        s.close()
+        deadline = time.monotonic() + WAIT
+        while limits.open and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert limits.open == 0
+        time.sleep(SLOW)  # what the request being answered does next, it has done by now
+    finally:
+        logger.removeHandler(errors)
+    assert errors.messages == []

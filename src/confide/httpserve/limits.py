@@ -344,6 +344,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # last of either (a trailer section, a size line's extensions): bounded by max_head.
         self._framing = 0
         self._framing_reset = False  # data or a chunk header came in the current read
+        self._running: RequestResponseCycle | None = None  # the request being answered
         # A refusal behind a pending response (_end_after_pending): made once that response is
         # sent; meanwhile nothing more is read.
         self._refusal_after: Callable[[], None] | None = None
@@ -373,7 +374,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         self._cancel_body_timer()
+        running = self._running
         super().connection_lost(exc)
+        if running is not None and not running.response_complete:
+            # uvicorn tells only the last request read (self.cycle): with pipelined requests
+            # waiting, the one being answered wrote on into the closed transport once its
+            # drain ended ("Exception in ASGI application", logged at ERROR).
+            running.disconnected = True
+            running.message_event.set()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
