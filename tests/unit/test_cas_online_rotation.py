@@ -564,3 +564,37 @@ def test_a_failed_begin_commit_leaves_no_row_under_the_discarded_key(
     key = current_key(s)
     assert s.stored_id() == master_key_id(key)
     assert Sealer(key).unseal(late, policy="p", name="late", version=1).data == b"late"
+
+
+def test_a_begin_commit_that_reports_failure_but_happened_resumes_in_the_same_cas(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 3's transaction commits, then the commit reports an error (injected): the database
+    names the new key, so the rotation keeps it, and the next request of the running CAS
+    resumes and completes it."""
+    s = setup
+    cas = start(s)
+    real_write = cas.db.write
+    failed: list[bool] = []
+
+    @contextlib.contextmanager
+    def write(on: Any = None) -> Iterator[Any]:
+        with real_write(on) as conn:
+            yield conn
+            begun = raw_execute(conn, "SELECT value FROM meta WHERE key = 'master_key_next'").fetchone()
+        if begun is not None and not failed:  # after the commit
+            failed.append(True)
+            raise StorageError("database error: the commit's answer was lost (injected)")
+
+    monkeypatch.setattr(cas.db, "write", write)
+    try:
+        rot = rotation(s, cas, batch_size=2, pause=0)
+        with pytest.raises(StorageError, match="injected"):
+            rot.run()
+        assert rot.in_progress()
+        assert opened(cas.sealer, secret_rows(s.url)) == s.values
+        status = rot.run()  # the next request
+        assert status.state == "done"
+    finally:
+        cas.db.dispose()
+    assert assert_settled(s) == status.new_key_id

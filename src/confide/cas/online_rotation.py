@@ -231,6 +231,10 @@ class OnlineRotation:
                 raise UsageError(
                     f"the database names new master key id {next_id}, which this CAS does not hold"
                 )
+            else:
+                # Resumed: the database names it, so new rows are sealed under it (again, or for
+                # the first time after a step 3 whose commit reported a failure but happened).
+                self.sealer.seal_with(next_id)
             status.new_key_id = next_id
             _LOG.info(
                 json.dumps({"event": "master-key-rotation", "old_key_id": old_id, "new_key_id": next_id})
