@@ -126,7 +126,7 @@ from confide.policy.placeholders import (
     render_environment,
     render_file,
 )
-from confide.policy.secret import Secret
+from confide.policy.secret import Secret, SecretKind
 from confide.verify.result import Platform, VerifiedEvidence
 
 if TYPE_CHECKING:
@@ -1386,19 +1386,37 @@ class Cas:
                 # changes their fingerprint so that such a stored value is replaced at the next
                 # update of the policy.
                 declared["confide_explicit_certificate"] = 2
-            fingerprint = hashlib.sha256(jcs(declared)).hexdigest()
+            # The fingerprint is stored in the clear ``public`` column: an explicit value that is
+            # secret is left out of it (a hash of it would let whoever reads the database test
+            # guesses offline) and compared with the sealed value instead.
+            legacy = hashlib.sha256(jcs(declared)).hexdigest()  # stored before 2026-12
+            withheld = _value_withheld(spec)
+            fingerprint = (
+                hashlib.sha256(jcs({**declared, "value": WITHHELD})).hexdigest() if withheld else legacy
+            )
             row = self._latest_secret(conn, policy.name, spec.name)
             # A value derived from one regenerated here (its key, its issuer) is regenerated too,
             # so a certificate always matches its private key and chains to its issuer's version.
             derived_from_new = any(d in created_names for d in (spec.private_key, spec.issuer))
+            stored_spec = json.loads(row.public).get("spec") if row is not None else None
             unchanged = (
                 row is not None
-                and json.loads(row.public).get("spec") == fingerprint
+                and stored_spec in (fingerprint, legacy)
                 and (held_before is None or spec.name in held_before)
             )
             if row is not None and unchanged and not derived_from_new and spec.name not in regenerate:
-                resolved[spec.name] = _decrypt_key(self.sealer, row)
-                continue
+                current = _decrypt_key(self.sealer, row)
+                if not withheld or stored_spec == legacy or _same_explicit(spec, current, resolved):
+                    if stored_spec != fingerprint:  # the value's hash out of the clear column
+                        conn.execute(
+                            update(t.secrets)
+                            .where(t.secrets.c.policy == row.policy)
+                            .where(t.secrets.c.name == row.name)
+                            .where(t.secrets.c.version == row.version)
+                            .values(public=json.dumps({**json.loads(row.public), "spec": fingerprint}))
+                        )
+                    resolved[spec.name] = current
+                    continue
             if row is not None:
                 revoke_previous(spec.name, SUPERSEDED)
             value = generate(spec, resolved=resolved, now=datetime.fromtimestamp(self.clock(), UTC),
@@ -2564,6 +2582,19 @@ def _declaration(spec: Any) -> dict[str, Any]:
         exclude={"export", "export_public", "crl_distribution", "ca_issuers", "ocsp", "path_len"},
     )
     return out
+
+
+def _value_withheld(spec: Any) -> bool:
+    """Whether a secret's explicit ``value`` is secret (everything but a certificate or a public
+    key): left out of the declaration fingerprint stored in the clear ``secrets.public``."""
+    return spec.value is not None and str(spec.kind) not in (*CERTIFICATE_KINDS, SecretKind.PUBLIC_KEY.value)
+
+
+def _same_explicit(spec: Any, current: SecretValue, resolved: dict[str, SecretValue]) -> bool:
+    """Whether the sealed value ``current`` is the explicit value ``spec`` declares (what the
+    fingerprint does not say when the value is withheld from it); constant time."""
+    declared = generate(spec, resolved=resolved)
+    return declared.kind == current.kind and hmac.compare_digest(declared.data, current.data)
 
 
 def _sha(text: str | None) -> str | None:
