@@ -224,7 +224,7 @@ def main() -> None:
     cas, cas_evidence, _key, _cert, env, _signer = prepare(
         work / "cas", host="127.0.0.1", dev=True, db_url=None, collateral=None
     )
-    cas.apply(policy_submission(loads_policy(POLICY), Identity.generate()))
+    cas.apply(policy_submission(loads_policy(POLICY), Identity.generate(), cas=cas.tls_spki_sha256))
     platform = SimPlatform.load(Path(env["CONFIDE_SIM_DIR"]))
     if args.phases:
         for _ in range(args.repeat):

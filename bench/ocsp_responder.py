@@ -113,7 +113,7 @@ def main() -> None:
     args = ab_options(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
         cas, *_ = prepare(Path(tmp), host="127.0.0.1", dev=True, db_url=None, collateral=None)
-        cas.apply(policy_submission(loads_policy(POLICY), Identity.generate()))
+        cas.apply(policy_submission(loads_policy(POLICY), Identity.generate(), cas=cas.tls_spki_sha256))
         ca, leaf = _certificate(cas, "ca"), _certificate(cas, "srv")
         ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
         the_id = crl_distribution_id(ca.subject, ski)

@@ -83,7 +83,7 @@ def main() -> None:
         cas, _evidence, _key, _cert, env, _signer = prepare(
             Path(tmp), host="127.0.0.1", dev=True, db_url=None, collateral=None
         )
-        cas.apply(policy_submission(loads_policy(POLICY), Identity.generate()))
+        cas.apply(policy_submission(loads_policy(POLICY), Identity.generate(), cas=cas.tls_spki_sha256))
         platform = SimPlatform.load(Path(env["CONFIDE_SIM_DIR"]))
         start = time.time()
         cas.clock = lambda: start  # the nonce stays valid however long the run takes

@@ -47,7 +47,9 @@ def main() -> None:
         cas, cas_evidence, _key, _cert, env, _signer = ap.prepare(
             work / "cas", host="127.0.0.1", dev=True, db_url=None, collateral=None
         )
-        cas.apply(ap.policy_submission(ap.loads_policy(ap.POLICY), ap.Identity.generate()))
+        cas.apply(
+            ap.policy_submission(ap.loads_policy(ap.POLICY), ap.Identity.generate(), cas=cas.tls_spki_sha256)
+        )
         platform = ap.SimPlatform.load(Path(env["CONFIDE_SIM_DIR"]))
 
         @event.listens_for(cas.db.engine, "connect")

@@ -25,6 +25,7 @@ from confide.cas.verifier import PlatformVerifier
 from confide.identity import Identity
 from confide.ledger.encoding import Entry
 from confide.ledger.store import Ledger
+from confide.policy import Policy
 from confide.policy.loader import loads_policy
 from confide.sim.platform import SimPlatform
 
@@ -44,12 +45,21 @@ class Clock(Generic[T]):
         return self.now
 
 
+def submission(cas: Cas | str, policy: Policy | str, identity: Identity | None = None) -> dict[str, Any]:
+    """A signed policy submission (``confide/policy/v2``) for ``cas`` (a CAS, or the SHA-256 of
+    its TLS key's SubjectPublicKeyInfo: the CAS the submission names), of ``policy`` (a loaded
+    policy or its YAML text), by ``identity`` (a fresh one by default)."""
+    for_cas = cas if isinstance(cas, str) else cas.tls_spki_sha256
+    loaded = loads_policy(policy) if isinstance(policy, str) else policy
+    return policy_submission(loaded, identity or Identity.generate(), cas=for_cas)
+
+
 def production_cas(data_dir: Path, verifier: PlatformVerifier, policy: str) -> Cas:
     """A CAS as ``cas serve`` prepares it without ``--dev`` (no simulated platform), verifying
     with ``verifier`` (the test PKIs' roots), with ``policy`` applied."""
     cas, *_ = prepare(data_dir, host="127.0.0.1", dev=False, db_url=None, collateral=None)
     cas.verifier = verifier
-    cas.apply(policy_submission(loads_policy(policy), Identity.generate()))
+    cas.apply(submission(cas, policy))
     return cas
 
 
@@ -171,13 +181,13 @@ class InProcessCas:
             data_dir, host="127.0.0.1", dev=True, db_url=db_url, collateral=None
         )
         if policy != "":
-            cas.apply(policy_submission(loads_policy(policy or sim_policy()), Identity.generate()))
+            cas.apply(submission(cas, policy or sim_policy()))
         return cls(cas, SimPlatform.load(Path(env["CONFIDE_SIM_DIR"])))
 
     def apply(self, text: str, identity: Identity | None = None) -> Any:
         """Create or update a policy from YAML ``text``, submitted by ``identity`` (a fresh one
         by default)."""
-        return self.cas.apply(policy_submission(loads_policy(text), identity or Identity.generate()))
+        return self.cas.apply(submission(self.cas, text, identity))
 
     def verify_with(self, **roots: Any) -> InProcessCas:
         """Replace the CAS's verifier by one that keeps the simulated platform's key and is

@@ -15,15 +15,13 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from cas_inproc import MEASUREMENT, Clock, InProcessCas
-from confide.cas.client import policy_submission
+from cas_inproc import MEASUREMENT, Clock, InProcessCas, submission
 from confide.cas.core import READ_TYPE, decrypt_release, sign_document
 from confide.cas.db import raw_connection, raw_execute
 from confide.cas.owner_revocation import REVOKE_TYPE
 from confide.identity import Identity
 from confide.ledger.encoding import Entry, EntryType
 from confide.ledger.store import Ledger
-from confide.policy.loader import loads_policy
 
 DAY = 86400.0
 T0 = 1_900_000_000.0  # 2030-03-17: far from the wall clock, so nothing reads it unnoticed
@@ -150,7 +148,7 @@ class Env(InProcessCas):
     clock: Clock[float]
 
     def apply_text(self, text: str) -> None:
-        self.cas.apply(policy_submission(loads_policy(text), self.owner))
+        self.cas.apply(submission(self.cas, text, self.owner))
 
     def head(self, name: str = "tls") -> str:
         with self.cas.db.read() as conn:
@@ -180,12 +178,15 @@ class Env(InProcessCas):
         name: str = "tls",
         who: Identity | None = None,
         at: float | None = None,
+        cas: str | None = None,
     ) -> dict[str, Any]:
-        """A signed ``confide/revoke/v1`` request: ``serial`` (an int, or hex text as sent), else
-        every valid certificate of ``secret``."""
+        """A signed ``confide/revoke/v2`` request for this CAS (or the one whose TLS key hash is
+        ``cas``): ``serial`` (an int, or hex text as sent), else every valid certificate of
+        ``secret``."""
         who = who or self.owner
         body: dict[str, Any] = {"type": REVOKE_TYPE, "name": name, "secret": secret, "reason": reason,
-                                "time": int(self.clock.now if at is None else at)}  # fmt: skip
+                                "time": int(self.clock.now if at is None else at),
+                                "cas": self.cas.tls_spki_sha256 if cas is None else cas}  # fmt: skip
         if serial is None:
             body["all_valid"] = True
         else:

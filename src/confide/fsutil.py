@@ -5,6 +5,7 @@ synced, so a crash leaves either the old file or the new one, never a torn one. 
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from confide.errors import ParseError, StorageError
 
-__all__ = ["TMP_PREFIX", "fsync_dir", "read_bounded", "write_atomic", "write_new"]
+__all__ = ["TMP_PREFIX", "fsync_dir", "read_bounded", "read_regular", "write_atomic", "write_new"]
 
 TMP_PREFIX = ".tmp-"
 """Temporary files are ``TMP_PREFIX + name + '-' + random`` next to their target."""
@@ -62,6 +63,19 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of ``path``, which must be a regular file (after symlinks),
+    opened without blocking: a FIFO or a device put in its place raises :class:`OSError`
+    (``EINVAL``, "not a regular file") instead of waiting for a writer for ever. Other errors are
+    the :class:`OSError` of the open or read (``FileNotFoundError`` when absent); the caller
+    judges the size."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return f.read(limit + 1)
 
 
 def read_bounded(

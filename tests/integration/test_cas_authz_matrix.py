@@ -28,11 +28,18 @@ import pytest
 from cryptography import x509
 
 from cas_harness import CasProcess
-from confide.cas.client import policy_submission
-from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, READ_TYPE, READ_WINDOW, sign_document, spki_sha256
-from confide.cas.owner_revocation import REVOKE_TYPE
+from cas_inproc import submission
+from confide.cas.core import (
+    APPROVAL_TYPE,
+    POLICY_TYPE,
+    POLICY_V1_TYPE,
+    READ_TYPE,
+    READ_WINDOW,
+    sign_document,
+    spki_sha256,
+)
+from confide.cas.owner_revocation import REVOKE_TYPE, REVOKE_V1_TYPE
 from confide.identity import Identity
-from confide.policy import loads_policy
 
 
 @dataclass
@@ -78,8 +85,13 @@ class World:
         finally:
             conn.close()
 
-    def submit(self, text: str, who: Identity) -> Answer:
-        return self.call("POST", "/v1/policies", policy_submission(loads_policy(text), who))
+    def submission(self, text: str, who: Identity, cas: str | None = None) -> dict[str, Any]:
+        """``who``'s signed submission of ``text`` for the CAS under test (or the one whose TLS
+        key hash is ``cas``)."""
+        return submission(self.spki if cas is None else cas, text, who)
+
+    def submit(self, text: str, who: Identity, cas: str | None = None) -> Answer:
+        return self.call("POST", "/v1/policies", self.submission(text, who, cas))
 
 
 def signed(body: dict[str, Any], who: Identity) -> dict[str, Any]:
@@ -100,11 +112,15 @@ def header(doc: dict[str, Any]) -> dict[str, str]:
     return {"X-Confide-Read": base64.b64encode(json.dumps(doc).encode()).decode()}
 
 
-def revoke_doc(name: str, who: Identity, *, at: int | None = None) -> dict[str, Any]:
+def revoke_doc(
+    w: World, name: str, who: Identity, *, at: int | None = None, cas: str | None = None
+) -> dict[str, Any]:
+    """A signed revocation request for the CAS under test (or the one whose TLS key hash is
+    ``cas``)."""
     when = int(time.time()) if at is None else at
     return signed(
         {"type": REVOKE_TYPE, "name": name, "secret": "srv", "reason": "superseded", "all_valid": True,
-         "time": when},
+         "time": when, "cas": w.spki if cas is None else cas},
         who,
     )  # fmt: skip
 
@@ -208,8 +224,8 @@ def check_show(w: World) -> None:
     # Another endpoint's document type as a read (an approval, a revocation, a submission).
     for doc in (
         signed({"type": APPROVAL_TYPE, "name": "mx", "hash": w.hashes["mx"], "cas": w.spki}, w.owner),
-        revoke_doc("mx", w.owner),
-        policy_submission(loads_policy(policy_text("mx", "")), w.owner),
+        revoke_doc(w, "mx", w.owner),
+        w.submission(policy_text("mx", ""), w.owner),
     ):
         answer = w.call("GET", "/v1/policies/mx", headers=header(doc))
         assert answer.status == 400 and answer.error()[0] == "ParseError", answer.body
@@ -228,7 +244,7 @@ def check_show(w: World) -> None:
         assert answer.status in (400, 403), (raw, answer.status, answer.body)
         assert answer.error()[0] in ("ParseError", "SignatureError", "AccessDeniedError"), answer.body
     # A read with the type field rewritten is not signed by anyone.
-    forged = {**revoke_doc("mx", w.owner), "type": READ_TYPE}
+    forged = {**revoke_doc(w, "mx", w.owner), "type": READ_TYPE}
     assert w.call("GET", "/v1/policies/mx", headers=header(forged)).status == 403
     # Expired and future-dated requests (READ_WINDOW seconds either side).
     for at in (int(time.time()) - READ_WINDOW - 60, int(time.time()) + READ_WINDOW + 60):
@@ -364,11 +380,47 @@ def check_submit(w: World) -> None:
             w.submit(policy_text("mxns/absent", "", w.hashes["mxns/exists"]), who),
             "mxns/exists", "mxns/absent",
         )  # fmt: skip
+
+    # Submissions signed for another CAS (docs/cas.md "Policies and governance"), by identities
+    # this CAS would take them from: a creation of a free name, an update under a plain update
+    # list, a child in a namespace, a board member's voice. Each is refused before any policy is
+    # looked at, with one answer whether the name exists or not, and changes nothing: no
+    # version, no ledger entry (mx's events are as they were; the free name is still free).
+    def mx_events() -> int:
+        read = header(read_doc(w, "mx", w.owner, route="events"))
+        return len(w.call("GET", "/v1/policies/mx/events", headers=read).json()["events"])
+
+    before = mx_events()
+    free = policy_text("mx-free", _access(["CREATOR"], "[CREATOR]"))
+    elsewhere = [
+        w.submit(free, w.owner, cas=OTHER_CAS),
+        w.submit(policy_text("mx", "", w.hashes["mx"]), w.updater, cas=OTHER_CAS),
+        w.submit(policy_text("mx", "", "00" * 32), w.updater, cas=OTHER_CAS),
+        w.submit(policy_text("mxns/child", ""), w.owner, cas=OTHER_CAS),
+        w.submit(policy_text("mxb", "", w.hashes["mxb"]), w.board[1], cas=OTHER_CAS),
+    ]
+    assert {a.status for a in elsewhere} == {403}
+    assert len({a.error() for a in elsewhere}) == 1, [a.error() for a in elsewhere]
+    assert elsewhere[0].error()[0] == "AccessDeniedError" and "another CAS" in elsewhere[0].error()[1]
+    assert mx_events() == before
+    # The former confide/policy/v1 (no cas) and a v2 submission without cas are malformed.
+    policy_json = w.submission(free, w.owner)["policy"]
+    for doc in (
+        signed({"type": POLICY_V1_TYPE, "policy": policy_json}, w.owner),
+        signed({"type": POLICY_TYPE, "policy": policy_json}, w.owner),
+    ):
+        answer = w.call("POST", "/v1/policies", doc)
+        assert answer.status == 400 and answer.error()[0] == "ParseError", answer.body
+    assert "names no CAS" in w.call("POST", "/v1/policies", signed(
+        {"type": POLICY_V1_TYPE, "policy": policy_json}, w.owner)).error()[1]  # fmt: skip
+    assert mx_events() == before
+    answer = w.submit(free, w.owner)  # for this CAS: the name was free
+    assert answer.status == 200 and answer.json()["state"] == "active"
     # No signature, a forged one, another endpoint's type.
     unsigned = {"type": POLICY_TYPE, "policy": json.loads(json.dumps(
         {"name": "mx", "version": "0.3", "predecessor": w.hashes["mx"]}))}  # fmt: skip
     assert w.call("POST", "/v1/policies", unsigned).status == 400
-    sub = policy_submission(loads_policy(policy_text("mx", "", w.hashes["mx"])), w.owner)
+    sub = w.submission(policy_text("mx", "", w.hashes["mx"]), w.owner)
     sub["policy"]["access_policy"] = {"read": ["ANY"]}
     assert w.call("POST", "/v1/policies", sub).status == 403  # the signature no longer verifies
     approval = signed({"type": APPROVAL_TYPE, "name": "mx", "hash": w.hashes["mx"], "cas": w.spki}, w.owner)
@@ -380,7 +432,7 @@ def check_submit(w: World) -> None:
         w.hashes["mxns/exists"],
         "  - name: more\n    kind: ascii\n",
     )
-    first = policy_submission(loads_policy(text), w.owner)
+    first = w.submission(text, w.owner)
     assert w.call("POST", "/v1/policies", first).status == 200
     again = w.call("POST", "/v1/policies", first)
     assert again.status == 409 and again.error()[0] == "ConflictError"
@@ -442,8 +494,8 @@ def check_revoke(w: World) -> None:
     # The owner may; the reader, the board member of another policy and a stranger may not,
     # with one refusal whether the policy exists or not.
     for who in (w.reader, w.board[0], w.stranger):
-        existing = w.call("POST", "/v1/policies/mx/revocations", revoke_doc("mx", who))
-        missing = w.call("POST", "/v1/policies/mx-none/revocations", revoke_doc("mx-none", who))
+        existing = w.call("POST", "/v1/policies/mx/revocations", revoke_doc(w, "mx", who))
+        missing = w.call("POST", "/v1/policies/mx-none/revocations", revoke_doc(w, "mx-none", who))
         same_refusal(w, existing, missing, "mx", "mx-none")
 
     # Nor does the ledger's size: a refusal is recorded for a missing policy too (under no
@@ -455,18 +507,34 @@ def check_revoke(w: World) -> None:
         ).json()
         return max(e["seq"] for e in events["events"] if e["type"] == "revocation-refused")
 
-    assert w.call("POST", "/v1/policies/mx/revocations", revoke_doc("mx", w.stranger)).status == 403
+    assert w.call("POST", "/v1/policies/mx/revocations", revoke_doc(w, "mx", w.stranger)).status == 403
     first = last_refusal()
-    assert w.call("POST", "/v1/policies/mx-none/revocations", revoke_doc("mx-none", w.stranger)).status == 403
-    assert w.call("POST", "/v1/policies/mx/revocations", revoke_doc("mx", w.stranger)).status == 403
+    assert (
+        w.call("POST", "/v1/policies/mx-none/revocations", revoke_doc(w, "mx-none", w.stranger)).status == 403
+    )
+    assert w.call("POST", "/v1/policies/mx/revocations", revoke_doc(w, "mx", w.stranger)).status == 403
     assert last_refusal() == first + 2
     # Another endpoint's documents, a request for another policy, expired and future-dated.
     assert w.call("POST", "/v1/policies/mx/revocations", read_doc(w, "mx", w.owner)).status == 400
-    assert w.call("POST", "/v1/policies/mxb/revocations", revoke_doc("mx", w.owner)).status == 400
+    assert w.call("POST", "/v1/policies/mxb/revocations", revoke_doc(w, "mx", w.owner)).status == 400
     for at in (int(time.time()) - READ_WINDOW - 60, int(time.time()) + READ_WINDOW + 60):
-        answer = w.call("POST", "/v1/policies/mx/revocations", revoke_doc("mx", w.owner, at=at))
+        answer = w.call("POST", "/v1/policies/mx/revocations", revoke_doc(w, "mx", w.owner, at=at))
         assert answer.status == 403 and "from the CAS clock" in answer.error()[1]
-    doc = revoke_doc("mx", w.owner)
+    # The owner's request for another CAS: refused before any policy is looked at (one answer
+    # for mx and a missing policy), not recorded and not carried out; the former
+    # confide/revoke/v1, which names no CAS, is malformed.
+    refused = last_refusal()
+    elsewhere = [
+        w.call("POST", f"/v1/policies/{n}/revocations", revoke_doc(w, n, w.owner, cas=OTHER_CAS))
+        for n in ("mx", "mx-none")
+    ]
+    same_refusal(w, elsewhere[0], elsewhere[1], "mx", "mx-none")
+    assert "another CAS" in elsewhere[0].error()[1]
+    v1 = {k: v for k, v in revoke_doc(w, "mx", w.owner).items() if k not in ("cas", "signature", "signer")}
+    answer = w.call("POST", "/v1/policies/mx/revocations", signed({**v1, "type": REVOKE_V1_TYPE}, w.owner))
+    assert answer.status == 400 and answer.error()[0] == "ParseError" and "names no CAS" in answer.error()[1]
+    assert last_refusal() == refused
+    doc = revoke_doc(w, "mx", w.owner)
     answer = w.call("POST", "/v1/policies/mx/revocations", doc)
     assert answer.status == 200, answer.body
     again = w.call("POST", "/v1/policies/mx/revocations", doc)  # replayed: carried out once

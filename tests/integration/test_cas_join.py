@@ -29,14 +29,17 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from test_cas_e2e import app_script, apply, confide, identity, measure, policy_yaml
 
 from cas_harness import ROOT, CasProcess, PostgresCluster, wait_for_log
+from cas_inproc import submission
 from confide import errors
 from confide.cas.client import CasClient
 from confide.cas.core import decrypt_release
 from confide.cas.db import Database, raw_connection, raw_execute
 from confide.cas.dev_measurement import cas_dev_measurement, measure_package
 from confide.cas.key_release import key_release_binding
+from confide.identity import load_identity
 from confide.ledger.encoding import Entry, EntryType
 from confide.ledger.store import Ledger
+from confide.policy import loads_policy, policy_hash
 from confide.runtime.quote import SimQuoteProvider
 from confide.sim.platform import SimPlatform
 
@@ -149,6 +152,7 @@ def test_a_joined_cas_serves_the_secrets_of_the_first(first: CasProcess, tmp_pat
         start = _start_entries(first.db_url)[-1]
         assert start["joined"]["releaser_cert_sha256"] == joined["releaser_cert_sha256"]
         assert start["master_key_id"] == payload["master_key_id"]
+        _submissions_are_for_one_replica(first, second, tmp_path, alice)
     finally:
         second.stop()
     # Without --join the joiner has no key: it does not start (and does not make one).
@@ -164,6 +168,32 @@ def test_a_joined_cas_serves_the_secrets_of_the_first(first: CasProcess, tmp_pat
         assert [kind for _, kind, _ in _events(first.db_url)] == ["master-key-released"] * 2
     finally:
         third.stop()
+
+
+def _submissions_are_for_one_replica(
+    first: CasProcess, second: CasProcess, tmp_path: Path, who: Path
+) -> None:
+    """Each CAS of a cluster has its own TLS key (docs/cas.md "Policies and governance"): a
+    submission signed for the first is refused by the joiner on the same database, storing
+    nothing; the same policy signed for the joiner (``confide policy apply`` with its
+    certificate) is taken there, with the same hash, and is then the first's too."""
+    text = 'name: replicated\nversion: "0.3"\n'
+    to_first = CasClient(first.env["CONFIDE_CAS_URL"], Path(first.env["CONFIDE_CAS_CERT"]))
+    to_second = CasClient(second.env["CONFIDE_CAS_URL"], Path(second.env["CONFIDE_CAS_CERT"]))
+    try:
+        assert to_first.cas_spki_sha256 is not None and to_first.cas_spki_sha256 != to_second.cas_spki_sha256
+        for_first = submission(to_first.cas_spki_sha256, text, load_identity(who))
+        with pytest.raises(errors.AccessDeniedError, match="is for another CAS"):
+            to_second._call("POST", "/v1/policies", json=for_first)
+        applied = apply(second, tmp_path, text, who)
+        assert applied.returncode == 0, applied.stderr
+        assert applied.stdout.strip() == policy_hash(loads_policy(text))
+        # Stored in the shared database: at the first, the name is taken (by this very version).
+        with pytest.raises(errors.ConflictError, match="the current version is " + applied.stdout.strip()):
+            to_first._call("POST", "/v1/policies", json=for_first)
+    finally:
+        to_first.close()
+        to_second.close()
 
 
 def test_a_cas_running_other_code_does_not_join(first: CasProcess, tmp_path: Path) -> None:

@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from cas_inproc import InProcessCas
+from cas_inproc import InProcessCas, submission
 from confide import errors
-from confide.cas.client import policy_submission
 from confide.cas.core import APPROVAL_TYPE, sign_document
 from confide.cas.db import raw_execute
 from confide.identity import Identity
-from confide.policy.loader import loads_policy
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -32,13 +30,12 @@ def cas(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[InProcessCas
 def test_racing_board_approvals_activate_exactly_one_version(cas: InProcessCas) -> None:
     alice, bob = Identity.generate(), Identity.generate()
     head = f'name: race\nversion: "0.3"\naccess_policy:\n  update:\n    require-all: [{alice.fingerprint}, {bob.fingerprint}]\n'
-    first = cas.cas.apply(policy_submission(loads_policy(head), alice))
+    first = cas.cas.apply(submission(cas.cas, head, alice))
     pending = [
         cas.cas.apply(
-            policy_submission(
-                loads_policy(
-                    head + f"predecessor: {first.hash}\nsecrets:\n  - name: s{i}\n    kind: ascii\n"
-                ),
+            submission(
+                cas.cas,
+                head + f"predecessor: {first.hash}\nsecrets:\n  - name: s{i}\n    kind: ascii\n",
                 alice,
             )
         )

@@ -24,17 +24,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from snp_fakes import make_fake_amd
 
-from cas_inproc import RuntimeKey, last_attestation, production_cas, refused
+from cas_inproc import RuntimeKey, last_attestation, production_cas, refused, submission
 from cli import run_confide
 from confide import errors
-from confide.cas.client import policy_submission
 from confide.cas.core import Cas
 from confide.cas.pin import verify_cas_evidence
 from confide.cas.server import prepare
 from confide.cas.verifier import PlatformVerifier
 from confide.evidence.azure_vtpm import VAR_DATA_OFFSET
 from confide.evidence.sev_snp import Product
-from confide.identity import Identity
 from confide.policy.loader import loads_policy
 from confide.policy.model import Policy
 from confide.runtime.azure_vtpm import AzureVtpmQuoteProvider
@@ -281,7 +279,7 @@ def test_guest_provider_on_swtpm_to_cas(cas: Cas, swtpm_tpm: Tpm) -> None:
     policy = POLICY.replace("name: app", "name: vm").replace(
         f'"0": "{PCRS[0].hex()}"', f'"0": "{pcrs[0].hex()}"'
     ).replace(f'"{PCRS[7].hex()}"', f'"{pcrs[7].hex()}"')  # fmt: skip
-    cas.apply(policy_submission(loads_policy(policy), Identity.generate()))
+    cas.apply(submission(cas, policy))
     try:
         rt = RuntimeKey(cas)
         evidence = provider.get_evidence(rt.binding)

@@ -20,16 +20,13 @@ from typing import Any
 import pytest
 
 from asgi_call import call
-from cas_inproc import Clock, RuntimeKey, last_attestation, production_cas, refused
+from cas_inproc import Clock, RuntimeKey, last_attestation, production_cas, refused, submission
 from confide import errors
 from confide.cas.app import create_app
-from confide.cas.client import policy_submission
 from confide.cas.core import Cas, binding_report_data, check_binding
 from confide.cas.server import prepare
 from confide.cas.verifier import PlatformVerifier
 from confide.evidence.nitro import NitroDocument
-from confide.identity import Identity
-from confide.policy.loader import loads_policy
 from confide.verify.result import Platform, VerifiedEvidence
 from gpu_cas import NOW, NV_CHAIN, NV_MEASUREMENTS, NV_REPORT, RIM_PKI, driver_rim
 from gpu_cas import PKI as NV_PKI
@@ -114,7 +111,7 @@ def test_gpu_evidence_bound_to_the_key_is_accepted(cas: Cas, encoding: str) -> N
 
 def test_gpu_evidence_alone_needs_the_gpu_only_tolerance(cas: Cas) -> None:
     strict = POLICY.replace("name: app", "name: strict", 1).split("security:")[0]
-    cas.apply(policy_submission(loads_policy(strict), Identity.generate()))
+    cas.apply(submission(cas, strict))
     rt = Runtime(cas)
     request = rt.request(
         "gpu",
@@ -346,8 +343,8 @@ def test_nitro_policy_applied_and_attested_over_http(tmp_path: Path) -> None:
     cas, *_ = prepare(tmp_path / "cas", host="127.0.0.1", dev=False, db_url=None, collateral=None)
     cas.verifier = PlatformVerifier(nitro_root=NITRO_PKI.root_cert)
     app = create_app(cas)
-    submission = policy_submission(loads_policy(NITRO_ONLY), Identity.generate())
-    status, body = call(app, "/v1/policies", [json.dumps(submission).encode()])
+    signed = submission(cas, NITRO_ONLY)
+    status, body = call(app, "/v1/policies", [json.dumps(signed).encode()])
     assert status == 200, body
     assert json.loads(body)["state"] == "active"
 

@@ -9,11 +9,12 @@ import pytest
 
 from confide.cas.audit import PolicyChainChecker
 from confide.cas.client import policy_submission
+from confide.cas.core import POLICY_TYPE, POLICY_V1_TYPE, sign_document
 from confide.errors import EntryMismatchError
 from confide.identity import Identity
 from confide.ledger.encoding import Entry, EntryType
 from confide.policy import loads_policy, policy_hash
-from confide.policy.canonical import jcs
+from confide.policy.canonical import canonical_json, jcs
 
 BASE = 'name: p\nversion: "0.3"\nservices:\n  - name: s\n    attestation:\n      tdx:\n        mr_td: "{m}"\n'
 
@@ -22,10 +23,18 @@ def _entry(type_: EntryType, payload: dict[str, object]) -> bytes:
     return Entry.create(type_, datetime.now(UTC), payload, "p").to_bytes()
 
 
-def _version(ident: Identity, m: str, predecessor: str | None) -> tuple[str, dict[str, object]]:
+CAS = "ab" * 32  # the SHA-256 of a CAS's TLS key, as a v2 submission names it
+
+
+def _version(
+    ident: Identity, m: str, predecessor: str | None, kind: str = POLICY_TYPE
+) -> tuple[str, dict[str, object]]:
     text = BASE.format(m=m) + (f"predecessor: {predecessor}\n" if predecessor else "")
     policy = loads_policy(text)
-    sub = policy_submission(policy, ident)
+    sub = policy_submission(policy, ident, cas=CAS)
+    if kind != POLICY_TYPE:  # as a client signed it before submissions named their CAS
+        body = {k: v for k, v in sub.items() if k not in ("cas", "signature", "signer")}
+        sub = sign_document({**body, "type": kind}, ident.sign, ident.public.public_base64)
     digest = policy_hash(policy)
     return digest, {"hash": digest, "predecessor": predecessor, "signer": ident.fingerprint,
                     "submission": jcs(sub).decode()}  # fmt: skip
@@ -65,8 +74,6 @@ def test_wrong_signer_hash_or_second_creation_fail() -> None:
 def test_approvals_of_both_versions_are_checked(kind: str) -> None:
     # v1 (no cas) is what entries recorded before approvals named their CAS hold; the CAS now
     # takes v2 only, but the ledger's older entries must still audit.
-    from confide.cas.core import sign_document
-
     alice, bob = Identity.generate(), Identity.generate()
     h1, _ = _version(alice, "aa" * 48, None)
     body: dict[str, object] = {"type": kind, "name": "p", "hash": h1}
@@ -82,3 +89,35 @@ def test_approvals_of_both_versions_are_checked(kind: str) -> None:
         PolicyChainChecker()(
             0, _entry(EntryType.POLICY_APPROVED, {**entry, "approval": jcs(forged).decode()})
         )
+
+
+def test_submissions_of_both_versions_are_checked() -> None:
+    # A log whose policy was created by a v1 submission (no cas: recorded before submissions
+    # named their CAS) and updated by a v2 one audits as one chain; each is checked as signed.
+    alice, mallory = Identity.generate(), Identity.generate()
+    h1, p1 = _version(alice, "aa" * 48, None, kind=POLICY_V1_TYPE)
+    assert "cas" not in json.loads(str(p1["submission"]))
+    _h2, p2 = _version(alice, "bb" * 48, h1)
+    assert json.loads(str(p2["submission"]))["cas"] == CAS
+    check = PolicyChainChecker()
+    check(0, _entry(EntryType.POLICY_CREATED, p1))
+    check(1, _entry(EntryType.POLICY_UPDATED, p2))
+    # The version hash is the policy's own: the same with either envelope.
+    assert _version(alice, "aa" * 48, None)[0] == h1
+    for kind in (POLICY_V1_TYPE, POLICY_TYPE):
+        _, p = _version(alice, "cc" * 48, None, kind=kind)
+        with pytest.raises(EntryMismatchError, match="signed by"):
+            PolicyChainChecker()(0, _entry(EntryType.POLICY_CREATED, {**p, "signer": mallory.fingerprint}))
+        # The type rewritten to the other version: the signature no longer verifies.
+        sub = json.loads(str(p["submission"]))
+        sub["type"] = POLICY_TYPE if kind == POLICY_V1_TYPE else POLICY_V1_TYPE
+        with pytest.raises(EntryMismatchError):
+            PolicyChainChecker()(0, _entry(EntryType.POLICY_CREATED, {**p, "submission": jcs(sub).decode()}))
+    # A v2 submission without cas was never taken by a CAS: an entry holding one does not audit.
+    policy = loads_policy(BASE.format(m="dd" * 48))
+    body = {"type": POLICY_TYPE, "policy": json.loads(canonical_json(policy))}
+    unbound = sign_document(body, alice.sign, alice.public.public_base64)
+    entry = {"hash": policy_hash(policy), "predecessor": None, "signer": alice.fingerprint,
+             "submission": jcs(unbound).decode()}  # fmt: skip
+    with pytest.raises(EntryMismatchError, match="names no CAS"):
+        PolicyChainChecker()(0, _entry(EntryType.POLICY_CREATED, entry))

@@ -15,8 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cas_inproc import MEASUREMENT, InProcessCas
-from confide.cas.client import policy_submission
+from cas_inproc import MEASUREMENT, InProcessCas, submission
 from confide.cas.core import decrypt_release
 from confide.cas.db import raw_execute
 from confide.cas.secrets import SecretValue, render
@@ -91,7 +90,7 @@ def ipc(tmp_path: Path) -> InProcessCas:
 
 def _release(ipc: InProcessCas, text: str) -> dict[str, bytes]:
     doc = loads_policy(text)
-    ipc.cas.apply(policy_submission(doc, Identity.generate()))
+    ipc.cas.apply(submission(ipc.cas, doc))
     body, key = ipc.request(policy=doc.name)
     config = decrypt_release(key, ipc.cas.attest(body), bytes.fromhex(body["nonce"]))
     return {p.rsplit("/", 1)[1]: base64.b64decode(b64) for p, b64 in config["files"].items()}
@@ -239,7 +238,7 @@ def test_a_certificate_generated_for_it_by_an_earlier_version_is_replaced_at_the
 {_indent(_pem(pki.root))}"""
     owner = Identity.generate()
     v1 = loads_policy(policy(body, _file("root.pem", "$$SCONE::root:crt$$"), name="old"))
-    ipc.cas.apply(policy_submission(v1, owner))
+    ipc.cas.apply(submission(ipc.cas, v1, owner))
     # what an earlier CAS stored: a self-signed stand-in, under the old fingerprint
     stand_in_key = ec.generate_private_key(ec.SECP256R1())
     stand_in = issue("root", stand_in_key.public_key(), issuer="root", signing_key=stand_in_key,

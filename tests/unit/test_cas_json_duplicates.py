@@ -20,14 +20,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from asgi_call import call
 from confide import errors
 from confide.cas.app import create_app
-from confide.cas.client import _raise_for, policy_submission
+from confide.cas.client import _raise_for
 from confide.cas.core import RELEASE_INFO, _release_key_der, _spki, decrypt_release
 from confide.cas.db import raw_execute
-from confide.identity import Identity
-from confide.policy.loader import loads_policy
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cas_inproc import InProcessCas, sim_policy
+from cas_inproc import submission as signed_submission
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +100,7 @@ def test_a_policy_submission_with_a_duplicated_key_is_refused(env: tuple[InProce
     """A signed submission whose policy gives ``services`` twice: the signature covers one
     reading; the CAS must not pick one."""
     inproc, app = env
-    submission = policy_submission(loads_policy(sim_policy(name="dup")), Identity.generate())
+    submission = signed_submission(inproc.cas, sim_policy(name="dup"))
     text = json.dumps(submission)
     policy = json.dumps(submission["policy"])
     assert policy in text

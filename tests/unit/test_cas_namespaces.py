@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from cas_inproc import MEASUREMENT, InProcessCas
+from cas_inproc import MEASUREMENT, InProcessCas, submission
 from confide import errors
-from confide.cas.client import policy_submission
 from confide.cas.core import APPROVAL_TYPE, decrypt_release, sign_document
 from confide.cas.db import raw_execute
 from confide.identity import Identity
-from confide.policy.loader import loads_policy
 
 
 def _policy(name: str, access: str = "") -> str:
@@ -138,7 +136,7 @@ def test_refused_update_is_recorded_in_the_ledger(cas: InProcessCas) -> None:
     created = cas.apply(_policy("solo"), alice)
     text = _policy("solo", "secrets:\n  - name: s\n    kind: ascii\n") + f"predecessor: {created.hash}\n"
     with pytest.raises(errors.AccessDeniedError):
-        cas.cas.apply(policy_submission(loads_policy(text), mallory))
+        cas.cas.apply(submission(cas.cas, text, mallory))
     assert _events(cas, "solo")[-1] == ("policy-update-refused", {"signer": mallory.fingerprint})
 
 
@@ -243,17 +241,17 @@ def test_a_refused_submitter_learns_neither_the_current_hash_nor_the_versions(ca
     ]
     for text in attempts:
         with pytest.raises(errors.AccessDeniedError) as refused:
-            cas.cas.apply(policy_submission(loads_policy(text), mallory))
+            cas.cas.apply(submission(cas.cas, text, mallory))
         assert created.hash not in refused.value.message and created.hash[:16] not in refused.value.message
     # a policy in a namespace: the same
     cas.apply(_policy("corp"), alice)
     inner = cas.apply(_policy("corp/x"), alice)
     for text in [_policy("corp/x"), _policy("corp/x") + f"predecessor: {inner.hash}\n"]:
         with pytest.raises(errors.AccessDeniedError):
-            cas.cas.apply(policy_submission(loads_policy(text), mallory))
+            cas.cas.apply(submission(cas.cas, text, mallory))
     # those who may submit still get the conflict, with the current hash to rebase on
     with pytest.raises(errors.ConflictError, match=created.hash):
-        cas.cas.apply(policy_submission(loads_policy(attempts[0]), alice))
+        cas.cas.apply(submission(cas.cas, attempts[0], alice))
 
 
 def test_a_refused_submission_does_not_tell_whether_the_name_exists(cas: InProcessCas) -> None:

@@ -5,6 +5,7 @@ a second rotation; a run lock shared with another process refuses online rotatio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,7 +13,9 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_cas_rotation import (
@@ -28,7 +31,7 @@ from test_cas_rotation import (
 
 from confide.cas import admin, online_rotation
 from confide.cas.core import Cas
-from confide.cas.db import Database
+from confide.cas.db import Database, raw_execute
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.master_key import unseal_master_key
 from confide.cas.online_rotation import OnlineRotation
@@ -44,7 +47,7 @@ from confide.cas.rotation import (
 from confide.cas.runlock import run_lock
 from confide.cas.secrets import Sealer, SecretValue, row_key_id
 from confide.cas.server import prepare
-from confide.errors import SignatureError, UsageError
+from confide.errors import SignatureError, StorageError, UsageError
 
 STEPS = (
     "locked",
@@ -511,3 +514,87 @@ def test_cli_online_without_a_cas_and_batch_options_offline_are_refused(tmp_path
     assert isinstance(exc, UsageError) and "cannot reach the CAS" in str(exc)
     exc, _ = cli("--data-dir", str(tmp_path), "--batch-size", "5")
     assert isinstance(exc, UsageError) and "are for --online" in str(exc)
+
+
+def test_a_failed_begin_commit_leaves_no_row_under_the_discarded_key(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 3's commit fails (injected: the transaction is rolled back). That releases the write
+    lock, and a writer waiting for it (injected just there, before the rotation's handler runs)
+    seals its row. The rotation then discards the new key: the row must not be under it."""
+    s = setup
+    cas = start(s)
+    real_write = cas.db.write
+    failed: list[bool] = []
+
+    @contextlib.contextmanager
+    def write(on: Any = None) -> Iterator[Any]:
+        with real_write(on) as conn:
+            yield conn
+            begun = raw_execute(conn, "SELECT value FROM meta WHERE key = 'master_key_next'").fetchone()
+            if begun is not None and not failed:
+                failed.append(True)
+                raise StorageError("database error: the commit failed (injected)")
+
+    monkeypatch.setattr(cas.db, "write", write)
+    rot = rotation(s, cas, batch_size=2, pause=0)
+    real_maybe = rot._maybe_committed
+
+    def writer_then_check(new_id: str) -> bool:
+        with real_write() as conn:  # the writer that was waiting for the lock
+            sealed = cas.sealer.seal(SecretValue("ascii", b"late"), policy="p", name="late", version=1)
+            raw_execute(
+                conn,
+                "INSERT INTO secrets (policy, name, version, kind, sealed, public, created_at)"
+                " VALUES ('p', 'late', 1, 'ascii', ?, '{}', 0)",
+                (sealed,),
+            )
+        return real_maybe(new_id)
+
+    monkeypatch.setattr(rot, "_maybe_committed", writer_then_check)
+    try:
+        with pytest.raises(StorageError, match="injected"):
+            rot.run()
+        assert failed
+        late = secret_rows(s.url)[("p", "late", 1)]
+        assert cas.sealer.unseal(late, policy="p", name="late", version=1).data == b"late"
+    finally:
+        cas.db.dispose()
+    no_pending(s.data)
+    key = current_key(s)
+    assert s.stored_id() == master_key_id(key)
+    assert Sealer(key).unseal(late, policy="p", name="late", version=1).data == b"late"
+
+
+def test_a_begin_commit_that_reports_failure_but_happened_resumes_in_the_same_cas(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 3's transaction commits, then the commit reports an error (injected): the database
+    names the new key, so the rotation keeps it, and the next request of the running CAS
+    resumes and completes it."""
+    s = setup
+    cas = start(s)
+    real_write = cas.db.write
+    failed: list[bool] = []
+
+    @contextlib.contextmanager
+    def write(on: Any = None) -> Iterator[Any]:
+        with real_write(on) as conn:
+            yield conn
+            begun = raw_execute(conn, "SELECT value FROM meta WHERE key = 'master_key_next'").fetchone()
+        if begun is not None and not failed:  # after the commit
+            failed.append(True)
+            raise StorageError("database error: the commit's answer was lost (injected)")
+
+    monkeypatch.setattr(cas.db, "write", write)
+    try:
+        rot = rotation(s, cas, batch_size=2, pause=0)
+        with pytest.raises(StorageError, match="injected"):
+            rot.run()
+        assert rot.in_progress()
+        assert opened(cas.sealer, secret_rows(s.url)) == s.values
+        status = rot.run()  # the next request
+        assert status.state == "done"
+    finally:
+        cas.db.dispose()
+    assert assert_settled(s) == status.new_key_id

@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from asgi_call import call
+from cas_inproc import submission
 from confide.cas import cli
 from confide.cas.app import create_app
-from confide.cas.client import policy_submission
 from confide.cas.core import APPROVAL_TYPE, decrypt_release, sign_document
 from confide.cas.crl import REASONS
 from confide.cas.db import SCHEMA_VERSION, Database, raw_connection, raw_execute
@@ -31,7 +31,6 @@ from confide.errors import AccessDeniedError, ConflictError, ParseError, PolicyE
 from confide.identity import Identity
 from confide.ledger.encoding import EntryType
 from confide.ledger.store import Ledger
-from confide.policy.loader import loads_policy
 from crl_env import FILES, T0, TWO_LEVEL, Env, check_signed_by_ca, number, policy, revoked, started
 
 RT = "rt.local"
@@ -306,7 +305,7 @@ def test_who_may_revoke_follows_the_update_rules(env: Env) -> None:
     assert result["revoked"] and result["key_replaced"]
     # An immutable policy (update: NONE): nobody, its creator included.
     text = policy(runtime=RT, access="access_policy:\n  update: NONE\n", predecessor=env.head())
-    pending = env.cas.apply(policy_submission(loads_policy(text), env.owner))
+    pending = env.cas.apply(submission(env.cas, text, env.owner))
     assert pending.state == "pending"  # the board's rule still governs updates
     approval = {"type": APPROVAL_TYPE, "name": "tls", "hash": pending.hash, "cas": env.cas.tls_spki_sha256}
     assert (
@@ -333,7 +332,7 @@ def test_a_board_member_is_an_identity_of_the_rules_not_a_substring_of_them(env:
             env.cas.revoke_certificates(env.revocation(who=who))
         text = policy(runtime=RT, access=rules, ca_extra=ids, dns="x.local", predecessor=env.head())
         with pytest.raises(AccessDeniedError):
-            env.cas.apply(policy_submission(loads_policy(text), who))
+            env.cas.apply(submission(env.cas, text, who))
     assert env.cas.revoke_certificates(env.revocation(who=alice))["revoked"]
 
 

@@ -13,15 +13,13 @@ from typing import Any
 
 import pytest
 
-from cas_inproc import InProcessCas, last_attestation
+from cas_inproc import InProcessCas, last_attestation, submission
 from confide import errors
 from confide.cas import core
-from confide.cas.client import policy_submission
 from confide.cas.core import Cas, PendingAttestation, decrypt_release
 from confide.cas.db import Database, raw_execute
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.identity import Identity
-from confide.policy.loader import loads_policy
 
 OTHER = "cd" * 48
 
@@ -62,7 +60,7 @@ class Pair:
             row = raw_execute(conn, "SELECT hash FROM policy_heads WHERE name = 'app'").fetchone()
         if row is not None:
             text = text.replace('version: "0.3"\n', f'version: "0.3"\npredecessor: "{row[0]}"\n')
-        self.b.apply(policy_submission(loads_policy(text), self.owner))
+        self.b.apply(submission(self.b, text, self.owner))
 
     def begin(self, service: str = "svc") -> tuple[PendingAttestation, dict[str, Any], Any]:
         body, key = self.a.request(policy="app", service=service)

@@ -7,6 +7,7 @@ in-process CAS on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -19,7 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cas_inproc import InProcessCas
-from confide.cas.core import APPROVAL_TYPE, READ_TYPE, WITHHELD, Cas, sign_document
+from confide.cas.core import APPROVAL_TYPE, READ_TYPE, WITHHELD, Cas, _declaration, sign_document
 from confide.cas.db import SCHEMA_VERSION, Database, raw_execute
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.master_key import load_master_key
@@ -29,6 +30,8 @@ from confide.cas.rotation import rotate_master_key
 from confide.cas.secrets import Sealer
 from confide.errors import SignatureError
 from confide.identity import Identity
+from confide.policy.canonical import jcs
+from confide.policy.secret import Secret
 
 VOLUME_KEY = "5e" * 32
 SECRET_VALUE = "an explicit password 7f3a9c"
@@ -51,6 +54,7 @@ EXPLICIT = (
     f'volumes:\n  - name: records\n    fspf_key: {VOLUME_KEY}\n    fspf_tag: "{"0c" * 32}"\n'
 )
 EXPLICIT_2 = EXPLICIT.replace(SECRET_VALUE, SECRET_VALUE_2)
+WITH_OTHER = EXPLICIT.replace("volumes:", "  - name: other\n    kind: binary\nvolumes:")
 NEEDLES = [SECRET_VALUE, SECRET_VALUE_2, VOLUME_KEY, VOLUME_KEY.upper()]
 
 
@@ -316,3 +320,64 @@ def test_online_rotation_reseals_the_policy_rows(env: Env) -> None:
     env.restart()
     assert_shown(env, digest)
     env.assert_no_values()
+
+
+# --- the secrets' declaration fingerprints (secrets.public "spec") -----------------------------
+
+
+def guess_fingerprint(value: str) -> str:
+    """What an operator who reads ``secrets.public`` could compute for a guessed explicit value:
+    the SHA-256 of the declaration as the CAS fingerprinted it before 2026-12 (the name and kind
+    are in the row's own columns, every other field of an explicit ascii secret is a default)."""
+    spec = Secret.model_validate({"name": "pw", "kind": "ascii", "value": value})
+    return hashlib.sha256(jcs(_declaration(spec))).hexdigest()
+
+
+def pw_rows(env: Env) -> list[tuple[int, str]]:
+    return [
+        (int(v), p)
+        for v, p in env.sql("SELECT version, public FROM secrets WHERE policy = 'vault' AND name = 'pw'")
+    ]
+
+
+def test_an_explicit_value_cannot_be_confirmed_from_its_declaration_fingerprint(env: Env) -> None:
+    """An unsalted hash of the declaration would hold the explicit value: a guessed password
+    checked offline against the clear ``public`` column (docs/cas.md "Policies at rest")."""
+    apply_both(env)
+    publics = [p for _v, p in pw_rows(env)]
+    assert len(publics) == 2
+    for value in (SECRET_VALUE, SECRET_VALUE_2):
+        needle = guess_fingerprint(value)
+        assert all(needle not in p for p in publics)
+        assert all(needle.encode() not in blob for blob in env.files())
+    assert json.loads(publics[0])["spec"] == json.loads(publics[1])["spec"]  # the value is not in it
+
+
+def test_an_explicit_value_still_decides_whether_a_new_version_is_made(env: Env) -> None:
+    first = env.ipc.apply(policy("vault", EXPLICIT), env.owner)
+    again = env.ipc.apply(policy("vault", WITH_OTHER, predecessor=first.hash), env.owner)
+    assert [v for v, _p in pw_rows(env)] == [1]  # the same value: no new version
+    changed = env.ipc.apply(policy("vault", EXPLICIT_2, predecessor=again.hash), env.owner)
+    assert changed.state == "active"
+    assert [v for v, _p in pw_rows(env)] == [1, 2]  # another value: a new version
+    (row,) = env.sql("SELECT policy, name, version, sealed FROM secrets WHERE name = 'pw' AND version = 2")
+    value = env.ipc.cas.sealer.unseal(bytes(row[3]), policy="vault", name="pw", version=2)
+    assert value.data == SECRET_VALUE_2.encode()
+
+
+def test_a_fingerprint_stored_before_is_honoured_then_replaced(env: Env) -> None:
+    """A row stored with the old fingerprint (the value hashed in) keeps its version at the next
+    update that does not change it, and its ``public`` loses the old fingerprint."""
+    first = env.ipc.apply(policy("vault", EXPLICIT), env.owner)
+    ((version, public),) = pw_rows(env)
+    legacy = guess_fingerprint(SECRET_VALUE)
+    env.sql(
+        "UPDATE secrets SET public = ? WHERE policy = 'vault' AND name = 'pw'",
+        (json.dumps({**json.loads(public), "spec": legacy}),),
+    )
+    env.restart()
+    env.ipc.apply(policy("vault", WITH_OTHER, predecessor=first.hash), env.owner)
+    ((version_after, public_after),) = pw_rows(env)
+    assert version_after == version
+    assert legacy not in public_after
+    assert json.loads(public_after)["spec"] == json.loads(public)["spec"]

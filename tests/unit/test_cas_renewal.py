@@ -18,8 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.verification import PolicyBuilder, Store
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from cas_inproc import MEASUREMENT, Clock, InProcessCas
-from confide.cas.client import policy_submission
+from cas_inproc import MEASUREMENT, Clock, InProcessCas, submission
 from confide.cas.core import READ_TYPE, decrypt_release, sign_document
 from confide.cas.db import raw_connection, raw_execute
 from confide.cas.renewal import CertificateRenewer, due_policies, renew_due
@@ -28,7 +27,6 @@ from confide.errors import UsageError
 from confide.identity import Identity
 from confide.ledger.encoding import Entry, EntryType
 from confide.ledger.store import Ledger
-from confide.policy.loader import loads_policy
 from confide.policy.secret import Secret
 
 DAY = 86400.0
@@ -151,7 +149,7 @@ def env(tmp_path: Path, clock: Clock[float]) -> Env:
 
 
 def apply(env: Env, text: str) -> None:
-    env.cas.apply(policy_submission(loads_policy(text), env.owner))
+    env.cas.apply(submission(env.cas, text, env.owner))
 
 
 def head(env: Env, name: str) -> str:

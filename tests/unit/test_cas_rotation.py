@@ -18,7 +18,6 @@ import pytest
 from test_cas_sealing import gramine_root
 
 from confide.cas import rotation
-from confide.cas.client import policy_submission
 from confide.cas.db import Database, raw_connection, raw_execute
 from confide.cas.keyfiles import LOG_KEY_NAME, SEALED_LOG_KEY_NAME, TLS_KEY_NAME
 from confide.cas.ledger_sink import LedgerEventSink
@@ -36,10 +35,8 @@ from confide.cas.sealing import GramineSealingKeyProvider, SealingKeyProvider
 from confide.cas.secrets import Sealer
 from confide.cas.server import prepare
 from confide.errors import SignatureError, UsageError
-from confide.identity import Identity
 from confide.ledger.encoding import Entry
 from confide.ledger.store import Ledger
-from confide.policy.loader import loads_policy
 
 POLICY = """name: app
 version: "0.3"
@@ -136,14 +133,14 @@ def opened(sealer: Sealer, rows: dict[tuple[str, str, int], bytes]) -> dict[tupl
 
 
 def make_setup(tmp_path: Path, seal: SealingKeyProvider | None, to_seal: SealingKeyProvider | None) -> Setup:
-    from cas_inproc import InProcessCas
+    from cas_inproc import InProcessCas, submission
 
     data = tmp_path / "cas"
     if seal is None:
         cas = InProcessCas.start(data, POLICY).cas
     else:
         cas, *_ = prepare(data, host="127.0.0.1", dev=True, db_url=None, collateral=None, seal=seal)
-        cas.apply(policy_submission(loads_policy(POLICY), Identity.generate()))
+        cas.apply(submission(cas, POLICY))
     cas.db.dispose()
     old_key = (data / PLAIN_NAME).read_bytes() if seal is None else cas.sealer._master
     url = f"sqlite:///{data / 'cas.db'}"

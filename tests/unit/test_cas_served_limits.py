@@ -21,7 +21,7 @@ from confide import errors
 from confide.cas.app import create_app
 from confide.cas.client import RATE_LIMIT_RETRIES, CasClient
 from confide.cas.server import prepare, uvicorn_server
-from confide.httpserve.limits import HttpLimits
+from confide.httpserve.limits import MAX_PIPELINE, HttpLimits
 from confide.httpserve.ratelimit import Rate, RateLimiter
 
 # The TLS handshake and request body deadlines: a client or server delayed by a loaded machine by
@@ -196,6 +196,37 @@ def test_a_slow_body_gets_408(served: Served) -> None:
         assert 0.9 * TIMEOUT < time.monotonic() - started < TIMEOUT + 10  # not the default 60 s
         assert s.recv(1) == b""
     assert served.limits.body_timeouts == before + 1
+
+
+@pytest.mark.parametrize("path", ["/v1/attest", "/v1/attest/nonce", "/v1/policies"])
+def test_a_malformed_chunked_body_gets_400_at_once(served: Served, path: str) -> None:
+    """On the attestation fast path and the full stack alike: a chunk size that is not hex ends
+    the request with 400 and the connection closed, not with 408 at the body deadline (uvicorn
+    held it, its application waiting for the rest of a body that could never come)."""
+    before = served.limits.body_timeouts
+    with served.tls() as s:
+        s.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: cas\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\nZZ\r\n".encode()
+        )
+        status, headers, body = _exchange(s, "")
+        assert (status, headers["connection"], body) == (400, "close", b"Invalid HTTP request received.")
+        assert s.recv(1) == b""
+    assert served.limits.body_timeouts == before
+
+
+def test_pipelined_requests_past_the_bound_get_503(served: Served) -> None:
+    """Over TLS, on the CAS: MAX_PIPELINE requests wait behind the first, the next is answered
+    503 and the connection closed; /metrics counts it (uvicorn queued them all)."""
+    before = served.limits.pipeline_too_deep
+    with served.tls() as s:
+        s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: cas\r\n\r\n" * (MAX_PIPELINE + 20))
+        statuses = [_exchange(s, "")[0] for _ in range(MAX_PIPELINE + 2)]
+        assert statuses == [200] * (MAX_PIPELINE + 1) + [503]
+        assert s.recv(1) == b""
+    assert served.limits.pipeline_too_deep == before + 1
+    with served.tls() as s:
+        metrics = _exchange(s, "GET /metrics HTTP/1.1\r\nHost: cas\r\n\r\n")[2].decode()
+    assert f'confide_cas_requests_refused_total{{reason="pipeline_too_deep"}} {before + 1}.0' in metrics
 
 
 def test_rate_limit_429_with_retry_after_then_recovery(served: Served) -> None:

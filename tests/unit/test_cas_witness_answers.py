@@ -17,18 +17,15 @@ from typing import Any
 import httpx2
 import pytest
 
-from cas_inproc import sim_policy
+from cas_inproc import sim_policy, submission
 from confide import errors
 from confide.cas.app import create_app
-from confide.cas.client import policy_submission
 from confide.cas.server import prepare
 from confide.cas.witness_quorum import WitnessGuard, WitnessQuorum
-from confide.identity import Identity
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, NoteSigner, parse_note
 from confide.ledger.store import Ledger, connect, write_transaction
 from confide.ledger.witness import parse_add_checkpoint
 from confide.ledger.witness_http import request_cosignatures
-from confide.policy.loader import loads_policy
 
 ORIGIN = "cas.example/log"
 URL = "http://witness.test"
@@ -148,7 +145,7 @@ def test_a_halt_while_a_posts_body_arrives_refuses_it(tmp_path: Path) -> None:
     key = NoteSigner.generate("w.example", SIG_TYPE_COSIGNATURE_V1).verifier
     guard = WitnessGuard(WitnessQuorum(((URL, key),), 1))
     app = create_app(cas, witness_guard=guard)
-    body = json.dumps(policy_submission(loads_policy(sim_policy()), Identity.generate()))
+    body = json.dumps(submission(cas, sim_policy()))
 
     def post(halt: bool) -> tuple[int, bytes]:
         out: list[dict[str, Any]] = []

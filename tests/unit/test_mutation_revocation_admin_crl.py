@@ -1,6 +1,6 @@
 """Bounded mutation tests of three hostile-input surfaces (the fuzz3 mutation campaign,
 CHANGELOG, which ran them at larger counts): the owner's revocation request
-(``confide/revoke/v1``, :mod:`confide.cas.owner_revocation`, ``POST
+(``confide/revoke/v2``, :mod:`confide.cas.owner_revocation`, ``POST
 /v1/policies/{name}/revocations``), the admin channel of online master-key rotation
 (:mod:`confide.cas.admin`, ``DIR/admin.sock``), and the public CRL distribution point ``GET
 /v1/crl/<id>.crl``. Every mutation is drawn from a ``random.Random`` with a fixed seed, so a
@@ -10,7 +10,7 @@ Invariants:
 
 - a refusal is a :class:`~confide.errors.ConfideError` (never ValueError, TypeError,
   OverflowError, ...); the HTTP routes never answer 5xx;
-- a revocation request is accepted only when it is what ``confide/revoke/v1`` describes (the
+- a revocation request is accepted only when it is what ``confide/revoke/v2`` describes (the
   oracle :func:`well_formed`, written apart from the parser), and only from an identity the
   policy's update rules name; a request with a mutated signed byte is never carried out, and a
   refused one changes no CRL and revokes nothing;
@@ -86,18 +86,18 @@ def hostile_value(rng: random.Random, depth: int = 0) -> Any:
 
 # --- the revocation request -----------------------------------------------------------------
 
-FIELDS = ("type", "name", "secret", "reason", "time", "serial", "all_valid", "signer")
+FIELDS = ("type", "name", "secret", "reason", "time", "serial", "all_valid", "cas", "signer")
 
 
 def well_formed(body: dict[str, Any]) -> bool:
-    """``confide/revoke/v1`` as docs/cas.md "Revocation" describes it (the signed body; its
-    type and signer are verify_signed's): nothing else, non-empty names and reason of at most 256
-    characters, a reason of RFC 5280 §5.3.1 the CAS offers, integer Unix seconds, and a serial of
+    """``confide/revoke/v2`` as docs/cas.md "Revocation" describes it (the signed body; its
+    type and signer are verify_signed's): nothing else, non-empty names, reason and cas of at
+    most 256 characters (which CAS is the caller's to compare), a reason of RFC 5280 §5.3.1 the CAS offers, integer Unix seconds, and a serial of
     1 to 40 hex digits (not zero) or ``all_valid: true``, not both; and RFC 8785 must encode it
     (strings of Unicode scalar values, integers to 2^53 - 1 in magnitude), as it was signed."""
     if set(body) - set(FIELDS):
         return False
-    for field in ("name", "secret", "reason"):
+    for field in ("name", "secret", "reason", "cas"):
         value = body.get(field)
         if type(value) is not str or len(value) == 0 or len(value) > 256:
             return False
@@ -134,9 +134,11 @@ def encodable(value: Any) -> bool:
     )
 
 
-def base_body(secret: str = "srv", serial: str | None = "1f", at: int = 1_900_000_000) -> dict[str, Any]:
+def base_body(
+    secret: str = "srv", serial: str | None = "1f", at: int = 1_900_000_000, cas: str = "ab" * 32
+) -> dict[str, Any]:
     body: dict[str, Any] = {"type": REVOKE_TYPE, "name": "tls", "secret": secret, "reason": "superseded",
-                            "time": at, "signer": "x"}  # fmt: skip
+                            "time": at, "cas": cas, "signer": "x"}  # fmt: skip
     if serial is None:
         body["all_valid"] = True
     else:
@@ -253,7 +255,13 @@ def test_signed_mutated_revocations_through_the_api(revocation_env: Env) -> None
     done = 0
     for _ in range(150 * SCALE):
         body = mutate_body(
-            base_body(secret=rng.choice(["srv", "rt"]), serial=None, at=int(env.clock.now)), rng
+            base_body(
+                secret=rng.choice(["srv", "rt"]),
+                serial=None,
+                at=int(env.clock.now),
+                cas=env.cas.tls_spki_sha256,
+            ),
+            rng,
         )
         body.pop("signer", None)
         who = env.owner if rng.random() < 0.8 else stranger
@@ -263,7 +271,7 @@ def test_signed_mutated_revocations_through_the_api(revocation_env: Env) -> None
         if status == 200:
             done += 1
             assert who is env.owner and well_formed({**body, "signer": "x"}), body
-            assert abs(body["time"] - env.clock.now) <= 300
+            assert abs(body["time"] - env.clock.now) <= 300 and body["cas"] == env.cas.tls_spki_sha256
         else:
             assert reply is not None and reply["error"]["class"] in {
                 "ParseError", "AccessDeniedError", "PolicyError", "ConflictError", "SignatureError",

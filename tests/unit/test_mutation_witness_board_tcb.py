@@ -1133,7 +1133,13 @@ def test_owner_revocations_mutated_with_authenticated_records(ca_env: Env) -> No
         good = sorted(s for s, c in truth.status.items() if c == C.GOOD) or [12345]
         serial = rng.choice([format(rng.choice(good), "x"), format(rng.choice(good), "X"), "1f", None])
         body = mutate_body(
-            base_body(secret=rng.choice(["srv", "rt"]), serial=serial, at=int(env.clock.now)), rng
+            base_body(
+                secret=rng.choice(["srv", "rt"]),
+                serial=serial,
+                at=int(env.clock.now),
+                cas=env.cas.tls_spki_sha256,
+            ),
+            rng,
         )
         body.pop("signer", None)
         who = env.owner if rng.random() < 0.8 else stranger

@@ -30,6 +30,7 @@ GO_REPORT = (ASSETS / "google-go-sev-guest/attestation.bin").read_bytes()
 GO_VCEK = (ASSETS / "google-go-sev-guest/vcek.testcer").read_bytes()
 MILAN_CHAIN = (ASSETS / "amd-roots/ask_ark_milan.pem").read_bytes()
 MILAN_VLEK_CHAIN = (ASSETS / "amd-roots/ask_ark_milan_vlek.pem").read_bytes()
+GO_AT = datetime(2023, 1, 1, tzinfo=UTC)  # inside the go-sev-guest VCEK's validity
 
 
 @pytest.fixture
@@ -63,22 +64,24 @@ def test_request_names_the_kds_resources() -> None:
 def test_http_fetches_once_then_serves_from_disk(kds: FakeKds, tmp_path: Path) -> None:
     kds.route(go_vcek_path(), GO_VCEK)
     kds.route("/vcek/v1/Milan/cert_chain", MILAN_CHAIN)
-    with KdsHttpCollateral(tmp_path, base_url=kds.url, with_crl=False) as source:
+    with KdsHttpCollateral(
+        tmp_path, roots=embedded_roots(), base_url=kds.url, with_crl=False, clock=lambda: GO_AT
+    ) as source:
         got = source.fetch(go_request())
         assert got.vek_der == GO_VCEK and got.chain_pem == MILAN_CHAIN and got.crl_der is None
         assert kds.requests == [go_vcek_path(), "/vcek/v1/Milan/cert_chain"]
         source.fetch(go_request())
         assert len(kds.requests) == 2
     # A new source over the same cache directory asks nothing either.
-    with KdsHttpCollateral(tmp_path, base_url=kds.url, with_crl=False) as again:
+    with KdsHttpCollateral(
+        tmp_path, roots=embedded_roots(), base_url=kds.url, with_crl=False, clock=lambda: GO_AT
+    ) as again:
         again.fetch(go_request())
     assert len(kds.requests) == 2
     # What was fetched verifies the report.
     vek = load_certificates(got.vek_der, "vcek")[0]
     chain = AmdChain.from_certificates(load_certificates(got.chain_pem, "chain"))
-    result = SnpVerifier(embedded_roots()).verify(
-        GO_REPORT, vek, at=datetime(2023, 1, 1, tzinfo=UTC), chain=chain
-    )
+    result = SnpVerifier(embedded_roots()).verify(GO_REPORT, vek, at=GO_AT, chain=chain)
     assert result.claims["chip_id"] == AttestationReport.from_bytes(GO_REPORT).chip_id.hex()
 
 
@@ -92,7 +95,7 @@ def test_http_turin_with_crl_and_refresh(kds: FakeKds, tmp_path: Path) -> None:
     crl = turin.crl(next_update=AT + timedelta(days=10))
     kds.route("/vcek/v1/Turin/crl", crl.public_bytes(serialization.Encoding.DER))
     now = [AT]
-    source = KdsHttpCollateral(tmp_path, base_url=kds.url, clock=lambda: now[0])
+    source = KdsHttpCollateral(tmp_path, roots=turin.roots(), base_url=kds.url, clock=lambda: now[0])
     got = source.fetch(req)
     assert got.crl_der is not None
     result = SnpVerifier(turin.roots()).verify(
@@ -110,7 +113,7 @@ def test_http_turin_with_crl_and_refresh(kds: FakeKds, tmp_path: Path) -> None:
 
 def test_http_404_is_collateral_missing(kds: FakeKds, tmp_path: Path) -> None:
     with (
-        KdsHttpCollateral(tmp_path, base_url=kds.url) as source,
+        KdsHttpCollateral(tmp_path, roots=embedded_roots(), base_url=kds.url) as source,
         pytest.raises(CollateralMissingError, match="HTTP 404"),
     ):
         source.fetch(go_request())
@@ -125,13 +128,18 @@ def test_http_errors_are_network_errors(
     status: int, headers: dict[str, str], message: str, kds: FakeKds, tmp_path: Path
 ) -> None:
     kds.route(go_vcek_path(), b"busy", status, headers)
-    with KdsHttpCollateral(tmp_path, base_url=kds.url) as source, pytest.raises(NetworkError, match=message):
+    with (
+        KdsHttpCollateral(tmp_path, roots=embedded_roots(), base_url=kds.url) as source,
+        pytest.raises(NetworkError, match=message),
+    ):
         source.fetch(go_request())
 
 
 def test_unreachable_kds_is_a_network_error(tmp_path: Path, refused_port: int) -> None:
     with (
-        KdsHttpCollateral(tmp_path, base_url=f"http://127.0.0.1:{refused_port}", timeout=2) as source,
+        KdsHttpCollateral(
+            tmp_path, roots=embedded_roots(), base_url=f"http://127.0.0.1:{refused_port}", timeout=2
+        ) as source,
         pytest.raises(NetworkError, match="ConnectError"),
     ):
         source.fetch(go_request())
@@ -139,7 +147,10 @@ def test_unreachable_kds_is_a_network_error(tmp_path: Path, refused_port: int) -
 
 def test_garbage_from_kds_is_not_cached(kds: FakeKds, tmp_path: Path) -> None:
     kds.route(go_vcek_path(), b"<html>maintenance</html>")
-    with KdsHttpCollateral(tmp_path, base_url=kds.url) as source, pytest.raises(ParseError):
+    with (
+        KdsHttpCollateral(tmp_path, roots=embedded_roots(), base_url=kds.url) as source,
+        pytest.raises(ParseError),
+    ):
         source.fetch(go_request())
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
 
@@ -149,7 +160,10 @@ def test_vlek_must_be_provided_locally(kds: FakeKds, tmp_path: Path) -> None:
     req = AmdCollateralRequest.for_report(report, Product.MILAN)
     assert req.kind is VekKind.VLEK
     kds.route("/vlek/v1/Milan/cert_chain", MILAN_VLEK_CHAIN)
-    with KdsHttpCollateral(tmp_path, base_url=kds.url, with_crl=False) as source:
+    vlek_at = datetime(2025, 6, 1, tzinfo=UTC)  # the VLEK is valid 2024-12-10..2025-12-10
+    with KdsHttpCollateral(
+        tmp_path, roots=embedded_roots(), base_url=kds.url, with_crl=False, clock=lambda: vlek_at
+    ) as source:
         with pytest.raises(CollateralMissingError, match="does not serve VLEKs"):
             source.fetch(req)
         assert kds.requests == []

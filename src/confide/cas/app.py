@@ -821,12 +821,13 @@ class _LimitsCollector:
             requests = CounterMetricFamily(
                 "confide_cas_requests_refused",
                 "Requests refused by the HTTP layer (reason: head_too_large 431, head_timeout 408"
-                " or close, body_timeout 408)",
+                " or close, body_timeout 408, pipeline_too_deep 503)",
                 labels=["reason"],
             )
             requests.add_metric(["head_too_large"], limits.head_too_large)
             requests.add_metric(["head_timeout"], limits.head_timeouts)
             requests.add_metric(["body_timeout"], limits.body_timeouts)
+            requests.add_metric(["pipeline_too_deep"], limits.pipeline_too_deep)
             yield requests
         if self.limiters:
             limited = CounterMetricFamily(
@@ -877,13 +878,14 @@ class _PublicHttpCollector:
         refused = CounterMetricFamily(
             "confide_cas_public_http_refused",
             "Connections and requests the public HTTP listener's limits refused (reason: total and"
-            " per_ip connections, head_too_large 431, head_timeout 408 or close)",
+            " per_ip connections, head_too_large 431, head_timeout 408 or close, pipeline_too_deep 503)",
             labels=["reason"],
         )
         refused.add_metric(["total"], limits.refused_total)
         refused.add_metric(["per_ip"], limits.refused_per_client)
         refused.add_metric(["head_too_large"], limits.head_too_large)
         refused.add_metric(["head_timeout"], limits.head_timeouts)
+        refused.add_metric(["pipeline_too_deep"], limits.pipeline_too_deep)
         yield refused
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from confide import jsonstrict
 from confide.cas.client import CasClient
-from confide.cas.core import APPROVAL_TYPE, APPROVAL_V1_TYPE, POLICY_TYPE, verify_signed
+from confide.cas.core import APPROVAL_TYPE, APPROVAL_V1_TYPE, POLICY_TYPE, POLICY_V1_TYPE, verify_signed
 from confide.cas.ledger_sink import ENTRY_TYPES
 from confide.errors import ConfideError, EntryMismatchError, ParseError
 from confide.identity import Identity
@@ -200,13 +200,20 @@ class PolicyChainChecker:
 
     @staticmethod
     def _check_submission(index: int, name: str, digest: str, text: str, signer_fp: str) -> None:
-        body, signer = verify_signed(_loads(text), POLICY_TYPE)
+        doc = _loads(text)
+        # v1 (no ``cas``): entries recorded before submissions named their CAS. Which CAS a v2
+        # submission names is not compared: each CAS of a cluster has its own TLS key, and a
+        # CAS given a new key keeps its ledger.
+        v1 = isinstance(doc, dict) and doc.get("type") == POLICY_V1_TYPE
+        body, signer = verify_signed(doc, POLICY_V1_TYPE if v1 else POLICY_TYPE)
+        if not v1 and not isinstance(body.get("cas"), str):
+            raise EntryMismatchError(f"entry {index}: the {POLICY_TYPE} submission names no CAS")
         if signer.fingerprint != signer_fp:
             raise EntryMismatchError(
                 f"entry {index}: submission signed by {signer.fingerprint[:16]}…, "
                 f"the entry names {signer_fp[:16]}…"
             )
-        policy = loads_policy(json.dumps(body["policy"]), source=f"ledger entry {index}", stored=True)
+        policy = loads_policy(json.dumps(body.get("policy")), source=f"ledger entry {index}", stored=True)
         if policy.name != name or policy_hash(policy) != digest:
             raise EntryMismatchError(f"entry {index}: the signed policy does not hash to {digest[:16]}…")
 

@@ -4,10 +4,12 @@ restarted CAS does not need the source for what it verified before. Each cache n
 checks what they hold and logs the events its own way; :class:`CacheFiles` does the rest:
 
 - reading (:meth:`CacheFiles.load`): the files are hostile. At most ``max_size`` + 1 bytes are
-  read (a larger file is refused by the cache's check), with the file's modification time. An
-  absent file is a miss; one that cannot be read is a miss too, logged ``unreadable`` and left in
-  place. The cache's ``check(data, mtime)`` returns an entry, ``None`` (not usable now: left in
-  place, the source is asked and the file replaced), or raises a
+  read (a larger file is refused by the cache's check), with the file's modification time, and
+  only from a regular file, opened without blocking (a FIFO put in a file's place would hold the
+  prefetch's worker thread, and every later fetch of that key, for ever). An absent file is a
+  miss; one that cannot be read, or is not a regular file, is a miss too, logged ``unreadable``
+  and left in place (a store replaces it). The cache's ``check(data, mtime)`` returns an entry,
+  ``None`` (not usable now: left in place, the source is asked and the file replaced), or raises a
   :class:`~confide.errors.ConfideError`: the file is removed (``remove-failed`` when it cannot
   be), counted in :attr:`CacheFiles.rejected` and logged ``rejected``.
 - writing (:meth:`CacheFiles.store`): atomically (a temporary file, fsync, rename; mode 0600, the
@@ -22,6 +24,7 @@ Blocking (the disk): worker threads only. Thread-safe.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -59,8 +62,13 @@ class CacheFiles:
             return None
         path = self.directory / name
         try:
-            with path.open("rb") as fh:
-                mtime = os.fstat(fh.fileno()).st_mtime
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    log("unreadable", "NotARegularFile")
+                    return None
+                mtime = st.st_mtime
                 data = fh.read(self.max_size + 1)  # larger: refused by the check
         except FileNotFoundError:
             return None

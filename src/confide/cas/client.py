@@ -53,8 +53,12 @@ def _retry_after(value: str | None) -> float:
     return min(float(value), MAX_RETRY_AFTER)
 
 
-def policy_submission(policy: Policy, identity: Identity) -> dict[str, Any]:
-    body = {"type": POLICY_TYPE, "policy": json.loads(canonical_json(policy))}
+def policy_submission(policy: Policy, identity: Identity, *, cas: str) -> dict[str, Any]:
+    """``identity``'s signed submission of ``policy`` for the one CAS whose TLS key's
+    SubjectPublicKeyInfo hashes to ``cas`` (:func:`confide.cas.core.spki_sha256`; docs/cas.md
+    "Policies and governance"): no other CAS takes it. The policy's version hash is its own,
+    whatever ``cas``."""
+    body = {"type": POLICY_TYPE, "policy": json.loads(canonical_json(policy)), "cas": cas}
     return sign_document(body, identity.sign, identity.public.public_base64)
 
 
@@ -193,7 +197,12 @@ class CasClient:
         return _raise_for(response)
 
     def apply(self, policy: Policy, identity: Identity) -> dict[str, str]:
-        result: dict[str, str] = self._call("POST", "/v1/policies", json=policy_submission(policy, identity))
+        """Create or update ``policy``, signed by ``identity`` for the one CAS this client trusts
+        (the SHA-256 of its certificate's key, as an approval names it)."""
+        if self.cas_spki_sha256 is None:
+            raise UsageError("submitting needs the CAS's certificate: a submission names the CAS's key")
+        submission = policy_submission(policy, identity, cas=self.cas_spki_sha256)
+        result: dict[str, str] = self._call("POST", "/v1/policies", json=submission)
         return result
 
     def approve(self, name: str, digest: str, identity: Identity) -> dict[str, str]:
@@ -251,9 +260,12 @@ class CasClient:
         self, name: str, secret: str, identity: Identity, *, reason: str, serial: str | None = None
     ) -> dict[str, Any]:
         """Revoke the certificate ``serial`` (hex) of secret ``secret`` of policy ``name``, or
-        every valid one without ``serial``, for ``reason`` (RFC 5280 §5.3.1 name)."""
+        every valid one without ``serial``, for ``reason`` (RFC 5280 §5.3.1 name), at the one CAS
+        this client trusts (the SHA-256 of its certificate's key)."""
+        if self.cas_spki_sha256 is None:
+            raise UsageError("revoking needs the CAS's certificate: a revocation request names the CAS's key")
         body: dict[str, Any] = {"type": REVOKE_TYPE, "name": name, "secret": secret, "reason": reason,
-                                "time": int(time.time())}  # fmt: skip
+                                "time": int(time.time()), "cas": self.cas_spki_sha256}  # fmt: skip
         if serial is None:
             body["all_valid"] = True
         else:

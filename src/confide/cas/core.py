@@ -6,15 +6,24 @@ same database transaction (``confide.cas.db``), or changes nothing.
 Signed documents (all signatures are Ed25519 over RFC 8785 canonical JSON of the document
 without its ``signature`` member; ``type`` names the purpose):
 
-- ``confide/policy/v1``: ``{"type", "policy": <policy JSON>, "signer": <base64 key>}``
+- ``confide/policy/v2``: ``{"type", "policy": <policy JSON>, "cas": <hex SHA-256 of the CAS's
+  TLS SubjectPublicKeyInfo>, "signer": <base64 key>}`` (taken only by the one CAS it names;
+  ``confide/policy/v1``, which named no CAS, is refused and read only from ledger entries and
+  ``policies`` rows recorded before; the version's hash is the policy's alone, so the same
+  policy has the same hash at every CAS)
 - ``confide/approval/v2``: ``{"type", "name", "hash", "cas": <hex SHA-256 of the CAS's TLS
   SubjectPublicKeyInfo>, "signer"}`` (counted only at the one CAS it names; ``confide/approval/v1``,
   which named no CAS, is refused and read only from ledger entries recorded before)
 - ``confide/read/v2``: ``{"type", "name", "time": <unix seconds>, "cas": <hex SHA-256 of the
   CAS's TLS SubjectPublicKeyInfo>, "route": "show" | "events" | "crl", "signer"}`` (valid 5
   minutes, at the one CAS and for the one route it names)
-- ``confide/revoke/v1``: ``{"type", "name", "secret", "reason", "serial" | "all_valid", "time",
-  "signer"}`` (valid 5 minutes, carried out once; :mod:`confide.cas.owner_revocation`)
+- ``confide/revoke/v2``: ``{"type", "name", "secret", "reason", "serial" | "all_valid", "time",
+  "cas", "signer"}`` (valid 5 minutes, at the one CAS it names, carried out once;
+  :mod:`confide.cas.owner_revocation`; ``confide/revoke/v1``, which named no CAS, is refused)
+
+The successor board's documents (:mod:`confide.cas.successor`, :mod:`confide.cas.board_change`,
+:mod:`confide.cas.retirement`) name the CAS by its ``master_key_id`` instead: they are for every
+CAS holding that master key (the replicas of one deployment), and for no other.
 """
 
 from __future__ import annotations
@@ -64,7 +73,7 @@ from confide.cas.crl import (
     runtime_certificate,
 )
 from confide.cas.db import Database, EventSink, raw_connection, raw_execute, raw_executemany
-from confide.cas.owner_revocation import REVOKE_TYPE, parse_request, refusal, revoke_request
+from confide.cas.owner_revocation import REVOKE_TYPE, REVOKE_V1_TYPE, parse_request, refusal, revoke_request
 from confide.cas.policy_rows import open_column, seal_column
 from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due, renew_policy
 from confide.cas.secrets import (
@@ -75,6 +84,7 @@ from confide.cas.secrets import (
     Published,
     Sealer,
     SecretValue,
+    ca_path_lengths,
     crl_distribution_id,
     crl_distribution_id_of,
     generate,
@@ -116,7 +126,7 @@ from confide.policy.placeholders import (
     render_environment,
     render_file,
 )
-from confide.policy.secret import Secret
+from confide.policy.secret import Secret, SecretKind
 from confide.verify.result import Platform, VerifiedEvidence
 
 if TYPE_CHECKING:
@@ -126,6 +136,7 @@ __all__ = [
     "APPROVAL_TYPE",
     "APPROVAL_V1_TYPE",
     "POLICY_TYPE",
+    "POLICY_V1_TYPE",
     "READ_TYPE",
     "Cas",
     "EvidenceVerifier",
@@ -136,7 +147,11 @@ __all__ = [
     "verify_signed",
 ]
 
-POLICY_TYPE = "confide/policy/v1"
+POLICY_TYPE = "confide/policy/v2"
+POLICY_V1_TYPE = "confide/policy/v1"
+"""A policy submission that names no CAS: refused since v2 (docs/cas.md "Policies and
+governance"); ledger entries and ``policies`` rows recorded before hold such submissions
+(``confide.cas.audit``)."""
 APPROVAL_TYPE = "confide/approval/v2"
 APPROVAL_V1_TYPE = "confide/approval/v1"
 """An approval of a version that names no CAS: refused since v2 (docs/cas.md "Policies and
@@ -585,8 +600,28 @@ class Cas:
 
     # -- governance ---------------------------------------------------------------------------
     def apply(self, submission: Any) -> ApplyResult:
+        if isinstance(submission, dict) and submission.get("type") == POLICY_V1_TYPE:
+            raise ParseError(
+                f"a {POLICY_V1_TYPE} submission names no CAS, so it could be sent again to any CAS; "
+                f"submit it again with a current client ({POLICY_TYPE} names this CAS)",
+                structure=POLICY_V1_TYPE,
+            )
         body, signer = verify_signed(submission, POLICY_TYPE)
-        policy_obj = body.get("policy")
+        policy_obj, cas = body.get("policy"), body.get("cas")
+        if not isinstance(cas, str):
+            raise ParseError("cas must be a string", structure=POLICY_TYPE, field="cas")
+        # The CAS the signer submitted to (its TLS key, as approvals and read requests name it):
+        # a submission signed for one CAS (a staging CAS whose policy tolerates simulation, say)
+        # is refused at another with the same policy history, whether it would create a free
+        # name, update under a plain list or count as the signer's voice before a board. Checked
+        # before the policy is parsed or any stored policy looked at, so the refusal is the same
+        # for an existing and a missing policy, and nothing is stored or recorded. Public values:
+        # a plain comparison leaks nothing.
+        if cas != self.tls_spki_sha256:
+            raise AccessDeniedError(
+                f"policy submission is for another CAS (TLS key SHA-256 {cas[:16]!r}…, this CAS has "
+                f"{self.tls_spki_sha256[:16]}…)"
+            )
         if not isinstance(policy_obj, dict):
             raise ParseError("policy must be a JSON object", structure=POLICY_TYPE, field="policy")
         policy = loads_policy(json.dumps(policy_obj), source=f"policy {policy_obj.get('name', '?')!s:.64}")
@@ -1301,6 +1336,7 @@ class Cas:
         resolved: dict[str, SecretValue] = {}
         created: list[dict[str, Any]] = []
         created_names: set[str] = set()
+        path_lengths = ca_path_lengths(policy.secrets)
         revoked: list[dict[str, Any]] = []
         now = self.clock()
 
@@ -1350,23 +1386,42 @@ class Cas:
                 # changes their fingerprint so that such a stored value is replaced at the next
                 # update of the policy.
                 declared["confide_explicit_certificate"] = 2
-            fingerprint = hashlib.sha256(jcs(declared)).hexdigest()
+            # The fingerprint is stored in the clear ``public`` column: an explicit value that is
+            # secret is left out of it (a hash of it would let whoever reads the database test
+            # guesses offline) and compared with the sealed value instead.
+            legacy = hashlib.sha256(jcs(declared)).hexdigest()  # stored before 2026-12
+            withheld = _value_withheld(spec)
+            fingerprint = (
+                hashlib.sha256(jcs({**declared, "value": WITHHELD})).hexdigest() if withheld else legacy
+            )
             row = self._latest_secret(conn, policy.name, spec.name)
             # A value derived from one regenerated here (its key, its issuer) is regenerated too,
             # so a certificate always matches its private key and chains to its issuer's version.
             derived_from_new = any(d in created_names for d in (spec.private_key, spec.issuer))
+            stored_spec = json.loads(row.public).get("spec") if row is not None else None
             unchanged = (
                 row is not None
-                and json.loads(row.public).get("spec") == fingerprint
+                and stored_spec in (fingerprint, legacy)
                 and (held_before is None or spec.name in held_before)
             )
             if row is not None and unchanged and not derived_from_new and spec.name not in regenerate:
-                resolved[spec.name] = _decrypt_key(self.sealer, row)
-                continue
+                current = _decrypt_key(self.sealer, row)
+                if not withheld or stored_spec == legacy or _same_explicit(spec, current, resolved):
+                    if stored_spec != fingerprint:  # the value's hash out of the clear column
+                        conn.execute(
+                            update(t.secrets)
+                            .where(t.secrets.c.policy == row.policy)
+                            .where(t.secrets.c.name == row.name)
+                            .where(t.secrets.c.version == row.version)
+                            .values(public=json.dumps({**json.loads(row.public), "spec": fingerprint}))
+                        )
+                    resolved[spec.name] = current
+                    continue
             if row is not None:
                 revoke_previous(spec.name, SUPERSEDED)
             value = generate(spec, resolved=resolved, now=datetime.fromtimestamp(self.clock(), UTC),
-                             published=self.published(policy, spec))  # fmt: skip
+                             published=self.published(policy, spec),
+                             path_length=path_lengths.get(spec.name, 0))  # fmt: skip
             resolved[spec.name] = value
             version = (row.version + 1) if row is not None else 1
             public = {**value.public_info(), "spec": fingerprint}
@@ -1421,10 +1476,24 @@ class Cas:
 
     def revoke_certificates(self, request: Any) -> dict[str, Any]:
         """An owner's revocation of a certificate, or of every valid one of a secret, without a
-        policy update: a signed ``confide/revoke/v1`` request (:mod:`confide.cas.owner_revocation`,
+        policy update: a signed ``confide/revoke/v2`` request (:mod:`confide.cas.owner_revocation`,
         docs/cas.md "Revocation"). Returns what was revoked and re-issued, and the CRLs issued."""
+        if isinstance(request, dict) and request.get("type") == REVOKE_V1_TYPE:
+            raise ParseError(
+                f"a {REVOKE_V1_TYPE} request names no CAS, so it could be carried out at any CAS where "
+                f"its signer owns the policy; sign it again with a current client ({REVOKE_TYPE} names "
+                "this CAS)",
+                structure=REVOKE_V1_TYPE,
+            )
         body, signer = verify_signed(request, REVOKE_TYPE)
         req = parse_request(body, signer.fingerprint)
+        # For this CAS (its TLS key), before the time and any policy are looked at: the same
+        # refusal for an existing and a missing policy, nothing recorded. Public values.
+        if req.cas != self.tls_spki_sha256:
+            raise AccessDeniedError(
+                f"revocation request is for another CAS (TLS key SHA-256 {req.cas[:16]!r}…, this CAS "
+                f"has {self.tls_spki_sha256[:16]}…)"
+            )
         now = self.clock()
         if abs(now - req.time) > READ_WINDOW:
             raise AccessDeniedError(
@@ -2503,13 +2572,29 @@ def _gpu_summary(slot: str, v: VerifiedEvidence) -> dict[str, Any]:
 def _declaration(spec: Any) -> dict[str, Any]:
     """A secret's declaration as far as its value depends on it (exports do not matter, nor do
     ``crl_distribution``, ``ca_issuers`` and ``ocsp``: certificates get their distribution point,
-    caIssuers and OCSP URLs at their next version)."""
+    caIssuers and OCSP URLs at their next version; nor ``path_len``: a CA certificate whose
+    pathLenConstraint it changes is re-issued for the same key, :func:`confide.cas.secrets.
+    ca_reissue_reason`, and leaving it out keeps the dump of every declaration stored before
+    it existed)."""
     out: dict[str, Any] = spec.model_dump(
         mode="json",
         by_alias=True,
-        exclude={"export", "export_public", "crl_distribution", "ca_issuers", "ocsp"},
+        exclude={"export", "export_public", "crl_distribution", "ca_issuers", "ocsp", "path_len"},
     )
     return out
+
+
+def _value_withheld(spec: Any) -> bool:
+    """Whether a secret's explicit ``value`` is secret (everything but a certificate or a public
+    key): left out of the declaration fingerprint stored in the clear ``secrets.public``."""
+    return spec.value is not None and str(spec.kind) not in (*CERTIFICATE_KINDS, SecretKind.PUBLIC_KEY.value)
+
+
+def _same_explicit(spec: Any, current: SecretValue, resolved: dict[str, SecretValue]) -> bool:
+    """Whether the sealed value ``current`` is the explicit value ``spec`` declares (what the
+    fingerprint does not say when the value is withheld from it); constant time."""
+    declared = generate(spec, resolved=resolved)
+    return declared.kind == current.kind and hmac.compare_digest(declared.data, current.data)
 
 
 def _sha(text: str | None) -> str | None:

@@ -42,16 +42,19 @@ from cryptography import x509
 
 from confide.cas.fetch_cache import FetchCache
 from confide.collateral.amd_kds import (
+    MAX_RESPONSE_SIZE,
     AmdCollateral,
     AmdCollateralRequest,
     AmdCollateralSource,
     LocalKdsCollateral,
+    check_collateral,
+    read_file,
 )
-from confide.errors import CertificateChainError, CollateralMissingError, ConfideError, ParseError
+from confide.errors import CollateralMissingError, ConfideError
 from confide.evidence.sev_snp import AttestationReport, SigningKey
 from confide.fsutil import prune_oldest
-from confide.verify.sev_snp import AmdChain, AmdRootStore, VekKind, load_certificates, verify_vek_chain
-from confide.verify.x509util import CERTIFICATE_ERRORS, check_crl_fields
+from confide.verify.sev_snp import AmdChain, AmdRootStore
+from confide.verify.x509util import CERTIFICATE_ERRORS
 
 __all__ = [
     "DISK_VEKS",
@@ -69,7 +72,7 @@ MEMORY_ENTRIES = 256
 """Verified VCEKs (with their chain and CRL) kept in memory, least recently used dropped first."""
 DISK_VEKS = 1024
 """VCEK files kept in ``DATA_DIR/kds-cache``; past that the oldest are removed."""
-MAX_FILE_SIZE = 1 << 20
+MAX_FILE_SIZE = MAX_RESPONSE_SIZE
 """A cached file larger than this is not read (and is fetched again)."""
 CRL_MARGIN = timedelta(minutes=5)
 """A CRL whose nextUpdate is this close is fetched again (so that phase 1 of an attestation
@@ -142,38 +145,8 @@ def verified_collateral(
     ``request`` at ``at``: one VCEK, chained through the ASK of the cert_chain to the pinned ARK
     of ``roots`` (with the CRL, if any: ARK-signed and current), for the requested product, chip
     id and TCB. Raises :class:`ParseError` or a :class:`~confide.errors.VerificationError`."""
-    try:
-        return _verified(request, collateral, roots, at)
-    except (ValueError, TypeError) as exc:  # a malformed certificate the checks did not name
-        raise ParseError(f"{type(exc).__name__}: {exc}", structure="collateral from AMD KDS") from None
-
-
-def _verified(
-    request: AmdCollateralRequest, collateral: AmdCollateral, roots: AmdRootStore, at: datetime
-) -> FetchedVek:
-    certs = load_certificates(collateral.vek_der, "VCEK from AMD KDS")
-    if len(certs) != 1:
-        raise ParseError(f"got {len(certs)} certificates, expected 1", structure="VCEK from AMD KDS")
-    chain = AmdChain.from_certificates(
-        load_certificates(collateral.chain_pem, "cert_chain from AMD KDS"), "cert_chain from AMD KDS"
-    )
-    crl = None
-    if collateral.crl_der is not None:
-        try:
-            crl = check_crl_fields(x509.load_der_x509_crl(collateral.crl_der))
-        except CERTIFICATE_ERRORS as exc:
-            raise ParseError(f"not a DER CRL: {exc}", structure="CRL from AMD KDS") from None
-    info = verify_vek_chain(certs[0], roots, at, chain=chain, crl=crl)
-    wanted = f"the {request.product} VCEK of chip {request.hwid[:16]}... at TCB {request.tcb_name}"
-    if info.product is not request.product or info.kind is not VekKind.VCEK:
-        got = f"{info.product} {info.kind.value.upper()}"
-        raise CertificateChainError(f"AMD KDS: got a {got}, expected {wanted}")
-    hwid = info.extensions.hwid
-    if hwid is None or hwid.hex() != request.hwid:
-        raise CertificateChainError(f"AMD KDS: got a VCEK for another chip, expected {wanted}")
-    if info.expected_tcb_raw != request.reported_tcb.raw:
-        raise CertificateChainError(f"AMD KDS: got a VCEK for another TCB, expected {wanted}")
-    return FetchedVek(certs[0], chain, crl, at)
+    checked = check_collateral(request, collateral, roots, at)
+    return FetchedVek(checked.vek, checked.chain, checked.crl, at)
 
 
 class KdsVcekCache:
@@ -268,13 +241,14 @@ class KdsVcekCache:
         return request.vek_relpath(), f"{product}/cert_chain.pem", f"{product}/crl.der"
 
     def _read(self, rel: str) -> bytes | None:
+        """A cached file, or ``None``: absent, unreadable, larger than :data:`MAX_FILE_SIZE`, or
+        not a regular file (a FIFO put there is not waited on: it would hold the prefetch's
+        worker thread, and the fetch of that VCEK, for ever)."""
         assert self.disk is not None
         try:
-            with (self.disk.root / rel).open("rb") as fh:
-                data = fh.read(MAX_FILE_SIZE + 1)
-        except OSError:
+            return read_file(self.disk.root / rel)
+        except ConfideError:
             return None
-        return data if len(data) <= MAX_FILE_SIZE else None
 
     def _from_disk(self, request: AmdCollateralRequest, at: datetime) -> FetchedVek | None:
         """The cached files for ``request``, verified; ``None`` when absent, when the CRL is due,
@@ -323,7 +297,7 @@ def _crl_due(crl_der: bytes, at: datetime) -> bool:
     that does not parse is not due here (it is rejected, and removed, by the verification)."""
     try:
         next_update = x509.load_der_x509_crl(crl_der).next_update_utc
-    except ValueError:
+    except CERTIFICATE_ERRORS:  # InvalidVersion (RFC 5280 §5.1.2.1) is not a ValueError
         return False
     return next_update is None or next_update <= at + CRL_MARGIN
 

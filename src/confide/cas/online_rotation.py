@@ -18,8 +18,10 @@ CAS's uid can use. The network API has no such operation.
 3. ``begun``: one transaction records K1's id as ``meta.master_key_next``. From then on rows may
    be sealed under K1, so every start keeps and opens both keys
    (:func:`~confide.cas.rotation.finish_interrupted_rotation`, ``next_id``). The CAS's sealer
-   holds both keys and seals new rows under K1 from inside that transaction (under the write
-   lock, so no row written after its commit is sealed under K0).
+   holds both keys and seals new rows under K1 once that transaction has committed (not
+   before: a commit that fails releases the write lock, and a writer waiting for it would
+   seal under a key the failed rotation then discards); a row sealed under K0 just after the
+   commit is re-sealed by step 4 or 5 like every other.
 4. ``batch``: the rows are re-sealed under K1 in primary-key order, ``batch_size`` rows per
    write transaction, each row with a fresh data key; a row already under K1 (its
    :func:`~confide.cas.secrets.row_key_id`) is left alone, so a resumed rotation redoes nothing.
@@ -229,6 +231,10 @@ class OnlineRotation:
                 raise UsageError(
                     f"the database names new master key id {next_id}, which this CAS does not hold"
                 )
+            else:
+                # Resumed: the database names it, so new rows are sealed under it (again, or for
+                # the first time after a step 3 whose commit reported a failure but happened).
+                self.sealer.seal_with(next_id)
             status.new_key_id = next_id
             _LOG.info(
                 json.dumps({"event": "master-key-rotation", "old_key_id": old_id, "new_key_id": next_id})
@@ -283,9 +289,12 @@ class OnlineRotation:
                 if _read_id(conn) != old_id or _read_id(conn, NEXT_KEY_META) is not None:
                     raise UsageError("the database's master key changed meanwhile: rotation abandoned")
                 _write_id(conn, new_id, NEXT_KEY_META)
-                # Under the write lock: every later transaction seals under the new key.
-                self.sealer.seal_with(new_id)
-                begun = True
+                begun = True  # from here the commit may have happened, even if it raises
+            # Only once committed: a commit that fails releases the write lock before the handler
+            # below runs, and a writer waiting for it would seal its row under a key that is then
+            # discarded. A row sealed under the old key between the commit and this line is
+            # re-sealed by the batches or the switch-over, like every other.
+            self.sealer.seal_with(new_id)
             self.step("begun")
         except Exception:
             if begun and self._maybe_committed(new_id):

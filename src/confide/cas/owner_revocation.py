@@ -1,13 +1,18 @@
 """Revocation of a certificate by a policy's owner, without changing its declaration
 (docs/cas.md "Revocation"; reasons: RFC 5280 §5.3.1).
 
-The request is a signed ``confide/revoke/v1`` document (Ed25519 over RFC 8785 JSON, as the other
+The request is a signed ``confide/revoke/v2`` document (Ed25519 over RFC 8785 JSON, as the other
 signed documents of :mod:`confide.cas.core`)::
 
-    {"type": "confide/revoke/v1", "name": POLICY, "secret": NAME, "reason": REASON,
-     "serial": HEX | "all_valid": true, "time": UNIX_SECONDS, "signer": KEY, "signature": SIG}
+    {"type": "confide/revoke/v2", "name": POLICY, "secret": NAME, "reason": REASON,
+     "serial": HEX | "all_valid": true, "time": UNIX_SECONDS, "cas": HEX, "signer": KEY,
+     "signature": SIG}
 
-and nothing else (a field this CAS does not know is refused, :func:`parse_request`).
+and nothing else (a field this CAS does not know is refused, :func:`parse_request`). ``cas`` is
+the CAS it is for (the SHA-256 of its TLS SubjectPublicKeyInfo, as approvals and read requests
+name it): a request signed for one CAS is refused at another where the signer owns a policy of
+the same name (:meth:`confide.cas.core.Cas.revoke_certificates`, before any policy is looked
+at). The former ``confide/revoke/v1`` named no CAS and is refused as malformed.
 
 Steps, in one write transaction (:func:`revoke_request`):
 
@@ -72,20 +77,31 @@ from confide.policy.secret import Secret
 if TYPE_CHECKING:
     from confide.cas.core import Cas
 
-__all__ = ["REVOKE_TYPE", "RevokeRequest", "in_scope", "parse_request", "refusal", "revoke_request"]
+__all__ = [
+    "REVOKE_TYPE",
+    "REVOKE_V1_TYPE",
+    "RevokeRequest",
+    "in_scope",
+    "parse_request",
+    "refusal",
+    "revoke_request",
+]
 
-REVOKE_TYPE = "confide/revoke/v1"
+REVOKE_TYPE = "confide/revoke/v2"
+REVOKE_V1_TYPE = "confide/revoke/v1"
+"""A revocation request that names no CAS: refused since v2 (docs/cas.md "Revoking a certificate")."""
 # The signed body's fields (``signature`` is not part of it): a field this CAS does not know,
 # say one a later version would use to narrow a revocation, is refused rather than ignored.
-FIELDS = frozenset({"type", "name", "secret", "reason", "serial", "all_valid", "time", "signer"})
+FIELDS = frozenset({"type", "name", "secret", "reason", "serial", "all_valid", "time", "cas", "signer"})
 _SERIAL = re.compile(r"[0-9a-fA-F]{1,40}")  # RFC 5280 §4.1.2.2: at most 20 octets
 
 
 class RevokeRequest:
-    """A parsed, signature-checked ``confide/revoke/v1`` request."""
+    """A parsed, signature-checked ``confide/revoke/v2`` request."""
 
     def __init__(self, body: dict[str, Any], signer: str) -> None:
         self.name, self.secret, self.reason = body["name"], body["secret"], body["reason"]
+        self.cas: str = body["cas"]
         self.time: int = body["time"]
         serial = body.get("serial")
         self.serial: str | None = None if serial is None else format(int(serial, 16), "x")
@@ -101,7 +117,7 @@ def parse_request(body: dict[str, Any], signer: str) -> RevokeRequest:
         raise ParseError(
             f"got field {unknown[0][:40]!r}, expected only {', '.join(sorted(FIELDS))}", structure=REVOKE_TYPE
         )
-    for field in ("name", "secret", "reason"):
+    for field in ("name", "secret", "reason", "cas"):
         value = body.get(field)
         if not isinstance(value, str) or not 0 < len(value) <= 256:
             raise ParseError(f"{field} must be a non-empty string", structure=REVOKE_TYPE, field=field)

@@ -12,11 +12,13 @@ One renewal (:func:`renew_policy`), inside a write transaction (the CAS write lo
 1. read the latest version of every renewable certificate of the policy's current version, in
    declaration order (an issuer is declared before what it signs);
 2. a certificate that is due, or whose issuer was renewed in this transaction, or a CA whose
-   certificate's keyUsage no longer matches its OCSP signer (``key-usage``, :func:`confide.cas.
-   secrets.key_usage_changed`: digitalSignature exactly when ``ocsp: {signer: ca}``), gets a new
-   certificate for the *same* key, subject and extensions, with a new serial and validity,
-   signed by the issuer's version current now (:func:`confide.cas.secrets.renew_certificate`);
-   it is sealed as the next version (associated data: policy, name, version);
+   certificate's keyUsage no longer matches its OCSP signer (``key-usage``: digitalSignature
+   exactly when ``ocsp: {signer: ca}``) or whose pathLenConstraint is not the one the policy
+   gives it (``path-length``: an x509-ca level added or removed below it, or its ``path_len``
+   changed; :func:`confide.cas.secrets.ca_reissue_reason`), gets a new certificate for the
+   *same* key, subject and extensions, with a new serial and validity, signed by the issuer's
+   version current now (:func:`confide.cas.secrets.renew_certificate`); it is sealed as the
+   next version (associated data: policy, name, version);
 3. every generated CA declared ``ocsp`` whose delegated OCSP responder certificate is due gets
    a new one (:func:`confide.cas.ocsp_delegate.issue_responders`: a new key, signed by the CA's
    version current now);
@@ -54,7 +56,8 @@ from confide.cas.ocsp_delegate import issue_responders, responder_due, responder
 from confide.cas.periodic import PeriodicTask
 from confide.cas.secrets import (
     SecretValue,
-    key_usage_changed,
+    ca_path_lengths,
+    ca_reissue_reason,
     renew_certificate,
     renewable,
     renewal_window,
@@ -125,8 +128,9 @@ def renew_policy(
     transaction). Returns what the renewal event records (empty: nothing was due).
     ``at_update``: in the transaction of the policy update that made ``name``'s current version
     (:meth:`confide.cas.core.Cas._activate`): only CAs whose keyUsage their OCSP signer changed
-    (reason ``key-usage``) and what they signed are renewed, and steps 3 and 5 are left to the
-    update (it brings the CRLs up to date itself; responders are issued as before)."""
+    (reason ``key-usage``) or whose pathLenConstraint the update changed (``path-length``) and
+    what they signed are renewed, and steps 3 and 5 are left to the update (it brings the CRLs
+    up to date itself; responders are issued as before)."""
     head = raw_execute(conn, "SELECT hash FROM policy_heads WHERE name = ?", (name,)).fetchone()
     if head is None:
         return []
@@ -134,22 +138,26 @@ def renew_policy(
     at = datetime.fromtimestamp(now, UTC)
     fresh: dict[str, SecretValue] = {}  # renewed in this transaction
     renewed: list[dict[str, Any]] = []
+    path_lengths = ca_path_lengths(policy.secrets)
     for spec in policy.secrets:
         if not renewable(spec):
             continue
         follows = spec.issuer is not None and spec.issuer in fresh
         if at_update and spec.kind != SecretKind.X509_CA and not follows:
-            continue  # only a CA's keyUsage can have changed, and what such a CA signed follows it
+            continue  # only a CA's extensions can have changed, and what such a CA signed follows it
         row = cas._latest_secret(conn, name, spec.name)
         if row is None:
             continue
+        path_length = path_lengths.get(spec.name, 0)
+        reissue = ca_reissue_reason(spec, row.public, path_length)
         if follows:
             reason = "issuer-renewed"
-        elif key_usage_changed(spec, row.public):
-            # ``ocsp: {signer: ...}`` changed: a re-issue with the same key and subject (as a
-            # renewal), so the CA certificate's keyUsage says whether its key signs OCSP
-            # responses (RFC 5280 §4.2.1.3 digitalSignature; docs/cas.md "OCSP").
-            reason = "key-usage"
+        elif reissue is not None:
+            # ``ocsp: {signer: ...}`` changed, so the CA certificate's keyUsage must say whether
+            # its key signs OCSP responses (RFC 5280 §4.2.1.3 digitalSignature; docs/cas.md
+            # "OCSP"), or the CA levels below it did, which its pathLenConstraint must allow
+            # (RFC 5280 §4.2.1.9): a re-issue with the same key and subject, as a renewal.
+            reason = reissue
         elif not at_update and cas.renewals.due_at(name, spec, row.version, row.public) <= now:
             reason = "due"
         else:
@@ -165,7 +173,9 @@ def renew_policy(
                 issuer = cas.sealer.unseal(
                     issuer_row.sealed, policy=name, name=spec.issuer, version=issuer_row.version
                 )
-        value = renew_certificate(spec, old, issuer=issuer, now=at, published=cas.published(policy, spec))
+        value = renew_certificate(
+            spec, old, issuer=issuer, now=at, published=cas.published(policy, spec), path_length=path_length
+        )
         version = row.version + 1
         public = {**value.public_info(), "spec": json.loads(row.public).get("spec")}
         conn.execute(
@@ -219,15 +229,23 @@ def due_policies(cas: Cas, now: float) -> list[str]:
             "WHERE s.kind IN ('x509', 'x509-ca') AND s.version = "
             "(SELECT MAX(m.version) FROM secrets m WHERE m.policy = s.policy AND m.name = s.name)",
         ).fetchall()
+        lengths: dict[str, dict[str, int]] = {}  # per policy: its CAs' pathLenConstraints
         for policy_name, name, version, public in rows:
             if policy_name in due or policy_name not in heads:
                 continue
+            current = cas._load(conn, policy_name, heads[policy_name])
             try:
-                spec = cas._load(conn, policy_name, heads[policy_name]).secret(name)
+                spec = current.secret(name)
             except KeyError:
                 continue  # no longer declared: never released again
-            if cas.renewals.due_at(policy_name, spec, version, public) <= now or key_usage_changed(
-                spec, public
+            path_length = 0
+            if generated_ca(spec):
+                if policy_name not in lengths:
+                    lengths[policy_name] = ca_path_lengths(current.secrets)
+                path_length = lengths[policy_name].get(name, 0)
+            if (
+                cas.renewals.due_at(policy_name, spec, version, public) <= now
+                or ca_reissue_reason(spec, public, path_length) is not None
             ):
                 due.add(policy_name)
             elif generated_ca(spec):

@@ -58,7 +58,7 @@ from cryptography import x509
 
 from confide.cas.cache_files import CacheFiles, Log
 from confide.cas.fetch_cache import FetchCache
-from confide.collateral.nvidia_rim import RimSource
+from confide.collateral.nvidia_rim import RimSource, rim_id_version
 from confide.errors import CollateralError, CollateralMissingError, ConfideError, ParseError
 from confide.evidence.nvidia_rim import MAX_RIM_SIZE, ReferenceManifest
 from confide.verify.nvidia_rim import verify_rim
@@ -167,6 +167,7 @@ class RimCache:
         try:
             rim = ReferenceManifest.from_bytes(data)
             verify_rim(rim.raw, at=at, root=self.root)
+            _check_version(rim_id, rim)
         except ParseError as exc:  # the source's bytes, not the request's (not an HTTP 400)
             _log("rim-rejected", rim_id, error=exc.kind)
             raise CollateralError(f"RIM {rim_id} from {self.where}: {exc.message}") from None
@@ -198,6 +199,7 @@ class RimCache:
                 return None  # fetched again, and the file replaced
             rim = ReferenceManifest.from_bytes(data)
             verify_rim(rim.raw, at=at, root=self.root)
+            _check_version(rim_id, rim)
             return _Entry(rim, stored_at)
 
         return self.files.load(name, check, _disk_log(rim_id))
@@ -206,6 +208,17 @@ class RimCache:
         name = self._name(rim_id)
         if name is not None:
             self.files.store(name, data, _disk_log(rim_id))
+
+
+def _check_version(rim_id: str, rim: ReferenceManifest) -> None:
+    """The RIM is the one its RIM ID names: its ``colloquialVersion`` is the version in the ID
+    (:func:`~confide.collateral.nvidia_rim.rim_id_version`; nvtrust names RIMs so). A RIM that
+    NVIDIA signed for another driver or VBIOS version, answered for this ID (a broken or hostile
+    mirror), verifies under the RIM root; kept under this ID it would refuse every report of
+    this version (no RIM of its version) until :data:`MAX_AGE` has passed."""
+    want = rim_id_version(rim_id)
+    if want is not None and rim.version.lower() != want.lower():
+        raise CollateralError(f"its colloquialVersion is {rim.version[:40]!r}, the RIM ID names {want!r}")
 
 
 def _disk_log(rim_id: str) -> Log:

@@ -19,7 +19,7 @@ import os
 import secrets as pysecrets
 import string
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -36,7 +36,7 @@ from confide.errors import ParseError, PolicyError, SignatureError
 from confide.policy._types import duration_seconds
 from confide.policy.placeholders import RUNTIME_KEY_MARKER as _RUNTIME_KEY_MARKER
 from confide.policy.placeholders import Encoding, encode_bytes
-from confide.policy.secret import MAX_COMMON_NAME, KeyType, OcspSigner, Secret, SecretKind
+from confide.policy.secret import MAX_COMMON_NAME, KeyType, OcspSigner, Secret, SecretKind, ca_levels_below
 from confide.verify.x509util import CERTIFICATE_ERRORS, check_certificate_fields
 
 __all__ = [
@@ -49,12 +49,15 @@ __all__ = [
     "SecretValue",
     "ca_certificate_url",
     "ca_key_usage",
+    "ca_path_lengths",
+    "ca_reissue_reason",
     "crl_distribution_id",
     "crl_distribution_id_of",
     "crl_url",
     "generate",
     "key_id",
     "key_usage_changed",
+    "leaf_key_usage",
     "ocsp_url",
     "render",
     "renew_certificate",
@@ -434,18 +437,77 @@ def ca_key_usage(spec: Secret) -> x509.KeyUsage:
     return x509.KeyUsage(signs_ocsp, False, False, False, False, True, True, False, False)
 
 
+def leaf_key_usage(public_key: Any) -> x509.KeyUsage:
+    """The keyUsage of an end-entity certificate for ``public_key`` (RFC 5280 §4.2.1.3):
+    digitalSignature (TLS 1.3 CertificateVerify, TLS 1.2 ECDHE signatures, client
+    authentication), and keyEncipherment too for an RSA key (TLS 1.2 RSA key transport, RFC
+    5246 §7.4.7.1), as the CA/Browser Forum's Baseline Requirements §7.1.2.7.11 allow for
+    subscriber certificates. Nothing a CA may set (keyCertSign, cRLSign: RFC 5280 §4.2.1.9)."""
+    rsa_key = isinstance(public_key, rsa.RSAPublicKey)
+    return x509.KeyUsage(True, False, rsa_key, False, False, False, False, False, False)
+
+
+def ca_path_lengths(secrets: Sequence[Secret]) -> dict[str, int]:
+    """The pathLenConstraint (RFC 5280 §4.2.1.9) of each ``x509-ca`` of a policy's ``secrets``:
+    its ``path_len`` when declared, else the number of x509-ca levels the policy declares below
+    it (:func:`confide.policy.secret.ca_levels_below`; 0 for a CA that issues only end
+    entities). docs/policy.md "Certificate extensions"."""
+    levels = ca_levels_below(secrets)
+    out: dict[str, int] = {}
+    for spec in secrets:
+        if spec.kind is SecretKind.X509_CA:
+            out[spec.name] = spec.path_len if spec.path_len is not None else levels.get(spec.name, 0)
+    return out
+
+
+def _stored_certificate(public: str) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(json.loads(public)["certificate"].encode())
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
 def key_usage_changed(spec: Secret, public: str) -> bool:
     """Whether the CA certificate in a stored version's ``public`` metadata has another
     digitalSignature bit than :func:`ca_key_usage` of ``spec`` gives (its OCSP signer changed
     since it was issued). ``False`` for anything but a generated ``x509-ca`` with a certificate."""
     if spec.kind != SecretKind.X509_CA or not renewable(spec):
         return False
+    cert = _stored_certificate(public)
     try:
-        cert = x509.load_pem_x509_certificate(json.loads(public)["certificate"].encode())
-        shown = cert.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
-    except (KeyError, TypeError, ValueError, AttributeError, x509.ExtensionNotFound):
+        shown = None if cert is None else cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
         return False
-    return shown != ca_key_usage(spec).digital_signature
+    return shown is not None and shown.digital_signature != ca_key_usage(spec).digital_signature
+
+
+def ca_reissue_reason(spec: Secret, public: str, path_length: int) -> str | None:
+    """Why the CA certificate in a stored version's ``public`` metadata must be re-issued now
+    (same key and subject, :func:`renew_certificate`), or ``None``:
+
+    * ``key-usage``: its digitalSignature bit no longer matches its OCSP signer
+      (:func:`key_usage_changed`);
+    * ``path-length``: its pathLenConstraint (RFC 5280 §4.2.1.9) is not ``path_length`` (what
+      :func:`ca_path_lengths` gives for the policy's current version: an x509-ca level added
+      below it, or its ``path_len`` changed). A certificate with no constraint at all (issued
+      before confide set one) is left until its renewal, unless the policy declares
+      ``path_len``: it refuses no path.
+
+    ``None`` for anything but a generated ``x509-ca`` with a certificate."""
+    if spec.kind != SecretKind.X509_CA or not renewable(spec):
+        return None
+    if key_usage_changed(spec, public):
+        return "key-usage"
+    cert = _stored_certificate(public)
+    if cert is None:
+        return None
+    try:
+        shown = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+    except x509.ExtensionNotFound:
+        shown = None
+    if shown is None and spec.path_len is None:
+        return None
+    return "path-length" if shown != path_length else None
 
 
 def renew_certificate(
@@ -455,16 +517,19 @@ def renew_certificate(
     issuer: SecretValue | None,
     now: datetime,
     published: Published | None = None,
+    path_length: int = 0,
 ) -> SecretValue:
     """A new certificate for the key ``value`` holds: same key, same subject and extensions
     (from ``spec``), a new serial and validity from ``now``, signed by ``issuer`` (the issuer's
     current version; ``None``: self-signed). A renewed CA keeps its key and subject, so what it
-    signed before still verifies under the new certificate. ``published``: as for :func:`generate`."""
+    signed before still verifies under the new certificate. ``published`` and ``path_length``:
+    as for :func:`generate`."""
     if value.kind not in CERTIFICATE_KINDS or value.certificate is None or not value.data:
         raise PolicyError(f"secret {spec.name}: a {value.kind} without its private key cannot be renewed")
     cert, chain = _certificate(
-        spec, value.data, issuer=issuer, now=now, is_ca=spec.kind == SecretKind.X509_CA, published=published
-    )
+        spec, value.data, issuer=issuer, now=now, is_ca=spec.kind == SecretKind.X509_CA, published=published,
+        path_length=path_length,
+    )  # fmt: skip
     return SecretValue(value.kind, value.data, cert, chain)
 
 
@@ -477,6 +542,7 @@ def _certificate(
     is_ca: bool,
     public_key: Any = None,
     published: Published | None = None,
+    path_length: int = 0,
 ) -> tuple[bytes, tuple[bytes, ...]]:
     key = _load_private(key_der) if key_der is not None else None
     subject_key = key.public_key() if key is not None else public_key
@@ -511,7 +577,12 @@ def _certificate(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(minutes=5))
         .not_valid_after(now + _duration(spec.valid_for))
-        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+        # RFC 5280 §4.2.1.9: critical in a CA certificate (MUST) and here in every one; a CA's
+        # pathLenConstraint is the number of CA levels its policy declares below it (or its
+        # path_len), so that a leaf or a CA's key cannot certify further CAs unnoticed.
+        .add_extension(
+            x509.BasicConstraints(ca=is_ca, path_length=path_length if is_ca else None), critical=True
+        )
         # RFC 5280 4.2.1.1/4.2.1.2: key identifiers (method 1, SHA-1 of the key), so paths build
         # by key; a renewed issuer keeps its key, hence its identifier.
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), critical=False)
@@ -569,6 +640,9 @@ def _certificate(
         if endpoint in (None, "client"):
             usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        # RFC 5280 §4.2.1.3: critical (SHOULD); with the extendedKeyUsage above both must allow
+        # a purpose (RFC 5280 §4.2.1.12), as TLS libraries check.
+        builder = builder.add_extension(leaf_key_usage(subject_key), critical=True)
     cert = builder.sign(signing_key, _sign_algorithm(signing_key))
     return cert.public_bytes(serialization.Encoding.DER), chain
 
@@ -579,13 +653,15 @@ def generate(
     resolved: dict[str, SecretValue],
     now: datetime | None = None,
     published: Published | None = None,
+    path_length: int = 0,
 ) -> SecretValue:
     """Create the value of a secret declared in a policy (``resolved`` holds the values of the
     policy's other secrets generated so far, for issuers and key references). ``published``:
     what of its issuer the CAS publishes, for the certificate to name: a CRL distribution point
     (its issuer is a generated CA declared ``crl_distribution``, docs/cas.md "CRL distribution
     points"), a caIssuers URL (declared ``ca_issuers``, "CA certificates (caIssuers)") and an
-    OCSP responder URL (declared ``ocsp``, "OCSP")."""
+    OCSP responder URL (declared ``ocsp``, "OCSP"). ``path_length``: a generated x509-ca's
+    pathLenConstraint (:func:`ca_path_lengths` of its policy)."""
     now = now or datetime.now(UTC)
     kind = spec.kind
     if spec.value is not None and kind in (SecretKind.ASCII, SecretKind.BINARY):
@@ -643,8 +719,9 @@ def generate(
                     raise PolicyError(f"secret {spec.name}: issuer {spec.issuer!r} is not available")
                 issuer = resolved[spec.issuer]
             cert, chain = _certificate(
-                spec, key_der, issuer=issuer, now=now, is_ca=kind == SecretKind.X509_CA, published=published
-            )
+                spec, key_der, issuer=issuer, now=now, is_ca=kind == SecretKind.X509_CA, published=published,
+                path_length=path_length,
+            )  # fmt: skip
             return SecretValue(str(kind), key_der, cert, chain)
         case _:
             raise PolicyError(f"secret {spec.name}: kind {kind!r} cannot be generated")

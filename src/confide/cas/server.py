@@ -71,7 +71,7 @@ import httpx2
 import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from confide.cas.admin import AdminChannel
 from confide.cas.app import create_app
@@ -188,7 +188,19 @@ def _tls_identity(data_dir: Path, host: str, sealer: Sealer | None = None) -> tu
         .not_valid_before(now - timedelta(minutes=5))
         .not_valid_after(now + timedelta(days=365))
         .add_extension(x509.SubjectAlternativeName(list(dict.fromkeys(sans))), critical=False)
+        # Clients trust this certificate itself (CONFIDE_CAS_CERT as their only anchor): a
+        # self-signed CA certificate that certifies no other (RFC 5280 §4.2.1.9 pathLen 0),
+        # whose keyUsage (§4.2.1.3, critical) allows the TLS handshake signatures and the check
+        # of its own signature (keyCertSign), and whose extendedKeyUsage (§4.2.1.12) is the TLS
+        # server's; key identifiers (§4.2.1.1, §4.2.1.2) as strict verifiers (OpenSSL
+        # X509_V_FLAG_X509_STRICT, Python 3.13's default context) expect of a CA certificate.
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, False, False, False), critical=True
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))

@@ -28,6 +28,7 @@ from cryptography import x509
 
 from confide.collateral import public_url
 from confide.errors import CollateralMissingError, NetworkError, ParseError, UsageError
+from confide.fsutil import read_regular
 from confide.verify.ocsp import MAX_RESPONSE_SIZE, NONCE_SIZE, OcspResponse, ocsp_request_der
 
 __all__ = ["DEFAULT_OCSP_URL", "DirOcspSource", "HttpOcspSource", "OcspSource", "fetch_all", "source_for"]
@@ -122,8 +123,7 @@ class DirOcspSource:
     def fetch(self, cert: x509.Certificate, issuer: x509.Certificate) -> OcspResponse:
         path = self.root / f"{cert.serial_number:x}.der"
         try:
-            with path.open("rb") as fh:
-                data = fh.read(MAX_RESPONSE_SIZE + 1)
+            data = read_regular(path, MAX_RESPONSE_SIZE)  # a FIFO there is refused, not waited on
         except FileNotFoundError:
             raise CollateralMissingError(
                 f"no OCSP response for serial {cert.serial_number:x}: expected {str(path)!r}"

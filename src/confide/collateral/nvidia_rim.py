@@ -41,6 +41,7 @@ from confide.collateral import public_url
 from confide.errors import CollateralMissingError, NetworkError, ParseError, UsageError
 from confide.evidence.nvidia import NvidiaAttestationReport, OpaqueFieldType
 from confide.evidence.nvidia_rim import MAX_RIM_SIZE
+from confide.fsutil import read_regular
 
 __all__ = [
     "DEFAULT_RIM_URL",
@@ -48,6 +49,7 @@ __all__ = [
     "DirRimSource",
     "HttpRimSource",
     "RimSource",
+    "rim_id_version",
     "rim_ids",
     "rim_targets",
     "source_for",
@@ -104,6 +106,22 @@ def rim_targets(report: NvidiaAttestationReport) -> tuple[tuple[str, str], tuple
         (f"NV_GPU_DRIVER_GH100_{driver}", driver),
         (f"NV_GPU_VBIOS_{project}_{project_sku}_{chip_sku}_{''.join(parts)}".upper(), ".".join(parts)),
     )
+
+
+_DRIVER_PREFIX = "NV_GPU_DRIVER_GH100_"
+_VBIOS_VERSION = re.compile(r"NV_GPU_VBIOS_.*_([0-9A-Fa-f]{10})")
+
+
+def rim_id_version(rim_id: str) -> str | None:
+    """The version a RIM ID of :func:`rim_targets` names (what the RIM's ``colloquialVersion``
+    must be, compared without regard to case), or ``None`` for an ID of another form."""
+    if rim_id.startswith(_DRIVER_PREFIX):
+        return rim_id[len(_DRIVER_PREFIX) :] or None
+    match = _VBIOS_VERSION.fullmatch(rim_id)
+    if match is None:
+        return None
+    digits = match.group(1).lower()
+    return ".".join(digits[i : i + 2] for i in range(0, len(digits), 2))
 
 
 def _check_id(rim_id: str) -> None:
@@ -186,8 +204,7 @@ class DirRimSource:
         _check_id(rim_id)
         path = self.root / f"{rim_id}.xml"
         try:
-            with path.open("rb") as fh:
-                data = fh.read(MAX_RIM_SIZE + 1)
+            data = read_regular(path, MAX_RIM_SIZE)  # a FIFO there is refused, not waited on
         except FileNotFoundError:
             raise CollateralMissingError(f"no RIM {rim_id}: expected {str(path)!r}") from None
         except OSError as exc:

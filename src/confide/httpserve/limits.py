@@ -35,6 +35,26 @@ Bodies are bounded in size by the application (``confide.cas.app.MAX_BODY``: 413
 §15.5.14) and by uvicorn's flow control, which stops reading from a connection whose body the
 application has not consumed yet.
 
+**Trailers.** A chunked body's trailer section (RFC 9112 §7.1.2) is bounded as a head is: the
+bytes a body brings that are neither its data nor a chunk's size line (a trailer section, a
+chunk's size line and extensions, after the last chunk header or data) are counted read by
+read, and past :data:`MAX_HEAD` the request is refused with ``431`` (counted as a head too
+large): httptools buffers a trailer field whole, and uvicorn appended every trailer field to
+the request's headers, so a trailer section that never ended grew memory until the body
+deadline. Trailer fields are discarded (RFC 9112 §7.1.2 allows it), never merged into the
+headers the application sees (RFC 9110 §6.5.1).
+
+**Malformed bodies.** A request whose body turns out malformed (a bad chunk size, a
+``Transfer-Encoding`` other than chunked) gets ``400`` and the connection is closed at once: its
+application is told the client disconnected. uvicorn's answer waited, since the request's own
+response was still pending, until the body deadline (``408``).
+
+**Pipelining.** At most :data:`MAX_PIPELINE` requests wait behind the one being answered on a
+connection; nothing more is read from it until they are answered (uvicorn read again after
+each response, and parsed every request of a read: one connection sending requests faster
+than they were answered queued them without bound, ~2 KiB each). A request past the bound is
+answered ``503`` with ``Connection: close`` after the responses to those before it.
+
 **Responses.** :class:`OneWriteCycle` writes a response's head together with its body: one
 TLS record and one socket write per response where uvicorn wrote two (docs/performance.md,
 "The serving layer").
@@ -78,6 +98,7 @@ __all__ = [
     "MAX_CONNECTIONS",
     "MAX_CONNECTIONS_PER_CLIENT",
     "MAX_HEAD",
+    "MAX_PIPELINE",
     "PUBLIC_MAX_HEAD",
     "BoundedHttpToolsProtocol",
     "HttpLimits",
@@ -98,6 +119,10 @@ MAX_CONNECTIONS = 1024
 # benchmark's 64 concurrent clients on one address included).
 MAX_CONNECTIONS_PER_CLIENT = 128
 
+# Requests parsed and waiting on one connection behind the one being answered (pipelining, RFC
+# 9112 §9.3.2): far more than any client sends before reading a response.
+MAX_PIPELINE = 64
+
 # The public HTTP listener's request heads (confide.cas.public_http): a GET of a short path,
 # which needs no header of any size.
 PUBLIC_MAX_HEAD = 8 * 1024
@@ -115,6 +140,21 @@ def _refusal(max_head: int) -> bytes:
 
 _REFUSAL = _refusal(MAX_HEAD)
 _TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+def _plain(status: bytes, text: str) -> bytes:
+    body = text.encode()
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+    )
+
+
+_MALFORMED = _plain(b"400 Bad Request", "Invalid HTTP request received.")
+_DEEP_PIPELINE = _plain(
+    b"503 Service Unavailable",
+    f"more than {MAX_PIPELINE} requests pipelined; send the rest on a new connection\n",
+)
 
 
 class HttpLimits:
@@ -153,6 +193,7 @@ class HttpLimits:
         self.head_too_large = 0
         self.head_timeouts = 0
         self.body_timeouts = 0
+        self.pipeline_too_deep = 0
         # Told of each refusal (reason, client key), on the event loop's thread: the ledger's
         # servers log them (confide.ledger.metrics.RefusalLog); None: only counted (and a 431
         # logged to log_name, as the CAS does).
@@ -160,7 +201,7 @@ class HttpLimits:
 
     def refused(self, reason: str, client: str) -> None:
         """Tell :attr:`on_refusal` (reasons: ``max-connections``, ``max-connections-per-client``,
-        ``head-too-large``, ``head-timeout``, ``body-timeout``)."""
+        ``head-too-large``, ``head-timeout``, ``body-timeout``, ``pipeline-too-deep``)."""
         if self.on_refusal is not None:
             self.on_refusal(reason, client)
 
@@ -285,6 +326,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     body_timeout = BODY_TIMEOUT
     max_head = MAX_HEAD
     refusal = _REFUSAL  # the 431 response, naming max_head
+    max_pipeline = MAX_PIPELINE
     limits: HttpLimits | None = None  # counts refusals when set (HttpLimits.http_protocol)
     log_name = "confide.cas"  # the logger of refused heads
 
@@ -298,6 +340,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_deadline = 0.0
         self._served = False  # a request began on this connection
         self._body_timer: asyncio.TimerHandle | None = None
+        # Bytes of the body being received that were neither data nor a chunk header, since the
+        # last of either (a trailer section, a size line's extensions): bounded by max_head.
+        self._framing = 0
+        self._framing_reset = False  # data or a chunk header came in the current read
+        self._running: RequestResponseCycle | None = None  # the request being answered
         # A refusal behind a pending response (_end_after_pending): made once that response is
         # sent; meanwhile nothing more is read.
         self._refusal_after: Callable[[], None] | None = None
@@ -327,7 +374,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         self._cancel_body_timer()
+        running = self._running
         super().connection_lost(exc)
+        if running is not None and not running.response_complete:
+            # uvicorn tells only the last request read (self.cycle): with pipelined requests
+            # waiting, the one being answered wrote on into the closed transport once its
+            # drain ended ("Exception in ASGI application", logged at ERROR).
+            running.disconnected = True
+            running.message_event.set()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -336,9 +394,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._arm_head_timer()
         self._served = True  # the first one's counts from the connection (connection_made)
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_body:
+            return  # a trailer field: discarded (RFC 9112 §7.1.2), never one of the headers
+        super().on_header(name, value)
+
+    def on_chunk_header(self) -> None:
+        self._framing_reset = True
+
+    def on_body(self, body: bytes) -> None:
+        self._framing_reset = True
+        if self._refusal_after is None:
+            super().on_body(body)
+
     def on_headers_complete(self) -> None:
         self._in_head = False  # the head timer, still armed, finds this when it fires
+        if self._refusal_after is not None:
+            return  # the rest of a read after a refusal: not served
         self._in_body = True
+        self._framing, self._framing_reset = 0, True
         # uvicorn's HttpToolsProtocol.on_headers_complete (uvicorn 0.54.0, pinned), with the
         # request-response cycle of this module, which writes a response in one write.
         parser = self.parser
@@ -381,6 +455,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle.loop = self.loop
         if existing_cycle is None or existing_cycle.response_complete:
             self._start_asgi_task(cycle, app)
+        elif len(self.pipeline) >= self.max_pipeline:
+            # Too many waiting: this one is refused after the responses to those before it,
+            # and nothing more is read (the rest of this read is parsed and dropped).
+            self.cycle = existing_cycle
+            self._in_body = False
+            if self.limits is not None:
+                self.limits.pipeline_too_deep += 1
+                self.limits.refused("pipeline-too-deep", self._client_key())
+            self._end_after_pending(lambda: self._write_and_close(_DEEP_PIPELINE))
         else:  # pipelined: queued until the previous response is complete
             self.flow.pause_reading()
             self.pipeline.appendleft((cycle, app))
@@ -388,7 +471,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._in_body = False
         self._cancel_body_timer()
-        super().on_message_complete()
+        if self._refusal_after is None:
+            super().on_message_complete()
 
     def _arm_head_timer(self) -> None:
         """Start the head's deadline. One timer per connection, not one per request: it stays
@@ -426,6 +510,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # may start the next pipelined request
+        if self.pipeline and not self.transport.is_closing():
+            # uvicorn resumed reading: not while requests still wait (MAX_PIPELINE)
+            self.flow.pause_reading()
         refuse = self._refusal_after
         cycle = self.cycle
         done = cycle is not None and cycle.response_complete and not self.pipeline  # the last before it
@@ -434,8 +521,36 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             refuse()
 
     def send_400_response(self, msg: str) -> None:
+        if self._in_body:  # the body of the last request read is malformed
+            self._refuse_in_body(_MALFORMED)
+            return
         if not self._end_after_pending(lambda: super(BoundedHttpToolsProtocol, self).send_400_response(msg)):
             super().send_400_response(msg)
+
+    def _refuse_in_body(self, response: bytes) -> None:
+        """Refuse the request whose body is being received (the last one read), which cannot
+        be completed: with ``response`` and the connection closed, at once when it is the one
+        being answered and its response has not begun (its application is told the client
+        disconnected), after the responses before it when it waits behind them (it is then
+        never started); closed without a second response when its own has begun."""
+        cycle = self.cycle
+        self._in_body = False
+        self._cancel_body_timer()
+        if cycle is None or cycle.response_complete:  # answered already (a 429 before its body)
+            self.transport.close()
+            return
+        if self.pipeline and self.pipeline[0][0] is cycle:  # waiting: dropped, never started
+            self.pipeline.popleft()
+            self._refusal_after = lambda: self._write_and_close(response)
+            self.transport.pause_reading()
+            cycle.response_complete = cycle.disconnected = True  # nothing will answer it
+            return
+        cycle.disconnected = True  # its application's receive() says so; its sends go nowhere
+        cycle.message_event.set()
+        if cycle.response_started:
+            self.transport.close()
+        else:
+            self._write_and_close(response)
 
     def _write_and_close(self, response: bytes) -> None:
         self.transport.write(response)
@@ -460,7 +575,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _body_timed_out(self) -> None:
         self._body_timer = None
-        if not self._in_body or self.transport.is_closing():
+        if not self._in_body or self.transport.is_closing() or self._refusal_after is not None:
             return
         if self.limits is not None:
             self.limits.body_timeouts += 1
@@ -473,7 +588,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refusal_after is not None:
             return
-        if not self._in_body and not self.transport.is_closing():
+        if self._in_body:
+            self._framing_reset = False
+            super().data_received(data)
+            if self._in_body and not self.transport.is_closing() and self._refusal_after is None:
+                # Still in a body: a read that brought neither data nor a chunk header (nor a
+                # new body) was all framing (a trailer section, a size line's extensions).
+                self._framing = 0 if self._framing_reset else self._framing + len(data)
+                if self._framing > self.max_head:
+                    if self.limits is not None:
+                        self.limits.head_too_large += 1
+                        self.limits.refused("head-too-large", self._client_key())
+                    self._refuse_in_body(self.refusal)
+                    return
+        elif not self.transport.is_closing():
             # A request head (or the next one, between requests) is coming: its bytes in this
             # read are counted before the parser buffers any, up to the empty line that ends it
             # (CRLF CRLF, RFC 9112 §2.1) when it ends here. What follows it in the same read (a
@@ -488,7 +616,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._head_bytes, self._head_tail = self._head_bytes + size, window[-3:]
             else:
                 self._head_bytes, self._head_tail = 0, b""
-        super().data_received(data)
+            super().data_received(data)
+        else:
+            super().data_received(data)
         if (
             self._in_body
             and self._body_timer is None

@@ -37,6 +37,7 @@ from confide import jsonstrict
 from confide.errors import NetworkError, ParseError, StorageError, UsageError
 from confide.fsutil import fsync_dir
 from confide.image.blobs import GZIP, NONE, ZSTD, check_digest, sha256_digest
+from confide.image.tarcheck import BoundedTarInfo, check_names, check_tail, clean_name
 
 __all__ = [
     "CONFIG_TYPES",
@@ -295,31 +296,45 @@ def _read_blob(root: Path, desc: Descriptor, what: str) -> bytes:
     return data
 
 
+def _for_platform(declared: dict[str, Any], platform: str) -> bool:
+    """Whether an index entry's ``platform`` (image-index.md: ``os`` and ``architecture``
+    required, ``variant`` optional) is the requested ``OS/ARCH[/VARIANT]``: a request without a
+    variant takes any variant, one with a variant only that variant."""
+    os_, _, arch = platform.partition("/")
+    arch, _, variant = arch.partition("/")
+    return (
+        declared.get("os") == os_
+        and declared.get("architecture") == arch
+        and (not variant or declared.get("variant") == variant)
+    )
+
+
 def _select(manifests: list[Descriptor], ref: str | None, platform: str, what: str) -> Descriptor:
-    """The entry of an index to read: the one named ``ref`` (annotation
-    ``org.opencontainers.image.ref.name``, image-layout.md "index.json"), the only one, or the
-    one for ``platform`` (``OS/ARCH[/VARIANT]``; image-index.md "platform": ``os``,
-    ``architecture``, ``variant``). Several entries for the platform (e.g. two variants, or two
-    images under one name) are refused, not resolved by their order in the index."""
+    """The entry of an index to read: among the ones named ``ref`` (annotation
+    ``org.opencontainers.image.ref.name``, image-layout.md "index.json"), or all, the one for
+    ``platform`` (``OS/ARCH[/VARIANT]``; image-index.md "platform": ``os``, ``architecture``,
+    ``variant``). A single entry is taken when it declares no platform (the image config's
+    architecture is then what the runtime check judges) and refused when it declares another
+    one, as an entry of several would be: its config, layers and binaries are another
+    platform's. Several entries for the platform (e.g. two variants, or two images under one
+    name) are refused, not resolved by their order in the index."""
     found = manifests
     if ref is not None:
         found = [m for m in manifests if m.annotations.get(REF_ANNOTATION) == ref]
         if not found:
             names = sorted({m.annotations.get(REF_ANNOTATION, "") for m in manifests} - {""})
             raise UsageError(f"{what}: no image named {ref!r} (got {', '.join(names) or 'no named images'})")
-    if len(found) == 1:
-        return found[0]
-    os_, _, arch = platform.partition("/")
-    arch, _, variant = arch.partition("/")
     named = f" named {ref!r}" if ref is not None else ""
-    found = [
-        m
-        for m in found
-        if m.platform
-        and m.platform.get("os") == os_
-        and m.platform.get("architecture") == arch
-        and (not variant or m.platform.get("variant") == variant)
-    ]
+    if len(found) == 1:
+        only = found[0]
+        if not only.platform or _for_platform(only.platform, platform):
+            return only
+        declared = _platform_name(only.platform)
+        raise UsageError(
+            f"{what}: the only image{named} is for platform {declared}, and the requested platform is"
+            f" {platform}; give --platform {declared} to convert it"
+        )
+    found = [m for m in found if m.platform and _for_platform(m.platform, platform)]
     if not found:
         raise UsageError(
             f"{what}: {len(manifests)} images{named} and none for platform {platform}; name one with :REF"
@@ -450,23 +465,76 @@ def _archive_name(name: object, what: str) -> str:
     return norm
 
 
+class _ArchiveTarInfo(BoundedTarInfo):
+    structure = "docker archive"
+
+
+MAX_ARCHIVE_MEMBERS = 100_000  # members of a docker save archive (a few per layer and image)
+
+
+def _archive_members(tf: tarfile.TarFile, what: str) -> dict[str, tarfile.TarInfo]:
+    """The members of a ``docker save`` archive by name (``./a//b`` is ``a/b``), read under the
+    rules of the layer tars (:mod:`confide.image.tarcheck`: bounded extended headers, names
+    that Python's and Go's tar readers resolve alike, only zeros after the end), since
+    ``docker load`` reads the same archive with Go's ``archive/tar`` and extracts it to disk
+    (moby image/tarexport). Also refused, as what a reader that extracts and one that looks
+    members up would see differently: a name twice (after cleaning), a name that is absolute or
+    has ``..``, a member below one that is not a directory, and any member but a regular file
+    or directory, except a symlink at ``DIR/layer.tar`` (docker before 25 writes a layer
+    saved already so; ``Layers`` resolves it inside the archive). So ``manifest.json``,
+    ``index.json``, ``oci-layout``, the config and the ``blobs/`` are regular files, never
+    links."""
+    members: dict[str, tarfile.TarInfo] = {}
+    for m in tf:
+        if len(members) >= MAX_ARCHIVE_MEMBERS:
+            raise ParseError(f"more than {MAX_ARCHIVE_MEMBERS} members", structure=what)
+        check_names(m, tf, what)
+        name = clean_name(m.name)
+        parts = name.split("/")
+        if not name or m.name.startswith("/") or ".." in parts or "\x00" in m.name:
+            raise ParseError(
+                f"member {m.name!r}: expected a relative name inside the archive", structure=what
+            )
+        if name in members:
+            raise ParseError(f"member {name!r} appears twice", structure=what)
+        if m.issym():
+            if len(parts) != 2 or parts[1] != "layer.tar":
+                raise ParseError(
+                    f"member {name!r} is a symlink, expected a regular file (only an old-layout "
+                    "DIR/layer.tar may link to another layer)",
+                    structure=what,
+                )
+        elif not m.isdir() and not (m.isreg() and not m.issparse()):
+            kind = "hard link" if m.islnk() else "sparse file" if m.issparse() else f"tar type {m.type!r}"
+            raise ParseError(
+                f"member {name!r} is a {kind}, expected a regular file or a directory", structure=what
+            )
+        members[name] = m
+    check_tail(tf, what, seek=True)
+    for name in members:
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            parent = members.get("/".join(parts[:i]))
+            if parent is not None and not parent.isdir():
+                raise ParseError(
+                    f"member {name!r} is below {'/'.join(parts[:i])!r}, which is not a directory",
+                    structure=what,
+                )
+    return members
+
+
 def _open_archive(path: Path, ref: str | None) -> SourceImage:
     what = f"docker archive {str(path)!r}"
     try:
-        tf = tarfile.open(path, mode="r:*")  # noqa: SIM115 - closed by SourceImage.close
+        tf = tarfile.open(path, mode="r:*", tarinfo=_ArchiveTarInfo)  # noqa: SIM115 - closed by SourceImage.close
     except FileNotFoundError:
         raise UsageError(f"{what}: no such file") from None
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ParseError(f"not a tar archive: {exc}", structure=what) from None
     image = None
     try:
-        members: dict[str, tarfile.TarInfo] = {}
         try:
-            for m in tf:
-                name = m.name.removeprefix("./")
-                if name in members:
-                    raise ParseError(f"member {name!r} appears twice", structure=what)
-                members[name] = m
+            members = _archive_members(tf, what)
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise ParseError(f"truncated or corrupt archive: {exc}", structure=what) from None
 
@@ -508,6 +576,12 @@ def _open_archive(path: Path, ref: str | None) -> SourceImage:
             )
         layer_names = [_archive_name(n, f"Layers[{i}]") for i, n in enumerate(names)]
         cfg, diff_ids = _check_config(config_bytes, len(layer_names))
+        if "index.json" in members:
+            # a blob's digest is in its name; an old-layout layer.tar is the uncompressed layer
+            digests = tuple(_name_digest(n) or d for n, d in zip(layer_names, diff_ids, strict=True))
+            tags = chosen.get("RepoTags") or []
+            named = [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+            _check_archive_index(read_member, members, (sha256_digest(config_bytes), digests), named, what)
         layers = []
         for i, (name, diff_id) in enumerate(zip(layer_names, diff_ids, strict=True)):
             lm = members.get(name)
@@ -539,6 +613,112 @@ def _open_archive(path: Path, ref: str | None) -> SourceImage:
     finally:
         if image is None:
             tf.close()
+
+
+CONTAINERD_NAME = "io.containerd.image.name"
+MAX_INDEX_MANIFESTS = 1000  # image manifests read from a docker save archive's index.json
+
+
+def _docker_name(tag: str) -> str:
+    """A ``RepoTags`` entry as docker names it in full (distribution/reference, "normalized
+    named"): a first component without ``.`` or ``:`` that is not ``localhost`` is on
+    ``docker.io``, and a name of one component is below ``library/``."""
+    first, sep, _ = tag.partition("/")
+    if not sep:
+        return "docker.io/library/" + tag
+    if "." not in first and ":" not in first and first != "localhost":
+        return "docker.io/" + tag
+    return tag
+
+
+def _archive_index_images(
+    read_member: Callable[[str, str], bytes], members: dict[str, tarfile.TarInfo]
+) -> list[tuple[str, tuple[str, ...], str | None]]:
+    """(config digest, layer digests, name) of every image manifest the archive's
+    ``index.json`` reaches (image-index.md; nested indexes up to 3 deep). The name is the
+    entry's ``io.containerd.image.name`` for an entry of ``index.json`` itself whose layers are
+    all image layers, else ``None``: below a nested (multi-platform) index one name covers an
+    image per platform and their attestation manifests. An entry whose blob is not in the
+    archive is passed over (a multi-platform index saved for one platform lists the others); a
+    blob that is there must have its descriptor's size and digest."""
+    out: list[tuple[str, tuple[str, ...], str | None]] = []
+
+    def blob(desc: Descriptor, what: str) -> bytes | None:
+        name = f"blobs/sha256/{desc.digest[7:]}"
+        if name not in members:
+            return None
+        data = read_member(name, what)
+        if len(data) != desc.size or sha256_digest(data) != desc.digest:
+            raise ParseError(f"got a blob of another size or digest than {desc.digest}", structure=what)
+        return data
+
+    def walk(data: bytes, depth: int) -> None:
+        index = _obj(_json(data, "index.json"), "index.json")
+        entries = index.get("manifests")
+        if index.get("schemaVersion") != 2 or not isinstance(entries, list):
+            raise ParseError("expected schemaVersion 2 and a manifests list", structure="index.json")
+        for i, raw in enumerate(entries):
+            desc = Descriptor.from_json(raw, f"index.json manifests[{i}]")
+            if desc.media_type in INDEX_TYPES:
+                if depth >= 2:
+                    raise ParseError("image indexes nested too deeply", structure="index.json")
+                nested = blob(desc, "nested image index")
+                if nested is not None:
+                    walk(nested, depth + 1)
+                continue
+            if desc.media_type not in MANIFEST_TYPES:
+                continue
+            found = blob(desc, "image manifest")
+            if found is None:
+                continue
+            if len(out) >= MAX_INDEX_MANIFESTS:
+                raise ParseError(f"more than {MAX_INDEX_MANIFESTS} image manifests", structure="index.json")
+            manifest = _obj(_json(found, "image manifest"), "image manifest")
+            config = Descriptor.from_json(manifest.get("config"), "manifest config")
+            raw_layers = manifest.get("layers")
+            if not isinstance(raw_layers, list) or len(raw_layers) > MAX_LAYERS:
+                raise ParseError(
+                    f"expected a list of at most {MAX_LAYERS} layers",
+                    structure="image manifest",
+                    field="layers",
+                )
+            descs = [Descriptor.from_json(d, f"layer {j}") for j, d in enumerate(raw_layers)]
+            image = depth == 0 and all(d.media_type in LAYER_TYPES for d in descs)
+            name = desc.annotations.get(CONTAINERD_NAME) if image else None
+            out.append((config.digest, tuple(d.digest for d in descs), name))
+
+    walk(read_member("index.json", "index.json"), 0)
+    return out
+
+
+def _check_archive_index(
+    read_member: Callable[[str, str], bytes],
+    members: dict[str, tarfile.TarInfo],
+    image: tuple[str, tuple[str, ...]],
+    tags: list[str],
+    what: str,
+) -> None:
+    """A ``docker save`` archive with an ``index.json`` (docker 25 and later) describes its
+    images twice: ``manifest.json``, which sconify and docker's own image store read, and the
+    OCI index, which containerd's importer reads (``docker load`` with the containerd image
+    store, ``ctr import``). Refuse an archive whose two descriptions disagree on the image
+    converted: ``image`` (config digest, layer digests, from ``manifest.json``) must be one the
+    index reaches, and no image the index names directly like one of its ``tags`` may be
+    another (:func:`_archive_index_images`: names below a nested index are not compared)."""
+    images = _archive_index_images(read_member, members)
+    if not any((config, layers) == image for config, layers, _ in images):
+        raise ParseError(
+            f"index.json does not list the image manifest.json gives (config {image[0]}): "
+            "readers of the index would load other images",
+            structure=what,
+        )
+    names = {_docker_name(t) for t in tags}
+    for config, layers, name in images:
+        if name in names and (config, layers) != image:
+            raise ParseError(
+                f"index.json names {name} another image than manifest.json does (config {config})",
+                structure=what,
+            )
 
 
 def _name_digest(name: str) -> str | None:

@@ -9,9 +9,10 @@ read counts kept by the request path, rendered by ``generate_latest``):
   ``checkpoint``, ``tile``, ``entries``, ``add-checkpoint``, ``metrics``, ``other``);
 - ``confide_ledger_http_connections_refused_total{reason}``: ``max-connections``,
   ``max-connections-per-client`` (closed before any TLS handshake or byte read);
-- ``confide_ledger_http_requests_refused_total{reason}``: ``head-too-large`` (431),
-  ``head-timeout`` and ``body-timeout`` (408), ``rate-limited`` (429), ``body-limit`` (400: an
-  add-checkpoint without a Content-Length of at most 1 MiB);
+- ``confide_ledger_http_requests_refused_total{reason}``: ``head-too-large`` (431: a request
+  head or a chunked body's trailer section), ``head-timeout`` and ``body-timeout`` (408),
+  ``rate-limited`` (429), ``body-limit`` (400: an add-checkpoint without a Content-Length of at
+  most 1 MiB), ``pipeline-too-deep`` (503: more than ``MAX_PIPELINE`` requests pipelined);
 - ``confide_ledger_http_connections_open``;
 - the tiles server: ``confide_ledger_tree_size`` (the size of the latest signed checkpoint,
   what the server publishes);
@@ -126,7 +127,7 @@ class LedgerMetrics:
         for reason, n in (
             ("head-too-large", limits.head_too_large), ("head-timeout", limits.head_timeouts),
             ("body-timeout", limits.body_timeouts), ("rate-limited", app.get("rate-limited", 0)),
-            ("body-limit", app.get("body-limit", 0)),
+            ("body-limit", app.get("body-limit", 0)), ("pipeline-too-deep", limits.pipeline_too_deep),
         ):  # fmt: skip
             refused.add_metric([reason], n)
         yield refused

@@ -129,9 +129,13 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
         request = AmdCollateralRequest.for_report(report, product)
         if req.collateral_url is not None:
             # AMD KDS (or a mirror) over HTTP(S), cached; a cached CRL is refetched once its
-            # nextUpdate is past at the verification time.
+            # nextUpdate is past at the verification time. Only what verifies for this request
+            # under the roots the report is verified with is kept on disk.
             at = req.at
-            with KdsHttpCollateral(cache_dir("kds"), base_url=req.collateral_url, clock=lambda: at) as kds:
+            roots = roots_with_override(req.root) if req.root else embedded_roots()
+            with KdsHttpCollateral(
+                cache_dir("kds"), roots=roots, base_url=req.collateral_url, clock=lambda: at
+            ) as kds:
                 collateral = kds.fetch(request)
         else:
             assert req.collateral is not None

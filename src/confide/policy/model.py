@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import enum
 import re
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
+from cryptography import x509
 from pydantic import (
     AfterValidator,
     BeforeValidator,
@@ -71,7 +73,15 @@ from confide.policy.attestation import (
     TdxFactors,
 )
 from confide.policy.problems import Path, Problem, policy_error
-from confide.policy.secret import Endpoint, ExportTarget, KeyType, Secret, SecretImport, SecretKind
+from confide.policy.secret import (
+    Endpoint,
+    ExportTarget,
+    KeyType,
+    Secret,
+    SecretImport,
+    SecretKind,
+    ca_levels_below,
+)
 from confide.verify.result import Platform
 
 __all__ = [
@@ -561,6 +571,7 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
                     break
                 seen.add(cur)
                 cur = policy.secret(cur).issuer
+    yield from _path_length_problems(policy, stored=stored)
 
     for i, svc in enumerate(policy.services):
         base: Path = ("services", i)
@@ -612,6 +623,55 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
         rules = getattr(ap, op)
         for j, rule in enumerate(rules or ()):
             yield from _access_rule_problems(rule, ("access_policy", op, j), kinds, stored)
+
+
+def _explicit_path_length(value: str) -> tuple[bool, int | None] | None:
+    """(cA, pathLenConstraint) of the first certificate of an explicit ``value``; ``None``
+    when it has no basicConstraints or does not parse (its own check reports that)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # long attribute values in real-world names
+            cert = x509.load_pem_x509_certificate(value.encode())
+            bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (ValueError, TypeError, x509.ExtensionNotFound):
+        return None
+    return bc.ca, bc.path_length
+
+
+def _path_length_problems(policy: Policy, *, stored: bool) -> Iterator[Problem]:
+    """RFC 5280 §4.2.1.9: each x509-ca's certificate must allow the x509-ca levels the policy
+    declares below it (:func:`confide.policy.secret.ca_levels_below`): a generated CA's
+    ``path_len``, an explicit CA certificate's own basicConstraints (checked only for versions
+    loaded anew: stored versions predate the check, and their chains were issued already)."""
+    levels = ca_levels_below(policy.secrets)
+    for i, s in enumerate(policy.secrets):
+        below = levels.get(s.name, 0)
+        if s.kind is not SecretKind.X509_CA or s.import_ is not None:
+            continue
+        if s.path_len is not None and s.path_len < below:
+            yield Problem(
+                ("secrets", i, "path_len"),
+                f"got path_len {s.path_len}, expected at least {below}: the policy declares {below}"
+                " level(s) of x509-ca below it",
+            )
+        if s.value is None or stored:
+            continue
+        found = _explicit_path_length(s.value)
+        if found is None:
+            continue
+        is_ca, length = found
+        if below and not is_ca:
+            yield Problem(
+                ("secrets", i, "value"),
+                "got a certificate with basicConstraints cA false, expected a CA certificate: the"
+                " policy declares x509-ca secrets issued by it",
+            )
+        elif below and length is not None and length < below:
+            yield Problem(
+                ("secrets", i, "value"),
+                f"got a certificate with pathLenConstraint {length}, expected at least {below}: the"
+                f" policy declares {below} level(s) of x509-ca below it",
+            )
 
 
 _UPPER_FINGERPRINT = re.compile(r"(?=.*[A-F])[0-9a-fA-F]{64}")

@@ -6,6 +6,7 @@ import enum
 import ipaddress
 import re
 import warnings
+from collections.abc import Sequence
 from typing import Annotated
 
 from cryptography import x509
@@ -48,6 +49,7 @@ __all__ = [
     "Secret",
     "SecretImport",
     "SecretKind",
+    "ca_levels_below",
 ]
 
 
@@ -196,6 +198,7 @@ _ALLOWED: dict[SecretKind, frozenset[str]] = {
             "crl_distribution",
             "ca_issuers",
             "ocsp",
+            "path_len",
         }
     ),
 }
@@ -203,6 +206,8 @@ _KIND_PARAMS = frozenset().union(*_ALLOWED.values())
 MAX_SECRET_SIZE = 65536
 MAX_COMMON_NAME = 64
 """RFC 5280 Appendix A.1 ``ub-common-name``: the longest commonName a certificate may carry."""
+MAX_PATH_LEN = 32
+"""The largest ``path_len`` accepted (a chain longer than that is no private PKI's)."""
 
 
 def _pem_private_key_type(value: str) -> KeyType | None:
@@ -256,6 +261,12 @@ class Secret(_Model):
     (RFC 5280 §4.2.2.1) of the certificates it issues under it (docs/cas.md "OCSP"). ``true``
     (or ``{signer: delegated}``, held as ``true``): signed by a delegated responder certificate;
     ``{signer: ca}``: signed by the CA's own key (:attr:`ocsp_signer`)."""
+    path_len: Annotated[StrictInt, Field(ge=0, le=MAX_PATH_LEN)] | None = None
+    """confide extension (generated x509-ca): the pathLenConstraint of the CA's certificate (RFC
+    5280 §4.2.1.9), for a CA whose key issues intermediate CAs outside the policy (a service
+    that gets its ``privatekey``). Without it the constraint is the number of x509-ca levels
+    the policy declares below the CA (:func:`ca_levels_below`: 0 for a CA that issues only end
+    entities); it may not be smaller (docs/policy.md "Certificate extensions")."""
     import_: SecretImport | None = Field(default=None, alias="import")
 
     def _set_params(self) -> set[str]:
@@ -304,6 +315,11 @@ class Secret(_Model):
             raise ValueError(
                 "got ocsp with an explicit value, expected it only on a generated x509-ca "
                 "(the CAS answers OCSP only for the CAs it generates and signs with)"
+            )
+        if self.path_len is not None and self.value is not None:
+            raise ValueError(
+                "got path_len with an explicit value, expected it only on a generated x509-ca "
+                "(an explicit certificate carries the constraints it was issued with)"
             )
         getattr(self, "_check_" + self.kind.replace("-", "_"))()
         if self.kind in (SecretKind.X509, SecretKind.X509_CA) and self.value is None and not stored:
@@ -426,3 +442,29 @@ class Secret(_Model):
     def generated(self) -> bool:
         """True when the CAS generates the value (not explicit, not imported)."""
         return self.value is None and self.import_ is None and self.kind is not SecretKind.PUBLIC_KEY
+
+
+def ca_levels_below(secrets: Sequence[Secret]) -> dict[str, int]:
+    """For every ``x509-ca`` of a policy, how many levels of ``x509-ca`` the policy declares
+    below it through ``issuer`` (RFC 5280 §4.2.1.9: the number of non-self-issued intermediate
+    CA certificates that may follow it in a path): 0 for a CA that issues only end-entity
+    certificates, 1 for a root over such a CA, and so on (the longest such chain). Issuer
+    cycles (refused at load) end the count."""
+    cas = {s.name for s in secrets if s.kind is SecretKind.X509_CA}
+    below: dict[str, list[str]] = {name: [] for name in cas}
+    for s in secrets:
+        if s.kind is SecretKind.X509_CA and s.issuer in below:
+            below[s.issuer].append(s.name)
+    levels: dict[str, int] = {}
+
+    def level(name: str, seen: frozenset[str]) -> int:
+        if name in levels:
+            return levels[name]
+        children = [c for c in below[name] if c not in seen]
+        out = max((level(c, seen | {c}) + 1 for c in children), default=0)
+        levels[name] = out
+        return out
+
+    for name in sorted(cas):
+        level(name, frozenset({name}))
+    return levels

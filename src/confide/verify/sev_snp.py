@@ -33,7 +33,7 @@ import functools
 import hashlib
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -433,7 +433,12 @@ def _check_link(child: x509.Certificate, child_role: str, issuer: x509.Certifica
 
 
 def _check_crl(
-    crl: x509.CertificateRevocationList, ark: x509.Certificate, intermediate: x509.Certificate, at: datetime
+    crl: x509.CertificateRevocationList,
+    ark: x509.Certificate,
+    intermediate: x509.Certificate,
+    at: datetime,
+    *,
+    signatures_only: bool = False,
 ) -> datetime | None:
     if crl.issuer != ark.subject:
         raise CertificateChainError(
@@ -445,6 +450,8 @@ def _check_crl(
         raise CertificateChainError(f"CRL signature cannot be checked: {exc}") from None
     if not valid:
         raise CertificateChainError("CRL signature does not verify with the ARK")
+    if signatures_only:
+        return crl.next_update_utc
     if at < crl.last_update_utc:
         raise CollateralExpiredError(
             f"CRL not yet valid at {at.isoformat()}: thisUpdate {crl.last_update_utc.isoformat()}"
@@ -472,8 +479,19 @@ def verify_vek_chain(
     *,
     chain: AmdChain | None = None,
     crl: x509.CertificateRevocationList | None = None,
+    signatures_only: bool = False,
 ) -> VekInfo:
-    """Step 2 (and the certificate half of 3): the VEK chains to a pinned ARK at ``at``."""
+    """Step 2 (and the certificate half of 3): the VEK chains to a pinned ARK at ``at``.
+
+    ``signatures_only``: the names, signatures, CA flags, kind, product and extensions, but no
+    validity dates (of the certificates or the CRL) and no revocation: whether collateral is
+    AMD's, for a cache deciding what it may keep (``confide.collateral.amd_kds``); never for
+    verifying evidence."""
+
+    def dates(cert: x509.Certificate, what: Callable[[], str]) -> None:
+        if not signatures_only:
+            check_cert_dates(cert, at, what)
+
     if chain is None:
         found = roots.default_chain(vek.issuer)
         if found is None:
@@ -493,7 +511,7 @@ def verify_vek_chain(
     # The ARK: self-signed, a CA, valid now.
     _check_link(ark, "ARK", ark, "ARK")
     check_issuer_is_ca(ark, below=1, what="ARK")
-    check_cert_dates(ark, at, lambda: f"ARK ({_cn(ark.subject)})")
+    dates(ark, lambda: f"ARK ({_cn(ark.subject)})")
     # The ASK/ASVK.
     inter = chain.intermediate
     cn = _cn(inter.subject)
@@ -508,7 +526,7 @@ def verify_vek_chain(
     role = kind.intermediate_role
     _check_link(inter, role, ark, f"ARK-{product}")
     check_issuer_is_ca(inter, below=0, what=role)
-    check_cert_dates(inter, at, lambda: f"{role} ({_cn(inter.subject)})")
+    dates(inter, lambda: f"{role} ({_cn(inter.subject)})")
     # The VEK itself.
     vek_role = kind.value.upper()
     if _cn(vek.subject) != kind.subject_cn:
@@ -517,7 +535,7 @@ def verify_vek_chain(
             f"expected {kind.subject_cn!r}"
         )
     _check_link(vek, vek_role, inter, role)
-    check_cert_dates(vek, at, lambda: f"{vek_role} ({_cn(vek.subject)})")
+    dates(vek, lambda: f"{vek_role} ({_cn(vek.subject)})")
     try:
         bc = vek.extensions.get_extension_for_class(x509.BasicConstraints).value
         if bc.ca:
@@ -548,7 +566,7 @@ def verify_vek_chain(
     not_after = min(c.not_valid_after_utc for c in (vek, inter, ark))
     crl_next: datetime | None = None
     if crl is not None:
-        crl_next = _check_crl(crl, ark, inter, at)
+        crl_next = _check_crl(crl, ark, inter, at, signatures_only=signatures_only)
         if crl_next is not None:
             not_after = min(not_after, crl_next)
     return VekInfo(
