@@ -44,6 +44,7 @@ from confide.cas.client import CasClient
 from confide.cas.core import EvidenceVerifier, decrypt_release
 from confide.cas.key_release import (
     PAYLOAD_TYPE,
+    ReplicaMinTcb,
     appraise_peer,
     appraise_platform,
     identity_of,
@@ -55,7 +56,6 @@ from confide.cas.verifier import check_binding
 from confide.collateral import public_url
 from confide.collateral.dcap import DcapCollateralSource
 from confide.errors import AppraisalError, BindingError, ParseError, UsageError
-from confide.policy.attestation import SnpTcbMinimum
 from confide.runtime.quote import Evidence
 from confide.verify.result import ClaimValue
 from confide.verify.sev_snp import AmdRootStore
@@ -108,7 +108,7 @@ def join_cas(
     at: datetime | None = None,
     client: Callable[[str, bytes], CasClient] = CasClient,
     successor: bool = False,
-    min_tcb: SnpTcbMinimum | None = None,
+    min_tcb: ReplicaMinTcb | None = None,
 ) -> JoinResult:
     """Obtain the master key from the CAS at ``url`` (module docstring). ``expected_key_id``:
     the id the database names (``None``: it names none). ``client`` makes the client that trusts
