@@ -13,8 +13,8 @@ the rule are :mod:`confide.cas.key_release`; docs/cas.md "Joining a running CAS"
 3. It appraises the running CAS with the same fixed rule the running CAS applies to it
    (:func:`~confide.cas.key_release.appraise_peer`: same platform, not debug, TCB UpToDate,
    the same identity claims as its own evidence; with ``--replica-min-tcb``, an SEV-SNP
-   releaser's ``REPORTED_TCB`` at least that minimum): it sends nothing to a CAS that is not the
-   same code on the same kind of TEE. With ``successor`` (``--join-as-successor``: this CAS is
+   releaser's ``REPORTED_TCB`` at least the minimum for its product): it sends nothing to a CAS
+   that is not the same code on the same kind of TEE. With ``successor`` (``--join-as-successor``: this CAS is
    a new version of the running one) the identity claims may differ, but only when the database
    names a key: the check of step 4 then accepts only that key, whose id (a one-way function of
    the key) no CAS can match without holding the database's key, so an impostor cannot make

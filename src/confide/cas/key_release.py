@@ -41,7 +41,9 @@ reach (SEV-SNP ABI spec Table 23 offset 0x180, Table 3/4 ``TCB_VERSION``), compa
 policy's ``sev-snp`` ``min_tcb`` (:func:`confide.policy.appraise.check_snp_min_tcb`); both sides
 apply it: the releasing CAS to the joiner, a joiner to the releasing CAS. It is a minimum the
 operator sets, not "at least this CAS's TCB": SPLs of different AMD products are not
-comparable, and that rule would force equal TCBs on every host.
+comparable, and that rule would force equal TCBs on every host. It is one minimum for every
+product, or one per product (:class:`ReplicaMinTcb`): a peer is then judged by the minimum of the
+product of its verified VCEK/VLEK chain, and a peer of a product given none is refused.
 """
 
 from __future__ import annotations
