@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 from snp_fakes import AT, FakeAmd, make_fake_amd
 from test_cas_join_snp import _released, serving
 from test_cas_key_release import AMD, SNP_CLAIMS, Joiner, Releaser, _evidence, _refused, _snp, _vcek
@@ -30,6 +31,7 @@ from confide.cas.key_release import (
     EVENT_REFUSED,
     EVENT_RELEASED,
     KeyReleaser,
+    ReplicaMinTcb,
     appraise_peer,
     appraise_platform,
     min_tcb_text,
@@ -37,11 +39,12 @@ from confide.cas.key_release import (
 )
 from confide.cas.server import prepare
 from confide.cas.verifier import PlatformVerifier
-from confide.evidence.sev_snp import TcbVersion
+from confide.evidence.sev_snp import Product, TcbVersion
 from confide.policy.attestation import SnpTcbMinimum
 from confide.runtime.quote import ConfigfsTsmQuoteProvider
 from confide.sim.platform import SimPlatform
 from confide.verify.result import Platform, TcbStatus, VerifiedEvidence
+from confide.verify.sev_snp import AmdRootStore
 
 # AMD (the releasing CAS's host, Turin): fmc=1, bootloader=2, tee=3, snp=4, microcode=5.
 AT_MINIMUM = "bootloader=2,tee=3,snp=4,microcode=5"
@@ -53,17 +56,32 @@ def _replica(microcode: int, *, bootloader: int = 2) -> FakeAmd:
     return make_fake_amd(chip_id=bytes([7]) * 64, tcb=tcb)
 
 
+# Hosts of the other products (their own fake ARKs), trusted by the releasing CAS with AMD's.
+GENOA = make_fake_amd(Product.GENOA, chip_id=bytes([8]) * 64)
+MILAN = make_fake_amd(Product.MILAN, chip_id=bytes([9]) * 64)
+_ROOTS = AmdRootStore(
+    {(f.product, f.kind): f.chain for f in (AMD, GENOA, MILAN)},
+    pinned={f.product: f.ark.fingerprint(hashes.SHA256()).hex() for f in (AMD, GENOA, MILAN)},
+)
+
+
+def _genoa(microcode: int) -> FakeAmd:
+    """Another Genoa host whose VCEK certifies bootloader=2, tee=3, snp=4 and ``microcode``."""
+    tcb = TcbVersion.compose(bootloader=2, tee=3, snp=4, microcode=microcode)
+    return make_fake_amd(Product.GENOA, chip_id=bytes([10]) * 64, tcb=tcb)
+
+
 @pytest.fixture
 def releasing(tmp_path: Path) -> Iterator[Any]:
     """A factory: the dev CAS's database and key, releasing as a CAS in an SEV-SNP guest on the
     host ``AMD`` with ``--replica-min-tcb TEXT`` (``None``: without it)."""
     made: list[Releaser] = []
 
-    def make(text: str | None) -> Releaser:
+    def make(text: str | list[str] | None) -> Releaser:
         data_dir = tmp_path / f"cas{len(made)}"
         cas, evidence, *_ = prepare(data_dir, host="127.0.0.1", dev=True, db_url=None, collateral=None)
         assert evidence is not None
-        cas.verifier = PlatformVerifier(amd_roots=AMD.roots())
+        cas.verifier = PlatformVerifier(amd_roots=_ROOTS)
         own_report = _snp(AMD, bytes(64))
 
         def own(at: datetime) -> VerifiedEvidence:
@@ -146,6 +164,52 @@ def test_without_the_option_a_vulnerable_replica_still_gets_the_key(releasing: A
     assert payload["reported_tcb"]["microcode"] == 0
 
 
+# --- per-product minimums -----------------------------------------------------------------------
+
+PER_PRODUCT = ["turin:" + AT_MINIMUM + ",fmc=1", "GENOA:bootloader=2,tee=3,snp=4,microcode=6"]
+
+
+def test_a_uniform_minimum_applies_to_every_product(releasing: Any) -> None:
+    """The syntax without a product is unchanged: one minimum, whatever the replica's product."""
+    r = releasing(AT_MINIMUM)
+    joiner, request = _request(r, GENOA)  # a Genoa at microcode 5
+    joiner.open(r.releaser.release(request))
+    _joiner, request = _request(r, _genoa(microcode=4))
+    payload = _refused(r, request, errors.AppraisalError, r"replica-min-tcb.microcode: got 4, expected >= 5 ")
+    assert payload["identity"]["measurement"] == "cd" * 48
+
+
+def test_each_product_is_judged_by_its_own_minimum(releasing: Any) -> None:
+    r = releasing(PER_PRODUCT)
+    # A Genoa at microcode 5 reaches the Turin minimum but not the Genoa one.
+    _joiner, request = _request(r, GENOA)
+    payload = _refused(
+        r, request, errors.AppraisalError, r"replica-min-tcb\[genoa\].microcode: got 5, expected >= 6 "
+    )
+    assert (
+        payload["replica_min_tcb"]
+        == "genoa:bootloader=2,tee=3,snp=4,microcode=6 turin:" + AT_MINIMUM + ",fmc=1"
+    )
+    assert "turin" not in payload["reason"]
+    joiner, request = _request(r, _genoa(microcode=6))
+    key, _ = joiner.open(r.releaser.release(request))
+    assert key == (r.data_dir / "master.key").read_bytes()
+    joiner, request = _request(r, _replica(microcode=5))  # a Turin at the Turin minimum
+    joiner.open(r.releaser.release(request))
+    _joiner, request = _request(r, _replica(microcode=4))
+    _refused(r, request, errors.AppraisalError, r"replica-min-tcb\[turin\].microcode: got 4, expected >= 5 ")
+    assert [kind for kind, _ in r.events()] == [EVENT_REFUSED, EVENT_RELEASED, EVENT_RELEASED, EVENT_REFUSED]
+
+
+def test_a_product_without_a_minimum_is_refused_whatever_its_tcb(releasing: Any) -> None:
+    """Fail-closed: with per-product minimums, a Milan replica (none given) is refused."""
+    r = releasing(PER_PRODUCT)
+    _joiner, request = _request(r, MILAN)
+    text = r"replica-min-tcb: got product Milan, expected one with a minimum \(given for turin, genoa\)"
+    payload = _refused(r, request, errors.AppraisalError, text)
+    assert payload["reported_tcb"] == {"bootloader": 2, "tee": 3, "snp": 4, "microcode": 5}
+
+
 # --- the rule (both sides) -----------------------------------------------------------------------
 
 _MILAN_TCB = {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}
@@ -196,30 +260,71 @@ def test_tdx_and_sgx_replicas_are_judged_by_their_tcb_status() -> None:
     ],
 )
 def test_the_option_parses(text: str, expected: SnpTcbMinimum) -> None:
-    assert parse_replica_min_tcb(text) == expected
-    assert parse_replica_min_tcb(min_tcb_text(expected)) == expected
+    """Without a product (the syntax before per-product minimums): one minimum for every product."""
+    assert parse_replica_min_tcb(text) == ReplicaMinTcb(uniform=expected)
+    assert parse_replica_min_tcb([text]) == ReplicaMinTcb(uniform=expected)
+    assert parse_replica_min_tcb(min_tcb_text(ReplicaMinTcb(uniform=expected))) == ReplicaMinTcb(
+        uniform=expected
+    )
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", "expected bootloader=N"),
+        ("", "expected [PRODUCT:]bootloader=N"),
         ("bootloader=2,tee=3,snp=4", "microcode missing"),
         ("microcode=5", "bootloader, tee, snp missing"),
         ("bootloader=2,tee=3,snp=4,microcode=256", "got microcode='256'"),
         ("bootloader=2,tee=3,snp=4,microcode=-1", "got microcode='-1'"),
         ("bootloader=2,tee=3,snp=4,microcode=0x05", "got microcode='0x05'"),
         ("bootloader=2,tee=3,snp=4,microcode=", "got microcode=''"),
-        ("bootloader=2,tee=3,snp=4,microcode=5,", "expected bootloader=N"),
+        ("bootloader=2,tee=3,snp=4,microcode=5,", "expected [PRODUCT:]bootloader=N"),
         ("bootloader=2,tee=3,snp=4,microcode=5,tee=4", "tee given twice"),
-        ("bootloader=2,tee=3,snp=4,ucode=5", "expected bootloader=N"),
-        ("bootloader:2,tee=3,snp=4,microcode=5", "expected bootloader=N"),
+        ("bootloader=2,tee=3,snp=4,ucode=5", "expected [PRODUCT:]bootloader=N"),
+        ("bootloader:2,tee=3,snp=4,microcode=5", "got product 'bootloader', expected milan, genoa or turin"),
         ("bootloader=2,tee=3,snp=4,microcode=\u0665", "got microcode="),  # an Arabic-Indic digit
     ],
 )
 def test_a_malformed_option_is_a_usage_error(text: str, message: str) -> None:
     with pytest.raises(errors.UsageError, match="--replica-min-tcb: ") as caught:
         parse_replica_min_tcb(text)
+    assert message in caught.value.message and caught.value.exit_code == 2
+
+
+def test_per_product_options_parse() -> None:
+    parsed = parse_replica_min_tcb(
+        ["Milan:bootloader=1,tee=0,snp=8,microcode=115", "turin:" + AT_MINIMUM + ",fmc=1"]
+    )
+    assert parsed == ReplicaMinTcb(
+        per_product={
+            Product.MILAN: SnpTcbMinimum(bootloader=1, tee=0, snp=8, microcode=115),
+            Product.TURIN: SnpTcbMinimum(bootloader=2, tee=3, snp=4, microcode=5, fmc=1),
+        }
+    )
+    assert (
+        min_tcb_text(parsed) == "milan:bootloader=1,tee=0,snp=8,microcode=115 turin:" + AT_MINIMUM + ",fmc=1"
+    )
+    assert parse_replica_min_tcb(min_tcb_text(parsed).split(" ")) == parsed
+
+
+@pytest.mark.parametrize(
+    ("texts", "message"),
+    [
+        ([], "got no value"),
+        (["genoa:" + AT_MINIMUM, "Genoa:" + AT_MINIMUM], "got genoa twice, expected each product once"),
+        (["milan:" + AT_MINIMUM + ",fmc=1"], "got fmc for milan, expected fmc only for turin"),
+        (["genoa:" + AT_MINIMUM + ",fmc=0"], "got fmc for genoa, expected fmc only for turin"),
+        (["bergamo:" + AT_MINIMUM], "got product 'bergamo', expected milan, genoa or turin"),
+        ([AT_MINIMUM, "genoa:" + AT_MINIMUM], "got 2 values, one without a product"),
+        (["genoa:" + AT_MINIMUM, AT_MINIMUM], "got 2 values, one without a product"),
+        ([AT_MINIMUM, AT_MINIMUM], "got 2 values, one without a product"),
+        (["turin:bootloader=2,tee=3,snp=4"], "microcode missing"),
+        (["turin:"], "expected [PRODUCT:]bootloader=N"),
+    ],
+)
+def test_malformed_per_product_options_are_usage_errors(texts: list[str], message: str) -> None:
+    with pytest.raises(errors.UsageError, match="--replica-min-tcb: ") as caught:
+        parse_replica_min_tcb(texts)
     assert message in caught.value.message and caught.value.exit_code == 2
 
 
@@ -232,6 +337,26 @@ def test_a_malformed_option_is_a_usage_error(text: str, message: str) -> None:
         ),
         (["--replica-min-tcb", AT_MINIMUM, "--dev"], "--replica-min-tcb needs --tee sev-snp"),
         (["--replica-min-tcb", AT_MINIMUM, "--tee", "tdx"], "--replica-min-tcb needs --tee sev-snp"),
+        (
+            [
+                "--tee",
+                "sev-snp",
+                "--replica-min-tcb",
+                "genoa:" + AT_MINIMUM,
+                "--replica-min-tcb",
+                "genoa:" + AT_MINIMUM,
+            ],
+            "--replica-min-tcb: got genoa twice",
+        ),
+        (
+            ["--tee", "sev-snp", "--replica-min-tcb", "genoa:" + AT_MINIMUM + ",fmc=1"],
+            "--replica-min-tcb: got fmc for genoa, expected fmc only for turin",
+        ),
+        (
+            ["--tee", "sev-snp", "--replica-min-tcb", AT_MINIMUM, "--replica-min-tcb", "turin:" + AT_MINIMUM],
+            "--replica-min-tcb: got 2 values, one without a product",
+        ),
+        (["--replica-min-tcb", "turin:" + AT_MINIMUM, "--dev"], "--replica-min-tcb needs --tee sev-snp"),
     ],
 )
 def test_cas_serve_refuses_a_bad_option_with_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
@@ -333,5 +458,99 @@ def test_a_joiner_at_the_minimum_joins(tmp_path: Path, amd: FakeAmd) -> None:
             assert joiner.sealer.sealing_key_id == first.sealer.sealing_key_id
             assert [e["type"] for e in _released(first)] == [EVENT_RELEASED]
             assert EVENT_REFUSED not in {e["type"] for e in _released(first)}
+        finally:
+            joiner.db.dispose()
+
+
+def _own_tcb_warnings(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    out = []
+    for record in caplog.records:
+        if "cas-own-tcb-below-replica-min-tcb" in record.getMessage():
+            assert record.levelname == "WARNING"
+            out.append(json.loads(record.getMessage()))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("texts", "reasons"),
+    [
+        ([AT_MINIMUM], []),
+        (["genoa:bootloader=9,tee=9,snp=9,microcode=9", "turin:" + AT_MINIMUM + ",fmc=1"], []),
+        (
+            ["bootloader=2,tee=3,snp=4,microcode=6"],
+            ["replica-min-tcb.microcode: got 5, expected >= 6 (reported_tcb)"],
+        ),
+        (
+            ["turin:bootloader=3,tee=3,snp=4,microcode=6"],
+            [
+                "replica-min-tcb[turin].bootloader: got 2, expected >= 3 (reported_tcb)",
+                "replica-min-tcb[turin].microcode: got 5, expected >= 6 (reported_tcb)",
+            ],
+        ),
+        (
+            ["genoa:" + AT_MINIMUM],
+            ["replica-min-tcb: got product Turin, expected one with a minimum (given for genoa);"
+             " a product without one is refused"],
+        ),
+    ],
+)  # fmt: skip
+def test_an_snp_cas_below_its_own_minimum_warns_at_start(
+    tmp_path: Path, amd: FakeAmd, caplog: pytest.LogCaptureFixture, texts: list[str], reasons: list[str]
+) -> None:
+    """The CAS judges its own REPORTED_TCB (Turin: fmc=1, bootloader=2, tee=3, snp=4, microcode=5)
+    against the minimum for its own product at start: below it, one structured warning."""
+    minimum = parse_replica_min_tcb(texts)
+    with signing_tsm(tmp_path, amd) as (root, _tsm), caplog.at_level("WARNING", logger="confide.cas"):
+        cas, *_ = prepare(
+            tmp_path / "d", host="127.0.0.1", dev=False, db_url=None, collateral=None,
+            tee="sev-snp", quote_provider=ConfigfsTsmQuoteProvider(root), amd_roots=amd.roots(),
+            replica_min_tcb=minimum,
+        )  # fmt: skip
+        cas.db.dispose()
+    assert _warnings(caplog) == []  # the option is given
+    if not reasons:
+        assert _own_tcb_warnings(caplog) == []
+        return
+    (warning,) = _own_tcb_warnings(caplog)
+    assert warning["reasons"] == reasons
+    assert warning["product"] == "Turin"
+    assert warning["reported_tcb"] == {"fmc": 1, "bootloader": 2, "tee": 3, "snp": 4, "microcode": 5}
+    assert warning["replica_min_tcb"] == min_tcb_text(minimum)
+
+
+def test_a_joiner_refuses_a_releasing_cas_of_a_product_without_a_minimum(
+    tmp_path: Path, amd: FakeAmd
+) -> None:
+    """The joining side applies per-product minimums too, fail-closed: a Turin releasing CAS is
+    refused by a joiner that names only Genoa, before it sends anything."""
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    with (
+        signing_tsm(tmp_path, amd) as (root, _tsm),
+        serving(tmp_path / "a", root, amd, db) as (url, first),
+        pytest.raises(
+            errors.AppraisalError,
+            match=r"not joining: replica-min-tcb: got product Turin, expected one with a minimum \(given for genoa\)",
+        ),
+    ):
+        prepare(
+            tmp_path / "b", host="127.0.0.1", dev=False, db_url=db, collateral=None, tee="sev-snp",
+            quote_provider=ConfigfsTsmQuoteProvider(root), amd_roots=amd.roots(), join=url,
+            replica_min_tcb=parse_replica_min_tcb(["genoa:" + AT_MINIMUM]),
+        )  # fmt: skip
+    assert _released(first) == []
+    assert not list((tmp_path / "b").glob("master.key*"))
+
+
+def test_a_joiner_at_its_products_minimum_joins(tmp_path: Path, amd: FakeAmd) -> None:
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    with signing_tsm(tmp_path, amd) as (root, _tsm), serving(tmp_path / "a", root, amd, db) as (url, first):
+        joiner, *_ = prepare(
+            tmp_path / "b", host="127.0.0.1", dev=False, db_url=db, collateral=None, tee="sev-snp",
+            quote_provider=ConfigfsTsmQuoteProvider(root), amd_roots=amd.roots(), join=url,
+            replica_min_tcb=parse_replica_min_tcb(PER_PRODUCT),
+        )  # fmt: skip
+        try:
+            assert joiner.sealer.sealing_key_id == first.sealer.sealing_key_id
+            assert [e["type"] for e in _released(first)] == [EVENT_RELEASED]
         finally:
             joiner.db.dispose()

@@ -200,11 +200,14 @@ def cas() -> None:
               " quorum may authorise handing the master key over to another version, YAML or JSON"
               " of one rule, {require-all: [...]} or {require-at-least-N: [...]}, over identity"
               " fingerprints or public keys. Fixed: it cannot be changed later.")  # fmt: skip
-@click.option("--replica-min-tcb", "replica_min_tcb", metavar="bootloader=N,tee=N,snp=N,microcode=N[,fmc=N]",
+@click.option("--replica-min-tcb", "replica_min_tcb", multiple=True,
+              metavar="[PRODUCT:]bootloader=N,tee=N,snp=N,microcode=N[,fmc=N]",
               help="With --tee sev-snp: release the master key only to an SEV-SNP CAS whose"
-              " REPORTED_TCB reaches these SPLs (0 to 255; fmc: Turin only), and with --join obtain"
-              " it only from one; without it, replicas' TCB is not judged (SEV-SNP has no TCB"
-              ' status; docs/cas.md "Joining a running CAS").')  # fmt: skip
+              " REPORTED_TCB reaches these SPLs (0 to 255), and with --join obtain it only from"
+              " one. Once without PRODUCT: for every AMD product (fmc: Turin only); or once per"
+              " product, PRODUCT milan, genoa or turin (fmc: turin only), and a replica of a"
+              " product without one is refused. Without it, replicas' TCB is not judged (SEV-SNP"
+              ' has no TCB status; docs/cas.md "Joining a running CAS").')  # fmt: skip
 def cas_serve(
     data_dir: Path,
     listen: str,
@@ -238,7 +241,7 @@ def cas_serve(
     join_as_successor: bool,
     successor_board: Path | None,
     min_tcb_eval: int | None,
-    replica_min_tcb: str | None,
+    replica_min_tcb: tuple[str, ...],
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
     from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity, parse_public_url
@@ -273,7 +276,7 @@ def cas_serve(
     if witness_max_lag is not None and witness_quorum is None:
         raise UsageError("--witness-max-lag needs --witness-quorum")
     min_tcb = None
-    if replica_min_tcb is not None:
+    if replica_min_tcb:
         min_tcb = parse_replica_min_tcb(replica_min_tcb)
         if tee != "sev-snp":
             raise UsageError(

@@ -13,8 +13,8 @@ the rule are :mod:`confide.cas.key_release`; docs/cas.md "Joining a running CAS"
 3. It appraises the running CAS with the same fixed rule the running CAS applies to it
    (:func:`~confide.cas.key_release.appraise_peer`: same platform, not debug, TCB UpToDate,
    the same identity claims as its own evidence; with ``--replica-min-tcb``, an SEV-SNP
-   releaser's ``REPORTED_TCB`` at least that minimum): it sends nothing to a CAS that is not the
-   same code on the same kind of TEE. With ``successor`` (``--join-as-successor``: this CAS is
+   releaser's ``REPORTED_TCB`` at least the minimum for its product): it sends nothing to a CAS
+   that is not the same code on the same kind of TEE. With ``successor`` (``--join-as-successor``: this CAS is
    a new version of the running one) the identity claims may differ, but only when the database
    names a key: the check of step 4 then accepts only that key, whose id (a one-way function of
    the key) no CAS can match without holding the database's key, so an impostor cannot make
@@ -44,6 +44,7 @@ from confide.cas.client import CasClient
 from confide.cas.core import EvidenceVerifier, decrypt_release
 from confide.cas.key_release import (
     PAYLOAD_TYPE,
+    ReplicaMinTcb,
     appraise_peer,
     appraise_platform,
     identity_of,
@@ -55,7 +56,6 @@ from confide.cas.verifier import check_binding
 from confide.collateral import public_url
 from confide.collateral.dcap import DcapCollateralSource
 from confide.errors import AppraisalError, BindingError, ParseError, UsageError
-from confide.policy.attestation import SnpTcbMinimum
 from confide.runtime.quote import Evidence
 from confide.verify.result import ClaimValue
 from confide.verify.sev_snp import AmdRootStore
@@ -108,7 +108,7 @@ def join_cas(
     at: datetime | None = None,
     client: Callable[[str, bytes], CasClient] = CasClient,
     successor: bool = False,
-    min_tcb: SnpTcbMinimum | None = None,
+    min_tcb: ReplicaMinTcb | None = None,
 ) -> JoinResult:
     """Obtain the master key from the CAS at ``url`` (module docstring). ``expected_key_id``:
     the id the database names (``None``: it names none). ``client`` makes the client that trusts

@@ -41,7 +41,9 @@ reach (SEV-SNP ABI spec Table 23 offset 0x180, Table 3/4 ``TCB_VERSION``), compa
 policy's ``sev-snp`` ``min_tcb`` (:func:`confide.policy.appraise.check_snp_min_tcb`); both sides
 apply it: the releasing CAS to the joiner, a joiner to the releasing CAS. It is a minimum the
 operator sets, not "at least this CAS's TCB": SPLs of different AMD products are not
-comparable, and that rule would force equal TCBs on every host.
+comparable, and that rule would force equal TCBs on every host. It is one minimum for every
+product, or one per product (:class:`ReplicaMinTcb`): a peer is then judged by the minimum of the
+product of its verified VCEK/VLEK chain, and a peer of a product given none is refused.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +79,7 @@ from confide.errors import (
     StorageError,
     UsageError,
 )
+from confide.evidence.sev_snp import Product
 from confide.policy.appraise import check_security, check_snp_min_tcb
 from confide.policy.attestation import SnpTcbMinimum
 from confide.policy.model import AttestationSecurity, Tolerance
@@ -91,6 +95,7 @@ __all__ = [
     "PAYLOAD_TYPE",
     "KeyReleaser",
     "OwnEvidence",
+    "ReplicaMinTcb",
     "appraise_peer",
     "appraise_platform",
     "identity_differences",
@@ -162,12 +167,97 @@ def _shown(value: ClaimValue) -> str:
     return text if len(text) <= 40 else text[:40] + "…"
 
 
-def parse_replica_min_tcb(text: str) -> SnpTcbMinimum:
-    """``--replica-min-tcb bootloader=N,tee=N,snp=N,microcode=N[,fmc=N]``: the four SPLs every
-    SEV-SNP product has, ``fmc`` (Turin only, SEV-SNP ABI spec Table 4) optional, each a decimal
-    0 to 255 (one byte of ``TCB_VERSION``), each once. Anything else is a :class:`UsageError`."""
+@dataclass(frozen=True)
+class ReplicaMinTcb:
+    """``--replica-min-tcb``: the minimum ``REPORTED_TCB`` of SEV-SNP replicas, either one for
+    every AMD product (``uniform``, the option given once without a product) or one per product
+    (``per_product``, ``--replica-min-tcb PRODUCT:...`` repeated), since the SPLs of Milan, Genoa
+    and Turin are numbered independently (Turin also has ``fmc``, SEV-SNP ABI spec Table 4). With
+    per-product minimums a replica of a product without one is refused (fail-closed)."""
+
+    uniform: SnpTcbMinimum | None = None
+    per_product: Mapping[Product, SnpTcbMinimum] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.uniform is None) == (not self.per_product):
+            raise ValueError("a ReplicaMinTcb has either one uniform minimum or per-product minimums")
+
+    def reasons(self, evidence: VerifiedEvidence) -> tuple[str, ...]:
+        """Every reason ``evidence`` (SEV-SNP, verified) does not reach its minimum: the one of
+        its product, judged by :func:`confide.policy.appraise.check_snp_min_tcb`; a product
+        without a minimum (per-product minimums only) is a reason of its own."""
+        option = MIN_TCB_OPTION.removeprefix("--")
+        if self.uniform is not None:
+            return tuple(str(r) for r in check_snp_min_tcb(evidence, self.uniform, option))
+        product = evidence.claims.get("product")  # from the verified VCEK/VLEK chain
+        found = next(((p, m) for p, m in self.per_product.items() if p.value == product), None)
+        if found is None:
+            given = ", ".join(p.value.lower() for p in self.per_product)
+            return (
+                f"{option}: got product {_shown(product)}, expected one with a minimum (given for {given});"
+                " a product without one is refused",
+            )
+        named, minimum = found
+        return tuple(str(r) for r in check_snp_min_tcb(evidence, minimum, f"{option}[{named.value.lower()}]"))
+
+    def text(self) -> str:
+        """As the option reads it (for the log and the ledger): the uniform minimum as before,
+        per-product minimums as ``product:...`` separated by spaces, in product order."""
+        if self.uniform is not None:
+            return _min_tcb_text(self.uniform)
+        return " ".join(
+            f"{p.value.lower()}:{_min_tcb_text(m)}"
+            for p in Product
+            if (m := self.per_product.get(p)) is not None
+        )
+
+
+def parse_replica_min_tcb(texts: str | Sequence[str]) -> ReplicaMinTcb:
+    """``--replica-min-tcb``, given once as ``bootloader=N,tee=N,snp=N,microcode=N[,fmc=N]`` (one
+    minimum for every product, as before per-product minimums existed), or one or more times as
+    ``PRODUCT:bootloader=N,...`` with PRODUCT ``milan``, ``genoa`` or ``turin`` (case
+    insensitive), each product once, ``fmc`` for ``turin`` only. Both forms together, or the
+    first twice, is a :class:`UsageError`."""
+    items = (texts,) if isinstance(texts, str) else tuple(texts)
+    if not items:
+        raise UsageError(f"{MIN_TCB_OPTION}: got no value, expected at least one")
+    uniform: SnpTcbMinimum | None = None
+    per_product: dict[Product, SnpTcbMinimum] = {}
+    for text in items:
+        head, colon, rest = text.partition(":")
+        if not colon:
+            if uniform is not None or len(items) > 1:
+                raise UsageError(
+                    f"{MIN_TCB_OPTION}: got {len(items)} values, one without a product; give it once"
+                    " without a product (every product) or once per product as PRODUCT:bootloader=N,..."
+                )
+            uniform = _parse_minimum(text)
+            continue
+        product = next((p for p in Product if p.value.lower() == head.strip().lower()), None)
+        if product is None:
+            raise UsageError(
+                f"{MIN_TCB_OPTION}: got product {head.strip()[:20]!r}, expected milan, genoa or turin"
+            )
+        if product in per_product:
+            raise UsageError(
+                f"{MIN_TCB_OPTION}: got {product.value.lower()} twice, expected each product once"
+            )
+        minimum = _parse_minimum(rest)
+        if minimum.fmc is not None and product is not Product.TURIN:
+            raise UsageError(
+                f"{MIN_TCB_OPTION}: got fmc for {product.value.lower()}, expected fmc only for turin"
+                " (SEV-SNP ABI spec Table 4: only Turin's TCB_VERSION has an FMC SPL)"
+            )
+        per_product[product] = minimum
+    return ReplicaMinTcb(uniform=uniform, per_product=per_product)
+
+
+def _parse_minimum(text: str) -> SnpTcbMinimum:
+    """``bootloader=N,tee=N,snp=N,microcode=N[,fmc=N]``: the four SPLs every SEV-SNP product
+    has, ``fmc`` (Turin only, SEV-SNP ABI spec Table 4) optional, each a decimal 0 to 255 (one
+    byte of ``TCB_VERSION``), each once. Anything else is a :class:`UsageError`."""
     expected = (
-        "expected bootloader=N,tee=N,snp=N,microcode=N[,fmc=N] with each N a decimal 0 to 255"
+        "expected [PRODUCT:]bootloader=N,tee=N,snp=N,microcode=N[,fmc=N] with each N a decimal 0 to 255"
         " (the SPLs of REPORTED_TCB)"
     )
     shown = repr(text[:80])
@@ -188,13 +278,17 @@ def parse_replica_min_tcb(text: str) -> SnpTcbMinimum:
     return SnpTcbMinimum(**values)
 
 
-def min_tcb_text(minimum: SnpTcbMinimum) -> str:
-    """``minimum`` as :func:`parse_replica_min_tcb` reads it (for the log and the ledger)."""
+def _min_tcb_text(minimum: SnpTcbMinimum) -> str:
     return ",".join(f"{n}={getattr(minimum, n)}" for n in _MIN_TCB_NAMES if getattr(minimum, n) is not None)
 
 
+def min_tcb_text(minimum: ReplicaMinTcb) -> str:
+    """``minimum`` as :func:`parse_replica_min_tcb` reads it (for the log and the ledger)."""
+    return minimum.text()
+
+
 def appraise_peer(
-    own: VerifiedEvidence, peer: VerifiedEvidence, *, min_tcb: SnpTcbMinimum | None = None
+    own: VerifiedEvidence, peer: VerifiedEvidence, *, min_tcb: ReplicaMinTcb | None = None
 ) -> tuple[str, ...]:
     """Whether ``peer`` (verified) may share this CAS's master key, given ``own``, this CAS's
     own evidence (verified): every reason it may not, empty when it may.
@@ -215,7 +309,7 @@ def appraise_peer(
 
 
 def appraise_platform(
-    own: VerifiedEvidence, peer: VerifiedEvidence, *, min_tcb: SnpTcbMinimum | None = None
+    own: VerifiedEvidence, peer: VerifiedEvidence, *, min_tcb: ReplicaMinTcb | None = None
 ) -> tuple[str, ...]:
     """Steps 1 and 2 of :func:`appraise_peer`: what a successor version must pass as well."""
     reasons: list[str] = []
@@ -229,7 +323,7 @@ def appraise_platform(
     security_reasons, _ = check_security(peer, AttestationSecurity(tolerate=tolerate))
     reasons += [str(r) for r in security_reasons]
     if min_tcb is not None and peer.platform is Platform.SEV_SNP:
-        reasons += [str(r) for r in check_snp_min_tcb(peer, min_tcb, MIN_TCB_OPTION.removeprefix("--"))]
+        reasons += min_tcb.reasons(peer)
     return tuple(reasons)
 
 
@@ -345,7 +439,7 @@ class KeyReleaser:
         *,
         successors: Successors | None = None,
         clock: Callable[[], float] = time.time,
-        min_tcb: SnpTcbMinimum | None = None,
+        min_tcb: ReplicaMinTcb | None = None,
     ) -> None:
         self.cas, self.own, self.successors, self.clock = cas, own, successors, clock
         self.min_tcb = min_tcb

@@ -80,7 +80,7 @@ from confide.cas.crl import DEFAULT_CRL_VALIDITY
 from confide.cas.db import Database, raw_connection
 from confide.cas.dev_measurement import cas_dev_measurement
 from confide.cas.join import JoinResult, join_cas
-from confide.cas.key_release import KeyReleaser, OwnEvidence, min_tcb_text
+from confide.cas.key_release import KeyReleaser, OwnEvidence, ReplicaMinTcb, min_tcb_text
 from confide.cas.keyfiles import TLS_KEY_NAME, load_log_signer, load_tls_key, tls_key_password
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.master_key import PLAIN_NAME, install_master_key
@@ -126,7 +126,6 @@ from confide.ledger.db import connect as ledger_connect
 from confide.ledger.note import NoteSigner, NoteVerifier
 from confide.ledger.store import Ledger
 from confide.ledger.witness_http import request_cosignatures
-from confide.policy.attestation import SnpTcbMinimum
 from confide.runtime.azure_vtpm import AzureVtpmQuoteProvider
 from confide.runtime.quote import (
     ConfigfsTsmQuoteProvider,
@@ -546,7 +545,7 @@ def prepare(
     successor_board: Board | None = None,
     min_tcb_evaluation_data_number: int | None = None,
     witnesses: AttestedWitnesses | None = None,
-    replica_min_tcb: SnpTcbMinimum | None = None,
+    replica_min_tcb: ReplicaMinTcb | None = None,
 ) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
     """Create or open the CAS state in ``data_dir``; returns the CAS, its own evidence (``dev``:
     simulated; ``tee``: from the TEE's quote provider, ``quote_provider`` or the one at the
@@ -779,6 +778,8 @@ def prepare(
         own = own_evidence
     successors = Successors(cas, own=own)
     cas.key_release = KeyReleaser(cas, own, successors=successors, min_tcb=replica_min_tcb)
+    if own is not None and replica_min_tcb is not None:
+        _warn_own_tcb_below(own, replica_min_tcb, clock)
     if own is not None:  # docs/cas.md "Retiring the old version": a retired version does not start
         successors.refuse_retired_start(own)
     with database.write() as conn:
@@ -851,6 +852,37 @@ def describe_key_holding(seal: SealingKeyProvider | None, in_memory: bool) -> st
     return "in memory (released by an attested CAS)" if in_memory else "plain file"
 
 
+def _warn_own_tcb_below(
+    own: OwnEvidence, minimum: ReplicaMinTcb, clock: Callable[[], datetime] | None
+) -> None:
+    """``--replica-min-tcb`` judged against this CAS's own SEV-SNP evidence once at start: below
+    it (or, with per-product minimums, on a product without one), this CAS's key is released to
+    no replica on a host like its own and, with ``--join``, it obtained the key from a peer of a
+    TCB it would not accept itself. Logged (``cas-own-tcb-below-replica-min-tcb``), not refused:
+    the operator may be raising the minimum ahead of a firmware update (docs/cas.md)."""
+    try:
+        evidence = own(clock() if clock is not None else datetime.now(UTC))
+    except ConfideError:  # checked at start already; a release would report it with its reason
+        return
+    if evidence.platform is not Platform.SEV_SNP:
+        return
+    reasons = minimum.reasons(evidence)
+    if reasons:
+        logging.getLogger("confide.cas").warning(
+            json.dumps(
+                {
+                    "event": "cas-own-tcb-below-replica-min-tcb",
+                    "product": evidence.claims.get("product"),
+                    "reported_tcb": evidence.claims.get("reported_tcb"),
+                    "replica_min_tcb": minimum.text(),
+                    "reasons": list(reasons),
+                    "reason": "this CAS's own host does not reach --replica-min-tcb: replicas on hosts"
+                    " like it are refused the master key",
+                }
+            )
+        )
+
+
 def _join_preconditions(url: str, data_dir: Path, *, dev: bool, tee: str | None) -> None:
     """``--join``: what is refused before anything is read or written (docs/cas.md "Joining a
     running CAS")."""
@@ -904,7 +936,7 @@ def _join(
     collateral: DcapCollateralSource | None,
     amd_roots: AmdRootStore | None,
     successor: bool = False,
-    min_tcb: SnpTcbMinimum | None = None,
+    min_tcb: ReplicaMinTcb | None = None,
 ) -> JoinResult:
     """``--join URL``: the master key from the attested CAS at ``url`` (:func:`join_cas`), for a
     data directory without a master key, on a database without an online rotation in progress.
@@ -991,7 +1023,7 @@ def serve(
     min_tcb_evaluation_data_number: int | None = None,
     witness_quorum: int | None = None,
     witness_max_lag: float | None = None,
-    replica_min_tcb: SnpTcbMinimum | None = None,
+    replica_min_tcb: ReplicaMinTcb | None = None,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
@@ -1184,7 +1216,7 @@ def _serve(
     successor_board: Board | None = None,
     min_tcb_evaluation_data_number: int | None = None,
     quorum: WitnessQuorum | None = None,
-    replica_min_tcb: SnpTcbMinimum | None = None,
+    replica_min_tcb: ReplicaMinTcb | None = None,
 ) -> None:
     public_limits = None
     if public_addr is not None:
