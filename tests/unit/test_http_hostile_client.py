@@ -33,8 +33,14 @@ SLOW = 2.0  # seconds /slow takes to answer: a response still pending when the n
 
 async def _app(scope: Any, receive: Any, send: Any) -> None:
     """Reads the whole body, then answers with what it saw (headers, body size, whether the
-    client disconnected); /slow answers after SLOW seconds."""
+    client disconnected); /slow answers after SLOW seconds; /nap answers after SLOW seconds
+    without reading its (empty) body, as a GET route does."""
     body, disconnected = b"", False
+    if scope["path"] == "/nap":
+        await asyncio.sleep(SLOW)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+        return
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -264,3 +270,31 @@ def test_a_client_that_never_reads_and_leaves_costs_no_error(served: tuple[int, 
     finally:
         logger.removeHandler(errors)
     assert errors.messages == []
+
+
+def test_the_body_of_the_last_pipelined_request_is_read_while_earlier_ones_are_answered() -> None:
+    """Two requests whose application reads nothing (a GET route), then a POST whose body comes a
+    little later: once the first is answered, the rest of that body is read, so it is complete
+    long before the body deadline. Reading stayed paused until every earlier response was sent
+    (MAX_PIPELINE), and the POST got 408 (in place of the second request's answer) when those
+    took longer than the body deadline, its body waiting unread in the socket."""
+    body_timeout = 1.5 * SLOW  # after the first /nap's answer (SLOW), before the second's (2 * SLOW)
+    limits = HttpLimits(body_timeout=body_timeout, log_name="confide.test")
+    server = HttpServer(_app, ("127.0.0.1", 0), limits=limits)
+    server.serve_in_thread()
+    try:
+        with _connect(server.server_address[1]) as s:
+            s.sendall(
+                b"GET /nap HTTP/1.1\r\nHost: t\r\n\r\n" * 2
+                + b"POST /c HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nConnection: close\r\n\r\nab"
+            )
+            time.sleep(SLOW / 2)  # the rest of the body, while the first /nap is answered
+            s.sendall(b"cd")
+            responses = _responses(s)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [status for status, _ in responses] == [200, 200, 200]
+    assert json.loads(responses[2][1])["path"] == "/c"
+    assert json.loads(responses[2][1])["body"] == 4
+    assert limits.body_timeouts == 0

@@ -50,9 +50,10 @@ application is told the client disconnected. uvicorn's answer waited, since the 
 response was still pending, until the body deadline (``408``).
 
 **Pipelining.** At most :data:`MAX_PIPELINE` requests wait behind the one being answered on a
-connection; nothing more is read from it until they are answered (uvicorn read again after
-each response, and parsed every request of a read: one connection sending requests faster
-than they were answered queued them without bound, ~2 KiB each). A request past the bound is
+connection; nothing more is read from it until they are answered but the rest of the last
+one's body (uvicorn read again after each response, and parsed every request of a read: one
+connection sending requests faster than they were answered queued them without bound, ~2 KiB
+each). A request past the bound is
 answered ``503`` with ``Connection: close`` after the responses to those before it.
 
 **Responses.** :class:`OneWriteCycle` writes a response's head together with its body: one
@@ -510,8 +511,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # may start the next pipelined request
-        if self.pipeline and not self.transport.is_closing():
-            # uvicorn resumed reading: not while requests still wait (MAX_PIPELINE)
+        if self.pipeline and not self._in_body and not self.transport.is_closing():
+            # uvicorn resumed reading: not while requests still wait (MAX_PIPELINE), unless the
+            # last one read is still receiving its body: that body is read on (a request is
+            # queued only once, so the queue does not grow by it), else its deadline would run
+            # out while the earlier responses are written and nothing is read.
             self.flow.pause_reading()
         refuse = self._refusal_after
         cycle = self.cycle
