@@ -273,19 +273,19 @@ def test_a_client_that_never_reads_and_leaves_costs_no_error(served: tuple[int, 
 
 
 def test_the_body_of_the_last_pipelined_request_is_read_while_earlier_ones_are_answered() -> None:
-    """Two requests whose application reads nothing (a GET route), then a POST whose body comes a
-    little later: once the first is answered, the rest of that body is read, so it is complete
-    long before the body deadline. Reading stayed paused until every earlier response was sent
-    (MAX_PIPELINE), and the POST got 408 (in place of the second request's answer) when those
-    took longer than the body deadline, its body waiting unread in the socket."""
-    body_timeout = 1.5 * SLOW  # after the first /nap's answer (SLOW), before the second's (2 * SLOW)
+    """Four requests whose application reads nothing (a GET route), then a POST whose body comes
+    a little later: once the first is answered (SLOW), the rest of that body is read, so it is
+    complete long before the body deadline (2 * SLOW). Reading stayed paused until the last of
+    them had started (3 * SLOW), and the POST got 408 (in place of an earlier request's answer),
+    its body waiting unread in the socket. A margin of SLOW on either side."""
+    body_timeout = 2 * SLOW
     limits = HttpLimits(body_timeout=body_timeout, log_name="confide.test")
     server = HttpServer(_app, ("127.0.0.1", 0), limits=limits)
     server.serve_in_thread()
     try:
         with _connect(server.server_address[1]) as s:
             s.sendall(
-                b"GET /nap HTTP/1.1\r\nHost: t\r\n\r\n" * 2
+                b"GET /nap HTTP/1.1\r\nHost: t\r\n\r\n" * 4
                 + b"POST /c HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nConnection: close\r\n\r\nab"
             )
             time.sleep(SLOW / 2)  # the rest of the body, while the first /nap is answered
@@ -294,7 +294,7 @@ def test_the_body_of_the_last_pipelined_request_is_read_while_earlier_ones_are_a
     finally:
         server.shutdown()
         server.server_close()
-    assert [status for status, _ in responses] == [200, 200, 200]
-    assert json.loads(responses[2][1])["path"] == "/c"
-    assert json.loads(responses[2][1])["body"] == 4
+    assert [status for status, _ in responses] == [200] * 5
+    assert json.loads(responses[4][1])["path"] == "/c"
+    assert json.loads(responses[4][1])["body"] == 4
     assert limits.body_timeouts == 0
