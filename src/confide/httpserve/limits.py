@@ -53,8 +53,8 @@ response was still pending, until the body deadline (``408``).
 connection; nothing more is read from it until they are answered but the rest of the last
 one's body (uvicorn read again after each response, and parsed every request of a read: one
 connection sending requests faster than they were answered queued them without bound, ~2 KiB
-each). A request past the bound is
-answered ``503`` with ``Connection: close`` after the responses to those before it.
+each). A request past the bound is answered ``503`` with ``Connection: close`` after the
+responses to those before it.
 
 **Responses.** :class:`OneWriteCycle` writes a response's head together with its body: one
 TLS record and one socket write per response where uvicorn wrote two (docs/performance.md,
