@@ -36,6 +36,7 @@ from confide.cas.secrets import (
     ca_reissue_reason,
     generate,
     issue_to_runtime,
+    key_usage_changed,
     renew_certificate,
 )
 from confide.cas.server import _tls_identity
@@ -546,6 +547,26 @@ def test_reissue_reasons(pki: dict[str, SecretValue]) -> None:
     assert ca_reissue_reason(declared, _public(tight), 1) == "path-length"
     exact = renew_certificate(root, pki["root"], issuer=None, now=NOW, path_length=1)
     assert ca_reissue_reason(declared, _public(exact), 1) is None
+
+
+def test_a_stored_certificate_whose_extensions_do_not_parse_is_left_alone(
+    pki: dict[str, SecretValue],
+) -> None:
+    """A CA certificate edited in the database so that its extensions no longer parse
+    (``cryptography`` parses them lazily) is treated like one that does not parse at all:
+    no reason to re-issue, and no exception outside ``confide.errors``."""
+    pol = loads_policy(_policy(PKI))
+    root = pol.secret("root")
+    der = pki["root"].certificate
+    assert der is not None
+    basic, key_usage = bytes.fromhex("0603551d13"), bytes.fromhex("0603551d0f")
+    assert der.count(basic) == 1 and der.count(key_usage) == 1
+    broken = SecretValue(pki["root"].kind, pki["root"].data, der.replace(basic, key_usage), pki["root"].chain)
+    cert = x509.load_der_x509_certificate(der.replace(basic, key_usage))
+    with pytest.raises(x509.DuplicateExtension):
+        _ = cert.extensions
+    assert key_usage_changed(root, _public(broken)) is False
+    assert ca_reissue_reason(root, _public(broken), 1) is None
 
 
 def _reissued_without_path_length(ca: SecretValue) -> SecretValue:

@@ -461,10 +461,15 @@ def ca_path_lengths(secrets: Sequence[Secret]) -> dict[str, int]:
 
 
 def _stored_certificate(public: str) -> x509.Certificate | None:
+    """The certificate in a stored version's ``public`` metadata, or ``None`` when there is
+    none or it does not parse, its extensions included (``cryptography`` parses those lazily:
+    a row edited in the database must not raise out of the renewal checks)."""
     try:
-        return x509.load_pem_x509_certificate(json.loads(public)["certificate"].encode())
-    except (KeyError, TypeError, ValueError, AttributeError):
+        cert = x509.load_pem_x509_certificate(json.loads(public)["certificate"].encode())
+        _ = cert.extensions
+    except (KeyError, TypeError, AttributeError, *CERTIFICATE_ERRORS):
         return None
+    return cert
 
 
 def key_usage_changed(spec: Secret, public: str) -> bool:
