@@ -165,8 +165,8 @@ class Identity:
             raise UsageError(f"cannot create {path}: {exc.strerror}") from None
         try:
             try:
-                os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
-                with os.fdopen(fd, "w") as fh:
+                with os.fdopen(fd, "w") as fh:  # owns fd from here: closed on every path
+                    os.fchmod(fh.fileno(), 0o600)  # exactly 0600, whatever the umask
                     fh.write(self.to_json())
                     fh.flush()
                     os.fsync(fh.fileno())
@@ -203,21 +203,33 @@ MAX_IDENTITY_FILE = 64 * 1024
 
 
 def load_identity(path: Path) -> Identity:
+    """The identity file at ``path``: a regular file of mode 0600 (no group or other bits), at
+    most :data:`MAX_IDENTITY_FILE` bytes. The checks judge the descriptor that is read (opened
+    without blocking, then ``fstat``), not an earlier look at the path: a FIFO or a
+    world-readable file put there in between is refused, never waited on or loaded."""
     try:
-        st = path.stat()
+        if not stat.S_ISREG(os.stat(path).st_mode):  # refused before any open (a device's open may act)
+            raise UsageError(f"--identity: {path} is not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise UsageError(f"--identity: cannot read {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        # A FIFO or a device would block or never end; neither is an identity file.
-        raise UsageError(f"--identity: {path} is not a regular file")
-    if st.st_mode & 0o077:
-        mode = st.st_mode & 0o777
-        raise UsageError(f"--identity: {path} is readable by others (mode {mode:o}); chmod 600 it")
     try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_IDENTITY_FILE + 1)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            # A FIFO or a device would block or never end; neither is an identity file.
+            raise UsageError(f"--identity: {path} is not a regular file")
+        if st.st_mode & 0o077:
+            mode = st.st_mode & 0o777
+            raise UsageError(f"--identity: {path} is readable by others (mode {mode:o}); chmod 600 it")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_IDENTITY_FILE and (chunk := os.read(fd, MAX_IDENTITY_FILE + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
     except OSError as exc:
         raise UsageError(f"--identity: cannot read {path}: {exc.strerror}") from None
-    if len(data) > MAX_IDENTITY_FILE:
+    finally:
+        os.close(fd)
+    if size > MAX_IDENTITY_FILE:
         raise UsageError(f"--identity: {path} is larger than {MAX_IDENTITY_FILE} bytes: not an identity file")
-    return Identity.from_json(data)
+    return Identity.from_json(b"".join(chunks))
