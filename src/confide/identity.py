@@ -14,11 +14,9 @@ whose ``type`` names what is signed, so a signature for one purpose never verifi
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import os
-import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from confide import jsonstrict
 from confide.errors import ParseError, SignatureError, UsageError
+from confide.fsutil import write_new_whole
 
 __all__ = ["Identity", "PublicIdentity", "fingerprint_of", "load_identity"]
 
@@ -155,35 +154,12 @@ class Identity:
         replaced) and removed: ``path`` appears whole or not at all, and a failed write (a full
         disk, an interrupted process) leaves neither a truncated identity at ``path`` nor a key
         in a stray file. The directory is synced so that the new name survives a crash."""
-        if os.path.lexists(path):
-            raise UsageError(f"{path} exists; refusing to overwrite an identity")
-        directory = path.parent
-        tmp = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            write_new_whole(path, self.to_json().encode(), 0o600)
+        except FileExistsError:
+            raise UsageError(f"{path} exists; refusing to overwrite an identity") from None
         except OSError as exc:
-            raise UsageError(f"cannot create {path}: {exc.strerror}") from None
-        try:
-            try:
-                with os.fdopen(fd, "w") as fh:  # owns fd from here: closed on every path
-                    os.fchmod(fh.fileno(), 0o600)  # exactly 0600, whatever the umask
-                    fh.write(self.to_json())
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.link(tmp, path)
-            except FileExistsError:
-                raise UsageError(f"{path} exists; refusing to overwrite an identity") from None
-            except OSError as exc:
-                raise UsageError(f"cannot write {path}: {exc.strerror}") from None
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        with contextlib.suppress(OSError):  # durability of the name; the file itself is synced
-            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Identity:
