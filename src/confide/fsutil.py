@@ -6,6 +6,7 @@ synced, so a crash leaves either the old file or the new one, never a torn one. 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import secrets
@@ -81,12 +82,45 @@ def write_new_whole(path: Path, data: bytes, mode: int = 0o600) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.link(tmp, path)
+        try:
+            os.link(tmp, path)
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            _rename_noreplace(tmp, path, exc)  # a file system without hard links (vfat, sshfs)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
     with contextlib.suppress(OSError):  # durability of the name; the file itself is synced
         fsync_dir(path.parent)
+
+
+# link(2) on a file system without hard links: EPERM (vfat, exfat), EOPNOTSUPP/ENOTSUP (FUSE
+# file systems such as sshfs, CIFS without the unix extensions), EMLINK (no more links).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK})
+_RENAME_NOREPLACE = 1  # include/uapi/linux/fs.h
+_AT_FDCWD = -100
+
+
+def _rename_noreplace(src: Path, dst: Path, link_error: OSError) -> None:
+    """``renameat2(src, dst, RENAME_NOREPLACE)`` (Linux 3.15, glibc 2.28): the rename that, like
+    ``link``, fails with EEXIST instead of replacing ``dst``. ``link_error`` is raised when
+    neither the C library nor the file system offers it (nothing is then ever replaced)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        raise link_error from None
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        raise FileExistsError(err, os.strerror(err), str(dst))
+    if err in (errno.EINVAL, errno.ENOSYS):  # the flag is not supported there
+        raise link_error
+    raise OSError(err, os.strerror(err), str(dst))
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -180,3 +180,25 @@ def _open_below(directory: Path) -> list[str]:
         if target.startswith(str(directory) + "/"):
             found.append(target)
     return found
+
+
+@pytest.mark.parametrize("link_errno", [errno.EPERM, errno.EOPNOTSUPP])
+def test_a_file_system_without_hard_links_still_gets_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, link_errno: int
+) -> None:
+    """vfat/exfat refuse link(2) with EPERM, sshfs and CIFS with EOPNOTSUPP: the file is then
+    renamed into place with RENAME_NOREPLACE (still never over an existing file)."""
+    path = tmp_path / "id"
+
+    def no_links(src: object, dst: object, *args: object, **kwargs: object) -> None:
+        raise OSError(link_errno, os.strerror(link_errno))
+
+    monkeypatch.setattr(os, "link", no_links)
+    person = Identity.generate()
+    person.save(path)
+    with pytest.raises(errors.UsageError, match="exists; refusing to overwrite"):
+        Identity.generate().save(path)
+    monkeypatch.undo()
+    assert load_identity(path).fingerprint == person.fingerprint
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["id"]
