@@ -151,9 +151,10 @@ class Identity:
 
         The key is written and synced to a fresh temporary file in the same directory, which is
         then hard-linked to ``path`` (``link`` fails when ``path`` exists, so nothing is ever
-        replaced) and removed: ``path`` appears whole or not at all, and a failed write (a full
-        disk, an interrupted process) leaves neither a truncated identity at ``path`` nor a key
-        in a stray file. The directory is synced so that the new name survives a crash."""
+        replaced; without hard links, renamed with ``RENAME_NOREPLACE``) and removed
+        (:func:`confide.fsutil.write_new_whole`): ``path`` appears whole or not at all, and a
+        failed write (a full disk, an interrupt) leaves neither a truncated identity at ``path``
+        nor a key in a stray file. The directory is synced so that the new name survives a crash."""
         try:
             write_new_whole(path, self.to_json().encode(), 0o600)
         except FileExistsError:
