@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 
 from confide.errors import UsageError
-from confide.fsutil import write_new_whole
+from confide.fsutil import fsync_dir, write_new_whole
 from confide.volume.format import KEY_SIZE
 
 __all__ = ["KEY_ENV", "VolumeKey", "load_key", "write_key"]
@@ -74,6 +74,7 @@ def write_key(path: Path, key: VolumeKey) -> None:
     gone). Never over an existing file; every failure is a :class:`UsageError`."""
     try:
         write_new_whole(path, (key.hex() + "\n").encode("ascii"), 0o600)
+        fsync_dir(path.parent)  # checked here, not best effort: the key must outlive a power loss
     except FileExistsError:
         raise UsageError(f"key file {str(path)!r} exists; refusing to overwrite a key") from None
     except OSError as exc:
