@@ -5,6 +5,8 @@ synced, so a crash leaves either the old file or the new one, never a torn one. 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import os
 import secrets
@@ -13,7 +15,15 @@ from pathlib import Path
 
 from confide.errors import ParseError, StorageError
 
-__all__ = ["TMP_PREFIX", "fsync_dir", "read_bounded", "read_regular", "write_atomic", "write_new"]
+__all__ = [
+    "TMP_PREFIX",
+    "fsync_dir",
+    "read_bounded",
+    "read_regular",
+    "write_atomic",
+    "write_new",
+    "write_new_whole",
+]
 
 TMP_PREFIX = ".tmp-"
 """Temporary files are ``TMP_PREFIX + name + '-' + random`` next to their target."""
@@ -46,6 +56,71 @@ def write_new(path: Path, data: bytes, mode: int = 0o600) -> None:
         path.unlink(missing_ok=True)
         raise
     os.close(fd)
+
+
+def write_new_whole(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Create ``path`` with ``data`` and exactly ``mode`` (whatever the umask), atomically, and
+    never over an existing entry: written and synced to a fresh temporary file in the same
+    directory (``O_EXCL | O_NOFOLLOW``), hard-linked to ``path`` (``link(2)`` fails when
+    ``path`` exists, a dangling symlink included, so nothing is ever replaced), then removed.
+    ``path`` appears whole or not at all; a failure that raises (a full disk, an interrupt)
+    leaves neither a partial file at ``path`` nor a copy of ``data`` in a stray file (a crash of
+    the process can leave the ``TMP_PREFIX`` temporary file, never a partial ``path``). The
+    directory is synced so that the new name survives a crash (best effort: the file itself is
+    synced). Raises :class:`FileExistsError` when ``path`` exists, another :class:`OSError`
+    when the write fails; the caller words the error (never with ``data``, a key)."""
+    if os.path.lexists(path):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}-{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            _rename_noreplace(tmp, path, exc)  # a file system without hard links (vfat, sshfs)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    with contextlib.suppress(OSError):  # durability of the name; the file itself is synced
+        fsync_dir(path.parent)
+
+
+# link(2) on a file system without hard links: EPERM (vfat, exfat), EOPNOTSUPP/ENOTSUP (FUSE
+# file systems such as sshfs, CIFS without the unix extensions), EMLINK (no more links).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK})
+_RENAME_NOREPLACE = 1  # include/uapi/linux/fs.h
+_AT_FDCWD = -100
+
+
+def _rename_noreplace(src: Path, dst: Path, link_error: OSError) -> None:
+    """``renameat2(src, dst, RENAME_NOREPLACE)`` (Linux 3.15, glibc 2.28): the rename that, like
+    ``link``, fails with EEXIST instead of replacing ``dst``. ``link_error`` is raised when
+    neither the C library nor the file system offers it (nothing is then ever replaced)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        raise link_error from None
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        raise FileExistsError(err, os.strerror(err), str(dst))
+    if err in (errno.EINVAL, errno.ENOSYS):  # the flag is not supported there
+        raise link_error
+    raise OSError(err, os.strerror(err), str(dst))
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -91,11 +166,7 @@ def read_bounded(
     where = f"{label} {str(path)!r}" if label is not None else repr(str(path))
     try:
         if regular:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            with os.fdopen(fd, "rb") as f:
-                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                    raise StorageError(f"{where}: not a regular file")
-                data = f.read(limit + 1)
+            data = read_regular(path, limit)  # "not a regular file" is its OSError's strerror
         else:
             with path.open("rb") as f:
                 data = f.read(limit + 1)

@@ -14,11 +14,9 @@ whose ``type`` names what is signed, so a signature for one purpose never verifi
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import os
-import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from confide import jsonstrict
 from confide.errors import ParseError, SignatureError, UsageError
+from confide.fsutil import write_new_whole
 
 __all__ = ["Identity", "PublicIdentity", "fingerprint_of", "load_identity"]
 
@@ -152,38 +151,16 @@ class Identity:
 
         The key is written and synced to a fresh temporary file in the same directory, which is
         then hard-linked to ``path`` (``link`` fails when ``path`` exists, so nothing is ever
-        replaced) and removed: ``path`` appears whole or not at all, and a failed write (a full
-        disk, an interrupted process) leaves neither a truncated identity at ``path`` nor a key
-        in a stray file. The directory is synced so that the new name survives a crash."""
-        if os.path.lexists(path):
-            raise UsageError(f"{path} exists; refusing to overwrite an identity")
-        directory = path.parent
-        tmp = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp"
+        replaced; without hard links, renamed with ``RENAME_NOREPLACE``) and removed
+        (:func:`confide.fsutil.write_new_whole`): ``path`` appears whole or not at all, and a
+        failed write (a full disk, an interrupt) leaves neither a truncated identity at ``path``
+        nor a key in a stray file. The directory is synced so that the new name survives a crash."""
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            write_new_whole(path, self.to_json().encode(), 0o600)
+        except FileExistsError:
+            raise UsageError(f"{path} exists; refusing to overwrite an identity") from None
         except OSError as exc:
-            raise UsageError(f"cannot create {path}: {exc.strerror}") from None
-        try:
-            try:
-                os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(self.to_json())
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.link(tmp, path)
-            except FileExistsError:
-                raise UsageError(f"{path} exists; refusing to overwrite an identity") from None
-            except OSError as exc:
-                raise UsageError(f"cannot write {path}: {exc.strerror}") from None
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        with contextlib.suppress(OSError):  # durability of the name; the file itself is synced
-            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Identity:
@@ -203,21 +180,33 @@ MAX_IDENTITY_FILE = 64 * 1024
 
 
 def load_identity(path: Path) -> Identity:
+    """The identity file at ``path``: a regular file of mode 0600 (no group or other bits), at
+    most :data:`MAX_IDENTITY_FILE` bytes. The checks judge the descriptor that is read (opened
+    without blocking, then ``fstat``), not an earlier look at the path: a FIFO or a
+    world-readable file put there in between is refused, never waited on or loaded."""
     try:
-        st = path.stat()
+        if not stat.S_ISREG(os.stat(path).st_mode):  # refused before any open (a device's open may act)
+            raise UsageError(f"--identity: {path} is not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise UsageError(f"--identity: cannot read {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        # A FIFO or a device would block or never end; neither is an identity file.
-        raise UsageError(f"--identity: {path} is not a regular file")
-    if st.st_mode & 0o077:
-        mode = st.st_mode & 0o777
-        raise UsageError(f"--identity: {path} is readable by others (mode {mode:o}); chmod 600 it")
     try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_IDENTITY_FILE + 1)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            # A FIFO or a device would block or never end; neither is an identity file.
+            raise UsageError(f"--identity: {path} is not a regular file")
+        if st.st_mode & 0o077:
+            mode = st.st_mode & 0o777
+            raise UsageError(f"--identity: {path} is readable by others (mode {mode:o}); chmod 600 it")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_IDENTITY_FILE and (chunk := os.read(fd, MAX_IDENTITY_FILE + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
     except OSError as exc:
         raise UsageError(f"--identity: cannot read {path}: {exc.strerror}") from None
-    if len(data) > MAX_IDENTITY_FILE:
+    finally:
+        os.close(fd)
+    if size > MAX_IDENTITY_FILE:
         raise UsageError(f"--identity: {path} is larger than {MAX_IDENTITY_FILE} bytes: not an identity file")
-    return Identity.from_json(data)
+    return Identity.from_json(b"".join(chunks))

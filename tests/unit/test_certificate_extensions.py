@@ -8,11 +8,13 @@ runtime's key, renewal, re-issue at a policy update, and the CAS's own TLS certi
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import shutil
 import subprocess
 import sys
+import textwrap
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -707,3 +709,60 @@ def test_the_cas_tls_certificate_verifies_strictly_as_a_server_and_is_no_client(
     assert verified, out
     verified, out = openssl_verify(tmp_path / "cli", der, [der], purpose="sslclient", at=at)
     assert not verified, out
+
+
+def _with_basic_constraints_twice() -> str:
+    """An explicit CA certificate whose basicConstraints appears twice (cA TRUE with pathLen 1,
+    then pathLen 0): built with a placeholder OID of the same length in the second extension,
+    then renamed in the DER (nothing here checks its signature)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Explicit CA")])
+    second = x509.UnrecognizedExtension(x509.ObjectIdentifier("2.5.29.99"), bytes.fromhex("30060101ff020100"))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .add_extension(second, critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    der = cert.public_bytes(serialization.Encoding.DER)
+    placeholder, basic_constraints = (
+        bytes.fromhex("0603551d63"),
+        bytes.fromhex("0603551d13"),
+    )  # 2.5.29.99, .19
+    assert der.count(placeholder) == 1
+    b64 = base64.b64encode(der.replace(placeholder, basic_constraints)).decode()
+    cert_pem = "\n".join(
+        ["-----BEGIN CERTIFICATE-----", *textwrap.wrap(b64, 64), "-----END CERTIFICATE-----"]
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return f"""  - name: root_key
+    kind: private-key
+    value: |
+{_indent(key_pem)}
+  - name: root
+    kind: x509-ca
+    private_key: root_key
+    value: |
+{_indent(cert_pem)}
+  - name: sub
+    kind: x509-ca
+    private_key: root_key
+    issuer: root
+"""
+
+
+def test_an_explicit_ca_with_an_extension_twice_is_a_policy_error() -> None:
+    """Which basicConstraints counts depends on the reader; the loader refuses the certificate
+    with a PolicyError (it raised cryptography's DuplicateExtension, a traceback)."""
+    text = _policy(_with_basic_constraints_twice())
+    with pytest.raises(PolicyError, match=r"extensions do not parse \(Duplicate 2\.5\.29\.19 extension"):
+        loads_policy(text)
+    loads_policy(text, stored=True)  # a stored version is not judged again

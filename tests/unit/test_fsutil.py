@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from confide import fsutil
 from confide.errors import ParseError, StorageError
 from confide.fsutil import TMP_PREFIX, read_bounded, write_atomic, write_new
 
@@ -89,3 +91,17 @@ def test_read_bounded_regular_refuses_what_is_not_a_regular_file_without_waiting
     )
     with pytest.raises(ParseError, match="got more than 2 bytes"):
         read_bounded(tmp_path / "f", 2, label=None, expected="x", structure="x", regular=True)
+
+
+def test_the_rename_fallback_never_replaces(tmp_path: Path) -> None:
+    """fsutil.write_new_whole's fallback for file systems without hard links: renameat2 with
+    RENAME_NOREPLACE fails with EEXIST (FileExistsError) on an existing target, which stays."""
+    src, dst = tmp_path / "new", tmp_path / "old"
+    src.write_bytes(b"new")
+    dst.write_bytes(b"old")
+    with pytest.raises(FileExistsError):
+        fsutil._rename_noreplace(src, dst, OSError(errno.EPERM, "no hard links"))
+    assert dst.read_bytes() == b"old" and src.read_bytes() == b"new"
+    dst.unlink()
+    fsutil._rename_noreplace(src, dst, OSError(errno.EPERM, "no hard links"))
+    assert dst.read_bytes() == b"new" and not src.exists()

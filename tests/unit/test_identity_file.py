@@ -121,3 +121,84 @@ def test_a_fifo_or_a_device_is_not_an_identity_file(tmp_path: Path) -> None:
         load_identity(fifo)  # refused before it is opened: no reader blocks on it
     with pytest.raises(errors.UsageError, match="not a regular file"):
         load_identity(Path("/dev/null"))
+
+
+def test_the_checks_apply_to_the_file_that_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The type, mode and size checks judge the descriptor that is read, not an earlier look at
+    the path: a file swapped in between (here: someone else's identity, readable by all) is
+    refused, never loaded. The swap is made deterministic by doing it right after the first
+    stat of the path."""
+    path = tmp_path / "id"
+    Identity.generate("mine").save(path)
+    theirs = Identity.generate("theirs")
+    real_stat = os.stat
+    swapped: list[bool] = []
+
+    def stat_then_swap(p: object, *args: object, **kwargs: object) -> os.stat_result:
+        result = real_stat(p, *args, **kwargs)  # type: ignore[arg-type]
+        if os.fspath(p) == str(path) and not swapped:  # type: ignore[call-overload]
+            swapped.append(True)
+            replacement = tmp_path / "theirs"
+            replacement.write_text(theirs.to_json())
+            replacement.chmod(0o644)
+            replacement.replace(path)
+        return result
+
+    monkeypatch.setattr(identity.os, "stat", stat_then_swap)
+    try:
+        loaded = load_identity(path)
+    except errors.UsageError as exc:
+        assert "readable by others" in exc.message
+    else:
+        assert loaded.fingerprint != theirs.fingerprint, "a world-readable file swapped in was loaded"
+
+
+def test_a_failing_chmod_closes_the_descriptor_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "id"
+
+    def refuse(fd: int, mode: int) -> None:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(identity.os, "fchmod", refuse)
+    with pytest.raises(errors.UsageError, match="Operation not permitted"):
+        Identity.generate().save(path)
+    monkeypatch.undo()
+    assert _open_below(tmp_path) == []
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def _open_below(directory: Path) -> list[str]:
+    """What this process's descriptors name below ``directory`` (deleted files included)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the listing's own descriptor
+            continue
+        if target.startswith(str(directory) + "/"):
+            found.append(target)
+    return found
+
+
+@pytest.mark.parametrize("link_errno", [errno.EPERM, errno.EOPNOTSUPP])
+def test_a_file_system_without_hard_links_still_gets_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, link_errno: int
+) -> None:
+    """vfat/exfat refuse link(2) with EPERM, sshfs and CIFS with EOPNOTSUPP: the file is then
+    renamed into place with RENAME_NOREPLACE (still never over an existing file)."""
+    path = tmp_path / "id"
+
+    def no_links(src: object, dst: object, *args: object, **kwargs: object) -> None:
+        raise OSError(link_errno, os.strerror(link_errno))
+
+    monkeypatch.setattr(os, "link", no_links)
+    person = Identity.generate()
+    person.save(path)
+    with pytest.raises(errors.UsageError, match="exists; refusing to overwrite"):
+        Identity.generate().save(path)
+    monkeypatch.undo()
+    assert load_identity(path).fingerprint == person.fingerprint
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["id"]

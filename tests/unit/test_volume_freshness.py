@@ -367,3 +367,45 @@ def test_no_writer_seals_a_manifest_longer_than_the_bound(
     assert {k for k in _snapshot(vol) if not k.startswith("objects/")} == {
         k for k in before if not k.startswith("objects/")
     }
+
+
+def test_a_failed_removal_of_superseded_objects_is_not_retried_by_every_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Objects a later commit supersedes are removed once no read is in flight. When that
+    removal fails (the host swapped the objects directory), the next commit (or the seal)
+    tries again; each read did, with a warning per read: a host could flood the log."""
+    from confide.volume import _fusefs
+
+    vol, _tag0, _old, tag1 = _two_versions(tmp_path)
+    attempts: list[int] = []
+
+    def failing_remove(directory: Path, ids: object) -> None:
+        attempts.append(1)
+        raise StorageError("the objects directory is a symlink (test)")
+
+    reader = VolumeReader(vol, KEY, tag1)
+    try:
+        fs = VolumeFS(reader, KEY, writable=True)
+        fs._owner = lambda: (os.getuid(), os.getgid())  # type: ignore[method-assign]
+        fh = fs.create("/n.bin", 0o644)
+        fs.write("/n.bin", b"1" * (2 * CS), 0, fh)
+        fs.fsync("/n.bin", 0, fh)
+        monkeypatch.setattr(_fusefs, "remove_objects", failing_remove)
+        fs.write("/n.bin", b"2" * (2 * CS), 0, fh)
+        fs.fsync("/n.bin", 0, fh)  # supersedes the first commit's chunks: the removal fails
+        assert len(attempts) == 1
+        caplog.clear()
+        for _ in range(5):
+            assert fs.read("/a.txt", 1, 0, 0) == b"a"
+        assert len(attempts) == 1, "every read tried the removal again"
+        assert "superseded objects not removed" not in caplog.text
+        monkeypatch.undo()
+        fs.write("/n.bin", b"3", 0, fh)
+        fs.fsync("/n.bin", 0, fh)  # the next commit removes them
+        fs.release("/n.bin", fh)
+        tag2 = seal(fs)
+    finally:
+        reader.close()
+    assert verify_volume(vol, KEY, tag2).ok
+    assert verify_volume(vol, KEY, tag2).unreferenced_objects == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -560,3 +561,25 @@ def test_remove_an_implicit_directory_and_a_symlink(tmp_path: Path) -> None:
     assert [e.path for e in remove_paths(vol, key, ["d", "link"], recursive=True)] == ["d/e/f", "link"]
     m, _ = load_sealed(vol, key, seal_volume(vol, key))
     assert [e.path for e in m.entries] == ["g"]
+
+
+def test_a_failed_key_write_leaves_no_file_and_is_a_confide_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while the key is written is a one-line error, not an OSError traceback, and
+    leaves no key file at the path (which would block the retry) nor a stray copy of the key."""
+    kf = tmp_path / "k"
+    key = VolumeKey.generate()
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(UsageError, match="No space left on device") as info:
+        write_key(kf, key)
+    monkeypatch.undo()
+    assert key.hex() not in str(info.value)
+    assert sorted(tmp_path.iterdir()) == []
+    write_key(kf, key)  # the retry succeeds
+    assert load_key(kf) == key
+    assert [p.name for p in tmp_path.iterdir()] == ["k"]

@@ -627,14 +627,22 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
 
 def _explicit_path_length(value: str) -> tuple[bool, int | None] | None:
     """(cA, pathLenConstraint) of the first certificate of an explicit ``value``; ``None``
-    when it has no basicConstraints or does not parse (its own check reports that)."""
+    when it has no basicConstraints or does not load (its own check reports that).
+    :class:`ValueError` when its extensions do not parse: RFC 5280 §4.2, "A certificate MUST
+    NOT include more than one instance of a particular extension" (cryptography raises
+    :class:`~cryptography.x509.DuplicateExtension`, not a ValueError, for that one)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # long attribute values in real-world names
             cert = x509.load_pem_x509_certificate(value.encode())
-            bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except (ValueError, TypeError, x509.ExtensionNotFound):
+    except (ValueError, TypeError):
         return None
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+        raise ValueError(str(exc)) from None
     return bc.ca, bc.path_length
 
 
@@ -656,7 +664,15 @@ def _path_length_problems(policy: Policy, *, stored: bool) -> Iterator[Problem]:
             )
         if s.value is None or stored:
             continue
-        found = _explicit_path_length(s.value)
+        try:
+            found = _explicit_path_length(s.value)
+        except ValueError as exc:
+            yield Problem(
+                ("secrets", i, "value"),
+                f"got a certificate whose extensions do not parse ({exc}), expected each extension"
+                " well-formed and at most once (RFC 5280 §4.2)",
+            )
+            continue
         if found is None:
             continue
         is_ca, length = found

@@ -147,6 +147,9 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         # integrity report), see _commit and read_into.
         self._reads = 0
         self._superseded: list[bytes] = []
+        # a commit left the removal to the last read in flight; a removal that failed is tried
+        # again by the next commit (or the seal collects them), not by every read
+        self._drop_deferred = False
         self._fh: dict[int, _Node] = {}
         self._next_fh = 1
         self._mtime_ns = time.time_ns()  # of the root and implicit directories (not recorded)
@@ -363,6 +366,10 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         """Delete the superseded objects of this session, unless a read is in flight (caller
         holds the lock; the last read to finish deletes them)."""
         if self._reads:
+            self._drop_deferred = bool(self._superseded)
+            return
+        self._drop_deferred = False
+        if not self._superseded:
             return
         for oid in self._superseded:
             self.reader.forget(oid)
@@ -522,7 +529,8 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         finally:
             with self._lock:
                 self._reads -= 1
-                self._drop_superseded()
+                if self._drop_deferred:
+                    self._drop_superseded()
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         self._check_writable()

@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 
 from confide.errors import UsageError
-from confide.fsutil import fsync_dir
+from confide.fsutil import fsync_dir, write_new_whole
 from confide.volume.format import KEY_SIZE
 
 __all__ = ["KEY_ENV", "VolumeKey", "load_key", "write_key"]
@@ -68,20 +68,17 @@ class VolumeKey:
 
 
 def write_key(path: Path, key: VolumeKey) -> None:
-    """Write ``key`` as 64 hex digits + newline to a new file created with mode 0600."""
+    """Write ``key`` as 64 hex digits + newline to a new file of mode 0600, atomically
+    (:func:`~confide.fsutil.write_new_whole`: a failed write leaves no file, the directory
+    entry is synced: a power loss must not keep a volume sealed under a key whose file is
+    gone). Never over an existing file; every failure is a :class:`UsageError`."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        write_new_whole(path, (key.hex() + "\n").encode("ascii"), 0o600)
+        fsync_dir(path.parent)  # checked here, not best effort: the key must outlive a power loss
     except FileExistsError:
         raise UsageError(f"key file {str(path)!r} exists; refusing to overwrite a key") from None
     except OSError as exc:
         raise UsageError(f"cannot create key file {str(path)!r}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(key.hex() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    # the key's directory entry too: a power loss must not keep a volume sealed under a key
-    # whose file is gone (the volume could never be read again)
-    fsync_dir(path.parent)
 
 
 def load_key(path: Path | None = None, *, env: dict[str, str] | None = None) -> VolumeKey:
