@@ -558,6 +558,9 @@ def insert_events(
     )
 
 
+SQLITE_BUSY_TIMEOUT_MS = 30000  # every SQLite connection's busy_timeout (rotation._scrub restores it)
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -604,7 +607,7 @@ class Database:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
