@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import gc
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +39,24 @@ def refused_port() -> Iterator[int]:
 
     with refusing_port() as port:
         yield port
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_connection(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test on PostgreSQL that leaves a psycopg connection unclosed (an engine not disposed, a
+    connection returned to a pool already disposed) fails itself, at its teardown (torn down
+    after the test's own fixtures): otherwise the connection's ResourceWarning is raised by
+    whichever later test the garbage collector happens to run in. Only tests that use the
+    ``postgres`` fixture pay for the collection."""
+    yield
+    if "postgres" not in request.fixturenames:
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        gc.collect()
+    leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    if leaked:
+        pytest.fail(f"{len(leaked)} resource(s) left unclosed by this test: {'; '.join(leaked)[:500]}")
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ from snp_fakes import AT, FakeAmd, make_fake_amd
 
 from asgi_call import call
 from confide import errors
+from confide.cas import key_release as key_release_module
 from confide.cas.app import create_app
 from confide.cas.core import Cas, binding_report_data, decrypt_release
 from confide.cas.db import raw_connection, raw_execute
@@ -43,6 +44,7 @@ from confide.cas.key_release import (
     key_release_binding,
 )
 from confide.cas.master_key import SEALED_NAME, install_master_key, unseal_master_key
+from confide.cas.online_rotation import OnlineRotation
 from confide.cas.rotation import master_key_id
 from confide.cas.server import prepare
 from confide.cas.verifier import PlatformVerifier
@@ -360,6 +362,33 @@ def test_no_key_is_released_during_an_online_rotation(dev_cas: Releaser) -> None
         raw_execute(conn, "INSERT INTO meta (key, value) VALUES ('master_key_next', ?)", ("ab" * 16,))
     joiner = Joiner(dev_cas.releaser.new_nonce())
     _refused(dev_cas, joiner.sim_request(dev_cas.sim), errors.ConflictError, "rotation is in progress")
+
+
+def test_a_rotation_finishing_before_the_reply_answers_with_the_key_released(
+    dev_cas: Releaser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An online rotation that runs to its end (dropping the old key) between the release's
+    transaction and its reply: the answer is the key that transaction recorded as released (no
+    KeyError), and the rotation is not held up."""
+    old_key = (dev_cas.data_dir / "master.key").read_bytes()
+    rotated: list[str] = []
+    info = key_release_module.log.info
+
+    def rotate_then_log(message: str, *args: Any) -> None:
+        if EVENT_RELEASED in message and not rotated:  # the log line after the commit, before the reply
+            cas = dev_cas.cas
+            rotation = OnlineRotation(dev_cas.data_dir, cas.db, cas.sealer, None, cas.events, None)
+            rotated.append(rotation.run().state)
+        info(message, *args)
+
+    monkeypatch.setattr(key_release_module.log, "info", rotate_then_log)
+    joiner = Joiner(dev_cas.releaser.new_nonce())
+    key, key_id = joiner.open(dev_cas.releaser.release(joiner.sim_request(dev_cas.sim)))
+    assert rotated == ["done"]
+    assert key == old_key and key_id == master_key_id(old_key)
+    assert key_id not in dev_cas.cas.sealer.key_ids  # the rotation did drop it
+    ((kind, payload),) = dev_cas.events()
+    assert kind == EVENT_RELEASED and payload["master_key_id"] == key_id
 
 
 def test_a_cas_without_evidence_of_its_own_releases_to_no_one(dev_cas: Releaser) -> None:

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import tempfile
 import threading
 import time
@@ -490,6 +491,35 @@ def test_cli_rotates_the_running_cas_online(channel: tuple[Setup, Cas, admin.Adm
     exc, out = cli("--online", "--data-dir", str(s.data), "--batch-size", "2", "--batch-pause-ms", "0")
     assert exc is None, exc
     assert out.strip() == assert_settled(s) != master_key_id(s.old_key)
+
+
+def test_cli_online_warns_when_a_reader_keeps_the_old_wal(
+    channel: tuple[Setup, Cas, admin.AdminChannel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 5 of the online rotation could not truncate the WAL (a reader holds a snapshot from
+    before the switch-over): the status and the CLI say so; the rotation itself is done."""
+    from click.testing import CliRunner
+
+    from confide.cas import rotation as offline
+    from confide.cas.cli import cas as cas_group
+
+    monkeypatch.setattr(offline, "WAL_TRUNCATE_ATTEMPTS", 2)
+    monkeypatch.setattr(offline, "WAL_TRUNCATE_WAIT_MS", 0)
+    s, _cas, ch = channel
+    reader = sqlite3.connect(s.data / "cas.db", isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT sealed FROM secrets").fetchall()
+        result = CliRunner().invoke(
+            cas_group, ["rotate-master-key", "--online", "--data-dir", str(s.data), "--batch-pause-ms", "0"]
+        )
+    finally:
+        reader.close()
+    assert result.exception is None, result.exception
+    assert result.stdout.strip() == ch.rotation.status.new_key_id
+    assert "warning: the old WAL could not be truncated after 2 checkpoints" in result.stderr
+    assert ch.rotation.status.state == "done" and ch.rotation.status.wal_warning is not None
+    assert assert_settled(s) == ch.rotation.status.new_key_id
 
 
 @pytest.mark.parametrize(

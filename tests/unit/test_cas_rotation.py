@@ -221,7 +221,7 @@ def test_old_rows_leave_the_database_files_while_another_connection_is_open(tmp_
     idle = sqlite3.connect(s.data / "cas.db")
     try:
         idle.execute("SELECT 1 FROM meta").fetchall()
-        s.rotate()
+        assert s.rotate().wal_warning is None
         files = [s.data / "cas.db", s.data / "cas.db-wal"]
         contents = b"".join(f.read_bytes() for f in files if f.exists())
         for key, row in s.rows.items():
@@ -229,6 +229,47 @@ def test_old_rows_leave_the_database_files_while_another_connection_is_open(tmp_
             assert row[76:] not in contents, key  # the old body
     finally:
         idle.close()
+
+
+def test_a_reader_holding_an_old_snapshot_keeps_the_wal_and_the_rotation_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Step 5 checks what ``PRAGMA wal_checkpoint(TRUNCATE)`` answers: a reader in a transaction
+    begun before the re-sealing commit makes it busy; after a bounded number of attempts the
+    rotation warns (result, log) that the WAL may still hold rows sealed under the old key, and a
+    later checkpoint, once the reader is gone, truncates it."""
+    monkeypatch.setattr(rotation, "WAL_TRUNCATE_ATTEMPTS", 2)
+    monkeypatch.setattr(rotation, "WAL_TRUNCATE_WAIT_MS", 0)  # busy at once: no waiting on the reader
+    s = make_setup(tmp_path, None, None)
+    reader = sqlite3.connect(s.data / "cas.db", isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        assert len(reader.execute("SELECT sealed FROM secrets").fetchall()) == 6  # the snapshot is held
+        with caplog.at_level("WARNING", logger="confide.cas"):
+            result = s.rotate()
+        assert (
+            result.wal_warning is not None
+            and "could not be truncated after 2 checkpoints" in result.wal_warning
+        )
+        (logged,) = [
+            json.loads(r.getMessage())
+            for r in caplog.records
+            if rotation.EVENT_WAL_NOT_TRUNCATED in r.getMessage()
+        ]
+        assert logged["busy"] == 1 and logged["attempts"] == 2 and logged["log_frames"] > 0
+        assert (s.data / "cas.db-wal").stat().st_size > 0
+        assert opened(s.start(), secret_rows(s.url)) == s.values  # the rotation itself is complete
+    finally:
+        reader.close()
+    db = Database(s.url)
+    try:
+        assert rotation._scrub(db) is None
+        assert (s.data / "cas.db-wal").stat().st_size == 0  # truncated (removed when the last one closes)
+    finally:
+        db.dispose()
+    contents = (s.data / "cas.db").read_bytes()
+    for key, row in s.rows.items():
+        assert row[76:] not in contents, key  # the old body
 
 
 def test_the_ledger_records_the_rotation_with_ids_only(tmp_path: Path) -> None:

@@ -405,6 +405,8 @@ def cas_rotate_master_key(
         f"{result.log_key}; ledger entry {result.event_seq - 1} (key.rotated)",
         err=True,
     )
+    if result.wal_warning is not None:
+        click.echo(f"warning: {result.wal_warning}", err=True)
     click.echo(result.new_key_id)
 
 
@@ -433,6 +435,8 @@ def _rotate_online(data_dir: Path, batch_size: int | None, pause_ms: int | None)
         f"ledger entry {status['event_seq'] - 1} (key.rotated)",
         err=True,
     )
+    if status.get("wal_warning"):
+        click.echo(f"warning: {status['wal_warning']}", err=True)
     click.echo(status["new_key_id"])
 
 

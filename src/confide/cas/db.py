@@ -558,6 +558,12 @@ def insert_events(
     )
 
 
+SQLITE_BUSY_TIMEOUT_MS = 30000  # every SQLite connection's busy_timeout (rotation._scrub restores it)
+
+
+DISPOSE_WAIT = 2.0  # seconds Database.dispose waits for connections other threads have checked out
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -604,7 +610,7 @@ class Database:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
@@ -669,11 +675,19 @@ class Database:
                 )
         return SCHEMA_VERSION
 
-    def dispose(self) -> None:
+    def dispose(self, *, wait: float = DISPOSE_WAIT) -> None:
+        """Close the pool's connections. A connection another thread still has checked out (a
+        write that is just committing, e.g. the TCB floor's ledger entry, confide.cas.server
+        ``_floor_recorder``) is waited for, up to ``wait`` seconds: one returned to a pool
+        already disposed would never be closed, only garbage-collected (psycopg warns)."""
         with self._kept_lock:
             if self._kept_read is not None:
                 self._kept_read.close()
                 self._kept_read = None
+        checkedout = getattr(self.engine.pool, "checkedout", None)
+        deadline = time.monotonic() + wait
+        while checkedout is not None and checkedout() > 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
         self.engine.dispose()
 
 

@@ -536,6 +536,11 @@ class KeyReleaser:
             with self.cas.db.write() as conn:
                 self._spend(conn, parsed.nonce, digest)
                 key_id = self._current_key_id(conn)
+                # The bytes are taken here, where the database names this key and no rotation is in
+                # progress: an online rotation that starts and finishes (dropping the old key)
+                # after this commit but before the reply must not turn the recorded release into
+                # a KeyError; the answer is the key this transaction released (step 5).
+                master_key = self._export(key_id)
                 own_retired = False
                 if self.successors is not None:
                     # docs/cas.md "Retiring the old version": a retired version is released to by
@@ -567,7 +572,7 @@ class KeyReleaser:
         log.info(json.dumps({"event": EVENT_RELEASED, **outcome}))
         payload = {
             "type": PAYLOAD_TYPE,
-            "master_key": base64.b64encode(self.cas.sealer.export_key(key_id)).decode(),
+            "master_key": base64.b64encode(master_key).decode(),
             "master_key_id": key_id,
         }
         return self.cas._encrypt(payload, parsed.key, parsed.nonce, parsed.key_der)
@@ -584,6 +589,14 @@ class KeyReleaser:
         if key_id is None or key_id not in self.cas.sealer.key_ids:
             raise StorageError("the database does not name the master key this CAS holds")
         return str(key_id)
+
+    def _export(self, key_id: str) -> bytes:
+        try:
+            return self.cas.sealer.export_key(key_id)
+        except KeyError:  # dropped between _current_key_id and here: a rotation outside this database
+            raise ConflictError(
+                f"master key {key_id} was retired by a rotation during the release: ask again"
+            ) from None
 
     def _refuse(self, parsed: _Parsed, digest: str, outcome: dict[str, Any], exc: ConfideError) -> None:
         outcome.update({"verdict": "refused", "reason_class": exc.kind, "reason": exc.message[:500]})

@@ -137,6 +137,7 @@ class RotationStatus:
     policy_versions: int = 0  # policy rows re-sealed (confide.cas.policy_rows)
     event_seq: int | None = None
     error: str | None = None
+    wal_warning: str | None = None  # step 5 could not truncate SQLite's WAL (rotation._scrub)
     started_at: float | None = None
     finished_at: float | None = None
 
@@ -241,7 +242,7 @@ class OnlineRotation:
             )
             self._reseal_batches(next_id)
             self._switch(old_id, next_id)
-            _scrub(self.database)
+            status.wal_warning = _scrub(self.database)
             self.step("scrubbed")
             finish_interrupted_rotation(self.data_dir, next_id, self.provider)
             self.sealer.drop_key(old_id)

@@ -60,7 +60,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, inspect, select, text
 
-from confide.cas.db import Database, EventSink, meta, raw_execute
+from confide.cas.db import SQLITE_BUSY_TIMEOUT_MS, Database, EventSink, meta, raw_execute
 from confide.cas.db import policies as policies_table
 from confide.cas.db import secrets as secrets_table
 from confide.cas.keyfiles import (
@@ -411,6 +411,7 @@ class RotationResult:
     sealing_to: str
     event_seq: int
     policy_versions: int = 0  # policy rows re-sealed (confide.cas.policy_rows)
+    wal_warning: str | None = None  # step 5 could not truncate SQLite's WAL (_scrub)
 
 
 def _no_step(_name: str) -> None:
@@ -445,18 +446,63 @@ def write_sealed(conn: Connection, updates: list[dict[str, Any]]) -> None:
     )
 
 
-def _scrub(database: Database) -> None:
-    """Old row contents out of the database files (step 5; free blocks are another matter)."""
+WAL_TRUNCATE_ATTEMPTS = 5  # step 5 on SQLite: checkpoints tried before the warning
+WAL_TRUNCATE_WAIT_MS = 1000  # each waits this long for readers of an older snapshot
+EVENT_WAL_NOT_TRUNCATED = "master-key-rotation-wal-not-truncated"
+
+
+def _scrub(database: Database) -> str | None:
+    """Old row contents out of the database files (step 5; free blocks are another matter).
+    Returns ``None``, or a warning (also logged as ``master-key-rotation-wal-not-truncated``) when
+    SQLite's WAL could not be truncated: ``PRAGMA wal_checkpoint(TRUNCATE)`` answers ``(busy, log,
+    checkpointed)`` (SQLite "PRAGMA wal_checkpoint"), and while a reader holds a snapshot older
+    than the re-sealing commit it is busy and the WAL keeps the frames written before it, rows
+    sealed under the old key among them. It is tried :data:`WAL_TRUNCATE_ATTEMPTS` times, each
+    waiting :data:`WAL_TRUNCATE_WAIT_MS` for such readers; a later checkpoint (the next rotation,
+    or the last connection's close when the CAS stops) truncates it."""
+    attempts = max(1, WAL_TRUNCATE_ATTEMPTS)
     if database.is_sqlite:
         raw = database.engine.raw_connection()
+        row: tuple[int, int, int] | None = None
         try:
-            raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]
+            driver = raw.driver_connection
+            assert driver is not None
+            driver.execute(f"PRAGMA busy_timeout={int(WAL_TRUNCATE_WAIT_MS)}")
+            try:
+                for _ in range(attempts):
+                    busy, log_frames, checkpointed = driver.execute(
+                        "PRAGMA wal_checkpoint(TRUNCATE)"
+                    ).fetchone()
+                    row = (int(busy), int(log_frames), int(checkpointed))
+                    if row[0] == 0 and row[1] <= 0:  # log -1: not in WAL mode; 0: truncated
+                        return None
+            finally:
+                driver.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         finally:
             raw.close()
-        return
+        busy, log_frames, checkpointed = row if row is not None else (1, -1, -1)
+        warning = (
+            f"the old WAL could not be truncated after {attempts} checkpoints (busy {busy}, "
+            f"{log_frames} frames, {checkpointed} checkpointed): a reader holds an older snapshot, so "
+            "the WAL file may still hold rows sealed under the old master key until the next "
+            "checkpoint (restart the CAS, or close long-running readers)"
+        )
+        logging.getLogger("confide.cas").warning(
+            json.dumps(
+                {
+                    "event": EVENT_WAL_NOT_TRUNCATED,
+                    "busy": busy,
+                    "log_frames": log_frames,
+                    "checkpointed": checkpointed,
+                    "attempts": attempts,
+                }
+            )
+        )
+        return warning
     with database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         for table in (secrets_table.name, policies_table.name):
             conn.execute(text(f"VACUUM FULL {table}"))
+    return None
 
 
 def rotate_master_key(
@@ -551,11 +597,20 @@ def rotate_master_key(
         with contextlib.suppress(Exception):
             finish_interrupted_rotation(data_dir, stored_master_key_id(database), to_seal, seal)
         raise
-    _scrub(database)
+    wal_warning = _scrub(database)
     step("scrubbed")
     # 6. Switch the files over (what a start after a crash here would do).
     finish_interrupted_rotation(data_dir, new_id, to_seal, seal)
     step("done")
     return RotationResult(
-        old_id, new_id, count, tls_key, log_key, describe(seal), describe(to_seal), seq, policy_rows
+        old_id,
+        new_id,
+        count,
+        tls_key,
+        log_key,
+        describe(seal),
+        describe(to_seal),
+        seq,
+        policy_rows,
+        wal_warning,
     )
