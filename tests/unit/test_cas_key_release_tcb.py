@@ -10,6 +10,7 @@ test_cas_join_snp.py.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -24,13 +25,15 @@ from cryptography.hazmat.primitives import hashes
 from snp_fakes import AT, FakeAmd, make_fake_amd
 from test_cas_join_snp import _released, serving
 from test_cas_key_release import AMD, SNP_CLAIMS, Joiner, Releaser, _evidence, _refused, _snp, _vcek
-from test_cas_self_attest import signing_tsm
+from test_cas_self_attest import get, metric, signing_tsm
 
 from confide import errors
+from confide.cas.app import create_app
 from confide.cas.key_release import (
     EVENT_REFUSED,
     EVENT_RELEASED,
     KeyReleaser,
+    OwnTcbWatch,
     ReplicaMinTcb,
     appraise_peer,
     appraise_platform,
@@ -508,6 +511,8 @@ def test_an_snp_cas_below_its_own_minimum_warns_at_start(
         )  # fmt: skip
         cas.db.dispose()
     assert _warnings(caplog) == []  # the option is given
+    assert cas.key_release is not None and cas.key_release.own_tcb is not None
+    assert cas.key_release.own_tcb.below is bool(reasons)
     if not reasons:
         assert _own_tcb_warnings(caplog) == []
         return
@@ -554,3 +559,148 @@ def test_a_joiner_at_its_products_minimum_joins(tmp_path: Path, amd: FakeAmd) ->
             assert [e["type"] for e in _released(first)] == [EVENT_RELEASED]
         finally:
             joiner.db.dispose()
+
+
+# --- the own TCB judged again after every refresh of the own evidence ---------------------------
+
+_OWN_VERIFIER = PlatformVerifier(amd_roots=_ROOTS)
+
+
+def _own_on(host: FakeAmd) -> VerifiedEvidence:
+    """Own evidence (verified for real) of a CAS on ``host``."""
+    return _OWN_VERIFIER.verify(Platform.SEV_SNP, _snp(host, bytes(64)), _vcek(host), at=AT)
+
+
+def _own_tcb_events(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str, dict[str, Any]]]:
+    out = []
+    for record in caplog.records:
+        message = record.getMessage()
+        if "cas-own-tcb-" in message:
+            event = json.loads(message)
+            out.append((record.levelname, event["event"], event))
+    return out
+
+
+def test_the_own_tcb_is_logged_only_when_its_state_changes(caplog: pytest.LogCaptureFixture) -> None:
+    """Injected own evidence (AMD: microcode 5; replicas 3 and 4) judged in turn against
+    microcode >= 5: a warning on becoming below, an info line on becoming met, nothing while the
+    state stays (also when the TCB changes but stays below)."""
+    hosts = {"at": AMD, "3": _replica(microcode=3), "4": _replica(microcode=4)}
+    evidence = {name: _own_on(host) for name, host in hosts.items()}
+    current = ["at"]
+    watch = OwnTcbWatch(lambda _at: evidence[current[0]], parse_replica_min_tcb(AT_MINIMUM), lambda: AT)
+    assert watch.below is None
+    states = []
+    with caplog.at_level("INFO", logger="confide.cas"):
+        for name in ("at", "at", "3", "3", "4", "at", "at", "4"):
+            current[0] = name
+            states.append(watch.judge())
+    assert states == [False, False, True, True, True, False, False, True]
+    assert watch.judgements == 8
+    events = _own_tcb_events(caplog)
+    assert [(level, name) for level, name, _ in events] == [
+        ("WARNING", "cas-own-tcb-below-replica-min-tcb"),
+        ("INFO", "cas-own-tcb-meets-replica-min-tcb"),
+        ("WARNING", "cas-own-tcb-below-replica-min-tcb"),
+    ]
+    first, met, second = (event for _, _, event in events)
+    assert first["reasons"] == ["replica-min-tcb.microcode: got 3, expected >= 5 (reported_tcb)"]
+    assert first["reported_tcb"]["microcode"] == 3
+    assert met["reported_tcb"]["microcode"] == 5 and "reasons" not in met
+    assert second["reasons"] == ["replica-min-tcb.microcode: got 4, expected >= 5 (reported_tcb)"]
+    assert {e["replica_min_tcb"] for _, _, e in events} == {AT_MINIMUM}
+
+
+def test_an_own_tcb_below_at_the_first_judgement_warns_and_a_product_without_a_minimum_is_below(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    evidence = _own_on(AMD)  # Turin
+    watch = OwnTcbWatch(lambda _at: evidence, parse_replica_min_tcb(["genoa:" + AT_MINIMUM]), lambda: AT)
+    with caplog.at_level("INFO", logger="confide.cas"):
+        assert watch.judge() is True
+        assert watch.judge() is True
+    ((level, name, event),) = _own_tcb_events(caplog)
+    assert (level, name, event["product"]) == ("WARNING", "cas-own-tcb-below-replica-min-tcb", "Turin")
+    assert "expected one with a minimum (given for genoa)" in event["reasons"][0]
+
+
+def test_own_evidence_that_is_not_judged_leaves_the_state(caplog: pytest.LogCaptureFixture) -> None:
+    """Own evidence that does not verify (ConfideError), fails otherwise, or is not SEV-SNP
+    leaves the state as it was, and nothing raises out of a judgement (it runs in the refresher)."""
+    results: list[VerifiedEvidence | Exception] = []
+
+    def own(_at: datetime) -> VerifiedEvidence:
+        result = results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    sim = VerifiedEvidence(Platform.SIMULATED, {"measurement": "ab" * 48}, AT, "00" * 32, simulated=True)
+    watch = OwnTcbWatch(own, parse_replica_min_tcb(AT_MINIMUM), lambda: AT)
+    results[:] = [errors.AppraisalError("does not verify"), sim]
+    assert watch.judge() is None and watch.judge() is None  # never judged: no state, no gauge
+    results[:] = [_own_on(_replica(microcode=3)), errors.ParseError("bad"), RuntimeError("boom"), sim]
+    with caplog.at_level("INFO", logger="confide.cas"):
+        assert [watch.judge() for _ in range(4)] == [True, True, True, True]
+    assert watch.judgements == 1
+    assert [name for _, name, _ in _own_tcb_events(caplog)] == [
+        "cas-own-tcb-below-replica-min-tcb",
+        "cas-own-tcb-not-judged",
+    ]
+
+
+def test_a_refresh_of_the_own_evidence_judges_it_again_and_metrics_show_the_state(
+    tmp_path: Path, amd: FakeAmd, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The real SEV-SNP CAS (at its minimum at start: gauge 0), its evidence refreshed for real
+    through the TSM; what its own evidence verifies as after each refresh is injected (the
+    fake TSM signs one TCB only): below (gauge 1, one warning), below again (nothing new), met
+    (gauge 0, one info line). A failed refresh judges nothing."""
+    minimum = parse_replica_min_tcb(AT_MINIMUM)
+    with signing_tsm(tmp_path, amd) as (root, tsm), caplog.at_level("INFO", logger="confide.cas"):
+        cas, cas_evidence, *_ = prepare(
+            tmp_path / "d", host="127.0.0.1", dev=False, db_url=None, collateral=None,
+            tee="sev-snp", quote_provider=ConfigfsTsmQuoteProvider(root), amd_roots=amd.roots(),
+            replica_min_tcb=minimum,
+        )  # fmt: skip
+        try:
+            assert cas_evidence is not None and cas.key_release is not None
+            watch = cas.key_release.own_tcb
+            assert watch is not None and cas_evidence.on_refresh == watch.judge
+            app = create_app(cas, cas_evidence=cas_evidence)
+            gauge = "confide_cas_own_tcb_below_replica_min_tcb"
+            assert metric(app, gauge) == 0
+            below, met = _own_on(_replica(microcode=3)), _own_on(AMD)
+            shown: list[float] = []
+            for injected in (below, below, met):
+                watch.own = lambda _at, e=injected: e
+                cas_evidence.refresh()
+                shown.append(metric(app, gauge))
+            assert shown == [1, 1, 0] and cas_evidence.refreshes == 3
+            watch.own = lambda _at: below
+            tsm.outblob_errno.value = errno.EIO  # the PSP does not answer, the refresh fails
+            with pytest.raises(errors.ConfideError):
+                cas_evidence.refresh()
+            assert metric(app, gauge) == 0 and cas_evidence.failures == 1  # not judged again
+        finally:
+            cas.db.dispose()
+    assert [(level, name) for level, name, _ in _own_tcb_events(caplog)] == [
+        ("WARNING", "cas-own-tcb-below-replica-min-tcb"),
+        ("INFO", "cas-own-tcb-meets-replica-min-tcb"),
+    ]
+
+
+def test_without_the_option_metrics_have_no_own_tcb_gauge(tmp_path: Path, amd: FakeAmd) -> None:
+    with signing_tsm(tmp_path, amd) as (root, _tsm):
+        cas, cas_evidence, *_ = prepare(
+            tmp_path / "d", host="127.0.0.1", dev=False, db_url=None, collateral=None,
+            tee="sev-snp", quote_provider=ConfigfsTsmQuoteProvider(root), amd_roots=amd.roots(),
+        )  # fmt: skip
+        try:
+            assert cas.key_release is not None and cas.key_release.own_tcb is None
+            assert cas_evidence is not None and cas_evidence.on_refresh is None
+            text = get(create_app(cas, cas_evidence=cas_evidence), "/metrics").decode()
+            assert "confide_cas_evidence_refreshes_total" in text
+            assert "confide_cas_own_tcb_below" not in text
+        finally:
+            cas.db.dispose()

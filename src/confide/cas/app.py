@@ -35,7 +35,7 @@ from confide.cas.core import Cas
 from confide.cas.crl import crl_pem
 from confide.cas.db import WriteBatcher, raw_connection
 from confide.cas.fetch_stats import BUCKETS, FetchStats
-from confide.cas.key_release import KeyReleaser
+from confide.cas.key_release import KeyReleaser, OwnTcbWatch
 from confide.cas.ocsp_responder import OcspResponder
 from confide.cas.own_evidence import CasEvidence
 from confide.cas.public_http import (
@@ -473,6 +473,8 @@ def create_app(
         registry.register(_EvidenceCollector(cas_evidence))
     if witness_guard is not None:
         registry.register(_WitnessCollector(witness_guard))
+    if cas.key_release is not None and cas.key_release.own_tcb is not None:
+        registry.register(_OwnTcbCollector(cas.key_release.own_tcb))
 
     @app.get("/metrics")
     def metrics() -> Response:
@@ -961,6 +963,25 @@ class _EvidenceCollector:
             "When the CAS obtained the evidence it serves (Unix time)",
             value=self.evidence.obtained_at.timestamp(),
         )
+
+
+class _OwnTcbCollector:
+    """``--replica-min-tcb`` judged against the CAS's own SEV-SNP evidence (at start and after
+    every refresh, :class:`~confide.cas.key_release.OwnTcbWatch`), read at scrape time. Absent
+    while not judged (and without the option, or without SEV-SNP evidence of its own)."""
+
+    def __init__(self, watch: OwnTcbWatch) -> None:
+        self.watch = watch
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        below = self.watch.below
+        if below is not None:
+            yield GaugeMetricFamily(
+                "confide_cas_own_tcb_below_replica_min_tcb",
+                "1 while the CAS's own SEV-SNP REPORTED_TCB is below --replica-min-tcb for its product"
+                " (or its product has none), 0 while it reaches it",
+                value=1 if below else 0,
+            )
 
 
 class _WitnessCollector:

@@ -56,6 +56,7 @@ import hmac
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -95,6 +96,7 @@ __all__ = [
     "PAYLOAD_TYPE",
     "KeyReleaser",
     "OwnEvidence",
+    "OwnTcbWatch",
     "ReplicaMinTcb",
     "appraise_peer",
     "appraise_platform",
@@ -351,6 +353,72 @@ def _equal(a: ClaimValue, b: ClaimValue) -> bool:
 OwnEvidence = Callable[[datetime], VerifiedEvidence]
 """This CAS's own current evidence, verified at the given time (raises when it cannot be)."""
 
+EVENT_OWN_BELOW = "cas-own-tcb-below-replica-min-tcb"
+EVENT_OWN_MET = "cas-own-tcb-meets-replica-min-tcb"
+
+
+class OwnTcbWatch:
+    """``--replica-min-tcb`` judged against this CAS's own SEV-SNP evidence (docs/cas.md
+    "Joining a running CAS", "Its own host"): at start and again after every refresh of that
+    evidence (:attr:`confide.cas.own_evidence.CasEvidence.on_refresh`).
+
+    :attr:`below` is ``True`` when the own ``REPORTED_TCB`` is below the minimum of its product
+    (or, with per-product minimums, its product has none; :meth:`ReplicaMinTcb.reasons`),
+    ``False`` when it reaches it, and ``None`` while not judged (own evidence not SEV-SNP, or not
+    verified at the first judgement). ``/metrics`` shows it as
+    ``confide_cas_own_tcb_below_replica_min_tcb``. A judgement whose own evidence does not
+    verify (:class:`ConfideError`) leaves :attr:`below` as it was. Logged only when the state
+    changes: ``cas-own-tcb-below-replica-min-tcb`` (warning) on becoming below, including at
+    start, ``cas-own-tcb-meets-replica-min-tcb`` (info) on becoming met after being below;
+    judgements that find the same state log nothing. Never raises (it runs in the refresher)."""
+
+    def __init__(
+        self, own: OwnEvidence, minimum: ReplicaMinTcb, clock: Callable[[], datetime] | None = None
+    ) -> None:
+        self.own, self.minimum = own, minimum
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._lock = threading.Lock()  # one judgement at a time: state and log stay in order
+        self.below: bool | None = None
+        self.judgements = 0  # judgements that reached a state (SEV-SNP evidence verified)
+
+    def judge(self) -> bool | None:
+        """Judge the own evidence now; returns :attr:`below` afterwards."""
+        with self._lock:
+            try:
+                evidence = self.own(self._clock())
+            except ConfideError:  # checked before it was published; a release reports the reason
+                return self.below
+            except Exception as exc:  # never into the refresher: logged, state kept
+                log.warning(json.dumps({"event": "cas-own-tcb-not-judged", "error": type(exc).__name__}))
+                return self.below
+            if evidence.platform is not Platform.SEV_SNP:
+                return self.below
+            reasons = self.minimum.reasons(evidence)
+            before, self.below = self.below, bool(reasons)
+            self.judgements += 1
+            if self.below == before or (before is None and not self.below):
+                return self.below
+            summary = {
+                "product": evidence.claims.get("product"),
+                "reported_tcb": evidence.claims.get("reported_tcb"),
+                "replica_min_tcb": self.minimum.text(),
+            }
+            if self.below:
+                log.warning(
+                    json.dumps(
+                        {
+                            "event": EVENT_OWN_BELOW,
+                            **summary,
+                            "reasons": list(reasons),
+                            "reason": "this CAS's own host does not reach --replica-min-tcb: replicas on"
+                            " hosts like it are refused the master key",
+                        }
+                    )
+                )
+            else:
+                log.info(json.dumps({"event": EVENT_OWN_MET, **summary}))
+            return self.below
+
 
 class _Parsed:
     __slots__ = ("aux", "evidence", "key", "key_der", "nonce", "platform")
@@ -443,6 +511,7 @@ class KeyReleaser:
     ) -> None:
         self.cas, self.own, self.successors, self.clock = cas, own, successors, clock
         self.min_tcb = min_tcb
+        self.own_tcb: OwnTcbWatch | None = None  # with min_tcb and own evidence (confide.cas.server)
         self._nonce_key = cas.sealer.derive_key(NONCE_PURPOSE)
 
     # --- nonces (as Cas.new_nonce: expiry ms || 16 random bytes || MAC) ------------------------

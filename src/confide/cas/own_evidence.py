@@ -7,7 +7,10 @@ the same report data (the binding to the TLS certificate and the log key does no
 verified as a client would, before anyone can fetch it) and replaces the published document in
 one reference assignment: a reader sees the old document or the new one, never a mix. A failed
 refresh (no evidence, or evidence that does not verify) raises and leaves the published document
-as it was.
+as it was. After a refresh published new evidence it calls :attr:`CasEvidence.on_refresh` (when
+set; it must not raise), still holding the refresh lock: with ``--replica-min-tcb`` the CAS's
+own TCB is judged again there (:class:`~confide.cas.key_release.OwnTcbWatch`), in the order
+the documents were published.
 
 :class:`EvidenceRefresher` calls it every ``interval`` seconds in a daemon thread (like the
 ``Checkpointer``); a failure is logged (one JSON line, no evidence bytes, no secret values),
@@ -96,6 +99,7 @@ class CasEvidence:
         self._lock = threading.Lock()  # one refresh at a time; readers never take it
         self.refreshes = 0  # successful refreshes after the first document
         self.failures = 0  # failed refreshes
+        self.on_refresh: Callable[[], object] | None = None  # after each published refresh; never raises
         self._current = self._build()
 
     def _build(self) -> _Published:
@@ -145,6 +149,8 @@ class CasEvidence:
                 raise
             self._current = published  # one reference assignment: atomic for readers
             self.refreshes += 1
+            if self.on_refresh is not None:
+                self.on_refresh()
 
 
 class EvidenceRefresher(PeriodicTask):

@@ -80,7 +80,7 @@ from confide.cas.crl import DEFAULT_CRL_VALIDITY
 from confide.cas.db import Database, raw_connection
 from confide.cas.dev_measurement import cas_dev_measurement
 from confide.cas.join import JoinResult, join_cas
-from confide.cas.key_release import KeyReleaser, OwnEvidence, ReplicaMinTcb, min_tcb_text
+from confide.cas.key_release import KeyReleaser, OwnEvidence, OwnTcbWatch, ReplicaMinTcb, min_tcb_text
 from confide.cas.keyfiles import TLS_KEY_NAME, load_log_signer, load_tls_key, tls_key_password
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.master_key import PLAIN_NAME, install_master_key
@@ -778,8 +778,12 @@ def prepare(
         own = own_evidence
     successors = Successors(cas, own=own)
     cas.key_release = KeyReleaser(cas, own, successors=successors, min_tcb=replica_min_tcb)
-    if own is not None and replica_min_tcb is not None:
-        _warn_own_tcb_below(own, replica_min_tcb, clock)
+    if own is not None and replica_min_tcb is not None and cas_evidence is not None:
+        # Judged now and after every refresh of the own evidence; logged on a change of state.
+        watch = OwnTcbWatch(own, replica_min_tcb, clock)
+        watch.judge()
+        cas.key_release.own_tcb = watch
+        cas_evidence.on_refresh = watch.judge
     if own is not None:  # docs/cas.md "Retiring the old version": a retired version does not start
         successors.refuse_retired_start(own)
     with database.write() as conn:
@@ -850,37 +854,6 @@ def describe_key_holding(seal: SealingKeyProvider | None, in_memory: bool) -> st
     if seal is not None:
         return f"sealed: {seal.name} ({seal.binding})"
     return "in memory (released by an attested CAS)" if in_memory else "plain file"
-
-
-def _warn_own_tcb_below(
-    own: OwnEvidence, minimum: ReplicaMinTcb, clock: Callable[[], datetime] | None
-) -> None:
-    """``--replica-min-tcb`` judged against this CAS's own SEV-SNP evidence once at start: below
-    it (or, with per-product minimums, on a product without one), this CAS's key is released to
-    no replica on a host like its own and, with ``--join``, it obtained the key from a peer of a
-    TCB it would not accept itself. Logged (``cas-own-tcb-below-replica-min-tcb``), not refused:
-    the operator may be raising the minimum ahead of a firmware update (docs/cas.md)."""
-    try:
-        evidence = own(clock() if clock is not None else datetime.now(UTC))
-    except ConfideError:  # checked at start already; a release would report it with its reason
-        return
-    if evidence.platform is not Platform.SEV_SNP:
-        return
-    reasons = minimum.reasons(evidence)
-    if reasons:
-        logging.getLogger("confide.cas").warning(
-            json.dumps(
-                {
-                    "event": "cas-own-tcb-below-replica-min-tcb",
-                    "product": evidence.claims.get("product"),
-                    "reported_tcb": evidence.claims.get("reported_tcb"),
-                    "replica_min_tcb": minimum.text(),
-                    "reasons": list(reasons),
-                    "reason": "this CAS's own host does not reach --replica-min-tcb: replicas on hosts"
-                    " like it are refused the master key",
-                }
-            )
-        )
 
 
 def _join_preconditions(url: str, data_dir: Path, *, dev: bool, tee: str | None) -> None:
