@@ -360,14 +360,18 @@ EVENT_OWN_MET = "cas-own-tcb-meets-replica-min-tcb"
 class OwnTcbWatch:
     """``--replica-min-tcb`` judged against this CAS's own SEV-SNP evidence (docs/cas.md
     "Joining a running CAS", "Its own host"): at start and again after every refresh of that
-    evidence (:attr:`confide.cas.own_evidence.CasEvidence.on_refresh`).
+    evidence (:attr:`confide.cas.own_evidence.CasEvidence.on_refresh`). Below it, this CAS's key
+    is released to no replica on a host like its own and, with ``--join``, it obtained the key
+    from a peer of a TCB it would not accept itself. Logged and shown, not refused: the operator
+    may be raising the minimum ahead of a firmware update.
 
     :attr:`below` is ``True`` when the own ``REPORTED_TCB`` is below the minimum of its product
     (or, with per-product minimums, its product has none; :meth:`ReplicaMinTcb.reasons`),
     ``False`` when it reaches it, and ``None`` while not judged (own evidence not SEV-SNP, or not
     verified at the first judgement). ``/metrics`` shows it as
     ``confide_cas_own_tcb_below_replica_min_tcb``. A judgement whose own evidence does not
-    verify (:class:`ConfideError`) leaves :attr:`below` as it was. Logged only when the state
+    verify (:class:`ConfideError`) leaves :attr:`below` as it was, as does any other error (logged
+    as ``cas-own-tcb-not-judged`` with its class only). Logged only when the state
     changes: ``cas-own-tcb-below-replica-min-tcb`` (warning) on becoming below, including at
     start, ``cas-own-tcb-meets-replica-min-tcb`` (info) on becoming met after being below;
     judgements that find the same state log nothing. Never raises (it runs in the refresher)."""
