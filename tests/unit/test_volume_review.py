@@ -5,6 +5,7 @@ deterministic ids across regions, interrupted seals, and a FUSE read racing a co
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import stat
@@ -15,6 +16,7 @@ from pathlib import Path
 import mfusepy
 import pytest
 
+from cli import run_confide
 from confide.errors import ParseError, SignatureError, StorageError
 from confide.volume import (
     Region,
@@ -309,6 +311,57 @@ def test_a_pending_manifest_that_was_not_sealed_still_conflicts(tmp_path: Path) 
     assert (vol / PENDING_NAME).read_bytes() == other
     with pytest.raises(StorageError, match="base generation"):
         pending_changes(vol, key)
+
+
+def test_verify_reports_no_pending_change_for_an_already_sealed_leftover(tmp_path: Path) -> None:
+    """`verify` agrees with add/rm/seal/mount: a MANIFEST.pending that MANIFEST already seals (a
+    seal interrupted between its renames) is not a pending change. verify is read-only: the
+    leftover stays where it is, byte for byte."""
+    vol, key, _ = _volume(tmp_path)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "x").write_bytes(b"x")
+    add_sources(vol, key, [extra])
+    leftover = (vol / PENDING_NAME).read_bytes()
+    report = verify_volume(vol, key)
+    assert (report.pending_changes, report.sealed_leftover) == (True, False)  # really pending
+    tag1 = seal_volume(vol, key)
+    (vol / PENDING_NAME).write_bytes(leftover)  # the state after a crash between the renames
+    report = verify_volume(vol, key, tag1)
+    assert report.ok
+    assert (report.pending_changes, report.sealed_leftover) == (False, True)
+    assert (vol / PENDING_NAME).read_bytes() == leftover
+    key_file = tmp_path / "key"
+    write_key(key_file, key)
+    as_json = run_confide("volume", "verify", vol, "--key", key_file, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["pending_changes"] is False
+    text = run_confide("volume", "verify", vol, "--key", key_file)
+    assert text.returncode == 0, text.stderr
+    assert "unsealed changes are pending" not in text.stderr
+    assert "already sealed" in text.stderr
+    assert (vol / PENDING_NAME).read_bytes() == leftover
+
+
+def test_verify_still_reports_a_pending_manifest_that_was_not_sealed(tmp_path: Path) -> None:
+    """Negative twin: a pending manifest of the previous generation whose changes are not the
+    sealed ones, and one that does not authenticate, are still pending changes for verify."""
+    vol, key, _ = _volume(tmp_path)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "x").write_bytes(b"x")
+    add_sources(vol, key, [extra])
+    other = (vol / PENDING_NAME).read_bytes()
+    (vol / PENDING_NAME).unlink()
+    (extra / "y").write_bytes(b"y")
+    add_sources(vol, key, [extra / "y"])
+    seal_volume(vol, key)
+    (vol / PENDING_NAME).write_bytes(other)  # gen N, lists x but not y: never sealed
+    report = verify_volume(vol, key)
+    assert (report.pending_changes, report.sealed_leftover) == (True, False)
+    (vol / PENDING_NAME).write_bytes(other[:-1] + bytes([other[-1] ^ 1]))  # does not authenticate
+    report = verify_volume(vol, key)
+    assert (report.pending_changes, report.sealed_leftover) == (True, False)
 
 
 # --- durability of the key file ----------------------------------------------------------------

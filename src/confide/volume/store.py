@@ -76,6 +76,7 @@ __all__ = [
     "object_path",
     "open_objects_dir",
     "pending_changes",
+    "pending_is_sealed_leftover",
     "remove_objects",
     "seal_entries",
     "seal_volume",
@@ -439,6 +440,29 @@ def _drop_pending(directory: Path) -> None:
     fsync_dir(directory)
 
 
+def _already_sealed(pending: Manifest, sealed: Manifest, tag: str, key: VolumeKey) -> bool:
+    """Whether the (authentic) pending manifest ``pending`` is what MANIFEST (``sealed``, with
+    tag ``tag``) already seals: the leftover of a `seal` interrupted between its two renames."""
+    if pending.generation + 1 != sealed.generation:
+        return False
+    # encode_manifest is deterministic: equal bytes iff this pending is what was sealed
+    as_sealed = replace(pending, state=ManifestState.SEALED, generation=sealed.generation)
+    return hmac.compare_digest(volume_tag(encode_manifest(as_sealed, key.raw)), tag)
+
+
+def pending_is_sealed_leftover(directory: Path, key: VolumeKey, sealed: Manifest, tag: str) -> bool:
+    """Whether ``MANIFEST.pending`` exists and only repeats what MANIFEST (``sealed``, loaded and
+    authenticated by the caller, with tag ``tag``) already seals: the leftover of an interrupted
+    `seal` (see :func:`_working`). Read-only, for `verify`: nothing is removed (`add`, `rm`,
+    `seal` and a writable mount remove it). A pending manifest that cannot be read or does not
+    authenticate under ``key`` is not such a leftover (``False``)."""
+    try:
+        pending = decode_manifest(_read(directory / PENDING_NAME, PENDING_NAME), key.raw)
+    except (ParseError, SignatureError, StorageError, UsageError):  # absent, unreadable, or not ours
+        return False
+    return pending.state is ManifestState.PENDING and _already_sealed(pending, sealed, tag, key)
+
+
 def _working(
     directory: Path, key: VolumeKey, expected_tag: str | None = None, *, check_base: bool = True
 ) -> tuple[Manifest, str]:
@@ -463,14 +487,11 @@ def _working(
     pending = decode_manifest(data, key.raw)
     if pending.state is not ManifestState.PENDING or pending.volume_id != sealed.volume_id:
         raise SignatureError(f"{PENDING_NAME} does not belong to this volume's current state")
-    if pending.generation + 1 == sealed.generation:
-        # encode_manifest is deterministic: equal bytes iff this pending is what was sealed
-        as_sealed = replace(pending, state=ManifestState.SEALED, generation=sealed.generation)
-        if hmac.compare_digest(volume_tag(encode_manifest(as_sealed, key.raw)), tag):
-            log.info("confide volume: %r: removing %s, already sealed (an interrupted seal)", str(directory),
-                     PENDING_NAME)  # fmt: skip
-            _drop_pending(directory)
-            return sealed, tag
+    if _already_sealed(pending, sealed, tag, key):
+        log.info("confide volume: %r: removing %s, already sealed (an interrupted seal)", str(directory),
+                 PENDING_NAME)  # fmt: skip
+        _drop_pending(directory)
+        return sealed, tag
     if pending.generation != sealed.generation:
         raise StorageError(
             f"{PENDING_NAME}: got base generation {pending.generation}, expected {sealed.generation}; "
