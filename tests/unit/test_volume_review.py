@@ -27,6 +27,7 @@ from confide.volume import (
     create_volume,
     open_volume,
     seal_volume,
+    store,
     verify_volume,
     write_key,
 )
@@ -219,6 +220,48 @@ def test_the_collection_of_unreferenced_objects_goes_past_one_it_cannot_remove(t
     add_sources(vol, key, [extra])
     tag = seal_volume(vol, key)
     assert sorted(verify_volume(vol, key, tag).unreferenced_objects) == ["a-directory"]
+
+
+def test_a_seal_refuses_a_group_writable_objects_directory_and_collects_nothing_in_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The seal's collection of unreferenced objects opens objects/ as the writers do
+    (open_objects_dir): a group-writable objects/ is refused before anything changes, and one
+    that becomes group-writable after the new MANIFEST is in place has nothing deleted from it
+    (the seal still succeeds; the next seal collects)."""
+    vol, key, tag = _volume(tmp_path)
+    (vol / OBJECTS_DIR / "junk").write_bytes(b"j")
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "x").write_bytes(b"x")
+    add_sources(vol, key, [extra / "x"])
+    os.chmod(vol / OBJECTS_DIR, 0o770)
+    with pytest.raises(StorageError, match="not writable by others"):
+        seal_volume(vol, key)
+    assert load_sealed(vol, key)[1] == tag
+    assert (vol / PENDING_NAME).exists() and (vol / OBJECTS_DIR / "junk").exists()
+    os.chmod(vol / OBJECTS_DIR, 0o755)
+
+    real_write_atomic = store.write_atomic
+
+    def then_group_writable(path: Path, data: bytes, mode: int = 0o644) -> None:
+        real_write_atomic(path, data, mode)
+        if path.name == MANIFEST_NAME:  # between the new MANIFEST and the collection
+            os.chmod(vol / OBJECTS_DIR, 0o770)
+
+    monkeypatch.setattr(store, "write_atomic", then_group_writable)
+    with caplog.at_level("WARNING", logger=store.log.name):
+        tag1 = seal_volume(vol, key)
+    monkeypatch.undo()
+    assert tag1 != tag and load_sealed(vol, key)[1] == tag1
+    assert (vol / OBJECTS_DIR / "junk").read_bytes() == b"j"  # nothing deleted there
+    assert "not writable by others" in caplog.text
+    os.chmod(vol / OBJECTS_DIR, 0o755)
+    (extra / "y").write_bytes(b"y")
+    add_sources(vol, key, [extra / "y"])
+    tag2 = seal_volume(vol, key)
+    assert not (vol / OBJECTS_DIR / "junk").exists()
+    assert verify_volume(vol, key, tag2).unreferenced_objects == []
 
 
 def test_the_lock_file_is_never_created_through_a_symlink(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
@@ -146,16 +146,29 @@ def _objects_dir(directory: Path) -> Iterator[int]:
 
 
 def remove_objects(directory: Path, ids: Iterable[bytes]) -> None:
-    """Remove the objects ``ids`` (absent ones are fine) relative to the objects directory,
-    never through a symlink (:func:`open_objects_dir`); the first other failure is raised
-    after trying all."""
+    """Remove the objects ``ids`` (absent ones are fine); see :func:`_remove` (the first
+    failure is raised after trying all)."""
     names = [oid.hex() for oid in ids]
-    if not names:
-        return
-    dfd = open_objects_dir(directory)
-    try:
+    if names:
+        _remove(directory, names)
+
+
+def _remove(directory: Path, names: Iterable[str] | None, keep: Collection[str] = ()) -> None:
+    """Remove objects of the volume: ``names``, or with ``None`` every object not in ``keep``.
+    The one delete loop of the writers (:func:`remove_objects`, :func:`_collect`).
+
+    The objects directory is opened by :func:`open_objects_dir`: never through a symlink, and
+    only one this user or root owns that neither group nor others can write (else
+    :class:`StorageError`, nothing removed); every name is removed relative to it. The host,
+    which controls the volume directory, could otherwise replace ``objects`` with a symlink to
+    any directory of ours, or another user put names there, and have our files deleted. Absent
+    objects are fine; the first other failure (e.g. a directory put there) is raised after
+    trying all the others."""
+    with _objects_dir(directory) as dfd:
         failed: OSError | None = None
-        for name in names:
+        for name in os.listdir(dfd) if names is None else names:
+            if name in keep:
+                continue
             try:
                 os.unlink(name, dir_fd=dfd)
             except FileNotFoundError:
@@ -164,8 +177,6 @@ def remove_objects(directory: Path, ids: Iterable[bytes]) -> None:
                 failed = failed or exc
         if failed is not None:
             raise failed
-    finally:
-        os.close(dfd)
 
 
 def lock_volume(directory: Path, *, shared: bool) -> int | None:
@@ -219,34 +230,19 @@ def _objects_durable(directory: Path) -> None:
 
 
 def _collect(directory: Path, live: set[str]) -> None:
-    """Delete the objects the new (durable) manifest does not reference. Best effort: the
-    seal has happened, so a failure here must not report it as failed (its new tag would be
-    lost to the caller); what is left is removed by the next seal (logged).
-
-    The objects directory is opened without following a symlink and every name is removed
-    relative to it: the host, which controls the volume directory, could otherwise replace
-    ``objects`` with a symlink to any directory of ours and have its files deleted."""
+    """Delete the objects the new (durable) manifest does not reference (:func:`_remove`, so
+    with the writers' checks of the objects directory). Best effort: the seal has happened, so
+    a failure here (a removal refused, or an objects directory that is a symlink, or writable by
+    others, since the seal checked it) must not report it as failed (its new tag would be lost
+    to the caller); what is left is removed by the next seal (logged)."""
     try:
-        dfd = os.open(directory / OBJECTS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            failed: OSError | None = None
-            for name in os.listdir(dfd):
-                if name not in live:
-                    try:
-                        os.unlink(name, dir_fd=dfd)
-                    except FileNotFoundError:
-                        pass
-                    except OSError as exc:  # e.g. a directory put there: the others still go
-                        failed = failed or exc
-            if failed is not None:
-                raise failed
-        finally:
-            os.close(dfd)
-    except OSError as exc:
+        _remove(directory, None, live)
+    except (OSError, StorageError) as exc:
+        reason = exc.message if isinstance(exc, StorageError) else exc.strerror or exc
         log.warning(
             "confide volume: %r: unreferenced objects not all removed (%s); the next seal removes them",
             str(directory),
-            exc.strerror or exc,
+            reason,
         )
 
 
