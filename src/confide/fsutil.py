@@ -13,11 +13,13 @@ import secrets
 import stat
 from pathlib import Path
 
-from confide.errors import ParseError, StorageError
+from confide.errors import ParseError, StorageError, UsageError
 
 __all__ = [
+    "PATH_ERRNOS",
     "TMP_PREFIX",
     "fsync_dir",
+    "new_file_error",
     "read_bounded",
     "read_regular",
     "write_atomic",
@@ -68,7 +70,8 @@ def write_new_whole(path: Path, data: bytes, mode: int = 0o600) -> None:
     the process can leave the ``TMP_PREFIX`` temporary file, never a partial ``path``). The
     directory is synced so that the new name survives a crash (best effort: the file itself is
     synced). Raises :class:`FileExistsError` when ``path`` exists, another :class:`OSError`
-    when the write fails; the caller words the error (never with ``data``, a key)."""
+    when the write fails; the caller words the error (never with ``data``, a key) and picks its
+    class with :func:`new_file_error`."""
     if os.path.lexists(path):
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}-{secrets.token_hex(8)}")
@@ -93,6 +96,35 @@ def write_new_whole(path: Path, data: bytes, mode: int = 0o600) -> None:
             os.unlink(tmp)
     with contextlib.suppress(OSError):  # durability of the name; the file itself is synced
         fsync_dir(path.parent)
+
+
+PATH_ERRNOS = frozenset(
+    {
+        errno.EEXIST,  # the target exists (FileExistsError)
+        errno.ENOENT,  # its directory does not exist
+        errno.ENOTDIR,  # a component of the path is not a directory
+        errno.EISDIR,
+        errno.ELOOP,  # a symlink where O_NOFOLLOW refuses one
+        errno.ENAMETOOLONG,
+        errno.EACCES,  # permission denied on the user's path
+        errno.EPERM,
+    }
+)
+"""The errors of creating a new file that say the path the user gave is wrong (see
+:func:`new_file_error`); every other one is the storage failing."""
+
+
+def new_file_error(exc: OSError, message: str) -> UsageError | StorageError:
+    """The confide error for ``exc``, an :class:`OSError` of :func:`write_new_whole` (or of
+    creating a user's new file), worded ``message``. The split: what the user asked wrongly is a
+    :class:`~confide.errors.UsageError` (exit 2): the target exists, its directory does not
+    exist or is not one, permission is denied on the path (:data:`PATH_ERRNOS`). Any other
+    failure is the storage's, a :class:`~confide.errors.StorageError` (exit 50): a full disk
+    (``ENOSPC``), an exceeded quota (``EDQUOT``), an I/O error (``EIO``), a read-only file
+    system (``EROFS``), and whatever else the write, fsync or link reports."""
+    if exc.errno in PATH_ERRNOS:
+        return UsageError(message)
+    return StorageError(message)
 
 
 # link(2) on a file system without hard links: EPERM (vfat, exfat), EOPNOTSUPP/ENOTSUP (FUSE

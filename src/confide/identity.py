@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from confide import jsonstrict
 from confide.errors import ParseError, SignatureError, UsageError
-from confide.fsutil import write_new_whole
+from confide.fsutil import new_file_error, write_new_whole
 
 __all__ = ["Identity", "PublicIdentity", "fingerprint_of", "load_identity"]
 
@@ -154,13 +154,17 @@ class Identity:
         replaced; without hard links, renamed with ``RENAME_NOREPLACE``) and removed
         (:func:`confide.fsutil.write_new_whole`): ``path`` appears whole or not at all, and a
         failed write (a full disk, an interrupt) leaves neither a truncated identity at ``path``
-        nor a key in a stray file. The directory is synced so that the new name survives a crash."""
+        nor a key in a stray file. The directory is synced so that the new name survives a crash.
+
+        Errors (:func:`confide.fsutil.new_file_error`): :class:`UsageError` when ``path`` exists,
+        its directory does not, or permission is denied there; :class:`StorageError` when the
+        storage fails (a full disk, a quota, an I/O error, a read-only file system)."""
         try:
             write_new_whole(path, self.to_json().encode(), 0o600)
         except FileExistsError:
             raise UsageError(f"{path} exists; refusing to overwrite an identity") from None
         except OSError as exc:
-            raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+            raise new_file_error(exc, f"cannot write {path}: {exc.strerror or exc}") from None
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Identity:

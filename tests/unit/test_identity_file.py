@@ -9,12 +9,13 @@ import errno
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
 
 from cli import run_confide
-from confide import errors, identity
+from confide import cli, errors, identity
 from confide.identity import Identity, load_identity
 
 
@@ -25,7 +26,7 @@ def test_a_failed_write_leaves_no_file_and_says_why(tmp_path: Path, monkeypatch:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(identity.os, "fsync", full_disk)
-    with pytest.raises(errors.UsageError, match=r"cannot write .*alice\.id: No space left on device"):
+    with pytest.raises(errors.StorageError, match=r"cannot write .*alice\.id: No space left on device"):
         Identity.generate().save(path)
     monkeypatch.undo()
     # Nothing at the path (a truncated identity there would also block the next create), and no
@@ -33,6 +34,38 @@ def test_a_failed_write_leaves_no_file_and_says_why(tmp_path: Path, monkeypatch:
     assert sorted(tmp_path.iterdir()) == []
     Identity.generate().save(path)  # the retry succeeds
     assert load_identity(path)
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS])
+def test_a_storage_failure_is_a_storage_error_exit_50(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], err: int
+) -> None:
+    """``confide identity create`` run in this process (so that os.write can fail): a storage
+    failure exits 50 (StorageError), not 2, and leaves nothing behind."""
+    path = tmp_path / "alice.id"
+    real_write = os.write
+
+    def failing_write(fd: int, data: bytes) -> int:
+        if fd > 2:  # the identity's temporary file, not this process's stdout/stderr
+            raise OSError(err, os.strerror(err))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(identity.os, "write", failing_write)
+    monkeypatch.setattr(sys, "argv", ["confide", "identity", "create", "--out", str(path)])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    monkeypatch.undo()
+    assert info.value.code == errors.StorageError.exit_code
+    assert os.strerror(err) in capsys.readouterr().err
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_a_missing_directory_stays_a_usage_error(tmp_path: Path) -> None:
+    """What the user asked wrongly stays exit 2: the directory of --out does not exist."""
+    result = run_confide("identity", "create", "--out", tmp_path / "nowhere" / "alice.id")
+    assert result.returncode == errors.UsageError.exit_code, result.stderr
+    assert "No such file or directory" in result.stderr
+    assert sorted(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("umask", [0o000, 0o022, 0o077, 0o277])

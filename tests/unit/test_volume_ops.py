@@ -6,13 +6,15 @@ import errno
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 import tracemalloc
 from pathlib import Path
 
 import pytest
 
-from confide.errors import ParseError, RollbackError, SignatureError, UsageError
+from confide import cli
+from confide.errors import ParseError, RollbackError, SignatureError, StorageError, UsageError
 from confide.volume import (
     Region,
     RegionRule,
@@ -575,7 +577,7 @@ def test_a_failed_key_write_leaves_no_file_and_is_a_confide_error(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", full_disk)
-    with pytest.raises(UsageError, match="No space left on device") as info:
+    with pytest.raises(StorageError, match="No space left on device") as info:
         write_key(kf, key)
     monkeypatch.undo()
     assert key.hex() not in str(info.value)
@@ -583,3 +585,36 @@ def test_a_failed_key_write_leaves_no_file_and_is_a_confide_error(
     write_key(kf, key)  # the retry succeeds
     assert load_key(kf) == key
     assert [p.name for p in tmp_path.iterdir()] == ["k"]
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS])
+def test_volume_create_exits_50_when_the_key_write_fails_on_the_storage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], err: int
+) -> None:
+    """``confide volume create --key-out`` run in this process (so that os.write can fail): a
+    storage failure is a StorageError (exit 50), not a UsageError, and leaves no key file nor a
+    temporary copy of the key."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    real_write = os.write
+
+    def failing_write(fd: int, data: bytes) -> int:
+        if fd > 2:  # the key's temporary file, not this process's stdout/stderr
+            raise OSError(err, os.strerror(err))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", failing_write)
+    argv = ["confide", "volume", "create", str(tmp_path / "vol"), "--key-out", str(keys / "k")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    monkeypatch.undo()
+    assert info.value.code == StorageError.exit_code
+    assert os.strerror(err) in capsys.readouterr().err
+    assert sorted(keys.iterdir()) == []
+
+
+def test_a_key_file_in_a_missing_directory_stays_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="No such file or directory"):
+        write_key(tmp_path / "nowhere" / "k", VolumeKey.generate())
+    assert sorted(tmp_path.iterdir()) == []

@@ -5,6 +5,7 @@ deterministic ids across regions, interrupted seals, and a FUSE read racing a co
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import stat
@@ -15,6 +16,7 @@ from pathlib import Path
 import mfusepy
 import pytest
 
+from cli import run_confide
 from confide.errors import ParseError, SignatureError, StorageError
 from confide.volume import (
     Region,
@@ -25,6 +27,7 @@ from confide.volume import (
     create_volume,
     open_volume,
     seal_volume,
+    store,
     verify_volume,
     write_key,
 )
@@ -219,6 +222,48 @@ def test_the_collection_of_unreferenced_objects_goes_past_one_it_cannot_remove(t
     assert sorted(verify_volume(vol, key, tag).unreferenced_objects) == ["a-directory"]
 
 
+def test_a_seal_refuses_a_group_writable_objects_directory_and_collects_nothing_in_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The seal's collection of unreferenced objects opens objects/ as the writers do
+    (open_objects_dir): a group-writable objects/ is refused before anything changes, and one
+    that becomes group-writable after the new MANIFEST is in place has nothing deleted from it
+    (the seal still succeeds; the next seal collects)."""
+    vol, key, tag = _volume(tmp_path)
+    (vol / OBJECTS_DIR / "junk").write_bytes(b"j")
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "x").write_bytes(b"x")
+    add_sources(vol, key, [extra / "x"])
+    os.chmod(vol / OBJECTS_DIR, 0o770)
+    with pytest.raises(StorageError, match="not writable by others"):
+        seal_volume(vol, key)
+    assert load_sealed(vol, key)[1] == tag
+    assert (vol / PENDING_NAME).exists() and (vol / OBJECTS_DIR / "junk").exists()
+    os.chmod(vol / OBJECTS_DIR, 0o755)
+
+    real_write_atomic = store.write_atomic
+
+    def then_group_writable(path: Path, data: bytes, mode: int = 0o644) -> None:
+        real_write_atomic(path, data, mode)
+        if path.name == MANIFEST_NAME:  # between the new MANIFEST and the collection
+            os.chmod(vol / OBJECTS_DIR, 0o770)
+
+    monkeypatch.setattr(store, "write_atomic", then_group_writable)
+    with caplog.at_level("WARNING", logger=store.log.name):
+        tag1 = seal_volume(vol, key)
+    monkeypatch.undo()
+    assert tag1 != tag and load_sealed(vol, key)[1] == tag1
+    assert (vol / OBJECTS_DIR / "junk").read_bytes() == b"j"  # nothing deleted there
+    assert "not writable by others" in caplog.text
+    os.chmod(vol / OBJECTS_DIR, 0o755)
+    (extra / "y").write_bytes(b"y")
+    add_sources(vol, key, [extra / "y"])
+    tag2 = seal_volume(vol, key)
+    assert not (vol / OBJECTS_DIR / "junk").exists()
+    assert verify_volume(vol, key, tag2).unreferenced_objects == []
+
+
 def test_the_lock_file_is_never_created_through_a_symlink(tmp_path: Path) -> None:
     vol, key, _ = _volume(tmp_path)
     (vol / LOCK_NAME).unlink()
@@ -309,6 +354,57 @@ def test_a_pending_manifest_that_was_not_sealed_still_conflicts(tmp_path: Path) 
     assert (vol / PENDING_NAME).read_bytes() == other
     with pytest.raises(StorageError, match="base generation"):
         pending_changes(vol, key)
+
+
+def test_verify_reports_no_pending_change_for_an_already_sealed_leftover(tmp_path: Path) -> None:
+    """`verify` agrees with add/rm/seal/mount: a MANIFEST.pending that MANIFEST already seals (a
+    seal interrupted between its renames) is not a pending change. verify is read-only: the
+    leftover stays where it is, byte for byte."""
+    vol, key, _ = _volume(tmp_path)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "x").write_bytes(b"x")
+    add_sources(vol, key, [extra])
+    leftover = (vol / PENDING_NAME).read_bytes()
+    report = verify_volume(vol, key)
+    assert (report.pending_changes, report.sealed_leftover) == (True, False)  # really pending
+    tag1 = seal_volume(vol, key)
+    (vol / PENDING_NAME).write_bytes(leftover)  # the state after a crash between the renames
+    report = verify_volume(vol, key, tag1)
+    assert report.ok
+    assert (report.pending_changes, report.sealed_leftover) == (False, True)
+    assert (vol / PENDING_NAME).read_bytes() == leftover
+    key_file = tmp_path / "key"
+    write_key(key_file, key)
+    as_json = run_confide("volume", "verify", vol, "--key", key_file, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["pending_changes"] is False
+    text = run_confide("volume", "verify", vol, "--key", key_file)
+    assert text.returncode == 0, text.stderr
+    assert "unsealed changes are pending" not in text.stderr
+    assert "already sealed" in text.stderr
+    assert (vol / PENDING_NAME).read_bytes() == leftover
+
+
+def test_verify_still_reports_a_pending_manifest_that_was_not_sealed(tmp_path: Path) -> None:
+    """Negative twin: a pending manifest of the previous generation whose changes are not the
+    sealed ones, and one that does not authenticate, are still pending changes for verify."""
+    vol, key, _ = _volume(tmp_path)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "x").write_bytes(b"x")
+    add_sources(vol, key, [extra])
+    other = (vol / PENDING_NAME).read_bytes()
+    (vol / PENDING_NAME).unlink()
+    (extra / "y").write_bytes(b"y")
+    add_sources(vol, key, [extra / "y"])
+    seal_volume(vol, key)
+    (vol / PENDING_NAME).write_bytes(other)  # gen N, lists x but not y: never sealed
+    report = verify_volume(vol, key)
+    assert (report.pending_changes, report.sealed_leftover) == (True, False)
+    (vol / PENDING_NAME).write_bytes(other[:-1] + bytes([other[-1] ^ 1]))  # does not authenticate
+    report = verify_volume(vol, key)
+    assert (report.pending_changes, report.sealed_leftover) == (True, False)
 
 
 # --- durability of the key file ----------------------------------------------------------------

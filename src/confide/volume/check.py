@@ -22,7 +22,14 @@ from confide.volume._chunked import ChunkReader
 from confide.volume._io import check_unprotected, copy_unprotected, decrypt_object, open_object
 from confide.volume.format import ChunkCodec, ChunkKeys, Entry, EntryKind, Manifest, Region
 from confide.volume.keys import VolumeKey
-from confide.volume.store import OBJECTS_DIR, PENDING_NAME, live_objects, load_sealed, object_path
+from confide.volume.store import (
+    OBJECTS_DIR,
+    PENDING_NAME,
+    live_objects,
+    load_sealed,
+    object_path,
+    pending_is_sealed_leftover,
+)
 
 __all__ = ["OpenResult", "Problem", "VerifyReport", "open_volume", "verify_volume"]
 
@@ -42,6 +49,8 @@ class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
     unreferenced_objects: list[str] = field(default_factory=list)
     pending_changes: bool = False
+    sealed_leftover: bool = False
+    """MANIFEST.pending only repeats what MANIFEST seals (an interrupted seal's leftover; kept)."""
 
     @property
     def ok(self) -> bool:
@@ -105,10 +114,17 @@ def verify_volume(
     Raises (without a report) when the manifest itself is unusable: :class:`SignatureError`,
     :class:`~confide.errors.ParseError`, or :class:`~confide.errors.RollbackError` for an
     authentic manifest whose tag is not ``expected_tag``.
+
+    Changes nothing: a ``MANIFEST.pending`` that MANIFEST already seals (left by a `seal`
+    interrupted between its renames) is not a pending change (``sealed_leftover``) and is left
+    in place for `add`, `rm`, `seal` or a writable mount to remove.
     """
     m, tag = load_sealed(directory, key, expected_tag)
     report = VerifyReport(tag=tag, generation=m.generation)
-    report.pending_changes = (directory / PENDING_NAME).exists()
+    if (directory / PENDING_NAME).exists():
+        # read-only: a leftover of an interrupted seal is reported as such, not removed
+        report.sealed_leftover = pending_is_sealed_leftover(directory, key, m, tag)
+        report.pending_changes = not report.sealed_leftover
     chunks = _chunk_reader(directory, key, m)
     with chunks, ThreadPoolExecutor(_workers(workers)) as pool:
         for e in m.entries:

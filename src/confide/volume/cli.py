@@ -20,7 +20,14 @@ from confide.volume.check import open_volume, verify_volume
 from confide.volume.format import DEFAULT_CHUNK_SIZE, MAX_MTIME_NS, EntryKind, Region, RegionRule
 from confide.volume.keys import KEY_ENV, VolumeKey, load_key, write_key
 from confide.volume.mount import MountMode, mount_volume, wait_for_signal
-from confide.volume.store import add_sources, create_volume, remove_paths, seal_volume, source_date_epoch
+from confide.volume.store import (
+    PENDING_NAME,
+    add_sources,
+    create_volume,
+    remove_paths,
+    seal_volume,
+    source_date_epoch,
+)
 
 __all__ = ["volume"]
 
@@ -233,6 +240,12 @@ def verify_cmd(directory: Path, key_file: Path | None, tag: str | None, as_json:
             click.echo(f"BAD {p.path}: {p.reason}")
         if report.pending_changes:
             click.echo("note: unsealed changes are pending (not verified)", err=True)
+        elif report.sealed_leftover:
+            click.echo(
+                f"note: {PENDING_NAME} is already sealed (left by an interrupted seal); verify changes "
+                "nothing, the next add, rm, seal or writable mount removes it",
+                err=True,
+            )
         state = "verified" if report.ok else "FAILED"
         click.echo(f"{state}: {report.files} files, {report.bytes} bytes, generation {report.generation}")
         click.echo(f"tag: {report.tag}")

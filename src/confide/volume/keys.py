@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 
 from confide.errors import UsageError
-from confide.fsutil import fsync_dir, write_new_whole
+from confide.fsutil import fsync_dir, new_file_error, write_new_whole
 from confide.volume.format import KEY_SIZE
 
 __all__ = ["KEY_ENV", "VolumeKey", "load_key", "write_key"]
@@ -71,14 +71,17 @@ def write_key(path: Path, key: VolumeKey) -> None:
     """Write ``key`` as 64 hex digits + newline to a new file of mode 0600, atomically
     (:func:`~confide.fsutil.write_new_whole`: a failed write leaves no file, the directory
     entry is synced: a power loss must not keep a volume sealed under a key whose file is
-    gone). Never over an existing file; every failure is a :class:`UsageError`."""
+    gone). Never over an existing file. Errors (:func:`~confide.fsutil.new_file_error`):
+    :class:`UsageError` when ``path`` exists, its directory does not, or permission is denied
+    there; :class:`~confide.errors.StorageError` when the storage fails (a full disk, a quota,
+    an I/O error, a read-only file system)."""
     try:
         write_new_whole(path, (key.hex() + "\n").encode("ascii"), 0o600)
         fsync_dir(path.parent)  # checked here, not best effort: the key must outlive a power loss
     except FileExistsError:
         raise UsageError(f"key file {str(path)!r} exists; refusing to overwrite a key") from None
     except OSError as exc:
-        raise UsageError(f"cannot create key file {str(path)!r}: {exc.strerror or exc}") from None
+        raise new_file_error(exc, f"cannot create key file {str(path)!r}: {exc.strerror or exc}") from None
 
 
 def load_key(path: Path | None = None, *, env: dict[str, str] | None = None) -> VolumeKey:

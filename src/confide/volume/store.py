@@ -23,7 +23,7 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
@@ -76,6 +76,7 @@ __all__ = [
     "object_path",
     "open_objects_dir",
     "pending_changes",
+    "pending_is_sealed_leftover",
     "remove_objects",
     "seal_entries",
     "seal_volume",
@@ -145,16 +146,29 @@ def _objects_dir(directory: Path) -> Iterator[int]:
 
 
 def remove_objects(directory: Path, ids: Iterable[bytes]) -> None:
-    """Remove the objects ``ids`` (absent ones are fine) relative to the objects directory,
-    never through a symlink (:func:`open_objects_dir`); the first other failure is raised
-    after trying all."""
+    """Remove the objects ``ids`` (absent ones are fine); see :func:`_remove` (the first
+    failure is raised after trying all)."""
     names = [oid.hex() for oid in ids]
-    if not names:
-        return
-    dfd = open_objects_dir(directory)
-    try:
+    if names:
+        _remove(directory, names)
+
+
+def _remove(directory: Path, names: Iterable[str] | None, keep: Collection[str] = ()) -> None:
+    """Remove objects of the volume: ``names``, or with ``None`` every object not in ``keep``.
+    The one delete loop of the writers (:func:`remove_objects`, :func:`_collect`).
+
+    The objects directory is opened by :func:`open_objects_dir`: never through a symlink, and
+    only one this user or root owns that neither group nor others can write (else
+    :class:`StorageError`, nothing removed); every name is removed relative to it. The host,
+    which controls the volume directory, could otherwise replace ``objects`` with a symlink to
+    any directory of ours, or another user put names there, and have our files deleted. Absent
+    objects are fine; the first other failure (e.g. a directory put there) is raised after
+    trying all the others."""
+    with _objects_dir(directory) as dfd:
         failed: OSError | None = None
-        for name in names:
+        for name in os.listdir(dfd) if names is None else names:
+            if name in keep:
+                continue
             try:
                 os.unlink(name, dir_fd=dfd)
             except FileNotFoundError:
@@ -163,8 +177,6 @@ def remove_objects(directory: Path, ids: Iterable[bytes]) -> None:
                 failed = failed or exc
         if failed is not None:
             raise failed
-    finally:
-        os.close(dfd)
 
 
 def lock_volume(directory: Path, *, shared: bool) -> int | None:
@@ -218,34 +230,19 @@ def _objects_durable(directory: Path) -> None:
 
 
 def _collect(directory: Path, live: set[str]) -> None:
-    """Delete the objects the new (durable) manifest does not reference. Best effort: the
-    seal has happened, so a failure here must not report it as failed (its new tag would be
-    lost to the caller); what is left is removed by the next seal (logged).
-
-    The objects directory is opened without following a symlink and every name is removed
-    relative to it: the host, which controls the volume directory, could otherwise replace
-    ``objects`` with a symlink to any directory of ours and have its files deleted."""
+    """Delete the objects the new (durable) manifest does not reference (:func:`_remove`, so
+    with the writers' checks of the objects directory). Best effort: the seal has happened, so
+    a failure here (a removal refused, or an objects directory that is a symlink, or writable by
+    others, since the seal checked it) must not report it as failed (its new tag would be lost
+    to the caller); what is left is removed by the next seal (logged)."""
     try:
-        dfd = os.open(directory / OBJECTS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            failed: OSError | None = None
-            for name in os.listdir(dfd):
-                if name not in live:
-                    try:
-                        os.unlink(name, dir_fd=dfd)
-                    except FileNotFoundError:
-                        pass
-                    except OSError as exc:  # e.g. a directory put there: the others still go
-                        failed = failed or exc
-            if failed is not None:
-                raise failed
-        finally:
-            os.close(dfd)
-    except OSError as exc:
+        _remove(directory, None, live)
+    except (OSError, StorageError) as exc:
+        reason = exc.message if isinstance(exc, StorageError) else exc.strerror or exc
         log.warning(
             "confide volume: %r: unreferenced objects not all removed (%s); the next seal removes them",
             str(directory),
-            exc.strerror or exc,
+            reason,
         )
 
 
@@ -439,6 +436,29 @@ def _drop_pending(directory: Path) -> None:
     fsync_dir(directory)
 
 
+def _already_sealed(pending: Manifest, sealed: Manifest, tag: str, key: VolumeKey) -> bool:
+    """Whether the (authentic) pending manifest ``pending`` is what MANIFEST (``sealed``, with
+    tag ``tag``) already seals: the leftover of a `seal` interrupted between its two renames."""
+    if pending.generation + 1 != sealed.generation:
+        return False
+    # encode_manifest is deterministic: equal bytes iff this pending is what was sealed
+    as_sealed = replace(pending, state=ManifestState.SEALED, generation=sealed.generation)
+    return hmac.compare_digest(volume_tag(encode_manifest(as_sealed, key.raw)), tag)
+
+
+def pending_is_sealed_leftover(directory: Path, key: VolumeKey, sealed: Manifest, tag: str) -> bool:
+    """Whether ``MANIFEST.pending`` exists and only repeats what MANIFEST (``sealed``, loaded and
+    authenticated by the caller, with tag ``tag``) already seals: the leftover of an interrupted
+    `seal` (see :func:`_working`). Read-only, for `verify`: nothing is removed (`add`, `rm`,
+    `seal` and a writable mount remove it). A pending manifest that cannot be read or does not
+    authenticate under ``key`` is not such a leftover (``False``)."""
+    try:
+        pending = decode_manifest(_read(directory / PENDING_NAME, PENDING_NAME), key.raw)
+    except (ParseError, SignatureError, StorageError, UsageError):  # absent, unreadable, or not ours
+        return False
+    return pending.state is ManifestState.PENDING and _already_sealed(pending, sealed, tag, key)
+
+
 def _working(
     directory: Path, key: VolumeKey, expected_tag: str | None = None, *, check_base: bool = True
 ) -> tuple[Manifest, str]:
@@ -463,14 +483,11 @@ def _working(
     pending = decode_manifest(data, key.raw)
     if pending.state is not ManifestState.PENDING or pending.volume_id != sealed.volume_id:
         raise SignatureError(f"{PENDING_NAME} does not belong to this volume's current state")
-    if pending.generation + 1 == sealed.generation:
-        # encode_manifest is deterministic: equal bytes iff this pending is what was sealed
-        as_sealed = replace(pending, state=ManifestState.SEALED, generation=sealed.generation)
-        if hmac.compare_digest(volume_tag(encode_manifest(as_sealed, key.raw)), tag):
-            log.info("confide volume: %r: removing %s, already sealed (an interrupted seal)", str(directory),
-                     PENDING_NAME)  # fmt: skip
-            _drop_pending(directory)
-            return sealed, tag
+    if _already_sealed(pending, sealed, tag, key):
+        log.info("confide volume: %r: removing %s, already sealed (an interrupted seal)", str(directory),
+                 PENDING_NAME)  # fmt: skip
+        _drop_pending(directory)
+        return sealed, tag
     if pending.generation != sealed.generation:
         raise StorageError(
             f"{PENDING_NAME}: got base generation {pending.generation}, expected {sealed.generation}; "
