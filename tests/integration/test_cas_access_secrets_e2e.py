@@ -141,7 +141,10 @@ def test_entries_naming_no_one_are_refused_over_tls(client: Client) -> None:
     status, answer = client.submit(policy("bad", {"update": [{"signer": "$$SCONE::k$$"}]}, imported), owner)
     assert status == 422 and answer["error"]["class"] == "PolicyError", answer
     assert "access_policy entry $$SCONE::k$$ names no identity" in answer["error"]["message"]
-    assert "keyring does not export k" in answer["error"]["message"]
+    assert (
+        "no policy keyring (at the version the import pins, if it pins one) shares a secret k"
+        in answer["error"]["message"]
+    )
     assert client.show("bad", owner) == 403  # no such policy
     # Shared (export_public), the same import is accepted and its key may update.
     status, _ = client.submit(

@@ -966,20 +966,22 @@ class Cas:
         if spec.import_ is not None:
             imp = spec.import_
             reads = _Reads(self, conn)
-            exporter, _ = self._exporter(reads, imp.session, imp.session_hash, f"import {name}")
+            exported: Secret | None = None
             try:
-                exported: Secret | None = exporter.secret(imp.secret)
-            except KeyError:
+                exporter, _ = self._exporter(reads, imp.session, imp.session_hash, f"import {name}")
+                exported = exporter.secret(imp.secret)
+            except (AccessDeniedError, KeyError):
                 exported = None
             if exported is None or not (
                 exported.export_public
                 or any(self._exports_to(reads, e, policy.name, digest) for e in exported.export)
             ):
-                # As for a release (:meth:`_secret_value`): one message whether the exporter has
-                # no such secret or does not export it.
+                # One message whether the exporter does not exist, is not at the pinned version,
+                # has no such secret or does not share it: whoever submits a policy learns
+                # nothing of another's (refusals say nothing of existence, docs/cas.md).
                 raise AccessDeniedError(
-                    f"import {name}: {imp.session} does not export {imp.secret} to this version of "
-                    f"{policy.name}"
+                    f"import {name}: no policy {imp.session} (at the version the import pins, if it "
+                    f"pins one) shares a secret {imp.secret} with this version of {policy.name}"
                 )
             spec, owner, secret = exported, imp.session, imp.secret
         if spec.issue_to_runtime or spec.import_ is not None:
