@@ -647,8 +647,8 @@ def test_is_authorized_evaluates_boards() -> None:
           create_sessions: NONE
         secrets:
           - name: auditor
-            kind: ascii
-            value: audit-key
+            kind: private-key
+            key_type: Ed25519
         """
     )
     ap = loads_policy(text).access_policy
@@ -658,7 +658,7 @@ def test_is_authorized_evaluates_boards() -> None:
     assert not is_authorized(ap.update, set(), creator=None)
     assert is_authorized(ap.read, {"c"}, creator="c")
     assert not is_authorized(ap.read, {"c"}, creator="someone-else")
-    assert not is_authorized(ap.read, {"audit-key"}, creator="c")  # no resolver: ignored
+    assert not is_authorized(ap.read, {"audit-key"}, creator="c")  # no resolver: no one
     assert is_authorized(ap.read, {"audit-key"}, creator="c", resolve={"auditor": "audit-key"}.get)
     assert not is_authorized(ap.read, {"x"}, creator="c", resolve={}.get)
     assert not is_authorized(ap.effective_create_sessions, {"c", "v1"}, creator="c")

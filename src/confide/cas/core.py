@@ -37,7 +37,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -88,6 +88,7 @@ from confide.cas.secrets import (
     crl_distribution_id,
     crl_distribution_id_of,
     generate,
+    identity_of,
     issue_to_runtime,
     public_part,
     render,
@@ -113,7 +114,14 @@ from confide.ledger.note import parse_note
 from confide.ledger.store import Ledger
 from confide.lru import Lru
 from confide.policy import Policy, appraise, loads_policy, policy_hash
-from confide.policy.access import RequireAll, RequireAtLeast, SignerRule, is_authorized
+from confide.policy.access import (
+    RequireAll,
+    RequireAtLeast,
+    SignerRule,
+    is_authorized,
+    placeholder_names,
+    resolve_rules,
+)
 from confide.policy.canonical import canonical_json, jcs
 from confide.policy.model import ImageVolume, UpdatePolicy
 from confide.policy.placeholders import (
@@ -653,7 +661,7 @@ class Cas:
             else:
                 creator = head.creator
                 current = self._load(conn, policy.name, head.hash)
-                rules = current.access_policy.update
+                rules = self._rules_in_force(conn, policy.name, head.hash, current.access_policy.update)
                 if is_authorized(rules, {submitter}, creator=creator):
                     state = "active"
                 elif _mentions(rules, submitter, creator):
@@ -738,7 +746,7 @@ class Cas:
             return None
         parent, head = owner
         rules = self._load(conn, parent, head.hash).access_policy.effective_create_sessions
-        return parent, head, tuple(rules)
+        return parent, head, self._rules_in_force(conn, parent, head.hash, rules)
 
     def _creation_state(self, conn: Connection, name: str, submitter: str) -> str:
         """A new policy's state: active, pending (a board of the namespace must approve it), or
@@ -810,7 +818,9 @@ class Cas:
                 rules_creator = parent_head.creator
         elif head is not None:
             rules_creator = head.creator
-            rules = tuple(self._load(conn, name, head.hash).access_policy.update)
+            rules = self._rules_in_force(
+                conn, name, head.hash, self._load(conn, name, head.hash).access_policy.update
+            )
         if not rules or not _mentions(rules, signer.fingerprint, rules_creator):
             raise AccessDeniedError(
                 f"identity {signer.fingerprint[:16]}… may not approve version {digest[:16]}… of policy "
@@ -927,6 +937,7 @@ class Cas:
                 .values(hash=digest, updated_at=now)
             )
         self._generate_secrets(conn, policy, digest, previous)
+        self._check_access_identities(conn, policy, digest)
         # A CA whose OCSP signer this version changed gets its certificate re-issued with the
         # same key and subject (keyUsage digitalSignature with ``signer: ca``; docs/cas.md
         # "OCSP"), with what it signed, in this transaction: nothing is regenerated or revoked.
@@ -935,6 +946,94 @@ class Cas:
         # version superseded or removed, in this transaction.
         issue_crls(self, conn, policy, digest, now)
         self._prepare_volumes(conn, policy, digest, previous)
+
+    def _access_identity(self, conn: Connection, policy: Policy, digest: str, name: str) -> str:
+        """The identity (fingerprint) an access entry ``$$SCONE::name$$`` of ``policy`` (at
+        ``digest``) names: the public key of the current value of its secret ``name``
+        (:func:`confide.cas.secrets.identity_of`; docs/policy.md "access_policy"), the policy's
+        own or, for an import, the exporter's, which must export it to this version or declare
+        it ``export_public`` (a public key is all that is used). The current value is that of
+        the version in force: secrets are generated when a version is activated, so a version
+        being judged has none yet and cannot change the identities that judge it. A value is
+        read from its sealed row, never from the clear ``public`` column, which whoever controls
+        the database could rewrite. :class:`PolicyError` (:class:`AccessDeniedError` for an
+        import not exported) when it names no identity."""
+        try:
+            spec = policy.secret(name)
+        except KeyError:
+            raise PolicyError(f"secret {name} is not declared by {policy.name}") from None
+        owner, secret = policy.name, name
+        if spec.import_ is not None:
+            imp = spec.import_
+            reads = _Reads(self, conn)
+            exported: Secret | None = None
+            try:
+                exporter, _ = self._exporter(reads, imp.session, imp.session_hash, f"import {name}")
+                exported = exporter.secret(imp.secret)
+            except (AccessDeniedError, KeyError):
+                exported = None
+            if exported is None or not (
+                exported.export_public
+                or any(self._exports_to(reads, e, policy.name, digest) for e in exported.export)
+            ):
+                # One message whether the exporter does not exist, is not at the pinned version,
+                # has no such secret or does not share it: whoever submits a policy learns
+                # nothing of another's (refusals say nothing of existence, docs/cas.md).
+                raise AccessDeniedError(
+                    f"import {name}: no policy {imp.session} (at the version the import pins, if it "
+                    f"pins one) shares a secret {imp.secret} with this version of {policy.name}"
+                )
+            spec, owner, secret = exported, imp.session, imp.secret
+        if spec.issue_to_runtime or spec.import_ is not None:
+            what = "issued to runtimes" if spec.issue_to_runtime else "itself an import"
+            raise PolicyError(f"secret {owner}/{secret} is {what}: the CAS holds no value of it")
+        row = self._latest_secret(conn, owner, secret)
+        if row is None:
+            raise PolicyError(f"secret {owner}/{secret} has no value")
+        try:
+            return identity_of(self._unseal(row))
+        except PolicyError as exc:
+            raise PolicyError(f"secret {owner}/{secret}: {exc.message}") from None
+
+    def _rules_in_force(
+        self, conn: Connection, name: str, digest: str, rules: Sequence[Any]
+    ) -> tuple[Any, ...]:
+        """One operation's ``rules`` of version ``digest`` of policy ``name`` (the version in
+        force), with each ``$$SCONE::k$$`` entry replaced by the identity it names now
+        (:meth:`_access_identity`), as :func:`is_authorized` and :func:`_mentions` are to judge
+        them (sconedocs "Governance": the secret's value "at permission evaluation time"). The
+        version's own entries were checked when it was activated; one that names no identity
+        now (an exporter stopped exporting the key, a version stored before the check) stands
+        for no one: it grants nothing and makes no one a board member."""
+        rules = tuple(rules)
+        if not placeholder_names(rules):
+            return rules
+        policy = self._load(conn, name, digest)
+
+        def resolve(secret: str) -> str | None:
+            try:
+                return self._access_identity(conn, policy, digest, secret)
+            except ConfideError:
+                return None
+
+        return resolve_rules(rules, resolve)
+
+    def _check_access_identities(self, conn: Connection, policy: Policy, digest: str) -> None:
+        """Every ``$$SCONE::k$$`` entry of ``policy``'s access rules (version ``digest``, being
+        activated, its secrets generated) names an identity (:meth:`_access_identity`), else
+        :class:`PolicyError` and the activation is rolled back: an entry that would grant
+        nothing is refused rather than kept (docs/policy.md "access_policy"). The loader checks
+        what the policy alone tells (kinds, key types, explicit values); this checks the values,
+        imports included."""
+        ap = policy.access_policy
+        for secret in placeholder_names((*ap.read, *ap.update, *(ap.create_sessions or ()))):
+            try:
+                self._access_identity(conn, policy, digest, secret)
+            except ConfideError as exc:
+                raise PolicyError(
+                    f"policy {policy.name}: access_policy entry $$SCONE::{secret}$$ names no identity: "
+                    f"{exc.message}"
+                ) from None
 
     def _prepare_volumes(
         self, conn: Connection, policy: Policy, digest: str, previous: Policy | None
@@ -1515,7 +1614,9 @@ class Cas:
                          "request_sha256": req.digest},
                     )  # fmt: skip
                 # Step 1: listed in the update rules, alone or as a board member (no approvals).
-                rules = self._load(conn, req.name, head.hash).access_policy.update
+                rules = self._rules_in_force(
+                    conn, req.name, head.hash, self._load(conn, req.name, head.hash).access_policy.update
+                )
                 if not (
                     is_authorized(rules, {req.signer}, creator=head.creator)
                     or _mentions(rules, req.signer, head.creator)
@@ -1575,7 +1676,8 @@ class Cas:
             if head is None:
                 raise AccessDeniedError(f"no policy {name} readable by {signer.fingerprint[:16]}…")
             policy = self._load(conn, name, head.hash)
-            if not is_authorized(policy.access_policy.read, {signer.fingerprint}, creator=head.creator):
+            readers = self._rules_in_force(conn, name, head.hash, policy.access_policy.read)
+            if not is_authorized(readers, {signer.fingerprint}, creator=head.creator):
                 raise AccessDeniedError(f"no policy {name} readable by {signer.fingerprint[:16]}…")
             versions = [
                 {
@@ -2242,7 +2344,9 @@ class Cas:
                     raise refused
                 policy = self._load(conn, name, head.hash)
                 may_read = signer is not None and is_authorized(
-                    policy.access_policy.read, {signer}, creator=head.creator
+                    self._rules_in_force(conn, name, head.hash, policy.access_policy.read),
+                    {signer},
+                    creator=head.creator,
                 )
                 if signer is not None and not may_read:
                     raise refused
@@ -2637,7 +2741,8 @@ def _mentions(rules: Any, fingerprint: str, creator: str) -> bool:
     """Whether one of the rules' identities, at any depth of their boards, is ``fingerprint``
     (itself, or ``CREATOR`` when it is the creator): a board member (docs/cas.md "Policies and
     governance"). Identities are compared whole: one that merely contains the fingerprint (or
-    ``CREATOR``), such as a certificate or a ``$$SCONE::name$$`` entry, does not name it."""
+    ``CREATOR``), such as a certificate, does not name it. ``$$SCONE::name$$`` entries are
+    resolved before (:meth:`Cas._rules_in_force`); one left unresolved names no one."""
     for rule in rules:
         if isinstance(rule, RequireAll):
             nested: Any = rule.require_all
