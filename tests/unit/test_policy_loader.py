@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from confide.errors import PolicyError, UsageError
 from confide.policy import Problem, load_policy, loads_policy
-from confide.policy.loader import MAX_BYTES, MAX_DEPTH, MAX_NODES
+from confide.policy.loader import MAX_BYTES, MAX_DEPTH, MAX_LINES, MAX_NODES
 
 MRE = "d08b7351eeb8d5c0653d32794218f183ac9c6fa3923b67052752f78a3559de61"
 MINIMAL = f'name: app\nversion: "0.3"\nservices:\n  - name: web\n    attestation:\n      mrenclave: {MRE}\n'
@@ -312,3 +312,14 @@ def test_only_yaml_1_2_is_read() -> None:
     p = refused("%YAML 1.1\n---\n" + MINIMAL)
     assert "%YAML 1.1" in p.message and p.line == 2  # the document it starts
     assert loads_policy("%YAML 1.2\n---\n" + MINIMAL) == loads_policy(MINIMAL)
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_line_count_is_bounded(newline: str) -> None:
+    # ruamel.yaml's round-trip scanner joins runs of comment lines by repeated concatenation:
+    # 1 MiB of "#" lines took about 40 s before this bound (measured, not asserted: no timing).
+    comments = MINIMAL.replace("\n", newline) + ("#" + newline) * MAX_LINES
+    p = refused(comments)
+    assert f"more than {MAX_LINES} lines" in p.message and (p.line, p.column) == (MAX_LINES + 1, 1)
+    fits = MINIMAL + "#\n" * (MAX_LINES - MINIMAL.count("\n"))
+    assert loads_policy(fits) == loads_policy(MINIMAL)

@@ -4,7 +4,8 @@ Hostile input is expected. The text is bounded (:data:`MAX_BYTES`), must be UTF-
 scanned as a stream of parser events: anchors, aliases and explicit tags are refused (no
 "billion laughs", no constructor tricks), and so are merge keys (``<<``), ``%YAML`` directives
 other than 1.2, plain integers longer than :data:`MAX_INT_DIGITS`, nesting deeper than
-:data:`MAX_DEPTH` and more than :data:`MAX_NODES` nodes. Only then is it composed by
+:data:`MAX_DEPTH` and more than :data:`MAX_NODES` nodes (and, before that, more than
+:data:`MAX_LINES` lines). Only then is it composed by
 ruamel.yaml's round-trip loader (YAML 1.2, duplicate keys are errors; a number key and a text
 key of the same name are duplicates too), which keeps the line and column of every node. Every
 pydantic validation error is mapped back to the file, line and column of the offending node,
@@ -44,7 +45,15 @@ from confide.policy._types import short
 from confide.policy.model import Policy
 from confide.policy.problems import Path, Problem, policy_error
 
-__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_INT_DIGITS", "MAX_NODES", "load_policy", "loads_policy"]
+__all__ = [
+    "MAX_BYTES",
+    "MAX_DEPTH",
+    "MAX_INT_DIGITS",
+    "MAX_LINES",
+    "MAX_NODES",
+    "load_policy",
+    "loads_policy",
+]
 
 MAX_BYTES = 1 << 20
 """Largest policy document accepted (1 MiB)."""
@@ -52,6 +61,10 @@ MAX_DEPTH = 64
 """Deepest nesting of mappings and sequences accepted."""
 MAX_NODES = 20_000
 """Most YAML nodes accepted in one document."""
+MAX_LINES = 50_000
+"""Most lines accepted (a long policy has a few thousand): ruamel.yaml's round-trip scanner
+joins runs of comment lines by repeated string concatenation, so 1 MiB of short comment lines
+took 40 s to parse; 50 000 lines bound every 1 MiB input to a few seconds."""
 MAX_INT_DIGITS = 100
 """Longest plain (unquoted) integer accepted, in digits: no policy value comes close (the
 largest are 64-bit), and Python refuses to convert decimal integers of more than 4300 digits."""
@@ -108,6 +121,9 @@ def parse_yaml(text: str | bytes, *, source: str = "<policy>") -> tuple[Any, Any
         raise _fail(source, f"got more than {MAX_BYTES} bytes, expected a smaller policy")
     # A leading byte-order mark is allowed (YAML 1.2, 5.2) and not counted in columns.
     text = text.removeprefix("\ufeff")
+    # Line breaks: LF, CR LF or a lone CR (YAML 1.2, 5.4).
+    if text.count("\n") + text.count("\r") - text.count("\r\n") > MAX_LINES:
+        raise _fail(source, f"got more than {MAX_LINES} lines, expected a shorter policy", MAX_LINES + 1, 1)
     for index, char in enumerate(text):
         if char == "\ufeff" or 0xD800 <= ord(char) <= 0xDFFF:
             raise _fail(
