@@ -145,6 +145,15 @@ class SevSnpFactors(_Model):
     host_data: Hex32List | None = None
     family_id: Hex16List | None = None
     image_id: Hex16List | None = None
+    """``family_id`` and ``image_id`` come from the ID block the host gives SNP_LAUNCH_FINISH
+    (ABI Table 23 offsets 0x010, 0x020), signed by an ID key of the host's choosing: they say
+    something only together with ``id_key_digest``."""
+    id_key_digest: Hex48List | None = None
+    """SHA-384 of the ID key that signed the ID block (ABI Table 23 offset 0x0E0; zero without
+    an ID block)."""
+    author_key_digest: Hex48List | None = None
+    """SHA-384 of the author key that certified the ID key (offset 0x110; zero unless
+    ``AUTHOR_KEY_EN``)."""
     policy: Annotated[StrictInt, Field(ge=0, le=(1 << 53) - 1)] | None = None
     """The guest policy, compared exactly (bits 63:26 are reserved in ABI Table 9, so 53 bits
     suffice; a report with a higher bit set never matches)."""
