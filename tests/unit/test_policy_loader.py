@@ -323,3 +323,24 @@ def test_line_count_is_bounded(newline: str) -> None:
     assert f"more than {MAX_LINES} lines" in p.message and (p.line, p.column) == (MAX_LINES + 1, 1)
     fits = MINIMAL + "#\n" * (MAX_LINES - MINIMAL.count("\n"))
     assert loads_policy(fits) == loads_policy(MINIMAL)
+
+
+@pytest.mark.parametrize(
+    ("value", "what"),
+    [
+        ("2001-13-45", "a timestamp"),
+        ("2001-02-30", "a timestamp"),
+        ("2001-12-14 99:99:99", "a timestamp"),
+        ("2001-12-14t21:59:43-25:00", "a timestamp"),
+        ("0x_", "an integer"),  # ruamel.yaml: IndexError
+        ("-0b_", "an integer"),
+    ],
+)
+def test_unconvertible_scalars_are_refused_with_their_position(value: str, what: str) -> None:
+    p = refused(MINIMAL + f"    environment:\n      X: {value}\n")
+    assert f"reads as {what} but is not a valid one" in p.message and (p.line, p.column) == (8, 10)
+    p = refused(MINIMAL + f"    environment:\n      {value}: x\n")
+    assert f"reads as {what}" in p.message and (p.line, p.column) == (8, 7)
+    # a valid timestamp is still only the wrong type
+    p = refused(MINIMAL + "    environment:\n      X: 2001-12-14\n")
+    assert "got timestamp" in p.message and (p.line, p.column) == (8, 10)

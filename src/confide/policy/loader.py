@@ -3,11 +3,12 @@
 Hostile input is expected. The text is bounded (:data:`MAX_BYTES`), must be UTF-8, and is first
 scanned as a stream of parser events: anchors, aliases and explicit tags are refused (no
 "billion laughs", no constructor tricks), and so are merge keys (``<<``), ``%YAML`` directives
-other than 1.2, plain integers longer than :data:`MAX_INT_DIGITS`, nesting deeper than
-:data:`MAX_DEPTH` and more than :data:`MAX_NODES` nodes (and, before that, more than
-:data:`MAX_LINES` lines). Only then is it composed by
-ruamel.yaml's round-trip loader (YAML 1.2, duplicate keys are errors; a number key and a text
-key of the same name are duplicates too), which keeps the line and column of every node. Every
+other than 1.2, plain integers longer than :data:`MAX_INT_DIGITS`, plain values that read as
+an integer, number or timestamp but do not convert, nesting deeper than :data:`MAX_DEPTH` and
+more than :data:`MAX_NODES` nodes (and, before that, more than :data:`MAX_LINES` lines). Only
+then is it composed by ruamel.yaml's round-trip loader (YAML 1.2, duplicate keys are errors; a
+number key and a text key of the same name are duplicates too), which keeps the line and column
+of every node. Every
 pydantic validation error is mapped back to the file, line and column of the offending node,
 and all problems are raised together in one :class:`~confide.errors.PolicyError`. Nothing but
 ``PolicyError`` (or ``UsageError`` for an unreadable file) escapes.
@@ -38,6 +39,7 @@ from ruamel.yaml.events import (
     NodeEvent,
     ScalarEvent,
 )
+from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.reader import ReaderError
 
 from confide.errors import PolicyError, UsageError
@@ -68,6 +70,13 @@ took 40 s to parse; 50 000 lines bound every 1 MiB input to a few seconds."""
 MAX_INT_DIGITS = 100
 """Longest plain (unquoted) integer accepted, in digits: no policy value comes close (the
 largest are 64-bit), and Python refuses to convert decimal integers of more than 4300 digits."""
+
+# Implicitly typed scalars ruamel.yaml converts (and can fail to convert without a position).
+_CONVERTED_TAGS = {
+    "tag:yaml.org,2002:int": "an integer",
+    "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:timestamp": "a timestamp",
+}
 
 # YAML 1.2 core schema integers as ruamel.yaml resolves them (underscores included).
 _INT_LIKE = re.compile(r"[-+]?(?:0x[0-9a-fA-F_]+|0o[0-7_]+|[0-9][0-9_]*)")
@@ -165,6 +174,23 @@ def _line_column(text: str, index: int) -> tuple[int, int]:
     return before.count("\n") + 1, index - (before.rfind("\n") + 1) + 1
 
 
+def _unconvertible(yaml: YAML, value: str) -> str | None:
+    """What a plain scalar reads as (integer, number, timestamp) when ruamel.yaml would fail to
+    convert it (``2001-13-45``, ``0x_``): its loader raises a bare ``ValueError`` or
+    ``IndexError`` then, with no position. None when it converts or is text."""
+    tag = yaml.resolver.resolve(ScalarNode, value, (True, False))
+    name = str(tag)  # a ruamel.yaml Tag, which does not hash like its text
+    what = _CONVERTED_TAGS.get(name)
+    if what is None:
+        return None
+    constructor = yaml.constructor
+    try:
+        constructor.yaml_constructors[name](constructor, ScalarNode(tag, value))
+    except (ValueError, IndexError, OverflowError):
+        return what
+    return None
+
+
 def _prescan(yaml: YAML, text: str, source: str) -> None:
     depth = nodes = 0
     # Per open collection: is it a mapping, and is its next node a key?
@@ -188,6 +214,14 @@ def _prescan(yaml: YAML, text: str, source: str) -> None:
                     source,
                     f"got an integer of {len(event.value)} characters, expected at most "
                     f"{MAX_INT_DIGITS} digits (quote it if it is text)",
+                    *where,
+                )
+            what = _unconvertible(yaml, event.value)
+            if what is not None:
+                raise _fail(
+                    source,
+                    f"got {short(event.value)}, which reads as {what} but is not a valid one, "
+                    "expected a valid one (quote it if it is text)",
                     *where,
                 )
         if isinstance(event, AliasEvent):
