@@ -305,6 +305,15 @@ def test_unsigned_or_reserved_signing_key(value: int, message: str, verifier: Sn
         verifier.verify(bytes(raw), vek_of(v.vek), at=v.at)
 
 
+def test_mask_chip_key_is_an_unsigned_report(verifier: SnpVerifier) -> None:
+    # ABI Table 23, 0x048 bit 1: with MASK_CHIP_KEY the firmware writes a zero signature.
+    v = VECTORS[0]
+    raw = bytearray(read(v.report))
+    raw[0x48] |= 1 << 1
+    with pytest.raises(SignatureError, match=r"MASK_CHIP_KEY is set"):
+        verifier.verify(bytes(raw), vek_of(v.vek), at=v.at)
+
+
 def test_signature_algorithm_must_be_ecdsa_p384(verifier: SnpVerifier) -> None:
     v = VECTORS[0]
     raw = bytearray(read(v.report))
