@@ -56,6 +56,7 @@ from confide.policy._types import (
     short,
 )
 from confide.policy.access import (
+    KEYWORDS,
     AccessPolicy,
     AccessRule,
     RequireAll,
@@ -693,6 +694,7 @@ def _path_length_problems(policy: Policy, *, stored: bool) -> Iterator[Problem]:
 
 
 _UPPER_FINGERPRINT = re.compile(r"(?=.*[A-F])[0-9a-fA-F]{64}")
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 
 _IDENTITY_KINDS = (SecretKind.PRIVATE_KEY, SecretKind.PUBLIC_KEY, SecretKind.X509, SecretKind.X509_CA)
@@ -777,6 +779,24 @@ def _access_rule_problems(
                 why = _identity_key_problem(policy, p.name) if p.name in kinds else None
                 if why is not None:
                     yield Problem(where, f"{p}: {why}")
+        if (
+            not stored
+            and identity not in KEYWORDS
+            and ph.PREFIX not in identity
+            and not _FINGERPRINT.fullmatch(identity)
+            and not _UPPER_FINGERPRINT.fullmatch(identity)
+        ):
+            # The CAS matches an entry against the fingerprints of the identities that signed
+            # (confide.identity: SHA-256 of the raw Ed25519 key, lower-case hex); anything else
+            # (a name, a PEM certificate or key, SCONE's key hash) matches no one, so a rule made
+            # of it grants nothing and a board needing it can never be met. Stored versions,
+            # which loaded before this check, still load (such an entry stands for no one).
+            yield Problem(
+                where,
+                f"got {short(identity)}, expected an identity's fingerprint (64 lower-case hex digits, "
+                "as confide identity create prints it), CREATOR, ANY, NONE or $$SCONE::name$$ naming "
+                "a secret with an Ed25519 key (anything else matches no one)",
+            )
         if not stored and _UPPER_FINGERPRINT.fullmatch(identity):
             # The CAS compares an identity's fingerprint as ``confide identity create`` prints it
             # (lower-case hex): written in upper case it names no one, so a board needing it
