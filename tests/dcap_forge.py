@@ -29,6 +29,7 @@ from confide.evidence.dcap import (
 )
 from confide.evidence.dcap_collateral import DcapCollateral
 from confide.evidence.pem import parse_pem_chain, pem_chain
+from der_edit import without_next_update
 from pki import issue, key_usage
 
 SGX_OID = x509.ObjectIdentifier("1.2.840.113741.1.13.1")
@@ -67,44 +68,6 @@ def _cert(
 def raw_sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
     r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-
-
-def _der_tlv(tag: int, body: bytes) -> bytes:
-    """One DER TLV (X.690 §8.1: definite length, short form below 128)."""
-    n = len(body)
-    length = (
-        bytes([n])
-        if n < 0x80
-        else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes((n.bit_length() + 7) // 8, "big")
-    )
-    return bytes([tag]) + length + body
-
-
-def _der_split(der: bytes) -> tuple[bytes, bytes]:
-    """The first TLV of ``der`` and what follows it (single-byte tags only, as in X.509)."""
-    first = der[1]
-    if first < 0x80:
-        start, n = 2, first
-    else:
-        k = first & 0x7F
-        start, n = 2 + k, int.from_bytes(der[2 : 2 + k], "big")
-    return der[: start + n], der[start + n :]
-
-
-def _der_body(tlv: bytes) -> bytes:
-    """The contents of one TLV."""
-    whole, _ = _der_split(tlv)
-    first = whole[1]
-    return whole[2 + (first & 0x7F if first >= 0x80 else 0) :]
-
-
-def _der_items(body: bytes) -> list[bytes]:
-    """The TLVs of a SEQUENCE's contents, in order."""
-    out = []
-    while body:
-        item, body = _der_split(body)
-        out.append(item)
-    return out
 
 
 def _der(c: x509.Certificate) -> bytes:
@@ -168,19 +131,10 @@ class ForgedPki:
         return b.sign(key, hashes.SHA256()).public_bytes(Encoding.DER)
 
     def crl_without_next_update(self, issuer: str, key: ec.EllipticCurvePrivateKey) -> bytes:
-        """A CRL whose TBSCertList has no ``nextUpdate`` (RFC 5280 §5.1.2.5 makes it mandatory for
-        conforming issuers; ``cryptography``'s builder refuses to omit it), re-signed by ``key``:
-        the CRL of :meth:`crl` with that field cut out of the DER."""
-        der = x509.load_der_x509_crl(self.crl(issuer, key, [])).tbs_certlist_bytes
-        items = _der_items(_der_body(der))
-        # TBSCertList: version, signature, issuer, thisUpdate, nextUpdate (UTCTime/GeneralizedTime)...
-        assert items[4][0] in (0x17, 0x18), "nextUpdate expected after thisUpdate"
-        tbs = _der_tlv(0x30, b"".join(items[i] for i in range(len(items)) if i != 4))
-        alg = _der_items(
-            _der_body(x509.load_der_x509_crl(self.crl(issuer, key, [])).public_bytes(Encoding.DER))
-        )[1]
-        signature = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
-        return _der_tlv(0x30, tbs + alg + _der_tlv(0x03, b"\x00" + signature))
+        """:meth:`crl` without ``nextUpdate`` (:func:`der_edit.without_next_update`)."""
+        return without_next_update(
+            self.crl(issuer, key, []), lambda tbs: key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+        )
 
     def forge_td_quote(self, raw: bytes, leaf_serial: int = 0x1234, **td_report: bytes) -> bytes:
         """:meth:`forge_quote` with fields of the TD report replaced (e.g. ``tee_tcb_svn2``):
