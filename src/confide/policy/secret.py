@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from confide.errors import PolicyError
 from confide.policy._base import (
     Text,
     _Model,
@@ -482,8 +483,8 @@ def generation_order(secrets: Sequence[Secret]) -> tuple[Secret, ...]:
 
     Only ``issuer`` can close a cycle (``private_key`` names a ``private-key`` secret, which
     references nothing), and the loader refuses issuer cycles with their file, line and column
-    (:mod:`confide.policy.model`); ``ValueError`` here for a cycle in a policy built without
-    validation."""
+    (:mod:`confide.policy.model`); :class:`PolicyError` here for a cycle in a policy built
+    without validation."""
     by_name = {s.name: s for s in secrets}
     out: list[Secret] = []
     done: set[str] = set()
@@ -492,10 +493,8 @@ def generation_order(secrets: Sequence[Secret]) -> tuple[Secret, ...]:
             continue
         # Depth-first, iteratively (an issuer chain may be as long as the policy): a secret is
         # emitted once every secret it references has been.
-        path: list[str] = []
         stack: list[tuple[Secret, list[str]]] = [(first, _references(first, by_name))]
-        on_path = {first.name}
-        path.append(first.name)
+        path, on_path = [first.name], {first.name}
         while stack:
             spec, pending = stack[-1]
             while pending and pending[0] in done:
@@ -510,7 +509,7 @@ def generation_order(secrets: Sequence[Secret]) -> tuple[Secret, ...]:
             ref = pending.pop(0)
             if ref in on_path:
                 cycle = " -> ".join([*path[path.index(ref) :], ref])
-                raise ValueError(f"got a reference cycle {cycle}, expected keys and issuers to form chains")
+                raise PolicyError(f"got a reference cycle {cycle}, expected keys and issuers to form chains")
             nxt = by_name[ref]
             stack.append((nxt, _references(nxt, by_name)))
             on_path.add(ref)
