@@ -73,6 +73,7 @@ from confide.cas.crl import (
     runtime_certificate,
 )
 from confide.cas.db import Database, EventSink, raw_connection, raw_execute, raw_executemany
+from confide.cas.declaration import WITHHELD, declaration, fingerprints
 from confide.cas.owner_revocation import REVOKE_TYPE, REVOKE_V1_TYPE, parse_request, refusal, revoke_request
 from confide.cas.policy_rows import open_column, seal_column
 from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due, renew_policy
@@ -134,7 +135,7 @@ from confide.policy.placeholders import (
     render_environment,
     render_file,
 )
-from confide.policy.secret import Secret, SecretKind
+from confide.policy.secret import Secret, generation_order
 from confide.verify.result import Platform, VerifiedEvidence
 
 if TYPE_CHECKING:
@@ -237,10 +238,6 @@ def verify_signed(doc: Any, expected_type: str) -> tuple[dict[str, Any], PublicI
     body = {k: v for k, v in doc.items() if k != "signature"}
     signer.verify(signature, jcs(body))
     return body, signer
-
-
-WITHHELD = "(withheld)"
-"""What ``policy show`` returns in place of an explicit secret value or volume key."""
 
 
 def _explicit_volume_key(key: object) -> bool:
@@ -1475,24 +1472,17 @@ class Cas:
             for old_spec in previous.secrets:
                 if old_spec.name not in names:
                     revoke_previous(old_spec.name, CESSATION)
-        for spec in policy.secrets:
+        # Generated in dependency order: a key before the certificates and public keys made of
+        # it, an issuer before what it signs; otherwise in declaration order (docs/cas.md
+        # "Secrets").
+        for spec in generation_order(policy.secrets):
             if spec.import_ is not None or spec.issue_to_runtime:
                 revoke_previous(spec.name, SUPERSEDED)  # no longer a value the CAS holds
                 continue
-            declared = _declaration(spec)
-            if spec.value is not None and str(spec.kind) in CERTIFICATE_KINDS:
-                # Before 2026-12 explicit certificates were replaced by generated ones: a marker
-                # changes their fingerprint so that such a stored value is replaced at the next
-                # update of the policy.
-                declared["confide_explicit_certificate"] = 2
             # The fingerprint is stored in the clear ``public`` column: an explicit value that is
-            # secret is left out of it (a hash of it would let whoever reads the database test
-            # guesses offline) and compared with the sealed value instead.
-            legacy = hashlib.sha256(jcs(declared)).hexdigest()  # stored before 2026-12
-            withheld = _value_withheld(spec)
-            fingerprint = (
-                hashlib.sha256(jcs({**declared, "value": WITHHELD})).hexdigest() if withheld else legacy
-            )
+            # secret is left out of it and compared with the sealed value instead; a stored form
+            # of before is honoured and replaced (confide.cas.declaration).
+            prints = fingerprints(spec)
             row = self._latest_secret(conn, policy.name, spec.name)
             # A value derived from one regenerated here (its key, its issuer) is regenerated too,
             # so a certificate always matches its private key and chains to its issuer's version.
@@ -1500,19 +1490,23 @@ class Cas:
             stored_spec = json.loads(row.public).get("spec") if row is not None else None
             unchanged = (
                 row is not None
-                and stored_spec in (fingerprint, legacy)
+                and stored_spec in prints.accepted
                 and (held_before is None or spec.name in held_before)
             )
             if row is not None and unchanged and not derived_from_new and spec.name not in regenerate:
                 current = _decrypt_key(self.sealer, row)
-                if not withheld or stored_spec == legacy or _same_explicit(spec, current, resolved):
-                    if stored_spec != fingerprint:  # the value's hash out of the clear column
+                if (
+                    not prints.withheld
+                    or stored_spec == prints.value_hashed
+                    or _same_explicit(spec, current, resolved)
+                ):
+                    if stored_spec != prints.current:  # an earlier form: the current one instead
                         conn.execute(
                             update(t.secrets)
                             .where(t.secrets.c.policy == row.policy)
                             .where(t.secrets.c.name == row.name)
                             .where(t.secrets.c.version == row.version)
-                            .values(public=json.dumps({**json.loads(row.public), "spec": fingerprint}))
+                            .values(public=json.dumps({**json.loads(row.public), "spec": prints.current}))
                         )
                     resolved[spec.name] = current
                     continue
@@ -1523,7 +1517,7 @@ class Cas:
                              path_length=path_lengths.get(spec.name, 0))  # fmt: skip
             resolved[spec.name] = value
             version = (row.version + 1) if row is not None else 1
-            public = {**value.public_info(), "spec": fingerprint}
+            public = {**value.public_info(), "spec": prints.current}
             conn.execute(
                 insert(t.secrets).values(
                     policy=policy.name, name=spec.name, version=version, kind=value.kind,
@@ -1566,7 +1560,7 @@ class Cas:
             new = current.get(old.name)
             if new is None:
                 reason = CESSATION
-            elif _declaration(new) != _declaration(old) or old.issuer in regenerated:
+            elif declaration(new) != declaration(old) or old.issuer in regenerated:
                 reason = SUPERSEDED
             else:
                 continue
@@ -2671,27 +2665,6 @@ def _gpu_summary(slot: str, v: VerifiedEvidence) -> dict[str, Any]:
         "rims_compared": c.get("rims_compared"),
         **_revocation_summary(v),
     }
-
-
-def _declaration(spec: Any) -> dict[str, Any]:
-    """A secret's declaration as far as its value depends on it (exports do not matter, nor do
-    ``crl_distribution``, ``ca_issuers`` and ``ocsp``: certificates get their distribution point,
-    caIssuers and OCSP URLs at their next version; nor ``path_len``: a CA certificate whose
-    pathLenConstraint it changes is re-issued for the same key, :func:`confide.cas.secrets.
-    ca_reissue_reason`, and leaving it out keeps the dump of every declaration stored before
-    it existed)."""
-    out: dict[str, Any] = spec.model_dump(
-        mode="json",
-        by_alias=True,
-        exclude={"export", "export_public", "crl_distribution", "ca_issuers", "ocsp", "path_len"},
-    )
-    return out
-
-
-def _value_withheld(spec: Any) -> bool:
-    """Whether a secret's explicit ``value`` is secret (everything but a certificate or a public
-    key): left out of the declaration fingerprint stored in the clear ``secrets.public``."""
-    return spec.value is not None and str(spec.kind) not in (*CERTIFICATE_KINDS, SecretKind.PUBLIC_KEY.value)
 
 
 def _same_explicit(spec: Any, current: SecretValue, resolved: dict[str, SecretValue]) -> bool:

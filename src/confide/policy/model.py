@@ -552,6 +552,7 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
     volumes = {v.name for v in policy.volumes}
     sec = policy.security.attestation
 
+    imported = {s.name for s in policy.secrets if s.import_ is not None}
     for i, s in enumerate(policy.secrets):
         for field, want in (("private_key", SecretKind.PRIVATE_KEY), ("issuer", SecretKind.X509_CA)):
             ref = getattr(s, field)
@@ -562,6 +563,18 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
             elif kinds[ref] not in (want, None):
                 yield Problem(
                     ("secrets", i, field), f"got {ref!r} of kind {kinds[ref]}, expected a {want} secret"
+                )
+            elif ref in imported and not stored and not (field == "issuer" and s.issue_to_runtime):
+                # The CAS makes a certificate or public key only from the key and issuer it holds
+                # for the policy; an imported value is resolved at each release, for a runtime.
+                why = (
+                    "an imported CA issues only certificates to runtimes, issue_to_runtime"
+                    if field == "issuer"
+                    else "import the certificate or public key made of it instead"
+                )
+                yield Problem(
+                    ("secrets", i, field),
+                    f"got {ref!r}, an imported secret, expected a {want} secret of this policy ({why})",
                 )
         if s.issuer is not None:
             seen: set[str] = {s.name}
