@@ -1088,10 +1088,11 @@ class Cas:
                 raise AccessDeniedError("no attested session of this policy presented that token")
             head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == policy_name)).one()
             policy = self._load(conn, policy_name, head.hash)
-            mount = next(
-                (v for v in _service_volumes(policy, policy.service(session.service)) if v.name == volume),
-                None,
-            )
+            try:
+                service = policy.service(session.service)
+            except KeyError:  # removed by a policy update since the release: the session is void
+                raise AccessDeniedError(f"policy {policy_name} has no service {session.service}") from None
+            mount = next((v for v in _service_volumes(policy, service) if v.name == volume), None)
             if mount is None:
                 raise AccessDeniedError(f"service {session.service} does not mount volume {volume}")
             # An imported volume's tag is the owner's: every export on the chain is checked as
