@@ -11,6 +11,7 @@ import pytest
 from cas_inproc import InProcessCas
 from confide import errors
 from confide.cas.core import decrypt_release
+from confide.cas.db import raw_execute
 from confide.identity import Identity
 from test_cas_volume_update_policy import TAG0, TAG1, current_tag, events, owner_policy, report
 
@@ -29,3 +30,37 @@ def test_a_session_of_a_removed_service_cannot_report_a_tag(tmp_path: Path) -> N
         report(ipc, "hospital", "records", got["session"], TAG0, TAG1)
     assert current_tag(ipc) == (TAG0, 0)
     assert [e["generation"] for e in events(ipc, "volume-tag")] == [0]
+
+
+def _attestation_events(ipc: InProcessCas) -> int:
+    with ipc.cas.db.read() as conn:
+        return int(raw_execute(conn, "SELECT count(*) FROM events WHERE type = 'attestation'").fetchone()[0])
+
+
+@pytest.mark.parametrize(
+    ("policy", "service"),
+    [
+        ("app", "s" * 70_000),  # over the ledger's entry limit: it failed the whole transaction
+        ("app", "s" * 129),
+        ("p" * 70_000, "svc"),
+        ("app/../app", "svc"),
+        ("app", "svc/x"),
+        ("app", 5),
+        (["app"], "svc"),
+    ],
+)
+def test_a_name_no_policy_can_have_is_refused_unrecorded(tmp_path: Path, policy: object, service: object) -> None:
+    """The policy and service names of an attestation request are read as names a policy can
+    have (docs/policy.md): anything else is a malformed request (ParseError), recorded nowhere.
+    Before, any text (of any length, even with a nonce the CAS never issued) went into the
+    refusal's ledger entry, and one over the ledger's entry limit (64 KiB) made the group commit
+    roll back the transaction of every attestation that shared it."""
+    ipc = InProcessCas.start(tmp_path / "cas")
+    body, _ = ipc.request()
+    body["nonce"] = "00" * 32  # not the CAS's: the name alone decides
+    body["policy"], body["service"] = policy, service
+    before = _attestation_events(ipc)
+    with pytest.raises(errors.ParseError, match="names a policy can have"):
+        ipc.cas.attest(body)
+    assert _attestation_events(ipc) == before
+

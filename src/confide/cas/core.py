@@ -113,6 +113,7 @@ from confide.ledger.note import parse_note
 from confide.ledger.store import Ledger
 from confide.lru import Lru
 from confide.policy import Policy, appraise, loads_policy, policy_hash
+from confide.policy._types import is_name, is_policy_name
 from confide.policy.access import RequireAll, RequireAtLeast, SignerRule, is_authorized
 from confide.policy.canonical import canonical_json, jcs
 from confide.policy.model import ImageVolume, UpdatePolicy
@@ -1784,8 +1785,7 @@ class Cas:
         if not isinstance(request, dict):
             raise ParseError("expected a JSON object", structure="attestation request")
         try:
-            policy_name = str(request["policy"])
-            service_name = str(request["service"])
+            policy_name, service_name = request["policy"], request["service"]
             platform = Platform(str(request["platform"]))
             evidence = base64.b64decode(request["evidence"], validate=True)
             key_der = base64.b64decode(request["public_key"], validate=True)
@@ -1798,6 +1798,16 @@ class Cas:
                 "expected policy, service, platform, evidence (base64), public_key (base64 DER), nonce (hex)",
                 structure="attestation request",
             ) from None
+        if not (is_policy_name(policy_name) and is_name(service_name)):
+            # Names no policy can have (docs/policy.md): refused unrecorded, as the request is
+            # malformed. Recorded, a name of any length went into the refusal's ledger entry
+            # (before the nonce is checked), and one over the ledger's entry limit failed the
+            # whole group-commit transaction that carried it.
+            raise ParseError(
+                "expected policy and service to be names a policy can have ('/'-separated segments"
+                " of 1-128 characters of A-Z a-z 0-9 _ - . ~)",
+                structure="attestation request",
+            )
         try:
             runtime_key = serialization.load_der_public_key(key_der)
         except (ValueError, UnsupportedAlgorithm):  # the latter: a well-formed SPKI of an unknown key type

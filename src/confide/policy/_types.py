@@ -30,6 +30,8 @@ __all__ = [
     "SecretName",
     "TextList",
     "duration_seconds",
+    "is_name",
+    "is_policy_name",
     "short",
 ]
 
@@ -76,6 +78,22 @@ def _check_policy_name(value: str) -> str:
     if any(s in (".", "..") for s in segments):
         raise ValueError(f"got {short(value)}, expected no '.' or '..' segment")
     return value
+
+
+def is_name(value: object) -> bool:
+    """Whether ``value`` is a string a service, volume or image can be named (:data:`Name`)."""
+    return isinstance(value, str) and _NAME_RE.fullmatch(value) is not None
+
+
+def is_policy_name(value: object) -> bool:
+    """Whether ``value`` is a string a policy can be named (:data:`PolicyName`)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        _check_policy_name(value)
+    except ValueError:
+        return False
+    return True
 
 
 Name = Annotated[StrictStr, AfterValidator(_check_name)]
