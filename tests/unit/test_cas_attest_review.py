@@ -64,3 +64,34 @@ def test_a_name_no_policy_can_have_is_refused_unrecorded(tmp_path: Path, policy:
         ipc.cas.attest(body)
     assert _attestation_events(ipc) == before
 
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (TAG0, ""),  # the next release would say "no tag yet": any authentic version, an old one too
+        (TAG0, "AB" * 32),
+        (TAG0, " " + TAG1),
+        (TAG0, TAG1[:32]),
+        (TAG0, TAG1 * 2),
+        (TAG0, 5),
+        ("ab" * 40_000, TAG1),  # into the ledger's entry as based_on
+        (" " + TAG0, TAG1),
+    ],
+)
+def test_a_tag_report_is_a_volume_tag(tmp_path: Path, old: object, new: object) -> None:
+    """A session reports the tag of the volume it sealed (the lower-case hex SHA-256 of its
+    manifest) starting from the tag it was given: anything else is a ParseError and the tag stays.
+    Before, any hex text was taken as the new tag, the empty one too, which the next release
+    handed out as "no tag yet", so that its runtime mounted any authentic version of the volume,
+    an old one included (no rollback protection any more)."""
+    ipc = InProcessCas.start(tmp_path / "cas", "")
+    ipc.apply(owner_policy("no_rollback_protection"))
+    body, key = ipc.request(policy="hospital", service="writer")
+    got = decrypt_release(key, ipc.cas.attest(body), bytes.fromhex(body["nonce"]))
+    with pytest.raises(errors.ParseError, match="new_tag"):
+        ipc.cas.update_volume_tag(
+            {"policy": "hospital", "volume": "records", "session": got["session"], "old_tag": old, "new_tag": new}
+        )
+    assert current_tag(ipc) == (TAG0, 0)
+    assert report(ipc, "hospital", "records", got["session"], TAG0, TAG1)["generation"] == 1

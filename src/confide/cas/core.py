@@ -554,6 +554,8 @@ def _release_key_der(shared: bytes, cas_spki: bytes, runtime_spki: bytes, nonce:
 
 
 _CRL_ID = re.compile(r"[0-9a-f]{32}")
+_VOLUME_TAG = re.compile(r"[0-9a-f]{64}")  # a volume tag (docs/volume-format.md)
+_DECLARED_TAG = re.compile(r"[0-9a-f]{32}|[0-9a-f]{64}")  # or a policy's fspf_tag (16 or 32 bytes)
 
 
 class Cas:
@@ -1073,11 +1075,20 @@ class Cas:
         try:
             policy_name, volume = str(request["policy"]), str(request["volume"])
             token = bytes.fromhex(str(request["session"]))
-            old_tag, new_tag = str(request["old_tag"]), str(request["new_tag"])
-            bytes.fromhex(new_tag)
+            old_tag, new_tag = request["old_tag"], request["new_tag"]
+            # docs/volume-format.md: a volume's tag is the lower-case hex SHA-256 of its sealed
+            # manifest, what confide run reports; the tag it started from may also be a
+            # declared SCONE FSPF tag (16 bytes) or none yet (""). Any other text (an empty new
+            # tag, which the next release would take as "no tag yet, accept any authentic
+            # version", or one of any length for the ledger) is malformed.
+            if not (isinstance(new_tag, str) and _VOLUME_TAG.fullmatch(new_tag)):
+                raise ValueError
+            if not (isinstance(old_tag, str) and (old_tag == "" or _DECLARED_TAG.fullmatch(old_tag))):
+                raise ValueError
         except (KeyError, ValueError, TypeError):
             raise ParseError(
-                "expected policy, volume, session (hex), old_tag, new_tag (hex)",
+                "expected policy, volume, session (hex), old_tag (the tag started from: 32 or 64"
+                " lower-case hex digits, or empty), new_tag (64 lower-case hex digits)",
                 structure="volume tag update",
             ) from None
         token_sha256 = hashlib.sha256(token).hexdigest()
