@@ -7,13 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_cas_volume_update_policy import TAG0, TAG1, current_tag, events, owner_policy, report
 
 from cas_inproc import InProcessCas
 from confide import errors
 from confide.cas.core import decrypt_release
 from confide.cas.db import raw_execute
 from confide.identity import Identity
-from test_cas_volume_update_policy import TAG0, TAG1, current_tag, events, owner_policy, report
 
 
 def test_a_session_of_a_removed_service_cannot_report_a_tag(tmp_path: Path) -> None:
@@ -49,7 +49,9 @@ def _attestation_events(ipc: InProcessCas) -> int:
         (["app"], "svc"),
     ],
 )
-def test_a_name_no_policy_can_have_is_refused_unrecorded(tmp_path: Path, policy: object, service: object) -> None:
+def test_a_name_no_policy_can_have_is_refused_unrecorded(
+    tmp_path: Path, policy: object, service: object
+) -> None:
     """The policy and service names of an attestation request are read as names a policy can
     have (docs/policy.md): anything else is a malformed request (ParseError), recorded nowhere.
     Before, any text (of any length, even with a nonce the CAS never issued) went into the
@@ -63,7 +65,6 @@ def test_a_name_no_policy_can_have_is_refused_unrecorded(tmp_path: Path, policy:
     with pytest.raises(errors.ParseError, match="names a policy can have"):
         ipc.cas.attest(body)
     assert _attestation_events(ipc) == before
-
 
 
 @pytest.mark.parametrize(
@@ -91,7 +92,13 @@ def test_a_tag_report_is_a_volume_tag(tmp_path: Path, old: object, new: object) 
     got = decrypt_release(key, ipc.cas.attest(body), bytes.fromhex(body["nonce"]))
     with pytest.raises(errors.ParseError, match="new_tag"):
         ipc.cas.update_volume_tag(
-            {"policy": "hospital", "volume": "records", "session": got["session"], "old_tag": old, "new_tag": new}
+            {
+                "policy": "hospital",
+                "volume": "records",
+                "session": got["session"],
+                "old_tag": old,
+                "new_tag": new,
+            }
         )
     assert current_tag(ipc) == (TAG0, 0)
     assert report(ipc, "hospital", "records", got["session"], TAG0, TAG1)["generation"] == 1
