@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from test_cas_volume_update_policy import TAG0, TAG1, current_tag, events, owner_policy, report
 
-from cas_inproc import InProcessCas
+from cas_inproc import MEASUREMENT, InProcessCas, last_attestation, refused
 from confide import errors
 from confide.cas.core import decrypt_release
 from confide.cas.db import raw_execute
+from confide.cas.ledger_sink import LedgerEventSink
 from confide.identity import Identity
 
 
@@ -102,3 +103,86 @@ def test_a_tag_report_is_a_volume_tag(tmp_path: Path, old: object, new: object) 
         )
     assert current_tag(ipc) == (TAG0, 0)
     assert report(ipc, "hospital", "records", got["session"], TAG0, TAG1)["generation"] == 1
+
+
+def test_a_key_release_nonce_is_no_attestation_nonce(tmp_path: Path) -> None:
+    """The two nonces are MAC'd under keys derived for different purposes (docs/cas.md "Joining
+    a running CAS"): a key-release nonce bound into genuine evidence does not attest a service,
+    and the refusal leaves that nonce unspent for its own purpose (it was never this CAS's
+    attestation nonce)."""
+    ipc = InProcessCas.start(tmp_path / "cas")
+    assert ipc.cas.key_release is not None
+    nonce = ipc.cas.key_release.new_nonce()
+    body, _ = ipc.request(nonce)
+    with pytest.raises(errors.BindingError, match="nonce was not issued by this CAS"):
+        ipc.cas.attest(body)
+    with ipc.cas.db.read() as conn:
+        spent = raw_execute(conn, "SELECT count(*) FROM nonces WHERE nonce = ?", (nonce,)).fetchone()[0]
+    assert spent == 0
+
+
+def _many_secrets(name: str, count: int) -> str:
+    """A policy whose service releases ``count`` secrets (one environment variable each)."""
+    secrets = "".join(f"  - name: secret{i:03}\n    kind: ascii\n" for i in range(count))
+    env = "".join(f'      S{i}: "$$SCONE::secret{i:03}$$"\n' for i in range(count))
+    return f"""name: {name}
+version: "0.3"
+services:
+  - name: svc
+    command: svc
+    environment:
+{env}    attestation:
+      sim:
+        measurement: "{MEASUREMENT}"
+secrets:
+{secrets}security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
+# 80 secrets of a policy with a long (namespaced) name: a release record of ~80 KB
+LONG_NAME = "/".join(["n" * 120] * 8)
+
+
+def test_a_release_too_large_for_a_ledger_entry_is_a_recorded_refusal(tmp_path: Path) -> None:
+    """A release whose ``secret-release`` record would exceed a ledger entry (64 KiB) is refused
+    with the reason (PolicyError, recorded, the nonce spent); before, recording it raised the
+    ledger's UsageError out of the write transaction: the service could never be released, and
+    nothing of the attempt was recorded."""
+    ipc = InProcessCas.start(tmp_path / "cas", "")
+    ipc.apply(_many_secrets(LONG_NAME, 80))
+    body, _ = ipc.request(policy=LONG_NAME, service="svc")
+    refused(ipc.cas, body, errors.PolicyError, "does not fit in one ledger entry")
+    with ipc.cas.db.read() as conn:
+        spent = raw_execute(conn, "SELECT count(*) FROM nonces WHERE nonce = ?", (body["nonce"],)).fetchone()[
+            0
+        ]
+    assert spent == 1
+    # a release that fits is made as before
+    ipc.apply(_many_secrets("small", 80))
+    body, key = ipc.request(policy="small", service="svc")
+    got = decrypt_release(key, ipc.cas.attest(body), bytes.fromhex(body["nonce"]))
+    assert len(got["environment"]) == 80
+
+
+def test_a_release_too_large_does_not_fail_its_group_commit(tmp_path: Path) -> None:
+    """Two attestations in one group-commit transaction (the ledger append batched, as
+    ``cas serve`` runs them): the one too large to record is refused, the other released in
+    that same transaction. Before, the batched append raised at the end of the transaction and
+    rolled back both."""
+    ipc = InProcessCas.start(tmp_path / "cas")
+    ipc.apply(_many_secrets(LONG_NAME, 80))
+    large, _ = ipc.request(policy=LONG_NAME, service="svc")
+    good, key = ipc.request()
+    pendings = [ipc.cas.attest_begin(large), ipc.cas.attest_begin(good)]
+    sink = ipc.cas.events
+    assert isinstance(sink, LedgerEventSink)
+    with ipc.cas.db.write() as conn, sink.batched(conn):
+        for pending in pendings:
+            pending.commit(conn)
+    assert [p.accepted for p in pendings] == [False, True]
+    assert isinstance(pendings[0].error, errors.PolicyError)
+    config = decrypt_release(key, pendings[1].result(), bytes.fromhex(good["nonce"]))
+    assert config["command"][0] == "svc"
+    assert last_attestation(ipc.cas)["verdict"] == "accepted"

@@ -110,7 +110,7 @@ from confide.ledger.checkpoint import Checkpoint
 from confide.ledger.db import Conn
 from confide.ledger.db import execute as ledger_execute
 from confide.ledger.note import parse_note
-from confide.ledger.store import Ledger
+from confide.ledger.store import MAX_ENTRY_SIZE, Ledger
 from confide.lru import Lru
 from confide.policy import Policy, appraise, loads_policy, policy_hash
 from confide.policy._types import is_name, is_policy_name
@@ -1940,6 +1940,7 @@ class Cas:
             pending.config, pending.released = self._render(
                 reads, policy, head[0], service, pending.runtime_key, pending.frozen, pending.issued
             )
+            _check_release_record(policy_name, pending.service, pending.released, pending.config)
         except ConfideError as exc:
             pending.refused = exc
 
@@ -2492,22 +2493,14 @@ class PendingAttestation:
             cas.events.record(conn, "attestation", self.policy, outcome)
         else:
             outcome["verdict"] = "accepted"
-            release = {
-                "service": self.service, "policy_hash": self.policy_hash, "secrets": self.released,
-                "runtime_key_sha256": hashlib.sha256(self.key_der).hexdigest(),
-                "measurement": outcome.get("measurement"),
-            }  # fmt: skip
-            if self.config.get("volumes"):
-                # each volume's mode as released (never its key), so the ledger shows how the
-                # service was allowed to change it
-                release["volumes"] = [
-                    {
-                        k: v[k]
-                        for k in ("name", "owner", "via", "tag", "generation", "update_policy")
-                        if k in v
-                    }
-                    for v in self.config["volumes"]
-                ]
+            release = _release_record(
+                self.service,
+                self.policy_hash,
+                self.released,
+                hashlib.sha256(self.key_der).hexdigest(),
+                outcome.get("measurement"),
+                self.config.get("volumes"),
+            )
             cas.events.record_many(
                 conn, [("attestation", self.policy, outcome), ("secret-release", self.policy, release)]
             )
@@ -2527,6 +2520,54 @@ class PendingAttestation:
         config = dict(self.config)
         config["session"] = self.token.hex()
         return self.cas._encrypt(config, self.runtime_key, self.nonce, self.key_der)
+
+
+def _release_record(
+    service: str,
+    policy_hash: str,
+    released: list[Any],
+    key_sha256: str,
+    measurement: Any,
+    volumes: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """The payload of a release's ``secret-release`` event (ledger ``secret.released``): names,
+    versions and hashes, never a value."""
+    release = {
+        "service": service, "policy_hash": policy_hash, "secrets": released,
+        "runtime_key_sha256": key_sha256, "measurement": measurement,
+    }  # fmt: skip
+    if volumes:
+        # each volume's mode as released (never its key), so the ledger shows how the service
+        # was allowed to change it
+        release["volumes"] = [
+            {k: v[k] for k in ("name", "owner", "via", "tag", "generation", "update_policy") if k in v}
+            for v in volumes
+        ]
+    return release
+
+
+# What a ledger entry adds to its payload (docs/ledger.md: the members "policy", "time", "type"
+# and "v"), without the policy name, with room to spare.
+_ENTRY_OVERHEAD = 256
+
+
+def _check_release_record(policy: str, service: str, released: list[Any], config: dict[str, Any]) -> None:
+    """Refuse (``PolicyError``) a rendering whose ``secret-release`` event could not be recorded:
+    a ledger entry holds at most :data:`~confide.ledger.store.MAX_ENTRY_SIZE` bytes (C2SP
+    tlog-tiles: a uint16 length), and an entry too large failed the write transaction of the
+    release, and with it the group commit's other attestations. Measured on the record with the
+    longest key hash and measurement any release has, in ``json.dumps``' default form, which is
+    never shorter than the entry's canonical JSON; made once per rendering (a snapshot's rendering
+    passed it)."""
+    record = _release_record(service, "0" * 64, released, "0" * 64, "0" * 128, config.get("volumes"))
+    size = len(json.dumps(record)) + len(json.dumps(policy)) + _ENTRY_OVERHEAD
+    if size > MAX_ENTRY_SIZE:
+        raise PolicyError(
+            f"service {service} would release {len(released)} secrets and volumes, whose record (about"
+            f" {size} bytes) does not fit in one ledger entry ({MAX_ENTRY_SIZE} bytes): release fewer"
+            " to one service (its environment, command, injection files and templates), or shorten"
+            " the names"
+        )
 
 
 def _evidence_summary(v: VerifiedEvidence) -> dict[str, Any]:
