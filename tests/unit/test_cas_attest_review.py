@@ -11,10 +11,12 @@ from test_cas_volume_update_policy import TAG0, TAG1, current_tag, events, owner
 
 from cas_inproc import MEASUREMENT, InProcessCas, last_attestation, refused
 from confide import errors
+from confide.cas import core
 from confide.cas.core import decrypt_release
-from confide.cas.db import raw_execute
+from confide.cas.db import raw_connection, raw_execute
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.identity import Identity
+from confide.ledger.store import Ledger
 
 
 def test_a_session_of_a_removed_service_cannot_report_a_tag(tmp_path: Path) -> None:
@@ -186,3 +188,23 @@ def test_a_release_too_large_does_not_fail_its_group_commit(tmp_path: Path) -> N
     config = decrypt_release(key, pendings[1].result(), bytes.fromhex(good["nonce"]))
     assert config["command"][0] == "svc"
     assert last_attestation(ipc.cas)["verdict"] == "accepted"
+
+
+@pytest.mark.parametrize("count", [1, 80, 350])
+def test_the_release_record_bound_holds_the_entry(tmp_path: Path, count: int) -> None:
+    """The bound the check uses is never below the entry recorded, and close to it (within the
+    room it keeps for the entry's other members and the longest measurement)."""
+    ipc = InProcessCas.start(tmp_path / "cas", "")
+    ipc.apply(_many_secrets("policy-" + "x" * 100, count))
+    body, _ = ipc.request(policy="policy-" + "x" * 100, service="svc")
+    pending = ipc.cas.attest_begin(body)
+    assert pending.refused is None
+    bound = core._release_record_bound(pending.policy, pending.service, pending.released, pending.config)
+    with ipc.cas.db.write() as conn:
+        pending.commit(conn)
+    assert pending.accepted
+    with ipc.cas.db.read() as conn:
+        seq = raw_execute(conn, "SELECT max(seq) FROM events WHERE type = 'secret-release'").fetchone()[0]
+        entry = Ledger.entry(raw_connection(conn), seq - 1)
+    assert entry is not None
+    assert len(entry) <= bound < len(entry) + 400

@@ -2551,16 +2551,22 @@ def _release_record(
 _ENTRY_OVERHEAD = 256
 
 
+def _release_record_bound(policy: str, service: str, released: list[Any], config: dict[str, Any]) -> int:
+    """An upper bound of the size of the ledger entry of this rendering's ``secret-release``
+    event (:func:`_check_release_record`)."""
+    record = _release_record(service, "0" * 64, released, "0" * 64, "0" * 128, config.get("volumes"))
+    return len(json.dumps(record, separators=(",", ":"))) + len(json.dumps(policy)) + _ENTRY_OVERHEAD
+
+
 def _check_release_record(policy: str, service: str, released: list[Any], config: dict[str, Any]) -> None:
     """Refuse (``PolicyError``) a rendering whose ``secret-release`` event could not be recorded:
     a ledger entry holds at most :data:`~confide.ledger.store.MAX_ENTRY_SIZE` bytes (C2SP
     tlog-tiles: a uint16 length), and an entry too large failed the write transaction of the
     release, and with it the group commit's other attestations. Measured on the record with the
-    longest key hash and measurement any release has, in ``json.dumps``' default form, which is
-    never shorter than the entry's canonical JSON; made once per rendering (a snapshot's rendering
-    passed it)."""
-    record = _release_record(service, "0" * 64, released, "0" * 64, "0" * 128, config.get("volumes"))
-    size = len(json.dumps(record)) + len(json.dumps(policy)) + _ENTRY_OVERHEAD
+    longest key hash and measurement any release has, as compact JSON with ASCII escapes, never
+    shorter than the entry's canonical JSON (UTF-8); made once per rendering (a snapshot's
+    rendering passed it)."""
+    size = _release_record_bound(policy, service, released, config)
     if size > MAX_ENTRY_SIZE:
         raise PolicyError(
             f"service {service} would release {len(released)} secrets and volumes, whose record (about"
