@@ -4,6 +4,7 @@ nonces and evidence."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from confide.cas.db import raw_connection, raw_execute
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.identity import Identity
 from confide.ledger.store import Ledger
+from confide.policy._types import _check_policy_name, is_policy_name
 
 
 def test_a_session_of_a_removed_service_cannot_report_a_tag(tmp_path: Path) -> None:
@@ -208,3 +210,30 @@ def test_the_release_record_bound_holds_the_entry(tmp_path: Path, count: int) ->
         entry = Ledger.entry(raw_connection(conn), seq - 1)
     assert entry is not None
     assert len(entry) <= bound < len(entry) + 400
+
+
+def _validator_takes(text: str) -> bool:
+    try:
+        _check_policy_name(text)
+    except ValueError:
+        return False
+    return True
+
+
+def test_is_policy_name_is_the_validators_rule() -> None:
+    """The attestation path's one-expression check of a policy name agrees with the policy
+    validator: every text of up to 6 characters over an alphabet with the separators and dots,
+    and the length bounds of a segment and of the whole name."""
+    texts = ["".join(t) for n in range(7) for t in itertools.product("a.~/é", repeat=n)]
+    texts += [
+        "a" * 128,
+        "a" * 129,
+        "/".join(["a" * 128] * 8),
+        "/".join(["a" * 127] * 8) + "/a",
+        "a\n",
+        "a/\n",
+    ]
+    texts += ["." * 3, "a/...", ".../a", "a/./b", "a/../b", "a//b", "/a", "a/"]
+    for text in texts:
+        assert is_policy_name(text) is _validator_takes(text), text
+    assert not is_policy_name(None) and not is_policy_name(b"a")
