@@ -582,7 +582,7 @@ def check_unsigned_post(path: str, statuses: tuple[int, ...]) -> Callable[[World
 
 
 def check_volume_tag(w: World) -> None:
-    body = {"policy": "mx", "volume": "v", "session": "00" * 32, "old_tag": "00", "new_tag": "11"}
+    body = {"policy": "mx", "volume": "v", "session": "00" * 32, "old_tag": "00" * 32, "new_tag": "11" * 32}
     answer = w.call("POST", "/v1/volumes/tag", body)
     assert answer.status == 403 and answer.error()[0] == "AccessDeniedError"
     missing = w.call("POST", "/v1/volumes/tag", {**body, "policy": "mx-none"})

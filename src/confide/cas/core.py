@@ -112,9 +112,10 @@ from confide.ledger.checkpoint import Checkpoint
 from confide.ledger.db import Conn
 from confide.ledger.db import execute as ledger_execute
 from confide.ledger.note import parse_note
-from confide.ledger.store import Ledger
+from confide.ledger.store import MAX_ENTRY_SIZE, Ledger
 from confide.lru import Lru
 from confide.policy import Policy, appraise, loads_policy, policy_hash
+from confide.policy._types import is_name, is_policy_name
 from confide.policy.access import (
     RequireAll,
     RequireAtLeast,
@@ -558,6 +559,8 @@ def _release_key_der(shared: bytes, cas_spki: bytes, runtime_spki: bytes, nonce:
 
 
 _CRL_ID = re.compile(r"[0-9a-f]{32}")
+_VOLUME_TAG = re.compile(r"[0-9a-f]{64}")  # a volume tag (docs/volume-format.md)
+_DECLARED_TAG = re.compile(r"[0-9a-f]{32}|[0-9a-f]{64}")  # or a policy's fspf_tag (16 or 32 bytes)
 
 
 class Cas:
@@ -1168,11 +1171,20 @@ class Cas:
         try:
             policy_name, volume = str(request["policy"]), str(request["volume"])
             token = bytes.fromhex(str(request["session"]))
-            old_tag, new_tag = str(request["old_tag"]), str(request["new_tag"])
-            bytes.fromhex(new_tag)
+            old_tag, new_tag = request["old_tag"], request["new_tag"]
+            # docs/volume-format.md: a volume's tag is the lower-case hex SHA-256 of its sealed
+            # manifest, what confide run reports; the tag it started from may also be a
+            # declared SCONE FSPF tag (16 bytes) or none yet (""). Any other text (an empty new
+            # tag, which the next release would take as "no tag yet, accept any authentic
+            # version", or one of any length for the ledger) is malformed.
+            if not (isinstance(new_tag, str) and _VOLUME_TAG.fullmatch(new_tag)):
+                raise ValueError
+            if not (isinstance(old_tag, str) and (old_tag == "" or _DECLARED_TAG.fullmatch(old_tag))):
+                raise ValueError
         except (KeyError, ValueError, TypeError):
             raise ParseError(
-                "expected policy, volume, session (hex), old_tag, new_tag (hex)",
+                "expected policy, volume, session (hex), old_tag (the tag started from: 32 or 64"
+                " lower-case hex digits, or empty), new_tag (64 lower-case hex digits)",
                 structure="volume tag update",
             ) from None
         token_sha256 = hashlib.sha256(token).hexdigest()
@@ -1184,10 +1196,11 @@ class Cas:
                 raise AccessDeniedError("no attested session of this policy presented that token")
             head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == policy_name)).one()
             policy = self._load(conn, policy_name, head.hash)
-            mount = next(
-                (v for v in _service_volumes(policy, policy.service(session.service)) if v.name == volume),
-                None,
-            )
+            try:
+                service = policy.service(session.service)
+            except KeyError:  # removed by a policy update since the release: the session is void
+                raise AccessDeniedError(f"policy {policy_name} has no service {session.service}") from None
+            mount = next((v for v in _service_volumes(policy, service) if v.name == volume), None)
             if mount is None:
                 raise AccessDeniedError(f"service {session.service} does not mount volume {volume}")
             # An imported volume's tag is the owner's: every export on the chain is checked as
@@ -1879,8 +1892,7 @@ class Cas:
         if not isinstance(request, dict):
             raise ParseError("expected a JSON object", structure="attestation request")
         try:
-            policy_name = str(request["policy"])
-            service_name = str(request["service"])
+            policy_name, service_name = request["policy"], request["service"]
             platform = Platform(str(request["platform"]))
             evidence = base64.b64decode(request["evidence"], validate=True)
             key_der = base64.b64decode(request["public_key"], validate=True)
@@ -1893,6 +1905,16 @@ class Cas:
                 "expected policy, service, platform, evidence (base64), public_key (base64 DER), nonce (hex)",
                 structure="attestation request",
             ) from None
+        if not (is_policy_name(policy_name) and is_name(service_name)):
+            # Names no policy can have (docs/policy.md): refused unrecorded, as the request is
+            # malformed. Recorded, a name of any length went into the refusal's ledger entry
+            # (before the nonce is checked), and one over the ledger's entry limit failed the
+            # whole group-commit transaction that carried it.
+            raise ParseError(
+                "expected policy and service to be names a policy can have ('/'-separated segments"
+                " of 1-128 characters of A-Z a-z 0-9 _ - . ~)",
+                structure="attestation request",
+            )
         try:
             runtime_key = serialization.load_der_public_key(key_der)
         except (ValueError, UnsupportedAlgorithm):  # the latter: a well-formed SPKI of an unknown key type
@@ -2014,6 +2036,7 @@ class Cas:
             pending.config, pending.released = self._render(
                 reads, policy, head[0], service, pending.runtime_key, pending.frozen, pending.issued
             )
+            _check_release_record(policy_name, pending.service, pending.released, pending.config)
         except ConfideError as exc:
             pending.refused = exc
 
@@ -2568,22 +2591,14 @@ class PendingAttestation:
             cas.events.record(conn, "attestation", self.policy, outcome)
         else:
             outcome["verdict"] = "accepted"
-            release = {
-                "service": self.service, "policy_hash": self.policy_hash, "secrets": self.released,
-                "runtime_key_sha256": hashlib.sha256(self.key_der).hexdigest(),
-                "measurement": outcome.get("measurement"),
-            }  # fmt: skip
-            if self.config.get("volumes"):
-                # each volume's mode as released (never its key), so the ledger shows how the
-                # service was allowed to change it
-                release["volumes"] = [
-                    {
-                        k: v[k]
-                        for k in ("name", "owner", "via", "tag", "generation", "update_policy")
-                        if k in v
-                    }
-                    for v in self.config["volumes"]
-                ]
+            release = _release_record(
+                self.service,
+                self.policy_hash,
+                self.released,
+                hashlib.sha256(self.key_der).hexdigest(),
+                outcome.get("measurement"),
+                self.config.get("volumes"),
+            )
             cas.events.record_many(
                 conn, [("attestation", self.policy, outcome), ("secret-release", self.policy, release)]
             )
@@ -2603,6 +2618,60 @@ class PendingAttestation:
         config = dict(self.config)
         config["session"] = self.token.hex()
         return self.cas._encrypt(config, self.runtime_key, self.nonce, self.key_der)
+
+
+def _release_record(
+    service: str,
+    policy_hash: str,
+    released: list[Any],
+    key_sha256: str,
+    measurement: Any,
+    volumes: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """The payload of a release's ``secret-release`` event (ledger ``secret.released``): names,
+    versions and hashes, never a value."""
+    release = {
+        "service": service, "policy_hash": policy_hash, "secrets": released,
+        "runtime_key_sha256": key_sha256, "measurement": measurement,
+    }  # fmt: skip
+    if volumes:
+        # each volume's mode as released (never its key), so the ledger shows how the service
+        # was allowed to change it
+        release["volumes"] = [
+            {k: v[k] for k in ("name", "owner", "via", "tag", "generation", "update_policy") if k in v}
+            for v in volumes
+        ]
+    return release
+
+
+# What a ledger entry adds to its payload (docs/ledger.md: the members "policy", "time", "type"
+# and "v"), without the policy name, with room to spare.
+_ENTRY_OVERHEAD = 256
+
+
+def _release_record_bound(policy: str, service: str, released: list[Any], config: dict[str, Any]) -> int:
+    """An upper bound of the size of the ledger entry of this rendering's ``secret-release``
+    event (:func:`_check_release_record`)."""
+    record = _release_record(service, "0" * 64, released, "0" * 64, "0" * 128, config.get("volumes"))
+    return len(json.dumps(record, separators=(",", ":"))) + len(json.dumps(policy)) + _ENTRY_OVERHEAD
+
+
+def _check_release_record(policy: str, service: str, released: list[Any], config: dict[str, Any]) -> None:
+    """Refuse (``PolicyError``) a rendering whose ``secret-release`` event could not be recorded:
+    a ledger entry holds at most :data:`~confide.ledger.store.MAX_ENTRY_SIZE` bytes (C2SP
+    tlog-tiles: a uint16 length), and an entry too large failed the write transaction of the
+    release, and with it the group commit's other attestations. Measured on the record with the
+    longest key hash and measurement any release has, as compact JSON with ASCII escapes, never
+    shorter than the entry's canonical JSON (UTF-8); made once per rendering (a snapshot's
+    rendering passed it)."""
+    size = _release_record_bound(policy, service, released, config)
+    if size > MAX_ENTRY_SIZE:
+        raise PolicyError(
+            f"service {service} would release {len(released)} secrets and volumes, whose record (about"
+            f" {size} bytes) does not fit in one ledger entry ({MAX_ENTRY_SIZE} bytes): release fewer"
+            " to one service (its environment, command, injection files and templates), or shorten"
+            " the names"
+        )
 
 
 def _evidence_summary(v: VerifiedEvidence) -> dict[str, Any]:

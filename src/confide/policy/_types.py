@@ -30,6 +30,8 @@ __all__ = [
     "SecretName",
     "TextList",
     "duration_seconds",
+    "is_name",
+    "is_policy_name",
     "short",
 ]
 
@@ -76,6 +78,27 @@ def _check_policy_name(value: str) -> str:
     if any(s in (".", "..") for s in segments):
         raise ValueError(f"got {short(value)}, expected no '.' or '..' segment")
     return value
+
+
+def is_name(value: object) -> bool:
+    """Whether ``value`` is a string a service, volume or image can be named (:data:`Name`)."""
+    return isinstance(value, str) and _NAME_RE.fullmatch(value) is not None
+
+
+# :func:`_check_policy_name` as one expression (for the CAS's attestation path, which checks
+# every request's name): segments of _NAME_RE's characters, none of them "." or "..".
+_SEGMENT = r"(?!\.{1,2}(?:/|\Z))[A-Za-z0-9_\-.~]{1,128}"
+_POLICY_NAME_RE = re.compile(f"{_SEGMENT}(?:/{_SEGMENT})*")
+
+
+def is_policy_name(value: object) -> bool:
+    """Whether ``value`` is a string a policy can be named (:data:`PolicyName`, the same rule
+    as its validator)."""
+    return (
+        isinstance(value, str)
+        and len(value) <= MAX_POLICY_NAME
+        and _POLICY_NAME_RE.fullmatch(value) is not None
+    )
 
 
 Name = Annotated[StrictStr, AfterValidator(_check_name)]
