@@ -473,6 +473,28 @@ def _query(cas: Cas, conn: Connection, key: tuple[str, str, str]) -> Any:
     raise AssertionError(what)
 
 
+# What a policy's readers are shown of the events filed under its name (docs/cas.md "A policy's
+# events"), by type: a whitelist, so a type in neither set is never shown (every ledger entry
+# type is either here or never filed under a policy: tests/unit/test_cas_events_lineage.py).
+# Events about one version, named by the payload's ``hash``: shown when that version is of the
+# current policy's lineage (Cas._lineage). A competing creation of the name (a board member's
+# pending creation turned ``stale`` when someone else created the name first), its approvals and
+# its stale mark were filed under the name too, and are not shown.
+_VERSION_EVENTS = frozenset(
+    {"policy-pending", "policy-approved", "policy-stale", "policy-created", "policy-updated"}
+)
+# Events recorded under a policy's name only while that policy exists (its head is read in the
+# recording transaction; a refusal of a creation is filed under the namespace's existing policy),
+# and a name is never created twice (a head is never deleted): all the current policy's.
+_POLICY_EVENTS = frozenset(
+    {
+        "policy-update-refused", "policy-create-refused", "revocation-refused", "secrets-generated",
+        "certificates-renewed", "certificates-revoked", "crl-issued", "revocations-altered",
+        "attestation", "secret-release", "volume-tag",
+    }
+)  # fmt: skip
+
+
 class _Refused(Exception):
     """A refused governance request: its transaction is rolled back, then ``event`` is recorded
     under ``filed_under`` in a transaction of its own and ``error`` raised."""
@@ -1686,6 +1708,7 @@ class Cas:
             readers = self._rules_in_force(conn, name, head.hash, policy.access_policy.read)
             if not is_authorized(readers, {signer.fingerprint}, creator=head.creator):
                 raise AccessDeniedError(f"no policy {name} readable by {signer.fingerprint[:16]}…")
+            lineage = self._lineage(conn, name, head.hash)
             versions = [
                 {
                     "hash": r.hash,
@@ -1705,6 +1728,7 @@ class Cas:
                     .where(t.policies.c.name == name)
                     .order_by(t.policies.c.seq)
                 )
+                if r.hash in lineage  # not a competing creation's version (_lineage)
             ]
             secrets: dict[str, Any] = {}
             declared = {spec.name: spec for spec in policy.secrets}
@@ -2457,24 +2481,67 @@ class Cas:
                 served.append((str(name), str(ca), spec))
         return served[0] if len(served) == 1 else None
 
+    def _lineage(self, conn: Connection, name: str, head_hash: str) -> set[str]:
+        """The versions of the current policy ``name`` (head ``head_hash``): the version that
+        created it (reached from the head through ``predecessor``) and every version whose
+        predecessor chain reaches that one, its updates pending, stale or superseded included
+        (its own boards decided them). Not a competing creation of the name (a version without
+        predecessor that is not this root: a namespace board member's pending creation, turned
+        ``stale`` when someone else created the name first), which another stakeholder
+        submitted and this policy's readers must not read (docs/cas.md "A policy's events")."""
+        parent: dict[str, str | None] = {
+            r.hash: r.predecessor
+            for r in conn.execute(
+                select(t.policies.c.hash, t.policies.c.predecessor).where(t.policies.c.name == name)
+            )
+        }
+        root, seen = head_hash, {head_hash}
+        while (up := parent.get(root)) is not None and up not in seen:  # hashes name content: no cycle
+            seen.add(up)
+            root = up
+        verdict: dict[str, bool] = {root: True}
+        for digest in parent:
+            path: list[str] = []
+            at: str | None = digest
+            while at is not None and at not in verdict and at not in path:
+                path.append(at)
+                at = parent.get(at)
+            found = verdict.get(at, False) if at is not None else False
+            verdict.update(dict.fromkeys(path, found))
+        return {digest for digest, ours in verdict.items() if ours}
+
     def events_for(self, read_request: Any) -> dict[str, Any]:
         """The ledger entries of a policy, for identities that may read it, each with its
-        inclusion proof in the latest signed checkpoint (``checkpoint``, a C2SP signed note)."""
+        inclusion proof in the latest signed checkpoint (``checkpoint``, a C2SP signed note).
+
+        Only the policy's own: of the events filed under its name, those of the types in
+        ``_POLICY_EVENTS``, and those of ``_VERSION_EVENTS`` about a version of its lineage
+        (:meth:`_lineage`, read in the same transaction). The others stay in the ledger (an
+        auditor's ``ledger verify --full`` reads them); each entry's proof is its own, so
+        leaving one out changes no other's."""
         info = self._show(*self._read_request(read_request, "events"))
+        name = info["name"]
         with self.db.read() as conn:
             raw = raw_connection(conn)
             note = Ledger.latest_checkpoint(raw)
             size = Checkpoint.from_text(parse_note(note).text).size if note else 0
+            head = conn.execute(select(t.policy_heads.c.hash).where(t.policy_heads.c.name == name)).scalar()
+            lineage = self._lineage(conn, name, str(head))
             ledger = Ledger()
             out = []
-            rows = conn.execute(
-                select(t.events).where(t.events.c.policy == info["name"]).order_by(t.events.c.seq)
-            )
+            rows = conn.execute(select(t.events).where(t.events.c.policy == name).order_by(t.events.c.seq))
             for r in rows:
+                payload = json.loads(r.payload)
+                if r.type in _VERSION_EVENTS:
+                    digest = payload.get("hash") if isinstance(payload, dict) else None
+                    if not (isinstance(digest, str) and digest in lineage):
+                        continue
+                elif r.type not in _POLICY_EVENTS:
+                    continue
                 index = r.seq - 1
                 entry = Ledger.entry(raw, index)
                 event: dict[str, Any] = {"seq": r.seq, "index": index, "at": r.at, "type": r.type,
-                                         "payload": json.loads(r.payload)}  # fmt: skip
+                                         "payload": payload}  # fmt: skip
                 if entry is not None:
                     event["entry"] = base64.b64encode(entry).decode()
                 if index < size:
