@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import math
 import os
 import re
@@ -48,7 +49,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, and_, delete, insert, select, update
 
 from confide import jsonstrict
 from confide.cas import db as t
@@ -74,6 +75,7 @@ from confide.cas.crl import (
 )
 from confide.cas.db import Database, EventSink, raw_connection, raw_execute, raw_executemany
 from confide.cas.owner_revocation import REVOKE_TYPE, REVOKE_V1_TYPE, parse_request, refusal, revoke_request
+from confide.cas.policy_auth import Head, PolicyAuth, PolicyRowsAltered, Version
 from confide.cas.policy_rows import open_column, seal_column
 from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due, renew_policy
 from confide.cas.secrets import (
@@ -327,6 +329,8 @@ class SecretRow(NamedTuple):
     public: str
 
 
+_LOG = logging.getLogger("confide.cas")
+
 # Phase-1 snapshots kept (one per policy and service); docs/cas.md "Phase 1 from a snapshot".
 SNAPSHOTS = 1024
 
@@ -452,9 +456,9 @@ _UNREAD = object()
 def _query(cas: Cas, conn: Connection, key: tuple[str, str, str]) -> Any:
     """One answer of :class:`_Reads`, from the database."""
     what, a, b = key
-    if what == "head":
-        row = raw_execute(conn, "SELECT hash, revision FROM policy_heads WHERE name = ?", (a,)).fetchone()
-        return None if row is None else (str(row[0]), int(row[1]))
+    if what == "head":  # verified: confide.cas.policy_auth
+        head = cas.policy_auth.head(conn, a)
+        return None if head is None else (head.hash, head.revision)
     if what == "secret":
         return cas._latest_secret(conn, a, b)
     if what == "tag":
@@ -585,6 +589,8 @@ class Cas:
         self.clock = clock
         self.nonce_key = sealer.derive_key(b"confide-nonce/v1")
         self._policies: Lru[tuple[str, str], Policy] = Lru(256)
+        # Policy heads and version states, MAC'd under the master key (confide.cas.policy_auth).
+        self.policy_auth = PolicyAuth(sealer)
         # Unsealed values by (policy, name, version, sealed bytes), in memory only: the rows
         # stay sealed at rest, and a row sealed anew (new version, another master key) misses.
         self._unsealed: Lru[tuple[str, str, int, bytes], SecretValue] = Lru(1024)
@@ -640,7 +646,7 @@ class Cas:
         self, submission: Any, policy: Policy, digest: str, document: str, submitter: str, now: float
     ) -> ApplyResult:
         with self.db.write() as conn:
-            head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == policy.name)).first()
+            head = self.policy_auth.head(conn, policy.name)
             # Who may submit is decided first: an identity that may not create or update the
             # policy learns neither its current hash nor which versions were submitted.
             if head is None:
@@ -699,6 +705,10 @@ class Cas:
                     submitter=submitter, creator=creator, state=state, created_at=now,
                 )
             )  # fmt: skip
+            # its state and who submitted it, MAC'd (confide.cas.policy_auth)
+            self.policy_auth.put_version(
+                conn, Version(policy.name, digest, seq, policy.predecessor, submitter, creator, state)
+            )
             payload: dict[str, Any] = {
                 "hash": digest, "predecessor": policy.predecessor, "signer": submitter,
                 "submission_sha256": hashlib.sha256(jcs(submission)).hexdigest(),
@@ -718,18 +728,18 @@ class Cas:
                 self.events.record(conn, "policy-pending", policy.name, payload)
         return ApplyResult(policy.name, digest, state)
 
-    def _namespace_owner(self, conn: Connection, name: str) -> tuple[str, Any] | None:
+    def _namespace_owner(self, conn: Connection, name: str) -> tuple[str, Head] | None:
         """The nearest existing policy whose name is a namespace prefix of ``name`` (``a/b`` for
-        ``a/b/c`` if it exists, else ``a``), with its head row; ``None`` for a free name."""
+        ``a/b/c`` if it exists, else ``a``), with its head (verified); ``None`` for a free name."""
         parts = name.split("/")
         for depth in range(len(parts) - 1, 0, -1):
             parent = "/".join(parts[:depth])
-            head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == parent)).first()
+            head = self.policy_auth.head(conn, parent)
             if head is not None:
                 return parent, head
         return None
 
-    def _creation_rules(self, conn: Connection, name: str) -> tuple[str, Any, tuple[Any, ...]] | None:
+    def _creation_rules(self, conn: Connection, name: str) -> tuple[str, Head, tuple[Any, ...]] | None:
         """Who may create ``name``: its namespace owner's ``access_policy.create_sessions`` (the
         ``update`` rules when absent), with the owner's name and head; ``None`` when no policy
         owns the namespace (first come, as for top-level names)."""
@@ -788,12 +798,10 @@ class Cas:
     def _approve(
         self, conn: Connection, approval: Any, signer: Any, name: str, digest: str
     ) -> ApplyResult | ConfideError:
-        row = conn.execute(
-            select(
-                t.policies.c.state, t.policies.c.predecessor, t.policies.c.submitter, t.policies.c.creator
-            ).where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
-        ).first()
-        head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
+        # Both verified under the master key (confide.cas.policy_auth): a state or a submitter
+        # the operator wrote is a PolicyRowsAltered, never a decision.
+        row = self.policy_auth.version(conn, name, digest)
+        head = self.policy_auth.head(conn, name)
         # The board first: an identity on no board that decides this name learns nothing of it
         # (whether the policy or the version exists, its state), as ``policy show`` says nothing
         # to a non-reader, and changes nothing (no stale mark). A creation (a version without
@@ -821,11 +829,7 @@ class Cas:
         if row.state != "pending":
             raise ConflictError(f"policy {name} version {digest[:16]}… is {row.state}, not pending approval")
         if (head.hash if head is not None else None) != row.predecessor:
-            conn.execute(
-                update(t.policies)
-                .where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
-                .values(state="stale")
-            )
+            self.policy_auth.put_version(conn, row._replace(state="stale"))
             self.events.record(conn, "policy-stale", name, {"hash": digest})
             # Returned, not raised: the stale mark and its event are committed.
             return ConflictError(
@@ -834,43 +838,33 @@ class Cas:
             )
         # Not stale: an update's predecessor is the head, a creation's name is still free.
         creator = row.creator if head is None else head.creator
-        already = conn.execute(
-            select(t.approvals.c.signer).where(
+        # The signer's approval, replacing any row stored under its name (one the operator
+        # wrote would otherwise keep the genuine approval out, and count for nothing).
+        conn.execute(
+            delete(t.approvals).where(
                 and_(
                     t.approvals.c.name == name,
                     t.approvals.c.hash == digest,
                     t.approvals.c.signer == signer.fingerprint,
                 )
             )
-        ).first()
-        if already is None:
-            conn.execute(
-                insert(t.approvals).values(
-                    name=name, hash=digest, signer=signer.fingerprint,
-                    document=json.dumps(approval, sort_keys=True), created_at=self.clock(),
-                )
-            )  # fmt: skip
+        )
+        conn.execute(
+            insert(t.approvals).values(
+                name=name, hash=digest, signer=signer.fingerprint,
+                document=json.dumps(approval, sort_keys=True), created_at=self.clock(),
+            )
+        )  # fmt: skip
         self.events.record(
             conn, "policy-approved", name,
             {"hash": digest, "signer": signer.fingerprint, "approval": jcs(approval).decode()},
         )  # fmt: skip
-        approvers = {
-            r.signer
-            for r in conn.execute(
-                select(t.approvals.c.signer).where(
-                    and_(t.approvals.c.name == name, t.approvals.c.hash == digest)
-                )
-            )
-        }
+        approvers = self._approvers(conn, name, digest)
         approvers.add(row.submitter)
         if not is_authorized(rules, approvers, creator=rules_creator):
             return ApplyResult(name, digest, "pending")
         policy = self._load(conn, name, digest)
-        conn.execute(
-            update(t.policies)
-            .where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
-            .values(state="active")
-        )
+        self.policy_auth.put_version(conn, row._replace(state="active"))
         self._activate(conn, policy, digest, creator, creation)
         self.events.record(
             conn,
@@ -879,6 +873,33 @@ class Cas:
             {"hash": digest, "predecessor": row.predecessor, "approvers": sorted(approvers)},
         )
         return ApplyResult(name, digest, "active")
+
+    def _approvers(self, conn: Connection, name: str, digest: str) -> set[str]:
+        """The signers of the stored approvals of version ``digest`` of ``name`` that count: each
+        row's document verified again (an Ed25519 signature by the row's signer over a
+        ``confide/approval/v2`` document naming this name, this hash and this CAS). The rows
+        are not MAC'd: one the operator wrote or copied from another version or CAS does not
+        verify, and is not counted (logged, ``policy-approval-not-counted``; no values)."""
+        rows = conn.execute(
+            select(t.approvals.c.signer, t.approvals.c.document).where(
+                and_(t.approvals.c.name == name, t.approvals.c.hash == digest)
+            )
+        ).all()
+        counted: set[str] = set()
+        for row in rows:
+            try:
+                body, signer = verify_signed(jsonstrict.loads(str(row.document)), APPROVAL_TYPE)
+            except (ValueError, RecursionError, ConfideError):
+                body, signer = {}, None
+            if (signer is not None and signer.fingerprint == row.signer and body.get("name") == name
+                    and body.get("hash") == digest and body.get("cas") == self.tls_spki_sha256):  # fmt: skip
+                counted.add(signer.fingerprint)
+            else:
+                _LOG.warning(
+                    json.dumps({"event": "policy-approval-not-counted", "policy": name[:128],
+                                "hash": digest, "signer": str(row.signer)[:64]})
+                )  # fmt: skip
+        return counted
 
     def _load(self, conn: Connection, name: str, digest: str) -> Policy:
         # A version's hash names its content and versions are never deleted, so the parsed,
@@ -901,31 +922,23 @@ class Cas:
     def _activate(self, conn: Connection, policy: Policy, digest: str, creator: str, created: bool) -> None:
         now = self.clock()
         previous: Policy | None = None
+        auth = self.policy_auth
         if created:
-            conn.execute(
-                insert(t.policy_heads).values(name=policy.name, hash=digest, creator=creator, updated_at=now)
-            )
+            auth.put_head(conn, policy.name, Head(digest, 0, creator), now, new=True)
         else:
-            old_head = conn.execute(
-                select(t.policy_heads.c.hash).where(t.policy_heads.c.name == policy.name)
-            ).scalar()
-            previous = None if old_head is None else self._load(conn, policy.name, old_head)
-            conn.execute(
-                update(t.policies)
-                .where(
-                    and_(
-                        t.policies.c.name == policy.name,
-                        t.policies.c.state == "active",
-                        t.policies.c.hash != digest,
-                    )
-                )
-                .values(state="superseded")
-            )
-            conn.execute(
-                update(t.policy_heads)
-                .where(t.policy_heads.c.name == policy.name)
-                .values(hash=digest, updated_at=now)
-            )
+            old_head = auth.head(conn, policy.name)  # verified, as every version superseded here
+            if old_head is None:
+                raise PolicyRowsAltered(policy.name, "current version (policy_heads)")
+            previous = self._load(conn, policy.name, old_head.hash)
+            active = raw_execute(
+                conn, "SELECT hash FROM policies WHERE name = ? AND state = 'active' AND hash != ?",
+                (policy.name, digest),
+            ).fetchall()  # fmt: skip
+            for (old,) in active:
+                version = auth.version(conn, policy.name, str(old))
+                assert version is not None  # read in this transaction
+                auth.put_version(conn, version._replace(state="superseded"))
+            auth.put_head(conn, policy.name, old_head._replace(hash=digest), now, new=False)
         self._generate_secrets(conn, policy, digest, previous)
         # A CA whose OCSP signer this version changed gets its certificate re-issued with the
         # same key and subject (keyUsage digitalSignature with ``signer: ca``; docs/cas.md
@@ -1086,7 +1099,9 @@ class Cas:
             ).first()
             if session is None or session.expires_at < self.clock() or session.policy != policy_name:
                 raise AccessDeniedError("no attested session of this policy presented that token")
-            head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == policy_name)).one()
+            head = self.policy_auth.head(conn, policy_name)
+            if head is None:  # a session's policy is never deleted
+                raise PolicyRowsAltered(policy_name, "current version (policy_heads)")
             policy = self._load(conn, policy_name, head.hash)
             mount = next(
                 (v for v in _service_volumes(policy, policy.service(session.service)) if v.name == volume),
@@ -1501,7 +1516,7 @@ class Cas:
             )
         try:
             with self.db.write() as conn:
-                head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == req.name)).first()
+                head = self.policy_auth.head(conn, req.name)
                 if head is None:
                     # Recorded too, filed under no policy (there is none to file it under): the
                     # public checkpoint's size grows by one entry whether or not the policy
@@ -1571,7 +1586,7 @@ class Cas:
     def _show(self, body: dict[str, Any], signer: PublicIdentity) -> dict[str, Any]:
         name = body["name"]
         with self.db.read() as conn:
-            head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
+            head = self.policy_auth.head(conn, name)
             if head is None:
                 raise AccessDeniedError(f"no policy {name} readable by {signer.fingerprint[:16]}…")
             policy = self._load(conn, name, head.hash)
@@ -1585,17 +1600,7 @@ class Cas:
                     "predecessor": r.predecessor,
                     "submitter": r.submitter,
                 }
-                for r in conn.execute(
-                    select(
-                        t.policies.c.hash,
-                        t.policies.c.seq,
-                        t.policies.c.state,
-                        t.policies.c.predecessor,
-                        t.policies.c.submitter,
-                    )
-                    .where(t.policies.c.name == name)
-                    .order_by(t.policies.c.seq)
-                )
+                for r in self.policy_auth.versions(conn, name)  # each verified
             ]
             secrets: dict[str, Any] = {}
             declared = {spec.name: spec for spec in policy.secrets}
@@ -2237,7 +2242,7 @@ class Cas:
         )
         for attempt in range(2):
             with self.db.read() as conn:
-                head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
+                head = self.policy_auth.head(conn, name)
                 if head is None:
                     raise refused
                 policy = self._load(conn, name, head.hash)
@@ -2325,7 +2330,7 @@ class Cas:
         ).fetchall()  # fmt: skip
         served = []
         for name, ca in found:
-            head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
+            head = self.policy_auth.head(conn, name)
             if head is None:
                 continue
             try:
