@@ -194,7 +194,11 @@ def test_a_stale_version_does_not_come_back(env: Env) -> None:
         env.attest(OTHER)
 
 
-@pytest.mark.parametrize("forged", ["other-signer", "copied-from-other-policy", "garbage", "renamed-signer"])
+FORGED = ["other-signer", "copied-from-other-policy", "copied-with-its-mac", "garbage", "renamed-signer",
+          "for-another-cas"]  # fmt: skip
+
+
+@pytest.mark.parametrize("forged", FORGED)
 def test_an_inserted_or_copied_approval_is_not_counted(env: Env, forged: str) -> None:
     """``other`` needs owner, member and third: the owner submitted v2, a forged row stands for
     the member, the third approves: v2 stays pending. The member's own approval then counts."""
@@ -207,25 +211,45 @@ def test_an_inserted_or_copied_approval_is_not_counted(env: Env, forged: str) ->
         board_policy("app", [env.owner, env.member], measurement=OTHER, predecessor=a1), env.owner
     )
     document: dict[str, Any] | str
+    key_id = mac = None
     match forged:
         case "other-signer":  # signed by someone not on the board, in the member's name
             document = approval(env.cas, "other", v2, Identity.generate())
-        case "copied-from-other-policy":
+        case "copied-from-other-policy" | "copied-with-its-mac":
             assert env.cas.approve(approval(env.cas, "app", a2.hash, env.member)).state == "active"
-            [(text,)] = env.sql("SELECT document FROM approvals WHERE name = 'app'")
+            [(text, key_id, mac)] = env.sql("SELECT document, key_id, mac FROM approvals WHERE name = 'app'")
             document = json.loads(text)
+            if forged == "copied-from-other-policy":
+                key_id = mac = None
         case "garbage":
             document = "{not json"
         case "renamed-signer":  # the third's genuine approval, filed under the member
             document = approval(env.cas, "other", v2, env.third)
+        case "for-another-cas":  # the member's genuine approval, signed for another CAS
+            document = sign_document(
+                {"type": APPROVAL_TYPE, "name": "other", "hash": v2, "cas": "ee" * 32},
+                env.member.sign, env.member.public.public_base64,
+            )  # fmt: skip
     env.sql(
-        "INSERT INTO approvals (name, hash, signer, document, created_at) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO approvals (name, hash, signer, document, created_at, key_id, mac) VALUES (?, ?, ?, ?, ?, ?, ?)",
         ("other", v2, env.member.fingerprint, document if isinstance(document, str) else json.dumps(document),
-         time.time()),
+         time.time(), key_id, mac),
     )  # fmt: skip
     assert env.cas.approve(approval(env.cas, "other", v2, env.third)).state == "pending"
     assert env.show("other")["hash"] == v1
     assert env.cas.approve(approval(env.cas, "other", v2, env.member)).state == "active"
+    assert env.show("other")["hash"] == v2
+
+
+def test_an_approval_accepted_by_another_replica_counts(env: Env) -> None:
+    """Replicas share the database and the master key, each with its own TLS key: an approval
+    taken by one (naming it) counts when another replica counts the approvals."""
+    board = [env.owner, env.member, env.third]
+    v1 = env.ipc.apply(board_policy("other", board), env.owner).hash
+    v2 = env.ipc.apply(board_policy("other", board, measurement=OTHER, predecessor=v1), env.owner).hash
+    assert env.cas.approve(approval(env.cas, "other", v2, env.member)).state == "pending"
+    env.cas.tls_spki_sha256 = "ee" * 32  # the other replica's TLS key
+    assert env.cas.approve(approval(env.cas, "other", v2, env.third)).state == "active"
     assert env.show("other")["hash"] == v2
 
 
@@ -323,7 +347,7 @@ def test_an_owner_revocation_revision_is_authenticated(env: Env) -> None:
 def make_schema_14(env: Env) -> None:
     """Turn the database into one of schema 14 (no ``key_id``/``mac`` columns, no marker) and stop
     the CAS."""
-    for table in ("policy_heads", "policies"):
+    for table in ("policy_heads", "policies", "approvals"):
         for column in ("key_id", "mac"):
             env.sql(f"ALTER TABLE {table} DROP COLUMN {column}")
     env.sql("DELETE FROM meta WHERE key = ?", (BOUND_META,))
@@ -333,16 +357,23 @@ def make_schema_14(env: Env) -> None:
 
 def test_a_schema_14_database_is_bound_once_at_its_first_start(env: Env) -> None:
     v1, v2 = with_pending(env)
+    # an approval stored before: bound with the rest, it still counts after the upgrade
+    o1 = env.show("other")["hash"]
+    board = [env.owner, env.member, env.third]
+    o2 = env.ipc.apply(board_policy("other", board, measurement=OTHER, predecessor=o1), env.owner).hash
+    assert env.cas.approve(approval(env.cas, "other", o2, env.member)).state == "pending"
     make_schema_14(env)
     env.ipc = InProcessCas.start(env.data, "", db_url=env.db_url)
     assert env.sql("SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
     assert env.sql("SELECT value FROM meta WHERE key = ?", (BOUND_META,)) == [("1",)]
     [(payload,)] = env.sql("SELECT payload FROM events WHERE type = ?", (EVENT_BOUND,))
-    assert json.loads(payload)["heads"] == 2 and json.loads(payload)["versions"] == 3
+    assert json.loads(payload)["heads"] == 2 and json.loads(payload)["versions"] == 4
+    assert json.loads(payload)["approvals"] == 1
     assert env.sql("SELECT COUNT(*) FROM policies WHERE mac IS NULL") == [(0,)]
     with env.cas.db.write() as conn:  # once: a second call does nothing
         assert bind_unbound(conn, env.cas.sealer) is None
     assert_intact(env, v1, v2)
+    assert env.cas.approve(approval(env.cas, "other", o2, env.third)).state == "active"
 
 
 @pytest.mark.parametrize("strip", ["all", "one"])

@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import Connection, and_, delete, insert, select, update
+from sqlalchemy import Connection, and_, insert, select, update
 
 from confide import jsonstrict
 from confide.cas import db as t
@@ -838,23 +838,11 @@ class Cas:
             )
         # Not stale: an update's predecessor is the head, a creation's name is still free.
         creator = row.creator if head is None else head.creator
-        # The signer's approval, replacing any row stored under its name (one the operator
-        # wrote would otherwise keep the genuine approval out, and count for nothing).
-        conn.execute(
-            delete(t.approvals).where(
-                and_(
-                    t.approvals.c.name == name,
-                    t.approvals.c.hash == digest,
-                    t.approvals.c.signer == signer.fingerprint,
-                )
-            )
+        # The signer's approval with its MAC, replacing any row stored under its name (one the
+        # operator wrote would otherwise keep the genuine approval out, and count for nothing).
+        self.policy_auth.put_approval(
+            conn, name, digest, signer.fingerprint, json.dumps(approval, sort_keys=True), self.clock()
         )
-        conn.execute(
-            insert(t.approvals).values(
-                name=name, hash=digest, signer=signer.fingerprint,
-                document=json.dumps(approval, sort_keys=True), created_at=self.clock(),
-            )
-        )  # fmt: skip
         self.events.record(
             conn, "policy-approved", name,
             {"hash": digest, "signer": signer.fingerprint, "approval": jcs(approval).decode()},
@@ -876,28 +864,32 @@ class Cas:
 
     def _approvers(self, conn: Connection, name: str, digest: str) -> set[str]:
         """The signers of the stored approvals of version ``digest`` of ``name`` that count: each
-        row's document verified again (an Ed25519 signature by the row's signer over a
-        ``confide/approval/v2`` document naming this name, this hash and this CAS). The rows
-        are not MAC'd: one the operator wrote or copied from another version or CAS does not
-        verify, and is not counted (logged, ``policy-approval-not-counted``; no values)."""
-        rows = conn.execute(
-            select(t.approvals.c.signer, t.approvals.c.document).where(
-                and_(t.approvals.c.name == name, t.approvals.c.hash == digest)
-            )
-        ).all()
+        row's MAC verified (confide.cas.policy_auth: a CAS holding the master key accepted it,
+        for this name, hash and signer) and its document verified again (an Ed25519 signature by
+        the row's signer over a ``confide/approval/v2`` document naming this name and hash). A
+        row the operator wrote or copied from another version, signer or CAS is not counted
+        (logged, ``policy-approval-not-counted``; no values)."""
+        rows = raw_execute(
+            conn,
+            "SELECT signer, document, key_id, mac FROM approvals WHERE name = ? AND hash = ?",
+            (name, digest),
+        ).fetchall()
         counted: set[str] = set()
-        for row in rows:
+        for signer_fp, document, key_id, mac in rows:
+            fine = self.policy_auth.approval_verifies(name, digest, signer_fp, document, key_id, mac)
             try:
-                body, signer = verify_signed(jsonstrict.loads(str(row.document)), APPROVAL_TYPE)
+                body, signer = verify_signed(jsonstrict.loads(str(document)), APPROVAL_TYPE)
             except (ValueError, RecursionError, ConfideError):
-                body, signer = {}, None
-            if (signer is not None and signer.fingerprint == row.signer and body.get("name") == name
-                    and body.get("hash") == digest and body.get("cas") == self.tls_spki_sha256):  # fmt: skip
-                counted.add(signer.fingerprint)
+                fine = False
+            else:
+                named = (signer.fingerprint, body.get("name"), body.get("hash"))
+                fine = fine and named == (signer_fp, name, digest)
+            if fine:
+                counted.add(str(signer_fp))
             else:
                 _LOG.warning(
                     json.dumps({"event": "policy-approval-not-counted", "policy": name[:128],
-                                "hash": digest, "signer": str(row.signer)[:64]})
+                                "hash": digest, "signer": str(signer_fp)[:64]})
                 )  # fmt: skip
         return counted
 

@@ -115,6 +115,11 @@ approvals = Table(
     Column("signer", String(64), nullable=False),
     Column("document", Text, nullable=False),
     Column("created_at", Float, nullable=False),
+    # HMAC-SHA256 of name, hash, signer and the document's SHA-256 under the master key
+    # ``key_id`` names (schema 15; confide.cas.policy_auth): NULL only for rows of schema 14
+    # not yet bound at a start.
+    Column("key_id", String(32)),
+    Column("mac", String(64)),
     PrimaryKeyConstraint("name", "hash", "signer"),
 )
 secrets = Table(
@@ -528,13 +533,13 @@ def _v14(conn: Connection) -> None:
 
 
 def _v15(conn: Connection) -> None:
-    """Authenticated policy heads and version states (confide.cas.policy_auth, docs/cas.md "What
-    a policy's current version rests on"): ``policy_heads`` and ``policies`` get ``key_id`` and
-    ``mac``. The migration runs without the master key: the rows stored before are MAC'd as
-    found at the next start (``policy_auth.bind_unbound``, in the start's write transaction,
-    once). Code from before schema 15 refuses the database, so it cannot change a head or a
-    state without its MAC."""
-    for table in ("policy_heads", "policies"):
+    """Authenticated policy heads, version states and approvals (confide.cas.policy_auth,
+    docs/cas.md "What a policy's current version rests on"): ``policy_heads``, ``policies`` and
+    ``approvals`` get ``key_id`` and ``mac``. The migration runs without the master key: the
+    rows stored before are MAC'd as found at the next start (``policy_auth.bind_unbound``, in
+    the start's write transaction, once). Code from before schema 15 refuses the database, so
+    it cannot change a head, a state or an approval without its MAC."""
+    for table in ("policy_heads", "policies", "approvals"):
         columns = {c["name"] for c in inspect(conn).get_columns(table)}
         if "key_id" not in columns:
             raw_execute(conn, f"ALTER TABLE {table} ADD COLUMN key_id VARCHAR(32)")

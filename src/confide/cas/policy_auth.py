@@ -15,14 +15,22 @@ its approvals. So, from schema 15, each of those rows carries a MAC:
 - a version's ``mac``: over the key id, the name, the hash, the sequence number, the predecessor,
   the submitter, the creator and the state (:func:`version_mac`; ``created_at`` is shown only).
 
+- an approval's ``mac``: over the key id, the name, the hash, the signer and the SHA-256 of the
+  signed document as stored (:func:`approval_mac`), written when the CAS accepts the approval
+  (after checking its signature and the CAS it names).
+
 A head verifies (:meth:`PolicyAuth.head`) only when its own MAC and its version's MAC do and
 that version is ``active``: a head row copied back from before an update names a version that is
 now ``superseded`` under a MAC the operator cannot forge, so it is refused too. A row that does
 not verify is :class:`PolicyRowsAltered` (a :class:`~confide.errors.StorageError`): the CAS
 neither releases under that policy nor changes it until the row is restored.
 
-Approvals (``approvals`` rows) are not MAC'd: each one is a signed document, verified again
-where it is counted (:meth:`confide.cas.core.Cas._approvers`).
+An approval counts (:meth:`confide.cas.core.Cas._approvers`) only when its MAC verifies and its
+document verifies again (signature by the row's signer, the name and hash): a row the operator
+inserted, or copied from another version, signer or CAS, is not counted. The MAC, not the
+document's ``cas``, says that a CAS of this deployment accepted it: the replicas of one
+database share the master key but each has its own TLS key, so an approval accepted by one
+replica names that replica, and is counted by another.
 
 **Migration.** The schema 15 migration runs without the master key; the rows of an older
 database are MAC'd as found at the next start (:func:`bind_unbound`, in the start's write
@@ -59,6 +67,7 @@ __all__ = [
     "PolicyAuth",
     "PolicyRowsAltered",
     "Version",
+    "approval_mac",
     "bind_unbound",
     "head_mac",
     "reauthenticate_rows",
@@ -93,8 +102,9 @@ _VERSIONS_OF = (
     "WHERE name = ? ORDER BY seq"
 )
 _COUNTS = (
-    "SELECT (SELECT COUNT(*) FROM policy_heads) + (SELECT COUNT(*) FROM policies), "
-    "(SELECT COUNT(mac) FROM policy_heads) + (SELECT COUNT(mac) FROM policies)"
+    "SELECT (SELECT COUNT(*) FROM policy_heads) + (SELECT COUNT(*) FROM policies) "
+    "+ (SELECT COUNT(*) FROM approvals), (SELECT COUNT(mac) FROM policy_heads) "
+    "+ (SELECT COUNT(mac) FROM policies) + (SELECT COUNT(mac) FROM approvals)"
 )
 
 
@@ -147,6 +157,12 @@ def version_mac(key: bytes, key_id: str, version: Version) -> str:
     v = version
     fields = [key_id, v.name, v.hash, v.seq, v.predecessor, v.submitter, v.creator, v.state]
     return _hmac(key, b"version", fields)
+
+
+def approval_mac(key: bytes, key_id: str, name: str, digest: str, signer: str, document: str) -> str:
+    """HMAC-SHA256 of an approval row (module docstring)."""
+    text_sha256 = hashlib.sha256(document.encode()).hexdigest()
+    return _hmac(key, b"approval", [key_id, name, digest, signer, text_sha256])
 
 
 def _integer(value: object) -> bool:
@@ -275,6 +291,36 @@ class PolicyAuth:
                 (head.hash, head.creator, head.revision, updated_at, key_id, mac, name),
             )
 
+    def put_approval(
+        self, conn: Connection, name: str, digest: str, signer: str, document: str, at: float
+    ) -> None:
+        """Store ``signer``'s approval of version ``digest`` of ``name`` (accepted: signature and
+        CAS checked) with its MAC, replacing any row stored under the signer's name."""
+        key_id = self.writing_key_id(conn)
+        mac = approval_mac(self.key(key_id, name, "approval"), key_id, name, digest, signer, document)
+        raw_execute(
+            conn, "DELETE FROM approvals WHERE name = ? AND hash = ? AND signer = ?", (name, digest, signer)
+        )
+        raw_execute(
+            conn,
+            "INSERT INTO approvals (name, hash, signer, document, created_at, key_id, mac) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (name, digest, signer, document, at, key_id, mac),
+        )
+
+    def approval_verifies(self, name: str, digest: str, signer: object, document: object,
+                          key_id: object, mac: object) -> bool:  # fmt: skip
+        """Whether a stored approval row's MAC verifies (``False`` for a key this CAS does not
+        hold, a value of the wrong type, a missing MAC)."""
+        if not (_text(signer) and _text(document) and _text(mac)):
+            return False
+        try:
+            key = self.key(key_id, name, "approval")
+        except PolicyRowsAltered:
+            return False
+        expected = approval_mac(key, str(key_id), name, digest, str(signer), str(document))
+        return hmac.compare_digest(expected.encode(), str(mac).encode())
+
     def bump_revision(self, conn: Connection, name: str, now: float) -> Head:
         """One more revision of ``name``'s head (an owner's revocation), verified first."""
         head = self.head(conn, name)
@@ -309,19 +355,38 @@ def _write_all(
         )
 
 
+def _approvals(conn: Connection) -> list[Any]:
+    rows = raw_execute(conn, "SELECT name, hash, signer, document, key_id, mac FROM approvals").fetchall()
+    return list(rows)
+
+
+def _write_approvals(conn: Connection, sealer: Sealer, key_id: str, rows: Sequence[Any]) -> None:
+    key = sealer.only(key_id).derive_key(HEADS_INFO)
+    if rows:
+        raw_executemany(
+            conn,
+            "UPDATE approvals SET key_id = ?, mac = ? WHERE name = ? AND hash = ? AND signer = ?",
+            [(key_id, approval_mac(key, key_id, str(r[0]), str(r[1]), str(r[2]), str(r[3])), r[0], r[1], r[2])
+             for r in rows],
+        )  # fmt: skip
+
+
 def reauthenticate_rows(conn: Connection, old: Sealer, new: Sealer, new_key_id: str) -> int:
     """In a master-key rotation's transaction: verify every head and version under the old key
     (``old``: a sealer of it; PolicyRowsAltered aborts the rotation) and MAC them under the new
-    one (``new``, id ``new_key_id``). Returns the number of rows."""
+    one (``new``, id ``new_key_id``); likewise every approval whose MAC verifies (one that does
+    not is left as it is: it stays uncounted). Returns the number of rows MAC'd."""
     auth = PolicyAuth(old, cache=0)
     heads = auth.heads(conn)
     versions = _all_versions(conn, auth)
+    approvals = [r for r in _approvals(conn) if auth.approval_verifies(str(r[0]), str(r[1]), *r[2:])]
     _write_all(conn, new, new_key_id, heads, versions)
-    return len(heads) + len(versions)
+    _write_approvals(conn, new, new_key_id, approvals)
+    return len(heads) + len(versions) + len(approvals)
 
 
 def bind_unbound(conn: Connection, sealer: Sealer) -> dict[str, Any] | None:
-    """The schema 15 migration of the heads and versions, at a start, in its write transaction:
+    """The schema 15 migration of the heads, versions and approvals, at a start, in its write transaction:
     once per database, MAC every row as found and record :data:`BOUND_META`. Returns what the
     ``policy-rows-bound`` event says (``None``: nothing to record).
 
@@ -354,10 +419,14 @@ def bind_unbound(conn: Connection, sealer: Sealer) -> dict[str, Any] | None:
         ]  # fmt: skip
     except ValueError:
         raise StorageError("a policy row of the database to migrate is malformed: not bound") from None
+    approvals = _approvals(conn)
+    if not all(_text(r[2]) and _text(r[3]) for r in approvals):
+        raise StorageError("an approval row of the database to migrate is malformed: not bound")
     _write_all(conn, sealer, key_id, heads, versions)
+    _write_approvals(conn, sealer, key_id, approvals)
     names = sorted([[v.name, v.hash, v.state] for v in versions])
     return {
-        "heads": len(heads), "versions": len(versions), "master_key_id": key_id,
+        "heads": len(heads), "versions": len(versions), "approvals": len(approvals), "master_key_id": key_id,
         "digest_sha256": hashlib.sha256(json.dumps(names, separators=(",", ":")).encode()).hexdigest(),
     }  # fmt: skip
 
