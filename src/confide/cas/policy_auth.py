@@ -218,8 +218,10 @@ class PolicyAuth:
     def _checked_head(self, name: str, row: tuple[object, ...]) -> Head:
         key = (name, *row)
         cached = self._heads.get(key)
-        if cached is not None and row[3] in self.sealer.key_ids and row[10] in self.sealer.key_ids:
-            return cached
+        if cached is not None:
+            held = self.sealer.key_ids  # a key rotated away: verified again (and refused)
+            if row[3] in held and row[10] in held:
+                return cached
         digest, revision, creator, key_id, mac = row[:5]
         if not (_text(digest) and _integer(revision) and _text(creator) and _text(mac)):
             raise PolicyRowsAltered(name, "current version (policy_heads)")
