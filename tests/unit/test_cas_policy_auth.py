@@ -295,6 +295,10 @@ def test_a_head_rolled_back_to_an_older_version_is_refused(env: Env, how: str) -
 def test_rotations_keep_the_rows_verifying_and_old_macs_stop(env: Env) -> None:
     v1, _v2 = with_pending(env)
     before = env.head_row("app")
+    o1 = env.show("other")["hash"]  # a pending version of ``other`` with the member's approval
+    board = [env.owner, env.member, env.third]
+    o2 = env.ipc.apply(board_policy("other", board, measurement=OTHER, predecessor=o1), env.owner).hash
+    assert env.cas.approve(approval(env.cas, "other", o2, env.member)).state == "pending"
     # offline
     env.cas.db.dispose()
     db = Database(env.url())
@@ -304,7 +308,7 @@ def test_rotations_keep_the_rows_verifying_and_old_macs_stop(env: Env) -> None:
         db.dispose()
     env.ipc = InProcessCas.start(env.data, "", db_url=env.db_url)
     [payload] = env.sql("SELECT payload FROM events WHERE type = 'master-key-rotated'")
-    assert json.loads(payload[0])["policy_rows_authenticated"] == 2 + 3  # heads, versions
+    assert json.loads(payload[0])["policy_rows_authenticated"] == 2 + 4 + 1  # heads, versions, approvals
     assert env.head_row("app")[3] == result.new_key_id
     assert env.show()["hash"] == v1
     env.attest(MEASUREMENT)
@@ -319,6 +323,8 @@ def test_rotations_keep_the_rows_verifying_and_old_macs_stop(env: Env) -> None:
     env.attest(MEASUREMENT)  # the same process, the old key dropped
     env.restart()
     assert env.show()["hash"] == v1
+    # the approval given before both rotations still counts
+    assert env.cas.approve(approval(env.cas, "other", o2, env.third)).state == "active"
     # a head row MAC'd under a key rotated away does not verify
     env.set_head_row("app", before)
     with pytest.raises(PolicyRowsAltered):

@@ -402,8 +402,8 @@ class OnlineRotation:
             revocations = reauthenticate_revocations(
                 conn, self.sealer.only(old_id), self.sealer.only(new_id), new_id
             )
-            # The policy heads and version states, checked under the old key and MAC'd under the
-            # new one (confide.cas.policy_auth).
+            # The policy heads, version states and approvals, checked under the old key and MAC'd
+            # under the new one (confide.cas.policy_auth).
             old, new = self.sealer.only(old_id), self.sealer.only(new_id)
             heads = reauthenticate_policy_rows(conn, old, new, new_id)
             _write_id(conn, new_id, KEY_ID_META)

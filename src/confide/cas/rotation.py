@@ -578,7 +578,7 @@ def rotate_master_key(
             # not started since are sealed first, as a start would; then all re-sealed.
             seal_clear_rows(conn, old)
             policy_rows = reseal_rows(conn, old, new, all_rows(conn))
-            # The policy heads and version states (confide.cas.policy_auth): a database migrated
+            # The policy heads, version states and approvals (confide.cas.policy_auth): a database migrated
             # but not started since is bound first under K0, as a start would; then all are
             # checked under K0 and MAC'd under K1.
             heads_bound = bind_policy_rows(conn, old)

@@ -796,7 +796,7 @@ def prepare(
         first_bound = bind_unbound(conn, sealer)
         if first_bound is not None:
             cas.events.record(conn, EVENT_BOUND, None, first_bound)
-        # Policy heads and versions stored before schema 15, MAC'd as found, once
+        # Policy heads, versions and approvals stored before schema 15, MAC'd as found, once
         # (confide.cas.policy_auth): the upgrade trusts them as they are now.
         heads_bound = bind_policy_rows(conn, sealer)
         if heads_bound is not None:
