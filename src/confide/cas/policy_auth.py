@@ -1,5 +1,5 @@
-"""Authenticated policy heads and version states (docs/cas.md "Policies at rest", "What a
-policy's current version rests on").
+"""Authenticated policy heads, version states and approvals (docs/cas.md "What a policy's
+current version rests on").
 
 The database is the operator's. Which version of a policy is current (``policy_heads``), the
 state of each version (``policies.state``: ``active``, ``pending``, ``superseded``, ``stale``)
@@ -13,8 +13,7 @@ its approvals. So, from schema 15, each of those rows carries a MAC:
 - a head's ``mac``: HMAC-SHA256 (RFC 2104) over the key id, the policy's name, the current
   version's hash, the revision and the creator (:func:`head_mac`; ``updated_at`` is shown only);
 - a version's ``mac``: over the key id, the name, the hash, the sequence number, the predecessor,
-  the submitter, the creator and the state (:func:`version_mac`; ``created_at`` is shown only).
-
+  the submitter, the creator and the state (:func:`version_mac`; ``created_at`` is shown only);
 - an approval's ``mac``: over the key id, the name, the hash, the signer and the SHA-256 of the
   signed document as stored (:func:`approval_mac`), written when the CAS accepts the approval
   (after checking its signature and the CAS it names).
@@ -39,7 +38,8 @@ transaction, recorded as a ``policy-rows-bound`` event), once: only when no row 
 trusts the rows as they are at that moment.
 
 **Rotation.** :func:`reauthenticate_rows` verifies every row under the old key and MACs it under
-the new one, in the rotation's transaction (offline, and the online switch-over).
+the new one, in the rotation's transaction (offline, and the online switch-over); an approval
+that does not verify is left as it is (still not counted), a head or version aborts it.
 """
 
 from __future__ import annotations
