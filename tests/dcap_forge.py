@@ -29,6 +29,7 @@ from confide.evidence.dcap import (
 )
 from confide.evidence.dcap_collateral import DcapCollateral
 from confide.evidence.pem import parse_pem_chain, pem_chain
+from der_edit import without_next_update
 from pki import issue, key_usage
 
 SGX_OID = x509.ObjectIdentifier("1.2.840.113741.1.13.1")
@@ -128,6 +129,12 @@ class ForgedPki:
                 .build()
             )
         return b.sign(key, hashes.SHA256()).public_bytes(Encoding.DER)
+
+    def crl_without_next_update(self, issuer: str, key: ec.EllipticCurvePrivateKey) -> bytes:
+        """:meth:`crl` without ``nextUpdate`` (:func:`der_edit.without_next_update`)."""
+        return without_next_update(
+            self.crl(issuer, key, []), lambda tbs: key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+        )
 
     def forge_td_quote(self, raw: bytes, leaf_serial: int = 0x1234, **td_report: bytes) -> bytes:
         """:meth:`forge_quote` with fields of the TD report replaced (e.g. ``tee_tcb_svn2``):

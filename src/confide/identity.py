@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
@@ -30,7 +31,7 @@ from confide import jsonstrict
 from confide.errors import ParseError, SignatureError, UsageError
 from confide.fsutil import new_file_error, write_new_whole
 
-__all__ = ["Identity", "PublicIdentity", "fingerprint_of", "load_identity"]
+__all__ = ["Identity", "PublicIdentity", "fingerprint_of", "fingerprint_of_public_key", "load_identity"]
 
 IDENTITY_TYPE = "confide-identity/v1"
 
@@ -60,6 +61,31 @@ def _small_order(public_raw: bytes) -> bool:
     verifies signatures nobody made: with R of small order and S = 0, [S]B = R + [k]A holds for
     one message in eight or more (every message for the identity point)."""
     return (int.from_bytes(public_raw, "little") & ((1 << 255) - 1)) % _P in _SMALL_ORDER_Y
+
+
+def fingerprint_of_public_key(key: object) -> str:
+    """The identity fingerprint of a public key object (``cryptography``): that of an identity
+    whose key it is, as :class:`PublicIdentity` computes it. :class:`ValueError` saying why
+    when it names no identity: a key of another type (identities are Ed25519 keys), or an
+    Ed25519 key of small order, whose signatures :meth:`PublicIdentity.verify` refuses (an
+    access entry naming it would grant nothing)."""
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(
+            f"got a {_key_type_name(key)} key, expected an Ed25519 key (confide identities are Ed25519 "
+            "key pairs, confide identity create)"
+        )
+    raw = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    if _small_order(raw):
+        raise ValueError("got an Ed25519 key of small order, expected one whose signatures prove something")
+    return fingerprint_of(raw)
+
+
+def _key_type_name(key: object) -> str:
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"{key.curve.name} EC"
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA-{key.key_size}"
+    return type(key).__name__
 
 
 def _b64(data: bytes) -> str:

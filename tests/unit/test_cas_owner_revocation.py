@@ -319,9 +319,13 @@ def test_a_board_member_is_an_identity_of_the_rules_not_a_substring_of_them(env:
     """Membership (which lets an identity revoke alone, or submit for approval) is an identity
     of the update rules compared whole: the creator is not a member because a secret named in
     the rules contains ``CREATOR``, nor another identity because an entry contains its
-    fingerprint."""
+    fingerprint. (The entries name the keys the CAS generates for those secrets, which neither
+    holds.)"""
     alice, mallory = Identity.generate(), Identity.generate()
-    ids = f"  - name: CREATOR_id\n    kind: ascii\n  - name: id_{mallory.fingerprint}\n    kind: ascii\n"
+    ids = (
+        "  - name: CREATOR_id\n    kind: private-key\n    key_type: Ed25519\n"
+        f"  - name: id_{mallory.fingerprint}\n    kind: private-key\n    key_type: Ed25519\n"
+    )
     rules = (
         f"access_policy:\n  update:\n    - {alice.fingerprint}\n"
         f'    - "$$SCONE::CREATOR_id$$"\n    - "$$SCONE::id_{mallory.fingerprint}$$"\n'

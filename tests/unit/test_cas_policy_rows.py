@@ -20,8 +20,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cas_inproc import InProcessCas
-from confide.cas.core import APPROVAL_TYPE, READ_TYPE, WITHHELD, Cas, _declaration, sign_document
+from confide.cas.core import APPROVAL_TYPE, READ_TYPE, WITHHELD, Cas, sign_document
 from confide.cas.db import SCHEMA_VERSION, Database, raw_execute
+from confide.cas.declaration import declaration
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.master_key import load_master_key
 from confide.cas.online_rotation import OnlineRotation
@@ -330,7 +331,7 @@ def guess_fingerprint(value: str) -> str:
     the SHA-256 of the declaration as the CAS fingerprinted it before 2026-12 (the name and kind
     are in the row's own columns, every other field of an explicit ascii secret is a default)."""
     spec = Secret.model_validate({"name": "pw", "kind": "ascii", "value": value})
-    return hashlib.sha256(jcs(_declaration(spec))).hexdigest()
+    return hashlib.sha256(jcs(declaration(spec))).hexdigest()
 
 
 def pw_rows(env: Env) -> list[tuple[int, str]]:

@@ -334,6 +334,23 @@ def test_expired_and_future_crls(pki: ForgedPki) -> None:
         verifier.verify(raw, coll, at=t)
 
 
+def test_crls_without_next_update_are_refused(pki: ForgedPki) -> None:
+    """RFC 5280 §5.1.2.5: a CRL without nextUpdate says nothing about until when it is current;
+    it was taken as current at any time after its thisUpdate (years later, a revoked PCK
+    certificate would still pass with it). Signed correctly, it is now refused by name."""
+    raw, coll, verifier = _forged(pki)
+    verifier.verify(raw, coll, at=SGX.time)
+    pck = dataclasses.replace(coll, pck_crl=pki.crl_without_next_update(pki.ca_cn, pki.ca_key))
+    assert verifier.collateral_signed(pck)  # the signature is fine: the date is what is missing
+    with pytest.raises(errors.CollateralError, match="PCK CRL has no nextUpdate"):
+        verifier.verify(raw, pck, at=SGX.time)
+    root = dataclasses.replace(
+        coll, root_ca_crl=pki.crl_without_next_update("Intel SGX Root CA", pki.root_key)
+    )
+    with pytest.raises(errors.CollateralError, match="Root CA CRL has no nextUpdate"):
+        verifier.verify(raw, root, at=SGX.time)
+
+
 def test_crl_signed_by_another_key(pki: ForgedPki) -> None:
     raw, coll, verifier = _forged(pki)
     other = ForgedPki(at=SGX.time)

@@ -233,6 +233,27 @@ def test_sev_snp_accepts_without_tcb_status_and_reports_every_mismatch() -> None
     assert result.reasons[3] == Reason("attestation[0].sev-snp.policy", str(0x70000), str(0x30000))
 
 
+def test_sev_snp_id_block_keys_can_be_pinned() -> None:
+    # family_id/image_id come from the host's ID block, signed by any ID key the host likes:
+    # only the ID key (and author key) digests make them the image owner's (ABI Table 23).
+    pinned = policy(
+        f"""      sev-snp:
+        measurement: {H48["a"]}
+        image_id: "{"22" * 16}"
+        id_key_digest: {H48["c"]}
+        author_key_digest: [{H48["d"]}, {H48["e"]}]
+"""
+    )
+    owners = snp(image_id="22" * 16, id_key_digest=H48["c"], author_key_digest=H48["e"].upper())
+    assert appraise(evidence(Platform.SEV_SNP, owners, tcb=None), pinned, "svc", at=AT).accepted
+    hosts = snp(image_id="22" * 16, id_key_digest=H48["f"], author_key_digest=H48["0"])
+    result = appraise(evidence(Platform.SEV_SNP, hosts, tcb=None), pinned, "svc", at=AT)
+    assert fields(result) == [
+        "attestation[0].sev-snp.id_key_digest",
+        "attestation[0].sev-snp.author_key_digest",
+    ]
+
+
 SNP_TCB_POLICY = policy(
     f"""      sev-snp:
         measurement: {H48["a"]}

@@ -144,3 +144,36 @@ def test_an_upper_case_fingerprint_is_refused_at_load_and_kept_when_stored() -> 
     with pytest.raises(PolicyError, match="in upper case"):
         loads_policy(mixed)
     assert loads_policy(text.replace("AB" * 32, "ab" * 32))  # lower case: fine
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "alice",  # a name
+        "data-owner-dpo",
+        "-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----",  # SCONE's certificate form
+        "ab" * 31,  # 62 hex digits: a truncated fingerprint
+        "ab" * 32 + " ",
+        "creator",  # CREATOR in lower case
+    ],
+)
+def test_an_entry_that_names_no_identity_is_refused_at_load_and_kept_when_stored(entry: str) -> None:
+    """An access entry the CAS can never match (it compares the signers' fingerprints, lower-case
+    SHA-256 hex) granted nothing and made a board that needs it impossible to meet; it is refused
+    where it is written (read, update, a board's signer), with its line, and still loads from a
+    version the CAS stored before."""
+    from confide.errors import PolicyError
+
+    for text in (
+        f'name: p\nversion: "0.3"\naccess_policy:\n  read: [CREATOR, "{entry}"]\n',
+        f'name: p\nversion: "0.3"\naccess_policy:\n  update:\n    require-all: [CREATOR, {{signer: "{entry}"}}]\n',
+    ):
+        line = 4 if "read" in text else 5
+        with pytest.raises(PolicyError, match=rf"{line}:\d+: .*expected an identity's fingerprint") as info:
+            loads_policy(text, source="p.yaml")
+        assert len(info.value.problems) == 1
+        stored = loads_policy(text, stored=True)  # a version the CAS accepted before this check
+        assert not is_authorized(stored.access_policy.update, {entry.strip(), "ab" * 32}, creator=None)
+    for fine in ("ab" * 32, "CREATOR", "ANY", "NONE"):
+        text = f'name: p\nversion: "0.3"\naccess_policy:\n  read: ["{fine}"]\n'
+        assert loads_policy(text)

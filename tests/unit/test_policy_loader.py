@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from confide.errors import PolicyError, UsageError
 from confide.policy import Problem, load_policy, loads_policy
-from confide.policy.loader import MAX_BYTES, MAX_DEPTH, MAX_NODES
+from confide.policy.loader import MAX_BYTES, MAX_DEPTH, MAX_LINES, MAX_NODES
 
 MRE = "d08b7351eeb8d5c0653d32794218f183ac9c6fa3923b67052752f78a3559de61"
 MINIMAL = f'name: app\nversion: "0.3"\nservices:\n  - name: web\n    attestation:\n      mrenclave: {MRE}\n'
@@ -236,3 +236,111 @@ def test_random_sections_of_a_valid_skeleton_only_raise_policy_error(
     except PolicyError as exc:
         assert exc.problems
         assert all(isinstance(p, Problem) and p.line is not None for p in exc.problems), exc.problems
+
+
+# --- review of the loader as a hostile-input surface (CHANGELOG "review of the policy loader") ---
+
+
+def _nitro(pcrs: str) -> str:
+    return MINIMAL.replace(f"mrenclave: {MRE}", "aws-nitro:\n        pcrs:\n" + pcrs)
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("<<: {name: other}\n" + MINIMAL.replace("name: app\n", ""), (1, 1)),  # adds a key
+        (MINIMAL + "<<: {name: other}\n", (7, 1)),  # a duplicate the merge would drop
+        (MINIMAL + "x: {a: 1, <<: {b: 2}}\n", (7, 11)),
+    ],
+)
+def test_merge_keys_are_refused(text: str, where: tuple[int, int]) -> None:
+    p = refused(text)
+    assert "merge key" in p.message and (p.line, p.column) == where
+
+
+def test_a_quoted_merge_key_is_an_ordinary_key() -> None:
+    p = refused(MINIMAL + '"<<": 1\n')
+    assert "unknown key '<<'" in p.message
+
+
+def test_number_and_text_keys_of_one_name_are_duplicates() -> None:
+    p = refused(_nitro("          0: " + "ab" * 48 + '\n          "0": ' + "cd" * 48 + "\n"))
+    assert "duplicate key '0'" in p.message and (p.line, p.column) == (9, 11)
+    p = refused(MINIMAL + '    environment:\n      1: a\n      "1": b\n')
+    assert "duplicate key '1'" in p.message and (p.line, p.column) == (9, 7)
+
+
+def test_index_keys_that_normalise_to_one_index_are_duplicates() -> None:
+    p = refused(_nitro('          "7": ' + "ab" * 48 + '\n          "07": ' + "cd" * 48 + "\n"))
+    assert "got keys '7' and '07', both index 7" in p.message and p.line == 8
+
+
+@pytest.mark.parametrize("literal", ["9" * 5000, "0x" + "f" * 5000, "1_" * 60 + "1", "-" + "9" * 101])
+def test_huge_integers_are_refused_with_their_position(literal: str) -> None:
+    p = refused(MINIMAL + f"    environment:\n      X: {literal}\n")
+    assert "got an integer of" in p.message and (p.line, p.column) == (8, 10)
+    # quoted, the same characters are text (and too long a name is an ordinary problem)
+    loads_policy(MINIMAL + f'    environment:\n      X: "{literal}"\n')
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (MINIMAL.replace("name: app", "name: a\x00pp"), (1, 8)),
+        (MINIMAL.replace("name: web", "name: w\x07eb"), (4, 12)),
+        (MINIMAL + "# a comment \x1b\n", (7, 13)),
+        ("\ufeff" + MINIMAL.replace("name: app", "name: a\x00pp"), (1, 8)),  # the BOM is no column
+    ],
+)
+def test_forbidden_characters_have_a_position(text: str, where: tuple[int, int]) -> None:
+    p = refused(text)
+    assert "which YAML does not allow" in p.message
+    assert (p.line, p.column) == where
+
+
+def test_invalid_utf8_bom_and_surrogates_have_a_position() -> None:
+    p = refused(MINIMAL.encode() + b"x: \xc3\xa9\xff\n")
+    assert "invalid UTF-8" in p.message and (p.line, p.column) == (7, 5)
+    p = refused(MINIMAL + "x: a\ufeffb\n")
+    assert "byte-order mark" in p.message and (p.line, p.column) == (7, 5)
+    p = refused(MINIMAL + "x: \ud800\n")
+    assert "lone surrogate" in p.message and (p.line, p.column) == (7, 4)
+    assert loads_policy("\ufeff" + MINIMAL) == loads_policy(MINIMAL)  # a leading BOM is fine
+
+
+def test_only_yaml_1_2_is_read() -> None:
+    p = refused("%YAML 1.1\n---\n" + MINIMAL)
+    assert "%YAML 1.1" in p.message and p.line == 2  # the document it starts
+    assert loads_policy("%YAML 1.2\n---\n" + MINIMAL) == loads_policy(MINIMAL)
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_line_count_is_bounded(newline: str) -> None:
+    # ruamel.yaml's round-trip scanner joins runs of comment lines by repeated concatenation:
+    # 1 MiB of "#" lines took about 40 s before this bound (measured, not asserted: no timing).
+    comments = MINIMAL.replace("\n", newline) + ("#" + newline) * MAX_LINES
+    p = refused(comments)
+    assert f"more than {MAX_LINES} lines" in p.message and (p.line, p.column) == (MAX_LINES + 1, 1)
+    fits = MINIMAL + "#\n" * (MAX_LINES - MINIMAL.count("\n"))
+    assert loads_policy(fits) == loads_policy(MINIMAL)
+
+
+@pytest.mark.parametrize(
+    ("value", "what"),
+    [
+        ("2001-13-45", "a timestamp"),
+        ("2001-02-30", "a timestamp"),
+        ("2001-12-14 99:99:99", "a timestamp"),
+        ("2001-12-14t21:59:43-25:00", "a timestamp"),
+        ("0x_", "an integer"),  # ruamel.yaml: IndexError
+        ("-0b_", "an integer"),
+    ],
+)
+def test_unconvertible_scalars_are_refused_with_their_position(value: str, what: str) -> None:
+    p = refused(MINIMAL + f"    environment:\n      X: {value}\n")
+    assert f"reads as {what} but is not a valid one" in p.message and (p.line, p.column) == (8, 10)
+    p = refused(MINIMAL + f"    environment:\n      {value}: x\n")
+    assert f"reads as {what}" in p.message and (p.line, p.column) == (8, 7)
+    # a valid timestamp is still only the wrong type
+    p = refused(MINIMAL + "    environment:\n      X: 2001-12-14\n")
+    assert "got timestamp" in p.message and (p.line, p.column) == (8, 10)

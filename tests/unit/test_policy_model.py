@@ -3,6 +3,8 @@ file, line and column; normalisation; round trip through the canonical form."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 import textwrap
 from pathlib import Path
 
@@ -410,6 +412,15 @@ def test_tolerances_and_advisories_are_sets() -> None:
     assert "got string 'debugmode', expected" in bad.message and "'debug-mode'" in bad.message
 
 
+# Access entries are identities' fingerprints (SHA-256 hex, as confide identity create prints
+# them): symbolic names in the rules below stand for these.
+FP = {n: hashlib.sha256(n.encode()).hexdigest() for n in ("v1", "v2", "v3", "veto", "veto1")}
+
+
+def _named(text: str) -> str:
+    return re.sub(r"\b(v1|v2|v3|veto1|veto)\b", lambda m: FP[m.group(1)], text)
+
+
 def test_access_policy_boards() -> None:
     text = MINIMAL + doc(
         """
@@ -425,7 +436,7 @@ def test_access_policy_boards() -> None:
                   - signer: veto1
         """
     )
-    p = loads_policy(text)
+    p = loads_policy(_named(text))
     assert p.access_policy.read == ("NONE",)
     (board,) = p.access_policy.update
     assert isinstance(board, RequireAll)
@@ -647,21 +658,21 @@ def test_is_authorized_evaluates_boards() -> None:
           create_sessions: NONE
         secrets:
           - name: auditor
-            kind: ascii
-            value: audit-key
+            kind: private-key
+            key_type: Ed25519
         """
     )
-    ap = loads_policy(text).access_policy
-    assert is_authorized(ap.update, {"v1", "v3", "veto"}, creator="c")
-    assert not is_authorized(ap.update, {"v1", "veto"}, creator="c")
-    assert not is_authorized(ap.update, {"v1", "v2", "v3"}, creator="c")
+    ap = loads_policy(_named(text)).access_policy
+    assert is_authorized(ap.update, {FP["v1"], FP["v3"], FP["veto"]}, creator="c")
+    assert not is_authorized(ap.update, {FP["v1"], FP["veto"]}, creator="c")
+    assert not is_authorized(ap.update, {FP["v1"], FP["v2"], FP["v3"]}, creator="c")
     assert not is_authorized(ap.update, set(), creator=None)
     assert is_authorized(ap.read, {"c"}, creator="c")
     assert not is_authorized(ap.read, {"c"}, creator="someone-else")
-    assert not is_authorized(ap.read, {"audit-key"}, creator="c")  # no resolver: ignored
+    assert not is_authorized(ap.read, {"audit-key"}, creator="c")  # no resolver: no one
     assert is_authorized(ap.read, {"audit-key"}, creator="c", resolve={"auditor": "audit-key"}.get)
     assert not is_authorized(ap.read, {"x"}, creator="c", resolve={}.get)
-    assert not is_authorized(ap.effective_create_sessions, {"c", "v1"}, creator="c")
+    assert not is_authorized(ap.effective_create_sessions, {"c", FP["v1"]}, creator="c")
     anyone = loads_policy(MINIMAL + "access_policy:\n  read: ANY\n").access_policy
     assert is_authorized(anyone.read, set(), creator=None)
     default = loads_policy(MINIMAL).access_policy

@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import snp_fakes
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -15,6 +16,7 @@ from snp_fakes import AT, NOT_BEFORE, make_fake_amd
 
 from confide.errors import (
     CertificateChainError,
+    CollateralError,
     CollateralExpiredError,
     ConfideError,
     ParseError,
@@ -35,6 +37,7 @@ from confide.verify.sev_snp import (
     verify_report,
     verify_vek_chain,
 )
+from der_edit import without_next_update
 from malformed_x509 import bad_name_tag, bad_version, bitstring_cn
 
 ASSETS = Path(__file__).parent.parent / "assets" / "sev-snp"
@@ -305,6 +308,15 @@ def test_unsigned_or_reserved_signing_key(value: int, message: str, verifier: Sn
         verifier.verify(bytes(raw), vek_of(v.vek), at=v.at)
 
 
+def test_mask_chip_key_is_an_unsigned_report(verifier: SnpVerifier) -> None:
+    # ABI Table 23, 0x048 bit 1: with MASK_CHIP_KEY the firmware writes a zero signature.
+    v = VECTORS[0]
+    raw = bytearray(read(v.report))
+    raw[0x48] |= 1 << 1
+    with pytest.raises(SignatureError, match=r"MASK_CHIP_KEY is set"):
+        verifier.verify(bytes(raw), vek_of(v.vek), at=v.at)
+
+
 def test_signature_algorithm_must_be_ecdsa_p384(verifier: SnpVerifier) -> None:
     v = VECTORS[0]
     raw = bytearray(read(v.report))
@@ -405,6 +417,20 @@ def test_expired_crl(turin) -> None:  # type: ignore[no-untyped-def]
     raw = turin.sign(turin.report())
     crl = turin.crl(next_update=AT - timedelta(days=1))
     with pytest.raises(CollateralExpiredError, match=r"CRL expired"):
+        verify_report(raw, turin.vek, turin.roots(), at=AT, crl=crl)
+
+
+def test_crl_without_next_update_is_refused(turin) -> None:  # type: ignore[no-untyped-def]
+    """RFC 5280 §5.1.2.5: without nextUpdate a CRL was taken as current at any time after its
+    thisUpdate, so an ARK-signed CRL from before the ASK's revocation passed for ever."""
+    raw = turin.sign(turin.report())
+    der = without_next_update(
+        turin.crl().public_bytes(Encoding.DER),
+        lambda tbs: turin.ark_key.sign(tbs, snp_fakes._PSS, hashes.SHA384()),
+    )
+    crl = x509.load_der_x509_crl(der)
+    assert crl.next_update_utc is None and crl.is_signature_valid(turin.ark.public_key())
+    with pytest.raises(CollateralError, match=r"CRL has no nextUpdate"):
         verify_report(raw, turin.vek, turin.roots(), at=AT, crl=crl)
 
 

@@ -292,3 +292,24 @@ def test_corrupted_log_never_verifies_silently(offset: int, xor: int) -> None:
     if claims.kernel_cmdline is not None:
         assert claims.kernel_cmdline.startswith(GRUB_CMDLINE_START)
         assert claims.kernel_cmdline == verify_event_log(_log(), RTMRS).kernel_cmdline
+
+
+def test_td_shim_info_length_cannot_shorten_the_claimed_cmdline() -> None:
+    # td-shim's TD_SHIM_PLATFORM_CONFIG_INFO: Descriptor[16], InfoLength u32, Info (td-shim
+    # spec Table 3.5-4); the digest covers Info. A log whose InfoLength is lowered still
+    # replays (the digest is unchanged) but must not claim the shortened prefix of the
+    # measured command line ("root=/dev/vda1" of "root=/dev/vda1 console=hvc0 rw").
+    log = _trustee_log()
+    events = list(log.events)
+    data = events[4].data
+    assert data[:16] == b"td_payload_info\x00"
+    assert int.from_bytes(data[16:20], "little") == len(data) - 20
+    shortened = data[:16] + len(b"root=/dev/vda1").to_bytes(4, "little") + data[20:]
+    events[4] = dataclasses.replace(events[4], data=shortened)
+    tampered = EventLog.from_bytes(log.header.to_bytes() + b"".join(e.to_bytes() for e in events))
+    claims = verify_event_log(tampered, list(replay(tampered)))  # the digests still replay
+    assert claims.kernel_cmdline is None
+    details = claims.events[4]["details"]
+    assert isinstance(details, dict)
+    assert details.get("text_bound") is not True
+    assert details.get("kernel_cmdline") != "root=/dev/vda1"

@@ -38,7 +38,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -74,6 +74,7 @@ from confide.cas.crl import (
     runtime_certificate,
 )
 from confide.cas.db import Database, EventSink, raw_connection, raw_execute, raw_executemany
+from confide.cas.declaration import WITHHELD, declaration, fingerprints
 from confide.cas.owner_revocation import REVOKE_TYPE, REVOKE_V1_TYPE, parse_request, refusal, revoke_request
 from confide.cas.policy_auth import Head, PolicyAuth, PolicyRowsAltered, Version
 from confide.cas.policy_rows import open_column, seal_column
@@ -90,6 +91,7 @@ from confide.cas.secrets import (
     crl_distribution_id,
     crl_distribution_id_of,
     generate,
+    identity_of,
     issue_to_runtime,
     public_part,
     render,
@@ -115,7 +117,14 @@ from confide.ledger.note import parse_note
 from confide.ledger.store import Ledger
 from confide.lru import Lru
 from confide.policy import Policy, appraise, loads_policy, policy_hash
-from confide.policy.access import RequireAll, RequireAtLeast, SignerRule, is_authorized
+from confide.policy.access import (
+    RequireAll,
+    RequireAtLeast,
+    SignerRule,
+    is_authorized,
+    placeholder_names,
+    resolve_rules,
+)
 from confide.policy.canonical import canonical_json, jcs
 from confide.policy.model import ImageVolume, UpdatePolicy
 from confide.policy.placeholders import (
@@ -128,7 +137,7 @@ from confide.policy.placeholders import (
     render_environment,
     render_file,
 )
-from confide.policy.secret import Secret, SecretKind
+from confide.policy.secret import Secret, generation_order
 from confide.verify.result import Platform, VerifiedEvidence
 
 if TYPE_CHECKING:
@@ -231,10 +240,6 @@ def verify_signed(doc: Any, expected_type: str) -> tuple[dict[str, Any], PublicI
     body = {k: v for k, v in doc.items() if k != "signature"}
     signer.verify(signature, jcs(body))
     return body, signer
-
-
-WITHHELD = "(withheld)"
-"""What ``policy show`` returns in place of an explicit secret value or volume key."""
 
 
 def _explicit_volume_key(key: object) -> bool:
@@ -659,7 +664,7 @@ class Cas:
             else:
                 creator = head.creator
                 current = self._load(conn, policy.name, head.hash)
-                rules = current.access_policy.update
+                rules = self._rules_in_force(conn, policy.name, head.hash, current.access_policy.update)
                 if is_authorized(rules, {submitter}, creator=creator):
                     state = "active"
                 elif _mentions(rules, submitter, creator):
@@ -748,7 +753,7 @@ class Cas:
             return None
         parent, head = owner
         rules = self._load(conn, parent, head.hash).access_policy.effective_create_sessions
-        return parent, head, tuple(rules)
+        return parent, head, self._rules_in_force(conn, parent, head.hash, rules)
 
     def _creation_state(self, conn: Connection, name: str, submitter: str) -> str:
         """A new policy's state: active, pending (a board of the namespace must approve it), or
@@ -818,7 +823,9 @@ class Cas:
                 rules_creator = parent_head.creator
         elif head is not None:
             rules_creator = head.creator
-            rules = tuple(self._load(conn, name, head.hash).access_policy.update)
+            rules = self._rules_in_force(
+                conn, name, head.hash, self._load(conn, name, head.hash).access_policy.update
+            )
         if not rules or not _mentions(rules, signer.fingerprint, rules_creator):
             raise AccessDeniedError(
                 f"identity {signer.fingerprint[:16]}… may not approve version {digest[:16]}… of policy "
@@ -932,6 +939,7 @@ class Cas:
                 auth.put_version(conn, version._replace(state="superseded"))
             auth.put_head(conn, policy.name, old_head._replace(hash=digest), now, new=False)
         self._generate_secrets(conn, policy, digest, previous)
+        self._check_access_identities(conn, policy, digest)
         # A CA whose OCSP signer this version changed gets its certificate re-issued with the
         # same key and subject (keyUsage digitalSignature with ``signer: ca``; docs/cas.md
         # "OCSP"), with what it signed, in this transaction: nothing is regenerated or revoked.
@@ -940,6 +948,94 @@ class Cas:
         # version superseded or removed, in this transaction.
         issue_crls(self, conn, policy, digest, now)
         self._prepare_volumes(conn, policy, digest, previous)
+
+    def _access_identity(self, conn: Connection, policy: Policy, digest: str, name: str) -> str:
+        """The identity (fingerprint) an access entry ``$$SCONE::name$$`` of ``policy`` (at
+        ``digest``) names: the public key of the current value of its secret ``name``
+        (:func:`confide.cas.secrets.identity_of`; docs/policy.md "access_policy"), the policy's
+        own or, for an import, the exporter's, which must export it to this version or declare
+        it ``export_public`` (a public key is all that is used). The current value is that of
+        the version in force: secrets are generated when a version is activated, so a version
+        being judged has none yet and cannot change the identities that judge it. A value is
+        read from its sealed row, never from the clear ``public`` column, which whoever controls
+        the database could rewrite. :class:`PolicyError` (:class:`AccessDeniedError` for an
+        import not exported) when it names no identity."""
+        try:
+            spec = policy.secret(name)
+        except KeyError:
+            raise PolicyError(f"secret {name} is not declared by {policy.name}") from None
+        owner, secret = policy.name, name
+        if spec.import_ is not None:
+            imp = spec.import_
+            reads = _Reads(self, conn)
+            exported: Secret | None = None
+            try:
+                exporter, _ = self._exporter(reads, imp.session, imp.session_hash, f"import {name}")
+                exported = exporter.secret(imp.secret)
+            except (AccessDeniedError, KeyError):
+                exported = None
+            if exported is None or not (
+                exported.export_public
+                or any(self._exports_to(reads, e, policy.name, digest) for e in exported.export)
+            ):
+                # One message whether the exporter does not exist, is not at the pinned version,
+                # has no such secret or does not share it: whoever submits a policy learns
+                # nothing of another's (refusals say nothing of existence, docs/cas.md).
+                raise AccessDeniedError(
+                    f"import {name}: no policy {imp.session} (at the version the import pins, if it "
+                    f"pins one) shares a secret {imp.secret} with this version of {policy.name}"
+                )
+            spec, owner, secret = exported, imp.session, imp.secret
+        if spec.issue_to_runtime or spec.import_ is not None:
+            what = "issued to runtimes" if spec.issue_to_runtime else "itself an import"
+            raise PolicyError(f"secret {owner}/{secret} is {what}: the CAS holds no value of it")
+        row = self._latest_secret(conn, owner, secret)
+        if row is None:
+            raise PolicyError(f"secret {owner}/{secret} has no value")
+        try:
+            return identity_of(self._unseal(row))
+        except PolicyError as exc:
+            raise PolicyError(f"secret {owner}/{secret}: {exc.message}") from None
+
+    def _rules_in_force(
+        self, conn: Connection, name: str, digest: str, rules: Sequence[Any]
+    ) -> tuple[Any, ...]:
+        """One operation's ``rules`` of version ``digest`` of policy ``name`` (the version in
+        force), with each ``$$SCONE::k$$`` entry replaced by the identity it names now
+        (:meth:`_access_identity`), as :func:`is_authorized` and :func:`_mentions` are to judge
+        them (sconedocs "Governance": the secret's value "at permission evaluation time"). The
+        version's own entries were checked when it was activated; one that names no identity
+        now (an exporter stopped exporting the key, a version stored before the check) stands
+        for no one: it grants nothing and makes no one a board member."""
+        rules = tuple(rules)
+        if not placeholder_names(rules):
+            return rules
+        policy = self._load(conn, name, digest)
+
+        def resolve(secret: str) -> str | None:
+            try:
+                return self._access_identity(conn, policy, digest, secret)
+            except ConfideError:
+                return None
+
+        return resolve_rules(rules, resolve)
+
+    def _check_access_identities(self, conn: Connection, policy: Policy, digest: str) -> None:
+        """Every ``$$SCONE::k$$`` entry of ``policy``'s access rules (version ``digest``, being
+        activated, its secrets generated) names an identity (:meth:`_access_identity`), else
+        :class:`PolicyError` and the activation is rolled back: an entry that would grant
+        nothing is refused rather than kept (docs/policy.md "access_policy"). The loader checks
+        what the policy alone tells (kinds, key types, explicit values); this checks the values,
+        imports included."""
+        ap = policy.access_policy
+        for secret in placeholder_names((*ap.read, *ap.update, *(ap.create_sessions or ()))):
+            try:
+                self._access_identity(conn, policy, digest, secret)
+            except ConfideError as exc:
+                raise PolicyError(
+                    f"policy {policy.name}: access_policy entry $$SCONE::{secret}$$ names no identity: "
+                    f"{exc.message}"
+                ) from None
 
     def _prepare_volumes(
         self, conn: Connection, policy: Policy, digest: str, previous: Policy | None
@@ -1383,24 +1479,17 @@ class Cas:
             for old_spec in previous.secrets:
                 if old_spec.name not in names:
                     revoke_previous(old_spec.name, CESSATION)
-        for spec in policy.secrets:
+        # Generated in dependency order: a key before the certificates and public keys made of
+        # it, an issuer before what it signs; otherwise in declaration order (docs/cas.md
+        # "Secrets").
+        for spec in generation_order(policy.secrets):
             if spec.import_ is not None or spec.issue_to_runtime:
                 revoke_previous(spec.name, SUPERSEDED)  # no longer a value the CAS holds
                 continue
-            declared = _declaration(spec)
-            if spec.value is not None and str(spec.kind) in CERTIFICATE_KINDS:
-                # Before 2026-12 explicit certificates were replaced by generated ones: a marker
-                # changes their fingerprint so that such a stored value is replaced at the next
-                # update of the policy.
-                declared["confide_explicit_certificate"] = 2
             # The fingerprint is stored in the clear ``public`` column: an explicit value that is
-            # secret is left out of it (a hash of it would let whoever reads the database test
-            # guesses offline) and compared with the sealed value instead.
-            legacy = hashlib.sha256(jcs(declared)).hexdigest()  # stored before 2026-12
-            withheld = _value_withheld(spec)
-            fingerprint = (
-                hashlib.sha256(jcs({**declared, "value": WITHHELD})).hexdigest() if withheld else legacy
-            )
+            # secret is left out of it and compared with the sealed value instead; a stored form
+            # of before is honoured and replaced (confide.cas.declaration).
+            prints = fingerprints(spec)
             row = self._latest_secret(conn, policy.name, spec.name)
             # A value derived from one regenerated here (its key, its issuer) is regenerated too,
             # so a certificate always matches its private key and chains to its issuer's version.
@@ -1408,19 +1497,23 @@ class Cas:
             stored_spec = json.loads(row.public).get("spec") if row is not None else None
             unchanged = (
                 row is not None
-                and stored_spec in (fingerprint, legacy)
+                and stored_spec in prints.accepted
                 and (held_before is None or spec.name in held_before)
             )
             if row is not None and unchanged and not derived_from_new and spec.name not in regenerate:
                 current = _decrypt_key(self.sealer, row)
-                if not withheld or stored_spec == legacy or _same_explicit(spec, current, resolved):
-                    if stored_spec != fingerprint:  # the value's hash out of the clear column
+                if (
+                    not prints.withheld
+                    or stored_spec == prints.value_hashed
+                    or _same_explicit(spec, current, resolved)
+                ):
+                    if stored_spec != prints.current:  # an earlier form: the current one instead
                         conn.execute(
                             update(t.secrets)
                             .where(t.secrets.c.policy == row.policy)
                             .where(t.secrets.c.name == row.name)
                             .where(t.secrets.c.version == row.version)
-                            .values(public=json.dumps({**json.loads(row.public), "spec": fingerprint}))
+                            .values(public=json.dumps({**json.loads(row.public), "spec": prints.current}))
                         )
                     resolved[spec.name] = current
                     continue
@@ -1431,7 +1524,7 @@ class Cas:
                              path_length=path_lengths.get(spec.name, 0))  # fmt: skip
             resolved[spec.name] = value
             version = (row.version + 1) if row is not None else 1
-            public = {**value.public_info(), "spec": fingerprint}
+            public = {**value.public_info(), "spec": prints.current}
             conn.execute(
                 insert(t.secrets).values(
                     policy=policy.name, name=spec.name, version=version, kind=value.kind,
@@ -1474,7 +1567,7 @@ class Cas:
             new = current.get(old.name)
             if new is None:
                 reason = CESSATION
-            elif _declaration(new) != _declaration(old) or old.issuer in regenerated:
+            elif declaration(new) != declaration(old) or old.issuer in regenerated:
                 reason = SUPERSEDED
             else:
                 continue
@@ -1522,7 +1615,9 @@ class Cas:
                          "request_sha256": req.digest},
                     )  # fmt: skip
                 # Step 1: listed in the update rules, alone or as a board member (no approvals).
-                rules = self._load(conn, req.name, head.hash).access_policy.update
+                rules = self._rules_in_force(
+                    conn, req.name, head.hash, self._load(conn, req.name, head.hash).access_policy.update
+                )
                 if not (
                     is_authorized(rules, {req.signer}, creator=head.creator)
                     or _mentions(rules, req.signer, head.creator)
@@ -1582,7 +1677,8 @@ class Cas:
             if head is None:
                 raise AccessDeniedError(f"no policy {name} readable by {signer.fingerprint[:16]}…")
             policy = self._load(conn, name, head.hash)
-            if not is_authorized(policy.access_policy.read, {signer.fingerprint}, creator=head.creator):
+            readers = self._rules_in_force(conn, name, head.hash, policy.access_policy.read)
+            if not is_authorized(readers, {signer.fingerprint}, creator=head.creator):
                 raise AccessDeniedError(f"no policy {name} readable by {signer.fingerprint[:16]}…")
             versions = [
                 {
@@ -2239,7 +2335,9 @@ class Cas:
                     raise refused
                 policy = self._load(conn, name, head.hash)
                 may_read = signer is not None and is_authorized(
-                    policy.access_policy.read, {signer}, creator=head.creator
+                    self._rules_in_force(conn, name, head.hash, policy.access_policy.read),
+                    {signer},
+                    creator=head.creator,
                 )
                 if signer is not None and not may_read:
                     raise refused
@@ -2566,27 +2664,6 @@ def _gpu_summary(slot: str, v: VerifiedEvidence) -> dict[str, Any]:
     }
 
 
-def _declaration(spec: Any) -> dict[str, Any]:
-    """A secret's declaration as far as its value depends on it (exports do not matter, nor do
-    ``crl_distribution``, ``ca_issuers`` and ``ocsp``: certificates get their distribution point,
-    caIssuers and OCSP URLs at their next version; nor ``path_len``: a CA certificate whose
-    pathLenConstraint it changes is re-issued for the same key, :func:`confide.cas.secrets.
-    ca_reissue_reason`, and leaving it out keeps the dump of every declaration stored before
-    it existed)."""
-    out: dict[str, Any] = spec.model_dump(
-        mode="json",
-        by_alias=True,
-        exclude={"export", "export_public", "crl_distribution", "ca_issuers", "ocsp", "path_len"},
-    )
-    return out
-
-
-def _value_withheld(spec: Any) -> bool:
-    """Whether a secret's explicit ``value`` is secret (everything but a certificate or a public
-    key): left out of the declaration fingerprint stored in the clear ``secrets.public``."""
-    return spec.value is not None and str(spec.kind) not in (*CERTIFICATE_KINDS, SecretKind.PUBLIC_KEY.value)
-
-
 def _same_explicit(spec: Any, current: SecretValue, resolved: dict[str, SecretValue]) -> bool:
     """Whether the sealed value ``current`` is the explicit value ``spec`` declares (what the
     fingerprint does not say when the value is withheld from it); constant time."""
@@ -2634,7 +2711,8 @@ def _mentions(rules: Any, fingerprint: str, creator: str) -> bool:
     """Whether one of the rules' identities, at any depth of their boards, is ``fingerprint``
     (itself, or ``CREATOR`` when it is the creator): a board member (docs/cas.md "Policies and
     governance"). Identities are compared whole: one that merely contains the fingerprint (or
-    ``CREATOR``), such as a certificate or a ``$$SCONE::name$$`` entry, does not name it."""
+    ``CREATOR``), such as a certificate, does not name it. ``$$SCONE::name$$`` entries are
+    resolved before (:meth:`Cas._rules_in_force`); one left unresolved names no one."""
     for rule in rules:
         if isinstance(rule, RequireAll):
             nested: Any = rule.require_all

@@ -10,7 +10,8 @@ a background sweep (:class:`CertificateRenewer`) renews them ahead of any releas
 One renewal (:func:`renew_policy`), inside a write transaction (the CAS write lock is held):
 
 1. read the latest version of every renewable certificate of the policy's current version, in
-   declaration order (an issuer is declared before what it signs);
+   generation order (:func:`confide.policy.secret.generation_order`: an issuer before what it
+   signs, otherwise declaration order);
 2. a certificate that is due, or whose issuer was renewed in this transaction, or a CA whose
    certificate's keyUsage no longer matches its OCSP signer (``key-usage``: digitalSignature
    exactly when ``ocsp: {signer: ca}``) or whose pathLenConstraint is not the one the policy
@@ -18,7 +19,9 @@ One renewal (:func:`renew_policy`), inside a write transaction (the CAS write lo
    changed; :func:`confide.cas.secrets.ca_reissue_reason`), gets a new certificate for the
    *same* key, subject and extensions, with a new serial and validity, signed by the issuer's
    version current now (:func:`confide.cas.secrets.renew_certificate`); it is sealed as the
-   next version (associated data: policy, name, version);
+   next version (associated data: policy, name, version), with the declaration's fingerprint in
+   its current form (:mod:`confide.cas.declaration`) when the renewed version had one of its
+   forms;
 3. every generated CA declared ``ocsp`` whose delegated OCSP responder certificate is due gets
    a new one (:func:`confide.cas.ocsp_delegate.issue_responders`: a new key, signed by the CA's
    version current now);
@@ -52,6 +55,7 @@ from sqlalchemy import Connection, insert
 from confide.cas import db as t
 from confide.cas.crl import crl_due, generated_ca, issue_crls
 from confide.cas.db import raw_execute
+from confide.cas.declaration import fingerprints
 from confide.cas.ocsp_delegate import issue_responders, responder_due, responder_name
 from confide.cas.periodic import PeriodicTask
 from confide.cas.policy_auth import PolicyRowsAltered
@@ -64,7 +68,7 @@ from confide.cas.secrets import (
     renewal_window,
 )
 from confide.errors import ConfideError, PolicyError
-from confide.policy.secret import OcspSigner, Secret, SecretKind
+from confide.policy.secret import OcspSigner, Secret, SecretKind, generation_order
 
 if TYPE_CHECKING:
     from confide.cas.core import Cas
@@ -141,7 +145,7 @@ def renew_policy(
     fresh: dict[str, SecretValue] = {}  # renewed in this transaction
     renewed: list[dict[str, Any]] = []
     path_lengths = ca_path_lengths(policy.secrets)
-    for spec in policy.secrets:
+    for spec in generation_order(policy.secrets):
         if not renewable(spec):
             continue
         follows = spec.issuer is not None and spec.issuer in fresh
@@ -179,7 +183,10 @@ def renew_policy(
             spec, old, issuer=issuer, now=at, published=cas.published(policy, spec), path_length=path_length
         )
         version = row.version + 1
-        public = {**value.public_info(), "spec": json.loads(row.public).get("spec")}
+        stored_spec = json.loads(row.public).get("spec")
+        prints = fingerprints(spec)
+        spec_print = prints.current if stored_spec in prints.accepted else stored_spec
+        public = {**value.public_info(), "spec": spec_print}
         conn.execute(
             insert(t.secrets).values(
                 policy=name, name=spec.name, version=version, kind=value.kind,

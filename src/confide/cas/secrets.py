@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from confide.errors import ParseError, PolicyError, SignatureError
+from confide.identity import fingerprint_of_public_key
 from confide.policy._types import duration_seconds
 from confide.policy.placeholders import RUNTIME_KEY_MARKER as _RUNTIME_KEY_MARKER
 from confide.policy.placeholders import Encoding, encode_bytes
@@ -55,6 +56,7 @@ __all__ = [
     "crl_distribution_id_of",
     "crl_url",
     "generate",
+    "identity_of",
     "key_id",
     "key_usage_changed",
     "leaf_key_usage",
@@ -743,6 +745,26 @@ def public_part(value: SecretValue) -> SecretValue:
     if value.kind == SecretKind.PUBLIC_KEY:
         return value
     raise PolicyError(f"export_public shares public parts only, and {value.kind} secrets have none")
+
+
+def identity_of(value: SecretValue) -> str:
+    """The identity (fingerprint, :func:`confide.identity.fingerprint_of_public_key`) a secret's
+    value names in an access entry ``$$SCONE::name$$``: its public key, that of a private key,
+    a public key or a certificate (docs/policy.md "access_policy"). :class:`PolicyError` when it
+    names none: another kind, or a key that is not an identity's (Ed25519, not of small
+    order). The message names no value."""
+    try:
+        if value.kind in CERTIFICATE_KINDS and value.certificate is not None:
+            key: Any = x509.load_der_x509_certificate(value.certificate).public_key()
+        elif value.kind == SecretKind.PRIVATE_KEY:
+            key = _load_private(value.data).public_key()
+        elif value.kind == SecretKind.PUBLIC_KEY:
+            key = serialization.load_pem_public_key(value.data)
+        else:
+            raise PolicyError(f"a secret of kind {value.kind} has no public key to name an identity by")
+        return fingerprint_of_public_key(key)
+    except ValueError as exc:
+        raise PolicyError(f"its key names no identity: {exc}") from None
 
 
 def template_value(value: SecretValue) -> dict[str, Any]:

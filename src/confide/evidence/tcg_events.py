@@ -221,6 +221,9 @@ def _platform_config(data: bytes) -> dict[str, ClaimValue]:
         r = Reader(data, "TD_SHIM_PLATFORM_CONFIG_INFO")
         descriptor = _text(r.take(TD_SHIM_DESCRIPTOR_SIZE, "Descriptor"))
         info = r.take(r.u32("InfoLength"), "Info")
+        # The record is exactly Descriptor, InfoLength and Info: bytes after Info would be
+        # hashed by the digest (which covers everything after InfoLength) but not shown.
+        r.expect_end()
         out: dict[str, ClaimValue] = {"descriptor": descriptor, "info_length": len(info)}
         if descriptor == TD_SHIM_PAYLOAD_INFO:
             out["kernel_cmdline"] = _text(info)

@@ -15,11 +15,8 @@ or is absent from, what the tree commits to), :class:`ParseError` (malformed inp
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import struct
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +35,7 @@ from confide.errors import (
     UnknownKeyError,
     VerificationError,
 )
+from confide.fsutil import write_atomic
 from confide.ledger.checkpoint import Checkpoint, SignedCheckpoint, open_checkpoint
 from confide.ledger.db import DB_ERRORS, Conn
 from confide.ledger.merkle import (
@@ -275,24 +273,8 @@ def _compare(
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write ``data`` to ``path`` atomically and durably, mode 0600 (:func:`confide.fsutil.write_atomic`)."""
+    write_atomic(Path(path), data, mode=0o600)
 
 
 class AuditorState:

@@ -39,6 +39,8 @@ __all__ = [
     "RequireAtLeast",
     "SignerRule",
     "is_authorized",
+    "placeholder_names",
+    "resolve_rules",
 ]
 
 
@@ -202,12 +204,61 @@ def is_authorized(
     by N *distinct* signers: one signature counts for one of the N at most, also where one
     identity stands in two of them (``CREATOR`` and the creator's own fingerprint, or a member
     that a nested board names again; docs/policy.md "access_policy"). A ``$$SCONE::name$$``
-    entry is replaced by ``resolve(name)`` (the secret's value: an identity or ``CREATOR``); an
-    entry that cannot be resolved is ignored, as SCONE documents.
+    entry is replaced by ``resolve(name)`` (the identity the secret names); without a resolver,
+    or when it gives ``None``, the entry stands for no one. The CAS resolves the entries first
+    (:func:`resolve_rules`), so that board membership is judged on the same identities.
     """
     have = frozenset(identities)
     budget = _Budget()
     return any(_satisfied(r, have, creator, resolve, budget) for r in rules)
+
+
+def _placeholder_name(identity: str) -> str | None:
+    """The secret a leaf entry that is exactly one ``$$SCONE::name$$`` names, else ``None``."""
+    found = ph.find_placeholders(identity)
+    if len(found) != 1 or found[0].start != 0 or found[0].end != len(identity) or found[0].format:
+        return None
+    return found[0].name
+
+
+def placeholder_names(rules: Sequence[Any]) -> list[str]:
+    """The secrets the ``$$SCONE::name$$`` entries of ``rules`` name, at any depth of their
+    boards, in order, each once."""
+    out: list[str] = []
+    for rule in rules:
+        if isinstance(rule, RequireAll | RequireAtLeast):
+            nested = rule.require_all if isinstance(rule, RequireAll) else rule.rules
+            out += [n for n in placeholder_names(nested) if n not in out]
+            continue
+        identity = _identity_of(rule)
+        name = None if identity is None else _placeholder_name(identity)
+        if name is not None and name not in out:
+            out.append(name)
+    return out
+
+
+def resolve_rules(rules: Sequence[Any], resolve: Callable[[str], str | None]) -> tuple[Any, ...]:
+    """``rules`` with every ``$$SCONE::name$$`` entry replaced by ``resolve(name)``, the
+    identity (fingerprint) the secret names (sconedocs "Governance", Access Control: the value
+    of the secret "at permission evaluation time"), at any depth of their boards, ``signer:``
+    entries included. An entry ``resolve`` gives ``None`` for is kept as it is: it stands for
+    no one (:func:`is_authorized`, and no board member). The result is what
+    :func:`is_authorized` and board-membership checks judge; it is not validated again: two
+    entries may now name one identity, which counts once (distinct signers)."""
+
+    def one(rule: Any) -> Any:
+        if isinstance(rule, RequireAll):
+            return RequireAll.model_construct(require_all=tuple(one(r) for r in rule.require_all))
+        if isinstance(rule, RequireAtLeast):
+            return RequireAtLeast.model_construct(n=rule.n, rules=tuple(one(r) for r in rule.rules))
+        identity = _identity_of(rule)
+        name = None if identity is None else _placeholder_name(identity)
+        found = None if name is None else resolve(name)
+        if found is None:
+            return rule
+        return SignerRule.model_construct(signer=found) if isinstance(rule, SignerRule) else found
+
+    return tuple(one(r) for r in rules)
 
 
 class _Budget:

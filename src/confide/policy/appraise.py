@@ -609,7 +609,7 @@ def _tdx(c: _Checker, t: TdxFactors, key: str = "tdx") -> None:
 
 
 def _sev_snp(c: _Checker, s: SevSnpFactors, key: str = "sev-snp") -> None:
-    for name in ("measurement", "host_data", "family_id", "image_id"):
+    for name in ("measurement", "host_data", "family_id", "image_id", "id_key_digest", "author_key_digest"):
         c.hex_in(f"{key}.{name}", name, getattr(s, name))
     c.int_range(f"{key}.policy", "policy", s.policy)
     c.int_range(f"{key}.vmpl", "vmpl", s.vmpl)

@@ -7,11 +7,12 @@ which suffices (SCONE v0.3, "Combining" / "Independent Attestation Factors").
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     Field,
     StrictBool,
     StrictInt,
@@ -144,6 +145,15 @@ class SevSnpFactors(_Model):
     host_data: Hex32List | None = None
     family_id: Hex16List | None = None
     image_id: Hex16List | None = None
+    """``family_id`` and ``image_id`` come from the ID block the host gives SNP_LAUNCH_FINISH
+    (ABI Table 23 offsets 0x010, 0x020), signed by an ID key of the host's choosing: they say
+    something only together with ``id_key_digest``."""
+    id_key_digest: Hex48List | None = None
+    """SHA-384 of the ID key that signed the ID block (ABI Table 23 offset 0x0E0; zero without
+    an ID block)."""
+    author_key_digest: Hex48List | None = None
+    """SHA-384 of the author key that certified the ID key (offset 0x110; zero unless
+    ``AUTHOR_KEY_EN``)."""
     policy: Annotated[StrictInt, Field(ge=0, le=(1 << 53) - 1)] | None = None
     """The guest policy, compared exactly (bits 63:26 are reserved in ABI Table 9, so 53 bits
     suffice; a report with a higher bit set never matches)."""
@@ -183,6 +193,25 @@ PcrIndex = Annotated[StrictStr, AfterValidator(_index_checker(31))]
 MeasurementIndex = Annotated[StrictStr, AfterValidator(_index_checker(63))]
 
 
+def _distinct_indexes(value: Any) -> Any:
+    """Refuse two keys of one index map that name the same index ("7" and "07"): the index
+    checker normalises both to "7", and the later value would silently replace the first."""
+    if isinstance(value, dict):
+        seen: dict[int, str] = {}
+        for key in value:
+            if isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 18:
+                first = seen.setdefault(int(key), key)
+                if first != key:
+                    raise ValueError(
+                        f"got keys {short(first)} and {short(key)}, both index {int(key)}, "
+                        "expected each index once"
+                    )
+    return value
+
+
+DistinctIndexes = BeforeValidator(_distinct_indexes)
+
+
 MAX_GPUS = 8
 """Most GPU reports one attestation request may carry (an HGX board has 8 GPUs)."""
 
@@ -203,7 +232,7 @@ class NvidiaGpuFactors(_Model):
 
     driver_version: TextList | None = None
     vbios_version: TextList | None = None
-    measurements: dict[MeasurementIndex, Hex48List] | None = None
+    measurements: Annotated[dict[MeasurementIndex, Hex48List], DistinctIndexes] | None = None
     count: Annotated[StrictInt, Field(ge=1, le=MAX_GPUS)] | None = None
 
     @model_validator(mode="after")
@@ -215,7 +244,7 @@ class NvidiaGpuFactors(_Model):
 class AwsNitroFactors(_Model):
     """AWS Nitro Enclaves attestation document PCRs (SHA-384), by index."""
 
-    pcrs: Annotated[dict[PcrIndex, Hex48List], Field(min_length=1)]
+    pcrs: Annotated[dict[PcrIndex, Hex48List], Field(min_length=1), DistinctIndexes]
 
 
 class AzureSnpVtpmFactors(SevSnpFactors):
@@ -225,7 +254,7 @@ class AzureSnpVtpmFactors(SevSnpFactors):
     guest's boot chain."""
 
     _variant_name: ClassVar[str] = "az-snp-vtpm"
-    pcrs: dict[PcrIndex, Hex32List] | None = None
+    pcrs: Annotated[dict[PcrIndex, Hex32List], DistinctIndexes] | None = None
 
 
 class AzureTdxVtpmFactors(TdxFactors):
@@ -233,7 +262,7 @@ class AzureTdxVtpmFactors(TdxFactors):
     is the paravisor's) and the vTPM's SHA-256 PCRs."""
 
     _variant_name: ClassVar[str] = "az-tdx-vtpm"
-    pcrs: dict[PcrIndex, Hex32List] | None = None
+    pcrs: Annotated[dict[PcrIndex, Hex32List], DistinctIndexes] | None = None
 
 
 class SimFactors(_Model):

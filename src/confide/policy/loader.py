@@ -2,9 +2,13 @@
 
 Hostile input is expected. The text is bounded (:data:`MAX_BYTES`), must be UTF-8, and is first
 scanned as a stream of parser events: anchors, aliases and explicit tags are refused (no
-"billion laughs", no constructor tricks), nesting deeper than :data:`MAX_DEPTH` and more than
-:data:`MAX_NODES` nodes are refused. Only then is it composed by ruamel.yaml's round-trip loader
-(YAML 1.2, duplicate keys are errors), which keeps the line and column of every node. Every
+"billion laughs", no constructor tricks), and so are merge keys (``<<``), ``%YAML`` directives
+other than 1.2, plain integers longer than :data:`MAX_INT_DIGITS`, plain values that read as
+an integer, number or timestamp but do not convert, nesting deeper than :data:`MAX_DEPTH` and
+more than :data:`MAX_NODES` nodes (and, before that, more than :data:`MAX_LINES` lines). Only
+then is it composed by ruamel.yaml's round-trip loader (YAML 1.2, duplicate keys are errors; a
+number key and a text key of the same name are duplicates too), which keeps the line and column
+of every node. Every
 pydantic validation error is mapped back to the file, line and column of the offending node,
 and all problems are raised together in one :class:`~confide.errors.PolicyError`. Nothing but
 ``PolicyError`` (or ``UsageError`` for an unreadable file) escapes.
@@ -26,14 +30,32 @@ from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
-from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent, NodeEvent
+from ruamel.yaml.events import (
+    AliasEvent,
+    CollectionEndEvent,
+    CollectionStartEvent,
+    DocumentStartEvent,
+    MappingStartEvent,
+    NodeEvent,
+    ScalarEvent,
+)
+from ruamel.yaml.nodes import ScalarNode
+from ruamel.yaml.reader import ReaderError
 
 from confide.errors import PolicyError, UsageError
 from confide.policy._types import short
 from confide.policy.model import Policy
 from confide.policy.problems import Path, Problem, policy_error
 
-__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "load_policy", "loads_policy"]
+__all__ = [
+    "MAX_BYTES",
+    "MAX_DEPTH",
+    "MAX_INT_DIGITS",
+    "MAX_LINES",
+    "MAX_NODES",
+    "load_policy",
+    "loads_policy",
+]
 
 MAX_BYTES = 1 << 20
 """Largest policy document accepted (1 MiB)."""
@@ -41,6 +63,23 @@ MAX_DEPTH = 64
 """Deepest nesting of mappings and sequences accepted."""
 MAX_NODES = 20_000
 """Most YAML nodes accepted in one document."""
+MAX_LINES = 50_000
+"""Most lines accepted (a long policy has a few thousand): ruamel.yaml's round-trip scanner
+joins runs of comment lines by repeated string concatenation, so 1 MiB of short comment lines
+took 40 s to parse; 50 000 lines bound every 1 MiB input to a few seconds."""
+MAX_INT_DIGITS = 100
+"""Longest plain (unquoted) integer accepted, in digits: no policy value comes close (the
+largest are 64-bit), and Python refuses to convert decimal integers of more than 4300 digits."""
+
+# Implicitly typed scalars ruamel.yaml converts (and can fail to convert without a position).
+_CONVERTED_TAGS = {
+    "tag:yaml.org,2002:int": "an integer",
+    "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:timestamp": "a timestamp",
+}
+
+# YAML 1.2 core schema integers as ruamel.yaml resolves them (underscores included).
+_INT_LIKE = re.compile(r"[-+]?(?:0x[0-9a-fA-F_]+|0o[0-7_]+|[0-9][0-9_]*)")
 
 
 def load_policy(path: str | os.PathLike[str]) -> Policy:
@@ -77,16 +116,30 @@ def parse_yaml(text: str | bytes, *, source: str = "<policy>") -> tuple[Any, Any
     if isinstance(text, bytes):
         if len(text) > MAX_BYTES:
             raise _fail(source, f"got more than {MAX_BYTES} bytes, expected a smaller policy")
+        data = text
         try:
-            text = text.decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise _fail(source, f"got invalid UTF-8 at byte {exc.start}, expected UTF-8 text") from None
+            before = data[: exc.start]
+            line = before.count(b"\n") + 1
+            column = len(before.rpartition(b"\n")[2].decode("utf-8", "replace")) + 1
+            raise _fail(
+                source, f"got invalid UTF-8 at byte {exc.start}, expected UTF-8 text", line, column
+            ) from None
     if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
         raise _fail(source, f"got more than {MAX_BYTES} bytes, expected a smaller policy")
-    if "\ufeff" in text[1:] or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
-        raise _fail(
-            source, "got a byte-order mark inside the text or a lone surrogate, expected plain UTF-8 text"
-        )
+    # A leading byte-order mark is allowed (YAML 1.2, 5.2) and not counted in columns.
+    text = text.removeprefix("\ufeff")
+    # Line breaks: LF, CR LF or a lone CR (YAML 1.2, 5.4).
+    if text.count("\n") + text.count("\r") - text.count("\r\n") > MAX_LINES:
+        raise _fail(source, f"got more than {MAX_LINES} lines, expected a shorter policy", MAX_LINES + 1, 1)
+    for index, char in enumerate(text):
+        if char == "\ufeff" or 0xD800 <= ord(char) <= 0xDFFF:
+            raise _fail(
+                source,
+                "got a byte-order mark inside the text or a lone surrogate, expected plain UTF-8 text",
+                *_line_column(text, index),
+            )
     yaml = YAML(typ="rt", pure=True)
     yaml.allow_duplicate_keys = False
     try:
@@ -96,6 +149,12 @@ def parse_yaml(text: str | bytes, *, source: str = "<policy>") -> tuple[Any, Any
         raise
     except MarkedYAMLError as exc:
         raise _yaml_error(exc, source) from None
+    except ReaderError as exc:  # a character YAML does not allow (NUL, other C0/C1 controls)
+        raise _fail(
+            source,
+            f"got the character U+{exc.character:04X}, which YAML does not allow, expected printable text",
+            *_line_column(text, exc.position),
+        ) from None
     except Exception as exc:
         raise _fail(source, f"got malformed YAML ({type(exc).__name__}), expected a YAML mapping") from None
     if tree is None:
@@ -109,11 +168,62 @@ def parse_yaml(text: str | bytes, *, source: str = "<policy>") -> tuple[Any, Any
     return document, tree
 
 
+def _line_column(text: str, index: int) -> tuple[int, int]:
+    """1-based line and column of the character at ``index`` of ``text``."""
+    before = text[:index]
+    return before.count("\n") + 1, index - (before.rfind("\n") + 1) + 1
+
+
+def _unconvertible(yaml: YAML, value: str) -> str | None:
+    """What a plain scalar reads as (integer, number, timestamp) when ruamel.yaml would fail to
+    convert it (``2001-13-45``, ``0x_``): its loader raises a bare ``ValueError`` or
+    ``IndexError`` then, with no position. None when it converts or is text."""
+    tag = yaml.resolver.resolve(ScalarNode, value, (True, False))
+    name = str(tag)  # a ruamel.yaml Tag, which does not hash like its text
+    what = _CONVERTED_TAGS.get(name)
+    if what is None:
+        return None
+    constructor = yaml.constructor
+    try:
+        constructor.yaml_constructors[name](constructor, ScalarNode(tag, value))
+    except (ValueError, IndexError, OverflowError):
+        return what
+    return None
+
+
 def _prescan(yaml: YAML, text: str, source: str) -> None:
     depth = nodes = 0
+    # Per open collection: is it a mapping, and is its next node a key?
+    stack: list[list[bool]] = []
     for event in yaml.parse(text):
         mark = event.start_mark
         where = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
+        is_key = bool(stack) and stack[-1][0] and stack[-1][1]
+        if isinstance(event, NodeEvent) and stack and stack[-1][0]:
+            stack[-1][1] = not stack[-1][1]
+        if isinstance(event, DocumentStartEvent) and event.version not in (None, (1, 2)):
+            version = ".".join(str(v) for v in event.version)
+            raise _fail(source, f"got a %YAML {version} directive, expected YAML 1.2", *where)
+        if isinstance(event, ScalarEvent) and event.style is None:
+            # YAML 1.1 merge keys (``<<: {...}``): ruamel.yaml merges them even in 1.2 mode,
+            # which would add keys past the duplicate-key check.
+            if is_key and event.value == "<<":
+                raise _fail(source, "got a merge key (<<), expected no merge keys", *where)
+            if len(event.value) > MAX_INT_DIGITS and _INT_LIKE.fullmatch(event.value):
+                raise _fail(
+                    source,
+                    f"got an integer of {len(event.value)} characters, expected at most "
+                    f"{MAX_INT_DIGITS} digits (quote it if it is text)",
+                    *where,
+                )
+            what = _unconvertible(yaml, event.value)
+            if what is not None:
+                raise _fail(
+                    source,
+                    f"got {short(event.value)}, which reads as {what} but is not a valid one, "
+                    "expected a valid one (quote it if it is text)",
+                    *where,
+                )
         if isinstance(event, AliasEvent):
             raise _fail(source, "got an alias (*name), expected no anchors or aliases", *where)
         if isinstance(event, NodeEvent):
@@ -133,8 +243,10 @@ def _prescan(yaml: YAML, text: str, source: str) -> None:
                 raise _fail(
                     source, f"got nesting deeper than {MAX_DEPTH}, expected a shallower policy", *where
                 )
+            stack.append([isinstance(event, MappingStartEvent), True])
         elif isinstance(event, CollectionEndEvent):
             depth -= 1
+            stack.pop()
 
 
 _DUP_KEY = re.compile(r'found duplicate key "(.{0,80}?)" with value')
@@ -191,6 +303,20 @@ def _plain(node: Any, path: Path, problems: list[Problem], source: str) -> Any:
                 problems.append(
                     Problem(
                         path, f"got a {_type_name(key)} key, expected a string key", source, line + 1, col + 1
+                    )
+                )
+                continue
+            if skey in out:
+                # ``1`` and ``"1"`` are different YAML keys (ruamel's duplicate check passes)
+                # but the same key here: the later one would silently replace the first.
+                line, col = node.lc.key(key) if key in node.lc.data else (node.lc.line, node.lc.col)
+                problems.append(
+                    Problem(
+                        path,
+                        f"got duplicate key {skey!r} (as a number and as text), expected each key once",
+                        source,
+                        line + 1,
+                        col + 1,
                     )
                 )
                 continue

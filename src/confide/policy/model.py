@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 from pydantic import (
     AfterValidator,
     BeforeValidator,
@@ -34,6 +35,7 @@ from pydantic import (
     model_validator,
 )
 
+from confide.identity import fingerprint_of_public_key
 from confide.policy import placeholders as ph
 from confide.policy._base import (
     AbsPath,
@@ -54,6 +56,7 @@ from confide.policy._types import (
     short,
 )
 from confide.policy.access import (
+    KEYWORDS,
     AccessPolicy,
     AccessRule,
     RequireAll,
@@ -549,6 +552,7 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
     volumes = {v.name for v in policy.volumes}
     sec = policy.security.attestation
 
+    imported = {s.name for s in policy.secrets if s.import_ is not None}
     for i, s in enumerate(policy.secrets):
         for field, want in (("private_key", SecretKind.PRIVATE_KEY), ("issuer", SecretKind.X509_CA)):
             ref = getattr(s, field)
@@ -559,6 +563,18 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
             elif kinds[ref] not in (want, None):
                 yield Problem(
                     ("secrets", i, field), f"got {ref!r} of kind {kinds[ref]}, expected a {want} secret"
+                )
+            elif ref in imported and not stored and not (field == "issuer" and s.issue_to_runtime):
+                # The CAS makes a certificate or public key only from the key and issuer it holds
+                # for the policy; an imported value is resolved at each release, for a runtime.
+                why = (
+                    "an imported CA issues only certificates to runtimes, issue_to_runtime"
+                    if field == "issuer"
+                    else "import the certificate or public key made of it instead"
+                )
+                yield Problem(
+                    ("secrets", i, field),
+                    f"got {ref!r}, an imported secret, expected a {want} secret of this policy ({why})",
                 )
         if s.issuer is not None:
             seen: set[str] = {s.name}
@@ -622,7 +638,7 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
     for op in ("read", "update", "create_sessions"):
         rules = getattr(ap, op)
         for j, rule in enumerate(rules or ()):
-            yield from _access_rule_problems(rule, ("access_policy", op, j), kinds, stored)
+            yield from _access_rule_problems(rule, ("access_policy", op, j), policy, kinds, stored)
 
 
 def _explicit_path_length(value: str) -> tuple[bool, int | None] | None:
@@ -691,14 +707,109 @@ def _path_length_problems(policy: Policy, *, stored: bool) -> Iterator[Problem]:
 
 
 _UPPER_FINGERPRINT = re.compile(r"(?=.*[A-F])[0-9a-fA-F]{64}")
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+
+
+_IDENTITY_KINDS = (SecretKind.PRIVATE_KEY, SecretKind.PUBLIC_KEY, SecretKind.X509, SecretKind.X509_CA)
+"""The kinds an access entry ``$$SCONE::name$$`` may name: those whose value has a public key,
+which is the identity (confide identities are Ed25519 keys, docs/policy.md "access_policy")."""
+
+
+def _identity_key_problem(policy: Policy, name: str, seen: frozenset[str] = frozenset()) -> str | None:
+    """Why secret ``name`` of ``policy`` cannot name an identity in an access entry, as far as
+    the policy alone tells (an import is checked when the CAS applies the version); ``None``
+    when it can, or when the policy cannot tell."""
+    try:
+        spec = policy.secret(name)
+    except KeyError:
+        return None  # reported as an unknown secret
+    if spec.import_ is not None or name in seen:
+        return None
+    seen = seen | {name}
+    want = (
+        "expected a private-key, public-key, x509 or x509-ca secret with an Ed25519 key (confide "
+        "identities are Ed25519 keys), or the identity's fingerprint written as the entry itself"
+    )
+    if spec.kind not in _IDENTITY_KINDS:
+        return f"got a secret of kind {spec.kind}, {want}"
+    if spec.issue_to_runtime:
+        return (
+            "got a certificate issued to the runtime (its key is the attested runtime's own, a new one "
+            f"at each start, and the CAS holds none), {want}"
+        )
+    key: object = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if spec.value is not None and spec.kind is SecretKind.PRIVATE_KEY:
+                key = load_pem_private_key(spec.value.encode(), password=None).public_key()
+            elif spec.value is not None and spec.kind is SecretKind.PUBLIC_KEY:
+                key = load_pem_public_key(spec.value.encode())
+            elif spec.value is not None:
+                key = x509.load_pem_x509_certificates(spec.value.encode())[0].public_key()
+    except (ValueError, TypeError, IndexError):
+        return None  # the value's own check reports it
+    if key is not None:
+        try:
+            fingerprint_of_public_key(key)
+        except ValueError as exc:
+            return f"its value: {exc}"
+        return None
+    if spec.private_key is not None:
+        why = _identity_key_problem(policy, spec.private_key, seen)
+        return None if why is None else f"its private_key {spec.private_key!r}: {why}"
+    if spec.key_type is not KeyType.ED25519:
+        return (
+            f"got a {spec.kind} secret the CAS generates with key_type {spec.key_type or KeyType.P256}"
+            f" (the default is {KeyType.P256.value}), expected key_type: {KeyType.ED25519.value}:"
+            " confide identities are Ed25519 keys"
+        )
+    return None
 
 
 def _access_rule_problems(
-    rule: Any, path: Path, kinds: dict[str, SecretKind | None], stored: bool
+    rule: Any, path: Path, policy: Policy, kinds: dict[str, SecretKind | None], stored: bool
 ) -> Iterator[Problem]:
     if isinstance(rule, str | SignerRule):
         identity, where = (rule, path) if isinstance(rule, str) else (rule.signer, (*path, "signer"))
         yield from _placeholder_problems(identity, where, ph.Context.ACCESS_POLICY, kinds)
+        if not stored and ph.PREFIX in identity:
+            # sconedocs "Governance": the entry stands for the identity the secret holds. Here
+            # that is the secret's public key (an Ed25519 key: an identity's); an entry that
+            # could name no one is refused rather than left granting nothing. Versions stored
+            # before this check still load (such an entry then stands for no one).
+            try:
+                found = ph.find_placeholders(identity)
+            except ph.PlaceholderSyntaxError:
+                found = []  # reported above
+            if len(found) > 1 or (found and (found[0].start, found[0].end) != (0, len(identity))):
+                yield Problem(
+                    where,
+                    "got a placeholder inside a longer entry, expected the entry to be exactly one "
+                    "$$SCONE::name$$ (or an identity's fingerprint)",
+                )
+            for p in found[:1]:
+                why = _identity_key_problem(policy, p.name) if p.name in kinds else None
+                if why is not None:
+                    yield Problem(where, f"{p}: {why}")
+        if (
+            not stored
+            and identity not in KEYWORDS
+            and ph.PREFIX not in identity
+            and not _FINGERPRINT.fullmatch(identity)
+            and not _UPPER_FINGERPRINT.fullmatch(identity)
+        ):
+            # The CAS matches an entry against the fingerprints of the identities that signed
+            # (confide.identity: SHA-256 of the raw Ed25519 key, lower-case hex); anything else
+            # (a name, a PEM certificate or key, SCONE's key hash) matches no one, so a rule made
+            # of it grants nothing and a board needing it can never be met. Stored versions,
+            # which loaded before this check, still load (such an entry stands for no one).
+            yield Problem(
+                where,
+                f"got {short(identity)}, expected an identity's fingerprint (64 lower-case hex digits, "
+                "as confide identity create prints it), CREATOR, ANY, NONE or $$SCONE::name$$ naming "
+                "a secret with an Ed25519 key (anything else matches no one)",
+            )
         if not stored and _UPPER_FINGERPRINT.fullmatch(identity):
             # The CAS compares an identity's fingerprint as ``confide identity create`` prints it
             # (lower-case hex): written in upper case it names no one, so a board needing it
@@ -710,7 +821,9 @@ def _access_rule_problems(
             )
     elif isinstance(rule, RequireAll):
         for k, r in enumerate(rule.require_all):
-            yield from _access_rule_problems(r, (*path, "require-all", k), kinds, stored)
+            yield from _access_rule_problems(r, (*path, "require-all", k), policy, kinds, stored)
     elif isinstance(rule, RequireAtLeast):
         for k, r in enumerate(rule.rules):
-            yield from _access_rule_problems(r, (*path, f"require-at-least-{rule.n}", k), kinds, stored)
+            yield from _access_rule_problems(
+                r, (*path, f"require-at-least-{rule.n}", k), policy, kinds, stored
+            )

@@ -253,8 +253,6 @@ def encoding_for(kind: str | None, fmt: str | None, context: Context) -> Encodin
             f"got binary format {fmt or '(default)'!r} of a {kind} secret in the {context}, expected "
             "a text format (e.g. ':hex' or ':base64'); binary values only go into injected files"
         )
-    if context is Context.ACCESS_POLICY and kind not in ("ascii", "x509"):
-        raise ValueError(f"got a {kind} secret in the access policy, expected an ascii or x509 secret")
     if context is Context.FSPF_KEY and kind != "binary":
         raise ValueError(f"got a {kind} secret as fspf_key, expected a binary secret")
     return encoding

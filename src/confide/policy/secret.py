@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from confide.errors import PolicyError
 from confide.policy._base import (
     Text,
     _Model,
@@ -50,6 +51,7 @@ __all__ = [
     "SecretImport",
     "SecretKind",
     "ca_levels_below",
+    "generation_order",
 ]
 
 
@@ -468,3 +470,53 @@ def ca_levels_below(secrets: Sequence[Secret]) -> dict[str, int]:
     for name in sorted(cas):
         level(name, frozenset({name}))
     return levels
+
+
+def generation_order(secrets: Sequence[Secret]) -> tuple[Secret, ...]:
+    """The order in which the CAS generates (and renews) a policy's secrets: each one after the
+    secrets of the policy it references (``private_key``, ``issuer``: a key before the
+    certificate or public key made of it, an issuer before what it signs), otherwise in
+    declaration order. A secret is moved up only to just before its first declared dependant, so
+    a policy that declares every reference first keeps its declaration order exactly (the order
+    the CAS used before, docs/cas.md "Secrets"). References to names the policy does not
+    declare are left out (the loader refuses them; imported secrets reference nothing).
+
+    Only ``issuer`` can close a cycle (``private_key`` names a ``private-key`` secret, which
+    references nothing), and the loader refuses issuer cycles with their file, line and column
+    (:mod:`confide.policy.model`); :class:`PolicyError` here for a cycle in a policy built
+    without validation."""
+    by_name = {s.name: s for s in secrets}
+    out: list[Secret] = []
+    done: set[str] = set()
+    for first in secrets:
+        if first.name in done:
+            continue
+        # Depth-first, iteratively (an issuer chain may be as long as the policy): a secret is
+        # emitted once every secret it references has been.
+        stack: list[tuple[Secret, list[str]]] = [(first, _references(first, by_name))]
+        path, on_path = [first.name], {first.name}
+        while stack:
+            spec, pending = stack[-1]
+            while pending and pending[0] in done:
+                pending.pop(0)
+            if not pending:
+                stack.pop()
+                path.pop()
+                on_path.discard(spec.name)
+                done.add(spec.name)
+                out.append(spec)
+                continue
+            ref = pending.pop(0)
+            if ref in on_path:
+                cycle = " -> ".join([*path[path.index(ref) :], ref])
+                raise PolicyError(f"got a reference cycle {cycle}, expected keys and issuers to form chains")
+            nxt = by_name[ref]
+            stack.append((nxt, _references(nxt, by_name)))
+            on_path.add(ref)
+            path.append(ref)
+    return tuple(out)
+
+
+def _references(spec: Secret, by_name: dict[str, Secret]) -> list[str]:
+    """The policy's own secrets ``spec`` is made from: its key, then its issuer."""
+    return [r for r in (spec.private_key, spec.issuer) if r is not None and r in by_name]

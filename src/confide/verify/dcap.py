@@ -226,6 +226,19 @@ def _in_window(name: str, start: datetime, end: datetime, at: datetime) -> None:
         )
 
 
+def _crl_next_update(crl: x509.CertificateRevocationList, name: str) -> datetime:
+    """The CRL's ``nextUpdate``. RFC 5280 §5.1.2.5 requires conforming issuers to include it, and
+    every Intel PCS CRL (PCK Platform/Processor CA, Root CA) carries one (Intel SGX PCK CRL
+    profile); without it nothing says until when the CRL is current, so such a CRL is refused
+    rather than taken as current forever."""
+    next_update = crl.next_update_utc
+    if next_update is None:
+        raise CollateralError(
+            f"{name} has no nextUpdate (RFC 5280 §5.1.2.5): cannot tell whether it is current"
+        )
+    return next_update
+
+
 _STATUS_OK = TcbStatus.UP_TO_DATE
 
 
@@ -710,8 +723,10 @@ class DcapVerifier:
         info, ident = vc.tcb_info, vc.qe_identity
         _in_window("TCB Info", info.issue_date, info.next_update, at)
         _in_window("QE Identity", ident.issue_date, ident.next_update, at)
-        _in_window("Root CA CRL", vc.root_crl.last_update_utc, vc.root_crl.next_update_utc or at, at)
-        _in_window("PCK CRL", vc.pck_crl.last_update_utc, vc.pck_crl.next_update_utc or at, at)
+        _in_window(
+            "Root CA CRL", vc.root_crl.last_update_utc, _crl_next_update(vc.root_crl, "Root CA CRL"), at
+        )
+        _in_window("PCK CRL", vc.pck_crl.last_update_utc, _crl_next_update(vc.pck_crl, "PCK CRL"), at)
         for name, issuer_chain in vc.issuer_chains:
             check_validity(issuer_chain, at, name, collateral=True)
 
@@ -803,8 +818,8 @@ class DcapVerifier:
             "collateral_expiry": min(
                 info.next_update,
                 ident.next_update,
-                vc.root_crl.next_update_utc or info.next_update,
-                vc.pck_crl.next_update_utc or info.next_update,
+                _crl_next_update(vc.root_crl, "Root CA CRL"),
+                _crl_next_update(vc.pck_crl, "PCK CRL"),
             ).isoformat(),
             "trailing_bytes": len(quote.trailing),
             "certification_data_type": qe.certification.cert_type,

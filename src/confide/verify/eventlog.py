@@ -113,7 +113,14 @@ def _text_bound(event: Event) -> bool | None:
                 return any(hmac.compare_digest(hashlib.sha384(c).digest(), digest) for c in candidates)
         return None
     if event.event_type == EV_PLATFORM_CONFIG_FLAGS and len(event.data) >= TD_SHIM_DESCRIPTOR_SIZE + 4:
+        # td-shim Table 3.5-4: the digest covers Info, InfoLength bytes after the u32 length.
+        # The details show Info as InfoLength says, so the text is bound only when InfoLength
+        # spans exactly the rest of the record: a lowered InfoLength would show a prefix of
+        # the measured text as if it were all of it.
+        length = int.from_bytes(event.data[TD_SHIM_DESCRIPTOR_SIZE : TD_SHIM_DESCRIPTOR_SIZE + 4], "little")
         info = event.data[TD_SHIM_DESCRIPTOR_SIZE + 4 :]
+        if length != len(info):
+            return False
         return hmac.compare_digest(hashlib.sha384(info).digest(), digest)
     return None
 

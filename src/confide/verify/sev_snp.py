@@ -47,6 +47,7 @@ from cryptography.x509.oid import NameOID
 
 from confide.errors import (
     CertificateChainError,
+    CollateralError,
     CollateralExpiredError,
     ParseError,
     RevocationError,
@@ -457,7 +458,12 @@ def _check_crl(
             f"CRL not yet valid at {at.isoformat()}: thisUpdate {crl.last_update_utc.isoformat()}"
         )
     next_update = crl.next_update_utc
-    if next_update is not None and at > next_update:
+    if next_update is None:
+        # RFC 5280 §5.1.2.5 requires nextUpdate of conforming issuers, and AMD KDS's CRLs carry
+        # it; without it nothing says until when the CRL is current (an old one, from before
+        # an ASK/ASVK was revoked, would pass for ever).
+        raise CollateralError("CRL has no nextUpdate (RFC 5280 §5.1.2.5): cannot tell whether it is current")
+    if at > next_update:
         raise CollateralExpiredError(f"CRL expired at {at.isoformat()}: nextUpdate {next_update.isoformat()}")
     try:  # the revoked entries are parsed lazily, here
         revoked = crl.get_revoked_certificate_by_serial_number(intermediate.serial_number)
