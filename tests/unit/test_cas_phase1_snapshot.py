@@ -6,6 +6,7 @@ sharing the database) never releases what the current state does not allow."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -169,8 +170,8 @@ def test_a_revision_bump_alone_renders_again(pair: Pair) -> None:
     that too."""
     pair.release()
     pending, _, _ = pair.begin()
-    with pair.b.db.write() as conn:
-        raw_execute(conn, "UPDATE policy_heads SET revision = revision + 1 WHERE name = 'app'")
+    with pair.b.db.write() as conn:  # as confide.cas.owner_revocation does (the MAC'd head)
+        pair.b.policy_auth.bump_revision(conn, "app", time.time())
     pair.commit(pending)
     assert pending.rendered_at_commit and pending.refused is None
     assert pending.result()

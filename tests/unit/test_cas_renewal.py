@@ -456,3 +456,19 @@ def test_an_update_that_changes_the_ca_reissues_its_leaf(env: Env, clock: Clock[
     assert spki(now.leaf) == spki(first.leaf)
     verify_server(now.leaf, [], now.ca, clock.now)
     assert versions(env, "srv") == [1, 2] and versions(env, "srv_key") == [1]
+
+
+def test_the_sweep_skips_a_policy_whose_head_does_not_authenticate(
+    env: Env, clock: Clock[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/cas.md "What a policy's current version rests on": a head the operator edited stops
+    that policy's renewal (logged), not the other policies'."""
+    apply(env, tls_policy(name="other"))
+    with env.cas.db.write() as conn:
+        raw_execute(conn, "UPDATE policy_heads SET revision = revision + 7 WHERE name = 'tls'")
+    clock.now = T0 + 21 * DAY
+    with caplog.at_level("WARNING", logger="confide.cas"):
+        assert due_policies(env.cas, clock.now) == ["other"]
+        assert list(renew_due(env.cas)) == ["other"]
+    assert any("policy-rows-altered" in r.getMessage() for r in caplog.records)
+    assert versions(env, "srv") == [1] and versions(env, "srv", policy="other") == [1, 2]

@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import math
 import os
 import re
@@ -75,6 +76,7 @@ from confide.cas.crl import (
 from confide.cas.db import Database, EventSink, raw_connection, raw_execute, raw_executemany
 from confide.cas.declaration import WITHHELD, declaration, fingerprints
 from confide.cas.owner_revocation import REVOKE_TYPE, REVOKE_V1_TYPE, parse_request, refusal, revoke_request
+from confide.cas.policy_auth import Head, PolicyAuth, PolicyRowsAltered, Version
 from confide.cas.policy_rows import open_column, seal_column
 from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due, renew_policy
 from confide.cas.secrets import (
@@ -333,6 +335,8 @@ class SecretRow(NamedTuple):
     public: str
 
 
+_LOG = logging.getLogger("confide.cas")
+
 # Phase-1 snapshots kept (one per policy and service); docs/cas.md "Phase 1 from a snapshot".
 SNAPSHOTS = 1024
 
@@ -458,9 +462,9 @@ _UNREAD = object()
 def _query(cas: Cas, conn: Connection, key: tuple[str, str, str]) -> Any:
     """One answer of :class:`_Reads`, from the database."""
     what, a, b = key
-    if what == "head":
-        row = raw_execute(conn, "SELECT hash, revision FROM policy_heads WHERE name = ?", (a,)).fetchone()
-        return None if row is None else (str(row[0]), int(row[1]))
+    if what == "head":  # verified: confide.cas.policy_auth
+        head = cas.policy_auth.head(conn, a)
+        return None if head is None else (head.hash, head.revision)
     if what == "secret":
         return cas._latest_secret(conn, a, b)
     if what == "tag":
@@ -615,6 +619,8 @@ class Cas:
         self.clock = clock
         self.nonce_key = sealer.derive_key(b"confide-nonce/v1")
         self._policies: Lru[tuple[str, str], Policy] = Lru(256)
+        # Policy heads and version states, MAC'd under the master key (confide.cas.policy_auth).
+        self.policy_auth = PolicyAuth(sealer)
         # Unsealed values by (policy, name, version, sealed bytes), in memory only: the rows
         # stay sealed at rest, and a row sealed anew (new version, another master key) misses.
         self._unsealed: Lru[tuple[str, str, int, bytes], SecretValue] = Lru(1024)
@@ -670,7 +676,7 @@ class Cas:
         self, submission: Any, policy: Policy, digest: str, document: str, submitter: str, now: float
     ) -> ApplyResult:
         with self.db.write() as conn:
-            head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == policy.name)).first()
+            head = self.policy_auth.head(conn, policy.name)
             # Who may submit is decided first: an identity that may not create or update the
             # policy learns neither its current hash nor which versions were submitted.
             if head is None:
@@ -729,6 +735,10 @@ class Cas:
                     submitter=submitter, creator=creator, state=state, created_at=now,
                 )
             )  # fmt: skip
+            # its state and who submitted it, MAC'd (confide.cas.policy_auth)
+            self.policy_auth.put_version(
+                conn, Version(policy.name, digest, seq, policy.predecessor, submitter, creator, state)
+            )
             payload: dict[str, Any] = {
                 "hash": digest, "predecessor": policy.predecessor, "signer": submitter,
                 "submission_sha256": hashlib.sha256(jcs(submission)).hexdigest(),
@@ -748,18 +758,18 @@ class Cas:
                 self.events.record(conn, "policy-pending", policy.name, payload)
         return ApplyResult(policy.name, digest, state)
 
-    def _namespace_owner(self, conn: Connection, name: str) -> tuple[str, Any] | None:
+    def _namespace_owner(self, conn: Connection, name: str) -> tuple[str, Head] | None:
         """The nearest existing policy whose name is a namespace prefix of ``name`` (``a/b`` for
-        ``a/b/c`` if it exists, else ``a``), with its head row; ``None`` for a free name."""
+        ``a/b/c`` if it exists, else ``a``), with its head (verified); ``None`` for a free name."""
         parts = name.split("/")
         for depth in range(len(parts) - 1, 0, -1):
             parent = "/".join(parts[:depth])
-            head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == parent)).first()
+            head = self.policy_auth.head(conn, parent)
             if head is not None:
                 return parent, head
         return None
 
-    def _creation_rules(self, conn: Connection, name: str) -> tuple[str, Any, tuple[Any, ...]] | None:
+    def _creation_rules(self, conn: Connection, name: str) -> tuple[str, Head, tuple[Any, ...]] | None:
         """Who may create ``name``: its namespace owner's ``access_policy.create_sessions`` (the
         ``update`` rules when absent), with the owner's name and head; ``None`` when no policy
         owns the namespace (first come, as for top-level names)."""
@@ -818,12 +828,10 @@ class Cas:
     def _approve(
         self, conn: Connection, approval: Any, signer: Any, name: str, digest: str
     ) -> ApplyResult | ConfideError:
-        row = conn.execute(
-            select(
-                t.policies.c.state, t.policies.c.predecessor, t.policies.c.submitter, t.policies.c.creator
-            ).where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
-        ).first()
-        head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
+        # Both verified under the master key (confide.cas.policy_auth): a state or a submitter
+        # the operator wrote is a PolicyRowsAltered, never a decision.
+        row = self.policy_auth.version(conn, name, digest)
+        head = self.policy_auth.head(conn, name)
         # The board first: an identity on no board that decides this name learns nothing of it
         # (whether the policy or the version exists, its state), as ``policy show`` says nothing
         # to a non-reader, and changes nothing (no stale mark). A creation (a version without
@@ -853,11 +861,7 @@ class Cas:
         if row.state != "pending":
             raise ConflictError(f"policy {name} version {digest[:16]}… is {row.state}, not pending approval")
         if (head.hash if head is not None else None) != row.predecessor:
-            conn.execute(
-                update(t.policies)
-                .where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
-                .values(state="stale")
-            )
+            self.policy_auth.put_version(conn, row._replace(state="stale"))
             self.events.record(conn, "policy-stale", name, {"hash": digest})
             # Returned, not raised: the stale mark and its event are committed.
             return ConflictError(
@@ -866,43 +870,21 @@ class Cas:
             )
         # Not stale: an update's predecessor is the head, a creation's name is still free.
         creator = row.creator if head is None else head.creator
-        already = conn.execute(
-            select(t.approvals.c.signer).where(
-                and_(
-                    t.approvals.c.name == name,
-                    t.approvals.c.hash == digest,
-                    t.approvals.c.signer == signer.fingerprint,
-                )
-            )
-        ).first()
-        if already is None:
-            conn.execute(
-                insert(t.approvals).values(
-                    name=name, hash=digest, signer=signer.fingerprint,
-                    document=json.dumps(approval, sort_keys=True), created_at=self.clock(),
-                )
-            )  # fmt: skip
+        # The signer's approval with its MAC, replacing any row stored under its name (one the
+        # operator wrote would otherwise keep the genuine approval out, and count for nothing).
+        self.policy_auth.put_approval(
+            conn, name, digest, signer.fingerprint, json.dumps(approval, sort_keys=True), self.clock()
+        )
         self.events.record(
             conn, "policy-approved", name,
             {"hash": digest, "signer": signer.fingerprint, "approval": jcs(approval).decode()},
         )  # fmt: skip
-        approvers = {
-            r.signer
-            for r in conn.execute(
-                select(t.approvals.c.signer).where(
-                    and_(t.approvals.c.name == name, t.approvals.c.hash == digest)
-                )
-            )
-        }
+        approvers = self._approvers(conn, name, digest)
         approvers.add(row.submitter)
         if not is_authorized(rules, approvers, creator=rules_creator):
             return ApplyResult(name, digest, "pending")
         policy = self._load(conn, name, digest)
-        conn.execute(
-            update(t.policies)
-            .where(and_(t.policies.c.name == name, t.policies.c.hash == digest))
-            .values(state="active")
-        )
+        self.policy_auth.put_version(conn, row._replace(state="active"))
         self._activate(conn, policy, digest, creator, creation)
         self.events.record(
             conn,
@@ -911,6 +893,37 @@ class Cas:
             {"hash": digest, "predecessor": row.predecessor, "approvers": sorted(approvers)},
         )
         return ApplyResult(name, digest, "active")
+
+    def _approvers(self, conn: Connection, name: str, digest: str) -> set[str]:
+        """The signers of the stored approvals of version ``digest`` of ``name`` that count: each
+        row's MAC verified (confide.cas.policy_auth: a CAS holding the master key accepted it,
+        for this name, hash and signer) and its document verified again (an Ed25519 signature by
+        the row's signer over a ``confide/approval/v2`` document naming this name and hash). A
+        row the operator wrote or copied from another version, signer or CAS is not counted
+        (logged, ``policy-approval-not-counted``; no values)."""
+        rows = raw_execute(
+            conn,
+            "SELECT signer, document, key_id, mac FROM approvals WHERE name = ? AND hash = ?",
+            (name, digest),
+        ).fetchall()
+        counted: set[str] = set()
+        for signer_fp, document, key_id, mac in rows:
+            fine = self.policy_auth.approval_verifies(name, digest, signer_fp, document, key_id, mac)
+            try:
+                body, signer = verify_signed(jsonstrict.loads(str(document)), APPROVAL_TYPE)
+            except (ValueError, RecursionError, ConfideError):
+                fine = False
+            else:
+                named = (signer.fingerprint, body.get("name"), body.get("hash"))
+                fine = fine and named == (signer_fp, name, digest)
+            if fine:
+                counted.add(str(signer_fp))
+            else:
+                _LOG.warning(
+                    json.dumps({"event": "policy-approval-not-counted", "policy": name[:128],
+                                "hash": digest, "signer": str(signer_fp)[:64]})
+                )  # fmt: skip
+        return counted
 
     def _load(self, conn: Connection, name: str, digest: str) -> Policy:
         # A version's hash names its content and versions are never deleted, so the parsed,
@@ -933,31 +946,23 @@ class Cas:
     def _activate(self, conn: Connection, policy: Policy, digest: str, creator: str, created: bool) -> None:
         now = self.clock()
         previous: Policy | None = None
+        auth = self.policy_auth
         if created:
-            conn.execute(
-                insert(t.policy_heads).values(name=policy.name, hash=digest, creator=creator, updated_at=now)
-            )
+            auth.put_head(conn, policy.name, Head(digest, 0, creator), now, new=True)
         else:
-            old_head = conn.execute(
-                select(t.policy_heads.c.hash).where(t.policy_heads.c.name == policy.name)
-            ).scalar()
-            previous = None if old_head is None else self._load(conn, policy.name, old_head)
-            conn.execute(
-                update(t.policies)
-                .where(
-                    and_(
-                        t.policies.c.name == policy.name,
-                        t.policies.c.state == "active",
-                        t.policies.c.hash != digest,
-                    )
-                )
-                .values(state="superseded")
-            )
-            conn.execute(
-                update(t.policy_heads)
-                .where(t.policy_heads.c.name == policy.name)
-                .values(hash=digest, updated_at=now)
-            )
+            old_head = auth.head(conn, policy.name)  # verified, as every version superseded here
+            if old_head is None:
+                raise PolicyRowsAltered(policy.name, "current version (policy_heads)")
+            previous = self._load(conn, policy.name, old_head.hash)
+            active = raw_execute(
+                conn, "SELECT hash FROM policies WHERE name = ? AND state = 'active' AND hash != ?",
+                (policy.name, digest),
+            ).fetchall()  # fmt: skip
+            for (old,) in active:
+                version = auth.version(conn, policy.name, str(old))
+                assert version is not None  # read in this transaction
+                auth.put_version(conn, version._replace(state="superseded"))
+            auth.put_head(conn, policy.name, old_head._replace(hash=digest), now, new=False)
         self._generate_secrets(conn, policy, digest, previous)
         self._check_access_identities(conn, policy, digest)
         # A CA whose OCSP signer this version changed gets its certificate re-issued with the
@@ -1216,7 +1221,9 @@ class Cas:
             ).first()
             if session is None or session.expires_at < self.clock() or session.policy != policy_name:
                 raise AccessDeniedError("no attested session of this policy presented that token")
-            head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == policy_name)).one()
+            head = self.policy_auth.head(conn, policy_name)
+            if head is None:  # a session's policy is never deleted
+                raise PolicyRowsAltered(policy_name, "current version (policy_heads)")
             policy = self._load(conn, policy_name, head.hash)
             try:
                 service = policy.service(session.service)
@@ -1629,7 +1636,7 @@ class Cas:
             )
         try:
             with self.db.write() as conn:
-                head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == req.name)).first()
+                head = self.policy_auth.head(conn, req.name)
                 if head is None:
                     # Recorded too, filed under no policy (there is none to file it under): the
                     # public checkpoint's size grows by one entry whether or not the policy
@@ -1701,7 +1708,7 @@ class Cas:
     def _show(self, body: dict[str, Any], signer: PublicIdentity) -> dict[str, Any]:
         name = body["name"]
         with self.db.read() as conn:
-            head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
+            head = self.policy_auth.head(conn, name)
             if head is None:
                 raise AccessDeniedError(f"no policy {name} readable by {signer.fingerprint[:16]}…")
             policy = self._load(conn, name, head.hash)
@@ -1717,17 +1724,7 @@ class Cas:
                     "predecessor": r.predecessor,
                     "submitter": r.submitter,
                 }
-                for r in conn.execute(
-                    select(
-                        t.policies.c.hash,
-                        t.policies.c.seq,
-                        t.policies.c.state,
-                        t.policies.c.predecessor,
-                        t.policies.c.submitter,
-                    )
-                    .where(t.policies.c.name == name)
-                    .order_by(t.policies.c.seq)
-                )
+                for r in self.policy_auth.versions(conn, name)  # each verified
                 if r.hash in lineage  # not a competing creation's version (_lineage)
             ]
             secrets: dict[str, Any] = {}
@@ -2380,7 +2377,7 @@ class Cas:
         )
         for attempt in range(2):
             with self.db.read() as conn:
-                head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
+                head = self.policy_auth.head(conn, name)
                 if head is None:
                     raise refused
                 policy = self._load(conn, name, head.hash)
@@ -2470,7 +2467,7 @@ class Cas:
         ).fetchall()  # fmt: skip
         served = []
         for name, ca in found:
-            head = conn.execute(select(t.policy_heads).where(t.policy_heads.c.name == name)).first()
+            head = self.policy_auth.head(conn, name)
             if head is None:
                 continue
             try:
@@ -2490,10 +2487,7 @@ class Cas:
         ``stale`` when someone else created the name first), which another stakeholder
         submitted and this policy's readers must not read (docs/cas.md "A policy's events")."""
         parent: dict[str, str | None] = {
-            r.hash: r.predecessor
-            for r in conn.execute(
-                select(t.policies.c.hash, t.policies.c.predecessor).where(t.policies.c.name == name)
-            )
+            r.hash: r.predecessor for r in self.policy_auth.versions(conn, name)  # each verified
         }
         root, seen = head_hash, {head_hash}
         while (up := parent.get(root)) is not None and up not in seen:  # hashes name content: no cycle

@@ -85,6 +85,11 @@ policies = Table(
     Column("creator", String(64), nullable=False),
     Column("state", String(16), nullable=False),  # active | pending | superseded | stale
     Column("created_at", Float, nullable=False),
+    # HMAC-SHA256 of the row but its sealed texts and created_at, under the master key
+    # ``key_id`` names (schema 15; confide.cas.policy_auth): NULL only for rows of schema 14
+    # not yet bound at a start.
+    Column("key_id", String(32)),
+    Column("mac", String(64)),
     PrimaryKeyConstraint("name", "hash"),
 )
 policy_heads = Table(
@@ -97,6 +102,10 @@ policy_heads = Table(
     # One more with every owner's revocation (docs/cas.md "Revocation"): a release rendered
     # before one is refused at commit, as one rendered before a policy update is.
     Column("revision", BigInteger, nullable=False, server_default="0"),
+    # HMAC-SHA256 of name, hash, revision and creator under the master key ``key_id`` names
+    # (schema 15; confide.cas.policy_auth): NULL only for rows of schema 14 not yet bound.
+    Column("key_id", String(32)),
+    Column("mac", String(64)),
 )
 approvals = Table(
     "approvals",
@@ -106,6 +115,11 @@ approvals = Table(
     Column("signer", String(64), nullable=False),
     Column("document", Text, nullable=False),
     Column("created_at", Float, nullable=False),
+    # HMAC-SHA256 of name, hash, signer and the document's SHA-256 under the master key
+    # ``key_id`` names (schema 15; confide.cas.policy_auth): NULL only for rows of schema 14
+    # not yet bound at a start.
+    Column("key_id", String(32)),
+    Column("mac", String(64)),
     PrimaryKeyConstraint("name", "hash", "signer"),
 )
 secrets = Table(
@@ -354,7 +368,10 @@ successor_retirement_approvals = Table(
     PrimaryKeyConstraint("retirement", "signer"),
 )
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
+# meta key: the heads and versions of a database from before schema 15 were MAC'd (once;
+# confide.cas.policy_auth.bind_unbound)
+POLICY_ROWS_BOUND_META = "policy_rows_bound"
 
 T = TypeVar("T")
 
@@ -515,9 +532,24 @@ def _v14(conn: Connection) -> None:
     del conn
 
 
+def _v15(conn: Connection) -> None:
+    """Authenticated policy heads, version states and approvals (confide.cas.policy_auth,
+    docs/cas.md "What a policy's current version rests on"): ``policy_heads``, ``policies`` and
+    ``approvals`` get ``key_id`` and ``mac``. The migration runs without the master key: the
+    rows stored before are MAC'd as found at the next start (``policy_auth.bind_unbound``, in
+    the start's write transaction, once). Code from before schema 15 refuses the database, so
+    it cannot change a head, a state or an approval without its MAC."""
+    for table in ("policy_heads", "policies", "approvals"):
+        columns = {c["name"] for c in inspect(conn).get_columns(table)}
+        if "key_id" not in columns:
+            raw_execute(conn, f"ALTER TABLE {table} ADD COLUMN key_id VARCHAR(32)")
+        if "mac" not in columns:
+            raw_execute(conn, f"ALTER TABLE {table} ADD COLUMN mac VARCHAR(64)")
+
+
 _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12,
-    13: _v13, 14: _v14,
+    13: _v13, 14: _v14, 15: _v15,
 }  # fmt: skip
 
 
@@ -667,6 +699,8 @@ class Database:
                 _MIGRATIONS[v](conn)
             if version == 0:
                 conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+                # A new database has no row to bind (confide.cas.policy_auth.bind_unbound).
+                conn.execute(insert(meta).values(key=POLICY_ROWS_BOUND_META, value="1"))
                 if self.is_sqlite:
                     conn.execute(insert(cas_lock).values(id=1))
             elif version != SCHEMA_VERSION:

@@ -262,11 +262,11 @@ def replace_responder(
     the SHA-256 of the refused public part and sealed value; never a value). ``None``, writing
     nothing, when the latest row is no longer that one (replaced or renewed meanwhile) or the CA
     no longer has a delegated responder."""
-    head = raw_execute(conn, "SELECT hash FROM policy_heads WHERE name = ?", (policy,)).fetchone()
+    head = cas.policy_auth.head(conn, policy)  # verified (confide.cas.policy_auth)
     if head is None:
         return None
     try:
-        spec = cas._load(conn, policy, head[0]).secret(ca_name)
+        spec = cas._load(conn, policy, head.hash).secret(ca_name)
     except KeyError:
         return None
     if not generated_ca(spec) or spec.ocsp_signer is not OcspSigner.DELEGATED:
@@ -291,5 +291,5 @@ def replace_responder(
             "sealed_sha256": hashlib.sha256(row.sealed).hexdigest(),
         },
     )  # fmt: skip
-    cas.events.record(conn, "certificates-renewed", policy, {"hash": head[0], "certificates": [record]})
+    cas.events.record(conn, "certificates-renewed", policy, {"hash": head.hash, "certificates": [record]})
     return record

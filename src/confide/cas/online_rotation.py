@@ -64,6 +64,7 @@ from confide.cas.db import Database, EventSink, raw_execute
 from confide.cas.db import secrets as secrets_table
 from confide.cas.keyfiles import SEALED_LOG_KEY_NAME, TLS_KEY_NAME, reprotect_tls_key, reseal_log_key
 from confide.cas.master_key import MASTER_KEY_SIZE, PLAIN_NAME, SEALED_NAME, seal_master_key
+from confide.cas.policy_auth import reauthenticate_rows as reauthenticate_policy_rows
 from confide.cas.policy_rows import all_rows, reseal_rows
 from confide.cas.revocation_auth import reauthenticate_revocations
 from confide.cas.rotation import (
@@ -401,13 +402,17 @@ class OnlineRotation:
             revocations = reauthenticate_revocations(
                 conn, self.sealer.only(old_id), self.sealer.only(new_id), new_id
             )
+            # The policy heads, version states and approvals, checked under the old key and MAC'd
+            # under the new one (confide.cas.policy_auth).
+            old, new = self.sealer.only(old_id), self.sealer.only(new_id)
+            heads = reauthenticate_policy_rows(conn, old, new, new_id)
             _write_id(conn, new_id, KEY_ID_META)
             _write_id(conn, None, NEXT_KEY_META)
             tls = (self.data_dir / (TLS_KEY_NAME + PENDING_SUFFIX)).exists()
             log = (self.data_dir / (SEALED_LOG_KEY_NAME + PENDING_SUFFIX)).exists()
             payload = {
                 "old_key_id": old_id, "new_key_id": new_id, "secrets": status.resealed,
-                "policy_versions": status.policy_versions,
+                "policy_versions": status.policy_versions, "policy_rows_authenticated": heads,
                 "sealing": {"from": describe(self.provider), "to": describe(self.provider)},
                 "tls_key": "re-protected" if tls else "plain", "log_key": "re-sealed" if log else "plain",
                 "online": True, "batches": status.batches,

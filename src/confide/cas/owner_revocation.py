@@ -69,7 +69,7 @@ from confide.cas.crl import (
 )
 from confide.cas.crl import revoke_runtime_certificates as revoke_runtime
 from confide.cas.db import raw_execute
-from confide.errors import AccessDeniedError, ConflictError, ParseError, PolicyError
+from confide.errors import AccessDeniedError, ConflictError, ParseError, PolicyError, StorageError
 from confide.policy import Policy
 from confide.policy.canonical import jcs
 from confide.policy.secret import Secret
@@ -188,7 +188,10 @@ def revoke_request(
     """Steps 2-6 of the module docstring for an authorised request (step 1 and the time window
     are the caller's, :meth:`confide.cas.core.Cas.revoke_certificates`), in ``conn`` (a write
     transaction). ``spent_until``: when the request's digest may be forgotten."""
-    head = raw_execute(conn, "SELECT hash FROM policy_heads WHERE name = ?", (req.name,)).fetchone()
+    verified = cas.policy_auth.head(conn, req.name)  # confide.cas.policy_auth
+    if verified is None:  # the caller found it in this transaction
+        raise StorageError(f"policy {req.name[:128]!r} has no current version")
+    head = (verified.hash,)
     policy = cas._load(conn, req.name, head[0])
     # Step 2.
     raw_execute(conn, "DELETE FROM revocation_requests WHERE expires_at < ?", (now,))
@@ -268,7 +271,7 @@ def revoke_request(
         out["key_replaced"] = spec.private_key is not None and spec.private_key in regenerate
     if kept_key is not None:
         out["key_not_replaced"] = kept_key  # the owner must change its declaration
-    raw_execute(conn, "UPDATE policy_heads SET revision = revision + 1 WHERE name = ?", (req.name,))
+    cas.policy_auth.bump_revision(conn, req.name, now)
     payload = {
         "hash": head[0], "signer": req.signer, "request_sha256": req.digest, "secret": req.secret,
         "reason": req.reason, "certificates": revoked,

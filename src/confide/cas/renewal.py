@@ -58,6 +58,7 @@ from confide.cas.db import raw_execute
 from confide.cas.declaration import fingerprints
 from confide.cas.ocsp_delegate import issue_responders, responder_due, responder_name
 from confide.cas.periodic import PeriodicTask
+from confide.cas.policy_auth import PolicyRowsAltered
 from confide.cas.secrets import (
     SecretValue,
     ca_path_lengths,
@@ -135,9 +136,10 @@ def renew_policy(
     (reason ``key-usage``) or whose pathLenConstraint the update changed (``path-length``) and
     what they signed are renewed, and steps 3 and 5 are left to the update (it brings the CRLs
     up to date itself; responders are issued as before)."""
-    head = raw_execute(conn, "SELECT hash FROM policy_heads WHERE name = ?", (name,)).fetchone()
-    if head is None:
+    current = cas.policy_auth.head(conn, name)  # verified (confide.cas.policy_auth)
+    if current is None:
         return []
+    head = (current.hash,)
     policy = cas._load(conn, name, head[0])
     at = datetime.fromtimestamp(now, UTC)
     fresh: dict[str, SecretValue] = {}  # renewed in this transaction
@@ -219,13 +221,26 @@ def renew_policy(
     return renewed
 
 
+def _verified_head(cas: Cas, conn: Connection, name: str) -> str | None:
+    """``name``'s current hash, verified; ``None`` (logged, no values) when its rows do not
+    authenticate: the sweep goes on with the other policies, and a renewal of this one is
+    refused (:func:`renew_policy`) until the rows are restored."""
+    try:
+        head = cas.policy_auth.head(conn, name)
+    except PolicyRowsAltered as exc:
+        log.warning(json.dumps({"event": "policy-rows-altered", "policy": name[:128], "row": exc.what}))
+        return None
+    return None if head is None else head.hash
+
+
 def due_policies(cas: Cas, now: float) -> list[str]:
     """The policies with a certificate due at ``now``, or a generated CA whose CRL is due or
     missing, or (declared ``ocsp``) whose OCSP responder certificate is (one read transaction,
     no write lock)."""
     due: set[str] = set()
     with cas.db.read() as conn:
-        heads = dict(raw_execute(conn, "SELECT name, hash FROM policy_heads").fetchall())
+        names = {str(r[0]) for r in raw_execute(conn, "SELECT name FROM policy_heads").fetchall()}
+        heads: dict[str, str | None] = {}  # verified as they are needed (confide.cas.policy_auth)
         crls = {
             (r[0], r[1]): (float(r[2]), float(r[3]))
             for r in raw_execute(conn, "SELECT policy, ca, this_update, next_update FROM crls").fetchall()
@@ -238,9 +253,14 @@ def due_policies(cas: Cas, now: float) -> list[str]:
         ).fetchall()
         lengths: dict[str, dict[str, int]] = {}  # per policy: its CAs' pathLenConstraints
         for policy_name, name, version, public in rows:
-            if policy_name in due or policy_name not in heads:
+            if policy_name in due or policy_name not in names:
                 continue
-            current = cas._load(conn, policy_name, heads[policy_name])
+            if policy_name not in heads:
+                heads[policy_name] = _verified_head(cas, conn, policy_name)
+            digest = heads[policy_name]
+            if digest is None:
+                continue
+            current = cas._load(conn, policy_name, digest)
             try:
                 spec = current.secret(name)
             except KeyError:

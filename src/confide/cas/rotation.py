@@ -79,6 +79,9 @@ from confide.cas.master_key import (
     seal_master_key,
     unseal_master_key,
 )
+from confide.cas.policy_auth import EVENT_BOUND as POLICY_ROWS_BOUND
+from confide.cas.policy_auth import bind_unbound as bind_policy_rows
+from confide.cas.policy_auth import reauthenticate_rows as reauthenticate_policy_rows
 from confide.cas.policy_rows import all_rows, reseal_rows, seal_clear_rows
 from confide.cas.revocation_auth import reauthenticate_revocations
 from confide.cas.sealing import SealingKeyProvider
@@ -575,6 +578,13 @@ def rotate_master_key(
             # not started since are sealed first, as a start would; then all re-sealed.
             seal_clear_rows(conn, old)
             policy_rows = reseal_rows(conn, old, new, all_rows(conn))
+            # The policy heads, version states and approvals (confide.cas.policy_auth): a database migrated
+            # but not started since is bound first under K0, as a start would; then all are
+            # checked under K0 and MAC'd under K1.
+            heads_bound = bind_policy_rows(conn, old)
+            if heads_bound is not None:
+                events.record(conn, POLICY_ROWS_BOUND, None, heads_bound)
+            heads = reauthenticate_policy_rows(conn, old, new, new_id)
             # The successor board, checked under K0 and authenticated under K1 (confide.cas.successor).
             board = reauthenticate_board(conn, old, new, new_id)
             # The revocation records, checked under K0 and MAC'd under K1 (confide.cas.revocation_auth).
@@ -582,7 +592,7 @@ def rotate_master_key(
             _write_id(conn, new_id)
             payload = {
                 "old_key_id": old_id, "new_key_id": new_id, "secrets": count,
-                "policy_versions": policy_rows,
+                "policy_versions": policy_rows, "policy_rows_authenticated": heads,
                 **({"successor_board": "re-authenticated"} if board else {}),
                 **({"revocations": revocations} if revocations else {}),
                 **({"tcb_floor": tcb_floor} if tcb_floor else {}),

@@ -88,6 +88,8 @@ from confide.cas.online_rotation import OnlineRotation, add_pending_key
 from confide.cas.own_evidence import DEFAULT_REFRESH_SECONDS, CasEvidence, EvidenceRefresher
 from confide.cas.own_vcek import with_kds_vcek
 from confide.cas.pin import AttestedWitnesses, cas_binding
+from confide.cas.policy_auth import EVENT_BOUND as POLICY_ROWS_BOUND
+from confide.cas.policy_auth import bind_unbound as bind_policy_rows
 from confide.cas.policy_rows import seal_clear_rows
 from confide.cas.public_http import PublicApp
 from confide.cas.renewal import DEFAULT_SWEEP_SECONDS, CertificateRenewer
@@ -794,6 +796,11 @@ def prepare(
         first_bound = bind_unbound(conn, sealer)
         if first_bound is not None:
             cas.events.record(conn, EVENT_BOUND, None, first_bound)
+        # Policy heads, versions and approvals stored before schema 15, MAC'd as found, once
+        # (confide.cas.policy_auth): the upgrade trusts them as they are now.
+        heads_bound = bind_policy_rows(conn, sealer)
+        if heads_bound is not None:
+            cas.events.record(conn, POLICY_ROWS_BOUND, None, heads_bound)
         # The DCAP TCB evaluation floor file checked under the master key and against the
         # ledger's latest floor; a failure is recorded and the floor restored (confide.cas.tcb_floor).
         floor_event = tcb_floor.authenticate(sealer, ledger_floor(conn, store=True))

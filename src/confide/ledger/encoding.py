@@ -75,6 +75,7 @@ class EntryType(StrEnum):
     CRL_ISSUED = "crl.issued"
     REVOCATIONS_ALTERED = "revocations.altered"  # a CA's revocation records failed their MACs
     REVOCATIONS_BOUND = "revocations.bound"  # rows from before schema 13 MAC'd at a start
+    POLICY_ROWS_BOUND = "policy.rows-bound"  # heads and versions from before schema 15 MAC'd at a start
     TCB_FLOOR_RAISED = "dcap.tcb-floor.raised"  # the CAS's DCAP TCB evaluation floor grew
     TCB_FLOOR_ALTERED = "dcap.tcb-floor.altered"  # its file failed its MAC or lay behind the ledger
     TCB_FLOOR_BOUND = "dcap.tcb-floor.bound"  # a file from before the MAC, MAC'd at a start
