@@ -37,7 +37,7 @@ UNFILED = {
     "master-key-released", "master-key-release-refused", "successor-board-set", "successor-approved",
     "successor-approval-refused", "successor-withdrawn", "successor-withdrawal-refused",
     "successor-board-change-approved", "successor-board-change-refused", "successor-board-changed",
-    "successor-version-retired", "successor-retirement-approved", "successor-retirement-refused",
+    "successor-version-retired", "successor-retirement-approved", "successor-retirement-refused", "policy-rows-bound",
 }  # fmt: skip
 
 

@@ -2487,7 +2487,8 @@ class Cas:
         ``stale`` when someone else created the name first), which another stakeholder
         submitted and this policy's readers must not read (docs/cas.md "A policy's events")."""
         parent: dict[str, str | None] = {
-            r.hash: r.predecessor for r in self.policy_auth.versions(conn, name)  # each verified
+            r.hash: r.predecessor
+            for r in self.policy_auth.versions(conn, name)  # each verified
         }
         root, seen = head_hash, {head_hash}
         while (up := parent.get(root)) is not None and up not in seen:  # hashes name content: no cycle
