@@ -14,7 +14,10 @@ from hypothesis import strategies as st
 
 from confide.errors import ParseError
 from confide.ledger.encoding import (
+    ENTRY_VERSION,
+    ENTRY_VERSION_UNSALTED,
     MAX_DEPTH,
+    SALT_SIZE,
     Entry,
     EntryType,
     _serialise,
@@ -23,8 +26,10 @@ from confide.ledger.encoding import (
     format_time,
     parse_canonical_json,
 )
+from confide.ledger.merkle import hash_leaf
 
 AT = datetime(2026, 11, 27, 10, 52, 20, 123456, tzinfo=UTC)
+SALT = bytes(range(0xA0, 0xB0))  # a fixed salt where a test compares bytes
 
 
 def test_rfc8785_member_order_is_by_utf16_code_units() -> None:
@@ -145,10 +150,18 @@ def test_entry_round_trip_and_shape() -> None:
     )
     data = entry.to_bytes()
     assert data.startswith(b'{"payload":{"key_sha256":')
-    assert b'"time":"2026-11-27T10:52:20.123456Z","type":"secret.released","v":1}' in data
+    salt = entry.salt
+    assert salt is not None and len(salt) == SALT_SIZE
+    tail = (
+        b'"salt":"'
+        + salt.hex().encode()
+        + b'","time":"2026-11-27T10:52:20.123456Z","type":"secret.released","v":2}'
+    )
+    assert data.endswith(tail)
     assert Entry.from_bytes(data) == entry
+    assert entry.version == ENTRY_VERSION == 2
     with pytest.raises(ParseError):
-        Entry.from_bytes(data.replace(b'"v":1', b'"v":2'))
+        Entry.from_bytes(data.replace(b'"v":2', b'"v":3'))
     with pytest.raises(ParseError):
         Entry.from_bytes(data.replace(b"secret.released", b"secret.stolen"))
 
@@ -211,14 +224,16 @@ def _error_or_bytes(make: Callable[[], bytes]) -> bytes | None:
 @given(
     st.dictionaries(st.text(max_size=4) | st.sampled_from(["a", "é", "policy"]), _mixed, max_size=4),
     st.sampled_from([None, "team/db", "é", 'a"b\\c\n\x01', "\ud800"]),
+    st.sampled_from([SALT, None]),
 )
 def test_an_entry_encoded_around_its_payload_is_its_bytes(
-    payload: dict[str, Any], policy: str | None
+    payload: dict[str, Any], policy: str | None, salt: bytes | None
 ) -> None:
     """Entry.encoded splices the payload's own canonical JSON into the entry: the same bytes as
-    to_bytes (or the same refusal), and the payload part is the payload's canonical JSON."""
+    to_bytes (or the same refusal), and the payload part is the payload's canonical JSON; for
+    version 2 entries (salted) and version 1 ones alike."""
     try:
-        entry = Entry(EntryType.SECRET_RELEASED, "2026-11-27T10:52:20.123456Z", policy, payload)
+        entry = Entry(EntryType.SECRET_RELEASED, "2026-11-27T10:52:20.123456Z", policy, payload, salt)
     except ParseError:
         return
     whole = _error_or_bytes(entry.to_bytes)
@@ -266,13 +281,16 @@ _payload_values = st.recursive(
         ["2026-11-27T10:52:20.123456Z", "2026-02-30T00:00:00.000000Z", "2026-11-27 10:52:20Z", 5]
     ),
     st.sampled_from([EntryType.ATTESTATION, EntryType.SECRET_RELEASED, "attestation"]),
+    st.sampled_from([SALT, bytes(16), SALT[:15], SALT + b"\x00", SALT.hex(), bytearray(SALT), 16]),
 )
-def test_encode_entry_is_the_entrys_encoding(payload: Any, policy: Any, time: Any, entry_type: Any) -> None:
+def test_encode_entry_is_the_entrys_encoding(
+    payload: Any, policy: Any, time: Any, entry_type: Any, salt: Any
+) -> None:
     """encode_entry (the CAS writer's path) gives Entry(...).encoded()'s bytes, or raises what
     the Entry raises, for any payload: forbidden names at any depth, names that are not
-    strings, lone surrogates, integers out of range, tuples, invalid times and policies."""
-    expected = _outcome(lambda: Entry(entry_type, time, policy, payload).encoded())
-    assert _outcome(lambda: encode_entry(entry_type, time, policy, payload)) == expected
+    strings, lone surrogates, integers out of range, tuples, invalid times, policies and salts."""
+    expected = _outcome(lambda: Entry(entry_type, time, policy, payload, salt).encoded())
+    assert _outcome(lambda: encode_entry(entry_type, time, policy, payload, salt)) == expected
 
 
 @pytest.mark.parametrize("depth", [MAX_DEPTH - 3, MAX_DEPTH - 2, MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1])
@@ -283,5 +301,79 @@ def test_encode_entry_keeps_the_nesting_limit(depth: int, leaf: object) -> None:
         value = {"k": value} if i % 2 else [value]
     t = "2026-11-27T10:52:20.123456Z"
     payload = {"k": value}
-    expected = _outcome(lambda: Entry(EntryType.ATTESTATION, t, "p", payload).encoded())
-    assert _outcome(lambda: encode_entry(EntryType.ATTESTATION, t, "p", payload)) == expected
+    expected = _outcome(lambda: Entry(EntryType.ATTESTATION, t, "p", payload, SALT).encoded())
+    assert _outcome(lambda: encode_entry(EntryType.ATTESTATION, t, "p", payload, SALT)) == expected
+
+
+def test_entries_equal_but_for_the_salt_have_different_leaf_hashes() -> None:
+    """RFC 9162 §2.1.1: the leaf hash covers the whole entry, salt included, so the tile of an
+    entry cannot be confirmed from its other members alone."""
+    payload = {"signer": "ab" * 32, "reason": "not a member of the policy's board"}
+    one = Entry(EntryType.POLICY_REFUSED, "2026-11-27T10:52:20.123456Z", "team/db", payload, SALT)
+    two = Entry(EntryType.POLICY_REFUSED, "2026-11-27T10:52:20.123456Z", "team/db", payload, bytes(16))
+    unsalted = Entry(EntryType.POLICY_REFUSED, "2026-11-27T10:52:20.123456Z", "team/db", payload, None)
+    hashes = {hash_leaf(e.to_bytes()) for e in (one, two, unsalted)}
+    assert len(hashes) == 3
+    assert one.to_json() | {"salt": None} == two.to_json() | {"salt": None}  # all else equal
+    # The CAS's path (encode_entry) too, and a fresh salt each time it is not given.
+    fixed = encode_entry(EntryType.POLICY_REFUSED, one.time, "team/db", payload, SALT)[0]
+    assert fixed == one.to_bytes()
+    fresh = {encode_entry(EntryType.POLICY_REFUSED, one.time, "team/db", payload)[0] for _ in range(2)}
+    assert len(fresh) == 2  # two 16-byte draws of os.urandom (equal: probability 2**-128)
+    assert {Entry.from_bytes(e).version for e in fresh} == {ENTRY_VERSION}
+    assert (
+        Entry.create(EntryType.CAS_STARTED, AT, {}).salt != Entry.create(EntryType.CAS_STARTED, AT, {}).salt
+    )
+
+
+V1_ENTRY = (
+    b'{"payload":{"n":1},"policy":"team/db","time":"2026-11-27T10:52:20.123456Z","type":"cas.started","v":1}'
+)
+
+
+def test_version_1_entries_stay_readable_as_they_are() -> None:
+    """Entries of logs written before the salt: parsed, re-encoded byte for byte (their leaf
+    hashes, and so their logs' trees, are unchanged), never given a salt."""
+    entry = Entry.from_bytes(V1_ENTRY)
+    assert (entry.version, entry.salt, entry.payload) == (ENTRY_VERSION_UNSALTED, None, {"n": 1})
+    assert entry.to_bytes() == V1_ENTRY
+    assert entry.encoded()[0] == V1_ENTRY
+    salted = Entry(entry.type, entry.time, entry.policy, entry.payload, SALT)
+    assert salted.to_bytes() == V1_ENTRY.replace(
+        b'"time"', b'"salt":"' + SALT.hex().encode() + b'","time"'
+    ).replace(b'"v":1}', b'"v":2}')
+    assert Entry.from_bytes(salted.to_bytes()) == salted
+
+
+def _v2(salt: bytes) -> bytes:
+    return V1_ENTRY.replace(b'"time"', b'"salt":' + salt + b',"time"').replace(b'"v":1}', b'"v":2}')
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        V1_ENTRY.replace(b'"v":1}', b'"v":2}'),  # version 2 without a salt
+        _v2(b'"' + SALT.hex().encode() + b'"').replace(b'"v":2}', b'"v":1}'),  # version 1 with one
+        _v2(b"null"),
+        _v2(b'""'),
+        _v2(b"7"),
+        _v2(b'"' + SALT.hex().upper().encode() + b'"'),  # the one form is lower case
+        _v2(b'"' + SALT.hex()[:-2].encode() + b'"'),  # 15 bytes
+        _v2(b'"' + SALT.hex().encode() + b'00"'),  # 17 bytes
+        _v2(b'"oKCio6SlpqeoqaqrrK2urw=="'),  # base64 of SALT: not the canonical form
+        _v2(b'"' + SALT.hex()[:-1].encode() + b'g"'),
+        _v2(b'["' + SALT.hex().encode() + b'"]'),
+    ],
+)
+def test_a_missing_or_malformed_salt_is_a_parse_error(data: bytes) -> None:
+    with pytest.raises(ParseError) as caught:
+        Entry.from_bytes(data)
+    assert SALT.hex()[:20] not in str(caught.value).lower()  # the message does not repeat it
+    for bad in (b"", SALT[:15], SALT.hex(), bytearray(SALT)):
+        with pytest.raises(ParseError, match="salt"):
+            Entry(EntryType.CAS_STARTED, "2026-11-27T10:52:20.123456Z", None, {}, bad)  # type: ignore[arg-type]
+
+
+def test_the_salt_is_not_in_an_entrys_repr() -> None:
+    entry = Entry(EntryType.CAS_STARTED, "2026-11-27T10:52:20.123456Z", None, {}, SALT)
+    assert SALT.hex() not in repr(entry) and repr(SALT) not in repr(entry)

@@ -9,8 +9,9 @@ the RFC 9162 Merkle log stored in the same database, through the same connection
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy import Connection
 
 from confide.cas.db import EventSink, insert_events, raw_connection
 from confide.errors import StorageError, UsageError
-from confide.ledger.encoding import EntryType, encode_entry, format_time
+from confide.ledger.encoding import SALT_SIZE, EntryType, encode_entry, format_time
 from confide.ledger.store import Ledger
 
 __all__ = ["ENTRY_TYPES", "LedgerEventSink"]
@@ -79,15 +80,22 @@ class _Batch:
 
 
 class LedgerEventSink(EventSink):
-    def __init__(self) -> None:
+    """``random(n)``: n random bytes, the entries' salts (docs/ledger.md "Entries"); the
+    operating system's CSPRNG unless a test gives fixed bytes."""
+
+    def __init__(self, random: Callable[[int], bytes] = os.urandom) -> None:
         self.ledger = Ledger()
+        self.random = random
         self._local = threading.local()  # .batch: the _Batch of this thread's transaction
 
     def record_many(self, conn: Connection, events: Sequence[tuple[str, str | None, dict[str, Any]]]) -> int:
         at = format_time(datetime.now(UTC))  # one time for the events of one change
+        # every entry's salt drawn at once (one getrandom(2) for a change's entries)
+        salts = self.random(SALT_SIZE * len(events))
         entries, payloads = [], []
-        for type_, policy, payload in events:
-            entry, payload_json = encode_entry(ENTRY_TYPES[type_], at, policy, payload)
+        for i, (type_, policy, payload) in enumerate(events):
+            salt = salts[i * SALT_SIZE : (i + 1) * SALT_SIZE]
+            entry, payload_json = encode_entry(ENTRY_TYPES[type_], at, policy, payload, salt)
             entries.append(entry)
             payloads.append(payload_json.decode("utf-8"))
         batch: _Batch | None = getattr(self._local, "batch", None)

@@ -2,8 +2,16 @@
 
 An entry is the JSON object ::
 
-    {"v": 1, "type": <EntryType>, "time": "YYYY-MM-DDTHH:MM:SS.ffffffZ",
-     "policy": <policy name or null>, "payload": {...}}
+    {"v": 2, "type": <EntryType>, "time": "YYYY-MM-DDTHH:MM:SS.ffffffZ",
+     "policy": <policy name or null>, "payload": {...}, "salt": <32 lower-case hex digits>}
+
+The salt is 16 fresh random bytes per entry (``os.urandom``), written as lower-case hex (its
+one canonical form): the leaf hash ``SHA-256(0x00 || entry)`` (RFC 9162 §2.1.1) sits in the
+public level-0 tiles, and without the salt whoever could guess an entry's other members (the
+caller of a refused request knows its signer, policy and, to a fraction of a second, its time)
+could confirm the guess against the tile. Version 1 entries (no ``salt`` member), written
+before, are read and verified as they are and never written; a version 2 entry without a
+well-formed salt, or a version 1 entry with one, is a :class:`ParseError`.
 
 serialised per RFC 8785: no whitespace; object members sorted by the UTF-16 code units of
 their names (§3.2.3); strings with only ``"``, ``\\`` and U+0000..U+001F escaped, the
@@ -23,6 +31,7 @@ depth, as defence in depth behind the CAS, which only records names, versions an
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,13 +41,28 @@ from typing import Any
 from confide import jsonstrict
 from confide.errors import ParseError
 
-__all__ = ["ENTRY_VERSION", "Entry", "EntryType", "canonical_json", "encode_entry", "parse_canonical_json"]
+__all__ = [
+    "ENTRY_VERSION",
+    "ENTRY_VERSION_UNSALTED",
+    "SALT_SIZE",
+    "Entry",
+    "EntryType",
+    "canonical_json",
+    "encode_entry",
+    "new_salt",
+    "parse_canonical_json",
+]
 
-ENTRY_VERSION = 1
+ENTRY_VERSION = 2  # the version written: entries with a salt (encode_entry writes the digit)
+ENTRY_VERSION_UNSALTED = 1  # entries of logs written before the salt: read and verified, never written
+SALT_SIZE = 16  # bytes; in the entry as 2 * SALT_SIZE lower-case hex digits
 MAX_SAFE_INTEGER = (1 << 53) - 1  # RFC 8785 §3.2.2.3 / I-JSON: exactly representable
 FORBIDDEN_PAYLOAD_NAMES = frozenset({"value", "plaintext", "private_key", "secret_value", "seed", "password"})
 MAX_DEPTH = 32
 _STRUCTURE = "ledger entry"
+_SALT_RE = re.compile(r"[0-9a-f]{32}")
+_MEMBERS_V1 = frozenset({"v", "type", "time", "policy", "payload"})
+_MEMBERS = _MEMBERS_V1 | {"salt"}
 _TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 
 JSONValue = None | bool | int | str | list["JSONValue"] | dict[str, "JSONValue"]
@@ -328,6 +352,15 @@ def format_time(at: datetime) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def new_salt() -> bytes:
+    """A fresh entry salt: SALT_SIZE bytes from the operating system's CSPRNG."""
+    return os.urandom(SALT_SIZE)
+
+
+def _bad_salt(salt: object) -> bool:
+    return salt.__class__ is not bytes or len(salt) != SALT_SIZE
+
+
 # The last entry time found valid: the entries of one change share their time string (one
 # check for all of them). A str is immutable, so the same object stays valid.
 _valid_time: str | None = None
@@ -350,12 +383,16 @@ def _check_time(time: object) -> None:
 
 @dataclass(frozen=True)
 class Entry:
-    """One ledger entry; ``payload`` is type specific (see docs/ledger.md)."""
+    """One ledger entry; ``payload`` is type specific (see docs/ledger.md). ``salt``: SALT_SIZE
+    bytes, fresh from :func:`new_salt` unless given (a version 2 entry); ``None`` only for the
+    version 1 entries of logs written before the salt. It is left out of the ``repr``, so no
+    log line or exception that shows an entry carries it."""
 
     type: EntryType
     time: str
     policy: str | None
     payload: dict[str, Any] = field(default_factory=dict)
+    salt: bytes | None = field(default_factory=new_salt, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.type, EntryType):
@@ -369,6 +406,16 @@ class Entry:
         if not isinstance(self.payload, dict):
             raise ParseError("payload must be an object", structure=_STRUCTURE, field="payload")
         _check_payload(self.payload, "payload")
+        if self.salt is not None and _bad_salt(self.salt):
+            raise ParseError(
+                f"salt must be {SALT_SIZE} bytes (or None: a version {ENTRY_VERSION_UNSALTED} entry)",
+                structure=_STRUCTURE,
+                field="salt",
+            )
+
+    @property
+    def version(self) -> int:
+        return ENTRY_VERSION_UNSALTED if self.salt is None else ENTRY_VERSION
 
     def _check_time(self) -> None:
         _check_time(self.time)
@@ -380,13 +427,16 @@ class Entry:
         return cls(type=type, time=format_time(at), policy=policy, payload=payload)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "v": ENTRY_VERSION,
+        out = {
+            "v": self.version,
             "type": self.type.value,
             "time": self.time,
             "policy": self.policy,
             "payload": self.payload,
         }
+        if self.salt is not None:
+            out["salt"] = self.salt.hex()
+        return out
 
     def to_bytes(self) -> bytes:
         return canonical_json(self.to_json())
@@ -397,15 +447,26 @@ class Entry:
         bytes, then the other members (which sort after it) as their own object writes them."""
         payload = canonical_json(self.payload, 1)
         policy = self.policy
+        salt = "" if self.salt is None else f'"salt":"{self.salt.hex()}",'
         if policy is None or policy.isascii():
             # What canonical_json writes for these members, without the walk: the time matched
-            # its pattern (digits and separators), the type names need no escapes, and an ASCII
-            # policy name is written as json writes it, which is RFC 8785's (see _plain).
+            # its pattern (digits and separators), the type names and the salt's hex digits need
+            # no escapes, and an ASCII policy name is written as json writes it, which is
+            # RFC 8785's (see _plain). "salt" sorts between "policy" and "time" (§3.2.3).
             name = "null" if policy is None else _JSON.encode(policy)
-            rest = f'"policy":{name},"time":"{self.time}","type":"{self.type.value}","v":{ENTRY_VERSION}}}'
+            rest = (
+                f'"policy":{name},{salt}"time":"{self.time}","type":"{self.type.value}","v":{self.version}}}'
+            )
             return b'{"payload":' + payload + b"," + rest.encode("utf-8"), payload
-        whole = canonical_json({"policy": policy, "time": self.time, "type": self.type.value,
-                                "v": ENTRY_VERSION})  # fmt: skip
+        members: dict[str, Any] = {
+            "policy": policy,
+            "time": self.time,
+            "type": self.type.value,
+            "v": self.version,
+        }
+        if self.salt is not None:
+            members["salt"] = self.salt.hex()
+        whole = canonical_json(members)
         return b'{"payload":' + payload + b"," + whole[1:], payload
 
     @classmethod
@@ -413,13 +474,30 @@ class Entry:
         value = parse_canonical_json(data)
         if not isinstance(value, dict):
             raise ParseError("expected a JSON object", structure=_STRUCTURE)
-        expected = {"v", "type", "time", "policy", "payload"}
+        # A version 2 entry has a salt; a version 1 entry (of a log written before) has none.
+        version = value.get("v")
+        expected = _MEMBERS if version == ENTRY_VERSION else _MEMBERS_V1
         if set(value) != expected:
-            raise ParseError(f"members {sorted(value)}, expected {sorted(expected)}", structure=_STRUCTURE)
-        if value["v"] != ENTRY_VERSION or isinstance(value["v"], bool):
             raise ParseError(
-                f"version {value['v']!r}, expected {ENTRY_VERSION}", structure=_STRUCTURE, field="v"
+                f"members {sorted(value)}, expected {sorted(expected)} (version {version!r})",
+                structure=_STRUCTURE,
             )
+        if version not in (ENTRY_VERSION, ENTRY_VERSION_UNSALTED) or isinstance(version, bool):
+            raise ParseError(
+                f"version {version!r}, expected {ENTRY_VERSION} (or {ENTRY_VERSION_UNSALTED})",
+                structure=_STRUCTURE,
+                field="v",
+            )
+        salt: bytes | None = None
+        if version == ENTRY_VERSION:
+            text = value["salt"]
+            # the one canonical form: 2 * SALT_SIZE lower-case hex digits (the value is not
+            # repeated in the message)
+            if not isinstance(text, str) or _SALT_RE.fullmatch(text) is None:
+                raise ParseError(
+                    f"salt must be {2 * SALT_SIZE} lower-case hex digits", structure=_STRUCTURE, field="salt"
+                )
+            salt = bytes.fromhex(text)
         type_name = value["type"]
         try:
             if not isinstance(type_name, str):
@@ -438,28 +516,32 @@ class Entry:
         time = value["time"]
         if not isinstance(time, str):
             raise ParseError("time must be a string", structure=_STRUCTURE, field="time")
-        return cls(type=etype, time=time, policy=policy, payload=payload)
+        return cls(type=etype, time=time, policy=policy, payload=payload, salt=salt)
 
 
 def encode_entry(
-    entry_type: EntryType, time: str, policy: str | None, payload: dict[str, Any]
+    entry_type: EntryType, time: str, policy: str | None, payload: dict[str, Any], salt: bytes | None = None
 ) -> tuple[bytes, bytes]:
-    """``Entry(entry_type, time, policy, payload).encoded()`` without the frozen dataclass: the
-    same checks, in the same order, the same errors and the same bytes (the CAS's writer
-    encodes two entries per attestation). A payload that :func:`_clean` judges in one walk is
-    written by ``json``'s C encoder; anything else takes the :class:`Entry` path itself."""
+    """``Entry(entry_type, time, policy, payload, salt).encoded()`` without the frozen
+    dataclass: the same checks, in the same order, the same errors and the same bytes (the
+    CAS's writer encodes two entries per attestation). A payload that :func:`_clean` judges in
+    one walk is written by ``json``'s C encoder; anything else takes the :class:`Entry` path
+    itself. Always a version 2 entry: ``salt`` ``None`` means a fresh :func:`new_salt`."""
+    if salt is None:
+        salt = os.urandom(SALT_SIZE)
     if entry_type.__class__ is not EntryType:
-        return Entry(entry_type, time, policy, payload).encoded()  # raises
+        return Entry(entry_type, time, policy, payload, salt).encoded()  # raises
     if time is not _valid_time:
         _check_time(time)
     if (
         (policy is not None and (policy.__class__ is not str or not policy or not policy.isascii()))
         or payload.__class__ is not dict
         or not _clean(payload, 1)
+        or _bad_salt(salt)
     ):
-        return Entry(entry_type, time, policy, payload).encoded()
+        return Entry(entry_type, time, policy, payload, salt).encoded()
     body = _JSON.encode(payload).encode("utf-8")
     # as Entry.encoded writes the members after the payload (an ASCII policy name: json's form)
     name = "null" if policy is None else _JSON.encode(policy)
-    rest = f'"policy":{name},"time":"{time}","type":"{entry_type.value}","v":{ENTRY_VERSION}}}'
+    rest = f'"policy":{name},"salt":"{salt.hex()}","time":"{time}","type":"{entry_type.value}","v":2}}'
     return b'{"payload":' + body + b"," + rest.encode("utf-8"), body
