@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from confide.cas.client import policy_submission
 from confide.errors import (
     ConsistencyError,
     EntryMismatchError,
@@ -26,10 +27,13 @@ from confide.errors import (
     SignatureError,
     UnknownKeyError,
 )
+from confide.identity import Identity
 from confide.ledger.checkpoint import Checkpoint, sign_checkpoint
-from confide.ledger.encoding import Entry, EntryType
+from confide.ledger.encoding import SALT_SIZE, Entry, EntryType, format_time
 from confide.ledger.note import NoteSigner, parse_note
 from confide.ledger.store import Ledger, connect, write_transaction
+from confide.policy import loads_policy, policy_hash
+from confide.policy.canonical import jcs
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 ORIGIN = "cas.example/ledger"
@@ -260,3 +264,85 @@ def test_verify_over_http(log: Log) -> None:
         proc.stderr.close()
     assert _cli("verify", "--url", "http://127.0.0.1:9", "--key", log.vkey).returncode == 40  # NetworkError
     assert _cli("verify", "--key", log.vkey).returncode == 2  # neither --log-db nor --url
+
+
+def _policy_entries(who: Identity, salt: bool) -> tuple[bytes, bytes]:
+    """A policy's creation and its update, with signed submissions (``--full`` checks them);
+    ``salt``: version 2 entries, else version 1 ones as logs of before the salt hold them."""
+    base = 'name: team/db\nversion: "0.3"\nservices:\n  - name: s\n    attestation:\n      tdx:\n        mr_td: "{m}"\n'
+    out, predecessor = [], None
+    for i, m in enumerate(("aa" * 48, "bb" * 48)):
+        policy = loads_policy(base.format(m=m) + (f"predecessor: {predecessor}\n" if predecessor else ""))
+        digest = policy_hash(policy)
+        payload = {"hash": digest, "predecessor": predecessor, "signer": who.fingerprint,
+                   "submission": jcs(policy_submission(policy, who, cas="ab" * 32)).decode()}  # fmt: skip
+        kind = EntryType.POLICY_UPDATED if predecessor else EntryType.POLICY_CREATED
+        at = format_time(T0 + timedelta(minutes=i))
+        out.append(
+            Entry(kind, at, "team/db", payload, None if not salt else bytes([i + 1]) * SALT_SIZE).to_bytes()
+        )
+        predecessor = digest
+    return out[0], out[1]
+
+
+def test_a_log_begun_with_version_1_entries_still_verifies(tmp_path: Path) -> None:
+    """A log written before entries had a salt (version 1), then grown by a CAS that salts them
+    (version 2): --full checks both, --state carries the audit across the change, and a mirror
+    serving its entries (ledger serve --serve-entries) verifies too. Changing the salt of a
+    version 2 entry, or removing it, is an entry mismatch."""
+    key_file = tmp_path / "log.key"
+    res = _cli("keygen", "--name", ORIGIN, "--out", str(key_file))
+    assert res.returncode == 0, res.stderr
+    vkey = res.stdout.strip()
+    lg = Log(
+        tmp_path / "cas.db",
+        tmp_path / "state.json",
+        key_file,
+        vkey,
+        NoteSigner.from_skey(key_file.read_text()),
+        tmp_path / "unused",
+    )
+    alice = Identity.generate()
+    created_v1, _ = _policy_entries(alice, salt=False)
+    old = [Entry.from_bytes(_entry(i)) for i in range(10)]
+    v1 = [created_v1] + [Entry(e.type, e.time, e.policy, e.payload, None).to_bytes() for e in old]
+    assert all(b'"v":1}' in e and b'"salt"' not in e for e in v1)
+    _append(lg.db, v1)
+    _checkpoint(lg.db, key_file)
+    res = lg.verify("--full")
+    assert res.returncode == 0, res.stderr
+
+    # the CAS upgraded: the update of the policy created above, and more, as version 2 entries
+    _, updated_v2 = _policy_entries(alice, salt=True)
+    v2 = [updated_v2] + [_entry(i) for i in range(10, 30)]
+    assert all(Entry.from_bytes(e).version == 2 for e in v2)
+    _append(lg.db, v2)
+    _checkpoint(lg.db, key_file)
+    res = lg.verify("--full", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert (out["size"], out["previous_size"], out["entries_checked"]) == (32, 11, 32)
+
+    proc, url = _serve(lg.db, "--serve-entries")
+    try:
+        res = _cli("verify", "--url", url, "--key", vkey, "--full")
+        assert res.returncode == 0, res.stderr
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+    index = 11 + 5
+    entry = Entry.from_bytes(v2[5])
+    for changed in (
+        Entry(entry.type, entry.time, entry.policy, entry.payload, bytes(SALT_SIZE)),  # another salt
+        Entry(entry.type, entry.time, entry.policy, entry.payload, None),  # the salt removed
+    ):
+        _sql(lg.db, "UPDATE ledger_entries SET data = ? WHERE idx = ?", (changed.to_bytes(), index))
+        res = lg.verify("--full")
+        assert res.returncode == EntryMismatchError.exit_code, res.stderr
+        assert f"entry {index}" in res.stderr
+    _sql(lg.db, "UPDATE ledger_entries SET data = ? WHERE idx = ?", (v2[5], index))
+    res = lg.verify("--full")  # the twin: restored, it verifies again
+    assert res.returncode == 0, res.stderr
