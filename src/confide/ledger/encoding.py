@@ -479,7 +479,8 @@ class Entry:
         expected = _MEMBERS if version == ENTRY_VERSION else _MEMBERS_V1
         if set(value) != expected:
             raise ParseError(
-                f"members {sorted(value)}, expected {sorted(expected)} (version {version!r})",
+                f"members {sorted(value)}, expected {sorted(expected)} (a version {ENTRY_VERSION} "
+                f"entry has a salt, a version {ENTRY_VERSION_UNSALTED} entry none)",
                 structure=_STRUCTURE,
             )
         if version not in (ENTRY_VERSION, ENTRY_VERSION_UNSALTED) or isinstance(version, bool):
