@@ -22,6 +22,7 @@ from confide.cas.audit import accesses, history, verified_events
 from confide.cas.core import APPROVAL_TYPE, READ_TYPE, sign_document
 from confide.cas.db import raw_connection, raw_execute
 from confide.cas.ledger_sink import ENTRY_TYPES
+from confide.cas.policy_auth import PolicyRowsAltered
 from confide.cas.server import prepare
 from confide.identity import Identity
 from confide.ledger.note import NoteSigner
@@ -197,3 +198,34 @@ def test_a_creation_approved_by_the_board_is_the_lineage(cas: tuple[InProcessCas
     assert [t for _, t, p in _filed(ipc, "lab/x") if p.get("hash") == loser.hash] == [
         "policy-pending", "policy-stale",
     ]  # fmt: skip
+
+
+def test_events_verify_the_head_they_read(
+    cas: tuple[InProcessCas, NoteSigner], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``policy events`` reads the head again after the read check (its own transaction): that
+    read is MAC-verified too, so a head pointed at a competing creation's version between the two
+    is refused (PolicyRowsAltered), not used to list the other stakeholder's proposal."""
+    ipc, _signer = cas
+    owner, bob, carol = Identity.generate(), Identity.generate(), Identity.generate()
+    ipc.apply(
+        'name: lab\nversion: "0.3"\naccess_policy:\n  create_sessions:\n    - require-all:\n'
+        f"        - signer: {bob.fingerprint}\n        - signer: {carol.fingerprint}\n",
+        owner,
+    )
+    loser = ipc.apply('name: lab/x\nversion: "0.3"\nsecrets:\n  - name: a\n    kind: ascii\n', carol)
+    winner = ipc.apply('name: lab/x\nversion: "0.3"\nsecrets:\n  - name: b\n    kind: ascii\n', bob)
+    assert _approve(ipc, "lab/x", winner.hash, carol) == "active"
+    with pytest.raises(errors.ConflictError, match="changed since"):
+        _approve(ipc, "lab/x", loser.hash, bob)
+    shown = ipc.cas._show
+
+    def show_then_alter(body: dict[str, Any], signer: Any) -> dict[str, Any]:
+        info = shown(body, signer)
+        with ipc.cas.db.write() as conn:  # the operator swaps the head once the reader passed
+            raw_execute(conn, "UPDATE policy_heads SET hash = ? WHERE name = ?", (loser.hash, "lab/x"))
+        return info
+
+    monkeypatch.setattr(ipc.cas, "_show", show_then_alter)
+    with pytest.raises(PolicyRowsAltered):
+        ipc.cas.events_for(_read(ipc, "lab/x", bob, "events"))

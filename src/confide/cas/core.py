@@ -2520,8 +2520,11 @@ class Cas:
             raw = raw_connection(conn)
             note = Ledger.latest_checkpoint(raw)
             size = Checkpoint.from_text(parse_note(note).text).size if note else 0
-            head = conn.execute(select(t.policy_heads.c.hash).where(t.policy_heads.c.name == name)).scalar()
-            lineage = self._lineage(conn, name, str(head))
+            # read again in this transaction, verified like every reader of it (confide.cas.policy_auth)
+            head = self.policy_auth.head(conn, name)
+            if head is None:
+                raise PolicyRowsAltered(name, "current version (policy_heads)")
+            lineage = self._lineage(conn, name, head.hash)
             ledger = Ledger()
             out = []
             rows = conn.execute(select(t.events).where(t.events.c.policy == name).order_by(t.events.c.seq))
