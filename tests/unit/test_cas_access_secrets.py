@@ -313,3 +313,35 @@ def test_resolve_rules_substitutes_at_every_depth() -> None:
     assert not is_authorized(ap.update, {"fa", "fb"}, creator=None)  # unresolved: no one
     unresolved = resolve_rules(ap.update, {"b": "fb"}.get)  # a names no one
     assert not is_authorized(unresolved, {"fa", "fb", "$$SCONE::a$$"}, creator=None)
+
+
+# -- a certificate whose key cryptography cannot load --------------------------------------------
+
+
+def _certificate_of_an_unknown_key_type() -> str:
+    """A self-signed certificate (PEM) whose subject key's algorithm is an OID no library knows
+    (1.3.101.127 in place of Ed25519's 1.3.101.112): it loads as a certificate, but its
+    ``public_key()`` raises ``UnsupportedAlgorithm``, which is not a ``ValueError``."""
+    signer = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "odd")])
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    der = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(signer.public_key())
+        .serial_number(1).not_valid_before(at).not_valid_after(at + timedelta(days=3650))
+        .sign(signer, None).public_bytes(serialization.Encoding.DER)
+    )  # fmt: skip
+    ed25519_oid = bytes.fromhex("06032b6570")  # signature algorithm, subject key, signature algorithm
+    first = der.index(ed25519_oid)
+    second = der.index(ed25519_oid, first + 1)
+    edited = der[:second] + bytes.fromhex("06032b657f") + der[second + len(ed25519_oid) :]
+    cert = x509.load_der_x509_certificate(edited)
+    assert cert.subject == name
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_a_certificate_of_an_unknown_key_type_names_no_identity_at_load() -> None:
+    odd = _certificate_of_an_unknown_key_type()
+    problem = _problem({"read": ["$$SCONE::c$$"]}, [{"name": "c", "kind": "x509", "value": odd}])
+    assert (
+        "access_policy.read[0]" in problem and "a certificate whose key is of an unsupported type" in problem
+    )

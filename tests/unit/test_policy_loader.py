@@ -344,3 +344,13 @@ def test_unconvertible_scalars_are_refused_with_their_position(value: str, what:
     # a valid timestamp is still only the wrong type
     p = refused(MINIMAL + "    environment:\n      X: 2001-12-14\n")
     assert "got timestamp" in p.message and (p.line, p.column) == (8, 10)
+
+
+@pytest.mark.parametrize("value", ["2024-13-45", "1999-01-01 99:99:99", "0x_"])
+def test_an_unconvertible_secret_value_is_not_echoed(value: str) -> None:
+    # The module's promise: secret values are never echoed, this refusal's included (the
+    # first pass over the parser events does not know where in the policy a scalar is).
+    for secret in ("    kind: ascii\n    value: ", "    kind: ascii\n    application_secret: "):
+        p = refused(f"{MINIMAL}secrets:\n  - name: s\n{secret}{value}\n")
+        assert "reads as" in p.message and p.line == 10
+        assert value not in str(p) and value[:4] not in p.message

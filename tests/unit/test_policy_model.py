@@ -454,6 +454,8 @@ def test_access_policy_boards() -> None:
         ("[ANY, CREATOR]", "ANY alone"),
         ("{require-some: [{signer: a}]}", "expected an identity string"),
         ("{require-all: []}", "expected at least 1"),
+        # what an entry may be since fingerprints are required (not a key hash or certificate)
+        ('[""]', "expected an identity's fingerprint (64 lower-case hex digits), CREATOR, ANY, NONE or"),
     ],
 )
 def test_access_policy_errors(update: str, expected: str) -> None:

@@ -55,7 +55,8 @@ _AT_LEAST = re.compile(r"require-at-least-([0-9]{1,4})")
 def _identity(value: str) -> str:
     if not value.strip() or "\x00" in value or len(value) > 16384:
         raise ValueError(
-            f"got {short(value)}, expected an identity (key hash, certificate, CREATOR, ANY, NONE)"
+            f"got {short(value)}, expected an identity's fingerprint (64 lower-case hex digits), "
+            "CREATOR, ANY, NONE or $$SCONE::name$$"
         )
     ph.find_placeholders(value)
     return value

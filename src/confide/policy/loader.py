@@ -218,9 +218,10 @@ def _prescan(yaml: YAML, text: str, source: str) -> None:
                 )
             what = _unconvertible(yaml, event.value)
             if what is not None:
+                # The value is not shown: this pass does not know whether it is a secret's.
                 raise _fail(
                     source,
-                    f"got {short(event.value)}, which reads as {what} but is not a valid one, "
+                    f"got an unquoted value that reads as {what} but is not a valid one, "
                     "expected a valid one (quote it if it is text)",
                     *where,
                 )

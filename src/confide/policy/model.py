@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 from pydantic import (
     AfterValidator,
@@ -749,6 +750,10 @@ def _identity_key_problem(policy: Policy, name: str, seen: frozenset[str] = froz
                 key = x509.load_pem_x509_certificates(spec.value.encode())[0].public_key()
     except (ValueError, TypeError, IndexError):
         return None  # the value's own check reports it
+    except UnsupportedAlgorithm:
+        # A certificate loads (its own check) although its subject key is of a type the
+        # library does not know (RFC 5280 §4.1.2.7 allows any algorithm): not an Ed25519 key.
+        return f"its value: got a certificate whose key is of an unsupported type, {want}"
     if key is not None:
         try:
             fingerprint_of_public_key(key)
