@@ -87,20 +87,10 @@ _JOINED = (
     "p.creator, p.state, p.key_id, p.mac FROM policy_heads h LEFT JOIN policies p "
     "ON p.name = h.name AND p.hash = h.hash"
 )
-_HEAD = (
-    "SELECT h.name, h.hash, h.revision, h.creator, h.key_id, h.mac, p.seq, p.predecessor, p.submitter, "
-    "p.creator, p.state, p.key_id, p.mac FROM policy_heads h LEFT JOIN policies p "
-    "ON p.name = h.name AND p.hash = h.hash WHERE h.name = ?"
-)
+_HEAD = _JOINED + " WHERE h.name = ?"
 _VERSIONS = "SELECT name, hash, seq, predecessor, submitter, creator, state, key_id, mac FROM policies"
-_VERSION = (
-    "SELECT name, hash, seq, predecessor, submitter, creator, state, key_id, mac FROM policies "
-    "WHERE name = ? AND hash = ?"
-)
-_VERSIONS_OF = (
-    "SELECT name, hash, seq, predecessor, submitter, creator, state, key_id, mac FROM policies "
-    "WHERE name = ? ORDER BY seq"
-)
+_VERSION = _VERSIONS + " WHERE name = ? AND hash = ?"
+_VERSIONS_OF = _VERSIONS + " WHERE name = ? ORDER BY seq"
 _COUNTS = (
     "SELECT (SELECT COUNT(*) FROM policy_heads) + (SELECT COUNT(*) FROM policies) "
     "+ (SELECT COUNT(*) FROM approvals), (SELECT COUNT(mac) FROM policy_heads) "
