@@ -55,6 +55,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import math
 import os
 import shlex
 import socket
@@ -607,6 +608,7 @@ def prepare(
         raise UsageError(
             f"--dev and --tee {tee} exclude each other: a CAS in a TEE does not accept simulated evidence"
         )
+    key_release_clock = _key_release_clock(dev)
     if replica_min_tcb is not None and tee != "sev-snp":
         raise UsageError(
             "--replica-min-tcb is only for --tee sev-snp: it judges the REPORTED_TCB of SEV-SNP"
@@ -778,8 +780,10 @@ def prepare(
             return own_check.verified(published.body, at)
 
         own = own_evidence
-    successors = Successors(cas, own=own)
-    cas.key_release = KeyReleaser(cas, own, successors=successors, min_tcb=replica_min_tcb)
+    successors = Successors(cas, own=own, clock=key_release_clock)
+    cas.key_release = KeyReleaser(
+        cas, own, successors=successors, min_tcb=replica_min_tcb, clock=key_release_clock
+    )
     if own is not None and replica_min_tcb is not None and cas_evidence is not None:
         # Judged now and after every refresh of the own evidence; logged on a change of state.
         watch = OwnTcbWatch(own, replica_min_tcb, clock)
@@ -861,6 +865,40 @@ def describe_key_holding(seal: SealingKeyProvider | None, in_memory: bool) -> st
     if seal is not None:
         return f"sealed: {seal.name} ({seal.binding})"
     return "in memory (released by an attested CAS)" if in_memory else "plain file"
+
+
+DEV_KEY_RELEASE_CLOCK_SKEW_ENV = "CONFIDE_DEV_KEY_RELEASE_CLOCK_SKEW_FILE"
+
+
+def _key_release_clock(dev: bool) -> Callable[[], float]:
+    """The clock of master-key releases to other CAS and of the successor board's documents
+    (approvals, withdrawals, board changes and retirements: their ``expires`` and ``time``,
+    judged at release; docs/cas.md "Handing over to a successor version"): the system clock.
+    With ``--dev`` only, ``$CONFIDE_DEV_KEY_RELEASE_CLOCK_SKEW_FILE`` names a file of seconds
+    added to it, read at each use (no file: none): the end-to-end tests move this clock past an
+    approval's expiry instead of waiting for it (docs/cas.md "Test knobs"). Without ``--dev`` the
+    variable is refused: a production CAS keeps the system clock."""
+    path = os.environ.get(DEV_KEY_RELEASE_CLOCK_SKEW_ENV)
+    if not path:
+        return time.time
+    if not dev:
+        raise UsageError(f"${DEV_KEY_RELEASE_CLOCK_SKEW_ENV} is a development knob: it needs --dev")
+    skew_file = Path(path)
+
+    def clock() -> float:
+        try:
+            text = skew_file.read_text()
+        except FileNotFoundError:
+            return time.time()
+        try:
+            skew = float(text)
+        except ValueError:
+            skew = math.nan
+        if not math.isfinite(skew):
+            raise UsageError(f"${DEV_KEY_RELEASE_CLOCK_SKEW_ENV}: {text[:40]!r} is not a number of seconds")
+        return time.time() + skew
+
+    return clock
 
 
 def _join_preconditions(url: str, data_dir: Path, *, dev: bool, tee: str | None) -> None:
