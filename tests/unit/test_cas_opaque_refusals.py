@@ -70,7 +70,7 @@ def _forged(ipc: InProcessCas) -> dict[str, Any]:
 # Each refusal, with the error a CAS without the option answers (class, message pattern).
 CASES: dict[str, tuple[Request, type[errors.ConfideError], str]] = {
     "unknown policy": (_plain(policy="nope"), errors.AccessDeniedError, "^no policy nope$"),
-    "unknown service": (_plain(service="other"), errors.AccessDeniedError, "^policy app has no service other$"),
+    "unknown service": (_plain(service="other"), errors.AccessDeniedError, "^policy app has no service"),
     "wrong measurement": (_plain(measurement="cd" * 48), errors.AppraisalError, "measurement"),
     "debug not tolerated": (_debug, errors.AppraisalError, "debug"),
     "spent nonce": (_spent_nonce, errors.BindingError, "nonce was already used"),
