@@ -648,8 +648,9 @@ class Cas:
         self.master_key_in_memory = False  # the key came from an attested CAS and has no file
         # ``cas serve --opaque-refusals`` (docs/cas.md "Opaque refusals"): every recorded
         # attestation refusal is answered with OPAQUE_ATTEST_REFUSAL (AppraisalError), every
-        # access refusal of a volume tag report with OPAQUE_TAG_REFUSAL (AccessDeniedError); the
-        # reasons are logged (and attestation refusals recorded in the ledger, as always).
+        # access refusal (any PolicyError but a ConflictError) of a volume tag report with
+        # OPAQUE_TAG_REFUSAL (AccessDeniedError); the reasons are logged (and attestation
+        # refusals recorded in the ledger, as always). Set by confide.cas.server.
         self.opaque_refusals = False
 
     # -- governance ---------------------------------------------------------------------------
@@ -1234,12 +1235,14 @@ class Cas:
             ) from None
         try:
             return self._update_volume_tag(policy_name, volume, token, old_tag, new_tag)
-        except AccessDeniedError as exc:
-            if not self.opaque_refusals:
+        except PolicyError as exc:
+            if not self.opaque_refusals or isinstance(exc, ConflictError):
                 raise
             # docs/cas.md "Opaque refusals": whether the session's policy still has its service,
-            # whether the service mounts the volume, what the export chain holds, the volume's
-            # mode, and whether there is such a session at all: one answer for all of them.
+            # whether the service mounts the volume, what the export chain holds (its links, a
+            # cycle or a chain too long: PolicyError), the volume's mode, and whether there is
+            # such a session at all: one answer for all of them. A conflict on the tag itself
+            # (the session's own volume, found mounted) still says so.
             _LOG.warning(
                 json.dumps(
                     {"event": "volume-tag-refused", "reason_class": exc.kind,
