@@ -212,8 +212,8 @@ def cas() -> None:
               help="Answer every attestation refusal of a request that parsed (no policy, no"
               " service, any mismatch, a tolerance, a revoked or out-of-date platform, evidence"
               " that does not verify, a spent nonce) with one fixed message, HTTP 403"
-              " AppraisalError (confide run: exit 31), and every refused volume tag report of a"
-              " session with another (403 AccessDeniedError), so that attesters do not learn"
+              " AppraisalError (confide run: exit 31), and every refused volume tag report but a tag"
+              " conflict with another (403 AccessDeniedError), so that attesters do not learn"
               " whether a policy or service exists or what it expects; the reasons go to the"
               ' ledger and the log (docs/cas.md "Opaque refusals").')  # fmt: skip
 def cas_serve(
