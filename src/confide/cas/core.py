@@ -323,6 +323,19 @@ _LOG = logging.getLogger("confide.cas")
 # Phase-1 snapshots kept (one per policy and service); docs/cas.md "Phase 1 from a snapshot".
 SNAPSHOTS = 1024
 
+# ``cas serve --opaque-refusals`` (docs/cas.md "Opaque refusals"): the one answer to every
+# recorded attestation refusal, and to every refused volume tag report of a session, whatever
+# the reason; the reason itself goes to the ledger (attestations) and the CAS's log (both).
+OPAQUE_ATTEST_REFUSAL = (
+    "attestation refused (this CAS tells the attester no reason: its operator finds it in the CAS's"
+    " log and ledger)"
+)
+OPAQUE_TAG_REFUSAL = (
+    "volume tag report refused (this CAS tells the session no reason: its operator finds it in the CAS's log)"
+)
+# How much of a reason the ledger entry (and the log line) keeps.
+REASON_CHARS = 500
+
 
 class _Miss(Exception):
     """Phase 1 asked a snapshot for something it does not hold (read it afresh)."""
@@ -554,6 +567,12 @@ class Cas:
         # docs/cas.md "Joining a running CAS": set by confide.cas.server.prepare.
         self.key_release: KeyReleaser | None = None  # releases the master key to attested CAS
         self.master_key_in_memory = False  # the key came from an attested CAS and has no file
+        # ``cas serve --opaque-refusals`` (docs/cas.md "Opaque refusals"): every recorded
+        # attestation refusal is answered with OPAQUE_ATTEST_REFUSAL (AppraisalError), every
+        # access refusal (any PolicyError but a ConflictError) of a volume tag report with
+        # OPAQUE_TAG_REFUSAL (AccessDeniedError); the reasons are logged (and attestation
+        # refusals recorded in the ledger, as always). Set by confide.cas.server.
+        self.opaque_refusals = False
 
     # -- governance ---------------------------------------------------------------------------
     def apply(self, submission: Any) -> ApplyResult:
@@ -1135,6 +1154,28 @@ class Cas:
                 " lower-case hex digits, or empty), new_tag (64 lower-case hex digits)",
                 structure="volume tag update",
             ) from None
+        try:
+            return self._update_volume_tag(policy_name, volume, token, old_tag, new_tag)
+        except PolicyError as exc:
+            if not self.opaque_refusals or isinstance(exc, ConflictError):
+                raise
+            # docs/cas.md "Opaque refusals": whether the session's policy still has its service,
+            # whether the service mounts the volume, what the export chain holds (its links, a
+            # cycle or a chain too long: PolicyError), the volume's mode, and whether there is
+            # such a session at all: one answer for all of them. A conflict on the tag itself
+            # (the session's own volume, found mounted) still says so.
+            _LOG.warning(
+                json.dumps(
+                    {"event": "volume-tag-refused", "reason_class": exc.kind,
+                     "reason": exc.message[:REASON_CHARS]}
+                )
+            )  # fmt: skip
+            raise AccessDeniedError(OPAQUE_TAG_REFUSAL) from None
+
+    def _update_volume_tag(
+        self, policy_name: str, volume: str, token: bytes, old_tag: str, new_tag: str
+    ) -> dict[str, Any]:
+        """:meth:`update_volume_tag` once the request parsed."""
         token_sha256 = hashlib.sha256(token).hexdigest()
         with self.db.write() as conn:
             session = conn.execute(
@@ -2542,8 +2583,9 @@ class PendingAttestation:
             with contextlib.suppress(ConfideError):
                 cas._use_once(conn, self.nonce, self.digest, self.expires)
             outcome.update(
-                {"verdict": "refused", "reason_class": self.error.kind, "reason": self.error.message[:500]}
-            )
+                {"verdict": "refused", "reason_class": self.error.kind,
+                 "reason": self.error.message[:REASON_CHARS]}
+            )  # fmt: skip
             # A refusal for a policy name that does not exist is not filed under that name: it
             # would show up in the events of whoever creates a policy of that name later.
             cas.events.record(conn, "attestation", self.policy if self.policy_known else None, outcome)
@@ -2573,7 +2615,9 @@ class PendingAttestation:
                 record_runtime_certificates(conn, token_sha256, self.issued)
         except ConfideError as exc:
             self.error = exc
-            outcome.update({"verdict": "refused", "reason_class": exc.kind, "reason": exc.message[:500]})
+            outcome.update(
+                {"verdict": "refused", "reason_class": exc.kind, "reason": exc.message[:REASON_CHARS]}
+            )
             cas.events.record(conn, "attestation", self.policy, outcome)
         else:
             outcome["verdict"] = "accepted"
@@ -2594,12 +2638,31 @@ class PendingAttestation:
     def accepted(self) -> bool:
         return self.committed and self.error is None
 
+    def _opaque_refusal(self) -> AppraisalError:
+        """``cas serve --opaque-refusals`` (docs/cas.md "Opaque refusals"): the one answer to a
+        recorded refusal, whatever its reason (no policy, no service, a mismatch, a tolerance, a
+        revoked or out-of-date platform, a spent nonce, evidence that does not verify...), so that
+        the attester learns neither whether the policy and service exist nor what they expect.
+        The reason is in the ledger entry :meth:`commit` recorded and in the line logged here."""
+        assert self.error is not None
+        outcome = self.outcome
+        _LOG.warning(
+            json.dumps(
+                {"event": "attestation-refused", "policy": self.policy, "service": self.service,
+                 "platform": outcome.get("platform"), "evidence_sha256": outcome.get("evidence_sha256"),
+                 "reason_class": self.error.kind, "reason": self.error.message[:REASON_CHARS]}
+            )
+        )  # fmt: skip
+        return AppraisalError(OPAQUE_ATTEST_REFUSAL)
+
     def result(self) -> dict[str, Any]:
         """After :meth:`commit` has been committed: the release encrypted to the runtime's key,
         or the refusal raised."""
         if not self.committed:
             raise UsageError("PendingAttestation.result() before commit()")
         if self.error is not None:
+            if self.cas.opaque_refusals:
+                raise self._opaque_refusal()
             raise self.error
         config = dict(self.config)
         config["session"] = self.token.hex()

@@ -1042,6 +1042,7 @@ def serve(
     witness_quorum: int | None = None,
     witness_max_lag: float | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
+    opaque_refusals: bool = False,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
@@ -1063,7 +1064,9 @@ def serve(
     CAS starts, and whose rollback or fork answer halts its releases (``--witness-quorum``,
     :mod:`confide.cas.witness_quorum`); ``witness_max_lag``: seconds without a quorum after
     which releases wait (``--witness-max-lag``; ``None``: no bound).
-    ``replica_min_tcb``: see :func:`prepare`."""
+    ``replica_min_tcb``: see :func:`prepare`. ``opaque_refusals``: answer every recorded
+    attestation refusal, and every refused volume tag report, with one fixed message, logging
+    the reason (``--opaque-refusals``, docs/cas.md "Opaque refusals")."""
     quorum = None
     if witness_quorum is not None:
         quorum = WitnessQuorum(witnesses, witness_quorum, witness_max_lag)
@@ -1088,7 +1091,7 @@ def serve(
                join=join, session_tickets=session_tickets, join_as_successor=join_as_successor,
                successor_board=successor_board,
                min_tcb_evaluation_data_number=min_tcb_evaluation_data_number, quorum=quorum,
-               replica_min_tcb=replica_min_tcb)  # fmt: skip
+               replica_min_tcb=replica_min_tcb, opaque_refusals=opaque_refusals)  # fmt: skip
 
 
 def uvicorn_server(
@@ -1235,6 +1238,7 @@ def _serve(
     min_tcb_evaluation_data_number: int | None = None,
     quorum: WitnessQuorum | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
+    opaque_refusals: bool = False,
 ) -> None:
     public_limits = None
     if public_addr is not None:
@@ -1255,6 +1259,7 @@ def _serve(
         witnesses=quorum.attested() if quorum is not None else None, replica_min_tcb=replica_min_tcb,
     )  # fmt: skip
     cas.public_url = public_url  # docs/cas.md "CRL distribution points"
+    cas.opaque_refusals = opaque_refusals  # docs/cas.md "Opaque refusals"
     # docs/cas.md "Witness quorum": with --witness-quorum, a quorum cosigns the log as it is
     # before anything else starts (a rollback or fork answer, or no quorum: not starting).
     guard = WitnessGuard(quorum) if quorum is not None else None
@@ -1317,6 +1322,7 @@ def _serve(
                 "nvidia_ocsp": nvidia_ocsp is not None,
                 "nvidia_ocsp_stapled_only": nvidia_ocsp == STAPLED,
                 "nvidia_rim": nvidia_rim is not None,
+                "opaque_refusals": opaque_refusals,
                 "max_connections": http_limits.max_connections,
                 "max_connections_per_ip": http_limits.max_per_client,
                 "body_timeout": http_limits.body_timeout,
