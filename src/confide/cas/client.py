@@ -25,7 +25,14 @@ from cryptography import x509
 
 from confide import errors, jsonstrict
 from confide.cas.board_change import CHANGE_TYPE as SUCCESSOR_BOARD_CHANGE_TYPE
-from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, READ_TYPE, sign_document, spki_sha256
+from confide.cas.core import (
+    APPROVAL_TYPE,
+    POLICY_TYPE,
+    READ_NONCE_PATH,
+    READ_TYPE,
+    sign_document,
+    spki_sha256,
+)
 from confide.cas.owner_revocation import REVOKE_TYPE
 from confide.cas.retirement import RETIREMENT_TYPE as SUCCESSOR_RETIREMENT_TYPE
 from confide.cas.successor import APPROVAL_TYPE as SUCCESSOR_APPROVAL_TYPE
@@ -218,17 +225,29 @@ class CasClient:
         result: dict[str, str] = self._call("POST", f"/v1/policies/{name}/approvals", json=doc)
         return result
 
+    def read_nonce(self, name: str, route: str) -> str:
+        """A single-use nonce for one read of policy ``name`` on ``route`` (docs/cas.md "Reading
+        a policy")."""
+        answer = self._call("POST", READ_NONCE_PATH, json={"name": name, "route": route})
+        nonce = answer.get("nonce") if isinstance(answer, dict) else None
+        if not isinstance(nonce, str):
+            raise errors.ParseError(
+                "expected an object with a string", structure="the CAS's read nonce answer"
+            )
+        return nonce
+
     def _read_header(self, name: str, identity: Identity, route: str) -> dict[str, str]:
-        """A signed read request (docs/cas.md "Policies and governance") for the one CAS this
-        client trusts (the SHA-256 of its certificate's key) and for ``route``."""
+        """A signed read request (docs/cas.md "Reading a policy") for the one CAS this client
+        trusts (the SHA-256 of its certificate's key), for ``route``, over a nonce it asks that
+        CAS for first (served once)."""
         if self.cas_spki_sha256 is None:
             raise UsageError("reading needs the CAS's certificate: a read request names the CAS's key")
+        nonce = self.read_nonce(name, route)
         doc = sign_document(
-            {"type": READ_TYPE, "name": name, "time": int(time.time()), "cas": self.cas_spki_sha256,
-             "route": route},
+            {"type": READ_TYPE, "name": name, "nonce": nonce, "cas": self.cas_spki_sha256, "route": route},
             identity.sign,
             identity.public.public_base64,
-        )  # fmt: skip
+        )
         return {"X-Confide-Read": base64.b64encode(json.dumps(doc).encode()).decode()}
 
     def show(self, name: str, identity: Identity) -> dict[str, Any]:
