@@ -10,11 +10,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 
 from asgi_call import call
 from cas_inproc import InProcessCas
+from confide import errors
 from confide.cas.app import create_app
+from confide.cas.client import CasClient
 from confide.cas.core import READ_NONCE_PATH, READ_TYPE, sign_document
 from confide.cas.witness_quorum import WitnessGuard, WitnessQuorum
 from confide.httpserve.ratelimit import Rate, RateLimiter
@@ -107,3 +110,24 @@ def test_reads_go_on_during_a_witness_halt(env: tuple[InProcessCas, Identity]) -
 def test_a_malformed_nonce_request_is_a_parse_error(env: tuple[InProcessCas, Identity], body: bytes) -> None:
     status, answer = call(create_app(env[0].cas), READ_NONCE_PATH, [body])
     assert status == 400 and json.loads(answer)["error"]["class"] == "ParseError", answer
+
+
+@pytest.mark.parametrize("status", [404, 405])
+def test_a_cas_without_read_nonces_is_named_as_older(status: int) -> None:
+    """A client reading from a CAS older than read nonces: told to upgrade the CAS, not a bare
+    HTTP status. A CAS's own 404 error (an error object) is raised as its class, as before."""
+    client = CasClient("http://cas.test", None, plain_http_for_tests=True)
+    client.http.close()
+    client.http = httpx2.Client(
+        base_url="http://cas.test",
+        transport=httpx2.MockTransport(lambda request: httpx2.Response(status, json={"detail": "Not Found"})),
+    )
+    with pytest.raises(errors.NetworkError, match=r"issues no read nonces .* upgrade the CAS"):
+        client.read_nonce("shared", "show")
+    error = {"error": {"class": "AccessDeniedError", "message": "no", "exit_code": 33}}
+    client.http = httpx2.Client(
+        base_url="http://cas.test",
+        transport=httpx2.MockTransport(lambda request: httpx2.Response(404, json=error)),
+    )
+    with pytest.raises(errors.AccessDeniedError, match="no"):
+        client.read_nonce("shared", "show")

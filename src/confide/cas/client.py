@@ -195,12 +195,16 @@ class CasClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, *, unknown: str | None = None, **kwargs: Any) -> Any:
+        """The CAS's answer; ``unknown``: the error when the CAS does not know the route (404 or
+        405 without an error object: a CAS older than the route)."""
         for attempt in range(RATE_LIMIT_RETRIES + 1):
             response = _fetch(self.http, self.url, method, path, **kwargs)
             if response.status_code != 429 or attempt == RATE_LIMIT_RETRIES:
                 break
             self.sleep(_retry_after(response.headers.get("retry-after")))
+        if unknown is not None and response.status_code in (404, 405) and b'"error"' not in response.content:
+            raise NetworkError(unknown)
         return _raise_for(response)
 
     def apply(self, policy: Policy, identity: Identity) -> dict[str, str]:
@@ -228,7 +232,13 @@ class CasClient:
     def read_nonce(self, name: str, route: str) -> str:
         """A single-use nonce for one read of policy ``name`` on ``route`` (docs/cas.md "Reading
         a policy")."""
-        answer = self._call("POST", READ_NONCE_PATH, json={"name": name, "route": route})
+        answer = self._call(
+            "POST",
+            READ_NONCE_PATH,
+            json={"name": name, "route": route},
+            unknown=f"the CAS issues no read nonces (POST {READ_NONCE_PATH}): it is older than this "
+            f"client, which signs {READ_TYPE} read requests only; upgrade the CAS",
+        )
         nonce = answer.get("nonce") if isinstance(answer, dict) else None
         if not isinstance(nonce, str):
             raise errors.ParseError(
