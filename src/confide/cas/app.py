@@ -95,6 +95,34 @@ _JSON = "application/json"
 NOTHING_PREFETCHED = Prefetched()
 
 
+_REQUEST_LINE = '{"event": "request", "method": "%s", "route": "%s", "status": %d, "ms": %.2f}'
+"""The request log line (docs/cas.md "Request log"), logged as ``log.info(_REQUEST_LINE, ...)``."""
+
+
+def _line_handler(log: logging.Logger) -> Any:
+    """The handler that ``log.info`` of a request line would reach, when it is the only one and
+    writes the line as given (a handler with ``accepts_lines()`` true: ``cas serve``'s, whose
+    formatter writes a JSON message as it is): then the line needs no ``LogRecord``, nor
+    logging's path to the handler (~30,000 instructions of a request's ~37,000 for its line).
+    ``None`` when anything else is configured (a filter on ``log``, a record factory, another
+    handler at INFO, no handler: ``logging.lastResort``); ``log.info`` is then called as before.
+    The caller has checked ``log.isEnabledFor(logging.INFO)`` (levels, ``disabled``,
+    ``logging.disable``); this walks the handlers as ``Logger.callHandlers`` does."""
+    if log.filters or logging.getLogRecordFactory() is not logging.LogRecord:
+        return None
+    found: Any = None
+    current: logging.Logger | None = log
+    while current is not None:
+        for handler in current.handlers:
+            if handler.level <= logging.INFO:
+                if found is not None:
+                    return None
+                found = handler
+        current = current.parent if current.propagate else None
+    accepts = getattr(found, "accepts_lines", None)
+    return found if accepts is not None and accepts() else None
+
+
 def _read_doc(header: str | None) -> Any:
     if not header:
         raise errors.AccessDeniedError("reading needs a signed X-Confide-Read header (confide/read/v2)")
@@ -256,10 +284,12 @@ def create_app(
                 children = metric_children[key] = (requests.child(route, str(status)), latency.child(route))
             _count_request(children, elapsed)
             if log.isEnabledFor(logging.INFO):
-                log.info(
-                    '{"event": "request", "method": "%s", "route": "%s", "status": %d, "ms": %.2f}',
-                    method, route, status, elapsed * 1000,
-                )  # fmt: skip
+                args = (method, route, status, elapsed * 1000)
+                handler = _line_handler(log)
+                if handler is not None:  # the line logging would write, without the record
+                    handler.emit_line(_REQUEST_LINE % args)
+                else:
+                    log.info(_REQUEST_LINE, *args)
 
     @app.get("/v1/health")
     def health() -> dict[str, str]:
