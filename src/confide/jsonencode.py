@@ -4,9 +4,12 @@ entries, its release and its responses).
 ``json.JSONEncoder(...).encode(value)`` sets up its C encoder anew on every call: it enters
 :meth:`json.JSONEncoder.iterencode` (a Python function), defines a ``floatstr`` closure and
 builds a ``c_make_encoder`` object from nine arguments, calls it once and throws it away.
-:func:`encoder` builds that C encoder once and returns a function that only calls it: the same
-text, for every value, as ``JSONEncoder(**options).encode(value)`` (on CPython 3.11, 2.9 µs of
-its 6.8 µs for an attestation's ledger payload).
+:func:`encoder` returns a function that calls the C encoder directly: the same text, for every
+value, as ``JSONEncoder(**options).encode(value)``. Without ``check_circular`` the C encoder is
+made once (an attestation's ledger payload with the ledger's options: ~34,000 instructions
+against ~42,000); with it, the default, it is made per call with fresh markers and only
+``iterencode``'s Python frame and closure are saved (``json.dumps``'s defaults: ~38,500 against
+~44,700; callgrind, CPython 3.11).
 
 What stays exactly as :meth:`json.JSONEncoder.encode` does it:
 
