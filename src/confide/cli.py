@@ -6,6 +6,7 @@ Errors are :class:`~confide.errors.ConfideError` subclasses; each maps to its ow
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from datetime import UTC, datetime
@@ -50,7 +51,45 @@ def _read_file(path: Path, what: str) -> bytes:
         raise UsageError(f"{what}: cannot read {str(path)!r}: {exc.strerror or exc}") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """A group whose subsystems' commands are imported when one is named (or when ``--help``
+    lists them all): a command pays for its own subsystem's imports, not for every subsystem's
+    (``confide policy ...`` does not load the image builder's or the ledger's modules)."""
+
+    def __init__(self, *args: Any, lazy_commands: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = lazy_commands  # command name -> "module:attribute"
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy_commands:
+            module, _, attribute = self.lazy_commands[cmd_name].partition(":")
+            command: click.Command = getattr(importlib.import_module(module), attribute)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+# Command groups live with their subsystems; each is imported when named, and each module's heavy
+# imports load lazily too.
+_SUBSYSTEM_COMMANDS = {
+    "cas": "confide.cas.cli:cas",
+    "identity": "confide.cas.cli:identity",
+    "policy": "confide.cas.cli:policy",
+    "run": "confide.cas.cli:run",
+    "sim": "confide.sim.cli:sim",
+    "volume": "confide.volume.cli:volume",
+    "ledger": "confide.ledger.cli:ledger",
+    "sconify": "confide.image.cli:sconify_cmd",
+}
+
+
+@click.group(
+    cls=_LazyGroup,
+    lazy_commands=_SUBSYSTEM_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="confide")
 def cli() -> None:
     """confide: attestation, policies, secrets and transparency for confidential computing."""
@@ -193,26 +232,3 @@ def main() -> None:
     except ConfideError as exc:
         click.echo(f"error: {exc.diagnostics()}", err=True)
         sys.exit(exc.exit_code)
-
-
-# Command groups live with their subsystems; each module's heavy imports load lazily.
-from confide.cas.cli import cas as _cas_group  # noqa: E402
-from confide.cas.cli import identity as _identity_group  # noqa: E402
-from confide.cas.cli import policy as _policy_group  # noqa: E402
-from confide.cas.cli import run as _run_command  # noqa: E402
-from confide.image.cli import sconify_cmd as _sconify_cmd  # noqa: E402
-from confide.ledger.cli import ledger as _ledger_group  # noqa: E402
-from confide.sim.cli import sim as _sim_group  # noqa: E402
-from confide.volume.cli import volume as _volume_group  # noqa: E402
-
-for _command in (
-    _cas_group,
-    _identity_group,
-    _policy_group,
-    _run_command,
-    _sim_group,
-    _volume_group,
-    _ledger_group,
-    _sconify_cmd,
-):
-    cli.add_command(_command)

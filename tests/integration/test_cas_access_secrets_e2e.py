@@ -26,6 +26,10 @@ from cas_harness import CasProcess
 from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, READ_TYPE, sign_document, spki_sha256
 from confide.identity import Identity
 
+# One worker runs this module's tests (pytest-xdist --dist loadgroup), so that its
+# module-scoped fixture is set up once.
+pytestmark = pytest.mark.xdist_group("access-secrets")
+
 
 class Client:
     def __init__(self, cas: CasProcess) -> None:

@@ -21,6 +21,7 @@ database, and the successor does not release the key to it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -41,6 +42,7 @@ from confide.cas.core import sign_document
 from confide.cas.db import Database, raw_connection, raw_execute
 from confide.cas.dev_measurement import cas_dev_measurement, measure_package
 from confide.cas.ledger_sink import ENTRY_TYPES
+from confide.cas.server import DEV_KEY_RELEASE_CLOCK_SKEW_ENV
 from confide.cas.successor import APPROVAL_TYPE, identity_digest, target_of
 from confide.identity import Identity
 from confide.ledger.encoding import Entry
@@ -69,7 +71,28 @@ def board(tmp_path: Path) -> dict[str, tuple[Path, Identity]]:
 
 
 @pytest.fixture
-def first(postgres: PostgresCluster, tmp_path: Path, board: dict[str, Any]) -> Iterator[CasProcess]:
+def skew(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The file of seconds the CAS processes started by the test add to their key-release and
+    successor documents' clock (``$CONFIDE_DEV_KEY_RELEASE_CLOCK_SKEW_FILE``, ``--dev`` only;
+    docs/cas.md "Test knobs"): :func:`_past` moves that clock past an approval's expiry instead
+    of sleeping until it."""
+    path = tmp_path / "clock-skew"
+    monkeypatch.setenv(DEV_KEY_RELEASE_CLOCK_SKEW_ENV, str(path))
+    return path
+
+
+def _past(skew: Path, when: int) -> None:
+    """The CAS processes' key-release clock moved to ``when`` + 1 s or later: what waiting until
+    then did (the file replaced at once: a CAS reading it meanwhile sees the old or new skew)."""
+    tmp = skew.with_suffix(".tmp")
+    tmp.write_text(repr(max(0.0, when + 1 - time.time())))
+    os.replace(tmp, skew)
+
+
+@pytest.fixture
+def first(
+    postgres: PostgresCluster, tmp_path: Path, board: dict[str, Any], skew: Path
+) -> Iterator[CasProcess]:
     cas = CasProcess(
         tmp_path / "a",
         postgres.new_database(),
@@ -142,6 +165,7 @@ def test_a_successor_gets_the_key_only_with_the_boards_quorum(
     tmp_path: Path,
     board: dict[str, tuple[Path, Identity]],
     successor_src: tuple[Path, str],
+    skew: Path,
 ) -> None:
     assert first.db_url is not None
     src, measurement = successor_src
@@ -185,7 +209,7 @@ def test_a_successor_gets_the_key_only_with_the_boards_quorum(
     soon = int(time.time()) + 10
     r = _approve(first, carol[0], measurement, datetime.fromtimestamp(soon, UTC).isoformat())
     assert r.returncode == 0 and r.stdout.split()[1] == "authorised", r.stdout + r.stderr
-    time.sleep(max(0.0, soon + 1 - time.time()))
+    _past(skew, soon)
     _refused(
         first,
         tmp_path / "j2",
@@ -484,6 +508,7 @@ def test_a_version_is_retired_on_its_own_by_the_boards_quorum(
     tmp_path: Path,
     board: dict[str, tuple[Path, Identity]],
     successor_src: tuple[Path, str],
+    skew: Path,
 ) -> None:
     """docs/cas.md "Retiring a version on its own", end to end: the successor is handed the key
     (plain approvals: the first version keeps it), then the board retires the first version's
@@ -526,7 +551,7 @@ def test_a_version_is_retired_on_its_own_by_the_boards_quorum(
         replica.mkdir(mode=0o700)
         shutil.copytree(first.data_dir / "sim", replica / "sim")
         CasProcess(replica, first.db_url, extra_args=("--join", first.env["CONFIDE_CAS_URL"])).start().stop()
-        time.sleep(max(0.0, soon + 1 - time.time()))
+        _past(skew, soon)
         # bob: his is the only approval that counts (alice's withdrawn, carol's expired).
         r = confide(successor, *approve, "2d", "--identity", str(bob[0]))
         assert r.returncode == 0 and "pending (1 of 2" in r.stdout, r.stderr

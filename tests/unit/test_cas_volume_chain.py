@@ -15,7 +15,7 @@ import pytest
 
 from cas_inproc import MEASUREMENT, InProcessCas, refused
 from confide import errors
-from confide.cas.core import MAX_VOLUME_CHAIN, decrypt_release
+from confide.cas.core import MAX_VOLUME_CHAIN, OPAQUE_TAG_REFUSAL, decrypt_release
 from confide.cas.db import raw_execute
 from confide.identity import Identity
 from confide.policy.loader import loads_policy
@@ -352,6 +352,23 @@ def test_a_cycle_made_by_an_update_refuses_a_running_services_tag_update(chain: 
     chain.apply(Link("hospital", "records", ("lab", "input")).export("lab"))
     with pytest.raises(errors.PolicyError, match="cycle"):
         chain.report("lab", "input", session, TAG0, TAG1)
+
+
+def test_with_opaque_refusals_a_cycle_is_the_one_tag_refusal(chain: Chain) -> None:
+    """``cas serve --opaque-refusals`` (docs/cas.md "Opaque refusals"): the cycle's message names
+    the policies of the chain, so the session gets the one access refusal of tag reports instead
+    (and the tag stays)."""
+    a, b, _ = abc()
+    chain.apply(a, b)
+    session = chain.release("lab")["session"]
+    chain.apply(Link("hospital", "records", ("lab", "input")).export("lab"))
+    chain.ipc.cas.opaque_refusals = True
+    with pytest.raises(errors.AccessDeniedError) as info:
+        chain.report("lab", "input", session, TAG0, TAG1)
+    assert type(info.value) is errors.AccessDeniedError and info.value.message == OPAQUE_TAG_REFUSAL
+    with chain.ipc.cas.db.read() as conn:
+        tags = raw_execute(conn, "SELECT tag FROM volume_tags ORDER BY policy, volume").fetchall()
+    assert TAG1 not in [r[0] for r in tags]
 
 
 def test_a_chain_through_the_same_policy_twice_is_no_cycle(chain: Chain) -> None:

@@ -45,6 +45,7 @@ from sqlalchemy import Connection, delete, func, select
 
 from confide.cas.core import verify_signed
 from confide.cas.db import successor_approvals, successor_board_approvals, successor_retirement_approvals
+from confide.cas.documents import BOARD_CHANGE_TYPE as CHANGE_TYPE
 from confide.cas.successor_board import (
     Board,
     board_from_json,
@@ -70,7 +71,6 @@ __all__ = [
     "parse_change_approval",
 ]
 
-CHANGE_TYPE = "confide/successor-board-change/v1"
 EVENT_CHANGE_APPROVED = "successor-board-change-approved"
 EVENT_CHANGE_REFUSED = "successor-board-change-refused"
 EVENT_BOARD_CHANGED = "successor-board-changed"

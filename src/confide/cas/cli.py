@@ -208,6 +208,14 @@ def cas() -> None:
               " product, PRODUCT milan, genoa or turin (fmc: turin only), and a replica of a"
               " product without one is refused. Without it, replicas' TCB is not judged (SEV-SNP"
               ' has no TCB status; docs/cas.md "Joining a running CAS").')  # fmt: skip
+@click.option("--opaque-refusals", "opaque_refusals", is_flag=True,
+              help="Answer every attestation refusal of a request that parsed (no policy, no"
+              " service, any mismatch, a tolerance, a revoked or out-of-date platform, evidence"
+              " that does not verify, a spent nonce) with one fixed message, HTTP 403"
+              " AppraisalError (confide run: exit 31), and every refused volume tag report but a tag"
+              " conflict with another (403 AccessDeniedError), so that attesters do not learn"
+              " whether a policy or service exists or what it expects; the reasons go to the"
+              ' ledger and the log (docs/cas.md "Opaque refusals").')  # fmt: skip
 def cas_serve(
     data_dir: Path,
     listen: str,
@@ -242,6 +250,7 @@ def cas_serve(
     successor_board: Path | None,
     min_tcb_eval: int | None,
     replica_min_tcb: tuple[str, ...],
+    opaque_refusals: bool,
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
     from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity, parse_public_url
@@ -316,6 +325,7 @@ def cas_serve(
         witness_quorum=witness_quorum,
         witness_max_lag=None if witness_max_lag is None else parse_max_lag(witness_max_lag),
         replica_min_tcb=min_tcb,
+        opaque_refusals=opaque_refusals,
     )
 
 

@@ -18,23 +18,30 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 from cryptography import x509
 
 from confide import errors, jsonstrict
-from confide.cas.board_change import CHANGE_TYPE as SUCCESSOR_BOARD_CHANGE_TYPE
-from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, READ_TYPE, sign_document, spki_sha256
-from confide.cas.owner_revocation import REVOKE_TYPE
-from confide.cas.retirement import RETIREMENT_TYPE as SUCCESSOR_RETIREMENT_TYPE
-from confide.cas.successor import APPROVAL_TYPE as SUCCESSOR_APPROVAL_TYPE
-from confide.cas.successor import WITHDRAWAL_TYPE as SUCCESSOR_WITHDRAWAL_TYPE
+from confide.cas.documents import (
+    APPROVAL_TYPE,
+    POLICY_TYPE,
+    READ_TYPE,
+    REVOKE_TYPE,
+    SUCCESSOR_APPROVAL_TYPE,
+    sign_document,
+    spki_sha256,
+)
+from confide.cas.documents import BOARD_CHANGE_TYPE as SUCCESSOR_BOARD_CHANGE_TYPE
+from confide.cas.documents import RETIREMENT_TYPE as SUCCESSOR_RETIREMENT_TYPE
+from confide.cas.documents import WITHDRAWAL_TYPE as SUCCESSOR_WITHDRAWAL_TYPE
 from confide.errors import ConfideError, NetworkError, UsageError
 from confide.httpbody import read_body
 from confide.identity import Identity
-from confide.policy import Policy
-from confide.policy.canonical import canonical_json
+
+if TYPE_CHECKING:  # the policy model loads only where a policy is submitted
+    from confide.policy import Policy
 
 __all__ = ["CasClient", "policy_submission"]
 
@@ -58,6 +65,8 @@ def policy_submission(policy: Policy, identity: Identity, *, cas: str) -> dict[s
     SubjectPublicKeyInfo hashes to ``cas`` (:func:`confide.cas.core.spki_sha256`; docs/cas.md
     "Policies and governance"): no other CAS takes it. The policy's version hash is its own,
     whatever ``cas``."""
+    from confide.policy.canonical import canonical_json  # noqa: PLC0415 - the caller loaded the policy model
+
     body = {"type": POLICY_TYPE, "policy": json.loads(canonical_json(policy)), "cas": cas}
     return sign_document(body, identity.sign, identity.public.public_base64)
 

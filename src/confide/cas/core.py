@@ -45,10 +45,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import Connection, and_, insert, select, update
 
 from confide import jsonstrict
@@ -75,9 +74,18 @@ from confide.cas.crl import (
 )
 from confide.cas.db import Database, EventSink, raw_connection, raw_execute, raw_executemany
 from confide.cas.declaration import WITHHELD, declaration, fingerprints
+from confide.cas.documents import APPROVAL_TYPE, POLICY_TYPE, READ_TYPE, sign_document, spki_sha256
 from confide.cas.owner_revocation import REVOKE_TYPE, REVOKE_V1_TYPE, parse_request, refusal, revoke_request
 from confide.cas.policy_auth import Head, PolicyAuth, PolicyRowsAltered, Version
 from confide.cas.policy_rows import open_column, seal_column
+from confide.cas.release_crypto import (
+    RELEASE_INFO,
+    _is_p256_spki,
+    _release_key_der,
+    _spki,
+    binding_report_data,
+    decrypt_release,
+)
 from confide.cas.renewal import RenewalDue, RenewalSchedule, renew_due, renew_policy
 from confide.cas.secrets import (
     CA_PATH,
@@ -157,20 +165,18 @@ __all__ = [
     "binding_report_data",
     "check_binding",
     "decrypt_release",
+    "sign_document",
     "spki_sha256",
     "verify_signed",
 ]
 
-POLICY_TYPE = "confide/policy/v2"
 POLICY_V1_TYPE = "confide/policy/v1"
 """A policy submission that names no CAS: refused since v2 (docs/cas.md "Policies and
 governance"); ledger entries and ``policies`` rows recorded before hold such submissions
 (``confide.cas.audit``)."""
-APPROVAL_TYPE = "confide/approval/v2"
 APPROVAL_V1_TYPE = "confide/approval/v1"
 """An approval of a version that names no CAS: refused since v2 (docs/cas.md "Policies and
 governance"); ledger entries recorded before hold such approvals (``confide.cas.audit``)."""
-READ_TYPE = "confide/read/v2"
 READ_WINDOW = 300
 # What a read request is for (its ``route``): the answers differ, so one request reads one of them.
 READ_ROUTES = ("show", "events", "crl")
@@ -179,10 +185,8 @@ SESSION_TTL = 24 * 3600.0
 # At most this many imports between a volume's owner and its final importer (docs/cas.md,
 # "Volumes shared between policies"): a longer chain is refused, never followed.
 MAX_VOLUME_CHAIN = 8
-RELEASE_INFO = b"confide-release/v1"
 # json.dumps(config) for the release's plaintext, its C encoder made once (confide.jsonencode)
 _RELEASE_JSON = encoder()
-BINDING_PREFIX = b"confide-attest/v1\x00"
 _FETCHING_PLATFORMS = frozenset(
     p.value
     for p in (Platform.SEV_SNP, Platform.NVIDIA_GPU, Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM)
@@ -206,22 +210,6 @@ class EvidenceVerifier(Protocol):
         at: datetime,
         prefetched: Prefetched | None = None,
     ) -> VerifiedEvidence: ...
-
-
-def binding_report_data(public_key_der: bytes, nonce: bytes) -> bytes:
-    """The 64 bytes of report data that bind evidence to the runtime's ephemeral key and the
-    CAS nonce: SHA-512("confide-attest/v1" || 0 || SPKI DER || nonce)."""
-    return hashlib.sha512(BINDING_PREFIX + public_key_der + nonce).digest()
-
-
-def spki_sha256(certificate: x509.Certificate) -> str:
-    """The hex SHA-256 of ``certificate``'s DER SubjectPublicKeyInfo (RFC 5280 §4.1.2.7): the
-    CAS a read request is for (its ``cas``; docs/cas.md "Policies and governance"). The key,
-    not the certificate: a certificate re-issued for the same TLS key names the same CAS."""
-    spki = certificate.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(spki).hexdigest()
 
 
 def verify_signed(doc: Any, expected_type: str) -> tuple[dict[str, Any], PublicIdentity]:
@@ -272,11 +260,6 @@ def withhold_explicit_values(document: dict[str, Any]) -> dict[str, Any]:
         if isinstance(vol, dict) and _explicit_volume_key(vol.get("fspf_key")):
             vol["fspf_key"] = WITHHELD
     return document
-
-
-def sign_document(body: dict[str, Any], sign: Callable[[bytes], bytes], signer_b64: str) -> dict[str, Any]:
-    doc = {**body, "signer": signer_b64}
-    return {**doc, "signature": base64.b64encode(sign(jcs(doc))).decode()}
 
 
 @dataclass(frozen=True)
@@ -343,6 +326,19 @@ _LOG = logging.getLogger("confide.cas")
 
 # Phase-1 snapshots kept (one per policy and service); docs/cas.md "Phase 1 from a snapshot".
 SNAPSHOTS = 1024
+
+# ``cas serve --opaque-refusals`` (docs/cas.md "Opaque refusals"): the one answer to every
+# recorded attestation refusal, and to every refused volume tag report of a session, whatever
+# the reason; the reason itself goes to the ledger (attestations) and the CAS's log (both).
+OPAQUE_ATTEST_REFUSAL = (
+    "attestation refused (this CAS tells the attester no reason: its operator finds it in the CAS's"
+    " log and ledger)"
+)
+OPAQUE_TAG_REFUSAL = (
+    "volume tag report refused (this CAS tells the session no reason: its operator finds it in the CAS's log)"
+)
+# How much of a reason the ledger entry (and the log line) keeps.
+REASON_CHARS = 500
 
 
 class _Miss(Exception):
@@ -526,68 +522,6 @@ def _decrypt_key(sealer: Sealer, row: Any) -> SecretValue:
     return sealer.unseal(row.sealed, policy=row.policy, name=row.name, version=row.version)
 
 
-def decrypt_release(
-    private_key: ec.EllipticCurvePrivateKey,
-    response: dict[str, Any],
-    nonce: bytes,
-    *,
-    public_key_der: bytes | None = None,
-) -> dict[str, Any]:
-    """Runtime side of the release: ECDH with the CAS's ephemeral key, HKDF, AES-256-GCM.
-    ``public_key_der``: the SubjectPublicKeyInfo DER of ``private_key``'s public key as the
-    request sent it (saves encoding it again; DER of another key makes the release not decrypt)."""
-    try:
-        cas_der = base64.b64decode(response["cas_key"])
-        cas_pub = serialization.load_der_public_key(cas_der)
-        iv = base64.b64decode(response["iv"])
-        ciphertext = base64.b64decode(response["ciphertext"])
-    except (KeyError, ValueError, TypeError):
-        raise ParseError("malformed release", structure="release") from None
-    if not isinstance(cas_pub, ec.EllipticCurvePublicKey):
-        raise ParseError("CAS key is not an EC key", structure="release")
-    if cas_pub.curve.name != private_key.curve.name:  # ECDH raised ValueError (fuzz4)
-        raise ParseError(
-            f"CAS key is on {cas_pub.curve.name}, expected {private_key.curve.name}", structure="release"
-        )
-    # The key derivation binds both keys' own encodings (uncompressed points): bytes that have
-    # that fixed form are that encoding (the CAS key's were just loaded from them), others are
-    # encoded again.
-    cas_spki = cas_der if _is_p256_spki(cas_der) else _spki(cas_pub)
-    if public_key_der is None or not _is_p256_spki(public_key_der):
-        public_key_der = _spki(private_key.public_key())
-    shared = private_key.exchange(ec.ECDH(), cas_pub)
-    key = _release_key_der(shared, cas_spki, public_key_der, nonce)
-    try:
-        plain = AESGCM(key).decrypt(iv, ciphertext, RELEASE_INFO)
-    except Exception:
-        raise BindingError("the release does not decrypt with this runtime's key") from None
-    out = jsonstrict.loads(plain, structure="release")
-    if not isinstance(out, dict):
-        raise ParseError(f"got {type(out).__name__}, expected a JSON object", structure="release")
-    return out
-
-
-# SubjectPublicKeyInfo DER of a P-256 key up to its uncompressed point (RFC 5480 §2, SEC 1
-# §2.3.3): SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING { 04 || X || Y } }.
-_P256_SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200") + b"\x04"
-_P256_SPKI_SIZE = len(_P256_SPKI_PREFIX) + 64
-
-
-def _is_p256_spki(der: bytes) -> bool:
-    """Whether ``der`` has the fixed form of a P-256 key's SPKI with an uncompressed point (its
-    own encoding, when the key loads from it)."""
-    return len(der) == _P256_SPKI_SIZE and der.startswith(_P256_SPKI_PREFIX)
-
-
-def _spki(key: ec.EllipticCurvePublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _release_key_der(shared: bytes, cas_spki: bytes, runtime_spki: bytes, nonce: bytes) -> bytes:
-    """HKDF-SHA256(shared, salt=nonce, info=RELEASE_INFO || CAS SPKI DER || runtime SPKI DER)."""
-    return HKDF(hashes.SHA256(), 32, nonce, RELEASE_INFO + cas_spki + runtime_spki).derive(shared)
-
-
 _CRL_ID = re.compile(r"[0-9a-f]{32}")
 _VOLUME_TAG = re.compile(r"[0-9a-f]{64}")  # a volume tag (docs/volume-format.md)
 _DECLARED_TAG = re.compile(r"[0-9a-f]{32}|[0-9a-f]{64}")  # or a policy's fspf_tag (16 or 32 bytes)
@@ -637,6 +571,12 @@ class Cas:
         # docs/cas.md "Joining a running CAS": set by confide.cas.server.prepare.
         self.key_release: KeyReleaser | None = None  # releases the master key to attested CAS
         self.master_key_in_memory = False  # the key came from an attested CAS and has no file
+        # ``cas serve --opaque-refusals`` (docs/cas.md "Opaque refusals"): every recorded
+        # attestation refusal is answered with OPAQUE_ATTEST_REFUSAL (AppraisalError), every
+        # access refusal (any PolicyError but a ConflictError) of a volume tag report with
+        # OPAQUE_TAG_REFUSAL (AccessDeniedError); the reasons are logged (and attestation
+        # refusals recorded in the ledger, as always). Set by confide.cas.server.
+        self.opaque_refusals = False
 
     # -- governance ---------------------------------------------------------------------------
     def apply(self, submission: Any) -> ApplyResult:
@@ -1218,6 +1158,28 @@ class Cas:
                 " lower-case hex digits, or empty), new_tag (64 lower-case hex digits)",
                 structure="volume tag update",
             ) from None
+        try:
+            return self._update_volume_tag(policy_name, volume, token, old_tag, new_tag)
+        except PolicyError as exc:
+            if not self.opaque_refusals or isinstance(exc, ConflictError):
+                raise
+            # docs/cas.md "Opaque refusals": whether the session's policy still has its service,
+            # whether the service mounts the volume, what the export chain holds (its links, a
+            # cycle or a chain too long: PolicyError), the volume's mode, and whether there is
+            # such a session at all: one answer for all of them. A conflict on the tag itself
+            # (the session's own volume, found mounted) still says so.
+            _LOG.warning(
+                json.dumps(
+                    {"event": "volume-tag-refused", "reason_class": exc.kind,
+                     "reason": exc.message[:REASON_CHARS]}
+                )
+            )  # fmt: skip
+            raise AccessDeniedError(OPAQUE_TAG_REFUSAL) from None
+
+    def _update_volume_tag(
+        self, policy_name: str, volume: str, token: bytes, old_tag: str, new_tag: str
+    ) -> dict[str, Any]:
+        """:meth:`update_volume_tag` once the request parsed."""
         token_sha256 = hashlib.sha256(token).hexdigest()
         with self.db.write() as conn:
             session = conn.execute(
@@ -2635,8 +2597,9 @@ class PendingAttestation:
             with contextlib.suppress(ConfideError):
                 cas._use_once(conn, self.nonce, self.digest, self.expires)
             outcome.update(
-                {"verdict": "refused", "reason_class": self.error.kind, "reason": self.error.message[:500]}
-            )
+                {"verdict": "refused", "reason_class": self.error.kind,
+                 "reason": self.error.message[:REASON_CHARS]}
+            )  # fmt: skip
             # A refusal for a policy name that does not exist is not filed under that name: it
             # would show up in the events of whoever creates a policy of that name later.
             cas.events.record(conn, "attestation", self.policy if self.policy_known else None, outcome)
@@ -2666,7 +2629,9 @@ class PendingAttestation:
                 record_runtime_certificates(conn, token_sha256, self.issued)
         except ConfideError as exc:
             self.error = exc
-            outcome.update({"verdict": "refused", "reason_class": exc.kind, "reason": exc.message[:500]})
+            outcome.update(
+                {"verdict": "refused", "reason_class": exc.kind, "reason": exc.message[:REASON_CHARS]}
+            )
             cas.events.record(conn, "attestation", self.policy, outcome)
         else:
             outcome["verdict"] = "accepted"
@@ -2687,12 +2652,31 @@ class PendingAttestation:
     def accepted(self) -> bool:
         return self.committed and self.error is None
 
+    def _opaque_refusal(self) -> AppraisalError:
+        """``cas serve --opaque-refusals`` (docs/cas.md "Opaque refusals"): the one answer to a
+        recorded refusal, whatever its reason (no policy, no service, a mismatch, a tolerance, a
+        revoked or out-of-date platform, a spent nonce, evidence that does not verify...), so that
+        the attester learns neither whether the policy and service exist nor what they expect.
+        The reason is in the ledger entry :meth:`commit` recorded and in the line logged here."""
+        assert self.error is not None
+        outcome = self.outcome
+        _LOG.warning(
+            json.dumps(
+                {"event": "attestation-refused", "policy": self.policy, "service": self.service,
+                 "platform": outcome.get("platform"), "evidence_sha256": outcome.get("evidence_sha256"),
+                 "reason_class": self.error.kind, "reason": self.error.message[:REASON_CHARS]}
+            )
+        )  # fmt: skip
+        return AppraisalError(OPAQUE_ATTEST_REFUSAL)
+
     def result(self) -> dict[str, Any]:
         """After :meth:`commit` has been committed: the release encrypted to the runtime's key,
         or the refusal raised."""
         if not self.committed:
             raise UsageError("PendingAttestation.result() before commit()")
         if self.error is not None:
+            if self.cas.opaque_refusals:
+                raise self._opaque_refusal()
             raise self.error
         config = dict(self.config)
         config["session"] = self.token.hex()

@@ -69,6 +69,7 @@ from confide.cas.crl import (
 )
 from confide.cas.crl import revoke_runtime_certificates as revoke_runtime
 from confide.cas.db import raw_execute
+from confide.cas.documents import REVOKE_TYPE
 from confide.errors import AccessDeniedError, ConflictError, ParseError, PolicyError, StorageError
 from confide.policy import Policy
 from confide.policy.canonical import jcs
@@ -87,7 +88,6 @@ __all__ = [
     "revoke_request",
 ]
 
-REVOKE_TYPE = "confide/revoke/v2"
 REVOKE_V1_TYPE = "confide/revoke/v1"
 """A revocation request that names no CAS: refused since v2 (docs/cas.md "Revoking a certificate")."""
 # The signed body's fields (``signature`` is not part of it): a field this CAS does not know,

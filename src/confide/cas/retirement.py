@@ -56,6 +56,7 @@ from sqlalchemy import Connection, delete, select
 
 from confide.cas.core import verify_signed
 from confide.cas.db import successor_retirement_approvals
+from confide.cas.documents import RETIREMENT_TYPE
 from confide.cas.successor_board import (
     Board,
     current_key_id,
@@ -82,7 +83,6 @@ __all__ = [
     "retirement_id",
 ]
 
-RETIREMENT_TYPE = "confide/successor-retirement/v1"
 EVENT_RETIREMENT_APPROVED = "successor-retirement-approved"
 EVENT_RETIREMENT_REFUSED = "successor-retirement-refused"
 _FIELDS = frozenset(

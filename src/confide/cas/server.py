@@ -55,6 +55,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import math
 import os
 import shlex
 import socket
@@ -628,6 +629,7 @@ def prepare(
         raise UsageError(
             f"--dev and --tee {tee} exclude each other: a CAS in a TEE does not accept simulated evidence"
         )
+    key_release_clock = _key_release_clock(dev)
     if replica_min_tcb is not None and tee != "sev-snp":
         raise UsageError(
             "--replica-min-tcb is only for --tee sev-snp: it judges the REPORTED_TCB of SEV-SNP"
@@ -799,8 +801,10 @@ def prepare(
             return own_check.verified(published.body, at)
 
         own = own_evidence
-    successors = Successors(cas, own=own)
-    cas.key_release = KeyReleaser(cas, own, successors=successors, min_tcb=replica_min_tcb)
+    successors = Successors(cas, own=own, clock=key_release_clock)
+    cas.key_release = KeyReleaser(
+        cas, own, successors=successors, min_tcb=replica_min_tcb, clock=key_release_clock
+    )
     if own is not None and replica_min_tcb is not None and cas_evidence is not None:
         # Judged now and after every refresh of the own evidence; logged on a change of state.
         watch = OwnTcbWatch(own, replica_min_tcb, clock)
@@ -882,6 +886,40 @@ def describe_key_holding(seal: SealingKeyProvider | None, in_memory: bool) -> st
     if seal is not None:
         return f"sealed: {seal.name} ({seal.binding})"
     return "in memory (released by an attested CAS)" if in_memory else "plain file"
+
+
+DEV_KEY_RELEASE_CLOCK_SKEW_ENV = "CONFIDE_DEV_KEY_RELEASE_CLOCK_SKEW_FILE"
+
+
+def _key_release_clock(dev: bool) -> Callable[[], float]:
+    """The clock of master-key releases to other CAS and of the successor board's documents
+    (approvals, withdrawals, board changes and retirements: their ``expires`` and ``time``,
+    judged at release; docs/cas.md "Handing over to a successor version"): the system clock.
+    With ``--dev`` only, ``$CONFIDE_DEV_KEY_RELEASE_CLOCK_SKEW_FILE`` names a file of seconds
+    added to it, read at each use (no file: none): the end-to-end tests move this clock past an
+    approval's expiry instead of waiting for it (docs/cas.md "Test knobs"). Without ``--dev`` the
+    variable is refused: a production CAS keeps the system clock."""
+    path = os.environ.get(DEV_KEY_RELEASE_CLOCK_SKEW_ENV)
+    if not path:
+        return time.time
+    if not dev:
+        raise UsageError(f"${DEV_KEY_RELEASE_CLOCK_SKEW_ENV} is a development knob: it needs --dev")
+    skew_file = Path(path)
+
+    def clock() -> float:
+        try:
+            text = skew_file.read_text()
+        except FileNotFoundError:
+            return time.time()
+        try:
+            skew = float(text)
+        except ValueError:
+            skew = math.nan
+        if not math.isfinite(skew):
+            raise UsageError(f"${DEV_KEY_RELEASE_CLOCK_SKEW_ENV}: {text[:40]!r} is not a number of seconds")
+        return time.time() + skew
+
+    return clock
 
 
 def _join_preconditions(url: str, data_dir: Path, *, dev: bool, tee: str | None) -> None:
@@ -1025,6 +1063,7 @@ def serve(
     witness_quorum: int | None = None,
     witness_max_lag: float | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
+    opaque_refusals: bool = False,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
@@ -1046,7 +1085,9 @@ def serve(
     CAS starts, and whose rollback or fork answer halts its releases (``--witness-quorum``,
     :mod:`confide.cas.witness_quorum`); ``witness_max_lag``: seconds without a quorum after
     which releases wait (``--witness-max-lag``; ``None``: no bound).
-    ``replica_min_tcb``: see :func:`prepare`."""
+    ``replica_min_tcb``: see :func:`prepare`. ``opaque_refusals``: answer every recorded
+    attestation refusal, and every refused volume tag report, with one fixed message, logging
+    the reason (``--opaque-refusals``, docs/cas.md "Opaque refusals")."""
     quorum = None
     if witness_quorum is not None:
         quorum = WitnessQuorum(witnesses, witness_quorum, witness_max_lag)
@@ -1071,7 +1112,7 @@ def serve(
                join=join, session_tickets=session_tickets, join_as_successor=join_as_successor,
                successor_board=successor_board,
                min_tcb_evaluation_data_number=min_tcb_evaluation_data_number, quorum=quorum,
-               replica_min_tcb=replica_min_tcb)  # fmt: skip
+               replica_min_tcb=replica_min_tcb, opaque_refusals=opaque_refusals)  # fmt: skip
 
 
 def uvicorn_server(
@@ -1218,6 +1259,7 @@ def _serve(
     min_tcb_evaluation_data_number: int | None = None,
     quorum: WitnessQuorum | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
+    opaque_refusals: bool = False,
 ) -> None:
     public_limits = None
     if public_addr is not None:
@@ -1238,6 +1280,7 @@ def _serve(
         witnesses=quorum.attested() if quorum is not None else None, replica_min_tcb=replica_min_tcb,
     )  # fmt: skip
     cas.public_url = public_url  # docs/cas.md "CRL distribution points"
+    cas.opaque_refusals = opaque_refusals  # docs/cas.md "Opaque refusals"
     # docs/cas.md "Witness quorum": with --witness-quorum, a quorum cosigns the log as it is
     # before anything else starts (a rollback or fork answer, or no quorum: not starting).
     guard = WitnessGuard(quorum) if quorum is not None else None
@@ -1300,6 +1343,7 @@ def _serve(
                 "nvidia_ocsp": nvidia_ocsp is not None,
                 "nvidia_ocsp_stapled_only": nvidia_ocsp == STAPLED,
                 "nvidia_rim": nvidia_rim is not None,
+                "opaque_refusals": opaque_refusals,
                 "max_connections": http_limits.max_connections,
                 "max_connections_per_ip": http_limits.max_per_client,
                 "body_timeout": http_limits.body_timeout,

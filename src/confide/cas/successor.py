@@ -81,6 +81,8 @@ from sqlalchemy import Connection, insert, select
 from confide.cas.board_change import BoardChanges, ChangeApproval
 from confide.cas.core import READ_WINDOW, verify_signed
 from confide.cas.db import successor_approvals, successor_retired, successor_withdrawals
+from confide.cas.documents import SUCCESSOR_APPROVAL_TYPE as APPROVAL_TYPE
+from confide.cas.documents import WITHDRAWAL_TYPE
 from confide.cas.key_release import IDENTITY_CLAIMS, OwnEvidence
 from confide.cas.retirement import RetirementApproval, Retirements
 from confide.cas.successor_board import (
@@ -139,10 +141,8 @@ __all__ = [
     "target_of",
 ]
 
-APPROVAL_TYPE = "confide/successor-approval/v1"
 EVENT_APPROVED = "successor-approved"
 EVENT_REFUSED = "successor-approval-refused"
-WITHDRAWAL_TYPE = "confide/successor-withdrawal/v1"
 EVENT_WITHDRAWN = "successor-withdrawn"
 EVENT_WITHDRAWAL_REFUSED = "successor-withdrawal-refused"
 _DIGEST = re.compile(r"[0-9a-f]{64}")

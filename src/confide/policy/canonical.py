@@ -15,31 +15,11 @@ and ``session_hash`` refer to.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
-import rfc8785
-
-from confide.errors import ParseError
+from confide.jcs import jcs  # re-exported: its home before it had its own module
 from confide.policy.model import Policy
 
 __all__ = ["canonical_json", "jcs", "policy_hash"]
-
-
-def jcs(value: Any) -> bytes:
-    """RFC 8785 canonical JSON of a JSON-shaped value; a :class:`~confide.errors.ParseError` for
-    one it cannot encode (hostile JSON as Python's ``json`` reads it: NaN, infinities, integers
-    beyond IEEE 754's exact range, lone surrogates). The message names the kind, not the value."""
-    try:
-        return rfc8785.dumps(value)
-    except rfc8785.IntegerDomainError:
-        what = "an integer beyond 2^53 - 1 in magnitude (RFC 8785 §3.2.2.3: IEEE 754 doubles)"
-    except rfc8785.FloatDomainError:
-        what = "NaN or an infinity (RFC 8785 §3.2.2.3)"
-    except (rfc8785.CanonicalizationError, UnicodeError):  # a key with a lone surrogate: UnicodeEncodeError
-        what = "a lone surrogate, a non-string key or a value of no JSON type (RFC 8785 §3.1: I-JSON)"
-    except RecursionError:
-        what = "values nested too deeply"
-    raise ParseError(f"not representable in canonical JSON: {what}", structure="RFC 8785 JSON")
 
 
 def canonical_json(policy: Policy) -> bytes:

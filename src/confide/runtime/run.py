@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from confide.cas.client import CasClient
-from confide.cas.core import binding_report_data, decrypt_release
+from confide.cas.release_crypto import binding_report_data, decrypt_release
 from confide.cas.secrets import RUNTIME_KEY_MARKER, render, template_secret
 from confide.errors import ParseError, PolicyError, SignatureError, StorageError, UsageError
 from confide.fsutil import read_bounded
