@@ -127,7 +127,9 @@ from confide.errors import (
     PolicyError,
     UsageError,
 )
+from confide.hmacsha256 import HmacSha256
 from confide.identity import PublicIdentity
+from confide.jsonencode import encoder
 from confide.ledger.checkpoint import Checkpoint
 from confide.ledger.db import Conn
 from confide.ledger.db import execute as ledger_execute
@@ -196,6 +198,8 @@ SESSION_TTL = 24 * 3600.0
 # At most this many imports between a volume's owner and its final importer (docs/cas.md,
 # "Volumes shared between policies"): a longer chain is refused, never followed.
 MAX_VOLUME_CHAIN = 8
+# json.dumps(config) for the release's plaintext, its C encoder made once (confide.jsonencode)
+_RELEASE_JSON = encoder()
 _FETCHING_PLATFORMS = frozenset(
     p.value
     for p in (Platform.SEV_SNP, Platform.NVIDIA_GPU, Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM)
@@ -1860,9 +1864,19 @@ class Cas:
         body = expiry + os.urandom(16)
         return (body + self._nonce_mac(body)).hex()
 
+    @property
+    def nonce_key(self) -> bytes:
+        """The key of the nonces' MACs (derived from the master key)."""
+        return self._nonce_key
+
+    @nonce_key.setter
+    def nonce_key(self, key: bytes) -> None:
+        self._nonce_key, self._nonce_hmac = key, HmacSha256(key)
+
     def _nonce_mac(self, body: bytes) -> bytes:
-        # hmac.digest: the one-shot HMAC (OpenSSL's), the same bytes as hmac.new(...).digest()
-        return hmac.digest(self.nonce_key, body, "sha256")[:8]
+        # HMAC-SHA256 (RFC 2104) with the padded-key blocks hashed once (confide.hmacsha256):
+        # the same bytes as hmac.digest(self.nonce_key, body, "sha256")
+        return self._nonce_hmac.digest(body)[:8]
 
     def _check_nonce_mac(self, nonce: bytes) -> float:
         if len(nonce) != 32 or not hmac.compare_digest(self._nonce_mac(nonce[:24]), nonce[24:]):
@@ -2184,7 +2198,7 @@ class Cas:
             runtime_der = _spki(runtime_key)  # e.g. a compressed point: re-encode it
         key = _release_key_der(eph.exchange(ec.ECDH(), runtime_key), eph_der, runtime_der, nonce)
         iv = os.urandom(12)
-        ciphertext = AESGCM(key).encrypt(iv, json.dumps(config).encode(), RELEASE_INFO)
+        ciphertext = AESGCM(key).encrypt(iv, _RELEASE_JSON(config).encode(), RELEASE_INFO)
         return {
             "cas_key": base64.b64encode(eph_der).decode(),
             "iv": base64.b64encode(iv).decode(),
