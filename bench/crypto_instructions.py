@@ -111,6 +111,34 @@ def _steps(root: Path) -> dict[str, Callable[[], object]]:
             v1, nonce_hex, policy="bench", service="app", measurement=sim_request.MEASUREMENT
         )
         steps["CAS: verify_sim (v1, Ed25519)"] = lambda: verify.verify_sim(v1_evidence, v1_trusted, at=at)
+    # The CAS's per-request MAC and ledger entry (2026-12-06, perf6), and the release's HKDF with
+    # the alternative that was measured and not kept (RFC 5869 on hashlib's SHA-256 states)
+    encoding: Any = importlib.import_module("confide.ledger.encoding")
+    hkdf: Any = importlib.import_module("cryptography.hazmat.primitives.kdf.hkdf")
+    cas.nonce_key = os.urandom(32)
+    body, salt, info = os.urandom(24), os.urandom(16), core.RELEASE_INFO + der + der
+    shared = key.exchange(ec.ECDH(), cas_public)
+    payload = {
+        "advisories": [], "debug": False, "evidence_sha256": "7c" * 32, "measurement": "ab" * 48,
+        "platform": "sim", "policy_hash": "de" * 32, "service": "app", "simulated": True,
+        "tcb_status": None, "tolerated": ["simulation"], "verdict": "accepted",
+    }  # fmt: skip
+    time = encoding.format_time(at)
+    steps["CAS: nonce MAC (Cas._nonce_mac)"] = lambda: core.Cas._nonce_mac(cas, body)
+    steps["CAS: ledger entry (encode_entry, an attestation's payload)"] = lambda: encoding.encode_entry(
+        encoding.EntryType.ATTESTATION, time, "bench", payload, salt
+    )
+    steps["HKDF-SHA256 (cryptography, the release key)"] = lambda: hkdf.HKDF(
+        hashes.SHA256(), 32, nonce, info
+    ).derive(shared)
+    if importlib.util.find_spec("confide.hmacsha256") is not None:
+        mac: Any = importlib.import_module("confide.hmacsha256").HmacSha256
+
+        def hkdf_on_hashlib() -> bytes:  # RFC 5869 §2.2-2.3, one block of output
+            return bytes(mac(mac(nonce).digest(shared)).digest(info + b"\x01"))
+
+        assert hkdf_on_hashlib() == hkdf.HKDF(hashes.SHA256(), 32, nonce, info).derive(shared)
+        steps["alt: HKDF-SHA256 on HmacSha256 (hashlib)"] = hkdf_on_hashlib
     if with_der:
         steps["client: decrypt_release (public_key_der)"] = lambda: core.decrypt_release(
             key, release, nonce, public_key_der=der

@@ -165,7 +165,7 @@ class Env(InProcessCas):
     ) -> dict[str, Any]:
         """A signed read request for this CAS and ``route`` (docs/cas.md "Policies and governance")."""
         who = who or self.owner
-        body = {"type": READ_TYPE, "name": name, "time": int(self.clock.now),
+        body = {"type": READ_TYPE, "name": name, "nonce": self.cas.new_read_nonce(name, route),
                 "cas": self.cas.tls_spki_sha256, "route": route}  # fmt: skip
         return sign_document(body, who.sign, who.public.public_base64)
 

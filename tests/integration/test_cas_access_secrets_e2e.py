@@ -11,7 +11,6 @@ import http.client
 import json
 import re
 import ssl
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cas_harness import CasProcess
-from confide.cas.core import APPROVAL_TYPE, POLICY_TYPE, READ_TYPE, sign_document, spki_sha256
+from confide.cas.core import (
+    APPROVAL_TYPE,
+    POLICY_TYPE,
+    READ_NONCE_PATH,
+    READ_TYPE,
+    sign_document,
+    spki_sha256,
+)
 from confide.identity import Identity
 
 # One worker runs this module's tests (pytest-xdist --dist loadgroup), so that its
@@ -62,7 +68,9 @@ class Client:
         return self.call("POST", f"/v1/policies/{name}/approvals", doc)
 
     def show(self, name: str, who: Identity) -> int:
-        body = {"type": READ_TYPE, "name": name, "time": int(time.time()), "cas": self.spki, "route": "show"}
+        status, answer = self.call("POST", READ_NONCE_PATH, {"name": name, "route": "show"})
+        assert status == 200, answer
+        body = {"type": READ_TYPE, "name": name, "nonce": answer["nonce"], "cas": self.spki, "route": "show"}
         doc = sign_document(body, who.sign, who.public.public_base64)
         header = {"X-Confide-Read": base64.b64encode(json.dumps(doc).encode()).decode()}
         status, _ = self.call("GET", f"/v1/policies/{name}", headers=header)

@@ -4,10 +4,11 @@ schema (read from the running CAS, so a new route without an entry here fails
 :func:`test_every_route_has_an_entry`), what each class of caller gets: the policy's owner
 (its creator), an identity on its ``read`` list, one on its ``update`` list, a board member who
 is not an owner, a stranger with a valid identity, no signature, a valid signature over a
-request for another policy, a replayed request (again; after the policy changed; after the
-signer was removed), a document of another endpoint's type, and an expired or future-dated
-request. A refused caller must learn nothing: the refusal of an existing policy is the refusal
-of a policy that does not exist, byte for byte once the name is the same."""
+request for another policy, a replayed request (a read is served once: docs/cas.md "Reading a
+policy"), a read nonce of another route or policy, a document of another endpoint's type, and an
+expired or future-dated revocation request. A refused caller must learn nothing: the refusal of
+an existing policy is the refusal of a policy that does not exist, byte for byte once the name
+is the same."""
 
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ from confide.cas.core import (
     APPROVAL_TYPE,
     POLICY_TYPE,
     POLICY_V1_TYPE,
+    READ_NONCE_PATH,
     READ_TYPE,
+    READ_V2_TYPE,
     READ_WINDOW,
     sign_document,
     spki_sha256,
@@ -102,12 +105,25 @@ def signed(body: dict[str, Any], who: Identity) -> dict[str, Any]:
     return sign_document(body, who.sign, who.public.public_base64)
 
 
+def read_nonce(w: World, name: str, route: str) -> str:
+    """A read nonce the CAS under test issues for ``name`` and ``route`` (to anyone)."""
+    answer = w.call("POST", READ_NONCE_PATH, {"name": name, "route": route})
+    assert answer.status == 200, answer.body
+    return str(answer.json()["nonce"])
+
+
 def read_doc(
-    w: World, name: str, who: Identity, *, at: int | None = None, route: str = "show", cas: str | None = None
+    w: World,
+    name: str,
+    who: Identity,
+    *,
+    route: str = "show",
+    cas: str | None = None,
+    nonce: str | None = None,
 ) -> dict[str, Any]:
     """A signed read request for ``route``, for the CAS under test (or the one whose TLS key hash
-    is ``cas``)."""
-    body = {"type": READ_TYPE, "name": name, "time": int(time.time()) if at is None else at,
+    is ``cas``), over ``nonce`` or one the CAS issues for ``name`` and ``route`` now."""
+    body = {"type": READ_TYPE, "name": name, "nonce": nonce or read_nonce(w, name, route),
             "cas": w.spki if cas is None else cas, "route": route}  # fmt: skip
     return signed(body, who)
 
@@ -242,7 +258,8 @@ def check_show(w: World) -> None:
         header({**good, "signer": "AAAA"})["X-Confide-Read"],
         header({**good, "signature": "AAAA"})["X-Confide-Read"],
         header({k: v for k, v in good.items() if k != "signature"})["X-Confide-Read"],
-        header({**good, "time": str(good["time"])})["X-Confide-Read"],
+        header({**good, "nonce": good["nonce"].upper()})["X-Confide-Read"],
+        header({**good, "time": int(time.time())})["X-Confide-Read"],
     ):
         answer = w.call("GET", "/v1/policies/mx", headers={"X-Confide-Read": raw})
         assert answer.status in (400, 403), (raw, answer.status, answer.body)
@@ -250,10 +267,6 @@ def check_show(w: World) -> None:
     # A read with the type field rewritten is not signed by anyone.
     forged = {**revoke_doc(w, "mx", w.owner), "type": READ_TYPE}
     assert w.call("GET", "/v1/policies/mx", headers=header(forged)).status == 403
-    # Expired and future-dated requests (READ_WINDOW seconds either side).
-    for at in (int(time.time()) - READ_WINDOW - 60, int(time.time()) + READ_WINDOW + 60):
-        answer = w.call("GET", "/v1/policies/mx", headers=header(read_doc(w, "mx", w.owner, at=at)))
-        assert answer.status == 403 and "from the CAS clock" in answer.error()[1]
     check_bound_reads(w, "/v1/policies/{}", "show")
 
 
@@ -261,17 +274,35 @@ OTHER_CAS = hashlib.sha256(b"another CAS's SubjectPublicKeyInfo").hexdigest()
 
 
 def check_bound_reads(w: World, path: str, route: str) -> None:
-    """A read request is for one CAS and one route (docs/cas.md "Policies and governance"): the
-    owner's own request, signed for another CAS (whose TLS key hash is not this one's) or for
-    another route, is refused like any other refusal: 403, AccessDeniedError, and for an existing
-    policy the very answer a missing one gets. A request in the old format (no ``cas`` nor
-    ``route``) is malformed."""
+    """A read request is for one CAS and one route, and served once (docs/cas.md "Reading a
+    policy"): the owner's own request, signed for another CAS (whose TLS key hash is not this
+    one's) or for another route, is refused like any other refusal: 403, AccessDeniedError, and
+    for an existing policy the very answer a missing one gets. Sent again, a served request is
+    refused, as is one over a nonce issued for another route or policy. A request in an old
+    format (no ``cas`` nor ``route``; a ``confide/read/v2`` time and no nonce) is malformed."""
     others = [r for r in ("show", "events", "crl") if r != route]
     # The right request first, so that what is refused below is refused for its binding only.
-    assert (
-        w.call("GET", path.format("mx"), headers=header(read_doc(w, "mx", w.owner, route=route))).status
-        == 200
+    served = header(read_doc(w, "mx", w.owner, route=route))
+    assert w.call("GET", path.format("mx"), headers=served).status == 200
+    again = w.call("GET", path.format("mx"), headers=served)
+    assert again.status == 403 and again.error()[0] == "AccessDeniedError", again.body
+    assert "served before" in again.error()[1]
+    for other in others:  # a nonce of another route, in a request for this one
+        nonce = read_nonce(w, "mx", other)
+        answer = w.call(
+            "GET", path.format("mx"), headers=header(read_doc(w, "mx", w.owner, route=route, nonce=nonce))
+        )
+        assert answer.status == 403 and f"read nonce was issued for {other}, not {route}" in answer.error()[1]
+    nonce = read_nonce(w, "mxb", route)  # of another policy
+    answer = w.call(
+        "GET", path.format("mx"), headers=header(read_doc(w, "mx", w.owner, route=route, nonce=nonce))
     )
+    assert answer.status == 403 and "not issued by this CAS for policy 'mx'" in answer.error()[1]
+    # The refusal did not spend it: the read it was issued for is served.
+    mxb = w.call(
+        "GET", path.format("mxb"), headers=header(read_doc(w, "mxb", w.owner, route=route, nonce=nonce))
+    )
+    assert mxb.status == 200, mxb.body
     for who in (w.owner, w.stranger):
         for cas, for_route in ((OTHER_CAS, route), *((w.spki, r) for r in others)):
             same_refusal(
@@ -290,6 +321,11 @@ def check_bound_reads(w: World, path: str, route: str) -> None:
     for doc in (old_format, signed(unbound, w.owner)):
         answer = w.call("GET", path.format("mx"), headers=header(doc))
         assert answer.status == 400 and answer.error()[0] == "ParseError", answer.body
+    v2 = signed({"type": READ_V2_TYPE, "name": "mx", "time": int(time.time()), "cas": w.spki, "route": route},
+                w.owner)  # fmt: skip
+    answer = w.call("GET", path.format("mx"), headers=header(v2))
+    assert answer.status == 400 and answer.error()[0] == "ParseError", answer.body
+    assert "upgrade the client" in answer.error()[1]
 
 
 def check_events(w: World) -> None:
@@ -599,6 +635,19 @@ def check_ocsp(w: World) -> None:
         assert answer.status in (400, 404), (method, answer.status)
 
 
+def check_read_nonce(w: World) -> None:
+    """A read nonce, to anyone, for any name (nothing is looked up: it says nothing of the
+    policy); it grants nothing but one try at a signed read of that policy on that route within
+    its minute. A body without exactly a name and a route is malformed."""
+    answers = [w.call("POST", READ_NONCE_PATH, {"name": n, "route": "show"}) for n in ("mx", "mx-none")]
+    assert [a.status for a in answers] == [200, 200]
+    assert [set(a.json()) for a in answers] == [{"nonce", "expires_in"}] * 2
+    assert answers[0].json()["expires_in"] == answers[1].json()["expires_in"] == 60
+    for body in ({}, {"name": "mx"}, {"name": "mx", "route": "all"}, {"name": "mx", "route": "show", "x": 1}):
+        answer = w.call("POST", READ_NONCE_PATH, body)
+        assert answer.status == 400 and answer.error()[0] == "ParseError", (body, answer.body)
+
+
 def check_nonce(path: str) -> Callable[[World], None]:
     """A nonce, to anyone: it grants nothing but a try at attesting within its minute."""
 
@@ -625,6 +674,7 @@ MATRIX: dict[tuple[str, str], Callable[[World], None]] = {
     ("GET", "/v1/policies/{name}"): check_show,
     ("GET", "/v1/log/{path}"): check_public_get("/v1/log/checkpoint", statuses=(200, 404)),
     ("POST", "/v1/attest/nonce"): check_nonce("/v1/attest/nonce"),
+    ("POST", READ_NONCE_PATH): check_read_nonce,
     ("POST", "/v1/attest"): check_unsigned_post("/v1/attest", (400, 403, 422)),
     # A --dev CAS releases its master key to no one and hands over to no successor (400).
     ("POST", "/v1/cas/key-release/nonce"): check_nonce("/v1/cas/key-release/nonce"),
@@ -662,9 +712,9 @@ def test_route(world: World, route: tuple[str, str]) -> None:
 
 
 def test_a_removed_reader_keeps_nothing_of_an_old_request(world: World) -> None:
-    """A read request stays valid for READ_WINDOW seconds, but who may read is decided at each
-    request: once the reader is removed, its earlier signed request (replayed) is refused; while
-    listed, the replay after an update shows the current version."""
+    """Who may read is decided at each request, and each request is served once: a reader's
+    request signed while it was listed, but not sent until it was removed, is refused; one
+    sent while listed cannot be sent again (after an update, say) to read the new version."""
     w = world
     name = "mx-removal"
     first = w.submit(policy_text(name, _access(["CREATOR", w.reader.fingerprint], "[CREATOR]")), w.owner)
@@ -672,6 +722,7 @@ def test_a_removed_reader_keeps_nothing_of_an_old_request(world: World) -> None:
     old = header(read_doc(w, name, w.reader))
     # Signed for each route while the reader was listed (and accepted there: checked below).
     olds = {route: header(read_doc(w, name, w.reader, route=route)) for route in ("events", "crl")}
+    kept = {route: header(read_doc(w, name, w.reader, route=route)) for route in ("show", "events", "crl")}
     assert w.call("GET", f"/v1/policies/{name}", headers=old).json()["hash"] == digest
     assert w.call("GET", f"/v1/policies/{name}/events", headers=olds["events"]).status == 200
     assert w.call("GET", f"/v1/policies/{name}/crl/ca", headers=olds["crl"]).status == 200
@@ -685,11 +736,15 @@ def test_a_removed_reader_keeps_nothing_of_an_old_request(world: World) -> None:
         w.owner,
     )
     digest = second.json()["hash"]
-    assert w.call("GET", f"/v1/policies/{name}", headers=old).json()["hash"] == digest  # replayed: current
+    replayed = w.call("GET", f"/v1/policies/{name}", headers=old)  # served once: not the new version
+    assert replayed.status == 403 and "served before" in replayed.error()[1]
+    assert digest not in replayed.body.decode()
     third = w.submit(policy_text(name, _access(["CREATOR"], "[CREATOR]"), digest), w.owner)
     assert third.status == 200
     for path, sent in (
-        (f"/v1/policies/{name}", old),
+        (f"/v1/policies/{name}", kept["show"]),
+        (f"/v1/policies/{name}/events", kept["events"]),
+        (f"/v1/policies/{name}/crl/ca", kept["crl"]),
         (f"/v1/policies/{name}/events", olds["events"]),
         (f"/v1/policies/{name}/crl/ca", olds["crl"]),
     ):

@@ -8,7 +8,6 @@ counts a board; an entry that could name no one is refused at load or apply time
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -62,8 +61,8 @@ def approve(cas: InProcessCas, name: str, digest: str, who: Identity) -> str:
 
 
 def show(cas: InProcessCas, name: str, who: Identity) -> dict[str, Any]:
-    body = {"type": READ_TYPE, "name": name, "time": int(time.time()), "cas": cas.cas.tls_spki_sha256,
-            "route": "show"}  # fmt: skip
+    body = {"type": READ_TYPE, "name": name, "nonce": cas.cas.new_read_nonce(name, "show"),
+            "cas": cas.cas.tls_spki_sha256, "route": "show"}  # fmt: skip
     return cas.cas.show(sign_document(body, who.sign, who.public.public_base64))
 
 

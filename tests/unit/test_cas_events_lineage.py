@@ -8,7 +8,6 @@ with inclusion proofs that verify. On SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,8 +59,8 @@ def _approve(ipc: InProcessCas, name: str, digest: str, who: Identity) -> str:
 
 
 def _read(ipc: InProcessCas, name: str, who: Identity, route: str) -> dict[str, Any]:
-    body = {"type": READ_TYPE, "name": name, "time": int(time.time()), "cas": ipc.cas.tls_spki_sha256,
-            "route": route}  # fmt: skip
+    body = {"type": READ_TYPE, "name": name, "nonce": ipc.cas.new_read_nonce(name, route),
+            "cas": ipc.cas.tls_spki_sha256, "route": route}  # fmt: skip
     return sign_document(body, who.sign, who.public.public_base64)
 
 

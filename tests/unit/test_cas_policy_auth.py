@@ -34,8 +34,8 @@ HEAD_COLUMNS = "hash, revision, creator, key_id, mac"
 
 
 def read_request(cas: Cas, name: str, who: Identity) -> dict[str, Any]:
-    body = {"type": READ_TYPE, "name": name, "time": int(time.time()), "cas": cas.tls_spki_sha256,
-            "route": "show"}  # fmt: skip
+    body = {"type": READ_TYPE, "name": name, "nonce": cas.new_read_nonce(name, "show"),
+            "cas": cas.tls_spki_sha256, "route": "show"}  # fmt: skip
     return sign_document(body, who.sign, who.public.public_base64)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +60,8 @@ NEEDLES = [SECRET_VALUE, SECRET_VALUE_2, VOLUME_KEY, VOLUME_KEY.upper()]
 
 def read_request(cas: Cas, name: str, who: Identity, route: str = "show") -> dict[str, Any]:
     """A signed read request for ``cas`` and ``route`` (docs/cas.md "Policies and governance")."""
-    body = {"type": READ_TYPE, "name": name, "time": int(time.time()), "cas": cas.tls_spki_sha256,
-            "route": route}  # fmt: skip
+    body = {"type": READ_TYPE, "name": name, "nonce": cas.new_read_nonce(name, route),
+            "cas": cas.tls_spki_sha256, "route": route}  # fmt: skip
     return sign_document(body, who.sign, who.public.public_base64)
 
 

@@ -430,8 +430,8 @@ def test_show_gives_validity_and_version_never_private_values(env: Env, clock: C
     first = release(env)
     clock.now = T0 + 21 * DAY
     release(env)
-    read = {"type": READ_TYPE, "name": "tls", "time": int(clock.now), "cas": env.cas.tls_spki_sha256,
-            "route": "show"}  # fmt: skip
+    read = {"type": READ_TYPE, "name": "tls", "nonce": env.cas.new_read_nonce("tls", "show"),
+            "cas": env.cas.tls_spki_sha256, "route": "show"}  # fmt: skip
     shown = env.cas.show(sign_document(read, env.owner.sign, env.owner.public.public_base64))
     srv = shown["secrets"]["srv"]
     assert srv["version"] == 2

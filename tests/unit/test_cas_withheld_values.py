@@ -5,7 +5,6 @@ owner (an auditor given ``read``), and policy entries are served to every reader
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,8 @@ access_policy:
 
 def read_request(cas: Cas, name: str, who: Identity, route: str = "show") -> dict[str, Any]:
     """A signed read request for ``cas`` and ``route`` (docs/cas.md "Policies and governance")."""
-    body = {"type": READ_TYPE, "name": name, "time": int(time.time()), "cas": cas.tls_spki_sha256,
-            "route": route}  # fmt: skip
+    body = {"type": READ_TYPE, "name": name, "nonce": cas.new_read_nonce(name, route),
+            "cas": cas.tls_spki_sha256, "route": route}  # fmt: skip
     return sign_document(body, who.sign, who.public.public_base64)
 
 

@@ -6,7 +6,6 @@ entry and verify its inclusion as before."""
 from __future__ import annotations
 
 import base64
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +39,8 @@ def _policy(name: str) -> str:
 
 
 def _read(cas: Cas, name: str, who: Identity) -> dict[str, Any]:
-    body = {"type": READ_TYPE, "name": name, "time": int(time.time()), "cas": cas.tls_spki_sha256,
-            "route": "events"}  # fmt: skip
+    body = {"type": READ_TYPE, "name": name, "nonce": cas.new_read_nonce(name, "events"),
+            "cas": cas.tls_spki_sha256, "route": "events"}  # fmt: skip
     return sign_document(body, who.sign, who.public.public_base64)
 
 

@@ -12,7 +12,6 @@ import base64
 import binascii
 import bisect
 import contextlib
-import json
 import logging
 import math
 import time
@@ -31,7 +30,7 @@ from prometheus_client.utils import floatToGoString
 from starlette.exceptions import HTTPException
 
 from confide import __version__, errors, jsonstrict
-from confide.cas.core import Cas
+from confide.cas.core import NONCE_TTL, READ_NONCE_PATH, READ_TYPE, Cas
 from confide.cas.crl import crl_pem
 from confide.cas.db import WriteBatcher, raw_connection
 from confide.cas.fetch_stats import BUCKETS, FetchStats
@@ -53,6 +52,7 @@ from confide.cas.witness_quorum import WitnessGuard
 from confide.errors import ConfideError, ParseError
 from confide.httpserve.limits import HttpLimits
 from confide.httpserve.ratelimit import RateLimiter, client_key, retry_after
+from confide.jsonencode import encoder
 from confide.ledger.serve import serve as serve_log
 
 __all__ = ["MAX_BODIES", "MAX_BODY", "STATUS", "BodyBudget", "create_app"]
@@ -81,12 +81,12 @@ def status_for(exc: ConfideError) -> int:
 
 class _Json(JSONResponse):
     """JSONResponse with its encoder made once (json.dumps makes one per call when given any
-    argument): the same bytes."""
+    argument; confide.jsonencode also makes its C encoder once): the same bytes."""
 
-    _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
+    _encode = staticmethod(encoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")))
 
     def render(self, content: Any) -> bytes:
-        return self._encoder.encode(content).encode("utf-8")
+        return self._encode(content).encode("utf-8")
 
 
 _JSON = "application/json"
@@ -95,9 +95,40 @@ _JSON = "application/json"
 NOTHING_PREFETCHED = Prefetched()
 
 
+_REQUEST_LINE = '{"event": "request", "method": "%s", "route": "%s", "status": %d, "ms": %.2f}'
+"""The request log line (docs/cas.md "Request log"), logged as ``log.info(_REQUEST_LINE, ...)``."""
+
+
+def _line_handler(log: logging.Logger) -> Any:
+    """The handler that ``log.info`` of a request line would reach, when it is the only one and
+    writes the line as given (a handler with ``accepts_lines()`` true: ``cas serve``'s, whose
+    formatter writes a JSON message as it is): then the line needs no ``LogRecord``, nor
+    logging's path to the handler (~23,000 of the ~37,000 instructions a request's line cost).
+    ``None`` when anything else is configured (a filter on ``log``, a record factory, another
+    handler at INFO, no handler: ``logging.lastResort``); ``log.info`` is then called as before.
+    The caller has checked ``log.isEnabledFor(logging.INFO)`` (levels, ``disabled``,
+    ``logging.disable``); this walks the handlers as ``Logger.callHandlers`` does."""
+    if log.filters or logging.getLogRecordFactory() is not logging.LogRecord:
+        return None
+    found: Any = None
+    current: logging.Logger | None = log
+    while current is not None:
+        for handler in current.handlers:
+            if handler.level <= logging.INFO:
+                if found is not None:
+                    return None
+                found = handler
+        current = current.parent if current.propagate else None
+    accepts = getattr(found, "accepts_lines", None)
+    return found if accepts is not None and accepts() else None
+
+
 def _read_doc(header: str | None) -> Any:
     if not header:
-        raise errors.AccessDeniedError("reading needs a signed X-Confide-Read header (confide/read/v2)")
+        raise errors.AccessDeniedError(
+            f"reading needs a signed X-Confide-Read header ({READ_TYPE}, over a nonce from POST "
+            f"{READ_NONCE_PATH})"
+        )
     try:
         raw = base64.b64decode(header, validate=True)
     except (ValueError, binascii.Error):
@@ -118,14 +149,15 @@ def create_app(
     """The CAS's API; ``cas_evidence``: its own evidence (``GET /v1/cas/evidence``), whose
     refreshes and their failures ``/metrics`` counts. ``http_limits``: the server's connection
     and timeout limits, whose refusals ``/metrics`` counts. ``attest_limiter``: the per-client
-    rate of ``POST /v1/attest/nonce`` and ``POST /v1/attest``; ``write_limiter``: of every other
-    POST (policy submissions and updates, board approvals, volume tags); ``None``: unlimited.
+    rate of ``POST /v1/attest/nonce``, ``POST /v1/attest`` and ``POST /v1/read/nonce`` (no
+    database write; a read spends its nonce); ``write_limiter``: of every other POST (policy
+    submissions and updates, board approvals, volume tags); ``None``: unlimited.
     ``public_http``: the public plain-HTTP listener's application, whose responses and
     connection limits ``/metrics`` counts too (``cas serve --public-http-listen``).
     ``witness_guard``: with ``cas serve --witness-quorum`` (docs/cas.md "Witness quorum"), every
-    POST but OCSP's (releases, nonces, policy and board changes, volume tags) is answered 503
-    while the guard refuses (a witness's rollback or fork answer, or ``--witness-max-lag``
-    passed), and ``/metrics`` shows what the witnesses said."""
+    POST but OCSP's and read nonces' (releases, other nonces, policy and board changes, volume
+    tags) is answered 503 while the guard refuses (a witness's rollback or fork answer, or
+    ``--witness-max-lag`` passed), and ``/metrics`` shows what the witnesses said."""
     registry = CollectorRegistry()
     requests = _Counts("confide_requests", "HTTP requests", ("route", "status"))
     registry.register(requests)
@@ -139,6 +171,12 @@ def create_app(
     # entries together), not one per attestation.
     writer = WriteBatcher(cas.db, around=getattr(cas.events, "batched", None))
     budget = BodyBudget(MAX_BODIES)
+
+    def spend(job: Any) -> Any:
+        # A read's nonce is spent by the group commit (with the attestations' spends), from the
+        # worker thread FastAPI runs the read in (docs/cas.md "Reading a policy").
+        return writer.submit(job).result()
+
     metric_children: dict[tuple[str, int], tuple[list[float], list[Any]]] = {}
 
     @contextlib.asynccontextmanager
@@ -180,7 +218,9 @@ def create_app(
             if method == "POST":
                 # Per-client rate limits (confide.httpserve.ratelimit), before the body is read: a
                 # refused request costs a bucket lookup; its body is discarded as it comes.
-                limiter = attest_limiter if fast is not None else write_limiter
+                # Read nonces are issued as attestation nonces are (no database write): limited
+                # with them (docs/cas.md "Reading a policy").
+                limiter = attest_limiter if fast is not None or path == READ_NONCE_PATH else write_limiter
                 if path.startswith(OCSP_PATH):
                     # An OCSP request writes nothing: bounded like the other public routes, and
                     # its signatures by the responder's own per-client rate (docs/cas.md "OCSP").
@@ -256,10 +296,12 @@ def create_app(
                 children = metric_children[key] = (requests.child(route, str(status)), latency.child(route))
             _count_request(children, elapsed)
             if log.isEnabledFor(logging.INFO):
-                log.info(
-                    '{"event": "request", "method": "%s", "route": "%s", "status": %d, "ms": %.2f}',
-                    method, route, status, elapsed * 1000,
-                )  # fmt: skip
+                args = (method, route, status, elapsed * 1000)
+                handler = _line_handler(log)
+                if handler is not None:  # the line logging would write, without the record
+                    handler.emit_line(_REQUEST_LINE % args)
+                else:
+                    log.info(_REQUEST_LINE, *args)
 
     @app.get("/v1/health")
     def health() -> dict[str, str]:
@@ -300,10 +342,10 @@ def create_app(
     def policy_events(name: str, x_confide_read: str | None = Header(default=None)) -> Response:
         doc = _read_doc(x_confide_read)
         if isinstance(doc, dict) and doc.get("name") == f"{name}/events":
-            return _private(cas.show(doc))  # GET /v1/policies/<a/events>: the policy named a/events
+            return _private(cas.show(doc, spend))  # GET /v1/policies/<a/events>: the policy named a/events
         if not isinstance(doc, dict) or doc.get("name") != name:
             raise ParseError("read request names another policy than the URL", structure="read request")
-        return _private(cas.events_for(doc))
+        return _private(cas.events_for(doc, spend))
 
     @app.get("/v1/policies/{name:path}/crl/{secret}")
     def policy_crl(
@@ -316,8 +358,8 @@ def create_app(
             raise errors.UsageError(f"got format {format[:16]!r}, expected der or pem")
         doc = _read_doc(x_confide_read) if x_confide_read else None
         if isinstance(doc, dict) and doc.get("name") == f"{name}/crl/{secret}":
-            return _private(cas.show(doc))  # GET /v1/policies/<a/crl/b>: the policy named a/crl/b
-        der, next_update, public = cas.crl(name, secret, doc)
+            return _private(cas.show(doc, spend))  # GET /v1/policies/<a/crl/b>: the policy named a/crl/b
+        der, next_update, public = cas.crl(name, secret, doc, spend)
         if public:  # cached at most 5 minutes: a new revocation is published at once
             max_age = max(0, min(CRL_MAX_AGE, int(next_update - cas.clock())))
             cache = f"public, max-age={max_age}"
@@ -366,7 +408,7 @@ def create_app(
         doc = _read_doc(x_confide_read)
         if not isinstance(doc, dict) or doc.get("name") != name:
             raise ParseError("read request names another policy than the URL", structure="read request")
-        return _private(cas.show(doc))
+        return _private(cas.show(doc, spend))
 
     @app.get("/v1/log/{path:path}")
     def log_resource(path: str) -> Response:
@@ -386,6 +428,15 @@ def create_app(
         # {"nonce": ..., "expires_in": 60} as _Json writes it, without the encoder: the nonce
         # is hex (nothing to escape)
         return Response(b'{"nonce":"%s","expires_in":60}' % cas.new_nonce().encode("ascii"), media_type=_JSON)
+
+    @app.post(READ_NONCE_PATH)
+    async def read_nonce(request: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+        """A single-use nonce for one signed read (``confide/read/v3``) of the policy ``name`` on
+        ``route`` (``show``, ``events`` or ``crl``), valid ``expires_in`` seconds (docs/cas.md
+        "Reading a policy"). No I/O: served on the event loop."""
+        if set(request) != {"name", "route"}:
+            raise ParseError("expected exactly name and route", structure="read nonce request")
+        return {"nonce": cas.new_read_nonce(request["name"], request["route"]), "expires_in": int(NONCE_TTL)}
 
     @app.post("/v1/attest")
     async def attest(request: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
@@ -595,10 +646,11 @@ def _too_many(wait: float) -> JSONResponse:
 
 def _witness_refusal(guard: WitnessGuard | None, path: str) -> JSONResponse | None:
     """The answer to a POST while the witness guard refuses (``None`` when it does not, or for
-    OCSP, which writes nothing): 503 with its error's class, so clients exit with its code; the
+    OCSP and read nonces, which write nothing: reads are served during a halt, as before read
+    nonces): 503 with its error's class, so clients exit with its code; the
     connection is kept (the unread body is discarded by uvicorn once the response is complete).
     A halt lasts until the CAS restarts; a lag, until the next quorum."""
-    if guard is None or path.startswith(OCSP_PATH):
+    if guard is None or path.startswith(OCSP_PATH) or path == READ_NONCE_PATH:
         return None
     exc = guard.refusal()
     if exc is None:
@@ -628,6 +680,7 @@ def _write_route(path: str) -> str:
         "/v1/volumes/tag",
         "/v1/cas/key-release/nonce",
         "/v1/cas/key-release",
+        READ_NONCE_PATH,
         "/v1/cas/successor/approvals",
         "/v1/cas/successor/withdrawals",
         "/v1/cas/successor/board/approvals",

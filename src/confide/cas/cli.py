@@ -174,8 +174,9 @@ def cas() -> None:
               metavar="N", help="TLS 1.3 session tickets sent after each handshake, for clients that"
               " resume sessions (confide's own clients do not).")  # fmt: skip
 @click.option("--attest-rate", default="200", show_default=True, metavar="PER_SECOND",
-              help="Per client IP address (IPv6: /64): POST /v1/attest/nonce and /v1/attest requests"
-              " a second, answered 429 with Retry-After past it. 0: no limit.")  # fmt: skip
+              help="Per client IP address (IPv6: /64): POST /v1/attest/nonce, /v1/attest and"
+              " /v1/read/nonce requests a second, answered 429 with Retry-After past it. 0: no"
+              " limit.")  # fmt: skip
 @click.option(
     "--attest-burst", metavar="N", help="The most such requests at once (default: twice --attest-rate)."
 )

@@ -27,6 +27,7 @@ from confide import errors, jsonstrict
 from confide.cas.documents import (
     APPROVAL_TYPE,
     POLICY_TYPE,
+    READ_NONCE_PATH,
     READ_TYPE,
     REVOKE_TYPE,
     SUCCESSOR_APPROVAL_TYPE,
@@ -197,12 +198,16 @@ class CasClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, *, unknown: str | None = None, **kwargs: Any) -> Any:
+        """The CAS's answer; ``unknown``: the error when the CAS does not know the route (404 or
+        405 without an error object: a CAS older than the route)."""
         for attempt in range(RATE_LIMIT_RETRIES + 1):
             response = _fetch(self.http, self.url, method, path, **kwargs)
             if response.status_code != 429 or attempt == RATE_LIMIT_RETRIES:
                 break
             self.sleep(_retry_after(response.headers.get("retry-after")))
+        if unknown is not None and response.status_code in (404, 405) and b'"error"' not in response.content:
+            raise NetworkError(unknown)
         return _raise_for(response)
 
     def apply(self, policy: Policy, identity: Identity) -> dict[str, str]:
@@ -227,17 +232,35 @@ class CasClient:
         result: dict[str, str] = self._call("POST", f"/v1/policies/{name}/approvals", json=doc)
         return result
 
+    def read_nonce(self, name: str, route: str) -> str:
+        """A single-use nonce for one read of policy ``name`` on ``route`` (docs/cas.md "Reading
+        a policy")."""
+        answer = self._call(
+            "POST",
+            READ_NONCE_PATH,
+            json={"name": name, "route": route},
+            unknown=f"the CAS issues no read nonces (POST {READ_NONCE_PATH}): it is older than this "
+            f"client, which signs {READ_TYPE} read requests only; upgrade the CAS",
+        )
+        nonce = answer.get("nonce") if isinstance(answer, dict) else None
+        if not isinstance(nonce, str):
+            raise errors.ParseError(
+                "expected an object with a string", structure="the CAS's read nonce answer"
+            )
+        return nonce
+
     def _read_header(self, name: str, identity: Identity, route: str) -> dict[str, str]:
-        """A signed read request (docs/cas.md "Policies and governance") for the one CAS this
-        client trusts (the SHA-256 of its certificate's key) and for ``route``."""
+        """A signed read request (docs/cas.md "Reading a policy") for the one CAS this client
+        trusts (the SHA-256 of its certificate's key), for ``route``, over a nonce it asks that
+        CAS for first (served once)."""
         if self.cas_spki_sha256 is None:
             raise UsageError("reading needs the CAS's certificate: a read request names the CAS's key")
+        nonce = self.read_nonce(name, route)
         doc = sign_document(
-            {"type": READ_TYPE, "name": name, "time": int(time.time()), "cas": self.cas_spki_sha256,
-             "route": route},
+            {"type": READ_TYPE, "name": name, "nonce": nonce, "cas": self.cas_spki_sha256, "route": route},
             identity.sign,
             identity.public.public_base64,
-        )  # fmt: skip
+        )
         return {"X-Confide-Read": base64.b64encode(json.dumps(doc).encode()).decode()}
 
     def show(self, name: str, identity: Identity) -> dict[str, Any]:

@@ -14,9 +14,11 @@ without its ``signature`` member; ``type`` names the purpose):
 - ``confide/approval/v2``: ``{"type", "name", "hash", "cas": <hex SHA-256 of the CAS's TLS
   SubjectPublicKeyInfo>, "signer"}`` (counted only at the one CAS it names; ``confide/approval/v1``,
   which named no CAS, is refused and read only from ledger entries recorded before)
-- ``confide/read/v2``: ``{"type", "name", "time": <unix seconds>, "cas": <hex SHA-256 of the
-  CAS's TLS SubjectPublicKeyInfo>, "route": "show" | "events" | "crl", "signer"}`` (valid 5
-  minutes, at the one CAS and for the one route it names)
+- ``confide/read/v3``: ``{"type", "name", "nonce": <hex read nonce from POST /v1/read/nonce>,
+  "cas": <hex SHA-256 of the CAS's TLS SubjectPublicKeyInfo>, "route": "show" | "events" |
+  "crl", "signer"}`` (served once, while its nonce is valid, at the one CAS and for the one route
+  and policy its nonce was issued for; ``confide/read/v2``, which carried a time and no nonce and
+  could be sent again for five minutes, is refused with a message to upgrade the client)
 - ``confide/revoke/v2``: ``{"type", "name", "secret", "reason", "serial" | "all_valid", "time",
   "cas", "signer"}`` (valid 5 minutes, at the one CAS it names, carried out once;
   :mod:`confide.cas.owner_revocation`; ``confide/revoke/v1``, which named no CAS, is refused)
@@ -74,7 +76,15 @@ from confide.cas.crl import (
 )
 from confide.cas.db import Database, EventSink, raw_connection, raw_execute, raw_executemany
 from confide.cas.declaration import WITHHELD, declaration, fingerprints
-from confide.cas.documents import APPROVAL_TYPE, POLICY_TYPE, READ_TYPE, sign_document, spki_sha256
+from confide.cas.documents import (
+    APPROVAL_TYPE,
+    POLICY_TYPE,
+    READ_NONCE_PATH,
+    READ_TYPE,
+    READ_V2_TYPE,
+    sign_document,
+    spki_sha256,
+)
 from confide.cas.owner_revocation import REVOKE_TYPE, REVOKE_V1_TYPE, parse_request, refusal, revoke_request
 from confide.cas.policy_auth import Head, PolicyAuth, PolicyRowsAltered, Version
 from confide.cas.policy_rows import open_column, seal_column
@@ -117,7 +127,9 @@ from confide.errors import (
     PolicyError,
     UsageError,
 )
+from confide.hmacsha256 import HmacSha256
 from confide.identity import PublicIdentity
+from confide.jsonencode import encoder
 from confide.ledger.checkpoint import Checkpoint
 from confide.ledger.db import Conn
 from confide.ledger.db import execute as ledger_execute
@@ -157,7 +169,9 @@ __all__ = [
     "APPROVAL_V1_TYPE",
     "POLICY_TYPE",
     "POLICY_V1_TYPE",
+    "READ_NONCE_PATH",
     "READ_TYPE",
+    "READ_V2_TYPE",
     "Cas",
     "EvidenceVerifier",
     "binding_report_data",
@@ -175,14 +189,17 @@ governance"); ledger entries and ``policies`` rows recorded before hold such sub
 APPROVAL_V1_TYPE = "confide/approval/v1"
 """An approval of a version that names no CAS: refused since v2 (docs/cas.md "Policies and
 governance"); ledger entries recorded before hold such approvals (``confide.cas.audit``)."""
-READ_WINDOW = 300
+READ_WINDOW = 300  # seconds: the freshness window of revocation requests and withdrawals
 # What a read request is for (its ``route``): the answers differ, so one request reads one of them.
 READ_ROUTES = ("show", "events", "crl")
+READ_NONCE_PURPOSE = b"confide-read-nonce/v1"
 NONCE_TTL = 60.0
 SESSION_TTL = 24 * 3600.0
 # At most this many imports between a volume's owner and its final importer (docs/cas.md,
 # "Volumes shared between policies"): a longer chain is refused, never followed.
 MAX_VOLUME_CHAIN = 8
+# json.dumps(config) for the release's plaintext, its C encoder made once (confide.jsonencode)
+_RELEASE_JSON = encoder()
 _FETCHING_PLATFORMS = frozenset(
     p.value
     for p in (Platform.SEV_SNP, Platform.NVIDIA_GPU, Platform.SGX, Platform.TDX, Platform.AZURE_TDX_VTPM)
@@ -519,6 +536,9 @@ def _decrypt_key(sealer: Sealer, row: Any) -> SecretValue:
 
 
 _CRL_ID = re.compile(r"[0-9a-f]{32}")
+_READ_NONCE = re.compile(r"[0-9a-f]{64}")  # a read nonce (32 bytes), as new_read_nonce writes it
+RunWrite = Callable[[Callable[[Connection], str | None]], str | None]
+"""Runs a write job in a write transaction and returns its result (the read nonce's spend)."""
 _VOLUME_TAG = re.compile(r"[0-9a-f]{64}")  # a volume tag (docs/volume-format.md)
 _DECLARED_TAG = re.compile(r"[0-9a-f]{32}|[0-9a-f]{64}")  # or a policy's fspf_tag (16 or 32 bytes)
 
@@ -552,6 +572,9 @@ class Cas:
         self.events = events or EventSink()
         self.clock = clock
         self.nonce_key = sealer.derive_key(b"confide-nonce/v1")
+        # Read nonces' MAC key: its own purpose, so no attestation or key-release nonce is a read
+        # nonce and the other way round (docs/cas.md "Reading a policy").
+        self.read_nonce_key = sealer.derive_key(READ_NONCE_PURPOSE)
         self._policies: Lru[tuple[str, str], Policy] = Lru(256)
         # Policy heads and version states, MAC'd under the master key (confide.cas.policy_auth).
         self.policy_auth = PolicyAuth(sealer)
@@ -1631,22 +1654,42 @@ class Cas:
                 self.events.record(conn, refused.event, refused.filed_under, refused.payload)
             raise refused.error from None
 
-    def _read_request(self, read_request: Any, route: str) -> tuple[dict[str, Any], PublicIdentity]:
-        """A signed ``confide/read/v2`` request for this CAS (its ``cas``: :attr:`tls_spki_sha256`)
-        and ``route`` (one of :data:`READ_ROUTES`), within :data:`READ_WINDOW` of the CAS clock:
-        its body (``name`` a string) and signer. A request for another CAS or route is refused
-        before any policy is looked at, so the refusal says nothing of the policy."""
+    def _read_request(
+        self, read_request: Any, route: str, run: RunWrite | None = None, *, name: str | None = None
+    ) -> tuple[dict[str, Any], PublicIdentity]:
+        """A signed ``confide/read/v3`` request (docs/cas.md "Reading a policy") for this CAS (its
+        ``cas``: :attr:`tls_spki_sha256`), ``route`` (one of :data:`READ_ROUTES`) and, when given,
+        the policy ``name`` (the URL's), with a read nonce this CAS issued for that route and the
+        policy the request names, not expired: its body and signer, once its nonce is spent.
+
+        Everything is checked before anything is written: a request for another CAS, route or
+        policy, or with a nonce that is forged, for another route or policy, or expired, is
+        refused without a database write, before any policy is looked at, so the refusal says
+        nothing of the policy. The nonce is then spent (single use) in a write transaction of
+        its own, run by ``run`` (the group commit under the HTTP API; default: one
+        :meth:`Database.write`): a request sent again is refused, as is the second of two sent
+        at once. The nonce is spent whether or not the signer may then read the policy."""
+        if isinstance(read_request, dict) and read_request.get("type") == READ_V2_TYPE:
+            raise ParseError(
+                f"a {READ_V2_TYPE} read request carries no nonce from the CAS, so whoever holds it "
+                f"could send it again for five minutes; this CAS serves {READ_TYPE} requests only "
+                f"(signed over a single-use nonce from POST {READ_NONCE_PATH}): upgrade the client",
+                structure=READ_V2_TYPE,
+            )
         body, signer = verify_signed(read_request, READ_TYPE)
-        name, when, cas, for_route = body.get("name"), body.get("time"), body.get("cas"), body.get("route")
+        read_name, nonce_text, cas, for_route = (
+            body.get("name"), body.get("nonce"), body.get("cas"), body.get("route")
+        )  # fmt: skip
         if (
-            not isinstance(name, str)
-            or not isinstance(when, int)
-            or isinstance(when, bool)
+            not isinstance(read_name, str)
+            or not isinstance(nonce_text, str)
+            or not _READ_NONCE.fullmatch(nonce_text)
             or not isinstance(cas, str)
             or for_route not in READ_ROUTES
         ):
             raise ParseError(
-                f"name, time, cas and route (one of {', '.join(READ_ROUTES)}) are required",
+                f"name, nonce (64 lowercase hex digits, from POST {READ_NONCE_PATH}), cas and route "
+                f"(one of {', '.join(READ_ROUTES)}) are required",
                 structure=READ_TYPE,
             )
         # Public values (the CAS's key hash, a route name): a plain comparison leaks nothing.
@@ -1657,15 +1700,84 @@ class Cas:
             )
         if for_route != route:
             raise AccessDeniedError(f"read request is for {for_route}, not {route}")
-        if abs(self.clock() - when) > READ_WINDOW:
-            raise AccessDeniedError(
-                f"read request time {when} is more than {READ_WINDOW}s from the CAS clock"
-            )
+        if name is not None and read_name != name:
+            raise ParseError("read request names another policy than the URL", structure=READ_TYPE)
+        nonce = bytes.fromhex(nonce_text)
+        expires = self._check_read_nonce(nonce, read_name, route)
+        refusal = (run or self._in_write)(lambda conn: self._spend_read_nonce(conn, nonce, expires))
+        if refusal is not None:
+            raise AccessDeniedError(refusal)
         return body, signer
 
-    def show(self, read_request: Any) -> dict[str, Any]:
-        """The policy a signed read request (route ``show``) names, for an identity that may read it."""
-        return self._show(*self._read_request(read_request, "show"))
+    # -- read nonces (docs/cas.md "Reading a policy") -----------------------------------------
+    def new_read_nonce(self, name: Any, route: Any) -> str:
+        """A single-use nonce for one read of policy ``name`` on ``route``, valid
+        :data:`NONCE_TTL` seconds; like :meth:`new_nonce` it needs no database write: expiry (ms)
+        || route (its index in :data:`READ_ROUTES`) || 15 random bytes || MAC over these and
+        the SHA-256 of the policy name, under a key of its own purpose. The name need not be
+        of a policy (nothing is looked up: the answer is the same for every name)."""
+        if not isinstance(name, str) or not name or route not in READ_ROUTES:
+            raise ParseError(
+                f"expected name (a policy name) and route (one of {', '.join(READ_ROUTES)})",
+                structure="read nonce request",
+            )
+        expiry = int((self.clock() + NONCE_TTL) * 1000).to_bytes(8, "big")
+        body = expiry + bytes((READ_ROUTES.index(route),)) + os.urandom(15)
+        return (body + self._read_nonce_mac(body, name)).hex()
+
+    def _read_nonce_mac(self, body: bytes, name: str) -> bytes:
+        # surrogatepass: a JSON string may hold a lone surrogate; its bytes are MAC'd all the same
+        named = hashlib.sha256(name.encode("utf-8", "surrogatepass")).digest()
+        return hmac.digest(self.read_nonce_key, body + named, "sha256")[:8]
+
+    def _check_read_nonce(self, nonce: bytes, name: str, route: str) -> float:
+        """The nonce's expiry, once its MAC (for ``name`` and the route it carries), its route
+        and its expiry are checked: no database access."""
+        issued_for = nonce[8]
+        if issued_for >= len(READ_ROUTES) or not hmac.compare_digest(
+            self._read_nonce_mac(nonce[:24], name), nonce[24:]
+        ):
+            raise AccessDeniedError(
+                f"read nonce was not issued by this CAS for policy {name[:64]!r} (each nonce is for "
+                f"one policy and route: ask POST {READ_NONCE_PATH} for one)"
+            )
+        if READ_ROUTES[issued_for] != route:
+            raise AccessDeniedError(f"read nonce was issued for {READ_ROUTES[issued_for]}, not {route}")
+        expires = int.from_bytes(nonce[:8], "big") / 1000
+        if expires < self.clock():
+            raise AccessDeniedError("read nonce has expired; sign the request again over a new one")
+        return expires
+
+    def _spend_read_nonce(self, conn: Connection, nonce: bytes, expires: float) -> str | None:
+        """Spend a read nonce in the write transaction (single use): ``None``, or why it cannot
+        be (it expired meanwhile, or was spent before). A write job of the group commit, so it
+        returns its refusal rather than raising it (confide.cas.db.WriteBatcher)."""
+        now = self.clock()
+        if expires < now:
+            return "read nonce has expired; sign the request again over a new one"
+        raw = raw_connection(conn)
+        self._sweep(raw, now)
+        # One statement, as _use_once's: its row count says whether the nonce was unspent.
+        spent = ledger_execute(
+            raw,
+            "INSERT INTO nonces (nonce, expires_at, used) VALUES (?, ?, 1) ON CONFLICT DO NOTHING",
+            (nonce.hex(), expires),
+        )
+        if spent.rowcount != 1:
+            return (
+                "read request was served before (its nonce is spent): a replay is refused; sign "
+                "a new request over a new nonce"
+            )
+        return None
+
+    def _in_write(self, job: Callable[[Connection], str | None]) -> str | None:
+        with self.db.write() as conn:
+            return job(conn)
+
+    def show(self, read_request: Any, run: RunWrite | None = None) -> dict[str, Any]:
+        """The policy a signed read request (route ``show``) names, for an identity that may read
+        it; ``run``: as for :meth:`_read_request`."""
+        return self._show(*self._read_request(read_request, "show", run))
 
     def _show(self, body: dict[str, Any], signer: PublicIdentity) -> dict[str, Any]:
         name = body["name"]
@@ -1752,9 +1864,19 @@ class Cas:
         body = expiry + os.urandom(16)
         return (body + self._nonce_mac(body)).hex()
 
+    @property
+    def nonce_key(self) -> bytes:
+        """The key of the nonces' MACs (derived from the master key)."""
+        return self._nonce_key
+
+    @nonce_key.setter
+    def nonce_key(self, key: bytes) -> None:
+        self._nonce_key, self._nonce_hmac = key, HmacSha256(key)
+
     def _nonce_mac(self, body: bytes) -> bytes:
-        # hmac.digest: the one-shot HMAC (OpenSSL's), the same bytes as hmac.new(...).digest()
-        return hmac.digest(self.nonce_key, body, "sha256")[:8]
+        # HMAC-SHA256 (RFC 2104) with the padded-key blocks hashed once (confide.hmacsha256):
+        # the same bytes as hmac.digest(self.nonce_key, body, "sha256")
+        return self._nonce_hmac.digest(body)[:8]
 
     def _check_nonce_mac(self, nonce: bytes) -> float:
         if len(nonce) != 32 or not hmac.compare_digest(self._nonce_mac(nonce[:24]), nonce[24:]):
@@ -1783,15 +1905,7 @@ class Cas:
         if raw is None:
             raw = raw_connection(conn)
         now = self.clock()
-        if now >= self._next_sweep:
-            # Expired rows, at most once per second: a used nonce is refused by its MAC'd expiry
-            # once its row is gone, and spent evidence can only be replayed with its own nonce.
-            self._next_sweep = now + 1.0
-            ledger_execute(raw, "DELETE FROM nonces WHERE expires_at < ?", (now,))
-            ledger_execute(raw, "DELETE FROM evidence_seen WHERE seen_at < ?", (now - 2 * NONCE_TTL,))
-            ledger_execute(raw, "DELETE FROM sessions WHERE expires_at < ?", (now,))
-            # Runtime certificates past their notAfter: no longer revocable (docs/cas.md "Revocation").
-            ledger_execute(raw, "DELETE FROM runtime_certificates WHERE not_after < ?", (now,))
+        self._sweep(raw, now)
         # One statement per spend (no SELECT first): the insert is skipped when the key is
         # there, and its row count says which. ON CONFLICT DO NOTHING is the same statement on
         # SQLite and PostgreSQL, and a conflict is not an error (on PostgreSQL an error would
@@ -1810,6 +1924,19 @@ class Cas:
         )
         if seen.rowcount != 1:
             raise BindingError("this evidence was presented before (replay)")
+
+    def _sweep(self, raw: Conn, now: float) -> None:
+        """Expired rows, at most once per second, in the caller's write transaction: a used
+        nonce (attestation, key-release or read) is refused by its MAC'd expiry once its row is
+        gone, and spent evidence can only be replayed with its own nonce."""
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 1.0
+        ledger_execute(raw, "DELETE FROM nonces WHERE expires_at < ?", (now,))
+        ledger_execute(raw, "DELETE FROM evidence_seen WHERE seen_at < ?", (now - 2 * NONCE_TTL,))
+        ledger_execute(raw, "DELETE FROM sessions WHERE expires_at < ?", (now,))
+        # Runtime certificates past their notAfter: no longer revocable (docs/cas.md "Revocation").
+        ledger_execute(raw, "DELETE FROM runtime_certificates WHERE not_after < ?", (now,))
 
     def collateral_job(self, request: Any) -> CollateralJob | None:
         """The collateral that phase 1 of ``request`` would need from a source (the DCAP
@@ -2071,7 +2198,7 @@ class Cas:
             runtime_der = _spki(runtime_key)  # e.g. a compressed point: re-encode it
         key = _release_key_der(eph.exchange(ec.ECDH(), runtime_key), eph_der, runtime_der, nonce)
         iv = os.urandom(12)
-        ciphertext = AESGCM(key).encrypt(iv, json.dumps(config).encode(), RELEASE_INFO)
+        ciphertext = AESGCM(key).encrypt(iv, _RELEASE_JSON(config).encode(), RELEASE_INFO)
         return {
             "cas_key": base64.b64encode(eph_der).decode(),
             "iv": base64.b64encode(iv).decode(),
@@ -2318,19 +2445,18 @@ class Cas:
             self.public_url, issuer.crl_distribution, issuer.ca_issuers, issuer.ocsp_signer is not None
         )
 
-    def crl(self, name: str, ca: str, read_request: Any | None) -> tuple[bytes, float, bool]:
+    def crl(
+        self, name: str, ca: str, read_request: Any | None, run: RunWrite | None = None
+    ) -> tuple[bytes, float, bool]:
         """The current CRL (DER) of the generated CA ``ca`` of policy ``name``, when it is due
         for refresh (its nextUpdate, seconds) and whether it was served as public. Who may
         fetch it (docs/cas.md "Revocation"): an identity the policy's ``access_policy.read``
         allows (a signed read request naming ``name``), or anyone when the CA is declared
         ``export_public``. Every other request is refused with the same error, whether or not the
-        policy or the CA exists."""
+        policy or the CA exists. ``run``: as for :meth:`_read_request`."""
         signer = None
         if read_request is not None:
-            body, identity = self._read_request(read_request, "crl")
-            if body["name"] != name:
-                raise ParseError("read request names another policy than the URL", structure=READ_TYPE)
-            signer = identity.fingerprint
+            signer = self._read_request(read_request, "crl", run, name=name)[1].fingerprint
         refused = AccessDeniedError(
             f"no CRL of {name}/{ca} readable by {signer[:16]}…"
             if signer
@@ -2467,7 +2593,7 @@ class Cas:
             verdict.update(dict.fromkeys(path, found))
         return {digest for digest, ours in verdict.items() if ours}
 
-    def events_for(self, read_request: Any) -> dict[str, Any]:
+    def events_for(self, read_request: Any, run: RunWrite | None = None) -> dict[str, Any]:
         """The ledger entries of a policy, for identities that may read it, each with its
         inclusion proof in the latest signed checkpoint (``checkpoint``, a C2SP signed note).
 
@@ -2475,8 +2601,8 @@ class Cas:
         ``_POLICY_EVENTS``, and those of ``_VERSION_EVENTS`` about a version of its lineage
         (:meth:`_lineage`, read in the same transaction). The others stay in the ledger (an
         auditor's ``ledger verify --full`` reads them); each entry's proof is its own, so
-        leaving one out changes no other's."""
-        info = self._show(*self._read_request(read_request, "events"))
+        leaving one out changes no other's. ``run``: as for :meth:`_read_request`."""
+        info = self._show(*self._read_request(read_request, "events", run))
         name = info["name"]
         with self.db.read() as conn:
             raw = raw_connection(conn)

@@ -23,7 +23,9 @@ __all__ = [
     "APPROVAL_TYPE",
     "BOARD_CHANGE_TYPE",
     "POLICY_TYPE",
+    "READ_NONCE_PATH",
     "READ_TYPE",
+    "READ_V2_TYPE",
     "RETIREMENT_TYPE",
     "REVOKE_TYPE",
     "SUCCESSOR_APPROVAL_TYPE",
@@ -34,7 +36,12 @@ __all__ = [
 
 POLICY_TYPE = "confide/policy/v2"
 APPROVAL_TYPE = "confide/approval/v2"
-READ_TYPE = "confide/read/v2"
+READ_TYPE = "confide/read/v3"
+READ_V2_TYPE = "confide/read/v2"
+"""A read request with a time and no nonce from the CAS: replayable for five minutes, so refused
+since v3 (docs/cas.md "Reading a policy")."""
+READ_NONCE_PATH = "/v1/read/nonce"
+"""Where a client asks for the single-use nonce a ``confide/read/v3`` request carries."""
 REVOKE_TYPE = "confide/revoke/v2"
 SUCCESSOR_APPROVAL_TYPE = "confide/successor-approval/v1"
 WITHDRAWAL_TYPE = "confide/successor-withdrawal/v1"

@@ -407,10 +407,31 @@ class _LoopBatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop whose callback will write
         self._loop_thread = 0  # the thread that scheduled that callback, on that loop
 
+    def accepts_lines(self) -> bool:
+        """Whether :meth:`emit_line` writes what :meth:`handle` writes for a record whose message
+        is that JSON line (``confide.cas.app`` then hands its request lines over without a
+        record): the JSON formatter, which writes such a message as it is, and no filter."""
+        return type(self.formatter) is _JsonFormatter and not self.filters
+
+    def emit_line(self, line: str) -> None:
+        """:meth:`handle` of a record whose message is ``line``, a JSON object's text, when
+        :meth:`accepts_lines`: the same line, written as :meth:`emit` writes it."""
+        with self.lock:  # type: ignore[union-attr]
+            self._emit(line + self.terminator, None)
+
     def emit(self, record: logging.LogRecord) -> None:
         # Handler.handle holds self.lock
         try:
             line = self.format(record) + self.terminator
+        except RecursionError:  # as StreamHandler.emit
+            raise
+        except Exception:
+            self.handleError(record)
+            return
+        self._emit(line, record)
+
+    def _emit(self, line: str, record: logging.LogRecord | None) -> None:
+        try:
             if self._loop is not None and threading.get_ident() == self._loop_thread:
                 # on the loop whose callback is pending (asked once per loop iteration: on
                 # Python 3.11, asking for the running loop is a getpid system call)
@@ -427,7 +448,7 @@ class _LoopBatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except RecursionError:  # as StreamHandler.emit
             raise
         except Exception:
-            self.handleError(record)
+            self.handleError(record if record is not None else logging.makeLogRecord({"msg": line}))
 
     def _on_loop(self) -> None:
         with self.lock:  # type: ignore[union-attr]

@@ -30,7 +30,6 @@ depth, as defence in depth behind the CAS, which only records names, versions an
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from typing import Any
 
 from confide import jsonstrict
 from confide.errors import ParseError
+from confide.jsonencode import encoder
 
 __all__ = [
     "ENTRY_VERSION",
@@ -221,9 +221,12 @@ def _plain(value: object, depth: int) -> bool:
     return False
 
 
-# json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False), made once (json.dumps
-# makes an encoder per call when given any argument)
-_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+# json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False), its C encoder made once
+# (confide.jsonencode; json.dumps makes an encoder per call when given any argument, and
+# JSONEncoder.encode sets up its C encoder per call). Without the circular-reference check: it
+# only ever encodes a string or a value that _plain or _clean has walked, and those walks stop
+# at MAX_DEPTH (returning False), so a value with a cycle never reaches it.
+_JSON_ENCODE = encoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False)
 
 
 def canonical_json(value: object, depth: int = 0) -> bytes:
@@ -231,7 +234,7 @@ def canonical_json(value: object, depth: int = 0) -> bytes:
     canonically take its C encoder; the rest (and every error) the serialiser above. ``depth``:
     how deep ``value`` sits in the document it is part of (for the nesting limit)."""
     if _plain(value, depth):
-        return _JSON.encode(value).encode("utf-8")
+        return _JSON_ENCODE(value).encode("utf-8")
     return _serialise(value, depth).encode("utf-8")
 
 
@@ -453,7 +456,7 @@ class Entry:
             # its pattern (digits and separators), the type names and the salt's hex digits need
             # no escapes, and an ASCII policy name is written as json writes it, which is
             # RFC 8785's (see _plain). "salt" sorts between "policy" and "time" (§3.2.3).
-            name = "null" if policy is None else _JSON.encode(policy)
+            name = "null" if policy is None else _JSON_ENCODE(policy)
             rest = (
                 f'"policy":{name},{salt}"time":"{self.time}","type":"{self.type.value}","v":{self.version}}}'
             )
@@ -541,8 +544,8 @@ def encode_entry(
         or _bad_salt(salt)
     ):
         return Entry(entry_type, time, policy, payload, salt).encoded()
-    body = _JSON.encode(payload).encode("utf-8")
+    body = _JSON_ENCODE(payload).encode("utf-8")
     # as Entry.encoded writes the members after the payload (an ASCII policy name: json's form)
-    name = "null" if policy is None else _JSON.encode(policy)
+    name = "null" if policy is None else _JSON_ENCODE(policy)
     rest = f'"policy":{name},"salt":"{salt.hex()}","time":"{time}","type":"{entry_type.value}","v":2}}'
     return b'{"payload":' + body + b"," + rest.encode("utf-8"), body
