@@ -48,15 +48,16 @@ typecheck: $(STAMP)
 
 # The tests run in parallel processes (pytest-xdist), one per CPU up to four: most tests wait on
 # child processes (a CAS, the confide CLI), sockets and fsync, so one process leaves the CPUs
-# idle. Each process starts its own PostgreSQL cluster; a module whose tests share a costly
-# fixture is kept on one process with `pytest.mark.xdist_group`. PYTEST_WORKERS=0 runs serially.
+# idle. Each process starts its own PostgreSQL cluster. `--dist load` sends tests by index: the
+# scope-based modes (loadscope, loadfile, loadgroup) key tests by node id and would run only one
+# of the schemathesis cases, which share theirs. PYTEST_WORKERS=0 runs serially.
 PYTEST_WORKERS ?= auto
 
 # The sources are compiled first: with PYTHONDONTWRITEBYTECODE set (as on some CI machines) every
 # `confide` child process of the tests would otherwise compile them again (~1.7 s of CPU per CAS start).
 unit: $(STAMP) $(APT_MARK)
 	$(BIN)/python -m compileall -q src
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --maxprocesses=4 --dist loadgroup --cov=confide --cov-report=term --cov-report=xml:coverage.xml --durations=25
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --maxprocesses=4 --dist load --cov=confide --cov-report=term --cov-report=xml:coverage.xml --durations=25
 
 test: lint typecheck unit
 

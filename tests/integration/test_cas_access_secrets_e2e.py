@@ -32,10 +32,6 @@ from confide.cas.core import (
 )
 from confide.identity import Identity
 
-# One worker runs this module's tests (pytest-xdist --dist loadgroup), so that its
-# module-scoped fixture is set up once.
-pytestmark = pytest.mark.xdist_group("access-secrets")
-
 
 class Client:
     def __init__(self, cas: CasProcess) -> None:

@@ -44,10 +44,6 @@ from confide.cas.core import (
 from confide.cas.owner_revocation import REVOKE_TYPE, REVOKE_V1_TYPE
 from confide.identity import Identity
 
-# One worker runs this module's tests (pytest-xdist --dist loadgroup), so that its
-# module-scoped fixture is set up once.
-pytestmark = pytest.mark.xdist_group("authz-matrix")
-
 
 @dataclass
 class Answer:

@@ -28,10 +28,6 @@ from confide.ledger.merkle import hash_leaf, mth, verify_consistency, verify_inc
 from confide.ledger.note import NoteSigner
 from confide.ledger.store import Ledger, write_transaction
 
-# One worker runs this module's tests (pytest-xdist --dist loadgroup), so that its
-# module-scoped fixture is set up once.
-pytestmark = pytest.mark.xdist_group("ledger-postgres")
-
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 

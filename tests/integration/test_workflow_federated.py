@@ -24,10 +24,6 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from cas_harness import ROOT, CasProcess, running_cas
 from confide import errors
 
-# One worker runs this module's tests (pytest-xdist --dist loadgroup), so that its
-# module-scoped fixture is set up once.
-pytestmark = pytest.mark.xdist_group("federated")
-
 EXAMPLE = ROOT / "examples" / "federated-learning"
 SITES = ("a", "b", "c")
 ROUNDS = 2

@@ -19,10 +19,6 @@ import uvicorn
 
 from confide.httpserve.limits import MAX_HEAD, BoundedHttpToolsProtocol, OneWriteCycle
 
-# One worker runs this module's tests (pytest-xdist --dist loadgroup), so that its
-# module-scoped fixture is set up once.
-pytestmark = pytest.mark.xdist_group("http-limits")
-
 BIG = bytes(range(256)) * 400  # 100 KiB: more than one TLS record
 # The head deadline of the server under test. Each pause below is a fraction of it, chosen so that
 # a client or a server thread delayed by a loaded machine by up to about a second (and the server's

@@ -23,10 +23,6 @@ from confide.httpserve.server import HttpServer
 from confide.ledger.http import ledger_limits
 from confide.ledger.metrics import LedgerMetrics
 
-# One worker runs this module's tests (pytest-xdist --dist loadgroup), so that its
-# module-scoped fixture is set up once.
-pytestmark = pytest.mark.xdist_group("hostile-client")
-
 # The body deadline of the server under test: far longer than any wait below, so that a test
 # expecting an answer at once fails (by WAIT) where the old code answered only at the deadline.
 BODY_TIMEOUT = 120.0
