@@ -1,7 +1,9 @@
 """Read nonces on replicas of one PostgreSQL database (docs/cas.md "Reading a policy"): the
 replicas share the master key, so a nonce one issued is valid at the other, and its spend is
 one ``INSERT ... ON CONFLICT DO NOTHING`` on the shared ``nonces`` table, so the same signed
-request sent to both at once is served by exactly one."""
+request sent to both at once is served by exactly one. The replicas' clocks differ: a spent
+nonce's row is kept ``SWEEP_GRACE`` past its expiry, so a replica ahead does not sweep a row
+that one behind still needs (nor does one CAS whose clock steps back)."""
 
 from __future__ import annotations
 
