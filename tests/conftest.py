@@ -27,6 +27,20 @@ settings.register_profile(
 settings.load_profile("confide")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """``$XDG_CACHE_HOME`` of this test process and of the processes it starts: a directory of
+    its own, not the user's ``~/.cache``. confide caches there what it fetched or built (the DCAP
+    collateral, VCEKs, the runtime layers of ``confide sconify``): the tests left a runtime layer
+    in the user's cache at each run, shared by every worktree and every pytest-xdist worker at
+    once, and a test could pass on what another checkout's code had cached. One per process
+    (pytest's base temporary directory is per xdist worker): its tests still share it, as one
+    user's commands do. A test that sets the variable itself (monkeypatch) still wins."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 @pytest.fixture
 def assets() -> Path:
     return ASSETS

@@ -46,9 +46,12 @@ pytestmark = pytest.mark.skipif(
 
 
 def _confide(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    # $XDG_CACHE_HOME: this test process's own (tests/conftest.py), not the user's ~/.cache,
+    # where sconify keeps its runtime layers
+    base = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "PYTHONPATH": str(ROOT / "src"),
+            "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]}  # fmt: skip
     r = subprocess.run([sys.executable, "-m", "confide", *args], capture_output=True, text=True, timeout=300,
-                       env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "PYTHONPATH": str(ROOT / "src"), **env},
-                       check=False)  # fmt: skip
+                       env={**base, **env}, check=False)  # fmt: skip
     if check:
         assert r.returncode == 0, r.stdout + r.stderr
     return r

@@ -10,12 +10,15 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import confide.volume.mount as volume_mount
 from confide.errors import RollbackError, StorageError
 from confide.volume import VolumeKey, add_sources, create_volume, seal_volume, verify_volume
 from confide.volume.mount import _reseal_tree, _TmpfsMount
@@ -108,21 +111,34 @@ def test_reseal_of_an_unchanged_tree_keeps_the_tag(tmp_path: Path) -> None:
     assert verify_volume(vol, key, new).ok
 
 
-def _volume_dirs() -> set[str]:
-    """The volumes' directories in /dev/shm (not what other processes keep there: PostgreSQL's
-    shared memory segments, for one)."""
-    return {name for name in os.listdir("/dev/shm") if name.startswith("confide-volume-")}
+def _made_dirs(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The directories the mount makes in /dev/shm from now on, in this process: not a listing
+    of /dev/shm, where the tests running in other processes at the same time (pytest-xdist)
+    make and remove volumes' directories of their own."""
+    made: list[Path] = []
+    mkdtemp = tempfile.mkdtemp
+
+    def recording(*args: Any, **kwargs: Any) -> str:
+        path = mkdtemp(*args, **kwargs)
+        made.append(Path(path))
+        return path
+
+    monkeypatch.setattr(volume_mount.tempfile, "mkdtemp", recording)
+    return made
 
 
-def test_non_empty_mountpoint_is_refused_and_nothing_is_left(tmp_path: Path) -> None:
+def test_non_empty_mountpoint_is_refused_and_nothing_is_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     vol, key, tag = _volume(tmp_path)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     (mnt / "occupied").write_text("x")
-    before = _volume_dirs()
+    made = _made_dirs(monkeypatch)
     with pytest.raises(StorageError, match="cannot expose"):
         _shm_mount(vol, key, mnt, tag, writable=False)
-    assert _volume_dirs() - before == set()
+    assert len(made) == 1 and made[0].parent == Path("/dev/shm")  # the volume was decrypted there
+    assert not made[0].exists()  # and removed
     assert (mnt / "occupied").read_text() == "x"
 
 

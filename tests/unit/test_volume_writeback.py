@@ -459,6 +459,7 @@ m, tag = load_sealed(vol, key, tag)
 h = _TmpfsMount(vol, key, Path(mnt), tag, True, m, None, private_namespace=False)
 (h.path / "b.txt").write_bytes(b"changed")
 os.chmod(h.path / "d", 0)  # the application makes a directory of the volume unreadable
+print(h.path)
 try:
     print("sealed", h.close())
 except StorageError as exc:
@@ -482,6 +483,50 @@ def test_a_directory_the_unmount_cannot_list_fails_it_instead_of_dropping_its_fi
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("refused") and "cannot list" in proc.stdout, proc.stdout
+    shm, outcome = proc.stdout.split("\n", 1)
+    assert outcome.startswith("refused") and "cannot list" in outcome, proc.stdout
     m, now = load_sealed(vol, key)
     assert now == tag and "d/a.bin" in m.by_path()
+    # ... and the plaintext is gone from /dev/shm all the same: the unreadable directory was
+    # skipped by the removal and left there, d/a.bin in clear, until it made it its owner's 0700
+    assert Path(shm).parent == Path("/dev/shm") and not os.path.lexists(shm)
+
+
+_KILLED_UNREADABLE = """
+import os, signal, sys
+from pathlib import Path
+from confide.volume import VolumeKey
+from confide.volume.mount import _TmpfsMount
+from confide.volume.store import load_sealed
+vol, keyhex, mnt, tag = sys.argv[1:]
+key, vol = VolumeKey.from_hex(keyhex), Path(vol)
+m, tag = load_sealed(vol, key, tag)
+h = _TmpfsMount(vol, key, Path(mnt), tag, False, m, None, private_namespace=False)
+os.chmod(h.path / "d", 0)  # the application makes a directory of the volume unreadable
+os.chmod(h.path, 0o500)  # and the tree's top unwritable
+print(h.path, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # no teardown: the guard removes the plaintext
+"""
+
+
+def test_the_guard_removes_a_tree_the_application_made_unreadable(tmp_path: Path) -> None:
+    """The guard (which removes the /dev/shm tree when the mounting process dies) without
+    CAP_DAC_OVERRIDE, as a non-root caller's: it skipped a directory made unreadable, and left
+    its plaintext there for good."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv (util-linux) to drop CAP_DAC_OVERRIDE")
+    vol, key, tag = _volume(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    proc = subprocess.run(
+        [setpriv, "--bounding-set", "-dac_override,-dac_read_search", sys.executable, "-c",
+         _KILLED_UNREADABLE, str(vol), key.hex(), str(tmp_path / "mnt"), tag],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    shm = Path(proc.stdout.strip())
+    assert shm.parent == Path("/dev/shm")
+    deadline = time.monotonic() + 60  # the guard's SIGTERM comes when its parent dies
+    while os.path.lexists(shm) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.lexists(shm)

@@ -898,7 +898,12 @@ def _key_release_clock(dev: bool) -> Callable[[], float]:
     With ``--dev`` only, ``$CONFIDE_DEV_KEY_RELEASE_CLOCK_SKEW_FILE`` names a file of seconds
     added to it, read at each use (no file: none): the end-to-end tests move this clock past an
     approval's expiry instead of waiting for it (docs/cas.md "Test knobs"). Without ``--dev`` the
-    variable is refused: a production CAS keeps the system clock."""
+    variable is refused: a production CAS keeps the system clock.
+
+    Only forward (0 or more seconds): the sweeps of spent nonces and evidence (in the attestation
+    path) run on the system clock, so a key-release clock set back would find its nonces' and
+    evidence's rows swept while they still verify (a replay). A file that cannot be read or does
+    not hold such a number is a :class:`UsageError` (at start too: the file is read once there)."""
     path = os.environ.get(DEV_KEY_RELEASE_CLOCK_SKEW_ENV)
     if not path:
         return time.time
@@ -908,18 +913,29 @@ def _key_release_clock(dev: bool) -> Callable[[], float]:
 
     def clock() -> float:
         try:
-            text = skew_file.read_text()
+            with skew_file.open("rb") as f:
+                raw = f.read(_MAX_SKEW_TEXT + 1)
         except FileNotFoundError:
             return time.time()
+        except OSError as exc:  # a directory, no permission...: not a crash of the route (500)
+            raise UsageError(
+                f"${DEV_KEY_RELEASE_CLOCK_SKEW_ENV}: cannot read {str(skew_file)!r}: {exc.strerror or exc}"
+            ) from None
         try:
-            skew = float(text)
-        except ValueError:
+            skew = float(raw.decode("ascii")) if len(raw) <= _MAX_SKEW_TEXT else math.nan
+        except (UnicodeDecodeError, ValueError):
             skew = math.nan
-        if not math.isfinite(skew):
-            raise UsageError(f"${DEV_KEY_RELEASE_CLOCK_SKEW_ENV}: {text[:40]!r} is not a number of seconds")
+        if not (math.isfinite(skew) and skew >= 0):
+            raise UsageError(
+                f"${DEV_KEY_RELEASE_CLOCK_SKEW_ENV}: {raw[:40]!r} is not a number of seconds (0 or more)"
+            )
         return time.time() + skew
 
+    clock()  # a bad file refuses the start (exit 2), not each key release later
     return clock
+
+
+_MAX_SKEW_TEXT = 64  # bytes of $CONFIDE_DEV_KEY_RELEASE_CLOCK_SKEW_FILE read: a number, with room
 
 
 def _join_preconditions(url: str, data_dir: Path, *, dev: bool, tee: str | None) -> None:

@@ -732,6 +732,61 @@ def _unrepresentable(vpath: str, p: Path) -> str | None:
     return None
 
 
+def _remove_plaintext(path: Path | str) -> None:
+    """Remove the decrypted tree at ``path`` (the /dev/shm fallback), also where the application
+    made a directory of it unreadable or unwritable: without CAP_DAC_OVERRIDE (a non-root
+    caller, the fallback's case) ``shutil.rmtree`` skipped such a directory silently and left
+    its plaintext in /dev/shm for good. Every entry is the caller's own, so it may chmod the
+    directories (a directory, by ``lstat``: never a symlink's target) to 0700 and remove them
+    then, one level further each pass, until a pass has nothing left to change.
+    :data:`_GUARD_REMOVE` is the same, in the guard's own interpreter."""
+    shutil.rmtree(path, ignore_errors=True)
+    while os.path.isdir(path) and not os.path.islink(path):
+        unlocked = _unlock(str(path))
+        for root, dirs, _files in os.walk(path):
+            unlocked += sum(_unlock(os.path.join(root, d)) for d in dirs)
+        shutil.rmtree(path, ignore_errors=True)
+        if not unlocked:
+            break
+
+
+def _unlock(path: str) -> int:
+    """1 when ``path`` is a directory (not a symlink) whose mode was not 0700 and now is."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) == 0o700:
+            return 0
+        os.chmod(path, 0o700)
+    except OSError:
+        return 0
+    return 1
+
+
+# The guard's removal (a fresh interpreter, ``-I``: nothing of confide imported): as
+# :func:`_remove_plaintext`.
+_GUARD_REMOVE = (
+    "import stat\n"
+    "def unlock(c):\n"
+    "    try:\n"
+    "        m = os.lstat(c).st_mode\n"
+    "        if not stat.S_ISDIR(m) or stat.S_IMODE(m) == 0o700:\n"
+    "            return 0\n"
+    "        os.chmod(c, 0o700)\n"
+    "    except OSError:\n"
+    "        return 0\n"
+    "    return 1\n"
+    "def remove(p):\n"
+    "    shutil.rmtree(p, ignore_errors=True)\n"
+    "    while os.path.isdir(p) and not os.path.islink(p):\n"
+    "        n = unlock(p)\n"
+    "        for r, ds, _ in os.walk(p):\n"
+    "            n += sum(unlock(os.path.join(r, d)) for d in ds)\n"
+    "        shutil.rmtree(p, ignore_errors=True)\n"
+    "        if not n:\n"
+    "            break\n"
+)
+
+
 def _fork_guard(shm: Path) -> int:
     parent = os.getpid()
     r, w = os.pipe()
@@ -741,7 +796,7 @@ def _fork_guard(shm: Path) -> int:
             os.close(r)
 
             def bye(*_: object) -> None:
-                shutil.rmtree(shm, ignore_errors=True)
+                _remove_plaintext(shm)
                 os._exit(0)
 
             signal.signal(signal.SIGTERM, bye)
@@ -837,9 +892,8 @@ class _TmpfsMount(MountHandle):
         A fresh interpreter when ours can be executed (no inherited descriptors), else a fork.
         """
         code = (
-            "import ctypes,os,shutil,signal,sys\n"
-            "def bye(*a):\n"
-            "    shutil.rmtree(sys.argv[1], ignore_errors=True)\n"
+            "import ctypes,os,shutil,signal,sys\n" + _GUARD_REMOVE + "def bye(*a):\n"
+            "    remove(sys.argv[1])\n"
             "    os._exit(0)\n"
             "signal.signal(signal.SIGTERM, bye)\n"
             f"ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM, 0, 0, 0)\n"
@@ -873,7 +927,7 @@ class _TmpfsMount(MountHandle):
                 self.mountpoint.unlink()
                 if self._restore_dir:
                     self.mountpoint.mkdir(mode=0o755)
-            shutil.rmtree(self.path, ignore_errors=True)
+            _remove_plaintext(self.path)
             if self._guard is not None:
                 self._guard.stop()
         if self._lock is not None:
