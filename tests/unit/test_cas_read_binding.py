@@ -20,7 +20,16 @@ from cryptography import x509
 from cas_inproc import InProcessCas
 from confide import errors
 from confide.cas.client import CasClient
-from confide.cas.core import NONCE_TTL, READ_ROUTES, READ_TYPE, READ_V2_TYPE, Cas, sign_document, spki_sha256
+from confide.cas.core import (
+    NONCE_TTL,
+    READ_ROUTES,
+    READ_TYPE,
+    READ_V2_TYPE,
+    SWEEP_GRACE,
+    Cas,
+    sign_document,
+    spki_sha256,
+)
 from confide.cas.db import raw_execute
 from confide.cas.server import prepare
 from confide.identity import Identity
@@ -288,7 +297,11 @@ def test_spent_nonces_are_swept_once_expired(
             return raw_execute(conn, "SELECT 1 FROM nonces WHERE nonce = ?", (nonce,)).fetchone() is not None
 
     assert spent()
+    # Kept SWEEP_GRACE past its expiry (for a replica's clock behind this one's), then swept.
     monkeypatch.setattr(a.cas, "clock", lambda: now + NONCE_TTL + 2)
+    a.cas.show(read_request(owner, a.cas, cas=a.cas.tls_spki_sha256, route="show"))
+    assert spent()
+    monkeypatch.setattr(a.cas, "clock", lambda: now + NONCE_TTL + SWEEP_GRACE + 4)
     a.cas.show(read_request(owner, a.cas, cas=a.cas.tls_spki_sha256, route="show"))  # sweeps
     assert not spent()
     # Its row gone, the request is still refused: by its nonce's MAC'd expiry.

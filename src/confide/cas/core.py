@@ -194,6 +194,10 @@ READ_WINDOW = 300  # seconds: the freshness window of revocation requests and wi
 READ_ROUTES = ("show", "events", "crl")
 READ_NONCE_PURPOSE = b"confide-read-nonce/v1"
 NONCE_TTL = 60.0
+SWEEP_GRACE = NONCE_TTL
+"""Seconds a spent nonce's row is kept past its expiry (docs/cas.md "Reading a policy"): a
+replica whose clock is ahead, or a clock stepped back, must not sweep a row that a clock behind
+still needs (the nonce is refused by its MAC'd expiry only once that clock has passed it)."""
 SESSION_TTL = 24 * 3600.0
 # At most this many imports between a volume's owner and its final importer (docs/cas.md,
 # "Volumes shared between policies"): a longer chain is refused, never followed.
@@ -1928,11 +1932,14 @@ class Cas:
     def _sweep(self, raw: Conn, now: float) -> None:
         """Expired rows, at most once per second, in the caller's write transaction: a used
         nonce (attestation, key-release or read) is refused by its MAC'd expiry once its row is
-        gone, and spent evidence can only be replayed with its own nonce."""
+        gone (kept :data:`SWEEP_GRACE` past that expiry, for clocks behind this one), and spent
+        evidence can only be replayed with its own nonce."""
         if now < self._next_sweep:
             return
         self._next_sweep = now + 1.0
-        ledger_execute(raw, "DELETE FROM nonces WHERE expires_at < ?", (now,))
+        # Kept SWEEP_GRACE past expiry: other replicas' clocks may be behind this one's, and
+        # they refuse a nonce by its expiry on their own clock.
+        ledger_execute(raw, "DELETE FROM nonces WHERE expires_at < ?", (now - SWEEP_GRACE,))
         ledger_execute(raw, "DELETE FROM evidence_seen WHERE seen_at < ?", (now - 2 * NONCE_TTL,))
         ledger_execute(raw, "DELETE FROM sessions WHERE expires_at < ?", (now,))
         # Runtime certificates past their notAfter: no longer revocable (docs/cas.md "Revocation").
