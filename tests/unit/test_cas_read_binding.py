@@ -323,8 +323,10 @@ def test_a_version_2_request_is_refused_with_a_message_to_upgrade(
 
 
 @pytest.mark.parametrize(
-    "name, route", [(None, "show"), ("", "show"), (7, "show"), ("x", "all"), ("x", None)]
-)
+    "name, route",
+    [(None, "show"), ("", "show"), (7, "show"), ("x", "all"), ("x", None), ("x" * 2000, "show"),
+     ("a//b", "show"), ("a b", "show"), ("\udc80", "show")],
+)  # fmt: skip
 def test_a_nonce_is_issued_only_for_a_name_and_route(
     two: tuple[InProcessCas, InProcessCas, Identity], name: Any, route: Any
 ) -> None:

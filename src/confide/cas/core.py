@@ -1719,10 +1719,14 @@ class Cas:
         :data:`NONCE_TTL` seconds; like :meth:`new_nonce` it needs no database write: expiry (ms)
         || route (its index in :data:`READ_ROUTES`) || 15 random bytes || MAC over these and
         the SHA-256 of the policy name, under a key of its own purpose. The name need not be
-        of a policy (nothing is looked up: the answer is the same for every name)."""
-        if not isinstance(name, str) or not name or route not in READ_ROUTES:
+        of an existing policy (nothing is looked up: the answer is the same for every name a
+        policy can have; any other name is a ParseError)."""
+        # A name no policy can have (docs/policy.md) is refused before it is hashed: a name may
+        # otherwise be as long as the request body (megabytes hashed on the event loop).
+        if not isinstance(name, str) or not is_policy_name(name) or route not in READ_ROUTES:
             raise ParseError(
-                f"expected name (a policy name) and route (one of {', '.join(READ_ROUTES)})",
+                f"expected name (a name a policy can have: '/'-separated segments of 1-128 characters"
+                f" of A-Z a-z 0-9 _ - . ~) and route (one of {', '.join(READ_ROUTES)})",
                 structure="read nonce request",
             )
         expiry = int((self.clock() + NONCE_TTL) * 1000).to_bytes(8, "big")
