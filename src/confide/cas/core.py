@@ -1765,13 +1765,7 @@ class Cas:
             return "read nonce has expired; sign the request again over a new one"
         raw = raw_connection(conn)
         self._sweep(raw, now)
-        # One statement, as _use_once's: its row count says whether the nonce was unspent.
-        spent = ledger_execute(
-            raw,
-            "INSERT INTO nonces (nonce, expires_at, used) VALUES (?, ?, 1) ON CONFLICT DO NOTHING",
-            (nonce.hex(), expires),
-        )
-        if spent.rowcount != 1:
+        if not self._spend_nonce_row(raw, nonce, expires):
             return (
                 "read request was served before (its nonce is spent): a replay is refused; sign "
                 "a new request over a new nonce"
@@ -1914,16 +1908,7 @@ class Cas:
             raw = raw_connection(conn)
         now = self.clock()
         self._sweep(raw, now)
-        # One statement per spend (no SELECT first): the insert is skipped when the key is
-        # there, and its row count says which. ON CONFLICT DO NOTHING is the same statement on
-        # SQLite and PostgreSQL, and a conflict is not an error (on PostgreSQL an error would
-        # abort the group commit's whole transaction).
-        spent = ledger_execute(
-            raw,
-            "INSERT INTO nonces (nonce, expires_at, used) VALUES (?, ?, 1) ON CONFLICT DO NOTHING",
-            (nonce.hex(), expires),
-        )
-        if spent.rowcount != 1:
+        if not self._spend_nonce_row(raw, nonce, expires):
             raise BindingError("nonce was already used")
         seen = ledger_execute(
             raw,
@@ -1932,6 +1917,20 @@ class Cas:
         )
         if seen.rowcount != 1:
             raise BindingError("this evidence was presented before (replay)")
+
+    @staticmethod
+    def _spend_nonce_row(raw: Conn, nonce: bytes, expires: float) -> bool:
+        """Record ``nonce`` (attestation, key-release or read) as spent in the caller's write
+        transaction: whether it was unspent. One statement per spend (no SELECT first): the
+        insert is skipped when the key is there, and its row count says which. ON CONFLICT DO
+        NOTHING is the same statement on SQLite and PostgreSQL, and a conflict is not an error
+        (on PostgreSQL an error would abort the group commit's whole transaction)."""
+        spent = ledger_execute(
+            raw,
+            "INSERT INTO nonces (nonce, expires_at, used) VALUES (?, ?, 1) ON CONFLICT DO NOTHING",
+            (nonce.hex(), expires),
+        )
+        return bool(spent.rowcount == 1)
 
     def _sweep(self, raw: Conn, now: float) -> None:
         """Expired rows, at most once per second, in the caller's write transaction: a used
