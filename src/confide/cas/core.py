@@ -668,9 +668,16 @@ class Cas:
                         policy.name,
                         {"signer": submitter},
                     )
+                if policy.predecessor is None:
+                    # docs/cas.md "Policies and governance", Update: an update names the version
+                    # it replaces; a file without one is a creation of a name that is taken.
+                    raise ConflictError(
+                        f"policy {policy.name} exists: an update must name the version it replaces; "
+                        f"add `predecessor: {head.hash}` (the current version) to the file"
+                    )
                 if policy.predecessor != head.hash:
                     raise ConflictError(
-                        f"policy {policy.name}: predecessor is {policy.predecessor or 'absent'}, the current "
+                        f"policy {policy.name}: predecessor is {policy.predecessor}, the current "
                         f"version is {head.hash} (someone else updated it first; rebase your change)"
                     )
             existing = conn.execute(
