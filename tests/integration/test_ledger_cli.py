@@ -62,8 +62,10 @@ def _checkpoint(db: Path, key_file: Path) -> None:
     assert res.returncode == 0, res.stderr
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
+def _cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``confide ledger ARGS``; the client.env variables of the log only from ``env_extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CONFIDE_LOG_URL", "CONFIDE_LOG_KEY")}
+    env.update({"PYTHONPATH": str(SRC), **(env_extra or {})})
     return subprocess.run(
         [sys.executable, "-m", "confide", "ledger", *args],
         check=False,
@@ -264,6 +266,34 @@ def test_verify_over_http(log: Log) -> None:
         proc.stderr.close()
     assert _cli("verify", "--url", "http://127.0.0.1:9", "--key", log.vkey).returncode == 40  # NetworkError
     assert _cli("verify", "--key", log.vkey).returncode == 2  # neither --log-db nor --url
+
+
+def test_verify_reads_the_log_and_its_key_from_client_env(log: Log, tmp_path: Path) -> None:
+    """After ``source client.env`` (CONFIDE_LOG_URL, CONFIDE_LOG_KEY), ``ledger verify`` needs no
+    --url or --key (it required both, though client.env names them); --log-db, --url and --key
+    given on the command line win."""
+    proc, url = _serve(log.db)
+    try:
+        client_env = {"CONFIDE_LOG_URL": url, "CONFIDE_LOG_KEY": log.vkey}
+        res = _cli("verify", "--state", str(log.state), env_extra=client_env)
+        assert res.returncode == 0, res.stderr
+        assert "consistent with the last seen size 300" in res.stdout
+        # --log-db wins over CONFIDE_LOG_URL (not "give exactly one of ...").
+        res = _cli("verify", "--log-db", str(log.db), env_extra={"CONFIDE_LOG_URL": "http://127.0.0.1:9"})
+        assert res.returncode == 2 and "--key VKEY is required (or CONFIDE_LOG_KEY" in res.stderr
+        res = _cli("verify", "--log-db", str(log.db), env_extra=client_env)
+        assert res.returncode == 0, res.stderr
+        # A --key given wins over CONFIDE_LOG_KEY: another log's key is refused.
+        other = _cli("keygen", "--name", ORIGIN, "--out", str(tmp_path / "other.key")).stdout.strip()
+        res = _cli("verify", "--key", other, env_extra=client_env)
+        assert res.returncode == UnknownKeyError.exit_code, res.stderr
+        res = _cli("verify", env_extra={"CONFIDE_LOG_KEY": log.vkey})
+        assert res.returncode == 2 and "or CONFIDE_LOG_URL from client.env" in res.stderr
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        assert proc.stderr is not None
+        proc.stderr.close()
 
 
 def _policy_entries(who: Identity, salt: bool) -> tuple[bytes, bytes]:

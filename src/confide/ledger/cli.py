@@ -89,10 +89,17 @@ def ledger() -> None:
 
 @ledger.command("verify")
 @click.option("--log-db", type=_PATH, help="Ledger database (SQLite) to audit.")
-@click.option("--url", help="Or: the log's tlog-tiles prefix (http(s)://host/prefix).")
+@click.option(
+    "--url",
+    help="Or: the log's tlog-tiles prefix (http(s)://host/prefix; default without --log-db: "
+    "$CONFIDE_LOG_URL from client.env).",
+)
 @click.option("--state", type=_PATH, help="Auditor state file: the last verified checkpoint.")
 @click.option(
-    "--key", "key", required=True, metavar="VKEY", help="Pinned log key (name+hash+base64) or a file."
+    "--key",
+    "key",
+    metavar="VKEY",
+    help="Pinned log key (name+hash+base64) or a file (default: $CONFIDE_LOG_KEY from client.env).",
 )
 @click.option("--full", is_flag=True, help="Also download every entry and recompute the tree.")
 @click.option(
@@ -106,20 +113,38 @@ def verify(
     log_db: Path | None,
     url: str | None,
     state: Path | None,
-    key: str,
+    key: str | None,
     full: bool,
     witness_keys: tuple[str, ...],
     as_json: bool,
     cacert: Path | None,
 ) -> None:
-    """Verify the log's latest checkpoint and its consistency with the last one seen."""
+    """Verify the log's latest checkpoint and its consistency with the last one seen.
+
+    \b
+    After `source DIR/client.env` (CONFIDE_LOG_URL, CONFIDE_LOG_KEY, CONFIDE_CAS_CERT):
+      confide ledger verify --state auditor.json
+    """
     try:
         witnesses = [_witness_key(w) for w in witness_keys]
+        # The client.env that `cas serve` writes names the log and its key (docs/cas.md); the
+        # key is as trusted as CONFIDE_CAS_CERT, which comes from the same file.
+        if key is None:
+            key = os.environ.get("CONFIDE_LOG_KEY") or None
+            if key is None:
+                raise UsageError(
+                    "--key VKEY is required (or CONFIDE_LOG_KEY: source the client.env that "
+                    "'confide cas serve' wrote)"
+                )
+        if log_db is None and url is None:
+            url = os.environ.get("CONFIDE_LOG_URL") or None
         log_key = NoteVerifier.from_vkey(_read_key_text(key, "--key"))
         if log_key.sig_type != SIG_TYPE_ED25519:
             raise UsageError("--key: expected a log key (signature type 0x01)")
         if (log_db is None) == (url is None):
-            raise UsageError("give exactly one of --log-db FILE and --url URL")
+            raise UsageError(
+                "give exactly one of --log-db FILE and --url URL (or CONFIDE_LOG_URL from client.env)"
+            )
         with contextlib.ExitStack() as stack:
             client: LogClient
             if log_db is not None:
