@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["cas", "identity", "policy", "run"]
 
 _PATH = click.Path(path_type=Path)
+_IDENTITY_HELP = "Your identity file (`confide identity create --out FILE`, mode 0600): signs the request."
 _TEE_CHOICES = (
     "tdx",
     "sev-snp",
@@ -656,7 +657,7 @@ def cas_successor_show() -> None:
               help="With --retire-attested: a claim the attested CAS's evidence must have (as cas"
               " attest --expect: repeat; the same claim repeated allows any of its values; every"
               " claim named must match), checked before anything is signed.")  # fmt: skip
-@click.option("--identity", "identity_file", type=_PATH, required=True)
+@click.option("--identity", "identity_file", type=_PATH, required=True, help=_IDENTITY_HELP)
 def cas_successor_approve(
     platform: str,
     claims: tuple[str, ...],
@@ -735,7 +736,7 @@ def cas_successor_approve(
               " show print it.")  # fmt: skip
 @click.option("--master-key-id", "master_key_id", metavar="HEX",
               help="The CAS the withdrawal applies to (default: the id the CAS reports).")  # fmt: skip
-@click.option("--identity", "identity_file", type=_PATH, required=True)
+@click.option("--identity", "identity_file", type=_PATH, required=True, help=_IDENTITY_HELP)
 def cas_successor_withdraw(approval: str, master_key_id: str | None, identity_file: Path) -> None:
     """Withdraw one's own approval of a successor version before it expires; prints the
     approvals of its target that still count (docs/cas.md "Withdrawing an approval")."""
@@ -866,7 +867,7 @@ def cas_successor_board_show() -> None:
               " reads it.")  # fmt: skip
 @click.option("--expires", required=True, metavar="TIME|DURATION",
               help="When this approval expires (ISO 8601 UTC time or 12h, 7d; at most 90 days).")  # fmt: skip
-@click.option("--identity", "identity_file", type=_PATH, required=True)
+@click.option("--identity", "identity_file", type=_PATH, required=True, help=_IDENTITY_HELP)
 def cas_successor_board_propose(board_file: Path, expires: str, identity_file: Path) -> None:
     """Propose a new successor board, signing the first approval of the change; prints the
     change id (what the other members approve) and its state."""
@@ -893,7 +894,7 @@ def cas_successor_board_propose(board_file: Path, expires: str, identity_file: P
               " print it.")  # fmt: skip
 @click.option("--expires", required=True, metavar="TIME|DURATION",
               help="When this approval expires (ISO 8601 UTC time or 12h, 7d; at most 90 days).")  # fmt: skip
-@click.option("--identity", "identity_file", type=_PATH, required=True)
+@click.option("--identity", "identity_file", type=_PATH, required=True, help=_IDENTITY_HELP)
 def cas_successor_board_approve(change: str, expires: str, identity_file: Path) -> None:
     """Approve a pending change of the successor board. The change the CAS lists under that id
     is checked to hash to it (its board, generation and key id) before it is signed: the
@@ -958,7 +959,7 @@ def cas_successor_retire_show() -> None:
               " sim and sev-snp measurement; sgx mr_enclave; tdx mr_td, rtmr1, rtmr2).")  # fmt: skip
 @click.option("--expires", required=True, metavar="TIME|DURATION",
               help="When this approval expires (ISO 8601 UTC time or 12h, 7d; at most 90 days).")  # fmt: skip
-@click.option("--identity", "identity_file", type=_PATH, required=True)
+@click.option("--identity", "identity_file", type=_PATH, required=True, help=_IDENTITY_HELP)
 def cas_successor_retire_propose(
     platform: str, claims: tuple[str, ...], expires: str, identity_file: Path
 ) -> None:
@@ -998,7 +999,7 @@ def cas_successor_retire_propose(
               " print it.")  # fmt: skip
 @click.option("--expires", required=True, metavar="TIME|DURATION",
               help="When this approval expires (ISO 8601 UTC time or 12h, 7d; at most 90 days).")  # fmt: skip
-@click.option("--identity", "identity_file", type=_PATH, required=True)
+@click.option("--identity", "identity_file", type=_PATH, required=True, help=_IDENTITY_HELP)
 def cas_successor_retire_approve(retirement: str, expires: str, identity_file: Path) -> None:
     """Approve a pending retirement. The version the CAS lists under that id is checked to hash to
     it (its platform, code claims, the board's generation and the key id) before it is signed:
@@ -1064,7 +1065,13 @@ def identity_create(out: Path, name: str) -> None:
 
 
 @identity.command("show")
-@click.option("--identity", "identity_file", type=_PATH, required=True)
+@click.option(
+    "--identity",
+    "identity_file",
+    type=_PATH,
+    required=True,
+    help="The identity file (written by `confide identity create --out FILE`).",
+)
 def identity_show(identity_file: Path) -> None:
     """Print an identity's fingerprint."""
     click.echo(load_identity(identity_file).fingerprint)
@@ -1077,9 +1084,17 @@ def policy() -> None:
 
 @policy.command("apply")
 @click.argument("policy_file", metavar="FILE.yaml", type=_PATH)
-@click.option("--identity", "identity_file", type=_PATH, required=True)
+@click.option("--identity", "identity_file", type=_PATH, required=True, help=_IDENTITY_HELP)
 def policy_apply(policy_file: Path, identity_file: Path) -> None:
-    """Create or update a policy; prints the new version's hash."""
+    """Create or update a policy; prints the new version's hash.
+
+    An update names the version it replaces (`predecessor: HASH`, the current version's hash);
+    a board's update waits for approvals (stderr says so). The CAS is the one of client.env.
+
+    \b
+    Example:
+      confide policy apply my-policy.yaml --identity alice.id
+    """
     from confide.cas.client import CasClient
     from confide.policy import load_policy
 
@@ -1095,9 +1110,14 @@ def policy_apply(policy_file: Path, identity_file: Path) -> None:
 @policy.command("approve")
 @click.argument("name")
 @click.option("--hash", "digest", required=True, help="The version to approve.")
-@click.option("--identity", "identity_file", type=_PATH, required=True)
+@click.option("--identity", "identity_file", type=_PATH, required=True, help=_IDENTITY_HELP)
 def policy_approve(name: str, digest: str, identity_file: Path) -> None:
-    """Approve a pending policy version; prints its state (pending or active)."""
+    """Approve a pending policy version; prints its state (pending or active).
+
+    \b
+    Example:
+      confide policy approve my-policy --hash HASH --identity bob.id
+    """
     from confide.cas.client import CasClient
 
     result = CasClient.from_env().approve(name, digest, load_identity(identity_file))
@@ -1106,9 +1126,14 @@ def policy_approve(name: str, digest: str, identity_file: Path) -> None:
 
 @policy.command("show")
 @click.argument("name")
-@click.option("--identity", "identity_file", type=_PATH, required=True)
+@click.option("--identity", "identity_file", type=_PATH, required=True, help=_IDENTITY_HELP)
 def policy_show(name: str, identity_file: Path) -> None:
-    """Show a policy (current version, history, public parts of secrets; never secret values)."""
+    """Show a policy (current version, history, public parts of secrets; never secret values).
+
+    \b
+    Example:
+      confide policy show my-policy --identity alice.id
+    """
     from confide.cas.client import CasClient
 
     click.echo(json.dumps(CasClient.from_env().show(name, load_identity(identity_file)), indent=2))
@@ -1116,7 +1141,7 @@ def policy_show(name: str, identity_file: Path) -> None:
 
 @policy.command("events")
 @click.argument("name")
-@click.option("--identity", "identity_file", type=_PATH, required=True)
+@click.option("--identity", "identity_file", type=_PATH, required=True, help=_IDENTITY_HELP)
 def policy_events(name: str, identity_file: Path) -> None:
     """Show the recorded events of a policy (changes, attestations, releases)."""
     from confide.cas.client import CasClient
@@ -1231,7 +1256,15 @@ def run(
     gpu_ocsp: str | None,
     command: tuple[str, ...],
 ) -> None:
-    """Attest, receive configuration and secrets, and exec COMMAND (after --)."""
+    """Attest, receive configuration and secrets, and exec COMMAND (after --).
+
+    Exits with COMMAND's exit code, or prints a one-line reason and exits with the error's code
+    (31 when the policy refuses the evidence, e.g. another measurement).
+
+    \b
+    Example:
+      confide run --config-id my-policy/my-service --tee sim -- /path/to/app ARGS
+    """
     from confide.cas.client import CasClient
     from confide.runtime.quote import (
         ConfigfsTsmQuoteProvider,

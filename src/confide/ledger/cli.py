@@ -494,9 +494,15 @@ def _cas_inputs(identity_file: Path, key: str | None) -> tuple[Any, Any, Any]:
 
 @ledger.command("history")
 @click.argument("policy")
-@click.option("--identity", "identity_file", type=_PATH, required=True)
+@click.option(
+    "--identity",
+    "identity_file",
+    type=_PATH,
+    required=True,
+    help="Your identity file (a reader of POLICY; mode 0600): signs the read request.",
+)
 @click.option("--key", metavar="VKEY", help="Pinned log key (default: $CONFIDE_LOG_KEY).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 def history_cmd(policy: str, identity_file: Path, key: str | None, as_json: bool) -> None:
     """Every version of POLICY: who signed it, who approved it (entries proven in the log)."""
     from confide.cas.audit import history, verified_events
@@ -519,9 +525,15 @@ def history_cmd(policy: str, identity_file: Path, key: str | None, as_json: bool
 
 @ledger.command("accesses")
 @click.argument("target", metavar="POLICY[/SECRET]")
-@click.option("--identity", "identity_file", type=_PATH, required=True)
+@click.option(
+    "--identity",
+    "identity_file",
+    type=_PATH,
+    required=True,
+    help="Your identity file (a reader of POLICY; mode 0600): signs the read request.",
+)
 @click.option("--key", metavar="VKEY", help="Pinned log key (default: $CONFIDE_LOG_KEY).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 def accesses_cmd(target: str, identity_file: Path, key: str | None, as_json: bool) -> None:
     """Which attested services received POLICY's secrets, when, under which measurement."""
     from confide.cas.audit import accesses, verified_events

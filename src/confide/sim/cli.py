@@ -95,7 +95,13 @@ def sim_measure(as_json: bool, root: Path | None, cwd: str | None, command: tupl
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write here (default stdout).")
 @click.option("--hex", "as_hex", is_flag=True, help="Write hex text instead of binary.")
 @click.option("--debug", is_flag=True, help="Set the debug flag in the evidence.")
-@click.option("--svn", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
+@click.option(
+    "--svn",
+    type=click.IntRange(0, 2**32 - 1),
+    default=0,
+    show_default=True,
+    help="The security version number the evidence reports.",
+)
 @_command_argument
 def sim_quote(
     directory: Path,
