@@ -93,7 +93,28 @@ def _fetch(http: httpx2.Client, url: str, method: str, path: str, **kwargs: Any)
             body = read_body(response, MAX_ANSWER, lambda how: errors.ParseError(f"the CAS's answer {how}"))
             return _Answer(response.status_code, response.headers, body)
     except httpx2.HTTPError as exc:
+        refused = _certificate_refusal(exc)
+        if refused is not None:
+            # It was reached: it answered with a certificate the client does not trust (another
+            # CAS's client.env, or the CAS was started anew on another data directory).
+            raise NetworkError(
+                f"the CAS at {url} is not the one this client trusts: its TLS certificate does not "
+                f"verify against {ENV_CERT} (or the certificate pinned by 'confide cas attest'): "
+                f"{refused}; source the client.env of the CAS at that address"
+            ) from None
         raise NetworkError(f"cannot reach the CAS at {url}: {type(exc).__name__}: {exc}") from None
+
+
+def _certificate_refusal(exc: BaseException) -> str | None:
+    """The reason the TLS certificate was refused, when that is why ``exc`` was raised."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # httpx2 -> httpcore2 -> ssl: a short chain, bounded all the same
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return str(seen.verify_message or seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _raise_for(response: _Answer) -> Any:
