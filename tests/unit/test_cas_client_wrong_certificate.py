@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from confide.cas.client import CasClient
-from confide.errors import NetworkError
+from confide.errors import NetworkError, UsageError
 
 ANSWER = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{"ok": "1"}'
 
@@ -117,3 +117,15 @@ def test_a_cas_that_is_not_there_cannot_be_reached(tmp_path: Path) -> None:
         with CasClient(f"https://127.0.0.1:{port}", cert) as client, pytest.raises(NetworkError) as info:
             client._call("GET", "/v1/anything")
     assert str(info.value).startswith(f"cannot reach the CAS at https://127.0.0.1:{port}: ConnectError")
+
+
+def test_a_client_env_without_the_certificate_says_where_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONFIDE_CAS_URL", "https://127.0.0.1:8443")
+    monkeypatch.delenv("CONFIDE_CAS_CERT", raising=False)
+    with pytest.raises(UsageError) as info:
+        CasClient.from_env()
+    assert info.value.exit_code == 2
+    assert str(info.value) == (
+        "CONFIDE_CAS_CERT is not set: the CAS certificate to trust is required (source the client.env "
+        "that 'confide cas serve' wrote, or set it to the file 'confide cas attest --out PEM' wrote)"
+    )

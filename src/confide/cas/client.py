@@ -181,7 +181,11 @@ class CasClient:
             )
         if url.startswith("https://"):
             if cert is None:
-                raise UsageError(f"{ENV_CERT} is not set: the CAS certificate to trust is required")
+                raise UsageError(
+                    f"{ENV_CERT} is not set: the CAS certificate to trust is required (source the "
+                    "client.env that 'confide cas serve' wrote, or set it to the file 'confide cas attest "
+                    "--out PEM' wrote)"
+                )
             try:
                 if isinstance(cert, bytes):  # the PEM itself (a certificate pinned in memory)
                     context = ssl.create_default_context(cadata=cert.decode("ascii"))
