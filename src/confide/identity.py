@@ -225,9 +225,6 @@ def load_identity(path: Path) -> Identity:
         if not stat.S_ISREG(st.st_mode):
             # A FIFO or a device would block or never end; neither is an identity file.
             raise UsageError(f"--identity: {path} is not a regular file")
-        if st.st_mode & 0o077:
-            mode = st.st_mode & 0o777
-            raise UsageError(f"--identity: {path} is readable by others (mode {mode:o}); chmod 600 it")
         chunks: list[bytes] = []
         size = 0
         while size <= MAX_IDENTITY_FILE and (chunk := os.read(fd, MAX_IDENTITY_FILE + 1 - size)):
@@ -239,4 +236,16 @@ def load_identity(path: Path) -> Identity:
         os.close(fd)
     if size > MAX_IDENTITY_FILE:
         raise UsageError(f"--identity: {path} is larger than {MAX_IDENTITY_FILE} bytes: not an identity file")
-    return Identity.from_json(b"".join(chunks))
+    hint = "`confide identity create --out FILE` writes one"
+    try:
+        identity = Identity.from_json(b"".join(chunks))
+    except ParseError as exc:
+        if st.st_mode & 0o077:
+            # Another file in its place (a policy file, arguments swapped): "chmod 600" would
+            # send the user after the wrong problem. Still a usage error, as a loose mode is.
+            raise UsageError(f"--identity: {path} is not an identity file ({hint})") from None
+        raise ParseError(f"--identity: {path} is not an identity file ({exc.message}; {hint})") from None
+    if st.st_mode & 0o077:
+        mode = st.st_mode & 0o777
+        raise UsageError(f"--identity: {path} is readable by others (mode {mode:o}); chmod 600 it")
+    return identity

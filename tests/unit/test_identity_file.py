@@ -139,6 +139,30 @@ def test_hostile_identity_files_are_parse_errors(tmp_path: Path, content: bytes,
     assert _GOOD["private_key"] not in str(info.value)
 
 
+def test_another_file_in_place_of_an_identity_is_named_as_such(tmp_path: Path) -> None:
+    """A file that is not an identity (a policy file: `policy apply ID --identity POLICY`, the
+    arguments swapped) is named so, with its path; "chmod 600" is only for an identity file
+    readable by others, whose key that mode has exposed."""
+    policy = tmp_path / "my-policy.yaml"
+    policy.write_text('name: demo\nversion: "0.3"\n')
+    policy.chmod(0o644)
+    with pytest.raises(errors.UsageError) as refused:
+        load_identity(policy)
+    assert refused.value.message == (
+        f"--identity: {policy} is not an identity file (`confide identity create --out FILE` writes one)"
+    )
+    policy.chmod(0o600)
+    with pytest.raises(errors.ParseError) as malformed:
+        load_identity(policy)
+    assert malformed.value.message.startswith(f"--identity: {policy} is not an identity file (identity, ")
+    assert malformed.value.message.endswith("; `confide identity create --out FILE` writes one)")
+    loose = tmp_path / "alice.id"
+    loose.write_text(Identity.generate().to_json())
+    loose.chmod(0o640)
+    with pytest.raises(errors.UsageError, match=r"readable by others \(mode 640\); chmod 600 it"):
+        load_identity(loose)
+
+
 def test_a_huge_file_is_refused_unread(tmp_path: Path) -> None:
     path = tmp_path / "id"
     path.write_bytes(b" " * (identity.MAX_IDENTITY_FILE + 1) + Identity.generate().to_json().encode())
