@@ -125,3 +125,23 @@ def test_volume_cli_keeps_times_with_source_date_epoch_and_mtime(tmp_path: Path)
     assert _run("open", str(vol), "--key", str(key), "--to", str(out2), "--tag", tag).returncode == 0
     assert (out2 / "old").stat().st_mtime_ns == 86400 * ns
     assert _run("add", str(vol), str(src), "--key", str(key), "--mtime", "-1").returncode == 2
+
+
+def test_a_writer_given_the_arguments_swapped_says_the_volume_comes_first(tmp_path: Path) -> None:
+    """`confide volume add SRC DIR` (or a volume directory that does not exist) was "cannot lock:
+    Not a directory": the message now says it is not a protected volume and that DIR comes
+    first. Exit code unchanged (50, StorageError)."""
+    vol, key = tmp_path / "vol", tmp_path / "vol.key"
+    assert _run("create", str(vol), "--key-out", str(key)).returncode == 0
+    src = tmp_path / "a.txt"
+    src.write_text("a\n")
+    hint = "not a protected volume (the volume DIR comes first, as in `confide volume add DIR SRC...`"
+    for args in (
+        ("add", str(src), str(vol)),
+        ("add", str(tmp_path / "absent"), str(src)),
+        ("seal", str(src)),
+    ):
+        r = _run(*args, "--key", str(key))
+        assert r.returncode == 50, (args, r.stderr)
+        assert "cannot lock" in r.stderr and hint in r.stderr, (args, r.stderr)
+    assert src.read_text() == "a\n"  # the source is left as it was

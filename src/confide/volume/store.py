@@ -16,6 +16,7 @@ replaces MANIFEST.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import hmac
@@ -127,7 +128,15 @@ def _locked(directory: Path) -> Iterator[None]:
         # O_CREAT would create the file there
         fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise StorageError(f"volume {str(directory)!r}: cannot lock: {exc.strerror or exc}") from None
+        hint = ""
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            # The volume directory is absent or a file: most often the arguments' order
+            # (`confide volume add SRC DIR`). The class stays StorageError (exit 50).
+            hint = (
+                ": not a protected volume (the volume DIR comes first, as in `confide volume add DIR "
+                "SRC...`; `confide volume create DIR` makes one)"
+            )
+        raise StorageError(f"volume {str(directory)!r}: cannot lock: {exc.strerror or exc}{hint}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
