@@ -544,6 +544,7 @@ _READ_NONCE = re.compile(r"[0-9a-f]{64}")  # a read nonce (32 bytes), as new_rea
 RunWrite = Callable[[Callable[[Connection], str | None]], str | None]
 """Runs a write job in a write transaction and returns its result (the read nonce's spend)."""
 _VOLUME_TAG = re.compile(r"[0-9a-f]{64}")  # a volume tag (docs/volume-format.md)
+_FULL_HASH = re.compile(r"[0-9a-f]{64}")  # a policy version (docs/policy.md "The policy hash")
 _DECLARED_TAG = re.compile(r"[0-9a-f]{32}|[0-9a-f]{64}")  # or a policy's fspf_tag (16 or 32 bytes)
 
 
@@ -831,6 +832,13 @@ class Cas:
                 f"{name} (it is on no board that decides it)"
             )
         if row is None:
+            if not _FULL_HASH.fullmatch(digest):
+                # The messages show versions cut to 16 digits and "…": a board member who copies
+                # one is told a version is named by its full hash (docs/cas.md, approvals).
+                raise ConflictError(
+                    f"no submitted version {digest[:80]!r} of policy {name}: a version is named by its "
+                    "full hash, 64 lower-case hex digits (the one `confide policy apply` printed)"
+                )
             raise ConflictError(f"no submitted version {digest[:16]}… of policy {name}")
         if row.state != "pending":
             raise ConflictError(f"policy {name} version {digest[:16]}… is {row.state}, not pending approval")
