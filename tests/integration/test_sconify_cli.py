@@ -183,6 +183,30 @@ def test_tampered_image_exit_code(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_a_failed_run_that_wrote_no_image_leaves_no_key_behind(tmp_path: Path) -> None:
+    """A mistyped --from left the --key-out file behind, so the same command run again (fixed)
+    said "key file exists": the key goes when the run fails and the local DST it would have
+    written does not exist; it stays when DST existed before (something may use the key)."""
+    key = tmp_path / "key"
+    args = ["sconify", "--to", f"oci:{tmp_path / 'out'}", "--protect", "/app", "--policy", "p", "--service", "s",
+            "--key-out", str(key)]  # fmt: skip
+    for _ in range(2):  # the second run is told the same, not "key file 'key' exists"
+        r = confide(*args, "--from", f"oci:{tmp_path / 'no-such-image'}")
+        assert r.returncode == 10 and "oci-layout missing" in r.stderr, r.stderr
+        assert not key.exists() and not (tmp_path / "out").exists()
+    image().write_layout(tmp_path / "src")
+    r = confide(*args, "--from", f"oci:{tmp_path / 'src'}")
+    assert r.returncode == 0, r.stderr
+    assert len(key.read_text().strip()) == 64
+    # DST existed before the failed run: the key is kept, as is DST.
+    kept = tmp_path / "kept.key"
+    (tmp_path / "existing").mkdir()
+    r = confide("sconify", "--from", f"oci:{tmp_path / 'no-such-image'}", "--to", f"oci:{tmp_path / 'existing'}",
+                "--protect", "/app", "--policy", "p", "--service", "s", "--key-out", str(kept))  # fmt: skip
+    assert r.returncode == 10, r.stderr
+    assert len(kept.read_text().strip()) == 64 and (tmp_path / "existing").is_dir()
+
+
 # ------------------------------------------------------------------ a real local registry
 
 

@@ -166,7 +166,11 @@ def sconify_cmd(
     `confide run` for the original command. Prints the image digest and the volume tag.
     """
     policy_file: _PrivateOutput | None = None
+    new_key_file: Path | None = None  # the --key-out this run wrote
+    dst_was_absent = False
     try:
+        dst_ref = parse_ref(dst)
+        dst_was_absent = dst_ref.kind != "docker" and not os.path.lexists(dst_ref.location)
         if cas is not None and identity_file is None:
             raise UsageError("--cas needs --identity (the stakeholder that signs the policy)")
         if key_file is not None and key_out is not None:
@@ -183,9 +187,10 @@ def sconify_cmd(
             policy_file = _PrivateOutput(policy_out)
         if key_file is None and key_out is not None:
             write_key(key_out, key)
+            new_key_file = key_out
         opts = SconifyOptions(
             src=parse_ref(src),
-            dst=parse_ref(dst),
+            dst=dst_ref,
             protect=protect,
             authenticate=authenticate,
             policy=policy,
@@ -221,6 +226,11 @@ def sconify_cmd(
                     loads_policy(text, source="sconify policy"), load_identity(identity_file)
                 )
     except ConfideError as exc:
+        if new_key_file is not None and dst_was_absent and not os.path.lexists(dst_ref.location):
+            # Nothing was written under the new key (a local DST that did not exist still does
+            # not; a mistyped --from, say): the key goes, so the same command can be run again
+            # (it said "key file exists"). Kept whenever DST exists or is a registry.
+            new_key_file.unlink(missing_ok=True)
         click.echo(f"error: {exc.diagnostics()}", err=True)
         sys.exit(exc.exit_code)
     finally:
