@@ -1268,7 +1268,11 @@ def run(
                 err=True,
             )
     elif tee in ("tdx", "sev-snp"):
-        provider = ConfigfsTsmQuoteProvider()
+        from confide.verify.result import Platform
+
+        configfs = ConfigfsTsmQuoteProvider(expect=Platform(tee))
+        configfs.check()  # the kernel's provider is of the other platform: refuse before the CAS
+        provider = configfs
     elif tee == "az-vtpm":
         from confide.runtime.azure_vtpm import AzureVtpmQuoteProvider
 
