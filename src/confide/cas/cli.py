@@ -1252,6 +1252,7 @@ def run(
         raise UsageError("--gpu-ready-state needs --gpus or --gpu-index")
     provider: QuoteProvider
     measured = None
+    configfs_check = None
     if tee == "sim":
         sim_dir = os.environ.get("CONFIDE_SIM_DIR")
         if not sim_dir:
@@ -1271,7 +1272,7 @@ def run(
         from confide.verify.result import Platform
 
         configfs = ConfigfsTsmQuoteProvider(expect=Platform(tee))
-        configfs.check()  # the kernel's provider is of the other platform: refuse before the CAS
+        configfs_check = configfs.check
         provider = configfs
     elif tee == "az-vtpm":
         from confide.runtime.azure_vtpm import AzureVtpmQuoteProvider
@@ -1304,6 +1305,11 @@ def run(
         provider = gpu_provider
         if gpu_ready_state != "skip":
             before_exec = functools.partial(_gpus_ready, gpu_provider)
+    if configfs_check is not None:
+        # No configfs-tsm, or its provider is of the other platform (an SEV-SNP guest asked for
+        # --tee tdx, or the reverse) or unknown: refuse before the CAS is looked up or asked for
+        # a nonce (after the GPU checks above, which come first as they did).
+        configfs_check()
     client = CasClient.from_env()
     plan = attest_and_prepare(client, provider, policy_name, service, list(command))
     if measured is not None:
