@@ -306,7 +306,8 @@ class ConfigfsTsmQuoteProvider:
         platform = _CONFIGFS_PROVIDERS.get(provider)
         if platform is None:
             raise UsageError(
-                f"{what}: got provider {provider!r}, expected one of {', '.join(sorted(_CONFIGFS_PROVIDERS))}"
+                f"{what}: got provider {provider[:64]!r}, expected one of "
+                f"{', '.join(sorted(_CONFIGFS_PROVIDERS))}"
             )
         if self.expect is not None and platform is not self.expect:
             raise UsageError(
