@@ -44,7 +44,7 @@ from confide.cas.app import create_app
 from confide.cas.core import Cas
 from confide.cas.own_evidence import CasEvidence, EvidenceRefresher
 from confide.cas.pin import attest_cas, verify_cas_evidence
-from confide.cas.server import prepare, tee_evidence
+from confide.cas.server import prepare, quote_provider_for, tee_evidence
 from confide.collateral.dcap import source_for
 from confide.evidence.sev_snp import GuestPolicy, Product
 from confide.evidence.snp_certs import ARK_GUID, ASK_GUID, VCEK_GUID, parse_cert_table
@@ -823,6 +823,24 @@ def test_evidence_of_another_tee_than_asked_is_refused(tmp_path: Path, amd: Fake
             tee_evidence("tdx", ConfigfsTsmQuoteProvider(root), bytes(64))
         ok = tee_evidence("sev-snp", ConfigfsTsmQuoteProvider(root), bytes(range(64)))
     assert base64.b64decode(ok["evidence"])[0x50:0x90] == bytes(range(64))
+
+
+def test_cas_serve_tee_asks_configfs_for_its_platform_only(tmp_path: Path, amd: FakeAmd) -> None:
+    """``cas serve --tee tdx`` on an SEV-SNP kernel: the provider ``quote_provider_for`` makes
+    expects TDX and refuses the kernel's ``sev_guest`` itself, naming it (that this happens
+    before any report is requested is shown in test_runtime_quote.py)."""
+    tdx, snp = quote_provider_for("tdx"), quote_provider_for("sev-snp")
+    assert isinstance(tdx, ConfigfsTsmQuoteProvider) and tdx.expect is Platform.TDX
+    assert isinstance(snp, ConfigfsTsmQuoteProvider) and snp.expect is Platform.SEV_SNP
+    with snp_tsm(tmp_path, amd) as root:
+        with pytest.raises(
+            errors.UsageError, match=r"--tee tdx, but the kernel's attestation provider is 'sev_guest'"
+        ):
+            tee_evidence("tdx", ConfigfsTsmQuoteProvider(root, expect=Platform.TDX), bytes(64))
+        ok = tee_evidence(
+            "sev-snp", ConfigfsTsmQuoteProvider(root, expect=Platform.SEV_SNP), bytes(range(64))
+        )
+    assert ok["platform"] == "sev-snp"
 
 
 def test_tdx_and_sgx_cas_publish_their_quote(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import threading
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from confide.errors import BindingError, ParseError, StorageError, UsageError
+from confide.errors import BindingError, NetworkError, ParseError, StorageError, UsageError
 from confide.runtime.quote import (
     ConfigfsTsmQuoteProvider,
     GramineQuoteProvider,
@@ -162,8 +163,9 @@ def test_configfs_missing_device_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_configfs_plain_directory_is_not_mistaken_for_configfs(tmp_path: Path) -> None:
-    # mkdir works but the kernel's attributes do not appear: no report may be produced.
-    with pytest.raises(UsageError, match="generation"):
+    # mkdir works but the kernel's attributes do not appear (provider, the first one read): no
+    # report may be produced.
+    with pytest.raises(UsageError, match="provider' does not exist"):
         ConfigfsTsmQuoteProvider(tmp_path).get_evidence(REPORT_DATA)
     assert list(tmp_path.iterdir()) == []
 
@@ -282,3 +284,150 @@ def test_gramine_attestation_type_longer_than_a_page_is_refused(tmp_path: Path) 
     root = _plain_gramine(tmp_path / "attestation", b"", attestation_type=b"dcap" + b" " * 5000)
     with pytest.raises(ParseError, match="got more than 4096 bytes"):
         GramineQuoteProvider(root).get_evidence(REPORT_DATA)
+
+
+# --- the platform asked for (confide run --tee tdx | sev-snp) -------------------------------------
+
+_MISMATCHES = [
+    # A kernel of one platform, the other asked for; outblob fails if it is read at all, so the
+    # refusal is shown to come from the provider attribute, before any report is requested.
+    pytest.param(TsmBehaviour(provider="sev_guest", outblob_error=errno.EIO), Platform.TDX, id="snp-as-tdx"),
+    pytest.param(
+        TsmBehaviour(provider="tdx_guest", outblob_error=errno.EIO), Platform.SEV_SNP, id="tdx-as-snp"
+    ),
+]
+
+
+@pytest.mark.parametrize(("fake_tsm", "expect"), _MISMATCHES, indirect=["fake_tsm"])
+def test_configfs_provider_of_the_other_platform_is_refused(fake_tsm: Path, expect: Platform) -> None:
+    provider = ConfigfsTsmQuoteProvider(fake_tsm, expect=expect)
+    other = "tdx_guest" if expect is Platform.SEV_SNP else "sev_guest"
+    message = rf"--tee {expect}, but the kernel's attestation provider is '{other}'"
+    with pytest.raises(UsageError, match=message):
+        provider.check()
+    with pytest.raises(UsageError, match=message):
+        provider.get_evidence(REPORT_DATA)
+    assert os.listdir(fake_tsm) == []  # both report entries were removed
+
+
+@pytest.mark.parametrize(
+    ("fake_tsm", "expect"),
+    [
+        pytest.param(TsmBehaviour(provider="sev_guest"), Platform.SEV_SNP, id="snp"),
+        pytest.param(TsmBehaviour(provider="tdx_guest"), Platform.TDX, id="tdx"),
+    ],
+    indirect=["fake_tsm"],
+)
+def test_configfs_provider_of_the_platform_asked_for_is_used(fake_tsm: Path, expect: Platform) -> None:
+    provider = ConfigfsTsmQuoteProvider(fake_tsm, expect=expect)
+    assert provider.check() is expect
+    evidence = provider.get_evidence(REPORT_DATA)
+    assert evidence.platform is expect
+    assert REPORT_DATA in evidence.raw
+    assert os.listdir(fake_tsm) == []
+
+
+@pytest.mark.parametrize(
+    "fake_tsm", [_param(provider="arm_cca_guest", outblob_error=errno.EIO)], indirect=True
+)
+@pytest.mark.parametrize("expect", [Platform.TDX, Platform.SEV_SNP, None])
+def test_configfs_unknown_provider_is_refused_by_check(fake_tsm: Path, expect: Platform | None) -> None:
+    provider = ConfigfsTsmQuoteProvider(fake_tsm, expect=expect)
+    message = r"got provider 'arm_cca_guest', expected one of sev_guest, tdx_guest"
+    with pytest.raises(UsageError, match=message):
+        provider.check()
+    with pytest.raises(UsageError, match=message):
+        provider.get_evidence(REPORT_DATA)
+    assert os.listdir(fake_tsm) == []
+
+
+def test_configfs_expects_tdx_or_sev_snp_only() -> None:
+    with pytest.raises(UsageError, match="expected tdx or sev-snp"):
+        ConfigfsTsmQuoteProvider(Path("/nonexistent"), expect=Platform.SGX)
+
+
+def test_configfs_check_without_the_device_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="not a TDX or SEV-SNP guest"):
+        ConfigfsTsmQuoteProvider(tmp_path / "no" / "tsm", expect=Platform.TDX).check()
+
+
+class _RecordingCas:
+    """The CAS as ``confide run`` sees it; ``attest`` records the request and stops the run."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+        self.request: dict[str, Any] | None = None
+
+    def nonce(self) -> str:
+        self.calls.append("nonce")
+        return "00" * 32
+
+    def attest(self, request: dict[str, Any]) -> Any:
+        self.calls.append("attest")
+        self.request = request
+        raise NetworkError("the test stops here")
+
+    def close(self) -> None:
+        pass
+
+
+def _run_cli(monkeypatch: pytest.MonkeyPatch, root: Path, tee: str) -> tuple[Any, list[str], _RecordingCas]:
+    from click.testing import CliRunner
+
+    from confide.cas import cli
+    from confide.cas.client import CasClient
+    from confide.runtime import quote
+
+    calls: list[str] = []
+    cas = _RecordingCas(calls)
+
+    def from_env(cls: type) -> _RecordingCas:
+        calls.append("from_env")
+        return cas
+
+    monkeypatch.setattr(CasClient, "from_env", classmethod(from_env))
+    monkeypatch.setattr(
+        quote, "ConfigfsTsmQuoteProvider", functools.partial(quote.ConfigfsTsmQuoteProvider, root)
+    )
+    result = CliRunner().invoke(cli.run, ["--config-id", "p/s", "--tee", tee, "--", "/bin/true"])
+    return result, calls, cas
+
+
+@pytest.mark.parametrize(("fake_tsm", "expect"), _MISMATCHES, indirect=["fake_tsm"])
+def test_cli_run_refuses_the_other_platform_before_the_cas(
+    fake_tsm: Path, expect: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, calls, _ = _run_cli(monkeypatch, fake_tsm, str(expect))
+    assert isinstance(result.exception, UsageError), result.output
+    assert UsageError.exit_code == 2
+    assert f"--tee {expect}, but the kernel's attestation provider is" in str(result.exception)
+    assert calls == []  # the CAS was not even looked up, let alone asked for a nonce
+    assert os.listdir(fake_tsm) == []
+
+
+@pytest.mark.parametrize("fake_tsm", [_param(provider="arm_cca_guest")], indirect=True)
+def test_cli_run_refuses_an_unknown_provider_before_the_cas(
+    fake_tsm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, calls, _ = _run_cli(monkeypatch, fake_tsm, "tdx")
+    assert isinstance(result.exception, UsageError), result.output
+    assert "got provider 'arm_cca_guest'" in str(result.exception)
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("fake_tsm", "expect"),
+    [
+        pytest.param(TsmBehaviour(provider="sev_guest"), Platform.SEV_SNP, id="snp"),
+        pytest.param(TsmBehaviour(provider="tdx_guest"), Platform.TDX, id="tdx"),
+    ],
+    indirect=["fake_tsm"],
+)
+def test_cli_run_sends_evidence_of_the_platform_asked_for(
+    fake_tsm: Path, expect: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, calls, cas = _run_cli(monkeypatch, fake_tsm, str(expect))
+    assert isinstance(result.exception, NetworkError), result.output  # the recording CAS stopped it
+    assert calls == ["from_env", "nonce", "attest"]
+    assert cas.request is not None and cas.request["platform"] == str(expect)
+    assert os.listdir(fake_tsm) == []

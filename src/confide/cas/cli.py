@@ -1285,6 +1285,7 @@ def run(
         raise UsageError("--gpu-ready-state needs --gpus or --gpu-index")
     provider: QuoteProvider
     measured = None
+    configfs_check = None
     if tee == "sim":
         sim_dir = os.environ.get("CONFIDE_SIM_DIR")
         if not sim_dir:
@@ -1301,7 +1302,11 @@ def run(
                 err=True,
             )
     elif tee in ("tdx", "sev-snp"):
-        provider = ConfigfsTsmQuoteProvider()
+        from confide.verify.result import Platform
+
+        configfs = ConfigfsTsmQuoteProvider(expect=Platform(tee))
+        configfs_check = configfs.check
+        provider = configfs
     elif tee == "az-vtpm":
         from confide.runtime.azure_vtpm import AzureVtpmQuoteProvider
 
@@ -1333,6 +1338,11 @@ def run(
         provider = gpu_provider
         if gpu_ready_state != "skip":
             before_exec = functools.partial(_gpus_ready, gpu_provider)
+    if configfs_check is not None:
+        # No configfs-tsm, or its provider is of the other platform (an SEV-SNP guest asked for
+        # --tee tdx, or the reverse) or unknown: refuse before the CAS is looked up or asked for
+        # a nonce (after the GPU checks above, which come first as they did).
+        configfs_check()
     client = CasClient.from_env()
     plan = attest_and_prepare(client, provider, policy_name, service, list(command))
     if measured is not None:

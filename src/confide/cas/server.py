@@ -505,7 +505,7 @@ CAS_BINDING_TEXT_V2 = (
 def quote_provider_for(tee: str) -> QuoteProvider:
     """The runtime's quote provider for ``--tee`` (its device at the standard path)."""
     if tee in ("tdx", "sev-snp"):
-        return ConfigfsTsmQuoteProvider()
+        return ConfigfsTsmQuoteProvider(expect=Platform(tee))
     if tee == "sgx-gramine":
         return GramineQuoteProvider()
     if tee == "az-vtpm":

@@ -5,9 +5,10 @@ One method, ``get_evidence(report_data) -> Evidence``, with three implementation
 - :class:`SimQuoteProvider`: the development simulator (``docs/simulator.md``).
 - :class:`ConfigfsTsmQuoteProvider`: Linux configfs-tsm (``/sys/kernel/config/tsm/report``,
   Linux >= 6.7; TDX and SEV-SNP guests). Follows the kernel ABI document
-  ``Documentation/ABI/testing/configfs-tsm``: a report entry per request (mkdir), write
-  ``privlevel`` (SEV-SNP VMPL, optional) and ``inblob``, read ``outblob``, ``auxblob``,
-  ``provider``, then check that ``generation`` advanced by exactly our writes, and rmdir.
+  ``Documentation/ABI/testing/configfs-tsm``: a report entry per request (mkdir), read
+  ``provider`` (``sev_guest`` or ``tdx_guest``: refused if it is not the platform asked for),
+  write ``privlevel`` (SEV-SNP VMPL, optional) and ``inblob``, read ``outblob``, ``auxblob``,
+  then check that ``generation`` advanced by exactly our writes, and rmdir.
 - :class:`GramineQuoteProvider`: Gramine-SGX's ``/dev/attestation`` pseudo-files: write
   ``user_report_data``, read ``quote``.
 
@@ -18,7 +19,8 @@ interfering writer; the verifier checks it again).
 Errors (all :class:`~confide.errors.ConfideError`, one exit code each):
 
 - :class:`~confide.errors.UsageError`: the device is absent, unusable here (not a TEE guest,
-  attestation disabled, no permission) or the request is malformed (report data not 64 bytes).
+  attestation disabled, no permission, a configfs-tsm provider of another platform than asked
+  for or of none confide knows) or the request is malformed (report data not 64 bytes).
 - :class:`~confide.errors.BindingError`: the ``generation`` counter shows a concurrent writer,
   or the evidence does not carry our report data.
 - :class:`~confide.errors.ParseError`: the evidence is too short to hold report data, or an
@@ -81,6 +83,7 @@ _V5_BODY_DESCRIPTOR_SIZE = 6
 _SGX_REPORT_DATA_OFFSET = 320
 
 _CONFIGFS_PROVIDERS: dict[str, Platform] = {"sev_guest": Platform.SEV_SNP, "tdx_guest": Platform.TDX}
+_PLATFORM_NAMES = {Platform.SEV_SNP: "an SEV-SNP", Platform.TDX: "a TDX"}
 _PRIVLEVEL_MAX = 3  # include/linux/tsm.h TSM_PRIVLEVEL_MAX
 TSM_OUTBLOB_MAX = 32 * 1024
 """include/linux/tsm.h ``TSM_OUTBLOB_MAX`` (SZ_32K; ``TSM_REPORT_OUTBLOB_MAX`` in later kernels): the
@@ -258,13 +261,68 @@ def _read_int(path: Path, what: str) -> int:
 
 
 class ConfigfsTsmQuoteProvider:
-    """TDX / SEV-SNP evidence through Linux configfs-tsm (one report entry per request)."""
+    """TDX / SEV-SNP evidence through Linux configfs-tsm (one report entry per request).
 
-    def __init__(self, root: Path = CONFIGFS_TSM_ROOT, *, privlevel: int | None = None) -> None:
+    ``expect``: the platform the caller asked for (``confide run --tee tdx`` or ``sev-snp``).
+    The kernel's ``provider`` attribute names the format of ``outblob`` (ABI: ``sev_guest`` or
+    ``tdx_guest``); a provider of another platform is a :class:`UsageError` before anything is
+    written to the entry (:meth:`check` finds it before the caller contacts anyone). None:
+    whichever of the two the kernel provides (``Evidence.platform`` says which)."""
+
+    def __init__(
+        self,
+        root: Path = CONFIGFS_TSM_ROOT,
+        *,
+        privlevel: int | None = None,
+        expect: Platform | None = None,
+    ) -> None:
         if privlevel is not None and not 0 <= privlevel <= _PRIVLEVEL_MAX:
             raise UsageError(f"privlevel: got {privlevel}, expected 0..{_PRIVLEVEL_MAX}")
+        if expect is not None and expect not in _CONFIGFS_PROVIDERS.values():
+            raise UsageError(f"configfs-tsm: got expected platform {expect}, expected tdx or sev-snp")
         self.root = root
         self.privlevel = privlevel
+        self.expect = expect
+
+    def check(self) -> Platform:
+        """The platform of this kernel's configfs-tsm provider, refused (UsageError) if unknown
+        or not :attr:`expect`: a report entry is created, its ``provider`` read and the entry
+        removed, with no write (no report is generated, ``generation`` does not move)."""
+        entry = self._make_entry()
+        failed = True
+        try:
+            _, platform = self._provider(entry)
+            failed = False
+        finally:
+            self._remove(entry, failed)
+        return platform
+
+    def _provider(self, entry: Path) -> tuple[str, Platform]:
+        # Documentation/ABI/testing/configfs-tsm, provider: "(RO) A name for the
+        # format-specification of @outblob like "sev_guest" [...] or "tdx_guest"".
+        what = "configfs-tsm"
+        raw = _read(entry / "provider", what, TEXT_ATTRIBUTE_MAX).strip()
+        provider = raw.decode("ascii", "replace")
+        platform = _CONFIGFS_PROVIDERS.get(provider)
+        if platform is None:
+            raise UsageError(
+                f"{what}: got provider {provider[:64]!r}, expected one of "
+                f"{', '.join(sorted(_CONFIGFS_PROVIDERS))}"
+            )
+        if self.expect is not None and platform is not self.expect:
+            raise UsageError(
+                f"{what}: --tee {self.expect}, but the kernel's attestation provider is {provider!r}: "
+                f"this is {_PLATFORM_NAMES[platform]} guest, not {_PLATFORM_NAMES[self.expect]} one "
+                f"(use --tee {platform})"
+            )
+        return provider, platform
+
+    def _remove(self, entry: Path, failed: bool) -> None:
+        try:
+            entry.rmdir()
+        except OSError as exc:
+            if not failed:  # do not mask the original error
+                raise _io_error("configfs-tsm: removing the report entry", entry, exc) from None
 
     def _make_entry(self) -> Path:
         what = "configfs-tsm"
@@ -292,15 +350,13 @@ class ConfigfsTsmQuoteProvider:
             evidence = self._request(entry, report_data)
             failed = False
         finally:
-            try:
-                entry.rmdir()
-            except OSError as exc:
-                if not failed:  # do not mask the original error
-                    raise _io_error("configfs-tsm: removing the report entry", entry, exc) from None
+            self._remove(entry, failed)
         return evidence
 
     def _request(self, entry: Path, report_data: bytes) -> Evidence:
         what = "configfs-tsm"
+        # The provider first: evidence of another platform than asked for is not even requested.
+        provider, platform = self._provider(entry)
         # The ABI: "Userspace can detect conflicts by checking generation before writing to any
         # attribute and making sure the number of writes matches expectations after reading
         # @outblob". We own the entry, so any extra write is an interfering process.
@@ -326,7 +382,6 @@ class ConfigfsTsmQuoteProvider:
             auxblob = _read(entry / "auxblob", what, TSM_OUTBLOB_MAX)
             if auxblob:
                 aux["auxblob"] = auxblob
-        provider = _read(entry / "provider", what, TEXT_ATTRIBUTE_MAX).strip().decode("ascii", "replace")
         after = _read_int(entry / "generation", what)
         if after != before + writes:
             raise BindingError(
@@ -335,11 +390,6 @@ class ConfigfsTsmQuoteProvider:
             )
         if not outblob:
             raise StorageError(f"{what}: the TSM returned an empty outblob")
-        platform = _CONFIGFS_PROVIDERS.get(provider)
-        if platform is None:
-            raise UsageError(
-                f"{what}: got provider {provider!r}, expected one of {', '.join(sorted(_CONFIGFS_PROVIDERS))}"
-            )
         if platform is Platform.SEV_SNP:
             check_report_data_binding(
                 outblob, SNP_REPORT_DATA_OFFSET, report_data, "SEV-SNP report from configfs-tsm"
