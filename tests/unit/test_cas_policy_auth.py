@@ -372,7 +372,8 @@ def test_the_latest_head_event_is_one_index_probe(tmp_path: Path) -> None:
             plan = raw_execute(conn, "EXPLAIN QUERY PLAN " + _LAST_HEAD_EVENT, ("app",)).fetchall()
     finally:
         ipc.cas.db.dispose()
-    assert [str(r[-1]) for r in plan] == ["SEARCH events USING INDEX events_head_changes (policy=?)"]
+    steps = [str(r[-1]) for r in plan]
+    assert len(steps) == 1 and steps[0].startswith("SEARCH events USING INDEX events_head_changes"), steps
 
 
 def test_rotations_keep_the_rows_verifying_and_old_macs_stop(env: Env) -> None:
