@@ -191,7 +191,7 @@ def test_a_creation_approved_by_the_board_is_the_lineage(cas: tuple[InProcessCas
     listed = ipc.cas.events_for(_read(ipc, "lab/x", bob, "events"))["events"]
     assert [(e["type"], e["payload"].get("hash")) for e in listed] == [
         ("policy-pending", winner.hash), ("policy-approved", winner.hash),
-        ("secrets-generated", winner.hash), ("policy-created", winner.hash),
+        ("policy-created", winner.hash), ("secrets-generated", winner.hash),
     ]  # fmt: skip
     assert [v["hash"] for v in ipc.cas.show(_read(ipc, "lab/x", bob, "show"))["versions"]] == [winner.hash]
     assert [t for _, t, p in _filed(ipc, "lab/x") if p.get("hash") == loser.hash] == [

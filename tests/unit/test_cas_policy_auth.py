@@ -24,7 +24,7 @@ from confide.cas.core import APPROVAL_TYPE, READ_TYPE, Cas, sign_document
 from confide.cas.db import SCHEMA_VERSION, Database, raw_execute
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.online_rotation import OnlineRotation
-from confide.cas.policy_auth import BOUND_META, EVENT_BOUND, PolicyRowsAltered, bind_unbound
+from confide.cas.policy_auth import _LAST_HEAD_EVENT, BOUND_META, EVENT_BOUND, PolicyRowsAltered, bind_unbound
 from confide.cas.rotation import rotate_master_key
 from confide.errors import ConflictError, StorageError
 from confide.identity import Identity
@@ -33,9 +33,9 @@ OTHER = "cd" * 48
 HEAD_COLUMNS = "hash, revision, creator, key_id, mac"
 
 
-def read_request(cas: Cas, name: str, who: Identity) -> dict[str, Any]:
-    body = {"type": READ_TYPE, "name": name, "nonce": cas.new_read_nonce(name, "show"),
-            "cas": cas.tls_spki_sha256, "route": "show"}  # fmt: skip
+def read_request(cas: Cas, name: str, who: Identity, route: str = "show") -> dict[str, Any]:
+    body = {"type": READ_TYPE, "name": name, "nonce": cas.new_read_nonce(name, route),
+            "cas": cas.tls_spki_sha256, "route": route}  # fmt: skip
     return sign_document(body, who.sign, who.public.public_base64)
 
 
@@ -292,6 +292,90 @@ def test_a_head_rolled_back_to_an_older_version_is_refused(env: Env, how: str) -
     env.attest(OTHER)
 
 
+VERSION_COLUMNS = "state, key_id, mac"
+
+
+@pytest.mark.parametrize("later", ["left", "deleted"])
+def test_head_and_version_rolled_back_together_are_refused(env: Env, later: str) -> None:
+    """The head row and the old version's row written back as they were before an update, each
+    with its genuine MAC (the later version left as it is, or deleted): every row verifies, but
+    the policy's latest ``policy-updated`` event names the later version, so the head is refused
+    where used, by this process (which had the old head cached) and after a restart."""
+    v1 = env.ipc.apply(board_policy("app", [env.owner]), env.owner).hash
+    env.ipc.apply(board_policy("other", [env.owner]), env.owner)
+    env.attest(MEASUREMENT)  # the v1 head verified and cached
+    old_head = env.head_row("app")
+    [old_version] = env.sql(f"SELECT {VERSION_COLUMNS} FROM policies WHERE name = 'app' AND hash = ?", (v1,))
+    v2 = env.ipc.apply(board_policy("app", [env.owner], measurement=OTHER, predecessor=v1), env.owner).hash
+    env.attest(OTHER)
+    head = env.head_row("app")
+    [version] = env.sql(f"SELECT {VERSION_COLUMNS} FROM policies WHERE name = 'app' AND hash = ?", (v1,))
+    [v2_row] = env.sql("SELECT * FROM policies WHERE name = 'app' AND hash = ?", (v2,))
+    assert version[0] == "superseded"
+
+    def set_version(row: tuple[Any, ...]) -> None:
+        env.sql(
+            "UPDATE policies SET state = ?, key_id = ?, mac = ? WHERE name = 'app' AND hash = ?", (*row, v1)
+        )
+
+    env.set_head_row("app", old_head)
+    set_version(old_version)
+    if later == "deleted":
+        env.sql("DELETE FROM policies WHERE name = 'app' AND hash = ?", (v2,))
+    for cas in ("running", "restarted"):
+        if cas == "restarted":
+            env.restart()
+        with pytest.raises(PolicyRowsAltered, match=r"not the one its latest event names\) of policy 'app'"):
+            env.attest(MEASUREMENT)
+        with pytest.raises(PolicyRowsAltered):
+            env.show()
+        with pytest.raises(PolicyRowsAltered):  # an update (from the old version) is refused too
+            env.ipc.apply(board_policy("app", [env.owner], measurement="ef" * 48, predecessor=v1), env.owner)
+        with pytest.raises(PolicyRowsAltered):
+            env.cas.events_for(read_request(env.cas, "app", env.owner, "events"))
+        assert env.show("other")["name"] == "other"
+    # restored: served again, nothing lost
+    if later == "deleted":
+        columns = ", ".join("?" for _ in v2_row)
+        env.sql(f"INSERT INTO policies VALUES ({columns})", tuple(v2_row))
+    env.set_head_row("app", head)
+    set_version(version)
+    assert env.show()["hash"] == v2
+    env.attest(OTHER)
+
+
+def test_a_head_no_event_names_is_refused(env: Env) -> None:
+    """A head whose policy has no ``policy-created`` / ``policy-updated`` event left (the events
+    rows deleted) is refused; the events restored, it is served again."""
+    env.ipc.apply(board_policy("app", [env.owner]), env.owner)
+    env.ipc.apply(board_policy("other", [env.owner]), env.owner)
+    where = "policy = 'app' AND type IN ('policy-created', 'policy-updated')"
+    saved = env.sql(f"SELECT seq, at, type, policy, payload FROM events WHERE {where}")
+    assert len(saved) == 1
+    env.sql(f"DELETE FROM events WHERE {where}")
+    env.restart()
+    with pytest.raises(PolicyRowsAltered, match="policy 'app'"):
+        env.attest(MEASUREMENT)
+    with pytest.raises(PolicyRowsAltered):
+        env.show()
+    env.attest(MEASUREMENT, policy="other")
+    env.sql("INSERT INTO events (seq, at, type, policy, payload) VALUES (?, ?, ?, ?, ?)", saved[0])
+    env.show()
+    env.attest(MEASUREMENT)
+
+
+def test_the_latest_head_event_is_one_index_probe(tmp_path: Path) -> None:
+    """SQLite answers the check from schema 16's partial index (no scan of the events)."""
+    ipc = InProcessCas.start(tmp_path / "cas", "")
+    try:
+        with ipc.cas.db.read() as conn:
+            plan = raw_execute(conn, "EXPLAIN QUERY PLAN " + _LAST_HEAD_EVENT, ("app",)).fetchall()
+    finally:
+        ipc.cas.db.dispose()
+    steps = [str(r[-1]) for r in plan]
+    assert len(steps) == 1 and steps[0].startswith("SEARCH events USING INDEX events_head_changes"), steps
+
+
 def test_rotations_keep_the_rows_verifying_and_old_macs_stop(env: Env) -> None:
     v1, _v2 = with_pending(env)
     before = env.head_row("app")
@@ -357,7 +441,9 @@ def make_schema_14(env: Env) -> None:
         for column in ("key_id", "mac"):
             env.sql(f"ALTER TABLE {table} DROP COLUMN {column}")
     env.sql("DELETE FROM meta WHERE key = ?", (BOUND_META,))
-    env.sql("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION - 1),))
+    # schema 14: before the MACs (15) and the index of the head-changing events (16)
+    env.sql("DROP INDEX events_head_changes")
+    env.sql("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION - 2),))
     env.cas.db.dispose()
 
 

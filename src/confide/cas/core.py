@@ -725,10 +725,7 @@ class Cas:
             else:
                 payload["submission"] = jcs(submission).decode()
             if state == "active":
-                self._activate(conn, policy, digest, creator, head is None)
-                self.events.record(
-                    conn, "policy-created" if head is None else "policy-updated", policy.name, payload
-                )
+                self._activate(conn, policy, digest, creator, head is None, payload)
             else:
                 self.events.record(conn, "policy-pending", policy.name, payload)
         return ApplyResult(policy.name, digest, state)
@@ -867,13 +864,8 @@ class Cas:
             return ApplyResult(name, digest, "pending")
         policy = self._load(conn, name, digest)
         self.policy_auth.put_version(conn, row._replace(state="active"))
-        self._activate(conn, policy, digest, creator, creation)
-        self.events.record(
-            conn,
-            "policy-created" if creation else "policy-updated",
-            name,
-            {"hash": digest, "predecessor": row.predecessor, "approvers": sorted(approvers)},
-        )
+        event = {"hash": digest, "predecessor": row.predecessor, "approvers": sorted(approvers)}
+        self._activate(conn, policy, digest, creator, creation, event)
         return ApplyResult(name, digest, "active")
 
     def _approvers(self, conn: Connection, name: str, digest: str) -> set[str]:
@@ -925,7 +917,19 @@ class Cas:
         self._policies.put((name, digest), cached)
         return cached
 
-    def _activate(self, conn: Connection, policy: Policy, digest: str, creator: str, created: bool) -> None:
+    def _activate(
+        self,
+        conn: Connection,
+        policy: Policy,
+        digest: str,
+        creator: str,
+        created: bool,
+        event: dict[str, Any],
+    ) -> None:
+        """Make version ``digest`` of ``policy`` current and record ``event`` (its payload, naming
+        ``digest`` as ``hash``) as ``policy-created`` / ``policy-updated`` right after the head
+        moves, before anything in this transaction reads the head again: a head is current only
+        when that policy's latest such event names it (confide.cas.policy_auth)."""
         now = self.clock()
         previous: Policy | None = None
         auth = self.policy_auth
@@ -945,6 +949,8 @@ class Cas:
                 assert version is not None  # read in this transaction
                 auth.put_version(conn, version._replace(state="superseded"))
             auth.put_head(conn, policy.name, old_head._replace(hash=digest), now, new=False)
+        assert event["hash"] == digest
+        self.events.record(conn, "policy-created" if created else "policy-updated", policy.name, event)
         self._generate_secrets(conn, policy, digest, previous)
         self._check_access_identities(conn, policy, digest)
         # A CA whose OCSP signer this version changed gets its certificate re-issued with the

@@ -368,7 +368,7 @@ successor_retirement_approvals = Table(
     PrimaryKeyConstraint("retirement", "signer"),
 )
 
-SCHEMA_VERSION = 15
+SCHEMA_VERSION = 16
 # meta key: the heads and versions of a database from before schema 15 were MAC'd (once;
 # confide.cas.policy_auth.bind_unbound)
 POLICY_ROWS_BOUND_META = "policy_rows_bound"
@@ -547,9 +547,26 @@ def _v15(conn: Connection) -> None:
             raw_execute(conn, f"ALTER TABLE {table} ADD COLUMN mac VARCHAR(64)")
 
 
+# The events that move a policy's head (confide.cas.core.Cas._activate records one in the same
+# transaction), and the partial index that finds a policy's latest (schema 16): the statement
+# reading it must repeat this ``type IN`` term as written for SQLite to use the index.
+HEAD_EVENT_TYPES = "type IN ('policy-created', 'policy-updated')"
+
+
+def _v16(conn: Connection) -> None:
+    """A policy's current version is checked against its latest ``policy-created`` /
+    ``policy-updated`` event (docs/cas.md "What a policy's current version rests on",
+    confide.cas.policy_auth): a partial index over those events by policy and sequence number,
+    so the check is one index probe and the attestations' events are not indexed."""
+    raw_execute(
+        conn,
+        f"CREATE INDEX IF NOT EXISTS events_head_changes ON events (policy, seq) WHERE {HEAD_EVENT_TYPES}",
+    )
+
+
 _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12,
-    13: _v13, 14: _v14, 15: _v15,
+    13: _v13, 14: _v14, 15: _v15, 16: _v16,
 }  # fmt: skip
 
 

@@ -18,9 +18,17 @@ its approvals. So, from schema 15, each of those rows carries a MAC:
   signed document as stored (:func:`approval_mac`), written when the CAS accepts the approval
   (after checking its signature and the CAS it names).
 
-A head verifies (:meth:`PolicyAuth.head`) only when its own MAC and its version's MAC do and
-that version is ``active``: a head row copied back from before an update names a version that is
-now ``superseded`` under a MAC the operator cannot forge, so it is refused too. A row that does
+A head verifies (:meth:`PolicyAuth.head`) only when its own MAC and its version's MAC do, that
+version is ``active``, and it is the version the policy's latest ``policy-created`` or
+``policy-updated`` event names (its payload's ``hash``; the event is recorded in the transaction
+that moves the head, :meth:`confide.cas.core.Cas._activate`'s callers): a head row copied back
+from before an update names a version that is now ``superseded`` under a MAC the operator cannot
+forge, and the head and version rows both written back as they were before an update (each with
+its genuine MAC) name a version older than the later ``policy-updated`` event, so both are
+refused. A head with no such event at all is refused too (every version of the code recorded
+one, with the hash, at each creation and update). The ``events`` rows are the ledger's
+per-policy index, not MAC'd: deleting the later events rows as well defeats this check (the
+ledger's entries and tiles keep them; docs/limitations.md). A row that does
 not verify is :class:`PolicyRowsAltered` (a :class:`~confide.errors.StorageError`): the CAS
 neither releases under that policy nor changes it until the row is restored.
 
@@ -54,7 +62,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
 
-from confide.cas.db import POLICY_ROWS_BOUND_META, raw_execute, raw_executemany
+from confide.cas.db import HEAD_EVENT_TYPES, POLICY_ROWS_BOUND_META, raw_execute, raw_executemany
 from confide.cas.secrets import Sealer
 from confide.errors import StorageError
 from confide.lru import Lru
@@ -91,6 +99,12 @@ _HEAD = _JOINED + " WHERE h.name = ?"
 _VERSIONS = "SELECT name, hash, seq, predecessor, submitter, creator, state, key_id, mac FROM policies"
 _VERSION = _VERSIONS + " WHERE name = ? AND hash = ?"
 _VERSIONS_OF = _VERSIONS + " WHERE name = ? ORDER BY seq"
+# The latest event that moved the head: schema 16's partial index ``events_head_changes``, whose
+# ``type IN`` term (confide.cas.db.HEAD_EVENT_TYPES) this repeats as written
+_LAST_HEAD_EVENT = (
+    "SELECT payload FROM events WHERE policy = ? AND type IN ('policy-created', 'policy-updated') "
+    "ORDER BY seq DESC LIMIT 1"
+)
 _COUNTS = (
     "SELECT (SELECT COUNT(*) FROM policy_heads) + (SELECT COUNT(*) FROM policies) "
     "+ (SELECT COUNT(*) FROM approvals), (SELECT COUNT(mac) FROM policy_heads) "
@@ -165,15 +179,18 @@ def _text(value: object) -> bool:
 
 
 class PolicyAuth:
-    """Reads and writes the authenticated rows for one CAS (its sealer). Verified heads are
-    cached by their exact stored values (a row read again with the same values, MACs included,
-    under a key the sealer still holds, verified before), so the attestation path computes no
-    MAC for a head it has seen; any change to the row is a miss."""
+    """Reads and writes the authenticated rows for one CAS (its sealer). A verified head is
+    cached per policy with its exact stored values (a row read again with the same values, MACs
+    included, under a key the sealer still holds, verified before), so the attestation path
+    computes no MAC and reads no event for a head it has seen; any change to the row is a miss.
+    One entry per policy, replaced at each verification and dropped when this process moves the
+    head (:meth:`put_head`): a row written back from before a change this process has seen is
+    a miss, checked against the events again."""
 
     def __init__(self, sealer: Sealer, *, cache: int = 1024) -> None:
         self.sealer = sealer
         self._keys: dict[str, bytes] = {}
-        self._heads: Lru[tuple[object, ...], Head] = Lru(cache)
+        self._heads: Lru[str, tuple[tuple[object, ...], Head]] = Lru(cache)
 
     # --- keys ------------------------------------------------------------------------------------
 
@@ -198,20 +215,19 @@ class PolicyAuth:
         """``name``'s current version, its head and version rows verified (``None``: no such
         policy); PolicyRowsAltered when either does not verify or the version is not active."""
         row = raw_execute(conn, _HEAD, (name,)).fetchone()
-        return None if row is None else self._checked_head(name, tuple(row[1:]))
+        return None if row is None else self._checked_head(conn, name, tuple(row[1:]))
 
     def heads(self, conn: Connection) -> dict[str, Head]:
         """Every policy's current version, verified as :meth:`head` does."""
         rows = raw_execute(conn, _JOINED).fetchall()
-        return {str(r[0]): self._checked_head(str(r[0]), tuple(r[1:])) for r in rows}
+        return {str(r[0]): self._checked_head(conn, str(r[0]), tuple(r[1:])) for r in rows}
 
-    def _checked_head(self, name: str, row: tuple[object, ...]) -> Head:
-        key = (name, *row)
-        cached = self._heads.get(key)
-        if cached is not None:
+    def _checked_head(self, conn: Connection, name: str, row: tuple[object, ...]) -> Head:
+        cached = self._heads.get(name)
+        if cached is not None and cached[0] == row:
             held = self.sealer.key_ids  # a key rotated away: verified again (and refused)
             if row[3] in held and row[10] in held:
-                return cached
+                return cached[1]
         digest, revision, creator, key_id, mac = row[:5]
         if not (_text(digest) and _integer(revision) and _text(creator) and _text(mac)):
             raise PolicyRowsAltered(name, "current version (policy_heads)")
@@ -225,7 +241,12 @@ class PolicyAuth:
         version = self._checked_version(name, digest, row[5:])
         if version.state != "active":
             raise PolicyRowsAltered(name, f"current version {digest[:16]}… (it is {version.state})")
-        self._heads.put(key, head)
+        if _last_head_event_hash(conn, name) != digest:
+            # rows rolled back together, each with its genuine MAC (module docstring)
+            raise PolicyRowsAltered(
+                name, f"current version {digest[:16]}… (not the one its latest event names)"
+            )
+        self._heads.put(name, (row, head))
         return head
 
     def _checked_version(self, name: str, digest: str, row: Sequence[object]) -> Version:
@@ -265,7 +286,9 @@ class PolicyAuth:
         )
 
     def put_head(self, conn: Connection, name: str, head: Head, updated_at: float, *, new: bool) -> None:
-        """Write ``name``'s head (insert it when ``new``) with its MAC."""
+        """Write ``name``'s head (insert it when ``new``) with its MAC; the caller records the
+        ``policy-created`` / ``policy-updated`` event naming ``head.hash`` in the same transaction."""
+        self._heads.pop(name)
         key_id = self.writing_key_id(conn)
         mac = head_mac(self.key(key_id, name, "current version"), key_id, name, head)
         if new:
@@ -321,6 +344,23 @@ class PolicyAuth:
         bumped = head._replace(revision=head.revision + 1)
         self.put_head(conn, name, bumped, now, new=False)
         return bumped
+
+
+assert HEAD_EVENT_TYPES in _LAST_HEAD_EVENT  # the index's term, as written
+
+
+def _last_head_event_hash(conn: Connection, name: str) -> str | None:
+    """The ``hash`` the latest ``policy-created`` / ``policy-updated`` event of ``name`` names
+    (``None``: no such event, or one without a hash)."""
+    row = raw_execute(conn, _LAST_HEAD_EVENT, (name,)).fetchone()
+    if row is None:
+        return None
+    try:
+        payload = json.loads(str(row[0]))
+    except ValueError:
+        return None
+    digest = payload.get("hash") if isinstance(payload, dict) else None
+    return digest if isinstance(digest, str) else None
 
 
 def _all_versions(conn: Connection, auth: PolicyAuth) -> list[Version]:
