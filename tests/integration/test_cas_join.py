@@ -189,7 +189,9 @@ def _submissions_are_for_one_replica(
         assert applied.returncode == 0, applied.stderr
         assert applied.stdout.strip() == policy_hash(loads_policy(text))
         # Stored in the shared database: at the first, the name is taken (by this very version).
-        with pytest.raises(errors.ConflictError, match="the current version is " + applied.stdout.strip()):
+        with pytest.raises(
+            errors.ConflictError, match=f"predecessor: {applied.stdout.strip()}` \\(the current version\\)"
+        ):
             to_first._call("POST", "/v1/policies", json=for_first)
     finally:
         to_first.close()
