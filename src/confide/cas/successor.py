@@ -36,11 +36,11 @@ over to a successor version" describes the authorised hand-over implemented here
 4. **Withdrawals** (``confide/successor-withdrawal/v1``, signed the same way; docs/cas.md
    "Withdrawing an approval"): ``{"type", "approval", "master_key_id", "time", "signer"}``.
    ``approval`` is the approval's *digest*, SHA-256 of its RFC 8785 JSON (signature included);
-   ``time`` must be within :data:`~confide.cas.core.READ_WINDOW` of the CAS clock, as for the
-   other signed requests. Only the approval's own signer can withdraw it, once, before it
-   expires. The withdrawal is stored (``successor_withdrawals``, kept for good: the same approval
-   is never accepted or counted again) and recorded in the same transaction, which also
-   authenticates the board again with the set of withdrawals
+   ``time`` must be within :data:`~confide.cas.core.READ_WINDOW` of the CAS clock, as for
+   revocation requests (reads carry a nonce instead). Only the approval's own signer can
+   withdraw it, once, before it expires. The withdrawal is stored (``successor_withdrawals``,
+   kept for good: the same approval is never accepted or counted again) and recorded in the
+   same transaction, which also authenticates the board again with the set of withdrawals
    (:func:`~confide.cas.successor_board.bind_state`: deleting one is a StorageError). The
    release's transaction reads them, so a withdrawal committed before the release wins; its
    ledger entry names the digests of the approvals it counted.

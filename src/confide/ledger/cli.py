@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import httpx2
@@ -492,17 +492,25 @@ def _cas_inputs(identity_file: Path, key: str | None) -> tuple[Any, Any, Any]:
     )
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _audit_options(command: F) -> F:
+    """The options of ``ledger history`` and ``ledger accesses``: who reads, the log key, JSON."""
+    options = (
+        click.option("--identity", "identity_file", type=_PATH, required=True,
+                     help="Your identity file (a reader of POLICY; mode 0600): signs the read request."),
+        click.option("--key", metavar="VKEY", help="Pinned log key (default: $CONFIDE_LOG_KEY)."),
+        click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document."),
+    )  # fmt: skip
+    for option in reversed(options):  # as written above the function, top first
+        command = option(command)
+    return command
+
+
 @ledger.command("history")
 @click.argument("policy")
-@click.option(
-    "--identity",
-    "identity_file",
-    type=_PATH,
-    required=True,
-    help="Your identity file (a reader of POLICY; mode 0600): signs the read request.",
-)
-@click.option("--key", metavar="VKEY", help="Pinned log key (default: $CONFIDE_LOG_KEY).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
+@_audit_options
 def history_cmd(policy: str, identity_file: Path, key: str | None, as_json: bool) -> None:
     """Every version of POLICY: who signed it, who approved it (entries proven in the log)."""
     from confide.cas.audit import history, verified_events
@@ -525,15 +533,7 @@ def history_cmd(policy: str, identity_file: Path, key: str | None, as_json: bool
 
 @ledger.command("accesses")
 @click.argument("target", metavar="POLICY[/SECRET]")
-@click.option(
-    "--identity",
-    "identity_file",
-    type=_PATH,
-    required=True,
-    help="Your identity file (a reader of POLICY; mode 0600): signs the read request.",
-)
-@click.option("--key", metavar="VKEY", help="Pinned log key (default: $CONFIDE_LOG_KEY).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
+@_audit_options
 def accesses_cmd(target: str, identity_file: Path, key: str | None, as_json: bool) -> None:
     """Which attested services received POLICY's secrets, when, under which measurement."""
     from confide.cas.audit import accesses, verified_events
