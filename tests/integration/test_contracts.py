@@ -83,15 +83,14 @@ def cas(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
         script = f"exec confide cas serve --data-dir {data} --listen 127.0.0.1:{port} --dev"
         log = (base / f"cas{attempt}.log").open("wb")
         proc = subprocess.Popen(["bash", "-c", script], env=_env(), stdout=subprocess.DEVNULL, stderr=log)
-        probe = CasProcess(data, None, proc=proc)
+        probe, ready = CasProcess(data, None, proc=proc), False
         deadline = time.time() + 60
-        while time.time() < deadline and proc.poll() is None:
+        while not ready and time.time() < deadline and proc.poll() is None:
             if (data / "client.env").exists():
                 probe.env = client_env(data)
-                if probe._ready():
-                    break
+                ready = probe._ready()
             time.sleep(0.02)
-        if proc.poll() is None and probe.env:
+        if ready:
             assert probe.env["CONFIDE_CAS_URL"] == f"https://127.0.0.1:{port}"
             try:
                 yield data
@@ -100,6 +99,9 @@ def cas(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
                 proc.wait(timeout=20)
                 log.close()
             return
+        if proc.poll() is None:  # not serving within a minute
+            proc.kill()
+            proc.wait()
         log.close()
         if "cannot bind" not in (base / f"cas{attempt}.log").read_text():
             raise RuntimeError((base / f"cas{attempt}.log").read_text()[-2000:])
