@@ -6,7 +6,8 @@ A volume is a directory::
     DIR/MANIFEST.pending   manifest written by `add`, replaced into MANIFEST by `seal`
     DIR/MANIFEST.pending.base  the sealed tag that pending manifest was built on, with a MAC
     DIR/objects/<hex id>   one object per file, named by its random file id
-    DIR/.lock              flock(2) lock serialising writers
+    DIR/.lock              flock(2) lock serialising writers (created by the first one, never
+                           in a directory without MANIFEST)
 
 Every write goes to a temporary name and is renamed into place after fsync, so a crash or an
 error leaves the previous state intact (at worst unreferenced objects, removed by the next
