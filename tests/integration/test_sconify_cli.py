@@ -169,6 +169,77 @@ def test_an_unwritable_policy_out_fails_before_the_image_is_written(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "p.yaml", "src"]
 
 
+def _self_signed_pem(path: Path) -> None:
+    """A certificate file the CAS client loads (no CAS has its key: nothing verifies against it)."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not-a-cas")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+@pytest.mark.parametrize(
+    ("url", "cert", "message"),
+    [
+        ("https://127.0.0.1:9", None, "CONFIDE_CAS_CERT is not set"),
+        ("http://127.0.0.1:9", "cas.pem", "must be an https:// URL"),
+        ("https://127.0.0.1:9", "missing.pem", "cannot load the CAS certificate"),
+    ],
+)
+def test_cas_settings_the_policy_cannot_be_sent_with_fail_before_the_image_is_written(
+    tmp_path: Path, url: str, cert: str | None, message: str
+) -> None:
+    """--cas with no --key-out/--policy-out: the new volume key is only in the policy sent to the
+    CAS. A CAS URL or certificate the client cannot use was found after the image was written:
+    the image was left under a key that nothing held."""
+    image().write_layout(tmp_path / "src")
+    _self_signed_pem(tmp_path / "cas.pem")
+    assert confide("identity", "create", "--out", str(tmp_path / "owner.id")).returncode == 0
+    env = {"CONFIDE_CAS_CERT": str(tmp_path / cert)} if cert is not None else {}
+    r = run_confide(
+        "sconify", "--from", f"oci:{tmp_path / 'src'}", "--to", f"oci:{tmp_path / 'out'}", "--protect", "/app",
+        "--policy", "p", "--service", "s", "--cas", url, "--identity", tmp_path / "owner.id",
+        env=env, drop=("CONFIDE_CAS_CERT",), timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines() == [r.stderr.splitlines()[-1]], r.stderr
+    assert message in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_cas_says_the_image_may_be_unusable_not_that_the_cas_refused(tmp_path: Path) -> None:
+    """Nothing answers at --cas: the image is written, its key only in the policy that was not
+    delivered. The warning says so, without claiming that the CAS refused it (a connection
+    failure can also come after a CAS took the policy)."""
+    image().write_layout(tmp_path / "src")
+    _self_signed_pem(tmp_path / "cas.pem")
+    assert confide("identity", "create", "--out", str(tmp_path / "owner.id")).returncode == 0
+    r = run_confide(
+        "sconify", "--from", f"oci:{tmp_path / 'src'}", "--to", f"oci:{tmp_path / 'out'}", "--protect", "/app",
+        "--policy", "p", "--service", "s", "--cas", f"https://127.0.0.1:{_free_port()}",
+        "--identity", tmp_path / "owner.id", env={"CONFIDE_CAS_CERT": str(tmp_path / "cas.pem")}, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 40, r.stderr
+    warning, error = r.stderr.splitlines()[-2:]
+    assert warning.startswith("warning: unless the CAS took the policy before the connection failed"), (
+        r.stderr
+    )
+    assert "confide policy show p says" in warning and "refused" not in warning
+    assert error.startswith("error: NetworkError: cannot reach the CAS"), r.stderr
+
+
 def test_tampered_image_exit_code(tmp_path: Path) -> None:
     image().write_layout(tmp_path / "src")
     manifest, _, _ = read_layout(tmp_path / "src")

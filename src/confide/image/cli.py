@@ -7,18 +7,21 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from confide.errors import ConfideError, UsageError
+from confide.errors import ConfideError, NetworkError, UsageError
 from confide.fsutil import fsync_dir
 from confide.image.blobs import GZIP, NONE, ZSTD
 from confide.image.oci import parse_ref
 from confide.image.sconify import SconifyOptions, policy_yaml, sconify
 from confide.volume.keys import VolumeKey, load_key, write_key
+
+if TYPE_CHECKING:
+    from confide.cas.client import CasClient
 
 __all__ = ["sconify_cmd"]
 
@@ -211,6 +214,8 @@ def sconify_cmd(
     policy_file: _PrivateOutput | None = None
     new_key_file: Path | None = None  # the --key-out this run wrote
     dst_was_absent = False
+    client: CasClient | None = None
+    stack = contextlib.ExitStack()  # closes the client
     try:
         dst_ref = parse_ref(dst)
         dst_was_absent = dst_ref.kind != "docker" and not os.path.lexists(dst_ref.location)
@@ -230,9 +235,15 @@ def sconify_cmd(
         key_in_policy_only = key_file is None and key_out is None and policy_out is None
         signer = None
         if cas is not None and identity_file is not None:
+            from confide.cas.client import CasClient
             from confide.identity import load_identity
 
             signer = load_identity(identity_file)  # a bad identity file fails before any work
+            # So do a URL that is not https:// and a missing or unreadable $CONFIDE_CAS_CERT
+            # (the client is made here, no connection yet): found after the image was written,
+            # they left it under a new key that only the never-submitted policy held.
+            cert = os.environ.get("CONFIDE_CAS_CERT")
+            client = stack.enter_context(CasClient(cas, Path(cert) if cert else None))
         if policy_out is not None:
             policy_file = _PrivateOutput(policy_out)
         if key_file is None and key_out is not None:
@@ -265,20 +276,24 @@ def sconify_cmd(
             policy_file.commit(text)
             policy_file = None
         applied = None
-        if cas is not None and signer is not None:
-            from confide.cas.client import CasClient
+        if client is not None and signer is not None:
             from confide.policy import loads_policy
 
-            cert = os.environ.get("CONFIDE_CAS_CERT")
             try:
-                with CasClient(cas, Path(cert) if cert else None) as client:
-                    applied = client.apply(loads_policy(text, source="sconify policy"), signer)
-            except ConfideError:
+                applied = client.apply(loads_policy(text, source="sconify policy"), signer)
+            except ConfideError as exc:
                 if key_in_policy_only:
+                    # A NetworkError may also come after the CAS took the policy (its answer
+                    # lost): the image can then be opened, and "cannot" would be wrong.
+                    lost = (
+                        f"unless the CAS took the policy before the connection failed (confide policy "
+                        f"show {policy} says), the image written to {dst} cannot be opened"
+                        if isinstance(exc, NetworkError)
+                        else f"the CAS refused the policy: the image written to {dst} cannot be opened"
+                    )
                     click.echo(
-                        f"warning: the image written to {dst} cannot be opened: its new volume key "
-                        "was only in the policy, which the CAS refused (--key-out or --policy-out "
-                        "keeps a copy)",
+                        f"warning: {lost}: its new volume key was only in that policy (--key-out or "
+                        "--policy-out keeps a copy)",
                         err=True,
                     )
                 raise
@@ -291,6 +306,7 @@ def sconify_cmd(
         click.echo(f"error: {exc.diagnostics()}", err=True)
         sys.exit(exc.exit_code)
     finally:
+        stack.close()
         if policy_file is not None:
             policy_file.discard()
     click.echo(f"image: {result.manifest_digest}")
