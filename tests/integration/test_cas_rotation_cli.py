@@ -148,6 +148,15 @@ def test_to_seal_sev_snp_outside_snp_changes_nothing(tmp_path: Path) -> None:
     assert out.returncode == errors.UsageError.exit_code and "not a directory" in out.stderr
 
 
+def test_a_directory_without_a_master_key_is_left_as_it_was(tmp_path: Path) -> None:
+    """A mistyped --data-dir (not a CAS's): refused before the run lock, whose file stayed there."""
+    (tmp_path / "notes.txt").write_text("mine")
+    out = run_confide("cas", "rotate-master-key", "--data-dir", tmp_path)
+    assert out.returncode == errors.UsageError.exit_code, out.stderr
+    assert "holds no master key: nothing to rotate" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 EXPLICIT_VALUE = "explicit-e2e-value-9d41c7"
 EXPLICIT_KEY = "7a" * 32
 

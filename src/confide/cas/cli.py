@@ -393,6 +393,7 @@ def cas_rotate_master_key(
         raise UsageError("--batch-size and --batch-pause-ms are for --online (offline: one transaction)")
     from confide.cas.db import Database
     from confide.cas.ledger_sink import LedgerEventSink
+    from confide.cas.master_key import PLAIN_NAME, SEALED_NAME
     from confide.cas.rotation import rotate_master_key
     from confide.cas.runlock import run_lock
     from confide.cas.sealing import provider_for
@@ -401,6 +402,10 @@ def cas_rotate_master_key(
     target = provider_for(to_seal) if to_seal is not None else current
     if not data_dir.is_dir():
         raise UsageError(f"--data-dir: {str(data_dir)!r} is not a directory")
+    if not any((data_dir / name).exists() for name in (PLAIN_NAME, SEALED_NAME)):
+        # Before the run lock, which creates DIR/run.lock: a mistyped --data-dir (a home
+        # directory, say) is left as it was found. Under the lock, rotate_master_key checks again.
+        raise UsageError(f"{str(data_dir)!r} holds no master key: nothing to rotate")
     url = db_url or f"sqlite:///{(data_dir / 'cas.db').resolve()}"
     with run_lock(data_dir, url, exclusive=True):
         database = Database(url)
