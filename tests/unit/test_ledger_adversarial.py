@@ -18,6 +18,7 @@ import pytest
 
 from confide.cas.audit import verified_events
 from confide.errors import (
+    AccessDeniedError,
     ConsistencyError,
     EntryMismatchError,
     NetworkError,
@@ -169,6 +170,33 @@ def test_the_auditors_client_reads_no_further_than_the_largest_resource(
     client = HttpLogClient("http://log.test", client=httpx2.Client(transport=ok))
     assert client.fetch("checkpoint") == b"ok"
     assert client.fetch("missing") is None
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "expected"),
+    [
+        (b'{"error": {"class": "AccessDeniedError", "message": "entry bundles are not public"}}',
+         "tile/entries/000", AccessDeniedError),
+        (b"<html>403 Forbidden</html>", "tile/entries/000", NetworkError),  # a proxy's, say
+        (b'{"error": {"class": "UsageError", "message": "x"}}', "tile/entries/000", NetworkError),
+        (b"\xff\xfe", "tile/entries/000", NetworkError),
+        (b'{"error": {"class": "AccessDeniedError", "message": "x"}}', "tile/0/000", NetworkError),
+    ],
+)  # fmt: skip
+def test_only_the_cas_refusing_entry_bundles_is_reported_as_such(
+    body: bytes, path: str, expected: type[Exception]
+) -> None:
+    """`ledger verify --full` at a CAS: its 403 AccessDeniedError for tile/entries/ means that this
+    log serves no entries (--log-db); any other 403 stays an HTTP failure that says its status."""
+    transport = httpx2.MockTransport(lambda request: httpx2.Response(403, content=body))
+    client = HttpLogClient("http://log.test", client=httpx2.Client(transport=transport))
+    with pytest.raises(expected) as raised:
+        client.fetch(path)
+    assert type(raised.value) is expected
+    if expected is AccessDeniedError:
+        assert "--log-db" in str(raised.value)
+    else:
+        assert "HTTP 403, expected 200" in str(raised.value)
 
 
 # --- the log's witness client ----------------------------------------------------------------

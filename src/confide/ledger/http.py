@@ -19,6 +19,7 @@ PEM files).
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import ssl
 import time
@@ -120,6 +121,17 @@ def read_bounded(client: httpx2.Client, method: str, url: str, limit: int, **kwa
         raise NetworkError(f"{method} {url}: {exc}") from None
 
 
+def _cas_refusal(body: bytes) -> bool:
+    """Whether ``body`` is a CAS's error answer of class ``AccessDeniedError`` (``{"error":
+    {"class": ..., "message": ...}}``, confide.cas.app)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:  # not UTF-8 or not JSON (UnicodeDecodeError is a ValueError)
+        return False
+    error = doc.get("error") if isinstance(doc, dict) else None
+    return isinstance(error, dict) and error.get("class") == AccessDeniedError.__name__
+
+
 class HttpLogClient:
     """``fetch(path)`` = ``GET <base_url>/<path>``; ``None`` on 404. A ``429`` (a server's
     per-client rate limit) is retried after its ``Retry-After`` seconds, up to
@@ -145,10 +157,12 @@ class HttpLogClient:
             time.sleep(int(wait))
         if resp.status_code == 404:
             return None
-        if resp.status_code == 403 and path.startswith("tile/entries/"):
+        if resp.status_code == 403 and path.startswith("tile/entries/") and _cas_refusal(resp.content):
             # A CAS serves no entry bundles (each stakeholder reads its policies' entries with
             # inclusion proofs): an audit of every entry (`ledger verify --full`) needs the
             # database (docs/limitations.md "Entry readers"). Refused, not a transport failure.
+            # Only the CAS's own refusal says so: another 403 (a proxy's, a web server's) is
+            # an HTTP failure like any other, not a reason to point at a CAS and --log-db.
             raise AccessDeniedError(
                 f"GET {url}: this log does not serve its entries (a CAS gives each stakeholder its "
                 "policies' entries: confide ledger history|accesses); --full needs the log "
