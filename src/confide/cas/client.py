@@ -204,7 +204,10 @@ class CasClient:
         else:
             verify = False
             self.cas_spki_sha256 = None
-        self.http = httpx2.Client(base_url=self.url, verify=verify, timeout=timeout)
+        try:
+            self.http = httpx2.Client(base_url=self.url, verify=verify, timeout=timeout)
+        except httpx2.InvalidURL as exc:  # a port that is not a number, a broken IPv6 address
+            raise UsageError(f"the CAS URL {url[:80]!r} is not a valid URL: {exc}") from None
 
     @classmethod
     def from_env(cls) -> CasClient:
