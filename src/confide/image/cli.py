@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from confide.errors import ConfideError, NetworkError, UsageError
+from confide.errors import ConfideError, NetworkError, ParseError, UsageError
 from confide.fsutil import fsync_dir
 from confide.image.blobs import GZIP, NONE, ZSTD
 from confide.image.oci import parse_ref
@@ -281,15 +281,17 @@ def sconify_cmd(
 
             try:
                 applied = client.apply(loads_policy(text, source="sconify policy"), signer)
-            except ConfideError as exc:
+            except BaseException as exc:  # Ctrl-C while waiting for the CAS loses the key too
                 if key_in_policy_only:
-                    # A NetworkError may also come after the CAS took the policy (its answer
-                    # lost): the image can then be opened, and "cannot" would be wrong.
+                    # A NetworkError (or an interruption) may also come after the CAS took the
+                    # policy (its answer lost): the image can then be opened, and "cannot" would
+                    # be wrong.
+                    refused = isinstance(exc, ConfideError) and not isinstance(exc, NetworkError | ParseError)
                     lost = (
-                        f"unless the CAS took the policy before the connection failed (confide policy "
-                        f"show {policy} says), the image written to {dst} cannot be opened"
-                        if isinstance(exc, NetworkError)
-                        else f"the CAS refused the policy: the image written to {dst} cannot be opened"
+                        f"the CAS refused the policy: the image written to {dst} cannot be opened"
+                        if refused
+                        else f"unless the CAS took the policy before this stopped (confide policy show "
+                        f"{policy} says), the image written to {dst} cannot be opened"
                     )
                     click.echo(
                         f"warning: {lost}: its new volume key was only in that policy (--key-out or "
