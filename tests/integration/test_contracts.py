@@ -175,6 +175,24 @@ def test_cas_contract_as_issue_4_writes_it(cas: Path, tmp_path: Path) -> None:
     assert "SIMULATED TEE" in r.stderr  # said once the CAS accepted the simulated evidence
 
 
+def test_run_refused_after_the_cas_accepted_says_one_line_too(cas: Path, tmp_path: Path) -> None:
+    """The appraisal that confide run itself makes once the CAS accepted the simulated evidence:
+    a program measured as absent must lie inside a protected volume once mounted; here there is
+    none, so it is refused (MeasurementError) before anything starts. The simulated-TEE warning
+    and the notes on absent components came before that check: three lines for one refusal."""
+    alice = ok(sh("confide identity create --out alice.id", tmp_path, cas)).strip()
+    program = str(tmp_path / "later" / "app.sh")  # absent when measured and when run
+    measurement = ok(sh(f"confide sim measure -- {program}", tmp_path, cas)).strip()
+    policy = _policy("absent-run", measurement, [alice], 0).replace("./app.sh hello", program)
+    (tmp_path / "p.yaml").write_text(policy)
+    ok(sh("confide policy apply p.yaml --identity alice.id", tmp_path, cas))
+    refused = sh(f"confide run --config-id absent-run/app --tee sim -- {program}", tmp_path, cas)
+    assert refused.returncode == errors.MeasurementError.exit_code, refused.stderr
+    assert refused.stdout == ""
+    assert len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert refused.stderr.startswith("error: MeasurementError: "), refused.stderr
+
+
 def test_ledger_contract_as_issue_5_writes_it(cas: Path, tmp_path: Path) -> None:
     # (`ledger history|accesses POLICY --identity FILE` run as written in test_cas_e2e; the CAS's
     # own start is in the log, which is all the auditor needs here)

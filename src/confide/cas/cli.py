@@ -21,7 +21,10 @@ from confide.errors import ConfideError, UsageError
 from confide.identity import Identity, load_identity
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from confide.runtime.nvidia import GpuQuoteProvider
+    from confide.sim.measure import Measurement
 
 __all__ = ["cas", "identity", "policy", "run"]
 
@@ -1350,15 +1353,11 @@ def run(
         click.echo(f"error: {_one_line(exc.diagnostics())}", err=True)
         sys.exit(exc.exit_code)
     if tee == "sim":
-        # Said once the CAS accepted the simulated evidence, right before the program starts
-        # (before attestation it would be a second line next to a refusal's one-line reason).
-        click.echo("confide run: SIMULATED TEE - no hardware protection", err=True)
-        for item in measured.absent if measured is not None else ():
-            click.echo(
-                f"confide run: {item.path} does not exist yet: measured as absent, it must be inside a "
-                "protected volume once mounted",
-                err=True,
-            )
+        # Said right before the program starts, after everything that can still refuse it: the
+        # CAS's appraisal, and confide run's own once the volumes are mounted (an absent
+        # component outside them, a volume's tag): before them it would be more lines next to
+        # a refusal's one-line reason. Every simulated service that runs is preceded by it.
+        before_exec = functools.partial(_sim_warning, measured, before_exec)
     if measured is not None:
         plan = dataclasses.replace(plan, measured=measured)
     sys.stdout.flush()
@@ -1370,6 +1369,20 @@ def run(
         sys.exit(code)
     client.close()
     launch(plan, before_exec=before_exec)
+
+
+def _sim_warning(measured: Measurement | None, then: Callable[[], None] | None) -> None:
+    """``then`` (the GPUs' ready state), then the simulated TEE's warning and the notes on the
+    components ``measured`` as absent, on stderr."""
+    if then is not None:
+        then()
+    click.echo("confide run: SIMULATED TEE - no hardware protection", err=True)
+    for item in measured.absent if measured is not None else ():
+        click.echo(
+            f"confide run: {item.path} does not exist yet: measured as absent, it must be inside a "
+            "protected volume once mounted",
+            err=True,
+        )
 
 
 def _one_line(text: str) -> str:
