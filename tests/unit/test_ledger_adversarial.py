@@ -180,6 +180,7 @@ def test_the_auditors_client_reads_no_further_than_the_largest_resource(
         (b"<html>403 Forbidden</html>", "tile/entries/000", NetworkError),  # a proxy's, say
         (b'{"error": {"class": "UsageError", "message": "x"}}', "tile/entries/000", NetworkError),
         (b"\xff\xfe", "tile/entries/000", NetworkError),
+        (b"[" * 200_000, "tile/entries/000", NetworkError),  # json: RecursionError, not ValueError
         (b'{"error": {"class": "AccessDeniedError", "message": "x"}}', "tile/0/000", NetworkError),
     ],
 )  # fmt: skip

@@ -126,7 +126,7 @@ def _cas_refusal(body: bytes) -> bool:
     {"class": ..., "message": ...}}``, confide.cas.app)."""
     try:
         doc = json.loads(body)
-    except ValueError:  # not UTF-8 or not JSON (UnicodeDecodeError is a ValueError)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deep to read
         return False
     error = doc.get("error") if isinstance(doc, dict) else None
     return isinstance(error, dict) and error.get("class") == AccessDeniedError.__name__
