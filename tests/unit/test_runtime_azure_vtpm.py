@@ -567,5 +567,6 @@ def test_cli_run_az_vtpm_uses_the_vtpm(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setattr(CasClient, "from_env", classmethod(lambda cls: FakeCas()))
     monkeypatch.setattr(tpm, "DEFAULT_TPM_DEVICE", tmp_path / "tpmrm0")
     result = CliRunner().invoke(cli.run, ["--config-id", "p/s", "--tee", "az-vtpm", "--", "/bin/true"])
-    assert isinstance(result.exception, UsageError), result.output
-    assert f"{str(tmp_path / 'tpmrm0')!r} does not exist: this machine has no (v)TPM" in str(result.exception)
+    assert result.exit_code == UsageError.exit_code, result.output
+    assert result.output.startswith("error: UsageError: ") and result.output.count("\n") == 1, result.output
+    assert f"{str(tmp_path / 'tpmrm0')!r} does not exist: this machine has no (v)TPM" in result.output

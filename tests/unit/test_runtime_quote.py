@@ -427,7 +427,9 @@ def test_cli_run_sends_evidence_of_the_platform_asked_for(
     fake_tsm: Path, expect: Platform, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     result, calls, cas = _run_cli(monkeypatch, fake_tsm, str(expect))
-    assert isinstance(result.exception, NetworkError), result.output  # the recording CAS stopped it
+    # the recording CAS stopped it: confide run's one-line refusal and the error's exit code
+    assert result.exit_code == NetworkError.exit_code, result.output
+    assert result.output == "error: NetworkError: the test stops here\n"
     assert calls == ["from_env", "nonce", "attest"]
     assert cas.request is not None and cas.request["platform"] == str(expect)
     assert os.listdir(fake_tsm) == []
