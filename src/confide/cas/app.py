@@ -30,7 +30,7 @@ from prometheus_client.utils import floatToGoString
 from starlette.exceptions import HTTPException
 
 from confide import __version__, errors, jsonstrict
-from confide.cas.core import NONCE_TTL, READ_NONCE_PATH, READ_TYPE, Cas
+from confide.cas.core import NONCE_TTL, READ_NONCE_PATH, READ_TYPE, Cas, is_opaque_refusal
 from confide.cas.crl import crl_pem
 from confide.cas.db import WriteBatcher, raw_connection
 from confide.cas.fetch_stats import BUCKETS, FetchStats
@@ -45,6 +45,7 @@ from confide.cas.public_http import (
     crl_response,
     ocsp_response,
 )
+from confide.cas.refusal_delay import ARRIVED, RefusalDelay, RefusalDelayCollector
 from confide.cas.secrets import OCSP_PATH
 from confide.cas.successor import Successors
 from confide.cas.verifier import Prefetched
@@ -145,6 +146,7 @@ def create_app(
     write_limiter: RateLimiter | None = None,
     public_http: PublicApp | None = None,
     witness_guard: WitnessGuard | None = None,
+    refusal_delay: RefusalDelay | None = None,
 ) -> FastAPI:
     """The CAS's API; ``cas_evidence``: its own evidence (``GET /v1/cas/evidence``), whose
     refreshes and their failures ``/metrics`` counts. ``http_limits``: the server's connection
@@ -157,7 +159,10 @@ def create_app(
     ``witness_guard``: with ``cas serve --witness-quorum`` (docs/cas.md "Witness quorum"), every
     POST but OCSP's and read nonces' (releases, other nonces, policy and board changes, volume
     tags) is answered 503 while the guard refuses (a witness's rollback or fork answer, or
-    ``--witness-max-lag`` passed), and ``/metrics`` shows what the witnesses said."""
+    ``--witness-max-lag`` passed), and ``/metrics`` shows what the witnesses said.
+    ``refusal_delay``: with ``cas serve --opaque-refusals`` (docs/cas.md "Opaque refusals"), each
+    opaque refusal (``confide.cas.core.is_opaque_refusal``) is answered no earlier than the
+    delay after its request's body was read (``None``: at once)."""
     registry = CollectorRegistry()
     requests = _Counts("confide_requests", "HTTP requests", ("route", "status"))
     registry.register(requests)
@@ -189,7 +194,15 @@ def create_app(
 
     @app.exception_handler(ConfideError)
     async def _confide_error(request: Request, exc: ConfideError) -> JSONResponse:
-        return _error_response(exc)
+        response = _error_response(exc)
+        if refusal_delay is not None and is_opaque_refusal(exc):
+            # docs/cas.md "Opaque refusals": a refusal the full stack answers (a volume tag
+            # report's; an attestation the fast path declined) waits here, on the event loop,
+            # once the worker thread that decided it is free. The arrival is observe's.
+            scope = request.scope
+            arrived = scope.get(ARRIVED)
+            await refusal_delay.wait(refusal_delay.now() if arrived is None else arrived, scope["path"])
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -246,6 +259,9 @@ def create_app(
             # a larger one (declared or sent) is refused with 413 without being read further;
             # one that would take the bodies held at once past MAX_BODIES, with 503.
             body, whole = await _read_body(scope, receive, budget, held)
+            # docs/cas.md "Opaque refusals": the request arrived once its body is in; an opaque
+            # refusal is answered no earlier than --refusal-delay after this.
+            arrived = refusal_delay.now() if refusal_delay is not None else 0.0
             if body is None:
                 response = _refusal(held[0] < 0)
                 status = response.status_code
@@ -267,10 +283,19 @@ def create_app(
                 endpoint, wants_body = fast
                 data = (_json_object(body) if whole else None) if wants_body else {}
                 if data is not None:
+                    opaque = False
                     try:
                         response = await (endpoint(data) if wants_body else endpoint())
                     except ConfideError as exc:
                         response = _error_response(exc)
+                        opaque = refusal_delay is not None and is_opaque_refusal(exc)
+                    if opaque and refusal_delay is not None:
+                        # docs/cas.md "Opaque refusals": the answer waits for its deadline on
+                        # the loop; the body (up to MAX_BODY) is not held meanwhile.
+                        body = data = None
+                        budget.give(held[0])
+                        held[0] = 0
+                        await refusal_delay.wait(arrived, path)
                     status = response.status_code
                     await _send_response(response, send)
                     return
@@ -282,6 +307,8 @@ def create_app(
                     seen[0] = message["status"]
                 await send(message)
 
+            if refusal_delay is not None:
+                scope[ARRIVED] = arrived
             try:
                 await inner(scope, _replay(body, whole, receive), send_wrapper)
             finally:
@@ -526,6 +553,8 @@ def create_app(
         registry.register(_WitnessCollector(witness_guard))
     if cas.key_release is not None and cas.key_release.own_tcb is not None:
         registry.register(_OwnTcbCollector(cas.key_release.own_tcb))
+    if refusal_delay is not None:
+        registry.register(RefusalDelayCollector(refusal_delay))
 
     @app.get("/metrics")
     def metrics() -> Response:

@@ -177,6 +177,7 @@ __all__ = [
     "binding_report_data",
     "check_binding",
     "decrypt_release",
+    "is_opaque_refusal",
     "sign_document",
     "spki_sha256",
     "verify_signed",
@@ -356,6 +357,16 @@ OPAQUE_TAG_REFUSAL = (
 )
 # How much of a reason the ledger entry (and the log line) keeps.
 REASON_CHARS = 500
+
+
+def is_opaque_refusal(exc: ConfideError) -> bool:
+    """Whether ``exc`` is one of the two opaque answers (docs/cas.md "Opaque refusals"): what
+    ``cas serve --refusal-delay`` holds back until its deadline (confide.cas.refusal_delay).
+    Only this module makes them, and only with ``--opaque-refusals``."""
+    kind = type(exc)
+    return (kind is AppraisalError and exc.message == OPAQUE_ATTEST_REFUSAL) or (
+        kind is AccessDeniedError and exc.message == OPAQUE_TAG_REFUSAL
+    )
 
 
 class _Miss(Exception):
