@@ -10,6 +10,20 @@ accepted attestation's (the peer measured in the same run). Request building (ru
 evidence) is outside the timed calls.
 
     PYTHONPATH=src .venv/bin/python bench/opaque_timing.py [--rounds 300] [--json]
+
+With ``--served``, the same causes over real HTTPS instead, against ``cas serve --dev
+--opaque-refusals`` run as its own process (SQLite, the group commit's durable write), twice in
+one run: with ``--refusal-delay 0`` (answered when ready) and with ``--refusal-delay D``
+(``--delay``, default the CAS's default). Each sample is one ``POST /v1/attest`` on a kept-alive
+connection, timed by the client from the request's start to the whole answer (the nonce is
+fetched and the evidence built before). Per cause: median, p10, p90, p99, max, the ratio of its
+median to the accepted attestation's (the peer, measured in the same run), and the refusals'
+spread (the largest refusal median over the smallest); ``confide_opaque_refusals_total`` from
+the CAS's ``/metrics`` says how many refusals missed the deadline. ``--background R``: another
+process keeps R accepted attestations a second going meanwhile (open loop), a CAS under load.
+
+    PYTHONPATH=src .venv/bin/python bench/opaque_timing.py --served [--rounds 200] [--delay 0.05]
+        [--background 0]
 """
 
 from __future__ import annotations
@@ -18,17 +32,26 @@ import argparse
 import base64
 import json
 import logging
+import multiprocessing
+import os
+import re
+import ssl
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx2
+from _served_cas import ROOT, start_cas
 from _sim_request import MEASUREMENT, POLICY, sim_attest_request
 
 from confide.cas.client import policy_submission
-from confide.cas.core import binding_report_data
+from confide.cas.core import OPAQUE_ATTEST_REFUSAL, binding_report_data
+from confide.cas.refusal_delay import DEFAULT_REFUSAL_DELAY
 from confide.cas.server import prepare
 from confide.identity import Identity
 from confide.policy.loader import loads_policy
@@ -41,7 +64,13 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--served", action="store_true", help="over HTTPS against cas serve (above)")
+    parser.add_argument("--delay", type=float, default=DEFAULT_REFUSAL_DELAY, help="--refusal-delay")
+    parser.add_argument("--background", type=float, default=0.0, help="accepted attestations/s meanwhile")
     args = parser.parse_args()
+    if args.served:
+        served(args)
+        return
     # the refusals' log lines (one per refusal, WARNING) are not what is measured: dropped here
     logging.getLogger("confide.cas").addHandler(logging.NullHandler())
     logging.getLogger("confide.cas").propagate = False
@@ -53,30 +82,7 @@ def main() -> None:
         cas.apply(policy_submission(loads_policy(POLICY), Identity.generate(), cas=cas.tls_spki_sha256))
         platform = SimPlatform.load(Path(env["CONFIDE_SIM_DIR"]))
 
-        def plain(policy: str, service: str, measurement: str = MEASUREMENT) -> Callable[[], dict[str, Any]]:
-            return lambda: sim_attest_request(
-                platform, cas.new_nonce(), policy=policy, service=service, measurement=measurement
-            )[1]
-
-        def debug() -> dict[str, Any]:
-            _, body = sim_attest_request(platform, cas.new_nonce(), policy="bench", service="app",
-                                         measurement=MEASUREMENT)  # fmt: skip
-            der = base64.b64decode(body["public_key"])
-            body["evidence"] = base64.b64encode(
-                platform.issue(
-                    report_data=binding_report_data(der, bytes.fromhex(body["nonce"])),
-                    measurement=bytes.fromhex(MEASUREMENT), timestamp=int(time.time()), debug=True,
-                ).to_bytes()
-            ).decode()  # fmt: skip
-            return body
-
-        causes: dict[str, Callable[[], dict[str, Any]]] = {
-            "accepted": plain("bench", "app"),
-            "unknown_policy": plain("nope", "app"),
-            "unknown_service": plain("bench", "other"),
-            "wrong_measurement": plain("bench", "app", "cd" * 48),
-            "debug_not_tolerated": debug,
-        }
+        causes = _causes(platform, cas.new_nonce)
         names = list(causes)
         phase1: dict[str, list[float]] = {n: [] for n in names}
         whole: dict[str, list[float]] = {n: [] for n in names}
@@ -120,6 +126,155 @@ def main() -> None:
         for name, row in result[what].items():  # type: ignore[union-attr]
             print(f"  {name:20s} median {row['median_us']:8.0f} us  p10 {row['p10_us']:8.0f} us  "
                   f"{row['median_over_accepted']:.2f}x accepted")  # fmt: skip
+
+
+def _causes(platform: SimPlatform, nonce: Callable[[], str]) -> dict[str, Callable[[], dict[str, Any]]]:
+    """The request of each cause, for a fresh nonce (over HTTP: fetched from the CAS)."""
+
+    def plain(policy: str, service: str, measurement: str = MEASUREMENT) -> Callable[[], dict[str, Any]]:
+        return lambda: sim_attest_request(
+            platform, nonce(), policy=policy, service=service, measurement=measurement
+        )[1]
+
+    def debug() -> dict[str, Any]:
+        _, body = sim_attest_request(
+            platform, nonce(), policy="bench", service="app", measurement=MEASUREMENT
+        )
+        der = base64.b64decode(body["public_key"])
+        body["evidence"] = base64.b64encode(
+            platform.issue(
+                report_data=binding_report_data(der, bytes.fromhex(body["nonce"])),
+                measurement=bytes.fromhex(MEASUREMENT), timestamp=int(time.time()), debug=True,
+            ).to_bytes()
+        ).decode()  # fmt: skip
+        return body
+
+    return {
+        "accepted": plain("bench", "app"),
+        "unknown_policy": plain("nope", "app"),
+        "unknown_service": plain("bench", "other"),
+        "wrong_measurement": plain("bench", "app", "cd" * 48),
+        "debug_not_tolerated": debug,
+    }
+
+
+def _client(env: dict[str, str]) -> httpx2.Client:
+    return httpx2.Client(
+        base_url=env["CONFIDE_CAS_URL"],
+        verify=ssl.create_default_context(cafile=env["CONFIDE_CAS_CERT"]),
+        timeout=60,
+    )
+
+
+def _background(env: dict[str, str], rate: float, stop: Any) -> None:
+    """Accepted attestations at ``rate`` a second (open loop: each at its scheduled time, or at
+    once when late), until ``stop`` is set."""
+    platform = SimPlatform.load(Path(env["CONFIDE_SIM_DIR"]))
+    with _client(env) as http:
+        accepted = _causes(platform, lambda: str(http.post("/v1/attest/nonce").json()["nonce"]))["accepted"]
+        due = time.monotonic()
+        while not stop.is_set():
+            response = http.post("/v1/attest", json=accepted())
+            assert response.status_code == 200, response.text
+            due += 1.0 / rate
+            pause = due - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+
+
+def _deadlines(metrics: str, deadline: str) -> float:
+    """``confide_opaque_refusals_total{route="/v1/attest", deadline=...}`` in a scrape."""
+    pattern = rf'^confide_opaque_refusals_total\{{deadline="{deadline}",route="/v1/attest"\}} (\S+)$'
+    found = re.search(pattern, metrics, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def _served_run(work: Path, delay: float, rounds: int, background: float) -> dict[str, Any]:
+    """One CAS with ``--refusal-delay delay``: the causes' times over HTTPS, and its counter."""
+    proc, env = start_cas(
+        work, "--opaque-refusals", "--refusal-delay", str(delay), "--attest-rate", "0", "--write-rate", "0"
+    )
+    loader = None
+    try:
+        run_env = {**os.environ, **env, "PYTHONPATH": str(ROOT / "src")}
+        identity = work / "alice.id"
+        for command in (["identity", "create", "--out", str(identity)],
+                        ["policy", "apply", str(work / "p.yaml"), "--identity", str(identity)]):  # fmt: skip
+            subprocess.run([sys.executable, "-m", "confide", *command], env=run_env, check=True,
+                           capture_output=True)  # fmt: skip
+        platform = SimPlatform.load(Path(env["CONFIDE_SIM_DIR"]))
+        stop = multiprocessing.Event()
+        if background > 0:
+            loader = multiprocessing.Process(target=_background, args=(env, background, stop))
+            loader.start()
+        with _client(env) as http:
+            causes = _causes(platform, lambda: str(http.post("/v1/attest/nonce").json()["nonce"]))
+            names = list(causes)
+            samples: dict[str, list[float]] = {n: [] for n in names}
+            for name in names:  # warm: the connection, the accepted service's snapshot
+                http.post("/v1/attest", json=causes[name]())
+            for r in range(rounds):
+                for name in names[r % len(names) :] + names[: r % len(names)]:
+                    body = causes[name]()
+                    start = time.perf_counter()
+                    response = http.post("/v1/attest", json=body)
+                    samples[name].append(time.perf_counter() - start)
+                    if name == "accepted":
+                        assert response.status_code == 200, response.text
+                    else:
+                        assert response.status_code == 403, response.text
+                        assert response.json()["error"]["message"] == OPAQUE_ATTEST_REFUSAL
+            metrics = http.get("/metrics").text
+        stop.set()
+        counts = {deadline: _deadlines(metrics, deadline) for deadline in ("met", "missed")}
+    finally:
+        if loader is not None:
+            loader.join(timeout=30)
+        proc.terminate()
+        proc.wait(timeout=30)
+    return {"delay": delay, "samples": samples, "deadlines": counts}
+
+
+def served(args: argparse.Namespace) -> None:
+    runs = []
+    for delay in (0.0, args.delay):
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            (work / "p.yaml").write_text(POLICY)
+            runs.append(_served_run(work, delay, args.rounds, args.background))
+    out: list[dict[str, Any]] = []
+    for run in runs:
+        samples = run["samples"]
+        base = statistics.median(samples["accepted"])
+        rows = {}
+        for name, unsorted in samples.items():
+            xs = sorted(unsorted)
+            rows[name] = {
+                "median_ms": statistics.median(xs) * 1e3,
+                "p10_ms": xs[len(xs) // 10] * 1e3,
+                "p90_ms": xs[len(xs) * 9 // 10] * 1e3,
+                "p99_ms": xs[min(len(xs) - 1, len(xs) * 99 // 100)] * 1e3,
+                "max_ms": xs[-1] * 1e3,
+                "median_over_accepted": statistics.median(xs) / base,
+            }
+        refusal_medians = [row["median_ms"] for name, row in rows.items() if name != "accepted"]
+        out.append({"refusal_delay": run["delay"], "causes": rows, "deadlines": run["deadlines"],
+                    "refusal_spread": max(refusal_medians) / min(refusal_medians)})  # fmt: skip
+    result = {"rounds": args.rounds, "background_per_second": args.background, "runs": out}
+    if args.json:
+        print(json.dumps(result))
+        return
+    for run in out:
+        print(f"--refusal-delay {run['refusal_delay']:g} s, POST /v1/attest over HTTPS, {args.rounds} each"
+              f" (background: {args.background:g} accepted/s):")  # fmt: skip
+        for name, row in run["causes"].items():
+            print(f"  {name:20s} median {row['median_ms']:7.2f} ms  p10 {row['p10_ms']:7.2f}  p90 "
+                  f"{row['p90_ms']:7.2f}  p99 {row['p99_ms']:7.2f}  max {row['max_ms']:7.2f} ms  "
+                  f"{row['median_over_accepted']:6.2f}x accepted")  # fmt: skip
+        print(
+            f"  refusals' medians, largest over smallest: {run['refusal_spread']:.3f}x;"
+            f" deadlines met {run['deadlines']['met']:g}, missed {run['deadlines']['missed']:g}"
+        )
 
 
 if __name__ == "__main__":
