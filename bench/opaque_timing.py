@@ -11,19 +11,22 @@ evidence) is outside the timed calls.
 
     PYTHONPATH=src .venv/bin/python bench/opaque_timing.py [--rounds 300] [--json]
 
-With ``--served``, the same causes over real HTTPS instead, against ``cas serve --dev
---opaque-refusals`` run as its own process (SQLite, the group commit's durable write), twice in
-one run: with ``--refusal-delay 0`` (answered when ready) and with ``--refusal-delay D``
-(``--delay``, default the CAS's default). Each sample is one ``POST /v1/attest`` on a kept-alive
-connection, timed by the client from the request's start to the whole answer (the nonce is
-fetched and the evidence built before). Per cause: median, p10, p90, p99, max, the ratio of its
-median to the accepted attestation's (the peer, measured in the same run), and the refusals'
-spread (the largest refusal median over the smallest); ``confide_opaque_refusals_total`` from
-the CAS's ``/metrics`` says how many refusals missed the deadline. ``--background R``: another
-process keeps R accepted attestations a second going meanwhile (open loop), a CAS under load.
+With ``--served``, the same causes over real HTTPS instead, against two ``cas serve --dev
+--opaque-refusals`` processes running at once (SQLite, the group commit's durable write; no rate
+limits): one with ``--refusal-delay 0`` (answered when ready), one with ``--refusal-delay D``
+(``--delay``, default the CAS's default). Each round sends one request of each cause to each
+CAS, in a rotating order, so both see the same machine load. Each sample is one ``POST
+/v1/attest`` on a kept-alive connection, timed by the client from the request's start to the
+whole answer (the nonce is fetched and the evidence built before). Per cause and CAS: median,
+p10, p90, p99, max, the ratio of its median to the accepted attestation's (the peer, measured
+in the same run), and the refusals' spread (the largest refusal median over the smallest);
+``confide_opaque_refusals_total`` from each CAS's ``/metrics`` says how many refusals missed
+the deadline. ``--background R``: meanwhile ``--loaders K`` processes per CAS send it R
+accepted attestations a second in all (open loop; the rate achieved is printed: a loader that
+cannot keep up falls behind), a CAS under load.
 
     PYTHONPATH=src .venv/bin/python bench/opaque_timing.py --served [--rounds 200] [--delay 0.05]
-        [--background 0]
+        [--background 0 [--loaders 1]]
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def main() -> None:
     parser.add_argument("--served", action="store_true", help="over HTTPS against cas serve (above)")
     parser.add_argument("--delay", type=float, default=DEFAULT_REFUSAL_DELAY, help="--refusal-delay")
     parser.add_argument("--background", type=float, default=0.0, help="accepted attestations/s meanwhile")
+    parser.add_argument("--loaders", type=int, default=1, help="processes sending the background load")
     args = parser.parse_args()
     if args.served:
         served(args)
@@ -166,9 +170,9 @@ def _client(env: dict[str, str]) -> httpx2.Client:
     )
 
 
-def _background(env: dict[str, str], rate: float, stop: Any) -> None:
+def _background(env: dict[str, str], rate: float, stop: Any, done: Any) -> None:
     """Accepted attestations at ``rate`` a second (open loop: each at its scheduled time, or at
-    once when late), until ``stop`` is set."""
+    once when late), until ``stop`` is set; ``done`` counts them."""
     platform = SimPlatform.load(Path(env["CONFIDE_SIM_DIR"]))
     with _client(env) as http:
         accepted = _causes(platform, lambda: str(http.post("/v1/attest/nonce").json()["nonce"]))["accepted"]
@@ -176,6 +180,8 @@ def _background(env: dict[str, str], rate: float, stop: Any) -> None:
         while not stop.is_set():
             response = http.post("/v1/attest", json=accepted())
             assert response.status_code == 200, response.text
+            with done.get_lock():
+                done.value += 1
             due += 1.0 / rate
             pause = due - time.monotonic()
             if pause > 0:
@@ -189,65 +195,99 @@ def _deadlines(metrics: str, deadline: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def _served_run(work: Path, delay: float, rounds: int, background: float) -> dict[str, Any]:
-    """One CAS with ``--refusal-delay delay``: the causes' times over HTTPS, and its counter."""
-    proc, env = start_cas(
-        work, "--opaque-refusals", "--refusal-delay", str(delay), "--attest-rate", "0", "--write-rate", "0"
-    )
-    loader = None
-    try:
-        run_env = {**os.environ, **env, "PYTHONPATH": str(ROOT / "src")}
+class _Served:
+    """One ``cas serve --dev --opaque-refusals --refusal-delay DELAY`` with the bench policy, a
+    kept-alive client and the request of each cause."""
+
+    def __init__(self, work: Path, delay: float) -> None:
+        self.delay = delay
+        work.mkdir()
+        (work / "p.yaml").write_text(POLICY)
+        self.proc, self.env = start_cas(
+            work,
+            "--opaque-refusals",
+            "--refusal-delay",
+            str(delay),
+            "--attest-rate",
+            "0",
+            "--write-rate",
+            "0",
+        )
+        run_env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT / "src")}
         identity = work / "alice.id"
         for command in (["identity", "create", "--out", str(identity)],
                         ["policy", "apply", str(work / "p.yaml"), "--identity", str(identity)]):  # fmt: skip
             subprocess.run([sys.executable, "-m", "confide", *command], env=run_env, check=True,
                            capture_output=True)  # fmt: skip
-        platform = SimPlatform.load(Path(env["CONFIDE_SIM_DIR"]))
-        stop = multiprocessing.Event()
-        if background > 0:
-            loader = multiprocessing.Process(target=_background, args=(env, background, stop))
-            loader.start()
-        with _client(env) as http:
-            causes = _causes(platform, lambda: str(http.post("/v1/attest/nonce").json()["nonce"]))
-            names = list(causes)
-            samples: dict[str, list[float]] = {n: [] for n in names}
-            for name in names:  # warm: the connection, the accepted service's snapshot
-                http.post("/v1/attest", json=causes[name]())
-            for r in range(rounds):
-                for name in names[r % len(names) :] + names[: r % len(names)]:
-                    body = causes[name]()
-                    start = time.perf_counter()
-                    response = http.post("/v1/attest", json=body)
-                    samples[name].append(time.perf_counter() - start)
-                    if name == "accepted":
-                        assert response.status_code == 200, response.text
-                    else:
-                        assert response.status_code == 403, response.text
-                        assert response.json()["error"]["message"] == OPAQUE_ATTEST_REFUSAL
-            metrics = http.get("/metrics").text
-        stop.set()
-        counts = {deadline: _deadlines(metrics, deadline) for deadline in ("met", "missed")}
-    finally:
-        if loader is not None:
-            loader.join(timeout=30)
-        proc.terminate()
-        proc.wait(timeout=30)
-    return {"delay": delay, "samples": samples, "deadlines": counts}
+        self.http = _client(self.env)
+        platform = SimPlatform.load(Path(self.env["CONFIDE_SIM_DIR"]))
+        self.causes = _causes(platform, lambda: str(self.http.post("/v1/attest/nonce").json()["nonce"]))
+        self.samples: dict[str, list[float]] = {n: [] for n in self.causes}
+        for body in self.causes.values():  # warm: the connection, the accepted service's snapshot
+            self.http.post("/v1/attest", json=body())
+
+    def sample(self, name: str) -> None:
+        body = self.causes[name]()
+        start = time.perf_counter()
+        response = self.http.post("/v1/attest", json=body)
+        self.samples[name].append(time.perf_counter() - start)
+        if name == "accepted":
+            assert response.status_code == 200, response.text
+        else:
+            assert response.status_code == 403, response.text
+            assert response.json()["error"]["message"] == OPAQUE_ATTEST_REFUSAL
+
+    def deadlines(self) -> dict[str, float]:
+        metrics = self.http.get("/metrics").text
+        return {deadline: _deadlines(metrics, deadline) for deadline in ("met", "missed")}
+
+    def stop(self) -> None:
+        self.http.close()
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
 
 
 def served(args: argparse.Namespace) -> None:
-    runs = []
-    for delay in (0.0, args.delay):
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            (work / "p.yaml").write_text(POLICY)
-            runs.append(_served_run(work, delay, args.rounds, args.background))
+    """Both CAS at once (``--refusal-delay 0`` and ``--delay``), their samples interleaved: each
+    round one request of each cause to each, in a rotating order, so both see the same load."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cases: list[_Served] = []
+        loaders: list[multiprocessing.Process] = []
+        stop = multiprocessing.Event()
+        done = [multiprocessing.Value("l", 0) for _ in range(2)]
+        try:
+            for k, delay in enumerate((0.0, args.delay)):
+                cases.append(_Served(Path(tmp) / f"cas{k}", delay))
+            if args.background > 0:
+                for k, case in enumerate(cases):
+                    for _ in range(args.loaders):
+                        loader = multiprocessing.Process(
+                            target=_background, args=(case.env, args.background / args.loaders, stop, done[k])
+                        )
+                        loader.start()
+                        loaders.append(loader)
+                time.sleep(1.0)
+            counted = [d.value for d in done]
+            began = time.monotonic()
+            names = list(cases[0].causes)
+            for r in range(args.rounds):
+                for name in names[r % len(names) :] + names[: r % len(names)]:
+                    for case in cases if r % 2 == 0 else cases[::-1]:
+                        case.sample(name)
+            took = time.monotonic() - began
+            achieved = [(d.value - c) / took for d, c in zip(done, counted, strict=True)]
+            deadlines = [case.deadlines() for case in cases]
+        finally:
+            stop.set()
+            for loader in loaders:
+                loader.join(timeout=30)
+            for case in cases:
+                case.stop()
     out: list[dict[str, Any]] = []
-    for run in runs:
-        samples = run["samples"]
-        base = statistics.median(samples["accepted"])
+    for case, counts, rate in zip(cases, deadlines, achieved, strict=True):
+        base = statistics.median(case.samples["accepted"])
         rows = {}
-        for name, unsorted in samples.items():
+        for name, unsorted in case.samples.items():
             xs = sorted(unsorted)
             rows[name] = {
                 "median_ms": statistics.median(xs) * 1e3,
@@ -258,7 +298,8 @@ def served(args: argparse.Namespace) -> None:
                 "median_over_accepted": statistics.median(xs) / base,
             }
         refusal_medians = [row["median_ms"] for name, row in rows.items() if name != "accepted"]
-        out.append({"refusal_delay": run["delay"], "causes": rows, "deadlines": run["deadlines"],
+        out.append({"refusal_delay": case.delay, "causes": rows, "deadlines": counts,
+                    "background_achieved_per_second": rate,
                     "refusal_spread": max(refusal_medians) / min(refusal_medians)})  # fmt: skip
     result = {"rounds": args.rounds, "background_per_second": args.background, "runs": out}
     if args.json:
@@ -266,7 +307,8 @@ def served(args: argparse.Namespace) -> None:
         return
     for run in out:
         print(f"--refusal-delay {run['refusal_delay']:g} s, POST /v1/attest over HTTPS, {args.rounds} each"
-              f" (background: {args.background:g} accepted/s):")  # fmt: skip
+              f" (background: {run['background_achieved_per_second']:.0f} accepted/s achieved of"
+              f" {args.background:g} asked):")  # fmt: skip
         for name, row in run["causes"].items():
             print(f"  {name:20s} median {row['median_ms']:7.2f} ms  p10 {row['p10_ms']:7.2f}  p90 "
                   f"{row['p90_ms']:7.2f}  p99 {row['p99_ms']:7.2f}  max {row['max_ms']:7.2f} ms  "
