@@ -33,9 +33,10 @@ __all__ = [
 ]
 
 DEFAULT_REFUSAL_DELAY = 0.05
-"""Seconds (docs/cas.md "Opaque refusals" and docs/performance.md "Refusal times by cause": the
-refusal paths over HTTP, the group commit's durable write included, end well within it under
-normal load; the slowest of them measured at a few milliseconds)."""
+"""Seconds (docs/cas.md "Opaque refusals", docs/performance.md "Refusal times by cause"): above
+the refusal paths over HTTPS, the group commit's durable write included; the slowest refusal
+measured on 2 vCPUs with SQLite took 9 ms idle, 34 ms under 100 attestations a second and 31 ms
+with the machine saturated."""
 
 MAX_REFUSAL_DELAY = 10.0
 """The longest delay accepted: each waiting refusal holds its connection (a per-client
