@@ -213,3 +213,10 @@ def test_cli_refuses_a_refusal_delay_without_opaque_refusals_or_out_of_range(tmp
     r = run_confide(*serve, "--opaque-refusals", "--refusal-delay", "soon")
     assert r.returncode == 2 and "'soon' is not a valid float" in r.stderr
     assert not (tmp_path / "cas").exists()  # refused before anything was created
+
+
+def test_the_cli_help_gives_the_modules_default() -> None:
+    from confide.cas.cli import cas_serve
+
+    (option,) = [p for p in cas_serve.params if p.name == "refusal_delay"]
+    assert f"default {DEFAULT_REFUSAL_DELAY:g}." in str(getattr(option, "help", ""))
