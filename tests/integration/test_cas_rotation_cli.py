@@ -22,6 +22,7 @@ from cli import run_confide
 from confide import errors
 from confide.cas.db import Database, raw_execute
 from confide.cas.master_key import PLAIN_NAME
+from confide.cas.runlock import run_lock
 from confide.cas.server import prepare
 
 SERVICE = (
@@ -130,8 +131,10 @@ def test_rotate_a_stopped_cas_and_the_service_gets_the_same_secrets(cas: CasProc
 @pytest.mark.skipif(Path("/dev/sev-guest").exists(), reason="an SEV-SNP guest")
 def test_to_seal_sev_snp_outside_snp_changes_nothing(tmp_path: Path) -> None:
     data = tmp_path / "cas"
-    cas, *_ = prepare(data, host="127.0.0.1", dev=True, db_url=None, collateral=None)
-    cas.db.dispose()
+    data.mkdir(mode=0o700)
+    with run_lock(data, None, exclusive=False):  # as `cas serve` prepares (its lock file stays)
+        cas, *_ = prepare(data, host="127.0.0.1", dev=True, db_url=None, collateral=None)
+        cas.db.dispose()
     before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file() and not p.name.startswith("cas.db")}
     out = run_confide("cas", "rotate-master-key", "--data-dir", data, "--to-seal", "sev-snp")
     assert out.returncode == errors.UsageError.exit_code and "not an SEV-SNP guest" in out.stderr, out.stderr

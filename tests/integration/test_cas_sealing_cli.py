@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from confide.cas.master_key import PLAIN_NAME, SEALED_NAME, seal_master_key
+from confide.cas.runlock import LOCK_NAME
 from confide.cas.sealing import GramineSealingKeyProvider
 from confide.errors import UsageError
 
@@ -71,5 +72,6 @@ def test_a_sealed_key_is_not_replaced_by_a_plain_one(tmp_path: Path) -> None:
     out = serve(data)  # the documented contract, --seal file by default
     assert out.returncode == UsageError.exit_code, out.stderr
     assert "--seal gramine (sgx-mrenclave)" in out.stderr
-    assert sorted(p.name for p in data.iterdir()) == [SEALED_NAME]
+    # nothing but the run lock's file (created by the first process that locks the directory)
+    assert sorted(p.name for p in data.iterdir()) == sorted([LOCK_NAME, SEALED_NAME])
     assert (data / SEALED_NAME).read_bytes() == sealed

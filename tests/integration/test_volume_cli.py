@@ -145,3 +145,24 @@ def test_a_writer_given_the_arguments_swapped_says_the_volume_comes_first(tmp_pa
         assert r.returncode == 50, (args, r.stderr)
         assert "cannot lock" in r.stderr and hint in r.stderr, (args, r.stderr)
     assert src.read_text() == "a\n"  # the source is left as it was
+
+
+def test_a_writer_in_an_empty_directory_leaves_it_empty(tmp_path: Path) -> None:
+    """`volume add`, `rm` or `seal` in an existing directory that is not a volume is refused
+    (exit 2, "not a protected volume") without creating the writer lock file there (it used to
+    leave `.lock` behind): the directory stays empty, and
+    `volume create` still accepts it afterwards."""
+    vol, key = tmp_path / "empty", tmp_path / "vol.key"
+    assert _run("create", str(tmp_path / "other"), "--key-out", str(key)).returncode == 0
+    vol.mkdir()
+    src = tmp_path / "a.txt"
+    src.write_text("a\n")
+    for args in (("add", str(vol), str(src)), ("rm", str(vol), "a.txt"), ("seal", str(vol))):
+        r = _run(*args, "--key", str(key))
+        assert r.returncode == 2, (args, r.stderr)
+        assert f"{str(vol)!r} is not a protected volume: MANIFEST missing" in r.stderr, (args, r.stderr)
+        assert list(vol.iterdir()) == [], args
+    r = _run("create", str(vol), "--key-out", str(tmp_path / "new.key"))
+    assert r.returncode == 0, r.stderr
+    assert _run("add", str(vol), str(src), "--key", str(tmp_path / "new.key")).returncode == 0
+    assert (vol / ".lock").is_file()  # a volume's writers lock it

@@ -301,25 +301,30 @@ def test_offline_rotation_and_a_cas_without_the_new_key_refuse_an_online_rotatio
 # --- the run lock ------------------------------------------------------------------------------
 
 
-def test_exclusive_needs_the_only_holder_and_keeps_the_shared_lock_when_refused(tmp_path: Path) -> None:
+def test_exclusive_keeps_the_directory_locked_throughout(tmp_path: Path) -> None:
+    # The directory's lock is exclusive from the start (one CAS per directory); exclusive()
+    # concerns the database's advisory lock (PostgreSQL: tests/integration), and with SQLite
+    # neither another CAS nor a rotation can start before, during or after it.
     with run_lock(tmp_path, None, exclusive=False) as mine:
-        with (
-            run_lock(tmp_path, None, exclusive=False),
-            pytest.raises(UsageError, match="another CAS process"),
-            mine.exclusive(),
-        ):
-            pass
-        # still held shared after the refusal: an offline rotation is refused
-        with pytest.raises(UsageError, match="a CAS is running"), run_lock(tmp_path, None, exclusive=True):
-            pass
-        with (
-            mine.exclusive(),  # exclusive now: no CAS starts meanwhile
-            pytest.raises(UsageError, match="rotation is running"),
-            run_lock(tmp_path, None, exclusive=False),
-        ):
-            pass
-        with run_lock(tmp_path, None, exclusive=False):  # shared again
-            pass
+        for _ in range(2):
+            with (
+                pytest.raises(UsageError, match="in use by another CAS"),
+                run_lock(tmp_path, None, exclusive=False),
+            ):
+                pass
+            with (
+                pytest.raises(UsageError, match="a CAS is running"),
+                run_lock(tmp_path, None, exclusive=True),
+            ):
+                pass
+            with (
+                mine.exclusive(),
+                pytest.raises(UsageError, match="in use by another CAS"),
+                run_lock(tmp_path, None, exclusive=False),
+            ):
+                pass
+    with run_lock(tmp_path, None, exclusive=True):  # released with the block
+        pass
 
 
 # --- the admin channel -------------------------------------------------------------------------

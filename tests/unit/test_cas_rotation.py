@@ -30,7 +30,6 @@ from confide.cas.rotation import (
     rotate_master_key,
     stored_master_key_id,
 )
-from confide.cas.runlock import run_lock
 from confide.cas.sealing import GramineSealingKeyProvider, SealingKeyProvider
 from confide.cas.secrets import Sealer
 from confide.cas.server import prepare
@@ -556,28 +555,6 @@ def test_a_rolled_back_pending_key_is_not_left_readable(tmp_path: Path) -> None:
     assert finish_interrupted_rotation(data, master_key_id(old), provider) == "rolled-back"
     assert [p.name for p in data.iterdir()] == [SEALED_NAME]
     assert unseal_master_key((data / SEALED_NAME).read_bytes(), provider) == old
-
-
-# --- the run lock ------------------------------------------------------------------------------
-
-
-def test_a_running_cas_and_a_rotation_exclude_each_other(tmp_path: Path) -> None:
-    with (
-        run_lock(tmp_path, None, exclusive=False),
-        run_lock(tmp_path, None, exclusive=False),
-        pytest.raises(UsageError, match="a CAS is running"),
-        run_lock(tmp_path, None, exclusive=True),
-    ):
-        pass
-    with (
-        run_lock(tmp_path, None, exclusive=True),
-        pytest.raises(UsageError, match="a master-key rotation is running"),
-        run_lock(tmp_path, None, exclusive=False),
-    ):
-        pass
-    with run_lock(tmp_path, None, exclusive=True):  # released: free again
-        pass
-    assert list(tmp_path.iterdir()) == []  # no lock file
 
 
 def test_a_start_that_seals_a_plain_key_advises_rotation(

@@ -99,6 +99,18 @@ def test_unsupported_key_type_and_tee() -> None:
         Quote.from_bytes(bytes(raw))
 
 
+def test_a_tdx_quote_made_version_3_is_told_tdx_needs_version_4_or_5() -> None:
+    """go-tdx-guest's TestNegativeVerification sets byte 0 of its TDX quote to 3 (MANIFEST.md
+    2b): the TEE type 0x81 is TDX, which a version 3 quote cannot be. The message said "got TEE
+    type 0x81, expected ... or 0x81", naming as expected the value it refused."""
+    raw = bytearray(_raw("tdx/google-go-tdx-guest/tdx_prod_quote_SPR_E4.dat"))
+    raw[0] = 3
+    with pytest.raises(ParseError) as info:
+        Quote.from_bytes(bytes(raw))
+    assert info.value.field == "header.tee_type" and info.value.offset == 4
+    assert "0x81 in a version 3 quote" in str(info.value) and "version 4 or 5 quote only" in str(info.value)
+
+
 def test_pem_chain_is_strict() -> None:
     raw = _raw("sgx/phala-dcap-qvl/sgx_quote")
     data = Quote.from_bytes(raw).signature_data.qe.certification.data

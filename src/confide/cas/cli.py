@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from confide.cas.sealing import SEAL_PROVIDERS
-from confide.errors import UsageError
+from confide.errors import ConfideError, UsageError
 from confide.identity import Identity, load_identity
 
 if TYPE_CHECKING:
@@ -1303,13 +1303,6 @@ def run(
             raise UsageError("--tee sim measures the command: give it after --")
         sim_provider = SimQuoteProvider.for_command(Path(sim_dir), list(command))
         provider, measured = sim_provider, sim_provider.launch_measurement
-        click.echo("confide run: SIMULATED TEE - no hardware protection", err=True)
-        for item in measured.absent if measured is not None else ():
-            click.echo(
-                f"confide run: {item.path} does not exist yet: measured as absent, it must be inside a "
-                "protected volume once mounted",
-                err=True,
-            )
     elif tee in ("tdx", "sev-snp"):
         from confide.verify.result import Platform
 
@@ -1353,7 +1346,23 @@ def run(
         # a nonce (after the GPU checks above, which come first as they did).
         configfs_check()
     client = CasClient.from_env()
-    plan = attest_and_prepare(client, provider, policy_name, service, list(command))
+    try:
+        plan = attest_and_prepare(client, provider, policy_name, service, list(command))
+    except ConfideError as exc:
+        # Issue #4's command-line contract: a refused attestation or appraisal is a non-zero
+        # exit code and a one-line reason (and nothing else on stderr: scripts read that line).
+        click.echo(f"error: {_one_line(exc.diagnostics())}", err=True)
+        sys.exit(exc.exit_code)
+    if tee == "sim":
+        # Said once the CAS accepted the simulated evidence, right before the program starts
+        # (before attestation it would be a second line next to a refusal's one-line reason).
+        click.echo("confide run: SIMULATED TEE - no hardware protection", err=True)
+        for item in measured.absent if measured is not None else ():
+            click.echo(
+                f"confide run: {item.path} does not exist yet: measured as absent, it must be inside a "
+                "protected volume once mounted",
+                err=True,
+            )
     if measured is not None:
         plan = dataclasses.replace(plan, measured=measured)
     sys.stdout.flush()
@@ -1365,6 +1374,12 @@ def run(
         sys.exit(code)
     client.close()
     launch(plan, before_exec=before_exec)
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line: its non-blank lines joined with "; " (a multi-line diagnostic,
+    such as a policy's list of problems, stays readable)."""
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 _GPU_TEES = ("tdx", "sev-snp", "az-vtpm", "sim")  # confide.policy.attestation.GPU_HOSTS

@@ -8,9 +8,9 @@ CAS's uid can use. The network API has no such operation.
 **Steps**, with the name the ``step`` hook is called with after each (the tests crash there):
 
 1. ``locked``: the CAS raises its run lock to exclusive (:meth:`~confide.cas.runlock.RunLock.
-   exclusive`): refused if another CAS process uses the data directory or another replica the
-   PostgreSQL database; while held, no CAS starts and no offline rotation runs. The database
-   must name this CAS's key and no other rotation.
+   exclusive`; the data directory's is exclusive from the CAS's start): refused if another
+   replica uses the PostgreSQL database; while held, no CAS starts and no offline rotation
+   runs. The database must name this CAS's key and no other rotation.
 2. ``key-written``: a fresh K1, sealed with the CAS's own ``--seal`` provider, durable as
    ``master.key.sealed.new`` (``master.key.new`` with ``--seal file``), read back and opened
    with a fresh sealing key. ``files-written``: with sealing, the TLS key and the log key under

@@ -25,12 +25,14 @@ The data directory holds (created on first start, mode 0700/0600):
 - ``dcap-tcb-evaluation.json``: the highest Intel TCB evaluation numbers verified with the
   CAS's own collateral, MAC'd under the master key (:mod:`confide.cas.tcb_floor`);
 - ``client.env``: ``export`` lines with what a client needs (``CONFIDE_CAS_URL``,
-  ``CONFIDE_CAS_CERT``, and with ``--dev`` ``CONFIDE_SIM_DIR``);
+  ``CONFIDE_CAS_CERT``, and with ``--dev`` ``CONFIDE_SIM_DIR``), replaced atomically
+  (:func:`~confide.fsutil.write_atomic`) at every start;
 - ``*.new``: only while ``confide cas rotate-master-key`` runs, or after it was interrupted
   (:mod:`confide.cas.rotation`: :func:`prepare` finishes or undoes it before reading any key,
-  and refuses a master key whose id is not the one the database names).
-
-A serving CAS holds the run lock (:mod:`confide.cas.runlock`) until it exits.
+  and refuses a master key whose id is not the one the database names);
+- ``run.lock``: the run lock (:mod:`confide.cas.runlock`), which a serving CAS holds
+  exclusively from before it reads anything in the directory until it exits: one ``cas serve``
+  per data directory. Kept between runs (0600; the holder's pid in it, a hint).
 
 With ``--tee tdx|sev-snp|sgx-gramine|az-vtpm`` the CAS obtains its own evidence at startup from
 that TEE's quote provider (:mod:`confide.runtime.quote`), bound to its TLS certificate and log
@@ -1126,7 +1128,8 @@ def serve(
         public_addr = _parse_listen(public_http_listen, "--public-http-listen", "0.0.0.0:8080")
     _configure_logging()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # Held until the process exits: `confide cas rotate-master-key` refuses to run meanwhile.
+    # Before anything in the directory is read or written, held until the process exits: a
+    # second `cas serve` on it, or `confide cas rotate-master-key`, is refused meanwhile.
     with run_lock(data_dir, db_url, exclusive=False) as lock:
         _serve(data_dir, host, port, lock=lock, dev=dev, db_url=db_url, collateral=collateral,
                witnesses=witnesses, witness_tls=witness_tls, seal=seal, tee=tee,

@@ -536,7 +536,8 @@ class Quote:
             )
         if header.tee_type not in (TeeType.SGX, TeeType.TDX) or (header.version == 3 and header.tee_type):
             raise r.error(
-                f"got TEE type {header.tee_type:#x}, expected 0x0 (SGX) or 0x81 (TDX, v4/v5)",
+                f"got TEE type {header.tee_type:#x} in a version {header.version} quote, expected "
+                "0x0 (SGX) or, in a version 4 or 5 quote only, 0x81 (TDX)",
                 "header.tee_type",
                 4,
             )

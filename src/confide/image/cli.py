@@ -93,7 +93,44 @@ class _RichProgress:
             self._p.advance(self._tasks[phase], advance)
 
 
-@click.command("sconify")
+_MULTI_VALUE = ("--protect", "--authenticate")
+
+
+def _spread_multi_values(args: list[str]) -> list[str]:
+    """``--protect A B --authenticate C D`` as ``--protect A --protect B --authenticate C
+    --authenticate D``: issue #6 writes ``--protect PATH... [--authenticate PATH...]``, which
+    reads both as the option repeated and as several paths after one option. sconify takes no
+    positional argument, so a bare word right after such an option's path (click would refuse it
+    as an "unexpected extra argument") can only be one more path of that option."""
+    out: list[str] = []
+    spreading: str | None = None  # the option whose paths are being read
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg == "--":
+            out.extend(args[i - 1 :])
+            break
+        if spreading is not None and not arg.startswith("-"):
+            out += [spreading, arg]
+            continue
+        spreading = None
+        out.append(arg)
+        if arg in _MULTI_VALUE and i < len(args):
+            out.append(args[i])  # its first value, as click reads it (even one starting with "-")
+            i += 1
+            spreading = arg
+        elif arg.startswith(tuple(f"{name}=" for name in _MULTI_VALUE)):
+            spreading = arg.split("=", 1)[0]
+    return out
+
+
+class _SconifyCommand(click.Command):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _spread_multi_values(args))
+
+
+@click.command("sconify", cls=_SconifyCommand)
 @click.option(
     "--from",
     "src",
@@ -103,10 +140,16 @@ class _RichProgress:
 )
 @click.option("--to", "dst", required=True, metavar="DST", help="Output image (same forms as --from).")
 @click.option(
-    "--protect", multiple=True, metavar="PATH", help="Encrypt this file/directory of the image (repeatable)."
+    "--protect",
+    multiple=True,
+    metavar="PATH",
+    help="Encrypt this file/directory of the image (repeatable, or several paths after one --protect).",
 )
 @click.option(
-    "--authenticate", multiple=True, metavar="PATH", help="Authenticate only (plaintext + MAC; repeatable)."
+    "--authenticate",
+    multiple=True,
+    metavar="PATH",
+    help="Authenticate only (plaintext + MAC; repeatable, or several paths after one --authenticate).",
 )
 @click.option("--policy", required=True, metavar="NAME", help="Policy (session) name.")
 @click.option("--service", required=True, metavar="NAME", help="Service name in the policy.")
@@ -178,11 +221,18 @@ def sconify_cmd(
         if key_file is not None:
             key = load_key(key_file)
         else:
-            if key_out is None and policy_out is None:
+            if key_out is None and policy_out is None and cas is None:
                 raise UsageError(
-                    "a new volume key would be lost: give --key-out FILE and/or --policy-out FILE"
+                    "a new volume key would be lost: give --key-out FILE and/or --policy-out FILE "
+                    "(or --cas URL --identity FILE, which keeps it in the policy on the CAS)"
                 )
             key = VolumeKey.generate()
+        key_in_policy_only = key_file is None and key_out is None and policy_out is None
+        signer = None
+        if cas is not None and identity_file is not None:
+            from confide.identity import load_identity
+
+            signer = load_identity(identity_file)  # a bad identity file fails before any work
         if policy_out is not None:
             policy_file = _PrivateOutput(policy_out)
         if key_file is None and key_out is not None:
@@ -215,16 +265,23 @@ def sconify_cmd(
             policy_file.commit(text)
             policy_file = None
         applied = None
-        if cas is not None and identity_file is not None:
+        if cas is not None and signer is not None:
             from confide.cas.client import CasClient
-            from confide.identity import load_identity
             from confide.policy import loads_policy
 
             cert = os.environ.get("CONFIDE_CAS_CERT")
-            with CasClient(cas, Path(cert) if cert else None) as client:
-                applied = client.apply(
-                    loads_policy(text, source="sconify policy"), load_identity(identity_file)
-                )
+            try:
+                with CasClient(cas, Path(cert) if cert else None) as client:
+                    applied = client.apply(loads_policy(text, source="sconify policy"), signer)
+            except ConfideError:
+                if key_in_policy_only:
+                    click.echo(
+                        f"warning: the image written to {dst} cannot be opened: its new volume key "
+                        "was only in the policy, which the CAS refused (--key-out or --policy-out "
+                        "keeps a copy)",
+                        err=True,
+                    )
+                raise
     except ConfideError as exc:
         if new_key_file is not None and dst_was_absent and not os.path.lexists(dst_ref.location):
             # Nothing was written under the new key (a local DST that did not exist still does

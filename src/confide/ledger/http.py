@@ -29,7 +29,7 @@ from typing import Any
 import httpx2
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from confide.errors import ConfideError, NetworkError, UsageError
+from confide.errors import AccessDeniedError, ConfideError, NetworkError, UsageError
 from confide.httpbody import read_body
 from confide.httpserve.limits import (
     HANDSHAKE_TIMEOUT,
@@ -145,6 +145,15 @@ class HttpLogClient:
             time.sleep(int(wait))
         if resp.status_code == 404:
             return None
+        if resp.status_code == 403 and path.startswith("tile/entries/"):
+            # A CAS serves no entry bundles (each stakeholder reads its policies' entries with
+            # inclusion proofs): an audit of every entry (`ledger verify --full`) needs the
+            # database (docs/limitations.md "Entry readers"). Refused, not a transport failure.
+            raise AccessDeniedError(
+                f"GET {url}: this log does not serve its entries (a CAS gives each stakeholder its "
+                "policies' entries: confide ledger history|accesses); --full needs the log "
+                "database (--log-db)"
+            )
         if resp.status_code != 200:
             raise NetworkError(f"GET {url}: HTTP {resp.status_code}, expected 200")
         return resp.content

@@ -6,7 +6,8 @@ A volume is a directory::
     DIR/MANIFEST.pending   manifest written by `add`, replaced into MANIFEST by `seal`
     DIR/MANIFEST.pending.base  the sealed tag that pending manifest was built on, with a MAC
     DIR/objects/<hex id>   one object per file, named by its random file id
-    DIR/.lock              flock(2) lock serialising writers
+    DIR/.lock              flock(2) lock serialising writers (created by the first one, never
+                           in a directory without MANIFEST)
 
 Every write goes to a temporary name and is renamed into place after fsync, so a crash or an
 error leaves the previous state intact (at worst unreferenced objects, removed by the next
@@ -121,12 +122,29 @@ def object_path(directory: Path, file_id: bytes) -> Path:
     return directory / OBJECTS_DIR / file_id.hex()
 
 
+def _open_lock(directory: Path) -> int:
+    """The volume's lock file, opened read-write, never through a symlink (the host could point
+    it anywhere in our file system and ``O_CREAT`` would create the file there). It is created
+    only in a protected volume: in an existing directory without ``MANIFEST`` nothing is created
+    (a command that fails there leaves the directory as it found it) and the
+    :class:`UsageError` is the one reading ``MANIFEST`` would raise. Other failures are the
+    ``OSError`` of the open that creates it."""
+    path = directory / LOCK_NAME
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags)
+    except FileNotFoundError:
+        if directory.is_dir() and not os.path.lexists(directory / MANIFEST_NAME):
+            raise UsageError(
+                f"{str(directory)!r} is not a protected volume: {MANIFEST_NAME} missing"
+            ) from None
+    return os.open(path, flags | os.O_CREAT, 0o600)
+
+
 @contextmanager
 def _locked(directory: Path) -> Iterator[None]:
     try:
-        # never through a symlink: the host could point it anywhere in our file system and
-        # O_CREAT would create the file there
-        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = _open_lock(directory)
     except OSError as exc:
         hint = ""
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
@@ -193,10 +211,11 @@ def lock_volume(directory: Path, *, shared: bool) -> int | None:
 
     Returns the lock's file descriptor (close it to release), or ``None`` if the lock file
     cannot be created (a read-only volume directory). Raises :class:`StorageError` when
-    another writer (or, for an exclusive lock, a mount) holds it.
+    another writer (or, for an exclusive lock, a mount) holds it, and :class:`UsageError` for a
+    directory that is not a volume (:func:`_open_lock`: nothing created).
     """
     try:
-        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = _open_lock(directory)
     except OSError:
         if shared:
             return None
