@@ -213,18 +213,22 @@ class _Served:
             "--write-rate",
             "0",
         )
-        run_env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT / "src")}
-        identity = work / "alice.id"
-        for command in (["identity", "create", "--out", str(identity)],
-                        ["policy", "apply", str(work / "p.yaml"), "--identity", str(identity)]):  # fmt: skip
-            subprocess.run([sys.executable, "-m", "confide", *command], env=run_env, check=True,
-                           capture_output=True)  # fmt: skip
-        self.http = _client(self.env)
-        platform = SimPlatform.load(Path(self.env["CONFIDE_SIM_DIR"]))
-        self.causes = _causes(platform, lambda: str(self.http.post("/v1/attest/nonce").json()["nonce"]))
-        self.samples: dict[str, list[float]] = {n: [] for n in self.causes}
-        for body in self.causes.values():  # warm: the connection, the accepted service's snapshot
-            self.http.post("/v1/attest", json=body())
+        try:
+            run_env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT / "src")}
+            identity = work / "alice.id"
+            for command in (["identity", "create", "--out", str(identity)],
+                            ["policy", "apply", str(work / "p.yaml"), "--identity", str(identity)]):  # fmt: skip
+                subprocess.run([sys.executable, "-m", "confide", *command], env=run_env, check=True,
+                               capture_output=True)  # fmt: skip
+            self.http = _client(self.env)
+            platform = SimPlatform.load(Path(self.env["CONFIDE_SIM_DIR"]))
+            self.causes = _causes(platform, lambda: str(self.http.post("/v1/attest/nonce").json()["nonce"]))
+            self.samples: dict[str, list[float]] = {n: [] for n in self.causes}
+            for body in self.causes.values():  # warm: the connection, the accepted service's snapshot
+                self.http.post("/v1/attest", json=body())
+        except BaseException:
+            self.proc.terminate()
+            raise
 
     def sample(self, name: str) -> None:
         body = self.causes[name]()

@@ -10,7 +10,7 @@ there), and the wait is an ``asyncio.sleep`` on the loop until that arrival plus
 thread and no loop iteration is held, only the connection (and, for a volume tag report, its
 small body). A refusal that took longer than the delay to decide (an overloaded CAS) is answered
 at once and counted as ``missed``: its time then shows again
-(``confide_opaque_refusals_total{route, deadline}``, docs/cas.md "Metrics").
+(``confide_opaque_refusals_total{route, deadline}`` in ``/metrics``).
 """
 
 from __future__ import annotations
