@@ -2223,18 +2223,26 @@ class Cas:
         """``runtime_der``: the SPKI DER ``runtime_key`` was loaded from. The key derivation
         binds the key's own encoding (uncompressed point); the request's bytes are that
         encoding when they have its fixed form, and are then not serialised again."""
+        eph_der, iv, ciphertext = self._seal(_RELEASE_JSON(config).encode(), runtime_key, nonce, runtime_der)
+        return {
+            "cas_key": base64.b64encode(eph_der).decode(),
+            "iv": base64.b64encode(iv).decode(),
+            "ciphertext": base64.b64encode(ciphertext).decode(),
+        }
+
+    @staticmethod
+    def _seal(
+        plaintext: bytes, runtime_key: ec.EllipticCurvePublicKey, nonce: bytes, runtime_der: bytes
+    ) -> tuple[bytes, bytes, bytes]:
+        """The release of ``plaintext`` to ``runtime_key`` (:meth:`_encrypt`): the CAS's fresh
+        key (SPKI DER), the IV and the AES-GCM ciphertext."""
         eph = ec.generate_private_key(ec.SECP256R1())
         eph_der = _spki(eph.public_key())
         if not _is_p256_spki(runtime_der):
             runtime_der = _spki(runtime_key)  # e.g. a compressed point: re-encode it
         key = _release_key_der(eph.exchange(ec.ECDH(), runtime_key), eph_der, runtime_der, nonce)
         iv = os.urandom(12)
-        ciphertext = AESGCM(key).encrypt(iv, _RELEASE_JSON(config).encode(), RELEASE_INFO)
-        return {
-            "cas_key": base64.b64encode(eph_der).decode(),
-            "iv": base64.b64encode(iv).decode(),
-            "ciphertext": base64.b64encode(ciphertext).decode(),
-        }
+        return eph_der, iv, AESGCM(key).encrypt(iv, plaintext, RELEASE_INFO)
 
     def _secret_value(
         self, reads: _Reads, policy: Policy, digest: str, name: str
@@ -2824,6 +2832,34 @@ class PendingAttestation:
         config = dict(self.config)
         config["session"] = self.token.hex()
         return self.cas._encrypt(config, self.runtime_key, self.nonce, self.key_der)
+
+    def result_body(self) -> bytes:
+        """:meth:`result` as the JSON bytes of the CAS's answer (``POST /v1/attest``): the same
+        bytes as that dict written by ``json`` with compact separators and ``ensure_ascii=False``
+        (starlette's ``JSONResponse``), made without the encoder (:func:`release_json`); the same
+        refusals, raised the same way."""
+        if not self.committed:
+            raise UsageError("PendingAttestation.result() before commit()")
+        if self.error is not None:
+            if self.cas.opaque_refusals:
+                raise self._opaque_refusal()
+            raise self.error
+        config = dict(self.config)
+        config["session"] = self.token.hex()
+        plaintext = _RELEASE_JSON(config).encode()
+        return release_json(*self.cas._seal(plaintext, self.runtime_key, self.nonce, self.key_der))
+
+
+def release_json(cas_key: bytes, iv: bytes, ciphertext: bytes) -> bytes:
+    """``{"cas_key":…,"iv":…,"ciphertext":…}`` (each base64) as compact JSON: the bytes ``json``
+    writes for :meth:`Cas._encrypt`'s dict with ``separators=(",", ":")`` (with or without
+    ``ensure_ascii``). Base64's alphabet (RFC 4648 §4: A-Z a-z 0-9 + / =) has no character that
+    JSON escapes (RFC 8259 §7: quotation mark, reverse solidus, controls), so each value is
+    written as it is, between quotation marks."""
+    return b"".join(
+        (b'{"cas_key":"', base64.b64encode(cas_key), b'","iv":"', base64.b64encode(iv),
+         b'","ciphertext":"', base64.b64encode(ciphertext), b'"}')
+    )  # fmt: skip
 
 
 def _release_record(
