@@ -376,6 +376,9 @@ class _Rendered(NamedTuple):
     released: list[Any]
     frozen: tuple[tuple[object, ...], ...]
     dues: tuple[_Due, ...]
+    # ``config`` as the release's plaintext JSON writes it (``_RELEASE_JSON``), once a release
+    # made from this rendering has written it (:meth:`PendingAttestation._release_plaintext`)
+    encoded: list[str]
 
 
 class _Snapshot(NamedTuple):
@@ -2112,7 +2115,7 @@ class Cas:
             rendered = None
             if not pending.issued:  # else the rendering depends on the runtime's key
                 frozen = tuple(pending.frozen)
-                rendered = _Rendered(pending.config, pending.released, frozen, tuple(reads.dues))
+                rendered = _Rendered(pending.config, pending.released, frozen, tuple(reads.dues), [])
             kept = reads.snapshot(policy_name, rendered)
             if kept is not None and pending.refused is None:
                 # only a rendered release is kept: requests naming a policy or service that
@@ -2167,12 +2170,13 @@ class Cas:
             if source is not None and source.rendered is not None:
                 # The snapshot's rendering, made from the same answers (all of which phase 2
                 # checks again); only its renewal checks depend on the time.
-                config, released, frozen, dues = source.rendered
+                config, released, frozen, dues, _ = source.rendered
                 self._check_dues(dues)
                 reads.got.update(source.answers)
                 reads.policies.update(source.policies)
                 pending.config, pending.released = dict(config), list(released)
                 pending.frozen.extend(frozen)
+                pending.rendering = source.rendered
                 return
             pending.config, pending.released = self._render(
                 reads, policy, head[0], service, pending.runtime_key, pending.frozen, pending.issued
@@ -2711,12 +2715,13 @@ class PendingAttestation:
         self.committed = False
         self.expires: float | None = None  # the nonce's expiry, once phase 1 checked its MAC
         self.rendered_at_commit = False  # phase 2 appraised and rendered again (an answer had changed)
+        self.rendering: _Rendered | None = None  # the snapshot's rendering ``config`` is a copy of
 
     def reset(self, reads: _Reads) -> None:
         """Forget the appraisal and rendering (before they run, again, on ``reads``)."""
         self.reads = reads
         self.policy_hash, self.policy_known, self.refused = "", False, None
-        self.config, self.released = {}, []
+        self.config, self.released, self.rendering = {}, [], None
         self.frozen.clear()
         self.issued.clear()
         for k in ("policy_hash", "tolerated"):
@@ -2844,10 +2849,24 @@ class PendingAttestation:
             if self.cas.opaque_refusals:
                 raise self._opaque_refusal()
             raise self.error
-        config = dict(self.config)
-        config["session"] = self.token.hex()
-        plaintext = _RELEASE_JSON(config).encode()
+        plaintext = self._release_plaintext()
         return release_json(*self.cas._seal(plaintext, self.runtime_key, self.nonce, self.key_der))
+
+    def _release_plaintext(self) -> bytes:
+        """``_RELEASE_JSON`` of the configuration with the session token added (the plaintext
+        :meth:`result` encrypts). From a snapshot's rendering, whose configuration this one is
+        a copy of, the configuration's text is written once per rendering and the token's
+        member added to it: ``json`` writes a member added last to a ``dict`` as ``, "session":
+        "<hex>"`` before the closing brace (default separators), so the bytes are the same."""
+        session = self.token.hex()
+        rendering = self.rendering
+        if rendering is None or not self.config or "session" in self.config:
+            config = dict(self.config)
+            config["session"] = session
+            return _RELEASE_JSON(config).encode()
+        if not rendering.encoded:
+            rendering.encoded.append(_RELEASE_JSON(rendering.config))
+        return f'{rendering.encoded[0][:-1]}, "session": "{session}"}}'.encode()
 
 
 def release_json(cas_key: bytes, iv: bytes, ciphertext: bytes) -> bytes:
