@@ -45,7 +45,9 @@ def test_release_json_is_what_json_writes(size: int) -> None:
         assert json.loads(made) == answer
 
 
-@pytest.mark.parametrize("body", [b"", b"{}", b'{"nonce":"ab","expires_in":60}', ('"' + "é" * 300 + '"').encode()])
+@pytest.mark.parametrize(
+    "body", [b"", b"{}", b'{"nonce":"ab","expires_in":60}', ('"' + "é" * 300 + '"').encode()]
+)
 def test_json_body_is_the_response_starlette_makes(body: bytes) -> None:
     made, usual = _JsonBody(body), Response(body, media_type="application/json")
     assert (made.status_code, made.body, made.media_type, made.background) == (
