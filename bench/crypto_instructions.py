@@ -147,7 +147,7 @@ def _steps(root: Path) -> dict[str, Callable[[], object]]:
     eph_der, iv, ciphertext = base64.b64decode(release["cas_key"]), os.urandom(12), os.urandom(259)
     session_config = {**config, "pwd": None, "files": {}, "volumes": [], "session": "ab" * 32}
 
-    def answer_by_encoder() -> object:  # the dict result() returns, json, starlette's Response
+    def answer_by_encoder() -> Any:  # the dict result() returns, json, starlette's Response
         out = {"cas_key": base64.b64encode(eph_der).decode(), "iv": base64.b64encode(iv).decode(),
                "ciphertext": base64.b64encode(ciphertext).decode()}  # fmt: skip
         return starlette.Response(answer_json(out).encode("utf-8"), media_type="application/json")
