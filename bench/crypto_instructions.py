@@ -139,6 +139,33 @@ def _steps(root: Path) -> dict[str, Callable[[], object]]:
 
         assert hkdf_on_hashlib() == hkdf.HKDF(hashes.SHA256(), 32, nonce, info).derive(shared)
         steps["alt: HKDF-SHA256 on HmacSha256 (hashlib)"] = hkdf_on_hashlib
+    # The attestation's answer and the release's plaintext (2026-12-06, perf7): json's encoder
+    # against the answer written around base64's output (core.release_json, app._JsonBody).
+    starlette: Any = importlib.import_module("starlette.responses")
+    json_encoder: Any = importlib.import_module("confide.jsonencode").encoder
+    answer_json = json_encoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
+    eph_der, iv, ciphertext = base64.b64decode(release["cas_key"]), os.urandom(12), os.urandom(259)
+    session_config = {**config, "pwd": None, "files": {}, "volumes": [], "session": "ab" * 32}
+
+    def answer_by_encoder() -> Any:  # the dict result() returns, json, starlette's Response
+        out = {"cas_key": base64.b64encode(eph_der).decode(), "iv": base64.b64encode(iv).decode(),
+               "ciphertext": base64.b64encode(ciphertext).decode()}  # fmt: skip
+        return starlette.Response(answer_json(out).encode("utf-8"), media_type="application/json")
+
+    steps["JSON: the answer by the encoder and Response"] = answer_by_encoder
+    steps["JSON: the release plaintext (_RELEASE_JSON)"] = lambda: core._RELEASE_JSON(session_config).encode()
+    steps["JSON: {'a': 'b'} by the encoder"] = lambda: answer_json({"a": "b"})
+    if hasattr(core, "release_json"):
+        app: Any = importlib.import_module("confide.cas.app")
+        steps["CAS: the answer (release_json, _JsonBody)"] = lambda: app._JsonBody(
+            core.release_json(eph_der, iv, ciphertext)
+        )
+        body = core.release_json(eph_der, iv, ciphertext)
+        assert body == answer_by_encoder().body
+        steps["starlette Response(body, media_type)"] = lambda: starlette.Response(
+            body, media_type="application/json"
+        )
+        steps["CAS: _JsonBody(body)"] = lambda: app._JsonBody(body)
     if with_der:
         steps["client: decrypt_release (public_key_der)"] = lambda: core.decrypt_release(
             key, release, nonce, public_key_der=der

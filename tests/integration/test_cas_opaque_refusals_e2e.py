@@ -172,3 +172,56 @@ def test_refusals_are_alike_and_recorded_in_detail(opaque: CasProcess, tmp_path:
         if e["type"] == "attestation" and e["payload"]["verdict"] == "refused"
     ]
     assert shown == [reasons[1], reasons[2], reasons[3], reasons[5], reasons[6]]
+
+
+def test_refusals_are_answered_no_earlier_than_the_refusal_delay(tmp_path: Path) -> None:
+    """``--refusal-delay 0.2`` over real TLS (docs/cas.md "Opaque refusals"): every refusal's
+    answer comes no earlier than 0.2 s after its request was sent (a lower bound only), with the
+    same bytes; the acceptance is not one of the answers counted; ``/metrics`` counts the four,
+    each either on time or past its deadline."""
+    cas = CasProcess(
+        tmp_path / "cas", None, extra_args=("--opaque-refusals", "--refusal-delay", "0.2")
+    ).start()
+    try:
+        alice, _ = identity(cas, tmp_path, "alice")
+        script = app_script(tmp_path)
+        cmd = ["/bin/sh", str(script)]
+        assert apply(cas, tmp_path, policy_yaml("opq", measure(cas, *cmd)), alice).returncode == 0
+        sim_dir = Path(cas.env["CONFIDE_SIM_DIR"])
+        good = SimQuoteProvider.for_command(sim_dir, cmd)
+        other = SimQuoteProvider.for_command(
+            sim_dir, ["/bin/sh", str(app_script(tmp_path, "other.sh", "echo x\n"))]
+        )
+        debug = SimQuoteProvider.for_command(sim_dir, cmd, debug=True)
+        answers = set()
+        for provider, policy, service in [
+            (good, "nope", "app"),
+            (good, "opq", "other"),
+            (other, "opq", "app"),
+            (debug, "opq", "app"),
+        ]:
+            start = time.monotonic()
+            answers.add(_post_attest(cas, provider, policy, service))
+            assert time.monotonic() - start >= 0.2
+        ((status, body),) = answers  # one answer for the four
+        assert status == 403
+        assert json.loads(body) == {
+            "error": {"class": "AppraisalError", "message": OPAQUE_ATTEST_REFUSAL, "exit_code": 31}
+        }
+        status, _ = _post_attest(cas, good, "opq", "app")
+        assert status == 200
+        with httpx2.Client(
+            base_url=cas.env["CONFIDE_CAS_URL"],
+            verify=ssl.create_default_context(cafile=cas.env["CONFIDE_CAS_CERT"]),
+            timeout=30,
+        ) as http:
+            metrics = http.get("/metrics").text
+        counted = [
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith('confide_opaque_refusals_total{deadline="') and 'route="/v1/attest"' in line
+        ]
+        assert len(counted) == 2 and sum(counted) == 4.0, metrics
+        assert len(_refusals(cas)) == 4  # each recorded, as without the delay
+    finally:
+        cas.stop()

@@ -221,6 +221,13 @@ def cas() -> None:
               " conflict with another (403 AccessDeniedError), so that attesters do not learn"
               " whether a policy or service exists or what it expects; the reasons go to the"
               ' ledger and the log (docs/cas.md "Opaque refusals").')  # fmt: skip
+@click.option("--refusal-delay", "refusal_delay", type=float, metavar="SECONDS",
+              help="With --opaque-refusals: send each such refusal's answer no earlier than this"
+              " long after its request arrived (its body read), so that how long the CAS took to"
+              " refuse does not tell the causes apart; acceptances are not delayed. 0 to 10;"
+              " default 0.05. A refusal that took longer is answered at once, and counted"
+              ' (confide_opaque_refusals_total{deadline="missed"}, docs/cas.md "Opaque'
+              ' refusals").')  # fmt: skip
 def cas_serve(
     data_dir: Path,
     listen: str,
@@ -256,6 +263,7 @@ def cas_serve(
     min_tcb_eval: int | None,
     replica_min_tcb: tuple[str, ...],
     opaque_refusals: bool,
+    refusal_delay: float | None,
 ) -> None:
     """Start the CAS over TLS and keep running until killed."""
     from confide.cas.crl import DEFAULT_CRL_VALIDITY, parse_crl_validity, parse_public_url
@@ -331,6 +339,7 @@ def cas_serve(
         witness_max_lag=None if witness_max_lag is None else parse_max_lag(witness_max_lag),
         replica_min_tcb=min_tcb,
         opaque_refusals=opaque_refusals,
+        refusal_delay=refusal_delay,
     )
 
 

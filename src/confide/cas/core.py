@@ -177,6 +177,7 @@ __all__ = [
     "binding_report_data",
     "check_binding",
     "decrypt_release",
+    "is_opaque_refusal",
     "sign_document",
     "spki_sha256",
     "verify_signed",
@@ -358,6 +359,16 @@ OPAQUE_TAG_REFUSAL = (
 REASON_CHARS = 500
 
 
+def is_opaque_refusal(exc: ConfideError) -> bool:
+    """Whether ``exc`` is one of the two opaque answers (docs/cas.md "Opaque refusals"): what
+    ``cas serve --refusal-delay`` holds back until its deadline (confide.cas.refusal_delay).
+    Only this module makes them, and only with ``--opaque-refusals``."""
+    kind = type(exc)
+    return (kind is AppraisalError and exc.message == OPAQUE_ATTEST_REFUSAL) or (
+        kind is AccessDeniedError and exc.message == OPAQUE_TAG_REFUSAL
+    )
+
+
 class _Miss(Exception):
     """Phase 1 asked a snapshot for something it does not hold (read it afresh)."""
 
@@ -376,6 +387,9 @@ class _Rendered(NamedTuple):
     released: list[Any]
     frozen: tuple[tuple[object, ...], ...]
     dues: tuple[_Due, ...]
+    # ``config`` as the release's plaintext JSON writes it (``_RELEASE_JSON``), once a release
+    # made from this rendering has written it (:meth:`PendingAttestation._release_plaintext`)
+    encoded: list[str]
 
 
 class _Snapshot(NamedTuple):
@@ -2112,7 +2126,7 @@ class Cas:
             rendered = None
             if not pending.issued:  # else the rendering depends on the runtime's key
                 frozen = tuple(pending.frozen)
-                rendered = _Rendered(pending.config, pending.released, frozen, tuple(reads.dues))
+                rendered = _Rendered(pending.config, pending.released, frozen, tuple(reads.dues), [])
             kept = reads.snapshot(policy_name, rendered)
             if kept is not None and pending.refused is None:
                 # only a rendered release is kept: requests naming a policy or service that
@@ -2167,12 +2181,13 @@ class Cas:
             if source is not None and source.rendered is not None:
                 # The snapshot's rendering, made from the same answers (all of which phase 2
                 # checks again); only its renewal checks depend on the time.
-                config, released, frozen, dues = source.rendered
+                config, released, frozen, dues, _ = source.rendered
                 self._check_dues(dues)
                 reads.got.update(source.answers)
                 reads.policies.update(source.policies)
                 pending.config, pending.released = dict(config), list(released)
                 pending.frozen.extend(frozen)
+                pending.rendering = source.rendered
                 return
             pending.config, pending.released = self._render(
                 reads, policy, head[0], service, pending.runtime_key, pending.frozen, pending.issued
@@ -2223,18 +2238,26 @@ class Cas:
         """``runtime_der``: the SPKI DER ``runtime_key`` was loaded from. The key derivation
         binds the key's own encoding (uncompressed point); the request's bytes are that
         encoding when they have its fixed form, and are then not serialised again."""
+        eph_der, iv, ciphertext = self._seal(_RELEASE_JSON(config).encode(), runtime_key, nonce, runtime_der)
+        return {
+            "cas_key": base64.b64encode(eph_der).decode(),
+            "iv": base64.b64encode(iv).decode(),
+            "ciphertext": base64.b64encode(ciphertext).decode(),
+        }
+
+    @staticmethod
+    def _seal(
+        plaintext: bytes, runtime_key: ec.EllipticCurvePublicKey, nonce: bytes, runtime_der: bytes
+    ) -> tuple[bytes, bytes, bytes]:
+        """The release of ``plaintext`` to ``runtime_key`` (:meth:`_encrypt`): the CAS's fresh
+        key (SPKI DER), the IV and the AES-GCM ciphertext."""
         eph = ec.generate_private_key(ec.SECP256R1())
         eph_der = _spki(eph.public_key())
         if not _is_p256_spki(runtime_der):
             runtime_der = _spki(runtime_key)  # e.g. a compressed point: re-encode it
         key = _release_key_der(eph.exchange(ec.ECDH(), runtime_key), eph_der, runtime_der, nonce)
         iv = os.urandom(12)
-        ciphertext = AESGCM(key).encrypt(iv, _RELEASE_JSON(config).encode(), RELEASE_INFO)
-        return {
-            "cas_key": base64.b64encode(eph_der).decode(),
-            "iv": base64.b64encode(iv).decode(),
-            "ciphertext": base64.b64encode(ciphertext).decode(),
-        }
+        return eph_der, iv, AESGCM(key).encrypt(iv, plaintext, RELEASE_INFO)
 
     def _secret_value(
         self, reads: _Reads, policy: Policy, digest: str, name: str
@@ -2703,12 +2726,13 @@ class PendingAttestation:
         self.committed = False
         self.expires: float | None = None  # the nonce's expiry, once phase 1 checked its MAC
         self.rendered_at_commit = False  # phase 2 appraised and rendered again (an answer had changed)
+        self.rendering: _Rendered | None = None  # the snapshot's rendering ``config`` is a copy of
 
     def reset(self, reads: _Reads) -> None:
         """Forget the appraisal and rendering (before they run, again, on ``reads``)."""
         self.reads = reads
         self.policy_hash, self.policy_known, self.refused = "", False, None
-        self.config, self.released = {}, []
+        self.config, self.released, self.rendering = {}, [], None
         self.frozen.clear()
         self.issued.clear()
         for k in ("policy_hash", "tolerated"):
@@ -2824,6 +2848,48 @@ class PendingAttestation:
         config = dict(self.config)
         config["session"] = self.token.hex()
         return self.cas._encrypt(config, self.runtime_key, self.nonce, self.key_der)
+
+    def result_body(self) -> bytes:
+        """:meth:`result` as the JSON bytes of the CAS's answer (``POST /v1/attest``): the same
+        bytes as that dict written by ``json`` with compact separators and ``ensure_ascii=False``
+        (starlette's ``JSONResponse``), made without the encoder (:func:`release_json`); the same
+        refusals, raised the same way."""
+        if not self.committed:
+            raise UsageError("PendingAttestation.result() before commit()")
+        if self.error is not None:
+            if self.cas.opaque_refusals:
+                raise self._opaque_refusal()
+            raise self.error
+        plaintext = self._release_plaintext()
+        return release_json(*self.cas._seal(plaintext, self.runtime_key, self.nonce, self.key_der))
+
+    def _release_plaintext(self) -> bytes:
+        """``_RELEASE_JSON`` of the configuration with the session token added (the plaintext
+        :meth:`result` encrypts). From a snapshot's rendering, whose configuration this one is
+        a copy of, the configuration's text is written once per rendering and the token's
+        member added to it: ``json`` writes a member added last to a ``dict`` as ``, "session":
+        "<hex>"`` before the closing brace (default separators), so the bytes are the same."""
+        session = self.token.hex()
+        rendering = self.rendering
+        if rendering is None or not self.config or "session" in self.config:
+            config = dict(self.config)
+            config["session"] = session
+            return _RELEASE_JSON(config).encode()
+        if not rendering.encoded:
+            rendering.encoded.append(_RELEASE_JSON(rendering.config))
+        return f'{rendering.encoded[0][:-1]}, "session": "{session}"}}'.encode()
+
+
+def release_json(cas_key: bytes, iv: bytes, ciphertext: bytes) -> bytes:
+    """``{"cas_key":…,"iv":…,"ciphertext":…}`` (each base64) as compact JSON: the bytes ``json``
+    writes for :meth:`Cas._encrypt`'s dict with ``separators=(",", ":")`` (with or without
+    ``ensure_ascii``). Base64's alphabet (RFC 4648 §4: A-Z a-z 0-9 + / =) has no character that
+    JSON escapes (RFC 8259 §7: quotation mark, reverse solidus, controls), so each value is
+    written as it is, between quotation marks."""
+    return b"".join(
+        (b'{"cas_key":"', base64.b64encode(cas_key), b'","iv":"', base64.b64encode(iv),
+         b'","ciphertext":"', base64.b64encode(ciphertext), b'"}')
+    )  # fmt: skip
 
 
 def _release_record(

@@ -95,6 +95,7 @@ from confide.cas.policy_auth import EVENT_BOUND as POLICY_ROWS_BOUND
 from confide.cas.policy_auth import bind_unbound as bind_policy_rows
 from confide.cas.policy_rows import seal_clear_rows
 from confide.cas.public_http import PublicApp
+from confide.cas.refusal_delay import DEFAULT_REFUSAL_DELAY, RefusalDelay, check_refusal_delay
 from confide.cas.renewal import DEFAULT_SWEEP_SECONDS, CertificateRenewer
 from confide.cas.revocation import STAPLED, OcspCache
 from confide.cas.revocation_auth import EVENT_BOUND, bind_unbound
@@ -1082,6 +1083,7 @@ def serve(
     witness_max_lag: float | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
     opaque_refusals: bool = False,
+    refusal_delay: float | None = None,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
@@ -1105,7 +1107,16 @@ def serve(
     which releases wait (``--witness-max-lag``; ``None``: no bound).
     ``replica_min_tcb``: see :func:`prepare`. ``opaque_refusals``: answer every recorded
     attestation refusal, and every refused volume tag report, with one fixed message, logging
-    the reason (``--opaque-refusals``, docs/cas.md "Opaque refusals")."""
+    the reason (``--opaque-refusals``, docs/cas.md "Opaque refusals"); ``refusal_delay``:
+    seconds after its request's arrival before such an answer is sent (``--refusal-delay``;
+    ``None``: :data:`~confide.cas.refusal_delay.DEFAULT_REFUSAL_DELAY`, 0: at once), only with
+    ``opaque_refusals`` (a :class:`UsageError` otherwise)."""
+    if refusal_delay is not None and not opaque_refusals:
+        raise UsageError(
+            "--refusal-delay needs --opaque-refusals: it delays the opaque refusals' answers, and"
+            " without the option a refusal says why anyway"
+        )
+    delay = check_refusal_delay(DEFAULT_REFUSAL_DELAY if refusal_delay is None else refusal_delay)
     quorum = None
     if witness_quorum is not None:
         quorum = WitnessQuorum(witnesses, witness_quorum, witness_max_lag)
@@ -1131,7 +1142,8 @@ def serve(
                join=join, session_tickets=session_tickets, join_as_successor=join_as_successor,
                successor_board=successor_board,
                min_tcb_evaluation_data_number=min_tcb_evaluation_data_number, quorum=quorum,
-               replica_min_tcb=replica_min_tcb, opaque_refusals=opaque_refusals)  # fmt: skip
+               replica_min_tcb=replica_min_tcb, opaque_refusals=opaque_refusals,
+               refusal_delay=delay if opaque_refusals else 0.0)  # fmt: skip
 
 
 def uvicorn_server(
@@ -1279,6 +1291,7 @@ def _serve(
     quorum: WitnessQuorum | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
     opaque_refusals: bool = False,
+    refusal_delay: float = 0.0,
 ) -> None:
     public_limits = None
     if public_addr is not None:
@@ -1341,6 +1354,9 @@ def _serve(
         write_limiter=RateLimiter(write_rate) if write_rate is not None else None,
         public_http=public_app,
         witness_guard=guard,
+        # docs/cas.md "Opaque refusals": each opaque refusal answered --refusal-delay after its
+        # request arrived (0: at once)
+        refusal_delay=RefusalDelay(refusal_delay) if opaque_refusals and refusal_delay > 0 else None,
     )
     protected = seal is not None or cas.master_key_in_memory  # as prepare() protects the TLS key
     password = tls_key_password(cas.sealer).decode() if protected else None
@@ -1363,6 +1379,7 @@ def _serve(
                 "nvidia_ocsp_stapled_only": nvidia_ocsp == STAPLED,
                 "nvidia_rim": nvidia_rim is not None,
                 "opaque_refusals": opaque_refusals,
+                "refusal_delay": refusal_delay if opaque_refusals else None,
                 "max_connections": http_limits.max_connections,
                 "max_connections_per_ip": http_limits.max_per_client,
                 "body_timeout": http_limits.body_timeout,
