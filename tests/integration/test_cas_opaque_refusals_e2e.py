@@ -9,6 +9,7 @@ import base64
 import json
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -223,5 +224,37 @@ def test_refusals_are_answered_no_earlier_than_the_refusal_delay(tmp_path: Path)
         ]
         assert len(counted) == 2 and sum(counted) == 4.0, metrics
         assert len(_refusals(cas)) == 4  # each recorded, as without the delay
+    finally:
+        cas.stop()
+
+
+def test_a_refusal_waiting_when_the_cas_stops_is_answered(tmp_path: Path) -> None:
+    """SIGTERM while a refusal waits for ``--refusal-delay`` 8 s (docs/cas.md "Opaque
+    refusals"): the CAS answers it with the opaque refusal before it exits. uvicorn's graceful
+    shutdown (5 s) cancelled the wait before: a 500 and an "Exception in ASGI application"
+    traceback in the log instead of the answer."""
+    cas = CasProcess(tmp_path / "cas", None, extra_args=("--opaque-refusals", "--refusal-delay", "8")).start()
+    try:
+        script = app_script(tmp_path)
+        provider = SimQuoteProvider.for_command(Path(cas.env["CONFIDE_SIM_DIR"]), ["/bin/sh", str(script)])
+        answer: list[tuple[int, bytes]] = []
+        thread = threading.Thread(target=lambda: answer.append(_post_attest(cas, provider, "nope", "app")))
+        thread.start()
+        with httpx2.Client(
+            base_url=cas.env["CONFIDE_CAS_URL"],
+            verify=ssl.create_default_context(cafile=cas.env["CONFIDE_CAS_CERT"]),
+            timeout=30,
+        ) as http:
+            # counted "met" as its wait starts (confide.cas.refusal_delay)
+            waiting = 'confide_opaque_refusals_total{deadline="met",route="/v1/attest"} 1.0'
+            deadline = time.monotonic() + 30
+            while waiting not in http.get("/metrics").text:
+                assert time.monotonic() < deadline, "the refusal never started waiting"
+                time.sleep(0.05)
+        cas.stop()  # SIGTERM, waited for (20 s at most)
+        thread.join(timeout=30)
+        assert answer and answer[0][0] == 403, answer
+        assert json.loads(answer[0][1])["error"]["message"] == OPAQUE_ATTEST_REFUSAL
+        assert cas.log is not None and "Exception in ASGI application" not in cas.log.read_text()
     finally:
         cas.stop()

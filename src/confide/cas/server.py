@@ -166,6 +166,10 @@ __all__ = [
 # sends N again for clients that do resume (OpenSSL's default is 2).
 SESSION_TICKETS = 0
 
+GRACEFUL_SHUTDOWN = 5
+"""Seconds uvicorn lets the requests in progress finish once the CAS is told to stop (SIGTERM)
+before it cancels them; the CAS's own listener adds ``--refusal-delay`` (:func:`uvicorn_server`)."""
+
 
 def _tls_identity(data_dir: Path, host: str, sealer: Sealer | None = None) -> tuple[Path, Path]:
     """The TLS key (:func:`confide.cas.keyfiles.load_tls_key`: protected by the master key when
@@ -1155,6 +1159,7 @@ def uvicorn_server(
     public: tuple[uvicorn.Server, socket.socket] | None = None,
     *,
     session_tickets: int = SESSION_TICKETS,
+    refusal_delay: float = 0.0,
 ) -> uvicorn.Server:
     """The CAS's uvicorn server (uvloop, httptools) over TLS, with ``limits``: uvicorn builds
     the TLS context from the key and certificate as usual, then the loop's server is made plain
@@ -1162,7 +1167,9 @@ def uvicorn_server(
     over a limit are closed before their handshake (``confide.httpserve.limits``). ``public``:
     the public listener's server (:func:`public_http_server`) and socket, served on the same
     event loop, started after this one and stopped before it finishes. ``session_tickets``: TLS
-    1.3 session tickets sent after each handshake (:data:`SESSION_TICKETS`)."""
+    1.3 session tickets sent after each handshake (:data:`SESSION_TICKETS`). ``refusal_delay``:
+    ``cas serve --opaque-refusals --refusal-delay`` (0 without), added to the time a stopping
+    CAS gives the requests in progress (:data:`GRACEFUL_SHUTDOWN`)."""
     config = uvicorn.Config(
         app,
         ssl_keyfile=str(key_path),
@@ -1177,7 +1184,10 @@ def uvicorn_server(
         # default would take X-Forwarded-For from 127.0.0.1, or from FORWARDED_ALLOW_IPS.
         proxy_headers=False,
         loop="uvloop",
-        timeout_graceful_shutdown=5,
+        # docs/cas.md "Opaque refusals": a refusal waiting for --refusal-delay when the CAS
+        # stops is answered before it exits (uvicorn cancels what is still running after this
+        # time: a 500 and a traceback instead of the refusal)
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN + math.ceil(refusal_delay),
     )
     config.load()
     context = config.ssl
@@ -1202,7 +1212,7 @@ def public_http_server(app: PublicApp, limits: HttpLimits) -> uvicorn.Server:
         proxy_headers=False,
         lifespan="off",
         loop="uvloop",
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
     )
     return _PublicServer(config)
 
@@ -1361,8 +1371,9 @@ def _serve(
     protected = seal is not None or cas.master_key_in_memory  # as prepare() protects the TLS key
     password = tls_key_password(cas.sealer).decode() if protected else None
     server = uvicorn_server(
-        app, key_path, cert_path, password, http_limits, public, session_tickets=session_tickets
-    )
+        app, key_path, cert_path, password, http_limits, public, session_tickets=session_tickets,
+        refusal_delay=refusal_delay if opaque_refusals else 0.0,  # waiting refusals finish on a stop
+    )  # fmt: skip
     logging.getLogger("confide.cas").info(
         json.dumps(
             {
