@@ -130,3 +130,20 @@ def test_a_missing_data_directory_is_a_usage_error(tmp_path: Path) -> None:
     ):
         pass
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_a_hard_linked_lock_file_is_refused_and_the_other_name_kept(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    other = data / "master.key"
+    other.write_bytes(b"key bytes")
+    other.chmod(0o400)
+    os.link(other, data / LOCK_NAME)  # O_NOFOLLOW does not refuse a hard link
+    for exclusive in (False, True):
+        with (
+            pytest.raises(UsageError, match=f"{LOCK_NAME} has 2 hard links, expected 1"),
+            run_lock(data, None, exclusive=exclusive),
+        ):
+            pass
+    assert other.read_bytes() == b"key bytes"  # neither truncated nor rewritten
+    assert stat.S_IMODE(other.stat().st_mode) == 0o400  # nor chmod'ed

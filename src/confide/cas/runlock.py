@@ -89,10 +89,18 @@ def _open_lock_file(data_dir: Path) -> int:
             f"--data-dir {str(data_dir)!r}: cannot open {LOCK_NAME}: {exc.strerror or exc}"
         ) from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise UsageError(
                 f"--data-dir {str(data_dir)!r}: {LOCK_NAME} is not a regular file, expected one (the run "
                 "lock; remove what is there)"
+            )
+        if st.st_nlink != 1:
+            # Another name for the same file (a hard link: O_NOFOLLOW does not see it), which
+            # the holder would truncate, rewrite and chmod (the master key's file, say).
+            raise UsageError(
+                f"--data-dir {str(data_dir)!r}: {LOCK_NAME} has {st.st_nlink} hard links, expected 1 (the "
+                "run lock is truncated and rewritten by its holder; remove it)"
             )
     except BaseException:
         os.close(fd)
