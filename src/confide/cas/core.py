@@ -2836,15 +2836,20 @@ class PendingAttestation:
         )  # fmt: skip
         return AppraisalError(OPAQUE_ATTEST_REFUSAL)
 
-    def result(self) -> dict[str, Any]:
-        """After :meth:`commit` has been committed: the release encrypted to the runtime's key,
-        or the refusal raised."""
+    def _raise_if_refused(self) -> None:
+        """Before a release is made: a :class:`UsageError` before :meth:`commit` was committed,
+        the refusal (or, with ``--opaque-refusals``, its opaque answer) raised."""
         if not self.committed:
             raise UsageError("PendingAttestation.result() before commit()")
         if self.error is not None:
             if self.cas.opaque_refusals:
                 raise self._opaque_refusal()
             raise self.error
+
+    def result(self) -> dict[str, Any]:
+        """After :meth:`commit` has been committed: the release encrypted to the runtime's key,
+        or the refusal raised."""
+        self._raise_if_refused()
         config = dict(self.config)
         config["session"] = self.token.hex()
         return self.cas._encrypt(config, self.runtime_key, self.nonce, self.key_der)
@@ -2854,12 +2859,7 @@ class PendingAttestation:
         bytes as that dict written by ``json`` with compact separators and ``ensure_ascii=False``
         (starlette's ``JSONResponse``), made without the encoder (:func:`release_json`); the same
         refusals, raised the same way."""
-        if not self.committed:
-            raise UsageError("PendingAttestation.result() before commit()")
-        if self.error is not None:
-            if self.cas.opaque_refusals:
-                raise self._opaque_refusal()
-            raise self.error
+        self._raise_if_refused()
         plaintext = self._release_plaintext()
         return release_json(*self.cas._seal(plaintext, self.runtime_key, self.nonce, self.key_der))
 
