@@ -95,6 +95,15 @@ def p384_cert(
     return cert, key
 
 
+def self_signed_pem(path: Path, cn: str = "cas") -> Path:
+    """A self-signed CA certificate written to ``path`` as PEM (a file a client loads as its
+    trust anchor; no server in the test has its key). Valid from a day ago for two days."""
+    now = datetime.now(UTC)
+    cert, _ = p384_cert(cn, now - timedelta(days=1), now + timedelta(days=1))
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
 def tls_server_files(directory: Path, name: str) -> tuple[Path, Path, Path]:
     """A CA and a server certificate for 127.0.0.1 under it, written to DIRECTORY as PEM files:
     (ca.pem, cert.pem, key.pem). For HTTPS servers in tests; valid from an hour ago for a day."""

@@ -95,18 +95,29 @@ def _logged_refusals(cas: CasProcess, count: int) -> list[dict[str, Any]]:
         time.sleep(0.1)
 
 
-def test_refusals_are_alike_and_recorded_in_detail(opaque: CasProcess, tmp_path: Path) -> None:
-    cas = opaque
+def _opq_providers(
+    cas: CasProcess, tmp_path: Path
+) -> tuple[Path, list[str], SimQuoteProvider, SimQuoteProvider, SimQuoteProvider]:
+    """Policy ``opq`` (service ``app``, the measurement of ``app.sh``) applied by a new identity:
+    that identity's file, the program's command line, and the simulated evidence of that
+    program, of another program and of it in debug mode."""
     alice, _ = identity(cas, tmp_path, "alice")
-    script = app_script(tmp_path)
-    cmd = ["/bin/sh", str(script)]
+    cmd = ["/bin/sh", str(app_script(tmp_path))]
     assert apply(cas, tmp_path, policy_yaml("opq", measure(cas, *cmd)), alice).returncode == 0
     sim_dir = Path(cas.env["CONFIDE_SIM_DIR"])
-    good = SimQuoteProvider.for_command(sim_dir, cmd)
-    other = SimQuoteProvider.for_command(
-        sim_dir, ["/bin/sh", str(app_script(tmp_path, "other.sh", "echo x\n"))]
+    other = ["/bin/sh", str(app_script(tmp_path, "other.sh", "echo x\n"))]
+    return (
+        alice,
+        cmd,
+        SimQuoteProvider.for_command(sim_dir, cmd),
+        SimQuoteProvider.for_command(sim_dir, other),
+        SimQuoteProvider.for_command(sim_dir, cmd, debug=True),
     )
-    debug = SimQuoteProvider.for_command(sim_dir, cmd, debug=True)
+
+
+def test_refusals_are_alike_and_recorded_in_detail(opaque: CasProcess, tmp_path: Path) -> None:
+    cas = opaque
+    alice, cmd, good, other, debug = _opq_providers(cas, tmp_path)
 
     # Over HTTP: one status, one body, for the four refusals.
     answers = {
@@ -184,16 +195,7 @@ def test_refusals_are_answered_no_earlier_than_the_refusal_delay(tmp_path: Path)
         tmp_path / "cas", None, extra_args=("--opaque-refusals", "--refusal-delay", "0.2")
     ).start()
     try:
-        alice, _ = identity(cas, tmp_path, "alice")
-        script = app_script(tmp_path)
-        cmd = ["/bin/sh", str(script)]
-        assert apply(cas, tmp_path, policy_yaml("opq", measure(cas, *cmd)), alice).returncode == 0
-        sim_dir = Path(cas.env["CONFIDE_SIM_DIR"])
-        good = SimQuoteProvider.for_command(sim_dir, cmd)
-        other = SimQuoteProvider.for_command(
-            sim_dir, ["/bin/sh", str(app_script(tmp_path, "other.sh", "echo x\n"))]
-        )
-        debug = SimQuoteProvider.for_command(sim_dir, cmd, debug=True)
+        _, _, good, other, debug = _opq_providers(cas, tmp_path)
         answers = set()
         for provider, policy, service in [
             (good, "nope", "app"),

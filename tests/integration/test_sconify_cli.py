@@ -20,6 +20,7 @@ from cli import SRC, run_confide
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from image_builder import PYTHON_BASE, Image, M, all_blob_bytes, read_layout, unpack_rootfs
+from pki import self_signed_pem
 
 SECRET = b"SECRET-cli-protected-payload-81f2"
 
@@ -171,27 +172,6 @@ def test_an_unwritable_policy_out_fails_before_the_image_is_written(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "p.yaml", "src"]
 
 
-def _self_signed_pem(path: Path) -> None:
-    """A certificate file the CAS client loads (no CAS has its key: nothing verifies against it)."""
-    from datetime import UTC, datetime, timedelta
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not-a-cas")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(1).not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
 @pytest.mark.parametrize(
     ("url", "cert", "message"),
     [
@@ -207,7 +187,7 @@ def test_cas_settings_the_policy_cannot_be_sent_with_fail_before_the_image_is_wr
     CAS. A CAS URL or certificate the client cannot use was found after the image was written:
     the image was left under a key that nothing held."""
     image().write_layout(tmp_path / "src")
-    _self_signed_pem(tmp_path / "cas.pem")
+    self_signed_pem(tmp_path / "cas.pem", "not-a-cas")
     assert confide("identity", "create", "--out", str(tmp_path / "owner.id")).returncode == 0
     env = {"CONFIDE_CAS_CERT": str(tmp_path / cert)} if cert is not None else {}
     r = run_confide(
@@ -226,7 +206,7 @@ def test_an_unreachable_cas_says_the_image_may_be_unusable_not_that_the_cas_refu
     delivered. The warning says so, without claiming that the CAS refused it (a connection
     failure can also come after a CAS took the policy)."""
     image().write_layout(tmp_path / "src")
-    _self_signed_pem(tmp_path / "cas.pem")
+    self_signed_pem(tmp_path / "cas.pem", "not-a-cas")
     assert confide("identity", "create", "--out", str(tmp_path / "owner.id")).returncode == 0
     r = run_confide(
         "sconify", "--from", f"oci:{tmp_path / 'src'}", "--to", f"oci:{tmp_path / 'out'}", "--protect", "/app",
@@ -244,7 +224,7 @@ def test_an_interrupt_while_the_cas_is_asked_still_warns_that_the_key_may_be_los
     """Ctrl-C while waiting for the CAS (which never answers here): the image is written and its
     key was only in the policy; the warning came only for a ConfideError, not for this."""
     image().write_layout(tmp_path / "src")
-    _self_signed_pem(tmp_path / "cas.pem")
+    self_signed_pem(tmp_path / "cas.pem", "not-a-cas")
     assert confide("identity", "create", "--out", str(tmp_path / "owner.id")).returncode == 0
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))

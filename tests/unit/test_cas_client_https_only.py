@@ -14,6 +14,7 @@ from cli import run_confide
 from confide.cas.client import CasClient
 from confide.errors import UsageError
 from confide.sim.platform import SimPlatform
+from pki import self_signed_pem
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:1", "HTTP://cas", "ftp://cas", "cas.example:443", ""])
@@ -63,39 +64,18 @@ def test_confide_run_with_an_http_cas_sends_nothing_and_exits_2(tmp_path: Path) 
     assert accepted == []
 
 
-def _certificate(path: Path) -> Path:
-    """A self-signed certificate file (the client loads it; nothing is sent in these tests)."""
-    from datetime import UTC, datetime, timedelta
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cas")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(1).not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
-
-
 @pytest.mark.parametrize("url", ["https://[::1", "https://cas:port", "https://[zz]:443"])
 def test_a_malformed_https_url_is_a_usage_error(tmp_path: Path, url: str) -> None:
     """httpx's InvalidURL escaped the client: `confide run` printed a traceback, exit 1."""
     with pytest.raises(UsageError, match="not a valid URL"):
-        CasClient(url, _certificate(tmp_path / "cas.pem"))
+        CasClient(url, self_signed_pem(tmp_path / "cas.pem"))
 
 
 def test_confide_run_with_a_malformed_cas_url_says_so_on_one_line(tmp_path: Path) -> None:
     SimPlatform.load_or_create(tmp_path)
     proc = run_confide(
         "run", "--config-id", "app/svc", "--tee", "sim", "--", "/bin/true",
-        env={"CONFIDE_CAS_URL": "https://[::1", "CONFIDE_CAS_CERT": str(_certificate(tmp_path / "cas.pem")),
+        env={"CONFIDE_CAS_URL": "https://[::1", "CONFIDE_CAS_CERT": str(self_signed_pem(tmp_path / "cas.pem")),
              "CONFIDE_SIM_DIR": str(tmp_path)},
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
