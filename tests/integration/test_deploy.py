@@ -221,6 +221,38 @@ def test_every_confide_command_line_parses(overlay: str) -> None:
     assert parsed >= 1
 
 
+def cas_get_routes(data_dir: Path) -> set[str]:
+    """The GET routes of the CAS's API (confide.cas.app.create_app over an in-process CAS)."""
+    from cas_inproc import InProcessCas
+    from confide.cas.app import create_app
+
+    env = InProcessCas.start(data_dir, policy="")
+    try:
+        app = create_app(env.cas)
+        return {route.path for route in app.routes if "GET" in getattr(route, "methods", ())}
+    finally:
+        env.cas.db.dispose()
+
+
+def test_cas_probes_are_routes_the_cas_serves(tmp_path: Path) -> None:
+    """The probes and the Prometheus path of every CAS pod are GET routes of the CAS's API:
+    readiness /v1/ready (the database answers), liveness /v1/health (the process serves)."""
+    routes = cas_get_routes(tmp_path / "cas")
+    for overlay in OVERLAYS:
+        cas = one(render(overlay), "StatefulSet", "confide-cas")
+        container = cas["spec"]["template"]["spec"]["containers"][0]
+        paths = {
+            p: container[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe")
+        }
+        assert paths == {
+            "startupProbe": "/v1/health",
+            "readinessProbe": "/v1/ready",
+            "livenessProbe": "/v1/health",
+        }
+        assert set(paths.values()) <= routes
+        assert cas["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"] in routes
+
+
 def test_a_renamed_option_is_refused() -> None:
     """The parser the tests use refuses what the CLI refuses (the test above can fail)."""
     with pytest.raises(click.NoSuchOption):
