@@ -19,16 +19,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import pytest
 from ruamel.yaml import YAML
 
-from cas_harness import free_port
 from confide.cli import cli
 from pki import tls_server_files
 
@@ -36,6 +35,7 @@ ROOT = Path(__file__).parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 OVERLAYS = sorted(p.name for p in (KUBERNETES / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
 WORKLOADS = ("StatefulSet", "Deployment", "DaemonSet", "Job")
+T = TypeVar("T")
 VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -399,6 +399,9 @@ class Pod:
 
     def start(self, substitutions: dict[str, str]) -> Pod:
         self.log = self.root / f"{self.container['name']}.log"
+        self.log.unlink(missing_ok=True)
+        if mount_of(self.container, "/var/lib/confide/cas") is not None:  # a CAS: a fresh client.env
+            (Path(self.local("/var/lib/confide/cas")) / "client.env").unlink(missing_ok=True)
         argv = [sys.executable, "-m", "confide", *self.args(substitutions)]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=self.environment())
@@ -414,6 +417,40 @@ class Pod:
                 return int(r.status), bytes(r.read())
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
+
+    def wait_for(self, found: Callable[[], T | None], timeout: float = 90.0) -> T:
+        """Polls ``found`` until it gives a value (the process must not exit meanwhile)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.log is not None
+            value = found()
+            if value is not None:
+                return value
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"nothing after {timeout} s")
+
+    def cas_port(self) -> int:
+        """The port ``cas serve --listen 127.0.0.1:0`` bound, from the client.env it writes."""
+        env_file = Path(self.local("/var/lib/confide/cas")) / "client.env"
+
+        def port() -> int | None:
+            if not env_file.exists():
+                return None
+            return int(client_env(env_file.parent)["CONFIDE_CAS_URL"].rpartition(":")[2])
+
+        return self.wait_for(port)
+
+    def witness_port(self) -> int:
+        """The port ``witness serve --listen 127.0.0.1:0`` bound, from the line it logs."""
+
+        def port() -> int | None:
+            assert self.log is not None
+            found = re.search(r" at https://127\.0\.0\.1:(\d+)/add-checkpoint", self.log.read_text())
+            return int(found.group(1)) if found else None
+
+        return self.wait_for(port)
 
     def wait_ready(self, port: int, timeout: float = 90.0) -> None:
         """Polls the startup probe's route until it answers 200 (the process must not exit)."""
@@ -488,9 +525,9 @@ def run_init_containers(pod: Pod, secrets: dict[str, dict[str, bytes]]) -> None:
 @pytest.mark.slow
 def test_sqlite_overlay_runs(tmp_path: Path) -> None:
     pod = cas_pod("sqlite", tmp_path / "pod")
-    port = free_port()
-    pod.start({"0.0.0.0:8443": f"127.0.0.1:{port}"})
+    pod.start({"0.0.0.0:8443": "127.0.0.1:0"})
     try:
+        port = pod.cas_port()
         pod.wait_ready(port)
         pod.check_routes(port)
         data = pod.volume("data") / "cas"
@@ -513,12 +550,12 @@ def test_postgres_overlays_run(tmp_path: Path, postgres: Any) -> None:
     secrets = {"confide-cas-master-key": {"master.key": master_key}}
     db = {"postgresql://confide@postgresql:5432/confide": db_url}
     replicas = [cas_pod("postgres", tmp_path / f"confide-cas-{i}") for i in range(2)]
-    ports = [free_port(), free_port()]
     try:
-        for pod, port in zip(replicas, ports, strict=True):
+        for pod in replicas:
             pod.env["PGPASSWORD"] = "unused: the test cluster trusts local connections"
             run_init_containers(pod, secrets)
-            pod.start({"0.0.0.0:8443": f"127.0.0.1:{port}", **db})
+            pod.start({"0.0.0.0:8443": "127.0.0.1:0", **db})
+            port = pod.cas_port()
             pod.wait_ready(port)  # OrderedReady: the first one is up before the next starts
             pod.check_routes(port)
         data = [pod.volume("data") / "cas" for pod in replicas]
@@ -555,19 +592,19 @@ def test_postgres_overlays_run(tmp_path: Path, postgres: Any) -> None:
     ).stdout.strip()  # fmt: skip
     for i, log_key in enumerate([*log_keys, spare]):
         Path(witness.local(f"/etc/confide-witness/logs/confide-cas-{i}.vkey")).write_text(log_key + "\n")
-    witness_port = free_port()
-    witness.start({"0.0.0.0:8444": f"127.0.0.1:{witness_port}"})
+    witness.start({"0.0.0.0:8444": "127.0.0.1:0"})
     first = cas_pod("postgres-witness", tmp_path / "confide-cas-0")
     try:
+        witness_port = witness.witness_port()
         witness.wait_ready(witness_port)
         witness.check_routes(witness_port)
         first.env["PGPASSWORD"] = "unused"
         first.env["CONFIDE_WITNESS_VKEY"] = vkey
         shutil.copy(ca, first.local("/etc/confide/witness/ca.crt"))
         run_init_containers(first, secrets)
-        port = free_port()
         witness_url = {"https://confide-witness:8444": f"https://127.0.0.1:{witness_port}"}
-        first.start({"0.0.0.0:8443": f"127.0.0.1:{port}", **db, **witness_url})
+        first.start({"0.0.0.0:8443": "127.0.0.1:0", **db, **witness_url})
+        port = first.cas_port()
         first.wait_ready(port)
         first.check_routes(port)
         _, metrics = first.get("/metrics", port)
