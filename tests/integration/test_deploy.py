@@ -282,6 +282,14 @@ def test_no_secret_values(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_one_image(overlay: str) -> None:
+    """Every container, init containers and the witness's included, runs the one image the
+    overlay names (kustomize's image transformer reached them all), with a tag."""
+    images = {c["image"] for _w, spec in pod_specs(render(overlay)) for c in containers(spec)}
+    assert len(images) == 1 and re.fullmatch(r"[^:]+:[\w.-]+", images.pop())
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_security_settings(overlay: str) -> None:
     objects = render(overlay)
     for workload, spec in pod_specs(objects):
