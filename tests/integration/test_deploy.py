@@ -550,9 +550,10 @@ def test_sqlite_overlay_runs(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_postgres_overlays_run(tmp_path: Path, postgres: Any) -> None:
     """Two replicas of overlays/postgres on one database, each data directory given the master
-    key of the Secret by the init container; then replica 0 as overlays/postgres-witness starts
-    it, with the witness started as its Deployment says, once the replicas' log keys are
-    registered with the witness (docs/deploy.md "Witnesses")."""
+    key of the Secret by the init container; the master key rotated as docs/deploy.md says;
+    then replica 0 as overlays/postgres-witness starts it, with the witness started as its
+    Deployment says, once the replicas' log keys are registered with the witness (docs/deploy.md
+    "Witnesses")."""
     db_url = postgres.new_database()
     master_key = os.urandom(32)
     secrets = {"confide-cas-master-key": {"master.key": master_key}}
@@ -577,6 +578,34 @@ def test_postgres_overlays_run(tmp_path: Path, postgres: Any) -> None:
         for pod in replicas:
             pod.stop()
 
+    # docs/deploy.md "Rotating the master key", replicas: scaled to 0, the key rotated offline on
+    # replica 0's volume, the new key put into the Secret, the other replicas' keys deleted.
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    rotate = subprocess.run(
+        [sys.executable, "-m", "confide", "cas", "rotate-master-key", "--data-dir", str(data[0]), "--db", db_url],
+        check=False, capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert rotate.returncode == 0, rotate.stderr
+    new_key = (data[0] / "master.key").read_bytes()
+    assert new_key != master_key
+    secrets = {"confide-cas-master-key": {"master.key": new_key}}
+    stale = replicas[1]
+    run_init_containers(stale, secrets)  # its old key stays: it does not start, and changes nothing
+    stale.start({"0.0.0.0:8443": "127.0.0.1:0", **db})
+    assert stale.proc is not None and stale.log is not None
+    assert stale.proc.wait(timeout=60) == 2
+    assert "UsageError" in stale.log.read_text()
+    (data[1] / "master.key").unlink()
+    try:
+        for pod in replicas:
+            run_init_containers(pod, secrets)
+            pod.start({"0.0.0.0:8443": "127.0.0.1:0", **db})
+            pod.wait_ready(pod.cas_port())
+        assert [(d / "master.key").read_bytes() for d in data] == [new_key, new_key]
+    finally:
+        for pod in replicas:
+            pod.stop()
+
     objects = render("postgres-witness")
     witness_workload = one(objects, "Deployment", "confide-witness")
     witness = Pod(
@@ -585,7 +614,6 @@ def test_postgres_overlays_run(tmp_path: Path, postgres: Any) -> None:
     (tmp_path / "tls").mkdir()
     ca, cert, key = tls_server_files(tmp_path / "tls", "witness")
     keygen = [sys.executable, "-m", "confide", "ledger", "keygen"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     witness_key = witness.local("/etc/confide-witness/key/witness.key")
     vkey = subprocess.run(
         [*keygen, "--name", "confide-witness", "--witness", "--out", witness_key],
@@ -622,3 +650,40 @@ def test_postgres_overlays_run(tmp_path: Path, postgres: Any) -> None:
     finally:
         first.stop()
         witness.stop()
+
+
+@pytest.mark.slow
+def test_postgres_password_from_the_environment(tmp_path: Path) -> None:
+    """The postgres overlay's --db URL names no password; the pod's PGPASSWORD (from the Secret
+    confide-cas-db) is what libpq gives a server that asks for one. A wrong one stops the CAS
+    with a StorageError (exit 50) that does not show it."""
+    from cas_harness import PostgresCluster, pg_bin
+
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL server binaries are not installed (make test installs them)")
+    password = os.urandom(12).hex()
+    cluster = PostgresCluster(password=password)
+    try:
+        db_url = cluster.new_database()
+        assert password not in db_url
+        db = {"postgresql://confide@postgresql:5432/confide": db_url}
+        secrets = {"confide-cas-master-key": {"master.key": os.urandom(32)}}
+        wrong = cas_pod("postgres", tmp_path / "wrong")
+        wrong.env["PGPASSWORD"] = "not-" + password
+        run_init_containers(wrong, secrets)
+        wrong.start({"0.0.0.0:8443": "127.0.0.1:0", **db})
+        assert wrong.proc is not None and wrong.log is not None
+        assert wrong.proc.wait(timeout=60) == 50
+        assert "StorageError" in wrong.log.read_text() and password not in wrong.log.read_text()
+        pod = cas_pod("postgres", tmp_path / "pod")
+        pod.env["PGPASSWORD"] = password
+        run_init_containers(pod, secrets)
+        pod.start({"0.0.0.0:8443": "127.0.0.1:0", **db})
+        try:
+            port = pod.cas_port()
+            pod.wait_ready(port)
+            pod.check_routes(port)
+        finally:
+            pod.stop()
+    finally:
+        cluster.stop()
