@@ -36,6 +36,7 @@ KUBERNETES = ROOT / "deploy" / "kubernetes"
 OVERLAYS = sorted(p.name for p in (KUBERNETES / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
 WORKLOADS = ("StatefulSet", "Deployment", "DaemonSet", "Job")
 T = TypeVar("T")
+WITNESS_LABEL = "app.kubernetes.io/name"
 VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -349,6 +350,16 @@ def test_overlay_shapes() -> None:
         if str(a).startswith("/etc/confide-witness/logs/")
     ]
     assert len(logs) == replicas["spec"]["replicas"], "one --log per CAS replica"
+    # the CAS may reach the witness, and the witness takes connections on its port
+    cas_egress = one(witness, "NetworkPolicy", "confide-cas")["spec"]["egress"]
+    to_witness = [
+        r
+        for r in cas_egress
+        if r.get("to") == [{"podSelector": {"matchLabels": {WITNESS_LABEL: "confide-witness"}}}]
+    ]
+    assert [r["ports"] for r in to_witness] == [[{"protocol": "TCP", "port": 8444}]]
+    witness_ingress = one(witness, "NetworkPolicy", "confide-witness")["spec"]["ingress"]
+    assert witness_ingress == [{"ports": [{"protocol": "TCP", "port": 8444}]}]
 
 
 # --- the command lines, run ------------------------------------------------------------------
