@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import ssl
@@ -252,6 +253,37 @@ def test_cas_probes_are_routes_the_cas_serves(tmp_path: Path) -> None:
         }
         assert set(paths.values()) <= routes
         assert cas["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"] in routes
+
+
+def docs_command_lines(text: str) -> list[list[str]]:
+    """The ``confide`` command lines with options in a page's code blocks and code spans (a code
+    span may wrap), each up to a comment or the span's end."""
+    pieces = [
+        line for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.DOTALL) for line in block.splitlines()
+    ]
+    pieces += [" ".join(span.split()) for span in re.findall(r"(?<!`)`([^`]+)`(?!`)", text)]
+    subcommands = "|".join(cli.list_commands(click.Context(cli)))
+    found = []
+    for piece in pieces:
+        for line in re.findall(rf"(?<![\w/-])confide ((?:{subcommands}) [^#]*)", piece):
+            words = shlex.split(line)
+            if any(w.startswith("--") for w in words):
+                found.append(words)
+    return found
+
+
+def test_docs_command_lines_parse() -> None:
+    """Every confide command line docs/deploy.md tells an operator to run is one the CLI
+    accepts (placeholders such as URL stand where a string goes)."""
+    lines = docs_command_lines((ROOT / "docs" / "deploy.md").read_text())
+    assert len(lines) >= 4
+    for words in lines:
+        parse_confide(words)
+    assert docs_command_lines("run `confide cas rotate-master-key --onlin\n  --data-dir D`") == [
+        ["cas", "rotate-master-key", "--onlin", "--data-dir", "D"]
+    ]
+    with pytest.raises(click.NoSuchOption):
+        parse_confide(["cas", "rotate-master-key", "--onlin", "--data-dir", "D"])
 
 
 def test_a_renamed_option_is_refused() -> None:
