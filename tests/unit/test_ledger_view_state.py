@@ -182,3 +182,39 @@ def test_a_state_file_is_hostile_input(tmp_path: Path, signer: NoteSigner) -> No
     os.mkfifo(path)  # not a regular file: refused, not read for ever
     with pytest.raises(StorageError, match="state file"):
         _run(log, AuditorState(path), cp, [1, 2])
+
+
+def test_runs_sharing_a_state_file_wait_for_each_other(tmp_path: Path, signer: NoteSigner) -> None:
+    """The lock on ``FILE.lock``: a run that read the file finishes (and writes) before another
+    reads it, so neither's update is lost."""
+    import threading
+
+    log = _Log(tmp_path / "l.db", signer)
+    cp = log.grow(5)
+    path = tmp_path / "state.json"
+    holder = AuditorState(path)
+    finished = threading.Event()
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        conn = connect(tmp_path / "l.db")
+        try:
+            state = AuditorState(path)
+            with state.locked():
+                previous = state.load(signer.verifier)
+                audit_view(LocalLogClient(conn), signer.verifier, state, previous, "q", cp, [4])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            conn.close()
+            finished.set()
+
+    with holder.locked():
+        previous = holder.load(signer.verifier)
+        thread = threading.Thread(target=other)
+        thread.start()
+        assert not finished.wait(0.3)  # it waits for the lock
+        audit_view(LocalLogClient(log.conn), signer.verifier, holder, previous, "p", cp, [1, 2])
+    thread.join(30)
+    assert finished.is_set() and not errors
+    assert json.loads(path.read_text())["policies"] == {"p": [1, 2], "q": [4]}

@@ -510,7 +510,7 @@ def _audit_options(command: F) -> F:
                      help="Your identity file (a reader of POLICY; mode 0600): signs the read request."),
         click.option("--key", metavar="VKEY", help="Pinned log key (default: $CONFIDE_LOG_KEY)."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document."),
-        click.option("--state", "state_file", type=_PATH,
+        click.option("--state", "state_file", type=_PATH, metavar="FILE",
                      help="Remember the checkpoint and the policy's entries in FILE: the next run refuses "
                      "an older or forked log (exit 60, 61) and an entry seen before left out (exit 64)."),
     )  # fmt: skip
