@@ -1,6 +1,6 @@
 """``ledger history|accesses --state``: a policy's view of the log remembered across runs
 (:func:`confide.ledger.auditor.audit_view`, the version 2 :class:`AuditorState`), over a local
-ledger; the CAS end to end is in tests/integration/test_ledger_view_state.py."""
+ledger; the CAS end to end is in tests/integration/test_ledger_view_state_cas.py."""
 
 from __future__ import annotations
 
