@@ -10,7 +10,8 @@ Errors, each with its own exit code: :class:`SignatureError` (bad signature by t
 key), :class:`UnknownKeyError` (checkpoint not signed by the pinned key),
 :class:`ConsistencyError` (fork), :class:`RollbackError` (tree shrank),
 :class:`EntryMismatchError` / :class:`EntryMissingError` (``--full``: an entry differs from,
-or is absent from, what the tree commits to), :class:`ParseError` (malformed input).
+or is absent from, what the tree commits to; :func:`audit_view`: a policy's entry seen before is
+no longer returned), :class:`ParseError` (malformed input).
 """
 
 from __future__ import annotations
