@@ -42,9 +42,12 @@ def refusing_port() -> Iterator[int]:
 
 
 class PostgresCluster:
-    """A throwaway PostgreSQL cluster (initdb in a temp dir, run as the postgres user when root)."""
+    """A throwaway PostgreSQL cluster (initdb in a temp dir, run as the postgres user when root).
+    Local connections are trusted; with ``password``, every connection must give it instead
+    (SCRAM-SHA-256, the superuser ``postgres``'s password), and :meth:`new_database` URLs leave
+    it out (clients give it as libpq's ``PGPASSWORD``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
         bindir = pg_bin()
         if bindir is None:
             raise RuntimeError("PostgreSQL server binaries not found (apt-get install postgresql)")
@@ -53,13 +56,20 @@ class PostgresCluster:
         self._as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self._as_user:
             shutil.chown(self.dir, "postgres", "postgres")
+        self.password = password
+        auth = ["-A", "trust"]
+        if password is not None:
+            pwfile = self.dir / "pwfile"
+            pwfile.write_text(password + "\n")
+            if self._as_user:
+                shutil.chown(pwfile, "postgres", "postgres")
+            auth = ["-A", "scram-sha-256", f"--pwfile={pwfile}"]
         data = self.dir / "data"
         self._run(
             str(bindir / "initdb"),
             "-D",
             str(data),
-            "-A",
-            "trust",
+            *auth,
             "-U",
             "postgres",
             "--no-sync",
@@ -82,7 +92,8 @@ class PostgresCluster:
         self._n = 0
 
     def _run(self, *args: str) -> None:
-        subprocess.run([*self._as_user, *args], check=True, capture_output=True, timeout=120)
+        env = {**os.environ, "PGPASSWORD": self.password} if self.password is not None else None
+        subprocess.run([*self._as_user, *args], check=True, capture_output=True, timeout=120, env=env)
 
     def new_database(self) -> str:
         self._n += 1

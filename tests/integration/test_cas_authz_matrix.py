@@ -656,6 +656,7 @@ def check_nonce(path: str) -> Callable[[World], None]:
 
 MATRIX: dict[tuple[str, str], Callable[[World], None]] = {
     ("GET", "/v1/health"): check_public_get("/v1/health"),
+    ("GET", "/v1/ready"): check_public_get("/v1/ready"),
     ("GET", "/v1/cas/evidence"): check_public_get("/v1/cas/evidence"),
     ("POST", "/v1/policies"): check_submit,
     ("POST", "/v1/policies/{name}/approvals"): check_approve,

@@ -45,6 +45,7 @@ from confide.cas.public_http import (
     crl_response,
     ocsp_response,
 )
+from confide.cas.readiness import Readiness
 from confide.cas.refusal_delay import ARRIVED, RefusalDelay, RefusalDelayCollector
 from confide.cas.secrets import OCSP_PATH
 from confide.cas.successor import Successors
@@ -337,6 +338,15 @@ def create_app(
     @app.get("/v1/health")
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
+
+    readiness = Readiness(cas.db)
+
+    @app.get("/v1/ready")
+    def ready() -> dict[str, str]:
+        # docs/cas.md "HTTP API": the database answers (503 StorageError otherwise); run in the
+        # request thread pool, one check at a time (confide.cas.readiness)
+        readiness.check()
+        return {"status": "ready", "version": __version__}
 
     @app.get("/v1/cas/evidence")
     def cas_evidence_route() -> Response:

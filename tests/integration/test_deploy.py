@@ -1,0 +1,732 @@
+"""The Kubernetes manifests of deploy/kubernetes (docs/deploy.md): every overlay renders with
+kubectl's built-in kustomize; every ``confide`` command line in them is one the real CLI parser
+accepts; paths lie on mounted volumes; no secret value is written in them; the security settings
+are there; and the command lines really run: ``cas serve`` started exactly as a manifest says
+(its volumes and environment mapped to temporary directories, PostgreSQL to the suite's cluster)
+answers its probe and Prometheus routes, replicas share a database with the key the init
+container installs, and a witness started as its Deployment says cosigns a replica's log."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import pytest
+from ruamel.yaml import YAML
+
+from confide.cli import cli
+from pki import tls_server_files
+
+ROOT = Path(__file__).parents[2]
+KUBERNETES = ROOT / "deploy" / "kubernetes"
+OVERLAYS = sorted(p.name for p in (KUBERNETES / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
+WORKLOADS = ("StatefulSet", "Deployment", "DaemonSet", "Job")
+T = TypeVar("T")
+WITNESS_LABEL = "app.kubernetes.io/name"
+VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def _kubectl() -> str:
+    """kubectl with a kustomize of v4 or later (components, labels), else the tests skip."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the manifests are rendered with `kubectl kustomize`")
+    out = subprocess.run(
+        [kubectl, "version", "--client", "-o", "json"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    version = json.loads(out.stdout or "{}").get("kustomizeVersion", "")
+    major = re.match(r"v(\d+)\.", version)
+    if major is None or int(major.group(1)) < 4:
+        pytest.skip(f"kubectl's kustomize is {version or 'absent'}: the manifests need kustomize v4 or later")
+    return kubectl
+
+
+_RENDERED: dict[str, list[dict[str, Any]]] = {}
+
+
+def render(overlay: str) -> list[dict[str, Any]]:
+    if overlay not in _RENDERED:
+        out = subprocess.run(
+            [_kubectl(), "kustomize", str(KUBERNETES / "overlays" / overlay)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        _RENDERED[overlay] = [doc for doc in YAML(typ="safe").load_all(out.stdout) if doc]
+    return _RENDERED[overlay]
+
+
+def one(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} objects"
+    return found[0]
+
+
+def pod_specs(objects: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    for o in objects:
+        if o["kind"] in WORKLOADS:
+            yield o, o["spec"]["template"]["spec"]
+
+
+def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def is_confide(container: dict[str, Any]) -> bool:
+    return str(container["image"]).split("/")[-1].split(":")[0] == "confide"
+
+
+def env_values(container: dict[str, Any]) -> dict[str, str]:
+    """The container's environment as Kubernetes sets it; values from Secrets, ConfigMaps or the
+    downward API stand as a marker naming their source (the tests put their own values there)."""
+    values = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            values[item["name"]] = str(item["value"])
+        else:
+            ((kind, ref),) = item["valueFrom"].items()
+            values[item["name"]] = f"<{kind} {ref.get('name', '')}/{ref.get('key', ref.get('fieldPath'))}>"
+    return values
+
+
+def expand(args: list[str], env: dict[str, str]) -> list[str]:
+    """``$(VAR)`` as the kubelet expands it in args (every variable used must be defined)."""
+
+    def one_var(match: re.Match[str]) -> str:
+        assert match.group(1) in env, f"$({match.group(1)}) is not in the container's env"
+        return env[match.group(1)]
+
+    return [VAR.sub(one_var, arg) for arg in args]
+
+
+def parse_confide(args: list[str]) -> tuple[str, dict[str, Any]]:
+    """The command line parsed by confide's own click commands (a renamed or removed option, a
+    value of the wrong type or a missing required option raises): its command path and params."""
+    command: click.Command = cli
+    path = ["confide"]
+    rest = list(args)
+    while isinstance(command, click.Group):
+        assert rest, f"{' '.join(path)}: no subcommand"
+        sub = command.get_command(click.Context(command), rest[0])
+        assert sub is not None, f"{' '.join(path)}: no subcommand {rest[0]!r}"
+        command, path = sub, [*path, rest.pop(0)]
+    ctx = command.make_context(" ".join(path), rest)
+    return " ".join(path[1:]), dict(ctx.params)
+
+
+def volume_source(spec: dict[str, Any], workload: dict[str, Any], name: str) -> dict[str, Any]:
+    for volume in spec.get("volumes", []):
+        if volume["name"] == name:
+            return dict(volume)
+    for claim in workload["spec"].get("volumeClaimTemplates", []):
+        if claim["metadata"]["name"] == name:
+            return {"name": name, "persistentVolumeClaim": {"template": True}}
+    raise AssertionError(f"volume {name} is not defined")
+
+
+def mount_of(container: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The volume mount a path lies on (the longest mount path that contains it)."""
+    best = None
+    for mount in container.get("volumeMounts", []):
+        root = mount["mountPath"].rstrip("/")
+        if (path == root or path.startswith(root + "/")) and (
+            best is None or len(root) > len(best["mountPath"])
+        ):
+            best = mount
+    return best
+
+
+# --- rendering and static checks -------------------------------------------------------------
+
+
+def test_overlays_exist() -> None:
+    assert {"sqlite", "postgres", "postgres-witness"} <= set(OVERLAYS)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders(overlay: str) -> None:
+    objects = render(overlay)
+    cas = one(objects, "StatefulSet", "confide-cas")
+    assert cas["spec"]["serviceName"] == "confide-cas-pods"
+    assert one(objects, "Service", "confide-cas-pods")["spec"]["clusterIP"] == "None"
+    labels = cas["spec"]["template"]["metadata"]["labels"]
+    for kind in ("PodDisruptionBudget", "NetworkPolicy"):
+        selector = one(objects, kind, "confide-cas")["spec"]
+        selector = selector.get("selector", selector.get("podSelector"))
+        assert selector["matchLabels"].items() <= labels.items(), kind
+    for service in (one(objects, "Service", "confide-cas"), one(objects, "Service", "confide-cas-pods")):
+        assert service["spec"]["selector"].items() <= labels.items()
+        ports = {p["name"] for p in cas["spec"]["template"]["spec"]["containers"][0]["ports"]}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_confide_command_line_parses(overlay: str) -> None:
+    """Every container running the image's entrypoint (``confide``) has args the CLI accepts,
+    with every absolute path on a volume the container mounts (a file of a Secret or ConfigMap
+    volume one of its items), and ``--listen`` on the port its probes and Services use."""
+    parsed = 0
+    for workload, spec in pod_specs(render(overlay)):
+        for container in containers(spec):
+            if not is_confide(container) or "command" in container:
+                continue
+            args = expand([str(a) for a in container["args"]], env_values(container))
+            command, params = parse_confide(args)
+            parsed += 1
+            for arg in args:
+                for path in re.findall(r"(?:^|=)(/[^\s=]+)", arg):
+                    mount = mount_of(container, path)
+                    assert mount is not None, f"{container['name']}: {path} is on no mounted volume"
+                    source = volume_source(spec, workload, mount["name"])
+                    items = next(
+                        (s.get("items") for k, s in source.items() if k in ("secret", "configMap")), None
+                    )
+                    if items is not None and path != mount["mountPath"]:
+                        relative = path[len(mount["mountPath"].rstrip("/")) + 1 :]
+                        assert relative in {i["path"] for i in items}, (
+                            f"{path}: not an item of {mount['name']}"
+                        )
+            port = int(params["listen"].rpartition(":")[2])
+            assert params["listen"].startswith("0.0.0.0:"), "listen on the pod's addresses"
+            assert {p["containerPort"] for p in container["ports"]} == {port}
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if probe in container:
+                    get = container[probe]["httpGet"]
+                    assert get["scheme"] == "HTTPS" and get["port"] in {p["name"] for p in container["ports"]}
+            if command == "cas serve":
+                assert params["data_dir"] == Path("/var/lib/confide/cas")
+                data = mount_of(container, "/var/lib/confide/cas")
+                assert data is not None and data["mountPath"] != "/var/lib/confide/cas", (
+                    "the CAS must own its directory"
+                )
+    assert parsed >= 1
+
+
+def cas_get_routes(data_dir: Path) -> set[str]:
+    """The GET routes of the CAS's API (confide.cas.app.create_app over an in-process CAS)."""
+    from cas_inproc import InProcessCas
+    from confide.cas.app import create_app
+
+    env = InProcessCas.start(data_dir, policy="")
+    try:
+        app = create_app(env.cas)
+        return {route.path for route in app.routes if "GET" in getattr(route, "methods", ())}
+    finally:
+        env.cas.db.dispose()
+
+
+def test_cas_probes_are_routes_the_cas_serves(tmp_path: Path) -> None:
+    """The probes and the Prometheus path of every CAS pod are GET routes of the CAS's API:
+    readiness /v1/ready (the database answers), liveness /v1/health (the process serves)."""
+    routes = cas_get_routes(tmp_path / "cas")
+    for overlay in OVERLAYS:
+        cas = one(render(overlay), "StatefulSet", "confide-cas")
+        container = cas["spec"]["template"]["spec"]["containers"][0]
+        paths = {
+            p: container[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe")
+        }
+        assert paths == {
+            "startupProbe": "/v1/health",
+            "readinessProbe": "/v1/ready",
+            "livenessProbe": "/v1/health",
+        }
+        assert set(paths.values()) <= routes
+        assert cas["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"] in routes
+
+
+def docs_command_lines(text: str) -> list[list[str]]:
+    """The ``confide`` command lines with options in a page's code blocks and code spans (a code
+    span may wrap), each up to a comment or the span's end."""
+    pieces = [
+        line for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.DOTALL) for line in block.splitlines()
+    ]
+    pieces += [" ".join(span.split()) for span in re.findall(r"(?<!`)`([^`]+)`(?!`)", text)]
+    subcommands = "|".join(cli.list_commands(click.Context(cli)))
+    found = []
+    for piece in pieces:
+        for line in re.findall(rf"(?<![\w/-])confide ((?:{subcommands}) [^#]*)", piece):
+            words = shlex.split(line)
+            if any(w.startswith("--") for w in words):
+                found.append(words)
+    return found
+
+
+def test_docs_command_lines_parse() -> None:
+    """Every confide command line docs/deploy.md tells an operator to run is one the CLI
+    accepts (placeholders such as URL stand where a string goes)."""
+    lines = docs_command_lines((ROOT / "docs" / "deploy.md").read_text())
+    assert len(lines) >= 4
+    for words in lines:
+        parse_confide(words)
+    assert docs_command_lines("run `confide cas rotate-master-key --onlin\n  --data-dir D`") == [
+        ["cas", "rotate-master-key", "--onlin", "--data-dir", "D"]
+    ]
+    with pytest.raises(click.NoSuchOption):
+        parse_confide(["cas", "rotate-master-key", "--onlin", "--data-dir", "D"])
+
+
+def test_a_renamed_option_is_refused() -> None:
+    """The parser the tests use refuses what the CLI refuses (the test above can fail)."""
+    with pytest.raises(click.NoSuchOption):
+        parse_confide(["cas", "serve", "--data-dir", "/d", "--listen-on", "0.0.0.0:8443"])
+    with pytest.raises(click.BadParameter):
+        parse_confide(["cas", "serve", "--data-dir", "/d", "--witness-quorum", "zero"])
+    with pytest.raises(AssertionError, match="no subcommand"):
+        parse_confide(["cas", "server", "--data-dir", "/d"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_secret_values(overlay: str) -> None:
+    """Secrets are named, never written: no Secret object, no key or certificate material, no
+    password in a URL, no literal value for a variable whose name says it is secret."""
+    objects = render(overlay)
+    assert not [o for o in objects if o["kind"] == "Secret"]
+    text = json.dumps(objects)
+    assert "-----BEGIN" not in text
+    assert not re.search(r"[a-z+]+://[^/\s\"@]+:[^/\s\"@]+@", text), "a password in a URL"
+    for _workload, spec in pod_specs(objects):
+        for container in containers(spec):
+            for item in container.get("env", []):
+                if re.search(r"PASSW|SECRET|TOKEN|KEY$", item["name"]):
+                    assert "valueFrom" in item, f"{item['name']} given as a literal"
+            for arg in container.get("args", []):
+                assert not re.fullmatch(r"[0-9a-fA-F]{64}|[A-Za-z0-9+/]{43}=", str(arg)), "a key in args"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_one_image(overlay: str) -> None:
+    """Every container, init containers and the witness's included, runs the one image the
+    overlay names (kustomize's image transformer reached them all), with a tag."""
+    images = {c["image"] for _w, spec in pod_specs(render(overlay)) for c in containers(spec)}
+    assert len(images) == 1 and re.fullmatch(r"[^:]+:[\w.-]+", images.pop())
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_security_settings(overlay: str) -> None:
+    objects = render(overlay)
+    for workload, spec in pod_specs(objects):
+        name = workload["metadata"]["name"]
+        context = spec["securityContext"]
+        assert context["runAsNonRoot"] is True and context["runAsUser"] != 0, name
+        assert context["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert spec["automountServiceAccountToken"] is False, name
+        assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), name
+        for container in containers(spec):
+            sc = container["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, container["name"]
+            assert sc["allowPrivilegeEscalation"] is False, container["name"]
+            assert sc.get("privileged", False) is False, container["name"]
+            assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add"), container[
+                "name"
+            ]
+            assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+            # a read-only root: a writable volume for temporary files
+            assert mount_of(container, "/tmp") is not None or "command" in container, container["name"]
+        for container in spec["containers"]:
+            assert "readinessProbe" in container and "livenessProbe" in container, container["name"]
+        annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
+        if annotations.get("prometheus.io/scrape") == "true":
+            ports = {p["containerPort"] for c in spec["containers"] for p in c["ports"]}
+            assert int(annotations["prometheus.io/port"]) in ports
+            assert annotations["prometheus.io/path"] == "/metrics"
+            assert annotations["prometheus.io/scheme"] == "https"
+    for policy in (o for o in objects if o["kind"] == "NetworkPolicy"):
+        assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+
+
+def test_overlay_shapes() -> None:
+    sqlite, postgres = render("sqlite"), render("postgres")
+    one_cas = one(sqlite, "StatefulSet", "confide-cas")
+    assert one_cas["spec"]["replicas"] == 1
+    assert "--db" not in one_cas["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "initContainers" not in one_cas["spec"]["template"]["spec"]
+    replicas = one(postgres, "StatefulSet", "confide-cas")
+    assert replicas["spec"]["replicas"] > 1
+    spec = replicas["spec"]["template"]["spec"]
+    assert "--db" in spec["containers"][0]["args"]
+    assert env_values(spec["containers"][0])["PGPASSWORD"] == "<secretKeyRef confide-cas-db/password>"
+    key_volume = volume_source(spec, replicas, "master-key")
+    assert key_volume["secret"]["secretName"] == "confide-cas-master-key"
+    assert [c["name"] for c in spec["initContainers"]] == ["master-key"]
+    egress = one(postgres, "NetworkPolicy", "confide-cas")["spec"]["egress"]
+    assert {"protocol": "TCP", "port": 5432} in [p for rule in egress for p in rule.get("ports", [])]
+    pdb = one(postgres, "PodDisruptionBudget", "confide-cas")["spec"]
+    assert pdb["maxUnavailable"] == 1
+    witness = render("postgres-witness")
+    logs = [
+        a
+        for a in one(witness, "Deployment", "confide-witness")["spec"]["template"]["spec"]["containers"][0][
+            "args"
+        ]
+        if str(a).startswith("/etc/confide-witness/logs/")
+    ]
+    assert len(logs) == replicas["spec"]["replicas"], "one --log per CAS replica"
+    # the CAS may reach the witness, and the witness takes connections on its port
+    cas_egress = one(witness, "NetworkPolicy", "confide-cas")["spec"]["egress"]
+    to_witness = [
+        r
+        for r in cas_egress
+        if r.get("to") == [{"podSelector": {"matchLabels": {WITNESS_LABEL: "confide-witness"}}}]
+    ]
+    assert [r["ports"] for r in to_witness] == [[{"protocol": "TCP", "port": 8444}]]
+    witness_ingress = one(witness, "NetworkPolicy", "confide-witness")["spec"]["ingress"]
+    assert witness_ingress == [{"ports": [{"protocol": "TCP", "port": 8444}]}]
+
+
+# --- the command lines, run ------------------------------------------------------------------
+
+
+@dataclass
+class Pod:
+    """A container of a rendered manifest run here: its volumes are directories under ``root``,
+    its environment the manifest's (values from Secrets and ConfigMaps given by the test), its
+    args the manifest's with only the listed substitutions (each must match)."""
+
+    workload: dict[str, Any]
+    container: dict[str, Any]
+    root: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return dict(self.workload["spec"]["template"]["spec"])
+
+    def volume(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def local(self, path: str) -> str:
+        mount = mount_of(self.container, path)
+        assert mount is not None, path
+        return str(self.volume(mount["name"])) + path[len(mount["mountPath"].rstrip("/")) :]
+
+    def args(self, substitutions: dict[str, str]) -> list[str]:
+        env = {**env_values(self.container), **self.env}
+        args = expand([str(a) for a in self.container["args"]], env)
+        out = []
+        used = set()
+        for given in args:
+            arg = given
+            for old, new in substitutions.items():
+                if old in arg:
+                    arg = arg.replace(old, new)
+                    used.add(old)
+            out.append(self.local(arg) if arg.startswith("/") else arg)
+        assert used == set(substitutions), f"not in the manifest's args: {set(substitutions) - used}"
+        return out
+
+    def environment(self) -> dict[str, str]:
+        env = {**env_values(self.container), **self.env}
+        env = {k: self.local(v) if v.startswith("/") else v for k, v in env.items()}
+        for value in env.values():
+            assert not value.startswith("<"), f"the test gives no value for {value}"
+            if value.startswith(str(self.root)):
+                Path(value).mkdir(parents=True, exist_ok=True)
+        return {**os.environ, **env, "PYTHONPATH": str(ROOT / "src")}
+
+    def start(self, substitutions: dict[str, str]) -> Pod:
+        self.log = self.root / f"{self.container['name']}.log"
+        self.log.unlink(missing_ok=True)
+        if mount_of(self.container, "/var/lib/confide/cas") is not None:  # a CAS: a fresh client.env
+            (Path(self.local("/var/lib/confide/cas")) / "client.env").unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "confide", *self.args(substitutions)]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=self.environment())
+        return self
+
+    def get(self, path: str, port: int) -> tuple[int, bytes]:
+        """A GET over HTTPS as the kubelet's probes make it: the certificate is not checked."""
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        try:
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", context=context, timeout=5) as r:
+                return int(r.status), bytes(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def wait_for(self, found: Callable[[], T | None], timeout: float = 90.0) -> T:
+        """Polls ``found`` until it gives a value (the process must not exit meanwhile)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.log is not None
+            value = found()
+            if value is not None:
+                return value
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"nothing after {timeout} s")
+
+    def cas_port(self) -> int:
+        """The port ``cas serve --listen 127.0.0.1:0`` bound, from the client.env it writes."""
+        env_file = Path(self.local("/var/lib/confide/cas")) / "client.env"
+
+        def port() -> int | None:
+            if not env_file.exists():
+                return None
+            return int(client_env(env_file.parent)["CONFIDE_CAS_URL"].rpartition(":")[2])
+
+        return self.wait_for(port)
+
+    def witness_port(self) -> int:
+        """The port ``witness serve --listen 127.0.0.1:0`` bound, from the line it logs."""
+
+        def port() -> int | None:
+            assert self.log is not None
+            found = re.search(r" at https://127\.0\.0\.1:(\d+)/add-checkpoint", self.log.read_text())
+            return int(found.group(1)) if found else None
+
+        return self.wait_for(port)
+
+    def wait_ready(self, port: int, timeout: float = 90.0) -> None:
+        """Polls the startup probe's route until it answers 200 (the process must not exit)."""
+        path = self.container.get("startupProbe", self.container["readinessProbe"])["httpGet"]["path"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.log is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+            try:
+                if self.get(path, port)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"not ready after {timeout} s")
+
+    def check_routes(self, port: int) -> None:
+        """Every probe's route and the Prometheus annotations' route answer 200."""
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if probe in self.container:
+                status, _ = self.get(self.container[probe]["httpGet"]["path"], port)
+                assert status == 200, probe
+        annotations = self.workload["spec"]["template"]["metadata"]["annotations"]
+        status, body = self.get(annotations["prometheus.io/path"], port)
+        assert status == 200 and b"confide_" in body
+
+    def stop(self) -> None:
+        """SIGTERM, as the kubelet stops a pod; it must be gone within the grace period."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=self.spec["terminationGracePeriodSeconds"])
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("not stopped within terminationGracePeriodSeconds") from None
+            assert self.proc.returncode in (0, -signal.SIGTERM), self.proc.returncode
+
+
+def cas_pod(overlay: str, root: Path) -> Pod:
+    workload = one(render(overlay), "StatefulSet", "confide-cas")
+    container = workload["spec"]["template"]["spec"]["containers"][0]
+    return Pod(workload, container, root)
+
+
+def client_env(data_dir: Path) -> dict[str, str]:
+    env = {}
+    for line in (data_dir / "client.env").read_text().splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = value.strip("'")
+    return env
+
+
+def run_init_containers(pod: Pod, secrets: dict[str, dict[str, bytes]]) -> None:
+    """The pod's init containers' scripts, with their mounts mapped (Secret volumes filled with
+    ``secrets[secretName]``, as the kubelet projects their items)."""
+    for init in pod.spec.get("initContainers", []):
+        script = init["command"][-1]
+        for mount in sorted(init["volumeMounts"], key=lambda m: -len(m["mountPath"])):
+            local = pod.volume(mount["name"])
+            source = volume_source(pod.spec, pod.workload, mount["name"])
+            if "secret" in source:
+                data = secrets[source["secret"]["secretName"]]
+                for item in source["secret"].get("items", [{"key": k, "path": k} for k in data]):
+                    (local / item["path"]).write_bytes(data[item["key"]])
+            script = script.replace(mount["mountPath"], str(local))
+        assert init["command"][:2] == ["/bin/sh", "-c"]
+        subprocess.run(["/bin/sh", "-c", script], check=True, timeout=30)
+
+
+@pytest.mark.slow
+def test_sqlite_overlay_runs(tmp_path: Path) -> None:
+    pod = cas_pod("sqlite", tmp_path / "pod")
+    pod.start({"0.0.0.0:8443": "127.0.0.1:0"})
+    try:
+        port = pod.cas_port()
+        pod.wait_ready(port)
+        pod.check_routes(port)
+        data = pod.volume("data") / "cas"
+        assert {"master.key", "cas-key.pem", "cas-cert.pem", "log.key", "cas.db", "run.lock"} <= {
+            p.name for p in data.iterdir()
+        }
+        assert data.stat().st_mode & 0o777 == 0o700
+    finally:
+        pod.stop()
+
+
+@pytest.mark.slow
+def test_postgres_overlays_run(tmp_path: Path, postgres: Any) -> None:
+    """Two replicas of overlays/postgres on one database, each data directory given the master
+    key of the Secret by the init container; the master key rotated as docs/deploy.md says;
+    then replica 0 as overlays/postgres-witness starts it, with the witness started as its
+    Deployment says, once the replicas' log keys are registered with the witness (docs/deploy.md
+    "Witnesses")."""
+    db_url = postgres.new_database()
+    master_key = os.urandom(32)
+    secrets = {"confide-cas-master-key": {"master.key": master_key}}
+    db = {"postgresql://confide@postgresql:5432/confide": db_url}
+    replicas = [cas_pod("postgres", tmp_path / f"confide-cas-{i}") for i in range(2)]
+    try:
+        for pod in replicas:
+            pod.env["PGPASSWORD"] = "unused: the test cluster trusts local connections"
+            run_init_containers(pod, secrets)
+            pod.start({"0.0.0.0:8443": "127.0.0.1:0", **db})
+            port = pod.cas_port()
+            pod.wait_ready(port)  # OrderedReady: the first one is up before the next starts
+            pod.check_routes(port)
+        data = [pod.volume("data") / "cas" for pod in replicas]
+        assert [(d / "master.key").read_bytes() for d in data] == [master_key, master_key]
+        assert (data[0] / "cas-cert.pem").read_bytes() != (data[1] / "cas-cert.pem").read_bytes()
+        # A restart's init container never replaces the key a data directory holds.
+        run_init_containers(replicas[1], {"confide-cas-master-key": {"master.key": os.urandom(32)}})
+        assert (data[1] / "master.key").read_bytes() == master_key
+        log_keys = [client_env(d)["CONFIDE_LOG_KEY"] for d in data]
+    finally:
+        for pod in replicas:
+            pod.stop()
+
+    # docs/deploy.md "Rotating the master key", replicas: scaled to 0, the key rotated offline on
+    # replica 0's volume, the new key put into the Secret, the other replicas' keys deleted.
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    rotate = subprocess.run(
+        [sys.executable, "-m", "confide", "cas", "rotate-master-key", "--data-dir", str(data[0]), "--db", db_url],
+        check=False, capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert rotate.returncode == 0, rotate.stderr
+    new_key = (data[0] / "master.key").read_bytes()
+    assert new_key != master_key
+    secrets = {"confide-cas-master-key": {"master.key": new_key}}
+    stale = replicas[1]
+    run_init_containers(stale, secrets)  # its old key stays: it does not start, and changes nothing
+    stale.start({"0.0.0.0:8443": "127.0.0.1:0", **db})
+    assert stale.proc is not None and stale.log is not None
+    assert stale.proc.wait(timeout=60) == 2
+    assert "UsageError" in stale.log.read_text()
+    (data[1] / "master.key").unlink()
+    try:
+        for pod in replicas:
+            run_init_containers(pod, secrets)
+            pod.start({"0.0.0.0:8443": "127.0.0.1:0", **db})
+            pod.wait_ready(pod.cas_port())
+        assert [(d / "master.key").read_bytes() for d in data] == [new_key, new_key]
+    finally:
+        for pod in replicas:
+            pod.stop()
+
+    objects = render("postgres-witness")
+    witness_workload = one(objects, "Deployment", "confide-witness")
+    witness = Pod(
+        witness_workload, witness_workload["spec"]["template"]["spec"]["containers"][0], tmp_path / "w"
+    )
+    (tmp_path / "tls").mkdir()
+    ca, cert, key = tls_server_files(tmp_path / "tls", "witness")
+    keygen = [sys.executable, "-m", "confide", "ledger", "keygen"]
+    witness_key = witness.local("/etc/confide-witness/key/witness.key")
+    vkey = subprocess.run(
+        [*keygen, "--name", "confide-witness", "--witness", "--out", witness_key],
+        check=True, capture_output=True, text=True, env=env, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    shutil.copy(cert, witness.local("/etc/confide-witness/tls/tls.crt"))
+    shutil.copy(key, witness.local("/etc/confide-witness/tls/tls.key"))
+    # Replica 2 was never started here: a log key of its own stands for it.
+    spare = subprocess.run(
+        [*keygen, "--name", "confide-cas/replica-2", "--out", str(tmp_path / "replica-2.key")],
+        check=True, capture_output=True, text=True, env=env, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    for i, log_key in enumerate([*log_keys, spare]):
+        Path(witness.local(f"/etc/confide-witness/logs/confide-cas-{i}.vkey")).write_text(log_key + "\n")
+    witness.start({"0.0.0.0:8444": "127.0.0.1:0"})
+    first = cas_pod("postgres-witness", tmp_path / "confide-cas-0")
+    try:
+        witness_port = witness.witness_port()
+        witness.wait_ready(witness_port)
+        witness.check_routes(witness_port)
+        first.env["PGPASSWORD"] = "unused"
+        first.env["CONFIDE_WITNESS_VKEY"] = vkey
+        shutil.copy(ca, first.local("/etc/confide/witness/ca.crt"))
+        run_init_containers(first, secrets)
+        witness_url = {"https://confide-witness:8444": f"https://127.0.0.1:{witness_port}"}
+        first.start({"0.0.0.0:8443": "127.0.0.1:0", **db, **witness_url})
+        port = first.cas_port()
+        first.wait_ready(port)
+        first.check_routes(port)
+        _, metrics = first.get("/metrics", port)
+        assert b"confide_cas_witness_quorum 1.0" in metrics
+        _, witness_metrics = witness.get("/metrics", witness_port)
+        assert re.search(rb"confide_witness_cosignatures_total\{[^}]*\} [1-9]", witness_metrics)
+    finally:
+        first.stop()
+        witness.stop()
+
+
+@pytest.mark.slow
+def test_postgres_password_from_the_environment(tmp_path: Path) -> None:
+    """The postgres overlay's --db URL names no password; the pod's PGPASSWORD (from the Secret
+    confide-cas-db) is what libpq gives a server that asks for one. A wrong one stops the CAS
+    with a StorageError (exit 50) that does not show it."""
+    from cas_harness import PostgresCluster, pg_bin
+
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL server binaries are not installed (make test installs them)")
+    password = os.urandom(12).hex()
+    cluster = PostgresCluster(password=password)
+    try:
+        db_url = cluster.new_database()
+        assert password not in db_url
+        db = {"postgresql://confide@postgresql:5432/confide": db_url}
+        secrets = {"confide-cas-master-key": {"master.key": os.urandom(32)}}
+        wrong = cas_pod("postgres", tmp_path / "wrong")
+        wrong.env["PGPASSWORD"] = "not-" + password
+        run_init_containers(wrong, secrets)
+        wrong.start({"0.0.0.0:8443": "127.0.0.1:0", **db})
+        assert wrong.proc is not None and wrong.log is not None
+        assert wrong.proc.wait(timeout=60) == 50
+        assert "StorageError" in wrong.log.read_text() and password not in wrong.log.read_text()
+        pod = cas_pod("postgres", tmp_path / "pod")
+        pod.env["PGPASSWORD"] = password
+        run_init_containers(pod, secrets)
+        pod.start({"0.0.0.0:8443": "127.0.0.1:0", **db})
+        try:
+            port = pod.cas_port()
+            pod.wait_ready(port)
+            pod.check_routes(port)
+        finally:
+            pod.stop()
+    finally:
+        cluster.stop()
