@@ -32,7 +32,6 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -42,6 +41,7 @@ from confide.cas.client import CasClient
 from confide.cas.release_crypto import binding_report_data, decrypt_release
 from confide.cas.secrets import RUNTIME_KEY_MARKER, render, template_secret
 from confide.errors import ParseError, PolicyError, SignatureError, StorageError, UsageError
+from confide.frozenmap import FrozenMap
 from confide.fsutil import read_bounded
 from confide.policy.placeholders import Context, Placeholder, encoding_for, render_file
 from confide.runtime.absent import check_absent
@@ -167,8 +167,8 @@ class Release:
     """Whether :attr:`command` is the policy's (True) or the caller's (False)."""
 
     def __post_init__(self) -> None:  # read-only views: a frozen result stays as released
-        object.__setattr__(self, "environment", MappingProxyType(dict(self.environment)))
-        object.__setattr__(self, "files", MappingProxyType(dict(self.files)))
+        object.__setattr__(self, "environment", FrozenMap(self.environment))
+        object.__setattr__(self, "files", FrozenMap(self.files))
 
 
 def attest_release(
