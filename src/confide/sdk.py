@@ -37,6 +37,7 @@ not the one trusted. Each error's ``exit_code`` is the one the command exits wit
 
 from __future__ import annotations
 
+import importlib
 import os
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
@@ -50,14 +51,14 @@ from confide.cas.client import CasClient
 from confide.errors import ParseError, UsageError
 from confide.frozenmap import FrozenMap
 from confide.identity import Identity, PublicIdentity, load_identity
-from confide.runtime.quote import Evidence, QuoteProvider, SimQuoteProvider
-from confide.runtime.run import Release
-from confide.runtime.volumes import VolumeRelease
 
 if TYPE_CHECKING:
     from confide.cas.pin import PinnedCas
     from confide.ledger.note import NoteVerifier
     from confide.policy import Policy
+    from confide.runtime.quote import Evidence, QuoteProvider, SimQuoteProvider
+    from confide.runtime.run import Release
+    from confide.runtime.volumes import VolumeRelease
 
 __all__ = [
     "ENV_LOG_KEY",
@@ -86,6 +87,30 @@ __all__ = [
     "load_identity",
     "measure",
 ]
+
+_SERVICE_SIDE = {
+    "Evidence": "confide.runtime.quote",
+    "QuoteProvider": "confide.runtime.quote",
+    "SimQuoteProvider": "confide.runtime.quote",
+    "Release": "confide.runtime.run",
+    "VolumeRelease": "confide.runtime.volumes",
+}
+"""The service side's names, imported when first used: a stakeholder's script does not load the
+runtime (secret rendering, volumes, quote providers)."""
+
+
+def __getattr__(name: str) -> object:
+    module = _SERVICE_SIDE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SERVICE_SIDE})
+
 
 ENV_LOG_KEY = "CONFIDE_LOG_KEY"
 """The variable of client.env holding the CAS's transparency-log verifier key."""
@@ -727,6 +752,8 @@ class Cas:
         when the program is not found."""
         if self.sim_dir is None:
             raise UsageError(f"no simulated TEE: {ENV_SIM_DIR} is not set (source the CAS's client.env)")
+        from confide.runtime.quote import SimQuoteProvider  # noqa: PLC0415 - the service side loads here
+
         return SimQuoteProvider.for_command(
             self.sim_dir, list(command), cwd=None if cwd is None else Path(cwd)
         )

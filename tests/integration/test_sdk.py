@@ -150,6 +150,18 @@ def test_attested_pins_the_certificate_and_the_log_key(cas_proc: CasProcess) -> 
         Cas.attested(env["CONFIDE_CAS_URL"], sim_key=sim_key, tolerate=["everything"])
 
 
+def test_a_stakeholder_script_does_not_load_the_runtime() -> None:
+    code = (
+        "import sys, confide.sdk as sdk; assert 'confide.runtime.run' not in sys.modules; "
+        "assert 'Release' in dir(sdk); sdk.Release; assert 'confide.runtime.run' in sys.modules"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+
+
 # --- identities ----------------------------------------------------------------------------------
 
 
