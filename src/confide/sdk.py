@@ -603,8 +603,8 @@ class Cas:
     def approve(self, name: str, hash: str, identity: Identity) -> PolicyStatus:
         """A board member's signed approval of the pending version ``hash`` of ``name``
         (``confide policy approve``); the state after it (``active`` once the board's quorum
-        approved). Raises ``AccessDeniedError`` (not on the board), ``ConflictError`` (no
-        longer applicable), ``UsageError`` (no such pending version), ``NetworkError``."""
+        approved). Raises ``AccessDeniedError`` (not on the board, or no such policy),
+        ``ConflictError`` (no such submitted version, or no longer pending), ``NetworkError``."""
         return PolicyStatus._from(self._client.approve(name, hash, identity))
 
     def show(self, name: str, identity: Identity) -> PolicyInfo:

@@ -260,6 +260,10 @@ def test_a_board_update_waits_for_approval(cas: Cas, cas_proc: CasProcess, tmp_p
     approved = cas.approve("sdk-board", pending.hash, bob)
     assert (approved.hash, approved.state, approved.active) == (pending.hash, "active", True)
     assert cas.show("sdk-board", alice).hash == pending.hash
+    with pytest.raises(errors.ConflictError, match="not pending"):  # approved already
+        cas.approve("sdk-board", pending.hash, alice)
+    with pytest.raises(errors.ConflictError, match="no submitted version"):
+        cas.approve("sdk-board", "ab" * 32, alice)
 
     history = cas.history("sdk-board", alice)
     by_event = {e.event: e for e in history.entries}
@@ -370,6 +374,8 @@ access_policy:
         cas.revoke("sdk-pki", "srv", alice, serial=serial, all_valid=True)
     with pytest.raises(errors.AccessDeniedError):
         cas.revoke("sdk-pki", "srv", Identity.generate(), serial=serial)
+    with pytest.raises(errors.PolicyError, match="no such secret"):
+        cas.revoke("sdk-pki", "nothing", alice, all_valid=True)
     done = cas.revoke("sdk-pki", "srv", alice, serial=serial, reason="keyCompromise")
     assert (done.name, done.secret, done.reason) == ("sdk-pki", "srv", "keyCompromise")
     assert [r.get("serial") for r in done.revoked] == [serial]
