@@ -8,9 +8,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from confide.errors import ParseError, StorageError, UsageError
@@ -19,6 +21,7 @@ __all__ = [
     "PATH_ERRNOS",
     "TMP_PREFIX",
     "fsync_dir",
+    "lock_beside",
     "new_file_error",
     "read_bounded",
     "read_regular",
@@ -38,6 +41,21 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def lock_beside(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<path>.lock`` (created, mode 0600; left in place) while
+    the block runs: the read-modify-write of a state file that :func:`write_atomic` replaces
+    (a lock on the file itself would be on the inode the rename takes away). Other processes
+    (and other open file descriptions in this one) wait. An OSError opening it is raised as is."""
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _write_all(fd: int, data: bytes) -> None:

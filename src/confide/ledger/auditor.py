@@ -10,14 +10,18 @@ Errors, each with its own exit code: :class:`SignatureError` (bad signature by t
 key), :class:`UnknownKeyError` (checkpoint not signed by the pinned key),
 :class:`ConsistencyError` (fork), :class:`RollbackError` (tree shrank),
 :class:`EntryMismatchError` / :class:`EntryMissingError` (``--full``: an entry differs from,
-or is absent from, what the tree commits to), :class:`ParseError` (malformed input).
+or is absent from, what the tree commits to; :func:`audit_view`: a policy's entry seen before is
+no longer returned), :class:`ParseError` (malformed input).
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -35,7 +39,7 @@ from confide.errors import (
     UnknownKeyError,
     VerificationError,
 )
-from confide.fsutil import write_atomic
+from confide.fsutil import lock_beside, read_bounded, write_atomic
 from confide.ledger.checkpoint import Checkpoint, SignedCheckpoint, open_checkpoint
 from confide.ledger.db import DB_ERRORS, Conn
 from confide.ledger.merkle import (
@@ -56,7 +60,9 @@ __all__ = [
     "AuditorState",
     "LocalLogClient",
     "LogClient",
+    "ViewUpdate",
     "atomic_write",
+    "audit_view",
     "parse_bundle",
     "verify_checkpoint_update",
 ]
@@ -190,7 +196,12 @@ class Auditor:
 
     def update(self, old: Checkpoint | None) -> SignedCheckpoint:
         """Fetch the latest checkpoint, verify it and its consistency with ``old``."""
-        raw = self.fetch_checkpoint()
+        return self.extend(old, self.fetch_checkpoint())
+
+    def extend(self, old: Checkpoint | None, raw: bytes) -> SignedCheckpoint:
+        """Verify the signed checkpoint ``raw`` (the log's latest, or one the log sent with
+        other answers) and its consistency with ``old``, by a proof computed from the log's
+        tiles; the tiles must also hash to its root."""
         signed = open_checkpoint(raw, self.log_key, origin=self.origin or (old.origin if old else None))
         new = signed.checkpoint
         nodes = TiledNodes(_ClientTiles(self.client), new.size)
@@ -277,44 +288,186 @@ def atomic_write(path: Path, data: bytes) -> None:
     write_atomic(Path(path), data, mode=0o600)
 
 
-class AuditorState:
-    """The last checkpoint the auditor verified, kept as the signed note itself.
+MAX_STATE_FILE = 64 * 1024 * 1024
+"""The largest state file read (bytes): about eight million remembered entry indexes."""
 
-    File (JSON): ``{"version": 1, "checkpoint": "<signed note text>"}``. On load the note is
-    verified again with the pinned key, so editing the state file cannot rewind the auditor.
+
+class AuditorState:
+    """What an auditor remembers of one log between runs: the last checkpoint it verified (the
+    signed note itself) and, for ``ledger history|accesses --state``, per policy the indexes of
+    the entries it was shown, each proven included in that checkpoint or an earlier one.
+
+    Version 1 (``ledger verify`` alone): ``{"version": 1, "checkpoint": "<signed note>"}``.
+    Version 2: ``{"version": 2, "log_key": "<vkey>", "checkpoint": "<signed note>",
+    "policies": {"<name>": [index, ...]}}`` (indexes increasing, each below the checkpoint's
+    size). ``ledger verify`` keeps a version 1 file at version 1, and a version 2 file's
+    policies as they are. A file is hostile input: read strictly and bounded; the note is
+    verified again with the pinned key (editing the file cannot rewind the auditor); a version 2
+    file names its log key, and one of another key is refused before anything is written.
+    Use :meth:`locked` around load, checks and save: runs sharing a file do not lose each
+    other's updates.
     """
 
     VERSION = 1
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.policies: dict[str, list[int]] | None = None  # None: not a version 2 file (yet)
+        self._log_key: NoteVerifier | None = None
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """Hold ``<file>.lock`` (mode 0600, left in place) until the block ends."""
+        return _locked_state(self.path)
+
+    def _fail(self, expected: str) -> ParseError:
+        return ParseError(f"expected {expected}", structure=f"auditor state file {str(self.path)!r}")
 
     def load(self, log_key: NoteVerifier, *, origin: str | None = None) -> Checkpoint | None:
+        self._log_key = log_key
+        self.policies = None
         try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise StorageError(f"cannot read state file {str(self.path)!r}: {exc.strerror}") from None
-        doc = jsonstrict.loads(raw, structure="auditor state file")
-        if (
-            not isinstance(doc, dict)
-            or doc.get("version") != self.VERSION
-            or not isinstance(doc.get("checkpoint"), str)
-        ):
-            raise ParseError('expected {"version": 1, "checkpoint": "..."}', structure="auditor state file")
+            raw = read_bounded(
+                self.path, MAX_STATE_FILE, label="state file", expected="an auditor state file",
+                structure="auditor state file", regular=True,
+            )  # fmt: skip
+        except StorageError:
+            if not os.path.lexists(self.path):
+                return None
+            raise
+        doc = jsonstrict.loads(raw, structure=f"auditor state file {str(self.path)!r}")
+        if isinstance(doc, dict) and doc.get("version") == 2:
+            return self._load_v2(doc, log_key, origin)
+        if not isinstance(doc, dict) or set(doc) != {"version", "checkpoint"} or doc["version"] != 1:
+            raise self._fail('{"version": 1, "checkpoint": "..."} or version 2')
+        return self._open(doc["checkpoint"], log_key, origin)
+
+    def _open(self, note: object, log_key: NoteVerifier, origin: str | None) -> Checkpoint:
+        if not isinstance(note, str):
+            raise self._fail("the checkpoint as a string")
         try:
-            signed = open_checkpoint(doc["checkpoint"].encode("utf-8"), log_key, origin=origin)
-        except VerificationError as exc:
+            signed = open_checkpoint(note.encode("utf-8"), log_key, origin=origin)
+        except (VerificationError, ParseError) as exc:
             raise type(exc)(f"state file {str(self.path)!r}: {exc.message}") from None
         return signed.checkpoint
 
+    def _load_v2(self, doc: dict[str, object], log_key: NoteVerifier, origin: str | None) -> Checkpoint:
+        members = {"version", "log_key", "checkpoint", "policies"}
+        if set(doc) != members or not isinstance(doc["log_key"], str):
+            raise self._fail('{"version": 2, "log_key": ..., "checkpoint": ..., "policies": {...}}')
+        if doc["log_key"] != log_key.vkey:
+            raise UnknownKeyError(
+                f"state file {str(self.path)!r} is the state of the log with key {doc['log_key'][:200]!r}, "
+                f"not of the pinned {log_key.vkey!r} (another CAS's, or its log was replaced); "
+                "give another --state file"
+            )
+        checkpoint = self._open(doc["checkpoint"], log_key, origin)
+        policies = doc["policies"]
+        if not isinstance(policies, dict):
+            raise self._fail("policies as an object")
+        for name, indexes in policies.items():
+            if (
+                not name
+                or not isinstance(indexes, list)
+                or not all(type(i) is int for i in indexes)
+                or not _increasing(indexes, checkpoint.size)
+            ):
+                raise self._fail(
+                    f"policy {name[:200]!r}: increasing entry indexes below the checkpoint's size "
+                    f"{checkpoint.size}"
+                )
+        self.policies = {str(name): list(indexes) for name, indexes in policies.items()}
+        return checkpoint
+
+    def entries(self, name: str) -> list[int]:
+        """The indexes remembered for ``name`` (after :meth:`load`)."""
+        return list((self.policies or {}).get(name, []))
+
+    def remember(self, name: str, indexes: list[int]) -> None:
+        """Remember ``indexes`` (increasing) for ``name``: the file becomes version 2."""
+        if self.policies is None:
+            self.policies = {}
+        self.policies[name] = indexes
+
     def save(self, signed: SignedCheckpoint) -> None:
-        doc = {"version": self.VERSION, "checkpoint": signed.raw.decode("utf-8")}
+        doc: dict[str, object]
+        if self.policies is None:
+            doc = {"version": self.VERSION, "checkpoint": signed.raw.decode("utf-8")}
+        else:
+            assert self._log_key is not None, "load() first"
+            doc = {
+                "version": 2, "log_key": self._log_key.vkey, "checkpoint": signed.raw.decode("utf-8"),
+                "policies": dict(sorted(self.policies.items())),
+            }  # fmt: skip
         try:
             atomic_write(self.path, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
         except OSError as exc:
             raise StorageError(f"cannot write state file {str(self.path)!r}: {exc.strerror}") from None
+
+
+def _increasing(indexes: Sequence[int], size: int) -> bool:
+    """Entry indexes in increasing order, each in ``0..size-1``."""
+    return all(a < b for a, b in itertools.pairwise([-1, *indexes, size]))
+
+
+@contextlib.contextmanager
+def _locked_state(path: Path) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(lock_beside(path))
+        except OSError as exc:
+            raise StorageError(f"cannot lock state file {str(path)!r}: {exc.strerror or exc}") from None
+        yield
+
+
+@dataclass(frozen=True)
+class ViewUpdate:
+    """What :func:`audit_view` found: the checkpoint remembered before (``None`` on a first
+    run), how many entries of the policy were remembered, and how many it remembers now."""
+
+    previous: Checkpoint | None
+    known: int
+    remembered: int
+
+
+def audit_view(
+    client: LogClient,
+    log_key: NoteVerifier,
+    state: AuditorState,
+    previous: Checkpoint | None,
+    name: str,
+    signed: SignedCheckpoint | None,
+    proven: Sequence[int],
+) -> ViewUpdate:
+    """One policy's view of the log against what ``state`` remembers (loaded: ``previous``).
+
+    ``signed``: the checkpoint the log sent with the policy's entries; ``proven``: the indexes of
+    the entries it proved included in it (increasing). The checkpoint must extend ``previous``
+    (else :class:`RollbackError` / :class:`ConsistencyError`, proof from the log's tiles through
+    ``client``); every entry remembered for ``name`` must be among ``proven`` (else
+    :class:`EntryMissingError`: the log left out an entry it showed before). Then the state
+    remembers the new checkpoint and ``proven`` too, written atomically; on any error nothing
+    is written. Call with ``state.locked()`` held since the load."""
+    if signed is None:
+        if previous is not None:
+            raise RollbackError(f"the log presents no checkpoint, but size {previous.size} was seen before")
+        return ViewUpdate(None, 0, 0)  # nothing proven: nothing to remember
+    size = signed.checkpoint.size
+    if not _increasing(proven, size):
+        raise ValueError("proven: increasing indexes below the checkpoint's size")
+    new = Auditor(client, log_key).extend(previous, signed.raw)
+    known = state.entries(name)
+    missing = sorted(set(known).difference(proven))
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        shown = ", ".join(map(str, missing[:5])) + more
+        raise EntryMissingError(
+            f"{name}: the log no longer returns entr{'y' if len(missing) == 1 else 'ies'} {shown}, shown "
+            f"before and proven in its log (state file {str(state.path)!r}): it leaves out what it logged"
+        )
+    merged = sorted(set(known).union(proven))
+    state.remember(name, merged)
+    state.save(new)
+    return ViewUpdate(previous, len(known), len(merged))
 
 
 def audit_once(
@@ -329,10 +482,11 @@ def audit_once(
     """One audit round: verify the latest checkpoint against the state, optionally all
     entries, then remember it. Returns (previous, new)."""
     auditor = Auditor(client, log_key, witnesses=witnesses)
-    old = state.load(log_key) if state is not None else None
-    signed = auditor.update(old)
-    if full:
-        auditor.verify_entries(signed.checkpoint, entry_check)
-    if state is not None:
-        state.save(signed)
+    with state.locked() if state is not None else contextlib.nullcontext():
+        old = state.load(log_key) if state is not None else None
+        signed = auditor.update(old)
+        if full:
+            auditor.verify_entries(signed.checkpoint, entry_check)
+        if state is not None:
+            state.save(signed)
     return old, signed

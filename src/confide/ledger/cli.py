@@ -29,7 +29,14 @@ from confide.httpserve.limits import (
 )
 from confide.httpserve.ratelimit import Rate, parse_rate
 from confide.httpserve.server import reserve_descriptors
-from confide.ledger.auditor import AuditorState, LocalLogClient, LogClient, audit_once
+from confide.ledger.auditor import (
+    AuditorState,
+    LocalLogClient,
+    LogClient,
+    ViewUpdate,
+    audit_once,
+    audit_view,
+)
 from confide.ledger.http import (
     LEDGER_BODY_TIMEOUT,
     TILES_RATE,
@@ -496,34 +503,83 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _audit_options(command: F) -> F:
-    """The options of ``ledger history`` and ``ledger accesses``: who reads, the log key, JSON."""
+    """The options of ``ledger history`` and ``ledger accesses``: who reads, the log key, JSON,
+    the state file."""
     options = (
         click.option("--identity", "identity_file", type=_PATH, required=True,
                      help="Your identity file (a reader of POLICY; mode 0600): signs the read request."),
         click.option("--key", metavar="VKEY", help="Pinned log key (default: $CONFIDE_LOG_KEY)."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document."),
+        click.option("--state", "state_file", type=_PATH, metavar="FILE",
+                     help="Remember the checkpoint and the policy's entries in FILE: the next run refuses "
+                     "an older or forked log (exit 60, 61) and an entry seen before left out (exit 64)."),
     )  # fmt: skip
     for option in reversed(options):  # as written above the function, top first
         command = option(command)
     return command
 
 
+Read = Callable[[], tuple[str, Any, list[Any]]]
+
+
+def _read_audited(client: Any, log_key: NoteVerifier, state_file: Path | None, read: Read) -> tuple[Any, ...]:
+    """``read()`` (the policy read, its checkpoint and verified events); with ``state_file``,
+    checked against and added to what the file remembers (:func:`confide.ledger.auditor.audit_view`,
+    the consistency proof from the CAS's public tiles): the policy, the checkpoint, the events and
+    the :class:`ViewUpdate` (``None`` without a state file)."""
+    if state_file is None:
+        return (*read(), None)
+    state = AuditorState(state_file)
+    with state.locked():
+        previous = state.load(log_key)  # a bad state file is refused before the CAS is asked
+        policy, signed, events = read()
+        with HttpLogClient(f"{client.url}/v1/log", client=client.http) as tiles:
+            proven = [e.index for e in events if e.included]
+            update = audit_view(tiles, log_key, state, previous, policy, signed, proven)
+    return policy, signed, events, update
+
+
+def _state_line(state_file: Path, policy: str, signed: Any, update: ViewUpdate) -> None:
+    """One line on stderr: what the state file says about this run (stdout stays as without it)."""
+    size = signed.checkpoint.size if signed is not None else 0
+    before = "first run" if update.previous is None else f"extends size {update.previous.size} seen before"
+    click.echo(
+        f"state {str(state_file)!r}: checkpoint size {size} ({before}); {policy}: {update.known} entries "
+        f"seen before all returned, {update.remembered} remembered",
+        err=True,
+    )
+
+
 @ledger.command("history")
 @click.argument("policy")
 @_audit_options
-def history_cmd(policy: str, identity_file: Path, key: str | None, as_json: bool) -> None:
+def history_cmd(
+    policy: str, identity_file: Path, key: str | None, as_json: bool, state_file: Path | None
+) -> None:
     """Every version of POLICY: who signed it, who approved it (entries proven in the log)."""
     from confide.cas.audit import history, verified_events
 
     try:
         client, ident, log_key = _cas_inputs(identity_file, key)
-        signed, events = verified_events(client, policy, ident, log_key)
+
+        def read() -> tuple[str, Any, list[Any]]:
+            return (policy, *verified_events(client, policy, ident, log_key))
+
+        _, signed, events, update = _read_audited(client, log_key, state_file, read)
     except ConfideError as exc:
         _fail(exc)
         return
     rows = history(events)
+    if state_file is not None:
+        _state_line(state_file, policy, signed, update)
     if as_json:
-        click.echo(json.dumps({"checkpoint_size": signed.checkpoint.size if signed else 0, "history": rows}))
+        out: dict[str, Any] = {"checkpoint_size": signed.checkpoint.size if signed else 0, "history": rows}
+        if update is not None:
+            out["state"] = {
+                "previous_size": None if update.previous is None else update.previous.size,
+                "entries_known": update.known, "entries_remembered": update.remembered,
+            }  # fmt: skip
+        click.echo(json.dumps(out))
         return
     for r in rows:
         mark = "" if r["included"] else " (not yet in a checkpoint)"
@@ -534,30 +590,39 @@ def history_cmd(policy: str, identity_file: Path, key: str | None, as_json: bool
 @ledger.command("accesses")
 @click.argument("target", metavar="POLICY[/SECRET]")
 @_audit_options
-def accesses_cmd(target: str, identity_file: Path, key: str | None, as_json: bool) -> None:
+def accesses_cmd(
+    target: str, identity_file: Path, key: str | None, as_json: bool, state_file: Path | None
+) -> None:
     """Which attested services received POLICY's secrets, when, under which measurement."""
     from confide.cas.audit import accesses, verified_events
 
     # Policy names may have namespaces (a/b/c), secret names never contain "/": TARGET is the
     # policy named TARGET when there is one the identity may read, else POLICY/SECRET split at
     # the last "/".
-    policy, secret = target, ""
+    secret = ""
     try:
         client, ident, log_key = _cas_inputs(identity_file, key)
-        try:
-            _, events = verified_events(client, policy, ident, log_key)
-        except AccessDeniedError as whole:
-            if "/" not in target:
-                raise
-            policy, _, secret = target.rpartition("/")
+
+        def read() -> tuple[str, Any, list[Any]]:
+            nonlocal secret
             try:
-                _, events = verified_events(client, policy, ident, log_key)
-            except AccessDeniedError:
-                raise whole from None  # neither reading: name the target as given
+                return (target, *verified_events(client, target, ident, log_key))
+            except AccessDeniedError as whole:
+                if "/" not in target:
+                    raise
+                policy, _, secret = target.rpartition("/")
+                try:
+                    return (policy, *verified_events(client, policy, ident, log_key))
+                except AccessDeniedError:
+                    raise whole from None  # neither reading: name the target as given
+
+        policy, signed, events, update = _read_audited(client, log_key, state_file, read)
     except ConfideError as exc:
         _fail(exc)
         return
     rows = accesses(events, secret or None)
+    if state_file is not None:
+        _state_line(state_file, policy, signed, update)
     if as_json:
         click.echo(json.dumps(rows))
         return

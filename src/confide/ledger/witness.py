@@ -18,7 +18,6 @@ old size not the remembered one, or same size with another root 409
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import threading
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from confide.errors import (
     StorageError,
     UnknownKeyError,
 )
+from confide.fsutil import lock_beside
 from confide.ledger.auditor import atomic_write
 from confide.ledger.checkpoint import Checkpoint, open_checkpoint
 from confide.ledger.merkle import EMPTY_ROOT, verify_consistency
@@ -128,13 +128,8 @@ class Witness:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        lock_path = self.state_path.with_name(self.state_path.name + ".lock")
-        with self._lock, open(lock_path, "a+b") as lock_file:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+        with self._lock, lock_beside(self.state_path):
+            yield
 
     def _load(self) -> dict[str, str]:
         try:
