@@ -53,7 +53,10 @@ from confide.frozenmap import FrozenMap
 from confide.identity import Identity, PublicIdentity, load_identity
 
 if TYPE_CHECKING:
+    from confide.cas.audit import VerifiedEvent
     from confide.cas.pin import PinnedCas
+    from confide.ledger.auditor import ViewUpdate
+    from confide.ledger.checkpoint import SignedCheckpoint
     from confide.ledger.note import NoteVerifier
     from confide.policy import Policy
     from confide.runtime.quote import Evidence, QuoteProvider, SimQuoteProvider
@@ -82,6 +85,7 @@ __all__ = [
     "RevocationReason",
     "SecretInfo",
     "SimQuoteProvider",
+    "ViewState",
     "VolumeRelease",
     "create_identity",
     "load_identity",
@@ -312,12 +316,24 @@ class HistoryEntry:
 
 
 @dataclass(frozen=True)
+class ViewState:
+    """What a state file held (``ledger history --json``'s ``state``): the size of the
+    checkpoint remembered before (``None`` on the first run), how many entries of the policy it
+    remembered (all returned again) and how many it remembers now."""
+
+    previous_size: int | None
+    entries_known: int
+    entries_remembered: int
+
+
+@dataclass(frozen=True)
 class History:
     """A policy's versions, each entry verified against the pinned log key
-    (``confide ledger history --json``)."""
+    (``confide ledger history --json``); ``state``: with a state file, what it held."""
 
     checkpoint_size: int
     entries: tuple[HistoryEntry, ...]
+    state: ViewState | None = None
 
 
 @dataclass(frozen=True)
@@ -643,17 +659,30 @@ class Cas:
         except ParseError as exc:
             raise UsageError(f"log_key: {exc.message}") from None
 
-    def history(self, name: str, identity: Identity, *, log_key: str | None = None) -> History:
+    def history(
+        self,
+        name: str,
+        identity: Identity,
+        *,
+        log_key: str | None = None,
+        state: str | os.PathLike[str] | None = None,
+    ) -> History:
         """Every version of the policy, who signed and who approved it (``confide ledger
         history``): the checkpoint must be signed by the log key (``log_key``, default
         :attr:`log_key`) and every entry proven included in it, or match what the CAS says of
-        it. Raises ``UnknownKeyError`` (a checkpoint not signed by that key),
-        ``EntryMismatchError`` (an entry not included, or not what the CAS says), ``ParseError``,
-        ``UsageError`` (no log key), and as :meth:`show`."""
-        from confide.cas.audit import history, verified_events  # noqa: PLC0415
+        it. With ``state`` (a state file, ``ledger history --state FILE``, docs/ledger.md "A
+        policy's view across runs"), the checkpoint must also extend the one remembered there
+        and every entry remembered for the policy be returned again; the file then remembers
+        this run (``History.state`` says what it held).
 
-        verifier = self._log_verifier(log_key)
-        signed, events = verified_events(self._client, name, identity, verifier)
+        Raises ``UnknownKeyError`` (a checkpoint not signed by that key, or a state file of
+        another log), ``EntryMismatchError`` (an entry not included, or not what the CAS says),
+        ``ParseError``, ``UsageError`` (no log key); with ``state`` ``RollbackError`` (an older
+        log), ``ConsistencyError`` (a fork), ``EntryMissingError`` (an entry seen before left
+        out); and as :meth:`show`."""
+        from confide.cas.audit import history  # noqa: PLC0415
+
+        signed, events, update = self._audited(name, identity, log_key, state)
         entries = []
         for row in history(events):
             approvers = row.get("approvers") or []
@@ -669,18 +698,42 @@ class Cas:
                     bool(row["included"]),
                 )
             )
-        return History(signed.checkpoint.size if signed is not None else 0, tuple(entries))
+        view = None
+        if update is not None:
+            previous = None if update.previous is None else update.previous.size
+            view = ViewState(previous, update.known, update.remembered)
+        return History(signed.checkpoint.size if signed is not None else 0, tuple(entries), view)
+
+    def _audited(
+        self, name: str, identity: Identity, log_key: str | None, state: str | os.PathLike[str] | None
+    ) -> tuple[SignedCheckpoint | None, list[VerifiedEvent], ViewUpdate | None]:
+        """The policy's events verified against the log key (and, with ``state``, the file)."""
+        from confide.cas.audit import read_audited, verified_events  # noqa: PLC0415
+
+        verifier = self._log_verifier(log_key)
+
+        def read() -> tuple[str, SignedCheckpoint | None, list[VerifiedEvent]]:
+            return (name, *verified_events(self._client, name, identity, verifier))
+
+        state_file = None if state is None else Path(state)
+        _name, signed, events, update = read_audited(self._client, verifier, state_file, read)
+        return signed, events, update
 
     def accesses(
-        self, name: str, identity: Identity, *, secret: str | None = None, log_key: str | None = None
+        self,
+        name: str,
+        identity: Identity,
+        *,
+        secret: str | None = None,
+        log_key: str | None = None,
+        state: str | os.PathLike[str] | None = None,
     ) -> tuple[Access, ...]:
         """Which attested services received the policy's secrets (only ``secret``'s, when
         given), when, under which measurement (``confide ledger accesses``), verified as
-        :meth:`history` verifies. Raises as :meth:`history`."""
-        from confide.cas.audit import accesses, verified_events  # noqa: PLC0415
+        :meth:`history` verifies (with ``state`` too). Raises as :meth:`history`."""
+        from confide.cas.audit import accesses  # noqa: PLC0415
 
-        verifier = self._log_verifier(log_key)
-        _signed, events = verified_events(self._client, name, identity, verifier)
+        _signed, events, _update = self._audited(name, identity, log_key, state)
         out = []
         for row in accesses(events, secret):
             released = []

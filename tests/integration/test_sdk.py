@@ -282,6 +282,27 @@ def test_a_board_update_waits_for_approval(cas: Cas, cas_proc: CasProcess, tmp_p
         keyless.history("sdk-board", alice)
 
 
+def test_history_and_accesses_remember_a_state_file(cas: Cas, cas_proc: CasProcess, tmp_path: Path) -> None:
+    alice = Identity.generate()
+    created = cas.apply(app_policy("sdk-state", measure(command(tmp_path))), alice)
+    assert wait_for_log(cas_proc.env, 3) >= 3
+    state = tmp_path / "view.state"
+    first = cas.history("sdk-state", alice, state=state)
+    assert first.state is not None and first.state.previous_size is None
+    assert first.state.entries_remembered >= 1 and state.stat().st_mode & 0o777 == 0o600
+    assert [e.hash for e in first.entries if e.event == "policy.created"] == [created.hash]
+    again = cas.history("sdk-state", alice, state=state)
+    assert again.state is not None and again.state.previous_size == first.checkpoint_size
+    assert again.state.entries_known == first.state.entries_remembered
+    assert cas.accesses("sdk-state", alice, state=state) == ()  # the same file, checked again
+    assert cas.history("sdk-state", alice).state is None  # without a file nothing is remembered
+    broken = tmp_path / "broken.state"
+    broken.write_text("not json")
+    with pytest.raises(errors.ParseError):
+        cas.history("sdk-state", alice, state=broken)
+    assert broken.read_text() == "not json"  # left as it was
+
+
 # --- services ------------------------------------------------------------------------------------
 
 
