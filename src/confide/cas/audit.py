@@ -13,8 +13,10 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from confide import jsonstrict
 from confide.cas.client import CasClient
@@ -28,7 +30,10 @@ from confide.ledger.merkle import hash_leaf, verify_inclusion
 from confide.ledger.note import NoteVerifier
 from confide.policy import loads_policy, policy_hash
 
-__all__ = ["PolicyChainChecker", "VerifiedEvent", "accesses", "history", "verified_events"]
+if TYPE_CHECKING:
+    from confide.ledger.auditor import ViewUpdate
+
+__all__ = ["PolicyChainChecker", "VerifiedEvent", "accesses", "history", "read_audited", "verified_events"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,33 @@ def verified_events(
             included = True
         out.append(VerifiedEvent(index, entry.type.value, entry.time, entry.payload, included))
     return signed, out
+
+
+Read = Callable[[], tuple[str, SignedCheckpoint | None, list[VerifiedEvent]]]
+"""A read of one policy's verified events: (the policy read, its checkpoint, the events)."""
+
+
+def read_audited(
+    client: CasClient, log_key: NoteVerifier, state_file: Path | None, read: Read
+) -> tuple[str, SignedCheckpoint | None, list[VerifiedEvent], ViewUpdate | None]:
+    """``read()`` (the policy read, its checkpoint and verified events); with ``state_file``,
+    checked against and added to what the file remembers (:func:`confide.ledger.auditor.audit_view`,
+    the consistency proof from the CAS's public tiles): the policy, the checkpoint, the events and
+    the :class:`~confide.ledger.auditor.ViewUpdate` (``None`` without a state file). ``ledger
+    history|accesses --state`` and :meth:`confide.sdk.Cas.history` / ``accesses``."""
+    if state_file is None:
+        return (*read(), None)
+    from confide.ledger.auditor import AuditorState, audit_view  # noqa: PLC0415 - only with a state file
+    from confide.ledger.http import HttpLogClient  # noqa: PLC0415
+
+    state = AuditorState(state_file)
+    with state.locked():
+        previous = state.load(log_key)  # a bad state file is refused before the CAS is asked
+        policy, signed, events = read()
+        with HttpLogClient(f"{client.url}/v1/log", client=client.http) as tiles:
+            proven = [e.index for e in events if e.included]
+            update = audit_view(tiles, log_key, state, previous, policy, signed, proven)
+    return policy, signed, events, update
 
 
 _HASH_HEX = re.compile(r"[0-9a-f]{64}")

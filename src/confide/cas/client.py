@@ -15,7 +15,7 @@ import json
 import os
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -210,11 +210,14 @@ class CasClient:
             raise UsageError(f"the CAS URL {url[:80]!r} is not a valid URL: {exc}") from None
 
     @classmethod
-    def from_env(cls) -> CasClient:
-        url = os.environ.get(ENV_URL)
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> CasClient:
+        """A client of the CAS ``environ`` (default: this process's environment) names in
+        :data:`ENV_URL`, trusting only the certificate in :data:`ENV_CERT`."""
+        env = os.environ if environ is None else environ
+        url = env.get(ENV_URL)
         if not url:
             raise UsageError(f"{ENV_URL} is not set: source the client.env that 'confide cas serve' wrote")
-        cert = os.environ.get(ENV_CERT)
+        cert = env.get(ENV_CERT)
         return cls(url, Path(cert) if cert else None)
 
     def close(self) -> None:

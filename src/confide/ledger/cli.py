@@ -35,7 +35,6 @@ from confide.ledger.auditor import (
     LogClient,
     ViewUpdate,
     audit_once,
-    audit_view,
 )
 from confide.ledger.http import (
     LEDGER_BODY_TIMEOUT,
@@ -519,26 +518,6 @@ def _audit_options(command: F) -> F:
     return command
 
 
-Read = Callable[[], tuple[str, Any, list[Any]]]
-
-
-def _read_audited(client: Any, log_key: NoteVerifier, state_file: Path | None, read: Read) -> tuple[Any, ...]:
-    """``read()`` (the policy read, its checkpoint and verified events); with ``state_file``,
-    checked against and added to what the file remembers (:func:`confide.ledger.auditor.audit_view`,
-    the consistency proof from the CAS's public tiles): the policy, the checkpoint, the events and
-    the :class:`ViewUpdate` (``None`` without a state file)."""
-    if state_file is None:
-        return (*read(), None)
-    state = AuditorState(state_file)
-    with state.locked():
-        previous = state.load(log_key)  # a bad state file is refused before the CAS is asked
-        policy, signed, events = read()
-        with HttpLogClient(f"{client.url}/v1/log", client=client.http) as tiles:
-            proven = [e.index for e in events if e.included]
-            update = audit_view(tiles, log_key, state, previous, policy, signed, proven)
-    return policy, signed, events, update
-
-
 def _state_line(state_file: Path, policy: str, signed: Any, update: ViewUpdate) -> None:
     """One line on stderr: what the state file says about this run (stdout stays as without it)."""
     size = signed.checkpoint.size if signed is not None else 0
@@ -557,7 +536,7 @@ def history_cmd(
     policy: str, identity_file: Path, key: str | None, as_json: bool, state_file: Path | None
 ) -> None:
     """Every version of POLICY: who signed it, who approved it (entries proven in the log)."""
-    from confide.cas.audit import history, verified_events
+    from confide.cas.audit import history, read_audited, verified_events
 
     try:
         client, ident, log_key = _cas_inputs(identity_file, key)
@@ -565,12 +544,12 @@ def history_cmd(
         def read() -> tuple[str, Any, list[Any]]:
             return (policy, *verified_events(client, policy, ident, log_key))
 
-        _, signed, events, update = _read_audited(client, log_key, state_file, read)
+        _, signed, events, update = read_audited(client, log_key, state_file, read)
     except ConfideError as exc:
         _fail(exc)
         return
     rows = history(events)
-    if state_file is not None:
+    if state_file is not None and update is not None:
         _state_line(state_file, policy, signed, update)
     if as_json:
         out: dict[str, Any] = {"checkpoint_size": signed.checkpoint.size if signed else 0, "history": rows}
@@ -594,7 +573,7 @@ def accesses_cmd(
     target: str, identity_file: Path, key: str | None, as_json: bool, state_file: Path | None
 ) -> None:
     """Which attested services received POLICY's secrets, when, under which measurement."""
-    from confide.cas.audit import accesses, verified_events
+    from confide.cas.audit import accesses, read_audited, verified_events
 
     # Policy names may have namespaces (a/b/c), secret names never contain "/": TARGET is the
     # policy named TARGET when there is one the identity may read, else POLICY/SECRET split at
@@ -616,12 +595,12 @@ def accesses_cmd(
                 except AccessDeniedError:
                     raise whole from None  # neither reading: name the target as given
 
-        policy, signed, events, update = _read_audited(client, log_key, state_file, read)
+        policy, signed, events, update = read_audited(client, log_key, state_file, read)
     except ConfideError as exc:
         _fail(exc)
         return
     rows = accesses(events, secret or None)
-    if state_file is not None:
+    if state_file is not None and update is not None:
         _state_line(state_file, policy, signed, update)
     if as_json:
         click.echo(json.dumps(rows))

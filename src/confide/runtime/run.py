@@ -41,6 +41,7 @@ from confide.cas.client import CasClient
 from confide.cas.release_crypto import binding_report_data, decrypt_release
 from confide.cas.secrets import RUNTIME_KEY_MARKER, render, template_secret
 from confide.errors import ParseError, PolicyError, SignatureError, StorageError, UsageError
+from confide.frozenmap import FrozenMap
 from confide.fsutil import read_bounded
 from confide.policy.placeholders import Context, Placeholder, encoding_for, render_file
 from confide.runtime.absent import check_absent
@@ -51,7 +52,17 @@ from confide.volume.mount import _private_namespace, mount_tmpfs_at
 
 log = logging.getLogger(__name__)
 
-__all__ = ["INJECT_STAGING", "Launch", "attest_and_prepare", "is_memory_backed", "launch", "supervise"]
+__all__ = [
+    "INJECT_STAGING",
+    "Launch",
+    "Release",
+    "attest_and_prepare",
+    "attest_release",
+    "is_memory_backed",
+    "launch",
+    "not_dumpable",
+    "supervise",
+]
 
 _MEMORY_FS = frozenset({"tmpfs", "ramfs"})
 INJECT_STAGING = Path("/run/confide/inject")
@@ -120,7 +131,7 @@ def is_memory_backed(path: Path, *, dir_fd: int | None = None) -> bool:
 _PR_SET_DUMPABLE = 4  # <linux/prctl.h>
 
 
-def _not_dumpable() -> None:
+def not_dumpable() -> None:
     """prctl(PR_SET_DUMPABLE, 0) (prctl(2)): no core dump of this process, which is about to
     hold the ephemeral key and the released secrets (and, supervising, the volume keys for the
     program's lifetime), and no ptrace or /proc/PID/mem access by other processes of the same
@@ -133,10 +144,55 @@ def _not_dumpable() -> None:
         log.warning("confide: cannot disable core dumps of confide run: %s", exc)
 
 
-def attest_and_prepare(
-    client: CasClient, provider: QuoteProvider, policy: str, service: str, command: Sequence[str]
-) -> Launch:
-    _not_dumpable()
+@dataclass(frozen=True)
+class Release:
+    """What the CAS released to an attested service, decrypted and checked: the configuration
+    ``confide run`` injects, and what :meth:`confide.sdk.Cas.attest` returns to a program that
+    attests itself. Holds secrets (environment, files, command, volume keys): never in a
+    ``repr``."""
+
+    policy: str
+    service: str
+    command: tuple[str, ...] = field(repr=False)
+    """The policy's command for the service (with ``$$SCONE::...$$`` rendered), or, when it
+    names none, the command the caller gave (``confide run``'s); may be empty."""
+    environment: Mapping[str, str] = field(repr=False)
+    """Exactly the released environment (the host's is not merged in)."""
+    files: Mapping[str, bytes] = field(repr=False)
+    """Injection files, absolute path to content (templates given by path only rendered)."""
+    pwd: str | None
+    volumes: tuple[VolumeRelease, ...] = ()
+    session: str = ""
+    command_released: bool = False
+    """Whether :attr:`command` is the policy's (True) or the caller's (False)."""
+
+    def __post_init__(self) -> None:  # read-only views: a frozen result stays as released
+        object.__setattr__(self, "environment", FrozenMap(self.environment))
+        object.__setattr__(self, "files", FrozenMap(self.files))
+
+
+def attest_release(
+    client: CasClient,
+    provider: QuoteProvider,
+    policy: str,
+    service: str,
+    *,
+    command: Sequence[str] = (),
+    require_command: bool = False,
+) -> Release:
+    """Attest ``service`` of ``policy`` to the CAS ``client`` talks to and return the release
+    it decrypted (steps 1 to 4 of the module doc); the one code path of ``confide run``
+    (:func:`attest_and_prepare`) and of :meth:`confide.sdk.Cas.attest`.
+
+    An ephemeral P-256 key (never leaving this process) is bound into the evidence ``provider``
+    returns for a fresh CAS nonce; the CAS's answer is decrypted with it. ``command``: the
+    command to use when the policy names none; ``require_command``: a release with neither is a
+    :class:`UsageError` (``confide run`` has nothing to execute). Certificates the CAS issued to
+    the ephemeral key get its private key (PEM) where the policy puts the runtime key.
+
+    Raises the CAS's refusal as its error class (``AppraisalError`` for evidence the policy does
+    not accept, ``AccessDeniedError``, ...), ``NetworkError`` when the CAS cannot be reached,
+    ``ParseError`` for a malformed answer, and the provider's errors."""
     key = ec.generate_private_key(ec.SECP256R1())
     key_der = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -159,7 +215,8 @@ def attest_and_prepare(
     if aux:
         request["aux"] = {k: base64.b64encode(v).decode() for k, v in dict(aux).items()}
     config = decrypt_release(key, client.attest(request), nonce, public_key_der=key_der)
-    argv = _strings(config.get("command"), "command") or list(command)
+    released = _strings(config.get("command"), "command")
+    argv = released or list(command)
     environment = _string_map(config.get("environment"), "environment")
     for name in environment:
         if not name or "=" in name:
@@ -174,7 +231,7 @@ def attest_and_prepare(
         raise ParseError("the CAS's configuration is malformed", structure="release") from None
     pwd = _optional_string(config.get("pwd"), "pwd")
     session = _optional_string(config.get("session"), "session") or ""
-    if not argv:
+    if require_command and not argv:
         raise UsageError("no command: give one after -- or in the policy's service")
     templates = config.get("templates")
     if templates:
@@ -188,7 +245,22 @@ def attest_and_prepare(
     argv = [a.replace(marker, pem.decode()) for a in argv]
     environment = {k: v.replace(marker, pem.decode()) for k, v in environment.items()}
     files = {p: c.replace(RUNTIME_KEY_MARKER, pem) for p, c in files.items()}
-    if command and config.get("command"):
+    return Release(
+        policy, service, tuple(argv), environment, files, pwd or None, volumes, session,
+        command_released=bool(config.get("command")),
+    )  # fmt: skip
+
+
+def attest_and_prepare(
+    client: CasClient, provider: QuoteProvider, policy: str, service: str, command: Sequence[str]
+) -> Launch:
+    """``confide run``: :func:`attest_release` (refusing a release without a command), then the
+    check that the policy's command runs the program that was measured."""
+    not_dumpable()
+    release = attest_release(client, provider, policy, service, command=command, require_command=True)
+    argv = list(release.command)
+    environment = dict(release.environment)
+    if command and release.command_released:
         measured = shutil.which(command[0])
         released = shutil.which(argv[0], path=_search_path(environment))
         # a program measured as absent is found by neither before the volumes are mounted: the
@@ -201,7 +273,9 @@ def attest_and_prepare(
                 f"the policy's command runs {argv[0]!r}, but {command[0]!r} was measured; "
                 "they must be the same program"
             )
-    return Launch(argv, environment, files, pwd or None, policy, volumes, session)
+    return Launch(
+        argv, environment, dict(release.files), release.pwd, policy, release.volumes, release.session
+    )
 
 
 def _no_nul(text: str, field: str) -> str:

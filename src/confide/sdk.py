@@ -1,0 +1,840 @@
+"""The Python SDK of confide: what stakeholders and services do with a CAS, from Python.
+
+A thin, typed facade over the code the ``confide`` command runs: every call below makes the
+same requests as its command (docs/cas.md "Command-line contract"), signs the same documents,
+checks the same things and raises the same :mod:`confide.errors` classes, so a script can move
+between the two. Results are frozen dataclasses; JSON the CAS returns inside them is read-only
+(:data:`JsonValue`: mappings and tuples). docs/sdk.md has a worked example.
+
+Connecting (each returns a :class:`Cas`, a context manager that closes its connection)::
+
+    Cas.from_env()                    # the variables of client.env (CONFIDE_CAS_URL, ...)
+    Cas.from_env_file("DIR/client.env")
+    Cas.connect(url, ca_cert=PATH_OR_PEM, log_key=VKEY)
+    Cas.attested(url, sim_key=..., measurements=[...])   # as ``confide cas attest``: pin by evidence
+
+Stakeholders (:class:`Identity` signs)::
+
+    cas.apply(policy, identity) -> PolicyStatus      # confide policy apply
+    cas.approve(name, hash, identity) -> PolicyStatus
+    cas.show(name, identity) -> PolicyInfo           # never secret values
+    cas.events(name, identity) -> tuple[PolicyEvent, ...]
+    cas.history(name, identity) -> History           # confide ledger history (proven in the log)
+    cas.accesses(name, identity, secret=None) -> tuple[Access, ...]
+    cas.crl(name, secret, identity=None) -> bytes
+    cas.revoke(name, secret, identity, serial=... | all_valid=True) -> Revocation
+
+Services that attest themselves (not started by ``confide run``)::
+
+    cas.attest("POLICY/SERVICE", provider) -> Release   # the same code as confide run
+
+Errors: every call raises :class:`~confide.errors.ConfideError` subclasses only (its docstring
+names which); the CAS's refusals arrive as the class the CAS raised (``AccessDeniedError`` for a
+policy the identity may not read, ``ConflictError`` for a stale predecessor, ``AppraisalError``
+for evidence a policy refuses, ...), and ``NetworkError`` when the CAS cannot be reached or is
+not the one trusted. Each error's ``exit_code`` is the one the command exits with.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+from confide.cas.client import CasClient
+from confide.errors import ParseError, UsageError
+from confide.frozenmap import FrozenMap
+from confide.identity import Identity, PublicIdentity, load_identity
+
+if TYPE_CHECKING:
+    from confide.cas.audit import VerifiedEvent
+    from confide.cas.pin import PinnedCas
+    from confide.ledger.auditor import ViewUpdate
+    from confide.ledger.checkpoint import SignedCheckpoint
+    from confide.ledger.note import NoteVerifier
+    from confide.policy import Policy
+    from confide.runtime.quote import Evidence, QuoteProvider, SimQuoteProvider
+    from confide.runtime.run import Release
+    from confide.runtime.volumes import VolumeRelease
+
+__all__ = [
+    "ENV_LOG_KEY",
+    "ENV_SIM_DIR",
+    "Access",
+    "Cas",
+    "Evidence",
+    "History",
+    "HistoryEntry",
+    "Identity",
+    "JsonValue",
+    "PolicyEvent",
+    "PolicyInfo",
+    "PolicyStatus",
+    "PolicyVersion",
+    "PublicIdentity",
+    "QuoteProvider",
+    "Release",
+    "ReleasedSecret",
+    "Revocation",
+    "RevocationReason",
+    "SecretInfo",
+    "SimQuoteProvider",
+    "ViewState",
+    "VolumeRelease",
+    "create_identity",
+    "load_identity",
+    "measure",
+]
+
+_SERVICE_SIDE = {
+    "Evidence": "confide.runtime.quote",
+    "QuoteProvider": "confide.runtime.quote",
+    "SimQuoteProvider": "confide.runtime.quote",
+    "Release": "confide.runtime.run",
+    "VolumeRelease": "confide.runtime.volumes",
+}
+"""The service side's names, imported when first used: a stakeholder's script does not load the
+runtime (secret rendering, volumes, quote providers)."""
+
+
+def __getattr__(name: str) -> object:
+    module = _SERVICE_SIDE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SERVICE_SIDE})
+
+
+ENV_LOG_KEY = "CONFIDE_LOG_KEY"
+"""The variable of client.env holding the CAS's transparency-log verifier key."""
+ENV_SIM_DIR = "CONFIDE_SIM_DIR"
+"""The variable of client.env (``cas serve --dev``) naming the simulated platform's directory."""
+
+JsonValue: TypeAlias = "bool | int | float | str | tuple[JsonValue, ...] | Mapping[str, JsonValue] | None"
+"""JSON as the SDK returns it: read-only (objects are mappings, arrays tuples)."""
+
+RevocationReason: TypeAlias = Literal[
+    "unspecified",
+    "keyCompromise",
+    "cACompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "privilegeWithdrawn",
+]
+"""RFC 5280 §5.3.1 reasons ``confide policy revoke --reason`` takes."""
+
+_EMPTY: Mapping[str, JsonValue] = FrozenMap({})
+
+
+def _freeze(value: object) -> JsonValue:
+    """Parsed JSON, read-only: dicts as mappings, lists as tuples."""
+    if isinstance(value, dict):
+        return FrozenMap({str(k): _freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise ParseError(f"got a {type(value).__name__}, expected JSON", structure="the CAS's answer")
+
+
+def _object(value: object, what: str) -> Mapping[str, JsonValue]:
+    frozen = _freeze(value)
+    if not isinstance(frozen, Mapping):
+        raise ParseError("expected an object", structure=what)
+    return frozen
+
+
+def _str(obj: Mapping[str, JsonValue], key: str, what: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise ParseError(f"got {type(value).__name__}, expected a string", structure=what, field=key)
+    return value
+
+
+def _opt_str(obj: Mapping[str, JsonValue], key: str) -> str | None:
+    value = obj.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _int(obj: Mapping[str, JsonValue], key: str, what: str) -> int:
+    value = obj.get(key)
+    if type(value) is not int:
+        raise ParseError(f"got {type(value).__name__}, expected an integer", structure=what, field=key)
+    return value
+
+
+def _objects(value: JsonValue, what: str) -> tuple[Mapping[str, JsonValue], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, tuple) or not all(isinstance(v, Mapping) for v in value):
+        raise ParseError("expected a list of objects", structure=what)
+    return tuple(v for v in value if isinstance(v, Mapping))
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyStatus:
+    """A version's state after ``apply`` or ``approve``: ``active`` (current) or ``pending``
+    (awaiting approvals of the policy's update board)."""
+
+    name: str
+    hash: str
+    state: str
+
+    @property
+    def active(self) -> bool:
+        return self.state == "active"
+
+    @property
+    def pending(self) -> bool:
+        return self.state == "pending"
+
+    @classmethod
+    def _from(cls, answer: object) -> PolicyStatus:
+        obj = _object(answer, "the CAS's policy answer")
+        what = "the CAS's policy answer"
+        return cls(_str(obj, "name", what), _str(obj, "hash", what), _str(obj, "state", what))
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    """One version of a policy's lineage, as ``policy show`` lists it."""
+
+    hash: str
+    seq: int
+    state: str
+    predecessor: str | None
+    submitter: str | None
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    """The public parts of one secret (``policy show``): its kind and version, and for keys and
+    certificates the certificate (PEM), public key (PEM), serial, ``not_after``, ``renew_at``,
+    a generated CA's current ``crl``. Never the value: the CAS does not send it.
+    ``details``: everything the CAS said about it."""
+
+    name: str
+    kind: str | None
+    version: int
+    certificate: str | None
+    public_key: str | None
+    serial: str | None
+    not_after: str | None
+    details: Mapping[str, JsonValue] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    """A policy as its readers see it (``confide policy show``): the current version's hash,
+    its creator's fingerprint, the policy document (explicit secret values and volume keys read
+    ``(withheld)``), the lineage's versions and the secrets' public parts."""
+
+    name: str
+    hash: str
+    creator: str
+    document: Mapping[str, JsonValue] = field(repr=False)
+    versions: tuple[PolicyVersion, ...]
+    secrets: Mapping[str, SecretInfo]
+
+    @classmethod
+    def _from(cls, answer: object) -> PolicyInfo:
+        what = "the CAS's policy"
+        obj = _object(answer, what)
+        versions = tuple(
+            PolicyVersion(
+                _str(v, "hash", what),
+                _int(v, "seq", what),
+                _str(v, "state", what),
+                _opt_str(v, "predecessor"),
+                _opt_str(v, "submitter"),
+            )
+            for v in _objects(obj.get("versions"), what)
+        )
+        secrets_obj = obj.get("secrets") or _EMPTY
+        if not isinstance(secrets_obj, Mapping):
+            raise ParseError("expected an object", structure=what, field="secrets")
+        secrets = {}
+        for name, info in secrets_obj.items():
+            if not isinstance(info, Mapping):
+                raise ParseError("expected an object", structure=what, field=f"secrets.{name}")
+            secrets[name] = SecretInfo(
+                name, _opt_str(info, "kind"), _int(info, "version", what), _opt_str(info, "certificate"),
+                _opt_str(info, "public_key"), _opt_str(info, "serial"), _opt_str(info, "not_after"), info,
+            )  # fmt: skip
+        document = obj.get("policy")
+        if not isinstance(document, Mapping):
+            raise ParseError("expected an object", structure=what, field="policy")
+        return cls(
+            _str(obj, "name", what), _str(obj, "hash", what), _str(obj, "creator", what), document, versions,
+            FrozenMap(secrets),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PolicyEvent:
+    """One ledger entry of a policy (``confide policy events``): its sequence number and log
+    index, when (Unix seconds), its type and payload. As the command shows them: not checked
+    against the log (:meth:`Cas.history` and :meth:`Cas.accesses` are)."""
+
+    seq: int
+    index: int
+    at: float
+    type: str
+    payload: Mapping[str, JsonValue]
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One version event of a policy (``confide ledger history``): ``event`` is
+    ``policy.created``, ``policy.updated``, ``policy.submitted``, ``policy.approved`` or
+    ``policy.stale``; ``included``: proven included in the signed checkpoint (else newer than
+    it)."""
+
+    index: int
+    time: str
+    event: str
+    hash: str | None
+    predecessor: str | None
+    signer: str | None
+    approvers: tuple[str, ...]
+    included: bool
+
+
+@dataclass(frozen=True)
+class ViewState:
+    """What a state file held (``ledger history --json``'s ``state``): the size of the
+    checkpoint remembered before (``None`` on the first run), how many entries of the policy it
+    remembered (all returned again) and how many it remembers now."""
+
+    previous_size: int | None
+    entries_known: int
+    entries_remembered: int
+
+
+@dataclass(frozen=True)
+class History:
+    """A policy's versions, each entry verified against the pinned log key
+    (``confide ledger history --json``); ``state``: with a state file, what it held."""
+
+    checkpoint_size: int
+    entries: tuple[HistoryEntry, ...]
+    state: ViewState | None = None
+
+
+@dataclass(frozen=True)
+class ReleasedSecret:
+    """A secret named in a release: its policy, name and version (never its value)."""
+
+    policy: str | None
+    name: str | None
+    version: int | None
+
+
+@dataclass(frozen=True)
+class Access:
+    """One release of secrets to an attested service (``confide ledger accesses``), verified
+    against the pinned log key."""
+
+    index: int
+    time: str
+    service: str | None
+    measurement: str | None
+    policy_hash: str | None
+    secrets: tuple[ReleasedSecret, ...]
+    runtime_key_sha256: str | None
+    included: bool
+    volumes: tuple[Mapping[str, JsonValue], ...] = ()
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """What an owner's revocation did (``confide policy revoke``): the certificates revoked, the
+    versions re-issued, whether the key was replaced, the CRLs issued (``details``: the whole
+    answer)."""
+
+    name: str
+    secret: str
+    reason: str
+    revoked: tuple[Mapping[str, JsonValue], ...]
+    reissued: tuple[Mapping[str, JsonValue], ...]
+    key_replaced: bool
+    crls: tuple[Mapping[str, JsonValue], ...]
+    details: Mapping[str, JsonValue] = field(repr=False)
+
+
+# --- identities and measurements -------------------------------------------------------------
+
+
+def create_identity(out: str | os.PathLike[str] | None = None, *, name: str = "") -> Identity:
+    """A new stakeholder identity (an Ed25519 key pair; ``confide identity create``), written to
+    ``out`` (mode 0600, atomically, never over an existing file) when given. Its
+    ``fingerprint`` is what policies name. Raises ``UsageError`` (``out`` exists, or its
+    directory does not) and ``StorageError`` (the disk failed)."""
+    identity = Identity.generate(name)
+    if out is not None:
+        identity.save(Path(out))
+    return identity
+
+
+def measure(command: Sequence[str], *, cwd: str | os.PathLike[str] | None = None) -> str:
+    """The simulated TEE's measurement of launching ``command`` (hex; ``confide sim measure``):
+    what a policy's ``attestation: {sim: {measurement: ...}}`` pins. ``UsageError`` when the
+    program is not found."""
+    from confide.sim.measure import measure_command  # noqa: PLC0415 - only where a command is measured
+
+    return measure_command(list(command), cwd=None if cwd is None else Path(cwd)).hex
+
+
+# --- the CAS ---------------------------------------------------------------------------------
+
+
+def _parse_env_file(path: Path) -> dict[str, str]:
+    """The ``export NAME=VALUE`` lines of a client.env (values shell-quoted)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    env: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            raise ParseError("malformed line", structure=str(path), field=f"line {number}") from None
+        if words and words[0] == "export":
+            words = words[1:]
+        name, sep, value = words[0].partition("=") if len(words) == 1 else ("", "", "")
+        if not sep or not name:
+            raise ParseError("expected export NAME=VALUE", structure=str(path), field=f"line {number}")
+        env[name] = value
+    return env
+
+
+class Cas:
+    """A connection to one CAS, trusting only its certificate (from client.env, given, or
+    pinned by attestation). Use it as a context manager, or call :meth:`close`."""
+
+    def __init__(
+        self,
+        client: CasClient,
+        *,
+        log_key: str | None = None,
+        sim_dir: Path | None = None,
+        attestation: PinnedCas | None = None,
+    ) -> None:
+        """Prefer :meth:`from_env`, :meth:`connect` or :meth:`attested`."""
+        self._client = client
+        self.log_key = log_key
+        """The CAS's transparency-log verifier key (C2SP vkey): what :meth:`history` and
+        :meth:`accesses` check the log against; None when not known."""
+        self.sim_dir = sim_dir
+        """The simulated platform's directory (``CONFIDE_SIM_DIR``, ``cas serve --dev``)."""
+        self.attestation = attestation
+        """The CAS's verified evidence and pinned certificate, when connected by :meth:`attested`."""
+
+    # -- connecting ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Cas:
+        """The CAS named by ``CONFIDE_CAS_URL`` and ``CONFIDE_CAS_CERT`` (with
+        ``CONFIDE_LOG_KEY`` and ``CONFIDE_SIM_DIR`` when set), as the commands read them, from
+        ``environ`` (default: this process's environment). ``UsageError`` when the URL or the
+        certificate is missing, the URL is not ``https://`` or the certificate does not load."""
+        env = os.environ if environ is None else environ
+        sim = env.get(ENV_SIM_DIR)
+        return cls(
+            CasClient.from_env(env), log_key=env.get(ENV_LOG_KEY) or None, sim_dir=Path(sim) if sim else None
+        )
+
+    @classmethod
+    def from_env_file(cls, path: str | os.PathLike[str]) -> Cas:
+        """:meth:`from_env` with the ``export`` lines of a ``client.env`` file (``confide cas
+        serve`` writes ``DATA_DIR/client.env``), without touching this process's environment.
+        ``UsageError`` when it cannot be read, ``ParseError`` for a malformed line."""
+        return cls.from_env(_parse_env_file(Path(path)))
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        *,
+        ca_cert: str | os.PathLike[str] | bytes,
+        log_key: str | None = None,
+        sim_dir: str | os.PathLike[str] | None = None,
+        timeout: float = 30.0,
+    ) -> Cas:
+        """The CAS at ``url`` (``https://`` only), trusting exactly the certificate ``ca_cert``
+        (a PEM file, or PEM bytes: the host name is then not checked, as for a certificate
+        pinned by attestation). ``UsageError`` for another scheme, a malformed URL or a
+        certificate that does not load."""
+        cert: Path | bytes = ca_cert if isinstance(ca_cert, bytes) else Path(ca_cert)
+        client = CasClient(url, cert, timeout=timeout)
+        return cls(client, log_key=log_key, sim_dir=None if sim_dir is None else Path(sim_dir))
+
+    @classmethod
+    def attested(
+        cls,
+        url: str,
+        *,
+        sim_key: str | os.PathLike[str] | bytes | None = None,
+        measurements: Iterable[str] = (),
+        expect: Mapping[str, Sequence[str]] | None = None,
+        collateral: str | None = None,
+        tolerate: Iterable[str] = (),
+        ignore_advisories: Iterable[str] = (),
+        expect_witnesses: int | None = None,
+        expect_witness_keys: Iterable[str] = (),
+        min_tcb_eval_number: int | None = None,
+        at: datetime | None = None,
+        sim_dir: str | os.PathLike[str] | None = None,
+        timeout: float = 30.0,
+    ) -> Cas:
+        """Verify the CAS's own evidence bound to its TLS certificate and log key, then connect
+        trusting exactly that certificate (in memory) and that log key: ``confide cas attest``
+        with the same options (``sim_key``: the simulated platform's public key, a file or PEM
+        bytes; ``measurements``: hex, one of which the CAS must run; ``expect``: claim to
+        allowed values; ``collateral``: SGX/TDX DCAP collateral location; ``tolerate``: policy
+        tolerances such as ``outdated-tcb``; ``expect_witnesses``/``expect_witness_keys``: the
+        attested witness quorum). :attr:`attestation` keeps what was verified.
+
+        Raises what ``cas attest`` exits with: ``MeasurementError`` (another measurement or
+        claim), ``AppraisalError`` (a debug TEE, a TCB status not tolerated, a witness quorum
+        below the expectation), ``BindingError``, ``SignatureError`` and the other
+        ``VerificationError`` classes, ``NetworkError``, ``UsageError`` for malformed options."""
+        from confide.cas.pin import WitnessExpectation, attest_cas  # noqa: PLC0415 - verifiers load here
+        from confide.collateral.dcap import source_for  # noqa: PLC0415
+        from confide.ledger.note import NoteVerifier  # noqa: PLC0415
+        from confide.policy.model import Tolerance  # noqa: PLC0415
+
+        expected = []
+        for m in measurements:
+            text = m.strip().lower()
+            if len(text) not in (64, 96) or any(c not in "0123456789abcdef" for c in text):
+                raise UsageError(f"measurements: got {m[:40]!r}, expected 32 or 48 bytes in hex")
+            expected.append(text)
+        try:
+            tolerances = tuple(Tolerance(t) for t in tolerate)
+        except ValueError as exc:
+            raise UsageError(f"tolerate: {exc}") from None
+        witness_expectation = None
+        keys = tuple(expect_witness_keys)
+        if expect_witnesses is not None or keys:
+            trusted = []
+            for vkey in keys:
+                try:
+                    trusted.append(NoteVerifier.from_vkey(vkey.strip()).vkey)
+                except ParseError as exc:
+                    raise UsageError(f"expect_witness_keys: {exc.message}") from None
+            witness_expectation = WitnessExpectation(expect_witnesses or 1, tuple(trusted))
+        if isinstance(sim_key, bytes) or sim_key is None:
+            key_pem = sim_key
+        else:
+            try:
+                key_pem = Path(sim_key).read_bytes()
+            except OSError as exc:
+                raise UsageError(f"sim_key: cannot read {os.fspath(sim_key)}: {exc.strerror}") from None
+        pinned = attest_cas(
+            url,
+            sim_key_pem=key_pem,
+            at=at,
+            measurements=tuple(expected),
+            collateral=source_for(collateral) if collateral else None,
+            tolerate=tolerances,
+            ignore_advisories=tuple(ignore_advisories),
+            expect={k: tuple(v) for k, v in (expect or {}).items()},
+            expect_witnesses=witness_expectation,
+            min_tcb_evaluation_data_number=min_tcb_eval_number,
+        )
+        client = CasClient(url, pinned.certificate_pem, timeout=timeout)
+        return cls(
+            client,
+            log_key=pinned.log_key,
+            sim_dir=None if sim_dir is None else Path(sim_dir),
+            attestation=pinned,
+        )
+
+    @property
+    def url(self) -> str:
+        return self._client.url
+
+    @property
+    def cas_key_sha256(self) -> str | None:
+        """The SHA-256 of the CAS's TLS key (SubjectPublicKeyInfo): what signed documents name."""
+        return self._client.cas_spki_sha256
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self._client.close()
+
+    def __enter__(self) -> Cas:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Cas(url={self.url!r})"
+
+    # -- stakeholders -------------------------------------------------------------------------
+
+    def apply(self, policy: Policy | str | bytes | os.PathLike[str], identity: Identity) -> PolicyStatus:
+        """Create or update a policy, signed by ``identity`` for this CAS (``confide policy
+        apply``). ``policy``: a :class:`~confide.policy.Policy`, YAML text (``str`` or
+        ``bytes``) or the path of a YAML file (a :class:`~pathlib.Path`: a ``str`` is text).
+        An update names the version it replaces (``predecessor``). Returns the new version's
+        hash and state (``pending`` while the update board has not approved it).
+
+        Raises ``PolicyError`` for an invalid policy, each problem with its line and column
+        (``problems``), before anything is sent; ``UsageError`` for a file that cannot be read;
+        from the CAS ``ConflictError`` (no or a stale predecessor), ``AccessDeniedError`` (the
+        identity may not create or update it), ``PolicyError``; ``NetworkError``."""
+        from confide.policy import Policy, load_policy, loads_policy  # noqa: PLC0415 - the model loads here
+
+        if isinstance(policy, Policy):
+            doc = policy
+        elif isinstance(policy, str | bytes):
+            doc = loads_policy(policy)
+        else:
+            doc = load_policy(policy)
+        return PolicyStatus._from(self._client.apply(doc, identity))
+
+    def approve(self, name: str, hash: str, identity: Identity) -> PolicyStatus:
+        """A board member's signed approval of the pending version ``hash`` of ``name``
+        (``confide policy approve``); the state after it (``active`` once the board's quorum
+        approved). Raises ``AccessDeniedError`` (not on the board, or no such policy),
+        ``ConflictError`` (no such submitted version, or no longer pending), ``NetworkError``."""
+        return PolicyStatus._from(self._client.approve(name, hash, identity))
+
+    def show(self, name: str, identity: Identity) -> PolicyInfo:
+        """The policy as ``identity`` may read it (``confide policy show``): never secret
+        values. Raises ``AccessDeniedError`` when the identity may not read it or there is no
+        such policy (the same answer for both), ``NetworkError``."""
+        return PolicyInfo._from(self._client.show(name, identity))
+
+    def events(self, name: str, identity: Identity) -> tuple[PolicyEvent, ...]:
+        """The policy's ledger entries (``confide policy events``), as the CAS lists them; to
+        check them against the log, use :meth:`history` and :meth:`accesses`. Raises as
+        :meth:`show`."""
+        what = "the CAS's events"
+        answer = _object(self._client.events(name, identity), what)
+        out = []
+        for ev in _objects(answer.get("events"), what):
+            at = ev.get("at")
+            payload = ev.get("payload") or _EMPTY
+            if not isinstance(at, int | float) or isinstance(at, bool) or not isinstance(payload, Mapping):
+                raise ParseError("expected a time and a payload object", structure=what)
+            out.append(PolicyEvent(_int(ev, "seq", what), _int(ev, "index", what), float(at),
+                                   _str(ev, "type", what), payload))  # fmt: skip
+        return tuple(out)
+
+    def _log_verifier(self, log_key: str | None) -> NoteVerifier:
+        from confide.ledger.note import NoteVerifier  # noqa: PLC0415
+
+        key = log_key or self.log_key
+        if not key:
+            raise UsageError(
+                f"no log key: give log_key (the CAS's {ENV_LOG_KEY} from client.env, or connect with "
+                "Cas.attested, which pins it)"
+            )
+        try:
+            return NoteVerifier.from_vkey(key.strip())
+        except ParseError as exc:
+            raise UsageError(f"log_key: {exc.message}") from None
+
+    def history(
+        self,
+        name: str,
+        identity: Identity,
+        *,
+        log_key: str | None = None,
+        state: str | os.PathLike[str] | None = None,
+    ) -> History:
+        """Every version of the policy, who signed and who approved it (``confide ledger
+        history``): the checkpoint must be signed by the log key (``log_key``, default
+        :attr:`log_key`) and every entry proven included in it, or match what the CAS says of
+        it. With ``state`` (a state file, ``ledger history --state FILE``, docs/ledger.md "A
+        policy's view across runs"), the checkpoint must also extend the one remembered there
+        and every entry remembered for the policy be returned again; the file then remembers
+        this run (``History.state`` says what it held).
+
+        Raises ``UnknownKeyError`` (a checkpoint not signed by that key, or a state file of
+        another log), ``EntryMismatchError`` (an entry not included, or not what the CAS says),
+        ``ParseError``, ``UsageError`` (no log key); with ``state`` ``RollbackError`` (an older
+        log), ``ConsistencyError`` (a fork), ``EntryMissingError`` (an entry seen before left
+        out); and as :meth:`show`."""
+        from confide.cas.audit import history  # noqa: PLC0415
+
+        signed, events, update = self._audited(name, identity, log_key, state)
+        entries = []
+        for row in history(events):
+            approvers = row.get("approvers") or []
+            entries.append(
+                HistoryEntry(
+                    int(row["index"]),
+                    str(row["time"]),
+                    str(row["event"]),
+                    _str_or_none(row.get("hash")),
+                    _str_or_none(row.get("predecessor")),
+                    _str_or_none(row.get("signer")),
+                    tuple(str(a) for a in approvers) if isinstance(approvers, list) else (),
+                    bool(row["included"]),
+                )
+            )
+        view = None
+        if update is not None:
+            previous = None if update.previous is None else update.previous.size
+            view = ViewState(previous, update.known, update.remembered)
+        return History(signed.checkpoint.size if signed is not None else 0, tuple(entries), view)
+
+    def _audited(
+        self, name: str, identity: Identity, log_key: str | None, state: str | os.PathLike[str] | None
+    ) -> tuple[SignedCheckpoint | None, list[VerifiedEvent], ViewUpdate | None]:
+        """The policy's events verified against the log key (and, with ``state``, the file)."""
+        from confide.cas.audit import read_audited, verified_events  # noqa: PLC0415
+
+        verifier = self._log_verifier(log_key)
+
+        def read() -> tuple[str, SignedCheckpoint | None, list[VerifiedEvent]]:
+            return (name, *verified_events(self._client, name, identity, verifier))
+
+        state_file = None if state is None else Path(state)
+        _name, signed, events, update = read_audited(self._client, verifier, state_file, read)
+        return signed, events, update
+
+    def accesses(
+        self,
+        name: str,
+        identity: Identity,
+        *,
+        secret: str | None = None,
+        log_key: str | None = None,
+        state: str | os.PathLike[str] | None = None,
+    ) -> tuple[Access, ...]:
+        """Which attested services received the policy's secrets (only ``secret``'s, when
+        given), when, under which measurement (``confide ledger accesses``), verified as
+        :meth:`history` verifies (with ``state`` too). Raises as :meth:`history`."""
+        from confide.cas.audit import accesses  # noqa: PLC0415
+
+        _signed, events, _update = self._audited(name, identity, log_key, state)
+        out = []
+        for row in accesses(events, secret):
+            released = []
+            for s in row.get("secrets") or []:
+                if isinstance(s, dict):
+                    version = s.get("version")
+                    released.append(
+                        ReleasedSecret(
+                            _str_or_none(s.get("policy")),
+                            _str_or_none(s.get("name")),
+                            version if type(version) is int else None,
+                        )
+                    )
+            volumes = _objects(_freeze(row.get("volumes")), "ledger entry volumes")
+            out.append(
+                Access(
+                    int(row["index"]),
+                    str(row["time"]),
+                    _str_or_none(row.get("service")),
+                    _str_or_none(row.get("measurement")),
+                    _str_or_none(row.get("policy_hash")),
+                    tuple(released),
+                    _str_or_none(row.get("runtime_key_sha256")),
+                    bool(row["included"]),
+                    volumes,
+                )
+            )
+        return tuple(out)
+
+    def crl(self, name: str, secret: str, identity: Identity | None = None, *, pem: bool = False) -> bytes:
+        """The current CRL of the CA ``secret`` of policy ``name`` (DER, or PEM with ``pem``;
+        ``confide policy crl``), read as ``identity`` or, without one, as the public (a CA
+        declared ``export_public``). Raises ``AccessDeniedError``, ``NetworkError``."""
+        return self._client.crl(name, secret, identity, pem=pem)
+
+    def revoke(
+        self,
+        name: str,
+        secret: str,
+        identity: Identity,
+        *,
+        serial: str | None = None,
+        all_valid: bool = False,
+        reason: RevocationReason = "unspecified",
+    ) -> Revocation:
+        """Revoke the certificate ``serial`` (hex) of ``secret``, or with ``all_valid`` every
+        one still valid, without a policy update (``confide policy revoke``); the CA's next CRL
+        is issued at once. Raises ``UsageError`` unless exactly one of ``serial`` and
+        ``all_valid`` is given; from the CAS ``AccessDeniedError`` (not on the update rules),
+        ``PolicyError`` (not a certificate under a generated CA), ``NetworkError``."""
+        if (serial is None) == (not all_valid):
+            raise UsageError("give exactly one of serial and all_valid")
+        what = "the CAS's revocation answer"
+        obj = _object(self._client.revoke(name, secret, identity, reason=reason, serial=serial), what)
+        return Revocation(
+            _str(obj, "name", what), _str(obj, "secret", what), _str(obj, "reason", what),
+            _objects(obj.get("revoked"), what), _objects(obj.get("reissued"), what),
+            obj.get("key_replaced") is True, _objects(obj.get("crls"), what), obj,
+        )  # fmt: skip
+
+    # -- services -----------------------------------------------------------------------------
+
+    def simulated_provider(
+        self, command: Sequence[str], *, cwd: str | os.PathLike[str] | None = None
+    ) -> SimQuoteProvider:
+        """A quote provider of the simulated TEE (development only; ``confide run --tee sim``)
+        that reports the measurement of ``command`` (:func:`measure`), with the platform key in
+        :attr:`sim_dir`. ``UsageError`` without a simulated platform (``CONFIDE_SIM_DIR``) or
+        when the program is not found."""
+        if self.sim_dir is None:
+            raise UsageError(f"no simulated TEE: {ENV_SIM_DIR} is not set (source the CAS's client.env)")
+        from confide.runtime.quote import SimQuoteProvider  # noqa: PLC0415 - the service side loads here
+
+        return SimQuoteProvider.for_command(
+            self.sim_dir, list(command), cwd=None if cwd is None else Path(cwd)
+        )
+
+    def attest(self, config_id: str, provider: QuoteProvider, *, dumpable: bool = False) -> Release:
+        """Attest this program as service ``SERVICE`` of policy ``POLICY`` (``config_id``
+        ``POLICY/SERVICE``) with evidence from ``provider`` and return what the CAS released,
+        decrypted: the code path of ``confide run`` (:func:`confide.runtime.run.attest_release`),
+        without writing files, mounting volumes or executing anything; the program uses the
+        :class:`Release` (environment, files, volume keys) itself. Unless ``dumpable``, this
+        process is first made not dumpable (``prctl(PR_SET_DUMPABLE, 0)``, as ``confide run``:
+        no core dump, no ptrace by other processes of the user), since it is about to hold the
+        secrets.
+
+        Raises ``UsageError`` for a malformed ``config_id``; from the CAS ``AppraisalError``
+        (evidence the policy does not accept: another measurement, simulated evidence without
+        ``tolerate: [simulation]``, ...), ``AccessDeniedError``, ``PolicyError``,
+        ``ConflictError`` (attest again); ``NetworkError``, ``ParseError`` (a malformed
+        answer), and the provider's errors."""
+        from confide.runtime.run import attest_release, not_dumpable  # noqa: PLC0415
+
+        policy, sep, service = config_id.rpartition("/")
+        if not sep or not policy or not service:
+            raise UsageError(f"config_id: got {config_id!r}, expected POLICY/SERVICE")
+        if not dumpable:
+            not_dumpable()
+        return attest_release(self._client, provider, policy, service)
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None

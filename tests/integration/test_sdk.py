@@ -1,0 +1,429 @@
+"""confide.sdk end to end: a real ``confide cas serve --dev`` over TLS (SQLite), every public
+call of the SDK, its error paths (each the class the matching command exits with), that no
+result carries a secret value, and the runnable example of docs/sdk.md (examples/sdk)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from cas_harness import ROOT, CasProcess, running_cas, wait_for_log
+from confide import errors
+from confide.ledger.note import NoteSigner
+from confide.policy import loads_policy
+from confide.sdk import (
+    Cas,
+    Identity,
+    PolicyInfo,
+    Release,
+    create_identity,
+    load_identity,
+    measure,
+)
+from pki import self_signed_pem
+
+SECRET_VALUE = "explicit-value-Xq81"  # an explicit secret value: withheld from every reader
+SERVICE = ROOT / "examples" / "sdk" / "service.py"
+
+
+@pytest.fixture(scope="module")
+def cas_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CasProcess]:
+    with running_cas(tmp_path_factory.mktemp("sdk") / "cas", None) as proc:
+        yield proc
+
+
+@pytest.fixture
+def cas(cas_proc: CasProcess) -> Iterator[Cas]:
+    with Cas.from_env(cas_proc.env) as connected:
+        yield connected
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "confide", *args], capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT / "src")},
+    )  # fmt: skip
+
+
+def app_policy(name: str, measurement: str, *, update: str = "[CREATOR]", extra: str = "") -> str:
+    return f"""name: {name}
+version: "0.3"
+{extra}services:
+  - name: app
+    environment:
+      TOKEN: "$$SCONE::token$$"
+      PINNED: "$$SCONE::pinned$$"
+    attestation:
+      sim:
+        measurement: "{measurement}"
+secrets:
+  - name: token
+    kind: ascii
+    size: 24
+  - name: pinned
+    kind: ascii
+    value: {SECRET_VALUE}
+access_policy:
+  read: [CREATOR]
+  update: {update}
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
+def command(tmp_path: Path, text: str = "echo hi") -> list[str]:
+    script = tmp_path / "app.sh"
+    script.write_text(f"#!/bin/sh\n{text}\n")
+    return ["/bin/sh", str(script)]
+
+
+# --- connecting ----------------------------------------------------------------------------------
+
+
+def test_connect_from_env_file_and_given_certificate(cas_proc: CasProcess) -> None:
+    env = cas_proc.env
+    with Cas.from_env_file(cas_proc.data_dir / "client.env") as a:
+        assert (a.url, a.log_key, a.sim_dir) == (env["CONFIDE_CAS_URL"], env["CONFIDE_LOG_KEY"],
+                                                 Path(env["CONFIDE_SIM_DIR"]))  # fmt: skip
+        key = a.cas_key_sha256
+        assert key is not None and len(key) == 64
+    assert a._client.http.is_closed  # the context manager closed the connection
+    pem = Path(env["CONFIDE_CAS_CERT"]).read_bytes()
+    for cert in (Path(env["CONFIDE_CAS_CERT"]), pem):
+        with Cas.connect(env["CONFIDE_CAS_URL"], ca_cert=cert) as b:
+            assert b.cas_key_sha256 == key
+            assert b.log_key is None
+
+
+def test_connect_refusals(cas_proc: CasProcess, tmp_path: Path) -> None:
+    env = cas_proc.env
+    with pytest.raises(errors.UsageError, match="CONFIDE_CAS_URL is not set"):
+        Cas.from_env({})
+    with pytest.raises(errors.UsageError, match="CONFIDE_CAS_CERT is not set"):
+        Cas.from_env({"CONFIDE_CAS_URL": env["CONFIDE_CAS_URL"]})
+    with pytest.raises(errors.UsageError, match="https://"):
+        Cas.connect(env["CONFIDE_CAS_URL"].replace("https", "http"), ca_cert=env["CONFIDE_CAS_CERT"])
+    with pytest.raises(errors.UsageError, match="cannot read"):
+        Cas.from_env_file(tmp_path / "missing.env")
+    bad = tmp_path / "bad.env"
+    bad.write_text("export CONFIDE_CAS_URL='unterminated\n")
+    with pytest.raises(errors.ParseError, match="line 1"):
+        Cas.from_env_file(bad)
+    # Another certificate than the CAS's: refused on the first request, as the CLI refuses it.
+    other = self_signed_pem(tmp_path / "other.pem")
+    alice = Identity.generate()
+    with (
+        Cas.connect(env["CONFIDE_CAS_URL"], ca_cert=other) as wrong,
+        pytest.raises(errors.NetworkError, match="not the one this client trusts"),
+    ):
+        wrong.show("anything", alice)
+
+
+def test_attested_pins_the_certificate_and_the_log_key(cas_proc: CasProcess) -> None:
+    env = cas_proc.env
+    sim_key = Path(env["CONFIDE_SIM_DIR"]) / "platform-key.pub.pem"
+    with Cas.attested(env["CONFIDE_CAS_URL"], sim_key=sim_key, tolerate=["debug-mode"]) as pinned:
+        assert pinned.log_key == env["CONFIDE_LOG_KEY"]
+        assert pinned.attestation is not None and pinned.attestation.evidence.simulated
+        measurement = str(pinned.attestation.evidence.claims["measurement"])
+        alice = Identity.generate()
+        with pytest.raises(errors.AccessDeniedError):  # a working, pinned connection
+            pinned.show("nothing-here", alice)
+    with Cas.attested(
+        env["CONFIDE_CAS_URL"], sim_key=sim_key.read_bytes(), measurements=[measurement]
+    ) as again:
+        assert again.cas_key_sha256 == pinned.cas_key_sha256
+    with pytest.raises(errors.MeasurementError):
+        Cas.attested(env["CONFIDE_CAS_URL"], sim_key=sim_key, measurements=["00" * 48])
+    with pytest.raises(errors.UsageError, match="measurements"):
+        Cas.attested(env["CONFIDE_CAS_URL"], sim_key=sim_key, measurements=["xyz"])
+    with pytest.raises(errors.UsageError, match="tolerate"):
+        Cas.attested(env["CONFIDE_CAS_URL"], sim_key=sim_key, tolerate=["everything"])
+
+
+def test_a_stakeholder_script_does_not_load_the_runtime() -> None:
+    code = (
+        "import sys, confide.sdk as sdk; assert 'confide.runtime.run' not in sys.modules; "
+        "assert 'Release' in dir(sdk); sdk.Release; assert 'confide.runtime.run' in sys.modules"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+
+
+# --- identities ----------------------------------------------------------------------------------
+
+
+def test_identities_create_save_load(tmp_path: Path) -> None:
+    made = create_identity(tmp_path / "a.id", name="alice")
+    assert (tmp_path / "a.id").stat().st_mode & 0o777 == 0o600
+    loaded = load_identity(tmp_path / "a.id")
+    assert (loaded.fingerprint, loaded.name) == (made.fingerprint, "alice")
+    assert "private" not in repr(loaded)
+    with pytest.raises(errors.UsageError, match="exists"):
+        create_identity(tmp_path / "a.id")
+    assert create_identity().fingerprint != made.fingerprint  # in memory only
+
+
+# --- stakeholders --------------------------------------------------------------------------------
+
+
+def test_apply_show_events_and_the_cli_agrees(cas: Cas, cas_proc: CasProcess, tmp_path: Path) -> None:
+    alice, bob = create_identity(tmp_path / "alice.id"), create_identity(tmp_path / "bob.id")
+    m = measure(command(tmp_path))
+    text = app_policy("sdk-show", m)
+    created = cas.apply(text, alice)  # YAML text
+    assert (created.name, created.state, created.active, created.pending) == (
+        "sdk-show",
+        "active",
+        True,
+        False,
+    )
+    # The same policy as a Policy object or a file is the same version: an update needs its predecessor.
+    (tmp_path / "p.yaml").write_text(text)
+    for again in (loads_policy(text), tmp_path / "p.yaml"):
+        with pytest.raises(errors.ConflictError):
+            cas.apply(again, alice)
+    updated = cas.apply(
+        app_policy("sdk-show", m, extra=f"predecessor: {created.hash}\n").replace("size: 24", "size: 25"),
+        alice,
+    )
+    assert updated.active and updated.hash != created.hash
+
+    info = cas.show("sdk-show", alice)
+    assert isinstance(info, PolicyInfo)
+    assert (info.hash, info.creator) == (updated.hash, alice.fingerprint)
+    assert [v.hash for v in info.versions] == [created.hash, updated.hash]
+    assert info.versions[1].predecessor == created.hash
+    assert info.secrets["token"].kind == "ascii" and info.secrets["token"].version >= 1
+    assert SECRET_VALUE not in repr(dataclasses.asdict(info))  # explicit values read "(withheld)"
+    assert "(withheld)" in repr(info.document)
+    with pytest.raises(TypeError):
+        info.document["name"] = "x"  # type: ignore[index]  # read-only
+
+    types = [e.type for e in cas.events("sdk-show", alice)]
+    assert types[0] == "policy-created" and "policy-updated" in types
+
+    # Another stakeholder's read: AccessDeniedError, the class `confide policy show` exits with.
+    with pytest.raises(errors.AccessDeniedError):
+        cas.show("sdk-show", bob)
+    with pytest.raises(errors.AccessDeniedError):
+        cas.events("sdk-show", bob)
+    shown = cli(cas_proc.env, "policy", "show", "sdk-show", "--identity", str(tmp_path / "bob.id"))
+    assert shown.returncode == errors.AccessDeniedError.exit_code, shown.stderr
+
+
+def test_a_bad_policy_is_refused_with_line_and_column_before_anything_is_sent(
+    cas: Cas, cas_proc: CasProcess, tmp_path: Path
+) -> None:
+    alice = create_identity(tmp_path / "alice.id")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('name: sdk-bad\nversion: "0.3"\nservices:\n  - name: app\n    nonsense: 1\n')
+    with pytest.raises(errors.PolicyError) as caught:
+        cas.apply(bad, alice)
+    assert type(caught.value) is errors.PolicyError
+    located = [p for p in caught.value.problems if getattr(p, "line", None) is not None]
+    assert [(p.line, p.column) for p in located] == [(5, 5)]  # type: ignore[attr-defined]
+    assert str(bad) in caught.value.message
+    with pytest.raises(errors.PolicyError) as caught_text:
+        cas.apply("name: sdk-bad\nversion: [\n", alice)  # malformed YAML text
+    assert getattr(caught_text.value.problems[0], "line", None) is not None
+    applied = cli(cas_proc.env, "policy", "apply", str(bad), "--identity", str(tmp_path / "alice.id"))
+    assert applied.returncode == errors.PolicyError.exit_code
+    with pytest.raises(errors.UsageError, match="cannot read policy file"):
+        cas.apply(tmp_path / "missing.yaml", alice)
+    with pytest.raises(errors.AccessDeniedError):  # nothing was created
+        cas.show("sdk-bad", alice)
+
+
+def test_a_board_update_waits_for_approval(cas: Cas, cas_proc: CasProcess, tmp_path: Path) -> None:
+    alice, bob, carol = Identity.generate(), Identity.generate(), Identity.generate()
+    m = measure(command(tmp_path))
+    board = f"{{require-all: [{alice.fingerprint}, {bob.fingerprint}]}}"
+    created = cas.apply(app_policy("sdk-board", m, update=board), alice)
+    update = app_policy("sdk-board", m, update=board, extra=f"predecessor: {created.hash}\n")
+    pending = cas.apply(update.replace("size: 24", "size: 30"), alice)
+    assert (pending.state, pending.pending) == ("pending", True)
+    with pytest.raises(errors.AccessDeniedError):
+        cas.approve("sdk-board", pending.hash, carol)
+    approved = cas.approve("sdk-board", pending.hash, bob)
+    assert (approved.hash, approved.state, approved.active) == (pending.hash, "active", True)
+    assert cas.show("sdk-board", alice).hash == pending.hash
+    with pytest.raises(errors.ConflictError, match="not pending"):  # approved already
+        cas.approve("sdk-board", pending.hash, alice)
+    with pytest.raises(errors.ConflictError, match="no submitted version"):
+        cas.approve("sdk-board", "ab" * 32, alice)
+
+    history = cas.history("sdk-board", alice)
+    by_event = {e.event: e for e in history.entries}
+    assert by_event["policy.created"].signer == alice.fingerprint
+    assert by_event["policy.submitted"].hash == pending.hash
+    assert bob.fingerprint in by_event["policy.updated"].approvers
+    # a checkpoint signed by another key is not the CAS's log
+    other = NoteSigner.generate(cas_proc.env["CONFIDE_LOG_KEY"].split("+")[0]).verifier.vkey
+    assert wait_for_log(cas_proc.env, 1) >= 1
+    with pytest.raises(errors.UnknownKeyError):
+        cas.history("sdk-board", alice, log_key=other)
+    with (
+        Cas.connect(cas.url, ca_cert=cas_proc.env["CONFIDE_CAS_CERT"]) as keyless,
+        pytest.raises(errors.UsageError, match="no log key"),
+    ):
+        keyless.history("sdk-board", alice)
+
+
+def test_history_and_accesses_remember_a_state_file(cas: Cas, cas_proc: CasProcess, tmp_path: Path) -> None:
+    alice = Identity.generate()
+    created = cas.apply(app_policy("sdk-state", measure(command(tmp_path))), alice)
+    assert wait_for_log(cas_proc.env, 3) >= 3
+    state = tmp_path / "view.state"
+    first = cas.history("sdk-state", alice, state=state)
+    assert first.state is not None and first.state.previous_size is None
+    assert first.state.entries_remembered >= 1 and state.stat().st_mode & 0o777 == 0o600
+    assert [e.hash for e in first.entries if e.event == "policy.created"] == [created.hash]
+    again = cas.history("sdk-state", alice, state=state)
+    assert again.state is not None and again.state.previous_size == first.checkpoint_size
+    assert again.state.entries_known == first.state.entries_remembered
+    assert cas.accesses("sdk-state", alice, state=state) == ()  # the same file, checked again
+    assert cas.history("sdk-state", alice).state is None  # without a file nothing is remembered
+    broken = tmp_path / "broken.state"
+    broken.write_text("not json")
+    with pytest.raises(errors.ParseError):
+        cas.history("sdk-state", alice, state=broken)
+    assert broken.read_text() == "not json"  # left as it was
+
+
+# --- services ------------------------------------------------------------------------------------
+
+
+def test_attest_releases_the_configuration_and_no_result_shows_a_secret(
+    cas: Cas, cas_proc: CasProcess, tmp_path: Path
+) -> None:
+    alice = Identity.generate()
+    argv = command(tmp_path)
+    cas.apply(app_policy("sdk-svc", measure(argv)), alice)
+    release = cas.attest("sdk-svc/app", cas.simulated_provider(argv), dumpable=True)
+    assert isinstance(release, Release)
+    assert (release.policy, release.service, release.command, release.command_released) == (
+        "sdk-svc", "app", (), False
+    )  # fmt: skip
+    assert release.environment["PINNED"] == SECRET_VALUE
+    token = release.environment["TOKEN"]
+    assert len(token) == 24
+    assert token not in repr(release) and SECRET_VALUE not in repr(release)
+    with pytest.raises(TypeError):
+        release.environment["TOKEN"] = "x"  # type: ignore[index]
+
+    # What readers get never carries the values the service received.
+    wait_for_log(cas_proc.env, 1)
+    accesses = cas.accesses("sdk-svc", alice)
+    assert len(accesses) == 1
+    assert accesses[0].service == "app" and accesses[0].measurement == measure(argv)
+    assert {s.name for s in accesses[0].secrets} == {"token", "pinned"}
+    assert cas.accesses("sdk-svc", alice, secret="nothing-such") == ()
+    shown = (
+        cas.show("sdk-svc", alice),
+        cas.events("sdk-svc", alice),
+        cas.history("sdk-svc", alice),
+        accesses,
+    )
+    text = repr(shown) + repr([dataclasses.asdict(x) for x in (shown[0], shown[2])])
+    assert token not in text and SECRET_VALUE not in text
+
+
+def test_attest_refusals_are_the_classes_confide_run_exits_with(
+    cas: Cas, cas_proc: CasProcess, tmp_path: Path
+) -> None:
+    alice = Identity.generate()
+    argv = command(tmp_path)
+    cas.apply(app_policy("sdk-refused", measure(argv)), alice)
+    (tmp_path / "modified").mkdir()
+    other = command(tmp_path / "modified", "echo modified")
+    with pytest.raises(errors.AppraisalError, match="measurement"):
+        cas.attest("sdk-refused/app", cas.simulated_provider(other), dumpable=True)
+    ran = cli(cas_proc.env, "run", "--config-id", "sdk-refused/app", "--tee", "sim", "--", *other)
+    assert ran.returncode == errors.AppraisalError.exit_code, ran.stderr
+    with pytest.raises(errors.UsageError, match="POLICY/SERVICE"):
+        cas.attest("no-service", cas.simulated_provider(argv), dumpable=True)
+    with (
+        Cas.connect(cas.url, ca_cert=cas_proc.env["CONFIDE_CAS_CERT"]) as no_sim,
+        pytest.raises(errors.UsageError, match="CONFIDE_SIM_DIR"),
+    ):
+        no_sim.simulated_provider(argv)
+
+
+def test_crl_and_revoke(cas: Cas, tmp_path: Path) -> None:
+    alice, bob = Identity.generate(), Identity.generate()
+    policy = f"""name: sdk-pki
+version: "0.3"
+secrets:
+  - name: ca_key
+    kind: private-key
+  - name: ca
+    kind: x509-ca
+    private_key: ca_key
+    common_name: SDK CA
+    valid_for: 1 day
+  - name: srv_key
+    kind: private-key
+  - name: srv
+    kind: x509
+    private_key: srv_key
+    issuer: ca
+    common_name: srv.local
+    valid_for: 1 day
+access_policy:
+  read: [CREATOR]
+  update: [CREATOR, {bob.fingerprint}]
+"""
+    cas.apply(policy, alice)
+    serial = cas.show("sdk-pki", alice).secrets["srv"].serial
+    assert serial is not None
+    with pytest.raises(errors.UsageError, match="exactly one"):
+        cas.revoke("sdk-pki", "srv", alice)
+    with pytest.raises(errors.UsageError, match="exactly one"):
+        cas.revoke("sdk-pki", "srv", alice, serial=serial, all_valid=True)
+    with pytest.raises(errors.AccessDeniedError):
+        cas.revoke("sdk-pki", "srv", Identity.generate(), serial=serial)
+    with pytest.raises(errors.PolicyError, match="no such secret"):
+        cas.revoke("sdk-pki", "nothing", alice, all_valid=True)
+    done = cas.revoke("sdk-pki", "srv", alice, serial=serial, reason="keyCompromise")
+    assert (done.name, done.secret, done.reason) == ("sdk-pki", "srv", "keyCompromise")
+    assert [r.get("serial") for r in done.revoked] == [serial]
+    assert done.crls and done.key_replaced
+    crl = x509.load_der_x509_crl(cas.crl("sdk-pki", "ca", alice))
+    assert crl.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
+    assert cas.crl("sdk-pki", "ca", alice, pem=True).startswith(b"-----BEGIN X509 CRL-----")
+    with pytest.raises(errors.AccessDeniedError):
+        cas.crl("sdk-pki", "ca", None)  # not declared export_public
+    assert cas.show("sdk-pki", alice).secrets["srv"].serial != serial  # re-issued
+
+
+# --- the worked example --------------------------------------------------------------------------
+
+
+def test_the_example_of_docs_sdk_runs(tmp_path: Path) -> None:
+    with running_cas(tmp_path / "cas", None) as proc:
+        ran = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "sdk" / "two_stakeholders.py"),
+             str(proc.data_dir / "client.env"), str(tmp_path / "work")],
+            capture_output=True, text=True, timeout=300, check=False,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    out = ran.stdout
+    assert "service: exit 0:" in out and '"data_key_hex_chars": 64' in out
+    assert f"modified service: exit {errors.AppraisalError.exit_code}: error: AppraisalError" in out
+    assert "hospital reads analytics: AccessDeniedError (exit 33)" in out
+    assert "secrets [analytics/db_pass v1, hospital/data_key v1], included in the log" in out
+    assert out.rstrip().endswith("OK")
