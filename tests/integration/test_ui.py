@@ -378,6 +378,7 @@ def test_approve_shows_what_is_approved_and_the_diff(ui: Ui, cas: Cas, tmp_path:
         assert page.status_code == 200, page.text
         text = page.text
         assert pending.hash in text and bob.fingerprint in text and created.hash in text
+        assert f"signed by <code>{bob.fingerprint}</code> (signature verified)" in text
         assert '<span class="del">-' in text and "24" in text
         assert '<span class="add">+' in text and "30" in text
         assert "<script>alert(" not in text

@@ -915,10 +915,11 @@ def _listing(text: str, exc: ConfideError) -> Html:
     return h("<h2>The policy as given</h2><table>{}</table>", rows)
 
 
-def _submitted_policy(events: Any, digest: str) -> dict[str, Any] | None:
-    """The policy of version ``digest`` from its ledger entry's signed submission, checked: the
-    signature verifies and the policy hashes to ``digest`` (so the document shown is the one the
-    hash names, whatever the CAS says); ``None`` when the entry withholds it."""
+def _submitted_policy(events: Any, digest: str) -> tuple[dict[str, Any], str] | None:
+    """The policy of version ``digest`` from its ledger entry's signed submission and the
+    fingerprint of its signer, checked: the signature verifies and the policy hashes to
+    ``digest`` (so the document shown is the one the hash names, whatever the CAS says);
+    ``None`` when the entry withholds it."""
     from confide import jsonstrict  # noqa: PLC0415
     from confide.cas.core import verify_signed  # noqa: PLC0415
     from confide.cas.documents import POLICY_TYPE  # noqa: PLC0415
@@ -928,13 +929,13 @@ def _submitted_policy(events: Any, digest: str) -> dict[str, Any] | None:
         if ev.payload.get("hash") != digest or not isinstance(ev.payload.get("submission"), str):
             continue
         doc = jsonstrict.loads(str(ev.payload["submission"]).encode(), structure="the signed submission")
-        body, _signer = verify_signed(doc, POLICY_TYPE)
+        body, signer = verify_signed(doc, POLICY_TYPE)
         policy = body.get("policy")
         if not isinstance(policy, dict):
             raise errors.ParseError("expected the policy", structure="the signed submission")
         if policy_hash(loads_policy(json.dumps(policy), source="the submission", stored=True)) != digest:
             raise errors.EntryMismatchError(f"the submission of {digest[:16]}… does not hash to it")
-        return policy
+        return policy, signer.fingerprint
     return None
 
 
@@ -942,10 +943,12 @@ def _diff(state: UiState, name: str, identity: Identity, info: PolicyInfo, diges
     """The pending version ``digest`` against the current one, from the policy's ledger entries
     (the signed submissions; each checked against its hash)."""
     found = state.cas.events(name, identity)
-    new = _submitted_policy(found, digest)
-    if new is None:
+    submitted = _submitted_policy(found, digest)
+    if submitted is None:
         raise UsageError("the ledger withholds this version's document (it holds explicit secret values)")
-    old = _submitted_policy(found, info.hash) if info.hash != digest else new
+    new, signer = submitted
+    current = _submitted_policy(found, info.hash) if info.hash != digest else submitted
+    old = None if current is None else current[0]
     old_text = json.dumps(old if old is not None else _plain_json(info.document), indent=2, sort_keys=True)
     new_text = json.dumps(new, indent=2, sort_keys=True)
     lines = list(
@@ -957,8 +960,9 @@ def _diff(state: UiState, name: str, identity: Identity, info: PolicyInfo, diges
             lineterm="",
         )
     )
+    signed = h("<p>Submitted and signed by <code>{}</code> (signature verified).</p>", signer)
     if not lines:
-        return Html('<p class="note">No difference in the document.</p>')
+        return h('{}<p class="note">No difference in the document.</p>', signed)
 
     def cls(line: str) -> str:
         return {"+": "add", "-": "del", "@": "hunk"}.get(line[:1], "")
@@ -970,7 +974,10 @@ def _diff(state: UiState, name: str, identity: Identity, info: PolicyInfo, diges
         else " (the current version's document as the CAS shows it: its submission is withheld)"
     )
     return h(
-        "<p>The document whose hash you sign, checked against that hash{}:</p><pre>{}</pre>", source, shown
+        "{}<p>The document whose hash you sign, checked against that hash{}:</p><pre>{}</pre>",
+        signed,
+        source,
+        shown,
     )
 
 
