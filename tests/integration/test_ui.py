@@ -182,6 +182,11 @@ def test_token_cookie_host_csrf_and_headers(ui: Ui) -> None:
         exchanged = client.get(f"/policy?name=p&token={ui.token}")
         assert exchanged.status_code == 303
         assert exchanged.headers["location"] == "/policy?name=p"  # the token leaves the URL
+        # a decoded CR LF in the path stays out of the answer's head
+        injected = client.get(f"/x%0d%0aX-Injected:%201?token={ui.token}")
+        assert injected.status_code == 303 and "x-injected" not in injected.headers
+        assert injected.headers["location"] == "/x%0D%0AX-Injected%3A%201"
+        assert client.get("/?" + "&".join(f"a{i}=1" for i in range(40))).status_code == 400
         cookie = exchanged.headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and ui.token not in cookie
         assert_secured(exchanged)

@@ -268,15 +268,19 @@ class Guard:
         path = scope["path"]
         if path.startswith("/static/") and method != "POST":
             return None  # the page's style and script: nothing of the user's
-        query = urllib.parse.parse_qsl(
-            scope.get("query_string", b"").decode("latin-1"), max_num_fields=MAX_FIELDS
-        )
+        try:
+            query = urllib.parse.parse_qsl(
+                scope.get("query_string", b"").decode("latin-1"), max_num_fields=MAX_FIELDS
+            )
+        except ValueError:
+            raise _Refused(400, f"more than {MAX_FIELDS} query parameters") from None
         token = [v for k, v in query if k == "token"]
         if token:
             if len(token) != 1 or not _same(token[0], self.state.token) or method != "GET":
                 raise _Refused(403, "wrong access token: open the URL confide ui printed")
             rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "token"])
-            location = path + (f"?{rest}" if rest else "")
+            # the path re-encoded: a decoded %0d%0a must not become a line of the answer's head
+            location = urllib.parse.quote(path, safe="/") + (f"?{rest}" if rest else "")
             cookie = f"{self.state.cookie}={self.state.session}; HttpOnly; SameSite=Strict; Path=/"
             return [(b"location", location.encode("latin-1")), (b"set-cookie", cookie.encode("latin-1"))]
         if not _same(_cookie(headers.get(b"cookie", b""), self.state.cookie), self.state.session):
