@@ -379,6 +379,9 @@ def test_approve_shows_what_is_approved_and_the_diff(ui: Ui, cas: Cas, tmp_path:
     with ui.logged_in() as client:
         shown = client.get("/policy?name=ui-board").text
         assert f'href="/approve?name=ui-board&amp;hash={pending.hash}"' in shown
+        assert (
+            '<form method="get" action="/approve"><input type="hidden" name="name" value="ui-board">' in shown
+        )
         page = client.get(f"/approve?name=ui-board&hash={pending.hash}")
         assert page.status_code == 200, page.text
         text = page.text

@@ -890,7 +890,10 @@ def _policy_body(state: UiState, info: PolicyInfo) -> Html:
         )
     return h(
         "{}<h2>Versions</h2><table><tr><th>seq</th><th>hash</th><th>state</th><th>predecessor</th>"
-        "<th>submitter</th><th></th></tr>{}</table><h2>Secrets (public parts only)</h2>"
+        "<th>submitter</th><th></th></tr>{}</table>"
+        '<form method="get" action="/approve"><input type="hidden" name="name" value="{}">'
+        '<label>review a version by its hash: <input name="hash" size="66" required></label> '
+        "<button>review</button></form><h2>Secrets (public parts only)</h2>"
         "<table><tr><th>name</th><th>kind</th><th>version</th><th>serial</th><th>not after</th>"
         "<th>renewed at</th><th></th><th></th></tr>{}</table>"
         "<h2>Document</h2><p>As the CAS stores it; explicit secret values and volume keys read "
@@ -902,6 +905,7 @@ def _policy_body(state: UiState, info: PolicyInfo) -> Html:
             ]
         ),
         versions,
+        info.name,
         join(secret_rows),
         _json(info.document),
     )
