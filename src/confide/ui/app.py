@@ -562,13 +562,15 @@ def create_app(state: UiState) -> Guard:
         if history_state.previous_size is None:
             return h(
                 '<p class="note">First visit with the state file <code>{}</code>: it now remembers '
-                "this checkpoint and {} entries of the policy.</p>",
+                "this checkpoint and the {} entries of the policy in the log (this page lists its "
+                "versions).</p>",
                 state.state_file,
                 history_state.entries_remembered,
             )
         return h(
             '<p class="ok">Consistent with your last visit: the log extends the checkpoint of size {} '
-            "remembered in <code>{}</code>, and all {} entries of the policy remembered were returned again "
+            "remembered in <code>{}</code>, and all {} entries of the policy remembered (of every kind, "
+            "not only its versions) were returned again "
             "(now {} remembered).</p>",
             history_state.previous_size,
             state.state_file,

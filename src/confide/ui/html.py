@@ -64,7 +64,7 @@ header .who{margin:.2em 0 0;font-size:.85em}main{padding:1em;max-width:80em}
 footer{padding:1em;font-size:.8em;color:#666}code,pre{font-family:ui-monospace,monospace}
 pre{background:#fff;border:1px solid #ddd;padding:.5em;overflow:auto;max-height:40em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .5em;
-text-align:left;vertical-align:top}th{background:#eee}
+text-align:left;vertical-align:top;overflow-wrap:anywhere}th{background:#eee}
 .error{border:2px solid #b00020;background:#fdecee;padding:.5em 1em;margin:1em 0}
 .ok{border:2px solid #1b7d2f;background:#eaf6ec;padding:.5em 1em;margin:1em 0}
 .note{border:1px solid #aaa;background:#fff;padding:.5em 1em;margin:1em 0}
