@@ -40,7 +40,7 @@ from __future__ import annotations
 import importlib
 import os
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -138,15 +138,41 @@ RevocationReason: TypeAlias = Literal[
 _EMPTY: Mapping[str, JsonValue] = FrozenMap({})
 
 
-def _freeze(value: object) -> JsonValue:
-    """Parsed JSON, read-only: dicts as mappings, lists as tuples."""
-    if isinstance(value, dict):
-        return FrozenMap({str(k): _freeze(v) for k, v in value.items()})
-    if isinstance(value, list | tuple):
-        return tuple(_freeze(v) for v in value)
+def _scalar(value: object) -> JsonValue:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     raise ParseError(f"got a {type(value).__name__}, expected JSON", structure="the CAS's answer")
+
+
+def _children(
+    value: dict[object, object] | list[object] | tuple[object, ...],
+) -> Iterator[tuple[str, object]]:
+    if isinstance(value, dict):
+        return ((str(k), v) for k, v in value.items())
+    return (("", v) for v in value)
+
+
+def _freeze(value: object) -> JsonValue:
+    """Parsed JSON, read-only: dicts as mappings, lists as tuples. Without recursion: an answer
+    nested as deeply as the JSON reader takes (almost the interpreter's recursion limit) is
+    frozen too, not a ``RecursionError``."""
+    # Each frame: its key in the parent, whether it is an object, its children still to freeze,
+    # the ones frozen. The root is wrapped in a one-element frame.
+    stack: list[tuple[str, bool, Iterator[tuple[str, object]], list[tuple[str, JsonValue]]]]
+    stack = [("", False, iter([("", value)]), [])]
+    while True:
+        _key, _is_object, children, done = stack[-1]
+        for key, child in children:
+            if isinstance(child, dict | list | tuple):
+                stack.append((key, isinstance(child, dict), _children(child), []))
+                break
+            done.append((key, _scalar(child)))
+        else:
+            key, is_object, _, done = stack.pop()
+            if not stack:
+                return done[0][1]
+            frozen: JsonValue = FrozenMap(dict(done)) if is_object else tuple(v for _, v in done)
+            stack[-1][3].append((key, frozen))
 
 
 def _object(value: object, what: str) -> Mapping[str, JsonValue]:
