@@ -527,6 +527,7 @@ class Cas:
         expect_witnesses: int | None = None,
         expect_witness_keys: Iterable[str] = (),
         min_tcb_eval_number: int | None = None,
+        any_measurement: bool = False,
         at: datetime | None = None,
         sim_dir: str | os.PathLike[str] | None = None,
         timeout: float = 30.0,
@@ -539,11 +540,17 @@ class Cas:
         tolerances such as ``outdated-tcb``; ``expect_witnesses``/``expect_witness_keys``: the
         attested witness quorum). :attr:`attestation` keeps what was verified.
 
+        ``measurements`` (or an ``expect`` of the platform's measurement claim) is required:
+        evidence alone proves only that *some* code runs in a TEE, and ``cas attest`` without
+        ``--measurement`` leaves the check to the person reading the measurement it prints.
+        ``any_measurement=True`` pins whatever the CAS runs; check
+        ``cas.attestation.evidence.claims`` yourself before trusting it.
+
         Raises what ``cas attest`` exits with: ``MeasurementError`` (another measurement or
         claim), ``AppraisalError`` (a debug TEE, a TCB status not tolerated, a witness quorum
         below the expectation), ``BindingError``, ``SignatureError`` and the other
         ``VerificationError`` classes, ``NetworkError``, ``UsageError`` for malformed options."""
-        from confide.cas.pin import WitnessExpectation, attest_cas  # noqa: PLC0415 - verifiers load here
+        from confide.cas.pin import MEASUREMENT_CLAIMS, WitnessExpectation, attest_cas  # noqa: PLC0415
         from confide.collateral.dcap import source_for  # noqa: PLC0415
         from confide.ledger.note import NoteVerifier  # noqa: PLC0415
         from confide.policy.model import Tolerance  # noqa: PLC0415
@@ -554,10 +561,24 @@ class Cas:
             if len(text) not in (64, 96) or any(c not in "0123456789abcdef" for c in text):
                 raise UsageError(f"measurements: got {m[:40]!r}, expected 32 or 48 bytes in hex")
             expected.append(text)
+        if not expected and not any_measurement and not set(expect or {}) & set(MEASUREMENT_CLAIMS.values()):
+            raise UsageError(
+                "measurements: give the CAS's expected measurement (hex), or expect={claim: [...]} "
+                "for its measurement claim, or any_measurement=True to pin whatever it runs and "
+                "check cas.attestation.evidence.claims yourself"
+            )
         try:
             tolerances = tuple(Tolerance(t) for t in tolerate)
         except ValueError as exc:
             raise UsageError(f"tolerate: {exc}") from None
+        for (
+            tolerance
+        ) in tolerances:  # as cas attest --tolerate: simulation is sim_key's, gpu-only a service's
+            if tolerance in (Tolerance.SIMULATION, Tolerance.GPU_ONLY):
+                raise UsageError(f"tolerate: {tolerance.value!r} is not a tolerance of a CAS's evidence")
+        for claim, values in (expect or {}).items():
+            if isinstance(values, str | bytes):  # tuple("abc") would allow "a", "b" and "c"
+                raise UsageError(f"expect: {claim!r}: got a string, expected a list of allowed values")
         witness_expectation = None
         keys = tuple(expect_witness_keys)
         if expect_witnesses is not None or keys:

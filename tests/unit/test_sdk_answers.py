@@ -11,7 +11,7 @@ import pytest
 
 from confide import jsonstrict
 from confide.cas.client import CasClient
-from confide.errors import ConfideError
+from confide.errors import ConfideError, NetworkError, UsageError
 from confide.identity import Identity
 from confide.sdk import Cas
 
@@ -62,3 +62,34 @@ def test_a_malformed_answer_is_a_confide_error(cas: Cas, monkeypatch: pytest.Mon
         _answer(cas, monkeypatch, text)
         with pytest.raises(ConfideError):
             cas.events("p", ident)
+
+
+UNREACHABLE = "https://127.0.0.1:1"  # a call that got as far as connecting would be a NetworkError
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({}, "measurements: give the CAS's expected measurement"),  # any CAS in a TEE would do
+        ({"expect": {"vmpl": ["0"]}}, "measurements: give"),  # not the measurement claim
+        ({"any_measurement": True, "tolerate": ["simulation"]}, "tolerate: 'simulation'"),
+        ({"any_measurement": True, "tolerate": ["gpu-only"]}, "tolerate: 'gpu-only'"),
+        ({"expect": {"measurement": "ab" * 48}}, "expect: 'measurement': got a string"),
+    ],
+)
+def test_attested_refuses_what_cas_attest_would_not_check(options: dict[str, Any], match: str) -> None:
+    """cas attest without --measurement prints the measurement for a person to check; a script
+    gets no such line, so Cas.attested wants the measurement (or any_measurement=True). Its
+    tolerances are those of cas attest --tolerate, and an expected claim's values a list."""
+    with pytest.raises(UsageError, match=match):
+        Cas.attested(UNREACHABLE, sim_key=b"unused", **options)
+
+
+def test_attested_with_a_measurement_claim_or_any_measurement_goes_on_to_connect() -> None:
+    for options in (
+        {"measurements": ["ab" * 48]},
+        {"expect": {"mr_td": ["ab" * 48]}},
+        {"any_measurement": True},
+    ):
+        with pytest.raises(NetworkError):
+            Cas.attested(UNREACHABLE, sim_key=b"unused", timeout=5.0, **options)  # type: ignore[arg-type]
