@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 from confide.cas.client import CasClient
 from confide.errors import ParseError, UsageError
 from confide.frozenmap import FrozenMap
+from confide.fsutil import read_regular
 from confide.identity import Identity, PublicIdentity, load_identity
 
 if TYPE_CHECKING:
@@ -429,12 +430,28 @@ def measure(command: Sequence[str], *, cwd: str | os.PathLike[str] | None = None
 # --- the CAS ---------------------------------------------------------------------------------
 
 
+_MAX_FILE = 1 << 20
+"""The largest client.env or simulated platform key read (bytes)."""
+
+
+def _read_file(path: Path, what: str) -> bytes:
+    """A small file the caller names: a regular file (after symlinks; a FIFO or a device is
+    refused, not waited on) of at most :data:`_MAX_FILE` bytes, else ``UsageError``."""
+    try:
+        data = read_regular(path, _MAX_FILE)
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot read {os.fspath(path)}: {exc.strerror or exc}") from None
+    if len(data) > _MAX_FILE:
+        raise UsageError(f"{what}: {os.fspath(path)} is larger than {_MAX_FILE} bytes")
+    return data
+
+
 def _parse_env_file(path: Path) -> dict[str, str]:
     """The ``export NAME=VALUE`` lines of a client.env (values shell-quoted)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        text = _read_file(path, "client.env").decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"client.env: {os.fspath(path)} is not UTF-8 text") from None
     env: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -592,10 +609,7 @@ class Cas:
         if isinstance(sim_key, bytes) or sim_key is None:
             key_pem = sim_key
         else:
-            try:
-                key_pem = Path(sim_key).read_bytes()
-            except OSError as exc:
-                raise UsageError(f"sim_key: cannot read {os.fspath(sim_key)}: {exc.strerror}") from None
+            key_pem = _read_file(Path(sim_key), "sim_key")
         pinned = attest_cas(
             url,
             sim_key_pem=key_pem,

@@ -4,7 +4,10 @@ whatever the answer, a call raises a ConfideError or returns a read-only result.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +16,7 @@ from confide import jsonstrict
 from confide.cas.client import CasClient
 from confide.errors import ConfideError, NetworkError, UsageError
 from confide.identity import Identity
+from confide.policy import load_policy
 from confide.sdk import Cas
 
 
@@ -93,3 +97,41 @@ def test_attested_with_a_measurement_claim_or_any_measurement_goes_on_to_connect
     ):
         with pytest.raises(NetworkError):
             Cas.attested(UNREACHABLE, sim_key=b"unused", timeout=5.0, **options)  # type: ignore[arg-type]
+
+
+def _refused_at_once(call: Any, fifo: Path) -> BaseException:
+    """``call()``'s exception, which must come at once: a read that waits for a writer of
+    ``fifo`` is failed (and freed by opening the FIFO for writing)."""
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(10.0)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the reader gets EOF
+        thread.join(10.0)
+        pytest.fail("waited on a FIFO")
+    assert outcome, "no error"
+    return outcome[0]
+
+
+def test_a_fifo_in_place_of_a_file_is_refused_not_waited_on(cas: Cas, tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    ident = Identity.generate()
+    calls = {
+        "policy file": lambda: cas.apply(fifo, ident),
+        "client.env": lambda: Cas.from_env_file(fifo),
+        "sim_key": lambda: Cas.attested(UNREACHABLE, sim_key=fifo, any_measurement=True),
+        "load_policy": lambda: load_policy(fifo),  # confide policy apply's reader
+    }
+    for what, call in calls.items():
+        error = _refused_at_once(call, fifo)
+        assert isinstance(error, UsageError), (what, error)
+        assert "not a regular file" in error.message, what
