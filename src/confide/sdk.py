@@ -153,10 +153,16 @@ def _children(
     return (("", v) for v in value)
 
 
+MAX_ANSWER_DEPTH = 200
+"""Deepest nesting of a CAS answer the SDK takes (a policy nests at most 64 deep): deeper is a
+``ParseError``, so that ``repr``, ``dataclasses.asdict`` or ``json.dumps`` of a result, which
+recurse, cannot exhaust the stack either."""
+
+
 def _freeze(value: object) -> JsonValue:
     """Parsed JSON, read-only: dicts as mappings, lists as tuples. Without recursion: an answer
-    nested as deeply as the JSON reader takes (almost the interpreter's recursion limit) is
-    frozen too, not a ``RecursionError``."""
+    nested as deeply as the JSON reader takes (almost the interpreter's recursion limit) is a
+    ``ParseError`` beyond :data:`MAX_ANSWER_DEPTH`, not a ``RecursionError``."""
     # Each frame: its key in the parent, whether it is an object, its children still to freeze,
     # the ones frozen. The root is wrapped in a one-element frame.
     stack: list[tuple[str, bool, Iterator[tuple[str, object]], list[tuple[str, JsonValue]]]]
@@ -165,6 +171,8 @@ def _freeze(value: object) -> JsonValue:
         _key, _is_object, children, done = stack[-1]
         for key, child in children:
             if isinstance(child, dict | list | tuple):
+                if len(stack) > MAX_ANSWER_DEPTH:
+                    raise ParseError(f"nested deeper than {MAX_ANSWER_DEPTH}", structure="the CAS's answer")
                 stack.append((key, isinstance(child, dict), _children(child), []))
                 break
             done.append((key, _scalar(child)))

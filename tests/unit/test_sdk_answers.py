@@ -14,10 +14,10 @@ import pytest
 
 from confide import jsonstrict
 from confide.cas.client import CasClient
-from confide.errors import ConfideError, NetworkError, UsageError
+from confide.errors import ConfideError, NetworkError, ParseError, UsageError
 from confide.identity import Identity
 from confide.policy import load_policy
-from confide.sdk import Cas
+from confide.sdk import MAX_ANSWER_DEPTH, Cas
 
 
 @pytest.fixture
@@ -37,27 +37,41 @@ def _nested(depth: int) -> bytes:
     return b"[" * depth + b'{"k": 1}' + b"]" * depth
 
 
-@pytest.mark.parametrize("depth", [300, 700, 900])
-def test_an_answer_nested_as_deep_as_the_json_reader_takes_is_frozen(
+@pytest.mark.parametrize("depth", [150, MAX_ANSWER_DEPTH - 5, MAX_ANSWER_DEPTH - 4, 700, 900])
+def test_an_answer_nested_as_deep_as_the_json_reader_takes_is_frozen_or_a_parse_error(
     cas: Cas, monkeypatch: pytest.MonkeyPatch, depth: int
 ) -> None:
-    """The JSON reader takes nesting up to about the recursion limit; freezing it must not
-    raise RecursionError (not a ConfideError: it escaped every caller's except clause)."""
+    """The JSON reader takes nesting up to about the recursion limit; freezing it raised
+    RecursionError (not a ConfideError: it escaped every caller's except clause). An answer
+    nested up to MAX_ANSWER_DEPTH is frozen (and its repr works), deeper is a ParseError."""
     ident = Identity.generate()
+    # answer, events, event, payload, `depth` lists, {"k": 1}: nested depth + 5 deep
     event = b'{"seq": 1, "index": 0, "at": 1.5, "type": "t", "payload": {"deep": ' + _nested(depth) + b"}}"
     _answer(cas, monkeypatch, b'{"events": [' + event + b"]}")
-    (got,) = cas.events("p", ident)
-    value: Any = got.payload["deep"]
-    for _ in range(depth):
-        assert isinstance(value, tuple) and len(value) == 1
-        value = value[0]
-    assert isinstance(value, Mapping) and dict(value) == {"k": 1}
-    with pytest.raises(TypeError):
-        value["k"] = 2  # type: ignore[index]
-
-    policy = b'{"name": "p", "hash": "h", "creator": "c", "policy": {"x": ' + _nested(depth) + b"}}"
-    _answer(cas, monkeypatch, policy)
-    assert isinstance(cas.show("p", ident).document["x"], tuple)
+    if depth + 5 > MAX_ANSWER_DEPTH:
+        with pytest.raises(ParseError, match="nested deeper than"):
+            cas.events("p", ident)
+    else:
+        (got,) = cas.events("p", ident)
+        value: Any = got.payload["deep"]
+        for _ in range(depth):
+            assert isinstance(value, tuple) and len(value) == 1
+            value = value[0]
+        assert isinstance(value, Mapping) and dict(value) == {"k": 1}
+        with pytest.raises(TypeError):
+            value["k"] = 2  # type: ignore[index]
+        assert "'k': 1" in repr(got)
+    # answer, policy, `depth` lists, {"k": 1}: depth + 3
+    _answer(
+        cas,
+        monkeypatch,
+        b'{"name": "p", "hash": "h", "creator": "c", "policy": {"x": ' + _nested(depth) + b"}}",
+    )
+    if depth + 3 > MAX_ANSWER_DEPTH:
+        with pytest.raises(ParseError, match="nested deeper than"):
+            cas.show("p", ident)
+    else:
+        assert isinstance(cas.show("p", ident).document["x"], tuple)
 
 
 def test_a_malformed_answer_is_a_confide_error(cas: Cas, monkeypatch: pytest.MonkeyPatch) -> None:
