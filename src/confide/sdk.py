@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ENV_LOG_KEY",
     "ENV_SIM_DIR",
+    "MAX_ANSWER_DEPTH",
     "Access",
     "Cas",
     "Evidence",
