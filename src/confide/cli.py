@@ -82,6 +82,7 @@ _SUBSYSTEM_COMMANDS = {
     "volume": "confide.volume.cli:volume",
     "ledger": "confide.ledger.cli:ledger",
     "sconify": "confide.image.cli:sconify_cmd",
+    "ui": "confide.ui.cli:ui",
 }
 
 

@@ -35,6 +35,8 @@ def loaded(statement: str, modules: tuple[str, ...]) -> list[str]:
         ("import confide.cas.client", (*DATABASE_LAYER, "confide.policy")),
         # confide run: the release is decrypted without the CAS's core
         ("import confide.runtime.run", DATABASE_LAYER),
+        # confide ui: a client of the CAS too (its page's routes load what they use)
+        ("import confide.ui.app", DATABASE_LAYER),
     ],
 )
 def test_a_command_loads_only_what_it_uses(statement: str, absent: tuple[str, ...]) -> None:
@@ -53,7 +55,7 @@ def test_a_named_command_is_loaded_and_listed() -> None:
 
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for name in ("cas", "evidence", "identity", "ledger", "policy", "run", "sconify", "sim", "volume"):
+    for name in ("cas", "evidence", "identity", "ledger", "policy", "run", "sconify", "sim", "ui", "volume"):
         assert f"\n  {name} " in result.output, name
     result = CliRunner().invoke(cli, ["volume", "--help"])
     assert result.exit_code == 0 and "Protected volumes" in result.output

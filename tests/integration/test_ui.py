@@ -1,0 +1,457 @@
+"""``confide ui`` end to end: a real ``confide cas serve --dev`` over TLS, ``confide ui`` as a
+subprocess driven over HTTP: the token and cookie, the Host and CSRF checks, the security
+headers, apply (valid, invalid with line and column, uploaded), show, events, the verified
+history with its state file, accesses, approve with the diff, revoke, an operator's hostile
+string escaped, and no page ever showing a secret value a service received."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from cas_harness import ROOT, CasProcess, running_cas, wait_for_log
+from confide import errors
+from confide.sdk import Cas, Identity, create_identity, measure
+from confide.ui.app import MAX_BODY
+
+SECRET_VALUE = "explicit-value-Ui7q"
+HOSTILE = "<script>alert('pwned')</script>"
+
+
+@pytest.fixture(scope="module")
+def cas_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CasProcess]:
+    with running_cas(tmp_path_factory.mktemp("ui") / "cas", None) as proc:
+        yield proc
+
+
+@dataclass
+class Ui:
+    proc: subprocess.Popen[str]
+    base: str
+    token: str
+    identity: Identity
+    state: Path
+    stderr: list[str]
+
+    def client(self) -> httpx2.Client:
+        return httpx2.Client(base_url=self.base, follow_redirects=False, timeout=60)
+
+    @contextmanager
+    def logged_in(self) -> Iterator[httpx2.Client]:
+        with self.client() as client:
+            answer = client.get(f"/?token={self.token}")
+            assert answer.status_code == 303, answer.text
+            yield client
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def start_ui(cas_proc: CasProcess, work: Path, *extra: str, identity: bool = True) -> Ui:
+    work.mkdir(parents=True, exist_ok=True)
+    ident = create_identity(work / "me.id", name="me")
+    args = [sys.executable, "-m", "confide", "ui", "--listen", "127.0.0.1:0",
+            "--env-file", str(cas_proc.data_dir / "client.env"), "--state", str(work / "ui.state"), *extra]  # fmt: skip
+    if identity:
+        args += ["--identity", str(work / "me.id")]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    stderr: list[str] = []
+    threading.Thread(target=lambda: stderr.extend(proc.stderr or ()), daemon=True).start()
+    line = proc.stdout.readline()  # the URL, printed once the socket is bound
+    match = re.fullmatch(r"(http://127\.0\.0\.1:\d+)/\?token=([A-Za-z0-9_-]+)\n", line)
+    assert match, (line, proc.poll(), stderr)
+    return Ui(proc, match.group(1), match.group(2), ident, work / "ui.state", stderr)
+
+
+@pytest.fixture(scope="module")
+def ui(cas_proc: CasProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
+    started = start_ui(cas_proc, tmp_path_factory.mktemp("ui-work"))
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture
+def cas(cas_proc: CasProcess) -> Iterator[Cas]:
+    with Cas.from_env(cas_proc.env) as connected:
+        yield connected
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match, html
+    return match.group(1)
+
+
+def app_policy(
+    name: str,
+    measurement: str,
+    *,
+    update: str = "[CREATOR]",
+    extra: str = "",
+    size: int = 24,
+    explicit: bool = True,
+) -> str:
+    """A policy; with ``explicit``, a secret of an explicit value (its submission then stays out of
+    the ledger)."""
+    pinned = f"  - name: pinned\n    kind: ascii\n    value: {SECRET_VALUE}\n" if explicit else ""
+    pinned_env = '      PINNED: "$$SCONE::pinned$$"\n' if explicit else ""
+    return f"""name: {name}
+version: "0.3"
+{extra}services:
+  - name: app
+    environment:
+      TOKEN: "$$SCONE::token$$"
+{pinned_env}      GREETING: "{HOSTILE}"
+    attestation:
+      sim:
+        measurement: "{measurement}"
+secrets:
+  - name: token
+    kind: ascii
+    size: {size}
+{pinned}access_policy:
+  read: [CREATOR]
+  update: {update}
+security:
+  attestation:
+    tolerate: [simulation]
+"""
+
+
+def command(tmp_path: Path) -> list[str]:
+    script = tmp_path / "app.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    return ["/bin/sh", str(script)]
+
+
+def apply(client: httpx2.Client, text: str, *, upload: bool = False) -> httpx2.Response:
+    csrf = csrf_of(client.get("/apply").text)
+    files = {"file": ("p.yaml", text.encode(), "application/yaml")} if upload else {"file": ("", b"", "")}
+    data = {"csrf": csrf, "yaml": "" if upload else text}
+    return client.post("/apply", data=data, files=files)
+
+
+SECURITY = {
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "x-content-type-options": "nosniff",
+}
+
+
+def assert_secured(answer: httpx2.Response) -> None:
+    for name, value in SECURITY.items():
+        assert answer.headers.get(name) == value, (name, answer.headers)
+    csp = answer.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+
+
+# --- the local server's own security -------------------------------------------------------------
+
+
+def test_token_cookie_host_csrf_and_headers(ui: Ui) -> None:
+    with ui.client() as anonymous:
+        refused = anonymous.get("/")
+        assert refused.status_code == 403 and "token" in refused.text
+        assert_secured(refused)
+        assert anonymous.get("/?token=" + "x" * len(ui.token)).status_code == 403
+        assert anonymous.get("/policy?name=x").status_code == 403
+        assert anonymous.post("/apply", data={"csrf": "x", "yaml": "x"}).status_code == 403
+    with ui.client() as client:
+        exchanged = client.get(f"/policy?name=p&token={ui.token}")
+        assert exchanged.status_code == 303
+        assert exchanged.headers["location"] == "/policy?name=p"  # the token leaves the URL
+        # a decoded CR LF in the path stays out of the answer's head
+        injected = client.get(f"/x%0d%0aX-Injected:%201?token={ui.token}")
+        assert injected.status_code == 303 and "x-injected" not in injected.headers
+        assert injected.headers["location"] == "/x%0D%0AX-Injected%3A%201"
+        assert client.get("/?" + "&".join(f"a{i}=1" for i in range(40))).status_code == 400
+        cookie = exchanged.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and ui.token not in cookie
+        assert_secured(exchanged)
+        home = client.get("/")
+        assert home.status_code == 200 and "text/html" in home.headers["content-type"]
+        assert_secured(home)
+        text = home.text
+        assert ui.identity.fingerprint in text and ui.token not in text
+        # a forged cookie is no cookie
+        with ui.client() as forged:
+            forged.cookies.set(next(iter(client.cookies.keys())), "forged")
+            assert forged.get("/").status_code == 403
+        # DNS rebinding: a request for another host name is refused, cookie or not
+        rebound = client.get("/", headers={"Host": "attacker.example:80"})
+        assert rebound.status_code == 403 and "Host" in rebound.text
+        assert_secured(rebound)
+        port = ui.base.rsplit(":", 1)[1]
+        assert client.get("/", headers={"Host": f"localhost:{port}"}).status_code == 200
+        # every POST needs the CSRF token of the page
+        assert client.post("/apply", data={"yaml": "name: x\n"}).status_code == 403
+        assert client.post("/apply", data={"csrf": "wrong", "yaml": "name: x\n"}).status_code == 403
+        assert client.post("/identity", data={"path": "/etc/passwd"}).status_code == 403
+        assert client.get("/revoke").status_code == 405  # state changes are POSTs only
+        assert client.request("PUT", "/apply").status_code == 405
+        # bounded bodies, refused by their length before they are read
+        csrf = csrf_of(text)
+        big = client.post("/apply", data={"csrf": csrf, "yaml": "a" * (MAX_BODY + 1)})
+        assert big.status_code == 413
+        # the style and script are files of this server (no inline script, no CDN)
+        assert client.get("/static/ui.js").headers["content-type"].startswith("text/javascript")
+        assert "<script>" not in text  # only <script src="/static/ui.js">
+        assert not re.search(r'(src|href)="(https?:)?//', text)
+        assert 'src="/static/ui.js"' in text and 'href="/static/ui.css"' in text
+
+
+def test_the_cas_is_named_and_pinned(ui: Ui, cas_proc: CasProcess) -> None:
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    pem = Path(cas_proc.env["CONFIDE_CAS_CERT"]).read_bytes()
+    fingerprint = hashlib.sha256(x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)).hexdigest()
+    with ui.logged_in() as client:
+        text = client.get("/").text
+    assert cas_proc.env["CONFIDE_CAS_URL"] in text
+    assert fingerprint in text
+    assert cas_proc.env["CONFIDE_LOG_KEY"] in text
+    assert str(ui.state) in text
+
+
+def test_a_non_loopback_listen_is_refused(cas_proc: CasProcess, tmp_path: Path) -> None:
+    for listen in ("0.0.0.0:0", "192.0.2.1:8000", "example.com:80", "127.0.0.1"):
+        ran = subprocess.run(
+            [sys.executable, "-m", "confide", "ui", "--listen", listen,
+             "--env-file", str(cas_proc.data_dir / "client.env")],
+            capture_output=True, text=True, timeout=60, check=False,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        )  # fmt: skip
+        assert ran.returncode == errors.UsageError.exit_code, (listen, ran.stderr)
+        assert "--listen" in ran.stderr and ran.stdout == ""
+
+
+def test_no_identity_then_one_loaded_by_its_path(cas_proc: CasProcess, tmp_path: Path) -> None:
+    started = start_ui(cas_proc, tmp_path / "w", identity=False)
+    try:
+        with started.logged_in() as client:
+            home = client.get("/").text
+            assert "no identity loaded" in home
+            shown = client.get("/policy?name=anything")
+            assert shown.status_code == 400 and "no identity loaded" in shown.text
+            assert "UsageError, exit 2" in shown.text
+            csrf = csrf_of(home)
+            (tmp_path / "loose.id").write_text((tmp_path / "w" / "me.id").read_text())
+            (tmp_path / "loose.id").chmod(0o644)
+            loose = client.post("/identity", data={"csrf": csrf, "path": str(tmp_path / "loose.id")})
+            assert loose.status_code == 400 and "UsageError, exit 2" in loose.text
+            loaded = client.post("/identity", data={"csrf": csrf, "path": str(tmp_path / "w" / "me.id")})
+            assert loaded.status_code == 303
+            assert started.identity.fingerprint in client.get("/").text
+    finally:
+        started.stop()
+
+
+# --- what a stakeholder does ---------------------------------------------------------------------
+
+
+def test_apply_show_history_accesses_and_no_page_shows_a_secret(
+    ui: Ui, cas: Cas, cas_proc: CasProcess, tmp_path: Path
+) -> None:
+    argv = command(tmp_path)
+    text = app_policy("ui-show", measure(argv))
+    with ui.logged_in() as client:
+        # invalid: every problem with its line and column, the text kept in the form
+        bad = apply(client, text.replace("    environment:", "    nonsense: 1\n    environment:"))
+        assert bad.status_code == 422, bad.text
+        assert "line 5, column 5" in bad.text and "PolicyError, exit 30" in bad.text
+        assert "services[0].nonsense" in bad.text
+        broken = apply(client, "name: ui-show\nversion: [\n")
+        assert broken.status_code == 422 and re.search(r"line \d+, column \d+", broken.text)
+        # valid, pasted
+        done = apply(client, text)
+        assert done.status_code == 200, done.text
+        digest = re.search(r"version <code>([0-9a-f]{64})</code> \(active\)", done.text)
+        assert digest, done.text
+        again = apply(client, text, upload=True)  # the same version, uploaded: a conflict
+        assert again.status_code == 409 and "ConflictError, exit 32" in again.text
+
+        # a service attests and receives its secrets (what no page may show)
+        release = cas.attest("ui-show/app", cas.simulated_provider(argv), dumpable=True)
+        values = [release.environment["TOKEN"], release.environment["PINNED"]]
+        assert values[1] == SECRET_VALUE and len(values[0]) == 24
+        wait_for_log(cas_proc.env, 6)
+
+        pages = {}
+        for path in ("/", "/policy?name=ui-show", "/policy/events?name=ui-show", "/policy/history?name=ui-show",
+                     "/policy/accesses?name=ui-show", "/policy/accesses?name=ui-show&secret=token"):  # fmt: skip
+            answer = client.get(path)
+            assert answer.status_code == 200, (path, answer.text)
+            pages[path] = answer.text
+        shown = pages["/policy?name=ui-show"]
+        assert digest.group(1) in shown and ui.identity.fingerprint in shown and "(withheld)" in shown
+        assert "policy-created" in pages["/policy/events?name=ui-show"]
+        assert "First visit" in pages["/policy/history?name=ui-show"]
+        assert "policy.created" in pages["/policy/history?name=ui-show"]
+        accesses = pages["/policy/accesses?name=ui-show"]
+        assert ">app<" in accesses and measure(argv)[:16] in accesses and "ui-show/token v1" in accesses
+        # the second visit is checked against the first (the state file)
+        second = client.get("/policy/history?name=ui-show").text
+        assert "Consistent with your last visit" in second
+        pages["second history"] = second
+        # the home page lists it (the state file remembers it)
+        pages["/"] = client.get("/").text
+        assert 'href="/policy?name=ui-show"' in pages["/"]
+        for path, html in pages.items():
+            for value in values:
+                assert value not in html, (path, "shows a secret value")
+        # the operator's (or an author's) markup is text, never markup
+        for path in ("/policy?name=ui-show",):
+            assert "<script>alert(" not in pages[path]
+            assert "&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;" in pages[path]
+
+
+def test_a_tampered_state_file_is_shown_as_the_cli_names_it(ui: Ui, cas: Cas, tmp_path: Path) -> None:
+    cas.apply(app_policy("ui-state", measure(command(tmp_path))), ui.identity)
+    with ui.logged_in() as client:
+        assert client.get("/policy/history?name=ui-state").status_code == 200
+        kept = ui.state.read_bytes()
+        ui.state.write_text("not json")
+        try:
+            refused = client.get("/policy/history?name=ui-state")
+            assert refused.status_code == 502
+            assert "ParseError, exit 10" in refused.text and "state file" in refused.text
+        finally:
+            ui.state.write_bytes(kept)
+        assert client.get("/policy/history?name=ui-state").status_code == 200
+
+
+def test_a_hostile_string_in_an_apply_error_is_escaped(ui: Ui) -> None:
+    with ui.logged_in() as client:
+        refused = apply(client, f'name: ui-hostile\nversion: "0.3"\n"{HOSTILE}": 1\n')
+        assert refused.status_code == 422
+        assert "<script>alert(" not in refused.text and "&lt;script&gt;" in refused.text
+
+
+def test_access_denied_is_named(ui: Ui, cas: Cas, tmp_path: Path) -> None:
+    other = Identity.generate()
+    cas.apply(app_policy("ui-theirs", measure(command(tmp_path))), other)
+    with ui.logged_in() as client:
+        for path in (
+            "/policy?name=ui-theirs",
+            "/policy/events?name=ui-theirs",
+            "/policy/history?name=ui-theirs",
+        ):
+            answer = client.get(path)
+            assert answer.status_code == 403
+            assert "AccessDeniedError, exit 33" in answer.text and "Access denied" in answer.text
+
+
+def test_approve_shows_what_is_approved_and_the_diff(ui: Ui, cas: Cas, tmp_path: Path) -> None:
+    bob = Identity.generate()
+    m = measure(command(tmp_path))
+    board = f"{{require-all: [{ui.identity.fingerprint}, {bob.fingerprint}]}}"
+    created = cas.apply(app_policy("ui-board", m, update=board, explicit=False), ui.identity)
+    update = app_policy(
+        "ui-board", m, update=board, extra=f"predecessor: {created.hash}\n", size=30, explicit=False
+    )
+    pending = cas.apply(update, bob)
+    assert pending.pending
+    with ui.logged_in() as client:
+        shown = client.get("/policy?name=ui-board").text
+        assert f'href="/approve?name=ui-board&amp;hash={pending.hash}"' in shown
+        assert (
+            '<form method="get" action="/approve"><input type="hidden" name="name" value="ui-board">' in shown
+        )
+        page = client.get(f"/approve?name=ui-board&hash={pending.hash}")
+        assert page.status_code == 200, page.text
+        text = page.text
+        assert pending.hash in text and bob.fingerprint in text and created.hash in text
+        assert f"signed by <code>{bob.fingerprint}</code> (signature verified)" in text
+        assert '<span class="del">-' in text and "24" in text
+        assert '<span class="add">+' in text and "30" in text
+        assert "<script>alert(" not in text
+        events = client.get("/policy/events?name=ui-board").text  # the submissions, in the payloads
+        assert "<script>alert(" not in events and "&lt;script&gt;alert(" in events
+        # without the page's CSRF token: refused, nothing approved
+        assert client.post("/approve", data={"name": "ui-board", "hash": pending.hash}).status_code == 403
+        assert cas.show("ui-board", ui.identity).hash == created.hash
+        done = client.post("/approve", data={"csrf": csrf_of(text), "name": "ui-board", "hash": pending.hash})
+        assert done.status_code == 200 and "active" in done.text
+        assert cas.show("ui-board", ui.identity).hash == pending.hash
+        again = client.post(
+            "/approve", data={"csrf": csrf_of(text), "name": "ui-board", "hash": pending.hash}
+        )
+        assert again.status_code == 409 and "ConflictError, exit 32" in again.text
+        unknown = client.get(f"/approve?name=ui-board&hash={'ab' * 32}")
+        assert unknown.status_code == 409
+
+
+def test_revoke_a_certificate(ui: Ui, cas: Cas) -> None:
+    policy = """name: ui-pki
+version: "0.3"
+secrets:
+  - name: ca_key
+    kind: private-key
+  - name: ca
+    kind: x509-ca
+    private_key: ca_key
+    common_name: UI CA
+    valid_for: 1 day
+  - name: srv_key
+    kind: private-key
+  - name: srv
+    kind: x509
+    private_key: srv_key
+    issuer: ca
+    common_name: srv.local
+    valid_for: 1 day
+access_policy:
+  read: [CREATOR]
+  update: [CREATOR]
+"""
+    cas.apply(policy, ui.identity)
+    serial = cas.show("ui-pki", ui.identity).secrets["srv"].serial
+    assert serial is not None
+    with ui.logged_in() as client:
+        shown = client.get("/policy?name=ui-pki").text
+        assert serial in shown and "BEGIN CERTIFICATE" in shown and "PRIVATE KEY" not in shown
+        csrf = csrf_of(shown)
+        bad = client.post("/revoke", data={"csrf": csrf, "name": "ui-pki", "secret": "srv", "serial": serial,
+                                           "reason": "whatever"})  # fmt: skip
+        assert bad.status_code == 400 and "UsageError, exit 2" in bad.text
+        done = client.post("/revoke", data={"csrf": csrf, "name": "ui-pki", "secret": "srv", "serial": serial,
+                                            "reason": "keyCompromise"})  # fmt: skip
+        assert done.status_code == 200, done.text
+        assert serial in done.text and "keyCompromise" in done.text
+    assert cas.show("ui-pki", ui.identity).secrets["srv"].serial != serial  # re-issued
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_a_headless_browser_loads_the_page(ui: Ui, tmp_path: Path) -> None:
+    ran = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+         "--dump-dom", f"{ui.base}/?token={ui.token}"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert ui.identity.fingerprint in ran.stdout
