@@ -48,7 +48,10 @@ def lock_beside(path: Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``<path>.lock`` (created, mode 0600; left in place) while
     the block runs: the read-modify-write of a state file that :func:`write_atomic` replaces
     (a lock on the file itself would be on the inode the rename takes away). Other processes
-    (and other open file descriptions in this one) wait. An OSError opening it is raised as is."""
+    (and other open file descriptions in this one) wait. An OSError opening it is raised as is;
+    a path that names no file (``/``, ``.``, ``..``, ``dir/..``) is an ``IsADirectoryError``."""
+    if path.name in ("", ".", ".."):  # with_name: ValueError, or "...lock" beside the wrong file
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     lock_path = path.with_name(path.name + ".lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:

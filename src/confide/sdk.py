@@ -40,7 +40,7 @@ from __future__ import annotations
 import importlib
 import os
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 from confide.cas.client import CasClient
 from confide.errors import ParseError, UsageError
 from confide.frozenmap import FrozenMap
+from confide.fsutil import read_regular
 from confide.identity import Identity, PublicIdentity, load_identity
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ENV_LOG_KEY",
     "ENV_SIM_DIR",
+    "MAX_ANSWER_DEPTH",
     "Access",
     "Cas",
     "Evidence",
@@ -138,15 +140,49 @@ RevocationReason: TypeAlias = Literal[
 _EMPTY: Mapping[str, JsonValue] = FrozenMap({})
 
 
-def _freeze(value: object) -> JsonValue:
-    """Parsed JSON, read-only: dicts as mappings, lists as tuples."""
-    if isinstance(value, dict):
-        return FrozenMap({str(k): _freeze(v) for k, v in value.items()})
-    if isinstance(value, list | tuple):
-        return tuple(_freeze(v) for v in value)
+def _scalar(value: object) -> JsonValue:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     raise ParseError(f"got a {type(value).__name__}, expected JSON", structure="the CAS's answer")
+
+
+def _children(
+    value: dict[object, object] | list[object] | tuple[object, ...],
+) -> Iterator[tuple[str, object]]:
+    if isinstance(value, dict):
+        return ((str(k), v) for k, v in value.items())
+    return (("", v) for v in value)
+
+
+MAX_ANSWER_DEPTH = 200
+"""Deepest nesting of a CAS answer the SDK takes (a policy nests at most 64 deep): deeper is a
+``ParseError``, so that ``repr``, ``dataclasses.asdict`` or ``json.dumps`` of a result, which
+recurse, cannot exhaust the stack either."""
+
+
+def _freeze(value: object) -> JsonValue:
+    """Parsed JSON, read-only: dicts as mappings, lists as tuples. Without recursion: an answer
+    nested as deeply as the JSON reader takes (almost the interpreter's recursion limit) is a
+    ``ParseError`` beyond :data:`MAX_ANSWER_DEPTH`, not a ``RecursionError``."""
+    # Each frame: its key in the parent, whether it is an object, its children still to freeze,
+    # the ones frozen. The root is wrapped in a one-element frame.
+    stack: list[tuple[str, bool, Iterator[tuple[str, object]], list[tuple[str, JsonValue]]]]
+    stack = [("", False, iter([("", value)]), [])]
+    while True:
+        _key, _is_object, children, done = stack[-1]
+        for key, child in children:
+            if isinstance(child, dict | list | tuple):
+                if len(stack) > MAX_ANSWER_DEPTH:
+                    raise ParseError(f"nested deeper than {MAX_ANSWER_DEPTH}", structure="the CAS's answer")
+                stack.append((key, isinstance(child, dict), _children(child), []))
+                break
+            done.append((key, _scalar(child)))
+        else:
+            key, is_object, _, done = stack.pop()
+            if not stack:
+                return done[0][1]
+            frozen: JsonValue = FrozenMap(dict(done)) if is_object else tuple(v for _, v in done)
+            stack[-1][3].append((key, frozen))
 
 
 def _object(value: object, what: str) -> Mapping[str, JsonValue]:
@@ -403,12 +439,28 @@ def measure(command: Sequence[str], *, cwd: str | os.PathLike[str] | None = None
 # --- the CAS ---------------------------------------------------------------------------------
 
 
+_MAX_FILE = 1 << 20
+"""The largest client.env or simulated platform key read (bytes)."""
+
+
+def _read_file(path: Path, what: str) -> bytes:
+    """A small file the caller names: a regular file (after symlinks; a FIFO or a device is
+    refused, not waited on) of at most :data:`_MAX_FILE` bytes, else ``UsageError``."""
+    try:
+        data = read_regular(path, _MAX_FILE)
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot read {os.fspath(path)}: {exc.strerror or exc}") from None
+    if len(data) > _MAX_FILE:
+        raise UsageError(f"{what}: {os.fspath(path)} is larger than {_MAX_FILE} bytes")
+    return data
+
+
 def _parse_env_file(path: Path) -> dict[str, str]:
     """The ``export NAME=VALUE`` lines of a client.env (values shell-quoted)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        text = _read_file(path, "client.env").decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"client.env: {os.fspath(path)} is not UTF-8 text") from None
     env: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -501,6 +553,7 @@ class Cas:
         expect_witnesses: int | None = None,
         expect_witness_keys: Iterable[str] = (),
         min_tcb_eval_number: int | None = None,
+        any_measurement: bool = False,
         at: datetime | None = None,
         sim_dir: str | os.PathLike[str] | None = None,
         timeout: float = 30.0,
@@ -513,11 +566,17 @@ class Cas:
         tolerances such as ``outdated-tcb``; ``expect_witnesses``/``expect_witness_keys``: the
         attested witness quorum). :attr:`attestation` keeps what was verified.
 
+        ``measurements`` (or an ``expect`` of the platform's measurement claim) is required:
+        evidence alone proves only that *some* code runs in a TEE, and ``cas attest`` without
+        ``--measurement`` leaves the check to the person reading the measurement it prints.
+        ``any_measurement=True`` pins whatever the CAS runs; check
+        ``cas.attestation.evidence.claims`` yourself before trusting it.
+
         Raises what ``cas attest`` exits with: ``MeasurementError`` (another measurement or
         claim), ``AppraisalError`` (a debug TEE, a TCB status not tolerated, a witness quorum
         below the expectation), ``BindingError``, ``SignatureError`` and the other
         ``VerificationError`` classes, ``NetworkError``, ``UsageError`` for malformed options."""
-        from confide.cas.pin import WitnessExpectation, attest_cas  # noqa: PLC0415 - verifiers load here
+        from confide.cas.pin import MEASUREMENT_CLAIMS, WitnessExpectation, attest_cas  # noqa: PLC0415
         from confide.collateral.dcap import source_for  # noqa: PLC0415
         from confide.ledger.note import NoteVerifier  # noqa: PLC0415
         from confide.policy.model import Tolerance  # noqa: PLC0415
@@ -528,10 +587,24 @@ class Cas:
             if len(text) not in (64, 96) or any(c not in "0123456789abcdef" for c in text):
                 raise UsageError(f"measurements: got {m[:40]!r}, expected 32 or 48 bytes in hex")
             expected.append(text)
+        if not expected and not any_measurement and not set(expect or {}) & set(MEASUREMENT_CLAIMS.values()):
+            raise UsageError(
+                "measurements: give the CAS's expected measurement (hex), or expect={claim: [...]} "
+                "for its measurement claim, or any_measurement=True to pin whatever it runs and "
+                "check cas.attestation.evidence.claims yourself"
+            )
         try:
             tolerances = tuple(Tolerance(t) for t in tolerate)
         except ValueError as exc:
             raise UsageError(f"tolerate: {exc}") from None
+        for (
+            tolerance
+        ) in tolerances:  # as cas attest --tolerate: simulation is sim_key's, gpu-only a service's
+            if tolerance in (Tolerance.SIMULATION, Tolerance.GPU_ONLY):
+                raise UsageError(f"tolerate: {tolerance.value!r} is not a tolerance of a CAS's evidence")
+        for claim, values in (expect or {}).items():
+            if isinstance(values, str | bytes):  # tuple("abc") would allow "a", "b" and "c"
+                raise UsageError(f"expect: {claim!r}: got a string, expected a list of allowed values")
         witness_expectation = None
         keys = tuple(expect_witness_keys)
         if expect_witnesses is not None or keys:
@@ -545,10 +618,7 @@ class Cas:
         if isinstance(sim_key, bytes) or sim_key is None:
             key_pem = sim_key
         else:
-            try:
-                key_pem = Path(sim_key).read_bytes()
-            except OSError as exc:
-                raise UsageError(f"sim_key: cannot read {os.fspath(sim_key)}: {exc.strerror}") from None
+            key_pem = _read_file(Path(sim_key), "sim_key")
         pinned = attest_cas(
             url,
             sim_key_pem=key_pem,

@@ -215,6 +215,9 @@ def test_an_unreachable_witness_at_start(tmp_path: Path, witnesses: Witnesses, r
         last
     )
     assert "after 3 attempts, 1 needed, not starting (dead.example: witness http://127.0.0.1:" in last
+    # docs/deploy.md "Scaling": the log key to register with the witnesses, from the pod's log
+    log_vkey = NoteSigner.from_skey((data_dir / "log.key").read_text().strip()).verifier.vkey
+    assert last.endswith(f"; the witnesses must know this log: {log_vkey}"), last
     assert time.monotonic() - began < 60  # bounded: three rounds, 1 s and 2 s apart
 
     # Its twin: the same dead witness beside two live ones, a quorum of 2 is reached without it.

@@ -17,6 +17,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -556,9 +557,18 @@ def client_env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-def run_init_containers(pod: Pod, secrets: dict[str, dict[str, bytes]]) -> None:
+def run_init_containers(pod: Pod, secrets: dict[str, dict[str, bytes]], *, as_pod_user: bool = False) -> None:
     """The pod's init containers' scripts, with their mounts mapped (Secret volumes filled with
-    ``secrets[secretName]``, as the kubelet projects their items)."""
+    ``secrets[secretName]``, as the kubelet projects their items). ``as_pod_user``: run as the
+    pod's ``runAsUser``/``runAsGroup`` (root only, with setpriv), its Secret files with the mode
+    the kubelet gives them under ``fsGroup`` (``defaultMode`` plus group read, owner root)."""
+    context = pod.spec["securityContext"]
+    user = [
+        "setpriv",
+        f"--reuid={context['runAsUser']}",
+        f"--regid={context['runAsGroup']}",
+        "--clear-groups",
+    ]
     for init in pod.spec.get("initContainers", []):
         script = init["command"][-1]
         for mount in sorted(init["volumeMounts"], key=lambda m: -len(m["mountPath"])):
@@ -568,9 +578,38 @@ def run_init_containers(pod: Pod, secrets: dict[str, dict[str, bytes]]) -> None:
                 data = secrets[source["secret"]["secretName"]]
                 for item in source["secret"].get("items", [{"key": k, "path": k} for k in data]):
                     (local / item["path"]).write_bytes(data[item["key"]])
+                    if as_pod_user:
+                        os.chmod(local / item["path"], source["secret"]["defaultMode"] | 0o040)
+                        os.chown(local / item["path"], 0, context["fsGroup"])
+            elif as_pod_user:  # the volume as fsGroup leaves it to the pod's user
+                for path in (local, *local.rglob("*")):
+                    os.chown(path, context["runAsUser"], context["fsGroup"])
             script = script.replace(mount["mountPath"], str(local))
         assert init["command"][:2] == ["/bin/sh", "-c"]
-        subprocess.run(["/bin/sh", "-c", script], check=True, timeout=30)
+        subprocess.run([*(user if as_pod_user else []), "/bin/sh", "-c", script], check=True, timeout=30)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_the_init_container_installs_the_key_after_an_attempt_that_was_killed() -> None:
+    """As the pod's user (not root: file modes hold), with the Secret's mode under fsGroup: a
+    master.key.copy left by an attempt killed between its cp and mv (mode 0400: cp cannot open
+    it for writing) does not keep every later attempt from installing the key."""
+    with tempfile.TemporaryDirectory() as tmp:  # not pytest's tmp_path: its parent is 0700 root's
+        root = Path(tmp)
+        root.chmod(0o755)  # the pod's user reaches its volumes
+        _init_after_a_killed_attempt(cas_pod("postgres", root / "pod"))
+
+
+def _init_after_a_killed_attempt(pod: Pod) -> None:
+    key = os.urandom(32)
+    data = pod.volume("data") / "cas"
+    data.mkdir(mode=0o700)
+    (data / "master.key.copy").write_bytes(key[:7])  # cut short
+    (data / "master.key.copy").chmod(0o400)
+    run_init_containers(pod, {"confide-cas-master-key": {"master.key": key}}, as_pod_user=True)
+    assert (data / "master.key").read_bytes() == key
+    assert not (data / "master.key.copy").exists()
+    assert (data / "master.key").stat().st_mode & 0o777 == 0o400
 
 
 @pytest.mark.slow

@@ -218,3 +218,26 @@ def test_runs_sharing_a_state_file_wait_for_each_other(tmp_path: Path, signer: N
     thread.join(30)
     assert finished.is_set() and not errors
     assert json.loads(path.read_text())["policies"] == {"p": [1, 2], "q": [4]}
+
+
+def test_a_state_path_that_names_no_file_or_a_planted_lock_link_is_a_storage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--state /`` (or ``.``, ``..``, an empty path) was a ValueError traceback, and ``..``
+    locked a ``...lock`` in the working directory; a symlink at ``FILE.lock`` is not followed."""
+    monkeypatch.chdir(tmp_path)
+    for given in ("/", ".", "..", "", str(tmp_path / "d" / "..")):
+        with (
+            pytest.raises(StorageError, match=r"cannot lock state file .*: Is a directory"),
+            AuditorState(Path(given)).locked(),
+        ):
+            pytest.fail("locked")
+    assert list(tmp_path.iterdir()) == []
+    target = tmp_path / "elsewhere"
+    (tmp_path / "state.json.lock").symlink_to(target)
+    with (
+        pytest.raises(StorageError, match="cannot lock state file"),
+        AuditorState(tmp_path / "state.json").locked(),
+    ):
+        pytest.fail("locked")
+    assert not target.exists()

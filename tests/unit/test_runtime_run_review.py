@@ -155,6 +155,18 @@ def test_a_well_formed_release_is_taken_as_given() -> None:
     assert plan.files == {"/dev/shm/x": b"x"} and plan.pwd == "/"
 
 
+def test_the_session_token_is_in_no_repr_of_the_release_or_the_launch() -> None:
+    """The session token is a bearer credential (it reports the session's volume tags; the CAS
+    keeps only its SHA-256): neither the SDK's Release nor confide run's Launch shows it."""
+    token = "5e" * 32
+    config = {"command": None, "environment": {"A": "s3cret"}, "files": {}, "session": token}
+    release = run.attest_release(_HostileCas(config), _Provider(), "p", "s")  # type: ignore[arg-type]
+    plan = _prepare(config)
+    assert release.session == token and plan.session == token
+    for shown in (repr(release), str(release), repr(plan), str(plan)):
+        assert token not in shown and "s3cret" not in shown
+
+
 @pytest.mark.parametrize(
     ("config", "field"),
     [

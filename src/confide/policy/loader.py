@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pathlib
 import re
 import types
 import typing
@@ -43,6 +44,7 @@ from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.reader import ReaderError
 
 from confide.errors import PolicyError, UsageError
+from confide.fsutil import read_regular
 from confide.policy._types import short
 from confide.policy.model import Policy
 from confide.policy.problems import Path, Problem, policy_error
@@ -83,12 +85,12 @@ _INT_LIKE = re.compile(r"[-+]?(?:0x[0-9a-fA-F_]+|0o[0-7_]+|[0-9][0-9_]*)")
 
 
 def load_policy(path: str | os.PathLike[str]) -> Policy:
-    """Read and validate the policy file at ``path``."""
+    """Read and validate the policy file at ``path`` (a regular file, after symlinks: a FIFO or
+    a device is refused, not waited on)."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_BYTES + 1)
+        data = read_regular(pathlib.Path(path), MAX_BYTES)
     except OSError as exc:
-        raise UsageError(f"cannot read policy file {os.fspath(path)!r}: {exc.strerror}") from None
+        raise UsageError(f"cannot read policy file {os.fspath(path)!r}: {exc.strerror or exc}") from None
     return loads_policy(data, source=os.fspath(path))
 
 

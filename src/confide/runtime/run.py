@@ -78,7 +78,7 @@ class Launch:
     pwd: str | None
     policy: str = ""
     volumes: tuple[VolumeRelease, ...] = ()
-    session: str = ""
+    session: str = field(default="", repr=False)  # a bearer token (volume tag reports)
     measured: Measurement | None = None
     """The simulated TEE's measurement of the command (``--tee sim``): its absent components are
     checked after the volumes are mounted (:mod:`confide.runtime.absent`)."""
@@ -162,7 +162,9 @@ class Release:
     """Injection files, absolute path to content (templates given by path only rendered)."""
     pwd: str | None
     volumes: tuple[VolumeRelease, ...] = ()
-    session: str = ""
+    session: str = field(default="", repr=False)
+    """The attested session's token (hex): a bearer credential (the CAS keeps its SHA-256 only),
+    which reports the session's volume tags; a secret like the others."""
     command_released: bool = False
     """Whether :attr:`command` is the policy's (True) or the caller's (False)."""
 

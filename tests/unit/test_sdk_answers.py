@@ -1,0 +1,151 @@
+"""confide.sdk against hostile answers of a CAS (no server: what the client's
+calls return is given):
+whatever the answer, a call raises a ConfideError or returns a read-only result."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from confide import jsonstrict
+from confide.cas.client import CasClient
+from confide.errors import ConfideError, NetworkError, ParseError, UsageError
+from confide.identity import Identity
+from confide.policy import load_policy
+from confide.sdk import MAX_ANSWER_DEPTH, Cas
+
+
+@pytest.fixture
+def cas() -> Iterator[Cas]:
+    client = CasClient("http://127.0.0.1:1", None, plain_http_for_tests=True)  # never connects
+    with Cas(client) as c:
+        yield c
+
+
+def _answer(cas: Cas, monkeypatch: pytest.MonkeyPatch, text: bytes) -> None:
+    answer = jsonstrict.loads(text, structure="CAS answer")  # as the client reads it
+    for method in ("events", "show"):  # what the client returns, its request not made
+        monkeypatch.setattr(cas._client, method, lambda *_a, **_k: answer)
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b'{"k": 1}' + b"]" * depth
+
+
+@pytest.mark.parametrize("depth", [150, MAX_ANSWER_DEPTH - 5, MAX_ANSWER_DEPTH - 4, 700, 900])
+def test_an_answer_nested_as_deep_as_the_json_reader_takes_is_frozen_or_a_parse_error(
+    cas: Cas, monkeypatch: pytest.MonkeyPatch, depth: int
+) -> None:
+    """The JSON reader takes nesting up to about the recursion limit; freezing it raised
+    RecursionError (not a ConfideError: it escaped every caller's except clause). An answer
+    nested up to MAX_ANSWER_DEPTH is frozen (and its repr works), deeper is a ParseError."""
+    ident = Identity.generate()
+    # answer, events, event, payload, `depth` lists, {"k": 1}: nested depth + 5 deep
+    event = b'{"seq": 1, "index": 0, "at": 1.5, "type": "t", "payload": {"deep": ' + _nested(depth) + b"}}"
+    _answer(cas, monkeypatch, b'{"events": [' + event + b"]}")
+    if depth + 5 > MAX_ANSWER_DEPTH:
+        with pytest.raises(ParseError, match="nested deeper than"):
+            cas.events("p", ident)
+    else:
+        (got,) = cas.events("p", ident)
+        value: Any = got.payload["deep"]
+        for _ in range(depth):
+            assert isinstance(value, tuple) and len(value) == 1
+            value = value[0]
+        assert isinstance(value, Mapping) and dict(value) == {"k": 1}
+        with pytest.raises(TypeError):
+            value["k"] = 2  # type: ignore[index]
+        assert "'k': 1" in repr(got)
+    # answer, policy, `depth` lists, {"k": 1}: depth + 3
+    _answer(
+        cas,
+        monkeypatch,
+        b'{"name": "p", "hash": "h", "creator": "c", "policy": {"x": ' + _nested(depth) + b"}}",
+    )
+    if depth + 3 > MAX_ANSWER_DEPTH:
+        with pytest.raises(ParseError, match="nested deeper than"):
+            cas.show("p", ident)
+    else:
+        assert isinstance(cas.show("p", ident).document["x"], tuple)
+
+
+def test_a_malformed_answer_is_a_confide_error(cas: Cas, monkeypatch: pytest.MonkeyPatch) -> None:
+    ident = Identity.generate()
+    for text in (b"[]", b'{"events": 5}', b'{"events": [5]}', b'{"events": [{"seq": "1"}]}'):
+        _answer(cas, monkeypatch, text)
+        with pytest.raises(ConfideError):
+            cas.events("p", ident)
+
+
+UNREACHABLE = "https://127.0.0.1:1"  # a call that got as far as connecting would be a NetworkError
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({}, "measurements: give the CAS's expected measurement"),  # any CAS in a TEE would do
+        ({"expect": {"vmpl": ["0"]}}, "measurements: give"),  # not the measurement claim
+        ({"any_measurement": True, "tolerate": ["simulation"]}, "tolerate: 'simulation'"),
+        ({"any_measurement": True, "tolerate": ["gpu-only"]}, "tolerate: 'gpu-only'"),
+        ({"expect": {"measurement": "ab" * 48}}, "expect: 'measurement': got a string"),
+    ],
+)
+def test_attested_refuses_what_cas_attest_would_not_check(options: dict[str, Any], match: str) -> None:
+    """cas attest without --measurement prints the measurement for a person to check; a script
+    gets no such line, so Cas.attested wants the measurement (or any_measurement=True). Its
+    tolerances are those of cas attest --tolerate, and an expected claim's values a list."""
+    with pytest.raises(UsageError, match=match):
+        Cas.attested(UNREACHABLE, sim_key=b"unused", **options)
+
+
+def test_attested_with_a_measurement_claim_or_any_measurement_goes_on_to_connect() -> None:
+    for options in (
+        {"measurements": ["ab" * 48]},
+        {"expect": {"mr_td": ["ab" * 48]}},
+        {"any_measurement": True},
+    ):
+        with pytest.raises(NetworkError):
+            Cas.attested(UNREACHABLE, sim_key=b"unused", timeout=5.0, **options)  # type: ignore[arg-type]
+
+
+def _refused_at_once(call: Any, fifo: Path) -> BaseException:
+    """``call()``'s exception, which must come at once: a read that waits for a writer of
+    ``fifo`` is failed (and freed by opening the FIFO for writing)."""
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(10.0)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the reader gets EOF
+        thread.join(10.0)
+        pytest.fail("waited on a FIFO")
+    assert outcome, "no error"
+    return outcome[0]
+
+
+def test_a_fifo_in_place_of_a_file_is_refused_not_waited_on(cas: Cas, tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    ident = Identity.generate()
+    calls = {
+        "policy file": lambda: cas.apply(fifo, ident),
+        "client.env": lambda: Cas.from_env_file(fifo),
+        "sim_key": lambda: Cas.attested(UNREACHABLE, sim_key=fifo, any_measurement=True),
+        "load_policy": lambda: load_policy(fifo),  # confide policy apply's reader
+    }
+    for what, call in calls.items():
+        error = _refused_at_once(call, fifo)
+        assert isinstance(error, UsageError), (what, error)
+        assert "not a regular file" in error.message, what
