@@ -998,8 +998,10 @@ def cert_sha256(pem_path: str | None) -> str | None:
     from cryptography import x509  # noqa: PLC0415
     from cryptography.hazmat.primitives.serialization import Encoding  # noqa: PLC0415
 
+    from confide.cas.client import read_cert_file  # noqa: PLC0415
+
     try:
-        cert = x509.load_pem_x509_certificate(Path(pem_path).read_bytes())
-    except (OSError, ValueError):
+        cert = x509.load_pem_x509_certificate(read_cert_file(Path(pem_path)))
+    except (UsageError, ValueError):
         return None
     return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
