@@ -186,6 +186,9 @@ def test_token_cookie_host_csrf_and_headers(ui: Ui) -> None:
         injected = client.get(f"/x%0d%0aX-Injected:%201?token={ui.token}")
         assert injected.status_code == 303 and "x-injected" not in injected.headers
         assert injected.headers["location"] == "/x%0D%0AX-Injected%3A%201"
+        # a path of two leading slashes redirected as it was is a URL of another host
+        other_host = client.get(f"{ui.base}//evil.example/x?token={ui.token}")
+        assert other_host.status_code == 303 and other_host.headers["location"] == "/evil.example/x"
         assert client.get("/?" + "&".join(f"a{i}=1" for i in range(40))).status_code == 400
         cookie = exchanged.headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and ui.token not in cookie
@@ -205,6 +208,12 @@ def test_token_cookie_host_csrf_and_headers(ui: Ui) -> None:
         assert_secured(rebound)
         port = ui.base.rsplit(":", 1)[1]
         assert client.get("/", headers={"Host": f"localhost:{port}"}).status_code == 200
+        # a request another site made (a page on another port of this machine is same-site: its
+        # requests carry the SameSite=Strict cookie) is refused; the page's own and the user's are not
+        for site, status in [("same-site", 403), ("cross-site", 403), ("same-origin", 200), ("none", 200)]:
+            made = client.get("/", headers={"Sec-Fetch-Site": site})
+            assert made.status_code == status, site
+        assert client.get(f"/?token={ui.token}", headers={"Sec-Fetch-Site": "same-site"}).status_code == 403
         # every POST needs the CSRF token of the page
         assert client.post("/apply", data={"yaml": "name: x\n"}).status_code == 403
         assert client.post("/apply", data={"csrf": "wrong", "yaml": "name: x\n"}).status_code == 403
@@ -314,6 +323,7 @@ def test_apply_show_history_accesses_and_no_page_shows_a_secret(
         assert "policy.created" in pages["/policy/history?name=ui-show"]
         accesses = pages["/policy/accesses?name=ui-show"]
         assert ">app<" in accesses and measure(argv)[:16] in accesses and "ui-show/token v1" in accesses
+        assert "Consistent with your last visit" in accesses  # the state file, as on the history page
         # the second visit is checked against the first (the state file)
         second = client.get("/policy/history?name=ui-show").text
         assert "Consistent with your last visit" in second
@@ -387,6 +397,10 @@ def test_approve_shows_what_is_approved_and_the_diff(ui: Ui, cas: Cas, tmp_path:
         text = page.text
         assert pending.hash in text and bob.fingerprint in text and created.hash in text
         assert f"signed by <code>{bob.fingerprint}</code> (signature verified)" in text
+        # ui.js asks before a signed action on the form it submits (its data-confirm): one on a
+        # button was never asked
+        assert re.findall(r"<(\w+)[^<>]*\bdata-confirm=", text) == ["form"]
+        assert re.findall(r"<(\w+)[^<>]*\bdata-confirm=", client.get("/apply").text) == ["form"]
         assert '<span class="del">-' in text and "24" in text
         assert '<span class="add">+' in text and "30" in text
         assert "<script>alert(" not in text

@@ -268,6 +268,17 @@ class Guard:
         path = scope["path"]
         if path.startswith("/static/") and method != "POST":
             return None  # the page's style and script: nothing of the user's
+        # A browser says who made the request (Sec-Fetch-Site, on http://127.0.0.1 and
+        # localhost too): only this page's own links and forms (same-origin) and what the user
+        # opened (none: the printed URL). A page on another port of this machine is same-site,
+        # and SameSite=Strict cookies go with its requests: refused here.
+        site = headers.get(b"sec-fetch-site", b"none").decode("latin-1").lower()
+        if site not in ("same-origin", "none"):
+            raise _Refused(
+                403,
+                f"refused a request made by another site ({site}): open the URL confide ui printed "
+                "in the address bar",
+            )
         try:
             query = urllib.parse.parse_qsl(
                 scope.get("query_string", b"").decode("latin-1"), max_num_fields=MAX_FIELDS
@@ -280,7 +291,8 @@ class Guard:
                 raise _Refused(403, "wrong access token: open the URL confide ui printed")
             rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "token"])
             # the path re-encoded: a decoded %0d%0a must not become a line of the answer's head
-            location = urllib.parse.quote(path, safe="/") + (f"?{rest}" if rest else "")
+            # and one leading slash: "//host/..." would be a URL of another host
+            location = "/" + urllib.parse.quote(path.lstrip("/"), safe="/") + (f"?{rest}" if rest else "")
             cookie = f"{self.state.cookie}={self.state.session}; HttpOnly; SameSite=Strict; Path=/"
             return [(b"location", location.encode("latin-1")), (b"set-cookie", cookie.encode("latin-1"))]
         if not _same(_cookie(headers.get(b"cookie", b""), self.state.cookie), self.state.session):
@@ -562,8 +574,8 @@ def create_app(state: UiState) -> Guard:
         if history_state.previous_size is None:
             return h(
                 '<p class="note">First visit with the state file <code>{}</code>: it now remembers '
-                "this checkpoint and the {} entries of the policy in the log (this page lists its "
-                "versions).</p>",
+                "this checkpoint and the {} entries of the policy in the log (of every kind, not only "
+                "those this page lists).</p>",
                 state.state_file,
                 history_state.entries_remembered,
             )
@@ -637,12 +649,15 @@ def create_app(state: UiState) -> Guard:
         )
         which = h(" of secret <code>{}</code>", secret) if secret else Html("")
         body = h(
-            "{}<p>Releases{} to attested services, verified against the log (<code>confide ledger "
+            "{}{}<p>Releases{} to attested services, each proven included in the checkpoint (size {}) "
+            "signed by the log key, or newer than it (<code>confide ledger "
             "accesses</code>).</p><table><tr><th>log index</th><th>time</th><th>service</th>"
             "<th>measurement</th>"
             "<th>secrets</th><th>in the log</th></tr>{}</table>{}",
             policy_nav(name),
+            view_note(found.state),
             which,
+            found.checkpoint_size,
             rows,
             Html("") if found else Html("<p>No releases.</p>"),
         )
@@ -650,12 +665,13 @@ def create_app(state: UiState) -> Guard:
 
     def apply_form(text: str = "") -> Html:
         return h(
-            '<form method="post" action="/apply" enctype="multipart/form-data">{}'
+            '<form method="post" action="/apply" enctype="multipart/form-data" '
+            'data-confirm="Sign and submit this policy?">{}'
             "<p><label>Paste the policy (YAML):<br>"
             '<textarea name="yaml" spellcheck="false">{}</textarea></label></p>'
             "<p><label>or upload a file: "
             '<input type="file" name="file" accept=".yaml,.yml,text/yaml"></label></p>'
-            '<p><button data-confirm="Sign and submit this policy?">sign and apply</button></p></form>',
+            "<p><button>sign and apply</button></p></form>",
             _csrf(state),
             text,
         )
@@ -705,10 +721,10 @@ def create_app(state: UiState) -> Guard:
             diff = h('<p class="note">No diff: {} ({})</p>', exc.message, exc.kind)
         button = (
             h(
-                '<form method="post" action="/approve">{}<input type="hidden" name="name" value="{}">'
+                '<form method="post" action="/approve" data-confirm="Sign your approval of this version?">{}'
+                '<input type="hidden" name="name" value="{}">'
                 '<input type="hidden" name="hash" value="{}">'
-                '<button data-confirm="Sign your approval of this '
-                'version?">sign my approval of this version</button></form>',
+                "<button>sign my approval of this version</button></form>",
                 _csrf(state),
                 name,
                 digest,
