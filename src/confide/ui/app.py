@@ -6,12 +6,13 @@ stakeholder's ``confide ui`` process, holds the identity there, and talks to the
 :class:`confide.sdk.Cas` as the commands do (docs/ui.md).
 
 The guard (:class:`Guard`) in front of every route: the ``Host`` header must be one of the
-listen address's names (DNS rebinding); a request must carry the per-launch access token
-(``?token=``, exchanged for an HttpOnly, SameSite=Strict cookie, then redirected away) or that
-cookie, both compared in constant time; the only method that changes anything is ``POST``, whose
-body is bounded (:data:`MAX_BODY`) and must carry the CSRF token; every answer carries a
-Content-Security-Policy without inline script, ``X-Frame-Options: DENY`` and
-``Referrer-Policy: no-referrer``.
+listen address's names (DNS rebinding); a browser's request must be the page's own or the
+user's (``Sec-Fetch-Site`` ``same-origin`` or ``none``); a request must carry the per-launch
+access token (``?token=``, single use, exchanged for an HttpOnly, SameSite=Strict cookie, then
+redirected away) or that cookie, both compared in constant time; the only method that
+changes anything is ``POST``, whose body is bounded (:data:`MAX_BODY`) and must carry the
+CSRF token; every answer carries a Content-Security-Policy without inline script,
+``X-Frame-Options: DENY`` and ``Referrer-Policy: no-referrer``.
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ class UiState:
     allowed_hosts: frozenset[str] = frozenset()
     port: int = 0
     token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    token_used: bool = False
     session: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     known: set[str] = field(default_factory=set)
@@ -289,6 +291,15 @@ class Guard:
         if token:
             if len(token) != 1 or not _same(token[0], self.state.token) or method != "GET":
                 raise _Refused(403, "wrong access token: open the URL confide ui printed")
+            # Single use: the browser keeps the URL it opened (its history, its session, synced
+            # history), and the redirect below does not take it out of them.
+            if self.state.token_used:
+                raise _Refused(
+                    403,
+                    "this URL was opened already: the browser that opened it holds the page's cookie; "
+                    "for another browser, restart confide ui (a new URL)",
+                )
+            self.state.token_used = True
             rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "token"])
             # the path re-encoded: a decoded %0d%0a must not become a line of the answer's head
             # and one leading slash: "//host/..." would be a URL of another host
