@@ -410,7 +410,7 @@ def reauthenticate_rows(conn: Connection, old: Sealer, new: Sealer, new_key_id: 
     one (``new``, id ``new_key_id``); likewise every approval whose MAC verifies (one that does
     not is left as it is: it stays uncounted), and the stored snapshot of the head entries
     (:func:`confide.cas.head_index.reauthenticate_anchor`; one that does not verify aborts).
-    Returns the number of rows MAC'd."""
+    Returns the number of heads, versions and approvals MAC'd."""
     auth = PolicyAuth(old, cache=0)
     heads = auth.heads(conn)
     versions = _all_versions(conn, auth)
@@ -418,8 +418,8 @@ def reauthenticate_rows(conn: Connection, old: Sealer, new: Sealer, new_key_id: 
     _write_all(conn, new, new_key_id, heads, versions)
     _write_approvals(conn, new, new_key_id, approvals)
     # the snapshot of the head entries too (confide.cas.head_index): verified, MAC'd anew
-    anchored = reauthenticate_anchor(conn, old, new, new_key_id)
-    return len(heads) + len(versions) + len(approvals) + int(anchored)
+    reauthenticate_anchor(conn, old, new, new_key_id)
+    return len(heads) + len(versions) + len(approvals)
 
 
 def bind_unbound(conn: Connection, sealer: Sealer) -> dict[str, Any] | None:
