@@ -81,6 +81,14 @@ class Env:
     def show(self, cas: Cas | None = None) -> dict[str, Any]:
         return (cas or self.cas).show(self.read("show", cas))
 
+    def show_other(self) -> None:
+        body = {"type": READ_TYPE, "name": "other", "nonce": self.cas.new_read_nonce("other", "show"),
+                "cas": self.cas.tls_spki_sha256, "route": "show"}  # fmt: skip
+        assert (
+            self.cas.show(sign_document(body, self.owner.sign, self.owner.public.public_base64))["name"]
+            == "other"
+        )
+
     def read(self, route: str, cas: Cas | None = None) -> dict[str, Any]:
         c = cas or self.cas
         body = {"type": READ_TYPE, "name": "app", "nonce": c.new_read_nonce("app", route),
@@ -121,6 +129,13 @@ class Env:
         c = cas or self.cas
         with c.db.read() as conn:
             c.policy_auth.index.refresh(conn)
+
+
+def anchored(row: tuple[Any, ...]) -> dict[str, Any]:
+    """The snapshot's map of a ``policy_head_anchor`` row: name → latest accepted and held."""
+    value = json.loads(row[1])
+    assert isinstance(value, dict)
+    return value
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -278,13 +293,13 @@ def test_an_older_genuine_snapshot_gives_the_same_answer(env: Env) -> None:
     before = env.rows(v1)
     env.store()
     old = env.anchor()
-    assert old is not None and json.loads(old[1])["app"][1] == v1
+    assert old is not None and anchored(old)["app"]["latest"][1] == v1
     v2 = env.apply(policy(OTHER, v1))
     env.attest(OTHER)
     after = env.rows(v1)
     env.store()
     new = env.anchor()
-    assert new is not None and new[0] > old[0] and json.loads(new[1])["app"][1] == v2
+    assert new is not None and new[0] > old[0] and anchored(new)["app"]["latest"][1] == v2
     env.set_anchor(old)
     env.set_rows(v1, before)
     drop_events(env, v2, "deleted")
@@ -306,7 +321,7 @@ def test_an_edited_snapshot_is_refused(env: Env, edit: str, caplog: pytest.LogCa
     assert row is not None
     size, heads, at, key_id, mac = row
     if edit == "heads":
-        heads = json.dumps({"app": [0, v1]}, separators=(",", ":"))
+        heads = json.dumps({"app": {"held": [], "latest": [0, v1, None, True]}}, separators=(",", ":"))
     elif edit == "size":
         size -= 1
     elif edit == "mac":
@@ -321,7 +336,7 @@ def test_an_edited_snapshot_is_refused(env: Env, edit: str, caplog: pytest.LogCa
     env.restart()
     assert env.show()["hash"] == v1
     rebuilt = env.anchor()
-    assert rebuilt is not None and json.loads(rebuilt[1])["app"][1] == v1
+    assert rebuilt is not None and anchored(rebuilt)["app"]["latest"][1] == v1
 
 
 def test_a_snapshot_larger_than_the_ledger_is_refused(env: Env) -> None:
@@ -410,10 +425,78 @@ def test_a_schema_16_database_is_upgraded_by_one_full_scan(env: Env) -> None:
     assert int(version) == SCHEMA_VERSION
     row = env.anchor()
     [(size,)] = env.sql("SELECT size FROM ledger_head WHERE id = 1")
-    assert row is not None and row[0] == size and json.loads(row[1])["app"][1] == v2
+    assert row is not None and row[0] == size and anchored(row)["app"]["latest"][1] == v2
     assert env.show()["hash"] == v2
     env.set_rows(v1, before)
     drop_events(env, v2, "deleted")
     env.restart()
     with pytest.raises(PolicyRowsAltered, match=ROLLED_BACK):
         env.attest(MEASUREMENT)
+
+
+def append_entry(env: Env, type_: str, payload: dict[str, Any], name: str = "app") -> int:
+    """What an operator who writes the database can do with the ledger's own code: append a
+    well-formed entry (its leaf hash in the tiles, an events row). Returns its index."""
+    with env.cas.db.write() as conn:
+        return LedgerEventSink().record(conn, type_, name, payload) - 1
+
+
+@pytest.mark.parametrize("forged", ["back-to-v1", "v1-replayed", "creation-replayed"])
+def test_an_appended_head_entry_does_not_make_an_old_version_current(env: Env, forged: str) -> None:
+    """The ledger is append-only, not append-proof: an operator can append a well-formed
+    ``policy.updated`` entry. One naming v1 as the successor of v2 continues the chain but
+    v1's authenticated row names no predecessor: held, and the policy is refused (never v1
+    current); a copy of v1's genuine creation entry, or of its update entry, does not continue
+    the chain: ignored (logged). Other policies are not affected."""
+    v1, v2, before, _after = updated(env)
+    if forged == "back-to-v1":
+        at = append_entry(env, "policy-updated", {"hash": v1, "predecessor": v2})
+    else:
+        kind = "policy-created" if forged == "creation-replayed" else "policy-updated"
+        [(seq,)] = env.sql("SELECT seq FROM events WHERE policy = 'app' AND type = ?", (kind,))
+        [(data,)] = env.sql("SELECT data FROM ledger_entries WHERE idx = ?", (seq - 1,))
+        entry = json.loads(bytes(data))
+        at = append_entry(env, kind, entry["payload"])
+    env.set_rows(v1, before)
+    drop_events(env, v2, "deleted")
+    for process in ("running", "fresh"):
+        if process == "fresh":
+            env.restart()
+        with pytest.raises(PolicyRowsAltered, match="policy 'app'") as refused:
+            env.attest(MEASUREMENT)
+        if forged == "back-to-v1":
+            assert f"its ledger entry {at} names a version that does not authenticate" in str(refused.value)
+        else:
+            assert "not the one its latest ledger entry names" in str(refused.value)
+        env.show_other()
+    index = env.cas.policy_auth.index
+    if forged == "back-to-v1":
+        assert index.ignored == 0
+    else:
+        assert index.ignored >= 1
+
+
+def test_a_held_entry_is_accepted_once_its_version_row_is_restored(env: Env) -> None:
+    """The rows rolled back to v1 and v2's version row deleted before a fresh process scanned
+    v2's entry: the entry is held (not skipped, or the rolled-back rows would pass) and the
+    policy refused; v2's row restored, the entry is accepted at the next scan (the rolled-back
+    head is then refused as behind the ledger); the head restored, v2 is served."""
+    v1 = env.apply(policy())
+    env.apply(policy(name="other"))
+    before = env.rows(v1)
+    v2 = env.apply(policy(OTHER, v1))
+    after = env.rows(v1)
+    [v2_row] = env.sql("SELECT * FROM policies WHERE name = 'app' AND hash = ?", (v2,))
+    env.sql("DELETE FROM policy_head_anchor")  # a fresh process scans the whole ledger
+    env.set_rows(v1, before)
+    env.sql("DELETE FROM policies WHERE name = 'app' AND hash = ?", (v2,))
+    env.restart()
+    with pytest.raises(PolicyRowsAltered, match="names a version that does not authenticate"):
+        env.show()
+    env.show_other()
+    env.sql(f"INSERT INTO policies VALUES ({', '.join('?' for _ in v2_row)})", tuple(v2_row))
+    with pytest.raises(PolicyRowsAltered, match=ROLLED_BACK):
+        env.show()
+    env.set_rows(v1, after)
+    assert env.show()["hash"] == v2
+    env.attest(OTHER)

@@ -2692,9 +2692,9 @@ class Cas:
                 out.append(event)
             # The events rows are an unauthenticated index of the ledger: the policy's latest
             # head entry (read from the ledger itself, confide.cas.head_index) must be among them
-            latest = self.policy_auth.index.view(conn).latest_index(name)
-            if latest is not None and all(e["index"] != latest for e in out):
-                raise EventsAltered(f"the events of policy {name[:128]!r} leave out ledger entry {latest}")
+            latest, _held = self.policy_auth.index.view(conn).latest(name)
+            if latest is not None and all(e["index"] != latest.at for e in out):
+                raise EventsAltered(f"the events of policy {name[:128]!r} leave out ledger entry {latest.at}")
         return {"checkpoint": note.decode() if note else None, "size": size, "events": out}
 
 

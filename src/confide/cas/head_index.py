@@ -54,7 +54,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import Connection
 
@@ -97,12 +97,42 @@ _LOG = logging.getLogger("confide.cas")
 _HEAD_TYPES = (EntryType.POLICY_CREATED, EntryType.POLICY_UPDATED)
 _SUFFIXES = tuple(f',"type":"{t.value}","v":{v}}}'.encode() for t in _HEAD_TYPES for v in (1, 2))
 
-Events = dict[str, list[tuple[int, str | None]]]
+
+class Event(NamedTuple):
+    """A head entry as the ledger has it: its index (``at``), the version it makes current (``hash``),
+    that version's predecessor (``None`` for a creation) and whether it is ``policy.created``."""
+
+    at: int
+    hash: str
+    predecessor: str | None
+    created: bool
+
+
+class Chain:
+    """One policy's head entries: ``accepted``, each continuing the one before (module
+    docstring) and checked against its version's authenticated row, in ledger order (a
+    snapshot keeps only the last); ``held``, the entries from the first that could not be
+    checked yet (its version's row missing or not authenticating), waiting."""
+
+    __slots__ = ("accepted", "held")
+
+    def __init__(self, accepted: list[Event], held: list[Event]) -> None:
+        self.accepted, self.held = accepted, held
+
+    def copy(self) -> Chain:
+        return Chain(list(self.accepted), list(self.held))
+
+
+Chains = dict[str, Chain]
+# predecessor_of(conn, name, hash): the predecessor of version ``hash`` of ``name`` as its row,
+# verified under the master key, says; a StorageError when there is no such row or it does
+# not verify (confide.cas.policy_auth.PolicyAuth.predecessor)
+Validate = Callable[[Connection, str, str], "str | None"]
 
 
 class LedgerEntriesAltered(StorageError):
     """A ledger entry's bytes do not hash to the leaf hash stored at its index (or the entry or
-    its tile is missing, or a head entry does not parse): the database was altered."""
+    its tile is missing): the database was altered."""
 
     def __init__(self, index: int, why: str) -> None:
         super().__init__(
@@ -113,7 +143,7 @@ class LedgerEntriesAltered(StorageError):
 
 
 class HeadAnchorAltered(StorageError):
-    """The stored snapshot of the policies' head events (``policy_head_anchor``) does not
+    """The stored snapshot of the policies' head entries (``policy_head_anchor``) does not
     authenticate under the master key, or is larger than the ledger."""
 
     def __init__(self, why: str) -> None:
@@ -136,35 +166,66 @@ def _is_write(conn: Connection) -> bool:
     return not conn.get_execution_options().get(READ_OPTION, False)
 
 
-def _latest(events: Events) -> dict[str, tuple[int, str | None]]:
-    return {name: found[-1] for name, found in events.items() if found}
+def _event_json(e: Event) -> list[object]:
+    return [e.at, e.hash, e.predecessor, e.created]
 
 
-def _encode(latest: dict[str, tuple[int, str | None]]) -> str:
-    return json.dumps({n: [i, h] for n, (i, h) in latest.items()}, sort_keys=True, separators=(",", ":"))
+def _encode(chains: Chains) -> str:
+    out = {
+        name: {"latest": _event_json(c.accepted[-1]) if c.accepted else None,
+               "held": [_event_json(e) for e in c.held]}
+        for name, c in chains.items() if c.accepted or c.held
+    }  # fmt: skip
+    return json.dumps(out, sort_keys=True, separators=(",", ":"))
 
 
-def _decode(text: str) -> Events:
+def _event_of(item: object) -> Event:
+    if not (isinstance(item, list) and len(item) == 4 and type(item[0]) is int and isinstance(item[1], str)
+            and (item[2] is None or isinstance(item[2], str)) and type(item[3]) is bool):  # fmt: skip
+        raise HeadAnchorAltered("is malformed")
+    return Event(item[0], item[1], item[2], item[3])
+
+
+def _decode(text: str) -> Chains:
     try:
         value = json.loads(text)
     except ValueError:
         raise HeadAnchorAltered("is not JSON") from None
     if not isinstance(value, dict):
         raise HeadAnchorAltered("is malformed")
-    out: Events = {}
+    out: Chains = {}
     for name, item in value.items():
-        if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is int
-                and (item[1] is None or isinstance(item[1], str))):  # fmt: skip
+        if not (
+            isinstance(item, dict) and set(item) == {"latest", "held"} and isinstance(item["held"], list)
+        ):
             raise HeadAnchorAltered("is malformed")
-        out[name] = [(item[0], item[1])]
+        latest = item["latest"]
+        out[name] = Chain([] if latest is None else [_event_of(latest)], [_event_of(e) for e in item["held"]])
     return out
 
 
-def scan(raw: Conn, start: int, end: int) -> tuple[Events, int]:
-    """The head events among ledger entries ``start`` to ``end`` (exclusive), each entry's bytes
-    checked against the leaf hash of its level-0 tile; ``LedgerEntriesAltered`` otherwise.
-    Returns the events and the number of entries scanned."""
-    found: Events = {}
+def _head_event(index: int, data: bytes) -> tuple[str, Event] | None:
+    """The policy and :class:`Event` of a head entry (``None``: not one, or malformed: logged,
+    and never a link of a chain)."""
+    try:
+        entry = Entry.from_bytes(data)
+    except ParseError:
+        entry = None
+    if entry is None or entry.type not in _HEAD_TYPES or entry.policy is None:
+        _ignored(index, "is not a well-formed head entry")
+        return None
+    digest, predecessor = entry.payload.get("hash"), entry.payload.get("predecessor", 0)
+    if not (isinstance(digest, str) and (predecessor is None or isinstance(predecessor, str))):
+        _ignored(index, "names no version or no predecessor")
+        return None
+    return entry.policy, Event(index, digest, predecessor, entry.type is EntryType.POLICY_CREATED)
+
+
+def scan(raw: Conn, start: int, end: int) -> tuple[list[tuple[str, Event]], int]:
+    """The head entries among ledger entries ``start`` to ``end`` (exclusive), in order, each
+    entry's bytes checked against the leaf hash of its level-0 tile; ``LedgerEntriesAltered``
+    otherwise. Returns the head entries and the number of entries scanned."""
+    found: list[tuple[str, Event]] = []
     at = start
     while at < end:
         stop = min(end, at + CHUNK)
@@ -192,15 +253,8 @@ def scan(raw: Conn, start: int, end: int) -> tuple[Events, int]:
                 raise _altered(index, "has no leaf hash in the tiles")
             if not hmac.compare_digest(hash_leaf(data), tile[slot : slot + HASH_SIZE]):
                 raise _altered(index, "does not hash to the leaf hash stored for it")
-            if data.endswith(_SUFFIXES):
-                try:
-                    entry = Entry.from_bytes(data)
-                except ParseError:
-                    raise _altered(index, "is a head entry that does not parse") from None
-                if entry.type in _HEAD_TYPES and entry.policy is not None:
-                    digest = entry.payload.get("hash")
-                    named = digest if isinstance(digest, str) else None
-                    found.setdefault(entry.policy, []).append((index, named))
+            if data.endswith(_SUFFIXES) and (event := _head_event(index, data)) is not None:
+                found.append(event)
         if expected != stop:
             raise _altered(expected, "is missing")
         at = stop
@@ -226,59 +280,89 @@ def _altered(index: int, why: str) -> LedgerEntriesAltered:
     return LedgerEntriesAltered(index, why)
 
 
-def _index(event: tuple[int, str | None]) -> int:
-    return event[0]
+def _ignored(index: int, why: str) -> None:
+    _LOG.warning(json.dumps({"event": "policy-head-entry-ignored", "index": index, "why": why}))
+
+
+def _continues(chain: Chain, event: Event) -> bool:
+    """Whether ``event`` continues ``chain``: the first is a creation without predecessor, each
+    later one an update whose predecessor is the version the one before made current."""
+    if not chain.accepted:
+        return event.created and event.predecessor is None
+    return not event.created and event.predecessor == chain.accepted[-1].hash
+
+
+def _resolve(name: str, chain: Chain, validate: Validate, conn: Connection) -> int:
+    """Accept ``chain``'s held entries in order while each continues the chain and its version's
+    authenticated row names the same predecessor; drop (logged) one that does not continue.
+    Returns the number dropped."""
+    dropped = 0
+    while chain.held:
+        event = chain.held[0]
+        if not _continues(chain, event):
+            _ignored(event.at, f"does not continue the chain of policy {name[:128]!r}")
+            chain.held.pop(0)
+            dropped += 1
+            continue
+        try:
+            fits = validate(conn, name, event.hash) == event.predecessor
+        except StorageError:
+            fits = False
+        if not fits:
+            _LOG.warning(
+                json.dumps({"event": "policy-head-entry-held", "index": event.at, "policy": name[:128]})
+            )
+            return dropped
+        chain.accepted.append(chain.held.pop(0))
+    return dropped
+
+
+def _index(event: Event) -> int:
+    return event.at
 
 
 class HeadView:
-    """The head events as one transaction sees the ledger (its size ``size``)."""
+    """The head entries as one transaction sees the ledger (its size ``size``)."""
 
-    __slots__ = ("events", "overlay", "size")
+    __slots__ = ("chains", "overlay", "size")
 
-    def __init__(self, events: Events, overlay: Events, size: int) -> None:
-        self.events, self.overlay, self.size = events, overlay, size
+    def __init__(self, chains: Chains, overlay: Chains, size: int) -> None:
+        self.chains, self.overlay, self.size = chains, overlay, size
 
-    def latest(self, name: str) -> str | None:
-        """The ``hash`` of ``name``'s latest head event below this view's size (``None``: none,
-        or one without a hash)."""
-        mine = self.overlay.get(name)
-        if mine:
-            return mine[-1][1]
-        found = self.events.get(name)
-        if not found:
-            return None
-        if found[-1][0] < self.size:  # the usual case: the latest is visible to this reader
-            return found[-1][1]
-        at = bisect.bisect_left(found, self.size, key=_index) - 1
-        return None if at < 0 else found[at][1]
-
-    def latest_index(self, name: str) -> int | None:
-        """The ledger index of ``name``'s latest head event below this view's size."""
-        mine = self.overlay.get(name)
-        if mine:
-            return mine[-1][0]
-        found = self.events.get(name) or []
-        at = bisect.bisect_left(found, self.size, key=_index) - 1
-        return None if at < 0 else found[at][0]
+    def latest(self, name: str) -> tuple[Event | None, int | None]:
+        """``name``'s latest accepted head entry below this view's size (``None``: none), and
+        the index of its first held entry below it (``None``: none)."""
+        chain = self.overlay.get(name) or self.chains.get(name)
+        if chain is None:
+            return None, None
+        held = chain.held[0].at if chain.held and chain.held[0].at < self.size else None
+        accepted = chain.accepted
+        if accepted and accepted[-1].at < self.size:  # the usual case: visible to this reader
+            return accepted[-1], held
+        at = bisect.bisect_left(accepted, self.size, key=_index) - 1
+        return (None if at < 0 else accepted[at]), held
 
 
 class HeadIndex:
-    """Per process: every policy's head events in the ledger entries scanned so far (module
-    docstring). ``db``: where a write transaction's caller reads the committed entries from
-    (``None``: such a scan is an overlay only, as in a rotation's own :class:`PolicyAuth`).
-    ``on_change(names)``: called (under the index's lock) with the policies whose head events a
-    scan found, so the verified-head cache drops them."""
+    """Per process: every policy's chain of head entries in the ledger entries scanned so far
+    (module docstring). ``db``: where a write transaction's caller reads the committed entries
+    from (``None``: such a scan is an overlay only, as in a rotation's own :class:`PolicyAuth`).
+    ``validate``: the predecessor a version's authenticated row names (:data:`Validate`).
+    ``on_change(names)``: called (under the index's lock) with the policies whose chains a scan
+    changed, so the verified-head cache drops them."""
 
-    def __init__(self, sealer: Sealer, db: Database | None = None) -> None:
+    def __init__(self, sealer: Sealer, validate: Validate, db: Database | None = None) -> None:
         self.sealer = sealer
+        self.validate = validate
         self.db = db
         self.on_change: Callable[[Iterable[str]], None] = lambda names: None
         self._lock = threading.RLock()
         self._size: int | None = None  # entries absorbed (all committed); None: not loaded
-        self._events: Events = {}
+        self._chains: Chains = {}
         self._stored = 0  # the size of the snapshot last read or written
         self.scanned = 0  # entries scanned (metric)
         self.refusals = 0  # altered entries or snapshots met (metric)
+        self.ignored = 0  # head entries that do not continue their chain (metric)
 
     @property
     def size(self) -> int | None:
@@ -294,7 +378,7 @@ class HeadIndex:
         row = execute(raw, "SELECT size, heads, key_id, mac FROM policy_head_anchor WHERE id = 1").fetchone()
         if row is None:
             _LOG.info(json.dumps({"event": "policy-head-anchor-missing", "ledger_size": ledger_size}))
-            self._size, self._events, self._stored = 0, {}, 0
+            self._size, self._chains, self._stored = 0, {}, 0
             return
         size, heads, key_id, mac = row
         if not (type(size) is int and isinstance(heads, str) and isinstance(key_id, str)
@@ -306,7 +390,7 @@ class HeadIndex:
         if size > ledger_size:
             why = f"covers {size} ledger entries, the ledger has {ledger_size}"
             raise self._refuse(HeadAnchorAltered(why))
-        self._events, self._size, self._stored = _decode(heads), size, size
+        self._chains, self._size, self._stored = _decode(heads), size, size
 
     def _refuse(self, exc: StorageError) -> StorageError:
         self.refusals += 1
@@ -314,29 +398,57 @@ class HeadIndex:
             _LOG.warning(json.dumps({"event": "policy-head-anchor-altered"}))
         return exc
 
-    def _absorb(self, raw: Conn, ledger_size: int) -> None:
-        """Load if need be, then keep the committed entries up to ``ledger_size`` (``raw``: a
-        connection that sees only committed entries). Under the lock."""
-        if self._size is None:
-            self._load(raw, ledger_size)
-        assert self._size is not None
-        if ledger_size <= self._size:
-            return
+    def _scan(self, raw: Conn, start: int, end: int) -> list[tuple[str, Event]]:
         started = time.monotonic()
         try:
-            found, count = scan(raw, self._size, ledger_size)
+            found, count = scan(raw, start, end)
         except LedgerEntriesAltered:
             self.refusals += 1
             raise
-        for name, events in found.items():
-            self._events.setdefault(name, []).extend(events)
         self.scanned += count
-        self._size = ledger_size
-        if found:
-            self.on_change(found)
         if count >= CHUNK:
             _LOG.info(json.dumps({"event": "policy-head-index-scanned", "entries": count,
                                   "seconds": round(time.monotonic() - started, 3)}))  # fmt: skip
+        return found
+
+    def _extend(
+        self, chains: Chains, found: list[tuple[str, Event]], conn: Connection, *, copy: bool
+    ) -> set[str]:
+        """Queue ``found`` on their policies' chains in ``chains`` (copies of the shared ones
+        when ``copy``) and resolve them. Returns the policies changed."""
+        changed: set[str] = set()
+        for name, event in found:
+            chain = chains.get(name)
+            if chain is None:
+                chain = chains[name] = Chain([], [])
+            elif copy and name not in changed:
+                chain = chains[name] = chain.copy()
+            changed.add(name)
+            chain.held.append(event)
+        for name in changed:
+            self.ignored += _resolve(name, chains[name], self.validate, conn)
+        return changed
+
+    def _absorb(self, conn: Connection, ledger_size: int) -> None:
+        """Load if need be, then keep the committed entries up to ``ledger_size`` (``conn``: a
+        transaction that sees only committed entries), and try the held ones again. Under the
+        lock."""
+        raw = raw_connection(conn)
+        if self._size is None:
+            self._load(raw, ledger_size)
+        assert self._size is not None
+        changed: set[str] = set()
+        for name, chain in self._chains.items():
+            if chain.held:  # tampering met before: its version's row may be restored now
+                before = len(chain.accepted), len(chain.held)
+                self.ignored += _resolve(name, chain, self.validate, conn)
+                if (len(chain.accepted), len(chain.held)) != before:
+                    changed.add(name)
+        if ledger_size > self._size:
+            changed |= self._extend(self._chains, self._scan(raw, self._size, ledger_size), conn, copy=False)
+            self._size = ledger_size
+        if changed:
+            self.on_change(changed)
 
     def refresh(self, conn: Connection) -> int:
         """Bring the index up to the ledger's committed size (``conn``: a read transaction, or
@@ -346,7 +458,7 @@ class HeadIndex:
         return self._size
 
     def view(self, conn: Connection) -> HeadView:
-        """The head events as ``conn``'s transaction sees the ledger: the committed entries
+        """The head entries as ``conn``'s transaction sees the ledger: the committed entries
         kept, and in a write transaction the entries only it sees as an overlay (module
         docstring)."""
         raw = raw_connection(conn)
@@ -354,25 +466,28 @@ class HeadIndex:
         write = _is_write(conn)
         with self._lock:
             if not write:
-                self._absorb(raw, ledger_size)
+                self._absorb(conn, ledger_size)
             elif self.db is not None and (self._size is None or self._size < ledger_size):
                 with self.db.read() as other:
-                    other_raw = raw_connection(other)
-                    self._absorb(other_raw, Ledger.size(other_raw))
+                    self._absorb(other, Ledger.size(raw_connection(other)))
             elif self._size is None:
                 # no database to read committed entries from: the snapshot only (it describes
                 # committed entries whoever wrote it), the rest an overlay
                 self._load(raw, ledger_size)
             assert self._size is not None
-            base, events = self._size, self._events
-        overlay: Events = {}
-        if ledger_size > base:
-            try:
-                overlay, _ = scan(raw, base, ledger_size)
-            except LedgerEntriesAltered:
-                self.refusals += 1
-                raise
-        return HeadView(events, overlay, ledger_size)
+            base, chains = self._size, self._chains
+            overlay: Chains = {}
+            if ledger_size > base:
+                ignored = self.ignored
+                for name, event in self._scan(raw, base, ledger_size):
+                    if name not in overlay:
+                        shared = chains.get(name)
+                        overlay[name] = shared.copy() if shared is not None else Chain([], [])
+                    overlay[name].held.append(event)
+                for name, chain in overlay.items():
+                    _resolve(name, chain, self.validate, conn)
+                self.ignored = ignored  # counted when the entries are kept, not per overlay
+        return HeadView(chains, overlay, ledger_size)
 
     # --- the stored snapshot ----------------------------------------------------------------------
 
@@ -389,7 +504,7 @@ class HeadIndex:
         with self._lock:
             if self._size is None:
                 return False
-            size, text = self._size, _encode(_latest(self._events))
+            size, text = self._size, _encode(self._chains)
         row = execute(raw, "SELECT size, heads, key_id, mac FROM policy_head_anchor WHERE id = 1").fetchone()
         if row is not None:
             stored_size, heads, stored_key, mac = row

@@ -193,8 +193,17 @@ class PolicyAuth:
         self.sealer = sealer
         self._keys: dict[str, bytes] = {}
         self._heads: Lru[str, tuple[tuple[object, ...], Head]] = Lru(cache)
-        self.index = HeadIndex(sealer, db)
+        self.index = HeadIndex(sealer, self.predecessor, db)
         self.index.on_change = self._forget
+
+    def predecessor(self, conn: Connection, name: str, digest: str) -> str | None:
+        """The predecessor version ``digest`` of ``name`` names, as its row says, verified (the
+        head index checks each head entry against it); PolicyRowsAltered when there is no such
+        row or it does not verify."""
+        version = self.version(conn, name, digest)
+        if version is None:
+            raise PolicyRowsAltered(name, f"version {digest[:16]}… (named by a ledger entry)")
+        return version.predecessor
 
     def _forget(self, names: object) -> None:
         for name in names:  # type: ignore[attr-defined]
@@ -259,7 +268,14 @@ class PolicyAuth:
             if not view:
                 view.append(self.index.view(conn))
             current = view[0]
-        if current.latest(name) != digest:
+        latest, waiting = current.latest(name)
+        if waiting is not None:
+            raise PolicyRowsAltered(
+                name,
+                f"current version {digest[:16]}… (its ledger entry {waiting} names a version that does "
+                "not authenticate)",
+            )
+        if latest is None or latest.hash != digest or latest.predecessor != version.predecessor:
             # rows rolled back together, each with its genuine MAC (module docstring)
             raise PolicyRowsAltered(
                 name, f"current version {digest[:16]}… (not the one its latest ledger entry names)"
