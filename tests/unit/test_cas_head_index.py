@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+from asgi_call import call
 from cas_inproc import MEASUREMENT, InProcessCas, sim_policy, submission
+from confide.cas.app import create_app
 from confide.cas.core import READ_TYPE, Cas, EventsAltered, sign_document
 from confide.cas.db import SCHEMA_VERSION, Database, raw_execute
 from confide.cas.head_index import HeadAnchorAltered, HeadIndexRefresher, LedgerEntriesAltered
@@ -500,3 +502,23 @@ def test_a_held_entry_is_accepted_once_its_version_row_is_restored(env: Env) -> 
     env.set_rows(v1, after)
     assert env.show()["hash"] == v2
     env.attest(OTHER)
+
+
+def test_metrics_count_scans_and_tampering(env: Env) -> None:
+    """``/metrics``: the entries the head index scanned, the tampering it met, the head entries
+    it ignored and the ledger size it has read up to."""
+    v1 = env.apply(policy())
+    env.apply(policy(OTHER, v1))
+    append_entry(env, "policy-created", {"hash": v1, "predecessor": None})  # out of the chain
+    env.scan()
+    [(size,)] = env.sql("SELECT size FROM ledger_head WHERE id = 1")
+    status, body = call(create_app(env.cas), "/metrics", [b""], method="GET")
+    text = body.decode()
+    assert status == 200
+    assert f"confide_cas_head_index_size {float(size)}" in text
+    assert "confide_cas_head_index_ignored_total 1.0" in text
+    assert "confide_cas_head_index_altered_total 0.0" in text
+    scanned = next(
+        line for line in text.splitlines() if line.startswith("confide_cas_head_index_entries_scanned_total")
+    )
+    assert float(scanned.split()[1]) >= 1
