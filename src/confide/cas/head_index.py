@@ -335,8 +335,9 @@ class HeadView:
         chain = self.overlay.get(name) or self.chains.get(name)
         if chain is None:
             return None, None
-        held = chain.held[0].at if chain.held and chain.held[0].at < self.size else None
-        accepted = chain.accepted
+        first = chain.held[:1]  # one copy: another thread's scan may accept it meanwhile
+        held = first[0].at if first and first[0].at < self.size else None
+        accepted = chain.accepted  # only ever appended to
         if accepted and accepted[-1].at < self.size:  # the usual case: visible to this reader
             return accepted[-1], held
         at = bisect.bisect_left(accepted, self.size, key=_index) - 1
