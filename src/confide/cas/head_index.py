@@ -1,12 +1,13 @@
 """Each policy's latest ``policy.created`` / ``policy.updated`` entry, read from the ledger's
 entries themselves (docs/cas.md "What a policy's current version rests on").
 
-A policy's head row is current only when it names the version (and that version's
-predecessor) the policy's latest head entry names (:mod:`confide.cas.policy_auth`). Up to
-schema 16 that entry was looked up in the ``events`` table, an unauthenticated copy of the ledger's entries: whoever writes the database
-could roll one policy's rows back to an earlier consistent state (each row with its genuine
-MAC) and delete the later ``policy-updated`` rows. The ledger keeps the later entry (its leaf
-hash is in the tiles, under every checkpoint signed since), so the answer is read there:
+A policy's head row is current only when it names the version (and that version's predecessor)
+the policy's latest head entry names (:mod:`confide.cas.policy_auth`). Up to schema 16 that
+entry was looked up in the ``events`` table, an unauthenticated copy of the ledger's entries:
+whoever writes the database could roll one policy's rows back to an earlier consistent state
+(each row with its genuine MAC) and delete the later ``policy-updated`` rows. The ledger keeps
+the later entry (its leaf hash is in the tiles, under every checkpoint signed since), so the
+answer is read there:
 
 - :class:`HeadIndex` keeps, per process, every policy's head entries (:class:`Event`: ledger
   index, ``hash``, ``predecessor``) for the ledger entries it has scanned, as a :class:`Chain`:
@@ -14,42 +15,44 @@ hash is in the tiles, under every checkpoint signed since), so the answer is rea
   version the entry before made current, each checked against its version's row verified under
   the master key (``validate``). The ledger is append-only but whoever writes the database can
   append a well-formed entry: one that does not continue the chain is ignored (logged
-  ``policy-head-entry-ignored``), one whose version's row is missing or does not verify, or names
-  another predecessor, is held with everything after it (logged ``policy-head-entry-held``; the
-  policy is refused) until the row verifies. A version's hash covers its predecessor, so an
-  appended entry can only move a chain forward, to a version never activated (no ``active``
-  MAC): the policy refused, never an older version current (docs/cas.md).
+  ``policy-head-entry-ignored``), one whose version's row is missing or does not verify, or
+  names another predecessor, is held with everything after it (logged
+  ``policy-head-entry-held``; the policy is refused) until the row verifies. A version's hash
+  covers its predecessor, so an appended entry can only move a chain forward, to a version
+  never activated (no ``active`` MAC): the policy refused, never an older version current
+  (docs/cas.md).
 - it scans only the entries appended since its last scan (:meth:`HeadIndex.view`: on a head
   read that misses the verified-head cache, and every few seconds in ``cas serve``,
   :class:`HeadIndexRefresher`). An attestation whose head is cached scans nothing.
 - each scanned entry's bytes must hash (RFC 9162 ``hash_leaf``) to the leaf hash stored in the
-  level-0 tile at its index, and a missing entry or tile is tampering: :class:`LedgerEntriesAltered`, logged (``ledger-entries-altered``) and counted
+  level-0 tile at its index, and a missing entry or tile is tampering:
+  :class:`LedgerEntriesAltered`, logged (``ledger-entries-altered``) and counted
   (:attr:`HeadIndex.refusals`); no head is judged until the entry is restored.
-- the ledger is append-only, so a genuine snapshot "each policy's last accepted head entry
-  (and its held ones) as of size N" plus a scan from N to the current size gives the true
-  answer whichever genuine snapshot an operator writes back: the one-row table ``policy_head_anchor`` holds such a snapshot, MAC'd
-  under the master key (HMAC-SHA256 with an HKDF-SHA256 key, info :data:`ANCHOR_INFO`, over
-  the key id, the size and the SHA-256 of the snapshot's text; :func:`anchor_mac`). A process
-  starts from it (bounded work); a row that does not verify is :class:`HeadAnchorAltered`, a
-  snapshot larger than the ledger is a rolled-back ledger (also refused), and a missing row
-  means a scan from the ledger's first entry (that is how a schema-16 database is upgraded).
-  :meth:`HeadIndex.store` writes a newer snapshot (``cas serve``: at the start and when the
-  index is :data:`STORE_EVERY` entries ahead of the stored one).
+- the ledger is append-only, so a genuine snapshot "each policy's last accepted head entry (and
+  its held ones) as of size N" plus a scan from N to the current size gives the true answer
+  whichever genuine snapshot an operator writes back: the one-row table ``policy_head_anchor``
+  holds such a snapshot, MAC'd under the master key (HMAC-SHA256 with an HKDF-SHA256 key, info
+  :data:`ANCHOR_INFO`, over the key id, the size and the SHA-256 of the snapshot's text;
+  :func:`anchor_mac`). A process starts from it (bounded work); a row that does not verify is
+  :class:`HeadAnchorAltered`, a snapshot larger than the ledger is a rolled-back ledger (also
+  refused), and a missing row means a scan from the ledger's first entry (that is how a
+  schema-16 database is upgraded). :meth:`HeadIndex.store` writes a newer snapshot (``cas
+  serve``: at the start and when the index is :data:`STORE_EVERY` entries ahead of the stored
+  one).
 
-Only committed entries are kept: a scan inside a write transaction (which may append entries
-of its own and then roll back) brings the index up to date through a read transaction of its
-own when it has the :class:`~confide.cas.db.Database`, and treats the entries only that
-transaction sees as an overlay for that call, never kept. A reader is answered as of the ledger
-size its own transaction sees (:meth:`HeadView.latest`), so a read transaction that began before
-another thread's scan is not judged against entries it cannot see.
+Only committed entries are kept: a scan inside a write transaction (which may append entries of
+its own and then roll back) brings the index up to date through a read transaction of its own
+when it has the :class:`~confide.cas.db.Database`, and treats the entries only that transaction
+sees as an overlay for that call, never kept. A reader is answered as of the ledger size its
+own transaction sees (:meth:`HeadView.latest`), so a read transaction that began before another
+thread's scan is not judged against entries it cannot see.
 
 What remains (docs/limitations.md): a running process judges a head it has cached (same row,
 same MACs) without scanning, so a row written back to exactly the values it last verified is
 accepted until its next scan (:data:`REFRESH_SECONDS` in ``cas serve``); a whole-database
 rollback (entries, tiles and snapshot together) is what ``--witness-quorum`` detects; an entry
 and its tile hash both rewritten is only caught by the checkpoints (the CAS refuses to sign a
-checkpoint inconsistent with the last one; auditors and witnesses check them).
-"""
+checkpoint inconsistent with the last one; auditors and witnesses check them)."""
 
 from __future__ import annotations
 
