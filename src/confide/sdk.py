@@ -613,7 +613,6 @@ class Cas:
         ``VerificationError`` classes, ``NetworkError``, ``UsageError`` for malformed options."""
         from confide.cas.pin import MEASUREMENT_CLAIMS, WitnessExpectation, attest_cas  # noqa: PLC0415
         from confide.collateral.dcap import source_for  # noqa: PLC0415
-        from confide.ledger.note import NoteVerifier  # noqa: PLC0415
         from confide.policy.model import Tolerance  # noqa: PLC0415
 
         expected = []
@@ -640,16 +639,9 @@ class Cas:
         for claim, values in (expect or {}).items():
             if isinstance(values, str | bytes):  # tuple("abc") would allow "a", "b" and "c"
                 raise UsageError(f"expect: {claim!r}: got a string, expected a list of allowed values")
-        witness_expectation = None
-        keys = tuple(expect_witness_keys)
-        if expect_witnesses is not None or keys:
-            trusted = []
-            for vkey in keys:
-                try:
-                    trusted.append(NoteVerifier.from_vkey(vkey.strip()).vkey)
-                except ParseError as exc:
-                    raise UsageError(f"expect_witness_keys: {exc.message}") from None
-            witness_expectation = WitnessExpectation(expect_witnesses or 1, tuple(trusted))
+        witness_expectation = WitnessExpectation.of(
+            expect_witnesses, tuple(expect_witness_keys), "expect_witness_keys"
+        )
         if isinstance(sim_key, bytes) or sim_key is None:
             key_pem = sim_key
         else:

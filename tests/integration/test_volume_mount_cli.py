@@ -209,7 +209,13 @@ def test_fuse_writable_via_cli_prints_the_new_tag(vol: tuple[Path, Path, str, Pa
 def _nobody_can_run_python() -> bool:
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         return False
-    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", "pass"]
+    # The mount runs sys.executable again (fuse_usable's probe): setpriv's own exec keeps root's
+    # capabilities for the path walk, a child of the interpreter does not, so check from a child
+    # (a venv whose interpreter lies under a 0700 /root runs under setpriv but not from there).
+    child = (
+        "import subprocess, sys; raise SystemExit(subprocess.run([sys.executable, '-c', 'pass']).returncode)"
+    )
+    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", child]
     return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
 
 

@@ -560,6 +560,7 @@ def create_app(
     registry.register(_LimitsCollector(http_limits, {"attest": attest_limiter, "write": write_limiter}))
     registry.register(_FetchCollector(cas))
     registry.register(_OcspCollector(cas))
+    registry.register(_HeadIndexCollector(cas))
     if public_http is not None:
         registry.register(_PublicHttpCollector(public_http))
     if cas_evidence is not None:
@@ -1007,6 +1008,39 @@ class _OcspCollector:
                            ("try_later", responder.limited)):  # fmt: skip
             answers.add_metric([outcome], n)
         yield answers
+
+
+class _HeadIndexCollector:
+    """The head index's scans of the ledger, read at scrape time (docs/cas.md "What a policy's
+    current version rests on"): entries scanned, tampering met (an entry that does not hash to
+    its leaf, an altered snapshot), head entries ignored (out of their chain), and the ledger
+    size the index has read up to."""
+
+    def __init__(self, cas: Cas) -> None:
+        self.cas = cas
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        index = self.cas.policy_auth.index
+        yield CounterMetricFamily(
+            "confide_cas_head_index_entries_scanned",
+            "Ledger entries the head index scanned",
+            value=index.scanned,
+        )
+        yield CounterMetricFamily(
+            "confide_cas_head_index_altered",
+            "Altered ledger entries or head-entry snapshots the head index refused",
+            value=index.refusals,
+        )
+        yield CounterMetricFamily(
+            "confide_cas_head_index_ignored",
+            "Head entries the head index ignored (not continuing their policy's chain)",
+            value=index.ignored,
+        )
+        yield GaugeMetricFamily(
+            "confide_cas_head_index_size",
+            "The ledger size the head index has read up to",
+            value=index.size or 0,
+        )
 
 
 class _FetchCollector:

@@ -525,8 +525,6 @@ def cas_attest(
     """Verify the CAS's own evidence, bound to its TLS certificate, and pin that certificate."""
     from confide.cas.pin import WitnessExpectation, attest_cas, write_pin
     from confide.collateral.dcap import source_for
-    from confide.errors import ParseError
-    from confide.ledger.note import NoteVerifier
     from confide.platforms.dcap import COLLATERAL_ENV
     from confide.policy.model import Tolerance
     from confide.verify.result import Platform
@@ -547,15 +545,7 @@ def cas_attest(
             raise UsageError(f"--measurement: got {m[:40]!r}, expected 32 or 48 bytes in hex")
         expected.append(text)
     expect = _expected_claims(expect_specs)
-    witness_expectation = None
-    if expect_witnesses is not None or expect_witness_keys:
-        trusted = []
-        for vkey in expect_witness_keys:
-            try:
-                trusted.append(NoteVerifier.from_vkey(vkey.strip()).vkey)
-            except ParseError as exc:
-                raise UsageError(f"--expect-witness: {exc.message}") from None
-        witness_expectation = WitnessExpectation(expect_witnesses or 1, tuple(trusted))
+    witness_expectation = WitnessExpectation.of(expect_witnesses, expect_witness_keys, "--expect-witness")
     location = collateral or os.environ.get(COLLATERAL_ENV)
     pinned = attest_cas(
         url,

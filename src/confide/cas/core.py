@@ -85,6 +85,8 @@ from confide.cas.documents import (
     sign_document,
     spki_sha256,
 )
+from confide.cas.head_index import check_leaf
+from confide.cas.ledger_sink import ENTRY_TYPES
 from confide.cas.owner_revocation import REVOKE_TYPE, REVOKE_V1_TYPE, parse_request, refusal, revoke_request
 from confide.cas.policy_auth import Head, PolicyAuth, PolicyRowsAltered, Version
 from confide.cas.policy_rows import open_column, seal_column
@@ -125,6 +127,7 @@ from confide.errors import (
     ConflictError,
     ParseError,
     PolicyError,
+    StorageError,
     UsageError,
 )
 from confide.hmacsha256 import HmacSha256
@@ -133,6 +136,7 @@ from confide.jsonencode import encoder
 from confide.ledger.checkpoint import Checkpoint
 from confide.ledger.db import Conn
 from confide.ledger.db import execute as ledger_execute
+from confide.ledger.encoding import Entry
 from confide.ledger.note import parse_note
 from confide.ledger.store import MAX_ENTRY_SIZE, Ledger
 from confide.lru import Lru
@@ -596,7 +600,7 @@ class Cas:
         self.read_nonce_key = sealer.derive_key(READ_NONCE_PURPOSE)
         self._policies: Lru[tuple[str, str], Policy] = Lru(256)
         # Policy heads and version states, MAC'd under the master key (confide.cas.policy_auth).
-        self.policy_auth = PolicyAuth(sealer)
+        self.policy_auth = PolicyAuth(sealer, db=database)
         # Unsealed values by (policy, name, version, sealed bytes), in memory only: the rows
         # stay sealed at rest, and a row sealed anew (new version, another master key) misses.
         self._unsealed: Lru[tuple[str, str, int, bytes], SecretValue] = Lru(1024)
@@ -2679,15 +2683,46 @@ class Cas:
                 elif r.type not in _POLICY_EVENTS:
                     continue
                 index = r.seq - 1
-                entry = Ledger.entry(raw, index)
+                entry = _listed_entry(raw, name, index, r.type, payload)
                 event: dict[str, Any] = {"seq": r.seq, "index": index, "at": r.at, "type": r.type,
-                                         "payload": payload}  # fmt: skip
-                if entry is not None:
-                    event["entry"] = base64.b64encode(entry).decode()
+                                         "payload": payload,
+                                         "entry": base64.b64encode(entry).decode()}  # fmt: skip
                 if index < size:
                     event["inclusion_proof"] = [h.hex() for h in ledger.inclusion_proof(raw, index, size)]
                 out.append(event)
+            # The events rows are an unauthenticated index of the ledger: the policy's latest
+            # head entry (read from the ledger itself, confide.cas.head_index) must be among them
+            latest, _held = self.policy_auth.index.view(conn).latest(name)
+            if latest is not None and all(e["index"] != latest.at for e in out):
+                raise EventsAltered(f"the events of policy {name[:128]!r} leave out ledger entry {latest.at}")
         return {"checkpoint": note.decode() if note else None, "size": size, "events": out}
+
+
+class EventsAltered(StorageError):
+    """An ``events`` row does not match the ledger entry at its index, or the rows leave out a
+    policy's latest head entry: the database was altered (the listing is refused)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"{why}: the database was altered; the events are not listed until it is restored")
+
+
+def _listed_entry(raw: Conn, name: str, index: int, type_: str, payload: object) -> bytes:
+    """The bytes of ledger entry ``index``, which an ``events`` row of policy ``name`` (type
+    ``type_``, ``payload``) indexes: they must hash to the entry's stored leaf hash and say what
+    the row says; :class:`EventsAltered` (or ``LedgerEntriesAltered``) otherwise."""
+    data = Ledger.entry(raw, index)
+    if data is None:
+        raise EventsAltered(f"events row {index + 1} of policy {name[:128]!r} names no ledger entry")
+    check_leaf(raw, index, data)
+    try:
+        entry = Entry.from_bytes(data)
+    except ParseError:
+        raise EventsAltered(f"ledger entry {index} does not parse") from None
+    if ENTRY_TYPES.get(type_) != entry.type or entry.policy != name or entry.payload != payload:
+        raise EventsAltered(
+            f"events row {index + 1} of policy {name[:128]!r} does not say what ledger entry {index} says"
+        )
+    return data
 
 
 class PendingAttestation:

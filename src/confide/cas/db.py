@@ -147,6 +147,21 @@ evidence_seen = Table(
     Column("digest", String(64), primary_key=True),
     Column("seen_at", Float, nullable=False),
 )
+# docs/cas.md "What a policy's current version rests on" (schema 17; confide.cas.head_index):
+# one row, a snapshot of each policy's latest ``policy.created`` / ``policy.updated`` ledger
+# entry (``heads``: canonical JSON {name: [index, hash]}) as of ledger size ``size``, MAC'd
+# under the master key ``key_id`` names. Only a starting point: the ledger's entries are the
+# truth, and an older genuine snapshot gives the same answer after a longer scan.
+policy_head_anchor = Table(
+    "policy_head_anchor",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("heads", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("key_id", String(32), nullable=False),
+    Column("mac", String(64), nullable=False),
+)
 events = Table(
     "events",
     metadata,
@@ -368,7 +383,7 @@ successor_retirement_approvals = Table(
     PrimaryKeyConstraint("retirement", "signer"),
 )
 
-SCHEMA_VERSION = 16
+SCHEMA_VERSION = 17
 # meta key: the heads and versions of a database from before schema 15 were MAC'd (once;
 # confide.cas.policy_auth.bind_unbound)
 POLICY_ROWS_BOUND_META = "policy_rows_bound"
@@ -564,9 +579,21 @@ def _v16(conn: Connection) -> None:
     )
 
 
+def _v17(conn: Connection) -> None:
+    """A policy's current version is checked against its latest ``policy.created`` /
+    ``policy.updated`` entry in the ledger itself, not the ``events`` rows (confide.cas.head_index,
+    docs/cas.md "What a policy's current version rests on"): ``policy_head_anchor`` holds the
+    MAC'd snapshot a process starts its scan of the ledger from. The migration runs without the
+    master key and leaves the table empty: the next start scans the whole ledger once and writes
+    the first snapshot (nothing is trusted but the ledger's entries, so nothing is recorded).
+    Schema 16's partial index of the head events is no longer read: dropped."""
+    policy_head_anchor.create(conn, checkfirst=True)
+    raw_execute(conn, "DROP INDEX IF EXISTS events_head_changes")
+
+
 _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12,
-    13: _v13, 14: _v14, 15: _v15, 16: _v16,
+    13: _v13, 14: _v14, 15: _v15, 16: _v16, 17: _v17,
 }  # fmt: skip
 
 
@@ -607,6 +634,9 @@ def insert_events(
     )
 
 
+# The execution option that marks a read transaction's connection (Database.read; SQLite: a
+# plain BEGIN; confide.cas.head_index keeps only what such a transaction sees: committed entries)
+READ_OPTION = "confide_read"
 SQLITE_BUSY_TIMEOUT_MS = 30000  # every SQLite connection's busy_timeout (rotation._scrub restores it)
 
 
@@ -637,7 +667,7 @@ class Database:
             raise StorageError(f"cannot open database {self.redacted_url}: {type(exc).__name__}") from None
         # Read transactions: the option set once (``execution_options`` per connection copies
         # the connection's options on every read).
-        self._reader = self.engine.execution_options(confide_read=True)
+        self._reader = self.engine.execution_options(**{READ_OPTION: True})
         # SQLite: one read connection kept open and used by whichever caller finds it free
         # (the attestation path reads once per attestation; a pool checkout, the connection's
         # set-up and its reset cost ~3x the read). Callers that find it busy take a pooled one.
@@ -667,7 +697,7 @@ class Database:
         def _begin(conn: Connection) -> None:
             # On the DB-API connection: the same statement without SQLAlchemy's execution
             # machinery (events, result objects), which cost ~5x the BEGIN itself per transaction.
-            read = conn.get_execution_options().get("confide_read")
+            read = conn.get_execution_options().get(READ_OPTION)
             raw_connection(conn).execute("BEGIN" if read else "BEGIN IMMEDIATE")
 
     @contextmanager

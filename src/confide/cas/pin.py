@@ -32,7 +32,7 @@ import re
 import socket
 import ssl
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -154,6 +154,21 @@ class WitnessExpectation:
 
     minimum: int
     trusted: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, minimum: int | None, vkeys: Sequence[str], what: str) -> WitnessExpectation | None:
+        """The expectation of ``--expect-witnesses``/``--expect-witness`` (or the SDK's
+        arguments, named ``what`` in errors); None when neither is given. Each key must be a
+        note verifier key (C2SP signed-note), else :class:`UsageError`."""
+        if minimum is None and not vkeys:
+            return None
+        trusted = []
+        for vkey in vkeys:
+            try:
+                trusted.append(NoteVerifier.from_vkey(vkey.strip()).vkey)
+            except ParseError as exc:
+                raise UsageError(f"{what}: {exc.message}") from None
+        return cls(minimum or 1, tuple(trusted))
 
 
 def witness_mismatches(witnesses: AttestedWitnesses | None, expect: WitnessExpectation) -> list[str]:

@@ -19,16 +19,17 @@ its approvals. So, from schema 15, each of those rows carries a MAC:
   (after checking its signature and the CAS it names).
 
 A head verifies (:meth:`PolicyAuth.head`) only when its own MAC and its version's MAC do, that
-version is ``active``, and it is the version the policy's latest ``policy-created`` or
-``policy-updated`` event names (its payload's ``hash``; the event is recorded in the transaction
-that moves the head, :meth:`confide.cas.core.Cas._activate`'s callers): a head row copied back
-from before an update names a version that is now ``superseded`` under a MAC the operator cannot
-forge, and the head and version rows both written back as they were before an update (each with
-its genuine MAC) name a version older than the later ``policy-updated`` event, so both are
-refused. A head with no such event at all is refused too (every version of the code recorded
-one, with the hash, at each creation and update). The ``events`` rows are the ledger's
-per-policy index, not MAC'd: deleting the later events rows as well defeats this check (the
-ledger's entries and tiles keep them; docs/limitations.md). A row that does
+version is ``active``, and it is the version the policy's latest ``policy.created`` or
+``policy.updated`` ledger entry names (its payload's ``hash``; the entry is appended in the
+transaction that moves the head, :meth:`confide.cas.core.Cas._activate`'s callers): a head row
+copied back from before an update names a version that is now ``superseded`` under a MAC the
+operator cannot forge, and the head and version rows both written back as they were before an
+update (each with its genuine MAC) name a version older than the later ``policy.updated``
+entry, so both are refused. A head with no such entry at all is refused too (every version of
+the code recorded one, with the hash, at each creation and update). From schema 17 the entry
+is found in the ledger's entries themselves, each checked against its leaf hash
+(:mod:`confide.cas.head_index`), not in the ``events`` rows, which are an unauthenticated
+copy: deleting or editing the later events rows changes nothing. A row that does
 not verify is :class:`PolicyRowsAltered` (a :class:`~confide.errors.StorageError`): the CAS
 neither releases under that policy nor changes it until the row is restored.
 
@@ -45,9 +46,10 @@ transaction, recorded as a ``policy-rows-bound`` event), once: only when no row 
 ``meta`` row :data:`BOUND_META` is absent and the log records no earlier binding. The binding
 trusts the rows as they are at that moment.
 
-**Rotation.** :func:`reauthenticate_rows` verifies every row under the old key and MACs it under
-the new one, in the rotation's transaction (offline, and the online switch-over); an approval
-that does not verify is left as it is (still not counted), a head or version aborts it.
+**Rotation.** :func:`reauthenticate_rows` verifies every row (and the snapshot of
+:mod:`confide.cas.head_index`) under the old key and MACs it under the new one, in the
+rotation's transaction (offline, and the online switch-over); an approval that does not verify
+is left as it is (still not counted), a head, a version or the snapshot aborts it.
 """
 
 from __future__ import annotations
@@ -58,14 +60,18 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import Connection
 
-from confide.cas.db import HEAD_EVENT_TYPES, POLICY_ROWS_BOUND_META, raw_execute, raw_executemany
+from confide.cas.db import POLICY_ROWS_BOUND_META, raw_execute, raw_executemany
+from confide.cas.head_index import HeadIndex, HeadView, reauthenticate_anchor
 from confide.cas.secrets import Sealer
 from confide.errors import StorageError
 from confide.lru import Lru
+
+if TYPE_CHECKING:
+    from confide.cas.db import Database
 
 __all__ = [
     "BOUND_META",
@@ -99,12 +105,6 @@ _HEAD = _JOINED + " WHERE h.name = ?"
 _VERSIONS = "SELECT name, hash, seq, predecessor, submitter, creator, state, key_id, mac FROM policies"
 _VERSION = _VERSIONS + " WHERE name = ? AND hash = ?"
 _VERSIONS_OF = _VERSIONS + " WHERE name = ? ORDER BY seq"
-# The latest event that moved the head: schema 16's partial index ``events_head_changes``, whose
-# ``type IN`` term (confide.cas.db.HEAD_EVENT_TYPES) this repeats as written
-_LAST_HEAD_EVENT = (
-    "SELECT payload FROM events WHERE policy = ? AND type IN ('policy-created', 'policy-updated') "
-    "ORDER BY seq DESC LIMIT 1"
-)
 _COUNTS = (
     "SELECT (SELECT COUNT(*) FROM policy_heads) + (SELECT COUNT(*) FROM policies) "
     "+ (SELECT COUNT(*) FROM approvals), (SELECT COUNT(mac) FROM policy_heads) "
@@ -182,15 +182,32 @@ class PolicyAuth:
     """Reads and writes the authenticated rows for one CAS (its sealer). A verified head is
     cached per policy with its exact stored values (a row read again with the same values, MACs
     included, under a key the sealer still holds, verified before), so the attestation path
-    computes no MAC and reads no event for a head it has seen; any change to the row is a miss.
-    One entry per policy, replaced at each verification and dropped when this process moves the
-    head (:meth:`put_head`): a row written back from before a change this process has seen is
-    a miss, checked against the events again."""
+    computes no MAC and scans no ledger entry for a head it has seen; any change to the row is a
+    miss. One entry per policy, replaced at each verification and dropped when this process
+    moves the head (:meth:`put_head`) or a scan of the ledger finds a head entry of the policy
+    (:class:`~confide.cas.head_index.HeadIndex`, ``index``): a row written back from before a
+    change this process has seen is a miss, checked against the ledger again. ``db``: the
+    database a scan in a write transaction reads the committed entries from (the index's)."""
 
-    def __init__(self, sealer: Sealer, *, cache: int = 1024) -> None:
+    def __init__(self, sealer: Sealer, *, cache: int = 1024, db: Database | None = None) -> None:
         self.sealer = sealer
         self._keys: dict[str, bytes] = {}
         self._heads: Lru[str, tuple[tuple[object, ...], Head]] = Lru(cache)
+        self.index = HeadIndex(sealer, self.predecessor, db)
+        self.index.on_change = self._forget
+
+    def predecessor(self, conn: Connection, name: str, digest: str) -> str | None:
+        """The predecessor version ``digest`` of ``name`` names, as its row says, verified (the
+        head index checks each head entry against it); PolicyRowsAltered when there is no such
+        row or it does not verify."""
+        version = self.version(conn, name, digest)
+        if version is None:
+            raise PolicyRowsAltered(name, f"version {digest[:16]}… (named by a ledger entry)")
+        return version.predecessor
+
+    def _forget(self, names: object) -> None:
+        for name in names:  # type: ignore[attr-defined]
+            self._heads.pop(name)
 
     # --- keys ------------------------------------------------------------------------------------
 
@@ -218,11 +235,14 @@ class PolicyAuth:
         return None if row is None else self._checked_head(conn, name, tuple(row[1:]))
 
     def heads(self, conn: Connection) -> dict[str, Head]:
-        """Every policy's current version, verified as :meth:`head` does."""
+        """Every policy's current version, verified as :meth:`head` does (one scan)."""
         rows = raw_execute(conn, _JOINED).fetchall()
-        return {str(r[0]): self._checked_head(conn, str(r[0]), tuple(r[1:])) for r in rows}
+        view: list[HeadView] = []
+        return {str(r[0]): self._checked_head(conn, str(r[0]), tuple(r[1:]), view) for r in rows}
 
-    def _checked_head(self, conn: Connection, name: str, row: tuple[object, ...]) -> Head:
+    def _checked_head(
+        self, conn: Connection, name: str, row: tuple[object, ...], view: list[HeadView] | None = None
+    ) -> Head:
         cached = self._heads.get(name)
         if cached is not None and cached[0] == row:
             held = self.sealer.key_ids  # a key rotated away: verified again (and refused)
@@ -241,10 +261,24 @@ class PolicyAuth:
         version = self._checked_version(name, digest, row[5:])
         if version.state != "active":
             raise PolicyRowsAltered(name, f"current version {digest[:16]}… (it is {version.state})")
-        if _last_head_event_hash(conn, name) != digest:
+        # The ledger's entries appended since the last scan, scanned now (a miss only)
+        if view is None:
+            current = self.index.view(conn)
+        else:  # one scan for all the heads read by the caller (heads())
+            if not view:
+                view.append(self.index.view(conn))
+            current = view[0]
+        latest, waiting = current.latest(name)
+        if waiting is not None:
+            raise PolicyRowsAltered(
+                name,
+                f"current version {digest[:16]}… (its ledger entry {waiting} names a version that does "
+                "not authenticate)",
+            )
+        if latest is None or latest.hash != digest or latest.predecessor != version.predecessor:
             # rows rolled back together, each with its genuine MAC (module docstring)
             raise PolicyRowsAltered(
-                name, f"current version {digest[:16]}… (not the one its latest event names)"
+                name, f"current version {digest[:16]}… (not the one its latest ledger entry names)"
             )
         self._heads.put(name, (row, head))
         return head
@@ -346,23 +380,6 @@ class PolicyAuth:
         return bumped
 
 
-assert HEAD_EVENT_TYPES in _LAST_HEAD_EVENT  # the index's term, as written
-
-
-def _last_head_event_hash(conn: Connection, name: str) -> str | None:
-    """The ``hash`` the latest ``policy-created`` / ``policy-updated`` event of ``name`` names
-    (``None``: no such event, or one without a hash)."""
-    row = raw_execute(conn, _LAST_HEAD_EVENT, (name,)).fetchone()
-    if row is None:
-        return None
-    try:
-        payload = json.loads(str(row[0]))
-    except ValueError:
-        return None
-    digest = payload.get("hash") if isinstance(payload, dict) else None
-    return digest if isinstance(digest, str) else None
-
-
 def _all_versions(conn: Connection, auth: PolicyAuth) -> list[Version]:
     rows = raw_execute(conn, _VERSIONS).fetchall()
     return [auth._checked_version(str(r[0]), str(r[1]), tuple(r[2:])) for r in rows]
@@ -407,13 +424,17 @@ def reauthenticate_rows(conn: Connection, old: Sealer, new: Sealer, new_key_id: 
     """In a master-key rotation's transaction: verify every head and version under the old key
     (``old``: a sealer of it; PolicyRowsAltered aborts the rotation) and MAC them under the new
     one (``new``, id ``new_key_id``); likewise every approval whose MAC verifies (one that does
-    not is left as it is: it stays uncounted). Returns the number of rows MAC'd."""
+    not is left as it is: it stays uncounted), and the stored snapshot of the head entries
+    (:func:`confide.cas.head_index.reauthenticate_anchor`; one that does not verify aborts).
+    Returns the number of heads, versions and approvals MAC'd."""
     auth = PolicyAuth(old, cache=0)
     heads = auth.heads(conn)
     versions = _all_versions(conn, auth)
     approvals = [r for r in _approvals(conn) if auth.approval_verifies(str(r[0]), str(r[1]), *r[2:])]
     _write_all(conn, new, new_key_id, heads, versions)
     _write_approvals(conn, new, new_key_id, approvals)
+    # the snapshot of the head entries too (confide.cas.head_index): verified, MAC'd anew
+    reauthenticate_anchor(conn, old, new, new_key_id)
     return len(heads) + len(versions) + len(approvals)
 
 

@@ -82,6 +82,7 @@ from confide.cas.core import Cas, spki_sha256
 from confide.cas.crl import DEFAULT_CRL_VALIDITY
 from confide.cas.db import Database, raw_connection
 from confide.cas.dev_measurement import cas_dev_measurement
+from confide.cas.head_index import HeadIndexRefresher
 from confide.cas.join import JoinResult, join_cas
 from confide.cas.key_release import KeyReleaser, OwnEvidence, OwnTcbWatch, ReplicaMinTcb, min_tcb_text
 from confide.cas.keyfiles import TLS_KEY_NAME, load_log_signer, load_tls_key, tls_key_password
@@ -856,6 +857,18 @@ def prepare(
             )  # fmt: skip
     if policies_sealed:
         _scrub(database)  # the clear contents out of the database files (as after a rotation)
+    # Each policy's latest head entry, from the ledger's entries (confide.cas.head_index): the
+    # stored snapshot verified and the entries after it scanned now, a newer snapshot stored.
+    # An altered snapshot or entry is refused here: the CAS does not start on it.
+    index = cas.policy_auth.index
+    try:
+        with database.read() as conn:
+            index.refresh(conn)
+        with database.write() as conn:
+            index.store(conn, time.time())
+    except ConfideError:
+        database.dispose()  # not starting: the pool's connections closed
+        raise
     tcb_floor.on_raise = _floor_recorder(cas, tcb_floor)
     if joined is not None:
         logging.getLogger("confide.cas").info(
@@ -1341,6 +1354,10 @@ def _serve(
         rotation.start()
     renewer = CertificateRenewer(cas, renewal_interval)  # docs/cas.md "Certificate renewal"
     renewer.start()
+    # docs/cas.md "What a policy's current version rests on": the ledger entries appended since
+    # (other replicas' too) scanned every few seconds, off the attestation path
+    head_scanner = HeadIndexRefresher(cas.policy_auth.index, cas.db)
+    head_scanner.start()
     refresher = None
     if cas_evidence is not None and evidence_refresh > 0:
         refresher = EvidenceRefresher(cas_evidence, evidence_refresh)
@@ -1412,5 +1429,6 @@ def _serve(
         if refresher is not None:
             refresher.stop()
         renewer.stop()
+        head_scanner.stop()
         checkpointer.stop()
         admin.stop()

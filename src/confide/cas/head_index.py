@@ -1,0 +1,615 @@
+"""Each policy's latest ``policy.created`` / ``policy.updated`` entry, read from the ledger's
+entries themselves (docs/cas.md "What a policy's current version rests on").
+
+A policy's head row is current only when it names the version (and that version's predecessor)
+the policy's latest head entry names (:mod:`confide.cas.policy_auth`). Up to schema 16 that
+entry was looked up in the ``events`` table, an unauthenticated copy of the ledger's entries:
+whoever writes the database could roll one policy's rows back to an earlier consistent state
+(each row with its genuine MAC) and delete the later ``policy-updated`` rows. The ledger keeps
+the later entry (its leaf hash is in the tiles, under every checkpoint signed since), so the
+answer is read there:
+
+- :class:`HeadIndex` keeps, per process, every policy's head entries (:class:`Event`: ledger
+  index, ``hash``, ``predecessor``) for the ledger entries it has scanned, as a :class:`Chain`:
+  the first a creation without predecessor, each later one an update whose predecessor is the
+  version the entry before made current, each checked against its version's row verified under
+  the master key (``validate``). The ledger is append-only but whoever writes the database can
+  append a well-formed entry: one that does not continue the chain is ignored (logged
+  ``policy-head-entry-ignored``), one whose version's row is missing or does not verify, or
+  names another predecessor, is held with everything after it (logged
+  ``policy-head-entry-held``; the policy is refused) until the row verifies. A version's hash
+  covers its predecessor, so an appended entry can only move a chain forward, to a version
+  never activated (no ``active`` MAC): the policy refused, never an older version current
+  (docs/cas.md).
+- it scans only the entries appended since its last scan (:meth:`HeadIndex.view`: on a head
+  read that misses the verified-head cache, and every few seconds in ``cas serve``,
+  :class:`HeadIndexRefresher`). An attestation whose head is cached scans nothing.
+- each scanned entry's bytes must hash (RFC 9162 ``hash_leaf``) to the leaf hash stored in the
+  level-0 tile at its index, and a missing entry or tile is tampering:
+  :class:`LedgerEntriesAltered`, logged (``ledger-entries-altered``) and counted
+  (:attr:`HeadIndex.refusals`); no head is judged until the entry is restored.
+- the ledger is append-only, so a genuine snapshot "each policy's last accepted head entry (and
+  its held ones) as of size N" plus a scan from N to the current size gives the true answer
+  whichever genuine snapshot an operator writes back: the one-row table ``policy_head_anchor``
+  holds such a snapshot, MAC'd under the master key (HMAC-SHA256 with an HKDF-SHA256 key, info
+  :data:`ANCHOR_INFO`, over the key id, the size and the SHA-256 of the snapshot's text;
+  :func:`anchor_mac`). A process starts from it (bounded work); a row that does not verify is
+  :class:`HeadAnchorAltered`, a snapshot larger than the ledger is a rolled-back ledger (also
+  refused), and a missing row means a scan from the ledger's first entry (that is how a
+  schema-16 database is upgraded). :meth:`HeadIndex.store` writes a newer snapshot (``cas
+  serve``: at the start and when the index is :data:`STORE_EVERY` entries ahead of the stored
+  one).
+
+Only committed entries are kept: a scan inside a write transaction (which may append entries of
+its own and then roll back) brings the index up to date through a read transaction of its own
+when it has the :class:`~confide.cas.db.Database`, and treats the entries only that transaction
+sees as an overlay for that call, never kept. A reader is answered as of the ledger size its
+own transaction sees (:meth:`HeadView.latest`), so a read transaction that began before another
+thread's scan is not judged against entries it cannot see.
+
+What remains (docs/limitations.md): a running process judges a head it has cached (same row,
+same MACs) without scanning, so a row written back to exactly the values it last verified is
+accepted until its next scan (:data:`REFRESH_SECONDS` in ``cas serve``); a whole-database
+rollback (entries, tiles and snapshot together) is what ``--witness-quorum`` detects; an entry
+and its tile hash both rewritten is only caught by the checkpoints (the CAS refuses to sign a
+checkpoint inconsistent with the last one; auditors and witnesses check them)."""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import hmac
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from sqlalchemy import Connection
+
+from confide.cas.db import READ_OPTION, raw_connection
+from confide.cas.periodic import PeriodicTask
+from confide.cas.secrets import Sealer
+from confide.errors import ConfideError, ParseError, StorageError
+from confide.ledger.db import Conn, execute
+from confide.ledger.encoding import Entry, EntryType
+from confide.ledger.merkle import HASH_SIZE, hash_leaf
+from confide.ledger.store import Ledger
+from confide.ledger.tiles import TILE_WIDTH
+
+if TYPE_CHECKING:
+    from confide.cas.db import Database
+
+__all__ = [
+    "ANCHOR_INFO",
+    "REFRESH_SECONDS",
+    "STORE_EVERY",
+    "HeadAnchorAltered",
+    "HeadIndex",
+    "HeadIndexRefresher",
+    "HeadView",
+    "LedgerEntriesAltered",
+    "anchor_mac",
+    "check_leaf",
+    "reauthenticate_anchor",
+]
+
+ANCHOR_INFO = b"confide-policy-head-anchor/v1"  # the HKDF info of the snapshot's MAC key
+STORE_EVERY = 10_000  # entries the index gets ahead of the stored snapshot before it is rewritten
+REFRESH_SECONDS = 5.0  # cas serve's scan interval (HeadIndexRefresher)
+CHUNK = 4096  # entries read per statement
+_KEY_ID_META = "master_key_id"
+_KEY_ID = re.compile(r"[0-9a-f]{32}")
+_LOG = logging.getLogger("confide.cas")
+# Canonical JSON sorts an entry's members, ``type`` and ``v`` last (confide.ledger.encoding):
+# a head entry is recognised by its last bytes and only those are parsed.
+_HEAD_TYPES = (EntryType.POLICY_CREATED, EntryType.POLICY_UPDATED)
+_SUFFIXES = tuple(f',"type":"{t.value}","v":{v}}}'.encode() for t in _HEAD_TYPES for v in (1, 2))
+
+
+class Event(NamedTuple):
+    """A head entry as the ledger has it: its index (``at``), the version it makes current (``hash``),
+    that version's predecessor (``None`` for a creation) and whether it is ``policy.created``."""
+
+    at: int
+    hash: str
+    predecessor: str | None
+    created: bool
+
+
+class Chain:
+    """One policy's head entries: ``accepted``, each continuing the one before (module
+    docstring) and checked against its version's authenticated row, in ledger order (a
+    snapshot keeps only the last); ``held``, the entries from the first that could not be
+    checked yet (its version's row missing or not authenticating), waiting."""
+
+    __slots__ = ("accepted", "held")
+
+    def __init__(self, accepted: list[Event], held: list[Event]) -> None:
+        self.accepted, self.held = accepted, held
+
+    def copy(self) -> Chain:
+        return Chain(list(self.accepted), list(self.held))
+
+
+Chains = dict[str, Chain]
+# predecessor_of(conn, name, hash): the predecessor of version ``hash`` of ``name`` as its row,
+# verified under the master key, says; a StorageError when there is no such row or it does
+# not verify (confide.cas.policy_auth.PolicyAuth.predecessor)
+Validate = Callable[[Connection, str, str], "str | None"]
+
+
+class LedgerEntriesAltered(StorageError):
+    """A ledger entry's bytes do not hash to the leaf hash stored at its index (or the entry or
+    its tile is missing): the database was altered."""
+
+    def __init__(self, index: int, why: str) -> None:
+        super().__init__(
+            f"ledger entry {index} {why}: the database was altered; the CAS judges no policy's "
+            "current version until the entry is restored"
+        )
+        self.index = index
+
+
+class HeadAnchorAltered(StorageError):
+    """The stored snapshot of the policies' head entries (``policy_head_anchor``) does not
+    authenticate under the master key, or is larger than the ledger."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(
+            f"the stored snapshot of the policies' current versions (policy_head_anchor) {why}: the "
+            "database was altered; the CAS judges no policy's current version until it is restored "
+            "or deleted (a deleted snapshot is rebuilt from the ledger's entries)"
+        )
+
+
+def anchor_mac(key: bytes, key_id: str, size: int, heads: str) -> str:
+    """HMAC-SHA256 of a snapshot (module docstring): ``heads`` is its stored text."""
+    digest = hashlib.sha256(heads.encode()).hexdigest()
+    fields = json.dumps([key_id, size, digest], separators=(",", ":")).encode()
+    message = ANCHOR_INFO + b"\x00anchor\x00" + fields
+    return hmac.new(key, message, "sha256").hexdigest()
+
+
+def _is_write(conn: Connection) -> bool:
+    return not conn.get_execution_options().get(READ_OPTION, False)
+
+
+def _event_json(e: Event) -> list[object]:
+    return [e.at, e.hash, e.predecessor, e.created]
+
+
+def _encode(chains: Chains) -> str:
+    out = {
+        name: {"latest": _event_json(c.accepted[-1]) if c.accepted else None,
+               "held": [_event_json(e) for e in c.held]}
+        for name, c in chains.items() if c.accepted or c.held
+    }  # fmt: skip
+    return json.dumps(out, sort_keys=True, separators=(",", ":"))
+
+
+def _event_of(item: object) -> Event:
+    if not (isinstance(item, list) and len(item) == 4 and type(item[0]) is int and isinstance(item[1], str)
+            and (item[2] is None or isinstance(item[2], str)) and type(item[3]) is bool):  # fmt: skip
+        raise HeadAnchorAltered("is malformed")
+    return Event(item[0], item[1], item[2], item[3])
+
+
+def _decode(text: str) -> Chains:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise HeadAnchorAltered("is not JSON") from None
+    if not isinstance(value, dict):
+        raise HeadAnchorAltered("is malformed")
+    out: Chains = {}
+    for name, item in value.items():
+        if not (
+            isinstance(item, dict) and set(item) == {"latest", "held"} and isinstance(item["held"], list)
+        ):
+            raise HeadAnchorAltered("is malformed")
+        latest = item["latest"]
+        out[name] = Chain([] if latest is None else [_event_of(latest)], [_event_of(e) for e in item["held"]])
+    return out
+
+
+def _head_event(index: int, data: bytes) -> tuple[str, Event] | None:
+    """The policy and :class:`Event` of a head entry (``None``: not one, or malformed: logged,
+    and never a link of a chain)."""
+    try:
+        entry = Entry.from_bytes(data)
+    except ParseError:
+        entry = None
+    if entry is None or entry.type not in _HEAD_TYPES or entry.policy is None:
+        _ignored(index, "is not a well-formed head entry")
+        return None
+    digest, predecessor = entry.payload.get("hash"), entry.payload.get("predecessor", 0)
+    if not (isinstance(digest, str) and (predecessor is None or isinstance(predecessor, str))):
+        _ignored(index, "names no version or no predecessor")
+        return None
+    return entry.policy, Event(index, digest, predecessor, entry.type is EntryType.POLICY_CREATED)
+
+
+def scan(raw: Conn, start: int, end: int) -> tuple[list[tuple[str, Event]], int]:
+    """The head entries among ledger entries ``start`` to ``end`` (exclusive), in order, each
+    entry's bytes checked against the leaf hash of its level-0 tile; ``LedgerEntriesAltered``
+    otherwise. Returns the head entries and the number of entries scanned."""
+    found: list[tuple[str, Event]] = []
+    at = start
+    while at < end:
+        stop = min(end, at + CHUNK)
+        rows = execute(
+            raw, "SELECT idx, data FROM ledger_entries WHERE idx >= ? AND idx < ? ORDER BY idx", (at, stop)
+        ).fetchall()
+        first_tile, last_tile = at // TILE_WIDTH, (stop - 1) // TILE_WIDTH
+        tiles = {
+            int(i): bytes(h)
+            for i, h in execute(
+                raw,
+                "SELECT idx, hashes FROM ledger_tiles WHERE level = 0 AND idx >= ? AND idx <= ?",
+                (first_tile, last_tile),
+            ).fetchall()
+        }
+        expected = at
+        for idx, blob in rows:
+            index, data = int(idx), bytes(blob)
+            if index != expected:
+                raise _altered(expected, "is missing")
+            expected += 1
+            tile = tiles.get(index // TILE_WIDTH)
+            slot = (index % TILE_WIDTH) * HASH_SIZE
+            if tile is None or len(tile) < slot + HASH_SIZE:
+                raise _altered(index, "has no leaf hash in the tiles")
+            if not hmac.compare_digest(hash_leaf(data), tile[slot : slot + HASH_SIZE]):
+                raise _altered(index, "does not hash to the leaf hash stored for it")
+            if data.endswith(_SUFFIXES) and (event := _head_event(index, data)) is not None:
+                found.append(event)
+        if expected != stop:
+            raise _altered(expected, "is missing")
+        at = stop
+    return found, end - start
+
+
+def check_leaf(raw: Conn, index: int, data: bytes) -> None:
+    """``LedgerEntriesAltered`` unless ``data`` hashes to the leaf hash stored for entry
+    ``index`` (its level-0 tile)."""
+    row = execute(
+        raw, "SELECT hashes FROM ledger_tiles WHERE level = 0 AND idx = ?", (index // TILE_WIDTH,)
+    ).fetchone()
+    slot = (index % TILE_WIDTH) * HASH_SIZE
+    tile = b"" if row is None else bytes(row[0])
+    if len(tile) < slot + HASH_SIZE:
+        raise _altered(index, "has no leaf hash in the tiles")
+    if not hmac.compare_digest(hash_leaf(data), tile[slot : slot + HASH_SIZE]):
+        raise _altered(index, "does not hash to the leaf hash stored for it")
+
+
+def _altered(index: int, why: str) -> LedgerEntriesAltered:
+    _LOG.warning(json.dumps({"event": "ledger-entries-altered", "index": index, "why": why}))
+    return LedgerEntriesAltered(index, why)
+
+
+def _ignored(index: int, why: str) -> None:
+    _LOG.warning(json.dumps({"event": "policy-head-entry-ignored", "index": index, "why": why}))
+
+
+def _continues(chain: Chain, event: Event) -> bool:
+    """Whether ``event`` continues ``chain``: the first is a creation without predecessor, each
+    later one an update whose predecessor is the version the one before made current."""
+    if not chain.accepted:
+        return event.created and event.predecessor is None
+    return not event.created and event.predecessor == chain.accepted[-1].hash
+
+
+def _resolve(name: str, chain: Chain, validate: Validate, conn: Connection) -> int:
+    """Accept ``chain``'s held entries in order while each continues the chain and its version's
+    authenticated row names the same predecessor; drop (logged) one that does not continue.
+    Returns the number dropped."""
+    dropped = 0
+    while chain.held:
+        event = chain.held[0]
+        if not _continues(chain, event):
+            _ignored(event.at, f"does not continue the chain of policy {name[:128]!r}")
+            chain.held.pop(0)
+            dropped += 1
+            continue
+        try:
+            fits = validate(conn, name, event.hash) == event.predecessor
+        except StorageError:
+            fits = False
+        if not fits:
+            _LOG.warning(
+                json.dumps({"event": "policy-head-entry-held", "index": event.at, "policy": name[:128]})
+            )
+            return dropped
+        chain.accepted.append(chain.held.pop(0))
+    return dropped
+
+
+def _index(event: Event) -> int:
+    return event.at
+
+
+class HeadView:
+    """The head entries as one transaction sees the ledger (its size ``size``)."""
+
+    __slots__ = ("chains", "overlay", "size")
+
+    def __init__(self, chains: Chains, overlay: Chains, size: int) -> None:
+        self.chains, self.overlay, self.size = chains, overlay, size
+
+    def latest(self, name: str) -> tuple[Event | None, int | None]:
+        """``name``'s latest accepted head entry below this view's size (``None``: none), and
+        the index of its first held entry below it (``None``: none)."""
+        chain = self.overlay.get(name) or self.chains.get(name)
+        if chain is None:
+            return None, None
+        first = chain.held[:1]  # one copy: another thread's scan may accept it meanwhile
+        held = first[0].at if first and first[0].at < self.size else None
+        accepted = chain.accepted  # only ever appended to
+        if accepted and accepted[-1].at < self.size:  # the usual case: visible to this reader
+            return accepted[-1], held
+        at = bisect.bisect_left(accepted, self.size, key=_index) - 1
+        return (None if at < 0 else accepted[at]), held
+
+
+class HeadIndex:
+    """Per process: every policy's chain of head entries in the ledger entries scanned so far
+    (module docstring). ``db``: where a write transaction's caller reads the committed entries
+    from (``None``: such a scan is an overlay only, as in a rotation's own :class:`PolicyAuth`).
+    ``validate``: the predecessor a version's authenticated row names (:data:`Validate`).
+    ``on_change(names)``: called (under the index's lock) with the policies whose chains a scan
+    changed, so the verified-head cache drops them."""
+
+    def __init__(self, sealer: Sealer, validate: Validate, db: Database | None = None) -> None:
+        self.sealer = sealer
+        self.validate = validate
+        self.db = db
+        self.on_change: Callable[[Iterable[str]], None] = lambda names: None
+        self._lock = threading.RLock()
+        self._size: int | None = None  # entries absorbed (all committed); None: not loaded
+        self._chains: Chains = {}
+        self._stored = 0  # the size of the snapshot last read or written
+        self.scanned = 0  # entries scanned (metric)
+        self.refusals = 0  # altered entries or snapshots met (metric)
+        self.ignored = 0  # head entries that do not continue their chain (metric)
+
+    @property
+    def size(self) -> int | None:
+        return self._size
+
+    def _key(self, key_id: str) -> bytes:
+        return self.sealer.only(key_id).derive_key(ANCHOR_INFO)
+
+    # --- loading and scanning -------------------------------------------------------------------
+
+    def _load(self, raw: Conn, ledger_size: int) -> None:
+        """Start from the stored snapshot (verified), or from the ledger's first entry."""
+        row = execute(raw, "SELECT size, heads, key_id, mac FROM policy_head_anchor WHERE id = 1").fetchone()
+        if row is None:
+            _LOG.info(json.dumps({"event": "policy-head-anchor-missing", "ledger_size": ledger_size}))
+            self._size, self._chains, self._stored = 0, {}, 0
+            return
+        size, heads, key_id, mac = row
+        if not (type(size) is int and isinstance(heads, str) and isinstance(key_id, str)
+                and isinstance(mac, str) and _KEY_ID.fullmatch(key_id)
+                and key_id in self.sealer.key_ids):  # fmt: skip
+            raise self._refuse(HeadAnchorAltered("does not authenticate under the master key"))
+        if not hmac.compare_digest(anchor_mac(self._key(key_id), key_id, size, heads).encode(), mac.encode()):
+            raise self._refuse(HeadAnchorAltered("does not authenticate under the master key"))
+        if size > ledger_size:
+            why = f"covers {size} ledger entries, the ledger has {ledger_size}"
+            raise self._refuse(HeadAnchorAltered(why))
+        self._chains, self._size, self._stored = _decode(heads), size, size
+
+    def _refuse(self, exc: StorageError) -> StorageError:
+        self.refusals += 1
+        if isinstance(exc, HeadAnchorAltered):
+            _LOG.warning(json.dumps({"event": "policy-head-anchor-altered"}))
+        return exc
+
+    def _scan(self, raw: Conn, start: int, end: int) -> list[tuple[str, Event]]:
+        started = time.monotonic()
+        try:
+            found, count = scan(raw, start, end)
+        except LedgerEntriesAltered:
+            self.refusals += 1
+            raise
+        self.scanned += count
+        if count >= CHUNK:
+            _LOG.info(json.dumps({"event": "policy-head-index-scanned", "entries": count,
+                                  "seconds": round(time.monotonic() - started, 3)}))  # fmt: skip
+        return found
+
+    def _extend(
+        self, chains: Chains, found: list[tuple[str, Event]], conn: Connection, *, copy: bool
+    ) -> set[str]:
+        """Queue ``found`` on their policies' chains in ``chains`` (copies of the shared ones
+        when ``copy``) and resolve them. Returns the policies changed."""
+        changed: set[str] = set()
+        for name, event in found:
+            chain = chains.get(name)
+            if chain is None:
+                chain = chains[name] = Chain([], [])
+            elif copy and name not in changed:
+                chain = chains[name] = chain.copy()
+            changed.add(name)
+            chain.held.append(event)
+        for name in changed:
+            self.ignored += _resolve(name, chains[name], self.validate, conn)
+        return changed
+
+    def _absorb(self, conn: Connection, ledger_size: int) -> None:
+        """Load if need be, then keep the committed entries up to ``ledger_size`` (``conn``: a
+        transaction that sees only committed entries), and try the held ones again. Under the
+        lock."""
+        raw = raw_connection(conn)
+        if self._size is None:
+            self._load(raw, ledger_size)
+        assert self._size is not None
+        changed: set[str] = set()
+        for name, chain in self._chains.items():
+            if chain.held:  # tampering met before: its version's row may be restored now
+                before = len(chain.accepted), len(chain.held)
+                self.ignored += _resolve(name, chain, self.validate, conn)
+                if (len(chain.accepted), len(chain.held)) != before:
+                    changed.add(name)
+        if ledger_size > self._size:
+            changed |= self._extend(self._chains, self._scan(raw, self._size, ledger_size), conn, copy=False)
+            self._size = ledger_size
+        if changed:
+            self.on_change(changed)
+
+    def refresh(self, conn: Connection) -> int:
+        """Bring the index up to the ledger's committed size (``conn``: a read transaction, or
+        a write transaction when the index has its database). Returns the index's size."""
+        self.view(conn)
+        assert self._size is not None
+        return self._size
+
+    def view(self, conn: Connection) -> HeadView:
+        """The head entries as ``conn``'s transaction sees the ledger: the committed entries
+        kept, and in a write transaction the entries only it sees as an overlay (module
+        docstring)."""
+        raw = raw_connection(conn)
+        ledger_size = Ledger.size(raw)
+        write = _is_write(conn)
+        with self._lock:
+            if not write:
+                self._absorb(conn, ledger_size)
+            elif self.db is not None and (self._size is None or self._size < ledger_size):
+                with self.db.read() as other:
+                    self._absorb(other, Ledger.size(raw_connection(other)))
+            elif self._size is None:
+                # no database to read committed entries from: the snapshot only (it describes
+                # committed entries whoever wrote it), the rest an overlay
+                self._load(raw, ledger_size)
+            assert self._size is not None
+            base, chains = self._size, self._chains
+            overlay: Chains = {}
+            if ledger_size > base:
+                ignored = self.ignored
+                for name, event in self._scan(raw, base, ledger_size):
+                    if name not in overlay:
+                        shared = chains.get(name)
+                        overlay[name] = shared.copy() if shared is not None else Chain([], [])
+                    overlay[name].held.append(event)
+                for name, chain in overlay.items():
+                    _resolve(name, chain, self.validate, conn)
+                self.ignored = ignored  # counted when the entries are kept, not per overlay
+        return HeadView(chains, overlay, ledger_size)
+
+    # --- the stored snapshot ----------------------------------------------------------------------
+
+    def due(self) -> bool:
+        """Whether the index is :data:`STORE_EVERY` entries ahead of the stored snapshot."""
+        return self._size is not None and self._size - self._stored >= STORE_EVERY
+
+    def store(self, conn: Connection, now: float) -> bool:
+        """Write the index as the stored snapshot in ``conn``'s write transaction, MAC'd under
+        the master key the database names, when it is newer than the one stored (a stored row
+        that does not verify is left as it is, logged: the next start refuses it). Returns
+        whether it wrote."""
+        raw = raw_connection(conn)
+        with self._lock:
+            if self._size is None:
+                return False
+            size, text = self._size, _encode(self._chains)
+        row = execute(raw, "SELECT size, heads, key_id, mac FROM policy_head_anchor WHERE id = 1").fetchone()
+        if row is not None:
+            stored_size, heads, stored_key, mac = row
+            try:
+                verified = (type(stored_size) is int and isinstance(heads, str) and isinstance(mac, str)
+                            and isinstance(stored_key, str) and stored_key in self.sealer.key_ids
+                            and hmac.compare_digest(anchor_mac(self._key(stored_key), stored_key, stored_size,
+                                                               heads).encode(), mac.encode()))  # fmt: skip
+            except ConfideError:
+                verified = False
+            if not verified:
+                self.refusals += 1
+                _LOG.warning(json.dumps({"event": "policy-head-anchor-altered", "action": "not-rewritten"}))
+                return False
+            if stored_size >= size:
+                self._stored = max(self._stored, stored_size)
+                return False
+        key_id = _writing_key_id(raw, self.sealer)
+        mac = anchor_mac(self._key(key_id), key_id, size, text)
+        if row is None:
+            execute(
+                raw,
+                "INSERT INTO policy_head_anchor (id, size, heads, updated_at, key_id, mac) "
+                "VALUES (1, ?, ?, ?, ?, ?)",
+                (size, text, now, key_id, mac),
+            )
+        else:
+            execute(
+                raw,
+                "UPDATE policy_head_anchor SET size = ?, heads = ?, updated_at = ?, key_id = ?, mac = ? "
+                "WHERE id = 1",
+                (size, text, now, key_id, mac),
+            )
+        self._stored = size
+        return True
+
+    def metrics(self) -> dict[str, Any]:
+        return {"size": self._size or 0, "stored": self._stored, "scanned": self.scanned,
+                "refusals": self.refusals}  # fmt: skip
+
+
+def _writing_key_id(raw: Conn, sealer: Sealer) -> str:
+    got = execute(raw, "SELECT value FROM meta WHERE key = ?", (_KEY_ID_META,)).fetchone()
+    return sealer.sealing_key_id if got is None or got[0] is None else str(got[0])
+
+
+def reauthenticate_anchor(conn: Connection, old: Sealer, new: Sealer, new_key_id: str) -> bool:
+    """In a master-key rotation's transaction: verify the stored snapshot under the old key
+    (``old``; :class:`HeadAnchorAltered` aborts the rotation, as an altered head does) and MAC
+    it under the new one. Returns whether there was one."""
+    raw = raw_connection(conn)
+    row = execute(raw, "SELECT size, heads, key_id, mac FROM policy_head_anchor WHERE id = 1").fetchone()
+    if row is None:
+        return False
+    size, heads, key_id, mac = row
+    if not (type(size) is int and isinstance(heads, str) and isinstance(key_id, str) and isinstance(mac, str)
+            and key_id in old.key_ids):  # fmt: skip
+        raise HeadAnchorAltered("does not authenticate under the master key")
+    if not hmac.compare_digest(
+        anchor_mac(old.only(key_id).derive_key(ANCHOR_INFO), key_id, size, heads).encode(), mac.encode()
+    ):
+        raise HeadAnchorAltered("does not authenticate under the master key")
+    new_mac = anchor_mac(new.only(new_key_id).derive_key(ANCHOR_INFO), new_key_id, size, heads)
+    execute(raw, "UPDATE policy_head_anchor SET key_id = ?, mac = ? WHERE id = 1", (new_key_id, new_mac))
+    return True
+
+
+class HeadIndexRefresher(PeriodicTask):
+    """``cas serve``: every ``interval`` seconds, scan the entries appended since (other
+    replicas' too) in a read transaction, and store a newer snapshot when one is due. A
+    failure is logged and tried again at the next tick (a head read refuses meanwhile)."""
+
+    def __init__(
+        self,
+        index: HeadIndex,
+        db: Database,
+        interval: float = REFRESH_SECONDS,
+        *,
+        clock: Callable[[], float] = time.time,
+        wait: Callable[[float], bool] | None = None,
+    ) -> None:
+        super().__init__(interval, what="head index refresh interval", thread_name="head-index", wait=wait)
+        self.index, self.db, self.clock = index, db, clock
+
+    def tick(self) -> bool:
+        try:
+            with self.db.read() as conn:
+                self.index.refresh(conn)
+            if self.index.due():
+                with self.db.write() as conn:
+                    self.index.store(conn, self.clock())
+        except ConfideError as exc:
+            failed = {"event": "policy-head-index-refresh-failed", "error": type(exc).__name__}
+            _LOG.warning(json.dumps(failed))
+            return False
+        return True
