@@ -20,7 +20,7 @@ Stakeholders (:class:`Identity` signs)::
     cas.show(name, identity) -> PolicyInfo           # never secret values
     cas.events(name, identity) -> tuple[PolicyEvent, ...]
     cas.history(name, identity) -> History           # confide ledger history (proven in the log)
-    cas.accesses(name, identity, secret=None) -> tuple[Access, ...]
+    cas.accesses(name, identity, secret=None) -> Accesses (a tuple of Access)
     cas.crl(name, secret, identity=None) -> bytes
     cas.revoke(name, secret, identity, serial=... | all_valid=True) -> Revocation
 
@@ -69,6 +69,7 @@ __all__ = [
     "ENV_SIM_DIR",
     "MAX_ANSWER_DEPTH",
     "Access",
+    "Accesses",
     "Cas",
     "Evidence",
     "History",
@@ -397,6 +398,40 @@ class Access:
     volumes: tuple[Mapping[str, JsonValue], ...] = ()
 
 
+def _view(update: ViewUpdate | None) -> ViewState | None:
+    """What a state file held, as :class:`History` and :class:`Accesses` say it."""
+    if update is None:
+        return None
+    previous = None if update.previous is None else update.previous.size
+    return ViewState(previous, update.known, update.remembered)
+
+
+class Accesses(tuple[Access, ...]):
+    """The releases :meth:`Cas.accesses` found (a tuple of :class:`Access`, as before), with
+    what :class:`History` also says: ``checkpoint_size``, the signed checkpoint's size, and
+    ``state``, with a state file what it held (``None`` without one)."""
+
+    checkpoint_size: int
+    state: ViewState | None
+
+    def __new__(
+        cls, entries: Iterable[Access] = (), checkpoint_size: int = 0, state: ViewState | None = None
+    ) -> Accesses:
+        self = super().__new__(cls, entries)
+        object.__setattr__(self, "checkpoint_size", checkpoint_size)
+        object.__setattr__(self, "state", state)
+        return self
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Accesses is read-only: cannot set {name}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Accesses is read-only: cannot delete {name}")
+
+    def __repr__(self) -> str:
+        return f"Accesses({tuple(self)!r}, checkpoint_size={self.checkpoint_size}, state={self.state!r})"
+
+
 @dataclass(frozen=True)
 class Revocation:
     """What an owner's revocation did (``confide policy revoke``): the certificates revoked, the
@@ -710,6 +745,18 @@ class Cas:
     def _log_verifier(self, log_key: str | None) -> NoteVerifier:
         from confide.ledger.note import NoteVerifier  # noqa: PLC0415
 
+        if log_key and self.attestation is not None and self.log_key:
+            # The key Cas.attested pinned came with the CAS's verified evidence: another one
+            # given here would check the log against a key the evidence does not vouch for.
+            try:
+                given = NoteVerifier.from_vkey(log_key.strip()).vkey
+            except ParseError as exc:
+                raise UsageError(f"log_key: {exc.message}") from None
+            if given != NoteVerifier.from_vkey(self.log_key.strip()).vkey:  # public keys
+                raise UsageError(
+                    "log_key: differs from the log key this CAS's attestation pinned (Cas.attested): leave "
+                    "log_key out, or connect with Cas.connect to check another key"
+                )
         key = log_key or self.log_key
         if not key:
             raise UsageError(
@@ -760,11 +807,7 @@ class Cas:
                     bool(row["included"]),
                 )
             )
-        view = None
-        if update is not None:
-            previous = None if update.previous is None else update.previous.size
-            view = ViewState(previous, update.known, update.remembered)
-        return History(signed.checkpoint.size if signed is not None else 0, tuple(entries), view)
+        return History(signed.checkpoint.size if signed is not None else 0, tuple(entries), _view(update))
 
     def _audited(
         self, name: str, identity: Identity, log_key: str | None, state: str | os.PathLike[str] | None
@@ -789,13 +832,15 @@ class Cas:
         secret: str | None = None,
         log_key: str | None = None,
         state: str | os.PathLike[str] | None = None,
-    ) -> tuple[Access, ...]:
+    ) -> Accesses:
         """Which attested services received the policy's secrets (only ``secret``'s, when
         given), when, under which measurement (``confide ledger accesses``), verified as
-        :meth:`history` verifies (with ``state`` too). Raises as :meth:`history`."""
+        :meth:`history` verifies (with ``state`` too). A tuple of :class:`Access` whose
+        ``checkpoint_size`` and ``state`` say what :class:`History`'s do (with ``state``, what
+        the file held). Raises as :meth:`history`."""
         from confide.cas.audit import accesses  # noqa: PLC0415
 
-        _signed, events, _update = self._audited(name, identity, log_key, state)
+        signed, events, update = self._audited(name, identity, log_key, state)
         out = []
         for row in accesses(events, secret):
             released = []
@@ -823,7 +868,7 @@ class Cas:
                     volumes,
                 )
             )
-        return tuple(out)
+        return Accesses(out, signed.checkpoint.size if signed is not None else 0, _view(update))
 
     def crl(self, name: str, secret: str, identity: Identity | None = None, *, pem: bool = False) -> bytes:
         """The current CRL of the CA ``secret`` of policy ``name`` (DER, or PEM with ``pem``;

@@ -154,6 +154,15 @@ def test_attested_pins_the_certificate_and_the_log_key(cas_proc: CasProcess) -> 
         env["CONFIDE_CAS_URL"], sim_key=sim_key, expect={"measurement": [measurement]}
     ) as by_claim:
         assert by_claim.cas_key_sha256 == pinned.cas_key_sha256
+        # the log key the evidence pinned is not overridden by another one given to a call
+        other = NoteSigner.generate(env["CONFIDE_LOG_KEY"].split("+")[0]).verifier.vkey
+        for call in (by_claim.history, by_claim.accesses):
+            with pytest.raises(
+                errors.UsageError, match="differs from the log key this CAS's attestation pinned"
+            ):
+                call("nothing-here", alice, log_key=other)
+        with pytest.raises(errors.AccessDeniedError):  # the pinned key itself, given again: checked on
+            by_claim.history("nothing-here", alice, log_key=" " + env["CONFIDE_LOG_KEY"] + "\n")
 
 
 def test_a_stakeholder_script_does_not_load_the_runtime() -> None:
@@ -303,7 +312,12 @@ def test_history_and_accesses_remember_a_state_file(cas: Cas, cas_proc: CasProce
     again = cas.history("sdk-state", alice, state=state)
     assert again.state is not None and again.state.previous_size == first.checkpoint_size
     assert again.state.entries_known == first.state.entries_remembered
-    assert cas.accesses("sdk-state", alice, state=state) == ()  # the same file, checked again
+    found = cas.accesses("sdk-state", alice, state=state)  # the same file, checked again
+    assert found == () and found.checkpoint_size >= again.checkpoint_size
+    # what the file held, as history says it
+    assert found.state is not None and found.state.previous_size == again.checkpoint_size
+    assert found.state.entries_known == again.state.entries_remembered
+    assert cas.accesses("sdk-state", alice).state is None
     assert cas.history("sdk-state", alice).state is None  # without a file nothing is remembered
     broken = tmp_path / "broken.state"
     broken.write_text("not json")

@@ -16,6 +16,7 @@ from confide import jsonstrict
 from confide.cas.client import CasClient
 from confide.errors import ConfideError, NetworkError, ParseError, UsageError
 from confide.identity import Identity
+from confide.ledger.http import client_tls_context
 from confide.policy import load_policy
 from confide.sdk import MAX_ANSWER_DEPTH, Cas
 
@@ -144,6 +145,12 @@ def test_a_fifo_in_place_of_a_file_is_refused_not_waited_on(cas: Cas, tmp_path: 
         "client.env": lambda: Cas.from_env_file(fifo),
         "sim_key": lambda: Cas.attested(UNREACHABLE, sim_key=fifo, any_measurement=True),
         "load_policy": lambda: load_policy(fifo),  # confide policy apply's reader
+        # a certificate path went straight to OpenSSL as a cafile, which waited on the FIFO
+        "ca_cert": lambda: Cas.connect("https://127.0.0.1:9", ca_cert=fifo),
+        "CONFIDE_CAS_CERT": lambda: Cas.from_env(
+            {"CONFIDE_CAS_URL": "https://127.0.0.1:9", "CONFIDE_CAS_CERT": str(fifo)}
+        ),
+        "--cacert": lambda: client_tls_context(fifo),  # ledger verify, request-cosignature
     }
     for what, call in calls.items():
         error = _refused_at_once(call, fifo)

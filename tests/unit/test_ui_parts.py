@@ -3,10 +3,15 @@ errors are shown with (tests/integration/test_ui.py drives the whole page)."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from confide import errors
-from confide.ui.app import MAX_FIELDS, _parse_form, _Refused, describe
+from confide.cas.client import CasClient
+from confide.sdk import Cas
+from confide.ui.app import MAX_FIELDS, Guard, UiState, _parse_form, _Refused, describe
 from confide.ui.cli import default_state_file, parse_listen
 from confide.ui.html import Html, esc, h, join, page
 
@@ -96,3 +101,58 @@ def test_errors_are_named_in_words_and_as_the_cli_names_them() -> None:
     assert describe(errors.RollbackError("older"))[1] == "RollbackError, exit 60"
     assert describe(errors.LogRollbackError("w"))[0].startswith("Rollback")  # by its parent class
     assert describe(errors.ConfideError("x")) == ("confide failed", "ConfideError, exit 1")
+
+
+def _guarded() -> tuple[Guard, UiState]:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"page"})
+
+    cas = Cas(CasClient("http://127.0.0.1:1", None, plain_http_for_tests=True))  # never connects
+    state = UiState(cas, None, None, None, allowed_hosts=frozenset({"127.0.0.1:8765"}), port=8765)
+    return Guard(app, state), state
+
+
+def _ask(guard: Guard, path: str, query: str = "", headers: tuple[tuple[bytes, bytes], ...] = ()) -> Any:
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "query_string": query.encode(),
+             "headers": [(b"host", b"127.0.0.1:8765"), *headers]}  # fmt: skip
+    asyncio.run(guard(scope, receive, send))
+    return sent[0]["status"], dict(sent[0]["headers"])
+
+
+@pytest.mark.parametrize(
+    ("path", "location"),
+    [
+        ("/policy", b"/policy?name=p"),
+        ("//evil.example/x", b"/evil.example/x"),  # as it was: a URL of another host
+        ("///evil.example", b"/evil.example"),
+        ("/x\r\nX-Injected: 1", b"/x%0D%0AX-Injected%3A%201"),  # a decoded CR LF stays out of the head
+    ],
+)
+def test_the_token_redirects_to_a_path_of_this_page(path: str, location: bytes) -> None:
+    guard, state = _guarded()
+    status, headers = _ask(
+        guard, path, f"name=p&token={state.token}" if path == "/policy" else f"token={state.token}"
+    )
+    assert status == 303 and headers[b"location"] == location
+    assert headers[b"set-cookie"].startswith(f"confide-ui-8765={state.session};".encode())
+
+
+def test_the_token_is_single_use_and_other_sites_are_refused() -> None:
+    guard, state = _guarded()
+    assert _ask(guard, "/", f"token={state.token}", ((b"sec-fetch-site", b"same-site"),))[0] == 403
+    assert not state.token_used  # a refused request does not use it
+    assert _ask(guard, "/", f"token={state.token}", ((b"sec-fetch-site", b"none"),))[0] == 303
+    assert _ask(guard, "/", f"token={state.token}")[0] == 403  # used
+    cookie = (b"cookie", f"confide-ui-8765={state.session}".encode())
+    for site, status in [(b"same-origin", 200), (b"none", 200), (b"same-site", 403), (b"cross-site", 403)]:
+        assert _ask(guard, "/", "", (cookie, (b"sec-fetch-site", site)))[0] == status, site
+    assert _ask(guard, "/", "", (cookie,))[0] == 200  # not a browser: no Sec-Fetch-Site

@@ -769,6 +769,7 @@ def _attested_claims(platform: str, expect: dict[str, tuple[str, ...]]) -> dict[
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
+    from confide.cas.client import read_cert_file
     from confide.cas.key_release import IDENTITY_CLAIMS
     from confide.cas.pin import attest_cas
     from confide.cas.successor import claim_text
@@ -783,7 +784,7 @@ def _attested_claims(platform: str, expect: dict[str, tuple[str, ...]]) -> dict[
         )
     sim_dir = os.environ.get("CONFIDE_SIM_DIR")
     try:
-        pinned_pem = Path(cert).read_bytes()
+        pinned_pem = read_cert_file(Path(cert), "CONFIDE_CAS_CERT")
         key_pem = (Path(sim_dir) / "platform-key.pub.pem").read_bytes() if sim_dir else None
     except OSError as exc:
         raise UsageError(f"--retire-attested: cannot read {exc.filename}: {exc.strerror}") from None

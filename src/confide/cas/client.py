@@ -38,6 +38,7 @@ from confide.cas.documents import BOARD_CHANGE_TYPE as SUCCESSOR_BOARD_CHANGE_TY
 from confide.cas.documents import RETIREMENT_TYPE as SUCCESSOR_RETIREMENT_TYPE
 from confide.cas.documents import WITHDRAWAL_TYPE as SUCCESSOR_WITHDRAWAL_TYPE
 from confide.errors import ConfideError, NetworkError, UsageError
+from confide.fsutil import read_regular
 from confide.httpbody import read_body
 from confide.identity import Identity
 
@@ -139,13 +140,40 @@ def _raise_for(response: _Answer) -> Any:
     return data
 
 
-def _one_certificate_spki(cert: Path | bytes) -> str:
-    """:func:`confide.cas.core.spki_sha256` of the one certificate in ``cert`` (a file or PEM
-    bytes): the CAS this client's read requests are for."""
+MAX_CERT_FILE = 1 << 20
+"""The largest certificate file read (bytes): a CAS certificate is a few KiB."""
+
+
+def read_cert_file(path: Path, what: str = "the CAS certificate") -> bytes:
+    """The bytes of the PEM file ``path``: a regular file (after symlinks), opened without
+    blocking and read bounded, so a FIFO or a device named by ``CONFIDE_CAS_CERT``,
+    ``ca_cert=`` or ``--cacert`` is a ``UsageError`` at once, not a read by OpenSSL that waits
+    for a writer for ever."""
     try:
-        pem = cert if isinstance(cert, bytes) else cert.read_bytes()
+        data = read_regular(path, MAX_CERT_FILE)
+    except OSError as exc:
+        raise UsageError(f"cannot load {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CERT_FILE:
+        raise UsageError(f"cannot load {what} {path}: larger than {MAX_CERT_FILE} bytes")
+    return data
+
+
+def tls_trusting(pem: bytes, what: str = "the CAS certificate") -> ssl.SSLContext:
+    """A client context that trusts only the certificates in ``pem`` (the bytes of a PEM file:
+    what OpenSSL read as ``cafile`` before; bytes outside the ASCII PEM blocks are skipped as it
+    skipped them)."""
+    try:
+        return ssl.create_default_context(cadata=pem.decode("ascii", "ignore"))
+    except (ssl.SSLError, ValueError) as exc:
+        raise UsageError(f"cannot load {what}: {exc}") from None
+
+
+def _one_certificate_spki(cert: Path | bytes, pem: bytes) -> str:
+    """:func:`confide.cas.core.spki_sha256` of the one certificate in ``pem`` (the bytes of
+    ``cert``, a file or PEM bytes): the CAS this client's read requests are for."""
+    try:
         certificates = x509.load_pem_x509_certificates(pem)
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
         shown = "(pinned in memory)" if isinstance(cert, bytes) else cert
         raise UsageError(f"cannot load the CAS certificate {shown}: {exc}") from None
     if len(certificates) != 1:
@@ -186,12 +214,15 @@ class CasClient:
                     "client.env that 'confide cas serve' wrote, or set it to the file 'confide cas attest "
                     "--out PEM' wrote)"
                 )
+            # A file is read here (a regular file only, bounded), not handed to OpenSSL as a
+            # cafile: a FIFO in its place would be waited on for ever.
+            pem = cert if isinstance(cert, bytes) else read_cert_file(cert)
             try:
                 if isinstance(cert, bytes):  # the PEM itself (a certificate pinned in memory)
                     context = ssl.create_default_context(cadata=cert.decode("ascii"))
                 else:
-                    context = ssl.create_default_context(cafile=str(cert))
-            except (OSError, ssl.SSLError, UnicodeDecodeError) as exc:
+                    context = ssl.create_default_context(cadata=pem.decode("ascii", "ignore"))
+            except (OSError, ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
                 shown = "(pinned in memory)" if isinstance(cert, bytes) else cert
                 raise UsageError(f"cannot load the CAS certificate {shown}: {exc}") from None
             context.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -200,7 +231,7 @@ class CasClient:
                 # and the names it carries (the CAS's listen address) add nothing to it.
                 context.check_hostname = False
             verify: ssl.SSLContext | bool = context
-            self.cas_spki_sha256: str | None = _one_certificate_spki(cert)
+            self.cas_spki_sha256: str | None = _one_certificate_spki(cert, pem)
         else:
             verify = False
             self.cas_spki_sha256 = None

@@ -89,11 +89,11 @@ def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 
 def client_tls_context(cacert: Path) -> ssl.SSLContext:
-    """A client context that trusts only the certificates in CACERT (PEM)."""
-    try:
-        return ssl.create_default_context(cafile=str(cacert))
-    except (OSError, ssl.SSLError) as exc:
-        raise UsageError(f"--cacert: cannot load {cacert}: {exc}") from None
+    """A client context that trusts only the certificates in CACERT (PEM), read as a regular
+    file (bounded, without blocking: a FIFO is refused, not waited on by OpenSSL)."""
+    from confide.cas.client import read_cert_file, tls_trusting  # noqa: PLC0415
+
+    return tls_trusting(read_cert_file(cacert, "--cacert"), f"--cacert {cacert}")
 
 
 class Answer:

@@ -6,12 +6,13 @@ stakeholder's ``confide ui`` process, holds the identity there, and talks to the
 :class:`confide.sdk.Cas` as the commands do (docs/ui.md).
 
 The guard (:class:`Guard`) in front of every route: the ``Host`` header must be one of the
-listen address's names (DNS rebinding); a request must carry the per-launch access token
-(``?token=``, exchanged for an HttpOnly, SameSite=Strict cookie, then redirected away) or that
-cookie, both compared in constant time; the only method that changes anything is ``POST``, whose
-body is bounded (:data:`MAX_BODY`) and must carry the CSRF token; every answer carries a
-Content-Security-Policy without inline script, ``X-Frame-Options: DENY`` and
-``Referrer-Policy: no-referrer``.
+listen address's names (DNS rebinding); a browser's request must be the page's own or the
+user's (``Sec-Fetch-Site`` ``same-origin`` or ``none``); a request must carry the per-launch
+access token (``?token=``, single use, exchanged for an HttpOnly, SameSite=Strict cookie, then
+redirected away) or that cookie, both compared in constant time; the only method that
+changes anything is ``POST``, whose body is bounded (:data:`MAX_BODY`) and must carry the
+CSRF token; every answer carries a Content-Security-Policy without inline script,
+``X-Frame-Options: DENY`` and ``Referrer-Policy: no-referrer``.
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ class UiState:
     allowed_hosts: frozenset[str] = frozenset()
     port: int = 0
     token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    token_used: bool = False
     session: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     known: set[str] = field(default_factory=set)
@@ -260,6 +262,17 @@ class Guard:
         path = scope["path"]
         if path.startswith("/static/") and method != "POST":
             return None  # the page's style and script: nothing of the user's
+        # A browser says who made the request (Sec-Fetch-Site, on http://127.0.0.1 and
+        # localhost too): only this page's own links and forms (same-origin) and what the user
+        # opened (none: the printed URL). A page on another port of this machine is same-site,
+        # and SameSite=Strict cookies go with its requests: refused here.
+        site = headers.get(b"sec-fetch-site", b"none").decode("latin-1").lower()
+        if site not in ("same-origin", "none"):
+            raise _Refused(
+                403,
+                f"refused a request made by another site ({site}): open the URL confide ui printed "
+                "in the address bar",
+            )
         try:
             query = urllib.parse.parse_qsl(
                 scope.get("query_string", b"").decode("latin-1"), max_num_fields=MAX_FIELDS
@@ -270,9 +283,19 @@ class Guard:
         if token:
             if len(token) != 1 or not _same(token[0], self.state.token) or method != "GET":
                 raise _Refused(403, "wrong access token: open the URL confide ui printed")
+            # Single use: the browser keeps the URL it opened (its history, its session, synced
+            # history), and the redirect below does not take it out of them.
+            if self.state.token_used:
+                raise _Refused(
+                    403,
+                    "this URL was opened already: the browser that opened it holds the page's cookie; "
+                    "for another browser, restart confide ui (a new URL)",
+                )
+            self.state.token_used = True
             rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "token"])
             # the path re-encoded: a decoded %0d%0a must not become a line of the answer's head
-            location = urllib.parse.quote(path, safe="/") + (f"?{rest}" if rest else "")
+            # and one leading slash: "//host/..." would be a URL of another host
+            location = "/" + urllib.parse.quote(path.lstrip("/"), safe="/") + (f"?{rest}" if rest else "")
             cookie = f"{self.state.cookie}={self.state.session}; HttpOnly; SameSite=Strict; Path=/"
             return [(b"location", location.encode("latin-1")), (b"set-cookie", cookie.encode("latin-1"))]
         if not _same(_cookie(headers.get(b"cookie", b""), self.state.cookie), self.state.session):
@@ -554,8 +577,8 @@ def create_app(state: UiState) -> Guard:
         if history_state.previous_size is None:
             return h(
                 '<p class="note">First visit with the state file <code>{}</code>: it now remembers '
-                "this checkpoint and the {} entries of the policy in the log (this page lists its "
-                "versions).</p>",
+                "this checkpoint and the {} entries of the policy in the log (of every kind, not only "
+                "those this page lists).</p>",
                 state.state_file,
                 history_state.entries_remembered,
             )
@@ -629,12 +652,15 @@ def create_app(state: UiState) -> Guard:
         )
         which = h(" of secret <code>{}</code>", secret) if secret else Html("")
         body = h(
-            "{}<p>Releases{} to attested services, verified against the log (<code>confide ledger "
+            "{}{}<p>Releases{} to attested services, each proven included in the checkpoint (size {}) "
+            "signed by the log key, or newer than it (<code>confide ledger "
             "accesses</code>).</p><table><tr><th>log index</th><th>time</th><th>service</th>"
             "<th>measurement</th>"
             "<th>secrets</th><th>in the log</th></tr>{}</table>{}",
             policy_nav(name),
+            view_note(found.state),
             which,
+            found.checkpoint_size,
             rows,
             Html("") if found else Html("<p>No releases.</p>"),
         )
@@ -642,12 +668,13 @@ def create_app(state: UiState) -> Guard:
 
     def apply_form(text: str = "") -> Html:
         return h(
-            '<form method="post" action="/apply" enctype="multipart/form-data">{}'
+            '<form method="post" action="/apply" enctype="multipart/form-data" '
+            'data-confirm="Sign and submit this policy?">{}'
             "<p><label>Paste the policy (YAML):<br>"
             '<textarea name="yaml" spellcheck="false">{}</textarea></label></p>'
             "<p><label>or upload a file: "
             '<input type="file" name="file" accept=".yaml,.yml,text/yaml"></label></p>'
-            '<p><button data-confirm="Sign and submit this policy?">sign and apply</button></p></form>',
+            "<p><button>sign and apply</button></p></form>",
             _csrf(state),
             text,
         )
@@ -697,10 +724,10 @@ def create_app(state: UiState) -> Guard:
             diff = h('<p class="note">No diff: {} ({})</p>', exc.message, exc.kind)
         button = (
             h(
-                '<form method="post" action="/approve">{}<input type="hidden" name="name" value="{}">'
+                '<form method="post" action="/approve" data-confirm="Sign your approval of this version?">{}'
+                '<input type="hidden" name="name" value="{}">'
                 '<input type="hidden" name="hash" value="{}">'
-                '<button data-confirm="Sign your approval of this '
-                'version?">sign my approval of this version</button></form>',
+                "<button>sign my approval of this version</button></form>",
                 _csrf(state),
                 name,
                 digest,
@@ -990,8 +1017,10 @@ def cert_sha256(pem_path: str | None) -> str | None:
     from cryptography import x509  # noqa: PLC0415
     from cryptography.hazmat.primitives.serialization import Encoding  # noqa: PLC0415
 
+    from confide.cas.client import read_cert_file  # noqa: PLC0415
+
     try:
-        cert = x509.load_pem_x509_certificate(Path(pem_path).read_bytes())
-    except (OSError, ValueError):
+        cert = x509.load_pem_x509_certificate(read_cert_file(Path(pem_path)))
+    except (UsageError, ValueError):
         return None
     return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()

@@ -81,8 +81,8 @@ def ui(listen: str, identity_file: Path | None, env_file: Path | None, state_fil
     """Serve the stakeholders' web page on this machine: see who you are and which CAS, read
     policies, their events, verified history and accesses, apply, approve, revoke.
 
-    Prints the page's URL with its access token (valid until the process ends). Stop it with
-    Ctrl-C.
+    Prints the page's URL with its access token (single use: open it in one browser; its
+    cookie is valid until the process ends). Stop it with Ctrl-C.
 
     \b
     Example:
