@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import random
 import sys
 import tarfile
+import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,6 +189,72 @@ def test_reproducible_same_key_same_digests(tmp_path: Path) -> None:
     )
     c = run(tmp_path, base_image(), out="c", key=VolumeKey(b"\x01" * 32))  # negative twin: another key
     assert c.manifest_digest != a.manifest_digest and c.volume_tag != a.volume_tag
+
+
+class _Reversed:
+    """An ``os.scandir`` iterator that yields its entries in reverse (still a context manager)."""
+
+    def __init__(self, it: Any) -> None:
+        self._it, self._entries = it, list(it)
+
+    def __iter__(self) -> Any:
+        return iter(self._entries[::-1])
+
+    def __enter__(self) -> _Reversed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._it.close()
+
+
+def test_reproducible_whatever_the_listing_order_staging_times_and_runtime_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same input + same key -> same digests, with what a loaded machine or another file system
+    may change between two runs: the order directories are listed in (os.scandir/os.listdir,
+    hence Path.iterdir and rglob: the vendored files, the staging area, the volume's objects),
+    the modification times of the files sconify stages itself, the clock, and a cold
+    runtime-layer cache (the layer rebuilt) against a warm one (the cached blob)."""
+    sc = sys.modules["confide.image.sconify"]
+    img = base_image()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-a"))
+    a = run(tmp_path, img, out="a")
+    warm = run(tmp_path, img, out="warm")  # the runtime layer from the cache
+    scandir, listdir = os.scandir, os.listdir
+    monkeypatch.setattr(os, "scandir", lambda *args, **kw: _Reversed(scandir(*args, **kw)))
+    monkeypatch.setattr(os, "listdir", lambda *args, **kw: listdir(*args, **kw)[::-1])
+    probe = tmp_path / "probe"
+    for name in ("1", "2", "3"):
+        (probe / name).mkdir(parents=True)
+    assert [p.name for p in probe.iterdir()] == listdir(probe)[::-1]  # the patch is in effect
+    stage = sc._Staging.__call__
+    rng = random.Random(7)
+
+    def stage_at_other_times(self: Any, key: tuple[int, int], data: Any, size: int) -> None:
+        stage(self, key, data, size)
+        for p in self.wanted[key]:
+            os.utime(self.root / p, ns=(0, rng.randrange(1, 2**62)))
+
+    monkeypatch.setattr(sc._Staging, "__call__", stage_at_other_times)
+    clock, clock_ns = time.time, time.time_ns  # three years later, should anything read the clock
+    monkeypatch.setattr(time, "time", lambda: clock() + 1e8)
+    monkeypatch.setattr(time, "time_ns", lambda: clock_ns() + 10**17)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-b"))  # cold: rebuilt, reversed listings
+    b = run(tmp_path, img, out="b")
+    assert warm.manifest_digest == a.manifest_digest and b.manifest_digest == a.manifest_digest
+    assert b.volume_tag == a.volume_tag
+    assert sorted(p.name for p in (tmp_path / "a/blobs/sha256").iterdir()) == sorted(
+        p.name for p in (tmp_path / "b/blobs/sha256").iterdir()
+    )
+    # negative twin: the running confide is input (its source tree is vendored): one more file
+    # in it (a merge landing between two runs) gives another runtime layer and image digest,
+    # the same volume
+    extra = tmp_path / "extra.py"
+    extra.write_text("# landed between the runs\n")
+    vendored = sc._vendored
+    monkeypatch.setattr(sc, "_vendored", lambda: tuple(sorted((*vendored(), ("confide/extra.py", extra)))))
+    c = run(tmp_path, img, out="c")
+    assert c.manifest_digest != a.manifest_digest and c.volume_tag == a.volume_tag
 
 
 def test_untouched_layers_are_copied_byte_for_byte(tmp_path: Path) -> None:
