@@ -159,13 +159,13 @@ access_policy:
         bad = _confide(
             env, "run", "--config-id", "analytics/job", "--tee", "sim", "--", "/bin/sh", str(tampered)
         )
-        console.print(f"  exit {bad.returncode}: {bad.stderr.strip().splitlines()[-1][:150]}")
+        console.print(f"  exit {bad.returncode}: {bad.stderr.strip().splitlines()[-1][:300]}", soft_wrap=True)
         if bad.returncode == 0:
             failures += 1
 
         console.print("\n[bold]3.[/] the hospital tries to read the lab's policy:")
         denied = _confide(env, "policy", "show", "analytics", "--identity", str(work / "hospital.id"))
-        console.print(f"  exit {denied.returncode}: {denied.stderr.strip()[:150]}")
+        console.print(f"  exit {denied.returncode}: {denied.stderr.strip()[:300]}", soft_wrap=True)
         if denied.returncode == 0:
             failures += 1
 
