@@ -63,10 +63,15 @@ def production_cas(data_dir: Path, verifier: PlatformVerifier, policy: str) -> C
     return cas
 
 
-def sim_policy(name: str = "app", service: str = "svc", measurement: str = MEASUREMENT) -> str:
+def sim_policy(
+    name: str = "app", service: str = "svc", measurement: str = MEASUREMENT, predecessor: str | None = None
+) -> str:
+    """Policy ``name`` with one simulated service of ``measurement`` (an update of the version
+    ``predecessor`` when given)."""
+    pred = "" if predecessor is None else f"predecessor: {predecessor}\n"
     return f"""name: {name}
 version: "0.3"
-services:
+{pred}services:
   - name: {service}
     command: {service} --token $$SCONE::token$$
     attestation:
@@ -210,3 +215,31 @@ class InProcessCas:
             report_data=rt.binding, measurement=bytes.fromhex(measurement), timestamp=int(time.time())
         ).to_bytes()
         return rt.body(policy=policy, service=service, platform="sim", evidence=evidence), rt.key
+
+
+@dataclass
+class DbEnv:
+    """An in-process CAS on its data directory and database (``db_url``: PostgreSQL, ``None``:
+    SQLite in ``data``) with a policy owner, for tests that edit the database as an operator
+    could and restart the CAS on it."""
+
+    data: Path
+    db_url: str | None
+    ipc: InProcessCas
+    owner: Identity
+
+    @property
+    def cas(self) -> Cas:
+        return self.ipc.cas
+
+    def restart(self) -> None:
+        self.cas.db.dispose()
+        self.ipc = InProcessCas.start(self.data, "", db_url=self.db_url)
+
+    def sql(self, statement: str, params: tuple[object, ...] = ()) -> list[Any]:
+        """Run ``statement`` in a write transaction; a ``SELECT``'s rows as tuples."""
+        with self.cas.db.write() as conn:
+            cur = raw_execute(conn, statement, params)
+            return (
+                [tuple(r) for r in cur.fetchall()] if statement.lstrip().upper().startswith("SELECT") else []
+            )

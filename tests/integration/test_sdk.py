@@ -5,6 +5,7 @@ result carries a secret value, and the runnable example of docs/sdk.md (examples
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from cryptography import x509
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+import sdk_env
 from cas_harness import ROOT, CasProcess, running_cas, wait_for_log
 from confide import errors
 from confide.ledger.note import NoteSigner
@@ -29,6 +31,7 @@ from confide.sdk import (
     measure,
 )
 from pki import self_signed_pem
+from sdk_env import command, pki_policy
 
 SECRET_VALUE = "explicit-value-Xq81"  # an explicit secret value: withheld from every reader
 SERVICE = ROOT / "examples" / "sdk" / "service.py"
@@ -53,37 +56,7 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def app_policy(name: str, measurement: str, *, update: str = "[CREATOR]", extra: str = "") -> str:
-    return f"""name: {name}
-version: "0.3"
-{extra}services:
-  - name: app
-    environment:
-      TOKEN: "$$SCONE::token$$"
-      PINNED: "$$SCONE::pinned$$"
-    attestation:
-      sim:
-        measurement: "{measurement}"
-secrets:
-  - name: token
-    kind: ascii
-    size: 24
-  - name: pinned
-    kind: ascii
-    value: {SECRET_VALUE}
-access_policy:
-  read: [CREATOR]
-  update: {update}
-security:
-  attestation:
-    tolerate: [simulation]
-"""
-
-
-def command(tmp_path: Path, text: str = "echo hi") -> list[str]:
-    script = tmp_path / "app.sh"
-    script.write_text(f"#!/bin/sh\n{text}\n")
-    return ["/bin/sh", str(script)]
+app_policy = functools.partial(sdk_env.app_policy, secret_value=SECRET_VALUE)
 
 
 # --- connecting ----------------------------------------------------------------------------------
@@ -387,28 +360,7 @@ def test_attest_refusals_are_the_classes_confide_run_exits_with(
 
 def test_crl_and_revoke(cas: Cas, tmp_path: Path) -> None:
     alice, bob = Identity.generate(), Identity.generate()
-    policy = f"""name: sdk-pki
-version: "0.3"
-secrets:
-  - name: ca_key
-    kind: private-key
-  - name: ca
-    kind: x509-ca
-    private_key: ca_key
-    common_name: SDK CA
-    valid_for: 1 day
-  - name: srv_key
-    kind: private-key
-  - name: srv
-    kind: x509
-    private_key: srv_key
-    issuer: ca
-    common_name: srv.local
-    valid_for: 1 day
-access_policy:
-  read: [CREATOR]
-  update: [CREATOR, {bob.fingerprint}]
-"""
+    policy = pki_policy("sdk-pki", "SDK CA", update=f"[CREATOR, {bob.fingerprint}]")
     cas.apply(policy, alice)
     serial = cas.show("sdk-pki", alice).secrets["srv"].serial
     assert serial is not None

@@ -6,6 +6,7 @@ string escaped, and no page ever showing a secret value a service received."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -21,10 +22,12 @@ import httpx2
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+import sdk_env
 from cas_harness import ROOT, CasProcess, running_cas, wait_for_log
 from confide import errors
 from confide.sdk import Cas, Identity, create_identity, measure
 from confide.ui.app import MAX_BODY
+from sdk_env import command, pki_policy
 
 SECRET_VALUE = "explicit-value-Ui7q"
 HOSTILE = "<script>alert('pwned')</script>"
@@ -111,46 +114,11 @@ def csrf_of(html: str) -> str:
     return match.group(1)
 
 
-def app_policy(
-    name: str,
-    measurement: str,
-    *,
-    update: str = "[CREATOR]",
-    extra: str = "",
-    size: int = 24,
-    explicit: bool = True,
-) -> str:
-    """A policy; with ``explicit``, a secret of an explicit value (its submission then stays out of
-    the ledger)."""
-    pinned = f"  - name: pinned\n    kind: ascii\n    value: {SECRET_VALUE}\n" if explicit else ""
-    pinned_env = '      PINNED: "$$SCONE::pinned$$"\n' if explicit else ""
-    return f"""name: {name}
-version: "0.3"
-{extra}services:
-  - name: app
-    environment:
-      TOKEN: "$$SCONE::token$$"
-{pinned_env}      GREETING: "{HOSTILE}"
-    attestation:
-      sim:
-        measurement: "{measurement}"
-secrets:
-  - name: token
-    kind: ascii
-    size: {size}
-{pinned}access_policy:
-  read: [CREATOR]
-  update: {update}
-security:
-  attestation:
-    tolerate: [simulation]
-"""
-
-
-def command(tmp_path: Path) -> list[str]:
-    script = tmp_path / "app.sh"
-    script.write_text("#!/bin/sh\necho hi\n")
-    return ["/bin/sh", str(script)]
+# with ``explicit`` (the default), a secret of an explicit value (its submission then stays out of
+# the ledger); an operator's hostile string in the service's environment
+app_policy = functools.partial(
+    sdk_env.app_policy, secret_value=SECRET_VALUE, environment=f'      GREETING: "{HOSTILE}"\n'
+)
 
 
 def apply(client: httpx2.Client, text: str, *, upload: bool = False) -> httpx2.Response:
@@ -438,28 +406,7 @@ def test_approve_shows_what_is_approved_and_the_diff(ui: Ui, cas: Cas, tmp_path:
 
 
 def test_revoke_a_certificate(ui: Ui, cas: Cas) -> None:
-    policy = """name: ui-pki
-version: "0.3"
-secrets:
-  - name: ca_key
-    kind: private-key
-  - name: ca
-    kind: x509-ca
-    private_key: ca_key
-    common_name: UI CA
-    valid_for: 1 day
-  - name: srv_key
-    kind: private-key
-  - name: srv
-    kind: x509
-    private_key: srv_key
-    issuer: ca
-    common_name: srv.local
-    valid_for: 1 day
-access_policy:
-  read: [CREATOR]
-  update: [CREATOR]
-"""
+    policy = pki_policy("ui-pki", "UI CA")
     cas.apply(policy, ui.identity)
     serial = cas.show("ui-pki", ui.identity).secrets["srv"].serial
     assert serial is not None

@@ -21,10 +21,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from asgi_call import call
-from cas_inproc import MEASUREMENT, InProcessCas, sim_policy, submission
+from cas_inproc import MEASUREMENT, DbEnv, InProcessCas, sim_policy, submission
 from confide.cas.app import create_app
 from confide.cas.core import READ_TYPE, Cas, EventsAltered, sign_document
-from confide.cas.db import SCHEMA_VERSION, Database, raw_execute
+from confide.cas.db import SCHEMA_VERSION, Database
 from confide.cas.head_index import HeadAnchorAltered, HeadIndexRefresher, LedgerEntriesAltered
 from confide.cas.ledger_sink import LedgerEventSink
 from confide.cas.policy_auth import PolicyRowsAltered
@@ -38,40 +38,17 @@ ROLLED_BACK = r"not the one its latest ledger entry names\) of policy 'app'"
 
 
 def policy(measurement: str = MEASUREMENT, predecessor: str | None = None, name: str = "app") -> str:
-    text = sim_policy(name, measurement=measurement)
-    if predecessor is not None:
-        text = text.replace('version: "0.3"\n', f'version: "0.3"\npredecessor: {predecessor}\n')
-    return text
+    return sim_policy(name, measurement=measurement, predecessor=predecessor)
 
 
 @dataclass
-class Env:
-    data: Path
-    db_url: str | None
-    ipc: InProcessCas
-    owner: Identity
-
-    @property
-    def cas(self) -> Cas:
-        return self.ipc.cas
-
-    def restart(self) -> None:
-        self.cas.db.dispose()
-        self.ipc = InProcessCas.start(self.data, "", db_url=self.db_url)
-
+class Env(DbEnv):
     def replica(self) -> Cas:
         """A second CAS on the same database (another replica: its own caches and index)."""
         return Cas(
             Database(self.cas.db.url), self.cas.sealer, self.cas.verifier, events=LedgerEventSink(),
             tls_spki_sha256=self.cas.tls_spki_sha256,
         )  # fmt: skip
-
-    def sql(self, statement: str, params: tuple[object, ...] = ()) -> list[Any]:
-        with self.cas.db.write() as conn:
-            cur = raw_execute(conn, statement, params)
-            return (
-                [tuple(r) for r in cur.fetchall()] if statement.lstrip().upper().startswith("SELECT") else []
-            )
 
     def apply(self, text: str, cas: Cas | None = None) -> str:
         return str((cas or self.cas).apply(submission(cas or self.cas, text, self.owner)).hash)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from cas_inproc import MEASUREMENT, InProcessCas, sim_policy
+from cas_inproc import MEASUREMENT, DbEnv, InProcessCas, sim_policy
 from confide.cas.core import APPROVAL_TYPE, READ_TYPE, Cas, sign_document
 from confide.cas.db import SCHEMA_VERSION, Database, raw_execute
 from confide.cas.ledger_sink import LedgerEventSink
@@ -47,36 +47,15 @@ def approval(cas: Cas, name: str, digest: str, who: Identity) -> dict[str, Any]:
 def board_policy(name: str, board: list[Identity], *, measurement: str = MEASUREMENT,
                  predecessor: str | None = None) -> str:  # fmt: skip
     """The sim policy ``name``, updated only with every member of ``board``'s approval."""
-    text = sim_policy(name, measurement=measurement)
-    if predecessor is not None:
-        text = text.replace('version: "0.3"\n', f'version: "0.3"\npredecessor: {predecessor}\n')
+    text = sim_policy(name, measurement=measurement, predecessor=predecessor)
     rules = "".join(f"\n        - signer: {m.fingerprint}" for m in board)
     return text + f"access_policy:\n  read: [CREATOR]\n  update:\n    - require-all:{rules}\n"
 
 
 @dataclass
-class Env:
-    data: Path
-    db_url: str | None
-    ipc: InProcessCas
-    owner: Identity
+class Env(DbEnv):
     member: Identity
     third: Identity
-
-    @property
-    def cas(self) -> Cas:
-        return self.ipc.cas
-
-    def restart(self) -> None:
-        self.cas.db.dispose()
-        self.ipc = InProcessCas.start(self.data, "", db_url=self.db_url)
-
-    def sql(self, statement: str, params: tuple[object, ...] = ()) -> list[Any]:
-        with self.cas.db.write() as conn:
-            cur = raw_execute(conn, statement, params)
-            return (
-                [tuple(r) for r in cur.fetchall()] if statement.lstrip().upper().startswith("SELECT") else []
-            )
 
     def head_row(self, name: str) -> tuple[Any, ...]:
         [row] = self.sql(f"SELECT {HEAD_COLUMNS} FROM policy_heads WHERE name = ?", (name,))
