@@ -206,6 +206,20 @@ def read_regular(path: Path, limit: int) -> bytes:
         return f.read(limit + 1)
 
 
+def read_small_file(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of a small file the caller names (``what``: how errors name it), at most
+    ``limit``: a regular file (after symlinks) opened without blocking, so a FIFO or a device is
+    a :class:`UsageError` at once, not a read that waits for a writer for ever; so are a file
+    that cannot be read and one larger than ``limit``."""
+    try:
+        data = read_regular(path, limit)
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {os.fspath(path)}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise UsageError(f"cannot read {what} {os.fspath(path)}: larger than {limit} bytes")
+    return data
+
+
 def read_bounded(
     path: Path, limit: int, *, label: str | None, expected: str, structure: str, regular: bool = False
 ) -> bytes:

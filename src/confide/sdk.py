@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 from confide.cas.client import CasClient
 from confide.errors import ParseError, UsageError
 from confide.frozenmap import FrozenMap
-from confide.fsutil import read_regular
+from confide.fsutil import read_small_file
 from confide.identity import Identity, PublicIdentity, load_identity
 
 if TYPE_CHECKING:
@@ -478,22 +478,10 @@ _MAX_FILE = 1 << 20
 """The largest client.env or simulated platform key read (bytes)."""
 
 
-def _read_file(path: Path, what: str) -> bytes:
-    """A small file the caller names: a regular file (after symlinks; a FIFO or a device is
-    refused, not waited on) of at most :data:`_MAX_FILE` bytes, else ``UsageError``."""
-    try:
-        data = read_regular(path, _MAX_FILE)
-    except OSError as exc:
-        raise UsageError(f"{what}: cannot read {os.fspath(path)}: {exc.strerror or exc}") from None
-    if len(data) > _MAX_FILE:
-        raise UsageError(f"{what}: {os.fspath(path)} is larger than {_MAX_FILE} bytes")
-    return data
-
-
 def _parse_env_file(path: Path) -> dict[str, str]:
     """The ``export NAME=VALUE`` lines of a client.env (values shell-quoted)."""
     try:
-        text = _read_file(path, "client.env").decode("utf-8")
+        text = read_small_file(path, _MAX_FILE, "client.env").decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"client.env: {os.fspath(path)} is not UTF-8 text") from None
     env: dict[str, str] = {}
@@ -645,7 +633,7 @@ class Cas:
         if isinstance(sim_key, bytes) or sim_key is None:
             key_pem = sim_key
         else:
-            key_pem = _read_file(Path(sim_key), "sim_key")
+            key_pem = read_small_file(Path(sim_key), _MAX_FILE, "sim_key")
         pinned = attest_cas(
             url,
             sim_key_pem=key_pem,

@@ -177,7 +177,7 @@ def test_an_unwritable_policy_out_fails_before_the_image_is_written(tmp_path: Pa
     [
         ("https://127.0.0.1:9", None, "CONFIDE_CAS_CERT is not set"),
         ("http://127.0.0.1:9", "cas.pem", "must be an https:// URL"),
-        ("https://127.0.0.1:9", "missing.pem", "cannot load the CAS certificate"),
+        ("https://127.0.0.1:9", "missing.pem", "cannot read the CAS certificate"),
     ],
 )
 def test_cas_settings_the_policy_cannot_be_sent_with_fail_before_the_image_is_written(

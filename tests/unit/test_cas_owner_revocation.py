@@ -398,6 +398,15 @@ def test_the_cli_offers_the_reasons_the_crl_lists() -> None:
     assert tuple(REASONS) == cli.REVOCATION_REASONS
 
 
+def test_the_sdk_and_the_web_page_offer_the_reasons_the_crl_lists() -> None:
+    from typing import get_args
+
+    from confide.sdk import RevocationReason
+    from confide.ui.app import REASONS as UI_REASONS
+
+    assert get_args(RevocationReason) == tuple(REASONS) == UI_REASONS
+
+
 def test_the_http_route(env: Env) -> None:
     app = create_app(env.cas)
     stranger = Identity.generate()

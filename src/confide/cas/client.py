@@ -38,7 +38,7 @@ from confide.cas.documents import BOARD_CHANGE_TYPE as SUCCESSOR_BOARD_CHANGE_TY
 from confide.cas.documents import RETIREMENT_TYPE as SUCCESSOR_RETIREMENT_TYPE
 from confide.cas.documents import WITHDRAWAL_TYPE as SUCCESSOR_WITHDRAWAL_TYPE
 from confide.errors import ConfideError, NetworkError, UsageError
-from confide.fsutil import read_regular
+from confide.fsutil import read_small_file
 from confide.httpbody import read_body
 from confide.identity import Identity
 
@@ -145,17 +145,10 @@ MAX_CERT_FILE = 1 << 20
 
 
 def read_cert_file(path: Path, what: str = "the CAS certificate") -> bytes:
-    """The bytes of the PEM file ``path``: a regular file (after symlinks), opened without
-    blocking and read bounded, so a FIFO or a device named by ``CONFIDE_CAS_CERT``,
-    ``ca_cert=`` or ``--cacert`` is a ``UsageError`` at once, not a read by OpenSSL that waits
-    for a writer for ever."""
-    try:
-        data = read_regular(path, MAX_CERT_FILE)
-    except OSError as exc:
-        raise UsageError(f"cannot load {what} {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_CERT_FILE:
-        raise UsageError(f"cannot load {what} {path}: larger than {MAX_CERT_FILE} bytes")
-    return data
+    """The bytes of the PEM file ``path`` (:func:`confide.fsutil.read_small_file`), so a FIFO or
+    a device named by ``CONFIDE_CAS_CERT``, ``ca_cert=`` or ``--cacert`` is a ``UsageError`` at
+    once, not a read by OpenSSL that waits for a writer for ever."""
+    return read_small_file(path, MAX_CERT_FILE, what)
 
 
 def tls_trusting(pem: bytes, what: str = "the CAS certificate") -> ssl.SSLContext:
