@@ -726,7 +726,11 @@ class Cas:
             payload = ev.get("payload") or _EMPTY
             if not isinstance(at, int | float) or isinstance(at, bool) or not isinstance(payload, Mapping):
                 raise ParseError("expected a time and a payload object", structure=what)
-            out.append(PolicyEvent(_int(ev, "seq", what), _int(ev, "index", what), float(at),
+            try:
+                seconds = float(at)
+            except OverflowError:  # an integer beyond a double's range
+                raise ParseError("expected a time (Unix seconds)", structure=what, field="at") from None
+            out.append(PolicyEvent(_int(ev, "seq", what), _int(ev, "index", what), seconds,
                                    _str(ev, "type", what), payload))  # fmt: skip
         return tuple(out)
 

@@ -156,3 +156,15 @@ def test_a_fifo_in_place_of_a_file_is_refused_not_waited_on(cas: Cas, tmp_path: 
         error = _refused_at_once(call, fifo)
         assert isinstance(error, UsageError), (what, error)
         assert "not a regular file" in error.message, what
+
+
+def test_an_event_time_too_large_for_a_float_is_a_parse_error(
+    cas: Cas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An integer ``at`` beyond a double's range was converted with float(): OverflowError, not
+    a ConfideError."""
+    ident = Identity.generate()
+    event = b'{"seq": 1, "index": 0, "at": 1' + b"0" * 400 + b', "type": "t", "payload": {}}'
+    _answer(cas, monkeypatch, b'{"events": [' + event + b"]}")
+    with pytest.raises(ParseError, match="time"):
+        cas.events("p", ident)
