@@ -596,10 +596,10 @@ def accesses_cmd(
                     raise whole from None  # neither reading: name the target as given
 
         policy, signed, events, update = read_audited(client, log_key, state_file, read)
+        rows = accesses(events, secret or None)
     except ConfideError as exc:
         _fail(exc)
         return
-    rows = accesses(events, secret or None)
     if state_file is not None and update is not None:
         _state_line(state_file, policy, signed, update)
     if as_json:
