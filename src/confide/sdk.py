@@ -627,6 +627,16 @@ class Cas:
         for claim, values in (expect or {}).items():
             if isinstance(values, str | bytes):  # tuple("abc") would allow "a", "b" and "c"
                 raise UsageError(f"expect: {claim!r}: got a string, expected a list of allowed values")
+        # as cas attest's --expect-witnesses and --min-tcb-eval-number (click.IntRange) take them
+        for option, value, top in (
+            ("expect_witnesses", expect_witnesses, None),
+            ("min_tcb_eval_number", min_tcb_eval_number, 0xFFFF_FFFF),
+        ):
+            if value is not None and (
+                type(value) is not int or value < 1 or (top is not None and value > top)
+            ):
+                bound = "at least 1" if top is None else f"1 to {top}"
+                raise UsageError(f"{option}: got {value!r}, expected an integer, {bound}")
         witness_expectation = WitnessExpectation.of(
             expect_witnesses, tuple(expect_witness_keys), "expect_witness_keys"
         )

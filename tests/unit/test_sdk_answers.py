@@ -97,6 +97,16 @@ UNREACHABLE = "https://127.0.0.1:1"  # a call that got as far as connecting woul
         ({"any_measurement": True, "tolerate": ["simulation"]}, "tolerate: 'simulation'"),
         ({"any_measurement": True, "tolerate": ["gpu-only"]}, "tolerate: 'gpu-only'"),
         ({"expect": {"measurement": "ab" * 48}}, "expect: 'measurement': got a string"),
+        # cas attest takes --expect-witnesses N >= 1: -1 let a quorum that guarantees no trusted
+        # witness's cosignature pass, 0 was taken as 1, "2" was a TypeError after the CAS was asked
+        ({"any_measurement": True, "expect_witnesses": -1}, "expect_witnesses: got -1"),
+        ({"any_measurement": True, "expect_witnesses": 0}, "expect_witnesses: got 0"),
+        ({"any_measurement": True, "expect_witnesses": "2"}, "expect_witnesses: got '2'"),
+        ({"any_measurement": True, "expect_witnesses": True}, "expect_witnesses: got True"),
+        # and --min-tcb-eval-number N in 1..2**32-1
+        ({"any_measurement": True, "min_tcb_eval_number": 0}, "min_tcb_eval_number: got 0"),
+        ({"any_measurement": True, "min_tcb_eval_number": "17"}, "min_tcb_eval_number: got '17'"),
+        ({"any_measurement": True, "min_tcb_eval_number": 1 << 32}, "min_tcb_eval_number: got 4294967296"),
     ],
 )
 def test_attested_refuses_what_cas_attest_would_not_check(options: dict[str, Any], match: str) -> None:
