@@ -457,7 +457,23 @@ class HeadIndex:
                 if (len(chain.accepted), len(chain.held)) != before:
                     changed.add(name)
         if ledger_size > self._size:
-            changed |= self._extend(self._chains, self._scan(raw, self._size, ledger_size), conn, copy=False)
+            found = self._scan(raw, self._size, ledger_size)
+            # Resolved on copies of the chains they touch, installed once all are: an error
+            # midway (the database failing under a version row's read) leaves the index as it
+            # was, so the next scan does not meet these entries again as ones that do not
+            # continue their chains (logged and counted as tampering).
+            staged: Chains = {}
+            for name, _event in found:
+                if name not in staged:
+                    shared = self._chains.get(name)
+                    staged[name] = shared.copy() if shared is not None else Chain([], [])
+            ignored = self.ignored
+            try:
+                changed |= self._extend(staged, found, conn, copy=False)
+            except BaseException:
+                self.ignored = ignored
+                raise
+            self._chains.update(staged)
             self._size = ledger_size
         if changed:
             self.on_change(changed)
