@@ -539,3 +539,29 @@ def test_a_database_error_during_a_scan_leaves_the_index_as_it_was(
     assert index.ignored == 0
     assert env.show()["hash"] == v2
     env.attest(OTHER)
+
+
+def test_the_periodic_scan_survives_a_database_error(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """``cas serve``'s periodic scan caught ConfideError only: a database driver's error (raw
+    statements are not mapped to StorageError) ended its thread, and with it the scans that
+    bound a running process's window (docs/limitations.md) for the rest of its life. It is
+    logged and the scan tried again at the next tick, as the other periodic tasks do."""
+    v1 = env.apply(policy())
+    env.apply(policy(OTHER, v1))
+    index = env.cas.policy_auth.index
+    genuine = index.refresh
+    failures = [LostConnection("server closed the connection unexpectedly")]
+
+    def flaky(conn: Any) -> int:
+        if failures:
+            raise failures.pop()
+        return genuine(conn)
+
+    index.refresh = flaky  # type: ignore[method-assign]
+    ticks = iter([False, False, True])  # two ticks, then stop
+    refresher = HeadIndexRefresher(index, env.cas.db, wait=lambda _seconds: next(ticks))
+    with caplog.at_level(logging.WARNING, logger="confide.cas"):
+        refresher.run()
+    assert '"error": "LostConnection"' in caplog.text
+    [(size,)] = env.sql("SELECT size FROM ledger_head WHERE id = 1")
+    assert index.size == size  # the second tick scanned

@@ -603,7 +603,8 @@ def reauthenticate_anchor(conn: Connection, old: Sealer, new: Sealer, new_key_id
 class HeadIndexRefresher(PeriodicTask):
     """``cas serve``: every ``interval`` seconds, scan the entries appended since (other
     replicas' too) in a read transaction, and store a newer snapshot when one is due. A
-    failure is logged and tried again at the next tick (a head read refuses meanwhile)."""
+    failure (a database driver's error included) is logged and tried again at the next tick (a
+    head read refuses meanwhile)."""
 
     def __init__(
         self,
@@ -624,7 +625,8 @@ class HeadIndexRefresher(PeriodicTask):
             if self.index.due():
                 with self.db.write() as conn:
                     self.index.store(conn, self.clock())
-        except ConfideError as exc:
+        except Exception as exc:  # a driver's error too (raw statements are not mapped to
+            # StorageError): the thread must go on, or no scan bounds the window again
             failed = {"event": "policy-head-index-refresh-failed", "error": type(exc).__name__}
             _LOG.warning(json.dumps(failed))
             return False
