@@ -309,6 +309,13 @@ def test_attest_pins_the_cas_by_its_evidence(cas_proc: CasProcess, tmp_path: Pat
         (("--attest",), None, errors.UsageError.exit_code, "--measurement"),
         (("--attest", "--measurement", "00" * 48), None, errors.MeasurementError.exit_code, "measurement"),
         (("--attest", "--measurement", measurement), wrong_env, errors.UsageError.exit_code, "differs"),
+        (
+            ("--attest", "--measurement", measurement, "--expect-witnesses", "1"),
+            None,
+            errors.AppraisalError.exit_code,
+            "no witness quorum",
+        ),  # as cas attest --expect-witnesses
+        (("--expect-witnesses", "1"), None, errors.UsageError.exit_code, "are for --attest"),
         (("--measurement", measurement), None, errors.UsageError.exit_code, "are for --attest"),
     ]:
         ran = _ran(cas_proc, *args, env_file=env_file)

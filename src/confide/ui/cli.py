@@ -104,6 +104,10 @@ def _attested_cas(
     sim_key: Path | None,
     tolerate: tuple[str, ...],
     collateral: str | None,
+    ignore_advisories: tuple[str, ...],
+    expect_witnesses: int | None,
+    expect_witness_keys: tuple[str, ...],
+    min_tcb_eval: int | None,
 ) -> Cas:
     """``--attest``: the CAS at ``CONFIDE_CAS_URL`` pinned by its evidence (``Cas.attested``,
     the code ``cas attest`` runs) instead of ``CONFIDE_CAS_CERT``."""
@@ -131,6 +135,10 @@ def _attested_cas(
         expect=expect,
         collateral=collateral or environ.get(COLLATERAL_ENV) or None,
         tolerate=tolerate,
+        ignore_advisories=ignore_advisories,
+        expect_witnesses=expect_witnesses,
+        expect_witness_keys=expect_witness_keys,
+        min_tcb_eval_number=min_tcb_eval,
         sim_dir=sim_dir or None,
     )
     given = (environ.get("CONFIDE_LOG_KEY") or "").strip()
@@ -184,6 +192,14 @@ def _attested_cas(
 @click.option("--tolerate", multiple=True, metavar="STATE",
               help="--attest: accept a CAS in this state (as cas attest --tolerate).")  # fmt: skip
 @click.option("--collateral", help="--attest: SGX/TDX DCAP collateral (as cas attest --collateral).")
+@click.option("--ignore-advisory", "ignore_advisories", multiple=True, metavar="ID",
+              help="--attest: accept this advisory ID in the CAS's TCB (as cas attest).")  # fmt: skip
+@click.option("--expect-witnesses", type=click.IntRange(min=1), metavar="N",
+              help="--attest: the least attested witness quorum of the CAS (as cas attest).")  # fmt: skip
+@click.option("--expect-witness", "expect_witness_keys", multiple=True, metavar="VKEY",
+              help="--attest: a witness you trust (repeat; as cas attest --expect-witness).")  # fmt: skip
+@click.option("--min-tcb-eval-number", "min_tcb_eval", type=click.IntRange(1, 0xFFFF_FFFF), metavar="N",
+              help="--attest: SGX/TDX: the least TCB evaluation data number (as cas attest).")  # fmt: skip
 def ui(
     listen: str | None,
     identity_file: Path | None,
@@ -195,6 +211,10 @@ def ui(
     sim_key: Path | None,
     tolerate: tuple[str, ...],
     collateral: str | None,
+    ignore_advisories: tuple[str, ...],
+    expect_witnesses: int | None,
+    expect_witness_keys: tuple[str, ...],
+    min_tcb_eval: int | None,
 ) -> None:
     """Serve the stakeholders' web page on this machine: see who you are and which CAS, read
     policies, their events, verified history and accesses, download CRLs, apply, approve,
@@ -215,12 +235,20 @@ def ui(
     from confide.ui.app import UiState, cert_sha256, create_app
 
     parsed = parse_listen(listen) if listen is not None else None
-    if not attest and (measurements or expect_specs or sim_key or tolerate or collateral):
-        raise UsageError("--measurement, --expect, --sim-key, --tolerate and --collateral are for --attest")
+    attest_options = (measurements, expect_specs, sim_key, tolerate, collateral, ignore_advisories,
+                      expect_witnesses, expect_witness_keys, min_tcb_eval)  # fmt: skip
+    if not attest and any(o not in (None, ()) for o in attest_options):
+        raise UsageError(
+            "--measurement, --expect, --sim-key, --tolerate, --collateral, --ignore-advisory, "
+            "--expect-witnesses, --expect-witness and --min-tcb-eval-number are for --attest"
+        )
     identity = load_identity(identity_file) if identity_file is not None else None
     environ = _parse_env_file(env_file) if env_file is not None else dict(os.environ)
     if attest:
-        cas = _attested_cas(environ, measurements, expect_specs, sim_key, tolerate, collateral)
+        cas = _attested_cas(
+            environ, measurements, expect_specs, sim_key, tolerate, collateral,
+            ignore_advisories, expect_witnesses, expect_witness_keys, min_tcb_eval,
+        )  # fmt: skip
     else:
         cas = Cas.from_env(environ)
     try:
