@@ -7,6 +7,7 @@ string escaped, and no page ever showing a secret value a service received."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import ipaddress
 import os
 import re
@@ -23,6 +24,7 @@ from pathlib import Path
 import httpx2
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 import sdk_env
@@ -232,11 +234,6 @@ def test_token_cookie_host_csrf_and_headers(fresh_ui: Ui) -> None:
 
 
 def test_the_cas_is_named_and_pinned(ui: Ui, cas_proc: CasProcess) -> None:
-    import hashlib
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     pem = Path(cas_proc.env["CONFIDE_CAS_CERT"]).read_bytes()
     fingerprint = hashlib.sha256(x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)).hexdigest()
     with ui.logged_in() as client:
@@ -279,6 +276,12 @@ def test_attest_pins_the_cas_by_its_evidence(cas_proc: CasProcess, tmp_path: Pat
         assert probe.attestation is not None
         measurement = str(probe.attestation.evidence.claims["measurement"])
         certificate = probe.attestation.certificate_sha256
+    # the very certificate client.env names, pinned here by the evidence instead of by the file
+    pem = Path(cas_proc.env["CONFIDE_CAS_CERT"]).read_bytes()
+    assert (
+        certificate
+        == hashlib.sha256(x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)).hexdigest()
+    )
     started = start_ui(cas_proc, tmp_path / "w", "--attest", "--measurement", measurement)
     try:
         with started.logged_in() as client:
