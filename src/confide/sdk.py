@@ -577,7 +577,7 @@ class SuccessorBoard(_Board):
     approvals: tuple[SuccessorTarget, ...] = ()
     retired: tuple[Mapping[str, JsonValue], ...] = ()
     void: tuple[Mapping[str, JsonValue], ...] = ()
-    details: Mapping[str, JsonValue] = field(default=_EMPTY, repr=False)
+    details: Mapping[str, JsonValue] = field(default_factory=lambda: _EMPTY, repr=False)
 
     @classmethod
     def _from(cls, answer: object) -> SuccessorBoard:
