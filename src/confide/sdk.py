@@ -1318,8 +1318,9 @@ class Cas:
     ) -> SuccessorWithdrawal:
         """Withdraw one's own approval ``approval`` (its digest, as :meth:`approve_successor`
         and :meth:`successor` give it) before it expires (``confide cas successor withdraw``).
-        Raises from the CAS ``AccessDeniedError`` (not the signer's, or no such approval),
-        ``ConflictError``; ``NetworkError``."""
+        (An approval of a board change or a retirement is withdrawn the same way.) Raises from
+        the CAS ``AccessDeniedError`` (another signer's approval), ``ConflictError`` (withdrawn
+        already), ``UsageError`` (no such approval, or expired already); ``NetworkError``."""
         from confide.cas.successor_client import withdraw_successor  # noqa: PLC0415
 
         answer = withdraw_successor(self._client, identity, approval, master_key_id=master_key_id)

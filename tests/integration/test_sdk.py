@@ -364,6 +364,12 @@ def test_attest_refusals_are_the_classes_confide_run_exits_with(
         no_sim.simulated_provider(argv)
 
 
+def test_a_cas_without_a_successor_board_refuses_its_calls(cas: Cas) -> None:
+    for call in (cas.successor, cas.board_changes, cas.retirements):
+        with pytest.raises(errors.UsageError, match="hands its master key over to no other version"):
+            call()
+
+
 def test_crl_and_revoke(cas: Cas, tmp_path: Path) -> None:
     alice, bob = Identity.generate(), Identity.generate()
     policy = pki_policy("sdk-pki", "SDK CA", update=f"[CREATOR, {bob.fingerprint}]")

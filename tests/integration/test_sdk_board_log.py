@@ -145,7 +145,11 @@ def test_the_successor_board_through_the_sdk_is_what_the_cli_does(
                 "--expires", "7d", "--identity", str(mallory[0]))  # fmt: skip
         assert r.returncode == errors.AccessDeniedError.exit_code, r.stderr
         # withdraw: alice's own approval, read back by the command
+        with pytest.raises(errors.AccessDeniedError, match="only its signer"):
+            cas.withdraw_successor_approval(first.digest, bob[1])
         withdrawn = cas.withdraw_successor_approval(first.digest, alice[1])
+        with pytest.raises(errors.ConflictError, match="withdrawn already"):
+            cas.withdraw_successor_approval(first.digest, alice[1])
         assert (withdrawn.approval, withdrawn.target, withdrawn.approvers) == (first.digest, first.target, ())
         (listed,) = cli_json(env, "cas", "successor", "show")["approvals"]
         assert listed["approvers"] == [] and [a["approval"] for a in listed["withdrawn"]] == [first.digest]
