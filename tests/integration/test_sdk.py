@@ -427,7 +427,7 @@ def test_async_cas_keeps_the_event_loop_running(cas_proc: CasProcess, tmp_path: 
     argv_a, argv_b = command(tmp_path / "a", "echo a"), command(tmp_path / "b", "echo b")
     spans: list[tuple[str, float, float]] = []
     ticks: list[float] = []
-    delay = 0.5
+    delay = 0.8
 
     async def heartbeat(stop: asyncio.Event) -> None:
         while not stop.is_set():
