@@ -1351,6 +1351,8 @@ class Cas:
         from confide.cas.successor_client import new_board_change, sign_board_change  # noqa: PLC0415
 
         if isinstance(board, Mapping):
+            if any(isinstance(v, str | bytes) for v in board.values()):  # list("ab") would be members
+                raise UsageError("board: each rule's members are a list, got a string")
             parsed = board_from_json({k: list(v) for k, v in board.items()}, "board")
         else:
             parsed = parse_board_file(Path(board))
@@ -1473,8 +1475,8 @@ class AsyncCas:
     Concurrency: calls on one ``AsyncCas`` run one at a time, in the order they were awaited (a
     :class:`Cas` is never used by two threads at once; a call cancelled while its thread runs
     still holds the connection until the thread finishes). For parallel calls, use several
-    ``AsyncCas`` objects: each has its own connection. Close it with ``async with`` or
-    :meth:`aclose`.
+    ``AsyncCas`` objects: each has its own connection. Use one on one event loop. Close it with
+    ``async with`` or :meth:`aclose`.
 
     Make one with :meth:`from_env`, :meth:`from_env_file`, :meth:`connect` or
     :meth:`attested` (coroutines: they read files, and ``attested`` verifies the CAS's

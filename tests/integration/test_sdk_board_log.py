@@ -170,6 +170,8 @@ def test_the_successor_board_through_the_sdk_is_what_the_cli_does(
             cas.propose_board_change(dict(shown.board), alice[1], expires=WEEK)  # type: ignore[arg-type]
         with pytest.raises(errors.ParseError):
             cas.propose_board_change({"require-most": [carol[1].fingerprint]}, alice[1], expires=WEEK)
+        with pytest.raises(errors.UsageError, match="a list, got a string"):
+            cas.propose_board_change({"require-all": carol[1].fingerprint}, alice[1], expires=WEEK)
         proposed = cas.propose_board_change(new, alice[1], expires=WEEK)
         assert isinstance(proposed, BoardChangeApproval)
         assert (proposed.applied, proposed.approvers, proposed.generation) == (
