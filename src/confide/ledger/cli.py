@@ -30,11 +30,12 @@ from confide.httpserve.limits import (
 from confide.httpserve.ratelimit import Rate, parse_rate
 from confide.httpserve.server import reserve_descriptors
 from confide.ledger.auditor import (
-    AuditorState,
     LocalLogClient,
     LogClient,
     ViewUpdate,
-    audit_once,
+    log_verifier,
+    verify_log,
+    witness_verifier,
 )
 from confide.ledger.http import (
     LEDGER_BODY_TIMEOUT,
@@ -74,18 +75,7 @@ def _read_key_text(value: str, what: str) -> str:
 
 
 def _witness_key(value: str) -> NoteVerifier:
-    key = NoteVerifier.from_vkey(_read_key_text(value, "--witness"))
-    if key.sig_type != SIG_TYPE_COSIGNATURE_V1:
-        raise UsageError(f"--witness {key.name}: expected a witness key (signature type 0x04)")
-    return key
-
-
-def _policy_checker() -> Any:
-    """Each entry must be canonical and typed; policy entries are re-checked (signatures,
-    hashes, linear predecessor chains; see confide.cas.audit.PolicyChainChecker)."""
-    from confide.cas.audit import PolicyChainChecker
-
-    return PolicyChainChecker()
+    return witness_verifier(_read_key_text(value, "--witness"))
 
 
 @click.group("ledger")
@@ -144,9 +134,7 @@ def verify(
                 )
         if log_db is None and url is None:
             url = os.environ.get("CONFIDE_LOG_URL") or None
-        log_key = NoteVerifier.from_vkey(_read_key_text(key, "--key"))
-        if log_key.sig_type != SIG_TYPE_ED25519:
-            raise UsageError("--key: expected a log key (signature type 0x01)")
+        log_key = log_verifier(_read_key_text(key, "--key"))
         if (log_db is None) == (url is None):
             raise UsageError(
                 "give exactly one of --log-db FILE and --url URL (or CONFIDE_LOG_URL from client.env)"
@@ -170,38 +158,21 @@ def verify(
                     ctx = client_tls_context(ca)
                     http = stack.enter_context(httpx2.Client(verify=ctx, timeout=30.0))
                 client = stack.enter_context(HttpLogClient(url, client=http))
-            old, signed = audit_once(
-                client,
-                log_key,
-                AuditorState(state) if state else None,
-                full=full,
-                entry_check=_policy_checker() if full else None,
-                witnesses=witnesses,
-            )
+            checked = verify_log(client, log_key, state, full=full, witnesses=witnesses)
     except ConfideError as exc:
         if as_json:
             error = {"class": exc.kind, "message": exc.message, "exit_code": exc.exit_code}
             click.echo(json.dumps({"verified": False, "error": error}))
         _fail(exc)
         return
-    cp = signed.checkpoint
-    out = {
-        "verified": True,
-        "origin": cp.origin,
-        "size": cp.size,
-        "root": cp.root.hex(),
-        "previous_size": None if old is None else old.size,
-        "entries_checked": cp.size if full else 0,
-        "witnesses": [w.vkey for w in witnesses],
-    }
     if as_json:
-        click.echo(json.dumps(out))
+        click.echo(json.dumps(checked.to_json()))
         return
-    click.echo(f"verified: {cp.origin} size {cp.size} root {cp.root.hex()}")
-    if old is not None:
-        click.echo(f"  consistent with the last seen size {old.size}")
+    click.echo(f"verified: {checked.origin} size {checked.size} root {checked.root}")
+    if checked.previous_size is not None:
+        click.echo(f"  consistent with the last seen size {checked.previous_size}")
     if full:
-        click.echo(f"  all {cp.size} entries match the tree")
+        click.echo(f"  all {checked.size} entries match the tree")
     for w in witnesses:
         click.echo(f"  cosigned by witness {w.name}")
 
