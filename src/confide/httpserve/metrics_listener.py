@@ -103,16 +103,12 @@ class MetricsAuth:
     def refusal(self, scope: Any, listener: str) -> Response | None:
         """``None`` when ``scope`` carries the token; else the ``401`` to send (counted and
         logged, ``listener`` naming where)."""
-        given: bytes | None = None
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                if given is not None:
-                    given = b""  # two Authorization headers: refused, as a wrong token
-                    break
-                given = value
+        given: list[bytes] = [value for name, value in scope.get("headers", ()) if name == b"authorization"]
         reason = "missing"
-        if given is not None:
-            scheme, _, credentials = given.strip().partition(b" ")
+        if len(given) > 1:
+            reason = "wrong"  # two Authorization headers: refused, as a wrong token
+        elif given:
+            scheme, _, credentials = given[0].strip().partition(b" ")
             if scheme.lower() == b"bearer":
                 # compare_digest of the digests: the time depends neither on where the first
                 # difference is nor on the length of what was sent
