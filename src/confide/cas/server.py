@@ -1359,7 +1359,8 @@ def _serve(
     if metrics_addr is not None:
         metrics_sock = _bind(*metrics_addr, "--metrics-listen")
         metrics_url = _url("http", metrics_addr[0], metrics_sock) + METRICS_PATH
-    # docs/cas.md "Metrics": the refused scrapes logged as the other refusal lines are
+    # docs/cas.md "Metrics: a listener of its own, a token": a refused scrape is counted and
+    # logged, at most 5 lines a second (the ledger servers' refusal log)
     metrics_auth = None
     if metrics_token is not None:
         metrics_auth = MetricsAuth(metrics_token, RefusalLog(logger="confide.cas"))
