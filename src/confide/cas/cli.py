@@ -161,6 +161,24 @@ def cas() -> None:
     'http://HOST:PORT (or a name of it) for certificates to point there (docs/cas.md "The public '
     'HTTP listener").',
 )
+@click.option(
+    "--metrics-listen",
+    "metrics_listen",
+    metavar="HOST:PORT",
+    help="Serve GET /metrics on a plain-HTTP listener of its own there (everything else 404), with "
+    "connection limits of its own (the values of --max-connections and --max-connections-per-ip); "
+    "the API listener then answers /metrics 404. For Prometheus on an internal port "
+    '(docs/cas.md "Metrics").',
+)
+@click.option(
+    "--metrics-token-file",
+    "metrics_token_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE",
+    help="Require 'Authorization: Bearer TOKEN' for /metrics, wherever it is served; TOKEN is the "
+    "file's content (one trailing newline stripped; at least 16 printable ASCII bytes, no space). "
+    "Else 401.",
+)
 @click.option("--max-connections", type=click.IntRange(min=0), default=1024, show_default=True,
               help="Open connections at once (TLS handshakes included); one more is closed when"
               " accepted, before its handshake. 0: no limit.")  # fmt: skip
@@ -248,6 +266,8 @@ def cas_serve(
     crl_validity: str | None,
     public_url: str | None,
     public_http_listen: str | None,
+    metrics_listen: str | None,
+    metrics_token_file: Path | None,
     max_connections: int,
     max_connections_per_ip: int,
     body_timeout: float,
@@ -340,6 +360,8 @@ def cas_serve(
         replica_min_tcb=min_tcb,
         opaque_refusals=opaque_refusals,
         refusal_delay=refusal_delay,
+        metrics_listen=metrics_listen,
+        metrics_token_file=metrics_token_file,
     )
 
 

@@ -27,6 +27,7 @@ from confide.httpserve.limits import (
     MAX_CONNECTIONS_PER_CLIENT,
     HttpLimits,
 )
+from confide.httpserve.metrics_listener import read_metrics_token
 from confide.httpserve.ratelimit import Rate, parse_rate
 from confide.httpserve.server import reserve_descriptors
 from confide.ledger.auditor import (
@@ -184,12 +185,43 @@ def _existing(log_db: Path) -> None:
         raise UsageError(f"--log-db: {str(log_db)!r} does not exist")
 
 
-def _address(listen: str) -> tuple[str, int]:
+def _address(listen: str, option: str = "--listen") -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     # ASCII digits only (str.isdigit() takes "²", which int() refuses), at most 5 of them
     if not host or not (port.isascii() and port.isdigit() and len(port) <= 5) or int(port) > 65535:
-        raise UsageError(f"--listen: got {listen!r}, expected HOST:PORT")
-    return host, int(port)
+        raise UsageError(f"{option}: got {listen[:80]!r}, expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+_METRICS_OPTIONS = [
+    click.option("--metrics-listen", metavar="HOST:PORT",
+                 help="Serve GET /metrics on a plain-HTTP listener of its own there (everything else"
+                 " 404), with connection limits of its own (the values of this server's); the"
+                 " server's listener then answers /metrics 404."),
+    click.option("--metrics-token-file", type=_PATH, metavar="FILE",
+                 help="Require 'Authorization: Bearer TOKEN' for /metrics, wherever it is served;"
+                 " TOKEN is the file's content (one trailing newline stripped; at least 16"
+                 " printable ASCII bytes, no space). Else 401."),
+]  # fmt: skip
+
+
+def _metrics_options(f: Any) -> Any:
+    for option in reversed(_METRICS_OPTIONS):
+        f = option(f)
+    return f
+
+
+def _metrics(metrics_listen: str | None, metrics_token_file: Path | None) -> dict[str, Any]:
+    """The metrics listener's address and the token (``--metrics-listen``,
+    ``--metrics-token-file``; docs/ledger.md "Metrics and refusals") as server arguments."""
+    return {
+        "metrics_listen": None if metrics_listen is None else _address(metrics_listen, "--metrics-listen"),
+        "metrics_token": None if metrics_token_file is None else read_metrics_token(metrics_token_file),
+    }
+
+
+def _banner_metrics(server: LedgerHTTPServer) -> str:
+    return f"; metrics at {server.metrics_url}" if server.metrics_url is not None else ""
 
 
 def _tls(cert: Path | None, key: Path | None) -> Any:
@@ -252,8 +284,11 @@ def _limits(
     head_timeout: float,
     body_timeout: float,
     tls_handshake_timeout: float,
+    *,
+    metrics_listener: bool = False,
 ) -> HttpLimits:
-    reserve_descriptors(max_connections)
+    # a metrics listener (--metrics-listen) has connection limits of the same values
+    reserve_descriptors(max_connections, max_connections if metrics_listener else 0)
     return ledger_limits(
         max_connections=max_connections,
         max_connections_per_client=max_connections_per_ip,
@@ -287,6 +322,7 @@ def _serve(listen: str, start: Callable[[], tuple[LedgerHTTPServer, str]]) -> No
 @click.option("--serve-entries", is_flag=True, help="Also serve entry bundles (they reveal entry contents).")
 @_tls_options
 @_limit_options(TILES_RATE)
+@_metrics_options
 def serve_tiles(
     log_db: Path,
     listen: str,
@@ -295,6 +331,8 @@ def serve_tiles(
     tls_key: Path | None,
     request_rate: str,
     request_burst: str | None,
+    metrics_listen: str | None,
+    metrics_token_file: Path | None,
     **limits: Any,
 ) -> None:
     """Serve the log read-only as C2SP tlog-tiles (checkpoint, tiles), over HTTPS with --tls-cert."""
@@ -303,9 +341,11 @@ def serve_tiles(
         _existing(log_db)
         tls = _tls(tls_cert, tls_key)
         rate = parse_rate(request_rate, request_burst, "request")
+        metrics = _metrics(metrics_listen, metrics_token_file)
         server = TilesServer(log_db, _address(listen), serve_entries=serve_entries, tls=tls,
-                             limits=_limits(**limits), rate=rate)  # fmt: skip
-        return server, f"serving {log_db} at {server.url}/"
+                             limits=_limits(**limits, metrics_listener=metrics_listen is not None), rate=rate,
+                             **metrics)  # fmt: skip
+        return server, f"serving {log_db} at {server.url}/{_banner_metrics(server)}"
 
     _serve(listen, start)
 
@@ -413,6 +453,7 @@ def _witness_options(f: Any) -> Any:
 @click.option("--listen", default="127.0.0.1:8090", show_default=True, help="HOST:PORT to listen on.")
 @_tls_options
 @_limit_options(WITNESS_RATE)
+@_metrics_options
 def witness_serve(
     state: Path,
     key_file: Path,
@@ -422,6 +463,8 @@ def witness_serve(
     tls_key: Path | None,
     request_rate: str,
     request_burst: str | None,
+    metrics_listen: str | None,
+    metrics_token_file: Path | None,
     **limits: Any,
 ) -> None:
     """Serve POST /add-checkpoint until interrupted (over HTTPS with --tls-cert)."""
@@ -429,9 +472,12 @@ def witness_serve(
     def start() -> tuple[LedgerHTTPServer, str]:
         witness = _make_witness(state, key_file, logs)
         rate = parse_rate(request_rate, request_burst, "request")
+        metrics = _metrics(metrics_listen, metrics_token_file)
         server = WitnessServer(witness, _address(listen), tls=_tls(tls_cert, tls_key),
-                               limits=_limits(**limits), rate=rate)  # fmt: skip
-        return server, f"witness {witness.verifier.vkey} at {server.url}/add-checkpoint"
+                               limits=_limits(**limits, metrics_listener=metrics_listen is not None),
+                               rate=rate, **metrics)  # fmt: skip
+        banner = f"witness {witness.verifier.vkey} at {server.url}/add-checkpoint{_banner_metrics(server)}"
+        return server, banner
 
     _serve(listen, start)
 
