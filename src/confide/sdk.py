@@ -24,6 +24,27 @@ Stakeholders (:class:`Identity` signs)::
     cas.crl(name, secret, identity=None) -> bytes
     cas.revoke(name, secret, identity, serial=... | all_valid=True) -> Revocation
 
+The auditor's check of the CAS's log (``confide ledger verify --state FILE``)::
+
+    cas.verify_log(state="auditor.json") -> LogVerification
+
+The successor board (``confide cas successor ...``; ``expires``: a datetime or a timedelta)::
+
+    cas.successor() -> SuccessorBoard                                    # show
+    cas.approve_successor(platform, claims, identity, expires=...) -> SuccessorApproval
+    cas.withdraw_successor_approval(approval, identity) -> SuccessorWithdrawal
+    cas.board_changes() -> BoardChanges                                  # board show
+    cas.propose_board_change(board, identity, expires=...) -> BoardChangeApproval
+    cas.approve_board_change(change, identity, expires=...) -> BoardChangeApproval
+    cas.retirements() -> Retirements                                     # retire show
+    cas.propose_retirement(platform, code, identity, expires=...) -> RetirementApproval
+    cas.approve_retirement(retirement, identity, expires=...) -> RetirementApproval
+
+asyncio: :class:`AsyncCas` has the same calls as coroutines (each run in a worker thread)::
+
+    async with await AsyncCas.from_env() as cas:
+        status = await cas.apply(policy, identity)
+
 Services that attest themselves (not started by ``confide run``)::
 
     cas.attest("POLICY/SERVICE", provider) -> Release   # the same code as confide run
@@ -37,15 +58,19 @@ not the one trusted. Each error's ``exit_code`` is the one the command exits wit
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import importlib
 import os
 import shlex
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, ParamSpec, TypeAlias, TypeVar
 
 from confide.cas.client import CasClient
 from confide.errors import ParseError, UsageError
@@ -56,7 +81,7 @@ from confide.identity import Identity, PublicIdentity, load_identity
 if TYPE_CHECKING:
     from confide.cas.audit import VerifiedEvent
     from confide.cas.pin import PinnedCas
-    from confide.ledger.auditor import ViewUpdate
+    from confide.ledger.auditor import LogVerification, ViewUpdate
     from confide.ledger.checkpoint import SignedCheckpoint
     from confide.ledger.note import NoteVerifier
     from confide.policy import Policy
@@ -70,12 +95,20 @@ __all__ = [
     "MAX_ANSWER_DEPTH",
     "Access",
     "Accesses",
+    "AsyncCas",
+    "BoardApprover",
+    "BoardChange",
+    "BoardChangeApproval",
+    "BoardChanges",
     "Cas",
     "Evidence",
+    "Expiry",
     "History",
     "HistoryEntry",
     "Identity",
     "JsonValue",
+    "LogVerification",
+    "PendingRetirement",
     "PolicyEvent",
     "PolicyInfo",
     "PolicyStatus",
@@ -84,10 +117,16 @@ __all__ = [
     "QuoteProvider",
     "Release",
     "ReleasedSecret",
+    "RetirementApproval",
+    "Retirements",
     "Revocation",
     "RevocationReason",
     "SecretInfo",
     "SimQuoteProvider",
+    "SuccessorApproval",
+    "SuccessorBoard",
+    "SuccessorTarget",
+    "SuccessorWithdrawal",
     "ViewState",
     "VolumeRelease",
     "create_identity",
@@ -104,10 +143,12 @@ _SERVICE_SIDE = {
 }
 """The service side's names, imported when first used: a stakeholder's script does not load the
 runtime (secret rendering, volumes, quote providers)."""
+_LAZY = {**_SERVICE_SIDE, "LogVerification": "confide.ledger.auditor"}
+"""Names imported when first used (the log auditor's too)."""
 
 
 def __getattr__(name: str) -> object:
-    module = _SERVICE_SIDE.get(name)
+    module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
@@ -116,7 +157,7 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_SERVICE_SIDE})
+    return sorted({*globals(), *_LAZY})
 
 
 ENV_LOG_KEY = "CONFIDE_LOG_KEY"
@@ -446,6 +487,301 @@ class Revocation:
     key_replaced: bool
     crls: tuple[Mapping[str, JsonValue], ...]
     details: Mapping[str, JsonValue] = field(repr=False)
+
+
+def _strs(obj: Mapping[str, JsonValue], key: str, what: str) -> tuple[str, ...]:
+    value = obj.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+        raise ParseError("expected a list of strings", structure=what, field=key)
+    return tuple(v for v in value if isinstance(v, str))
+
+
+def _bool(obj: Mapping[str, JsonValue], key: str, what: str) -> bool:
+    value = obj.get(key)
+    if not isinstance(value, bool):
+        raise ParseError(f"got {type(value).__name__}, expected true or false", structure=what, field=key)
+    return value
+
+
+def _mapping(obj: Mapping[str, JsonValue], key: str, what: str) -> Mapping[str, JsonValue]:
+    value = obj.get(key)
+    if not isinstance(value, Mapping):
+        raise ParseError("expected an object", structure=what, field=key)
+    return value
+
+
+@dataclass(frozen=True)
+class BoardApprover:
+    """One board member's approval as the CAS lists it: the signer's fingerprint, when it
+    expires (Unix seconds), its digest (what a withdrawal names); ``details``: all the CAS said
+    of it (``retire``, ``withdrawn_at``, ...)."""
+
+    signer: str
+    expires: int
+    approval: str
+    details: Mapping[str, JsonValue] = field(repr=False)
+
+    @classmethod
+    def _all(cls, obj: Mapping[str, JsonValue], key: str, what: str) -> tuple[BoardApprover, ...]:
+        return tuple(
+            cls(_str(a, "signer", what), _int(a, "expires", what), _str(a, "approval", what), a)
+            for a in _objects(obj.get(key), what)
+        )
+
+
+@dataclass(frozen=True)
+class _Board:
+    """The successor board as every ``show`` of it starts: the rule (its JSON form, members as
+    fingerprints), its SHA-256, its generation (how many changes made it), how many approvals
+    it needs, and the CAS's master key id (what approvals sign)."""
+
+    board: Mapping[str, JsonValue]
+    board_sha256: str
+    generation: int
+    needed: int
+    master_key_id: str
+
+    @staticmethod
+    def _fields(
+        obj: Mapping[str, JsonValue], what: str
+    ) -> tuple[Mapping[str, JsonValue], str, int, int, str]:
+        return (
+            _mapping(obj, "board", what), _str(obj, "board_sha256", what), _int(obj, "generation", what),
+            _int(obj, "needed", what), _str(obj, "master_key_id", what),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SuccessorTarget:
+    """A successor version with approvals (``cas successor show``'s ``approvals``): its target
+    digest, platform and identity claims, whether the approvals that count authorise handing the
+    key over, who approved (and withdrew), and the versions they authorise retiring."""
+
+    target: str
+    platform: str
+    claims: Mapping[str, JsonValue]
+    authorised: bool
+    approvers: tuple[BoardApprover, ...]
+    withdrawn: tuple[BoardApprover, ...]
+    retire: tuple[str, ...]
+    details: Mapping[str, JsonValue] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SuccessorBoard(_Board):
+    """``confide cas successor show``: the board, the approvals of successor versions that have
+    not expired, the retired versions and the void approvals (``details``: the whole answer)."""
+
+    approvals: tuple[SuccessorTarget, ...] = ()
+    retired: tuple[Mapping[str, JsonValue], ...] = ()
+    void: tuple[Mapping[str, JsonValue], ...] = ()
+    details: Mapping[str, JsonValue] = field(default_factory=lambda: _EMPTY, repr=False)
+
+    @classmethod
+    def _from(cls, answer: object) -> SuccessorBoard:
+        what = "the CAS's successor board"
+        obj = _object(answer, what)
+        targets = tuple(
+            SuccessorTarget(
+                _str(t, "target", what),
+                _str(t, "platform", what),
+                _mapping(t, "claims", what),
+                _bool(t, "authorised", what),
+                BoardApprover._all(t, "approvers", what),
+                BoardApprover._all(t, "withdrawn", what),
+                _strs(t, "retire", what),
+                t,
+            )
+            for t in _objects(obj.get("approvals"), what)
+        )
+        return cls(*cls._fields(obj, what), targets, _objects(obj.get("retired"), what),
+                   _objects(obj.get("void"), what), obj)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SuccessorApproval:
+    """What an approval of a successor version did (``cas successor approve``): its target and
+    digest, the approvers that count now (fingerprints) of ``needed``, whether the target is
+    authorised, and the versions it is authorised to retire when it hands over."""
+
+    target: str
+    digest: str
+    approvers: tuple[str, ...]
+    needed: int
+    authorised: bool
+    retire: tuple[str, ...]
+
+    @classmethod
+    def _from(cls, answer: object) -> SuccessorApproval:
+        what = "the CAS's successor approval answer"
+        obj = _object(answer, what)
+        return cls(
+            _str(obj, "target", what), _str(obj, "digest", what), _strs(obj, "approvers", what),
+            _int(obj, "needed", what), _bool(obj, "authorised", what), _strs(obj, "retire", what),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SuccessorWithdrawal:
+    """What a withdrawal did (``cas successor withdraw``): the approval withdrawn, its target,
+    the approvals of the target that still count and whether they still authorise it."""
+
+    approval: str
+    target: str
+    approvers: tuple[str, ...]
+    needed: int
+    authorised: bool
+
+    @classmethod
+    def _from(cls, answer: object) -> SuccessorWithdrawal:
+        what = "the CAS's withdrawal answer"
+        obj = _object(answer, what)
+        return cls(_str(obj, "approval", what), _str(obj, "target", what), _strs(obj, "approvers", what),
+                   _int(obj, "needed", what), _bool(obj, "authorised", what))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BoardChange:
+    """A pending change of the successor board (``cas successor board show``): its id (what
+    members approve), the new board, the generation it replaces, its approvers."""
+
+    change: str
+    board: Mapping[str, JsonValue]
+    board_sha256: str
+    generation: int
+    approvers: tuple[BoardApprover, ...]
+    withdrawn: tuple[BoardApprover, ...]
+
+
+@dataclass(frozen=True)
+class BoardChanges(_Board):
+    """``confide cas successor board show``: the board and its pending changes."""
+
+    changes: tuple[BoardChange, ...] = ()
+
+    @classmethod
+    def _from(cls, answer: object) -> BoardChanges:
+        what = "the CAS's board changes"
+        obj = _object(answer, what)
+        changes = tuple(
+            BoardChange(
+                _str(c, "change", what),
+                _mapping(c, "board", what),
+                _str(c, "board_sha256", what),
+                _int(c, "generation", what),
+                BoardApprover._all(c, "approvers", what),
+                BoardApprover._all(c, "withdrawn", what),
+            )
+            for c in _objects(obj.get("changes"), what)
+        )
+        return cls(*cls._fields(obj, what), changes)
+
+
+@dataclass(frozen=True)
+class BoardChangeApproval:
+    """What an approval of a board change did (``cas successor board propose|approve``): the
+    change id, the approval's digest, the approvers so far of ``needed``, whether it is
+    authorised and ``applied`` (then ``generation`` is the new board's)."""
+
+    change: str
+    digest: str
+    approvers: tuple[str, ...]
+    needed: int
+    authorised: bool
+    generation: int
+    applied: bool
+
+    @classmethod
+    def _from(cls, answer: object) -> BoardChangeApproval:
+        what = "the CAS's board change answer"
+        obj = _object(answer, what)
+        return cls(_str(obj, "change", what), _str(obj, "digest", what), _strs(obj, "approvers", what),
+                   _int(obj, "needed", what), _bool(obj, "authorised", what), _int(obj, "generation", what),
+                   _bool(obj, "applied", what))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PendingRetirement:
+    """A pending retirement (``cas successor retire show``): its id, the version's platform and
+    code identity claims, the board's generation, its approvers."""
+
+    retirement: str
+    platform: str
+    code: Mapping[str, JsonValue]
+    generation: int
+    approvers: tuple[BoardApprover, ...]
+    withdrawn: tuple[BoardApprover, ...]
+
+
+@dataclass(frozen=True)
+class Retirements(_Board):
+    """``confide cas successor retire show``: the board, the pending retirements and the
+    retired versions."""
+
+    retirements: tuple[PendingRetirement, ...] = ()
+    retired: tuple[Mapping[str, JsonValue], ...] = ()
+
+    @classmethod
+    def _from(cls, answer: object) -> Retirements:
+        what = "the CAS's retirements"
+        obj = _object(answer, what)
+        pending = tuple(
+            PendingRetirement(
+                _str(r, "retirement", what),
+                _str(r, "platform", what),
+                _mapping(r, "code", what),
+                _int(r, "generation", what),
+                BoardApprover._all(r, "approvers", what),
+                BoardApprover._all(r, "withdrawn", what),
+            )
+            for r in _objects(obj.get("retirements"), what)
+        )
+        return cls(*cls._fields(obj, what), pending, _objects(obj.get("retired"), what))
+
+
+@dataclass(frozen=True)
+class RetirementApproval:
+    """What an approval of a retirement did (``cas successor retire propose|approve``): the
+    retirement id, the approval's digest, the approvers so far of ``needed``, whether it is
+    authorised and ``applied`` (then ``identity``: the version retired)."""
+
+    retirement: str
+    digest: str
+    approvers: tuple[str, ...]
+    needed: int
+    authorised: bool
+    applied: bool
+    identity: str | None
+
+    @classmethod
+    def _from(cls, answer: object) -> RetirementApproval:
+        what = "the CAS's retirement answer"
+        obj = _object(answer, what)
+        return cls(_str(obj, "retirement", what), _str(obj, "digest", what), _strs(obj, "approvers", what),
+                   _int(obj, "needed", what), _bool(obj, "authorised", what), _bool(obj, "applied", what),
+                   _opt_str(obj, "identity"))  # fmt: skip
+
+
+Expiry: TypeAlias = "datetime | timedelta"
+"""When an approval expires: a time with a zone, or a duration from now (at most 90 days)."""
+
+
+def _expires(expires: Expiry) -> int:
+    """``expires`` as Unix seconds, checked as ``--expires`` is (ahead, at most 90 days)."""
+    from confide.cas.successor_client import check_expiry  # noqa: PLC0415
+
+    now = int(time.time())
+    if isinstance(expires, timedelta):
+        at, shown = now + int(expires.total_seconds()), str(expires)
+    elif isinstance(expires, datetime):
+        if expires.tzinfo is None:
+            raise UsageError("expires: give the time zone (a datetime with tzinfo, e.g. UTC)")
+        at, shown = int(expires.timestamp()), expires.isoformat()
+    else:
+        raise UsageError(f"expires: got a {type(expires).__name__}, expected a datetime or a timedelta")
+    return check_expiry(at, now, shown, "expires")
 
 
 # --- identities and measurements -------------------------------------------------------------
@@ -903,6 +1239,195 @@ class Cas:
             obj.get("key_replaced") is True, _objects(obj.get("crls"), what), obj,
         )  # fmt: skip
 
+    # -- the auditor --------------------------------------------------------------------------
+
+    def verify_log(
+        self,
+        *,
+        state: str | os.PathLike[str] | None = None,
+        log_key: str | None = None,
+        witnesses: Iterable[str] = (),
+    ) -> LogVerification:
+        """Audit the CAS's transparency log as ``confide ledger verify --url URL --state FILE``
+        does (the same code, :func:`confide.ledger.auditor.verify_log`, over the CAS's
+        ``/v1/log`` tiles on this connection): the latest checkpoint must be signed by the log
+        key (``log_key``, default :attr:`log_key`) and cosigned by each of ``witnesses``
+        (vkeys); with ``state`` (an auditor state file, the format ``ledger verify --state``,
+        ``history`` and ``accesses`` share), it must extend the checkpoint remembered there,
+        proven from the log's tiles, and the file then remembers it (mode 0600, atomically;
+        nothing written on an error). Returns a :class:`LogVerification`: ``size``, ``root``,
+        ``previous_size`` (the remembered size, ``None`` on a first run or without ``state``).
+        (``ledger verify --full`` needs the log database: a CAS serves no entry bundles.)
+
+        Raises ``RollbackError`` (60: a log smaller than the one remembered),
+        ``ConsistencyError`` (61: another tree, a fork), ``UnknownKeyError`` (65: a checkpoint
+        or state file of another key), ``SignatureError``, ``ParseError`` (a malformed state
+        file or answer), ``UsageError`` (no log key, or not a log key), ``NetworkError``,
+        ``StorageError`` (the state file cannot be written)."""
+        from confide.ledger.auditor import log_verifier, verify_log, witness_verifier  # noqa: PLC0415
+        from confide.ledger.http import HttpLogClient  # noqa: PLC0415
+
+        verifier = log_verifier(self._log_verifier(log_key).vkey, "log_key")
+        cosigners = [witness_verifier(w, "witnesses") for w in witnesses]
+        with HttpLogClient(f"{self.url}/v1/log", client=self._client.http) as tiles:
+            return verify_log(tiles, verifier, None if state is None else Path(state), witnesses=cosigners)
+
+    # -- the successor board ------------------------------------------------------------------
+
+    def successor(self) -> SuccessorBoard:
+        """The successor board, the CAS's master key id, the approvals of successor versions
+        that have not expired, the retired versions (``confide cas successor show``). Raises
+        ``UsageError`` (a CAS that hands its key over to no other version), ``NetworkError``."""
+        return SuccessorBoard._from(self._client.successor())
+
+    def approve_successor(
+        self,
+        platform: str,
+        claims: Mapping[str, str],
+        identity: Identity,
+        *,
+        expires: Expiry,
+        master_key_id: str | None = None,
+        retire: Mapping[str, str] | None = None,
+        retire_attested: bool = False,
+    ) -> SuccessorApproval:
+        """A board member's signed approval of the successor version of ``platform`` (``sim``,
+        ``sgx``, ``tdx``, ``sev-snp``) with the identity ``claims`` (every claim the join rule
+        compares for it, in text form: lower-case hex or decimal), expiring at ``expires``, for
+        the CAS ``master_key_id`` (default: the id the CAS reports) under the current board
+        (``confide cas successor approve``). ``retire``: the identity claims of the version
+        that hands the key over, whose code it then retires (``--retire-claim``);
+        ``retire_attested``: that version is the CAS this connection's evidence verified
+        (``--retire-attested``; only on a connection made by :meth:`attested`).
+
+        Raises ``UsageError`` before anything is signed (an unknown platform, other claims, a
+        claim not in text form, a retirement of the successor's own code, an expiry not ahead
+        or beyond 90 days); from the CAS ``AccessDeniedError`` (not on the board),
+        ``ConflictError``, ``UsageError``; ``NetworkError``."""
+        from confide.cas.successor_client import (  # noqa: PLC0415
+            approve_successor,
+            attested_identity_claims,
+            check_successor_claims,
+        )
+
+        names = ("platform", "claims", "retire")
+        check_successor_claims(platform, claims, what=names)
+        if retire is not None and retire_attested:
+            raise UsageError("retire and retire_attested: give one")
+        if retire_attested:
+            if self.attestation is None:
+                raise UsageError(
+                    "retire_attested: this connection was not made by Cas.attested (no verified evidence)"
+                )
+            retire = attested_identity_claims(self.attestation.evidence, platform, "retire_attested")
+        check_successor_claims(platform, claims, retire, retire_given=not retire_attested, what=names)
+        at = _expires(expires)
+        answer = approve_successor(
+            self._client, identity, platform, claims, at, master_key_id=master_key_id, retire=retire
+        )
+        return SuccessorApproval._from(answer)
+
+    def withdraw_successor_approval(
+        self, approval: str, identity: Identity, *, master_key_id: str | None = None
+    ) -> SuccessorWithdrawal:
+        """Withdraw one's own approval ``approval`` (its digest, as :meth:`approve_successor`
+        and :meth:`successor` give it) before it expires (``confide cas successor withdraw``).
+        (An approval of a board change or a retirement is withdrawn the same way.) Raises from
+        the CAS ``AccessDeniedError`` (another signer's approval), ``ConflictError`` (withdrawn
+        already), ``UsageError`` (no such approval, or expired already); ``NetworkError``."""
+        from confide.cas.successor_client import withdraw_successor  # noqa: PLC0415
+
+        answer = withdraw_successor(self._client, identity, approval, master_key_id=master_key_id)
+        return SuccessorWithdrawal._from(answer)
+
+    def board_changes(self) -> BoardChanges:
+        """The successor board, its generation and the pending changes with their approvers
+        (``confide cas successor board show``)."""
+        return BoardChanges._from(self._client.successor_board())
+
+    def propose_board_change(
+        self,
+        board: Mapping[str, Sequence[str]] | os.PathLike[str],
+        identity: Identity,
+        *,
+        expires: Expiry,
+    ) -> BoardChangeApproval:
+        """Propose a new successor board, signing the first approval of the change (``confide
+        cas successor board propose``). ``board``: one rule, ``{"require-all": [...]}`` or
+        ``{"require-at-least-N": [...]}`` over identity fingerprints or public keys (base64),
+        or the path of a YAML or JSON file of it. The other members approve the returned
+        ``change`` id with :meth:`approve_board_change`.
+
+        Raises ``ParseError`` (not a board), ``UsageError`` (the current board, an expiry out of
+        range) before anything is signed; from the CAS ``AccessDeniedError`` (not on the
+        board); ``NetworkError``."""
+        from confide.cas.successor_board import board_from_json, parse_board_file  # noqa: PLC0415
+        from confide.cas.successor_client import new_board_change, sign_board_change  # noqa: PLC0415
+
+        if isinstance(board, Mapping):
+            if any(isinstance(v, str | bytes) for v in board.values()):  # list("ab") would be members
+                raise UsageError("board: each rule's members are a list, got a string")
+            parsed = board_from_json({k: list(v) for k, v in board.items()}, "board")
+        else:
+            parsed = parse_board_file(Path(board))
+        at = _expires(expires)
+        draft = new_board_change(self._client, parsed, "board")
+        return BoardChangeApproval._from(sign_board_change(self._client, identity, draft, at))
+
+    def approve_board_change(
+        self, change: str, identity: Identity, *, expires: Expiry
+    ) -> BoardChangeApproval:
+        """Approve the pending board change ``change`` (its id: 64 hex digits) (``confide cas
+        successor board approve``). The change the CAS lists under that id is checked to hash
+        to it (its board, generation and the key id) before it is signed: the member signs the
+        board the id names, whatever the CAS says.
+
+        Raises ``UsageError`` before anything is signed (a malformed id, no such pending
+        change, a listed change that does not hash to its id, an expiry out of range); from the
+        CAS ``AccessDeniedError`` (not on the board); ``NetworkError``."""
+        from confide.cas.successor_client import check_hex_id, listed_board_change, sign_board_change  # noqa: PLC0415
+
+        wanted = check_hex_id(change, "change", "change")
+        at = _expires(expires)
+        draft = listed_board_change(self._client, wanted, "change")
+        return BoardChangeApproval._from(sign_board_change(self._client, identity, draft, at))
+
+    def retirements(self) -> Retirements:
+        """The successor board, its generation, the pending retirements and the retired
+        versions (``confide cas successor retire show``)."""
+        return Retirements._from(self._client.successor_retirements())
+
+    def propose_retirement(
+        self, platform: str, code: Mapping[str, str], identity: Identity, *, expires: Expiry
+    ) -> RetirementApproval:
+        """Propose retiring the version of ``platform`` whose code identity claims are ``code``
+        (exactly those of the platform: ``sim`` and ``sev-snp`` measurement, ``sgx``
+        mr_enclave, ``tdx`` mr_td, rtmr1, rtmr2; text form), signing the first approval
+        (``confide cas successor retire propose``). A CAS refuses to retire its own version.
+
+        Raises ``UsageError`` before anything is signed; from the CAS ``AccessDeniedError``
+        (not on the board), ``UsageError`` (its own version); ``NetworkError``."""
+        from confide.cas.successor_client import check_code_claims, new_retirement, sign_retirement  # noqa: PLC0415
+
+        check_code_claims(platform, code, ("platform", "code"))
+        at = _expires(expires)
+        draft = new_retirement(self._client, platform, code)
+        return RetirementApproval._from(sign_retirement(self._client, identity, draft, at))
+
+    def approve_retirement(
+        self, retirement: str, identity: Identity, *, expires: Expiry
+    ) -> RetirementApproval:
+        """Approve the pending retirement ``retirement`` (its id) (``confide cas successor
+        retire approve``). The version the CAS lists under that id is checked to hash to it
+        (platform, code claims, the board's generation and the key id) before it is signed.
+        Raises as :meth:`approve_board_change`."""
+        from confide.cas.successor_client import check_hex_id, listed_retirement, sign_retirement  # noqa: PLC0415
+
+        wanted = check_hex_id(retirement, "retirement", "retirement")
+        at = _expires(expires)
+        draft = listed_retirement(self._client, wanted, "retirement")
+        return RetirementApproval._from(sign_retirement(self._client, identity, draft, at))
+
     # -- services -----------------------------------------------------------------------------
 
     def simulated_provider(
@@ -947,3 +1472,296 @@ class Cas:
 
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+# --- asyncio ---------------------------------------------------------------------------------
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+class AsyncCas:
+    """:class:`Cas` for asyncio: the same calls as coroutines, so that an async service does
+    not block its event loop. A thread-offloading wrapper, not a second client: each call runs
+    the :class:`Cas` this object owns in a worker thread (:func:`asyncio.to_thread`), with the
+    same requests, checks, results and errors (raised through ``await``).
+
+    Concurrency: calls on one ``AsyncCas`` run one at a time, in the order they were awaited (a
+    :class:`Cas` is never used by two threads at once; a call cancelled while its thread runs
+    still holds the connection until the thread finishes). For parallel calls, use several
+    ``AsyncCas`` objects: each has its own connection. Use one on one event loop. Close it with
+    ``async with`` or :meth:`aclose`.
+
+    Make one with :meth:`from_env`, :meth:`from_env_file`, :meth:`connect` or
+    :meth:`attested` (coroutines: they read files, and ``attested`` verifies the CAS's
+    evidence over the network), or wrap a :class:`Cas` that nothing else uses: ``AsyncCas(cas)``.
+    """
+
+    def __init__(self, cas: Cas) -> None:
+        self._cas = cas
+        self._queue = asyncio.Lock()  # one call at a time, waiting on the loop (no thread held)
+        self._using = threading.Lock()  # and one thread at a time, even after a cancellation
+
+    # -- connecting ---------------------------------------------------------------------------
+
+    @classmethod
+    async def from_env(cls, environ: Mapping[str, str] | None = None) -> AsyncCas:
+        """:meth:`Cas.from_env`."""
+        return cls(await asyncio.to_thread(Cas.from_env, environ))
+
+    @classmethod
+    async def from_env_file(cls, path: str | os.PathLike[str]) -> AsyncCas:
+        """:meth:`Cas.from_env_file`."""
+        return cls(await asyncio.to_thread(Cas.from_env_file, path))
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        ca_cert: str | os.PathLike[str] | bytes,
+        log_key: str | None = None,
+        sim_dir: str | os.PathLike[str] | None = None,
+        timeout: float = 30.0,
+    ) -> AsyncCas:
+        """:meth:`Cas.connect`."""
+        call = functools.partial(
+            Cas.connect, url, ca_cert=ca_cert, log_key=log_key, sim_dir=sim_dir, timeout=timeout
+        )
+        return cls(await asyncio.to_thread(call))
+
+    @classmethod
+    async def attested(
+        cls,
+        url: str,
+        *,
+        sim_key: str | os.PathLike[str] | bytes | None = None,
+        measurements: Iterable[str] = (),
+        expect: Mapping[str, Sequence[str]] | None = None,
+        collateral: str | None = None,
+        tolerate: Iterable[str] = (),
+        ignore_advisories: Iterable[str] = (),
+        expect_witnesses: int | None = None,
+        expect_witness_keys: Iterable[str] = (),
+        min_tcb_eval_number: int | None = None,
+        any_measurement: bool = False,
+        at: datetime | None = None,
+        sim_dir: str | os.PathLike[str] | None = None,
+        timeout: float = 30.0,
+    ) -> AsyncCas:
+        """:meth:`Cas.attested`: the CAS's evidence verified in a worker thread."""
+        call = functools.partial(
+            Cas.attested, url, sim_key=sim_key, measurements=tuple(measurements), expect=expect,
+            collateral=collateral, tolerate=tuple(tolerate), ignore_advisories=tuple(ignore_advisories),
+            expect_witnesses=expect_witnesses, expect_witness_keys=tuple(expect_witness_keys),
+            min_tcb_eval_number=min_tcb_eval_number, any_measurement=any_measurement, at=at,
+            sim_dir=sim_dir, timeout=timeout,
+        )  # fmt: skip
+        return cls(await asyncio.to_thread(call))
+
+    @property
+    def url(self) -> str:
+        return self._cas.url
+
+    @property
+    def cas_key_sha256(self) -> str | None:
+        """:attr:`Cas.cas_key_sha256`."""
+        return self._cas.cas_key_sha256
+
+    @property
+    def log_key(self) -> str | None:
+        """:attr:`Cas.log_key`."""
+        return self._cas.log_key
+
+    @property
+    def sim_dir(self) -> Path | None:
+        """:attr:`Cas.sim_dir`."""
+        return self._cas.sim_dir
+
+    @property
+    def attestation(self) -> PinnedCas | None:
+        """:attr:`Cas.attestation`."""
+        return self._cas.attestation
+
+    async def _run(self, fn: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        """``fn(*args, **kwargs)`` in a worker thread, after the calls awaited before it."""
+        call = functools.partial(fn, *args, **kwargs)
+        async with self._queue:
+            return await asyncio.to_thread(self._locked, call)
+
+    def _locked(self, call: Callable[[], _R]) -> _R:
+        with self._using:
+            return call()
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections, after the calls awaited before."""
+        await self._run(self._cas.close)
+
+    async def __aenter__(self) -> AsyncCas:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"AsyncCas(url={self.url!r})"
+
+    # -- stakeholders -------------------------------------------------------------------------
+
+    async def apply(
+        self, policy: Policy | str | bytes | os.PathLike[str], identity: Identity
+    ) -> PolicyStatus:
+        """:meth:`Cas.apply`."""
+        return await self._run(self._cas.apply, policy, identity)
+
+    async def approve(self, name: str, hash: str, identity: Identity) -> PolicyStatus:
+        """:meth:`Cas.approve`."""
+        return await self._run(self._cas.approve, name, hash, identity)
+
+    async def show(self, name: str, identity: Identity) -> PolicyInfo:
+        """:meth:`Cas.show`."""
+        return await self._run(self._cas.show, name, identity)
+
+    async def events(self, name: str, identity: Identity) -> tuple[PolicyEvent, ...]:
+        """:meth:`Cas.events`."""
+        return await self._run(self._cas.events, name, identity)
+
+    async def history(
+        self,
+        name: str,
+        identity: Identity,
+        *,
+        log_key: str | None = None,
+        state: str | os.PathLike[str] | None = None,
+    ) -> History:
+        """:meth:`Cas.history`."""
+        return await self._run(self._cas.history, name, identity, log_key=log_key, state=state)
+
+    async def accesses(
+        self,
+        name: str,
+        identity: Identity,
+        *,
+        secret: str | None = None,
+        log_key: str | None = None,
+        state: str | os.PathLike[str] | None = None,
+    ) -> Accesses:
+        """:meth:`Cas.accesses`."""
+        return await self._run(
+            self._cas.accesses, name, identity, secret=secret, log_key=log_key, state=state
+        )
+
+    async def crl(
+        self, name: str, secret: str, identity: Identity | None = None, *, pem: bool = False
+    ) -> bytes:
+        """:meth:`Cas.crl`."""
+        return await self._run(self._cas.crl, name, secret, identity, pem=pem)
+
+    async def revoke(
+        self,
+        name: str,
+        secret: str,
+        identity: Identity,
+        *,
+        serial: str | None = None,
+        all_valid: bool = False,
+        reason: RevocationReason = "unspecified",
+    ) -> Revocation:
+        """:meth:`Cas.revoke`."""
+        return await self._run(
+            self._cas.revoke, name, secret, identity, serial=serial, all_valid=all_valid, reason=reason
+        )
+
+    # -- the auditor --------------------------------------------------------------------------
+
+    async def verify_log(
+        self,
+        *,
+        state: str | os.PathLike[str] | None = None,
+        log_key: str | None = None,
+        witnesses: Iterable[str] = (),
+    ) -> LogVerification:
+        """:meth:`Cas.verify_log`."""
+        return await self._run(self._cas.verify_log, state=state, log_key=log_key, witnesses=tuple(witnesses))
+
+    # -- the successor board ------------------------------------------------------------------
+
+    async def successor(self) -> SuccessorBoard:
+        """:meth:`Cas.successor`."""
+        return await self._run(self._cas.successor)
+
+    async def approve_successor(
+        self,
+        platform: str,
+        claims: Mapping[str, str],
+        identity: Identity,
+        *,
+        expires: Expiry,
+        master_key_id: str | None = None,
+        retire: Mapping[str, str] | None = None,
+        retire_attested: bool = False,
+    ) -> SuccessorApproval:
+        """:meth:`Cas.approve_successor`."""
+        return await self._run(
+            self._cas.approve_successor, platform, claims, identity, expires=expires,
+            master_key_id=master_key_id, retire=retire, retire_attested=retire_attested,
+        )  # fmt: skip
+
+    async def withdraw_successor_approval(
+        self, approval: str, identity: Identity, *, master_key_id: str | None = None
+    ) -> SuccessorWithdrawal:
+        """:meth:`Cas.withdraw_successor_approval`."""
+        return await self._run(
+            self._cas.withdraw_successor_approval, approval, identity, master_key_id=master_key_id
+        )
+
+    async def board_changes(self) -> BoardChanges:
+        """:meth:`Cas.board_changes`."""
+        return await self._run(self._cas.board_changes)
+
+    async def propose_board_change(
+        self,
+        board: Mapping[str, Sequence[str]] | os.PathLike[str],
+        identity: Identity,
+        *,
+        expires: Expiry,
+    ) -> BoardChangeApproval:
+        """:meth:`Cas.propose_board_change`."""
+        return await self._run(self._cas.propose_board_change, board, identity, expires=expires)
+
+    async def approve_board_change(
+        self, change: str, identity: Identity, *, expires: Expiry
+    ) -> BoardChangeApproval:
+        """:meth:`Cas.approve_board_change`."""
+        return await self._run(self._cas.approve_board_change, change, identity, expires=expires)
+
+    async def retirements(self) -> Retirements:
+        """:meth:`Cas.retirements`."""
+        return await self._run(self._cas.retirements)
+
+    async def propose_retirement(
+        self, platform: str, code: Mapping[str, str], identity: Identity, *, expires: Expiry
+    ) -> RetirementApproval:
+        """:meth:`Cas.propose_retirement`."""
+        return await self._run(self._cas.propose_retirement, platform, code, identity, expires=expires)
+
+    async def approve_retirement(
+        self, retirement: str, identity: Identity, *, expires: Expiry
+    ) -> RetirementApproval:
+        """:meth:`Cas.approve_retirement`."""
+        return await self._run(self._cas.approve_retirement, retirement, identity, expires=expires)
+
+    # -- services -----------------------------------------------------------------------------
+
+    async def simulated_provider(
+        self, command: Sequence[str], *, cwd: str | os.PathLike[str] | None = None
+    ) -> SimQuoteProvider:
+        """:meth:`Cas.simulated_provider` (the command's files are read and measured in a
+        worker thread)."""
+        return await self._run(self._cas.simulated_provider, tuple(command), cwd=cwd)
+
+    async def attest(self, config_id: str, provider: QuoteProvider, *, dumpable: bool = False) -> Release:
+        """:meth:`Cas.attest`: the provider's ``get_evidence`` runs in the worker thread too."""
+        return await self._run(self._cas.attest, config_id, provider, dumpable=dumpable)

@@ -31,6 +31,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from confide.cli import cli
+from confide.httpserve.metrics_listener import METRICS_PATH
 from pki import tls_server_files
 
 ROOT = Path(__file__).parents[2]
@@ -180,6 +181,10 @@ def test_overlay_renders(overlay: str) -> None:
         assert service["spec"]["selector"].items() <= labels.items()
         ports = {p["name"] for p in cas["spec"]["template"]["spec"]["containers"][0]["ports"]}
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
+        # the metrics port is scraped on the pods, behind the NetworkPolicy: no Service has it
+        assert {p["targetPort"] for p in service["spec"]["ports"]} == {"https"}
+    for service in (o for o in objects if o["kind"] == "Service"):
+        assert all(p["port"] != 9090 and p["targetPort"] != "metrics" for p in service["spec"]["ports"])
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -210,11 +215,22 @@ def test_every_confide_command_line_parses(overlay: str) -> None:
                         )
             port = int(params["listen"].rpartition(":")[2])
             assert params["listen"].startswith("0.0.0.0:"), "listen on the pod's addresses"
-            assert {p["containerPort"] for p in container["ports"]} == {port}
+            # docs/deploy.md "Metrics": /metrics on a listener of its own, port "metrics"
+            assert params["metrics_listen"] is not None and params["metrics_listen"].startswith("0.0.0.0:")
+            metrics_port = int(params["metrics_listen"].rpartition(":")[2])
+            assert metrics_port != port
+            ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+            assert ports == {"https": port, "metrics": metrics_port}
+            annotations = workload["spec"]["template"]["metadata"]["annotations"]
+            assert annotations["prometheus.io/scheme"] == "http"
+            assert annotations["prometheus.io/port"] == str(metrics_port)
+            assert annotations["prometheus.io/path"] == METRICS_PATH
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 if probe in container:
                     get = container[probe]["httpGet"]
-                    assert get["scheme"] == "HTTPS" and get["port"] in {p["name"] for p in container["ports"]}
+                    # the API over TLS, or /metrics on the metrics listener (plain HTTP)
+                    assert (get["scheme"], get["port"]) in {("HTTPS", "https"), ("HTTP", "metrics")}
+                    assert get["port"] == "https" or get["path"] == METRICS_PATH
             if command == "cas serve":
                 assert params["data_dir"] == Path("/var/lib/confide/cas")
                 data = mount_of(container, "/var/lib/confide/cas")
@@ -238,8 +254,9 @@ def cas_get_routes(data_dir: Path) -> set[str]:
 
 
 def test_cas_probes_are_routes_the_cas_serves(tmp_path: Path) -> None:
-    """The probes and the Prometheus path of every CAS pod are GET routes of the CAS's API:
-    readiness /v1/ready (the database answers), liveness /v1/health (the process serves)."""
+    """The probes of every CAS pod are GET routes of the CAS's API: readiness /v1/ready (the
+    database answers), liveness /v1/health (the process serves); the Prometheus path is the
+    metrics listener's (``cas serve --metrics-listen``), which the API then does not serve."""
     routes = cas_get_routes(tmp_path / "cas")
     for overlay in OVERLAYS:
         cas = one(render(overlay), "StatefulSet", "confide-cas")
@@ -253,7 +270,8 @@ def test_cas_probes_are_routes_the_cas_serves(tmp_path: Path) -> None:
             "livenessProbe": "/v1/health",
         }
         assert set(paths.values()) <= routes
-        assert cas["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"] in routes
+        assert cas["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"] == METRICS_PATH
+        assert "--metrics-listen" in container["args"]
 
 
 def docs_command_lines(text: str) -> list[list[str]]:
@@ -348,10 +366,12 @@ def test_security_settings(overlay: str) -> None:
             assert "readinessProbe" in container and "livenessProbe" in container, container["name"]
         annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
         if annotations.get("prometheus.io/scrape") == "true":
-            ports = {p["containerPort"] for c in spec["containers"] for p in c["ports"]}
-            assert int(annotations["prometheus.io/port"]) in ports
+            ports = {p["name"]: p["containerPort"] for c in spec["containers"] for p in c["ports"]}
+            # plain HTTP on the metrics listener's port only (no TLS there, docs/deploy.md
+            # "Metrics"): not the API's port, which answers /metrics 404
+            assert int(annotations["prometheus.io/port"]) == ports["metrics"] != ports["https"]
             assert annotations["prometheus.io/path"] == "/metrics"
-            assert annotations["prometheus.io/scheme"] == "https"
+            assert annotations["prometheus.io/scheme"] == "http"
     for policy in (o for o in objects if o["kind"] == "NetworkPolicy"):
         assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
 
@@ -391,8 +411,12 @@ def test_overlay_shapes() -> None:
         if r.get("to") == [{"podSelector": {"matchLabels": {WITNESS_LABEL: "confide-witness"}}}]
     ]
     assert [r["ports"] for r in to_witness] == [[{"protocol": "TCP", "port": 8444}]]
+    metrics_ingress = {"from": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": 9090}]}
     witness_ingress = one(witness, "NetworkPolicy", "confide-witness")["spec"]["ingress"]
-    assert witness_ingress == [{"ports": [{"protocol": "TCP", "port": 8444}]}]
+    assert witness_ingress == [{"ports": [{"protocol": "TCP", "port": 8444}]}, metrics_ingress]
+    for overlay in OVERLAYS:  # the metrics port from pods in the cluster only, the API's from anywhere
+        cas_ingress = one(render(overlay), "NetworkPolicy", "confide-cas")["spec"]["ingress"]
+        assert cas_ingress == [{"ports": [{"protocol": "TCP", "port": 8443}]}, metrics_ingress]
 
 
 # --- the command lines, run ------------------------------------------------------------------
@@ -504,31 +528,69 @@ class Pod:
 
         return self.wait_for(port)
 
+    def metrics_port(self) -> int:
+        """The port ``--metrics-listen 127.0.0.1:0`` bound, from the line the server logs (the
+        CAS's ``listening`` line, the ledger servers' banner)."""
+
+        def port() -> int | None:
+            assert self.log is not None
+            text = self.log.read_text()
+            found = re.search(r'"metrics_http": "http://127\.0\.0\.1:(\d+)/metrics"', text) or re.search(
+                r"; metrics at http://127\.0\.0\.1:(\d+)/metrics", text
+            )
+            return int(found.group(1)) if found else None
+
+        return self.wait_for(port)
+
+    def get_plain(self, path: str, port: int) -> tuple[int, bytes]:
+        """A GET over plain HTTP (the metrics listener), as Prometheus and the probes make it."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return int(r.status), bytes(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def probe(self, name: str, port: int) -> int:
+        """The status of the probe ``name`` as the kubelet makes it (``port``: the API's; the
+        metrics listener's from :meth:`metrics_port`)."""
+        get = self.container[name]["httpGet"]
+        if get["port"] == "metrics":
+            assert get["scheme"] == "HTTP"
+            return self.get_plain(get["path"], self.metrics_port())[0]
+        return self.get(get["path"], port)[0]
+
     def wait_ready(self, port: int, timeout: float = 90.0) -> None:
         """Polls the startup probe's route until it answers 200 (the process must not exit)."""
-        path = self.container.get("startupProbe", self.container["readinessProbe"])["httpGet"]["path"]
+        probe = "startupProbe" if "startupProbe" in self.container else "readinessProbe"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None and self.log is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
             try:
-                if self.get(path, port)[0] == 200:
+                if self.probe(probe, port) == 200:
                     return
             except OSError:
                 pass
             time.sleep(0.1)
         raise AssertionError(f"not ready after {timeout} s")
 
+    def scrape(self) -> bytes:
+        """What Prometheus gets from the annotations' scheme, port (the metrics listener) and path."""
+        annotations = self.workload["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scheme"] == "http"
+        status, body = self.get_plain(annotations["prometheus.io/path"], self.metrics_port())
+        assert status == 200 and b"confide_" in body
+        return body
+
     def check_routes(self, port: int) -> None:
-        """Every probe's route and the Prometheus annotations' route answer 200."""
+        """Every probe's route and the Prometheus annotations' route answer 200; the API's
+        port answers /metrics 404 (served on the metrics listener only)."""
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             if probe in self.container:
-                status, _ = self.get(self.container[probe]["httpGet"]["path"], port)
-                assert status == 200, probe
-        annotations = self.workload["spec"]["template"]["metadata"]["annotations"]
-        status, body = self.get(annotations["prometheus.io/path"], port)
-        assert status == 200 and b"confide_" in body
+                assert self.probe(probe, port) == 200, probe
+        self.scrape()
+        assert self.get("/metrics", port)[0] == 404
 
     def stop(self) -> None:
         """SIGTERM, as the kubelet stops a pod; it must be gone within the grace period."""
@@ -615,7 +677,7 @@ def _init_after_a_killed_attempt(pod: Pod) -> None:
 @pytest.mark.slow
 def test_sqlite_overlay_runs(tmp_path: Path) -> None:
     pod = cas_pod("sqlite", tmp_path / "pod")
-    pod.start({"0.0.0.0:8443": "127.0.0.1:0"})
+    pod.start({"0.0.0.0:8443": "127.0.0.1:0", "0.0.0.0:9090": "127.0.0.1:0"})
     try:
         port = pod.cas_port()
         pod.wait_ready(port)
@@ -645,7 +707,7 @@ def test_postgres_overlays_run(tmp_path: Path, postgres: Any) -> None:
         for pod in replicas:
             pod.env["PGPASSWORD"] = "unused: the test cluster trusts local connections"
             run_init_containers(pod, secrets)
-            pod.start({"0.0.0.0:8443": "127.0.0.1:0", **db})
+            pod.start({"0.0.0.0:8443": "127.0.0.1:0", "0.0.0.0:9090": "127.0.0.1:0", **db})
             port = pod.cas_port()
             pod.wait_ready(port)  # OrderedReady: the first one is up before the next starts
             pod.check_routes(port)
@@ -673,7 +735,7 @@ def test_postgres_overlays_run(tmp_path: Path, postgres: Any) -> None:
     secrets = {"confide-cas-master-key": {"master.key": new_key}}
     stale = replicas[1]
     run_init_containers(stale, secrets)  # its old key stays: it does not start, and changes nothing
-    stale.start({"0.0.0.0:8443": "127.0.0.1:0", **db})
+    stale.start({"0.0.0.0:8443": "127.0.0.1:0", "0.0.0.0:9090": "127.0.0.1:0", **db})
     assert stale.proc is not None and stale.log is not None
     assert stale.proc.wait(timeout=60) == 2
     assert "UsageError" in stale.log.read_text()
@@ -681,7 +743,7 @@ def test_postgres_overlays_run(tmp_path: Path, postgres: Any) -> None:
     try:
         for pod in replicas:
             run_init_containers(pod, secrets)
-            pod.start({"0.0.0.0:8443": "127.0.0.1:0", **db})
+            pod.start({"0.0.0.0:8443": "127.0.0.1:0", "0.0.0.0:9090": "127.0.0.1:0", **db})
             pod.wait_ready(pod.cas_port())
         assert [(d / "master.key").read_bytes() for d in data] == [new_key, new_key]
     finally:
@@ -710,7 +772,7 @@ def test_postgres_overlays_run(tmp_path: Path, postgres: Any) -> None:
     ).stdout.strip()  # fmt: skip
     for i, log_key in enumerate([*log_keys, spare]):
         Path(witness.local(f"/etc/confide-witness/logs/confide-cas-{i}.vkey")).write_text(log_key + "\n")
-    witness.start({"0.0.0.0:8444": "127.0.0.1:0"})
+    witness.start({"0.0.0.0:8444": "127.0.0.1:0", "0.0.0.0:9090": "127.0.0.1:0"})
     first = cas_pod("postgres-witness", tmp_path / "confide-cas-0")
     try:
         witness_port = witness.witness_port()
@@ -721,13 +783,13 @@ def test_postgres_overlays_run(tmp_path: Path, postgres: Any) -> None:
         shutil.copy(ca, first.local("/etc/confide/witness/ca.crt"))
         run_init_containers(first, secrets)
         witness_url = {"https://confide-witness:8444": f"https://127.0.0.1:{witness_port}"}
-        first.start({"0.0.0.0:8443": "127.0.0.1:0", **db, **witness_url})
+        first.start({"0.0.0.0:8443": "127.0.0.1:0", "0.0.0.0:9090": "127.0.0.1:0", **db, **witness_url})
         port = first.cas_port()
         first.wait_ready(port)
         first.check_routes(port)
-        _, metrics = first.get("/metrics", port)
+        metrics = first.scrape()
         assert b"confide_cas_witness_quorum 1.0" in metrics
-        _, witness_metrics = witness.get("/metrics", witness_port)
+        witness_metrics = witness.scrape()
         assert re.search(rb"confide_witness_cosignatures_total\{[^}]*\} [1-9]", witness_metrics)
     finally:
         first.stop()
@@ -753,14 +815,14 @@ def test_postgres_password_from_the_environment(tmp_path: Path) -> None:
         wrong = cas_pod("postgres", tmp_path / "wrong")
         wrong.env["PGPASSWORD"] = "not-" + password
         run_init_containers(wrong, secrets)
-        wrong.start({"0.0.0.0:8443": "127.0.0.1:0", **db})
+        wrong.start({"0.0.0.0:8443": "127.0.0.1:0", "0.0.0.0:9090": "127.0.0.1:0", **db})
         assert wrong.proc is not None and wrong.log is not None
         assert wrong.proc.wait(timeout=60) == 50
         assert "StorageError" in wrong.log.read_text() and password not in wrong.log.read_text()
         pod = cas_pod("postgres", tmp_path / "pod")
         pod.env["PGPASSWORD"] = password
         run_init_containers(pod, secrets)
-        pod.start({"0.0.0.0:8443": "127.0.0.1:0", **db})
+        pod.start({"0.0.0.0:8443": "127.0.0.1:0", "0.0.0.0:9090": "127.0.0.1:0", **db})
         try:
             port = pod.cas_port()
             pod.wait_ready(port)

@@ -4,11 +4,14 @@ result carries a secret value, and the runnable example of docs/sdk.md (examples
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,9 +25,12 @@ from confide import errors
 from confide.ledger.note import NoteSigner
 from confide.policy import loads_policy
 from confide.sdk import (
+    AsyncCas,
     Cas,
+    Evidence,
     Identity,
     PolicyInfo,
+    QuoteProvider,
     Release,
     create_identity,
     load_identity,
@@ -358,6 +364,12 @@ def test_attest_refusals_are_the_classes_confide_run_exits_with(
         no_sim.simulated_provider(argv)
 
 
+def test_a_cas_without_a_successor_board_refuses_its_calls(cas: Cas) -> None:
+    for call in (cas.successor, cas.board_changes, cas.retirements):
+        with pytest.raises(errors.UsageError, match="hands its master key over to no other version"):
+            call()
+
+
 def test_crl_and_revoke(cas: Cas, tmp_path: Path) -> None:
     alice, bob = Identity.generate(), Identity.generate()
     policy = pki_policy("sdk-pki", "SDK CA", update=f"[CREATOR, {bob.fingerprint}]")
@@ -384,6 +396,94 @@ def test_crl_and_revoke(cas: Cas, tmp_path: Path) -> None:
     assert cas.show("sdk-pki", alice).secrets["srv"].serial != serial  # re-issued
 
 
+# --- asyncio -------------------------------------------------------------------------------------
+
+
+class SlowProvider:
+    """A quote provider that blocks its thread for ``delay`` seconds before the real one answers
+    (a slow TEE driver), recording when each call ran."""
+
+    def __init__(
+        self, inner: QuoteProvider, delay: float, spans: list[tuple[str, float, float]], tag: str
+    ) -> None:
+        self.inner, self.delay, self.spans, self.tag = inner, delay, spans, tag
+
+    def get_evidence(self, report_data: bytes) -> Evidence:
+        start = time.monotonic()
+        time.sleep(self.delay)
+        assert threading.current_thread() is not threading.main_thread()  # never on the loop's thread
+        evidence = self.inner.get_evidence(report_data)
+        self.spans.append((self.tag, start, time.monotonic()))
+        return evidence
+
+
+def test_async_cas_keeps_the_event_loop_running(cas_proc: CasProcess, tmp_path: Path) -> None:
+    """AsyncCas: calls run in worker threads (a heartbeat task keeps ticking through a second of
+    blocking work), calls on one object one at a time, on two objects at once; a refusal is
+    raised through await as the class the command exits with; ``async with`` closes."""
+    alice = Identity.generate()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    argv_a, argv_b = command(tmp_path / "a", "echo a"), command(tmp_path / "b", "echo b")
+    spans: list[tuple[str, float, float]] = []
+    ticks: list[float] = []
+    delay = 0.8
+
+    async def heartbeat(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> tuple[AsyncCas, float, float]:
+        async with (
+            await AsyncCas.from_env(cas_proc.env) as a,
+            await AsyncCas.from_env_file(cas_proc.data_dir / "client.env") as b,
+        ):
+            assert (a.url, a.log_key, repr(a)) == (cas_proc.env["CONFIDE_CAS_URL"], cas_proc.env["CONFIDE_LOG_KEY"],
+                                                   f"AsyncCas(url={a.url!r})")  # fmt: skip
+            await asyncio.gather(
+                a.apply(app_policy("sdk-async-a", measure(argv_a)), alice),
+                b.apply(app_policy("sdk-async-b", measure(argv_b)), alice),
+            )
+            slow_a1 = SlowProvider(await a.simulated_provider(argv_a), delay, spans, "a1")
+            slow_a2 = SlowProvider(await a.simulated_provider(argv_a), delay, spans, "a2")
+            slow_b = SlowProvider(await b.simulated_provider(argv_b), delay, spans, "b")
+            stop = asyncio.Event()
+            beating = asyncio.create_task(heartbeat(stop))
+            started = time.monotonic()
+            released = await asyncio.gather(
+                a.attest("sdk-async-a/app", slow_a1, dumpable=True),
+                a.attest("sdk-async-a/app", slow_a2, dumpable=True),
+                b.attest("sdk-async-b/app", slow_b, dumpable=True),
+                b.show("sdk-async-b", alice),
+                a.events("sdk-async-a", alice),
+            )
+            ended = time.monotonic()
+            stop.set()
+            await beating
+            assert [r.policy for r in released[:3]] == ["sdk-async-a", "sdk-async-a", "sdk-async-b"]
+            assert released[3].name == "sdk-async-b"
+            with pytest.raises(errors.AccessDeniedError) as refused:
+                await a.show("sdk-async-a", Identity.generate())
+            assert refused.value.exit_code == errors.AccessDeniedError.exit_code
+            with pytest.raises(errors.UsageError, match="POLICY/SERVICE"):
+                await b.attest("no-service", slow_b, dumpable=True)
+        return a, started, ended
+
+    a, started, ended = asyncio.run(scenario())
+    assert a._cas._client.http.is_closed  # async with closed the connection
+    by_tag = {tag: (start, end) for tag, start, end in spans}
+    # one object's calls one at a time: a1 and a2 do not overlap; another object's do
+    (s1, e1), (s2, _e2) = sorted([by_tag["a1"], by_tag["a2"]])
+    assert e1 <= s2
+    assert by_tag["b"][0] < e1 and s1 < by_tag["b"][1]
+    assert ended - started >= 2 * delay  # a's two calls, one after the other
+    # the loop kept running: no gap between ticks near the providers' blocking sleeps
+    during = [t for t in ticks if started <= t <= ended]
+    gaps = [later - earlier for earlier, later in zip([started, *during], [*during, ended], strict=True)]
+    assert len(during) > 20 and max(gaps) < delay / 2, max(gaps)
+
+
 # --- the worked example --------------------------------------------------------------------------
 
 
@@ -401,4 +501,20 @@ def test_the_example_of_docs_sdk_runs(tmp_path: Path) -> None:
     assert f"modified service: exit {errors.AppraisalError.exit_code}: error: AppraisalError" in out
     assert "hospital reads analytics: AccessDeniedError (exit 33)" in out
     assert "secrets [analytics/db_pass v1, hospital/data_key v1], included in the log" in out
+    assert out.rstrip().endswith("OK")
+
+
+def test_the_async_example_runs(cas_proc: CasProcess, tmp_path: Path) -> None:
+    ran = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "sdk" / "async_audit.py"),
+         str(cas_proc.data_dir / "client.env"), str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    out = ran.stdout
+    assert "applied audited: " in out and "(active)" in out
+    assert "history: ['policy.created']" in out and "log verified: size " in out
+    assert "previous size None" in out and (tmp_path / "work" / "auditor.json").exists()
+    assert f"stranger reads audited: AccessDeniedError (exit {errors.AccessDeniedError.exit_code})" in out
     assert out.rstrip().endswith("OK")

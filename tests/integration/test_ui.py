@@ -7,8 +7,11 @@ string escaped, and no page ever showing a secret value a service received."""
 from __future__ import annotations
 
 import functools
+import hashlib
+import ipaddress
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,11 +23,14 @@ from pathlib import Path
 
 import httpx2
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 import sdk_env
 from cas_harness import ROOT, CasProcess, running_cas, wait_for_log
 from confide import errors
+from confide.ledger.note import NoteSigner
 from confide.sdk import Cas, Identity, create_identity, measure
 from confide.ui.app import MAX_BODY
 from sdk_env import command, pki_policy
@@ -74,9 +80,10 @@ class Ui:
 
 
 def start_ui(cas_proc: CasProcess, work: Path, *extra: str, identity: bool = True) -> Ui:
+    """``confide ui`` on its default address (a random 127.X.Y.Z) unless ``extra`` has ``--listen``."""
     work.mkdir(parents=True, exist_ok=True)
     ident = create_identity(work / "me.id", name="me")
-    args = [sys.executable, "-m", "confide", "ui", "--listen", "127.0.0.1:0",
+    args = [sys.executable, "-m", "confide", "ui",
             "--env-file", str(cas_proc.data_dir / "client.env"), "--state", str(work / "ui.state"), *extra]  # fmt: skip
     if identity:
         args += ["--identity", str(work / "me.id")]
@@ -88,7 +95,7 @@ def start_ui(cas_proc: CasProcess, work: Path, *extra: str, identity: bool = Tru
     stderr: list[str] = []
     threading.Thread(target=lambda: stderr.extend(proc.stderr or ()), daemon=True).start()
     line = proc.stdout.readline()  # the URL, printed once the socket is bound
-    match = re.fullmatch(r"(http://127\.0\.0\.1:\d+)/\?token=([A-Za-z0-9_-]+)\n", line)
+    match = re.fullmatch(r"(http://127\.\d+\.\d+\.\d+:\d+)/\?token=([A-Za-z0-9_-]+)\n", line)
     assert match, (line, proc.poll(), stderr)
     return Ui(proc, match.group(1), match.group(2), ident, work / "ui.state", stderr)
 
@@ -191,8 +198,18 @@ def test_token_cookie_host_csrf_and_headers(fresh_ui: Ui) -> None:
         rebound = client.get("/", headers={"Host": "attacker.example:80"})
         assert rebound.status_code == 403 and "Host" in rebound.text
         assert_secured(rebound)
-        port = ui.base.rsplit(":", 1)[1]
-        assert client.get("/", headers={"Host": f"localhost:{port}"}).status_code == 200
+        # the default address: a random 127.X.Y.Z of this launch, not among 127.0.0.1's neighbours
+        # (cookies are per host, not per port: servers on 127.0.0.1 are not sent this page's), and
+        # the page answers to exactly that host and port
+        host, port = ui.base.removeprefix("http://").rsplit(":", 1)
+        address = ipaddress.ip_address(host)
+        assert address.is_loopback and address not in ipaddress.ip_network("127.0.0.0/24")
+        assert all(0 < int(octet) < 255 for octet in host.split(".")[1:])
+        for other in (f"127.0.0.1:{port}", f"localhost:{port}", f"{host}:1{port}", host):
+            assert client.get("/", headers={"Host": other}).status_code == 403, other
+        assert client.get("/", headers={"Host": f"{host}:{port}"}).status_code == 200
+        # the cookie's name: the port and a suffix of this launch
+        assert re.fullmatch(rf"confide-ui-{port}-[0-9a-f]{{8}}", next(iter(client.cookies.keys())))
         # a request another site made (a page on another port of this machine is same-site: its
         # requests carry the SameSite=Strict cookie) is refused; the page's own and the user's are not
         for site, status in [("same-site", 403), ("cross-site", 403), ("same-origin", 200), ("none", 200)]:
@@ -217,11 +234,6 @@ def test_token_cookie_host_csrf_and_headers(fresh_ui: Ui) -> None:
 
 
 def test_the_cas_is_named_and_pinned(ui: Ui, cas_proc: CasProcess) -> None:
-    import hashlib
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     pem = Path(cas_proc.env["CONFIDE_CAS_CERT"]).read_bytes()
     fingerprint = hashlib.sha256(x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)).hexdigest()
     with ui.logged_in() as client:
@@ -230,6 +242,88 @@ def test_the_cas_is_named_and_pinned(ui: Ui, cas_proc: CasProcess) -> None:
     assert fingerprint in text
     assert cas_proc.env["CONFIDE_LOG_KEY"] in text
     assert str(ui.state) in text
+    # how the CAS is trusted, on every page
+    assert f"trusted by its certificate file {cas_proc.env['CONFIDE_CAS_CERT']}" in text
+    assert "not by attestation" in text
+
+
+def test_an_explicit_listen_keeps_its_meaning(cas_proc: CasProcess, tmp_path: Path) -> None:
+    started = start_ui(cas_proc, tmp_path / "w", "--listen", "127.0.0.1:0")
+    try:
+        assert started.base.startswith("http://127.0.0.1:")
+        port = started.base.rsplit(":", 1)[1]
+        with started.logged_in() as client:
+            assert client.get("/", headers={"Host": f"localhost:{port}"}).status_code == 200
+            assert client.get("/", headers={"Host": f"127.0.0.1:{port}"}).status_code == 200
+            assert client.get("/", headers={"Host": f"127.0.0.2:{port}"}).status_code == 403
+        assert not any("warning" in line for line in started.stderr)
+    finally:
+        started.stop()
+
+
+def _ran(cas_proc: CasProcess, *args: str, env_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "confide", "ui", "--env-file", str(env_file or cas_proc.data_dir / "client.env"),
+         *args],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )  # fmt: skip
+
+
+def test_attest_pins_the_cas_by_its_evidence(cas_proc: CasProcess, tmp_path: Path) -> None:
+    sim_key = Path(cas_proc.env["CONFIDE_SIM_DIR"]) / "platform-key.pub.pem"
+    with Cas.attested(cas_proc.env["CONFIDE_CAS_URL"], sim_key=sim_key, any_measurement=True) as probe:
+        assert probe.attestation is not None
+        measurement = str(probe.attestation.evidence.claims["measurement"])
+        certificate = probe.attestation.certificate_sha256
+    # the very certificate client.env names, pinned here by the evidence instead of by the file
+    pem = Path(cas_proc.env["CONFIDE_CAS_CERT"]).read_bytes()
+    assert (
+        certificate
+        == hashlib.sha256(x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)).hexdigest()
+    )
+    started = start_ui(cas_proc, tmp_path / "w", "--attest", "--measurement", measurement)
+    try:
+        with started.logged_in() as client:
+            home = client.get("/").text
+            assert f"trusted by its attestation: measurement {measurement[:16]}… (sim, SIMULATED)" in home
+            assert measurement in home and certificate in home and "CONFIDE_CAS_CERT is not used" in home
+            assert "trusted by its certificate file" not in home
+            # a working connection to the CAS the evidence pinned
+            done = apply(client, pki_policy("ui-attested", "UI attested CA"))
+            assert done.status_code == 200, done.text
+            shown = client.get("/policy?name=ui-attested")
+            assert shown.status_code == 200 and "trusted by its attestation" in shown.text
+            assert "srv.local" in shown.text or "BEGIN CERTIFICATE" in shown.text
+    finally:
+        started.stop()
+    assert any("trusted by its attestation" in line for line in started.stderr)
+    # refused before serving: no measurement, another measurement, a log key other than the
+    # attested one, --attest's options without it
+    other_key = NoteSigner.generate(cas_proc.env["CONFIDE_LOG_KEY"].split("+")[0]).verifier.vkey
+    wrong_env = tmp_path / "wrong.env"
+    wrong_env.write_text(
+        "".join(
+            f"export {k}={shlex.quote(other_key if k == 'CONFIDE_LOG_KEY' else v)}\n"
+            for k, v in cas_proc.env.items()
+        )
+    )
+    for args, env_file, code, words in [
+        (("--attest",), None, errors.UsageError.exit_code, "--measurement"),
+        (("--attest", "--measurement", "00" * 48), None, errors.MeasurementError.exit_code, "measurement"),
+        (("--attest", "--measurement", measurement), wrong_env, errors.UsageError.exit_code, "differs"),
+        (
+            ("--attest", "--measurement", measurement, "--expect-witnesses", "1"),
+            None,
+            errors.AppraisalError.exit_code,
+            "no witness quorum",
+        ),  # as cas attest --expect-witnesses
+        (("--expect-witnesses", "1"), None, errors.UsageError.exit_code, "are for --attest"),
+        (("--measurement", measurement), None, errors.UsageError.exit_code, "are for --attest"),
+    ]:
+        ran = _ran(cas_proc, *args, env_file=env_file)
+        assert ran.returncode == code, (args, ran.stderr)
+        assert words in ran.stderr and ran.stdout == "", (args, ran.stderr)
 
 
 def test_a_non_loopback_listen_is_refused(cas_proc: CasProcess, tmp_path: Path) -> None:
@@ -422,6 +516,42 @@ def test_revoke_a_certificate(ui: Ui, cas: Cas) -> None:
         assert done.status_code == 200, done.text
         assert serial in done.text and "keyCompromise" in done.text
     assert cas.show("ui-pki", ui.identity).secrets["srv"].serial != serial  # re-issued
+
+
+def test_a_ca_crl_is_downloaded_as_policy_crl_writes_it(
+    ui: Ui, cas: Cas, cas_proc: CasProcess, tmp_path: Path
+) -> None:
+    cas.apply(pki_policy("ui-crl", "UI CRL CA"), ui.identity)
+    cas.apply(pki_policy("ui-crl-theirs", "UI CRL CA 2"), Identity.generate())
+    with ui.logged_in() as client:
+        shown = client.get("/policy?name=ui-crl").text
+        assert 'href="/policy/crl?name=ui-crl&amp;secret=ca" download' in shown
+        assert "/policy/crl?name=ui-crl&amp;secret=srv" not in shown  # a leaf certificate has no CRL
+        got = client.get("/policy/crl?name=ui-crl&secret=ca")
+        assert got.status_code == 200, got.text
+        assert got.headers["content-type"] == "application/pkix-crl"
+        assert got.headers["content-disposition"] == 'attachment; filename="ui-crl-ca.crl"'
+        assert_secured(got)
+        crl = x509.load_der_x509_crl(got.content)
+        assert crl.issuer.rfc4514_string() == "CN=UI CRL CA"
+        # the same rules as every other GET: another site's request, no cookie, a CA not readable
+        other_site = {"Sec-Fetch-Site": "same-site"}
+        assert client.get("/policy/crl?name=ui-crl&secret=ca", headers=other_site).status_code == 403
+        with ui.client() as anonymous:
+            assert anonymous.get("/policy/crl?name=ui-crl&secret=ca").status_code == 403
+        theirs = client.get("/policy/crl?name=ui-crl-theirs&secret=ca")
+        assert theirs.status_code == 403 and "AccessDeniedError, exit 33" in theirs.text
+        missing = client.get("/policy/crl?name=ui-crl&secret=nope")
+        assert missing.status_code == 422 and "PolicyError, exit 30" in missing.text
+    out = tmp_path / "ca.crl"
+    ran = subprocess.run(
+        [sys.executable, "-m", "confide", "policy", "crl", "ui-crl", "ca", "--der", "--out", str(out),
+         "--identity", str(ui.state.parent / "me.id")],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, **cas_proc.env, "PYTHONPATH": str(ROOT / "src")},
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert out.read_bytes() == got.content  # the bytes policy crl writes
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")

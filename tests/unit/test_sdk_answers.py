@@ -8,6 +8,7 @@ import base64
 import os
 import threading
 from collections.abc import Iterator, Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +239,82 @@ def test_ledger_accesses_of_a_release_entry_of_another_shape_exits_10(
     result = CliRunner().invoke(cli.ledger, ["accesses", *args, "--identity", "unused"])
     assert result.exit_code == 10, result.output
     assert "entry 0: the release's secrets are not a list of objects" in result.output
+
+
+# --- the successor board's answers ---------------------------------------------------------------
+
+BOARD = b'"board": {"require-all": ["aa"]}, "board_sha256": "s", "generation": 1, "needed": 1, "master_key_id": "k"'
+
+
+def _given(cas: Cas, monkeypatch: pytest.MonkeyPatch, method: str, text: bytes) -> None:
+    answer = jsonstrict.loads(text, structure="CAS answer")
+    monkeypatch.setattr(cas._client, method, lambda *_a, **_k: answer)
+
+
+def test_the_successor_boards_answers_are_typed_and_read_only(
+    cas: Cas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    approver = b'{"signer": "aa", "expires": 9, "approval": "d", "retire": null}'
+    _given(cas, monkeypatch, "successor", b"{" + BOARD + b', "approvals": [{"target": "t", "platform": "sim", '
+           b'"claims": {"measurement": "ab"}, "authorised": false, "approvers": [' + approver + b'], '
+           b'"withdrawn": [], "retire": ["r"]}], "retired": [], "void": []}')  # fmt: skip
+    shown = cas.successor()
+    assert (shown.generation, shown.needed, shown.master_key_id, shown.board["require-all"]) == (
+        1,
+        1,
+        "k",
+        ("aa",),
+    )
+    (target,) = shown.approvals
+    assert (target.target, target.retire, target.approvers[0].signer, target.approvers[0].expires) == (
+        "t", ("r",), "aa", 9
+    )  # fmt: skip
+    with pytest.raises(TypeError):
+        target.claims["measurement"] = "x"  # type: ignore[index]
+    _given(cas, monkeypatch, "successor_board", b"{" + BOARD + b', "changes": [{"change": "c", "board": {}, '
+           b'"board_sha256": "b", "generation": 1, "approvers": [], "withdrawn": []}]}')  # fmt: skip
+    (change,) = cas.board_changes().changes
+    assert (change.change, change.generation, change.approvers) == ("c", 1, ())
+    _given(cas, monkeypatch, "successor_retirements", b"{" + BOARD + b', "retirements": [], "retired": []}')
+    assert cas.retirements().retirements == ()
+
+
+@pytest.mark.parametrize(
+    ("method", "call", "text"),
+    [
+        ("successor", "successor", b"{" + BOARD + b', "approvals": [{"target": 5}]}'),
+        ("successor", "successor", b'{"board": [], "generation": 0}'),
+        ("successor_board", "board_changes", b"{" + BOARD + b', "changes": [{"change": "c"}]}'),
+        ("successor_board", "board_changes", b"{" + BOARD.replace(b', "master_key_id": "k"', b"") + b"}"),
+        (
+            "successor_retirements",
+            "retirements",
+            b"{" + BOARD + b', "retirements": [{"retirement": "r", '
+            b'"platform": "sim", "code": {}, "generation": "1"}]}',
+        ),
+        ("successor_retirements", "retirements", b"[]"),
+    ],
+)
+def test_a_malformed_board_answer_is_a_parse_error(
+    cas: Cas, monkeypatch: pytest.MonkeyPatch, method: str, call: str, text: bytes
+) -> None:
+    _given(cas, monkeypatch, method, text)
+    with pytest.raises(ParseError):
+        getattr(cas, call)()
+
+
+def test_an_approvals_answer_is_checked_and_expiry_refused_before_anything_is_sent(
+    cas: Cas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ident = Identity.generate()
+    _given(cas, monkeypatch, "successor", b'{"master_key_id": "k", "generation": 0}')
+    _given(cas, monkeypatch, "approve_successor", b'{"target": "t", "digest": "d", "approvers": [1], '
+           b'"needed": 2, "authorised": false, "retire": []}')  # fmt: skip
+    with pytest.raises(ParseError, match="list of strings"):
+        cas.approve_successor("sim", {"measurement": "ab" * 48}, ident, expires=timedelta(hours=1))
+    sent: list[object] = []
+    monkeypatch.setattr(cas._client, "approve_successor", lambda *a, **_k: sent.append(a))
+    for expires in (timedelta(days=90, seconds=5), timedelta(0), datetime(2030, 1, 1), 5):
+        with pytest.raises(UsageError, match="expires"):
+            cas.approve_successor("sim", {"measurement": "ab" * 48}, ident, expires=expires)  # type: ignore[arg-type]
+    assert sent == []

@@ -4,6 +4,9 @@ errors are shown with (tests/integration/test_ui.py drives the whole page)."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
+import random
 from typing import Any
 
 import pytest
@@ -12,7 +15,7 @@ from confide import errors
 from confide.cas.client import CasClient
 from confide.sdk import Cas
 from confide.ui.app import MAX_FIELDS, Guard, UiState, _parse_form, _Refused, describe
-from confide.ui.cli import default_state_file, parse_listen
+from confide.ui.cli import bind_default, default_state_file, parse_listen, random_loopback_host
 from confide.ui.html import Html, esc, h, join, page
 
 
@@ -59,6 +62,57 @@ def test_loopback_listen_addresses(listen: str, host: str, port: int, names: set
 def test_other_listen_addresses_are_refused(listen: str, why: str) -> None:
     with pytest.raises(errors.UsageError, match=why):
         parse_listen(listen)
+
+
+def test_the_default_host_is_a_random_loopback_address_away_from_127_0_0_1() -> None:
+    assert random_loopback_host(lambda n: 0) == "127.1.1.1"
+    assert random_loopback_host(lambda n: n - 1) == "127.254.254.254"
+    rng = random.Random(7)  # the octets' range is tested here, not their randomness
+    seen = set()
+    for _ in range(2000):
+        host = random_loopback_host(rng.randrange)
+        address = ipaddress.ip_address(host)
+        assert address.is_loopback and address not in ipaddress.ip_network("127.0.0.0/24")
+        assert all(0 < int(octet) < 255 for octet in host.split(".")[1:])
+        seen.add(host)
+    assert len(seen) > 1990
+    assert (
+        random_loopback_host() != random_loopback_host() or random_loopback_host() != random_loopback_host()
+    )
+
+
+def test_the_default_address_falls_back_to_127_0_0_1_with_a_warning() -> None:
+    tried: list[str] = []
+
+    def bind_ok(host: str) -> str:
+        tried.append(host)
+        return f"server on {host}"
+
+    server, host, warning = bind_default(bind_ok, platform="linux", pick=lambda: "127.9.8.7")
+    assert (server, host, warning, tried) == ("server on 127.9.8.7", "127.9.8.7", None, ["127.9.8.7"])
+
+    def unavailable(host: str) -> str:  # a kernel that does not route 127.9.8.7 to loopback
+        tried.append(host)
+        if host != "127.0.0.1":
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+        return f"server on {host}"
+
+    tried.clear()
+    server, host, warning = bind_default(unavailable, platform="linux", pick=lambda: "127.9.8.7")
+    assert (server, host, tried) == ("server on 127.0.0.1", "127.0.0.1", ["127.9.8.7", "127.0.0.1"])
+    assert warning is not None and "\n" not in warning
+    assert "cannot listen on 127.9.8.7" in warning and "sent the page's cookie" in warning
+
+    tried.clear()  # not Linux: 127.0.0.1 at once
+    server, host, warning = bind_default(bind_ok, platform="darwin", pick=lambda: "127.9.8.7")
+    assert (host, tried) == ("127.0.0.1", ["127.0.0.1"])
+    assert warning is not None and "Linux only" in warning and "cookie" in warning
+
+    def denied(host: str) -> str:  # any other failure is not a reason to fall back
+        raise OSError(errno.EACCES, "Permission denied")
+
+    with pytest.raises(OSError, match="Permission denied"):
+        bind_default(denied, platform="linux", pick=lambda: "127.9.8.7")
 
 
 def test_the_default_state_file_is_one_per_log(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,7 +197,10 @@ def test_the_token_redirects_to_a_path_of_this_page(path: str, location: bytes) 
         guard, path, f"name=p&token={state.token}" if path == "/policy" else f"token={state.token}"
     )
     assert status == 303 and headers[b"location"] == location
-    assert headers[b"set-cookie"].startswith(f"confide-ui-8765={state.session};".encode())
+    assert headers[b"set-cookie"].startswith(
+        f"confide-ui-8765-{state.cookie_suffix}={state.session};".encode()
+    )
+    assert len(state.cookie_suffix) == 8
 
 
 def test_the_token_is_single_use_and_other_sites_are_refused() -> None:
@@ -152,7 +209,8 @@ def test_the_token_is_single_use_and_other_sites_are_refused() -> None:
     assert not state.token_used  # a refused request does not use it
     assert _ask(guard, "/", f"token={state.token}", ((b"sec-fetch-site", b"none"),))[0] == 303
     assert _ask(guard, "/", f"token={state.token}")[0] == 403  # used
-    cookie = (b"cookie", f"confide-ui-8765={state.session}".encode())
+    cookie = (b"cookie", f"{state.cookie}={state.session}".encode())
+    assert _ask(guard, "/", "", ((b"cookie", f"confide-ui-8765={state.session}".encode()),))[0] == 403
     for site, status in [(b"same-origin", 200), (b"none", 200), (b"same-site", 403), (b"cross-site", 403)]:
         assert _ask(guard, "/", "", (cookie, (b"sec-fetch-site", site)))[0] == status, site
     assert _ask(guard, "/", "", (cookie,))[0] == 200  # not a browser: no Sec-Fetch-Site
@@ -182,7 +240,7 @@ def test_an_event_time_no_date_has_is_shown_not_a_server_error(
     async def send(message: Any) -> None:
         sent.append(message)
 
-    cookie = f"confide-ui-8765={state.session}".encode()
+    cookie = f"{state.cookie}={state.session}".encode()
     scope = {"type": "http", "method": "GET", "path": "/policy/events", "query_string": b"name=p",
              "headers": [(b"host", b"127.0.0.1:8765"), (b"cookie", cookie)]}  # fmt: skip
     asyncio.run(create_app(state)(scope, receive, send))

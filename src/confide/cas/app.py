@@ -53,6 +53,7 @@ from confide.cas.verifier import Prefetched
 from confide.cas.witness_quorum import WitnessGuard
 from confide.errors import ConfideError, ParseError
 from confide.httpserve.limits import HttpLimits
+from confide.httpserve.metrics_listener import MetricsAuth
 from confide.httpserve.ratelimit import RateLimiter, client_key, retry_after
 from confide.ledger.serve import serve as serve_log
 
@@ -152,7 +153,9 @@ def create_app(
     public_http: PublicApp | None = None,
     witness_guard: WitnessGuard | None = None,
     refusal_delay: RefusalDelay | None = None,
-) -> FastAPI:
+    metrics_on_api: bool = True,
+    metrics_auth: MetricsAuth | None = None,
+) -> _CasApp:
     """The CAS's API; ``cas_evidence``: its own evidence (``GET /v1/cas/evidence``), whose
     refreshes and their failures ``/metrics`` counts. ``http_limits``: the server's connection
     and timeout limits, whose refusals ``/metrics`` counts. ``attest_limiter``: the per-client
@@ -167,7 +170,13 @@ def create_app(
     ``--witness-max-lag`` passed), and ``/metrics`` shows what the witnesses said.
     ``refusal_delay``: with ``cas serve --opaque-refusals`` (docs/cas.md "Opaque refusals"), each
     opaque refusal (``confide.cas.core.is_opaque_refusal``) is answered no earlier than the
-    delay after its request's body was read (``None``: at once)."""
+    delay after its request's body was read (``None``: at once). ``metrics_on_api``: whether
+    this application serves ``GET /metrics`` (``cas serve --metrics-listen`` serves it on a
+    listener of its own, :mod:`confide.httpserve.metrics_listener`: then this one has no such
+    route, a 404 as any unknown path, and the OpenAPI schema does not list it); the registry
+    is the application's ``metrics_registry`` and ``render_metrics()`` either way.
+    ``metrics_auth``: the bearer token ``/metrics`` requires here (``--metrics-token-file``;
+    ``None``: none), its refusals counted in the registry."""
     registry = CollectorRegistry()
     requests = _Counts("confide_requests", "HTTP requests", ("route", "status"))
     registry.register(requests)
@@ -572,12 +581,28 @@ def create_app(
     if refusal_delay is not None:
         registry.register(RefusalDelayCollector(refusal_delay))
 
-    @app.get("/metrics")
-    def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    if metrics_auth is not None:
+        registry.register(metrics_auth)
+
+    def render_metrics() -> bytes:
+        return bytes(generate_latest(registry))
+
+    if metrics_on_api:
+
+        @app.get("/metrics")
+        async def metrics(request: Request) -> Response:
+            # docs/cas.md "Metrics": with --metrics-token-file, only with the bearer token
+            refused = metrics_auth.refusal(request.scope, "api") if metrics_auth is not None else None
+            if refused is not None:
+                status, headers, body = refused
+                raw = {k.decode(): v.decode() for k, v in headers}
+                media_type = raw.pop("content-type")
+                return Response(body, status_code=status, headers=raw, media_type=media_type)
+            return Response(await asyncio.to_thread(render_metrics), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(_Observe, observe=observe)
     app.observe, app.fast_paths, app.body_budget = observe, frozenset(hot), budget
+    app.metrics_registry, app.render_metrics = registry, render_metrics
     return app
 
 
@@ -1177,6 +1202,8 @@ class _CasApp(FastAPI):
 
     observe: Any = None
     fast_paths: frozenset[str] = frozenset()
+    metrics_registry: CollectorRegistry | None = None
+    render_metrics: Any = None
     body_budget: BodyBudget | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:

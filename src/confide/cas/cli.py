@@ -163,6 +163,24 @@ def cas() -> None:
     'http://HOST:PORT (or a name of it) for certificates to point there (docs/cas.md "The public '
     'HTTP listener").',
 )
+@click.option(
+    "--metrics-listen",
+    "metrics_listen",
+    metavar="HOST:PORT",
+    help="Serve GET /metrics on a plain-HTTP listener of its own there (everything else 404), with "
+    "connection limits of its own (the values of --max-connections and --max-connections-per-ip); "
+    "the API listener then answers /metrics 404. For Prometheus on an internal port "
+    '(docs/cas.md "Metrics").',
+)
+@click.option(
+    "--metrics-token-file",
+    "metrics_token_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE",
+    help="Require 'Authorization: Bearer TOKEN' for /metrics, wherever it is served; TOKEN is the "
+    "file's content (one trailing newline stripped; at least 16 printable ASCII bytes, no space). "
+    "Else 401.",
+)
 @click.option("--max-connections", type=click.IntRange(min=0), default=1024, show_default=True,
               help="Open connections at once (TLS handshakes included); one more is closed when"
               " accepted, before its handshake. 0: no limit.")  # fmt: skip
@@ -250,6 +268,8 @@ def cas_serve(
     crl_validity: str | None,
     public_url: str | None,
     public_http_listen: str | None,
+    metrics_listen: str | None,
+    metrics_token_file: Path | None,
     max_connections: int,
     max_connections_per_ip: int,
     body_timeout: float,
@@ -342,6 +362,8 @@ def cas_serve(
         replica_min_tcb=min_tcb,
         opaque_refusals=opaque_refusals,
         refusal_delay=refusal_delay,
+        metrics_listen=metrics_listen,
+        metrics_token_file=metrics_token_file,
     )
 
 
@@ -677,17 +699,12 @@ def cas_successor_approve(
 ) -> None:
     """Sign and submit an approval of a successor version; prints the approvers so far."""
     from confide.cas.client import CasClient
-    from confide.cas.key_release import IDENTITY_CLAIMS
-    from confide.cas.successor import CODE_CLAIMS, claim_text_ok, code_identity, identity_digest
-    from confide.verify.result import Platform
+    from confide.cas.successor import identity_digest
+    from confide.cas.successor_client import approve_successor, check_successor_claims
 
     named, retire = _named_claims("--claim", claims), _named_claims("--retire-claim", retire_claims)
     # what the CAS would refuse, refused before anything is signed or sent
-    known = {p.value: names for p, names in IDENTITY_CLAIMS.items()}
-    if platform not in known:
-        raise UsageError(f"--platform: got {platform[:40]!r}, expected one of {', '.join(sorted(known))}")
-    if set(named) != set(known[platform]):
-        raise UsageError(f"--claim: {platform} needs exactly {', '.join(known[platform])}")
+    check_successor_claims(platform, named)
     if retire_claims and retire_attested:
         raise UsageError("--retire-claim and --retire-attested: give one")
     if expect_specs and not retire_attested:
@@ -695,22 +712,9 @@ def cas_successor_approve(
     expect = _expected_claims(expect_specs)
     if retire_attested:
         retire = _attested_claims(platform, expect)
-    elif retire_claims and set(retire) != set(known[platform]):
-        raise UsageError(f"--retire-claim: {platform} needs exactly {', '.join(known[platform])}")
     retiring = bool(retire_claims) or retire_attested
-    for option, given in (("--claim", named), ("--retire-claim", retire if retire_claims else {})):
-        for name, value in given.items():
-            if not claim_text_ok(value):
-                raise UsageError(
-                    f"{option}: {name}={value[:80]!r}: expected its text form (lower-case hex or decimal:"
-                    " 0-9 a-z _ . : -, at most 256 characters)"
-                )
+    check_successor_claims(platform, named, retire if retiring else None, retire_given=bool(retire_claims))
     if retiring:
-        if code_identity(platform, retire) == code_identity(platform, named):
-            code = ", ".join(CODE_CLAIMS[Platform(platform)])
-            raise UsageError(
-                f"--retire-claim: the successor has the same code ({code}): it would be retired too"
-            )
         # shown before anything is signed: what the signature will retire
         click.echo(
             f"retires the version {identity_digest(platform, retire)} when it hands the key over:", err=True
@@ -719,19 +723,10 @@ def cas_successor_approve(
             click.echo(f"  {name}={value}", err=True)
     expiry = _expiry(expires)
     ident = load_identity(identity_file)
-    client = CasClient.from_env()
-    shown = client.successor()
-    key_id = master_key_id.lower() if master_key_id else str(shown["master_key_id"])
-    generation = int(shown.get("generation", 0))
-    result = client.approve_successor(
-        key_id,
-        platform,
-        named,
-        expiry,
-        ident,
-        generation=generation,
+    result = approve_successor(
+        CasClient.from_env(), ident, platform, named, expiry, master_key_id=master_key_id,
         retire=retire if retiring else None,
-    )
+    )  # fmt: skip
     retires = f" (retires {', '.join(result['retire'])} when it hands over)" if result.get("retire") else ""
     click.echo(f"{result['target']} {_state(result)}{retires}")
     click.echo(f"approval {result['digest']} (cas successor withdraw --approval names it)", err=True)
@@ -748,11 +743,10 @@ def cas_successor_withdraw(approval: str, master_key_id: str | None, identity_fi
     """Withdraw one's own approval of a successor version before it expires; prints the
     approvals of its target that still count (docs/cas.md "Withdrawing an approval")."""
     from confide.cas.client import CasClient
+    from confide.cas.successor_client import withdraw_successor
 
     ident = load_identity(identity_file)
-    client = CasClient.from_env()
-    key_id = master_key_id.lower() if master_key_id else str(client.successor()["master_key_id"])
-    result = client.withdraw_successor_approval(key_id, approval.strip().lower(), ident)
+    result = withdraw_successor(CasClient.from_env(), ident, approval, master_key_id=master_key_id)
     click.echo(f"{result['approval']} withdrawn: {result['target']} {_state(result)}")
 
 
@@ -770,9 +764,8 @@ def _attested_claims(platform: str, expect: dict[str, tuple[str, ...]]) -> dict[
     from cryptography.hazmat.primitives import serialization
 
     from confide.cas.client import read_cert_file
-    from confide.cas.key_release import IDENTITY_CLAIMS
     from confide.cas.pin import attest_cas
-    from confide.cas.successor import claim_text
+    from confide.cas.successor_client import attested_identity_claims
     from confide.collateral.dcap import source_for
     from confide.errors import AppraisalError
     from confide.platforms.dcap import COLLATERAL_ENV
@@ -806,10 +799,7 @@ def _attested_claims(platform: str, expect: dict[str, tuple[str, ...]]) -> dict[
             "--retire-attested: the CAS at CONFIDE_CAS_URL presented another certificate than the pinned "
             "one: attest it again (cas attest --out) before naming its version"
         )
-    evidence = attested.evidence
-    names = IDENTITY_CLAIMS.get(evidence.platform, ())
-    if evidence.platform.value != platform or not names or any(n not in evidence.claims for n in names):
-        raise UsageError(f"--retire-attested: the CAS runs on {evidence.platform.value}, not {platform}")
+    claims = attested_identity_claims(attested.evidence, platform)
     if expect:
         click.echo(f"--retire-attested: the attested CAS has the expected {', '.join(expect)}", err=True)
     else:
@@ -818,7 +808,7 @@ def _attested_claims(platform: str, expect: dict[str, tuple[str, ...]]) -> dict[
             "chooses; compare the claims below with the version you mean",
             err=True,
         )
-    return {n: claim_text(evidence.claims[n]) for n in names}
+    return claims
 
 
 def _named_claims(option: str, items: tuple[str, ...]) -> dict[str, str]:
@@ -841,23 +831,9 @@ def _state(result: dict[str, Any]) -> str:
 def _expiry(text: str) -> int:
     """``--expires``: an ISO 8601 time with a zone, or ``N`` followed by ``m``, ``h`` or ``d``;
     refused unless it is ahead and at most 90 days away, as the CAS would refuse it."""
-    from confide.cas.successor_board import MAX_LIFETIME
+    from confide.cas.successor_client import parse_expiry
 
-    units = {"m": 60, "h": 3600, "d": 86400}
-    now = int(datetime.now(UTC).timestamp())
-    if text[-1:] in units and text[:-1].isdigit() and len(text) <= 8:
-        at = now + int(text[:-1]) * units[text[-1]]
-    else:
-        try:
-            when = datetime.fromisoformat(text)
-        except ValueError:
-            raise UsageError(f"--expires: got {text[:40]!r}, expected an ISO 8601 time or 12h, 7d") from None
-        if when.tzinfo is None:
-            raise UsageError("--expires: give the time zone (e.g. 2027-01-31T00:00:00Z)")
-        at = int(when.timestamp())
-    if not now < at <= now + MAX_LIFETIME:
-        raise UsageError(f"--expires: got {text[:40]!r}, expected a time ahead, at most 90 days from now")
-    return at
+    return parse_expiry(text, int(datetime.now(UTC).timestamp()))
 
 
 @cas_successor.group("board")
@@ -886,19 +862,14 @@ def cas_successor_board_propose(board_file: Path, expires: str, identity_file: P
     change id (what the other members approve) and its state."""
     from confide.cas.client import CasClient
     from confide.cas.successor_board import parse_board_file
+    from confide.cas.successor_client import new_board_change, sign_board_change
 
     # what the CAS would refuse, refused before anything is signed or sent
     board = parse_board_file(board_file)
     expiry = _expiry(expires)
     ident = load_identity(identity_file)
     client = CasClient.from_env()
-    current = client.successor_board()
-    if board.to_json() == current["board"]:
-        raise UsageError("--board: that is the current successor board")
-    result = client.approve_board_change(
-        str(current["master_key_id"]), int(current["generation"]), board.to_json(), expiry, ident
-    )
-    _echo_change(result)
+    _echo_change(sign_board_change(client, ident, new_board_change(client, board), expiry))
 
 
 @cas_successor_board.command("approve")
@@ -912,32 +883,17 @@ def cas_successor_board_approve(change: str, expires: str, identity_file: Path) 
     """Approve a pending change of the successor board. The change the CAS lists under that id
     is checked to hash to it (its board, generation and key id) before it is signed: the
     member signs the board the id names, whatever the CAS says."""
-    from confide.cas.board_change import change_id
     from confide.cas.client import CasClient
-    from confide.cas.successor_board import board_from_json
+    from confide.cas.successor_client import check_hex_id, listed_board_change, sign_board_change
 
-    wanted = change.strip().lower()
-    if len(wanted) != 64 or any(c not in "0123456789abcdef" for c in wanted):
-        raise UsageError(f"--change: got {change[:80]!r}, expected the change id (64 hex digits)")
+    wanted = check_hex_id(change, "--change", "change")
     expiry = _expiry(expires)
     ident = load_identity(identity_file)
     client = CasClient.from_env()
-    current = client.successor_board()
-    listed = [c for c in current["changes"] if c.get("change") == wanted]
-    if not listed:
-        raise UsageError(
-            f"--change: no pending change {wanted[:16]}… of the current board (generation "
-            f"{current['generation']}); cas successor board show lists them"
-        )
-    board = board_from_json(listed[0]["board"], "listed board change")
-    key_id, generation = str(current["master_key_id"]), int(current["generation"])
-    if change_id(key_id, generation, board) != wanted:
-        raise UsageError(
-            f"the CAS lists a change {wanted[:16]}… whose board, generation and key id do not hash to "
-            "it: nothing signed"
-        )
-    click.echo(f"approving the board {json.dumps(board.to_json())} (generation {generation + 1})", err=True)
-    _echo_change(client.approve_board_change(key_id, generation, board.to_json(), expiry, ident))
+    draft = listed_board_change(client, wanted)
+    shown = json.dumps(draft.board.to_json())
+    click.echo(f"approving the board {shown} (generation {draft.generation + 1})", err=True)
+    _echo_change(sign_board_change(client, ident, draft, expiry))
 
 
 def _echo_change(result: dict[str, Any]) -> None:
@@ -980,30 +936,20 @@ def cas_successor_retire_propose(
     other members approve) and its state. Submit it to a CAS of another version: a CAS refuses
     to retire its own."""
     from confide.cas.client import CasClient
-    from confide.cas.successor import CODE_CLAIMS, claim_text_ok, code_identity
+    from confide.cas.successor import code_identity
+    from confide.cas.successor_client import check_code_claims, new_retirement, sign_retirement
 
     code = _named_claims("--claim", claims)
     # what the CAS would refuse, refused before anything is signed or sent
-    known = {p.value: names for p, names in CODE_CLAIMS.items()}
-    if platform not in known:
-        raise UsageError(f"--platform: got {platform[:40]!r}, expected one of {', '.join(sorted(known))}")
-    if set(code) != set(known[platform]):
-        raise UsageError(f"--claim: the code identity of {platform} is exactly {', '.join(known[platform])}")
-    for name, value in code.items():
-        if not claim_text_ok(value):
-            raise UsageError(
-                f"--claim: {name}={value[:80]!r}: expected its text form (lower-case hex or decimal:"
-                " 0-9 a-z _ . : -, at most 256 characters)"
-            )
+    check_code_claims(platform, code)
     expiry = _expiry(expires)
     ident = load_identity(identity_file)
     client = CasClient.from_env()
-    current = client.successor_retirements()
+    draft = new_retirement(client, platform, code)
     click.echo(f"retires the code {code_identity(platform, code)} on {platform}:", err=True)
     for name, value in code.items():
         click.echo(f"  {name}={value}", err=True)
-    key_id, generation = str(current["master_key_id"]), int(current["generation"])
-    _echo_retirement(client.approve_retirement(key_id, generation, platform, code, expiry, ident))
+    _echo_retirement(sign_retirement(client, ident, draft, expiry))
 
 
 @cas_successor_retire.command("approve")
@@ -1018,39 +964,20 @@ def cas_successor_retire_approve(retirement: str, expires: str, identity_file: P
     it (its platform, code claims, the board's generation and the key id) before it is signed:
     the member signs the version the id names, whatever the CAS says."""
     from confide.cas.client import CasClient
-    from confide.cas.retirement import retirement_id
-    from confide.cas.successor import CODE_CLAIMS, claim_text_ok, code_identity
-    from confide.verify.result import Platform
+    from confide.cas.successor import code_identity
+    from confide.cas.successor_client import check_hex_id, listed_retirement, sign_retirement
 
-    wanted = retirement.strip().lower()
-    if len(wanted) != 64 or any(c not in "0123456789abcdef" for c in wanted):
-        raise UsageError(f"--retirement: got {retirement[:80]!r}, expected the retirement id (64 hex digits)")
+    wanted = check_hex_id(retirement, "--retirement", "retirement")
     expiry = _expiry(expires)
     ident = load_identity(identity_file)
     client = CasClient.from_env()
-    current = client.successor_retirements()
-    listed = [r for r in current["retirements"] if r.get("retirement") == wanted]
-    if not listed:
-        raise UsageError(
-            f"--retirement: no pending retirement {wanted[:16]}… under the current board (generation "
-            f"{current['generation']}); cas successor retire show lists them"
-        )
-    platform, code = str(listed[0]["platform"]), listed[0]["code"]
-    key_id, generation = str(current["master_key_id"]), int(current["generation"])
-    names = CODE_CLAIMS.get(Platform(platform)) if platform in {p.value for p in Platform} else None
-    well_formed = (
-        names is not None and isinstance(code, dict) and set(code) == set(names)
-        and all(isinstance(v, str) and claim_text_ok(v) for v in code.values())
-    )  # fmt: skip
-    if not well_formed or retirement_id(key_id, generation, platform, code) != wanted:
-        raise UsageError(
-            f"the CAS lists a retirement {wanted[:16]}… whose platform, code claims, generation and key id "
-            "do not hash to it: nothing signed"
-        )
-    click.echo(f"retires the code {code_identity(platform, code)} on {platform}:", err=True)
-    for name, value in code.items():
+    draft = listed_retirement(client, wanted)
+    click.echo(
+        f"retires the code {code_identity(draft.platform, dict(draft.code))} on {draft.platform}:", err=True
+    )
+    for name, value in draft.code.items():
         click.echo(f"  {name}={value}", err=True)
-    _echo_retirement(client.approve_retirement(key_id, generation, platform, code, expiry, ident))
+    _echo_retirement(sign_retirement(client, ident, draft, expiry))
 
 
 def _echo_retirement(result: dict[str, Any]) -> None:

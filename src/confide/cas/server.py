@@ -1,6 +1,7 @@
 """``confide cas serve``: the CAS over TLS (uvicorn), with its state in a data directory; with
 ``--public-http-listen``, also a plain-HTTP listener for its public CRLs and CA certificates only
-(:mod:`confide.cas.public_http`, :func:`public_http_server`), on the same event loop.
+(:mod:`confide.cas.public_http`, :func:`public_http_server`), and with ``--metrics-listen`` one
+for ``/metrics`` only (:mod:`confide.httpserve.metrics_listener`), on the same event loop.
 
 The data directory holds (created on first start, mode 0700/0600):
 
@@ -65,7 +66,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -126,8 +127,15 @@ from confide.collateral.nvidia_rim import source_for as rim_source_for
 from confide.errors import ConfideError, LogRollbackError, NetworkError, UsageError
 from confide.fsutil import write_atomic
 from confide.httpserve.limits import PUBLIC_MAX_HEAD, HttpLimits
-from confide.httpserve.ratelimit import ATTEST_RATE, WRITE_RATE, Rate, RateLimiter
-from confide.httpserve.server import reserve_descriptors
+from confide.httpserve.metrics_listener import (
+    METRICS_PATH,
+    MetricsAuth,
+    MetricsListenerApp,
+    listener_limits,
+    read_metrics_token,
+)
+from confide.httpserve.ratelimit import ATTEST_RATE, WRITE_RATE, Rate, RateLimiter, RefusalLog
+from confide.httpserve.server import Companion, ServerWithCompanions, plain_server, reserve_descriptors
 from confide.ledger.db import Conn, connect_postgres
 from confide.ledger.db import connect as ledger_connect
 from confide.ledger.note import NoteSigner, NoteVerifier
@@ -1101,6 +1109,8 @@ def serve(
     replica_min_tcb: ReplicaMinTcb | None = None,
     opaque_refusals: bool = False,
     refusal_delay: float | None = None,
+    metrics_listen: str | None = None,
+    metrics_token_file: Path | None = None,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
@@ -1127,7 +1137,12 @@ def serve(
     the reason (``--opaque-refusals``, docs/cas.md "Opaque refusals"); ``refusal_delay``:
     seconds after its request's arrival before such an answer is sent (``--refusal-delay``;
     ``None``: :data:`~confide.cas.refusal_delay.DEFAULT_REFUSAL_DELAY`, 0: at once), only with
-    ``opaque_refusals`` (a :class:`UsageError` otherwise)."""
+    ``opaque_refusals`` (a :class:`UsageError` otherwise). ``metrics_listen``: ``HOST:PORT`` of
+    a plain-HTTP listener that serves ``/metrics`` only, which the API then does not
+    (``--metrics-listen``, :mod:`confide.httpserve.metrics_listener`), with limits of its own
+    of the values of ``http_limits``; ``metrics_token_file``: the bearer token ``/metrics``
+    requires, wherever it is served (``--metrics-token-file``; read at once: a missing, empty,
+    short or non-printable one is a :class:`UsageError`)."""
     if refusal_delay is not None and not opaque_refusals:
         raise UsageError(
             "--refusal-delay needs --opaque-refusals: it delays the opaque refusals' answers, and"
@@ -1140,9 +1155,12 @@ def serve(
     elif witness_max_lag is not None:
         raise UsageError("--witness-max-lag needs --witness-quorum")
     host, port = _parse_listen(listen)
-    public_addr = None
+    public_addr = metrics_addr = None
     if public_http_listen is not None:
         public_addr = _parse_listen(public_http_listen, "--public-http-listen", "0.0.0.0:8080")
+    if metrics_listen is not None:
+        metrics_addr = _parse_listen(metrics_listen, "--metrics-listen", "0.0.0.0:9090")
+    metrics_token = read_metrics_token(metrics_token_file) if metrics_token_file is not None else None
     _configure_logging()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Before anything in the directory is read or written, held until the process exits: a
@@ -1160,7 +1178,8 @@ def serve(
                successor_board=successor_board,
                min_tcb_evaluation_data_number=min_tcb_evaluation_data_number, quorum=quorum,
                replica_min_tcb=replica_min_tcb, opaque_refusals=opaque_refusals,
-               refusal_delay=delay if opaque_refusals else 0.0)  # fmt: skip
+               refusal_delay=delay if opaque_refusals else 0.0, metrics_addr=metrics_addr,
+               metrics_token=metrics_token)  # fmt: skip
 
 
 def uvicorn_server(
@@ -1169,7 +1188,7 @@ def uvicorn_server(
     cert_path: Path,
     key_password: str | None,
     limits: HttpLimits,
-    public: tuple[uvicorn.Server, socket.socket] | None = None,
+    companions: Sequence[Companion] = (),
     *,
     session_tickets: int = SESSION_TICKETS,
     refusal_delay: float = 0.0,
@@ -1177,9 +1196,10 @@ def uvicorn_server(
     """The CAS's uvicorn server (uvloop, httptools) over TLS, with ``limits``: uvicorn builds
     the TLS context from the key and certificate as usual, then the loop's server is made plain
     TCP and the TLS layer is put under it by :meth:`HttpLimits.tls_protocol`, so that connections
-    over a limit are closed before their handshake (``confide.httpserve.limits``). ``public``:
-    the public listener's server (:func:`public_http_server`) and socket, served on the same
-    event loop, started after this one and stopped before it finishes. ``session_tickets``: TLS
+    over a limit are closed before their handshake (``confide.httpserve.limits``). ``companions``:
+    the second listeners' servers (:func:`public_http_server`, the metrics listener's) and
+    sockets, served on the same event loop, started after this one and stopped before it
+    finishes. ``session_tickets``: TLS
     1.3 session tickets sent after each handshake (:data:`SESSION_TICKETS`). ``refusal_delay``:
     ``cas serve --opaque-refusals --refusal-delay`` (0 without), added to the time a stopping
     CAS gives the requests in progress (:data:`GRACEFUL_SHUTDOWN`)."""
@@ -1209,42 +1229,21 @@ def uvicorn_server(
     context.num_tickets = session_tickets
     config.ssl = None
     config.http_protocol_class = limits.tls_protocol(config.http_protocol_class, context)  # type: ignore[assignment]
-    return _CasServer(config, public)
+    return _CasServer(config, companions)
 
 
 def public_http_server(app: PublicApp, limits: HttpLimits) -> uvicorn.Server:
     """The public listener's uvicorn server (:mod:`confide.cas.public_http`): plain HTTP/1.1
     (httptools), connections admitted by :meth:`HttpLimits.plain_protocol`, request heads
-    bounded and timed as there; no lifespan, no proxy headers. It handles no signal: the
-    TLS server it is given to (:func:`uvicorn_server`) stops it."""
-    config = uvicorn.Config(
-        app,
-        log_config=None,
-        access_log=False,
-        http=limits.plain_protocol(),
-        proxy_headers=False,
-        lifespan="off",
-        loop="uvloop",
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
-    )
-    return _PublicServer(config)
+    bounded and timed as there; no lifespan, no proxy headers
+    (:func:`confide.httpserve.server.plain_server`). It handles no signal: the TLS server it is
+    given to (:func:`uvicorn_server`) stops it."""
+    return plain_server(app, limits)
 
 
-class _PublicServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # the TLS server's handlers stop both
-
-
-class _CasServer(uvicorn.Server):
-    """uvicorn's server, also running the public listener's (``public``) on its loop: started
-    once this one has started; this one stops when it fails; stopped, and waited for, when
-    this one shuts down (before uvicorn re-raises the signal that stopped it)."""
-
-    def __init__(self, config: uvicorn.Config, public: tuple[uvicorn.Server, socket.socket] | None) -> None:
-        super().__init__(config)
-        self.public = public
-        self._public_task: asyncio.Task[None] | None = None
+class _CasServer(ServerWithCompanions):
+    """uvicorn's server, also running the second listeners' (``companions``: the public one,
+    the metrics one) on its loop (:class:`~confide.httpserve.server.ServerWithCompanions`)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -1258,27 +1257,6 @@ class _CasServer(uvicorn.Server):
             finally:
                 for handler in logging.getLogger().handlers:
                     handler.flush()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.public is not None and self.started:
-            server, sock = self.public
-            self._public_task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-
-    async def on_tick(self, counter: int) -> bool:
-        if self._public_task is not None and self._public_task.done():
-            return True  # the public listener stopped (failed): so does the CAS
-        return await super().on_tick(counter)
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        task = self._public_task
-        if self.public is not None:
-            self.public[0].should_exit = True
-        try:
-            await super().shutdown(sockets)
-        finally:
-            if task is not None:
-                await task  # its failure, if it failed, is the CAS's
 
 
 def _serve(
@@ -1315,6 +1293,8 @@ def _serve(
     replica_min_tcb: ReplicaMinTcb | None = None,
     opaque_refusals: bool = False,
     refusal_delay: float = 0.0,
+    metrics_addr: tuple[str, int] | None = None,
+    metrics_token: bytes | None = None,
 ) -> None:
     public_limits = None
     if public_addr is not None:
@@ -1326,7 +1306,12 @@ def _serve(
             handshake_timeout=http_limits.handshake_timeout,
             max_head=PUBLIC_MAX_HEAD,
         )
-    reserve_descriptors(http_limits.max_connections, public_limits.max_connections if public_limits else 0)
+    metrics_limits = listener_limits(http_limits) if metrics_addr is not None else None
+    reserve_descriptors(
+        http_limits.max_connections,
+        (public_limits.max_connections if public_limits else 0)
+        + (metrics_limits.max_connections if metrics_limits else 0),
+    )
     cas, cas_evidence, key_path, cert_path, env, signer = prepare(
         data_dir, host=host, dev=dev, db_url=db_url, collateral=collateral, seal=seal, tee=tee, kds=kds,
         nvidia_ocsp=nvidia_ocsp, crl_validity=crl_validity, nvidia_rim=nvidia_rim,
@@ -1370,6 +1355,15 @@ def _serve(
         public_url_bound = _url("http", public_addr[0], public_sock)
         public_app = PublicApp(cas, public_limits)
         public = (public_http_server(public_app, public_limits), public_sock)
+    metrics_sock = metrics_url = None
+    if metrics_addr is not None:
+        metrics_sock = _bind(*metrics_addr, "--metrics-listen")
+        metrics_url = _url("http", metrics_addr[0], metrics_sock) + METRICS_PATH
+    # docs/cas.md "Metrics: a listener of its own, a token": a refused scrape is counted and
+    # logged, at most 5 lines a second (the ledger servers' refusal log)
+    metrics_auth = None
+    if metrics_token is not None:
+        metrics_auth = MetricsAuth(metrics_token, RefusalLog(logger="confide.cas"))
     env = {"CONFIDE_CAS_URL": url, **env, "CONFIDE_LOG_URL": f"{url}/v1/log"}
     lines = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     write_atomic(data_dir / "client.env", lines.encode())
@@ -1384,11 +1378,21 @@ def _serve(
         # docs/cas.md "Opaque refusals": each opaque refusal answered --refusal-delay after its
         # request arrived (0: at once)
         refusal_delay=RefusalDelay(refusal_delay) if opaque_refusals and refusal_delay > 0 else None,
+        metrics_on_api=metrics_sock is None,
+        metrics_auth=metrics_auth,
     )
+    companions: list[Companion] = [public] if public is not None else []
+    if metrics_sock is not None and metrics_limits is not None:
+        metrics_app = MetricsListenerApp(
+            app.render_metrics, auth=metrics_auth, limits=metrics_limits, logger="confide.cas"
+        )
+        if app.metrics_registry is not None:
+            app.metrics_registry.register(metrics_app)
+        companions.append((plain_server(metrics_app, metrics_limits), metrics_sock))
     protected = seal is not None or cas.master_key_in_memory  # as prepare() protects the TLS key
     password = tls_key_password(cas.sealer).decode() if protected else None
     server = uvicorn_server(
-        app, key_path, cert_path, password, http_limits, public, session_tickets=session_tickets,
+        app, key_path, cert_path, password, http_limits, companions, session_tickets=session_tickets,
         refusal_delay=refusal_delay if opaque_refusals else 0.0,  # waiting refusals finish on a stop
     )  # fmt: skip
     logging.getLogger("confide.cas").info(
@@ -1397,6 +1401,8 @@ def _serve(
                 "event": "listening",
                 "url": env["CONFIDE_CAS_URL"],
                 "public_http": public_url_bound if public is not None else None,
+                "metrics_http": metrics_url,
+                "metrics_token": metrics_token is not None,
                 "public_url": public_url,
                 "dev": dev,
                 "tee": tee,

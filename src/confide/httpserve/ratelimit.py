@@ -16,21 +16,25 @@ counters from another thread (plain ints).
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from confide.errors import UsageError
 
 __all__ = [
     "ATTEST_RATE",
     "MAX_CLIENTS",
+    "REFUSAL_LOG_RATE",
     "WRITE_RATE",
     "Rate",
     "RateLimiter",
+    "RefusalLog",
     "client_key",
     "parse_rate",
     "retry_after",
@@ -135,3 +139,37 @@ class RateLimiter:
 def retry_after(wait: float) -> str:
     """``Retry-After`` delay-seconds (RFC 9110 §10.2.3: a whole number) for a wait: rounded up."""
     return str(max(1, math.ceil(wait)))
+
+
+REFUSAL_LOG_RATE = Rate(5.0, 10.0)
+"""Refusal lines a second a :class:`RefusalLog` writes (a burst of twice that)."""
+
+
+class RefusalLog:
+    """Refusals as JSON lines (``{"event": "refused", "reason": ..., "client": ..., ...}``) on
+    the logger ``logger``, at most :data:`REFUSAL_LOG_RATE` a second: a flood of refusals does
+    not flood the log; the next line logged says how many were left out (``suppressed``), and
+    the caller's counters count them all. ``clock``: monotonic seconds (tests pass their own).
+    The ledger's servers' refusals (docs/ledger.md "Metrics and refusals") and the refused
+    scrapes of ``/metrics`` (:mod:`confide.httpserve.metrics_listener`)."""
+
+    def __init__(
+        self,
+        rate: Rate = REFUSAL_LOG_RATE,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        logger: str = "confide.ledger",
+    ) -> None:
+        self._bucket = RateLimiter(rate, max_clients=1, clock=clock)
+        self._log = logging.getLogger(logger)
+        self.suppressed = 0  # refusals not logged since the last line
+
+    def log(self, reason: str, client: str, **fields: Any) -> None:
+        if self._bucket.take(""):
+            self.suppressed += 1
+            return
+        line: dict[str, Any] = {"event": "refused", "reason": reason, "client": client, **fields}
+        if self.suppressed:
+            line["suppressed"] = self.suppressed
+            self.suppressed = 0
+        self._log.warning(json.dumps(line, sort_keys=True))

@@ -8,16 +8,23 @@ connection over a limit is closed before its handshake, exactly as ``confide cas
 (:mod:`confide.httpserve.limits`). The ledger's servers (``confide ledger serve``, ``confide
 ledger witness serve``) run on it.
 
+:func:`plain_server` and :class:`ServerWithCompanions` run a second plain-HTTP listener (the
+CAS's ``--public-http-listen``, every server's ``--metrics-listen``) on the same event loop as
+the main one, with connection limits of its own.
+
 :func:`reserve_descriptors` raises the open-files limit to what the connection limits need.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import resource
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -25,7 +32,15 @@ import uvicorn
 from confide.errors import UsageError
 from confide.httpserve.limits import HttpLimits
 
-__all__ = ["RESERVED_DESCRIPTORS", "HttpServer", "bind", "reserve_descriptors"]
+__all__ = [
+    "RESERVED_DESCRIPTORS",
+    "Companion",
+    "HttpServer",
+    "ServerWithCompanions",
+    "bind",
+    "plain_server",
+    "reserve_descriptors",
+]
 
 # File descriptors a server needs besides its connections: its database, its WAL and journal,
 # caches, log files, the listening socket, outgoing fetches.
@@ -67,12 +82,77 @@ def bind(address: tuple[str, int], backlog: int = 1024) -> socket.socket:
     return sock
 
 
+GRACEFUL_SHUTDOWN = 5  # seconds a stopping companion gives its open connections
+
+Companion = tuple[uvicorn.Server, socket.socket]
+"""A second listener's server (:func:`plain_server`) and its bound socket."""
+
+
+def plain_server(app: Any, limits: HttpLimits) -> uvicorn.Server:
+    """A second listener's uvicorn server: plain HTTP/1.1 (httptools), connections admitted by
+    :meth:`HttpLimits.plain_protocol`, request heads bounded and timed as there; no lifespan,
+    no proxy headers. It handles no signal: the :class:`ServerWithCompanions` it is given to
+    stops it."""
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        http=limits.plain_protocol(),
+        proxy_headers=False,
+        lifespan="off",
+        loop="uvloop",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+    )
+    return _CompanionServer(config)
+
+
+class _CompanionServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the main server's handlers stop both
+
+
+class ServerWithCompanions(uvicorn.Server):
+    """uvicorn's server, also running ``companions`` (:func:`plain_server`, each with its
+    socket) on its loop: started once this one has started; this one stops when one of them
+    fails; stopped, and waited for, when this one shuts down (before uvicorn re-raises the
+    signal that stopped it)."""
+
+    def __init__(self, config: uvicorn.Config, companions: Sequence[Companion] = ()) -> None:
+        super().__init__(config)
+        self.companions = tuple(companions)
+        self._companion_tasks: list[asyncio.Task[None]] = []
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            loop = asyncio.get_running_loop()
+            for server, sock in self.companions:
+                self._companion_tasks.append(loop.create_task(server.serve(sockets=[sock])))
+
+    async def on_tick(self, counter: int) -> bool:
+        if any(task.done() for task in self._companion_tasks):
+            return True  # a companion listener stopped (failed): so does the server
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        tasks = list(self._companion_tasks)
+        for server, _sock in self.companions:
+            server.should_exit = True
+        try:
+            await super().shutdown(sockets)
+        finally:
+            for task in tasks:
+                await task  # its failure, if it failed, is the server's
+
+
 class HttpServer:
     """``app`` (ASGI 3) on ``address`` with ``limits``, over TLS with ``tls`` (a server
     context). ``serve_forever()`` runs it in this thread until SIGINT or SIGTERM (uvicorn's
     graceful shutdown, then the signal is re-raised); ``serve_in_thread()`` runs it in a daemon
     thread, returned once the server accepts connections, until ``shutdown()``.
-    ``server_close()`` closes the listening socket."""
+    ``server_close()`` closes the listening socket (and the companions'). ``companions``: second
+    listeners (:func:`plain_server`, each with its bound socket) served on the same loop."""
 
     thread_name = "http"
 
@@ -83,14 +163,21 @@ class HttpServer:
         *,
         limits: HttpLimits | None = None,
         tls: ssl.SSLContext | None = None,
+        companions: Sequence[Companion] = (),
     ) -> None:
         self.limits = limits if limits is not None else HttpLimits()
         self.tls = tls
-        self.socket = bind(address)
+        self.companions = tuple(companions)
+        try:
+            self.socket = bind(address)
+        except BaseException:
+            self._close_companions()
+            raise
         try:
             self._server = self._uvicorn(app)
         except BaseException:
             self.socket.close()
+            self._close_companions()
             raise
         self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
         self._thread: threading.Thread | None = None
@@ -114,7 +201,7 @@ class HttpServer:
         if tls is not None:
             http = config.http_protocol_class
             config.http_protocol_class = self.limits.tls_protocol(http, tls)  # type: ignore[assignment]
-        return uvicorn.Server(config)
+        return ServerWithCompanions(config, self.companions)
 
     def serve_forever(self) -> None:
         self._server.run(sockets=[self.socket])
@@ -140,3 +227,8 @@ class HttpServer:
 
     def server_close(self) -> None:
         self.socket.close()
+        self._close_companions()
+
+    def _close_companions(self) -> None:
+        for _server, sock in self.companions:
+            sock.close()

@@ -37,6 +37,7 @@ from confide.errors import (
     RollbackError,
     StorageError,
     UnknownKeyError,
+    UsageError,
     VerificationError,
 )
 from confide.fsutil import lock_beside, read_bounded, write_atomic
@@ -51,7 +52,7 @@ from confide.ledger.merkle import (
     subtree_hash,
     verify_consistency,
 )
-from confide.ledger.note import NoteVerifier, open_note
+from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, SIG_TYPE_ED25519, NoteVerifier, open_note
 from confide.ledger.serve import CHECKPOINT_PATH, serve
 from confide.ledger.tiles import TILE_WIDTH, TiledNodes, TileId, format_tile_path, tile_width
 
@@ -60,11 +61,15 @@ __all__ = [
     "AuditorState",
     "LocalLogClient",
     "LogClient",
+    "LogVerification",
     "ViewUpdate",
     "atomic_write",
     "audit_view",
+    "log_verifier",
     "parse_bundle",
     "verify_checkpoint_update",
+    "verify_log",
+    "witness_verifier",
 ]
 
 
@@ -490,3 +495,77 @@ def audit_once(
         if state is not None:
             state.save(signed)
     return old, signed
+
+
+def log_verifier(vkey: str, what: str = "--key") -> NoteVerifier:
+    """A log's verifier key (C2SP vkey, signature type 0x01): ``ledger verify --key``."""
+    key = NoteVerifier.from_vkey(vkey.strip())
+    if key.sig_type != SIG_TYPE_ED25519:
+        raise UsageError(f"{what}: expected a log key (signature type 0x01)")
+    return key
+
+
+def witness_verifier(vkey: str, what: str = "--witness") -> NoteVerifier:
+    """A witness's cosignature key (signature type 0x04): ``ledger verify --witness``."""
+    key = NoteVerifier.from_vkey(vkey.strip())
+    if key.sig_type != SIG_TYPE_COSIGNATURE_V1:
+        raise UsageError(f"{what} {key.name}: expected a witness key (signature type 0x04)")
+    return key
+
+
+@dataclass(frozen=True)
+class LogVerification:
+    """What one audit of a log verified (``confide ledger verify --json``): its latest
+    checkpoint (``origin``, ``size``, ``root`` hash in hex) signed by the log key; with a state
+    file, consistent with the checkpoint remembered there (``previous_size``, ``None`` on the
+    first run or without a file); with ``full``, every entry recomputed into the tree and policy
+    entries checked (``entries_checked``, else 0); cosigned by each of ``witnesses`` (vkeys)."""
+
+    origin: str
+    size: int
+    root: str
+    previous_size: int | None
+    entries_checked: int
+    witnesses: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        """``ledger verify --json``'s object."""
+        return {
+            "verified": True, "origin": self.origin, "size": self.size, "root": self.root,
+            "previous_size": self.previous_size, "entries_checked": self.entries_checked,
+            "witnesses": list(self.witnesses),
+        }  # fmt: skip
+
+
+def verify_log(
+    client: LogClient,
+    log_key: NoteVerifier,
+    state_file: Path | None,
+    *,
+    full: bool = False,
+    witnesses: Sequence[NoteVerifier] = (),
+) -> LogVerification:
+    """One audit of the log ``client`` reads (``confide ledger verify``, and
+    :meth:`confide.sdk.Cas.verify_log`): its latest checkpoint signed by ``log_key`` and
+    cosigned by ``witnesses``; with ``state_file``, consistent with the checkpoint remembered
+    there (a smaller one is a ``RollbackError``, another tree a ``ConsistencyError``), which the
+    file then remembers; with ``full``, every entry downloaded, the tree recomputed and each
+    policy entry checked (:class:`confide.cas.audit.PolicyChainChecker`). Nothing is written on an error."""
+    entry_check = None
+    if full:  # policy entries re-checked (signatures, hashes, linear predecessor chains)
+        from confide.cas.audit import PolicyChainChecker  # noqa: PLC0415 - the CAS's entry types, only here
+
+        entry_check = PolicyChainChecker()
+    old, signed = audit_once(
+        client,
+        log_key,
+        AuditorState(state_file) if state_file is not None else None,
+        full=full,
+        entry_check=entry_check,
+        witnesses=witnesses,
+    )
+    cp = signed.checkpoint
+    return LogVerification(
+        cp.origin, cp.size, cp.root.hex(), None if old is None else old.size, cp.size if full else 0,
+        tuple(w.vkey for w in witnesses),
+    )  # fmt: skip

@@ -28,14 +28,16 @@ from confide.httpserve.limits import (
     MAX_CONNECTIONS_PER_CLIENT,
     HttpLimits,
 )
+from confide.httpserve.metrics_listener import read_metrics_token
 from confide.httpserve.ratelimit import Rate, parse_rate
 from confide.httpserve.server import reserve_descriptors
 from confide.ledger.auditor import (
-    AuditorState,
     LocalLogClient,
     LogClient,
     ViewUpdate,
-    audit_once,
+    log_verifier,
+    verify_log,
+    witness_verifier,
 )
 from confide.ledger.http import (
     LEDGER_BODY_TIMEOUT,
@@ -81,18 +83,7 @@ def _read_key_text(value: str, what: str) -> str:
 
 
 def _witness_key(value: str) -> NoteVerifier:
-    key = NoteVerifier.from_vkey(_read_key_text(value, "--witness"))
-    if key.sig_type != SIG_TYPE_COSIGNATURE_V1:
-        raise UsageError(f"--witness {key.name}: expected a witness key (signature type 0x04)")
-    return key
-
-
-def _policy_checker() -> Any:
-    """Each entry must be canonical and typed; policy entries are re-checked (signatures,
-    hashes, linear predecessor chains; see confide.cas.audit.PolicyChainChecker)."""
-    from confide.cas.audit import PolicyChainChecker
-
-    return PolicyChainChecker()
+    return witness_verifier(_read_key_text(value, "--witness"))
 
 
 @click.group("ledger")
@@ -151,9 +142,7 @@ def verify(
                 )
         if log_db is None and url is None:
             url = os.environ.get("CONFIDE_LOG_URL") or None
-        log_key = NoteVerifier.from_vkey(_read_key_text(key, "--key"))
-        if log_key.sig_type != SIG_TYPE_ED25519:
-            raise UsageError("--key: expected a log key (signature type 0x01)")
+        log_key = log_verifier(_read_key_text(key, "--key"))
         if (log_db is None) == (url is None):
             raise UsageError(
                 "give exactly one of --log-db FILE and --url URL (or CONFIDE_LOG_URL from client.env)"
@@ -177,38 +166,21 @@ def verify(
                     ctx = client_tls_context(ca)
                     http = stack.enter_context(httpx2.Client(verify=ctx, timeout=30.0))
                 client = stack.enter_context(HttpLogClient(url, client=http))
-            old, signed = audit_once(
-                client,
-                log_key,
-                AuditorState(state) if state else None,
-                full=full,
-                entry_check=_policy_checker() if full else None,
-                witnesses=witnesses,
-            )
+            checked = verify_log(client, log_key, state, full=full, witnesses=witnesses)
     except ConfideError as exc:
         if as_json:
             error = {"class": exc.kind, "message": exc.message, "exit_code": exc.exit_code}
             click.echo(json.dumps({"verified": False, "error": error}))
         _fail(exc)
         return
-    cp = signed.checkpoint
-    out = {
-        "verified": True,
-        "origin": cp.origin,
-        "size": cp.size,
-        "root": cp.root.hex(),
-        "previous_size": None if old is None else old.size,
-        "entries_checked": cp.size if full else 0,
-        "witnesses": [w.vkey for w in witnesses],
-    }
     if as_json:
-        click.echo(json.dumps(out))
+        click.echo(json.dumps(checked.to_json()))
         return
-    click.echo(f"verified: {cp.origin} size {cp.size} root {cp.root.hex()}")
-    if old is not None:
-        click.echo(f"  consistent with the last seen size {old.size}")
+    click.echo(f"verified: {checked.origin} size {checked.size} root {checked.root}")
+    if checked.previous_size is not None:
+        click.echo(f"  consistent with the last seen size {checked.previous_size}")
     if full:
-        click.echo(f"  all {cp.size} entries match the tree")
+        click.echo(f"  all {checked.size} entries match the tree")
     for w in witnesses:
         click.echo(f"  cosigned by witness {w.name}")
 
@@ -220,12 +192,43 @@ def _existing(log_db: Path) -> None:
         raise UsageError(f"--log-db: {str(log_db)!r} does not exist")
 
 
-def _address(listen: str) -> tuple[str, int]:
+def _address(listen: str, option: str = "--listen") -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     # ASCII digits only (str.isdigit() takes "²", which int() refuses), at most 5 of them
     if not host or not (port.isascii() and port.isdigit() and len(port) <= 5) or int(port) > 65535:
-        raise UsageError(f"--listen: got {listen!r}, expected HOST:PORT")
-    return host, int(port)
+        raise UsageError(f"{option}: got {listen[:80]!r}, expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+_METRICS_OPTIONS = [
+    click.option("--metrics-listen", metavar="HOST:PORT",
+                 help="Serve GET /metrics on a plain-HTTP listener of its own there (everything else"
+                 " 404), with connection limits of its own (the values of this server's); the"
+                 " server's listener then answers /metrics 404."),
+    click.option("--metrics-token-file", type=_PATH, metavar="FILE",
+                 help="Require 'Authorization: Bearer TOKEN' for /metrics, wherever it is served;"
+                 " TOKEN is the file's content (one trailing newline stripped; at least 16"
+                 " printable ASCII bytes, no space). Else 401."),
+]  # fmt: skip
+
+
+def _metrics_options(f: Any) -> Any:
+    for option in reversed(_METRICS_OPTIONS):
+        f = option(f)
+    return f
+
+
+def _metrics(metrics_listen: str | None, metrics_token_file: Path | None) -> dict[str, Any]:
+    """The metrics listener's address and the token (``--metrics-listen``,
+    ``--metrics-token-file``; docs/ledger.md "Metrics and refusals") as server arguments."""
+    return {
+        "metrics_listen": None if metrics_listen is None else _address(metrics_listen, "--metrics-listen"),
+        "metrics_token": None if metrics_token_file is None else read_metrics_token(metrics_token_file),
+    }
+
+
+def _banner_metrics(server: LedgerHTTPServer) -> str:
+    return f"; metrics at {server.metrics_url}" if server.metrics_url is not None else ""
 
 
 def _tls(cert: Path | None, key: Path | None) -> Any:
@@ -288,8 +291,11 @@ def _limits(
     head_timeout: float,
     body_timeout: float,
     tls_handshake_timeout: float,
+    *,
+    metrics_listener: bool = False,
 ) -> HttpLimits:
-    reserve_descriptors(max_connections)
+    # a metrics listener (--metrics-listen) has connection limits of the same values
+    reserve_descriptors(max_connections, max_connections if metrics_listener else 0)
     return ledger_limits(
         max_connections=max_connections,
         max_connections_per_client=max_connections_per_ip,
@@ -323,6 +329,7 @@ def _serve(listen: str, start: Callable[[], tuple[LedgerHTTPServer, str]]) -> No
 @click.option("--serve-entries", is_flag=True, help="Also serve entry bundles (they reveal entry contents).")
 @_tls_options
 @_limit_options(TILES_RATE)
+@_metrics_options
 def serve_tiles(
     log_db: Path,
     listen: str,
@@ -331,6 +338,8 @@ def serve_tiles(
     tls_key: Path | None,
     request_rate: str,
     request_burst: str | None,
+    metrics_listen: str | None,
+    metrics_token_file: Path | None,
     **limits: Any,
 ) -> None:
     """Serve the log read-only as C2SP tlog-tiles (checkpoint, tiles), over HTTPS with --tls-cert."""
@@ -339,9 +348,11 @@ def serve_tiles(
         _existing(log_db)
         tls = _tls(tls_cert, tls_key)
         rate = parse_rate(request_rate, request_burst, "request")
+        metrics = _metrics(metrics_listen, metrics_token_file)
         server = TilesServer(log_db, _address(listen), serve_entries=serve_entries, tls=tls,
-                             limits=_limits(**limits), rate=rate)  # fmt: skip
-        return server, f"serving {log_db} at {server.url}/"
+                             limits=_limits(**limits, metrics_listener=metrics_listen is not None), rate=rate,
+                             **metrics)  # fmt: skip
+        return server, f"serving {log_db} at {server.url}/{_banner_metrics(server)}"
 
     _serve(listen, start)
 
@@ -449,6 +460,7 @@ def _witness_options(f: Any) -> Any:
 @click.option("--listen", default="127.0.0.1:8090", show_default=True, help="HOST:PORT to listen on.")
 @_tls_options
 @_limit_options(WITNESS_RATE)
+@_metrics_options
 def witness_serve(
     state: Path,
     key_file: Path,
@@ -458,6 +470,8 @@ def witness_serve(
     tls_key: Path | None,
     request_rate: str,
     request_burst: str | None,
+    metrics_listen: str | None,
+    metrics_token_file: Path | None,
     **limits: Any,
 ) -> None:
     """Serve POST /add-checkpoint until interrupted (over HTTPS with --tls-cert)."""
@@ -465,9 +479,12 @@ def witness_serve(
     def start() -> tuple[LedgerHTTPServer, str]:
         witness = _make_witness(state, key_file, logs)
         rate = parse_rate(request_rate, request_burst, "request")
+        metrics = _metrics(metrics_listen, metrics_token_file)
         server = WitnessServer(witness, _address(listen), tls=_tls(tls_cert, tls_key),
-                               limits=_limits(**limits), rate=rate)  # fmt: skip
-        return server, f"witness {witness.verifier.vkey} at {server.url}/add-checkpoint"
+                               limits=_limits(**limits, metrics_listener=metrics_listen is not None),
+                               rate=rate, **metrics)  # fmt: skip
+        banner = f"witness {witness.verifier.vkey} at {server.url}/add-checkpoint{_banner_metrics(server)}"
+        return server, banner
 
     _serve(listen, start)
 

@@ -40,8 +40,9 @@ from confide.httpserve.limits import (
     PUBLIC_MAX_HEAD,
     HttpLimits,
 )
+from confide.httpserve.metrics_listener import MetricsAuth, MetricsListenerApp, listener_limits
 from confide.httpserve.ratelimit import Rate, RateLimiter, client_key, retry_after
-from confide.httpserve.server import HttpServer
+from confide.httpserve.server import Companion, HttpServer, bind, plain_server
 from confide.ledger.metrics import METRICS_PATH, LedgerMetrics, tiles_route, tree_size_of
 from confide.ledger.serve import serve
 from confide.ledger.store import connect
@@ -269,7 +270,12 @@ def request_target(scope: Any) -> str:
 
 class LedgerHTTPServer(HttpServer):
     """A ledger server (an ASGI ``app`` under an optional path ``prefix``) on the shared hardened
-    stack (:class:`~confide.httpserve.server.HttpServer`); ``url`` is its base URL."""
+    stack (:class:`~confide.httpserve.server.HttpServer`); ``url`` is its base URL.
+    ``metrics_listen``: ``HOST:PORT`` of a plain-HTTP listener of its own for ``/metrics``
+    (``--metrics-listen``, :mod:`confide.httpserve.metrics_listener`; ``metrics_url``), on the
+    same event loop, with limits of the values of the server's; the server's listener then
+    answers ``/metrics`` 404. ``metrics_token``: the bearer token ``/metrics`` requires wherever
+    it is served (``--metrics-token-file``)."""
 
     thread_name = "ledger-http"
 
@@ -283,16 +289,47 @@ class LedgerHTTPServer(HttpServer):
         metrics: LedgerMetrics,
         route: Callable[[str], str],
         limiter: RateLimiter | None,
+        metrics_listen: tuple[str, int] | None = None,
+        metrics_token: bytes | None = None,
     ) -> None:
         self.prefix = prefix.rstrip("/")
         self.metrics = metrics  # /metrics, and the refusal log (confide.ledger.metrics)
-        super().__init__(MetricsApp(app, metrics, route, limiter), address, limits=metrics.limits, tls=tls)
+        auth = MetricsAuth(metrics_token, metrics.refusals) if metrics_token is not None else None
+        if auth is not None:
+            metrics.registry.register(auth)
+        companions: list[Companion] = []
+        self.metrics_address: tuple[str, int] | None = None
+        if metrics_listen is not None:
+            try:
+                sock = bind(metrics_listen)
+            except OSError as exc:
+                host, port = metrics_listen
+                reason = exc.strerror or exc
+                raise UsageError(f"--metrics-listen: cannot bind {host}:{port}: {reason}") from None
+            self.metrics_address = sock.getsockname()[:2]
+            limits = listener_limits(metrics.limits)
+            refusals = metrics.refusals
+            limits.on_refusal = lambda reason, client: refusals.log(reason, client, listener="metrics")
+            listener = MetricsListenerApp(metrics.render, auth=auth, limits=limits)
+            metrics.registry.register(listener)
+            companions.append((plain_server(listener, limits), sock))
+        app = MetricsApp(app, metrics, route, limiter, on_api=metrics_listen is None, auth=auth)
+        super().__init__(app, address, limits=metrics.limits, tls=tls, companions=companions)
 
     @property
     def url(self) -> str:
         host, port = self.server_address
         shown = f"[{host}]" if ":" in host else host
         return f"{'https' if self.tls else 'http'}://{shown}:{port}{self.prefix}"
+
+    @property
+    def metrics_url(self) -> str | None:
+        """The metrics listener's ``/metrics`` URL (``None`` without one)."""
+        if self.metrics_address is None:
+            return None
+        host, port = self.metrics_address
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}{METRICS_PATH}"
 
 
 class TilesApp:
@@ -355,12 +392,22 @@ class TilesApp:
 
 class MetricsApp:
     """ASGI middleware of a ledger server: ``GET``/``HEAD /metrics`` answered here (rate-limited
-    as the server's other reads), every answer counted by ``route(target)`` and status."""
+    as the server's other reads; with ``auth``, only with its bearer token, else ``401``), every
+    answer counted by ``route(target)`` and status. ``on_api=False`` (a metrics listener of its
+    own serves them): ``GET``/``HEAD /metrics`` is a ``404`` here, as an unknown path."""
 
     def __init__(
-        self, app: Any, metrics: LedgerMetrics, route: Callable[[str], str], limiter: RateLimiter | None
+        self,
+        app: Any,
+        metrics: LedgerMetrics,
+        route: Callable[[str], str],
+        limiter: RateLimiter | None,
+        *,
+        on_api: bool = True,
+        auth: MetricsAuth | None = None,
     ) -> None:
         self.app, self.metrics, self.route, self.limiter = app, metrics, route, limiter
+        self.on_api, self.auth = on_api, auth
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -368,6 +415,9 @@ class MetricsApp:
             return
         target = request_target(scope)
         route = self.route(target)
+        metrics = target == METRICS_PATH and scope["method"] in ("GET", "HEAD")
+        if metrics and not self.on_api:
+            route = "other"
         status = 0
 
         async def counted(message: Any) -> None:
@@ -377,8 +427,18 @@ class MetricsApp:
             await send(message)
 
         try:
-            if target == METRICS_PATH and scope["method"] in ("GET", "HEAD"):
-                if not await refuse_rate(counted, self.limiter, scope, metrics=self.metrics, route=route):
+            head_only = scope["method"] == "HEAD"
+            if metrics and not self.on_api:
+                not_found = [(b"content-type", _TEXT), (b"cache-control", b"no-store")]
+                await reply(counted, 404, b"not found\n", not_found, head_only=head_only)
+            elif metrics:
+                if await refuse_rate(counted, self.limiter, scope, metrics=self.metrics, route=route):
+                    return
+                refused = self.auth.refusal(scope, "api") if self.auth is not None else None
+                if refused is not None:
+                    code, headers, text = refused
+                    await reply(counted, code, text, headers, head_only=head_only)
+                else:
                     body = await asyncio.to_thread(self.metrics.render)
                     headers = [
                         (b"content-type", CONTENT_TYPE_LATEST.encode()),
@@ -394,7 +454,8 @@ class MetricsApp:
 
 class TilesServer(LedgerHTTPServer):
     """``confide ledger serve``: ``TilesServer(db, ("127.0.0.1", 0))``; ``serve_in_thread()``
-    for embedding. ``rate``: per-client requests a second (``None``: no limit)."""
+    for embedding. ``rate``: per-client requests a second (``None``: no limit).
+    ``metrics_listen``, ``metrics_token``: see :class:`LedgerHTTPServer`."""
 
     thread_name = "ledger-tiles"
 
@@ -408,6 +469,8 @@ class TilesServer(LedgerHTTPServer):
         tls: ssl.SSLContext | None = None,
         limits: HttpLimits | None = None,
         rate: Rate | None = TILES_RATE,
+        metrics_listen: tuple[str, int] | None = None,
+        metrics_token: bytes | None = None,
     ) -> None:
         self.db = Path(db)
         self.serve_entries = serve_entries
@@ -420,5 +483,6 @@ class TilesServer(LedgerHTTPServer):
         )
         super().__init__(
             app, address, prefix=prefix, tls=tls, metrics=metrics, limiter=self.limiter,
-            route=lambda target: tiles_route(target, prefix),
+            route=lambda target: tiles_route(target, prefix), metrics_listen=metrics_listen,
+            metrics_token=metrics_token,
         )  # fmt: skip

@@ -19,7 +19,8 @@ read counts kept by the request path, rendered by ``generate_latest``):
 - the witness: ``confide_witness_cosignatures_total{origin}`` (issued since the start) and
   ``confide_witness_tree_size{origin}`` (the size it cosigned last, from its state file).
 
-Every refusal is also a JSON line on the ``confide.ledger`` logger (:class:`RefusalLog`):
+Every refusal is also a JSON line on the ``confide.ledger`` logger
+(:class:`~confide.httpserve.ratelimit.RefusalLog`):
 ``{"event": "refused", "reason": ..., "client": ..., ...}``: the client's address (its /64 for
 IPv6, :func:`~confide.httpserve.ratelimit.client_key`), never a request's content. At most
 :data:`REFUSAL_LOG_RATE` lines a second (a burst of twice that): a flood of refusals does not
@@ -32,10 +33,7 @@ Counts change on the event loop's thread only; a scrape (in a worker thread) cop
 
 from __future__ import annotations
 
-import json
-import logging
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,7 +43,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from confide.errors import ConfideError
 from confide.httpserve.limits import HttpLimits
-from confide.httpserve.ratelimit import Rate, RateLimiter, client_key
+from confide.httpserve.ratelimit import REFUSAL_LOG_RATE, RefusalLog, client_key
 from confide.ledger.checkpoint import Checkpoint
 from confide.ledger.note import parse_note
 from confide.ledger.store import Ledger, connect
@@ -53,29 +51,8 @@ from confide.ledger.store import Ledger, connect
 __all__ = ["METRICS_PATH", "REFUSAL_LOG_RATE", "LedgerMetrics", "RefusalLog", "tiles_route", "tree_size_of"]
 
 METRICS_PATH = "/metrics"
-REFUSAL_LOG_RATE = Rate(5.0, 10.0)
-_LOG = logging.getLogger("confide.ledger")
 
 Metric = CounterMetricFamily | GaugeMetricFamily
-
-
-class RefusalLog:
-    """Refusals as JSON lines on ``confide.ledger``, rate-limited (module docstring). ``clock``:
-    monotonic seconds (tests pass their own)."""
-
-    def __init__(self, rate: Rate = REFUSAL_LOG_RATE, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._bucket = RateLimiter(rate, max_clients=1, clock=clock)
-        self.suppressed = 0  # refusals not logged since the last line
-
-    def log(self, reason: str, client: str, **fields: Any) -> None:
-        if self._bucket.take(""):
-            self.suppressed += 1
-            return
-        line: dict[str, Any] = {"event": "refused", "reason": reason, "client": client, **fields}
-        if self.suppressed:
-            line["suppressed"] = self.suppressed
-            self.suppressed = 0
-        _LOG.warning(json.dumps(line, sort_keys=True))
 
 
 class LedgerMetrics:

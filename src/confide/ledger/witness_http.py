@@ -172,7 +172,8 @@ async def _read(receive: Any, length: int) -> bytes | None:
 class WitnessServer(LedgerHTTPServer):
     """``confide ledger witness serve``: ``WitnessServer(witness, ("127.0.0.1", 0))``;
     ``serve_in_thread()`` for embedding. ``rate``: per-client add-checkpoint requests a second
-    (``None``: no limit)."""
+    (``None``: no limit). ``metrics_listen``, ``metrics_token``: see
+    :class:`~confide.ledger.http.LedgerHTTPServer`."""
 
     thread_name = "ledger-witness"
 
@@ -185,6 +186,8 @@ class WitnessServer(LedgerHTTPServer):
         tls: ssl.SSLContext | None = None,
         limits: HttpLimits | None = None,
         rate: Rate | None = WITNESS_RATE,
+        metrics_listen: tuple[str, int] | None = None,
+        metrics_token: bytes | None = None,
     ) -> None:
         self.witness = witness
         self.limiter = RateLimiter(rate) if rate is not None else None
@@ -192,8 +195,9 @@ class WitnessServer(LedgerHTTPServer):
         app = WitnessApp(witness, prefix=prefix.rstrip("/"), limiter=self.limiter, metrics=metrics)
         metrics.extra = app.collect
         super().__init__(
-            app, address, prefix=prefix, tls=tls, metrics=metrics, route=app.route, limiter=self.limiter
-        )
+            app, address, prefix=prefix, tls=tls, metrics=metrics, route=app.route, limiter=self.limiter,
+            metrics_listen=metrics_listen, metrics_token=metrics_token,
+        )  # fmt: skip
 
 
 def _body(old_size: int, proof: list[bytes], note: bytes) -> bytes:

@@ -51,7 +51,7 @@ MAX_BODY = 4 << 20
 
 MAX_FIELDS = 32
 _EMPTY = Html("")
-TOKEN_COOKIE = "confide-ui-{port}"  # noqa: S105 - a cookie name
+TOKEN_COOKIE = "confide-ui-{port}-{suffix}"  # noqa: S105 - a cookie name (per launch)
 
 SECURITY_HEADERS = [
     (
@@ -136,16 +136,64 @@ class UiState:
     cert_sha256: str | None
     allowed_hosts: frozenset[str] = frozenset()
     port: int = 0
+    cert_file: str | None = None
+    """The certificate file the CAS is trusted by (``CONFIDE_CAS_CERT``); ``None`` when the CAS
+    was pinned by its attestation (``cas.attestation``)."""
     token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     token_used: bool = False
     session: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    cookie_suffix: str = field(default_factory=lambda: secrets.token_hex(4))
     known: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def cookie(self) -> str:
-        return TOKEN_COOKIE.format(port=self.port)
+        return TOKEN_COOKIE.format(port=self.port, suffix=self.cookie_suffix)
+
+    @property
+    def trust(self) -> str:
+        """How the CAS is trusted, in one line (every page's header)."""
+        pinned = self.cas.attestation
+        if pinned is None:
+            return f"its certificate file {self.cert_file or '(CONFIDE_CAS_CERT)'}"
+        ev = pinned.evidence
+        simulated = ", SIMULATED" if ev.simulated else ""
+        measured = str(ev.claims.get(pinned.measurement_claim, ""))
+        claim = pinned.measurement_claim
+        return f"its attestation: {claim} {measured[:16]}… ({ev.platform.value}{simulated})"
+
+    def trust_rows(self) -> list[tuple[str, object]]:
+        """How the CAS is trusted, in detail (the home page)."""
+        pinned = self.cas.attestation
+        if pinned is None:
+            return [
+                ("trusted by", "the certificate file given (CONFIDE_CAS_CERT), not by attestation"),
+                ("certificate file", h("<code>{}</code>", self.cert_file or "(unknown)")),
+            ]
+        ev = pinned.evidence
+        rows: list[tuple[str, object]] = [
+            (
+                "trusted by",
+                "its attestation (confide ui --attest): the evidence verified at launch, bound to "
+                "the TLS certificate and the log key pinned below (CONFIDE_CAS_CERT is not used)",
+            ),
+            ("platform", f"{ev.platform.value}{' (SIMULATED)' if ev.simulated else ''}"),
+            (
+                f"{pinned.measurement_claim} (checked)",
+                h("<code>{}</code>", str(ev.claims.get(pinned.measurement_claim, ""))),
+            ),
+        ]
+        if ev.tcb_status is not None:
+            rows.append(("TCB status", ev.tcb_status.value))
+        witnesses = pinned.witnesses
+        rows.append(
+            (
+                "witness quorum",
+                "none" if witnesses is None else f"{witnesses.quorum} of {len(witnesses.keys)}",
+            )
+        )
+        return rows
 
     def known_policies(self) -> list[str]:
         """The policies this run opened or applied, and those the state file remembers."""
@@ -431,7 +479,8 @@ def create_app(state: UiState) -> Guard:
 
     def render(title: str, body: Html, status: int = 200) -> Response:
         who = state.identity.fingerprint if state.identity is not None else None
-        return Response(page(title, body, who=who, cas_url=state.cas.url), status, media_type="text/html")
+        whole = page(title, body, who=who, cas_url=state.cas.url, trust=state.trust)
+        return Response(whole, status, media_type="text/html")
 
     def failed(title: str, exc: ConfideError, extra: Html = _EMPTY) -> Response:
         return render(title, h("{}{}", _error_block(exc), extra), _lookup(_STATUS, exc, 502))
@@ -487,6 +536,7 @@ def create_app(state: UiState) -> Guard:
         )
         cas_rows: list[tuple[str, object]] = [
             ("URL", h("<code>{}</code>", state.cas.url)),
+            *state.trust_rows(),
             ("certificate SHA-256 (pinned)", h("<code>{}</code>", state.cert_sha256 or "(unknown)")),
             (
                 "TLS key SHA-256 (what signed documents name)",
@@ -817,6 +867,22 @@ def create_app(state: UiState) -> Guard:
         )
         return render("Revoked", body)
 
+    async def crl(request: Request) -> Response:
+        try:
+            name = name_of(request)
+            secret = request.query_params.get("secret", "").strip()
+            if not secret:
+                raise UsageError("give the name of the CA secret")
+            ident = state.identity  # without one, as the public (a CA declared export_public)
+            der = await call(lambda: state.cas.crl(name, secret, ident))
+        except ConfideError as exc:
+            return failed("CRL", exc)
+        return Response(
+            der,
+            media_type="application/pkix-crl",
+            headers={"content-disposition": f'attachment; filename="{_filename(name, secret)}.crl"'},
+        )
+
     async def static(request: Request) -> Response:
         which = request.path_params["file"]
         if which == "ui.css":
@@ -835,6 +901,7 @@ def create_app(state: UiState) -> Guard:
         Route("/policy/events", events),
         Route("/policy/history", history),
         Route("/policy/accesses", accesses),
+        Route("/policy/crl", crl),
         Route("/apply", apply_page),
         Route("/apply", apply_post, methods=["POST"]),
         Route("/approve", approve_page),
@@ -902,6 +969,16 @@ def _policy_body(state: UiState, info: PolicyInfo) -> Html:
             actions = h("{}{}{}", pem, one, every)
         elif s.public_key is not None:
             actions = h("<details><summary>public key</summary><pre>{}</pre></details>", s.public_key)
+        current_crl = s.details.get("crl")
+        if isinstance(current_crl, Mapping):  # a generated CA: its CRL, as policy crl fetches it
+            actions = h(
+                '{}<p><a href="/policy/crl?{}" download>download the CRL</a> (DER, number {}, '
+                "next update {})</p>",
+                actions,
+                _q(name=info.name, secret=s.name),
+                current_crl.get("number", "?"),
+                current_crl.get("next_update", "?"),
+            )
         renew = s.details.get("renew_at")
         secret_rows.append(
             h(
@@ -938,6 +1015,14 @@ def _policy_body(state: UiState, info: PolicyInfo) -> Html:
         info.name,
         join(secret_rows),
         _json(info.document),
+    )
+
+
+def _filename(*parts: str) -> str:
+    """A download's file name from names of the CAS's: letters, digits, ``. _ -`` only (a quote
+    or a line break would end the header's value), joined by ``-``."""
+    return "-".join(
+        "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in part) for part in parts
     )
 
 

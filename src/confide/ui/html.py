@@ -36,9 +36,9 @@ def join(parts: Iterable[Html], sep: str = "") -> Html:
     return Html(sep.join(esc(p) for p in parts))
 
 
-def page(title: str, body: Html, *, who: str | None, cas_url: str) -> Html:
-    """A whole document: the header (who, which CAS), ``body``, the script and style files of
-    this server (``script-src 'self'``: no inline script)."""
+def page(title: str, body: Html, *, who: str | None, cas_url: str, trust: str = "") -> Html:
+    """A whole document: the header (who, which CAS and how it is trusted), ``body``, the
+    script and style files of this server (``script-src 'self'``: no inline script)."""
     ident = h("<code>{}…</code>", who[:16]) if who else Html("<em>no identity loaded</em>")
     return h(
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -46,13 +46,14 @@ def page(title: str, body: Html, *, who: str | None, cas_url: str) -> Html:
         "<title>{} · confide</title>"
         '<link rel="stylesheet" href="/static/ui.css"><script src="/static/ui.js" defer></script>'
         '</head><body><header><nav><a href="/">confide</a> <a href="/apply">apply a policy</a></nav>'
-        '<p class="who">identity {} · CAS <code>{}</code></p></header><main><h1>{}</h1>{}</main>'
+        '<p class="who">identity {} · CAS <code>{}</code>{}</p></header><main><h1>{}</h1>{}</main>'
         "<footer>confide ui: a local page; your identity stays in the <code>confide ui</code> "
         "process.</footer>"
         "</body></html>\n",
         title,
         ident,
         cas_url,
+        h(" · trusted by {}", trust) if trust else Html(""),
         title,
         body,
     )

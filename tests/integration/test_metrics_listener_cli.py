@@ -1,0 +1,286 @@
+"""``--metrics-listen`` and ``--metrics-token-file`` of ``confide cas serve``, ``confide ledger
+serve`` and ``confide ledger witness serve`` (docs/cas.md "Metrics", docs/ledger.md "Metrics and
+refusals"): real processes over real sockets. The metrics listener answers ``/metrics`` (``GET``
+and ``HEAD``) with the bearer token and ``401`` without it or with a wrong one, nothing else; the
+API listener then answers ``/metrics`` ``404`` and does not list it in its OpenAPI schema; with the
+token alone ``/metrics`` stays on the API listener, behind the token; the token is in no log
+line; bad options stop the server at start with exit 2 and a one-line message."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_ledger_tls import _cli, _stop, setup  # noqa: F401 (the fixture)
+
+from cas_harness import ROOT, CasProcess
+
+TOKEN = "metrics-token-Zq7Rk2Vw9Xy4Lm0Pc"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+SRC = ROOT / "src"
+
+
+def _token_file(tmp_path: Path, text: str = TOKEN + "\n") -> Path:
+    path = tmp_path / "metrics.token"
+    path.write_text(text)
+    return path
+
+
+def _listening(cas: CasProcess) -> dict[str, object]:
+    assert cas.log is not None
+    for line in cas.log.read_text().splitlines():
+        if '"event": "listening"' in line:
+            return dict(json.loads(line))
+    raise AssertionError("no listening line")
+
+
+@pytest.fixture
+def cas(tmp_path: Path) -> Iterator[CasProcess]:
+    args = ("--metrics-listen", "127.0.0.1:0", "--metrics-token-file", str(_token_file(tmp_path)))
+    process = CasProcess(tmp_path / "cas", None, extra_args=args).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def test_cas_metrics_on_their_own_listener_with_a_token(cas: CasProcess) -> None:
+    line = _listening(cas)
+    metrics_url = line["metrics_http"]
+    assert isinstance(metrics_url, str) and metrics_url.startswith("http://127.0.0.1:")
+    assert metrics_url.endswith("/metrics") and not metrics_url.endswith(":0/metrics")  # the chosen port
+    assert line["metrics_token"] is True
+    api = cas.env["CONFIDE_CAS_URL"]
+    ctx = ssl.create_default_context(cafile=cas.env["CONFIDE_CAS_CERT"])
+    with httpx2.Client(timeout=10) as plain, httpx2.Client(verify=ctx, timeout=10) as tls:
+        r = plain.get(metrics_url, headers=BEARER)
+        assert r.status_code == 200 and "confide_requests_total" in r.text
+        assert "confide_metrics_http_requests_total" in r.text
+        head = plain.head(metrics_url, headers=BEARER)
+        assert head.status_code == 200 and head.content == b"" and int(head.headers["content-length"]) > 0
+        r = plain.get(metrics_url)
+        assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+        assert "confide_" not in r.text
+        r = plain.get(metrics_url, headers={"Authorization": "Bearer " + TOKEN[:-1] + "x"})
+        assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
+        assert plain.head(metrics_url).status_code == 401
+        base = metrics_url.removesuffix("/metrics")
+        for path in ("/v1/health", "/openapi.json", "/v1/log/checkpoint", "/"):
+            r = plain.get(base + path, headers=BEARER)
+            assert (r.status_code, r.content) == (404, b""), path
+        r = plain.post(metrics_url, headers=BEARER)
+        assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+        # the API listener: /metrics is an unknown path, with the token or without
+        for headers in (BEARER, {}):
+            r = tls.get(api + "/metrics", headers=headers)
+            assert r.status_code == 404 and "confide_" not in r.text
+        assert tls.head(api + "/metrics", headers=BEARER).status_code == 404
+        assert "/metrics" not in tls.get(api + "/openapi.json").json()["paths"]
+        assert tls.get(api + "/v1/health").status_code == 200
+        text = plain.get(metrics_url, headers=BEARER).text
+    assert 'confide_metrics_unauthorized_total{reason="missing"} 2.0' in text
+    assert 'confide_metrics_unauthorized_total{reason="wrong"} 1.0' in text
+    assert 'confide_requests_total{route="unmatched",status="404"} 3.0' in text  # the API's /metrics
+    cas.stop()
+    assert cas.log is not None
+    log = cas.log.read_text()
+    assert TOKEN not in log and TOKEN[:-1] not in log
+    refused = [json.loads(x) for x in log.splitlines() if '"metrics-unauthorized"' in x]
+    assert len(refused) == 3 and {r["cause"] for r in refused} == {"missing", "wrong"}
+    assert all(r["listener"] == "metrics" and r["client"] == "127.0.0.1" for r in refused)
+    assert '"listener": "metrics"' in log  # its request lines
+
+
+def test_cas_token_alone_guards_metrics_on_the_api(tmp_path: Path) -> None:
+    args = ("--metrics-token-file", str(_token_file(tmp_path)))
+    cas = CasProcess(tmp_path / "cas", None, extra_args=args).start()
+    try:
+        assert _listening(cas)["metrics_http"] is None
+        api = cas.env["CONFIDE_CAS_URL"]
+        ctx = ssl.create_default_context(cafile=cas.env["CONFIDE_CAS_CERT"])
+        with httpx2.Client(verify=ctx, timeout=10) as tls:
+            r = tls.get(api + "/metrics")
+            assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+            assert "confide_" not in r.text
+            r = tls.get(api + "/metrics", headers={"Authorization": "Bearer nope-nope-nope-nope"})
+            assert r.status_code == 401
+            assert (
+                tls.head(api + "/metrics", headers=BEARER).status_code == 405
+            )  # a GET route there, as before
+            r = tls.get(api + "/metrics", headers=BEARER)
+            assert (
+                r.status_code == 200 and 'confide_metrics_unauthorized_total{reason="missing"} 1.0' in r.text
+            )
+            assert 'confide_requests_total{route="/metrics",status="401"} 2.0' in r.text
+    finally:
+        cas.stop()
+    assert cas.log is not None
+    log = cas.log.read_text()
+    assert TOKEN not in log
+    refused = [json.loads(x) for x in log.splitlines() if '"metrics-unauthorized"' in x]
+    assert [r["listener"] for r in refused] == ["api", "api"]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--metrics-listen", "127.0.0.1"), "--metrics-listen: got '127.0.0.1', expected HOST:PORT"),
+        (("--metrics-listen", "127.0.0.1:99999"), "--metrics-listen: got"),
+        (("--metrics-token-file", "{absent}"), "cannot read --metrics-token-file"),
+        (("--metrics-token-file", "{empty}"), "the token is empty"),
+        (("--metrics-token-file", "{short}"), "expected at least 16"),
+        (("--metrics-token-file", "{spaced}"), "not printable ASCII"),
+    ],
+)
+def test_cas_bad_metrics_options_exit_2(tmp_path: Path, args: tuple[str, ...], says: str) -> None:
+    files = {"absent": tmp_path / "absent", "empty": tmp_path / "empty", "short": tmp_path / "short",
+             "spaced": tmp_path / "spaced"}  # fmt: skip
+    files["empty"].write_text("\n")
+    files["short"].write_text("0123456789\n")
+    files["spaced"].write_text("a token with spaces in it\n")
+    argv = [a.format(**{k: str(v) for k, v in files.items()}) for a in args]
+    r = subprocess.run(
+        [sys.executable, "-m", "confide", "cas", "serve", "--data-dir", str(tmp_path / "cas"), "--dev", *argv],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)},
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "cas").exists()  # refused before anything is written
+
+
+def test_cas_metrics_address_taken_exits_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "confide", "cas", "serve", "--data-dir", str(tmp_path / "cas"), "--dev",
+             "--listen", "127.0.0.1:0", "--metrics-listen", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=120, check=False,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)},
+        )  # fmt: skip
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"--metrics-listen: cannot bind 127.0.0.1:{port}" in r.stderr
+
+
+# --- the ledger's servers ---
+
+
+def _start_ledger(argv: list[str]) -> tuple[subprocess.Popen[str], str, str]:
+    """A ledger server with a metrics listener: the process, its base URL and its metrics URL
+    (from the banner)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "confide", "ledger", *argv],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)},
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert "; metrics at http://127.0.0.1:" in line, line
+    served, _, metrics = line.strip().partition("; metrics at ")
+    assert not metrics.endswith(":0/metrics")
+    return proc, served.split(" at ", 1)[1], metrics
+
+
+def _check_ledger_metrics(base: str, metrics_url: str, ca: Path, *, api_probe: str) -> str:
+    with httpx2.Client(timeout=10) as plain, httpx2.Client(verify=ssl.create_default_context(cafile=str(ca)),
+                                                           timeout=10) as tls:  # fmt: skip
+        r = plain.get(metrics_url, headers=BEARER)
+        assert r.status_code == 200 and "confide_ledger_http_requests_total" in r.text
+        head = plain.head(metrics_url, headers=BEARER)
+        assert head.status_code == 200 and head.content == b""
+        r = plain.get(metrics_url)
+        assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+        assert plain.get(metrics_url, headers={"Authorization": "Bearer x" + TOKEN}).status_code == 401
+        assert plain.get(metrics_url.removesuffix("/metrics") + api_probe, headers=BEARER).status_code == 404
+        assert plain.delete(metrics_url, headers=BEARER).status_code == 405
+        for headers in (BEARER, {}):
+            r = tls.get(base + "/metrics", headers=headers)
+            assert r.status_code == 404 and "confide_" not in r.text
+        return plain.get(metrics_url, headers=BEARER).text
+
+
+def test_ledger_serve_metrics_listener(tmp_path: Path, setup: dict[str, object]) -> None:  # noqa: F811
+    db = setup["db"]
+    ca, cert, key = setup["pki"]  # type: ignore[misc]
+    assert isinstance(db, Path)
+    proc, url, metrics_url = _start_ledger(
+        ["serve", "--log-db", str(db), "--listen", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key),
+         "--metrics-listen", "127.0.0.1:0", "--metrics-token-file", str(_token_file(tmp_path))]
+    )  # fmt: skip
+    base = url.rstrip("/")
+    try:
+        with httpx2.Client(verify=ssl.create_default_context(cafile=str(ca)), timeout=10) as tls:
+            assert tls.get(base + "/checkpoint").status_code == 200
+        text = _check_ledger_metrics(base, metrics_url, ca, api_probe="/checkpoint")
+    finally:
+        rest = _stop(proc)
+    assert "confide_ledger_tree_size 40.0" in text
+    assert 'confide_ledger_http_requests_total{route="other",status="404"} 2.0' in text
+    assert 'confide_metrics_unauthorized_total{reason="missing"} 1.0' in text
+    assert 'confide_metrics_unauthorized_total{reason="wrong"} 1.0' in text
+    assert TOKEN not in rest and "Traceback" not in rest, rest
+    assert rest.count('"metrics-unauthorized"') == 2
+
+
+def test_witness_serve_metrics_listener(tmp_path: Path, setup: dict[str, object]) -> None:  # noqa: F811
+    keys = setup["keys"]
+    ca, cert, key = setup["pki"]  # type: ignore[misc]
+    assert isinstance(keys, dict)
+    argv = ["witness", "serve", "--state", str(tmp_path / "w.json"), "--key", str(tmp_path / "witness.key"),
+            "--log", keys["log"], "--listen", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key),
+            "--metrics-listen", "127.0.0.1:0", "--metrics-token-file", str(_token_file(tmp_path))]  # fmt: skip
+    proc, url, metrics_url = _start_ledger(argv)
+    base = url.removesuffix("/add-checkpoint")
+    try:
+        text = _check_ledger_metrics(base, metrics_url, ca, api_probe="/add-checkpoint")
+    finally:
+        rest = _stop(proc)
+    assert 'confide_ledger_http_requests_total{route="other",status="404"} 2.0' in text
+    assert 'confide_metrics_http_requests_total{status="401"} 2.0' in text
+    assert TOKEN not in rest and "Traceback" not in rest, rest
+
+
+@pytest.mark.parametrize("command", ["serve", "witness"])
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--metrics-listen", "nope"), "--metrics-listen: got 'nope', expected HOST:PORT"),
+        (("--metrics-token-file", "{short}"), "expected at least 16"),
+        (("--metrics-listen", "{taken}"), "--metrics-listen: cannot bind"),
+    ],
+)
+def test_ledger_bad_metrics_options_exit_2(
+    tmp_path: Path,
+    setup: dict[str, object],  # noqa: F811
+    command: str,
+    args: tuple[str, ...],
+    says: str,
+) -> None:
+    db, keys = setup["db"], setup["keys"]
+    assert isinstance(keys, dict)
+    (tmp_path / "short").write_text("0123456789\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        values = {"short": str(tmp_path / "short"), "taken": f"127.0.0.1:{taken.getsockname()[1]}"}
+        extra = [a.format(**values) for a in args]
+        if command == "serve":
+            argv = ["serve", "--log-db", str(db), "--listen", "127.0.0.1:0", *extra]
+        else:
+            argv = ["witness", "serve", "--state", str(tmp_path / "w.json"), "--key",
+                    str(tmp_path / "witness.key"), "--log", keys["log"], "--listen", "127.0.0.1:0", *extra]  # fmt: skip
+        r = _cli(*argv)
+    assert r.returncode == 2, r.stderr
+    assert says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

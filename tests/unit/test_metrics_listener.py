@@ -1,0 +1,289 @@
+"""``/metrics`` off the public API (confide.httpserve.metrics_listener; docs/cas.md "Metrics",
+docs/ledger.md "Metrics and refusals"): the token file's rules, the bearer check, the refusal
+log's rate; and a ledger tiles server run in a thread with ``metrics_listen`` and
+``metrics_token``, driven over real sockets: the metrics listener answers ``/metrics`` only and
+only with the token, the API listener answers it ``404``, the listener's own connection limit,
+and both stop together."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from confide.errors import UsageError
+from confide.httpserve.limits import HttpLimits
+from confide.httpserve.metrics_listener import MIN_TOKEN, MetricsAuth, read_metrics_token
+from confide.httpserve.ratelimit import Rate, RefusalLog
+from confide.ledger.http import TilesServer, ledger_limits
+from confide.ledger.note import NoteSigner
+from confide.ledger.store import Ledger, connect, write_transaction
+
+TOKEN = b"s3cret-metrics-token-0123456789"
+WAIT = 10.0
+
+
+def _token_file(tmp_path: Path, data: bytes) -> Path:
+    path = tmp_path / "token"
+    path.write_bytes(data)
+    return path
+
+
+def test_the_token_file_one_trailing_newline_stripped(tmp_path: Path) -> None:
+    assert read_metrics_token(_token_file(tmp_path, TOKEN + b"\n")) == TOKEN
+    assert read_metrics_token(_token_file(tmp_path, TOKEN)) == TOKEN
+    assert read_metrics_token(_token_file(tmp_path, b"a" * MIN_TOKEN)) == b"a" * MIN_TOKEN
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b"", "empty"),
+        (b"\n", "empty"),
+        (b"a" * (MIN_TOKEN - 1) + b"\n", f"{MIN_TOKEN - 1} bytes, expected at least {MIN_TOKEN}"),
+        (TOKEN + b"\n\n", "not printable"),  # only one newline is stripped
+        (TOKEN + b"\r\n", "not printable"),
+        (b"two words in the token file", "not printable"),
+        (TOKEN + b"\x00", "not printable"),
+        (TOKEN + "é".encode(), "not printable"),
+    ],
+)
+def test_bad_token_files_are_usage_errors_without_the_content(tmp_path: Path, data: bytes, says: str) -> None:
+    with pytest.raises(UsageError) as info:
+        read_metrics_token(_token_file(tmp_path, data))
+    message = info.value.message
+    assert says in message and "--metrics-token-file" in message and "\n" not in message
+    if len(data) > 2:
+        assert data.strip().decode("utf-8", "replace")[:8] not in message  # never the token
+
+
+def test_a_missing_or_special_token_file_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="cannot read --metrics-token-file"):
+        read_metrics_token(tmp_path / "absent")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError, match="cannot read --metrics-token-file"):
+        read_metrics_token(fifo)  # at once: not a read that waits for a writer
+    with pytest.raises(UsageError, match="larger than"):
+        read_metrics_token(_token_file(tmp_path, b"a" * 5000))
+
+
+def _scope(*headers: tuple[bytes, bytes]) -> dict[str, object]:
+    return {"type": "http", "headers": list(headers), "client": ("192.0.2.7", 40000)}
+
+
+def test_the_bearer_check(caplog: pytest.LogCaptureFixture) -> None:
+    auth = MetricsAuth(TOKEN, RefusalLog(logger="confide.test"))
+    assert TOKEN.decode() not in repr(auth)
+    assert auth.refusal(_scope((b"authorization", b"Bearer " + TOKEN)), "api") is None
+    assert auth.refusal(_scope((b"authorization", b"bearer " + TOKEN)), "api") is None  # RFC 9110 §11.1
+    assert auth.refusal(_scope((b"authorization", b"BEARER  " + TOKEN + b" ")), "api") is None
+    assert auth.refusals is not None and auth.refused == {"missing": 0, "wrong": 0}
+    with caplog.at_level(logging.WARNING, logger="confide.test"):
+        refused = auth.refusal(_scope(), "metrics")
+        assert refused is not None
+        status, headers, _ = refused
+        assert status == 401 and dict(headers)[b"www-authenticate"] == b'Bearer realm="metrics"'
+        for sent in (b"Bearer " + TOKEN[:-1], b"Bearer " + TOKEN + b"x", b"Basic " + TOKEN, TOKEN, b"Bearer"):
+            refused = auth.refusal(_scope((b"authorization", sent)), "api")
+            assert refused is not None and refused[0] == 401
+        assert b'error="invalid_token"' in dict(refused[1])[b"www-authenticate"]
+        two = _scope((b"authorization", b"Bearer " + TOKEN), (b"authorization", b"Bearer " + TOKEN))
+        assert auth.refusal(two, "api") is not None  # two Authorization headers: refused
+    # missing: none, "Basic", the bare token; wrong: shorter, longer, "Bearer" alone, two headers
+    assert auth.refused == {"missing": 3, "wrong": 4}
+    assert len(caplog.records) == 7  # within the refusal log's burst
+    for record in caplog.records:
+        text = record.getMessage()
+        assert TOKEN.decode()[:12] not in text
+        assert '"reason": "metrics-unauthorized"' in text and '"client": "192.0.2.7"' in text
+
+
+def test_the_refusal_lines_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    auth = MetricsAuth(TOKEN, RefusalLog(Rate(1.0, 2.0), clock=lambda: now[0], logger="confide.test"))
+    with caplog.at_level(logging.WARNING, logger="confide.test"):
+        for _ in range(10):
+            assert auth.refusal(_scope(), "metrics") is not None
+        assert len(caplog.records) == 2  # the burst
+        now[0] = 1.0
+        assert auth.refusal(_scope(), "metrics") is not None
+    assert len(caplog.records) == 3 and '"suppressed": 8' in caplog.records[-1].getMessage()
+    assert auth.refused["missing"] == 11  # all counted
+
+
+def test_a_short_token_is_refused_by_the_class_too() -> None:
+    with pytest.raises(ValueError, match="too short"):
+        MetricsAuth(b"short", RefusalLog())
+
+
+# --- a ledger tiles server with its metrics listener, in a thread, over real sockets ---
+
+
+def _response(s: socket.socket, head: bool = False) -> tuple[int, dict[str, str], bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    raw_head, _, rest = data.partition(b"\r\n\r\n")
+    lines = raw_head.decode().split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    while not head and len(rest) < int(headers.get("content-length", "0")):
+        chunk = s.recv(65536)
+        assert chunk, rest
+        rest += chunk
+    return int(lines[0].split()[1]), headers, rest
+
+
+def _request(port: int, method: str, path: str, extra: str = "") -> tuple[int, dict[str, str], bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as s:
+        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: m\r\n{extra}\r\n".encode())
+        return _response(s, head=method == "HEAD")
+
+
+def _closed(s: socket.socket) -> bool:
+    s.settimeout(WAIT)
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _metric(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        m = re.fullmatch(r"([a-z_]+)(?:\{(.*)\})? (\S+)", line)
+        if (
+            m is not None
+            and m.group(1) == name
+            and dict(re.findall(r'([a-z_]+)="([^"]*)"', m.group(2) or "")) == labels
+        ):
+            return float(m.group(3))
+    return None
+
+
+AUTH = f"Authorization: Bearer {TOKEN.decode()}\r\n"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[TilesServer]:
+    db = tmp_path / "log.db"
+    conn = connect(db)
+    Ledger.init_schema(conn)
+    with write_transaction(conn):
+        Ledger().append_batch(conn, [b"e0", b"e1"])
+    Ledger().sign_checkpoint(conn, NoteSigner.generate("example.com/log"))
+    conn.close()
+    limits: HttpLimits = ledger_limits(max_connections=8, max_connections_per_client=2)
+    tiles = TilesServer(db, ("127.0.0.1", 0), limits=limits, rate=None, metrics_listen=("127.0.0.1", 0),
+                        metrics_token=TOKEN)  # fmt: skip
+    tiles.serve_in_thread()
+    try:
+        yield tiles
+    finally:
+        tiles.shutdown()
+        tiles.server_close()
+
+
+def test_the_metrics_listener_of_a_ledger_server(
+    server: TilesServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert server.metrics_url is not None and server.metrics_address is not None
+    api, port = server.server_address[1], server.metrics_address[1]
+    assert server.metrics_url == f"http://127.0.0.1:{port}/metrics" and port != api
+    with caplog.at_level(logging.INFO):
+        status, headers, body = _request(port, "GET", "/metrics", AUTH)
+        assert status == 200 and headers["content-type"].startswith("text/plain; version=")
+        assert headers["cache-control"] == "no-store"
+        assert _metric(body.decode(), "confide_ledger_http_connections_open") is not None
+        status, head_headers, head_body = _request(port, "HEAD", "/metrics?x=1", AUTH)  # query ignored
+        assert status == 200 and head_body == b"" and int(head_headers["content-length"]) > 0
+        status, headers, body = _request(port, "GET", "/metrics")
+        assert status == 401 and headers["www-authenticate"].startswith("Bearer")
+        assert b"confide_" not in body
+        status, headers, _ = _request(
+            port, "GET", "/metrics", "Authorization: Bearer wrong-token-0123456789\r\n"
+        )
+        assert status == 401 and 'error="invalid_token"' in headers["www-authenticate"]
+        status, headers, _ = _request(port, "HEAD", "/metrics")
+        assert status == 401
+        # only /metrics: the API's paths are not there, other methods 405
+        for path in ("/checkpoint", "/tile/0/000.p/2", "/", "/metrics/", "/Metrics"):
+            status, headers, body = _request(port, "GET", path, AUTH)
+            assert (status, body) == (404, b""), path
+        status, headers, _ = _request(port, "POST", "/metrics", AUTH + "Content-Length: 0\r\n")
+        assert status == 405 and headers["allow"] == "GET, HEAD"
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as s:  # no body is read there
+            s.sendall(f"GET /metrics HTTP/1.1\r\nHost: m\r\n{AUTH}Content-Length: 5\r\n\r\nhello".encode())
+            status, headers, _ = _response(s)
+            assert status == 413 and _closed(s)
+        # the API listener: /metrics is an unknown path there (the token changes nothing)
+        for method in ("GET", "HEAD"):
+            status, _, body = _request(api, method, "/metrics", AUTH)
+            assert status == 404 and b"confide_" not in body
+        assert _request(api, "GET", "/checkpoint")[0] == 200
+        # the listener's own connection limit (2 per client), counted apart from the API's
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=WAIT) as a,
+            socket.create_connection(("127.0.0.1", port), timeout=WAIT) as b,
+        ):
+            a.sendall(b"GET /metrics HTTP/1.1\r\nHost: m\r\n" + AUTH.encode() + b"\r\n")
+            assert _response(a)[0] == 200
+            b.sendall(b"GET /metrics HTTP/1.1\r\nHost: m\r\n" + AUTH.encode() + b"\r\n")
+            assert _response(b)[0] == 200
+            with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as c:
+                assert _closed(c)  # a third from the same client: closed when accepted
+            assert _request(api, "GET", "/checkpoint")[0] == 200  # the API's slots are its own
+        _, _, body = _request(port, "GET", "/metrics", AUTH)
+    text = body.decode()
+    assert _metric(text, "confide_metrics_unauthorized_total", reason="missing") == 2
+    assert _metric(text, "confide_metrics_unauthorized_total", reason="wrong") == 1
+    assert _metric(text, "confide_metrics_http_requests_total", status="401") == 3
+    assert _metric(text, "confide_metrics_http_requests_total", status="404") == 5
+    assert _metric(text, "confide_metrics_http_refused_total", reason="per_ip") == 1
+    assert _metric(text, "confide_ledger_http_requests_total", route="other", status="404") == 2
+    assert _metric(text, "confide_ledger_http_requests_total", route="metrics", status="200") is None
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert TOKEN.decode() not in logged and "wrong-token" not in logged
+    assert '"reason": "metrics-unauthorized"' in logged
+    assert '"listener": "metrics", "reason": "max-connections-per-client"' in logged
+
+
+def test_both_listeners_stop_together(tmp_path: Path) -> None:
+    db = tmp_path / "log.db"
+    conn = connect(db)
+    Ledger.init_schema(conn)
+    conn.close()
+    tiles = TilesServer(db, ("127.0.0.1", 0), metrics_listen=("127.0.0.1", 0))
+    tiles.serve_in_thread()
+    assert tiles.metrics_address is not None
+    port = tiles.metrics_address[1]
+    status, _, body = _request(port, "GET", "/metrics")  # no token: no 401
+    assert status == 200 and b"confide_metrics_unauthorized" not in body
+    tiles.shutdown()
+    tiles.server_close()
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            break
+        assert time.monotonic() < deadline, "the metrics listener is still accepting"
+        time.sleep(0.05)
+
+
+def test_a_metrics_address_that_cannot_be_bound(tmp_path: Path) -> None:
+    db = tmp_path / "log.db"
+    connect(db).close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(UsageError, match=f"--metrics-listen: cannot bind 127.0.0.1:{port}"):
+            TilesServer(db, ("127.0.0.1", 0), metrics_listen=("127.0.0.1", port))
