@@ -963,6 +963,16 @@ class Cas:
         for claim, values in (expect or {}).items():
             if isinstance(values, str | bytes):  # tuple("abc") would allow "a", "b" and "c"
                 raise UsageError(f"expect: {claim!r}: got a string, expected a list of allowed values")
+        # as cas attest's --expect-witnesses and --min-tcb-eval-number (click.IntRange) take them
+        for option, value, top in (
+            ("expect_witnesses", expect_witnesses, None),
+            ("min_tcb_eval_number", min_tcb_eval_number, 0xFFFF_FFFF),
+        ):
+            if value is not None and (
+                type(value) is not int or value < 1 or (top is not None and value > top)
+            ):
+                bound = "at least 1" if top is None else f"1 to {top}"
+                raise UsageError(f"{option}: got {value!r}, expected an integer, {bound}")
         witness_expectation = WitnessExpectation.of(
             expect_witnesses, tuple(expect_witness_keys), "expect_witness_keys"
         )
@@ -1062,7 +1072,11 @@ class Cas:
             payload = ev.get("payload") or _EMPTY
             if not isinstance(at, int | float) or isinstance(at, bool) or not isinstance(payload, Mapping):
                 raise ParseError("expected a time and a payload object", structure=what)
-            out.append(PolicyEvent(_int(ev, "seq", what), _int(ev, "index", what), float(at),
+            try:
+                seconds = float(at)
+            except OverflowError:  # an integer beyond a double's range
+                raise ParseError("expected a time (Unix seconds)", structure=what, field="at") from None
+            out.append(PolicyEvent(_int(ev, "seq", what), _int(ev, "index", what), seconds,
                                    _str(ev, "type", what), payload))  # fmt: skip
         return tuple(out)
 

@@ -499,3 +499,69 @@ def test_metrics_count_scans_and_tampering(env: Env) -> None:
         line for line in text.splitlines() if line.startswith("confide_cas_head_index_entries_scanned_total")
     )
     assert float(scanned.split()[1]) >= 1
+
+
+class LostConnection(Exception):
+    """What the database driver raises when the connection drops under a statement (not a
+    StorageError: raw statements are not mapped)."""
+
+
+def test_a_database_error_during_a_scan_leaves_the_index_as_it_was(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The scan queued the new head entries on their chains, then a version row's read failed
+    (a connection lost): the index kept them while its size stayed behind, so the next scan
+    found them again and logged each as an entry that does not continue its chain
+    (``policy-head-entry-ignored``, counted in ``head_index_ignored_total``: tampering signals,
+    after a plain database error). The scan now changes the index only once it has resolved
+    everything it found."""
+    v1 = env.apply(policy())
+    env.attest(MEASUREMENT)
+    v2 = env.apply(policy(OTHER, v1))  # its entry is not in the index yet (the next scan's)
+    index = env.cas.policy_auth.index
+    genuine = index.validate
+    failures = [LostConnection("server closed the connection unexpectedly")]
+
+    def flaky(conn: Any, name: str, digest: str) -> str | None:
+        if failures:
+            raise failures.pop()
+        return genuine(conn, name, digest)
+
+    index.validate = flaky
+    size = index.size
+    with pytest.raises(LostConnection):
+        env.scan()
+    assert index.size == size
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="confide.cas"):
+        env.scan()
+    assert "policy-head-entry-ignored" not in caplog.text
+    assert index.ignored == 0
+    assert env.show()["hash"] == v2
+    env.attest(OTHER)
+
+
+def test_the_periodic_scan_survives_a_database_error(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """``cas serve``'s periodic scan caught ConfideError only: a database driver's error (raw
+    statements are not mapped to StorageError) ended its thread, and with it the scans that
+    bound a running process's window (docs/limitations.md) for the rest of its life. It is
+    logged and the scan tried again at the next tick, as the other periodic tasks do."""
+    v1 = env.apply(policy())
+    env.apply(policy(OTHER, v1))
+    index = env.cas.policy_auth.index
+    genuine = index.refresh
+    failures = [LostConnection("server closed the connection unexpectedly")]
+
+    def flaky(conn: Any) -> int:
+        if failures:
+            raise failures.pop()
+        return genuine(conn)
+
+    index.refresh = flaky  # type: ignore[method-assign]
+    ticks = iter([False, False, True])  # two ticks, then stop
+    refresher = HeadIndexRefresher(index, env.cas.db, wait=lambda _seconds: next(ticks))
+    with caplog.at_level(logging.WARNING, logger="confide.cas"):
+        refresher.run()
+    assert '"error": "LostConnection"' in caplog.text
+    [(size,)] = env.sql("SELECT size FROM ledger_head WHERE id = 1")
+    assert index.size == size  # the second tick scanned

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,3 +78,39 @@ def test_cas_attest_prints_whether_an_amd_crl_was_checked(
     result = CliRunner().invoke(cli.cas, ["attest", "https://cas.example"])
     assert result.exit_code == 0, result.output
     assert line in result.stderr
+
+
+def test_cas_attest_reads_the_simulated_platform_key_as_a_small_regular_file(tmp_path: Path) -> None:
+    """``cas attest --sim-key FILE`` (and ``$CONFIDE_SIM_DIR/platform-key.pub.pem``) was read with
+    ``read_bytes``: a FIFO was waited on for ever, a file of any size read whole (``Cas.attested``'s
+    ``sim_key`` is read bounded, without blocking). A UsageError at once."""
+    import os
+    import threading
+
+    from click.testing import CliRunner
+
+    from confide.cas import cli
+
+    fifo = tmp_path / "platform-key.pub.pem"
+    os.mkfifo(fifo)
+    runs = {
+        "--sim-key": (["attest", "https://127.0.0.1:9", "--sim-key", str(fifo), "--measurement", "ab" * 48], {}),
+        "CONFIDE_SIM_DIR": (["attest", "https://127.0.0.1:9", "--measurement", "ab" * 48],
+                            {"CONFIDE_SIM_DIR": str(tmp_path)}),
+    }  # fmt: skip
+    for what, (args, env) in runs.items():
+        outcome: list[Any] = []
+
+        def run(args: list[str] = args, env: dict[str, str] = env) -> None:
+            outcome.append(CliRunner().invoke(cli.cas, args, env=env))
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(10.0)
+        if thread.is_alive():
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the reader gets EOF
+            thread.join(10.0)
+            pytest.fail(f"{what}: waited on a FIFO")
+        error = outcome[0].exception  # confide's main maps it to its exit code (2)
+        assert isinstance(error, UsageError), (what, outcome[0].output, error)
+        assert "not a regular file" in error.message, what

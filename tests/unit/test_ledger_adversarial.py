@@ -518,3 +518,39 @@ def test_two_checkpoints_of_one_size_with_different_roots_are_a_fork() -> None:
     smaller = sign_checkpoint(Checkpoint(ORIGIN, 2, mth([b"a", b"b"])), log)
     with pytest.raises(RollbackError):
         verify_checkpoint_update(old, smaller, [], log.verifier)
+
+
+def test_a_key_file_is_read_as_a_small_regular_file(tmp_path: Path) -> None:
+    """``--key FILE`` (``ledger verify``, ``history``, ``accesses``; ``--witness``, ``--log``,
+    ``--signing-key``) was read with ``read_text``: a FIFO was waited on for ever, a binary file
+    was a UnicodeDecodeError traceback (exit 1) and a file of any size was read whole. Each is a
+    UsageError (exit 2) at once."""
+    import os
+    import threading
+
+    from click.testing import CliRunner
+
+    from confide.ledger.cli import ledger
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\x00" * 10)
+    huge = tmp_path / "huge"
+    huge.write_bytes(b"a" * (2 << 20))
+    for path, message in [(fifo, "not a regular file"), (binary, "not UTF-8"), (huge, "larger than")]:
+        outcome: list[Any] = []
+
+        def run(key: Path = path) -> None:
+            outcome.append(CliRunner().invoke(ledger, ["verify", "--log-db", "unused.db", "--key", str(key)]))
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(10.0)
+        if thread.is_alive():
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the reader gets EOF
+            thread.join(10.0)
+            pytest.fail(f"waited on {path.name}")
+        result = outcome[0]
+        assert result.exit_code == 2, (path.name, result.output, result.exception)
+        assert message in result.output, path.name

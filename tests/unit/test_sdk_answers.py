@@ -4,6 +4,7 @@ whatever the answer, a call raises a ConfideError or returns a read-only result.
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -15,9 +16,11 @@ import pytest
 
 from confide import jsonstrict
 from confide.cas.client import CasClient
-from confide.errors import ConfideError, NetworkError, ParseError, UsageError
+from confide.errors import AccessDeniedError, ConfideError, NetworkError, ParseError, UsageError
 from confide.identity import Identity
+from confide.ledger.encoding import Entry, EntryType
 from confide.ledger.http import client_tls_context
+from confide.ledger.note import NoteSigner
 from confide.policy import load_policy
 from confide.sdk import MAX_ANSWER_DEPTH, Cas
 
@@ -95,6 +98,16 @@ UNREACHABLE = "https://127.0.0.1:1"  # a call that got as far as connecting woul
         ({"any_measurement": True, "tolerate": ["simulation"]}, "tolerate: 'simulation'"),
         ({"any_measurement": True, "tolerate": ["gpu-only"]}, "tolerate: 'gpu-only'"),
         ({"expect": {"measurement": "ab" * 48}}, "expect: 'measurement': got a string"),
+        # cas attest takes --expect-witnesses N >= 1: -1 let a quorum that guarantees no trusted
+        # witness's cosignature pass, 0 was taken as 1, "2" was a TypeError after the CAS was asked
+        ({"any_measurement": True, "expect_witnesses": -1}, "expect_witnesses: got -1"),
+        ({"any_measurement": True, "expect_witnesses": 0}, "expect_witnesses: got 0"),
+        ({"any_measurement": True, "expect_witnesses": "2"}, "expect_witnesses: got '2'"),
+        ({"any_measurement": True, "expect_witnesses": True}, "expect_witnesses: got True"),
+        # and --min-tcb-eval-number N in 1..2**32-1
+        ({"any_measurement": True, "min_tcb_eval_number": 0}, "min_tcb_eval_number: got 0"),
+        ({"any_measurement": True, "min_tcb_eval_number": "17"}, "min_tcb_eval_number: got '17'"),
+        ({"any_measurement": True, "min_tcb_eval_number": 1 << 32}, "min_tcb_eval_number: got 4294967296"),
     ],
 )
 def test_attested_refuses_what_cas_attest_would_not_check(options: dict[str, Any], match: str) -> None:
@@ -157,6 +170,75 @@ def test_a_fifo_in_place_of_a_file_is_refused_not_waited_on(cas: Cas, tmp_path: 
         error = _refused_at_once(call, fifo)
         assert isinstance(error, UsageError), (what, error)
         assert "not a regular file" in error.message, what
+
+
+def test_an_event_time_too_large_for_a_float_is_a_parse_error(
+    cas: Cas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An integer ``at`` beyond a double's range was converted with float(): OverflowError, not
+    a ConfideError."""
+    ident = Identity.generate()
+    event = b'{"seq": 1, "index": 0, "at": 1' + b"0" * 400 + b', "type": "t", "payload": {}}'
+    _answer(cas, monkeypatch, b'{"events": [' + event + b"]}")
+    with pytest.raises(ParseError, match="time"):
+        cas.events("p", ident)
+
+
+def _release(secrets: object, volumes: object = None) -> dict[str, Any]:
+    payload: dict[str, Any] = {"service": "s", "secrets": secrets}
+    if volumes is not None:
+        payload["volumes"] = volumes
+    entry = Entry(EntryType.SECRET_RELEASED, "2026-12-06T00:00:00.000000Z", "p", payload).to_bytes()
+    return {
+        "index": 0,
+        "type": "secret-release",
+        "entry": base64.b64encode(entry).decode(),
+        "payload": payload,
+    }
+
+
+@pytest.mark.parametrize(
+    ("secrets", "volumes"),
+    [(5, None), ("ab", None), ([5], None), ({"name": "k"}, None), ([], 5), ([], [5]), ([], "ab")],
+)
+def test_a_release_entry_of_another_shape_is_a_parse_error(
+    cas: Cas, monkeypatch: pytest.MonkeyPatch, secrets: object, volumes: object
+) -> None:
+    """A release whose ``secrets`` or ``volumes`` is not a list of objects (the CAS writes the
+    entries it returns) raised TypeError or AttributeError from Cas.accesses and ``ledger
+    accesses`` (with a secret, and in its text output)."""
+    ident = Identity.generate()
+    answer = {"events": [_release(secrets, volumes)]}
+    monkeypatch.setattr(cas._client, "events", lambda *_a, **_k: answer)
+    key = NoteSigner.generate("example.org/log").verifier.vkey
+    for secret in (None, "k"):
+        with pytest.raises(ParseError, match="entry 0"):
+            cas.accesses("p", ident, secret=secret, log_key=key)
+
+
+@pytest.mark.parametrize("args", [["p"], ["p/k"], ["p", "--json"]])
+def test_ledger_accesses_of_a_release_entry_of_another_shape_exits_10(
+    monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    """``confide ledger accesses`` read such a release outside its error handling: a traceback."""
+    from click.testing import CliRunner
+
+    from confide.ledger import cli
+
+    client = CasClient("http://127.0.0.1:1", None, plain_http_for_tests=True)  # never connects
+    answer = {"events": [_release(["k"])]}
+
+    def events(name: str, _identity: Identity) -> object:
+        if name != "p":
+            raise AccessDeniedError("no such policy")  # POLICY/SECRET: the policy is read next
+        return answer
+
+    monkeypatch.setattr(client, "events", events)
+    verifier = NoteSigner.generate("example.org/log").verifier
+    monkeypatch.setattr(cli, "_cas_inputs", lambda *_a: (client, Identity.generate(), verifier))
+    result = CliRunner().invoke(cli.ledger, ["accesses", *args, "--identity", "unused"])
+    assert result.exit_code == 10, result.output
+    assert "entry 0: the release's secrets are not a list of objects" in result.output
 
 
 # --- the successor board's answers ---------------------------------------------------------------

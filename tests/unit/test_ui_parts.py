@@ -214,3 +214,39 @@ def test_the_token_is_single_use_and_other_sites_are_refused() -> None:
     for site, status in [(b"same-origin", 200), (b"none", 200), (b"same-site", 403), (b"cross-site", 403)]:
         assert _ask(guard, "/", "", (cookie, (b"sec-fetch-site", site)))[0] == status, site
     assert _ask(guard, "/", "", (cookie,))[0] == 200  # not a browser: no Sec-Fetch-Site
+
+
+@pytest.mark.parametrize("at", [b"1e300", b"-1e20", b"1e12", b"1700000000"])
+def test_an_event_time_no_date_has_is_shown_not_a_server_error(
+    monkeypatch: pytest.MonkeyPatch, at: bytes
+) -> None:
+    """The events page turned a CAS's event time into a date with datetime.fromtimestamp: a
+    time beyond its range raised OverflowError or ValueError (an internal server error)."""
+    from confide import jsonstrict
+    from confide.identity import Identity
+    from confide.ui.app import create_app
+
+    _, state = _guarded()
+    state.identity = Identity.generate()
+    answer = jsonstrict.loads(
+        b'{"events": [{"seq": 1, "index": 0, "at": ' + at + b', "type": "t", "payload": {}}]}', structure="x"
+    )
+    monkeypatch.setattr(state.cas._client, "events", lambda *_a, **_k: answer)
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    cookie = f"{state.cookie}={state.session}".encode()
+    scope = {"type": "http", "method": "GET", "path": "/policy/events", "query_string": b"name=p",
+             "headers": [(b"host", b"127.0.0.1:8765"), (b"cookie", cookie)]}  # fmt: skip
+    asyncio.run(create_app(state)(scope, receive, send))
+    assert sent[0]["status"] == 200
+    body = b"".join(m.get("body", b"") for m in sent[1:]).decode()
+    if at == b"1700000000":
+        assert "<td>2023-11-14T22:13:20+00:00</td>" in body
+    else:
+        assert f"<td>{float(at)!r} (Unix seconds: no date)</td>" in body

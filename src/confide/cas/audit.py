@@ -156,7 +156,8 @@ def accesses(events: list[VerifiedEvent], secret: str | None = None) -> list[dic
     for ev in events:
         if ev.type != "secret.released":
             continue
-        secrets = ev.payload.get("secrets") or []
+        secrets = _list_of_objects(ev, "secrets")
+        _list_of_objects(ev, "volumes")
         if secret is not None and not any(s.get("name") == secret for s in secrets):
             continue
         rows.append(
@@ -170,6 +171,19 @@ def accesses(events: list[VerifiedEvent], secret: str | None = None) -> list[dic
         if ev.payload.get("volumes"):
             rows[-1]["volumes"] = ev.payload["volumes"]
     return rows
+
+
+def _list_of_objects(ev: VerifiedEvent, member: str) -> list[dict[str, Any]]:
+    """A release's ``member`` (absent or null: none), a list of objects; anything else is a
+    ParseError naming the entry (the CAS writes the entries it returns: hostile input)."""
+    value = ev.payload.get(member)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ParseError(
+            f"entry {ev.index}: the release's {member} are not a list of objects", structure="ledger entry"
+        )
+    return value
 
 
 class PolicyChainChecker:

@@ -18,6 +18,7 @@ import click
 
 from confide.cas.sealing import SEAL_PROVIDERS
 from confide.errors import ConfideError, UsageError
+from confide.fsutil import read_small_file
 from confide.identity import Identity, load_identity
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["cas", "identity", "policy", "run"]
 
 _PATH = click.Path(path_type=Path)
+MAX_SIM_KEY_FILE = 1 << 20  # the simulated platform key (PEM), as Cas.attested reads its sim_key
 _IDENTITY_HELP = "Your identity file (`confide identity create --out FILE`, mode 0600): signs the request."
 _TEE_CHOICES = (
     "tdx",
@@ -556,10 +558,8 @@ def cas_attest(
         raise UsageError("give the CAS URL (or set CONFIDE_CAS_URL)")
     if sim_key is None and os.environ.get("CONFIDE_SIM_DIR"):
         sim_key = Path(os.environ["CONFIDE_SIM_DIR"]) / "platform-key.pub.pem"
-    try:
-        key_pem = sim_key.read_bytes() if sim_key else None
-    except OSError as exc:
-        raise UsageError(f"--sim-key: cannot read {sim_key}: {exc.strerror}") from None
+    # a regular file, bounded, opened without blocking (a FIFO is refused, not waited on)
+    key_pem = read_small_file(sim_key, MAX_SIM_KEY_FILE, "--sim-key") if sim_key else None
     expected = []
     for m in measurements:
         text = m.strip().lower()
@@ -776,11 +776,16 @@ def _attested_claims(platform: str, expect: dict[str, tuple[str, ...]]) -> dict[
             "--retire-attested: set CONFIDE_CAS_URL and CONFIDE_CAS_CERT (pinned with cas attest)"
         )
     sim_dir = os.environ.get("CONFIDE_SIM_DIR")
-    try:
-        pinned_pem = read_cert_file(Path(cert), "CONFIDE_CAS_CERT")
-        key_pem = (Path(sim_dir) / "platform-key.pub.pem").read_bytes() if sim_dir else None
-    except OSError as exc:
-        raise UsageError(f"--retire-attested: cannot read {exc.filename}: {exc.strerror}") from None
+    pinned_pem = read_cert_file(Path(cert), "CONFIDE_CAS_CERT")
+    key_pem = (
+        read_small_file(
+            Path(sim_dir) / "platform-key.pub.pem",
+            MAX_SIM_KEY_FILE,
+            "--retire-attested: the simulated platform key",
+        )
+        if sim_dir
+        else None
+    )
     try:
         pinned_der = x509.load_pem_x509_certificate(pinned_pem).public_bytes(serialization.Encoding.DER)
     except ValueError:

@@ -677,10 +677,23 @@ class Database:
 
     @property
     def redacted_url(self) -> str:
-        if "@" in self.url and "://" in self.url:
-            scheme, rest = self.url.split("://", 1)
-            return f"{scheme}://***@{rest.split('@', 1)[1]}"
-        return self.url
+        """``url`` as the start line and database errors show it: the user info (``user:password@``)
+        as ``***@``, and the value of every query parameter whose name holds ``password`` (libpq
+        also takes ``password`` and ``sslpassword`` there) as ``***``."""
+        scheme, sep, rest = self.url.partition("://")
+        if not sep:
+            return self.url
+        head, qsep, query = rest.partition("?")
+        if not head.startswith("/") and "@" in head:  # no user info in a file's path (sqlite:////p)
+            head = "***@" + head.rpartition("@")[2]  # the last '@': one left unencoded in a password
+        if qsep:
+            query, hsep, fragment = query.partition("#")
+            params = []
+            for param in query.split("&"):
+                name, eq, _value = param.partition("=")
+                params.append(f"{name}=***" if eq and "password" in name.lower() else param)
+            query = "&".join(params) + hsep + fragment
+        return f"{scheme}://{head}{qsep}{query}"
 
     def _sqlite_hooks(self) -> None:
         @event.listens_for(self.engine, "connect")

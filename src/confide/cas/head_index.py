@@ -457,7 +457,23 @@ class HeadIndex:
                 if (len(chain.accepted), len(chain.held)) != before:
                     changed.add(name)
         if ledger_size > self._size:
-            changed |= self._extend(self._chains, self._scan(raw, self._size, ledger_size), conn, copy=False)
+            found = self._scan(raw, self._size, ledger_size)
+            # Resolved on copies of the chains they touch, installed once all are: an error
+            # midway (the database failing under a version row's read) leaves the index as it
+            # was, so the next scan does not meet these entries again as ones that do not
+            # continue their chains (logged and counted as tampering).
+            staged: Chains = {}
+            for name, _event in found:
+                if name not in staged:
+                    shared = self._chains.get(name)
+                    staged[name] = shared.copy() if shared is not None else Chain([], [])
+            ignored = self.ignored
+            try:
+                changed |= self._extend(staged, found, conn, copy=False)
+            except BaseException:
+                self.ignored = ignored
+                raise
+            self._chains.update(staged)
             self._size = ledger_size
         if changed:
             self.on_change(changed)
@@ -587,7 +603,8 @@ def reauthenticate_anchor(conn: Connection, old: Sealer, new: Sealer, new_key_id
 class HeadIndexRefresher(PeriodicTask):
     """``cas serve``: every ``interval`` seconds, scan the entries appended since (other
     replicas' too) in a read transaction, and store a newer snapshot when one is due. A
-    failure is logged and tried again at the next tick (a head read refuses meanwhile)."""
+    failure (a database driver's error included) is logged and tried again at the next tick (a
+    head read refuses meanwhile)."""
 
     def __init__(
         self,
@@ -608,7 +625,8 @@ class HeadIndexRefresher(PeriodicTask):
             if self.index.due():
                 with self.db.write() as conn:
                     self.index.store(conn, self.clock())
-        except ConfideError as exc:
+        except Exception as exc:  # a driver's error too (raw statements are not mapped to
+            # StorageError): the thread must go on, or no scan bounds the window again
             failed = {"event": "policy-head-index-refresh-failed", "error": type(exc).__name__}
             _LOG.warning(json.dumps(failed))
             return False

@@ -20,6 +20,7 @@ import click
 import httpx2
 
 from confide.errors import AccessDeniedError, ConfideError, UsageError
+from confide.fsutil import read_small_file
 from confide.httpserve.limits import (
     HANDSHAKE_TIMEOUT,
     HEAD_TIMEOUT,
@@ -64,14 +65,20 @@ def _fail(exc: ConfideError) -> None:
     sys.exit(exc.exit_code)
 
 
+MAX_KEY_FILE = 64 * 1024
+"""The largest key file read (bytes): a note key is a line of about 100 characters."""
+
+
 def _read_key_text(value: str, what: str) -> str:
-    """A key given inline or as a path to a file holding it."""
+    """A key given inline or as a path to a file holding it (a regular file, bounded, opened
+    without blocking: :func:`confide.fsutil.read_small_file`)."""
     path = Path(value)
     if "+" not in value or path.is_file():
+        data = read_small_file(path, MAX_KEY_FILE, f"{what} file")
         try:
-            return path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise UsageError(f"{what}: cannot read {value!r}: {exc.strerror or exc}") from None
+            return data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise UsageError(f"{what}: {value!r} is not UTF-8 text (a key file holds one line)") from None
     return value.strip()
 
 
@@ -613,10 +620,10 @@ def accesses_cmd(
                     raise whole from None  # neither reading: name the target as given
 
         policy, signed, events, update = read_audited(client, log_key, state_file, read)
+        rows = accesses(events, secret or None)
     except ConfideError as exc:
         _fail(exc)
         return
-    rows = accesses(events, secret or None)
     if state_file is not None and update is not None:
         _state_line(state_file, policy, signed, update)
     if as_json:

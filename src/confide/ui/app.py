@@ -454,6 +454,15 @@ def _error_block(exc: ConfideError) -> Html:
     return h('<div class="error"><p><b>{}</b> ({})</p>{}{}</div>', headline, name, message, listed)
 
 
+def _date(seconds: float) -> str:
+    """Unix ``seconds`` (a time the CAS gave) as a UTC date, or as the number when no date is
+    that far (``datetime`` covers the years 1 to 9999)."""
+    try:
+        return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return f"{seconds!r} (Unix seconds: no date)"
+
+
 def _short(value: str | None) -> str:
     return "" if value is None else (value[:16] + "…" if len(value) > 16 else value)
 
@@ -599,7 +608,7 @@ def create_app(state: UiState) -> Guard:
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 e.seq,
                 e.index,
-                datetime.fromtimestamp(e.at, UTC).isoformat(timespec="seconds"),
+                _date(e.at),
                 e.type,
                 _json(e.payload),
             )
