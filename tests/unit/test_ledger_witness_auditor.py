@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from confide.errors import (
     ParseError,
     RollbackError,
     SignatureError,
+    StorageError,
     UnknownKeyError,
 )
 from confide.ledger.auditor import Auditor, AuditorState, LocalLogClient, verify_checkpoint_update
@@ -25,7 +27,13 @@ from confide.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoi
 from confide.ledger.merkle import consistency_proof, mth
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, NoteSigner, open_note
 from confide.ledger.store import Ledger, connect, write_transaction
-from confide.ledger.witness import Witness, WitnessConflictError, http_status, parse_add_checkpoint
+from confide.ledger.witness import (
+    MAX_STATE_SIZE,
+    Witness,
+    WitnessConflictError,
+    http_status,
+    parse_add_checkpoint,
+)
 
 AT = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 ORIGIN = "cas.example/ledger"
@@ -236,3 +244,15 @@ def test_a_tampered_served_resource_is_never_accepted(
     auditor = Auditor(_Tampering(served, path, bytes(body)), log.verifier)
     with pytest.raises(ConfideError):
         auditor.verify_entries(auditor.update(old).checkpoint)
+
+
+def test_a_fifo_as_the_witness_state_is_refused_at_once(witness: Witness) -> None:
+    os.mkfifo(witness.state_path, 0o600)
+    with pytest.raises(StorageError, match="unreadable: not a regular file"):
+        witness.latest(ORIGIN)
+
+
+def test_an_oversized_witness_state_is_refused(witness: Witness) -> None:
+    witness.state_path.write_bytes(b" " * (MAX_STATE_SIZE + 1))
+    with pytest.raises(StorageError, match="larger than"):
+        witness.latest(ORIGIN)

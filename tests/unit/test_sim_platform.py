@@ -83,6 +83,20 @@ def test_a_garbage_key_file_is_a_parse_error(tmp_path: Path) -> None:
         SimPlatform.load(tmp_path)
 
 
+def test_a_fifo_in_the_key_s_place_is_refused_at_once(tmp_path: Path) -> None:
+    # Opened without O_NONBLOCK, a FIFO would block the load until a writer came.
+    os.mkfifo(tmp_path / PRIVATE_KEY_FILE, 0o600)
+    with pytest.raises(UsageError, match="not a regular file"):
+        SimPlatform.load(tmp_path)
+
+
+def test_an_oversized_key_file_is_a_parse_error(tmp_path: Path) -> None:
+    (tmp_path / PRIVATE_KEY_FILE).write_bytes(b"A" * (64 * 1024 + 1))
+    os.chmod(tmp_path / PRIVATE_KEY_FILE, 0o600)
+    with pytest.raises(ParseError, match="larger than 65536 bytes"):
+        SimPlatform.load(tmp_path)
+
+
 def test_repr_shows_no_key_material() -> None:
     platform = SimPlatform.generate()
     assert repr(platform) == f"SimPlatform(key_id={platform.key_id.hex()}, version=2)"

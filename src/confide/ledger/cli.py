@@ -52,7 +52,7 @@ from confide.ledger.http import (
 )
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, SIG_TYPE_ED25519, NoteSigner, NoteVerifier
 from confide.ledger.store import Ledger, connect
-from confide.ledger.witness import Witness, parse_add_checkpoint
+from confide.ledger.witness import MAX_REQUEST_SIZE, Witness, parse_add_checkpoint
 from confide.ledger.witness_http import WitnessServer, request_cosignatures
 
 __all__ = ["ledger"]
@@ -496,10 +496,9 @@ def witness_add_checkpoint(state: Path, key_file: Path, logs: tuple[str, ...], r
     """Process one add-checkpoint REQUEST body offline; print the cosignature line."""
     try:
         witness = _make_witness(state, key_file, logs)
-        try:
-            body = request.read_bytes()
-        except OSError as exc:
-            raise UsageError(f"REQUEST: cannot read {str(request)!r}: {exc.strerror}") from None
+        # The HTTP witness refuses a body above MAX_REQUEST_SIZE; so does the offline command
+        # (a regular file only: a FIFO is refused at once, not waited on).
+        body = read_small_file(request, MAX_REQUEST_SIZE, "REQUEST")
         old_size, proof, note = parse_add_checkpoint(body)
         sig = witness.add_checkpoint(old_size, proof, note, at=datetime.now(UTC))
     except ConfideError as exc:

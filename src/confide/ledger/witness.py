@@ -34,7 +34,7 @@ from confide.errors import (
     StorageError,
     UnknownKeyError,
 )
-from confide.fsutil import lock_beside
+from confide.fsutil import lock_beside, read_regular
 from confide.ledger.auditor import atomic_write
 from confide.ledger.checkpoint import Checkpoint, open_checkpoint
 from confide.ledger.merkle import EMPTY_ROOT, verify_consistency
@@ -51,6 +51,8 @@ __all__ = ["MAX_PROOF_LINES", "Witness", "WitnessConflictError", "http_status", 
 
 MAX_PROOF_LINES = 63
 MAX_REQUEST_SIZE = 1 << 20
+# The state file holds one line per witnessed log (its origin, size and root hash): far below this.
+MAX_STATE_SIZE = 16 << 20
 
 
 class WitnessConflictError(ConsistencyError):
@@ -133,10 +135,17 @@ class Witness:
 
     def _load(self) -> dict[str, str]:
         try:
-            doc = jsonstrict.loads(self.state_path.read_bytes(), structure="witness state")
+            data = read_regular(self.state_path, MAX_STATE_SIZE)  # a FIFO: refused, not waited on
         except FileNotFoundError:
             return {}
-        except (OSError, ParseError) as exc:
+        except OSError as exc:
+            why = exc.strerror or exc
+            raise StorageError(f"witness state {str(self.state_path)!r} unreadable: {why}") from None
+        if len(data) > MAX_STATE_SIZE:
+            raise StorageError(f"witness state {str(self.state_path)!r}: larger than {MAX_STATE_SIZE} bytes")
+        try:
+            doc = jsonstrict.loads(data, structure="witness state")
+        except ParseError as exc:
             raise StorageError(f"witness state {str(self.state_path)!r} unreadable: {exc}") from None
         if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("logs"), dict):
             raise StorageError(f"witness state {str(self.state_path)!r}: unexpected content")

@@ -57,6 +57,7 @@ PUBLIC_KEY_FILE = "platform-key.pub.pem"
 _RAW_KEY_SIZE = 32  # Ed25519
 _P256_POINT_SIZE = 65  # uncompressed P-256 point, SEC 1 v2 section 2.3.3
 _P256_SCALAR_SIZE = 32
+_MAX_KEY_FILE = 64 * 1024  # a PEM P-256 or Ed25519 private key is a few hundred bytes
 
 SimPlatformPrivateKey = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
@@ -157,7 +158,8 @@ class SimPlatform:
         """Load the platform key from ``directory``; it must exist and be private (0600)."""
         path = directory / PRIVATE_KEY_FILE
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            # non-blocking: a FIFO in the key's place is refused below, not waited on for ever
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise UsageError(
                 f"no simulated platform key at {str(path)!r}; create one with `confide sim init --dir DIR`"
@@ -166,12 +168,16 @@ class SimPlatform:
             raise UsageError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
         with os.fdopen(fd, "rb") as fh:
             mode = os.fstat(fh.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise UsageError(f"{str(path)!r} is not a regular file (the simulated platform key)")
             if stat.S_IMODE(mode) & 0o077:
                 raise UsageError(
                     f"{str(path)!r} has mode {stat.S_IMODE(mode):04o}, expected 0600 (the simulated "
                     "platform key must not be readable by others)"
                 )
-            data = fh.read()
+            data = fh.read(_MAX_KEY_FILE + 1)
+        if len(data) > _MAX_KEY_FILE:
+            raise ParseError(f"larger than {_MAX_KEY_FILE} bytes, expected a PEM key", structure=str(path))
         try:
             key = load_pem_private_key(data, password=None)
         except (ValueError, TypeError):
