@@ -828,7 +828,12 @@ def prepare(
         cas.key_release.own_tcb = watch
         cas_evidence.on_refresh = watch.judge
     if own is not None:  # docs/cas.md "Retiring the old version": a retired version does not start
-        successors.refuse_retired_start(own)
+        # (judged against the ledger's board entries too: confide.cas.board_ledger)
+        try:
+            successors.refuse_retired_start(own)
+        except ConfideError:
+            database.dispose()  # not starting: the pool's connections closed
+            raise
     with database.write() as conn:
         master_key_id = bind_master_key(conn, master)
         # Policy rows stored before schema 14, sealed as found, once (confide.cas.policy_rows).

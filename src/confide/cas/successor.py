@@ -296,8 +296,16 @@ class Successors:
         self.board_changes = BoardChanges(self)
         self.retirements = Retirements(self)
 
+    def load(self, conn: Connection) -> Board | None:
+        """The stored board, authenticated (:func:`load_board`) and judged against the ledger's
+        board entries as ``conn``'s transaction sees the ledger (docs/cas.md "What the successor
+        board rests on"; :mod:`confide.cas.board_ledger`): every read of the board that decides
+        or shows anything goes through here; rows older than the ledger are a
+        :class:`~confide.cas.board_ledger.BoardRolledBack`."""
+        return load_board(conn, self.cas.sealer, self.cas.policy_auth.index.view(conn).board())
+
     def _board(self, conn: Connection) -> Board:
-        board = load_board(conn, self.cas.sealer)
+        board = self.load(conn)
         if board is None:
             raise UsageError(
                 "this CAS has no successor board (one is set only when the CAS is initialised, with "
@@ -553,7 +561,7 @@ class Successors:
         was retired already (:meth:`check_retired`): only the approvals naming it count, they
         must meet the rule by themselves (the hand-over that retired it, asked for again when its
         answer was lost), and nothing is retired again (``retire`` false, ``retired_before``)."""
-        board = load_board(conn, self.cas.sealer)
+        board = self.load(conn)
         if board is None:
             raise AppraisalError("this CAS has no successor board: it hands its key over to no other version")
         names = IDENTITY_CLAIMS.get(peer.platform, ())
@@ -626,7 +634,7 @@ class Successors:
         digest (a StorageError otherwise), so the code identity derived from them is as
         authentic. Rows without a board are a StorageError: a retirement is only ever written
         with one, so the operator deleted the board (to un-retire a version)."""
-        board = load_board(conn, self.cas.sealer)
+        board = self.load(conn)
         rows = conn.execute(select(successor_retired)).all()
         if board is None and rows:
             raise StorageError(
