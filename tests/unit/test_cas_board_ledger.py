@@ -22,7 +22,9 @@ from test_cas_key_release import Joiner, Releaser
 from test_cas_successor_release import NEW, people
 from test_cas_successor_retire import OTHER, _sim_own
 
+from asgi_call import call
 from confide import errors
+from confide.cas.app import create_app
 from confide.cas.board_change import CHANGE_TYPE
 from confide.cas.board_ledger import BoardMarks, BoardRolledBack, Mark
 from confide.cas.core import Cas, sign_document
@@ -178,7 +180,11 @@ def test_the_board_row_written_back_to_before_a_change_is_refused(
     with caplog.at_level(logging.WARNING, logger="confide.cas"):
         _refused_everywhere(env, people, 0)  # the running process
     assert any("successor-board-rolled-back" in r.getMessage() for r in caplog.records)
-    assert env.cas.policy_auth.index.board_refusals > refusals
+    assert env.cas.policy_auth.index.board_refusals == refusals + 6
+    status, body = call(create_app(env.cas), "/metrics", [b""], method="GET")
+    assert (
+        status == 200 and f"confide_cas_successor_board_rolled_back_total {refusals + 6:.1f}" in body.decode()
+    )
     with pytest.raises(BoardRolledBack, match=r"generation 0, ledger entry \d+ \(successor.board-changed\)"):
         env.restart()  # a fresh process: the retirement check at its start
     env.set_snapshot(snapshot)  # an older genuine snapshot gives the same answer

@@ -501,6 +501,7 @@ def test_metrics_count_scans_and_tampering(env: Env) -> None:
     assert f"confide_cas_head_index_size {float(size)}" in text
     assert "confide_cas_head_index_ignored_total 1.0" in text
     assert "confide_cas_head_index_altered_total 0.0" in text
+    assert "confide_cas_successor_board_rolled_back_total 0.0" in text
     scanned = next(
         line for line in text.splitlines() if line.startswith("confide_cas_head_index_entries_scanned_total")
     )
