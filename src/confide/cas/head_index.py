@@ -32,13 +32,18 @@ answer is read there:
   its held ones) as of size N" plus a scan from N to the current size gives the true answer
   whichever genuine snapshot an operator writes back: the one-row table ``policy_head_anchor``
   holds such a snapshot, MAC'd under the master key (HMAC-SHA256 with an HKDF-SHA256 key, info
-  :data:`ANCHOR_INFO`, over the key id, the size and the SHA-256 of the snapshot's text;
+  :data:`ANCHOR_INFO`, over the key id, the size and the SHA-256 of the snapshot's texts;
   :func:`anchor_mac`). A process starts from it (bounded work); a row that does not verify is
   :class:`HeadAnchorAltered`, a snapshot larger than the ledger is a rolled-back ledger (also
   refused), and a missing row means a scan from the ledger's first entry (that is how a
   schema-16 database is upgraded). :meth:`HeadIndex.store` writes a newer snapshot (``cas
   serve``: at the start and when the index is :data:`STORE_EVERY` entries ahead of the stored
   one).
+
+The same scan keeps the successor board's entries (schema 18; :mod:`confide.cas.board_ledger`:
+board set and changed, version retired, approval withdrawn), in the same snapshot (its
+``board`` text, under the same MAC): :meth:`HeadView.board` is what a read of the board is
+judged against.
 
 Only committed entries are kept: a scan inside a write transaction (which may append entries of
 its own and then roll back) brings the index up to date through a read transaction of its own

@@ -25,7 +25,11 @@ the set of retired versions (docs/cas.md "Retiring the old version"), once there
 each: a withdrawal or a retirement rewrites the MAC in its transaction (:func:`bind_state`), so
 the operator cannot delete a withdrawal (to make its approval count again) or a retirement (to
 let the retired version have the key again) without the board failing to authenticate (a
-StorageError, and no hand-over, no release at all).
+StorageError, and no hand-over, no release at all). A *rollback* of those rows to an earlier
+genuine state (the row's earlier record and MAC written back, the later withdrawals and
+retirements deleted) authenticates; it is caught against the ledger's board entries
+(:mod:`confide.cas.board_ledger`), which :func:`load_board` is given for every read that decides
+anything.
 """
 
 from __future__ import annotations
