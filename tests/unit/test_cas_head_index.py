@@ -89,13 +89,15 @@ class Env(DbEnv):
                  (*version, digest))  # fmt: skip
 
     def anchor(self) -> tuple[Any, ...] | None:
-        rows = self.sql("SELECT size, heads, updated_at, key_id, mac FROM policy_head_anchor WHERE id = 1")
+        rows = self.sql(
+            "SELECT size, heads, updated_at, key_id, mac, board FROM policy_head_anchor WHERE id = 1"
+        )
         return rows[0] if rows else None
 
     def set_anchor(self, row: tuple[Any, ...]) -> None:
         self.sql("DELETE FROM policy_head_anchor")
-        self.sql("INSERT INTO policy_head_anchor (id, size, heads, updated_at, key_id, mac) VALUES (1, ?, ?, ?, ?, ?)",
-                 row)  # fmt: skip
+        self.sql("INSERT INTO policy_head_anchor (id, size, heads, updated_at, key_id, mac, board) "
+                 "VALUES (1, ?, ?, ?, ?, ?, ?)", row)  # fmt: skip
 
     def store(self, cas: Cas | None = None) -> None:
         c = cas or self.cas
@@ -290,7 +292,7 @@ def test_an_older_genuine_snapshot_gives_the_same_answer(env: Env) -> None:
     env.attest(OTHER)
 
 
-@pytest.mark.parametrize("edit", ["heads", "size", "mac", "key_id"])
+@pytest.mark.parametrize("edit", ["heads", "size", "mac", "key_id", "board", "board-null"])
 def test_an_edited_snapshot_is_refused(env: Env, edit: str, caplog: pytest.LogCaptureFixture) -> None:
     """The snapshot row edited (its map, its size, its MAC, its key id): the CAS does not start
     on it (no head could be judged); deleted, it is rebuilt from the ledger's entries."""
@@ -298,16 +300,20 @@ def test_an_edited_snapshot_is_refused(env: Env, edit: str, caplog: pytest.LogCa
     env.store()
     row = env.anchor()
     assert row is not None
-    size, heads, at, key_id, mac = row
+    size, heads, at, key_id, mac, board = row
     if edit == "heads":
         heads = json.dumps({"app": {"held": [], "latest": [0, v1, None, True]}}, separators=(",", ":"))
     elif edit == "size":
         size -= 1
     elif edit == "mac":
         mac = ("0" if mac[0] != "0" else "1") + mac[1:]
-    else:
+    elif edit == "key_id":
         key_id = "ab" * 16
-    env.set_anchor((size, heads, at, key_id, mac))
+    elif edit == "board":  # the successor board's entries (schema 18) are under the same MAC
+        board = json.dumps([[0, "board", "ab" * 32, 0]], separators=(",", ":"))
+    else:  # a schema-17 snapshot (no board entries) written back
+        board = None
+    env.set_anchor((size, heads, at, key_id, mac, board))
     with caplog.at_level(logging.WARNING, logger="confide.cas"), pytest.raises(HeadAnchorAltered):
         env.restart()
     assert any("policy-head-anchor-altered" in r.getMessage() for r in caplog.records)
@@ -495,6 +501,7 @@ def test_metrics_count_scans_and_tampering(env: Env) -> None:
     assert f"confide_cas_head_index_size {float(size)}" in text
     assert "confide_cas_head_index_ignored_total 1.0" in text
     assert "confide_cas_head_index_altered_total 0.0" in text
+    assert "confide_cas_successor_board_rolled_back_total 0.0" in text
     scanned = next(
         line for line in text.splitlines() if line.startswith("confide_cas_head_index_entries_scanned_total")
     )

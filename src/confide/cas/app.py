@@ -1038,7 +1038,8 @@ class _OcspCollector:
 class _HeadIndexCollector:
     """The head index's scans of the ledger, read at scrape time (docs/cas.md "What a policy's
     current version rests on"): entries scanned, tampering met (an entry that does not hash to
-    its leaf, an altered snapshot), head entries ignored (out of their chain), and the ledger
+    its leaf, an altered snapshot), head entries ignored (out of their chain), successor board
+    reads refused against the ledger's board entries (confide.cas.board_ledger), and the ledger
     size the index has read up to."""
 
     def __init__(self, cas: Cas) -> None:
@@ -1060,6 +1061,11 @@ class _HeadIndexCollector:
             "confide_cas_head_index_ignored",
             "Head entries the head index ignored (not continuing their policy's chain)",
             value=index.ignored,
+        )
+        yield CounterMetricFamily(
+            "confide_cas_successor_board_rolled_back",
+            "Reads of the successor board refused: its rows older than the ledger's board entries",
+            value=index.board_refusals,
         )
         yield GaugeMetricFamily(
             "confide_cas_head_index_size",

@@ -151,13 +151,17 @@ evidence_seen = Table(
 # one row, a snapshot of each policy's latest ``policy.created`` / ``policy.updated`` ledger
 # entry (``heads``: canonical JSON {name: [index, hash]}) as of ledger size ``size``, MAC'd
 # under the master key ``key_id`` names. Only a starting point: the ledger's entries are the
-# truth, and an older genuine snapshot gives the same answer after a longer scan.
+# truth, and an older genuine snapshot gives the same answer after a longer scan. Schema 18:
+# ``board``, the successor board's entries as of the same size (canonical JSON [[index, kind,
+# value, generation], ...]; confide.cas.board_ledger), covered by the same MAC (NULL only in a
+# row written before 18, which does not verify: the migration deletes it).
 policy_head_anchor = Table(
     "policy_head_anchor",
     metadata,
     Column("id", Integer, primary_key=True),
     Column("size", BigInteger, nullable=False),
     Column("heads", Text, nullable=False),
+    Column("board", Text),
     Column("updated_at", Float, nullable=False),
     Column("key_id", String(32), nullable=False),
     Column("mac", String(64), nullable=False),
@@ -383,7 +387,7 @@ successor_retirement_approvals = Table(
     PrimaryKeyConstraint("retirement", "signer"),
 )
 
-SCHEMA_VERSION = 17
+SCHEMA_VERSION = 18
 # meta key: the heads and versions of a database from before schema 15 were MAC'd (once;
 # confide.cas.policy_auth.bind_unbound)
 POLICY_ROWS_BOUND_META = "policy_rows_bound"
@@ -591,9 +595,21 @@ def _v17(conn: Connection) -> None:
     raw_execute(conn, "DROP INDEX IF EXISTS events_head_changes")
 
 
+def _v18(conn: Connection) -> None:
+    """The successor board's rows are checked against the ledger's board entries too
+    (confide.cas.board_ledger, docs/cas.md "What the successor board rests on"): the snapshot
+    ``policy_head_anchor`` gets ``board``, the board's entries as of its size, under its MAC.
+    The migration runs without the master key: it deletes the schema-17 snapshot (its MAC
+    covers no board entries), so the next start scans the whole ledger once and writes one
+    that covers both (as the upgrade to 17 did)."""
+    if "board" not in {c["name"] for c in inspect(conn).get_columns("policy_head_anchor")}:
+        raw_execute(conn, "ALTER TABLE policy_head_anchor ADD COLUMN board TEXT")
+    raw_execute(conn, "DELETE FROM policy_head_anchor")
+
+
 _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12,
-    13: _v13, 14: _v14, 15: _v15, 16: _v16, 17: _v17,
+    13: _v13, 14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18,
 }  # fmt: skip
 
 

@@ -32,13 +32,18 @@ answer is read there:
   its held ones) as of size N" plus a scan from N to the current size gives the true answer
   whichever genuine snapshot an operator writes back: the one-row table ``policy_head_anchor``
   holds such a snapshot, MAC'd under the master key (HMAC-SHA256 with an HKDF-SHA256 key, info
-  :data:`ANCHOR_INFO`, over the key id, the size and the SHA-256 of the snapshot's text;
+  :data:`ANCHOR_INFO`, over the key id, the size and the SHA-256 of the snapshot's texts;
   :func:`anchor_mac`). A process starts from it (bounded work); a row that does not verify is
   :class:`HeadAnchorAltered`, a snapshot larger than the ledger is a rolled-back ledger (also
   refused), and a missing row means a scan from the ledger's first entry (that is how a
   schema-16 database is upgraded). :meth:`HeadIndex.store` writes a newer snapshot (``cas
   serve``: at the start and when the index is :data:`STORE_EVERY` entries ahead of the stored
   one).
+
+The same scan keeps the successor board's entries (schema 18; :mod:`confide.cas.board_ledger`:
+board set and changed, version retired, approval withdrawn), in the same snapshot (its
+``board`` text, under the same MAC): :meth:`HeadView.board` is what a read of the board is
+judged against.
 
 Only committed entries are kept: a scan inside a write transaction (which may append entries of
 its own and then roll back) brings the index up to date through a read transaction of its own
@@ -69,6 +74,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import Connection
 
+from confide.cas.board_ledger import BOARD_SUFFIXES, BoardLedger, BoardMarks, Mark, board_mark
 from confide.cas.db import READ_OPTION, raw_connection
 from confide.cas.periodic import PeriodicTask
 from confide.cas.secrets import Sealer
@@ -107,6 +113,7 @@ _LOG = logging.getLogger("confide.cas")
 # a head entry is recognised by its last bytes and only those are parsed.
 _HEAD_TYPES = (EntryType.POLICY_CREATED, EntryType.POLICY_UPDATED)
 _SUFFIXES = tuple(f',"type":"{t.value}","v":{v}}}'.encode() for t in _HEAD_TYPES for v in (1, 2))
+_WANTED = _SUFFIXES + BOARD_SUFFIXES  # the entries a scan parses: head and successor board entries
 
 
 class Event(NamedTuple):
@@ -165,10 +172,12 @@ class HeadAnchorAltered(StorageError):
         )
 
 
-def anchor_mac(key: bytes, key_id: str, size: int, heads: str) -> str:
-    """HMAC-SHA256 of a snapshot (module docstring): ``heads`` is its stored text."""
-    digest = hashlib.sha256(heads.encode()).hexdigest()
-    fields = json.dumps([key_id, size, digest], separators=(",", ":")).encode()
+def anchor_mac(key: bytes, key_id: str, size: int, heads: str, board: str) -> str:
+    """HMAC-SHA256 of a snapshot (module docstring): ``heads`` and ``board`` are its stored
+    texts (the policies' head entries; the successor board's entries, schema 18). A snapshot of
+    schema 17 (no ``board``) does not verify: the migration to 18 deletes it."""
+    digests = [hashlib.sha256(text.encode()).hexdigest() for text in (heads, board)]
+    fields = json.dumps([key_id, size, *digests], separators=(",", ":")).encode()
     message = ANCHOR_INFO + b"\x00anchor\x00" + fields
     return hmac.new(key, message, "sha256").hexdigest()
 
@@ -232,11 +241,13 @@ def _head_event(index: int, data: bytes) -> tuple[str, Event] | None:
     return entry.policy, Event(index, digest, predecessor, entry.type is EntryType.POLICY_CREATED)
 
 
-def scan(raw: Conn, start: int, end: int) -> tuple[list[tuple[str, Event]], int]:
-    """The head entries among ledger entries ``start`` to ``end`` (exclusive), in order, each
-    entry's bytes checked against the leaf hash of its level-0 tile; ``LedgerEntriesAltered``
-    otherwise. Returns the head entries and the number of entries scanned."""
+def scan(raw: Conn, start: int, end: int) -> tuple[list[tuple[str, Event]], list[Mark], int]:
+    """The head entries and the successor board's entries (:func:`~confide.cas.board_ledger.board_mark`)
+    among ledger entries ``start`` to ``end`` (exclusive), in order, each entry's bytes checked
+    against the leaf hash of its level-0 tile; ``LedgerEntriesAltered`` otherwise. Returns them
+    and the number of entries scanned."""
     found: list[tuple[str, Event]] = []
+    marks: list[Mark] = []
     at = start
     while at < end:
         stop = min(end, at + CHUNK)
@@ -264,12 +275,17 @@ def scan(raw: Conn, start: int, end: int) -> tuple[list[tuple[str, Event]], int]
                 raise _altered(index, "has no leaf hash in the tiles")
             if not hmac.compare_digest(hash_leaf(data), tile[slot : slot + HASH_SIZE]):
                 raise _altered(index, "does not hash to the leaf hash stored for it")
-            if data.endswith(_SUFFIXES) and (event := _head_event(index, data)) is not None:
-                found.append(event)
+            if not data.endswith(_WANTED):  # most entries (attestations): one test
+                continue
+            if data.endswith(_SUFFIXES):
+                if (event := _head_event(index, data)) is not None:
+                    found.append(event)
+            elif (mark := board_mark(index, data)) is not None:
+                marks.append(mark)
         if expected != stop:
             raise _altered(expected, "is missing")
         at = stop
-    return found, end - start
+    return found, marks, end - start
 
 
 def check_leaf(raw: Conn, index: int, data: bytes) -> None:
@@ -333,12 +349,28 @@ def _index(event: Event) -> int:
 
 
 class HeadView:
-    """The head entries as one transaction sees the ledger (its size ``size``)."""
+    """The head entries as one transaction sees the ledger (its size ``size``), and the
+    successor board's entries (``marks``, committed ones; :meth:`board`)."""
 
-    __slots__ = ("chains", "overlay", "size")
+    __slots__ = ("chains", "marks", "overlay", "refused", "size")
 
-    def __init__(self, chains: Chains, overlay: Chains, size: int) -> None:
+    def __init__(
+        self,
+        chains: Chains,
+        overlay: Chains,
+        size: int,
+        marks: BoardMarks | None = None,
+        refused: Callable[[], None] = lambda: None,
+    ) -> None:
         self.chains, self.overlay, self.size = chains, overlay, size
+        self.marks, self.refused = marks or BoardMarks(), refused
+
+    def board(self) -> BoardLedger:
+        """The successor board as the ledger's committed entries below this view's size record
+        it (:mod:`confide.cas.board_ledger`). The entries only a write transaction sees (the
+        overlay) are left out: that transaction wrote them, with their rows, so the rows are
+        at least as new, and the check only refuses rows older than the entries."""
+        return self.marks.as_of(self.size, self.refused)
 
     def latest(self, name: str) -> tuple[Event | None, int | None]:
         """``name``'s latest accepted head entry below this view's size (``None``: none), and
@@ -371,10 +403,12 @@ class HeadIndex:
         self._lock = threading.RLock()
         self._size: int | None = None  # entries absorbed (all committed); None: not loaded
         self._chains: Chains = {}
+        self._board = BoardMarks()  # the successor board's entries (confide.cas.board_ledger)
         self._stored = 0  # the size of the snapshot last read or written
         self.scanned = 0  # entries scanned (metric)
         self.refusals = 0  # altered entries or snapshots met (metric)
         self.ignored = 0  # head entries that do not continue their chain (metric)
+        self.board_refusals = 0  # successor board rows older than the ledger, refused (metric)
 
     @property
     def size(self) -> int | None:
@@ -387,22 +421,19 @@ class HeadIndex:
 
     def _load(self, raw: Conn, ledger_size: int) -> None:
         """Start from the stored snapshot (verified), or from the ledger's first entry."""
-        row = execute(raw, "SELECT size, heads, key_id, mac FROM policy_head_anchor WHERE id = 1").fetchone()
+        row = execute(raw, _SELECT_ANCHOR).fetchone()
         if row is None:
             _LOG.info(json.dumps({"event": "policy-head-anchor-missing", "ledger_size": ledger_size}))
-            self._size, self._chains, self._stored = 0, {}, 0
+            self._size, self._chains, self._board, self._stored = 0, {}, BoardMarks(), 0
             return
-        size, heads, key_id, mac = row
-        if not (type(size) is int and isinstance(heads, str) and isinstance(key_id, str)
-                and isinstance(mac, str) and _KEY_ID.fullmatch(key_id)
-                and key_id in self.sealer.key_ids):  # fmt: skip
-            raise self._refuse(HeadAnchorAltered("does not authenticate under the master key"))
-        if not hmac.compare_digest(anchor_mac(self._key(key_id), key_id, size, heads).encode(), mac.encode()):
+        size, heads, board, key_id, mac = row
+        if not _verified(self.sealer, size, heads, board, key_id, mac):
             raise self._refuse(HeadAnchorAltered("does not authenticate under the master key"))
         if size > ledger_size:
             why = f"covers {size} ledger entries, the ledger has {ledger_size}"
             raise self._refuse(HeadAnchorAltered(why))
-        self._chains, self._size, self._stored = _decode(heads), size, size
+        marks = BoardMarks.decode(board, lambda: HeadAnchorAltered("is malformed"))
+        self._chains, self._board, self._size, self._stored = _decode(heads), marks, size, size
 
     def _refuse(self, exc: StorageError) -> StorageError:
         self.refusals += 1
@@ -410,10 +441,10 @@ class HeadIndex:
             _LOG.warning(json.dumps({"event": "policy-head-anchor-altered"}))
         return exc
 
-    def _scan(self, raw: Conn, start: int, end: int) -> list[tuple[str, Event]]:
+    def _scan(self, raw: Conn, start: int, end: int) -> tuple[list[tuple[str, Event]], list[Mark]]:
         started = time.monotonic()
         try:
-            found, count = scan(raw, start, end)
+            found, marks, count = scan(raw, start, end)
         except LedgerEntriesAltered:
             self.refusals += 1
             raise
@@ -421,7 +452,7 @@ class HeadIndex:
         if count >= CHUNK:
             _LOG.info(json.dumps({"event": "policy-head-index-scanned", "entries": count,
                                   "seconds": round(time.monotonic() - started, 3)}))  # fmt: skip
-        return found
+        return found, marks
 
     def _extend(
         self, chains: Chains, found: list[tuple[str, Event]], conn: Connection, *, copy: bool
@@ -457,7 +488,7 @@ class HeadIndex:
                 if (len(chain.accepted), len(chain.held)) != before:
                     changed.add(name)
         if ledger_size > self._size:
-            found = self._scan(raw, self._size, ledger_size)
+            found, marks = self._scan(raw, self._size, ledger_size)
             # Resolved on copies of the chains they touch, installed once all are: an error
             # midway (the database failing under a version row's read) leaves the index as it
             # was, so the next scan does not meet these entries again as ones that do not
@@ -474,6 +505,7 @@ class HeadIndex:
                 self.ignored = ignored
                 raise
             self._chains.update(staged)
+            self._board = self._board.extended(marks)
             self._size = ledger_size
         if changed:
             self.on_change(changed)
@@ -503,11 +535,11 @@ class HeadIndex:
                 # committed entries whoever wrote it), the rest an overlay
                 self._load(raw, ledger_size)
             assert self._size is not None
-            base, chains = self._size, self._chains
+            base, chains, marks = self._size, self._chains, self._board
             overlay: Chains = {}
             if ledger_size > base:
                 ignored = self.ignored
-                for name, event in self._scan(raw, base, ledger_size):
+                for name, event in self._scan(raw, base, ledger_size)[0]:
                     if name not in overlay:
                         shared = chains.get(name)
                         overlay[name] = shared.copy() if shared is not None else Chain([], [])
@@ -515,7 +547,10 @@ class HeadIndex:
                 for name, chain in overlay.items():
                     _resolve(name, chain, self.validate, conn)
                 self.ignored = ignored  # counted when the entries are kept, not per overlay
-        return HeadView(chains, overlay, ledger_size)
+        return HeadView(chains, overlay, ledger_size, marks, self._board_refused)
+
+    def _board_refused(self) -> None:
+        self.board_refusals += 1
 
     # --- the stored snapshot ----------------------------------------------------------------------
 
@@ -532,18 +567,11 @@ class HeadIndex:
         with self._lock:
             if self._size is None:
                 return False
-            size, text = self._size, _encode(self._chains)
-        row = execute(raw, "SELECT size, heads, key_id, mac FROM policy_head_anchor WHERE id = 1").fetchone()
+            size, text, board = self._size, _encode(self._chains), self._board.encode()
+        row = execute(raw, _SELECT_ANCHOR).fetchone()
         if row is not None:
-            stored_size, heads, stored_key, mac = row
-            try:
-                verified = (type(stored_size) is int and isinstance(heads, str) and isinstance(mac, str)
-                            and isinstance(stored_key, str) and stored_key in self.sealer.key_ids
-                            and hmac.compare_digest(anchor_mac(self._key(stored_key), stored_key, stored_size,
-                                                               heads).encode(), mac.encode()))  # fmt: skip
-            except ConfideError:
-                verified = False
-            if not verified:
+            stored_size = row[0]
+            if not _verified(self.sealer, *row):
                 self.refusals += 1
                 _LOG.warning(json.dumps({"event": "policy-head-anchor-altered", "action": "not-rewritten"}))
                 return False
@@ -551,27 +579,46 @@ class HeadIndex:
                 self._stored = max(self._stored, stored_size)
                 return False
         key_id = _writing_key_id(raw, self.sealer)
-        mac = anchor_mac(self._key(key_id), key_id, size, text)
+        mac = anchor_mac(self._key(key_id), key_id, size, text, board)
         if row is None:
             execute(
                 raw,
-                "INSERT INTO policy_head_anchor (id, size, heads, updated_at, key_id, mac) "
-                "VALUES (1, ?, ?, ?, ?, ?)",
-                (size, text, now, key_id, mac),
+                "INSERT INTO policy_head_anchor (id, size, heads, board, updated_at, key_id, mac) "
+                "VALUES (1, ?, ?, ?, ?, ?, ?)",
+                (size, text, board, now, key_id, mac),
             )
         else:
             execute(
                 raw,
-                "UPDATE policy_head_anchor SET size = ?, heads = ?, updated_at = ?, key_id = ?, mac = ? "
-                "WHERE id = 1",
-                (size, text, now, key_id, mac),
+                "UPDATE policy_head_anchor SET size = ?, heads = ?, board = ?, updated_at = ?, key_id = ?, "
+                "mac = ? WHERE id = 1",
+                (size, text, board, now, key_id, mac),
             )
         self._stored = size
         return True
 
     def metrics(self) -> dict[str, Any]:
         return {"size": self._size or 0, "stored": self._stored, "scanned": self.scanned,
-                "refusals": self.refusals}  # fmt: skip
+                "refusals": self.refusals, "board_refusals": self.board_refusals}  # fmt: skip
+
+
+_SELECT_ANCHOR = "SELECT size, heads, board, key_id, mac FROM policy_head_anchor WHERE id = 1"
+
+
+def _verified(
+    sealer: Sealer, size: object, heads: object, board: object, key_id: object, mac: object
+) -> bool:
+    """Whether a stored snapshot's row authenticates under the master key it names (one of
+    ``sealer``'s): its MAC over its key id, size and texts (:func:`anchor_mac`)."""
+    if not (type(size) is int and isinstance(heads, str) and isinstance(board, str)
+            and isinstance(key_id, str) and isinstance(mac, str)
+            and _KEY_ID.fullmatch(key_id) and key_id in sealer.key_ids):  # fmt: skip
+        return False
+    try:
+        key = sealer.only(key_id).derive_key(ANCHOR_INFO)
+    except (ConfideError, KeyError, ValueError):
+        return False
+    return hmac.compare_digest(anchor_mac(key, key_id, size, heads, board).encode(), mac.encode())
 
 
 def _writing_key_id(raw: Conn, sealer: Sealer) -> str:
@@ -584,18 +631,13 @@ def reauthenticate_anchor(conn: Connection, old: Sealer, new: Sealer, new_key_id
     (``old``; :class:`HeadAnchorAltered` aborts the rotation, as an altered head does) and MAC
     it under the new one. Returns whether there was one."""
     raw = raw_connection(conn)
-    row = execute(raw, "SELECT size, heads, key_id, mac FROM policy_head_anchor WHERE id = 1").fetchone()
+    row = execute(raw, _SELECT_ANCHOR).fetchone()
     if row is None:
         return False
-    size, heads, key_id, mac = row
-    if not (type(size) is int and isinstance(heads, str) and isinstance(key_id, str) and isinstance(mac, str)
-            and key_id in old.key_ids):  # fmt: skip
+    size, heads, board, _key_id, _mac = row
+    if not _verified(old, *row):
         raise HeadAnchorAltered("does not authenticate under the master key")
-    if not hmac.compare_digest(
-        anchor_mac(old.only(key_id).derive_key(ANCHOR_INFO), key_id, size, heads).encode(), mac.encode()
-    ):
-        raise HeadAnchorAltered("does not authenticate under the master key")
-    new_mac = anchor_mac(new.only(new_key_id).derive_key(ANCHOR_INFO), new_key_id, size, heads)
+    new_mac = anchor_mac(new.only(new_key_id).derive_key(ANCHOR_INFO), new_key_id, size, heads, board)
     execute(raw, "UPDATE policy_head_anchor SET key_id = ?, mac = ? WHERE id = 1", (new_key_id, new_mac))
     return True
 

@@ -828,7 +828,7 @@ def prepare(
         cas.key_release.own_tcb = watch
         cas_evidence.on_refresh = watch.judge
     if own is not None:  # docs/cas.md "Retiring the old version": a retired version does not start
-        successors.refuse_retired_start(own)
+        successors.refuse_retired_start(own, ledger=False)  # on the rows; the ledger's entries below
     with database.write() as conn:
         master_key_id = bind_master_key(conn, master)
         # Policy rows stored before schema 14, sealed as found, once (confide.cas.policy_rows).
@@ -874,6 +874,10 @@ def prepare(
             index.refresh(conn)
         with database.write() as conn:
             index.store(conn, time.time())
+        if own is not None:
+            # the retirement check again, the board's rows judged against the ledger's board
+            # entries (confide.cas.board_ledger): rows rolled back to before a retirement refused
+            successors.refuse_retired_start(own)
     except ConfideError:
         database.dispose()  # not starting: the pool's connections closed
         raise

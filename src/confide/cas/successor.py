@@ -296,8 +296,16 @@ class Successors:
         self.board_changes = BoardChanges(self)
         self.retirements = Retirements(self)
 
+    def load(self, conn: Connection) -> Board | None:
+        """The stored board, authenticated (:func:`load_board`) and judged against the ledger's
+        board entries as ``conn``'s transaction sees the ledger (docs/cas.md "What the successor
+        board rests on"; :mod:`confide.cas.board_ledger`): every read of the board that decides
+        or shows anything goes through here; rows older than the ledger are a
+        :class:`~confide.cas.board_ledger.BoardRolledBack`."""
+        return load_board(conn, self.cas.sealer, self.cas.policy_auth.index.view(conn).board())
+
     def _board(self, conn: Connection) -> Board:
-        board = load_board(conn, self.cas.sealer)
+        board = self.load(conn)
         if board is None:
             raise UsageError(
                 "this CAS has no successor board (one is set only when the CAS is initialised, with "
@@ -553,7 +561,7 @@ class Successors:
         was retired already (:meth:`check_retired`): only the approvals naming it count, they
         must meet the rule by themselves (the hand-over that retired it, asked for again when its
         answer was lost), and nothing is retired again (``retire`` false, ``retired_before``)."""
-        board = load_board(conn, self.cas.sealer)
+        board = self.load(conn)
         if board is None:
             raise AppraisalError("this CAS has no successor board: it hands its key over to no other version")
         names = IDENTITY_CLAIMS.get(peer.platform, ())
@@ -620,13 +628,14 @@ class Successors:
         mine = Successors.identity(evidence)
         return None if mine is None else (code_identity(evidence.platform.value, mine[1]), mine[1])
 
-    def _retired(self, conn: Connection) -> set[str]:
+    def _retired(self, conn: Connection, *, ledger: bool = True) -> set[str]:
         """The code identities of the retired versions, authenticated: the board's MAC covers
         the set of retired identity digests, and each row's platform and claims must hash to its
         digest (a StorageError otherwise), so the code identity derived from them is as
         authentic. Rows without a board are a StorageError: a retirement is only ever written
-        with one, so the operator deleted the board (to un-retire a version)."""
-        board = load_board(conn, self.cas.sealer)
+        with one, so the operator deleted the board (to un-retire a version). ``ledger``: the
+        board is judged against the ledger's board entries too (:meth:`load`)."""
+        board = self.load(conn) if ledger else load_board(conn, self.cas.sealer)
         rows = conn.execute(select(successor_retired)).all()
         if board is None and rows:
             raise StorageError(
@@ -675,12 +684,18 @@ class Successors:
             )
         return own_retired
 
-    def refuse_retired_start(self, own: Callable[[datetime], VerifiedEvidence]) -> None:
-        """At startup (``cas serve``), before anything is written: an :class:`AppraisalError`
-        when this CAS's version (``own``: its own evidence, verified at a given time) was
-        retired on this database. Its evidence is verified only when some version was retired."""
+    def refuse_retired_start(
+        self, own: Callable[[datetime], VerifiedEvidence], *, ledger: bool = True
+    ) -> None:
+        """At startup (``cas serve``): an :class:`AppraisalError` when this CAS's version
+        (``own``: its own evidence, verified at a given time) was retired on this database. Its
+        evidence is verified only when some version was retired. ``cas serve`` asks twice:
+        before anything is written, on the rows alone (``ledger`` false: the head index, whose
+        snapshot is under the master key, is read only once the start has checked that the key
+        is the database's), and after its index is loaded, against the ledger's board entries
+        too (:meth:`load`)."""
         with self.cas.db.read() as conn:
-            retired = self._retired(conn)
+            retired = self._retired(conn, ledger=ledger)
         if not retired:
             return
         mine = self.code(own(datetime.fromtimestamp(self.clock(), UTC)))

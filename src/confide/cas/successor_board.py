@@ -25,7 +25,11 @@ the set of retired versions (docs/cas.md "Retiring the old version"), once there
 each: a withdrawal or a retirement rewrites the MAC in its transaction (:func:`bind_state`), so
 the operator cannot delete a withdrawal (to make its approval count again) or a retirement (to
 let the retired version have the key again) without the board failing to authenticate (a
-StorageError, and no hand-over, no release at all).
+StorageError, and no hand-over, no release at all). A *rollback* of those rows to an earlier
+genuine state (the row's earlier record and MAC written back, the later withdrawals and
+retirements deleted) authenticates; it is caught against the ledger's board entries
+(:mod:`confide.cas.board_ledger`), which :func:`load_board` is given for every read that decides
+anything.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from sqlalchemy import Connection, Table, and_, delete, insert, select
 
+from confide.cas.board_ledger import BoardLedger
 from confide.cas.db import meta, successor_board, successor_retired, successor_withdrawals
 from confide.cas.secrets import Sealer
 from confide.errors import ConfideError, ParseError, PolicyError, StorageError, UsageError
@@ -264,12 +269,12 @@ def _digest_of(values: list[str]) -> str | None:
     return hashlib.sha256("\n".join(values).encode()).hexdigest() if values else None
 
 
-def _bound(conn: Connection) -> tuple[str | None, str | None]:
-    """SHA-256 of the withdrawn approvals' digests and of the retired identities, each sorted,
-    one a line (``None`` for none). Each must be 64 lower-case hex digits (a StorageError
-    otherwise): only then is "one a line" injective. SQLite does not enforce ``String(64)``, and
-    one row holding two digests joined by a newline would hash as the two rows did, leaving
-    neither withdrawn nor retired under a MAC that still verifies."""
+def _stored_sets(conn: Connection) -> tuple[list[str], list[str]]:
+    """The withdrawn approvals' digests and the retired identities, each sorted. Each must be 64
+    lower-case hex digits (a StorageError otherwise): only then is "one a line" (:func:`_bound`)
+    injective. SQLite does not enforce ``String(64)``, and one row holding two digests joined by
+    a newline would hash as the two rows did, leaving neither withdrawn nor retired under a MAC
+    that still verifies."""
     rows = conn.execute(select(successor_withdrawals.c.approval).order_by(successor_withdrawals.c.approval))
     withdrawn = [str(r.approval) for r in rows]
     retired = sorted(retired_identities(conn))
@@ -277,6 +282,13 @@ def _bound(conn: Connection) -> tuple[str | None, str | None]:
         raise StorageError(
             "a stored withdrawal or retirement is not a SHA-256 in hex: the database was altered"
         )
+    return withdrawn, retired
+
+
+def _bound(conn: Connection) -> tuple[str | None, str | None]:
+    """SHA-256 of the withdrawn approvals' digests and of the retired identities, each sorted,
+    one a line (``None`` for none; :func:`_stored_sets`)."""
+    withdrawn, retired = _stored_sets(conn)
     return _digest_of(withdrawn), _digest_of(retired)
 
 
@@ -330,18 +342,26 @@ def store_board(conn: Connection, sealer: Sealer, key_id: str, board: Board, at:
     return record
 
 
-def load_board(conn: Connection, sealer: Sealer) -> Board | None:
+def load_board(conn: Connection, sealer: Sealer, ledger: BoardLedger | None = None) -> Board | None:
     """The stored board, authenticated (``None``: this CAS has none). A row that does not
-    authenticate under the master key it names, or does not parse, is a StorageError."""
+    authenticate under the master key it names, or does not parse, is a StorageError.
+    ``ledger``: the board as the ledger's entries record it (:mod:`confide.cas.board_ledger`),
+    for a read that decides anything: rows older than it (the board row, the withdrawals or the
+    retirements written back to an earlier state, or deleted) are
+    :class:`~confide.cas.board_ledger.BoardRolledBack`."""
     row = conn.execute(select(successor_board)).first()
     if row is None:
+        if ledger is not None:  # refused when the ledger retired a version under a board
+            ledger.check(None, None, (), ())
         return None
     altered = (
         "the stored successor board does not authenticate under the master key: the database was altered"
     )
     if row.id != 1 or not isinstance(row.key_id, str) or not _KEY_ID.fullmatch(row.key_id):
         raise StorageError(altered)
-    expected = _mac(_board_key(sealer, row.key_id), row.key_id, str(row.record), _bound(conn))
+    withdrawn, retired = _stored_sets(conn)
+    bound = _digest_of(withdrawn), _digest_of(retired)
+    expected = _mac(_board_key(sealer, row.key_id), row.key_id, str(row.record), bound)
     if not hmac.compare_digest(expected.encode(), str(row.mac).encode()):
         raise StorageError(altered)
     try:
@@ -361,7 +381,10 @@ def load_board(conn: Connection, sealer: Sealer) -> Board | None:
         board = board_from_json(record["board"], "stored successor board")
     except (ValueError, KeyError, ConfideError):
         raise StorageError(altered) from None
-    return Board(board.rule, generation)
+    stored = Board(board.rule, generation)
+    if ledger is not None:
+        ledger.check(generation, stored.sha256, retired, withdrawn)
+    return stored
 
 
 def reauthenticate_board(conn: Connection, old: Sealer, new: Sealer, new_key_id: str) -> bool:
