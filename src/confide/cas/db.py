@@ -149,7 +149,9 @@ evidence_seen = Table(
 )
 # docs/cas.md "What a policy's current version rests on" (schema 17; confide.cas.head_index):
 # one row, a snapshot of each policy's latest ``policy.created`` / ``policy.updated`` ledger
-# entry (``heads``: canonical JSON {name: [index, hash]}) as of ledger size ``size``, MAC'd
+# entry and the entries held back from its chain (``heads``: canonical JSON {name: {"latest":
+# event or null, "held": [event, ...]}}, an event being a list as
+# head_index._event_json writes it: index, hash, predecessor, created) as of ledger size ``size``, MAC'd
 # under the master key ``key_id`` names. Only a starting point: the ledger's entries are the
 # truth, and an older genuine snapshot gives the same answer after a longer scan. Schema 18:
 # ``board``, the successor board's entries as of the same size (canonical JSON [[index, kind,
