@@ -275,3 +275,22 @@ def test_write_files_injects_the_release_files_in_memory(cas: Cas, tmp_path: Pat
         with pytest.raises(errors.UsageError, match="persistent storage"):
             on_disk.write_files()
         assert not (tmp_path / "app.conf").exists()
+
+
+def test_a_mount_point_that_cannot_be_made_is_a_storage_error(
+    cas: Cas, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The staging directory cannot be created (here: a file where its parent should be): one
+    StorageError naming it, not an OSError, and nothing changed."""
+    from confide.runtime import volumes as runtime_volumes
+
+    s = volume_setup(cas, tmp_path, "sdkvol-staging")
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setattr(runtime_volumes, "STAGING", blocker / "volumes")
+    release = attest(cas, s)
+    failure = "cannot create the volume's mount point"
+    with pytest.raises(errors.StorageError, match=failure), cas.mount_volumes(release):
+        pytest.fail("mounted without a mount point")
+    assert load_sealed(s.vol, s.key)[1] == s.tag0
+    assert reported(cas, s) == [(0, s.tag0)]

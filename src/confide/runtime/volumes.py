@@ -220,7 +220,12 @@ def mount_released(volumes: list[VolumeRelease]) -> MountedVolumes:
         for vol in volumes:
             mounts = _contract_mounts(vol.name)
             staging = STAGING / vol.name
-            staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise StorageError(
+                    f"cannot create the volume's mount point {staging}: {exc.strerror or exc}"
+                ) from None
             # ephemeral stays writable: the service may change the volume during its run (in
             # tmpfs, or FUSE's unsealed session), and close() discards the changes.
             handle = mount_volume(
