@@ -48,6 +48,9 @@ asyncio: :class:`AsyncCas` has the same calls as coroutines (each run in a worke
 Services that attest themselves (not started by ``confide run``)::
 
     cas.attest("POLICY/SERVICE", provider) -> Release   # the same code as confide run
+    release.write_files() -> tuple[Path, ...]          # its injection files, as confide run
+    with cas.mount_volumes(release) as volumes:        # its protected volumes, as confide run:
+        volumes.paths["data"]                          # sealed and new tags reported at exit
 
 Errors: every call raises :class:`~confide.errors.ConfideError` subclasses only (its docstring
 names which); the CAS's refusals arrive as the class the CAS raised (``AccessDeniedError`` for a
@@ -59,6 +62,7 @@ not the one trusted. Each error's ``exit_code`` is the one the command exits wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import importlib
 import os
@@ -87,7 +91,7 @@ if TYPE_CHECKING:
     from confide.policy import Policy
     from confide.runtime.quote import Evidence, QuoteProvider, SimQuoteProvider
     from confide.runtime.run import Release
-    from confide.runtime.volumes import VolumeRelease
+    from confide.runtime.volumes import MountedVolumes, VolumeRelease
 
 __all__ = [
     "ENV_LOG_KEY",
@@ -128,6 +132,7 @@ __all__ = [
     "SuccessorTarget",
     "SuccessorWithdrawal",
     "ViewState",
+    "VolumeMounts",
     "VolumeRelease",
     "create_identity",
     "load_identity",
@@ -837,6 +842,30 @@ def _parse_env_file(path: Path) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class VolumeMounts:
+    """A release's protected volumes, mounted by :meth:`Cas.mount_volumes` (valid inside its
+    ``with`` block only)."""
+
+    paths: Mapping[str, Path]
+    """Where each volume's files are, by volume name."""
+    environment: Mapping[str, str]
+    """``CONFIDE_VOLUME_<NAME>``: path, as ``confide run`` sets them for a program (volumes that
+    an image contract binds at their original places are not in it), e.g. for a child process."""
+    _mounted: MountedVolumes = field(repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "paths", FrozenMap(self.paths))
+        object.__setattr__(self, "environment", FrozenMap(self.environment))
+
+    def integrity_failure(self) -> str | None:
+        """``volume:path`` of the first file that failed authentication since mounting, if any
+        (never blocks): FUSE mounts verify lazily, and the file's reads fail (EIO). A service
+        that finds one should stop using the volume; the block's end then discards the
+        session's changes and raises ``SignatureError``."""
+        return self._mounted.integrity_failure()
+
+
 class Cas:
     """A connection to one CAS, trusting only its certificate (from client.env, given, or
     pinned by attestation). Use it as a context manager, or call :meth:`close`."""
@@ -1468,6 +1497,43 @@ class Cas:
         if not dumpable:
             not_dumpable()
         return attest_release(self._client, provider, policy, service)
+
+    @contextlib.contextmanager
+    def mount_volumes(self, release: Release) -> Iterator[VolumeMounts]:
+        """Mount every protected volume of ``release`` (from :meth:`attest` on this CAS) for
+        the ``with`` block, and at its end seal them and report each changed volume's new tag
+        to the CAS: the code of ``confide run`` (:func:`confide.runtime.volumes.mount_released`
+        and :func:`~confide.runtime.volumes.seal_and_report`), with the block as the program.
+
+        Each volume is mounted writable at ``/run/confide/volumes/NAME`` (FUSE, else tmpfs; not
+        root: a private directory under /dev/shm) after its tag was checked against the released
+        one; an image contract (``$CONFIDE_SCONIFY``) binds its protected paths at their
+        original places, which needs root. As root, the mounts are made in a private mount
+        namespace of the calling thread: use them from that thread and the processes it starts.
+
+        At the end of the block, also when it raises (as ``confide run`` seals after a program
+        that failed): ``rollback_protected`` and ``no_rollback_protection`` volumes are sealed
+        and their new tags reported (``session``, old tag, new tag); ``ephemeral`` ones
+        discarded. A volume with an integrity failure: nothing is sealed, ``SignatureError``.
+        A report the CAS refuses raises its class (``ConflictError``, ``AccessDeniedError``,
+        ...), a volume that could not be sealed ``StorageError``, each after every other volume
+        was handled; such an error replaces an exception of the block (which is its
+        ``__context__``), as ``confide run``'s error replaces the program's exit code.
+
+        Mounting raises ``RollbackError`` (a volume older than the released tag: also a second
+        mount of one release after its first one sealed; attest again), ``SignatureError`` (a
+        volume that does not authenticate), ``UsageError`` (an image contract without root,
+        unsealed changes left in the directory), ``StorageError``; nothing stays mounted."""
+        from confide.runtime.volumes import mount_released, seal_and_report  # noqa: PLC0415
+
+        mounted = mount_released(list(release.volumes))
+        volumes = VolumeMounts(mounted.paths(), dict(mounted.environment), mounted)
+        try:
+            yield volumes
+        except BaseException:
+            seal_and_report(mounted, self._client, release.policy, release.session)
+            raise
+        seal_and_report(mounted, self._client, release.policy, release.session)
 
 
 def _str_or_none(value: object) -> str | None:

@@ -40,13 +40,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from confide.cas.client import CasClient
 from confide.cas.release_crypto import binding_report_data, decrypt_release
 from confide.cas.secrets import RUNTIME_KEY_MARKER, render, template_secret
-from confide.errors import ParseError, PolicyError, SignatureError, StorageError, UsageError
+from confide.errors import ParseError, PolicyError, StorageError, UsageError
 from confide.frozenmap import FrozenMap
 from confide.fsutil import read_bounded
 from confide.policy.placeholders import Context, Placeholder, encoding_for, render_file
 from confide.runtime.absent import check_absent
 from confide.runtime.quote import QuoteProvider
-from confide.runtime.volumes import MountedVolumes, VolumeRelease, bind_mount, mount_released
+from confide.runtime.volumes import MountedVolumes, VolumeRelease, bind_mount, mount_released, seal_and_report
 from confide.sim.measure import Measurement
 from confide.volume.mount import _private_namespace, mount_tmpfs_at
 
@@ -171,6 +171,16 @@ class Release:
     def __post_init__(self) -> None:  # read-only views: a frozen result stays as released
         object.__setattr__(self, "environment", FrozenMap(self.environment))
         object.__setattr__(self, "files", FrozenMap(self.files))
+
+    def write_files(self) -> tuple[Path, ...]:
+        """Write :attr:`files` as ``confide run`` does before it starts the program (the same
+        code): to memory only, mode 0600. A path on a tmpfs/ramfs gets a new file renamed over
+        it; any other path, as root, a tmpfs copy bound over it in a private mount namespace of
+        the calling thread (use it from that thread and the processes it starts), and without
+        root a :class:`UsageError`. Every path is checked before any is written; on a failure
+        those written are removed. Returns the paths written in place (on a memory file
+        system): removing them when done is the caller's business."""
+        return tuple(_write_files(self.files))
 
 
 def attest_release(
@@ -668,27 +678,11 @@ def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if tampered is not None:
-        # The volume's storage was modified behind our back: stop, keep nothing of this session
-        # (a seal would bless state derived from an attack) and tell the operator.
-        mounted.abort()
-        raise SignatureError(
-            f"protected volume integrity failure in {tampered}: the service was stopped and "
-            "this session's volume changes were discarded"
-        )
-    # every sealed volume's new tag is reported, also when another volume failed to seal: a
-    # sealed volume no longer holds the version the CAS knows
-    changed, errors = mounted.seal()
-    first: BaseException | None = None
-    for name, (old, new) in changed.items():
-        try:
-            client.report_volume_tag(plan.policy, name, plan.session, old, new)
-        except Exception as exc:
-            first = first or exc
-    if first is not None:
-        raise first
-    if errors:
-        raise StorageError("; ".join(errors))
+    # A volume's storage modified behind our back: stop, keep nothing of this session (a seal
+    # would bless state derived from an attack) and tell the operator. Otherwise every sealed
+    # volume's new tag is reported, also when another volume failed to seal.
+    stopped = tampered is not None
+    seal_and_report(mounted, client, plan.policy, plan.session, tampered=tampered, stopped=stopped)
     # Popen reports a program killed by signal N as -N; sys.exit(-N) would exit 256 - N. Report it
     # as a shell does (128 + N), the status a caller of an exec'd program sees as "killed by N".
     return 128 - code if code < 0 else code

@@ -36,15 +36,18 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confide import jsonstrict
-from confide.errors import ConfideError, ParseError, StorageError, UsageError
+from confide.errors import ConfideError, ParseError, SignatureError, StorageError, UsageError
 from confide.policy.model import UpdatePolicy
 from confide.volume.keys import VolumeKey
 from confide.volume.mount import MountHandle, _private_namespace, mount_volume
 
-__all__ = ["MountedVolumes", "VolumeRelease", "bind_mount", "mount_released"]
+if TYPE_CHECKING:
+    from confide.cas.client import CasClient
+
+__all__ = ["MountedVolumes", "VolumeRelease", "bind_mount", "mount_released", "seal_and_report"]
 
 log = logging.getLogger("confide.runtime")
 
@@ -120,6 +123,11 @@ class MountedVolumes:
     environment: dict[str, str]
     binds: list[Path] = field(default_factory=list)
     mounted_tags: dict[str, str] = field(default_factory=dict)  # name -> the tag mounted
+
+    def paths(self) -> dict[str, Path]:
+        """Where each volume is mounted, by name (the staging directory; under an image contract
+        its protected paths are also bound at their original places)."""
+        return {release.name: handle.mountpoint for release, handle in self.handles}
 
     def regions(self) -> list[Path]:
         """Where this run's protected volumes are visible: each volume's mount (or files
@@ -212,7 +220,12 @@ def mount_released(volumes: list[VolumeRelease]) -> MountedVolumes:
         for vol in volumes:
             mounts = _contract_mounts(vol.name)
             staging = STAGING / vol.name
-            staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise StorageError(
+                    f"cannot create the volume's mount point {staging}: {exc.strerror or exc}"
+                ) from None
             # ephemeral stays writable: the service may change the volume during its run (in
             # tmpfs, or FUSE's unsealed session), and close() discards the changes.
             handle = mount_volume(
@@ -241,3 +254,46 @@ def mount_released(volumes: list[VolumeRelease]) -> MountedVolumes:
                     h.close()
         raise
     return MountedVolumes(handles, env, binds, mounted)
+
+
+def seal_and_report(
+    mounted: MountedVolumes,
+    client: CasClient,
+    policy: str,
+    session: str,
+    *,
+    tampered: str | None = None,
+    stopped: bool = False,
+) -> None:
+    """End a session's use of its volumes: the one code path of ``confide run``
+    (:func:`confide.runtime.run.supervise`) and of :meth:`confide.sdk.Cas.mount_volumes`.
+
+    A volume that reported an integrity failure (``tampered``, or
+    :meth:`MountedVolumes.integrity_failure` now): every volume is unmounted unsealed (a seal
+    would bless state derived from an attack) and :class:`SignatureError` is raised. Otherwise
+    each volume is sealed (an ``ephemeral`` one discarded) and each changed volume's new tag
+    reported to the CAS (``client.report_volume_tag``: ``session``, old tag, new tag), also when
+    another volume failed to seal (a sealed volume no longer holds the version the CAS knows).
+    Then the first report the CAS refused is raised as its error class, else the volumes that
+    failed to seal as one :class:`StorageError`. ``stopped``: the caller stopped the service
+    because of the integrity failure (said in the message)."""
+    if tampered is None:
+        tampered = mounted.integrity_failure()
+    if tampered is not None:
+        mounted.abort()
+        what = "the service was stopped and " if stopped else ""
+        raise SignatureError(
+            f"protected volume integrity failure in {tampered}: {what}"
+            "this session's volume changes were discarded"
+        )
+    changed, errors = mounted.seal()
+    first: BaseException | None = None
+    for name, (old, new) in changed.items():
+        try:
+            client.report_volume_tag(policy, name, session, old, new)
+        except Exception as exc:
+            first = first or exc
+    if first is not None:
+        raise first
+    if errors:
+        raise StorageError("; ".join(errors))

@@ -1,0 +1,296 @@
+"""``Cas.mount_volumes`` and ``Release.write_files`` end to end: a real ``confide cas serve
+--dev``, a policy whose service gets a protected volume, the SDK in this process mounting it
+(FUSE, else tmpfs; not root: /dev/shm) with the code ``confide run`` uses, sealing at the end
+of the block and reporting the new tag. (The ``confide run`` side of the same code:
+tests/integration/test_cas_e2e.py, ``test_confide_run_*volume*``.)
+
+As root, mounting moves the calling thread (pytest's) into a private mount namespace, as
+``confide run`` does: the mounts never show outside this process."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import stat
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from cas_harness import CasProcess, running_cas
+from confide import errors
+from confide.sdk import Cas, Identity, Release, VolumeMounts, measure
+from confide.volume import VolumeKey, add_sources, create_volume, load_sealed, seal_volume
+from confide.volume.mount import fuse_usable
+from confide.volume.store import object_path
+from sdk_env import command
+
+
+@pytest.fixture(scope="module")
+def cas_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CasProcess]:
+    with running_cas(tmp_path_factory.mktemp("sdkvol") / "cas", None) as proc:
+        yield proc
+
+
+@pytest.fixture
+def cas(cas_proc: CasProcess) -> Iterator[Cas]:
+    with Cas.from_env(cas_proc.env) as connected:
+        yield connected
+
+
+@dataclasses.dataclass
+class Setup:
+    policy: str
+    argv: list[str]
+    vol: Path
+    key: VolumeKey
+    tag0: str
+    alice: Identity
+
+
+def volume_setup(cas: Cas, tmp_path: Path, name: str, *, update_policy: str = "", inject: str = "") -> Setup:
+    """A sealed volume (``notes.txt``: "first line") and policy ``name`` whose service ``app``
+    gets it as volume ``data`` (with ``update_policy`` when given, injection files ``inject``)."""
+    key = VolumeKey.generate()
+    vol, src = tmp_path / "vol", tmp_path / "src"
+    src.mkdir()
+    (src / "notes.txt").write_text("first line\n")
+    create_volume(vol, key)
+    add_sources(vol, key, [src / "notes.txt"])
+    tag0 = seal_volume(vol, key)
+    argv = command(tmp_path, "true")
+    mode = f"        update_policy: {update_policy}\n" if update_policy else ""
+    alice = Identity.generate()
+    cas.apply(
+        f"""name: {name}
+version: "0.3"
+services:
+  - name: app
+    image_name: img
+    attestation:
+      sim:
+        measurement: "{measure(argv)}"
+volumes:
+  - name: data
+    fspf_key: {key.hex()}
+    fspf_tag: "{tag0}"
+images:
+  - name: img
+    volumes:
+      - name: data
+        path: {vol}
+{mode}{inject}security:
+  attestation:
+    tolerate: [simulation]
+""",
+        alice,
+    )
+    return Setup(name, argv, vol, key, tag0, alice)
+
+
+def attest(cas: Cas, s: Setup) -> Release:
+    return cas.attest(f"{s.policy}/app", cas.simulated_provider(s.argv), dumpable=True)
+
+
+def reported(cas: Cas, s: Setup) -> list[tuple[int, str]]:
+    """The volume's (generation, tag) the CAS recorded, oldest first."""
+    return [
+        (int(e.payload["generation"]), str(e.payload["tag"]))
+        for e in cas.events(s.policy, s.alice)
+        if e.type == "volume-tag"
+    ]
+
+
+def test_mount_write_and_exit_reports_the_new_tag_and_the_next_attest_gets_it(
+    cas: Cas, tmp_path: Path
+) -> None:
+    s = volume_setup(cas, tmp_path, "sdkvol-rw")
+    first = attest(cas, s)
+    [released] = first.volumes
+    assert (released.name, released.directory, released.tag) == ("data", s.vol, s.tag0)
+    old_copy = tmp_path / "old-copy"
+    shutil.copytree(s.vol, old_copy)
+    with cas.mount_volumes(first) as volumes:
+        assert isinstance(volumes, VolumeMounts)
+        path = volumes.paths["data"]
+        assert dict(volumes.environment) == {"CONFIDE_VOLUME_DATA": str(path)}  # as confide run sets it
+        assert (path / "notes.txt").read_text() == "first line\n"
+        (path / "notes.txt").write_text("first line\nsdk was here\n")
+        (path / "new.txt").write_text("new file\n")
+        assert volumes.integrity_failure() is None
+    _, tag1 = load_sealed(s.vol, s.key)
+    assert tag1 != s.tag0
+    assert reported(cas, s) == [(0, s.tag0), (1, tag1)]  # the new tag reached the CAS
+    # the release is spent: its tag is the old one, the directory's is newer
+    with pytest.raises(errors.RollbackError), cas.mount_volumes(first):
+        pass
+    second = attest(cas, s)
+    assert second.volumes[0].tag == tag1
+    with cas.mount_volumes(second) as volumes:
+        path = volumes.paths["data"]
+        assert (path / "notes.txt").read_text() == "first line\nsdk was here\n"
+        assert (path / "new.txt").read_text() == "new file\n"
+    assert reported(cas, s) == [(0, s.tag0), (1, tag1)]  # nothing changed: nothing reported
+    assert load_sealed(s.vol, s.key)[1] == tag1
+    # the operator puts back the old copy: refused before anything is served
+    shutil.rmtree(s.vol)
+    shutil.copytree(old_copy, s.vol)
+    with pytest.raises(errors.RollbackError), cas.mount_volumes(attest(cas, s)):
+        pytest.fail("an old copy was mounted")
+
+
+def test_a_block_that_raises_seals_and_reports_as_confide_run_after_a_failing_program(
+    cas: Cas, tmp_path: Path
+) -> None:
+    s = volume_setup(cas, tmp_path, "sdkvol-raise")
+    release = attest(cas, s)
+    with pytest.raises(RuntimeError, match="the service failed"), cas.mount_volumes(release) as volumes:
+        (volumes.paths["data"] / "partial.txt").write_text("written before the failure\n")
+        raise RuntimeError("the service failed")
+    _, tag1 = load_sealed(s.vol, s.key)
+    assert reported(cas, s) == [(0, s.tag0), (1, tag1)] and tag1 != s.tag0
+    with cas.mount_volumes(attest(cas, s)) as volumes:
+        assert (volumes.paths["data"] / "partial.txt").read_text() == "written before the failure\n"
+
+
+def test_an_ephemeral_volumes_changes_are_discarded(cas: Cas, tmp_path: Path) -> None:
+    s = volume_setup(cas, tmp_path, "sdkvol-eph", update_policy="ephemeral")
+    for _ in range(2):
+        release = attest(cas, s)
+        assert release.volumes[0].update_policy == "ephemeral"
+        with cas.mount_volumes(release) as volumes:
+            path = volumes.paths["data"]
+            assert sorted(p.name for p in path.iterdir()) == ["notes.txt"]  # the last run left nothing
+            (path / "notes.txt").write_text("changed\n")
+            (path / "scratch.txt").write_text("scratch\n")
+            assert (path / "notes.txt").read_text() == "changed\n"  # writable during the session
+    manifest, tag = load_sealed(s.vol, s.key)
+    assert tag == s.tag0 and list(manifest.by_path()) == ["notes.txt"]
+    assert reported(cas, s) == [(0, s.tag0)]
+
+
+def test_a_report_the_cas_refuses_raises_its_class_after_sealing(cas: Cas, tmp_path: Path) -> None:
+    """A session token the CAS does not know: the volume is sealed (its directory holds the new
+    version), the report is refused with AccessDeniedError, as confide run would exit 33; the
+    CAS keeps the old tag, so the sealed version is not accepted by the next release."""
+    s = volume_setup(cas, tmp_path, "sdkvol-refused")
+    forged = dataclasses.replace(attest(cas, s), session="00" * 32)
+    with pytest.raises(errors.AccessDeniedError), cas.mount_volumes(forged) as volumes:
+        (volumes.paths["data"] / "x.txt").write_text("x\n")
+    _, sealed = load_sealed(s.vol, s.key)
+    assert sealed != s.tag0
+    assert reported(cas, s) == [(0, s.tag0)]
+    release = attest(cas, s)
+    with pytest.raises(errors.RollbackError), cas.mount_volumes(release):  # not the released tag
+        pass
+
+
+def test_a_tampered_manifest_is_refused_at_mount(cas: Cas, tmp_path: Path) -> None:
+    s = volume_setup(cas, tmp_path, "sdkvol-manifest")
+    manifest = s.vol / "MANIFEST"
+    raw = bytearray(manifest.read_bytes())
+    raw[-1] ^= 0x01
+    manifest.write_bytes(bytes(raw))
+    with pytest.raises(errors.SignatureError), cas.mount_volumes(attest(cas, s)):
+        pytest.fail("a tampered volume was mounted")
+    assert reported(cas, s) == [(0, s.tag0)]
+
+
+def test_a_tampered_file_discards_the_session_with_the_runtimes_error(cas: Cas, tmp_path: Path) -> None:
+    """One byte of an encrypted file flipped at rest. FUSE verifies lazily: the read fails (EIO),
+    the volume reports the integrity failure, and the block's end discards the session's writes
+    with SignatureError (confide run's class: exit 21), reporting nothing. tmpfs verifies every
+    file before the mount appears: SignatureError at mount."""
+    s = volume_setup(cas, tmp_path, "sdkvol-tamper")
+    manifest, _ = load_sealed(s.vol, s.key)
+    obj = object_path(s.vol, manifest.by_path()["notes.txt"].file_id)
+    raw = bytearray(obj.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    obj.write_bytes(bytes(raw))
+    release = attest(cas, s)
+    if fuse_usable() is not None:
+        with pytest.raises(errors.SignatureError), cas.mount_volumes(release):
+            pytest.fail("a tampered volume was mounted")
+    else:
+        failure = r"integrity failure in data:.*notes\.txt"
+        with (
+            pytest.raises(errors.SignatureError, match=failure) as got,
+            cas.mount_volumes(release) as volumes,
+        ):
+            (volumes.paths["data"] / "log.txt").write_text("started\n")
+            with pytest.raises(OSError):
+                (volumes.paths["data"] / "notes.txt").read_bytes()
+            assert volumes.integrity_failure() == "data:notes.txt"
+        assert "service was stopped" not in got.value.message  # nothing was stopped: the block ended
+    assert reported(cas, s) == [(0, s.tag0)]
+    assert "log.txt" not in load_sealed(s.vol, s.key)[0].by_path()
+
+
+def test_an_image_contract_without_root_is_a_usage_error(
+    cas: Cas, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Binding protected paths at their original places needs root: not root, mounting refuses
+    with confide run's UsageError and leaves nothing mounted or changed."""
+    from confide.runtime import volumes as runtime_volumes
+    from confide.volume.mount import _private_namespace
+
+    s = volume_setup(cas, tmp_path, "sdkvol-contract")
+    contract = tmp_path / "sconify.json"
+    contract.write_text('{"volumes": [{"name": "data", "mounts": [{"path": "/srv/data", "kind": "dir"}]}]}')
+    monkeypatch.setenv("CONFIDE_SCONIFY", str(contract))
+    if os.geteuid() == 0:  # seen as another user by the runtime's check only (the mount is root's)
+        _private_namespace()  # what mount_released does as root: nothing shows outside
+        fake = types.SimpleNamespace(**{k: getattr(os, k) for k in dir(os) if not k.startswith("__")})
+        fake.geteuid = lambda: 1000
+        monkeypatch.setattr(runtime_volumes, "os", fake)
+    release = attest(cas, s)
+    with pytest.raises(errors.UsageError, match="original places needs root"), cas.mount_volumes(release):
+        pytest.fail("mounted without binding the protected paths")
+    assert load_sealed(s.vol, s.key)[1] == s.tag0
+    assert reported(cas, s) == [(0, s.tag0)]
+
+
+def test_write_files_injects_the_release_files_in_memory(cas: Cas, tmp_path: Path) -> None:
+    where = Path("/dev/shm") / f"confide-sdkvol-{os.getpid()}-{tmp_path.name}"
+    inject = (
+        "    injection_files:\n"
+        f"      - path: {where}/app.conf\n"
+        '        content: "volume key is secret; this is not"\n'
+    )
+    s = volume_setup(cas, tmp_path, "sdkvol-files", inject=inject)
+    release = attest(cas, s)
+    try:
+        written = release.write_files()
+        assert written == (where / "app.conf",)
+        assert (where / "app.conf").read_text() == "volume key is secret; this is not"
+        assert stat.S_IMODE((where / "app.conf").stat().st_mode) == 0o600
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+    if os.geteuid() != 0:  # a path on disk: refused, nothing written
+        on_disk = dataclasses.replace(release, files={str(tmp_path / "app.conf"): b"x"})
+        with pytest.raises(errors.UsageError, match="persistent storage"):
+            on_disk.write_files()
+        assert not (tmp_path / "app.conf").exists()
+
+
+def test_a_mount_point_that_cannot_be_made_is_a_storage_error(
+    cas: Cas, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The staging directory cannot be created (here: a file where its parent should be): one
+    StorageError naming it, not an OSError, and nothing changed."""
+    from confide.runtime import volumes as runtime_volumes
+
+    s = volume_setup(cas, tmp_path, "sdkvol-staging")
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setattr(runtime_volumes, "STAGING", blocker / "volumes")
+    release = attest(cas, s)
+    failure = "cannot create the volume's mount point"
+    with pytest.raises(errors.StorageError, match=failure), cas.mount_volumes(release):
+        pytest.fail("mounted without a mount point")
+    assert load_sealed(s.vol, s.key)[1] == s.tag0
+    assert reported(cas, s) == [(0, s.tag0)]
