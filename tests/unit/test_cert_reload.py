@@ -9,7 +9,9 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -168,3 +170,45 @@ def test_a_bad_pair_at_start_is_a_usage_error(pairs: dict[str, tuple[Path, Path,
     _cb, _cert_b, key_b = pairs["b"]
     with pytest.raises(UsageError, match="is not the key"):
         CertificateReloader(cert_a, key_b)
+
+
+def _served(port: int) -> str:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the fingerprint is what is checked
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, ctx.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return hashlib.sha256(der).hexdigest()
+
+
+def test_embedded_server_polls(tmp_path: Path, pairs: dict[str, tuple[Path, Path, Path]]) -> None:
+    """A server run in a thread (no SIGHUP there) with poll_interval: a changed pair is served
+    to new connections; ``reload()`` works too. The metrics collector is registered."""
+    from confide.ledger.http import TilesServer
+
+    _ca, cert_a, key_a = pairs["a"]
+    _cb, cert_b, key_b = pairs["b"]
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(cert_a.read_bytes())
+    key.write_bytes(key_a.read_bytes())
+    reloader = CertificateReloader(cert, key, poll_interval=0.05, logger="test.certreload")
+    server = TilesServer(tmp_path / "log.db", ("127.0.0.1", 0), tls=reloader, rate=None)
+    server.serve_in_thread()
+    try:
+        port = server.server_address[1]
+        assert _served(port) == _sha(cert_a)
+        for src, dst in ((cert_b, cert), (key_b, key)):
+            tmp = dst.with_suffix(".new")
+            tmp.write_bytes(src.read_bytes())
+            os.replace(tmp, dst)
+        deadline = time.monotonic() + 10
+        while reloader.reloaded == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # a poll between the two renames sees B's certificate with A's key: one failure at most
+        assert reloader.reloaded == 1 and reloader.failed <= 1
+        assert _served(port) == _sha(cert_b)
+        assert b"confide_tls_certificate_reloads_total" in server.metrics.render()
+    finally:
+        server.shutdown()
+        server.server_close()

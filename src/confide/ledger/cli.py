@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -234,6 +235,8 @@ def _tls(cert: Path | None, key: Path | None, reload_interval: float = 0.0) -> C
         if reload_interval:
             raise UsageError("--cert-reload-interval needs --tls-cert and --tls-key")
         return None
+    # Until the server handles it (once it listens), a SIGHUP is ignored rather than fatal.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return CertificateReloader(cert, key, poll_interval=reload_interval)
 
 
