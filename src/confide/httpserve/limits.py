@@ -276,12 +276,15 @@ class HttpLimits:
         return GatedHttp
 
     def tls_protocol(
-        self, http: Callable[..., asyncio.Protocol], context: ssl.SSLContext
+        self, http: Callable[..., asyncio.Protocol], context: ssl.SSLContext | Callable[[], ssl.SSLContext]
     ) -> Callable[..., asyncio.BaseProtocol]:
         """A protocol factory for uvicorn (``Config.http_protocol_class``, with ``Config.ssl``
         unset so that the loop's server is plain TCP, on uvloop): uvloop's ``SSLProtocol`` over
         ``http``'s protocol, admitted by :meth:`admit` when the connection is
-        accepted and released when it is lost, handshake failures included."""
+        accepted and released when it is lost, handshake failures included. ``context``: the
+        server context, or a function asked for it at each new connection (a
+        :class:`~confide.httpserve.certreload.CertificateReloader`: a reload changes the
+        certificate of new connections only, each keeping the context it was made with)."""
         # The class uvloop's own TLS server uses: its transports read into it directly (a
         # subclass keeps that fast path). Not in uvloop's type stubs.
         base: Any = getattr(uvloop.loop, "SSLProtocol")  # noqa: B009
@@ -308,10 +311,15 @@ class HttpLimits:
 
         handshake_timeout = self.handshake_timeout
 
+        fixed = context if isinstance(context, ssl.SSLContext) else None
+
+        def current() -> ssl.SSLContext:
+            return fixed if fixed is not None else cast(Callable[[], ssl.SSLContext], context)()
+
         def factory(**kwargs: Any) -> asyncio.BaseProtocol:
             app = cast(HttpToolsProtocol, http(**kwargs))
             tls = GatedTls(
-                app.loop, app, context, None, server_side=True, ssl_handshake_timeout=handshake_timeout
+                app.loop, app, current(), None, server_side=True, ssl_handshake_timeout=handshake_timeout
             )
             return cast(asyncio.BaseProtocol, tls)
 

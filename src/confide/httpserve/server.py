@@ -12,6 +12,11 @@ ledger witness serve``) run on it.
 CAS's ``--public-http-listen``, every server's ``--metrics-listen``) on the same event loop as
 the main one, with connection limits of its own.
 
+Given a :class:`~confide.httpserve.certreload.CertificateReloader` for ``tls`` (the certificate
+files of ``--tls-cert``/``--tls-key``), the server reloads them on ``SIGHUP`` (when it runs in
+the main thread) and every ``poll_interval`` seconds when they changed, off the event loop; new
+connections get the new certificate, open ones keep theirs.
+
 :func:`reserve_descriptors` raises the open-files limit to what the connection limits need.
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
+import signal
 import socket
 import ssl
 import threading
@@ -30,6 +36,7 @@ from typing import Any
 import uvicorn
 
 from confide.errors import UsageError
+from confide.httpserve.certreload import CertificateReloader
 from confide.httpserve.limits import HttpLimits
 
 __all__ = [
@@ -116,12 +123,22 @@ class ServerWithCompanions(uvicorn.Server):
     """uvicorn's server, also running ``companions`` (:func:`plain_server`, each with its
     socket) on its loop: started once this one has started; this one stops when one of them
     fails; stopped, and waited for, when this one shuts down (before uvicorn re-raises the
-    signal that stopped it)."""
+    signal that stopped it). ``reloader``: the certificate files reloaded on ``SIGHUP`` (in
+    the main thread only: signals are delivered there) and polled every
+    ``reloader.poll_interval`` seconds (when not 0), each reload in a worker thread."""
 
-    def __init__(self, config: uvicorn.Config, companions: Sequence[Companion] = ()) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        companions: Sequence[Companion] = (),
+        reloader: CertificateReloader | None = None,
+    ) -> None:
         super().__init__(config)
         self.companions = tuple(companions)
+        self.reloader = reloader
         self._companion_tasks: list[asyncio.Task[None]] = []
+        self._poll_task: asyncio.Task[None] | None = None
+        self._sighup = False
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -129,6 +146,26 @@ class ServerWithCompanions(uvicorn.Server):
             loop = asyncio.get_running_loop()
             for server, sock in self.companions:
                 self._companion_tasks.append(loop.create_task(server.serve(sockets=[sock])))
+            if self.reloader is not None:
+                self._start_reloading(loop, self.reloader)
+
+    def _start_reloading(self, loop: asyncio.AbstractEventLoop, reloader: CertificateReloader) -> None:
+        if threading.current_thread() is threading.main_thread():
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup, loop, reloader)
+            self._sighup = True
+        if reloader.poll_interval > 0:
+            self._poll_task = loop.create_task(self._poll(loop, reloader))
+
+    @staticmethod
+    def _on_sighup(loop: asyncio.AbstractEventLoop, reloader: CertificateReloader) -> None:
+        # reading and parsing the files, off the loop; reload() logs and counts its failures
+        loop.run_in_executor(None, reloader.reload, "SIGHUP")
+
+    @staticmethod
+    async def _poll(loop: asyncio.AbstractEventLoop, reloader: CertificateReloader) -> None:
+        while True:
+            await asyncio.sleep(reloader.poll_interval)
+            await loop.run_in_executor(None, reloader.poll)
 
     async def on_tick(self, counter: int) -> bool:
         if any(task.done() for task in self._companion_tasks):
@@ -139,6 +176,12 @@ class ServerWithCompanions(uvicorn.Server):
         tasks = list(self._companion_tasks)
         for server, _sock in self.companions:
             server.should_exit = True
+        if self._sighup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            self._sighup = False
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            self._poll_task = None
         try:
             await super().shutdown(sockets)
         finally:
@@ -152,7 +195,9 @@ class HttpServer:
     graceful shutdown, then the signal is re-raised); ``serve_in_thread()`` runs it in a daemon
     thread, returned once the server accepts connections, until ``shutdown()``.
     ``server_close()`` closes the listening socket (and the companions'). ``companions``: second
-    listeners (:func:`plain_server`, each with its bound socket) served on the same loop."""
+    listeners (:func:`plain_server`, each with its bound socket) served on the same loop.
+    ``tls`` may be a :class:`CertificateReloader` (certificate files reloaded on ``SIGHUP`` and
+    when polled, :class:`ServerWithCompanions`)."""
 
     thread_name = "http"
 
@@ -162,7 +207,7 @@ class HttpServer:
         address: tuple[str, int],
         *,
         limits: HttpLimits | None = None,
-        tls: ssl.SSLContext | None = None,
+        tls: ssl.SSLContext | CertificateReloader | None = None,
         companions: Sequence[Companion] = (),
     ) -> None:
         self.limits = limits if limits is not None else HttpLimits()
@@ -201,7 +246,8 @@ class HttpServer:
         if tls is not None:
             http = config.http_protocol_class
             config.http_protocol_class = self.limits.tls_protocol(http, tls)  # type: ignore[assignment]
-        return ServerWithCompanions(config, self.companions)
+        reloader = tls if isinstance(tls, CertificateReloader) else None
+        return ServerWithCompanions(config, self.companions, reloader)
 
     def serve_forever(self) -> None:
         self._server.run(sockets=[self.socket])

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,6 +23,7 @@ import httpx2
 
 from confide.errors import AccessDeniedError, ConfideError, UsageError
 from confide.fsutil import read_small_file
+from confide.httpserve.certreload import CertificateReloader
 from confide.httpserve.limits import (
     HANDSHAKE_TIMEOUT,
     HEAD_TIMEOUT,
@@ -48,7 +51,6 @@ from confide.ledger.http import (
     TilesServer,
     client_tls_context,
     ledger_limits,
-    server_tls_context,
 )
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, SIG_TYPE_ED25519, NoteSigner, NoteVerifier
 from confide.ledger.store import Ledger, connect
@@ -231,17 +233,28 @@ def _banner_metrics(server: LedgerHTTPServer) -> str:
     return f"; metrics at {server.metrics_url}" if server.metrics_url is not None else ""
 
 
-def _tls(cert: Path | None, key: Path | None) -> Any:
-    """The server's TLS context from --tls-cert/--tls-key (both or neither); None for plain HTTP."""
+def _tls(cert: Path | None, key: Path | None, reload_interval: float = 0.0) -> CertificateReloader | None:
+    """The server's certificate files from --tls-cert/--tls-key (both or neither), reloaded on
+    SIGHUP and every --cert-reload-interval seconds when they changed; None for plain HTTP."""
     if (cert is None) != (key is None):
         raise UsageError("--tls-cert and --tls-key go together")
-    return None if cert is None or key is None else server_tls_context(cert, key)
+    if cert is None or key is None:
+        if reload_interval:
+            raise UsageError("--cert-reload-interval needs --tls-cert and --tls-key")
+        return None
+    # Until the server handles it (once it listens), a SIGHUP is ignored rather than fatal.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    return CertificateReloader(cert, key, poll_interval=reload_interval)
 
 
 _TLS_OPTIONS = [
-    click.option("--tls-cert", type=_PATH, help="Serve HTTPS with this PEM certificate (chain)."),
+    click.option("--tls-cert", type=_PATH, help="Serve HTTPS with this PEM certificate (chain);"
+                 " reloaded with --tls-key on SIGHUP."),
     click.option("--tls-key", type=_PATH, help="The certificate's private key (PEM, unencrypted)."),
-]
+    click.option("--cert-reload-interval", type=click.FloatRange(min=0, max=86400), default=0.0,
+                 metavar="SECONDS", help="Also look at --tls-cert and --tls-key this often and reload"
+                 " them when they changed (e.g. a Kubernetes Secret volume). 0 (default): on SIGHUP only."),
+]  # fmt: skip
 
 
 def _tls_options(f: Any) -> Any:
@@ -305,6 +318,18 @@ def _limits(
     )
 
 
+def _log_reloads() -> None:
+    """Certificate reloads (a success at INFO) on stderr, as refusals are (WARNING, which
+    Python's last-resort handler prints): one line each, the message only."""
+    log = logging.getLogger("confide.ledger")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+
+
 def _serve(listen: str, start: Callable[[], tuple[LedgerHTTPServer, str]]) -> None:
     """Serve until interrupted what ``start()`` bound to ``listen`` (it returns the server and
     the banner to print); an error of ``start`` exits with its code (a socket's: a usage error)."""
@@ -317,6 +342,7 @@ def _serve(listen: str, start: Callable[[], tuple[LedgerHTTPServer, str]]) -> No
         _fail(UsageError(f"--listen {listen}: {exc.strerror or exc}"))
         return
     click.echo(banner, err=True)
+    _log_reloads()
     try:
         server.serve_forever()
     finally:
@@ -336,6 +362,7 @@ def serve_tiles(
     serve_entries: bool,
     tls_cert: Path | None,
     tls_key: Path | None,
+    cert_reload_interval: float,
     request_rate: str,
     request_burst: str | None,
     metrics_listen: str | None,
@@ -346,7 +373,7 @@ def serve_tiles(
 
     def start() -> tuple[LedgerHTTPServer, str]:
         _existing(log_db)
-        tls = _tls(tls_cert, tls_key)
+        tls = _tls(tls_cert, tls_key, cert_reload_interval)
         rate = parse_rate(request_rate, request_burst, "request")
         metrics = _metrics(metrics_listen, metrics_token_file)
         server = TilesServer(log_db, _address(listen), serve_entries=serve_entries, tls=tls,
@@ -468,6 +495,7 @@ def witness_serve(
     listen: str,
     tls_cert: Path | None,
     tls_key: Path | None,
+    cert_reload_interval: float,
     request_rate: str,
     request_burst: str | None,
     metrics_listen: str | None,
@@ -480,7 +508,7 @@ def witness_serve(
         witness = _make_witness(state, key_file, logs)
         rate = parse_rate(request_rate, request_burst, "request")
         metrics = _metrics(metrics_listen, metrics_token_file)
-        server = WitnessServer(witness, _address(listen), tls=_tls(tls_cert, tls_key),
+        server = WitnessServer(witness, _address(listen), tls=_tls(tls_cert, tls_key, cert_reload_interval),
                                limits=_limits(**limits, metrics_listener=metrics_listen is not None),
                                rate=rate, **metrics)  # fmt: skip
         banner = f"witness {witness.verifier.vkey} at {server.url}/add-checkpoint{_banner_metrics(server)}"

@@ -13,7 +13,8 @@ client, and closed over a limit before any TLS handshake; TLS handshakes, reques
 bodies timed; heads bounded at :data:`~confide.httpserve.limits.PUBLIC_MAX_HEAD` bytes
 (``431``); per-client rate limits (``429`` with ``Retry-After``). They speak HTTPS when given a
 TLS context (:func:`server_tls_context`: TLS 1.2 or later, the certificate chain and key from
-PEM files).
+PEM files), or a :class:`~confide.httpserve.certreload.CertificateReloader` (the same, reloaded
+on ``SIGHUP`` and, with ``--cert-reload-interval``, when the files change).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from confide.errors import AccessDeniedError, ConfideError, NetworkError, UsageError
 from confide.httpbody import read_body
+from confide.httpserve.certreload import CertificateReloader, load_certificate_pair
 from confide.httpserve.limits import (
     HANDSHAKE_TIMEOUT,
     HEAD_TIMEOUT,
@@ -72,21 +74,10 @@ MAX_RETRIES = 5
 
 
 def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
-    """A server-side TLS context (TLS 1.2 or later) from a PEM certificate chain and key."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        ctx.load_cert_chain(str(cert), str(key))
-    except FileNotFoundError as exc:
-        raise UsageError(f"--tls-cert/--tls-key: {exc.filename!s} does not exist") from None
-    except ssl.SSLError as exc:
-        raise UsageError(
-            f"--tls-cert/--tls-key: cannot load {cert} with {key} ({exc.reason or exc}): PEM "
-            "certificate chain and its unencrypted private key expected"
-        ) from None
-    except OSError as exc:
-        raise UsageError(f"--tls-cert/--tls-key: {exc.strerror or exc}") from None
-    return ctx
+    """A server-side TLS context (TLS 1.2 or later) from a PEM certificate chain and its key,
+    checked to match (:func:`~confide.httpserve.certreload.load_certificate_pair`); a context
+    that cannot be reloaded (``CertificateReloader`` for one that can)."""
+    return load_certificate_pair(cert, key).context
 
 
 def client_tls_context(cacert: Path) -> ssl.SSLContext:
@@ -285,7 +276,7 @@ class LedgerHTTPServer(HttpServer):
         address: tuple[str, int],
         *,
         prefix: str = "",
-        tls: ssl.SSLContext | None = None,
+        tls: ssl.SSLContext | CertificateReloader | None = None,
         metrics: LedgerMetrics,
         route: Callable[[str], str],
         limiter: RateLimiter | None,
@@ -297,6 +288,8 @@ class LedgerHTTPServer(HttpServer):
         auth = MetricsAuth(metrics_token, metrics.refusals) if metrics_token is not None else None
         if auth is not None:
             metrics.registry.register(auth)
+        if isinstance(tls, CertificateReloader):
+            metrics.registry.register(tls)  # confide_tls_certificate_reloads_total, notAfter
         companions: list[Companion] = []
         self.metrics_address: tuple[str, int] | None = None
         if metrics_listen is not None:
@@ -466,7 +459,7 @@ class TilesServer(LedgerHTTPServer):
         *,
         prefix: str = "",
         serve_entries: bool = False,
-        tls: ssl.SSLContext | None = None,
+        tls: ssl.SSLContext | CertificateReloader | None = None,
         limits: HttpLimits | None = None,
         rate: Rate | None = TILES_RATE,
         metrics_listen: tuple[str, int] | None = None,

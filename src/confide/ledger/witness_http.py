@@ -22,6 +22,7 @@ import httpx2
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from confide.errors import ConfideError, LogRollbackError, NetworkError, ParseError, StorageError
+from confide.httpserve.certreload import CertificateReloader
 from confide.httpserve.limits import HttpLimits
 from confide.httpserve.ratelimit import Rate, RateLimiter
 from confide.ledger.checkpoint import Checkpoint
@@ -183,7 +184,7 @@ class WitnessServer(LedgerHTTPServer):
         address: tuple[str, int],
         *,
         prefix: str = "",
-        tls: ssl.SSLContext | None = None,
+        tls: ssl.SSLContext | CertificateReloader | None = None,
         limits: HttpLimits | None = None,
         rate: Rate | None = WITNESS_RATE,
         metrics_listen: tuple[str, int] | None = None,

@@ -1,0 +1,265 @@
+"""A TLS certificate and key an operator gives a server (``--tls-cert``, ``--tls-key``),
+reloaded without a restart: on ``SIGHUP``, and every ``--cert-reload-interval`` seconds when
+the files changed (docs/ledger.md "Certificate reload").
+
+:func:`load_certificate_pair` reads both files once (each a regular file, at most
+:data:`MAX_PEM_FILE` bytes, opened without blocking), parses the certificate chain and the key,
+checks that the key is the first certificate's (the public keys compared in constant time), and
+only then makes a new :class:`ssl.SSLContext` from those same bytes (through anonymous memory
+files on Linux: the key is never written anywhere else); OpenSSL checks the pair again. Any
+error is a :class:`~confide.errors.UsageError` naming the file and what is wrong, never its
+content.
+
+:class:`CertificateReloader` holds the context in use. Calling it returns that context: the
+TLS protocol factory (:meth:`~confide.httpserve.limits.HttpLimits.tls_protocol`) asks it for
+each new connection, so that a reload changes the certificate of new handshakes only;
+connections already open keep the context (and the ``SSLObject``) they were made with.
+:meth:`CertificateReloader.reload` swaps the context only after the new pair loaded; on any
+error the old one stays in use, a one-line JSON error is logged, a failure is counted
+(``confide_tls_certificate_reloads_total{result="failed"}``) and the server goes on. A success
+logs the new certificate's SHA-256 fingerprint and notAfter. The server
+(:class:`~confide.httpserve.server.ServerWithCompanions`) calls it on ``SIGHUP`` and polls
+:meth:`CertificateReloader.poll` (the files' device, inode, size and mtime, following
+symlinks: a Kubernetes Secret volume is updated by swapping a symlink, with no signal).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from confide.errors import UsageError
+from confide.fsutil import read_regular
+
+__all__ = [
+    "MAX_PEM_FILE",
+    "CertificateReloader",
+    "LoadedCertificate",
+    "load_certificate_pair",
+    "tls12_server_context",
+]
+
+MAX_PEM_FILE = 1 << 20
+"""The largest certificate chain or key file read (bytes)."""
+
+FileStamp = tuple[int, int, int, int] | None
+"""A file's device, inode, size and mtime (ns), after symlinks; ``None`` when it cannot be stat'ed."""
+
+
+def tls12_server_context() -> ssl.SSLContext:
+    """An empty server-side context: TLS 1.2 or later."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+@dataclass(frozen=True)
+class LoadedCertificate:
+    """A context loaded with a certificate chain and its key, and what the log says of it."""
+
+    context: ssl.SSLContext
+    sha256: str  # of the first (leaf) certificate's DER, hex
+    not_after: datetime
+    chain_length: int
+
+
+def _read(path: Path, option: str) -> bytes:
+    try:
+        data = read_regular(path, MAX_PEM_FILE)
+    except FileNotFoundError:
+        raise UsageError(f"{option} {os.fspath(path)!r}: does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"{option} {os.fspath(path)!r}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_PEM_FILE:
+        raise UsageError(f"{option} {os.fspath(path)!r}: larger than {MAX_PEM_FILE} bytes")
+    if not data.strip():
+        raise UsageError(f"{option} {os.fspath(path)!r}: empty")
+    return data
+
+
+def _spki(public_key: object) -> bytes:
+    return public_key.public_bytes(  # type: ignore[attr-defined, no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes, cert: Path, key: Path) -> None:
+    """Load the bytes already checked into ``ctx``: through two anonymous memory files where
+    the platform has them (what was checked is what is loaded, and the key touches no disk),
+    else from the paths (OpenSSL checks the pair again either way)."""
+    memfd = getattr(os, "memfd_create", None)
+    if memfd is None or not os.path.isdir("/proc/self/fd"):
+        ctx.load_cert_chain(os.fspath(cert), os.fspath(key))
+        return
+    fds: list[int] = []
+    try:
+        for data in (cert_pem, key_pem):
+            fd = memfd("confide-tls", os.MFD_CLOEXEC)
+            fds.append(fd)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def load_certificate_pair(
+    cert: Path, key: Path, make_context: Callable[[], ssl.SSLContext] = tls12_server_context
+) -> LoadedCertificate:
+    """``make_context()`` loaded with the PEM certificate chain in ``cert`` and its unencrypted
+    PEM private key in ``key``, both parsed and checked to match first. A
+    :class:`UsageError` (one line: the option, the file, what is wrong) otherwise."""
+    cert_pem = _read(cert, "--tls-cert")
+    key_pem = _read(key, "--tls-key")
+    try:
+        chain = x509.load_pem_x509_certificates(cert_pem)
+    except ValueError:
+        raise UsageError(
+            f"--tls-cert {os.fspath(cert)!r}: cannot load: not a PEM certificate chain (or an incomplete one)"
+        ) from None
+    # a chain cut short after a whole certificate (a file being written) parses as a shorter chain
+    if (
+        not cert_pem.count(b"-----BEGIN CERTIFICATE-----")
+        == cert_pem.count(b"-----END CERTIFICATE-----")
+        == len(chain)
+    ):
+        raise UsageError(f"--tls-cert {os.fspath(cert)!r}: cannot load: an incomplete PEM certificate chain")
+    try:
+        private_key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise UsageError(
+            f"--tls-key {os.fspath(key)!r}: cannot load: not an unencrypted PEM private key "
+            "(or an incomplete one)"
+        ) from None
+    leaf = chain[0]
+    if not hmac.compare_digest(_spki(leaf.public_key()), _spki(private_key.public_key())):
+        raise UsageError(
+            f"--tls-cert/--tls-key: cannot load: the key in {os.fspath(key)!r} is not the key of the "
+            f"first certificate in {os.fspath(cert)!r}"
+        )
+    ctx = make_context()
+    try:
+        _load_chain(ctx, cert_pem, key_pem, cert, key)
+    except ssl.SSLError as exc:
+        raise UsageError(
+            f"--tls-cert/--tls-key: cannot load {os.fspath(cert)!r} with {os.fspath(key)!r} "
+            f"({exc.reason or 'rejected by OpenSSL'})"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"--tls-cert/--tls-key: cannot load: {exc.strerror or exc}") from None
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    return LoadedCertificate(ctx, hashlib.sha256(der).hexdigest(), leaf.not_valid_after_utc, len(chain))
+
+
+def _stamp(path: Path) -> FileStamp:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class CertificateReloader:
+    """The certificate and key of ``cert`` and ``key`` (:func:`load_certificate_pair`, which
+    raises at construction: a server does not start with a bad pair), reloadable.
+    ``poll_interval``: seconds between looks at the files (``--cert-reload-interval``; 0: only
+    on ``SIGHUP``). ``logger``: where reloads are logged (JSON lines, ``{"event":
+    "tls-reload", ...}``: a success at INFO, a failure at WARNING). Reloads are serialized; the
+    context is swapped by one attribute assignment, which a connection being accepted on the
+    event loop reads whole."""
+
+    def __init__(
+        self,
+        cert: Path,
+        key: Path,
+        *,
+        poll_interval: float = 0.0,
+        make_context: Callable[[], ssl.SSLContext] = tls12_server_context,
+        logger: str = "confide.ledger",
+    ) -> None:
+        self.cert, self.key = Path(cert), Path(key)
+        self.poll_interval = poll_interval
+        self._make_context = make_context
+        self._log = logging.getLogger(logger)
+        self._lock = threading.Lock()
+        stamps = self._stamps()
+        self.loaded = load_certificate_pair(self.cert, self.key, make_context)
+        self._stamps_seen = stamps  # the files as they were when last read (reloaded or not)
+        self.reloaded = 0
+        self.failed = 0
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self.loaded.context
+
+    def __call__(self) -> ssl.SSLContext:
+        """The context for a new connection."""
+        return self.loaded.context
+
+    def _stamps(self) -> tuple[FileStamp, FileStamp]:
+        return _stamp(self.cert), _stamp(self.key)
+
+    def reload(self, trigger: str = "SIGHUP") -> bool:
+        """Read the files again; swap the context when they load, keep the old one otherwise.
+        Whether the new pair is in use."""
+        with self._lock:
+            stamps = self._stamps()  # before reading: a change while reading is seen next time
+            try:
+                loaded = load_certificate_pair(self.cert, self.key, self._make_context)
+            except UsageError as exc:
+                self._stamps_seen = stamps
+                self.failed += 1
+                failure = {
+                    "event": "tls-reload", "result": "failed", "trigger": trigger, "error": str(exc),
+                    "certificate_sha256": self.loaded.sha256,  # the one still in use
+                }  # fmt: skip
+                self._log.warning(json.dumps(failure, sort_keys=True))
+                return False
+            self.loaded = loaded
+            self._stamps_seen = stamps
+            self.reloaded += 1
+        line: dict[str, object] = {
+            "event": "tls-reload", "result": "ok", "trigger": trigger, "certificate_sha256": loaded.sha256,
+            "not_after": loaded.not_after.isoformat(), "chain_length": loaded.chain_length,
+        }  # fmt: skip
+        self._log.info(json.dumps(line, sort_keys=True))
+        return True
+
+    def poll(self) -> bool | None:
+        """Reload if either file changed since it was last read (``None``: unchanged)."""
+        if self._stamps() == self._stamps_seen:
+            return None
+        return self.reload("poll")
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        """``confide_tls_certificate_reloads_total{result}`` and
+        ``confide_tls_certificate_not_after_seconds`` (of the certificate in use)."""
+        reloads = CounterMetricFamily(
+            "confide_tls_certificate_reloads",
+            "Reloads of the TLS certificate and key, by result",
+            labels=["result"],
+        )
+        reloads.add_metric(["ok"], self.reloaded)
+        reloads.add_metric(["failed"], self.failed)
+        yield reloads
+        yield GaugeMetricFamily(
+            "confide_tls_certificate_not_after_seconds",
+            "notAfter of the TLS certificate in use (Unix time)",
+            value=self.loaded.not_after.timestamp(),
+        )

@@ -1,0 +1,214 @@
+"""The certificate files of --tls-cert/--tls-key, loaded and reloaded
+(:mod:`confide.httpserve.certreload`): both parsed and checked to match before anything is
+swapped; every bad input a one-line UsageError naming the file, the old context kept, the
+failure logged (no key material) and counted."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from confide.errors import UsageError
+from confide.httpserve.certreload import MAX_PEM_FILE, CertificateReloader, load_certificate_pair
+from pki import tls_server_files
+
+
+@pytest.fixture
+def pairs(tmp_path: Path) -> dict[str, tuple[Path, Path, Path]]:
+    return {name: tls_server_files(tmp_path, name) for name in ("a", "b")}
+
+
+def _sha(cert: Path) -> str:
+    from cryptography import x509
+
+    der = x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(serialization.Encoding.DER)
+    return hashlib.sha256(der).hexdigest()
+
+
+def test_loads_a_pair_and_a_chain(tmp_path: Path, pairs: dict[str, tuple[Path, Path, Path]]) -> None:
+    ca, cert, key = pairs["a"]
+    loaded = load_certificate_pair(cert, key)
+    assert loaded.sha256 == _sha(cert) and loaded.chain_length == 1
+    assert loaded.context.minimum_version == ssl.TLSVersion.TLSv1_2
+    chain = tmp_path / "chain.pem"
+    chain.write_bytes(cert.read_bytes() + ca.read_bytes())
+    assert load_certificate_pair(chain, key).chain_length == 2
+
+
+def _pem_key(key: object, password: bytes | None = None) -> bytes:
+    encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    return key.private_bytes(  # type: ignore[attr-defined, no-any-return]
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing-cert", "missing-key", "empty-cert", "half-cert", "half-chain", "half-key", "cert-as-key", "key-as-cert",
+     "other-key", "rsa-key", "encrypted-key", "directory", "fifo", "too-large"],
+)  # fmt: skip
+def test_refused(tmp_path: Path, pairs: dict[str, tuple[Path, Path, Path]], case: str) -> None:
+    ca, cert, key = pairs["a"]
+    _cb, _cert_b, key_b = pairs["b"]
+    bad = tmp_path / "bad.pem"
+    c, k = cert, key
+    if case == "missing-cert":
+        c = tmp_path / "nope.pem"
+    elif case == "missing-key":
+        k = tmp_path / "nope.pem"
+    elif case == "empty-cert":
+        bad.write_bytes(b"\n")
+        c = bad
+    elif case == "half-cert":
+        data = cert.read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
+        c = bad
+    elif case == "half-chain":  # the leaf whole, the next certificate cut short
+        data = ca.read_bytes()
+        bad.write_bytes(cert.read_bytes() + data[: len(data) // 2])
+        c = bad
+    elif case == "half-key":
+        data = key.read_bytes()
+        bad.write_bytes(data[: len(data) - 40])
+        k = bad
+    elif case == "cert-as-key":
+        k = cert
+    elif case == "key-as-cert":
+        c = key
+    elif case == "other-key":
+        k = key_b
+    elif case == "rsa-key":
+        bad.write_bytes(_pem_key(rsa.generate_private_key(65537, 2048)))
+        k = bad
+    elif case == "encrypted-key":
+        # the certificate's own key, but encrypted: refused (no password is asked for)
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        bad.write_bytes(_pem_key(load_pem_private_key(key.read_bytes(), None), b"pw-1234"))
+        k = bad
+    elif case == "directory":
+        c = tmp_path
+    elif case == "fifo":
+        os.mkfifo(bad)
+        k = bad
+    elif case == "too-large":
+        bad.write_bytes(cert.read_bytes() + b"\n" * MAX_PEM_FILE)
+        c = bad
+    with pytest.raises(UsageError) as exc:
+        load_certificate_pair(c, k)
+    message = str(exc.value)
+    assert "\n" not in message and message.startswith("--tls-")
+    assert "PRIVATE KEY" not in message
+    assert (
+        os.fspath(k if case in ("missing-key", "half-key", "rsa-key", "encrypted-key", "fifo") else c)
+        in message
+    )
+
+
+def test_reload_swaps_only_a_good_pair(
+    tmp_path: Path, pairs: dict[str, tuple[Path, Path, Path]], caplog: pytest.LogCaptureFixture
+) -> None:
+    _ca, cert_a, key_a = pairs["a"]
+    _cb, cert_b, key_b = pairs["b"]
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(cert_a.read_bytes())
+    key.write_bytes(key_a.read_bytes())
+    reloader = CertificateReloader(cert, key, logger="test.certreload")
+    first = reloader()
+    assert reloader.poll() is None  # unchanged files: nothing read
+    caplog.set_level(logging.INFO, logger="test.certreload")
+
+    key.write_bytes(key_b.read_bytes())  # half of a rotation: the key of B, the certificate of A
+    assert reloader.poll() is False
+    assert reloader() is first and reloader.failed == 1 and reloader.reloaded == 0
+    assert reloader.poll() is None  # the same files are not tried again until they change
+
+    cert.write_bytes(cert_b.read_bytes())  # the rotation completed
+    assert reloader.poll() is True
+    assert reloader() is not first and reloader.loaded.sha256 == _sha(cert_b)
+    assert reloader.reloaded == 1
+
+    second = reloader()
+    key.unlink()
+    assert reloader.reload() is False and reloader() is second
+
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "test.certreload"]
+    assert [(x["result"], x["trigger"]) for x in lines] == [
+        ("failed", "poll"),
+        ("ok", "poll"),
+        ("failed", "SIGHUP"),
+    ]
+    assert lines[0]["certificate_sha256"] == _sha(cert_a) and "is not the key" in lines[0]["error"]
+    assert lines[1]["certificate_sha256"] == _sha(cert_b) and lines[1]["not_after"]
+    assert lines[2]["certificate_sha256"] == _sha(cert_b) and "does not exist" in lines[2]["error"]
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.INFO, logging.WARNING]
+    text = caplog.text
+    for k in (key_a, key_b):
+        for line in k.read_text().splitlines():
+            if not line.startswith("-----"):
+                assert line not in text
+
+    metrics = {m.name: m for m in reloader.collect()}
+    samples = {s.labels.get("result"): s.value for s in metrics["confide_tls_certificate_reloads"].samples}
+    assert samples == {"ok": 1, "failed": 2}
+    (gauge,) = metrics["confide_tls_certificate_not_after_seconds"].samples
+    assert gauge.value == reloader.loaded.not_after.timestamp()
+
+
+def test_a_bad_pair_at_start_is_a_usage_error(pairs: dict[str, tuple[Path, Path, Path]]) -> None:
+    _ca, cert_a, _key_a = pairs["a"]
+    _cb, _cert_b, key_b = pairs["b"]
+    with pytest.raises(UsageError, match="is not the key"):
+        CertificateReloader(cert_a, key_b)
+
+
+def _served(port: int) -> str:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the fingerprint is what is checked
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, ctx.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return hashlib.sha256(der).hexdigest()
+
+
+def test_embedded_server_polls(tmp_path: Path, pairs: dict[str, tuple[Path, Path, Path]]) -> None:
+    """A server run in a thread (no SIGHUP there) with poll_interval: a changed pair is served
+    to new connections; ``reload()`` works too. The metrics collector is registered."""
+    from confide.ledger.http import TilesServer
+
+    _ca, cert_a, key_a = pairs["a"]
+    _cb, cert_b, key_b = pairs["b"]
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(cert_a.read_bytes())
+    key.write_bytes(key_a.read_bytes())
+    reloader = CertificateReloader(cert, key, poll_interval=0.05, logger="test.certreload")
+    server = TilesServer(tmp_path / "log.db", ("127.0.0.1", 0), tls=reloader, rate=None)
+    server.serve_in_thread()
+    try:
+        port = server.server_address[1]
+        assert _served(port) == _sha(cert_a)
+        for src, dst in ((cert_b, cert), (key_b, key)):
+            tmp = dst.with_suffix(".new")
+            tmp.write_bytes(src.read_bytes())
+            os.replace(tmp, dst)
+        deadline = time.monotonic() + 10
+        while reloader.reloaded == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # a poll between the two renames sees B's certificate with A's key: one failure at most
+        assert reloader.reloaded == 1 and reloader.failed <= 1
+        assert _served(port) == _sha(cert_b)
+        assert b"confide_tls_certificate_reloads_total" in server.metrics.render()
+    finally:
+        server.shutdown()
+        server.server_close()
