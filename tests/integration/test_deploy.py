@@ -836,10 +836,10 @@ def test_postgres_password_from_the_environment(tmp_path: Path) -> None:
 # --- the image, built and run (CONFIDE_TEST_IMAGE=1) -----------------------------------------
 #
 # deploy/container/Containerfile built with podman (deploy/container/build.sh) and the sqlite
-# overlay's CAS container run from it as the kubelet would: the pod's user and groups, a
-# read-only root, no capability, no privilege escalation, its memory limit, its args, env and
-# volumes (directories owned by the pod's fsGroup, as the kubelet leaves them), its probes made
-# over the published ports. Off by default (it builds the image: a minute or more, reaching PyPI):
+# overlay's CAS container, the postgres overlay's init container and the witness's container run
+# from it as the kubelet would: the pod's user and groups, a read-only root, no capability, no
+# privilege escalation, its memory limit, its args, env and volumes (directories owned by the
+# pod's fsGroup, as the kubelet leaves them), its probes made over the published ports. Off by default (it builds the image: a minute or more, reaching PyPI):
 # `CONFIDE_TEST_IMAGE=1 pytest tests/integration/test_deploy.py -k image_` (`make test-image`).
 # Without PYTHON_IMAGE in the environment the image is built on a Debian base made here from
 # Debian's packages (`build.sh --local-base`, mmdebstrap): no container registry is needed.
@@ -914,8 +914,8 @@ def image() -> str:
 @dataclass
 class ImagePod:
     """A container of a rendered manifest run from the image with podman: ``volume(name)`` is
-    the host directory behind the pod's volume ``name`` (a Secret volume is filled from
-    ``secrets`` with the kubelet's file modes under fsGroup)."""
+    the host directory behind the pod's volume ``name`` (a Secret or ConfigMap volume is filled
+    from ``secrets[name]`` with the kubelet's file modes under fsGroup)."""
 
     podman: str
     image: str
@@ -960,11 +960,13 @@ class ImagePod:
         for mount in container.get("volumeMounts", []):
             source = volume_source(self.spec, self.workload, mount["name"])
             local = self.volume(mount["name"])
-            if "secret" in source:
-                data = self.secrets[source["secret"]["secretName"]]
-                for item in source["secret"].get("items", [{"key": k, "path": k} for k in data]):
+            kind = next((k for k in ("secret", "configMap") if k in source), None)
+            if kind is not None:  # the kubelet's files: defaultMode (0644 if none), group fsGroup
+                ref = source[kind]
+                data = self.secrets[ref["secretName" if kind == "secret" else "name"]]
+                for item in ref.get("items", [{"key": k, "path": k} for k in data]):
                     (local / item["path"]).write_bytes(data[item["key"]])
-                    os.chmod(local / item["path"], source["secret"]["defaultMode"] | 0o040)
+                    os.chmod(local / item["path"], ref.get("defaultMode", 0o644) | 0o040)
                     os.chown(local / item["path"], 0, context["fsGroup"])
             readonly = ":ro" if mount.get("readOnly") else ""
             argv += ["--volume", f"{local}:{mount['mountPath']}{readonly}"]
@@ -1196,5 +1198,77 @@ def test_image_runs_the_postgres_init_container(image: str, tmp_path: Path) -> N
         pod.secrets = {"confide-cas-master-key": {"master.key": os.urandom(32)}}
         pod.run_init_containers()
         assert installed.read_bytes() == key
+    finally:
+        pod.remove()
+
+
+def test_image_runs_the_witness(image: str, tmp_path: Path) -> None:
+    """The witness Deployment's container, run from the image with its key, TLS certificate and
+    log keys as the Secrets and ConfigMap give them: it answers its probes, and cosigns over TLS
+    a checkpoint of a log whose key it was given (a CAS replica's), which then verifies with
+    that cosignature required; its state is on its volume."""
+    from confide.ledger.store import Ledger, connect, write_transaction
+
+    podman = _podman()
+    workload = one(render("postgres-witness"), "Deployment", "confide-witness")
+    spec = workload["spec"]["template"]["spec"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+    def ledger(*args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "confide", "ledger", *args],
+            check=False, capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    witness_vkey = ledger(
+        "keygen", "--name", "confide-witness", "--witness", "--out", str(tmp_path / "w.key")
+    )
+    log_vkeys = [
+        ledger("keygen", "--name", f"confide-cas/replica-{i}", "--out", str(tmp_path / f"log-{i}.key"))
+        for i in range(3)
+    ]
+    (tmp_path / "tls").mkdir()
+    ca, cert, key = tls_server_files(tmp_path / "tls", "witness")
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    files = {
+        volumes["key"]["secret"]["secretName"]: {"witness.key": (tmp_path / "w.key").read_bytes()},
+        volumes["tls"]["secret"]["secretName"]: {"tls.crt": cert.read_bytes(), "tls.key": key.read_bytes()},
+        volumes["logs"]["configMap"]["name"]: {
+            f"confide-cas-{i}.vkey": (vkey + "\n").encode() for i, vkey in enumerate(log_vkeys)
+        },
+    }
+    db = tmp_path / "log.db"
+    conn = connect(db)
+    Ledger.init_schema(conn)
+    with write_transaction(conn):
+        Ledger().append_batch(conn, [f"entry {i}".encode() for i in range(10)])
+    conn.close()
+    ledger("checkpoint", "--log-db", str(db), "--signing-key", str(tmp_path / "log-1.key"))
+    pod = ImagePod(podman, image, workload, spec["containers"][0], tmp_path / "pod", files)
+    try:
+        name = pod.start()
+        pod.wait_ready(name)
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert pod.probe(name, probe) == 200, probe
+        url = f"https://127.0.0.1:{pod.host_port(name, 'https')}"
+        cosigned = ledger(
+            "request-cosignature", "--log-db", str(db), "--witness-url", url,
+            "--witness-key", witness_vkey, "--cacert", str(ca),
+        )  # fmt: skip
+        assert cosigned.startswith("— confide-witness "), cosigned
+        verified = ledger(
+            "verify", "--log-db", str(db), "--state", str(tmp_path / "auditor.json"),
+            "--key", log_vkeys[1], "--witness", witness_vkey,
+        )  # fmt: skip
+        assert "cosigned by witness confide-witness" in verified
+        status, body = _get(f"http://127.0.0.1:{pod.host_port(name, 'metrics')}/metrics")
+        assert status == 200
+        assert re.search(rb"confide_witness_cosignatures_total\{[^}]*\} 1", body), body[-2000:]
+        state = pod.volume("state")
+        assert (state / "state.json").is_file()
+        assert {p.stat().st_uid for p in state.iterdir()} == {spec["securityContext"]["runAsUser"]}
+        pod.stop(name)
     finally:
         pod.remove()
