@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv demo test lint typecheck unit bench clean
+.PHONY: all venv demo test lint typecheck unit bench clean image image-local image-debs test-image
 
 all: test
 
@@ -60,6 +60,30 @@ unit: $(STAMP) $(APT_MARK)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --maxprocesses=4 --dist load --cov=confide --cov-report=term --cov-report=xml:coverage.xml --durations=25
 
 test: lint typecheck unit
+
+# The container image (docs/deploy.md "The image"), with podman from Debian: `image` builds it
+# FROM python:3.11-slim-bookworm (Docker Hub must be reachable), `image-local` FROM a Debian
+# bookworm base made here from Debian's packages (mmdebstrap; no container registry needed).
+# `test-image` builds it that way and runs the manifests' containers from it
+# (tests/integration/test_deploy.py, CONFIDE_TEST_IMAGE=1): not part of `make test`, which skips
+# those tests.
+IMAGE_DEBS := podman mmdebstrap
+
+image-debs:
+	@missing=""; for p in $(IMAGE_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+image: image-debs
+	deploy/container/build.sh
+
+image-local: image-debs
+	deploy/container/build.sh --local-base
+
+test-image: $(STAMP) image-debs
+	CONFIDE_TEST_IMAGE=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/integration/test_deploy.py -k image_
 
 bench: $(STAMP)
 	$(BIN)/python bench/verify_dcap.py

@@ -831,3 +831,444 @@ def test_postgres_password_from_the_environment(tmp_path: Path) -> None:
             pod.stop()
     finally:
         cluster.stop()
+
+
+# --- the image, built and run (CONFIDE_TEST_IMAGE=1) -----------------------------------------
+#
+# deploy/container/Containerfile built with podman (deploy/container/build.sh) and the sqlite
+# overlay's CAS container, the postgres overlay's init container and the witness's container run
+# from it as the kubelet would: the pod's user and groups, a read-only root, no capability, no
+# privilege escalation, its memory limit, its args, env and volumes (directories owned by the
+# pod's fsGroup, as the kubelet leaves them), its probes made over the published ports. Off by default (it builds the image: a minute or more, reaching PyPI):
+# `CONFIDE_TEST_IMAGE=1 pytest tests/integration/test_deploy.py -k image_` (`make test-image`).
+# Without PYTHON_IMAGE in the environment the image is built on a Debian base made here from
+# Debian's packages (`build.sh --local-base`, mmdebstrap): no container registry is needed.
+
+BUILD_SH = ROOT / "deploy" / "container" / "build.sh"
+LOCAL_BASE = "localhost/confide-base:bookworm-python3"
+
+
+def _podman() -> str:
+    """podman, when this test was asked for and the engine can run containers here, else skip."""
+    if os.environ.get("CONFIDE_TEST_IMAGE") != "1":
+        pytest.skip("builds and runs the container image: set CONFIDE_TEST_IMAGE=1 (make test-image)")
+    podman = shutil.which("podman")
+    if podman is None:
+        pytest.skip("no container engine: podman is not installed (apt-get install podman)")
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the pod's volumes are directories given to its fsGroup (rootful podman)")
+    info = subprocess.run([podman, "info"], check=False, capture_output=True, text=True, timeout=120)
+    if info.returncode != 0:
+        pytest.skip(
+            f"podman cannot run containers here: {(info.stderr.strip() or 'podman info failed')[-300:]}"
+        )
+    if "PYTHON_IMAGE" not in os.environ and shutil.which("mmdebstrap") is None:
+        exists = subprocess.run([podman, "image", "exists", LOCAL_BASE], check=False, timeout=60)
+        if exists.returncode != 0:
+            pytest.skip("no base image: install mmdebstrap (build.sh --local-base), or set PYTHON_IMAGE")
+    return podman
+
+
+def _ulimits() -> list[str]:
+    """This process's hard limits of open files and processes for the container, as build.sh
+    gives them: podman 4.3 asks runc for more than a root without CAP_SYS_RESOURCE may set
+    (docs/deploy.md "Built and run here")."""
+    import resource
+
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    nofile = 1048576 if nofile == resource.RLIM_INFINITY else nofile
+    nproc = pid_max if nproc == resource.RLIM_INFINITY else min(nproc, pid_max)
+    return ["--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={nproc}:{nproc}"]
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity (``1Gi``, ``64Mi``, ``512``) in bytes."""
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(quantity[: -len(suffix)]) * factor
+    return int(quantity)
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    """The image the sqlite overlay names, built from this checkout by deploy/container/build.sh."""
+    podman = _podman()
+    name = str(
+        one(render("sqlite"), "StatefulSet", "confide-cas")["spec"]["template"]["spec"]["containers"][0][
+            "image"
+        ]
+    )
+    argv = [str(BUILD_SH)] if "PYTHON_IMAGE" in os.environ else [str(BUILD_SH), "--local-base"]
+    build = subprocess.run(
+        argv, check=False, capture_output=True, text=True, timeout=1800,
+        env={**os.environ, "IMAGE": name, "LOCAL_BASE": LOCAL_BASE},
+    )  # fmt: skip
+    assert build.returncode == 0, (build.stdout + build.stderr)[-5000:]
+    assert subprocess.run([podman, "image", "exists", name], check=False, timeout=60).returncode == 0
+    return name
+
+
+@dataclass
+class ImagePod:
+    """A container of a rendered manifest run from the image with podman: ``volume(name)`` is
+    the host directory behind the pod's volume ``name`` (a Secret or ConfigMap volume is filled
+    from ``secrets[name]`` with the kubelet's file modes under fsGroup)."""
+
+    podman: str
+    image: str
+    workload: dict[str, Any]
+    container: dict[str, Any]
+    root: Path
+    secrets: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return dict(self.workload["spec"]["template"]["spec"])
+
+    def volume(self, name: str) -> Path:
+        """The volume's directory: owned by root and the pod's fsGroup, group-writable and
+        setgid, as the kubelet leaves a PersistentVolume or an emptyDir for a pod with fsGroup."""
+        path = self.root / name
+        if not path.exists():
+            path.mkdir(parents=True)
+            os.chown(path, 0, self.spec["securityContext"]["fsGroup"])
+            path.chmod(0o2770)
+        return path
+
+    def podman_run(self, container: dict[str, Any], name: str) -> list[str]:
+        """``podman run`` for ``container`` of this pod, as the kubelet would start it."""
+        context, sc = self.spec["securityContext"], container["securityContext"]
+        assert sc["capabilities"]["drop"] == ["ALL"] and context["seccompProfile"]["type"] == "RuntimeDefault"
+        argv = [
+            self.podman, "run", "--name", name, "--pull=never", *_ulimits(),
+            "--user", f"{context['runAsUser']}:{context['runAsGroup']}",
+            "--group-add", str(context["fsGroup"]),
+            "--cap-drop", "ALL",
+            "--memory", str(_bytes(container["resources"]["limits"]["memory"])),
+        ]  # fmt: skip
+        if sc["readOnlyRootFilesystem"]:
+            argv += ["--read-only", "--read-only-tmpfs=false"]
+        if sc["allowPrivilegeEscalation"] is False:
+            argv += ["--security-opt", "no-new-privileges"]
+        for key, value in env_values(container).items():
+            assert not value.startswith("<"), f"the test gives no value for {key}"
+            argv += ["--env", f"{key}={value}"]
+        for mount in container.get("volumeMounts", []):
+            source = volume_source(self.spec, self.workload, mount["name"])
+            local = self.volume(mount["name"])
+            kind = next((k for k in ("secret", "configMap") if k in source), None)
+            if kind is not None:  # the kubelet's files: defaultMode (0644 if none), group fsGroup
+                ref = source[kind]
+                data = self.secrets[ref["secretName" if kind == "secret" else "name"]]
+                for item in ref.get("items", [{"key": k, "path": k} for k in data]):
+                    (local / item["path"]).write_bytes(data[item["key"]])
+                    os.chmod(local / item["path"], ref.get("defaultMode", 0o644) | 0o040)
+                    os.chown(local / item["path"], 0, context["fsGroup"])
+            readonly = ":ro" if mount.get("readOnly") else ""
+            argv += ["--volume", f"{local}:{mount['mountPath']}{readonly}"]
+        for port in container.get("ports", []):
+            argv += ["--publish", f"127.0.0.1::{port['containerPort']}/tcp"]
+        if "command" in container:
+            argv += ["--entrypoint", container["command"][0], self.image, *container["command"][1:]]
+        else:
+            argv += [self.image]
+        return [*argv, *expand([str(a) for a in container.get("args", [])], env_values(container))]
+
+    def new_name(self, container: str) -> str:
+        """A container name of its own (each is removed by :meth:`remove`)."""
+        self.names.append(f"confide-test-{os.getpid()}-{container}-{len(self.names)}")
+        return self.names[-1]
+
+    def run_init_containers(self) -> None:
+        for init in self.spec.get("initContainers", []):
+            name = self.new_name(init["name"])
+            done = subprocess.run(
+                [*self.podman_run(init, name)], check=False, capture_output=True, text=True, timeout=300
+            )
+            assert done.returncode == 0, done.stderr[-3000:]
+
+    def start(self) -> str:
+        name = self.new_name(self.container["name"])
+        argv = self.podman_run(self.container, name)
+        started = subprocess.run([*argv[:2], "--detach", *argv[2:]], check=False, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert started.returncode == 0, started.stderr[-3000:]
+        return name
+
+    def inspect(self, name: str, template: str) -> str:
+        out = subprocess.run(
+            [self.podman, "inspect", "--format", template, name], check=True, capture_output=True, text=True, timeout=60
+        )  # fmt: skip
+        return out.stdout.strip()
+
+    def logs(self, name: str) -> str:
+        out = subprocess.run(
+            [self.podman, "logs", name], check=False, capture_output=True, text=True, timeout=60
+        )
+        return out.stdout + out.stderr
+
+    def host_port(self, name: str, port_name: str) -> int:
+        """The host port published for the container's port ``port_name``."""
+        (port,) = [p["containerPort"] for p in self.container["ports"] if p["name"] == port_name]
+        out = subprocess.run(
+            [self.podman, "port", name, f"{port}/tcp"], check=True, capture_output=True, text=True, timeout=60
+        )  # fmt: skip
+        return int(out.stdout.strip().splitlines()[0].rpartition(":")[2])
+
+    def probe(self, name: str, probe: str) -> int:
+        """The probe's status, made as the kubelet makes it (HTTPS: the certificate unchecked)."""
+        get = self.container[probe]["httpGet"]
+        url = f"{get['scheme'].lower()}://127.0.0.1:{self.host_port(name, get['port'])}{get['path']}"
+        return _get(url)[0]
+
+    def wait_ready(self, name: str, timeout: float = 120.0) -> None:
+        probe = "startupProbe" if "startupProbe" in self.container else "readinessProbe"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.inspect(name, "{{.State.Running}}") != "true":
+                raise AssertionError(f"{name} exited: {self.logs(name)[-3000:]}")
+            try:
+                if self.probe(name, probe) == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"not ready after {timeout} s: {self.logs(name)[-3000:]}")
+
+    def stop(self, name: str) -> float:
+        """SIGTERM (``podman stop``) with the pod's grace period: the exit code must be 0 (the
+        CAS stopped by itself, not killed); returns how long it took."""
+        grace = self.spec["terminationGracePeriodSeconds"]
+        began = time.monotonic()
+        subprocess.run([self.podman, "stop", "--time", str(grace), name], check=True, capture_output=True, timeout=grace + 60)  # fmt: skip
+        took = time.monotonic() - began
+        assert self.inspect(name, "{{.State.ExitCode}}") == "0", self.logs(name)[-3000:]
+        return took
+
+    def remove(self) -> None:
+        for name in self.names:
+            subprocess.run(
+                [self.podman, "rm", "--force", name], check=False, capture_output=True, timeout=120
+            )
+
+
+def _get(url: str, context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
+    if context is None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=5) as r:
+            return int(r.status), bytes(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _in_image(podman: str, image: str, *argv: str, entrypoint: str | None = None) -> str:
+    """A command run in a container of the image, read-only root, as the image's user."""
+    command = [podman, "run", "--rm", "--pull=never", *_ulimits(), "--read-only", "--network=none"]
+    if entrypoint is not None:
+        command += ["--entrypoint", entrypoint]
+    out = subprocess.run([*command, image, *argv], check=False, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_image_config_and_contents(image: str) -> None:
+    """The image runs `confide` as the manifests' user; its package holds every file of
+    src/confide, each module compiled (a read-only root writes no bytecode)."""
+    import confide
+
+    podman = _podman()
+    assert _in_image(podman, image, "--version").strip() == f"confide, version {confide.__version__}"
+    config = json.loads(
+        subprocess.run([podman, "image", "inspect", image], check=True, capture_output=True, text=True, timeout=60).stdout
+    )[0]["Config"]  # fmt: skip
+    context = one(render("sqlite"), "StatefulSet", "confide-cas")["spec"]["template"]["spec"][
+        "securityContext"
+    ]
+    assert config["User"] == f"{context['runAsUser']}:{context['runAsGroup']}"
+    assert config["Entrypoint"] == ["confide"]
+    env = dict(item.partition("=")[::2] for item in config["Env"])
+    assert env["XDG_CACHE_HOME"] == "/var/cache/confide" and env["TMPDIR"] == "/tmp"
+    assert {"8443/tcp", "9090/tcp"} <= set(config["ExposedPorts"])
+    listing = _in_image(
+        podman, image, "-c",
+        "import confide, os, sys\n"
+        "print(sys.implementation.cache_tag)\n"
+        "root = os.path.dirname(confide.__file__)\n"
+        "for d, dirs, files in os.walk(root):\n"
+        "    for f in files:\n"
+        "        print(os.path.relpath(os.path.join(d, f), root))\n",
+        entrypoint="python3",
+    ).split()  # fmt: skip
+    source = ROOT / "src" / "confide"
+    expected = {
+        str(p.relative_to(source)) for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    }
+    tag, listing = listing[0], listing[1:]
+    assert tag == "cpython-311", "the Python the tests run on (docs/deploy.md)"
+    installed = {p for p in listing if "__pycache__" not in p}
+    assert installed == expected
+    for module in (p for p in expected if p.endswith(".py")):
+        folder, _, stem = module.rpartition("/")
+        compiled = f"{folder + '/' if folder else ''}__pycache__/{stem[:-3]}.{tag}.pyc"
+        assert compiled in listing, f"{module}: not compiled for {tag}"
+
+
+def test_image_runs_the_sqlite_overlay(image: str, tmp_path: Path) -> None:
+    """The sqlite overlay's CAS container, run from the image: it answers its probes and
+    Prometheus, and a client pinning its certificate and log key verifies its log; it stops on
+    SIGTERM within the grace period; restarted on its volume, it presents the same certificate."""
+    podman = _podman()
+    workload = one(render("sqlite"), "StatefulSet", "confide-cas")
+    pod = ImagePod(podman, image, workload, workload["spec"]["template"]["spec"]["containers"][0], tmp_path)
+    try:
+        name = pod.start()
+        pod.wait_ready(name)
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert pod.probe(name, probe) == 200, probe
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        metrics_port = pod.host_port(name, "metrics")
+        assert annotations["prometheus.io/port"] == str(9090)
+        status, body = _get(
+            f"{annotations['prometheus.io/scheme']}://127.0.0.1:{metrics_port}{annotations['prometheus.io/path']}"
+        )
+        assert status == 200 and b"confide_" in body
+        api = pod.host_port(name, "https")
+        assert _get(f"https://127.0.0.1:{api}/metrics")[0] == 404
+        data = pod.volume("data") / "cas"
+        assert {"master.key", "cas-key.pem", "cas-cert.pem", "log.key", "cas.db", "run.lock"} <= {
+            p.name for p in data.iterdir()
+        }
+        assert data.stat().st_mode & 0o777 == 0o700
+        assert {p.stat().st_uid for p in data.iterdir()} == {
+            workload["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+        }
+        cert = (data / "cas-cert.pem").read_bytes()
+        pinned = ssl.create_default_context(cadata=cert.decode())
+        status, body = _get(f"https://localhost:{api}/v1/ready", pinned)
+        assert status == 200 and json.loads(body)["status"] == "ready"
+        verify = subprocess.run(
+            [sys.executable, "-m", "confide", "ledger", "verify", "--url", f"https://127.0.0.1:{api}/v1/log",
+             "--key", client_env(data)["CONFIDE_LOG_KEY"], "--cacert", str(data / "cas-cert.pem"),
+             "--state", str(tmp_path / "auditor.json"), "--json"],
+            check=False, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        )  # fmt: skip
+        assert verify.returncode == 0, verify.stderr
+        assert json.loads(verify.stdout)["verified"] is True
+        assert pod.stop(name) < workload["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        # the StatefulSet's pod comes back on its volume: the certificate clients pinned
+        again = pod.start()
+        pod.wait_ready(again)
+        assert (data / "cas-cert.pem").read_bytes() == cert
+        api = pod.host_port(again, "https")
+        assert _get(f"https://localhost:{api}/v1/ready", pinned)[0] == 200
+        pod.stop(again)
+    finally:
+        pod.remove()
+
+
+def test_image_runs_the_postgres_init_container(image: str, tmp_path: Path) -> None:
+    """The postgres overlay's init container, run from the image (its /bin/sh, cp, sync, mv) as
+    the pod's user with a read-only root: it installs the Secret's master key, and a second run
+    with another key leaves the installed one alone."""
+    podman = _podman()
+    workload = one(render("postgres"), "StatefulSet", "confide-cas")
+    spec = workload["spec"]["template"]["spec"]
+    key = os.urandom(32)
+    pod = ImagePod(
+        podman,
+        image,
+        workload,
+        spec["containers"][0],
+        tmp_path,
+        {"confide-cas-master-key": {"master.key": key}},
+    )
+    try:
+        pod.run_init_containers()
+        installed = pod.volume("data") / "cas" / "master.key"
+        assert installed.read_bytes() == key
+        assert installed.stat().st_mode & 0o777 == 0o400
+        assert installed.stat().st_uid == spec["securityContext"]["runAsUser"]
+        pod.secrets = {"confide-cas-master-key": {"master.key": os.urandom(32)}}
+        pod.run_init_containers()
+        assert installed.read_bytes() == key
+    finally:
+        pod.remove()
+
+
+def test_image_runs_the_witness(image: str, tmp_path: Path) -> None:
+    """The witness Deployment's container, run from the image with its key, TLS certificate and
+    log keys as the Secrets and ConfigMap give them: it answers its probes, and cosigns over TLS
+    a checkpoint of a log whose key it was given (a CAS replica's), which then verifies with
+    that cosignature required; its state is on its volume."""
+    from confide.ledger.store import Ledger, connect, write_transaction
+
+    podman = _podman()
+    workload = one(render("postgres-witness"), "Deployment", "confide-witness")
+    spec = workload["spec"]["template"]["spec"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+    def ledger(*args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "confide", "ledger", *args],
+            check=False, capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    witness_vkey = ledger(
+        "keygen", "--name", "confide-witness", "--witness", "--out", str(tmp_path / "w.key")
+    )
+    log_vkeys = [
+        ledger("keygen", "--name", f"confide-cas/replica-{i}", "--out", str(tmp_path / f"log-{i}.key"))
+        for i in range(3)
+    ]
+    (tmp_path / "tls").mkdir()
+    ca, cert, key = tls_server_files(tmp_path / "tls", "witness")
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    files = {
+        volumes["key"]["secret"]["secretName"]: {"witness.key": (tmp_path / "w.key").read_bytes()},
+        volumes["tls"]["secret"]["secretName"]: {"tls.crt": cert.read_bytes(), "tls.key": key.read_bytes()},
+        volumes["logs"]["configMap"]["name"]: {
+            f"confide-cas-{i}.vkey": (vkey + "\n").encode() for i, vkey in enumerate(log_vkeys)
+        },
+    }
+    db = tmp_path / "log.db"
+    conn = connect(db)
+    Ledger.init_schema(conn)
+    with write_transaction(conn):
+        Ledger().append_batch(conn, [f"entry {i}".encode() for i in range(10)])
+    conn.close()
+    ledger("checkpoint", "--log-db", str(db), "--signing-key", str(tmp_path / "log-1.key"))
+    pod = ImagePod(podman, image, workload, spec["containers"][0], tmp_path / "pod", files)
+    try:
+        name = pod.start()
+        pod.wait_ready(name)
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert pod.probe(name, probe) == 200, probe
+        url = f"https://127.0.0.1:{pod.host_port(name, 'https')}"
+        cosigned = ledger(
+            "request-cosignature", "--log-db", str(db), "--witness-url", url,
+            "--witness-key", witness_vkey, "--cacert", str(ca),
+        )  # fmt: skip
+        assert cosigned.startswith("— confide-witness "), cosigned
+        verified = ledger(
+            "verify", "--log-db", str(db), "--state", str(tmp_path / "auditor.json"),
+            "--key", log_vkeys[1], "--witness", witness_vkey,
+        )  # fmt: skip
+        assert "cosigned by witness confide-witness" in verified
+        status, body = _get(f"http://127.0.0.1:{pod.host_port(name, 'metrics')}/metrics")
+        assert status == 200
+        assert re.search(rb"confide_witness_cosignatures_total\{[^}]*\} 1", body), body[-2000:]
+        state = pod.volume("state")
+        assert (state / "state.json").is_file()
+        assert {p.stat().st_uid for p in state.iterdir()} == {spec["securityContext"]["runAsUser"]}
+        pod.stop(name)
+    finally:
+        pod.remove()
