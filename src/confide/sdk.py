@@ -277,6 +277,10 @@ class PolicyStatus:
     name: str
     hash: str
     state: str
+    warnings: tuple[str, ...] = ()
+    """``apply``'s warnings about the policy it applied, one line each (what ``confide policy
+    apply`` prints on stderr): a secret a service's command puts into its arguments (readable
+    in ``/proc/PID/cmdline``; :func:`confide.policy.command_warnings`)."""
 
     @property
     def active(self) -> bool:
@@ -287,10 +291,10 @@ class PolicyStatus:
         return self.state == "pending"
 
     @classmethod
-    def _from(cls, answer: object) -> PolicyStatus:
+    def _from(cls, answer: object, warnings: tuple[str, ...] = ()) -> PolicyStatus:
         obj = _object(answer, "the CAS's policy answer")
         what = "the CAS's policy answer"
-        return cls(_str(obj, "name", what), _str(obj, "hash", what), _str(obj, "state", what))
+        return cls(_str(obj, "name", what), _str(obj, "hash", what), _str(obj, "state", what), warnings)
 
 
 @dataclass(frozen=True)
@@ -1060,13 +1064,19 @@ class Cas:
         apply``). ``policy``: a :class:`~confide.policy.Policy`, YAML text (``str`` or
         ``bytes``) or the path of a YAML file (a :class:`~pathlib.Path`: a ``str`` is text).
         An update names the version it replaces (``predecessor``). Returns the new version's
-        hash and state (``pending`` while the update board has not approved it).
+        hash and state (``pending`` while the update board has not approved it), and
+        ``warnings``: one line per secret a service's command puts into its arguments.
 
         Raises ``PolicyError`` for an invalid policy, each problem with its line and column
         (``problems``), before anything is sent; ``UsageError`` for a file that cannot be read;
         from the CAS ``ConflictError`` (no or a stale predecessor), ``AccessDeniedError`` (the
         identity may not create or update it), ``PolicyError``; ``NetworkError``."""
-        from confide.policy import Policy, load_policy, loads_policy  # noqa: PLC0415 - the model loads here
+        from confide.policy import (  # noqa: PLC0415 - the model loads here
+            Policy,
+            command_warnings,
+            load_policy,
+            loads_policy,
+        )
 
         if isinstance(policy, Policy):
             doc = policy
@@ -1074,7 +1084,7 @@ class Cas:
             doc = loads_policy(policy)
         else:
             doc = load_policy(policy)
-        return PolicyStatus._from(self._client.apply(doc, identity))
+        return PolicyStatus._from(self._client.apply(doc, identity), command_warnings(doc))
 
     def approve(self, name: str, hash: str, identity: Identity) -> PolicyStatus:
         """A board member's signed approval of the pending version ``hash`` of ``name``

@@ -20,7 +20,7 @@ from confide import errors
 from confide.cas.client import CasClient
 from confide.cas.core import binding_report_data
 from confide.identity import Identity
-from confide.policy import loads_policy
+from confide.policy import command_secret_warning, loads_policy
 from confide.runtime.quote import SimQuoteProvider
 
 SHM = Path("/dev/shm")
@@ -138,8 +138,13 @@ images:
     r = apply(cas, tmp_path, text, alice)
     assert r.returncode == 0, r.stderr
     assert re.fullmatch(r"[0-9a-f]{64}", r.stdout.strip())
+    # the one secret in the command's arguments is warned about (docs/limitations.md "confide
+    # run"), by name; those of the environment and the files are not
+    warning = command_secret_warning("app", "ascii_s")
+    assert r.stderr.splitlines() == [warning]
     r = confide(cas, "run", "--config-id", "kinds/app", "--tee", "sim", "--", "/bin/sh", str(script))
     assert r.returncode == 0, r.stderr
+    assert [line for line in r.stderr.splitlines() if "/proc/PID/cmdline" in line] == [warning]
     out = r.stdout
     ascii_value = re.search(r"ARGV=a=(\S+)", out).group(1)  # type: ignore[union-attr]
     assert len(ascii_value) == 24 and ascii_value.isalnum()
@@ -1013,9 +1018,11 @@ images:
         content: "$$SCONE::mine:privatekey$$"
 """,
     )  # fmt: skip
-    assert apply(cas, tmp_path, text, alice).returncode == 0
+    r = apply(cas, tmp_path, text, alice)
+    assert r.returncode == 0 and r.stderr == ""  # the runtime's key goes into a file: no warning
     r = confide(cas, "run", "--config-id", "tlsapp/app", "--tee", "sim", "--", "/bin/sh", str(script))
     assert r.returncode == 0, r.stderr
+    assert "/proc/PID/cmdline" not in r.stderr
     cert = x509.load_pem_x509_certificate((inject / "cert.pem").read_bytes())
     key = serialization.load_pem_private_key((inject / "key.pem").read_bytes(), None)
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -23,7 +23,7 @@ import sdk_env
 from cas_harness import ROOT, CasProcess, running_cas, wait_for_log
 from confide import errors
 from confide.ledger.note import NoteSigner
-from confide.policy import loads_policy
+from confide.policy import command_secret_warning, loads_policy
 from confide.sdk import (
     AsyncCas,
     Cas,
@@ -194,6 +194,14 @@ def test_apply_show_events_and_the_cli_agrees(cas: Cas, cas_proc: CasProcess, tm
         alice,
     )
     assert updated.active and updated.hash != created.hash
+    assert created.warnings == updated.warnings == ()  # secrets in the environment only
+    # docs/limitations.md "confide run": a secret in the command's arguments is applied, with
+    # the warning `confide policy apply` prints (the service and the secret, never a value)
+    cmdline = app_policy("sdk-cmdline", m).replace(
+        "  - name: app\n", "  - name: app\n    command: /bin/app --token=$$SCONE::token$$\n", 1
+    )
+    warned = cas.apply(cmdline, alice)
+    assert warned.active and warned.warnings == (command_secret_warning("app", "token"),)
 
     info = cas.show("sdk-show", alice)
     assert isinstance(info, PolicyInfo)

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from html import escape as escape_html
 from pathlib import Path
 
 import httpx2
@@ -31,6 +32,7 @@ import sdk_env
 from cas_harness import ROOT, CasProcess, running_cas, wait_for_log
 from confide import errors
 from confide.ledger.note import NoteSigner
+from confide.policy import command_secret_warning
 from confide.sdk import Cas, Identity, create_identity, measure
 from confide.ui.app import MAX_BODY
 from sdk_env import command, pki_policy
@@ -380,6 +382,15 @@ def test_apply_show_history_accesses_and_no_page_shows_a_secret(
         assert done.status_code == 200, done.text
         digest = re.search(r"version <code>([0-9a-f]{64})</code> \(active\)", done.text)
         assert digest, done.text
+        assert "/proc/PID/cmdline" not in done.text  # secrets in the environment only
+        cmdline = app_policy("ui-cmdline", measure(argv)).replace(
+            "  - name: app\n", "  - name: app\n    command: /bin/app $$SCONE::token$$\n", 1
+        )
+        warned = apply(client, cmdline)  # a secret in the arguments: applied, with a warning
+        assert warned.status_code == 200, warned.text
+        assert re.findall(r'<p class="note">([^<]*/proc/PID/cmdline[^<]*)</p>', warned.text) == [
+            escape_html(command_secret_warning("app", "token"), quote=True)
+        ]
         again = apply(client, text, upload=True)  # the same version, uploaded: a conflict
         assert again.status_code == 409 and "ConflictError, exit 32" in again.text
 

@@ -341,6 +341,58 @@ def test_a_snapshot_larger_than_the_ledger_is_refused(env: Env) -> None:
         b.db.dispose()
 
 
+def test_a_newer_snapshot_stored_during_the_first_load_is_not_tampering(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process loading its index read the ledger's size, then another replica appended
+    entries and stored a newer snapshot, then the process read the snapshot: on PostgreSQL
+    (READ COMMITTED) the snapshot was larger than the size it had read, refused as a rolled-back
+    ledger (``policy-head-anchor-altered`` logged, the request refused). The ledger's size is
+    read again before judging: the newer snapshot is loaded. On SQLite the read transaction
+    sees one snapshot: the older one, and the scan from it (nothing changed)."""
+    v1 = env.apply(policy())
+    other = env.apply(policy(name="other"))
+    env.store()
+    old = env.anchor()
+    assert old is not None
+    fresh = env.replica()  # its index is loaded on its first head read
+    try:
+        index = fresh.policy_auth.index
+        genuine = index._load
+        raced: list[tuple[int, str]] = []
+
+        def racing(raw: Any, ledger_size: int) -> int:
+            # between this process's read of the ledger's size and its read of the snapshot
+            if not raced:
+                updated = env.apply(policy(OTHER, other, name="other"))
+                env.attest(MEASUREMENT)
+                env.store()
+                new = env.anchor()
+                assert new is not None and new[0] > ledger_size >= old[0]
+                raced.append((new[0], updated))
+            return genuine(raw, ledger_size)
+
+        index._load = racing  # type: ignore[method-assign]
+        with caplog.at_level(logging.INFO, logger="confide.cas"):
+            assert env.show(fresh)["hash"] == v1
+        assert raced
+        assert "policy-head-anchor-altered" not in caplog.text
+        assert index.refusals == 0
+        [(stored, updated)] = raced
+        assert index.size is not None
+        if env.db_url is not None:  # the newer snapshot loaded, after the size was read again
+            assert index.size >= stored
+        else:  # the older one, in the read transaction's snapshot, and the scan from it
+            assert index.size < stored
+        env.attest(MEASUREMENT, fresh)
+        body = {"type": READ_TYPE, "name": "other", "nonce": fresh.new_read_nonce("other", "show"),
+                "cas": fresh.tls_spki_sha256, "route": "show"}  # fmt: skip
+        shown = fresh.show(sign_document(body, env.owner.sign, env.owner.public.public_base64))
+        assert shown["hash"] == updated
+    finally:
+        fresh.db.dispose()
+
+
 def test_an_entry_that_does_not_hash_to_its_leaf_fails_closed(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:

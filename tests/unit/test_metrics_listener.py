@@ -19,8 +19,8 @@ import pytest
 
 from confide.errors import UsageError
 from confide.httpserve.limits import HttpLimits
-from confide.httpserve.metrics_listener import MIN_TOKEN, MetricsAuth, read_metrics_token
-from confide.httpserve.ratelimit import Rate, RefusalLog
+from confide.httpserve.metrics_listener import FAILURE_RATE, MIN_TOKEN, MetricsAuth, read_metrics_token
+from confide.httpserve.ratelimit import MAX_CLIENTS, Rate, RateLimiter, RefusalLog
 from confide.ledger.http import TilesServer, ledger_limits
 from confide.ledger.note import NoteSigner
 from confide.ledger.store import Ledger, connect, write_transaction
@@ -84,7 +84,7 @@ def test_the_bearer_check(caplog: pytest.LogCaptureFixture) -> None:
     assert auth.refusal(_scope((b"authorization", b"Bearer " + TOKEN)), "api") is None
     assert auth.refusal(_scope((b"authorization", b"bearer " + TOKEN)), "api") is None  # RFC 9110 §11.1
     assert auth.refusal(_scope((b"authorization", b"BEARER  " + TOKEN + b" ")), "api") is None
-    assert auth.refusals is not None and auth.refused == {"missing": 0, "wrong": 0}
+    assert auth.refusals is not None and auth.refused == {"missing": 0, "wrong": 0, "limited": 0}
     with caplog.at_level(logging.WARNING, logger="confide.test"):
         refused = auth.refusal(_scope(), "metrics")
         assert refused is not None
@@ -97,7 +97,7 @@ def test_the_bearer_check(caplog: pytest.LogCaptureFixture) -> None:
         two = _scope((b"authorization", b"Bearer " + TOKEN), (b"authorization", b"Bearer " + TOKEN))
         assert auth.refusal(two, "api") is not None  # two Authorization headers: refused
     # missing: none, "Basic", the bare token; wrong: shorter, longer, "Bearer" alone, two headers
-    assert auth.refused == {"missing": 3, "wrong": 4}
+    assert auth.refused == {"missing": 3, "wrong": 4, "limited": 0}
     assert len(caplog.records) == 7  # within the refusal log's burst
     for record in caplog.records:
         text = record.getMessage()
@@ -116,6 +116,39 @@ def test_the_refusal_lines_are_rate_limited(caplog: pytest.LogCaptureFixture) ->
         assert auth.refusal(_scope(), "metrics") is not None
     assert len(caplog.records) == 3 and '"suppressed": 8' in caplog.records[-1].getMessage()
     assert auth.refused["missing"] == 11  # all counted
+
+
+def test_refused_scrapes_are_rate_limited_per_client(caplog: pytest.LogCaptureFixture) -> None:
+    """Each 401 takes a token from the client's bucket (5 a second, 20 at once): once it is
+    empty, 429 with Retry-After and the token is not checked, the right one neither; another
+    client is not affected; a right token takes nothing; the bucket fills again with time."""
+    now = [0.0]
+    lines = RefusalLog(Rate(100.0, 100.0), logger="confide.test")  # every refusal logged
+    auth = MetricsAuth(TOKEN, lines, clock=lambda: now[0])
+    assert Rate(5.0, 20.0) == FAILURE_RATE and auth.failures.max_clients == MAX_CLIENTS
+    wrong = (b"authorization", b"Bearer " + b"x" * len(TOKEN))
+    right = (b"authorization", b"Bearer " + TOKEN)
+    for _ in range(5):
+        assert auth.refusal(_scope(right), "api") is None  # takes nothing
+    for _ in range(20):
+        refused = auth.refusal(_scope(wrong), "metrics")
+        assert refused is not None and refused[0] == 401
+    with caplog.at_level(logging.WARNING, logger="confide.test"):
+        for sent in (wrong, right):
+            refused = auth.refusal(_scope(sent), "metrics")
+            assert refused is not None
+            status, headers, _ = refused
+            assert status == 429 and dict(headers)[b"retry-after"] == b"1"
+    assert '"cause": "limited"' in caplog.text and TOKEN.decode()[:12] not in caplog.text
+    other = {"type": "http", "headers": [right], "client": ("198.51.100.1", 1)}
+    assert auth.refusal(other, "metrics") is None
+    now[0] = 0.2  # one refused scrape more
+    assert auth.refusal(_scope(right), "metrics") is None
+    refused = auth.refusal(_scope(wrong), "metrics")
+    assert refused is not None and refused[0] == 401
+    refused = auth.refusal(_scope(wrong), "metrics")
+    assert refused is not None and refused[0] == 429
+    assert auth.refused == {"missing": 0, "wrong": 21, "limited": 3}
 
 
 def test_a_short_token_is_refused_by_the_class_too() -> None:
@@ -253,6 +286,66 @@ def test_the_metrics_listener_of_a_ledger_server(
     assert TOKEN.decode() not in logged and "wrong-token" not in logged
     assert '"reason": "metrics-unauthorized"' in logged
     assert '"listener": "metrics", "reason": "max-connections-per-client"' in logged
+
+
+def _from(source: str, port: int, extra: str = "") -> int:
+    """The status of ``GET /metrics`` sent from the loopback address ``source``."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT, source_address=(source, 0)) as s:
+        s.sendall(f"GET /metrics HTTP/1.1\r\nHost: m\r\n{extra}\r\n".encode())
+        status, headers, _ = _response(s)
+        if status == 429:
+            assert headers["retry-after"] == "1"
+        return status
+
+
+WRONG = "Authorization: Bearer wrong-token-0123456789\r\n"
+
+
+@pytest.mark.parametrize("where", ["metrics", "api"])
+def test_a_burst_of_wrong_tokens_gets_429s(tmp_path: Path, where: str) -> None:
+    """Over real sockets, on the metrics listener and on the API listener's /metrics: a client
+    trying tokens gets 401 for its burst of 20, then 429 (its right token too: not checked);
+    the right token from another client is served; the 429s are counted apart; the limiter
+    keeps at most its bound of clients (a small one here)."""
+    db = tmp_path / "log.db"
+    conn = connect(db)
+    Ledger.init_schema(conn)
+    conn.close()
+    listen = ("127.0.0.1", 0) if where == "metrics" else None
+    tiles = TilesServer(db, ("127.0.0.1", 0), rate=None, metrics_listen=listen, metrics_token=TOKEN)
+    tiles.serve_in_thread()
+    try:
+        auth = tiles.metrics_auth
+        assert auth is not None and auth.failures.max_clients == MAX_CLIENTS
+        now = [0.0]
+        auth.failures.clock = lambda: now[0]
+        port = tiles.metrics_address[1] if tiles.metrics_address else tiles.server_address[1]
+        assert [_from("127.0.0.2", port, WRONG) for _ in range(20)] == [401] * 20
+        assert _from("127.0.0.2", port, WRONG) == 429
+        assert _from("127.0.0.2", port) == 429  # no token: 429 as well
+        assert _from("127.0.0.2", port, AUTH) == 429  # not checked
+        assert _from("127.0.0.3", port, AUTH) == 200  # another client
+        assert _from("127.0.0.3", port, WRONG) == 401
+        now[0] = 1.0  # five refused scrapes more
+        assert _from("127.0.0.2", port, AUTH) == 200
+        assert [_from("127.0.0.2", port, WRONG) for _ in range(6)] == [401] * 5 + [429]
+        assert len(auth.failures) == 2
+        auth.failures = RateLimiter(FAILURE_RATE, max_clients=2, clock=lambda: now[0])
+        for source in ("127.0.0.4", "127.0.0.5", "127.0.0.6"):
+            assert _from(source, port, WRONG) == 401
+        assert len(auth.failures) == 2 and auth.failures.evicted == 1
+        with socket.create_connection(
+            ("127.0.0.1", port), timeout=WAIT, source_address=("127.0.0.3", 0)
+        ) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: m\r\n" + AUTH.encode() + b"\r\n")
+            _, _, body = _response(s)
+    finally:
+        tiles.shutdown()
+        tiles.server_close()
+    text = body.decode()
+    assert _metric(text, "confide_metrics_unauthorized_total", reason="limited") == 4
+    assert _metric(text, "confide_metrics_unauthorized_total", reason="wrong") == 20 + 1 + 5 + 3
+    assert _metric(text, "confide_metrics_unauthorized_total", reason="missing") == 0
 
 
 def test_both_listeners_stop_together(tmp_path: Path) -> None:

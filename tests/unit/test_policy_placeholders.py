@@ -188,3 +188,54 @@ def test_files_take_binary() -> None:
     assert render_file("no placeholders: $$ ok", resolve, where="/f") == b"no placeholders: $$ ok"
     with pytest.raises(PolicyError, match="/etc/f"):
         render_file("$$SCONE::x:", resolve, where="/etc/f")
+
+
+COMMAND_SECRETS = """
+name: p
+version: "0.3"
+services:
+  - name: app
+    command: /bin/app --pw=$$SCONE::pw$$ $$SCONE::cert:privatekey$$ $$SCONE::pw$$ --ca $$SCONE::cert:chain$$
+    environment:
+      ENV_PW: "$$SCONE::env_only$$"
+    image_name: img
+    attestation: {sim: {measurement: "MEASUREMENT"}}
+  - name: quiet
+    command: /bin/app --no-secret "$$ literal"
+    environment:
+      PW: "$$SCONE::pw$$"
+    image_name: img
+    attestation: {sim: {measurement: "MEASUREMENT"}}
+secrets:
+  - {name: pw, kind: ascii, size: 16}
+  - {name: env_only, kind: ascii, size: 16}
+  - {name: file_only, kind: binary, size: 16}
+  - {name: ca_key, kind: private-key}
+  - {name: ca, kind: x509-ca, private_key: ca_key, common_name: CA}
+  - {name: cert, kind: x509, issuer: ca, issue_to_runtime: true, common_name: app}
+images:
+  - name: img
+    injection_files:
+      - path: /run/f
+        content: "$$SCONE::file_only:hex$$ $$SCONE::cert:privatekey$$"
+security: {attestation: {tolerate: [simulation]}}
+""".replace("MEASUREMENT", "ab" * 48)
+
+
+def test_secrets_in_the_command_are_warned_about_by_name() -> None:
+    """docs/limitations.md "confide run": a secret in the command's arguments is readable by
+    every local user in /proc/PID/cmdline. Each service's command placeholders name their
+    secrets (any format: a certificate's runtime private key too), each once; those of the
+    environment and of injected files are not warned about; the warning names the service and
+    the secret, never a value, on one line."""
+    from confide.policy import command_secret_warning, command_warnings, loads_policy
+
+    policy = loads_policy(COMMAND_SECRETS)
+    assert policy.service("app").command_secrets() == ("pw", "cert")
+    assert policy.service("quiet").command_secrets() == ()
+    warnings = command_warnings(policy)
+    assert warnings == (command_secret_warning("app", "pw"), command_secret_warning("app", "cert"))
+    for line in warnings:
+        assert "\n" not in line and line.startswith("warning: ") and "/proc/PID/cmdline" in line
+        assert "env_only" not in line and "file_only" not in line and "quiet" not in line
+    assert "service 'app'" in warnings[0] and "secret 'pw'" in warnings[0]

@@ -155,6 +155,17 @@ def test_a_well_formed_release_is_taken_as_given() -> None:
     assert plan.files == {"/dev/shm/x": b"x"} and plan.pwd == "/"
 
 
+def test_the_secrets_in_the_released_command_are_named_for_the_warning() -> None:
+    """The CAS names the secrets its command's placeholders put into the arguments
+    (``command_secrets``, names only): confide run warns about them before exec. Without the
+    policy's command (the caller's runs) there are none; a CAS that does not say, none."""
+    config = {"command": ["/bin/true", "s3cret"], "command_secrets": ["pw", "cert"]}
+    release = run.attest_release(_HostileCas(config), _Provider(), "p", "s")  # type: ignore[arg-type]
+    assert release.command_secrets == ("pw", "cert") and _prepare(config).command_secrets == ("pw", "cert")
+    assert _prepare({"command": None, "command_secrets": ["pw"]}).command_secrets == ()
+    assert _prepare({"command": ["/bin/true"]}).command_secrets == ()
+
+
 def test_the_session_token_is_in_no_repr_of_the_release_or_the_launch() -> None:
     """The session token is a bearer credential (it reports the session's volume tags; the CAS
     keeps only its SHA-256): neither the SDK's Release nor confide run's Launch shows it."""
@@ -182,6 +193,7 @@ def test_the_session_token_is_in_no_repr_of_the_release_or_the_launch() -> None:
         ({"files": {"/dev/shm/x\0": "eA=="}}, "files"),
         ({"pwd": ["/"]}, "pwd"),
         ({"session": 5}, "session"),
+        ({"command": ["/bin/true"], "command_secrets": "pw"}, "command_secrets"),
     ],
 )
 def test_a_malformed_release_is_a_parse_error_naming_the_field_not_the_value(

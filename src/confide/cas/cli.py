@@ -1029,14 +1029,16 @@ def policy_apply(policy_file: Path, identity_file: Path) -> None:
     """Create or update a policy; prints the new version's hash.
 
     An update names the version it replaces (`predecessor: HASH`, the current version's hash);
-    a board's update waits for approvals (stderr says so). The CAS is the one of client.env.
+    a board's update waits for approvals (stderr says so). A secret put into a service's
+    command (readable in /proc/PID/cmdline) is warned about on stderr, one line per service and
+    secret. The CAS is the one of client.env.
 
     \b
     Example:
       confide policy apply my-policy.yaml --identity alice.id
     """
     from confide.cas.client import CasClient
-    from confide.policy import load_policy
+    from confide.policy import command_warnings, load_policy
 
     ident = load_identity(identity_file)
     doc = load_policy(policy_file)
@@ -1045,6 +1047,8 @@ def policy_apply(policy_file: Path, identity_file: Path) -> None:
     click.echo(result["hash"])
     if result.get("state") == "pending":
         click.echo(f"{result['name']}: pending approval by the update board", err=True)
+    for warning in command_warnings(doc):  # docs/limitations.md "confide run": not a refusal
+        click.echo(warning, err=True)
 
 
 @policy.command("approve")
@@ -1290,6 +1294,10 @@ def run(
         # component outside them, a volume's tag): before them it would be more lines next to
         # a refusal's one-line reason. Every simulated service that runs is preceded by it.
         before_exec = functools.partial(_sim_warning, measured, before_exec)
+    if plan.command_secrets:
+        # docs/limitations.md "confide run": said right before the program starts, as the
+        # simulated TEE's warning is (after every refusal, which stays the only line)
+        before_exec = functools.partial(_cmdline_warning, service, plan.command_secrets, before_exec)
     if measured is not None:
         plan = dataclasses.replace(plan, measured=measured)
     sys.stdout.flush()
@@ -1301,6 +1309,17 @@ def run(
         sys.exit(code)
     client.close()
     launch(plan, before_exec=before_exec)
+
+
+def _cmdline_warning(service: str, secrets: tuple[str, ...], then: Callable[[], None] | None) -> None:
+    """``then``, then one line per secret the policy put into the command's arguments, on stderr
+    (what ``confide policy apply`` printed: :func:`confide.policy.command_secret_warning`)."""
+    from confide.policy import command_secret_warning
+
+    if then is not None:
+        then()
+    for secret in secrets:
+        click.echo(_one_line(command_secret_warning(service, secret[:128])), err=True)
 
 
 def _sim_warning(measured: Measurement | None, then: Callable[[], None] | None) -> None:

@@ -2395,6 +2395,10 @@ class Cas:
             "pwd": service.pwd,
             "files": {},
         }
+        if service.command and (named := service.command_secrets()):
+            # the names (never values) of the secrets in the arguments, for confide run's
+            # warning (docs/limitations.md "confide run"); an older runtime ignores it
+            config["command_secrets"] = list(named)
         volumes = []
         for mount in _service_volumes(policy, service):
             source = self._volume_source(reads, policy, digest, mount.name)

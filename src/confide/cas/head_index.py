@@ -419,21 +419,32 @@ class HeadIndex:
 
     # --- loading and scanning -------------------------------------------------------------------
 
-    def _load(self, raw: Conn, ledger_size: int) -> None:
-        """Start from the stored snapshot (verified), or from the ledger's first entry."""
+    def _load(self, raw: Conn, ledger_size: int) -> int:
+        """Start from the stored snapshot (verified), or from the ledger's first entry. Returns
+        the ledger size the snapshot was judged against: ``ledger_size``, or the ledger's size
+        read again after the snapshot when the snapshot is larger (below)."""
         row = execute(raw, _SELECT_ANCHOR).fetchone()
         if row is None:
             _LOG.info(json.dumps({"event": "policy-head-anchor-missing", "ledger_size": ledger_size}))
             self._size, self._chains, self._board, self._stored = 0, {}, BoardMarks(), 0
-            return
+            return ledger_size
         size, heads, board, key_id, mac = row
         if not _verified(self.sealer, size, heads, board, key_id, mac):
             raise self._refuse(HeadAnchorAltered("does not authenticate under the master key"))
+        if size > ledger_size:
+            # PostgreSQL reads are READ COMMITTED: another replica may have committed entries
+            # and a newer snapshot after this transaction read the ledger's size. A snapshot
+            # never covers more than the ledger had committed when it was written, and the
+            # ledger only grows, so the size read after the snapshot covers it, unless the
+            # ledger was rolled back under it. (SQLite, or a write transaction: the same
+            # snapshot, the same size.)
+            ledger_size = Ledger.size(raw)
         if size > ledger_size:
             why = f"covers {size} ledger entries, the ledger has {ledger_size}"
             raise self._refuse(HeadAnchorAltered(why))
         marks = BoardMarks.decode(board, lambda: HeadAnchorAltered("is malformed"))
         self._chains, self._board, self._size, self._stored = _decode(heads), marks, size, size
+        return ledger_size
 
     def _refuse(self, exc: StorageError) -> StorageError:
         self.refusals += 1
@@ -472,13 +483,14 @@ class HeadIndex:
             self.ignored += _resolve(name, chains[name], self.validate, conn)
         return changed
 
-    def _absorb(self, conn: Connection, ledger_size: int) -> None:
+    def _absorb(self, conn: Connection, ledger_size: int) -> int:
         """Load if need be, then keep the committed entries up to ``ledger_size`` (``conn``: a
         transaction that sees only committed entries), and try the held ones again. Under the
-        lock."""
+        lock. Returns the ledger size absorbed: ``ledger_size``, or the one the load read
+        again (:meth:`_load`)."""
         raw = raw_connection(conn)
         if self._size is None:
-            self._load(raw, ledger_size)
+            ledger_size = self._load(raw, ledger_size)
         assert self._size is not None
         changed: set[str] = set()
         for name, chain in self._chains.items():
@@ -509,6 +521,7 @@ class HeadIndex:
             self._size = ledger_size
         if changed:
             self.on_change(changed)
+        return ledger_size
 
     def refresh(self, conn: Connection) -> int:
         """Bring the index up to the ledger's committed size (``conn``: a read transaction, or
@@ -526,7 +539,9 @@ class HeadIndex:
         write = _is_write(conn)
         with self._lock:
             if not write:
-                self._absorb(conn, ledger_size)
+                # the view is as of the size the load judged the snapshot against (a larger
+                # one when another replica stored a newer snapshot meanwhile: _load)
+                ledger_size = self._absorb(conn, ledger_size)
             elif self.db is not None and (self._size is None or self._size < ledger_size):
                 with self.db.read() as other:
                     self._absorb(other, Ledger.size(raw_connection(other)))

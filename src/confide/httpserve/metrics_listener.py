@@ -16,7 +16,11 @@ required on whichever listener serves ``/metrics``: ``Authorization: Bearer <tok
 wrong, ``401`` with ``WWW-Authenticate: Bearer ...`` (RFC 6750 §3), counted
 (``confide_metrics_unauthorized_total{reason="missing"|"wrong"}``) and logged as a
 rate-limited ``refused`` line (:class:`~confide.httpserve.ratelimit.RefusalLog`) naming the
-client's address, never what it sent. The token is in no log line, exception or metric.
+client's address, never what it sent. The token is in no log line, exception or metric. Each
+``401`` takes a token from the client's bucket of failures (:data:`FAILURE_RATE`, a
+:class:`~confide.httpserve.ratelimit.RateLimiter` keyed as the other limiters key clients,
+bounded as they are): a client whose bucket is empty gets ``429`` with ``Retry-After`` without
+its token being checked (``reason="limited"``), so nothing guesses tokens faster than that.
 """
 
 from __future__ import annotations
@@ -37,9 +41,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from confide.errors import UsageError
 from confide.fsutil import read_small_file
 from confide.httpserve.limits import PUBLIC_MAX_HEAD, HttpLimits
-from confide.httpserve.ratelimit import RefusalLog, client_key
+from confide.httpserve.ratelimit import MAX_CLIENTS, Rate, RateLimiter, RefusalLog, client_key, retry_after
 
 __all__ = [
+    "FAILURE_RATE",
     "MAX_TOKEN_FILE",
     "METRICS_PATH",
     "MIN_TOKEN",
@@ -53,6 +58,10 @@ METRICS_PATH = "/metrics"
 MIN_TOKEN = 16
 """The shortest token accepted (bytes): a guessable one would be no access control."""
 MAX_TOKEN_FILE = 4096
+FAILURE_RATE = Rate(5.0, 20.0)
+"""Refused scrapes (``401``: no token, or a wrong one) a client may make a second, and at once,
+before its scrapes get ``429`` without the token being checked: a scraper's typo shows in 20
+refusals, a guesser gets 5 tries a second."""
 
 Metric = CounterMetricFamily | GaugeMetricFamily
 Response = tuple[int, list[tuple[bytes, bytes]], bytes]
@@ -87,22 +96,42 @@ def read_metrics_token(path: Path, option: str = "--metrics-token-file") -> byte
 
 class MetricsAuth:
     """The bearer token ``/metrics`` requires (module docstring); ``refusals``: where a refused
-    scrape is logged (the server's :class:`~confide.httpserve.ratelimit.RefusalLog`). Counts
-    change on the event loop's thread only."""
+    scrape is logged (the server's :class:`~confide.httpserve.ratelimit.RefusalLog`);
+    ``failures``: each client's bucket of refused scrapes (:data:`FAILURE_RATE`, at most
+    ``max_clients`` clients, ``clock`` monotonic seconds). Counts and buckets change on the
+    event loop's thread only."""
 
-    def __init__(self, token: bytes, refusals: RefusalLog) -> None:
+    def __init__(
+        self,
+        token: bytes,
+        refusals: RefusalLog,
+        *,
+        failures: Rate = FAILURE_RATE,
+        max_clients: int = MAX_CLIENTS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if len(token) < MIN_TOKEN:
             raise ValueError("the metrics token is too short")
         self._digest = hashlib.sha256(token).digest()
         self.refusals = refusals
-        self.refused = {"missing": 0, "wrong": 0}
+        self.failures = RateLimiter(failures, max_clients=max_clients, clock=clock)
+        self.refused = {"missing": 0, "wrong": 0, "limited": 0}
 
     def __repr__(self) -> str:
         return "MetricsAuth(<token>)"  # never the token
 
     def refusal(self, scope: Any, listener: str) -> Response | None:
-        """``None`` when ``scope`` carries the token; else the ``401`` to send (counted and
-        logged, ``listener`` naming where)."""
+        """``None`` when ``scope`` carries the token; else the ``401`` to send, or the ``429``
+        when the client has used up its refused scrapes (counted and logged, ``listener``
+        naming where)."""
+        client = scope.get("client")
+        address = client_key(str(client[0])) if client else ""
+        wait = self.failures.waiting(address)
+        if wait > 0.0:  # the token is not even looked at
+            self.refused["limited"] += 1
+            self.refusals.log("metrics-unauthorized", address, listener=listener, cause="limited")
+            headers = [(b"retry-after", retry_after(wait).encode()), _NO_STORE, (b"content-type", _TEXT)]
+            return 429, headers, b"too many refused requests\n"
         given: list[bytes] = [value for name, value in scope.get("headers", ()) if name == b"authorization"]
         reason = "missing"
         if len(given) > 1:
@@ -117,8 +146,7 @@ class MetricsAuth:
                     return None
                 reason = "wrong"
         self.refused[reason] += 1
-        client = scope.get("client")
-        address = client_key(str(client[0])) if client else ""
+        self.failures.take(address)
         self.refusals.log("metrics-unauthorized", address, listener=listener, cause=reason)
         challenge = b'Bearer realm="metrics"'
         if reason == "wrong":
@@ -129,7 +157,8 @@ class MetricsAuth:
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
             "confide_metrics_unauthorized",
-            "Requests of /metrics refused with 401 (reason: no bearer token, or a wrong one)",
+            "Requests of /metrics refused (reason: 401 for no bearer token or a wrong one; limited:"
+            " 429, the client's refused requests over their rate, its token not checked)",
             labels=["reason"],
         )
         for reason, n in sorted(self.refused.copy().items()):

@@ -114,6 +114,16 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
+    def waiting(self, key: str) -> float:
+        """The seconds until ``key``'s bucket has a token (0.0: it has one, or ``key`` has no
+        bucket yet), taking nothing: for a caller that takes a token only on some outcomes (a
+        wrong metrics token, :mod:`confide.httpserve.metrics_listener`)."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return 0.0
+        tokens = min(self.burst, bucket[0] + (self.clock() - bucket[1]) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
     def take(self, key: str) -> float:
         """Take one token from ``key``'s bucket: 0.0 when there was one, else the seconds until
         there will be (the request is refused and takes nothing)."""

@@ -286,6 +286,7 @@ class LedgerHTTPServer(HttpServer):
         self.prefix = prefix.rstrip("/")
         self.metrics = metrics  # /metrics, and the refusal log (confide.ledger.metrics)
         auth = MetricsAuth(metrics_token, metrics.refusals) if metrics_token is not None else None
+        self.metrics_auth = auth  # the token /metrics requires, and its clients' refused scrapes
         if auth is not None:
             metrics.registry.register(auth)
         if isinstance(tls, CertificateReloader):

@@ -9,13 +9,15 @@ Public names::
     appraise(evidence, policy, service, at=, devices=()) -> AppraisalResult (every mismatch listed;
         devices: the verified GPU reports sent with CPU evidence)
     is_authorized(rules, identities, creator=) -> bool (access lists and policy boards)
+    command_warnings(policy)                  -> one line per service and secret its command's
+        arguments name (readable in /proc/PID/cmdline; a warning, not a refusal)
 """
 
 from confide.policy.access import is_authorized
 from confide.policy.appraise import AppraisalResult, Reason, appraise, raise_for_result
 from confide.policy.canonical import canonical_json, policy_hash
 from confide.policy.loader import load_policy, loads_policy
-from confide.policy.model import Policy, Service, Tolerance
+from confide.policy.model import Policy, Service, Tolerance, command_secret_warning, command_warnings
 from confide.policy.problems import Problem
 
 __all__ = [
@@ -27,6 +29,8 @@ __all__ = [
     "Tolerance",
     "appraise",
     "canonical_json",
+    "command_secret_warning",
+    "command_warnings",
     "is_authorized",
     "load_policy",
     "loads_policy",

@@ -124,6 +124,8 @@ __all__ = [
     "VolumeExport",
     "VolumeExportTo",
     "VolumeImport",
+    "command_secret_warning",
+    "command_warnings",
 ]
 
 SUPPORTED_VERSION = "0.3"
@@ -205,6 +207,17 @@ class Service(_Model):
         if self.attestation is not None:
             return self.attestation
         return (AttestationVariant(mrenclave=self.mrenclaves),)
+
+    def command_secrets(self) -> tuple[str, ...]:
+        """The secrets the command's placeholders name (any format: a certificate's
+        ``privatekey`` too, the runtime's own key for one issued to it), each once, in order:
+        every local user can read them in ``/proc/PID/cmdline`` while the program runs
+        (:func:`command_secret_warning`). The environment's and the files' are not."""
+        names: dict[str, None] = {}
+        for arg in self.command or ():
+            for p in ph.find_placeholders(arg):
+                names.setdefault(p.name)
+        return tuple(names)
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,6 +488,28 @@ class Policy(_Model):
             if i.name == name:
                 return i
         raise KeyError(name)
+
+
+def command_secret_warning(service: str, secret: str) -> str:
+    """The one-line warning about secret ``secret`` in the command's arguments of service
+    ``service`` (names only, never a value): ``confide policy apply``, the SDK's and the web
+    page's apply, and ``confide run`` before it starts the program (docs/limitations.md
+    "``confide run``")."""
+    return (
+        f"warning: service '{service}' puts secret '{secret}' into its command's arguments: every"
+        " local user can read it in /proc/PID/cmdline while the program runs; put it into the"
+        " environment or an injected file instead"
+    )
+
+
+def command_warnings(policy: Policy) -> tuple[str, ...]:
+    """One :func:`command_secret_warning` per service and secret its command names, in the
+    policy's order (not a refusal: such a policy is valid)."""
+    return tuple(
+        command_secret_warning(service.name, secret)
+        for service in policy.services
+        for secret in service.command_secrets()
+    )
 
 
 def _duplicates(path: str, names: list[str]) -> Iterator[Problem]:

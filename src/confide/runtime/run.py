@@ -82,6 +82,8 @@ class Launch:
     measured: Measurement | None = None
     """The simulated TEE's measurement of the command (``--tee sim``): its absent components are
     checked after the volumes are mounted (:mod:`confide.runtime.absent`)."""
+    command_secrets: tuple[str, ...] = ()
+    """The secrets the policy put into :attr:`argv` (names: :attr:`Release.command_secrets`)."""
 
 
 def _mount_id(fd: int) -> str | None:
@@ -167,6 +169,10 @@ class Release:
     which reports the session's volume tags; a secret like the others."""
     command_released: bool = False
     """Whether :attr:`command` is the policy's (True) or the caller's (False)."""
+    command_secrets: tuple[str, ...] = ()
+    """The names of the secrets the policy's command put into :attr:`command` (its placeholders,
+    as the CAS says; empty from a CAS that does not say): readable by every local user in
+    ``/proc/PID/cmdline`` while the program runs (``confide run`` warns)."""
 
     def __post_init__(self) -> None:  # read-only views: a frozen result stays as released
         object.__setattr__(self, "environment", FrozenMap(self.environment))
@@ -257,9 +263,10 @@ def attest_release(
     argv = [a.replace(marker, pem.decode()) for a in argv]
     environment = {k: v.replace(marker, pem.decode()) for k, v in environment.items()}
     files = {p: c.replace(RUNTIME_KEY_MARKER, pem) for p, c in files.items()}
+    named = _strings(config.get("command_secrets"), "command_secrets") if released else []
     return Release(
         policy, service, tuple(argv), environment, files, pwd or None, volumes, session,
-        command_released=bool(config.get("command")),
+        command_released=bool(config.get("command")), command_secrets=tuple(named),
     )  # fmt: skip
 
 
@@ -286,8 +293,9 @@ def attest_and_prepare(
                 "they must be the same program"
             )
     return Launch(
-        argv, environment, dict(release.files), release.pwd, policy, release.volumes, release.session
-    )
+        argv, environment, dict(release.files), release.pwd, policy, release.volumes, release.session,
+        command_secrets=release.command_secrets,
+    )  # fmt: skip
 
 
 def _no_nul(text: str, field: str) -> str:

@@ -756,11 +756,13 @@ def create_app(state: UiState) -> Guard:
         state.known.add(result.name)
         what = "pending: the policy's update board must approve it" if result.pending else "active"
         body = h(
-            '<div class="ok"><p>Applied <a href="/policy?{}">{}</a>: version <code>{}</code> ({}).</p></div>',
+            '<div class="ok"><p>Applied <a href="/policy?{}">{}</a>: version <code>{}</code> ({}).</p></div>'
+            "{}",
             _q(name=result.name),
             result.name,
             result.hash,
             what,
+            join(h('<p class="note">{}</p>', warning) for warning in result.warnings),
         )
         return render("Applied", body)
 
