@@ -53,7 +53,7 @@ from confide.cas.verifier import Prefetched
 from confide.cas.witness_quorum import WitnessGuard
 from confide.errors import ConfideError, ParseError
 from confide.httpserve.limits import HttpLimits
-from confide.httpserve.metrics_listener import MetricsAuth
+from confide.httpserve.metrics_listener import MetricsAuth, limits_refused
 from confide.httpserve.ratelimit import RateLimiter, client_key, retry_after
 from confide.ledger.serve import serve as serve_log
 
@@ -1000,18 +1000,7 @@ class _PublicHttpCollector:
             "confide_cas_public_http_connections", "Connections open on the public HTTP listener",
             value=limits.open,
         )  # fmt: skip
-        refused = CounterMetricFamily(
-            "confide_cas_public_http_refused",
-            "Connections and requests the public HTTP listener's limits refused (reason: total and"
-            " per_ip connections, head_too_large 431, head_timeout 408 or close, pipeline_too_deep 503)",
-            labels=["reason"],
-        )
-        refused.add_metric(["total"], limits.refused_total)
-        refused.add_metric(["per_ip"], limits.refused_per_client)
-        refused.add_metric(["head_too_large"], limits.head_too_large)
-        refused.add_metric(["head_timeout"], limits.head_timeouts)
-        refused.add_metric(["pipeline_too_deep"], limits.pipeline_too_deep)
-        yield refused
+        yield limits_refused("confide_cas_public_http_refused", "the public HTTP listener", limits)
 
 
 class _OcspCollector:

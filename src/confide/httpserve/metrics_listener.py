@@ -50,6 +50,7 @@ __all__ = [
     "MIN_TOKEN",
     "MetricsAuth",
     "MetricsListenerApp",
+    "limits_refused",
     "listener_limits",
     "read_metrics_token",
 ]
@@ -245,18 +246,24 @@ class MetricsListenerApp:
         yield GaugeMetricFamily(
             "confide_metrics_http_connections", "Connections open on the metrics listener", value=limits.open
         )
-        refused = CounterMetricFamily(
-            "confide_metrics_http_refused",
-            "Connections and requests the metrics listener's limits refused (reason: total and per_ip"
-            " connections, head_too_large 431, head_timeout 408 or close, pipeline_too_deep 503)",
-            labels=["reason"],
-        )
-        refused.add_metric(["total"], limits.refused_total)
-        refused.add_metric(["per_ip"], limits.refused_per_client)
-        refused.add_metric(["head_too_large"], limits.head_too_large)
-        refused.add_metric(["head_timeout"], limits.head_timeouts)
-        refused.add_metric(["pipeline_too_deep"], limits.pipeline_too_deep)
-        yield refused
+        yield limits_refused("confide_metrics_http_refused", "the metrics listener", limits)
+
+
+def limits_refused(name: str, listener: str, limits: HttpLimits) -> CounterMetricFamily:
+    """The counter family ``name`` of what a plain listener's ``limits`` refused, by reason
+    (``listener``: how its help text names the listener)."""
+    refused = CounterMetricFamily(
+        name,
+        f"Connections and requests {listener}'s limits refused (reason: total and per_ip"
+        " connections, head_too_large 431, head_timeout 408 or close, pipeline_too_deep 503)",
+        labels=["reason"],
+    )
+    refused.add_metric(["total"], limits.refused_total)
+    refused.add_metric(["per_ip"], limits.refused_per_client)
+    refused.add_metric(["head_too_large"], limits.head_too_large)
+    refused.add_metric(["head_timeout"], limits.head_timeouts)
+    refused.add_metric(["pipeline_too_deep"], limits.pipeline_too_deep)
+    return refused
 
 
 def _has_content(scope: Any) -> bool:
