@@ -163,6 +163,22 @@ def test_bad_input_is_refused_before_anything_is_signed(
             assert answer.status_code == 400 and f"{field}: got &#x27;xyz&#x27;" in answer.text, answer.text
             answer = post(client, path, **{field: "0" * 64, "expires": "7d"})
             assert answer.status_code == 400 and f"no pending {field}" in answer.text, answer.text
+        # proposals: a rule that is none, the current board, another platform's code claims
+        wrong = post(client, "/successor/change/propose", rule="require-most",
+                     members=people["alice"][1].fingerprint, expires="7d")  # fmt: skip
+        assert wrong.status_code != 200 and "ParseError, exit 10" in wrong.text, wrong.text
+        assert f">{people['alice'][1].fingerprint}</textarea>" in wrong.text  # the form, kept
+        current = cas.board_changes().board
+        ((rule_name, listed),) = current.items()
+        same = post(client, "/successor/change/propose", rule=rule_name, members="\n".join(map(str, listed)),
+                    expires="7d")  # fmt: skip
+        assert same.status_code == 400 and "board: that is the current successor board" in same.text
+        other = post(
+            client, "/successor/retirement/propose", platform="sim", code=f"mr_td={OTHER}", expires="7d"
+        )
+        assert other.status_code == 400, other.text
+        assert "code: the code identity of sim is exactly measurement" in other.text
+        assert cas.board_changes().changes == () and cas.retirements().retirements == ()
         # the field's own HTML is escaped in the message and in the form kept
         hostile = post(client, "/successor/approve", platform=HOSTILE, claims=HOSTILE, expires="7d")
         assert hostile.status_code == 400 and "<script>" not in hostile.text
@@ -208,7 +224,10 @@ def test_refused_without_the_csrf_token_from_another_site_and_for_a_non_member(
         refused = post(client, "/successor/approve", **fields)
         assert refused.status_code == 403, refused.text
         assert "AccessDeniedError, exit 33" in refused.text and "not on the successor board" in refused.text
-        assert cas.successor().approvals == before
+        proposed = post(client, "/successor/retirement/propose", platform="sim", code=f"measurement={OTHER}",
+                        expires="7d")  # fmt: skip
+        assert proposed.status_code == 403 and "AccessDeniedError, exit 33" in proposed.text
+        assert cas.successor().approvals == before and cas.retirements().retirements == ()
 
 
 def test_a_board_change_and_a_retirement_proposed_with_the_command_approved_on_the_page(
@@ -266,6 +285,22 @@ def test_a_board_change_and_a_retirement_proposed_with_the_command_approved_on_t
         assert after.retirements == () and [v["platform"] for v in after.retired] == ["sim"]
         retired = text_of(client.get("/successor").text)
         assert OTHER in retired.split("Retired versions", 1)[1]
+
+        # proposals made on the page (bob named by his public key): the command lists them
+        made = post(client, "/successor/change/propose", rule="require-all",
+                    members=f"{alice[1].fingerprint}\n{bob[1].public.public_base64}\n", expires="1d")  # fmt: skip
+        assert made.status_code == 200 and "pending (1 of 2 approvals)" in made.text, made.text
+        (listed,) = cli_json(env, "cas", "successor", "board", "show")["changes"]
+        assert listed["change"] in made.text and listed["generation"] == generation + 1
+        assert sorted(listed["board"]["require-all"]) == sorted([alice[1].fingerprint, bob[1].fingerprint])
+        assert [a["signer"] for a in listed["approvers"]] == [alice[1].fingerprint]
+        third = "ef" * 48
+        made = post(client, "/successor/retirement/propose", platform="sim", code=f"measurement={third}",
+                    expires="1d")  # fmt: skip
+        assert made.status_code == 200 and "pending (1 of 2 approvals)" in made.text, made.text
+        (listed,) = cli_json(env, "cas", "successor", "retire", "show")["retirements"]
+        assert listed["retirement"] in made.text and listed["code"] == {"measurement": third}
+        assert "you you approved it" in text_of(client.get("/successor").text)
 
 
 # --- a hostile CAS ---------------------------------------------------------------------------------

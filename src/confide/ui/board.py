@@ -100,11 +100,11 @@ def board_routes(kit: PageKit) -> list[Route]:
     def who(signer: str) -> Html:
         return h("<code>{}</code>{}", signer, Html(" <b>(you)</b>") if signer == me() else _EMPTY)
 
-    def expiry_input() -> Html:
+    def expiry_input(given: str = "") -> Html:
         return h(
             '<label>expires: <input name="expires" value="{}" size="24" required></label> '
             "(<code>12h</code>, <code>7d</code>, or an ISO 8601 time with its zone; at most 90 days)",
-            DEFAULT_EXPIRY,
+            given or DEFAULT_EXPIRY,
         )
 
     def withdraw_form(approval: str, what: str) -> Html:
@@ -192,9 +192,55 @@ def board_routes(kit: PageKit) -> list[Route]:
             claims,
             needs,
             retire,
-            expiry_input()
-            if not expires
-            else h('<label>expires: <input name="expires" value="{}" size="24" required></label>', expires),
+            expiry_input(expires),
+        )
+
+    def propose_change_form(
+        rule_name: str = "require-at-least-2", listed: str = "", expires: str = ""
+    ) -> Html:
+        return h(
+            '<form method="post" action="/successor/change/propose" '
+            'data-confirm="Sign the proposal of this new successor board (your approval of it)?">{}'
+            '<p><label>rule: <input name="rule" value="{}" size="24" required></label> '
+            "(<code>require-all</code> or <code>require-at-least-N</code>)</p>"
+            "<p><label>members, one a line (identity fingerprints or base64 public keys):<br>"
+            '<textarea name="members" class="short" spellcheck="false">{}</textarea></label></p>'
+            "<p>{}</p><p><button>sign my proposal of this board</button></p></form>",
+            kit.csrf(),
+            rule_name,
+            listed,
+            expiry_input(expires),
+        )
+
+    def propose_retirement_form(platform: str = "sim", code: str = "", expires: str = "") -> Html:
+        from confide.cas.successor import CODE_CLAIMS  # noqa: PLC0415
+
+        options = join(
+            h(
+                '<option value="{}"{}>{}</option>',
+                p.value,
+                Html(" selected") if p.value == platform else _EMPTY,
+                p.value,
+            )
+            for p in CODE_CLAIMS
+        )
+        needs = join(
+            h("<li><code>{}</code>: {}</li>", p.value, join((h("<code>{}</code>", n) for n in names), ", "))
+            for p, names in CODE_CLAIMS.items()
+        )
+        return h(
+            '<form method="post" action="/successor/retirement/propose" data-confirm="Sign the proposal '
+            'to retire this version (it then never receives or releases the master key)?">{}'
+            '<p><label>platform: <select name="platform">{}</select></label></p>'
+            "<p><label>the code identity claims of the version to retire, one <code>NAME=VALUE</code> "
+            'a line:<br><textarea name="code" class="short" spellcheck="false">{}</textarea></label></p>'
+            "<details><summary>the code claims of each platform</summary><ul>{}</ul></details>"
+            "<p>{}</p><p><button>sign my proposal of this retirement</button></p></form>",
+            kit.csrf(),
+            options,
+            code,
+            needs,
+            expiry_input(expires),
         )
 
     async def show(request: Request) -> Response:
@@ -316,8 +362,8 @@ def board_routes(kit: PageKit) -> list[Route]:
             '"Handing over to a successor version").</p><h2>The board</h2>{}'
             "<h2>Approve a successor version</h2>{}"
             "<h2>Approvals of successor versions</h2><p>Those that have not expired.</p>{}{}{}"
-            "<h2>Pending board changes</h2>{}{}{}"
-            "<h2>Pending retirements</h2>{}{}{}"
+            "<h2>Pending board changes</h2>{}{}{}<h3>Propose a board change</h3>{}"
+            "<h2>Pending retirements</h2>{}{}{}<h3>Propose a retirement</h3>{}"
             "<h2>Retired versions</h2>{}{}{}",
             about,
             approve_successor_form(),
@@ -327,9 +373,11 @@ def board_routes(kit: PageKit) -> list[Route]:
             change_blocks,
             more_changes,
             Html("") if change_list else Html("<p>None.</p>"),
+            propose_change_form(),
             retirement_blocks,
             more_pending,
             Html("") if pending else Html("<p>None.</p>"),
+            propose_retirement_form(),
             kit.json(retired) if retired else Html("<p>None.</p>"),
             more_retired,
             h("<h2>Void approvals</h2>{}", kit.json(board.void)) if board.void else _EMPTY,
@@ -400,11 +448,7 @@ def board_routes(kit: PageKit) -> list[Route]:
             done = await kit.call(lambda: kit.cas().approve_board_change(change, ident, expires=at))
         except ConfideError as exc:
             return kit.failed("Approve a board change", exc, back)
-        state = (
-            f"applied: the board is now generation {done.generation}"
-            if done.applied
-            else f"pending ({len(done.approvers)} of {done.needed} approvals)"
-        )
+        state = _change_state(done.applied, done.generation, len(done.approvers), done.needed)
         body = h(
             '<div class="ok"><p>Approved the board change <code>{}</code>: {}.</p></div>{}{}',
             done.change,
@@ -423,11 +467,7 @@ def board_routes(kit: PageKit) -> list[Route]:
             done = await kit.call(lambda: kit.cas().approve_retirement(retirement, ident, expires=at))
         except ConfideError as exc:
             return kit.failed("Approve a retirement", exc, back)
-        state = (
-            f"applied: the version {done.identity} is retired"
-            if done.applied
-            else f"pending ({len(done.approvers)} of {done.needed} approvals)"
-        )
+        state = _retirement_state(done.applied, done.identity, len(done.approvers), done.needed)
         body = h(
             '<div class="ok"><p>Approved the retirement <code>{}</code>: {}.</p></div>{}{}',
             done.retirement,
@@ -437,8 +477,69 @@ def board_routes(kit: PageKit) -> list[Route]:
         )
         return kit.render("Retirement approved", body)
 
+    async def propose_change(request: Request) -> Response:
+        fields = kit.fields(request)
+        rule_name, listed = fields.get("rule", "").strip(), fields.get("members", "")
+        expires_text = fields.get("expires", "")
+        try:
+            ident = kit.need_identity()
+            if not rule_name:
+                raise UsageError("rule: give require-all or require-at-least-N")
+            board = {rule_name: [line.strip() for line in listed.splitlines() if line.strip()]}
+            at = _expiry(expires_text)
+            done = await kit.call(lambda: kit.cas().propose_board_change(board, ident, expires=at))
+        except ConfideError as exc:
+            kept = propose_change_form(rule_name, listed, expires_text)
+            return kit.failed(
+                "Propose a board change", exc, h("{}<h2>Propose a board change</h2>{}", back, kept)
+            )
+        body = h(
+            '<div class="ok"><p>Proposed the board change <code>{}</code>: {}.</p></div>{}{}',
+            done.change,
+            _change_state(done.applied, done.generation, len(done.approvers), done.needed),
+            kit.dl(
+                [
+                    ("the change id (what the other members approve)", h("<code>{}</code>", done.change)),
+                    ("your approval (what a withdrawal names)", h("<code>{}</code>", done.digest)),
+                ]
+            ),
+            back,
+        )
+        return kit.render("Board change proposed", body)
+
+    async def propose_retirement(request: Request) -> Response:
+        fields = kit.fields(request)
+        platform, code_text = fields.get("platform", "").strip(), fields.get("code", "")
+        expires_text = fields.get("expires", "")
+        try:
+            ident = kit.need_identity()
+            code = _claim_lines("code", code_text)
+            at = _expiry(expires_text)
+            done = await kit.call(lambda: kit.cas().propose_retirement(platform, code, ident, expires=at))
+        except ConfideError as exc:
+            kept = propose_retirement_form(platform, code_text, expires_text)
+            return kit.failed("Propose a retirement", exc, h("{}<h2>Propose a retirement</h2>{}", back, kept))
+        body = h(
+            '<div class="ok"><p>Proposed the retirement <code>{}</code>: {}.</p></div>{}{}',
+            done.retirement,
+            _retirement_state(done.applied, done.identity, len(done.approvers), done.needed),
+            kit.dl(
+                [
+                    (
+                        "the retirement id (what the other members approve)",
+                        h("<code>{}</code>", done.retirement),
+                    ),
+                    ("your approval (what a withdrawal names)", h("<code>{}</code>", done.digest)),
+                ]
+            ),
+            back,
+        )
+        return kit.render("Retirement proposed", body)
+
     return [
         Route("/successor", show),
+        Route("/successor/change/propose", propose_change, methods=["POST"]),
+        Route("/successor/retirement/propose", propose_retirement, methods=["POST"]),
         Route("/successor/approve", approve, methods=["POST"]),
         Route("/successor/withdraw", withdraw, methods=["POST"]),
         Route("/successor/change", approve_change, methods=["POST"]),
@@ -448,6 +549,16 @@ def board_routes(kit: PageKit) -> list[Route]:
 
 def _state(authorised: bool, have: int, needed: int, yes: str) -> str:
     return yes if authorised else f"pending ({have} of {needed} approvals)"
+
+
+def _change_state(applied: bool, generation: int, have: int, needed: int) -> str:
+    return (
+        f"applied: the board is now generation {generation}" if applied else _state(False, have, needed, "")
+    )
+
+
+def _retirement_state(applied: bool, identity: str | None, have: int, needed: int) -> str:
+    return f"applied: the version {identity} is retired" if applied else _state(False, have, needed, "")
 
 
 def _rule_text(board: Mapping[str, object]) -> str:
