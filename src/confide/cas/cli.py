@@ -813,13 +813,9 @@ def _attested_claims(platform: str, expect: dict[str, tuple[str, ...]]) -> dict[
 
 def _named_claims(option: str, items: tuple[str, ...]) -> dict[str, str]:
     """``NAME=VALUE`` items as claims in text form (values lower-case), each name once."""
-    named: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name or name in named:
-            raise UsageError(f"{option}: got {item[:80]!r}, expected NAME=VALUE, each name once")
-        named[name] = value.strip().lower()
-    return named
+    from confide.cas.successor_client import named_claims
+
+    return named_claims(option, items)
 
 
 def _state(result: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ hashes to it before a member signs it (docs/cas.md "Handing over to a successor 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,7 @@ __all__ = [
     "check_successor_claims",
     "listed_board_change",
     "listed_retirement",
+    "named_claims",
     "new_board_change",
     "new_retirement",
     "parse_expiry",
@@ -71,6 +72,18 @@ def parse_expiry(text: str, now: int, what: str = "--expires") -> int:
             raise UsageError(f"{what}: give the time zone (e.g. 2027-01-31T00:00:00Z)")
         at = int(when.timestamp())
     return check_expiry(at, now, text, what)
+
+
+def named_claims(what: str, items: Iterable[str]) -> dict[str, str]:
+    """``NAME=VALUE`` items (``--claim``, the web page's claims field) as claims in text form
+    (values lower-case), each name once."""
+    named: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or name in named:
+            raise UsageError(f"{what}: got {item[:80]!r}, expected NAME=VALUE, each name once")
+        named[name] = value.strip().lower()
+    return named
 
 
 def _claim_texts(what: str, claims: Mapping[str, str]) -> None:

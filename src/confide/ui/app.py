@@ -26,7 +26,7 @@ import json
 import secrets
 import threading
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -910,9 +910,45 @@ def create_app(state: UiState) -> Guard:
         Route("/approve", approve_post, methods=["POST"]),
         Route("/revoke", revoke_post, methods=["POST"]),
         Route("/static/{file}", static),
+        *_board_routes(
+            state,
+            render=render,
+            failed=failed,
+            call=call,
+            need_identity=need_identity,
+            fields=lambda request: form_of(request).fields,
+        ),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found})
     return Guard(app, state)
+
+
+def _board_routes(
+    state: UiState,
+    *,
+    render: Callable[..., Response],
+    failed: Callable[..., Response],
+    call: Callable[[Callable[[], Any]], Awaitable[Any]],
+    need_identity: Callable[[], Identity],
+    fields: Callable[[Request], Mapping[str, str]],
+) -> list[Route]:
+    """The successor board's routes (:mod:`confide.ui.board`), with this page's helpers."""
+    from confide.ui.board import PageKit, board_routes  # noqa: PLC0415
+
+    kit = PageKit(
+        cas=lambda: state.cas,
+        identity=lambda: state.identity,
+        render=render,
+        failed=failed,
+        call=call,
+        need_identity=need_identity,
+        fields=fields,
+        csrf=lambda: _csrf(state),
+        dl=_dl,
+        date=_date,
+        json=_json,
+    )
+    return board_routes(kit)
 
 
 def _policy_body(state: UiState, info: PolicyInfo) -> Html:

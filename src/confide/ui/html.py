@@ -45,7 +45,8 @@ def page(title: str, body: Html, *, who: str | None, cas_url: str, trust: str = 
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         "<title>{} · confide</title>"
         '<link rel="stylesheet" href="/static/ui.css"><script src="/static/ui.js" defer></script>'
-        '</head><body><header><nav><a href="/">confide</a> <a href="/apply">apply a policy</a></nav>'
+        '</head><body><header><nav><a href="/">confide</a> <a href="/apply">apply a policy</a> '
+        '<a href="/successor">successor board</a></nav>'
         '<p class="who">identity {} · CAS <code>{}</code>{}</p></header><main><h1>{}</h1>{}</main>'
         "<footer>confide ui: a local page; your identity stays in the <code>confide ui</code> "
         "process.</footer>"
@@ -71,6 +72,7 @@ text-align:left;vertical-align:top;overflow-wrap:anywhere}th{background:#eee}
 .note{border:1px solid #aaa;background:#fff;padding:.5em 1em;margin:1em 0}
 .add{color:#1b5e20;background:#e8f5e9}.del{color:#b71c1c;background:#ffebee}
 .hunk{color:#555}.bad{background:#ffe0e0}textarea{width:100%;height:24em;font-family:monospace}
+textarea.short{height:5em}
 form.inline{display:inline}dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}
 dt{font-weight:bold}dd{margin:0;word-break:break-all}
 """
