@@ -559,7 +559,7 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
     yield from _duplicates("images", [i.name for i in policy.images])
 
     kinds: dict[str, SecretKind | None] = {s.name: s.kind for s in policy.secrets}
-    keyless = (ph.Encoding.PEM_PKCS8, ph.Encoding.DER_PKCS8)
+    keyless = (ph.Encoding.PEM_PKCS8, ph.Encoding.DER_PKCS8, ph.Encoding.PKCS12)
     refused: dict[tuple[str, ph.Encoding], str] = {}
     for s in policy.secrets:
         if s.kind in (SecretKind.X509, SecretKind.X509_CA) and s.value is not None and s.private_key is None:
@@ -576,6 +576,11 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
             refused[s.name, ph.Encoding.DER_PKCS8] = (
                 "got a DER private-key format for a certificate issued to the runtime, expected"
                 " privatekey (PEM: confide run writes the runtime's own key only as PEM)"
+            )
+            refused[s.name, ph.Encoding.PKCS12] = (
+                "got pkcs12-with-private-key for a certificate issued to the runtime, expected"
+                " crt and privatekey (PEM): its key never leaves the runtime, so the CAS cannot put"
+                " it into a PKCS#12 archive"
             )
         if s.kind == SecretKind.X509_CA and s.value is not None:
             # The CAS has a CRL only for the CAs it generates (docs/cas.md "Revocation").
