@@ -137,3 +137,12 @@ def test_it_is_refused_in_the_command_with_line_and_column() -> None:
     loads_policy(_policy(PKI, f"$$SCONE::leaf:{P12}$$"))  # in a file it loads
     with pytest.raises(PolicyError, match=f"got format '{P12}' for a private-key secret"):
         loads_policy(_policy(PKI, f"$$SCONE::leaf_key:{P12}$$"))
+
+
+@pytest.mark.parametrize("key_type", ["P-256", "P-384", "Ed25519", "RSA-2048"])
+def test_every_key_type_goes_into_the_archive(key_type: str) -> None:
+    secrets = f"  - name: k\n    kind: private-key\n    key_type: {key_type}\n  - name: c\n    kind: x509\n    private_key: k\n"
+    value = _generate_all(loads_policy(_policy(secrets, f"$$SCONE::c:{P12}$$")))["c"]
+    loaded = pkcs12.load_pkcs12(render(value, Encoding.PKCS12), b"")
+    assert loaded.key is not None and _key_der(loaded.key) == value.data
+    assert loaded.cert is not None and loaded.additional_certs == []  # self-signed: no chain
