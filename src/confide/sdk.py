@@ -280,7 +280,8 @@ class PolicyStatus:
     warnings: tuple[str, ...] = ()
     """``apply``'s warnings about the policy it applied, one line each (what ``confide policy
     apply`` prints on stderr): a secret a service's command puts into its arguments (readable
-    in ``/proc/PID/cmdline``; :func:`confide.policy.command_warnings`)."""
+    in ``/proc/PID/cmdline``; :func:`confide.policy.command_warnings`), an injection file whose
+    ``permission`` lets group or others read it (:func:`confide.policy.policy_warnings`)."""
 
     @property
     def active(self) -> bool:
@@ -1073,9 +1074,9 @@ class Cas:
         identity may not create or update it), ``PolicyError``; ``NetworkError``."""
         from confide.policy import (  # noqa: PLC0415 - the model loads here
             Policy,
-            command_warnings,
             load_policy,
             loads_policy,
+            policy_warnings,
         )
 
         if isinstance(policy, Policy):
@@ -1084,7 +1085,7 @@ class Cas:
             doc = loads_policy(policy)
         else:
             doc = load_policy(policy)
-        return PolicyStatus._from(self._client.apply(doc, identity), command_warnings(doc))
+        return PolicyStatus._from(self._client.apply(doc, identity), policy_warnings(doc))
 
     def approve(self, name: str, hash: str, identity: Identity) -> PolicyStatus:
         """A board member's signed approval of the pending version ``hash`` of ``name``

@@ -1034,7 +1034,7 @@ def policy_apply(policy_file: Path, identity_file: Path) -> None:
       confide policy apply my-policy.yaml --identity alice.id
     """
     from confide.cas.client import CasClient
-    from confide.policy import command_warnings, load_policy
+    from confide.policy import load_policy, policy_warnings
 
     ident = load_identity(identity_file)
     doc = load_policy(policy_file)
@@ -1043,7 +1043,7 @@ def policy_apply(policy_file: Path, identity_file: Path) -> None:
     click.echo(result["hash"])
     if result.get("state") == "pending":
         click.echo(f"{result['name']}: pending approval by the update board", err=True)
-    for warning in command_warnings(doc):  # docs/limitations.md "confide run": not a refusal
+    for warning in policy_warnings(doc):  # docs/limitations.md "confide run": not a refusal
         click.echo(warning, err=True)
 
 

@@ -2431,6 +2431,12 @@ class Cas:
         )
         if image is not None:
             templates: list[str] = []
+            modes = {f.path: f.permission for f in image.injection_files if f.permission is not None}
+            if modes:
+                # SCONE's ``permission`` of an injection file (docs/policy.md "Injection files"):
+                # confide run creates the file with it; without it, 0600. A runtime that does not
+                # know the member writes every file 0600 (stricter).
+                config["modes"] = modes
             for f in image.injection_files:
                 if f.content is None:
                     templates.append(f.path)

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
+from confide.cas.pkcs12 import pkcs12_with_private_key
 from confide.errors import ParseError, PolicyError, SignatureError
 from confide.identity import fingerprint_of_public_key
 from confide.policy._types import duration_seconds
@@ -896,7 +897,7 @@ def _render(value: SecretValue, encoding: Encoding) -> bytes:
     runtime_held = value.runtime_key
     keyless = value.kind in CERTIFICATE_KINDS and not value.data and not runtime_held
     match encoding:
-        case Encoding.PEM_PKCS8 | Encoding.DER_PKCS8 if keyless:
+        case Encoding.PEM_PKCS8 | Encoding.DER_PKCS8 | Encoding.PKCS12 if keyless:
             raise PolicyError(
                 "this certificate has no private key here (an explicit value without private_key, or a"
                 " certificate imported through export_public): no private key to inject"
@@ -907,6 +908,14 @@ def _render(value: SecretValue, encoding: Encoding) -> bytes:
             if runtime_held:
                 raise PolicyError("a certificate issued to the runtime has its private key only as PEM")
             return value.data
+        case Encoding.PKCS12:
+            # SCONE v0.3.9 ``:pkcs12-with-private-key``: certificate, key and chain, DER, under
+            # the empty password (confide.cas.pkcs12); fresh salts, so not the same bytes twice.
+            if runtime_held:
+                raise PolicyError(
+                    "a certificate issued to the runtime has no private key for a PKCS#12 archive"
+                )
+            return pkcs12_with_private_key(value.data, _need_cert(value), value.chain)
         case Encoding.PEM_SPKI | Encoding.DER_SPKI if value.certificate is not None and not value.data:
             spki = x509.load_der_x509_certificate(value.certificate).public_key()
             if encoding == Encoding.DER_SPKI:

@@ -11,13 +11,23 @@ Public names::
     is_authorized(rules, identities, creator=) -> bool (access lists and policy boards)
     command_warnings(policy)                  -> one line per service and secret its command's
         arguments name (readable in /proc/PID/cmdline; a warning, not a refusal)
+    policy_warnings(policy)                   -> command_warnings, then one line per injection file
+        whose permission lets group or others read it
 """
 
 from confide.policy.access import is_authorized
 from confide.policy.appraise import AppraisalResult, Reason, appraise, raise_for_result
 from confide.policy.canonical import canonical_json, policy_hash
 from confide.policy.loader import load_policy, loads_policy
-from confide.policy.model import Policy, Service, Tolerance, command_secret_warning, command_warnings
+from confide.policy.model import (
+    Policy,
+    Service,
+    Tolerance,
+    command_secret_warning,
+    command_warnings,
+    injection_file_warning,
+    policy_warnings,
+)
 from confide.policy.problems import Problem
 
 __all__ = [
@@ -31,9 +41,11 @@ __all__ = [
     "canonical_json",
     "command_secret_warning",
     "command_warnings",
+    "injection_file_warning",
     "is_authorized",
     "load_policy",
     "loads_policy",
     "policy_hash",
+    "policy_warnings",
     "raise_for_result",
 ]

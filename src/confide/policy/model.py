@@ -126,6 +126,9 @@ __all__ = [
     "VolumeImport",
     "command_secret_warning",
     "command_warnings",
+    "injection_file_warning",
+    "injection_file_warnings",
+    "policy_warnings",
 ]
 
 SUPPORTED_VERSION = "0.3"
@@ -319,12 +322,47 @@ class ImageVolume(_Model):
     update_policy: UpdatePolicy | None = None
 
 
+def _file_mode(value: int) -> int:
+    """An injection file's ``permission`` (SCONE v0.3.10: "File permissions of secret injection
+    files can now be controlled in the session", written ``permission: 0o100``): the nine
+    permission bits, without write for group or others (a secret file they could change) and
+    with read for the owner (the service runs as the user who writes it)."""
+    if not 0 <= value <= 0o777:
+        raise ValueError(
+            f"got {value} ({value:#o}), expected permission bits 0o000 to 0o777 written in octal as"
+            " SCONE writes them, e.g. 0o600 (YAML 1.2 reads 0600 as the decimal 600)"
+        )
+    if value & 0o022:
+        raise ValueError(
+            f"got {value:#o}: group or others could write the secret file, expected no write bit for"
+            " them (e.g. 0o600, or 0o640 to let the group read it)"
+        )
+    if not value & 0o400:
+        raise ValueError(
+            f"got {value:#o}: its owner could not read the file, expected the owner's read bit 0o400"
+            " (e.g. 0o400 or 0o600; SCONE's documentation example 0o100 is execute-only)"
+        )
+    return value
+
+
+FileMode = Annotated[StrictInt, AfterValidator(_file_mode)]
+DEFAULT_FILE_MODE = 0o600
+"""An injection file's mode without ``permission``."""
+
+
 class InjectionFile(_Model):
     """A file whose placeholders are substituted at start; ``content`` given here, or read from
-    the image at ``path`` when omitted."""
+    the image at ``path`` when omitted. ``permission``: its mode (default 0o600: confide's; SCONE's
+    default is 0o700)."""
 
     path: AbsPath
     content: Annotated[StrictStr, AfterValidator(_check_placeholder_syntax)] | None = None
+    permission: FileMode | None = None
+
+    @property
+    def mode(self) -> int:
+        """The mode ``confide run`` creates the file with."""
+        return DEFAULT_FILE_MODE if self.permission is None else self.permission
 
 
 def _injection_file(value: object) -> object:
@@ -512,6 +550,34 @@ def command_warnings(policy: Policy) -> tuple[str, ...]:
     )
 
 
+def injection_file_warning(image: str, path: str, mode: int) -> str:
+    """The one-line warning about an injection file whose ``permission`` lets group or others
+    read (or execute) it: allowed, as in SCONE, but every local user of that group (or every
+    local user) can then read the secrets in it while it exists."""
+    who = "every local user" if mode & 0o007 else "every local user in the file's group"
+    return (
+        f"warning: image '{image}' injects {path} with permission {mode:#o}: {who} can read the"
+        " secrets in it while the program runs; use 0o600 (or 0o400) unless the program needs more"
+    )
+
+
+def injection_file_warnings(policy: Policy) -> tuple[str, ...]:
+    """One :func:`injection_file_warning` per injection file whose ``permission`` has a bit for
+    group or others (not a refusal)."""
+    return tuple(
+        injection_file_warning(image.name, f.path, f.mode)
+        for image in policy.images
+        for f in image.injection_files
+        if f.mode & 0o077
+    )
+
+
+def policy_warnings(policy: Policy) -> tuple[str, ...]:
+    """Every warning about a valid policy, in order: :func:`command_warnings`, then
+    :func:`injection_file_warnings` (``confide policy apply``, the SDK's apply)."""
+    return command_warnings(policy) + injection_file_warnings(policy)
+
+
 def _duplicates(path: str, names: list[str]) -> Iterator[Problem]:
     seen: set[str] = set()
     for i, n in enumerate(names):
@@ -559,7 +625,7 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
     yield from _duplicates("images", [i.name for i in policy.images])
 
     kinds: dict[str, SecretKind | None] = {s.name: s.kind for s in policy.secrets}
-    keyless = (ph.Encoding.PEM_PKCS8, ph.Encoding.DER_PKCS8)
+    keyless = (ph.Encoding.PEM_PKCS8, ph.Encoding.DER_PKCS8, ph.Encoding.PKCS12)
     refused: dict[tuple[str, ph.Encoding], str] = {}
     for s in policy.secrets:
         if s.kind in (SecretKind.X509, SecretKind.X509_CA) and s.value is not None and s.private_key is None:
@@ -576,6 +642,11 @@ def _reference_problems(policy: Policy, *, stored: bool = False) -> Iterator[Pro
             refused[s.name, ph.Encoding.DER_PKCS8] = (
                 "got a DER private-key format for a certificate issued to the runtime, expected"
                 " privatekey (PEM: confide run writes the runtime's own key only as PEM)"
+            )
+            refused[s.name, ph.Encoding.PKCS12] = (
+                "got pkcs12-with-private-key for a certificate issued to the runtime, expected"
+                " crt and privatekey (PEM): its key never leaves the runtime, so the CAS cannot put"
+                " it into a PKCS#12 archive"
             )
         if s.kind == SecretKind.X509_CA and s.value is not None:
             # The CAS has a CRL only for the CAs it generates (docs/cas.md "Revocation").

@@ -31,6 +31,9 @@ x509, x509-ca  ``chain``                                        CHAIN_PEM (the i
                                                                 without the certificate)
 x509, x509-ca  ``.chain`` (deprecated)                          LEGACY_CHAIN_PEM (root first,
                                                                 certificate itself last)
+x509, x509-ca  ``pkcs12-with-private-key``                      PKCS12 (binary: DER PKCS#12
+                                                                of the certificate, its key
+                                                                and chain; empty password)
 x509-ca        ``crl``, ``crl:pem`` (confide)                   CRL_PEM (the CA's current CRL)
 x509-ca        ``crl:der`` (confide)                            CRL_DER (binary)
 =============  ===============================================  ===========================
@@ -81,7 +84,7 @@ substitution that forms it where no placeholder rendered it is refused (:func:`_
 
 _BODY_RE = re.compile(
     r"(?P<name>[A-Za-z0-9_\-]{1,128})"
-    r"(?:(?::(?P<fmt>[a-z0-9]+(?::[a-z0-9]+)*))|(?:\.(?P<legacy>[a-z]+)))?"
+    r"(?:(?::(?P<fmt>[a-z0-9]+(?:-[a-z0-9]+)*(?::[a-z0-9]+(?:-[a-z0-9]+)*)*))|(?:\.(?P<legacy>[a-z]+)))?"
 )
 
 
@@ -105,6 +108,7 @@ class Encoding(enum.StrEnum):
     LEGACY_CHAIN_PEM = "legacy-chain-pem"
     CRL_PEM = "crl-pem"
     CRL_DER = "crl-der"
+    PKCS12 = "pkcs12"
 
     @property
     def is_binary(self) -> bool:
@@ -113,7 +117,14 @@ class Encoding(enum.StrEnum):
 
 
 _BINARY_ENCODINGS = frozenset(
-    {Encoding.BINARY, Encoding.DER_PKCS8, Encoding.DER_SPKI, Encoding.CERT_DER, Encoding.CRL_DER}
+    {
+        Encoding.BINARY,
+        Encoding.DER_PKCS8,
+        Encoding.DER_SPKI,
+        Encoding.CERT_DER,
+        Encoding.CRL_DER,
+        Encoding.PKCS12,
+    }
 )
 
 _KEY_FORMATS: dict[str | None, Encoding] = {
@@ -137,6 +148,7 @@ _CERT_FORMATS: dict[str | None, Encoding] = {
     "privatekey:pkcs8:der": Encoding.DER_PKCS8,
     "chain": Encoding.CHAIN_PEM,
     ".chain": Encoding.LEGACY_CHAIN_PEM,
+    "pkcs12-with-private-key": Encoding.PKCS12,
 }
 _FORMATS: dict[str, dict[str | None, Encoding]] = {
     "ascii": {None: Encoding.TEXT},

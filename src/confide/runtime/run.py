@@ -5,8 +5,8 @@
    from the platform's quote provider (the simulator measures the command being launched).
 3. Send evidence, public key, policy and service to the CAS over TLS (pinned certificate).
 4. Decrypt the release with the ephemeral key: command, environment, files, working directory.
-5. Write injected files (memory only, mode 0600), set exactly the released environment (the
-   host environment does not leak in), and ``exec`` the program.
+5. Write injected files (memory only, mode 0600 or the policy's ``permission``), set exactly
+   the released environment (the host environment does not leak in), and ``exec`` the program.
 
 Injected files never reach persistent storage. A path on a tmpfs/ramfs gets a new file renamed
 over it (whatever the host left there is replaced, never written into: :func:`_write_private`).
@@ -84,6 +84,8 @@ class Launch:
     checked after the volumes are mounted (:mod:`confide.runtime.absent`)."""
     command_secrets: tuple[str, ...] = ()
     """The secrets the policy put into :attr:`argv` (names: :attr:`Release.command_secrets`)."""
+    modes: dict[str, int] = field(default_factory=dict)
+    """The mode of each injection file the policy gives a ``permission`` (others: 0600)."""
 
 
 def _mount_id(fd: int) -> str | None:
@@ -173,20 +175,24 @@ class Release:
     """The names of the secrets the policy's command put into :attr:`command` (its placeholders,
     as the CAS says; empty from a CAS that does not say): readable by every local user in
     ``/proc/PID/cmdline`` while the program runs (``confide run`` warns)."""
+    modes: Mapping[str, int] = field(default_factory=dict)
+    """The mode of each file of :attr:`files` whose policy entry has a ``permission``
+    (docs/policy.md "Injection files"); the others are written 0600."""
 
     def __post_init__(self) -> None:  # read-only views: a frozen result stays as released
         object.__setattr__(self, "environment", FrozenMap(self.environment))
         object.__setattr__(self, "files", FrozenMap(self.files))
+        object.__setattr__(self, "modes", FrozenMap(self.modes))
 
     def write_files(self) -> tuple[Path, ...]:
-        """Write :attr:`files` as ``confide run`` does before it starts the program (the same
-        code): to memory only, mode 0600. A path on a tmpfs/ramfs gets a new file renamed over
-        it; any other path, as root, a tmpfs copy bound over it in a private mount namespace of
-        the calling thread (use it from that thread and the processes it starts), and without
-        root a :class:`UsageError`. Every path is checked before any is written; on a failure
-        those written are removed. Returns the paths written in place (on a memory file
-        system): removing them when done is the caller's business."""
-        return tuple(_write_files(self.files))
+        """Write :attr:`files` as ``confide run`` does before it starts the program (the same code): to memory
+        only, mode 0600 or the policy's ``permission`` (:attr:`modes`). A path on a tmpfs/ramfs gets a new
+        file renamed over it; any other path, as root, a tmpfs copy bound over it in a private mount namespace
+        of the calling thread (use it from that thread and the processes it starts), and without root a
+        :class:`UsageError`. Every path is checked before any is written; on a failure those written are
+        removed. Returns the paths written in place (on a memory file system): removing them when done is the
+        caller's business."""
+        return tuple(_write_files(self.files, self.modes))
 
 
 def attest_release(
@@ -247,6 +253,7 @@ def attest_release(
         volumes = tuple(VolumeRelease.from_config(v) for v in config.get("volumes") or [])
     except (TypeError, ValueError):
         raise ParseError("the CAS's configuration is malformed", structure="release") from None
+    modes = _modes(config.get("modes"))
     pwd = _optional_string(config.get("pwd"), "pwd")
     session = _optional_string(config.get("session"), "session") or ""
     if require_command and not argv:
@@ -267,6 +274,7 @@ def attest_release(
     return Release(
         policy, service, tuple(argv), environment, files, pwd or None, volumes, session,
         command_released=bool(config.get("command")), command_secrets=tuple(named),
+        modes={p: m for p, m in modes.items() if p in files},
     )  # fmt: skip
 
 
@@ -294,7 +302,7 @@ def attest_and_prepare(
             )
     return Launch(
         argv, environment, dict(release.files), release.pwd, policy, release.volumes, release.session,
-        command_secrets=release.command_secrets,
+        command_secrets=release.command_secrets, modes=dict(release.modes),
     )  # fmt: skip
 
 
@@ -322,6 +330,32 @@ def _string_map(value: Any, field: str) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise ParseError("expected an object of strings", structure="release", field=field)
     return {_no_nul(k, field): _no_nul(v, field) for k, v in value.items()}
+
+
+def _modes(value: Any) -> dict[str, int]:
+    """The released modes of injection files (None: none). The CAS sends only what a policy may
+    hold (docs/policy.md "Injection files"); a mode that gives group or others write, or the
+    owner no read, is refused here too."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ParseError("expected an object of modes", structure="release", field="modes")
+    out: dict[str, int] = {}
+    for path, mode in value.items():
+        if (
+            not isinstance(mode, int)
+            or isinstance(mode, bool)
+            or not 0 <= mode <= 0o777
+            or mode & 0o022
+            or not mode & 0o400
+        ):
+            raise ParseError(
+                "expected modes of 0o400 to 0o755 without write for group or others",
+                structure="release",
+                field="modes",
+            )
+        out[_no_nul(str(path), "modes")] = mode
+    return out
 
 
 def _optional_string(value: Any, field: str) -> str | None:
@@ -381,18 +415,19 @@ def render_templates(templates: Any) -> dict[str, bytes]:
 _STAGING_PREFIX = ".confide-inject-"
 
 
-def _write_private(path: Path, content: bytes, *, dir_fd: int | None = None) -> None:
-    """Put ``content`` at ``path`` as a new file of mode 0600, atomically; with ``dir_fd``, at the
-    entry of that name in the directory open there. The content is written under a fresh random
-    name in the same directory (``O_CREAT | O_EXCL | O_NOFOLLOW``: nothing planted there is
-    opened) and renamed over the name (rename(2) replaces the entry itself, never following a
-    symlink there). A file already at ``path`` is replaced, never written into: another hard link
-    to it, or a descriptor opened on it before, never sees the content, and its owner cannot make
-    it readable; on a failure it stays as it was, and no partial secret stays behind."""
+def _write_private(path: Path, content: bytes, *, dir_fd: int | None = None, mode: int = 0o600) -> None:
+    """Put ``content`` at ``path`` as a new file of ``mode`` (0600 unless the policy gives the file a
+    ``permission``; set on the new, still empty file before any byte is written), atomically; with ``dir_fd``,
+    at the entry of that name in the directory open there. The content is written under a fresh random name in
+    the same directory (``O_CREAT | O_EXCL | O_NOFOLLOW``: nothing planted there is opened) and renamed over
+    the name (rename(2) replaces the entry itself, never following a symlink there). A file already at
+    ``path`` is replaced, never written into: another hard link to it, or a descriptor opened on it before,
+    never sees the content, and its owner cannot make it readable; on a failure it stays as it was, and no
+    partial secret stays behind."""
     if dir_fd is None:
         own_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            _write_private(path, content, dir_fd=own_fd)
+            _write_private(path, content, dir_fd=own_fd, mode=mode)
         finally:
             os.close(own_fd)
         return
@@ -401,7 +436,7 @@ def _write_private(path: Path, content: bytes, *, dir_fd: int | None = None) -> 
     fd = os.open(staged, flags, 0o600, dir_fd=dir_fd)
     try:
         try:
-            os.fchmod(fd, 0o600)  # whatever the umask
+            os.fchmod(fd, mode)  # whatever the umask, before the content
             view = memoryview(content)
             while view:
                 written = os.write(fd, view)
@@ -474,7 +509,7 @@ def _mount_point_for(path: Path) -> int:
     return fd
 
 
-def _inject_over_persistent(items: Sequence[tuple[Path, bytes]]) -> None:
+def _inject_over_persistent(items: Sequence[tuple[Path, bytes, int]]) -> None:
     """Serve ``items`` from a private tmpfs bind-mounted over their paths (see the module doc).
     The tmpfs is used through a descriptor opened right after mounting it and checked to be the
     fresh tmpfs (:func:`_is_fresh_tmpfs`): its path (on the host's /run) can be renamed from
@@ -493,9 +528,9 @@ def _inject_over_persistent(items: Sequence[tuple[Path, bytes]]) -> None:
     try:
         if not _is_fresh_tmpfs(staging):
             raise StorageError(f"{INJECT_STAGING} is not the tmpfs just mounted there: nothing is written")
-        for index, (path, content) in enumerate(items):
+        for index, (path, content, mode) in enumerate(items):
             try:
-                _write_private(Path(str(index)), content, dir_fd=staging)
+                _write_private(Path(str(index)), content, dir_fd=staging, mode=mode)
             except OSError as exc:
                 raise _inject_error(path, exc) from None
             target = _mount_point_for(path)
@@ -529,18 +564,21 @@ def _check_root_for(path: Path) -> None:
         )
 
 
-def _write_files(files: Mapping[str, bytes]) -> list[Path]:
-    """Inject ``files``: every path is checked before any is written, and on a failure the files
+def _write_files(files: Mapping[str, bytes], modes: Mapping[str, int] | None = None) -> list[Path]:
+    """Inject ``files``, each of mode ``modes[path]`` or 0600 (created so: never readable more
+    widely while it is written, and at its path only once complete): every path is checked
+    before any is written, and on a failure the files
     already written are removed. Returns the paths written in place (on a memory file system),
     for the caller to remove if the program then does not start."""
     # Each file on a memory file system is written through its directory opened when it was
     # checked: a symlink planted at a parent afterwards cannot redirect it onto a disk.
-    memory: list[tuple[Path, bytes, int]] = []
-    persistent: list[tuple[Path, bytes]] = []
+    memory: list[tuple[Path, bytes, int, int]] = []
+    persistent: list[tuple[Path, bytes, int]] = []
     written: list[tuple[Path, int]] = []
     try:
         for path_text, content in files.items():
             path = Path(path_text)
+            mode = (modes or {}).get(path_text, 0o600)
             if not path.is_absolute():
                 raise UsageError(f"injection file {path_text}: expected an absolute path")
             try:
@@ -550,16 +588,16 @@ def _write_files(files: Mapping[str, bytes]) -> list[Path]:
                 raise UsageError(
                     f"injection file {path}: cannot create or open its directory: {exc.strerror or exc}"
                 ) from None
-            memory.append((path, content, dir_fd))
+            memory.append((path, content, dir_fd, mode))
             if not is_memory_backed(path, dir_fd=dir_fd):
                 memory.pop()
                 os.close(dir_fd)
-                persistent.append((path, content))
+                persistent.append((path, content, mode))
         if persistent:
             _check_root_for(persistent[0][0])
-        for path, content, dir_fd in memory:
+        for path, content, dir_fd, mode in memory:
             try:
-                _write_private(path, content, dir_fd=dir_fd)
+                _write_private(path, content, dir_fd=dir_fd, mode=mode)
             except OSError as exc:
                 raise _inject_error(path, exc) from None
             written.append((path, dir_fd))
@@ -570,7 +608,7 @@ def _write_files(files: Mapping[str, bytes]) -> list[Path]:
             _remove_at(path, dir_fd)
         raise
     finally:
-        for _p, _c, dir_fd in memory:
+        for _p, _c, dir_fd, _m in memory:
             os.close(dir_fd)
     return [path for path, _fd in written]
 
@@ -632,7 +670,7 @@ def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None
     ``before_exec`` runs after everything else was prepared, right before the program starts
     (``confide run --gpus`` sets the GPUs' ready state there); if it raises, the program does
     not start and the volumes are closed."""
-    injected = _write_files(plan.files)
+    injected = _write_files(plan.files, plan.modes)
     try:
         mounted = mount_released(list(plan.volumes))
     except BaseException:
@@ -700,7 +738,7 @@ def launch(plan: Launch, *, before_exec: Callable[[], None] | None = None) -> No
     """Inject and exec; does not return on success. ``before_exec`` runs after everything else
     was prepared, right before the ``exec`` (``confide run --gpus`` sets the GPUs' ready state
     there); if it raises, nothing is executed."""
-    injected = _write_files(plan.files)
+    injected = _write_files(plan.files, plan.modes)
     try:
         _exec(plan, before_exec)
     except BaseException:
