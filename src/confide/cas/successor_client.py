@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from confide.errors import UsageError
+from confide.errors import ParseError, UsageError
 
 if TYPE_CHECKING:
     from confide.cas.client import CasClient
@@ -202,12 +202,31 @@ class BoardChangeDraft:
     board: Board
 
 
+def _board_answer(current: object, listed: str, structure: str) -> tuple[str, int, list[dict[str, Any]]]:
+    """The key id, the board's generation and the pending ``listed`` items (objects) of the
+    CAS's answer ``current``; a ``ParseError`` (the CAS's answer, not the person's input) when
+    it does not have that shape."""
+    if isinstance(current, dict):
+        key_id, generation, items = (
+            current.get("master_key_id"),
+            current.get("generation"),
+            current.get(listed),
+        )
+        if (
+            isinstance(key_id, str) and isinstance(generation, int) and not isinstance(generation, bool)
+            and isinstance(items, list) and all(isinstance(item, dict) for item in items)
+        ):  # fmt: skip
+            return key_id, generation, items
+    raise ParseError(f"expected master_key_id, generation and a list of {listed}", structure=structure)
+
+
 def new_board_change(client: CasClient, board: Board, what: str = "--board") -> BoardChangeDraft:
     """A proposal of ``board`` against the CAS's current board; refused when it is that board."""
     current = client.successor_board()
-    if board.to_json() == current["board"]:
+    key_id, generation, _ = _board_answer(current, "changes", "the CAS's successor board")
+    if board.to_json() == current.get("board"):
         raise UsageError(f"{what}: that is the current successor board")
-    return BoardChangeDraft(str(current["master_key_id"]), int(current["generation"]), board)
+    return BoardChangeDraft(key_id, generation, board)
 
 
 def listed_board_change(client: CasClient, change: str, what: str = "--change") -> BoardChangeDraft:
@@ -217,15 +236,16 @@ def listed_board_change(client: CasClient, change: str, what: str = "--change") 
     from confide.cas.board_change import change_id  # noqa: PLC0415
     from confide.cas.successor_board import board_from_json  # noqa: PLC0415
 
-    current = client.successor_board()
-    listed = [c for c in current["changes"] if c.get("change") == change]
+    key_id, generation, changes = _board_answer(
+        client.successor_board(), "changes", "the CAS's successor board"
+    )
+    listed = [c for c in changes if c.get("change") == change]
     if not listed:
         raise UsageError(
             f"{what}: no pending change {change[:16]}… of the current board (generation "
-            f"{current['generation']}); cas successor board show lists them"
+            f"{generation}); cas successor board show lists them"
         )
-    board = board_from_json(listed[0]["board"], "listed board change")
-    key_id, generation = str(current["master_key_id"]), int(current["generation"])
+    board = board_from_json(listed[0].get("board"), "listed board change")
     if change_id(key_id, generation, board) != change:
         raise UsageError(
             f"the CAS lists a change {change[:16]}… whose board, generation and key id do not hash to "
@@ -277,8 +297,10 @@ class RetirementDraft:
 def new_retirement(client: CasClient, platform: str, code: Mapping[str, str]) -> RetirementDraft:
     """A proposal to retire ``platform`` ``code`` (checked with :func:`check_code_claims`)
     under the CAS's current board."""
-    current = client.successor_retirements()
-    return RetirementDraft(str(current["master_key_id"]), int(current["generation"]), platform, dict(code))
+    key_id, generation, _ = _board_answer(
+        client.successor_retirements(), "retirements", "the CAS's retirements"
+    )
+    return RetirementDraft(key_id, generation, platform, dict(code))
 
 
 def listed_retirement(client: CasClient, retirement: str, what: str = "--retirement") -> RetirementDraft:
@@ -289,15 +311,16 @@ def listed_retirement(client: CasClient, retirement: str, what: str = "--retirem
     from confide.cas.successor import CODE_CLAIMS, claim_text_ok  # noqa: PLC0415
     from confide.verify.result import Platform  # noqa: PLC0415
 
-    current = client.successor_retirements()
-    listed = [r for r in current["retirements"] if r.get("retirement") == retirement]
+    key_id, generation, retirements = _board_answer(
+        client.successor_retirements(), "retirements", "the CAS's retirements"
+    )
+    listed = [r for r in retirements if r.get("retirement") == retirement]
     if not listed:
         raise UsageError(
             f"{what}: no pending retirement {retirement[:16]}… under the current board (generation "
-            f"{current['generation']}); cas successor retire show lists them"
+            f"{generation}); cas successor retire show lists them"
         )
-    platform, code = str(listed[0]["platform"]), listed[0]["code"]
-    key_id, generation = str(current["master_key_id"]), int(current["generation"])
+    platform, code = str(listed[0].get("platform")), listed[0].get("code", {})
     names = CODE_CLAIMS.get(Platform(platform)) if platform in {p.value for p in Platform} else None
     well_formed = (
         names is not None and isinstance(code, dict) and set(code) == set(names)
