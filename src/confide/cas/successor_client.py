@@ -220,6 +220,22 @@ def _board_answer(current: object, listed: str, structure: str) -> tuple[str, in
     raise ParseError(f"expected master_key_id, generation and a list of {listed}", structure=structure)
 
 
+def _pending(
+    answer: object, noun: str, wanted: str, what: str, where: str, command: str
+) -> tuple[str, int, dict[str, Any]]:
+    """The key id, the generation and the pending ``noun`` (``change``, ``retirement``) the
+    CAS's ``answer`` lists under the id ``wanted``; a ``UsageError`` when it lists none."""
+    structure = "the CAS's successor board" if noun == "change" else "the CAS's retirements"
+    key_id, generation, items = _board_answer(answer, f"{noun}s", structure)
+    listed = [item for item in items if item.get(noun) == wanted]
+    if not listed:
+        raise UsageError(
+            f"{what}: no pending {noun} {wanted[:16]}… {where} the current board (generation "
+            f"{generation}); cas successor {command} show lists them"
+        )
+    return key_id, generation, listed[0]
+
+
 def new_board_change(client: CasClient, board: Board, what: str = "--board") -> BoardChangeDraft:
     """A proposal of ``board`` against the CAS's current board; refused when it is that board."""
     current = client.successor_board()
@@ -236,16 +252,9 @@ def listed_board_change(client: CasClient, change: str, what: str = "--change") 
     from confide.cas.board_change import change_id  # noqa: PLC0415
     from confide.cas.successor_board import board_from_json  # noqa: PLC0415
 
-    key_id, generation, changes = _board_answer(
-        client.successor_board(), "changes", "the CAS's successor board"
-    )
-    listed = [c for c in changes if c.get("change") == change]
-    if not listed:
-        raise UsageError(
-            f"{what}: no pending change {change[:16]}… of the current board (generation "
-            f"{generation}); cas successor board show lists them"
-        )
-    board = board_from_json(listed[0].get("board"), "listed board change")
+    answer = client.successor_board()
+    key_id, generation, found = _pending(answer, "change", change, what, "of", "board")
+    board = board_from_json(found.get("board"), "listed board change")
     if change_id(key_id, generation, board) != change:
         raise UsageError(
             f"the CAS lists a change {change[:16]}… whose board, generation and key id do not hash to "
@@ -311,16 +320,9 @@ def listed_retirement(client: CasClient, retirement: str, what: str = "--retirem
     from confide.cas.successor import CODE_CLAIMS, claim_text_ok  # noqa: PLC0415
     from confide.verify.result import Platform  # noqa: PLC0415
 
-    key_id, generation, retirements = _board_answer(
-        client.successor_retirements(), "retirements", "the CAS's retirements"
-    )
-    listed = [r for r in retirements if r.get("retirement") == retirement]
-    if not listed:
-        raise UsageError(
-            f"{what}: no pending retirement {retirement[:16]}… under the current board (generation "
-            f"{generation}); cas successor retire show lists them"
-        )
-    platform, code = str(listed[0].get("platform")), listed[0].get("code", {})
+    answer = client.successor_retirements()
+    key_id, generation, found = _pending(answer, "retirement", retirement, what, "under", "retire")
+    platform, code = str(found.get("platform")), found.get("code", {})
     names = CODE_CLAIMS.get(Platform(platform)) if platform in {p.value for p in Platform} else None
     well_formed = (
         names is not None and isinstance(code, dict) and set(code) == set(names)
