@@ -15,6 +15,7 @@ import json
 import re
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -166,8 +167,16 @@ def test_bad_input_is_refused_before_anything_is_signed(
         # proposals: a rule that is none, the current board, another platform's code claims
         wrong = post(client, "/successor/change/propose", rule="require-most",
                      members=people["alice"][1].fingerprint, expires="7d")  # fmt: skip
-        assert wrong.status_code != 200 and "ParseError, exit 10" in wrong.text, wrong.text
+        # the rule typed does not parse: the person's input (422), not a bad answer of the CAS (502)
+        assert wrong.status_code == 422 and "ParseError, exit 10" in wrong.text, wrong.text
         assert f">{people['alice'][1].fingerprint}</textarea>" in wrong.text  # the form, kept
+        stranger = post(
+            client, "/successor/change/propose", rule="require-all", members="not-a-key", expires="7d"
+        )
+        assert (
+            stranger.status_code == 422 and "got &#x27;not-a-key&#x27;, expected an identity" in stranger.text
+        )
+        assert ">not-a-key</textarea>" in stranger.text
         current = cas.board_changes().board
         ((rule_name, listed),) = current.items()
         same = post(client, "/successor/change/propose", rule=rule_name, members="\n".join(map(str, listed)),
@@ -184,6 +193,19 @@ def test_bad_input_is_refused_before_anything_is_signed(
         assert hostile.status_code == 400 and "<script>" not in hostile.text
         assert "&lt;script&gt;" in hostile.text
         assert cas.successor().approvals == before
+
+
+def test_an_identity_file_that_does_not_parse_is_the_input_s_fault(board_ui: Ui, tmp_path: Path) -> None:
+    """The home page's identity path names a file that is no identity: 422 (what the person
+    gave), as the command names it (ParseError, exit 10); the identity loaded before stays."""
+    bad = tmp_path / "not-an-identity"
+    bad.write_text("not json")
+    bad.chmod(0o600)
+    with board_ui.logged_in() as client:
+        refused = client.post("/identity", data={"csrf": csrf_of(client.get("/").text), "path": str(bad)})
+        assert refused.status_code == 422, refused.text
+        assert "ParseError, exit 10" in refused.text and "is not an identity file" in refused.text
+        assert client.get("/successor").status_code == 200
 
 
 def test_refused_without_the_csrf_token_from_another_site_and_for_a_non_member(
@@ -357,24 +379,30 @@ def _hostile_answers() -> dict[str, Any]:
     }
 
 
-def _get(app: Any, state: UiState, path: str) -> tuple[int, str]:
-    """One GET through the page's application (its guard included), with its cookie."""
+def _get(app: Any, state: UiState, path: str, form: dict[str, str] | None = None) -> tuple[int, str]:
+    """One GET through the page's application (its guard included), with its cookie; with
+    ``form``, a POST of it (its CSRF token added)."""
     sent: list[Any] = []
+    body = b"" if form is None else urllib.parse.urlencode({"csrf": state.csrf, **form}).encode()
 
     async def receive() -> Any:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message: Any) -> None:
         sent.append(message)
 
     cookie = f"{state.cookie}={state.session}".encode()
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-             "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
-             "headers": [(b"host", b"127.0.0.1:8765"), (b"cookie", cookie)], "client": ("127.0.0.1", 1),
-             "server": ("127.0.0.1", 8765)}  # fmt: skip
+    headers = [(b"host", b"127.0.0.1:8765"), (b"cookie", cookie)]
+    if form is not None:
+        headers += [(b"content-type", b"application/x-www-form-urlencoded"),
+                    (b"content-length", str(len(body)).encode())]  # fmt: skip
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "GET" if form is None else "POST", "scheme": "http", "path": path,
+             "raw_path": path.encode(), "root_path": "", "query_string": b"", "headers": headers,
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8765)}  # fmt: skip
     asyncio.run(app(scope, receive, send))
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return sent[0]["status"], body.decode()
+    answer = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], answer.decode()
 
 
 def test_a_hostile_cas_strings_are_escaped(people: People) -> None:
@@ -397,6 +425,16 @@ def test_a_hostile_cas_strings_are_escaped(people: People) -> None:
         status, page = _get(app, state, "/successor")
         assert status == 403 and "AccessDeniedError, exit 33" in page
         assert "<script>" not in page and "&lt;script&gt;" in page
+        # a malformed answer of the CAS is the CAS's fault: 502, also on a form the person filled in
+        fake.route("/v1/cas/successor", b"[1, 2]", 200, {"Content-Type": "application/json"})
+        status, page = _get(app, state, "/successor")
+        assert status == 502 and "ParseError, exit 10" in page, page
+        fake.route("/v1/cas/successor/board", b"[1, 2]", 200, {"Content-Type": "application/json"})
+        rule = {"rule": "require-all", "members": people["bob"][1].fingerprint, "expires": "7d"}
+        status, page = _get(app, state, "/successor/change/propose", rule)
+        assert status == 502 and "ParseError, exit 10" in page, page
+        status, page = _get(app, state, "/successor/change/propose", {**rule, "members": "not-a-key"})
+        assert status == 422 and "ParseError, exit 10" in page, page
         cas.close()
 
 

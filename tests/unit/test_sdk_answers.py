@@ -87,6 +87,46 @@ def test_a_malformed_answer_is_a_confide_error(cas: Cas, monkeypatch: pytest.Mon
             cas.events("p", ident)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"[1, 2]",
+        b"{}",
+        b'{"master_key_id": "k", "generation": "0", "changes": [], "retirements": []}',
+        b'{"master_key_id": "k", "generation": true, "changes": [], "retirements": []}',
+        b'{"master_key_id": 5, "generation": 0, "changes": [], "retirements": []}',
+        b'{"master_key_id": "k", "generation": 0, "changes": [5], "retirements": [5]}',
+        b'{"master_key_id": "k", "generation": 0, "changes": {}, "retirements": {}}',
+    ],
+)
+def test_a_malformed_board_answer_is_a_parse_error_before_anything_is_signed(
+    cas: Cas, monkeypatch: pytest.MonkeyPatch, text: bytes
+) -> None:
+    """The successor board's and the retirements' answers read by the four calls that sign a
+    board change or a retirement (and the commands, which share successor_client): a list, a
+    missing key, a generation that is no integer, listed items that are no objects were a
+    TypeError or KeyError (a traceback; a 500 on the web page)."""
+    answer = jsonstrict.loads(text, structure="CAS answer")
+    for method in ("successor_board", "successor_retirements"):
+        monkeypatch.setattr(cas._client, method, lambda *_a, **_k: answer)
+    signed: list[object] = []
+    for method in ("approve_board_change", "approve_retirement"):
+        monkeypatch.setattr(cas._client, method, lambda *a, **_k: signed.append(a))
+    ident = Identity.generate()
+    calls = (
+        lambda: cas.propose_board_change(
+            {"require-all": [ident.fingerprint]}, ident, expires=timedelta(days=7)
+        ),
+        lambda: cas.approve_board_change("0" * 64, ident, expires=timedelta(days=7)),
+        lambda: cas.propose_retirement("sim", {"measurement": "ab" * 32}, ident, expires=timedelta(days=7)),
+        lambda: cas.approve_retirement("0" * 64, ident, expires=timedelta(days=7)),
+    )
+    for call in calls:
+        with pytest.raises(ParseError, match="expected master_key_id, generation and a list of"):
+            call()
+    assert signed == []
+
+
 UNREACHABLE = "https://127.0.0.1:1"  # a call that got as far as connecting would be a NetworkError
 
 

@@ -126,7 +126,7 @@ from confide.collateral.nvidia_ocsp import source_for as ocsp_source_for
 from confide.collateral.nvidia_rim import source_for as rim_source_for
 from confide.errors import ConfideError, LogRollbackError, NetworkError, UsageError
 from confide.fsutil import write_atomic
-from confide.httpserve.limits import PUBLIC_MAX_HEAD, HttpLimits
+from confide.httpserve.limits import HttpLimits
 from confide.httpserve.metrics_listener import (
     METRICS_PATH,
     MetricsAuth,
@@ -1300,16 +1300,7 @@ def _serve(
     metrics_addr: tuple[str, int] | None = None,
     metrics_token: bytes | None = None,
 ) -> None:
-    public_limits = None
-    if public_addr is not None:
-        public_limits = HttpLimits(
-            max_connections=http_limits.max_connections,
-            max_connections_per_client=http_limits.max_per_client,
-            head_timeout=http_limits.head_timeout,
-            body_timeout=http_limits.body_timeout,
-            handshake_timeout=http_limits.handshake_timeout,
-            max_head=PUBLIC_MAX_HEAD,
-        )
+    public_limits = listener_limits(http_limits) if public_addr is not None else None
     metrics_limits = listener_limits(http_limits) if metrics_addr is not None else None
     reserve_descriptors(
         http_limits.max_connections,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from confide.errors import UsageError
+from confide.errors import ParseError, UsageError
 
 if TYPE_CHECKING:
     from confide.cas.client import CasClient
@@ -202,12 +202,47 @@ class BoardChangeDraft:
     board: Board
 
 
+def _board_answer(current: object, listed: str, structure: str) -> tuple[str, int, list[dict[str, Any]]]:
+    """The key id, the board's generation and the pending ``listed`` items (objects) of the
+    CAS's answer ``current``; a ``ParseError`` (the CAS's answer, not the person's input) when
+    it does not have that shape."""
+    if isinstance(current, dict):
+        key_id, generation, items = (
+            current.get("master_key_id"),
+            current.get("generation"),
+            current.get(listed),
+        )
+        if (
+            isinstance(key_id, str) and isinstance(generation, int) and not isinstance(generation, bool)
+            and isinstance(items, list) and all(isinstance(item, dict) for item in items)
+        ):  # fmt: skip
+            return key_id, generation, items
+    raise ParseError(f"expected master_key_id, generation and a list of {listed}", structure=structure)
+
+
+def _pending(
+    answer: object, noun: str, wanted: str, what: str, where: str, command: str
+) -> tuple[str, int, dict[str, Any]]:
+    """The key id, the generation and the pending ``noun`` (``change``, ``retirement``) the
+    CAS's ``answer`` lists under the id ``wanted``; a ``UsageError`` when it lists none."""
+    structure = "the CAS's successor board" if noun == "change" else "the CAS's retirements"
+    key_id, generation, items = _board_answer(answer, f"{noun}s", structure)
+    listed = [item for item in items if item.get(noun) == wanted]
+    if not listed:
+        raise UsageError(
+            f"{what}: no pending {noun} {wanted[:16]}… {where} the current board (generation "
+            f"{generation}); cas successor {command} show lists them"
+        )
+    return key_id, generation, listed[0]
+
+
 def new_board_change(client: CasClient, board: Board, what: str = "--board") -> BoardChangeDraft:
     """A proposal of ``board`` against the CAS's current board; refused when it is that board."""
     current = client.successor_board()
-    if board.to_json() == current["board"]:
+    key_id, generation, _ = _board_answer(current, "changes", "the CAS's successor board")
+    if board.to_json() == current.get("board"):
         raise UsageError(f"{what}: that is the current successor board")
-    return BoardChangeDraft(str(current["master_key_id"]), int(current["generation"]), board)
+    return BoardChangeDraft(key_id, generation, board)
 
 
 def listed_board_change(client: CasClient, change: str, what: str = "--change") -> BoardChangeDraft:
@@ -217,15 +252,9 @@ def listed_board_change(client: CasClient, change: str, what: str = "--change") 
     from confide.cas.board_change import change_id  # noqa: PLC0415
     from confide.cas.successor_board import board_from_json  # noqa: PLC0415
 
-    current = client.successor_board()
-    listed = [c for c in current["changes"] if c.get("change") == change]
-    if not listed:
-        raise UsageError(
-            f"{what}: no pending change {change[:16]}… of the current board (generation "
-            f"{current['generation']}); cas successor board show lists them"
-        )
-    board = board_from_json(listed[0]["board"], "listed board change")
-    key_id, generation = str(current["master_key_id"]), int(current["generation"])
+    answer = client.successor_board()
+    key_id, generation, found = _pending(answer, "change", change, what, "of", "board")
+    board = board_from_json(found.get("board"), "listed board change")
     if change_id(key_id, generation, board) != change:
         raise UsageError(
             f"the CAS lists a change {change[:16]}… whose board, generation and key id do not hash to "
@@ -277,8 +306,10 @@ class RetirementDraft:
 def new_retirement(client: CasClient, platform: str, code: Mapping[str, str]) -> RetirementDraft:
     """A proposal to retire ``platform`` ``code`` (checked with :func:`check_code_claims`)
     under the CAS's current board."""
-    current = client.successor_retirements()
-    return RetirementDraft(str(current["master_key_id"]), int(current["generation"]), platform, dict(code))
+    key_id, generation, _ = _board_answer(
+        client.successor_retirements(), "retirements", "the CAS's retirements"
+    )
+    return RetirementDraft(key_id, generation, platform, dict(code))
 
 
 def listed_retirement(client: CasClient, retirement: str, what: str = "--retirement") -> RetirementDraft:
@@ -289,15 +320,9 @@ def listed_retirement(client: CasClient, retirement: str, what: str = "--retirem
     from confide.cas.successor import CODE_CLAIMS, claim_text_ok  # noqa: PLC0415
     from confide.verify.result import Platform  # noqa: PLC0415
 
-    current = client.successor_retirements()
-    listed = [r for r in current["retirements"] if r.get("retirement") == retirement]
-    if not listed:
-        raise UsageError(
-            f"{what}: no pending retirement {retirement[:16]}… under the current board (generation "
-            f"{current['generation']}); cas successor retire show lists them"
-        )
-    platform, code = str(listed[0]["platform"]), listed[0]["code"]
-    key_id, generation = str(current["master_key_id"]), int(current["generation"])
+    answer = client.successor_retirements()
+    key_id, generation, found = _pending(answer, "retirement", retirement, what, "under", "retire")
+    platform, code = str(found.get("platform")), found.get("code", {})
     names = CODE_CLAIMS.get(Platform(platform)) if platform in {p.value for p in Platform} else None
     well_formed = (
         names is not None and isinstance(code, dict) and set(code) == set(names)

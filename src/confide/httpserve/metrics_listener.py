@@ -168,9 +168,9 @@ class MetricsAuth:
 
 
 def listener_limits(like: HttpLimits) -> HttpLimits:
-    """The metrics listener's limits: of the values of ``like`` (the API listener's), counted
-    apart from them; request heads of at most :data:`~confide.httpserve.limits.PUBLIC_MAX_HEAD`
-    bytes (a scrape needs no large header)."""
+    """A plain companion listener's limits (the metrics listener's, the CAS's public one's): the
+    values of ``like`` (the API listener's), counted apart from them; request heads of at most
+    :data:`~confide.httpserve.limits.PUBLIC_MAX_HEAD` bytes (neither needs a large header)."""
     return HttpLimits(
         max_connections=like.max_connections,
         max_connections_per_client=like.max_per_client,

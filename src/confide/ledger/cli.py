@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -202,6 +202,17 @@ def _address(listen: str, option: str = "--listen") -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _options(options: Sequence[Callable[[Any], Any]]) -> Callable[[Any], Any]:
+    """A decorator applying the click ``options``, as if written above the command in order."""
+
+    def apply(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply
+
+
 _METRICS_OPTIONS = [
     click.option("--metrics-listen", metavar="HOST:PORT",
                  help="Serve GET /metrics on a plain-HTTP listener of its own there (everything else"
@@ -214,10 +225,7 @@ _METRICS_OPTIONS = [
 ]  # fmt: skip
 
 
-def _metrics_options(f: Any) -> Any:
-    for option in reversed(_METRICS_OPTIONS):
-        f = option(f)
-    return f
+_metrics_options = _options(_METRICS_OPTIONS)
 
 
 def _metrics(metrics_listen: str | None, metrics_token_file: Path | None) -> dict[str, Any]:
@@ -257,10 +265,7 @@ _TLS_OPTIONS = [
 ]  # fmt: skip
 
 
-def _tls_options(f: Any) -> Any:
-    for option in reversed(_TLS_OPTIONS):
-        f = option(f)
-    return f
+_tls_options = _options(_TLS_OPTIONS)
 
 
 def _limit_options(rate: Rate) -> Callable[[Any], Any]:
@@ -290,12 +295,7 @@ def _limit_options(rate: Rate) -> Callable[[Any], Any]:
                      help="The most requests at once per client (default: twice --request-rate)."),
     ]  # fmt: skip
 
-    def apply(f: Any) -> Any:
-        for option in reversed(options):
-            f = option(f)
-        return f
-
-    return apply
+    return _options(options)
 
 
 def _limits(
@@ -476,10 +476,7 @@ _WITNESS_OPTIONS = [
 ]
 
 
-def _witness_options(f: Any) -> Any:
-    for option in reversed(_WITNESS_OPTIONS):
-        f = option(f)
-    return f
+_witness_options = _options(_WITNESS_OPTIONS)
 
 
 @witness_group.command("serve")

@@ -117,6 +117,17 @@ def _lookup(table: Mapping[type[ConfideError], Any], exc: ConfideError, default:
     return default
 
 
+def status_of(exc: ConfideError, *, typed: bool = False) -> int:
+    """The HTTP status the page answers ``exc`` with. ``typed``: ``exc`` arose from what the
+    person typed or named in a form (a board rule, an identity file), checked before the CAS
+    is asked, so a ``ParseError`` is their input's fault (422), not a malformed answer of the
+    CAS, the state file or the log (502)."""
+    if typed and isinstance(exc, errors.ParseError):
+        return 422
+    status: int = _lookup(_STATUS, exc, 502)
+    return status
+
+
 def describe(exc: ConfideError) -> tuple[str, str]:
     """A person's headline for ``exc`` and the CLI's name for it (``AccessDeniedError, exit 33``)."""
     return _lookup(_HUMAN, exc, "confide failed"), f"{exc.kind}, exit {exc.exit_code}"
@@ -482,8 +493,8 @@ def create_app(state: UiState) -> Guard:
         whole = page(title, body, who=who, cas_url=state.cas.url, trust=state.trust)
         return Response(whole, status, media_type="text/html")
 
-    def failed(title: str, exc: ConfideError, extra: Html = _EMPTY) -> Response:
-        return render(title, h("{}{}", _error_block(exc), extra), _lookup(_STATUS, exc, 502))
+    def failed(title: str, exc: ConfideError, extra: Html = _EMPTY, *, typed: bool = False) -> Response:
+        return render(title, h("{}{}", _error_block(exc), extra), status_of(exc, typed=typed))
 
     async def call(fn: Callable[[], T]) -> T:
         def locked() -> T:
@@ -582,8 +593,8 @@ def create_app(state: UiState) -> Guard:
             if not path:
                 raise UsageError("give the path of an identity file")
             state.identity = await call(lambda: load_identity(Path(path).expanduser()))
-        except ConfideError as exc:
-            return failed("Identity not loaded", exc)
+        except ConfideError as exc:  # the file the person named: its parse error is theirs
+            return failed("Identity not loaded", exc, typed=True)
         return RedirectResponse("/", 303)
 
     async def show(request: Request) -> Response:

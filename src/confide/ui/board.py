@@ -90,6 +90,18 @@ def _claim_lines(what: str, text: str) -> dict[str, str]:
     return named_claims(what, [line.strip() for line in text.splitlines() if line.strip()])
 
 
+def _board_rule(rule_name: str, listed: str) -> dict[str, list[str]]:
+    """The rule field and the members' textarea (one a line, blank lines skipped) as the board
+    ``propose_board_change`` takes, parsed here as it parses it (``ParseError``: not a rule)."""
+    from confide.cas.successor_board import board_from_json  # noqa: PLC0415
+
+    if not rule_name:
+        raise UsageError("rule: give require-all or require-at-least-N")
+    board = {rule_name: [line.strip() for line in listed.splitlines() if line.strip()]}
+    board_from_json(board, "board")
+    return board
+
+
 def board_routes(kit: PageKit) -> list[Route]:
     """``GET /successor`` and the ``POST`` routes of its forms."""
 
@@ -481,18 +493,19 @@ def board_routes(kit: PageKit) -> list[Route]:
         fields = kit.fields(request)
         rule_name, listed = fields.get("rule", "").strip(), fields.get("members", "")
         expires_text = fields.get("expires", "")
-        try:
+        kept = h(
+            "{}<h2>Propose a board change</h2>{}", back, propose_change_form(rule_name, listed, expires_text)
+        )
+        try:  # the form's fields, before the CAS is asked: a rule that does not parse is the input's fault
             ident = kit.need_identity()
-            if not rule_name:
-                raise UsageError("rule: give require-all or require-at-least-N")
-            board = {rule_name: [line.strip() for line in listed.splitlines() if line.strip()]}
+            board = _board_rule(rule_name, listed)
             at = _expiry(expires_text)
+        except ConfideError as exc:
+            return kit.failed("Propose a board change", exc, kept, typed=True)
+        try:
             done = await kit.call(lambda: kit.cas().propose_board_change(board, ident, expires=at))
         except ConfideError as exc:
-            kept = propose_change_form(rule_name, listed, expires_text)
-            return kit.failed(
-                "Propose a board change", exc, h("{}<h2>Propose a board change</h2>{}", back, kept)
-            )
+            return kit.failed("Propose a board change", exc, kept)
         body = h(
             '<div class="ok"><p>Proposed the board change <code>{}</code>: {}.</p></div>{}{}',
             done.change,
