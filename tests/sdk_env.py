@@ -1,5 +1,5 @@
 """Policies and helpers shared by the end-to-end tests of ``confide.sdk`` and of ``confide ui``
-(tests/integration/test_sdk.py, tests/integration/test_ui.py)."""
+(tests/integration/test_sdk*.py, tests/integration/test_ui*.py)."""
 
 from __future__ import annotations
 

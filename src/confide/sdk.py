@@ -1541,10 +1541,8 @@ class Cas:
         volumes = VolumeMounts(mounted.paths(), dict(mounted.environment), mounted)
         try:
             yield volumes
-        except BaseException:
+        finally:  # an error here replaces the block's exception (its __context__)
             seal_and_report(mounted, self._client, release.policy, release.session)
-            raise
-        seal_and_report(mounted, self._client, release.policy, release.session)
 
 
 def _str_or_none(value: object) -> str | None:

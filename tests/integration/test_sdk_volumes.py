@@ -260,14 +260,20 @@ def test_write_files_injects_the_release_files_in_memory(cas: Cas, tmp_path: Pat
         "    injection_files:\n"
         f"      - path: {where}/app.conf\n"
         '        content: "volume key is secret; this is not"\n'
+        f"      - path: {where}/ro.conf\n"
+        '        content: "read only"\n'
+        "        permission: 0o440\n"
     )
     s = volume_setup(cas, tmp_path, "sdkvol-files", inject=inject)
     release = attest(cas, s)
+    assert release.modes == {f"{where}/ro.conf": 0o440}  # the policy's permission, released
     try:
         written = release.write_files()
-        assert written == (where / "app.conf",)
+        assert sorted(written) == [where / "app.conf", where / "ro.conf"]
         assert (where / "app.conf").read_text() == "volume key is secret; this is not"
         assert stat.S_IMODE((where / "app.conf").stat().st_mode) == 0o600
+        assert (where / "ro.conf").read_text() == "read only"
+        assert stat.S_IMODE((where / "ro.conf").stat().st_mode) == 0o440
     finally:
         shutil.rmtree(where, ignore_errors=True)
     if os.geteuid() != 0:  # a path on disk: refused, nothing written

@@ -727,8 +727,7 @@ def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None
     # A volume's storage modified behind our back: stop, keep nothing of this session (a seal
     # would bless state derived from an attack) and tell the operator. Otherwise every sealed
     # volume's new tag is reported, also when another volume failed to seal.
-    stopped = tampered is not None
-    seal_and_report(mounted, client, plan.policy, plan.session, tampered=tampered, stopped=stopped)
+    seal_and_report(mounted, client, plan.policy, plan.session, tampered=tampered)
     # Popen reports a program killed by signal N as -N; sys.exit(-N) would exit 256 - N. Report it
     # as a shell does (128 + N), the status a caller of an exec'd program sees as "killed by N".
     return 128 - code if code < 0 else code

@@ -263,7 +263,6 @@ def seal_and_report(
     session: str,
     *,
     tampered: str | None = None,
-    stopped: bool = False,
 ) -> None:
     """End a session's use of its volumes: the one code path of ``confide run``
     (:func:`confide.runtime.run.supervise`) and of :meth:`confide.sdk.Cas.mount_volumes`.
@@ -275,8 +274,9 @@ def seal_and_report(
     reported to the CAS (``client.report_volume_tag``: ``session``, old tag, new tag), also when
     another volume failed to seal (a sealed volume no longer holds the version the CAS knows).
     Then the first report the CAS refused is raised as its error class, else the volumes that
-    failed to seal as one :class:`StorageError`. ``stopped``: the caller stopped the service
-    because of the integrity failure (said in the message)."""
+    failed to seal as one :class:`StorageError`. ``tampered`` given: the caller stopped the
+    service because of that failure (said in the message)."""
+    stopped = tampered is not None
     if tampered is None:
         tampered = mounted.integrity_failure()
     if tampered is not None:
