@@ -14,7 +14,7 @@ import pytest
 from confide import errors
 from confide.cas.client import CasClient
 from confide.sdk import Cas
-from confide.ui.app import MAX_FIELDS, Guard, UiState, _parse_form, _Refused, describe
+from confide.ui.app import MAX_BODY, MAX_FIELDS, Guard, UiState, _body, _parse_form, _Refused, describe
 from confide.ui.cli import bind_default, default_state_file, parse_listen, random_loopback_host
 from confide.ui.html import Html, esc, h, join, page
 
@@ -146,6 +146,25 @@ def test_form_bodies() -> None:
         with pytest.raises(_Refused) as refused:
             _parse_form(content_type, data)
         assert refused.value.status == status
+
+
+@pytest.mark.parametrize(
+    ("length", "status", "text"),
+    [
+        (b"12x", 400, "malformed Content-Length"),
+        (b"-1", 400, "malformed Content-Length"),
+        (b"", 400, "malformed Content-Length"),
+        (str(MAX_BODY + 1).encode(), 413, f"request body over {MAX_BODY} bytes"),
+        (b"9" * 13, 413, f"request body over {MAX_BODY} bytes"),
+    ],
+)
+def test_a_bad_content_length_is_named(length: bytes, status: int, text: str) -> None:
+    async def receive() -> Any:
+        raise AssertionError("the body is not read")
+
+    with pytest.raises(_Refused) as refused:
+        asyncio.run(_body({b"content-length": length}, receive))
+    assert refused.value.status == status and refused.value.text.startswith(text)
 
 
 def test_errors_are_named_in_words_and_as_the_cli_names_them() -> None:

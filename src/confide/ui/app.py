@@ -379,7 +379,9 @@ def _cookie(header: bytes, name: str) -> str | None:
 
 async def _body(headers: Mapping[bytes, bytes], receive: Any) -> bytes:
     length = headers.get(b"content-length")
-    if length is not None and (not length.isdigit() or len(length) > 12 or int(length) > MAX_BODY):
+    if length is not None and not length.isdigit():
+        raise _Refused(400, "malformed Content-Length (expected a number of bytes)")
+    if length is not None and (len(length) > 12 or int(length) > MAX_BODY):
         raise _Refused(413, f"request body over {MAX_BODY} bytes")
     chunks: list[bytes] = []
     size = 0
