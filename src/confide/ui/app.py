@@ -247,11 +247,15 @@ def _parse_form(content_type: str, body: bytes) -> Form:
     kind = content_type.split(";", 1)[0].strip().lower()
     if kind == "application/x-www-form-urlencoded":
         try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Refused(400, "the form is not UTF-8") from None
+        try:
             pairs = urllib.parse.parse_qsl(
-                body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_FIELDS
+                text, keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_FIELDS
             )
-        except (UnicodeDecodeError, ValueError):
-            raise _Refused(400, "malformed form") from None
+        except ValueError:  # the only one parse_qsl raises when not strict: over max_num_fields
+            raise _Refused(400, f"more than {MAX_FIELDS} form fields") from None
         return Form(dict(pairs), {})
     if kind == "multipart/form-data":
         head = b"Content-Type: " + content_type.encode("latin-1") + b"\r\nMIME-Version: 1.0\r\n\r\n"
@@ -262,7 +266,7 @@ def _parse_form(content_type: str, body: bytes) -> Form:
         files: dict[str, bytes] = {}
         for n, part in enumerate(message.iter_parts()):
             if n >= MAX_FIELDS:
-                raise _Refused(400, "too many form fields")
+                raise _Refused(400, f"more than {MAX_FIELDS} form fields")
             name = part.get_param("name", header="content-disposition")
             if not isinstance(name, str):
                 continue
