@@ -141,10 +141,16 @@ def test_form_bodies() -> None:
         )
         + b"--XX--\r\n"
     )
+    twice = (
+        b'--XX\r\nContent-Disposition: form-data; name="file"\r\n\r\npasted\r\n'
+        b'--XX\r\nContent-Disposition: form-data; name="file"; filename="p.yaml"\r\n\r\nname: x\r\n--XX--\r\n'
+    )
     for content_type, data, status, text in [
         ("application/x-www-form-urlencoded", too_many, 400, f"more than {MAX_FIELDS} form fields"),
         ("multipart/form-data; boundary=XX", too_many_parts, 400, f"more than {MAX_FIELDS} form fields"),
         ("application/x-www-form-urlencoded", b"a=\xff", 400, "the form is not UTF-8"),
+        ("application/x-www-form-urlencoded", b"csrf=t&yaml=a&yaml=b", 400, "form field 'yaml' given twice"),
+        ("multipart/form-data; boundary=XX", twice, 400, "form field 'file' given twice"),
         ("application/x-www-form-urlencoded", b"a=%ff", 200, ""),  # replaced, not refused: no field of ours
         ("application/json", b"{}", 415, "expected a form"),
         ("multipart/form-data; boundary=XX", b"not multipart", 400, "malformed multipart form"),
