@@ -14,7 +14,7 @@ import pytest
 from confide import errors
 from confide.cas.client import CasClient
 from confide.sdk import Cas
-from confide.ui.app import MAX_FIELDS, Guard, UiState, _parse_form, _Refused, describe
+from confide.ui.app import MAX_BODY, MAX_FIELDS, Guard, UiState, _body, _parse_form, _Refused, describe
 from confide.ui.cli import bind_default, default_state_file, parse_listen, random_loopback_host
 from confide.ui.html import Html, esc, h, join, page
 
@@ -134,18 +134,52 @@ def test_form_bodies() -> None:
     assert dict(form.fields) == {"csrf": "tok"}
     assert dict(form.files) == {"file": b'name: x\r\nversion: "0.3"\r\n'}
     too_many = "&".join(f"f{i}=1" for i in range(MAX_FIELDS + 1)).encode()
-    for content_type, data, status in [
-        ("application/x-www-form-urlencoded", too_many, 400),
-        ("application/x-www-form-urlencoded", b"a=%ff", 200),  # replaced, not refused: no field of ours
-        ("application/json", b"{}", 415),
-        ("multipart/form-data; boundary=XX", b"not multipart", 400),
+    too_many_parts = (
+        b"".join(
+            b'--XX\r\nContent-Disposition: form-data; name="f%d"\r\n\r\n1\r\n' % i
+            for i in range(MAX_FIELDS + 1)
+        )
+        + b"--XX--\r\n"
+    )
+    twice = (
+        b'--XX\r\nContent-Disposition: form-data; name="file"\r\n\r\npasted\r\n'
+        b'--XX\r\nContent-Disposition: form-data; name="file"; filename="p.yaml"\r\n\r\nname: x\r\n--XX--\r\n'
+    )
+    for content_type, data, status, text in [
+        ("application/x-www-form-urlencoded", too_many, 400, f"more than {MAX_FIELDS} form fields"),
+        ("multipart/form-data; boundary=XX", too_many_parts, 400, f"more than {MAX_FIELDS} form fields"),
+        ("application/x-www-form-urlencoded", b"a=\xff", 400, "the form is not UTF-8"),
+        ("application/x-www-form-urlencoded", b"csrf=t&yaml=a&yaml=b", 400, "form field 'yaml' given twice"),
+        ("multipart/form-data; boundary=XX", twice, 400, "form field 'file' given twice"),
+        ("application/x-www-form-urlencoded", b"a=%ff", 200, ""),  # replaced, not refused: no field of ours
+        ("application/json", b"{}", 415, "expected a form"),
+        ("multipart/form-data; boundary=XX", b"not multipart", 400, "malformed multipart form"),
     ]:
         if status == 200:
             assert _parse_form(content_type, data).fields["a"] == "\ufffd"
             continue
         with pytest.raises(_Refused) as refused:
             _parse_form(content_type, data)
-        assert refused.value.status == status
+        assert refused.value.status == status and refused.value.text.startswith(text), data[:20]
+
+
+@pytest.mark.parametrize(
+    ("length", "status", "text"),
+    [
+        (b"12x", 400, "malformed Content-Length"),
+        (b"-1", 400, "malformed Content-Length"),
+        (b"", 400, "malformed Content-Length"),
+        (str(MAX_BODY + 1).encode(), 413, f"request body over {MAX_BODY} bytes"),
+        (b"9" * 13, 413, f"request body over {MAX_BODY} bytes"),
+    ],
+)
+def test_a_bad_content_length_is_named(length: bytes, status: int, text: str) -> None:
+    async def receive() -> Any:
+        raise AssertionError("the body is not read")
+
+    with pytest.raises(_Refused) as refused:
+        asyncio.run(_body({b"content-length": length}, receive))
+    assert refused.value.status == status and refused.value.text.startswith(text)
 
 
 def test_errors_are_named_in_words_and_as_the_cli_names_them() -> None:

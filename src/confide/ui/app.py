@@ -245,27 +245,36 @@ class _Refused(Exception):
 def _parse_form(content_type: str, body: bytes) -> Form:
     """An ``application/x-www-form-urlencoded`` or ``multipart/form-data`` body (bounded)."""
     kind = content_type.split(";", 1)[0].strip().lower()
+    fields: dict[str, str] = {}
     if kind == "application/x-www-form-urlencoded":
         try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Refused(400, "the form is not UTF-8") from None
+        try:
             pairs = urllib.parse.parse_qsl(
-                body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_FIELDS
+                text, keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_FIELDS
             )
-        except (UnicodeDecodeError, ValueError):
-            raise _Refused(400, "malformed form") from None
-        return Form(dict(pairs), {})
+        except ValueError:  # the only one parse_qsl raises when not strict: over max_num_fields
+            raise _Refused(400, f"more than {MAX_FIELDS} form fields") from None
+        for key, value in pairs:
+            _once(fields, key)
+            fields[key] = value
+        return Form(fields, {})
     if kind == "multipart/form-data":
         head = b"Content-Type: " + content_type.encode("latin-1") + b"\r\nMIME-Version: 1.0\r\n\r\n"
         message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
         if not message.is_multipart():
             raise _Refused(400, "malformed multipart form")
-        fields: dict[str, str] = {}
         files: dict[str, bytes] = {}
         for n, part in enumerate(message.iter_parts()):
             if n >= MAX_FIELDS:
-                raise _Refused(400, "too many form fields")
+                raise _Refused(400, f"more than {MAX_FIELDS} form fields")
             name = part.get_param("name", header="content-disposition")
             if not isinstance(name, str):
                 continue
+            _once(fields, name)
+            _once(files, name)
             payload = part.get_payload(decode=True)
             data = payload if isinstance(payload, bytes) else b""
             if part.get_filename() is not None:
@@ -277,6 +286,12 @@ def _parse_form(content_type: str, body: bytes) -> Form:
                     raise _Refused(400, f"form field {name[:40]!r} is not UTF-8") from None
         return Form(fields, files)
     raise _Refused(415, "expected a form (application/x-www-form-urlencoded or multipart/form-data)")
+
+
+def _once(seen: Mapping[str, object], name: str) -> None:
+    """A field given twice is refused: no value of the person's is dropped for another."""
+    if name in seen:
+        raise _Refused(400, f"form field {name[:40]!r} given twice")
 
 
 class Guard:
@@ -379,7 +394,9 @@ def _cookie(header: bytes, name: str) -> str | None:
 
 async def _body(headers: Mapping[bytes, bytes], receive: Any) -> bytes:
     length = headers.get(b"content-length")
-    if length is not None and (not length.isdigit() or len(length) > 12 or int(length) > MAX_BODY):
+    if length is not None and not length.isdigit():
+        raise _Refused(400, "malformed Content-Length (expected a number of bytes)")
+    if length is not None and (len(length) > 12 or int(length) > MAX_BODY):
         raise _Refused(413, f"request body over {MAX_BODY} bytes")
     chunks: list[bytes] = []
     size = 0
