@@ -61,7 +61,7 @@ def check_expiry(at: int, now: int, shown: str, what: str = "--expires") -> int:
 def parse_expiry(text: str, now: int, what: str = "--expires") -> int:
     """``--expires``: an ISO 8601 time with a zone, or ``N`` followed by ``m``, ``h`` or ``d``
     from ``now``; checked by :func:`check_expiry`."""
-    if text[-1:] in _UNITS and text[:-1].isdigit() and len(text) <= 8:
+    if text[-1:] in _UNITS and text[:-1].isascii() and text[:-1].isdigit() and len(text) <= 8:
         at = now + int(text[:-1]) * _UNITS[text[-1]]
     else:
         try:
