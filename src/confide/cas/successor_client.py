@@ -160,9 +160,12 @@ def approve_successor(
     """Sign and submit an approval of the successor ``platform`` ``claims`` (checked before with
     :func:`check_successor_claims`) for the CAS ``master_key_id`` (default: the id the CAS
     reports) under the board's current generation; the CAS's answer."""
-    shown = client.successor()
-    key_id = master_key_id.lower() if master_key_id else str(shown["master_key_id"])
-    generation = int(shown.get("generation", 0))
+    shown: object = client.successor()
+    reported = shown.get("master_key_id") if isinstance(shown, dict) else None
+    generation = shown.get("generation", 0) if isinstance(shown, dict) else None
+    if not isinstance(reported, str) or not isinstance(generation, int) or isinstance(generation, bool):
+        raise ParseError("expected master_key_id and generation", structure="successor")
+    key_id = master_key_id.lower() if master_key_id else reported
     return client.approve_successor(
         key_id,
         platform,
