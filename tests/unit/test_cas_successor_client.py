@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from confide.cas.successor_client import approve_successor, parse_expiry
+from confide.cas.successor_client import approve_successor, parse_expiry, withdraw_successor
 from confide.errors import ParseError, UsageError
 from confide.identity import Identity
 
@@ -64,3 +64,15 @@ def test_a_successor_answer_without_a_generation_signs_under_generation_0() -> N
     approve_successor(client, Identity.generate(), "sim", {}, NOW + 3600)  # type: ignore[arg-type]
     (args, kwargs) = client.signed[0]
     assert args[0] == "k" and kwargs["generation"] == 0
+
+
+@pytest.mark.parametrize("answer", [[], {}, {"master_key_id": 5}, {"master_key_id": "k", "generation": "0"}])
+def test_a_malformed_successor_answer_withdraws_nothing(answer: object) -> None:
+    """cas successor withdraw without --master-key-id: a list was a TypeError, a missing key a
+    KeyError, a number was sent as the key id."""
+    client = _Client(answer)
+    withdrawn: list[object] = []
+    client.withdraw_successor_approval = lambda *a: withdrawn.append(a)  # type: ignore[attr-defined]
+    with pytest.raises(ParseError, match="expected master_key_id and generation"):
+        withdraw_successor(client, Identity.generate(), "0" * 64)  # type: ignore[arg-type]
+    assert withdrawn == []

@@ -147,6 +147,18 @@ def attested_identity_claims(
     return {n: claim_text(evidence.claims[n]) for n in names}
 
 
+def _successor_shown(client: CasClient) -> tuple[str, int]:
+    """The master key id and the board's generation (0 when absent) the CAS's successor answer
+    reports; a ``ParseError`` (the CAS's answer, not the person's input) when it does not have
+    that shape."""
+    shown: object = client.successor()
+    if isinstance(shown, dict):
+        key_id, generation = shown.get("master_key_id"), shown.get("generation", 0)
+        if isinstance(key_id, str) and isinstance(generation, int) and not isinstance(generation, bool):
+            return key_id, generation
+    raise ParseError("expected master_key_id and generation", structure="successor")
+
+
 def approve_successor(
     client: CasClient,
     identity: Identity,
@@ -160,11 +172,7 @@ def approve_successor(
     """Sign and submit an approval of the successor ``platform`` ``claims`` (checked before with
     :func:`check_successor_claims`) for the CAS ``master_key_id`` (default: the id the CAS
     reports) under the board's current generation; the CAS's answer."""
-    shown: object = client.successor()
-    reported = shown.get("master_key_id") if isinstance(shown, dict) else None
-    generation = shown.get("generation", 0) if isinstance(shown, dict) else None
-    if not isinstance(reported, str) or not isinstance(generation, int) or isinstance(generation, bool):
-        raise ParseError("expected master_key_id and generation", structure="successor")
+    reported, generation = _successor_shown(client)
     key_id = master_key_id.lower() if master_key_id else reported
     return client.approve_successor(
         key_id,
@@ -182,7 +190,7 @@ def withdraw_successor(
 ) -> dict[str, Any]:
     """Sign and submit the withdrawal of one's own approval ``approval`` (its SHA-256) for the
     CAS ``master_key_id`` (default: the id the CAS reports); the CAS's answer."""
-    key_id = master_key_id.lower() if master_key_id else str(client.successor()["master_key_id"])
+    key_id = master_key_id.lower() if master_key_id else _successor_shown(client)[0]
     return client.withdraw_successor_approval(key_id, approval.strip().lower(), identity)
 
 
