@@ -24,6 +24,12 @@ from confide.cas.db import Database
         ),
         ("postgresql://db?password=hunter2", "postgresql://db?password=***"),
         ("postgresql://c:p@ss@db/x", "postgresql://***@db/x"),  # an '@' left unencoded in the password
+        # a '?', '#' or '/' left unencoded in the password: SQLAlchemy takes it as the password's
+        # (a '?' was taken as the query's start, and the whole password shown)
+        ("postgresql://c:p?ss@db/x", "postgresql://***@db/x"),
+        ("postgresql://c:p#ss@db/x", "postgresql://***@db/x"),
+        ("postgresql://c:p/ss@db/x", "postgresql://***@db/x"),
+        ("postgresql://c:p?ss@db/x?password=hunter2", "postgresql://***@db/x?password=***"),
         ("sqlite:////srv/a@b/cas.db", "sqlite:////srv/a@b/cas.db"),  # a path, no user info
     ],
 )
@@ -31,7 +37,7 @@ def test_no_credential_is_shown(url: str, shown: str) -> None:
     db = Database(url)
     try:
         assert db.redacted_url == shown
-        for secret in ("pw", "hunter2", "k3y", "p@ss"):
+        for secret in ("pw", "hunter2", "k3y", "p@ss", "p?ss", "p#ss", "p/ss"):
             assert secret not in db.redacted_url.replace("/***@", "/"), secret
     finally:
         db.dispose()

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -655,6 +656,8 @@ def insert_events(
 # The execution option that marks a read transaction's connection (Database.read; SQLite: a
 # plain BEGIN; confide.cas.head_index keeps only what such a transaction sees: committed entries)
 READ_OPTION = "confide_read"
+
+_USER_INFO = re.compile(r"[^:/@]*(?::.*)?@", re.DOTALL)
 SQLITE_BUSY_TIMEOUT_MS = 30000  # every SQLite connection's busy_timeout (rotation._scrub restores it)
 
 
@@ -702,8 +705,6 @@ class Database:
         if not sep:
             return self.url
         head, qsep, query = rest.partition("?")
-        if not head.startswith("/") and "@" in head:  # no user info in a file's path (sqlite:////p)
-            head = "***@" + head.rpartition("@")[2]  # the last '@': one left unencoded in a password
         if qsep:
             query, hsep, fragment = query.partition("#")
             params = []
@@ -711,7 +712,13 @@ class Database:
                 name, eq, _value = param.partition("=")
                 params.append(f"{name}=***" if eq and "password" in name.lower() else param)
             query = "&".join(params) + hsep + fragment
-        return f"{scheme}://{head}{qsep}{query}"
+        rest = f"{head}{qsep}{query}"
+        # The user info as SQLAlchemy reads it (a user name without ':' or '/', then ':' and a
+        # password up to the last '@': one left unencoded in the password, or a '?', '#' or '/',
+        # is the password's too); none in a file's path (sqlite:////p)
+        if not rest.startswith("/") and (info := _USER_INFO.match(rest)):
+            rest = "***@" + rest[info.end() :]
+        return f"{scheme}://{rest}"
 
     def _sqlite_hooks(self) -> None:
         @event.listens_for(self.engine, "connect")

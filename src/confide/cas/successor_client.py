@@ -61,7 +61,7 @@ def check_expiry(at: int, now: int, shown: str, what: str = "--expires") -> int:
 def parse_expiry(text: str, now: int, what: str = "--expires") -> int:
     """``--expires``: an ISO 8601 time with a zone, or ``N`` followed by ``m``, ``h`` or ``d``
     from ``now``; checked by :func:`check_expiry`."""
-    if text[-1:] in _UNITS and text[:-1].isdigit() and len(text) <= 8:
+    if text[-1:] in _UNITS and text[:-1].isascii() and text[:-1].isdigit() and len(text) <= 8:
         at = now + int(text[:-1]) * _UNITS[text[-1]]
     else:
         try:
@@ -147,6 +147,18 @@ def attested_identity_claims(
     return {n: claim_text(evidence.claims[n]) for n in names}
 
 
+def _successor_shown(client: CasClient) -> tuple[str, int]:
+    """The master key id and the board's generation (0 when absent) the CAS's successor answer
+    reports; a ``ParseError`` (the CAS's answer, not the person's input) when it does not have
+    that shape."""
+    shown: object = client.successor()
+    if isinstance(shown, dict):
+        key_id, generation = shown.get("master_key_id"), shown.get("generation", 0)
+        if isinstance(key_id, str) and isinstance(generation, int) and not isinstance(generation, bool):
+            return key_id, generation
+    raise ParseError("expected master_key_id and generation", structure="successor")
+
+
 def approve_successor(
     client: CasClient,
     identity: Identity,
@@ -160,9 +172,8 @@ def approve_successor(
     """Sign and submit an approval of the successor ``platform`` ``claims`` (checked before with
     :func:`check_successor_claims`) for the CAS ``master_key_id`` (default: the id the CAS
     reports) under the board's current generation; the CAS's answer."""
-    shown = client.successor()
-    key_id = master_key_id.lower() if master_key_id else str(shown["master_key_id"])
-    generation = int(shown.get("generation", 0))
+    reported, generation = _successor_shown(client)
+    key_id = master_key_id.lower() if master_key_id else reported
     return client.approve_successor(
         key_id,
         platform,
@@ -179,7 +190,7 @@ def withdraw_successor(
 ) -> dict[str, Any]:
     """Sign and submit the withdrawal of one's own approval ``approval`` (its SHA-256) for the
     CAS ``master_key_id`` (default: the id the CAS reports); the CAS's answer."""
-    key_id = master_key_id.lower() if master_key_id else str(client.successor()["master_key_id"])
+    key_id = master_key_id.lower() if master_key_id else _successor_shown(client)[0]
     return client.withdraw_successor_approval(key_id, approval.strip().lower(), identity)
 
 
