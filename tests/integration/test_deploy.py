@@ -833,6 +833,171 @@ def test_postgres_password_from_the_environment(tmp_path: Path) -> None:
         cluster.stop()
 
 
+# --- the build context (.dockerignore) --------------------------------------------------------
+#
+# The context is sent as an allow-list: `.dockerignore` leaves out everything but what the
+# Containerfiles under deploy/ take from it (COPY and ADD sources, RUN --mount=type=bind without
+# from=). Matched as docker does (moby/patternmatcher, which podman's buildah follows): a line
+# is a path pattern relative to the context (`*` and `?` within one path element, `**` across
+# elements, `[...]` a class), `!` re-includes, the last line that matches a path or any
+# directory above it decides.
+
+CONTAINERFILES = sorted(
+    p
+    for p in (ROOT / "deploy").rglob("*")
+    if p.is_file() and re.fullmatch(r"(Container|Docker)file(\..+)?", p.name)
+)
+# What a working tree holds beyond a clean checkout, inside the sources sent (left out too).
+LEFT_OUT_WITHIN = re.compile(r"(^|/)__pycache__(/|$)|\.pyc$|^src/[^/]*\.egg-info(/|$)")
+
+
+@dataclass(frozen=True)
+class IgnoreRule:
+    regex: re.Pattern[str]
+    include: bool  # a `!` line
+
+
+def _ignore_regex(pattern: str) -> re.Pattern[str]:
+    """One cleaned .dockerignore pattern as moby/patternmatcher compiles it."""
+    out, i = "^", 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if pattern.startswith("**", i):
+            i += 2
+            if pattern.startswith("/", i):
+                i += 1
+            out += ".*" if i == len(pattern) else "(.*/)?"
+            continue
+        if ch == "*":
+            out += "[^/]*"
+        elif ch == "?":
+            out += "[^/]"
+        elif ch == "[":
+            end = pattern.index("]", i + 1)
+            out += pattern[i : end + 1]
+            i = end
+        elif ch == "\\":
+            i += 1
+            out += re.escape(pattern[i])
+        else:
+            out += re.escape(ch)
+        i += 1
+    return re.compile(out + "$")
+
+
+def parse_dockerignore(text: str) -> list[IgnoreRule]:
+    """The rules of a .dockerignore (moby's ReadAll): comment lines and blank lines skipped, each
+    pattern stripped, cleaned (``os.path.normpath``) and relative (a leading ``/`` dropped)."""
+    rules = []
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        pattern = line.strip()
+        include = pattern.startswith("!")
+        if include:
+            pattern = pattern[1:].strip()
+        pattern = os.path.normpath(pattern)
+        if len(pattern) > 1 and pattern.startswith("/"):
+            pattern = pattern[1:]
+        rules.append(IgnoreRule(_ignore_regex(pattern), include))
+    return rules
+
+
+def sent(rules: list[IgnoreRule], path: str) -> bool:
+    """Whether ``path`` (relative to the context, ``/``-separated) is sent: the last rule that
+    matches it or a directory above it decides; no rule, sent."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for rule in rules:
+        if any(rule.regex.match(c) for c in candidates):
+            excluded = not rule.include
+    return not excluded
+
+
+def context_sources(containerfile: str) -> list[str]:
+    """What a Containerfile takes from the build context: the sources of each COPY and ADD (not
+    ``--from=`` a stage or image) and the ``source=`` of each ``RUN --mount=type=bind`` without
+    ``from=``, normalised (``./src/`` is ``src``, ``.`` is the whole context)."""
+    lines = [line for line in containerfile.splitlines() if not line.lstrip().startswith("#")]
+    out = []
+    for line in re.sub(r"\\\n", " ", "\n".join(lines)).splitlines():
+        instruction, _, rest = line.strip().partition(" ")
+        flags_and_body = re.match(r"((?:--\S+\s+)*)(.*)", rest.strip())
+        assert flags_and_body is not None
+        flags, body = flags_and_body.group(1).split(), flags_and_body.group(2)
+        if instruction.upper() in {"COPY", "ADD"}:
+            if any(f.startswith("--from=") for f in flags):
+                continue
+            paths = json.loads(body) if body.startswith("[") else shlex.split(body)
+            assert len(paths) >= 2, f"{instruction} without a source: {line}"
+            out += [os.path.normpath(p).lstrip("/") or "." for p in paths[:-1]]
+        elif instruction.upper() == "RUN":
+            for flag in (f for f in flags if f.startswith("--mount=")):
+                options = dict(o.partition("=")[::2] for o in flag[len("--mount=") :].split(","))
+                if options.get("type") == "bind" and "from" not in options:
+                    out.append(
+                        os.path.normpath(options.get("source", options.get("src", "."))).lstrip("/") or "."
+                    )
+    return out
+
+
+def test_the_dockerignore_matcher() -> None:
+    """The matcher the next test relies on, on docker's documented cases."""
+    rules = parse_dockerignore("# note\n*\n!src\n**/__pycache__\n**/*.pyc\nsrc/*.egg-info\n/docs/*.md\n")
+    assert sent(rules, "src") and sent(rules, "src/confide/cli.py")
+    assert not sent(rules, "src/confide/__pycache__/cli.cpython-311.pyc")
+    assert not sent(rules, "src/confide/__pycache__") and not sent(rules, "src/x.pyc")
+    assert not sent(rules, "src/confide.egg-info/PKG-INFO") and sent(rules, "src/confide/x.egg-info")
+    assert not sent(rules, "README.md") and not sent(rules, ".git/HEAD") and not sent(rules, "# note")
+    assert sent(parse_dockerignore("docs/*.md\n"), "docs/a/b.md")  # `*` stays within one element
+    assert not sent(parse_dockerignore("docs/*.md\n"), "docs/b.md")
+    assert not sent(parse_dockerignore("docs/**/*.md\n"), "docs/a/b/c.md")
+    assert not sent(parse_dockerignore("docs/**/*.md\n"), "docs/c.md")
+    assert sent(parse_dockerignore("*\n!a/b\n"), "a/b/c") and not sent(parse_dockerignore("*\n!a/b\n"), "a/c")
+    assert sent(parse_dockerignore("a?c\n"), "a/c") and not sent(parse_dockerignore("a?c\n"), "abc")
+    assert not sent(parse_dockerignore("[ab]x\n"), "bx") and sent(parse_dockerignore("[ab]x\n"), "cx")
+    assert context_sources(
+        'FROM x AS b\nCOPY --chown=1:1 a.toml "b c" ./\nCOPY --from=b /w /w\nADD ["d/", "/e"]\n'
+        "RUN --mount=type=bind,source=f,target=/f \\\n  --mount=type=bind,from=b,source=/g,target=/g true\n"
+    ) == ["a.toml", "b c", "d", "f"]
+
+
+def test_the_build_context_is_what_the_containerfiles_copy() -> None:
+    """`.dockerignore` sends every file each Containerfile under deploy/ takes from the context
+    (but a working tree's bytecode and egg-info), and nothing else: no .venv, .git or tests."""
+    assert CONTAINERFILES, "no Containerfile under deploy/"
+    rules = parse_dockerignore((ROOT / ".dockerignore").read_text())
+    sources = sorted({s for f in CONTAINERFILES for s in context_sources(f.read_text())})
+    assert "src" in sources and "pyproject.toml" in sources
+    for source in sources:
+        assert source != ".", "a Containerfile copies the whole context"
+        assert (ROOT / source).exists(), f"{source}: copied, but not in the checkout"
+        assert sent(rules, source), f"{source}: copied by a Containerfile, but left out by .dockerignore"
+        under = [ROOT / source] if (ROOT / source).is_file() else (ROOT / source).rglob("*")
+        for path in under:
+            rel = path.relative_to(ROOT).as_posix()
+            if path.is_file():
+                assert sent(rules, rel) != bool(LEFT_OUT_WITHIN.search(rel)), rel
+    # Everything else is left out: each entry at the top that is not (above) a source, and
+    # what a working checkout holds beside the sources, whether or not it exists here.
+    for entry in ROOT.iterdir():
+        rel = entry.name
+        if not any(s == rel or s.startswith(rel + "/") for s in sources):
+            assert not sent(rules, rel), f"{rel}: sent to the daemon, but no Containerfile copies it"
+    for rel in (
+        ".venv",
+        ".venv/bin/python",
+        ".git",
+        ".git/HEAD",
+        "tests",
+        "tests/conftest.py",
+        "docs",
+        ".env",
+    ):
+        assert not sent(rules, rel), rel
+
+
 # --- the image, built and run (CONFIDE_TEST_IMAGE=1) -----------------------------------------
 #
 # deploy/container/Containerfile built with podman (deploy/container/build.sh) and the sqlite
