@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -1013,25 +1013,172 @@ BUILD_SH = ROOT / "deploy" / "container" / "build.sh"
 LOCAL_BASE = "localhost/confide-base:bookworm-python3"
 
 
-def _podman() -> str:
-    """podman, when this test was asked for and the engine can run containers here, else skip."""
-    if os.environ.get("CONFIDE_TEST_IMAGE") != "1":
-        pytest.skip("builds and runs the container image: set CONFIDE_TEST_IMAGE=1 (make test-image)")
-    podman = shutil.which("podman")
-    if podman is None:
-        pytest.skip("no container engine: podman is not installed (apt-get install podman)")
-    if os.geteuid() != 0:
-        pytest.skip("needs root: the pod's volumes are directories given to its fsGroup (rootful podman)")
+@dataclass(frozen=True)
+class ImageProbes:
+    """What decides whether the image tests run, each asked only when needed (the tests of
+    :func:`image_tests_verdict` inject their own)."""
+
+    environ: Mapping[str, str]
+    which: Callable[[str], str | None]
+    euid: Callable[[], int]
+    podman_info: Callable[[str], tuple[int, str]]
+    """``podman info``: its exit status and stderr."""
+    image_exists: Callable[[str, str], bool]
+    """``podman image exists NAME`` with that podman."""
+
+
+def _podman_info(podman: str) -> tuple[int, str]:
     info = subprocess.run([podman, "info"], check=False, capture_output=True, text=True, timeout=120)
-    if info.returncode != 0:
-        pytest.skip(
-            f"podman cannot run containers here: {(info.stderr.strip() or 'podman info failed')[-300:]}"
+    return info.returncode, info.stderr
+
+
+def _image_exists(podman: str, name: str) -> bool:
+    return subprocess.run([podman, "image", "exists", name], check=False, timeout=60).returncode == 0
+
+
+HOST_PROBES = ImageProbes(os.environ, shutil.which, os.geteuid, _podman_info, _image_exists)
+
+
+def image_tests_verdict(probes: ImageProbes) -> tuple[str, str]:
+    """``("run", podman)`` when the image tests were asked for (``CONFIDE_TEST_IMAGE=1``) and
+    can run here; ``("skip", why)`` when they were not asked for (``make test``, CI);
+    ``("fail", why)`` when they were asked for but a prerequisite is missing (no podman, not
+    root, a podman that cannot run containers, no base image and no way to make one): `make
+    test-image` must not pass on tests that did not run."""
+    if probes.environ.get("CONFIDE_TEST_IMAGE") != "1":
+        return "skip", "builds and runs the container image: set CONFIDE_TEST_IMAGE=1 (make test-image)"
+    asked = "CONFIDE_TEST_IMAGE=1, but "
+    podman = probes.which("podman")
+    if podman is None:
+        return "fail", asked + "no container engine: podman is not installed (apt-get install podman)"
+    if probes.euid() != 0:
+        return (
+            "fail",
+            asked + "not root: the pod's volumes are directories given to its fsGroup (rootful podman)",
         )
-    if "PYTHON_IMAGE" not in os.environ and shutil.which("mmdebstrap") is None:
-        exists = subprocess.run([podman, "image", "exists", LOCAL_BASE], check=False, timeout=60)
-        if exists.returncode != 0:
-            pytest.skip("no base image: install mmdebstrap (build.sh --local-base), or set PYTHON_IMAGE")
-    return podman
+    status, stderr = probes.podman_info(podman)
+    if status != 0:
+        return (
+            "fail",
+            asked + f"podman cannot run containers here: {(stderr.strip() or 'podman info failed')[-300:]}",
+        )
+    if (
+        "PYTHON_IMAGE" not in probes.environ
+        and probes.which("mmdebstrap") is None
+        and not probes.image_exists(podman, LOCAL_BASE)
+    ):
+        return (
+            "fail",
+            asked + "no base image: install mmdebstrap (build.sh --local-base), or set PYTHON_IMAGE",
+        )
+    return "run", podman
+
+
+def _podman() -> str:
+    """podman, when the image tests were asked for and the engine can run containers here; a
+    skip when they were not asked for, a failure when they were but cannot run
+    (:func:`image_tests_verdict`)."""
+    verdict, detail = image_tests_verdict(HOST_PROBES)
+    if verdict == "skip":
+        pytest.skip(detail)
+    if verdict == "fail":
+        pytest.fail(detail, pytrace=False)
+    return detail
+
+
+def _probes(
+    environ: dict[str, str],
+    *,
+    which: dict[str, str] | None = None,
+    euid: int = 0,
+    info: tuple[int, str] = (0, ""),
+    base: bool = False,
+) -> tuple[ImageProbes, list[str]]:
+    """Probes answering as told, and the list of those asked (in order)."""
+    asked: list[str] = []
+    found = {"podman": "/usr/bin/podman", "mmdebstrap": "/usr/bin/mmdebstrap"} if which is None else which
+
+    def _which(name: str) -> str | None:
+        asked.append(f"which {name}")
+        return found.get(name)
+
+    def _euid() -> int:
+        asked.append("euid")
+        return euid
+
+    def _info(podman: str) -> tuple[int, str]:
+        asked.append(f"{podman} info")
+        return info
+
+    def _exists(podman: str, name: str) -> bool:
+        asked.append(f"{podman} image exists {name}")
+        return base
+
+    return ImageProbes(environ, _which, _euid, _info, _exists), asked
+
+
+@pytest.mark.parametrize("environ", [{}, {"CONFIDE_TEST_IMAGE": "0"}, {"CONFIDE_TEST_IMAGE": ""}])
+def test_the_image_tests_skip_when_not_asked_for(environ: dict[str, str]) -> None:
+    """`make test` (and CI): a skip, whatever the machine has; nothing is probed."""
+    probes, asked = _probes(environ, which={}, euid=1000, info=(125, "no"))
+    verdict, why = image_tests_verdict(probes)
+    assert verdict == "skip" and "CONFIDE_TEST_IMAGE=1" in why
+    assert asked == []
+
+
+@pytest.mark.parametrize(
+    ("which", "euid", "info", "why"),
+    [
+        ({}, 0, (0, ""), "podman is not installed"),
+        ({"podman": "/usr/bin/podman"}, 1000, (0, ""), "not root"),
+        (
+            {"podman": "/usr/bin/podman"},
+            0,
+            (125, "Error: cannot set up namespace\n"),
+            "podman cannot run containers here: Error: cannot set up namespace",
+        ),
+        ({"podman": "/usr/bin/podman"}, 0, (1, ""), "podman cannot run containers here: podman info failed"),
+        ({"podman": "/usr/bin/podman"}, 0, (0, ""), "no base image"),  # no mmdebstrap, no base
+    ],
+)
+def test_the_image_tests_fail_when_asked_for_but_a_prerequisite_is_missing(
+    which: dict[str, str], euid: int, info: tuple[int, str], why: str
+) -> None:
+    """`make test-image` (CONFIDE_TEST_IMAGE=1) on a machine that cannot run them: a failure
+    that says why, not a skip."""
+    probes, _ = _probes({"CONFIDE_TEST_IMAGE": "1"}, which=which, euid=euid, info=info)
+    verdict, detail = image_tests_verdict(probes)
+    assert verdict == "fail" and detail.startswith("CONFIDE_TEST_IMAGE=1, but ") and why in detail
+
+
+def test_the_image_tests_run_when_asked_for_and_possible() -> None:
+    asked_for = {"CONFIDE_TEST_IMAGE": "1"}
+    probes, asked = _probes(asked_for)  # mmdebstrap makes the base
+    assert image_tests_verdict(probes) == ("run", "/usr/bin/podman")
+    assert asked == ["which podman", "euid", "/usr/bin/podman info", "which mmdebstrap"]
+    probes, asked = _probes(asked_for, which={"podman": "/p/podman"}, base=True)  # the base is there
+    assert image_tests_verdict(probes) == ("run", "/p/podman")
+    assert asked[-1] == f"/p/podman image exists {LOCAL_BASE}"
+    probes, asked = _probes({**asked_for, "PYTHON_IMAGE": "python:3.11"}, which={"podman": "/p/podman"})
+    assert image_tests_verdict(probes) == ("run", "/p/podman")  # the base is pulled
+    assert asked == ["which podman", "euid", "/p/podman info"]
+
+
+def test_make_test_image_fails_without_podman(tmp_path: Path) -> None:
+    """The image tests as `make test-image` runs them, on a PATH without podman: pytest fails
+    (each image test errors, saying why), where it passed with every test skipped."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = {**os.environ, "CONFIDE_TEST_IMAGE": "1", "PATH": str(empty)}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:cov",
+         f"{__file__}::test_image_config_and_contents"],
+        check=False, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stdout[-3000:]
+    assert "CONFIDE_TEST_IMAGE=1, but no container engine: podman is not installed" in r.stdout
+    assert "1 error" in r.stdout and "skipped" not in r.stdout
 
 
 def _ulimits() -> list[str]:
