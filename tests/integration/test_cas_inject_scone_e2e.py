@@ -28,7 +28,7 @@ def test_a_pkcs12_archive_and_file_modes_reach_the_service(cas: CasProcess, tmp_
     template = shm / "tmpl.conf"
     template.write_text("token=$$SCONE::token$$\n")
     on_disk = tmp_path / "disk" / "srv.pem"  # not on a memory file system: bound over (root)
-    files = [shm / "srv.p12", shm / "default.conf", template, on_disk]
+    files = [shm / "srv.p12", shm / "default.conf", shm / "exec.conf", template, on_disk]
     script = tmp_path / "app.sh"
     script.write_text(
         "".join(f"stat -c 'MODE %a %n' {f}\n" for f in files if f != on_disk or os.geteuid() == 0)
@@ -69,6 +69,9 @@ images:
         content: "$$SCONE::srv:crt$$$$SCONE::srv:chain$$"
       - path: {shm / "default.conf"}
         content: "plain"
+      - path: {shm / "exec.conf"}
+        permission: 0o710
+        content: "plain"
       - path: {template}
         permission: 0o440
 {disk_entry}""",
@@ -76,12 +79,18 @@ images:
     try:
         r = apply(cas, tmp_path, text, alice)
         assert r.returncode == 0, r.stderr
-        # group read is allowed, with a warning (names and mode only)
+        # group read is allowed, with a warning (names and mode only); group execute alone
+        # (exec.conf) is not warned about: it lets nobody else read the secrets
         assert r.stderr.splitlines() == [injection_file_warning("img", str(template), 0o440)]
         r = confide(cas, "run", "--config-id", "p12/app", "--tee", "sim", "--", "/bin/sh", str(script))
         assert r.returncode == 0, r.stderr
         modes = {Path(p): m for m, p in re.findall(r"^MODE (\d+) (\S+)$", r.stdout, re.M)}
-        want = {shm / "srv.p12": "400", shm / "default.conf": "600", template: "440"}
+        want = {
+            shm / "srv.p12": "400",
+            shm / "default.conf": "600",
+            shm / "exec.conf": "710",
+            template: "440",
+        }
         if os.geteuid() == 0:
             want[on_disk] = "400"  # as the service sees it (bound over, in its mount namespace)
         assert modes == want

@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -833,6 +833,171 @@ def test_postgres_password_from_the_environment(tmp_path: Path) -> None:
         cluster.stop()
 
 
+# --- the build context (.dockerignore) --------------------------------------------------------
+#
+# The context is sent as an allow-list: `.dockerignore` leaves out everything but what the
+# Containerfiles under deploy/ take from it (COPY and ADD sources, RUN --mount=type=bind without
+# from=). Matched as docker does (moby/patternmatcher, which podman's buildah follows): a line
+# is a path pattern relative to the context (`*` and `?` within one path element, `**` across
+# elements, `[...]` a class), `!` re-includes, the last line that matches a path or any
+# directory above it decides.
+
+CONTAINERFILES = sorted(
+    p
+    for p in (ROOT / "deploy").rglob("*")
+    if p.is_file() and re.fullmatch(r"(Container|Docker)file(\..+)?", p.name)
+)
+# What a working tree holds beyond a clean checkout, inside the sources sent (left out too).
+LEFT_OUT_WITHIN = re.compile(r"(^|/)__pycache__(/|$)|\.pyc$|^src/[^/]*\.egg-info(/|$)")
+
+
+@dataclass(frozen=True)
+class IgnoreRule:
+    regex: re.Pattern[str]
+    include: bool  # a `!` line
+
+
+def _ignore_regex(pattern: str) -> re.Pattern[str]:
+    """One cleaned .dockerignore pattern as moby/patternmatcher compiles it."""
+    out, i = "^", 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if pattern.startswith("**", i):
+            i += 2
+            if pattern.startswith("/", i):
+                i += 1
+            out += ".*" if i == len(pattern) else "(.*/)?"
+            continue
+        if ch == "*":
+            out += "[^/]*"
+        elif ch == "?":
+            out += "[^/]"
+        elif ch == "[":
+            end = pattern.index("]", i + 1)
+            out += pattern[i : end + 1]
+            i = end
+        elif ch == "\\":
+            i += 1
+            out += re.escape(pattern[i])
+        else:
+            out += re.escape(ch)
+        i += 1
+    return re.compile(out + "$")
+
+
+def parse_dockerignore(text: str) -> list[IgnoreRule]:
+    """The rules of a .dockerignore (moby's ReadAll): comment lines and blank lines skipped, each
+    pattern stripped, cleaned (``os.path.normpath``) and relative (a leading ``/`` dropped)."""
+    rules = []
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        pattern = line.strip()
+        include = pattern.startswith("!")
+        if include:
+            pattern = pattern[1:].strip()
+        pattern = os.path.normpath(pattern)
+        if len(pattern) > 1 and pattern.startswith("/"):
+            pattern = pattern[1:]
+        rules.append(IgnoreRule(_ignore_regex(pattern), include))
+    return rules
+
+
+def sent(rules: list[IgnoreRule], path: str) -> bool:
+    """Whether ``path`` (relative to the context, ``/``-separated) is sent: the last rule that
+    matches it or a directory above it decides; no rule, sent."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for rule in rules:
+        if any(rule.regex.match(c) for c in candidates):
+            excluded = not rule.include
+    return not excluded
+
+
+def context_sources(containerfile: str) -> list[str]:
+    """What a Containerfile takes from the build context: the sources of each COPY and ADD (not
+    ``--from=`` a stage or image) and the ``source=`` of each ``RUN --mount=type=bind`` without
+    ``from=``, normalised (``./src/`` is ``src``, ``.`` is the whole context)."""
+    lines = [line for line in containerfile.splitlines() if not line.lstrip().startswith("#")]
+    out = []
+    for line in re.sub(r"\\\n", " ", "\n".join(lines)).splitlines():
+        instruction, _, rest = line.strip().partition(" ")
+        flags_and_body = re.match(r"((?:--\S+\s+)*)(.*)", rest.strip())
+        assert flags_and_body is not None
+        flags, body = flags_and_body.group(1).split(), flags_and_body.group(2)
+        if instruction.upper() in {"COPY", "ADD"}:
+            if any(f.startswith("--from=") for f in flags):
+                continue
+            paths = json.loads(body) if body.startswith("[") else shlex.split(body)
+            assert len(paths) >= 2, f"{instruction} without a source: {line}"
+            out += [os.path.normpath(p).lstrip("/") or "." for p in paths[:-1]]
+        elif instruction.upper() == "RUN":
+            for flag in (f for f in flags if f.startswith("--mount=")):
+                options = dict(o.partition("=")[::2] for o in flag[len("--mount=") :].split(","))
+                if options.get("type") == "bind" and "from" not in options:
+                    out.append(
+                        os.path.normpath(options.get("source", options.get("src", "."))).lstrip("/") or "."
+                    )
+    return out
+
+
+def test_the_dockerignore_matcher() -> None:
+    """The matcher the next test relies on, on docker's documented cases."""
+    rules = parse_dockerignore("# note\n*\n!src\n**/__pycache__\n**/*.pyc\nsrc/*.egg-info\n/docs/*.md\n")
+    assert sent(rules, "src") and sent(rules, "src/confide/cli.py")
+    assert not sent(rules, "src/confide/__pycache__/cli.cpython-311.pyc")
+    assert not sent(rules, "src/confide/__pycache__") and not sent(rules, "src/x.pyc")
+    assert not sent(rules, "src/confide.egg-info/PKG-INFO") and sent(rules, "src/confide/x.egg-info")
+    assert not sent(rules, "README.md") and not sent(rules, ".git/HEAD") and not sent(rules, "# note")
+    assert sent(parse_dockerignore("docs/*.md\n"), "docs/a/b.md")  # `*` stays within one element
+    assert not sent(parse_dockerignore("docs/*.md\n"), "docs/b.md")
+    assert not sent(parse_dockerignore("docs/**/*.md\n"), "docs/a/b/c.md")
+    assert not sent(parse_dockerignore("docs/**/*.md\n"), "docs/c.md")
+    assert sent(parse_dockerignore("*\n!a/b\n"), "a/b/c") and not sent(parse_dockerignore("*\n!a/b\n"), "a/c")
+    assert sent(parse_dockerignore("a?c\n"), "a/c") and not sent(parse_dockerignore("a?c\n"), "abc")
+    assert not sent(parse_dockerignore("[ab]x\n"), "bx") and sent(parse_dockerignore("[ab]x\n"), "cx")
+    assert context_sources(
+        'FROM x AS b\nCOPY --chown=1:1 a.toml "b c" ./\nCOPY --from=b /w /w\nADD ["d/", "/e"]\n'
+        "RUN --mount=type=bind,source=f,target=/f \\\n  --mount=type=bind,from=b,source=/g,target=/g true\n"
+    ) == ["a.toml", "b c", "d", "f"]
+
+
+def test_the_build_context_is_what_the_containerfiles_copy() -> None:
+    """`.dockerignore` sends every file each Containerfile under deploy/ takes from the context
+    (but a working tree's bytecode and egg-info), and nothing else: no .venv, .git or tests."""
+    assert CONTAINERFILES, "no Containerfile under deploy/"
+    rules = parse_dockerignore((ROOT / ".dockerignore").read_text())
+    sources = sorted({s for f in CONTAINERFILES for s in context_sources(f.read_text())})
+    assert "src" in sources and "pyproject.toml" in sources
+    for source in sources:
+        assert source != ".", "a Containerfile copies the whole context"
+        assert (ROOT / source).exists(), f"{source}: copied, but not in the checkout"
+        assert sent(rules, source), f"{source}: copied by a Containerfile, but left out by .dockerignore"
+        under = [ROOT / source] if (ROOT / source).is_file() else (ROOT / source).rglob("*")
+        for path in under:
+            rel = path.relative_to(ROOT).as_posix()
+            if path.is_file():
+                assert sent(rules, rel) != bool(LEFT_OUT_WITHIN.search(rel)), rel
+    # Everything else is left out: each entry at the top that is not (above) a source, and
+    # what a working checkout holds beside the sources, whether or not it exists here.
+    for entry in ROOT.iterdir():
+        rel = entry.name
+        if not any(s == rel or s.startswith(rel + "/") for s in sources):
+            assert not sent(rules, rel), f"{rel}: sent to the daemon, but no Containerfile copies it"
+    for rel in (
+        ".venv",
+        ".venv/bin/python",
+        ".git",
+        ".git/HEAD",
+        "tests",
+        "tests/conftest.py",
+        "docs",
+        ".env",
+    ):
+        assert not sent(rules, rel), rel
+
+
 # --- the image, built and run (CONFIDE_TEST_IMAGE=1) -----------------------------------------
 #
 # deploy/container/Containerfile built with podman (deploy/container/build.sh) and the sqlite
@@ -848,25 +1013,172 @@ BUILD_SH = ROOT / "deploy" / "container" / "build.sh"
 LOCAL_BASE = "localhost/confide-base:bookworm-python3"
 
 
-def _podman() -> str:
-    """podman, when this test was asked for and the engine can run containers here, else skip."""
-    if os.environ.get("CONFIDE_TEST_IMAGE") != "1":
-        pytest.skip("builds and runs the container image: set CONFIDE_TEST_IMAGE=1 (make test-image)")
-    podman = shutil.which("podman")
-    if podman is None:
-        pytest.skip("no container engine: podman is not installed (apt-get install podman)")
-    if os.geteuid() != 0:
-        pytest.skip("needs root: the pod's volumes are directories given to its fsGroup (rootful podman)")
+@dataclass(frozen=True)
+class ImageProbes:
+    """What decides whether the image tests run, each asked only when needed (the tests of
+    :func:`image_tests_verdict` inject their own)."""
+
+    environ: Mapping[str, str]
+    which: Callable[[str], str | None]
+    euid: Callable[[], int]
+    podman_info: Callable[[str], tuple[int, str]]
+    """``podman info``: its exit status and stderr."""
+    image_exists: Callable[[str, str], bool]
+    """``podman image exists NAME`` with that podman."""
+
+
+def _podman_info(podman: str) -> tuple[int, str]:
     info = subprocess.run([podman, "info"], check=False, capture_output=True, text=True, timeout=120)
-    if info.returncode != 0:
-        pytest.skip(
-            f"podman cannot run containers here: {(info.stderr.strip() or 'podman info failed')[-300:]}"
+    return info.returncode, info.stderr
+
+
+def _image_exists(podman: str, name: str) -> bool:
+    return subprocess.run([podman, "image", "exists", name], check=False, timeout=60).returncode == 0
+
+
+HOST_PROBES = ImageProbes(os.environ, shutil.which, os.geteuid, _podman_info, _image_exists)
+
+
+def image_tests_verdict(probes: ImageProbes) -> tuple[str, str]:
+    """``("run", podman)`` when the image tests were asked for (``CONFIDE_TEST_IMAGE=1``) and
+    can run here; ``("skip", why)`` when they were not asked for (``make test``, CI);
+    ``("fail", why)`` when they were asked for but a prerequisite is missing (no podman, not
+    root, a podman that cannot run containers, no base image and no way to make one): `make
+    test-image` must not pass on tests that did not run."""
+    if probes.environ.get("CONFIDE_TEST_IMAGE") != "1":
+        return "skip", "builds and runs the container image: set CONFIDE_TEST_IMAGE=1 (make test-image)"
+    asked = "CONFIDE_TEST_IMAGE=1, but "
+    podman = probes.which("podman")
+    if podman is None:
+        return "fail", asked + "no container engine: podman is not installed (apt-get install podman)"
+    if probes.euid() != 0:
+        return (
+            "fail",
+            asked + "not root: the pod's volumes are directories given to its fsGroup (rootful podman)",
         )
-    if "PYTHON_IMAGE" not in os.environ and shutil.which("mmdebstrap") is None:
-        exists = subprocess.run([podman, "image", "exists", LOCAL_BASE], check=False, timeout=60)
-        if exists.returncode != 0:
-            pytest.skip("no base image: install mmdebstrap (build.sh --local-base), or set PYTHON_IMAGE")
-    return podman
+    status, stderr = probes.podman_info(podman)
+    if status != 0:
+        return (
+            "fail",
+            asked + f"podman cannot run containers here: {(stderr.strip() or 'podman info failed')[-300:]}",
+        )
+    if (
+        "PYTHON_IMAGE" not in probes.environ
+        and probes.which("mmdebstrap") is None
+        and not probes.image_exists(podman, LOCAL_BASE)
+    ):
+        return (
+            "fail",
+            asked + "no base image: install mmdebstrap (build.sh --local-base), or set PYTHON_IMAGE",
+        )
+    return "run", podman
+
+
+def _podman() -> str:
+    """podman, when the image tests were asked for and the engine can run containers here; a
+    skip when they were not asked for, a failure when they were but cannot run
+    (:func:`image_tests_verdict`)."""
+    verdict, detail = image_tests_verdict(HOST_PROBES)
+    if verdict == "skip":
+        pytest.skip(detail)
+    if verdict == "fail":
+        pytest.fail(detail, pytrace=False)
+    return detail
+
+
+def _probes(
+    environ: dict[str, str],
+    *,
+    which: dict[str, str] | None = None,
+    euid: int = 0,
+    info: tuple[int, str] = (0, ""),
+    base: bool = False,
+) -> tuple[ImageProbes, list[str]]:
+    """Probes answering as told, and the list of those asked (in order)."""
+    asked: list[str] = []
+    found = {"podman": "/usr/bin/podman", "mmdebstrap": "/usr/bin/mmdebstrap"} if which is None else which
+
+    def _which(name: str) -> str | None:
+        asked.append(f"which {name}")
+        return found.get(name)
+
+    def _euid() -> int:
+        asked.append("euid")
+        return euid
+
+    def _info(podman: str) -> tuple[int, str]:
+        asked.append(f"{podman} info")
+        return info
+
+    def _exists(podman: str, name: str) -> bool:
+        asked.append(f"{podman} image exists {name}")
+        return base
+
+    return ImageProbes(environ, _which, _euid, _info, _exists), asked
+
+
+@pytest.mark.parametrize("environ", [{}, {"CONFIDE_TEST_IMAGE": "0"}, {"CONFIDE_TEST_IMAGE": ""}])
+def test_the_image_tests_skip_when_not_asked_for(environ: dict[str, str]) -> None:
+    """`make test` (and CI): a skip, whatever the machine has; nothing is probed."""
+    probes, asked = _probes(environ, which={}, euid=1000, info=(125, "no"))
+    verdict, why = image_tests_verdict(probes)
+    assert verdict == "skip" and "CONFIDE_TEST_IMAGE=1" in why
+    assert asked == []
+
+
+@pytest.mark.parametrize(
+    ("which", "euid", "info", "why"),
+    [
+        ({}, 0, (0, ""), "podman is not installed"),
+        ({"podman": "/usr/bin/podman"}, 1000, (0, ""), "not root"),
+        (
+            {"podman": "/usr/bin/podman"},
+            0,
+            (125, "Error: cannot set up namespace\n"),
+            "podman cannot run containers here: Error: cannot set up namespace",
+        ),
+        ({"podman": "/usr/bin/podman"}, 0, (1, ""), "podman cannot run containers here: podman info failed"),
+        ({"podman": "/usr/bin/podman"}, 0, (0, ""), "no base image"),  # no mmdebstrap, no base
+    ],
+)
+def test_the_image_tests_fail_when_asked_for_but_a_prerequisite_is_missing(
+    which: dict[str, str], euid: int, info: tuple[int, str], why: str
+) -> None:
+    """`make test-image` (CONFIDE_TEST_IMAGE=1) on a machine that cannot run them: a failure
+    that says why, not a skip."""
+    probes, _ = _probes({"CONFIDE_TEST_IMAGE": "1"}, which=which, euid=euid, info=info)
+    verdict, detail = image_tests_verdict(probes)
+    assert verdict == "fail" and detail.startswith("CONFIDE_TEST_IMAGE=1, but ") and why in detail
+
+
+def test_the_image_tests_run_when_asked_for_and_possible() -> None:
+    asked_for = {"CONFIDE_TEST_IMAGE": "1"}
+    probes, asked = _probes(asked_for)  # mmdebstrap makes the base
+    assert image_tests_verdict(probes) == ("run", "/usr/bin/podman")
+    assert asked == ["which podman", "euid", "/usr/bin/podman info", "which mmdebstrap"]
+    probes, asked = _probes(asked_for, which={"podman": "/p/podman"}, base=True)  # the base is there
+    assert image_tests_verdict(probes) == ("run", "/p/podman")
+    assert asked[-1] == f"/p/podman image exists {LOCAL_BASE}"
+    probes, asked = _probes({**asked_for, "PYTHON_IMAGE": "python:3.11"}, which={"podman": "/p/podman"})
+    assert image_tests_verdict(probes) == ("run", "/p/podman")  # the base is pulled
+    assert asked == ["which podman", "euid", "/p/podman info"]
+
+
+def test_make_test_image_fails_without_podman(tmp_path: Path) -> None:
+    """The image tests as `make test-image` runs them, on a PATH without podman: pytest fails
+    (each image test errors, saying why), where it passed with every test skipped."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = {**os.environ, "CONFIDE_TEST_IMAGE": "1", "PATH": str(empty)}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:cov",
+         f"{__file__}::test_image_config_and_contents"],
+        check=False, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stdout[-3000:]
+    assert "CONFIDE_TEST_IMAGE=1, but no container engine: podman is not installed" in r.stdout
+    assert "1 error" in r.stdout and "skipped" not in r.stdout
 
 
 def _ulimits() -> list[str]:

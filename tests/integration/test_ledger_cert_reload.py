@@ -22,15 +22,17 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from confide.errors import UsageError
 from confide.ledger.store import Ledger, connect, write_transaction
-from pki import tls_server_files
+from pki import issue, tls_server_files
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 ORIGIN = "cas.example/ledger"
@@ -112,6 +114,20 @@ def _install(src_cert: Path, src_key: Path, cert: Path, key: Path) -> None:
         os.replace(tmp, dst)
 
 
+def _dated_pair(directory: Path, name: str, not_before: datetime, not_after: datetime) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 valid only between those dates, and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = issue(name, key.public_key(), issuer=name, signing_key=key, not_before=not_before,
+                 not_after=not_after, ca=False)  # fmt: skip
+    paths = directory / f"{name}-cert.pem", directory / f"{name}-key.pem"
+    paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    paths[1].write_bytes(pem)
+    return paths
+
+
 def _get(conn: http.client.HTTPSConnection, path: str) -> tuple[int, bytes]:
     conn.request("GET", path)
     response = conn.getresponse()
@@ -183,12 +199,20 @@ def test_tiles_server_reloads_on_sighup(tmp_path: Path, setup: dict[str, object]
 
         # Failures: B stays in use, the server answers, each is one logged line and counted.
         half = cert_a.read_bytes()
+        expired = _dated_pair(
+            tmp_path, "expired", datetime(2020, 1, 1, tzinfo=UTC), datetime(2020, 1, 2, tzinfo=UTC)
+        )
+        early = _dated_pair(
+            tmp_path, "early", datetime(2999, 1, 1, tzinfo=UTC), datetime(2999, 1, 2, tzinfo=UTC)
+        )
         cases: list[tuple[str, object]] = [
             ("half-written certificate", lambda: cert.write_bytes(half[: len(half) // 2])),
             ("key of another certificate", lambda: _install(cert_a, key_b, cert, key)),
             ("a certificate for a key", lambda: _install(cert_a, cert_a, cert, key)),
             ("missing key", key.unlink),
             ("empty certificate", lambda: (_install(cert_a, key_a, cert, key), cert.write_bytes(b""))),
+            ("has expired", lambda: _install(*expired, cert, key)),  # a good pair, out of date
+            ("is not yet valid", lambda: _install(*early, cert, key)),
         ]
         for what, break_files in cases:
             assert callable(break_files)
@@ -198,6 +222,8 @@ def test_tiles_server_reloads_on_sighup(tmp_path: Path, setup: dict[str, object]
             assert event["result"] == "failed", (what, event)
             assert event["certificate_sha256"] == fp_b, what  # the one still in use
             assert isinstance(event["error"], str) and "\n" not in event["error"]
+            if what.startswith(("has", "is")):
+                assert f"the certificate {what}: " in event["error"], event
             assert _served_fingerprint(server.port) == fp_b, what
             assert _get(kept, "/checkpoint")[0] == 200, what
             assert kept.sock is kept_sock, what
@@ -219,9 +245,9 @@ def test_tiles_server_reloads_on_sighup(tmp_path: Path, setup: dict[str, object]
         log = server.stop()
     assert "Traceback" not in log, log
     assert "PRIVATE KEY" not in log
-    for line in _key_lines(key_a, key_b):
+    for line in _key_lines(key_a, key_b, expired[1], early[1]):
         assert line not in log
-    assert sum('"tls-reload"' in line for line in log.splitlines()) == 7
+    assert sum('"tls-reload"' in line for line in log.splitlines()) == 2 + len(cases)
 
 
 def test_witness_reloads_a_swapped_secret_volume(tmp_path: Path, setup: dict[str, object]) -> None:

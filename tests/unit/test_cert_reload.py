@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,118 @@ def test_embedded_server_polls(tmp_path: Path, pairs: dict[str, tuple[Path, Path
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _Clock:
+    """An injected wall clock: the time a reloaded certificate is judged at."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _dates(cert: Path) -> tuple[datetime, datetime]:
+    from cryptography import x509
+
+    parsed = x509.load_pem_x509_certificate(cert.read_bytes())
+    return parsed.not_valid_before_utc, parsed.not_valid_after_utc
+
+
+def _rotating(
+    tmp_path: Path, pairs: dict[str, tuple[Path, Path, Path]], clock: _Clock
+) -> CertificateReloader:
+    """A reloader serving pair A from cert.pem/key.pem, with ``clock``."""
+    _ca, cert_a, key_a = pairs["a"]
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(cert_a.read_bytes())
+    key.write_bytes(key_a.read_bytes())
+    return CertificateReloader(cert, key, logger="test.certreload", clock=clock)
+
+
+def _rotate_to_b(tmp_path: Path, pairs: dict[str, tuple[Path, Path, Path]]) -> None:
+    _cb, cert_b, key_b = pairs["b"]
+    (tmp_path / "cert.pem").write_bytes(cert_b.read_bytes())
+    (tmp_path / "key.pem").write_bytes(key_b.read_bytes())
+
+
+def _failed_samples(reloader: CertificateReloader) -> dict[str | None, float]:
+    metrics = {m.name: m for m in reloader.collect()}
+    return {s.labels.get("result"): s.value for s in metrics["confide_tls_certificate_reloads"].samples}
+
+
+def test_an_expired_certificate_is_not_reloaded(
+    tmp_path: Path, pairs: dict[str, tuple[Path, Path, Path]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pair whose certificate expired before the reload is refused like a bad file: the old
+    certificate stays, the refusal is logged (the file and the dates, no key material) and
+    counted; the same files are not tried again by polls (SIGHUP reads them again)."""
+    _cb, cert_b, key_b = pairs["b"]
+    _not_before, not_after = _dates(cert_b)
+    clock = _Clock(not_after + timedelta(seconds=1))
+    reloader = _rotating(tmp_path, pairs, clock)  # at start the dates are not judged
+    first = reloader()
+    caplog.set_level(logging.INFO, logger="test.certreload")
+    _rotate_to_b(tmp_path, pairs)
+    assert reloader.poll() is False
+    assert reloader() is first and reloader.loaded.sha256 == _sha(pairs["a"][1])
+    assert (reloader.failed, reloader.reloaded) == (1, 0)
+    assert reloader.poll() is None
+    assert reloader.reload() is False and reloader() is first  # SIGHUP: refused again
+    assert _failed_samples(reloader) == {"ok": 0, "failed": 2}
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "test.certreload"]
+    assert [(x["result"], x["trigger"]) for x in lines] == [("failed", "poll"), ("failed", "SIGHUP")]
+    error = lines[0]["error"]
+    assert error == (
+        f"--tls-cert {os.fspath(tmp_path / 'cert.pem')!r}: the certificate has expired: notAfter"
+        f" {not_after.isoformat()}, now {clock.now.isoformat()}"
+    )
+    assert lines[0]["certificate_sha256"] == _sha(pairs["a"][1])  # the one still served
+    for line in key_b.read_text().splitlines():
+        if not line.startswith("-----"):
+            assert line not in caplog.text
+
+    clock.now = not_after  # notAfter itself is still valid (RFC 5280 §4.1.2.5)
+    assert reloader.reload() is True and reloader.loaded.sha256 == _sha(cert_b)
+
+
+def test_a_not_yet_valid_certificate_is_reloaded_when_its_time_comes(
+    tmp_path: Path, pairs: dict[str, tuple[Path, Path, Path]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused while not yet valid; the first poll at its notBefore loads the same files."""
+    _cb, cert_b, _key_b = pairs["b"]
+    not_before, _not_after = _dates(cert_b)
+    clock = _Clock(not_before - timedelta(seconds=10))
+    reloader = _rotating(tmp_path, pairs, clock)
+    first = reloader()
+    caplog.set_level(logging.INFO, logger="test.certreload")
+    _rotate_to_b(tmp_path, pairs)
+    assert reloader.poll() is False and reloader() is first
+    assert reloader.poll() is None  # not yet
+    clock.now = not_before - timedelta(seconds=1)
+    assert reloader.poll() is None
+    clock.now = not_before
+    assert reloader.poll() is True and reloader.loaded.sha256 == _sha(cert_b)
+    assert reloader.poll() is None
+    assert _failed_samples(reloader) == {"ok": 1, "failed": 1}
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "test.certreload"]
+    assert [x["result"] for x in lines] == ["failed", "ok"]
+    assert "the certificate is not yet valid: notBefore " + not_before.isoformat() in lines[0]["error"]
+
+
+def test_a_bad_pair_after_a_not_yet_valid_one_is_not_retried(
+    tmp_path: Path, pairs: dict[str, tuple[Path, Path, Path]]
+) -> None:
+    """The retry at notBefore is for the refused files only: once they changed into a pair that
+    does not load, polls wait for the next change again."""
+    _cb, cert_b, _key_b = pairs["b"]
+    not_before, _not_after = _dates(cert_b)
+    clock = _Clock(not_before - timedelta(seconds=10))
+    reloader = _rotating(tmp_path, pairs, clock)
+    _rotate_to_b(tmp_path, pairs)
+    assert reloader.poll() is False
+    (tmp_path / "key.pem").write_bytes(pairs["a"][2].read_bytes())  # B's certificate, A's key
+    assert reloader.poll() is False
+    clock.now = not_before + timedelta(seconds=1)
+    assert reloader.poll() is None and reloader.failed == 2

@@ -89,7 +89,35 @@ def test_group_or_other_read_is_allowed_with_a_warning(written: str, who: str) -
     assert who in policy_warnings(policy)[0] and written in policy_warnings(policy)[0]
 
 
-@pytest.mark.parametrize("mode", [0o400, 0o600, 0o640, 0o750])
+@pytest.mark.parametrize(
+    ("written", "who"),
+    [
+        ("0o750", "file's group"),
+        ("0o740", "file's group"),
+        ("0o741", "file's group"),
+        ("0o714", "every local user"),
+    ],
+)
+def test_read_is_what_is_warned_about_whatever_the_execute_bits(written: str, who: str) -> None:
+    """The warning's ``who`` follows the read bits: ``0o741`` lets others execute the file but
+    only the group read it."""
+    policy = loads_policy(_policy(f"        permission: {written}"))
+    [warning] = policy_warnings(policy)
+    assert warning == injection_file_warning("img", "/dev/shm/app.conf", int(written, 8))
+    assert f"{who} can read" in warning
+
+
+@pytest.mark.parametrize("written", ["0o710", "0o701", "0o711", "0o500", "0o700"])
+def test_execute_only_for_group_or_others_is_not_warned_about(written: str) -> None:
+    """Execute without read reveals nothing of the file's contents (docs/policy.md "Injection
+    files"): accepted, with no warning from ``policy apply``, the SDK or the web page (all
+    :func:`policy_warnings`)."""
+    policy = loads_policy(_policy(f"        permission: {written}"))
+    assert policy.images[0].injection_files[0].mode == int(written, 8)
+    assert policy_warnings(policy) == ()
+
+
+@pytest.mark.parametrize("mode", [0o400, 0o600, 0o640, 0o750, 0o710])
 def test_the_runtime_creates_the_file_with_the_mode(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: int
 ) -> None:

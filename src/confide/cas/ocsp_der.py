@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 
+from confide._der_write import NULL, explicit, octet_string, sequence, tlv
 from confide.errors import ParseError
 from confide.evidence import _der as der
 
@@ -95,14 +96,6 @@ _HASHES: dict[bytes, type[hashes.HashAlgorithm]] = {
 }
 
 
-def _tlv(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        return bytes([tag, n]) + content
-    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(raw)]) + raw + content
-
-
 _KNOWN_HASHES = frozenset(_HASHES)
 
 
@@ -118,7 +111,7 @@ class SignatureAlgorithm(NamedTuple):
 
 def _alg(name: str, oid_hex: str, null: bool, hash_: type[hashes.HashAlgorithm] | None) -> SignatureAlgorithm:
     oid = bytes.fromhex(oid_hex)
-    identifier = _tlv(der.TAG_SEQUENCE, _tlv(der.TAG_OID, oid) + (b"\x05\x00" if null else b""))
+    identifier = sequence(tlv(der.TAG_OID, oid), NULL if null else b"")
     return SignatureAlgorithm(name, oid, identifier, hash_)
 
 
@@ -426,7 +419,7 @@ class SingleAnswer(NamedTuple):
 def _time(seconds: float) -> bytes:
     # GeneralizedTime, UTC, whole seconds (RFC 5280 §4.1.2.5.2: YYYYMMDDHHMMSSZ)
     text = datetime.fromtimestamp(int(seconds), UTC).strftime("%Y%m%d%H%M%SZ")
-    return _tlv(0x18, text.encode())
+    return tlv(0x18, text.encode())
 
 
 def _single(answer: SingleAnswer) -> bytes:
@@ -437,12 +430,12 @@ def _single(answer: SingleAnswer) -> bytes:
     elif answer.status == "revoked" and answer.revoked_at is not None:
         info = _time(answer.revoked_at)
         if answer.reason_code is not None:  # revocationReason [0] EXPLICIT CRLReason
-            info += _tlv(0xA0, _tlv(der.TAG_ENUMERATED, bytes([answer.reason_code])))
-        status = _tlv(0xA1, info)  # revoked [1] IMPLICIT RevokedInfo
+            info += explicit(0, tlv(der.TAG_ENUMERATED, bytes([answer.reason_code])))
+        status = tlv(0xA1, info)  # revoked [1] IMPLICIT RevokedInfo
     else:
         raise ValueError(f"no certStatus {answer.status!r}")
-    next_update = _tlv(0xA0, _time(answer.next_update))  # nextUpdate [0] EXPLICIT
-    return _tlv(der.TAG_SEQUENCE, answer.cert_id + status + _time(answer.this_update) + next_update)
+    next_update = explicit(0, _time(answer.next_update))  # nextUpdate [0] EXPLICIT
+    return sequence(answer.cert_id, status, _time(answer.this_update), next_update)
 
 
 def basic_response(
@@ -457,17 +450,17 @@ def basic_response(
 ) -> bytes:
     """A successful DER OCSPResponse (§4.2.1) with these SingleResponses, signed by ``key``
     (module docstring). ``nonce_value``: the request nonce's extnValue content, echoed."""
-    tbs = _tlv(0xA2, _tlv(der.TAG_OCTET_STRING, responder_key_hash))  # responderID byKey [2]
+    tbs = explicit(2, octet_string(responder_key_hash))  # responderID byKey [2]
     tbs += _time(produced_at)
-    tbs += _tlv(der.TAG_SEQUENCE, b"".join(_single(a) for a in answers))
+    tbs += sequence(*(_single(a) for a in answers))
     if nonce_value is not None:  # responseExtensions [1] EXPLICIT: the nonce (RFC 9654 §2.1)
-        nonce_ext = _tlv(der.TAG_OID, _OID_NONCE) + _tlv(der.TAG_OCTET_STRING, nonce_value)
-        tbs += _tlv(0xA1, _tlv(der.TAG_SEQUENCE, _tlv(der.TAG_SEQUENCE, nonce_ext)))
-    tbs = _tlv(der.TAG_SEQUENCE, tbs)
+        nonce_ext = tlv(der.TAG_OID, _OID_NONCE) + octet_string(nonce_value)
+        tbs += explicit(1, sequence(sequence(nonce_ext)))
+    tbs = sequence(tbs)
     signature = _sign(key, algorithm, tbs)
-    basic = tbs + algorithm.identifier + _tlv(0x03, b"\x00" + signature)
+    basic = tbs + algorithm.identifier + tlv(0x03, b"\x00" + signature)
     if certificates:  # certs [0] EXPLICIT SEQUENCE OF Certificate
-        basic += _tlv(0xA0, _tlv(der.TAG_SEQUENCE, b"".join(certificates)))
-    response_bytes = _tlv(der.TAG_OID, _OID_BASIC) + _tlv(der.TAG_OCTET_STRING, _tlv(der.TAG_SEQUENCE, basic))
+        basic += explicit(0, sequence(*certificates))
+    response_bytes = tlv(der.TAG_OID, _OID_BASIC) + octet_string(sequence(basic))
     # OCSPResponse: responseStatus successful (0), responseBytes [0] EXPLICIT
-    return _tlv(der.TAG_SEQUENCE, b"\x0a\x01\x00" + _tlv(0xA0, _tlv(der.TAG_SEQUENCE, response_bytes)))
+    return sequence(b"\x0a\x01\x00", explicit(0, sequence(response_bytes)))

@@ -37,6 +37,8 @@ from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
+from confide._der_write import NULL, explicit, integer, octet_string, oid, sequence, set_of, tlv
+
 __all__ = ["ITERATIONS", "pkcs12_with_private_key"]
 
 ITERATIONS = 2048
@@ -56,50 +58,6 @@ _OID_AES256_CBC = "2.16.840.1.101.3.4.1.42"
 _OID_SHA256 = "2.16.840.1.101.3.4.2.1"
 
 
-def _tlv(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        return bytes((tag, n)) + content
-    octets = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(octets))) + octets + content
-
-
-def _seq(*items: bytes) -> bytes:
-    return _tlv(0x30, b"".join(items))
-
-
-def _set(*items: bytes) -> bytes:
-    return _tlv(0x31, b"".join(sorted(items)))  # DER: SET OF in ascending order
-
-
-def _int(value: int) -> bytes:
-    return _tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
-
-
-def _octets(value: bytes) -> bytes:
-    return _tlv(0x04, value)
-
-
-def _explicit0(content: bytes) -> bytes:
-    return _tlv(0xA0, content)
-
-
-def _oid(dotted: str) -> bytes:
-    arcs = [int(a) for a in dotted.split(".")]
-    out = bytearray([40 * arcs[0] + arcs[1]])
-    for arc in arcs[2:]:
-        chunk = [arc & 0x7F]
-        rest = arc >> 7
-        while rest:
-            chunk.append(0x80 | (rest & 0x7F))
-            rest >>= 7
-        out += bytes(reversed(chunk))
-    return _tlv(0x06, bytes(out))
-
-
-_NULL = b"\x05\x00"
-
-
 def _pbes2_encrypt(plaintext: bytes, password: bytes) -> tuple[bytes, bytes]:
     """(AlgorithmIdentifier, ciphertext) of PBES2 with PBKDF2-HMAC-SHA-256 and AES-256-CBC."""
     salt, iv = os.urandom(_SALT), os.urandom(16)
@@ -108,9 +66,12 @@ def _pbes2_encrypt(plaintext: bytes, password: bytes) -> tuple[bytes, bytes]:
     padded = padder.update(plaintext) + padder.finalize()
     encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
     ciphertext = encryptor.update(padded) + encryptor.finalize()
-    kdf = _seq(_oid(_OID_PBKDF2), _seq(_octets(salt), _int(ITERATIONS), _seq(_oid(_OID_HMAC_SHA256), _NULL)))
-    scheme = _seq(_oid(_OID_AES256_CBC), _octets(iv))
-    return _seq(_oid(_OID_PBES2), _seq(kdf, scheme)), ciphertext
+    kdf = sequence(
+        oid(_OID_PBKDF2),
+        sequence(octet_string(salt), integer(ITERATIONS), sequence(oid(_OID_HMAC_SHA256), NULL)),
+    )
+    scheme = sequence(oid(_OID_AES256_CBC), octet_string(iv))
+    return sequence(oid(_OID_PBES2), sequence(kdf, scheme)), ciphertext
 
 
 def _fill(data: bytes, v: int) -> bytes:
@@ -136,12 +97,16 @@ def _pkcs12_kdf_sha256(password_bmp: bytes, salt: bytes, iterations: int, purpos
 def _bag(bag_id: str, value: bytes, local_key_id: bytes | None) -> bytes:
     attrs = b""
     if local_key_id is not None:
-        attrs = _set(_seq(_oid(_OID_LOCAL_KEY_ID), _set(_octets(local_key_id))))
-    return _seq(_oid(bag_id), _explicit0(value), attrs)
+        attrs = set_of(sequence(oid(_OID_LOCAL_KEY_ID), set_of(octet_string(local_key_id))))
+    return sequence(oid(bag_id), explicit(0, value), attrs)
 
 
 def _cert_bag(certificate_der: bytes, local_key_id: bytes | None) -> bytes:
-    return _bag(_OID_CERT_BAG, _seq(_oid(_OID_X509_CERT), _explicit0(_octets(certificate_der))), local_key_id)
+    return _bag(
+        _OID_CERT_BAG,
+        sequence(oid(_OID_X509_CERT), explicit(0, octet_string(certificate_der))),
+        local_key_id,
+    )
 
 
 def pkcs12_with_private_key(
@@ -153,18 +118,26 @@ def pkcs12_with_private_key(
     local_key_id = hashlib.sha1(certificate_der, usedforsecurity=False).digest()
 
     cert_bags = [_cert_bag(certificate_der, local_key_id)] + [_cert_bag(c, None) for c in chain_der]
-    cert_alg, cert_ct = _pbes2_encrypt(_seq(*cert_bags), password)
-    encrypted_content_info = _seq(_oid(_OID_DATA), cert_alg, _tlv(0x80, cert_ct))  # [0] IMPLICIT
-    encrypted_data = _seq(_int(0), encrypted_content_info)
-    certs_info = _seq(_oid(_OID_ENCRYPTED_DATA), _explicit0(encrypted_data))
+    cert_alg, cert_ct = _pbes2_encrypt(sequence(*cert_bags), password)
+    encrypted_content_info = sequence(oid(_OID_DATA), cert_alg, tlv(0x80, cert_ct))  # [0] IMPLICIT
+    encrypted_data = sequence(integer(0), encrypted_content_info)
+    certs_info = sequence(oid(_OID_ENCRYPTED_DATA), explicit(0, encrypted_data))
 
     key_alg, key_ct = _pbes2_encrypt(key_pkcs8_der, password)
-    key_bag = _bag(_OID_KEY_BAG, _seq(key_alg, _octets(key_ct)), local_key_id)
-    key_info = _seq(_oid(_OID_DATA), _explicit0(_octets(_seq(key_bag))))
+    key_bag = _bag(_OID_KEY_BAG, sequence(key_alg, octet_string(key_ct)), local_key_id)
+    key_info = sequence(oid(_OID_DATA), explicit(0, octet_string(sequence(key_bag))))
 
-    auth_safe = _seq(certs_info, key_info)
+    auth_safe = sequence(certs_info, key_info)
     mac_salt = os.urandom(_SALT)
     mac_key = _pkcs12_kdf_sha256(b"\x00\x00", mac_salt, ITERATIONS, 3)
     mac = hmac.new(mac_key, auth_safe, hashlib.sha256).digest()
-    mac_data = _seq(_seq(_seq(_oid(_OID_SHA256), _NULL), _octets(mac)), _octets(mac_salt), _int(ITERATIONS))
-    return _seq(_int(3), _seq(_oid(_OID_DATA), _explicit0(_octets(auth_safe))), mac_data)
+    mac_data = sequence(
+        sequence(sequence(oid(_OID_SHA256), NULL), octet_string(mac)),
+        octet_string(mac_salt),
+        integer(ITERATIONS),
+    )
+    return sequence(
+        integer(3),
+        sequence(oid(_OID_DATA), explicit(0, octet_string(auth_safe))),
+        mac_data,
+    )

@@ -14,13 +14,17 @@ content.
 TLS protocol factory (:meth:`~confide.httpserve.limits.HttpLimits.tls_protocol`) asks it for
 each new connection, so that a reload changes the certificate of new handshakes only;
 connections already open keep the context (and the ``SSLObject``) they were made with.
-:meth:`CertificateReloader.reload` swaps the context only after the new pair loaded; on any
-error the old one stays in use, a one-line JSON error is logged, a failure is counted
+:meth:`CertificateReloader.reload` swaps the context only after the new pair loaded and its
+certificate is valid at the reloader's clock: a certificate already expired, or not yet valid,
+is refused like a bad file (at start it is loaded whatever its dates, as before: there is no
+other to keep). On any error the old one stays in use, a one-line JSON error is logged, a failure is counted
 (``confide_tls_certificate_reloads_total{result="failed"}``) and the server goes on. A success
 logs the new certificate's SHA-256 fingerprint and notAfter. The server
 (:class:`~confide.httpserve.server.ServerWithCompanions`) calls it on ``SIGHUP`` and polls
 :meth:`CertificateReloader.poll` (the files' device, inode, size and mtime, following
-symlinks: a Kubernetes Secret volume is updated by swapping a symlink, with no signal).
+symlinks: a Kubernetes Secret volume is updated by swapping a symlink, with no signal). A
+pair refused only because its certificate was not yet valid is tried again by the first poll
+at or after its notBefore, although the files did not change.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -49,6 +53,7 @@ __all__ = [
     "MAX_PEM_FILE",
     "CertificateReloader",
     "LoadedCertificate",
+    "check_valid_at",
     "load_certificate_pair",
     "tls12_server_context",
 ]
@@ -75,6 +80,7 @@ class LoadedCertificate:
     sha256: str  # of the first (leaf) certificate's DER, hex
     not_after: datetime
     chain_length: int
+    not_before: datetime
 
 
 def _read(path: Path, option: str) -> bytes:
@@ -119,12 +125,33 @@ def _load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes, cert: Path
             os.close(fd)
 
 
+def check_valid_at(loaded: LoadedCertificate, at: datetime, cert: Path) -> None:
+    """The first certificate's notBefore <= ``at`` <= notAfter (RFC 5280 §4.1.2.5: both ends
+    included; ``at`` aware), else a :class:`UsageError` naming ``cert`` and the dates. The
+    other certificates of the chain are the clients' to judge: a chain may carry an expired
+    cross-signature on purpose."""
+    if at.tzinfo is None:
+        raise ValueError("expected an aware time")  # a bug of the caller, not of the files
+    when = at.astimezone(UTC).isoformat()
+    if at < loaded.not_before:
+        raise UsageError(
+            f"--tls-cert {os.fspath(cert)!r}: the certificate is not yet valid: notBefore"
+            f" {loaded.not_before.isoformat()}, now {when}"
+        )
+    if at > loaded.not_after:
+        raise UsageError(
+            f"--tls-cert {os.fspath(cert)!r}: the certificate has expired: notAfter"
+            f" {loaded.not_after.isoformat()}, now {when}"
+        )
+
+
 def load_certificate_pair(
     cert: Path, key: Path, make_context: Callable[[], ssl.SSLContext] = tls12_server_context
 ) -> LoadedCertificate:
     """``make_context()`` loaded with the PEM certificate chain in ``cert`` and its unencrypted
     PEM private key in ``key``, both parsed and checked to match first. A
-    :class:`UsageError` (one line: the option, the file, what is wrong) otherwise."""
+    :class:`UsageError` (one line: the option, the file, what is wrong) otherwise. Its dates
+    are not judged here (:func:`check_valid_at`)."""
     cert_pem = _read(cert, "--tls-cert")
     key_pem = _read(key, "--tls-key")
     try:
@@ -164,7 +191,9 @@ def load_certificate_pair(
     except OSError as exc:
         raise UsageError(f"--tls-cert/--tls-key: cannot load: {exc.strerror or exc}") from None
     der = leaf.public_bytes(serialization.Encoding.DER)
-    return LoadedCertificate(ctx, hashlib.sha256(der).hexdigest(), leaf.not_valid_after_utc, len(chain))
+    return LoadedCertificate(
+        ctx, hashlib.sha256(der).hexdigest(), leaf.not_valid_after_utc, len(chain), leaf.not_valid_before_utc
+    )
 
 
 def _stamp(path: Path) -> FileStamp:
@@ -180,7 +209,9 @@ class CertificateReloader:
     raises at construction: a server does not start with a bad pair), reloadable.
     ``poll_interval``: seconds between looks at the files (``--cert-reload-interval``; 0: only
     on ``SIGHUP``). ``logger``: where reloads are logged (JSON lines, ``{"event":
-    "tls-reload", ...}``: a success at INFO, a failure at WARNING). Reloads are serialized; the
+    "tls-reload", ...}``: a success at INFO, a failure at WARNING). ``clock``: the time a
+    reloaded certificate must be valid at (aware; the wall clock by default; not asked at
+    construction, where the pair is loaded whatever its dates). Reloads are serialized; the
     context is swapped by one attribute assignment, which a connection being accepted on the
     event loop reads whole."""
 
@@ -192,11 +223,14 @@ class CertificateReloader:
         poll_interval: float = 0.0,
         make_context: Callable[[], ssl.SSLContext] = tls12_server_context,
         logger: str = "confide.ledger",
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.cert, self.key = Path(cert), Path(key)
         self.poll_interval = poll_interval
         self._make_context = make_context
         self._log = logging.getLogger(logger)
+        self._clock = clock
+        self._retry_at: datetime | None = None  # the notBefore of a pair refused as not yet valid
         self._lock = threading.Lock()
         stamps = self._stamps()
         self.loaded = load_certificate_pair(self.cert, self.key, make_context)
@@ -216,12 +250,17 @@ class CertificateReloader:
         return _stamp(self.cert), _stamp(self.key)
 
     def reload(self, trigger: str = "SIGHUP") -> bool:
-        """Read the files again; swap the context when they load, keep the old one otherwise.
-        Whether the new pair is in use."""
+        """Read the files again; swap the context when they load and the certificate is valid
+        now (``clock``), keep the old one otherwise. Whether the new pair is in use."""
         with self._lock:
             stamps = self._stamps()  # before reading: a change while reading is seen next time
             try:
+                self._retry_at = None
                 loaded = load_certificate_pair(self.cert, self.key, self._make_context)
+                now = self._clock()
+                if now < loaded.not_before:  # the same files are tried again then
+                    self._retry_at = loaded.not_before
+                check_valid_at(loaded, now, self.cert)
             except UsageError as exc:
                 self._stamps_seen = stamps
                 self.failed += 1
@@ -242,8 +281,10 @@ class CertificateReloader:
         return True
 
     def poll(self) -> bool | None:
-        """Reload if either file changed since it was last read (``None``: unchanged)."""
-        if self._stamps() == self._stamps_seen:
+        """Reload if either file changed since it was last read, or if they were refused only
+        as not yet valid and that time has come (``None``: nothing to do)."""
+        due = self._retry_at is not None and self._clock() >= self._retry_at
+        if self._stamps() == self._stamps_seen and not due:
             return None
         return self.reload("poll")
 

@@ -550,11 +550,16 @@ def command_warnings(policy: Policy) -> tuple[str, ...]:
     )
 
 
+_GROUP_OR_OTHER_READ = 0o044
+"""The permission bits that let the file's group (``0o040``) or every other local user
+(``0o004``) read an injection file: the ones :func:`injection_file_warnings` warns about."""
+
+
 def injection_file_warning(image: str, path: str, mode: int) -> str:
     """The one-line warning about an injection file whose ``permission`` lets group or others
-    read (or execute) it: allowed, as in SCONE, but every local user of that group (or every
-    local user) can then read the secrets in it while it exists."""
-    who = "every local user" if mode & 0o007 else "every local user in the file's group"
+    read it (:data:`_GROUP_OR_OTHER_READ`): allowed, as in SCONE, but every local user of that
+    group (or every local user) can then read the secrets in it while it exists."""
+    who = "every local user" if mode & 0o004 else "every local user in the file's group"
     return (
         f"warning: image '{image}' injects {path} with permission {mode:#o}: {who} can read the"
         " secrets in it while the program runs; use 0o600 (or 0o400) unless the program needs more"
@@ -562,13 +567,14 @@ def injection_file_warning(image: str, path: str, mode: int) -> str:
 
 
 def injection_file_warnings(policy: Policy) -> tuple[str, ...]:
-    """One :func:`injection_file_warning` per injection file whose ``permission`` has a bit for
-    group or others (not a refusal)."""
+    """One :func:`injection_file_warning` per injection file whose ``permission`` lets group or
+    others read it (not a refusal). Execute alone (``0o710``, ``0o701``) reveals nothing of the
+    contents and is not warned about; write is refused when the policy is loaded."""
     return tuple(
         injection_file_warning(image.name, f.path, f.mode)
         for image in policy.images
         for f in image.injection_files
-        if f.mode & 0o077
+        if f.mode & _GROUP_OR_OTHER_READ
     )
 
 
