@@ -1,6 +1,9 @@
-"""A TLS certificate and key an operator gives a server (``--tls-cert``, ``--tls-key``),
-reloaded without a restart: on ``SIGHUP``, and every ``--cert-reload-interval`` seconds when
-the files changed (docs/ledger.md "Certificate reload").
+"""A TLS certificate and key an operator gives a server (``--tls-cert``, ``--tls-key``; the
+metrics listener's ``--metrics-cert``, ``--metrics-key``), reloaded without a restart: on
+``SIGHUP``, and every ``--cert-reload-interval`` (``cas serve``: ``--metrics-reload-interval``)
+seconds when the files changed (docs/ledger.md "Certificate reload"). :class:`FileReloader` is
+that reload for any operator's files (the metrics token file's
+:class:`~confide.httpserve.metrics_listener.MetricsTokenFile` too).
 
 :func:`load_certificate_pair` reads both files once (each a regular file, at most
 :data:`MAX_PEM_FILE` bytes, opened without blocking), parses the certificate chain and the key,

@@ -1,27 +1,34 @@
-"""``/metrics`` off the public API: a listener of its own, and a bearer token (``--metrics-listen``,
-``--metrics-token-file`` of ``confide cas serve``, ``confide ledger serve`` and ``confide ledger
-witness serve``; docs/cas.md "Metrics", docs/ledger.md "Metrics and refusals").
+"""``/metrics`` off the public API: a listener of its own, over HTTPS, and bearer tokens
+(``--metrics-listen``, ``--metrics-cert``/``--metrics-key``, ``--metrics-token-file`` of
+``confide cas serve``, ``confide ledger serve`` and ``confide ledger witness serve``; docs/cas.md
+"Metrics: a listener of its own, tokens", docs/ledger.md "Metrics and refusals").
 
 :class:`MetricsListenerApp` is the bare ASGI application of the metrics listener, served by
-:func:`~confide.httpserve.server.plain_server` (plain HTTP/1.1, on the main server's event loop,
-connections and request heads bounded by an :class:`~confide.httpserve.limits.HttpLimits` of its
-own, :func:`listener_limits`): ``GET`` and ``HEAD`` of ``/metrics`` (a query string ignored), any
-other path an empty ``404``, any other method ``405`` with ``Allow: GET, HEAD`` (RFC 9110
-§15.5.6), a request with content ``413`` and the connection closed (nothing reads a body there).
-It has no other route: nothing of the API can be reached through it.
+:func:`~confide.httpserve.server.plain_server` (HTTP/1.1, over TLS with a
+:class:`~confide.httpserve.certreload.CertificateReloader` of ``--metrics-cert``, on the main
+server's event loop, connections and request heads bounded by an
+:class:`~confide.httpserve.limits.HttpLimits` of its own, :func:`listener_limits`): ``GET`` and
+``HEAD`` of ``/metrics`` (a query string ignored), any other path an empty ``404``, any other
+method ``405`` with ``Allow: GET, HEAD`` (RFC 9110 §15.5.6), a request with content ``413`` and
+the connection closed (nothing reads a body there). It has no other route: nothing of the API
+can be reached through it.
 
-:class:`MetricsAuth` is the token of ``--metrics-token-file`` (:func:`read_metrics_token`),
-required on whichever listener serves ``/metrics``: ``Authorization: Bearer <token>`` (RFC 6750
-§2.1), compared in constant time (:func:`hmac.compare_digest` of SHA-256 digests); absent or
-wrong, ``401`` with ``WWW-Authenticate: Bearer ...`` (RFC 6750 §3), counted
+:class:`MetricsAuth` is the tokens of ``--metrics-token-file`` (a :class:`TokenSet`, read by
+:func:`read_metrics_tokens`: one token a line, ``NAME:TOKEN`` or ``TOKEN``, ``#`` comments; kept
+and reloaded by :class:`MetricsTokenFile` on ``SIGHUP`` and when polled, a bad file keeping the
+tokens in use), required on whichever listener serves ``/metrics``: ``Authorization: Bearer
+<token>`` (RFC 6750 §2.1), compared in constant time with every token (:meth:`TokenSet.match`:
+:func:`hmac.compare_digest` of SHA-256 digests, all of them, no early exit); absent or wrong,
+``401`` with ``WWW-Authenticate: Bearer ...`` (RFC 6750 §3), counted
 (``confide_metrics_unauthorized_total{reason="missing"|"wrong"}``) and logged as a
 rate-limited ``refused`` line (:class:`~confide.httpserve.ratelimit.RefusalLog`) naming the
-client's address, never what it sent. The token is in no log line, exception or metric. Each
-``401`` takes a token from the client's bucket of failures (:data:`FAILURE_RATE`, a
-:class:`~confide.httpserve.ratelimit.RateLimiter` keyed as the other limiters key clients,
-bounded as they are): a client whose bucket is empty gets ``429`` with ``Retry-After`` without
-its token being checked (``reason="limited"``), so nothing guesses tokens faster than that.
-"""
+client's address, never what it sent. An accepted scrape is counted by the scraper's name
+(``confide_metrics_scrapes_total{scraper}``), its first one logged. No token is in a log
+line, exception or metric. Each ``401`` takes a token from the client's bucket of failures
+(:data:`FAILURE_RATE`, a :class:`~confide.httpserve.ratelimit.RateLimiter` keyed as the other
+limiters key clients, bounded as they are): a client whose bucket is empty gets ``429`` with
+``Retry-After`` without its token being checked (``reason="limited"``), so nothing guesses
+tokens faster than that."""
 
 from __future__ import annotations
 
