@@ -30,6 +30,7 @@ from confide.httpserve.metrics_listener import (
     MetricsAuth,
     MetricsTokenFile,
     TokenSet,
+    metrics_files,
     parse_metrics_tokens,
 )
 from confide.httpserve.ratelimit import Rate, RefusalLog
@@ -329,3 +330,26 @@ def test_metrics_certificate_errors_name_the_metrics_options(pki: dict[str, tupl
         CertificateReloader(cert_a, key_b, options=METRICS_TLS_OPTIONS)
     with pytest.raises(UsageError, match=r"^--metrics-key '.*': does not exist"):
         CertificateReloader(cert_a, key_b.with_name("absent"), options=METRICS_TLS_OPTIONS)
+
+
+def test_the_metrics_files_of_a_command(tmp_path: Path, pki: dict[str, tuple[Path, Path, Path]]) -> None:
+    """metrics_files (both CLIs'): the pair goes together and needs a metrics listener; each
+    file read at once, with the poll interval and logger given."""
+    _, cert, key = pki["a"]
+    tokens_path = tmp_path / "tokens"
+    _write(tokens_path, f"p:{OLD}\n")
+    with pytest.raises(UsageError, match="--metrics-cert and --metrics-key go together"):
+        metrics_files(True, None, cert, None, poll_interval=0.0, logger="t")
+    with pytest.raises(UsageError, match="need --metrics-listen"):
+        metrics_files(False, None, cert, key, poll_interval=0.0, logger="t")
+    assert metrics_files(False, None, None, None, poll_interval=0.0, logger="t") == (None, None)
+    tokens, tls = metrics_files(True, tokens_path, cert, key, poll_interval=2.5, logger="t")
+    assert tokens is not None and tls is not None
+    assert tokens.poll_interval == tls.poll_interval == 2.5 and tokens().names == ("p",)
+    assert tls.options == METRICS_TLS_OPTIONS and tls.listener == "metrics"
+    assert {f.name for f in tls.collect()} == {
+        "confide_metrics_tls_certificate_reloads",
+        "confide_metrics_tls_certificate_not_after_seconds",
+    }
+    tokens, tls = metrics_files(False, tokens_path, None, None, poll_interval=0.0, logger="t")
+    assert tokens is not None and tls is None  # a token file guards /metrics on the API too

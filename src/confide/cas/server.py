@@ -131,11 +131,11 @@ from confide.httpserve.certreload import CertificateReloader, FileReloader
 from confide.httpserve.limits import HttpLimits
 from confide.httpserve.metrics_listener import (
     METRICS_PATH,
-    METRICS_TLS_OPTIONS,
     MetricsAuth,
     MetricsListenerApp,
     MetricsTokenFile,
     listener_limits,
+    metrics_files,
 )
 from confide.httpserve.ratelimit import ATTEST_RATE, WRITE_RATE, Rate, RateLimiter, RefusalLog
 from confide.httpserve.server import Companion, ServerWithCompanions, plain_server, reserve_descriptors
@@ -1208,22 +1208,13 @@ def _metrics_files(
     """The metrics listener's token file and certificate (docs/cas.md "Metrics: a listener of
     its own, tokens"), each read at once (a :class:`UsageError` before anything is written),
     reloaded on ``SIGHUP`` and polled every ``reload_interval`` seconds."""
-    if (cert is None) != (key is None):
-        raise UsageError("--metrics-cert and --metrics-key go together")
-    if cert is not None and metrics_addr is None:
-        raise UsageError("--metrics-cert and --metrics-key need --metrics-listen (the listener they serve)")
     if reload_interval and token_file is None and cert is None:
         raise UsageError(
             "--metrics-reload-interval needs --metrics-token-file or --metrics-cert and --metrics-key"
         )
-    tokens = tls = None
-    if token_file is not None:
-        tokens = MetricsTokenFile(token_file, poll_interval=reload_interval, logger="confide.cas")
-    if cert is not None and key is not None:
-        tls = CertificateReloader(
-            cert, key, poll_interval=reload_interval, logger="confide.cas", options=METRICS_TLS_OPTIONS,
-            metric_prefix="confide_metrics_tls_certificate", listener="metrics",
-        )  # fmt: skip
+    tokens, tls = metrics_files(
+        metrics_addr is not None, token_file, cert, key, poll_interval=reload_interval, logger="confide.cas"
+    )
     if tokens is not None or tls is not None:
         # Until the server handles it (once it listens), a SIGHUP is ignored rather than fatal.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)

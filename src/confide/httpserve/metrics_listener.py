@@ -48,7 +48,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from confide.errors import UsageError
 from confide.fsutil import read_small_file
-from confide.httpserve.certreload import FileReloader
+from confide.httpserve.certreload import CertificateReloader, FileReloader
 from confide.httpserve.limits import PUBLIC_MAX_HEAD, HttpLimits
 from confide.httpserve.ratelimit import MAX_CLIENTS, Rate, RateLimiter, RefusalLog, client_key, retry_after
 
@@ -65,6 +65,7 @@ __all__ = [
     "TokenSet",
     "limits_refused",
     "listener_limits",
+    "metrics_files",
     "parse_metrics_tokens",
     "read_metrics_tokens",
 ]
@@ -228,6 +229,34 @@ class MetricsTokenFile(FileReloader[TokenSet]):
         yield GaugeMetricFamily(
             "confide_metrics_tokens", "Bearer tokens /metrics accepts (those in use)", value=len(self.loaded)
         )
+
+
+def metrics_files(
+    listening: bool,
+    token_file: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    *,
+    poll_interval: float,
+    logger: str,
+) -> tuple[MetricsTokenFile | None, CertificateReloader | None]:
+    """The metrics listener's files of ``--metrics-token-file`` and ``--metrics-cert``/
+    ``--metrics-key`` (both or neither, only when ``listening``: a ``--metrics-listen`` is
+    given), each read at once (a :class:`UsageError` for a bad one), to be reloaded on
+    ``SIGHUP`` and polled every ``poll_interval`` seconds, logged on ``logger``."""
+    if (cert is None) != (key is None):
+        raise UsageError("--metrics-cert and --metrics-key go together")
+    if cert is not None and not listening:
+        raise UsageError("--metrics-cert and --metrics-key need --metrics-listen (the listener they serve)")
+    tokens = tls = None
+    if token_file is not None:
+        tokens = MetricsTokenFile(token_file, poll_interval=poll_interval, logger=logger)
+    if cert is not None and key is not None:
+        tls = CertificateReloader(
+            cert, key, poll_interval=poll_interval, logger=logger, options=METRICS_TLS_OPTIONS,
+            metric_prefix="confide_metrics_tls_certificate", listener="metrics",
+        )  # fmt: skip
+    return tokens, tls
 
 
 class MetricsAuth:

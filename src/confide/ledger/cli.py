@@ -31,7 +31,7 @@ from confide.httpserve.limits import (
     MAX_CONNECTIONS_PER_CLIENT,
     HttpLimits,
 )
-from confide.httpserve.metrics_listener import METRICS_TLS_OPTIONS, MetricsTokenFile
+from confide.httpserve.metrics_listener import metrics_files
 from confide.httpserve.ratelimit import Rate, parse_rate
 from confide.httpserve.server import reserve_descriptors
 from confide.ledger.auditor import (
@@ -248,19 +248,11 @@ def _metrics(
     refusals") as server arguments: the files read at once (a bad one: a usage error), then
     reloaded on SIGHUP and every ``reload_interval`` seconds (``--cert-reload-interval``) when
     they changed."""
-    if (metrics_cert is None) != (metrics_key is None):
-        raise UsageError("--metrics-cert and --metrics-key go together")
-    if metrics_cert is not None and metrics_listen is None:
-        raise UsageError("--metrics-cert and --metrics-key need --metrics-listen (the listener they serve)")
     address = None if metrics_listen is None else _address(metrics_listen, "--metrics-listen")
-    tokens = tls = None
-    if metrics_token_file is not None:
-        tokens = MetricsTokenFile(metrics_token_file, poll_interval=reload_interval)
-    if metrics_cert is not None and metrics_key is not None:
-        tls = CertificateReloader(
-            metrics_cert, metrics_key, poll_interval=reload_interval, options=METRICS_TLS_OPTIONS,
-            metric_prefix="confide_metrics_tls_certificate", listener="metrics",
-        )  # fmt: skip
+    tokens, tls = metrics_files(
+        address is not None, metrics_token_file, metrics_cert, metrics_key, poll_interval=reload_interval,
+        logger="confide.ledger",
+    )  # fmt: skip
     if tokens is not None or tls is not None:
         # Until the server handles it (once it listens), a SIGHUP is ignored rather than fatal.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -272,16 +264,16 @@ def _banner_metrics(server: LedgerHTTPServer) -> str:
 
 
 def _tls(
-    cert: Path | None, key: Path | None, reload_interval: float = 0.0, metrics_files: bool = False
+    cert: Path | None, key: Path | None, reload_interval: float = 0.0, metrics_reloadable: bool = False
 ) -> CertificateReloader | None:
     """The server's certificate files from --tls-cert/--tls-key (both or neither), reloaded on
     SIGHUP and every --cert-reload-interval seconds when they changed; None for plain HTTP.
-    ``metrics_files``: the metrics listener has files of its own to reload (--metrics-cert,
+    ``metrics_reloadable``: the metrics listener has files of its own to reload (--metrics-cert,
     --metrics-token-file), which --cert-reload-interval polls too."""
     if (cert is None) != (key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     if cert is None or key is None:
-        if reload_interval and not metrics_files:
+        if reload_interval and not metrics_reloadable:
             raise UsageError(
                 "--cert-reload-interval needs files to reload: --tls-cert and --tls-key,"
                 " --metrics-cert and --metrics-key, or --metrics-token-file"
@@ -413,8 +405,8 @@ def serve_tiles(
 
     def start() -> tuple[LedgerHTTPServer, str]:
         _existing(log_db)
-        metrics_files = metrics_token_file is not None or metrics_cert is not None
-        tls = _tls(tls_cert, tls_key, cert_reload_interval, metrics_files)
+        reloadable = metrics_token_file is not None or metrics_cert is not None
+        tls = _tls(tls_cert, tls_key, cert_reload_interval, reloadable)
         rate = parse_rate(request_rate, request_burst, "request")
         metrics = _metrics(
             metrics_listen, metrics_token_file, metrics_cert, metrics_key, cert_reload_interval
@@ -549,8 +541,8 @@ def witness_serve(
     def start() -> tuple[LedgerHTTPServer, str]:
         witness = _make_witness(state, key_file, logs)
         rate = parse_rate(request_rate, request_burst, "request")
-        metrics_files = metrics_token_file is not None or metrics_cert is not None
-        tls = _tls(tls_cert, tls_key, cert_reload_interval, metrics_files)
+        reloadable = metrics_token_file is not None or metrics_cert is not None
+        tls = _tls(tls_cert, tls_key, cert_reload_interval, reloadable)
         metrics = _metrics(
             metrics_listen, metrics_token_file, metrics_cert, metrics_key, cert_reload_interval
         )
