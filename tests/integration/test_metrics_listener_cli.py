@@ -495,6 +495,8 @@ def test_cas_metrics_over_https_reloaded_on_sighup(tmp_path: Path) -> None:
         cas.stop()
     log = cas.log.read_text()
     assert TOKEN not in log and NEW not in log and "Traceback" not in log
+    requests = [json.loads(x) for x in log.splitlines() if '"listener": "metrics"' in x and '"request"' in x]
+    assert {(r["status"], r["scraper"]) for r in requests} == {(200, "prometheus"), (401, None)}
     for pem_line in key_a.read_text().splitlines()[1:-1]:
         assert pem_line not in log
 
