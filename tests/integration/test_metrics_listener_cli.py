@@ -9,12 +9,18 @@ line; bad options stop the server at start with exit 2 and a one-line message.""
 from __future__ import annotations
 
 import json
+import os
+import queue
+import signal
 import socket
 import ssl
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -23,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_ledger_tls import _cli, _stop, setup  # noqa: F401 (the fixture)
 
 from cas_harness import ROOT, CasProcess
+from pki import tls_server_files
 
 TOKEN = "metrics-token-Zq7Rk2Vw9Xy4Lm0Pc"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -30,6 +37,7 @@ SRC = ROOT / "src"
 
 
 def _token_file(tmp_path: Path, text: str = TOKEN + "\n") -> Path:
+    """A --metrics-token-file of ``text``."""
     path = tmp_path / "metrics.token"
     path.write_text(text)
     return path
@@ -136,7 +144,7 @@ def test_cas_token_alone_guards_metrics_on_the_api(tmp_path: Path) -> None:
         (("--metrics-listen", "127.0.0.1"), "--metrics-listen: got '127.0.0.1', expected HOST:PORT"),
         (("--metrics-listen", "127.0.0.1:99999"), "--metrics-listen: got"),
         (("--metrics-token-file", "{absent}"), "cannot read --metrics-token-file"),
-        (("--metrics-token-file", "{empty}"), "the token is empty"),
+        (("--metrics-token-file", "{empty}"), "no token in it"),
         (("--metrics-token-file", "{short}"), "expected at least 16"),
         (("--metrics-token-file", "{spaced}"), "not printable ASCII"),
     ],
@@ -187,7 +195,7 @@ def _start_ledger(argv: list[str]) -> tuple[subprocess.Popen[str], str, str]:
     )
     assert proc.stderr is not None
     line = proc.stderr.readline()
-    assert "; metrics at http://127.0.0.1:" in line, line
+    assert "; metrics at http" in line and "://127.0.0.1:" in line, line
     served, _, metrics = line.strip().partition("; metrics at ")
     assert not metrics.endswith(":0/metrics")
     return proc, served.split(" at ", 1)[1], metrics
@@ -284,3 +292,271 @@ def test_ledger_bad_metrics_options_exit_2(
         r = _cli(*argv)
     assert r.returncode == 2, r.stderr
     assert says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+# --- HTTPS on the metrics listener, several tokens, reloaded (docs/cas.md "Metrics: a listener
+# of its own, tokens") ---
+
+NEW = "metrics-token-next-Hq3Wd8Ks1Pv6Rt"
+OTHER = "grafana-agent-token-Bn5Mx2Lc7Jf0"
+
+
+class _Lines:
+    """A server's stderr (or its log file) read line by line as it comes."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        self.proc, self.lines, self.seen = proc, queue.Queue[str](), list[str]()
+        self._thread = threading.Thread(target=self._read, args=(proc.stderr,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self.lines.put(line)
+
+    def next_event(self, event: str, timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            self.seen.append(line)
+            if f'"{event}"' in line:
+                return dict(json.loads(line))
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        self.proc.wait(20)
+        self._thread.join(10)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return "".join(self.seen)
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _verified(ca: Path) -> httpx2.Client:
+    return httpx2.Client(verify=ssl.create_default_context(cafile=str(ca)), timeout=10)
+
+
+def test_ledger_metrics_over_https_tokens_rotated_on_sighup(
+    tmp_path: Path,
+    setup: dict[str, object],  # noqa: F811
+) -> None:
+    """ledger serve, its API plain HTTP, its metrics listener HTTPS: a client verifying against
+    the CA is served with either token, one trusting another CA fails its handshake; the old
+    token removed from the file and SIGHUP: refused, the new one served; a bad file and SIGHUP:
+    the tokens in use kept. Per-scraper counts; no token in the log."""
+    db = setup["db"]
+    ca, cert, key = setup["pki"]  # type: ignore[misc]
+    other_ca = setup["other"][0]  # type: ignore[index]
+    tokens = _token_file(tmp_path, f"# Prometheus, and the agent\nprometheus:{TOKEN}\ngrafana:{OTHER}\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "confide", "ledger", "serve", "--log-db", str(db), "--listen", "127.0.0.1:0",
+         "--metrics-listen", "127.0.0.1:0", "--metrics-token-file", str(tokens), "--metrics-cert", str(cert),
+         "--metrics-key", str(key)],
+        stderr=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)},
+    )  # fmt: skip
+    assert proc.stderr is not None
+    banner = proc.stderr.readline()
+    assert " at http://127.0.0.1:" in banner and "; metrics at https://127.0.0.1:" in banner, banner
+    metrics_url = banner.strip().rpartition("; metrics at ")[2]
+    served = _Lines(proc)
+    try:
+        with _verified(ca) as client:
+            r = client.get(metrics_url, headers=_bearer(TOKEN))
+            assert r.status_code == 200 and "confide_ledger_tree_size 40.0" in r.text
+            assert client.get(metrics_url, headers=_bearer(OTHER)).status_code == 200
+            assert client.get(metrics_url, headers=_bearer(NEW)).status_code == 401
+        with (
+            _verified(other_ca) as wrong,
+            pytest.raises(httpx2.ConnectError, match="CERTIFICATE_VERIFY_FAILED"),
+        ):
+            wrong.get(metrics_url, headers=_bearer(TOKEN))
+        # rotation: the new token added, then the old one removed
+        _replace(tokens, f"prometheus:{TOKEN}\nprometheus-next:{NEW}\ngrafana:{OTHER}\n")
+        proc.send_signal(signal.SIGHUP)
+        event = served.next_event("metrics-token-reload")
+        assert event["result"] == "ok" and event["trigger"] == "SIGHUP" and event["tokens"] == 3, event
+        with _verified(ca) as client:
+            assert client.get(metrics_url, headers=_bearer(NEW)).status_code == 200
+            assert client.get(metrics_url, headers=_bearer(TOKEN)).status_code == 200
+        _replace(tokens, f"prometheus-next:{NEW}\ngrafana:{OTHER}\n")
+        proc.send_signal(signal.SIGHUP)
+        event = served.next_event("metrics-token-reload")
+        assert event["result"] == "ok" and event["scrapers"] == ["prometheus-next", "grafana"], event
+        with _verified(ca) as client:
+            r = client.get(metrics_url, headers=_bearer(TOKEN))
+            assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
+            assert client.get(metrics_url, headers=_bearer(NEW)).status_code == 200
+        # a bad file (a token given twice): the tokens in use kept
+        _replace(tokens, f"prometheus-next:{NEW}\ngrafana:{NEW}\n")
+        proc.send_signal(signal.SIGHUP)
+        event = served.next_event("metrics-token-reload")
+        assert event["result"] == "failed" and event["tokens"] == 2, event
+        assert "line 2: the same token as line 1" in event["error"]
+        with _verified(ca) as client:
+            assert client.get(metrics_url, headers=_bearer(OTHER)).status_code == 200
+            text = client.get(metrics_url, headers=_bearer(NEW)).text
+        assert proc.poll() is None
+    finally:
+        log = served.stop()
+    assert 'confide_metrics_scrapes_total{scraper="prometheus-next"} 3.0' in text
+    assert 'confide_metrics_scrapes_total{scraper="grafana"} 2.0' in text
+    assert 'confide_metrics_token_reloads_total{result="failed"} 1.0' in text
+    assert 'confide_metrics_tls_certificate_reloads_total{result="ok"} 3.0' in text  # each SIGHUP
+    for token in (TOKEN, NEW, OTHER):
+        assert token not in log and token[:-1] not in log
+    assert "Traceback" not in log, log
+    scrapers = [json.loads(x) for x in log.splitlines() if '"metrics-scraper"' in x]
+    assert {x["scraper"] for x in scrapers} == {"prometheus", "grafana", "prometheus-next"}
+
+
+def test_witness_polls_its_token_file(tmp_path: Path, setup: dict[str, object]) -> None:  # noqa: F811
+    """witness serve, plain HTTP throughout: --cert-reload-interval polls the token file (no
+    --tls-cert needed); the token changed on disk, no signal: the old one refused."""
+    keys = setup["keys"]
+    assert isinstance(keys, dict)
+    tokens = _token_file(tmp_path, f"{TOKEN}\n")
+    argv = ["witness", "serve", "--state", str(tmp_path / "w.json"), "--key", str(tmp_path / "witness.key"),
+            "--log", keys["log"], "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+            "--metrics-token-file", str(tokens), "--cert-reload-interval", "0.2"]  # fmt: skip
+    proc, _, metrics_url = _start_ledger(argv)
+    served = _Lines(proc)
+    try:
+        with httpx2.Client(timeout=10) as plain:
+            assert plain.get(metrics_url, headers=_bearer(TOKEN)).status_code == 200
+            _replace(tokens, f"{NEW}\n")
+            event = served.next_event("metrics-token-reload")
+            assert event["result"] == "ok" and event["trigger"] == "poll" and event["scrapers"] == ["line-1"]
+            assert plain.get(metrics_url, headers=_bearer(TOKEN)).status_code == 401
+            assert plain.get(metrics_url, headers=_bearer(NEW)).status_code == 200
+    finally:
+        log = served.stop()
+    assert TOKEN not in log and NEW not in log and "Traceback" not in log, log
+
+
+def test_cas_metrics_over_https_reloaded_on_sighup(tmp_path: Path) -> None:
+    """cas serve with --metrics-cert, --metrics-key and a token file: its metrics listener is
+    HTTPS (verified against the CA; another CA fails), SIGHUP reloads the token file and the
+    certificate (the CAS had no SIGHUP handler before: it does now, with these files)."""
+    ca_a, cert_a, key_a = tls_server_files(tmp_path, "a")
+    ca_b, cert_b, key_b = tls_server_files(tmp_path, "b")
+    cert, key = tmp_path / "metrics-cert.pem", tmp_path / "metrics-key.pem"
+    _replace(cert, cert_a.read_text())
+    _replace(key, key_a.read_text())
+    tokens = _token_file(tmp_path, f"prometheus:{TOKEN}\n")
+    args = ("--metrics-listen", "127.0.0.1:0", "--metrics-token-file", str(tokens), "--metrics-cert", str(cert),
+            "--metrics-key", str(key))  # fmt: skip
+    cas = CasProcess(tmp_path / "cas", None, extra_args=args).start()
+    try:
+        line = _listening(cas)
+        metrics_url = line["metrics_http"]
+        assert isinstance(metrics_url, str) and metrics_url.startswith("https://127.0.0.1:"), line
+        assert line["metrics_scrapers"] == ["prometheus"] and isinstance(line["metrics_tls"], str)
+        with _verified(ca_a) as client:
+            r = client.get(metrics_url, headers=_bearer(TOKEN))
+            assert r.status_code == 200 and "confide_requests_total" in r.text
+            assert client.get(metrics_url).status_code == 401
+        with _verified(ca_b) as wrong, pytest.raises(httpx2.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            wrong.get(metrics_url, headers=_bearer(TOKEN))
+        _replace(tokens, f"prometheus:{NEW}\n")
+        _replace(cert, cert_b.read_text())
+        _replace(key, key_b.read_text())
+        assert cas.proc is not None
+        cas.proc.send_signal(signal.SIGHUP)
+        assert cas.log is not None
+        deadline = time.monotonic() + 20
+        while True:
+            events = [json.loads(x) for x in cas.log.read_text().splitlines() if '-reload"' in x]
+            if len(events) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert {(e["event"], e["result"]) for e in events} == {
+            ("metrics-token-reload", "ok"),
+            ("tls-reload", "ok"),
+        }
+        assert all(e["listener"] == "metrics" for e in events)
+        with _verified(ca_b) as client:
+            assert client.get(metrics_url, headers=_bearer(TOKEN)).status_code == 401
+            text = client.get(metrics_url, headers=_bearer(NEW)).text
+        assert 'confide_metrics_tls_certificate_reloads_total{result="ok"} 1.0' in text
+        assert 'confide_metrics_scrapes_total{scraper="prometheus"} 2.0' in text
+        assert cas.proc.poll() is None
+    finally:
+        cas.stop()
+    log = cas.log.read_text()
+    assert TOKEN not in log and NEW not in log and "Traceback" not in log
+    requests = [json.loads(x) for x in log.splitlines() if '"listener": "metrics"' in x and '"request"' in x]
+    assert {(r["status"], r["scraper"]) for r in requests} == {(200, "prometheus"), (401, None)}
+    for pem_line in key_a.read_text().splitlines()[1:-1]:
+        assert pem_line not in log
+
+
+@pytest.mark.parametrize("command", ["cas", "serve", "witness"])
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--metrics-listen", "127.0.0.1:0", "--metrics-cert", "{cert}"), "--metrics-cert and --metrics-key go together"),
+        (("--metrics-cert", "{cert}", "--metrics-key", "{key}"), "--metrics-cert and --metrics-key need --metrics-listen"),
+        (("--metrics-listen", "127.0.0.1:0", "--metrics-cert", "{cert}", "--metrics-key", "{other_key}"),
+         "--metrics-cert/--metrics-key: cannot load: the key in"),
+        (("--metrics-listen", "127.0.0.1:0", "--metrics-token-file", "{twice}"), "line 2: the same token as line 1"),
+    ],
+)  # fmt: skip
+def test_bad_metrics_tls_options_exit_2(
+    tmp_path: Path,
+    setup: dict[str, object],  # noqa: F811
+    command: str,
+    args: tuple[str, ...],
+    says: str,
+) -> None:
+    db, keys = setup["db"], setup["keys"]
+    _, cert, key = setup["pki"]  # type: ignore[misc]
+    other_key = setup["other"][2]  # type: ignore[index]
+    assert isinstance(keys, dict)
+    (tmp_path / "twice").write_text(f"a:{TOKEN}\nb:{TOKEN}\n")
+    values = {
+        "cert": str(cert),
+        "key": str(key),
+        "other_key": str(other_key),
+        "twice": str(tmp_path / "twice"),
+    }
+    extra = [a.format(**values) for a in args]
+    if command == "cas":
+        r = subprocess.run(
+            [sys.executable, "-m", "confide", "cas", "serve", "--data-dir", str(tmp_path / "cas"), "--dev", *extra],
+            capture_output=True, text=True, timeout=60, check=False,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)},
+        )  # fmt: skip
+        assert not (tmp_path / "cas").exists()  # refused before anything is written
+    elif command == "serve":
+        r = _cli("serve", "--log-db", str(db), "--listen", "127.0.0.1:0", *extra)
+    else:
+        r = _cli("witness", "serve", "--state", str(tmp_path / "w.json"), "--key", str(tmp_path / "witness.key"),
+                 "--log", keys["log"], "--listen", "127.0.0.1:0", *extra)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert TOKEN not in r.stderr
+
+
+def test_reload_intervals_need_files(tmp_path: Path, setup: dict[str, object]) -> None:  # noqa: F811
+    db = setup["db"]
+    r = subprocess.run(
+        [sys.executable, "-m", "confide", "cas", "serve", "--data-dir", str(tmp_path / "cas"), "--dev",
+         "--metrics-listen", "127.0.0.1:0", "--metrics-reload-interval", "5"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)},
+    )  # fmt: skip
+    assert r.returncode == 2 and "--metrics-reload-interval needs --metrics-token-file" in r.stderr, r.stderr
+    r = _cli("serve", "--log-db", str(db), "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+             "--cert-reload-interval", "5")  # fmt: skip
+    assert r.returncode == 2 and "--cert-reload-interval needs files to reload" in r.stderr, r.stderr

@@ -1,7 +1,7 @@
 """``/metrics`` off the public API (confide.httpserve.metrics_listener; docs/cas.md "Metrics",
 docs/ledger.md "Metrics and refusals"): the token file's rules, the bearer check, the refusal
 log's rate; and a ledger tiles server run in a thread with ``metrics_listen`` and
-``metrics_token``, driven over real sockets: the metrics listener answers ``/metrics`` only and
+``metrics_tokens``, driven over real sockets: the metrics listener answers ``/metrics`` only and
 only with the token, the API listener answers it ``404``, the listener's own connection limit,
 and both stop together."""
 
@@ -19,13 +19,20 @@ import pytest
 
 from confide.errors import UsageError
 from confide.httpserve.limits import HttpLimits
-from confide.httpserve.metrics_listener import FAILURE_RATE, MIN_TOKEN, MetricsAuth, read_metrics_token
+from confide.httpserve.metrics_listener import (
+    FAILURE_RATE,
+    MIN_TOKEN,
+    MetricsAuth,
+    TokenSet,
+    read_metrics_tokens,
+)
 from confide.httpserve.ratelimit import MAX_CLIENTS, Rate, RateLimiter, RefusalLog
 from confide.ledger.http import TilesServer, ledger_limits
 from confide.ledger.note import NoteSigner
 from confide.ledger.store import Ledger, connect, write_transaction
 
 TOKEN = b"s3cret-metrics-token-0123456789"
+TOKENS = TokenSet.of([("prometheus", TOKEN)])
 WAIT = 10.0
 
 
@@ -35,28 +42,40 @@ def _token_file(tmp_path: Path, data: bytes) -> Path:
     return path
 
 
-def test_the_token_file_one_trailing_newline_stripped(tmp_path: Path) -> None:
-    assert read_metrics_token(_token_file(tmp_path, TOKEN + b"\n")) == TOKEN
-    assert read_metrics_token(_token_file(tmp_path, TOKEN)) == TOKEN
-    assert read_metrics_token(_token_file(tmp_path, b"a" * MIN_TOKEN)) == b"a" * MIN_TOKEN
+def _one(tmp_path: Path, data: bytes) -> tuple[str, ...]:
+    """The names of the tokens of a file of ``data`` that match TOKEN (the whole set: one)."""
+    tokens = read_metrics_tokens(_token_file(tmp_path, data))
+    assert len(tokens) == 1
+    name = tokens.match(TOKEN)
+    return (name,) if name is not None else ()
+
+
+def test_a_token_file_of_one_token_as_before(tmp_path: Path) -> None:
+    assert _one(tmp_path, TOKEN + b"\n") == ("line-1",)
+    assert _one(tmp_path, TOKEN) == ("line-1",)
+    assert _one(tmp_path, TOKEN + b"\r\n\n") == ("line-1",)  # a CRLF, a blank line
+    tokens = read_metrics_tokens(_token_file(tmp_path, b"a" * MIN_TOKEN))
+    assert tokens.match(b"a" * MIN_TOKEN) == "line-1" and tokens.match(b"a" * (MIN_TOKEN + 1)) is None
 
 
 @pytest.mark.parametrize(
     ("data", "says"),
     [
-        (b"", "empty"),
-        (b"\n", "empty"),
-        (b"a" * (MIN_TOKEN - 1) + b"\n", f"{MIN_TOKEN - 1} bytes, expected at least {MIN_TOKEN}"),
-        (TOKEN + b"\n\n", "not printable"),  # only one newline is stripped
-        (TOKEN + b"\r\n", "not printable"),
-        (b"two words in the token file", "not printable"),
+        (b"", "no token in it"),
+        (b"\n", "no token in it"),
+        (b"# only a comment\n\n", "no token in it"),
+        (
+            b"a" * (MIN_TOKEN - 1) + b"\n",
+            f"line 1: the token has {MIN_TOKEN - 1} bytes, expected at least {MIN_TOKEN}",
+        ),
+        (b"two words in the token file", "line 1: the token has a byte that is not printable"),
         (TOKEN + b"\x00", "not printable"),
         (TOKEN + "é".encode(), "not printable"),
     ],
 )
 def test_bad_token_files_are_usage_errors_without_the_content(tmp_path: Path, data: bytes, says: str) -> None:
     with pytest.raises(UsageError) as info:
-        read_metrics_token(_token_file(tmp_path, data))
+        read_metrics_tokens(_token_file(tmp_path, data))
     message = info.value.message
     assert says in message and "--metrics-token-file" in message and "\n" not in message
     if len(data) > 2:
@@ -65,13 +84,13 @@ def test_bad_token_files_are_usage_errors_without_the_content(tmp_path: Path, da
 
 def test_a_missing_or_special_token_file_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="cannot read --metrics-token-file"):
-        read_metrics_token(tmp_path / "absent")
+        read_metrics_tokens(tmp_path / "absent")
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     with pytest.raises(UsageError, match="cannot read --metrics-token-file"):
-        read_metrics_token(fifo)  # at once: not a read that waits for a writer
+        read_metrics_tokens(fifo)  # at once: not a read that waits for a writer
     with pytest.raises(UsageError, match="larger than"):
-        read_metrics_token(_token_file(tmp_path, b"a" * 5000))
+        read_metrics_tokens(_token_file(tmp_path, b"a" * 70000))
 
 
 def _scope(*headers: tuple[bytes, bytes]) -> dict[str, object]:
@@ -79,7 +98,7 @@ def _scope(*headers: tuple[bytes, bytes]) -> dict[str, object]:
 
 
 def test_the_bearer_check(caplog: pytest.LogCaptureFixture) -> None:
-    auth = MetricsAuth(TOKEN, RefusalLog(logger="confide.test"))
+    auth = MetricsAuth(TOKENS, RefusalLog(logger="confide.test"))
     assert TOKEN.decode() not in repr(auth)
     assert auth.refusal(_scope((b"authorization", b"Bearer " + TOKEN)), "api") is None
     assert auth.refusal(_scope((b"authorization", b"bearer " + TOKEN)), "api") is None  # RFC 9110 §11.1
@@ -107,7 +126,7 @@ def test_the_bearer_check(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_the_refusal_lines_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
-    auth = MetricsAuth(TOKEN, RefusalLog(Rate(1.0, 2.0), clock=lambda: now[0], logger="confide.test"))
+    auth = MetricsAuth(TOKENS, RefusalLog(Rate(1.0, 2.0), clock=lambda: now[0], logger="confide.test"))
     with caplog.at_level(logging.WARNING, logger="confide.test"):
         for _ in range(10):
             assert auth.refusal(_scope(), "metrics") is not None
@@ -124,7 +143,7 @@ def test_refused_scrapes_are_rate_limited_per_client(caplog: pytest.LogCaptureFi
     client is not affected; a right token takes nothing; the bucket fills again with time."""
     now = [0.0]
     lines = RefusalLog(Rate(100.0, 100.0), logger="confide.test")  # every refusal logged
-    auth = MetricsAuth(TOKEN, lines, clock=lambda: now[0])
+    auth = MetricsAuth(TOKENS, lines, clock=lambda: now[0])
     assert Rate(5.0, 20.0) == FAILURE_RATE and auth.failures.max_clients == MAX_CLIENTS
     wrong = (b"authorization", b"Bearer " + b"x" * len(TOKEN))
     right = (b"authorization", b"Bearer " + TOKEN)
@@ -153,7 +172,7 @@ def test_refused_scrapes_are_rate_limited_per_client(caplog: pytest.LogCaptureFi
 
 def test_a_short_token_is_refused_by_the_class_too() -> None:
     with pytest.raises(ValueError, match="too short"):
-        MetricsAuth(b"short", RefusalLog())
+        TokenSet.of([("a", b"short")])
 
 
 # --- a ledger tiles server with its metrics listener, in a thread, over real sockets ---
@@ -215,7 +234,7 @@ def server(tmp_path: Path) -> Iterator[TilesServer]:
     conn.close()
     limits: HttpLimits = ledger_limits(max_connections=8, max_connections_per_client=2)
     tiles = TilesServer(db, ("127.0.0.1", 0), limits=limits, rate=None, metrics_listen=("127.0.0.1", 0),
-                        metrics_token=TOKEN)  # fmt: skip
+                        metrics_tokens=TOKENS)  # fmt: skip
     tiles.serve_in_thread()
     try:
         yield tiles
@@ -312,7 +331,7 @@ def test_a_burst_of_wrong_tokens_gets_429s(tmp_path: Path, where: str) -> None:
     Ledger.init_schema(conn)
     conn.close()
     listen = ("127.0.0.1", 0) if where == "metrics" else None
-    tiles = TilesServer(db, ("127.0.0.1", 0), rate=None, metrics_listen=listen, metrics_token=TOKEN)
+    tiles = TilesServer(db, ("127.0.0.1", 0), rate=None, metrics_listen=listen, metrics_tokens=TOKENS)
     tiles.serve_in_thread()
     try:
         auth = tiles.metrics_auth

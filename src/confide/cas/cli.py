@@ -177,9 +177,34 @@ def cas() -> None:
     "metrics_token_file",
     type=click.Path(path_type=Path, dir_okay=False),
     metavar="FILE",
-    help="Require 'Authorization: Bearer TOKEN' for /metrics, wherever it is served; TOKEN is the "
-    "file's content (one trailing newline stripped; at least 16 printable ASCII bytes, no space). "
-    "Else 401.",
+    help="Require 'Authorization: Bearer TOKEN' for /metrics, wherever it is served, TOKEN one of "
+    "the file's: one a line, NAME:TOKEN or TOKEN (named line-N), at least 16 printable ASCII bytes, "
+    "no space; blank lines and # comments skipped. Else 401. Read again on SIGHUP and at "
+    "--metrics-reload-interval (a bad file keeps the tokens in use).",
+)
+@click.option(
+    "--metrics-cert",
+    "metrics_cert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE",
+    help="Serve the --metrics-listen listener over HTTPS (TLS 1.2+) with this PEM certificate "
+    "(chain); reloaded with --metrics-key on SIGHUP and at --metrics-reload-interval.",
+)
+@click.option(
+    "--metrics-key",
+    "metrics_key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE",
+    help="The --metrics-cert certificate's private key (PEM, unencrypted).",
+)
+@click.option(
+    "--metrics-reload-interval",
+    "metrics_reload_interval",
+    type=click.FloatRange(min=0, max=86400),
+    default=0.0,
+    metavar="SECONDS",
+    help="Also look at --metrics-token-file, --metrics-cert and --metrics-key this often and reload "
+    "them when they changed (e.g. a Kubernetes Secret volume). 0 (default): on SIGHUP only.",
 )
 @click.option("--max-connections", type=click.IntRange(min=0), default=1024, show_default=True,
               help="Open connections at once (TLS handshakes included); one more is closed when"
@@ -270,6 +295,9 @@ def cas_serve(
     public_http_listen: str | None,
     metrics_listen: str | None,
     metrics_token_file: Path | None,
+    metrics_cert: Path | None,
+    metrics_key: Path | None,
+    metrics_reload_interval: float,
     max_connections: int,
     max_connections_per_ip: int,
     body_timeout: float,
@@ -364,6 +392,9 @@ def cas_serve(
         refusal_delay=refusal_delay,
         metrics_listen=metrics_listen,
         metrics_token_file=metrics_token_file,
+        metrics_cert=metrics_cert,
+        metrics_key=metrics_key,
+        metrics_reload_interval=metrics_reload_interval,
     )
 
 

@@ -61,6 +61,7 @@ import logging
 import math
 import os
 import shlex
+import signal
 import socket
 import ssl
 import sys
@@ -126,13 +127,15 @@ from confide.collateral.nvidia_ocsp import source_for as ocsp_source_for
 from confide.collateral.nvidia_rim import source_for as rim_source_for
 from confide.errors import ConfideError, LogRollbackError, NetworkError, UsageError
 from confide.fsutil import write_atomic
+from confide.httpserve.certreload import CertificateReloader, FileReloader
 from confide.httpserve.limits import HttpLimits
 from confide.httpserve.metrics_listener import (
     METRICS_PATH,
     MetricsAuth,
     MetricsListenerApp,
+    MetricsTokenFile,
     listener_limits,
-    read_metrics_token,
+    metrics_files,
 )
 from confide.httpserve.ratelimit import ATTEST_RATE, WRITE_RATE, Rate, RateLimiter, RefusalLog
 from confide.httpserve.server import Companion, ServerWithCompanions, plain_server, reserve_descriptors
@@ -1115,6 +1118,9 @@ def serve(
     refusal_delay: float | None = None,
     metrics_listen: str | None = None,
     metrics_token_file: Path | None = None,
+    metrics_cert: Path | None = None,
+    metrics_key: Path | None = None,
+    metrics_reload_interval: float = 0.0,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
@@ -1144,9 +1150,13 @@ def serve(
     ``opaque_refusals`` (a :class:`UsageError` otherwise). ``metrics_listen``: ``HOST:PORT`` of
     a plain-HTTP listener that serves ``/metrics`` only, which the API then does not
     (``--metrics-listen``, :mod:`confide.httpserve.metrics_listener`), with limits of its own
-    of the values of ``http_limits``; ``metrics_token_file``: the bearer token ``/metrics``
-    requires, wherever it is served (``--metrics-token-file``; read at once: a missing, empty,
-    short or non-printable one is a :class:`UsageError`)."""
+    of the values of ``http_limits``; ``metrics_token_file``: the bearer tokens ``/metrics``
+    requires, wherever it is served (``--metrics-token-file``; read at once: a missing file, or
+    a bad one, is a :class:`UsageError`); ``metrics_cert``, ``metrics_key``: the metrics
+    listener serves HTTPS with them (``--metrics-cert``, ``--metrics-key``; read at once). The
+    token file and the certificate are read again on ``SIGHUP`` and, every
+    ``metrics_reload_interval`` seconds (``--metrics-reload-interval``; 0: on ``SIGHUP``
+    only), when they changed (docs/cas.md "Metrics: a listener of its own, tokens")."""
     if refusal_delay is not None and not opaque_refusals:
         raise UsageError(
             "--refusal-delay needs --opaque-refusals: it delays the opaque refusals' answers, and"
@@ -1164,7 +1174,9 @@ def serve(
         public_addr = _parse_listen(public_http_listen, "--public-http-listen", "0.0.0.0:8080")
     if metrics_listen is not None:
         metrics_addr = _parse_listen(metrics_listen, "--metrics-listen", "0.0.0.0:9090")
-    metrics_token = read_metrics_token(metrics_token_file) if metrics_token_file is not None else None
+    metrics_tokens, metrics_tls = _metrics_files(
+        metrics_addr, metrics_token_file, metrics_cert, metrics_key, metrics_reload_interval
+    )
     _configure_logging()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Before anything in the directory is read or written, held until the process exits: a
@@ -1183,7 +1195,30 @@ def serve(
                min_tcb_evaluation_data_number=min_tcb_evaluation_data_number, quorum=quorum,
                replica_min_tcb=replica_min_tcb, opaque_refusals=opaque_refusals,
                refusal_delay=delay if opaque_refusals else 0.0, metrics_addr=metrics_addr,
-               metrics_token=metrics_token)  # fmt: skip
+               metrics_tokens=metrics_tokens, metrics_tls=metrics_tls)  # fmt: skip
+
+
+def _metrics_files(
+    metrics_addr: tuple[str, int] | None,
+    token_file: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    reload_interval: float,
+) -> tuple[MetricsTokenFile | None, CertificateReloader | None]:
+    """The metrics listener's token file and certificate (docs/cas.md "Metrics: a listener of
+    its own, tokens"), each read at once (a :class:`UsageError` before anything is written),
+    reloaded on ``SIGHUP`` and polled every ``reload_interval`` seconds."""
+    if reload_interval and token_file is None and cert is None:
+        raise UsageError(
+            "--metrics-reload-interval needs --metrics-token-file or --metrics-cert and --metrics-key"
+        )
+    tokens, tls = metrics_files(
+        metrics_addr is not None, token_file, cert, key, poll_interval=reload_interval, logger="confide.cas"
+    )
+    if tokens is not None or tls is not None:
+        # Until the server handles it (once it listens), a SIGHUP is ignored rather than fatal.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    return tokens, tls
 
 
 def uvicorn_server(
@@ -1196,6 +1231,7 @@ def uvicorn_server(
     *,
     session_tickets: int = SESSION_TICKETS,
     refusal_delay: float = 0.0,
+    reloaders: Sequence[FileReloader[Any]] = (),
 ) -> uvicorn.Server:
     """The CAS's uvicorn server (uvloop, httptools) over TLS, with ``limits``: uvicorn builds
     the TLS context from the key and certificate as usual, then the loop's server is made plain
@@ -1206,7 +1242,9 @@ def uvicorn_server(
     finishes. ``session_tickets``: TLS
     1.3 session tickets sent after each handshake (:data:`SESSION_TICKETS`). ``refusal_delay``:
     ``cas serve --opaque-refusals --refusal-delay`` (0 without), added to the time a stopping
-    CAS gives the requests in progress (:data:`GRACEFUL_SHUTDOWN`)."""
+    CAS gives the requests in progress (:data:`GRACEFUL_SHUTDOWN`). ``reloaders``: the metrics
+    listener's files, reloaded on ``SIGHUP`` and polled
+    (:class:`~confide.httpserve.server.ServerWithCompanions`)."""
     config = uvicorn.Config(
         app,
         ssl_keyfile=str(key_path),
@@ -1233,7 +1271,7 @@ def uvicorn_server(
     context.num_tickets = session_tickets
     config.ssl = None
     config.http_protocol_class = limits.tls_protocol(config.http_protocol_class, context)  # type: ignore[assignment]
-    return _CasServer(config, companions)
+    return _CasServer(config, companions, reloaders)
 
 
 def public_http_server(app: PublicApp, limits: HttpLimits) -> uvicorn.Server:
@@ -1298,7 +1336,8 @@ def _serve(
     opaque_refusals: bool = False,
     refusal_delay: float = 0.0,
     metrics_addr: tuple[str, int] | None = None,
-    metrics_token: bytes | None = None,
+    metrics_tokens: MetricsTokenFile | None = None,
+    metrics_tls: CertificateReloader | None = None,
 ) -> None:
     public_limits = listener_limits(http_limits) if public_addr is not None else None
     metrics_limits = listener_limits(http_limits) if metrics_addr is not None else None
@@ -1353,12 +1392,15 @@ def _serve(
     metrics_sock = metrics_url = None
     if metrics_addr is not None:
         metrics_sock = _bind(*metrics_addr, "--metrics-listen")
-        metrics_url = _url("http", metrics_addr[0], metrics_sock) + METRICS_PATH
-    # docs/cas.md "Metrics: a listener of its own, a token": a refused scrape is counted and
+        scheme = "http" if metrics_tls is None else "https"
+        metrics_url = _url(scheme, metrics_addr[0], metrics_sock) + METRICS_PATH
+    # docs/cas.md "Metrics: a listener of its own, tokens": a refused scrape is counted and
     # logged, at most 5 lines a second (the ledger servers' refusal log)
     metrics_auth = None
-    if metrics_token is not None:
-        metrics_auth = MetricsAuth(metrics_token, RefusalLog(logger="confide.cas"))
+    reloaders: list[FileReloader[Any]] = []
+    if metrics_tokens is not None:
+        metrics_auth = MetricsAuth(metrics_tokens, RefusalLog(logger="confide.cas"), logger="confide.cas")
+        reloaders.append(metrics_tokens)
     env = {"CONFIDE_CAS_URL": url, **env, "CONFIDE_LOG_URL": f"{url}/v1/log"}
     lines = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     write_atomic(data_dir / "client.env", lines.encode())
@@ -1383,12 +1425,17 @@ def _serve(
         )
         if app.metrics_registry is not None:
             app.metrics_registry.register(metrics_app)
-        companions.append((plain_server(metrics_app, metrics_limits), metrics_sock))
+            if metrics_tls is not None:
+                app.metrics_registry.register(metrics_tls)  # confide_metrics_tls_certificate_...
+        if metrics_tls is not None:
+            reloaders.append(metrics_tls)
+        companions.append((plain_server(metrics_app, metrics_limits, metrics_tls), metrics_sock))
     protected = seal is not None or cas.master_key_in_memory  # as prepare() protects the TLS key
     password = tls_key_password(cas.sealer).decode() if protected else None
     server = uvicorn_server(
         app, key_path, cert_path, password, http_limits, companions, session_tickets=session_tickets,
         refusal_delay=refusal_delay if opaque_refusals else 0.0,  # waiting refusals finish on a stop
+        reloaders=reloaders,
     )  # fmt: skip
     logging.getLogger("confide.cas").info(
         json.dumps(
@@ -1397,7 +1444,10 @@ def _serve(
                 "url": env["CONFIDE_CAS_URL"],
                 "public_http": public_url_bound if public is not None else None,
                 "metrics_http": metrics_url,
-                "metrics_token": metrics_token is not None,
+                "metrics_token": metrics_tokens is not None,
+                "metrics_scrapers": list(metrics_tokens().names) if metrics_tokens is not None else None,
+                "metrics_tls": metrics_tls.loaded.sha256 if metrics_tls is not None else None,
+                "metrics_reload_interval": reloaders[0].poll_interval if reloaders else None,
                 "public_url": public_url,
                 "dev": dev,
                 "tee": tee,

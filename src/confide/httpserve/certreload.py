@@ -1,6 +1,9 @@
-"""A TLS certificate and key an operator gives a server (``--tls-cert``, ``--tls-key``),
-reloaded without a restart: on ``SIGHUP``, and every ``--cert-reload-interval`` seconds when
-the files changed (docs/ledger.md "Certificate reload").
+"""A TLS certificate and key an operator gives a server (``--tls-cert``, ``--tls-key``; the
+metrics listener's ``--metrics-cert``, ``--metrics-key``), reloaded without a restart: on
+``SIGHUP``, and every ``--cert-reload-interval`` (``cas serve``: ``--metrics-reload-interval``)
+seconds when the files changed (docs/ledger.md "Certificate reload"). :class:`FileReloader` is
+that reload for any operator's files (the metrics token file's
+:class:`~confide.httpserve.metrics_listener.MetricsTokenFile` too).
 
 :func:`load_certificate_pair` reads both files once (each a regular file, at most
 :data:`MAX_PEM_FILE` bytes, opened without blocking), parses the certificate chain and the key,
@@ -36,10 +39,11 @@ import logging
 import os
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -51,7 +55,9 @@ from confide.fsutil import read_regular
 
 __all__ = [
     "MAX_PEM_FILE",
+    "TLS_OPTIONS",
     "CertificateReloader",
+    "FileReloader",
     "LoadedCertificate",
     "check_valid_at",
     "load_certificate_pair",
@@ -60,6 +66,11 @@ __all__ = [
 
 MAX_PEM_FILE = 1 << 20
 """The largest certificate chain or key file read (bytes)."""
+
+TLS_OPTIONS = ("--tls-cert", "--tls-key")
+"""How errors name a server's certificate and key files (its API listener's)."""
+
+T = TypeVar("T")
 
 FileStamp = tuple[int, int, int, int] | None
 """A file's device, inode, size and mtime (ns), after symlinks; ``None`` when it cannot be stat'ed."""
@@ -125,9 +136,9 @@ def _load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes, cert: Path
             os.close(fd)
 
 
-def check_valid_at(loaded: LoadedCertificate, at: datetime, cert: Path) -> None:
+def check_valid_at(loaded: LoadedCertificate, at: datetime, cert: Path, option: str = TLS_OPTIONS[0]) -> None:
     """The first certificate's notBefore <= ``at`` <= notAfter (RFC 5280 §4.1.2.5: both ends
-    included; ``at`` aware), else a :class:`UsageError` naming ``cert`` and the dates. The
+    included; ``at`` aware), else a :class:`UsageError` naming ``option``, ``cert`` and the dates. The
     other certificates of the chain are the clients' to judge: a chain may carry an expired
     cross-signature on purpose."""
     if at.tzinfo is None:
@@ -135,30 +146,35 @@ def check_valid_at(loaded: LoadedCertificate, at: datetime, cert: Path) -> None:
     when = at.astimezone(UTC).isoformat()
     if at < loaded.not_before:
         raise UsageError(
-            f"--tls-cert {os.fspath(cert)!r}: the certificate is not yet valid: notBefore"
+            f"{option} {os.fspath(cert)!r}: the certificate is not yet valid: notBefore"
             f" {loaded.not_before.isoformat()}, now {when}"
         )
     if at > loaded.not_after:
         raise UsageError(
-            f"--tls-cert {os.fspath(cert)!r}: the certificate has expired: notAfter"
+            f"{option} {os.fspath(cert)!r}: the certificate has expired: notAfter"
             f" {loaded.not_after.isoformat()}, now {when}"
         )
 
 
 def load_certificate_pair(
-    cert: Path, key: Path, make_context: Callable[[], ssl.SSLContext] = tls12_server_context
+    cert: Path,
+    key: Path,
+    make_context: Callable[[], ssl.SSLContext] = tls12_server_context,
+    options: tuple[str, str] = TLS_OPTIONS,
 ) -> LoadedCertificate:
     """``make_context()`` loaded with the PEM certificate chain in ``cert`` and its unencrypted
     PEM private key in ``key``, both parsed and checked to match first. A
-    :class:`UsageError` (one line: the option, the file, what is wrong) otherwise. Its dates
-    are not judged here (:func:`check_valid_at`)."""
-    cert_pem = _read(cert, "--tls-cert")
-    key_pem = _read(key, "--tls-key")
+    :class:`UsageError` (one line: the option, the file, what is wrong; ``options`` name the
+    two files) otherwise. Its dates are not judged here (:func:`check_valid_at`)."""
+    cert_opt, key_opt = options
+    both = f"{cert_opt}/{key_opt}"
+    cert_pem = _read(cert, cert_opt)
+    key_pem = _read(key, key_opt)
     try:
         chain = x509.load_pem_x509_certificates(cert_pem)
     except ValueError:
         raise UsageError(
-            f"--tls-cert {os.fspath(cert)!r}: cannot load: not a PEM certificate chain (or an incomplete one)"
+            f"{cert_opt} {os.fspath(cert)!r}: cannot load: not a PEM certificate chain (or an incomplete one)"
         ) from None
     # a chain cut short after a whole certificate (a file being written) parses as a shorter chain
     if (
@@ -166,18 +182,18 @@ def load_certificate_pair(
         == cert_pem.count(b"-----END CERTIFICATE-----")
         == len(chain)
     ):
-        raise UsageError(f"--tls-cert {os.fspath(cert)!r}: cannot load: an incomplete PEM certificate chain")
+        raise UsageError(f"{cert_opt} {os.fspath(cert)!r}: cannot load: an incomplete PEM certificate chain")
     try:
         private_key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise UsageError(
-            f"--tls-key {os.fspath(key)!r}: cannot load: not an unencrypted PEM private key "
+            f"{key_opt} {os.fspath(key)!r}: cannot load: not an unencrypted PEM private key "
             "(or an incomplete one)"
         ) from None
     leaf = chain[0]
     if not hmac.compare_digest(_spki(leaf.public_key()), _spki(private_key.public_key())):
         raise UsageError(
-            f"--tls-cert/--tls-key: cannot load: the key in {os.fspath(key)!r} is not the key of the "
+            f"{both}: cannot load: the key in {os.fspath(key)!r} is not the key of the "
             f"first certificate in {os.fspath(cert)!r}"
         )
     ctx = make_context()
@@ -185,11 +201,11 @@ def load_certificate_pair(
         _load_chain(ctx, cert_pem, key_pem, cert, key)
     except ssl.SSLError as exc:
         raise UsageError(
-            f"--tls-cert/--tls-key: cannot load {os.fspath(cert)!r} with {os.fspath(key)!r} "
+            f"{both}: cannot load {os.fspath(cert)!r} with {os.fspath(key)!r} "
             f"({exc.reason or 'rejected by OpenSSL'})"
         ) from None
     except OSError as exc:
-        raise UsageError(f"--tls-cert/--tls-key: cannot load: {exc.strerror or exc}") from None
+        raise UsageError(f"{both}: cannot load: {exc.strerror or exc}") from None
     der = leaf.public_bytes(serialization.Encoding.DER)
     return LoadedCertificate(
         ctx, hashlib.sha256(der).hexdigest(), leaf.not_valid_after_utc, len(chain), leaf.not_valid_before_utc
@@ -204,16 +220,103 @@ def _stamp(path: Path) -> FileStamp:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-class CertificateReloader:
+class FileReloader(Generic[T]):
+    """What an operator's files hold (:meth:`_load`, which raises a :class:`UsageError` at
+    construction: a server does not start with bad files), reloadable: :meth:`reload` on
+    ``SIGHUP``, :meth:`poll` every ``poll_interval`` seconds (0: only on ``SIGHUP``), which
+    reloads when one of ``paths`` changed (device, inode, size, mtime, after symlinks).
+    ``loaded`` is swapped by one attribute assignment, only after the new files loaded; on any
+    error the old value stays, a one-line JSON error is logged at WARNING (``{"event":
+    self.event, "result": "failed", ...}``, the error's message: it never holds the files'
+    content) and the failure is counted (``failed``); a success is logged at INFO and counted
+    (``reloaded``). ``listener``: named in the log lines (``None``: not). Reloads are
+    serialized (they run in worker threads)."""
+
+    event = "reload"
+
+    def __init__(
+        self, paths: Sequence[Path], *, poll_interval: float, logger: str, listener: str | None = None
+    ) -> None:
+        self.paths = tuple(Path(p) for p in paths)
+        self.poll_interval = poll_interval
+        self.listener = listener
+        self._log = logging.getLogger(logger)
+        self._lock = threading.Lock()
+        stamps = self._stamps()
+        self.loaded: T = self._load()
+        self._stamps_seen = stamps  # the files as they were when last read (reloaded or not)
+        self.reloaded = 0
+        self.failed = 0
+
+    def _load(self) -> T:
+        raise NotImplementedError
+
+    def _loaded_fields(self, loaded: T) -> dict[str, object]:
+        """What a success's log line says of the new value."""
+        raise NotImplementedError
+
+    def _in_use_fields(self) -> dict[str, object]:
+        """What a failure's log line says of the value still in use."""
+        raise NotImplementedError
+
+    def _check_reloaded(self, loaded: T) -> None:
+        """Judge what a reload loaded (a :class:`UsageError` keeps the old value); not asked at
+        construction. Nothing by default."""
+
+    def _due(self) -> bool:
+        """Whether :meth:`poll` reloads although no file changed. Never by default."""
+        return False
+
+    def _stamps(self) -> tuple[FileStamp, ...]:
+        return tuple(_stamp(path) for path in self.paths)
+
+    def _line(self, result: str, trigger: str, fields: dict[str, object]) -> str:
+        line: dict[str, object] = {"event": self.event, "result": result, "trigger": trigger, **fields}
+        if self.listener is not None:
+            line["listener"] = self.listener
+        return json.dumps(line, sort_keys=True)
+
+    def reload(self, trigger: str = "SIGHUP") -> bool:
+        """Read the files again; swap what is in use when they load, keep it otherwise.
+        Whether the new files are in use."""
+        with self._lock:
+            stamps = self._stamps()  # before reading: a change while reading is seen next time
+            try:
+                loaded = self._load()
+                self._check_reloaded(loaded)
+            except UsageError as exc:
+                self._stamps_seen = stamps
+                self.failed += 1
+                self._log.warning(self._line("failed", trigger, {"error": str(exc), **self._in_use_fields()}))
+                return False
+            self.loaded = loaded
+            self._stamps_seen = stamps
+            self.reloaded += 1
+        self._log.info(self._line("ok", trigger, self._loaded_fields(loaded)))
+        return True
+
+    def poll(self) -> bool | None:
+        """Reload if a file changed since it was last read, or when :meth:`_due` (``None``:
+        nothing to do)."""
+        if self._stamps() == self._stamps_seen and not self._due():
+            return None
+        return self.reload("poll")
+
+
+class CertificateReloader(FileReloader[LoadedCertificate]):
     """The certificate and key of ``cert`` and ``key`` (:func:`load_certificate_pair`, which
-    raises at construction: a server does not start with a bad pair), reloadable.
-    ``poll_interval``: seconds between looks at the files (``--cert-reload-interval``; 0: only
-    on ``SIGHUP``). ``logger``: where reloads are logged (JSON lines, ``{"event":
-    "tls-reload", ...}``: a success at INFO, a failure at WARNING). ``clock``: the time a
-    reloaded certificate must be valid at (aware; the wall clock by default; not asked at
-    construction, where the pair is loaded whatever its dates). Reloads are serialized; the
-    context is swapped by one attribute assignment, which a connection being accepted on the
-    event loop reads whole."""
+    raises at construction: a server does not start with a bad pair), reloadable
+    (:class:`FileReloader`; log lines ``{"event": "tls-reload", ...}``). ``poll_interval``:
+    seconds between looks at the files (``--cert-reload-interval``; 0: only on ``SIGHUP``).
+    ``options``: how errors name the two files; ``metric_prefix``: the start of the names of
+    its metrics (:meth:`collect`: a server's second listener with certificates of its own, the
+    metrics listener's, exports them under a name of its own). ``clock``: the time a reloaded
+    certificate must be valid at (aware; the wall clock by default; not asked at construction,
+    where the pair is loaded whatever its dates). A pair refused only as not yet valid is tried
+    again by the first :meth:`poll` at or after its notBefore, although the files did not
+    change."""
+
+    event = "tls-reload"
 
     def __init__(
         self,
@@ -223,20 +326,43 @@ class CertificateReloader:
         poll_interval: float = 0.0,
         make_context: Callable[[], ssl.SSLContext] = tls12_server_context,
         logger: str = "confide.ledger",
+        options: tuple[str, str] = TLS_OPTIONS,
+        metric_prefix: str = "confide_tls_certificate",
+        listener: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.cert, self.key = Path(cert), Path(key)
-        self.poll_interval = poll_interval
         self._make_context = make_context
-        self._log = logging.getLogger(logger)
+        self.options = options
+        self.metric_prefix = metric_prefix
         self._clock = clock
         self._retry_at: datetime | None = None  # the notBefore of a pair refused as not yet valid
-        self._lock = threading.Lock()
-        stamps = self._stamps()
-        self.loaded = load_certificate_pair(self.cert, self.key, make_context)
-        self._stamps_seen = stamps  # the files as they were when last read (reloaded or not)
-        self.reloaded = 0
-        self.failed = 0
+        super().__init__((self.cert, self.key), poll_interval=poll_interval, logger=logger, listener=listener)
+
+    def _load(self) -> LoadedCertificate:
+        self._retry_at = None  # files that do not load are not tried again until they change
+        return load_certificate_pair(self.cert, self.key, self._make_context, self.options)
+
+    def _check_reloaded(self, loaded: LoadedCertificate) -> None:
+        """A reloaded certificate must be valid now (``clock``); one not yet valid is tried
+        again at its notBefore."""
+        now = self._clock()
+        if now < loaded.not_before:  # the same files are tried again then
+            self._retry_at = loaded.not_before
+        check_valid_at(loaded, now, self.cert, self.options[0])
+
+    def _due(self) -> bool:
+        return self._retry_at is not None and self._clock() >= self._retry_at
+
+    def _loaded_fields(self, loaded: LoadedCertificate) -> dict[str, object]:
+        return {
+            "certificate_sha256": loaded.sha256,
+            "not_after": loaded.not_after.isoformat(),
+            "chain_length": loaded.chain_length,
+        }
+
+    def _in_use_fields(self) -> dict[str, object]:
+        return {"certificate_sha256": self.loaded.sha256}  # the one still in use
 
     @property
     def context(self) -> ssl.SSLContext:
@@ -246,61 +372,20 @@ class CertificateReloader:
         """The context for a new connection."""
         return self.loaded.context
 
-    def _stamps(self) -> tuple[FileStamp, FileStamp]:
-        return _stamp(self.cert), _stamp(self.key)
-
-    def reload(self, trigger: str = "SIGHUP") -> bool:
-        """Read the files again; swap the context when they load and the certificate is valid
-        now (``clock``), keep the old one otherwise. Whether the new pair is in use."""
-        with self._lock:
-            stamps = self._stamps()  # before reading: a change while reading is seen next time
-            try:
-                self._retry_at = None
-                loaded = load_certificate_pair(self.cert, self.key, self._make_context)
-                now = self._clock()
-                if now < loaded.not_before:  # the same files are tried again then
-                    self._retry_at = loaded.not_before
-                check_valid_at(loaded, now, self.cert)
-            except UsageError as exc:
-                self._stamps_seen = stamps
-                self.failed += 1
-                failure = {
-                    "event": "tls-reload", "result": "failed", "trigger": trigger, "error": str(exc),
-                    "certificate_sha256": self.loaded.sha256,  # the one still in use
-                }  # fmt: skip
-                self._log.warning(json.dumps(failure, sort_keys=True))
-                return False
-            self.loaded = loaded
-            self._stamps_seen = stamps
-            self.reloaded += 1
-        line: dict[str, object] = {
-            "event": "tls-reload", "result": "ok", "trigger": trigger, "certificate_sha256": loaded.sha256,
-            "not_after": loaded.not_after.isoformat(), "chain_length": loaded.chain_length,
-        }  # fmt: skip
-        self._log.info(json.dumps(line, sort_keys=True))
-        return True
-
-    def poll(self) -> bool | None:
-        """Reload if either file changed since it was last read, or if they were refused only
-        as not yet valid and that time has come (``None``: nothing to do)."""
-        due = self._retry_at is not None and self._clock() >= self._retry_at
-        if self._stamps() == self._stamps_seen and not due:
-            return None
-        return self.reload("poll")
-
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        """``confide_tls_certificate_reloads_total{result}`` and
-        ``confide_tls_certificate_not_after_seconds`` (of the certificate in use)."""
+        """``<metric_prefix>_reloads_total{result}`` and ``<metric_prefix>_not_after_seconds``
+        (of the certificate in use)."""
+        of = "" if self.listener is None else f" of the {self.listener} listener"
         reloads = CounterMetricFamily(
-            "confide_tls_certificate_reloads",
-            "Reloads of the TLS certificate and key, by result",
+            f"{self.metric_prefix}_reloads",
+            f"Reloads of the TLS certificate and key{of}, by result",
             labels=["result"],
         )
         reloads.add_metric(["ok"], self.reloaded)
         reloads.add_metric(["failed"], self.failed)
         yield reloads
         yield GaugeMetricFamily(
-            "confide_tls_certificate_not_after_seconds",
-            "notAfter of the TLS certificate in use (Unix time)",
+            f"{self.metric_prefix}_not_after_seconds",
+            f"notAfter of the TLS certificate{of} in use (Unix time)",
             value=self.loaded.not_after.timestamp(),
         )

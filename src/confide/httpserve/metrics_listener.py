@@ -1,27 +1,34 @@
-"""``/metrics`` off the public API: a listener of its own, and a bearer token (``--metrics-listen``,
-``--metrics-token-file`` of ``confide cas serve``, ``confide ledger serve`` and ``confide ledger
-witness serve``; docs/cas.md "Metrics", docs/ledger.md "Metrics and refusals").
+"""``/metrics`` off the public API: a listener of its own, over HTTPS, and bearer tokens
+(``--metrics-listen``, ``--metrics-cert``/``--metrics-key``, ``--metrics-token-file`` of
+``confide cas serve``, ``confide ledger serve`` and ``confide ledger witness serve``; docs/cas.md
+"Metrics: a listener of its own, tokens", docs/ledger.md "Metrics and refusals").
 
 :class:`MetricsListenerApp` is the bare ASGI application of the metrics listener, served by
-:func:`~confide.httpserve.server.plain_server` (plain HTTP/1.1, on the main server's event loop,
-connections and request heads bounded by an :class:`~confide.httpserve.limits.HttpLimits` of its
-own, :func:`listener_limits`): ``GET`` and ``HEAD`` of ``/metrics`` (a query string ignored), any
-other path an empty ``404``, any other method ``405`` with ``Allow: GET, HEAD`` (RFC 9110
-§15.5.6), a request with content ``413`` and the connection closed (nothing reads a body there).
-It has no other route: nothing of the API can be reached through it.
+:func:`~confide.httpserve.server.plain_server` (HTTP/1.1, over TLS with a
+:class:`~confide.httpserve.certreload.CertificateReloader` of ``--metrics-cert``, on the main
+server's event loop, connections and request heads bounded by an
+:class:`~confide.httpserve.limits.HttpLimits` of its own, :func:`listener_limits`): ``GET`` and
+``HEAD`` of ``/metrics`` (a query string ignored), any other path an empty ``404``, any other
+method ``405`` with ``Allow: GET, HEAD`` (RFC 9110 §15.5.6), a request with content ``413`` and
+the connection closed (nothing reads a body there). It has no other route: nothing of the API
+can be reached through it.
 
-:class:`MetricsAuth` is the token of ``--metrics-token-file`` (:func:`read_metrics_token`),
-required on whichever listener serves ``/metrics``: ``Authorization: Bearer <token>`` (RFC 6750
-§2.1), compared in constant time (:func:`hmac.compare_digest` of SHA-256 digests); absent or
-wrong, ``401`` with ``WWW-Authenticate: Bearer ...`` (RFC 6750 §3), counted
+:class:`MetricsAuth` is the tokens of ``--metrics-token-file`` (a :class:`TokenSet`, read by
+:func:`read_metrics_tokens`: one token a line, ``NAME:TOKEN`` or ``TOKEN``, ``#`` comments; kept
+and reloaded by :class:`MetricsTokenFile` on ``SIGHUP`` and when polled, a bad file keeping the
+tokens in use), required on whichever listener serves ``/metrics``: ``Authorization: Bearer
+<token>`` (RFC 6750 §2.1), compared in constant time with every token (:meth:`TokenSet.match`:
+:func:`hmac.compare_digest` of SHA-256 digests, all of them, no early exit); absent or wrong,
+``401`` with ``WWW-Authenticate: Bearer ...`` (RFC 6750 §3), counted
 (``confide_metrics_unauthorized_total{reason="missing"|"wrong"}``) and logged as a
 rate-limited ``refused`` line (:class:`~confide.httpserve.ratelimit.RefusalLog`) naming the
-client's address, never what it sent. The token is in no log line, exception or metric. Each
-``401`` takes a token from the client's bucket of failures (:data:`FAILURE_RATE`, a
-:class:`~confide.httpserve.ratelimit.RateLimiter` keyed as the other limiters key clients,
-bounded as they are): a client whose bucket is empty gets ``429`` with ``Retry-After`` without
-its token being checked (``reason="limited"``), so nothing guesses tokens faster than that.
-"""
+client's address, never what it sent. An accepted scrape is counted by the scraper's name
+(``confide_metrics_scrapes_total{scraper}``), its first one logged. No token is in a log
+line, exception or metric. Each ``401`` takes a token from the client's bucket of failures
+(:data:`FAILURE_RATE`, a :class:`~confide.httpserve.ratelimit.RateLimiter` keyed as the other
+limiters key clients, bounded as they are): a client whose bucket is empty gets ``429`` with
+``Retry-After`` without its token being checked (``reason="limited"``), so nothing guesses
+tokens faster than that."""
 
 from __future__ import annotations
 
@@ -30,35 +37,49 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from confide.errors import UsageError
 from confide.fsutil import read_small_file
+from confide.httpserve.certreload import CertificateReloader, FileReloader
 from confide.httpserve.limits import PUBLIC_MAX_HEAD, HttpLimits
 from confide.httpserve.ratelimit import MAX_CLIENTS, Rate, RateLimiter, RefusalLog, client_key, retry_after
 
 __all__ = [
     "FAILURE_RATE",
+    "MAX_TOKENS",
     "MAX_TOKEN_FILE",
     "METRICS_PATH",
+    "METRICS_TLS_OPTIONS",
     "MIN_TOKEN",
     "MetricsAuth",
     "MetricsListenerApp",
+    "MetricsTokenFile",
+    "TokenSet",
     "limits_refused",
     "listener_limits",
-    "read_metrics_token",
+    "metrics_files",
+    "parse_metrics_tokens",
+    "read_metrics_tokens",
 ]
 
 METRICS_PATH = "/metrics"
+METRICS_TLS_OPTIONS = ("--metrics-cert", "--metrics-key")
+"""How errors name the metrics listener's certificate and key files."""
 MIN_TOKEN = 16
 """The shortest token accepted (bytes): a guessable one would be no access control."""
-MAX_TOKEN_FILE = 4096
+MAX_TOKEN_FILE = 64 * 1024
+MAX_TOKENS = 256
+"""The most tokens a token file may hold (each scrape is compared with all of them)."""
+_NAME = re.compile(rb"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""A scraper's name in a token file (``NAME:TOKEN``)."""
 FAILURE_RATE = Rate(5.0, 20.0)
 """Refused scrapes (``401``: no token, or a wrong one) a client may make a second, and at once,
 before its scrapes get ``429`` without the token being checked: a scraper's typo shows in 20
@@ -73,58 +94,217 @@ _NOSNIFF = b"nosniff"
 _TEXT = b"text/plain; charset=utf-8"
 
 
-def read_metrics_token(path: Path, option: str = "--metrics-token-file") -> bytes:
-    """The bearer token in ``path`` (read by :func:`~confide.fsutil.read_small_file`, at most
-    :data:`MAX_TOKEN_FILE` bytes; one trailing newline stripped): at least :data:`MIN_TOKEN`
-    bytes, each printable ASCII other than a space (``0x21``-``0x7e``: what an
-    ``Authorization`` header carries as it is). A :class:`UsageError` otherwise, naming the
-    file and what is wrong, never the file's content."""
+def parse_metrics_tokens(data: bytes, where: str) -> TokenSet:
+    """The tokens of a token file's bytes ``data`` (``where``: how errors name the file; module
+    docstring): one a line, ``NAME:TOKEN`` or ``TOKEN`` (named ``line-N``), spaces, tabs and a
+    carriage return around a line ignored, blank lines and ``#`` comments skipped. Each token
+    at least :data:`MIN_TOKEN` bytes of printable ASCII other than a space (``0x21``-``0x7e``:
+    what an ``Authorization`` header carries as it is); at most :data:`MAX_TOKENS`; no token
+    and no name twice. A :class:`UsageError` otherwise, naming the file, the line and what is
+    wrong, never a token."""
+    names: dict[str, int] = {}
+    digests: dict[bytes, int] = {}
+    tokens: list[tuple[str, bytes]] = []
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        line = raw.strip(b" \t\r")
+        if not line or line.startswith(b"#"):
+            continue
+        head, colon, rest = line.partition(b":")
+        if colon and _NAME.fullmatch(head):
+            name, token = head.decode("ascii"), rest
+        else:
+            name, token = f"line-{number}", line
+        at = f"{where}: line {number}"
+        if len(token) < MIN_TOKEN:
+            raise UsageError(f"{at}: the token has {len(token)} bytes, expected at least {MIN_TOKEN}")
+        if any(b < 0x21 or b > 0x7E for b in token):
+            raise UsageError(
+                f"{at}: the token has a byte that is not printable ASCII (0x21-0x7e: no space, no"
+                " control character)"
+            )
+        digest = hashlib.sha256(token).digest()
+        if digest in digests:
+            raise UsageError(f"{at}: the same token as line {digests[digest]} (a token per scraper)")
+        if name in names:
+            raise UsageError(f"{at}: the name {name!r} is line {names[name]}'s too")
+        if len(tokens) == MAX_TOKENS:
+            raise UsageError(f"{where}: more than {MAX_TOKENS} tokens")
+        names[name], digests[digest] = number, number
+        tokens.append((name, token))
+    if not tokens:
+        raise UsageError(f"{where}: no token in it (blank lines and # comments only)")
+    return TokenSet.of(tokens)
+
+
+def read_metrics_tokens(path: Path, option: str = "--metrics-token-file") -> TokenSet:
+    """The tokens in the file ``path`` (read by :func:`~confide.fsutil.read_small_file`, at
+    most :data:`MAX_TOKEN_FILE` bytes; :func:`parse_metrics_tokens`). A :class:`UsageError`
+    otherwise, naming the file and what is wrong, never the file's content."""
     data = read_small_file(path, MAX_TOKEN_FILE, option)
-    if data.endswith(b"\n"):
-        data = data[:-1]
-    where = f"{option} {str(path)[:200]!r}"
-    if not data:
-        raise UsageError(f"{where}: the token is empty")
-    if len(data) < MIN_TOKEN:
-        raise UsageError(f"{where}: the token has {len(data)} bytes, expected at least {MIN_TOKEN}")
-    if any(b < 0x21 or b > 0x7E for b in data):
-        raise UsageError(
-            f"{where}: the token has a byte that is not printable ASCII (0x21-0x7e: no space, no"
-            " control character, no second line)"
-        )
-    return data
+    return parse_metrics_tokens(data, f"{option} {str(path)[:200]!r}")
 
 
-class MetricsAuth:
-    """The bearer token ``/metrics`` requires (module docstring); ``refusals``: where a refused
-    scrape is logged (the server's :class:`~confide.httpserve.ratelimit.RefusalLog`);
-    ``failures``: each client's bucket of refused scrapes (:data:`FAILURE_RATE`, at most
-    ``max_clients`` clients, ``clock`` monotonic seconds). Counts and buckets change on the
-    event loop's thread only."""
+class TokenSet:
+    """The bearer tokens ``/metrics`` accepts, each with its scraper's name; only their SHA-256
+    digests are kept. :meth:`match` compares what a scrape sent with every one of them."""
+
+    __slots__ = ("_digests", "names")
+
+    def __init__(self, names: tuple[str, ...], digests: tuple[bytes, ...]) -> None:
+        if not names or len(names) != len(digests) or len(set(names)) != len(names):
+            raise ValueError("a token set needs tokens, each with a name of its own")
+        self.names, self._digests = names, digests
+
+    @classmethod
+    def of(cls, tokens: Sequence[tuple[str, bytes]]) -> TokenSet:
+        """The set of ``(name, token)`` pairs; a ``ValueError`` for a token shorter than
+        :data:`MIN_TOKEN` (never saying which)."""
+        if any(len(token) < MIN_TOKEN for _, token in tokens):
+            raise ValueError("a metrics token is too short")
+        return cls(tuple(name for name, _ in tokens), tuple(hashlib.sha256(t).digest() for _, t in tokens))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return f"TokenSet({', '.join(self.names)})"  # the names, never a token
+
+    def match(self, sent: bytes) -> str | None:
+        """The name of the token ``sent`` is (``None``: none). The SHA-256 digest of ``sent``
+        is compared with every token's by :func:`hmac.compare_digest`, all of them, whichever
+        matched: the time depends neither on what was sent, nor on which token it is, nor on
+        where the first difference is."""
+        digest = hashlib.sha256(sent).digest()
+        found = -1
+        for index, known in enumerate(self._digests):
+            equal = hmac.compare_digest(digest, known)
+            found = index if equal else found  # no early exit
+        return self.names[found] if found >= 0 else None
+
+
+class MetricsTokenFile(FileReloader[TokenSet]):
+    """The tokens of ``--metrics-token-file`` (:func:`read_metrics_tokens`, which raises at
+    construction: a server does not start with a bad file), read again on ``SIGHUP`` and, every
+    ``poll_interval`` seconds, when the file changed (:class:`FileReloader`; log lines
+    ``{"event": "metrics-token-reload", ...}`` naming the scrapers, never a token). A bad file
+    keeps the tokens in use. Calling it returns the tokens in use."""
+
+    event = "metrics-token-reload"
 
     def __init__(
         self,
-        token: bytes,
+        path: Path,
+        *,
+        poll_interval: float = 0.0,
+        logger: str = "confide.ledger",
+        option: str = "--metrics-token-file",
+    ) -> None:
+        self.path, self.option = Path(path), option
+        super().__init__((self.path,), poll_interval=poll_interval, logger=logger, listener="metrics")
+
+    def _load(self) -> TokenSet:
+        return read_metrics_tokens(self.path, self.option)
+
+    def _loaded_fields(self, loaded: TokenSet) -> dict[str, object]:
+        return {"tokens": len(loaded), "scrapers": list(loaded.names)}
+
+    def _in_use_fields(self) -> dict[str, object]:
+        return {"tokens": len(self.loaded)}  # the ones still in use
+
+    def __call__(self) -> TokenSet:
+        return self.loaded
+
+    def __repr__(self) -> str:
+        return f"MetricsTokenFile({str(self.path)!r})"
+
+    def collect(self) -> Iterator[Metric]:
+        reloads = CounterMetricFamily(
+            "confide_metrics_token_reloads",
+            "Reloads of --metrics-token-file, by result (failed: the tokens in use kept)",
+            labels=["result"],
+        )
+        reloads.add_metric(["ok"], self.reloaded)
+        reloads.add_metric(["failed"], self.failed)
+        yield reloads
+        yield GaugeMetricFamily(
+            "confide_metrics_tokens", "Bearer tokens /metrics accepts (those in use)", value=len(self.loaded)
+        )
+
+
+def metrics_files(
+    listening: bool,
+    token_file: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    *,
+    poll_interval: float,
+    logger: str,
+) -> tuple[MetricsTokenFile | None, CertificateReloader | None]:
+    """The metrics listener's files of ``--metrics-token-file`` and ``--metrics-cert``/
+    ``--metrics-key`` (both or neither, only when ``listening``: a ``--metrics-listen`` is
+    given), each read at once (a :class:`UsageError` for a bad one), to be reloaded on
+    ``SIGHUP`` and polled every ``poll_interval`` seconds, logged on ``logger``."""
+    if (cert is None) != (key is None):
+        raise UsageError("--metrics-cert and --metrics-key go together")
+    if cert is not None and not listening:
+        raise UsageError("--metrics-cert and --metrics-key need --metrics-listen (the listener they serve)")
+    tokens = tls = None
+    if token_file is not None:
+        tokens = MetricsTokenFile(token_file, poll_interval=poll_interval, logger=logger)
+    if cert is not None and key is not None:
+        tls = CertificateReloader(
+            cert, key, poll_interval=poll_interval, logger=logger, options=METRICS_TLS_OPTIONS,
+            metric_prefix="confide_metrics_tls_certificate", listener="metrics",
+        )  # fmt: skip
+    return tokens, tls
+
+
+class MetricsAuth:
+    """The bearer tokens ``/metrics`` requires (module docstring): ``tokens``, a fixed
+    :class:`TokenSet` or a :class:`MetricsTokenFile` (asked for the tokens in use at each
+    scrape); ``refusals``: where a refused scrape is logged (the server's
+    :class:`~confide.httpserve.ratelimit.RefusalLog`); ``failures``: each client's bucket of
+    refused scrapes (:data:`FAILURE_RATE`, at most ``max_clients`` clients, ``clock`` monotonic
+    seconds); ``logger``: where a scraper's first accepted scrape (since the start, or since its
+    token was reloaded) is logged at INFO. Counts and buckets change on the event loop's thread
+    only."""
+
+    def __init__(
+        self,
+        tokens: TokenSet | MetricsTokenFile,
         refusals: RefusalLog,
         *,
         failures: Rate = FAILURE_RATE,
         max_clients: int = MAX_CLIENTS,
         clock: Callable[[], float] = time.monotonic,
+        logger: str = "confide.ledger",
     ) -> None:
-        if len(token) < MIN_TOKEN:
-            raise ValueError("the metrics token is too short")
-        self._digest = hashlib.sha256(token).digest()
+        self.reloader = tokens if isinstance(tokens, MetricsTokenFile) else None
+        self._fixed = tokens if isinstance(tokens, TokenSet) else None
         self.refusals = refusals
         self.failures = RateLimiter(failures, max_clients=max_clients, clock=clock)
         self.refused = {"missing": 0, "wrong": 0, "limited": 0}
+        self.scrapes: dict[str, int] = {}  # accepted scrapes by scraper name
+        self._log = logging.getLogger(logger)
+        self._announced: tuple[TokenSet | None, set[str]] = (None, set())
 
     def __repr__(self) -> str:
-        return "MetricsAuth(<token>)"  # never the token
+        return "MetricsAuth(<tokens>)"  # never a token
+
+    @property
+    def tokens(self) -> TokenSet:
+        """The tokens in use."""
+        return self._fixed if self._fixed is not None else cast(MetricsTokenFile, self.reloader)()
 
     def refusal(self, scope: Any, listener: str) -> Response | None:
-        """``None`` when ``scope`` carries the token; else the ``401`` to send, or the ``429``
-        when the client has used up its refused scrapes (counted and logged, ``listener``
-        naming where)."""
+        """``None`` when ``scope`` carries one of the tokens; else the ``401`` to send, or the
+        ``429`` when the client has used up its refused scrapes (counted and logged,
+        ``listener`` naming where)."""
+        return self.check(scope, listener)[0]
+
+    def check(self, scope: Any, listener: str) -> tuple[Response | None, str | None]:
+        """:meth:`refusal`, and the name of the scraper whose token ``scope`` carries (``None``
+        when refused)."""
         client = scope.get("client")
         address = client_key(str(client[0])) if client else ""
         wait = self.failures.waiting(address)
@@ -132,7 +312,7 @@ class MetricsAuth:
             self.refused["limited"] += 1
             self.refusals.log("metrics-unauthorized", address, listener=listener, cause="limited")
             headers = [(b"retry-after", retry_after(wait).encode()), _NO_STORE, (b"content-type", _TEXT)]
-            return 429, headers, b"too many refused requests\n"
+            return (429, headers, b"too many refused requests\n"), None
         given: list[bytes] = [value for name, value in scope.get("headers", ()) if name == b"authorization"]
         reason = "missing"
         if len(given) > 1:
@@ -140,11 +320,11 @@ class MetricsAuth:
         elif given:
             scheme, _, credentials = given[0].strip().partition(b" ")
             if scheme.lower() == b"bearer":
-                # compare_digest of the digests: the time depends neither on where the first
-                # difference is nor on the length of what was sent
-                sent = hashlib.sha256(credentials.strip(b" ")).digest()
-                if hmac.compare_digest(sent, self._digest):
-                    return None
+                tokens = self.tokens
+                scraper = tokens.match(credentials.strip(b" "))
+                if scraper is not None:
+                    self._accepted(tokens, scraper, address, listener)
+                    return None, scraper
                 reason = "wrong"
         self.refused[reason] += 1
         self.failures.take(address)
@@ -153,7 +333,18 @@ class MetricsAuth:
         if reason == "wrong":
             challenge += b', error="invalid_token"'
         headers = [(b"www-authenticate", challenge), _NO_STORE, (b"content-type", _TEXT)]
-        return 401, headers, b"unauthorized\n"
+        return (401, headers, b"unauthorized\n"), None
+
+    def _accepted(self, tokens: TokenSet, scraper: str, address: str, listener: str) -> None:
+        self.scrapes[scraper] = self.scrapes.get(scraper, 0) + 1
+        current, announced = self._announced
+        if current is not tokens:  # a token file reloaded: each scraper's first use logged again
+            announced = set()
+            self._announced = tokens, announced
+        if scraper not in announced:
+            announced.add(scraper)
+            line = {"event": "metrics-scraper", "scraper": scraper, "client": address, "listener": listener}
+            self._log.info(json.dumps(line, sort_keys=True))
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
@@ -165,6 +356,18 @@ class MetricsAuth:
         for reason, n in sorted(self.refused.copy().items()):
             family.add_metric([reason], n)
         yield family
+        scrapes = CounterMetricFamily(
+            "confide_metrics_scrapes",
+            "Requests of /metrics accepted, by the name of the scraper whose token they carried"
+            " (the tokens in use: 0 for one not used yet)",
+            labels=["scraper"],
+        )
+        counts = self.scrapes.copy()
+        for name in self.tokens.names:
+            scrapes.add_metric([name], counts.get(name, 0))
+        yield scrapes
+        if self.reloader is not None:
+            yield from self.reloader.collect()
 
 
 def listener_limits(like: HttpLimits) -> HttpLimits:
@@ -207,6 +410,7 @@ class MetricsListenerApp:
         start = time.perf_counter()
         method = scope["method"]
         response: Response
+        scraper: str | None = None
         if method not in ("GET", "HEAD"):
             response = 405, [(b"allow", _ALLOW), _NO_STORE], b""
         elif _has_content(scope):
@@ -214,7 +418,7 @@ class MetricsListenerApp:
         elif scope["path"] != METRICS_PATH:
             response = 404, [_NO_STORE], b""
         else:
-            refused = self.auth.refusal(scope, "metrics") if self.auth is not None else None
+            refused, scraper = self.auth.check(scope, "metrics") if self.auth is not None else (None, None)
             if refused is not None:
                 response = refused
             else:
@@ -230,7 +434,8 @@ class MetricsListenerApp:
             self._log.info(
                 json.dumps(
                     {"event": "request", "listener": "metrics", "method": method[:16], "route": route,
-                     "status": status, "ms": round((time.perf_counter() - start) * 1000, 2)}
+                     "status": status, "scraper": scraper,
+                     "ms": round((time.perf_counter() - start) * 1000, 2)}
                 )
             )  # fmt: skip
 

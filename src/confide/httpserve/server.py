@@ -15,7 +15,10 @@ the main one, with connection limits of its own.
 Given a :class:`~confide.httpserve.certreload.CertificateReloader` for ``tls`` (the certificate
 files of ``--tls-cert``/``--tls-key``), the server reloads them on ``SIGHUP`` (when it runs in
 the main thread) and every ``poll_interval`` seconds when they changed, off the event loop; new
-connections get the new certificate, open ones keep theirs.
+connections get the new certificate, open ones keep theirs. So it does with the other
+:class:`~confide.httpserve.certreload.FileReloader` it is given (``reloaders``: the metrics
+listener's certificate of ``--metrics-cert``/``--metrics-key``, served by :func:`plain_server`
+with ``tls``, and the tokens of ``--metrics-token-file``).
 
 :func:`reserve_descriptors` raises the open-files limit to what the connection limits need.
 """
@@ -36,7 +39,7 @@ from typing import Any
 import uvicorn
 
 from confide.errors import UsageError
-from confide.httpserve.certreload import CertificateReloader
+from confide.httpserve.certreload import CertificateReloader, FileReloader
 from confide.httpserve.limits import HttpLimits
 
 __all__ = [
@@ -95,21 +98,26 @@ Companion = tuple[uvicorn.Server, socket.socket]
 """A second listener's server (:func:`plain_server`) and its bound socket."""
 
 
-def plain_server(app: Any, limits: HttpLimits) -> uvicorn.Server:
+def plain_server(app: Any, limits: HttpLimits, tls: CertificateReloader | None = None) -> uvicorn.Server:
     """A second listener's uvicorn server: plain HTTP/1.1 (httptools), connections admitted by
     :meth:`HttpLimits.plain_protocol`, request heads bounded and timed as there; no lifespan,
     no proxy headers. It handles no signal: the :class:`ServerWithCompanions` it is given to
-    stops it."""
+    stops it. ``tls``: HTTPS instead, with the certificate in use of that reloader (each
+    connection admitted before its handshake, :meth:`HttpLimits.tls_protocol`, as the main
+    listener's); the :class:`ServerWithCompanions` is given the reloader too (``reloaders``)."""
     config = uvicorn.Config(
         app,
         log_config=None,
         access_log=False,
-        http=limits.plain_protocol(),
+        http=limits.plain_protocol() if tls is None else limits.http_protocol(),
         proxy_headers=False,
         lifespan="off",
         loop="uvloop",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
     )
+    if tls is not None:
+        config.load()
+        config.http_protocol_class = limits.tls_protocol(config.http_protocol_class, tls)  # type: ignore[assignment]
     return _CompanionServer(config)
 
 
@@ -123,21 +131,21 @@ class ServerWithCompanions(uvicorn.Server):
     """uvicorn's server, also running ``companions`` (:func:`plain_server`, each with its
     socket) on its loop: started once this one has started; this one stops when one of them
     fails; stopped, and waited for, when this one shuts down (before uvicorn re-raises the
-    signal that stopped it). ``reloader``: the certificate files reloaded on ``SIGHUP`` (in
-    the main thread only: signals are delivered there) and polled every
-    ``reloader.poll_interval`` seconds (when not 0), each reload in a worker thread."""
+    signal that stopped it). ``reloaders``: the operator's files (certificates, the metrics
+    token file) reloaded on ``SIGHUP`` (in the main thread only: signals are delivered there),
+    each polled every ``poll_interval`` seconds (when not 0), each reload in a worker thread."""
 
     def __init__(
         self,
         config: uvicorn.Config,
         companions: Sequence[Companion] = (),
-        reloader: CertificateReloader | None = None,
+        reloaders: Sequence[FileReloader[Any]] = (),
     ) -> None:
         super().__init__(config)
         self.companions = tuple(companions)
-        self.reloader = reloader
+        self.reloaders = tuple(reloaders)
         self._companion_tasks: list[asyncio.Task[None]] = []
-        self._poll_task: asyncio.Task[None] | None = None
+        self._poll_tasks: list[asyncio.Task[None]] = []
         self._sighup = False
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -146,23 +154,27 @@ class ServerWithCompanions(uvicorn.Server):
             loop = asyncio.get_running_loop()
             for server, sock in self.companions:
                 self._companion_tasks.append(loop.create_task(server.serve(sockets=[sock])))
-            if self.reloader is not None:
-                self._start_reloading(loop, self.reloader)
+            if self.reloaders:
+                self._start_reloading(loop, self.reloaders)
 
-    def _start_reloading(self, loop: asyncio.AbstractEventLoop, reloader: CertificateReloader) -> None:
+    def _start_reloading(
+        self, loop: asyncio.AbstractEventLoop, reloaders: Sequence[FileReloader[Any]]
+    ) -> None:
         if threading.current_thread() is threading.main_thread():
-            loop.add_signal_handler(signal.SIGHUP, self._on_sighup, loop, reloader)
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup, loop, reloaders)
             self._sighup = True
-        if reloader.poll_interval > 0:
-            self._poll_task = loop.create_task(self._poll(loop, reloader))
+        for reloader in reloaders:
+            if reloader.poll_interval > 0:
+                self._poll_tasks.append(loop.create_task(self._poll(loop, reloader)))
 
     @staticmethod
-    def _on_sighup(loop: asyncio.AbstractEventLoop, reloader: CertificateReloader) -> None:
+    def _on_sighup(loop: asyncio.AbstractEventLoop, reloaders: Sequence[FileReloader[Any]]) -> None:
         # reading and parsing the files, off the loop; reload() logs and counts its failures
-        loop.run_in_executor(None, reloader.reload, "SIGHUP")
+        for reloader in reloaders:
+            loop.run_in_executor(None, reloader.reload, "SIGHUP")
 
     @staticmethod
-    async def _poll(loop: asyncio.AbstractEventLoop, reloader: CertificateReloader) -> None:
+    async def _poll(loop: asyncio.AbstractEventLoop, reloader: FileReloader[Any]) -> None:
         while True:
             await asyncio.sleep(reloader.poll_interval)
             await loop.run_in_executor(None, reloader.poll)
@@ -179,9 +191,9 @@ class ServerWithCompanions(uvicorn.Server):
         if self._sighup:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             self._sighup = False
-        if self._poll_task is not None:
-            self._poll_task.cancel()
-            self._poll_task = None
+        for task in self._poll_tasks:
+            task.cancel()
+        self._poll_tasks = []
         try:
             await super().shutdown(sockets)
         finally:
@@ -197,7 +209,8 @@ class HttpServer:
     ``server_close()`` closes the listening socket (and the companions'). ``companions``: second
     listeners (:func:`plain_server`, each with its bound socket) served on the same loop.
     ``tls`` may be a :class:`CertificateReloader` (certificate files reloaded on ``SIGHUP`` and
-    when polled, :class:`ServerWithCompanions`)."""
+    when polled, :class:`ServerWithCompanions`), as may be each of ``reloaders`` (the
+    companions' files: the metrics listener's certificate, its token file)."""
 
     thread_name = "http"
 
@@ -209,10 +222,12 @@ class HttpServer:
         limits: HttpLimits | None = None,
         tls: ssl.SSLContext | CertificateReloader | None = None,
         companions: Sequence[Companion] = (),
+        reloaders: Sequence[FileReloader[Any]] = (),
     ) -> None:
         self.limits = limits if limits is not None else HttpLimits()
         self.tls = tls
         self.companions = tuple(companions)
+        self.reloaders = (tls, *reloaders) if isinstance(tls, CertificateReloader) else tuple(reloaders)
         try:
             self.socket = bind(address)
         except BaseException:
@@ -246,8 +261,7 @@ class HttpServer:
         if tls is not None:
             http = config.http_protocol_class
             config.http_protocol_class = self.limits.tls_protocol(http, tls)  # type: ignore[assignment]
-        reloader = tls if isinstance(tls, CertificateReloader) else None
-        return ServerWithCompanions(config, self.companions, reloader)
+        return ServerWithCompanions(config, self.companions, self.reloaders)
 
     def serve_forever(self) -> None:
         self._server.run(sockets=[self.socket])

@@ -31,7 +31,7 @@ from confide.httpserve.limits import (
     MAX_CONNECTIONS_PER_CLIENT,
     HttpLimits,
 )
-from confide.httpserve.metrics_listener import read_metrics_token
+from confide.httpserve.metrics_listener import metrics_files
 from confide.httpserve.ratelimit import Rate, parse_rate
 from confide.httpserve.server import reserve_descriptors
 from confide.ledger.auditor import (
@@ -219,36 +219,65 @@ _METRICS_OPTIONS = [
                  " 404), with connection limits of its own (the values of this server's); the"
                  " server's listener then answers /metrics 404."),
     click.option("--metrics-token-file", type=_PATH, metavar="FILE",
-                 help="Require 'Authorization: Bearer TOKEN' for /metrics, wherever it is served;"
-                 " TOKEN is the file's content (one trailing newline stripped; at least 16"
-                 " printable ASCII bytes, no space). Else 401."),
+                 help="Require 'Authorization: Bearer TOKEN' for /metrics, wherever it is served,"
+                 " TOKEN one of the file's: one a line, NAME:TOKEN or TOKEN (named line-N), at least"
+                 " 16 printable ASCII bytes, no space; blank lines and # comments skipped. Else 401."
+                 " Read again on SIGHUP and at --cert-reload-interval (a bad file keeps the tokens"
+                 " in use)."),
+    click.option("--metrics-cert", type=_PATH, metavar="FILE",
+                 help="Serve the --metrics-listen listener over HTTPS (TLS 1.2+) with this PEM"
+                 " certificate (chain); reloaded with --metrics-key on SIGHUP and at"
+                 " --cert-reload-interval."),
+    click.option("--metrics-key", type=_PATH, metavar="FILE",
+                 help="The --metrics-cert certificate's private key (PEM, unencrypted)."),
 ]  # fmt: skip
 
 
 _metrics_options = _options(_METRICS_OPTIONS)
 
 
-def _metrics(metrics_listen: str | None, metrics_token_file: Path | None) -> dict[str, Any]:
-    """The metrics listener's address and the token (``--metrics-listen``,
-    ``--metrics-token-file``; docs/ledger.md "Metrics and refusals") as server arguments."""
-    return {
-        "metrics_listen": None if metrics_listen is None else _address(metrics_listen, "--metrics-listen"),
-        "metrics_token": None if metrics_token_file is None else read_metrics_token(metrics_token_file),
-    }
+def _metrics(
+    metrics_listen: str | None,
+    metrics_token_file: Path | None,
+    metrics_cert: Path | None,
+    metrics_key: Path | None,
+    reload_interval: float,
+) -> dict[str, Any]:
+    """The metrics listener's address, its certificate and the tokens (``--metrics-listen``,
+    ``--metrics-cert``, ``--metrics-key``, ``--metrics-token-file``; docs/ledger.md "Metrics and
+    refusals") as server arguments: the files read at once (a bad one: a usage error), then
+    reloaded on SIGHUP and every ``reload_interval`` seconds (``--cert-reload-interval``) when
+    they changed."""
+    address = None if metrics_listen is None else _address(metrics_listen, "--metrics-listen")
+    tokens, tls = metrics_files(
+        address is not None, metrics_token_file, metrics_cert, metrics_key, poll_interval=reload_interval,
+        logger="confide.ledger",
+    )  # fmt: skip
+    if tokens is not None or tls is not None:
+        # Until the server handles it (once it listens), a SIGHUP is ignored rather than fatal.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    return {"metrics_listen": address, "metrics_tokens": tokens, "metrics_tls": tls}
 
 
 def _banner_metrics(server: LedgerHTTPServer) -> str:
     return f"; metrics at {server.metrics_url}" if server.metrics_url is not None else ""
 
 
-def _tls(cert: Path | None, key: Path | None, reload_interval: float = 0.0) -> CertificateReloader | None:
+def _tls(
+    cert: Path | None, key: Path | None, reload_interval: float = 0.0, metrics_reloadable: bool = False
+) -> CertificateReloader | None:
     """The server's certificate files from --tls-cert/--tls-key (both or neither), reloaded on
-    SIGHUP and every --cert-reload-interval seconds when they changed; None for plain HTTP."""
+    SIGHUP and every --cert-reload-interval seconds when they changed; None for plain HTTP.
+    ``metrics_reloadable``: the metrics listener has files of its own to reload (--metrics-cert,
+    --metrics-token-file), which --cert-reload-interval polls too."""
     if (cert is None) != (key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     if cert is None or key is None:
-        if reload_interval:
-            raise UsageError("--cert-reload-interval needs --tls-cert and --tls-key")
+        if reload_interval and not metrics_reloadable:
+            raise UsageError(
+                "--cert-reload-interval needs files to reload: --tls-cert and --tls-key,"
+                " --metrics-cert and --metrics-key, or --metrics-token-file"
+            )
         return None
     # Until the server handles it (once it listens), a SIGHUP is ignored rather than fatal.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -260,8 +289,9 @@ _TLS_OPTIONS = [
                  " reloaded with --tls-key on SIGHUP."),
     click.option("--tls-key", type=_PATH, help="The certificate's private key (PEM, unencrypted)."),
     click.option("--cert-reload-interval", type=click.FloatRange(min=0, max=86400), default=0.0,
-                 metavar="SECONDS", help="Also look at --tls-cert and --tls-key this often and reload"
-                 " them when they changed (e.g. a Kubernetes Secret volume). 0 (default): on SIGHUP only."),
+                 metavar="SECONDS", help="Also look at --tls-cert and --tls-key (and --metrics-cert,"
+                 " --metrics-key, --metrics-token-file) this often and reload them when they changed"
+                 " (e.g. a Kubernetes Secret volume). 0 (default): on SIGHUP only."),
 ]  # fmt: skip
 
 
@@ -367,15 +397,20 @@ def serve_tiles(
     request_burst: str | None,
     metrics_listen: str | None,
     metrics_token_file: Path | None,
+    metrics_cert: Path | None,
+    metrics_key: Path | None,
     **limits: Any,
 ) -> None:
     """Serve the log read-only as C2SP tlog-tiles (checkpoint, tiles), over HTTPS with --tls-cert."""
 
     def start() -> tuple[LedgerHTTPServer, str]:
         _existing(log_db)
-        tls = _tls(tls_cert, tls_key, cert_reload_interval)
+        reloadable = metrics_token_file is not None or metrics_cert is not None
+        tls = _tls(tls_cert, tls_key, cert_reload_interval, reloadable)
         rate = parse_rate(request_rate, request_burst, "request")
-        metrics = _metrics(metrics_listen, metrics_token_file)
+        metrics = _metrics(
+            metrics_listen, metrics_token_file, metrics_cert, metrics_key, cert_reload_interval
+        )
         server = TilesServer(log_db, _address(listen), serve_entries=serve_entries, tls=tls,
                              limits=_limits(**limits, metrics_listener=metrics_listen is not None), rate=rate,
                              **metrics)  # fmt: skip
@@ -497,6 +532,8 @@ def witness_serve(
     request_burst: str | None,
     metrics_listen: str | None,
     metrics_token_file: Path | None,
+    metrics_cert: Path | None,
+    metrics_key: Path | None,
     **limits: Any,
 ) -> None:
     """Serve POST /add-checkpoint until interrupted (over HTTPS with --tls-cert)."""
@@ -504,8 +541,12 @@ def witness_serve(
     def start() -> tuple[LedgerHTTPServer, str]:
         witness = _make_witness(state, key_file, logs)
         rate = parse_rate(request_rate, request_burst, "request")
-        metrics = _metrics(metrics_listen, metrics_token_file)
-        server = WitnessServer(witness, _address(listen), tls=_tls(tls_cert, tls_key, cert_reload_interval),
+        reloadable = metrics_token_file is not None or metrics_cert is not None
+        tls = _tls(tls_cert, tls_key, cert_reload_interval, reloadable)
+        metrics = _metrics(
+            metrics_listen, metrics_token_file, metrics_cert, metrics_key, cert_reload_interval
+        )
+        server = WitnessServer(witness, _address(listen), tls=tls,
                                limits=_limits(**limits, metrics_listener=metrics_listen is not None),
                                rate=rate, **metrics)  # fmt: skip
         banner = f"witness {witness.verifier.vkey} at {server.url}/add-checkpoint{_banner_metrics(server)}"

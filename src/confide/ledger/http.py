@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from confide.errors import AccessDeniedError, ConfideError, NetworkError, UsageError
 from confide.httpbody import read_body
-from confide.httpserve.certreload import CertificateReloader, load_certificate_pair
+from confide.httpserve.certreload import CertificateReloader, FileReloader, load_certificate_pair
 from confide.httpserve.limits import (
     HANDSHAKE_TIMEOUT,
     HEAD_TIMEOUT,
@@ -42,7 +42,13 @@ from confide.httpserve.limits import (
     PUBLIC_MAX_HEAD,
     HttpLimits,
 )
-from confide.httpserve.metrics_listener import MetricsAuth, MetricsListenerApp, listener_limits
+from confide.httpserve.metrics_listener import (
+    MetricsAuth,
+    MetricsListenerApp,
+    MetricsTokenFile,
+    TokenSet,
+    listener_limits,
+)
 from confide.httpserve.ratelimit import Rate, RateLimiter, client_key, retry_after
 from confide.httpserve.server import Companion, HttpServer, bind, plain_server
 from confide.ledger.metrics import METRICS_PATH, LedgerMetrics, tiles_route, tree_size_of
@@ -265,8 +271,11 @@ class LedgerHTTPServer(HttpServer):
     ``metrics_listen``: ``HOST:PORT`` of a plain-HTTP listener of its own for ``/metrics``
     (``--metrics-listen``, :mod:`confide.httpserve.metrics_listener`; ``metrics_url``), on the
     same event loop, with limits of the values of the server's; the server's listener then
-    answers ``/metrics`` 404. ``metrics_token``: the bearer token ``/metrics`` requires wherever
-    it is served (``--metrics-token-file``)."""
+    answers ``/metrics`` 404. ``metrics_tokens``: the bearer tokens ``/metrics`` requires
+    wherever it is served (``--metrics-token-file``: a
+    :class:`~confide.httpserve.metrics_listener.MetricsTokenFile` is reloaded on ``SIGHUP`` and
+    polled as the certificates are). ``metrics_tls``: the metrics listener serves HTTPS with
+    that certificate (``--metrics-cert``, ``--metrics-key``; reloaded as ``tls`` is)."""
 
     thread_name = "ledger-http"
 
@@ -281,16 +290,26 @@ class LedgerHTTPServer(HttpServer):
         route: Callable[[str], str],
         limiter: RateLimiter | None,
         metrics_listen: tuple[str, int] | None = None,
-        metrics_token: bytes | None = None,
+        metrics_tokens: TokenSet | MetricsTokenFile | None = None,
+        metrics_tls: CertificateReloader | None = None,
     ) -> None:
+        if metrics_tls is not None and metrics_listen is None:
+            raise UsageError("--metrics-cert and --metrics-key need --metrics-listen")
         self.prefix = prefix.rstrip("/")
         self.metrics = metrics  # /metrics, and the refusal log (confide.ledger.metrics)
-        auth = MetricsAuth(metrics_token, metrics.refusals) if metrics_token is not None else None
-        self.metrics_auth = auth  # the token /metrics requires, and its clients' refused scrapes
+        auth = MetricsAuth(metrics_tokens, metrics.refusals) if metrics_tokens is not None else None
+        self.metrics_auth = auth  # the tokens /metrics requires, and its clients' refused scrapes
+        self.metrics_tls = metrics_tls
+        reloaders: list[FileReloader[Any]] = []
         if auth is not None:
-            metrics.registry.register(auth)
+            metrics.registry.register(auth)  # and the token file's reloads
+            if auth.reloader is not None:
+                reloaders.append(auth.reloader)
         if isinstance(tls, CertificateReloader):
             metrics.registry.register(tls)  # confide_tls_certificate_reloads_total, notAfter
+        if metrics_tls is not None:
+            metrics.registry.register(metrics_tls)  # confide_metrics_tls_certificate_...
+            reloaders.append(metrics_tls)
         companions: list[Companion] = []
         self.metrics_address: tuple[str, int] | None = None
         if metrics_listen is not None:
@@ -306,9 +325,11 @@ class LedgerHTTPServer(HttpServer):
             limits.on_refusal = lambda reason, client: refusals.log(reason, client, listener="metrics")
             listener = MetricsListenerApp(metrics.render, auth=auth, limits=limits)
             metrics.registry.register(listener)
-            companions.append((plain_server(listener, limits), sock))
+            companions.append((plain_server(listener, limits, metrics_tls), sock))
         app = MetricsApp(app, metrics, route, limiter, on_api=metrics_listen is None, auth=auth)
-        super().__init__(app, address, limits=metrics.limits, tls=tls, companions=companions)
+        super().__init__(
+            app, address, limits=metrics.limits, tls=tls, companions=companions, reloaders=reloaders
+        )
 
     @property
     def url(self) -> str:
@@ -323,7 +344,7 @@ class LedgerHTTPServer(HttpServer):
             return None
         host, port = self.metrics_address
         shown = f"[{host}]" if ":" in host else host
-        return f"http://{shown}:{port}{METRICS_PATH}"
+        return f"{'https' if self.metrics_tls else 'http'}://{shown}:{port}{METRICS_PATH}"
 
 
 class TilesApp:
@@ -449,7 +470,7 @@ class MetricsApp:
 class TilesServer(LedgerHTTPServer):
     """``confide ledger serve``: ``TilesServer(db, ("127.0.0.1", 0))``; ``serve_in_thread()``
     for embedding. ``rate``: per-client requests a second (``None``: no limit).
-    ``metrics_listen``, ``metrics_token``: see :class:`LedgerHTTPServer`."""
+    ``metrics_listen``, ``metrics_tokens``, ``metrics_tls``: see :class:`LedgerHTTPServer`."""
 
     thread_name = "ledger-tiles"
 
@@ -464,7 +485,8 @@ class TilesServer(LedgerHTTPServer):
         limits: HttpLimits | None = None,
         rate: Rate | None = TILES_RATE,
         metrics_listen: tuple[str, int] | None = None,
-        metrics_token: bytes | None = None,
+        metrics_tokens: TokenSet | MetricsTokenFile | None = None,
+        metrics_tls: CertificateReloader | None = None,
     ) -> None:
         self.db = Path(db)
         self.serve_entries = serve_entries
@@ -478,5 +500,5 @@ class TilesServer(LedgerHTTPServer):
         super().__init__(
             app, address, prefix=prefix, tls=tls, metrics=metrics, limiter=self.limiter,
             route=lambda target: tiles_route(target, prefix), metrics_listen=metrics_listen,
-            metrics_token=metrics_token,
+            metrics_tokens=metrics_tokens, metrics_tls=metrics_tls,
         )  # fmt: skip

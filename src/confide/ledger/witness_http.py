@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from confide.errors import ConfideError, LogRollbackError, NetworkError, ParseError, StorageError
 from confide.httpserve.certreload import CertificateReloader
 from confide.httpserve.limits import HttpLimits
+from confide.httpserve.metrics_listener import MetricsTokenFile, TokenSet
 from confide.httpserve.ratelimit import Rate, RateLimiter
 from confide.ledger.checkpoint import Checkpoint
 from confide.ledger.db import Conn
@@ -173,7 +174,7 @@ async def _read(receive: Any, length: int) -> bytes | None:
 class WitnessServer(LedgerHTTPServer):
     """``confide ledger witness serve``: ``WitnessServer(witness, ("127.0.0.1", 0))``;
     ``serve_in_thread()`` for embedding. ``rate``: per-client add-checkpoint requests a second
-    (``None``: no limit). ``metrics_listen``, ``metrics_token``: see
+    (``None``: no limit). ``metrics_listen``, ``metrics_tokens``, ``metrics_tls``: see
     :class:`~confide.ledger.http.LedgerHTTPServer`."""
 
     thread_name = "ledger-witness"
@@ -188,7 +189,8 @@ class WitnessServer(LedgerHTTPServer):
         limits: HttpLimits | None = None,
         rate: Rate | None = WITNESS_RATE,
         metrics_listen: tuple[str, int] | None = None,
-        metrics_token: bytes | None = None,
+        metrics_tokens: TokenSet | MetricsTokenFile | None = None,
+        metrics_tls: CertificateReloader | None = None,
     ) -> None:
         self.witness = witness
         self.limiter = RateLimiter(rate) if rate is not None else None
@@ -197,7 +199,7 @@ class WitnessServer(LedgerHTTPServer):
         metrics.extra = app.collect
         super().__init__(
             app, address, prefix=prefix, tls=tls, metrics=metrics, route=app.route, limiter=self.limiter,
-            metrics_listen=metrics_listen, metrics_token=metrics_token,
+            metrics_listen=metrics_listen, metrics_tokens=metrics_tokens, metrics_tls=metrics_tls,
         )  # fmt: skip
 
 
