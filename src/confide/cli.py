@@ -205,12 +205,18 @@ def _succeed(result: VerifiedEvidence, as_json: bool) -> None:
 
 def _fail(exc: ConfideError, platform: Platform | None, as_json: bool) -> None:
     if as_json:
+        # The keys of the verified object (README.md "Verifying evidence"), so that a script
+        # reads `details` or `verified_at` without first asking whether verification failed.
         out: dict[str, Any] = {
             "verified": False,
             "platform": platform.value if platform else None,
             "tcb_status": None,
             "advisory_ids": [],
             "claims": {},
+            "simulated": None,
+            "evidence_digest": None,
+            "verified_at": None,
+            "details": {},
             "error": {"class": exc.kind, "message": exc.message, "exit_code": exc.exit_code},
         }
         click.echo(json.dumps(out, indent=2))

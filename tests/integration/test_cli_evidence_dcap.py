@@ -131,3 +131,31 @@ def test_tdx_event_log_replay(tmp_path: Path) -> None:
     r = confide(*args, "--event-log", str(tmp_path))
     assert r.returncode in (errors.MeasurementError.exit_code, errors.ParseError.exit_code), r.stdout
     assert json.loads(r.stdout)["verified"] is False
+
+
+def _readme_json_keys() -> list[str]:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    sentence = readme.split("prints one JSON object: ", 1)[1].split("(`{", 1)[0]
+    return [name for name in sentence.split("`")[1::2] if name.isidentifier()]
+
+
+def test_a_failure_has_the_keys_of_a_success_as_the_readme_lists_them() -> None:
+    """README.md "Verifying evidence" names the keys of the --json object; a failed verification
+    carried only six of them (no `details`, `simulated`, `evidence_digest`, `verified_at`), so a
+    script reading `details` of every answer broke on the first refused one."""
+    keys = _readme_json_keys()
+    assert keys[:5] == ["verified", "platform", "tcb_status", "advisory_ids", "claims"]
+    assert keys[-2:] == ["details", "error"] and "verified_at" in keys
+    c = CASES[0]
+    good = confide("evidence", "verify", str(ASSETS / c.quote), "--collateral", str(ASSETS / c.collateral),
+                   "--at", c.at, "--json")  # fmt: skip
+    assert good.returncode == 0, good.stderr
+    bad = confide("evidence", "verify", str(ASSETS / c.quote), "--at", c.at, "--json")  # no collateral
+    assert bad.returncode == errors.CollateralMissingError.exit_code, bad.stderr
+    verified, refused = json.loads(good.stdout), json.loads(bad.stdout)
+    assert list(verified) == keys and list(refused) == keys
+    assert verified["verified_at"] == c.at and len(verified["evidence_digest"]) == 64
+    assert refused["verified"] is False and refused["platform"] == verified["platform"]
+    assert refused["claims"] == {} and refused["details"] == {}
+    assert refused["simulated"] is None and refused["evidence_digest"] is None
+    assert refused["verified_at"] is None and refused["error"]["class"] == "CollateralMissingError"

@@ -166,3 +166,30 @@ def test_a_writer_in_an_empty_directory_leaves_it_empty(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert _run("add", str(vol), str(src), "--key", str(tmp_path / "new.key")).returncode == 0
     assert (vol / ".lock").is_file()  # a volume's writers lock it
+
+
+def test_a_malformed_tag_is_a_usage_error_not_a_rollback(tmp_path: Path) -> None:
+    """`--tag` of verify, open and mount is checked as `--expect-tag` is: a value that is not a
+    volume tag (64 hex digits) is exit 2 before the volume is read, not a RollbackError (exit 60,
+    "an old or different version of the volume") naming the mistyped value as the expected one."""
+    vol, key = tmp_path / "vol", tmp_path / "vol.key"
+    assert _run("create", str(vol), "--key-out", str(key)).returncode == 0
+    tag = _run("seal", str(vol), "--key", str(key)).stdout.strip()
+    for bad in ("00", tag[:-1], tag + "0", tag[:-1] + "g"):
+        r = _run("verify", str(vol), "--key", str(key), "--tag", bad)
+        assert r.returncode == 2 and "expected 64 hex digits (a volume tag)" in r.stderr, r.stderr
+        r = _run("verify", str(vol), "--key", str(key), "--tag", bad, "--json")
+        assert r.returncode == 2 and '"class": "UsageError"' in r.stdout, r.stdout
+        out = tmp_path / "out"
+        r = _run("open", str(vol), "--key", str(key), "--to", str(out), "--tag", bad)
+        assert r.returncode == 2 and "expected 64 hex digits" in r.stderr, r.stderr
+        assert not out.exists()
+        mnt = tmp_path / "mnt"
+        mnt.mkdir(exist_ok=True)
+        r = _run("mount", str(vol), str(mnt), "--key", str(key), "--tag", bad)
+        assert r.returncode == 2 and "expected 64 hex digits" in r.stderr, r.stderr
+    # the right tag in upper case is the same tag; another well-formed one is still a rollback
+    r = _run("verify", str(vol), "--key", str(key), "--tag", tag.upper())
+    assert r.returncode == 0, r.stderr
+    r = _run("verify", str(vol), "--key", str(key), "--tag", "0" * 64)
+    assert r.returncode == 60 and "RollbackError" in r.stderr

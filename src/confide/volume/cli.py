@@ -23,6 +23,7 @@ from confide.volume.mount import MountMode, mount_volume, wait_for_signal
 from confide.volume.store import (
     PENDING_NAME,
     add_sources,
+    check_expected_tag,
     create_volume,
     remove_paths,
     seal_volume,
@@ -206,12 +207,14 @@ def seal_cmd(directory: Path, key_file: Path | None, expect_tag: str | None) -> 
 @volume.command("verify")
 @click.argument("directory", metavar="DIR", type=_PATH)
 @_key_option
-@click.option("--tag", metavar="HEX", help="Expected volume tag; another tag exits 60 (rollback).")
+@click.option(
+    "--tag", metavar="HEX", help="Expected volume tag (64 hex digits); another tag exits 60 (rollback)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def verify_cmd(directory: Path, key_file: Path | None, tag: str | None, as_json: bool) -> None:
     """Check every file of the sealed volume; list every bad file. Exit 0 only if all are good."""
     try:
-        report = verify_volume(directory, load_key(key_file), tag)
+        report = verify_volume(directory, load_key(key_file), check_expected_tag(tag))
     except ConfideError as exc:
         if as_json:
             err = {"class": exc.kind, "message": exc.message, "exit_code": exc.exit_code}
@@ -257,14 +260,17 @@ def verify_cmd(directory: Path, key_file: Path | None, tag: str | None, as_json:
 @click.argument("directory", metavar="DIR", type=_PATH)
 @_key_option
 @click.option("--to", "target", type=_PATH, required=True, help="Empty or absent directory (e.g. on tmpfs).")
-@click.option("--tag", metavar="HEX", help="Expected volume tag; another tag exits 60 (rollback).")
+@click.option(
+    "--tag", metavar="HEX", help="Expected volume tag (64 hex digits); another tag exits 60 (rollback)."
+)
 @click.option("--workers", type=click.IntRange(1, 64), help="Decryption threads (default: CPUs, max 4).")
 def open_cmd(
     directory: Path, key_file: Path | None, target: Path, tag: str | None, workers: int | None
 ) -> None:
     """Decrypt the sealed volume into --to; nothing unauthenticated is ever left there."""
     try:
-        result = open_volume(directory, load_key(key_file), target, tag, workers=workers)
+        want = check_expected_tag(tag)  # before --to is created: a malformed tag is exit 2
+        result = open_volume(directory, load_key(key_file), target, want, workers=workers)
     except ConfideError as exc:
         _die(exc)
         return
@@ -276,7 +282,9 @@ def open_cmd(
 @click.argument("directory", metavar="DIR", type=_PATH)
 @click.argument("mountpoint", metavar="MOUNTPOINT", type=_PATH)
 @_key_option
-@click.option("--tag", metavar="HEX", help="Expected volume tag; another tag exits 60 (rollback).")
+@click.option(
+    "--tag", metavar="HEX", help="Expected volume tag (64 hex digits); another tag exits 60 (rollback)."
+)
 @click.option(
     "--mode", type=click.Choice(["auto", "fuse", "tmpfs"]), default="auto", show_default=True,
     help="FUSE, tmpfs decryption (private mount namespace as root), or FUSE when /dev/fuse works.",
@@ -297,7 +305,7 @@ def mount_cmd(
             directory,
             load_key(key_file),
             mountpoint,
-            expected_tag=tag,
+            expected_tag=check_expected_tag(tag),
             mode=cast(MountMode, mode),
             writable=writable,
         )
