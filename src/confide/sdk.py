@@ -76,6 +76,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, ParamSpec, TypeAlias, TypeVar
 
+from confide.cas.answer import flag as _bool
+from confide.cas.answer import integer as _int
+from confide.cas.answer import mapping as _mapping
+from confide.cas.answer import obj as _answer_object
+from confide.cas.answer import objects, policy_state, texts
+from confide.cas.answer import optional_text as _opt_str
+from confide.cas.answer import text as _str
 from confide.cas.client import CasClient
 from confide.errors import ParseError, UsageError
 from confide.frozenmap import FrozenMap
@@ -233,37 +240,17 @@ def _freeze(value: object) -> JsonValue:
 
 
 def _object(value: object, what: str) -> Mapping[str, JsonValue]:
-    frozen = _freeze(value)
-    if not isinstance(frozen, Mapping):
-        raise ParseError("expected an object", structure=what)
-    return frozen
+    """A CAS answer, read-only (:func:`_freeze`), an object: its members are read with
+    :mod:`confide.cas.answer`'s readers, as the commands read them."""
+    return _answer_object(_freeze(value), what)
 
 
-def _str(obj: Mapping[str, JsonValue], key: str, what: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str):
-        raise ParseError(f"got {type(value).__name__}, expected a string", structure=what, field=key)
-    return value
+def _strs(obj: Mapping[str, JsonValue], key: str, what: str) -> tuple[str, ...]:
+    return texts(obj, key, what, optional=True)
 
 
-def _opt_str(obj: Mapping[str, JsonValue], key: str) -> str | None:
-    value = obj.get(key)
-    return value if isinstance(value, str) else None
-
-
-def _int(obj: Mapping[str, JsonValue], key: str, what: str) -> int:
-    value = obj.get(key)
-    if type(value) is not int:
-        raise ParseError(f"got {type(value).__name__}, expected an integer", structure=what, field=key)
-    return value
-
-
-def _objects(value: JsonValue, what: str) -> tuple[Mapping[str, JsonValue], ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, tuple) or not all(isinstance(v, Mapping) for v in value):
-        raise ParseError("expected a list of objects", structure=what)
-    return tuple(v for v in value if isinstance(v, Mapping))
+def _objects(obj: Mapping[str, JsonValue], key: str, what: str) -> tuple[Mapping[str, JsonValue], ...]:
+    return objects(obj, key, what, optional=True)
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -293,9 +280,7 @@ class PolicyStatus:
 
     @classmethod
     def _from(cls, answer: object, warnings: tuple[str, ...] = ()) -> PolicyStatus:
-        obj = _object(answer, "the CAS's policy answer")
-        what = "the CAS's policy answer"
-        return cls(_str(obj, "name", what), _str(obj, "hash", what), _str(obj, "state", what), warnings)
+        return cls(*policy_state(_freeze(answer), "the CAS's policy answer"), warnings)
 
 
 @dataclass(frozen=True)
@@ -351,7 +336,7 @@ class PolicyInfo:
                 _opt_str(v, "predecessor"),
                 _opt_str(v, "submitter"),
             )
-            for v in _objects(obj.get("versions"), what)
+            for v in _objects(obj, "versions", what)
         )
         secrets_obj = obj.get("secrets") or _EMPTY
         if not isinstance(secrets_obj, Mapping):
@@ -499,29 +484,6 @@ class Revocation:
     details: Mapping[str, JsonValue] = field(repr=False)
 
 
-def _strs(obj: Mapping[str, JsonValue], key: str, what: str) -> tuple[str, ...]:
-    value = obj.get(key)
-    if value is None:
-        return ()
-    if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
-        raise ParseError("expected a list of strings", structure=what, field=key)
-    return tuple(v for v in value if isinstance(v, str))
-
-
-def _bool(obj: Mapping[str, JsonValue], key: str, what: str) -> bool:
-    value = obj.get(key)
-    if not isinstance(value, bool):
-        raise ParseError(f"got {type(value).__name__}, expected true or false", structure=what, field=key)
-    return value
-
-
-def _mapping(obj: Mapping[str, JsonValue], key: str, what: str) -> Mapping[str, JsonValue]:
-    value = obj.get(key)
-    if not isinstance(value, Mapping):
-        raise ParseError("expected an object", structure=what, field=key)
-    return value
-
-
 @dataclass(frozen=True)
 class BoardApprover:
     """One board member's approval as the CAS lists it: the signer's fingerprint, when it
@@ -537,7 +499,7 @@ class BoardApprover:
     def _all(cls, obj: Mapping[str, JsonValue], key: str, what: str) -> tuple[BoardApprover, ...]:
         return tuple(
             cls(_str(a, "signer", what), _int(a, "expires", what), _str(a, "approval", what), a)
-            for a in _objects(obj.get(key), what)
+            for a in _objects(obj, key, what)
         )
 
 
@@ -604,10 +566,10 @@ class SuccessorBoard(_Board):
                 _strs(t, "retire", what),
                 t,
             )
-            for t in _objects(obj.get("approvals"), what)
+            for t in _objects(obj, "approvals", what)
         )
-        return cls(*cls._fields(obj, what), targets, _objects(obj.get("retired"), what),
-                   _objects(obj.get("void"), what), obj)  # fmt: skip
+        return cls(*cls._fields(obj, what), targets, _objects(obj, "retired", what),
+                   _objects(obj, "void", what), obj)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -684,7 +646,7 @@ class BoardChanges(_Board):
                 BoardApprover._all(c, "approvers", what),
                 BoardApprover._all(c, "withdrawn", what),
             )
-            for c in _objects(obj.get("changes"), what)
+            for c in _objects(obj, "changes", what)
         )
         return cls(*cls._fields(obj, what), changes)
 
@@ -746,9 +708,9 @@ class Retirements(_Board):
                 BoardApprover._all(r, "approvers", what),
                 BoardApprover._all(r, "withdrawn", what),
             )
-            for r in _objects(obj.get("retirements"), what)
+            for r in _objects(obj, "retirements", what)
         )
-        return cls(*cls._fields(obj, what), pending, _objects(obj.get("retired"), what))
+        return cls(*cls._fields(obj, what), pending, _objects(obj, "retired", what))
 
 
 @dataclass(frozen=True)
@@ -1107,7 +1069,7 @@ class Cas:
         what = "the CAS's events"
         answer = _object(self._client.events(name, identity), what)
         out = []
-        for ev in _objects(answer.get("events"), what):
+        for ev in _objects(answer, "events", what):
             at = ev.get("at")
             payload = ev.get("payload") or _EMPTY
             if not isinstance(at, int | float) or isinstance(at, bool) or not isinstance(payload, Mapping):
@@ -1232,7 +1194,7 @@ class Cas:
                             version if type(version) is int else None,
                         )
                     )
-            volumes = _objects(_freeze(row.get("volumes")), "ledger entry volumes")
+            volumes = _objects({"volumes": _freeze(row.get("volumes"))}, "volumes", "ledger entry volumes")
             out.append(
                 Access(
                     int(row["index"]),
@@ -1275,8 +1237,8 @@ class Cas:
         obj = _object(self._client.revoke(name, secret, identity, reason=reason, serial=serial), what)
         return Revocation(
             _str(obj, "name", what), _str(obj, "secret", what), _str(obj, "reason", what),
-            _objects(obj.get("revoked"), what), _objects(obj.get("reissued"), what),
-            obj.get("key_replaced") is True, _objects(obj.get("crls"), what), obj,
+            _objects(obj, "revoked", what), _objects(obj, "reissued", what),
+            obj.get("key_replaced") is True, _objects(obj, "crls", what), obj,
         )  # fmt: skip
 
     # -- the auditor --------------------------------------------------------------------------

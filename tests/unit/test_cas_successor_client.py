@@ -54,7 +54,7 @@ def test_a_malformed_successor_answer_is_a_parse_error_before_anything_is_signed
     """A missing master_key_id was a KeyError, a generation that is no integer a ValueError or
     taken (True as 1): the CAS's answer, a ParseError, and nothing signed."""
     client = _Client(answer)
-    with pytest.raises(ParseError, match="expected master_key_id and generation"):
+    with pytest.raises(ParseError, match=r"^the CAS's successor answer"):
         approve_successor(client, Identity.generate(), "sim", {}, NOW + 3600)  # type: ignore[arg-type]
     assert client.signed == []
 
@@ -73,6 +73,6 @@ def test_a_malformed_successor_answer_withdraws_nothing(answer: object) -> None:
     client = _Client(answer)
     withdrawn: list[object] = []
     client.withdraw_successor_approval = lambda *a: withdrawn.append(a)  # type: ignore[attr-defined]
-    with pytest.raises(ParseError, match="expected master_key_id and generation"):
+    with pytest.raises(ParseError, match=r"^the CAS's successor answer"):
         withdraw_successor(client, Identity.generate(), "0" * 64)  # type: ignore[arg-type]
     assert withdrawn == []

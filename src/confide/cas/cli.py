@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from confide.cas import answer
 from confide.cas.sealing import SEAL_PROVIDERS
 from confide.errors import ConfideError, UsageError
 from confide.fsutil import read_small_file
 from confide.identity import Identity, load_identity
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from confide.runtime.nvidia import GpuQuoteProvider
     from confide.sim.measure import Measurement
@@ -504,24 +505,29 @@ def _rotate_online(data_dir: Path, batch_size: int | None, pause_ms: int | None)
         req["batch_size"] = batch_size
     if pause_ms is not None:
         req["pause_ms"] = pause_ms
-    status = request(data_dir, req)["status"]
-    while status.get("state") == "running":
+    what = "the CAS's admin reply to rotate-master-key --online"
+    status = answer.mapping(request(data_dir, req), "status", what)
+    while answer.text(status, "state", what) == "running":
         time.sleep(0.5)
-        status = request(data_dir, {"op": "rotation-status"})["status"]
-    if status.get("state") != "done":
-        raise UsageError(
-            f"the online rotation failed: {status.get('error')} (the CAS resumes it at its next start)"
-        )
+        status = answer.mapping(request(data_dir, {"op": "rotation-status"}), "status", what)
+    if answer.text(status, "state", what) != "done":
+        error = answer.optional_text(status, "error")
+        raise UsageError(f"the online rotation failed: {error} (the CAS resumes it at its next start)")
+    old_id, new_id = answer.text(status, "old_key_id", what), answer.text(status, "new_key_id", what)
+    resealed, versions = (
+        answer.integer(status, "resealed", what),
+        answer.integer(status, "policy_versions", what),
+    )
+    batches, seq = answer.integer(status, "batches", what), answer.integer(status, "event_seq", what)
     click.echo(
-        f"master key rotated online: {status['old_key_id']} -> {status['new_key_id']}; "
-        f"{status['resealed']} secrets re-sealed, {status['policy_versions']} policy versions, in "
-        f"{status['batches']} batches; "
-        f"ledger entry {status['event_seq'] - 1} (key.rotated)",
+        f"master key rotated online: {old_id} -> {new_id}; {resealed} secrets re-sealed, {versions} policy "
+        f"versions, in {batches} batches; ledger entry {seq - 1} (key.rotated)",
         err=True,
     )
-    if status.get("wal_warning"):
-        click.echo(f"warning: {status['wal_warning']}", err=True)
-    click.echo(status["new_key_id"])
+    warning = answer.optional_text(status, "wal_warning")
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(new_id)
 
 
 _CAS_TOLERANCES = (
@@ -758,9 +764,17 @@ def cas_successor_approve(
         CasClient.from_env(), ident, platform, named, expiry, master_key_id=master_key_id,
         retire=retire if retiring else None,
     )  # fmt: skip
-    retires = f" (retires {', '.join(result['retire'])} when it hands over)" if result.get("retire") else ""
-    click.echo(f"{result['target']} {_state(result)}{retires}")
-    click.echo(f"approval {result['digest']} (cas successor withdraw --approval names it)", err=True)
+    what = "the CAS's answer to cas successor approve"
+    shown = answer.obj(result, what)
+    retired = answer.texts(shown, "retire", what, optional=True)
+    target, digest, state = (
+        answer.text(shown, "target", what),
+        answer.text(shown, "digest", what),
+        _state(shown, what),
+    )
+    retires = f" (retires {', '.join(retired)} when it hands over)" if retired else ""
+    click.echo(f"{target} {state}{retires}")
+    click.echo(f"approval {digest} (cas successor withdraw --approval names it)", err=True)
 
 
 @cas_successor.command("withdraw")
@@ -778,7 +792,10 @@ def cas_successor_withdraw(approval: str, master_key_id: str | None, identity_fi
 
     ident = load_identity(identity_file)
     result = withdraw_successor(CasClient.from_env(), ident, approval, master_key_id=master_key_id)
-    click.echo(f"{result['approval']} withdrawn: {result['target']} {_state(result)}")
+    what = "the CAS's answer to cas successor withdraw"
+    shown = answer.obj(result, what)
+    withdrawn, target = answer.text(shown, "approval", what), answer.text(shown, "target", what)
+    click.echo(f"{withdrawn} withdrawn: {target} {_state(shown, what)}")
 
 
 def _attested_claims(platform: str, expect: dict[str, tuple[str, ...]]) -> dict[str, str]:
@@ -849,10 +866,10 @@ def _named_claims(option: str, items: tuple[str, ...]) -> dict[str, str]:
     return named_claims(option, items)
 
 
-def _state(result: dict[str, Any]) -> str:
-    """``authorised`` or ``pending (K of N approvals)``, for an approval or a withdrawal."""
-    have = len(result["approvers"])
-    return "authorised" if result["authorised"] else f"pending ({have} of {result['needed']} approvals)"
+def _state(shown: Mapping[str, Any], what: str) -> str:
+    """``authorised`` or ``pending (K of N approvals)``, for an approval or a withdrawal (the
+    CAS's answer ``shown``, ``what`` names it)."""
+    return "authorised" if answer.flag(shown, "authorised", what) else _pending_state(shown, what)
 
 
 def _expiry(text: str) -> int:
@@ -896,7 +913,7 @@ def cas_successor_board_propose(board_file: Path, expires: str, identity_file: P
     expiry = _expiry(expires)
     ident = load_identity(identity_file)
     client = CasClient.from_env()
-    _echo_change(sign_board_change(client, ident, new_board_change(client, board), expiry))
+    _echo_change(sign_board_change(client, ident, new_board_change(client, board), expiry), "propose")
 
 
 @cas_successor_board.command("approve")
@@ -920,16 +937,26 @@ def cas_successor_board_approve(change: str, expires: str, identity_file: Path) 
     draft = listed_board_change(client, wanted)
     shown = json.dumps(draft.board.to_json())
     click.echo(f"approving the board {shown} (generation {draft.generation + 1})", err=True)
-    _echo_change(sign_board_change(client, ident, draft, expiry))
+    _echo_change(sign_board_change(client, ident, draft, expiry), "approve")
 
 
-def _echo_change(result: dict[str, Any]) -> None:
-    if result["applied"]:
-        state = f"applied (the board is now generation {result['generation']})"
+def _echo_change(result: object, command: str) -> None:
+    """What ``cas successor board COMMAND`` prints of the CAS's answer ``result``."""
+    what = f"the CAS's answer to cas successor board {command}"
+    shown = answer.obj(result, what)
+    if answer.flag(shown, "applied", what):
+        state = f"applied (the board is now generation {answer.integer(shown, 'generation', what)})"
     else:
-        state = f"pending ({len(result['approvers'])} of {result['needed']} approvals)"
-    click.echo(f"{result['change']} {state}")
-    click.echo(f"approval {result['digest']} (cas successor withdraw --approval names it)", err=True)
+        state = _pending_state(shown, what)
+    change, digest = answer.text(shown, "change", what), answer.text(shown, "digest", what)
+    click.echo(f"{change} {state}")
+    click.echo(f"approval {digest} (cas successor withdraw --approval names it)", err=True)
+
+
+def _pending_state(shown: Mapping[str, Any], what: str) -> str:
+    """``pending (K of N approvals)`` (the CAS's answer ``shown``, ``what`` names it)."""
+    have, needed = len(answer.texts(shown, "approvers", what)), answer.integer(shown, "needed", what)
+    return f"pending ({have} of {needed} approvals)"
 
 
 @cas_successor.group("retire")
@@ -976,7 +1003,7 @@ def cas_successor_retire_propose(
     click.echo(f"retires the code {code_identity(platform, code)} on {platform}:", err=True)
     for name, value in code.items():
         click.echo(f"  {name}={value}", err=True)
-    _echo_retirement(sign_retirement(client, ident, draft, expiry))
+    _echo_retirement(sign_retirement(client, ident, draft, expiry), "propose")
 
 
 @cas_successor_retire.command("approve")
@@ -1004,16 +1031,20 @@ def cas_successor_retire_approve(retirement: str, expires: str, identity_file: P
     )
     for name, value in draft.code.items():
         click.echo(f"  {name}={value}", err=True)
-    _echo_retirement(sign_retirement(client, ident, draft, expiry))
+    _echo_retirement(sign_retirement(client, ident, draft, expiry), "approve")
 
 
-def _echo_retirement(result: dict[str, Any]) -> None:
-    if result["applied"]:
-        state = f"applied (the version {result['identity']} is retired)"
+def _echo_retirement(result: object, command: str) -> None:
+    """What ``cas successor retire COMMAND`` prints of the CAS's answer ``result``."""
+    what = f"the CAS's answer to cas successor retire {command}"
+    shown = answer.obj(result, what)
+    if answer.flag(shown, "applied", what):
+        state = f"applied (the version {answer.text(shown, 'identity', what)} is retired)"
     else:
-        state = f"pending ({len(result['approvers'])} of {result['needed']} approvals)"
-    click.echo(f"{result['retirement']} {state}")
-    click.echo(f"approval {result['digest']} (cas successor withdraw --approval names it)", err=True)
+        state = _pending_state(shown, what)
+    retirement, digest = answer.text(shown, "retirement", what), answer.text(shown, "digest", what)
+    click.echo(f"{retirement} {state}")
+    click.echo(f"approval {digest} (cas successor withdraw --approval names it)", err=True)
 
 
 @click.group()
@@ -1070,10 +1101,10 @@ def policy_apply(policy_file: Path, identity_file: Path) -> None:
     ident = load_identity(identity_file)
     doc = load_policy(policy_file)
     client = CasClient.from_env()
-    result = client.apply(doc, ident)
-    click.echo(result["hash"])
-    if result.get("state") == "pending":
-        click.echo(f"{result['name']}: pending approval by the update board", err=True)
+    name, digest, state = answer.policy_state(client.apply(doc, ident), "the CAS's answer to policy apply")
+    click.echo(digest)
+    if state == "pending":
+        click.echo(f"{name}: pending approval by the update board", err=True)
     for warning in policy_warnings(doc):  # docs/limitations.md "confide run": not a refusal
         click.echo(warning, err=True)
 
@@ -1092,7 +1123,7 @@ def policy_approve(name: str, digest: str, identity_file: Path) -> None:
     from confide.cas.client import CasClient
 
     result = CasClient.from_env().approve(name, digest, load_identity(identity_file))
-    click.echo(result["state"])
+    click.echo(answer.policy_state(result, "the CAS's answer to policy approve")[2])
 
 
 @policy.command("show")
@@ -1117,10 +1148,12 @@ def policy_events(name: str, identity_file: Path) -> None:
     """Show the recorded events of a policy (changes, attestations, releases)."""
     from confide.cas.client import CasClient
 
-    for ev in CasClient.from_env().events(name, load_identity(identity_file))["events"]:
-        ev.pop("entry", None)
-        ev.pop("inclusion_proof", None)
-        click.echo(json.dumps(ev, sort_keys=True))
+    what = "the CAS's answer to policy events"
+    shown = answer.obj(CasClient.from_env().events(name, load_identity(identity_file)), what)
+    for ev in answer.objects(shown, "events", what):
+        click.echo(
+            json.dumps({k: v for k, v in ev.items() if k not in ("entry", "inclusion_proof")}, sort_keys=True)
+        )
 
 
 @policy.command("crl")

@@ -24,6 +24,7 @@ import httpx2
 from cryptography import x509
 
 from confide import errors, jsonstrict
+from confide.cas import answer as _answer
 from confide.cas.documents import (
     APPROVAL_TYPE,
     POLICY_TYPE,
@@ -297,12 +298,8 @@ class CasClient:
             unknown=f"the CAS issues no read nonces (POST {READ_NONCE_PATH}): it is older than this "
             f"client, which signs {READ_TYPE} read requests only; upgrade the CAS",
         )
-        nonce = answer.get("nonce") if isinstance(answer, dict) else None
-        if not isinstance(nonce, str):
-            raise errors.ParseError(
-                "expected an object with a string", structure="the CAS's read nonce answer"
-            )
-        return nonce
+        what = "the CAS's read nonce answer"
+        return _answer.text(_answer.obj(answer, what), "nonce", what)
 
     def _read_header(self, name: str, identity: Identity, route: str) -> dict[str, str]:
         """A signed read request (docs/cas.md "Reading a policy") for the one CAS this client
@@ -362,11 +359,8 @@ class CasClient:
         return result
 
     def nonce(self) -> str:
-        answer = self._call("POST", "/v1/attest/nonce")
-        nonce = answer.get("nonce") if isinstance(answer, dict) else None
-        if not isinstance(nonce, str):
-            raise errors.ParseError("expected an object with a string", structure="the CAS's nonce answer")
-        return nonce
+        what = "the CAS's nonce answer"
+        return _answer.text(_answer.obj(self._call("POST", "/v1/attest/nonce"), what), "nonce", what)
 
     def attest(self, request: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", "/v1/attest", json=request)
@@ -374,7 +368,8 @@ class CasClient:
 
     def key_release_nonce(self) -> str:
         """A single-use nonce for a master-key release (docs/cas.md "Joining a running CAS")."""
-        return str(self._call("POST", "/v1/cas/key-release/nonce")["nonce"])
+        what = "the CAS's key-release nonce answer"
+        return _answer.text(_answer.obj(self._call("POST", "/v1/cas/key-release/nonce"), what), "nonce", what)
 
     def successor(self) -> dict[str, Any]:
         """The successor board, the master key id and the approvals (:mod:`confide.cas.successor`)."""

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from confide.errors import ParseError, UsageError
+from confide.cas import answer
+from confide.errors import UsageError
 
 if TYPE_CHECKING:
     from confide.cas.client import CasClient
@@ -151,12 +152,9 @@ def _successor_shown(client: CasClient) -> tuple[str, int]:
     """The master key id and the board's generation (0 when absent) the CAS's successor answer
     reports; a ``ParseError`` (the CAS's answer, not the person's input) when it does not have
     that shape."""
-    shown: object = client.successor()
-    if isinstance(shown, dict):
-        key_id, generation = shown.get("master_key_id"), shown.get("generation", 0)
-        if isinstance(key_id, str) and isinstance(generation, int) and not isinstance(generation, bool):
-            return key_id, generation
-    raise ParseError("expected master_key_id and generation", structure="successor")
+    what = "the CAS's successor answer"
+    shown = answer.obj(client.successor(), what)
+    return answer.text(shown, "master_key_id", what), answer.integer(shown, "generation", what, absent=0)
 
 
 def approve_successor(
@@ -217,27 +215,22 @@ def _board_answer(current: object, listed: str, structure: str) -> tuple[str, in
     """The key id, the board's generation and the pending ``listed`` items (objects) of the
     CAS's answer ``current``; a ``ParseError`` (the CAS's answer, not the person's input) when
     it does not have that shape."""
-    if isinstance(current, dict):
-        key_id, generation, items = (
-            current.get("master_key_id"),
-            current.get("generation"),
-            current.get(listed),
-        )
-        if (
-            isinstance(key_id, str) and isinstance(generation, int) and not isinstance(generation, bool)
-            and isinstance(items, list) and all(isinstance(item, dict) for item in items)
-        ):  # fmt: skip
-            return key_id, generation, items
-    raise ParseError(f"expected master_key_id, generation and a list of {listed}", structure=structure)
+    shown = answer.obj(current, structure)
+    items = answer.objects(shown, listed, structure)
+    key_id, generation = (
+        answer.text(shown, "master_key_id", structure),
+        answer.integer(shown, "generation", structure),
+    )
+    return key_id, generation, [dict(item) for item in items]
 
 
 def _pending(
-    answer: object, noun: str, wanted: str, what: str, where: str, command: str
+    current: object, noun: str, wanted: str, what: str, where: str, command: str
 ) -> tuple[str, int, dict[str, Any]]:
     """The key id, the generation and the pending ``noun`` (``change``, ``retirement``) the
-    CAS's ``answer`` lists under the id ``wanted``; a ``UsageError`` when it lists none."""
+    CAS's answer ``current`` lists under the id ``wanted``; a ``UsageError`` when it lists none."""
     structure = "the CAS's successor board" if noun == "change" else "the CAS's retirements"
-    key_id, generation, items = _board_answer(answer, f"{noun}s", structure)
+    key_id, generation, items = _board_answer(current, f"{noun}s", structure)
     listed = [item for item in items if item.get(noun) == wanted]
     if not listed:
         raise UsageError(
@@ -263,8 +256,7 @@ def listed_board_change(client: CasClient, change: str, what: str = "--change") 
     from confide.cas.board_change import change_id  # noqa: PLC0415
     from confide.cas.successor_board import board_from_json  # noqa: PLC0415
 
-    answer = client.successor_board()
-    key_id, generation, found = _pending(answer, "change", change, what, "of", "board")
+    key_id, generation, found = _pending(client.successor_board(), "change", change, what, "of", "board")
     board = board_from_json(found.get("board"), "listed board change")
     if change_id(key_id, generation, board) != change:
         raise UsageError(
@@ -331,8 +323,9 @@ def listed_retirement(client: CasClient, retirement: str, what: str = "--retirem
     from confide.cas.successor import CODE_CLAIMS, claim_text_ok  # noqa: PLC0415
     from confide.verify.result import Platform  # noqa: PLC0415
 
-    answer = client.successor_retirements()
-    key_id, generation, found = _pending(answer, "retirement", retirement, what, "under", "retire")
+    key_id, generation, found = _pending(
+        client.successor_retirements(), "retirement", retirement, what, "under", "retire"
+    )
     platform, code = str(found.get("platform")), found.get("code", {})
     names = CODE_CLAIMS.get(Platform(platform)) if platform in {p.value for p in Platform} else None
     well_formed = (

@@ -277,10 +277,14 @@ def sconify_cmd(
             policy_file = None
         applied = None
         if client is not None and signer is not None:
+            from confide.cas.answer import policy_state
             from confide.policy import loads_policy
 
             try:
-                applied = client.apply(loads_policy(text, source="sconify policy"), signer)
+                applied = policy_state(
+                    client.apply(loads_policy(text, source="sconify policy"), signer),
+                    "the CAS's answer to sconify --cas",
+                )
             except BaseException as exc:  # Ctrl-C while waiting for the CAS loses the key too
                 if key_in_policy_only:
                     # A NetworkError (or an interruption) may also come after the CAS took the
@@ -319,4 +323,4 @@ def sconify_cmd(
     if result.measurement is not None:
         click.echo(f"measurement: {result.measurement}")
     if applied is not None:
-        click.echo(f"policy {applied['name']}: {applied['hash']} ({applied['state']})")
+        click.echo(f"policy {applied[0]}: {applied[1]} ({applied[2]})")

@@ -1,0 +1,421 @@
+"""Every command that reads a CAS's answer after its request reads it as hostile input: a CAS
+answering with another shape (a member missing or of another type, a list or a string for the
+object, no JSON at all) is one line on stderr and exit 10 (``ParseError``), nothing on stdout,
+never a Python traceback (docs/limitations.md listed ~19 such places in ``confide.cas.cli``).
+
+The CAS is a hostile one over real TLS on 127.0.0.1 (trusted as ``CONFIDE_CAS_CERT``): it
+answers the requests a command makes before its submission honestly (read nonces, the
+successor board, the retirements) and the command's own request with the answer under test.
+Each command also runs against the honest answer (exit 0), so that every refusal below is the
+answer's doing. The commands run in this process through ``confide``'s own ``main`` (an
+exception other than a ``ConfideError`` escapes it and fails the test), and once each as a
+child process, whose stderr must not hold a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import ssl
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli import run_confide
+from confide.cas.board_change import change_id
+from confide.cas.retirement import retirement_id
+from confide.cas.successor_board import board_from_json
+from confide.identity import Identity
+from pki import tls_server_files
+
+KEY_ID = "ab" * 32
+MEMBER = Identity.generate("member")
+BOARD = {"require-all": [MEMBER.fingerprint]}
+NEW_BOARD = {"require-at-least-1": [MEMBER.fingerprint, Identity.generate("other").fingerprint]}
+MEASUREMENT = "cd" * 48
+CHANGE = change_id(KEY_ID, 3, board_from_json(NEW_BOARD, "test board"))
+RETIREMENT = retirement_id(KEY_ID, 3, "sim", {"measurement": MEASUREMENT})
+SUCCESSOR = {"master_key_id": KEY_ID, "generation": 3, "board": BOARD, "approvals": []}
+HONEST: dict[tuple[str, str], object] = {
+    ("POST", "/v1/read/nonce"): {"nonce": "00" * 16},
+    ("GET", "/v1/cas/successor"): SUCCESSOR,
+    ("GET", "/v1/cas/successor/board"): {
+        **SUCCESSOR,
+        "changes": [{"change": CHANGE, "board": NEW_BOARD, "generation": 3, "approvers": []}],
+    },
+    ("GET", "/v1/cas/successor/retirements"): {
+        **SUCCESSOR,
+        "retirements": [
+            {
+                "retirement": RETIREMENT,
+                "platform": "sim",
+                "code": {"measurement": MEASUREMENT},
+                "generation": 3,
+            }
+        ],
+        "retired": [],
+    },
+}
+
+
+@dataclass
+class HostileCas:
+    """A CAS over TLS answering ``answers`` (method, path: a JSON value, or bytes sent as they
+    are) and 404 to anything else; records the requests (method, path)."""
+
+    url: str
+    ca: Path
+    answers: dict[tuple[str, str], object] = field(default_factory=dict)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileCas]:
+    directory = tmp_path_factory.mktemp("hostile-cas")
+    ca, cert, key = tls_server_files(directory, "cas")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    cas: HostileCas
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            path = self.path.split("?", 1)[0]
+            cas.requests.append((self.command, path))
+            if (self.command, path) not in cas.answers:
+                status, body = 404, b'{"error": {"class": "NotFoundError", "message": "no such route"}}'
+            else:
+                value = cas.answers[(self.command, path)]
+                status, body = 200, value if isinstance(value, bytes) else json.dumps(value).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    cas = HostileCas(f"https://127.0.0.1:{server.server_address[1]}", ca)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield cas
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command, the request whose answer it reads (method, path), the honest answer and the
+    members of it the command reads (each one, missing or of another type, is refused)."""
+
+    args: tuple[str, ...]
+    route: tuple[str, str]
+    honest: dict[str, Any]
+    read: tuple[str, ...]
+    names: str  # what the one line names: the command
+
+    @property
+    def id(self) -> str:
+        return " ".join(a for a in self.args[:4] if not a.startswith("-") and "/" not in a)
+
+
+def _policy() -> str:
+    return (
+        'name: hostile\nversion: "0.3"\nservices:\n  - name: app\n    command: ./app.sh\n'
+        f"    attestation:\n      sim:\n        measurement: {MEASUREMENT}\n"
+        f"access_policy:\n  read: [{MEMBER.fingerprint}]\n  update:\n    - require-all: [{MEMBER.fingerprint}]\n"
+        "security:\n  attestation:\n    tolerate: [simulation]\n"
+    )
+
+
+POLICY_ANSWER = {"name": "hostile", "hash": "ef" * 32, "state": "pending"}
+PENDING = {"approvers": [MEMBER.fingerprint], "needed": 2, "authorised": False}
+COMMANDS = (
+    Command(("policy", "apply", "{dir}/p.yaml"), ("POST", "/v1/policies"), POLICY_ANSWER,
+            ("name", "hash", "state"), "policy apply"),
+    Command(("policy", "approve", "hostile", "--hash", "ef" * 32), ("POST", "/v1/policies/hostile/approvals"),
+            POLICY_ANSWER, ("name", "hash", "state"), "policy approve"),
+    Command(("policy", "events", "hostile"), ("GET", "/v1/policies/hostile/events"),
+            {"events": [{"seq": 1, "type": "policy.created", "payload": {}}]}, ("events",), "policy events"),
+    Command(("cas", "successor", "approve", "--platform", "sim", "--claim", f"measurement={MEASUREMENT}",
+             "--expires", "1d"), ("POST", "/v1/cas/successor/approvals"),
+            {"target": "01" * 32, "digest": "02" * 32, **PENDING, "retire": []},
+            ("target", "digest", "approvers", "needed", "authorised"), "cas successor approve"),
+    Command(("cas", "successor", "withdraw", "--approval", "02" * 32), ("POST", "/v1/cas/successor/withdrawals"),
+            {"approval": "02" * 32, "target": "01" * 32, **PENDING},
+            ("approval", "target", "approvers", "needed", "authorised"), "cas successor withdraw"),
+    Command(("cas", "successor", "board", "propose", "--board", "{dir}/board.json", "--expires", "1d"),
+            ("POST", "/v1/cas/successor/board/approvals"),
+            {"change": CHANGE, "digest": "02" * 32, **PENDING, "generation": 3, "applied": False},
+            ("change", "digest", "approvers", "needed", "applied"), "cas successor board propose"),
+    Command(("cas", "successor", "board", "approve", "--change", CHANGE, "--expires", "1d"),
+            ("POST", "/v1/cas/successor/board/approvals"),
+            {"change": CHANGE, "digest": "02" * 32, **PENDING, "authorised": True, "generation": 4,
+             "applied": True},
+            ("change", "digest", "generation", "applied"), "cas successor board approve"),
+    Command(("cas", "successor", "retire", "propose", "--platform", "sim", "--claim", f"measurement={MEASUREMENT}",
+             "--expires", "1d"), ("POST", "/v1/cas/successor/retirements/approvals"),
+            {"retirement": RETIREMENT, "digest": "02" * 32, **PENDING, "applied": False},
+            ("retirement", "digest", "approvers", "needed", "applied"), "cas successor retire propose"),
+    Command(("cas", "successor", "retire", "approve", "--retirement", RETIREMENT, "--expires", "1d"),
+            ("POST", "/v1/cas/successor/retirements/approvals"),
+            {"retirement": RETIREMENT, "digest": "02" * 32, **PENDING, "authorised": True, "applied": True,
+             "identity": "03" * 32},
+            ("retirement", "digest", "applied", "identity"), "cas successor retire approve"),
+)  # fmt: skip
+WRONG = {str: 5, int: "1", bool: "false", list: "x"}
+"""A value of another type for a member of each type (``"1"`` for an integer: read as 1 before)."""
+
+
+def _shapes(command: Command) -> Iterator[tuple[str, object]]:
+    """The hostile answers to ``command``: each member it reads missing, then of another type,
+    then the whole answer as a list, a string, null and bytes that are no JSON."""
+    for name in command.read:
+        yield f"{name} missing", {k: v for k, v in command.honest.items() if k != name}
+    for name in command.read:
+        value = command.honest[name]
+        wrong: object = [5] if isinstance(value, list) and name == "events" else WRONG[type(value)]
+        yield f"{name} {type(wrong).__name__}", {**command.honest, name: wrong}
+    if "approvers" in command.read:
+        yield "approvers of numbers", {**command.honest, "approvers": [1, 2]}
+    yield "a list", [command.honest]
+    yield "a string", "ok"
+    yield "null", None
+    yield "no JSON", b"<html>ok</html>"
+
+
+CASES = [
+    pytest.param(command, shape, id=f"{command.id}: {label}")
+    for command in COMMANDS
+    for label, shape in _shapes(command)
+]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The member's identity, a policy, a board file."""
+    directory = tmp_path_factory.mktemp("inputs")
+    MEMBER.save(directory / "member.id")
+    (directory / "p.yaml").write_text(_policy())
+    (directory / "board.json").write_text(json.dumps(NEW_BOARD))
+    return directory
+
+
+def _args(command: Command, inputs: Path) -> list[str]:
+    return [a.replace("{dir}", str(inputs)) for a in command.args] + ["--identity", str(inputs / "member.id")]
+
+
+def _serve(hostile: HostileCas, command: Command, answer: object) -> None:
+    hostile.answers = {**HONEST, command.route: answer}
+    hostile.requests.clear()
+
+
+def _main(args: list[str], monkeypatch: pytest.MonkeyPatch, hostile: HostileCas | None = None) -> int:
+    """``confide ARGS`` in this process, as ``python -m confide`` runs it (with ``hostile``: its
+    client.env): the exit code."""
+    from confide.cli import main
+
+    if hostile is not None:
+        monkeypatch.setenv("CONFIDE_CAS_URL", hostile.url)
+        monkeypatch.setenv("CONFIDE_CAS_CERT", str(hostile.ca))
+    monkeypatch.setattr(sys, "argv", ["confide", *args])
+    try:
+        main()
+    except SystemExit as exit:
+        return int(exit.code or 0)
+    return 0
+
+
+@pytest.mark.parametrize("command", [pytest.param(c, id=c.id) for c in COMMANDS])
+def test_the_honest_answer_is_read(
+    command: Command, hostile: HostileCas, inputs: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """The control: the same command, the honest answer, exit 0 and the request made."""
+    _serve(hostile, command, command.honest)
+    code = _main(_args(command, inputs), monkeypatch, hostile)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert command.route in hostile.requests and out
+
+
+@pytest.mark.parametrize(("command", "shape"), CASES)
+def test_a_malformed_answer_is_one_line_and_exit_10(
+    command: Command, shape: object, hostile: HostileCas, inputs: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    _serve(hostile, command, shape)
+    code = _main(_args(command, inputs), monkeypatch, hostile)
+    out, err = capsys.readouterr()
+    assert command.route in hostile.requests  # refused on the answer, not before the request
+    assert code == 10, err
+    # the one line, last (what a command says before it signs, on stderr too, comes before it)
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and err.splitlines()[-1] == errors[0], err
+    if not isinstance(shape, bytes):  # no JSON: the client's own ParseError, before any command reads it
+        assert f"the CAS's answer to {command.names}" in errors[0], err
+    assert out == ""  # nothing printed of an answer that is then refused
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [pytest.param(c, id=c.id) for c in COMMANDS])
+def test_a_list_for_the_answer_is_no_traceback_in_a_child_process(
+    command: Command, hostile: HostileCas, inputs: Path
+) -> None:
+    _serve(hostile, command, [command.honest])
+    env = {"CONFIDE_CAS_URL": hostile.url, "CONFIDE_CAS_CERT": str(hostile.ca)}
+    r = run_confide(*_args(command, inputs), env=env, timeout=60)
+    assert r.returncode == 10, r.stderr
+    assert "Traceback" not in r.stderr
+    shown = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert shown == [
+        f"error: ParseError: the CAS's answer to {command.names}: got an array, expected an object"
+    ], r.stderr
+    assert r.stdout == ""
+
+
+NONCES = (
+    ("nonce", ("POST", "/v1/attest/nonce"), "the CAS's nonce answer"),
+    ("key_release_nonce", ("POST", "/v1/cas/key-release/nonce"), "the CAS's key-release nonce answer"),
+    ("read_nonce", ("POST", "/v1/read/nonce"), "the CAS's read nonce answer"),
+)
+
+
+@pytest.mark.parametrize(("method", "route", "what"), NONCES, ids=[n[0] for n in NONCES])
+@pytest.mark.parametrize("shape", [{}, {"nonce": 5}, {"nonce": None}, ["00"], "00", None], ids=repr)
+def test_a_malformed_nonce_answer_is_a_parse_error(
+    hostile: HostileCas, method: str, route: tuple[str, str], what: str, shape: object
+) -> None:
+    """``confide run`` (``nonce``), ``cas serve --join`` (``key_release_nonce``: a list or a
+    missing member was a TypeError or KeyError, a number was taken as its text) and every signed
+    read (``read_nonce``)."""
+    from confide.cas.client import CasClient
+    from confide.errors import ParseError
+
+    hostile.answers = {route: shape}
+    with CasClient(hostile.url, hostile.ca) as client:
+        call = getattr(client, method)
+        with pytest.raises(ParseError, match=f"^{what}"):
+            call("hostile", "show") if method == "read_nonce" else call()
+        hostile.answers = {route: {"nonce": "00" * 16}}
+        assert (call("hostile", "show") if method == "read_nonce" else call()) == "00" * 16
+
+
+ROTATED = {
+    "state": "done", "old_key_id": "01" * 16, "new_key_id": "02" * 16, "resealed": 3, "batches": 1,
+    "policy_versions": 2, "event_seq": 9, "error": None, "wal_warning": None,
+}  # fmt: skip
+
+
+@contextlib.contextmanager
+def _admin_channel(data_dir: Path, reply: object) -> Iterator[None]:
+    """A CAS's admin socket in ``data_dir`` answering every request with ``{"ok": true, "status":
+    reply}`` (``reply`` ``...``: without ``status``)."""
+    from confide.cas.admin import SOCKET_NAME
+
+    line = json.dumps({"ok": True} if reply is ... else {"ok": True, "status": reply}).encode() + b"\n"
+    fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)  # a path that fits sun_path
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                conn.recv(4096)
+                conn.sendall(line)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    try:
+        listener.bind(f"/proc/self/fd/{fd}/{SOCKET_NAME}")
+        listener.listen(4)
+        listener.settimeout(0.1)
+        thread.start()
+        yield
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join(timeout=5)
+        listener.close()
+        os.close(fd)
+        (data_dir / SOCKET_NAME).unlink(missing_ok=True)
+
+
+ROTATION_REPLIES = {
+    "no status": ...,
+    "a list": [ROTATED],
+    "state missing": {k: v for k, v in ROTATED.items() if k != "state"},
+    "new_key_id missing": {k: v for k, v in ROTATED.items() if k != "new_key_id"},
+    "old_key_id a number": {**ROTATED, "old_key_id": 1},
+    "resealed a string": {**ROTATED, "resealed": "3"},
+    "batches null": {**ROTATED, "batches": None},
+    "event_seq missing": {k: v for k, v in ROTATED.items() if k != "event_seq"},
+    "policy_versions a boolean": {**ROTATED, "policy_versions": True},
+}
+
+
+@pytest.mark.parametrize("reply", list(ROTATION_REPLIES.values()), ids=list(ROTATION_REPLIES))
+def test_a_malformed_online_rotation_status_is_one_line_and_exit_10(
+    tmp_path: Path, reply: object, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cas rotate-master-key --online`` read the running CAS's status unchecked (``["status"]``,
+    ``status['old_key_id']``, ``status['event_seq'] - 1``): a traceback."""
+    args = ["cas", "rotate-master-key", "--data-dir", str(tmp_path), "--online"]
+    with _admin_channel(tmp_path, ROTATED):
+        code = _main(args, monkeypatch)
+    out, err = capsys.readouterr()
+    assert code == 0 and out == "02" * 16 + "\n", err  # the control: the honest status
+    with _admin_channel(tmp_path, reply):
+        code = _main(args, monkeypatch)
+    out, err = capsys.readouterr()
+    assert code == 10, err
+    assert out == "" and err.count("\n") == 1, err
+    assert err.startswith("error: ParseError: the CAS's admin reply to rotate-master-key --online"), err
+
+
+def test_sconify_reads_the_cas_answer_to_its_policy_as_hostile_input(
+    hostile: HostileCas, tmp_path: Path
+) -> None:
+    """``sconify --cas``: the answer to the policy it sent was read unchecked after the image was
+    written (``applied['name']``). Now one line, exit 10, after the warning an unreadable answer
+    gives (the CAS may have taken the policy: the key was only in it)."""
+    from image_builder import PYTHON_BASE, Image, M
+
+    Image([[*PYTHON_BASE, M("app/", "d"), M("app/run.sh", data=b"#!/bin/sh\n", mode=0o755)]]).write_layout(
+        tmp_path / "src"
+    )
+    MEMBER.save(tmp_path / "owner.id")
+    hostile.answers = {("POST", "/v1/policies"): [POLICY_ANSWER]}
+    r = run_confide(
+        "sconify", "--from", f"oci:{tmp_path / 'src'}", "--to", f"oci:{tmp_path / 'out'}", "--protect", "/app",
+        "--policy", "hostile", "--service", "s", "--cas", hostile.url, "--identity", tmp_path / "owner.id",
+        env={"CONFIDE_CAS_CERT": str(hostile.ca)}, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 10, r.stderr
+    assert "Traceback" not in r.stderr
+    warning, error = r.stderr.splitlines()[-2:]
+    assert warning.startswith("warning: unless the CAS took the policy before this stopped"), r.stderr
+    assert error == "error: ParseError: the CAS's answer to sconify --cas: got an array, expected an object"
+    assert ("POST", "/v1/policies") in hostile.requests
