@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import ssl
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +21,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from confide.errors import UsageError
-from confide.httpserve.certreload import MAX_PEM_FILE, CertificateReloader, load_certificate_pair
+from confide.httpserve.certreload import (
+    MAX_PEM_FILE,
+    CertificateReloader,
+    FileReloader,
+    load_certificate_pair,
+)
 from pki import tls_server_files
 
 
@@ -373,3 +379,69 @@ def test_a_certificate_whose_public_key_cannot_be_read(
     assert _failed_samples(reloader) == {"ok": 0, "failed": 1}
     (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "test.certreload"]
     assert line["result"] == "failed" and "cannot load" in line["error"]
+
+
+class _SlowReloader(FileReloader[int]):
+    """A reloader whose reloads wait for ``release`` (a reload in progress), counting them."""
+
+    event = "test-reload"
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+        super().__init__((), poll_interval=0.0, logger="test.certreload")
+
+    def _load(self) -> int:
+        return 0
+
+    def _loaded_fields(self, loaded: int) -> dict[str, object]:
+        return {}
+
+    def _in_use_fields(self) -> dict[str, object]:
+        return {}
+
+    def reload(self, trigger: str = "SIGHUP") -> bool:
+        self.calls += 1
+        self.started.set()
+        self.release.wait(10)
+        return super().reload(trigger)
+
+
+def test_a_sighup_storm_queues_one_reload_per_file() -> None:
+    """A burst of SIGHUPs while a reload runs makes one more reload of each file after it (the
+    files may have changed after they were read), not one per signal: each reload would hold a
+    worker thread of the loop's default executor, where the servers also render /metrics and
+    serve requests (all but one of them waiting on the reload's lock). Once no reload is
+    queued or running, a SIGHUP reloads again."""
+    import asyncio
+
+    import uvicorn
+
+    from confide.httpserve.server import ServerWithCompanions
+
+    async def app(scope: object, receive: object, send: object) -> None:  # never served
+        raise AssertionError
+
+    slow = _SlowReloader()
+    server = ServerWithCompanions(uvicorn.Config(app), reloaders=(slow,))
+    loop = asyncio.new_event_loop()
+    try:
+        server._on_sighup(loop, (slow,))
+        assert slow.started.wait(10)  # the first reload runs (and waits)
+        for _ in range(200):
+            server._on_sighup(loop, (slow,))
+        slow.release.set()
+        deadline = time.monotonic() + 10
+        while (slow.calls < 2 or slow.reloaded < slow.calls) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # a reload per signal would have gone on
+        assert (slow.calls, slow.reloaded) == (2, 2)
+        server._on_sighup(loop, (slow,))  # after the queue drained: a reload again
+        deadline = time.monotonic() + 10
+        while slow.reloaded < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert slow.calls == slow.reloaded == 3
+    finally:
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
