@@ -11,8 +11,9 @@ import logging
 import os
 import socket
 import ssl
+import threading
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from confide.errors import UsageError
-from confide.httpserve.certreload import MAX_PEM_FILE, CertificateReloader, load_certificate_pair
+from confide.httpserve.certreload import (
+    MAX_PEM_FILE,
+    CertificateReloader,
+    FileReloader,
+    load_certificate_pair,
+)
 from pki import tls_server_files
 
 
@@ -328,3 +334,114 @@ def test_a_bad_pair_after_a_not_yet_valid_one_is_not_retried(
     assert reloader.poll() is False
     clock.now = not_before + timedelta(seconds=1)
     assert reloader.poll() is None and reloader.failed == 2
+
+
+def _with_public_key(cert: Path, out: Path, how: str) -> Path:
+    """``cert`` with its subjectPublicKeyInfo broken (the signature no longer verifies, which
+    the loader does not ask): ``unknown``, an algorithm cryptography does not know; ``point``,
+    a P-256 key that is not on the curve."""
+    from cryptography import x509
+
+    der = x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(serialization.Encoding.DER)
+    if how == "unknown":  # id-ecPublicKey 1.2.840.10045.2.1 -> 1.2.840.10045.2.9
+        old, new = bytes.fromhex("06072a8648ce3d0201"), bytes.fromhex("06072a8648ce3d0209")
+        assert der.count(old) == 1
+        der = der.replace(old, new)
+    else:
+        at = der.index(bytes.fromhex("03420004")) + 4
+        der = der[:at] + b"\x01" * 64 + der[at + 64 :]
+    out.write_bytes(x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM))
+    return out
+
+
+@pytest.mark.parametrize("how", ["unknown", "point"])
+def test_a_certificate_whose_public_key_cannot_be_read(
+    tmp_path: Path, pairs: dict[str, tuple[Path, Path, Path]], caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """A certificate that parses but whose public key cryptography cannot load (an unknown
+    algorithm, a point off the curve) is a UsageError naming the file, as any bad pair: at
+    start (exit 2, not a traceback) and on a reload, which keeps the pair in use, logs and
+    counts the failure, and does not raise out of ``poll()`` (the server's poll task would
+    end, and with it every later reload by polling)."""
+    _ca, cert_a, key_a = pairs["a"]
+    bad = _with_public_key(cert_a, tmp_path / "bad.pem", how)
+    with pytest.raises(UsageError) as exc:
+        load_certificate_pair(bad, key_a)
+    message = str(exc.value)
+    assert message.startswith(f"--tls-cert {os.fspath(bad)!r}: cannot load") and "\n" not in message
+
+    reloader = _rotating(tmp_path, pairs, _Clock(datetime.now(UTC)))
+    first = reloader()
+    caplog.set_level(logging.INFO, logger="test.certreload")
+    (tmp_path / "cert.pem").write_bytes(bad.read_bytes())
+    (tmp_path / "key.pem").write_bytes(key_a.read_bytes())
+    assert reloader.poll() is False and reloader() is first
+    assert _failed_samples(reloader) == {"ok": 0, "failed": 1}
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "test.certreload"]
+    assert line["result"] == "failed" and "cannot load" in line["error"]
+
+
+class _SlowReloader(FileReloader[int]):
+    """A reloader whose reloads wait for ``release`` (a reload in progress), counting them."""
+
+    event = "test-reload"
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+        super().__init__((), poll_interval=0.0, logger="test.certreload")
+
+    def _load(self) -> int:
+        return 0
+
+    def _loaded_fields(self, loaded: int) -> dict[str, object]:
+        return {}
+
+    def _in_use_fields(self) -> dict[str, object]:
+        return {}
+
+    def reload(self, trigger: str = "SIGHUP") -> bool:
+        self.calls += 1
+        self.started.set()
+        self.release.wait(10)
+        return super().reload(trigger)
+
+
+def test_a_sighup_storm_queues_one_reload_per_file() -> None:
+    """A burst of SIGHUPs while a reload runs makes one more reload of each file after it (the
+    files may have changed after they were read), not one per signal: each reload would hold a
+    worker thread of the loop's default executor, where the servers also render /metrics and
+    serve requests (all but one of them waiting on the reload's lock). Once no reload is
+    queued or running, a SIGHUP reloads again."""
+    import asyncio
+
+    import uvicorn
+
+    from confide.httpserve.server import ServerWithCompanions
+
+    async def app(scope: object, receive: object, send: object) -> None:  # never served
+        raise AssertionError
+
+    slow = _SlowReloader()
+    server = ServerWithCompanions(uvicorn.Config(app), reloaders=(slow,))
+    loop = asyncio.new_event_loop()
+    try:
+        server._on_sighup(loop, (slow,))
+        assert slow.started.wait(10)  # the first reload runs (and waits)
+        for _ in range(200):
+            server._on_sighup(loop, (slow,))
+        slow.release.set()
+        deadline = time.monotonic() + 10
+        while (slow.calls < 2 or slow.reloaded < slow.calls) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # a reload per signal would have gone on
+        assert (slow.calls, slow.reloaded) == (2, 2)
+        server._on_sighup(loop, (slow,))  # after the queue drained: a reload again
+        deadline = time.monotonic() + 10
+        while slow.reloaded < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert slow.calls == slow.reloaded == 3
+    finally:
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()

@@ -191,7 +191,14 @@ def load_certificate_pair(
             "(or an incomplete one)"
         ) from None
     leaf = chain[0]
-    if not hmac.compare_digest(_spki(leaf.public_key()), _spki(private_key.public_key())):
+    try:  # parsed lazily: an unknown algorithm, or a key that is not one (a point off its curve)
+        leaf_key = leaf.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        raise UsageError(
+            f"{cert_opt} {os.fspath(cert)!r}: cannot load: the first certificate's public key is not"
+            " one this server can read"
+        ) from None
+    if not hmac.compare_digest(_spki(leaf_key), _spki(private_key.public_key())):
         raise UsageError(
             f"{both}: cannot load: the key in {os.fspath(key)!r} is not the key of the "
             f"first certificate in {os.fspath(cert)!r}"

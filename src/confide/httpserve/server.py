@@ -132,8 +132,9 @@ class ServerWithCompanions(uvicorn.Server):
     socket) on its loop: started once this one has started; this one stops when one of them
     fails; stopped, and waited for, when this one shuts down (before uvicorn re-raises the
     signal that stopped it). ``reloaders``: the operator's files (certificates, the metrics
-    token file) reloaded on ``SIGHUP`` (in the main thread only: signals are delivered there),
-    each polled every ``poll_interval`` seconds (when not 0), each reload in a worker thread."""
+    token file) reloaded on ``SIGHUP`` (in the main thread only: signals are delivered there;
+    signals that come while a file's reload is queued or running make one more, not one each), each
+    polled every ``poll_interval`` seconds (when not 0), each reload in a worker thread."""
 
     def __init__(
         self,
@@ -147,6 +148,9 @@ class ServerWithCompanions(uvicorn.Server):
         self._companion_tasks: list[asyncio.Task[None]] = []
         self._poll_tasks: list[asyncio.Task[None]] = []
         self._sighup = False
+        self._sighup_lock = threading.Lock()
+        self._sighup_busy: set[FileReloader[Any]] = set()  # a SIGHUP reload queued or running
+        self._sighup_again: set[FileReloader[Any]] = set()  # signalled again meanwhile
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -167,11 +171,27 @@ class ServerWithCompanions(uvicorn.Server):
             if reloader.poll_interval > 0:
                 self._poll_tasks.append(loop.create_task(self._poll(loop, reloader)))
 
-    @staticmethod
-    def _on_sighup(loop: asyncio.AbstractEventLoop, reloaders: Sequence[FileReloader[Any]]) -> None:
-        # reading and parsing the files, off the loop; reload() logs and counts its failures
+    def _on_sighup(self, loop: asyncio.AbstractEventLoop, reloaders: Sequence[FileReloader[Any]]) -> None:
+        # reading and parsing the files, off the loop; reload() logs and counts its failures. A
+        # burst of signals runs at most one reload of each file at a time, and one more after
+        # it (the files may have changed after they were read), not one per signal: each would
+        # hold a worker of the default executor, which also renders /metrics and serves requests.
         for reloader in reloaders:
-            loop.run_in_executor(None, reloader.reload, "SIGHUP")
+            with self._sighup_lock:
+                if reloader in self._sighup_busy:
+                    self._sighup_again.add(reloader)
+                    continue
+                self._sighup_busy.add(reloader)
+            loop.run_in_executor(None, self._sighup_reload, reloader)
+
+    def _sighup_reload(self, reloader: FileReloader[Any]) -> None:
+        while True:
+            reloader.reload("SIGHUP")
+            with self._sighup_lock:
+                if reloader not in self._sighup_again:
+                    self._sighup_busy.discard(reloader)
+                    return
+                self._sighup_again.discard(reloader)  # signalled while reloading: once more
 
     @staticmethod
     async def _poll(loop: asyncio.AbstractEventLoop, reloader: FileReloader[Any]) -> None:
