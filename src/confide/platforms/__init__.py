@@ -20,6 +20,7 @@ from confide.verify.result import Platform, VerifiedEvidence
 
 __all__ = [
     "DCAP_PLATFORMS",
+    "MAX_EVIDENCE_FILE",
     "PLATFORM_MODULES",
     "VerifyRequest",
     "detect_platform",
@@ -54,6 +55,11 @@ class VerifyRequest:
     def digest(self) -> str:
         return hashlib.sha256(self.evidence).hexdigest()
 
+
+MAX_EVIDENCE_FILE = 16 << 20
+"""The largest EVIDENCE file ``confide evidence verify`` reads: twice the largest evidence any
+parser accepts (a GCE attestation, :data:`confide.evidence.gce_tpm.MAX_ATTESTATION_SIZE`, 4 MiB)
+as hex text, with room for white space; a larger file is refused before it is read whole."""
 
 PLATFORM_MODULES: dict[Platform, str] = {
     Platform.SGX: "confide.platforms.dcap",
