@@ -6,6 +6,9 @@ under it), with the real collateral of tests/assets at a fixed time. One target 
   1-6), verified with the dcap-qvl collateral bundle of a case of ``tests/dcap_cases.py``;
 - ``dcap-collateral``: a dcap-qvl collateral bundle (TCB Info, QE Identity, CRLs, issuer chains)
   a case's quote is verified with; also read as bare TCB Info / QE Identity JSON;
+- ``dcap-resigned``: a TCB Info or QE Identity JSON text, signed again by a test PKI in Intel's
+  shape (``tests/dcap_forge.py``) with the case's real quote re-issued under it, so that the
+  TCB level matching and the QE Identity checks behind the signature read hostile content;
 - ``tdx-eventlog``: a CCEL ACPI table and TDX CC event log, parsed and replayed against the
   RTMRs of the COS-113 quote it belongs to;
 - ``sev-snp``: a SEV-SNP ATTESTATION_REPORT (binary, hex text or trustee serde JSON) with its
@@ -35,7 +38,8 @@ Invariants (an AssertionError or any exception but a :class:`~confide.errors.Con
 finding; atheris then writes the input as ``crash-*``): only confide errors escape; an input
 that verifies yields exactly the claims, TCB status and advisories of the seed of its case (a
 fuzzer cannot forge a signature, so a mutation inside the signed bytes must not verify, and one
-outside them must not change what verification reports); a replayed event log verifies only
+outside them must not change what verification reports); re-signed collateral that verifies
+reports the TCB evaluation data numbers of its texts; a replayed event log verifies only
 with the seed's digests; a RIM verifies only with the seed's golden values.
 ``tests/unit/test_evidence_fuzz_harness.py`` runs every target once on its seeds.
 """
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import importlib
 import sys
 import tempfile
@@ -60,7 +65,7 @@ except ImportError:  # pragma: no cover - the project's venv has no atheris
 
 if atheris is not None:
     with atheris.instrument_imports():
-        from confide import errors, platforms
+        from confide import errors, jsonstrict, platforms
 
         # verify_request imports the platform modules on first use: import them here so that
         # they (and the verifiers they import) are instrumented.
@@ -70,15 +75,17 @@ if atheris is not None:
         from confide.evidence._reader import decode_evidence_text
         from confide.evidence.nitro import decode_document_text
         from confide.platforms import sev_snp as snp_platform
+        from confide.verify import dcap as verify_dcap
         from confide.verify import eventlog, gce_tpm, nitro, nvidia, x509util
         from confide.verify import nvidia_rim as verify_rim
         from confide.verify import sev_snp as verify_snp
 else:
-    from confide import errors, platforms
+    from confide import errors, jsonstrict, platforms
     from confide.evidence import ccel, dcap, dcap_collateral, nvidia_rim, sev_snp, sim, snp_certs
     from confide.evidence._reader import decode_evidence_text
     from confide.evidence.nitro import decode_document_text
     from confide.platforms import sev_snp as snp_platform
+    from confide.verify import dcap as verify_dcap
     from confide.verify import eventlog, gce_tpm, nitro, nvidia, x509util
     from confide.verify import nvidia_rim as verify_rim
     from confide.verify import sev_snp as verify_snp
@@ -93,6 +100,7 @@ from confide.verify.result import Platform, VerifiedEvidence
 ASSETS = Path(__file__).parents[1] / "assets"
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from dcap_cases import CASES as DCAP_CASES  # noqa: E402
+from dcap_forge import ForgedPki  # noqa: E402
 
 _WORK = Path(tempfile.mkdtemp(prefix="evidence-fuzz-"))
 
@@ -292,6 +300,45 @@ def dcap_collateral_target(data: bytes) -> None:
     _check_verified("dcap-collateral", index, case, result)
 
 
+@dataclass(frozen=True)
+class _Resigned:
+    pki: ForgedPki
+    quote: bytes
+    real: dcap_collateral.DcapCollateral
+    at: datetime
+    verifier: verify_dcap.DcapVerifier
+
+
+def _resigned_cases() -> list[_Resigned]:
+    """SGX (TCB Info v3 and v2), TDX v4 and v5 quotes, re-issued under a test PKI each."""
+    out = []
+    for i in (1, 2, 14, 11):  # tests/dcap_cases.py: SGX 0825 (v3), SGX 0225 (v2), TDX 1025, TDX v5
+        case = DCAP_CASES[i]
+        pki = ForgedPki(at=case.time)
+        real = dcap_collateral.DcapCollateral.from_dcap_qvl_json(case.collateral_bytes())
+        verifier = verify_dcap.DcapVerifier(root_ca_der=pki.root_der)
+        out.append(_Resigned(pki, pki.forge_quote(case.quote_bytes()), real, case.time, verifier))
+    return out
+
+
+_RESIGNED = _resigned_cases()
+_PIECES = ("tcb_info", "qe_identity")
+
+
+def dcap_resigned(data: bytes) -> None:
+    selector = data[0] if data else 0
+    case, piece = _RESIGNED[(selector >> 1) % len(_RESIGNED)], _PIECES[selector & 1]
+    text = data[1:]
+    coll = case.pki.forge_collateral(dataclasses.replace(case.real, **{piece: text}))
+    got = case.verifier.verify(case.quote, coll, at=case.at)
+    numbers = [
+        jsonstrict.loads(t, structure="oracle")["tcbEvaluationDataNumber"]
+        for t in (coll.tcb_info, coll.qe_identity)
+    ]
+    assert got.tcb_evaluation is not None and all(type(n) is int for n in numbers), numbers
+    assert [got.tcb_evaluation.tcb_info, got.tcb_evaluation.qe_identity] == numbers
+
+
 _SEED_CLAIMS: dict[str, Any] = {}
 
 
@@ -383,6 +430,7 @@ def sim_target(data: bytes) -> None:
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "dcap-quote": dcap_quote,
     "dcap-collateral": dcap_collateral_target,
+    "dcap-resigned": dcap_resigned,
     "tdx-eventlog": tdx_eventlog,
     "sev-snp": _verify_target("sev-snp", _SNP),
     "snp-cert-table": snp_cert_table,
@@ -421,6 +469,11 @@ def seeds() -> dict[str, list[bytes]]:
     return {
         "dcap-quote": quotes,
         "dcap-collateral": bundles,
+        "dcap-resigned": [
+            bytes([i << 1 | p]) + getattr(c.real, piece)
+            for i, c in enumerate(_RESIGNED)
+            for p, piece in enumerate(_PIECES)
+        ],
         "tdx-eventlog": [
             b"\x01" + _CCEL_TABLE + _CCEL_LOG, b"\x00" + _CCEL_LOG, b"\x01" + _CCEL_TABLE + _CCEL_DATA[:20000]
         ],

@@ -32,7 +32,7 @@ def test_every_target_has_seeds(harness: ModuleType) -> None:
 
 @pytest.mark.parametrize(
     "target",
-    ["dcap-quote", "dcap-collateral", "tdx-eventlog", "sev-snp", "snp-cert-table", "nvidia", "nvidia-rim",
+    ["dcap-quote", "dcap-collateral", "dcap-resigned", "tdx-eventlog", "sev-snp", "snp-cert-table", "nvidia", "nvidia-rim",
      "nitro", "azure-vtpm", "gce-tpm", "sim"],
 )  # fmt: skip
 def test_each_target_runs_on_its_seeds(harness: ModuleType, target: str) -> None:
