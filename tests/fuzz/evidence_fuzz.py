@@ -50,6 +50,8 @@ import base64
 import contextlib
 import dataclasses
 import importlib
+import json
+import random
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -443,6 +445,78 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
 }
 
 
+# --- a structure-aware mutation for the JSON targets ---------------------------------------------
+
+_HOSTILE_JSON: list[Any] = [
+    None, True, False, 0, -1, 1, 2**31, 2**32, 2**63, 2**64, -(2**63), 1.5, 1e308, "", "0", "-1", "x" * 300,
+    "2025-13-40T00:00:00Z", "9999-12-31T23:59:59Z", "2000-01-01T00:00:00Z", "UpToDate", "Revoked",
+    "OutOfDate", "ff" * 16, "00" * 64, [], {}, [[]], [{}], {"": None},
+]  # fmt: skip
+JSON_TARGETS = frozenset({"dcap-resigned", "dcap-collateral", "azure-vtpm"})
+
+
+def _nodes(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [path]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out += _nodes(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            out += _nodes(item, (*path, i))
+    return out
+
+
+def _edit_json(doc: Any, rng: Any) -> Any:
+    """``doc`` with one node replaced by a hostile value, removed, duplicated in its list, or
+    (a string) mutated byte-wise; JSON inside a string (dcap-qvl's ``tcb_info``) is edited too."""
+    paths = _nodes(doc)
+    path = paths[rng.randrange(len(paths))]
+    if not path:
+        return rng.choice(_HOSTILE_JSON)
+    parent = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    key, value = path[-1], parent[path[-1]]
+    action = rng.randrange(5)
+    if action == 0 and isinstance(parent, dict):
+        del parent[key]
+    elif action == 1 and isinstance(parent, list):
+        parent.insert(key, value)
+    elif action == 2 and isinstance(value, str):
+        try:
+            inner = json.loads(value)
+        except ValueError:
+            inner = None
+        if isinstance(inner, dict | list):
+            parent[key] = json.dumps(_edit_json(inner, rng), separators=(",", ":"))
+        else:
+            mutated = (
+                atheris.Mutate(value.encode(), len(value) + 16) if atheris is not None else value.encode()
+            )
+            parent[key] = mutated.decode("utf-8", "replace")
+    elif action == 3 and isinstance(value, int) and not isinstance(value, bool):
+        parent[key] = value + rng.choice((-1, 1, 1 << 8, -(1 << 8)))
+    else:
+        parent[key] = rng.choice(_HOSTILE_JSON)
+    return doc
+
+
+def json_mutator(data: bytes, max_size: int, seed: int) -> bytes:
+    """Half the time a JSON edit of the input after its selector byte, else libFuzzer's own."""
+    rng = random.Random(seed)  # noqa: S311 - a mutation, not a secret
+    if rng.randrange(2) and data[1:2] == b"{":
+        try:
+            doc = json.loads(data[1:])
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict):
+            out = data[:1] + json.dumps(_edit_json(doc, rng), separators=(",", ":")).encode()
+            if len(out) <= max_size:
+                return out
+    assert atheris is not None
+    return bytes(atheris.Mutate(data, max_size))
+
+
 # --- seeds ---------------------------------------------------------------------------------------
 
 
@@ -519,7 +593,8 @@ def main() -> None:
     def one(data: bytes) -> None:
         run_once(name, data)
 
-    atheris.Setup([sys.argv[0], *sys.argv[2:]], one)
+    mutator = {"custom_mutator": json_mutator} if name in JSON_TARGETS else {}
+    atheris.Setup([sys.argv[0], *sys.argv[2:]], one, **mutator)
     atheris.Fuzz()
 
 
