@@ -503,7 +503,7 @@ def _edit_json(doc: Any, rng: Any) -> Any:
 
 def json_mutator(data: bytes, max_size: int, seed: int) -> bytes:
     """Half the time a JSON edit of the input after its selector byte, else libFuzzer's own."""
-    rng = random.Random(seed)  # noqa: S311 - a mutation, not a secret
+    rng = random.Random(seed)
     if rng.randrange(2) and data[1:2] == b"{":
         try:
             doc = json.loads(data[1:])
