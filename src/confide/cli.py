@@ -17,13 +17,14 @@ import click
 
 from confide import __version__
 from confide.collateral import is_url
-from confide.errors import ConfideError, ParseError, UsageError
+from confide.errors import ConfideError, UsageError
 from confide.evidence._reader import decode_evidence_text
 from confide.platforms import (
     DCAP_PLATFORMS,
     MAX_EVIDENCE_FILE,
     VerifyRequest,
     detect_platform,
+    read_input_file,
     require_tcb_evaluation,
     verify_request,
 )
@@ -43,23 +44,6 @@ def parse_time(text: str) -> datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
-
-
-def _read_evidence(path: Path) -> bytes:
-    """The bytes of EVIDENCE, at most :data:`MAX_EVIDENCE_FILE` of them: a larger file (or a
-    device that never ends, such as ``/dev/zero``) is a :class:`ParseError`, read no further
-    than one byte past the limit."""
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_EVIDENCE_FILE + 1)
-    except OSError as exc:
-        raise UsageError(f"EVIDENCE: cannot read {str(path)!r}: {exc.strerror or exc}") from None
-    if len(data) > MAX_EVIDENCE_FILE:
-        raise ParseError(
-            f"{str(path)!r} is larger than {MAX_EVIDENCE_FILE} bytes, more than any evidence",
-            structure="EVIDENCE",
-        )
-    return data
 
 
 class _LazyGroup(click.Group):
@@ -157,7 +141,7 @@ def evidence_verify(
     chosen: Platform | None = Platform(platform.lower()) if platform else None
     try:
         at = parse_time(at_text) if at_text else datetime.now(UTC)
-        raw = decode_evidence_text(_read_evidence(evidence_file))
+        raw = decode_evidence_text(read_input_file(evidence_file, "EVIDENCE", MAX_EVIDENCE_FILE))
         if chosen is None:
             chosen = detect_platform(raw)
         nonce_bytes: bytes | None = None

@@ -20,10 +20,12 @@ from confide.verify.result import Platform, VerifiedEvidence
 
 __all__ = [
     "DCAP_PLATFORMS",
+    "MAX_CERTIFICATE_FILE",
     "MAX_EVIDENCE_FILE",
     "PLATFORM_MODULES",
     "VerifyRequest",
     "detect_platform",
+    "read_input_file",
     "require_tcb_evaluation",
     "verify_request",
 ]
@@ -60,6 +62,27 @@ MAX_EVIDENCE_FILE = 16 << 20
 """The largest EVIDENCE file ``confide evidence verify`` reads: twice the largest evidence any
 parser accepts (a GCE attestation, :data:`confide.evidence.gce_tpm.MAX_ATTESTATION_SIZE`, 4 MiB)
 as hex text, with room for white space; a larger file is refused before it is read whole."""
+
+MAX_CERTIFICATE_FILE = 1 << 20
+"""The largest ``--vcek``, ``--chain`` or ``--cert-chain`` file read: they travel with the
+evidence (the attester sends them), and a chain is at most
+:data:`confide.evidence.pem.MAX_CHAIN_LENGTH` certificates of a few KiB (and, in ``--chain``,
+AMD's CRL)."""
+
+
+def read_input_file(path: Path, what: str, limit: int) -> bytes:
+    """The bytes of ``path``, read no further than one byte past ``limit``: a file that cannot
+    be read is a :class:`UsageError`, a larger one (or a device that never ends) a
+    :class:`ParseError` naming ``what`` and the limit."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise ParseError(f"{str(path)!r} is larger than {limit} bytes", structure=what)
+    return data
+
 
 PLATFORM_MODULES: dict[Platform, str] = {
     Platform.SGX: "confide.platforms.dcap",
