@@ -141,7 +141,7 @@ def evidence_verify(
     chosen: Platform | None = Platform(platform.lower()) if platform else None
     try:
         at = parse_time(at_text) if at_text else datetime.now(UTC)
-        raw = decode_evidence_text(read_input_file(evidence_file, "EVIDENCE", MAX_EVIDENCE_FILE))
+        raw = decode_evidence_text(read_input_file(evidence_file, "EVIDENCE", MAX_EVIDENCE_FILE, "evidence"))
         if chosen is None:
             chosen = detect_platform(raw)
         nonce_bytes: bytes | None = None

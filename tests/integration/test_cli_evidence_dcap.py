@@ -148,7 +148,7 @@ def test_evidence_larger_than_any_evidence_is_refused_unread(tmp_path: Path) -> 
         assert r.returncode == errors.ParseError.exit_code, (r.stdout, r.stderr)
         out = json.loads(r.stdout)
         assert out["error"]["class"] == "ParseError"
-        assert f"larger than {MAX_EVIDENCE_FILE} bytes" in out["error"]["message"]
+        assert f"got more than {MAX_EVIDENCE_FILE} bytes" in out["error"]["message"]
     r = confide("evidence", "verify", str(at_limit), "--platform", "tdx", "--json")  # read, then parsed
-    assert r.returncode == errors.ParseError.exit_code and "larger than" not in r.stdout, r.stdout
+    assert r.returncode == errors.ParseError.exit_code and "got more than" not in r.stdout, r.stdout
     assert "Traceback" not in r.stderr

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import cast
 
 from confide import jsonstrict
-from confide.errors import CollateralOutdatedError, ParseError, UsageError
+from confide.errors import CollateralOutdatedError, ParseError, StorageError, UsageError
+from confide.fsutil import read_bounded
 from confide.verify.result import Platform, VerifiedEvidence
 
 __all__ = [
@@ -70,18 +71,15 @@ evidence (the attester sends them), and a chain is at most
 AMD's CRL)."""
 
 
-def read_input_file(path: Path, what: str, limit: int) -> bytes:
-    """The bytes of ``path``, read no further than one byte past ``limit``: a file that cannot
-    be read is a :class:`UsageError`, a larger one (or a device that never ends) a
-    :class:`ParseError` naming ``what`` and the limit."""
+def read_input_file(path: Path, what: str, limit: int, expected: str) -> bytes:
+    """The bytes of ``path`` (:func:`confide.fsutil.read_bounded`: no further than one byte past
+    ``limit``; a pipe is read as the file it stands for): a file that cannot be read is a
+    :class:`UsageError` (the command line named it), a larger one, or a device that never ends,
+    a :class:`ParseError` naming ``what``, the limit and ``expected``."""
     try:
-        with path.open("rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise UsageError(f"{what}: cannot read {str(path)!r}: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise ParseError(f"{str(path)!r} is larger than {limit} bytes", structure=what)
-    return data
+        return read_bounded(path, limit, label=what, expected=expected, structure=what)
+    except StorageError as exc:
+        raise UsageError(f"cannot read {exc.message}") from None
 
 
 PLATFORM_MODULES: dict[Platform, str] = {

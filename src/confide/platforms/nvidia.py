@@ -34,7 +34,9 @@ MAX_RIM_FILES = 16
 
 
 def load_chain(path: Path, what: str) -> list[x509.Certificate]:
-    return load_certificate_chain(read_input_file(path, what, MAX_CERTIFICATE_FILE), f"{what} {str(path)!r}")
+    return load_certificate_chain(
+        read_input_file(path, what, MAX_CERTIFICATE_FILE, "a certificate chain"), f"{what} {str(path)!r}"
+    )
 
 
 def load_rims(path: Path) -> list[ReferenceManifest]:
@@ -46,7 +48,10 @@ def load_rims(path: Path) -> list[ReferenceManifest]:
             raise UsageError(f"--collateral: got {len(files)} RIM files, expected at most {MAX_RIM_FILES}")
     else:
         files = [path]
-    return [ReferenceManifest.from_bytes(read_input_file(f, "--collateral", MAX_RIM_SIZE)) for f in files]
+    return [
+        ReferenceManifest.from_bytes(read_input_file(f, "--collateral", MAX_RIM_SIZE, "an NVIDIA RIM"))
+        for f in files
+    ]
 
 
 def fetch_ocsp(

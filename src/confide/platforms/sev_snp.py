@@ -66,7 +66,7 @@ def embedded_verifier() -> SnpVerifier:
 
 
 def _read(path: Path, what: str) -> bytes:
-    return read_input_file(path, what, MAX_CERTIFICATE_FILE)
+    return read_input_file(path, what, MAX_CERTIFICATE_FILE, "certificates (DER or PEM)")
 
 
 def load_crl(data: bytes) -> x509.CertificateRevocationList:
