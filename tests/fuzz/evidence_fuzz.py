@@ -490,9 +490,8 @@ def _edit_json(doc: Any, rng: Any) -> Any:
         if isinstance(inner, dict | list):
             parent[key] = json.dumps(_edit_json(inner, rng), separators=(",", ":"))
         else:
-            mutated = (
-                atheris.Mutate(value.encode(), len(value) + 16) if atheris is not None else value.encode()
-            )
+            raw = value.encode("utf-8", "surrogatepass")  # JSON escapes may hold lone surrogates
+            mutated = atheris.Mutate(raw, len(raw) + 16) if atheris is not None else raw
             parent[key] = mutated.decode("utf-8", "replace")
     elif action == 3 and isinstance(value, int) and not isinstance(value, bool):
         parent[key] = value + rng.choice((-1, 1, 1 << 8, -(1 << 8)))
