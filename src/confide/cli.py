@@ -21,8 +21,10 @@ from confide.errors import ConfideError, UsageError
 from confide.evidence._reader import decode_evidence_text
 from confide.platforms import (
     DCAP_PLATFORMS,
+    MAX_EVIDENCE_FILE,
     VerifyRequest,
     detect_platform,
+    read_input_file,
     require_tcb_evaluation,
     verify_request,
 )
@@ -42,13 +44,6 @@ def parse_time(text: str) -> datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
-
-
-def _read_file(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{what}: cannot read {str(path)!r}: {exc.strerror or exc}") from None
 
 
 class _LazyGroup(click.Group):
@@ -146,7 +141,7 @@ def evidence_verify(
     chosen: Platform | None = Platform(platform.lower()) if platform else None
     try:
         at = parse_time(at_text) if at_text else datetime.now(UTC)
-        raw = decode_evidence_text(_read_file(evidence_file, "EVIDENCE"))
+        raw = decode_evidence_text(read_input_file(evidence_file, "EVIDENCE", MAX_EVIDENCE_FILE, "evidence"))
         if chosen is None:
             chosen = detect_platform(raw)
         nonce_bytes: bytes | None = None

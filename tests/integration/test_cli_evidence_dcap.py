@@ -159,3 +159,24 @@ def test_a_failure_has_the_keys_of_a_success_as_the_readme_lists_them() -> None:
     assert refused["claims"] == {} and refused["details"] == {}
     assert refused["simulated"] is None and refused["evidence_digest"] is None
     assert refused["verified_at"] is None and refused["error"]["class"] == "CollateralMissingError"
+
+
+def test_evidence_larger_than_any_evidence_is_refused_unread(tmp_path: Path) -> None:
+    """EVIDENCE was read whole (``path.read_bytes()``): a huge file, or ``/dev/zero`` (which
+    never ends), took memory without bound before any parser's size limit applied."""
+    from confide.platforms import MAX_EVIDENCE_FILE
+
+    big = tmp_path / "big.hex"
+    with big.open("wb") as f:  # hex text one byte over the limit: parsers never see it
+        f.write(b"0" * (MAX_EVIDENCE_FILE + 1))
+    at_limit = tmp_path / "at-limit"
+    at_limit.write_bytes(b"\x00" * MAX_EVIDENCE_FILE)
+    for path in (big, Path("/dev/zero")):
+        r = confide("evidence", "verify", str(path), "--platform", "tdx", "--json")
+        assert r.returncode == errors.ParseError.exit_code, (r.stdout, r.stderr)
+        out = json.loads(r.stdout)
+        assert out["error"]["class"] == "ParseError"
+        assert f"got more than {MAX_EVIDENCE_FILE} bytes" in out["error"]["message"]
+    r = confide("evidence", "verify", str(at_limit), "--platform", "tdx", "--json")  # read, then parsed
+    assert r.returncode == errors.ParseError.exit_code and "got more than" not in r.stdout, r.stdout
+    assert "Traceback" not in r.stderr

@@ -497,8 +497,25 @@ def test_secure_boot_from_the_firmware_event() -> None:
     event = real.events[2]
     altered = event.data[:-1] + b"\x00"
     log = _log_with(3, data=altered)
-    with pytest.raises(MeasurementError, match="SecureBoot"):
+    with pytest.raises(MeasurementError, match=r"event 3 .* its digest is not the SHA-256 of its data"):
         gce_tpm._replay_claims(log, replay_pcrs(real))
+
+
+def test_the_secure_boot_event_renamed_after_measurement_is_refused_not_skipped() -> None:
+    """Found by tests/fuzz/evidence_fuzz.py (target gce-tpm): one byte of the SecureBoot
+    variable's name in the firmware's event changed in the attestation (its digest, which the
+    quote covers, unchanged). The event then read as another variable and was skipped: the
+    attestation verified with ``secure_boot: null`` ("unknown") instead of ``true``."""
+    name = "SecureBoot".encode("utf-16-le")
+    renamed = _flip(NO_NONCE, name, 1)  # "S\x01e..." (the fuzzer's input: "S\xffe...")
+    assert verify_gce_attestation(NO_NONCE, at=AT).claims["event_log"]["secure_boot"] is True  # type: ignore[index]
+    with pytest.raises(MeasurementError, match=r"event 3 \(EFI variable\) in PCR 7 before the separator"):
+        verify_gce_attestation(renamed, at=AT)
+    # Renamed to a well-formed other name (digest recomputed, as a log the TPM replays would be):
+    # no SecureBoot event, so no claim; the replay then fails against the real quote.
+    data = _variable_data(EFI_GLOBAL_VARIABLE, "SecureBoom", b"\x01")
+    log = _log_with(3, data=data, digests=_rehash(data))
+    assert _secure_boot_claim(log) is None
 
 
 def test_a_second_secure_boot_event_before_the_separator_is_refused() -> None:

@@ -15,14 +15,18 @@ from pathlib import Path
 from typing import cast
 
 from confide import jsonstrict
-from confide.errors import CollateralOutdatedError, ParseError, UsageError
+from confide.errors import CollateralOutdatedError, ParseError, StorageError, UsageError
+from confide.fsutil import read_bounded
 from confide.verify.result import Platform, VerifiedEvidence
 
 __all__ = [
     "DCAP_PLATFORMS",
+    "MAX_CERTIFICATE_FILE",
+    "MAX_EVIDENCE_FILE",
     "PLATFORM_MODULES",
     "VerifyRequest",
     "detect_platform",
+    "read_input_file",
     "require_tcb_evaluation",
     "verify_request",
 ]
@@ -53,6 +57,29 @@ class VerifyRequest:
     @property
     def digest(self) -> str:
         return hashlib.sha256(self.evidence).hexdigest()
+
+
+MAX_EVIDENCE_FILE = 16 << 20
+"""The largest EVIDENCE file ``confide evidence verify`` reads: twice the largest evidence any
+parser accepts (a GCE attestation, :data:`confide.evidence.gce_tpm.MAX_ATTESTATION_SIZE`, 4 MiB)
+as hex text, with room for white space; a larger file is refused before it is read whole."""
+
+MAX_CERTIFICATE_FILE = 1 << 20
+"""The largest ``--vcek``, ``--chain`` or ``--cert-chain`` file read: they travel with the
+evidence (the attester sends them), and a chain is at most
+:data:`confide.evidence.pem.MAX_CHAIN_LENGTH` certificates of a few KiB (and, in ``--chain``,
+AMD's CRL)."""
+
+
+def read_input_file(path: Path, what: str, limit: int, expected: str) -> bytes:
+    """The bytes of ``path`` (:func:`confide.fsutil.read_bounded`: no further than one byte past
+    ``limit``; a pipe is read as the file it stands for): a file that cannot be read is a
+    :class:`UsageError` (the command line named it), a larger one, or a device that never ends,
+    a :class:`ParseError` naming ``what``, the limit and ``expected``."""
+    try:
+        return read_bounded(path, limit, label=what, expected=expected, structure=what)
+    except StorageError as exc:
+        raise UsageError(f"cannot read {exc.message}") from None
 
 
 PLATFORM_MODULES: dict[Platform, str] = {

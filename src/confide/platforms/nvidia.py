@@ -17,8 +17,8 @@ from cryptography import x509
 from confide.collateral import is_url
 from confide.collateral.nvidia_ocsp import DirOcspSource, HttpOcspSource, fetch_all
 from confide.errors import UsageError
-from confide.evidence.nvidia_rim import ReferenceManifest
-from confide.platforms import VerifyRequest
+from confide.evidence.nvidia_rim import MAX_RIM_SIZE, ReferenceManifest
+from confide.platforms import MAX_CERTIFICATE_FILE, VerifyRequest, read_input_file
 from confide.platforms._root import load_root_certificate
 from confide.verify._pinned_chain import verify_pinned_chain
 from confide.verify.nvidia import nvidia_device_root, ocsp_targets, verify_nvidia_report
@@ -33,15 +33,10 @@ RIM_SUFFIXES = (".swidtag", ".xml")
 MAX_RIM_FILES = 16
 
 
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{what}: cannot read {str(path)!r}: {exc.strerror or exc}") from None
-
-
 def load_chain(path: Path, what: str) -> list[x509.Certificate]:
-    return load_certificate_chain(_read(path, what), f"{what} {str(path)!r}")
+    return load_certificate_chain(
+        read_input_file(path, what, MAX_CERTIFICATE_FILE, "a certificate chain"), f"{what} {str(path)!r}"
+    )
 
 
 def load_rims(path: Path) -> list[ReferenceManifest]:
@@ -53,7 +48,10 @@ def load_rims(path: Path) -> list[ReferenceManifest]:
             raise UsageError(f"--collateral: got {len(files)} RIM files, expected at most {MAX_RIM_FILES}")
     else:
         files = [path]
-    return [ReferenceManifest.from_bytes(_read(f, "--collateral")) for f in files]
+    return [
+        ReferenceManifest.from_bytes(read_input_file(f, "--collateral", MAX_RIM_SIZE, "an NVIDIA RIM"))
+        for f in files
+    ]
 
 
 def fetch_ocsp(

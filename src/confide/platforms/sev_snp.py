@@ -31,7 +31,7 @@ from confide.collateral.amd_kds import AmdCollateralRequest, KdsHttpCollateral, 
 from confide.errors import CertificateChainError, CollateralMissingError, ParseError, UsageError
 from confide.evidence.sev_snp import AttestationReport, Product, SigningKey
 from confide.evidence.sev_snp_json import report_from_serde_json
-from confide.platforms import VerifyRequest
+from confide.platforms import MAX_CERTIFICATE_FILE, VerifyRequest, read_input_file
 from confide.roots import read_root
 from confide.verify.result import VerifiedEvidence
 from confide.verify.sev_snp import (
@@ -66,10 +66,7 @@ def embedded_verifier() -> SnpVerifier:
 
 
 def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{what}: cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    return read_input_file(path, what, MAX_CERTIFICATE_FILE, "certificates (DER or PEM)")
 
 
 def load_crl(data: bytes) -> x509.CertificateRevocationList:

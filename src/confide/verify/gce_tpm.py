@@ -25,8 +25,9 @@ Steps (after go-tpm-tools ``server/verify.go`` ``VerifyAttestation``, with confi
    verified events before its separator (TCG PFP §3.3.4.8, as go-attestation
    ``ParseSecurebootState``): the firmware's EV_EFI_VARIABLE_DRIVER_CONFIG event of the
    ``SecureBoot`` variable of EFI_GLOBAL_VARIABLE (none without PCR 7's separator). An event
-   that looks like a separator but is not a valid one, or one of these events whose digest is
-   not the hash of its data, or a second or malformed ``SecureBoot`` event →
+   that looks like a separator but is not a valid one, one of these events (for PCR 7: any
+   EV_EFI_VARIABLE_DRIVER_CONFIG event before the separator) whose digest is not the hash of
+   its data, or a second or malformed ``SecureBoot`` event →
    :class:`MeasurementError` (the event type itself is not measured). Events after the
    separator come from code the firmware started, which can extend a PCR with any event (an
    unsigned boot loader writing "SecureBoot = 1"): they say nothing of the firmware's state.
@@ -340,6 +341,14 @@ def _secure_boot(log: EventLog) -> bool | None:
     for event, digest_ok in events:
         if event.event_type != EV_EFI_VARIABLE_DRIVER_CONFIG:
             continue
+        if not digest_ok:
+            # Before its name is read: with the data edited (the digest, which the quote covers,
+            # unchanged), the SecureBoot event would read as another variable and be skipped,
+            # and the state, on or off, would become "unknown" (null).
+            raise MeasurementError(
+                f"event {event.number} (EFI variable) in PCR 7 before the separator: its digest is"
+                " not the SHA-256 of its data"
+            )
         details = decode_event(event)
         if (
             details.get("variable_guid") != EFI_GLOBAL_VARIABLE
@@ -348,9 +357,7 @@ def _secure_boot(log: EventLog) -> bool | None:
             continue
         value = details.get("value")  # set by the decoder for a one-byte value only
         problem = (
-            "its digest is not the SHA-256 of its data"
-            if not digest_ok
-            else "a second SecureBoot event before the separator"
+            "a second SecureBoot event before the separator"
             if found is not None
             else "its value is not one byte"
             if not isinstance(value, int)
