@@ -303,3 +303,77 @@ def test_tmpfs_folios_switch_from_the_environment(vol: tuple[Path, Path, str, Pa
     finally:
         rc, _out, err = m.stop(signal.SIGINT)
     assert rc == 0, err
+
+
+# --- signals at every point of the mount's life ----------------------------------------------
+# The script runs `confide volume mount` with mount_volume wrapped: once the mount is complete
+# it writes a file into it (a session's change), then either sends itself SIGNAL at once (the
+# window between the mount finishing and the command waiting for its stop signal) or arms the
+# handle's close() to send it as the unmount starts (a second signal during the seal).
+_SIGNAL_AT = """
+import os, signal, sys
+import confide.volume.cli as vc
+real = vc.mount_volume
+where, sig, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+def hooked(*a, **k):
+    h = real(*a, **k)
+    if h.writable:
+        (h.path / "late.txt").write_bytes(b"written before the signal\\n")
+    if where == "mounted":
+        os.kill(os.getpid(), sig)
+    else:
+        close = h.close
+        def closing():
+            os.kill(os.getpid(), sig)
+            return close()
+        h.close = closing
+    return h
+vc.mount_volume = hooked
+sys.argv = ["confide", "volume", "mount", *args]
+from confide.cli import main
+main()
+"""
+
+
+def _modes() -> list[str]:
+    out = []
+    if os.geteuid() == 0:
+        out.append("tmpfs")
+    if fuse_usable() is None:
+        out.append("fuse")
+    return out
+
+
+@pytest.mark.parametrize("mode", _modes())
+@pytest.mark.parametrize("where", ["mounted", "closing"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("writable", [True, False])
+def test_a_signal_at_any_point_unmounts_cleanly(
+    vol: tuple[Path, Path, str, Path], mode: str, where: str, sig: int, writable: bool
+) -> None:
+    v, key_file, tag, mnt = vol
+    args = [str(v), str(mnt), "--key", str(key_file), "--tag", tag, "--mode", mode]
+    args += ["--writable"] if writable else []
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env.pop("CONFIDE_VOLUME_KEY", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SIGNAL_AT, where, str(int(sig)), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    if where == "closing":
+        assert proc.stdout is not None
+        assert f"via {mode}" in proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)  # the stop; close() then gets `sig` as it starts
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, (proc.returncode, out, err)
+    assert "aborted" not in err
+    assert not _mounted(mnt) and os.listdir(mnt) == []
+    key = _key(key_file)
+    if writable:
+        new = out.strip().split("tag: ")[-1].split()[0]
+        assert "(changed)" in out and new != tag, out
+        report = verify_volume(v, key, new)
+        assert report.ok and report.files == len(FILES) + 1  # the session's file was sealed
+    else:
+        assert f"unmounted; tag: {tag} (unchanged)" in out, out
+        assert verify_volume(v, key, tag).ok
