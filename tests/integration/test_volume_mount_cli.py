@@ -377,3 +377,87 @@ def test_a_signal_at_any_point_unmounts_cleanly(
     else:
         assert f"unmounted; tag: {tag} (unchanged)" in out, out
         assert verify_volume(v, key, tag).ok
+
+
+@pytest.mark.skipif(fuse_usable() is not None, reason=f"FUSE unavailable: {fuse_usable()}")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_fuse_writable_survives_a_signal_to_the_whole_process_group(
+    vol: tuple[Path, Path, str, Path], sig: int
+) -> None:
+    """A terminal's ^C and `timeout -s INT` signal the whole process group: the FUSE server,
+    in a session of its own, is not stopped by it; the mount's own unmount seals."""
+    v, key_file, tag, mnt = vol
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env.pop("CONFIDE_VOLUME_KEY", None)
+    cmd = [sys.executable, "-m", "confide", "volume", "mount", str(v), str(mnt), "--key", str(key_file)]
+    cmd += ["--tag", tag, "--mode", "fuse", "--writable"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert "read-write via fuse" in proc.stdout.readline()
+        (mnt / "late.txt").write_bytes(b"written before the signal\n")
+    finally:
+        os.killpg(proc.pid, sig)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, (out, err)
+    assert not _mounted(mnt)
+    new = out.strip().split("tag: ")[-1].split()[0]
+    assert "(changed)" in out and new != tag, out
+    report = verify_volume(v, _key(key_file), new)
+    assert report.ok and report.files == len(FILES) + 1
+
+
+# As _SIGNAL_AT, but close() first waits until the FUSE server has said something on its status
+# pipe: the order in which a stop signal sent to every process (a service manager's stop, a
+# cgroup kill) reaches the server and the mounting process is then fixed, server first.
+_SERVER_FIRST = """
+import select, sys
+import confide.volume.cli as vc
+real = vc.mount_volume
+def hooked(*a, **k):
+    h = real(*a, **k)
+    close = h.close
+    def closing():
+        select.select([h._status], [], [], 60)
+        return close()
+    h.close = closing
+    return h
+vc.mount_volume = hooked
+sys.argv = ["confide", "volume", "mount", *sys.argv[1:]]
+from confide.cli import main
+main()
+"""
+
+
+@pytest.mark.skipif(fuse_usable() is not None, reason=f"FUSE unavailable: {fuse_usable()}")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_fuse_writable_sealed_when_the_server_gets_the_stop_signal_first(
+    vol: tuple[Path, Path, str, Path], sig: int
+) -> None:
+    v, key_file, tag, mnt = vol
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env.pop("CONFIDE_VOLUME_KEY", None)
+    args = [str(v), str(mnt), "--key", str(key_file), "--tag", tag, "--mode", "fuse", "--writable"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVER_FIRST, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert "read-write via fuse" in proc.stdout.readline()
+        (mnt / "late.txt").write_bytes(b"written before the signal\n")
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 1  # the FUSE server
+        os.kill(int(children[0]), sig)  # every process of the service gets it
+    finally:
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, (out, err)
+    assert "stopped by a signal" in err
+    assert not _mounted(mnt)
+    new = out.strip().split("tag: ")[-1].split()[0]
+    assert "(changed)" in out and new != tag, out
+    report = verify_volume(v, _key(key_file), new)
+    assert report.ok and report.files == len(FILES) + 1

@@ -225,8 +225,9 @@ class _FuseMount(MountHandle):
         ]  # fmt: skip
         try:
             self._proc = subprocess.Popen(  # noqa: S603 - our own module, absolute paths
-                argv, stdin=subprocess.PIPE, pass_fds=(w,), env=env, cwd="/", text=True
-            )
+                argv, stdin=subprocess.PIPE, pass_fds=(w,), env=env, cwd="/", text=True,
+                start_new_session=True,  # a terminal's ^C or a group's signal is the caller's to handle
+            )  # fmt: skip
         finally:
             os.close(w)
         self._status = r
@@ -268,6 +269,9 @@ class _FuseMount(MountHandle):
                 except ValueError:
                     path = line[len("integrity ") :]
                 self.integrity_paths.append(str(path))
+            elif line == "stopped":  # a signal ended the server's loop; it awaits close()
+                where = str(self.mountpoint)
+                log.warning("confide volume: the FUSE server at %r was stopped by a signal", where)
             else:
                 self._lines.append(line)
         return True
