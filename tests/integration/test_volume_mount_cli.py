@@ -303,3 +303,161 @@ def test_tmpfs_folios_switch_from_the_environment(vol: tuple[Path, Path, str, Pa
     finally:
         rc, _out, err = m.stop(signal.SIGINT)
     assert rc == 0, err
+
+
+# --- signals at every point of the mount's life ----------------------------------------------
+# The script runs `confide volume mount` with mount_volume wrapped: once the mount is complete
+# it writes a file into it (a session's change), then either sends itself SIGNAL at once (the
+# window between the mount finishing and the command waiting for its stop signal) or arms the
+# handle's close() to send it as the unmount starts (a second signal during the seal).
+_SIGNAL_AT = """
+import os, signal, sys
+import confide.volume.cli as vc
+real = vc.mount_volume
+where, sig, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+def hooked(*a, **k):
+    h = real(*a, **k)
+    if h.writable:
+        (h.path / "late.txt").write_bytes(b"written before the signal\\n")
+    if where == "mounted":
+        os.kill(os.getpid(), sig)
+    else:
+        close = h.close
+        def closing():
+            os.kill(os.getpid(), sig)
+            return close()
+        h.close = closing
+    return h
+vc.mount_volume = hooked
+sys.argv = ["confide", "volume", "mount", *args]
+from confide.cli import main
+main()
+"""
+
+
+def _modes() -> list[str]:
+    out = []
+    if os.geteuid() == 0:
+        out.append("tmpfs")
+    if fuse_usable() is None:
+        out.append("fuse")
+    return out
+
+
+@pytest.mark.parametrize("mode", _modes())
+@pytest.mark.parametrize("where", ["mounted", "closing"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("writable", [True, False])
+def test_a_signal_at_any_point_unmounts_cleanly(
+    vol: tuple[Path, Path, str, Path], mode: str, where: str, sig: int, writable: bool
+) -> None:
+    v, key_file, tag, mnt = vol
+    args = [str(v), str(mnt), "--key", str(key_file), "--tag", tag, "--mode", mode]
+    args += ["--writable"] if writable else []
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env.pop("CONFIDE_VOLUME_KEY", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SIGNAL_AT, where, str(int(sig)), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    if where == "closing":
+        assert proc.stdout is not None
+        assert f"via {mode}" in proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)  # the stop; close() then gets `sig` as it starts
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, (proc.returncode, out, err)
+    assert "aborted" not in err
+    assert not _mounted(mnt) and os.listdir(mnt) == []
+    key = _key(key_file)
+    if writable:
+        new = out.strip().split("tag: ")[-1].split()[0]
+        assert "(changed)" in out and new != tag, out
+        report = verify_volume(v, key, new)
+        assert report.ok and report.files == len(FILES) + 1  # the session's file was sealed
+    else:
+        assert f"unmounted; tag: {tag} (unchanged)" in out, out
+        assert verify_volume(v, key, tag).ok
+
+
+@pytest.mark.skipif(fuse_usable() is not None, reason=f"FUSE unavailable: {fuse_usable()}")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_fuse_writable_survives_a_signal_to_the_whole_process_group(
+    vol: tuple[Path, Path, str, Path], sig: int
+) -> None:
+    """A terminal's ^C and `timeout -s INT` signal the whole process group: the FUSE server,
+    in a session of its own, is not stopped by it; the mount's own unmount seals."""
+    v, key_file, tag, mnt = vol
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env.pop("CONFIDE_VOLUME_KEY", None)
+    cmd = [sys.executable, "-m", "confide", "volume", "mount", str(v), str(mnt), "--key", str(key_file)]
+    cmd += ["--tag", tag, "--mode", "fuse", "--writable"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert "read-write via fuse" in proc.stdout.readline()
+        (mnt / "late.txt").write_bytes(b"written before the signal\n")
+    finally:
+        os.killpg(proc.pid, sig)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, (out, err)
+    assert not _mounted(mnt)
+    new = out.strip().split("tag: ")[-1].split()[0]
+    assert "(changed)" in out and new != tag, out
+    report = verify_volume(v, _key(key_file), new)
+    assert report.ok and report.files == len(FILES) + 1
+
+
+# As _SIGNAL_AT, but close() first waits until the FUSE server has said something on its status
+# pipe: the order in which a stop signal sent to every process (a service manager's stop, a
+# cgroup kill) reaches the server and the mounting process is then fixed, server first.
+_SERVER_FIRST = """
+import select, sys
+import confide.volume.cli as vc
+real = vc.mount_volume
+def hooked(*a, **k):
+    h = real(*a, **k)
+    close = h.close
+    def closing():
+        select.select([h._status], [], [], 60)
+        return close()
+    h.close = closing
+    return h
+vc.mount_volume = hooked
+sys.argv = ["confide", "volume", "mount", *sys.argv[1:]]
+from confide.cli import main
+main()
+"""
+
+
+@pytest.mark.skipif(fuse_usable() is not None, reason=f"FUSE unavailable: {fuse_usable()}")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_fuse_writable_sealed_when_the_server_gets_the_stop_signal_first(
+    vol: tuple[Path, Path, str, Path], sig: int
+) -> None:
+    v, key_file, tag, mnt = vol
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env.pop("CONFIDE_VOLUME_KEY", None)
+    args = [str(v), str(mnt), "--key", str(key_file), "--tag", tag, "--mode", "fuse", "--writable"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVER_FIRST, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert "read-write via fuse" in proc.stdout.readline()
+        (mnt / "late.txt").write_bytes(b"written before the signal\n")
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 1  # the FUSE server
+        os.kill(int(children[0]), sig)  # every process of the service gets it
+    finally:
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, (out, err)
+    assert "stopped by a signal" in err
+    assert not _mounted(mnt)
+    new = out.strip().split("tag: ")[-1].split()[0]
+    assert "(changed)" in out and new != tag, out
+    report = verify_volume(v, _key(key_file), new)
+    assert report.ok and report.files == len(FILES) + 1

@@ -4,7 +4,11 @@ FUSE path is exercised end to end by tests/integration/test_cas_e2e.py.)"""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,3 +123,76 @@ def test_a_volume_that_fails_to_seal_does_not_keep_another_volumes_new_tag_unrep
     # ... so its new tag must reach the CAS, else the next run is refused (RollbackError)
     assert client.reports == [("pol", f"vol{ok}", "s", tags[ok], new)]
     assert all(h.closed for _, h in handles)
+
+
+# supervise() in a process of its own, with mount_released (or the seal) wrapped to send the
+# process a signal from inside at the window: right after the volumes were mounted and the
+# program's session wrote a change (the program not started yet), or as the seal starts (the
+# program has exited). Prints the exit code and the tag reports.
+_SUPERVISE_SIGNALLED = """
+import json, os, sys
+from pathlib import Path
+from confide.runtime import run as run_module
+from confide.runtime.run import Launch, supervise
+from confide.runtime.volumes import MountedVolumes, VolumeRelease
+from confide.volume import VolumeKey
+from confide.volume.mount import _TmpfsMount
+from confide.volume.store import load_sealed
+
+vol, key_hex, tag, mnt, where, sig = sys.argv[1:7]
+key = VolumeKey.from_hex(key_hex)
+release = VolumeRelease("data", Path(vol), key.raw, tag)
+
+def mount_released(_volumes):
+    manifest, t = load_sealed(Path(vol), key, tag)
+    handle = _TmpfsMount(Path(vol), key, Path(mnt), t, True, manifest, None, private_namespace=False)
+    mounted = MountedVolumes([(release, handle)], {}, mounted_tags={"data": t})
+    with (Path(mnt) / "notes.txt").open("ab") as f:
+        f.write(b"second\\n")
+    if where == "mounted":
+        os.kill(os.getpid(), int(sig))
+    else:
+        seal = mounted.seal
+        def sealing():
+            os.kill(os.getpid(), int(sig))
+            return seal()
+        mounted.seal = sealing
+    return mounted
+
+class Client:
+    reports = []
+    def report_volume_tag(self, *args):
+        self.reports.append(list(args))
+
+run_module.mount_released = mount_released
+# mounted: a program that the signal passed on stops (dash ignores a SIGTERM that comes as it
+# starts); sealing: one that has exited with 7 by then
+argv = ["/bin/sleep", "60"] if where == "mounted" else ["/bin/sh", "-c", "exit 7"]
+plan = Launch(argv, {"PATH": "/usr/bin:/bin"}, {}, None, "pol", (), "s", None)
+client = Client()
+code = supervise(plan, client)
+print(json.dumps({"code": code, "reports": client.reports}))
+"""
+
+
+@pytest.mark.parametrize("where", ["mounted", "sealing"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_during_volume_set_up_or_seal_ends_sealed_and_reported(
+    tmp_path: Path, where: str, sig: int
+) -> None:
+    vol, key, tag = _volume(tmp_path)
+    mnt = tmp_path / "mnt"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-c", _SUPERVISE_SIGNALLED, str(vol), key.hex(), tag, str(mnt), where, str(int(sig))],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
+    result = json.loads(proc.stdout.splitlines()[-1])
+    new = load_sealed(vol, key)[1]
+    assert new != tag  # the session's change was sealed ...
+    assert result["reports"] == [["pol", "data", "s", tag, new]]  # ... and its tag reported
+    # mounted: the signal was passed on to the program as it started (killed by it: 128 + N);
+    # sealing: the program had exited (7), the signal came too late for it and was ignored
+    assert result["code"] == (128 + sig if where == "mounted" else 7)
+    assert not mnt.is_symlink() and not any(Path("/dev/shm").glob(f"confide-volume-*{mnt.name}*"))

@@ -664,12 +664,15 @@ def _wait(proc: subprocess.Popen[bytes], mounted: MountedVolumes) -> tuple[int, 
             return proc.wait(), tampered
 
 
-def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None] | None = None) -> int:
-    """With protected volumes: mount them, run the program as a child, then seal changed
-    volumes and report their new tags to the CAS; returns the program's exit code.
-    ``before_exec`` runs after everything else was prepared, right before the program starts
-    (``confide run --gpus`` sets the GPUs' ready state there); if it raises, the program does
-    not start and the volumes are closed."""
+def _run_supervised(
+    plan: Launch,
+    before_exec: Callable[[], None] | None,
+    started: list[subprocess.Popen[bytes]],
+    pending: list[int],
+) -> tuple[int, str | None, MountedVolumes]:
+    """:func:`supervise` up to the program's exit (the signals are already forwarded): inject,
+    mount, start the program, pass on the ``pending`` signals, wait. Returns (exit code, failing
+    ``volume:path`` or None, the mounted volumes, still to be sealed)."""
     injected = _write_files(plan.files, plan.modes)
     try:
         mounted = mount_released(list(plan.volumes))
@@ -688,46 +691,58 @@ def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None
         mounted.close()
         _remove(injected)
         raise
-    # The forwarding is in place before the program starts: a signal that arrives while it is
-    # being started is kept and passed on as soon as it runs (it would otherwise stop confide run
-    # itself, leaving the program and its volumes without their supervisor). execve(2) resets
-    # the handlers to their defaults in the program.
+    try:
+        proc = subprocess.Popen(plan.argv, executable=program, env=env, cwd=plan.pwd or None)  # noqa: S603
+    except OSError as exc:
+        mounted.close()
+        _remove(injected)
+        if plan.pwd and exc.filename == plan.pwd:  # the child's chdir failed, as in launch()
+            raise UsageError(
+                f"cannot change to the service's working directory {plan.pwd}: {exc.strerror}"
+            ) from None
+        raise UsageError(f"cannot execute {plan.argv[0]}: {exc.strerror}") from None
+    except BaseException:
+        mounted.close()
+        _remove(injected)
+        raise
+    started.append(proc)
+    for sig in pending:
+        proc.send_signal(sig)
+    code, tampered = _wait(proc, mounted)
+    return code, tampered, mounted
+
+
+def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None] | None = None) -> int:
+    """With protected volumes: mount them, run the program as a child, then seal changed
+    volumes and report their new tags to the CAS; returns the program's exit code.
+    ``before_exec`` runs after everything else was prepared, right before the program starts
+    (``confide run --gpus`` sets the GPUs' ready state there); if it raises, the program does
+    not start and the volumes are closed."""
+    # The forwarding is in place before anything is injected or mounted and stays until the
+    # volumes are sealed and reported: a signal that arrives while the volumes are mounted or
+    # the program is being started is kept and passed on as soon as it runs; one that arrives
+    # after it exited, while the volumes are sealed, is ignored (it would otherwise stop confide
+    # run itself, leaving the program and its volumes without their supervisor, or a volume
+    # sealed and its new tag unreported). execve(2) resets the handlers in the program.
     started: list[subprocess.Popen[bytes]] = []
     pending: list[int] = []
 
     def forward(sig: int, _frame: object) -> None:
         if started:
-            started[0].send_signal(sig)
+            started[0].send_signal(sig)  # a no-op once the program was waited for
         else:
             pending.append(sig)
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
-        try:
-            proc = subprocess.Popen(plan.argv, executable=program, env=env, cwd=plan.pwd or None)  # noqa: S603
-        except OSError as exc:
-            mounted.close()
-            _remove(injected)
-            if plan.pwd and exc.filename == plan.pwd:  # the child's chdir failed, as in launch()
-                raise UsageError(
-                    f"cannot change to the service's working directory {plan.pwd}: {exc.strerror}"
-                ) from None
-            raise UsageError(f"cannot execute {plan.argv[0]}: {exc.strerror}") from None
-        except BaseException:
-            mounted.close()
-            _remove(injected)
-            raise
-        started.append(proc)
-        for sig in pending:
-            proc.send_signal(sig)
-        code, tampered = _wait(proc, mounted)
+        code, tampered, mounted = _run_supervised(plan, before_exec, started, pending)
+        # A volume's storage modified behind our back: stop, keep nothing of this session (a seal
+        # would bless state derived from an attack) and tell the operator. Otherwise every sealed
+        # volume's new tag is reported, also when another volume failed to seal.
+        seal_and_report(mounted, client, plan.policy, plan.session, tampered=tampered)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    # A volume's storage modified behind our back: stop, keep nothing of this session (a seal
-    # would bless state derived from an attack) and tell the operator. Otherwise every sealed
-    # volume's new tag is reported, also when another volume failed to seal.
-    seal_and_report(mounted, client, plan.policy, plan.session, tampered=tampered)
     # Popen reports a program killed by signal N as -N; sys.exit(-N) would exit 256 - N. Report it
     # as a shell does (128 + N), the status a caller of an exec'd program sees as "killed by N".
     return 128 - code if code < 0 else code

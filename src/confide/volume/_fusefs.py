@@ -855,6 +855,26 @@ def _die_with_parent(parent: int) -> None:
         sys.exit(1)
 
 
+def _await_decision(parent: int, decided: threading.Event, say: Callable[[str], None]) -> bool:
+    """The loop ended before the parent said what to do with a writable session: a signal
+    reached this server directly (a service manager's stop signals every process of the
+    service; libfuse ends the loop on SIGTERM, SIGINT and SIGHUP). The mount is gone, the
+    session is intact: report ``stopped`` and wait for the parent's ``commit`` (or ``discard``,
+    or the end of stdin), as after an unmount it asked for, instead of discarding the changes
+    that its ``close()`` is about to seal. A SIGTERM now (``abort()``) or the parent's death
+    discards them. Returns whether the parent is still alive."""
+    terminated: list[int] = []
+    signal.signal(signal.SIGTERM, lambda sig, _frame: terminated.append(sig))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    log.warning("confide volume: the FUSE loop was stopped by a signal; waiting for the mounting process")
+    say("stopped")
+    while not decided.wait(0.5):  # wakes for a SIGTERM too (its handler runs in this thread)
+        if terminated or os.getppid() != parent:
+            break
+    return not terminated and os.getppid() == parent
+
+
 def _fuse_options(writable: bool) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "foreground": True,
@@ -920,10 +940,14 @@ def main(argv: list[str] | None = None) -> int:
     fs.on_init = ready
     fs.on_integrity = lambda path: say("integrity " + json.dumps(path))
 
+    decided = threading.Event()  # a command came, or stdin ended (the parent closed it or died)
+
     def commands() -> None:
         for line in sys.stdin:
             decision["commit"] = line.strip() == "commit"
             say("ack")
+            decided.set()
+        decided.set()
 
     threading.Thread(target=commands, daemon=True).start()
     try:
@@ -939,6 +963,8 @@ def main(argv: list[str] | None = None) -> int:
     # parent would kill us before the session is discarded.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     parent_alive = os.getppid() == parent
+    if writable and parent_alive and not decided.is_set():
+        parent_alive = _await_decision(parent, decided, say)
     try:
         if not writable:
             say(f"unchanged {reader.tag}")

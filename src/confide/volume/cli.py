@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import cast
@@ -19,7 +18,7 @@ from confide.errors import ConfideError, SignatureError
 from confide.volume.check import open_volume, verify_volume
 from confide.volume.format import DEFAULT_CHUNK_SIZE, MAX_MTIME_NS, EntryKind, Region, RegionRule
 from confide.volume.keys import KEY_ENV, VolumeKey, load_key, write_key
-from confide.volume.mount import MountMode, mount_volume, wait_for_signal
+from confide.volume.mount import MountMode, StopSignals, mount_volume
 from confide.volume.store import (
     PENDING_NAME,
     add_sources,
@@ -295,35 +294,38 @@ def open_cmd(
 def mount_cmd(
     directory: Path, mountpoint: Path, key_file: Path | None, tag: str | None, mode: str, writable: bool
 ) -> None:
-    """Mount the volume at MOUNTPOINT until SIGINT/SIGTERM, then unmount (and seal if --writable).
+    """Mount the volume at MOUNTPOINT until SIGINT, SIGTERM or SIGHUP, then unmount (and seal
+    if --writable).
 
     In tmpfs mode as root the mount lives in this process's private mount namespace: other
     processes reach it through /proc/PID/root/MOUNTPOINT only.
     """
-    try:
-        handle = mount_volume(
-            directory,
-            load_key(key_file),
-            mountpoint,
-            expected_tag=check_expected_tag(tag),
-            mode=cast(MountMode, mode),
-            writable=writable,
-        )
-    except ConfideError as exc:
-        _die(exc)
-        return
-    stop = (signal.SIGINT, signal.SIGTERM)
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # before announcing: no signal is lost
-    access = "read-write" if writable else "read-only"
-    where = f" (files in {handle.path})" if handle.path != handle.mountpoint else ""
-    click.echo(f"mounted {access} via {handle.mode} at {handle.mountpoint}{where}, pid {os.getpid()}")
-    click.echo(f"tag: {handle.tag}", nl=True)
-    sys.stdout.flush()
-    wait_for_signal(stop)
-    old = handle.tag
-    try:
-        new = handle.close()
-    except ConfideError as exc:
-        _die(exc)
-        return
-    click.echo(f"unmounted; tag: {new}" + (" (changed)" if new != old else " (unchanged)"))
+    # The stop signals are held from before the mount until after the unmount: one that comes
+    # while mounting, between the mount and the wait, or during the unmount and seal ends in
+    # the same clean unmount (docs/volume-mount.md, "Signals").
+    with StopSignals() as stop:
+        try:
+            handle = mount_volume(
+                directory,
+                load_key(key_file),
+                mountpoint,
+                expected_tag=check_expected_tag(tag),
+                mode=cast(MountMode, mode),
+                writable=writable,
+            )
+        except ConfideError as exc:
+            _die(exc)
+            return
+        access = "read-write" if writable else "read-only"
+        where = f" (files in {handle.path})" if handle.path != handle.mountpoint else ""
+        click.echo(f"mounted {access} via {handle.mode} at {handle.mountpoint}{where}, pid {os.getpid()}")
+        click.echo(f"tag: {handle.tag}", nl=True)
+        sys.stdout.flush()
+        stop.wait()
+        old = handle.tag
+        try:
+            new = handle.close()
+        except ConfideError as exc:
+            _die(exc)
+            return
+        click.echo(f"unmounted; tag: {new}" + (" (changed)" if new != old else " (unchanged)"))

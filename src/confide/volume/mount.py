@@ -77,7 +77,7 @@ from confide.volume.store import (
     seal_entries,
 )
 
-__all__ = ["MountHandle", "MountMode", "fuse_usable", "mount_volume"]
+__all__ = ["STOP_SIGNALS", "MountHandle", "MountMode", "StopSignals", "fuse_usable", "mount_volume"]
 
 log = logging.getLogger("confide.volume.mount")
 
@@ -225,8 +225,9 @@ class _FuseMount(MountHandle):
         ]  # fmt: skip
         try:
             self._proc = subprocess.Popen(  # noqa: S603 - our own module, absolute paths
-                argv, stdin=subprocess.PIPE, pass_fds=(w,), env=env, cwd="/", text=True
-            )
+                argv, stdin=subprocess.PIPE, pass_fds=(w,), env=env, cwd="/", text=True,
+                start_new_session=True,  # a terminal's ^C or a group's signal is the caller's to handle
+            )  # fmt: skip
         finally:
             os.close(w)
         self._status = r
@@ -268,6 +269,9 @@ class _FuseMount(MountHandle):
                 except ValueError:
                     path = line[len("integrity ") :]
                 self.integrity_paths.append(str(path))
+            elif line == "stopped":  # a signal ended the server's loop; it awaits close()
+                where = str(self.mountpoint)
+                log.warning("confide volume: the FUSE server at %r was stopped by a signal", where)
             else:
                 self._lines.append(line)
         return True
@@ -1026,11 +1030,50 @@ def mount_volume(
     return _TmpfsMount(volume_dir, key, mountpoint, tag, writable, manifest, lock, os.geteuid() == 0)
 
 
-def wait_for_signal(signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> int:
-    """Block until one of ``signals`` arrives; return it (used by ``confide volume mount``)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        return signal.sigwait(signals)
-    finally:
-        with contextlib.suppress(OSError):
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopSignals:
+    """Hold SIGINT, SIGTERM and SIGHUP for the whole life of a mount (``confide volume mount``).
+
+    Entered before anything is mounted and left after the unmount: a stop signal that arrives
+    while the volume is being mounted, after it is mounted, or while it is unmounted and sealed
+    is recorded instead of stopping the process (a ``KeyboardInterrupt`` between the mount and
+    the wait, or SIGTERM's default action, left the session unsealed), and :meth:`wait` returns
+    at once if one already came. Handlers, not a blocked signal mask: a mask would be inherited
+    by the FUSE server and the tmpfs guard, which must keep reacting to SIGTERM. Main thread
+    only (``signal.signal``); ``set_wakeup_fd`` wakes :meth:`wait` whichever thread the kernel
+    delivers a signal to."""
+
+    def __init__(self, signals: Sequence[int] = STOP_SIGNALS) -> None:
+        self.signals = tuple(signals)
+        self.received: list[int] = []
+        self._previous: dict[int, object] = {}
+        self._wakeup_r = self._wakeup_w = -1
+        self._old_wakeup = -1
+
+    def _note(self, sig: int, _frame: object) -> None:
+        self.received.append(sig)
+
+    def __enter__(self) -> StopSignals:
+        self._wakeup_r, self._wakeup_w = os.pipe()
+        os.set_blocking(self._wakeup_w, False)
+        self._old_wakeup = signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._note)
+        return self
+
+    def wait(self) -> int:
+        """The first stop signal received; blocks until one arrives if none did yet."""
+        while not self.received:
+            os.read(self._wakeup_r, 64)  # the handler has run (PEP 475) or runs before the next read
+        return self.received[0]
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)  # type: ignore[arg-type]
+        signal.set_wakeup_fd(self._old_wakeup)
+        os.close(self._wakeup_r)
+        os.close(self._wakeup_w)
