@@ -245,6 +245,24 @@ def test_abort_of_a_writable_mount_keeps_the_old_tag_and_close_after_abort_is_a_
         assert (mnt / "a.txt").read_bytes() == b"a\n" and again.tag == tag
 
 
+def test_abort_of_a_writable_mount_is_a_prompt_clean_discard(tmp_path: Path) -> None:
+    """abort() SIGTERMs a server whose loop is running: it must discard the session and exit at
+    once, not take that SIGTERM for an outside signal ('stopped'), wait for a decision that
+    never comes and be SIGKILLed 10 s later with the session's new objects left behind."""
+    vol, key, tag, _ = _volume(tmp_path, {"a.txt": b"a\n"})
+    objects = sorted(p.name for p in (vol / OBJECTS_DIR).rglob("*"))
+    mnt = _mnt(tmp_path)
+    h = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=True)
+    (mnt / "new.bin").write_bytes(_pattern(3 * CS))
+    (mnt / "a.txt").write_bytes(b"changed\n")
+    start = time.monotonic()
+    h.abort()
+    assert time.monotonic() - start < 5
+    assert h._proc.returncode == 0  # type: ignore[attr-defined]  # exited itself, not SIGKILLed
+    assert sorted(p.name for p in (vol / OBJECTS_DIR).rglob("*")) == objects  # discarded
+    assert not _mounted(mnt)
+
+
 def test_swapped_chunk_tag_fails_the_root_check_for_the_whole_file(tmp_path: Path) -> None:
     files = {"f": _pattern(4 * CS)}
     vol, key, tag, _ = _volume(tmp_path, files)

@@ -861,8 +861,8 @@ def _await_decision(parent: int, decided: threading.Event, say: Callable[[str], 
     service; libfuse ends the loop on SIGTERM, SIGINT and SIGHUP). The mount is gone, the
     session is intact: report ``stopped`` and wait for the parent's ``commit`` (or ``discard``,
     or the end of stdin), as after an unmount it asked for, instead of discarding the changes
-    that its ``close()`` is about to seal. A SIGTERM now (``abort()``) or the parent's death
-    discards them. Returns whether the parent is still alive."""
+    that its ``close()`` is about to seal. ``discard`` (``abort()`` says it before its SIGTERM),
+    a SIGTERM now or the parent's death discards them. Returns whether the parent is still alive."""
     terminated: list[int] = []
     signal.signal(signal.SIGTERM, lambda sig, _frame: terminated.append(sig))
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -248,6 +248,7 @@ class _FuseMount(MountHandle):
                 time.sleep(0.01)
             _raise_readahead(mountpoint)
         except BaseException:
+            self._discard()
             self._kill()
             raise
 
@@ -294,7 +295,18 @@ class _FuseMount(MountHandle):
 
     def abort(self) -> None:
         if not self.closed:
-            self._kill()  # SIGTERM without a 'commit' first: the server discards the session
+            self._discard()
+            self._kill()
+
+    def _discard(self) -> None:
+        """Say ``discard`` before the SIGTERM of :meth:`_kill`: a server whose loop that SIGTERM
+        ends without a decision takes it for an outside signal, reports ``stopped`` and waits
+        for one (``_fusefs._await_decision``), and would be SIGKILLed 10 s later, its session's
+        new objects left behind."""
+        if self._proc.stdin is not None and self._proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                self._proc.stdin.write("discard\n")
+                self._proc.stdin.flush()
 
     def _failure(self, line: str | None, what: str) -> ConfideError:
         if line is None:
