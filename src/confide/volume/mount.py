@@ -340,8 +340,11 @@ class _FuseMount(MountHandle):
         try:
             assert self._proc.stdin is not None
             if self.writable:
-                self._proc.stdin.write("commit\n")
-                self._proc.stdin.flush()
+                try:
+                    self._proc.stdin.write("commit\n")
+                    self._proc.stdin.flush()
+                except BrokenPipeError:  # the server exited: what it said before tells why
+                    pass
                 line = self._next_line(30)
                 if line != "ack":
                     raise self._failure(line, "acknowledge the commit")
