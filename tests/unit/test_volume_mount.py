@@ -277,7 +277,7 @@ def _stop_server_twice(h: object, mnt: Path) -> None:
     proc.wait(10)
 
 
-@pytest.mark.parametrize("on_parent_exit", ["discard"])
+@pytest.mark.parametrize("on_parent_exit", ["discard", "commit"])
 def test_a_second_signal_to_a_stopped_server_discards_and_close_says_so(
     tmp_path: Path, on_parent_exit: str
 ) -> None:
