@@ -813,6 +813,7 @@ def _fork_guard(shm: Path) -> int:
     if pid == 0:  # pragma: no cover - the child; only os/signal/ctypes calls, then _exit
         try:
             os.close(r)
+            os.setsid()  # out of the caller's process group, as the exec'd guard
 
             def bye(*_: object) -> None:
                 _remove_plaintext(shm)
@@ -907,6 +908,8 @@ class _TmpfsMount(MountHandle):
     @staticmethod
     def _start_guard(shm: Path) -> _Guard:
         """A child that removes ``shm`` when we die (PR_SET_PDEATHSIG) or when told to (SIGTERM).
+        In a session of its own: a signal to the caller's process group (a terminal's ^C, which
+        killed it without removing anything) is the caller's to handle.
 
         A fresh interpreter when ours can be executed (no inherited descriptors), else a fork.
         """
@@ -925,6 +928,7 @@ class _TmpfsMount(MountHandle):
                 [sys.executable, "-I", "-c", code, str(shm), str(os.getpid())],
                 stdout=subprocess.PIPE,
                 cwd="/",
+                start_new_session=True,  # a terminal's ^C is the caller's to handle, as the FUSE server's
             )
         except OSError:
             return _Guard(_fork_guard(shm), None)
