@@ -1070,16 +1070,22 @@ class StopSignals:
         self._previous: dict[int, object] = {}
         self._wakeup_r = self._wakeup_w = -1
         self._old_wakeup = -1
+        self._wakeup_set = False
 
     def _note(self, sig: int, _frame: object) -> None:
         self.received.append(sig)
 
     def __enter__(self) -> StopSignals:
         self._wakeup_r, self._wakeup_w = os.pipe()
-        os.set_blocking(self._wakeup_w, False)
-        self._old_wakeup = signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
-        for sig in self.signals:
-            self._previous[sig] = signal.signal(sig, self._note)
+        try:
+            os.set_blocking(self._wakeup_w, False)
+            self._old_wakeup = signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+            self._wakeup_set = True
+            for sig in self.signals:
+                self._previous[sig] = signal.signal(sig, self._note)
+        except BaseException:  # e.g. ValueError outside the main thread: leave nothing behind
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def wait(self) -> int:
@@ -1093,6 +1099,9 @@ class StopSignals:
     ) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)  # type: ignore[arg-type]
-        signal.set_wakeup_fd(self._old_wakeup)
+        self._previous.clear()
+        if self._wakeup_set:
+            signal.set_wakeup_fd(self._old_wakeup)
+            self._wakeup_set = False
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)
