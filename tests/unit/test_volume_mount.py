@@ -245,6 +245,62 @@ def test_abort_of_a_writable_mount_keeps_the_old_tag_and_close_after_abort_is_a_
         assert (mnt / "a.txt").read_bytes() == b"a\n" and again.tag == tag
 
 
+def test_abort_of_a_writable_mount_is_a_prompt_clean_discard(tmp_path: Path) -> None:
+    """abort() SIGTERMs a server whose loop is running: it must discard the session and exit at
+    once, not take that SIGTERM for an outside signal ('stopped'), wait for a decision that
+    never comes and be SIGKILLed 10 s later with the session's new objects left behind."""
+    vol, key, tag, _ = _volume(tmp_path, {"a.txt": b"a\n"})
+    objects = sorted(p.name for p in (vol / OBJECTS_DIR).rglob("*"))
+    mnt = _mnt(tmp_path)
+    h = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=True)
+    (mnt / "new.bin").write_bytes(_pattern(3 * CS))
+    (mnt / "a.txt").write_bytes(b"changed\n")
+    start = time.monotonic()
+    h.abort()
+    assert time.monotonic() - start < 5
+    assert h._proc.returncode == 0  # type: ignore[attr-defined]  # exited itself, not SIGKILLed
+    assert sorted(p.name for p in (vol / OBJECTS_DIR).rglob("*")) == objects  # discarded
+    assert not _mounted(mnt)
+
+
+def _stop_server_twice(h: object, mnt: Path) -> None:
+    """SIGTERM the FUSE server (its loop ends, the mount goes, it waits: 'stopped'), then again."""
+    proc: subprocess.Popen[str] = h._proc  # type: ignore[attr-defined]
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while _mounted(mnt):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)  # into _await_decision
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)
+
+
+@pytest.mark.parametrize("on_parent_exit", ["discard", "commit"])
+def test_a_second_signal_to_a_stopped_server_discards_and_close_says_so(
+    tmp_path: Path, on_parent_exit: str
+) -> None:
+    """A SIGTERM while the server waits after a first one discards the session, the parent being
+    alive (not sealed as if it had died, with on_parent_exit='commit'), and close() then fails
+    with a StorageError, not a BrokenPipeError from writing 'commit' to the exited server."""
+    vol, key, tag, _ = _volume(tmp_path, {"a.txt": b"a\n"})
+    mnt = _mnt(tmp_path)
+    h = mount_volume(
+        vol, key, mnt, expected_tag=tag, mode="fuse", writable=True, on_parent_exit=on_parent_exit
+    )  # type: ignore[arg-type]
+    try:
+        (mnt / "a.txt").write_bytes(b"changed\n")
+        _stop_server_twice(h, mnt)
+        with pytest.raises(StorageError, match="discarded"):
+            h.close()
+    finally:
+        h.abort()
+    assert load_sealed(vol, key)[0].by_path()["a.txt"].size == 2  # the old a.txt, unsealed
+    with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse") as again:
+        assert (mnt / "a.txt").read_bytes() == b"a\n" and again.tag == tag
+
+
 def test_swapped_chunk_tag_fails_the_root_check_for_the_whole_file(tmp_path: Path) -> None:
     files = {"f": _pattern(4 * CS)}
     vol, key, tag, _ = _volume(tmp_path, files)

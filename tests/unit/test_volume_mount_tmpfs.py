@@ -178,3 +178,30 @@ def test_guard_removes_plaintext_when_the_caller_is_killed(tmp_path: Path) -> No
     while shm.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not shm.exists()
+
+
+def test_a_signal_to_the_callers_process_group_leaves_the_guard_on_duty(tmp_path: Path) -> None:
+    """A terminal's ^C (SIGINT to the foreground process group) must reach the caller only, as
+    for the FUSE server: a guard in the caller's group died of it (KeyboardInterrupt) without
+    removing anything, and plaintext stayed in /dev/shm once the caller died too."""
+    vol, key, tag = _volume(tmp_path)
+    mnt = tmp_path / "mnt"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    p = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_PARENT), str(vol), key.hex(), str(mnt), tag],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own process group, as a shell's job
+    )
+    assert p.stdout is not None
+    shm = Path(p.stdout.readline().strip())
+    p.stdout.close()
+    assert (shm / "b.txt").read_bytes() == b"bee\n"
+    os.killpg(p.pid, signal.SIGINT)  # the caller dies of it (no handler): the guard must clean up
+    p.wait()
+    deadline = time.monotonic() + 30
+    while shm.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not shm.exists()

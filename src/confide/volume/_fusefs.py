@@ -861,8 +861,9 @@ def _await_decision(parent: int, decided: threading.Event, say: Callable[[str], 
     service; libfuse ends the loop on SIGTERM, SIGINT and SIGHUP). The mount is gone, the
     session is intact: report ``stopped`` and wait for the parent's ``commit`` (or ``discard``,
     or the end of stdin), as after an unmount it asked for, instead of discarding the changes
-    that its ``close()`` is about to seal. A SIGTERM now (``abort()``) or the parent's death
-    discards them. Returns whether the parent is still alive."""
+    that its ``close()`` is about to seal. ``discard`` (``abort()`` says it before its SIGTERM),
+    a SIGTERM now or the parent's death discards them (the parent's death: as ``on_parent_exit``
+    says). Returns whether a SIGTERM ended the wait."""
     terminated: list[int] = []
     signal.signal(signal.SIGTERM, lambda sig, _frame: terminated.append(sig))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -872,7 +873,7 @@ def _await_decision(parent: int, decided: threading.Event, say: Callable[[str], 
     while not decided.wait(0.5):  # wakes for a SIGTERM too (its handler runs in this thread)
         if terminated or os.getppid() != parent:
             break
-    return not terminated and os.getppid() == parent
+    return bool(terminated)
 
 
 def _fuse_options(writable: bool) -> dict[str, Any]:
@@ -963,15 +964,23 @@ def main(argv: list[str] | None = None) -> int:
     # parent would kill us before the session is discarded.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     parent_alive = os.getppid() == parent
+    signalled = False  # a SIGTERM while waiting for the decision: discard, never seal
     if writable and parent_alive and not decided.is_set():
-        parent_alive = _await_decision(parent, decided, say)
+        signalled = _await_decision(parent, decided, say)
+        parent_alive = os.getppid() == parent
     try:
         if not writable:
             say(f"unchanged {reader.tag}")
-        elif decision["commit"] or (not parent_alive and on_parent_exit == "commit"):
+        elif not signalled and (decision["commit"] or (not parent_alive and on_parent_exit == "commit")):
             say(f"sealed {seal(fs)}")
         else:
-            why = "the mounting process exited" if not parent_alive else "the caller asked to"
+            why = (
+                "a signal while it waited for the mounting process"
+                if signalled
+                else "the mounting process exited"
+                if not parent_alive
+                else "the caller asked to"
+            )
             log.warning("confide volume: discarding the changes of this session (%s)", why)
             fs.discard()
             say("discarded")

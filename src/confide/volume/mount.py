@@ -248,6 +248,7 @@ class _FuseMount(MountHandle):
                 time.sleep(0.01)
             _raise_readahead(mountpoint)
         except BaseException:
+            self._discard()
             self._kill()
             raise
 
@@ -294,7 +295,18 @@ class _FuseMount(MountHandle):
 
     def abort(self) -> None:
         if not self.closed:
-            self._kill()  # SIGTERM without a 'commit' first: the server discards the session
+            self._discard()
+            self._kill()
+
+    def _discard(self) -> None:
+        """Say ``discard`` before the SIGTERM of :meth:`_kill`: a server whose loop that SIGTERM
+        ends without a decision takes it for an outside signal, reports ``stopped`` and waits
+        for one (``_fusefs._await_decision``), and would be SIGKILLed 10 s later, its session's
+        new objects left behind."""
+        if self._proc.stdin is not None and self._proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                self._proc.stdin.write("discard\n")
+                self._proc.stdin.flush()
 
     def _failure(self, line: str | None, what: str) -> ConfideError:
         if line is None:
@@ -328,8 +340,11 @@ class _FuseMount(MountHandle):
         try:
             assert self._proc.stdin is not None
             if self.writable:
-                self._proc.stdin.write("commit\n")
-                self._proc.stdin.flush()
+                try:
+                    self._proc.stdin.write("commit\n")
+                    self._proc.stdin.flush()
+                except BrokenPipeError:  # the server exited: what it said before tells why
+                    pass
                 line = self._next_line(30)
                 if line != "ack":
                     raise self._failure(line, "acknowledge the commit")
@@ -798,6 +813,7 @@ def _fork_guard(shm: Path) -> int:
     if pid == 0:  # pragma: no cover - the child; only os/signal/ctypes calls, then _exit
         try:
             os.close(r)
+            os.setsid()  # out of the caller's process group, as the exec'd guard
 
             def bye(*_: object) -> None:
                 _remove_plaintext(shm)
@@ -892,6 +908,8 @@ class _TmpfsMount(MountHandle):
     @staticmethod
     def _start_guard(shm: Path) -> _Guard:
         """A child that removes ``shm`` when we die (PR_SET_PDEATHSIG) or when told to (SIGTERM).
+        In a session of its own: a signal to the caller's process group (a terminal's ^C, which
+        killed it without removing anything) is the caller's to handle.
 
         A fresh interpreter when ours can be executed (no inherited descriptors), else a fork.
         """
@@ -910,6 +928,7 @@ class _TmpfsMount(MountHandle):
                 [sys.executable, "-I", "-c", code, str(shm), str(os.getpid())],
                 stdout=subprocess.PIPE,
                 cwd="/",
+                start_new_session=True,  # a terminal's ^C is the caller's to handle, as the FUSE server's
             )
         except OSError:
             return _Guard(_fork_guard(shm), None)
@@ -1051,16 +1070,22 @@ class StopSignals:
         self._previous: dict[int, object] = {}
         self._wakeup_r = self._wakeup_w = -1
         self._old_wakeup = -1
+        self._wakeup_set = False
 
     def _note(self, sig: int, _frame: object) -> None:
         self.received.append(sig)
 
     def __enter__(self) -> StopSignals:
         self._wakeup_r, self._wakeup_w = os.pipe()
-        os.set_blocking(self._wakeup_w, False)
-        self._old_wakeup = signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
-        for sig in self.signals:
-            self._previous[sig] = signal.signal(sig, self._note)
+        try:
+            os.set_blocking(self._wakeup_w, False)
+            self._old_wakeup = signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+            self._wakeup_set = True
+            for sig in self.signals:
+                self._previous[sig] = signal.signal(sig, self._note)
+        except BaseException:  # e.g. ValueError outside the main thread: leave nothing behind
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def wait(self) -> int:
@@ -1074,6 +1099,9 @@ class StopSignals:
     ) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)  # type: ignore[arg-type]
-        signal.set_wakeup_fd(self._old_wakeup)
+        self._previous.clear()
+        if self._wakeup_set:
+            signal.set_wakeup_fd(self._old_wakeup)
+            self._wakeup_set = False
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)
