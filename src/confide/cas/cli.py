@@ -20,6 +20,7 @@ from confide.cas import answer
 from confide.cas.sealing import SEAL_PROVIDERS
 from confide.errors import ConfideError, UsageError
 from confide.fsutil import read_small_file
+from confide.httpserve.options import reload_interval
 from confide.identity import Identity, load_identity
 from confide.termsafe import printable
 
@@ -204,9 +205,11 @@ def cas() -> None:
     "metrics_reload_interval",
     type=click.FloatRange(min=0, max=86400),
     default=0.0,
+    callback=reload_interval,
     metavar="SECONDS",
-    help="Also look at --metrics-token-file, --metrics-cert and --metrics-key this often and reload "
-    "them when they changed (e.g. a Kubernetes Secret volume). 0 (default): on SIGHUP only.",
+    help="Also look at --metrics-token-file, --metrics-cert and --metrics-key this often (at least "
+    "1) and reload them when they changed (e.g. a Kubernetes Secret volume). 0 (default): on SIGHUP "
+    "only.",
 )
 @click.option("--max-connections", type=click.IntRange(min=0), default=1024, show_default=True,
               help="Open connections at once (TLS handshakes included); one more is closed when"

@@ -32,6 +32,7 @@ from confide.httpserve.limits import (
     HttpLimits,
 )
 from confide.httpserve.metrics_listener import metrics_files
+from confide.httpserve.options import reload_interval
 from confide.httpserve.ratelimit import Rate, parse_rate
 from confide.httpserve.server import reserve_descriptors
 from confide.ledger.auditor import (
@@ -290,9 +291,10 @@ _TLS_OPTIONS = [
                  " reloaded with --tls-key on SIGHUP."),
     click.option("--tls-key", type=_PATH, help="The certificate's private key (PEM, unencrypted)."),
     click.option("--cert-reload-interval", type=click.FloatRange(min=0, max=86400), default=0.0,
+                 callback=reload_interval,
                  metavar="SECONDS", help="Also look at --tls-cert and --tls-key (and --metrics-cert,"
-                 " --metrics-key, --metrics-token-file) this often and reload them when they changed"
-                 " (e.g. a Kubernetes Secret volume). 0 (default): on SIGHUP only."),
+                 " --metrics-key, --metrics-token-file) this often (at least 1) and reload them when"
+                 " they changed (e.g. a Kubernetes Secret volume). 0 (default): on SIGHUP only."),
 ]  # fmt: skip
 
 
