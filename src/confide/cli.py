@@ -28,6 +28,7 @@ from confide.platforms import (
     require_tcb_evaluation,
     verify_request,
 )
+from confide.termsafe import printable, printable_lines
 from confide.verify.result import Platform, VerifiedEvidence
 
 __all__ = ["main", "parse_time"]
@@ -193,9 +194,9 @@ def _succeed(result: VerifiedEvidence, as_json: bool) -> None:
     if result.tcb_status is not None:
         click.echo(f"tcb_status: {result.tcb_status.value}")
     if result.advisory_ids:
-        click.echo(f"advisory_ids: {', '.join(result.advisory_ids)}")
+        click.echo(printable(f"advisory_ids: {', '.join(result.advisory_ids)}"))
     for name, value in result.claims.items():
-        click.echo(f"  {name}: {json.dumps(value) if not isinstance(value, str) else value}")
+        click.echo(printable(f"  {name}: {json.dumps(value) if not isinstance(value, str) else value}"))
 
 
 def _fail(exc: ConfideError, platform: Platform | None, as_json: bool) -> None:
@@ -216,7 +217,7 @@ def _fail(exc: ConfideError, platform: Platform | None, as_json: bool) -> None:
         }
         click.echo(json.dumps(out, indent=2))
     else:
-        click.echo(f"error: {exc.diagnostics()}", err=True)
+        click.echo(f"error: {printable_lines(exc.diagnostics())}", err=True)
     sys.exit(exc.exit_code)
 
 
@@ -232,5 +233,5 @@ def main() -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except ConfideError as exc:
-        click.echo(f"error: {exc.diagnostics()}", err=True)
+        click.echo(f"error: {printable_lines(exc.diagnostics())}", err=True)
         sys.exit(exc.exit_code)

@@ -67,6 +67,7 @@ import functools
 import importlib
 import os
 import shlex
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -1496,7 +1497,18 @@ class Cas:
         Mounting raises ``RollbackError`` (a volume older than the released tag: also a second
         mount of one release after its first one sealed; attest again), ``SignatureError`` (a
         volume that does not authenticate), ``UsageError`` (an image contract without root,
-        unsealed changes left in the directory), ``StorageError``; nothing stays mounted."""
+        unsealed changes left in the directory), ``StorageError``; nothing stays mounted.
+
+        SIGINT during the seal and the reports (called in the main thread): deferred until the
+        last report is done, then delivered to the handler it found (Python's default: the
+        ``KeyboardInterrupt`` raised out of the ``with`` statement, after the new tags reached the
+        CAS; an error of the seal or a report is then its ``__context__``). A ``KeyboardInterrupt``
+        would otherwise leave a sealed volume whose new tag the CAS never heard of: the CAS keeps
+        releasing the old tag, and the next mount of the volume is refused (``RollbackError``,
+        the directory newer than the released tag). Called in another thread, the seal is never
+        interrupted by SIGINT (Python raises ``KeyboardInterrupt`` in the main thread only), but
+        the main thread may then end the process mid-seal: it must wait for the block's end (a
+        daemon thread dies with the interpreter)."""
         from confide.runtime.volumes import mount_released, seal_and_report  # noqa: PLC0415
 
         mounted = mount_released(list(release.volumes))
@@ -1504,7 +1516,30 @@ class Cas:
         try:
             yield volumes
         finally:  # an error here replaces the block's exception (its __context__)
-            seal_and_report(mounted, self._client, release.policy, release.session)
+            with _sigint_deferred():
+                seal_and_report(mounted, self._client, release.policy, release.session)
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """The block run with SIGINT held back: in the main thread, SIGINT's handler is replaced by
+    one that notes it for the block; at the block's end the handler found is put back and, when
+    SIGINT came, the signal raised again (:func:`signal.raise_signal`) for that handler (Python's
+    default raises ``KeyboardInterrupt`` there, ``SIG_IGN`` drops it, ``SIG_DFL`` ends the
+    process). Off the main thread (no handler can be set; signals are handled in the main thread
+    anyway), or when the handler in place was not set from Python (it could not be put back):
+    the block as it is."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield
+        return
+    came: list[int] = []
+    found = signal.signal(signal.SIGINT, lambda signum, _frame: came.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, found)
+        if came:
+            signal.raise_signal(signal.SIGINT)
 
 
 def _str_or_none(value: object) -> str | None:

@@ -69,7 +69,8 @@ HONEST: dict[tuple[str, str], object] = {
 @dataclass
 class HostileCas:
     """A CAS over TLS answering ``answers`` (method, path: a JSON value, or bytes sent as they
-    are) and 404 to anything else; records the requests (method, path)."""
+    are, with 200; or a tuple of another status and one of them) and 404 to anything else;
+    records the requests (method, path)."""
 
     url: str
     ca: Path
@@ -96,7 +97,8 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileCas]:
                 status, body = 404, b'{"error": {"class": "NotFoundError", "message": "no such route"}}'
             else:
                 value = cas.answers[(self.command, path)]
-                status, body = 200, value if isinstance(value, bytes) else json.dumps(value).encode()
+                status, value = value if isinstance(value, tuple) else (200, value)
+                body = value if isinstance(value, bytes) else json.dumps(value).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -419,3 +421,85 @@ def test_sconify_reads_the_cas_answer_to_its_policy_as_hostile_input(
     assert warning.startswith("warning: unless the CAS took the policy before this stopped"), r.stderr
     assert error == "error: ParseError: the CAS's answer to sconify --cas: got an array, expected an object"
     assert ("POST", "/v1/policies") in hostile.requests
+
+
+ESCAPES = "\x1b]52;c;cm0gLXJmIH4K\x07\x1b[2J\x1b]0;owned\x07\x9b31m\r\nforged line\t"
+"""What a hostile CAS puts into the text it answers: OSC 52 (write the clipboard), clear the
+screen, OSC 0 (the window title), a C1 CSI, a carriage return and a newline forging a line."""
+
+
+def _hostile_text(value: object) -> object:
+    """``value`` (an honest answer) with every text in it (a member's, a list's) followed by
+    ESCAPES."""
+    if isinstance(value, str):
+        return value + ESCAPES
+    if isinstance(value, list):
+        return [_hostile_text(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _hostile_text(v) for k, v in value.items()}
+    return value
+
+
+def _no_control(text: str) -> bool:
+    return not any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F for c in text)
+
+
+@pytest.mark.parametrize("command", [pytest.param(c, id=c.id) for c in COMMANDS])
+def test_escape_sequences_in_the_answer_reach_no_terminal(
+    command: Command, hostile: HostileCas, inputs: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Every text of the answer ends with escape sequences: whatever the command prints of it
+    (or says of it when it refuses it) shows them as ``\\x1b``, ``\\x07``, ``\\x9b``, ``\\x0d``,
+    ``\\x0a``: no control character but the newlines that end the lines is printed."""
+    _serve(hostile, command, _hostile_text(command.honest))
+    code = _main(_args(command, inputs), monkeypatch, hostile)
+    out, err = capsys.readouterr()
+    assert command.route in hostile.requests
+    assert _no_control(out) and _no_control(err), (out, err)
+    assert "forged line" not in (out + err).splitlines()
+    if code == 0:  # the texts the command took: printed, escaped (policy events: as JSON escapes)
+        shown = "\\x1b]52;c;cm0gLXJmIH4K\\x07\\x1b[2J"
+        assert shown in out + err or "\\u001b]52;c;cm0gLXJmIH4K\\u0007\\u001b[2J" in out, (out, err)
+    else:
+        assert code == 10, err  # a text the command checks (a hex digest): refused
+
+
+def test_an_error_answer_with_escape_sequences_is_shown_escaped(
+    hostile: HostileCas, inputs: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The message of the CAS's error answer, printed as the one ``error:`` line."""
+    command = COMMANDS[0]
+    error = {"error": {"class": "AccessDeniedError", "message": "denied" + ESCAPES}}
+    _serve(hostile, command, (403, error))
+    code = _main(_args(command, inputs), monkeypatch, hostile)
+    out, err = capsys.readouterr()
+    assert code != 0 and out == ""
+    assert "\x1b" not in err and "\x07" not in err and "\x9b" not in err and "\r" not in err, err
+    assert "error: AccessDeniedError: denied\\x1b]52;c;cm0gLXJmIH4K\\x07\\x1b[2J" in err, err
+
+
+def test_events_stay_exact_json(
+    hostile: HostileCas, inputs: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``policy events`` prints JSON: the control characters are JSON escapes, read back exactly."""
+    command = next(c for c in COMMANDS if c.names == "policy events")
+    event = {"seq": 1, "type": "policy.created" + ESCAPES, "payload": {"note": ESCAPES}}
+    _serve(hostile, command, {"events": [event]})
+    assert _main(_args(command, inputs), monkeypatch, hostile) == 0
+    out, _ = capsys.readouterr()
+    assert _no_control(out)
+    assert [json.loads(line) for line in out.splitlines()] == [event]
+
+
+def test_a_failed_online_rotation_shows_its_error_escaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cas rotate-master-key --online``: the running CAS's ``error`` of a failed rotation."""
+    args = ["cas", "rotate-master-key", "--data-dir", str(tmp_path), "--online"]
+    with _admin_channel(tmp_path, {**ROTATED, "state": "failed", "error": "disk full" + ESCAPES}):
+        code = _main(args, monkeypatch)
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "", err
+    assert _no_control(err) and err.count("\n") == 1, err
+    assert "disk full\\x1b]52;c;cm0gLXJmIH4K\\x07" in err, err

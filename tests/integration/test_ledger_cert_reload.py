@@ -274,7 +274,7 @@ def test_witness_reloads_a_swapped_secret_volume(tmp_path: Path, setup: dict[str
         (volume / name).symlink_to(f"..data/{name}")
     argv = ["witness", "serve", "--state", str(tmp_path / "w.json"), "--key", str(tmp_path / "witness.key"),
             "--log", keys["log"], "--listen", "127.0.0.1:0", "--tls-cert", str(volume / "tls.crt"),
-            "--tls-key", str(volume / "tls.key"), "--cert-reload-interval", "0.2"]  # fmt: skip
+            "--tls-key", str(volume / "tls.key"), "--cert-reload-interval", "1"]  # fmt: skip
     server = Served(argv)
     try:
         assert _served_fingerprint(server.port) == _fingerprint(cert_a)
@@ -292,7 +292,7 @@ def test_witness_reloads_a_swapped_secret_volume(tmp_path: Path, setup: dict[str
         publish("v3", cert_a, key_b)
         event = server.reload_line()
         assert event["result"] == "failed" and event["trigger"] == "poll", event
-        time.sleep(1.0)  # five polls of unchanged files
+        time.sleep(2.5)  # two polls of unchanged files
         assert server.lines.empty()
         assert _served_fingerprint(server.port) == _fingerprint(cert_b)
         # SIGHUP works on the witness too
@@ -319,3 +319,57 @@ def test_reload_option_usage(setup: dict[str, object]) -> None:
     assert res.returncode == UsageError.exit_code and "--cert-reload-interval" in res.stderr
     res = _cli("serve", "--log-db", str(db), "--cert-reload-interval", "-1")
     assert res.returncode == UsageError.exit_code
+    # between 0 and 1 second: busy polling, refused naming the option; 0 and 1 are not refused
+    # as such (they fail later, for want of files to reload)
+    for interval in ("0.0001", "0.5", "0.999"):
+        res = _cli("serve", "--log-db", str(db), "--cert-reload-interval", interval)
+        assert res.returncode == UsageError.exit_code, res.stderr
+        assert "--cert-reload-interval" in res.stderr and "less than 1 second" in res.stderr, res.stderr
+    res = _cli("serve", "--log-db", str(db), "--cert-reload-interval", "1")
+    assert res.returncode == UsageError.exit_code and "needs files to reload" in res.stderr, res.stderr
+
+
+def test_sighup_during_the_graceful_shutdown_does_not_kill_the_server(
+    tmp_path: Path, setup: dict[str, object]
+) -> None:
+    """SIGTERM starts the graceful shutdown, which waits for a request still in flight (its body
+    half sent); a SIGHUP then (a reload, say, from a script that does not know) used to kill the
+    process (the shutdown put SIGHUP's default action back): it is now ignored, the request's
+    connection ends and the process ends by its SIGTERM, as uvicorn re-raises it."""
+    keys = setup["keys"]
+    assert isinstance(keys, dict)
+    ca_a, cert_a, key_a = setup["a"]  # type: ignore[misc]
+    argv = ["witness", "serve", "--state", str(tmp_path / "w.json"), "--key", str(tmp_path / "witness.key"),
+            "--log", keys["log"], "--listen", "127.0.0.1:0", "--tls-cert", str(cert_a),
+            "--tls-key", str(key_a)]  # fmt: skip
+    server = Served(argv)
+    context = ssl.create_default_context(cafile=str(ca_a))
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    conn = context.wrap_socket(raw, server_hostname="127.0.0.1")
+    try:
+        conn.sendall(
+            b"POST /add-checkpoint HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nold 10\n"
+        )
+        time.sleep(0.5)  # the request is in flight: its body is awaited
+        server.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while True:  # shutting down: the listener is closed, the request still in flight
+            try:
+                socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+            except ConnectionRefusedError:
+                break
+            assert time.monotonic() < deadline, "the listener stayed open after SIGTERM"
+            time.sleep(0.05)
+        assert server.proc.poll() is None
+        server.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        assert server.proc.poll() is None, "SIGHUP killed the process in its graceful shutdown"
+        conn.sendall(b"x" * 93)  # the rest of the body: a checkpoint refused, the request done
+        conn.recv(4096)
+        assert server.proc.wait(10) == -signal.SIGTERM
+    finally:
+        conn.close()
+        if server.proc.poll() is None:
+            server.proc.kill()
+        log = server.stop()
+    assert "Traceback" not in log, log

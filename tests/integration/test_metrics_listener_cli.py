@@ -428,7 +428,7 @@ def test_witness_polls_its_token_file(tmp_path: Path, setup: dict[str, object]) 
     tokens = _token_file(tmp_path, f"{TOKEN}\n")
     argv = ["witness", "serve", "--state", str(tmp_path / "w.json"), "--key", str(tmp_path / "witness.key"),
             "--log", keys["log"], "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-            "--metrics-token-file", str(tokens), "--cert-reload-interval", "0.2"]  # fmt: skip
+            "--metrics-token-file", str(tokens), "--cert-reload-interval", "1"]  # fmt: skip
     proc, _, metrics_url = _start_ledger(argv)
     served = _Lines(proc)
     try:
@@ -560,3 +560,32 @@ def test_reload_intervals_need_files(tmp_path: Path, setup: dict[str, object]) -
     r = _cli("serve", "--log-db", str(db), "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
              "--cert-reload-interval", "5")  # fmt: skip
     assert r.returncode == 2 and "--cert-reload-interval needs files to reload" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("interval", ["0.0001", "0.5"])
+def test_reload_intervals_under_a_second_are_refused(
+    tmp_path: Path,
+    setup: dict[str, object],  # noqa: F811
+    interval: str,
+) -> None:
+    """Busy polling: refused (exit 2, naming the option) before anything starts, on every
+    server; the data directory is not created."""
+    tokens = _token_file(tmp_path, f"{TOKEN}\n")
+    keys = setup["keys"]
+    assert isinstance(keys, dict)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)}
+    runs = {
+        "--metrics-reload-interval": [sys.executable, "-m", "confide", "cas", "serve", "--data-dir",
+                                      str(tmp_path / "cas"), "--dev", "--metrics-listen", "127.0.0.1:0",
+                                      "--metrics-token-file", str(tokens), "--metrics-reload-interval", interval],
+        "--cert-reload-interval": [sys.executable, "-m", "confide", "ledger", "witness", "serve", "--state",
+                                   str(tmp_path / "w.json"), "--key", str(tmp_path / "witness.key"),
+                                   "--log", keys["log"], "--listen", "127.0.0.1:0", "--metrics-listen",
+                                   "127.0.0.1:0", "--metrics-token-file", str(tokens),
+                                   "--cert-reload-interval", interval],
+    }  # fmt: skip
+    for option, argv in runs.items():
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=env)
+        assert r.returncode == 2, r.stderr
+        assert f"'{option}': {interval} is less than 1 second" in r.stderr, r.stderr
+    assert not (tmp_path / "cas").exists()

@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 import stat
 import sys
+import threading
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -300,3 +302,66 @@ def test_a_mount_point_that_cannot_be_made_is_a_storage_error(
         pytest.fail("mounted without a mount point")
     assert load_sealed(s.vol, s.key)[1] == s.tag0
     assert reported(cas, s) == [(0, s.tag0)]
+
+
+@pytest.mark.parametrize("at", ["seal", "report"])
+def test_sigint_at_the_blocks_end_is_raised_after_the_new_tag_was_reported(
+    cas: Cas, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str
+) -> None:
+    """A SIGINT right after the volumes were sealed (``seal``) or right before the new tag is
+    sent (``report``): the ``KeyboardInterrupt`` used to leave the seal and report step there,
+    a sealed volume whose new tag the CAS never heard of. It now comes out of the ``with``
+    statement after the report; SIGINT's handler is Python's default again."""
+    from confide.runtime.volumes import MountedVolumes
+
+    assert threading.current_thread() is threading.main_thread()
+    s = volume_setup(cas, tmp_path, f"sdkvol-sigint-{at}")
+    release = attest(cas, s)
+    if at == "seal":
+        seal = MountedVolumes.seal
+
+        def sealed_then_interrupted(self: MountedVolumes) -> tuple[dict[str, tuple[str, str]], list[str]]:
+            result = seal(self)
+            signal.raise_signal(signal.SIGINT)
+            return result
+
+        monkeypatch.setattr(MountedVolumes, "seal", sealed_then_interrupted)
+    else:
+        report = cas._client.report_volume_tag
+
+        def interrupted_then_reported(*args: str) -> object:
+            signal.raise_signal(signal.SIGINT)
+            return report(*args)
+
+        monkeypatch.setattr(cas._client, "report_volume_tag", interrupted_then_reported)
+    with pytest.raises(KeyboardInterrupt), cas.mount_volumes(release) as volumes:
+        (volumes.paths["data"] / "late.txt").write_text("written before the interrupt\n")
+    _, tag1 = load_sealed(s.vol, s.key)
+    assert tag1 != s.tag0
+    assert reported(cas, s) == [(0, s.tag0), (1, tag1)]  # the new tag reached the CAS
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.undo()
+    with cas.mount_volumes(attest(cas, s)) as volumes:  # the next session mounts it
+        assert (volumes.paths["data"] / "late.txt").read_text() == "written before the interrupt\n"
+
+
+def test_mount_volumes_off_the_main_thread_seals_and_reports(cas: Cas, tmp_path: Path) -> None:
+    """No SIGINT handler can be set there (``signal.signal`` raises ``ValueError`` off the main
+    thread): the block's end seals and reports as it is."""
+    s = volume_setup(cas, tmp_path, "sdkvol-thread")
+    release = attest(cas, s)
+    failures: list[BaseException] = []
+
+    def service() -> None:
+        try:
+            with cas.mount_volumes(release) as volumes:
+                (volumes.paths["data"] / "thread.txt").write_text("from a thread\n")
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=service)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive() and failures == []
+    _, tag1 = load_sealed(s.vol, s.key)
+    assert reported(cas, s) == [(0, s.tag0), (1, tag1)] and tag1 != s.tag0

@@ -20,7 +20,9 @@ from confide.cas import answer
 from confide.cas.sealing import SEAL_PROVIDERS
 from confide.errors import ConfideError, UsageError
 from confide.fsutil import read_small_file
+from confide.httpserve.options import reload_interval
 from confide.identity import Identity, load_identity
+from confide.termsafe import printable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -203,9 +205,11 @@ def cas() -> None:
     "metrics_reload_interval",
     type=click.FloatRange(min=0, max=86400),
     default=0.0,
+    callback=reload_interval,
     metavar="SECONDS",
-    help="Also look at --metrics-token-file, --metrics-cert and --metrics-key this often and reload "
-    "them when they changed (e.g. a Kubernetes Secret volume). 0 (default): on SIGHUP only.",
+    help="Also look at --metrics-token-file, --metrics-cert and --metrics-key this often (at least "
+    "1) and reload them when they changed (e.g. a Kubernetes Secret volume). 0 (default): on SIGHUP "
+    "only.",
 )
 @click.option("--max-connections", type=click.IntRange(min=0), default=1024, show_default=True,
               help="Open connections at once (TLS handshakes included); one more is closed when"
@@ -512,7 +516,8 @@ def _rotate_online(data_dir: Path, batch_size: int | None, pause_ms: int | None)
         status = answer.mapping(request(data_dir, {"op": "rotation-status"}), "status", what)
     if answer.text(status, "state", what) != "done":
         error = answer.optional_text(status, "error")
-        raise UsageError(f"the online rotation failed: {error} (the CAS resumes it at its next start)")
+        shown = printable(str(error))
+        raise UsageError(f"the online rotation failed: {shown} (the CAS resumes it at its next start)")
     old_id, new_id = answer.text(status, "old_key_id", what), answer.text(status, "new_key_id", what)
     resealed, versions = (
         answer.integer(status, "resealed", what),
@@ -520,14 +525,16 @@ def _rotate_online(data_dir: Path, batch_size: int | None, pause_ms: int | None)
     )
     batches, seq = answer.integer(status, "batches", what), answer.integer(status, "event_seq", what)
     click.echo(
-        f"master key rotated online: {old_id} -> {new_id}; {resealed} secrets re-sealed, {versions} policy "
-        f"versions, in {batches} batches; ledger entry {seq - 1} (key.rotated)",
+        printable(
+            f"master key rotated online: {old_id} -> {new_id}; {resealed} secrets re-sealed, {versions} "
+            f"policy versions, in {batches} batches; ledger entry {seq - 1} (key.rotated)"
+        ),
         err=True,
     )
     warning = answer.optional_text(status, "wal_warning")
     if warning:
-        click.echo(f"warning: {warning}", err=True)
-    click.echo(new_id)
+        click.echo(printable(f"warning: {warning}"), err=True)
+    click.echo(printable(new_id))
 
 
 _CAS_TOLERANCES = (
@@ -619,10 +626,10 @@ def cas_attest(
     )
     ev = pinned.evidence
     label = " (SIMULATED)" if ev.simulated else ""
-    click.echo(f"CAS at {url} attested on {ev.platform.value}{label}", err=True)
+    click.echo(printable(f"CAS at {url} attested on {ev.platform.value}{label}"), err=True)
     if ev.tcb_status is not None:
         advisories = f" (advisories: {', '.join(ev.advisory_ids)})" if ev.advisory_ids else ""
-        click.echo(f"  TCB status: {ev.tcb_status.value}{advisories}", err=True)
+        click.echo(printable(f"  TCB status: {ev.tcb_status.value}{advisories}"), err=True)
     if ev.tcb_evaluation is not None:
         numbers = ev.tcb_evaluation
         checked = f" (at least {min_tcb_eval}, as expected)" if min_tcb_eval is not None else ""
@@ -633,9 +640,9 @@ def cas_attest(
         )
     checked = " (as expected)" if expected else " (not checked: pass --measurement)"
     claim = pinned.measurement_claim
-    click.echo(f"  {claim}: {ev.claims.get(claim)}{checked}", err=True)
+    click.echo(printable(f"  {claim}: {ev.claims.get(claim)}{checked}"), err=True)
     for name in expect:
-        click.echo(f"  {name}: {ev.claims.get(name)} (as expected)", err=True)
+        click.echo(printable(f"  {name}: {ev.claims.get(name)} (as expected)"), err=True)
     if ev.platform is Platform.SEV_SNP:
         crl = (
             "checked (the CRL the CAS published with its evidence)"
@@ -645,7 +652,7 @@ def cas_attest(
         )
         click.echo(f"  AMD CRL: {crl}", err=True)
     click.echo(f"  TLS certificate SHA-256: {pinned.certificate_sha256}", err=True)
-    click.echo(f"  transparency log key: {pinned.log_key}", err=True)
+    click.echo(printable(f"  transparency log key: {pinned.log_key}"), err=True)
     witnesses = pinned.witnesses
     if witnesses is None:
         click.echo("  witness quorum: none (the CAS does not check its database against witnesses)", err=True)
@@ -653,7 +660,7 @@ def cas_attest(
         checked = " (as expected)" if witness_expectation is not None else ""
         click.echo(f"  witness quorum: {witnesses.quorum} of {len(witnesses.keys)}{checked}", err=True)
         for key in witnesses.keys:
-            click.echo(f"    witness: {key}", err=True)
+            click.echo(printable(f"    witness: {key}"), err=True)
     click.echo(f"  evidence obtained: {_obtained(pinned.obtained_at)}", err=True)
     if out:
         write_pin(pinned, out)
@@ -754,10 +761,11 @@ def cas_successor_approve(
     if retiring:
         # shown before anything is signed: what the signature will retire
         click.echo(
-            f"retires the version {identity_digest(platform, retire)} when it hands the key over:", err=True
+            printable(f"retires the version {identity_digest(platform, retire)} when it hands the key over:"),
+            err=True,
         )
         for name, value in retire.items():
-            click.echo(f"  {name}={value}", err=True)
+            click.echo(printable(f"  {name}={value}"), err=True)
     expiry = _expiry(expires)
     ident = load_identity(identity_file)
     result = approve_successor(
@@ -773,8 +781,8 @@ def cas_successor_approve(
         _state(shown, what),
     )
     retires = f" (retires {', '.join(retired)} when it hands over)" if retired else ""
-    click.echo(f"{target} {state}{retires}")
-    click.echo(f"approval {digest} (cas successor withdraw --approval names it)", err=True)
+    click.echo(printable(f"{target} {state}{retires}"))
+    click.echo(printable(f"approval {digest} (cas successor withdraw --approval names it)"), err=True)
 
 
 @cas_successor.command("withdraw")
@@ -795,7 +803,7 @@ def cas_successor_withdraw(approval: str, master_key_id: str | None, identity_fi
     what = "the CAS's answer to cas successor withdraw"
     shown = answer.obj(result, what)
     withdrawn, target = answer.text(shown, "approval", what), answer.text(shown, "target", what)
-    click.echo(f"{withdrawn} withdrawn: {target} {_state(shown, what)}")
+    click.echo(printable(f"{withdrawn} withdrawn: {target} {_state(shown, what)}"))
 
 
 def _attested_claims(platform: str, expect: dict[str, tuple[str, ...]]) -> dict[str, str]:
@@ -849,7 +857,8 @@ def _attested_claims(platform: str, expect: dict[str, tuple[str, ...]]) -> dict[
         )
     claims = attested_identity_claims(attested.evidence, platform)
     if expect:
-        click.echo(f"--retire-attested: the attested CAS has the expected {', '.join(expect)}", err=True)
+        expected = ", ".join(expect)
+        click.echo(printable(f"--retire-attested: the attested CAS has the expected {expected}"), err=True)
     else:
         click.echo(
             "--retire-attested without --expect: the version is the attested CAS's, which the operator "
@@ -949,8 +958,8 @@ def _echo_change(result: object, command: str) -> None:
     else:
         state = _pending_state(shown, what)
     change, digest = answer.text(shown, "change", what), answer.text(shown, "digest", what)
-    click.echo(f"{change} {state}")
-    click.echo(f"approval {digest} (cas successor withdraw --approval names it)", err=True)
+    click.echo(printable(f"{change} {state}"))
+    click.echo(printable(f"approval {digest} (cas successor withdraw --approval names it)"), err=True)
 
 
 def _pending_state(shown: Mapping[str, Any], what: str) -> str:
@@ -1000,9 +1009,9 @@ def cas_successor_retire_propose(
     ident = load_identity(identity_file)
     client = CasClient.from_env()
     draft = new_retirement(client, platform, code)
-    click.echo(f"retires the code {code_identity(platform, code)} on {platform}:", err=True)
+    click.echo(printable(f"retires the code {code_identity(platform, code)} on {platform}:"), err=True)
     for name, value in code.items():
-        click.echo(f"  {name}={value}", err=True)
+        click.echo(printable(f"  {name}={value}"), err=True)
     _echo_retirement(sign_retirement(client, ident, draft, expiry), "propose")
 
 
@@ -1027,10 +1036,11 @@ def cas_successor_retire_approve(retirement: str, expires: str, identity_file: P
     client = CasClient.from_env()
     draft = listed_retirement(client, wanted)
     click.echo(
-        f"retires the code {code_identity(draft.platform, dict(draft.code))} on {draft.platform}:", err=True
+        printable(f"retires the code {code_identity(draft.platform, dict(draft.code))} on {draft.platform}:"),
+        err=True,
     )
     for name, value in draft.code.items():
-        click.echo(f"  {name}={value}", err=True)
+        click.echo(printable(f"  {name}={value}"), err=True)
     _echo_retirement(sign_retirement(client, ident, draft, expiry), "approve")
 
 
@@ -1043,8 +1053,8 @@ def _echo_retirement(result: object, command: str) -> None:
     else:
         state = _pending_state(shown, what)
     retirement, digest = answer.text(shown, "retirement", what), answer.text(shown, "digest", what)
-    click.echo(f"{retirement} {state}")
-    click.echo(f"approval {digest} (cas successor withdraw --approval names it)", err=True)
+    click.echo(printable(f"{retirement} {state}"))
+    click.echo(printable(f"approval {digest} (cas successor withdraw --approval names it)"), err=True)
 
 
 @click.group()
@@ -1102,9 +1112,9 @@ def policy_apply(policy_file: Path, identity_file: Path) -> None:
     doc = load_policy(policy_file)
     client = CasClient.from_env()
     name, digest, state = answer.policy_state(client.apply(doc, ident), "the CAS's answer to policy apply")
-    click.echo(digest)
+    click.echo(printable(digest))
     if state == "pending":
-        click.echo(f"{name}: pending approval by the update board", err=True)
+        click.echo(printable(f"{name}: pending approval by the update board"), err=True)
     for warning in policy_warnings(doc):  # docs/limitations.md "confide run": not a refusal
         click.echo(warning, err=True)
 
@@ -1123,7 +1133,7 @@ def policy_approve(name: str, digest: str, identity_file: Path) -> None:
     from confide.cas.client import CasClient
 
     result = CasClient.from_env().approve(name, digest, load_identity(identity_file))
-    click.echo(answer.policy_state(result, "the CAS's answer to policy approve")[2])
+    click.echo(printable(answer.policy_state(result, "the CAS's answer to policy approve")[2]))
 
 
 @policy.command("show")
@@ -1330,7 +1340,7 @@ def run(
             indices=gpu_indices,
             ocsp=stapler,
             ready=gpu_ready_state != "skip",
-            warn=lambda message: click.echo(f"confide run: warning: {message}", err=True),
+            warn=lambda message: click.echo(printable(f"confide run: warning: {message}"), err=True),
         )
         provider = gpu_provider
         if gpu_ready_state != "skip":
@@ -1346,7 +1356,7 @@ def run(
     except ConfideError as exc:
         # Issue #4's command-line contract: a refused attestation or appraisal is a non-zero
         # exit code and a one-line reason (and nothing else on stderr: scripts read that line).
-        click.echo(f"error: {_one_line(exc.diagnostics())}", err=True)
+        click.echo(f"error: {printable(_one_line(exc.diagnostics()))}", err=True)
         sys.exit(exc.exit_code)
     if tee == "sim":
         # Said right before the program starts, after everything that can still refuse it: the
@@ -1379,7 +1389,7 @@ def _cmdline_warning(service: str, secrets: tuple[str, ...], then: Callable[[], 
     if then is not None:
         then()
     for secret in secrets:
-        click.echo(_one_line(command_secret_warning(service, secret[:128])), err=True)
+        click.echo(printable(_one_line(command_secret_warning(service, secret[:128]))), err=True)
 
 
 def _sim_warning(measured: Measurement | None, then: Callable[[], None] | None) -> None:
@@ -1390,8 +1400,10 @@ def _sim_warning(measured: Measurement | None, then: Callable[[], None] | None) 
     click.echo("confide run: SIMULATED TEE - no hardware protection", err=True)
     for item in measured.absent if measured is not None else ():
         click.echo(
-            f"confide run: {item.path} does not exist yet: measured as absent, it must be inside a "
-            "protected volume once mounted",
+            printable(
+                f"confide run: {item.path} does not exist yet: measured as absent, it must be inside a "
+                "protected volume once mounted"
+            ),
             err=True,
         )
 

@@ -134,7 +134,9 @@ class ServerWithCompanions(uvicorn.Server):
     signal that stopped it). ``reloaders``: the operator's files (certificates, the metrics
     token file) reloaded on ``SIGHUP`` (in the main thread only: signals are delivered there;
     signals that come while a file's reload is queued or running make one more, not one each), each
-    polled every ``poll_interval`` seconds (when not 0), each reload in a worker thread."""
+    polled every ``poll_interval`` seconds (when not 0), each reload in a worker thread. From the
+    start of the shutdown on, ``SIGHUP`` is ignored (``SIG_IGN``, not put back): a reload is
+    pointless then, and its default action would end the process mid-shutdown."""
 
     def __init__(
         self,
@@ -209,7 +211,12 @@ class ServerWithCompanions(uvicorn.Server):
         for server, _sock in self.companions:
             server.should_exit = True
         if self._sighup:
+            # No more reloads, and no default action either: removing the handler put SIGHUP's
+            # back (end the process), so that a SIGHUP during the graceful shutdown (a reload
+            # sent by a script, a closed terminal) killed it before its connections were done.
+            # Ignored from here on, for the rest of the process.
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             self._sighup = False
         for task in self._poll_tasks:
             task.cancel()

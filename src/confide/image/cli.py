@@ -18,6 +18,7 @@ from confide.fsutil import fsync_dir
 from confide.image.blobs import GZIP, NONE, ZSTD
 from confide.image.oci import parse_ref
 from confide.image.sconify import SconifyOptions, policy_yaml, sconify
+from confide.termsafe import printable, printable_lines
 from confide.volume.keys import VolumeKey, load_key, write_key
 
 if TYPE_CHECKING:
@@ -270,7 +271,7 @@ def sconify_cmd(
         else:
             result = sconify(opts, key)
         for warning in result.warnings:
-            click.echo(f"warning: {warning}", err=True)
+            click.echo(printable(f"warning: {warning}"), err=True)
         text = policy_yaml(result.policy, key, str(opts.src))
         if policy_file is not None:
             policy_file.commit(text)
@@ -309,13 +310,13 @@ def sconify_cmd(
             # not; a mistyped --from, say): the key goes, so the same command can be run again
             # (it said "key file exists"). Kept whenever DST exists or is a registry.
             new_key_file.unlink(missing_ok=True)
-        click.echo(f"error: {exc.diagnostics()}", err=True)
+        click.echo(f"error: {printable_lines(exc.diagnostics())}", err=True)
         sys.exit(exc.exit_code)
     finally:
         stack.close()
         if policy_file is not None:
             policy_file.discard()
-    click.echo(f"image: {result.manifest_digest}")
+    click.echo(printable(f"image: {result.manifest_digest}"))
     click.echo(f"volume tag: {result.volume_tag}")
     click.echo(
         f"protected: {result.files} files, {result.bytes} bytes; rewritten layers: {result.rewritten_layers}"
@@ -323,4 +324,4 @@ def sconify_cmd(
     if result.measurement is not None:
         click.echo(f"measurement: {result.measurement}")
     if applied is not None:
-        click.echo(f"policy {applied[0]}: {applied[1]} ({applied[2]})")
+        click.echo(printable(f"policy {applied[0]}: {applied[1]} ({applied[2]})"))

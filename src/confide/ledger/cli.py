@@ -32,6 +32,7 @@ from confide.httpserve.limits import (
     HttpLimits,
 )
 from confide.httpserve.metrics_listener import metrics_files
+from confide.httpserve.options import reload_interval
 from confide.httpserve.ratelimit import Rate, parse_rate
 from confide.httpserve.server import reserve_descriptors
 from confide.ledger.auditor import (
@@ -56,6 +57,7 @@ from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, SIG_TYPE_ED25519, NoteS
 from confide.ledger.store import Ledger, connect
 from confide.ledger.witness import MAX_REQUEST_SIZE, Witness, parse_add_checkpoint
 from confide.ledger.witness_http import WitnessServer, request_cosignatures
+from confide.termsafe import printable, printable_lines
 
 __all__ = ["ledger"]
 
@@ -63,7 +65,7 @@ _PATH = click.Path(path_type=Path)
 
 
 def _fail(exc: ConfideError) -> None:
-    click.echo(f"error: {exc.diagnostics()}", err=True)
+    click.echo(f"error: {printable_lines(exc.diagnostics())}", err=True)
     sys.exit(exc.exit_code)
 
 
@@ -178,13 +180,13 @@ def verify(
     if as_json:
         click.echo(json.dumps(checked.to_json()))
         return
-    click.echo(f"verified: {checked.origin} size {checked.size} root {checked.root}")
+    click.echo(printable(f"verified: {checked.origin} size {checked.size} root {checked.root}"))
     if checked.previous_size is not None:
         click.echo(f"  consistent with the last seen size {checked.previous_size}")
     if full:
         click.echo(f"  all {checked.size} entries match the tree")
     for w in witnesses:
-        click.echo(f"  cosigned by witness {w.name}")
+        click.echo(printable(f"  cosigned by witness {w.name}"))
 
 
 def _existing(log_db: Path) -> None:
@@ -289,9 +291,10 @@ _TLS_OPTIONS = [
                  " reloaded with --tls-key on SIGHUP."),
     click.option("--tls-key", type=_PATH, help="The certificate's private key (PEM, unencrypted)."),
     click.option("--cert-reload-interval", type=click.FloatRange(min=0, max=86400), default=0.0,
+                 callback=reload_interval,
                  metavar="SECONDS", help="Also look at --tls-cert and --tls-key (and --metrics-cert,"
-                 " --metrics-key, --metrics-token-file) this often and reload them when they changed"
-                 " (e.g. a Kubernetes Secret volume). 0 (default): on SIGHUP only."),
+                 " --metrics-key, --metrics-token-file) this often (at least 1) and reload them when"
+                 " they changed (e.g. a Kubernetes Secret volume). 0 (default): on SIGHUP only."),
 ]  # fmt: skip
 
 
@@ -652,7 +655,8 @@ def history_cmd(
     for r in rows:
         mark = "" if r["included"] else " (not yet in a checkpoint)"
         extra = f" approvers={r['approvers']}" if r["approvers"] else ""
-        click.echo(f"#{r['index']} {r['time']} {r['event']} {r['hash']} signer={r['signer']}{extra}{mark}")
+        line = f"#{r['index']} {r['time']} {r['event']} {r['hash']} signer={r['signer']}{extra}{mark}"
+        click.echo(printable(line))
 
 
 @ledger.command("accesses")
@@ -696,8 +700,9 @@ def accesses_cmd(
         return
     for r in rows:
         names = ", ".join(f"{s.get('policy')}/{s.get('name')} v{s.get('version')}" for s in r["secrets"])
-        click.echo(f"#{r['index']} {r['time']} service={r['service']} measurement={r['measurement']}")
-        click.echo(f"    secrets=[{names}]")
+        line = f"#{r['index']} {r['time']} service={r['service']} measurement={r['measurement']}"
+        click.echo(printable(line))
+        click.echo(printable(f"    secrets=[{names}]"))
         if r.get("volumes"):
             vols = ", ".join(f"{v.get('name')} ({v.get('update_policy')})" for v in r["volumes"])
-            click.echo(f"    volumes=[{vols}]")
+            click.echo(printable(f"    volumes=[{vols}]"))

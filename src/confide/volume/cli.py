@@ -15,6 +15,7 @@ from typing import cast
 import click
 
 from confide.errors import ConfideError, SignatureError
+from confide.termsafe import printable, printable_lines
 from confide.volume.check import open_volume, verify_volume
 from confide.volume.format import DEFAULT_CHUNK_SIZE, MAX_MTIME_NS, EntryKind, Region, RegionRule
 from confide.volume.keys import KEY_ENV, VolumeKey, load_key, write_key
@@ -40,7 +41,7 @@ _REGIONS = {
 
 
 def _die(exc: ConfideError) -> None:
-    click.echo(f"error: {exc.diagnostics()}", err=True)
+    click.echo(f"error: {printable_lines(exc.diagnostics())}", err=True)
     sys.exit(exc.exit_code)
 
 
@@ -239,7 +240,7 @@ def verify_cmd(directory: Path, key_file: Path | None, tag: str | None, as_json:
         )
     else:
         for p in report.problems:
-            click.echo(f"BAD {p.path}: {p.reason}")
+            click.echo(printable(f"BAD {p.path}: {p.reason}"))
         if report.pending_changes:
             click.echo("note: unsealed changes are pending (not verified)", err=True)
         elif report.sealed_leftover:
