@@ -242,3 +242,33 @@ def test_a_fuse_server_stopped_by_an_outside_signal_stops_the_program_and_discar
     assert now == tag and manifest.by_path()["notes.txt"].size == len(b"first\n")  # ... or sealed
     assert handle.closed
     assert (mnt / "after.txt").read_bytes() == b"leak"  # what the limitation is about
+
+
+@pytest.mark.skipif(fuse_usable() is not None, reason=f"FUSE unavailable: {fuse_usable()}")
+def test_seal_and_report_discards_after_a_lost_mount(tmp_path: Path) -> None:
+    """The end of ``Cas.mount_volumes`` (no program, no poll): a server that reported 'stopped'
+    during the block makes seal_and_report discard everything and raise StorageError."""
+    from confide.runtime.volumes import seal_and_report
+
+    vol, key, tag = _volume(tmp_path)
+    release = VolumeRelease("data", vol, key.raw, tag)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    handle = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=True)
+    mounted = MountedVolumes([(release, handle)], {}, mounted_tags={"data": tag})
+    client = _Client()
+    try:
+        _write(mnt)
+        handle._proc.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        while not handle.mount_lost():  # the server's 'stopped' report
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert mounted.lost_mount() == f"data at {mnt}"
+        with pytest.raises(StorageError, match=r"stopped by a signal.*discarded"):
+            seal_and_report(mounted, client, "pol", "s")  # type: ignore[arg-type]
+    finally:
+        handle.abort()
+    assert client.reports == []
+    manifest, now = load_sealed(vol, key)
+    assert now == tag and manifest.by_path()["notes.txt"].size == len(b"first\n")
