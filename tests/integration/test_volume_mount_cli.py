@@ -421,7 +421,8 @@ def hooked(*a, **k):
     h = real(*a, **k)
     close = h.close
     def closing():
-        select.select([h._status], [], [], 60)
+        if h.stopped_at is None:  # not read by the wait already
+            select.select([h._status], [], [], 60)
         return close()
     h.close = closing
     return h
