@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -420,7 +421,8 @@ def hooked(*a, **k):
     h = real(*a, **k)
     close = h.close
     def closing():
-        select.select([h._status], [], [], 60)
+        if h.stopped_at is None:  # not read by the wait already
+            select.select([h._status], [], [], 60)
         return close()
     h.close = closing
     return h
@@ -454,8 +456,45 @@ def test_fuse_writable_sealed_when_the_server_gets_the_stop_signal_first(
     finally:
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, (out, err)
+    # the mount was lost before this command unmounted it: sealed, but never a plain success
+    assert proc.returncode == 50, (out, err)
     assert "stopped by a signal" in err
+    assert f"anything written to {mnt} after that is not in the volume" in err, err
+    assert not _mounted(mnt)
+    new = out.strip().split("tag: ")[-1].split()[0]
+    assert "(changed)" in out and new != tag, out
+    report = verify_volume(v, _key(key_file), new)
+    assert report.ok and report.files == len(FILES) + 1
+
+
+@pytest.mark.skipif(fuse_usable() is not None, reason=f"FUSE unavailable: {fuse_usable()}")
+def test_fuse_writable_server_stopped_alone_ends_the_command_sealed_with_exit_50(
+    vol: tuple[Path, Path, str, Path],
+) -> None:
+    """Only the FUSE server gets a signal (`kill` of its pid): the mount is gone at once. The
+    command does not wait for a stop signal of its own that may never come: it seals what the
+    session held at that moment, prints the tag and fails (exit 50), naming the moment and the
+    mountpoint whose later writes are not in the volume."""
+    v, key_file, tag, mnt = vol
+    m = _Mount(str(v), str(mnt), "--key", str(key_file), "--tag", tag, "--mode", "fuse", "--writable")
+    try:
+        assert "read-write via fuse" in m.first, m.first
+        (mnt / "late.txt").write_bytes(b"written before the signal\n")
+        children = Path(f"/proc/{m.proc.pid}/task/{m.proc.pid}/children").read_text().split()
+        assert len(children) == 1  # the FUSE server
+        os.kill(int(children[0]), signal.SIGTERM)
+        out, err = m.proc.communicate(timeout=60)  # without a signal to the command
+    finally:
+        if m.proc.poll() is None:
+            m.stop()
+    assert m.proc.returncode == 50, (out, err)
+    [line] = [x for x in err.splitlines() if x.startswith("error: ")]
+    assert re.fullmatch(
+        r"error: StorageError: the FUSE server was stopped by a signal at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ: the mount "
+        rf"was lost then; sealed what it held; anything written to {re.escape(str(mnt))} after that "
+        r"is not in the volume",
+        line,
+    ), line
     assert not _mounted(mnt)
     new = out.strip().split("tag: ")[-1].split()[0]
     assert "(changed)" in out and new != tag, out

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from confide.errors import RollbackError, StorageError
 from confide.policy.model import UpdatePolicy
 from confide.runtime.volumes import MountedVolumes, VolumeRelease
 from confide.volume import VolumeKey, add_sources, create_volume, seal_volume
-from confide.volume.mount import _TmpfsMount
+from confide.volume.mount import _TmpfsMount, fuse_usable, mount_volume
 from confide.volume.store import load_sealed
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
@@ -196,3 +197,78 @@ def test_a_signal_during_volume_set_up_or_seal_ends_sealed_and_reported(
     # sealing: the program had exited (7), the signal came too late for it and was ignored
     assert result["code"] == (128 + sig if where == "mounted" else 7)
     assert not mnt.is_symlink() and not any(Path("/dev/shm").glob(f"confide-volume-*{mnt.name}*"))
+
+
+# A FUSE server signalled directly (systemd's KillMode=control-group signals every process of
+# the service): its loop ends, the mount is gone, it reports 'stopped'. The program's writes to
+# the mountpoint from then on land in the bare directory below it, unencrypted: confide run must
+# not end in a silent success. As an integrity failure: the program is stopped, nothing of the
+# session is sealed or reported; StorageError (exit 50).
+@pytest.mark.skipif(fuse_usable() is not None, reason=f"FUSE unavailable: {fuse_usable()}")
+@pytest.mark.parametrize("program", ["running", "exited"])
+def test_a_fuse_server_stopped_by_an_outside_signal_stops_the_program_and_discards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, program: str
+) -> None:
+    from confide.runtime import run as run_module
+    from confide.runtime.run import Launch, supervise
+
+    vol, key, tag = _volume(tmp_path)
+    release = VolumeRelease("data", vol, key.raw, tag)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    handle = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=True)
+    mounted = MountedVolumes([(release, handle)], {}, mounted_tags={"data": tag})
+    monkeypatch.setattr(run_module, "mount_released", lambda _volumes: mounted)
+    server = handle._proc.pid  # type: ignore[attr-defined]
+    # the program changes the volume, then the server alone gets a signal; once the mount is
+    # gone the program writes a file there: it lands in the bare directory
+    script = (
+        f"printf more >> {mnt}/notes.txt; kill -TERM {server}; "
+        f"while grep -q ' {mnt} ' /proc/self/mountinfo; do sleep 0.05; done; "
+        f"printf leak > {mnt}/after.txt; " + ("exec sleep 30" if program == "running" else "sleep 1; exit 0")
+    )
+    plan = Launch(["/bin/sh", "-c", script], {"PATH": "/usr/bin:/bin"}, {}, None, "pol", (), "s", None)
+    client = _Client()
+    start = time.monotonic()
+    try:
+        with pytest.raises(StorageError, match=r"data at .*stopped by a signal.*discarded") as ei:
+            supervise(plan, client)  # type: ignore[arg-type]
+    finally:
+        handle.abort()
+    assert ei.value.exit_code == 50
+    assert time.monotonic() - start < 20  # the running program was stopped, not waited for
+    assert client.reports == []  # nothing reported ...
+    manifest, now = load_sealed(vol, key)
+    assert now == tag and manifest.by_path()["notes.txt"].size == len(b"first\n")  # ... or sealed
+    assert handle.closed
+    assert (mnt / "after.txt").read_bytes() == b"leak"  # what the limitation is about
+
+
+@pytest.mark.skipif(fuse_usable() is not None, reason=f"FUSE unavailable: {fuse_usable()}")
+def test_seal_and_report_discards_after_a_lost_mount(tmp_path: Path) -> None:
+    """The end of ``Cas.mount_volumes`` (no program, no poll): a server that reported 'stopped'
+    during the block makes seal_and_report discard everything and raise StorageError."""
+    from confide.runtime.volumes import seal_and_report
+
+    vol, key, tag = _volume(tmp_path)
+    release = VolumeRelease("data", vol, key.raw, tag)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    handle = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=True)
+    mounted = MountedVolumes([(release, handle)], {}, mounted_tags={"data": tag})
+    client = _Client()
+    try:
+        _write(mnt)
+        handle._proc.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        while not handle.mount_lost():  # the server's 'stopped' report
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert mounted.lost_mount() == f"data at {mnt}"
+        with pytest.raises(StorageError, match=r"stopped by a signal.*discarded"):
+            seal_and_report(mounted, client, "pol", "s")  # type: ignore[arg-type]
+    finally:
+        handle.abort()
+    assert client.reports == []
+    manifest, now = load_sealed(vol, key)
+    assert now == tag and manifest.by_path()["notes.txt"].size == len(b"first\n")

@@ -644,24 +644,38 @@ without their supervisor (e.g. SIGHUP or SIGUSR1, a service's "reload")."""
 INTEGRITY_POLL = 0.2  # seconds between checks of the volume servers' integrity reports
 
 
-def _wait(proc: subprocess.Popen[bytes], mounted: MountedVolumes) -> tuple[int, str | None]:
+def _wait(proc: subprocess.Popen[bytes], mounted: MountedVolumes) -> tuple[int, str | None, str | None]:
     """Wait for the program; stop it (SIGTERM, then SIGKILL) as soon as a protected volume
-    reports an integrity failure. Returns (exit code, failing ``volume:path`` or None)."""
+    reports an integrity failure or its mount lost (its FUSE server stopped by a signal sent to
+    it directly). Returns (exit code, failing ``volume:path`` or None, ``volume at mountpoint``
+    of the lost mount or None)."""
     while True:
         try:
-            return proc.wait(timeout=INTEGRITY_POLL), mounted.integrity_failure()
+            code = proc.wait(timeout=INTEGRITY_POLL)
         except subprocess.TimeoutExpired:
             pass
+        else:
+            tampered = mounted.integrity_failure()
+            return code, tampered, None if tampered is not None else mounted.lost_mount()
         tampered = mounted.integrity_failure()
-        if tampered is None:
+        lost = None if tampered is not None else mounted.lost_mount()
+        if tampered is None and lost is None:
             continue
-        log.error("confide: integrity failure in protected volume %s; stopping the service", tampered)
+        if tampered is not None:
+            log.error("confide: integrity failure in protected volume %s; stopping the service", tampered)
+        else:
+            log.error(
+                "confide: the FUSE server of protected volume %s was stopped by a signal: the mount "
+                "is gone and what the service writes there from now on is outside the volume "
+                "(unencrypted, in the directory below); stopping the service",
+                lost,
+            )
         proc.terminate()
         try:
-            return proc.wait(timeout=5), tampered
+            return proc.wait(timeout=5), tampered, lost
         except subprocess.TimeoutExpired:
             proc.kill()
-            return proc.wait(), tampered
+            return proc.wait(), tampered, lost
 
 
 def _run_supervised(
@@ -669,10 +683,11 @@ def _run_supervised(
     before_exec: Callable[[], None] | None,
     started: list[subprocess.Popen[bytes]],
     pending: list[int],
-) -> tuple[int, str | None, MountedVolumes]:
+) -> tuple[int, str | None, str | None, MountedVolumes]:
     """:func:`supervise` up to the program's exit (the signals are already forwarded): inject,
     mount, start the program, pass on the ``pending`` signals, wait. Returns (exit code, failing
-    ``volume:path`` or None, the mounted volumes, still to be sealed)."""
+    ``volume:path`` or None, lost ``volume at mountpoint`` or None, the mounted volumes, still
+    to be sealed)."""
     injected = _write_files(plan.files, plan.modes)
     try:
         mounted = mount_released(list(plan.volumes))
@@ -708,8 +723,8 @@ def _run_supervised(
     started.append(proc)
     for sig in pending:
         proc.send_signal(sig)
-    code, tampered = _wait(proc, mounted)
-    return code, tampered, mounted
+    code, tampered, lost = _wait(proc, mounted)
+    return code, tampered, lost, mounted
 
 
 def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None] | None = None) -> int:
@@ -735,11 +750,13 @@ def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
-        code, tampered, mounted = _run_supervised(plan, before_exec, started, pending)
+        code, tampered, lost, mounted = _run_supervised(plan, before_exec, started, pending)
         # A volume's storage modified behind our back: stop, keep nothing of this session (a seal
-        # would bless state derived from an attack) and tell the operator. Otherwise every sealed
+        # would bless state derived from an attack) and tell the operator. So too when a volume's
+        # mount was lost (its FUSE server signalled directly): the program's writes since went to
+        # the bare mountpoint directory, and the session's end is unknown. Otherwise every sealed
         # volume's new tag is reported, also when another volume failed to seal.
-        seal_and_report(mounted, client, plan.policy, plan.session, tampered=tampered)
+        seal_and_report(mounted, client, plan.policy, plan.session, tampered=tampered, lost=lost)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

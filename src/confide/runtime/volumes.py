@@ -142,6 +142,14 @@ class MountedVolumes:
                 return f"{release.name}:{path}"
         return None
 
+    def lost_mount(self) -> str | None:
+        """``volume at mountpoint`` of the first volume whose mount went away before it was
+        unmounted (a FUSE server stopped by a signal sent to it directly), if any (never blocks)."""
+        for release, handle in self.handles:
+            if handle.mount_lost():
+                return f"{release.name} at {handle.mountpoint}"
+        return None
+
     def abort(self) -> None:
         """Unmount everything without sealing: the session's changes are discarded."""
         for target in reversed(self.binds):
@@ -263,6 +271,7 @@ def seal_and_report(
     session: str,
     *,
     tampered: str | None = None,
+    lost: str | None = None,
 ) -> None:
     """End a session's use of its volumes: the one code path of ``confide run``
     (:func:`confide.runtime.run.supervise`) and of :meth:`confide.sdk.Cas.mount_volumes`.
@@ -275,7 +284,14 @@ def seal_and_report(
     another volume failed to seal (a sealed volume no longer holds the version the CAS knows).
     Then the first report the CAS refused is raised as its error class, else the volumes that
     failed to seal as one :class:`StorageError`. ``tampered`` given: the caller stopped the
-    service because of that failure (said in the message)."""
+    service because of that failure (said in the message).
+
+    A volume whose mount was lost before this seal (``lost``, or
+    :meth:`MountedVolumes.lost_mount` now: its FUSE server was stopped by a signal sent to it
+    directly) is handled as an integrity failure: every volume is unmounted unsealed (what the
+    session wrote after that moment went to the bare mountpoint directory, unencrypted, and the
+    end of the session is unknown) and :class:`StorageError` is raised. ``lost`` given: the
+    caller stopped the service because of it."""
     stopped = tampered is not None
     if tampered is None:
         tampered = mounted.integrity_failure()
@@ -284,6 +300,17 @@ def seal_and_report(
         what = "the service was stopped and " if stopped else ""
         raise SignatureError(
             f"protected volume integrity failure in {tampered}: {what}"
+            "this session's volume changes were discarded"
+        )
+    stopped = lost is not None
+    if lost is None:
+        lost = mounted.lost_mount()
+    if lost is not None:
+        mounted.abort()
+        what = "the service was stopped and " if stopped else ""
+        raise StorageError(
+            f"the FUSE server of protected volume {lost} was stopped by a signal: the mount was "
+            f"lost, anything written there since is outside the volume; {what}"
             "this session's volume changes were discarded"
         )
     changed, errors = mounted.seal()

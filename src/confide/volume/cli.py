@@ -6,6 +6,7 @@ absent, from ``$CONFIDE_VOLUME_KEY`` (64 hex digits). It is never printed.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ from typing import cast
 
 import click
 
-from confide.errors import ConfideError, SignatureError
+from confide.errors import ConfideError, SignatureError, StorageError
 from confide.termsafe import printable, printable_lines
 from confide.volume.check import open_volume, verify_volume
 from confide.volume.format import DEFAULT_CHUNK_SIZE, MAX_MTIME_NS, EntryKind, Region, RegionRule
@@ -322,7 +323,7 @@ def mount_cmd(
         click.echo(f"mounted {access} via {handle.mode} at {handle.mountpoint}{where}, pid {os.getpid()}")
         click.echo(f"tag: {handle.tag}", nl=True)
         sys.stdout.flush()
-        stop.wait()
+        stop.wait(handle)  # also ends when the FUSE server was stopped by a signal of its own
         old = handle.tag
         try:
             new = handle.close()
@@ -330,3 +331,16 @@ def mount_cmd(
             _die(exc)
             return
         click.echo(f"unmounted; tag: {new}" + (" (changed)" if new != old else " (unchanged)"))
+        lost = handle.stopped_at
+        if lost is not None:
+            # The mount was gone before this command unmounted it: what was written through it
+            # until then is sealed (the tag above), what was written to the bare directory since
+            # is not. Never a plain success (docs/volume-mount.md, "Signals").
+            when = datetime.datetime.fromtimestamp(lost, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            _die(
+                StorageError(
+                    f"the FUSE server was stopped by a signal at {when}: the mount was lost then; "
+                    f"sealed what it held; anything written to {handle.mountpoint} after that is "
+                    "not in the volume"
+                )
+            )

@@ -151,6 +151,7 @@ class MountHandle:
         self.tag = tag
         self.path = path  # where the files are (the mountpoint, except in "shm" mode)
         self.closed = False
+        self.stopped_at: float | None = None  # time.time() of a FUSE server's ``stopped`` report
 
     def close(self) -> str:
         """Unmount; for writable mounts seal the changes first. Return the (new) tag."""
@@ -164,6 +165,18 @@ class MountHandle:
         """Path of a file whose authentication failed while mounted, if any (never blocks).
         Only lazily-verifying mounts (FUSE) can fail after mounting; the others verify all
         data before the mount appears."""
+        return None
+
+    def mount_lost(self) -> bool:
+        """Whether the mount went away before this handle unmounted it (never blocks): a FUSE
+        server signalled directly ends its loop and reports ``stopped`` (docs/volume-mount.md,
+        "Signals"); what is written under the mountpoint from then on is not in the volume.
+        The tmpfs mounts have no server to lose."""
+        return False
+
+    def status_fd(self) -> int | None:
+        """A descriptor that becomes readable when the server reports something (a ``select``
+        on it wakes for :meth:`mount_lost`), or None (no server, or it has closed the pipe)."""
         return None
 
     def __enter__(self) -> MountHandle:
@@ -234,6 +247,7 @@ class _FuseMount(MountHandle):
         self._buffer = b""
         self._lines: collections.deque[str] = collections.deque()
         self.integrity_paths: list[str] = []
+        self._eof = False
         try:
             assert self._proc.stdin is not None
             self._proc.stdin.write(key.hex() + "\n")  # the key travels through a pipe only
@@ -260,6 +274,7 @@ class _FuseMount(MountHandle):
             return True
         data = os.read(self._status, 4096)
         if not data:
+            self._eof = True
             return False
         *complete, self._buffer = (self._buffer + data).split(b"\n")
         for raw in complete:
@@ -271,6 +286,7 @@ class _FuseMount(MountHandle):
                     path = line[len("integrity ") :]
                 self.integrity_paths.append(str(path))
             elif line == "stopped":  # a signal ended the server's loop; it awaits close()
+                self.stopped_at = time.time()
                 where = str(self.mountpoint)
                 log.warning("confide volume: the FUSE server at %r was stopped by a signal", where)
             else:
@@ -292,6 +308,15 @@ class _FuseMount(MountHandle):
             with contextlib.suppress(OSError):
                 self._pump(0)
         return self.integrity_paths[0] if self.integrity_paths else None
+
+    def mount_lost(self) -> bool:
+        if not self.closed and self.stopped_at is None and not self._eof:
+            with contextlib.suppress(OSError):
+                self._pump(0)
+        return self.stopped_at is not None
+
+    def status_fd(self) -> int | None:
+        return None if self.closed or self._eof else self._status
 
     def abort(self) -> None:
         if not self.closed:
@@ -1088,10 +1113,17 @@ class StopSignals:
             raise
         return self
 
-    def wait(self) -> int:
-        """The first stop signal received; blocks until one arrives if none did yet."""
+    def wait(self, handle: MountHandle | None = None) -> int | None:
+        """The first stop signal received; blocks until one arrives if none did yet. With a
+        ``handle``: None as soon as it reports its mount lost (:meth:`MountHandle.mount_lost`,
+        a FUSE server stopped by a signal of its own) before a stop signal came."""
         while not self.received:
-            os.read(self._wakeup_r, 64)  # the handler has run (PEP 475) or runs before the next read
+            if handle is not None and handle.mount_lost():
+                return None
+            fd = None if handle is None else handle.status_fd()
+            ready, _, _ = select.select([self._wakeup_r] + ([] if fd is None else [fd]), [], [])
+            if self._wakeup_r in ready:
+                os.read(self._wakeup_r, 64)  # the handler has run (PEP 475) or runs before the next read
         return self.received[0]
 
     def __exit__(
