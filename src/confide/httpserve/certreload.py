@@ -302,6 +302,13 @@ class FileReloader(Generic[T]):
         self._log.info(self._line("ok", trigger, self._loaded_fields(loaded)))
         return True
 
+    def reloads_metric(self, name: str, documentation: str) -> CounterMetricFamily:
+        """The counter ``name`` of this reloader's reloads by ``result`` (``ok``, ``failed``)."""
+        reloads = CounterMetricFamily(name, documentation, labels=["result"])
+        reloads.add_metric(["ok"], self.reloaded)
+        reloads.add_metric(["failed"], self.failed)
+        return reloads
+
     def poll(self) -> bool | None:
         """Reload if a file changed since it was last read, or when :meth:`_due` (``None``:
         nothing to do)."""
@@ -383,14 +390,9 @@ class CertificateReloader(FileReloader[LoadedCertificate]):
         """``<metric_prefix>_reloads_total{result}`` and ``<metric_prefix>_not_after_seconds``
         (of the certificate in use)."""
         of = "" if self.listener is None else f" of the {self.listener} listener"
-        reloads = CounterMetricFamily(
-            f"{self.metric_prefix}_reloads",
-            f"Reloads of the TLS certificate and key{of}, by result",
-            labels=["result"],
+        yield self.reloads_metric(
+            f"{self.metric_prefix}_reloads", f"Reloads of the TLS certificate and key{of}, by result"
         )
-        reloads.add_metric(["ok"], self.reloaded)
-        reloads.add_metric(["failed"], self.failed)
-        yield reloads
         yield GaugeMetricFamily(
             f"{self.metric_prefix}_not_after_seconds",
             f"notAfter of the TLS certificate{of} in use (Unix time)",

@@ -218,14 +218,10 @@ class MetricsTokenFile(FileReloader[TokenSet]):
         return f"MetricsTokenFile({str(self.path)!r})"
 
     def collect(self) -> Iterator[Metric]:
-        reloads = CounterMetricFamily(
+        yield self.reloads_metric(
             "confide_metrics_token_reloads",
             "Reloads of --metrics-token-file, by result (failed: the tokens in use kept)",
-            labels=["result"],
         )
-        reloads.add_metric(["ok"], self.reloaded)
-        reloads.add_metric(["failed"], self.failed)
-        yield reloads
         yield GaugeMetricFamily(
             "confide_metrics_tokens", "Bearer tokens /metrics accepts (those in use)", value=len(self.loaded)
         )
