@@ -58,6 +58,26 @@ class Pki:
         self.client["expired"] = tls_client_files(
             directory, "expired", self.issuer["a"], not_after=datetime.now(UTC) - timedelta(minutes=5)
         )
+        self.client["server-auth"] = self._server_auth_only(directory)
+
+    def _server_auth_only(self, directory: Path) -> tuple[Path, Path]:
+        """A certificate of CA ``a`` whose extended key usage allows serverAuth only."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.now(UTC)
+        cert = issue(
+            "server-auth-only", key.public_key(), issuer=self.issuer["a"][0].subject,
+            signing_key=self.issuer["a"][1], not_before=now - timedelta(hours=1),
+            not_after=now + timedelta(days=1), ca=False, usage=key_usage(cert_sign=False, digital_signature=True),
+            extensions=[x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH])],
+        )  # fmt: skip
+        paths = directory / "server-auth-cert.pem", directory / "server-auth-key.pem"
+        paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        paths[1].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        return paths
 
 
 @pytest.fixture
@@ -119,8 +139,8 @@ def _reloader(pki: Pki, ca: Path, **kwargs: object) -> CertificateReloader:
 
 @pytest.mark.parametrize("version", VERSIONS, ids=["tls1.3", "tls1.2"])
 def test_a_client_certificate_of_the_bundle_is_required(pki: Pki, version: ssl.TLSVersion) -> None:
-    """No certificate, one of another CA, an expired one: refused in the handshake; one of the
-    bundle's CA: served. Without --metrics-client-ca, no certificate is asked for."""
+    """No certificate, one of another CA, an expired one, one for servers only: refused in the
+    handshake; one of the bundle's CA: served. Without --metrics-client-ca, no certificate is asked for."""
     reloader = _reloader(pki, pki.ca["a"])
     context = reloader()
     assert context.verify_mode == ssl.CERT_REQUIRED
@@ -128,6 +148,7 @@ def test_a_client_certificate_of_the_bundle_is_required(pki: Pki, version: ssl.T
     assert _handshake(context, None, pki, version) == "refused"
     assert _handshake(context, pki.client["b"], pki, version) == "refused"
     assert _handshake(context, pki.client["expired"], pki, version) == "refused"
+    assert _handshake(context, pki.client["server-auth"], pki, version) == "refused"  # not for clients
     plain = CertificateReloader(pki.cert, pki.key)()
     assert plain.verify_mode == ssl.CERT_NONE
     assert _handshake(plain, None, pki, version) == "served"
