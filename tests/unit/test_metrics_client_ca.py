@@ -7,6 +7,7 @@ pair, the server side using the reloader's context; docs/cas.md "Metrics"."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -24,8 +25,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from confide.errors import UsageError
 from confide.httpserve.certreload import CertificateReloader, load_client_ca
-from confide.httpserve.limits import CLIENT_CERT
-from confide.httpserve.metrics_listener import METRICS_CLIENT_CA_OPTION, ClientCertScrapers, metrics_files
+from confide.httpserve.limits import CLIENT_CERT, HttpLimits
+from confide.httpserve.metrics_listener import (
+    METRICS_CLIENT_CA_OPTION,
+    ClientCertScrapers,
+    MetricsListenerApp,
+    listener_limits,
+    metrics_files,
+)
 from pki import Issuer, issue, key_usage, tls_client_ca, tls_client_files, tls_server_files
 
 OPTION = METRICS_CLIENT_CA_OPTION
@@ -290,3 +297,45 @@ def test_scrapers_are_named_by_their_certificates(pki: Pki, caplog: pytest.LogCa
     (family,) = scrapers.collect()
     samples = {(s.labels["subject"], s.labels["sha256"]): s.value for s in family.samples}
     assert samples == {who["a"]: 2, who["b"]: 1, ("", "other"): 1}
+
+
+def _get(app: MetricsListenerApp, extra: dict[str, object]) -> tuple[int, bytes]:
+    """``GET /metrics`` through the metrics listener's ASGI app, the scope with ``extra``."""
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/metrics",
+        "headers": [],
+        "client": ("127.0.0.1", 5),
+        **extra,
+    }
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    status, body = sent[0]["status"], sent[1]["body"]
+    assert isinstance(status, int) and isinstance(body, bytes)
+    return status, body
+
+
+def test_the_app_refuses_a_request_without_a_certificate_and_counts_by_certificate(pki: Pki) -> None:
+    """The handshake lets no such request through; should one come (a context without the
+    bundle), the app does not serve it either: 403."""
+    app = MetricsListenerApp(
+        lambda: b"metrics\n",
+        auth=None,
+        limits=listener_limits(HttpLimits()),
+        client_certs=ClientCertScrapers(),
+    )
+    assert _get(app, {}) == (403, b"a client certificate is required\n")
+    der = _der(pki.client["a"][0])
+    assert _get(app, {CLIENT_CERT: der}) == (200, b"metrics\n")
+    assert app.client_certs is not None
+    assert app.client_certs.scrapes == {("CN=scraper-a", hashlib.sha256(der).hexdigest()): 1}
+    plain = MetricsListenerApp(lambda: b"metrics\n", auth=None, limits=listener_limits(HttpLimits()))
+    assert _get(plain, {}) == (200, b"metrics\n")  # without --metrics-client-ca: as before
