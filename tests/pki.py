@@ -130,3 +130,42 @@ def tls_server_files(directory: Path, name: str) -> tuple[Path, Path, Path]:
         )
     )
     return paths
+
+
+def tls_client_ca(directory: Path, name: str) -> tuple[Path, Issuer]:
+    """A CA for client certificates written to DIRECTORY as ``NAME-client-ca.pem``, and the CA
+    (to issue with :func:`tls_client_files`). Valid from an hour ago for a day."""
+    now = datetime.now(UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = issue(
+        f"{name} client CA", key.public_key(), issuer=f"{name} client CA", signing_key=key,
+        not_before=now - timedelta(hours=1), not_after=now + timedelta(days=1), ca=True,
+        usage=key_usage(cert_sign=True, digital_signature=False),
+    )  # fmt: skip
+    path = directory / f"{name}-client-ca.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path, (cert, key)
+
+
+def tls_client_files(
+    directory: Path, name: str, issuer: Issuer, *, not_after: datetime | None = None
+) -> tuple[Path, Path]:
+    """A client certificate (``CN=NAME``, extended key usage clientAuth) under ``issuer`` and its
+    key, written to DIRECTORY as ``NAME-client-cert.pem`` and ``NAME-client-key.pem``. Valid from
+    a day ago until ``not_after`` (default: in a day; one in the past makes an expired one)."""
+    now = datetime.now(UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = issue(
+        name, key.public_key(), issuer=issuer[0].subject, signing_key=issuer[1],
+        not_before=now - timedelta(days=1), not_after=not_after or now + timedelta(days=1), ca=False,
+        usage=key_usage(cert_sign=False, digital_signature=True),
+        extensions=[x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH])],
+    )  # fmt: skip
+    paths = directory / f"{name}-client-cert.pem", directory / f"{name}-client-key.pem"
+    paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return paths

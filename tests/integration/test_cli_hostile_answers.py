@@ -427,12 +427,19 @@ ESCAPES = "\x1b]52;c;cm0gLXJmIH4K\x07\x1b[2J\x1b]0;owned\x07\x9b31m\r\nforged li
 """What a hostile CAS puts into the text it answers: OSC 52 (write the clipboard), clear the
 screen, OSC 0 (the window title), a C1 CSI, a carriage return and a newline forging a line."""
 
+TROJAN = "\u202eevil\u202c\u2066\u200b\ufeff\u00ad\u2028\U000e0041\ufe0f"
+"""What a hostile CAS puts into its text so that it reads as something else (Trojan Source,
+CVE-2021-42574): a right-to-left override and its pop, an isolate, a zero-width space, a byte
+order mark, a soft hyphen, a line separator, a tag character, a variation selector."""
+
+INVISIBLE = frozenset(TROJAN) - set("evil")
+
 
 def _hostile_text(value: object) -> object:
     """``value`` (an honest answer) with every text in it (a member's, a list's) followed by
-    ESCAPES."""
+    ESCAPES and TROJAN."""
     if isinstance(value, str):
-        return value + ESCAPES
+        return value + ESCAPES + TROJAN
     if isinstance(value, list):
         return [_hostile_text(v) for v in value]
     if isinstance(value, dict):
@@ -441,7 +448,7 @@ def _hostile_text(value: object) -> object:
 
 
 def _no_control(text: str) -> bool:
-    return not any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F for c in text)
+    return not any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F or c in INVISIBLE for c in text)
 
 
 @pytest.mark.parametrize("command", [pytest.param(c, id=c.id) for c in COMMANDS])
@@ -451,7 +458,9 @@ def test_escape_sequences_in_the_answer_reach_no_terminal(
 ) -> None:  # fmt: skip
     """Every text of the answer ends with escape sequences: whatever the command prints of it
     (or says of it when it refuses it) shows them as ``\\x1b``, ``\\x07``, ``\\x9b``, ``\\x0d``,
-    ``\\x0a``: no control character but the newlines that end the lines is printed."""
+    ``\\x0a``, and the bidirectional and invisible characters as ``\\u202e``, ``\\u200b``...: no
+    control character but the newlines that end the lines is printed, nor any character drawn as
+    nothing or reordering others."""
     _serve(hostile, command, _hostile_text(command.honest))
     code = _main(_args(command, inputs), monkeypatch, hostile)
     out, err = capsys.readouterr()
@@ -461,6 +470,9 @@ def test_escape_sequences_in_the_answer_reach_no_terminal(
     if code == 0:  # the texts the command took: printed, escaped (policy events: as JSON escapes)
         shown = "\\x1b]52;c;cm0gLXJmIH4K\\x07\\x1b[2J"
         assert shown in out + err or "\\u001b]52;c;cm0gLXJmIH4K\\u0007\\u001b[2J" in out, (out, err)
+        trojan = "\\u202eevil\\u202c\\u2066\\u200b\\ufeff\\u00ad\\u2028"  # JSON: the same escapes
+        assert trojan in out + err, (out, err)
+        assert "\\U000e0041\\ufe0f" in out + err or "\\udb40\\udc41\\ufe0f" in out, (out, err)
     else:
         assert code == 10, err  # a text the command checks (a hex digest): refused
 
@@ -470,13 +482,14 @@ def test_an_error_answer_with_escape_sequences_is_shown_escaped(
 ) -> None:
     """The message of the CAS's error answer, printed as the one ``error:`` line."""
     command = COMMANDS[0]
-    error = {"error": {"class": "AccessDeniedError", "message": "denied" + ESCAPES}}
+    error = {"error": {"class": "AccessDeniedError", "message": "denied" + ESCAPES + TROJAN}}
     _serve(hostile, command, (403, error))
     code = _main(_args(command, inputs), monkeypatch, hostile)
     out, err = capsys.readouterr()
     assert code != 0 and out == ""
     assert "\x1b" not in err and "\x07" not in err and "\x9b" not in err and "\r" not in err, err
     assert "error: AccessDeniedError: denied\\x1b]52;c;cm0gLXJmIH4K\\x07\\x1b[2J" in err, err
+    assert _no_control(err) and "\\u202eevil\\u202c\\u2066\\u200b" in err, err
 
 
 def test_events_stay_exact_json(
@@ -497,9 +510,9 @@ def test_a_failed_online_rotation_shows_its_error_escaped(
 ) -> None:
     """``cas rotate-master-key --online``: the running CAS's ``error`` of a failed rotation."""
     args = ["cas", "rotate-master-key", "--data-dir", str(tmp_path), "--online"]
-    with _admin_channel(tmp_path, {**ROTATED, "state": "failed", "error": "disk full" + ESCAPES}):
+    with _admin_channel(tmp_path, {**ROTATED, "state": "failed", "error": "disk full" + ESCAPES + TROJAN}):
         code = _main(args, monkeypatch)
     out, err = capsys.readouterr()
     assert code == 2 and out == "", err
     assert _no_control(err) and err.count("\n") == 1, err
-    assert "disk full\\x1b]52;c;cm0gLXJmIH4K\\x07" in err, err
+    assert "disk full\\x1b]52;c;cm0gLXJmIH4K\\x07" in err and "\\u2028\\U000e0041" in err, err

@@ -8,6 +8,8 @@ line; bad options stop the server at start with exit 2 and a one-line message.""
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import json
 import os
 import queue
@@ -19,8 +21,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import pytest
@@ -29,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_ledger_tls import _cli, _stop, setup  # noqa: F401 (the fixture)
 
 from cas_harness import ROOT, CasProcess
-from pki import tls_server_files
+from pki import tls_client_ca, tls_client_files, tls_server_files
 
 TOKEN = "metrics-token-Zq7Rk2Vw9Xy4Lm0Pc"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -588,4 +592,159 @@ def test_reload_intervals_under_a_second_are_refused(
         r = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=env)
         assert r.returncode == 2, r.stderr
         assert f"'{option}': {interval} is less than 1 second" in r.stderr, r.stderr
+    assert not (tmp_path / "cas").exists()
+
+
+def _scrape(
+    url: str,
+    server_ca: Path,
+    client: tuple[Path, Path] | None = None,
+    token: str | None = None,
+    version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
+) -> tuple[int, str] | str:
+    """GET ``url`` over TLS ``version`` exactly, with the client certificate ``client`` (or
+    none) and the bearer ``token`` (or none): the status and body, or ``"refused"`` when the
+    TLS connection failed (a TLS 1.3 server refuses a client certificate after the client's
+    handshake ended: the request then gets an alert or nothing)."""
+    context = ssl.create_default_context(cafile=str(server_ca))
+    context.minimum_version = context.maximum_version = version
+    if client is not None:
+        context.load_cert_chain(*client)
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    connection = http.client.HTTPSConnection(parts.hostname, parts.port, context=context, timeout=10)
+    try:
+        connection.request("GET", parts.path, headers=_bearer(token) if token is not None else {})
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    except (ssl.SSLError, OSError, http.client.HTTPException):
+        return "refused"
+    finally:
+        connection.close()
+
+
+def _wait_for(cas: CasProcess, event: str, count: int) -> list[dict[str, Any]]:
+    """The log's first ``count`` lines of ``event``, waited for."""
+    assert cas.log is not None
+    deadline = time.monotonic() + 20
+    while True:
+        events = [json.loads(x) for x in cas.log.read_text().splitlines() if f'"{event}"' in x]
+        if len(events) >= count or time.monotonic() > deadline:
+            return events[:count]
+        time.sleep(0.05)
+
+
+def test_cas_metrics_listener_requires_client_certificates(tmp_path: Path) -> None:
+    """cas serve with --metrics-client-ca (and a token file: both required): no client
+    certificate, one of another CA or an expired one get no HTTP at all (TLS 1.3 and 1.2); one
+    of the bundle's CA with the token is served, without the token 401. Scrapers are named by
+    their certificates in the log and the counters, never by a token. SIGHUP reloads the bundle;
+    a bad bundle keeps the one in use."""
+    server_ca, cert, key = tls_server_files(tmp_path, "metrics")
+    ca_a, issuer_a = tls_client_ca(tmp_path, "a")
+    ca_b, issuer_b = tls_client_ca(tmp_path, "b")
+    client_a = tls_client_files(tmp_path, "scraper-a", issuer_a)
+    client_b = tls_client_files(tmp_path, "scraper-b", issuer_b)
+    expired = tls_client_files(
+        tmp_path, "expired", issuer_a, not_after=datetime.now(UTC) - timedelta(minutes=5)
+    )
+    bundle = tmp_path / "client-ca.pem"
+    _replace(bundle, ca_a.read_text())
+    tokens = _token_file(tmp_path, f"prometheus:{TOKEN}\n")
+    args = ("--metrics-listen", "127.0.0.1:0", "--metrics-token-file", str(tokens), "--metrics-cert", str(cert),
+            "--metrics-key", str(key), "--metrics-client-ca", str(bundle))  # fmt: skip
+    cas = CasProcess(tmp_path / "cas", None, extra_args=args).start()
+    try:
+        line = _listening(cas)
+        url = line["metrics_http"]
+        assert isinstance(url, str) and url.startswith("https://127.0.0.1:"), line
+        assert line["metrics_client_ca"] == [_cert_sha(ca_a)], line
+        for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            served = _scrape(url, server_ca, client_a, TOKEN, version)
+            assert isinstance(served, tuple) and served[0] == 200 and "confide_requests_total" in served[1]
+            assert _scrape(url, server_ca, None, TOKEN, version) == "refused"
+            assert _scrape(url, server_ca, client_b, TOKEN, version) == "refused"
+            assert _scrape(url, server_ca, expired, TOKEN, version) == "refused"
+        unauthorized = _scrape(url, server_ca, client_a)  # the certificate alone: the token too
+        assert isinstance(unauthorized, tuple) and unauthorized[0] == 401
+        served = _scrape(url, server_ca, client_a, TOKEN)
+        assert isinstance(served, tuple)
+        sha_a = _cert_sha(client_a[0])
+        assert (
+            f'confide_metrics_client_cert_scrapes_total{{sha256="{sha_a}",subject="CN=scraper-a"}} 3.0'
+            in served[1]
+        )
+        assert "confide_metrics_tls_certificate_client_ca_certificates 1.0" in served[1]
+
+        _replace(bundle, ca_b.read_text())  # the scrapers' CA rotated
+        assert cas.proc is not None
+        cas.proc.send_signal(signal.SIGHUP)
+        (reload,) = _wait_for(cas, "tls-reload", 1)
+        assert reload["result"] == "ok" and reload["client_ca_sha256"] == [_cert_sha(ca_b)], reload
+        assert reload["client_ca_subjects"] == ["CN=b client CA"]
+        assert _scrape(url, server_ca, client_a, TOKEN) == "refused"
+        served = _scrape(url, server_ca, client_b, TOKEN)
+        assert isinstance(served, tuple) and served[0] == 200
+
+        _replace(bundle, "-----BEGIN CERTIFICATE-----\nnot one\n")  # a bad bundle: B's kept
+        cas.proc.send_signal(signal.SIGHUP)
+        failed = _wait_for(cas, "tls-reload", 2)[-1]
+        assert failed["result"] == "failed" and "--metrics-client-ca" in failed["error"], failed
+        assert failed["client_ca_sha256"] == [_cert_sha(ca_b)]
+        served = _scrape(url, server_ca, client_b, TOKEN)
+        assert isinstance(served, tuple) and served[0] == 200
+        assert 'confide_metrics_tls_certificate_reloads_total{result="failed"} 1.0' in served[1]
+        assert _scrape(url, server_ca, client_a, TOKEN) == "refused"
+        assert cas.proc.poll() is None
+    finally:
+        cas.stop()
+    assert cas.log is not None
+    log = cas.log.read_text()
+    assert TOKEN not in log and "Traceback" not in log
+    scrapers = [json.loads(x) for x in log.splitlines() if '"metrics-scraper"' in x and "client_cert" in x]
+    assert [(s["client_cert_subject"], s["client_cert_sha256"]) for s in scrapers] == [
+        ("CN=scraper-a", sha_a),
+        ("CN=scraper-b", _cert_sha(client_b[0])),
+    ]
+    requests = [json.loads(x) for x in log.splitlines() if '"listener": "metrics"' in x and '"request"' in x]
+    assert {(r["status"], r["scraper"], r.get("client_cert_sha256")) for r in requests} == {
+        (200, "prometheus", sha_a),
+        (401, None, sha_a),
+        (200, "prometheus", _cert_sha(client_b[0])),
+    }
+
+
+def _cert_sha(path: Path) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    der = x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(serialization.Encoding.DER)
+    return hashlib.sha256(der).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--metrics-listen", "127.0.0.1:0", "--metrics-client-ca", "{ca}"),
+         "--metrics-client-ca needs --metrics-cert and --metrics-key"),
+        (("--metrics-listen", "127.0.0.1:0", "--metrics-cert", "{cert}", "--metrics-key", "{key}",
+          "--metrics-client-ca", "{key}"), "--metrics-client-ca '{key}': cannot load"),
+        (("--metrics-listen", "127.0.0.1:0", "--metrics-cert", "{cert}", "--metrics-key", "{key}",
+          "--metrics-client-ca", "{missing}"), "--metrics-client-ca '{missing}': does not exist"),
+    ],
+)  # fmt: skip
+def test_bad_metrics_client_ca_options_exit_2(tmp_path: Path, args: tuple[str, ...], says: str) -> None:
+    """Refused before anything is written (the data directory not created), one line, exit 2."""
+    _, cert, key = tls_server_files(tmp_path, "metrics")
+    ca, _issuer = tls_client_ca(tmp_path, "a")
+    values = {"ca": str(ca), "cert": str(cert), "key": str(key), "missing": str(tmp_path / "nope.pem")}
+    r = subprocess.run(
+        [sys.executable, "-m", "confide", "cas", "serve", "--data-dir", str(tmp_path / "cas"), "--dev",
+         *(a.format(**values) for a in args)],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)},
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert says.format(**values) in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "PRIVATE KEY" not in r.stderr
     assert not (tmp_path / "cas").exists()

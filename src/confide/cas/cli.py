@@ -201,13 +201,25 @@ def cas() -> None:
     help="The --metrics-cert certificate's private key (PEM, unencrypted).",
 )
 @click.option(
+    "--metrics-client-ca",
+    "metrics_client_ca",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE",
+    help="Require a client certificate (mutual TLS) on the --metrics-listen listener, chaining to "
+    "one of this file's PEM certificates (each one a trust anchor); needs --metrics-cert. Scrapers "
+    "are then named by their certificate's subject and SHA-256 in the log and the counters. With "
+    "--metrics-token-file, both are required. Reloaded with --metrics-cert (a bad file keeps the "
+    "CAs in use).",
+)
+@click.option(
     "--metrics-reload-interval",
     "metrics_reload_interval",
     type=click.FloatRange(min=0, max=86400),
     default=0.0,
     callback=reload_interval,
     metavar="SECONDS",
-    help="Also look at --metrics-token-file, --metrics-cert and --metrics-key this often (at least "
+    help="Also look at --metrics-token-file, --metrics-cert, --metrics-key and --metrics-client-ca "
+    "this often (at least "
     "1) and reload them when they changed (e.g. a Kubernetes Secret volume). 0 (default): on SIGHUP "
     "only.",
 )
@@ -302,6 +314,7 @@ def cas_serve(
     metrics_token_file: Path | None,
     metrics_cert: Path | None,
     metrics_key: Path | None,
+    metrics_client_ca: Path | None,
     metrics_reload_interval: float,
     max_connections: int,
     max_connections_per_ip: int,
@@ -400,6 +413,7 @@ def cas_serve(
         metrics_cert=metrics_cert,
         metrics_key=metrics_key,
         metrics_reload_interval=metrics_reload_interval,
+        metrics_client_ca=metrics_client_ca,
     )
 
 

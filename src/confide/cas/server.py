@@ -131,6 +131,7 @@ from confide.httpserve.certreload import CertificateReloader, FileReloader
 from confide.httpserve.limits import HttpLimits
 from confide.httpserve.metrics_listener import (
     METRICS_PATH,
+    ClientCertScrapers,
     MetricsAuth,
     MetricsListenerApp,
     MetricsTokenFile,
@@ -1121,6 +1122,7 @@ def serve(
     metrics_cert: Path | None = None,
     metrics_key: Path | None = None,
     metrics_reload_interval: float = 0.0,
+    metrics_client_ca: Path | None = None,
 ) -> None:
     """Run the CAS until killed. ``evidence_refresh``: seconds between re-obtaining its own
     evidence (``--dev``/``--tee``; 0: obtained once, at startup). ``renewal_interval``: seconds
@@ -1153,8 +1155,10 @@ def serve(
     of the values of ``http_limits``; ``metrics_token_file``: the bearer tokens ``/metrics``
     requires, wherever it is served (``--metrics-token-file``; read at once: a missing file, or
     a bad one, is a :class:`UsageError`); ``metrics_cert``, ``metrics_key``: the metrics
-    listener serves HTTPS with them (``--metrics-cert``, ``--metrics-key``; read at once). The
-    token file and the certificate are read again on ``SIGHUP`` and, every
+    listener serves HTTPS with them (``--metrics-cert``, ``--metrics-key``; read at once);
+    ``metrics_client_ca``: its TLS handshake requires a client certificate chaining to this PEM
+    bundle (``--metrics-client-ca``, only with ``metrics_cert``; read at once, and again with
+    the certificate). The token file and the certificate are read again on ``SIGHUP`` and, every
     ``metrics_reload_interval`` seconds (``--metrics-reload-interval``; 0: on ``SIGHUP``
     only), when they changed (docs/cas.md "Metrics: a listener of its own, tokens")."""
     if refusal_delay is not None and not opaque_refusals:
@@ -1175,7 +1179,12 @@ def serve(
     if metrics_listen is not None:
         metrics_addr = _parse_listen(metrics_listen, "--metrics-listen", "0.0.0.0:9090")
     metrics_tokens, metrics_tls = _metrics_files(
-        metrics_addr, metrics_token_file, metrics_cert, metrics_key, metrics_reload_interval
+        metrics_addr,
+        metrics_token_file,
+        metrics_cert,
+        metrics_key,
+        metrics_reload_interval,
+        metrics_client_ca,
     )
     _configure_logging()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -1204,6 +1213,7 @@ def _metrics_files(
     cert: Path | None,
     key: Path | None,
     reload_interval: float,
+    client_ca: Path | None = None,
 ) -> tuple[MetricsTokenFile | None, CertificateReloader | None]:
     """The metrics listener's token file and certificate (docs/cas.md "Metrics: a listener of
     its own, tokens"), each read at once (a :class:`UsageError` before anything is written),
@@ -1213,7 +1223,13 @@ def _metrics_files(
             "--metrics-reload-interval needs --metrics-token-file or --metrics-cert and --metrics-key"
         )
     tokens, tls = metrics_files(
-        metrics_addr is not None, token_file, cert, key, poll_interval=reload_interval, logger="confide.cas"
+        metrics_addr is not None,
+        token_file,
+        cert,
+        key,
+        poll_interval=reload_interval,
+        logger="confide.cas",
+        client_ca=client_ca,
     )
     if tokens is not None or tls is not None:
         # Until the server handles it (once it listens), a SIGHUP is ignored rather than fatal.
@@ -1420,9 +1436,13 @@ def _serve(
     )
     companions: list[Companion] = [public] if public is not None else []
     if metrics_sock is not None and metrics_limits is not None:
+        client_certs = None
+        if metrics_tls is not None and metrics_tls.client_ca is not None:
+            client_certs = ClientCertScrapers(logger="confide.cas")  # scrapers named by certificate
         metrics_app = MetricsListenerApp(
-            app.render_metrics, auth=metrics_auth, limits=metrics_limits, logger="confide.cas"
-        )
+            app.render_metrics, auth=metrics_auth, limits=metrics_limits, logger="confide.cas",
+            client_certs=client_certs,
+        )  # fmt: skip
         if app.metrics_registry is not None:
             app.metrics_registry.register(metrics_app)
             if metrics_tls is not None:
@@ -1447,6 +1467,11 @@ def _serve(
                 "metrics_token": metrics_tokens is not None,
                 "metrics_scrapers": list(metrics_tokens().names) if metrics_tokens is not None else None,
                 "metrics_tls": metrics_tls.loaded.sha256 if metrics_tls is not None else None,
+                "metrics_client_ca": (
+                    list(metrics_tls.loaded.client_ca.sha256)
+                    if metrics_tls is not None and metrics_tls.loaded.client_ca is not None
+                    else None
+                ),
                 "metrics_reload_interval": reloaders[0].poll_interval if reloaders else None,
                 "public_url": public_url,
                 "dev": dev,

@@ -28,6 +28,13 @@ logs the new certificate's SHA-256 fingerprint and notAfter. The server
 symlinks: a Kubernetes Secret volume is updated by swapping a symlink, with no signal). A
 pair refused only because its certificate was not yet valid is tried again by the first poll
 at or after its notBefore, although the files did not change.
+
+With a ``client_ca`` file (``cas serve --metrics-client-ca``), the reloader's contexts require a
+client certificate (mutual TLS, ``ssl.CERT_REQUIRED``) that chains to a certificate of that PEM
+bundle (:func:`load_client_ca`; each certificate of it a trust anchor, an intermediate CA alone
+is enough: ``VERIFY_X509_PARTIAL_CHAIN``); the bundle is one more of the reloader's files, read
+with the pair on each reload: a bad bundle keeps the context in use (its certificate and its
+client CAs) as a bad pair does.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ import os
 import ssl
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -59,8 +66,10 @@ __all__ = [
     "CertificateReloader",
     "FileReloader",
     "LoadedCertificate",
+    "LoadedClientCa",
     "check_valid_at",
     "load_certificate_pair",
+    "load_client_ca",
     "tls12_server_context",
 ]
 
@@ -84,14 +93,28 @@ def tls12_server_context() -> ssl.SSLContext:
 
 
 @dataclass(frozen=True)
+class LoadedClientCa:
+    """The certificates of a client CA bundle (``--metrics-client-ca``), checked, as PEM text
+    for :meth:`ssl.SSLContext.load_verify_locations`, and what the log says of them."""
+
+    pem: str
+    sha256: tuple[str, ...]  # of each certificate's DER, hex, in the file's order
+    subjects: tuple[str, ...]  # RFC 4514
+    not_after: datetime  # the earliest of them
+
+
+@dataclass(frozen=True)
 class LoadedCertificate:
-    """A context loaded with a certificate chain and its key, and what the log says of it."""
+    """A context loaded with a certificate chain and its key, and what the log says of it;
+    ``client_ca``: the client CAs the context requires a client certificate of (``None``:
+    none asked for)."""
 
     context: ssl.SSLContext
     sha256: str  # of the first (leaf) certificate's DER, hex
     not_after: datetime
     chain_length: int
     not_before: datetime
+    client_ca: LoadedClientCa | None = None
 
 
 def _read(path: Path, option: str) -> bytes:
@@ -219,6 +242,51 @@ def load_certificate_pair(
     )
 
 
+def load_client_ca(path: Path, option: str) -> LoadedClientCa:
+    """The PEM certificates in ``path`` (a client CA bundle: at least one, each a whole
+    ``CERTIFICATE`` block; read as the certificate files are, at most :data:`MAX_PEM_FILE`
+    bytes), parsed, and checked by OpenSSL as trust anchors. A :class:`UsageError` (one line:
+    ``option``, the file, what is wrong) otherwise. Their dates are not judged (OpenSSL judges
+    each client's chain at its handshake)."""
+    where = f"{option} {os.fspath(path)!r}"
+    data = _read(path, option)
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise UsageError(f"{where}: cannot load: not PEM certificates (or an incomplete one)") from None
+    if (
+        not data.count(b"-----BEGIN CERTIFICATE-----")
+        == data.count(b"-----END CERTIFICATE-----")
+        == len(certs)
+    ):
+        raise UsageError(f"{where}: cannot load: an incomplete PEM certificate")
+    pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in certs)
+    try:  # what OpenSSL will be given: the same certificates, re-encoded
+        tls12_server_context().load_verify_locations(cadata=pem)
+    except ssl.SSLError as exc:
+        raise UsageError(f"{where}: cannot load: {exc.reason or 'rejected by OpenSSL'}") from None
+    try:
+        subjects = tuple(c.subject.rfc4514_string() for c in certs)
+    except ValueError:
+        raise UsageError(f"{where}: cannot load: a certificate's subject cannot be read") from None
+    return LoadedClientCa(
+        pem,
+        tuple(hashlib.sha256(c.public_bytes(serialization.Encoding.DER)).hexdigest() for c in certs),
+        subjects,
+        min(c.not_valid_after_utc for c in certs),
+    )
+
+
+def _requiring_client_certs(make_context: Callable[[], ssl.SSLContext], ca: LoadedClientCa) -> ssl.SSLContext:
+    """``make_context()`` asking every client for a certificate chaining to ``ca`` and refusing
+    the handshake without one (TLS 1.2 and 1.3 alike)."""
+    ctx = make_context()
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # any certificate of the bundle an anchor
+    ctx.load_verify_locations(cadata=ca.pem)
+    return ctx
+
+
 def _stamp(path: Path) -> FileStamp:
     try:
         st = os.stat(path)
@@ -328,7 +396,9 @@ class CertificateReloader(FileReloader[LoadedCertificate]):
     certificate must be valid at (aware; the wall clock by default; not asked at construction,
     where the pair is loaded whatever its dates). A pair refused only as not yet valid is tried
     again by the first :meth:`poll` at or after its notBefore, although the files did not
-    change."""
+    change. ``client_ca``: a client CA bundle (:func:`load_client_ca`, errors naming
+    ``client_ca_option``) the contexts require a client certificate of, read and reloaded with
+    the pair (module docstring)."""
 
     event = "tls-reload"
 
@@ -344,18 +414,30 @@ class CertificateReloader(FileReloader[LoadedCertificate]):
         metric_prefix: str = "confide_tls_certificate",
         listener: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        client_ca: Path | None = None,
+        client_ca_option: str = "--client-ca",
     ) -> None:
         self.cert, self.key = Path(cert), Path(key)
+        self.client_ca = Path(client_ca) if client_ca is not None else None
+        self.client_ca_option = client_ca_option
         self._make_context = make_context
         self.options = options
         self.metric_prefix = metric_prefix
         self._clock = clock
         self._retry_at: datetime | None = None  # the notBefore of a pair refused as not yet valid
-        super().__init__((self.cert, self.key), poll_interval=poll_interval, logger=logger, listener=listener)
+        paths = (self.cert, self.key) if self.client_ca is None else (self.cert, self.key, self.client_ca)
+        super().__init__(paths, poll_interval=poll_interval, logger=logger, listener=listener)
 
     def _load(self) -> LoadedCertificate:
         self._retry_at = None  # files that do not load are not tried again until they change
-        return load_certificate_pair(self.cert, self.key, self._make_context, self.options)
+        if self.client_ca is None:
+            return load_certificate_pair(self.cert, self.key, self._make_context, self.options)
+        ca = load_client_ca(self.client_ca, self.client_ca_option)
+        make = self._make_context
+        loaded = load_certificate_pair(
+            self.cert, self.key, lambda: _requiring_client_certs(make, ca), self.options
+        )
+        return replace(loaded, client_ca=ca)
 
     def _check_reloaded(self, loaded: LoadedCertificate) -> None:
         """A reloaded certificate must be valid now (``clock``); one not yet valid is tried
@@ -369,14 +451,21 @@ class CertificateReloader(FileReloader[LoadedCertificate]):
         return self._retry_at is not None and self._clock() >= self._retry_at
 
     def _loaded_fields(self, loaded: LoadedCertificate) -> dict[str, object]:
-        return {
+        fields: dict[str, object] = {
             "certificate_sha256": loaded.sha256,
             "not_after": loaded.not_after.isoformat(),
             "chain_length": loaded.chain_length,
         }
+        if loaded.client_ca is not None:
+            fields["client_ca_sha256"] = list(loaded.client_ca.sha256)
+            fields["client_ca_subjects"] = list(loaded.client_ca.subjects)
+        return fields
 
     def _in_use_fields(self) -> dict[str, object]:
-        return {"certificate_sha256": self.loaded.sha256}  # the one still in use
+        fields: dict[str, object] = {"certificate_sha256": self.loaded.sha256}  # the one still in use
+        if self.loaded.client_ca is not None:
+            fields["client_ca_sha256"] = list(self.loaded.client_ca.sha256)
+        return fields
 
     @property
     def context(self) -> ssl.SSLContext:
@@ -398,3 +487,15 @@ class CertificateReloader(FileReloader[LoadedCertificate]):
             f"notAfter of the TLS certificate{of} in use (Unix time)",
             value=self.loaded.not_after.timestamp(),
         )
+        ca = self.loaded.client_ca
+        if ca is not None:
+            yield GaugeMetricFamily(
+                f"{self.metric_prefix}_client_ca_certificates",
+                f"Certificates of the client CA bundle{of} in use (a client certificate must chain to one)",
+                value=len(ca.sha256),
+            )
+            yield GaugeMetricFamily(
+                f"{self.metric_prefix}_client_ca_not_after_seconds",
+                f"The earliest notAfter of the client CA bundle{of} in use (Unix time)",
+                value=ca.not_after.timestamp(),
+            )

@@ -94,6 +94,7 @@ from confide.httpserve.ratelimit import client_key
 
 __all__ = [
     "BODY_TIMEOUT",
+    "CLIENT_CERT",
     "HANDSHAKE_TIMEOUT",
     "HEAD_TIMEOUT",
     "MAX_CONNECTIONS",
@@ -106,6 +107,9 @@ __all__ = [
     "OneWriteCycle",
 ]
 
+CLIENT_CERT = "confide.client_cert"
+"""The ASGI scope's key of the client certificate (DER) a TLS connection was made with, set
+only when there is one (a context requiring one: ``--metrics-client-ca``)."""
 # The request line and all header fields of one request. The largest legitimate head is a
 # policy read's signed X-Confide-Read header (a few KiB).
 MAX_HEAD = 64 * 1024
@@ -357,6 +361,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # A refusal behind a pending response (_end_after_pending): made once that response is
         # sent; meanwhile nothing more is read.
         self._refusal_after: Callable[[], None] | None = None
+        self._client_cert: bytes | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # uvicorn's HttpToolsProtocol.connection_made (uvicorn 0.54.0, pinned), with an IPv4
@@ -375,6 +380,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.server = get_local_addr(transport)
             self.client = get_remote_addr(transport)
         self.scheme = "https" if is_ssl(transport) else "http"
+        # The client's certificate (DER), where the TLS context asked for one (the metrics
+        # listener's --metrics-client-ca): the handshake is over when this is called.
+        tls = transport.get_extra_info("ssl_object") if self.scheme == "https" else None
+        self._client_cert = tls.getpeercert(binary_form=True) if tls is not None else None
         if self.logger.level <= TRACE_LOG_LEVEL:
             prefix = f"{self.client[0]}:{self.client[1]:d} - " if self.client else ""
             self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
@@ -398,6 +407,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        if self._client_cert is not None:
+            self.scope[CLIENT_CERT] = self._client_cert  # type: ignore[literal-required]
         self._in_head = True
         if self._served:  # a later request on a kept-alive connection: its own deadline
             self._arm_head_timer()

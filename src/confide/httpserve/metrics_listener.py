@@ -28,7 +28,16 @@ line, exception or metric. Each ``401`` takes a token from the client's bucket o
 (:data:`FAILURE_RATE`, a :class:`~confide.httpserve.ratelimit.RateLimiter` keyed as the other
 limiters key clients, bounded as they are): a client whose bucket is empty gets ``429`` with
 ``Retry-After`` without its token being checked (``reason="limited"``), so nothing guesses
-tokens faster than that."""
+tokens faster than that.
+
+With ``--metrics-client-ca`` (only with ``--metrics-cert``) the listener's TLS handshake requires
+a client certificate chaining to that bundle (the
+:class:`~confide.httpserve.certreload.CertificateReloader`'s ``client_ca``, reloaded with the
+certificate): a client without one, or with one the bundle does not vouch for, or an expired
+one, gets no HTTP at all. :class:`ClientCertScrapers` names each scraper by its certificate
+(subject and SHA-256 fingerprint: the first scrape of each logged, scrapes counted by them), and
+answers ``403`` to a request that came without one (none does: the handshake refuses it first).
+With a token file too, both are required."""
 
 from __future__ import annotations
 
@@ -43,22 +52,26 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from cryptography import x509
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from confide.errors import UsageError
 from confide.fsutil import read_small_file
 from confide.httpserve.certreload import CertificateReloader, FileReloader
-from confide.httpserve.limits import PUBLIC_MAX_HEAD, HttpLimits
+from confide.httpserve.limits import CLIENT_CERT, PUBLIC_MAX_HEAD, HttpLimits
 from confide.httpserve.ratelimit import MAX_CLIENTS, Rate, RateLimiter, RefusalLog, client_key, retry_after
 
 __all__ = [
     "FAILURE_RATE",
+    "MAX_CLIENT_CERTS",
     "MAX_TOKENS",
     "MAX_TOKEN_FILE",
+    "METRICS_CLIENT_CA_OPTION",
     "METRICS_PATH",
     "METRICS_TLS_OPTIONS",
     "MIN_TOKEN",
+    "ClientCertScrapers",
     "MetricsAuth",
     "MetricsListenerApp",
     "MetricsTokenFile",
@@ -73,6 +86,10 @@ __all__ = [
 METRICS_PATH = "/metrics"
 METRICS_TLS_OPTIONS = ("--metrics-cert", "--metrics-key")
 """How errors name the metrics listener's certificate and key files."""
+METRICS_CLIENT_CA_OPTION = "--metrics-client-ca"
+MAX_CLIENT_CERTS = 256
+"""The most client certificates counted apart (``confide_metrics_client_cert_scrapes_total``);
+scrapes with others are counted together (``sha256="other"``)."""
 MIN_TOKEN = 16
 """The shortest token accepted (bytes): a guessable one would be no access control."""
 MAX_TOKEN_FILE = 64 * 1024
@@ -235,15 +252,23 @@ def metrics_files(
     *,
     poll_interval: float,
     logger: str,
+    client_ca: Path | None = None,
 ) -> tuple[MetricsTokenFile | None, CertificateReloader | None]:
     """The metrics listener's files of ``--metrics-token-file`` and ``--metrics-cert``/
     ``--metrics-key`` (both or neither, only when ``listening``: a ``--metrics-listen`` is
     given), each read at once (a :class:`UsageError` for a bad one), to be reloaded on
-    ``SIGHUP`` and polled every ``poll_interval`` seconds, logged on ``logger``."""
+    ``SIGHUP`` and polled every ``poll_interval`` seconds, logged on ``logger``.
+    ``client_ca``: ``--metrics-client-ca``, only with the certificate, read and reloaded with it
+    (the TLS handshake then requires a client certificate chaining to it)."""
     if (cert is None) != (key is None):
         raise UsageError("--metrics-cert and --metrics-key go together")
     if cert is not None and not listening:
         raise UsageError("--metrics-cert and --metrics-key need --metrics-listen (the listener they serve)")
+    if client_ca is not None and cert is None:
+        raise UsageError(
+            f"{METRICS_CLIENT_CA_OPTION} needs --metrics-cert and --metrics-key (client certificates are"
+            " asked for in the metrics listener's TLS handshake)"
+        )
     tokens = tls = None
     if token_file is not None:
         tokens = MetricsTokenFile(token_file, poll_interval=poll_interval, logger=logger)
@@ -251,6 +276,7 @@ def metrics_files(
         tls = CertificateReloader(
             cert, key, poll_interval=poll_interval, logger=logger, options=METRICS_TLS_OPTIONS,
             metric_prefix="confide_metrics_tls_certificate", listener="metrics",
+            client_ca=client_ca, client_ca_option=METRICS_CLIENT_CA_OPTION,
         )  # fmt: skip
     return tokens, tls
 
@@ -366,6 +392,72 @@ class MetricsAuth:
             yield from self.reloader.collect()
 
 
+class ClientCertScrapers:
+    """The scrapers of a metrics listener whose TLS handshake requires a client certificate
+    (``--metrics-client-ca``), each named by its certificate: its subject (RFC 4514) and the
+    SHA-256 fingerprint of its DER. :meth:`identify` gives them for a request's scope (``None``:
+    it came without a certificate, which the handshake does not let happen); each certificate's
+    first scrape is logged at INFO on ``logger`` (``{"event": "metrics-scraper",
+    "client_cert_sha256": ..., "client_cert_subject": ...}``); scrapes are counted by them, at
+    most :data:`MAX_CLIENT_CERTS` certificates apart. Changed on the event loop's thread only."""
+
+    def __init__(self, *, logger: str = "confide.ledger", max_certs: int = MAX_CLIENT_CERTS) -> None:
+        self._log = logging.getLogger(logger)
+        self.max_certs = max_certs
+        self.scrapes: dict[tuple[str, str], int] = {}  # (subject, sha256) -> accepted scrapes
+        self.other = 0  # scrapes with certificates past max_certs
+        self._known: dict[bytes, tuple[str, str]] = {}  # DER -> (subject, sha256), bounded
+
+    def __repr__(self) -> str:
+        return f"ClientCertScrapers({len(self.scrapes)} certificates)"
+
+    def identify(self, scope: Any) -> tuple[str, str] | None:
+        """The subject and fingerprint of the client certificate of ``scope``'s connection."""
+        der = scope.get(CLIENT_CERT)
+        if not isinstance(der, bytes):
+            return None
+        known = self._known.get(der)
+        if known is not None:
+            return known
+        sha256 = hashlib.sha256(der).hexdigest()
+        try:
+            subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+        except ValueError:  # OpenSSL took it; a subject cryptography cannot render is named by hash only
+            subject = ""
+        if len(self._known) < self.max_certs:
+            self._known[der] = subject, sha256
+        return subject, sha256
+
+    def accepted(self, who: tuple[str, str], address: str) -> None:
+        """Count a scrape of the certificate ``who`` (:meth:`identify`) from ``address``; log its
+        first one."""
+        if who in self.scrapes:
+            self.scrapes[who] += 1
+            return
+        if len(self.scrapes) >= self.max_certs:
+            self.other += 1
+            return
+        self.scrapes[who] = 1
+        subject, sha256 = who
+        line = {"event": "metrics-scraper", "client_cert_subject": subject, "client_cert_sha256": sha256,
+                "client": address, "listener": "metrics"}  # fmt: skip
+        self._log.info(json.dumps(line, sort_keys=True))
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "confide_metrics_client_cert_scrapes",
+            "Requests of /metrics accepted on the metrics listener, by the client certificate they"
+            f" came with (subject, SHA-256 of its DER; past {self.max_certs} certificates, together"
+            ' as sha256="other")',
+            labels=["subject", "sha256"],
+        )
+        for (subject, sha256), n in sorted(self.scrapes.copy().items()):
+            family.add_metric([subject, sha256], n)
+        if self.other:
+            family.add_metric(["", "other"], self.other)
+        yield family
+
+
 def listener_limits(like: HttpLimits) -> HttpLimits:
     """A plain companion listener's limits (the metrics listener's, the CAS's public one's): the
     values of ``like`` (the API listener's), counted apart from them; request heads of at most
@@ -384,9 +476,11 @@ def listener_limits(like: HttpLimits) -> HttpLimits:
 class MetricsListenerApp:
     """The ASGI application of the metrics listener (module docstring). ``render``: the
     server's metrics in the Prometheus text format (run in a worker thread); ``auth``: the
-    token required (``None``: none); ``limits``: the listener's own (its counts exported by
-    :meth:`collect`); ``logger``: where one JSON line per request goes at level INFO (``None``:
-    no request lines, as the ledger's servers log none)."""
+    token required (``None``: none); ``client_certs``: the listener's TLS requires client
+    certificates, and they name the scrapers (``None``: none asked for); ``limits``: the
+    listener's own (its counts exported by :meth:`collect`); ``logger``: where one JSON line
+    per request goes at level INFO (``None``: no request lines, as the ledger's servers log
+    none)."""
 
     def __init__(
         self,
@@ -395,8 +489,10 @@ class MetricsListenerApp:
         auth: MetricsAuth | None,
         limits: HttpLimits,
         logger: str | None = None,
+        client_certs: ClientCertScrapers | None = None,
     ) -> None:
         self.render, self.auth, self.limits = render, auth, limits
+        self.client_certs = client_certs
         self._log = logging.getLogger(logger) if logger is not None else None
         self.responses: dict[int, int] = {}
 
@@ -407,7 +503,10 @@ class MetricsListenerApp:
         method = scope["method"]
         response: Response
         scraper: str | None = None
-        if method not in ("GET", "HEAD"):
+        cert = self.client_certs.identify(scope) if self.client_certs is not None else None
+        if self.client_certs is not None and cert is None:  # the handshake asks for one: never
+            response = 403, [_NO_STORE, (b"content-type", _TEXT)], b"a client certificate is required\n"
+        elif method not in ("GET", "HEAD"):
             response = 405, [(b"allow", _ALLOW), _NO_STORE], b""
         elif _has_content(scope):
             response = 413, [(b"connection", b"close"), _NO_STORE], b""
@@ -418,6 +517,9 @@ class MetricsListenerApp:
             if refused is not None:
                 response = refused
             else:
+                if self.client_certs is not None and cert is not None:
+                    client = scope.get("client")
+                    self.client_certs.accepted(cert, client_key(str(client[0])) if client else "")
                 body = await asyncio.to_thread(self.render)
                 response = 200, [(b"content-type", CONTENT_TYPE_LATEST.encode()), _NO_STORE], body
         status, headers, body = response
@@ -431,6 +533,7 @@ class MetricsListenerApp:
                 json.dumps(
                     {"event": "request", "listener": "metrics", "method": method[:16], "route": route,
                      "status": status, "scraper": scraper,
+                     **({} if cert is None else {"client_cert_sha256": cert[1]}),
                      "ms": round((time.perf_counter() - start) * 1000, 2)}
                 )
             )  # fmt: skip
@@ -448,6 +551,8 @@ class MetricsListenerApp:
             "confide_metrics_http_connections", "Connections open on the metrics listener", value=limits.open
         )
         yield limits_refused("confide_metrics_http_refused", "the metrics listener", limits)
+        if self.client_certs is not None:
+            yield from self.client_certs.collect()
 
 
 def limits_refused(name: str, listener: str, limits: HttpLimits) -> CounterMetricFamily:
