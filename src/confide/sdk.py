@@ -44,6 +44,7 @@ asyncio: :class:`AsyncCas` has the same calls as coroutines (each run in a worke
 
     async with await AsyncCas.from_env() as cas:
         status = await cas.apply(policy, identity)
+        async with cas.mount_volumes(release) as volumes: ...   # a session thread mounts and seals
 
 Services that attest themselves (not started by ``confide run``)::
 
