@@ -1620,10 +1620,15 @@ class _SignalHold:
         if self._depth:
             return
         found, self._found = self._found, {}
-        for signum, handler in found.items():
-            signal.signal(signum, handler)  # a signal still pending is noted first
-        came, self._came = self._came, []
         first: BaseException | None = None
+        for signum, handler in found.items():
+            while True:  # a held signal still pending is noted first; another's handler may raise
+                try:
+                    signal.signal(signum, handler)
+                    break
+                except BaseException as exc:
+                    first = first or exc
+        came, self._came = self._came, []
         for signum in came:
             try:
                 signal.raise_signal(signum)
@@ -1636,13 +1641,21 @@ class _SignalHold:
 _HOLD = _SignalHold()
 
 
+_OWNER_POLL = 0.2
+"""Seconds between checks, by an :meth:`AsyncCas.mount_volumes` session's thread, that the
+thread which entered the block is still alive."""
+
+
 class _VolumeThread(threading.Thread):
     """The thread of one :meth:`AsyncCas.mount_volumes` session: it mounts the release's
     volumes, waits for the block's end, then seals and reports (or discards) them. One thread
     for the whole session, alive until its end: the FUSE server and the ``shm`` guard end with
     the thread that started them (PR_SET_PDEATHSIG), and as root the mounts are made in its
     private mount namespace (:func:`confide.runtime.volumes.mount_released`). Not a daemon:
-    the interpreter waits for the seal before it exits."""
+    the interpreter waits for the seal before it exits. Should the thread that entered the block
+    end (for the main thread: the interpreter shutting down) while the block has not, the block
+    can no longer end: the session is discarded (unmounted unsealed, as after a crash) rather
+    than the interpreter waiting for it forever."""
 
     def __init__(self, client: CasClient, using: threading.Lock, release: Release) -> None:
         super().__init__(name="confide-volumes")
@@ -1651,6 +1664,7 @@ class _VolumeThread(threading.Thread):
         self._release = release
         self._end = threading.Event()
         self._discard = False
+        self._owner = threading.current_thread()  # the event loop's, entering the block
         self.mounted: concurrent.futures.Future[tuple[MountedVolumes, int | None]]
         self.mounted = concurrent.futures.Future()
         """The volumes, and an open ``/proc/thread-self/ns/mnt`` of this thread as root."""
@@ -1674,7 +1688,10 @@ class _VolumeThread(threading.Thread):
                 self.mounted.set_exception(StorageError(f"cannot open the volumes' mount namespace: {why}"))
                 return
         self.mounted.set_result((mounted, namespace))
-        self._end.wait()
+        while not self._end.wait(_OWNER_POLL):
+            if not self._owner.is_alive():
+                self._discard = True
+                break
         try:
             if self._discard:
                 mounted.abort()
@@ -1695,6 +1712,8 @@ class _VolumeThread(threading.Thread):
 async def _through_cancellation(done: concurrent.futures.Future[_R]) -> asyncio.CancelledError | None:
     """Wait until ``done`` is done, also when the task is cancelled meanwhile (what it waits
     for cannot be stopped); return the first cancellation, for the caller to raise after."""
+    if done.done():
+        return None
     waiting = asyncio.wrap_future(done)
     cancelled: asyncio.CancelledError | None = None
     while not waiting.done():
@@ -1723,7 +1742,11 @@ class _AsyncVolumeSession:
             raise UsageError("mount_volumes: one async with block per call")
         thread = self._thread = _VolumeThread(self._client, self._using, self._release)
         thread.start()
-        cancelled = await _through_cancellation(thread.mounted)
+        try:
+            cancelled = await _through_cancellation(thread.mounted)
+        except BaseException:  # GeneratorExit: closed with its loop, the block never runs
+            thread.end(discard=True)
+            raise
         failure = thread.mounted.exception()
         if failure is not None:  # nothing is mounted; an error of the volumes wins over a cancellation
             raise failure

@@ -706,3 +706,45 @@ def test_an_async_session_cancelled_while_mounting_is_discarded(
     monkeypatch.undo()
     with cas.mount_volumes(attest(cas, s)) as volumes:
         assert sorted(p.name for p in volumes.paths["data"].iterdir()) == ["notes.txt"]
+
+
+_ABANDONED_CHILD = """
+import asyncio, json, sys
+from confide.sdk import AsyncCas, Cas
+
+policy, argv = sys.argv[1], json.loads(sys.argv[2])
+cas = Cas.from_env()
+release = cas.attest(policy + "/app", cas.simulated_provider(argv), dumpable=True)
+loop = asyncio.new_event_loop()
+entered = asyncio.Event()
+
+async def service():
+    async with AsyncCas(cas).mount_volumes(release) as volumes:
+        (volumes.paths["data"] / "abandoned.txt").write_text("the block never ends\\n")
+        entered.set()
+        await asyncio.sleep(3600)
+
+task = loop.create_task(service())
+loop.run_until_complete(entered.wait())
+print("entered", flush=True)
+"""
+
+
+def test_an_async_block_abandoned_by_its_loops_thread_is_discarded_at_exit(
+    cas_proc: CasProcess, cas: Cas, tmp_path: Path
+) -> None:
+    """The main thread (the loop's) ends while a task is inside the block and the loop never
+    runs again: the block can no longer end. The session's thread (not a daemon: the interpreter
+    waits for it) sees its owner gone and discards the session instead of keeping the process
+    from exiting forever; nothing is sealed or reported."""
+    s = volume_setup(cas, tmp_path, "sdkvol-abandoned")
+    env = {**os.environ, **cas_proc.env, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    child = subprocess.run(
+        [sys.executable, "-c", _ABANDONED_CHILD, s.policy, json.dumps(s.argv)],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split() == ["entered"]
+    assert load_sealed(s.vol, s.key)[1] == s.tag0 and reported(cas, s) == [(0, s.tag0)]
+    with cas.mount_volumes(attest(cas, s)) as volumes:
+        assert sorted(p.name for p in volumes.paths["data"].iterdir()) == ["notes.txt"]
