@@ -1683,9 +1683,11 @@ class _VolumeThread(threading.Thread):
             try:
                 namespace = os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
-                mounted.abort()
-                why = exc.strerror or exc
-                self.mounted.set_exception(StorageError(f"cannot open the volumes' mount namespace: {why}"))
+                failure = StorageError(f"cannot open the volumes' mount namespace: {exc.strerror or exc}")
+                try:
+                    mounted.abort()
+                finally:
+                    self.mounted.set_exception(failure)
                 return
         self.mounted.set_result((mounted, namespace))
         while not self._end.wait(_OWNER_POLL):

@@ -748,3 +748,31 @@ def test_an_async_block_abandoned_by_its_loops_thread_is_discarded_at_exit(
     assert load_sealed(s.vol, s.key)[1] == s.tag0 and reported(cas, s) == [(0, s.tag0)]
     with cas.mount_volumes(attest(cas, s)) as volumes:
         assert sorted(p.name for p in volumes.paths["data"].iterdir()) == ["notes.txt"]
+
+
+def test_sigint_during_an_async_seal_under_asyncio_run_comes_after_the_report(
+    cas: Cas, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``asyncio.run``'s SIGINT handler (a Python one) is held like Python's default: the new tag
+    reaches the CAS, then the handler cancels the main task and ``asyncio.run`` raises
+    ``KeyboardInterrupt``; its handler is gone afterwards as usual."""
+    s = volume_setup(cas, tmp_path, "sdkvol-async-sigint")
+    release = attest(cas, s)
+    seam = _Seam(cas, monkeypatch, "seal", lambda: os.kill(os.getpid(), signal.SIGINT))
+    after: list[list[str]] = []
+
+    async def session() -> None:
+        try:
+            async with AsyncCas(cas).mount_volumes(release) as volumes:
+                (volumes.paths["data"] / "late.txt").write_text("written before the interrupt\n")
+        finally:
+            after.append(list(seam.done))
+        await asyncio.sleep(5)
+        pytest.fail("not interrupted")
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(session())
+    assert after == [["reported"]]
+    _, tag1 = load_sealed(s.vol, s.key)
+    assert reported(cas, s) == [(0, s.tag0), (1, tag1)] and tag1 != s.tag0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
