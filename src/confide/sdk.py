@@ -44,6 +44,7 @@ asyncio: :class:`AsyncCas` has the same calls as coroutines (each run in a worke
 
     async with await AsyncCas.from_env() as cas:
         status = await cas.apply(policy, identity)
+        async with cas.mount_volumes(release) as volumes: ...   # a session thread mounts and seals
 
 Services that attest themselves (not started by ``confide run``)::
 
@@ -62,6 +63,7 @@ not the one trusted. Each error's ``exit_code`` is the one the command exits wit
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import importlib
@@ -74,7 +76,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Literal, ParamSpec, TypeAlias, TypeVar
 
 from confide.cas.answer import flag as _bool
@@ -85,7 +87,7 @@ from confide.cas.answer import objects, policy_state, texts
 from confide.cas.answer import optional_text as _opt_str
 from confide.cas.answer import text as _str
 from confide.cas.client import CasClient
-from confide.errors import ParseError, UsageError
+from confide.errors import ParseError, StorageError, UsageError
 from confide.frozenmap import FrozenMap
 from confide.fsutil import read_small_file
 from confide.identity import Identity, PublicIdentity, load_identity
@@ -1472,8 +1474,7 @@ class Cas:
             not_dumpable()
         return attest_release(self._client, provider, policy, service)
 
-    @contextlib.contextmanager
-    def mount_volumes(self, release: Release) -> Iterator[VolumeMounts]:
+    def mount_volumes(self, release: Release) -> contextlib.AbstractContextManager[VolumeMounts]:
         """Mount every protected volume of ``release`` (from :meth:`attest` on this CAS) for
         the ``with`` block, and at its end seal them and report each changed volume's new tag
         to the CAS: the code of ``confide run`` (:func:`confide.runtime.volumes.mount_released`
@@ -1501,47 +1502,299 @@ class Cas:
         volume that does not authenticate), ``UsageError`` (an image contract without root,
         unsealed changes left in the directory), ``StorageError``; nothing stays mounted.
 
-        SIGINT during the seal and the reports (called in the main thread): deferred until the
-        last report is done, then delivered to the handler it found (Python's default: the
-        ``KeyboardInterrupt`` raised out of the ``with`` statement, after the new tags reached the
-        CAS; an error of the seal or a report is then its ``__context__``). A ``KeyboardInterrupt``
-        would otherwise leave a sealed volume whose new tag the CAS never heard of: the CAS keeps
-        releasing the old tag, and the next mount of the volume is refused (``RollbackError``,
-        the directory newer than the released tag). Called in another thread, the seal is never
-        interrupted by SIGINT (Python raises ``KeyboardInterrupt`` in the main thread only), but
-        the main thread may then end the process mid-seal: it must wait for the block's end (a
-        daemon thread dies with the interpreter)."""
+        SIGINT, SIGTERM and SIGHUP during the seal and the reports (the block ending in the main
+        thread): held back until the last report is done, then delivered as they would have been:
+        to the handler found (Python's SIGINT default: the ``KeyboardInterrupt`` raised out of the
+        ``with`` statement, after the new tags reached the CAS; an error of the seal or a report
+        is then its ``__context__``), or, for a default action, the signal raised again with it
+        (the process then ends by that signal, after the reports). An ignored signal, one whose
+        handler is not Python's (``signal.getsignal`` is None) or an asyncio loop's
+        (``loop.add_signal_handler``: it runs on the loop, not in between) is not held. The
+        application's handlers are put back as they were at the block's end. One its handler
+        raises for a signal that came in the instant before (the first instruction of this
+        context manager's ``__exit__`` is the only one left unprotected) is raised after the
+        reports too. Otherwise an interrupt or a termination would leave a sealed volume whose new
+        tag the CAS never heard of: the CAS keeps releasing the old tag, and the next mount of the
+        volume is refused (``RollbackError``, the directory newer than the released tag).
+        Called in another thread, nothing is held (no handler can be set there; Python raises
+        ``KeyboardInterrupt`` in the main thread only, but SIGTERM's default action still ends
+        the process mid-seal), and the main thread must wait for the block's end (a daemon
+        thread dies with the interpreter)."""
+        return _VolumeSession(self._client, release)
+
+
+class _VolumeSession:
+    """:meth:`Cas.mount_volumes`' context manager (a class, not a generator: its ``__exit__``
+    holds the signals back at its first instruction)."""
+
+    def __init__(self, client: CasClient, release: Release) -> None:
+        self._client = client
+        self._release = release
+        self._mounted: MountedVolumes | None = None
+
+    def __enter__(self) -> VolumeMounts:
+        from confide.runtime.volumes import mount_released  # noqa: PLC0415 - the service side loads here
+
+        if self._mounted is not None:
+            raise UsageError("mount_volumes: one with block per call")
+        self._mounted = mount_released(list(self._release.volumes))
+        return _volume_mounts(self._mounted)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        early: BaseException | None = None
+        while True:  # first: an application's handler may raise here for a signal of the instant before
+            try:
+                held = _HOLD.enter()
+                break
+            except BaseException as caught:  # raised again after the reports
+                early = early or caught
+        try:  # an error here replaces the block's exception (its __context__)
+            from confide.runtime.volumes import seal_and_report  # noqa: PLC0415
+
+            assert self._mounted is not None
+            seal_and_report(self._mounted, self._client, self._release.policy, self._release.session)
+        finally:
+            try:
+                if held:
+                    _HOLD.leave()
+            finally:
+                if early is not None:
+                    raise early
+
+
+def _volume_mounts(mounted: MountedVolumes) -> VolumeMounts:
+    return VolumeMounts(mounted.paths(), dict(mounted.environment), mounted)
+
+
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _SignalHold:
+    """SIGINT, SIGTERM and SIGHUP held back in the main thread while volumes are sealed and
+    their new tags reported (:meth:`Cas.mount_volumes`, :meth:`AsyncCas.mount_volumes`).
+
+    :meth:`enter` replaces each signal's handler by one that notes the signal (not for an
+    ignored signal, a handler not set from Python, or an asyncio loop's); the last
+    :meth:`leave` (holds nest, and asynchronous sessions may end in any order) puts the
+    handlers found back and raises each signal noted again (:func:`signal.raise_signal`) for
+    them: a Python handler runs, a default action ends the process. Main thread only: off it,
+    :meth:`enter` holds nothing and returns False.
+
+    What cannot be held: a signal handled in the instant before :meth:`enter` replaced its
+    handler. Python runs a signal's handler in the main thread at the next bytecode boundary,
+    the handler in place then; masking the signal (:func:`signal.pthread_sigmask`) would have
+    to happen before the application's block ends, and masks the calling thread only: another
+    thread then takes a signal sent to the process, and Python still runs the handler in the
+    main thread. So the caller enters first thing and keeps what such a handler raises for
+    after :meth:`leave`; a default action there ends the process before anything was sealed
+    (consistent: the CAS's tag is still the volume's)."""
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._found: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
+        self._came: list[int] = []
+
+    def _note(self, signum: int, _frame: FrameType | None) -> None:
+        if signum not in self._came:
+            self._came.append(signum)
+
+    def enter(self) -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        if self._depth == 0:
+            loop_handled = getattr(getattr(asyncio, "unix_events", None), "_sighandler_noop", None)
+            for signum in _HELD_SIGNALS:
+                if signum in self._found:  # an enter interrupted after this one (see the caller)
+                    continue
+                found = signal.getsignal(signum)
+                if found is None or found is signal.SIG_IGN or (loop_handled and found is loop_handled):
+                    continue
+                self._found[signum] = signal.signal(signum, self._note)
+        self._depth += 1
+        return True
+
+    def leave(self) -> None:
+        self._depth -= 1
+        if self._depth:
+            return
+        found, self._found = self._found, {}
+        first: BaseException | None = None
+        for signum, handler in found.items():
+            while True:  # a held signal still pending is noted first; another's handler may raise
+                try:
+                    signal.signal(signum, handler)
+                    break
+                except BaseException as exc:
+                    first = first or exc
+        came, self._came = self._came, []
+        for signum in came:
+            try:
+                signal.raise_signal(signum)
+            except BaseException as exc:  # the first is raised, after every signal
+                first = first or exc
+        if first is not None:
+            raise first
+
+
+_HOLD = _SignalHold()
+
+
+_OWNER_POLL = 0.2
+"""Seconds between checks, by an :meth:`AsyncCas.mount_volumes` session's thread, that the
+thread which entered the block is still alive."""
+
+
+class _VolumeThread(threading.Thread):
+    """The thread of one :meth:`AsyncCas.mount_volumes` session: it mounts the release's
+    volumes, waits for the block's end, then seals and reports (or discards) them. One thread
+    for the whole session, alive until its end: the FUSE server and the ``shm`` guard end with
+    the thread that started them (PR_SET_PDEATHSIG), and as root the mounts are made in its
+    private mount namespace (:func:`confide.runtime.volumes.mount_released`). Not a daemon:
+    the interpreter waits for the seal before it exits. Should the thread that entered the block
+    end (for the main thread: the interpreter shutting down) while the block has not, the block
+    can no longer end: the session is discarded (unmounted unsealed, as after a crash) rather
+    than the interpreter waiting for it forever."""
+
+    def __init__(self, client: CasClient, using: threading.Lock, release: Release) -> None:
+        super().__init__(name="confide-volumes")
+        self._client = client
+        self._using = using
+        self._release = release
+        self._end = threading.Event()
+        self._discard = False
+        self._owner = threading.current_thread()  # the event loop's, entering the block
+        self.mounted: concurrent.futures.Future[tuple[MountedVolumes, int | None]]
+        self.mounted = concurrent.futures.Future()
+        """The volumes, and an open ``/proc/thread-self/ns/mnt`` of this thread as root."""
+        self.ended: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def run(self) -> None:
         from confide.runtime.volumes import mount_released, seal_and_report  # noqa: PLC0415
 
-        mounted = mount_released(list(release.volumes))
-        volumes = VolumeMounts(mounted.paths(), dict(mounted.environment), mounted)
         try:
-            yield volumes
-        finally:  # an error here replaces the block's exception (its __context__)
-            with _sigint_deferred():
-                seal_and_report(mounted, self._client, release.policy, release.session)
+            mounted = mount_released(list(self._release.volumes))
+        except BaseException as exc:  # raised by __aenter__
+            self.mounted.set_exception(exc)
+            return
+        namespace: int | None = None
+        if os.geteuid() == 0 and self._release.volumes:
+            try:
+                namespace = os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                failure = StorageError(f"cannot open the volumes' mount namespace: {exc.strerror or exc}")
+                try:
+                    mounted.abort()
+                finally:
+                    self.mounted.set_exception(failure)
+                return
+        self.mounted.set_result((mounted, namespace))
+        while not self._end.wait(_OWNER_POLL):
+            if not self._owner.is_alive():
+                self._discard = True
+                break
+        try:
+            if self._discard:
+                mounted.abort()
+            else:
+                with self._using:  # the Cas, one thread at a time (AsyncCas._locked)
+                    seal_and_report(mounted, self._client, self._release.policy, self._release.session)
+        except BaseException as exc:  # raised by __aexit__
+            self.ended.set_exception(exc)
+        else:
+            self.ended.set_result(None)
+
+    def end(self, *, discard: bool) -> None:
+        """Seal and report now (or, with ``discard``, unmount unsealed: the block never ran)."""
+        self._discard = discard
+        self._end.set()
 
 
-@contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """The block run with SIGINT held back: in the main thread, SIGINT's handler is replaced by
-    one that notes it for the block; at the block's end the handler found is put back and, when
-    SIGINT came, the signal raised again (:func:`signal.raise_signal`) for that handler (Python's
-    default raises ``KeyboardInterrupt`` there, ``SIG_IGN`` drops it, ``SIG_DFL`` ends the
-    process). Off the main thread (no handler can be set; signals are handled in the main thread
-    anyway), or when the handler in place was not set from Python (it could not be put back):
-    the block as it is."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
-        yield
-        return
-    came: list[int] = []
-    found = signal.signal(signal.SIGINT, lambda signum, _frame: came.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, found)
-        if came:
-            signal.raise_signal(signal.SIGINT)
+async def _through_cancellation(done: concurrent.futures.Future[_R]) -> asyncio.CancelledError | None:
+    """Wait until ``done`` is done, also when the task is cancelled meanwhile (what it waits
+    for cannot be stopped); return the first cancellation, for the caller to raise after."""
+    if done.done():
+        return None
+    waiting = asyncio.wrap_future(done)
+    cancelled: asyncio.CancelledError | None = None
+    while not waiting.done():
+        try:
+            await asyncio.wait({waiting})
+        except asyncio.CancelledError as exc:
+            cancelled = cancelled or exc
+    if not waiting.cancelled():
+        waiting.exception()  # retrieved here: the caller reads ``done``
+    return cancelled
+
+
+class _AsyncVolumeSession:
+    """:meth:`AsyncCas.mount_volumes`' asynchronous context manager."""
+
+    def __init__(self, client: CasClient, using: threading.Lock, release: Release) -> None:
+        self._client = client
+        self._using = using
+        self._release = release
+        self._thread: _VolumeThread | None = None
+
+    async def __aenter__(self) -> VolumeMounts:
+        from confide.volume.mount import join_namespace  # noqa: PLC0415
+
+        if self._thread is not None:
+            raise UsageError("mount_volumes: one async with block per call")
+        thread = self._thread = _VolumeThread(self._client, self._using, self._release)
+        thread.start()
+        try:
+            cancelled = await _through_cancellation(thread.mounted)
+        except BaseException:  # GeneratorExit: closed with its loop, the block never runs
+            thread.end(discard=True)
+            raise
+        failure = thread.mounted.exception()
+        if failure is not None:  # nothing is mounted; an error of the volumes wins over a cancellation
+            raise failure
+        mounted, namespace = thread.mounted.result()
+        try:
+            if cancelled is None and namespace is not None:
+                join_namespace(namespace)  # this thread sees what the volume thread mounted
+        except BaseException as exc:  # raised after the discard
+            failure = exc
+        finally:
+            if namespace is not None:
+                os.close(namespace)
+        if cancelled is None and failure is None:
+            return _volume_mounts(mounted)
+        thread.end(discard=True)  # the block never runs: nothing to seal
+        cancelled = await _through_cancellation(thread.ended) or cancelled
+        failure = thread.ended.exception() or failure or cancelled
+        assert failure is not None
+        raise failure
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        early: BaseException | None = None
+        while True:  # first: an application's handler may raise here for a signal of the instant before
+            try:
+                held = _HOLD.enter()
+                break
+            except BaseException as caught:  # raised again after the reports
+                early = early or caught
+        try:  # an error here replaces the block's exception (its __context__)
+            assert self._thread is not None
+            self._thread.end(discard=False)
+            cancelled = await _through_cancellation(self._thread.ended)
+            error = self._thread.ended.exception()
+            if error is not None:  # wins over a cancellation: the CancelledError may be swallowed
+                raise error
+            if cancelled is not None:
+                raise cancelled
+        finally:
+            try:
+                if held:
+                    _HOLD.leave()
+            finally:
+                if early is not None:
+                    raise early
 
 
 def _str_or_none(value: object) -> str | None:
@@ -1839,3 +2092,28 @@ class AsyncCas:
     async def attest(self, config_id: str, provider: QuoteProvider, *, dumpable: bool = False) -> Release:
         """:meth:`Cas.attest`: the provider's ``get_evidence`` runs in the worker thread too."""
         return await self._run(self._cas.attest, config_id, provider, dumpable=dumpable)
+
+    def mount_volumes(self, release: Release) -> contextlib.AbstractAsyncContextManager[VolumeMounts]:
+        """:meth:`Cas.mount_volumes` as an asynchronous context manager (``async with
+        cas.mount_volumes(release) as volumes:``): the same mounts, the same seal and reports
+        at the block's end (also when it raises), the same errors, the blocking parts in a
+        thread of the session's own (not the loop's executor: one thread mounts, lives through
+        the block and seals, as the FUSE server and the ``shm`` guard end with the thread that
+        started them). As root, that thread's private mount namespace is joined by the thread
+        that enters the block (the event loop's, as :meth:`Cas.mount_volumes` moves its calling
+        thread into one): the loop and the processes it starts see the mounts. The report
+        waits for a call of this object running then (one thread uses the :class:`Cas` at a
+        time), not for the calls queued.
+
+        Cancellation: the seal and the reports cannot be stopped. A task cancelled at the
+        block's end (or while the block awaits: that is the block raising ``CancelledError``)
+        still seals and reports; ``CancelledError`` is raised after the last report, unless
+        the seal or a report failed: their error is raised instead (a cancellation is often
+        swallowed by whoever cancelled, which would hide a tag left unreported). Cancelled while
+        mounting: the mount finishes and is discarded (unmounted unsealed: the block never
+        ran), then ``CancelledError`` (or the mount's error). SIGINT, SIGTERM and SIGHUP are held
+        back in the main thread from the block's end to the last report, as by
+        :meth:`Cas.mount_volumes` (a loop's own handlers, ``loop.add_signal_handler``, run
+        meanwhile; ``asyncio.run``'s SIGINT handler, a Python one, is held and then cancels the
+        main task)."""
+        return _AsyncVolumeSession(self._cas._client, self._using, release)

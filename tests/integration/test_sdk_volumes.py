@@ -9,15 +9,18 @@ As root, mounting moves the calling thread (pytest's) into a private mount names
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 import os
 import shutil
 import signal
 import stat
+import subprocess
 import sys
 import threading
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +28,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cas_harness import CasProcess, running_cas
 from confide import errors
-from confide.sdk import Cas, Identity, Release, VolumeMounts, measure
+from confide.sdk import AsyncCas, Cas, Identity, Release, VolumeMounts, measure
 from confide.volume import VolumeKey, add_sources, create_volume, load_sealed, seal_volume
 from confide.volume.mount import fuse_usable
 from confide.volume.store import object_path
@@ -365,3 +368,411 @@ def test_mount_volumes_off_the_main_thread_seals_and_reports(cas: Cas, tmp_path:
     assert not thread.is_alive() and failures == []
     _, tag1 = load_sealed(s.vol, s.key)
     assert reported(cas, s) == [(0, s.tag0), (1, tag1)] and tag1 != s.tag0
+
+
+class _Seam:
+    """A seam at the block's end: ``hook`` called right after the volumes were sealed (``seal``)
+    or right before the new tag is sent (``report``); ``done`` gets "reported" after each report."""
+
+    def __init__(self, cas: Cas, monkeypatch: pytest.MonkeyPatch, at: str, hook: Callable[[], None]) -> None:
+        from confide.runtime.volumes import MountedVolumes
+
+        self.done: list[str] = []
+        seal, report = MountedVolumes.seal, cas._client.report_volume_tag
+
+        def sealed_then_hook(mounted: MountedVolumes) -> tuple[dict[str, tuple[str, str]], list[str]]:
+            result = seal(mounted)
+            if at == "seal":
+                hook()
+            return result
+
+        def hook_then_reported(*args: str) -> object:
+            if at == "report":
+                hook()
+            result = report(*args)
+            self.done.append("reported")
+            return result
+
+        monkeypatch.setattr(MountedVolumes, "seal", sealed_then_hook)
+        monkeypatch.setattr(cas._client, "report_volume_tag", hook_then_reported)
+
+
+@pytest.mark.parametrize("at", ["seal", "report"])
+def test_the_applications_sigterm_and_sighup_handlers_run_after_the_report_and_stay_in_place(
+    cas: Cas, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str
+) -> None:
+    """The application's own SIGTERM and SIGHUP handlers: in place during the block and after it;
+    a SIGTERM and a SIGHUP sent during the seal reach them once each, after the report."""
+    s = volume_setup(cas, tmp_path, f"sdkvol-handlers-{at}")
+    release = attest(cas, s)
+    calls: list[tuple[int, list[str]]] = []
+
+    def handler(signum: int, _frame: types.FrameType | None) -> None:
+        calls.append((signum, list(seam.done)))
+
+    def signalled() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    seam = _Seam(cas, monkeypatch, at, signalled)
+    before = signal.signal(signal.SIGTERM, handler), signal.signal(signal.SIGHUP, handler)
+    try:
+        with cas.mount_volumes(release) as volumes:
+            assert signal.getsignal(signal.SIGTERM) is handler and signal.getsignal(signal.SIGHUP) is handler
+            (volumes.paths["data"] / "late.txt").write_text("written before the signals\n")
+        assert calls == [(signal.SIGTERM, ["reported"]), (signal.SIGHUP, ["reported"])]
+        assert signal.getsignal(signal.SIGTERM) is handler and signal.getsignal(signal.SIGHUP) is handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGHUP, before[1])
+    _, tag1 = load_sealed(s.vol, s.key)
+    assert reported(cas, s) == [(0, s.tag0), (1, tag1)] and tag1 != s.tag0
+
+
+def test_a_handlers_exception_raised_as_the_hold_begins_comes_after_the_report(
+    cas: Cas, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGINT that arrived in the instant before the hold: Python's handler raises
+    ``KeyboardInterrupt`` at the next bytecode boundary, here inside the hold's entry (raised
+    there for real). It no longer skips the seal: it comes out after the report."""
+    from confide import sdk
+
+    s = volume_setup(cas, tmp_path, "sdkvol-early")
+    release = attest(cas, s)
+    enter = sdk._HOLD.enter
+    first: list[bool] = []
+
+    def interrupted_enter() -> bool:
+        if not first:
+            first.append(True)
+            signal.raise_signal(signal.SIGINT)  # KeyboardInterrupt from Python's handler
+        return enter()
+
+    monkeypatch.setattr(sdk._HOLD, "enter", interrupted_enter)
+    with pytest.raises(KeyboardInterrupt), cas.mount_volumes(release) as volumes:
+        (volumes.paths["data"] / "late.txt").write_text("written before the interrupt\n")
+    assert first == [True]
+    _, tag1 = load_sealed(s.vol, s.key)
+    assert reported(cas, s) == [(0, s.tag0), (1, tag1)] and tag1 != s.tag0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+_SIGNALLED_CHILD = """
+import asyncio, json, os, signal, sys
+from confide.runtime.volumes import MountedVolumes
+from confide.sdk import AsyncCas, Cas
+
+policy, argv, signame, at, kind = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+signum = getattr(signal, signame)
+assert signal.getsignal(signum) is signal.SIG_DFL
+cas = Cas.from_env()
+release = cas.attest(policy + "/app", cas.simulated_provider(argv), dumpable=True)
+seal, report = MountedVolumes.seal, cas._client.report_volume_tag
+
+def sealed(self):
+    result = seal(self)
+    if at == "seal":
+        os.kill(os.getpid(), signum)
+        print("signalled", flush=True)
+    return result
+
+def reporting(*args):
+    if at == "report":
+        os.kill(os.getpid(), signum)
+        print("signalled", flush=True)
+    result = report(*args)
+    print("reported", flush=True)
+    return result
+
+MountedVolumes.seal = sealed
+cas._client.report_volume_tag = reporting
+if kind == "sync":
+    with cas.mount_volumes(release) as volumes:
+        (volumes.paths["data"] / "late.txt").write_text("written before the signal\\n")
+else:
+    async def main():
+        async with AsyncCas(cas).mount_volumes(release) as volumes:
+            (volumes.paths["data"] / "late.txt").write_text("written before the signal\\n")
+    asyncio.run(main())
+print("survived", flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("at", ["seal", "report"])
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_a_default_sigterm_or_sighup_during_the_seal_ends_the_process_after_the_report(
+    cas_proc: CasProcess, cas: Cas, tmp_path: Path, signame: str, at: str, kind: str
+) -> None:
+    """A process with the default action for SIGTERM (SIGHUP) receives it right after the seal
+    (right before the report): it used to die there, the sealed volume's new tag unreported (the
+    next mount then refused). Now the tag reaches the CAS first, then the process ends by that
+    signal (exit status -15, -1: what a service manager expects), never going on."""
+    s = volume_setup(cas, tmp_path, f"sdkvol-{signame.lower()}-{at}-{kind}")
+    env = {**os.environ, **cas_proc.env, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    child = subprocess.run(
+        [sys.executable, "-c", _SIGNALLED_CHILD, s.policy, json.dumps(s.argv), signame, at, kind],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert child.returncode == -getattr(signal, signame), child.stderr
+    assert child.stdout.split() == ["signalled", "reported"], child.stderr
+    _, tag1 = load_sealed(s.vol, s.key)
+    assert reported(cas, s) == [(0, s.tag0), (1, tag1)] and tag1 != s.tag0
+    with cas.mount_volumes(attest(cas, s)) as volumes:  # the next session mounts it
+        assert (volumes.paths["data"] / "late.txt").read_text() == "written before the signal\n"
+
+
+@pytest.fixture(params=["fuse", "tmpfs"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The mount mode ``mount_released`` picks (``auto``): FUSE where usable, else tmpfs (as
+    root; not root: /dev/shm), forced by making FUSE look unusable."""
+    from confide.volume import mount as volume_mount
+
+    if request.param == "fuse" and fuse_usable() is not None:
+        pytest.skip(f"FUSE unavailable: {fuse_usable()}")
+    if request.param == "tmpfs":
+        monkeypatch.setattr(volume_mount, "fuse_usable", lambda: "forced off by the test")
+    return str(request.param)
+
+
+def test_async_mount_write_and_exit_reports_the_new_tag(cas: Cas, tmp_path: Path, mode: str) -> None:
+    """``AsyncCas.mount_volumes`` end to end: attest, mount (the loop keeps running: another call
+    and a child process of the loop's thread meanwhile), write, seal and report at the block's
+    end; the next session sees the files and nothing new is reported when nothing changed."""
+    s = volume_setup(cas, tmp_path, f"sdkvol-async-{mode}")
+    acas = AsyncCas(cas)
+
+    async def session(write: bool) -> str:
+        release = await acas.attest(f"{s.policy}/app", await acas.simulated_provider(s.argv), dumpable=True)
+        async with acas.mount_volumes(release) as volumes:
+            path = volumes.paths["data"]
+            assert dict(volumes.environment) == {"CONFIDE_VOLUME_DATA": str(path)}
+            if write:
+                (path / "notes.txt").write_text("first line\nasync was here\n")
+                events, _ = await asyncio.gather(acas.events(s.policy, s.alice), asyncio.sleep(0))
+                assert [e.type for e in events].count("volume-tag") == 1  # only the initial tag yet
+            child = await asyncio.create_subprocess_exec(
+                "cat", str(path / "notes.txt"), stdout=subprocess.PIPE
+            )
+            out, _ = await child.communicate()  # the loop's children see the mounts (root: its namespace)
+            assert volumes.integrity_failure() is None
+            return out.decode()
+
+    assert asyncio.run(session(True)) == "first line\nasync was here\n"
+    _, tag1 = load_sealed(s.vol, s.key)
+    assert reported(cas, s) == [(0, s.tag0), (1, tag1)] and tag1 != s.tag0
+    assert asyncio.run(session(False)) == "first line\nasync was here\n"
+    assert reported(cas, s) == [(0, s.tag0), (1, tag1)]
+    assert load_sealed(s.vol, s.key)[1] == tag1
+
+
+def test_async_mount_errors_and_refused_reports_raise_as_the_sync_ones(cas: Cas, tmp_path: Path) -> None:
+    """A spent release: RollbackError at ``async with``, nothing mounted; a report the CAS
+    refuses: its class after the seal, replacing the block's exception."""
+    s = volume_setup(cas, tmp_path, "sdkvol-async-errors")
+    acas = AsyncCas(cas)
+    forged = dataclasses.replace(attest(cas, s), session="00" * 32)
+
+    async def refused() -> None:
+        async with acas.mount_volumes(forged) as volumes:
+            (volumes.paths["data"] / "x.txt").write_text("x\n")
+            raise RuntimeError("the service failed")
+
+    with pytest.raises(errors.AccessDeniedError) as got:
+        asyncio.run(refused())
+    assert isinstance(got.value.__context__, RuntimeError)
+    assert load_sealed(s.vol, s.key)[1] != s.tag0 and reported(cas, s) == [(0, s.tag0)]
+
+    async def spent() -> None:
+        async with acas.mount_volumes(forged):
+            pytest.fail("a spent release was mounted")
+
+    with pytest.raises(errors.RollbackError):
+        asyncio.run(spent())
+
+
+@pytest.mark.parametrize("when", ["in-block", "seal", "report", "refused"])
+def test_a_cancelled_async_session_still_seals_and_reports_then_is_cancelled(
+    cas: Cas, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, when: str
+) -> None:
+    """The task is cancelled while the block awaits (``in-block``: the block raises
+    ``CancelledError``), or at the block's end right after the seal (``seal``) or right before
+    the report (``report``): the new tag still reaches the CAS, then ``CancelledError`` comes
+    out of ``async with``. A report the CAS refuses (``refused``, cancelled after the seal):
+    its error, not the ``CancelledError`` (which would hide it), after the seal."""
+    s = volume_setup(cas, tmp_path, f"sdkvol-cancel-{when}-{mode}")
+    acas = AsyncCas(cas)
+    release = attest(cas, s)
+    if when == "refused":
+        release = dataclasses.replace(release, session="00" * 32)
+    loop = asyncio.new_event_loop()
+    seen: list[int] = []
+    task: asyncio.Task[None] | None = None
+
+    async def cancel_and_let_it_arrive() -> None:
+        assert task is not None
+        task.cancel()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        seen.append(task.cancelling())
+
+    def cancelled_from_the_volume_thread() -> None:
+        asyncio.run_coroutine_threadsafe(cancel_and_let_it_arrive(), loop).result(30)
+
+    _Seam(cas, monkeypatch, "seal" if when == "refused" else when, cancelled_from_the_volume_thread)
+
+    async def service() -> None:
+        async with acas.mount_volumes(release) as volumes:
+            (volumes.paths["data"] / "late.txt").write_text("written before the cancellation\n")
+            if when == "in-block":
+                asyncio.get_running_loop().call_later(0.05, lambda: task.cancel() if task else None)
+                await asyncio.sleep(60)
+                pytest.fail("not cancelled")
+
+    async def main() -> None:
+        nonlocal task
+        task = asyncio.ensure_future(service())
+        await asyncio.wait({task})
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert task is not None and task.done()
+    _, tag1 = load_sealed(s.vol, s.key)
+    assert tag1 != s.tag0
+    if when == "refused":
+        assert isinstance(task.exception(), errors.AccessDeniedError)
+        assert reported(cas, s) == [(0, s.tag0)]
+        return
+    assert task.cancelled()
+    if when != "in-block":
+        assert seen == [1]  # the cancellation reached the task while it waited for the seal
+    assert reported(cas, s) == [(0, s.tag0), (1, tag1)]
+    monkeypatch.undo()
+    with cas.mount_volumes(attest(cas, s)) as volumes:
+        assert (volumes.paths["data"] / "late.txt").read_text() == "written before the cancellation\n"
+
+
+def test_an_async_session_cancelled_while_mounting_is_discarded(
+    cas: Cas, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """Cancelled while the volume thread mounts: the mount finishes, is unmounted unsealed (the
+    block never runs), nothing is reported, and ``CancelledError`` comes out of ``async with``;
+    the release's tag is still the volume's, so a new session of a new release mounts it."""
+    from confide.runtime import volumes as runtime_volumes
+
+    s = volume_setup(cas, tmp_path, f"sdkvol-cancel-mount-{mode}")
+    acas = AsyncCas(cas)
+    release = attest(cas, s)
+    loop = asyncio.new_event_loop()
+    task: asyncio.Task[None] | None = None
+    mount_released = runtime_volumes.mount_released
+    staged: list[Path] = []
+
+    async def cancel() -> None:
+        assert task is not None
+        task.cancel()
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    def mounted_then_cancelled(
+        volumes: list[runtime_volumes.VolumeRelease],
+    ) -> runtime_volumes.MountedVolumes:
+        mounted = mount_released(volumes)
+        staged.extend(mounted.paths().values())
+        (staged[0] / "never.txt").write_text("not the block's: discarded\n")
+        asyncio.run_coroutine_threadsafe(cancel(), loop).result(30)
+        return mounted
+
+    monkeypatch.setattr(runtime_volumes, "mount_released", mounted_then_cancelled)
+
+    async def service() -> None:
+        async with acas.mount_volumes(release):
+            pytest.fail("the block ran")
+
+    async def main() -> None:
+        nonlocal task
+        task = asyncio.ensure_future(service())
+        await asyncio.wait({task})
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert task is not None and task.cancelled()
+    assert load_sealed(s.vol, s.key)[1] == s.tag0 and reported(cas, s) == [(0, s.tag0)]
+    monkeypatch.undo()
+    with cas.mount_volumes(attest(cas, s)) as volumes:
+        assert sorted(p.name for p in volumes.paths["data"].iterdir()) == ["notes.txt"]
+
+
+_ABANDONED_CHILD = """
+import asyncio, json, sys
+from confide.sdk import AsyncCas, Cas
+
+policy, argv = sys.argv[1], json.loads(sys.argv[2])
+cas = Cas.from_env()
+release = cas.attest(policy + "/app", cas.simulated_provider(argv), dumpable=True)
+loop = asyncio.new_event_loop()
+entered = asyncio.Event()
+
+async def service():
+    async with AsyncCas(cas).mount_volumes(release) as volumes:
+        (volumes.paths["data"] / "abandoned.txt").write_text("the block never ends\\n")
+        entered.set()
+        await asyncio.sleep(3600)
+
+task = loop.create_task(service())
+loop.run_until_complete(entered.wait())
+print("entered", flush=True)
+"""
+
+
+def test_an_async_block_abandoned_by_its_loops_thread_is_discarded_at_exit(
+    cas_proc: CasProcess, cas: Cas, tmp_path: Path
+) -> None:
+    """The main thread (the loop's) ends while a task is inside the block and the loop never
+    runs again: the block can no longer end. The session's thread (not a daemon: the interpreter
+    waits for it) sees its owner gone and discards the session instead of keeping the process
+    from exiting forever; nothing is sealed or reported."""
+    s = volume_setup(cas, tmp_path, "sdkvol-abandoned")
+    env = {**os.environ, **cas_proc.env, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    child = subprocess.run(
+        [sys.executable, "-c", _ABANDONED_CHILD, s.policy, json.dumps(s.argv)],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split() == ["entered"]
+    assert load_sealed(s.vol, s.key)[1] == s.tag0 and reported(cas, s) == [(0, s.tag0)]
+    with cas.mount_volumes(attest(cas, s)) as volumes:
+        assert sorted(p.name for p in volumes.paths["data"].iterdir()) == ["notes.txt"]
+
+
+def test_sigint_during_an_async_seal_under_asyncio_run_comes_after_the_report(
+    cas: Cas, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``asyncio.run``'s SIGINT handler (a Python one) is held like Python's default: the new tag
+    reaches the CAS, then the handler cancels the main task and ``asyncio.run`` raises
+    ``KeyboardInterrupt``; its handler is gone afterwards as usual."""
+    s = volume_setup(cas, tmp_path, "sdkvol-async-sigint")
+    release = attest(cas, s)
+    seam = _Seam(cas, monkeypatch, "seal", lambda: os.kill(os.getpid(), signal.SIGINT))
+    after: list[list[str]] = []
+
+    async def session() -> None:
+        try:
+            async with AsyncCas(cas).mount_volumes(release) as volumes:
+                (volumes.paths["data"] / "late.txt").write_text("written before the interrupt\n")
+        finally:
+            after.append(list(seam.done))
+        await asyncio.sleep(5)
+        pytest.fail("not interrupted")
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(session())
+    assert after == [["reported"]]
+    _, tag1 = load_sealed(s.vol, s.key)
+    assert reported(cas, s) == [(0, s.tag0), (1, tag1)] and tag1 != s.tag0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -85,7 +85,7 @@ MountMode = Literal["auto", "fuse", "tmpfs"]
 
 START_TIMEOUT = 30.0  # seconds for the FUSE child to report the mount live
 STOP_TIMEOUT = 600.0  # seconds for the child to commit open files, seal and exit
-_CLONE_NEWNS = 0x00020000  # <linux/sched.h>
+_CLONE_NEWNS, _CLONE_FS = 0x00020000, 0x00000200  # <linux/sched.h>
 _MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE = 2, 4, 0x4000, 1 << 18  # <linux/mount.h>
 _MS_RDONLY, _MS_REMOUNT = 1, 32
 _MNT_DETACH = 2
@@ -402,6 +402,15 @@ def _private_namespace() -> None:
         raise StorageError(_errno_msg("unshare(CLONE_NEWNS) for a private mount namespace failed"))
     if libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
         raise StorageError(_errno_msg("mount --make-rprivate / failed"))
+
+
+def join_namespace(fd: int) -> None:
+    """Move the calling thread into the mount namespace ``fd`` names (an open
+    ``/proc/thread-self/ns/mnt`` of a thread that ran :func:`_private_namespace`), leaving the
+    file-system attributes it shared with the other threads first, as setns(2) requires."""
+    libc = _libc()
+    if libc.unshare(_CLONE_FS) != 0 or libc.setns(fd, _CLONE_NEWNS) != 0:
+        raise StorageError(_errno_msg("joining the volumes' private mount namespace failed"))
 
 
 def _kernel_at_least(major: int, minor: int) -> bool:

@@ -1,0 +1,108 @@
+"""The signal hold at the end of ``Cas.mount_volumes`` / ``AsyncCas.mount_volumes``
+(``confide.sdk._SignalHold``), without volumes: holds nest and may end in any order (async
+sessions), the application's handlers are put back as found, each held signal is delivered
+once at the last leave, and what is not the hold's to hold (off the main thread, ignored
+signals, an asyncio loop's handlers) is left alone. End to end: tests/integration/test_sdk_volumes.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import types
+from collections.abc import Iterator
+
+import pytest
+
+from confide.sdk import _SignalHold
+
+
+@pytest.fixture
+def handlers() -> Iterator[list[int]]:
+    """SIGTERM and SIGHUP handled by a Python handler that records them (restored after)."""
+    calls: list[int] = []
+
+    def record(signum: int, _frame: types.FrameType | None) -> None:
+        calls.append(signum)
+
+    before = signal.signal(signal.SIGTERM, record), signal.signal(signal.SIGHUP, record)
+    try:
+        yield calls
+    finally:
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGHUP, before[1])
+
+
+def test_nested_holds_deliver_once_at_the_last_leave_and_restore_the_handlers(handlers: list[int]) -> None:
+    hold = _SignalHold()
+    record = signal.getsignal(signal.SIGTERM)
+    assert hold.enter() and hold.enter()
+    assert signal.getsignal(signal.SIGTERM) is not record
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGTERM)  # the same signal twice: once, as the kernel merges it
+    hold.leave()  # the first session's end: still held for the second
+    os.kill(os.getpid(), signal.SIGHUP)
+    assert handlers == []
+    hold.leave()
+    assert handlers == [signal.SIGTERM, signal.SIGHUP]  # in the order they came
+    assert signal.getsignal(signal.SIGTERM) is record and signal.getsignal(signal.SIGHUP) is record
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert hold.enter()  # a fresh hold: nothing left over
+    hold.leave()
+    assert handlers == [signal.SIGTERM, signal.SIGHUP]
+
+
+def test_a_handlers_exception_comes_after_every_held_signal(handlers: list[int]) -> None:
+    hold = _SignalHold()
+    hold.enter()
+    signal.raise_signal(signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        hold.leave()
+    assert handlers == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_off_the_main_thread_nothing_is_held(handlers: list[int]) -> None:
+    hold = _SignalHold()
+    entered: list[bool] = []
+    thread = threading.Thread(target=lambda: entered.append(hold.enter()))
+    thread.start()
+    thread.join(10)
+    assert entered == [False]
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    assert hold.enter()  # the main thread's hold is unaffected
+    hold.leave()
+
+
+def test_ignored_signals_and_an_asyncio_loops_handlers_are_left_alone(handlers: list[int]) -> None:
+    """A loop's handler (``loop.add_signal_handler``) runs on the loop from the wakeup fd: held
+    and raised again, it would run twice. An ignored signal has nothing to deliver."""
+    hold = _SignalHold()
+    loop = asyncio.new_event_loop()
+    hups: list[str] = []
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        loop.add_signal_handler(signal.SIGHUP, hups.append, "hup")
+        loop_handler = signal.getsignal(signal.SIGHUP)
+
+        async def held_while_the_loop_runs() -> None:
+            hold.enter()
+            assert signal.getsignal(signal.SIGHUP) is loop_handler
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)
+            signal.raise_signal(signal.SIGINT)
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+            hold.leave()
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+
+        loop.run_until_complete(held_while_the_loop_runs())
+        assert hups == ["hup"]
+        loop.remove_signal_handler(signal.SIGHUP)
+    finally:
+        loop.close()
+        signal.signal(signal.SIGINT, before)
+    assert handlers == []
