@@ -86,6 +86,7 @@ __all__ = [
     "PckCertificateSource",
     "PcsDirectorySource",
     "PcsHttpSource",
+    "TcbEvaluationNumbersSource",
     "crl_from_bytes",
     "source_for",
     "verify_pck_certificate",
@@ -118,6 +119,16 @@ class PckCertificateSource(Protocol):
     1-4 names (:class:`~confide.evidence.dcap.PckCertId`), unverified."""
 
     def get_pck_certificate(self, cert_id: PckCertId) -> PckCertificate: ...
+
+
+@runtime_checkable
+class TcbEvaluationNumbersSource(Protocol):
+    """One method: Intel's TCB evaluation data numbers for a TEE type, unverified: the whole
+    response ``{"tcbEvaluationDataNumbers":...,"signature":...}`` and its issuer chain (DER,
+    signer first). The verifier checks it
+    (:meth:`~confide.verify.dcap.DcapVerifier.verify_tcb_evaluation_numbers`)."""
+
+    def get_tcb_evaluation_numbers(self, tee: TeeType) -> tuple[bytes, tuple[bytes, ...]]: ...
 
 
 def verify_pck_certificate(pck: PckCertificate, root_der: bytes = INTEL_SGX_ROOT_CA_DER) -> PckExtension:
@@ -166,6 +177,12 @@ class BundleFileSource:
     """A dcap-qvl ``QuoteCollateralV3`` JSON file (same collateral for every quote)."""
 
     path: Path
+
+    def get_tcb_evaluation_numbers(self, tee: TeeType) -> tuple[bytes, tuple[bytes, ...]]:
+        raise CollateralMissingError(
+            f"{self.path} is a collateral bundle (dcap-qvl layout), which has no TCB evaluation data "
+            "numbers: give them with --tcb-eval-numbers FILE, or use a PCS directory or URL"
+        )
 
     def get_collateral(self, *, fmspc: bytes, ca: str, tee: TeeType) -> DcapCollateral:
         # At most MAX_JSON_SIZE + 1 bytes (what the bundle's parse accepts), a regular file only:
@@ -324,6 +341,37 @@ class PcsDirectorySource:
             qe_identity_signature=qe[1],
         )
 
+    def get_tcb_evaluation_numbers(self, tee: TeeType) -> tuple[bytes, tuple[bytes, ...]]:
+        """The TCB evaluation data numbers response of the directory for ``tee`` (a JSON file
+        ``{"tcbEvaluationDataNumbers":...,"signature":...}`` whose ``id`` is SGX or TDX; the
+        latest ``issueDate`` among several) and the TCB signing chain of the directory (as for
+        TCB Info: Intel PCS serves the same chain), else the embedded one. Nothing verified."""
+        want = "TDX" if tee == TeeType.TDX else "SGX"
+        found: tuple[str, bytes] | None = None
+        signing_chain: tuple[bytes, ...] | None = None
+        for f in self._files():
+            data = _head(f)
+            if data is None or len(data) > MAX_RESPONSE_SIZE:
+                continue
+            try:
+                kind, value = _classify(data, f.name)
+            except ParseError:
+                continue
+            if kind == _TCB_EVAL_KEY:
+                text, _sig = value
+                obj = jsonstrict.loads(text, structure=f.name)
+                issued = _member(obj, "issueDate")
+                if _member(obj, "id") == want and (found is None or issued > found[0]):
+                    found = (issued, data)
+            elif kind == "chain" and value and _cn(value[0]) == "Intel SGX TCB Signing":
+                signing_chain = value
+        if found is None:
+            raise CollateralMissingError(
+                f"{self.path} has no TCB evaluation data numbers for {want} (a file holding Intel PCS's "
+                f"answer to GET /{want.lower()}/certification/v4/tcbevaluationdatanumbers)"
+            )
+        return found[1], signing_chain or (INTEL_SGX_TCB_SIGNING_2025_DER, INTEL_SGX_ROOT_CA_DER)
+
     def get_pck_certificate(self, cert_id: PckCertId) -> PckCertificate:
         """The PCK certificate of the quote's platform from a PEM file of the directory whose
         first certificate is an "Intel SGX PCK Certificate": leaf, PCK CA and root in one file,
@@ -394,13 +442,18 @@ def _issuer_cn(der: bytes) -> str:
     return str(attrs[0].value) if attrs else ""
 
 
+_TCB_EVAL_KEY = "tcbEvaluationDataNumbers"
+
+
 def _classify(data: bytes, name: str) -> tuple[str, Any]:
     """What a file of a PCS directory holds: a signed TCB Info / identity, a chain, a CRL."""
-    head = data.lstrip()[:24]
+    head = data.lstrip()[:32]
     if head.startswith(b'{"tcbInfo"'):
         return "tcbInfo", split_pcs_response(data, "tcbInfo")
     if head.startswith(b'{"enclaveIdentity"'):
         return "enclaveIdentity", split_pcs_response(data, "enclaveIdentity")
+    if head.startswith(b'{"' + _TCB_EVAL_KEY.encode()):
+        return _TCB_EVAL_KEY, split_pcs_response(data, _TCB_EVAL_KEY)
     if head.startswith(b"{"):
         return "other", None
     if b"-----BEGIN CERTIFICATE-----" in data:
@@ -422,8 +475,8 @@ def _next_update(kind: str, body: bytes, now: datetime) -> datetime | None:
             ders = parse_pem_chain(normalise_pem(body, structure="pckcert"), structure="pckcert")
             not_after = load_der_certificate(ders[0], "pckcert").not_valid_after_utc
             return min(not_after, now + PCK_CERT_CACHE_TIME)
-        if kind in ("tcb", "qe"):
-            key = "tcbInfo" if kind == "tcb" else "enclaveIdentity"
+        if kind in ("tcb", "qe", "tcbeval"):
+            key = {"tcb": "tcbInfo", "qe": "enclaveIdentity", "tcbeval": _TCB_EVAL_KEY}[kind]
             text, _ = split_pcs_response(body, key)
             value = jsonstrict.loads(text)["nextUpdate"]
             when = datetime.fromisoformat(value) if isinstance(value, str) else None
@@ -639,6 +692,24 @@ class PcsHttpSource:
             qe_identity=qe_text,
             qe_identity_signature=qe_sig,
         )
+
+    def tcb_evaluation_numbers_url(self, tee: TeeType) -> str:
+        tee_path = "tdx" if tee == TeeType.TDX else "sgx"
+        return f"{self.base_url}/{tee_path}/certification/v4/tcbevaluationdatanumbers"
+
+    def get_tcb_evaluation_numbers(self, tee: TeeType) -> tuple[bytes, tuple[bytes, ...]]:
+        """Intel PCS API v4 ``GET /{sgx,tdx}/certification/v4/tcbevaluationdatanumbers`` (a PCCS
+        serves the same path), its issuer chain in the ``TCB-Evaluation-Data-Numbers-Issuer-Chain``
+        header; kept on disk until its ``nextUpdate`` when its signature leads to the pinned root,
+        as TCB Info."""
+        url = self.tcb_evaluation_numbers_url(tee)
+        body, chain = self._fetch(
+            url,
+            "tcbeval",
+            "TCB-Evaluation-Data-Numbers-Issuer-Chain",
+            signed=self._signed_json(_TCB_EVAL_KEY),
+        )
+        return body, _pem_ders(chain, "TCB-Evaluation-Data-Numbers-Issuer-Chain")
 
     # Intel PCS API v4 answers are kept on disk until their own nextUpdate only when their
     # signatures lead to the pinned root (DcapVerifier.check_signed_json, check_crl_signature;

@@ -93,6 +93,7 @@ from confide.evidence.dcap_collateral import (
     EnclaveIdentity,
     IdentityTcbLevel,
     PckCertificate,
+    TcbEvaluationNumbersText,
     TcbInfo,
     TcbLevel,
 )
@@ -100,7 +101,15 @@ from confide.evidence.pck import SGX_EXTENSION_OID, PckExtension, parse_pck_exte
 from confide.evidence.pem import parse_pem_chain
 from confide.lru import Lru
 from confide.verify._pinned_chain import check_signing_end_entity
-from confide.verify.result import ClaimValue, Platform, TcbEvaluation, TcbStatus, VerifiedEvidence
+from confide.verify.result import (
+    ClaimValue,
+    Platform,
+    TcbEvalNumber,
+    TcbEvaluation,
+    TcbEvaluationNumbers,
+    TcbStatus,
+    VerifiedEvidence,
+)
 from confide.verify.roots import INTEL_SGX_ROOT_CA_DER
 from confide.verify.x509util import (
     check_crl,
@@ -644,6 +653,49 @@ class DcapVerifier:
             pck_crl=pck_crl,
             issuer_chains=(("TCB Info issuer chain", tcb_chain), ("QE Identity issuer chain", qe_chain)),
             tcb_signing_revoked=revoked,
+        )
+
+    # -- TCB evaluation data numbers ---------------------------------------------------------
+    def verify_tcb_evaluation_numbers(
+        self,
+        body: bytes,
+        issuer_chain_der: tuple[bytes, ...],
+        root_ca_crl_der: bytes,
+        *,
+        tee_id: str,
+        at: datetime,
+    ) -> TcbEvaluationNumbers:
+        """Intel's TCB evaluation data numbers list (Intel PCS API v4 ``GET
+        /{sgx,tdx}/certification/v4/tcbevaluationdatanumbers``), verified as a TCB Info is
+        (step 5): ``body`` is the whole response; its signature is over the exact text of the
+        ``tcbEvaluationDataNumbers`` member, by the Intel SGX TCB Signing certificate of
+        ``issuer_chain_der`` (``TCB-Evaluation-Data-Numbers-Issuer-Chain``: that certificate and
+        the pinned root, the chain of TCB Info); the Root CA CRL is signed by the root, current
+        at ``at`` and does not revoke the signer; the chain and the list (``issueDate`` ..
+        ``nextUpdate``) are valid at ``at``; the list's ``id`` is ``tee_id`` (``SGX`` or
+        ``TDX``). Errors: ParseError, CollateralError (chain, id), SignatureError,
+        CollateralExpiredError, RevocationError."""
+        if at.tzinfo is None:
+            raise ValueError("at must be timezone-aware")
+        parsed = TcbEvaluationNumbersText.from_response(body)
+        what = "TCB evaluation data numbers"
+        chain = self._signed_json(issuer_chain_der, parsed.text, parsed.signature, what)
+        root_crl = load_der_crl(root_ca_crl_der, "root_ca_crl")
+        check_crl(root_crl, self._root, "Root CA CRL")
+        _in_window("Root CA CRL", root_crl.last_update_utc, _crl_next_update(root_crl, "Root CA CRL"), at)
+        if _revoked(root_crl, chain[0]):
+            raise RevocationError(f"the TCB signing certificate of the {what} is revoked by the Root CA CRL")
+        check_validity(chain, at, f"{what} issuer chain", collateral=True)
+        _in_window(what, parsed.issue_date, parsed.next_update, at)
+        if parsed.id != tee_id:
+            raise CollateralError(f"the {what} are for {parsed.id}, expected {tee_id}")
+        return TcbEvaluationNumbers(
+            id=parsed.id,
+            version=parsed.version,
+            issue_date=parsed.issue_date,
+            next_update=parsed.next_update,
+            numbers=tuple(TcbEvalNumber(n, event, date) for n, event, date in parsed.numbers),
+            verified_at=at,
         )
 
     # -- the whole verification -------------------------------------------------------------
