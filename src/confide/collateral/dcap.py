@@ -86,7 +86,6 @@ __all__ = [
     "PckCertificateSource",
     "PcsDirectorySource",
     "PcsHttpSource",
-    "TcbEvaluationNumbersSource",
     "crl_from_bytes",
     "source_for",
     "verify_pck_certificate",
@@ -119,16 +118,6 @@ class PckCertificateSource(Protocol):
     1-4 names (:class:`~confide.evidence.dcap.PckCertId`), unverified."""
 
     def get_pck_certificate(self, cert_id: PckCertId) -> PckCertificate: ...
-
-
-@runtime_checkable
-class TcbEvaluationNumbersSource(Protocol):
-    """One method: Intel's TCB evaluation data numbers for a TEE type, unverified: the whole
-    response ``{"tcbEvaluationDataNumbers":...,"signature":...}`` and its issuer chain (DER,
-    signer first). The verifier checks it
-    (:meth:`~confide.verify.dcap.DcapVerifier.verify_tcb_evaluation_numbers`)."""
-
-    def get_tcb_evaluation_numbers(self, tee: TeeType) -> tuple[bytes, tuple[bytes, ...]]: ...
 
 
 def verify_pck_certificate(pck: PckCertificate, root_der: bytes = INTEL_SGX_ROOT_CA_DER) -> PckExtension:
@@ -177,12 +166,6 @@ class BundleFileSource:
     """A dcap-qvl ``QuoteCollateralV3`` JSON file (same collateral for every quote)."""
 
     path: Path
-
-    def get_tcb_evaluation_numbers(self, tee: TeeType) -> tuple[bytes, tuple[bytes, ...]]:
-        raise CollateralMissingError(
-            f"{self.path} is a collateral bundle (dcap-qvl layout), which has no TCB evaluation data "
-            "numbers: give them with --tcb-eval-numbers FILE, or use a PCS directory or URL"
-        )
 
     def get_collateral(self, *, fmspc: bytes, ca: str, tee: TeeType) -> DcapCollateral:
         # At most MAX_JSON_SIZE + 1 bytes (what the bundle's parse accepts), a regular file only:
@@ -247,10 +230,13 @@ class PcsDirectorySource:
       and ``{"enclaveIdentity":...,"signature":...}`` (chosen by id QE / TD_QE);
     - CRLs (DER, PEM or hex), told apart by issuer: Root CA CRL, PCK Platform/Processor CA CRL;
     - PEM files with the issuer chains (``TCB-Info-Issuer-Chain`` etc. headers). Without one,
-      the embedded Intel SGX TCB Signing certificate (2025 issuance) and root are used.
+      the embedded Intel SGX TCB Signing certificate (2025 issuance) and root are used;
+    - JSON files ``{"tcbEvaluationDataNumbers":...,"signature":...}`` (chosen by id SGX / TDX),
+      included in the collateral when ``tcb_evaluation_numbers`` (``--min-tcb-eval-number auto``).
     """
 
     path: Path
+    tcb_evaluation_numbers: bool = False
 
     def _files(self) -> list[Path]:
         try:
@@ -329,6 +315,9 @@ class PcsDirectorySource:
                 f"{self.path} lacks {', '.join(missing)} for FMSPC {fmspc.hex()} ({want_tcb}, {ca} CA){note}"
             )
         signing = signing_chain or (INTEL_SGX_TCB_SIGNING_2025_DER, INTEL_SGX_ROOT_CA_DER)
+        numbers, numbers_chain = (
+            self.get_tcb_evaluation_numbers(tee) if self.tcb_evaluation_numbers else (None, ())
+        )
         return DcapCollateral(
             pck_crl_issuer_chain=pck_issuer_chain or (),
             root_ca_crl=root_crl,
@@ -339,6 +328,8 @@ class PcsDirectorySource:
             qe_identity_issuer_chain=signing,
             qe_identity=qe[0],
             qe_identity_signature=qe[1],
+            tcb_evaluation_numbers=numbers,
+            tcb_evaluation_numbers_issuer_chain=numbers_chain,
         )
 
     def get_tcb_evaluation_numbers(self, tee: TeeType) -> tuple[bytes, tuple[bytes, ...]]:
@@ -535,8 +526,10 @@ class PcsHttpSource:
         root_ca_der: bytes = INTEL_SGX_ROOT_CA_DER,
         min_tcb_evaluation_data_number: int | None = None,
         floor: EvaluationFloor | None = None,
+        tcb_evaluation_numbers: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.tcb_evaluation_numbers = tcb_evaluation_numbers
         self.min_tcb_evaluation_data_number = min_tcb_evaluation_data_number
         self.floor = floor
         self.cache_dir = cache_dir
@@ -677,6 +670,9 @@ class PcsHttpSource:
         )
         tcb_text, tcb_sig = split_pcs_response(tcb_body, "tcbInfo")
         qe_text, qe_sig = split_pcs_response(qe_body, "enclaveIdentity")
+        numbers, numbers_chain = (
+            self.get_tcb_evaluation_numbers(tee) if self.tcb_evaluation_numbers else (None, ())
+        )
 
         def chain(pem: bytes, what: str) -> tuple[bytes, ...]:
             return tuple(parse_pem_chain(normalise_pem(pem, structure=what), structure=what))
@@ -691,6 +687,8 @@ class PcsHttpSource:
             qe_identity_issuer_chain=chain(qe_chain, "SGX-Enclave-Identity-Issuer-Chain"),
             qe_identity=qe_text,
             qe_identity_signature=qe_sig,
+            tcb_evaluation_numbers=numbers,
+            tcb_evaluation_numbers_issuer_chain=numbers_chain,
         )
 
     def tcb_evaluation_numbers_url(self, tee: TeeType) -> str:
@@ -804,11 +802,13 @@ def source_for(
     cache_dir: Path | None = None,
     min_tcb_evaluation_data_number: int | None = None,
     floor: EvaluationFloor | None = None,
+    tcb_evaluation_numbers: bool = False,
 ) -> DcapCollateralSource:
     """The source named by ``--collateral``: an http(s) URL (Intel PCS or a PCCS; the PCS
     subscription key for PCK certificate look-ups from ``$CONFIDE_PCS_API_KEY``;
     ``min_tcb_evaluation_data_number``: see the module docstring), a directory, or a bundle
-    file."""
+    file. ``tcb_evaluation_numbers``: a URL or directory source also brings Intel's TCB
+    evaluation data numbers with the collateral (a bundle has none)."""
     if is_url(location):
         return PcsHttpSource(
             location,
@@ -816,8 +816,9 @@ def source_for(
             api_key=os.environ.get(PCS_API_KEY_ENV) or None,
             min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
             floor=floor,
+            tcb_evaluation_numbers=tcb_evaluation_numbers,
         )
     path = Path(location)
     if path.is_dir():
-        return PcsDirectorySource(path)
+        return PcsDirectorySource(path, tcb_evaluation_numbers=tcb_evaluation_numbers)
     return BundleFileSource(path)

@@ -424,6 +424,13 @@ class DcapCollateral:
     qe_identity_issuer_chain: tuple[bytes, ...]
     qe_identity: bytes
     qe_identity_signature: bytes
+    tcb_evaluation_numbers: bytes | None = None
+    """Optional (``--min-tcb-eval-number auto``): Intel PCS's whole answer to ``GET
+    /{sgx,tdx}/certification/v4/tcbevaluationdatanumbers``; verified with the collateral when
+    present (:meth:`~confide.verify.dcap.DcapVerifier.verify_tcb_evaluation_numbers`). Not part
+    of the dcap-qvl layout."""
+    tcb_evaluation_numbers_issuer_chain: tuple[bytes, ...] = ()
+    """Its issuer chain (``TCB-Evaluation-Data-Numbers-Issuer-Chain``: the TCB Info's)."""
 
     @classmethod
     def from_dcap_qvl_json(cls, text: bytes) -> DcapCollateral:

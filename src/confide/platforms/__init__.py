@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import cast
 
 from confide import jsonstrict
-from confide.errors import CollateralOutdatedError, ParseError, StorageError, UsageError
+from confide.errors import (
+    CollateralMissingError,
+    CollateralOutdatedError,
+    ParseError,
+    StorageError,
+    UsageError,
+)
 from confide.fsutil import read_bounded
 from confide.verify.result import Platform, VerifiedEvidence
 
@@ -25,10 +31,13 @@ __all__ = [
     "MAX_CERTIFICATE_FILE",
     "MAX_EVIDENCE_FILE",
     "PLATFORM_MODULES",
+    "AutoTcbEvaluation",
+    "TcbEvaluationMinimum",
     "VerifyRequest",
     "detect_platform",
     "read_input_file",
     "require_automatic_tcb_evaluation",
+    "require_minimum",
     "require_tcb_evaluation",
     "verify_request",
 ]
@@ -127,6 +136,32 @@ def require_tcb_evaluation(result: VerifiedEvidence, minimum: int, where: str) -
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class AutoTcbEvaluation:
+    """``--min-tcb-eval-number auto``: the minimum TCB evaluation data number is the one Intel's
+    verified TCB evaluation data numbers set at the verification time, ``grace`` after each TCB
+    recovery event (:meth:`~confide.verify.result.TcbEvaluationNumbers.required`)."""
+
+    grace: timedelta = timedelta(0)
+
+    def __post_init__(self) -> None:
+        if self.grace < timedelta(0):
+            raise ValueError("grace must not be negative")
+
+
+TcbEvaluationMinimum = int | AutoTcbEvaluation
+"""A fixed minimum TCB evaluation data number, or the automatic one."""
+
+
+def require_minimum(result: VerifiedEvidence, minimum: TcbEvaluationMinimum, where: str) -> VerifiedEvidence:
+    """:func:`require_tcb_evaluation` for a fixed ``minimum``,
+    :func:`require_automatic_tcb_evaluation` for :class:`AutoTcbEvaluation` (``where`` then
+    gets `` auto``)."""
+    if isinstance(minimum, AutoTcbEvaluation):
+        return require_automatic_tcb_evaluation(result, minimum.grace, f"{where} auto")
+    return require_tcb_evaluation(result, minimum, where)
+
+
 def require_automatic_tcb_evaluation(
     result: VerifiedEvidence, grace: timedelta, where: str
 ) -> VerifiedEvidence:
@@ -136,7 +171,9 @@ def require_automatic_tcb_evaluation(
     and the requirement (number and reason) in its details. The refusal names the reason."""
     numbers = result.tcb_evaluation_numbers
     if numbers is None:
-        raise UsageError(f"{where}: the evidence was verified without Intel's TCB evaluation data numbers")
+        raise CollateralMissingError(
+            f"{where}: the evidence was verified without Intel's TCB evaluation data numbers"
+        )
     required = numbers.required(result.verified_at, grace)
     require_tcb_evaluation(result, required.number, f"{where}: {required.reason()}")
     details = dict(result.details)

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from confide.collateral.dcap import PckCertificateSource, TcbEvaluationNumbersSource, source_for
+from confide.collateral.dcap import PckCertificateSource, source_for
 from confide.errors import CollateralMissingError, ParseError, UsageError
 from confide.evidence.dcap import Quote, TdReport
 from confide.evidence.dcap_collateral import MAX_TCB_EVAL_NUMBERS_SIZE, DcapCollateral, PckCertificate
 from confide.platforms.tdx_eventlog import load_event_log
 from confide.verify.dcap import DcapVerifier, missing_pck_error
 from confide.verify.eventlog import verify_event_log
-from confide.verify.result import Platform, TcbEvaluationNumbers, VerifiedEvidence
+from confide.verify.result import Platform, VerifiedEvidence
 from confide.verify.x509util import CERTIFICATE_ERRORS, check_certificate_fields
 
 from . import VerifyRequest, read_input_file
@@ -25,7 +24,6 @@ from . import VerifyRequest, read_input_file
 __all__ = [
     "COLLATERAL_ENV",
     "fetch_collateral",
-    "fetch_tcb_evaluation_numbers",
     "root_der",
     "verify_request",
 ]
@@ -55,6 +53,7 @@ def fetch_collateral(
     quote: Quote,
     location: str | None,
     min_tcb_evaluation_data_number: int | None = None,
+    tcb_evaluation_numbers: bool = False,
 ) -> tuple[DcapCollateral | None, PckCertificate | None]:
     """The collateral of ``quote`` from ``location`` (``--collateral``; ``None``: none), and for
     a quote whose certification data only names its PCK certificate (types 1-4) that
@@ -76,43 +75,12 @@ def fetch_collateral(
         pck = source.get_pck_certificate(cert_id)
     chain = verifier.pck_chain(quote, pck)
     collateral = source.get_collateral(fmspc=chain.extension.fmspc, ca=chain.ca, tee=quote.tee)
-    return collateral, pck
-
-
-def fetch_tcb_evaluation_numbers(
-    verifier: DcapVerifier,
-    quote: Quote,
-    collateral: DcapCollateral | None,
-    location: str | None,
-    path: Path | None,
-    at: datetime,
-) -> TcbEvaluationNumbers:
-    """Intel's TCB evaluation data numbers for the quote's TEE type, verified at ``at``
-    (:meth:`DcapVerifier.verify_tcb_evaluation_numbers`): from ``path`` (``--tcb-eval-numbers``:
-    Intel PCS's answer, whose issuer chain is the one TCB Info came with, as Intel PCS serves
-    the same chain for both), else from the collateral source ``location`` (a PCS directory or
-    URL). The Root CA CRL is the collateral's."""
-    if collateral is None:
+    if tcb_evaluation_numbers and collateral.tcb_evaluation_numbers is None:
         raise CollateralMissingError(
-            "TCB evaluation data numbers need the quote's collateral (its Root CA CRL and TCB signing "
-            "chain): pass --collateral"
+            f"{location} is a collateral bundle (dcap-qvl layout), which has no TCB evaluation data "
+            "numbers: give them with --tcb-eval-numbers FILE, or use a PCS directory or URL"
         )
-    if path is not None:
-        body = read_input_file(
-            path,
-            "--tcb-eval-numbers",
-            MAX_TCB_EVAL_NUMBERS_SIZE,
-            "Intel PCS's TCB evaluation data numbers (JSON)",
-        )
-        chain = collateral.tcb_info_issuer_chain
-    else:
-        source = source_for(location) if location else None
-        if not isinstance(source, TcbEvaluationNumbersSource):
-            raise CollateralMissingError("no TCB evaluation data numbers: pass --tcb-eval-numbers FILE")
-        body, chain = source.get_tcb_evaluation_numbers(quote.tee)
-    return verifier.verify_tcb_evaluation_numbers(
-        body, chain, collateral.root_ca_crl, tee_id="TDX" if quote.is_tdx else "SGX", at=at
-    )
+    return collateral, pck
 
 
 def verify_request(req: VerifyRequest) -> VerifiedEvidence:
@@ -126,13 +94,25 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     location = req.collateral_url or (
         str(req.collateral) if req.collateral else os.environ.get(COLLATERAL_ENV)
     )
-    collateral, pck = fetch_collateral(verifier, quote, location, req.min_tcb_evaluation_data_number)
-    result = verifier.verify_parsed(quote, req.evidence, collateral, at=req.at, pck=pck)
-    if req.tcb_evaluation_numbers:
-        numbers = fetch_tcb_evaluation_numbers(
-            verifier, quote, collateral, location, req.tcb_evaluation_numbers_file, req.at
+    from_file = req.tcb_evaluation_numbers_file
+    collateral, pck = fetch_collateral(
+        verifier,
+        quote,
+        location,
+        req.min_tcb_evaluation_data_number,
+        tcb_evaluation_numbers=req.tcb_evaluation_numbers and from_file is None,
+    )
+    if from_file is not None and collateral is not None:
+        # Intel PCS's answer as a file: its issuer chain is the TCB Info's (Intel PCS serves the
+        # same TCB signing chain for both).
+        body = read_input_file(
+            from_file,
+            "--tcb-eval-numbers",
+            MAX_TCB_EVAL_NUMBERS_SIZE,
+            "Intel PCS's TCB evaluation data numbers",
         )
-        result = dataclasses.replace(result, tcb_evaluation_numbers=numbers)
+        collateral = dataclasses.replace(collateral, tcb_evaluation_numbers=body)
+    result = verifier.verify_parsed(quote, req.evidence, collateral, at=req.at, pck=pck)
     if req.event_log is not None:
         if not isinstance(quote.report, TdReport):
             raise UsageError("--event-log: event-log replay applies to TDX quotes only")

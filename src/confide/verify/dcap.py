@@ -46,7 +46,10 @@ The steps follow Intel's DCAP Quote Verification Library (QVL, ``QuoteVerifier::
     the launch status; dcap-qvl refuses it too).
 
 The TCB evaluation data numbers of the TCB Info and QE Identity used are returned
-(``VerifiedEvidence.tcb_evaluation``); how recent they must be is a policy's decision.
+(``VerifiedEvidence.tcb_evaluation``); how recent they must be is a policy's decision. When the
+collateral carries Intel's TCB evaluation data numbers list, it is verified too (signed as TCB
+Info is, Root CA CRL, dates, SGX/TDX: :meth:`DcapVerifier.verify_tcb_evaluation_numbers`) and
+returned (``VerifiedEvidence.tcb_evaluation_numbers``), for a policy's automatic minimum.
 
 Nothing here reads the clock or does I/O. Claims are reported, never judged: debug enclaves,
 TDs without SEPT_VE_DISABLE or with MRSERVICETD are verified and flagged for the policy.
@@ -632,6 +635,10 @@ class DcapVerifier:
             )
             self.check_crl_signature(c.root_ca_crl, None, "Root CA CRL")
             self.check_crl_signature(c.pck_crl, c.pck_crl_issuer_chain, "PCK CRL")
+            if c.tcb_evaluation_numbers is not None:
+                numbers = TcbEvaluationNumbersText.from_response(c.tcb_evaluation_numbers)
+                chain = c.tcb_evaluation_numbers_issuer_chain or c.tcb_info_issuer_chain
+                self.check_signed_json(chain, numbers.text, numbers.signature, "TCB evaluation data numbers")
         except ConfideError:
             return False
         return True
@@ -854,6 +861,17 @@ class DcapVerifier:
             current_status = _current_tcb_status(info, ext, report.tee_tcb_svn2, qe_status)
             status = _relaunch(status, current_status)
 
+        # Step 5 (optional): Intel's TCB evaluation data numbers, when they came with the collateral.
+        tcb_numbers = None
+        if collateral.tcb_evaluation_numbers is not None:
+            tcb_numbers = self.verify_tcb_evaluation_numbers(
+                collateral.tcb_evaluation_numbers,
+                collateral.tcb_evaluation_numbers_issuer_chain or collateral.tcb_info_issuer_chain,
+                collateral.root_ca_crl,
+                tee_id=want_id,
+                at=at,
+            )
+
         claims = _claims(quote, ext)
         details: dict[str, ClaimValue] = {
             "quote_version": header.version,
@@ -902,6 +920,7 @@ class DcapVerifier:
             advisory_ids=tuple(dict.fromkeys(advisories)),
             details=details,
             tcb_evaluation=TcbEvaluation(info.tcb_evaluation_data_number, ident.tcb_evaluation_data_number),
+            tcb_evaluation_numbers=tcb_numbers,
         )
 
     @staticmethod
