@@ -377,7 +377,8 @@ def cas_serve(
         raise UsageError("--tcb-recovery-grace is for --min-tcb-eval-number auto")
     if min_tcb_eval == AUTO and not (collateral and (is_url(collateral) or Path(collateral).is_dir())):
         raise UsageError(
-            "--min-tcb-eval-number auto needs --collateral DIR|URL (Intel's TCB evaluation data numbers)"
+            "--min-tcb-eval-number auto needs --collateral DIR|URL (a PCS directory, Intel PCS or a PCCS: "
+            "they bring Intel's TCB evaluation data numbers; a bundle file has none)"
         )
     minimum: TcbEvaluationMinimum | None = (
         AutoTcbEvaluation(timedelta(days=tcb_recovery_grace or 0))

@@ -60,10 +60,16 @@ def fetch_collateral(
     certificate first: the platform's FMSPC and PCK CA, which the collateral is looked up by,
     are read from it once it chains to the pinned root. ``min_tcb_evaluation_data_number``
     (``--min-tcb-eval-number``): a URL source neither serves from its disk cache nor keeps
-    collateral of an older TCB evaluation (:mod:`confide.collateral.dcap`)."""
+    collateral of an older TCB evaluation (:mod:`confide.collateral.dcap`). ``tcb_evaluation_numbers``:
+    the collateral must also bring Intel's TCB evaluation data numbers (a directory or URL
+    source; a bundle has none: :class:`CollateralMissingError`)."""
     if not location:
         return None, None
-    source = source_for(location, min_tcb_evaluation_data_number=min_tcb_evaluation_data_number)
+    source = source_for(
+        location,
+        min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
+        tcb_evaluation_numbers=tcb_evaluation_numbers,
+    )
     pck: PckCertificate | None = None
     cert_id = quote.pck_cert_id()
     if cert_id is not None:

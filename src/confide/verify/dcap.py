@@ -687,6 +687,8 @@ class DcapVerifier:
         parsed = TcbEvaluationNumbersText.from_response(body)
         what = "TCB evaluation data numbers"
         chain = self._signed_json(issuer_chain_der, parsed.text, parsed.signature, what)
+        if parsed.id != tee_id:
+            raise CollateralError(f"the {what} are for {parsed.id}, expected {tee_id}")
         root_crl = load_der_crl(root_ca_crl_der, "root_ca_crl")
         check_crl(root_crl, self._root, "Root CA CRL")
         _in_window("Root CA CRL", root_crl.last_update_utc, _crl_next_update(root_crl, "Root CA CRL"), at)
@@ -694,8 +696,6 @@ class DcapVerifier:
             raise RevocationError(f"the TCB signing certificate of the {what} is revoked by the Root CA CRL")
         check_validity(chain, at, f"{what} issuer chain", collateral=True)
         _in_window(what, parsed.issue_date, parsed.next_update, at)
-        if parsed.id != tee_id:
-            raise CollateralError(f"the {what} are for {parsed.id}, expected {tee_id}")
         return TcbEvaluationNumbers(
             id=parsed.id,
             version=parsed.version,
