@@ -31,7 +31,7 @@ from confide.platforms import (
     verify_request,
 )
 from confide.termsafe import printable, printable_lines
-from confide.verify.result import Platform, VerifiedEvidence
+from confide.verify.result import DEFAULT_TCB_RECOVERY_GRACE_DAYS, Platform, VerifiedEvidence
 
 __all__ = ["main", "parse_time"]
 
@@ -127,7 +127,7 @@ _PATH = click.Path(path_type=Path)
                    " (default: from the --collateral directory or URL).")  # fmt: skip
 @click.option("--tcb-recovery-grace", "tcb_recovery_grace", type=click.IntRange(0, 3650), metavar="DAYS",
               help="With --min-tcb-eval-number auto: days after a TCB recovery event before its number is"
-                   " required (default 0).")  # fmt: skip
+                   " required (default 365: what Intel PCS's standard update serves).")  # fmt: skip
 @click.option("--ocsp", metavar="URL|DIR",
               help="NVIDIA: check the GPU chain's revocation at this OCSP responder (e.g."
                    " https://ocsp.ndis.nvidia.com/) or stored responses DIR/<serial hex>.der.")  # fmt: skip
@@ -198,7 +198,11 @@ def evidence_verify(
             require_tcb_evaluation(result, min_tcb_eval, "--min-tcb-eval-number")
         elif auto:
             result = require_automatic_tcb_evaluation(
-                result, timedelta(days=tcb_recovery_grace or 0), "--min-tcb-eval-number auto"
+                result,
+                timedelta(
+                    days=DEFAULT_TCB_RECOVERY_GRACE_DAYS if tcb_recovery_grace is None else tcb_recovery_grace
+                ),
+                "--min-tcb-eval-number auto",
             )
     except ConfideError as exc:
         _fail(exc, chosen, as_json)

@@ -278,6 +278,7 @@ def test_grace_is_not_negative() -> None:
         listed.required(t("2025-10-20T00:00:00Z"), timedelta(days=-1))
     with pytest.raises(ValueError, match="negative"):
         AutoTcbEvaluation(timedelta(days=-1))
+    assert AutoTcbEvaluation().grace == timedelta(days=365)
 
 
 def _with_list(case: Case, listed: Path) -> VerifiedEvidence:
@@ -402,7 +403,9 @@ def _cli(case: Case, *extra: str | Path, collateral: Path | None = None) -> tupl
 
 
 def test_cli_automatic_minimum_from_a_file() -> None:
-    rc, out = _cli(SGX, "--min-tcb-eval-number", "auto", "--tcb-eval-numbers", SGX_AUG)
+    rc, out = _cli(
+        SGX, "--min-tcb-eval-number", "auto", "--tcb-eval-numbers", SGX_AUG, "--tcb-recovery-grace", "0"
+    )
     assert rc == errors.CollateralOutdatedError.exit_code == 62
     error = out["error"]
     assert isinstance(error, dict)
@@ -410,15 +413,19 @@ def test_cli_automatic_minimum_from_a_file() -> None:
         "expected at least 20 (--min-tcb-eval-number auto: Intel's TCB evaluation data numbers list issued "
         "2025-08-15T05:15:31Z: TCB recovery event of 2025-08-12T00:00:00Z (tcbEvaluationDataNumber 20)"
     ) in str(error["message"])
-    rc, out = _cli(
-        SGX, "--min-tcb-eval-number", "auto", "--tcb-eval-numbers", SGX_AUG, "--tcb-recovery-grace", "365"
-    )
+    # The default grace, 365 days: Intel PCS's standard update, whose collateral (17) passes.
+    rc, out = _cli(SGX, "--min-tcb-eval-number", "auto", "--tcb-eval-numbers", SGX_AUG)
     assert rc == 0, out
     details = out["details"]
     assert isinstance(details, dict)
     assert details["required_tcb_evaluation"]["required"] == 17  # type: ignore[index]
     assert details["required_tcb_evaluation"]["tcb_recovery_event_date"] == "2024-03-12T00:00:00Z"  # type: ignore[index]
     assert details["tcb_evaluation_numbers"]["issue_date"] == "2025-08-15T05:15:31Z"  # type: ignore[index]
+    assert details["required_tcb_evaluation"]["grace_days"] == 365  # type: ignore[index]
+    rc, out = _cli(
+        SGX, "--min-tcb-eval-number", "auto", "--tcb-eval-numbers", SGX_AUG, "--tcb-recovery-grace", "100"
+    )
+    assert rc == 62 and "expected at least 18" in out["error"]["message"]  # type: ignore[index]
     rc, out = _cli(
         TDX, "--min-tcb-eval-number", "auto", "--tcb-eval-numbers", TDX_OCT, "--tcb-recovery-grace", "400"
     )
@@ -453,7 +460,7 @@ def test_cli_automatic_minimum_from_a_directory(tmp_path: Path) -> None:
     rc, out = _cli(SGX, "--min-tcb-eval-number", "auto", "--tcb-recovery-grace", "365", collateral=d)
     assert rc == 0, out
     assert out["details"]["tcb_evaluation_numbers"]["issue_date"] == "2025-08-15T05:15:31Z"  # type: ignore[index]
-    rc, out = _cli(SGX, "--min-tcb-eval-number", "auto", collateral=d)
+    rc, out = _cli(SGX, "--min-tcb-eval-number", "auto", "--tcb-recovery-grace", "0", collateral=d)
     assert rc == 62
 
 
@@ -493,8 +500,9 @@ def _tcb_reasons(evidence: VerifiedEvidence, text: str) -> list[str]:
 
 def test_policy_auto() -> None:
     v = _with_list(SGX, SGX_AUG)
+    assert _tcb_reasons(v, _policy("auto")) == []  # the default grace, 365 days
     assert _tcb_reasons(v, _policy("auto", "365")) == []
-    reasons = _tcb_reasons(v, _policy("auto"))
+    reasons = _tcb_reasons(v, _policy("auto", "0"))
     assert len(reasons) == 2 and all(
         ">= 20 (security.attestation.min_tcb_evaluation_data_number: auto; " in r for r in reasons
     )
@@ -513,6 +521,7 @@ def test_policy_auto_loads_and_is_hashed() -> None:
     assert auto.security.attestation.min_tcb_evaluation_data_number == "auto"
     assert graced.security.attestation.tcb_recovery_grace_days == 30
     assert len({policy_hash(auto), policy_hash(graced), policy_hash(fixed)}) == 3
+    assert auto.security.attestation.tcb_recovery_grace_days is None
     for bad in (
         _policy("17", "30"),
         _policy("auto", "-1"),

@@ -73,7 +73,7 @@ def cas() -> None:
               " (fetched with the collateral) require at each attestation.")  # fmt: skip
 @click.option("--tcb-recovery-grace", "tcb_recovery_grace", type=click.IntRange(0, 3650), metavar="DAYS",
               help="With --min-tcb-eval-number auto: days after a TCB recovery event before its number"
-              " is required (default 0).")  # fmt: skip
+              " is required (default 365: what Intel PCS's standard update serves).")  # fmt: skip
 @click.option("--kds", metavar="URL",
               help="AMD KDS (https://kdsintf.amd.com) or a mirror: fetch the VCEK of SEV-SNP evidence"
               " sent without one, and with --tee sev-snp the CAS's own (cached in"
@@ -380,13 +380,10 @@ def cas_serve(
             "--min-tcb-eval-number auto needs --collateral DIR|URL (a PCS directory, Intel PCS or a PCCS: "
             "they bring Intel's TCB evaluation data numbers; a bundle file has none)"
         )
-    minimum: TcbEvaluationMinimum | None = (
-        AutoTcbEvaluation(timedelta(days=tcb_recovery_grace or 0))
-        if min_tcb_eval == AUTO
-        else min_tcb_eval
-        if isinstance(min_tcb_eval, int)
-        else None
-    )
+    minimum: TcbEvaluationMinimum | None = min_tcb_eval if isinstance(min_tcb_eval, int) else None
+    if min_tcb_eval == AUTO:
+        grace = None if tcb_recovery_grace is None else timedelta(days=tcb_recovery_grace)
+        minimum = AutoTcbEvaluation() if grace is None else AutoTcbEvaluation(grace)
     min_tcb = None
     if replica_min_tcb:
         min_tcb = parse_replica_min_tcb(replica_min_tcb)

@@ -24,7 +24,7 @@ from confide.errors import (
     UsageError,
 )
 from confide.fsutil import read_bounded
-from confide.verify.result import Platform, VerifiedEvidence
+from confide.verify.result import DEFAULT_TCB_RECOVERY_GRACE_DAYS, Platform, VerifiedEvidence
 
 __all__ = [
     "DCAP_PLATFORMS",
@@ -142,7 +142,7 @@ class AutoTcbEvaluation:
     verified TCB evaluation data numbers set at the verification time, ``grace`` after each TCB
     recovery event (:meth:`~confide.verify.result.TcbEvaluationNumbers.required`)."""
 
-    grace: timedelta = timedelta(0)
+    grace: timedelta = timedelta(days=DEFAULT_TCB_RECOVERY_GRACE_DAYS)
 
     def __post_init__(self) -> None:
         if self.grace < timedelta(0):

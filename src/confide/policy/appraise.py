@@ -53,7 +53,13 @@ from confide.policy.model import (
     TdxFactors,
     Tolerance,
 )
-from confide.verify.result import ClaimValue, Platform, TcbStatus, VerifiedEvidence
+from confide.verify.result import (
+    DEFAULT_TCB_RECOVERY_GRACE_DAYS,
+    ClaimValue,
+    Platform,
+    TcbStatus,
+    VerifiedEvidence,
+)
 
 __all__ = [
     "TCB_TOLERANCES",
@@ -371,7 +377,8 @@ def _check_tcb_evaluation(
                 )
             )
             return
-        grace = timedelta(days=security.tcb_recovery_grace_days or 0)
+        days = security.tcb_recovery_grace_days
+        grace = timedelta(days=DEFAULT_TCB_RECOVERY_GRACE_DAYS if days is None else days)
         required = listed.required(evidence.verified_at, grace)
         minimum = required.number
         wanted = f">= {minimum} ({setting}: auto; {required.reason()})"

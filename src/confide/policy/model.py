@@ -457,7 +457,8 @@ class AttestationSecurity(_Model):
     old; docs/dcap.md, "Automatic minimum"); evidence verified without that list fails."""
     tcb_recovery_grace_days: Annotated[StrictInt, Field(ge=0, le=3650)] | None = None
     """confide, with ``min_tcb_evaluation_data_number: auto`` only: days after a TCB recovery
-    event before its number is required (absent: 0)."""
+    event before its number is required (absent: 365, what Intel PCS's standard update serves:
+    :data:`confide.verify.result.DEFAULT_TCB_RECOVERY_GRACE_DAYS`)."""
 
     @model_validator(mode="after")
     def _grace_needs_auto(self) -> AttestationSecurity:

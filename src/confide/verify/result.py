@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import TypeAlias, Union
 
 __all__ = [
+    "DEFAULT_TCB_RECOVERY_GRACE_DAYS",
     "ClaimValue",
     "Platform",
     "RequiredTcbEvaluation",
@@ -85,6 +86,14 @@ class TcbEvaluation:
             for name, number in (("TCB Info", self.tcb_info), ("QE Identity", self.qe_identity))
             if number < minimum
         )
+
+
+DEFAULT_TCB_RECOVERY_GRACE_DAYS = 365
+"""The grace period of an automatic minimum when none is given: Intel PCS's standard update
+(what it serves without ``update=early``) serves the collateral of the highest evaluation whose
+TCB recovery event is at least twelve months old (Automata's ``TcbEvalDao.standard()``; the
+collateral Intel PCS served in June, August and October 2025, of evaluation 17 while 18 was
+seven to eleven months old, tests/assets). A shorter grace needs early-update collateral."""
 
 
 @dataclass(frozen=True, slots=True)
