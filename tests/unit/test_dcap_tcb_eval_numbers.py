@@ -1,9 +1,9 @@
 """Intel's TCB evaluation data numbers (Intel PCS API v4 ``tcbevaluationdatanumbers``) and the
 automatic minimum TCB evaluation data number (docs/dcap.md, "Automatic minimum").
 
-The lists are Intel's signed answers (tests/assets/{sgx,tdx}/automata-dcap-attestation, see
-tests/assets/README-dcap-tcbeval.md): SGX of June and August 2025, TDX of June and October 2025,
-signed by the Intel SGX TCB Signing certificate of 2025 (``INTEL_SGX_TCB_SIGNING_2025_DER``), the
+The lists are Intel's signed answers (tests/assets/{sgx,tdx}/automata-dcap-attestation; their
+provenance: tests/assets/sgx/automata-dcap-attestation/README.md): SGX of June and August 2025,
+TDX of June and October 2025, signed by the Intel SGX TCB Signing certificate of 2025 (``INTEL_SGX_TCB_SIGNING_2025_DER``), the
 signer of the TCB Info they are served with. Tampered copies are made byte by byte; lists that
 must verify with other contents are re-signed under a test PKI (tests/dcap_forge.py)."""
 
