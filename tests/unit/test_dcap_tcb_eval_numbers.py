@@ -606,3 +606,44 @@ def test_cas_serve_options() -> None:
         bundle,
     )
     assert r.returncode == 2 and "a bundle file has none" in r.stderr
+
+
+@pytest.mark.parametrize(("grace_days", "error"), [(400, None), (0, errors.CollateralOutdatedError)])
+def test_cas_verifier_azure_tdx_vtpm_keeps_the_list(
+    tmp_path: Path, grace_days: int, error: type | None
+) -> None:
+    """``az-tdx-vtpm`` evidence (trustee's Azure TDX CVM): its TD quote's collateral, from a PCS
+    directory with the October 2025 TDX list, is judged by the automatic minimum too."""
+    from confide.verify.result import Platform
+
+    evidence = (ASSETS / "tpm" / "trustee-az-tdx-vtpm" / "evidence-v1.json").read_bytes()
+    case = next(
+        c for c in CASES if c.quote == "tdx/trustee-az-tdx-vtpm/td-quote.bin" and "1025" in c.collateral
+    )
+    d = tmp_path / "pcs"
+    d.mkdir()
+    coll = DcapCollateral.from_dcap_qvl_json(case.collateral_bytes())
+    (d / "tcbinfo.json").write_bytes(
+        b'{"tcbInfo":' + coll.tcb_info + b',"signature":"' + coll.tcb_info_signature.hex().encode() + b'"}'
+    )
+    (d / "qe.json").write_bytes(
+        b'{"enclaveIdentity":'
+        + coll.qe_identity
+        + b',"signature":"'
+        + coll.qe_identity_signature.hex().encode()
+        + b'"}'
+    )
+    (d / "pck.crl").write_bytes(coll.pck_crl)
+    (d / "root.crl").write_bytes(coll.root_ca_crl)
+    shutil.copy(TDX_OCT, d / "tdxtcbeval.json")
+    verifier = PlatformVerifier(
+        dcap_source=PcsDirectorySource(d, tcb_evaluation_numbers=True),
+        min_tcb_evaluation_data_number=AutoTcbEvaluation(timedelta(days=grace_days)),
+    )
+    if error is None:
+        v = verifier.verify(Platform.AZURE_TDX_VTPM, evidence, {}, at=case.time)
+        assert v.tcb_evaluation_numbers is not None and v.tcb_evaluation_numbers.id == "TDX"
+        assert v.details["required_tcb_evaluation"]["required"] == 17  # type: ignore[index]
+    else:
+        with pytest.raises(error, match=r"expected at least 20 \(cas serve --min-tcb-eval-number auto: "):
+            verifier.verify(Platform.AZURE_TDX_VTPM, evidence, {}, at=case.time)
