@@ -578,7 +578,14 @@ def test_cas_with_a_fake_pcs(tmp_path: Path, grace_days: int) -> None:
         else:
             # verified (the list's minimum is 17), then refused: a real quote binds no fresh key
             refused(cas, body, errors.BindingError, "report data got")  # type: ignore[arg-type]
-            assert last_attestation(cas)["tcb_evaluation"] == {"tcb_info": 17, "qe_identity": 17}  # type: ignore[arg-type]
+            recorded = last_attestation(cas)["tcb_evaluation"]  # type: ignore[arg-type]
+            assert {k: recorded[k] for k in ("tcb_info", "qe_identity", "required")} == {
+                "tcb_info": 17, "qe_identity": 17, "required": 17,
+            }  # fmt: skip
+            assert (
+                "TCB recovery event of 2024-03-12T00:00:00Z (tcbEvaluationDataNumber 17)"
+                in recorded["reason"]
+            )
         # A request's own bundle carries no list: refused under auto.
         own = RuntimeKey(cas).body(  # type: ignore[arg-type]
             policy="app", service="svc", platform="sgx", evidence=SGX.quote_bytes(),
