@@ -135,6 +135,20 @@ def test_a_list_outside_its_window_is_refused(at: str, match: str) -> None:
         verify(SGX_AUG.read_bytes(), "SGX", t(at))
 
 
+def test_a_verifier_rechecks_dates_and_id_of_a_list_it_has_seen() -> None:
+    """The signatures of a list are checked once per verifier (LRU); its dates, the CRL's, the
+    chain's and the TEE type at every call."""
+    verifier = DcapVerifier()
+    body = SGX_AUG.read_bytes()
+    assert verify(body, "SGX", t("2025-08-20T00:00:00Z"), verifier=verifier).id == "SGX"
+    with pytest.raises(errors.CollateralExpiredError):
+        verify(body, "SGX", t("2025-09-15T00:00:00Z"), verifier=verifier)
+    with pytest.raises(errors.CollateralError, match="expected TDX"):
+        verify(body, "TDX", t("2025-08-20T00:00:00Z"), verifier=verifier)
+    with pytest.raises(errors.SignatureError):  # other bytes: checked afresh
+        verify(_flip_in_signed_text(body), "SGX", t("2025-08-20T00:00:00Z"), verifier=verifier)
+
+
 def test_a_root_crl_out_of_date_is_refused() -> None:
     with pytest.raises(errors.CollateralExpiredError, match="Root CA CRL has expired"):
         verify(TDX_OCT.read_bytes(), "TDX", t("2026-04-04T00:00:00Z"))

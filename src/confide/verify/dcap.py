@@ -491,6 +491,10 @@ class DcapVerifier:
         )
         self._collateral: Lru[tuple[DcapCollateral, bytes], VerifiedCollateral] = Lru(collateral_cache_size)
         self._issuing_cas: Lru[bytes, x509.Certificate] = Lru(16)
+        self._tcb_numbers: Lru[
+            tuple[bytes, tuple[bytes, ...], bytes],
+            tuple[TcbEvaluationNumbersText, tuple[x509.Certificate, ...], x509.CertificateRevocationList],
+        ] = Lru(16)
 
     def forget_platforms(self) -> None:
         """Drop what is cached per platform (PCK chains, QE report checks, attestation keys);
@@ -684,13 +688,19 @@ class DcapVerifier:
         CollateralExpiredError, RevocationError."""
         if at.tzinfo is None:
             raise ValueError("at must be timezone-aware")
-        parsed = TcbEvaluationNumbersText.from_response(body)
         what = "TCB evaluation data numbers"
-        chain = self._signed_json(issuer_chain_der, parsed.text, parsed.signature, what)
+        key = (body, issuer_chain_der, root_ca_crl_der)
+        signed = self._tcb_numbers.get(key)
+        if signed is None:
+            parsed = TcbEvaluationNumbersText.from_response(body)
+            chain = self._signed_json(issuer_chain_der, parsed.text, parsed.signature, what)
+            root_crl = load_der_crl(root_ca_crl_der, "root_ca_crl")
+            check_crl(root_crl, self._root, "Root CA CRL")
+            signed = (parsed, chain, root_crl)
+            self._tcb_numbers.put(key, signed)  # signatures only: what follows is checked per call
+        parsed, chain, root_crl = signed
         if parsed.id != tee_id:
             raise CollateralError(f"the {what} are for {parsed.id}, expected {tee_id}")
-        root_crl = load_der_crl(root_ca_crl_der, "root_ca_crl")
-        check_crl(root_crl, self._root, "Root CA CRL")
         _in_window("Root CA CRL", root_crl.last_update_utc, _crl_next_update(root_crl, "Root CA CRL"), at)
         if _revoked(root_crl, chain[0]):
             raise RevocationError(f"the TCB signing certificate of the {what} is revoked by the Root CA CRL")
