@@ -9,6 +9,7 @@ must verify with other contents are re-signed under a test PKI (tests/dcap_forge
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import shutil
@@ -629,6 +630,48 @@ def test_cas_serve_options() -> None:
     assert r.returncode == 2 and "a bundle file has none" in r.stderr
 
 
+def _directory_from_bundle(tmp_path: Path, case: Case, listed: Path) -> Path:
+    """A PCS directory with the pieces of ``case``'s bundle, as Intel PCS serves them, and the
+    list ``listed``."""
+    d = tmp_path / "pcs"
+    d.mkdir()
+    coll = DcapCollateral.from_dcap_qvl_json(case.collateral_bytes())
+    for name, key, text, sig in (
+        ("tcbinfo.json", b"tcbInfo", coll.tcb_info, coll.tcb_info_signature),
+        ("qe.json", b"enclaveIdentity", coll.qe_identity, coll.qe_identity_signature),
+    ):
+        (d / name).write_bytes(b'{"' + key + b'":' + text + b',"signature":"' + sig.hex().encode() + b'"}')
+    (d / "pck.crl").write_bytes(coll.pck_crl)
+    (d / "root.crl").write_bytes(coll.root_ca_crl)
+    shutil.copy(listed, d / "tcbeval.json")
+    return d
+
+
+@pytest.mark.parametrize("grace_days", [400, 0])
+def test_cas_own_evidence_is_judged_by_the_automatic_minimum(tmp_path: Path, grace_days: int) -> None:
+    """``cas serve --tee tdx --min-tcb-eval-number auto``: the CAS's check of its own evidence
+    (its document, verified before it is published) applies the automatic minimum too."""
+    from confide.cas.self_check import SelfCheck
+
+    source = source_for(str(_directory_from_bundle(tmp_path, TDX, TDX_OCT)), tcb_evaluation_numbers=True)
+    doc = {"platform": "tdx", "evidence": base64.b64encode(TDX.quote_bytes()).decode(), "log_key": "k"}
+    body = json.dumps(doc).encode()
+    check = SelfCheck(
+        INTEL_SGX_ROOT_CA_DER, collateral=source,
+        min_tcb_evaluation_data_number=AutoTcbEvaluation(timedelta(days=grace_days)),
+    )  # fmt: skip
+    for run in (check, check.verified):
+        if grace_days:  # verified (minimum 17), refused for the binding only (not this certificate's)
+            with pytest.raises(errors.BindingError):
+                run(body, TDX.time)
+        else:
+            with pytest.raises(
+                errors.CollateralOutdatedError,
+                match=r"expected at least 20 \(cas serve --min-tcb-eval-number auto, the CAS's own evidence: ",
+            ):
+                run(body, TDX.time)
+
+
 @pytest.mark.parametrize(("grace_days", "error"), [(400, None), (0, errors.CollateralOutdatedError)])
 def test_cas_verifier_azure_tdx_vtpm_keeps_the_list(
     tmp_path: Path, grace_days: int, error: type | None
@@ -641,22 +684,7 @@ def test_cas_verifier_azure_tdx_vtpm_keeps_the_list(
     case = next(
         c for c in CASES if c.quote == "tdx/trustee-az-tdx-vtpm/td-quote.bin" and "1025" in c.collateral
     )
-    d = tmp_path / "pcs"
-    d.mkdir()
-    coll = DcapCollateral.from_dcap_qvl_json(case.collateral_bytes())
-    (d / "tcbinfo.json").write_bytes(
-        b'{"tcbInfo":' + coll.tcb_info + b',"signature":"' + coll.tcb_info_signature.hex().encode() + b'"}'
-    )
-    (d / "qe.json").write_bytes(
-        b'{"enclaveIdentity":'
-        + coll.qe_identity
-        + b',"signature":"'
-        + coll.qe_identity_signature.hex().encode()
-        + b'"}'
-    )
-    (d / "pck.crl").write_bytes(coll.pck_crl)
-    (d / "root.crl").write_bytes(coll.root_ca_crl)
-    shutil.copy(TDX_OCT, d / "tdxtcbeval.json")
+    d = _directory_from_bundle(tmp_path, case, TDX_OCT)
     verifier = PlatformVerifier(
         dcap_source=PcsDirectorySource(d, tcb_evaluation_numbers=True),
         min_tcb_evaluation_data_number=AutoTcbEvaluation(timedelta(days=grace_days)),
