@@ -696,3 +696,29 @@ def test_cas_verifier_azure_tdx_vtpm_keeps_the_list(
     else:
         with pytest.raises(error, match=r"expected at least 20 \(cas serve --min-tcb-eval-number auto: "):
             verifier.verify(Platform.AZURE_TDX_VTPM, evidence, {}, at=case.time)
+
+
+def test_prepare_wires_auto_into_the_source(tmp_path: Path) -> None:
+    """``cas serve --collateral URL|DIR --min-tcb-eval-number auto``: ``prepare`` builds a source
+    that brings the list, and a verifier that judges by it; with ``N`` the source does not."""
+    from confide.cas.server import prepare
+
+    auto = AutoTcbEvaluation(timedelta(days=30))
+    for name, collateral in (("url", "https://pccs.example:8081"), ("dir", str(tmp_path))):
+        cas, *_ = prepare(
+            tmp_path / name, host="127.0.0.1", dev=False, db_url=None, collateral=collateral,
+            min_tcb_evaluation_data_number=auto,
+        )  # fmt: skip
+        verifier = cas.verifier
+        assert isinstance(verifier, PlatformVerifier)
+        assert verifier.min_tcb_evaluation_data_number == auto
+        source = verifier.dcap_source
+        assert isinstance(source, PcsHttpSource | PcsDirectorySource) and source.tcb_evaluation_numbers
+    fixed, *_ = prepare(
+        tmp_path / "fixed", host="127.0.0.1", dev=False, db_url=None, collateral="https://pccs.example:8081",
+        min_tcb_evaluation_data_number=18,
+    )  # fmt: skip
+    assert isinstance(fixed.verifier, PlatformVerifier)
+    source = fixed.verifier.dcap_source
+    assert isinstance(source, PcsHttpSource) and not source.tcb_evaluation_numbers
+    assert source.min_tcb_evaluation_data_number == 18

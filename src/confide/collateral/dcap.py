@@ -25,6 +25,12 @@ evaluation that was superseded is not cached until its ``nextUpdate``. A ``floor
 :class:`~confide.cas.tcb_floor.TcbEvaluationFloor`: the highest numbers it has verified for the
 platform) is a minimum of the same kind, per TCB Info (TEE type, FMSPC) and QE Identity (TEE
 type).
+
+With ``tcb_evaluation_numbers`` (``--min-tcb-eval-number auto``) the directory and HTTP sources
+also bring Intel's TCB evaluation data numbers for the TEE type with the collateral
+(``DcapCollateral.tcb_evaluation_numbers``: a ``{"tcbEvaluationDataNumbers":...}`` file of the
+directory, or ``GET /{sgx,tdx}/certification/v4/tcbevaluationdatanumbers``, cached on disk like
+TCB Info); the verifier checks it with the rest.
 """
 
 from __future__ import annotations
