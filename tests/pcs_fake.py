@@ -78,6 +78,19 @@ class FakePcs(RouteServer):
         return paths
 
 
+def serve_tcb_evaluation_numbers(pcs: FakePcs, tee: str, body: bytes, chain: tuple[bytes, ...]) -> str:
+    """Serve Intel PCS's ``GET /{tee}/certification/v4/tcbevaluationdatanumbers`` answer
+    ``body`` (its issuer chain URL-encoded in ``TCB-Evaluation-Data-Numbers-Issuer-Chain``, as
+    Intel PCS API v4 does); returns the path."""
+    path = f"/{tee}/certification/v4/tcbevaluationdatanumbers"
+    headers = {
+        "Content-Type": "application/json",
+        "TCB-Evaluation-Data-Numbers-Issuer-Chain": urllib.parse.quote(pem_chain(chain)),
+    }
+    pcs.routes[path] = (200, body, headers)
+    return path
+
+
 def fake_pcs() -> contextlib.AbstractContextManager[FakePcs]:
     """A running :class:`FakePcs`, shut down on exit."""
     return FakePcs.running()

@@ -9,13 +9,14 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import click
 
 from confide import __version__
+from confide.clitypes import AUTO, MIN_TCB_EVAL_NUMBER
 from confide.collateral import is_url
 from confide.errors import ConfideError, UsageError
 from confide.evidence._reader import decode_evidence_text
@@ -25,11 +26,12 @@ from confide.platforms import (
     VerifyRequest,
     detect_platform,
     read_input_file,
+    require_automatic_tcb_evaluation,
     require_tcb_evaluation,
     verify_request,
 )
 from confide.termsafe import printable, printable_lines
-from confide.verify.result import Platform, VerifiedEvidence
+from confide.verify.result import DEFAULT_TCB_RECOVERY_GRACE_DAYS, Platform, VerifiedEvidence
 
 __all__ = ["main", "parse_time"]
 
@@ -116,9 +118,16 @@ _PATH = click.Path(path_type=Path)
 @click.option("--nonce", metavar="HEX", help="Expected nonce (NVIDIA, Nitro, GCE and Azure vTPM).")
 @click.option("--event-log", type=_PATH, help="TDX: directory with the CCEL table and event log to replay.")
 @click.option("--rim-root", type=_PATH, help="NVIDIA: override the pinned RIM signing root (tests only).")
-@click.option("--min-tcb-eval-number", "min_tcb_eval", type=click.IntRange(1, 0xFFFF_FFFF), metavar="N",
+@click.option("--min-tcb-eval-number", "min_tcb_eval", type=MIN_TCB_EVAL_NUMBER, metavar="N|auto",
               help="SGX/TDX: refuse collateral (TCB Info, QE Identity) of a TCB evaluation data number"
-                   " below N (exit 62).")  # fmt: skip
+                   " below N (exit 62); auto: the number Intel's TCB evaluation data numbers require at"
+                   " --at (the latest TCB recovery older than the grace period).")  # fmt: skip
+@click.option("--tcb-eval-numbers", "tcb_eval_numbers", type=_PATH, metavar="FILE",
+              help="With --min-tcb-eval-number auto: Intel PCS's TCB evaluation data numbers answer"
+                   " (default: from the --collateral directory or URL).")  # fmt: skip
+@click.option("--tcb-recovery-grace", "tcb_recovery_grace", type=click.IntRange(0, 3650), metavar="DAYS",
+              help="With --min-tcb-eval-number auto: days after a TCB recovery event before its number is"
+                   " required (default 365: what Intel PCS's standard update serves).")  # fmt: skip
 @click.option("--ocsp", metavar="URL|DIR",
               help="NVIDIA: check the GPU chain's revocation at this OCSP responder (e.g."
                    " https://ocsp.ndis.nvidia.com/) or stored responses DIR/<serial hex>.der.")  # fmt: skip
@@ -136,7 +145,9 @@ def evidence_verify(
     event_log: Path | None,
     rim_root: Path | None,
     ocsp: str | None,
-    min_tcb_eval: int | None,
+    min_tcb_eval: int | str | None,
+    tcb_eval_numbers: Path | None,
+    tcb_recovery_grace: int | None,
 ) -> None:
     """Verify EVIDENCE (binary, or hex text with or without 0x); exit 0 only when verified."""
     chosen: Platform | None = Platform(platform.lower()) if platform else None
@@ -159,6 +170,11 @@ def evidence_verify(
                 "--min-tcb-eval-number is only for Intel DCAP evidence (sgx, tdx, az-tdx-vtpm), "
                 f"got {chosen.value}"
             )
+        auto = min_tcb_eval == AUTO
+        if (tcb_eval_numbers is not None or tcb_recovery_grace is not None) and not auto:
+            raise UsageError("--tcb-eval-numbers and --tcb-recovery-grace are for --min-tcb-eval-number auto")
+        if auto and chosen not in (Platform.SGX, Platform.TDX):
+            raise UsageError(f"--min-tcb-eval-number auto is for SGX and TDX quotes, got {chosen.value}")
         request = VerifyRequest(
             evidence=raw,
             platform=chosen,
@@ -173,11 +189,21 @@ def evidence_verify(
             event_log=event_log,
             rim_root=rim_root,
             ocsp=ocsp,
-            min_tcb_evaluation_data_number=min_tcb_eval,
+            min_tcb_evaluation_data_number=min_tcb_eval if isinstance(min_tcb_eval, int) else None,
+            tcb_evaluation_numbers=auto,
+            tcb_evaluation_numbers_file=tcb_eval_numbers,
         )
         result = verify_request(request)
-        if min_tcb_eval is not None:
+        if isinstance(min_tcb_eval, int):
             require_tcb_evaluation(result, min_tcb_eval, "--min-tcb-eval-number")
+        elif auto:
+            result = require_automatic_tcb_evaluation(
+                result,
+                timedelta(
+                    days=DEFAULT_TCB_RECOVERY_GRACE_DAYS if tcb_recovery_grace is None else tcb_recovery_grace
+                ),
+                "--min-tcb-eval-number auto",
+            )
     except ConfideError as exc:
         _fail(exc, chosen, as_json)
         return

@@ -10,7 +10,7 @@ import functools
 import json
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ import click
 
 from confide.cas import answer
 from confide.cas.sealing import SEAL_PROVIDERS
+from confide.clitypes import AUTO, MIN_TCB_EVAL_NUMBER
 from confide.errors import ConfideError, UsageError
 from confide.fsutil import read_small_file
 from confide.httpserve.options import reload_interval
@@ -65,10 +66,14 @@ def cas() -> None:
 @click.option("--dev", is_flag=True, help="Development: enable the SIMULATED TEE (never in production).")
 @click.option("--db", "db_url", help="Database URL (default: SQLite in --data-dir; postgresql://...).")
 @click.option("--collateral", help="DCAP collateral source for SGX/TDX evidence (file, directory or URL).")
-@click.option("--min-tcb-eval-number", "min_tcb_eval", type=click.IntRange(1, 0xFFFF_FFFF), metavar="N",
+@click.option("--min-tcb-eval-number", "min_tcb_eval", type=MIN_TCB_EVAL_NUMBER, metavar="N|auto",
               help="Refuse SGX/TDX evidence verified with Intel collateral (TCB Info, QE Identity) of a"
               " TCB evaluation data number below N; a --collateral URL's older answers are not"
-              " kept but asked for again.")  # fmt: skip
+              " kept but asked for again. auto: the number Intel's TCB evaluation data numbers"
+              " (fetched with the collateral) require at each attestation.")  # fmt: skip
+@click.option("--tcb-recovery-grace", "tcb_recovery_grace", type=click.IntRange(0, 3650), metavar="DAYS",
+              help="With --min-tcb-eval-number auto: days after a TCB recovery event before its number"
+              " is required (default 365: what Intel PCS's standard update serves).")  # fmt: skip
 @click.option("--kds", metavar="URL",
               help="AMD KDS (https://kdsintf.amd.com) or a mirror: fetch the VCEK of SEV-SNP evidence"
               " sent without one, and with --tee sev-snp the CAS's own (cached in"
@@ -328,7 +333,8 @@ def cas_serve(
     join: str | None,
     join_as_successor: bool,
     successor_board: Path | None,
-    min_tcb_eval: int | None,
+    min_tcb_eval: int | str | None,
+    tcb_recovery_grace: int | None,
     replica_min_tcb: tuple[str, ...],
     opaque_refusals: bool,
     refusal_delay: float | None,
@@ -342,9 +348,11 @@ def cas_serve(
     from confide.cas.server import parse_witnesses, serve
     from confide.cas.successor_board import parse_board_file
     from confide.cas.witness_quorum import parse_max_lag
+    from confide.collateral import is_url
     from confide.httpserve.limits import HttpLimits
     from confide.httpserve.ratelimit import parse_rate
     from confide.ledger.http import client_tls_context
+    from confide.platforms import AutoTcbEvaluation, TcbEvaluationMinimum
 
     refresh = DEFAULT_REFRESH_SECONDS
     if evidence_refresh is not None:
@@ -365,6 +373,17 @@ def cas_serve(
         raise UsageError("--witness-quorum needs --witness URL=VKEY (at least as many as the quorum)")
     if witness_max_lag is not None and witness_quorum is None:
         raise UsageError("--witness-max-lag needs --witness-quorum")
+    if tcb_recovery_grace is not None and min_tcb_eval != AUTO:
+        raise UsageError("--tcb-recovery-grace is for --min-tcb-eval-number auto")
+    if min_tcb_eval == AUTO and not (collateral and (is_url(collateral) or Path(collateral).is_dir())):
+        raise UsageError(
+            "--min-tcb-eval-number auto needs --collateral DIR|URL (a PCS directory, Intel PCS or a PCCS: "
+            "they bring Intel's TCB evaluation data numbers; a bundle file has none)"
+        )
+    minimum: TcbEvaluationMinimum | None = min_tcb_eval if isinstance(min_tcb_eval, int) else None
+    if min_tcb_eval == AUTO:
+        grace = None if tcb_recovery_grace is None else timedelta(days=tcb_recovery_grace)
+        minimum = AutoTcbEvaluation() if grace is None else AutoTcbEvaluation(grace)
     min_tcb = None
     if replica_min_tcb:
         min_tcb = parse_replica_min_tcb(replica_min_tcb)
@@ -378,7 +397,7 @@ def cas_serve(
         dev=dev,
         db_url=db_url,
         collateral=collateral,
-        min_tcb_evaluation_data_number=min_tcb_eval,
+        min_tcb_evaluation_data_number=minimum,
         kds=kds,
         witnesses=parse_witnesses(witness_specs),
         witness_tls=None if witness_cacert is None else client_tls_context(witness_cacert),

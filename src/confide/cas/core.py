@@ -3009,10 +3009,16 @@ def _evidence_summary(v: VerifiedEvidence) -> dict[str, Any]:
     if v.tcb_evaluation is not None:
         # Intel DCAP: the tcbEvaluationDataNumber of the TCB Info and QE Identity that judged
         # this evidence (Intel PCS API v4), so that an auditor sees the collateral's vintage
-        summary["tcb_evaluation"] = {
+        numbers: dict[str, Any] = {
             "tcb_info": v.tcb_evaluation.tcb_info,
             "qe_identity": v.tcb_evaluation.qe_identity,
         }
+        required = v.details.get("required_tcb_evaluation")
+        if isinstance(required, dict):
+            # cas serve --min-tcb-eval-number auto: the minimum Intel's list set, and why
+            numbers["required"] = required.get("required")
+            numbers["reason"] = required.get("reason")
+        summary["tcb_evaluation"] = numbers
     return summary
 
 

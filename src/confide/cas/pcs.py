@@ -85,7 +85,7 @@ from confide.collateral.dcap import (
 )
 from confide.errors import CollateralMissingError, CollateralOutdatedError, ConfideError, ParseError
 from confide.evidence.dcap import PckCertId, TeeType
-from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate
+from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate, TcbEvaluationNumbersText
 from confide.lru import Lru
 from confide.verify.dcap import DcapVerifier, missing_pck_error
 from confide.verify.roots import INTEL_SGX_ROOT_CA_DER
@@ -352,10 +352,17 @@ def _numbers(c: DcapCollateral) -> tuple[int, int]:
 
 
 def _expires(c: DcapCollateral) -> datetime | None:
-    """The earliest nextUpdate of the TCB Info, the QE Identity and the two CRLs; ``None`` when
+    """The earliest nextUpdate of the TCB Info, the QE Identity, the two CRLs (and the TCB
+    evaluation data numbers when the collateral has them); ``None`` when
     one has none or does not parse (never current: the verifier refuses or reports it)."""
     dates: list[datetime | None] = []
-    for text in (c.tcb_info, c.qe_identity):
+    texts = [c.tcb_info, c.qe_identity]
+    if c.tcb_evaluation_numbers is not None:
+        try:
+            texts.append(TcbEvaluationNumbersText.from_response(c.tcb_evaluation_numbers).text)
+        except ParseError:
+            return None
+    for text in texts:
         try:
             value = jsonstrict.loads(text).get("nextUpdate")
             dates.append(datetime.fromisoformat(value) if isinstance(value, str) else None)

@@ -56,7 +56,12 @@ from confide.errors import (
     UsageError,
 )
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, NoteVerifier
-from confide.platforms import require_tcb_evaluation
+from confide.platforms import (
+    AutoTcbEvaluation,
+    TcbEvaluationMinimum,
+    require_automatic_tcb_evaluation,
+    require_tcb_evaluation,
+)
 from confide.policy.appraise import check_security
 from confide.policy.model import AttestationSecurity, Tolerance
 from confide.sim.platform import load_platform_public_key
@@ -466,7 +471,7 @@ def verify_cas_document(
     at: datetime,
     collateral: DcapCollateralSource | None = None,
     amd_roots: AmdRootStore | None = None,
-    min_tcb_evaluation_data_number: int | None = None,
+    min_tcb_evaluation_data_number: TcbEvaluationMinimum | None = None,
 ) -> PinnedCas:
     """The verification core of :func:`verify_cas_evidence` without its appraisal: the document
     is parsed, its evidence verified (signatures, certificate chains, collateral) and its binding
@@ -481,8 +486,14 @@ def verify_cas_document(
         body, sim_key_pem=sim_key_pem, at=at, collateral=collateral, amd_roots=amd_roots
     )
     if min_tcb_evaluation_data_number is not None and verified.tcb_evaluation is not None:
-        where = "cas serve --min-tcb-eval-number, the CAS's own evidence"
-        require_tcb_evaluation(verified, min_tcb_evaluation_data_number, where)
+        minimum = min_tcb_evaluation_data_number
+        if isinstance(minimum, AutoTcbEvaluation):
+            where = "cas serve --min-tcb-eval-number auto, the CAS's own evidence"
+            verified = require_automatic_tcb_evaluation(verified, minimum.grace, where)
+        else:
+            require_tcb_evaluation(
+                verified, minimum, "cas serve --min-tcb-eval-number, the CAS's own evidence"
+            )
     return _pin(cert_der, verified, document)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from confide.cas.pin import DCAP_PLATFORMS, verify_cas_document
 from confide.collateral.dcap import DcapCollateralSource
 from confide.errors import CollateralMissingError
+from confide.platforms import TcbEvaluationMinimum
 from confide.verify.result import Platform, VerifiedEvidence
 from confide.verify.sev_snp import AmdRootStore
 
@@ -50,7 +51,7 @@ class SelfCheck:
     collateral: DcapCollateralSource | None = None
     amd_roots: AmdRootStore | None = None
     sim_key_pem: bytes | None = None
-    min_tcb_evaluation_data_number: int | None = None
+    min_tcb_evaluation_data_number: TcbEvaluationMinimum | None = None
     """``cas serve --min-tcb-eval-number``: the CAS's own DCAP evidence is judged by the minimum
     it applies to its clients' (:func:`~confide.cas.pin.verify_cas_document`)."""
 

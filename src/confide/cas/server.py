@@ -145,6 +145,7 @@ from confide.ledger.db import connect as ledger_connect
 from confide.ledger.note import NoteSigner, NoteVerifier
 from confide.ledger.store import Ledger
 from confide.ledger.witness_http import request_cosignatures
+from confide.platforms import AutoTcbEvaluation, TcbEvaluationMinimum
 from confide.runtime.azure_vtpm import AzureVtpmQuoteProvider
 from confide.runtime.quote import (
     ConfigfsTsmQuoteProvider,
@@ -587,7 +588,7 @@ def prepare(
     join: str | None = None,
     join_as_successor: bool = False,
     successor_board: Board | None = None,
-    min_tcb_evaluation_data_number: int | None = None,
+    min_tcb_evaluation_data_number: TcbEvaluationMinimum | None = None,
     witnesses: AttestedWitnesses | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
 ) -> tuple[Cas, CasEvidence | None, Path, Path, dict[str, str], NoteSigner]:
@@ -607,7 +608,10 @@ def prepare(
     ``min_tcb_evaluation_data_number`` (``--min-tcb-eval-number``): clients' DCAP evidence
     verified with a TCB Info or QE Identity of an older TCB evaluation is refused
     (``CollateralOutdatedError``, :meth:`PlatformVerifier._recent_enough`), and a URL source
-    neither keeps nor serves such collateral (it asks again).
+    neither keeps nor serves such collateral (it asks again). :class:`AutoTcbEvaluation`
+    (``--min-tcb-eval-number auto``): the collateral source also brings Intel's TCB evaluation
+    data numbers (verified with the collateral), and the minimum is the one they set at the
+    attestation's time with the grace period (docs/dcap.md, "Automatic minimum").
     ``kds``: the AMD KDS base URL (``--kds``) the CAS fetches the VCEKs of SEV-SNP evidence sent
     without one from, cached in ``data_dir/kds-cache``; with ``tee`` ``sev-snp``, also the VCEK
     of its own report when configfs-tsm's certificate table has none, published in its document
@@ -685,7 +689,14 @@ def prepare(
     tcb_floor = TcbEvaluationFloor(data_dir / FLOOR_FILE)
     dcap_source = (
         source_for(
-            collateral, min_tcb_evaluation_data_number=min_tcb_evaluation_data_number, floor=tcb_floor.minimum
+            collateral,
+            min_tcb_evaluation_data_number=(
+                min_tcb_evaluation_data_number if isinstance(min_tcb_evaluation_data_number, int) else None
+            ),
+            floor=tcb_floor.minimum,
+            # --min-tcb-eval-number auto: Intel's TCB evaluation data numbers come with the
+            # collateral (the same fetches, caches and prefetch).
+            tcb_evaluation_numbers=isinstance(min_tcb_evaluation_data_number, AutoTcbEvaluation),
         )
         if collateral
         else None
@@ -1111,7 +1122,7 @@ def serve(
     session_tickets: int = SESSION_TICKETS,
     join_as_successor: bool = False,
     successor_board: Board | None = None,
-    min_tcb_evaluation_data_number: int | None = None,
+    min_tcb_evaluation_data_number: TcbEvaluationMinimum | None = None,
     witness_quorum: int | None = None,
     witness_max_lag: float | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
@@ -1346,7 +1357,7 @@ def _serve(
     session_tickets: int,
     join_as_successor: bool = False,
     successor_board: Board | None = None,
-    min_tcb_evaluation_data_number: int | None = None,
+    min_tcb_evaluation_data_number: TcbEvaluationMinimum | None = None,
     quorum: WitnessQuorum | None = None,
     replica_min_tcb: ReplicaMinTcb | None = None,
     opaque_refusals: bool = False,

@@ -135,7 +135,7 @@ from confide.evidence.nvidia import NvidiaAttestationReport
 from confide.evidence.nvidia_rim import ReferenceManifest
 from confide.evidence.sev_snp import AttestationReport, SigningKey
 from confide.evidence.snp_certs import VCEK_GUID, VLEK_GUID, parse_cert_table
-from confide.platforms import require_tcb_evaluation
+from confide.platforms import TcbEvaluationMinimum, require_minimum
 from confide.platforms.sev_snp import embedded_roots
 from confide.policy.attestation import GPU_HOSTS, MAX_GPUS
 from confide.verify._pinned_chain import subject_cn, verify_pinned_chain
@@ -343,7 +343,7 @@ class PlatformVerifier:
         nvidia_rim_cache: Path | None = None,
         nvidia_ocsp_stapled_only: bool = False,
         nvidia_ocsp_max_age: timedelta = STAPLED_MAX_AGE,
-        min_tcb_evaluation_data_number: int | None = None,
+        min_tcb_evaluation_data_number: TcbEvaluationMinimum | None = None,
         tcb_floor: TcbEvaluationFloor | None = None,
     ) -> None:
         if nvidia_ocsp_stapled_only and nvidia_ocsp is not None:
@@ -632,7 +632,7 @@ class PlatformVerifier:
         CAS's own source's (``sent`` false) raises the floor, a request's bundle never does
         (:mod:`confide.cas.tcb_floor`)."""
         if self.min_tcb_evaluation_data_number is not None:
-            require_tcb_evaluation(
+            verified = require_minimum(
                 verified, self.min_tcb_evaluation_data_number, "cas serve --min-tcb-eval-number"
             )
         if self.tcb_floor is not None:

@@ -25,6 +25,12 @@ evaluation that was superseded is not cached until its ``nextUpdate``. A ``floor
 :class:`~confide.cas.tcb_floor.TcbEvaluationFloor`: the highest numbers it has verified for the
 platform) is a minimum of the same kind, per TCB Info (TEE type, FMSPC) and QE Identity (TEE
 type).
+
+With ``tcb_evaluation_numbers`` (``--min-tcb-eval-number auto``) the directory and HTTP sources
+also bring Intel's TCB evaluation data numbers for the TEE type with the collateral
+(``DcapCollateral.tcb_evaluation_numbers``: a ``{"tcbEvaluationDataNumbers":...}`` file of the
+directory, or ``GET /{sgx,tdx}/certification/v4/tcbevaluationdatanumbers``, cached on disk like
+TCB Info); the verifier checks it with the rest.
 """
 
 from __future__ import annotations
@@ -230,10 +236,13 @@ class PcsDirectorySource:
       and ``{"enclaveIdentity":...,"signature":...}`` (chosen by id QE / TD_QE);
     - CRLs (DER, PEM or hex), told apart by issuer: Root CA CRL, PCK Platform/Processor CA CRL;
     - PEM files with the issuer chains (``TCB-Info-Issuer-Chain`` etc. headers). Without one,
-      the embedded Intel SGX TCB Signing certificate (2025 issuance) and root are used.
+      the embedded Intel SGX TCB Signing certificate (2025 issuance) and root are used;
+    - JSON files ``{"tcbEvaluationDataNumbers":...,"signature":...}`` (chosen by id SGX / TDX),
+      included in the collateral when ``tcb_evaluation_numbers`` (``--min-tcb-eval-number auto``).
     """
 
     path: Path
+    tcb_evaluation_numbers: bool = False
 
     def _files(self) -> list[Path]:
         try:
@@ -312,6 +321,9 @@ class PcsDirectorySource:
                 f"{self.path} lacks {', '.join(missing)} for FMSPC {fmspc.hex()} ({want_tcb}, {ca} CA){note}"
             )
         signing = signing_chain or (INTEL_SGX_TCB_SIGNING_2025_DER, INTEL_SGX_ROOT_CA_DER)
+        numbers, numbers_chain = (
+            self.get_tcb_evaluation_numbers(tee) if self.tcb_evaluation_numbers else (None, ())
+        )
         return DcapCollateral(
             pck_crl_issuer_chain=pck_issuer_chain or (),
             root_ca_crl=root_crl,
@@ -322,7 +334,40 @@ class PcsDirectorySource:
             qe_identity_issuer_chain=signing,
             qe_identity=qe[0],
             qe_identity_signature=qe[1],
+            tcb_evaluation_numbers=numbers,
+            tcb_evaluation_numbers_issuer_chain=numbers_chain,
         )
+
+    def get_tcb_evaluation_numbers(self, tee: TeeType) -> tuple[bytes, tuple[bytes, ...]]:
+        """The TCB evaluation data numbers response of the directory for ``tee`` (a JSON file
+        ``{"tcbEvaluationDataNumbers":...,"signature":...}`` whose ``id`` is SGX or TDX; the
+        latest ``issueDate`` among several) and the TCB signing chain of the directory (as for
+        TCB Info: Intel PCS serves the same chain), else the embedded one. Nothing verified."""
+        want = "TDX" if tee == TeeType.TDX else "SGX"
+        found: tuple[str, bytes] | None = None
+        signing_chain: tuple[bytes, ...] | None = None
+        for f in self._files():
+            data = _head(f)
+            if data is None or len(data) > MAX_RESPONSE_SIZE:
+                continue
+            try:
+                kind, value = _classify(data, f.name)
+            except ParseError:
+                continue
+            if kind == _TCB_EVAL_KEY:
+                text, _sig = value
+                obj = jsonstrict.loads(text, structure=f.name)
+                issued = _member(obj, "issueDate")
+                if _member(obj, "id") == want and (found is None or issued > found[0]):
+                    found = (issued, data)
+            elif kind == "chain" and value and _cn(value[0]) == "Intel SGX TCB Signing":
+                signing_chain = value
+        if found is None:
+            raise CollateralMissingError(
+                f"{self.path} has no TCB evaluation data numbers for {want} (a file holding Intel PCS's "
+                f"answer to GET /{want.lower()}/certification/v4/tcbevaluationdatanumbers)"
+            )
+        return found[1], signing_chain or (INTEL_SGX_TCB_SIGNING_2025_DER, INTEL_SGX_ROOT_CA_DER)
 
     def get_pck_certificate(self, cert_id: PckCertId) -> PckCertificate:
         """The PCK certificate of the quote's platform from a PEM file of the directory whose
@@ -394,13 +439,18 @@ def _issuer_cn(der: bytes) -> str:
     return str(attrs[0].value) if attrs else ""
 
 
+_TCB_EVAL_KEY = "tcbEvaluationDataNumbers"
+
+
 def _classify(data: bytes, name: str) -> tuple[str, Any]:
     """What a file of a PCS directory holds: a signed TCB Info / identity, a chain, a CRL."""
-    head = data.lstrip()[:24]
+    head = data.lstrip()[:32]
     if head.startswith(b'{"tcbInfo"'):
         return "tcbInfo", split_pcs_response(data, "tcbInfo")
     if head.startswith(b'{"enclaveIdentity"'):
         return "enclaveIdentity", split_pcs_response(data, "enclaveIdentity")
+    if head.startswith(b'{"' + _TCB_EVAL_KEY.encode()):
+        return _TCB_EVAL_KEY, split_pcs_response(data, _TCB_EVAL_KEY)
     if head.startswith(b"{"):
         return "other", None
     if b"-----BEGIN CERTIFICATE-----" in data:
@@ -422,8 +472,8 @@ def _next_update(kind: str, body: bytes, now: datetime) -> datetime | None:
             ders = parse_pem_chain(normalise_pem(body, structure="pckcert"), structure="pckcert")
             not_after = load_der_certificate(ders[0], "pckcert").not_valid_after_utc
             return min(not_after, now + PCK_CERT_CACHE_TIME)
-        if kind in ("tcb", "qe"):
-            key = "tcbInfo" if kind == "tcb" else "enclaveIdentity"
+        if kind in ("tcb", "qe", "tcbeval"):
+            key = {"tcb": "tcbInfo", "qe": "enclaveIdentity", "tcbeval": _TCB_EVAL_KEY}[kind]
             text, _ = split_pcs_response(body, key)
             value = jsonstrict.loads(text)["nextUpdate"]
             when = datetime.fromisoformat(value) if isinstance(value, str) else None
@@ -482,8 +532,10 @@ class PcsHttpSource:
         root_ca_der: bytes = INTEL_SGX_ROOT_CA_DER,
         min_tcb_evaluation_data_number: int | None = None,
         floor: EvaluationFloor | None = None,
+        tcb_evaluation_numbers: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.tcb_evaluation_numbers = tcb_evaluation_numbers
         self.min_tcb_evaluation_data_number = min_tcb_evaluation_data_number
         self.floor = floor
         self.cache_dir = cache_dir
@@ -624,6 +676,9 @@ class PcsHttpSource:
         )
         tcb_text, tcb_sig = split_pcs_response(tcb_body, "tcbInfo")
         qe_text, qe_sig = split_pcs_response(qe_body, "enclaveIdentity")
+        numbers, numbers_chain = (
+            self.get_tcb_evaluation_numbers(tee) if self.tcb_evaluation_numbers else (None, ())
+        )
 
         def chain(pem: bytes, what: str) -> tuple[bytes, ...]:
             return tuple(parse_pem_chain(normalise_pem(pem, structure=what), structure=what))
@@ -638,7 +693,27 @@ class PcsHttpSource:
             qe_identity_issuer_chain=chain(qe_chain, "SGX-Enclave-Identity-Issuer-Chain"),
             qe_identity=qe_text,
             qe_identity_signature=qe_sig,
+            tcb_evaluation_numbers=numbers,
+            tcb_evaluation_numbers_issuer_chain=numbers_chain,
         )
+
+    def tcb_evaluation_numbers_url(self, tee: TeeType) -> str:
+        tee_path = "tdx" if tee == TeeType.TDX else "sgx"
+        return f"{self.base_url}/{tee_path}/certification/v4/tcbevaluationdatanumbers"
+
+    def get_tcb_evaluation_numbers(self, tee: TeeType) -> tuple[bytes, tuple[bytes, ...]]:
+        """Intel PCS API v4 ``GET /{sgx,tdx}/certification/v4/tcbevaluationdatanumbers`` (a PCCS
+        serves the same path), its issuer chain in the ``TCB-Evaluation-Data-Numbers-Issuer-Chain``
+        header; kept on disk until its ``nextUpdate`` when its signature leads to the pinned root,
+        as TCB Info."""
+        url = self.tcb_evaluation_numbers_url(tee)
+        body, chain = self._fetch(
+            url,
+            "tcbeval",
+            "TCB-Evaluation-Data-Numbers-Issuer-Chain",
+            signed=self._signed_json(_TCB_EVAL_KEY),
+        )
+        return body, _pem_ders(chain, "TCB-Evaluation-Data-Numbers-Issuer-Chain")
 
     # Intel PCS API v4 answers are kept on disk until their own nextUpdate only when their
     # signatures lead to the pinned root (DcapVerifier.check_signed_json, check_crl_signature;
@@ -733,11 +808,13 @@ def source_for(
     cache_dir: Path | None = None,
     min_tcb_evaluation_data_number: int | None = None,
     floor: EvaluationFloor | None = None,
+    tcb_evaluation_numbers: bool = False,
 ) -> DcapCollateralSource:
     """The source named by ``--collateral``: an http(s) URL (Intel PCS or a PCCS; the PCS
     subscription key for PCK certificate look-ups from ``$CONFIDE_PCS_API_KEY``;
     ``min_tcb_evaluation_data_number``: see the module docstring), a directory, or a bundle
-    file."""
+    file. ``tcb_evaluation_numbers``: a URL or directory source also brings Intel's TCB
+    evaluation data numbers with the collateral (a bundle has none)."""
     if is_url(location):
         return PcsHttpSource(
             location,
@@ -745,8 +822,9 @@ def source_for(
             api_key=os.environ.get(PCS_API_KEY_ENV) or None,
             min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
             floor=floor,
+            tcb_evaluation_numbers=tcb_evaluation_numbers,
         )
     path = Path(location)
     if path.is_dir():
-        return PcsDirectorySource(path)
+        return PcsDirectorySource(path, tcb_evaluation_numbers=tcb_evaluation_numbers)
     return BundleFileSource(path)

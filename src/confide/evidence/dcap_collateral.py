@@ -24,6 +24,7 @@ __all__ = [
     "EnclaveIdentity",
     "IdentityTcbLevel",
     "PckCertificate",
+    "TcbEvaluationNumbersText",
     "TcbInfo",
     "TcbLevel",
     "TdxModuleIdentity",
@@ -306,6 +307,73 @@ class EnclaveIdentity:
         )
 
 
+MAX_TCB_EVAL_NUMBERS_SIZE = 64 << 10
+"""The largest TCB evaluation data numbers response read: Intel's lists are about 1 KiB (eight
+entries in 2025, two added a year); 64 KiB is some hundreds of entries."""
+MAX_TCB_EVAL_NUMBERS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class TcbEvaluationNumbersText:
+    """Intel PCS API v4 "TCB Evaluation Data Numbers" model v1 (``GET
+    /{sgx,tdx}/certification/v4/tcbevaluationdatanumbers``), parsed from the exact signed text
+    of the response's ``tcbEvaluationDataNumbers`` member; nothing verified. ``numbers``: (
+    ``tcbEvaluationDataNumber``, ``tcbRecoveryEventDate``, ``tcbDate``), highest number first
+    (sorted here; numbers are unique)."""
+
+    text: bytes
+    signature: bytes
+    id: str
+    version: int
+    issue_date: datetime
+    next_update: datetime
+    numbers: tuple[tuple[int, datetime, datetime], ...]
+
+    KEY = "tcbEvaluationDataNumbers"
+
+    @classmethod
+    def from_response(cls, body: bytes) -> TcbEvaluationNumbersText:
+        """From the whole response ``{"tcbEvaluationDataNumbers":{...},"signature":"<hex>"}``
+        (at most :data:`MAX_TCB_EVAL_NUMBERS_SIZE` bytes, strict JSON: a key given twice is
+        refused)."""
+        s = "tcb_evaluation_data_numbers"
+        if len(body) > MAX_TCB_EVAL_NUMBERS_SIZE:
+            raise _perr(s, f"got {len(body)} bytes, expected at most {MAX_TCB_EVAL_NUMBERS_SIZE}")
+        text, sig = split_pcs_response(body, cls.KEY)
+        if len(sig) != 64:
+            raise _perr(s, f"got a {len(sig)}-byte signature, expected 64 (r||s, P-256)", "signature")
+        obj = _loads(text, s)
+        tee_id = _get(obj, "id", str, s)
+        if tee_id not in ("SGX", "TDX"):
+            raise _perr(s, f"got id {tee_id[:16]!r}, expected SGX or TDX", "id")
+        version = _int(obj, "version", s)
+        if version != 1:
+            raise _perr(s, f"got version {version}, expected 1", "version")
+        raw = _get(obj, "tcbEvalNumbers", list, s)
+        if not raw or len(raw) > MAX_TCB_EVAL_NUMBERS:
+            raise _perr(s, f"got {len(raw)} entries, expected 1..{MAX_TCB_EVAL_NUMBERS}", "tcbEvalNumbers")
+        entries = []
+        for item in raw:
+            entries.append(
+                (
+                    _int(item, "tcbEvaluationDataNumber", s, 0xFFFF_FFFF),
+                    _time(item, "tcbRecoveryEventDate", s),
+                    _time(item, "tcbDate", s),
+                )
+            )
+        if len({n for n, _, _ in entries}) != len(entries):
+            raise _perr(s, "a tcbEvaluationDataNumber is given twice", "tcbEvalNumbers")
+        return cls(
+            text=text,
+            signature=sig,
+            id=tee_id,
+            version=version,
+            issue_date=_time(obj, "issueDate", s),
+            next_update=_time(obj, "nextUpdate", s),
+            numbers=tuple(sorted(entries, key=lambda e: e[0], reverse=True)),
+        )
+
+
 def split_pcs_response(body: bytes, key: str) -> tuple[bytes, bytes]:
     """Split an Intel PCS response ``{"<key>":<X>,"signature":"<hex>"}`` into the exact text
     of ``<X>`` (what Intel signed) and the raw signature bytes.
@@ -356,6 +424,13 @@ class DcapCollateral:
     qe_identity_issuer_chain: tuple[bytes, ...]
     qe_identity: bytes
     qe_identity_signature: bytes
+    tcb_evaluation_numbers: bytes | None = None
+    """Optional (``--min-tcb-eval-number auto``): Intel PCS's whole answer to ``GET
+    /{sgx,tdx}/certification/v4/tcbevaluationdatanumbers``; verified with the collateral when
+    present (:meth:`~confide.verify.dcap.DcapVerifier.verify_tcb_evaluation_numbers`). Not part
+    of the dcap-qvl layout."""
+    tcb_evaluation_numbers_issuer_chain: tuple[bytes, ...] = ()
+    """Its issuer chain (``TCB-Evaluation-Data-Numbers-Issuer-Chain``: the TCB Info's)."""
 
     @classmethod
     def from_dcap_qvl_json(cls, text: bytes) -> DcapCollateral:

@@ -6,27 +6,38 @@ This layer may read files (collateral bundles, certificate files); ``confide.ver
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import cast
 
 from confide import jsonstrict
-from confide.errors import CollateralOutdatedError, ParseError, StorageError, UsageError
+from confide.errors import (
+    CollateralMissingError,
+    CollateralOutdatedError,
+    ParseError,
+    StorageError,
+    UsageError,
+)
 from confide.fsutil import read_bounded
-from confide.verify.result import Platform, VerifiedEvidence
+from confide.verify.result import DEFAULT_TCB_RECOVERY_GRACE_DAYS, Platform, VerifiedEvidence
 
 __all__ = [
     "DCAP_PLATFORMS",
     "MAX_CERTIFICATE_FILE",
     "MAX_EVIDENCE_FILE",
     "PLATFORM_MODULES",
+    "AutoTcbEvaluation",
+    "TcbEvaluationMinimum",
     "VerifyRequest",
     "detect_platform",
     "read_input_file",
+    "require_automatic_tcb_evaluation",
+    "require_minimum",
     "require_tcb_evaluation",
     "verify_request",
 ]
@@ -52,7 +63,13 @@ class VerifyRequest:
     ocsp: str | None = None
     """NVIDIA: ``--ocsp`` (an OCSP responder URL or a directory of stored responses)."""
     min_tcb_evaluation_data_number: int | None = None
-    """Intel DCAP: ``--min-tcb-eval-number`` (:func:`require_tcb_evaluation`)."""
+    """Intel DCAP: ``--min-tcb-eval-number N`` (:func:`require_tcb_evaluation`)."""
+    tcb_evaluation_numbers: bool = False
+    """Intel DCAP (SGX, TDX): also verify Intel's TCB evaluation data numbers for the platform
+    (``--min-tcb-eval-number auto``), from ``tcb_evaluation_numbers_file`` or else the
+    ``--collateral`` directory or URL; reported in ``VerifiedEvidence.tcb_evaluation_numbers``."""
+    tcb_evaluation_numbers_file: Path | None = None
+    """``--tcb-eval-numbers FILE``: Intel PCS's answer, signed by the TCB Info's signer."""
 
     @property
     def digest(self) -> str:
@@ -117,6 +134,52 @@ def require_tcb_evaluation(result: VerifiedEvidence, minimum: int, where: str) -
             "or collateral replayed, would let a platform pass that a later TCB recovery made out of date)"
         )
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class AutoTcbEvaluation:
+    """``--min-tcb-eval-number auto``: the minimum TCB evaluation data number is the one Intel's
+    verified TCB evaluation data numbers set at the verification time, ``grace`` after each TCB
+    recovery event (:meth:`~confide.verify.result.TcbEvaluationNumbers.required`)."""
+
+    grace: timedelta = timedelta(days=DEFAULT_TCB_RECOVERY_GRACE_DAYS)
+
+    def __post_init__(self) -> None:
+        if self.grace < timedelta(0):
+            raise ValueError("grace must not be negative")
+
+
+TcbEvaluationMinimum = int | AutoTcbEvaluation
+"""A fixed minimum TCB evaluation data number, or the automatic one."""
+
+
+def require_minimum(result: VerifiedEvidence, minimum: TcbEvaluationMinimum, where: str) -> VerifiedEvidence:
+    """:func:`require_tcb_evaluation` for a fixed ``minimum``,
+    :func:`require_automatic_tcb_evaluation` for :class:`AutoTcbEvaluation` (``where`` then
+    gets `` auto``)."""
+    if isinstance(minimum, AutoTcbEvaluation):
+        return require_automatic_tcb_evaluation(result, minimum.grace, f"{where} auto")
+    return require_tcb_evaluation(result, minimum, where)
+
+
+def require_automatic_tcb_evaluation(
+    result: VerifiedEvidence, grace: timedelta, where: str
+) -> VerifiedEvidence:
+    """:func:`require_tcb_evaluation` with the minimum that the verified TCB evaluation data
+    numbers of ``result`` set at its verification time with ``grace``
+    (:meth:`~confide.verify.result.TcbEvaluationNumbers.required`); ``result`` with that list
+    and the requirement (number and reason) in its details. The refusal names the reason."""
+    numbers = result.tcb_evaluation_numbers
+    if numbers is None:
+        raise CollateralMissingError(
+            f"{where}: the evidence was verified without Intel's TCB evaluation data numbers"
+        )
+    required = numbers.required(result.verified_at, grace)
+    require_tcb_evaluation(result, required.number, f"{where}: {required.reason()}")
+    details = dict(result.details)
+    details["tcb_evaluation_numbers"] = numbers.to_json()
+    details["required_tcb_evaluation"] = required.to_json()
+    return dataclasses.replace(result, details=details)
 
 
 def verify_request(request: VerifyRequest) -> VerifiedEvidence:

@@ -10,18 +10,23 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from confide.collateral.dcap import PckCertificateSource, source_for
-from confide.errors import ParseError, UsageError
+from confide.errors import CollateralMissingError, ParseError, UsageError
 from confide.evidence.dcap import Quote, TdReport
-from confide.evidence.dcap_collateral import DcapCollateral, PckCertificate
+from confide.evidence.dcap_collateral import MAX_TCB_EVAL_NUMBERS_SIZE, DcapCollateral, PckCertificate
 from confide.platforms.tdx_eventlog import load_event_log
 from confide.verify.dcap import DcapVerifier, missing_pck_error
 from confide.verify.eventlog import verify_event_log
 from confide.verify.result import Platform, VerifiedEvidence
 from confide.verify.x509util import CERTIFICATE_ERRORS, check_certificate_fields
 
-from . import VerifyRequest
+from . import VerifyRequest, read_input_file
 
-__all__ = ["COLLATERAL_ENV", "fetch_collateral", "root_der", "verify_request"]
+__all__ = [
+    "COLLATERAL_ENV",
+    "fetch_collateral",
+    "root_der",
+    "verify_request",
+]
 
 _DEFAULT_VERIFIER = DcapVerifier()
 COLLATERAL_ENV = "CONFIDE_DCAP_COLLATERAL"
@@ -48,16 +53,23 @@ def fetch_collateral(
     quote: Quote,
     location: str | None,
     min_tcb_evaluation_data_number: int | None = None,
+    tcb_evaluation_numbers: bool = False,
 ) -> tuple[DcapCollateral | None, PckCertificate | None]:
     """The collateral of ``quote`` from ``location`` (``--collateral``; ``None``: none), and for
     a quote whose certification data only names its PCK certificate (types 1-4) that
     certificate first: the platform's FMSPC and PCK CA, which the collateral is looked up by,
     are read from it once it chains to the pinned root. ``min_tcb_evaluation_data_number``
     (``--min-tcb-eval-number``): a URL source neither serves from its disk cache nor keeps
-    collateral of an older TCB evaluation (:mod:`confide.collateral.dcap`)."""
+    collateral of an older TCB evaluation (:mod:`confide.collateral.dcap`). ``tcb_evaluation_numbers``:
+    the collateral must also bring Intel's TCB evaluation data numbers (a directory or URL
+    source; a bundle has none: :class:`CollateralMissingError`)."""
     if not location:
         return None, None
-    source = source_for(location, min_tcb_evaluation_data_number=min_tcb_evaluation_data_number)
+    source = source_for(
+        location,
+        min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
+        tcb_evaluation_numbers=tcb_evaluation_numbers,
+    )
     pck: PckCertificate | None = None
     cert_id = quote.pck_cert_id()
     if cert_id is not None:
@@ -69,6 +81,11 @@ def fetch_collateral(
         pck = source.get_pck_certificate(cert_id)
     chain = verifier.pck_chain(quote, pck)
     collateral = source.get_collateral(fmspc=chain.extension.fmspc, ca=chain.ca, tee=quote.tee)
+    if tcb_evaluation_numbers and collateral.tcb_evaluation_numbers is None:
+        raise CollateralMissingError(
+            f"{location} is a collateral bundle (dcap-qvl layout), which has no TCB evaluation data "
+            "numbers: give them with --tcb-eval-numbers FILE, or use a PCS directory or URL"
+        )
     return collateral, pck
 
 
@@ -83,7 +100,24 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
     location = req.collateral_url or (
         str(req.collateral) if req.collateral else os.environ.get(COLLATERAL_ENV)
     )
-    collateral, pck = fetch_collateral(verifier, quote, location, req.min_tcb_evaluation_data_number)
+    from_file = req.tcb_evaluation_numbers_file
+    collateral, pck = fetch_collateral(
+        verifier,
+        quote,
+        location,
+        req.min_tcb_evaluation_data_number,
+        tcb_evaluation_numbers=req.tcb_evaluation_numbers and from_file is None,
+    )
+    if from_file is not None and collateral is not None:
+        # Intel PCS's answer as a file: its issuer chain is the TCB Info's (Intel PCS serves the
+        # same TCB signing chain for both).
+        body = read_input_file(
+            from_file,
+            "--tcb-eval-numbers",
+            MAX_TCB_EVAL_NUMBERS_SIZE,
+            "Intel PCS's TCB evaluation data numbers",
+        )
+        collateral = dataclasses.replace(collateral, tcb_evaluation_numbers=body)
     result = verifier.verify_parsed(quote, req.evidence, collateral, at=req.at, pck=pck)
     if req.event_log is not None:
         if not isinstance(quote.report, TdReport):

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from confide.errors import AppraisalError
@@ -53,7 +53,13 @@ from confide.policy.model import (
     TdxFactors,
     Tolerance,
 )
-from confide.verify.result import ClaimValue, Platform, TcbStatus, VerifiedEvidence
+from confide.verify.result import (
+    DEFAULT_TCB_RECOVERY_GRACE_DAYS,
+    ClaimValue,
+    Platform,
+    TcbStatus,
+    VerifiedEvidence,
+)
 
 __all__ = [
     "TCB_TOLERANCES",
@@ -352,10 +358,30 @@ def _check_tcb_evaluation(
 ) -> None:
     """``min_tcb_evaluation_data_number`` (Intel DCAP evidence only): the TCB Info and the QE
     Identity the evidence was verified with must both be of at least that TCB evaluation."""
-    minimum = security.min_tcb_evaluation_data_number
-    if minimum is None or evidence.platform not in _TCB_PLATFORMS:
+    configured = security.min_tcb_evaluation_data_number
+    if configured is None or evidence.platform not in _TCB_PLATFORMS:
         return
-    wanted = f">= {minimum} (security.attestation.min_tcb_evaluation_data_number)"
+    setting = "security.attestation.min_tcb_evaluation_data_number"
+    if isinstance(configured, int):
+        minimum = configured
+        wanted = f">= {minimum} ({setting})"
+    else:  # "auto"
+        listed = evidence.tcb_evaluation_numbers
+        if listed is None:
+            reasons.append(
+                Reason(
+                    "tcb_evaluation_data_number",
+                    "no verified TCB evaluation data numbers",
+                    f"Intel's TCB evaluation data numbers verified with the evidence ({setting}: auto; "
+                    "verify with --min-tcb-eval-number auto, or a CAS started with it)",
+                )
+            )
+            return
+        days = security.tcb_recovery_grace_days
+        grace = timedelta(days=DEFAULT_TCB_RECOVERY_GRACE_DAYS if days is None else days)
+        required = listed.required(evidence.verified_at, grace)
+        minimum = required.number
+        wanted = f">= {minimum} ({setting}: auto; {required.reason()})"
     numbers = evidence.tcb_evaluation
     if numbers is None:
         reasons.append(

@@ -423,6 +423,16 @@ def _sorted_unique(value: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(sorted(set(value)))
 
 
+def _min_tcb_evaluation(value: Any) -> Any:
+    """``min_tcb_evaluation_data_number``: an integer 1..2**32-1 (not a boolean, not a string of
+    digits) or ``auto``; ``null``: none."""
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 0xFFFF_FFFF:
+        return value
+    raise ValueError(f"got {short(value)}, expected an integer 1..4294967295 or auto")
+
+
 def _advisories(value: Any) -> Any:
     return [value] if isinstance(value, str) and value != "*" else value
 
@@ -437,11 +447,24 @@ class AttestationSecurity(_Model):
     ] = ()
     trusted_scone_qe_pubkeys: tuple[Hex32, ...] = ()
     """Accepted for compatibility; confide has no SCONE quoting enclave, so it has no effect."""
-    min_tcb_evaluation_data_number: Annotated[StrictInt, Field(ge=1, le=0xFFFF_FFFF)] | None = None
+    min_tcb_evaluation_data_number: Annotated[int | str | None, BeforeValidator(_min_tcb_evaluation)] = None
     """confide: Intel DCAP evidence (sgx, tdx, az-tdx-vtpm) must have been verified with a TCB
     Info and a QE Identity whose ``tcbEvaluationDataNumber`` are both at least this (Intel PCS
     API v4), so that collateral made before a TCB recovery (a stale PCCS, or replayed) cannot
-    pass a platform the recovery made out of date. Other platforms are not affected."""
+    pass a platform the recovery made out of date. Other platforms are not affected. ``auto``:
+    the number that Intel's TCB evaluation data numbers, verified with the evidence, require at
+    its verification time (the latest TCB recovery event at least ``tcb_recovery_grace_days``
+    old; docs/dcap.md, "Automatic minimum"); evidence verified without that list fails."""
+    tcb_recovery_grace_days: Annotated[StrictInt, Field(ge=0, le=3650)] | None = None
+    """confide, with ``min_tcb_evaluation_data_number: auto`` only: days after a TCB recovery
+    event before its number is required (absent: 365, what Intel PCS's standard update serves:
+    :data:`confide.verify.result.DEFAULT_TCB_RECOVERY_GRACE_DAYS`)."""
+
+    @model_validator(mode="after")
+    def _grace_needs_auto(self) -> AttestationSecurity:
+        if self.tcb_recovery_grace_days is not None and self.min_tcb_evaluation_data_number != "auto":
+            raise ValueError("tcb_recovery_grace_days applies to min_tcb_evaluation_data_number: auto only")
+        return self
 
     @field_validator("mode", mode="before")
     @classmethod

@@ -187,6 +187,7 @@ def _steps_3_to_6(
         advisory_ids=hw.advisory_ids,
         details=details,
         tcb_evaluation=hw.tcb_evaluation,
+        tcb_evaluation_numbers=hw.tcb_evaluation_numbers,
     )
 
 

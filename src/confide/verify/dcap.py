@@ -46,7 +46,10 @@ The steps follow Intel's DCAP Quote Verification Library (QVL, ``QuoteVerifier::
     the launch status; dcap-qvl refuses it too).
 
 The TCB evaluation data numbers of the TCB Info and QE Identity used are returned
-(``VerifiedEvidence.tcb_evaluation``); how recent they must be is a policy's decision.
+(``VerifiedEvidence.tcb_evaluation``); how recent they must be is a policy's decision. When the
+collateral carries Intel's TCB evaluation data numbers list, it is verified too (signed as TCB
+Info is, Root CA CRL, dates, SGX/TDX: :meth:`DcapVerifier.verify_tcb_evaluation_numbers`) and
+returned (``VerifiedEvidence.tcb_evaluation_numbers``), for a policy's automatic minimum.
 
 Nothing here reads the clock or does I/O. Claims are reported, never judged: debug enclaves,
 TDs without SEPT_VE_DISABLE or with MRSERVICETD are verified and flagged for the policy.
@@ -93,6 +96,7 @@ from confide.evidence.dcap_collateral import (
     EnclaveIdentity,
     IdentityTcbLevel,
     PckCertificate,
+    TcbEvaluationNumbersText,
     TcbInfo,
     TcbLevel,
 )
@@ -100,7 +104,15 @@ from confide.evidence.pck import SGX_EXTENSION_OID, PckExtension, parse_pck_exte
 from confide.evidence.pem import parse_pem_chain
 from confide.lru import Lru
 from confide.verify._pinned_chain import check_signing_end_entity
-from confide.verify.result import ClaimValue, Platform, TcbEvaluation, TcbStatus, VerifiedEvidence
+from confide.verify.result import (
+    ClaimValue,
+    Platform,
+    TcbEvalNumber,
+    TcbEvaluation,
+    TcbEvaluationNumbers,
+    TcbStatus,
+    VerifiedEvidence,
+)
 from confide.verify.roots import INTEL_SGX_ROOT_CA_DER
 from confide.verify.x509util import (
     check_crl,
@@ -479,6 +491,10 @@ class DcapVerifier:
         )
         self._collateral: Lru[tuple[DcapCollateral, bytes], VerifiedCollateral] = Lru(collateral_cache_size)
         self._issuing_cas: Lru[bytes, x509.Certificate] = Lru(16)
+        self._tcb_numbers: Lru[
+            tuple[bytes, tuple[bytes, ...], bytes],
+            tuple[TcbEvaluationNumbersText, tuple[x509.Certificate, ...], x509.CertificateRevocationList],
+        ] = Lru(16)
 
     def forget_platforms(self) -> None:
         """Drop what is cached per platform (PCK chains, QE report checks, attestation keys);
@@ -623,6 +639,10 @@ class DcapVerifier:
             )
             self.check_crl_signature(c.root_ca_crl, None, "Root CA CRL")
             self.check_crl_signature(c.pck_crl, c.pck_crl_issuer_chain, "PCK CRL")
+            if c.tcb_evaluation_numbers is not None:
+                numbers = TcbEvaluationNumbersText.from_response(c.tcb_evaluation_numbers)
+                chain = c.tcb_evaluation_numbers_issuer_chain or c.tcb_info_issuer_chain
+                self.check_signed_json(chain, numbers.text, numbers.signature, "TCB evaluation data numbers")
         except ConfideError:
             return False
         return True
@@ -644,6 +664,55 @@ class DcapVerifier:
             pck_crl=pck_crl,
             issuer_chains=(("TCB Info issuer chain", tcb_chain), ("QE Identity issuer chain", qe_chain)),
             tcb_signing_revoked=revoked,
+        )
+
+    # -- TCB evaluation data numbers ---------------------------------------------------------
+    def verify_tcb_evaluation_numbers(
+        self,
+        body: bytes,
+        issuer_chain_der: tuple[bytes, ...],
+        root_ca_crl_der: bytes,
+        *,
+        tee_id: str,
+        at: datetime,
+    ) -> TcbEvaluationNumbers:
+        """Intel's TCB evaluation data numbers list (Intel PCS API v4 ``GET
+        /{sgx,tdx}/certification/v4/tcbevaluationdatanumbers``), verified as a TCB Info is
+        (step 5): ``body`` is the whole response; its signature is over the exact text of the
+        ``tcbEvaluationDataNumbers`` member, by the Intel SGX TCB Signing certificate of
+        ``issuer_chain_der`` (``TCB-Evaluation-Data-Numbers-Issuer-Chain``: that certificate and
+        the pinned root, the chain of TCB Info); the Root CA CRL is signed by the root, current
+        at ``at`` and does not revoke the signer; the chain and the list (``issueDate`` ..
+        ``nextUpdate``) are valid at ``at``; the list's ``id`` is ``tee_id`` (``SGX`` or
+        ``TDX``). Errors: ParseError, CollateralError (chain, id), SignatureError,
+        CollateralExpiredError, RevocationError."""
+        if at.tzinfo is None:
+            raise ValueError("at must be timezone-aware")
+        what = "TCB evaluation data numbers"
+        key = (body, issuer_chain_der, root_ca_crl_der)
+        signed = self._tcb_numbers.get(key)
+        if signed is None:
+            parsed = TcbEvaluationNumbersText.from_response(body)
+            chain = self._signed_json(issuer_chain_der, parsed.text, parsed.signature, what)
+            root_crl = load_der_crl(root_ca_crl_der, "root_ca_crl")
+            check_crl(root_crl, self._root, "Root CA CRL")
+            signed = (parsed, chain, root_crl)
+            self._tcb_numbers.put(key, signed)  # signatures only: what follows is checked per call
+        parsed, chain, root_crl = signed
+        if parsed.id != tee_id:
+            raise CollateralError(f"the {what} are for {parsed.id}, expected {tee_id}")
+        _in_window("Root CA CRL", root_crl.last_update_utc, _crl_next_update(root_crl, "Root CA CRL"), at)
+        if _revoked(root_crl, chain[0]):
+            raise RevocationError(f"the TCB signing certificate of the {what} is revoked by the Root CA CRL")
+        check_validity(chain, at, f"{what} issuer chain", collateral=True)
+        _in_window(what, parsed.issue_date, parsed.next_update, at)
+        return TcbEvaluationNumbers(
+            id=parsed.id,
+            version=parsed.version,
+            issue_date=parsed.issue_date,
+            next_update=parsed.next_update,
+            numbers=tuple(TcbEvalNumber(n, event, date) for n, event, date in parsed.numbers),
+            verified_at=at,
         )
 
     # -- the whole verification -------------------------------------------------------------
@@ -802,6 +871,17 @@ class DcapVerifier:
             current_status = _current_tcb_status(info, ext, report.tee_tcb_svn2, qe_status)
             status = _relaunch(status, current_status)
 
+        # Step 5 (optional): Intel's TCB evaluation data numbers, when they came with the collateral.
+        tcb_numbers = None
+        if collateral.tcb_evaluation_numbers is not None:
+            tcb_numbers = self.verify_tcb_evaluation_numbers(
+                collateral.tcb_evaluation_numbers,
+                collateral.tcb_evaluation_numbers_issuer_chain or collateral.tcb_info_issuer_chain,
+                collateral.root_ca_crl,
+                tee_id=want_id,
+                at=at,
+            )
+
         claims = _claims(quote, ext)
         details: dict[str, ClaimValue] = {
             "quote_version": header.version,
@@ -850,6 +930,7 @@ class DcapVerifier:
             advisory_ids=tuple(dict.fromkeys(advisories)),
             details=details,
             tcb_evaluation=TcbEvaluation(info.tcb_evaluation_data_number, ident.tcb_evaluation_data_number),
+            tcb_evaluation_numbers=tcb_numbers,
         )
 
     @staticmethod

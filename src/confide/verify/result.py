@@ -12,11 +12,21 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import TypeAlias, Union
 
-__all__ = ["ClaimValue", "Platform", "TcbEvaluation", "TcbStatus", "VerifiedEvidence"]
+__all__ = [
+    "DEFAULT_TCB_RECOVERY_GRACE_DAYS",
+    "ClaimValue",
+    "Platform",
+    "RequiredTcbEvaluation",
+    "TcbEvalNumber",
+    "TcbEvaluation",
+    "TcbEvaluationNumbers",
+    "TcbStatus",
+    "VerifiedEvidence",
+]
 
 # A claim is JSON-shaped: byte strings are normalised to lower-case hex text.
 ClaimValue: TypeAlias = Union[str, int, bool, list["ClaimValue"], dict[str, "ClaimValue"], None]  # noqa: UP007
@@ -78,6 +88,112 @@ class TcbEvaluation:
         )
 
 
+DEFAULT_TCB_RECOVERY_GRACE_DAYS = 365
+"""The grace period of an automatic minimum when none is given: Intel PCS's standard update
+(what it serves without ``update=early``) serves the collateral of the highest evaluation whose
+TCB recovery event is at least twelve months old (Automata's ``TcbEvalDao.standard()``; the
+collateral Intel PCS served in June, August and October 2025, of evaluation 17 while 18 was
+seven to eleven months old, tests/assets). A shorter grace needs early-update collateral."""
+
+
+@dataclass(frozen=True, slots=True)
+class TcbEvalNumber:
+    """One entry of Intel's TCB evaluation data numbers list (Intel PCS API v4, "TCB Evaluation
+    Data Numbers" model v1): a TCB evaluation, the date its TCB recovery event was made public
+    (``tcbRecoveryEventDate``) and the TCB date of its TCB levels (``tcbDate``)."""
+
+    number: int
+    tcb_recovery_event_date: datetime
+    tcb_date: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RequiredTcbEvaluation:
+    """The minimum TCB evaluation data number that a verified list and a grace period require
+    at a time (:meth:`TcbEvaluationNumbers.required`), and why."""
+
+    number: int
+    grace: timedelta
+    at: datetime
+    list_issue_date: datetime
+    event: TcbEvalNumber | None
+    """The entry that set it (its recovery event + grace is at or before ``at``); ``None``: no
+    entry is old enough yet, the lowest number Intel still lists is required."""
+
+    def reason(self) -> str:
+        grace = f"{self.grace.days} day(s)"
+        listed = f"Intel's TCB evaluation data numbers list issued {_iso(self.list_issue_date)}"
+        if self.event is None:
+            return (
+                f"{listed}: no TCB recovery event is {grace} old at {_iso(self.at)}; the lowest "
+                f"number still listed, {self.number}, is required"
+            )
+        return (
+            f"{listed}: TCB recovery event of {_iso(self.event.tcb_recovery_event_date)} "
+            f"(tcbEvaluationDataNumber {self.event.number}) + grace {grace} is at or before {_iso(self.at)}"
+        )
+
+    def to_json(self) -> dict[str, ClaimValue]:
+        return {
+            "required": self.number,
+            "grace_days": self.grace.days,
+            "at": _iso(self.at),
+            "list_issue_date": _iso(self.list_issue_date),
+            "tcb_recovery_event_date": _iso(self.event.tcb_recovery_event_date) if self.event else None,
+            "reason": self.reason(),
+        }
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class TcbEvaluationNumbers:
+    """Intel's TCB evaluation data numbers for SGX or TDX, verified: signed by the Intel SGX TCB
+    Signing certificate under the pinned root, not revoked, current at ``verified_at``
+    (:meth:`confide.verify.dcap.DcapVerifier.verify_tcb_evaluation_numbers`)."""
+
+    id: str
+    """``SGX`` or ``TDX``."""
+    version: int
+    issue_date: datetime
+    next_update: datetime
+    numbers: tuple[TcbEvalNumber, ...]
+    """Highest number first."""
+    verified_at: datetime
+
+    def required(self, at: datetime, grace: timedelta) -> RequiredTcbEvaluation:
+        """The minimum that this list sets at ``at`` with ``grace`` after each recovery event:
+        the highest ``tcbEvaluationDataNumber`` whose ``tcbRecoveryEventDate + grace`` is at or
+        before ``at`` (as Fortanix's ``pcs`` crate, ``TcbPolicy::minimum_tcb_evaluation_data_number``;
+        docs/dcap.md). When no event is that old yet, the lowest number the list still gives
+        (Intel lists the evaluations it still supports)."""
+        if grace < timedelta(0):
+            raise ValueError("grace must not be negative")
+        enforced = [n for n in self.numbers if n.tcb_recovery_event_date + grace <= at]
+        if enforced:
+            event = max(enforced, key=lambda n: n.number)
+            return RequiredTcbEvaluation(event.number, grace, at, self.issue_date, event)
+        lowest = min(n.number for n in self.numbers)
+        return RequiredTcbEvaluation(lowest, grace, at, self.issue_date, None)
+
+    def to_json(self) -> dict[str, ClaimValue]:
+        return {
+            "id": self.id,
+            "issue_date": _iso(self.issue_date),
+            "next_update": _iso(self.next_update),
+            "numbers": [
+                {
+                    "tcb_evaluation_data_number": n.number,
+                    "tcb_recovery_event_date": _iso(n.tcb_recovery_event_date),
+                    "tcb_date": _iso(n.tcb_date),
+                }
+                for n in self.numbers
+            ],
+        }
+
+
 def _frozen(claims: Mapping[str, ClaimValue]) -> Mapping[str, ClaimValue]:
     return MappingProxyType(dict(claims))
 
@@ -100,6 +216,10 @@ class VerifiedEvidence:
     tcb_evaluation: TcbEvaluation | None = None
     """Intel DCAP (SGX, TDX, Azure TDX vTPM): the TCB evaluation data numbers of the collateral
     used; ``None`` for every other platform."""
+    tcb_evaluation_numbers: TcbEvaluationNumbers | None = None
+    """Intel DCAP, when asked for (``--min-tcb-eval-number auto``, ``--tcb-eval-numbers``):
+    Intel's list of TCB evaluation data numbers for the platform, verified at ``verified_at``
+    (what an automatic minimum is computed from)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "claims", _frozen(self.claims))
