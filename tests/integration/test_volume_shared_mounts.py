@@ -91,6 +91,7 @@ cat "$d/notes.txt"
 class Setup:
     def __init__(self, cas: CasProcess, tmp: Path) -> None:
         self.cas, self.tmp = cas, tmp
+        self.procs: list[subprocess.Popen[str]] = []
         self.barrier, self.want = tmp / "barrier", tmp / "want"
         self.barrier.mkdir()
         self.want.write_text("2\n")
@@ -137,11 +138,20 @@ security:
             ok(confide(cas, "policy", "apply", str(f), "--identity", str(ident)))
 
     def start(self, policy: str, env: dict[str, str]) -> subprocess.Popen[str]:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "confide", "run", "--config-id", f"{policy}/app", "--tee", "sim", "--",
              *self.argv],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(self.cas, env),
         )  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        """After a failure: no run left waiting at the barrier (its FUSE server follows it)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
 
     def run(self, policy: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         return confide(
@@ -170,9 +180,17 @@ def _finish(p: subprocess.Popen[str]) -> tuple[int, str, str]:
     return p.returncode, out, err
 
 
+@pytest.fixture
+def s(cas: CasProcess, tmp_path: Path) -> Iterator[Setup]:
+    setup = Setup(cas, tmp_path)
+    try:
+        yield setup
+    finally:
+        setup.stop_all()
+
+
 @pytest.mark.parametrize("mode", _modes())
-def test_two_runs_share_an_ephemeral_volume_at_once(cas: CasProcess, tmp_path: Path, mode: str) -> None:
-    s = Setup(cas, tmp_path)
+def test_two_runs_share_an_ephemeral_volume_at_once(s: Setup, mode: str) -> None:
     env = {} if mode == "fuse" else NO_FUSE
     before = tree_digest(s.vol)
     procs = [s.start("eph", env), s.start("eph", env)]
@@ -196,7 +214,7 @@ def test_two_runs_share_an_ephemeral_volume_at_once(cas: CasProcess, tmp_path: P
     assert tree_digest(s.vol) == before
     manifest, _ = load_sealed(s.vol, VolumeKey(bytes.fromhex(s.key)), s.tag)
     assert sorted(manifest.by_path()) == ["notes.txt", "shared.txt"]
-    events = ok(confide(cas, "policy", "events", "eph", "--identity", str(s.ident))).splitlines()
+    events = ok(confide(s.cas, "policy", "events", "eph", "--identity", str(s.ident))).splitlines()
     assert [e["payload"]["tag"] for e in map(json.loads, events) if e["type"] == "volume-tag"] == [s.tag]
     # a third run sees the sealed version again
     s.reset(1)
@@ -205,10 +223,7 @@ def test_two_runs_share_an_ephemeral_volume_at_once(cas: CasProcess, tmp_path: P
 
 
 @pytest.mark.parametrize("mode", _modes())
-def test_a_sealing_run_and_ephemeral_runs_exclude_each_other(
-    cas: CasProcess, tmp_path: Path, mode: str
-) -> None:
-    s = Setup(cas, tmp_path)
+def test_a_sealing_run_and_ephemeral_runs_exclude_each_other(s: Setup, mode: str) -> None:
     env = {} if mode == "fuse" else NO_FUSE
     before = tree_digest(s.vol)
     # an ephemeral run is live: a run that may seal the volume is refused before its program runs

@@ -1082,6 +1082,11 @@ def mount_volume(
         if why is None:
             if not mountpoint.is_dir():
                 raise UsageError(f"mountpoint {str(mountpoint)!r}: got a missing path or a non-directory")
+            # a volume in use is refused here, in one line (the server takes the lock again):
+            # its server's failure would make `auto` try tmpfs, with a misleading warning
+            probe = lock_volume(volume_dir, shared=not sealable)
+            if probe is not None:
+                os.close(probe)
             try:
                 return _FuseMount(volume_dir, key, mountpoint, tag, writable, on_parent_exit, ephemeral)
             except StorageError as exc:
