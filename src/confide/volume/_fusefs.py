@@ -936,7 +936,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     ephemeral = args[5] == "eph"
     writable = args[5] == "rw" or ephemeral
-    sealable = writable and not ephemeral  # a session whose changes can reach the volume
     on_parent_exit = args[6] if len(args) > 6 else "discard"
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     _die_with_parent(parent)
@@ -949,7 +948,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         key = VolumeKey.from_hex(sys.stdin.readline())
-        lock = lock_volume(volume_dir, shared=not sealable)
+        lock = lock_volume(volume_dir, shared=not writable or ephemeral)
         reader = VolumeReader(volume_dir, key, tag)  # re-checked after taking the lock
     except ConfideError as exc:
         say(f"error {exc.exit_code} {exc.message}")
@@ -988,12 +987,16 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     parent_alive = os.getppid() == parent
     signalled = False  # a SIGTERM while waiting for the decision: discard, never seal
-    if sealable and parent_alive and not decided.is_set():
+    # an ephemeral session too: its unmount without a decision was a signal (reported 'stopped':
+    # the application's writes now go to the bare mountpoint), though 'commit' seals nothing
+    if writable and parent_alive and not decided.is_set():
         signalled = _await_decision(parent, decided, say)
         parent_alive = os.getppid() == parent
     try:
-        if not sealable:
-            if ephemeral and fs.changed:
+        if not writable:
+            say(f"unchanged {reader.tag}")
+        elif ephemeral:  # whatever was decided: nothing of it is in the volume directory
+            if fs.changed:
                 log.info("confide volume: ephemeral session: its changes were in memory only, dropped")
             say(f"unchanged {reader.tag}")
         elif not signalled and (decision["commit"] or (not parent_alive and on_parent_exit == "commit")):

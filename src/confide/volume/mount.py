@@ -373,7 +373,7 @@ class _FuseMount(MountHandle):
             return self.tag
         try:
             assert self._proc.stdin is not None
-            if self.writable and not self.ephemeral:
+            if self.writable:  # ephemeral too: the server can then tell this unmount from a signal
                 try:
                     self._proc.stdin.write("commit\n")
                     self._proc.stdin.flush()
