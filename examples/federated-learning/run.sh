@@ -112,11 +112,25 @@ render "$HERE/policies/fl-model.yaml" "$WORK/fl-model.yaml" "${COMMON[@]}" MODEL
 MODEL_HASH=$(confide policy apply "$WORK/fl-model.yaml" --identity "$KEYS/model-owner.id")
 echo "model owner: fl-model ${MODEL_HASH:0:16}… (exports the model to the four policies above, pinned)"
 
-for round in $(seq "$ROUNDS"); do
-  step "round $round: each hospital trains in its TEE, then the aggregator averages"
+# The three trainings of a round run at the same time: they share one copy of the model, which
+# each mounts ephemeral (a shared lock; its changes stay in its own view). Each `confide run`
+# mounts in a private mount namespace, which needs root; without it the mounts of the three
+# would meet at /run/confide/volumes/model, so they run one after another.
+train_all() {
+  local pids=() site pid
   for site in a b c; do
-    confide run --config-id "hospital-$site/train" --tee sim -- "${TRAIN[@]}"
+    if [ "$(id -u)" = 0 ]; then
+      confide run --config-id "hospital-$site/train" --tee sim -- "${TRAIN[@]}" &
+      pids+=($!)
+    else
+      confide run --config-id "hospital-$site/train" --tee sim -- "${TRAIN[@]}"
+    fi
   done
+  for pid in "${pids[@]}"; do wait "$pid"; done   # a failed training stops the script (set -e)
+}
+for round in $(seq "$ROUNDS"); do
+  step "round $round: the hospitals train in their TEEs (at the same time), then the aggregator averages"
+  train_all
   confide run --config-id fl-aggregator/aggregate --tee sim -- "${AGGREGATE[@]}"
 done
 

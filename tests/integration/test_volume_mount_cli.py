@@ -500,3 +500,88 @@ def test_fuse_writable_server_stopped_alone_ends_the_command_sealed_with_exit_50
     assert "(changed)" in out and new != tag, out
     report = verify_volume(v, _key(key_file), new)
     assert report.ok and report.files == len(FILES) + 1
+
+
+def _inside(m: _Mount, mnt: Path, mode: str) -> Path:
+    """Where the mount's files are: FUSE mounts are visible to all, tmpfs ones in the command's
+    private namespace only."""
+    return mnt if mode == "fuse" else m.root() / str(mnt).lstrip("/")
+
+
+def _digest(directory: Path) -> dict[str, tuple[int, int, bytes]]:
+    """mode, mtime and contents of everything below ``directory`` (the lock file included)."""
+    out = {}
+    for p in sorted(directory.rglob("*")):
+        st = p.lstat()
+        out[str(p.relative_to(directory))] = (
+            st.st_mode,
+            st.st_mtime_ns,
+            p.read_bytes() if p.is_file() else b"",
+        )
+    return out
+
+
+@pytest.mark.parametrize("mode", _modes())
+@pytest.mark.parametrize("kind", ["read-only", "ephemeral"])
+def test_read_only_and_ephemeral_mounts_share_the_volume_and_exclude_a_writable_one(
+    tmp_path: Path, mode: str, kind: str
+) -> None:
+    v, key_file, tag = _volume(tmp_path)
+    before = _digest(v)
+    mnts = [tmp_path / f"m{i}" for i in range(3)]
+    for p in mnts:
+        p.mkdir()
+    extra = ["--ephemeral"] if kind == "ephemeral" else []
+    common = ["--key", str(key_file), "--tag", tag, "--mode", mode, *extra]
+    first = _Mount(str(v), str(mnts[0]), *common)
+    second = None
+    try:
+        assert f"{kind} read-write via" in first.first if extra else "read-only via" in first.first, (
+            first.first
+        )
+        second = _Mount(str(v), str(mnts[1]), *common)  # the same copy, at the same time
+        assert f"tag: {tag}" in second.tag_line, second.first + second.tag_line
+        views = [_inside(first, mnts[0], mode), _inside(second, mnts[1], mode)]
+        for view in views:
+            assert (view / "data" / "model.bin").read_bytes() == FILES["data/model.bin"]
+        if extra:  # each changes its own view only
+            (views[0] / "readme.txt").write_bytes(b"first's\n")
+            (views[1] / "data" / "new").write_bytes(b"second's\n")
+            assert (views[1] / "readme.txt").read_bytes() == b"hello\n"
+            assert not (views[0] / "data" / "new").exists()
+        else:
+            with pytest.raises(OSError) as ei:
+                (views[0] / "readme.txt").write_bytes(b"x")
+            assert ei.value.errno == errno.EROFS
+        # a writable mount needs the volume alone: refused, one line, exit 50, nothing mounted
+        w = _Mount(str(v), str(mnts[2]), "--key", str(key_file), "--tag", tag, "--mode", mode, "--writable")
+        rc, _out, err = w.stop()
+        assert rc == 50, err
+        assert "StorageError" in err and "is in use: a writer or a mount holds its lock" in err, err
+        assert not _mounted(mnts[2])
+        assert _digest(v) == before  # nothing of either session in the volume directory
+    finally:
+        results = [m.stop() for m in (first, second) if m is not None]
+    for rc, out, err in results:
+        assert rc == 0 and f"unmounted; tag: {tag} (unchanged)" in out, out + err
+    assert _digest(v) == before
+    # free again: a writable mount now succeeds, and excludes them in turn
+    w = _Mount(str(v), str(mnts[2]), "--key", str(key_file), "--tag", tag, "--mode", mode, "--writable")
+    try:
+        assert "read-write via" in w.first, w.first
+        r = _Mount(str(v), str(mnts[0]), *common)
+        rc, _out, err = r.stop()
+        assert rc == 50 and "is in use: a writer (add, rm, seal or a writable mount) holds its lock" in err, (
+            err
+        )
+    finally:
+        rc, out, err = w.stop()
+    assert rc == 0 and "(unchanged)" in out, out + err
+
+
+def test_writable_and_ephemeral_together_is_a_usage_error(vol: tuple[Path, Path, str, Path]) -> None:
+    v, key_file, tag, mnt = vol
+    m = _Mount(str(v), str(mnt), "--key", str(key_file), "--tag", tag, "--writable", "--ephemeral")
+    rc, _out, err = m.stop()
+    assert rc == 2 and "--writable and --ephemeral" in err and len(err.strip().splitlines()) == 1, err
+    assert not _mounted(mnt)

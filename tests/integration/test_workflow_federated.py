@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -128,9 +129,12 @@ def wf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workflow]:
     with running_cas(work / "cas", None) as cas:
         flow = Workflow(cas, work, str(Path(sys.executable).resolve()))
         setup(flow)
+        train = str(EXAMPLE / "services" / "train.py")
         for _ in range(ROUNDS):
-            for site in SITES:
-                flow.run(f"hospital-{site}/train", str(EXAMPLE / "services" / "train.py"))
+            # as run.sh: the trainings at the same time (they share the model's copy, mounted
+            # ephemeral), each in a private mount namespace (root); else one after another
+            with ThreadPoolExecutor(len(SITES) if os.geteuid() == 0 else 1) as pool:
+                list(pool.map(lambda site: flow.run(f"hospital-{site}/train", train), SITES))
             flow.run("fl-aggregator/aggregate", str(EXAMPLE / "services" / "aggregate.py"))
         yield flow
 

@@ -206,17 +206,19 @@ def test_a_signal_during_volume_set_up_or_seal_ends_sealed_and_reported(
 # session is sealed or reported; StorageError (exit 50).
 @pytest.mark.skipif(fuse_usable() is not None, reason=f"FUSE unavailable: {fuse_usable()}")
 @pytest.mark.parametrize("program", ["running", "exited"])
+@pytest.mark.parametrize("policy", [UpdatePolicy.ROLLBACK_PROTECTED, UpdatePolicy.EPHEMERAL])
 def test_a_fuse_server_stopped_by_an_outside_signal_stops_the_program_and_discards(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, program: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, program: str, policy: UpdatePolicy
 ) -> None:
     from confide.runtime import run as run_module
     from confide.runtime.run import Launch, supervise
 
     vol, key, tag = _volume(tmp_path)
-    release = VolumeRelease("data", vol, key.raw, tag)
+    release = VolumeRelease("data", vol, key.raw, tag, policy)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    handle = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=True)
+    ephemeral = policy is UpdatePolicy.EPHEMERAL  # as mount_released mounts it: shared, in memory
+    handle = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=True, ephemeral=ephemeral)
     mounted = MountedVolumes([(release, handle)], {}, mounted_tags={"data": tag})
     monkeypatch.setattr(run_module, "mount_released", lambda _volumes: mounted)
     server = handle._proc.pid  # type: ignore[attr-defined]

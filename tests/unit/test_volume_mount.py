@@ -517,3 +517,122 @@ def test_kernel_version_check_parses_the_release(
 ) -> None:
     monkeypatch.setattr(volume_mount.os, "uname", lambda: SimpleNamespace(release=release))
     assert volume_mount._kernel_at_least(6, 14) is expected
+
+
+# --- ephemeral mounts: the volume shared ---------------------------------------------------------
+
+
+def _digest(directory: Path) -> str:
+    """Every name, mode, size, mtime and content below ``directory`` (the lock file included)."""
+    h = hashlib.sha256()
+    for p in sorted(directory.rglob("*")):
+        st = p.lstat()
+        h.update(f"{p.relative_to(directory)}|{st.st_mode:o}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        if stat.S_ISREG(st.st_mode):
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_ephemeral_mounts_share_one_copy_and_keep_their_changes_in_memory(tmp_path: Path) -> None:
+    files = {"big.bin": _pattern(40 * CS + 7), "notes.txt": b"first\n", "dir/keep.txt": b"keep\n",
+             "plain/public.txt": b"unprotected\n"}  # fmt: skip
+    vol, key, tag, _ = _volume(tmp_path, files)
+    before = _digest(vol)
+    mnts = [tmp_path / f"m{i}" for i in range(3)]
+    for m in mnts:
+        m.mkdir()
+    a = mount_volume(vol, key, mnts[0], expected_tag=tag, mode="fuse", ephemeral=True)
+    b = mount_volume(vol, key, mnts[1], expected_tag=tag, mode="fuse", ephemeral=True)
+    ro = mount_volume(vol, key, mnts[2], expected_tag=tag, mode="fuse")  # a reader next to them
+    try:
+        assert a.writable and a.ephemeral and b.ephemeral and not ro.ephemeral
+        # each session changes the same files differently: contents, new files, removals, renames
+        with (mnts[0] / "big.bin").open("r+b") as f:
+            f.seek(5 * CS)
+            f.write(b"A" * 100)
+        (mnts[0] / "new-a").write_bytes(_pattern(3 * CS, 7))
+        (mnts[0] / "notes.txt").write_bytes(b"by a\n")
+        (mnts[0] / "plain" / "public.txt").write_bytes(b"changed by a\n")
+        os.rename(mnts[0] / "dir" / "keep.txt", mnts[0] / "dir" / "moved.txt")
+        os.truncate(mnts[1] / "big.bin", CS + 1)
+        with (mnts[1] / "notes.txt").open("ab") as f:
+            f.write(b"by b\n")
+        (mnts[1] / "dir" / "keep.txt").unlink()
+        os.mkdir(mnts[1] / "newdir")
+        (mnts[1] / "newdir" / "f").write_bytes(b"b's file")
+        # every file closed: a sealing session would have committed objects by now; these did not
+        assert _digest(vol) == before
+        # each sees its own changes (read back from memory after the files were closed) ...
+        want_big_a = bytearray(files["big.bin"])
+        want_big_a[5 * CS : 5 * CS + 100] = b"A" * 100
+        assert (mnts[0] / "big.bin").read_bytes() == bytes(want_big_a)
+        assert (mnts[0] / "new-a").read_bytes() == _pattern(3 * CS, 7)
+        assert (mnts[0] / "plain" / "public.txt").read_bytes() == b"changed by a\n"
+        assert sorted(os.listdir(mnts[0] / "dir")) == ["moved.txt"]
+        assert (mnts[1] / "big.bin").read_bytes() == files["big.bin"][: CS + 1]
+        assert (mnts[1] / "notes.txt").read_bytes() == b"first\nby b\n"
+        assert (mnts[1] / "newdir" / "f").read_bytes() == b"b's file"
+        # ... and none of the other's; the reader sees the sealed version
+        assert sorted(os.listdir(mnts[0])) == ["big.bin", "dir", "new-a", "notes.txt", "plain"]
+        assert sorted(os.listdir(mnts[1])) == ["big.bin", "dir", "newdir", "notes.txt", "plain"]
+        assert (mnts[0] / "notes.txt").read_bytes() == b"by a\n"
+        assert _tree(mnts[2]) == {"big.bin": files["big.bin"], "notes.txt": b"first\n", "dir": ("dir", 0o755),
+                                  "dir/keep.txt": b"keep\n", "plain": ("dir", 0o755),
+                                  "plain/public.txt": b"unprotected\n"}  # fmt: skip
+        # a sealing writer is refused while they are mounted, whatever the mode
+        mnt3 = tmp_path / "m3"
+        mnt3.mkdir()
+        for mode in ("fuse", "tmpfs"):
+            with pytest.raises(StorageError, match="is in use: a writer or a mount holds its lock"):
+                mount_volume(vol, key, mnt3, expected_tag=tag, mode=mode, writable=True)  # type: ignore[arg-type]
+        assert not _mounted(mnt3)
+    finally:
+        tags = [h.close() for h in (a, b, ro)]
+    assert tags == [tag, tag, tag]  # nothing sealed
+    assert _digest(vol) == before  # the volume directory byte for byte as it was
+    assert verify_volume(vol, key, tag).unreferenced_objects == []
+    with mount_volume(vol, key, mnts[0], expected_tag=tag, mode="fuse", ephemeral=True) as again:
+        assert _tree(mnts[0])["notes.txt"] == b"first\n" and again.tag == tag
+
+
+def test_an_ephemeral_mount_is_refused_while_a_writable_one_is_live(tmp_path: Path) -> None:
+    vol, key, tag, _ = _volume(tmp_path, {"a": b"x"})
+    mnt, mnt2 = _mnt(tmp_path), tmp_path / "mnt2"
+    mnt2.mkdir()
+    with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=True) as w:
+        (mnt / "a").write_bytes(b"sealed at the end")
+        for mode, ephemeral in (("fuse", True), ("fuse", False), ("tmpfs", True), ("tmpfs", False)):
+            with pytest.raises(
+                StorageError, match=r"is in use: a writer \(add, rm, seal or a writable mount\)"
+            ):
+                mount_volume(vol, key, mnt2, expected_tag=tag, mode=mode, ephemeral=ephemeral)  # type: ignore[arg-type]
+            assert not _mounted(mnt2)
+    new = w.close()
+    assert new != tag  # the writer's session was not disturbed
+    with mount_volume(vol, key, mnt2, expected_tag=new, mode="fuse", ephemeral=True):
+        assert (mnt2 / "a").read_bytes() == b"sealed at the end"
+
+
+def test_an_ephemeral_mount_still_authenticates_every_chunk(tmp_path: Path) -> None:
+    files = {"bad.bin": _pattern(3 * CS), "good.bin": _pattern(CS, 1)}
+    vol, key, tag, _ = _volume(tmp_path, files)
+    m, _ = load_sealed(vol, key)
+    obj = object_path(vol, m.by_path()["bad.bin"].file_id)
+    raw = bytearray(obj.read_bytes())
+    raw[-5] ^= 0x01  # the last chunk
+    obj.write_bytes(bytes(raw))
+    mnt = _mnt(tmp_path)
+    with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", ephemeral=True) as h:
+        assert (mnt / "good.bin").read_bytes() == files["good.bin"]
+        with pytest.raises(OSError) as ei:
+            (mnt / "bad.bin").read_bytes()
+        assert ei.value.errno == errno.EIO
+        # opening it for writing decrypts it into memory: checked as well
+        with pytest.raises(OSError) as ei, (mnt / "bad.bin").open("r+b") as f:
+            f.write(b"x")
+        assert ei.value.errno == errno.EIO
+        assert h.integrity_failure() == "bad.bin"
+    # and the manifest against the tag, before anything is served
+    with pytest.raises(RollbackError):
+        mount_volume(vol, key, mnt, expected_tag="00" * 32, mode="fuse", ephemeral=True)
+    assert not _mounted(mnt)

@@ -205,3 +205,22 @@ def test_a_signal_to_the_callers_process_group_leaves_the_guard_on_duty(tmp_path
     while shm.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not shm.exists()
+
+
+def test_shm_ephemeral_drops_the_changes_and_writes_nothing_to_the_volume(tmp_path: Path) -> None:
+    vol, key, tag = _volume(tmp_path)
+    before = {str(p): (p.lstat().st_mtime_ns, p.read_bytes() if p.is_file() else b"") for p in vol.rglob("*")}
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    m, _ = load_sealed(vol, key, tag)
+    h = _TmpfsMount(vol, key, mnt, tag, True, m, None, private_namespace=False, ephemeral=True)
+    shm = h.path
+    assert h.writable and h.ephemeral
+    (mnt / "b.txt").write_bytes(b"changed\n")
+    (mnt / "new").write_bytes(b"new\n")
+    (mnt / "d" / "a.bin").unlink()
+    assert h.close() == tag  # nothing sealed
+    assert not shm.exists() and not mnt.is_symlink()
+    after = {str(p): (p.lstat().st_mtime_ns, p.read_bytes() if p.is_file() else b"") for p in vol.rglob("*")}
+    assert after == before
+    assert load_sealed(vol, key, tag)[0].generation == 1

@@ -19,8 +19,10 @@ which the release names (``docs/policy.md``, "Volume update policies"):
 - ``rollback_protected`` (also when the release names none): only the CAS's current tag is
   accepted; after the application exits each changed volume is sealed and its new tag reported
   (compare-and-swap on the old tag), so the next run gets the new one and an old copy is refused;
-- ``ephemeral``: only the current tag is accepted; at exit the changes are discarded unsealed
-  and nothing is reported, so every run starts from the CAS's current version;
+- ``ephemeral``: only the current tag is accepted; the mount is ephemeral (its changes stay in
+  its private copy, never in the volume directory, and the volume's lock is shared), so
+  several services may mount the same copy at once; at exit the changes are dropped and
+  nothing is reported, so every run starts from the CAS's current version;
 - ``no_rollback_protection``: any version whose manifest authenticates under the key is
   accepted; a changed volume is sealed and its tag reported (the CAS records it without
   compare-and-swap).
@@ -234,11 +236,12 @@ def mount_released(volumes: list[VolumeRelease]) -> MountedVolumes:
                 raise StorageError(
                     f"cannot create the volume's mount point {staging}: {exc.strerror or exc}"
                 ) from None
-            # ephemeral stays writable: the service may change the volume during its run (in
-            # tmpfs, or FUSE's unsealed session), and close() discards the changes.
+            # ephemeral stays writable for the service, in its private copy (tmpfs, or the FUSE
+            # server's memory), under the shared lock; abort() drops the changes at the end.
             handle = mount_volume(
-                vol.directory, VolumeKey(vol.key), staging, expected_tag=vol.expected_tag, writable=True
-            )
+                vol.directory, VolumeKey(vol.key), staging, expected_tag=vol.expected_tag, writable=True,
+                ephemeral=vol.update_policy is UpdatePolicy.EPHEMERAL,
+            )  # fmt: skip
             handles.append((vol, handle))
             mounted[vol.name] = handle.tag
             if mounts is None:

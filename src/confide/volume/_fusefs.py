@@ -11,6 +11,11 @@ keep their objects (unprotected files: the whole file under a new file id). The
 volume is sealed once, at unmount, by :func:`seal` (new generation, new tag); until then the
 sealed MANIFEST is untouched, so discarding a session just drops its new objects.
 
+An ``ephemeral`` session (``eph``: writable, never sealed) commits nothing: each file written
+keeps its plaintext in its memory file until the server exits, and namespace changes live in
+the in-memory tree only. Nothing is written into the volume directory, so such a session takes
+the volume's lock shared, next to read-only mounts and other ephemeral sessions.
+
 Times (docs/volume-format.md, "Manifest"): ``st_mtime`` is the entry's recorded modification
 time, and ``st_ctime`` and ``st_atime`` report it too (the format stores neither). A writable
 session keeps POSIX's rules in memory (write, truncate and ``O_TRUNC`` set a file's mtime and
@@ -124,16 +129,21 @@ UTIME_OMIT = (1 << 30) - 2
 
 
 class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
-    """mfusepy operations over a sealed volume; read-only unless ``writable``."""
+    """mfusepy operations over a sealed volume; read-only unless ``writable``. ``ephemeral``
+    (with ``writable``): changes stay in memory (memfds, the tree) and are never committed to
+    the volume directory; the session cannot be sealed."""
 
     use_ns = True
 
-    def __init__(self, reader: VolumeReader, key: VolumeKey, *, writable: bool) -> None:
+    def __init__(
+        self, reader: VolumeReader, key: VolumeKey, *, writable: bool, ephemeral: bool = False
+    ) -> None:
         self.reader = reader
         self.manifest: Manifest = reader.manifest
         self.directory = reader.directory
         self._key = key
         self.writable = writable
+        self.ephemeral = ephemeral
         self.changed = False
         self.new_objects: set[bytes] = set()  # file and chunk ids written in this session
         self.bytes_written = 0  # bytes of chunk objects written in this session (tests, bench)
@@ -288,8 +298,8 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         chunks. Unprotected files: one new object under a new file id, unless the file's object
         already holds exactly the new bytes (:meth:`_same_object`: then it is kept).
         """
-        if node.buf_fd is None or not node.dirty or node.orphan:
-            return
+        if node.buf_fd is None or not node.dirty or node.orphan or self.ephemeral:
+            return  # ephemeral: the memfd is the file's only copy (kept by _drop_buffer)
         try:
             objects_fd = open_objects_dir(self.directory)  # once per commit, never through a symlink
         except StorageError as exc:
@@ -561,8 +571,11 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
                 self._drop_buffer(node)
             return 0
 
-    def _drop_buffer(self, node: _Node) -> None:
-        if node.buf_fd is not None and node.opens == 0:
+    def _drop_buffer(self, node: _Node, *, gone: bool = False) -> None:
+        """Close the memfd of a file no handle has open: after its commit, or (``gone``) once
+        it left the tree. An ephemeral session keeps the memfd of a file in the tree (its
+        changes are nowhere else)."""
+        if node.buf_fd is not None and node.opens == 0 and (gone or not self.ephemeral):
             os.close(node.buf_fd)
             node.buf_fd = None
 
@@ -583,7 +596,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
                 return 0
             node.opens -= 1
             self._commit(node)
-            self._drop_buffer(node)
+            self._drop_buffer(node, gone=node.orphan)
             return 0
 
     def create(self, path: str, mode: int, fi: Any = None) -> int:
@@ -647,6 +660,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             self._remove(node.path)
             if node.opens:
                 node.orphan = True  # its handles keep the memfd; nothing is committed any more
+            self._drop_buffer(node, gone=True)
             node.ctime_ns = time.time_ns()  # its link count changed
             self._changed_dir_of(node.path, node.ctime_ns)
             self.changed = True
@@ -701,6 +715,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
                 self._remove(dst_path)
                 if existing.opens:
                     existing.orphan = True
+                self._drop_buffer(existing, gone=True)
             now = time.time_ns()
             self._changed_dir_of(src.path, now)
             moved.sort(key=len)
@@ -799,6 +814,8 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             return out
 
     def discard(self) -> None:
+        if self.ephemeral:
+            return  # nothing of the session is in the volume directory
         remove_objects(self.directory, (*self.new_objects, *self._superseded))
         self.new_objects.clear()
         self._superseded.clear()
@@ -808,6 +825,8 @@ def seal(fs: VolumeFS) -> str:
     """Seal the session's state as a new generation (no-op when nothing changed); return the tag."""
     if not fs.changed:
         return fs.reader.tag
+    if fs.ephemeral:
+        raise UsageError("an ephemeral session cannot be sealed")  # main() never asks
     return seal_entries(fs.directory, fs._key, fs.manifest, fs.entries())
 
 
@@ -898,12 +917,14 @@ def _fuse_options(writable: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Child entry point. argv: VOLUME_DIR MOUNTPOINT TAG PARENT_PID STATUS_FD rw|ro [commit|discard].
+    """Child entry point. argv: VOLUME_DIR MOUNTPOINT TAG PARENT_PID STATUS_FD rw|ro|eph
+    [commit|discard] (``eph``: writable, changes kept in memory and never sealed; the lock shared).
 
     stdin: first line the volume key (hex); later lines are commands from the parent
     ('commit' = seal at unmount, 'discard'). Status lines on STATUS_FD: 'ready', then at the
-    end 'sealed TAG', 'unchanged TAG' or 'discarded', or 'error EXIT_CODE MESSAGE'; at any time
-    'integrity PATH' (PATH as a JSON string) when a file fails authentication.
+    end 'sealed TAG', 'unchanged TAG' (read-only and ephemeral sessions) or 'discarded', or
+    'error EXIT_CODE MESSAGE'; at any time 'integrity PATH' (PATH as a JSON string) when a file
+    fails authentication.
     """
     args = sys.argv[1:] if argv is None else argv
     volume_dir, mountpoint, tag, parent, status_fd = (
@@ -913,7 +934,8 @@ def main(argv: list[str] | None = None) -> int:
         int(args[3]),
         int(args[4]),
     )
-    writable = args[5] == "rw"
+    ephemeral = args[5] == "eph"
+    writable = args[5] == "rw" or ephemeral
     on_parent_exit = args[6] if len(args) > 6 else "discard"
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     _die_with_parent(parent)
@@ -926,12 +948,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         key = VolumeKey.from_hex(sys.stdin.readline())
-        lock = lock_volume(volume_dir, shared=not writable)
+        lock = lock_volume(volume_dir, shared=not writable or ephemeral)
         reader = VolumeReader(volume_dir, key, tag)  # re-checked after taking the lock
     except ConfideError as exc:
         say(f"error {exc.exit_code} {exc.message}")
         return exc.exit_code
-    fs = VolumeFS(reader, key, writable=writable)
+    fs = VolumeFS(reader, key, writable=writable, ephemeral=ephemeral)
     mounted = threading.Event()
 
     def ready() -> None:
@@ -965,11 +987,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     parent_alive = os.getppid() == parent
     signalled = False  # a SIGTERM while waiting for the decision: discard, never seal
+    # an ephemeral session too: its unmount without a decision was a signal (reported 'stopped':
+    # the application's writes now go to the bare mountpoint), though 'commit' seals nothing
     if writable and parent_alive and not decided.is_set():
         signalled = _await_decision(parent, decided, say)
         parent_alive = os.getppid() == parent
     try:
         if not writable:
+            say(f"unchanged {reader.tag}")
+        elif ephemeral:  # whatever was decided: nothing of it is in the volume directory
+            if fs.changed:
+                log.info("confide volume: ephemeral session: its changes were in memory only, dropped")
             say(f"unchanged {reader.tag}")
         elif not signalled and (decision["commit"] or (not parent_alive and on_parent_exit == "commit")):
             say(f"sealed {seal(fs)}")

@@ -15,7 +15,7 @@ from typing import cast
 
 import click
 
-from confide.errors import ConfideError, SignatureError, StorageError
+from confide.errors import ConfideError, SignatureError, StorageError, UsageError
 from confide.termsafe import printable, printable_lines
 from confide.volume.check import open_volume, verify_volume
 from confide.volume.format import DEFAULT_CHUNK_SIZE, MAX_MTIME_NS, EntryKind, Region, RegionRule
@@ -293,15 +293,29 @@ def open_cmd(
 @click.option(
     "--writable", is_flag=True, help="Read-write; changes are sealed at unmount (prints the new tag)."
 )
+@click.option(
+    "--ephemeral", is_flag=True,
+    help="Read-write, changes dropped at unmount, never written to DIR; shares DIR like a read-only mount.",
+)  # fmt: skip
 def mount_cmd(
-    directory: Path, mountpoint: Path, key_file: Path | None, tag: str | None, mode: str, writable: bool
+    directory: Path,
+    mountpoint: Path,
+    key_file: Path | None,
+    tag: str | None,
+    mode: str,
+    writable: bool,
+    ephemeral: bool,
 ) -> None:
     """Mount the volume at MOUNTPOINT until SIGINT, SIGTERM or SIGHUP, then unmount (and seal
     if --writable).
 
-    In tmpfs mode as root the mount lives in this process's private mount namespace: other
-    processes reach it through /proc/PID/root/MOUNTPOINT only.
+    Read-only and --ephemeral mounts share the volume (any number at once); a --writable one
+    needs it alone (exit 50: in use). In tmpfs mode as root the mount lives in this process's
+    private mount namespace: other processes reach it through /proc/PID/root/MOUNTPOINT only.
     """
+    if writable and ephemeral:
+        _die(UsageError("--writable and --ephemeral: got both, expected at most one"))
+        return
     # The stop signals are held from before the mount until after the unmount: one that comes
     # while mounting, between the mount and the wait, or during the unmount and seal ends in
     # the same clean unmount (docs/volume-mount.md, "Signals").
@@ -314,11 +328,12 @@ def mount_cmd(
                 expected_tag=check_expected_tag(tag),
                 mode=cast(MountMode, mode),
                 writable=writable,
+                ephemeral=ephemeral,
             )
         except ConfideError as exc:
             _die(exc)
             return
-        access = "read-write" if writable else "read-only"
+        access = "ephemeral read-write" if ephemeral else "read-write" if writable else "read-only"
         where = f" (files in {handle.path})" if handle.path != handle.mountpoint else ""
         click.echo(f"mounted {access} via {handle.mode} at {handle.mountpoint}{where}, pid {os.getpid()}")
         click.echo(f"tag: {handle.tag}", nl=True)

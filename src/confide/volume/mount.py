@@ -18,7 +18,11 @@ manifest and the tag *before* anything is served (a wrong tag raises
   mount itself fails).
 
 ``MountHandle.close()`` unmounts; for writable mounts it first seals the changes (new
-generation) and returns the new tag, which the runtime reports to the CAS. See
+generation) and returns the new tag, which the runtime reports to the CAS. An ``ephemeral``
+mount is writable but never sealed: its changes stay private to it (the tmpfs copy, or the
+FUSE server's memory) and are dropped at unmount, nothing is written into the volume
+directory, and it takes the volume's lock shared, so any number of read-only and ephemeral
+mounts of one copy can be live at once (a sealing writer still needs the lock alone). See
 ``docs/volume-mount.md``.
 """
 
@@ -144,17 +148,21 @@ def fuse_usable() -> str | None:
 class MountHandle:
     """A mounted volume. ``tag`` is its current tag; ``close()`` unmounts (and seals)."""
 
-    def __init__(self, mountpoint: Path, mode: str, writable: bool, tag: str, path: Path) -> None:
+    def __init__(
+        self, mountpoint: Path, mode: str, writable: bool, tag: str, path: Path, ephemeral: bool = False
+    ) -> None:
         self.mountpoint = mountpoint
         self.mode = mode  # "fuse", "tmpfs" (private namespace) or "shm" (not root)
         self.writable = writable
+        self.ephemeral = ephemeral  # writable, never sealed: close() drops the changes
         self.tag = tag
         self.path = path  # where the files are (the mountpoint, except in "shm" mode)
         self.closed = False
         self.stopped_at: float | None = None  # time.time() of a FUSE server's ``stopped`` report
 
     def close(self) -> str:
-        """Unmount; for writable mounts seal the changes first. Return the (new) tag."""
+        """Unmount; for writable mounts seal the changes first (not ephemeral ones: their
+        changes are dropped). Return the (new) tag."""
         raise NotImplementedError
 
     def abort(self) -> None:
@@ -227,14 +235,15 @@ class _FuseMount(MountHandle):
         tag: str,
         writable: bool,
         on_parent_exit: str,
+        ephemeral: bool = False,
     ) -> None:
-        super().__init__(mountpoint, "fuse", writable, tag, mountpoint)
+        super().__init__(mountpoint, "fuse", writable, tag, mountpoint, ephemeral)
         r, w = os.pipe()
         env = {**os.environ, **fuse3_library()}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_path(), env.get("PYTHONPATH")]))
         argv = [
             sys.executable, "-m", "confide.volume._fusefs", str(volume_dir), str(mountpoint), tag,
-            str(os.getpid()), str(w), "rw" if writable else "ro", on_parent_exit,
+            str(os.getpid()), str(w), "eph" if ephemeral else "rw" if writable else "ro", on_parent_exit,
         ]  # fmt: skip
         try:
             self._proc = subprocess.Popen(  # noqa: S603 - our own module, absolute paths
@@ -364,7 +373,7 @@ class _FuseMount(MountHandle):
             return self.tag
         try:
             assert self._proc.stdin is not None
-            if self.writable:
+            if self.writable:  # ephemeral too: the server can then tell this unmount from a signal
                 try:
                     self._proc.stdin.write("commit\n")
                     self._proc.stdin.flush()
@@ -894,6 +903,7 @@ class _TmpfsMount(MountHandle):
         manifest: Manifest,
         lock: int | None,
         private_namespace: bool,
+        ephemeral: bool = False,
     ) -> None:
         self._dir, self._key, self._manifest, self._lock = volume_dir, key, manifest, lock
         self._write_piece: int | None = None
@@ -905,10 +915,10 @@ class _TmpfsMount(MountHandle):
                 _private_namespace()
                 mountpoint.mkdir(parents=True, exist_ok=True)
                 self._write_piece = _mount_tmpfs(mountpoint)
-                super().__init__(mountpoint, "tmpfs", writable, tag, mountpoint)
+                super().__init__(mountpoint, "tmpfs", writable, tag, mountpoint, ephemeral)
             else:
                 shm = Path(tempfile.mkdtemp(prefix="confide-volume-", dir="/dev/shm"))  # mode 0700
-                super().__init__(mountpoint, "shm", writable, tag, shm)
+                super().__init__(mountpoint, "shm", writable, tag, shm, ephemeral)
                 self._guard = self._start_guard(shm)
         except BaseException:
             if lock is not None:
@@ -920,7 +930,7 @@ class _TmpfsMount(MountHandle):
             open_volume(
                 volume_dir, key, self.path, tag, preserve_owner=self._owners, write_piece=self._write_piece
             )
-            self._baseline = _snapshot(self.path) if writable else {}
+            self._baseline = _snapshot(self.path) if writable and not ephemeral else {}
             if self.mode == "tmpfs" and not writable:
                 flags = _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV
                 if _libc().mount(None, bytes(mountpoint), None, flags, None) != 0:
@@ -1000,7 +1010,7 @@ class _TmpfsMount(MountHandle):
         if self.closed:
             return self.tag
         try:
-            if self.writable:
+            if self.writable and not self.ephemeral:
                 self.tag = _reseal_tree(
                     self._dir,
                     self._key,
@@ -1034,6 +1044,7 @@ def mount_volume(
     mode: MountMode = "auto",
     writable: bool = False,
     on_parent_exit: Literal["discard", "commit"] = "discard",
+    ephemeral: bool = False,
 ) -> MountHandle:
     """Expose the sealed volume at ``mountpoint``; refuse before serving anything if the
     manifest does not authenticate (:class:`SignatureError`) or its tag is not
@@ -1045,11 +1056,20 @@ def mount_volume(
     or ``commit`` (seal anyway; the new tag is then only in the volume, so the CAS will refuse
     it until told). Call from the thread that will exec the application (the FUSE child's
     parent-death signal and the tmpfs namespace are tied to the calling thread).
+
+    ``ephemeral``: writable, but never sealed (``close()`` drops the changes and returns the
+    tag mounted; ``on_parent_exit`` does not apply): the changes stay in the private tmpfs copy
+    or in the FUSE server's memory, never in the volume directory, and the volume's lock is
+    taken shared, as for a read-only mount, so other read-only and ephemeral mounts of the same
+    directory may be live at the same time; a writable (sealing) mount, ``add``, ``rm`` and
+    ``seal`` still need the lock alone.
     """
     volume_dir = volume_dir.resolve()
     mountpoint = Path(os.path.abspath(mountpoint))
     manifest, tag = load_sealed(volume_dir, key, expected_tag)
-    if writable and pending_changes(volume_dir, key):
+    writable = writable or ephemeral
+    sealable = writable and not ephemeral  # may write into the volume directory
+    if sealable and pending_changes(volume_dir, key):
         raise UsageError(
             f"volume {str(volume_dir)!r} has unsealed changes ({PENDING_NAME}); seal or remove them before "
             "mounting it writable"
@@ -1062,8 +1082,13 @@ def mount_volume(
         if why is None:
             if not mountpoint.is_dir():
                 raise UsageError(f"mountpoint {str(mountpoint)!r}: got a missing path or a non-directory")
+            # a volume in use is refused here, in one line (the server takes the lock again):
+            # its server's failure would make `auto` try tmpfs, with a misleading warning
+            probe = lock_volume(volume_dir, shared=not sealable)
+            if probe is not None:
+                os.close(probe)
             try:
-                return _FuseMount(volume_dir, key, mountpoint, tag, writable, on_parent_exit)
+                return _FuseMount(volume_dir, key, mountpoint, tag, writable, on_parent_exit, ephemeral)
             except StorageError as exc:
                 if mode == "fuse":
                     raise
@@ -1072,7 +1097,7 @@ def mount_volume(
             raise StorageError(f"cannot mount with FUSE: {why}")
         else:
             log.info("confide volume: %s; using tmpfs", why)
-    lock = lock_volume(volume_dir, shared=not writable)
+    lock = lock_volume(volume_dir, shared=not sealable)
     try:
         manifest, tag = load_sealed(volume_dir, key, tag)  # unchanged while we waited for the lock
     except BaseException:
@@ -1080,7 +1105,8 @@ def mount_volume(
             os.close(lock)
         raise
     # owns the lock from here on (released by close(), or on a failure inside)
-    return _TmpfsMount(volume_dir, key, mountpoint, tag, writable, manifest, lock, os.geteuid() == 0)
+    root = os.geteuid() == 0
+    return _TmpfsMount(volume_dir, key, mountpoint, tag, writable, manifest, lock, root, ephemeral)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

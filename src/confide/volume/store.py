@@ -6,8 +6,9 @@ A volume is a directory::
     DIR/MANIFEST.pending   manifest written by `add`, replaced into MANIFEST by `seal`
     DIR/MANIFEST.pending.base  the sealed tag that pending manifest was built on, with a MAC
     DIR/objects/<hex id>   one object per file, named by its random file id
-    DIR/.lock              flock(2) lock serialising writers (created by the first one, never
-                           in a directory without MANIFEST)
+    DIR/.lock              flock(2) lock: exclusive for writers, shared for read-only and
+                           ephemeral mounts (created empty with the volume, or by the first
+                           locker of an older volume; never in a directory without MANIFEST)
 
 Every write goes to a temporary name and is renamed into place after fsync, so a crash or an
 error leaves the previous state intact (at worst unreferenced objects, removed by the next
@@ -207,7 +208,8 @@ def _remove(directory: Path, names: Iterable[str] | None, keep: Collection[str] 
 
 
 def lock_volume(directory: Path, *, shared: bool) -> int | None:
-    """Take the volume's writer lock without waiting (``shared`` for readers that pin a version).
+    """Take the volume's lock without waiting: exclusive for a writer, ``shared`` for a mount
+    that writes nothing into the directory (read-only or ephemeral; any number at once).
 
     Returns the lock's file descriptor (close it to release), or ``None`` if the lock file
     cannot be created (a read-only volume directory). Raises :class:`StorageError` when
@@ -224,8 +226,12 @@ def lock_volume(directory: Path, *, shared: bool) -> int | None:
         fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        held = "a writer" if shared else "a writer or another mount"
-        raise StorageError(f"volume {str(directory)!r} is in use ({held} holds its lock)") from None
+        held = (
+            "a writer (add, rm, seal or a writable mount) holds its lock"
+            if shared
+            else "a writer or a mount holds its lock, and writing needs it alone"
+        )
+        raise StorageError(f"volume {str(directory)!r} is in use: {held}") from None
     return fd
 
 
@@ -390,6 +396,10 @@ def create_volume(
     m = Manifest(vid, 0, ManifestState.SEALED, chunk_size, default_region, rules, ())
     data = encode_manifest(m, key.raw)
     write_atomic(directory / MANIFEST_NAME, data)
+    # the lock file now, so that shared lockers (read-only and ephemeral mounts) never have to
+    # create anything in the volume directory
+    with suppress(OSError):
+        os.close(_open_lock(directory))
     return volume_tag(data)
 
 
