@@ -409,9 +409,9 @@ class _FuseMount(MountHandle):
             return _error_for(int(code), message)
         rc = self._exit_status() if line == "eof" else self._proc.poll()
         if rc is not None and rc < 0:
+            lost = ": this session's changes are lost" if self.writable else ""
             return StorageError(
-                f"the FUSE server of {str(self.mountpoint)!r} has died ({_how(rc)}) and cannot {what}: "
-                "this session's changes are lost"
+                f"the FUSE server of {str(self.mountpoint)!r} has died ({_how(rc)}) and cannot {what}{lost}"
             )
         return StorageError(f"FUSE server failed to {what} (got {line!r}, exit status {rc}); see its log")
 
@@ -1229,7 +1229,7 @@ class StopSignals:
     def wait(self, handle: MountHandle | None = None) -> int | None:
         """The first stop signal received; blocks until one arrives if none did yet. With a
         ``handle``: None as soon as it reports its mount lost (:meth:`MountHandle.mount_lost`,
-        a FUSE server stopped by a signal of its own) before a stop signal came."""
+        its FUSE server died or was unmounted from outside) before a stop signal came."""
         while not self.received:
             if handle is not None and handle.mount_lost():
                 return None
