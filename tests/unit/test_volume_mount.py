@@ -358,8 +358,11 @@ def test_a_killed_server_is_a_lost_mount_and_nothing_is_sealed(tmp_path: Path, w
         with pytest.raises(OSError) as ei:
             (mnt / "a.txt").read_bytes()
         assert ei.value.errno == errno.ENOTCONN
-        with pytest.raises(StorageError, match=r"has died \(killed by SIGKILL\).*changes are lost"):
+        with pytest.raises(
+            StorageError, match=r"has died \(killed by SIGKILL\) and cannot acknowledge"
+        ) as ei:
             h.close()
+        assert ei.value.message.endswith(": this session's changes are lost") == writable
     finally:
         h.abort()
     assert not _mounted(mnt)
