@@ -919,12 +919,13 @@ def _hold_signals() -> bool:
 
 
 def _await_decision(parent: int, decided: threading.Event, say: Callable[[str], None]) -> bool:
-    """The loop ended before the parent said what to do with a writable session: the mount was
+    """The loop ended before the parent said what to do with the session: the mount was
     removed from outside (``umount`` of the mountpoint) or :data:`SERVER_STOP_SIGNAL` came from
     another process than the parent (the signals a service manager sends are held, see
     :func:`_hold_signals`). The mount is gone, the session is intact: report ``stopped`` and
     wait for the parent's ``commit`` (or ``discard``, or the end of stdin), as after an unmount
-    it asked for, instead of discarding the changes that its ``close()`` is about to seal.
+    it asked for, instead of discarding the changes that its ``close()`` is about to seal (a
+    read-only session: only the report, so that its parent learns the mount is gone).
     ``discard`` (``abort()`` says it before its :data:`SERVER_STOP_SIGNAL`), that signal now or
     the parent's death discards them (the parent's death: as ``on_parent_exit`` says). Returns
     whether the signal ended the wait."""
