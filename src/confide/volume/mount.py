@@ -940,9 +940,11 @@ def _fork_guard(shm: Path) -> int:
                 _remove_plaintext(shm)
                 os._exit(0)
 
-            signal.signal(signal.SIGTERM, bye)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
-            _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            for sig in HELD_SIGNALS:  # a service manager's stop is the caller's, as for the FUSE server
+                signal.signal(sig, signal.SIG_IGN)
+            signal.signal(SERVER_STOP_SIGNAL, bye)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [SERVER_STOP_SIGNAL])
+            _libc().prctl(_PR_SET_PDEATHSIG, int(SERVER_STOP_SIGNAL), 0, 0, 0)
             if os.getppid() != parent:
                 bye()
             os.write(w, b"r")
@@ -963,7 +965,7 @@ class _Guard:
 
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGTERM)
+            os.kill(self.pid, SERVER_STOP_SIGNAL)
         if self.proc is not None:
             self.proc.wait()
         else:
@@ -1029,9 +1031,11 @@ class _TmpfsMount(MountHandle):
 
     @staticmethod
     def _start_guard(shm: Path) -> _Guard:
-        """A child that removes ``shm`` when we die (PR_SET_PDEATHSIG) or when told to (SIGTERM).
-        In a session of its own: a signal to the caller's process group (a terminal's ^C, which
-        killed it without removing anything) is the caller's to handle.
+        """A child that removes ``shm`` when we die (PR_SET_PDEATHSIG) or when told to, both by
+        :data:`SERVER_STOP_SIGNAL` (SIGTERM before 2026-12-07). In a session of its own: a signal
+        to the caller's process group (a terminal's ^C, which killed it without removing
+        anything) is the caller's to handle; :data:`HELD_SIGNALS` sent to it directly (a service
+        manager's stop) are ignored, as by the FUSE server: they removed the tree still in use.
 
         A fresh interpreter when ours can be executed (no inherited descriptors), else a fork.
         """
@@ -1039,8 +1043,9 @@ class _TmpfsMount(MountHandle):
             "import ctypes,os,shutil,signal,sys\n" + _GUARD_REMOVE + "def bye(*a):\n"
             "    remove(sys.argv[1])\n"
             "    os._exit(0)\n"
-            "signal.signal(signal.SIGTERM, bye)\n"
-            f"ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM, 0, 0, 0)\n"
+            f"for s in {tuple(int(x) for x in HELD_SIGNALS)}: signal.signal(s, signal.SIG_IGN)\n"
+            f"signal.signal({int(SERVER_STOP_SIGNAL)}, bye)\n"
+            f"ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG}, {int(SERVER_STOP_SIGNAL)}, 0, 0, 0)\n"
             "os.getppid() == int(sys.argv[2]) or bye()\n"
             "print('ready', flush=True)\n"
             "while True: signal.pause()\n"
