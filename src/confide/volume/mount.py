@@ -1203,7 +1203,7 @@ class StopSignals:
     is recorded instead of stopping the process (a ``KeyboardInterrupt`` between the mount and
     the wait, or SIGTERM's default action, left the session unsealed), and :meth:`wait` returns
     at once if one already came. Handlers, not a blocked signal mask: a mask would be inherited
-    by the FUSE server and the tmpfs guard, which must keep reacting to SIGTERM. Main thread
+    by the FUSE server and the tmpfs guard, which must keep reacting to SERVER_STOP_SIGNAL. Main thread
     only (``signal.signal``); ``set_wakeup_fd`` wakes :meth:`wait` whichever thread the kernel
     delivers a signal to."""
 
