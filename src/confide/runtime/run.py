@@ -753,9 +753,10 @@ def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None
         code, tampered, lost, mounted = _run_supervised(plan, before_exec, started, pending)
         # A volume's storage modified behind our back: stop, keep nothing of this session (a seal
         # would bless state derived from an attack) and tell the operator. So too when a volume's
-        # mount was lost (its FUSE server signalled directly): the program's writes since went to
-        # the bare mountpoint directory, and the session's end is unknown. Otherwise every sealed
-        # volume's new tag is reported, also when another volume failed to seal.
+        # mount was lost (its FUSE server died, or it was unmounted from outside): the program's
+        # writes since failed or went to the bare mountpoint directory, and the session's end is
+        # unknown. Otherwise every sealed volume's new tag is reported, also when another volume
+        # failed to seal.
         seal_and_report(mounted, client, plan.policy, plan.session, tampered=tampered, lost=lost)
     finally:
         for sig, handler in previous.items():
