@@ -531,7 +531,11 @@ import sys
 from pathlib import Path
 from confide.volume import VolumeKey
 from confide.volume.mount import mount_volume
-vol, keyhex, mnt, tag, writable = sys.argv[1:]
+vol, keyhex, mnt, tag, writable, masked = sys.argv[1:]
+if masked == "masked":  # inherited by the server: it must still react to its parent's death
+    import signal
+    from confide.volume.mount import HELD_SIGNALS, SERVER_STOP_SIGNAL
+    signal.pthread_sigmask(signal.SIG_BLOCK, [SERVER_STOP_SIGNAL, *HELD_SIGNALS])
 h = mount_volume(Path(vol), VolumeKey.from_hex(keyhex), Path(mnt), expected_tag=tag, mode="fuse",
                  writable=writable == "rw")
 print(h._proc.pid, flush=True)
@@ -543,13 +547,25 @@ time.sleep(600)
 """
 
 
-@pytest.mark.parametrize("writable", ["ro", "rw"])
-def test_fuse_child_unmounts_and_exits_when_the_parent_is_killed(tmp_path: Path, writable: str) -> None:
+@pytest.mark.parametrize(("writable", "masked"), [("ro", "-"), ("rw", "-"), ("rw", "masked")])
+def test_fuse_child_unmounts_and_exits_when_the_parent_is_killed(
+    tmp_path: Path, writable: str, masked: str
+) -> None:
     vol, key, tag, _ = _volume(tmp_path, {"a": b"data"})
     mnt = _mnt(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     parent = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(_PARENT), str(vol), key.hex(), str(mnt), tag, writable],
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(_PARENT),
+            str(vol),
+            key.hex(),
+            str(mnt),
+            tag,
+            writable,
+            masked,
+        ],
         stdout=subprocess.PIPE,
         text=True,
         env=env,

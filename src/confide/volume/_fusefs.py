@@ -873,6 +873,7 @@ def _die_with_parent(parent: int) -> None:
     ends the process) and ignore :data:`HELD_SIGNALS` from now on."""
     for sig in HELD_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [SERVER_STOP_SIGNAL])  # a mask the parent passed on
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, int(SERVER_STOP_SIGNAL), 0, 0, 0)
     if os.getppid() != parent:  # the parent died before prctl took effect

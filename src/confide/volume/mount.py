@@ -1045,6 +1045,7 @@ class _TmpfsMount(MountHandle):
             "    os._exit(0)\n"
             f"for s in {tuple(int(x) for x in HELD_SIGNALS)}: signal.signal(s, signal.SIG_IGN)\n"
             f"signal.signal({int(SERVER_STOP_SIGNAL)}, bye)\n"
+            f"signal.pthread_sigmask(signal.SIG_UNBLOCK, [{int(SERVER_STOP_SIGNAL)}])\n"
             f"ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG}, {int(SERVER_STOP_SIGNAL)}, 0, 0, 0)\n"
             "os.getppid() == int(sys.argv[2]) or bye()\n"
             "print('ready', flush=True)\n"
