@@ -1490,8 +1490,8 @@ class Cas:
         that failed): ``rollback_protected`` and ``no_rollback_protection`` volumes are sealed
         and their new tags reported (``session``, old tag, new tag); ``ephemeral`` ones
         discarded. A volume with an integrity failure: nothing is sealed, ``SignatureError``;
-        one whose mount was lost during the block (its FUSE server stopped by a signal sent to
-        it directly, docs/volume-mount.md "Signals"): nothing is sealed, ``StorageError``.
+        one whose mount was lost during the block (its FUSE server died, or the mount was
+        removed from outside, docs/volume-mount.md "Signals"): nothing is sealed, ``StorageError``.
         A report the CAS refuses raises its class (``ConflictError``, ``AccessDeniedError``,
         ...), a volume that could not be sealed ``StorageError``, each after every other volume
         was handled; such an error replaces an exception of the block (which is its

@@ -776,3 +776,27 @@ def test_sigint_during_an_async_seal_under_asyncio_run_comes_after_the_report(
     _, tag1 = load_sealed(s.vol, s.key)
     assert reported(cas, s) == [(0, s.tag0), (1, tag1)] and tag1 != s.tag0
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.skipif(fuse_usable() is not None, reason=f"FUSE unavailable: {fuse_usable()}")
+def test_a_stop_signal_to_the_fuse_server_leaves_the_block_its_mount(cas: Cas, tmp_path: Path) -> None:
+    """A service manager's stop signals every process of the service, the SDK application's FUSE
+    server too: the server ignores SIGTERM, SIGINT and SIGHUP, the block keeps its files and the
+    block's end seals and reports (before 2026-12-07 the mount was lost: StorageError, the
+    session discarded)."""
+    s = volume_setup(cas, tmp_path, "sdkvol-held")
+    release = attest(cas, s)
+    with cas.mount_volumes(release) as volumes:
+        [(_, handle)] = volumes._mounted.handles
+        if handle.mode != "fuse":
+            pytest.skip(f"mounted via {handle.mode}")
+        path = volumes.paths["data"]
+        (path / "before.txt").write_text("before\n")
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            os.kill(handle._proc.pid, sig)  # type: ignore[attr-defined]  # ignored: dropped at once
+        (path / "after.txt").write_text("after\n")
+        assert (path / "notes.txt").read_text() == "first line\n"
+        assert volumes._mounted.lost_mount() is None
+    manifest, tag1 = load_sealed(s.vol, s.key)
+    assert tag1 != s.tag0 and {"before.txt", "after.txt"} <= set(manifest.by_path())
+    assert reported(cas, s) == [(0, s.tag0), (1, tag1)]

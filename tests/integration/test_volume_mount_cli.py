@@ -17,7 +17,7 @@ import pytest
 
 from confide.errors import RollbackError
 from confide.volume import VolumeKey, add_sources, create_volume, seal_volume, verify_volume, write_key
-from confide.volume.mount import _kernel_at_least, fuse_usable
+from confide.volume.mount import _kernel_at_least, _unmount_cmd, fuse_usable
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 FILES = {"data/model.bin": os.urandom(300_000), "data/empty": b"", "readme.txt": b"hello\n"}
@@ -410,79 +410,60 @@ def test_fuse_writable_survives_a_signal_to_the_whole_process_group(
     assert report.ok and report.files == len(FILES) + 1
 
 
-# As _SIGNAL_AT, but close() first waits until the FUSE server has said something on its status
-# pipe: the order in which a stop signal sent to every process (a service manager's stop, a
-# cgroup kill) reaches the server and the mounting process is then fixed, server first.
-_SERVER_FIRST = """
-import select, sys
-import confide.volume.cli as vc
-real = vc.mount_volume
-def hooked(*a, **k):
-    h = real(*a, **k)
-    close = h.close
-    def closing():
-        if h.stopped_at is None:  # not read by the wait already
-            select.select([h._status], [], [], 60)
-        return close()
-    h.close = closing
-    return h
-vc.mount_volume = hooked
-sys.argv = ["confide", "volume", "mount", *sys.argv[1:]]
-from confide.cli import main
-main()
-"""
+def _server_of(proc: subprocess.Popen[str]) -> int:
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == 1  # the FUSE server
+    return int(children[0])
+
+
+def _ignores(pid: int, sig: int) -> bool:
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("SigIgn:"))
+    return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
 
 
 @pytest.mark.skipif(fuse_usable() is not None, reason=f"FUSE unavailable: {fuse_usable()}")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_fuse_writable_sealed_when_the_server_gets_the_stop_signal_first(
+def test_fuse_writable_sealed_when_every_process_gets_the_stop_signal(
     vol: tuple[Path, Path, str, Path], sig: int
 ) -> None:
-    v, key_file, tag, mnt = vol
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    env.pop("CONFIDE_VOLUME_KEY", None)
-    args = [str(v), str(mnt), "--key", str(key_file), "--tag", tag, "--mode", "fuse", "--writable"]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVER_FIRST, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=env,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        assert "read-write via fuse" in proc.stdout.readline()
-        (mnt / "late.txt").write_bytes(b"written before the signal\n")
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        assert len(children) == 1  # the FUSE server
-        os.kill(int(children[0]), sig)  # every process of the service gets it
-    finally:
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=120)
-    # the mount was lost before this command unmounted it: sealed, but never a plain success
-    assert proc.returncode == 50, (out, err)
-    assert "stopped by a signal" in err
-    assert f"anything written to {mnt} after that is not in the volume" in err, err
-    assert not _mounted(mnt)
-    new = out.strip().split("tag: ")[-1].split()[0]
-    assert "(changed)" in out and new != tag, out
-    report = verify_volume(v, _key(key_file), new)
-    assert report.ok and report.files == len(FILES) + 1
-
-
-@pytest.mark.skipif(fuse_usable() is not None, reason=f"FUSE unavailable: {fuse_usable()}")
-def test_fuse_writable_server_stopped_alone_ends_the_command_sealed_with_exit_50(
-    vol: tuple[Path, Path, str, Path],
-) -> None:
-    """Only the FUSE server gets a signal (`kill` of its pid): the mount is gone at once. The
-    command does not wait for a stop signal of its own that may never come: it seals what the
-    session held at that moment, prints the tag and fails (exit 50), naming the moment and the
-    mountpoint whose later writes are not in the volume."""
+    """A service manager's stop that signals every process of the service (systemd's
+    KillMode=control-group), the FUSE server first: the server ignores it and keeps serving
+    (a write after it still lands in the volume); the command's own signal unmounts and seals
+    as usual, exit 0 (before 2026-12-07 the mount was lost and the command exited 50)."""
     v, key_file, tag, mnt = vol
     m = _Mount(str(v), str(mnt), "--key", str(key_file), "--tag", tag, "--mode", "fuse", "--writable")
     try:
         assert "read-write via fuse" in m.first, m.first
         (mnt / "late.txt").write_bytes(b"written before the signal\n")
-        children = Path(f"/proc/{m.proc.pid}/task/{m.proc.pid}/children").read_text().split()
-        assert len(children) == 1  # the FUSE server
-        os.kill(int(children[0]), signal.SIGTERM)
+        server = _server_of(m.proc)
+        assert _ignores(server, sig)  # ignored: the kernel drops it at once, nothing is pending
+        os.kill(server, sig)
+        (mnt / "later.txt").write_bytes(b"written after the server's signal\n")
+        assert _mounted(mnt) and m.proc.poll() is None
+    finally:
+        code, out, err = m.stop(sig)  # then the command's own
+    assert code == 0, (out, err)
+    assert "error" not in err and "lost" not in err, err
+    assert not _mounted(mnt)
+    new = out.strip().split("tag: ")[-1].split()[0]
+    assert "(changed)" in out and new != tag, out
+    report = verify_volume(v, _key(key_file), new)
+    assert report.ok and report.files == len(FILES) + 2
+
+
+@pytest.mark.skipif(fuse_usable() is not None, reason=f"FUSE unavailable: {fuse_usable()}")
+def test_fuse_writable_server_killed_ends_the_command_with_exit_50_and_nothing_sealed(
+    vol: tuple[Path, Path, str, Path],
+) -> None:
+    """SIGKILL cannot be held: the server dies and its mount with it (ENOTCONN). The command
+    does not wait for a stop signal of its own that may never come: it ends at once, exit 50,
+    naming the death; nothing is sealed and the dead mount is removed."""
+    v, key_file, tag, mnt = vol
+    m = _Mount(str(v), str(mnt), "--key", str(key_file), "--tag", tag, "--mode", "fuse", "--writable")
+    try:
+        assert "read-write via fuse" in m.first, m.first
+        (mnt / "late.txt").write_bytes(b"written before the kill\n")
+        os.kill(_server_of(m.proc), signal.SIGKILL)
         out, err = m.proc.communicate(timeout=60)  # without a signal to the command
     finally:
         if m.proc.poll() is None:
@@ -490,16 +471,53 @@ def test_fuse_writable_server_stopped_alone_ends_the_command_sealed_with_exit_50
     assert m.proc.returncode == 50, (out, err)
     [line] = [x for x in err.splitlines() if x.startswith("error: ")]
     assert re.fullmatch(
-        r"error: StorageError: the FUSE server was stopped by a signal at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ: the mount "
-        rf"was lost then; sealed what it held; anything written to {re.escape(str(mnt))} after that "
-        r"is not in the volume",
+        rf"error: StorageError: the FUSE server of '{re.escape(str(mnt))}' has died \(killed by SIGKILL\) and "
+        r"cannot acknowledge the commit: this session's changes are lost",
+        line,
+    ), line
+    assert "unmounted" not in out
+    assert not _mounted(mnt)
+    report = verify_volume(v, _key(key_file), tag)  # still the old version
+    assert report.ok and report.files == len(FILES)
+
+
+@pytest.mark.skipif(fuse_usable() is not None, reason=f"FUSE unavailable: {fuse_usable()}")
+@pytest.mark.parametrize("writable", [True, False])
+def test_fuse_mount_removed_from_outside_ends_the_command_with_exit_50(
+    vol: tuple[Path, Path, str, Path], writable: bool
+) -> None:
+    """The mount removed from outside (`umount` of the mountpoint): the command does not wait
+    for a stop signal of its own: a writable one seals what the session held at that moment,
+    prints the tag and fails (exit 50), naming the moment and the mountpoint whose later writes
+    are not in the volume; a read-only one fails the same (not reported before 2026-12-07)."""
+    v, key_file, tag, mnt = vol
+    args = [str(v), str(mnt), "--key", str(key_file), "--tag", tag, "--mode", "fuse"]
+    m = _Mount(*args, *(["--writable"] if writable else []))
+    try:
+        assert "via fuse" in m.first, m.first
+        if writable:
+            (mnt / "late.txt").write_bytes(b"written before the unmount\n")
+        subprocess.run(_unmount_cmd(mnt, False), check=True, capture_output=True)
+        out, err = m.proc.communicate(timeout=60)  # without a signal to the command
+    finally:
+        if m.proc.poll() is None:
+            m.stop()
+    assert m.proc.returncode == 50, (out, err)
+    [line] = [x for x in err.splitlines() if x.startswith("error: ")]
+    sealed = "sealed what it held; " if writable else ""
+    assert re.fullmatch(
+        r"error: StorageError: the FUSE mount was removed from outside at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ: the "
+        rf"mount was lost then; {sealed}anything written to {re.escape(str(mnt))} after that is not in the volume",
         line,
     ), line
     assert not _mounted(mnt)
     new = out.strip().split("tag: ")[-1].split()[0]
-    assert "(changed)" in out and new != tag, out
+    if writable:
+        assert "(changed)" in out and new != tag, out
+    else:
+        assert "(unchanged)" in out and new == tag, out
     report = verify_volume(v, _key(key_file), new)
-    assert report.ok and report.files == len(FILES) + 1
+    assert report.ok and report.files == len(FILES) + writable
 
 
 def _inside(m: _Mount, mnt: Path, mode: str) -> Path:

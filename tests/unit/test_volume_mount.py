@@ -6,6 +6,7 @@ import errno
 import hashlib
 import mmap
 import os
+import select
 import signal
 import stat
 import subprocess
@@ -246,9 +247,10 @@ def test_abort_of_a_writable_mount_keeps_the_old_tag_and_close_after_abort_is_a_
 
 
 def test_abort_of_a_writable_mount_is_a_prompt_clean_discard(tmp_path: Path) -> None:
-    """abort() SIGTERMs a server whose loop is running: it must discard the session and exit at
-    once, not take that SIGTERM for an outside signal ('stopped'), wait for a decision that
-    never comes and be SIGKILLed 10 s later with the session's new objects left behind."""
+    """abort() signals a server whose loop is running (SERVER_STOP_SIGNAL): it must discard the
+    session and exit at once, not take the loop's end for an outside one ('stopped'), wait for
+    a decision that never comes and be SIGKILLed 10 s later with the session's new objects
+    left behind."""
     vol, key, tag, _ = _volume(tmp_path, {"a.txt": b"a\n"})
     objects = sorted(p.name for p in (vol / OBJECTS_DIR).rglob("*"))
     mnt = _mnt(tmp_path)
@@ -263,27 +265,26 @@ def test_abort_of_a_writable_mount_is_a_prompt_clean_discard(tmp_path: Path) -> 
     assert not _mounted(mnt)
 
 
-def _stop_server_twice(h: object, mnt: Path) -> None:
-    """SIGTERM the FUSE server (its loop ends, the mount goes, it waits: 'stopped'), then again."""
+def _unmount_from_outside_then_signal(h: volume_mount.MountHandle, mnt: Path) -> None:
+    """Unmount the FUSE mount from outside (its loop ends unasked, the server reports 'stopped'
+    and waits for the mounting process), then send it the signal that ends that wait."""
     proc: subprocess.Popen[str] = h._proc  # type: ignore[attr-defined]
-    proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while _mounted(mnt):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.5)  # into _await_decision
-    assert proc.poll() is None
-    proc.send_signal(signal.SIGTERM)
+    subprocess.run(volume_mount._unmount_cmd(mnt, False), check=True, capture_output=True)
+    while not h.mount_lost():  # the server's 'stopped' report
+        select.select([h.status_fd()], [], [], 10)  # type: ignore[list-item]
+    assert proc.poll() is None  # waiting in _await_decision
+    proc.send_signal(volume_mount.SERVER_STOP_SIGNAL)
     proc.wait(10)
 
 
 @pytest.mark.parametrize("on_parent_exit", ["discard", "commit"])
-def test_a_second_signal_to_a_stopped_server_discards_and_close_says_so(
+def test_a_signal_to_a_server_whose_mount_was_removed_discards_and_close_says_so(
     tmp_path: Path, on_parent_exit: str
 ) -> None:
-    """A SIGTERM while the server waits after a first one discards the session, the parent being
-    alive (not sealed as if it had died, with on_parent_exit='commit'), and close() then fails
-    with a StorageError, not a BrokenPipeError from writing 'commit' to the exited server."""
+    """SERVER_STOP_SIGNAL while the server waits after its mount was removed from outside
+    discards the session, the parent being alive (not sealed as if it had died, with
+    on_parent_exit='commit'), and close() then fails with a StorageError, not a BrokenPipeError
+    from writing 'commit' to the exited server."""
     vol, key, tag, _ = _volume(tmp_path, {"a.txt": b"a\n"})
     mnt = _mnt(tmp_path)
     h = mount_volume(
@@ -291,7 +292,7 @@ def test_a_second_signal_to_a_stopped_server_discards_and_close_says_so(
     )  # type: ignore[arg-type]
     try:
         (mnt / "a.txt").write_bytes(b"changed\n")
-        _stop_server_twice(h, mnt)
+        _unmount_from_outside_then_signal(h, mnt)
         with pytest.raises(StorageError, match="discarded"):
             h.close()
     finally:
@@ -299,6 +300,90 @@ def test_a_second_signal_to_a_stopped_server_discards_and_close_says_so(
     assert load_sealed(vol, key)[0].by_path()["a.txt"].size == 2  # the old a.txt, unsealed
     with mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse") as again:
         assert (mnt / "a.txt").read_bytes() == b"a\n" and again.tag == tag
+
+
+def _signal_mask(pid: int, field: str) -> int:
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith(field + ":"))
+    return int(line.split()[1], 16)
+
+
+@pytest.mark.parametrize("writable", [True, False])
+def test_the_server_ignores_outside_signals_until_its_parent_unmounts(tmp_path: Path, writable: bool) -> None:
+    """systemd's KillMode=control-group sends SIGTERM to every process of the service, the
+    FUSE server too (docs/volume-mount.md, "Signals"): the server ignores it (and SIGINT,
+    SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2) from 'ready' on, so the mount stays until close()."""
+    vol, key, tag, _ = _volume(tmp_path, {"a.txt": b"a\n"})
+    mnt = _mnt(tmp_path)
+    h = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=writable)
+    try:
+        server: subprocess.Popen[str] = h._proc  # type: ignore[attr-defined]
+        ignored = _signal_mask(server.pid, "SigIgn")
+        for sig in volume_mount.HELD_SIGNALS:
+            assert ignored & (1 << (sig - 1)), signal.Signals(sig).name
+        # libfuse's exit handler now answers only the mounting process's signal
+        assert _signal_mask(server.pid, "SigCgt") & (1 << (volume_mount.SERVER_STOP_SIGNAL - 1))
+        for sig in volume_mount.HELD_SIGNALS:
+            server.send_signal(sig)  # ignored: discarded by the kernel at once, never pending
+        if writable:
+            (mnt / "after.txt").write_bytes(b"written after the signals\n")
+        assert (mnt / "a.txt").read_bytes() == b"a\n"
+        assert server.poll() is None and _mounted(mnt) and not h.mount_lost()
+        new = h.close()
+    finally:
+        h.abort()
+    assert not _mounted(mnt)
+    if writable:
+        assert new != tag and load_sealed(vol, key, new)[0].by_path()["after.txt"].size == 26
+    else:
+        assert new == tag
+
+
+@pytest.mark.parametrize("writable", [True, False])
+def test_a_killed_server_is_a_lost_mount_and_nothing_is_sealed(tmp_path: Path, writable: bool) -> None:
+    """SIGKILL cannot be held: the server dies, its mount stays in the table but dead (ENOTCONN).
+    The handle reports the mount lost as soon as the status pipe ends (read-only mounts too),
+    close() fails naming the death, nothing is sealed, and the dead mount is removed."""
+    vol, key, tag, _ = _volume(tmp_path, {"a.txt": b"a\n"})
+    mnt = _mnt(tmp_path)
+    h = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse", writable=writable)
+    try:
+        if writable:
+            (mnt / "a.txt").write_bytes(b"changed\n")
+        h._proc.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
+        while not h.mount_lost():
+            fd = h.status_fd()
+            assert fd is not None
+            select.select([fd], [], [], 10)
+        assert h.stopped_at is not None and _mounted(mnt)
+        with pytest.raises(OSError) as ei:
+            (mnt / "a.txt").read_bytes()
+        assert ei.value.errno == errno.ENOTCONN
+        with pytest.raises(
+            StorageError, match=r"has died \(killed by SIGKILL\) and cannot acknowledge"
+        ) as ei:
+            h.close()
+        assert ei.value.message.endswith(": this session's changes are lost") == writable
+    finally:
+        h.abort()
+    assert not _mounted(mnt)
+    assert load_sealed(vol, key)[1] == tag
+
+
+def test_a_read_only_mount_removed_from_outside_is_reported_lost(tmp_path: Path) -> None:
+    """The server reports 'stopped' for a read-only mount too when its loop ends unasked (before
+    2026-12-07 only writable ones did): close() then still ends cleanly (unchanged tag)."""
+    vol, key, tag, _ = _volume(tmp_path, {"a.txt": b"a\n"})
+    mnt = _mnt(tmp_path)
+    h = mount_volume(vol, key, mnt, expected_tag=tag, mode="fuse")
+    try:
+        assert not h.mount_lost()
+        subprocess.run(volume_mount._unmount_cmd(mnt, False), check=True, capture_output=True)
+        while not h.mount_lost():
+            select.select([h.status_fd()], [], [], 10)  # type: ignore[list-item]
+        assert h.close() == tag
+    finally:
+        h.abort()
+    assert not _mounted(mnt)
 
 
 def test_swapped_chunk_tag_fails_the_root_check_for_the_whole_file(tmp_path: Path) -> None:
@@ -446,7 +531,11 @@ import sys
 from pathlib import Path
 from confide.volume import VolumeKey
 from confide.volume.mount import mount_volume
-vol, keyhex, mnt, tag, writable = sys.argv[1:]
+vol, keyhex, mnt, tag, writable, masked = sys.argv[1:]
+if masked == "masked":  # inherited by the server: it must still react to its parent's death
+    import signal
+    from confide.volume.mount import HELD_SIGNALS, SERVER_STOP_SIGNAL
+    signal.pthread_sigmask(signal.SIG_BLOCK, [SERVER_STOP_SIGNAL, *HELD_SIGNALS])
 h = mount_volume(Path(vol), VolumeKey.from_hex(keyhex), Path(mnt), expected_tag=tag, mode="fuse",
                  writable=writable == "rw")
 print(h._proc.pid, flush=True)
@@ -458,13 +547,25 @@ time.sleep(600)
 """
 
 
-@pytest.mark.parametrize("writable", ["ro", "rw"])
-def test_fuse_child_unmounts_and_exits_when_the_parent_is_killed(tmp_path: Path, writable: str) -> None:
+@pytest.mark.parametrize(("writable", "masked"), [("ro", "-"), ("rw", "-"), ("rw", "masked")])
+def test_fuse_child_unmounts_and_exits_when_the_parent_is_killed(
+    tmp_path: Path, writable: str, masked: str
+) -> None:
     vol, key, tag, _ = _volume(tmp_path, {"a": b"data"})
     mnt = _mnt(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     parent = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(_PARENT), str(vol), key.hex(), str(mnt), tag, writable],
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(_PARENT),
+            str(vol),
+            key.hex(),
+            str(mnt),
+            tag,
+            writable,
+            masked,
+        ],
         stdout=subprocess.PIPE,
         text=True,
         env=env,

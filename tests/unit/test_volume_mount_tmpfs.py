@@ -224,3 +224,38 @@ def test_shm_ephemeral_drops_the_changes_and_writes_nothing_to_the_volume(tmp_pa
     after = {str(p): (p.lstat().st_mtime_ns, p.read_bytes() if p.is_file() else b"") for p in vol.rglob("*")}
     assert after == before
     assert load_sealed(vol, key, tag)[0].generation == 1
+
+
+@pytest.mark.parametrize("fork", [False, True])
+def test_a_stop_signal_sent_to_the_guard_leaves_the_tree_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fork: bool
+) -> None:
+    """A service manager's stop signals every process of the service, the guard too: it ignores
+    the signals the FUSE server holds (before 2026-12-07 it removed the plaintext tree still in
+    use, and the seal then failed: the session discarded). Its own stop (close) still removes it.
+    Both guards: the exec'd interpreter and the fork (when the interpreter cannot be run)."""
+    if fork:
+
+        def no_exec(*_a: Any, **_k: Any) -> None:
+            raise OSError("no interpreter")
+
+        monkeypatch.setattr(volume_mount.subprocess, "Popen", no_exec)
+    vol, key, tag = _volume(tmp_path)
+    mnt = tmp_path / "mnt"
+    h = _shm_mount(vol, key, mnt, tag, writable=True)
+    shm = h.path
+    try:
+        guard = h._guard
+        assert guard is not None and (guard.proc is None) == fork
+        status = Path(f"/proc/{guard.pid}/status").read_text().splitlines()
+        ignored = int(next(x for x in status if x.startswith("SigIgn:")).split()[1], 16)
+        for sig in volume_mount.HELD_SIGNALS:
+            assert ignored & (1 << (sig - 1)), signal.Signals(sig).name
+            os.kill(guard.pid, sig)  # ignored: dropped by the kernel at once
+        (mnt / "after.txt").write_bytes(b"after the signals\n")
+        assert os.path.exists(f"/proc/{guard.pid}") and shm.is_dir()
+        new = h.close()
+    finally:
+        h.abort()
+    assert new != tag and load_sealed(vol, key, new)[0].by_path()["after.txt"].size == 18
+    assert not shm.exists()

@@ -646,8 +646,8 @@ INTEGRITY_POLL = 0.2  # seconds between checks of the volume servers' integrity 
 
 def _wait(proc: subprocess.Popen[bytes], mounted: MountedVolumes) -> tuple[int, str | None, str | None]:
     """Wait for the program; stop it (SIGTERM, then SIGKILL) as soon as a protected volume
-    reports an integrity failure or its mount lost (its FUSE server stopped by a signal sent to
-    it directly). Returns (exit code, failing ``volume:path`` or None, ``volume at mountpoint``
+    reports an integrity failure or its mount lost (its FUSE server died, or the mount was
+    removed from outside). Returns (exit code, failing ``volume:path`` or None, ``volume at mountpoint``
     of the lost mount or None)."""
     while True:
         try:
@@ -665,9 +665,9 @@ def _wait(proc: subprocess.Popen[bytes], mounted: MountedVolumes) -> tuple[int, 
             log.error("confide: integrity failure in protected volume %s; stopping the service", tampered)
         else:
             log.error(
-                "confide: the FUSE server of protected volume %s was stopped by a signal: the mount "
-                "is gone and what the service writes there from now on is outside the volume "
-                "(unencrypted, in the directory below); stopping the service",
+                "confide: the mount of protected volume %s was lost (its FUSE server died or it was "
+                "unmounted from outside): what the service writes there from now on is outside the "
+                "volume (failing, or unencrypted in the directory below); stopping the service",
                 lost,
             )
         proc.terminate()
@@ -753,9 +753,10 @@ def supervise(plan: Launch, client: CasClient, *, before_exec: Callable[[], None
         code, tampered, lost, mounted = _run_supervised(plan, before_exec, started, pending)
         # A volume's storage modified behind our back: stop, keep nothing of this session (a seal
         # would bless state derived from an attack) and tell the operator. So too when a volume's
-        # mount was lost (its FUSE server signalled directly): the program's writes since went to
-        # the bare mountpoint directory, and the session's end is unknown. Otherwise every sealed
-        # volume's new tag is reported, also when another volume failed to seal.
+        # mount was lost (its FUSE server died, or it was unmounted from outside): the program's
+        # writes since failed or went to the bare mountpoint directory, and the session's end is
+        # unknown. Otherwise every sealed volume's new tag is reported, also when another volume
+        # failed to seal.
         seal_and_report(mounted, client, plan.policy, plan.session, tampered=tampered, lost=lost)
     finally:
         for sig, handler in previous.items():

@@ -146,7 +146,8 @@ class MountedVolumes:
 
     def lost_mount(self) -> str | None:
         """``volume at mountpoint`` of the first volume whose mount went away before it was
-        unmounted (a FUSE server stopped by a signal sent to it directly), if any (never blocks)."""
+        unmounted (its FUSE server died, or the mount was removed from outside), if any (never
+        blocks)."""
         for release, handle in self.handles:
             if handle.mount_lost():
                 return f"{release.name} at {handle.mountpoint}"
@@ -290,11 +291,11 @@ def seal_and_report(
     service because of that failure (said in the message).
 
     A volume whose mount was lost before this seal (``lost``, or
-    :meth:`MountedVolumes.lost_mount` now: its FUSE server was stopped by a signal sent to it
-    directly) is handled as an integrity failure: every volume is unmounted unsealed (what the
-    session wrote after that moment went to the bare mountpoint directory, unencrypted, and the
-    end of the session is unknown) and :class:`StorageError` is raised. ``lost`` given: the
-    caller stopped the service because of it."""
+    :meth:`MountedVolumes.lost_mount` now: its FUSE server died, e.g. SIGKILL, or the mount was
+    removed from outside) is handled as an integrity failure: every volume is unmounted unsealed
+    (what the session wrote after that moment failed or went to the bare mountpoint directory,
+    unencrypted, and the end of the session is unknown) and :class:`StorageError` is raised.
+    ``lost`` given: the caller stopped the service because of it."""
     stopped = tampered is not None
     if tampered is None:
         tampered = mounted.integrity_failure()
@@ -312,8 +313,8 @@ def seal_and_report(
         mounted.abort()
         what = "the service was stopped and " if stopped else ""
         raise StorageError(
-            f"the FUSE server of protected volume {lost} was stopped by a signal: the mount was "
-            f"lost, anything written there since is outside the volume; {what}"
+            f"the mount of protected volume {lost} was lost (its FUSE server died or it was unmounted "
+            f"from outside): anything written there since is outside the volume; {what}"
             "this session's volume changes were discarded"
         )
     changed, errors = mounted.seal()

@@ -69,6 +69,7 @@ from confide.volume.format import (
     region_for,
 )
 from confide.volume.keys import VolumeKey
+from confide.volume.mount import HELD_SIGNALS, SERVER_STOP_SIGNAL
 from confide.volume.reader import VolumeReader
 from confide.volume.store import (
     lock_volume,
@@ -867,29 +868,73 @@ class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
 
 
 def _die_with_parent(parent: int) -> None:
-    """Ask the kernel for SIGTERM when the parent dies (libfuse then unmounts and we exit)."""
+    """Ask the kernel for :data:`SERVER_STOP_SIGNAL` when the parent dies (libfuse's handler,
+    moved there by :func:`_hold_signals`, then ends the loop; before that its default action
+    ends the process) and ignore :data:`HELD_SIGNALS` from now on."""
+    for sig in HELD_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [SERVER_STOP_SIGNAL])  # a mask the parent passed on
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    libc.prctl(_PR_SET_PDEATHSIG, int(SERVER_STOP_SIGNAL), 0, 0, 0)
     if os.getppid() != parent:  # the parent died before prctl took effect
         sys.exit(1)
 
 
+# Larger than any C library's struct sigaction: libfuse's action is copied whole, as bytes; only
+# its first member (sa_handler, first on every Linux ABI but MIPS) is read.
+_SIGACTION_SIZE = 512
+_SIG_DFL, _SIG_IGN = 0, 1
+
+
+def _hold_signals() -> bool:
+    """Make the outside signals that end libfuse's loop harmless, keeping the loop's end for the
+    mounting process (docs/volume-mount.md, "Signals"). Called from the file system's ``init``
+    (the loop runs, libfuse's handlers are in place).
+
+    libfuse installs its exit handler for SIGHUP, SIGINT and SIGTERM where they were at their
+    default (:func:`_die_with_parent` set them to ``SIG_IGN``, but mfusepy puts SIGINT back to
+    its default for the loop). That handler is moved to :data:`SERVER_STOP_SIGNAL` (the
+    parent's death signal, and what ``MountHandle.abort()`` sends), and every signal of
+    :data:`HELD_SIGNALS` is ignored (``SIG_IGN`` from any thread, through libc). A libfuse whose
+    handler is not found (none installed): False, the signals left as they are."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.sigaction.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.signal.restype = ctypes.c_void_p
+    action = ctypes.create_string_buffer(_SIGACTION_SIZE)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if libc.sigaction(int(sig), None, action) != 0:
+            continue
+        handler = ctypes.c_void_p.from_buffer(action).value or _SIG_DFL
+        if handler not in (_SIG_DFL, _SIG_IGN):
+            break
+    else:
+        log.warning("confide volume: libfuse's signal handler not found; outside signals are not held")
+        return False
+    if libc.sigaction(int(SERVER_STOP_SIGNAL), action, None) != 0:
+        log.warning("confide volume: cannot move libfuse's signal handler; outside signals are not held")
+        return False
+    for sig in HELD_SIGNALS:
+        libc.signal(int(sig), _SIG_IGN)
+    return True
+
+
 def _await_decision(parent: int, decided: threading.Event, say: Callable[[str], None]) -> bool:
-    """The loop ended before the parent said what to do with a writable session: a signal
-    reached this server directly (a service manager's stop signals every process of the
-    service; libfuse ends the loop on SIGTERM, SIGINT and SIGHUP). The mount is gone, the
-    session is intact: report ``stopped`` and wait for the parent's ``commit`` (or ``discard``,
-    or the end of stdin), as after an unmount it asked for, instead of discarding the changes
-    that its ``close()`` is about to seal. ``discard`` (``abort()`` says it before its SIGTERM),
-    a SIGTERM now or the parent's death discards them (the parent's death: as ``on_parent_exit``
-    says). Returns whether a SIGTERM ended the wait."""
+    """The loop ended before the parent said what to do with the session: the mount was
+    removed from outside (``umount`` of the mountpoint) or :data:`SERVER_STOP_SIGNAL` came from
+    another process than the parent (the signals a service manager sends are held, see
+    :func:`_hold_signals`). The mount is gone, the session is intact: report ``stopped`` and
+    wait for the parent's ``commit`` (or ``discard``, or the end of stdin), as after an unmount
+    it asked for, instead of discarding the changes that its ``close()`` is about to seal (a
+    read-only session: only the report, so that its parent learns the mount is gone).
+    ``discard`` (``abort()`` says it before its :data:`SERVER_STOP_SIGNAL`), that signal now or
+    the parent's death discards them (the parent's death: as ``on_parent_exit`` says). Returns
+    whether the signal ended the wait."""
     terminated: list[int] = []
-    signal.signal(signal.SIGTERM, lambda sig, _frame: terminated.append(sig))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    log.warning("confide volume: the FUSE loop was stopped by a signal; waiting for the mounting process")
+    signal.signal(SERVER_STOP_SIGNAL, lambda sig, _frame: terminated.append(sig))
+    log.warning("confide volume: the FUSE loop ended, not by the mounting process; waiting for it")
     say("stopped")
-    while not decided.wait(0.5):  # wakes for a SIGTERM too (its handler runs in this thread)
+    while not decided.wait(0.5):  # wakes for the signal too (its handler runs in this thread)
         if terminated or os.getppid() != parent:
             break
     return bool(terminated)
@@ -957,6 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
     mounted = threading.Event()
 
     def ready() -> None:
+        _hold_signals()  # before 'ready': once mounted, only the mounting process ends the loop
         mounted.set()
         say("ready")
 
@@ -986,10 +1032,11 @@ def main(argv: list[str] | None = None) -> int:
     # parent would kill us before the session is discarded.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     parent_alive = os.getppid() == parent
-    signalled = False  # a SIGTERM while waiting for the decision: discard, never seal
-    # an ephemeral session too: its unmount without a decision was a signal (reported 'stopped':
-    # the application's writes now go to the bare mountpoint), though 'commit' seals nothing
-    if writable and parent_alive and not decided.is_set():
+    signalled = False  # SERVER_STOP_SIGNAL while waiting for the decision: discard, never seal
+    # read-only and ephemeral sessions too: an unmount without a decision was not the parent's
+    # (reported 'stopped': the application's writes now go to the bare mountpoint), though
+    # 'commit' seals nothing there
+    if parent_alive and not decided.is_set():
         signalled = _await_decision(parent, decided, say)
         parent_alive = os.getppid() == parent
     try:

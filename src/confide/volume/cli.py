@@ -338,7 +338,7 @@ def mount_cmd(
         click.echo(f"mounted {access} via {handle.mode} at {handle.mountpoint}{where}, pid {os.getpid()}")
         click.echo(f"tag: {handle.tag}", nl=True)
         sys.stdout.flush()
-        stop.wait(handle)  # also ends when the FUSE server was stopped by a signal of its own
+        stop.wait(handle)  # also ends when the mount is lost (its FUSE server died, an outside umount)
         old = handle.tag
         try:
             new = handle.close()
@@ -348,14 +348,15 @@ def mount_cmd(
         click.echo(f"unmounted; tag: {new}" + (" (changed)" if new != old else " (unchanged)"))
         lost = handle.stopped_at
         if lost is not None:
-            # The mount was gone before this command unmounted it: what was written through it
-            # until then is sealed (the tag above), what was written to the bare directory since
-            # is not. Never a plain success (docs/volume-mount.md, "Signals").
+            # The mount was removed from outside before this command unmounted it (a server that
+            # died fails the close() above): what was written through it until then is sealed
+            # (the tag above), what was written to the bare directory since is not. Never a plain
+            # success (docs/volume-mount.md, "Signals").
             when = datetime.datetime.fromtimestamp(lost, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            sealed = "sealed what it held; " if writable else ""
             _die(
                 StorageError(
-                    f"the FUSE server was stopped by a signal at {when}: the mount was lost then; "
-                    f"sealed what it held; anything written to {handle.mountpoint} after that is "
-                    "not in the volume"
+                    f"the FUSE mount was removed from outside at {when}: the mount was lost then; "
+                    f"{sealed}anything written to {handle.mountpoint} after that is not in the volume"
                 )
             )

@@ -6,8 +6,10 @@ manifest and the tag *before* anything is served (a wrong tag raises
 
 * ``fuse``: a child process (``python -m confide.volume._fusefs``) serves the files through
   FUSE (mfusepy, libfuse 3): decrypted on demand, authenticated per chunk, integrity failures
-  logged and returned as EIO. The child asks the kernel for SIGTERM when its parent dies
-  (``prctl(PR_SET_PDEATHSIG)``), so it unmounts and exits with the launcher/application.
+  logged and returned as EIO. The child asks the kernel for :data:`SERVER_STOP_SIGNAL` when
+  its parent dies (``prctl(PR_SET_PDEATHSIG)``), so it unmounts and exits with the
+  launcher/application; the signals a service manager sends (:data:`HELD_SIGNALS`) it ignores,
+  serving until its parent unmounts it.
 * ``tmpfs``: as root, the *calling thread* moves into a private mount namespace
   (``unshare(CLONE_NEWNS)`` + ``mount --make-rprivate /``), a tmpfs is mounted at the
   mountpoint and the whole volume is authenticated and decrypted into it; processes outside
@@ -81,7 +83,16 @@ from confide.volume.store import (
     seal_entries,
 )
 
-__all__ = ["STOP_SIGNALS", "MountHandle", "MountMode", "StopSignals", "fuse_usable", "mount_volume"]
+__all__ = [
+    "HELD_SIGNALS",
+    "SERVER_STOP_SIGNAL",
+    "STOP_SIGNALS",
+    "MountHandle",
+    "MountMode",
+    "StopSignals",
+    "fuse_usable",
+    "mount_volume",
+]
 
 log = logging.getLogger("confide.volume.mount")
 
@@ -94,6 +105,22 @@ _MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE = 2, 4, 0x4000, 1 << 18  # <linux/mo
 _MS_RDONLY, _MS_REMOUNT = 1, 32
 _MNT_DETACH = 2
 _PR_SET_PDEATHSIG = 1
+
+# The FUSE server ignores these from the moment it is mounted ('ready') until its loop ends: a
+# service manager's stop (systemd's KillMode=control-group signals every process of the unit,
+# the server included) or a `kill` of its pid must not take the mount away from the application
+# while it still runs (its later files would land in the bare directory below the mountpoint).
+# The mounting process alone ends the loop: by unmounting (close()), by SERVER_STOP_SIGNAL
+# (abort()) or by dying (the same signal, PR_SET_PDEATHSIG). The signals `confide run` forwards.
+HELD_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+SERVER_STOP_SIGNAL = signal.SIGRTMIN  # libfuse's exit handler is moved there (_fusefs._hold_signals)
 
 
 def _libc() -> ctypes.CDLL:
@@ -177,9 +204,10 @@ class MountHandle:
 
     def mount_lost(self) -> bool:
         """Whether the mount went away before this handle unmounted it (never blocks): a FUSE
-        server signalled directly ends its loop and reports ``stopped`` (docs/volume-mount.md,
-        "Signals"); what is written under the mountpoint from then on is not in the volume.
-        The tmpfs mounts have no server to lose."""
+        server whose loop ended without being asked (its mountpoint unmounted from outside)
+        reports ``stopped``; one that died (SIGKILL) closes its status pipe, its mount left
+        dead (docs/volume-mount.md, "Signals"). What is written under the mountpoint from
+        then on is not in the volume. The tmpfs mounts have no server to lose."""
         return False
 
     def status_fd(self) -> int | None:
@@ -226,6 +254,22 @@ def _unmount_cmd(mountpoint: Path, lazy: bool) -> list[str]:
     return ["umount", *(["-l"] if lazy else []), str(mountpoint)]
 
 
+def _listed_mount(path: Path) -> bool:
+    """Whether ``path`` is a mountpoint by the mount table: a dead FUSE server's mount is one,
+    though ``os.path.ismount`` says no (its ``lstat`` fails: ENOTCONN)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return os.path.ismount(path)
+    want = str(path)
+    unescape = re.compile(r"\\([0-7]{3})")  # mountinfo writes space, tab, newline, backslash as \ooo
+    return any(
+        len(fields := line.split(" ")) > 4 and unescape.sub(lambda m: chr(int(m[1], 8)), fields[4]) == want
+        for line in lines
+    )
+
+
 class _FuseMount(MountHandle):
     def __init__(
         self,
@@ -257,6 +301,7 @@ class _FuseMount(MountHandle):
         self._lines: collections.deque[str] = collections.deque()
         self.integrity_paths: list[str] = []
         self._eof = False
+        self._live = False  # mounted and not yet being closed: an end of the status pipe is a death
         try:
             assert self._proc.stdin is not None
             self._proc.stdin.write(key.hex() + "\n")  # the key travels through a pipe only
@@ -270,6 +315,7 @@ class _FuseMount(MountHandle):
                     raise StorageError(f"FUSE server reported ready but {str(mountpoint)!r} is not mounted")
                 time.sleep(0.01)
             _raise_readahead(mountpoint)
+            self._live = True
         except BaseException:
             self._discard()
             self._kill()
@@ -284,6 +330,11 @@ class _FuseMount(MountHandle):
         data = os.read(self._status, 4096)
         if not data:
             self._eof = True
+            if self._live and self.stopped_at is None:  # died while mounted (SIGKILL, a crash)
+                self.stopped_at = time.time()
+                rc = self._exit_status()
+                log.warning("confide volume: the FUSE server at %r has died (%s): the mount is dead",
+                            str(self.mountpoint), _how(rc))  # fmt: skip
             return False
         *complete, self._buffer = (self._buffer + data).split(b"\n")
         for raw in complete:
@@ -294,10 +345,10 @@ class _FuseMount(MountHandle):
                 except ValueError:
                     path = line[len("integrity ") :]
                 self.integrity_paths.append(str(path))
-            elif line == "stopped":  # a signal ended the server's loop; it awaits close()
+            elif line == "stopped":  # the loop ended unasked (an outside umount); it awaits close()
                 self.stopped_at = time.time()
                 where = str(self.mountpoint)
-                log.warning("confide volume: the FUSE server at %r was stopped by a signal", where)
+                log.warning("confide volume: the FUSE mount at %r was removed from outside", where)
             else:
                 self._lines.append(line)
         return True
@@ -329,14 +380,22 @@ class _FuseMount(MountHandle):
 
     def abort(self) -> None:
         if not self.closed:
+            self._live = False
             self._discard()
             self._kill()
 
+    def _exit_status(self) -> int | None:
+        """The server's exit status once its status pipe ended (it is exiting: waited for a
+        moment), None if it still runs."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return self._proc.wait(10)
+        return None
+
     def _discard(self) -> None:
-        """Say ``discard`` before the SIGTERM of :meth:`_kill`: a server whose loop that SIGTERM
-        ends without a decision takes it for an outside signal, reports ``stopped`` and waits
-        for one (``_fusefs._await_decision``), and would be SIGKILLed 10 s later, its session's
-        new objects left behind."""
+        """Say ``discard`` before the signal of :meth:`_kill`: a server whose loop that signal
+        ends without a decision reports ``stopped`` and waits for one
+        (``_fusefs._await_decision``), and would be SIGKILLed 10 s later, its session's new
+        objects left behind."""
         if self._proc.stdin is not None and self._proc.poll() is None:
             with contextlib.suppress(OSError, ValueError):
                 self._proc.stdin.write("discard\n")
@@ -348,18 +407,23 @@ class _FuseMount(MountHandle):
         if line.startswith("error "):
             _, code, message = line.split(" ", 2)
             return _error_for(int(code), message)
-        rc = self._proc.poll()
+        rc = self._exit_status() if line == "eof" else self._proc.poll()
+        if rc is not None and rc < 0:
+            lost = ": this session's changes are lost" if self.writable else ""
+            return StorageError(
+                f"the FUSE server of {str(self.mountpoint)!r} has died ({_how(rc)}) and cannot {what}{lost}"
+            )
         return StorageError(f"FUSE server failed to {what} (got {line!r}, exit status {rc}); see its log")
 
     def _kill(self) -> None:
         if self._proc.poll() is None:
-            self._proc.terminate()  # libfuse's SIGTERM handler unmounts
+            self._proc.send_signal(SERVER_STOP_SIGNAL)  # libfuse's exit handler (moved there) unmounts
             try:
                 self._proc.wait(10)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-        if os.path.ismount(self.mountpoint):
+        if _listed_mount(self.mountpoint):  # also a dead server's (ENOTCONN: not os.path.ismount)
             subprocess.run(_unmount_cmd(self.mountpoint, True), capture_output=True, check=False)  # noqa: S603
         if self._proc.stdin is not None:
             with contextlib.suppress(OSError):
@@ -371,17 +435,19 @@ class _FuseMount(MountHandle):
     def close(self) -> str:
         if self.closed:
             return self.tag
+        self._live = False
         try:
             assert self._proc.stdin is not None
-            if self.writable:  # ephemeral too: the server can then tell this unmount from a signal
-                try:
-                    self._proc.stdin.write("commit\n")
-                    self._proc.stdin.flush()
-                except BrokenPipeError:  # the server exited: what it said before tells why
-                    pass
-                line = self._next_line(30)
-                if line != "ack":
-                    raise self._failure(line, "acknowledge the commit")
+            # read-only and ephemeral too: the server then takes the end of its loop for this
+            # unmount, not for one from outside (which it reports: 'stopped')
+            try:
+                self._proc.stdin.write("commit\n")
+                self._proc.stdin.flush()
+            except BrokenPipeError:  # the server exited: what it said before tells why
+                pass
+            line = self._next_line(30)
+            if line != "ack":
+                raise self._failure(line, "acknowledge the commit")
             for attempt in range(50):  # busy while the application still has files open
                 r = subprocess.run(_unmount_cmd(self.mountpoint, lazy=attempt == 49), capture_output=True,  # noqa: S603
                                    text=True, check=False)  # fmt: skip
@@ -399,6 +465,18 @@ class _FuseMount(MountHandle):
         finally:
             self._kill()
         return self.tag
+
+
+def _how(rc: int | None) -> str:
+    """A dead server's exit status in words: 'killed by SIGKILL', 'exit status 1'."""
+    if rc is None:
+        return "still running"
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit status {rc}"
 
 
 # --- tmpfs -----------------------------------------------------------------------------------
@@ -862,9 +940,11 @@ def _fork_guard(shm: Path) -> int:
                 _remove_plaintext(shm)
                 os._exit(0)
 
-            signal.signal(signal.SIGTERM, bye)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
-            _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            for sig in HELD_SIGNALS:  # a service manager's stop is the caller's, as for the FUSE server
+                signal.signal(sig, signal.SIG_IGN)
+            signal.signal(SERVER_STOP_SIGNAL, bye)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [SERVER_STOP_SIGNAL])
+            _libc().prctl(_PR_SET_PDEATHSIG, int(SERVER_STOP_SIGNAL), 0, 0, 0)
             if os.getppid() != parent:
                 bye()
             os.write(w, b"r")
@@ -885,7 +965,7 @@ class _Guard:
 
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGTERM)
+            os.kill(self.pid, SERVER_STOP_SIGNAL)
         if self.proc is not None:
             self.proc.wait()
         else:
@@ -951,9 +1031,11 @@ class _TmpfsMount(MountHandle):
 
     @staticmethod
     def _start_guard(shm: Path) -> _Guard:
-        """A child that removes ``shm`` when we die (PR_SET_PDEATHSIG) or when told to (SIGTERM).
-        In a session of its own: a signal to the caller's process group (a terminal's ^C, which
-        killed it without removing anything) is the caller's to handle.
+        """A child that removes ``shm`` when we die (PR_SET_PDEATHSIG) or when told to, both by
+        :data:`SERVER_STOP_SIGNAL` (SIGTERM before 2026-12-07). In a session of its own: a signal
+        to the caller's process group (a terminal's ^C, which killed it without removing
+        anything) is the caller's to handle; :data:`HELD_SIGNALS` sent to it directly (a service
+        manager's stop) are ignored, as by the FUSE server: they removed the tree still in use.
 
         A fresh interpreter when ours can be executed (no inherited descriptors), else a fork.
         """
@@ -961,8 +1043,10 @@ class _TmpfsMount(MountHandle):
             "import ctypes,os,shutil,signal,sys\n" + _GUARD_REMOVE + "def bye(*a):\n"
             "    remove(sys.argv[1])\n"
             "    os._exit(0)\n"
-            "signal.signal(signal.SIGTERM, bye)\n"
-            f"ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM, 0, 0, 0)\n"
+            f"for s in {tuple(int(x) for x in HELD_SIGNALS)}: signal.signal(s, signal.SIG_IGN)\n"
+            f"signal.signal({int(SERVER_STOP_SIGNAL)}, bye)\n"
+            f"signal.pthread_sigmask(signal.SIG_UNBLOCK, [{int(SERVER_STOP_SIGNAL)}])\n"
+            f"ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG}, {int(SERVER_STOP_SIGNAL)}, 0, 0, 0)\n"
             "os.getppid() == int(sys.argv[2]) or bye()\n"
             "print('ready', flush=True)\n"
             "while True: signal.pause()\n"
@@ -1120,7 +1204,7 @@ class StopSignals:
     is recorded instead of stopping the process (a ``KeyboardInterrupt`` between the mount and
     the wait, or SIGTERM's default action, left the session unsealed), and :meth:`wait` returns
     at once if one already came. Handlers, not a blocked signal mask: a mask would be inherited
-    by the FUSE server and the tmpfs guard, which must keep reacting to SIGTERM. Main thread
+    by the FUSE server and the tmpfs guard, which must keep reacting to SERVER_STOP_SIGNAL. Main thread
     only (``signal.signal``); ``set_wakeup_fd`` wakes :meth:`wait` whichever thread the kernel
     delivers a signal to."""
 
@@ -1151,7 +1235,7 @@ class StopSignals:
     def wait(self, handle: MountHandle | None = None) -> int | None:
         """The first stop signal received; blocks until one arrives if none did yet. With a
         ``handle``: None as soon as it reports its mount lost (:meth:`MountHandle.mount_lost`,
-        a FUSE server stopped by a signal of its own) before a stop signal came."""
+        its FUSE server died or was unmounted from outside) before a stop signal came."""
         while not self.received:
             if handle is not None and handle.mount_lost():
                 return None
