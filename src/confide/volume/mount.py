@@ -407,10 +407,26 @@ def _private_namespace() -> None:
 def join_namespace(fd: int) -> None:
     """Move the calling thread into the mount namespace ``fd`` names (an open
     ``/proc/thread-self/ns/mnt`` of a thread that ran :func:`_private_namespace`), leaving the
-    file-system attributes it shared with the other threads first, as setns(2) requires."""
+    file-system attributes it shared with the other threads first, as setns(2) requires. Its
+    working directory stays the one it had (setns(2) moves it to the namespace's root): the
+    same path, looked up in the namespace (a copy of the caller's, as unshare(2) would make it),
+    else that very directory."""
     libc = _libc()
-    if libc.unshare(_CLONE_FS) != 0 or libc.setns(fd, _CLONE_NEWNS) != 0:
-        raise StorageError(_errno_msg("joining the volumes' private mount namespace failed"))
+    try:
+        cwd: tuple[str, int] | None = os.getcwd(), os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:  # no working directory to keep (removed, or not searchable)
+        cwd = None
+    try:
+        if libc.unshare(_CLONE_FS) != 0 or libc.setns(fd, _CLONE_NEWNS) != 0:
+            raise StorageError(_errno_msg("joining the volumes' private mount namespace failed"))
+        if cwd is not None:
+            try:
+                os.chdir(cwd[0])
+            except OSError:
+                os.fchdir(cwd[1])
+    finally:
+        if cwd is not None:
+            os.close(cwd[1])
 
 
 def _kernel_at_least(major: int, minor: int) -> bool:
