@@ -1606,12 +1606,15 @@ class _SignalHold:
         if self._depth == 0:
             loop_handled = getattr(getattr(asyncio, "unix_events", None), "_sighandler_noop", None)
             for signum in _HELD_SIGNALS:
-                if signum in self._found:  # an enter interrupted after this one (see the caller)
-                    continue
-                found = signal.getsignal(signum)
-                if found is None or found is signal.SIG_IGN or (loop_handled and found is loop_handled):
-                    continue
-                self._found[signum] = signal.signal(signum, self._note)
+                # What is replaced is noted first: an application's handler may raise (see the
+                # caller) as signal.signal returns, and the caller then enters again, when the
+                # handler in place is already the hold's own.
+                if signum not in self._found:
+                    found = signal.getsignal(signum)
+                    if found is None or found is signal.SIG_IGN or (loop_handled and found is loop_handled):
+                        continue
+                    self._found[signum] = found
+                signal.signal(signum, self._note)  # again after an interrupted enter: the same
         self._depth += 1
         return True
 

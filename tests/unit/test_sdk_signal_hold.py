@@ -106,3 +106,41 @@ def test_ignored_signals_and_an_asyncio_loops_handlers_are_left_alone(handlers: 
         loop.close()
         signal.signal(signal.SIGINT, before)
     assert handlers == []
+
+
+def test_an_enter_interrupted_right_after_a_handler_was_replaced_puts_that_handler_back(
+    handlers: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another signal's handler raising (``sys.exit`` in a SIGTERM handler, say) at the bytecode
+    boundary right after ``signal.signal`` replaced a handler, before the hold noted what it
+    replaced: the caller enters again (``Cas.mount_volumes``' ``__exit__``). The hold used to
+    take its own note-taker for the application's handler then, and put it back at the end:
+    SIGTERM swallowed for the rest of the process."""
+    record = signal.getsignal(signal.SIGTERM)
+    real = signal.signal
+    interrupted: list[int] = []
+
+    def replaced_then_interrupted(signum: int, handler: object) -> object:
+        previous = real(signum, handler)  # type: ignore[arg-type]
+        if signum == signal.SIGTERM and not interrupted:
+            interrupted.append(signum)
+            raise SystemExit("another signal's handler, run as signal.signal returned")
+        return previous
+
+    monkeypatch.setattr(signal, "signal", replaced_then_interrupted)
+    hold = _SignalHold()
+    early: BaseException | None = None
+    while True:  # as _VolumeSession.__exit__ enters
+        try:
+            held = hold.enter()
+            break
+        except BaseException as caught:
+            early = early or caught
+    assert held and isinstance(early, SystemExit)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert handlers == []  # held
+    hold.leave()
+    assert handlers == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGTERM) is record
+    os.kill(os.getpid(), signal.SIGTERM)  # the application's handler, not the hold's, from now on
+    assert handlers == [signal.SIGTERM, signal.SIGTERM]
