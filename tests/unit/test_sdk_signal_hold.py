@@ -14,6 +14,7 @@ import types
 from collections.abc import Iterator
 
 import pytest
+import uvloop
 
 from confide.sdk import _SignalHold
 
@@ -144,3 +145,34 @@ def test_an_enter_interrupted_right_after_a_handler_was_replaced_puts_that_handl
     assert signal.getsignal(signal.SIGTERM) is record
     os.kill(os.getpid(), signal.SIGTERM)  # the application's handler, not the hold's, from now on
     assert handlers == [signal.SIGTERM, signal.SIGTERM]
+
+
+def test_a_uvloop_loops_handlers_are_left_alone(handlers: list[int]) -> None:
+    """uvloop's ``loop.add_signal_handler`` puts a bound method of the loop in place, not
+    asyncio's ``_sighandler_noop``: the hold used to take it for the application's, and the
+    loop's handler then ran twice (from the loop's wakeup fd at once, and again at the last
+    leave)."""
+    hold = _SignalHold()
+    loop = uvloop.new_event_loop()
+    hups: list[str] = []
+    try:
+        loop.add_signal_handler(signal.SIGHUP, hups.append, "hup")
+        loop_handler = signal.getsignal(signal.SIGHUP)
+
+        async def held_while_the_loop_runs() -> None:
+            hold.enter()
+            assert signal.getsignal(signal.SIGHUP) == loop_handler
+            os.kill(os.getpid(), signal.SIGHUP)
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+            assert hups == ["hup"]  # the loop's handler ran on the loop meanwhile
+            hold.leave()
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+
+        loop.run_until_complete(held_while_the_loop_runs())
+        assert hups == ["hup"]
+        loop.remove_signal_handler(signal.SIGHUP)
+    finally:
+        loop.close()
+    assert handlers == []
