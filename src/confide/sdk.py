@@ -1626,7 +1626,10 @@ class _SignalHold:
         for signum, handler in found.items():
             while True:  # a held signal still pending is noted first; another's handler may raise
                 try:
-                    signal.signal(signum, handler)
+                    # not over a handler the application set meanwhile (asynchronous sessions:
+                    # the loop runs other tasks during the hold)
+                    if signal.getsignal(signum) == self._note:
+                        signal.signal(signum, handler)
                     break
                 except BaseException as exc:
                     first = first or exc

@@ -176,3 +176,19 @@ def test_a_uvloop_loops_handlers_are_left_alone(handlers: list[int]) -> None:
     finally:
         loop.close()
     assert handlers == []
+
+
+def test_a_handler_the_application_sets_during_an_async_hold_is_kept(handlers: list[int]) -> None:
+    """An asynchronous session's hold lasts while the loop runs other tasks: one of them may set
+    a handler of its own meanwhile (a server starting). The last leave used to put back the
+    handler found at the hold's start over it. It keeps the application's, and the signal held
+    before is delivered to it."""
+    hold = _SignalHold()
+    mine: list[int] = []
+    hold.enter()
+    os.kill(os.getpid(), signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda signum, _frame: mine.append(signum))
+    set_meanwhile = signal.getsignal(signal.SIGTERM)
+    hold.leave()
+    assert signal.getsignal(signal.SIGTERM) is set_meanwhile
+    assert mine == [signal.SIGTERM] and handlers == []
