@@ -413,20 +413,31 @@ def join_namespace(fd: int) -> None:
     else that very directory."""
     libc = _libc()
     try:
-        cwd: tuple[str, int] | None = os.getcwd(), os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:  # no working directory to keep (removed, or not searchable)
-        cwd = None
+        path: str | None = os.getcwd()
+    except OSError:  # removed: nothing to keep
+        path = None
+    try:
+        here: int | None = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        here = None
     try:
         if libc.unshare(_CLONE_FS) != 0 or libc.setns(fd, _CLONE_NEWNS) != 0:
             raise StorageError(_errno_msg("joining the volumes' private mount namespace failed"))
-        if cwd is not None:
+        try:
+            if path is not None:
+                os.chdir(path)
+            elif here is not None:
+                os.fchdir(here)
+        except OSError as exc:
+            if here is None:
+                raise StorageError(f"cannot keep the working directory {path!r}: {exc.strerror}") from None
             try:
-                os.chdir(cwd[0])
-            except OSError:
-                os.fchdir(cwd[1])
+                os.fchdir(here)
+            except OSError as again:
+                raise StorageError(f"cannot keep the working directory {path!r}: {again.strerror}") from None
     finally:
-        if cwd is not None:
-            os.close(cwd[1])
+        if here is not None:
+            os.close(here)
 
 
 def _kernel_at_least(major: int, minor: int) -> bool:
