@@ -1508,8 +1508,8 @@ class Cas:
         ``with`` statement, after the new tags reached the CAS; an error of the seal or a report
         is then its ``__context__``), or, for a default action, the signal raised again with it
         (the process then ends by that signal, after the reports). An ignored signal, one whose
-        handler is not Python's (``signal.getsignal`` is None) or an asyncio loop's
-        (``loop.add_signal_handler``: it runs on the loop, not in between) is not held. The
+        handler is not Python's (``signal.getsignal`` is None) or an event loop's (asyncio's or
+        uvloop's ``loop.add_signal_handler``: it runs on the loop, not in between) is not held. The
         application's handlers are put back as they were at the block's end. One its handler
         raises for a signal that came in the instant before (the first instruction of this
         context manager's ``__exit__`` is the only one left unprotected) is raised after the
@@ -1604,14 +1604,16 @@ class _SignalHold:
         if threading.current_thread() is not threading.main_thread():
             return False
         if self._depth == 0:
-            loop_handled = getattr(getattr(asyncio, "unix_events", None), "_sighandler_noop", None)
             for signum in _HELD_SIGNALS:
-                if signum in self._found:  # an enter interrupted after this one (see the caller)
-                    continue
-                found = signal.getsignal(signum)
-                if found is None or found is signal.SIG_IGN or (loop_handled and found is loop_handled):
-                    continue
-                self._found[signum] = signal.signal(signum, self._note)
+                # What is replaced is noted first: an application's handler may raise (see the
+                # caller) as signal.signal returns, and the caller then enters again, when the
+                # handler in place is already the hold's own.
+                if signum not in self._found:
+                    found = signal.getsignal(signum)
+                    if found is None or found is signal.SIG_IGN or _loop_handler(found):
+                        continue
+                    self._found[signum] = found
+                signal.signal(signum, self._note)  # again after an interrupted enter: the same
         self._depth += 1
         return True
 
@@ -1624,7 +1626,10 @@ class _SignalHold:
         for signum, handler in found.items():
             while True:  # a held signal still pending is noted first; another's handler may raise
                 try:
-                    signal.signal(signum, handler)
+                    # not over a handler the application set meanwhile (asynchronous sessions:
+                    # the loop runs other tasks during the hold)
+                    if signal.getsignal(signum) == self._note:
+                        signal.signal(signum, handler)
                     break
                 except BaseException as exc:
                     first = first or exc
@@ -1636,6 +1641,15 @@ class _SignalHold:
                 first = first or exc
         if first is not None:
             raise first
+
+
+def _loop_handler(handler: object) -> bool:
+    """Whether ``handler`` is what an event loop's ``add_signal_handler`` puts in place: its
+    handler runs on the loop (from the wakeup fd), not here. asyncio's is
+    ``asyncio.unix_events._sighandler_noop``; uvloop's a bound method of the loop."""
+    if handler is getattr(getattr(asyncio, "unix_events", None), "_sighandler_noop", None):
+        return True
+    return isinstance(getattr(handler, "__self__", None), asyncio.AbstractEventLoop)
 
 
 _HOLD = _SignalHold()

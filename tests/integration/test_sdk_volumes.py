@@ -567,6 +567,33 @@ def test_async_mount_write_and_exit_reports_the_new_tag(cas: Cas, tmp_path: Path
     assert load_sealed(s.vol, s.key)[1] == tag1
 
 
+def test_an_async_session_keeps_the_loops_working_directory(
+    cas: Cas, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As root the loop's thread joins the volume thread's mount namespace, and setns(2) moves a
+    thread's working directory to that namespace's root: it used to be ``/`` from then on, a
+    relative path of the block (or of the application after it) resolving from there. It is
+    the directory it was, in the block and after it, as with :meth:`Cas.mount_volumes`."""
+    s = volume_setup(cas, tmp_path, "sdkvol-async-cwd")
+    acas = AsyncCas(cas)
+    here = tmp_path / "workdir"
+    here.mkdir()
+    (here / "config.txt").write_text("relative\n")
+    monkeypatch.chdir(here)
+
+    async def session() -> tuple[str, str]:
+        release = await acas.attest(f"{s.policy}/app", await acas.simulated_provider(s.argv), dumpable=True)
+        async with acas.mount_volumes(release) as volumes:
+            inside = os.getcwd(), Path("config.txt").read_text()
+            (volumes.paths["data"] / "notes.txt").write_text("changed\n")
+        assert (os.getcwd(), Path("config.txt").read_text()) == inside
+        return inside
+
+    assert asyncio.run(session()) == (str(here), "relative\n")
+    Path("written-after.txt").write_text("x\n")  # in the directory it was, not in /
+    assert (here / "written-after.txt").exists()
+
+
 def test_async_mount_errors_and_refused_reports_raise_as_the_sync_ones(cas: Cas, tmp_path: Path) -> None:
     """A spent release: RollbackError at ``async with``, nothing mounted; a report the CAS
     refuses: its class after the seal, replacing the block's exception."""

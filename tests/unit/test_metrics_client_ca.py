@@ -8,6 +8,7 @@ pair, the server side using the reloader's context; docs/cas.md "Metrics"."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -159,6 +160,53 @@ def test_a_client_certificate_of_the_bundle_is_required(pki: Pki, version: ssl.T
     plain = CertificateReloader(pki.cert, pki.key)()
     assert plain.verify_mode == ssl.CERT_NONE
     assert _handshake(plain, None, pki, version) == "served"
+
+
+def _connect(
+    server_context: ssl.SSLContext, client: ssl.SSLContext, session: ssl.SSLSession | None
+) -> tuple[bool, ssl.SSLSession]:
+    """One connection over a socket pair, the client offering ``session`` to resume; the
+    session it ends with (``session_reused``: whether the server resumed the one offered)."""
+    ours, theirs = socket.socketpair()
+    ours.settimeout(10)
+    theirs.settimeout(10)
+
+    def serve() -> None:
+        with (
+            contextlib.suppress(ssl.SSLError, OSError),
+            server_context.wrap_socket(theirs, server_side=True) as tls,
+        ):
+            if tls.recv(64) == b"GET\n":
+                tls.sendall(b"200\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    with client.wrap_socket(ours, session=session) as tls:
+        tls.sendall(b"GET\n")
+        assert tls.recv(64) == b"200\n"
+        reused, ended = tls.session_reused, tls.session
+    thread.join(10)
+    assert ended is not None
+    return reused, ended
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=["tls1.3", "tls1.2"])
+def test_every_connection_is_a_full_handshake_its_certificate_judged_again(
+    pki: Pki, version: ssl.TLSVersion
+) -> None:
+    """A resumed TLS session (a TLS 1.3 ticket, a TLS 1.2 ticket or session id) carries the
+    client certificate of the handshake that made it, judged then: resumed, it was served
+    again without being judged, after it expired too (for the session's lifetime, hours). The
+    listener resumes no session: each connection's certificate is checked at its handshake."""
+    context = _reloader(pki, pki.ca["a"])()
+    client = ssl.create_default_context(cafile=str(pki.server_ca))
+    client.check_hostname = False
+    client.minimum_version = client.maximum_version = version
+    client.load_cert_chain(*pki.client["a"])
+    reused, session = _connect(context, client, None)
+    assert not reused
+    reused, _ = _connect(context, client, session)
+    assert not reused
 
 
 def test_an_intermediate_ca_alone_is_a_trust_anchor(pki: Pki) -> None:

@@ -14,6 +14,7 @@ import types
 from collections.abc import Iterator
 
 import pytest
+import uvloop
 
 from confide.sdk import _SignalHold
 
@@ -106,3 +107,88 @@ def test_ignored_signals_and_an_asyncio_loops_handlers_are_left_alone(handlers: 
         loop.close()
         signal.signal(signal.SIGINT, before)
     assert handlers == []
+
+
+def test_an_enter_interrupted_right_after_a_handler_was_replaced_puts_that_handler_back(
+    handlers: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another signal's handler raising (``sys.exit`` in a SIGTERM handler, say) at the bytecode
+    boundary right after ``signal.signal`` replaced a handler, before the hold noted what it
+    replaced: the caller enters again (``Cas.mount_volumes``' ``__exit__``). The hold used to
+    take its own note-taker for the application's handler then, and put it back at the end:
+    SIGTERM swallowed for the rest of the process."""
+    record = signal.getsignal(signal.SIGTERM)
+    real = signal.signal
+    interrupted: list[int] = []
+
+    def replaced_then_interrupted(signum: int, handler: object) -> object:
+        previous = real(signum, handler)  # type: ignore[arg-type]
+        if signum == signal.SIGTERM and not interrupted:
+            interrupted.append(signum)
+            raise SystemExit("another signal's handler, run as signal.signal returned")
+        return previous
+
+    monkeypatch.setattr(signal, "signal", replaced_then_interrupted)
+    hold = _SignalHold()
+    early: BaseException | None = None
+    while True:  # as _VolumeSession.__exit__ enters
+        try:
+            held = hold.enter()
+            break
+        except BaseException as caught:
+            early = early or caught
+    assert held and isinstance(early, SystemExit)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert handlers == []  # held
+    hold.leave()
+    assert handlers == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGTERM) is record
+    os.kill(os.getpid(), signal.SIGTERM)  # the application's handler, not the hold's, from now on
+    assert handlers == [signal.SIGTERM, signal.SIGTERM]
+
+
+def test_a_uvloop_loops_handlers_are_left_alone(handlers: list[int]) -> None:
+    """uvloop's ``loop.add_signal_handler`` puts a bound method of the loop in place, not
+    asyncio's ``_sighandler_noop``: the hold used to take it for the application's, and the
+    loop's handler then ran twice (from the loop's wakeup fd at once, and again at the last
+    leave)."""
+    hold = _SignalHold()
+    loop = uvloop.new_event_loop()
+    hups: list[str] = []
+    try:
+        loop.add_signal_handler(signal.SIGHUP, hups.append, "hup")
+        loop_handler = signal.getsignal(signal.SIGHUP)
+
+        async def held_while_the_loop_runs() -> None:
+            hold.enter()
+            assert signal.getsignal(signal.SIGHUP) == loop_handler
+            os.kill(os.getpid(), signal.SIGHUP)
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+            assert hups == ["hup"]  # the loop's handler ran on the loop meanwhile
+            hold.leave()
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+
+        loop.run_until_complete(held_while_the_loop_runs())
+        assert hups == ["hup"]
+        loop.remove_signal_handler(signal.SIGHUP)
+    finally:
+        loop.close()
+    assert handlers == []
+
+
+def test_a_handler_the_application_sets_during_an_async_hold_is_kept(handlers: list[int]) -> None:
+    """An asynchronous session's hold lasts while the loop runs other tasks: one of them may set
+    a handler of its own meanwhile (a server starting). The last leave used to put back the
+    handler found at the hold's start over it. It keeps the application's, and the signal held
+    before is delivered to it."""
+    hold = _SignalHold()
+    mine: list[int] = []
+    hold.enter()
+    os.kill(os.getpid(), signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda signum, _frame: mine.append(signum))
+    set_meanwhile = signal.getsignal(signal.SIGTERM)
+    hold.leave()
+    assert signal.getsignal(signal.SIGTERM) is set_meanwhile
+    assert mine == [signal.SIGTERM] and handlers == []

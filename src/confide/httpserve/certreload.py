@@ -279,11 +279,16 @@ def load_client_ca(path: Path, option: str) -> LoadedClientCa:
 
 def _requiring_client_certs(make_context: Callable[[], ssl.SSLContext], ca: LoadedClientCa) -> ssl.SSLContext:
     """``make_context()`` asking every client for a certificate chaining to ``ca`` and refusing
-    the handshake without one (TLS 1.2 and 1.3 alike)."""
+    the handshake without one (TLS 1.2 and 1.3 alike). No session is resumed (no TLS 1.3
+    tickets, no TLS 1.2 tickets): a resumed session carries the certificate of the handshake
+    that made it, judged then, so an expired one would be served for the session's lifetime;
+    each connection's certificate is judged at its own handshake."""
     ctx = make_context()
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # any certificate of the bundle an anchor
     ctx.load_verify_locations(cadata=ca.pem)
+    ctx.num_tickets = 0
+    ctx.options |= ssl.OP_NO_TICKET
     return ctx
 
 

@@ -494,10 +494,37 @@ def _private_namespace() -> None:
 def join_namespace(fd: int) -> None:
     """Move the calling thread into the mount namespace ``fd`` names (an open
     ``/proc/thread-self/ns/mnt`` of a thread that ran :func:`_private_namespace`), leaving the
-    file-system attributes it shared with the other threads first, as setns(2) requires."""
+    file-system attributes it shared with the other threads first, as setns(2) requires. Its
+    working directory stays the one it had (setns(2) moves it to the namespace's root): the
+    same path, looked up in the namespace (a copy of the caller's, as unshare(2) would make it),
+    else that very directory."""
     libc = _libc()
-    if libc.unshare(_CLONE_FS) != 0 or libc.setns(fd, _CLONE_NEWNS) != 0:
-        raise StorageError(_errno_msg("joining the volumes' private mount namespace failed"))
+    try:
+        path: str | None = os.getcwd()
+    except OSError:  # removed: nothing to keep
+        path = None
+    try:
+        here: int | None = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        here = None
+    try:
+        if libc.unshare(_CLONE_FS) != 0 or libc.setns(fd, _CLONE_NEWNS) != 0:
+            raise StorageError(_errno_msg("joining the volumes' private mount namespace failed"))
+        try:
+            if path is not None:
+                os.chdir(path)
+            elif here is not None:
+                os.fchdir(here)
+        except OSError as exc:
+            if here is None:
+                raise StorageError(f"cannot keep the working directory {path!r}: {exc.strerror}") from None
+            try:
+                os.fchdir(here)
+            except OSError as again:
+                raise StorageError(f"cannot keep the working directory {path!r}: {again.strerror}") from None
+    finally:
+        if here is not None:
+            os.close(here)
 
 
 def _kernel_at_least(major: int, minor: int) -> bool:
