@@ -722,34 +722,6 @@ def _cert_sha(path: Path) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-@pytest.mark.parametrize(
-    ("args", "says"),
-    [
-        (("--metrics-listen", "127.0.0.1:0", "--metrics-client-ca", "{ca}"),
-         "--metrics-client-ca needs --metrics-cert and --metrics-key"),
-        (("--metrics-listen", "127.0.0.1:0", "--metrics-cert", "{cert}", "--metrics-key", "{key}",
-          "--metrics-client-ca", "{key}"), "--metrics-client-ca '{key}': cannot load"),
-        (("--metrics-listen", "127.0.0.1:0", "--metrics-cert", "{cert}", "--metrics-key", "{key}",
-          "--metrics-client-ca", "{missing}"), "--metrics-client-ca '{missing}': does not exist"),
-    ],
-)  # fmt: skip
-def test_bad_metrics_client_ca_options_exit_2(tmp_path: Path, args: tuple[str, ...], says: str) -> None:
-    """Refused before anything is written (the data directory not created), one line, exit 2."""
-    _, cert, key = tls_server_files(tmp_path, "metrics")
-    ca, _issuer = tls_client_ca(tmp_path, "a")
-    values = {"ca": str(ca), "cert": str(cert), "key": str(key), "missing": str(tmp_path / "nope.pem")}
-    r = subprocess.run(
-        [sys.executable, "-m", "confide", "cas", "serve", "--data-dir", str(tmp_path / "cas"), "--dev",
-         *(a.format(**values) for a in args)],
-        capture_output=True, text=True, timeout=60, check=False,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)},
-    )  # fmt: skip
-    assert r.returncode == 2, r.stderr
-    assert says.format(**values) in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "PRIVATE KEY" not in r.stderr
-    assert not (tmp_path / "cas").exists()
-
-
 def _ledger_argv(command: str, tmp_path: Path, setup: dict[str, object], *extra: str) -> list[str]:  # noqa: F811
     db, keys = setup["db"], setup["keys"]
     assert isinstance(keys, dict)
@@ -803,7 +775,7 @@ def test_ledger_metrics_listener_requires_client_certificates(
     assert TOKEN not in rest and "Traceback" not in rest, rest
 
 
-@pytest.mark.parametrize("command", ["serve", "witness"])
+@pytest.mark.parametrize("command", ["cas", "serve", "witness"])
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -815,18 +787,28 @@ def test_ledger_metrics_listener_requires_client_certificates(
           "--metrics-client-ca", "{missing}"), "--metrics-client-ca '{missing}': does not exist"),
     ],
 )  # fmt: skip
-def test_ledger_bad_metrics_client_ca_options_exit_2(
+def test_bad_metrics_client_ca_options_exit_2(
     tmp_path: Path,
     setup: dict[str, object],  # noqa: F811
     command: str,
     args: tuple[str, ...],
     says: str,
 ) -> None:
-    """The same rules as cas serve's: one line, exit 2, no key material in it."""
+    """cas serve, ledger serve and ledger witness serve alike: refused before anything is
+    written (the CAS's data directory not created), one line, exit 2, no key material in it."""
     _, cert, key = tls_server_files(tmp_path, "metrics")
     ca, _issuer = tls_client_ca(tmp_path, "a")
     values = {"ca": str(ca), "cert": str(cert), "key": str(key), "missing": str(tmp_path / "nope.pem")}
-    r = _cli(*_ledger_argv(command, tmp_path, setup, *(a.format(**values) for a in args)))
+    extra = [a.format(**values) for a in args]
+    if command == "cas":
+        argv = ["cas", "serve", "--data-dir", str(tmp_path / "cas"), "--dev", *extra]
+    else:
+        argv = ["ledger", *_ledger_argv(command, tmp_path, setup, *extra)]
+    r = subprocess.run(
+        [sys.executable, "-m", "confide", *argv], capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)},
+    )  # fmt: skip
     assert r.returncode == 2, r.stderr
     assert says.format(**values) in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "PRIVATE KEY" not in r.stderr
+    assert not (tmp_path / "cas").exists()
