@@ -25,7 +25,7 @@ from cas_inproc import RuntimeKey, last_attestation, production_cas, refused, si
 from cli import run_confide
 from confide import errors
 from confide.cas.verifier import PlatformVerifier
-from confide.collateral.dcap import PcsDirectorySource, PcsHttpSource, source_for
+from confide.collateral.dcap import BundleFileSource, PcsDirectorySource, PcsHttpSource, source_for
 from confide.errors import PolicyError
 from confide.evidence.dcap import Quote
 from confide.evidence.dcap_collateral import DcapCollateral, TcbEvaluationNumbersText
@@ -601,12 +601,27 @@ def test_cas_with_a_fake_pcs(tmp_path: Path, grace_days: int) -> None:
                 "TCB recovery event of 2024-03-12T00:00:00Z (tcbEvaluationDataNumber 17)"
                 in recorded["reason"]
             )
-        # A request's own bundle carries no list: refused under auto.
+        # A request's own bundle carries no list: the CAS's, from its source (read before phase
+        # 1), judges it as it judges collateral from its source.
         own = RuntimeKey(cas).body(  # type: ignore[arg-type]
             policy="app", service="svc", platform="sgx", evidence=SGX.quote_bytes(),
             aux={"collateral": SGX.collateral_bytes()},
         )  # fmt: skip
-        refused(cas, own, errors.CollateralMissingError, "without Intel's TCB evaluation data numbers")  # type: ignore[arg-type]
+        fetched = len(pcs.requests)
+        job = cas.collateral_job(own)  # type: ignore[attr-defined]
+        assert job is not None and job.fetch is not None
+        job.run()
+        assert pcs.requests[fetched:] == []  # the list from the source's disk cache
+        if grace_days == 0:
+            refused(
+                cas,
+                own,
+                errors.CollateralOutdatedError,
+                r"expected at least 20 \(cas serve --min-tcb-eval-number auto: ",
+            )  # type: ignore[arg-type]
+        else:
+            refused(cas, own, errors.BindingError, "report data got")  # type: ignore[arg-type]
+            assert last_attestation(cas)["tcb_evaluation"]["required"] == 17  # type: ignore[arg-type,index]
 
 
 def test_cas_serve_options() -> None:
@@ -722,3 +737,138 @@ def test_prepare_wires_auto_into_the_source(tmp_path: Path) -> None:
     source = fixed.verifier.dcap_source
     assert isinstance(source, PcsHttpSource) and not source.tcb_evaluation_numbers
     assert source.min_tcb_evaluation_data_number == 18
+
+
+# --- a request's own bundle under cas serve ... auto: the CAS's list -------------------------------------
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_a_requests_bundle_is_judged_by_the_cas_list(tmp_path: Path, prefetch: bool) -> None:
+    """``cas serve --collateral DIR --min-tcb-eval-number auto``: a request that sends its own
+    dcap-qvl bundle (which has no list) is judged by the list of the CAS's source for the TEE
+    type, verified with the bundle (the same minimum as for the CAS's own collateral), whether
+    the list was read by the prefetch or, without one, by phase 1. A source without a list for
+    that TEE type: refused (``CollateralMissingError``), never judged without a minimum."""
+    from confide.verify.result import Platform
+
+    aux = {"collateral": SGX.collateral_bytes()}
+    d = _sgx_directory(tmp_path, SGX_JUN, SGX_AUG)
+    for grace_days, required in ((365, 17), (0, 20)):
+        verifier = PlatformVerifier(
+            dcap_source=PcsDirectorySource(d, tcb_evaluation_numbers=True),
+            min_tcb_evaluation_data_number=AutoTcbEvaluation(timedelta(days=grace_days)),
+        )
+        job = verifier.collateral_job(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time)
+        assert job is not None
+        prefetched = job.run() if prefetch else None
+        if required == 17:
+            v = verifier.verify(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time, prefetched=prefetched)
+            assert v.tcb_evaluation_numbers is not None
+            assert v.tcb_evaluation_numbers.issue_date == t("2025-08-15T05:15:31Z")  # the newest, the CAS's
+            assert v.details["required_tcb_evaluation"]["required"] == 17  # type: ignore[index]
+        else:
+            with pytest.raises(errors.CollateralOutdatedError, match="expected at least 20"):
+                verifier.verify(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time, prefetched=prefetched)
+    # With N (not auto), a request's bundle is judged by N alone: no list is read.
+    fixed = PlatformVerifier(dcap_source=PcsDirectorySource(d), min_tcb_evaluation_data_number=17)
+    assert fixed.collateral_job(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time) is None
+    v = fixed.verify(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time)
+    assert v.tcb_evaluation_numbers is None
+    # A source without the SGX list: refused with the source's reason.
+    for listed in d.glob("tcbeval-*.json"):
+        listed.unlink()
+    bare = PlatformVerifier(
+        dcap_source=PcsDirectorySource(d, tcb_evaluation_numbers=True),
+        min_tcb_evaluation_data_number=AutoTcbEvaluation(),
+    )
+    job = bare.collateral_job(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time)
+    assert job is not None
+    for prefetched in (job.run(), None):
+        with pytest.raises(errors.CollateralMissingError, match="has no TCB evaluation data numbers for SGX"):
+            bare.verify(Platform.SGX, SGX.quote_bytes(), aux, at=SGX.time, prefetched=prefetched)
+
+
+# --- evidence verify --platform az-tdx-vtpm --min-tcb-eval-number auto ------------------------------------
+
+
+def test_cli_az_tdx_vtpm_automatic_minimum(tmp_path: Path) -> None:
+    """Azure TDX vTPM evidence: its TD quote's collateral and Intel's TDX list (a file, or the
+    PCS directory), judged as a TDX quote's."""
+    evidence = ASSETS / "tpm" / "trustee-az-tdx-vtpm" / "evidence-v1.json"
+    case = next(
+        c for c in CASES if c.quote == "tdx/trustee-az-tdx-vtpm/td-quote.bin" and "1025" in c.collateral
+    )
+    base = ("evidence", "verify", evidence, "--platform", "az-tdx-vtpm", "--at", case.at, "--json")
+    r = run_confide(*base, "--collateral", ASSETS / case.collateral, "--min-tcb-eval-number", "auto",
+                    "--tcb-eval-numbers", TDX_OCT)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    details = json.loads(r.stdout)["details"]
+    assert details["required_tcb_evaluation"]["required"] == 17
+    assert details["tcb_evaluation_numbers"]["id"] == "TDX"
+    d = _directory_from_bundle(tmp_path, case, TDX_OCT)
+    r = run_confide(*base, "--collateral", d, "--min-tcb-eval-number", "auto", "--tcb-recovery-grace", "0")
+    assert r.returncode == errors.CollateralOutdatedError.exit_code, r.stdout + r.stderr
+    assert "expected at least 20 (--min-tcb-eval-number auto: " in json.loads(r.stdout)["error"]["message"]
+    r = run_confide(*base, "--collateral", ASSETS / case.collateral, "--min-tcb-eval-number", "auto")
+    assert json.loads(r.stdout)["error"]["class"] == "CollateralMissingError"  # a bundle, no list given
+    # the SGX list for a TD quote: refused
+    r = run_confide(*base, "--collateral", ASSETS / case.collateral, "--min-tcb-eval-number", "auto",
+                    "--tcb-eval-numbers", SGX_AUG)  # fmt: skip
+    assert json.loads(r.stdout)["error"]["class"] == "CollateralError"
+
+
+# --- cas attest / Cas.attested --min-tcb-eval-number auto ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("grace_days", "error"), [(400, errors.BindingError), (0, errors.CollateralOutdatedError)]
+)
+def test_cas_attest_automatic_minimum(tmp_path: Path, grace_days: int, error: type[Exception]) -> None:
+    """``cas attest --collateral DIR --min-tcb-eval-number auto``: the CAS's evidence is judged
+    by the minimum Intel's list (from the directory) requires, before its binding is checked (a
+    real quote binds no certificate of this test: verified, it fails there)."""
+    from confide.cas.pin import attest_collateral, verify_cas_evidence
+
+    minimum = AutoTcbEvaluation(timedelta(days=grace_days))
+    source = attest_collateral(str(_directory_from_bundle(tmp_path, TDX, TDX_OCT)), minimum)
+    assert isinstance(source, PcsDirectorySource) and source.tcb_evaluation_numbers
+    doc = {"platform": "tdx", "evidence": base64.b64encode(TDX.quote_bytes()).decode(), "log_key": "k"}
+    match = (
+        r"expected at least 20 \(cas attest --min-tcb-eval-number auto: Intel's"
+        if grace_days == 0
+        else "not bound"
+    )
+    with pytest.raises(error, match=match):
+        verify_cas_evidence(
+            b"not a certificate", json.dumps(doc).encode(), sim_key_pem=None, at=TDX.time, collateral=source,
+            min_tcb_evaluation_data_number=minimum,
+        )  # fmt: skip
+    # a bundle has no list; no collateral at all brings none either
+    for location in (str(ASSETS / TDX.collateral), None):
+        with pytest.raises(errors.UsageError, match=r"needs --collateral DIR\|URL"):
+            attest_collateral(location, minimum)
+    assert isinstance(attest_collateral(str(ASSETS / TDX.collateral), 17), BundleFileSource)  # N: as before
+    assert attest_collateral(None, 17) is None
+
+
+def test_cli_cas_attest_and_ui_take_auto() -> None:
+    """Refused before the CAS is asked anything (an unreachable URL would be a NetworkError)."""
+    bundle = ASSETS / TDX.collateral
+    for command in (("cas", "attest"), ("ui", "--attest", "--measurement", "ab" * 48)):
+        assert "N|auto" in run_confide(*command[:1], *command[1:2], "--help").stdout
+        env = {"CONFIDE_CAS_URL": "https://127.0.0.1:1"}
+        url = ("https://127.0.0.1:1",) if command[0] == "cas" else ()
+        r = run_confide(*command, *url, "--min-tcb-eval-number", "auto", "--collateral", bundle, env=env)
+        assert r.returncode == 2 and "--min-tcb-eval-number auto needs --collateral DIR|URL" in r.stderr, (
+            r.stderr
+        )
+        r = run_confide(*command, *url, "--min-tcb-eval-number", "17", "--tcb-recovery-grace", "3", env=env)
+        assert r.returncode == 2 and "--tcb-recovery-grace is for --min-tcb-eval-number auto" in r.stderr, (
+            r.stderr
+        )
+        r = run_confide(
+            *command, *url, "--min-tcb-eval-number", "auto", "--tcb-recovery-grace", "-1", env=env
+        )
+        assert r.returncode == 2, r.stderr
+    r = run_confide("ui", "--min-tcb-eval-number", "auto")
+    assert r.returncode == 2 and "are for --attest" in r.stderr

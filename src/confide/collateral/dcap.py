@@ -92,6 +92,7 @@ __all__ = [
     "PckCertificateSource",
     "PcsDirectorySource",
     "PcsHttpSource",
+    "TcbEvaluationNumbersSource",
     "crl_from_bytes",
     "source_for",
     "verify_pck_certificate",
@@ -124,6 +125,14 @@ class PckCertificateSource(Protocol):
     1-4 names (:class:`~confide.evidence.dcap.PckCertId`), unverified."""
 
     def get_pck_certificate(self, cert_id: PckCertId) -> PckCertificate: ...
+
+
+@runtime_checkable
+class TcbEvaluationNumbersSource(Protocol):
+    """One method: Intel's TCB evaluation data numbers response for a TEE type and its issuer
+    chain (DER, leaf first), unverified (:class:`PcsDirectorySource`, :class:`PcsHttpSource`)."""
+
+    def get_tcb_evaluation_numbers(self, tee: TeeType) -> tuple[bytes, tuple[bytes, ...]]: ...
 
 
 def verify_pck_certificate(pck: PckCertificate, root_der: bytes = INTEL_SGX_ROOT_CA_DER) -> PckExtension:

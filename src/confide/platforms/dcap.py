@@ -24,6 +24,7 @@ from . import VerifyRequest, read_input_file
 __all__ = [
     "COLLATERAL_ENV",
     "fetch_collateral",
+    "request_collateral",
     "root_der",
     "verify_request",
 ]
@@ -89,14 +90,15 @@ def fetch_collateral(
     return collateral, pck
 
 
-def verify_request(req: VerifyRequest) -> VerifiedEvidence:
-    quote = Quote.from_bytes(req.evidence)
-    got = Platform.TDX if quote.is_tdx else Platform.SGX
-    if got is not req.platform:
-        raise ParseError(
-            f"got a {got.value.upper()} quote, expected {req.platform.value.upper()}", structure="quote"
-        )
-    verifier = DcapVerifier(root_ca_der=root_der(req.root)) if req.root else _DEFAULT_VERIFIER
+def request_collateral(
+    verifier: DcapVerifier, quote: Quote, req: VerifyRequest
+) -> tuple[DcapCollateral | None, PckCertificate | None]:
+    """:func:`fetch_collateral` for ``evidence verify``'s options (SGX, TDX and the TD quote of
+    Azure TDX vTPM evidence alike): the location ``--collateral`` (else
+    ``$CONFIDE_DCAP_COLLATERAL``), ``--min-tcb-eval-number N``, and with ``auto`` Intel's TCB
+    evaluation data numbers from ``--tcb-eval-numbers FILE`` (Intel PCS's answer: its issuer
+    chain is taken to be the TCB Info's, which Intel PCS serves for both) or else from the
+    directory or URL."""
     location = req.collateral_url or (
         str(req.collateral) if req.collateral else os.environ.get(COLLATERAL_ENV)
     )
@@ -109,8 +111,6 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
         tcb_evaluation_numbers=req.tcb_evaluation_numbers and from_file is None,
     )
     if from_file is not None and collateral is not None:
-        # Intel PCS's answer as a file: its issuer chain is the TCB Info's (Intel PCS serves the
-        # same TCB signing chain for both).
         body = read_input_file(
             from_file,
             "--tcb-eval-numbers",
@@ -118,6 +118,18 @@ def verify_request(req: VerifyRequest) -> VerifiedEvidence:
             "Intel PCS's TCB evaluation data numbers",
         )
         collateral = dataclasses.replace(collateral, tcb_evaluation_numbers=body)
+    return collateral, pck
+
+
+def verify_request(req: VerifyRequest) -> VerifiedEvidence:
+    quote = Quote.from_bytes(req.evidence)
+    got = Platform.TDX if quote.is_tdx else Platform.SGX
+    if got is not req.platform:
+        raise ParseError(
+            f"got a {got.value.upper()} quote, expected {req.platform.value.upper()}", structure="quote"
+        )
+    verifier = DcapVerifier(root_ca_der=root_der(req.root)) if req.root else _DEFAULT_VERIFIER
+    collateral, pck = request_collateral(verifier, quote, req)
     result = verifier.verify_parsed(quote, req.evidence, collateral, at=req.at, pck=pck)
     if req.event_log is not None:
         if not isinstance(quote.report, TdReport):
