@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-from confide.platforms import AUTO, MAX_TCB_RECOVERY_GRACE_DAYS
+from confide.platforms import AUTO, MAX_TCB_EVAL_NUMBER, MAX_TCB_RECOVERY_GRACE_DAYS
 
 __all__ = ["AUTO", "MIN_TCB_EVAL_NUMBER", "MinTcbEvalNumber", "tcb_recovery_grace_option"]
 
@@ -20,7 +20,7 @@ class MinTcbEvalNumber(click.ParamType[int | str, Any]):
     verification time (docs/dcap.md, "Automatic minimum")."""
 
     name = "integer"
-    _range = click.IntRange(1, 0xFFFF_FFFF)
+    _range = click.IntRange(1, MAX_TCB_EVAL_NUMBER)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
         if value == AUTO:

@@ -420,14 +420,8 @@ def serve_tiles(
         reloadable = metrics_token_file is not None or metrics_cert is not None
         tls = _tls(tls_cert, tls_key, cert_reload_interval, reloadable)
         rate = parse_rate(request_rate, request_burst, "request")
-        metrics = _metrics(
-            metrics_listen,
-            metrics_token_file,
-            metrics_cert,
-            metrics_key,
-            cert_reload_interval,
-            metrics_client_ca,
-        )
+        metrics = _metrics(metrics_listen, metrics_token_file, metrics_cert, metrics_key,
+                           cert_reload_interval, metrics_client_ca)  # fmt: skip
         server = TilesServer(log_db, _address(listen), serve_entries=serve_entries, tls=tls,
                              limits=_limits(**limits, metrics_listener=metrics_listen is not None), rate=rate,
                              **metrics)  # fmt: skip
@@ -561,14 +555,8 @@ def witness_serve(
         rate = parse_rate(request_rate, request_burst, "request")
         reloadable = metrics_token_file is not None or metrics_cert is not None
         tls = _tls(tls_cert, tls_key, cert_reload_interval, reloadable)
-        metrics = _metrics(
-            metrics_listen,
-            metrics_token_file,
-            metrics_cert,
-            metrics_key,
-            cert_reload_interval,
-            metrics_client_ca,
-        )
+        metrics = _metrics(metrics_listen, metrics_token_file, metrics_cert, metrics_key,
+                           cert_reload_interval, metrics_client_ca)  # fmt: skip
         server = WitnessServer(witness, _address(listen), tls=tls,
                                limits=_limits(**limits, metrics_listener=metrics_listen is not None),
                                rate=rate, **metrics)  # fmt: skip

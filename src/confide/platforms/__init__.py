@@ -32,6 +32,8 @@ __all__ = [
     "DCAP_PLATFORMS",
     "MAX_CERTIFICATE_FILE",
     "MAX_EVIDENCE_FILE",
+    "MAX_TCB_EVAL_NUMBER",
+    "MAX_TCB_RECOVERY_GRACE_DAYS",
     "PLATFORM_MODULES",
     "AutoTcbEvaluation",
     "TcbEvaluationMinimum",
