@@ -23,6 +23,7 @@ from confide.evidence._reader import decode_evidence_text
 from confide.platforms import (
     DCAP_PLATFORMS,
     MAX_EVIDENCE_FILE,
+    AutoTcbEvaluation,
     VerifyRequest,
     detect_platform,
     read_input_file,
@@ -189,6 +190,7 @@ def evidence_verify(
             min_tcb_evaluation_data_number=min_tcb_eval if isinstance(min_tcb_eval, int) else None,
             tcb_evaluation_numbers=auto,
             tcb_evaluation_numbers_file=tcb_eval_numbers,
+            tcb_recovery_grace=minimum.grace if isinstance(minimum, AutoTcbEvaluation) else None,
         )
         result = verify_request(request)
         if minimum is not None:

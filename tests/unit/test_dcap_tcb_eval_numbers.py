@@ -716,6 +716,8 @@ def test_prepare_wires_auto_into_the_source(tmp_path: Path) -> None:
         assert verifier.min_tcb_evaluation_data_number == auto
         source = verifier.dcap_source
         assert isinstance(source, PcsHttpSource | PcsDirectorySource) and source.tcb_evaluation_numbers
+        if isinstance(source, PcsHttpSource):  # and keeps what is below the minimum off its disk
+            assert source.tcb_recovery_grace == timedelta(days=30)
     fixed, *_ = prepare(
         tmp_path / "fixed", host="127.0.0.1", dev=False, db_url=None, collateral="https://pccs.example:8081",
         min_tcb_evaluation_data_number=18,
@@ -836,6 +838,9 @@ def test_cas_attest_automatic_minimum(tmp_path: Path, grace_days: int, error: ty
             attest_collateral(location, minimum)
     assert isinstance(attest_collateral(str(ASSETS / TDX.collateral), 17), BundleFileSource)  # N: as before
     assert attest_collateral(None, 17) is None
+    url = attest_collateral("https://pccs.example:8081", minimum)
+    assert isinstance(url, PcsHttpSource) and url.tcb_evaluation_numbers
+    assert url.tcb_recovery_grace == timedelta(days=grace_days)
 
 
 def test_cli_cas_attest_and_ui_take_auto() -> None:
@@ -859,3 +864,44 @@ def test_cli_cas_attest_and_ui_take_auto() -> None:
         assert r.returncode == 2, r.stderr
     r = run_confide("ui", "--min-tcb-eval-number", "auto")
     assert r.returncode == 2 and "are for --attest" in r.stderr
+
+
+def test_http_source_keeps_collateral_below_the_automatic_minimum_out_of_its_disk_cache(
+    tmp_path: Path,
+) -> None:
+    """A URL source under ``--min-tcb-eval-number auto`` (``tcb_recovery_grace``) treats the
+    minimum its list sets at its clock as a fixed ``N``: a TCB Info or QE Identity below it is
+    neither served from its disk cache nor kept, but asked for again, and refused with the
+    list's reason when the service answers it again; at or above it, cached as before."""
+    quote = Quote.from_bytes(SGX.quote_bytes())
+    fmspc, ca = pck_info(quote)
+    real = DcapCollateral.from_dcap_qvl_json(SGX.collateral_bytes())  # evaluation 17
+
+    def source(grace_days: int) -> PcsHttpSource:
+        made = source_for(
+            pcs.url,
+            cache_dir=tmp_path,
+            tcb_evaluation_numbers=True,
+            tcb_recovery_grace=timedelta(days=grace_days),
+        )
+        assert isinstance(made, PcsHttpSource)
+        made.clock = lambda: SGX.time
+        return made
+
+    with fake_pcs() as pcs:
+        pcs.serve(SGX.quote_bytes(), real)
+        serve_tcb_evaluation_numbers(pcs, "sgx", SGX_AUG.read_bytes(), CHAIN)
+        coll = source(365).get_collateral(fmspc=fmspc, ca=ca, tee=quote.tee)  # minimum 17: kept
+        asked = len(pcs.requests)
+        assert source(365).get_collateral(fmspc=fmspc, ca=ca, tee=quote.tee) == coll
+        assert len(pcs.requests) == asked  # all from the disk cache
+        with pytest.raises(
+            errors.CollateralOutdatedError,
+            match=r"tcbEvaluationDataNumber 17, expected at least 20 \(.*--min-tcb-eval-number auto: Intel's",
+        ):
+            source(0).get_collateral(fmspc=fmspc, ca=ca, tee=quote.tee)  # minimum 20
+        tcb_asked = [r for r in pcs.requests[asked:] if "/tcb?" in r]
+        assert len(tcb_asked) == 1  # the cached TCB Info was not served: asked for again
+        # without the grace (the list only brought along), nothing changes
+        plain = source_for(pcs.url, cache_dir=tmp_path, tcb_evaluation_numbers=True)
+        assert isinstance(plain, PcsHttpSource) and plain.tcb_recovery_grace is None

@@ -56,7 +56,12 @@ from confide.errors import (
     UsageError,
 )
 from confide.ledger.note import SIG_TYPE_COSIGNATURE_V1, NoteVerifier
-from confide.platforms import TcbEvaluationMinimum, automatic_minimum_source, require_minimum
+from confide.platforms import (
+    AutoTcbEvaluation,
+    TcbEvaluationMinimum,
+    automatic_minimum_source,
+    require_minimum,
+)
 from confide.policy.appraise import check_security
 from confide.policy.model import AttestationSecurity, Tolerance
 from confide.sim.platform import load_platform_public_key
@@ -611,7 +616,10 @@ def attest_collateral(
     with_list = automatic_minimum_source(
         location, minimum, option=option, collateral_option=collateral_option
     )
-    return source_for(location, tcb_evaluation_numbers=with_list) if location else None
+    grace = minimum.grace if isinstance(minimum, AutoTcbEvaluation) else None
+    return (
+        source_for(location, tcb_evaluation_numbers=with_list, tcb_recovery_grace=grace) if location else None
+    )
 
 
 def attest_cas(

@@ -76,6 +76,9 @@ class VerifyRequest:
     ``--collateral`` directory or URL; reported in ``VerifiedEvidence.tcb_evaluation_numbers``."""
     tcb_evaluation_numbers_file: Path | None = None
     """``--tcb-eval-numbers FILE``: Intel PCS's answer, signed by the TCB Info's signer."""
+    tcb_recovery_grace: timedelta | None = None
+    """With ``tcb_evaluation_numbers``: the automatic minimum's grace (``--tcb-recovery-grace``),
+    which a URL source also keeps older collateral out of its disk cache by."""
 
     @property
     def digest(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -55,6 +56,7 @@ def fetch_collateral(
     location: str | None,
     min_tcb_evaluation_data_number: int | None = None,
     tcb_evaluation_numbers: bool = False,
+    tcb_recovery_grace: timedelta | None = None,
 ) -> tuple[DcapCollateral | None, PckCertificate | None]:
     """The collateral of ``quote`` from ``location`` (``--collateral``; ``None``: none), and for
     a quote whose certification data only names its PCK certificate (types 1-4) that
@@ -70,6 +72,7 @@ def fetch_collateral(
         location,
         min_tcb_evaluation_data_number=min_tcb_evaluation_data_number,
         tcb_evaluation_numbers=tcb_evaluation_numbers,
+        tcb_recovery_grace=tcb_recovery_grace,
     )
     pck: PckCertificate | None = None
     cert_id = quote.pck_cert_id()
@@ -109,6 +112,7 @@ def request_collateral(
         location,
         req.min_tcb_evaluation_data_number,
         tcb_evaluation_numbers=req.tcb_evaluation_numbers and from_file is None,
+        tcb_recovery_grace=req.tcb_recovery_grace,
     )
     if from_file is not None and collateral is not None:
         body = read_input_file(
