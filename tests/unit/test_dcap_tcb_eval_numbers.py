@@ -905,3 +905,32 @@ def test_http_source_keeps_collateral_below_the_automatic_minimum_out_of_its_dis
         # without the grace (the list only brought along), nothing changes
         plain = source_for(pcs.url, cache_dir=tmp_path, tcb_evaluation_numbers=True)
         assert isinstance(plain, PcsHttpSource) and plain.tcb_recovery_grace is None
+
+
+def test_memory_cache_rejudges_an_entry_when_the_automatic_minimum_rises(tmp_path: Path) -> None:
+    """``cas serve --collateral URL --min-tcb-eval-number auto``: collateral in the CAS's memory
+    is not served once the minimum its list sets at an attestation's time rises above it (a
+    grace period ended while it was held), though its nextUpdate is still ahead: the prefetch
+    asks the source again. Without the grace (the list only), or with N, it is served."""
+    from confide.cas.pcs import DcapCollateralCache, DcapKey
+
+    quote = Quote.from_bytes(SGX.quote_bytes())
+    key = DcapKey(*pck_info(quote), quote.tee)
+    real = DcapCollateral.from_dcap_qvl_json(SGX.collateral_bytes())  # evaluation 17
+    # evaluation 18's recovery event (2024-11-12) + grace falls five days after SGX.time
+    grace_days = (SGX.time + timedelta(days=5) - t("2024-11-12T00:00:00Z")).days
+    later = SGX.time + timedelta(days=6)
+    with fake_pcs() as pcs:
+        pcs.serve(SGX.quote_bytes(), real)
+        serve_tcb_evaluation_numbers(pcs, "sgx", SGX_AUG.read_bytes(), CHAIN)
+        for with_grace, served_later in ((True, False), (False, True)):
+            source = source_for(
+                pcs.url, cache_dir=tmp_path / str(with_grace), tcb_evaluation_numbers=True,
+                tcb_recovery_grace=timedelta(days=grace_days) if with_grace else None,
+            )  # fmt: skip
+            assert isinstance(source, PcsHttpSource)
+            source.clock = lambda: SGX.time
+            cache = DcapCollateralCache(source)
+            cache.get(key, SGX.time)
+            assert cache.cached(key, SGX.time) is not None  # minimum 17 at SGX.time
+            assert (cache.cached(key, later) is not None) == served_later, with_grace

@@ -100,6 +100,7 @@ __all__ = [
     "TcbEvaluationNumbersSource",
     "crl_from_bytes",
     "source_for",
+    "unverified_tcb_evaluation_numbers",
     "verify_pck_certificate",
 ]
 
@@ -755,16 +756,9 @@ class PcsHttpSource:
         ``numbers`` sets at this source's clock, and why (read unverified, for the cache only:
         :meth:`_evaluation_check`); ``None`` without one, or for a response that does not parse
         (the verifier refuses it)."""
-        if numbers is None or self.tcb_recovery_grace is None:
+        listed = unverified_tcb_evaluation_numbers(numbers)
+        if listed is None or self.tcb_recovery_grace is None:
             return None
-        try:
-            parsed = TcbEvaluationNumbersText.from_response(numbers)
-        except ParseError:
-            return None
-        listed = TcbEvaluationNumbers(
-            parsed.id, parsed.version, parsed.issue_date, parsed.next_update,
-            tuple(TcbEvalNumber(*entry) for entry in parsed.numbers), self.clock(),
-        )  # fmt: skip
         required = listed.required(self.clock(), self.tcb_recovery_grace)
         return required.number, f"--min-tcb-eval-number auto: {required.reason()}"
 
@@ -839,6 +833,23 @@ class PcsHttpSource:
             url, "pckcert", "SGX-PCK-Certificate-Issuer-Chain", headers=headers, check=check
         )
         return PckCertificate.from_pem(body, chain, structure="pckcert")
+
+
+def unverified_tcb_evaluation_numbers(numbers: bytes | None) -> TcbEvaluationNumbers | None:
+    """A TCB evaluation data numbers response parsed, **not verified**, for a cache's decisions
+    only (what to serve or keep: the automatic minimum it sets; its ``verified_at`` is its
+    ``issueDate``); ``None`` for none, or for one that does not parse (the verifier refuses it).
+    Never judge evidence by it."""
+    if numbers is None:
+        return None
+    try:
+        parsed = TcbEvaluationNumbersText.from_response(numbers)
+    except ParseError:
+        return None
+    return TcbEvaluationNumbers(
+        parsed.id, parsed.version, parsed.issue_date, parsed.next_update,
+        tuple(TcbEvalNumber(*entry) for entry in parsed.numbers), parsed.issue_date,
+    )  # fmt: skip
 
 
 def source_for(
